@@ -1,0 +1,104 @@
+// CPU compute kernels: plain functions over pointers and shapes (ggml style).
+//
+// Every kernel has a scalar reference and vectorised paths (AVX2, AVX-512, AMX where it helps),
+// selected at run time from isa_active() (native/core/cpu_features.h). Forcing a lower level with
+// isa_set_cap() runs the lower path, which is how tests compare each path with the scalar one.
+//
+// Conventions
+// - Activations are f32, row-major, with an explicit leading dimension (elements between rows).
+// - Weights W are stored as in Hugging Face nn.Linear and GGUF: N rows (out features) of K
+//   elements (in features), rows contiguous, each row dtype_row_bytes(wtype, K) bytes.
+// - A ThreadPool* may be null: the kernel then runs on the calling thread only.
+#pragma once
+#include <cstdint>
+
+#include "../../native/core/cpu_features.h"
+#include "../../native/core/dtype.h"
+#include "../../native/core/thread_pool.h"
+
+namespace emollm {
+
+// ---------------------------------------------------------------- matrix products
+// Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N] when bias != null). Y is overwritten.
+// f32 accumulation. Weight dtypes: F32, F16, BF16, Q8_0, Q4_0 (K % 32 == 0 for the last two).
+// M == 1 dispatches to gemv. BF16 weights may use BF16 dot-product hardware (AVX512-BF16, AMX),
+// which rounds X to bf16: the tolerance of that path is that of bf16 activations.
+void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias,
+          float* Y, int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool);
+
+// y[N] = W[N,K] * x[K] (+ bias). Memory-bound decode path: streams W once.
+void gemv(const float* x, const void* W, DType wtype, const float* bias, float* y,
+          int64_t N, int64_t K, ThreadPool* pool);
+
+// ---------------------------------------------------------------- normalisation
+// y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.
+void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
+             int64_t rows, int64_t n, float eps);
+// y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). Biased variance, as torch.
+void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
+               int64_t rows, int64_t n, float eps);
+
+// ---------------------------------------------------------------- activations (elementwise, in place allowed)
+void silu(const float* x, float* y, int64_t n);        // x * sigmoid(x)
+void gelu_erf(const float* x, float* y, int64_t n);    // 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
+void quick_gelu(const float* x, float* y, int64_t n);  // x * sigmoid(1.702 x), CLIP
+// y = silu(gate) * up  (the LLaMA SwiGLU MLP)
+void swiglu(const float* gate, const float* up, float* y, int64_t n);
+
+// ---------------------------------------------------------------- softmax
+// Row-wise softmax over n columns, numerically stable (max subtracted). In place allowed.
+void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n);
+
+// ---------------------------------------------------------------- rotary position embedding
+enum class RopeLayout {
+  RotateHalf,   // Hugging Face: pairs (i, i + rot_dim/2)
+  Interleaved,  // GGUF / llama.cpp LLAMA_ROPE_TYPE_NORM and Meta's original: pairs (2i, 2i+1)
+};
+struct RopeParams {
+  int64_t head_dim = 0;
+  int64_t rot_dim = 0;        // dims rotated (<= head_dim, even); 0 means head_dim
+  float theta = 10000.0f;     // rope_theta / freq_base
+  float freq_scale = 1.0f;    // linear scaling: position * freq_scale (1/factor)
+  const float* inv_freq = nullptr;  // optional precomputed rot_dim/2 inverse frequencies
+                                    // (llama3 scaling); overrides theta when set
+  RopeLayout layout = RopeLayout::RotateHalf;
+};
+// Rotates x in place: n_tokens rows, each n_heads heads of head_dim, token row stride ld
+// (elements). positions[t] is token t's absolute position.
+void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+          const RopeParams& p);
+
+// ---------------------------------------------------------------- embedding
+// out[i, :] = table[ids[i], :] converted to f32. table has vocab rows of dim elements of dtype.
+// Throws Error(InvalidArgument) on an id outside [0, vocab).
+void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
+                      const int32_t* ids, int64_t n, float* out, int64_t ld_out);
+
+// ---------------------------------------------------------------- attention
+// Scaled dot-product attention over a KV cache, tiled with an online softmax (flash-attention
+// style): no n_q x n_kv score matrix is materialised.
+//   q   : [n_q,  n_heads,    head_dim], token row stride ldq
+//   k, v: [n_kv, n_kv_heads, head_dim], token row strides ldk / ldv (the cache)
+//   out : [n_q,  n_heads,    head_dim], token row stride ldo
+// Grouped-query: head h reads kv head h / (n_heads / n_kv_heads).
+// Causal: query i (absolute position q_pos0 + i) sees kv tokens j <= q_pos0 + i; the cache
+// holds positions 0..n_kv-1. Bidirectional (causal=false) sees all n_kv.
+struct AttentionParams {
+  int64_t n_q = 0, n_kv = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int64_t ldq = 0, ldk = 0, ldv = 0, ldo = 0;
+  float scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+  bool causal = true;
+  int64_t q_pos0 = 0;
+};
+void attention(const float* q, const float* k, const float* v, float* out,
+               const AttentionParams& p, ThreadPool* pool);
+
+// ---------------------------------------------------------------- reference paths
+// Scalar references, always available, used by tests (and by the dispatchers at Isa::Scalar).
+namespace ref {
+void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias,
+          float* Y, int64_t ldy, int64_t M, int64_t N, int64_t K);
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p);
+}  // namespace ref
+
+}  // namespace emollm

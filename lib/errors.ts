@@ -1,0 +1,49 @@
+/**
+ * Typed errors. Every failure emollm reports, from JavaScript or from the native core, is an
+ * {@link EmollmError} whose `code` says what kind of problem it is and, for file problems, which
+ * file.
+ */
+
+/** Stable error codes. */
+export type EmollmErrorCode =
+  /** A caller passed a bad shape, dtype, option or value. */
+  | 'ERR_INVALID_ARGUMENT'
+  /** A path that does not exist or cannot be opened. */
+  | 'ERR_FILE_NOT_FOUND'
+  /** A weight or config file whose bytes contradict its own format. */
+  | 'ERR_MALFORMED_FILE'
+  /** A well-formed file or request using something emollm does not implement. */
+  | 'ERR_UNSUPPORTED'
+  /** config.json missing fields, wrong types, or an unknown model_type. */
+  | 'ERR_BAD_CONFIG'
+  /** An allocation or memory mapping failed. */
+  | 'ERR_OUT_OF_MEMORY'
+  /** No native binary could be loaded for this platform. */
+  | 'ERR_NO_BINARY'
+  /** The operation was cancelled through an AbortSignal. */
+  | 'ERR_ABORTED'
+  /** A bug inside emollm. */
+  | 'ERR_INTERNAL';
+
+export interface EmollmErrorOptions {
+  /** The file the error is about, when there is one. */
+  file?: string;
+  /** The underlying error. */
+  cause?: unknown;
+}
+
+export class EmollmError extends Error {
+  readonly code: EmollmErrorCode;
+  readonly file: string | undefined;
+
+  constructor(code: EmollmErrorCode, message: string, options: EmollmErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'EmollmError';
+    this.code = code;
+    this.file = options.file;
+  }
+}
+
+export function isEmollmError(e: unknown, code?: EmollmErrorCode): e is EmollmError {
+  return e instanceof EmollmError && (code === undefined || e.code === code);
+}

@@ -1,0 +1,9 @@
+/**
+ * emollm: multimodal emotional understanding (EmoLLM) on a native C++/CUDA inference core.
+ *
+ * This entry point re-exports the public, typed API.
+ */
+export { EmollmError, isEmollmError } from './errors.js';
+export type { EmollmErrorCode, EmollmErrorOptions } from './errors.js';
+export { cpuInfo, configure, gemm, quantize, dequantize, DTYPES } from './kernels.js';
+export type { CpuInfo, DType, GemmArgs, Isa, KernelOptions } from './kernels.js';

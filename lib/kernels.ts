@@ -1,0 +1,76 @@
+/**
+ * Direct access to the native CPU kernels, for tests, microbenchmarks and users who compose
+ * their own computations. Heavy calls return Promises and run on native worker threads.
+ */
+import { EmollmError } from './errors.js';
+import { native } from './native.js';
+
+/** Weight element types: plain floats and the GGUF block-quantised formats (32-element blocks). */
+export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
+
+/** Instruction-set levels the kernels dispatch on, lowest first. */
+export type Isa = 'scalar' | 'avx2' | 'avx512' | 'amx';
+
+export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];
+
+export interface CpuInfo {
+  /** CPU brand string. */
+  brand: string;
+  /** Physical cores this process may run on: the default thread count. */
+  physicalCores: number;
+  logicalCpus: number;
+  /** Best instruction-set level this CPU supports. */
+  isaDetected: Isa;
+  /** Level kernels use now (detected, capped by `configure({ isa })` or EMOLLM_ISA). */
+  isaActive: Isa;
+  /** Threads the kernels use. */
+  threads: number;
+  /** Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...). */
+  features: Record<string, boolean>;
+}
+
+/** Describes this CPU and the kernel paths in use. */
+export function cpuInfo(): CpuInfo {
+  return native().cpuInfo() as CpuInfo;
+}
+
+export interface KernelOptions {
+  /** Compute threads for kernel calls; 0 means physical cores. */
+  threads?: number;
+  /** Cap the instruction-set level, e.g. 'scalar' to run the reference paths. */
+  isa?: Isa;
+}
+
+/** Sets process-wide kernel options. */
+export function configure(options: KernelOptions): void {
+  native().configure(options);
+}
+
+export interface GemmArgs {
+  /** Activations, row-major [m, k]. */
+  x: Float32Array;
+  /** Weights in `wtype` storage: n rows of k elements (nn.Linear / GGUF layout). */
+  w: ArrayBufferView | ArrayBuffer;
+  wtype: DType;
+  /** Optional bias [n]. */
+  bias?: Float32Array;
+  m: number;
+  n: number;
+  k: number;
+}
+
+/** Y[m, n] = X[m, k] · W[n, k]^T (+ bias), f32 accumulation. */
+export function gemm(args: GemmArgs): Promise<Float32Array> {
+  return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k);
+}
+
+/** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers for q8_0/q4_0). */
+export function quantize(x: Float32Array, dtype: DType): Uint8Array {
+  return native().quantize(x, dtype);
+}
+
+/** Converts `n` elements of `dtype` storage back to f32. */
+export function dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: DType, n: number): Float32Array {
+  if (!Number.isInteger(n) || n < 0) throw new EmollmError('ERR_INVALID_ARGUMENT', `n must be a non-negative integer, got ${n}`);
+  return native().dequantize(bytes, dtype, n);
+}

@@ -1,0 +1,74 @@
+/**
+ * Loads the native addon: a prebuilt binary shipped in prebuilds/ when one fits this platform
+ * (node-gyp-build picks it), else a local build in build/Release. Internal: the public API is
+ * the typed functions in the other lib/ modules.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { EmollmError } from './errors.js';
+
+/** The package root (this file lives in lib/ or dist/). */
+export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Raw native functions. Shapes are validated on the native side as well. */
+export interface NativeBinding {
+  abiVersion: number;
+  setErrorClass(ctor: unknown): void;
+  cpuInfo(): NativeCpuInfo;
+  configure(options: { threads?: number; isa?: string }): void;
+  gemm(
+    x: Float32Array,
+    w: ArrayBufferView | ArrayBuffer,
+    wtype: string,
+    bias: Float32Array | null,
+    m: number,
+    n: number,
+    k: number,
+  ): Promise<Float32Array>;
+  quantize(x: Float32Array, dtype: string): Uint8Array;
+  dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: string, n: number): Float32Array;
+  inspectSafetensors(path: string): Promise<unknown>;
+  inspectGguf(path: string): Promise<unknown>;
+  readConfig(path: string): Promise<unknown>;
+}
+
+export interface NativeCpuInfo {
+  brand: string;
+  physicalCores: number;
+  logicalCpus: number;
+  isaDetected: string;
+  isaActive: string;
+  threads: number;
+  features: Record<string, boolean>;
+}
+
+function load(): NativeBinding {
+  const require = createRequire(import.meta.url);
+  let binding: NativeBinding;
+  try {
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+    binding = nodeGypBuild(packageRoot) as NativeBinding;
+  } catch (cause) {
+    throw new EmollmError(
+      'ERR_NO_BINARY',
+      `emollm: no native binary for ${process.platform}-${process.arch} (Node ${process.versions.node}, ` +
+        `N-API ${process.versions.napi}) was found in ${packageRoot}.\n` +
+        'No prebuilt binary fits this platform, and npm 11 does not run dependencies\' build scripts ' +
+        'unless you approve them. To build it from source (needs python3, make and a C++17 compiler):\n' +
+        '  npm install-scripts approve emollm && npm rebuild emollm',
+      { cause },
+    );
+  }
+  binding.setErrorClass(EmollmError);
+  return binding;
+}
+
+let cached: NativeBinding | undefined;
+
+/** The native binding, loaded on first use. */
+export function native(): NativeBinding {
+  cached ??= load();
+  return cached;
+}

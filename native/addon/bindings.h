@@ -1,0 +1,8 @@
+// Each binding file registers its functions on the addon's exports.
+#pragma once
+#include <napi.h>
+
+namespace emollm::addon {
+void register_loaders(Napi::Env env, Napi::Object exports);  // loaders_binding.cpp
+void register_kernels(Napi::Env env, Napi::Object exports);  // kernels_binding.cpp
+}  // namespace emollm::addon

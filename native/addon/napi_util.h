@@ -1,0 +1,108 @@
+// Helpers shared by the addon's binding files: typed errors and argument checks.
+#pragma once
+#include <napi.h>
+
+#include <string>
+
+#include "../core/error.h"
+
+namespace emollm::addon {
+
+// Per-environment state: the JavaScript EmollmError class registered by lib/native.ts, so errors
+// thrown here are real EmollmError instances (instanceof works) with .code and .file.
+struct AddonData {
+  Napi::FunctionReference error_class;
+};
+
+inline Napi::Error make_js_error(Napi::Env env, const std::string& code, const std::string& message,
+                                 const std::string& file = {}) {
+  AddonData* data = env.GetInstanceData<AddonData>();
+  Napi::Object err;
+  if (data && !data->error_class.IsEmpty()) {
+    Napi::Object opts = Napi::Object::New(env);
+    if (!file.empty()) opts.Set("file", file);
+    err = data->error_class.New({Napi::String::New(env, code), Napi::String::New(env, message), opts});
+  } else {
+    err = Napi::Error::New(env, message).Value();
+    err.Set("code", code);
+    if (!file.empty()) err.Set("file", file);
+  }
+  return Napi::Error(env, err);
+}
+
+inline Napi::Error make_js_error(Napi::Env env, const emollm::Error& e) {
+  return make_js_error(env, error_code_name(e.code()), e.what(), e.file());
+}
+
+// Converts any C++ exception escaping native work into a typed JavaScript error.
+inline Napi::Error make_js_error(Napi::Env env, const std::exception_ptr& ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const emollm::Error& e) {
+    return make_js_error(env, e);
+  } catch (const std::bad_alloc&) {
+    return make_js_error(env, "ERR_OUT_OF_MEMORY", "out of memory");
+  } catch (const std::exception& e) {
+    return make_js_error(env, "ERR_INTERNAL", e.what());
+  } catch (...) {
+    return make_js_error(env, "ERR_INTERNAL", "unknown native error");
+  }
+}
+
+[[noreturn]] inline void throw_invalid(Napi::Env env, const std::string& message) {
+  throw make_js_error(env, "ERR_INVALID_ARGUMENT", message);
+}
+
+inline std::string arg_string(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsString()) throw_invalid(info.Env(), std::string(what) + " must be a string");
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+inline int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw_invalid(info.Env(), std::string(what) + " must be a number");
+  double d = info[i].As<Napi::Number>().DoubleValue();
+  if (d != double(int64_t(d))) throw_invalid(info.Env(), std::string(what) + " must be an integer");
+  return int64_t(d);
+}
+
+// A Promise-returning AsyncWorker: Execute() runs on a libuv worker thread; any exception it
+// throws rejects the promise with a typed error. Subclasses set the result in Resolve().
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual void Run() = 0;                           // worker thread: no N-API calls here
+  virtual Napi::Value Resolve(Napi::Env env) = 0;   // main thread
+
+ private:
+  void Execute() final {
+    try {
+      Run();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  }
+  void OnOK() final {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (error_) {
+      deferred_.Reject(make_js_error(env, error_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(Resolve(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+      deferred_.Reject(make_js_error(env, std::current_exception()).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) final { deferred_.Reject(e.Value()); }
+
+  Napi::Promise::Deferred deferred_;
+  std::exception_ptr error_;
+};
+
+}  // namespace emollm::addon

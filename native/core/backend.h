@@ -1,0 +1,58 @@
+// The compute backend interface: model code calls these and never a kernel directly, so a CUDA
+// backend can plug in later without changing the model code. Pointers passed to a backend's
+// compute calls live in that backend's memory (host memory for the CPU backend; buffers from
+// alloc() in general, filled with upload()).
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "../../kernels/cpu/kernels.h"
+#include "dtype.h"
+
+namespace emollm {
+
+enum class DeviceKind { Cpu, Cuda };
+
+struct BackendOptions {
+  DeviceKind device = DeviceKind::Cpu;
+  int threads = 0;  // CPU compute threads; 0 = physical cores
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind device() const = 0;
+  virtual std::string describe() const = 0;
+
+  // ---- memory
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void free(void* p) = 0;
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;
+  // True when host pointers (e.g. into an mmap'd weight file) can be used directly as weights.
+  virtual bool uses_host_memory() const = 0;
+
+  // ---- compute (same contracts as kernels/cpu/kernels.h)
+  virtual void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
+                    int64_t ldy, int64_t M, int64_t N, int64_t K) = 0;
+  virtual void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows,
+                       int64_t n, float eps) = 0;
+  virtual void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
+                         int64_t rows, int64_t n, float eps) = 0;
+  virtual void silu(const float* x, float* y, int64_t n) = 0;
+  virtual void gelu_erf(const float* x, float* y, int64_t n) = 0;
+  virtual void quick_gelu(const float* x, float* y, int64_t n) = 0;
+  virtual void swiglu(const float* gate, const float* up, float* y, int64_t n) = 0;
+  virtual void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) = 0;
+  virtual void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                    const RopeParams& p) = 0;
+  virtual void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids,
+                                int64_t n, float* out, int64_t ld_out) = 0;
+  virtual void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) = 0;
+};
+
+// Creates a backend. DeviceKind::Cuda throws Error(Unsupported) when the build has no CUDA.
+std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+
+}  // namespace emollm

@@ -1,0 +1,129 @@
+#include "thread_pool.h"
+
+#include <exception>
+
+#include "cpu_features.h"
+
+namespace emollm {
+namespace {
+// Set while a thread executes pool work, so nested run() calls execute inline instead of
+// deadlocking on run_mutex_.
+thread_local bool t_in_pool = false;
+
+// Workers spin this many polls before sleeping: kernels are called back to back (one GEMV per
+// layer during decode), and a futex wake costs tens of microseconds.
+constexpr int kSpinPolls = 20000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
+
+ThreadPool::ThreadPool(int n_threads) {
+  if (n_threads <= 0) n_threads = cpu_features().physical_cores;
+  if (n_threads <= 0) n_threads = 1;
+  n_threads_ = n_threads;
+  workers_.reserve(size_t(n_threads_ - 1));
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(mutex_);
+    stop_ = true;
+    generation_atomic_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (n_threads_ == 1 || t_in_pool) {
+    fn(0, 1);
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  {
+    std::lock_guard<std::mutex> lk(mutex_);
+    job_ = &fn;
+    error_ = nullptr;
+    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    generation_atomic_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+
+  t_in_pool = true;
+  try {
+    fn(0, n_threads_);
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    if (!error_) error_ = std::current_exception();
+  }
+  t_in_pool = false;
+
+  // Wait for the workers: spin first, then sleep.
+  for (int i = 0; i < kSpinPolls && pending_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
+  if (pending_.load(std::memory_order_acquire) != 0) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    done_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+  }
+  job_ = nullptr;
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+void ThreadPool::worker_loop(int ith) {
+  t_in_pool = true;
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t gen = generation_atomic_.load(std::memory_order_acquire);
+    for (int i = 0; i < kSpinPolls && gen == seen; ++i) {
+      cpu_relax();
+      gen = generation_atomic_.load(std::memory_order_acquire);
+    }
+    if (gen == seen) {
+      std::unique_lock<std::mutex> lk(mutex_);
+      wake_.wait(lk, [&] { return generation_atomic_.load(std::memory_order_acquire) != seen; });
+      gen = generation_atomic_.load(std::memory_order_acquire);
+    }
+    seen = gen;
+    const std::function<void(int, int)>* job;
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (stop_) return;
+      job = job_;
+    }
+    try {
+      (*job)(ith, n_threads_);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(mutex_);
+      done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  int64_t chunks = (n + grain - 1) / grain;
+  if (chunks <= 1 || n_threads_ == 1 || t_in_pool) {
+    fn(0, n);
+    return;
+  }
+  run([&](int ith, int nth) {
+    int64_t b, e;
+    split_range(n, ith, nth, grain, &b, &e);
+    if (b < e) fn(b, e);
+  });
+}
+
+}  // namespace emollm

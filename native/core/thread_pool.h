@@ -1,0 +1,59 @@
+// A fixed pool of compute threads for data-parallel kernels.
+// The calling thread takes part as worker 0, so a pool of n threads starts n-1 OS threads;
+// that matters on 2-core machines where an idle extra thread would steal a core.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace emollm {
+
+class ThreadPool {
+ public:
+  // n_threads <= 0 means "physical cores" (cpu_features().physical_cores).
+  explicit ThreadPool(int n_threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Runs fn(thread_index, n_threads) on every worker and returns when all are done.
+  // Calls from different threads are serialised; a nested call from inside fn runs inline.
+  void run(const std::function<void(int ith, int nth)>& fn);
+
+  // Splits [0, n) into contiguous chunks of at least `grain` items, one range per call.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
+
+ private:
+  void worker_loop(int ith);
+
+  int n_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_;  // one run() at a time
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(int, int)>* job_ = nullptr;
+  std::atomic<uint64_t> generation_atomic_{0};  // bumped (under mutex_) to publish a job
+  std::atomic<int> pending_{0};                 // workers still running the current job
+  std::exception_ptr error_;                    // first exception thrown by any worker
+  bool stop_ = false;
+};
+
+// Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
+inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {
+  int64_t blocks = (n + align - 1) / align;
+  int64_t per = blocks / nth, rem = blocks % nth;
+  int64_t b0 = ith * per + (ith < rem ? ith : rem);
+  int64_t b1 = b0 + per + (ith < rem ? 1 : 0);
+  *begin = b0 * align < n ? b0 * align : n;
+  *end = b1 * align < n ? b1 * align : n;
+}
+
+}  // namespace emollm

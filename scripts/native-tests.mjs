@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+// Builds and runs the standalone native tests (no Node addon involved) with CMake + CTest.
+//   node scripts/native-tests.mjs              Release build in build/native
+//   node scripts/native-tests.mjs --sanitize   AddressSanitizer + UBSan build in build/asan
+// Extra arguments after -- go to ctest.
+import { spawnSync } from 'node:child_process';
+import { cpus } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const argv = process.argv.slice(2);
+const sanitize = argv.includes('--sanitize');
+const sep = argv.indexOf('--');
+const ctestArgs = sep >= 0 ? argv.slice(sep + 1) : [];
+const buildDir = join(root, 'build', sanitize ? 'asan' : 'native');
+const jobs = String(Math.max(1, Math.min(cpus().length, 4)));
+
+function run(cmd, args, env = {}) {
+  console.log(`$ ${cmd} ${args.join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } });
+  if (r.error) {
+    console.error(`emollm: could not run ${cmd}: ${r.error.message}`);
+    process.exit(1);
+  }
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+const configure = ['-S', '.', '-B', buildDir, '-DEMOLLM_BUILD_TESTS=ON', '-DEMOLLM_CUDA=OFF'];
+if (sanitize) configure.push('-DEMOLLM_SANITIZE=ON', '-DCMAKE_BUILD_TYPE=RelWithDebInfo', '-DEMOLLM_BUILD_BENCH=OFF');
+else configure.push('-DCMAKE_BUILD_TYPE=Release', '-DEMOLLM_BUILD_BENCH=OFF');
+run('cmake', configure);
+run('cmake', ['--build', buildDir, '-j', jobs]);
+run('ctest', ['--test-dir', buildDir, '--output-on-failure', ...ctestArgs], {
+  // halt_on_error makes any sanitizer report fail the test instead of only printing.
+  ASAN_OPTIONS: 'halt_on_error=1:abort_on_error=0:detect_leaks=1',
+  UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1',
+});

@@ -1,0 +1,187 @@
+// Tests of the native core: dtype conversions, quantisation layouts, arena, thread pool, ISA cap.
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/backend.h"
+#include "core/cpu_features.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+#include "testing.h"
+
+using namespace emollm;
+
+TEST(f16_round_trips_every_finite_half) {
+  // Every finite half converts to f32 and back to the same bits; NaNs stay NaN.
+  int bad = 0;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = f16_to_f32(uint16_t(h));
+    const bool is_nan = ((h >> 10) & 0x1f) == 0x1f && (h & 0x3ff);
+    if (is_nan) {
+      if (!std::isnan(f) || !std::isnan(f16_to_f32(f32_to_f16(f)))) ++bad;
+    } else if (f32_to_f16(f) != h) {
+      ++bad;
+    }
+  }
+  EXPECT(bad == 0);
+}
+
+TEST(f16_known_values_and_rounding) {
+  EXPECT(f32_to_f16(1.0f) == 0x3c00);
+  EXPECT(f32_to_f16(-2.0f) == 0xc000);
+  EXPECT(f32_to_f16(65504.0f) == 0x7bff);
+  EXPECT(f32_to_f16(65520.0f) == 0x7c00);  // ties to even overflow to inf
+  EXPECT(f32_to_f16(65519.0f) == 0x7bff);
+  EXPECT(f32_to_f16(5.9604645e-8f) == 0x0001);  // smallest subnormal
+  EXPECT(f32_to_f16(2.9802322e-8f) == 0x0000);  // half of it ties to even (zero)
+  EXPECT(f32_to_f16(1.0f + 1.0f / 2048) == 0x3c00);  // tie: round to even mantissa
+  EXPECT(f32_to_f16(1.0f + 3.0f / 2048) == 0x3c02);  // tie: round up to even
+  EXPECT(f16_to_f32(0x3555) == 0.333251953125f);
+  EXPECT(f16_to_f32(0x0400) == 6.103515625e-05f);
+}
+
+TEST(bf16_rounds_to_nearest_even) {
+  EXPECT(f32_to_bf16(1.0f) == 0x3f80);
+  EXPECT(f32_to_bf16(fp32_from_bits(0x3f808000u)) == 0x3f80);  // tie, even stays
+  EXPECT(f32_to_bf16(fp32_from_bits(0x3f818000u)) == 0x3f82);  // tie, odd rounds up
+  EXPECT(f32_to_bf16(fp32_from_bits(0x3f808001u)) == 0x3f81);
+  EXPECT(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+  EXPECT(bf16_to_f32(0xc0490fdb >> 16) == -3.140625f);
+}
+
+TEST(dtype_sizes_match_ggml) {
+  EXPECT(dtype_row_bytes(DType::F32, 10) == 40);
+  EXPECT(dtype_row_bytes(DType::BF16, 10) == 20);
+  EXPECT(dtype_row_bytes(DType::Q8_0, 64) == 68);
+  EXPECT(dtype_row_bytes(DType::Q4_0, 4096) == 128 * 18);
+  EXPECT_THROWS(dtype_row_bytes(DType::Q4_0, 33), ErrorCode::InvalidArgument);
+  DType t;
+  EXPECT(dtype_from_name("BF16", &t) && t == DType::BF16);
+  EXPECT(dtype_from_name("q4_0", &t) && t == DType::Q4_0);
+  EXPECT(!dtype_from_name("q5_1", &t));
+}
+
+TEST(q8_0_matches_ggml_reference_quantizer) {
+  // Hand-computed block: amax 2.54 -> d = 0.02, values are exact multiples of d.
+  float x[32];
+  for (int i = 0; i < 32; ++i) x[i] = 0.02f * float(i * 4 - 64) * (i % 2 ? 1.0f : -1.0f);
+  x[31] = 2.54f;  // amax -> q = 127
+  BlockQ8_0 b;
+  quantize_row(DType::Q8_0, x, &b, 32);
+  EXPECT_NEAR(f16_to_f32(b.d), 0.02f, 1e-5);
+  EXPECT(b.qs[31] == 127);
+  EXPECT(b.qs[0] == 64);   // -0.02 * -64 / 0.02
+  EXPECT(b.qs[1] == -60);  // 0.02 * (4-64)
+  float y[32];
+  dequantize_row(DType::Q8_0, &b, y, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_NEAR(y[i], x[i], 0.02 * 0.5 + 1e-3);
+}
+
+TEST(q4_0_matches_ggml_nibble_layout) {
+  float x[32];
+  for (int i = 0; i < 32; ++i) x[i] = float(i - 16) * 0.5f;  // the extreme value is -8 (i = 0)
+  BlockQ4_0 b;
+  quantize_row(DType::Q4_0, x, &b, 32);
+  // max by magnitude is -8 -> d = -8 / -8 = 1, so q = round(x / 1 + 8) clipped to 15.
+  EXPECT_NEAR(f16_to_f32(b.d), 1.0f, 0);
+  EXPECT((b.qs[0] & 0x0f) == 0);        // x[0] = -8 -> 0
+  EXPECT((b.qs[0] >> 4) == 8);          // x[16] = 0 -> 8 (high nibble holds element 16)
+  EXPECT((b.qs[15] >> 4) == 15);        // x[31] = 7.5 -> int8(7.5 + 8.5) = 16 -> clipped 15
+  float y[32];
+  dequantize_row(DType::Q4_0, &b, y, 32);
+  EXPECT_NEAR(y[0], -8.0f, 0);
+  EXPECT_NEAR(y[16], 0.0f, 0);
+  EXPECT_NEAR(y[31], 7.0f, 0);
+  EXPECT_NEAR(y[3], -6.0f, 0);  // -6.5 + 8.5 = 2 -> (2-8) * 1
+}
+
+TEST(arena_alignment_and_reuse) {
+  Arena a(1024);
+  void* p1 = a.alloc(10);
+  void* p2 = a.alloc(100, 128);
+  void* p3 = a.alloc(5000);  // larger than a block
+  EXPECT(reinterpret_cast<uintptr_t>(p1) % kAlign == 0);
+  EXPECT(reinterpret_cast<uintptr_t>(p2) % 128 == 0);
+  EXPECT(reinterpret_cast<uintptr_t>(p3) % kAlign == 0);
+  std::memset(p3, 1, 5000);
+  EXPECT(a.bytes_used() >= 5110);
+  a.reset();
+  EXPECT(a.bytes_used() == 0);
+  const size_t reserved = a.bytes_reserved();
+  a.alloc(10); a.alloc(100, 128); a.alloc(5000);
+  EXPECT(a.bytes_reserved() == reserved);  // one reset round later, the same work needs no new memory
+}
+
+TEST(thread_pool_runs_every_worker_and_propagates_errors) {
+  ThreadPool pool(3);
+  EXPECT(pool.size() == 3);
+  std::vector<std::atomic<int>> hits(3);
+  for (int r = 0; r < 1000; ++r) pool.run([&](int ith, int nth) { EXPECT(nth == 3); hits[size_t(ith)]++; });
+  for (auto& h : hits) EXPECT(h.load() == 1000);
+  bool caught = false;
+  try {
+    pool.run([](int ith, int) { if (ith == 2) throw Error(ErrorCode::Internal, "boom"); });
+  } catch (const Error& e) {
+    caught = std::string(e.what()) == "boom";
+  }
+  EXPECT(caught);
+  // the pool still works after an error, and nested runs execute inline
+  std::atomic<int> total{0};
+  pool.run([&](int, int) { pool.run([&](int, int nth) { EXPECT(nth == 1); total++; }); });
+  EXPECT(total.load() == 3);
+}
+
+TEST(parallel_for_covers_range_exactly_once) {
+  ThreadPool pool(2);
+  for (int64_t n : {1, 2, 7, 64, 1001}) {
+    std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+    pool.parallel_for(n, 8, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) seen[size_t(i)]++; });
+    int bad = 0;
+    for (auto& s : seen) bad += s.load() != 1;
+    EXPECT(bad == 0);
+  }
+  int64_t b, e;
+  split_range(100, 1, 3, 16, &b, &e);
+  EXPECT(b % 16 == 0 && e > b && e <= 100);
+}
+
+TEST(isa_cap_limits_active_level) {
+  const Isa detected = isa_detected();
+  {
+    IsaCapScope scalar(Isa::Scalar);
+    EXPECT(isa_active() == Isa::Scalar);
+  }
+  EXPECT(isa_active() == detected || int(isa_cap()) < int(detected));
+  Isa parsed;
+  EXPECT(isa_from_name("avx512", &parsed) && parsed == Isa::Avx512);
+  EXPECT(!isa_from_name("sse9", &parsed));
+  const CpuFeatures& f = cpu_features();
+  EXPECT(f.physical_cores >= 1 && f.logical_cpus >= f.physical_cores);
+  if (detected >= Isa::Avx512) EXPECT(f.avx512f && f.avx2);
+  std::printf("    cpu: %s, %d physical cores, isa %s, avx512bf16 %d, amx %d\n", f.brand.c_str(), f.physical_cores,
+              isa_name(detected), int(f.avx512bf16), int(f.amx_usable));
+}
+
+TEST(tensor_view_shapes) {
+  float buf[24];
+  auto t = TensorView::contiguous(buf, DType::F32, {2, 3, 4});
+  EXPECT(t.numel() == 24 && t.rows() == 6 && t.cols() == 4 && t.is_contiguous());
+  EXPECT(t.stride[0] == 12 && t.stride[1] == 4 && t.stride[2] == 1);
+  t.stride[0] = 20;
+  EXPECT(!t.is_contiguous());
+  EXPECT(t.shape_string() == "[2, 3, 4] f32");
+}
+
+TEST(backend_cpu_and_missing_cuda) {
+  auto be = make_backend({DeviceKind::Cpu, 2});
+  EXPECT(be->device() == DeviceKind::Cpu && be->uses_host_memory());
+  EXPECT(be->describe().find("2 threads") != std::string::npos);
+#if !defined(EMOLLM_WITH_CUDA)
+  EXPECT_THROWS(make_backend({DeviceKind::Cuda, 0}), ErrorCode::Unsupported);
+#endif
+}
