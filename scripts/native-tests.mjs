@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Builds and runs the standalone native tests (no Node addon involved) with CMake + CTest.
-//   node scripts/native-tests.mjs              Release build in build/native
-//   node scripts/native-tests.mjs --sanitize   AddressSanitizer + UBSan build in build/asan
+//   node scripts/native-tests.mjs              Release build in build-native/
+//   node scripts/native-tests.mjs --sanitize   AddressSanitizer + UBSan build in build-asan/
 // Extra arguments after -- go to ctest.
 import { spawnSync } from 'node:child_process';
 import { cpus } from 'node:os';
@@ -13,7 +13,8 @@ const argv = process.argv.slice(2);
 const sanitize = argv.includes('--sanitize');
 const sep = argv.indexOf('--');
 const ctestArgs = sep >= 0 ? argv.slice(sep + 1) : [];
-const buildDir = join(root, 'build', sanitize ? 'asan' : 'native');
+// Not under build/: node-gyp rebuild deletes that folder.
+const buildDir = join(root, sanitize ? 'build-asan' : 'build-native');
 const jobs = String(Math.max(1, Math.min(cpus().length, 4)));
 
 function run(cmd, args, env = {}) {
