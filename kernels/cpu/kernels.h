@@ -32,6 +32,7 @@ void gemv(const float* x, const void* W, DType wtype, const float* bias, float* 
 
 // ---------------------------------------------------------------- normalisation
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.
+// Both norms may run in place (y == x).
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
              int64_t rows, int64_t n, float eps);
 // y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). Biased variance, as torch.
@@ -47,6 +48,8 @@ void swiglu(const float* gate, const float* up, float* y, int64_t n);
 
 // ---------------------------------------------------------------- softmax
 // Row-wise softmax over n columns, numerically stable (max subtracted). In place allowed.
+// Special values follow torch: -inf entries give 0; a row that is all -inf, or holds +inf or
+// NaN, gives all NaN.
 void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n);
 
 // ---------------------------------------------------------------- rotary position embedding
