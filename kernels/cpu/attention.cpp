@@ -1,1 +1,945 @@
-// (being written)
+// Scaled dot-product attention over a KV cache (see kernels.h, AttentionParams).
+//
+// ref::attention: scalar reference. One query row at a time: scores for the visible keys in a
+// row buffer (O(n_kv) doubles), softmax with the max subtracted, weighted sum of V; double
+// accumulation throughout so it is the most accurate path, not just the simplest.
+//
+// attention (AVX-512 / AVX2): flash-attention style tiling with an online softmax.
+//   Work unit = (kv heads [g0, g0+ng), tile of queries, chunk of each group's query heads
+//   [, kv split]); at most kMaxRows rows (query x head). The rows of one kv head read each K/V
+//   block once for all of them (GQA/MQA). For every block of kBk kv tokens:
+//     S[r, j]   = scale * q_r . k_j                        (qk / qk_t kernels)
+//     m_new     = max(m_r, max_j S[r, j])                  (per row, masked causally)
+//     P[r, j]   = exp(S[r, j] - m_new),  alpha = exp(m_r - m_new)
+//     l_r       = alpha * l_r + sum_j P[r, j]
+//     acc[r, :] = alpha * acc[r, :] + sum_j P[r, j] v_j    (pv kernel, rescale fused)
+//   and at the end out_r = acc_r / l_r. Scratch per thread is O(kMaxRows * (kBk + head_dim)),
+//   allocated once per call. Nothing of size n_q x n_kv exists.
+//   Prefill: one kv head per unit, up to 64 rows; K block transposed in registers (AVX-512) so
+//   S is a broadcast-FMA product without horizontal sums; V block copied contiguous.
+//   Decode / short chunks: many kv heads per unit, walked in 16-token sub-blocks across heads so
+//   the token-major cache is read a row at a time (see run_unit).
+//   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
+//   range is cut into pieces whose partial (m, l, acc) are merged afterwards.
+//
+// Vector code uses GCC target attributes (no per-file flags); dispatch on isa_active().
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../../native/core/arena.h"
+#include "../../native/core/error.h"
+#include "kernels.h"
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_*()
+// (GCC bug 105593, fixed in 13); silence it for this translation unit's intrinsics only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
+
+namespace emollm {
+
+namespace {
+
+constexpr int kBk = 64;       // kv tokens per block (multiple of 16)
+constexpr int kMaxRows = 64;  // rows (query x head) per work unit
+
+struct Resolved {
+  int64_t group;  // query heads per kv head
+  float scale;
+};
+
+Resolved validate(const float* q, const float* k, const float* v, const float* out, const AttentionParams& p) {
+  EMOLLM_CHECK_ARG(q && k && v && out, "attention: null pointer");
+  EMOLLM_CHECK_ARG(p.n_q > 0 && p.n_kv > 0, "attention: n_q and n_kv must be positive");
+  EMOLLM_CHECK_ARG(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0,
+                   "attention: n_heads, n_kv_heads and head_dim must be positive");
+  EMOLLM_CHECK_ARG(p.n_heads % p.n_kv_heads == 0, "attention: n_heads must be a multiple of n_kv_heads");
+  EMOLLM_CHECK_ARG(p.head_dim <= (int64_t(1) << 20) && p.n_heads <= (int64_t(1) << 20),
+                   "attention: head_dim / n_heads out of range");
+  const int64_t qw = p.n_heads * p.head_dim, kw = p.n_kv_heads * p.head_dim;
+  EMOLLM_CHECK_ARG(p.ldq >= qw, "attention: ldq must be >= n_heads * head_dim");
+  EMOLLM_CHECK_ARG(p.ldo >= qw, "attention: ldo must be >= n_heads * head_dim");
+  EMOLLM_CHECK_ARG(p.ldk >= kw, "attention: ldk must be >= n_kv_heads * head_dim");
+  EMOLLM_CHECK_ARG(p.ldv >= kw, "attention: ldv must be >= n_kv_heads * head_dim");
+  EMOLLM_CHECK_ARG(p.q_pos0 >= 0, "attention: q_pos0 must be >= 0");
+  EMOLLM_CHECK_ARG(!p.causal || p.n_kv >= p.q_pos0 + p.n_q,
+                   "attention: causal attention needs n_kv >= q_pos0 + n_q");
+  EMOLLM_CHECK_ARG(std::isfinite(p.scale), "attention: scale must be finite");
+  Resolved r;
+  r.group = p.n_heads / p.n_kv_heads;
+  r.scale = p.scale != 0.0f ? p.scale : float(1.0 / std::sqrt(double(p.head_dim)));
+  return r;
+}
+
+// Number of kv tokens query i sees.
+inline int64_t kv_visible(const AttentionParams& p, int64_t i) {
+  return p.causal ? p.q_pos0 + i + 1 : p.n_kv;
+}
+
+}  // namespace
+
+// ============================================================================ scalar reference
+namespace ref {
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) {
+  const Resolved rs = validate(q, k, v, out, p);
+  const int64_t D = p.head_dim;
+  std::vector<double> s(static_cast<size_t>(p.n_kv));
+  std::vector<double> o(static_cast<size_t>(D));
+  for (int64_t i = 0; i < p.n_q; ++i) {
+    const int64_t nvis = kv_visible(p, i);
+    assert(nvis >= 1 && nvis <= p.n_kv);  // causal: the query always sees itself
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      const int64_t g = h / rs.group;
+      const float* qr = q + i * p.ldq + h * D;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < nvis; ++j) {
+        const float* kr = k + j * p.ldk + g * D;
+        double d = 0;
+        for (int64_t t = 0; t < D; ++t) d += double(qr[t]) * double(kr[t]);
+        s[size_t(j)] = d * double(rs.scale);
+        mx = std::max(mx, s[size_t(j)]);
+      }
+      double sum = 0;
+      std::fill(o.begin(), o.end(), 0.0);
+      for (int64_t j = 0; j < nvis; ++j) {
+        const double e = std::exp(s[size_t(j)] - mx);
+        sum += e;
+        const float* vr = v + j * p.ldv + g * D;
+        for (int64_t t = 0; t < D; ++t) o[size_t(t)] += e * double(vr[t]);
+      }
+      float* orow = out + i * p.ldo + h * D;
+      for (int64_t t = 0; t < D; ++t) orow[t] = float(o[size_t(t)] / sum);
+    }
+  }
+}
+}  // namespace ref
+
+// ============================================================================ vector kernels
+#if defined(__x86_64__)
+namespace {
+
+#define EMO_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define EMO_T256 __attribute__((target("avx2,fma,f16c")))
+
+// Per-ISA inner kernels; the tiling driver below is shared.
+struct Kern {
+  // S[r * ldS + j] = scale * dot(qrows[r], k + j*ldk) for r < R, j < nb (entries up to
+  // round_up(nb, 16) may be written with junk).
+  void (*qk)(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D, float scale,
+             float* S, int ldS);
+  float (*row_max)(const float* s, int n);
+  // s[j] = exp(s[j] - m) for j < n; returns the sum.
+  float (*exp_sum)(float* s, int n, float m);
+  // acc[r, :D] = alpha[r] * acc[r, :D] + sum_{j<nb} P[r, j] * v[j, :D]
+  void (*pv)(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP, const float* v,
+             int64_t ldv, int nb, int D);
+  // Optional (null: use qk): kt[d * kBk + j] = k[j * ldk + d] for j < nb, d < D (columns j >= nb
+  // get finite junk), then the same S as qk from kt; no horizontal sums. Used for many rows.
+  void (*k_transpose)(const float* k, int64_t ldk, int nb, int D, float* kt);
+  void (*qk_t)(const float* const* qrows, int R, const float* kt, int D, float scale, float* S, int ldS);
+};
+
+// Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
+constexpr float kExpHi = 88.0f;
+constexpr float kExpLo = -87.33654475f;  // below: result is flushed to 0 (true value < 1.2e-38)
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
+                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+// ---------------------------------------------------------------------------- AVX-512
+EMO_T512 static inline __m512 exp512(__m512 x) {
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLo), _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
+  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kLn2Hi), x);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kLn2Lo), x);
+  __m512 y = _mm512_set1_ps(kP0);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP1));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP2));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP3));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP4));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(kP5));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+  return _mm512_maskz_mov_ps(__mmask16(~under), y);
+}
+
+// out lane i = horizontal sum of a[i], i < 16.
+EMO_T512 static inline __m512 reduce16_512(const __m512* a) {
+  __m512 w[8], x[4];
+  #pragma GCC unroll 8
+  for (int t = 0; t < 8; ++t)
+    w[t] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * t], a[2 * t + 1]), _mm512_unpackhi_ps(a[2 * t], a[2 * t + 1]));
+  #pragma GCC unroll 4
+  for (int t = 0; t < 4; ++t)
+    x[t] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * t], w[2 * t + 1], 0x44),
+                         _mm512_shuffle_ps(w[2 * t], w[2 * t + 1], 0xEE));
+  const __m512 y0 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
+  const __m512 y1 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(y0, y1, 0x88), _mm512_shuffle_f32x4(y0, y1, 0xDD));
+}
+
+EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D,
+                               float scale, float* S, int ldS) {
+  const int nfull = D / 16, tail = D % 16;
+  const __mmask16 tm = __mmask16((1u << tail) - 1);
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int j0 = 0; j0 < nb; j0 += 16) {
+    const float* kp[16];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) kp[t] = k + int64_t(std::min(j0 + t, nb - 1)) * ldk;  // clamp: no reads past the cache
+    int r = 0;
+    for (; r + 1 < R; r += 2) {  // 2 rows x 8 keys per reduction: lanes 0-7 row r, 8-15 row r+1
+      const float* q0 = qrows[r];
+      const float* q1 = qrows[r + 1];
+      for (int half = 0; half < 2 && j0 + 8 * half < nb; ++half) {
+        const float* const* kh = kp + 8 * half;
+        __m512 acc[16];
+        #pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+        int c = 0;
+        for (; c < nfull * 16; c += 16) {
+          const __m512 a0 = _mm512_loadu_ps(q0 + c), a1 = _mm512_loadu_ps(q1 + c);
+          #pragma GCC unroll 8
+          for (int t = 0; t < 8; ++t) {
+            const __m512 kv = _mm512_loadu_ps(kh[t] + c);
+            acc[t] = _mm512_fmadd_ps(a0, kv, acc[t]);
+            acc[8 + t] = _mm512_fmadd_ps(a1, kv, acc[8 + t]);
+          }
+        }
+        if (tail) {
+          const __m512 a0 = _mm512_maskz_loadu_ps(tm, q0 + c), a1 = _mm512_maskz_loadu_ps(tm, q1 + c);
+          #pragma GCC unroll 8
+          for (int t = 0; t < 8; ++t) {
+            const __m512 kv = _mm512_maskz_loadu_ps(tm, kh[t] + c);
+            acc[t] = _mm512_fmadd_ps(a0, kv, acc[t]);
+            acc[8 + t] = _mm512_fmadd_ps(a1, kv, acc[8 + t]);
+          }
+        }
+        const __m512 z = _mm512_mul_ps(reduce16_512(acc), vs);
+        _mm256_storeu_ps(S + int64_t(r) * ldS + j0 + 8 * half, _mm512_castps512_ps256(z));
+        _mm256_storeu_ps(S + int64_t(r + 1) * ldS + j0 + 8 * half, _mm512_extractf32x8_ps(z, 1));
+      }
+    }
+    if (r < R) {  // last odd row: 1 row x 16 keys
+      const float* q0 = qrows[r];
+      __m512 acc[16];
+      #pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+      int c = 0;
+      for (; c < nfull * 16; c += 16) {
+        const __m512 a0 = _mm512_loadu_ps(q0 + c);
+        #pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(kp[t] + c), acc[t]);
+      }
+      if (tail) {
+        const __m512 a0 = _mm512_maskz_loadu_ps(tm, q0 + c);
+        #pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(tm, kp[t] + c), acc[t]);
+      }
+      _mm512_storeu_ps(S + int64_t(r) * ldS + j0, _mm512_mul_ps(reduce16_512(acc), vs));
+    }
+  }
+}
+
+EMO_T512 static float row_max_avx512(const float* s, int n) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  int i = 0;
+  for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + i));
+  if (i < n) {
+    const __mmask16 tm = __mmask16((1u << (n - i)) - 1);
+    m = _mm512_mask_max_ps(m, tm, m, _mm512_maskz_loadu_ps(tm, s + i));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+EMO_T512 static float exp_sum_avx512(float* s, int n, float mx) {
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm));
+    _mm512_storeu_ps(s + i, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (i < n) {
+    const __mmask16 tm = __mmask16((1u << (n - i)) - 1);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, s + i), vm));
+    _mm512_mask_storeu_ps(s + i, tm, e);
+    sum = _mm512_mask_add_ps(sum, tm, sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// NR rows x NC 16-float chunks of acc kept in registers over the whole kv block.
+template <int NR, int NC>
+EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                           const float* v, int64_t ldv, int nb, __mmask16 lastmask) {
+  __m512 a[NR][NC];
+  #pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
+  }
+  for (int j = 0; j < nb; ++j) {
+    const float* vj = v + int64_t(j) * ldv;
+    __m512 vv[NC];
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c)
+      vv[c] = c == NC - 1 ? _mm512_maskz_loadu_ps(lastmask, vj + 16 * c) : _mm512_loadu_ps(vj + 16 * c);
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
+      #pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) a[r][c] = _mm512_fmadd_ps(pr, vv[c], a[r][c]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
+}
+
+template <int NR>
+EMO_T512 static inline void pv_rows_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                           const float* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
+  switch (nc) {
+    case 1: pv_tile_avx512<NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 2: pv_tile_avx512<NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 3: pv_tile_avx512<NR, 3>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    default: pv_tile_avx512<NR, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+  }
+}
+
+EMO_T512 static void pv_avx512(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
+                               const float* v, int64_t ldv, int nb, int D) {
+  const int nchunks = (D + 15) / 16, tail = D % 16;
+  for (int c0 = 0; c0 < nchunks; c0 += 4) {
+    const int nc = std::min(4, nchunks - c0);
+    const __mmask16 lm = (c0 + nc == nchunks && tail) ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+    float* ac = acc + 16 * c0;
+    const float* vc = v + 16 * c0;
+    int r = 0;
+    for (; r + 4 <= R; r += 4)
+      pv_rows_avx512<4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm);
+    switch (R - r) {
+      case 3: pv_rows_avx512<3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 2: pv_rows_avx512<2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 1: pv_rows_avx512<1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      default: break;
+    }
+  }
+}
+
+// kt[d][j] = k[j][d]: 16x16 tiles transposed in registers; rows past nb repeat row nb-1.
+EMO_T512 static void k_transpose_avx512(const float* k, int64_t ldk, int nb, int D, float* kt) {
+  const int D16 = D / 16 * 16;
+  for (int j0 = 0; j0 < kBk; j0 += 16) {
+    if (j0 >= nb) break;  // columns >= nb keep junk (finite: zero-initialised or earlier blocks)
+    const float* kr[16];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) kr[t] = k + int64_t(std::min(j0 + t, nb - 1)) * ldk;
+    for (int d0 = 0; d0 < D16; d0 += 16) {
+      __m512 r[16], t[16], u[16];
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(kr[i] + d0);
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      // u[4g + m], lane L: column 4L + m of rows 4g..4g+3
+      #pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) {
+        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+      }
+      #pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) {
+        const __m512 a = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), b = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+        const __m512 c = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), e = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+        float* dst = kt + int64_t(d0 + m) * kBk + j0;
+        _mm512_store_ps(dst + 0 * 4 * kBk, _mm512_shuffle_f32x4(a, c, 0x88));  // column 4*0 + m
+        _mm512_store_ps(dst + 1 * 4 * kBk, _mm512_shuffle_f32x4(b, e, 0x88));  // column 4*1 + m
+        _mm512_store_ps(dst + 2 * 4 * kBk, _mm512_shuffle_f32x4(a, c, 0xDD));  // column 4*2 + m
+        _mm512_store_ps(dst + 3 * 4 * kBk, _mm512_shuffle_f32x4(b, e, 0xDD));  // column 4*3 + m
+      }
+    }
+    for (int d = D16; d < D; ++d)
+      for (int t = 0; t < 16; ++t) kt[int64_t(d) * kBk + j0 + t] = kr[t][d];
+  }
+}
+
+// NR rows x 64 keys in registers; q broadcast per (row, d).
+template <int NR>
+EMO_T512 static inline void qk_t_rows_avx512(const float* const* qrows, const float* kt, int D, __m512 vs,
+                                             float* S, int ldS) {
+  __m512 acc[NR][4];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int d = 0; d < D; ++d) {
+    const float* kd = kt + int64_t(d) * kBk;
+    const __m512 k0 = _mm512_load_ps(kd), k1 = _mm512_load_ps(kd + 16), k2 = _mm512_load_ps(kd + 32),
+                 k3 = _mm512_load_ps(kd + 48);
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const __m512 qb = _mm512_set1_ps(qrows[r][d]);
+      acc[r][0] = _mm512_fmadd_ps(qb, k0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(qb, k1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(qb, k2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(qb, k3, acc[r][3]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + int64_t(r) * ldS + 16 * c, _mm512_mul_ps(acc[r][c], vs));
+}
+
+EMO_T512 static void qk_t_avx512(const float* const* qrows, int R, const float* kt, int D, float scale, float* S,
+                                 int ldS) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  int r = 0;
+  for (; r + 6 <= R; r += 6) qk_t_rows_avx512<6>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS);
+  switch (R - r) {
+    case 5: qk_t_rows_avx512<5>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
+    case 4: qk_t_rows_avx512<4>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
+    case 3: qk_t_rows_avx512<3>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
+    case 2: qk_t_rows_avx512<2>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
+    case 1: qk_t_rows_avx512<1>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
+    default: break;
+  }
+}
+
+const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512};
+
+// ---------------------------------------------------------------------------- AVX2
+alignas(32) const int32_t kMask8[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+EMO_T256 static inline __m256i tail_mask256(int n) {  // lanes < n set, 0 <= n <= 8
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask8 + 8 - n));
+}
+
+EMO_T256 static inline __m256 exp256(__m256 x) {
+  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kExpLo), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpLo)), _mm256_set1_ps(kExpHi));
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kLn2Hi), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kLn2Lo), x);
+  __m256 y = _mm256_set1_ps(kP0);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(kP1));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(kP2));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(kP3));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(kP4));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(kP5));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, y);
+}
+
+// out lane i = horizontal sum of a[i], i < 8.
+EMO_T256 static inline __m256 reduce8_256(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+EMO_T256 static void qk_avx2(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D,
+                             float scale, float* S, int ldS) {
+  const int nfull = D / 8, tail = D % 8;
+  const __m256i tm = tail_mask256(tail);
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int j0 = 0; j0 < nb; j0 += 8) {
+    const float* kp[8];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 8; ++t) kp[t] = k + int64_t(std::min(j0 + t, nb - 1)) * ldk;
+    int r = 0;
+    for (; r + 1 < R; r += 2) {  // 2 rows x 4 keys per reduction
+      const float* q0 = qrows[r];
+      const float* q1 = qrows[r + 1];
+      for (int half = 0; half < 2 && j0 + 4 * half < nb; ++half) {
+        const float* const* kh = kp + 4 * half;
+        __m256 acc[8];
+        #pragma GCC unroll 16
+        for (int t = 0; t < 8; ++t) acc[t] = _mm256_setzero_ps();
+        int c = 0;
+        for (; c < nfull * 8; c += 8) {
+          const __m256 a0 = _mm256_loadu_ps(q0 + c), a1 = _mm256_loadu_ps(q1 + c);
+          #pragma GCC unroll 4
+          for (int t = 0; t < 4; ++t) {
+            const __m256 kv = _mm256_loadu_ps(kh[t] + c);
+            acc[t] = _mm256_fmadd_ps(a0, kv, acc[t]);
+            acc[4 + t] = _mm256_fmadd_ps(a1, kv, acc[4 + t]);
+          }
+        }
+        if (tail) {
+          const __m256 a0 = _mm256_maskload_ps(q0 + c, tm), a1 = _mm256_maskload_ps(q1 + c, tm);
+          #pragma GCC unroll 4
+          for (int t = 0; t < 4; ++t) {
+            const __m256 kv = _mm256_maskload_ps(kh[t] + c, tm);
+            acc[t] = _mm256_fmadd_ps(a0, kv, acc[t]);
+            acc[4 + t] = _mm256_fmadd_ps(a1, kv, acc[4 + t]);
+          }
+        }
+        const __m256 z = _mm256_mul_ps(reduce8_256(acc), vs);
+        _mm_storeu_ps(S + int64_t(r) * ldS + j0 + 4 * half, _mm256_castps256_ps128(z));
+        _mm_storeu_ps(S + int64_t(r + 1) * ldS + j0 + 4 * half, _mm256_extractf128_ps(z, 1));
+      }
+    }
+    if (r < R) {
+      const float* q0 = qrows[r];
+      __m256 acc[8];
+      #pragma GCC unroll 16
+      for (int t = 0; t < 8; ++t) acc[t] = _mm256_setzero_ps();
+      int c = 0;
+      for (; c < nfull * 8; c += 8) {
+        const __m256 a0 = _mm256_loadu_ps(q0 + c);
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(kp[t] + c), acc[t]);
+      }
+      if (tail) {
+        const __m256 a0 = _mm256_maskload_ps(q0 + c, tm);
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(a0, _mm256_maskload_ps(kp[t] + c, tm), acc[t]);
+      }
+      _mm256_storeu_ps(S + int64_t(r) * ldS + j0, _mm256_mul_ps(reduce8_256(acc), vs));
+    }
+  }
+}
+
+EMO_T256 static float hmax256(__m256 m) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+EMO_T256 static float hsum256(__m256 m) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+EMO_T256 static float row_max_avx2(const float* s, int n) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + i));
+  float r = hmax256(m);
+  for (; i < n; ++i) r = std::max(r, s[i]);
+  return r;
+}
+
+EMO_T256 static float exp_sum_avx2(float* s, int n, float mx) {
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 sum = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+    _mm256_storeu_ps(s + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  if (i < n) {
+    const __m256i tm = tail_mask256(n - i);
+    const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(s + i, tm), vm)), _mm256_castsi256_ps(tm));
+    _mm256_maskstore_ps(s + i, tm, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  return hsum256(sum);
+}
+
+template <int NR, int NC>
+EMO_T256 static inline void pv_tile_avx2(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                         const float* v, int64_t ldv, int nb, __m256i lastmask) {
+  __m256 a[NR][NC];
+  #pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) {
+    const __m256 al = _mm256_set1_ps(alpha[r]);
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm256_mul_ps(_mm256_load_ps(acc + r * ldacc + 8 * c), al);
+  }
+  for (int j = 0; j < nb; ++j) {
+    const float* vj = v + int64_t(j) * ldv;
+    __m256 vv[NC];
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c)
+      vv[c] = c == NC - 1 ? _mm256_maskload_ps(vj + 8 * c, lastmask) : _mm256_loadu_ps(vj + 8 * c);
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const __m256 pr = _mm256_broadcast_ss(P + r * ldP + j);
+      #pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) a[r][c] = _mm256_fmadd_ps(pr, vv[c], a[r][c]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) _mm256_store_ps(acc + r * ldacc + 8 * c, a[r][c]);
+}
+
+template <int NR>
+EMO_T256 static inline void pv_rows_avx2(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                         const float* v, int64_t ldv, int nb, int nc, __m256i lastmask) {
+  if (nc == 1)
+    pv_tile_avx2<NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask);
+  else
+    pv_tile_avx2<NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask);
+}
+
+EMO_T256 static void pv_avx2(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
+                             const float* v, int64_t ldv, int nb, int D) {
+  const int nchunks = (D + 7) / 8, tail = D % 8;
+  for (int c0 = 0; c0 < nchunks; c0 += 2) {
+    const int nc = std::min(2, nchunks - c0);
+    const __m256i lm = tail_mask256((c0 + nc == nchunks && tail) ? tail : 8);
+    float* ac = acc + 8 * c0;
+    const float* vc = v + 8 * c0;
+    int r = 0;
+    for (; r + 4 <= R; r += 4)
+      pv_rows_avx2<4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm);
+    switch (R - r) {
+      case 3: pv_rows_avx2<3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 2: pv_rows_avx2<2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 1: pv_rows_avx2<1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      default: break;
+    }
+  }
+}
+
+const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr};
+
+// ---------------------------------------------------------------------------- tiled driver
+// A work unit covers kv heads [g0, g0 + ng), queries [i0, i1) and, within each kv head's group,
+// the query heads of chunk hch (only when a group has more than kMaxRows heads). Its rows are
+// ordered (kv head, query, head): the rows of one kv head are contiguous, so the per-block inner
+// kernels run once per kv head over a contiguous row range. Prefill uses one kv head per unit;
+// decode and short chunks take many kv heads per unit and loop over them inside the kv-block loop,
+// so the cache (token-major: [token][kv head][dim]) is read a whole token row at a time instead
+// of one head-slice per page per head.
+struct Plan {
+  const AttentionParams* p;
+  const float *q, *k, *v;
+  float* out;
+  float scale;
+  int64_t group;       // query heads per kv head
+  int64_t hc;          // query heads per kv head per unit (<= group)
+  int64_t n_hchunks;   // group / hc rounded up
+  int64_t tq;          // queries per unit
+  int64_t n_qtiles;
+  int64_t kvh;         // kv heads per unit
+  int64_t n_gunits;    // n_kv_heads / kvh rounded up
+  int64_t nsplit;      // kv pieces per unit (1 = no split)
+  int D, Dp;           // head_dim, padded to 16
+  int64_t n_base;      // units without the split
+  float* part;         // nsplit > 1: per (base unit, split) partial results
+  int64_t part_stride; // floats per partial: kMaxRows * (Dp + 2)
+};
+
+struct Unit {
+  int64_t g0, ng, i0, i1, hoff, nh;  // kv heads, queries, head offset in group and count
+  int rg;                             // rows per kv head: (i1 - i0) * nh
+  int R;                              // rows: ng * rg
+};
+
+// Decodes base unit index b (heaviest causal tiles first).
+inline Unit decode_unit(const Plan& pl, int64_t b) {
+  const AttentionParams& p = *pl.p;
+  Unit u;
+  const int64_t hch = b % pl.n_hchunks;
+  b /= pl.n_hchunks;
+  const int64_t gu = b % pl.n_gunits;
+  const int64_t tile = pl.n_qtiles - 1 - b / pl.n_gunits;
+  u.g0 = gu * pl.kvh;
+  u.ng = std::min(pl.kvh, p.n_kv_heads - u.g0);
+  u.i0 = tile * pl.tq;
+  u.i1 = std::min(p.n_q, u.i0 + pl.tq);
+  u.hoff = hch * pl.hc;
+  u.nh = std::min(pl.hc, pl.group - u.hoff);
+  u.rg = int((u.i1 - u.i0) * u.nh);
+  u.R = int(u.ng) * u.rg;
+  return u;
+}
+
+// Query index and head of row r of unit u.
+inline void row_of(const Plan& pl, const Unit& u, int r, int64_t* i, int64_t* h) {
+  const int gl = r / u.rg, rr = r % u.rg;
+  *i = u.i0 + rr / u.nh;
+  *h = (u.g0 + gl) * pl.group + u.hoff + rr % u.nh;
+}
+
+alignas(64) const float kOnes[kMaxRows] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
+struct Scratch {
+  float* S;      // kMaxRows * kBk
+  float* acc;    // kMaxRows * Dp
+  float* m;      // kMaxRows
+  float* l;      // kMaxRows
+  float* alpha;  // kMaxRows
+  float* kp;     // kBk * Dp: packed K block
+  float* vp;     // kBk * Dp: packed V block
+};
+
+void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, int64_t split) {
+  const AttentionParams& p = *pl.p;
+  const Unit u = decode_unit(pl, b);
+  const int R = u.R, rg = u.rg;
+  assert(R >= 1 && R <= kMaxRows);
+  const float* qrows[kMaxRows];
+  int64_t lim[kMaxRows];  // kv tokens row r sees
+  for (int r = 0; r < R; ++r) {
+    int64_t i, h;
+    row_of(pl, u, r, &i, &h);
+    qrows[r] = pl.q + i * p.ldq + h * pl.D;
+    lim[r] = kv_visible(p, i);
+  }
+  // kv range of this unit: the tile's visible range, cut into nsplit block-aligned pieces.
+  const int64_t kv_end_tile = kv_visible(p, u.i1 - 1);
+  const int64_t nblocks = (kv_end_tile + kBk - 1) / kBk;
+  const int64_t bps = (nblocks + pl.nsplit - 1) / pl.nsplit;
+  const int64_t kv0 = std::min(kv_end_tile, split * bps * kBk);
+  const int64_t kv1 = std::min(kv_end_tile, (split + 1) * bps * kBk);
+
+  const int Dp = pl.Dp, D = pl.D;
+  std::memset(sc.acc, 0, sizeof(float) * size_t(R) * size_t(Dp));
+  for (int r = 0; r < R; ++r) { sc.m[r] = -INFINITY; sc.l[r] = 0.0f; }
+  // Cache rows are ldk apart (often a multiple of 4 KiB: all map to one L1 set), and a block is
+  // re-read by every row pair; with enough rows, copy it to contiguous scratch first.
+  const bool pack = rg >= 8;
+  // Several kv heads per unit (decode): walk each block in sub-blocks of 16 tokens across all
+  // heads, so every token row (ng * D contiguous floats) is consumed within a short window; a
+  // whole 64-token block per head would visit 64 rows a slice at a time, which measured ~2x
+  // slower from DRAM on Zen 4. The softmax statistics stay per 64-token block.
+  const int sub = u.ng > 1 ? 16 : kBk;
+  // Many rows per kv head (prefill): transpose the K block once and skip the horizontal sums.
+  const bool transposed = kern.qk_t != nullptr && rg >= 16 && sub == kBk;
+  const int64_t span = u.ng * D;  // floats of one token row this unit reads
+  auto prefetch_rows = [&](const float* base, int64_t ld, int64_t j_begin, int64_t j_end) {
+    for (int64_t j = j_begin; j < std::min(j_end, kv1); ++j)
+      for (int64_t d = 0; d < span; d += 16) __builtin_prefetch(base + j * ld + u.g0 * D + d);
+  };
+  for (int64_t j0 = kv0; j0 < kv1; j0 += kBk) {
+    const int nb = int(std::min<int64_t>(kBk, kv1 - j0));
+    // S = scale * Q K^T for the block
+    for (int s0 = 0; s0 < nb; s0 += sub) {
+      const int ns = std::min(sub, nb - s0);
+      if (u.ng > 1) prefetch_rows(pl.k, p.ldk, j0 + s0 + sub, j0 + s0 + 2 * sub);
+      for (int64_t gl = 0; gl < u.ng; ++gl) {
+        const int r0 = int(gl) * rg;
+        const float* kb = pl.k + (j0 + s0) * p.ldk + (u.g0 + gl) * D;
+        int64_t ldkb = p.ldk;
+        if (transposed) {  // sub == kBk here: one whole block
+          kern.k_transpose(kb, p.ldk, ns, D, sc.kp);
+          kern.qk_t(qrows + r0, rg, sc.kp, D, pl.scale, sc.S + r0 * kBk, kBk);
+          continue;
+        }
+        if (pack) {
+          for (int j = 0; j < ns; ++j)
+            std::memcpy(sc.kp + int64_t(j) * Dp, kb + j * p.ldk, sizeof(float) * size_t(D));
+          kb = sc.kp;
+          ldkb = Dp;
+        }
+        kern.qk(qrows + r0, rg, kb, ldkb, ns, D, pl.scale, sc.S + r0 * kBk + s0, kBk);
+      }
+    }
+    // online softmax, per row
+    for (int r = 0; r < R; ++r) {
+      float* s = sc.S + r * kBk;
+      const int nv = int(std::max<int64_t>(0, std::min<int64_t>(nb, lim[r] - j0)));
+      if (nv == 0) {  // causally masked for this whole block
+        sc.alpha[r] = 1.0f;
+        std::memset(s, 0, sizeof(float) * size_t(nb));
+        continue;
+      }
+      const float bm = kern.row_max(s, nv);
+      const float m_new = std::max(sc.m[r], bm);
+      const float alpha = sc.m[r] == -INFINITY ? 0.0f : std::exp(sc.m[r] - m_new);
+      const float sum = kern.exp_sum(s, nv, m_new);
+      if (nv < nb) std::memset(s + nv, 0, sizeof(float) * size_t(nb - nv));
+      sc.l[r] = sc.l[r] * alpha + sum;
+      sc.m[r] = m_new;
+      sc.alpha[r] = alpha;
+    }
+    // acc = alpha * acc + P V (the rescale rides on the first sub-block)
+    for (int s0 = 0; s0 < nb; s0 += sub) {
+      const int ns = std::min(sub, nb - s0);
+      if (u.ng > 1) prefetch_rows(pl.v, p.ldv, j0 + s0 + sub, j0 + s0 + 2 * sub);
+      for (int64_t gl = 0; gl < u.ng; ++gl) {
+        const int r0 = int(gl) * rg;
+        const float* vb = pl.v + (j0 + s0) * p.ldv + (u.g0 + gl) * D;
+        int64_t ldvb = p.ldv;
+        if (pack) {
+          for (int j = 0; j < ns; ++j)
+            std::memcpy(sc.vp + int64_t(j) * Dp, vb + j * p.ldv, sizeof(float) * size_t(D));
+          vb = sc.vp;
+          ldvb = Dp;
+        }
+        kern.pv(sc.acc + r0 * Dp, Dp, s0 == 0 ? sc.alpha + r0 : kOnes, rg, sc.S + r0 * kBk + s0, kBk, vb,
+                ldvb, ns, D);
+      }
+    }
+  }
+
+  if (pl.nsplit == 1) {
+    for (int r = 0; r < R; ++r) {
+      // Every row saw at least its own position (causal) or all keys: l >= 1.
+      assert(sc.l[r] >= 1.0f);
+      int64_t i, h;
+      row_of(pl, u, r, &i, &h);
+      float* o = pl.out + i * p.ldo + h * D;
+      const float inv = 1.0f / sc.l[r];
+      const float* a = sc.acc + r * Dp;
+      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
+    }
+  } else {
+    float* part = pl.part + (b * pl.nsplit + split) * pl.part_stride;
+    std::memcpy(part, sc.m, sizeof(float) * size_t(R));
+    std::memcpy(part + kMaxRows, sc.l, sizeof(float) * size_t(R));
+    std::memcpy(part + 2 * kMaxRows, sc.acc, sizeof(float) * size_t(R) * size_t(Dp));
+  }
+}
+
+// Combines the nsplit partials of base unit b into out.
+void merge_unit(const Plan& pl, int64_t b) {
+  const AttentionParams& p = *pl.p;
+  const Unit u = decode_unit(pl, b);
+  const float* base = pl.part + b * pl.nsplit * pl.part_stride;
+  for (int r = 0; r < u.R; ++r) {
+    float M = -INFINITY;
+    for (int64_t s = 0; s < pl.nsplit; ++s) M = std::max(M, base[s * pl.part_stride + r]);
+    assert(M > -INFINITY);  // split 0 always holds kv token 0, which every row sees
+    int64_t i, h;
+    row_of(pl, u, r, &i, &h);
+    float* o = pl.out + i * p.ldo + h * pl.D;
+    float L = 0;
+    for (int d = 0; d < pl.D; ++d) o[d] = 0.0f;
+    for (int64_t s = 0; s < pl.nsplit; ++s) {
+      const float* ps = base + s * pl.part_stride;
+      const float ms = ps[r];
+      if (ms == -INFINITY) continue;  // this piece lies entirely after the row's position
+      const float w = std::exp(ms - M);
+      L += w * ps[kMaxRows + r];
+      const float* a = ps + 2 * kMaxRows + int64_t(r) * pl.Dp;
+      for (int d = 0; d < pl.D; ++d) o[d] += w * a[d];
+    }
+    assert(L >= 1.0f);
+    const float inv = 1.0f / L;
+    for (int d = 0; d < pl.D; ++d) o[d] *= inv;
+  }
+}
+
+void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out,
+                     const AttentionParams& p, const Resolved& rs, ThreadPool* pool) {
+  const int nth = pool ? std::max(1, pool->size()) : 1;
+  Plan pl;
+  pl.p = &p;
+  pl.q = q; pl.k = k; pl.v = v; pl.out = out;
+  pl.scale = rs.scale;
+  pl.group = rs.group;
+  pl.hc = std::min<int64_t>(rs.group, kMaxRows);
+  pl.n_hchunks = (rs.group + pl.hc - 1) / pl.hc;
+  pl.tq = std::min<int64_t>(p.n_q, std::max<int64_t>(1, kMaxRows / pl.hc));
+  pl.n_qtiles = (p.n_q + pl.tq - 1) / pl.tq;
+  pl.kvh = std::max<int64_t>(1, std::min<int64_t>(p.n_kv_heads, kMaxRows / (pl.tq * pl.hc)));
+  const int64_t max_blocks = (kv_visible(p, p.n_q - 1) + kBk - 1) / kBk;
+  if (nth > 1 && max_blocks < 4) {  // too short to split the kv range: spread kv heads instead
+    const int64_t per = (p.n_kv_heads + nth - 1) / nth;
+    pl.kvh = std::max<int64_t>(1, std::min(pl.kvh, per));
+  }
+  pl.n_gunits = (p.n_kv_heads + pl.kvh - 1) / pl.kvh;
+  pl.D = int(p.head_dim);
+  pl.Dp = int((p.head_dim + 15) / 16 * 16);
+  pl.n_base = pl.n_gunits * pl.n_qtiles * pl.n_hchunks;
+
+  // Split-KV when the units cannot keep the threads busy (decode, chunks over a long cache).
+  pl.nsplit = 1;
+  const int64_t want = 4 * int64_t(nth);
+  if (nth > 1 && pl.n_base < want && max_blocks >= 4)
+    pl.nsplit = std::max<int64_t>(1, std::min<int64_t>((want + pl.n_base - 1) / pl.n_base, max_blocks / 2));
+  pl.part_stride = int64_t(kMaxRows) * (pl.Dp + 2);
+  AlignedPtr<float> part;
+  if (pl.nsplit > 1) {
+    part = make_aligned<float>(size_t(pl.n_base * pl.nsplit * pl.part_stride));
+    pl.part = part.get();
+  } else {
+    pl.part = nullptr;
+  }
+
+  // Per-thread scratch, allocated once for the call.
+  const size_t per_thread =  // a multiple of 16 floats: every part stays 64-byte aligned
+      size_t(kMaxRows) * (kBk + size_t(pl.Dp) + 3) + 2 * size_t(kBk) * size_t(pl.Dp);
+  AlignedPtr<float> scratch = make_aligned<float>(per_thread * size_t(nth));
+  auto scratch_for = [&](int ith) {
+    float* base = scratch.get() + per_thread * size_t(ith);
+    Scratch sc;
+    sc.S = base;
+    sc.acc = sc.S + kMaxRows * kBk;
+    sc.m = sc.acc + size_t(kMaxRows) * size_t(pl.Dp);
+    sc.l = sc.m + kMaxRows;
+    sc.alpha = sc.l + kMaxRows;
+    sc.kp = sc.alpha + kMaxRows;
+    sc.vp = sc.kp + size_t(kBk) * size_t(pl.Dp);
+    std::memset(sc.kp, 0, sizeof(float) * size_t(kBk) * size_t(pl.Dp));  // transposed K: junk stays finite
+    return sc;
+  };
+
+  const int64_t n_units = pl.n_base * pl.nsplit;
+  if (nth == 1) {
+    const Scratch sc = scratch_for(0);
+    for (int64_t u = 0; u < n_units; ++u) run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
+    if (pl.nsplit > 1)
+      for (int64_t b = 0; b < pl.n_base; ++b) merge_unit(pl, b);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  pool->run([&](int ith, int) {
+    const Scratch sc = scratch_for(ith);
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_units;)
+      run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
+  });
+  if (pl.nsplit > 1) {
+    std::atomic<int64_t> nb{0};
+    pool->run([&](int, int) {
+      for (int64_t b; (b = nb.fetch_add(1, std::memory_order_relaxed)) < pl.n_base;) merge_unit(pl, b);
+    });
+  }
+}
+
+}  // namespace
+#pragma GCC diagnostic pop
+#endif  // __x86_64__
+
+// ============================================================================ dispatcher
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p,
+               ThreadPool* pool) {
+#if defined(__x86_64__)
+  const Isa isa = isa_active();
+  if (isa >= Isa::Avx2) {
+    const Resolved rs = validate(q, k, v, out, p);
+    attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, p, rs, pool);
+    return;
+  }
+#endif
+  (void)pool;
+  ref::attention(q, k, v, out, p);
+}
+
+}  // namespace emollm

@@ -1,0 +1,417 @@
+// Tests for emollm::attention (tiled, online softmax, AVX-512/AVX2) and emollm::ref::attention.
+//
+// Tolerances (outputs are convex combinations of V rows, |v| <= 1, so absolute tolerances):
+//   ref::attention vs naive double (scores materialised here) : atol 1e-6  (ref accumulates in
+//       double; the only error is rounding the output to float, <= 6e-8)
+//   vector paths (each ISA level) vs ref::attention           : atol 1e-5  (f32 dot products,
+//       f32 online-softmax accumulation, vector exp ~1e-7 relative)
+//   large logits (exact integer logits ~1e3, see below)       : atol 1e-5 vs naive double
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+#include "../../kernels/cpu/kernels.h"
+#include "../../native/core/error.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint32_t next() {
+    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+    return uint32_t(s >> 32);
+  }
+  float uniform(float a) { return a * (float(next()) * (2.0f / 4294967296.0f) - 1.0f); }  // [-a, a)
+};
+
+struct Case {
+  int64_t n_q, n_kv, n_heads, n_kv_heads, D;
+  bool causal;
+  int64_t q_pos0;
+  int64_t pad = 0;     // extra elements per token row of q, k, v and out (strided layout)
+  bool fused = false;  // q, k, v interleaved in one [n, (H + 2 Hkv) D + pad] buffer (n_q == n_kv)
+  float scale = 0.0f;
+};
+
+std::string describe(const Case& c) {
+  char b[256];
+  std::snprintf(b, sizeof b, "n_q=%lld n_kv=%lld H=%lld Hkv=%lld D=%lld %s q_pos0=%lld pad=%lld%s",
+                (long long)c.n_q, (long long)c.n_kv, (long long)c.n_heads, (long long)c.n_kv_heads,
+                (long long)c.D, c.causal ? "causal" : "bidir", (long long)c.q_pos0, (long long)c.pad,
+                c.fused ? " fused-qkv" : "");
+  return b;
+}
+
+const float kNaN = std::nanf("");
+const float kSentinel = 12345.0f;
+
+// Inputs laid out per the case. Padding of q/k/v rows is NaN: reading it would poison the result.
+struct Data {
+  std::vector<float> qb, kb, vb;
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  AttentionParams p;
+};
+
+Data make_data(const Case& c, uint64_t seed, float q_amp = 6.0f) {
+  Data d;
+  AttentionParams& p = d.p;
+  p.n_q = c.n_q; p.n_kv = c.n_kv; p.n_heads = c.n_heads; p.n_kv_heads = c.n_kv_heads; p.head_dim = c.D;
+  p.causal = c.causal; p.q_pos0 = c.q_pos0; p.scale = c.scale;
+  const int64_t qw = c.n_heads * c.D, kw = c.n_kv_heads * c.D;
+  Rng rng(seed);
+  if (c.fused) {
+    const int64_t ld = qw + 2 * kw + c.pad;
+    d.qb.assign(size_t(c.n_kv * ld), kNaN);
+    for (int64_t t = 0; t < c.n_kv; ++t) {
+      float* row = d.qb.data() + t * ld;
+      for (int64_t e = 0; e < qw; ++e) row[e] = rng.uniform(q_amp);
+      for (int64_t e = 0; e < 2 * kw; ++e) row[qw + e] = rng.uniform(1.0f);
+    }
+    d.q = d.qb.data(); d.k = d.q + qw; d.v = d.k + kw;
+    p.ldq = p.ldk = p.ldv = ld;
+  } else {
+    p.ldq = qw + c.pad; p.ldk = kw + c.pad; p.ldv = kw + c.pad;
+    d.qb.assign(size_t(c.n_q * p.ldq), kNaN);
+    d.kb.assign(size_t(c.n_kv * p.ldk), kNaN);
+    d.vb.assign(size_t(c.n_kv * p.ldv), kNaN);
+    for (int64_t t = 0; t < c.n_q; ++t)
+      for (int64_t e = 0; e < qw; ++e) d.qb[size_t(t * p.ldq + e)] = rng.uniform(q_amp);
+    for (int64_t t = 0; t < c.n_kv; ++t)
+      for (int64_t e = 0; e < kw; ++e) {
+        d.kb[size_t(t * p.ldk + e)] = rng.uniform(1.0f);
+        d.vb[size_t(t * p.ldv + e)] = rng.uniform(1.0f);
+      }
+    d.q = d.qb.data(); d.k = d.kb.data(); d.v = d.vb.data();
+  }
+  p.ldo = qw + c.pad;
+  return d;
+}
+
+// Independent naive implementation: materialises the [heads, n_q, n_kv] score matrix in double,
+// masks with -inf, row softmax (max subtracted), then P V. Returns dense [n_q, n_heads, D].
+std::vector<float> naive_attention(const float* q, const float* k, const float* v, const AttentionParams& p) {
+  const int64_t H = p.n_heads, D = p.head_dim, nq = p.n_q, nkv = p.n_kv;
+  const double scale = p.scale != 0.0f ? double(p.scale) : 1.0 / std::sqrt(double(D));
+  std::vector<double> S(size_t(H * nq * nkv));
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t g = h / (H / p.n_kv_heads);
+    for (int64_t i = 0; i < nq; ++i)
+      for (int64_t j = 0; j < nkv; ++j) {
+        double& s = S[size_t((h * nq + i) * nkv + j)];
+        if (p.causal && j > p.q_pos0 + i) { s = -INFINITY; continue; }
+        double dot = 0;
+        for (int64_t t = 0; t < D; ++t) dot += double(q[i * p.ldq + h * D + t]) * double(k[j * p.ldk + g * D + t]);
+        s = dot * scale;
+      }
+  }
+  for (int64_t row = 0; row < H * nq; ++row) {
+    double* s = S.data() + row * nkv;
+    double mx = -INFINITY;
+    for (int64_t j = 0; j < nkv; ++j) mx = std::max(mx, s[j]);
+    double sum = 0;
+    for (int64_t j = 0; j < nkv; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+    for (int64_t j = 0; j < nkv; ++j) s[j] /= sum;
+  }
+  std::vector<float> out(size_t(nq * H * D));
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / (H / p.n_kv_heads);
+      for (int64_t t = 0; t < D; ++t) {
+        double acc = 0;
+        for (int64_t j = 0; j < nkv; ++j) acc += S[size_t((h * nq + i) * nkv + j)] * double(v[j * p.ldv + g * D + t]);
+        out[size_t((i * H + h) * D + t)] = float(acc);
+      }
+    }
+  return out;
+}
+
+// Runs fn(out) on a NaN-filled output buffer with sentinel padding; returns the dense result and
+// checks the padding was not written.
+template <typename Fn>
+std::vector<float> run_out(const AttentionParams& p, const std::string& what, Fn fn) {
+  const int64_t qw = p.n_heads * p.head_dim;
+  std::vector<float> ob(size_t(p.n_q * p.ldo), kSentinel);
+  for (int64_t i = 0; i < p.n_q; ++i)
+    for (int64_t e = 0; e < qw; ++e) ob[size_t(i * p.ldo + e)] = kNaN;  // unwritten output fails
+  fn(ob.data());
+  std::vector<float> dense(size_t(p.n_q * qw));
+  bool pad_ok = true;
+  for (int64_t i = 0; i < p.n_q; ++i) {
+    for (int64_t e = 0; e < qw; ++e) dense[size_t(i * qw + e)] = ob[size_t(i * p.ldo + e)];
+    for (int64_t e = qw; e < p.ldo; ++e) pad_ok = pad_ok && ob[size_t(i * p.ldo + e)] == kSentinel;
+  }
+  if (!pad_ok) ::emollm_test::report_failure(__FILE__, __LINE__, "output padding written: " + what);
+  return dense;
+}
+
+std::vector<Isa> vector_levels() {
+  std::vector<Isa> v;
+  const Isa det = isa_detected();
+  if (det >= Isa::Avx2) v.push_back(Isa::Avx2);
+  if (det >= Isa::Avx512) v.push_back(Isa::Avx512);  // Isa::Amx runs the Avx512 attention path
+  return v;
+}
+
+// The case matrix shared by the ref-vs-naive and vector-vs-ref tests (small enough for naive).
+std::vector<Case> small_cases() {
+  std::vector<Case> cs;
+  const int64_t dims[] = {8, 20, 64, 80, 128};
+  const int64_t ratios[] = {1, 2, 4, 8};
+  int salt = 0;
+  for (int64_t D : dims)
+    for (int64_t ratio : ratios) {
+      const int64_t hkv = ratio == 8 ? 1 : 2;  // ratio 8 with one kv head: MQA
+      const int64_t H = hkv * ratio;
+      const int64_t nkv = 70 + 17 * (salt++ % 5);  // not a multiple of the block size
+      cs.push_back({1, nkv, H, hkv, D, true, nkv - 1});                  // decode
+      cs.push_back({nkv, nkv, H, hkv, D, true, 0});                      // prefill
+      cs.push_back({23, nkv, H, hkv, D, true, nkv - 23 - 5});            // chunked prefill over a cache
+      cs.push_back({19, nkv, H, hkv, D, false, 0, D == 20 ? 3 : 0});     // bidirectional
+    }
+  // strided layouts
+  cs.push_back({40, 40, 8, 2, 64, true, 0, 0, true});     // fused QKV buffer, GQA
+  cs.push_back({33, 33, 4, 4, 20, false, 0, 5, true});    // fused QKV, odd D, padded
+  cs.push_back({17, 150, 8, 2, 80, true, 100, 13});       // padded rows, chunked
+  cs.push_back({1, 129, 4, 1, 128, true, 128, 16});       // padded decode, MQA
+  // edges: single kv token, exactly one block, block + 1, tiny head dim, huge group (> 64 rows)
+  cs.push_back({1, 1, 2, 1, 8, true, 0});
+  cs.push_back({64, 64, 2, 2, 16, true, 0});
+  cs.push_back({65, 65, 3, 1, 24, true, 0});
+  cs.push_back({3, 97, 80, 1, 8, true, 90});              // group of 80 query heads
+  cs.push_back({5, 40, 4, 2, 32, false, 0, 0, false, 0.37f});  // explicit scale
+  return cs;
+}
+
+void check_vector_vs_ref(const Case& c, uint64_t seed, ThreadPool* pool2) {
+  Data d = make_data(c, seed);
+  const std::string what = describe(c);
+  std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+  for (Isa isa : vector_levels()) {
+    IsaCapScope cap(isa);
+    for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), pool2}) {
+      const std::string w = what + " isa=" + isa_name(isa) + (pool ? " pool=2" : " pool=null");
+      std::vector<float> got = run_out(d.p, w, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pool); });
+      EXPECT_ALL_CLOSE(got.data(), ref.data(), got.size(), 1e-5, 0.0, w);
+    }
+  }
+}
+
+}  // namespace
+
+TEST(attention_ref_matches_naive_double) {
+  uint64_t seed = 1;
+  for (const Case& c : small_cases()) {
+    Data d = make_data(c, seed++);
+    const std::string what = describe(c);
+    std::vector<float> want = naive_attention(d.q, d.k, d.v, d.p);
+    std::vector<float> got = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+    EXPECT_ALL_CLOSE(got.data(), want.data(), got.size(), 1e-6, 0.0, "ref " + what);
+  }
+}
+
+TEST(attention_scalar_dispatch_is_ref) {
+  Case c{9, 50, 4, 2, 20, true, 41};
+  Data d = make_data(c, 7);
+  std::vector<float> ref = run_out(d.p, "ref", [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+  IsaCapScope cap(Isa::Scalar);
+  std::vector<float> got = run_out(d.p, "scalar", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr); });
+  EXPECT(got == ref);  // bit-identical: the Scalar level runs ref::attention
+}
+
+TEST(attention_vector_paths_match_ref_small) {
+  EXPECT(!vector_levels().empty() || isa_detected() == Isa::Scalar);
+  ThreadPool pool(2);
+  uint64_t seed = 100;
+  for (const Case& c : small_cases()) check_vector_vs_ref(c, seed++, &pool);
+}
+
+TEST(attention_vector_paths_match_ref_long_kv) {
+  ThreadPool pool(2);
+  const int64_t n = 3000;
+  std::vector<Case> cs = {
+      {1, n, 8, 2, 128, true, n - 1},        // decode, GQA 4
+      {1, n, 8, 1, 64, true, n - 1},         // decode, MQA: split-KV across threads
+      {1, n, 4, 4, 80, true, n - 1},         // decode, MHA
+      {1, n, 8, 8, 20, false, 0},            // decode-like bidirectional
+      {37, n, 8, 2, 128, true, n - 37},      // chunked prefill at the end of a long cache
+      {40, n, 4, 1, 64, true, 1500},         // chunked prefill mid-cache (keys past the end unseen)
+      {3, n, 2, 1, 8, false, 0, 7},          // bidirectional, padded
+  };
+  uint64_t seed = 500;
+  for (const Case& c : cs) check_vector_vs_ref(c, seed++, &pool);
+}
+
+// Split-KV merging (taken with a pool when there are few work units) where some rows see no key
+// of a later piece (q_pos0 not block aligned), and prefill with many tiles.
+TEST(attention_vector_paths_match_ref_splits_and_tiles) {
+  ThreadPool pool(2);
+  std::vector<Case> cs = {
+      {246, 256, 1, 1, 64, true, 10},
+      {256, 256, 1, 1, 32, true, 0},
+      {128, 528, 1, 1, 48, true, 400},
+      {300, 300, 4, 2, 64, true, 0},
+      {200, 200, 16, 2, 16, true, 0},
+  };
+  uint64_t seed = 900;
+  for (const Case& c : cs) check_vector_vs_ref(c, seed++, &pool);
+}
+
+// Logits around 1e3: exp(1000) overflows even in double, so a softmax without the running max
+// would give inf/NaN. q = e_0 and k_j[0] = integer logit with scale 1 make every logit exact in
+// f32, so the comparison with the naive double reference is tight.
+TEST(attention_large_logits_online_softmax) {
+  ThreadPool pool(2);
+  const int64_t D = 8, H = 2, n = 300;
+  enum Pattern { Noisy, Increasing, Decreasing };
+  for (Pattern pat : {Noisy, Increasing, Decreasing})
+    for (bool causal : {true, false}) {
+      AttentionParams p;
+      p.n_q = n; p.n_kv = n; p.n_heads = H; p.n_kv_heads = 1; p.head_dim = D;
+      p.ldq = H * D; p.ldk = D; p.ldv = D; p.ldo = H * D;
+      p.scale = 1.0f; p.causal = causal; p.q_pos0 = 0;
+      std::vector<float> q(size_t(n * H * D), 0.0f), k(size_t(n * D), 0.0f), v(size_t(n * D));
+      Rng rng(42 + int(pat));
+      for (int64_t i = 0; i < n; ++i) {
+        q[size_t(i * H * D)] = 1.0f;                  // head 0: logit = k[j][0]
+        q[size_t(i * H * D + D + 1)] = -1.0f;         // head 1: logit = -k[j][1]
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        float logit = pat == Noisy ? 990.0f + float(rng.next() % 21)
+                      : pat == Increasing ? float(10 * j)
+                                          : float(3000 - 10 * j);
+        k[size_t(j * D)] = logit;
+        k[size_t(j * D + 1)] = -(logit - 5.0f);
+        for (int64_t t = 0; t < D; ++t) v[size_t(j * D + t)] = rng.uniform(1.0f);
+      }
+      const std::string what = std::string("large logits pattern ") + std::to_string(int(pat)) +
+                               (causal ? " causal" : " bidir");
+      std::vector<float> want = naive_attention(q.data(), k.data(), v.data(), p);
+      std::vector<float> got_ref = run_out(p, what, [&](float* o) { ref::attention(q.data(), k.data(), v.data(), o, p); });
+      EXPECT_ALL_CLOSE(got_ref.data(), want.data(), want.size(), 1e-6, 0.0, "ref " + what);
+      for (Isa isa : vector_levels()) {
+        IsaCapScope cap(isa);
+        for (ThreadPool* tp : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          const std::string w = what + " isa=" + isa_name(isa) + (tp ? " pool=2" : "");
+          std::vector<float> got = run_out(p, w, [&](float* o) { attention(q.data(), k.data(), v.data(), o, p, tp); });
+          bool finite = true;
+          for (float x : got) finite = finite && std::isfinite(x);
+          EXPECT(finite);
+          EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 1e-5, 0.0, w);
+        }
+      }
+      if (pat == Increasing) {
+        // Gaps of 10 between logits: row i attends to (almost only) its newest visible key.
+        const int64_t i = 150, last = causal ? i : n - 1;
+        EXPECT_NEAR(want[size_t(i * H * D + 3)], v[size_t(last * D + 3)], 1e-3);
+      }
+    }
+}
+
+#if defined(__linux__)
+// n floats ending exactly at a PROT_NONE page: any access past the end faults. Masked vector
+// loads are not instrumented by AddressSanitizer and heap slack hides small over-reads, so this
+// is what catches a wrong tail mask in the head_dim loops.
+struct GuardedFloats {
+  void* base = nullptr;
+  size_t bytes = 0;
+  float* data = nullptr;
+  explicit GuardedFloats(size_t n) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    const size_t need = (n * sizeof(float) + page - 1) / page * page;
+    bytes = need + page;
+    base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) { base = nullptr; return; }
+    mprotect(static_cast<char*>(base) + need, page, PROT_NONE);
+    data = reinterpret_cast<float*>(static_cast<char*>(base) + need) - n;
+  }
+  ~GuardedFloats() { if (base) munmap(base, bytes); }
+};
+
+TEST(attention_no_access_past_buffer_end) {
+  ThreadPool pool(2);
+  const Case cases[] = {
+      {5, 77, 4, 2, 20, true, 72}, {1, 77, 4, 1, 8, true, 76}, {9, 70, 2, 2, 36, false, 0},
+      {3, 130, 8, 1, 12, true, 127},
+  };
+  for (const Case& c : cases) {
+    Data d = make_data(c, 77);
+    const AttentionParams& p = d.p;
+    const size_t nq = size_t(p.n_q * p.ldq), nk = size_t(p.n_kv * p.ldk), no = size_t(p.n_q * p.ldo);
+    GuardedFloats q(nq), k(nk), v(nk), o(no);
+    EXPECT(q.data && k.data && v.data && o.data);
+    if (!(q.data && k.data && v.data && o.data)) return;
+    std::copy(d.q, d.q + nq, q.data);
+    std::copy(d.k, d.k + nk, k.data);
+    std::copy(d.v, d.v + nk, v.data);
+    std::vector<float> ref = run_out(p, describe(c), [&](float* out) { ref::attention(d.q, d.k, d.v, out, p); });
+    for (Isa isa : vector_levels()) {
+      IsaCapScope cap(isa);
+      for (ThreadPool* tp : {static_cast<ThreadPool*>(nullptr), &pool}) {
+        std::fill(o.data, o.data + no, kNaN);
+        attention(q.data, k.data, v.data, o.data, p, tp);  // a stray access would SIGSEGV here
+        const std::string w = describe(c) + " guarded isa=" + isa_name(isa);
+        EXPECT_ALL_CLOSE(o.data, ref.data(), no, 1e-5, 0.0, w);  // pad == 0: dense
+      }
+    }
+  }
+}
+#endif
+
+TEST(attention_invalid_arguments_throw) {
+  std::vector<float> buf(4096, 0.5f), out(4096);
+  const float* b = buf.data();
+  AttentionParams good;
+  good.n_q = 4; good.n_kv = 8; good.n_heads = 4; good.n_kv_heads = 2; good.head_dim = 16;
+  good.ldq = 64; good.ldk = 32; good.ldv = 32; good.ldo = 64; good.causal = true; good.q_pos0 = 4;
+  auto mod = [&](auto f) { AttentionParams p = good; f(p); return p; };
+  std::vector<AttentionParams> bad = {
+      mod([](AttentionParams& p) { p.n_kv_heads = 3; }),   // 4 % 3 != 0
+      mod([](AttentionParams& p) { p.n_heads = 3; p.ldq = p.ldo = 48; }),  // 3 % 2 != 0
+      mod([](AttentionParams& p) { p.n_q = 0; }),
+      mod([](AttentionParams& p) { p.n_kv = 0; }),
+      mod([](AttentionParams& p) { p.n_heads = 0; }),
+      mod([](AttentionParams& p) { p.n_kv_heads = 0; }),
+      mod([](AttentionParams& p) { p.head_dim = 0; }),
+      mod([](AttentionParams& p) { p.head_dim = -16; }),
+      mod([](AttentionParams& p) { p.n_q = -1; }),
+      mod([](AttentionParams& p) { p.ldq = 63; }),
+      mod([](AttentionParams& p) { p.ldk = 31; }),
+      mod([](AttentionParams& p) { p.ldv = 31; }),
+      mod([](AttentionParams& p) { p.ldo = 63; }),
+      mod([](AttentionParams& p) { p.ldq = 0; }),
+      mod([](AttentionParams& p) { p.q_pos0 = 5; }),        // causal: 5 + 4 > 8
+      mod([](AttentionParams& p) { p.q_pos0 = -1; }),
+      mod([](AttentionParams& p) { p.scale = std::nanf(""); }),
+      mod([](AttentionParams& p) { p.scale = INFINITY; }),
+  };
+  for (Isa isa : {Isa::Scalar, isa_detected()}) {
+    IsaCapScope cap(isa);
+    // The unmodified parameters are accepted (so each throw below is caused by its one change).
+    attention(b, b, b, out.data(), good, nullptr);
+    ref::attention(b, b, b, out.data(), good);
+    EXPECT(std::isfinite(out[0]));
+    for (const AttentionParams& p : bad) {
+      EXPECT_THROWS(attention(b, b, b, out.data(), p, nullptr), ErrorCode::InvalidArgument);
+      EXPECT_THROWS(ref::attention(b, b, b, out.data(), p), ErrorCode::InvalidArgument);
+    }
+    EXPECT_THROWS(attention(nullptr, b, b, out.data(), good, nullptr), ErrorCode::InvalidArgument);
+    EXPECT_THROWS(attention(b, b, nullptr, out.data(), good, nullptr), ErrorCode::InvalidArgument);
+    EXPECT_THROWS(ref::attention(b, b, b, nullptr, good), ErrorCode::InvalidArgument);
+    // Bidirectional attention does not need the cache to cover q_pos0 + n_q.
+    AttentionParams bi = mod([](AttentionParams& p) { p.causal = false; p.q_pos0 = 100; });
+    attention(b, b, b, out.data(), bi, nullptr);
+    EXPECT(std::fabs(out[0] - 0.5f) < 1e-6f);  // all values 0.5: any softmax gives 0.5
+  }
+}
