@@ -1,0 +1,1252 @@
+// Kernel microbenchmark: emollm CPU kernels at LLaMA-2-7B and CLIP ViT-L/14 layer shapes, beside
+// machine probes (read bandwidth, FMA / bf16 / AMX peaks) and library anchors (OpenBLAS, oneDNN)
+// measured in the same run, so every figure has a ceiling and a reference next to it.
+//
+//   build/bench/bench_kernels [--quick] [--filter a,b] [--threads N] [--budget S] [--isa LEVEL]
+//                             [--json] [--json-out FILE] [--list] [--no-anchors]
+//
+// See bench/README.md. `npm run bench:kernels` builds and runs this through bench/kernels.mjs.
+// No -march flags: like the kernels, the probes use function target attributes and run-time
+// dispatch, so one binary runs everywhere.
+#include <dlfcn.h>
+#include <immintrin.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/cpu_features.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "cpu/kernels.h"
+
+#ifdef EMOLLM_HAVE_OPENBLAS
+#include <cblas.h>
+#ifndef OPENBLAS_THREAD  // a cblas.h from another provider: declare OpenBLAS's extensions
+extern "C" {
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+char* openblas_get_config(void);
+char* openblas_get_corename(void);
+}
+#endif
+#endif
+
+#ifdef EMOLLM_HAVE_DNNL
+#include <dnnl.hpp>
+#endif
+
+using namespace emollm;
+
+namespace {
+
+// ============================================================================ options
+struct Options {
+  int threads = 0;              // 0: physical cores
+  bool quick = false;
+  std::vector<std::string> filters;
+  double budget = 0.0;          // seconds per measurement; 0: default for the mode
+  bool json = false;            // JSON on stdout, table on stderr
+  std::string json_out;         // also write JSON here
+  bool list = false;
+  bool anchors = true;
+  std::string isa;
+};
+
+[[noreturn]] void usage(int rc) {
+  std::fprintf(rc ? stderr : stdout,
+               "usage: bench_kernels [options]\n"
+               "  --quick           ~30 s subset (fewer shapes, shorter time budget)\n"
+               "  --filter A[,B]    run only cases whose name contains A or B (probes always run)\n"
+               "  --threads N       threads for emollm and the anchors (default: physical cores)\n"
+               "  --budget S        seconds per measurement (default 0.5, quick 0.12)\n"
+               "  --isa LEVEL       cap emollm kernels: scalar, avx2, avx512, amx\n"
+               "  --no-anchors      skip OpenBLAS / oneDNN\n"
+               "  --json            print JSON on stdout (the table goes to stderr)\n"
+               "  --json-out FILE   also write the JSON to FILE\n"
+               "  --list            list case names and exit\n");
+  std::exit(rc);
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i, const char* flag) -> std::string {
+    std::string a = argv[i];
+    size_t eq = a.find('=');
+    if (eq != std::string::npos) return a.substr(eq + 1);
+    if (i + 1 >= argc) { std::fprintf(stderr, "%s needs a value\n", flag); usage(2); }
+    return argv[++i];
+  };
+  auto is = [](const std::string& a, const char* f) {
+    return a == f || a.rfind(std::string(f) + "=", 0) == 0;
+  };
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") usage(0);
+    else if (a == "--quick") o.quick = true;
+    else if (a == "--json") o.json = true;
+    else if (a == "--list") o.list = true;
+    else if (a == "--no-anchors") o.anchors = false;
+    else if (is(a, "--threads")) o.threads = std::atoi(value(i, "--threads").c_str());
+    else if (is(a, "--budget")) o.budget = std::atof(value(i, "--budget").c_str());
+    else if (is(a, "--isa")) o.isa = value(i, "--isa");
+    else if (is(a, "--json-out")) o.json_out = value(i, "--json-out");
+    else if (is(a, "--filter")) {
+      std::string v = value(i, "--filter");
+      size_t p = 0;
+      while (p <= v.size()) {
+        size_t c = v.find(',', p);
+        if (c == std::string::npos) c = v.size();
+        if (c > p) o.filters.push_back(v.substr(p, c - p));
+        p = c + 1;
+      }
+    } else {
+      std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
+      usage(2);
+    }
+  }
+  if (o.budget <= 0) o.budget = o.quick ? 0.12 : 0.5;
+  return o;
+}
+
+Options g_opt;
+FILE* g_out = stdout;  // the human-readable table (stderr with --json)
+// The table is printed at the end, once the probes have been measured again (see main), so that
+// every percentage in it uses the same ceilings.
+std::vector<std::function<void()>> g_deferred;
+void later(std::function<void()> f) { g_deferred.push_back(std::move(f)); }
+
+bool selected(const std::string& name) {
+  if (g_opt.filters.empty()) return true;
+  for (auto& f : g_opt.filters)
+    if (name.find(f) != std::string::npos) return true;
+  return false;
+}
+
+// ============================================================================ timing
+using Clock = std::chrono::steady_clock;
+double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+struct Stats {
+  double best = 0, median = 0;
+  int reps = 0;
+};
+
+// Warmup, then repetitions until the time budget is spent (at least min_reps, unless a single
+// call is so slow that min_reps would take more than 4x the budget). fn(i) gets the call index
+// so decode benchmarks can rotate weight copies.
+Stats measure(const std::function<void(int)>& fn, double budget = -1, int min_reps = -1,
+              int max_reps = 200) {
+  if (budget < 0) budget = g_opt.budget;
+  if (min_reps < 0) min_reps = g_opt.quick ? 2 : 3;
+  int call = 0;
+  double t0 = now_s();
+  fn(call++);  // warmup: page faults, thread wake-up, packing scratch
+  double first = now_s() - t0;
+  std::vector<double> ts;
+  if (first > 4 * budget) {
+    ts.push_back(first);  // far over budget (a scalar fallback?): one call is all we take
+  } else {
+    while (now_s() - t0 < std::min(0.05, budget * 0.25) && call < 20) fn(call++);
+    double spent = 0;
+    while ((int)ts.size() < max_reps) {
+      double a = now_s();
+      fn(call++);
+      double d = now_s() - a;
+      ts.push_back(d);
+      spent += d;
+      if ((int)ts.size() >= min_reps && spent >= budget) break;
+      if (spent >= 4 * budget) break;  // slow calls: fewer than min_reps
+    }
+  }
+  std::sort(ts.begin(), ts.end());
+  Stats s;
+  s.best = ts.front();
+  s.median = ts.size() % 2 ? ts[ts.size() / 2] : 0.5 * (ts[ts.size() / 2 - 1] + ts[ts.size() / 2]);
+  s.reps = (int)ts.size();
+  return s;
+}
+
+// ============================================================================ data
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; }
+  float uniform() { return float(int32_t(next() >> 32)) * (1.0f / 2147483648.0f); }  // [-1, 1)
+};
+
+template <typename T>
+using Buf = AlignedPtr<T>;
+
+void fill_random(float* p, int64_t n, uint64_t seed, ThreadPool* pool) {
+  pool->parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    Rng r(seed ^ uint64_t(b) * 0x2545F4914F6CDD1Dull);
+    for (int64_t i = b; i < e; i++) p[i] = r.uniform();
+  });
+}
+
+// L3 of one cache instance (what one core's misses fall through to). sysfs first: in some VMs
+// sysconf's cpuid-based answer is the whole host's L3 (320 MiB on a 32 MiB-per-CCD EPYC).
+// Used to size the decode weight rotation (3x L3) and the bandwidth buffer (8x L3).
+size_t l3_bytes() {
+  static size_t cached = [] {
+    size_t v = 0;
+    if (FILE* fp = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
+      unsigned long n = 0;
+      char unit = 0;
+      if (std::fscanf(fp, "%lu%c", &n, &unit) >= 1)
+        v = size_t(n) * (unit == 'K' ? 1024u : unit == 'M' ? 1024u * 1024u : 1u);
+      std::fclose(fp);
+    }
+    if (v == 0) {
+      long sc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+      v = sc > 0 && size_t(sc) <= (size_t(256) << 20) ? size_t(sc) : 0;
+    }
+    if (v == 0) v = size_t(32) << 20;
+    v = std::min(v, size_t(512) << 20);
+    return v;
+  }();
+  return cached;
+}
+
+// ============================================================================ results
+struct Result {
+  std::string name;     // filter key, e.g. gemm/llama.qkvo/M512/bf16/onednn
+  std::string section;  // gemm, attention, eltwise
+  std::string label;    // table "case" column
+  std::string dtype, impl;
+  int64_t M = 0, N = 0, K = 0;
+  Stats st;
+  double flops = 0;     // per call
+  double bytes = 0;     // per call: weight bytes (gemv), KV bytes (decode attention), traffic (eltwise)
+  bool single_thread = false;
+  bool bf16_math = false;
+  std::string ratio_vs;  // anchor impl this row is compared with
+  double ratio = NAN;    // anchor best time / this best time (>1: emollm faster)
+  std::string check;     // "ok", "BAD", "" (not checked)
+  double err = NAN;
+  std::string error;     // exception text
+  std::string note;
+};
+std::vector<Result> g_results;
+const char* const kAnchorHint = "anchor unavailable: install with bench/setup-anchors.sh";
+
+struct Probes {
+  double bw = 0, bw_1t = 0;       // GB/s
+  double fma = 0, fma_1t = 0;     // GFLOP/s
+  double bf16 = 0, amx = 0;       // GFLOP/s (0: not available)
+  std::string bw_isa, fma_isa;
+} g_probe, g_probe_start, g_probe_end;  // g_probe: the higher of start and end
+
+double gflops(const Result& r) { return r.flops > 0 ? r.flops / r.st.best * 1e-9 : NAN; }
+double gbs(const Result& r) { return r.bytes > 0 ? r.bytes / r.st.best * 1e-9 : NAN; }
+double pct_fma(const Result& r) {
+  double peak = r.single_thread ? g_probe.fma_1t : g_probe.fma;
+  return r.flops > 0 && peak > 0 ? 100 * gflops(r) / peak : NAN;
+}
+double pct_bf16(const Result& r) {
+  if (!r.bf16_math || r.flops <= 0) return NAN;
+  double peak = g_probe.amx > 0 ? g_probe.amx : g_probe.bf16;
+  return peak > 0 ? 100 * gflops(r) / peak : NAN;
+}
+double pct_bw(const Result& r) {
+  double peak = r.single_thread ? g_probe.bw_1t : g_probe.bw;
+  return r.bytes > 0 && peak > 0 ? 100 * gbs(r) / peak : NAN;
+}
+
+// ============================================================================ table
+std::string fmt(const char* f, double v) {
+  if (!std::isfinite(v)) return "-";
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+void table_header(const char* title_c) {
+  later([title = std::string(title_c)] {
+  std::fprintf(g_out, "\n== %s\n", title.c_str());
+  std::fprintf(g_out, "%-26s %-5s %-9s %9s %9s %8s %6s %6s %7s %6s  %-18s %s\n", "case", "dtype", "impl",
+               "best ms", "med ms", "GFLOP/s", "%fma", "%bf16", "GB/s", "%bw", "ratio(anchor/us)", "check");
+  });
+}
+
+void print_row(const Result& r) {
+  if (!r.error.empty()) {
+    std::fprintf(g_out, "%-26s %-5s %-9s  %s%s\n", r.label.c_str(), r.dtype.c_str(), r.impl.c_str(),
+                 r.error == kAnchorHint ? "" : "error: ", r.error.c_str());
+    return;
+  }
+  std::string ratio = "";
+  if (!r.ratio_vs.empty()) ratio = std::isfinite(r.ratio) ? fmt("%.2fx ", r.ratio) + r.ratio_vs : "n/a";
+  std::string check = r.check;
+  if (r.check == "BAD") check = "BAD err=" + fmt("%.2g", r.err);
+  if (!r.note.empty()) check += (check.empty() ? "" : " ") + r.note;
+  std::fprintf(g_out, "%-26s %-5s %-9s %9s %9s %8s %6s %6s %7s %6s  %-18s %s\n", r.label.c_str(),
+               r.dtype.c_str(), r.impl.c_str(), fmt("%.3f", r.st.best * 1e3).c_str(),
+               fmt("%.3f", r.st.median * 1e3).c_str(), fmt("%.1f", gflops(r)).c_str(),
+               fmt("%.1f", pct_fma(r)).c_str(), fmt("%.1f", pct_bf16(r)).c_str(), fmt("%.1f", gbs(r)).c_str(),
+               fmt("%.1f", pct_bw(r)).c_str(), ratio.c_str(), check.c_str());
+}
+void table_row(const Result& r) {
+  size_t i = size_t(&r - g_results.data());
+  later([i] { print_row(g_results[i]); });
+}
+
+void progress(const std::string& name) {
+  if (isatty(2)) {
+    std::fprintf(stderr, "\r\033[K  running %s", name.c_str());
+    std::fflush(stderr);
+  }
+}
+void progress_done() {
+  if (isatty(2)) { std::fprintf(stderr, "\r\033[K"); std::fflush(stderr); }
+}
+
+// Runs one case (when selected) and stores its result. body fills st (and may fill check/note).
+Result* run_case(Result r, const std::function<void(Result&)>& body) {
+  if (!selected(r.name)) return nullptr;
+  if (g_opt.list) { std::printf("%s\n", r.name.c_str()); return nullptr; }
+  progress(r.name);
+  try {
+    body(r);
+  } catch (const std::exception& e) {
+    r.error = e.what();
+  }
+  progress_done();
+  g_results.push_back(r);
+  return &g_results.back();
+}
+
+// ============================================================================ probes
+// Horizontal sum through memory (_mm512_reduce_add_ps trips a GCC 12 -Wuninitialized false positive).
+__attribute__((target("avx512f"))) float hsum512(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0;
+  for (float x : t) s += x;
+  return s;
+}
+
+// Read bandwidth: every thread streams its slice of a buffer much larger than L3.
+__attribute__((target("avx512f"))) float read_avx512(const float* p, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  int64_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+    a4 = _mm512_add_ps(a4, _mm512_load_ps(p + i + 64));
+    a5 = _mm512_add_ps(a5, _mm512_load_ps(p + i + 80));
+    a6 = _mm512_add_ps(a6, _mm512_load_ps(p + i + 96));
+    a7 = _mm512_add_ps(a7, _mm512_load_ps(p + i + 112));
+  }
+  a0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                     _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+  float s = hsum512(a0);
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+__attribute__((target("avx2"))) float read_avx2(const float* p, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+    a4 = _mm256_add_ps(a4, _mm256_load_ps(p + i + 32));
+    a5 = _mm256_add_ps(a5, _mm256_load_ps(p + i + 40));
+    a6 = _mm256_add_ps(a6, _mm256_load_ps(p + i + 48));
+    a7 = _mm256_add_ps(a7, _mm256_load_ps(p + i + 56));
+  }
+  a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                     _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+  float t[8];
+  _mm256_storeu_ps(t, a0);
+  float s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+float read_scalar(const float* p, int64_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+  for (; i < n; i++) s0 += p[i];
+  return s0 + s1 + s2 + s3;
+}
+
+std::atomic<uint64_t> g_sink{0};
+void sink(float v) { uint32_t u; std::memcpy(&u, &v, 4); g_sink.fetch_add(u, std::memory_order_relaxed); }
+
+// FMA peak: 16 independent accumulator chains of register-only FMAs per thread.
+#define EMOLLM_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+__attribute__((target("avx512f"))) float fma_avx512(int64_t iters) {
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+#define DECL(i) __m512 c##i = _mm512_set1_ps(float(i) * 1e-3f);
+  EMOLLM_REP16(DECL)
+#undef DECL
+  for (int64_t it = 0; it < iters; it++) {
+#define STEP(i) c##i = _mm512_fmadd_ps(c##i, a, b);
+    EMOLLM_REP16(STEP)
+#undef STEP
+    __asm__ volatile("" ::: "memory");
+  }
+  __m512 s = _mm512_setzero_ps();
+#define SUM(i) s = _mm512_add_ps(s, c##i);
+  EMOLLM_REP16(SUM)
+#undef SUM
+  return hsum512(s);
+}
+constexpr double kFmaAvx512FlopsPerIter = 16 * 16 * 2;
+
+__attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) {
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+#define REP12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define DECL(i) __m256 c##i = _mm256_set1_ps(float(i) * 1e-3f);
+  REP12(DECL)
+#undef DECL
+  for (int64_t it = 0; it < iters; it++) {
+#define STEP(i) c##i = _mm256_fmadd_ps(c##i, a, b);
+    REP12(STEP)
+#undef STEP
+    __asm__ volatile("" ::: "memory");
+  }
+  __m256 s = _mm256_setzero_ps();
+#define SUM(i) s = _mm256_add_ps(s, c##i);
+  REP12(SUM)
+#undef SUM
+#undef REP12
+  float t[8];
+  _mm256_storeu_ps(t, s);
+  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+constexpr double kFmaAvx2FlopsPerIter = 12 * 8 * 2;
+
+// bf16 dot products: vdpbf16ps does 16 lanes x 2 products x (mul + add) = 64 flops.
+__attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
+#define DECL(i) __m512 c##i = _mm512_set1_ps(float(i));
+  EMOLLM_REP16(DECL)
+#undef DECL
+  for (int64_t it = 0; it < iters; it++) {
+#define STEP(i) c##i = _mm512_dpbf16_ps(c##i, a, b);
+    EMOLLM_REP16(STEP)
+#undef STEP
+    __asm__ volatile("" ::: "memory");
+  }
+  __m512 s = _mm512_setzero_ps();
+#define SUM(i) s = _mm512_add_ps(s, c##i);
+  EMOLLM_REP16(SUM)
+#undef SUM
+  return hsum512(s);
+}
+constexpr double kBf16FlopsPerIter = 16 * 64;
+
+// AMX: 4 accumulator tiles fed by 2 A and 2 B tiles (all 16 rows x 64 bytes); each
+// tdpbf16ps is 16x16 outputs x 32 products x 2 = 16384 flops. Register (tile) only.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+__attribute__((target("amx-tile,amx-bf16"))) float amx_bf16(int64_t iters) {
+  AmxTileConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
+  _tile_loadconfig(&cfg);
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+  for (int64_t it = 0; it < iters; it++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float out[16 * 16];
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
+}
+constexpr double kAmxFlopsPerIter = 4 * 16384;
+
+// Runs a register-only kernel on all pool threads (or just the caller) and returns GFLOP/s,
+// best of reps; iterations calibrated so one run takes ~target seconds.
+double peak_probe(ThreadPool* pool, float (*kernel)(int64_t), double flops_per_iter, int reps, double target) {
+  int64_t iters = 1 << 14;
+  for (;;) {  // calibrate on one thread
+    double t0 = now_s();
+    sink(kernel(iters));
+    double d = now_s() - t0;
+    if (d > 0.01 || iters > (int64_t(1) << 40)) { iters = std::max<int64_t>(1024, int64_t(iters * target / d)); break; }
+    iters *= 4;
+  }
+  int nth = pool ? pool->size() : 1;
+  double best = 0;
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    if (pool) pool->run([&](int, int) { sink(kernel(iters)); });
+    else sink(kernel(iters));
+    double d = now_s() - t0;
+    best = std::max(best, double(iters) * flops_per_iter * nth / d * 1e-9);
+  }
+  return best;
+}
+
+Probes run_probes(ThreadPool& pool) {
+  Probes g_probe;  // shadows the global: this run's values
+  const CpuFeatures& f = cpu_features();
+  // Many short repetitions, best kept: on a shared machine a short window is more likely to catch
+  // the cores free, as the (short) kernel calls measured against these ceilings do.
+  int reps = g_opt.quick ? 12 : 24;
+  // Read bandwidth: each repetition reads the next quarter (>= 2x L3) of the buffer, so no
+  // repetition finds the previous one's data in cache.
+  {
+    size_t bytes = std::max<size_t>(size_t(256) << 20, 8 * l3_bytes());
+    int64_t n = int64_t(bytes / sizeof(float));
+    Buf<float> buf = make_aligned<float>(size_t(n));
+    pool.parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {  // fault the pages in, on their thread
+      for (int64_t i = b; i < e; i++) buf[i] = 1.0f / float(1 + (i & 1023));
+    });
+    float (*rd)(const float*, int64_t) = read_scalar;
+    g_probe.bw_isa = "scalar";
+    if (f.avx512f) { rd = read_avx512; g_probe.bw_isa = "avx512"; }
+    else if (f.avx2) { rd = read_avx2; g_probe.bw_isa = "avx2"; }
+    const int64_t nw = n / 4 / 128 * 128;  // window, floats
+    for (int r = 0; r < reps; r++) {
+      const float* p = buf.get() + (r % 4) * nw;
+      double t0 = now_s();
+      pool.run([&](int ith, int nth) {
+        int64_t b, e;
+        split_range(nw, ith, nth, 128, &b, &e);
+        sink(rd(p + b, e - b));
+      });
+      double d = now_s() - t0;
+      g_probe.bw = std::max(g_probe.bw, double(nw) * sizeof(float) / d * 1e-9);
+    }
+    for (int r = 0; r < reps / 2; r++) {
+      const float* p = buf.get() + (r % 4) * nw;
+      double t0 = now_s();
+      sink(rd(p, nw));
+      double d = now_s() - t0;
+      g_probe.bw_1t = std::max(g_probe.bw_1t, double(nw) * sizeof(float) / d * 1e-9);
+    }
+  }
+  // FMA peak
+  const double target = 0.005;  // seconds per repetition
+  if (f.avx512f) {
+    g_probe.fma_isa = "avx512";
+    g_probe.fma = peak_probe(&pool, fma_avx512, kFmaAvx512FlopsPerIter, reps, target);
+    g_probe.fma_1t = peak_probe(nullptr, fma_avx512, kFmaAvx512FlopsPerIter, reps, target);
+  } else if (f.avx2 && f.fma) {
+    g_probe.fma_isa = "avx2";
+    g_probe.fma = peak_probe(&pool, fma_avx2, kFmaAvx2FlopsPerIter, reps, target);
+    g_probe.fma_1t = peak_probe(nullptr, fma_avx2, kFmaAvx2FlopsPerIter, reps, target);
+  }
+  if (f.avx512f && f.avx512bf16)
+    g_probe.bf16 = peak_probe(&pool, bf16_avx512, kBf16FlopsPerIter, reps, target);
+  if (f.amx_usable && f.amx_bf16)
+    g_probe.amx = peak_probe(&pool, amx_bf16, kAmxFlopsPerIter, reps, target);
+  return g_probe;
+}
+
+// ============================================================================ anchors
+bool g_have_openblas = false, g_have_dnnl = false;
+std::string g_openblas_info, g_dnnl_info;
+
+// OpenBLAS pthread threads and libgomp threads spin after a call; let them go to sleep before
+// timing something else so they do not steal the cores.
+[[maybe_unused]] void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(120)); }
+
+void setup_anchors(int threads) {
+#ifdef EMOLLM_HAVE_OPENBLAS
+  if (g_opt.anchors) {
+    openblas_set_num_threads(threads);
+    g_have_openblas = true;
+    const char* cfg = openblas_get_config();
+    const char* core = openblas_get_corename();
+    g_openblas_info = std::string(cfg ? cfg : "?") + ", core " + (core ? core : "?") + ", threads " +
+                      std::to_string(openblas_get_num_threads());
+  }
+#endif
+#ifdef EMOLLM_HAVE_DNNL
+  if (g_opt.anchors) {
+    // Debian's oneDNN uses OpenMP; libgomp comes in with libdnnl, so find it at run time
+    // (kernels.mjs also sets OMP_NUM_THREADS).
+    if (auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))) set(threads);
+    auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+    const dnnl_version_t* v = dnnl_version();
+    char b[160];
+    std::snprintf(b, sizeof b, "v%d.%d.%d, cpu runtime %s, threads %d", v->major, v->minor, v->patch,
+                  v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" : v->cpu_runtime == DNNL_RUNTIME_SEQ ? "seq" : "other",
+                  get ? get() : -1);
+    g_dnnl_info = b;
+    g_have_dnnl = true;
+  }
+#endif
+}
+
+#ifdef EMOLLM_HAVE_DNNL
+struct DnnlCtx {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm{eng};
+};
+DnnlCtx& dnnl_ctx() { static DnnlCtx c; return c; }
+
+// bf16 x bf16 -> f32 matmul, Y = X W^T with W given as bf16 [N, K] rows. Weights are reordered
+// once into oneDNN's preferred (blocked) layout, as an engine would at load time; each call
+// converts X f32 -> bf16 (a reorder, timed: emollm's API takes f32 activations too).
+struct DnnlGemm {
+  dnnl::matmul mm;
+  dnnl::reorder xr;
+  dnnl::memory x_f32, x_bf16, y;
+  std::vector<dnnl::memory> w;
+  std::string impl;
+  void init(int64_t M, int64_t N, int64_t K, float* X, float* Y, const uint16_t* Wbf16, int copies) {
+    using namespace dnnl;
+    using dt = memory::data_type;
+    using tag = memory::format_tag;
+    DnnlCtx& c = dnnl_ctx();
+    memory::desc xf({M, K}, dt::f32, tag::ab), xb({M, K}, dt::bf16, tag::ab);
+    memory::desc wany({K, N}, dt::bf16, tag::any), wuser({K, N}, dt::bf16, tag::ba);
+    memory::desc yd({M, N}, dt::f32, tag::ab);
+#if DNNL_VERSION_MAJOR >= 3
+    matmul::primitive_desc pd(c.eng, xb, wany, yd);
+#else
+    matmul::primitive_desc pd(matmul::desc(xb, wany, yd), c.eng);
+#endif
+    impl = pd.impl_info_str();
+    mm = matmul(pd);
+    x_f32 = memory(xf, c.eng, X);
+    x_bf16 = memory(xb, c.eng);
+    y = memory(yd, c.eng, Y);
+    xr = reorder(x_f32, x_bf16);
+    memory wu(wuser, c.eng, const_cast<uint16_t*>(Wbf16));
+    for (int i = 0; i < copies; i++) {
+      memory wp(pd.weights_desc(), c.eng);
+      reorder(wu, wp).execute(c.strm, wu, wp);
+      w.push_back(wp);
+    }
+    c.strm.wait();
+  }
+  void run(int i) {
+    DnnlCtx& c = dnnl_ctx();
+    xr.execute(c.strm, x_f32, x_bf16);
+    mm.execute(c.strm, {{DNNL_ARG_SRC, x_bf16}, {DNNL_ARG_WEIGHTS, w[size_t(i) % w.size()]}, {DNNL_ARG_DST, y}});
+    c.strm.wait();
+  }
+};
+#endif
+
+// ============================================================================ GEMM
+struct GemmShape {
+  const char* model;
+  const char* layer;
+  int64_t N, K;
+  std::vector<int64_t> Ms;
+  bool quick;
+};
+
+const DType kDtypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+
+// Spot check: |Y - ref| over 64 sampled outputs, divided by the RMS of the reference values,
+// where ref uses the dequantized weights in double precision. x_bf16 rounds X to bf16 first.
+double gemm_check(const float* X, int64_t M, int64_t K, const void* W, DType wt, int64_t N, const float* Y,
+                  bool x_bf16) {
+  Rng r(1234);
+  std::vector<float> w(size_t(K), 0.0f);
+  size_t rb = dtype_row_bytes(wt, K);
+  double max_diff = 0, sum_sq = 0;
+  const int S = 64;
+  for (int s = 0; s < S; s++) {
+    int64_t m = s == 0 ? M - 1 : int64_t(r.next() % uint64_t(M));
+    int64_t n = s == 1 ? N - 1 : int64_t(r.next() % uint64_t(N));
+    dequantize_row(wt, static_cast<const uint8_t*>(W) + size_t(n) * rb, w.data(), K);
+    double acc = 0;
+    for (int64_t k = 0; k < K; k++) {
+      float x = X[m * K + k];
+      if (x_bf16) x = bf16_to_f32(f32_to_bf16(x));
+      acc += double(x) * double(w[size_t(k)]);
+    }
+    max_diff = std::max(max_diff, std::fabs(double(Y[m * N + n]) - acc));
+    if (!std::isfinite(Y[m * N + n])) max_diff = INFINITY;
+    sum_sq += acc * acc;
+  }
+  return max_diff / std::max(1e-30, std::sqrt(sum_sq / S));
+}
+double gemm_tolerance(DType t, bool bf16_anchor) {
+  if (bf16_anchor) return 3e-2;
+  switch (t) {
+    case DType::F32: case DType::F16: return 1e-4;
+    case DType::BF16: return 3e-2;  // bf16 dot-product hardware rounds X to bf16
+    default: return 5e-2;           // quantized paths may quantize X to 8 bits
+  }
+}
+void set_check(Result& r, double err, double tol) {
+  r.err = err;
+  r.check = err <= tol ? "ok" : "BAD";
+}
+
+void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
+  size_t rb = dtype_row_bytes(t, K);
+  pool->parallel_for(N, 16, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; n++) quantize_row(t, src + n * K, static_cast<uint8_t*>(dst) + size_t(n) * rb, K);
+  });
+}
+
+// Weight copies for decode so that GEMV streams from memory, not from L3: enough copies of the
+// matrix to total >= 3x L3 (at least 2), used round-robin.
+int decode_copies(size_t bytes) {
+  size_t want = 3 * l3_bytes();
+  return int(std::max<size_t>(2, (want + bytes - 1) / bytes));
+}
+
+struct Copies {
+  std::vector<Buf<uint8_t>> bufs;
+  std::vector<const void*> ptrs;
+  Copies(const void* src, size_t bytes, int n, ThreadPool* pool) {
+    ptrs.push_back(src);
+    for (int i = 1; i < n; i++) {
+      bufs.push_back(make_aligned<uint8_t>(bytes));
+      uint8_t* d = bufs.back().get();
+      pool->parallel_for(int64_t(bytes), 1 << 20, [&](int64_t b, int64_t e) {
+        std::memcpy(d + b, static_cast<const uint8_t*>(src) + b, size_t(e - b));
+      });
+      ptrs.push_back(d);
+    }
+  }
+  const void* operator[](int i) const { return ptrs[size_t(i) % ptrs.size()]; }
+};
+
+std::string gemm_name(const GemmShape& s, int64_t M, const char* dtype, const char* impl) {
+  std::string n = std::string("gemm/") + s.model + "." + s.layer + "/M" + std::to_string(M) + "/" + dtype;
+  if (impl) n += std::string("/") + impl;
+  return n;
+}
+
+bool any_selected(const GemmShape& s) {
+  for (int64_t M : s.Ms) {
+    for (DType t : kDtypes)
+      if (selected(gemm_name(s, M, dtype_name(t), nullptr))) return true;
+    if (selected(gemm_name(s, M, "f32", "openblas")) || selected(gemm_name(s, M, "bf16", "onednn"))) return true;
+  }
+  return false;
+}
+
+void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
+  if (!any_selected(s)) return;
+  const int64_t N = s.N, K = s.K;
+  const int64_t Mmax = *std::max_element(s.Ms.begin(), s.Ms.end());
+  size_t first = g_results.size();
+  Buf<float> W, X, Y;
+  if (!g_opt.list) {
+    progress(std::string("gemm/") + s.model + "." + s.layer + ": preparing weights");
+    W = make_aligned<float>(size_t(N * K));
+    X = make_aligned<float>(size_t(Mmax * K));
+    Y = make_aligned<float>(size_t(Mmax * N));
+    fill_random(W.get(), N * K, 11 + uint64_t(N) * 7 + uint64_t(K), &pool);
+    fill_random(X.get(), Mmax * K, 17 + uint64_t(K), &pool);
+  }
+  char label[64];
+  auto make_result = [&](int64_t M, const char* dtype, const char* impl) {
+    Result r;
+    r.section = "gemm";
+    r.name = gemm_name(s, M, dtype, std::strcmp(impl, "emollm") == 0 ? nullptr : impl);
+    std::snprintf(label, sizeof label, "%s.%s M=%" PRId64, s.model, s.layer, M);
+    r.label = label;
+    r.dtype = dtype;
+    r.impl = impl;
+    r.M = M; r.N = N; r.K = K;
+    r.flops = 2.0 * double(M) * double(N) * double(K);
+    return r;
+  };
+
+  // ---- emollm, every weight dtype
+  for (DType t : kDtypes) {
+    bool want = false;
+    for (int64_t M : s.Ms) want = want || selected(gemm_name(s, M, dtype_name(t), nullptr));
+    if (!want) continue;
+    if (g_opt.list) {
+      for (int64_t M : s.Ms) run_case(make_result(M, dtype_name(t), "emollm"), nullptr);
+      continue;
+    }
+    size_t wbytes = dtype_row_bytes(t, K) * size_t(N);
+    Buf<uint8_t> Wq;
+    const void* Wt = W.get();
+    if (t != DType::F32) {
+      progress(std::string("gemm/") + s.model + "." + s.layer + ": quantizing to " + dtype_name(t));
+      Wq = make_aligned<uint8_t>(wbytes);
+      quantize_matrix(t, W.get(), Wq.get(), N, K, &pool);
+      Wt = Wq.get();
+    }
+    for (int64_t M : s.Ms) {
+      Result r = make_result(M, dtype_name(t), "emollm");
+      r.bf16_math = t == DType::BF16;
+      if (!selected(r.name)) continue;
+      std::unique_ptr<Copies> copies;
+      if (M == 1) {
+        progress(r.name + ": copying weights");
+        copies.reset(new Copies(Wt, wbytes, decode_copies(wbytes), &pool));
+        r.bytes = double(wbytes);
+        r.note = "(" + std::to_string(copies->ptrs.size()) + " weight copies)";
+      }
+      run_case(r, [&](Result& res) {
+        if (M == 1) {
+          res.st = measure([&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+        } else {
+          res.st = measure([&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); });
+        }
+        set_check(res, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+      });
+    }
+  }
+
+  // ---- OpenBLAS sgemm / sgemv (f32)
+  for (int64_t M : s.Ms) {
+    Result r = make_result(M, "f32", "openblas");
+    if (!selected(r.name)) continue;
+    if (g_opt.list) { run_case(r, nullptr); continue; }
+    if (!g_have_openblas) { r.error = kAnchorHint; g_results.push_back(r); continue; }
+#ifdef EMOLLM_HAVE_OPENBLAS
+    size_t wbytes = size_t(N * K) * sizeof(float);
+    std::unique_ptr<Copies> copies;
+    if (M == 1) {
+      copies.reset(new Copies(W.get(), wbytes, decode_copies(wbytes), &pool));
+      r.bytes = double(wbytes);
+      r.note = "sgemv (" + std::to_string(copies->ptrs.size()) + " weight copies)";
+    } else {
+      r.note = "sgemm";
+    }
+    run_case(r, [&](Result& res) {
+      if (M == 1) {
+        res.st = measure([&](int i) {
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.0f, static_cast<const float*>((*copies)[i]),
+                      int(K), X.get(), 1, 0.0f, Y.get(), 1);
+        });
+      } else {
+        res.st = measure([&](int) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, X.get(), int(K),
+                      W.get(), int(K), 0.0f, Y.get(), int(N));
+        });
+      }
+      set_check(res, gemm_check(X.get(), M, K, W.get(), DType::F32, N, Y.get(), false), 1e-4);
+    });
+    settle();
+#endif
+  }
+
+  // ---- oneDNN bf16 x bf16 -> f32
+  for (int64_t M : s.Ms) {
+    Result r = make_result(M, "bf16", "onednn");
+    r.bf16_math = true;
+    if (!selected(r.name)) continue;
+    if (g_opt.list) { run_case(r, nullptr); continue; }
+    if (!g_have_dnnl) { r.error = kAnchorHint; g_results.push_back(r); continue; }
+#ifdef EMOLLM_HAVE_DNNL
+    size_t wbytes = size_t(N * K) * sizeof(uint16_t);
+    Buf<uint8_t> Wb = make_aligned<uint8_t>(wbytes);
+    quantize_matrix(DType::BF16, W.get(), Wb.get(), N, K, &pool);
+    int copies = M == 1 ? decode_copies(wbytes) : 1;
+    if (M == 1) {
+      r.bytes = double(wbytes);
+    }
+    run_case(r, [&](Result& res) {
+      DnnlGemm g;
+      g.init(M, N, K, X.get(), Y.get(), reinterpret_cast<const uint16_t*>(Wb.get()), copies);
+      res.note = g.impl + (M == 1 ? " (" + std::to_string(copies) + " weight copies)" : "");
+      res.st = measure([&](int i) { g.run(i); });
+      set_check(res, gemm_check(X.get(), M, K, Wb.get(), DType::BF16, N, Y.get(), true), gemm_tolerance(DType::BF16, true));
+    });
+    settle();
+#endif
+  }
+
+  // ---- ratios: anchor time / emollm time, same shape and M
+  for (size_t i = first; i < g_results.size(); i++) {
+    Result& r = g_results[i];
+    if (r.impl != "emollm") continue;
+    const char* anchor = r.dtype == "f32" ? "openblas" : r.dtype == "bf16" ? "onednn" : nullptr;
+    if (!anchor) continue;
+    r.ratio_vs = anchor;
+    for (size_t j = first; j < g_results.size(); j++) {
+      const Result& a = g_results[j];
+      if (a.impl == anchor && a.M == r.M && a.dtype == r.dtype && a.error.empty() && r.error.empty())
+        r.ratio = a.st.best / r.st.best;
+    }
+  }
+  // rows: by M (prefill first), then dtype, anchors right under the dtype they anchor
+  if (g_opt.list) return;
+  for (int64_t M : s.Ms) {
+    for (DType t : kDtypes) {
+      for (size_t i = first; i < g_results.size(); i++)
+        if (g_results[i].M == M && g_results[i].dtype == dtype_name(t) && g_results[i].impl == "emollm")
+          table_row(g_results[i]);
+      for (size_t i = first; i < g_results.size(); i++)
+        if (g_results[i].M == M && g_results[i].dtype == dtype_name(t) && g_results[i].impl != "emollm")
+          table_row(g_results[i]);
+    }
+  }
+}
+
+// ============================================================================ attention
+struct AttnCase {
+  const char* name;
+  const char* label;
+  int64_t n_q, n_kv, n_heads, n_kv_heads, head_dim;
+  bool causal;
+  bool decode;
+};
+
+void bench_attention(ThreadPool& pool) {
+  const AttnCase cases[] = {
+      {"attention/llama.prefill", "llama prefill n=512", 512, 512, 32, 32, 128, true, false},
+      {"attention/llama.decode", "llama decode kv=2048", 1, 2048, 32, 32, 128, true, true},
+      {"attention/clip", "clip n=577 bidir", 577, 577, 16, 16, 64, false, false},
+  };
+  bool header = false;
+  for (const AttnCase& c : cases) {
+    Result r;
+    r.section = "attention";
+    r.name = c.name;
+    r.label = c.label;
+    r.dtype = "f32";
+    r.impl = "emollm";
+    if (!selected(r.name)) continue;
+    if (g_opt.list) { run_case(r, nullptr); continue; }
+    AttentionParams p;
+    p.n_q = c.n_q; p.n_kv = c.n_kv; p.n_heads = c.n_heads; p.n_kv_heads = c.n_kv_heads; p.head_dim = c.head_dim;
+    p.ldq = p.ldo = c.n_heads * c.head_dim;
+    p.ldk = p.ldv = c.n_kv_heads * c.head_dim;
+    p.causal = c.causal;
+    p.q_pos0 = c.causal ? c.n_kv - c.n_q : 0;
+    double pairs = 0;
+    for (int64_t i = 0; i < c.n_q; i++) pairs += c.causal ? double(std::min(c.n_kv, p.q_pos0 + i + 1)) : double(c.n_kv);
+    r.flops = 4.0 * double(c.n_heads) * double(c.head_dim) * pairs;
+    size_t kv_elems = size_t(c.n_kv * p.ldk);
+    int copies = 1;
+    if (c.decode) {  // KV cache read per token: rotate caches so it streams from memory
+      r.bytes = 2.0 * double(kv_elems) * sizeof(float);
+      copies = int(std::max<size_t>(2, (3 * l3_bytes() + size_t(r.bytes) - 1) / size_t(r.bytes)));
+      r.note = "(" + std::to_string(copies) + " KV copies)";
+    }
+    Buf<float> q = make_aligned<float>(size_t(c.n_q * p.ldq)), o = make_aligned<float>(size_t(c.n_q * p.ldo));
+    std::vector<Buf<float>> ks, vs;
+    fill_random(q.get(), c.n_q * p.ldq, 3, &pool);
+    for (int i = 0; i < copies; i++) {
+      ks.push_back(make_aligned<float>(kv_elems));
+      vs.push_back(make_aligned<float>(kv_elems));
+      fill_random(ks.back().get(), int64_t(kv_elems), 5, &pool);
+      fill_random(vs.back().get(), int64_t(kv_elems), 7, &pool);
+    }
+    run_case(r, [&](Result& res) {
+      res.st = measure([&](int i) { attention(q.get(), ks[size_t(i % copies)].get(), vs[size_t(i % copies)].get(), o.get(), p, &pool); });
+      // check the first and last head against the scalar reference, one head at a time
+      double max_diff = 0, sum_sq = 0, cnt = 0;
+      for (int64_t h : {int64_t(0), c.n_heads - 1}) {
+        AttentionParams p1 = p;
+        p1.n_heads = p1.n_kv_heads = 1;
+        p1.ldo = c.head_dim;
+        int64_t kvh = h / (c.n_heads / c.n_kv_heads);
+        std::vector<float> ref(size_t(c.n_q * c.head_dim));
+        ref::attention(q.get() + h * c.head_dim, ks[0].get() + kvh * c.head_dim, vs[0].get() + kvh * c.head_dim,
+                       ref.data(), p1);
+        attention(q.get(), ks[0].get(), vs[0].get(), o.get(), p, &pool);
+        for (int64_t i = 0; i < c.n_q; i++)
+          for (int64_t d = 0; d < c.head_dim; d++) {
+            double a = o[size_t(i * p.ldo + h * c.head_dim + d)], b = ref[size_t(i * c.head_dim + d)];
+            max_diff = std::max(max_diff, std::isfinite(a) ? std::fabs(a - b) : INFINITY);
+            sum_sq += b * b;
+            cnt++;
+          }
+      }
+      set_check(res, max_diff / std::max(1e-30, std::sqrt(sum_sq / cnt)), 1e-3);
+    });
+    if (!header) { table_header("attention (f32, flash-style; GFLOP/s = 4*heads*head_dim*pairs / t)"); header = true; }
+    table_row(g_results.back());
+  }
+}
+
+// ============================================================================ elementwise / rows
+void bench_eltwise(ThreadPool& pool) {
+  bool header = false;
+  auto one = [&](const char* name, const char* label, int64_t elems, double bytes_per_elem,
+                 const std::function<void(float*, float*, float*)>& fn) {
+    Result r;
+    r.section = "eltwise";
+    r.name = std::string("eltwise/") + name;
+    r.label = label;
+    r.dtype = "f32";
+    r.impl = "emollm";
+    r.single_thread = true;  // these kernels take no thread pool
+    r.bytes = double(elems) * bytes_per_elem;
+    if (!selected(r.name)) return;
+    if (g_opt.list) { run_case(r, nullptr); return; }
+    Buf<float> a = make_aligned<float>(size_t(elems)), b = make_aligned<float>(size_t(elems)),
+               c = make_aligned<float>(size_t(elems));
+    fill_random(a.get(), elems, 21, &pool);
+    fill_random(b.get(), elems, 22, &pool);
+    std::memset(c.get(), 0, size_t(elems) * sizeof(float));
+    run_case(r, [&](Result& res) { res.st = measure([&](int) { fn(a.get(), b.get(), c.get()); }); });
+    if (!header) {
+      table_header("rows / elementwise (single-threaded API: %fma and %bw against 1-thread probes)");
+      header = true;
+    }
+    table_row(g_results.back());
+  };
+  const int64_t T = 512, D = 4096, F = 11008;
+  std::vector<float> w(static_cast<size_t>(D), 1.0f), bias(static_cast<size_t>(D), 0.0f);
+  one("rmsnorm", "rmsnorm 512x4096", T * D, 8, [&](float* x, float*, float* y) {
+    rmsnorm(x, D, w.data(), y, D, T, D, 1e-5f);
+  });
+  one("layernorm", "layernorm 512x4096", T * D, 8, [&](float* x, float*, float* y) {
+    layernorm(x, D, w.data(), bias.data(), y, D, T, D, 1e-5f);
+  });
+  one("softmax", "softmax 16384x512", 32 * 512 * 512, 8, [&](float* x, float*, float* y) {
+    softmax(x, 512, y, 512, 32 * 512, 512);
+  });
+  one("silu", "silu 512x11008", T * F, 8, [&](float* x, float*, float* y) { silu(x, y, T * F); });
+  one("swiglu", "swiglu 512x11008", T * F, 12, [&](float* g, float* u, float* y) { swiglu(g, u, y, T * F); });
+  one("gelu_erf", "gelu_erf 577x4096", 577 * 4096, 8, [&](float* x, float*, float* y) { gelu_erf(x, y, 577 * 4096); });
+  one("quick_gelu", "quick_gelu 577x4096", 577 * 4096, 8,
+      [&](float* x, float*, float* y) { quick_gelu(x, y, 577 * 4096); });
+  std::vector<int32_t> pos(static_cast<size_t>(T));
+  for (int64_t i = 0; i < T; i++) pos[size_t(i)] = int32_t(i);
+  one("rope", "rope 512x32x128 (q)", T * D, 8, [&](float* x, float*, float*) {
+    RopeParams rp;
+    rp.head_dim = 128;
+    rope(x, D, T, 32, pos.data(), rp);
+  });
+}
+
+// ============================================================================ JSON
+struct Json {
+  std::string s;
+  bool need_comma = false;
+  void sep() { if (need_comma) s += ","; need_comma = false; }
+  void key(const char* k) { sep(); s += "\""; s += k; s += "\":"; }
+  void str(const std::string& v) {
+    s += "\"";
+    for (char ch : v) {
+      if (ch == '"' || ch == '\\') { s += '\\'; s += ch; }
+      else if (uint8_t(ch) < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", ch); s += b; }
+      else s += ch;
+    }
+    s += "\"";
+    need_comma = true;
+  }
+  void num(double v) {
+    if (!std::isfinite(v)) s += "null";
+    else { char b[32]; std::snprintf(b, sizeof b, "%.10g", v); s += b; }
+    need_comma = true;
+  }
+  void boolean(bool v) { s += v ? "true" : "false"; need_comma = true; }
+  void kv(const char* k, const std::string& v) { key(k); str(v); }
+  void kv(const char* k, const char* v) { key(k); str(v); }
+  void kv(const char* k, double v) { key(k); num(v); }
+  void kvb(const char* k, bool v) { key(k); boolean(v); }
+  void open(char c) { sep(); s += c; need_comma = false; }
+  void close(char c) { s += c; need_comma = true; }
+};
+
+std::string to_json(int threads, double wall, double rss_mib) {
+  const CpuFeatures& f = cpu_features();
+  Json j;
+  j.open('{');
+  j.key("machine"); j.open('{');
+  j.kv("brand", f.brand);
+  j.kv("physical_cores", double(f.physical_cores));
+  j.kv("logical_cpus", double(f.logical_cpus));
+  j.kv("threads", double(threads));
+  j.kv("isa_active", isa_name(isa_active()));
+  j.kv("l3_bytes", double(l3_bytes()));
+  j.kvb("avx2", f.avx2); j.kvb("avx512f", f.avx512f); j.kvb("avx512bf16", f.avx512bf16);
+  j.kvb("avx512vnni", f.avx512vnni); j.kvb("amx_usable", f.amx_usable);
+  j.close('}');
+  j.key("probes"); j.open('{');
+  j.kv("read_bw_gbs", g_probe.bw); j.kv("read_bw_1t_gbs", g_probe.bw_1t); j.kv("read_bw_isa", g_probe.bw_isa);
+  j.kv("fma_gflops", g_probe.fma); j.kv("fma_1t_gflops", g_probe.fma_1t); j.kv("fma_isa", g_probe.fma_isa);
+  j.kv("bf16_dot_gflops", g_probe.bf16 > 0 ? g_probe.bf16 : NAN);
+  j.kv("amx_bf16_gflops", g_probe.amx > 0 ? g_probe.amx : NAN);
+  for (const Probes* pr : {&g_probe_start, &g_probe_end}) {
+    j.key(pr == &g_probe_start ? "start" : "end");
+    j.open('{');
+    j.kv("read_bw_gbs", pr->bw); j.kv("read_bw_1t_gbs", pr->bw_1t);
+    j.kv("fma_gflops", pr->fma); j.kv("fma_1t_gflops", pr->fma_1t);
+    j.kv("bf16_dot_gflops", pr->bf16 > 0 ? pr->bf16 : NAN);
+    j.kv("amx_bf16_gflops", pr->amx > 0 ? pr->amx : NAN);
+    j.close('}');
+  }
+  j.close('}');
+  j.key("anchors"); j.open('{');
+  j.kvb("openblas", g_have_openblas); j.kv("openblas_info", g_openblas_info);
+  j.kvb("onednn", g_have_dnnl); j.kv("onednn_info", g_dnnl_info);
+  j.close('}');
+  j.key("results"); j.open('[');
+  for (const Result& r : g_results) {
+    j.open('{');
+    j.kv("name", r.name); j.kv("section", r.section); j.kv("impl", r.impl); j.kv("dtype", r.dtype);
+    if (r.section == "gemm") { j.kv("M", double(r.M)); j.kv("N", double(r.N)); j.kv("K", double(r.K)); }
+    if (!r.error.empty()) {
+      j.kv("error", r.error);
+    } else {
+      j.kv("best_ms", r.st.best * 1e3); j.kv("median_ms", r.st.median * 1e3); j.kv("reps", double(r.st.reps));
+      j.kv("gflops", gflops(r)); j.kv("pct_fma", pct_fma(r)); j.kv("pct_bf16", pct_bf16(r));
+      j.kv("gbs", gbs(r)); j.kv("pct_bw", pct_bw(r));
+      j.kvb("single_thread", r.single_thread);
+      if (!r.ratio_vs.empty()) { j.kv("anchor", r.ratio_vs); j.kv("ratio_vs_anchor", r.ratio); }
+      if (!r.check.empty()) { j.kv("check", r.check); j.kv("check_err", r.err); }
+      if (!r.note.empty()) j.kv("note", r.note);
+    }
+    j.close('}');
+  }
+  j.close(']');
+  j.kv("peak_rss_mib", rss_mib);
+  j.kv("wall_s", wall);
+  j.kv("quick", g_opt.quick ? 1.0 : 0.0);
+  j.close('}');
+  return j.s + "\n";
+}
+
+}  // namespace
+
+// ============================================================================ main
+int main(int argc, char** argv) {
+  g_opt = parse_args(argc, argv);
+  if (g_opt.json) g_out = stderr;
+  const double t_start = now_s();
+  const CpuFeatures& f = cpu_features();
+  if (!g_opt.isa.empty()) {
+    Isa cap;
+    if (!isa_from_name(g_opt.isa, &cap)) { std::fprintf(stderr, "unknown --isa %s\n", g_opt.isa.c_str()); return 2; }
+    isa_set_cap(cap);
+  }
+  int threads = g_opt.threads > 0 ? g_opt.threads : std::max(1, f.physical_cores);
+
+  const std::vector<GemmShape> shapes = {
+      {"llama", "qkvo", 4096, 4096, {512, 1}, true},
+      {"llama", "gate_up", 11008, 4096, {512, 1}, false},
+      {"llama", "down", 4096, 11008, {512, 1}, false},
+      {"clip", "qkvo", 1024, 1024, {577}, true},
+      {"clip", "fc1", 4096, 1024, {577}, false},
+      {"clip", "fc2", 1024, 4096, {577}, false},
+  };
+
+  ThreadPool pool(threads);
+  if (g_opt.list) {
+    for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
+    bench_attention(pool);
+    bench_eltwise(pool);
+    return 0;
+  }
+  setup_anchors(threads);
+
+  std::fprintf(g_out, "emollm kernel benchmark%s\n", g_opt.quick ? " (quick)" : "");
+  std::fprintf(g_out, "cpu: %s | %d physical cores, %d logical | threads %d | isa %s (detected %s) | L3 %zu MiB\n",
+               f.brand.c_str(), f.physical_cores, f.logical_cpus, threads, isa_name(isa_active()),
+               isa_name(isa_detected()), l3_bytes() >> 20);
+  std::fprintf(g_out, "features: avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512bf16=%d avx512vnni=%d amx_bf16=%d amx_usable=%d\n",
+               f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512bf16, f.avx512vnni, f.amx_bf16, f.amx_usable);
+  std::fprintf(g_out, "budget %.2f s per measurement; times are best/median of the repetitions\n", g_opt.budget);
+  if (FILE* la = std::fopen("/proc/loadavg", "r")) {
+    double load = 0;
+    if (std::fscanf(la, "%lf", &load) == 1 && load > 0.5 * f.logical_cpus)
+      std::fprintf(g_out, "warning: load average %.2f on %d cpus: other work is running, timings will be disturbed\n",
+                   load, f.logical_cpus);
+    std::fclose(la);
+  }
+
+  std::fprintf(g_out, "running; the table comes at the end (probes are measured again then)\n");
+  std::fflush(g_out);
+  progress("probes");
+  const Probes probe_start = g_probe_start = run_probes(pool);
+  g_probe = probe_start;
+  progress_done();
+
+  bool gemm_header = false;
+  for (const GemmShape& s : shapes) {
+    if (g_opt.quick && !s.quick) continue;
+    if (!any_selected(s)) continue;
+    if (!gemm_header) {
+      table_header("GEMM  Y[M,N] = X[M,K] W[N,K]^T   (GB/s at M=1: weight bytes streamed; ratio = anchor time / emollm time, >1 means emollm is faster)");
+      gemm_header = true;
+    }
+    later([&s] { std::fprintf(g_out, "-- %s.%s  N=%" PRId64 " K=%" PRId64 "\n", s.model, s.layer, s.N, s.K); });
+    bench_gemm_shape(s, pool);
+  }
+  bench_attention(pool);
+  bench_eltwise(pool);
+
+  // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the
+  // higher of the two, so a percentage above 100 means the machine really was faster than probed.
+  progress("probes (again)");
+  const Probes probe_end = g_probe_end = run_probes(pool);
+  progress_done();
+  g_probe.bw = std::max(probe_start.bw, probe_end.bw);
+  g_probe.bw_1t = std::max(probe_start.bw_1t, probe_end.bw_1t);
+  g_probe.fma = std::max(probe_start.fma, probe_end.fma);
+  g_probe.fma_1t = std::max(probe_start.fma_1t, probe_end.fma_1t);
+  g_probe.bf16 = std::max(probe_start.bf16, probe_end.bf16);
+  g_probe.amx = std::max(probe_start.amx, probe_end.amx);
+
+  std::fprintf(g_out, "\n== machine probes (same run; the higher of start / end)\n");
+  std::fprintf(g_out, "  read bandwidth   %8.1f GB/s    (%d threads, %s loads; start %.1f / end %.1f) | 1 thread %.1f\n",
+               g_probe.bw, threads, g_probe.bw_isa.c_str(), probe_start.bw, probe_end.bw, g_probe.bw_1t);
+  std::fprintf(g_out, "  fp32 FMA peak    %8.1f GFLOP/s (%d threads, %s; start %.1f / end %.1f) | 1 thread %.1f\n",
+               g_probe.fma, threads, g_probe.fma_isa.c_str(), probe_start.fma, probe_end.fma, g_probe.fma_1t);
+  if (g_probe.bf16 > 0)
+    std::fprintf(g_out, "  bf16 dot peak    %8.1f GFLOP/s (vdpbf16ps, %d threads; start %.1f / end %.1f)\n", g_probe.bf16,
+                 threads, probe_start.bf16, probe_end.bf16);
+  else std::fprintf(g_out, "  bf16 dot peak         n/a (no avx512bf16)\n");
+  if (g_probe.amx > 0)
+    std::fprintf(g_out, "  AMX bf16 peak    %8.1f GFLOP/s (tdpbf16ps, %d threads; start %.1f / end %.1f)\n", g_probe.amx,
+                 threads, probe_start.amx, probe_end.amx);
+  else std::fprintf(g_out, "  AMX bf16 peak         n/a (AMX not usable)\n");
+
+  std::fprintf(g_out, "\n== anchors (same run, %d threads)\n", threads);
+  if (!g_opt.anchors) std::fprintf(g_out, "  disabled (--no-anchors)\n");
+  else {
+    std::fprintf(g_out, "  openblas: %s\n", g_have_openblas ? g_openblas_info.c_str() : kAnchorHint);
+    std::fprintf(g_out, "  onednn:   %s\n", g_have_dnnl ? g_dnnl_info.c_str() : kAnchorHint);
+  }
+  for (auto& fn : g_deferred) fn();
+
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double rss_mib = double(ru.ru_maxrss) / 1024.0;
+  double wall = now_s() - t_start;
+  int bad = 0, errors = 0;
+  for (const Result& r : g_results) {
+    bad += r.check == "BAD";
+    errors += !r.error.empty() && r.error != kAnchorHint;
+  }
+  std::fprintf(g_out, "\npeak RSS %.0f MiB | wall %.1f s | %zu cases, %d failed checks, %d errors\n", rss_mib, wall,
+               g_results.size(), bad, errors);
+  std::string js;
+  if (g_opt.json || !g_opt.json_out.empty()) js = to_json(threads, wall, rss_mib);
+  if (g_opt.json) std::fputs(js.c_str(), stdout);
+  if (!g_opt.json_out.empty()) {
+    FILE* fo = std::fopen(g_opt.json_out.c_str(), "w");
+    if (!fo) { std::fprintf(stderr, "cannot write %s\n", g_opt.json_out.c_str()); return 1; }
+    std::fputs(js.c_str(), fo);
+    std::fclose(fo);
+  }
+  return bad ? 1 : 0;
+}
