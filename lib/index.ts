@@ -7,3 +7,5 @@ export { EmollmError, isEmollmError } from './errors.js';
 export type { EmollmErrorCode, EmollmErrorOptions } from './errors.js';
 export { cpuInfo, configure, gemm, quantize, dequantize, DTYPES } from './kernels.js';
 export type { CpuInfo, DType, GemmArgs, Isa, KernelOptions } from './kernels.js';
+export * from './loaders.js';
+export * from './config.js';

@@ -6,10 +6,10 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { nodeGypCommand } from './node-gyp-args.mjs';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const configured = existsSync(join(root, 'build', 'config.gypi')) && existsSync(join(root, 'build', 'Makefile'));
-const nodeGyp = process.env.npm_config_node_gyp;
-const args = [configured ? 'build' : 'rebuild', '--loglevel=warn', `--jobs=${process.env.JOBS ?? '2'}`];
-const [cmd, argv] = nodeGyp ? [process.execPath, [nodeGyp, ...args]] : ['node-gyp', args];
+const [cmd, argv] = nodeGypCommand(root, [configured ? 'build' : 'rebuild', '--loglevel=warn', `--jobs=${process.env.JOBS ?? '2'}`]);
 const r = spawnSync(cmd, argv, { cwd: root, stdio: 'inherit' });
 process.exit(r.status ?? 1);

@@ -8,6 +8,8 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { nodeGypCommand } from './node-gyp-args.mjs';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 
@@ -26,8 +28,7 @@ if (process.env.EMOLLM_FORCE_BUILD !== '1' && loads()) {
   process.exit(0);
 }
 
-const nodeGyp = process.env.npm_config_node_gyp;
-const [cmd, args] = nodeGyp ? [process.execPath, [nodeGyp, 'rebuild']] : ['node-gyp', ['rebuild']];
+const [cmd, args] = nodeGypCommand(root, ['rebuild', `--jobs=${process.env.JOBS ?? '2'}`]);
 console.log('emollm: no prebuilt binary fits this platform; compiling the CPU addon with node-gyp');
 const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', shell: process.platform === 'win32' });
 if (r.status !== 0) {

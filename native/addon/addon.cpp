@@ -17,6 +17,8 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+}  // namespace
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("abiVersion", Napi::Number::New(env, 1));
@@ -26,7 +28,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   return exports;
 }
 
-}  // namespace
 }  // namespace emollm::addon
 
-NODE_API_MODULE(emollm, emollm::addon::Init)
+// NODE_API_MODULE needs an unqualified name.
+static Napi::Object EmollmInit(Napi::Env env, Napi::Object exports) { return emollm::addon::Init(env, exports); }
+NODE_API_MODULE(emollm, EmollmInit)

@@ -130,7 +130,7 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   const int64_t n = arg_int(info, 2, "n");
   if (n < 0 || n % dtype_block_elems(t) != 0) throw_invalid(env, "n must be a non-negative multiple of the block size");
   if (bytes.size() != dtype_row_bytes(t, n)) throw_invalid(env, "byte length does not match n elements of " + std::string(dtype_name(t)));
-  std::vector<float> out(size_t(n));
+  std::vector<float> out(static_cast<size_t>(n));
   dequantize_row(t, bytes.data(), out.data(), n);
   return to_float32_array(env, out);
 }

@@ -1,1 +1,128 @@
-// (being written)
+#include "loaders/mapped_file.h"
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+
+#if defined(_WIN32)
+#include <cstdio>
+#else
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
+namespace emollm {
+
+namespace {
+const uint8_t kEmpty[1] = {0};
+
+[[noreturn]] void throw_open_error(const std::string& path, int err) {
+  if (err == ENOENT || err == ENOTDIR)
+    throw Error(ErrorCode::FileNotFound, "file not found: " + path, path);
+  throw Error(ErrorCode::FileNotFound, "cannot open " + path + ": " + std::strerror(err), path);
+}
+}  // namespace
+
+MappedFile::~MappedFile() {
+#if !defined(_WIN32)
+  if (mapped_) munmap(const_cast<uint8_t*>(data_), size_);
+#endif
+  delete[] owned_;
+}
+
+std::shared_ptr<MappedFile> MappedFile::from_bytes(const void* data, size_t size, std::string name) {
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->path_ = std::move(name);
+  f->size_ = size;
+  if (size == 0) {
+    f->data_ = kEmpty;
+    return f;
+  }
+  f->owned_ = new (std::nothrow) uint8_t[size];
+  if (!f->owned_)
+    throw Error(ErrorCode::OutOfMemory, "cannot allocate " + std::to_string(size) + " bytes", f->path_);
+  std::memcpy(f->owned_, data, size);
+  f->data_ = f->owned_;
+  return f;
+}
+
+#if defined(_WIN32)
+// Fallback without mmap: read the whole file into memory.
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
+  FILE* fp = std::fopen(path.c_str(), "rb");
+  if (!fp) throw_open_error(path, errno);
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->path_ = path;
+  std::fseek(fp, 0, SEEK_END);
+  long n = std::ftell(fp);
+  std::fseek(fp, 0, SEEK_SET);
+  if (n < 0) {
+    std::fclose(fp);
+    throw Error(ErrorCode::FileNotFound, "cannot read " + path, path);
+  }
+  f->size_ = size_t(n);
+  if (n == 0) {
+    f->data_ = kEmpty;
+  } else {
+    f->owned_ = new (std::nothrow) uint8_t[size_t(n)];
+    if (!f->owned_) {
+      std::fclose(fp);
+      throw Error(ErrorCode::OutOfMemory, "cannot allocate " + std::to_string(n) + " bytes to read the file", path);
+    }
+    size_t got = std::fread(f->owned_, 1, size_t(n), fp);
+    if (got != size_t(n)) {
+      std::fclose(fp);
+      throw Error(ErrorCode::FileNotFound, "short read of " + path, path);
+    }
+    f->data_ = f->owned_;
+  }
+  std::fclose(fp);
+  return f;
+}
+#else
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw_open_error(path, errno);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw_open_error(path, err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::InvalidArgument,
+                std::string(S_ISDIR(st.st_mode) ? "is a directory, not a file: " : "not a regular file: ") + path,
+                path);
+  }
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->path_ = path;
+  f->size_ = size_t(st.st_size);
+  if (st.st_size == 0) {
+    f->data_ = kEmpty;
+    ::close(fd);
+    return f;
+  }
+  void* p = mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  int err = errno;
+  ::close(fd);  // the mapping keeps its own reference to the file
+  if (p == MAP_FAILED) {
+    f->size_ = 0;
+    f->data_ = kEmpty;
+    throw Error(ErrorCode::OutOfMemory,
+                "cannot map " + std::to_string(st.st_size) + " bytes of " + path + ": " + std::strerror(err), path);
+  }
+  f->data_ = static_cast<const uint8_t*>(p);
+  f->mapped_ = true;
+  return f;
+}
+#endif
+
+}  // namespace emollm
