@@ -1,1 +1,202 @@
-// (being written)
+// Matrix products: argument checks, ISA dispatch, the scalar reference, and shared helpers.
+//
+//   Y[M,N] = X[M,K] * W[N,K]^T (+ bias)
+//
+// Paths (picked from isa_active(); see gemm_internal.h):
+//   Scalar : ref::gemm (double accumulation), rows of W split across the pool.
+//   Avx2   : gemm_avx2.cpp   (dot kernels for M <= 8, packed 6x16 GEMM above)
+//   Avx512 : gemm_avx512.cpp (dot kernels for M <= 8, packed 6x64 GEMM above; BF16 weights use
+//            vdpbf16ps when the CPU has AVX512-BF16)
+//   Amx    : gemm_amx.cpp    (BF16 weights, M >= 16, AMX-BF16 tiles), else Avx512.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../../native/core/arena.h"
+#include "../../native/core/error.h"
+#include "gemm_internal.h"
+
+namespace emollm {
+namespace gemm_detail {
+
+void run_parallel(ThreadPool* pool, bool parallel, const std::function<void(int, int)>& fn) {
+  if (pool && parallel && pool->size() > 1)
+    pool->run(fn);
+  else
+    fn(0, 1);
+}
+
+void parallel_chunks(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (chunk < 1) chunk = 1;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  if (!pool || !parallel || pool->size() <= 1 || nchunks <= 1) return fn(0, n);
+  std::atomic<int64_t> next{0};
+  pool->run([&](int, int) {
+    for (;;) {
+      const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= nchunks) break;
+      fn(i * chunk, std::min(n, (i + 1) * chunk));
+    }
+  });
+}
+
+namespace {
+struct ScratchBuf {
+  AlignedPtr<uint8_t> p;
+  size_t cap = 0;
+};
+constexpr int kScratchSlots = 4;
+}  // namespace
+
+void* scratch(int slot, size_t bytes) {
+  thread_local ScratchBuf bufs[kScratchSlots];
+  ScratchBuf& b = bufs[slot];
+  if (bytes > b.cap) {
+    size_t cap = std::max(bytes, b.cap + b.cap / 2);
+    cap = (cap + 4095) & ~size_t(4095);
+    b.p.reset();
+    b.p = make_aligned<uint8_t>(cap);
+    b.cap = cap;
+  }
+  return b.p.get();
+}
+
+void gemm_scalar(const Args& a) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  run_parallel(a.pool, a.M * a.N * a.K >= kParallelMinMacs, [&](int ith, int nth) {
+    int64_t n0, n1;
+    split_range(a.N, ith, nth, 1, &n0, &n1);
+    if (n1 <= n0) return;
+    ref::gemm(a.X, a.ldx, W + size_t(n0) * a.row_bytes, a.wtype, a.bias ? a.bias + n0 : nullptr,
+              a.Y + n0, a.ldy, a.M, n1 - n0, a.K);
+  });
+}
+
+}  // namespace gemm_detail
+
+namespace {
+
+void check_args(const float* X, int64_t ldx, const void* W, DType wtype, float* Y, int64_t ldy,
+                int64_t M, int64_t N, int64_t K) {
+  EMOLLM_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, "gemm: negative size");
+  EMOLLM_CHECK_ARG(wtype == DType::F32 || wtype == DType::F16 || wtype == DType::BF16 ||
+                       wtype == DType::Q8_0 || wtype == DType::Q4_0,
+                   "gemm: unsupported weight dtype");
+  if (dtype_is_quantized(wtype) && K % kQK != 0)
+    throw Error(ErrorCode::InvalidArgument, std::string("gemm: ") + dtype_name(wtype) +
+                                                " weights need K % 32 == 0, got K = " + std::to_string(K));
+  EMOLLM_CHECK_ARG(ldx >= K, "gemm: ldx < K");
+  EMOLLM_CHECK_ARG(ldy >= N, "gemm: ldy < N");
+  if (M > 0 && N > 0) {
+    EMOLLM_CHECK_ARG(Y != nullptr, "gemm: null Y");
+    if (K > 0) {
+      EMOLLM_CHECK_ARG(X != nullptr, "gemm: null X");
+      EMOLLM_CHECK_ARG(W != nullptr, "gemm: null W");
+    }
+  }
+}
+
+// Scalar dequantisation of element-wise weights, written from the ggml block layouts
+// independently of dequantize_row (so the tests can compare the two).
+void ref_dequant_row(DType t, const uint8_t* row, float* out, int64_t K) {
+  switch (t) {
+    case DType::F32:
+      std::memcpy(out, row, size_t(K) * 4);
+      break;
+    case DType::F16:
+      for (int64_t k = 0; k < K; ++k) {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * k, 2);
+        out[k] = f16_to_f32(h);
+      }
+      break;
+    case DType::BF16:
+      for (int64_t k = 0; k < K; ++k) {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * k, 2);
+        out[k] = bf16_to_f32(h);
+      }
+      break;
+    case DType::Q8_0:
+      for (int64_t b = 0; b < K / kQK; ++b) {
+        const uint8_t* blk = row + b * sizeof(BlockQ8_0);
+        uint16_t h;
+        std::memcpy(&h, blk, 2);
+        const float d = f16_to_f32(h);
+        for (int i = 0; i < kQK; ++i) out[b * kQK + i] = float(int8_t(blk[2 + i])) * d;
+      }
+      break;
+    case DType::Q4_0:
+      for (int64_t b = 0; b < K / kQK; ++b) {
+        const uint8_t* blk = row + b * sizeof(BlockQ4_0);
+        uint16_t h;
+        std::memcpy(&h, blk, 2);
+        const float d = f16_to_f32(h);
+        for (int i = 0; i < kQK / 2; ++i) {
+          const uint8_t q = blk[2 + i];
+          out[b * kQK + i] = float(int(q & 0x0F) - 8) * d;
+          out[b * kQK + i + 16] = float(int(q >> 4) - 8) * d;
+        }
+      }
+      break;
+  }
+}
+
+void fill_bias(const float* bias, float* Y, int64_t ldy, int64_t M, int64_t N) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) Y[m * ldy + n] = bias ? bias[n] : 0.0f;
+}
+
+}  // namespace
+
+namespace ref {
+
+void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
+          int64_t ldy, int64_t M, int64_t N, int64_t K) {
+  check_args(X, ldx, W, wtype, Y, ldy, M, N, K);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_bias(bias, Y, ldy, M, N);
+  const size_t rb = dtype_row_bytes(wtype, K);
+  std::vector<float> w(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    ref_dequant_row(wtype, static_cast<const uint8_t*>(W) + size_t(n) * rb, w.data(), K);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = X + m * ldx;
+      double s = 0.0;
+      for (int64_t k = 0; k < K; ++k) s += double(x[k]) * double(w[k]);
+      if (bias) s += double(bias[n]);
+      Y[m * ldy + n] = float(s);
+    }
+  }
+}
+
+}  // namespace ref
+
+void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
+          int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+  check_args(X, ldx, W, wtype, Y, ldy, M, N, K);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_bias(bias, Y, ldy, M, N);
+  gemm_detail::Args a{X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, dtype_row_bytes(wtype, K)};
+#if defined(__x86_64__)
+  const Isa isa = isa_active();
+  if (isa >= Isa::Amx && wtype == DType::BF16 && cpu_features().amx_usable && cpu_features().amx_bf16 &&
+      gemm_detail::gemm_amx(a))
+    return;
+  if (isa >= Isa::Avx512)
+    return gemm_detail::gemm_avx512(a, wtype == DType::BF16 && cpu_features().avx512bf16);
+  if (isa >= Isa::Avx2) return gemm_detail::gemm_avx2(a);
+#endif
+  gemm_detail::gemm_scalar(a);
+}
+
+void gemv(const float* x, const void* W, DType wtype, const float* bias, float* y, int64_t N,
+          int64_t K, ThreadPool* pool) {
+  gemm(x, K, W, wtype, bias, y, N, 1, N, K, pool);
+}
+
+}  // namespace emollm

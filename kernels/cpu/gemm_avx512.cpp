@@ -1,1 +1,675 @@
-// (being written)
+// AVX-512 matrix products (Isa::Avx512), compiled with function target attributes only.
+//
+// M <= kSmallM ("dot" kernels, decode): every weight row is streamed once from memory and
+//   dequantised in registers (f16 via vcvtph2ps, bf16 by shifting, q8_0 by sign extension,
+//   q4_0 through a 16-entry vpermps table d*(i-8)), multiplied with all M activation rows.
+//   Rows of W are split across the pool, R weight rows at a time.
+// M >  kSmallM (prefill): packed, cache-blocked GEMM. Blocks of W (KC x NC) are dequantised
+//   and transposed into 64-column panels that live in L2; a 6x64 register-blocked microkernel
+//   (24 zmm accumulators) broadcasts X and FMAs into 4 zmm columns.
+//   BF16 weights on CPUs with AVX512-BF16 use vdpbf16ps instead: X is rounded to bf16 pairs,
+//   W panels hold (k, k+1) bf16 pairs, doubling the multiply-add rate.
+#include "gemm_internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// GCC 12 reports its own _mm512_undefined_*() helpers (inlined from immintrin.h) as uninitialised.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+namespace emollm {
+namespace gemm_detail {
+namespace {
+
+#define EMO_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define EMO_T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define EMO_AI inline __attribute__((always_inline))
+
+inline uint16_t rd16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+EMO_T512 EMO_AI __m512 f16_scale(const uint8_t* p) { return _mm512_set1_ps(_cvtsh_ss(rd16(p))); }
+
+// q4_0 lookup: lane i holds (i - 8); multiplied by the block scale it maps a nibble to its value.
+EMO_T512 EMO_AI __m512 q4_table(const uint8_t* blk) {
+  const __m512 base = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm512_mul_ps(f16_scale(blk), base);
+}
+
+EMO_T512 EMO_AI __mmask16 mask16(int64_t c) {
+  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
+}
+
+// ------------------------------------------------------------------ dequantising loads
+// 32 elements of a weight row starting at element k (k % 32 == 0, all 32 in range).
+template <DType DT>
+EMO_T512 EMO_AI void load32(const uint8_t* row, int64_t k, __m512& w0, __m512& w1) {
+  if constexpr (DT == DType::F32) {
+    const float* p = reinterpret_cast<const float*>(row) + k;
+    w0 = _mm512_loadu_ps(p);
+    w1 = _mm512_loadu_ps(p + 16);
+  } else if constexpr (DT == DType::F16) {
+    const uint8_t* p = row + 2 * k;
+    w0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    w1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+  } else if constexpr (DT == DType::BF16) {
+    const uint8_t* p = row + 2 * k;
+    w0 = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+    w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))), 16));
+  } else if constexpr (DT == DType::Q8_0) {
+    const uint8_t* b = row + (k / kQK) * sizeof(BlockQ8_0);
+    const __m512 d = f16_scale(b);
+    w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)))));
+    w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18)))));
+  } else {  // Q4_0
+    const uint8_t* b = row + (k / kQK) * sizeof(BlockQ4_0);
+    const __m512 t = q4_table(b);
+    const __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+    w0 = _mm512_permutexvar_ps(raw, t);  // vpermps reads the low 4 bits: the low nibble
+    w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(raw, 4), t);
+  }
+}
+
+// Up to 32 elements of a plain-type (F32/F16/BF16) row at k, c in [1, 32] valid, rest zero.
+template <DType DT>
+EMO_T512 EMO_AI void load32_tail(const uint8_t* row, int64_t k, int64_t c, __m512& w0, __m512& w1) {
+  const __mmask16 m0 = mask16(c), m1 = mask16(c - 16);
+  if constexpr (DT == DType::F32) {
+    const float* p = reinterpret_cast<const float*>(row) + k;
+    w0 = _mm512_maskz_loadu_ps(m0, p);
+    w1 = _mm512_maskz_loadu_ps(m1, p + 16);
+  } else if constexpr (DT == DType::F16) {
+    const uint8_t* p = row + 2 * k;
+    w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, p));
+    w1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, p + 32));
+  } else if constexpr (DT == DType::BF16) {
+    const uint8_t* p = row + 2 * k;
+    w0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, p)), 16));
+    w1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, p + 32)), 16));
+  } else {
+    w0 = w1 = _mm512_setzero_ps();  // quantised types have K % 32 == 0: never reached
+  }
+}
+
+// 16 elements at k (k % 16 == 0), c in [1, 16] valid (quantised types: always 16).
+template <DType DT>
+EMO_T512 EMO_AI __m512 load16(const uint8_t* row, int64_t k, int64_t c) {
+  if constexpr (DT == DType::F32) {
+    return _mm512_maskz_loadu_ps(mask16(c), reinterpret_cast<const float*>(row) + k);
+  } else if constexpr (DT == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(c), row + 2 * k));
+  } else if constexpr (DT == DType::BF16) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(c), row + 2 * k)), 16));
+  } else if constexpr (DT == DType::Q8_0) {
+    const uint8_t* b = row + (k / kQK) * sizeof(BlockQ8_0);
+    return _mm512_mul_ps(f16_scale(b), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + (k & 16))))));
+  } else {
+    const uint8_t* b = row + (k / kQK) * sizeof(BlockQ4_0);
+    __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+    if (k & 16) raw = _mm512_srli_epi32(raw, 4);
+    return _mm512_permutexvar_ps(raw, q4_table(b));
+  }
+}
+
+// ------------------------------------------------------------------ dot kernels (M <= 8)
+// Y[m, n0+r] = W[n0+r,:] . X[m,:] for r < R, m < MB.
+template <DType DT, int R, int MB>
+EMO_T512 void dot_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb, const float* bias,
+                        float* Y, int64_t ldy, int64_t n0, int64_t K) {
+  constexpr int NA = (R * MB <= 8) ? 2 : 1;  // independent accumulators per (row, m)
+  const uint8_t* wr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
+  __m512 acc[R][MB][NA];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+      for (int a = 0; a < NA; ++a) acc[r][m][a] = _mm512_setzero_ps();
+
+  int64_t k = 0;
+  if constexpr (DT == DType::Q8_0 && MB == 1) {
+    // decode: scale the block's partial dot product once instead of both halves of the weights
+    for (; k + 32 <= K; k += 32) {
+      const __m512 x0 = _mm512_loadu_ps(X + k);
+      const __m512 x1 = _mm512_loadu_ps(X + k + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* b = wr[r] + (k / kQK) * sizeof(BlockQ8_0);
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2))));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18))));
+        const __m512 t = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
+        acc[r][0][0] = _mm512_fmadd_ps(f16_scale(b), t, acc[r][0][0]);
+      }
+    }
+  }
+  for (; k + 32 <= K; k += 32) {
+    __m512 w[R][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) load32<DT>(wr[r], k, w[r][0], w[r][1]);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512 x0 = _mm512_loadu_ps(X + m * ldx + k);
+      const __m512 x1 = _mm512_loadu_ps(X + m * ldx + k + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        acc[r][m][0] = _mm512_fmadd_ps(w[r][0], x0, acc[r][m][0]);
+        acc[r][m][NA - 1] = _mm512_fmadd_ps(w[r][1], x1, acc[r][m][NA - 1]);
+      }
+    }
+  }
+  if constexpr (DT == DType::F32 || DT == DType::F16 || DT == DType::BF16) {
+    if (k < K) {
+      const int64_t c = K - k;
+      __m512 w[R][2];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) load32_tail<DT>(wr[r], k, c, w[r][0], w[r][1]);
+      const __mmask16 m0 = mask16(c), m1 = mask16(c - 16);
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        const __m512 x0 = _mm512_maskz_loadu_ps(m0, X + m * ldx + k);
+        const __m512 x1 = _mm512_maskz_loadu_ps(m1, X + m * ldx + k + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          acc[r][m][0] = _mm512_fmadd_ps(w[r][0], x0, acc[r][m][0]);
+          acc[r][m][NA - 1] = _mm512_fmadd_ps(w[r][1], x1, acc[r][m][NA - 1]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      __m512 s = acc[r][m][0];
+      if (NA == 2) s = _mm512_add_ps(s, acc[r][m][NA - 1]);
+      float v = _mm512_reduce_add_ps(s);
+      if (bias) v += bias[n0 + r];
+      Y[m * ldy + n0 + r] = v;
+    }
+}
+
+// M in 5..8: 16 elements at a time so that R = 3 weight rows share every X load
+// (3*8 accumulators + 3 weights + 1 x = 28 zmm); X (M x K) is read from L2 once per 3 rows.
+template <DType DT, int R, int MB>
+EMO_T512 void dot_block_wide(const float* X, int64_t ldx, const uint8_t* W, size_t rb, const float* bias,
+                             float* Y, int64_t ldy, int64_t n0, int64_t K) {
+  const uint8_t* wr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
+  __m512 acc[R][MB];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const int64_t c = K - k;  // >= 16 except in a plain-type tail
+    const __mmask16 mk = mask16(c);
+    __m512 w[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) w[r] = load16<DT>(wr[r], k, c);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512 x = _mm512_maskz_loadu_ps(mk, X + m * ldx + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], x, acc[r][m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      float v = _mm512_reduce_add_ps(acc[r][m]);
+      if (bias) v += bias[n0 + r];
+      Y[m * ldy + n0 + r] = v;
+    }
+}
+
+template <DType DT, int MB>
+EMO_T512 void dot_range(const Args& a, const float* X, float* Y, int64_t n0, int64_t n1) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  int64_t n = n0;
+  if constexpr (MB <= 4) {
+    constexpr int R = 4;
+    for (; n + R <= n1; n += R) dot_block<DT, R, MB>(X, a.ldx, W, a.row_bytes, a.bias, Y, a.ldy, n, a.K);
+    for (; n < n1; ++n) dot_block<DT, 1, MB>(X, a.ldx, W, a.row_bytes, a.bias, Y, a.ldy, n, a.K);
+  } else {
+    constexpr int R = 3;
+    for (; n + R <= n1; n += R) dot_block_wide<DT, R, MB>(X, a.ldx, W, a.row_bytes, a.bias, Y, a.ldy, n, a.K);
+    for (; n < n1; ++n) dot_block_wide<DT, 1, MB>(X, a.ldx, W, a.row_bytes, a.bias, Y, a.ldy, n, a.K);
+  }
+}
+
+using DotRangeFn = void (*)(const Args&, const float*, float*, int64_t, int64_t);
+
+template <DType DT>
+DotRangeFn pick_dot(int64_t mb) {
+  switch (mb) {
+    case 1: return dot_range<DT, 1>;
+    case 2: return dot_range<DT, 2>;
+    case 3: return dot_range<DT, 3>;
+    case 4: return dot_range<DT, 4>;
+    case 5: return dot_range<DT, 5>;
+    case 6: return dot_range<DT, 6>;
+    case 7: return dot_range<DT, 7>;
+    default: return dot_range<DT, 8>;
+  }
+}
+
+DotRangeFn pick_dot(DType t, int64_t mb) {
+  switch (t) {
+    case DType::F32: return pick_dot<DType::F32>(mb);
+    case DType::F16: return pick_dot<DType::F16>(mb);
+    case DType::BF16: return pick_dot<DType::BF16>(mb);
+    case DType::Q8_0: return pick_dot<DType::Q8_0>(mb);
+    default: return pick_dot<DType::Q4_0>(mb);
+  }
+}
+
+void small_m(const Args& a) {
+  const DotRangeFn fn = pick_dot(a.wtype, a.M);
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                  [&](int64_t n0, int64_t n1) { fn(a, a.X, a.Y, n0, n1); });
+}
+
+// ------------------------------------------------------------------ packed GEMM (M > 8)
+constexpr int MR = 6;        // rows of X per microkernel
+constexpr int NR = 64;       // weight rows (output columns) per panel: 4 zmm
+constexpr int64_t KC = 256;  // k per block (multiple of 32) - f32 path
+constexpr int64_t NC = 512;  // weight rows per L2 block (multiple of NR): KC*NC*4 = 512 KiB
+constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements)
+
+EMO_T512 EMO_AI void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  // r[4q + c] lane l now holds rows 4q..4q+3 of column 4l + c.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+    const __m512 u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[8 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[4 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// Packs W rows [n0, n0+nv) x elements [k0, k0+kc) as f32 panels of NR columns:
+// out[p*kc*NR + k*NR + j] = W[n0 + p*NR + j][k0 + k] (zero for j >= nv).
+template <DType DT>
+EMO_T512 void pack_w_f32(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
+                         float* out) {
+  for (int64_t p = 0; p * NR < nv; ++p) {
+    float* op = out + p * kc * NR;
+    for (int64_t kk = 0; kk < kc; kk += 16) {
+      const int64_t c = std::min<int64_t>(16, kc - kk);
+      for (int g = 0; g < NR / 16; ++g) {
+        const int64_t r0 = p * NR + g * 16;
+        __m512 v[16];
+        if (r0 >= nv) {
+          for (int64_t t = 0; t < c; ++t) _mm512_store_ps(op + (kk + t) * NR + g * 16, _mm512_setzero_ps());
+          continue;
+        }
+        const int64_t kpf = k0 + kk + 64;  // prefetch these rows 64 elements ahead
+        const size_t pf = DT == DType::F32 ? size_t(kpf) * 4
+                          : DT == DType::Q8_0 ? size_t(kpf / kQK) * sizeof(BlockQ8_0)
+                          : DT == DType::Q4_0 ? size_t(kpf / kQK) * sizeof(BlockQ4_0)
+                                              : size_t(kpf) * 2;
+        const bool do_pf = kpf < k0 + kc;
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t) {
+          if (r0 + t < nv) {
+            const uint8_t* row = W + size_t(n0 + r0 + t) * rb;
+            if (do_pf) _mm_prefetch(reinterpret_cast<const char*>(row + pf), _MM_HINT_T0);
+            v[t] = load16<DT>(row, k0 + kk, c);
+          } else {
+            v[t] = _mm512_setzero_ps();
+          }
+        }
+        transpose16(v);
+        if (c == 16) {
+#pragma GCC unroll 16
+          for (int t = 0; t < 16; ++t) _mm512_store_ps(op + (kk + t) * NR + g * 16, v[t]);
+        } else {
+          for (int64_t t = 0; t < c; ++t) _mm512_store_ps(op + (kk + t) * NR + g * 16, v[t]);
+        }
+      }
+    }
+  }
+}
+
+// BF16 weights as (k, k+1) pairs: out[p*kcp*NR + q*NR + j] = 32-bit word of W[n0+p*NR+j] at
+// elements 2*(q0+q), 2*(q0+q)+1 (zero past K or past nv rows).
+EMO_T512 void pack_w_bf16pairs(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t q0, int64_t kcp,
+                               int64_t K, uint32_t* out) {
+  for (int64_t p = 0; p * NR < nv; ++p) {
+    uint32_t* op = out + p * kcp * NR;
+    for (int64_t qq = 0; qq < kcp; qq += 16) {
+      const int64_t c = std::min<int64_t>(16, kcp - qq);
+      const int64_t e0 = 2 * (q0 + qq);  // first element
+      const int64_t ce = std::min<int64_t>(32, K - e0);
+      const __mmask32 em = ce >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << ce) - 1);
+      for (int g = 0; g < NR / 16; ++g) {
+        const int64_t r0 = p * NR + g * 16;
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t)
+          v[t] = (r0 + t < nv)
+                     ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(em, W + size_t(n0 + r0 + t) * rb + 2 * e0))
+                     : _mm512_setzero_ps();
+        transpose16(v);
+        for (int64_t t = 0; t < c; ++t)
+          _mm512_store_ps(reinterpret_cast<float*>(op + (qq + t) * NR + g * 16), v[t]);
+      }
+    }
+  }
+}
+
+// 6x64 f32 microkernel: Y[i, 0:nr] (=|+=) sum_k xp[k][i] * wp[k][0:64], i < mr.
+// xp: the X micro-panel interleaved, xp[k*MR + i] (rows >= mr are zero).
+EMO_T512 void kern_f32(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mr,
+                       int64_t nr, const float* bias, bool first) {
+  __mmask16 mk[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
+  // Each k block is summed from zero and then added to Y (blocked summation: the rounding
+  // error grows with sqrt(K * KC) rather than K).
+  __m512 c[MR][4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) c[i][j] = b;
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* w = wp + k * NR;
+    const float* x = xp + k * MR;
+    const __m512 b0 = _mm512_load_ps(w), b1 = _mm512_load_ps(w + 16), b2 = _mm512_load_ps(w + 32),
+                 b3 = _mm512_load_ps(w + 48);
+    __m512 a;
+#define EMO_ROW(i)                                \
+  a = _mm512_set1_ps(x[i]);                       \
+  c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);      \
+  c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);      \
+  c[i][2] = _mm512_fmadd_ps(a, b2, c[i][2]);      \
+  c[i][3] = _mm512_fmadd_ps(a, b3, c[i][3]);
+    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
+#undef EMO_ROW
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+    if (i < mr) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m512 v = c[i][j];
+        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
+        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
+      }
+    }
+}
+
+// 6x64 bf16-pair microkernel (vdpbf16ps): xp[q*MR + i] is row i's bf16 pair q (32-bit word).
+EMO_T512BF void kern_bf16(int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
+                          int mr, int64_t nr, const float* bias, bool first) {
+  __mmask16 mk[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
+  // Each k block is summed from zero and then added to Y (blocked summation: the rounding
+  // error grows with sqrt(K * KC) rather than K).
+  __m512 c[MR][4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) c[i][j] = b;
+  }
+#pragma GCC unroll 2
+  for (int64_t q = 0; q < kcp; ++q) {
+    const uint32_t* w = wp + q * NR;
+    const uint32_t* x = xp + q * MR;
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
+                   b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
+    __m512bh a;
+#define EMO_ROW(i)                                      \
+  a = (__m512bh)_mm512_set1_epi32(int(x[i]));           \
+  c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);           \
+  c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);           \
+  c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2);           \
+  c[i][3] = _mm512_dpbf16_ps(c[i][3], a, b3);
+    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
+#undef EMO_ROW
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+    if (i < mr) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m512 v = c[i][j];
+        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
+        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
+      }
+    }
+}
+
+// X rows [0, rows) -> panel-major interleaved: out[(p*kunits + k)*MR + i] = row p*MR+i, element k
+// (f32), zero rows past `rows`. Contiguous per panel, so the kernels' 6 rows never alias in L1.
+void pack_x_f32(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, float* out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* o = out + p * K * MR;
+    const float* xr[MR];
+    for (int i = 0; i < MR; ++i) xr[i] = p * MR + i < rows ? X + (p * MR + i) * ldx : nullptr;
+    for (int i = 0; i < MR; ++i) {
+      if (xr[i]) {
+        const float* s = xr[i];
+        for (int64_t k = 0; k < K; ++k) o[k * MR + i] = s[k];
+      } else {
+        for (int64_t k = 0; k < K; ++k) o[k * MR + i] = 0.0f;
+      }
+    }
+  }
+}
+
+// Same for BF16 pairs: out[(p*kp + q)*MR + i] = bf16(x[2q]) | bf16(x[2q+1]) << 16.
+EMO_T512BF void pack_x_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1,
+                            uint32_t* out) {
+  const int64_t kp = (K + 1) / 2;
+  alignas(64) uint32_t tmp[16];
+  for (int64_t p = p0; p < p1; ++p) {
+    uint32_t* o = out + p * kp * MR;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t r = p * MR + i;
+      if (r >= rows) {
+        for (int64_t q = 0; q < kp; ++q) o[q * MR + i] = 0;
+        continue;
+      }
+      const float* x = X + r * ldx;
+      for (int64_t k = 0; k < K; k += 32) {
+        const int64_t c = K - k;
+        const __m512 lo = _mm512_maskz_loadu_ps(mask16(c), x + k);
+        const __m512 hi = _mm512_maskz_loadu_ps(mask16(c - 16), x + k + 16);
+        _mm512_store_si512(tmp, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        const int64_t nq = std::min<int64_t>(16, kp - k / 2);
+        uint32_t* d = o + (k / 2) * MR + i;
+        for (int64_t q = 0; q < nq; ++q) d[q * MR] = tmp[q];
+      }
+    }
+  }
+}
+
+// Byte offset of element k (a block boundary for quantised types) within a weight row.
+inline size_t elem_offset(DType t, int64_t k) {
+  switch (t) {
+    case DType::F32: return size_t(k) * 4;
+    case DType::F16:
+    case DType::BF16: return size_t(k) * 2;
+    case DType::Q8_0: return size_t(k / kQK) * sizeof(BlockQ8_0);
+    default: return size_t(k / kQK) * sizeof(BlockQ4_0);
+  }
+}
+
+// The next W block is prefetched into L2 in slices while the current one is multiplied, so
+// reading W from memory overlaps the arithmetic instead of stalling the packing.
+struct BlockPrefetcher {
+  const uint8_t* base = nullptr;  // first byte of the block's first row
+  size_t rb = 0, span = 0;        // row stride, bytes per row in the block
+  int64_t rows = 0, lines_per_row = 0, total = 0, done = 0;
+  void start(const uint8_t* W, size_t row_bytes, DType t, int64_t n0, int64_t nrows, int64_t k0, int64_t k1) {
+    const size_t b0 = elem_offset(t, k0), b1 = elem_offset(t, k1);
+    base = W + size_t(n0) * row_bytes + b0;
+    rb = row_bytes;
+    span = b1 - b0;
+    rows = nrows;
+    lines_per_row = int64_t((span + 63) / 64);
+    total = rows * lines_per_row;
+    done = 0;
+  }
+  // Issues the next ~total/slices line prefetches.
+  void step(int64_t slices) {
+    if (done >= total) return;
+    const int64_t n = std::min(total - done, (total + slices - 1) / slices);
+    for (int64_t i = done; i < done + n; ++i) {
+      const int64_t r = i / lines_per_row, l = i % lines_per_row;
+      _mm_prefetch(reinterpret_cast<const char*>(base + size_t(r) * rb + size_t(l) * 64), _MM_HINT_T1);
+    }
+    done += n;
+  }
+};
+
+// xp: the packed X chunk (panel-major, see pack_x_*); m_begin is a multiple of MR.
+template <DType DT, bool BF>
+void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+  using XT = typename std::conditional<BF, uint32_t, float>::type;
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K;
+  const int64_t kunits = BF ? (K + 1) / 2 : K;
+  const int64_t kcb = BF ? KCP : KC;
+  void* wpack = scratch(0, size_t(kcb) * NC * 4);
+  const XT* X = static_cast<const XT*>(xp);
+  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
+    const int64_t nc = std::min(NC, n_end - jc);
+    for (int64_t pc = 0; pc < kunits; pc += kcb) {
+      const int64_t kc = std::min(kcb, kunits - pc);
+      if constexpr (BF)
+        pack_w_bf16pairs(W, a.row_bytes, jc, nc, pc, kc, K, static_cast<uint32_t*>(wpack));
+      else
+        pack_w_f32<DT>(W, a.row_bytes, jc, nc, pc, kc, static_cast<float*>(wpack));
+      const bool first = pc == 0;
+      // the block after this one: next k block of these rows, else first k block of the next rows
+      BlockPrefetcher pf;
+      const int64_t elem_per_unit = BF ? 2 : 1;
+      if (pc + kc < kunits)
+        pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * elem_per_unit,
+                 std::min(K, (pc + kc + kcb) * elem_per_unit));
+      else if (jc + NC < n_end)
+        pf.start(W, a.row_bytes, a.wtype, jc + NC, std::min(NC, n_end - jc - NC), 0, std::min(K, kcb * elem_per_unit));
+      const int64_t slices = (m_end - m_begin + MR - 1) / MR;
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+        const int mr = int(std::min<int64_t>(MR, m_end - m0));
+        const XT* xpanel = X + ((m0 / MR) * kunits + pc) * MR;
+        pf.step(slices);
+        for (int64_t jp = 0; jp * NR < nc; ++jp) {
+          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
+          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
+          if constexpr (BF)
+            kern_bf16(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR,
+                      bias, first);
+          else
+            kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
+                     first);
+        }
+      }
+    }
+  }
+}
+
+// Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
+// by weight-row panels when there are enough of them (each thread packs only its own part of
+// W), else by row panels of X.
+template <DType DT, bool BF>
+void gemm_packed(const Args& a) {
+  const int64_t kunits = BF ? (a.K + 1) / 2 : a.K;
+  const int64_t x_budget = int64_t(8) << 20;
+  const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
+    const int64_t mcur = std::min(mc, a.M - m0);
+    const int64_t npm = (mcur + MR - 1) / MR;
+    void* xp = scratch(2, size_t(npm) * MR * kunits * 4);
+    const float* X = a.X + m0 * a.ldx;
+    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth) {
+      int64_t p0, p1;
+      split_range(npm, ith, nth, 1, &p0, &p1);
+      if (p1 <= p0) return;
+      if constexpr (BF)
+        pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
+      else
+        pack_x_f32(X, a.ldx, mcur, a.K, p0, p1, static_cast<float*>(xp));
+    });
+    Args sub = a;
+    sub.Y = a.Y + m0 * a.ldy;
+    const int64_t npn = (a.N + NR - 1) / NR;
+    const int nth_max = a.pool ? a.pool->size() : 1;
+    const bool split_n = npn >= 4 * nth_max || npn >= npm;
+    const bool par = mcur * a.N * a.K >= kParallelMinMacs;
+    if (split_n) {
+      // chunks of whole L2 blocks when there are enough, else of panels
+      const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
+      parallel_chunks(a.pool, par, a.N, chunk,
+                      [&](int64_t n0, int64_t n1) { compute_range<DT, BF>(sub, xp, 0, mcur, n0, n1); });
+    } else {
+      const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
+      parallel_chunks(a.pool, par, mcur, chunk,
+                      [&](int64_t r0, int64_t r1) { compute_range<DT, BF>(sub, xp, r0, r1, 0, a.N); });
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_avx512(const Args& a, bool bf16_dot) {
+  if (a.M <= kSmallM) return small_m(a);
+  switch (a.wtype) {
+    case DType::F32: return gemm_packed<DType::F32, false>(a);
+    case DType::F16: return gemm_packed<DType::F16, false>(a);
+    case DType::BF16:
+      if (bf16_dot) return gemm_packed<DType::BF16, true>(a);
+      return gemm_packed<DType::BF16, false>(a);
+    case DType::Q8_0: return gemm_packed<DType::Q8_0, false>(a);
+    case DType::Q4_0: return gemm_packed<DType::Q4_0, false>(a);
+  }
+}
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#endif  // __x86_64__

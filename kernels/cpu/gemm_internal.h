@@ -1,0 +1,56 @@
+// Internal declarations shared by the GEMM/GEMV dispatcher (gemm.cpp) and its per-ISA
+// implementations (gemm_avx2.cpp, gemm_avx512.cpp, gemm_amx.cpp). Not part of the public API.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+#include "kernels.h"
+
+namespace emollm {
+namespace gemm_detail {
+
+// One validated call: Y[M,N] = X[M,K] * W[N,K]^T (+ bias). M, N, K > 0.
+struct Args {
+  const float* X;
+  int64_t ldx;
+  const void* W;
+  DType wtype;
+  const float* bias;
+  float* Y;
+  int64_t ldy;
+  int64_t M, N, K;
+  ThreadPool* pool;
+  size_t row_bytes;  // bytes of one weight row
+};
+
+// Runs fn(ith, nth) on the pool (or inline when pool is null / has one thread, or when the
+// work is too small to be worth waking the workers).
+void run_parallel(ThreadPool* pool, bool parallel, const std::function<void(int, int)>& fn);
+
+// Dynamic scheduling: workers take chunks [i*chunk, min(n, (i+1)*chunk)) of [0, n) from a shared
+// counter until none is left, so a worker delayed by another process does not hold everyone up.
+void parallel_chunks(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
+                     const std::function<void(int64_t begin, int64_t end)>& fn);
+
+// Rows with M <= kSmallM use the "dot" kernels that stream each weight row once for all M
+// activation rows; larger M use the packed, cache-blocked GEMM.
+constexpr int64_t kSmallM = 8;
+
+// Minimum multiply-adds before a call is spread across threads.
+constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
+
+// Thread-local growable 64-byte-aligned scratch, reused across calls (no per-call malloc).
+void* scratch(int slot, size_t bytes);
+
+void gemm_scalar(const Args& a);
+#if defined(__x86_64__)
+void gemm_avx2(const Args& a);
+// bf16_dot: use AVX512-BF16 vdpbf16ps for BF16 weights with M > kSmallM (X rounded to bf16).
+void gemm_avx512(const Args& a, bool bf16_dot);
+// AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.
+bool gemm_amx(const Args& a);
+#endif
+
+}  // namespace gemm_detail
+}  // namespace emollm

@@ -1,0 +1,410 @@
+// Tests of emollm::gemm / gemv / ref::gemm (kernels/cpu/gemm*.cpp).
+//
+// Every weight dtype x every ISA level this CPU supports (capped with IsaCapScope) is compared
+// with ref::gemm, which itself is checked against a naive double loop over weights decoded by
+// dequantize_row (dtype.cpp), an implementation independent of ref::gemm's own decoding.
+//
+// Tolerances, per output y[m,n] with S = sum_k |x[m,k] * w[n,k]| + |bias[n]| (w dequantised):
+//   f32 arithmetic paths (all dtypes: weights are dequantised exactly to f32, f32 accumulation):
+//       |y - ref| <= 1e-5 * S / sqrt(K) + 1e-6        (i.e. 1e-5 * sqrt(K) * mean |x w|)
+//   BF16 weights on BF16 dot-product hardware (AVX512-BF16 vdpbf16ps at M > 8, AMX at M >= 16):
+//       X is rounded to bf16 (relative error <= 2^-9 per element), products are exact and
+//       accumulated in f32, so |y - ref| <= 2^-8 * S + the f32 tolerance above; and, tighter,
+//       the result must match ref::gemm on X pre-rounded to bf16 within the f32 tolerance.
+//   ref::gemm vs the naive double loop: both accumulate in double: |diff| <= 1e-6 * (|y| + 1e-3).
+// Inputs are uniform in [-1, 1]; X row padding (ldx > K) holds NaN so any read past K fails,
+// and Y padding (ldy > N) holds a sentinel that must survive.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../kernels/cpu/kernels.h"
+#include "../../native/core/error.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+const DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0};
+
+std::vector<Isa> isa_levels() {
+  std::vector<Isa> v;
+  for (int i = 0; i <= int(isa_detected()); ++i) v.push_back(Isa(i));
+  return v;
+}
+
+std::vector<float> rand_vec(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+struct Weights {
+  DType t;
+  int64_t N, K;
+  size_t rb;
+  std::vector<uint8_t> bytes;  // N rows of rb bytes
+  std::vector<float> deq;      // N x K, dequantised by dequantize_row
+};
+
+Weights make_weights(DType t, int64_t N, int64_t K, uint32_t seed) {
+  Weights w{t, N, K, dtype_row_bytes(t, K), {}, {}};
+  std::vector<float> src = rand_vec(size_t(N * K), seed);
+  w.bytes.assign(w.rb * size_t(N), 0);
+  w.deq.resize(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    quantize_row(t, src.data() + n * K, w.bytes.data() + n * w.rb, K);
+    dequantize_row(t, w.bytes.data() + n * w.rb, w.deq.data() + n * K, K);
+  }
+  return w;
+}
+
+struct Problem {
+  int64_t M, N, K, ldx, ldy;
+  std::vector<float> X;     // M x ldx, padding NaN
+  std::vector<float> bias;  // N
+};
+
+Problem make_problem(int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t ypad, uint32_t seed) {
+  Problem p{M, N, K, K + xpad, N + ypad, {}, rand_vec(size_t(N), seed + 7)};
+  p.X.assign(size_t(M * p.ldx), NAN);
+  std::vector<float> x = rand_vec(size_t(M * K), seed + 3);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) p.X[m * p.ldx + k] = x[m * K + k];
+  return p;
+}
+
+constexpr float kSentinel = -12345.0f;
+
+// S[m,n] = sum |x w| + |bias|
+std::vector<double> abs_scale(const Problem& p, const Weights& w, const float* bias) {
+  std::vector<double> s(size_t(p.M * p.N));
+  for (int64_t m = 0; m < p.M; ++m)
+    for (int64_t n = 0; n < p.N; ++n) {
+      double a = bias ? std::fabs(double(bias[n])) : 0.0;
+      for (int64_t k = 0; k < p.K; ++k) a += std::fabs(double(p.X[m * p.ldx + k]) * w.deq[n * p.K + k]);
+      s[m * p.N + n] = a;
+    }
+  return s;
+}
+
+double f32_tol(double S, int64_t K) { return 1e-5 * S / std::sqrt(double(K)) + 1e-6; }
+
+// Compares Y (M x ldy) with ref (M x ldy); tol_fn(S) gives the tolerance; checks padding.
+bool check_result(const std::vector<float>& Y, const std::vector<float>& R, const Problem& p,
+                  const std::vector<double>& S, double bf16_rel, const std::string& what) {
+  for (int64_t m = 0; m < p.M; ++m) {
+    for (int64_t n = 0; n < p.ldy; ++n) {
+      const float y = Y[m * p.ldy + n];
+      if (n >= p.N) {
+        if (!(y == kSentinel)) {
+          char buf[256];
+          std::snprintf(buf, sizeof buf, "%s: Y padding overwritten at m=%lld n=%lld", what.c_str(), (long long)m,
+                        (long long)n);
+          emollm_test::report_failure(__FILE__, __LINE__, buf);
+          return false;
+        }
+        continue;
+      }
+      const float r = R[m * p.ldy + n];
+      const double s = S[m * p.N + n];
+      const double tol = f32_tol(s, p.K) + bf16_rel * s;
+      const double d = std::fabs(double(y) - double(r));
+      if (!(d <= tol)) {
+        char buf[320];
+        std::snprintf(buf, sizeof buf, "%s: m=%lld n=%lld got %.8g want %.8g |diff| %.3g > tol %.3g", what.c_str(),
+                      (long long)m, (long long)n, double(y), double(r), d, tol);
+        emollm_test::report_failure(__FILE__, __LINE__, buf);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// The BF16 dot-product hardware is used for BF16 weights at M > 8 (see gemm_internal.h kSmallM)
+// when the level allows it: AVX512-BF16 at Avx512+, AMX at Amx with M >= 16.
+bool uses_bf16_hw(Isa isa, DType t, int64_t M) {
+  if (t != DType::BF16 || M <= 8 || isa < Isa::Avx512) return false;
+  const CpuFeatures& f = cpu_features();
+  if (isa >= Isa::Amx && f.amx_usable && f.amx_bf16 && M >= 16) return true;
+  return f.avx512bf16;
+}
+
+const char* yesno(bool b) { return b ? "1" : "0"; }
+
+// Runs one shape for one dtype through every ISA level, with/without pool and bias.
+void run_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t ypad, ThreadPool* pool,
+              uint32_t seed) {
+  Weights w = make_weights(t, N, K, seed);
+  Problem p = make_problem(M, N, K, xpad, ypad, seed + 11);
+  for (int use_bias = 0; use_bias < 2; ++use_bias) {
+    const float* bias = use_bias ? p.bias.data() : nullptr;
+    std::vector<float> R(size_t(M * p.ldy), kSentinel);
+    ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, M, N, K);
+    const std::vector<double> S = abs_scale(p, w, bias);
+    for (Isa isa : isa_levels()) {
+      IsaCapScope cap(isa);
+      for (int use_pool = 0; use_pool < 2; ++use_pool) {
+        ThreadPool* pl = use_pool ? pool : nullptr;
+        std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, M, N, K, pl);
+        const bool hw = uses_bf16_hw(isa, t, M);
+        std::string what = std::string(dtype_name(t)) + " isa=" + isa_name(isa) + " M=" + std::to_string(M) +
+                           " N=" + std::to_string(N) + " K=" + std::to_string(K) + " ldx=" + std::to_string(p.ldx) +
+                           " ldy=" + std::to_string(p.ldy) + " bias=" + yesno(use_bias) + " pool=" + yesno(use_pool);
+        check_result(Y, R, p, S, hw ? 1.0 / 256 : 0.0, what);
+        if (M == 1 && p.ldx == K && p.ldy == N) {
+          std::vector<float> y(size_t(N), kSentinel);
+          gemv(p.X.data(), w.bytes.data(), t, bias, y.data(), N, K, pl);
+          EXPECT_ALL_CLOSE(y.data(), Y.data(), N, 0.0, 0.0, "gemv == gemm(M=1) " + what);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- the reference itself
+
+TEST(gemm_ref_matches_naive_dequantize_row) {
+  for (DType t : kAllTypes) {
+    const bool q = dtype_is_quantized(t);
+    const int64_t Ks[] = {q ? 32 : 1, q ? 64 : 3, q ? 96 : 31, q ? 256 : 100};
+    for (int64_t K : Ks)
+      for (int64_t M : {1, 3})
+        for (int64_t N : {1, 5, 33}) {
+          Weights w = make_weights(t, N, K, uint32_t(K * 31 + N));
+          Problem p = make_problem(M, N, K, 3, 2, uint32_t(M + K));
+          for (int use_bias = 0; use_bias < 2; ++use_bias) {
+            const float* bias = use_bias ? p.bias.data() : nullptr;
+            std::vector<float> R(size_t(M * p.ldy), kSentinel), E(size_t(M * p.ldy), kSentinel);
+            ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, M, N, K);
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n) {
+                double s = bias ? double(bias[n]) : 0.0;
+                for (int64_t k = 0; k < K; ++k) s += double(p.X[m * p.ldx + k]) * double(w.deq[n * K + k]);
+                E[m * p.ldy + n] = float(s);
+              }
+            EXPECT_ALL_CLOSE(R.data(), E.data(), M * p.ldy, 1e-9, 1e-6,
+                             std::string("ref vs naive ") + dtype_name(t) + " K=" + std::to_string(K));
+          }
+        }
+  }
+}
+
+// Hand-built blocks pin the ggml layouts: q4_0 element i < 16 is the low nibble of qs[i],
+// element i >= 16 the high nibble of qs[i-16], value d * (nibble - 8); q8_0 value d * qs[i].
+TEST(gemm_block_layouts_by_hand) {
+  BlockQ4_0 b4;
+  b4.d = 0x3C00;  // 1.0 in binary16
+  for (int i = 0; i < 16; ++i) b4.qs[i] = uint8_t(i | ((15 - i) << 4));
+  BlockQ8_0 b8;
+  b8.d = 0x3800;  // 0.5
+  for (int i = 0; i < 32; ++i) b8.qs[i] = int8_t(i * 7 - 100);
+  // M = 32: X = identity, row j of Y picks element j (packed GEMM); M = 1: x = e_j (dot kernels).
+  std::vector<float> I(32 * 32, 0.0f);
+  for (int i = 0; i < 32; ++i) I[i * 32 + i] = 1.0f;
+  for (Isa isa : isa_levels()) {
+    IsaCapScope cap(isa);
+    for (int64_t M : {1, 32}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        const DType t = variant ? DType::Q8_0 : DType::Q4_0;
+        const void* W = variant ? static_cast<const void*>(&b8) : static_cast<const void*>(&b4);
+        for (int ref_path = 0; ref_path < 2; ++ref_path) {
+          for (int j = 0; j < 32; ++j) {
+            std::vector<float> x(32, 0.0f);
+            const float* X = M == 1 ? x.data() : I.data();
+            if (M == 1) x[j] = 1.0f;
+            std::vector<float> y(size_t(M), 0.0f);
+            if (ref_path)
+              ref::gemm(X, 32, W, t, nullptr, y.data(), 1, M, 1, 32);
+            else
+              gemm(X, 32, W, t, nullptr, y.data(), 1, M, 1, 32, nullptr);
+            const int row = M == 1 ? 0 : j;
+            float want;
+            if (variant)
+              want = 0.5f * float(j * 7 - 100);
+            else
+              want = j < 16 ? float(j - 8) : float(15 - (j - 16) - 8);
+            if (!(y[row] == want)) {
+              char buf[200];
+              std::snprintf(buf, sizeof buf, "%s %s isa=%s M=%lld element %d: got %g want %g", dtype_name(t),
+                            ref_path ? "ref" : "gemm", isa_name(isa), (long long)M, j, double(y[row]), double(want));
+              emollm_test::report_failure(__FILE__, __LINE__, buf);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- every path vs the reference
+
+TEST(gemm_plain_types_odd_shapes) {
+  ThreadPool pool(2);
+  uint32_t seed = 1;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t M : {1, 2, 3, 7, 17, 64})
+      for (int64_t N : {1, 5, 33, 100})
+        for (int64_t K : {1, 3, 31, 100}) {
+          const int64_t pad = (seed % 3 == 0) ? 5 : 0;
+          run_case(t, M, N, K, pad, pad ? 3 : 0, &pool, seed++);
+        }
+}
+
+TEST(gemm_quantized_odd_shapes) {
+  ThreadPool pool(2);
+  uint32_t seed = 1000;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t M : {1, 2, 3, 7, 17, 64})
+      for (int64_t N : {1, 5, 33, 100})
+        for (int64_t K : {32, 64, 96, 4096}) {
+          if (K == 4096 && M == 64 && N == 100) continue;  // covered by the long-row test's cost budget
+          const int64_t pad = (seed % 3 == 0) ? 7 : 0;
+          run_case(t, M, N, K, pad, pad ? 2 : 0, &pool, seed++);
+        }
+}
+
+TEST(gemm_plain_types_k4096) {
+  ThreadPool pool(2);
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int64_t M : {1, 4, 6, 8, 9})
+      for (int64_t N : {5, 70}) run_case(t, M, N, 4096, 1, 1, &pool, uint32_t(M * 100 + N));
+}
+
+TEST(gemm_long_rows_k11008) {
+  ThreadPool pool(2);
+  for (DType t : kAllTypes)
+    for (int64_t M : {1, 3, 5, 12}) run_case(t, M, 9, 11008, M == 3 ? 16 : 0, 0, &pool, uint32_t(M + 77));
+}
+
+// Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
+// panels of 64 and 16, 6-row microkernels) with tails everywhere.
+TEST(gemm_blocked_large) {
+  ThreadPool pool(2);
+  for (DType t : kAllTypes) {
+    const int64_t K = dtype_is_quantized(t) ? 1056 : 1031;
+    run_case(t, 67, 601, K, 3, 5, &pool, 4242);
+  }
+  run_case(DType::F32, 130, 7, 300, 0, 0, &pool, 99);  // few columns: split over M
+}
+
+// The BF16 dot-product paths must equal f32 arithmetic on X rounded to bf16.
+TEST(gemm_bf16_hardware_matches_rounded_x) {
+  const CpuFeatures& f = cpu_features();
+  const bool amx = f.amx_usable && f.amx_bf16 && isa_detected() >= Isa::Amx;
+  if (!f.avx512bf16 && !amx) {
+    std::printf("  skip gemm_bf16_hardware_matches_rounded_x: no AVX512-BF16 / AMX on this CPU\n");
+    return;
+  }
+  ThreadPool pool(2);
+  for (int64_t M : {9, 16, 33, 100})
+    for (int64_t K : {1, 31, 64, 1031}) {
+      const int64_t N = 77;
+      Weights w = make_weights(DType::BF16, N, K, uint32_t(K + M));
+      Problem p = make_problem(M, N, K, 2, 1, uint32_t(3 * K + M));
+      Problem pr = p;
+      for (auto& v : pr.X)
+        if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+      std::vector<float> R(size_t(M * p.ldy), kSentinel);
+      ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, M, N, K);
+      const std::vector<double> S = abs_scale(pr, w, p.bias.data());
+      for (Isa isa : {Isa::Avx512, Isa::Amx}) {
+        if (isa > isa_detected() || !uses_bf16_hw(isa, DType::BF16, M)) continue;
+        IsaCapScope cap(isa);
+        std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K, &pool);
+        check_result(Y, R, p, S, 0.0,
+                     std::string("bf16 hw vs rounded-x ref isa=") + isa_name(isa) + " M=" + std::to_string(M) +
+                         " K=" + std::to_string(K));
+      }
+    }
+}
+
+TEST(gemm_amx_path) {
+  const CpuFeatures& f = cpu_features();
+  if (!(f.amx_usable && f.amx_bf16 && isa_detected() >= Isa::Amx)) {
+    std::printf("  skip gemm_amx_path: AMX-BF16 not available or not granted by the OS\n");
+    return;
+  }
+  ThreadPool pool(2);
+  IsaCapScope cap(Isa::Amx);
+  for (int64_t M : {16, 17, 31, 32, 33, 64, 100})
+    for (int64_t N : {1, 16, 31, 33, 100})
+      for (int64_t K : {1, 31, 32, 33, 100, 1000})
+        for (int use_pool = 0; use_pool < 2; ++use_pool) {
+          Weights w = make_weights(DType::BF16, N, K, uint32_t(K + N));
+          Problem p = make_problem(M, N, K, 3, 2, uint32_t(M * 7 + K));
+          std::vector<float> R(size_t(M * p.ldy), kSentinel), Y(size_t(M * p.ldy), kSentinel);
+          ref::gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, M, N, K);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K,
+               use_pool ? &pool : nullptr);
+          check_result(Y, R, p, abs_scale(p, w, p.bias.data()), 1.0 / 256,
+                       "amx M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        }
+}
+
+// ---------------------------------------------------------------- arguments and edge cases
+
+TEST(gemm_argument_checks) {
+  std::vector<float> X(64 * 64, 1.0f), Y(64 * 64, 0.0f);
+  std::vector<uint8_t> W(64 * 64 * 4, 0);
+  EXPECT_THROWS(gemm(X.data(), 48, W.data(), DType::Q8_0, nullptr, Y.data(), 4, 2, 4, 48, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 33, W.data(), DType::Q4_0, nullptr, Y.data(), 4, 2, 4, 33, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemv(X.data(), W.data(), DType::Q4_0, nullptr, Y.data(), 4, 40, nullptr), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(ref::gemm(X.data(), 48, W.data(), DType::Q8_0, nullptr, Y.data(), 4, 2, 4, 48),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(nullptr, 8, W.data(), DType::F32, nullptr, Y.data(), 4, 2, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 8, nullptr, DType::F32, nullptr, Y.data(), 4, 2, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 8, W.data(), DType::F32, nullptr, nullptr, 4, 2, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 8, W.data(), DType::F32, nullptr, Y.data(), 4, -1, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 8, W.data(), DType::F32, nullptr, Y.data(), 4, 2, -4, 8, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 8, W.data(), DType::F32, nullptr, Y.data(), 4, 2, 4, -8, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm(X.data(), 7, W.data(), DType::F32, nullptr, Y.data(), 4, 2, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);  // ldx < K
+  EXPECT_THROWS(gemm(X.data(), 8, W.data(), DType::F32, nullptr, Y.data(), 3, 2, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);  // ldy < N
+  EXPECT_THROWS(gemm(X.data(), 8, W.data(), DType(9), nullptr, Y.data(), 4, 2, 4, 8, nullptr),
+                ErrorCode::InvalidArgument);
+  // empty products are fine and write nothing / only bias
+  gemm(X.data(), 8, W.data(), DType::F32, nullptr, Y.data(), 4, 0, 4, 8, nullptr);
+  gemm(X.data(), 8, W.data(), DType::F32, nullptr, Y.data(), 4, 2, 0, 8, nullptr);
+  const float bias[3] = {1.5f, -2.0f, 0.25f};
+  std::vector<float> Z(6, 7.0f);
+  gemm(nullptr, 0, nullptr, DType::F32, bias, Z.data(), 3, 2, 3, 0, nullptr);
+  for (int i = 0; i < 6; ++i) EXPECT(Z[i] == bias[i % 3]);
+  gemm(nullptr, 0, nullptr, DType::Q4_0, nullptr, Z.data(), 3, 2, 3, 0, nullptr);
+  for (int i = 0; i < 6; ++i) EXPECT(Z[i] == 0.0f);
+}
+
+// A ThreadPool must not change results (same split of k inside each output).
+TEST(gemm_pool_is_deterministic) {
+  ThreadPool pool(2);
+  for (DType t : kAllTypes)
+    for (int64_t M : {1, 5, 40}) {
+      const int64_t K = 320, N = 203;
+      Weights w = make_weights(t, N, K, 5);
+      Problem p = make_problem(M, N, K, 0, 0, 6);
+      std::vector<float> A(size_t(M * N)), B(size_t(M * N));
+      gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), A.data(), N, M, N, K, nullptr);
+      gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), B.data(), N, M, N, K, &pool);
+      EXPECT_ALL_CLOSE(A.data(), B.data(), M * N, 0.0, 0.0, std::string("pool vs serial ") + dtype_name(t));
+    }
+}
