@@ -9,3 +9,5 @@ export { cpuInfo, configure, gemm, quantize, dequantize, DTYPES } from './kernel
 export type { CpuInfo, DType, GemmArgs, Isa, KernelOptions } from './kernels.js';
 export * from './loaders.js';
 export * from './config.js';
+export * from './tokenizer.js';
+export * from './chat_template.js';
