@@ -3,7 +3,7 @@
     {
       "target_name": "emollm",
       "sources": [
-        "<!@(node scripts/sources.mjs core kernels_cpu loaders addon)"
+        "<!@(node scripts/sources.mjs core kernels_cpu loaders model addon)"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -11,3 +11,4 @@ export * from './loaders.js';
 export * from './config.js';
 export * from './tokenizer.js';
 export * from './chat_template.js';
+export * from './model.js';

@@ -25,6 +25,8 @@ export interface CpuInfo {
   isaActive: Isa;
   /** Threads the kernels use. */
   threads: number;
+  /** Activation precision for decode-shaped products with q8_0/q4_0 weights. */
+  quantActivations: 'q8' | 'f32';
   /** Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...). */
   features: Record<string, boolean>;
 }
@@ -39,6 +41,13 @@ export interface KernelOptions {
   threads?: number;
   /** Cap the instruction-set level, e.g. 'scalar' to run the reference paths. */
   isa?: Isa;
+  /**
+   * How q8_0/q4_0 weights meet activations in decode-shaped products (m <= 8): 'q8' (default,
+   * llama.cpp's numerics) rounds each 32-block of activations to 8 bits and uses integer dot
+   * products, reaching memory bandwidth; 'f32' keeps f32 activations (exact to f32 rounding,
+   * slower). Prefill-shaped products always use f32 activations. Env: EMOLLM_QUANT_ACT=f32.
+   */
+  quantActivations?: 'q8' | 'f32';
 }
 
 /** Sets process-wide kernel options. */

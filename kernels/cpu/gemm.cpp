@@ -8,8 +8,14 @@
 //   Avx512 : gemm_avx512.cpp (dot kernels for M <= 8, packed 6x64 GEMM above; BF16 weights use
 //            vdpbf16ps when the CPU has AVX512-BF16)
 //   Amx    : gemm_amx.cpp    (BF16 weights, M >= 16, AMX-BF16 tiles), else Avx512.
+// Q8_0/Q4_0 weights with M <= kSmallM in QuantActivations::Q8 mode (the default) quantise X to
+// q8_0 and use integer block dot products: gemm_q8act_avx512vnni (vpdpbusd) at Avx512+ on CPUs
+// with AVX512-VNNI, else gemm_q8act_avx2 (vpmaddubsw) at Avx2+, else gemm_q8act_scalar.
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -65,6 +71,84 @@ void* scratch(int slot, size_t bytes) {
   return b.p.get();
 }
 
+size_t qx_bytes(int64_t M, int64_t K) {
+  const size_t ldq = size_t((K + 63) / 64 * 64), ldd = size_t(K / 4);
+  const size_t qs = (size_t(M) * ldq + 63) / 64 * 64, f = (size_t(M) * ldd * 4 + 63) / 64 * 64;
+  return qs + 2 * f;
+}
+
+QX qx_view(void* buf, int64_t M, int64_t K) {
+  const size_t ldq = size_t((K + 63) / 64 * 64), ldd = size_t(K / 4);
+  const size_t qs = (size_t(M) * ldq + 63) / 64 * 64, f = (size_t(M) * ldd * 4 + 63) / 64 * 64;
+  uint8_t* p = static_cast<uint8_t*>(buf);
+  return QX{reinterpret_cast<const int8_t*>(p), reinterpret_cast<const float*>(p + qs),
+            reinterpret_cast<const int32_t*>(p + qs + f), int64_t(ldq), int64_t(ldd)};
+}
+
+// ggml quantize_row_q8_0_ref (== emollm::quantize_row(Q8_0)): d = amax / 127 stored as fp16,
+// q = roundf(x * (1 / d)) with the unrounded d.
+void qx_quantize_row_scalar(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off) {
+  for (int64_t b = 0; b < K / kQK; ++b) {
+    const float* xb = x + b * kQK;
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float dx = f16_to_f32(f32_to_f16(d));
+    int8_t* q = qs + b * kQK;
+    for (int j = 0; j < kQK; ++j) q[j] = int8_t(std::roundf(xb[j] * id));
+    for (int j = 0; j < 8; ++j) {
+      dxe[b * 8 + j] = dx;
+      if (neg) neg[b * 8 + j] = -off * (int32_t(q[4 * j]) + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
+    }
+  }
+}
+
+namespace {
+std::atomic<bool> g_vnni_allowed{true};
+}  // namespace
+void set_vnni_allowed(bool allowed) { g_vnni_allowed.store(allowed, std::memory_order_relaxed); }
+bool vnni_allowed() { return g_vnni_allowed.load(std::memory_order_relaxed); }
+
+// Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
+void gemm_q8act_scalar(const Args& a) {
+  const int64_t K = a.K, nb = K / kQK;
+  const QX q = qx_view(scratch(kQxSlot, qx_bytes(a.M, K)), a.M, K);
+  for (int64_t m = 0; m < a.M; ++m)
+    qx_quantize_row_scalar(a.X + m * a.ldx, K, const_cast<int8_t*>(q.qs + m * q.ldq),
+                           const_cast<float*>(q.dxe + m * q.ldd), nullptr, 0);
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const bool q8 = a.wtype == DType::Q8_0;
+  run_parallel(a.pool, a.M * a.N * a.K >= kParallelMinMacs, [&](int ith, int nth) {
+    int64_t n0, n1;
+    split_range(a.N, ith, nth, 1, &n0, &n1);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = W + size_t(n) * a.row_bytes;
+      for (int64_t m = 0; m < a.M; ++m) {
+        const int8_t* xq = q.qs + m * q.ldq;
+        double s = a.bias ? double(a.bias[n]) : 0.0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const uint8_t* blk = row + size_t(b) * (q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+          uint16_t h;
+          std::memcpy(&h, blk, 2);
+          const int8_t* xb = xq + b * kQK;
+          int32_t isum = 0;
+          if (q8) {
+            for (int i = 0; i < kQK; ++i) isum += int32_t(int8_t(blk[2 + i])) * xb[i];
+          } else {
+            for (int i = 0; i < kQK / 2; ++i) {
+              isum += (int32_t(blk[2 + i] & 0x0F) - 8) * xb[i];
+              isum += (int32_t(blk[2 + i] >> 4) - 8) * xb[i + 16];
+            }
+          }
+          s += double(isum) * (double(f16_to_f32(h)) * double(q.dxe[m * q.ldd + b * 8]));
+        }
+        a.Y[m * a.ldy + n] = float(s);
+      }
+    }
+  });
+}
+
 void gemm_scalar(const Args& a) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   run_parallel(a.pool, a.M * a.N * a.K >= kParallelMinMacs, [&](int ith, int nth) {
@@ -77,6 +161,30 @@ void gemm_scalar(const Args& a) {
 }
 
 }  // namespace gemm_detail
+
+namespace {
+
+QuantActivations initial_quant_activations() {
+  const char* env = std::getenv("EMOLLM_QUANT_ACT");
+  if (!env) return QuantActivations::Q8;
+  std::string v(env);
+  for (char& c : v) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return (v == "f32" || v == "fp32" || v == "float") ? QuantActivations::F32 : QuantActivations::Q8;
+}
+
+std::atomic<int>& quant_act_storage() {
+  static std::atomic<int> mode{int(initial_quant_activations())};
+  return mode;
+}
+
+}  // namespace
+
+void set_quant_activations(QuantActivations mode) {
+  quant_act_storage().store(int(mode), std::memory_order_relaxed);
+}
+QuantActivations quant_activations() {
+  return QuantActivations(quant_act_storage().load(std::memory_order_relaxed));
+}
 
 namespace {
 
@@ -182,14 +290,24 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
   if (M == 0 || N == 0) return;
   if (K == 0) return fill_bias(bias, Y, ldy, M, N);
   gemm_detail::Args a{X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, dtype_row_bytes(wtype, K)};
+  const bool q8act = dtype_is_quantized(wtype) && M <= gemm_detail::kSmallM &&
+                     quant_activations() == QuantActivations::Q8;
 #if defined(__x86_64__)
   const Isa isa = isa_active();
+  if (q8act) {
+    if (isa >= Isa::Avx512 && cpu_features().avx512vnni && gemm_detail::vnni_allowed())
+      return gemm_detail::gemm_q8act_avx512vnni(a);
+    if (isa >= Isa::Avx2) return gemm_detail::gemm_q8act_avx2(a);
+    return gemm_detail::gemm_q8act_scalar(a);
+  }
   if (isa >= Isa::Amx && wtype == DType::BF16 && cpu_features().amx_usable && cpu_features().amx_bf16 &&
       gemm_detail::gemm_amx(a))
     return;
   if (isa >= Isa::Avx512)
     return gemm_detail::gemm_avx512(a, wtype == DType::BF16 && cpu_features().avx512bf16);
   if (isa >= Isa::Avx2) return gemm_detail::gemm_avx2(a);
+#else
+  if (q8act) return gemm_detail::gemm_q8act_scalar(a);
 #endif
   gemm_detail::gemm_scalar(a);
 }

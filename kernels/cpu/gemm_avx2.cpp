@@ -182,6 +182,145 @@ void small_m(const Args& a) {
   });
 }
 
+// ------------------------------------------------------------------ q8_0 activations (M <= 8)
+// X rows rounded to q8_0 (see QX in gemm_internal.h); per weight block an exact int32 dot
+// product: q8_0 weights with ggml's sign trick (|w| unsigned x sign(w)*x signed; vpmaddubsw
+// cannot saturate: |w| <= 128, |x| <= 127, 2*128*127 < 2^15),
+// q4_0 nibbles (unsigned 0..15) x x then the precomputed -8*sum(x) per int32 lane. The int32
+// lanes are converted and scaled by d_w * d_x in f32 (FMA), summed at the end.
+
+// roundf (half away from zero) on 8 lanes, exactly: truncate, then step away from zero when the
+// (exact) remainder is at least one half.
+EMO_T2 EMO_AI __m256 round_away(__m256 v) {
+  const __m256 sb = _mm256_set1_ps(-0.0f);
+  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_andnot_ps(sb, _mm256_sub_ps(v, t));
+  const __m256 up = _mm256_cmp_ps(f, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+  return _mm256_add_ps(t, _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sb))));
+}
+
+}  // namespace
+
+// Vector twin of qx_quantize_row_scalar (bit-identical: same f32 operations, same rounding).
+EMO_T2 void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off) {
+  const __m256 sb = _mm256_set1_ps(-0.0f);
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < K / kQK; ++b) {
+    const float* xb = x + b * kQK;
+    __m256 v[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    const __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sb, v[0]), _mm256_andnot_ps(sb, v[1])),
+                                    _mm256_max_ps(_mm256_andnot_ps(sb, v[2]), _mm256_andnot_ps(sb, v[3])));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float dx = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[i], vid)));
+    // packs interleave 128-bit lanes: bytes come out in 4-byte groups 0,2,4,6,1,3,5,7
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    p = _mm256_permutevar8x32_epi32(p, perm);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * kQK), p);
+    _mm256_storeu_ps(dxe + b * 8, _mm256_set1_ps(dx));
+    if (neg)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(neg + b * 8),
+                          _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(int16_t(-off))));
+  }
+}
+
+namespace {
+
+template <DType DT, int R, int MB>
+EMO_T2 void q8_block(const QX& q, const uint8_t* W, size_t rb, const float* bias, float* Y, int64_t ldy, int64_t n0,
+                     int64_t nb) {
+  constexpr size_t BS = DT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const uint8_t* wr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
+  __m256 acc[R][MB];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm256_setzero_ps();
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i w[R];
+    __m256 dw[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = wr[r] + size_t(b) * BS;
+      _mm_prefetch(reinterpret_cast<const char*>(p + 2048), _MM_HINT_T0);  // see gemm_avx512.cpp
+      if constexpr (DT == DType::Q8_0) {
+        w[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+      } else {
+        const __m128i qq = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
+        w[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qq, 4), qq), _mm256_set1_epi8(0x0F));
+      }
+      dw[r] = _mm256_cvtph_ps(_mm_set1_epi16(int16_t(rd16(p))));
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + b * kQK));
+      const __m256 dx = _mm256_loadu_ps(q.dxe + m * q.ldd + b * 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m256i p;
+        if constexpr (DT == DType::Q8_0) {
+          p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w[r], w[r]), _mm256_sign_epi8(x, w[r])), ones16);
+        } else {
+          p = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w[r], x), ones16),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.neg + m * q.ldd + b * 8)));
+        }
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[r], dx), acc[r][m]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m256 s = acc[r][m];
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      float v = _mm_cvtss_f32(h);
+      if (bias) v += bias[n0 + r];
+      Y[m * ldy + n0 + r] = v;
+    }
+}
+
+template <DType DT, int MB>
+EMO_T2 void q8_range(const Args& a, const QX& q, int64_t n0, int64_t n1) {
+  constexpr int R = MB == 1 ? 1 : MB <= 4 ? 2 : 1;  // M = 1: one sequential stream (memory-bound)
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t nb = a.K / kQK;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) q8_block<DT, R, MB>(q, W, a.row_bytes, a.bias, a.Y, a.ldy, n, nb);
+  for (; n < n1; ++n) q8_block<DT, 1, MB>(q, W, a.row_bytes, a.bias, a.Y, a.ldy, n, nb);
+}
+
+using Q8RangeFn = void (*)(const Args&, const QX&, int64_t, int64_t);
+
+template <DType DT>
+Q8RangeFn pick_q8(int64_t mb) {
+  switch (mb) {
+    case 1: return q8_range<DT, 1>;
+    case 2: return q8_range<DT, 2>;
+    case 3: return q8_range<DT, 3>;
+    case 4: return q8_range<DT, 4>;
+    case 5: return q8_range<DT, 5>;
+    case 6: return q8_range<DT, 6>;
+    case 7: return q8_range<DT, 7>;
+    default: return q8_range<DT, 8>;
+  }
+}
+
 // ------------------------------------------------------------------ packed GEMM (M > 8)
 constexpr int MR = 6;
 constexpr int NR = 16;
@@ -302,6 +441,21 @@ void gemm_packed(const Args& a) {
 }
 
 }  // namespace
+
+void gemm_q8act_avx2(const Args& a) {
+  const bool q8 = a.wtype == DType::Q8_0;
+  void* buf = scratch(kQxSlot, qx_bytes(a.M, a.K));
+  const QX q = qx_view(buf, a.M, a.K);
+  for (int64_t m = 0; m < a.M; ++m)
+    qx_quantize_row_avx2(a.X + m * a.ldx, a.K, const_cast<int8_t*>(q.qs + m * q.ldq),
+                         const_cast<float*>(q.dxe + m * q.ldd), q8 ? nullptr : const_cast<int32_t*>(q.neg + m * q.ldd),
+                         8);
+  const Q8RangeFn fn = q8 ? pick_q8<DType::Q8_0>(a.M) : pick_q8<DType::Q4_0>(a.M);
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                  [&](int64_t n0, int64_t n1) { fn(a, q, n0, n1); });
+}
 
 void gemm_avx2(const Args& a) {
   if (a.M <= kSmallM) return small_m(a);

@@ -43,9 +43,42 @@ constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
 // Thread-local growable 64-byte-aligned scratch, reused across calls (no per-call malloc).
 void* scratch(int slot, size_t bytes);
 
+// ---- q8_0 activations (QuantActivations::Q8) for Q8_0/Q4_0 weights with M <= kSmallM
+// X rows quantised once per call (ggml quantize_row_q8_0 rounding) into per-call scratch, in the
+// calling thread's scratch slot kQxSlot; the workers only read it. Per row m:
+//   qs  + m*ldq : K int8 values (ldq = K rounded up to 64)
+//   dxe + m*ldd : the block scales fp16(d) as f32, each repeated 8 times (one per int32 lane of a
+//                 32-byte block dot product), ldd = K / 4
+//   neg + m*ldd : -off * (sum of qs[4j..4j+3]) per int32 lane j (off = 128 or 8, see below),
+//                 only when off != 0. Lane layout of vpdpbusd / vpmaddubsw+vpmaddwd, so the
+//                 correction of an unsigned-times-signed dot product is one add.
+struct QX {
+  const int8_t* qs;
+  const float* dxe;
+  const int32_t* neg;
+  int64_t ldq, ldd;
+};
+constexpr int kQxSlot = 3;
+// Bytes of scratch for M rows of K (K % 32 == 0), and the views into it.
+size_t qx_bytes(int64_t M, int64_t K);
+QX qx_view(void* buf, int64_t M, int64_t K);
+// Scalar quantiser (the reference for the vector ones): row m of X into the QX buffers.
+void qx_quantize_row_scalar(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off);
+
+// Uses AVX-512 VNNI for the q8_0-activation kernels when the CPU has it (tests turn it off to
+// run the AVX2 kernels that the Avx512 level falls back to without VNNI).
+void set_vnni_allowed(bool allowed);
+bool vnni_allowed();
+
+void gemm_q8act_scalar(const Args& a);
+
 void gemm_scalar(const Args& a);
 #if defined(__x86_64__)
 void gemm_avx2(const Args& a);
+void gemm_q8act_avx2(const Args& a);
+void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off);
+// Requires cpu_features().avx512vnni.
+void gemm_q8act_avx512vnni(const Args& a);
 // bf16_dot: use AVX512-BF16 vdpbf16ps for BF16 weights with M > kSmallM (X rounded to bf16).
 void gemm_avx512(const Args& a, bool bf16_dot);
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.

@@ -21,7 +21,8 @@ namespace emollm {
 // ---------------------------------------------------------------- matrix products
 // Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N] when bias != null). Y is overwritten.
 // f32 accumulation. Weight dtypes: F32, F16, BF16, Q8_0, Q4_0 (K % 32 == 0 for the last two).
-// M == 1 dispatches to gemv. BF16 weights may use BF16 dot-product hardware (AVX512-BF16, AMX),
+// M == 1 dispatches to gemv. Q8_0/Q4_0 weights with M <= 8 round X to q8_0 by default (see
+// QuantActivations below). BF16 weights may use BF16 dot-product hardware (AVX512-BF16, AMX),
 // which rounds X to bf16: the tolerance of that path is that of bf16 activations.
 void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias,
           float* Y, int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool);
@@ -29,6 +30,27 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
 // y[N] = W[N,K] * x[K] (+ bias). Memory-bound decode path: streams W once.
 void gemv(const float* x, const void* W, DType wtype, const float* bias, float* y,
           int64_t N, int64_t K, ThreadPool* pool);
+
+// Activations of quantised-weight decode products (Q8_0 / Q4_0 weights with M <= 8, i.e. gemv
+// and small batches; larger M always uses f32 activations):
+//   Q8  (default): as llama.cpp, each X row is rounded to q8_0 blocks once per call (ggml's
+//        quantize_row_q8_0: per 32 elements d = fp16(amax / 127), q = round(x / d)), and the
+//        products are exact int8 dot products per block scaled by d_w * d_x in f32 (AVX-512 VNNI
+//        vpdpbusd, AVX2 vpmaddubsw). Memory-bound; the result is that of the q8_0-rounded X
+//        (relative error of each activation up to 1/254 of its block's max).
+//   F32: X stays f32 and weights are dequantised in registers (f32-exact products, slower).
+// Process-wide; the initial value comes from the EMOLLM_QUANT_ACT environment variable ("f32",
+// "q8"), else Q8. Safe to call from any thread; affects calls that start afterwards.
+enum class QuantActivations { Q8, F32 };
+void set_quant_activations(QuantActivations mode);
+QuantActivations quant_activations();
+
+// RAII helper for tests and benchmarks.
+struct QuantActivationsScope {
+  explicit QuantActivationsScope(QuantActivations mode) : prev_(quant_activations()) { set_quant_activations(mode); }
+  ~QuantActivationsScope() { set_quant_activations(prev_); }
+  QuantActivations prev_;
+};
 
 // ---------------------------------------------------------------- normalisation
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.

@@ -25,6 +25,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   register_kernels(env, exports);
   register_loaders(env, exports);
+  register_model(env, exports);
   return exports;
 }
 

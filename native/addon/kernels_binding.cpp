@@ -135,7 +135,7 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return to_float32_array(env, out);
 }
 
-// configure({ threads?: number, isa?: 'scalar'|'avx2'|'avx512'|'amx' })
+// configure({ threads?: number, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32' })
 Napi::Value Configure(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) throw_invalid(env, "configure expects an options object");
@@ -146,6 +146,13 @@ Napi::Value Configure(const Napi::CallbackInfo& info) {
     std::string name = opts.Get("isa").As<Napi::String>().Utf8Value();
     if (!isa_from_name(name, &isa)) throw_invalid(env, "unknown isa \"" + name + "\" (scalar, avx2, avx512, amx)");
     isa_set_cap(isa);
+  }
+  if (opts.Has("quantActivations") && !opts.Get("quantActivations").IsUndefined()) {
+    const Napi::Value v = opts.Get("quantActivations");
+    const std::string mode = v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+    if (mode == "q8") set_quant_activations(QuantActivations::Q8);
+    else if (mode == "f32") set_quant_activations(QuantActivations::F32);
+    else throw_invalid(env, "quantActivations must be 'q8' or 'f32'");
   }
   if (opts.Has("threads") && !opts.Get("threads").IsUndefined()) {
     if (!opts.Get("threads").IsNumber()) throw_invalid(env, "threads must be a number");
@@ -173,6 +180,7 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
     threads = g_threads > 0 ? g_threads : f.physical_cores;
   }
   o.Set("threads", threads);
+  o.Set("quantActivations", quant_activations() == QuantActivations::Q8 ? "q8" : "f32");
   auto feats = Napi::Object::New(env);
   feats.Set("avx2", f.avx2); feats.Set("fma", f.fma); feats.Set("f16c", f.f16c);
   feats.Set("avx512f", f.avx512f); feats.Set("avx512bw", f.avx512bw); feats.Set("avx512vl", f.avx512vl);

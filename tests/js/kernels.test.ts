@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { EmollmError, configure, cpuInfo, dequantize, gemm, quantize, type DType } from '../../lib/index.js';
 
@@ -79,8 +79,11 @@ describe('gemm through the addon', () => {
     ['q8_0', 1e-5],
     ['q4_0', 1e-5],
   ];
+  beforeAll(() => configure({ quantActivations: 'f32' }));
+  afterAll(() => configure({ quantActivations: 'q8' }));
+
   for (const [dtype, tol] of cases) {
-    it(`matches a float64 reference for ${dtype} weights on odd shapes`, async () => {
+    it(`matches a float64 reference for ${dtype} weights on odd shapes (f32 activations)`, async () => {
       for (const [m, n, k] of [
         [1, 5, 64],
         [3, 17, 96],
@@ -97,6 +100,30 @@ describe('gemm through the addon', () => {
       }
     });
   }
+
+  it('rounds activations to q8_0 blocks in q8 mode, as llama.cpp does', async () => {
+    configure({ quantActivations: 'q8' });
+    try {
+      expect(cpuInfo().quantActivations).toBe('q8');
+      const [m, n, k] = [1, 9, 256];
+      const x = randn(m * k, 11);
+      const wq = quantize(randn(n * k, 12), 'q4_0');
+      const wf = dequantize(wq, 'q4_0', n * k);
+      // the reference: activations through q8_0 and back, then an exact product
+      const xq = dequantize(quantize(x, 'q8_0'), 'q8_0', m * k);
+      const y = await gemm({ x, w: wq, wtype: 'q4_0', m, n, k });
+      const exact = refGemm(xq, wf, undefined, m, n, k);
+      const f32 = refGemm(x, wf, undefined, m, n, k);
+      let differs = false;
+      for (let i = 0; i < m * n; i++) {
+        expect(Math.abs(y[i]! - exact[i]!)).toBeLessThanOrEqual(1e-5 * Math.sqrt(k));
+        differs ||= Math.abs(y[i]! - f32[i]!) > 1e-6;
+      }
+      expect(differs).toBe(true); // it really is not the f32-activation product
+    } finally {
+      configure({ quantActivations: 'f32' });
+    }
+  });
 
   it('gives the same result on the scalar path as on the best path', async () => {
     const [m, n, k] = [7, 19, 64];

@@ -12,15 +12,26 @@
 //       accumulated in f32, so |y - ref| <= 2^-8 * S + the f32 tolerance above; and, tighter,
 //       the result must match ref::gemm on X pre-rounded to bf16 within the f32 tolerance.
 //   ref::gemm vs the naive double loop: both accumulate in double: |diff| <= 1e-6 * (|y| + 1e-3).
+//   Q8_0/Q4_0 weights at M <= 8 in QuantActivations::Q8 mode (the default; llama.cpp numerics):
+//     - tight: against a double reference on X rounded to q8_0 (quantize_row + dequantize_row),
+//       with the f32 tolerance above on Sq = sum |xq w| + |bias| (the int32 block dot products
+//       are exact; only the f32 scaling and accumulation round);
+//     - loose: against ref::gemm on the f32 X, |y - ref| <= sum over blocks b of
+//       0.57 * d_b * sum_{k in b} |w_k| + the f32 tolerance, d_b = amax_b / 127: each activation
+//       moves by at most d_b / 2 (rounding) + 127 * 2^-11 * d_b (the fp16 scale) < 0.57 d_b.
+//   Tests of the old f32-activation numerics run inside QuantActivationsScope(F32).
 // Inputs are uniform in [-1, 1]; X row padding (ldx > K) holds NaN so any read past K fails,
 // and Y padding (ldy > N) holds a sentinel that must survive.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/kernels.h"
 #include "../../native/core/error.h"
 #include "testing.h"
@@ -139,11 +150,116 @@ bool uses_bf16_hw(Isa isa, DType t, int64_t M) {
 
 const char* yesno(bool b) { return b ? "1" : "0"; }
 
+// Turns the AVX-512 VNNI q8 kernels off (the Avx512 level then runs the AVX2 ones) for a scope.
+struct VnniScope {
+  explicit VnniScope(bool on) : prev_(gemm_detail::vnni_allowed()) { gemm_detail::set_vnni_allowed(on); }
+  ~VnniScope() { gemm_detail::set_vnni_allowed(prev_); }
+  bool prev_;
+};
+
+// The Q8 variants to run at one ISA level: with VNNI (when the CPU has it) and without.
+std::vector<bool> vnni_variants(Isa isa) {
+  if (isa >= Isa::Avx512 && cpu_features().avx512vnni) return {true, false};
+  return {true};
+}
+
+// X rounded to q8_0 as the Q8 mode does: xq (same layout as p.X, padding NaN) and, per row and
+// block, the loose-tolerance bound's d_b = amax_b / 127.
+struct QuantX {
+  std::vector<float> xq;
+  std::vector<double> d;  // M x K/32
+};
+
+QuantX quantize_x(const Problem& p) {
+  QuantX q{p.X, std::vector<double>(size_t(p.M * (p.K / kQK)))};
+  std::vector<uint8_t> blk(dtype_row_bytes(DType::Q8_0, p.K));
+  for (int64_t m = 0; m < p.M; ++m) {
+    quantize_row(DType::Q8_0, p.X.data() + m * p.ldx, blk.data(), p.K);
+    dequantize_row(DType::Q8_0, blk.data(), q.xq.data() + m * p.ldx, p.K);
+    for (int64_t b = 0; b < p.K / kQK; ++b) {
+      double amax = 0.0;
+      for (int i = 0; i < kQK; ++i) amax = std::max(amax, std::fabs(double(p.X[m * p.ldx + b * kQK + i])));
+      q.d[m * (p.K / kQK) + b] = amax / 127.0;
+    }
+  }
+  return q;
+}
+
+// Checks a Q8-mode result: tight against the reference on the q8_0-rounded X (Rq, Sq), loose
+// against the f32 reference R (see the header).
+bool check_q8(const std::vector<float>& Y, const std::vector<float>& Rq, const std::vector<double>& Sq,
+              const std::vector<float>& R, const std::vector<double>& S, const QuantX& q, const Problem& p,
+              const Weights& w, const std::string& what) {
+  if (!check_result(Y, Rq, p, Sq, 0.0, what + " [q8 vs rounded-x ref]")) return false;
+  const int64_t nb = p.K / kQK;
+  for (int64_t m = 0; m < p.M; ++m)
+    for (int64_t n = 0; n < p.N; ++n) {
+      double bound = f32_tol(S[m * p.N + n], p.K);
+      for (int64_t b = 0; b < nb; ++b) {
+        double aw = 0.0;
+        for (int i = 0; i < kQK; ++i) aw += std::fabs(double(w.deq[n * p.K + b * kQK + i]));
+        bound += 0.57 * q.d[m * nb + b] * aw;
+      }
+      const double d = std::fabs(double(Y[m * p.ldy + n]) - double(R[m * p.ldy + n]));
+      if (!(d <= bound)) {
+        char buf[320];
+        std::snprintf(buf, sizeof buf, "%s [q8 vs f32 ref]: m=%lld n=%lld got %.8g want %.8g |diff| %.3g > %.3g",
+                      what.c_str(), (long long)m, (long long)n, double(Y[m * p.ldy + n]), double(R[m * p.ldy + n]), d,
+                      bound);
+        emollm_test::report_failure(__FILE__, __LINE__, buf);
+        return false;
+      }
+    }
+  return true;
+}
+
+// Runs the Q8 (default) mode of a quantised-weight shape with M <= 8 through every ISA level,
+// with/without VNNI, pool and bias.
+void run_case_q8(const Weights& w, const Problem& p, ThreadPool* pool) {
+  const DType t = w.t;
+  const int64_t M = p.M, N = p.N, K = p.K;
+  const QuantX q = quantize_x(p);
+  Problem pq = p;
+  pq.X = q.xq;
+  for (int use_bias = 0; use_bias < 2; ++use_bias) {
+    const float* bias = use_bias ? p.bias.data() : nullptr;
+    std::vector<float> R(size_t(M * p.ldy), kSentinel), Rq(size_t(M * p.ldy), kSentinel);
+    ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, M, N, K);
+    ref::gemm(pq.X.data(), p.ldx, w.bytes.data(), t, bias, Rq.data(), p.ldy, M, N, K);
+    const std::vector<double> S = abs_scale(p, w, bias), Sq = abs_scale(pq, w, bias);
+    for (Isa isa : isa_levels()) {
+      IsaCapScope cap(isa);
+      for (bool vnni : vnni_variants(isa)) {
+        VnniScope vs(vnni);
+        for (int use_pool = 0; use_pool < 2; ++use_pool) {
+          ThreadPool* pl = use_pool ? pool : nullptr;
+          std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, M, N, K, pl);
+          const std::string what = std::string("q8act ") + dtype_name(t) + " isa=" + isa_name(isa) +
+                                   " vnni=" + yesno(vnni) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                   " K=" + std::to_string(K) + " ldx=" + std::to_string(p.ldx) +
+                                   " ldy=" + std::to_string(p.ldy) + " bias=" + yesno(use_bias) +
+                                   " pool=" + yesno(use_pool);
+          check_q8(Y, Rq, Sq, R, S, q, p, w, what);
+          if (M == 1 && p.ldx == K && p.ldy == N) {
+            std::vector<float> y(size_t(N), kSentinel);
+            gemv(p.X.data(), w.bytes.data(), t, bias, y.data(), N, K, pl);
+            EXPECT_ALL_CLOSE(y.data(), Y.data(), N, 0.0, 0.0, "gemv == gemm(M=1) " + what);
+          }
+        }
+      }
+    }
+  }
+}
+
 // Runs one shape for one dtype through every ISA level, with/without pool and bias.
 void run_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t ypad, ThreadPool* pool,
               uint32_t seed) {
   Weights w = make_weights(t, N, K, seed);
   Problem p = make_problem(M, N, K, xpad, ypad, seed + 11);
+  // Quantised weights at M <= 8: the default Q8 mode, then the f32-exact mode below.
+  if (dtype_is_quantized(t) && M <= 8) run_case_q8(w, p, pool);
+  QuantActivationsScope f32act(QuantActivations::F32);
   for (int use_bias = 0; use_bias < 2; ++use_bias) {
     const float* bias = use_bias ? p.bias.data() : nullptr;
     std::vector<float> R(size_t(M * p.ldy), kSentinel);
@@ -212,6 +328,7 @@ TEST(gemm_block_layouts_by_hand) {
   // M = 32: X = identity, row j of Y picks element j (packed GEMM); M = 1: x = e_j (dot kernels).
   std::vector<float> I(32 * 32, 0.0f);
   for (int i = 0; i < 32; ++i) I[i * 32 + i] = 1.0f;
+  QuantActivationsScope f32act(QuantActivations::F32);  // exact products (see gemm_q8act_by_hand)
   for (Isa isa : isa_levels()) {
     IsaCapScope cap(isa);
     for (int64_t M : {1, 32}) {
@@ -407,4 +524,121 @@ TEST(gemm_pool_is_deterministic) {
       gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), B.data(), N, M, N, K, &pool);
       EXPECT_ALL_CLOSE(A.data(), B.data(), M * N, 0.0, 0.0, std::string("pool vs serial ") + dtype_name(t));
     }
+}
+
+// ---------------------------------------------------------------- q8_0 activations (Q8 mode)
+
+// M = 4..8 (the wider kernels), odd N, K with odd block counts, ldx > K; M = 1..3 and 7 run in
+// gemm_quantized_odd_shapes, K = 11008 in gemm_long_rows_k11008.
+TEST(gemm_q8act_shapes) {
+  ThreadPool pool(2);
+  uint32_t seed = 5000;
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    for (int64_t M : {4, 5, 6, 8})
+      for (int64_t N : {3, 37})
+        for (int64_t K : {32, 64, 160, 4096}) {
+          const int64_t xpad = (seed % 2) ? 13 : 0;
+          Weights w = make_weights(t, N, K, seed);
+          Problem p = make_problem(M, N, K, xpad, xpad ? 1 : 0, seed + 1);
+          run_case_q8(w, p, &pool);
+          ++seed;
+        }
+    Weights w = make_weights(t, 7, 11008, 77);
+    run_case_q8(w, make_problem(8, 7, 11008, 32, 0, 78), &pool);
+  }
+}
+
+// Exact expectations: X blocks whose amax is 127 have d = 1 (exact in fp16, 1/d = 1), so the
+// quantised x are round-half-away-from-zero of x itself (ggml's roundf: 2.5 -> 3, -3.5 -> -4,
+// unlike round-to-even), and with weight scale 1 every product is an exact small integer.
+TEST(gemm_q8act_by_hand) {
+  const int64_t K = 96, N = 3;  // 3 blocks: one VNNI pair plus the odd-block tail
+  std::vector<float> X(2 * K);
+  for (int64_t k = 0; k < K; ++k) {
+    X[k] = (k % 32 == 0) ? 127.0f : (k % 32 == 1) ? -127.0f : float(int(k % 29) - 14) + ((k & 1) ? 0.5f : -0.5f);
+    X[K + k] = 0.0f;  // an all-zero row: d = 0, every product 0
+  }
+  auto rnd = [](float v) { return std::roundf(v); };
+  std::vector<BlockQ8_0> w8(size_t(N * K / 32));
+  std::vector<BlockQ4_0> w4(size_t(N * K / 32));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < K / 32; ++b) {
+      BlockQ8_0& q8 = w8[n * (K / 32) + b];
+      BlockQ4_0& q4 = w4[n * (K / 32) + b];
+      q8.d = q4.d = 0x3C00;  // 1.0
+      for (int i = 0; i < 32; ++i) q8.qs[i] = int8_t((i * 37 + n * 11 + b * 5) % 255 - 127);  // covers +-127
+      for (int i = 0; i < 16; ++i) q4.qs[i] = uint8_t(((i + n + b) % 16) | (((i * 7 + n) % 16) << 4));
+    }
+  const float bias[N] = {0.25f, -1.0f, 3.0f};
+  for (int variant = 0; variant < 2; ++variant) {
+    const DType t = variant ? DType::Q4_0 : DType::Q8_0;
+    const void* W = variant ? static_cast<const void*>(w4.data()) : static_cast<const void*>(w8.data());
+    std::vector<float> want(2 * N);
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t b = k / 32, i = k % 32;
+        double wv;
+        if (variant) {
+          const uint8_t byte = w4[n * (K / 32) + b].qs[i % 16];
+          wv = double(int(i < 16 ? (byte & 15) : (byte >> 4)) - 8);
+        } else {
+          wv = double(w8[n * (K / 32) + b].qs[i]);
+        }
+        s += double(rnd(X[k])) * wv;
+      }
+      want[n] = float(s + bias[n]);
+      want[N + n] = bias[n];
+    }
+    for (Isa isa : isa_levels()) {
+      IsaCapScope cap(isa);
+      for (bool vnni : vnni_variants(isa)) {
+        VnniScope vs(vnni);
+        std::vector<float> Y(2 * N, kSentinel);
+        gemm(X.data(), K, W, t, bias, Y.data(), N, 2, N, K, nullptr);
+        for (int64_t i = 0; i < 2 * N; ++i)
+          if (!(Y[i] == want[i])) {
+            char buf[200];
+            std::snprintf(buf, sizeof buf, "%s isa=%s vnni=%d y[%lld] = %.9g want %.9g", dtype_name(t), isa_name(isa),
+                          int(vnni), (long long)i, double(Y[i]), double(want[i]));
+            emollm_test::report_failure(__FILE__, __LINE__, buf);
+          }
+      }
+    }
+  }
+}
+
+// The switch: Q8 is the default (unless EMOLLM_QUANT_ACT says otherwise), F32 gives the f32-exact
+// numerics, the two differ at M <= 8, and M > 8 (prefill) is the same in both modes.
+TEST(gemm_quant_activations_switch) {
+  const char* env = std::getenv("EMOLLM_QUANT_ACT");
+  if (!env) EXPECT(quant_activations() == QuantActivations::Q8);
+  ThreadPool pool(2);
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    const int64_t N = 21, K = 1024;
+    Weights w = make_weights(t, N, K, 31);
+    for (int64_t M : {1, 8, 9}) {
+      Problem p = make_problem(M, N, K, 0, 0, 32);
+      std::vector<float> Yq(size_t(M * N)), Yf(size_t(M * N)), R(size_t(M * N));
+      {
+        QuantActivationsScope s(QuantActivations::Q8);
+        EXPECT(quant_activations() == QuantActivations::Q8);
+        gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), Yq.data(), N, M, N, K, &pool);
+      }
+      {
+        QuantActivationsScope s(QuantActivations::F32);
+        EXPECT(quant_activations() == QuantActivations::F32);
+        gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), Yf.data(), N, M, N, K, &pool);
+      }
+      ref::gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), R.data(), N, M, N, K);
+      check_result(Yf, R, p, abs_scale(p, w, p.bias.data()), 0.0,
+                   std::string("F32 mode vs f32 ref ") + dtype_name(t) + " M=" + std::to_string(M));
+      bool differ = false;
+      for (int64_t i = 0; i < M * N; ++i) differ |= Yq[i] != Yf[i];
+      if (M <= 8)
+        EXPECT(differ);
+      else
+        EXPECT_ALL_CLOSE(Yq.data(), Yf.data(), M * N, 0.0, 0.0, std::string("prefill ignores the mode ") + dtype_name(t));
+    }
+  }
 }

@@ -1,0 +1,464 @@
+/**
+ * Language models: load a LLaMA-architecture checkpoint (a Hugging Face folder or a GGUF file),
+ * tokenize, generate text as an async iterator, and read logits. All heavy work runs on native
+ * threads; nothing here blocks the event loop.
+ *
+ * @example
+ * ```ts
+ * const model = await loadModel('stories260K.gguf', { contextSize: 512 });
+ * for await (const chunk of model.generate('Once upon a time', { maxTokens: 50 })) process.stdout.write(chunk.text);
+ * await model.close();
+ * ```
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+
+import { ChatTemplate, loadChatTemplate, type ChatMessage } from './chat_template.js';
+import { EmollmError } from './errors.js';
+import { inspectGguf } from './loaders.js';
+import { native } from './native.js';
+import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
+
+/** Where the model runs. Only 'cpu' exists in this build; 'cuda' needs a CUDA build. */
+export type Device = 'cpu' | 'cuda';
+
+export interface LoadModelOptions {
+  /** Compute threads; default: physical cores. */
+  threads?: number;
+  /** Device; default 'cpu'. */
+  device?: Device;
+  /** Tokens the KV cache holds; default min(the model's training context, 4096). */
+  contextSize?: number;
+  /**
+   * The tokenizer, when the model does not carry its own: a Tokenizer, or a path to a .gguf, a
+   * tokenizer.json (or its folder), or a llama2.c tokenizer.bin. Default: the model's own
+   * (tokenizer.json in the folder, or the GGUF's vocabulary).
+   */
+  tokenizer?: Tokenizer | string;
+  /** Cancels loading (checked before and after the native load). */
+  signal?: AbortSignal;
+}
+
+/** What a loaded model is. */
+export interface ModelInfo {
+  format: 'gguf' | 'safetensors';
+  arch: string;
+  nVocab: number;
+  nEmbd: number;
+  nLayer: number;
+  nHead: number;
+  nHeadKv: number;
+  nCtxTrain: number;
+  ropeTheta: number;
+  bosId?: number;
+  eosId?: number;
+}
+
+/** Why generation ended. */
+export type StopReason = 'eos' | 'stop-token' | 'stop-string' | 'max-tokens' | 'context-full' | 'aborted';
+
+export interface GenerateOptions {
+  /** Most tokens to generate; default 256. */
+  maxTokens?: number;
+  /** 0 means greedy (the default, deterministic); > 0 samples. */
+  temperature?: number;
+  /** Keep the k most likely tokens when sampling; 0 disables; default 40. */
+  topK?: number;
+  /** Nucleus sampling mass; 1 disables; default 0.95. */
+  topP?: number;
+  /** > 1 discourages repeating recent tokens (llama.cpp / HF semantics); default 1 (off). */
+  repetitionPenalty?: number;
+  /** How many recent tokens the penalty looks at; default 64. */
+  repeatLastN?: number;
+  /** Sampling seed; the same seed gives the same tokens. Default: random. */
+  seed?: number;
+  /** Stop when one of these strings appears; it is not included in the output. */
+  stop?: readonly string[];
+  /** Stop at one of these token ids (EOS always stops). */
+  stopTokens?: readonly number[];
+  /** Cancels generation: iteration throws an EmollmError with code ERR_ABORTED. */
+  signal?: AbortSignal;
+  /** For string prompts: add BOS etc. as the tokenizer is configured to; default true. */
+  addSpecialTokens?: boolean;
+}
+
+/** A piece of generated output. */
+export interface GenerationChunk {
+  /** Text completed by these tokens (may be "" while a UTF-8 character is incomplete). */
+  text: string;
+  tokens: number[];
+}
+
+export interface GenerationResult {
+  text: string;
+  tokens: number[];
+  promptTokens: number;
+  stopReason: StopReason;
+}
+
+/** A prompt: text, a chat conversation (rendered with the model's chat template), or token ids. */
+export type Prompt = string | readonly ChatMessage[] | readonly number[];
+
+interface NativeContext {
+  eval(tokens: Int32Array, options?: { allLogits?: boolean }): Promise<Float32Array>;
+  generate(
+    prompt: Int32Array,
+    options: Record<string, unknown>,
+    onTokens?: (ids: Int32Array) => void,
+  ): Promise<{ tokens: Int32Array; stopReason: Exclude<StopReason, 'stop-string'> }>;
+  abort(): void;
+  reset(): void;
+  close(): Promise<void>;
+  readonly nPast: number;
+  readonly nCtx: number;
+}
+
+interface NativeModel {
+  info(): ModelInfo;
+  createContext(options?: { nCtx?: number }): NativeContext;
+  close(): Promise<void>;
+}
+
+// Frees native memory of models that were never closed (the deterministic path is close()).
+const leakGuard = new FinalizationRegistry<NativeModel>((m) => {
+  void m.close().catch(() => undefined);
+});
+
+function abortError(): EmollmError {
+  return new EmollmError('ERR_ABORTED', 'the operation was aborted');
+}
+
+/**
+ * Loads a model: a Hugging Face folder (config.json + model.safetensors[.index.json] +
+ * tokenizer files) or a GGUF file (weights and vocabulary in one).
+ */
+export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
+  if (typeof path !== 'string' || path === '') throw new EmollmError('ERR_INVALID_ARGUMENT', 'path must be a non-empty string');
+  if (options.device !== undefined && options.device !== 'cpu') {
+    if (options.device === 'cuda')
+      throw new EmollmError('ERR_UNSUPPORTED', 'this build of emollm has no CUDA backend (build with `npm run build:cmake` where nvcc is present)');
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown device ${JSON.stringify(options.device)} (use 'cpu' or 'cuda')`);
+  }
+  if (options.signal?.aborted) throw abortError();
+  const st = await stat(path).catch((cause: unknown) => {
+    throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: no such file or folder`, { file: path, cause });
+  });
+
+  let tokenizer: Tokenizer | undefined = typeof options.tokenizer === 'object' ? options.tokenizer : undefined;
+  if (typeof options.tokenizer === 'string') tokenizer = await openTokenizer(options.tokenizer);
+  let template: ChatTemplate | undefined;
+  if (st.isDirectory()) {
+    tokenizer ??= await loadTokenizer(path).catch((e: unknown) => {
+      if (e instanceof EmollmError && e.code === 'ERR_FILE_NOT_FOUND')
+        throw new EmollmError(
+          'ERR_FILE_NOT_FOUND',
+          `${path}: the model folder has no tokenizer.json; pass one with the \`tokenizer\` option (${e.message})`,
+          { file: path, cause: e },
+        );
+      throw e;
+    });
+    template = await loadChatTemplate(path).catch((e: unknown) => {
+      if (e instanceof EmollmError && e.code === 'ERR_UNSUPPORTED') return undefined; // no template: plain prompts only
+      throw e;
+    });
+  } else {
+    const meta = (await inspectGguf(path)).metadata;
+    tokenizer ??= tokenizerFromGgufMetadata(meta, path);
+    const t = meta['tokenizer.chat_template'];
+    if (typeof t === 'string')
+      template = new ChatTemplate(t, { file: path, bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken });
+  }
+
+  const nativeOptions: { threads?: number; nCtx?: number } = {};
+  if (options.threads !== undefined) nativeOptions.threads = options.threads;
+  if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
+  const handle = (await (native() as unknown as { loadModel(p: string, o: object): Promise<NativeModel> }).loadModel(
+    path,
+    nativeOptions,
+  )) as NativeModel;
+  if (options.signal?.aborted) {
+    await handle.close();
+    throw abortError();
+  }
+  if (!tokenizer) throw new EmollmError('ERR_INTERNAL', 'no tokenizer');
+  return new Model(handle, tokenizer, template, path, options.contextSize);
+}
+
+/** Opens a tokenizer from a path: .gguf, tokenizer.json or its folder, or a llama2.c tokenizer.bin. */
+async function openTokenizer(path: string): Promise<Tokenizer> {
+  if (path.toLowerCase().endsWith('.bin')) {
+    const bytes = await readFile(path).catch((cause: unknown) => {
+      throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot read the tokenizer`, { file: path, cause });
+    });
+    return SpmTokenizer.fromLlama2cVocab(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), path);
+  }
+  return loadTokenizer(path);
+}
+
+/** A loaded language model. Close it with {@link Model.close} to free native memory at once. */
+export class Model {
+  /** Architecture and sizes. */
+  readonly info: ModelInfo;
+  /** The model's tokenizer. */
+  readonly tokenizer: Tokenizer;
+  /** The chat template, when the model has one. */
+  readonly chatTemplate: ChatTemplate | undefined;
+  /** Where it was loaded from. */
+  readonly path: string;
+
+  private handle: NativeModel | undefined;
+  private context: NativeContext | undefined;
+  private readonly contextSize: number | undefined;
+  // Generations and logits calls on one model run one at a time, in call order, on one context
+  // whose KV cache is reused across calls (a shared prompt prefix is not recomputed).
+  private queue: Promise<unknown> = Promise.resolve();
+
+  /** @internal use {@link loadModel}. */
+  constructor(handle: NativeModel, tokenizer: Tokenizer, template: ChatTemplate | undefined, path: string, contextSize?: number) {
+    this.handle = handle;
+    this.info = handle.info();
+    this.tokenizer = tokenizer;
+    this.chatTemplate = template;
+    this.path = path;
+    this.contextSize = contextSize;
+    leakGuard.register(this, handle, this);
+  }
+
+  /** Text to token ids (BOS added as the tokenizer is configured, unless `addSpecialTokens: false`). */
+  tokenize(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.tokenizer.encode(text, { addSpecialTokens: options.addSpecialTokens ?? true });
+  }
+
+  /** Token ids to text. */
+  detokenize(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
+    return this.tokenizer.decode(ids, options);
+  }
+
+  /** Renders a conversation with the model's chat template (ending with the assistant's turn). */
+  applyChatTemplate(messages: readonly ChatMessage[]): string {
+    if (!this.chatTemplate)
+      throw new EmollmError('ERR_UNSUPPORTED', `${this.path}: the model has no chat template; pass a string prompt`);
+    return this.chatTemplate.render(messages, { addGenerationPrompt: true });
+  }
+
+  /** Token ids of a prompt. */
+  promptTokens(prompt: Prompt, addSpecialTokens = true): number[] {
+    if (typeof prompt === 'string') return this.tokenize(prompt, { addSpecialTokens });
+    if (prompt.length > 0 && typeof prompt[0] === 'number') return [...(prompt as readonly number[])];
+    if (prompt.length === 0) throw new EmollmError('ERR_INVALID_ARGUMENT', 'the prompt is empty');
+    // A rendered template carries its own special tokens (e.g. "<s>" in the text).
+    const text = this.applyChatTemplate(prompt as readonly ChatMessage[]);
+    const ids = this.tokenize(text, { addSpecialTokens: false });
+    const bos = this.tokenizer.bosId;
+    if (this.tokenizer.addBosToken && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
+    return ids;
+  }
+
+  /**
+   * Logits (unnormalised scores over the vocabulary) after the prompt: of the last position, or
+   * of every position with `all: true` (row-major [tokens, nVocab]).
+   */
+  logits(prompt: Prompt, options: { all?: boolean; signal?: AbortSignal } = {}): Promise<Float32Array> {
+    const ids = this.promptTokens(prompt);
+    return this.exclusive(async (ctx) => {
+      if (options.signal?.aborted) throw abortError();
+      // all-position logits need every position evaluated, so start from an empty cache.
+      if (options.all) ctx.reset();
+      const onAbort = (): void => ctx.abort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        return await ctx.eval(Int32Array.from(ids), { allLogits: options.all ?? false });
+      } finally {
+        options.signal?.removeEventListener('abort', onAbort);
+      }
+    });
+  }
+
+  /**
+   * Generates a continuation. Iterate the returned object for streamed text, or await
+   * `.result` for everything at once.
+   */
+  generate(prompt: Prompt, options: GenerateOptions = {}): Generation {
+    const ids = this.promptTokens(prompt, options.addSpecialTokens ?? true);
+    return new Generation(this, ids, options);
+  }
+
+  /** Frees the native model now. Pending calls finish as aborted. Safe to call twice. */
+  async close(): Promise<void> {
+    const h = this.handle;
+    if (!h) return;
+    this.handle = undefined;
+    leakGuard.unregister(this);
+    this.context = undefined;
+    await h.close();
+  }
+
+  /** @internal runs `fn` on the model's context after every earlier call finished. */
+  exclusive<T>(fn: (ctx: NativeContext) => Promise<T>): Promise<T> {
+    const run = this.queue.then(
+      () => fn(this.ctx()),
+      () => fn(this.ctx()),
+    );
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private ctx(): NativeContext {
+    if (!this.handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    this.context ??= this.handle.createContext(this.contextSize === undefined ? {} : { nCtx: this.contextSize });
+    return this.context;
+  }
+}
+
+/** Longest suffix of `text` that is a proper prefix of some stop string (held back while streaming). */
+function heldBackLength(text: string, stops: readonly string[]): number {
+  let keep = 0;
+  for (const s of stops)
+    for (let n = Math.min(s.length - 1, text.length); n > keep; n--)
+      if (text.endsWith(s.slice(0, n))) {
+        keep = n;
+        break;
+      }
+  return keep;
+}
+
+/**
+ * A running generation: an async iterator of {@link GenerationChunk}s and a `result` promise.
+ * Breaking out of the iteration stops the native decode loop.
+ */
+export class Generation implements AsyncIterable<GenerationChunk> {
+  /** Resolves when generation ends (after any stop string is cut off). */
+  readonly result: Promise<GenerationResult>;
+
+  private readonly chunks: GenerationChunk[] = [];
+  private wake: (() => void) | undefined;
+  private finished = false;
+  private failure: unknown;
+  private nativeCtx: NativeContext | undefined;
+  private stopRequested = false;
+
+  /** @internal */
+  constructor(model: Model, prompt: number[], options: GenerateOptions) {
+    const stops = (options.stop ?? []).filter((s) => s.length > 0);
+    const detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true });
+    const eos = model.tokenizer.eosId;
+    let emitted = ''; // text handed to the consumer
+    let pending = ''; // text held back: it may be the start of a stop string
+    let pendingTokens: number[] = [];
+    const tokens: number[] = [];
+    let stopString = false;
+
+    const push = (chunk: GenerationChunk): void => {
+      this.chunks.push(chunk);
+      this.wake?.();
+    };
+
+    const onTokens = (ids: Int32Array): void => {
+      if (stopString) return;
+      for (const id of ids) {
+        tokens.push(id);
+        pendingTokens.push(id);
+        if (id === eos) continue;
+        pending += detok.push(id);
+        if (stops.length > 0) {
+          const hit = stops.map((s) => pending.indexOf(s)).filter((i) => i >= 0);
+          if (hit.length > 0) {
+            const cut = Math.min(...hit);
+            const text = pending.slice(0, cut);
+            emitted += text;
+            push({ text, tokens: pendingTokens });
+            pending = '';
+            pendingTokens = [];
+            stopString = true;
+            this.nativeCtx?.abort();
+            return;
+          }
+        }
+      }
+      const hold = stops.length > 0 ? heldBackLength(pending, stops) : 0;
+      const text = pending.slice(0, pending.length - hold);
+      if (text.length > 0 || hold === 0) {
+        emitted += text;
+        push({ text, tokens: pendingTokens });
+        pending = pending.slice(pending.length - hold);
+        pendingTokens = [];
+      }
+    };
+
+    this.result = model.exclusive(async (ctx) => {
+      this.nativeCtx = ctx;
+      const signal = options.signal;
+      if (signal?.aborted) throw abortError();
+      const onAbort = (): void => ctx.abort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (this.stopRequested) ctx.abort();
+      try {
+        const nativeOptions: Record<string, unknown> = {
+          maxTokens: options.maxTokens ?? 256,
+          temperature: options.temperature ?? 0,
+          topK: options.topK ?? 40,
+          topP: options.topP ?? 0.95,
+          repetitionPenalty: options.repetitionPenalty ?? 1,
+          repeatLastN: options.repeatLastN ?? 64,
+          stopTokens: Int32Array.from(options.stopTokens ?? []),
+        };
+        if (options.seed !== undefined) nativeOptions.seed = options.seed;
+        const r = await ctx.generate(Int32Array.from(prompt), nativeOptions, onTokens);
+        if (signal?.aborted) throw abortError();
+        if (!stopString) {
+          // Tokens not yet delivered through the callback (the native side may finish first).
+          const seen = tokens.length;
+          if (r.tokens.length > seen) onTokens(r.tokens.subarray(seen));
+          const rest = pending + detok.flush();
+          if (rest.length > 0 || pendingTokens.length > 0) {
+            emitted += rest;
+            push({ text: rest, tokens: pendingTokens });
+          }
+        }
+        const stopReason: StopReason = stopString ? 'stop-string' : r.stopReason;
+        return { text: emitted, tokens, promptTokens: prompt.length, stopReason };
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    });
+    this.result.then(
+      () => this.finish(undefined),
+      (e: unknown) => this.finish(e),
+    );
+  }
+
+  private finish(error: unknown): void {
+    this.finished = true;
+    this.failure = error;
+    this.wake?.();
+  }
+
+  /** Stops generation; `result` then resolves with stopReason 'aborted'. */
+  stop(): void {
+    this.stopRequested = true;
+    this.nativeCtx?.abort();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<GenerationChunk> {
+    try {
+      for (;;) {
+        const chunk = this.chunks.shift();
+        if (chunk) {
+          yield chunk;
+          continue;
+        }
+        if (this.finished) {
+          if (this.failure !== undefined) throw this.failure;
+          return;
+        }
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = undefined;
+      }
+    } finally {
+      if (!this.finished) {
+        this.stop();
+        await this.result.catch(() => undefined);
+      }
+    }
+  }
+}

@@ -1,0 +1,693 @@
+// LLaMA model entry points for JavaScript (lib/model.ts builds the public API on these):
+//
+//   loadModel(path, { threads?, nCtx? }) -> Promise<Model>
+//   model.info() -> { format, arch, nVocab, nEmbd, nLayer, nHead, nHeadKv, nCtxTrain, ropeTheta, bosId?, eosId? }
+//   model.createContext({ nCtx?, nBatch? }) -> Context
+//   model.close() -> Promise<void>
+//   ctx.eval(tokens: Int32Array, { allLogits? }) -> Promise<Float32Array>
+//   ctx.generate(prompt: Int32Array, opts, onTokens?: (ids: Int32Array) => void)
+//       -> Promise<{ tokens: Int32Array, stopReason: 'eos'|'stop-token'|'max-tokens'|'aborted'|'context-full' }>
+//   ctx.abort(), ctx.reset(), ctx.close() -> Promise<void>, ctx.nPast, ctx.nCtx
+//
+// Threads. Loading and every eval/generate run off the event loop on a libuv worker thread (one
+// per call: a generate's whole decode loop runs on that one thread, which drives the model's
+// compute pool). Generated tokens reach JavaScript through a thread-safe function in batches:
+// the decode thread appends to a queue and schedules at most one delivery at a time, and the
+// delivery hands over everything queued since the last one, so a slow callback never slows
+// decoding. Calls on one context are exclusive (a second eval/generate while one runs rejects
+// with ERR_INVALID_ARGUMENT "context busy"); different contexts of one model may run at the same
+// time: the model's compute pool serialises their kernel calls (ThreadPool::run), so they
+// interleave kernel by kernel and share the cores.
+//
+// Lifetime. The model's native memory (mapped weights, backend) is reference-counted by the
+// Model object, its open contexts and their in-flight calls. close() on a context or model
+// makes later calls throw ERR_INVALID_ARGUMENT, aborts in-flight calls (they settle with
+// stopReason 'aborted' / ERR_ABORTED at the next token or layer), and returns a promise that
+// resolves once the native memory is released. Closing a model closes its contexts.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "bindings.h"
+#include "model/llama.h"
+#include "model/sampler.h"
+#include "napi_util.h"
+
+namespace emollm::addon {
+namespace {
+
+// ---------------------------------------------------------------- shared native state
+
+struct ContextState;
+
+// Main-thread state of one loaded model.
+struct ModelHandle {
+  std::shared_ptr<LlamaModel> model;  // null once closed
+  int64_t default_n_ctx = 0;
+  std::vector<std::weak_ptr<ContextState>> contexts;
+  int inflight = 0;  // eval/generate calls running on this model
+  std::vector<Napi::Promise::Deferred> close_waiters;
+};
+
+// One context. `ctx` is used by at most one worker at a time (busy); the other fields are
+// main-thread only except the atomics.
+struct ContextState {
+  std::shared_ptr<ModelHandle> owner;
+  std::shared_ptr<LlamaModel> model;
+  std::unique_ptr<LlamaContext> ctx;
+  std::atomic<bool> abort{false};
+  std::atomic<int64_t> n_past{0};
+  int64_t n_ctx = 0;
+  bool busy = false;
+  bool closed = false;
+  std::vector<Napi::Promise::Deferred> close_waiters;
+};
+
+void resolve_all(Napi::Env env, std::vector<Napi::Promise::Deferred>& waiters) {
+  std::vector<Napi::Promise::Deferred> w;
+  w.swap(waiters);
+  for (auto& d : w) d.Resolve(env.Undefined());
+}
+
+// Releases a context's native memory unless a call is still using it.
+void release_context(Napi::Env env, ContextState& s) {
+  if (s.busy) return;
+  s.ctx.reset();
+  s.model.reset();
+  resolve_all(env, s.close_waiters);
+}
+
+void close_context(Napi::Env env, ContextState& s) {
+  if (!s.closed) {
+    s.closed = true;
+    s.abort.store(true);
+  }
+  release_context(env, s);
+}
+
+void maybe_finish_model_close(Napi::Env env, ModelHandle& h) {
+  if (!h.model && h.inflight == 0) resolve_all(env, h.close_waiters);
+}
+
+Napi::Error closed_error(Napi::Env env, const char* what) {
+  return make_js_error(env, "ERR_INVALID_ARGUMENT", std::string(what) + " is closed");
+}
+
+// ---------------------------------------------------------------- option helpers
+
+Napi::Object opt_object(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return Napi::Object::New(info.Env());
+  if (!info[i].IsObject()) throw_invalid(info.Env(), std::string(what) + " must be an object");
+  return info[i].As<Napi::Object>();
+}
+bool has_opt(const Napi::Object& o, const char* key) {
+  return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull();
+}
+double opt_number(Napi::Env env, const Napi::Object& o, const char* key, double def) {
+  if (!has_opt(o, key)) return def;
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw_invalid(env, std::string(key) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (std::isnan(d)) throw_invalid(env, std::string(key) + " must not be NaN");
+  return d;
+}
+int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
+  double d = opt_number(env, o, key, double(def));
+  if (d != std::floor(d) || d < double(lo) || d > double(hi))
+    throw_invalid(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return int64_t(d);
+}
+std::vector<int32_t> int32_array(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_invalid(env, std::string(what) + " must be an Int32Array");
+  auto a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// ---------------------------------------------------------------- classes and per-env constructors
+
+class ModelWrap;
+class ContextWrap;
+
+struct Constructors {
+  Napi::FunctionReference model, context;
+};
+std::mutex g_ctor_mutex;
+std::unordered_map<napi_env, Constructors*> g_ctors;
+
+Constructors& ctors(Napi::Env env) {
+  std::lock_guard<std::mutex> lk(g_ctor_mutex);
+  return *g_ctors.at(env);
+}
+
+// Handed from the factory to the constructor (JavaScript cannot construct these directly).
+thread_local std::shared_ptr<ModelHandle>* tl_new_model = nullptr;
+thread_local std::shared_ptr<ContextState>* tl_new_context = nullptr;
+
+// A Promise-returning worker bound to a context or model, with a main-thread Finish() that
+// runs before the promise settles whether the work failed or not.
+class ModelWorker : public Napi::AsyncWorker {
+ public:
+  explicit ModelWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual void Run() = 0;
+  virtual Napi::Value Resolve(Napi::Env env) = 0;
+  virtual void Finish(Napi::Env env) {}
+  std::exception_ptr error_;
+  // An error to reject with instead of the result (e.g. thrown by a JS callback).
+  Napi::ObjectReference js_error_;
+
+ private:
+  void Execute() final {
+    try {
+      Run();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  }
+  void OnOK() final {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Napi::Value result;
+    Napi::Value rejection;
+    if (error_) {
+      rejection = make_js_error(env, error_).Value();
+    } else {
+      try {
+        result = Resolve(env);
+      } catch (const Napi::Error& e) {
+        rejection = e.Value();
+      } catch (...) {
+        rejection = make_js_error(env, std::current_exception()).Value();
+      }
+    }
+    if (!js_error_.IsEmpty()) rejection = js_error_.Value();
+    Finish(env);
+    if (!rejection.IsEmpty()) deferred_.Reject(rejection);
+    else deferred_.Resolve(result);
+  }
+  void OnError(const Napi::Error& e) final {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Finish(env);
+    deferred_.Reject(e.Value());
+  }
+
+  Napi::Promise::Deferred deferred_;
+};
+
+// ---------------------------------------------------------------- loadModel
+
+class LoadWorker final : public ModelWorker {
+ public:
+  LoadWorker(Napi::Env env, std::string path, LlamaLoadOptions opts, int64_t n_ctx)
+      : ModelWorker(env), path_(std::move(path)), opts_(opts), n_ctx_(n_ctx) {}
+
+ protected:
+  void Run() override { model_ = LlamaModel::load(path_, opts_); }
+  Napi::Value Resolve(Napi::Env env) override {
+    auto h = std::make_shared<ModelHandle>();
+    h->model = std::move(model_);
+    h->default_n_ctx = n_ctx_;
+    tl_new_model = &h;
+    Napi::Object obj;
+    try {
+      obj = ctors(env).model.New({});
+    } catch (...) {
+      tl_new_model = nullptr;
+      throw;
+    }
+    tl_new_model = nullptr;
+    return obj;
+  }
+
+ private:
+  std::string path_;
+  LlamaLoadOptions opts_;
+  int64_t n_ctx_;
+  std::shared_ptr<LlamaModel> model_;
+};
+
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = arg_string(info, 0, "path");
+  Napi::Object o = opt_object(info, 1, "options");
+  LlamaLoadOptions lo;
+  lo.threads = int(opt_int(env, o, "threads", 0, 0, 1024));
+  const int64_t n_ctx = opt_int(env, o, "nCtx", 0, 0, int64_t(1) << 24);
+  auto* w = new LoadWorker(env, std::move(path), lo, n_ctx);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// ---------------------------------------------------------------- Model
+
+class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "LlamaModel",
+                       {InstanceMethod<&ModelWrap::Info>("info"),
+                        InstanceMethod<&ModelWrap::CreateContext>("createContext"),
+                        InstanceMethod<&ModelWrap::Close>("close")});
+  }
+  explicit ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+    if (!tl_new_model) throw_invalid(info.Env(), "use loadModel() to create a model");
+    handle_ = *tl_new_model;
+    tl_new_model = nullptr;
+  }
+
+ private:
+  const LlamaModel& live(Napi::Env env) {
+    if (!handle_->model) throw closed_error(env, "model");
+    return *handle_->model;
+  }
+
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const LlamaModel& m = live(env);
+    const LlamaHparams& h = m.hparams();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("format", m.format());
+    o.Set("arch", m.arch());
+    o.Set("nVocab", double(h.n_vocab));
+    o.Set("nEmbd", double(h.n_embd));
+    o.Set("nLayer", double(h.n_layer));
+    o.Set("nHead", double(h.n_head));
+    o.Set("nHeadKv", double(h.n_head_kv));
+    o.Set("nCtxTrain", double(h.n_ctx_train));
+    o.Set("ropeTheta", double(h.rope_theta));
+    if (h.bos_id >= 0) o.Set("bosId", double(h.bos_id));
+    if (!h.eos_ids.empty()) o.Set("eosId", double(h.eos_ids[0]));
+    return o;
+  }
+
+  Napi::Value CreateContext(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    live(env);
+    Napi::Object o = opt_object(info, 0, "options");
+    LlamaContextOptions co;
+    co.n_ctx = opt_int(env, o, "nCtx", handle_->default_n_ctx, 0, int64_t(1) << 24);
+    co.n_batch = opt_int(env, o, "nBatch", 0, 0, int64_t(1) << 24);
+    auto s = std::make_shared<ContextState>();
+    s->owner = handle_;
+    s->model = handle_->model;
+    try {
+      s->ctx = std::make_unique<LlamaContext>(s->model, co);
+    } catch (const Error& e) {
+      throw make_js_error(env, e);
+    } catch (const std::bad_alloc&) {
+      throw make_js_error(env, "ERR_OUT_OF_MEMORY", "out of memory allocating the context");
+    }
+    s->n_ctx = s->ctx->n_ctx();
+    auto& cs = handle_->contexts;
+    cs.erase(std::remove_if(cs.begin(), cs.end(), [](const std::weak_ptr<ContextState>& w) { return w.expired(); }),
+             cs.end());
+    cs.push_back(s);
+    tl_new_context = &s;
+    Napi::Object obj;
+    try {
+      obj = ctors(env).context.New({});
+    } catch (...) {
+      tl_new_context = nullptr;
+      throw;
+    }
+    tl_new_context = nullptr;
+    return obj;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto d = Napi::Promise::Deferred::New(env);
+    for (auto& w : handle_->contexts)
+      if (auto s = w.lock()) close_context(env, *s);
+    handle_->contexts.clear();
+    handle_->model.reset();
+    handle_->close_waiters.push_back(d);
+    maybe_finish_model_close(env, *handle_);
+    return d.Promise();
+  }
+
+  std::shared_ptr<ModelHandle> handle_;
+};
+
+// ---------------------------------------------------------------- workers on a context
+
+// Marks the context busy for the worker's lifetime and releases it in Finish().
+class ContextWorker : public ModelWorker {
+ public:
+  ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelWorker(env), s_(std::move(s)) {
+    s_->busy = true;
+    s_->abort.store(false);
+    s_->owner->inflight++;
+  }
+
+ protected:
+  void Finish(Napi::Env env) override {
+    s_->busy = false;
+    s_->n_past.store(s_->ctx ? s_->ctx->n_past() : 0);
+    ModelHandle& h = *s_->owner;
+    h.inflight--;
+    if (s_->closed) release_context(env, *s_);
+    maybe_finish_model_close(env, h);
+  }
+  std::shared_ptr<ContextState> s_;
+};
+
+class EvalWorker final : public ContextWorker {
+ public:
+  EvalWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> tokens, bool all_logits)
+      : ContextWorker(env, std::move(s)), tokens_(std::move(tokens)), all_(all_logits) {}
+
+ protected:
+  void Run() override {
+    LlamaContext& ctx = *s_->ctx;
+    const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
+    if (all_) {
+      // logits for every position: nothing can be reused
+      out_.resize(size_t(n * V));
+      ctx.reset();
+      aborted_ = ctx.eval(tokens_.data(), n, out_.data(), &s_->abort) == nullptr;
+    } else {
+      const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort);
+      aborted_ = l == nullptr;
+      if (l) out_.assign(l, l + V);
+    }
+    s_->n_past.store(ctx.n_past());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "eval was aborted");
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), a.Data());
+    return a;
+  }
+
+ private:
+  std::vector<int32_t> tokens_;
+  bool all_;
+  bool aborted_ = false;
+  std::vector<float> out_;
+};
+
+// Tokens on their way from the decode thread to JavaScript.
+struct TokenQueue {
+  std::mutex mu;
+  std::vector<int32_t> pending;
+  bool scheduled = false;               // a delivery is queued on the thread-safe function
+  std::atomic<bool> js_failed{false};   // the callback threw: stop decoding
+  Napi::ObjectReference js_error;
+  std::shared_ptr<ContextState> state;  // to abort on a callback error
+
+  // Takes everything queued (main thread).
+  std::vector<int32_t> take() {
+    std::lock_guard<std::mutex> lk(mu);
+    scheduled = false;
+    std::vector<int32_t> out;
+    out.swap(pending);
+    return out;
+  }
+  // Calls onTokens with `ids` (main thread); records a thrown error.
+  void deliver(Napi::Env env, Napi::Function cb, const std::vector<int32_t>& ids) {
+    if (ids.empty() || cb.IsEmpty() || js_failed.load()) return;
+    auto arr = Napi::Int32Array::New(env, ids.size());
+    std::copy(ids.begin(), ids.end(), arr.Data());
+    try {
+      cb.Call({arr});
+    } catch (const Napi::Error& e) {
+      js_error = Napi::Persistent(e.Value());
+      js_failed.store(true);
+      if (state) state->abort.store(true);
+    }
+  }
+};
+using TokenQueuePtr = std::shared_ptr<TokenQueue>;
+
+void deliver_tokens(Napi::Env env, Napi::Function cb, TokenQueuePtr* q, void*) {
+  if (env == nullptr || q == nullptr) return;
+  Napi::HandleScope scope(env);
+  (*q)->deliver(env, cb, (*q)->take());
+}
+using TokenTsfn = Napi::TypedThreadSafeFunction<TokenQueuePtr, void, deliver_tokens>;
+
+class GenerateWorker final : public ContextWorker {
+ public:
+  GenerateWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prompt, SamplerParams sp,
+                 int64_t max_tokens, std::vector<int32_t> stop, Napi::Function on_tokens)
+      : ContextWorker(env, std::move(s)), prompt_(std::move(prompt)), sp_(sp), max_tokens_(max_tokens),
+        stop_(std::move(stop)), queue_(std::make_shared<TokenQueue>()) {
+    queue_->state = s_;
+    if (!on_tokens.IsEmpty()) {
+      on_tokens_ = Napi::Persistent(on_tokens);
+      tsfn_ = TokenTsfn::New(env, on_tokens, "emollm.generate", 0, 1, new TokenQueuePtr(queue_),
+                             [](Napi::Env, void*, TokenQueuePtr* q) { delete q; });
+      has_tsfn_ = true;
+    }
+  }
+
+ protected:
+  void Run() override {
+    try {
+      decode();
+    } catch (...) {
+      release_tsfn();
+      throw;
+    }
+    release_tsfn();
+  }
+
+  void decode() {
+    LlamaContext& ctx = *s_->ctx;
+    const LlamaModel& m = ctx.model();
+    const std::atomic<bool>& abort = s_->abort;
+    Sampler sampler(sp_, ctx.n_vocab());
+    const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort);
+    s_->n_past.store(ctx.n_past());
+    if (!logits) { reason_ = "aborted"; return; }
+    std::vector<int32_t> history(prompt_);
+    const size_t most = size_t(std::min<int64_t>(max_tokens_, ctx.n_ctx())) + 1;
+    history.reserve(prompt_.size() + most);
+    out_.reserve(most);
+    for (;;) {
+      if (abort.load()) { reason_ = "aborted"; return; }
+      if (int64_t(out_.size()) >= max_tokens_) { reason_ = "max-tokens"; return; }
+      const int32_t t = sampler.sample(logits, history.data(), int64_t(history.size()));
+      if (m.is_eos(t)) { reason_ = "eos"; return; }
+      if (std::find(stop_.begin(), stop_.end(), t) != stop_.end()) { reason_ = "stop-token"; return; }
+      out_.push_back(t);
+      history.push_back(t);
+      push(t);
+      if (int64_t(out_.size()) >= max_tokens_) { reason_ = "max-tokens"; return; }
+      if (ctx.n_past() >= ctx.n_ctx()) { reason_ = "context-full"; return; }
+      logits = ctx.eval(&t, 1, nullptr, &abort);
+      s_->n_past.store(ctx.n_past());
+      if (!logits) { reason_ = "aborted"; return; }
+    }
+  }
+
+  void push(int32_t t) {
+    if (!has_tsfn_) return;
+    bool schedule = false;
+    {
+      std::lock_guard<std::mutex> lk(queue_->mu);
+      queue_->pending.push_back(t);
+      if (!queue_->scheduled) schedule = queue_->scheduled = true;
+    }
+    if (schedule) tsfn_.NonBlockingCall();
+  }
+  void release_tsfn() {
+    if (has_tsfn_ && !released_) {
+      released_ = true;
+      tsfn_.Release();
+    }
+  }
+
+  Napi::Value Resolve(Napi::Env env) override {
+    // Deliver whatever the thread-safe function has not delivered yet, in order, before settling.
+    if (!on_tokens_.IsEmpty()) queue_->deliver(env, on_tokens_.Value(), queue_->take());
+    if (queue_->js_failed.load()) throw Napi::Error(env, queue_->js_error.Value());
+    auto tokens = Napi::Int32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), tokens.Data());
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("tokens", tokens);
+    o.Set("stopReason", reason_);
+    return o;
+  }
+  void Finish(Napi::Env env) override {
+    if (queue_->js_failed.load() && !queue_->js_error.IsEmpty() && js_error_.IsEmpty())
+      js_error_ = Napi::Persistent(queue_->js_error.Value());
+    queue_->state.reset();
+    ContextWorker::Finish(env);
+  }
+
+ private:
+  std::vector<int32_t> prompt_;
+  SamplerParams sp_;
+  int64_t max_tokens_;
+  std::vector<int32_t> stop_;
+  TokenQueuePtr queue_;
+  Napi::FunctionReference on_tokens_;
+  TokenTsfn tsfn_;
+  bool has_tsfn_ = false, released_ = false;
+  std::vector<int32_t> out_;
+  std::string reason_ = "max-tokens";
+};
+
+// ---------------------------------------------------------------- Context
+
+class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "LlamaContext",
+                       {InstanceMethod<&ContextWrap::Eval>("eval"),
+                        InstanceMethod<&ContextWrap::Generate>("generate"),
+                        InstanceMethod<&ContextWrap::Abort>("abort"),
+                        InstanceMethod<&ContextWrap::Reset>("reset"),
+                        InstanceMethod<&ContextWrap::Close>("close"),
+                        InstanceAccessor<&ContextWrap::NPast>("nPast"),
+                        InstanceAccessor<&ContextWrap::NCtx>("nCtx")});
+  }
+  explicit ContextWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ContextWrap>(info) {
+    if (!tl_new_context) throw_invalid(info.Env(), "use model.createContext() to create a context");
+    s_ = *tl_new_context;
+    tl_new_context = nullptr;
+  }
+
+ private:
+  // Throws when closed; returns a rejected promise (in *busy_out) when busy.
+  bool check_usable(Napi::Env env, Napi::Value* rejected) {
+    if (s_->closed || !s_->ctx) throw closed_error(env, "context");
+    if (s_->busy) {
+      auto d = Napi::Promise::Deferred::New(env);
+      d.Reject(make_js_error(env, "ERR_INVALID_ARGUMENT", "context busy: an eval or generate call is still running on it").Value());
+      *rejected = d.Promise();
+      return false;
+    }
+    return true;
+  }
+
+  Napi::Value Eval(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Value rejected;
+    if (!check_usable(env, &rejected)) return rejected;
+    if (info.Length() < 1) throw_invalid(env, "eval expects tokens (Int32Array)");
+    std::vector<int32_t> tokens = int32_array(env, info[0], "tokens");
+    if (tokens.empty()) throw_invalid(env, "tokens must not be empty");
+    Napi::Object o = opt_object(info, 1, "options");
+    bool all = false;
+    if (has_opt(o, "allLogits")) {
+      if (!o.Get("allLogits").IsBoolean()) throw_invalid(env, "allLogits must be a boolean");
+      all = o.Get("allLogits").As<Napi::Boolean>().Value();
+    }
+    if (int64_t(tokens.size()) > s_->n_ctx)
+      throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
+    auto* w = new EvalWorker(env, s_, std::move(tokens), all);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Generate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Value rejected;
+    if (!check_usable(env, &rejected)) return rejected;
+    if (info.Length() < 1) throw_invalid(env, "generate expects a prompt (Int32Array)");
+    std::vector<int32_t> prompt = int32_array(env, info[0], "prompt");
+    if (prompt.empty()) throw_invalid(env, "prompt must not be empty");
+    if (int64_t(prompt.size()) > s_->n_ctx)
+      throw_invalid(env, "prompt of " + std::to_string(prompt.size()) + " tokens does not fit the context of " +
+                             std::to_string(s_->n_ctx));
+    Napi::Object o = opt_object(info, 1, "options");
+    SamplerParams sp;
+    sp.temperature = float(opt_number(env, o, "temperature", 0.8));
+    sp.top_k = int32_t(opt_int(env, o, "topK", 40, 0, int64_t(1) << 30));
+    sp.top_p = float(opt_number(env, o, "topP", 0.95));
+    sp.repetition_penalty = float(opt_number(env, o, "repetitionPenalty", 1.0));
+    sp.repeat_last_n = int32_t(opt_int(env, o, "repeatLastN", 64, -1, int64_t(1) << 30));
+    if (!(sp.repetition_penalty > 0) || !std::isfinite(sp.repetition_penalty))
+      throw_invalid(env, "repetitionPenalty must be a positive number");
+    if (!std::isfinite(sp.temperature) || sp.temperature < 0) throw_invalid(env, "temperature must be >= 0");
+    if (has_opt(o, "seed")) {
+      Napi::Value sv = o.Get("seed");
+      if (sv.IsBigInt()) {
+        bool lossless;
+        sp.seed = sv.As<Napi::BigInt>().Uint64Value(&lossless);
+      } else {
+        sp.seed = uint64_t(opt_int(env, o, "seed", 0, 0, int64_t(9007199254740991)));
+      }
+    } else {
+      std::random_device rd;
+      sp.seed = (uint64_t(rd()) << 32) ^ rd();
+    }
+    const int64_t max_tokens = opt_int(env, o, "maxTokens", int64_t(1) << 40, 0, int64_t(1) << 40);
+    std::vector<int32_t> stop;
+    if (has_opt(o, "stopTokens")) stop = int32_array(env, o.Get("stopTokens"), "stopTokens");
+    Napi::Function cb;
+    if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      if (!info[2].IsFunction()) throw_invalid(env, "onTokens must be a function");
+      cb = info[2].As<Napi::Function>();
+    }
+    auto* w = new GenerateWorker(env, s_, std::move(prompt), sp, max_tokens, std::move(stop), cb);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    if (s_->busy) s_->abort.store(true);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (s_->closed || !s_->ctx) throw closed_error(env, "context");
+    if (s_->busy) throw_invalid(env, "context busy: an eval or generate call is still running on it");
+    s_->ctx->reset();
+    s_->n_past.store(0);
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto d = Napi::Promise::Deferred::New(env);
+    s_->close_waiters.push_back(d);
+    close_context(env, *s_);
+    return d.Promise();
+  }
+
+  Napi::Value NPast(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(s_->n_past.load())); }
+  Napi::Value NCtx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(s_->n_ctx)); }
+
+  std::shared_ptr<ContextState> s_;
+};
+
+}  // namespace
+
+void register_model(Napi::Env env, Napi::Object exports) {
+  auto* c = new Constructors();
+  c->model = Napi::Persistent(ModelWrap::Define(env));
+  c->context = Napi::Persistent(ContextWrap::Define(env));
+  {
+    std::lock_guard<std::mutex> lk(g_ctor_mutex);
+    g_ctors[napi_env(env)] = c;
+  }
+  napi_env raw = env;
+  env.AddCleanupHook([raw]() {
+    std::lock_guard<std::mutex> lk(g_ctor_mutex);
+    auto it = g_ctors.find(raw);
+    if (it != g_ctors.end()) {
+      delete it->second;
+      g_ctors.erase(it);
+    }
+  });
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+}
+
+}  // namespace emollm::addon

@@ -1,0 +1,489 @@
+// The LLaMA decoder: loading (Hugging Face safetensors or GGUF -> one LlamaModel) and the forward
+// pass (LlamaContext::forward), llama2.c style. See llama.h for the contracts.
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <sys/stat.h>
+
+#include "core/error.h"
+#include "loaders/gguf.h"
+#include "loaders/hf_config.h"
+#include "loaders/json.h"
+#include "loaders/safetensors.h"
+
+namespace emollm {
+
+bool LlamaModel::is_eos(int32_t id) const {
+  return std::find(hp_.eos_ids.begin(), hp_.eos_ids.end(), id) != hp_.eos_ids.end();
+}
+
+// ================================================================ loading
+
+namespace {
+
+bool is_directory(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+std::string dir_of(const std::string& p) {
+  size_t slash = p.find_last_of('/');
+  return slash == std::string::npos ? std::string(".") : p.substr(0, slash);
+}
+// True when the file starts with the GGUF magic. Throws FileNotFound when it cannot be opened.
+bool has_gguf_magic(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw Error(ErrorCode::FileNotFound, "cannot open model file", path);
+  char magic[4] = {0, 0, 0, 0};
+  size_t got = std::fread(magic, 1, 4, f);
+  std::fclose(f);
+  return got == 4 && std::memcmp(magic, "GGUF", 4) == 0;
+}
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// HF rope_scaling "llama3" (transformers' _compute_llama3_parameters), in double.
+std::vector<float> llama3_inv_freq(double theta, int64_t rot_dim, const RopeScaling& rs) {
+  const double factor = rs.factor, lo = rs.low_freq_factor, hi = rs.high_freq_factor;
+  const double old_ctx = double(rs.original_max_position_embeddings);
+  const double lo_wavelen = old_ctx / lo, hi_wavelen = old_ctx / hi;
+  const double pi = 3.14159265358979323846;
+  std::vector<float> out(size_t(rot_dim / 2));
+  for (int64_t i = 0; i < rot_dim / 2; ++i) {
+    const double f = std::pow(theta, -double(2 * i) / double(rot_dim));
+    const double wavelen = 2 * pi / f;
+    double r;
+    if (wavelen < hi_wavelen) r = f;                     // high frequency: unchanged
+    else if (wavelen > lo_wavelen) r = f / factor;       // low frequency: scaled
+    else {                                               // in between: smooth blend
+      const double smooth = (old_ctx / wavelen - lo) / (hi - lo);
+      r = (1 - smooth) * f / factor + smooth * f;
+    }
+    out[size_t(i)] = float(r);
+  }
+  return out;
+}
+
+}  // namespace
+
+struct LlamaLoader {
+  LlamaModel& m;
+  const WeightStore& ws;
+
+  [[noreturn]] void malformed(const std::string& msg) const { throw Error(ErrorCode::MalformedFile, msg, ws.source()); }
+
+  const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorInfo& t = ws.get(name);  // MalformedFile naming the tensor when absent
+    if (t.shape != shape)
+      malformed("tensor " + name + " has shape " + shape_str(t.shape) + ", expected " + shape_str(shape) +
+                " from the model's hyperparameters");
+    t.compute_view();  // Unsupported for dtypes we cannot compute with
+    return t;
+  }
+  LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols) const {
+    const TensorInfo& t = tensor(name, {rows, cols});
+    if (cols % dtype_block_elems(t.dtype) != 0) malformed("tensor " + name + ": row length not a multiple of the block size");
+    return LlamaWeight{t.data, t.dtype, rows, cols};
+  }
+  // A 1-D f32 vector of n, converted once when stored in another dtype.
+  const float* vec(const std::string& name, int64_t n) const {
+    const TensorInfo& t = tensor(name, {n});
+    if (t.dtype == DType::F32) return reinterpret_cast<const float*>(t.data);
+    m.converted_.emplace_back(size_t(n));
+    dequantize_row(t.dtype, t.data, m.converted_.back().data(), n);
+    return m.converted_.back().data();
+  }
+  const float* opt_vec(const std::string& name, int64_t n, bool want) const {
+    return want ? vec(name, n) : nullptr;
+  }
+
+  void check_hparams(ErrorCode code) const {
+    const LlamaHparams& h = m.hp_;
+    auto bad = [&](const std::string& msg) { throw Error(code, "invalid hyperparameters: " + msg, ws.source()); };
+    if (h.n_embd <= 0 || h.n_layer <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.n_ff <= 0 || h.head_dim <= 0)
+      bad("sizes must be positive");
+    if (h.n_head % h.n_head_kv != 0)
+      bad("n_head " + std::to_string(h.n_head) + " is not a multiple of n_head_kv " + std::to_string(h.n_head_kv));
+    if (h.rope_dim <= 0 || h.rope_dim > h.head_dim || h.rope_dim % 2 != 0)
+      bad("rope dimension " + std::to_string(h.rope_dim) + " must be even and <= head_dim " + std::to_string(h.head_dim));
+    if (!(h.rope_theta > 0)) bad("rope theta must be > 0");
+    if (!(h.rms_eps >= 0)) bad("rms norm epsilon must be >= 0");
+  }
+};
+
+std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const LlamaLoadOptions& opts) {
+  auto m = std::make_shared<LlamaModel>();
+  std::string path = path_in;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  LlamaHparams& hp = m->hp_;
+
+  const bool dir = is_directory(path);
+  if (!dir && has_gguf_magic(path)) {
+    // ---------------------------------------------------------------- GGUF
+    auto g = std::make_unique<GgufFile>(GgufFile::open(path));
+    const GgufFile& f = *g;
+    m->format_ = "gguf";
+    m->source_ = path;
+    m->arch_ = f.get_string_or("general.architecture", "");
+    if (m->arch_ != "llama")
+      throw Error(ErrorCode::Unsupported,
+                  "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\")", path);
+    const std::string a = "llama.";
+    hp.n_embd = f.get_u32(a + "embedding_length");
+    hp.n_layer = f.get_u32(a + "block_count");
+    hp.n_ff = f.get_u32(a + "feed_forward_length");
+    hp.n_head = f.get_u32(a + "attention.head_count");
+    hp.n_head_kv = f.get_u32_or(a + "attention.head_count_kv", uint32_t(hp.n_head));
+    hp.head_dim = hp.n_head > 0 ? hp.n_embd / hp.n_head : 0;
+    hp.head_dim = f.get_u32_or(a + "attention.key_length", uint32_t(hp.head_dim));
+    hp.rms_eps = f.get_f32_or(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+    hp.rope_theta = f.get_f32_or(a + "rope.freq_base", 10000.0f);
+    hp.rope_dim = f.get_u32_or(a + "rope.dimension_count", uint32_t(hp.head_dim));
+    hp.n_ctx_train = f.get_u32_or(a + "context_length", 2048);
+    hp.rope_layout = RopeLayout::Interleaved;  // llama.cpp's converter permuted q/k for it
+    std::string scaling = f.get_string_or(a + "rope.scaling.type", "none");
+    float factor = f.get_f32_or(a + "rope.scaling.factor", 0.0f);
+    if (f.has(a + "rope.scale_linear")) {  // older key
+      scaling = "linear";
+      factor = f.get_f32(a + "rope.scale_linear");
+    }
+    if (scaling == "linear") {
+      if (factor > 0 && factor != 1.0f) {
+        hp.rope_freq_scale = 1.0f / factor;
+        hp.rope_scaling = "linear";
+      }
+    } else if (scaling != "none" && !scaling.empty()) {
+      throw Error(ErrorCode::Unsupported, "rope scaling type \"" + scaling + "\" is not supported (none, linear)", path);
+    }
+    if (f.has("tokenizer.ggml.bos_token_id")) hp.bos_id = int32_t(f.get_u32("tokenizer.ggml.bos_token_id"));
+    if (f.has("tokenizer.ggml.eos_token_id")) hp.eos_ids.push_back(int32_t(f.get_u32("tokenizer.ggml.eos_token_id")));
+    if (f.has("tokenizer.ggml.eot_token_id")) {
+      int32_t eot = int32_t(f.get_u32("tokenizer.ggml.eot_token_id"));
+      if (std::find(hp.eos_ids.begin(), hp.eos_ids.end(), eot) == hp.eos_ids.end()) hp.eos_ids.push_back(eot);
+    }
+    const TensorInfo& emb = f.get("token_embd.weight");
+    if (emb.shape.size() != 2 || emb.shape[1] != hp.n_embd)
+      throw Error(ErrorCode::MalformedFile, "tensor token_embd.weight has shape " + shape_str(emb.shape) +
+                                                ", expected [n_vocab, " + std::to_string(hp.n_embd) + "]", path);
+    hp.n_vocab = emb.shape[0];
+
+    LlamaLoader L{*m, f};
+    L.check_hparams(ErrorCode::MalformedFile);
+    const int64_t E = hp.n_embd, qd = hp.n_head * hp.head_dim, kvd = hp.n_head_kv * hp.head_dim;
+    m->tok_embd = L.mat("token_embd.weight", hp.n_vocab, E);
+    for (int64_t i = 0; i < hp.n_layer; ++i) {
+      const std::string p = "blk." + std::to_string(i) + ".";
+      LlamaLayer l;
+      l.attn_norm = L.vec(p + "attn_norm.weight", E);
+      l.wq = L.mat(p + "attn_q.weight", qd, E);
+      l.wk = L.mat(p + "attn_k.weight", kvd, E);
+      l.wv = L.mat(p + "attn_v.weight", kvd, E);
+      l.wo = L.mat(p + "attn_output.weight", E, qd);
+      // Optional biases (some llama-arch GGUFs carry them).
+      if (f.find(p + "attn_q.bias")) l.bq = L.vec(p + "attn_q.bias", qd);
+      if (f.find(p + "attn_k.bias")) l.bk = L.vec(p + "attn_k.bias", kvd);
+      if (f.find(p + "attn_v.bias")) l.bv = L.vec(p + "attn_v.bias", kvd);
+      if (f.find(p + "attn_output.bias")) l.bo = L.vec(p + "attn_output.bias", E);
+      l.ffn_norm = L.vec(p + "ffn_norm.weight", E);
+      l.w_gate = L.mat(p + "ffn_gate.weight", hp.n_ff, E);
+      l.w_up = L.mat(p + "ffn_up.weight", hp.n_ff, E);
+      l.w_down = L.mat(p + "ffn_down.weight", E, hp.n_ff);
+      m->layers.push_back(l);
+    }
+    m->output_norm = L.vec("output_norm.weight", E);
+    if (f.find("output.weight")) {
+      m->output = L.mat("output.weight", hp.n_vocab, E);
+    } else {
+      m->output = m->tok_embd;
+      m->tied_output = true;
+    }
+    // LLaMA-3 style scaling is stored by llama.cpp as per-frequency divisors.
+    if (f.find("rope_freqs.weight")) {
+      const float* ff = L.vec("rope_freqs.weight", hp.rope_dim / 2);
+      m->rope_inv_freq.resize(size_t(hp.rope_dim / 2));
+      for (int64_t i = 0; i < hp.rope_dim / 2; ++i)
+        m->rope_inv_freq[size_t(i)] =
+            float(std::pow(double(hp.rope_theta), -double(2 * i) / double(hp.rope_dim)) / double(ff[i]));
+      hp.rope_scaling = "freq-factors";
+    }
+    m->store_ = std::move(g);
+  } else {
+    // ---------------------------------------------------------------- Hugging Face folder
+    std::string folder = dir ? path : dir_of(path);
+    const std::string cfg_path = folder + "/config.json";
+    JsonValue root = load_json_file(cfg_path);
+    const JsonValue* mt = root.find("model_type");
+    m->arch_ = mt && mt->is_string() ? mt->as_string() : std::string();
+    if (m->arch_ != "llama" && m->arch_ != "mistral")
+      throw Error(ErrorCode::Unsupported,
+                  "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\" or \"mistral\")",
+                  cfg_path);
+    const LlamaConfig c = parse_llama_config(root, cfg_path);
+    if (c.hidden_act != "silu")
+      throw Error(ErrorCode::Unsupported, "hidden_act \"" + c.hidden_act + "\" is not supported (silu)", cfg_path);
+    hp.n_vocab = c.vocab_size;
+    hp.n_embd = c.hidden_size;
+    hp.n_layer = c.num_hidden_layers;
+    hp.n_head = c.num_attention_heads;
+    hp.n_head_kv = c.num_key_value_heads;
+    hp.head_dim = c.head_dim;
+    hp.n_ff = c.intermediate_size;
+    hp.n_ctx_train = c.max_position_embeddings;
+    hp.rms_eps = float(c.rms_norm_eps);
+    hp.rope_theta = float(c.rope_theta);
+    hp.rope_dim = c.head_dim;
+    hp.rope_layout = RopeLayout::RotateHalf;
+    hp.sliding_window = c.sliding_window;
+    const RopeScaling& rs = c.rope_scaling;
+    if (rs.rope_type == "linear") {
+      hp.rope_freq_scale = float(1.0 / rs.factor);
+      hp.rope_scaling = "linear";
+    } else if (rs.rope_type == "llama3") {
+      if (rs.original_max_position_embeddings <= 0 || !(rs.high_freq_factor != rs.low_freq_factor))
+        throw Error(ErrorCode::BadConfig, "rope_scaling llama3 needs original_max_position_embeddings and distinct freq factors", cfg_path);
+      m->rope_inv_freq = llama3_inv_freq(c.rope_theta, hp.rope_dim, rs);
+      hp.rope_scaling = "llama3";
+    } else if (rs.rope_type != "default") {
+      throw Error(ErrorCode::Unsupported, "rope_scaling type \"" + rs.rope_type + "\" is not supported (linear, llama3)", cfg_path);
+    }
+    if (!c.bos_token_id.empty()) hp.bos_id = int32_t(c.bos_token_id[0]);
+    for (int64_t e : c.eos_token_id) hp.eos_ids.push_back(int32_t(e));
+
+    auto st = std::make_unique<SafetensorsStore>(SafetensorsStore::open(folder));
+    m->format_ = "safetensors";
+    m->source_ = folder;
+    LlamaLoader L{*m, *st};
+    L.check_hparams(ErrorCode::BadConfig);
+    const int64_t E = hp.n_embd, qd = hp.n_head * hp.head_dim, kvd = hp.n_head_kv * hp.head_dim;
+    m->tok_embd = L.mat("model.embed_tokens.weight", hp.n_vocab, E);
+    for (int64_t i = 0; i < hp.n_layer; ++i) {
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      LlamaLayer l;
+      l.attn_norm = L.vec(p + "input_layernorm.weight", E);
+      l.wq = L.mat(p + "self_attn.q_proj.weight", qd, E);
+      l.wk = L.mat(p + "self_attn.k_proj.weight", kvd, E);
+      l.wv = L.mat(p + "self_attn.v_proj.weight", kvd, E);
+      l.wo = L.mat(p + "self_attn.o_proj.weight", E, qd);
+      l.bq = L.opt_vec(p + "self_attn.q_proj.bias", qd, c.attention_bias);
+      l.bk = L.opt_vec(p + "self_attn.k_proj.bias", kvd, c.attention_bias);
+      l.bv = L.opt_vec(p + "self_attn.v_proj.bias", kvd, c.attention_bias);
+      l.bo = L.opt_vec(p + "self_attn.o_proj.bias", E, c.attention_bias);
+      l.ffn_norm = L.vec(p + "post_attention_layernorm.weight", E);
+      l.w_gate = L.mat(p + "mlp.gate_proj.weight", hp.n_ff, E);
+      l.w_up = L.mat(p + "mlp.up_proj.weight", hp.n_ff, E);
+      l.w_down = L.mat(p + "mlp.down_proj.weight", E, hp.n_ff);
+      l.b_gate = L.opt_vec(p + "mlp.gate_proj.bias", hp.n_ff, c.mlp_bias);
+      l.b_up = L.opt_vec(p + "mlp.up_proj.bias", hp.n_ff, c.mlp_bias);
+      l.b_down = L.opt_vec(p + "mlp.down_proj.bias", E, c.mlp_bias);
+      m->layers.push_back(l);
+    }
+    m->output_norm = L.vec("model.norm.weight", E);
+    if (c.tie_word_embeddings) {
+      m->output = m->tok_embd;
+      m->tied_output = true;
+    } else {
+      m->output = L.mat("lm_head.weight", hp.n_vocab, E);
+    }
+    m->store_ = std::move(st);
+  }
+  if (!m->rope_inv_freq.empty() && int64_t(m->rope_inv_freq.size()) != hp.rope_dim / 2)
+    throw Error(ErrorCode::Internal, "rope inv_freq size mismatch");
+
+  BackendOptions bo;
+  bo.device = opts.device;
+  bo.threads = opts.threads;
+  // A tiny model (stories260K) runs faster on one thread than paying a pool hand-off per kernel.
+  size_t weight_bytes = 0;
+  for (const auto& t : m->store_->tensors()) weight_bytes += t.nbytes;
+  if (bo.threads == 0 && weight_bytes < (size_t(8) << 20)) bo.threads = 1;
+  m->backend_ = make_backend(bo);
+  if (!m->backend_->uses_host_memory())
+    throw Error(ErrorCode::Unsupported, "the LLaMA decoder runs only on backends that use host memory for now");
+  return m;
+}
+
+// ================================================================ context
+
+namespace {
+
+int64_t default_n_ctx(const LlamaModel& m, int64_t n_ctx) {
+  if (n_ctx > 0) return n_ctx;
+  const int64_t train = m.hparams().n_ctx_train;
+  return train > 0 ? std::min<int64_t>(train, 4096) : 4096;
+}
+int64_t default_n_batch(int64_t n_ctx, int64_t n_batch) {
+  return std::min<int64_t>(n_ctx, n_batch > 0 ? n_batch : 512);
+}
+size_t floats_bytes(int64_t n) { return size_t(n) * sizeof(float) + kAlign; }
+
+// Every byte a context allocates, so its arena is one block allocated once.
+size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch) {
+  const LlamaHparams& h = m.hparams();
+  const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
+  size_t b = 2 * floats_bytes(h.n_layer * n_ctx * kvd);                            // K and V caches
+  b += 2 * floats_bytes(n_batch * h.n_embd);                                         // x, xn
+  b += 2 * floats_bytes(n_batch * qd);                                               // q, att
+  b += floats_bytes(n_batch * std::max(h.n_embd, qd));                               // tmp
+  b += 2 * floats_bytes(n_batch * h.n_ff);                                           // gate, up
+  b += size_t(n_batch) * sizeof(int32_t) + kAlign;                                   // positions
+  b += floats_bytes(h.n_vocab);                                                      // logits
+  return b;
+}
+
+// y += x over n floats. (The Backend has no elementwise add yet; host memory on the CPU backend.)
+void add_inplace(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+}  // namespace
+
+LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts)
+    : model_(std::move(model)),
+      n_ctx_(default_n_ctx(*model_, opts.n_ctx)),
+      n_batch_(default_n_batch(n_ctx_, opts.n_batch)),
+      arena_(context_bytes(*model_, n_ctx_, n_batch_)) {
+  const LlamaHparams& h = model_->hparams();
+  EMOLLM_CHECK_ARG(opts.n_ctx >= 0 && opts.n_batch >= 0, "n_ctx and n_batch must be >= 0");
+  EMOLLM_CHECK_ARG(n_ctx_ <= (int64_t(1) << 24), "n_ctx " + std::to_string(n_ctx_) + " is too large");
+  if (h.sliding_window > 0 && n_ctx_ > h.sliding_window)
+    throw Error(ErrorCode::Unsupported, "n_ctx " + std::to_string(n_ctx_) + " exceeds the model's sliding_window " +
+                                            std::to_string(h.sliding_window) + ", which is not implemented");
+  const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
+  k_cache_ = arena_.alloc_array<float>(size_t(h.n_layer * n_ctx_ * kvd));
+  v_cache_ = arena_.alloc_array<float>(size_t(h.n_layer * n_ctx_ * kvd));
+  x_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_embd));
+  xn_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_embd));
+  q_ = arena_.alloc_array<float>(size_t(n_batch_ * qd));
+  att_ = arena_.alloc_array<float>(size_t(n_batch_ * qd));
+  tmp_ = arena_.alloc_array<float>(size_t(n_batch_ * std::max(h.n_embd, qd)));
+  gate_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_ff));
+  up_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_ff));
+  pos_ = arena_.alloc_array<int32_t>(size_t(n_batch_));
+  logits_ = arena_.alloc_array<float>(size_t(h.n_vocab));
+  tokens_.reserve(size_t(n_ctx_));
+}
+
+void LlamaContext::truncate(int64_t n) {
+  EMOLLM_CHECK_ARG(n >= 0 && n <= n_past(), "truncate: " + std::to_string(n) + " is outside [0, n_past]");
+  tokens_.resize(size_t(n));
+  if (n == 0) has_logits_ = false;
+}
+
+const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_logits, const std::atomic<bool>* abort) {
+  EMOLLM_CHECK_ARG(n > 0 && tokens != nullptr, "eval: no tokens");
+  if (n_past() + n > n_ctx_)
+    throw Error(ErrorCode::InvalidArgument, "eval: " + std::to_string(n) + " tokens after " + std::to_string(n_past()) +
+                                                " cached do not fit the context of " + std::to_string(n_ctx_) + " tokens");
+  const int64_t vocab = model_->hparams().n_vocab;
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      throw Error(ErrorCode::InvalidArgument, "eval: token id " + std::to_string(tokens[i]) + " (at index " +
+                                                  std::to_string(i) + ") is outside [0, " + std::to_string(vocab) + ")");
+  const int64_t start = n_past();
+  for (int64_t off = 0; off < n; off += n_batch_) {
+    const int64_t b = std::min(n_batch_, n - off);
+    if (!forward(tokens + off, b, start + off, all_logits ? all_logits + off * vocab : nullptr, abort)) {
+      tokens_.resize(size_t(start));
+      return nullptr;
+    }
+    tokens_.insert(tokens_.end(), tokens + off, tokens + off + b);
+  }
+  has_logits_ = true;
+  return logits_;
+}
+
+const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort) {
+  EMOLLM_CHECK_ARG(n > 0 && prompt != nullptr, "eval_prompt: empty prompt");
+  int64_t common = 0;
+  const int64_t limit = std::min(n, n_past());
+  while (common < limit && tokens_[size_t(common)] == prompt[common]) ++common;
+  if (common == n) --common;  // always re-evaluate the last prompt token for its logits
+  if (n > n_ctx_)
+    throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
+                                                std::to_string(n_ctx_) + " tokens");
+  truncate(common);
+  return eval(prompt + common, n - common, nullptr, abort);
+}
+
+// ---------------------------------------------------------------- the forward pass
+// n tokens at positions pos0..pos0+n-1 (n <= n_batch); K/V of these positions are written into
+// the cache. Writes the last token's logits to logits_ (and all rows to all_logits when given).
+bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
+                           const std::atomic<bool>* abort) {
+  const LlamaModel& m = *model_;
+  const LlamaHparams& h = m.hparams();
+  Backend& be = m.backend();
+  const int64_t E = h.n_embd, D = h.head_dim, H = h.n_head, Hkv = h.n_head_kv, F = h.n_ff;
+  const int64_t qd = H * D, kvd = Hkv * D, V = h.n_vocab;
+
+  RopeParams rp;
+  rp.head_dim = D;
+  rp.rot_dim = h.rope_dim;
+  rp.theta = h.rope_theta;
+  rp.freq_scale = h.rope_freq_scale;
+  rp.inv_freq = m.rope_inv_freq.empty() ? nullptr : m.rope_inv_freq.data();
+  rp.layout = h.rope_layout;
+
+  AttentionParams ap;
+  ap.n_q = n;
+  ap.n_kv = pos0 + n;
+  ap.n_heads = H;
+  ap.n_kv_heads = Hkv;
+  ap.head_dim = D;
+  ap.ldq = qd; ap.ldk = kvd; ap.ldv = kvd; ap.ldo = qd;
+  ap.causal = true;
+  ap.q_pos0 = pos0;
+
+  for (int64_t t = 0; t < n; ++t) pos_[t] = int32_t(pos0 + t);
+
+  // token embeddings -> residual stream x [n, E]
+  be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, tokens, n, x_, E);
+
+  for (int64_t l = 0; l < h.n_layer; ++l) {
+    if (abort && abort->load(std::memory_order_relaxed)) return false;
+    const LlamaLayer& L = m.layers[size_t(l)];
+    float* kc = k_cache_ + l * n_ctx_ * kvd;  // this layer's cache, [n_ctx, kvd]
+    float* vc = v_cache_ + l * n_ctx_ * kvd;
+
+    // ---- attention: xn = rmsnorm(x); q, k, v projections (k, v straight into the cache)
+    be.rmsnorm(x_, E, L.attn_norm, xn_, E, n, E, h.rms_eps);
+    be.gemm(xn_, E, L.wq.data, L.wq.dtype, L.bq, q_, qd, n, qd, E);
+    be.gemm(xn_, E, L.wk.data, L.wk.dtype, L.bk, kc + pos0 * kvd, kvd, n, kvd, E);
+    be.gemm(xn_, E, L.wv.data, L.wv.dtype, L.bv, vc + pos0 * kvd, kvd, n, kvd, E);
+    be.rope(q_, qd, n, H, pos_, rp);
+    be.rope(kc + pos0 * kvd, kvd, n, Hkv, pos_, rp);
+    // causal GQA attention over cache positions 0..pos0+n-1
+    be.attention(q_, kc, vc, att_, ap);
+    // output projection, residual
+    be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);
+    add_inplace(x_, tmp_, n * E);
+
+    // ---- MLP: x += down(silu(gate(xn)) * up(xn)), xn = rmsnorm(x)
+    be.rmsnorm(x_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
+    be.gemm(xn_, E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate_, F, n, F, E);
+    be.gemm(xn_, E, L.w_up.data, L.w_up.dtype, L.b_up, up_, F, n, F, E);
+    be.swiglu(gate_, up_, gate_, n * F);
+    be.gemm(gate_, F, L.w_down.data, L.w_down.dtype, L.b_down, tmp_, E, n, E, F);
+    add_inplace(x_, tmp_, n * E);
+  }
+  if (abort && abort->load(std::memory_order_relaxed)) return false;
+
+  // ---- final norm and classifier
+  if (all_logits) {
+    be.rmsnorm(x_, E, m.output_norm, xn_, E, n, E, h.rms_eps);
+    be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, all_logits, V, n, V, E);
+    std::memcpy(logits_, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
+  } else {
+    const float* last = x_ + (n - 1) * E;
+    be.rmsnorm(last, E, m.output_norm, xn_, E, 1, E, h.rms_eps);
+    be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, logits_, V, 1, V, E);
+  }
+  return true;
+}
+
+}  // namespace emollm

@@ -1,0 +1,168 @@
+// The LLaMA-architecture decoder (LLaMA, LLaMA-2/3, Vicuna, Mistral without sliding window, any
+// GQA variant): one internal model struct loaded from either a Hugging Face folder
+// (config.json + safetensors, single or sharded) or a GGUF file (general.architecture "llama"),
+// and a context that evaluates one token sequence with a KV cache.
+//
+// Weights are used in place from the mmap (f32, f16, bf16, q8_0, q4_0); only small 1-D tensors
+// (norm weights, biases) that are not f32 are converted once at load. The forward pass is in
+// llama.cpp (llama2.c style: one readable function) and calls only the Backend interface.
+//
+// RoPE layout: Hugging Face checkpoints store q/k for rotate-half RoPE; llama.cpp's converters
+// permute q/k so GGUF llama uses the interleaved layout (pairs 2i, 2i+1).
+//
+// Threading: a LlamaModel is immutable after load and may be shared by any number of contexts
+// on any threads. Its backend's compute pool serialises kernel calls made from different
+// threads (ThreadPool::run), so two contexts may eval concurrently; they interleave kernel by
+// kernel. A LlamaContext is used by one thread at a time.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/backend.h"
+#include "core/dtype.h"
+#include "loaders/weight_store.h"
+
+namespace emollm {
+
+struct LlamaHparams {
+  int64_t n_vocab = 0;
+  int64_t n_embd = 0;
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t n_head_kv = 0;
+  int64_t head_dim = 0;
+  int64_t n_ff = 0;
+  int64_t n_ctx_train = 0;
+  float rms_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  int64_t rope_dim = 0;             // dims rotated per head (0 = head_dim)
+  float rope_freq_scale = 1.0f;     // linear scaling: 1 / factor
+  std::string rope_scaling = "none";  // "none", "linear", "llama3", "freq-factors" (GGUF rope_freqs)
+  RopeLayout rope_layout = RopeLayout::RotateHalf;
+  int64_t sliding_window = 0;       // mistral; contexts larger than it are refused
+  int32_t bos_id = -1;              // -1 when unknown
+  std::vector<int32_t> eos_ids;     // empty when unknown
+};
+
+// A weight matrix of `rows` x `cols` (N x K in gemm terms), pointing into the mmap.
+struct LlamaWeight {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+};
+
+struct LlamaLayer {
+  const float* attn_norm = nullptr;
+  LlamaWeight wq, wk, wv, wo;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr, *bo = nullptr;  // attention_bias
+  const float* ffn_norm = nullptr;
+  LlamaWeight w_gate, w_up, w_down;
+  const float *b_gate = nullptr, *b_up = nullptr, *b_down = nullptr;      // mlp_bias
+};
+
+struct LlamaLoadOptions {
+  int threads = 0;  // compute threads of the model's backend; 0 = physical cores (1 for models under 8 MiB)
+  DeviceKind device = DeviceKind::Cpu;
+};
+
+class LlamaModel {
+ public:
+  // `path`: a Hugging Face folder (or its config.json), or a .gguf file.
+  // Errors: FileNotFound; Unsupported naming an architecture / rope scaling / activation we do
+  // not run; MalformedFile naming a missing tensor or a shape that contradicts the hparams;
+  // BadConfig from config.json.
+  static std::shared_ptr<LlamaModel> load(const std::string& path, const LlamaLoadOptions& opts = {});
+
+  const LlamaHparams& hparams() const { return hp_; }
+  const std::string& format() const { return format_; }  // "safetensors" or "gguf"
+  const std::string& arch() const { return arch_; }      // "llama" / "mistral"
+  const std::string& source() const { return source_; }
+  Backend& backend() const { return *backend_; }
+  bool is_eos(int32_t id) const;
+
+  // ---- weights (public for the forward pass in llama.cpp; read-only)
+  LlamaWeight tok_embd;
+  std::vector<LlamaLayer> layers;
+  const float* output_norm = nullptr;
+  LlamaWeight output;  // == tok_embd when tied
+  bool tied_output = false;
+  std::vector<float> rope_inv_freq;  // rope_dim/2 entries when rope_scaling needs them, else empty
+
+  LlamaModel() = default;
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
+
+ private:
+  friend struct LlamaLoader;
+  LlamaHparams hp_;
+  std::string format_, arch_, source_;
+  std::unique_ptr<WeightStore> store_;               // keeps the mapped files alive
+  std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
+  std::unique_ptr<Backend> backend_;
+};
+
+struct LlamaContextOptions {
+  int64_t n_ctx = 0;    // KV cache positions; 0 = min(n_ctx_train, 4096)
+  int64_t n_batch = 0;  // most tokens per forward pass (prefill chunk); 0 = min(n_ctx, 512)
+};
+
+// One sequence: a KV cache of n_ctx positions and all scratch memory, allocated once here.
+class LlamaContext {
+ public:
+  LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts = {});
+  LlamaContext(const LlamaContext&) = delete;
+  LlamaContext& operator=(const LlamaContext&) = delete;
+
+  const LlamaModel& model() const { return *model_; }
+  int64_t n_ctx() const { return n_ctx_; }
+  int64_t n_batch() const { return n_batch_; }
+  int64_t n_vocab() const { return model_->hparams().n_vocab; }
+  int64_t n_past() const { return int64_t(tokens_.size()); }
+  // The tokens whose keys/values are in the cache, positions 0..n_past-1.
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+
+  // Evaluates n tokens at positions n_past..n_past+n-1 (prefill in chunks of n_batch through
+  // gemm; one token through gemv) and appends them to the cache. Returns the logits of the last
+  // token (n_vocab floats, valid until the next eval). When all_logits is non-null it receives
+  // n x n_vocab logits, one row per token. Throws InvalidArgument when n_past + n > n_ctx or a
+  // token id is out of range. When *abort becomes true (checked between layers) it returns
+  // nullptr and the cache is left as before the call.
+  const float* eval(const int32_t* tokens, int64_t n, float* all_logits = nullptr,
+                    const std::atomic<bool>* abort = nullptr);
+
+  // Prefix reuse: keeps the longest common prefix of `prompt` and the cached tokens (truncating
+  // the cache there), then evaluates the rest. The last prompt token is always (re)evaluated so
+  // there are logits to return. Returns the last token's logits (nullptr when aborted).
+  const float* eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr);
+
+  // Logits of the last evaluated token (n_vocab floats); nullptr before any eval.
+  const float* logits() const { return has_logits_ ? logits_ : nullptr; }
+  // Drops cache positions >= n (n <= n_past).
+  void truncate(int64_t n);
+  void reset() { truncate(0); }
+  size_t memory_bytes() const { return arena_.bytes_reserved(); }
+
+ private:
+  bool forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
+               const std::atomic<bool>* abort);
+
+  std::shared_ptr<const LlamaModel> model_;
+  int64_t n_ctx_ = 0, n_batch_ = 0;
+  std::vector<int32_t> tokens_;
+  Arena arena_;
+  // KV cache, per layer [n_ctx, n_head_kv * head_dim] f32
+  float* k_cache_ = nullptr;
+  float* v_cache_ = nullptr;
+  // scratch for n_batch tokens
+  float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *tmp_ = nullptr;
+  float *gate_ = nullptr, *up_ = nullptr;
+  int32_t* pos_ = nullptr;
+  float* logits_ = nullptr;
+  bool has_logits_ = false;
+};
+
+}  // namespace emollm
