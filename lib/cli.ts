@@ -9,6 +9,7 @@ import { join } from 'node:path';
 
 import { EmollmError } from './errors.js';
 import { cpuInfo } from './kernels.js';
+import { loadModel, type GenerateOptions, type LoadModelOptions } from './model.js';
 import { native } from './native.js';
 
 const USAGE = `usage: emollm <command>
@@ -17,6 +18,10 @@ commands:
   info                   CPU features, instruction-set level and threads the kernels use
   inspect <path>         tensors and metadata of a .gguf, a .safetensors, or a model folder
                          (config.json + model.safetensors[.index.json])
+  generate <model> [prompt]
+                         stream a continuation from a .gguf or a Hugging Face folder
+    --max-tokens N       (default 128)   --temperature T (default 0: greedy)   --seed S
+    --context N          KV cache size   --threads N     --tokenizer PATH (folder without tokenizer.json)
 options:
   --json                 machine-readable output
   -h, --help             this help`;
@@ -65,6 +70,56 @@ async function inspect(path: string, json: boolean): Promise<void> {
   if (tensors.length > 40) console.log(`  ... ${tensors.length - 40} more (--json lists all)`);
 }
 
+/** Removes `--name value` from args and returns the value. */
+function takeOption(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i < 0) return undefined;
+  const v = args[i + 1];
+  if (v === undefined) throw new EmollmError('ERR_INVALID_ARGUMENT', `${name} needs a value`);
+  args.splice(i, 2);
+  return v;
+}
+
+function takeNumber(args: string[], name: string): number | undefined {
+  const v = takeOption(args, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new EmollmError('ERR_INVALID_ARGUMENT', `${name} must be a number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+async function generate(args: string[]): Promise<void> {
+  const load: LoadModelOptions = {};
+  const gen: GenerateOptions = { maxTokens: takeNumber(args, '--max-tokens') ?? 128 };
+  const temperature = takeNumber(args, '--temperature');
+  const seed = takeNumber(args, '--seed');
+  const context = takeNumber(args, '--context');
+  const threads = takeNumber(args, '--threads');
+  const tokenizer = takeOption(args, '--tokenizer');
+  if (temperature !== undefined) gen.temperature = temperature;
+  if (seed !== undefined) gen.seed = seed;
+  if (context !== undefined) load.contextSize = context;
+  if (threads !== undefined) load.threads = threads;
+  if (tokenizer !== undefined) load.tokenizer = tokenizer;
+  const [path, prompt = ''] = args;
+  if (!path) throw new EmollmError('ERR_INVALID_ARGUMENT', 'generate needs a model path');
+  const ac = new AbortController();
+  process.once('SIGINT', () => ac.abort());
+  gen.signal = ac.signal;
+  const model = await loadModel(path, load);
+  try {
+    const ids = prompt === '' && model.tokenizer.bosId !== undefined ? [model.tokenizer.bosId] : prompt;
+    process.stdout.write(prompt);
+    const g = model.generate(ids, gen);
+    for await (const chunk of g) process.stdout.write(chunk.text);
+    const r = await g.result;
+    process.stdout.write('\n');
+    console.error(`[${r.tokens.length} tokens, stop: ${r.stopReason}]`);
+  } finally {
+    await model.close();
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const args = argv.filter((a) => a !== '--json');
@@ -91,6 +146,9 @@ async function main(argv: string[]): Promise<number> {
       await inspect(rest[0], json);
       return 0;
     }
+    case 'generate':
+      await generate(rest);
+      return 0;
     default:
       console.error(`emollm: unknown command "${cmd}"\n\n${USAGE}`);
       return 2;
