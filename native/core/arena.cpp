@@ -21,10 +21,18 @@ Arena::~Arena() {
   for (auto& b : blocks_) aligned_free(b.data);
 }
 
+// Aligns the address, not the offset: blocks are only kAlign-aligned, and callers may ask for more.
+static size_t aligned_offset(const uint8_t* base, size_t offset, size_t align) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(base) + offset;
+  return offset + ((align - addr % align) % align);
+}
+
 void* Arena::alloc(size_t bytes, size_t align) {
   if (bytes == 0) bytes = 1;
+  if (align == 0 || (align & (align - 1)) != 0)
+    throw Error(ErrorCode::InvalidArgument, "arena alignment must be a power of two");
   for (auto& b : blocks_) {
-    size_t off = (b.offset + align - 1) & ~(align - 1);
+    const size_t off = aligned_offset(b.data, b.offset, align);
     if (off + bytes <= b.size) {
       used_ += off + bytes - b.offset;
       b.offset = off + bytes;
@@ -32,11 +40,10 @@ void* Arena::alloc(size_t bytes, size_t align) {
     }
   }
   const size_t size = bytes + align > block_bytes_ ? bytes + align : block_bytes_;
-  Block nb{static_cast<uint8_t*>(aligned_alloc_bytes(size, kAlign)), size, 0};
-  blocks_.push_back(nb);
+  blocks_.push_back(Block{static_cast<uint8_t*>(aligned_alloc_bytes(size, kAlign)), size, 0});
   reserved_ += size;
   Block& b = blocks_.back();
-  size_t off = (reinterpret_cast<uintptr_t>(b.data) % align) ? align - reinterpret_cast<uintptr_t>(b.data) % align : 0;
+  const size_t off = aligned_offset(b.data, 0, align);
   b.offset = off + bytes;
   used_ += b.offset;
   return b.data + off;

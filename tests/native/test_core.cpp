@@ -100,6 +100,17 @@ TEST(q4_0_matches_ggml_nibble_layout) {
   EXPECT_NEAR(y[3], -6.0f, 0);  // -6.5 + 8.5 = 2 -> (2-8) * 1
 }
 
+TEST(arena_aligns_addresses_beyond_the_block_alignment) {
+  // Blocks are only kAlign (64) aligned; larger alignments must still hold for every allocation.
+  Arena a(1 << 16);
+  for (size_t align : {size_t(128), size_t(256), size_t(4096)})
+    for (int i = 0; i < 5; ++i) {
+      void* p = a.alloc(size_t(1 + i * 7), align);
+      EXPECT(reinterpret_cast<uintptr_t>(p) % align == 0);
+    }
+  EXPECT_THROWS(a.alloc(8, 48), ErrorCode::InvalidArgument);
+}
+
 TEST(arena_alignment_and_reuse) {
   Arena a(1024);
   void* p1 = a.alloc(10);
