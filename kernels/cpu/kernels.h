@@ -126,4 +126,23 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p);
 }  // namespace ref
 
+// ---------------------------------------------------------------- multi-perspective visual projection
+// EmoLLM's multi-head ("multi-perspective") projection of vision features into the LLM space:
+//   Y[t, :] = sum_h G[h, :] * (W2_h * gelu_erf(W1_h * x_t + b1_h) + b2_h)      (Y overwritten)
+//   X : [tokens, d_in], token row stride ldx (0 means d_in)
+//   W1: [n_heads * d_hid, d_in], the heads' first-layer weights stacked (head h: rows h*d_hid..)
+//   b1: [n_heads * d_hid] or null
+//   W2: [n_heads, d_out, d_hid], head h's second layer at byte offset h * d_out * row_bytes(d_hid)
+//   b2: [n_heads, d_out] or null
+//   G : [n_heads, d_out], per-head per-channel gates, already activated
+//   Y : [tokens, d_out], token row stride ldy (0 means d_out)
+// W1 and W2 share the weight dtype wtype (any gemm dtype; the block rules of gemm apply to d_in
+// and d_hid). The CPU path is one stacked GEMM for the first layers, then per-head GEMMs.
+struct MvpProjectionParams {
+  int64_t tokens = 0, d_in = 0, d_hid = 0, d_out = 0, n_heads = 0;
+  int64_t ldx = 0, ldy = 0;
+};
+void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
+                    const float* G, DType wtype, float* Y, const MvpProjectionParams& p, ThreadPool* pool);
+
 }  // namespace emollm
