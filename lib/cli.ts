@@ -8,7 +8,8 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { EmollmError } from './errors.js';
-import { cpuInfo } from './kernels.js';
+import { DTYPES, cpuInfo, type DType } from './kernels.js';
+import { quantizeGguf } from './quantize.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions } from './model.js';
 import { native } from './native.js';
 
@@ -22,6 +23,8 @@ commands:
                          stream a continuation from a .gguf or a Hugging Face folder
     --max-tokens N       (default 128)   --temperature T (default 0: greedy)   --seed S
     --context N          KV cache size   --threads N     --tokenizer PATH (folder without tokenizer.json)
+  quantize <in.gguf> <out.gguf> <q8_0|q4_0|f16|bf16|f32>
+                         convert a GGUF model's weight matrices (as llama-quantize's reference types)
 options:
   --json                 machine-readable output
   -h, --help             this help`;
@@ -144,6 +147,16 @@ async function main(argv: string[]): Promise<number> {
     case 'inspect': {
       if (!rest[0]) throw new EmollmError('ERR_INVALID_ARGUMENT', 'inspect needs a path');
       await inspect(rest[0], json);
+      return 0;
+    }
+    case 'quantize': {
+      const [input, output, target] = rest;
+      if (!input || !output || !target) throw new EmollmError('ERR_INVALID_ARGUMENT', 'quantize needs <in.gguf> <out.gguf> <type>');
+      if (!(DTYPES as readonly string[]).includes(target))
+        throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`);
+      const r = await quantizeGguf(input, output, target as DType);
+      if (json) console.log(JSON.stringify(r, null, 2));
+      else console.log(`${output}: ${r.converted.length} tensors converted to ${target}, ${r.kept.length} kept`);
       return 0;
     }
     case 'generate':

@@ -12,3 +12,5 @@ export * from './config.js';
 export * from './tokenizer.js';
 export * from './chat_template.js';
 export * from './model.js';
+export * from './gguf_writer.js';
+export * from './quantize.js';

@@ -1,0 +1,71 @@
+/**
+ * Re-quantizing GGUF models: every 2-D weight matrix whose rows are whole 32-element blocks is
+ * converted to the target type (ggml's reference quantizers, the same bytes llama.cpp's
+ * reference path writes); norms, biases and matrices with other row lengths keep their type.
+ */
+import { open } from 'node:fs/promises';
+
+import { EmollmError } from './errors.js';
+import { writeGguf, type GgufMetadataEntry, type GgufTensorSpec, type GgufType } from './gguf_writer.js';
+import { dequantize, quantize } from './kernels.js';
+import { inspectGguf, type ComputeDType, type TensorInfo } from './loaders.js';
+
+export interface QuantizeResult {
+  /** Tensors converted to the target type. */
+  converted: string[];
+  /** Tensors kept as they were (1-D, or rows that are not whole blocks). */
+  kept: string[];
+}
+
+/** llama.cpp's general.file_type values. */
+const FILE_TYPE: Record<ComputeDType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 };
+
+function blockElems(t: ComputeDType): number {
+  return t === 'q8_0' || t === 'q4_0' ? 32 : 1;
+}
+
+/** Writes `output`: `input` (a GGUF file) with its weight matrices converted to `target`. */
+export async function quantizeGguf(input: string, output: string, target: ComputeDType): Promise<QuantizeResult> {
+  if (!(target in FILE_TYPE)) throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown target type ${JSON.stringify(target)}`);
+  if (input === output) throw new EmollmError('ERR_INVALID_ARGUMENT', 'input and output must differ');
+  const info = await inspectGguf(input);
+  const metadata: GgufMetadataEntry[] = Object.entries(info.metadata).map(([key, value]) => ({
+    key,
+    value: key === 'general.file_type' ? FILE_TYPE[target] : value,
+    type: (info.metadataTypes[key] ?? 'string') as GgufType,
+  }));
+  if (!('general.file_type' in info.metadata)) metadata.push({ key: 'general.file_type', type: 'u32', value: FILE_TYPE[target] });
+
+  const result: QuantizeResult = { converted: [], kept: [] };
+  const fh = await open(input, 'r');
+  try {
+    const read = async (t: TensorInfo): Promise<Uint8Array> => {
+      const b = Buffer.alloc(t.nbytes);
+      const { bytesRead } = await fh.read(b, 0, t.nbytes, t.offset);
+      if (bytesRead !== t.nbytes) throw new EmollmError('ERR_MALFORMED_FILE', `${input}: short read of tensor ${t.name}`, { file: input });
+      return b;
+    };
+    const tensors: GgufTensorSpec[] = info.tensors.map((t) => {
+      if (!t.computeDtype)
+        throw new EmollmError('ERR_UNSUPPORTED', `${input}: tensor ${t.name} has type ${t.dtype}, which emollm cannot convert`, { file: input });
+      const from = t.computeDtype;
+      const inner = t.shape[t.shape.length - 1] ?? 1;
+      const convert = t.shape.length === 2 && inner % blockElems(target) === 0 && from !== target;
+      (convert ? result.converted : result.kept).push(t.name);
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      return {
+        name: t.name,
+        shape: t.shape,
+        dtype: convert ? target : from,
+        data: async () => {
+          const raw = await read(t);
+          return convert ? quantize(dequantize(raw, from, n), target) : raw;
+        },
+      };
+    });
+    await writeGguf(output, metadata, tensors);
+  } finally {
+    await fh.close();
+  }
+  return result;
+}
