@@ -12,6 +12,8 @@ export type EmollmErrorCode =
   | 'ERR_FILE_NOT_FOUND'
   /** A weight or config file whose bytes contradict its own format. */
   | 'ERR_MALFORMED_FILE'
+  /** Image data that cannot be used: corrupt, truncated, empty, an unsupported format, or over the pixel limit. */
+  | 'ERR_BAD_IMAGE'
   /** A well-formed file or request using something emollm does not implement. */
   | 'ERR_UNSUPPORTED'
   /** config.json missing fields, wrong types, or an unknown model_type. */

@@ -14,3 +14,4 @@ export * from './chat_template.js';
 export * from './model.js';
 export * from './gguf_writer.js';
 export * from './quantize.js';
+export * from './image.js';
