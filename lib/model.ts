@@ -11,10 +11,13 @@
  * ```
  */
 import { readFile, stat } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { existsSync } from 'node:fs';
+import { basename, join } from 'node:path';
 
-import { ChatTemplate, loadChatTemplate, type ChatMessage } from './chat_template.js';
+import { ChatTemplate, loadChatTemplate, type ChatContentPart, type ChatMessage } from './chat_template.js';
 import { EmollmError } from './errors.js';
+import { ImageProcessor, type ImageInput } from './image.js';
+import type { ImageProcessorConfig } from './image_processor.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
@@ -35,6 +38,10 @@ export interface LoadModelOptions {
    * (tokenizer.json in the folder, or the GGUF's vocabulary).
    */
   tokenizer?: Tokenizer | string;
+  /** For a LLaVA GGUF: llama.cpp's multimodal projector GGUF (CLIP + projector) beside the text model. */
+  mmproj?: string;
+  /** Overrides of the image preprocessing (preprocessor_config.json), e.g. `{ padToSquare: true }`. */
+  imageProcessor?: Partial<ImageProcessorConfig>;
   /** Cancels loading (checked before and after the native load). */
   signal?: AbortSignal;
 }
@@ -52,6 +59,27 @@ export interface ModelInfo {
   ropeTheta: number;
   bosId?: number;
   eosId?: number;
+  /** Present for multimodal (LLaVA / EmoLLM) models. */
+  vision?: VisionInfo;
+}
+
+/** The vision side of a multimodal model. */
+export interface VisionInfo {
+  imageSize: number;
+  patchSize: number;
+  /** Language-model positions one image takes (e.g. 576 for LLaVA-1.5). */
+  nImageTokens: number;
+  /** The `<image>` placeholder id (32000 in llava-1.5). */
+  imageTokenId: number;
+  mean?: number[];
+  std?: number[];
+}
+
+/** An image part of a chat message. */
+export interface ImagePart {
+  type: 'image';
+  /** A file path, an encoded image (Buffer / Uint8Array / ArrayBuffer) or raw pixels. */
+  image: ImageInput;
 }
 
 /** Why generation ended. */
@@ -96,16 +124,78 @@ export interface GenerationResult {
   stopReason: StopReason;
 }
 
-/** A prompt: text, a chat conversation (rendered with the model's chat template), or token ids. */
-export type Prompt = string | readonly ChatMessage[] | readonly number[];
+/**
+ * A prompt: text, a chat conversation (rendered with the model's chat template; content parts
+ * `{ type: 'image', image }` for multimodal models), or token ids.
+ */
+export type Prompt = string | readonly ChatMessage[] | readonly number[] | PreparedInput;
+
+/**
+ * Token ids with encoded images (from {@link Model.encodePixels} / {@link Model.encodeImages}):
+ * the prompt holds the image token once per image, or already expanded.
+ */
+export interface PreparedInput {
+  tokens: readonly number[];
+  images?: Float32Array | null;
+}
+
+/** Options of {@link Model.scoreOptions}. */
+export interface ScoreOptions {
+  /**
+   * How an option's token log-probabilities combine into its score: 'mean' (length-normalised,
+   * the default, so longer labels are not penalised for their length) or 'sum' (the joint
+   * log-probability).
+   */
+  normalize?: 'mean' | 'sum';
+  signal?: AbortSignal;
+}
+
+/** One candidate answer's score. */
+export interface ScoredOption {
+  option: string;
+  /** The option's tokens as scored after the prompt. */
+  tokens: number[];
+  /** Joint log-probability of the tokens. */
+  logprob: number;
+  /** Mean log-probability per token. */
+  meanLogprob: number;
+  /** Per-token log-probabilities. */
+  tokenLogprobs: number[];
+}
+
+/** Result of {@link Model.scoreOptions}. */
+export interface ScoreResult {
+  options: ScoredOption[];
+  /** Softmax over the options' normalised scores: a distribution over the candidates. */
+  probabilities: number[];
+  /** The most probable option and its index. */
+  best: string;
+  bestIndex: number;
+  /** Probability of the best option minus that of the runner-up (1 when there is one option). */
+  margin: number;
+}
+
+/** A prompt made ready for the native side. */
+interface PreparedPrompt {
+  ids: number[];
+  /** Projected image features, or null. */
+  images: Float32Array | null;
+}
 
 interface NativeContext {
   eval(tokens: Int32Array, options?: { allLogits?: boolean }): Promise<Float32Array>;
+  evalMultimodal(tokens: Int32Array, images: Float32Array | null, options?: { allLogits?: boolean }): Promise<Float32Array>;
   generate(
     prompt: Int32Array,
     options: Record<string, unknown>,
     onTokens?: (ids: Int32Array) => void,
+    images?: Float32Array | null,
   ): Promise<{ tokens: Int32Array; stopReason: Exclude<StopReason, 'stop-string'> }>;
+  score(
+    prefix: Int32Array,
+    images: Float32Array | null,
+    continuations: Int32Array[],
+  ): Promise<{ logprobs: number[]; tokenLogprobs: Float64Array[] }>;
   abort(): void;
   reset(): void;
   close(): Promise<void>;
@@ -115,6 +205,7 @@ interface NativeContext {
 
 interface NativeModel {
   info(): ModelInfo;
+  encodeImages?(pixels: Float32Array, batch: number): Promise<Float32Array>;
   createContext(options?: { nCtx?: number }): NativeContext;
   close(): Promise<void>;
 }
@@ -169,9 +260,10 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       template = new ChatTemplate(t, { file: path, bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken });
   }
 
-  const nativeOptions: { threads?: number; nCtx?: number } = {};
+  const nativeOptions: { threads?: number; nCtx?: number; mmproj?: string } = {};
   if (options.threads !== undefined) nativeOptions.threads = options.threads;
   if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
+  if (options.mmproj !== undefined) nativeOptions.mmproj = options.mmproj;
   const handle = (await (native() as unknown as { loadModel(p: string, o: object): Promise<NativeModel> }).loadModel(
     path,
     nativeOptions,
@@ -181,7 +273,36 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     throw abortError();
   }
   if (!tokenizer) throw new EmollmError('ERR_INTERNAL', 'no tokenizer');
-  return new Model(handle, tokenizer, template, path, options.contextSize);
+  let imageProcessor: ImageProcessor | undefined;
+  const vision = handle.info().vision;
+  if (vision) {
+    try {
+      // A folder without preprocessor_config.json gets CLIP preprocessing at the tower's size.
+      imageProcessor =
+        st.isDirectory() && existsSync(join(path, 'preprocessor_config.json'))
+          ? await ImageProcessor.load(path, options.imageProcessor ?? {})
+          : imageProcessorFor(vision, options.imageProcessor);
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+  }
+  return new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
+}
+
+/** CLIP preprocessing for a model whose only description is its vision info (a GGUF mmproj). */
+function imageProcessorFor(vision: VisionInfo, overrides: Partial<ImageProcessorConfig> = {}): ImageProcessor {
+  const config: Partial<ImageProcessorConfig> = {
+    size: { shortestEdge: vision.imageSize },
+    cropSize: { height: vision.imageSize, width: vision.imageSize },
+  };
+  if (vision.mean?.length === 3) config.imageMean = vision.mean as [number, number, number];
+  if (vision.std?.length === 3) config.imageStd = vision.std as [number, number, number];
+  return new ImageProcessor({ ...config, ...overrides });
+}
+
+function isPreparedInput(p: Prompt): p is PreparedInput {
+  return typeof p === 'object' && p !== null && !Array.isArray(p) && 'tokens' in p;
 }
 
 /** Opens a tokenizer from a path: .gguf, tokenizer.json or its folder, or a llama2.c tokenizer.bin. */
@@ -205,6 +326,8 @@ export class Model {
   readonly chatTemplate: ChatTemplate | undefined;
   /** Where it was loaded from. */
   readonly path: string;
+  /** Image preprocessing (multimodal models only). */
+  readonly imageProcessor: ImageProcessor | undefined;
 
   private handle: NativeModel | undefined;
   private context: NativeContext | undefined;
@@ -214,8 +337,16 @@ export class Model {
   private queue: Promise<unknown> = Promise.resolve();
 
   /** @internal use {@link loadModel}. */
-  constructor(handle: NativeModel, tokenizer: Tokenizer, template: ChatTemplate | undefined, path: string, contextSize?: number) {
+  constructor(
+    handle: NativeModel,
+    tokenizer: Tokenizer,
+    template: ChatTemplate | undefined,
+    path: string,
+    contextSize?: number,
+    imageProcessor?: ImageProcessor,
+  ) {
     this.handle = handle;
+    this.imageProcessor = imageProcessor;
     this.info = handle.info();
     this.tokenizer = tokenizer;
     this.chatTemplate = template;
@@ -241,8 +372,9 @@ export class Model {
     return this.chatTemplate.render(messages, { addGenerationPrompt: true });
   }
 
-  /** Token ids of a prompt. */
+  /** Token ids of a prompt (image placeholders unexpanded). */
   promptTokens(prompt: Prompt, addSpecialTokens = true): number[] {
+    if (isPreparedInput(prompt)) return [...prompt.tokens];
     if (typeof prompt === 'string') return this.tokenize(prompt, { addSpecialTokens });
     if (prompt.length > 0 && typeof prompt[0] === 'number') return [...(prompt as readonly number[])];
     if (prompt.length === 0) throw new EmollmError('ERR_INVALID_ARGUMENT', 'the prompt is empty');
@@ -259,15 +391,17 @@ export class Model {
    * of every position with `all: true` (row-major [tokens, nVocab]).
    */
   logits(prompt: Prompt, options: { all?: boolean; signal?: AbortSignal } = {}): Promise<Float32Array> {
-    const ids = this.promptTokens(prompt);
+    const preparing = this.prepare(prompt, true, options.signal);
     return this.exclusive(async (ctx) => {
+      const { ids, images } = await preparing;
       if (options.signal?.aborted) throw abortError();
-      // all-position logits need every position evaluated, so start from an empty cache.
-      if (options.all) ctx.reset();
       const onAbort = (): void => ctx.abort();
       options.signal?.addEventListener('abort', onAbort, { once: true });
       try {
-        return await ctx.eval(Int32Array.from(ids), { allLogits: options.all ?? false });
+        const all = options.all ?? false;
+        return images
+          ? await ctx.evalMultimodal(Int32Array.from(ids), images, { allLogits: all })
+          : await ctx.eval(Int32Array.from(ids), { allLogits: all });
       } finally {
         options.signal?.removeEventListener('abort', onAbort);
       }
@@ -275,12 +409,105 @@ export class Model {
   }
 
   /**
+   * Encodes already-normalised pixel values (`[batch, 3, H, W]`, as the image processor makes
+   * them) through the vision tower and projector: `[batch, nImageTokens, nEmbd]` features that
+   * a {@link PreparedInput} prompt can carry.
+   */
+  async encodePixels(pixels: Float32Array, batch: number): Promise<Float32Array> {
+    const handle = this.handle;
+    if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (!handle.encodeImages) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
+    return handle.encodeImages(pixels, batch);
+  }
+
+  /**
    * Generates a continuation. Iterate the returned object for streamed text, or await
    * `.result` for everything at once.
    */
   generate(prompt: Prompt, options: GenerateOptions = {}): Generation {
-    const ids = this.promptTokens(prompt, options.addSpecialTokens ?? true);
-    return new Generation(this, ids, options);
+    return new Generation(this, this.prepare(prompt, options.addSpecialTokens ?? true, options.signal), options);
+  }
+
+  /** Chat: `generate` over a conversation whose messages may hold image parts. */
+  chat(request: { messages: readonly ChatMessage[] } & GenerateOptions): Generation {
+    const { messages, ...options } = request;
+    return this.generate(messages, options);
+  }
+
+  /**
+   * Scores candidate answers after a prompt: the log-probability of each option's tokens,
+   * sharing one prefill of the prompt (images included) through the KV cache. The primitive
+   * that classification tasks use.
+   */
+  async scoreOptions(prompt: Prompt, options: readonly string[], settings: ScoreOptions = {}): Promise<ScoreResult> {
+    if (!Array.isArray(options) || options.length === 0)
+      throw new EmollmError('ERR_INVALID_ARGUMENT', 'scoreOptions needs at least one option');
+    const conts = options.map((o) => {
+      if (typeof o !== 'string' || o === '') throw new EmollmError('ERR_INVALID_ARGUMENT', 'options must be non-empty strings');
+      // SentencePiece-style vocabularies encode "Happy" as "▁Happy", i.e. " Happy" after the prompt.
+      return this.tokenizer.encode(o, { addSpecialTokens: false });
+    });
+    const prepared = await this.prepare(prompt, true, settings.signal);
+    const r = await this.exclusive(async (ctx) => {
+      if (settings.signal?.aborted) throw abortError();
+      const onAbort = (): void => ctx.abort();
+      settings.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        return await ctx.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
+      } finally {
+        settings.signal?.removeEventListener('abort', onAbort);
+      }
+    });
+    const scored: ScoredOption[] = options.map((option, i) => {
+      const tokenLogprobs = Array.from(r.tokenLogprobs[i] ?? []);
+      const logprob = r.logprobs[i] ?? -Infinity;
+      return { option, tokens: conts[i]!, logprob, meanLogprob: logprob / Math.max(1, tokenLogprobs.length), tokenLogprobs };
+    });
+    const scores = scored.map((s) => ((settings.normalize ?? 'mean') === 'mean' ? s.meanLogprob : s.logprob));
+    const top = Math.max(...scores);
+    const exps = scores.map((v) => Math.exp(v - top));
+    const z = exps.reduce((a, b) => a + b, 0);
+    const probabilities = exps.map((e) => e / z);
+    const order = probabilities.map((p, i) => [p, i] as const).sort((a, b) => b[0] - a[0]);
+    const bestIndex = order[0]![1];
+    return {
+      options: scored,
+      probabilities,
+      best: options[bestIndex]!,
+      bestIndex,
+      margin: order.length > 1 ? order[0]![0] - order[1]![0] : 1,
+    };
+  }
+
+  /** Preprocesses and encodes the images of a prompt (vision tower + projector), in order. */
+  async encodeImages(images: readonly ImageInput[], signal?: AbortSignal): Promise<Float32Array> {
+    const handle = this.handle;
+    if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (!this.info.vision || !this.imageProcessor || !handle.encodeImages)
+      throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
+    const batch = await this.imageProcessor.preprocessBatch(images, signal ? { signal } : {});
+    return handle.encodeImages(batch.data, images.length);
+  }
+
+  /** @internal token ids and encoded images of a prompt. */
+  async prepare(prompt: Prompt, addSpecialTokens: boolean, signal?: AbortSignal): Promise<PreparedPrompt> {
+    if (isPreparedInput(prompt)) return { ids: [...prompt.tokens], images: prompt.images ?? null };
+    if (typeof prompt === 'string' || prompt.length === 0 || typeof prompt[0] === 'number')
+      return { ids: this.promptTokens(prompt, addSpecialTokens), images: null };
+    const images: ImageInput[] = [];
+    const messages = (prompt as readonly ChatMessage[]).map((m) => {
+      if (typeof m.content === 'string') return m;
+      const content = m.content.map((part: ChatContentPart): ChatContentPart => {
+        if (part.type !== 'image') return part;
+        if (!('image' in part) || part.image === undefined)
+          throw new EmollmError('ERR_INVALID_ARGUMENT', "an image part needs its image: { type: 'image', image: <path | Buffer | pixels> }");
+        images.push(part.image as ImageInput);
+        return { type: 'image' }; // the template only needs to know an image stands here
+      });
+      return { ...m, content };
+    });
+    const ids = this.promptTokens(messages, addSpecialTokens);
+    return { ids, images: images.length > 0 ? await this.encodeImages(images, signal) : null };
   }
 
   /** Frees the native model now. Pending calls finish as aborted. Safe to call twice. */
@@ -338,7 +565,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
   private stopRequested = false;
 
   /** @internal */
-  constructor(model: Model, prompt: number[], options: GenerateOptions) {
+  constructor(model: Model, preparing: Promise<PreparedPrompt>, options: GenerateOptions) {
     const stops = (options.stop ?? []).filter((s) => s.length > 0);
     const detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true });
     const eos = model.tokenizer.eosId;
@@ -385,7 +612,10 @@ export class Generation implements AsyncIterable<GenerationChunk> {
       }
     };
 
+    // A rejection is reported through `result`; keep it from being "unhandled" meanwhile.
+    preparing.catch(() => undefined);
     this.result = model.exclusive(async (ctx) => {
+      const { ids: prompt, images } = await preparing;
       this.nativeCtx = ctx;
       const signal = options.signal;
       if (signal?.aborted) throw abortError();
@@ -403,7 +633,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
           stopTokens: Int32Array.from(options.stopTokens ?? []),
         };
         if (options.seed !== undefined) nativeOptions.seed = options.seed;
-        const r = await ctx.generate(Int32Array.from(prompt), nativeOptions, onTokens);
+        const r = await ctx.generate(Int32Array.from(prompt), nativeOptions, onTokens, images);
         if (signal?.aborted) throw abortError();
         if (!stopString) {
           // Tokens not yet delivered through the callback (the native side may finish first).

@@ -1,12 +1,27 @@
 // LLaMA model entry points for JavaScript (lib/model.ts builds the public API on these):
 //
-//   loadModel(path, { threads?, nCtx? }) -> Promise<Model>
-//   model.info() -> { format, arch, nVocab, nEmbd, nLayer, nHead, nHeadKv, nCtxTrain, ropeTheta, bosId?, eosId? }
+//   loadModel(path, { threads?, nCtx?, mmproj?, imageTokenId? }) -> Promise<Model>
+//       A LLaVA model is loaded from a Hugging Face folder whose config.json has model_type
+//       "llava", or from a text GGUF with `mmproj` (llama.cpp's CLIP projector GGUF).
+//   model.info() -> { format, arch, nVocab, nEmbd, nLayer, nHead, nHeadKv, nCtxTrain, ropeTheta, bosId?, eosId?,
+//                     vision?: { imageSize, patchSize, nImageTokens, imageTokenId, mean?, std? } }
+//   model.encodeImages(pixels: Float32Array [B,3,H,W], B) -> Promise<Float32Array [B, nImageTokens, nEmbd]>
+//       (LLaVA only: vision tower + projector, all B images in one batch; model.abortEncodes()
+//       or model.close() rejects in-flight calls with ERR_ABORTED)
 //   model.createContext({ nCtx?, nBatch? }) -> Context
 //   model.close() -> Promise<void>
 //   ctx.eval(tokens: Int32Array, { allLogits? }) -> Promise<Float32Array>
-//   ctx.generate(prompt: Int32Array, opts, onTokens?: (ids: Int32Array) => void)
+//   ctx.evalMultimodal(tokens: Int32Array, images: Float32Array | null, { allLogits? }) -> Promise<Float32Array>
+//       `images` are projected features from encodeImages (B * nImageTokens * nEmbd floats). The
+//       prompt holds the image token (info().vision.imageTokenId) once per image or already
+//       expanded nImageTokens times per image; anything else is ERR_INVALID_ARGUMENT naming the
+//       counts. allLogits rows are per expanded position. Prefix reuse tells images apart.
+//   ctx.generate(prompt: Int32Array, opts, onTokens?: (ids: Int32Array) => void, images?: Float32Array | null)
 //       -> Promise<{ tokens: Int32Array, stopReason: 'eos'|'stop-token'|'max-tokens'|'aborted'|'context-full' }>
+//   ctx.score(prefix: Int32Array, images: Float32Array | null, continuations: Int32Array[])
+//       -> Promise<{ logprobs: number[], tokenLogprobs: Float64Array[] }>
+//       (log-probabilities of each continuation after the prefix: the prefix is evaluated once
+//       (and reused from the cache), each continuation from it; log-softmax in double)
 //   ctx.abort(), ctx.reset(), ctx.close() -> Promise<void>, ctx.nPast, ctx.nCtx
 //
 // Threads. Loading and every eval/generate run off the event loop on a libuv worker thread (one
@@ -36,6 +51,7 @@
 
 #include "bindings.h"
 #include "model/llama.h"
+#include "model/llava.h"
 #include "model/sampler.h"
 #include "napi_util.h"
 
@@ -49,6 +65,8 @@ struct ContextState;
 // Main-thread state of one loaded model.
 struct ModelHandle {
   std::shared_ptr<LlamaModel> model;  // null once closed
+  std::shared_ptr<LlavaModel> llava;  // LLaVA models only (model == llava->text_model()); null once closed
+  std::vector<std::weak_ptr<std::atomic<bool>>> encode_aborts;  // in-flight encodeImages calls
   int64_t default_n_ctx = 0;
   std::vector<std::weak_ptr<ContextState>> contexts;
   int inflight = 0;  // eval/generate calls running on this model
@@ -60,6 +78,7 @@ struct ModelHandle {
 struct ContextState {
   std::shared_ptr<ModelHandle> owner;
   std::shared_ptr<LlamaModel> model;
+  std::shared_ptr<LlavaModel> llava;  // LLaVA models only
   std::unique_ptr<LlamaContext> ctx;
   std::atomic<bool> abort{false};
   std::atomic<int64_t> n_past{0};
@@ -80,6 +99,7 @@ void release_context(Napi::Env env, ContextState& s) {
   if (s.busy) return;
   s.ctx.reset();
   s.model.reset();
+  s.llava.reset();
   resolve_all(env, s.close_waiters);
 }
 
@@ -128,6 +148,29 @@ std::vector<int32_t> int32_array(Napi::Env env, Napi::Value v, const char* what)
     throw_invalid(env, std::string(what) + " must be an Int32Array");
   auto a = v.As<Napi::Int32Array>();
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+std::vector<float> float32_array(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_invalid(env, std::string(what) + " must be a Float32Array");
+  auto a = v.As<Napi::Float32Array>();
+  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// Projected image features (argument i: Float32Array, null or undefined) for a context's model:
+// returns the image count (0 when none) and fills *out.
+int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
+  *out = float32_array(env, info[i], "images");
+  if (out->empty()) return 0;
+  if (!llava) throw make_js_error(env, "ERR_UNSUPPORTED", "images were given but the model has no vision tower (not a LLaVA model)");
+  const int64_t per = llava->n_image_tokens() * llava->n_embd();
+  if (int64_t(out->size()) % per != 0)
+    throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
+                           std::to_string(llava->n_image_tokens()) + " * " + std::to_string(llava->n_embd()) +
+                           " (pass the projected features from encodeImages)");
+  return int64_t(out->size()) / per;
 }
 
 // ---------------------------------------------------------------- classes and per-env constructors
@@ -208,14 +251,25 @@ class ModelWorker : public Napi::AsyncWorker {
 
 class LoadWorker final : public ModelWorker {
  public:
-  LoadWorker(Napi::Env env, std::string path, LlamaLoadOptions opts, int64_t n_ctx)
-      : ModelWorker(env), path_(std::move(path)), opts_(opts), n_ctx_(n_ctx) {}
+  LoadWorker(Napi::Env env, std::string path, LlavaLoadOptions opts, int64_t n_ctx)
+      : ModelWorker(env), path_(std::move(path)), opts_(std::move(opts)), n_ctx_(n_ctx) {}
 
  protected:
-  void Run() override { model_ = LlamaModel::load(path_, opts_); }
+  void Run() override {
+    if (!opts_.mmproj.empty() || LlavaModel::is_llava_folder(path_)) {
+      llava_ = LlavaModel::load(path_, opts_);
+      model_ = llava_->text_model();
+    } else {
+      LlamaLoadOptions lo;
+      lo.threads = opts_.threads;
+      lo.device = opts_.device;
+      model_ = LlamaModel::load(path_, lo);
+    }
+  }
   Napi::Value Resolve(Napi::Env env) override {
     auto h = std::make_shared<ModelHandle>();
     h->model = std::move(model_);
+    h->llava = std::move(llava_);
     h->default_n_ctx = n_ctx_;
     tl_new_model = &h;
     Napi::Object obj;
@@ -231,23 +285,69 @@ class LoadWorker final : public ModelWorker {
 
  private:
   std::string path_;
-  LlamaLoadOptions opts_;
+  LlavaLoadOptions opts_;
   int64_t n_ctx_;
   std::shared_ptr<LlamaModel> model_;
+  std::shared_ptr<LlavaModel> llava_;
 };
 
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = arg_string(info, 0, "path");
   Napi::Object o = opt_object(info, 1, "options");
-  LlamaLoadOptions lo;
+  LlavaLoadOptions lo;
   lo.threads = int(opt_int(env, o, "threads", 0, 0, 1024));
   const int64_t n_ctx = opt_int(env, o, "nCtx", 0, 0, int64_t(1) << 24);
+  if (has_opt(o, "mmproj")) {
+    if (!o.Get("mmproj").IsString()) throw_invalid(env, "mmproj must be a string");
+    lo.mmproj = o.Get("mmproj").As<Napi::String>().Utf8Value();
+  }
+  lo.image_token_id = int32_t(opt_int(env, o, "imageTokenId", -1, -1, INT32_MAX));
   auto* w = new LoadWorker(env, std::move(path), lo, n_ctx);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
 }
+
+// ---------------------------------------------------------------- encodeImages
+
+class EncodeWorker final : public ModelWorker {
+ public:
+  EncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels, int64_t B)
+      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), pixels_(std::move(pixels)), B_(B),
+        abort_(std::make_shared<std::atomic<bool>>(false)) {
+    auto& a = h_->encode_aborts;
+    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
+    a.push_back(abort_);
+    h_->inflight++;
+  }
+
+ protected:
+  void Run() override {
+    out_.resize(size_t(B_ * llava_->n_image_tokens() * llava_->n_embd()));
+    aborted_ = !llava_->encode_images(pixels_.data(), B_, out_.data(), abort_.get());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encodeImages was aborted");
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), a.Data());
+    return a;
+  }
+  void Finish(Napi::Env env) override {
+    llava_.reset();
+    h_->inflight--;
+    maybe_finish_model_close(env, *h_);
+  }
+
+ private:
+  std::shared_ptr<ModelHandle> h_;
+  std::shared_ptr<LlavaModel> llava_;
+  std::vector<float> pixels_;
+  int64_t B_;
+  std::shared_ptr<std::atomic<bool>> abort_;
+  bool aborted_ = false;
+  std::vector<float> out_;
+};
 
 // ---------------------------------------------------------------- Model
 
@@ -256,6 +356,8 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "LlamaModel",
                        {InstanceMethod<&ModelWrap::Info>("info"),
+                        InstanceMethod<&ModelWrap::EncodeImages>("encodeImages"),
+                        InstanceMethod<&ModelWrap::AbortEncodes>("abortEncodes"),
                         InstanceMethod<&ModelWrap::CreateContext>("createContext"),
                         InstanceMethod<&ModelWrap::Close>("close")});
   }
@@ -287,7 +389,50 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     o.Set("ropeTheta", double(h.rope_theta));
     if (h.bos_id >= 0) o.Set("bosId", double(h.bos_id));
     if (!h.eos_ids.empty()) o.Set("eosId", double(h.eos_ids[0]));
+    if (const LlavaModel* lv = handle_->llava.get()) {
+      const ClipHparams& vh = lv->vision().hparams();
+      Napi::Object v = Napi::Object::New(env);
+      v.Set("imageSize", double(vh.image_size));
+      v.Set("patchSize", double(vh.patch_size));
+      v.Set("nChannels", double(vh.n_channels));
+      v.Set("nImageTokens", double(lv->n_image_tokens()));
+      v.Set("imageTokenId", double(lv->image_token_id()));
+      auto arr = [&](const std::vector<float>& x) {
+        Napi::Array a = Napi::Array::New(env, x.size());
+        for (size_t i = 0; i < x.size(); ++i) a.Set(uint32_t(i), double(x[i]));
+        return a;
+      };
+      if (lv->image_mean().size() == size_t(vh.n_channels)) v.Set("mean", arr(lv->image_mean()));
+      if (lv->image_std().size() == size_t(vh.n_channels)) v.Set("std", arr(lv->image_std()));
+      o.Set("vision", v);
+    }
     return o;
+  }
+
+  Napi::Value EncodeImages(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    live(env);
+    if (!handle_->llava) throw make_js_error(env, "ERR_UNSUPPORTED", "encodeImages: the model has no vision tower (not a LLaVA model)");
+    const ClipHparams& vh = handle_->llava->vision().hparams();
+    if (info.Length() < 1) throw_invalid(env, "encodeImages expects pixels (Float32Array [B, 3, H, W]) and B");
+    std::vector<float> px = float32_array(env, info[0], "pixels");
+    const int64_t per = vh.n_channels * vh.image_size * vh.image_size;
+    int64_t B = info.Length() > 1 && !info[1].IsUndefined() ? arg_int(info, 1, "B") : int64_t(px.size()) / per;
+    if (B <= 0 || B > 4096) throw_invalid(env, "encodeImages: B must be in [1, 4096]");
+    if (int64_t(px.size()) != B * per)
+      throw_invalid(env, "encodeImages: pixels has " + std::to_string(px.size()) + " floats, expected B * " +
+                             std::to_string(vh.n_channels) + " * " + std::to_string(vh.image_size) + " * " +
+                             std::to_string(vh.image_size) + " = " + std::to_string(B * per));
+    auto* w = new EncodeWorker(env, handle_, std::move(px), B);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value AbortEncodes(const Napi::CallbackInfo& info) {
+    for (auto& w : handle_->encode_aborts)
+      if (auto a = w.lock()) a->store(true);
+    return info.Env().Undefined();
   }
 
   Napi::Value CreateContext(const Napi::CallbackInfo& info) {
@@ -300,6 +445,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     auto s = std::make_shared<ContextState>();
     s->owner = handle_;
     s->model = handle_->model;
+    s->llava = handle_->llava;
     try {
       s->ctx = std::make_unique<LlamaContext>(s->model, co);
     } catch (const Error& e) {
@@ -330,7 +476,10 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     for (auto& w : handle_->contexts)
       if (auto s = w.lock()) close_context(env, *s);
     handle_->contexts.clear();
+    for (auto& w : handle_->encode_aborts)
+      if (auto a = w.lock()) a->store(true);
     handle_->model.reset();
+    handle_->llava.reset();
     handle_->close_waiters.push_back(d);
     maybe_finish_model_close(env, *handle_);
     return d.Promise();
@@ -364,20 +513,27 @@ class ContextWorker : public ModelWorker {
 
 class EvalWorker final : public ContextWorker {
  public:
-  EvalWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> tokens, bool all_logits)
-      : ContextWorker(env, std::move(s)), tokens_(std::move(tokens)), all_(all_logits) {}
+  EvalWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> tokens, bool all_logits,
+             std::vector<float> images = {}, int64_t n_images = 0)
+      : ContextWorker(env, std::move(s)), tokens_(std::move(tokens)), all_(all_logits), images_(std::move(images)),
+        n_images_(n_images) {}
 
  protected:
   void Run() override {
     LlamaContext& ctx = *s_->ctx;
+    const float* embd = nullptr;
+    if (s_->llava) {  // image tokens -> pseudo-ids whose input embeddings are the image features
+      tokens_ = s_->llava->splice_prompt(tokens_.data(), int64_t(tokens_.size()), images_.data(), n_images_);
+      if (n_images_ > 0) embd = images_.data();
+    }
     const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
     if (all_) {
       // logits for every position: nothing can be reused
       out_.resize(size_t(n * V));
       ctx.reset();
-      aborted_ = ctx.eval(tokens_.data(), n, out_.data(), &s_->abort) == nullptr;
+      aborted_ = ctx.eval(tokens_.data(), n, out_.data(), &s_->abort, embd) == nullptr;
     } else {
-      const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort);
+      const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort, embd);
       aborted_ = l == nullptr;
       if (l) out_.assign(l, l + V);
     }
@@ -393,8 +549,53 @@ class EvalWorker final : public ContextWorker {
  private:
   std::vector<int32_t> tokens_;
   bool all_;
+  std::vector<float> images_;
+  int64_t n_images_;
   bool aborted_ = false;
   std::vector<float> out_;
+};
+
+class ScoreWorker final : public ContextWorker {
+ public:
+  ScoreWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prefix, std::vector<float> images,
+              int64_t n_images, std::vector<std::vector<int32_t>> conts)
+      : ContextWorker(env, std::move(s)), prefix_(std::move(prefix)), images_(std::move(images)), n_images_(n_images),
+        conts_(std::move(conts)) {}
+
+ protected:
+  void Run() override {
+    LlamaContext& ctx = *s_->ctx;
+    const float* embd = nullptr;
+    if (s_->llava) {
+      prefix_ = s_->llava->splice_prompt(prefix_.data(), int64_t(prefix_.size()), images_.data(), n_images_);
+      if (n_images_ > 0) embd = images_.data();
+    }
+    aborted_ = !ctx.score_continuations(prefix_.data(), int64_t(prefix_.size()), conts_, &out_, &s_->abort, embd);
+    s_->n_past.store(ctx.n_past());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "score was aborted");
+    Napi::Array lp = Napi::Array::New(env, out_.size());
+    Napi::Array tl = Napi::Array::New(env, out_.size());
+    for (size_t i = 0; i < out_.size(); ++i) {
+      lp.Set(uint32_t(i), out_[i].logprob);
+      auto a = Napi::Float64Array::New(env, out_[i].token_logprobs.size());
+      std::copy(out_[i].token_logprobs.begin(), out_[i].token_logprobs.end(), a.Data());
+      tl.Set(uint32_t(i), a);
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("logprobs", lp);
+    o.Set("tokenLogprobs", tl);
+    return o;
+  }
+
+ private:
+  std::vector<int32_t> prefix_;
+  std::vector<float> images_;
+  int64_t n_images_;
+  std::vector<std::vector<int32_t>> conts_;
+  bool aborted_ = false;
+  std::vector<LlamaContext::ContinuationScore> out_;
 };
 
 // Tokens on their way from the decode thread to JavaScript.
@@ -439,6 +640,10 @@ using TokenTsfn = Napi::TypedThreadSafeFunction<TokenQueuePtr, void, deliver_tok
 
 class GenerateWorker final : public ContextWorker {
  public:
+  void set_images(std::vector<float> images, int64_t n_images) {
+    images_ = std::move(images);
+    n_images_ = n_images;
+  }
   GenerateWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prompt, SamplerParams sp,
                  int64_t max_tokens, std::vector<int32_t> stop, Napi::Function on_tokens)
       : ContextWorker(env, std::move(s)), prompt_(std::move(prompt)), sp_(sp), max_tokens_(max_tokens),
@@ -468,7 +673,12 @@ class GenerateWorker final : public ContextWorker {
     const LlamaModel& m = ctx.model();
     const std::atomic<bool>& abort = s_->abort;
     Sampler sampler(sp_, ctx.n_vocab());
-    const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort);
+    const float* embd = nullptr;
+    if (s_->llava) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
+      prompt_ = s_->llava->splice_prompt(prompt_.data(), int64_t(prompt_.size()), images_.data(), n_images_);
+      if (n_images_ > 0) embd = images_.data();
+    }
+    const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort, embd);
     s_->n_past.store(ctx.n_past());
     if (!logits) { reason_ = "aborted"; return; }
     std::vector<int32_t> history(prompt_);
@@ -538,6 +748,8 @@ class GenerateWorker final : public ContextWorker {
   bool has_tsfn_ = false, released_ = false;
   std::vector<int32_t> out_;
   std::string reason_ = "max-tokens";
+  std::vector<float> images_;
+  int64_t n_images_ = 0;
 };
 
 // ---------------------------------------------------------------- Context
@@ -547,6 +759,8 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "LlamaContext",
                        {InstanceMethod<&ContextWrap::Eval>("eval"),
+                        InstanceMethod<&ContextWrap::EvalMultimodal>("evalMultimodal"),
+                        InstanceMethod<&ContextWrap::Score>("score"),
                         InstanceMethod<&ContextWrap::Generate>("generate"),
                         InstanceMethod<&ContextWrap::Abort>("abort"),
                         InstanceMethod<&ContextWrap::Reset>("reset"),
@@ -573,14 +787,39 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     return true;
   }
 
-  Napi::Value Eval(const Napi::CallbackInfo& info) {
+  Napi::Value Eval(const Napi::CallbackInfo& info) { return eval_impl(info, false); }
+  Napi::Value EvalMultimodal(const Napi::CallbackInfo& info) { return eval_impl(info, true); }
+
+  Napi::Value Score(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Value rejected;
+    if (!check_usable(env, &rejected)) return rejected;
+    if (info.Length() < 3) throw_invalid(env, "score expects (prefix: Int32Array, images: Float32Array | null, continuations: Int32Array[])");
+    std::vector<int32_t> prefix = int32_array(env, info[0], "prefix");
+    if (prefix.empty()) throw_invalid(env, "prefix must not be empty");
+    std::vector<float> images;
+    const int64_t n_images = image_features_arg(info, 1, s_->llava.get(), &images);
+    if (!info[2].IsArray()) throw_invalid(env, "continuations must be an array of Int32Array");
+    Napi::Array arr = info[2].As<Napi::Array>();
+    std::vector<std::vector<int32_t>> conts;
+    for (uint32_t i = 0; i < arr.Length(); ++i)
+      conts.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
+    auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(images), n_images, std::move(conts));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value eval_impl(const Napi::CallbackInfo& info, bool multimodal) {
     Napi::Env env = info.Env();
     Napi::Value rejected;
     if (!check_usable(env, &rejected)) return rejected;
     if (info.Length() < 1) throw_invalid(env, "eval expects tokens (Int32Array)");
     std::vector<int32_t> tokens = int32_array(env, info[0], "tokens");
     if (tokens.empty()) throw_invalid(env, "tokens must not be empty");
-    Napi::Object o = opt_object(info, 1, "options");
+    std::vector<float> images;
+    const int64_t n_images = multimodal ? image_features_arg(info, 1, s_->llava.get(), &images) : 0;
+    Napi::Object o = opt_object(info, multimodal ? 2 : 1, "options");
     bool all = false;
     if (has_opt(o, "allLogits")) {
       if (!o.Get("allLogits").IsBoolean()) throw_invalid(env, "allLogits must be a boolean");
@@ -588,7 +827,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     }
     if (int64_t(tokens.size()) > s_->n_ctx)
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
-    auto* w = new EvalWorker(env, s_, std::move(tokens), all);
+    auto* w = new EvalWorker(env, s_, std::move(tokens), all, std::move(images), n_images);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -634,7 +873,10 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       if (!info[2].IsFunction()) throw_invalid(env, "onTokens must be a function");
       cb = info[2].As<Napi::Function>();
     }
+    std::vector<float> images;
+    const int64_t n_images = image_features_arg(info, 3, s_->llava.get(), &images);
     auto* w = new GenerateWorker(env, s_, std::move(prompt), sp, max_tokens, std::move(stop), cb);
+    w->set_images(std::move(images), n_images);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

@@ -102,6 +102,12 @@ struct LlamaLoader {
     return want ? vec(name, n) : nullptr;
   }
 
+  // Hyperparameters and weights of a Hugging Face LLaMA under the tensor-name prefix `mp`.
+  static void load_hf(LlamaModel& m, const WeightStore& ws, const LlamaConfig& c, const std::string& mp,
+                      const std::string& lm_head, const std::string& cfg_path);
+  // The backend, once the weights are in place.
+  static void finish(LlamaModel& m, const LlamaLoadOptions& opts);
+
   void check_hparams(ErrorCode code) const {
     const LlamaHparams& h = m.hp_;
     auto bad = [&](const std::string& msg) { throw Error(code, "invalid hyperparameters: " + msg, ws.source()); };
@@ -116,6 +122,74 @@ struct LlamaLoader {
   }
 };
 
+void LlamaLoader::load_hf(LlamaModel& mm, const WeightStore& ws, const LlamaConfig& c, const std::string& mp,
+                          const std::string& lm_head, const std::string& cfg_path) {
+  LlamaModel* m = &mm;
+  LlamaHparams& hp = m->hp_;
+  if (c.hidden_act != "silu")
+    throw Error(ErrorCode::Unsupported, "hidden_act \"" + c.hidden_act + "\" is not supported (silu)", cfg_path);
+  hp.n_vocab = c.vocab_size;
+  hp.n_embd = c.hidden_size;
+  hp.n_layer = c.num_hidden_layers;
+  hp.n_head = c.num_attention_heads;
+  hp.n_head_kv = c.num_key_value_heads;
+  hp.head_dim = c.head_dim;
+  hp.n_ff = c.intermediate_size;
+  hp.n_ctx_train = c.max_position_embeddings;
+  hp.rms_eps = float(c.rms_norm_eps);
+  hp.rope_theta = float(c.rope_theta);
+  hp.rope_dim = c.head_dim;
+  hp.rope_layout = RopeLayout::RotateHalf;
+  hp.sliding_window = c.sliding_window;
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.rope_type == "linear") {
+    hp.rope_freq_scale = float(1.0 / rs.factor);
+    hp.rope_scaling = "linear";
+  } else if (rs.rope_type == "llama3") {
+    if (rs.original_max_position_embeddings <= 0 || !(rs.high_freq_factor != rs.low_freq_factor))
+      throw Error(ErrorCode::BadConfig, "rope_scaling llama3 needs original_max_position_embeddings and distinct freq factors", cfg_path);
+    m->rope_inv_freq = llama3_inv_freq(c.rope_theta, hp.rope_dim, rs);
+    hp.rope_scaling = "llama3";
+  } else if (rs.rope_type != "default") {
+    throw Error(ErrorCode::Unsupported, "rope_scaling type \"" + rs.rope_type + "\" is not supported (linear, llama3)", cfg_path);
+  }
+  if (!c.bos_token_id.empty()) hp.bos_id = int32_t(c.bos_token_id[0]);
+  for (int64_t e : c.eos_token_id) hp.eos_ids.push_back(int32_t(e));
+
+  LlamaLoader L{*m, ws};
+  L.check_hparams(ErrorCode::BadConfig);
+  const int64_t E = hp.n_embd, qd = hp.n_head * hp.head_dim, kvd = hp.n_head_kv * hp.head_dim;
+  m->tok_embd = L.mat(mp + "embed_tokens.weight", hp.n_vocab, E);
+  for (int64_t i = 0; i < hp.n_layer; ++i) {
+    const std::string p = mp + "layers." + std::to_string(i) + ".";
+    LlamaLayer l;
+    l.attn_norm = L.vec(p + "input_layernorm.weight", E);
+    l.wq = L.mat(p + "self_attn.q_proj.weight", qd, E);
+    l.wk = L.mat(p + "self_attn.k_proj.weight", kvd, E);
+    l.wv = L.mat(p + "self_attn.v_proj.weight", kvd, E);
+    l.wo = L.mat(p + "self_attn.o_proj.weight", E, qd);
+    l.bq = L.opt_vec(p + "self_attn.q_proj.bias", qd, c.attention_bias);
+    l.bk = L.opt_vec(p + "self_attn.k_proj.bias", kvd, c.attention_bias);
+    l.bv = L.opt_vec(p + "self_attn.v_proj.bias", kvd, c.attention_bias);
+    l.bo = L.opt_vec(p + "self_attn.o_proj.bias", E, c.attention_bias);
+    l.ffn_norm = L.vec(p + "post_attention_layernorm.weight", E);
+    l.w_gate = L.mat(p + "mlp.gate_proj.weight", hp.n_ff, E);
+    l.w_up = L.mat(p + "mlp.up_proj.weight", hp.n_ff, E);
+    l.w_down = L.mat(p + "mlp.down_proj.weight", E, hp.n_ff);
+    l.b_gate = L.opt_vec(p + "mlp.gate_proj.bias", hp.n_ff, c.mlp_bias);
+    l.b_up = L.opt_vec(p + "mlp.up_proj.bias", hp.n_ff, c.mlp_bias);
+    l.b_down = L.opt_vec(p + "mlp.down_proj.bias", E, c.mlp_bias);
+    m->layers.push_back(l);
+  }
+  m->output_norm = L.vec(mp + "norm.weight", E);
+  if (c.tie_word_embeddings) {
+    m->output = m->tok_embd;
+    m->tied_output = true;
+  } else {
+    m->output = L.mat(lm_head, hp.n_vocab, E);
+  }
+}
+
 std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const LlamaLoadOptions& opts) {
   auto m = std::make_shared<LlamaModel>();
   std::string path = path_in;
@@ -127,6 +201,7 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
     // ---------------------------------------------------------------- GGUF
     auto g = std::make_unique<GgufFile>(GgufFile::open(path));
     const GgufFile& f = *g;
+    const WeightStore& fw = f;  // tensor lookup (GgufFile::find looks up metadata keys)
     m->format_ = "gguf";
     m->source_ = path;
     m->arch_ = f.get_string_or("general.architecture", "");
@@ -185,10 +260,10 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
       l.wv = L.mat(p + "attn_v.weight", kvd, E);
       l.wo = L.mat(p + "attn_output.weight", E, qd);
       // Optional biases (some llama-arch GGUFs carry them).
-      if (f.find(p + "attn_q.bias")) l.bq = L.vec(p + "attn_q.bias", qd);
-      if (f.find(p + "attn_k.bias")) l.bk = L.vec(p + "attn_k.bias", kvd);
-      if (f.find(p + "attn_v.bias")) l.bv = L.vec(p + "attn_v.bias", kvd);
-      if (f.find(p + "attn_output.bias")) l.bo = L.vec(p + "attn_output.bias", E);
+      if (fw.find(p + "attn_q.bias")) l.bq = L.vec(p + "attn_q.bias", qd);
+      if (fw.find(p + "attn_k.bias")) l.bk = L.vec(p + "attn_k.bias", kvd);
+      if (fw.find(p + "attn_v.bias")) l.bv = L.vec(p + "attn_v.bias", kvd);
+      if (fw.find(p + "attn_output.bias")) l.bo = L.vec(p + "attn_output.bias", E);
       l.ffn_norm = L.vec(p + "ffn_norm.weight", E);
       l.w_gate = L.mat(p + "ffn_gate.weight", hp.n_ff, E);
       l.w_up = L.mat(p + "ffn_up.weight", hp.n_ff, E);
@@ -196,14 +271,14 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
       m->layers.push_back(l);
     }
     m->output_norm = L.vec("output_norm.weight", E);
-    if (f.find("output.weight")) {
+    if (fw.find("output.weight")) {
       m->output = L.mat("output.weight", hp.n_vocab, E);
     } else {
       m->output = m->tok_embd;
       m->tied_output = true;
     }
     // LLaMA-3 style scaling is stored by llama.cpp as per-frequency divisors.
-    if (f.find("rope_freqs.weight")) {
+    if (fw.find("rope_freqs.weight")) {
       const float* ff = L.vec("rope_freqs.weight", hp.rope_dim / 2);
       m->rope_inv_freq.resize(size_t(hp.rope_dim / 2));
       for (int64_t i = 0; i < hp.rope_dim / 2; ++i)
@@ -224,73 +299,37 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
                   "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\" or \"mistral\")",
                   cfg_path);
     const LlamaConfig c = parse_llama_config(root, cfg_path);
-    if (c.hidden_act != "silu")
-      throw Error(ErrorCode::Unsupported, "hidden_act \"" + c.hidden_act + "\" is not supported (silu)", cfg_path);
-    hp.n_vocab = c.vocab_size;
-    hp.n_embd = c.hidden_size;
-    hp.n_layer = c.num_hidden_layers;
-    hp.n_head = c.num_attention_heads;
-    hp.n_head_kv = c.num_key_value_heads;
-    hp.head_dim = c.head_dim;
-    hp.n_ff = c.intermediate_size;
-    hp.n_ctx_train = c.max_position_embeddings;
-    hp.rms_eps = float(c.rms_norm_eps);
-    hp.rope_theta = float(c.rope_theta);
-    hp.rope_dim = c.head_dim;
-    hp.rope_layout = RopeLayout::RotateHalf;
-    hp.sliding_window = c.sliding_window;
-    const RopeScaling& rs = c.rope_scaling;
-    if (rs.rope_type == "linear") {
-      hp.rope_freq_scale = float(1.0 / rs.factor);
-      hp.rope_scaling = "linear";
-    } else if (rs.rope_type == "llama3") {
-      if (rs.original_max_position_embeddings <= 0 || !(rs.high_freq_factor != rs.low_freq_factor))
-        throw Error(ErrorCode::BadConfig, "rope_scaling llama3 needs original_max_position_embeddings and distinct freq factors", cfg_path);
-      m->rope_inv_freq = llama3_inv_freq(c.rope_theta, hp.rope_dim, rs);
-      hp.rope_scaling = "llama3";
-    } else if (rs.rope_type != "default") {
-      throw Error(ErrorCode::Unsupported, "rope_scaling type \"" + rs.rope_type + "\" is not supported (linear, llama3)", cfg_path);
-    }
-    if (!c.bos_token_id.empty()) hp.bos_id = int32_t(c.bos_token_id[0]);
-    for (int64_t e : c.eos_token_id) hp.eos_ids.push_back(int32_t(e));
-
-    auto st = std::make_unique<SafetensorsStore>(SafetensorsStore::open(folder));
+    auto st = std::make_shared<SafetensorsStore>(SafetensorsStore::open(folder));
     m->format_ = "safetensors";
     m->source_ = folder;
-    LlamaLoader L{*m, *st};
-    L.check_hparams(ErrorCode::BadConfig);
-    const int64_t E = hp.n_embd, qd = hp.n_head * hp.head_dim, kvd = hp.n_head_kv * hp.head_dim;
-    m->tok_embd = L.mat("model.embed_tokens.weight", hp.n_vocab, E);
-    for (int64_t i = 0; i < hp.n_layer; ++i) {
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      LlamaLayer l;
-      l.attn_norm = L.vec(p + "input_layernorm.weight", E);
-      l.wq = L.mat(p + "self_attn.q_proj.weight", qd, E);
-      l.wk = L.mat(p + "self_attn.k_proj.weight", kvd, E);
-      l.wv = L.mat(p + "self_attn.v_proj.weight", kvd, E);
-      l.wo = L.mat(p + "self_attn.o_proj.weight", E, qd);
-      l.bq = L.opt_vec(p + "self_attn.q_proj.bias", qd, c.attention_bias);
-      l.bk = L.opt_vec(p + "self_attn.k_proj.bias", kvd, c.attention_bias);
-      l.bv = L.opt_vec(p + "self_attn.v_proj.bias", kvd, c.attention_bias);
-      l.bo = L.opt_vec(p + "self_attn.o_proj.bias", E, c.attention_bias);
-      l.ffn_norm = L.vec(p + "post_attention_layernorm.weight", E);
-      l.w_gate = L.mat(p + "mlp.gate_proj.weight", hp.n_ff, E);
-      l.w_up = L.mat(p + "mlp.up_proj.weight", hp.n_ff, E);
-      l.w_down = L.mat(p + "mlp.down_proj.weight", E, hp.n_ff);
-      l.b_gate = L.opt_vec(p + "mlp.gate_proj.bias", hp.n_ff, c.mlp_bias);
-      l.b_up = L.opt_vec(p + "mlp.up_proj.bias", hp.n_ff, c.mlp_bias);
-      l.b_down = L.opt_vec(p + "mlp.down_proj.bias", E, c.mlp_bias);
-      m->layers.push_back(l);
-    }
-    m->output_norm = L.vec("model.norm.weight", E);
-    if (c.tie_word_embeddings) {
-      m->output = m->tok_embd;
-      m->tied_output = true;
-    } else {
-      m->output = L.mat("lm_head.weight", hp.n_vocab, E);
-    }
+    LlamaLoader::load_hf(*m, *st, c, "model.", "lm_head.weight", cfg_path);
     m->store_ = std::move(st);
   }
+  LlamaLoader::finish(*m, opts);
+  return m;
+}
+
+std::shared_ptr<LlamaModel> LlamaModel::from_hf_store(std::shared_ptr<WeightStore> store, const LlamaConfig& config,
+                                                      const std::string& model_prefix, const std::string& lm_head,
+                                                      const std::string& config_file, const LlamaLoadOptions& opts) {
+  EMOLLM_CHECK_ARG(store != nullptr, "from_hf_store: no weight store");
+  auto m = std::make_shared<LlamaModel>();
+  m->arch_ = config.model_type.empty() ? std::string("llama") : config.model_type;
+  if (m->arch_ != "llama" && m->arch_ != "mistral")
+    throw Error(ErrorCode::Unsupported,
+                "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\" or \"mistral\")",
+                config_file);
+  m->format_ = store->format();
+  m->source_ = store->source();
+  LlamaLoader::load_hf(*m, *store, config, model_prefix, lm_head, config_file);
+  m->store_ = std::move(store);
+  LlamaLoader::finish(*m, opts);
+  return m;
+}
+
+void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
+  LlamaModel* m = &mm;
+  const LlamaHparams& hp = m->hp_;
   if (!m->rope_inv_freq.empty() && int64_t(m->rope_inv_freq.size()) != hp.rope_dim / 2)
     throw Error(ErrorCode::Internal, "rope inv_freq size mismatch");
 
@@ -304,7 +343,6 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
   m->backend_ = make_backend(bo);
   if (!m->backend_->uses_host_memory())
     throw Error(ErrorCode::Unsupported, "the LLaMA decoder runs only on backends that use host memory for now");
-  return m;
 }
 
 // ================================================================ context
@@ -374,30 +412,38 @@ void LlamaContext::truncate(int64_t n) {
   if (n == 0) has_logits_ = false;
 }
 
-const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_logits, const std::atomic<bool>* abort) {
+const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_logits, const std::atomic<bool>* abort,
+                                const float* embd) {
   EMOLLM_CHECK_ARG(n > 0 && tokens != nullptr, "eval: no tokens");
   if (n_past() + n > n_ctx_)
     throw Error(ErrorCode::InvalidArgument, "eval: " + std::to_string(n) + " tokens after " + std::to_string(n_past()) +
                                                 " cached do not fit the context of " + std::to_string(n_ctx_) + " tokens");
   const int64_t vocab = model_->hparams().n_vocab;
   for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= vocab)
+    if (tokens[i] >= vocab || (tokens[i] < 0 && embd == nullptr))
       throw Error(ErrorCode::InvalidArgument, "eval: token id " + std::to_string(tokens[i]) + " (at index " +
-                                                  std::to_string(i) + ") is outside [0, " + std::to_string(vocab) + ")");
+                                                  std::to_string(i) + ") is outside [0, " + std::to_string(vocab) + ")" +
+                                                  (tokens[i] < 0 ? " and no input embeddings were given" : ""));
+  const int64_t E = model_->hparams().n_embd;
   const int64_t start = n_past();
+  const float* e = embd;  // the next chunk's first embedding row
   for (int64_t off = 0; off < n; off += n_batch_) {
     const int64_t b = std::min(n_batch_, n - off);
-    if (!forward(tokens + off, b, start + off, all_logits ? all_logits + off * vocab : nullptr, abort)) {
+    if (!forward(tokens + off, b, start + off, all_logits ? all_logits + off * vocab : nullptr, abort, e)) {
       tokens_.resize(size_t(start));
       return nullptr;
     }
+    if (e)
+      for (int64_t i = off; i < off + b; ++i)
+        if (tokens[i] < 0) e += E;
     tokens_.insert(tokens_.end(), tokens + off, tokens + off + b);
   }
   has_logits_ = true;
   return logits_;
 }
 
-const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort) {
+const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort,
+                                       const float* embd) {
   EMOLLM_CHECK_ARG(n > 0 && prompt != nullptr, "eval_prompt: empty prompt");
   int64_t common = 0;
   const int64_t limit = std::min(n, n_past());
@@ -407,14 +453,76 @@ const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const s
     throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
                                                 std::to_string(n_ctx_) + " tokens");
   truncate(common);
-  return eval(prompt + common, n - common, nullptr, abort);
+  const float* e = embd;
+  if (e)
+    for (int64_t i = 0; i < common; ++i)
+      if (prompt[i] < 0) e += model_->hparams().n_embd;
+  return eval(prompt + common, n - common, nullptr, abort, e);
+}
+
+namespace {
+// log-softmax of row x at index id, in double.
+double log_softmax_at(const float* x, int64_t n, int64_t id) {
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, double(x[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(x[i]) - mx);
+  return double(x[id]) - mx - std::log(sum);
+}
+}  // namespace
+
+bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
+                                       const std::vector<std::vector<int32_t>>& continuations,
+                                       std::vector<ContinuationScore>* out, const std::atomic<bool>* abort,
+                                       const float* embd) {
+  EMOLLM_CHECK_ARG(out != nullptr, "score_continuations: no output");
+  EMOLLM_CHECK_ARG(n_prefix > 0 && prefix != nullptr, "score_continuations: empty prefix");
+  const int64_t V = n_vocab();
+  for (size_t c = 0; c < continuations.size(); ++c) {
+    const auto& cont = continuations[c];
+    if (n_prefix + int64_t(cont.size()) - 1 > n_ctx_)
+      throw Error(ErrorCode::InvalidArgument, "score: prefix of " + std::to_string(n_prefix) + " tokens plus continuation " +
+                                                  std::to_string(c) + " of " + std::to_string(cont.size()) +
+                                                  " tokens does not fit the context of " + std::to_string(n_ctx_) + " tokens");
+    for (size_t j = 0; j < cont.size(); ++j)
+      if (cont[j] < 0 || cont[j] >= V)
+        throw Error(ErrorCode::InvalidArgument, "score: continuation " + std::to_string(c) + " token id " +
+                                                    std::to_string(cont[j]) + " (at index " + std::to_string(j) +
+                                                    ") is outside [0, " + std::to_string(V) + ")");
+  }
+  out->clear();
+  const float* pl = eval_prompt(prefix, n_prefix, abort, embd);
+  if (!pl) return false;
+  std::vector<float> prefix_logits(pl, pl + V);
+  std::vector<float> rows;
+  for (const auto& cont : continuations) {
+    if (abort && abort->load(std::memory_order_relaxed)) return false;
+    ContinuationScore sc;
+    const int64_t m = int64_t(cont.size());
+    if (m > 0) {
+      sc.token_logprobs.resize(size_t(m));
+      sc.token_logprobs[0] = log_softmax_at(prefix_logits.data(), V, cont[0]);
+      if (m > 1) {
+        rows.resize(size_t((m - 1) * V));
+        const float* r = eval(cont.data(), m - 1, rows.data(), abort);
+        truncate(n_prefix);
+        if (!r) return false;
+        for (int64_t j = 1; j < m; ++j) sc.token_logprobs[size_t(j)] = log_softmax_at(rows.data() + (j - 1) * V, V, cont[size_t(j)]);
+      }
+      for (double lp : sc.token_logprobs) sc.logprob += lp;
+    }
+    out->push_back(std::move(sc));
+  }
+  std::memcpy(logits_, prefix_logits.data(), size_t(V) * sizeof(float));
+  has_logits_ = true;
+  return true;
 }
 
 // ---------------------------------------------------------------- the forward pass
 // n tokens at positions pos0..pos0+n-1 (n <= n_batch); K/V of these positions are written into
 // the cache. Writes the last token's logits to logits_ (and all rows to all_logits when given).
 bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
-                           const std::atomic<bool>* abort) {
+                           const std::atomic<bool>* abort, const float* embd) {
   const LlamaModel& m = *model_;
   const LlamaHparams& h = m.hparams();
   Backend& be = m.backend();
@@ -441,8 +549,23 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
 
   for (int64_t t = 0; t < n; ++t) pos_[t] = int32_t(pos0 + t);
 
-  // token embeddings -> residual stream x [n, E]
-  be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, tokens, n, x_, E);
+  // token embeddings -> residual stream x [n, E]; negative ids take the next row of embd
+  if (!embd) {
+    be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, tokens, n, x_, E);
+  } else {
+    for (int64_t t = 0; t < n;) {
+      int64_t r = t;
+      if (tokens[t] < 0) {
+        while (r < n && tokens[r] < 0) ++r;
+        std::memcpy(x_ + t * E, embd, size_t((r - t) * E) * sizeof(float));  // host memory (CPU backend)
+        embd += (r - t) * E;
+      } else {
+        while (r < n && tokens[r] >= 0) ++r;
+        be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, tokens + t, r - t, x_ + t * E, E);
+      }
+      t = r;
+    }
+  }
 
   for (int64_t l = 0; l < h.n_layer; ++l) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;

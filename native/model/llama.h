@@ -24,6 +24,7 @@
 #include "core/arena.h"
 #include "core/backend.h"
 #include "core/dtype.h"
+#include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
 
 namespace emollm {
@@ -77,11 +78,22 @@ class LlamaModel {
   // BadConfig from config.json.
   static std::shared_ptr<LlamaModel> load(const std::string& path, const LlamaLoadOptions& opts = {});
 
+  // The decoder of a larger checkpoint (e.g. LLaVA's language model) in Hugging Face naming:
+  // tensors `<model_prefix>embed_tokens.weight`, `<model_prefix>layers.N....`, `<model_prefix>norm.weight`
+  // and `lm_head` (unless tied). model_prefix "model." and lm_head "lm_head.weight" are the plain
+  // LlamaForCausalLM names; LLaVA uses "language_model.model." + "language_model.lm_head.weight"
+  // (transformers < 4.52) or "model.language_model." + "lm_head.weight". `store` is shared (the
+  // model keeps it alive); `config_file` names the config in errors. Errors as load().
+  static std::shared_ptr<LlamaModel> from_hf_store(std::shared_ptr<WeightStore> store, const LlamaConfig& config,
+                                                   const std::string& model_prefix, const std::string& lm_head,
+                                                   const std::string& config_file, const LlamaLoadOptions& opts = {});
+
   const LlamaHparams& hparams() const { return hp_; }
   const std::string& format() const { return format_; }  // "safetensors" or "gguf"
   const std::string& arch() const { return arch_; }      // "llama" / "mistral"
   const std::string& source() const { return source_; }
   Backend& backend() const { return *backend_; }
+  const WeightStore& store() const { return *store_; }
   bool is_eos(int32_t id) const;
 
   // ---- weights (public for the forward pass in llama.cpp; read-only)
@@ -100,7 +112,7 @@ class LlamaModel {
   friend struct LlamaLoader;
   LlamaHparams hp_;
   std::string format_, arch_, source_;
-  std::unique_ptr<WeightStore> store_;               // keeps the mapped files alive
+  std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
   std::unique_ptr<Backend> backend_;
 };
@@ -131,13 +143,38 @@ class LlamaContext {
   // n x n_vocab logits, one row per token. Throws InvalidArgument when n_past + n > n_ctx or a
   // token id is out of range. When *abort becomes true (checked between layers) it returns
   // nullptr and the cache is left as before the call.
+  //
+  // Input embeddings (multimodal): with `embd` non-null, a NEGATIVE token id means "this
+  // position's input embedding is given": the k-th negative id of `tokens` takes row k of `embd`
+  // ([number of negative ids, n_embd] f32, rows contiguous) instead of a token-table lookup. The
+  // negative id itself is a pseudo-id recorded in tokens() like any other token, so prefix reuse
+  // (eval_prompt) matches it: give distinct content distinct pseudo-ids (LLaVA derives them from
+  // a hash of the image features, see llava.h). Without `embd` negative ids are invalid.
   const float* eval(const int32_t* tokens, int64_t n, float* all_logits = nullptr,
-                    const std::atomic<bool>* abort = nullptr);
+                    const std::atomic<bool>* abort = nullptr, const float* embd = nullptr);
 
   // Prefix reuse: keeps the longest common prefix of `prompt` and the cached tokens (truncating
   // the cache there), then evaluates the rest. The last prompt token is always (re)evaluated so
   // there are logits to return. Returns the last token's logits (nullptr when aborted).
-  const float* eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr);
+  // `embd`: rows for the prompt's negative ids, as in eval() (all of them, the reused ones too).
+  const float* eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr,
+                           const float* embd = nullptr);
+
+  // Scores continuations of one prefix (classification by likelihood): evaluates the prefix once
+  // (eval_prompt, so a cached prefix is reused; `embd` as there), then each continuation from
+  // the cached prefix, truncating back to the prefix after each. For continuation c of m tokens,
+  // token_logprobs[j] = log p(c[j] | prefix, c[0..j)) from a log-softmax in double over the
+  // logits, and logprob is their sum (0 for an empty continuation). Only c[0..m-1) is evaluated.
+  // Returns false when aborted (out then holds the continuations finished so far). Throws
+  // InvalidArgument when the prefix plus a continuation does not fit n_ctx or an id is out of
+  // range. Afterwards the cache holds the prefix and logits() are the prefix's last logits.
+  struct ContinuationScore {
+    double logprob = 0.0;
+    std::vector<double> token_logprobs;
+  };
+  bool score_continuations(const int32_t* prefix, int64_t n_prefix, const std::vector<std::vector<int32_t>>& continuations,
+                           std::vector<ContinuationScore>* out, const std::atomic<bool>* abort = nullptr,
+                           const float* embd = nullptr);
 
   // Logits of the last evaluated token (n_vocab floats); nullptr before any eval.
   const float* logits() const { return has_logits_ ? logits_ : nullptr; }
@@ -148,7 +185,7 @@ class LlamaContext {
 
  private:
   bool forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
-               const std::atomic<bool>* abort);
+               const std::atomic<bool>* abort, const float* embd);
 
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;

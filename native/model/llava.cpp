@@ -1,0 +1,325 @@
+// LLaVA: loading (llava-hf folders, text GGUF + mmproj GGUF), image encoding (tower + projector)
+// and the prompt splice. See llava.h.
+#include "model/llava.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sys/stat.h>
+
+#include "core/error.h"
+#include "loaders/json.h"
+#include "loaders/safetensors.h"
+
+namespace emollm {
+
+namespace {
+
+bool is_directory(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+std::string folder_of(const std::string& path_in) {
+  std::string path = path_in;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  if (is_directory(path)) return path;
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
+}
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// image_mean / image_std of a preprocessor_config.json next to the config, when readable.
+void read_preprocessor(const std::string& folder, std::vector<float>* mean, std::vector<float>* stdv) {
+  const std::string p = folder + "/preprocessor_config.json";
+  if (!file_exists(p)) return;
+  try {
+    JsonValue root = load_json_file(p);
+    auto arr = [&](const char* key, std::vector<float>* out) {
+      const JsonValue* v = root.find(key);
+      if (!v || !v->is_array()) return;
+      std::vector<float> r;
+      for (const auto& x : v->items()) {
+        if (!x.is_number()) return;
+        r.push_back(float(x.as_double()));
+      }
+      *out = r;
+    };
+    arr("image_mean", mean);
+    arr("image_std", stdv);
+  } catch (const Error&) {
+    // optional: a broken preprocessor config only loses the normalisation hint
+  }
+}
+
+}  // namespace
+
+std::vector<int32_t> image_pseudo_ids(const float* features, int64_t n_feat, int64_t n_embd) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
+  const auto* b = reinterpret_cast<const unsigned char*>(features);
+  const size_t nb = size_t(n_feat * n_embd) * sizeof(float);
+  for (size_t i = 0; i < nb; ++i) {
+    h ^= b[i];
+    h *= 1099511628211ull;
+  }
+  std::vector<int32_t> ids(static_cast<size_t>(n_feat));
+  for (int64_t j = 0; j < n_feat; ++j) {
+    uint64_t z = h + uint64_t(j + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64 finaliser per position
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    ids[size_t(j)] = -1 - int32_t(z & 0x7FFFFFFEu);  // in [-2^31 + 1, -1]
+  }
+  return ids;
+}
+
+bool LlavaModel::is_llava_folder(const std::string& path) {
+  try {
+    std::string p = path;
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    std::string cfg;
+    if (is_directory(p)) cfg = p + "/config.json";
+    else if (p.size() >= 11 && p.compare(p.size() - 11, 11, "config.json") == 0) cfg = p;
+    else return false;
+    if (!file_exists(cfg)) return false;
+    JsonValue root = load_json_file(cfg);
+    const JsonValue* mt = root.find("model_type");
+    return mt && mt->is_string() && mt->as_string() == "llava";
+  } catch (...) {
+    return false;
+  }
+}
+
+int64_t LlavaModel::n_image_tokens() const {
+  return drop_cls_ ? vision_->hparams().n_patches() : vision_->hparams().n_pos();
+}
+
+void LlavaModel::load_projector(const WeightStore& ws, const std::string& w1, const std::string& b1, const std::string& w2,
+                                const std::string& b2, bool bias) {
+  const int64_t E = n_embd();
+  proj_in_ = vision_->hparams().n_embd * int64_t(feature_layers_.size());
+  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const TensorInfo& t = ws.get(name);
+    if (t.shape != std::vector<int64_t>{rows, cols})
+      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + shape_str(t.shape) + ", expected " +
+                                                shape_str({rows, cols}) + " (projector from " + std::to_string(cols) +
+                                                " vision channels to the decoder's hidden size)",
+                  ws.source());
+    t.compute_view();
+    if (cols % dtype_block_elems(t.dtype) != 0)
+      throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
+    return LlamaWeight{t.data, t.dtype, rows, cols};
+  };
+  auto vec = [&](const std::string& name, int64_t n) -> const float* {
+    const TensorInfo& t = ws.get(name);
+    if (t.shape != std::vector<int64_t>{n})
+      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + shape_str(t.shape) + ", expected " + shape_str({n}),
+                  ws.source());
+    t.compute_view();
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
+      return reinterpret_cast<const float*>(t.data);
+    converted_.emplace_back(static_cast<size_t>(n));
+    if (t.dtype == DType::F32) std::memcpy(converted_.back().data(), t.data, size_t(n) * sizeof(float));
+    else dequantize_row(t.dtype, t.data, converted_.back().data(), n);
+    return converted_.back().data();
+  };
+  proj1_ = mat(w1, E, proj_in_);
+  proj2_ = mat(w2, E, E);
+  if (bias) {
+    proj1_b_ = vec(b1, E);
+    proj2_b_ = vec(b2, E);
+  }
+}
+
+std::shared_ptr<LlavaModel> LlavaModel::from_hf_store(std::shared_ptr<WeightStore> store, const LlavaConfig& c,
+                                                      const std::string& config_file, const LlavaLoadOptions& opts) {
+  EMOLLM_CHECK_ARG(store != nullptr, "LlavaModel::from_hf_store: no weight store");
+  auto m = std::make_shared<LlavaModel>();
+  const WeightStore& ws = *store;
+  m->format_ = ws.format();
+  auto pick = [&](std::initializer_list<const char*> prefixes, const std::string& probe) -> std::string {
+    for (const char* p : prefixes)
+      if (ws.find(std::string(p) + probe)) return p;
+    std::string tried;
+    for (const char* p : prefixes) tried += (tried.empty() ? "" : ", ") + std::string(p) + probe;
+    throw Error(ErrorCode::MalformedFile, "not a LLaVA checkpoint: none of " + tried + " is present", ws.source());
+  };
+  // ---- decoder
+  const std::string tp = pick({"language_model.model.", "model.language_model.", "language_model.", "model."},
+                              "embed_tokens.weight");
+  std::string lm_head = "lm_head.weight";
+  if (ws.find("language_model.lm_head.weight")) lm_head = "language_model.lm_head.weight";
+  LlamaConfig tc = c.text_config;
+  if (c.tie_word_embeddings && !ws.find(lm_head)) tc.tie_word_embeddings = true;
+  LlamaLoadOptions lo;
+  lo.threads = opts.threads;
+  lo.device = opts.device;
+  m->text_ = LlamaModel::from_hf_store(store, tc, tp, lm_head, config_file, lo);
+
+  // ---- vision tower
+  const std::string vp = pick({"vision_tower.vision_model.", "model.vision_tower.vision_model.", "vision_tower.",
+                               "model.vision_tower."},
+                              "embeddings.patch_embedding.weight");
+  m->vision_ = ClipVisionModel::from_hf(ws, c.vision_config, vp, config_file);
+  const int64_t nl = m->vision_->hparams().n_layer;
+  if (c.vision_feature_layer.empty()) throw Error(ErrorCode::BadConfig, "vision_feature_layer is empty", config_file);
+  for (int64_t l : c.vision_feature_layer) {
+    try {
+      m->feature_layers_.push_back(ClipVisionModel::resolve_layer(l, nl));
+    } catch (const Error& e) {
+      throw Error(ErrorCode::BadConfig, e.detail(), config_file);
+    }
+  }
+  if (c.vision_feature_select_strategy == "default") m->drop_cls_ = true;
+  else if (c.vision_feature_select_strategy == "full") m->drop_cls_ = false;
+  else
+    throw Error(ErrorCode::BadConfig, "vision_feature_select_strategy \"" + c.vision_feature_select_strategy +
+                                          "\" is not one of \"default\", \"full\"", config_file);
+
+  // ---- projector
+  if (c.projector_hidden_act != "gelu")
+    throw Error(ErrorCode::Unsupported, "projector_hidden_act \"" + c.projector_hidden_act + "\" is not supported (gelu)",
+                config_file);
+  m->projector_act_ = c.projector_hidden_act;
+  const std::string pp = pick({"multi_modal_projector.", "model.multi_modal_projector."}, "linear_1.weight");
+  m->load_projector(ws, pp + "linear_1.weight", pp + "linear_1.bias", pp + "linear_2.weight", pp + "linear_2.bias",
+                    c.multimodal_projector_bias);
+  if (c.image_token_index < 0 || c.image_token_index > INT32_MAX)
+    throw Error(ErrorCode::BadConfig, "image_token_index " + std::to_string(c.image_token_index) + " is out of range", config_file);
+  m->image_token_id_ = int32_t(opts.image_token_id >= 0 ? opts.image_token_id : c.image_token_index);
+  m->store_ = std::move(store);
+  return m;
+}
+
+std::shared_ptr<LlavaModel> LlavaModel::load(const std::string& path, const LlavaLoadOptions& opts) {
+  if (opts.mmproj.empty()) {
+    // ---- Hugging Face folder
+    const std::string folder = folder_of(path);
+    const std::string cfg_path = folder + "/config.json";
+    const HfConfig hc = load_hf_config(cfg_path);
+    if (!hc.llava)
+      throw Error(ErrorCode::Unsupported, "model_type \"" + hc.model_type + "\" is not LLaVA (expected \"llava\")", cfg_path);
+    auto st = std::make_shared<SafetensorsStore>(SafetensorsStore::open(folder));
+    auto m = from_hf_store(st, *hc.llava, cfg_path, opts);
+    read_preprocessor(folder, &m->image_mean_, &m->image_std_);
+    return m;
+  }
+  // ---- text GGUF + mmproj GGUF
+  auto m = std::make_shared<LlavaModel>();
+  m->format_ = "gguf";
+  LlamaLoadOptions lo;
+  lo.threads = opts.threads;
+  lo.device = opts.device;
+  m->text_ = LlamaModel::load(path, lo);
+  if (m->text_->format() != "gguf")
+    throw Error(ErrorCode::InvalidArgument, "an mmproj goes with a text GGUF, not a " + m->text_->format() + " model", path);
+  auto g = std::make_shared<GgufFile>(GgufFile::open(opts.mmproj));
+  const GgufFile& f = *g;
+  m->vision_ = ClipVisionModel::from_gguf(f);
+  const ClipHparams& vh = m->vision_->hparams();
+  const std::string ptype = f.get_string_or("clip.projector_type", "mlp");
+  if (ptype != "mlp")
+    throw Error(ErrorCode::Unsupported, "mmproj projector type \"" + ptype + "\" is not supported (mlp)", opts.mmproj);
+  if (f.has("clip.has_llava_projector") && !f.get_bool("clip.has_llava_projector"))
+    throw Error(ErrorCode::Unsupported, "mmproj file has no LLaVA projector", opts.mmproj);
+  if (f.has("clip.vision.feature_layer")) {
+    for (int32_t l : f.get_i32_array("clip.vision.feature_layer")) {
+      if (l < 0 || l > vh.n_layer)
+        throw Error(ErrorCode::MalformedFile, "clip.vision.feature_layer " + std::to_string(l) + " is outside [0, " +
+                                                  std::to_string(vh.n_layer) + "]", opts.mmproj);
+      m->feature_layers_.push_back(l);
+    }
+    if (m->feature_layers_.empty()) throw Error(ErrorCode::MalformedFile, "clip.vision.feature_layer is empty", opts.mmproj);
+  } else {
+    m->feature_layers_.push_back(vh.n_layer);  // the output of the last stored layer
+  }
+  m->drop_cls_ = true;
+  m->projector_act_ = "gelu";
+  m->load_projector(f, "mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias", static_cast<const WeightStore&>(f).find("mm.0.bias") != nullptr);
+  m->image_mean_ = vh.image_mean;
+  m->image_std_ = vh.image_std;
+  // The image token: explicit, else the text GGUF's "<image>", else one past the vocabulary.
+  int64_t img = opts.image_token_id;
+  if (img < 0) {
+    img = m->text_->hparams().n_vocab;
+    if (const auto* tg = dynamic_cast<const GgufFile*>(&m->text_->store())) {
+      if (const GgufValue* toks = tg->find("tokenizer.ggml.tokens"); toks && toks->is_array() &&
+                                                                      toks->elem_type == GgufType::STRING) {
+        for (size_t i = 0; i < toks->strings.size(); ++i)
+          if (toks->strings[i] == "<image>") {
+            img = int64_t(i);
+            break;
+          }
+      }
+    }
+  }
+  m->image_token_id_ = int32_t(img);
+  m->store_ = std::move(g);
+  return m;
+}
+
+void LlavaModel::project(const float* feats, int64_t rows, float* out) const {
+  Backend& be = text_->backend();
+  const int64_t E = n_embd();
+  std::vector<float> hid(size_t(rows * E));
+  be.gemm(feats, proj_in_, proj1_.data, proj1_.dtype, proj1_b_, hid.data(), E, rows, E, proj_in_);
+  be.gelu_erf(hid.data(), hid.data(), rows * E);
+  be.gemm(hid.data(), E, proj2_.data, proj2_.dtype, proj2_b_, out, E, rows, E, E);
+}
+
+bool LlavaModel::encode_images(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort) const {
+  EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
+  const int64_t rows = B * n_image_tokens();
+  std::vector<float> feats(size_t(rows * proj_in_));
+  if (!vision_->encode(text_->backend(), pixels, B, feature_layers_, drop_cls_, feats.data(), abort)) return false;
+  if (abort && abort->load(std::memory_order_relaxed)) return false;
+  project(feats.data(), rows, out);
+  return true;
+}
+
+std::vector<int32_t> LlavaModel::splice_prompt(const int32_t* tokens, int64_t n, const float* features,
+                                               int64_t n_images) const {
+  EMOLLM_CHECK_ARG(n >= 0 && (n == 0 || tokens != nullptr), "splice_prompt: no tokens");
+  EMOLLM_CHECK_ARG(n_images >= 0, "splice_prompt: negative image count");
+  EMOLLM_CHECK_ARG(n_images == 0 || features != nullptr, "splice_prompt: images without features");
+  const int64_t nf = n_image_tokens(), E = n_embd();
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] == image_token_id_) ++count;
+    else if (tokens[i] < 0)
+      throw Error(ErrorCode::InvalidArgument, "token id " + std::to_string(tokens[i]) + " (at index " + std::to_string(i) +
+                                                  ") is negative");
+  }
+  const bool once = count == n_images, expanded = count == n_images * nf;
+  if (!once && !expanded)
+    throw Error(ErrorCode::InvalidArgument,
+                "the prompt has " + std::to_string(count) + " image tokens (id " + std::to_string(image_token_id_) + ") for " +
+                    std::to_string(n_images) + " image" + (n_images == 1 ? "" : "s") + ": expected " +
+                    std::to_string(n_images) + " (one per image) or " + std::to_string(n_images * nf) + " (" +
+                    std::to_string(nf) + " per image)");
+  std::vector<std::vector<int32_t>> ids(static_cast<size_t>(n_images));
+  for (int64_t k = 0; k < n_images; ++k) ids[size_t(k)] = image_pseudo_ids(features + k * nf * E, nf, E);
+  std::vector<int32_t> out;
+  out.reserve(size_t(n + (once && nf > 1 ? n_images * (nf - 1) : 0)));
+  int64_t seen = 0;  // image tokens seen so far
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] != image_token_id_) {
+      out.push_back(tokens[i]);
+    } else if (once && !(expanded && nf == 1)) {
+      const auto& v = ids[size_t(seen++)];
+      out.insert(out.end(), v.begin(), v.end());
+    } else {
+      out.push_back(ids[size_t(seen / nf)][size_t(seen % nf)]);
+      ++seen;
+    }
+  }
+  return out;
+}
+
+}  // namespace emollm

@@ -1,0 +1,698 @@
+// Tests for LLaVA (native/model/{clip,llava}.*) and the multimodal parts of LlamaContext (input
+// embeddings, image-aware prefix reuse, score_continuations):
+//  - shared/models/llava-tiny-hf (transformers' own outputs, see its SOURCE.md): logits at every
+//    position within 1e-4 with the expanded and the unexpanded prompt, the 16 greedy tokens, from
+//    the Hugging Face folder and from a text GGUF + mmproj GGUF pair converted here in C++ (the
+//    llama.cpp layouts: q/k permuted for interleaved RoPE; the tower's last layer dropped; fc1
+//    named ffn_down (legacy) or ffn_up (gguf-py));
+//  - tests/fixtures/llava/* (PyTorch re-implementation, see its README): layer lists, "full",
+//    two batched images, GQA 4 + llama3 RoPE: features, logits and greedy tokens.
+// The shared dir comes from EMOLLM_SHARED_DIR, else ../shared; the fixtures from
+// EMOLLM_LLAVA_FIXTURES, else tests/fixtures/llava next to this file. Missing data is a printed skip.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+
+#include "../../native/core/error.h"
+#include "../../native/loaders/json.h"
+#include "../../native/loaders/safetensors.h"
+#include "../../native/model/llava.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+std::string tiny_dir() {
+  static std::string dir = [] {
+    std::string shared = std::getenv("EMOLLM_SHARED_DIR") ? std::getenv("EMOLLM_SHARED_DIR") : "../shared";
+    std::string d = shared + "/models/llava-tiny-hf";
+    if (!exists(d + "/model.safetensors") || !exists(d + "/reference/logits.f32")) {
+      std::printf("  [skip] llava-tiny-hf tests: %s not found (set EMOLLM_SHARED_DIR)\n", d.c_str());
+      return std::string();
+    }
+    return d;
+  }();
+  return dir;
+}
+
+std::string fixtures_dir() {
+  static std::string dir = [] {
+    std::string d;
+    if (const char* e = std::getenv("EMOLLM_LLAVA_FIXTURES")) d = e;
+    else {
+      std::string f = __FILE__;
+      size_t slash = f.find_last_of('/');
+      d = (slash == std::string::npos ? std::string(".") : f.substr(0, slash)) + "/../fixtures/llava";
+      if (!exists(d + "/README.md")) d = "tests/fixtures/llava";
+    }
+    if (!exists(d + "/README.md")) {
+      std::printf("  [skip] llava fixture tests: %s not found (set EMOLLM_LLAVA_FIXTURES)\n", d.c_str());
+      return std::string();
+    }
+    return d;
+  }();
+  return dir;
+}
+
+std::vector<float> read_f32(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<float> out(b.size() / 4);
+  std::memcpy(out.data(), b.data(), out.size() * 4);
+  return out;
+}
+JsonValue read_json(const std::string& path) { return load_json_file(path); }
+std::vector<int32_t> ints(const JsonValue* v) {
+  std::vector<int32_t> r;
+  if (v)
+    for (const auto& x : v->items()) r.push_back(int32_t(x.as_int()));
+  return r;
+}
+
+LlamaContextOptions ctx_opts(int64_t n_ctx = 256) {
+  LlamaContextOptions o;
+  o.n_ctx = n_ctx;
+  return o;
+}
+
+// All-position logits of `ids` (with images) on a fresh context.
+std::vector<float> all_logits(const LlavaModel& m, const std::vector<int32_t>& ids, const std::vector<float>& feats,
+                              int64_t n_images, int64_t n_batch = 0) {
+  auto toks = m.splice_prompt(ids.data(), int64_t(ids.size()), feats.data(), n_images);
+  LlamaContextOptions o = ctx_opts();
+  o.n_batch = n_batch;
+  LlamaContext ctx(m.text_model(), o);
+  std::vector<float> out(toks.size() * size_t(ctx.n_vocab()));
+  EXPECT(ctx.eval(toks.data(), int64_t(toks.size()), out.data(), nullptr, feats.data()) != nullptr);
+  return out;
+}
+
+std::vector<int32_t> greedy(const LlavaModel& m, const std::vector<int32_t>& ids, const std::vector<float>& feats,
+                            int64_t n_images, int n) {
+  auto toks = m.splice_prompt(ids.data(), int64_t(ids.size()), feats.data(), n_images);
+  LlamaContext ctx(m.text_model(), ctx_opts());
+  const int64_t V = ctx.n_vocab();
+  const float* l = ctx.eval_prompt(toks.data(), int64_t(toks.size()), nullptr, feats.data());
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    int32_t best = int32_t(std::max_element(l, l + V) - l);
+    out.push_back(best);
+    if (i + 1 < n) l = ctx.eval(&best, 1);
+  }
+  return out;
+}
+
+struct Tiny {
+  std::shared_ptr<LlavaModel> model;
+  std::vector<float> pixels, ref_logits;
+  std::vector<int32_t> ids_expanded, ids_unexpanded, greedy_tokens;
+};
+const Tiny* tiny() {
+  static std::unique_ptr<Tiny> t = []() -> std::unique_ptr<Tiny> {
+    if (tiny_dir().empty()) return nullptr;
+    auto r = std::make_unique<Tiny>();
+    r->model = LlavaModel::load(tiny_dir());
+    r->pixels = read_f32(tiny_dir() + "/reference/pixel_values.f32");
+    r->ref_logits = read_f32(tiny_dir() + "/reference/logits.f32");
+    JsonValue e = read_json(tiny_dir() + "/reference/expected.json");
+    r->ids_expanded = ints(e.find("input_ids_expanded"));
+    r->ids_unexpanded = ints(e.find("input_ids_unexpanded"));
+    r->greedy_tokens = ints(e.find("greedy_new_tokens"));
+    return r;
+  }();
+  return t.get();
+}
+
+std::vector<float> encode(const LlavaModel& m, const std::vector<float>& pixels, int64_t B) {
+  std::vector<float> f(size_t(B * m.n_image_tokens() * m.n_embd()));
+  EXPECT(m.encode_images(pixels.data(), B, f.data()));
+  return f;
+}
+
+double check_logits(const std::vector<float>& got, const std::vector<float>& ref, const std::string& what) {
+  EXPECT(got.size() == ref.size());
+  if (got.size() != ref.size()) return 1e9;
+  double d = emollm_test::max_abs_diff(got.data(), ref.data(), long(got.size()));
+  EXPECT_ALL_CLOSE(got.data(), ref.data(), got.size(), 1e-4, 0.0, what);
+  std::printf("    %s: max |logit diff| %.3g over %zu values\n", what.c_str(), d, got.size());
+  return d;
+}
+
+// ---------------------------------------------------------------- a GGUF writer (llama.cpp layouts)
+struct GgufOut {
+  std::vector<uint8_t> kv;
+  uint64_t n_kv = 0;
+  struct T {
+    std::string name;
+    std::vector<uint64_t> ne;
+    std::vector<float> data;
+  };
+  std::vector<T> tensors;
+  void raw(const void* p, size_t n) { kv.insert(kv.end(), (const uint8_t*)p, (const uint8_t*)p + n); }
+  void u32(uint32_t v) { raw(&v, 4); }
+  void u64(uint64_t v) { raw(&v, 8); }
+  void str(const std::string& s) { u64(s.size()); raw(s.data(), s.size()); }
+  void key(const std::string& k, uint32_t type) { str(k); u32(type); ++n_kv; }
+  void kv_u32(const std::string& k, uint32_t v) { key(k, 4); u32(v); }
+  void kv_f32(const std::string& k, float v) { key(k, 6); raw(&v, 4); }
+  void kv_bool(const std::string& k, bool v) { key(k, 7); uint8_t b = v; raw(&b, 1); }
+  void kv_str(const std::string& k, const std::string& v) { key(k, 8); str(v); }
+  void kv_f32s(const std::string& k, const std::vector<float>& v) { key(k, 9); u32(6); u64(v.size()); raw(v.data(), v.size() * 4); }
+  void kv_i32s(const std::string& k, const std::vector<int32_t>& v) { key(k, 9); u32(5); u64(v.size()); raw(v.data(), v.size() * 4); }
+  void kv_strs(const std::string& k, const std::vector<std::string>& v) {
+    key(k, 9); u32(8); u64(v.size());
+    for (auto& s : v) str(s);
+  }
+  // shape outermost-first, as PyTorch (reversed into ggml's ne)
+  void tensor(const std::string& name, std::vector<int64_t> shape, std::vector<float> data) {
+    std::vector<uint64_t> ne(shape.rbegin(), shape.rend());
+    tensors.push_back({name, ne, std::move(data)});
+  }
+  void write(const std::string& path) {
+    std::vector<uint8_t> b = {'G', 'G', 'U', 'F'};
+    auto put = [&](const void* p, size_t n) { b.insert(b.end(), (const uint8_t*)p, (const uint8_t*)p + n); };
+    uint32_t ver = 3;
+    uint64_t nt = tensors.size();
+    put(&ver, 4); put(&nt, 8); put(&n_kv, 8);
+    put(kv.data(), kv.size());
+    uint64_t off = 0;
+    for (auto& t : tensors) {
+      uint64_t len = t.name.size();
+      put(&len, 8); put(t.name.data(), len);
+      uint32_t nd = uint32_t(t.ne.size());
+      put(&nd, 4);
+      for (uint64_t d : t.ne) put(&d, 8);
+      uint32_t type = 0;  // f32
+      put(&type, 4); put(&off, 8);
+      off += (t.data.size() * 4 + 31) / 32 * 32;
+    }
+    while (b.size() % 32) b.push_back(0);
+    for (auto& t : tensors) {
+      put(t.data.data(), t.data.size() * 4);
+      while (b.size() % 32) b.push_back(0);
+    }
+    std::ofstream f(path, std::ios::binary);
+    f.write((const char*)b.data(), std::streamsize(b.size()));
+  }
+};
+
+std::vector<float> tdata(const WeightStore& ws, const std::string& name) {
+  const TensorInfo& t = ws.get(name);
+  std::vector<float> v(size_t(t.numel()));
+  std::memcpy(v.data(), t.data, v.size() * 4);
+  return v;
+}
+// llama.cpp's convert permute for interleaved RoPE: rows of each head (2 halves of D/2) interleaved.
+std::vector<float> permute_qk(const std::vector<float>& w, int64_t n_head, int64_t cols) {
+  const int64_t rows = int64_t(w.size()) / cols, D = rows / n_head;
+  std::vector<float> out(w.size());
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t i = 0; i < D / 2; ++i)
+      for (int64_t s = 0; s < 2; ++s)
+        std::memcpy(&out[size_t((h * D + 2 * i + s) * cols)], &w[size_t((h * D + s * (D / 2) + i) * cols)], size_t(cols) * 4);
+  return out;
+}
+
+// Converts llava-tiny-hf to a text GGUF + an mmproj GGUF (llava-1.5 style: last tower layer dropped).
+void convert_tiny(const std::string& text_path, const std::string& mmproj_path, bool legacy_ffn_names) {
+  auto st = SafetensorsStore::open(tiny_dir());
+  GgufOut t;
+  t.kv_str("general.architecture", "llama");
+  t.kv_u32("llama.embedding_length", 64);
+  t.kv_u32("llama.block_count", 2);
+  t.kv_u32("llama.feed_forward_length", 128);
+  t.kv_u32("llama.attention.head_count", 4);
+  t.kv_u32("llama.attention.head_count_kv", 2);
+  t.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  t.kv_f32("llama.rope.freq_base", 10000.0f);
+  t.kv_u32("llama.context_length", 256);
+  t.kv_u32("llama.rope.dimension_count", 16);
+  std::vector<std::string> vocab(32064);
+  for (size_t i = 0; i < vocab.size(); ++i) vocab[i] = "t" + std::to_string(i);
+  vocab[32000] = "<image>";
+  t.kv_strs("tokenizer.ggml.tokens", vocab);
+  t.kv_u32("tokenizer.ggml.bos_token_id", 1);
+  t.kv_u32("tokenizer.ggml.eos_token_id", 2);
+  const std::string lm = "language_model.model.";
+  t.tensor("token_embd.weight", {32064, 64}, tdata(st, lm + "embed_tokens.weight"));
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = lm + "layers." + std::to_string(i) + ".", b = "blk." + std::to_string(i) + ".";
+    t.tensor(b + "attn_norm.weight", {64}, tdata(st, p + "input_layernorm.weight"));
+    t.tensor(b + "attn_q.weight", {64, 64}, permute_qk(tdata(st, p + "self_attn.q_proj.weight"), 4, 64));
+    t.tensor(b + "attn_k.weight", {32, 64}, permute_qk(tdata(st, p + "self_attn.k_proj.weight"), 2, 64));
+    t.tensor(b + "attn_v.weight", {32, 64}, tdata(st, p + "self_attn.v_proj.weight"));
+    t.tensor(b + "attn_output.weight", {64, 64}, tdata(st, p + "self_attn.o_proj.weight"));
+    t.tensor(b + "ffn_norm.weight", {64}, tdata(st, p + "post_attention_layernorm.weight"));
+    t.tensor(b + "ffn_gate.weight", {128, 64}, tdata(st, p + "mlp.gate_proj.weight"));
+    t.tensor(b + "ffn_up.weight", {128, 64}, tdata(st, p + "mlp.up_proj.weight"));
+    t.tensor(b + "ffn_down.weight", {64, 128}, tdata(st, p + "mlp.down_proj.weight"));
+  }
+  t.tensor("output_norm.weight", {64}, tdata(st, lm + "norm.weight"));
+  t.tensor("output.weight", {32064, 64}, tdata(st, "language_model.lm_head.weight"));
+  t.write(text_path);
+
+  GgufOut v;
+  v.kv_str("general.architecture", "clip");
+  v.kv_bool("clip.has_text_encoder", false);
+  v.kv_bool("clip.has_vision_encoder", true);
+  v.kv_bool("clip.has_llava_projector", true);
+  v.kv_str("clip.projector_type", "mlp");
+  v.kv_u32("clip.vision.image_size", 42);
+  v.kv_u32("clip.vision.patch_size", 14);
+  v.kv_u32("clip.vision.embedding_length", 32);
+  v.kv_u32("clip.vision.feed_forward_length", 64);
+  v.kv_u32("clip.vision.projection_dim", 512);
+  v.kv_u32("clip.vision.attention.head_count", 2);
+  v.kv_f32("clip.vision.attention.layer_norm_epsilon", 1e-5f);
+  v.kv_u32("clip.vision.block_count", 1);  // 2 - 1: the llava converter drops the last layer
+  v.kv_f32s("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
+  v.kv_f32s("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
+  v.kv_bool("clip.use_gelu", false);
+  const std::string vt = "vision_tower.";
+  v.tensor("v.class_embd", {32}, tdata(st, vt + "embeddings.class_embedding"));
+  v.tensor("v.patch_embd.weight", {32, 3, 14, 14}, tdata(st, vt + "embeddings.patch_embedding.weight"));
+  v.tensor("v.position_embd.weight", {10, 32}, tdata(st, vt + "embeddings.position_embedding.weight"));
+  v.tensor("v.pre_ln.weight", {32}, tdata(st, vt + "pre_layrnorm.weight"));
+  v.tensor("v.pre_ln.bias", {32}, tdata(st, vt + "pre_layrnorm.bias"));
+  const std::string p = vt + "encoder.layers.0.", b = "v.blk.0.";
+  for (const char* x : {"weight", "bias"}) {
+    const std::string s = std::string(".") + x;
+    const bool w = s == ".weight";
+    v.tensor(b + "ln1" + s, {32}, tdata(st, p + "layer_norm1" + s));
+    v.tensor(b + "ln2" + s, {32}, tdata(st, p + "layer_norm2" + s));
+    v.tensor(b + "attn_q" + s, w ? std::vector<int64_t>{32, 32} : std::vector<int64_t>{32}, tdata(st, p + "self_attn.q_proj" + s));
+    v.tensor(b + "attn_k" + s, w ? std::vector<int64_t>{32, 32} : std::vector<int64_t>{32}, tdata(st, p + "self_attn.k_proj" + s));
+    v.tensor(b + "attn_v" + s, w ? std::vector<int64_t>{32, 32} : std::vector<int64_t>{32}, tdata(st, p + "self_attn.v_proj" + s));
+    v.tensor(b + "attn_out" + s, w ? std::vector<int64_t>{32, 32} : std::vector<int64_t>{32}, tdata(st, p + "self_attn.out_proj" + s));
+    v.tensor(b + (legacy_ffn_names ? "ffn_down" : "ffn_up") + s, w ? std::vector<int64_t>{64, 32} : std::vector<int64_t>{64},
+             tdata(st, p + "mlp.fc1" + s));
+    v.tensor(b + (legacy_ffn_names ? "ffn_up" : "ffn_down") + s, w ? std::vector<int64_t>{32, 64} : std::vector<int64_t>{32},
+             tdata(st, p + "mlp.fc2" + s));
+  }
+  v.tensor("mm.0.weight", {64, 32}, tdata(st, "multi_modal_projector.linear_1.weight"));
+  v.tensor("mm.0.bias", {64}, tdata(st, "multi_modal_projector.linear_1.bias"));
+  v.tensor("mm.2.weight", {64, 64}, tdata(st, "multi_modal_projector.linear_2.weight"));
+  v.tensor("mm.2.bias", {64}, tdata(st, "multi_modal_projector.linear_2.bias"));
+  v.write(mmproj_path);
+}
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/emollm_llava_XXXXXX";
+    path = ::mkdtemp(tmpl) ? tmpl : "/tmp";
+  }
+  ~TempDir() {
+    std::string cmd = "rm -rf '" + path + "'";
+    if (path.rfind("/tmp/emollm_llava_", 0) == 0) (void)!std::system(cmd.c_str());
+  }
+};
+
+}  // namespace
+
+// ================================================================ llava-tiny-hf (transformers' outputs)
+
+TEST(llava_tiny_hf_loads) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  EXPECT(m.format() == "safetensors");
+  EXPECT(m.image_token_id() == 32000);
+  EXPECT(m.n_image_tokens() == 9);
+  EXPECT(m.n_embd() == 64);
+  EXPECT(m.feature_layers() == std::vector<int64_t>{1});  // -2 of 2 layers = hidden_states[1]
+  EXPECT(m.drop_cls());
+  EXPECT(m.vision().hparams().n_pos() == 10);
+  EXPECT(m.image_mean().size() == 3 && m.image_std().size() == 3);
+  EXPECT(m.text().hparams().n_vocab == 32064 && m.text().hparams().n_layer == 2);
+  EXPECT(t->pixels.size() == 3 * 42 * 42);
+  EXPECT(t->ref_logits.size() == 30 * size_t(32064));
+  EXPECT(LlavaModel::is_llava_folder(tiny_dir()));
+  EXPECT(!LlavaModel::is_llava_folder(tiny_dir() + "/model.safetensors"));
+  // a llava folder is not a plain LLaMA
+  EXPECT_THROWS(LlamaModel::load(tiny_dir()), ErrorCode::Unsupported);
+}
+
+TEST(llava_tiny_hf_logits_expanded_prompt) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  auto feats = encode(*t->model, t->pixels, 1);
+  check_logits(all_logits(*t->model, t->ids_expanded, feats, 1), t->ref_logits, "tiny hf, expanded ids");
+  // prefill in chunks that split the image (n_batch 7) gives the same
+  check_logits(all_logits(*t->model, t->ids_expanded, feats, 1, 7), t->ref_logits, "tiny hf, n_batch 7");
+}
+
+TEST(llava_tiny_hf_logits_unexpanded_prompt) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  auto feats = encode(*t->model, t->pixels, 1);
+  auto a = t->model->splice_prompt(t->ids_unexpanded.data(), int64_t(t->ids_unexpanded.size()), feats.data(), 1);
+  auto b = t->model->splice_prompt(t->ids_expanded.data(), int64_t(t->ids_expanded.size()), feats.data(), 1);
+  EXPECT(a == b);
+  EXPECT(a.size() == 30);
+  check_logits(all_logits(*t->model, t->ids_unexpanded, feats, 1), t->ref_logits, "tiny hf, unexpanded ids");
+}
+
+TEST(llava_tiny_hf_greedy) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  auto feats = encode(*t->model, t->pixels, 1);
+  EXPECT(greedy(*t->model, t->ids_unexpanded, feats, 1, 16) == t->greedy_tokens);
+  EXPECT(greedy(*t->model, t->ids_expanded, feats, 1, 16) == t->greedy_tokens);
+}
+
+TEST(llava_image_token_count_mismatch) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  auto feats = encode(m, t->pixels, 1);
+  std::vector<float> two(feats);
+  two.insert(two.end(), feats.begin(), feats.end());
+  auto ids = t->ids_unexpanded;
+  // one image token, two images
+  try {
+    m.splice_prompt(ids.data(), int64_t(ids.size()), two.data(), 2);
+    EXPECT(false);
+  } catch (const Error& e) {
+    EXPECT(e.code() == ErrorCode::InvalidArgument);
+    EXPECT(std::string(e.what()).find("1 image tokens") != std::string::npos);
+    EXPECT(std::string(e.what()).find("expected 2 (one per image) or 18 (9 per image)") != std::string::npos);
+  }
+  // 5 image tokens for one image (neither 1 nor 9): never truncated
+  std::vector<int32_t> five(ids);
+  five.insert(five.begin() + 5, 4, 32000);
+  EXPECT_THROWS(m.splice_prompt(five.data(), int64_t(five.size()), feats.data(), 1), ErrorCode::InvalidArgument);
+  // image tokens but no images; negative ids in a prompt
+  EXPECT_THROWS(m.splice_prompt(ids.data(), int64_t(ids.size()), nullptr, 0), ErrorCode::InvalidArgument);
+  std::vector<int32_t> neg{1, -5, 2};
+  EXPECT_THROWS(m.splice_prompt(neg.data(), 3, nullptr, 0), ErrorCode::InvalidArgument);
+  // no image: plain text passes through
+  std::vector<int32_t> txt{1, 3148, 1001};
+  EXPECT(m.splice_prompt(txt.data(), 3, nullptr, 0) == txt);
+  // negative ids without embeddings are refused by eval
+  LlamaContext ctx(m.text_model(), ctx_opts());
+  EXPECT_THROWS(ctx.eval(neg.data(), 3), ErrorCode::InvalidArgument);
+}
+
+TEST(llava_batched_images_equal_single) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  // image 2: the photo mirrored left-right
+  std::vector<float> px2(t->pixels.size());
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < 42; ++y)
+      for (int x = 0; x < 42; ++x) px2[size_t((c * 42 + y) * 42 + x)] = t->pixels[size_t((c * 42 + y) * 42 + (41 - x))];
+  auto f1 = encode(m, t->pixels, 1), f2 = encode(m, px2, 1);
+  std::vector<float> both(t->pixels);
+  both.insert(both.end(), px2.begin(), px2.end());
+  auto fb = encode(m, both, 2);
+  const size_t n = f1.size();
+  EXPECT(fb.size() == 2 * n);
+  EXPECT_ALL_CLOSE(fb.data(), f1.data(), n, 1e-5, 1e-5, "batched image 0");
+  EXPECT_ALL_CLOSE(fb.data() + n, f2.data(), n, 1e-5, 1e-5, "batched image 1");
+  EXPECT(emollm_test::max_abs_diff(f1.data(), f2.data(), long(n)) > 1e-3);  // really different images
+
+  // Two images in one prompt: positions before the second image equal the one-image prompt's.
+  std::vector<int32_t> ids = t->ids_unexpanded;  // ... <image> ...
+  ids.push_back(32000);                          // ... <image> ... <image>
+  ids.push_back(13);
+  auto lb = all_logits(m, ids, fb, 2);
+  auto l1 = all_logits(m, t->ids_unexpanded, f1, 1);
+  const int64_t V = 32064, common = 30;
+  EXPECT_ALL_CLOSE(lb.data(), l1.data(), common * V, 1e-5, 0.0, "two-image prompt prefix");
+  // and the second image's features are the mirrored photo's: splicing fb equals splicing [f1, f2]
+  std::vector<float> f12(f1);
+  f12.insert(f12.end(), f2.begin(), f2.end());
+  auto l12 = all_logits(m, ids, f12, 2);
+  EXPECT_ALL_CLOSE(lb.data(), l12.data(), lb.size(), 1e-4, 0.0, "batched vs single features in a 2-image prompt");
+}
+
+TEST(llava_prefix_reuse_tells_images_apart) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  std::vector<float> px2(t->pixels);
+  for (auto& v : px2) v = -v;
+  auto fa = encode(m, t->pixels, 1), fb = encode(m, px2, 1);
+  auto ta = m.splice_prompt(t->ids_unexpanded.data(), int64_t(t->ids_unexpanded.size()), fa.data(), 1);
+  auto tb = m.splice_prompt(t->ids_unexpanded.data(), int64_t(t->ids_unexpanded.size()), fb.data(), 1);
+  EXPECT(ta != tb);
+  for (int i = 5; i < 14; ++i) EXPECT(ta[size_t(i)] < 0 && tb[size_t(i)] < 0 && ta[size_t(i)] != tb[size_t(i)]);
+  // same features, same ids
+  EXPECT(ta == m.splice_prompt(t->ids_unexpanded.data(), int64_t(t->ids_unexpanded.size()), fa.data(), 1));
+  const int64_t V = 32064;
+  LlamaContext ctx(m.text_model(), ctx_opts());
+  const float* l = ctx.eval_prompt(ta.data(), int64_t(ta.size()), nullptr, fa.data());
+  EXPECT_ALL_CLOSE(l, t->ref_logits.data() + 29 * V, V, 1e-4, 0.0, "image A last logits");
+  // image B after A: only the text before the image may be reused
+  l = ctx.eval_prompt(tb.data(), int64_t(tb.size()), nullptr, fb.data());
+  LlamaContext fresh(m.text_model(), ctx_opts());
+  const float* lf = fresh.eval_prompt(tb.data(), int64_t(tb.size()), nullptr, fb.data());
+  EXPECT_ALL_CLOSE(l, lf, V, 1e-5, 0.0, "image B after image A == image B fresh");
+  EXPECT(emollm_test::max_abs_diff(l, t->ref_logits.data() + 29 * V, long(V)) > 1e-3);
+  // back to A with a longer prompt: reuses the cached A prefix... after B, only 5 tokens match
+  std::vector<int32_t> ta2(ta);
+  ta2.push_back(13);
+  l = ctx.eval_prompt(ta.data(), int64_t(ta.size()), nullptr, fa.data());
+  EXPECT_ALL_CLOSE(l, t->ref_logits.data() + 29 * V, V, 1e-4, 0.0, "image A again");
+  EXPECT(ctx.tokens() == ta);
+  l = ctx.eval_prompt(ta2.data(), int64_t(ta2.size()), nullptr, fa.data());  // reuses all 30, evaluates 1
+  EXPECT(l != nullptr && ctx.n_past() == 31);
+  // a prompt ending in an image: a full cache hit re-evaluates the last image position from its row
+  std::vector<int32_t> tail_ids{1, 3148, 32000};
+  auto te = m.splice_prompt(tail_ids.data(), 3, fa.data(), 1);
+  EXPECT(te.size() == 11);
+  std::vector<float> first(static_cast<size_t>(V));
+  l = ctx.eval_prompt(te.data(), int64_t(te.size()), nullptr, fa.data());
+  std::memcpy(first.data(), l, size_t(V) * 4);
+  l = ctx.eval_prompt(te.data(), int64_t(te.size()), nullptr, fa.data());
+  EXPECT_ALL_CLOSE(l, first.data(), V, 1e-5, 0.0, "image-final prompt, cached");  // gemv vs gemm noise
+  EXPECT(ctx.n_past() == 11);
+}
+
+TEST(llava_score_continuations) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  auto feats = encode(m, t->pixels, 1);
+  const int64_t V = 32064;
+  auto full = m.splice_prompt(t->ids_expanded.data(), 30, feats.data(), 1);
+  // prefix = first 20 positions (image included), continuation = the remaining 10 reference ids
+  std::vector<int32_t> prefix(full.begin(), full.begin() + 20);
+  std::vector<int32_t> cont(t->ids_expanded.begin() + 20, t->ids_expanded.end());
+  std::vector<int32_t> other{5328, 947, 278};
+  LlamaContext ctx(m.text_model(), ctx_opts());
+  std::vector<LlamaContext::ContinuationScore> out;
+  EXPECT(ctx.score_continuations(prefix.data(), 20, {cont, {}, other, cont}, &out, nullptr, feats.data()));
+  EXPECT(out.size() == 4);
+  if (out.size() != 4) return;
+  // reference: log-softmax of transformers' logits
+  double sum = 0, worst = 0;
+  EXPECT(out[0].token_logprobs.size() == 10);
+  for (int j = 0; j < 10; ++j) {
+    const float* row = t->ref_logits.data() + (19 + j) * V;
+    double mx = *std::max_element(row, row + V), s = 0;
+    for (int64_t i = 0; i < V; ++i) s += std::exp(double(row[i]) - mx);
+    const double ref = double(row[cont[size_t(j)]]) - mx - std::log(s);
+    sum += ref;
+    if (out[0].token_logprobs.size() == 10) worst = std::max(worst, std::fabs(out[0].token_logprobs[size_t(j)] - ref));
+  }
+  std::printf("    score: sum logprob %.6f (reference %.6f), max token diff %.3g\n", out[0].logprob, sum, worst);
+  EXPECT(worst < 2e-4);
+  EXPECT_NEAR(out[0].logprob, sum, 1e-3);
+  EXPECT(out[1].logprob == 0 && out[1].token_logprobs.empty());
+  EXPECT(out[2].token_logprobs.size() == 3 && out[2].logprob < 0);
+  EXPECT(out[3].logprob == out[0].logprob);  // the cache was truncated back after each
+  EXPECT(ctx.n_past() == 20);
+  EXPECT_ALL_CLOSE(ctx.logits(), t->ref_logits.data() + 19 * V, V, 1e-4, 0.0, "prefix logits after scoring");
+  // errors: id out of range; too long for the context
+  EXPECT_THROWS(ctx.score_continuations(prefix.data(), 20, {{1, 40000}}, &out, nullptr, feats.data()), ErrorCode::InvalidArgument);
+  LlamaContext small(m.text_model(), ctx_opts(24));
+  EXPECT_THROWS(small.score_continuations(prefix.data(), 20, {cont}, &out, nullptr, feats.data()), ErrorCode::InvalidArgument);
+  // abort
+  std::atomic<bool> stop{true};
+  EXPECT(!ctx.score_continuations(prefix.data(), 20, {cont}, &out, &stop, feats.data()) || out.empty());
+}
+
+TEST(llava_vision_layer_list_and_full_shapes) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const ClipVisionModel& v = t->model->vision();
+  Backend& be = t->model->text().backend();
+  const int64_t E = 32;
+  std::vector<float> s0(10 * E), s1(10 * E), s2(10 * E), cat(10 * 3 * E), def(9 * 2 * E);
+  EXPECT(v.encode(be, t->pixels.data(), 1, {0}, false, s0.data()));
+  EXPECT(v.encode(be, t->pixels.data(), 1, {1}, false, s1.data()));
+  EXPECT(v.encode(be, t->pixels.data(), 1, {2}, false, s2.data()));
+  EXPECT(v.encode(be, t->pixels.data(), 1, {2, 0, 1}, false, cat.data()));
+  EXPECT(v.encode(be, t->pixels.data(), 1, {1, 2}, true, def.data()));
+  for (int tk = 0; tk < 10; ++tk) {
+    EXPECT(std::memcmp(&cat[size_t(tk * 3 * E)], &s2[size_t(tk * E)], E * 4) == 0);
+    EXPECT(std::memcmp(&cat[size_t(tk * 3 * E + E)], &s0[size_t(tk * E)], E * 4) == 0);
+    EXPECT(std::memcmp(&cat[size_t(tk * 3 * E + 2 * E)], &s1[size_t(tk * E)], E * 4) == 0);
+  }
+  for (int tk = 0; tk < 9; ++tk) {
+    EXPECT(std::memcmp(&def[size_t(tk * 2 * E)], &s1[size_t((tk + 1) * E)], E * 4) == 0);
+    EXPECT(std::memcmp(&def[size_t(tk * 2 * E + E)], &s2[size_t((tk + 1) * E)], E * 4) == 0);
+  }
+  EXPECT(ClipVisionModel::resolve_layer(-2, 2) == 1);
+  EXPECT(ClipVisionModel::resolve_layer(-3, 2) == 0);
+  EXPECT(ClipVisionModel::resolve_layer(2, 2) == 2);
+  EXPECT_THROWS(ClipVisionModel::resolve_layer(-4, 2), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(ClipVisionModel::resolve_layer(3, 2), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(v.encode(be, t->pixels.data(), 1, {3}, false, s0.data()), ErrorCode::InvalidArgument);
+
+  // LLaVA-level: "full" keeps CLS (10 features); a layer list needs a projector of 2 x 32 inputs
+  HfConfig hc = load_hf_config(tiny_dir());
+  LlavaConfig c = *hc.llava;
+  c.vision_feature_select_strategy = "full";
+  auto st = std::make_shared<SafetensorsStore>(SafetensorsStore::open(tiny_dir()));
+  auto full = LlavaModel::from_hf_store(st, c, "config.json");
+  EXPECT(full->n_image_tokens() == 10 && !full->drop_cls());
+  std::vector<float> ff(10 * 64);
+  EXPECT(full->encode_images(t->pixels.data(), 1, ff.data()));
+  auto fd = encode(*t->model, t->pixels, 1);
+  EXPECT(std::memcmp(ff.data() + 64, fd.data(), 9 * 64 * 4) == 0);  // tokens 1.. equal the default's
+  std::vector<int32_t> ids = t->ids_unexpanded;
+  EXPECT(full->splice_prompt(ids.data(), int64_t(ids.size()), ff.data(), 1).size() == 31);
+  c.vision_feature_select_strategy = "default";
+  c.vision_feature_layer = {-2, -1};
+  c.vision_feature_layer_is_list = true;
+  try {
+    LlavaModel::from_hf_store(st, c, "config.json");
+    EXPECT(false);
+  } catch (const Error& e) {
+    EXPECT(e.code() == ErrorCode::MalformedFile);
+    EXPECT(std::string(e.what()).find("linear_1.weight") != std::string::npos);
+  }
+  c.vision_feature_layer = {-4};
+  EXPECT_THROWS(LlavaModel::from_hf_store(st, c, "config.json"), ErrorCode::BadConfig);
+  c.vision_feature_layer = {-2};
+  c.vision_feature_select_strategy = "cls";
+  EXPECT_THROWS(LlavaModel::from_hf_store(st, c, "config.json"), ErrorCode::BadConfig);
+}
+
+// transformers >= 4.52 saves LlavaForConditionalGeneration as model.language_model.*, model.vision_tower.*,
+// model.multi_modal_projector.*, lm_head.weight: the same weights renamed must give the same logits.
+TEST(llava_transformers5_tensor_names) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  auto st = SafetensorsStore::open(tiny_dir());
+  auto rename = [](const std::string& n) -> std::string {
+    auto starts = [&](const char* p) { return n.rfind(p, 0) == 0; };
+    if (starts("language_model.model.")) return "model.language_model." + n.substr(21);
+    if (n == "language_model.lm_head.weight") return "lm_head.weight";
+    return "model." + n;  // vision_tower.*, multi_modal_projector.*
+  };
+  std::string header = "{";
+  std::vector<uint8_t> data;
+  for (const auto& ti : st.tensors()) {
+    if (header.size() > 1) header += ",";
+    header += "\"" + rename(ti.name) + "\":{\"dtype\":\"F32\",\"shape\":[";
+    for (size_t i = 0; i < ti.shape.size(); ++i) header += (i ? "," : "") + std::to_string(ti.shape[i]);
+    header += "],\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + ti.nbytes) + "]}";
+    data.insert(data.end(), ti.data, ti.data + ti.nbytes);
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';  // as the safetensors library pads, so the data stays aligned
+  std::vector<uint8_t> bytes(8);
+  const uint64_t hl = header.size();
+  std::memcpy(bytes.data(), &hl, 8);
+  bytes.insert(bytes.end(), header.begin(), header.end());
+  bytes.insert(bytes.end(), data.begin(), data.end());
+  auto store = std::make_shared<SafetensorsStore>(
+      SafetensorsStore::parse(MappedFile::from_bytes(bytes.data(), bytes.size(), "renamed.safetensors")));
+  EXPECT(store->find("model.vision_tower.embeddings.class_embedding") && store->find("lm_head.weight"));
+  HfConfig hc = load_hf_config(tiny_dir());
+  auto m = LlavaModel::from_hf_store(store, *hc.llava, "config.json");
+  auto feats = encode(*m, t->pixels, 1);
+  check_logits(all_logits(*m, t->ids_unexpanded, feats, 1), t->ref_logits, "transformers-5 tensor names");
+}
+
+// ================================================================ llama.cpp text GGUF + mmproj GGUF
+
+TEST(llava_gguf_mmproj_pair_parity) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  TempDir dir;
+  for (bool legacy : {true, false}) {
+    const std::string text = dir.path + "/text.gguf", mm = dir.path + (legacy ? "/mmproj-legacy.gguf" : "/mmproj.gguf");
+    convert_tiny(text, mm, legacy);
+    LlavaLoadOptions o;
+    o.mmproj = mm;
+    auto m = LlavaModel::load(text, o);
+    EXPECT(m->format() == "gguf");
+    EXPECT(m->image_token_id() == 32000);  // the text GGUF's "<image>"
+    EXPECT(m->n_image_tokens() == 9);
+    EXPECT(m->feature_layers() == std::vector<int64_t>{1});
+    EXPECT(m->vision().hparams().n_layer == 1);
+    EXPECT(m->image_mean().size() == 3 && std::fabs(m->image_std()[2] - 0.27577711f) < 1e-7f);
+    auto f = encode(*m, t->pixels, 1);
+    auto fref = encode(*t->model, t->pixels, 1);
+    EXPECT_ALL_CLOSE(f.data(), fref.data(), f.size(), 1e-5, 1e-5, "gguf image features vs hf");
+    check_logits(all_logits(*m, t->ids_unexpanded, f, 1), t->ref_logits,
+                 legacy ? "gguf pair (legacy ffn names), unexpanded ids" : "gguf pair (gguf-py ffn names), unexpanded ids");
+    EXPECT(greedy(*m, t->ids_expanded, f, 1, 16) == t->greedy_tokens);
+    LlavaLoadOptions o2 = o;
+    o2.image_token_id = 7;
+    EXPECT(LlavaModel::load(text, o2)->image_token_id() == 7);
+  }
+  // an mmproj given with an HF folder or a non-clip GGUF is refused
+  LlavaLoadOptions bad;
+  bad.mmproj = dir.path + "/text.gguf";
+  EXPECT_THROWS(LlavaModel::load(dir.path + "/text.gguf", bad), ErrorCode::Unsupported);
+  bad.mmproj = dir.path + "/missing.gguf";
+  EXPECT_THROWS(LlavaModel::load(dir.path + "/text.gguf", bad), ErrorCode::FileNotFound);
+}
+
+// ================================================================ tests/fixtures/llava (PyTorch re-implementation)
+
+TEST(llava_fixtures_parity) {
+  if (fixtures_dir().empty()) return;
+  for (const char* name : {"layers-list", "full-strategy", "two-images", "gqa4"}) {
+    const std::string d = fixtures_dir() + "/" + name;
+    if (!exists(d + "/model.safetensors")) {
+      std::printf("    [skip] fixture %s missing\n", name);
+      continue;
+    }
+    auto m = LlavaModel::load(d);
+    JsonValue ids = read_json(d + "/input_ids.json");
+    JsonValue gt = read_json(d + "/greedy_tokens.json");
+    JsonValue man = read_json(d + "/manifest.json");
+    const JsonValue* shp = man.find("shapes") ? man.find("shapes")->find("pixel_values.f32") : nullptr;
+    const int64_t B = shp ? shp->items()[0].as_int() : 1;
+    auto px = read_f32(d + "/pixel_values.f32");
+    auto ref_feat = read_f32(d + "/image_features.f32");
+    auto ref_logits = read_f32(d + "/logits.f32");
+    EXPECT(m->image_token_id() == int32_t(ids.find("image_token_index")->as_int()));
+    EXPECT(m->n_image_tokens() == ids.find("n_image_tokens_per_image")->as_int());
+    auto feats = encode(*m, px, B);
+    EXPECT(feats.size() == ref_feat.size());
+    if (feats.size() != ref_feat.size()) continue;
+    const double fd = emollm_test::max_abs_diff(feats.data(), ref_feat.data(), long(feats.size()));
+    EXPECT_ALL_CLOSE(feats.data(), ref_feat.data(), feats.size(), 1e-4, 0.0, std::string(name) + " image features");
+    std::printf("    fixture %s: max |feature diff| %.3g\n", name, fd);
+    check_logits(all_logits(*m, ints(ids.find("input_ids_expanded")), feats, B), ref_logits,
+                 std::string("fixture ") + name + ", expanded ids");
+    check_logits(all_logits(*m, ints(ids.find("input_ids_unexpanded")), feats, B), ref_logits,
+                 std::string("fixture ") + name + ", unexpanded ids");
+    EXPECT(greedy(*m, ints(ids.find("input_ids_unexpanded")), feats, B, 16) == ints(gt.find("greedy_new_tokens")));
+  }
+}
