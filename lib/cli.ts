@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { EmollmError } from './errors.js';
 import { DTYPES, cpuInfo, type DType } from './kernels.js';
 import { quantizeGguf } from './quantize.js';
+import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions } from './model.js';
 import { native } from './native.js';
 
@@ -25,6 +26,13 @@ commands:
     --context N          KV cache size   --threads N     --tokenizer PATH (folder without tokenizer.json)
   quantize <in.gguf> <out.gguf> <q8_0|q4_0|f16|bf16|f32>
                          convert a GGUF model's weight matrices (as llama-quantize's reference types)
+  init-mvp <llava-dir> <out-dir>
+                         EmoLLM checkpoint from a llava-hf folder: config.json with an \`emollm\`
+                         section + emollm_mvp.safetensors (global head = the LLaVA projector, gate
+                         open; multi-layer, attention-pool and face heads closed: outputs equal the
+                         base's until trained). Weights are symlinked unless --copy.
+    --copy               copy the base weights   --early-layer N (default ~n_layers/4)
+    --queries N          attention-pool queries (default 8)   --seed S
 options:
   --json                 machine-readable output
   -h, --help             this help`;
@@ -162,6 +170,30 @@ async function main(argv: string[]): Promise<number> {
     case 'generate':
       await generate(rest);
       return 0;
+    case 'init-mvp': {
+      const opts: InitMvpOptions = {};
+      const copy = rest.indexOf('--copy');
+      if (copy >= 0) {
+        rest.splice(copy, 1);
+        opts.copy = true;
+      }
+      const early = takeNumber(rest, '--early-layer');
+      const queries = takeNumber(rest, '--queries');
+      const seed = takeNumber(rest, '--seed');
+      if (early !== undefined) opts.earlyLayer = early;
+      if (queries !== undefined) opts.queries = queries;
+      if (seed !== undefined) opts.seed = seed;
+      const [from, to] = rest;
+      if (!from || !to) throw new EmollmError('ERR_INVALID_ARGUMENT', 'init-mvp needs <llava-dir> <out-dir>');
+      const r = await initMvp(from, to, opts);
+      if (json) console.log(JSON.stringify(r, null, 2));
+      else {
+        console.log(`${r.outDir}: EmoLLM checkpoint (${r.linked.length} files linked, ${r.copied.length} copied)`);
+        for (const p of r.section.perspectives)
+          console.log(`  ${String(p.name).padEnd(10)} ${p.type.padEnd(16)} layers ${JSON.stringify(p.layers)}  gate ${p.gate}`);
+      }
+      return 0;
+    }
     default:
       console.error(`emollm: unknown command "${cmd}"\n\n${USAGE}`);
       return 2;

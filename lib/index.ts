@@ -15,3 +15,17 @@ export * from './model.js';
 export * from './gguf_writer.js';
 export * from './quantize.js';
 export * from './image.js';
+export { initMvp, type InitMvpOptions, type InitMvpResult, type EmollmSection, type EmollmPerspectiveConfig } from './init_mvp.js';
+export * from './taxonomies.js';
+export * from './emoprompt.js';
+export {
+  CANONICAL_EMOTIONS,
+  EMOTION_LEXICON,
+  EMOTION_TO_TAXONOMY,
+  findEmotionMentions,
+  isEmotionTaxonomy,
+  mapEmotion,
+  parseEmotion,
+} from './emotion_lexicon.js';
+export type { CanonicalEmotion, EmotionMention, EmotionParse, EmotionTaxonomyId } from './emotion_lexicon.js';
+export * from './decode_result.js';

@@ -61,13 +61,55 @@ export interface ModelInfo {
   eosId?: number;
   /** Present for multimodal (LLaVA / EmoLLM) models. */
   vision?: VisionInfo;
+  /**
+   * Present for EmoLLM models (a llava folder whose config.json has an `emollm` section, see
+   * docs/emollm-config.md): the Multi-perspective Visual Projection's perspectives and fusion.
+   */
+  emollm?: EmollmInfo;
 }
+
+/** A face box in pixels of the vision tower's input (e.g. 336 x 336 for LLaVA-1.5). */
+export interface FaceBox {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/** One perspective (projection head) of an EmoLLM model. */
+export interface EmollmPerspectiveInfo {
+  name: string;
+  type: 'mlp' | 'multi-layer-mlp' | 'attention-pool' | 'face-region';
+  /** 'learned' (sigmoid(gate_logits)), 'open' (1) or 'closed' (skipped: no contribution, no tokens). */
+  gate: 'learned' | 'open' | 'closed';
+  /** Vision hidden-state indices read (resolved, >= 0), concatenated on channels. */
+  layers: number[];
+  inputSize: number;
+  hiddenSize?: number;
+  nQueries?: number;
+  numHeads?: number;
+  maxFaces?: number;
+}
+
+/** The EmoLLM side of a model. */
+export interface EmollmInfo {
+  fusion: 'gated-sum' | 'concat';
+  /** Vision tokens per image the MLP perspectives read (n_patches, + 1 with the "full" strategy). */
+  nVisionTokens: number;
+  perspectives: EmollmPerspectiveInfo[];
+}
+
+/**
+ * Encoded images. For EmoLLM models the array carries `tokenCounts` (positions per image; images
+ * with face boxes take more); eval/generate/score read it back. Copies (slice, subarray) lose it.
+ */
+export type ImageFeatures = Float32Array & { tokenCounts?: Int32Array };
 
 /** The vision side of a multimodal model. */
 export interface VisionInfo {
   imageSize: number;
   patchSize: number;
-  /** Language-model positions one image takes (e.g. 576 for LLaVA-1.5). */
+  /** Language-model positions one image takes (e.g. 576 for LLaVA-1.5; EmoLLM: without face boxes). */
   nImageTokens: number;
   /** The `<image>` placeholder id (32000 in llava-1.5). */
   imageTokenId: number;
@@ -80,6 +122,12 @@ export interface ImagePart {
   type: 'image';
   /** A file path, an encoded image (Buffer / Uint8Array / ArrayBuffer) or raw pixels. */
   image: ImageInput;
+  /**
+   * EmoLLM models with a face-region perspective: the faces in this image, in pixels of the
+   * vision tower's input (after preprocessing, e.g. 336 x 336). Absent or empty: the face
+   * perspective contributes nothing. Other models ignore it.
+   */
+  faces?: readonly FaceBox[];
 }
 
 /** Why generation ended. */
@@ -205,7 +253,7 @@ interface NativeContext {
 
 interface NativeModel {
   info(): ModelInfo;
-  encodeImages?(pixels: Float32Array, batch: number): Promise<Float32Array>;
+  encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number }): NativeContext;
   close(): Promise<void>;
 }
@@ -299,6 +347,12 @@ function imageProcessorFor(vision: VisionInfo, overrides: Partial<ImageProcessor
   if (vision.mean?.length === 3) config.imageMean = vision.mean as [number, number, number];
   if (vision.std?.length === 3) config.imageStd = vision.std as [number, number, number];
   return new ImageProcessor({ ...config, ...overrides });
+}
+
+/** The native `faces` argument: only when some image has boxes (EmoLLM face-region perspective). */
+function facesArg(faces?: readonly (readonly FaceBox[] | null | undefined)[]): [] | [(readonly FaceBox[] | null)[]] {
+  if (!faces || !faces.some((f) => f && f.length > 0)) return [];
+  return [faces.map((f) => f ?? null)];
 }
 
 function isPreparedInput(p: Prompt): p is PreparedInput {
@@ -413,11 +467,11 @@ export class Model {
    * them) through the vision tower and projector: `[batch, nImageTokens, nEmbd]` features that
    * a {@link PreparedInput} prompt can carry.
    */
-  async encodePixels(pixels: Float32Array, batch: number): Promise<Float32Array> {
+  async encodePixels(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null | undefined)[]): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     if (!handle.encodeImages) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
-    return handle.encodeImages(pixels, batch);
+    return handle.encodeImages(pixels, batch, ...facesArg(faces));
   }
 
   /**
@@ -479,14 +533,23 @@ export class Model {
     };
   }
 
-  /** Preprocesses and encodes the images of a prompt (vision tower + projector), in order. */
-  async encodeImages(images: readonly ImageInput[], signal?: AbortSignal): Promise<Float32Array> {
+  /**
+   * Preprocesses and encodes the images of a prompt (vision tower + projector, or EmoLLM's
+   * multi-perspective projection), in order. `faces[i]`: face boxes of image i (EmoLLM).
+   */
+  async encodeImages(
+    images: readonly ImageInput[],
+    signal?: AbortSignal,
+    faces?: readonly (readonly FaceBox[] | null | undefined)[],
+  ): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     if (!this.info.vision || !this.imageProcessor || !handle.encodeImages)
       throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
+    if (faces !== undefined && faces.length !== images.length)
+      throw new EmollmError('ERR_INVALID_ARGUMENT', `faces has ${faces.length} lists for ${images.length} images`);
     const batch = await this.imageProcessor.preprocessBatch(images, signal ? { signal } : {});
-    return handle.encodeImages(batch.data, images.length);
+    return handle.encodeImages(batch.data, images.length, ...facesArg(faces));
   }
 
   /** @internal token ids and encoded images of a prompt. */
@@ -495,6 +558,7 @@ export class Model {
     if (typeof prompt === 'string' || prompt.length === 0 || typeof prompt[0] === 'number')
       return { ids: this.promptTokens(prompt, addSpecialTokens), images: null };
     const images: ImageInput[] = [];
+    const faces: (readonly FaceBox[] | undefined)[] = [];
     const messages = (prompt as readonly ChatMessage[]).map((m) => {
       if (typeof m.content === 'string') return m;
       const content = m.content.map((part: ChatContentPart): ChatContentPart => {
@@ -502,12 +566,14 @@ export class Model {
         if (!('image' in part) || part.image === undefined)
           throw new EmollmError('ERR_INVALID_ARGUMENT', "an image part needs its image: { type: 'image', image: <path | Buffer | pixels> }");
         images.push(part.image as ImageInput);
+        faces.push((part as Partial<ImagePart>).faces);
         return { type: 'image' }; // the template only needs to know an image stands here
       });
       return { ...m, content };
     });
     const ids = this.promptTokens(messages, addSpecialTokens);
-    return { ids, images: images.length > 0 ? await this.encodeImages(images, signal) : null };
+    const anyFaces = faces.some((f) => f !== undefined && f.length > 0);
+    return { ids, images: images.length > 0 ? await this.encodeImages(images, signal, anyFaces ? faces : undefined) : null };
   }
 
   /** Frees the native model now. Pending calls finish as aborted. Safe to call twice. */
