@@ -1,0 +1,510 @@
+#!/usr/bin/env node
+// `npm run bench:decode [-- options]`: end-to-end prefill and decode speed of emollm's LLaMA
+// decoder on random-weight models, beside llama.cpp (node-llama-cpp's prebuilt CPU binary) on
+// the same GGUF files, same threads, same context / batch, same prompt, in the same run.
+// See bench/README.md ("Decode benchmark") for what is measured and how to read it.
+//
+//   npm run bench:decode                          # default set (1.1B f32/f16/bf16/q8_0/q4_0, 7B q4_0/q8_0)
+//   npm run bench:decode -- --quick               # 1.1B q4_0 + q8_0
+//   npm run bench:decode -- --shapes 1.1b --dtypes q4_0,bf16 --threads 2
+//   npm run bench:decode -- --full                # adds 7B bf16 (27 GB of model files)
+//   npm run -s bench:decode -- --json > decode.json
+//
+// Every measurement runs in its own child process (one per model and side), one at a time, so the
+// two engines never share the cores and each peak RSS is one process's.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..');
+const anchorsDir = join(here, 'anchors');
+const anchorScript = join(anchorsDir, 'llamacpp-anchor.mjs');
+const NLC_VERSION = '3.21.1';
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+// CPU time the whole machine spent busy (all cpus, seconds; Linux /proc/stat), to tell how much
+// other work ran beside a measurement: (machine busy - the measuring process's cpu time) / wall.
+function machineBusyS() {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const [user, nice, system, , , irq, softirq, steal] = f;
+    return (user + nice + system + irq + softirq + (steal || 0)) / 100;  // USER_HZ
+  } catch { return NaN; }
+}
+const processCpuS = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+
+// Waits up to maxS seconds for a 2-second window with < 0.25 cores of other work; returns it.
+async function waitQuiet(maxS) {
+  let other = NaN;
+  const t0 = performance.now();
+  do {
+    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
+    await new Promise((r) => setTimeout(r, 2000));
+    other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
+  } while (!(other < 0.25) && Number.isFinite(other) && (performance.now() - t0) / 1000 < maxS);
+  return other;
+}
+
+// ============================================================================ emollm child
+// `node bench/decode.mjs --child '<spec>'`: same protocol as bench/anchors/llamacpp-anchor.mjs.
+async function loadBinding() {
+  // the compiled TS wrapper when there is one, else the addon itself (what lib/native.ts does)
+  const dist = join(root, 'dist', 'native.js');
+  if (existsSync(dist)) return (await import(pathToFileURL(dist).href)).native();
+  const require = createRequire(import.meta.url);
+  const b = require('node-gyp-build')(root);
+  class EmollmError extends Error {
+    constructor(code, message, options) { super(message, options); this.code = code; this.name = 'EmollmError'; }
+  }
+  b.setErrorClass?.(EmollmError);
+  return b;
+}
+
+async function emollmChild(spec) {
+  const log = (...a) => console.error('[emollm]', ...a);
+  const out = { side: 'emollm', ok: false, runs: [], info: {} };
+  let model, ctx;
+  try {
+    const b = await loadBinding();
+    if (typeof b.loadModel !== 'function') throw new Error('the addon has no loadModel (decoder binding not built yet)');
+    try { out.info.cpu = b.cpuInfo?.(); } catch {}
+    const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch };
+    const t0 = performance.now();
+    model = await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx });
+    ctx = model.createContext(ctxOpts);
+    out.load_s = (performance.now() - t0) / 1000;
+    const prompt = Int32Array.from(spec.prompt);
+    const noStop = new Int32Array(0);
+
+    // warmup: touch every weight page (mmap) and the context's buffers
+    await ctx.eval(prompt.subarray(0, spec.warmupTokens));
+    await ctx.close();
+    try { out.info.model = model.info(); } catch {}
+
+    const tStart = performance.now();
+    for (let run = 0; run < spec.maxRuns; run++) {
+      ctx = model.createContext(ctxOpts);
+      const times = [];
+      const counts = [];
+      const busy0 = machineBusyS(), cpu0 = processCpuS();
+      // prefill: the whole prompt into the empty cache (eval runs it in batches of nBatch)
+      const t = performance.now();
+      await ctx.eval(prompt);
+      const tPrefill = performance.now();
+      // decode: generate from the same prompt; the cached prefix is kept and only the last prompt
+      // token is evaluated again, then one token at a time, greedy
+      const res = await ctx.generate(prompt, { maxTokens: spec.gen, temperature: 0, stopTokens: noStop }, (ids) => {
+        times.push(performance.now());
+        counts.push(ids?.length ?? 1);
+      });
+      const tEnd = performance.now();
+      const toks = Array.from(res?.tokens ?? []);
+      const r = { prefill_s: (tPrefill - t) / 1000, tokens_out: toks.length, stop: res?.stopReason,
+        other_cores: (machineBusyS() - busy0 - (processCpuS() - cpu0)) / ((tEnd - t) / 1000) };
+      // The binding delivers the tokens queued since its last delivery (one per call while the
+      // event loop is idle and decoding is slower than a callback): each token of a delivery of k
+      // gets 1/k of the gap since the previous delivery; decode = 1 / median per-token time
+      // after the first delivery.
+      const per = [];
+      for (let i = 1; i < times.length; i++) for (let k = 0; k < counts[i]; k++) per.push((times[i] - times[i - 1]) / counts[i]);
+      r.first_token_s = times.length ? (times[0] - tPrefill) / 1000 : NaN;
+      r.decode_tok_s = per.length ? 1000 / median(per) : NaN;
+      r.decode_mean_tok_s = per.length ? (1000 * per.length) / (times.at(-1) - times[0]) : NaN;
+      if (counts.some((c) => c !== 1)) r.batched_deliveries = counts.filter((c) => c !== 1).length;
+      if (!per.length) r.note = `no per-token deliveries (${times.length} callbacks, ${toks.length} tokens)`;
+      if (toks.length < spec.gen) r.note = `stopped after ${toks.length} tokens (${res?.stopReason})`;
+      out.runs.push(r);
+      if (run === 0) out.tokens = toks;
+      log(`run ${run + 1}: prefill ${(prompt.length / r.prefill_s).toFixed(1)} tok/s, decode ${r.decode_tok_s.toFixed(2)} tok/s, other work ${r.other_cores.toFixed(2)} cores`);
+      await ctx.close();
+      ctx = undefined;
+      // enough: the budget is spent and one run was undisturbed (or 3x the budget is spent)
+      const spent = (performance.now() - tStart) / 1000;
+      if (spent > spec.budgetS && (out.runs.some((x) => x.other_cores < 0.25) || spent > 3 * spec.budgetS)) break;
+      if (run + 1 < spec.maxRuns && spec.quietWaitS > 0) await waitQuiet(spec.quietWaitS);
+    }
+    out.ok = true;
+  } catch (e) {
+    out.error = String(e?.stack ?? e);
+    log(out.error);
+  } finally {
+    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
+    try { await ctx?.close(); } catch {}
+    try { await model?.close(); } catch {}
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+  process.exit(out.ok ? 0 : 1);
+}
+
+// ============================================================================ parent
+function parseArgs(argv) {
+  const o = {
+    quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, kvType: null,
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30,
+  };
+  const val = (i, name) => {
+    if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
+    return argv[i + 1];
+  };
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i];
+    const eq = a.indexOf('=');
+    if (a.startsWith('--') && eq > 0) { argv.splice(i + 1, 0, a.slice(eq + 1)); a = argv[i] = a.slice(0, eq); }
+    switch (a) {
+      case '--quick': o.quick = true; break;
+      case '--full': o.full = true; break;
+      case '--shapes': case '--dtypes': i++; break;  // read by parseSet
+      case '--threads': o.threads = Number(val(i, a)); i++; break;
+      case '--formats': o.formats = val(i, a).split(','); i++; break;
+      case '--prompt': o.prompt = Number(val(i, a)); i++; break;
+      case '--gen': o.gen = Number(val(i, a)); i++; break;
+      case '--ctx': o.nCtx = Number(val(i, a)); i++; break;
+      case '--batch': o.nBatch = Number(val(i, a)); i++; break;
+      case '--budget': o.budgetS = Number(val(i, a)); i++; break;
+      case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
+      case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
+      case '--no-anchor': o.anchor = false; break;
+      case '--no-emollm': o.emollm = false; break;
+      case '--no-build': o.build = false; break;
+      case '--no-probe': o.probe = false; break;
+      case '--models-dir': o.out = val(i, a); i++; break;
+      case '--json': o.json = true; break;
+      case '--json-out': o.jsonOut = val(i, a); i++; break;
+      case '--seed': o.seed = Number(val(i, a)); i++; break;
+      case '--timeout': o.timeoutS = Number(val(i, a)); i++; break;
+      case '--quiet-wait': o.quietWaitS = Number(val(i, a)); i++; break;
+      case '--help': case '-h': o.help = true; break;
+      default: throw new Error(`unknown option ${a} (--help)`);
+    }
+  }
+  for (const f of o.formats) if (f !== 'gguf' && f !== 'hf') throw new Error(`--formats: gguf and/or hf, not '${f}'`);
+  if (o.prompt + o.gen > o.nCtx) throw new Error(`--prompt ${o.prompt} + --gen ${o.gen} exceeds --ctx ${o.nCtx}`);
+  if (o.gen < 2) throw new Error('--gen must be at least 2');
+  return o;
+}
+
+const HELP = `usage: npm run bench:decode -- [options]
+  --quick               1.1B q4_0 + q8_0 only
+  --full                also LLaMA-2-7B bf16 (~27 GB of model files)
+  --shapes a,b          1.1b, 7b (tiny: a few-MB model for smoke tests)
+  --dtypes a,b          f32 (1.1b only), f16, bf16, q8_0, q4_0
+  --formats gguf,hf     emollm runs the GGUF and, for f32/f16/bf16, the HF safetensors folder (default both)
+  --threads N           threads for both engines (default: physical cores)
+  --prompt N            prompt tokens (default 512); --gen N generated tokens (default 64)
+  --ctx N, --batch N    context positions (default 1024) and batch (default 512), both engines
+  --budget S            per model and side: runs until S seconds are spent and one run was undisturbed
+                        (at most 3 x S; default 20), --runs N at most (default 4), at least 1
+  --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16; emollm's cache is f32)
+  --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
+  --models-dir DIR      where the random models are (default bench/models)
+  --json                JSON on stdout (table on stderr); --json-out FILE writes it to a file
+  --timeout S           kill a child measurement after S seconds (default 1800)
+  --quiet-wait S        before each measurement wait up to S s for other work to stop (default 30; 0: don't)`;
+
+// Physical cores (as bench/kernels.mjs): unique (physical id, core id) pairs.
+function physicalCores() {
+  try {
+    const cores = new Set();
+    let phys = '0';
+    for (const line of readFileSync('/proc/cpuinfo', 'utf8').split('\n')) {
+      const [k, v] = line.split(':').map((s) => s && s.trim());
+      if (k === 'physical id') phys = v;
+      else if (k === 'core id') cores.add(`${phys}/${v}`);
+    }
+    if (cores.size) return cores.size;
+  } catch {}
+  return os.availableParallelism?.() ?? os.cpus().length;
+}
+
+function randomPrompt(n, nVocab, seed) {
+  // xorshift32; ids after <unk> <s> </s> and the 256 byte tokens
+  let x = (seed * 2654435761) >>> 0 || 1;
+  const ids = [];
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    ids.push(259 + (x % (nVocab - 259)));
+  }
+  return ids;
+}
+
+// Runs a child; resolves with its last stdout line parsed as JSON (or an error object).
+function runChild(args, { timeoutS, label, env }) {
+  return new Promise((resolveP) => {
+    const t0 = performance.now();
+    const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      for (const line of String(d).split('\n')) if (line.trim()) process.stderr.write(`    ${line}\n`);
+    });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); }, timeoutS * 1000);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const wall = (performance.now() - t0) / 1000;
+      const last = stdout.trim().split('\n').filter(Boolean).at(-1);
+      let res;
+      try { res = JSON.parse(last); } catch {
+        res = { ok: false, error: signal ? `${label}: killed (${signal}) after ${wall.toFixed(0)} s` : `${label}: exit ${code}, no result\n${stderr.slice(-2000)}` };
+      }
+      res.wall_s = wall;
+      resolveP(res);
+    });
+  });
+}
+
+// Before a child: waits (up to maxS seconds) for a 2-second window with < 0.25 cores of other work.
+async function waitQuietBefore(maxS, log) {
+  if (!(maxS > 0) || !Number.isFinite(machineBusyS())) return null;
+  const t0 = performance.now();
+  let said = false, other = NaN;
+  for (;;) {
+    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
+    await new Promise((r) => setTimeout(r, 2000));
+    other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
+    if (other < 0.25) return other;
+    if ((performance.now() - t0) / 1000 > maxS) {
+      log(`    machine still busy (${other.toFixed(2)} cores of other work); measuring anyway`);
+      return other;
+    }
+    if (!said) { log(`    waiting up to ${maxS} s for the machine to go quiet (other work: ${other.toFixed(2)} cores) ...`); said = true; }
+  }
+}
+
+function ensureAnchors(log) {
+  const pkg = join(anchorsDir, 'node_modules', 'node-llama-cpp', 'package.json');
+  const installed = existsSync(pkg) && JSON.parse(readFileSync(pkg, 'utf8')).version === NLC_VERSION;
+  if (installed) return true;
+  log(`bench:decode: installing the llama.cpp anchor (node-llama-cpp@${NLC_VERSION}) into ${relative(root, anchorsDir)}/ ...`);
+  // npm 11 does not run node-llama-cpp's postinstall (which could download / build llama.cpp);
+  // the prebuilt CPU binaries come as the optional packages @node-llama-cpp/<platform>.
+  const hasLock = existsSync(join(anchorsDir, 'package-lock.json'));
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  const r = spawnSync(npm, [hasLock ? 'ci' : 'install', '--prefix', anchorsDir, '--no-audit', '--no-fund', '--ignore-scripts'],
+    { cwd: root, stdio: ['ignore', 2, 2] });
+  if (r.status !== 0) {
+    log('bench:decode: could not install node-llama-cpp; the llama.cpp columns will be empty (retry, or pass --no-anchor).');
+    return false;
+  }
+  return true;
+}
+
+// Builds the addon (incremental) and checks for the decoder binding, in a child process.
+function emollmAvailable(o, log) {
+  if (o.build) {
+    log('bench:decode: bringing the addon up to date (node scripts/build-addon.mjs) ...');
+    const r = spawnSync(process.execPath, [join(root, 'scripts', 'build-addon.mjs')], { cwd: root, stdio: ['ignore', 2, 2] });
+    if (r.status !== 0) return 'the addon build failed (see above)';
+  }
+  const code = `const b=require('node-gyp-build')(${JSON.stringify(root)});process.stdout.write(typeof b.loadModel)`;
+  const r = spawnSync(process.execPath, ['-e', code], { cwd: root, encoding: 'utf8' });
+  if (r.status !== 0) return `the addon does not load: ${(r.stderr || '').trim().split('\n').slice(-3).join(' ')}`;
+  if (r.stdout !== 'function') return 'the addon has no loadModel yet (the decoder binding is not built)';
+  return null;
+}
+
+// Read bandwidth from bench_kernels' probes (its --filter matches no case, so only the probes run).
+function probeBandwidth(threads, log) {
+  const r = spawnSync(process.execPath, [join(here, 'kernels.mjs'), '--filter', '__probes_only__', '--no-anchors', '--json', '--threads', String(threads)],
+    { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
+  try {
+    const j = JSON.parse(r.stdout);
+    return { read_bw_gbs: j.probes.read_bw_gbs, read_bw_1t_gbs: j.probes.read_bw_1t_gbs, isa: j.probes.read_bw_isa };
+  } catch {
+    log(`bench:decode: the read-bandwidth probe (bench_kernels) failed; %bw columns will be empty.\n${(r.stderr || '').split('\n').slice(-8).join('\n')}`);
+    return null;
+  }
+}
+
+const fmt = (v, d = 1) => (v === undefined || v === null || !Number.isFinite(v) ? '-' : v.toFixed(d));
+
+// Best of the undisturbed runs (other work < 0.25 cores), or of all runs when none was.
+function summarize(res, promptLen) {
+  if (!res || !res.ok || !res.runs.length) return null;
+  const quiet = res.runs.filter((r) => r.other_cores < 0.25);
+  const runs = quiet.length ? quiet : res.runs;
+  const best = (k) => Math.max(...runs.map((r) => r[k]).filter(Number.isFinite));
+  return {
+    prefill_tok_s: Math.max(...runs.map((r) => promptLen / r.prefill_s)),
+    decode_tok_s: best('decode_tok_s'),
+    decode_mean_tok_s: best('decode_mean_tok_s'),
+    maxrss_mib: res.maxrss_mib,
+    load_s: res.load_s,
+    other_cores: Math.max(...runs.map((r) => r.other_cores).filter(Number.isFinite), 0),
+    runs: res.runs.length,
+    quiet_runs: quiet.length,
+  };
+}
+
+// cores' worth of other processes' work during the runs (worst run of either side); '!' from 0.25
+const busyMark = (c) => `${c.toFixed(2)}${c >= 0.25 ? '!' : ''}`;
+
+function table(rows, probe, o, out) {
+  const bw = probe?.read_bw_gbs;
+  const head = ['model', 'dtype', 'fmt', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
+    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
+  const lines = [head];
+  for (const r of rows) {
+    const e = r.emollmS, a = r.anchorS;
+    const gbE = e ? (r.weightBytes * e.decode_tok_s) / 1e9 : NaN;
+    const gbA = a ? (r.weightBytes * a.decode_tok_s) / 1e9 : NaN;
+    lines.push([
+      SHAPES[r.shape].label, r.dtype, r.format,
+      e ? fmt(e.prefill_tok_s) : r.emollmNote, a ? fmt(a.prefill_tok_s) : r.anchorNote, e && a ? fmt(e.prefill_tok_s / a.prefill_tok_s, 2) : '-',
+      e ? fmt(e.decode_tok_s, 2) : '', a ? fmt(a.decode_tok_s, 2) : '', e && a ? fmt(e.decode_tok_s / a.decode_tok_s, 2) : '-',
+      fmt(gbE), bw ? fmt((100 * gbE) / bw, 0) : '-', fmt(gbA), bw ? fmt((100 * gbA) / bw, 0) : '-',
+      e ? fmt(e.maxrss_mib, 0) : '-', a ? fmt(a.maxrss_mib, 0) : '-', r.agree ?? '-',
+      busyMark(Math.max(e?.other_cores ?? 0, a?.other_cores ?? 0)),
+    ]);
+  }
+  const w = head.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
+  const left = new Set([0, 1, 2]);
+  const pr = (l) => out(l.map((x, c) => (left.has(c) ? String(x).padEnd(w[c]) : String(x).padStart(w[c]))).join('  '));
+  pr(lines[0]);
+  out(w.map((n) => '-'.repeat(n)).join('  '));
+  lines.slice(1).forEach(pr);
+}
+
+async function main() {
+  const argv = process.argv.slice(2);
+  const ci = argv.indexOf('--child');
+  if (ci >= 0) return emollmChild(JSON.parse(argv[ci + 1]));
+  const o = parseArgs([...argv]);
+  if (o.help) { console.log(HELP); return; }
+  const out = o.json ? (s) => console.error(s) : (s) => console.log(s);
+  const log = (s) => console.error(s);
+  const threads = o.threads > 0 ? o.threads : physicalCores();
+  const set = parseSet(argv);
+  if (!set.length) throw new Error('nothing selected (--shapes / --dtypes)');
+  const wantHf = o.emollm && o.formats.includes('hf');
+  const tStart = performance.now();
+
+  // ---- models
+  const plans = ensureModels(set, { out: o.out, hf: wantHf, seed: o.seed, log });
+
+  // ---- engines
+  const anchorOk = o.anchor && ensureAnchors(log);
+  const emollmWhyNot = o.emollm ? emollmAvailable(o, log) : 'disabled (--no-emollm)';
+  if (emollmWhyNot && o.emollm) log(`bench:decode: emollm side skipped: ${emollmWhyNot}`);
+
+  const load = os.loadavg()[0];
+  const ncpu = os.cpus().length;
+  out(`\nemollm decode benchmark | ${os.cpus()[0]?.model?.trim() ?? 'cpu'} | ${ncpu} logical cpus | threads ${threads} | ` +
+    `prompt ${o.prompt} tokens, ${o.gen} generated (greedy), ctx ${o.nCtx}, batch ${o.nBatch}`);
+  if (load > 0.5 * ncpu) out(`warning: load average ${load.toFixed(2)} on ${ncpu} cpus: other work is running, timings will be disturbed`);
+
+  // ---- probe (start)
+  let probeStart = null;
+  if (o.probe) { log('bench:decode: read-bandwidth probe (start) ...'); probeStart = probeBandwidth(threads, log); }
+
+  // ---- measurements: per model, the anchor and emollm's formats, each in a child; the side that
+  // goes first alternates from one model to the next so slow drift of the machine hits both.
+  const rows = [];
+  const results = [];
+  let flip = false;
+  for (const p of plans) {
+    const s = SHAPES[p.shape];
+    const prompt = randomPrompt(o.prompt, s.n_vocab, o.seed);
+    const base = { threads, nCtx: o.nCtx, nBatch: o.nBatch, prompt, gen: o.gen, budgetS: o.budgetS, maxRuns: o.maxRuns,
+      warmupTokens: o.warmupTokens, quietWaitS: Math.min(10, o.quietWaitS) };
+    const weightBytes = decodeWeightBytes(p.shape, p.dtype);
+    const jobs = [];
+    if (anchorOk) jobs.push({ side: 'llama.cpp', format: 'gguf', path: p.gguf.path });
+    if (!emollmWhyNot) {
+      if (o.formats.includes('gguf')) jobs.push({ side: 'emollm', format: 'gguf', path: p.gguf.path });
+      if (o.formats.includes('hf') && p.hf) jobs.push({ side: 'emollm', format: 'hf', path: p.hf.path });
+    }
+    if (flip) jobs.reverse();
+    flip = !flip;
+    const got = {};
+    for (const j of jobs) {
+      log(`bench:decode: ${s.label} ${p.dtype} ${j.format}: ${j.side} ...`);
+      await waitQuietBefore(o.quietWaitS, log);
+      const spec = { ...base, model: j.path };
+      const res = j.side === 'llama.cpp'
+        ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
+        : await runChild([fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label: 'emollm' });
+      got[`${j.side}/${j.format}`] = res;
+      results.push({ shape: p.shape, dtype: p.dtype, format: j.format, side: j.side, model: relative(root, j.path), result: res });
+    }
+    const a = got['llama.cpp/gguf'];
+    for (const format of o.formats) {
+      if (format === 'hf' && !p.hf) continue;
+      const e = got[`emollm/${format}`];
+      let agree;
+      if (e?.ok && a?.ok && e.tokens && a.tokens) {
+        let k = 0;
+        while (k < Math.min(e.tokens.length, a.tokens.length) && e.tokens[k] === a.tokens[k]) k++;
+        agree = `${k}/${a.tokens.length}`;
+      }
+      rows.push({
+        shape: p.shape, dtype: p.dtype, format, weightBytes, agree,
+        emollmS: summarize(e, o.prompt), anchorS: summarize(a, o.prompt),
+        emollmNote: emollmWhyNot ? 'n/a' : e?.ok === false ? 'error' : '-',
+        anchorNote: !anchorOk ? 'n/a' : a?.ok === false ? 'error' : '-',
+      });
+      if (!o.emollm || emollmWhyNot) break;  // anchor only: one row per model
+    }
+  }
+
+  // ---- probe (end): the higher of the two is the ceiling
+  let probeEnd = null;
+  if (o.probe) { log('bench:decode: read-bandwidth probe (end) ...'); probeEnd = probeBandwidth(threads, log); }
+  const probe = probeStart || probeEnd
+    ? { read_bw_gbs: Math.max(probeStart?.read_bw_gbs ?? 0, probeEnd?.read_bw_gbs ?? 0), start: probeStart, end: probeEnd }
+    : null;
+
+  // ---- report
+  out('');
+  out('tok/s: prefill = prompt tokens / time to evaluate the prompt into an empty cache (batches of --batch);');
+  out('       decode = 1 / median time between generated tokens (positions prompt..prompt+gen, greedy). Best of the runs.');
+  out('ratio = emollm / llama.cpp (> 1: emollm faster). GB/s = weight bytes per token x decode tok/s (KV reads not counted);');
+  out(`%bw against the read-bandwidth probe. RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading`);
+  out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm on the`);
+  out('same GGUF (fmt gguf) and on the HF safetensors folder of the same weights (fmt hf, anchor from the GGUF).');
+  out('Figures come from the undisturbed runs when there are any. busy = cores of OTHER processes\' work during those runs');
+  out('(worst run, either side); "!" marks >= 0.25: no undisturbed run, the row is unreliable, rerun it on a quiet machine.');
+  out('');
+  table(rows, probe, o, out);
+  out('');
+  if (probe) {
+    out(`read bandwidth ${fmt(probe.read_bw_gbs)} GB/s (bench_kernels probe, ${threads} threads; start ${fmt(probeStart?.read_bw_gbs)} / end ${fmt(probeEnd?.read_bw_gbs)}; the higher is used)`);
+  }
+  for (const r of results) {
+    const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
+    if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);
+  }
+  const failures = results.filter((r) => r.result && !r.result.ok);
+  for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
+  if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
+  if (!anchorOk && o.anchor) out('llama.cpp: not measured: node-llama-cpp is not installed');
+  const anchorInfo = results.find((r) => r.side === 'llama.cpp' && r.result?.ok)?.result.info;
+  if (anchorInfo) out(`llama.cpp: ${anchorInfo.buildType} binary, llama.cpp ${anchorInfo.llamaCppRelease ?? '?'}, flash attention ${anchorInfo.flashAttention}, ${anchorInfo.threads} threads | ${String(anchorInfo.systemInfo ?? '').replace(/\s*\|\s*$/, '').trim()}`);
+  out(`wall ${((performance.now() - tStart) / 1000).toFixed(0)} s`);
+
+  const json = {
+    machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
+    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, seed: o.seed },
+    probe,
+    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS })),
+    raw: results,
+    emollm_unavailable: emollmWhyNot,
+  };
+  if (o.json) process.stdout.write(JSON.stringify(json, null, 2) + '\n');
+  if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 2) + '\n');
+  process.exitCode = failures.length ? 1 : 0;
+}
+
+main().catch((e) => { console.error(`bench:decode: ${e?.message ?? e}`); process.exit(2); });
