@@ -5,7 +5,12 @@
 //       "llava", or from a text GGUF with `mmproj` (llama.cpp's CLIP projector GGUF).
 //   model.info() -> { format, arch, nVocab, nEmbd, nLayer, nHead, nHeadKv, nCtxTrain, ropeTheta, bosId?, eosId?,
 //                     vision?: { imageSize, patchSize, nImageTokens, imageTokenId, mean?, std? } }
-//   model.encodeImages(pixels: Float32Array [B,3,H,W], B) -> Promise<Float32Array [B, nImageTokens, nEmbd]>
+//   model.encodeImages(pixels: Float32Array [B,3,H,W], B, faces?) -> Promise<Float32Array [B, nImageTokens, nEmbd]>
+//       EmoLLM models (config.json with an `emollm` section, native/model/emollm.h): faces is an
+//       optional array (one per image) of [{ x, y, width, height }] boxes in pixels of the tower
+//       input; images then take different token counts, so the result carries `tokenCounts`
+//       (Int32Array [B]), which eval/generate/score read back from the array they are given.
+//       info().emollm = { fusion, nVisionTokens, perspectives: [{ name, type, gate, layers, ... }] }
 //       (LLaVA only: vision tower + projector, all B images in one batch; model.abortEncodes()
 //       or model.close() rejects in-flight calls with ERR_ABORTED)
 //   model.createContext({ nCtx?, nBatch? }) -> Context
@@ -51,6 +56,7 @@
 
 #include "bindings.h"
 #include "model/llama.h"
+#include "model/emollm.h"
 #include "model/llava.h"
 #include "model/sampler.h"
 #include "napi_util.h"
@@ -66,6 +72,7 @@ struct ContextState;
 struct ModelHandle {
   std::shared_ptr<LlamaModel> model;  // null once closed
   std::shared_ptr<LlavaModel> llava;  // LLaVA models only (model == llava->text_model()); null once closed
+  std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only (llava == emollm->base()); null once closed
   std::vector<std::weak_ptr<std::atomic<bool>>> encode_aborts;  // in-flight encodeImages calls
   int64_t default_n_ctx = 0;
   std::vector<std::weak_ptr<ContextState>> contexts;
@@ -79,6 +86,7 @@ struct ContextState {
   std::shared_ptr<ModelHandle> owner;
   std::shared_ptr<LlamaModel> model;
   std::shared_ptr<LlavaModel> llava;  // LLaVA models only
+  std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only
   std::unique_ptr<LlamaContext> ctx;
   std::atomic<bool> abort{false};
   std::atomic<int64_t> n_past{0};
@@ -100,6 +108,7 @@ void release_context(Napi::Env env, ContextState& s) {
   s.ctx.reset();
   s.model.reset();
   s.llava.reset();
+  s.emollm.reset();
   resolve_all(env, s.close_waiters);
 }
 
@@ -158,13 +167,41 @@ std::vector<float> float32_array(Napi::Env env, Napi::Value v, const char* what)
 }
 
 // Projected image features (argument i: Float32Array, null or undefined) for a context's model:
-// returns the image count (0 when none) and fills *out.
-int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out) {
+// returns the image count (0 when none) and fills *out. EmoLLM models: images have per-image
+// token counts, read from the array's `tokenCounts` (Int32Array, as encodeImages sets it) or,
+// when absent, nImageTokens (no faces) each; *counts receives them.
+int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out,
+                           const EmollmModel* emollm = nullptr, std::vector<int64_t>* counts = nullptr) {
   Napi::Env env = info.Env();
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
   *out = float32_array(env, info[i], "images");
   if (out->empty()) return 0;
   if (!llava) throw make_js_error(env, "ERR_UNSUPPORTED", "images were given but the model has no vision tower (not a LLaVA model)");
+  if (emollm && counts) {
+    const int64_t E = emollm->n_embd();
+    counts->clear();
+    Napi::Object o = info[i].As<Napi::Object>();
+    if (o.Has("tokenCounts") && o.Get("tokenCounts").IsTypedArray()) {
+      std::vector<int32_t> c = int32_array(env, o.Get("tokenCounts"), "images.tokenCounts");
+      int64_t total = 0;
+      for (int32_t x : c) {
+        if (x < 0) throw_invalid(env, "images.tokenCounts must not be negative");
+        counts->push_back(x);
+        total += x;
+      }
+      if (total * E != int64_t(out->size()))
+        throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, but its tokenCounts sum to " +
+                               std::to_string(total) + " tokens of nEmbd = " + std::to_string(E));
+      return int64_t(counts->size());
+    }
+    const int64_t per = emollm->n_image_tokens(0) * E;
+    if (per == 0 || int64_t(out->size()) % per != 0)
+      throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
+                             std::to_string(emollm->n_image_tokens(0)) + " * " + std::to_string(E) +
+                             " (pass the features from encodeImages, with their tokenCounts)");
+    counts->assign(size_t(int64_t(out->size()) / per), emollm->n_image_tokens(0));
+    return int64_t(counts->size());
+  }
   const int64_t per = llava->n_image_tokens() * llava->n_embd();
   if (int64_t(out->size()) % per != 0)
     throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
@@ -256,7 +293,11 @@ class LoadWorker final : public ModelWorker {
 
  protected:
   void Run() override {
-    if (!opts_.mmproj.empty() || LlavaModel::is_llava_folder(path_)) {
+    if (opts_.mmproj.empty() && EmollmModel::is_emollm_folder(path_)) {
+      emollm_ = EmollmModel::load(path_, opts_);
+      llava_ = emollm_->base();
+      model_ = llava_->text_model();
+    } else if (!opts_.mmproj.empty() || LlavaModel::is_llava_folder(path_)) {
       llava_ = LlavaModel::load(path_, opts_);
       model_ = llava_->text_model();
     } else {
@@ -270,6 +311,7 @@ class LoadWorker final : public ModelWorker {
     auto h = std::make_shared<ModelHandle>();
     h->model = std::move(model_);
     h->llava = std::move(llava_);
+    h->emollm = std::move(emollm_);
     h->default_n_ctx = n_ctx_;
     tl_new_model = &h;
     Napi::Object obj;
@@ -289,6 +331,7 @@ class LoadWorker final : public ModelWorker {
   int64_t n_ctx_;
   std::shared_ptr<LlamaModel> model_;
   std::shared_ptr<LlavaModel> llava_;
+  std::shared_ptr<EmollmModel> emollm_;
 };
 
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
@@ -324,6 +367,11 @@ class EncodeWorker final : public ModelWorker {
 
  protected:
   void Run() override {
+    if (emollm_) {
+      aborted_ = !emollm_->encode_images(pixels_.data(), B_, faces_.empty() ? nullptr : &faces_, &out_, &counts_,
+                                         abort_.get());
+      return;
+    }
     out_.resize(size_t(B_ * llava_->n_image_tokens() * llava_->n_embd()));
     aborted_ = !llava_->encode_images(pixels_.data(), B_, out_.data(), abort_.get());
   }
@@ -331,10 +379,16 @@ class EncodeWorker final : public ModelWorker {
     if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encodeImages was aborted");
     auto a = Napi::Float32Array::New(env, out_.size());
     std::copy(out_.begin(), out_.end(), a.Data());
+    if (emollm_) {  // EmoLLM: per-image token counts travel with the features
+      auto c = Napi::Int32Array::New(env, counts_.size());
+      for (size_t i = 0; i < counts_.size(); ++i) c[i] = int32_t(counts_[i]);
+      a.Set("tokenCounts", c);
+    }
     return a;
   }
   void Finish(Napi::Env env) override {
     llava_.reset();
+    emollm_.reset();
     h_->inflight--;
     maybe_finish_model_close(env, *h_);
   }
@@ -347,6 +401,11 @@ class EncodeWorker final : public ModelWorker {
   std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
   std::vector<float> out_;
+
+ public:
+  std::shared_ptr<EmollmModel> emollm_;
+  std::vector<std::vector<FaceBox>> faces_;  // EmoLLM: per image (empty: no faces anywhere)
+  std::vector<int64_t> counts_;
 };
 
 // ---------------------------------------------------------------- Model
@@ -404,6 +463,33 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
       };
       if (lv->image_mean().size() == size_t(vh.n_channels)) v.Set("mean", arr(lv->image_mean()));
       if (lv->image_std().size() == size_t(vh.n_channels)) v.Set("std", arr(lv->image_std()));
+      if (const EmollmModel* em = handle_->emollm.get()) {
+        v.Set("nImageTokens", double(em->n_image_tokens(0)));
+        Napi::Object e = Napi::Object::New(env);
+        e.Set("fusion", em->fusion());
+        e.Set("nVisionTokens", double(em->n_vision_tokens()));
+        Napi::Array ps = Napi::Array::New(env, em->perspectives().size());
+        for (size_t i = 0; i < em->perspectives().size(); ++i) {
+          const MvpPerspective& p = em->perspectives()[i];
+          Napi::Object po = Napi::Object::New(env);
+          po.Set("name", p.name);
+          po.Set("type", mvp_type_name(p.type));
+          po.Set("gate", mvp_gate_name(p.gate));
+          Napi::Array ls = Napi::Array::New(env, p.layers.size());
+          for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
+          po.Set("layers", ls);
+          po.Set("inputSize", double(p.d_in));
+          if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
+          if (p.type == MvpType::AttentionPool) {
+            po.Set("nQueries", double(p.n_queries));
+            po.Set("numHeads", double(p.num_heads));
+          }
+          if (p.type == MvpType::FaceRegion && p.max_faces > 0) po.Set("maxFaces", double(p.max_faces));
+          ps.Set(uint32_t(i), po);
+        }
+        e.Set("perspectives", ps);
+        o.Set("emollm", e);
+      }
       o.Set("vision", v);
     }
     return o;
@@ -423,7 +509,43 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
       throw_invalid(env, "encodeImages: pixels has " + std::to_string(px.size()) + " floats, expected B * " +
                              std::to_string(vh.n_channels) + " * " + std::to_string(vh.image_size) + " * " +
                              std::to_string(vh.image_size) + " = " + std::to_string(B * per));
+    std::vector<std::vector<FaceBox>> faces;
+    if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      // faces: one array of { x, y, width, height } (pixels of the tower input) per image
+      if (!info[2].IsArray()) throw_invalid(env, "encodeImages: faces must be an array (one list of boxes per image)");
+      Napi::Array fa = info[2].As<Napi::Array>();
+      if (int64_t(fa.Length()) != B)
+        throw_invalid(env, "encodeImages: faces has " + std::to_string(fa.Length()) + " lists for " + std::to_string(B) + " images");
+      bool any = false;
+      faces.resize(size_t(B));
+      for (uint32_t b = 0; b < fa.Length(); ++b) {
+        Napi::Value l = fa.Get(b);
+        if (l.IsUndefined() || l.IsNull()) continue;
+        if (!l.IsArray()) throw_invalid(env, "encodeImages: faces[" + std::to_string(b) + "] must be an array of boxes");
+        Napi::Array la = l.As<Napi::Array>();
+        for (uint32_t j = 0; j < la.Length(); ++j) {
+          Napi::Value bv = la.Get(j);
+          const std::string where = "faces[" + std::to_string(b) + "][" + std::to_string(j) + "]";
+          if (!bv.IsObject()) throw_invalid(env, "encodeImages: " + where + " must be { x, y, width, height }");
+          Napi::Object bo = bv.As<Napi::Object>();
+          FaceBox fb;
+          float* fields[4] = {&fb.x, &fb.y, &fb.width, &fb.height};
+          const char* names[4] = {"x", "y", "width", "height"};
+          for (int f = 0; f < 4; ++f) {
+            Napi::Value x = bo.Get(names[f]);
+            if (!x.IsNumber() || !std::isfinite(x.As<Napi::Number>().DoubleValue()))
+              throw_invalid(env, "encodeImages: " + where + "." + names[f] + " must be a finite number");
+            *fields[f] = float(x.As<Napi::Number>().DoubleValue());
+          }
+          faces[b].push_back(fb);
+          any = true;
+        }
+      }
+      if (!any) faces.clear();
+    }
     auto* w = new EncodeWorker(env, handle_, std::move(px), B);
+    w->emollm_ = handle_->emollm;
+    w->faces_ = std::move(faces);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -446,6 +568,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     s->owner = handle_;
     s->model = handle_->model;
     s->llava = handle_->llava;
+    s->emollm = handle_->emollm;
     try {
       s->ctx = std::make_unique<LlamaContext>(s->model, co);
     } catch (const Error& e) {
@@ -480,6 +603,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
       if (auto a = w.lock()) a->store(true);
     handle_->model.reset();
     handle_->llava.reset();
+    handle_->emollm.reset();
     handle_->close_waiters.push_back(d);
     maybe_finish_model_close(env, *handle_);
     return d.Promise();
@@ -508,7 +632,17 @@ class ContextWorker : public ModelWorker {
     if (s_->closed) release_context(env, *s_);
     maybe_finish_model_close(env, h);
   }
+  // Image tokens -> pseudo-ids (LLaVA: fixed count per image; EmoLLM: image_counts).
+  std::vector<int32_t> splice(const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images) const {
+    if (s_->emollm)
+      return splice_prompt_counts(s_->emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
+                                  s_->emollm->n_embd(), image_counts);
+    return s_->llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images.data(), n_images);
+  }
   std::shared_ptr<ContextState> s_;
+
+ public:
+  std::vector<int64_t> image_counts;  // EmoLLM: tokens per image
 };
 
 class EvalWorker final : public ContextWorker {
@@ -523,7 +657,7 @@ class EvalWorker final : public ContextWorker {
     LlamaContext& ctx = *s_->ctx;
     const float* embd = nullptr;
     if (s_->llava) {  // image tokens -> pseudo-ids whose input embeddings are the image features
-      tokens_ = s_->llava->splice_prompt(tokens_.data(), int64_t(tokens_.size()), images_.data(), n_images_);
+      tokens_ = splice(tokens_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
     const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
@@ -567,7 +701,7 @@ class ScoreWorker final : public ContextWorker {
     LlamaContext& ctx = *s_->ctx;
     const float* embd = nullptr;
     if (s_->llava) {
-      prefix_ = s_->llava->splice_prompt(prefix_.data(), int64_t(prefix_.size()), images_.data(), n_images_);
+      prefix_ = splice(prefix_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
     aborted_ = !ctx.score_continuations(prefix_.data(), int64_t(prefix_.size()), conts_, &out_, &s_->abort, embd);
@@ -675,7 +809,7 @@ class GenerateWorker final : public ContextWorker {
     Sampler sampler(sp_, ctx.n_vocab());
     const float* embd = nullptr;
     if (s_->llava) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
-      prompt_ = s_->llava->splice_prompt(prompt_.data(), int64_t(prompt_.size()), images_.data(), n_images_);
+      prompt_ = splice(prompt_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
     const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort, embd);
@@ -798,13 +932,15 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<int32_t> prefix = int32_array(env, info[0], "prefix");
     if (prefix.empty()) throw_invalid(env, "prefix must not be empty");
     std::vector<float> images;
-    const int64_t n_images = image_features_arg(info, 1, s_->llava.get(), &images);
+    std::vector<int64_t> counts;
+    const int64_t n_images = image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts);
     if (!info[2].IsArray()) throw_invalid(env, "continuations must be an array of Int32Array");
     Napi::Array arr = info[2].As<Napi::Array>();
     std::vector<std::vector<int32_t>> conts;
     for (uint32_t i = 0; i < arr.Length(); ++i)
       conts.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
     auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(images), n_images, std::move(conts));
+    w->image_counts = std::move(counts);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -818,7 +954,9 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<int32_t> tokens = int32_array(env, info[0], "tokens");
     if (tokens.empty()) throw_invalid(env, "tokens must not be empty");
     std::vector<float> images;
-    const int64_t n_images = multimodal ? image_features_arg(info, 1, s_->llava.get(), &images) : 0;
+    std::vector<int64_t> counts;
+    const int64_t n_images =
+        multimodal ? image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts) : 0;
     Napi::Object o = opt_object(info, multimodal ? 2 : 1, "options");
     bool all = false;
     if (has_opt(o, "allLogits")) {
@@ -828,6 +966,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (int64_t(tokens.size()) > s_->n_ctx)
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
     auto* w = new EvalWorker(env, s_, std::move(tokens), all, std::move(images), n_images);
+    w->image_counts = std::move(counts);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -874,9 +1013,11 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       cb = info[2].As<Napi::Function>();
     }
     std::vector<float> images;
-    const int64_t n_images = image_features_arg(info, 3, s_->llava.get(), &images);
+    std::vector<int64_t> counts;
+    const int64_t n_images = image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts);
     auto* w = new GenerateWorker(env, s_, std::move(prompt), sp, max_tokens, std::move(stop), cb);
     w->set_images(std::move(images), n_images);
+    w->image_counts = std::move(counts);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

@@ -1,6 +1,7 @@
 #include "backend.h"
 
 #include <cstring>
+#include <vector>
 
 #include "arena.h"
 #include "error.h"
@@ -54,12 +55,36 @@ class CpuBackend final : public Backend {
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     emollm::attention(q, k, v, out, p, &pool_);
   }
+  void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2, const float* G,
+                      DType wtype, float* Y, const MvpProjectionParams& p) override {
+    emollm::mvp_projection(X, W1, b1, W2, b2, G, wtype, Y, p, &pool_);
+  }
 
  private:
   ThreadPool pool_;
 };
 
 }  // namespace
+
+void Backend::mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
+                             const float* G, DType wtype, float* Y, const MvpProjectionParams& p) {
+  EMOLLM_CHECK_ARG(p.tokens >= 0 && p.d_in > 0 && p.d_hid > 0 && p.d_out > 0 && p.n_heads > 0,
+                   "mvp_projection: d_in, d_hid, d_out and n_heads must be positive");
+  const int64_t ldx = p.ldx ? p.ldx : p.d_in, ldy = p.ldy ? p.ldy : p.d_out;
+  const int64_t T = p.tokens, H = p.n_heads, Dh = p.d_hid, Do = p.d_out;
+  if (T == 0) return;
+  std::vector<float> hidden(size_t(T * H * Dh)), tmp(size_t(T * Do));
+  gemm(X, ldx, W1, wtype, b1, hidden.data(), H * Dh, T, H * Dh, p.d_in);
+  gelu_erf(hidden.data(), hidden.data(), T * H * Dh);
+  const size_t w2_head_bytes = size_t(Do) * dtype_row_bytes(wtype, Dh);
+  for (int64_t h = 0; h < H; ++h) {
+    gemm(hidden.data() + h * Dh, H * Dh, static_cast<const uint8_t*>(W2) + size_t(h) * w2_head_bytes, wtype,
+         b2 ? b2 + h * Do : nullptr, tmp.data(), Do, T, Do, Dh);
+    const float* g = G + h * Do;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < Do; ++c) Y[t * ldy + c] = (h == 0 ? 0.0f : Y[t * ldy + c]) + g[c] * tmp[size_t(t * Do + c)];
+  }
+}
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   switch (options.device) {

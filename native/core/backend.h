@@ -50,6 +50,10 @@ class Backend {
   virtual void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids,
                                 int64_t n, float* out, int64_t ld_out) = 0;
   virtual void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) = 0;
+  // EmoLLM's fused multi-head visual projection (kernels.h mvp_projection). The default composes
+  // it from gemm and gelu_erf (any backend); the CPU backend runs the fused kernel.
+  virtual void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
+                              const float* G, DType wtype, float* Y, const MvpProjectionParams& p);
 };
 
 // Creates a backend. DeviceKind::Cuda throws Error(Unsupported) when the build has no CUDA.

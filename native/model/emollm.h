@@ -1,0 +1,151 @@
+// EmoLLM (Yang, Ye & Du 2024): a LLaVA base whose single projector is replaced by a
+// Multi-perspective Visual Projection (MVP): several projection heads ("perspectives") read the
+// vision tower's hidden states and their outputs are fused before the LLM.
+//
+// A Hugging Face llava folder becomes an EmoLLM checkpoint when its config.json has an `emollm`
+// section (schema: docs/emollm-config.md); the MVP weights live in a safetensors file beside the
+// base weights (default emollm_mvp.safetensors), tensors mvp.heads.<i>.*.
+//
+// Perspective types (i = index in `perspectives`):
+//   mlp, multi-layer-mlp  linear_1 -> GELU(erf) -> linear_2 over the selected tokens of the
+//                         hidden states `layers`, concatenated on channels (one token per
+//                         vision token: n_tok = n_patches, or n_patches + 1 with the "full" strategy)
+//   attention-pool        n_queries learned queries attend over those tokens (K/V projections,
+//                         num_heads heads, softmax(Q K^T / sqrt(head_dim)) V), then out_proj:
+//                         n_queries tokens
+//   face-region           per face box (pixels of the tower input), the mean of the patch
+//                         features the box overlaps, then linear_1 -> GELU -> linear_2: one token
+//                         per face (zero faces: no tokens)
+// Gates: "learned" multiplies the head's output by sigmoid(gate_logits) (per channel), "open" by
+// exactly 1, "closed" skips the head entirely (no contribution, no tokens).
+// Fusion "gated-sum": the open mlp / multi-layer-mlp heads are summed (they have the global
+// head's token count), then the attention-pool and face tokens are appended in perspective order.
+// Fusion "concat": every open perspective's tokens, in perspective order.
+//
+// CPU path: the summed MLP heads that read the same input (same layers), the same hidden size and
+// weight dtype form a group computed by ONE Backend::mvp_projection (stacked first layers in one
+// GEMM, GELU, per-head second GEMMs with gated accumulation); the vision tower runs once for the
+// union of all layers.
+//
+// Thread safety: immutable after load; encode_images may run on any thread.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "loaders/json.h"
+#include "loaders/safetensors.h"
+#include "model/llava.h"
+
+namespace emollm {
+
+// A face box in pixels of the vision tower's input (image_size x image_size, e.g. 336).
+struct FaceBox {
+  float x = 0, y = 0, width = 0, height = 0;
+};
+
+enum class MvpType { Mlp, MultiLayerMlp, AttentionPool, FaceRegion };
+enum class MvpGate { Learned, Open, Closed };
+const char* mvp_type_name(MvpType t);
+const char* mvp_gate_name(MvpGate g);
+
+struct MvpPerspective {
+  std::string name;
+  MvpType type = MvpType::Mlp;
+  MvpGate gate = MvpGate::Learned;
+  std::vector<int64_t> layers;  // resolved hidden-state indices (>= 0)
+  int64_t d_in = 0;             // layers.size() * vision hidden size
+  int64_t d_hid = 0;            // MLP hidden size (mlp types, face-region); attention size (attention-pool)
+  int64_t n_queries = 0, num_heads = 1;  // attention-pool
+  int64_t max_faces = 0;                 // face-region: 0 = no limit
+  // weights (null when closed). MLP types and face-region: w1 [d_hid, d_in], w2 [E, d_hid].
+  LlamaWeight w1, w2;
+  const float *b1 = nullptr, *b2 = nullptr;
+  // attention-pool: queries [n_queries, d_hid] (f32), wk / wv [d_hid, d_in], wo [E, d_hid]
+  const float* queries = nullptr;
+  LlamaWeight wk, wv, wo;
+  const float *bk = nullptr, *bv = nullptr, *bo = nullptr;
+  std::vector<float> gate_values;  // [E]: sigmoid(gate_logits) (learned) or ones (open); empty when closed
+  bool sums() const { return type == MvpType::Mlp || type == MvpType::MultiLayerMlp; }
+};
+
+class EmollmModel {
+ public:
+  // True when `path` is a llava folder (or its config.json) whose config has an `emollm` object.
+  // Never throws.
+  static bool is_emollm_folder(const std::string& path);
+  // Loads the LLaVA base (LlavaModel::load) and the MVP. Errors: BadConfig naming the field of
+  // the emollm section; MalformedFile naming a missing tensor or a wrong shape.
+  static std::shared_ptr<EmollmModel> load(const std::string& path, const LlavaLoadOptions& opts = {});
+  // From a loaded base, the parsed `emollm` section and the MVP weight store (tests).
+  static std::shared_ptr<EmollmModel> from_parts(std::shared_ptr<LlavaModel> base, const JsonValue& section,
+                                                 std::shared_ptr<WeightStore> mvp_store, const std::string& config_file);
+
+  const std::shared_ptr<LlavaModel>& base() const { return base_; }
+  const LlavaModel& llava() const { return *base_; }
+  const std::string& fusion() const { return fusion_; }  // "gated-sum" or "concat"
+  const std::vector<MvpPerspective>& perspectives() const { return persp_; }
+  int64_t n_embd() const { return base_->n_embd(); }
+  int32_t image_token_id() const { return base_->image_token_id(); }
+  // Vision tokens each mlp head reads per image (n_patches, + 1 with the "full" strategy).
+  int64_t n_vision_tokens() const { return base_->n_image_tokens(); }
+  // Decoder positions one image takes when it has `n_faces` face boxes (that fall on the image).
+  int64_t n_image_tokens(int64_t n_faces = 0) const;
+  // Hidden-state indices the tower computes (the union of all open perspectives' layers, sorted).
+  const std::vector<int64_t>& tower_layers() const { return tower_layers_; }
+
+  // Vision tower + MVP for B images: pixels [B, C, S, S] normalised; faces: null or B lists.
+  // out: the images' tokens one image after the other ([sum(counts), n_embd()]); counts[b]: image
+  // b's token count. Returns false when aborted.
+  bool encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
+                     std::vector<float>* out, std::vector<int64_t>* counts,
+                     const std::atomic<bool>* abort = nullptr) const;
+  // The MVP alone, on tower features [B, n_vision_tokens(), tower_layers().size() * C] (the
+  // encode() output for tower_layers()).
+  void project(const float* tower_feats, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
+               std::vector<float>* out, std::vector<int64_t>* counts) const;
+  // Face boxes -> the patch indices (row-major over the side x side grid) each covers; boxes that
+  // cover no patch (outside the image, zero area) give an empty list. Exposed for tests.
+  std::vector<int64_t> face_patches(const FaceBox& box) const;
+
+  EmollmModel() = default;
+  EmollmModel(const EmollmModel&) = delete;
+  EmollmModel& operator=(const EmollmModel&) = delete;
+
+ private:
+  struct Group {  // summed MLP heads computed by one mvp_projection
+    std::vector<size_t> heads;          // perspective indices, in order
+    std::vector<int64_t> layers;        // the shared input
+    int64_t d_in = 0, d_hid = 0;
+    DType dtype = DType::F32;
+    const void* w1 = nullptr;           // stacked [H * d_hid, d_in]
+    const void* w2 = nullptr;           // stacked [H, E, d_hid]
+    const float *b1 = nullptr, *b2 = nullptr;
+    std::vector<float> gates;           // [H, E]
+  };
+  std::shared_ptr<LlavaModel> base_;
+  std::shared_ptr<WeightStore> store_;
+  std::string fusion_ = "gated-sum";
+  std::vector<MvpPerspective> persp_;
+  std::vector<Group> groups_;
+  std::vector<int64_t> tower_layers_;
+  std::vector<std::vector<uint8_t>> owned_;      // stacked weights
+  std::vector<std::vector<float>> converted_;    // f32 copies of vectors
+
+  // Gathers the channels of `layers` from the tower output ([rows, tower_layers.size() * C]).
+  void gather(const float* tower_feats, int64_t rows, const std::vector<int64_t>& layers, std::vector<float>* out) const;
+  void mlp(const MvpPerspective& p, const float* x, int64_t rows, float* out) const;  // gated head output
+  void attention_pool(const MvpPerspective& p, const float* x, int64_t B, float* out) const;  // [B, n_q, E]
+};
+
+// The decoder prompt for `tokens` with images of variable token counts: image k's features are
+// rows [sum(counts[0..k)), + counts[k]) of `features` ([sum(counts), n_embd]). The image token
+// stands either once per image (expanded here) or already expanded (sum(counts) times in all).
+// Pseudo-ids are image_pseudo_ids() of each image's rows (so equal to LlavaModel::splice_prompt
+// when all counts equal its n_image_tokens()). Throws InvalidArgument naming the counts.
+std::vector<int32_t> splice_prompt_counts(int32_t image_token_id, const int32_t* tokens, int64_t n, const float* features,
+                                          int64_t n_embd, const std::vector<int64_t>& counts);
+
+}  // namespace emollm
