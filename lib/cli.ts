@@ -11,12 +11,20 @@ import { EmollmError } from './errors.js';
 import { DTYPES, cpuInfo, type DType } from './kernels.js';
 import { quantizeGguf } from './quantize.js';
 import { initMvp, type InitMvpOptions } from './init_mvp.js';
-import { loadModel, type GenerateOptions, type LoadModelOptions } from './model.js';
+import { ANALYZE_TASKS, analyze, formatAnalysis, type AnalyzeTask } from './analyze.js';
+import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
 import { native } from './native.js';
 
 const USAGE = `usage: emollm <command>
 
 commands:
+  analyze <image|video>  emotion, intent, hate, humor or sarcasm in an image or video; offline with
+                         the face perspective, or with a LLaVA / EmoLLM model (EmoPrompt + decoding)
+    --task T             emotion (default) | emotion-open | intent | hate | humor | sarcasm
+    --text "..."         caption, utterance or meme text that comes with the image
+    --model PATH         LLaVA / EmoLLM folder, or a GGUF (with --mmproj PATH)
+    --labels a,b,c       close-set labels (default: Ekman 7 for emotion, MIntRec's 20 for intent)
+    --frames N           video frames to sample with ffmpeg (default 8)
   info                   CPU features, instruction-set level and threads the kernels use
   inspect <path>         tensors and metadata of a .gguf, a .safetensors, or a model folder
                          (config.json + model.safetensors[.index.json])
@@ -170,6 +178,41 @@ async function main(argv: string[]): Promise<number> {
     case 'generate':
       await generate(rest);
       return 0;
+    case 'analyze': {
+      const task = takeOption(rest, '--task') ?? 'emotion';
+      if (!(ANALYZE_TASKS as readonly string[]).includes(task))
+        throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown task ${JSON.stringify(task)} (${ANALYZE_TASKS.join(', ')})`);
+      const text = takeOption(rest, '--text');
+      const modelPath = takeOption(rest, '--model');
+      const mmproj = takeOption(rest, '--mmproj');
+      const labels = takeOption(rest, '--labels');
+      const frames = takeNumber(rest, '--frames');
+      const threads = takeNumber(rest, '--threads');
+      const input = rest[0];
+      if (!input) throw new EmollmError('ERR_INVALID_ARGUMENT', 'analyze needs an image or video path');
+      const progress = (m: string): void => {
+        if (!json) process.stderr.write(`… ${m}\n`);
+      };
+      let model: Model | undefined;
+      if (modelPath) {
+        progress(`loading ${modelPath}`);
+        model = await loadModel(modelPath, { ...(mmproj ? { mmproj } : {}), ...(threads !== undefined ? { threads } : {}) });
+      }
+      try {
+        const r = await analyze(input, {
+          task: task as AnalyzeTask,
+          ...(text !== undefined ? { text } : {}),
+          ...(model ? { model } : {}),
+          ...(labels ? { labels: labels.split(',').map((l) => l.trim()).filter((l) => l !== '') } : {}),
+          ...(frames !== undefined ? { frames } : {}),
+          onProgress: progress,
+        });
+        console.log(json ? JSON.stringify(r, null, 2) : formatAnalysis(r));
+      } finally {
+        await model?.close();
+      }
+      return 0;
+    }
     case 'init-mvp': {
       const opts: InitMvpOptions = {};
       const copy = rest.indexOf('--copy');

@@ -29,3 +29,5 @@ export {
 } from './emotion_lexicon.js';
 export type { CanonicalEmotion, EmotionMention, EmotionParse, EmotionTaxonomyId } from './emotion_lexicon.js';
 export * from './decode_result.js';
+export * from './analyze.js';
+export * from './face.js';

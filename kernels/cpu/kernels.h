@@ -146,3 +146,59 @@ void mvp_projection(const float* X, const void* W1, const float* b1, const void*
                     const float* G, DType wtype, float* Y, const MvpProjectionParams& p, ThreadPool* pool);
 
 }  // namespace emollm
+
+// ---------------------------------------------------------------- convolution and pooling (NHWC)
+// Image kernels for the small vision CNNs (face detector / expression net, native/model/face.h).
+// Layout: activations NHWC f32, contiguous: x[((b * in_h + y) * in_w + x) * in_c + c].
+// Geometry follows TensorFlow: output size and the top/left padding are given explicitly
+// (conv_geometry computes TF's 'same' / 'valid' values); the bottom/right padding is whatever
+// the output size implies. Convolution padding is zeros; pooling ignores taps outside the image.
+namespace emollm {
+
+enum class ConvActivation { None, Relu, LeakyRelu };  // LeakyRelu: x > 0 ? x : alpha * x
+
+struct Conv2dParams {
+  int64_t batch = 1;
+  int64_t in_h = 0, in_w = 0, in_c = 0;
+  int64_t out_h = 0, out_w = 0, out_c = 0;  // depthwise / pooling: out_c == in_c
+  int64_t k_h = 1, k_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_left = 0;
+  ConvActivation act = ConvActivation::None;  // convolutions only, applied after the bias
+  float alpha = 0.1f;
+};
+
+// TensorFlow's output size and leading padding for one spatial axis:
+//   same : out = ceil(in / stride), pad_before = max((out - 1) * stride + k - in, 0) / 2
+//   valid: out = (in - k) / stride + 1, pad_before = 0
+void conv_geometry(int64_t in, int64_t k, int64_t stride, bool same, int64_t* out, int64_t* pad_before);
+
+// Dense convolution. w: [k_h, k_w, in_c, out_c] (TensorFlow HWIO), bias: [out_c] or null.
+void conv2d_nhwc(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p,
+                 ThreadPool* pool);
+// Depthwise convolution, channel multiplier 1. w: [k_h, k_w, in_c] (TF [k_h, k_w, in_c, 1]).
+void depthwise_conv2d_nhwc(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p,
+                           ThreadPool* pool);
+// 1x1 convolution over `pixels` pixels: y[pixels, out_c] = act(x[pixels, in_c] W^T + bias).
+// w: [out_c, in_c] (the nn.Linear layout of gemm(); TF's [1, 1, in_c, out_c] transposed).
+void pointwise_conv_nhwc(const float* x, int64_t pixels, int64_t in_c, const float* w, const float* bias,
+                         float* y, int64_t out_c, ConvActivation act, float alpha, ThreadPool* pool);
+// Max / average over the k_h x k_w window; taps outside the image are skipped (TF semantics:
+// the average divides by the number of in-image taps).
+void max_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool);
+void avg_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool);
+// Elementwise activation (in place allowed).
+void conv_activation(const float* x, float* y, int64_t n, ConvActivation act, float alpha);
+inline void leaky_relu(const float* x, float* y, int64_t n, float alpha) {
+  conv_activation(x, y, n, ConvActivation::LeakyRelu, alpha);
+}
+
+namespace ref {
+void conv2d_nhwc(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p);
+void depthwise_conv2d_nhwc(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p);
+void max_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p);
+void avg_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p);
+void conv_activation(const float* x, float* y, int64_t n, ConvActivation act, float alpha);
+}  // namespace ref
+
+}  // namespace emollm

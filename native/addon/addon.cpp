@@ -26,6 +26,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_kernels(env, exports);
   register_loaders(env, exports);
   register_model(env, exports);
+  register_face(env, exports);
   return exports;
 }
 

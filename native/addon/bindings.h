@@ -6,4 +6,5 @@ namespace emollm::addon {
 void register_loaders(Napi::Env env, Napi::Object exports);  // loaders_binding.cpp
 void register_kernels(Napi::Env env, Napi::Object exports);  // kernels_binding.cpp
 void register_model(Napi::Env env, Napi::Object exports);    // model_binding.cpp
+void register_face(Napi::Env env, Napi::Object exports);     // face_binding.cpp
 }  // namespace emollm::addon
