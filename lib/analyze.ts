@@ -20,8 +20,8 @@ import { classify, decodeOpenEmotion } from './decode_result.js';
 import { buildEmoPrompt, type EmoTask, type PerceptionCue } from './emoprompt.js';
 import { EmollmError } from './errors.js';
 import { FaceAnalyzer, FACE_EXPRESSIONS, type DetectedFace, type FaceExpression } from './face.js';
-import type { ImageInput } from './image.js';
-import type { Model } from './model.js';
+import { decodeImage, type ImageInput, type ImageProcessor } from './image.js';
+import type { FaceBox, Model } from './model.js';
 import type { TaxonomyId } from './taxonomies.js';
 
 /** The analysis tasks (EmoBench's six sub-tasks, by their CLI names). */
@@ -319,6 +319,23 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
     cues: faceCues(frames, summary),
   });
   result.model = { path: model.path, templateId: prompt.templateId };
+  // EmoLLM's face-region perspective reads the detected faces: give each image part its boxes,
+  // mapped into the model's input pixels (models without that perspective ignore them).
+  const proc = model.imageProcessor;
+  if (proc) {
+    const boxes = await Promise.all(
+      modelFrames.map(async (f) => {
+        const faces = frames[images.indexOf(f)]?.faces ?? [];
+        if (faces.length === 0) return [];
+        const { width, height } = await decodeImage(f.image);
+        return faces.map((face) => boxToModelInput(face.box, width, height, proc));
+      }),
+    );
+    let k = 0;
+    for (const m of prompt.messages)
+      if (typeof m.content !== 'string')
+        m.content = m.content.map((part) => (part.type === 'image' ? { ...part, faces: boxes[k++] ?? [] } : part));
+  }
   progress('asking the model');
   if (task === 'emotion-open') {
     const r = await model.generate(prompt.messages, { maxTokens: 32, temperature: 0, ...(options.signal ? { signal: options.signal } : {}) }).result;
@@ -332,6 +349,43 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
     result.answer = { outcome: 'label', source: 'model', label: c.label, probability: c.probability, distribution: c.distribution, margin: c.margin };
   }
   return result;
+}
+
+/**
+ * Maps a box in original-image pixels to pixels of the model's input image (after the image
+ * processor's pad-to-square, shortest-edge resize and centre crop): where EmoLLM's face-region
+ * perspective expects face boxes.
+ */
+export function boxToModelInput(box: FaceBox, width: number, height: number, proc: ImageProcessor): FaceBox {
+  const cfg = proc.config;
+  let x = box.x;
+  let y = box.y;
+  let w = width;
+  let h = height;
+  if (cfg.padToSquare) {
+    const side = Math.max(w, h);
+    x += Math.floor((side - w) / 2);
+    y += Math.floor((side - h) / 2);
+    w = h = side;
+  }
+  let rw = w;
+  let rh = h;
+  if (cfg.doResize) {
+    const size = cfg.size;
+    if ('shortestEdge' in size) {
+      const long = Math.trunc((size.shortestEdge * Math.max(w, h)) / Math.min(w, h));
+      [rh, rw] = w <= h ? [long, size.shortestEdge] : [size.shortestEdge, long];
+    } else [rh, rw] = [size.height, size.width];
+  }
+  const sx = rw / w;
+  const sy = rh / h;
+  let bx = x * sx;
+  let by = y * sy;
+  if (cfg.doCenterCrop) {
+    bx -= Math.floor((rw - cfg.cropSize.width) / 2);
+    by -= Math.floor((rh - cfg.cropSize.height) / 2);
+  }
+  return { x: bx, y: by, width: box.width * sx, height: box.height * sy };
 }
 
 function pickEvenly<T>(items: readonly T[], n: number): T[] {

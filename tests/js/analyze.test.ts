@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { analyze, formatAnalysis, loadModel, summarizeFaces, type Model } from '../../lib/index.js';
+import { ImageProcessor, analyze, boxToModelInput, formatAnalysis, loadModel, summarizeFaces, type Model } from '../../lib/index.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
@@ -66,6 +66,15 @@ describe.skipIf(!haveDemo)('analyze offline (face perspective)', () => {
     expect(s.expressions!.happy).toBeCloseTo(0.5, 10);
     expect(s.maxFaces).toBe(2);
     expect(summarizeFaces([{ index: 0, faces: [] }]).emotion).toBeNull();
+  });
+
+  it('boxToModelInput maps original-image boxes through resize and centre crop (and pad-to-square)', () => {
+    const proc = new ImageProcessor({ size: { shortestEdge: 42 }, cropSize: { height: 42, width: 42 } });
+    // 84 wide x 126 high -> resized 42 x 63 -> crop rows 10..52
+    expect(boxToModelInput({ x: 0, y: 20, width: 84, height: 42 }, 84, 126, proc)).toEqual({ x: 0, y: 0, width: 42, height: 21 });
+    const padded = new ImageProcessor({ size: { shortestEdge: 42 }, cropSize: { height: 42, width: 42 }, padToSquare: true });
+    // padded to 126 x 126 (image pasted at x = 21), then scaled by 1/3
+    expect(boxToModelInput({ x: 0, y: 0, width: 84, height: 126 }, 84, 126, padded)).toEqual({ x: 7, y: 0, width: 28, height: 42 });
   });
 
   it('missing files and unknown tasks are typed errors', async () => {

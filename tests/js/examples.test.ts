@@ -23,7 +23,16 @@ describe('examples', () => {
     expect(stdout).toMatch(/best: (happy|sad|angry|surprised) \(margin/);
   });
 
-  it.skipIf(!existsSync(stories))('the README main job (emollm generate) streams the oracle text', async () => {
+  it('the README main job (emollm analyze on a demo photo, offline) prints faces and an emotion', async () => {
+    const photo = join(repoRoot, 'node_modules', '@vladmandic', 'face-api', 'demo', 'sample1.jpg');
+    const { stdout } = await run(process.execPath, [join(repoRoot, 'dist', 'cli.js'), 'analyze', photo], { cwd: repoRoot });
+    expect(stdout).toMatch(/face 1: \d+x\d+ at/);
+    expect(stdout).toMatch(/^emotion: (joy|neutral|sadness|anger|fear|disgust|surprise) \(\d+%, margin \d+%; face perspective\)$/m);
+    const { stdout: json } = await run(process.execPath, [join(repoRoot, 'dist', 'cli.js'), 'analyze', photo, '--json'], { cwd: repoRoot });
+    expect(JSON.parse(json)).toMatchObject({ schema: 'emollm.analysis/1', media: 'image', task: 'emotion' });
+  });
+
+  it.skipIf(!existsSync(stories))('emollm generate (emollm generate) streams the oracle text', async () => {
     const { stdout } = await run(
       process.execPath,
       [join(repoRoot, 'dist', 'cli.js'), 'generate', stories, 'Once upon a time', '--context', '512', '--max-tokens', '20'],
