@@ -14,6 +14,7 @@ import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis, type AnalyzeTask } from './analyze.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
 import { native } from './native.js';
+import { runBenchCommand } from './emobench/build.js';
 
 const USAGE = `usage: emollm <command>
 
@@ -25,6 +26,8 @@ commands:
     --model PATH         LLaVA / EmoLLM folder, or a GGUF (with --mmproj PATH)
     --labels a,b,c       close-set labels (default: Ekman 7 for emotion, MIntRec's 20 for intent)
     --frames N           video frames to sample with ffmpeg (default 8)
+  bench build --source <dataset>=<dir> ... --out <file.jsonl> [--media-root DIR] [--split test]
+                         EmoBench JSONL from the source datasets' release files (emollm bench --help)
   info                   CPU features, instruction-set level and threads the kernels use
   inspect <path>         tensors and metadata of a .gguf, a .safetensors, or a model folder
                          (config.json + model.safetensors[.index.json])
@@ -213,6 +216,8 @@ async function main(argv: string[]): Promise<number> {
       }
       return 0;
     }
+    case 'bench':
+      return runBenchCommand(rest, json);
     case 'init-mvp': {
       const opts: InitMvpOptions = {};
       const copy = rest.indexOf('--copy');

@@ -11,7 +11,7 @@
  * |---|---|---|
  * | `mikels8` | amusement, awe, contentment, excitement, anger, disgust, fear, sadness | EmoSet, Abstract (Mikels et al. 2005) |
  * | `ekman6` | anger, disgust, fear, joy, sadness, surprise | Ekman's basic emotions (joy for happiness) |
- * | `ekman7` | the six and neutral | MELD, MUStARD++ |
+ * | `ekman7` | the six and neutral | MELD |
  * | `sentiment2` | positive, negative | Twitter_I / Twitter_II |
  * | `sentiment3` | positive, neutral, negative | MELD sentiment, CH-SIMS / CMU-MOSI bins |
  * | `mintrec20` | the 20 MIntRec intents | MIntRec (Zhang et al., ACM MM 2022) |
