@@ -15,6 +15,7 @@ import { ANALYZE_TASKS, analyze, formatAnalysis, type AnalyzeTask } from './anal
 import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
 import { native } from './native.js';
 import { runBenchCommand } from './emobench/build.js';
+import { evalCommand } from './emobench/eval.js';
 
 const USAGE = `usage: emollm <command>
 
@@ -26,6 +27,9 @@ commands:
     --model PATH         LLaVA / EmoLLM folder, or a GGUF (with --mmproj PATH)
     --labels a,b,c       close-set labels (default: Ekman 7 for emotion, MIntRec's 20 for intent)
     --frames N           video frames to sample with ffmpeg (default 8)
+  eval --bench FILE --model SPEC --out DIR
+                         EmoBench evaluation (SPEC: model folder | gguf | http://host:port/v1#name
+                         | face | random | majority); eval compare RUN_A RUN_B; eval --help
   bench build --source <dataset>=<dir> ... --out <file.jsonl> [--media-root DIR] [--split test]
                          EmoBench JSONL from the source datasets' release files (emollm bench --help)
   info                   CPU features, instruction-set level and threads the kernels use
@@ -242,6 +246,8 @@ async function main(argv: string[]): Promise<number> {
       }
       return 0;
     }
+    case 'eval':
+      return evalCommand(rest, json);
     default:
       console.error(`emollm: unknown command "${cmd}"\n\n${USAGE}`);
       return 2;
