@@ -1,0 +1,275 @@
+#!/usr/bin/env node
+// `npm run bench:llava [-- options]`: LLaVA-1.5-7B-shaped model (random weights: text GGUF q4_0
+// + mmproj GGUF) end to end on CPU: a real photo + a 40-token question, then scoring 8 one-word
+// answers with Model.scoreOptions. Time split into preprocessing (ImageProcessor.preprocessBatch),
+// vision (Model.encodePixels: tower + projector), prefill (Model.logits of the prompt with the
+// image, ~576 + 56 positions) and scoring (Model.scoreOptions after the prefill is cached), total,
+// peak RSS. See bench/README.md ("LLaVA end-to-end benchmark").
+//
+//   npm run bench:llava                               # text q4_0 + bf16 tower
+//   npm run bench:llava -- --full                     # also text q8_0
+//   npm run bench:llava -- --vision-dtypes f32,bf16 --runs 2
+//   npm run bench:llava -- --layers 2                 # smoke run: text model cut to 2 of 32 layers
+//   npm run -s bench:llava -- --json > llava.json
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import { DEFAULT_OUT, IMAGE_TOKEN_ID, TEXT, TEXT_DTYPES, VISION, VISION_DTYPES, ensure, mmprojPlan, textPlan } from './make-random-llava.mjs';
+import {
+  busyMark, combinePeaks, ensureBuilt, fmt, physicalCores, printTable, probePeaks, root, runChild, timed, visionGflop, waitQuiet,
+} from './vision.mjs';
+
+// The real llava-1.5-7b-hf tokenizer when the shared folder has it (token counts as the real
+// model's), else the random GGUF's own vocabulary (which splits words into more pieces).
+const SHARED = join(root, '..', 'shared');
+const TOKENIZER_DIRS = [join(SHARED, 'tokenizers', 'llava-1.5-7b-hf'), join(SHARED, 'models', 'llava-tiny-hf')];
+const PHOTO = join(SHARED, 'models', 'llava-tiny-hf', 'photo.jpg');
+
+// 40 tokens with the llava-1.5 tokenizer; LLaVA-1.5's prompt format ("USER: <image>\n... ASSISTANT:").
+export const QUESTION = 'Look closely at the face, the posture and the surroundings of the person in this photo. ' +
+  'Which of the emotions describes best how the person feels now? Answer with a single word.';
+export const OPTIONS = ['happy', 'sad', 'angry', 'surprised', 'fearful', 'disgusted', 'neutral', 'contemptuous'];
+
+// ============================================================================ child
+async function child(spec) {
+  const log = (...a) => console.error('[emollm]', ...a);
+  const out = { ok: false, runs: [] };
+  let model;
+  try {
+    const { loadModel } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href);
+    const t0 = performance.now();
+    const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx };
+    if (spec.tokenizer) opts.tokenizer = spec.tokenizer;
+    model = await loadModel(spec.text, opts);
+    out.load_s = (performance.now() - t0) / 1000;
+    const vi = model.info.vision;
+    const prompt = `USER: <image>\n${spec.question} ASSISTANT:`;
+    const tokens = model.tokenize(prompt);
+    const nImg = tokens.filter((t) => t === vi.imageTokenId).length;
+    if (nImg !== 1) throw new Error(`the prompt has ${nImg} image tokens (id ${vi.imageTokenId}), expected 1`);
+    out.prompt_tokens = tokens.length;
+    out.question_tokens = model.tokenize(spec.question, { addSpecialTokens: false }).length;
+    out.positions = tokens.length - 1 + vi.nImageTokens;
+    out.option_tokens = spec.options.map((o) => model.tokenizer.encode(o, { addSpecialTokens: false }).length);
+    out.image_token_id = vi.imageTokenId;
+    out.n_image_tokens = vi.nImageTokens;
+
+    // ---- warm-up (untimed): sharp's first decode, the vision weights, every text weight page
+    // (a 16-token eval that shares no prefix with the prompt: it does not start with BOS)
+    const tw = performance.now();
+    const wb = await model.imageProcessor.preprocessBatch([spec.image]);
+    await model.encodePixels(wb.data, 1);
+    const warmIds = Array.from({ length: 16 }, (_, i) => 1000 + 37 * i);
+    await model.logits(warmIds);
+    out.warmup_s = (performance.now() - tw) / 1000;
+    log(`load ${out.load_s.toFixed(1)} s, warm-up ${out.warmup_s.toFixed(1)} s; prompt ${tokens.length} tokens -> ${out.positions} positions`);
+
+    for (let run = 0; run < spec.runs; run++) {
+      if (run > 0) {
+        // empty the KV cache for a cold prefill: a one-token call that shares no prefix with the prompt
+        await model.logits([warmIds[0]]);
+        if (spec.quietWaitS > 0) await waitQuiet(Math.min(10, spec.quietWaitS));
+      }
+      const pre = await timed(() => model.imageProcessor.preprocessBatch([spec.image]));
+      const vis = await timed(() => model.encodePixels(pre.value.data, 1));
+      const input = { tokens, images: vis.value };
+      const fill = await timed(() => model.logits(input));
+      const score = await timed(() => model.scoreOptions(input, spec.options));
+      const r = {
+        preprocess_s: pre.s, vision_s: vis.s, prefill_s: fill.s, scoring_s: score.s,
+        total_s: pre.s + vis.s + fill.s + score.s,
+        other: Math.max(pre.other, vis.other, fill.other, score.other),
+        other_by_phase: [pre.other, vis.other, fill.other, score.other],
+        best: score.value.best, margin: score.value.margin,
+      };
+      out.runs.push(r);
+      log(`run ${run + 1}: preprocess ${r.preprocess_s.toFixed(3)} s, vision ${r.vision_s.toFixed(2)} s, prefill ${r.prefill_s.toFixed(2)} s, ` +
+        `scoring ${r.scoring_s.toFixed(2)} s, total ${r.total_s.toFixed(2)} s (other work up to ${r.other.toFixed(2)} cores)`);
+    }
+    out.ok = true;
+  } catch (e) {
+    out.error = String(e?.stack ?? e);
+    log(out.error);
+  } finally {
+    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
+    try { await model?.close(); } catch {}
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+  process.exit(out.ok ? 0 : 1);
+}
+
+// ============================================================================ parent
+function parseArgs(argv) {
+  const o = { threads: 0, text: ['q4_0'], vision: ['bf16'], full: false, layers: null, runs: 1, nCtx: 1024, build: true, probe: true,
+    out: DEFAULT_OUT, json: false, jsonOut: null, timeoutS: 1200, quietWaitS: 30, image: null, tokenizer: undefined };
+  const val = (i, name) => { if (i + 1 >= argv.length) throw new Error(`${name} needs a value`); return argv[i + 1]; };
+  const list = (s, allowed, name) => {
+    const xs = s.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean);
+    for (const x of xs) if (!allowed.includes(x)) throw new Error(`${name}: ${allowed.join(', ')}, not '${x}'`);
+    return xs;
+  };
+  let textGiven = false;
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i];
+    const eq = a.indexOf('=');
+    if (a.startsWith('--') && eq > 0) { argv.splice(i + 1, 0, a.slice(eq + 1)); a = argv[i] = a.slice(0, eq); }
+    switch (a) {
+      case '--threads': o.threads = Number(val(i, a)); i++; break;
+      case '--full': o.full = true; break;
+      case '--text-dtypes': o.text = list(val(i, a), TEXT_DTYPES, a); textGiven = true; i++; break;
+      case '--vision-dtypes': o.vision = list(val(i, a), VISION_DTYPES, a); i++; break;
+      case '--layers': o.layers = Number(val(i, a)); i++; break;
+      case '--runs': o.runs = Math.max(1, Number(val(i, a))); i++; break;
+      case '--ctx': o.nCtx = Number(val(i, a)); i++; break;
+      case '--image': o.image = val(i, a); i++; break;
+      case '--tokenizer': o.tokenizer = val(i, a); i++; break;
+      case '--gguf-vocab': o.tokenizer = null; break;
+      case '--no-build': o.build = false; break;
+      case '--no-probe': o.probe = false; break;
+      case '--models-dir': o.out = val(i, a); i++; break;
+      case '--json': o.json = true; break;
+      case '--json-out': o.jsonOut = val(i, a); i++; break;
+      case '--timeout': o.timeoutS = Number(val(i, a)); i++; break;
+      case '--quiet-wait': o.quietWaitS = Number(val(i, a)); i++; break;
+      case '--help': case '-h': o.help = true; break;
+      default: throw new Error(`unknown option ${a} (--help)`);
+    }
+  }
+  if (o.full && !textGiven) o.text = [...TEXT_DTYPES];
+  if (o.layers !== null && !(Number.isInteger(o.layers) && o.layers >= 1 && o.layers <= TEXT.n_layer)) throw new Error(`--layers: 1..${TEXT.n_layer}`);
+  if (o.layers === TEXT.n_layer) o.layers = null;
+  return o;
+}
+
+const HELP = `usage: npm run bench:llava -- [options]
+  --text-dtypes a,b     text model: q4_0 (default), q8_0; --full = both
+  --vision-dtypes a,b   mmproj tower: bf16 (default), f16, f32
+  --layers N            smoke run: the text model cut to N of its 32 layers (labelled; not the 7B figure)
+  --runs N              end-to-end runs per model pair, each from an empty KV cache (default 1)
+  --threads N           compute threads (default: physical cores); --ctx N KV positions (default 1024)
+  --image FILE          the photo (default ../shared/models/llava-tiny-hf/photo.jpg, else a generated JPEG)
+  --tokenizer DIR       tokenizer (default ../shared/tokenizers/llava-1.5-7b-hf when present); --gguf-vocab: the GGUF's own
+  --no-probe, --no-build, --models-dir DIR, --json, --json-out FILE, --timeout S (default 1200),
+  --quiet-wait S        before each measurement wait up to S s for other work to stop (default 30; 0: don't)`;
+
+// A 1920x1280 JPEG of smooth colour gradients and noise, when there is no real photo.
+export async function generatedPhoto(dir) {
+  const path = join(dir, 'generated-photo.jpg');
+  if (existsSync(path)) return path;
+  const { default: sharp } = await import('sharp');
+  const W = 1920, H = 1280, px = Buffer.alloc(W * H * 3);
+  let x = 12345;
+  for (let y = 0; y < H; y++)
+    for (let i = 0; i < W; i++) {
+      x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+      const o = (y * W + i) * 3, n = (x & 31) - 16;
+      px[o] = Math.max(0, Math.min(255, (255 * i) / W + n));
+      px[o + 1] = Math.max(0, Math.min(255, (255 * y) / H + n));
+      px[o + 2] = Math.max(0, Math.min(255, 128 + 100 * Math.sin(i / 90) * Math.cos(y / 70) + n));
+    }
+  mkdirSync(dir, { recursive: true });
+  await sharp(px, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 90 }).toFile(path);
+  return path;
+}
+
+// Multiply-adds x 2 of the decoder's matrices over `n` prompt positions, causal attention
+// (QK^T and AV over n(n+1)/2 pairs), and the LM head for the last position.
+function prefillGflop(n, layers) {
+  const { n_embd: E, n_ff: F, n_vocab: V } = TEXT;
+  const mats = n * layers * (4 * E * E + 3 * E * F);
+  const attn = layers * 2 * E * ((n * (n + 1)) / 2);
+  return (2 * (mats + attn + V * E)) / 1e9;
+}
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  if (o.help) { console.log(HELP); return; }
+  const out = o.json ? (s) => process.stderr.write(s + '\n') : (s) => process.stdout.write(s + '\n');
+  const log = (s) => process.stderr.write(`bench:llava: ${s}\n`);
+  const threads = o.threads > 0 ? o.threads : physicalCores();
+  const t0 = performance.now();
+
+  ensureBuilt(o.build, log);
+  const mm = o.vision.map((d) => mmprojPlan(d, o.out));
+  const tx = o.text.map((d) => textPlan(d, { out: o.out, layers: o.layers ?? undefined }));
+  await ensure([...mm, ...tx], { log: (s) => log(s.trim()) });
+  const image = o.image ?? (existsSync(PHOTO) ? PHOTO : await generatedPhoto(o.out));
+  const tokenizer = o.tokenizer === null ? undefined : o.tokenizer ?? TOKENIZER_DIRS.find((d) => existsSync(join(d, 'tokenizer.json')));
+  const load = os.loadavg()[0];
+  if (load > threads * 0.5) log(`load average ${load.toFixed(2)}: other work is running; timings will be noisy (see the busy column)`);
+
+  const probes = [];
+  const probe = (when) => { if (o.probe) { log(`machine probes (${when}) ...`); probes.push(probePeaks(threads, log)); } };
+  probe('start');
+
+  const rows = [];
+  for (const t of tx) for (const v of mm) {
+    const label = `${t.path.split('/').at(-1)} + ${v.path.split('/').at(-1)}`;
+    log(`${label} ...`);
+    await waitQuiet(o.quietWaitS, log);
+    const spec = { text: t.path, mmproj: v.path, threads, nCtx: o.nCtx, image, tokenizer, question: QUESTION, options: OPTIONS, runs: o.runs, quietWaitS: o.quietWaitS };
+    const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label });
+    rows.push({ text: t.path.match(/(q4_0|q8_0)\.gguf$/)[1], vision: v.path.match(/-(f32|f16|bf16)\.gguf$/)[1], res });
+  }
+  probe('end');
+  const peaks = combinePeaks(probes);
+
+  // best undisturbed run (every phase < 0.25 cores of other work), else the fastest run
+  for (const r of rows) {
+    const runs = r.res.ok ? r.res.runs : [];
+    const quiet = runs.filter((x) => !(x.other >= 0.25));
+    const pool = quiet.length ? quiet : runs;
+    r.best = pool.length ? pool.reduce((a, b) => (b.total_s < a.total_s ? b : a)) : null;
+  }
+
+  const layers = o.layers ?? TEXT.n_layer;
+  const first = rows.find((r) => r.res.ok)?.res;
+  out('');
+  out(`LLaVA-1.5-7B shape end to end, random weights, ${threads} threads` +
+    (o.layers ? `  ** SMOKE RUN: text model cut to ${o.layers} of ${TEXT.n_layer} layers: prefill/scoring are NOT the 7B figures **` : ''));
+  if (first) {
+    out(`image: ${image.startsWith(SHARED) ? image.slice(SHARED.length - 'shared'.length) : image} -> ${VISION.image_size}x${VISION.image_size}; ` +
+      `prompt "USER: <image>\\n<question> ASSISTANT:" = ${first.prompt_tokens} tokens (question ${first.question_tokens}) -> ${first.positions} positions with ` +
+      `${first.n_image_tokens} image features; ${OPTIONS.length} options, ${first.option_tokens.reduce((a, b) => a + b, 0)} tokens (${first.option_tokens.join('+')}); ` +
+      `tokenizer: ${tokenizer ? tokenizer.split('/').slice(-2).join('/') : 'the GGUF vocabulary'}`);
+  }
+  const head = ['text', 'tower', 'preproc s', 'vision s', 'prefill s', 'tok/s', 'GFLOP/s', 'scoring s', 'total s', 'dominant', 'load s', 'RSS MiB', 'runs', 'busy'];
+  const tbl = [];
+  for (const r of rows) {
+    const b = r.best;
+    if (!b) { tbl.push([r.text + (o.layers ? ` L${o.layers}` : ''), r.vision, 'failed']); continue; }
+    const phases = [['preprocess', b.preprocess_s], ['vision', b.vision_s], ['prefill', b.prefill_s], ['scoring', b.scoring_s]];
+    const dom = phases.reduce((a, c) => (c[1] > a[1] ? c : a));
+    const pos = r.res.positions;
+    tbl.push([
+      r.text + (o.layers ? ` L${o.layers}` : ''), r.vision, fmt(b.preprocess_s, 3), fmt(b.vision_s, 2), fmt(b.prefill_s, 2), fmt(pos / b.prefill_s, 1),
+      fmt(prefillGflop(pos, layers) / b.prefill_s, 0), fmt(b.scoring_s, 2), fmt(b.total_s, 2), `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
+      fmt(r.res.load_s, 1), fmt(r.res.maxrss_mib, 0), r.res.runs.length, busyMark(b.other),
+    ]);
+  }
+  printTable(head, tbl, out, 2);
+  for (const r of rows) if (!r.res.ok) out(`  ${r.text} + ${r.vision}: ${String(r.res.error).split('\n').slice(0, 3).join(' | ')}`);
+  const gv = visionGflop(VISION, VISION.n_layer);
+  out(`vision = encodePixels (tower ${VISION.n_layer} layers + projector, ${fmt(gv.total, 0)} GFLOP); prefill = logits of the whole prompt with the image ` +
+    `into an empty KV cache (${fmt(first ? prefillGflop(first.positions, layers) : NaN, 0)} GFLOP); scoring = scoreOptions on the cached prompt ` +
+    '(re-evaluates its last token, then each option\'s tokens after the first). total = the four phases (load and warm-up not included).');
+  if (peaks) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, ` +
+    `read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
+  out('busy = most cores of other work during any phase of the reported run (! >= 0.25: disturbed). RSS = the measuring process\'s peak (mapped weights included).');
+  out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
+
+  const json = { threads, layers, image, tokenizer: tokenizer ?? null, question: QUESTION, options: OPTIONS, peaks,
+    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, raw: r.res })) };
+  if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
+  if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');
+  process.exitCode = rows.every((r) => r.res.ok) ? 0 : 1;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const i = process.argv.indexOf('--child');
+  if (i >= 0) child(JSON.parse(process.argv[i + 1]));
+  else main().catch((e) => { console.error(e?.stack ?? e); process.exit(1); });
+}
