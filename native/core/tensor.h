@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "dtype.h"
 
@@ -52,5 +53,12 @@ struct TensorView {
   template <typename T> T* as() const { return static_cast<T*>(data); }
   std::string shape_string() const;
 };
+
+// "[2, 3, 4]": shapes in error messages.
+inline std::string format_shape(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
 
 }  // namespace emollm

@@ -6,16 +6,12 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace emollm {
 
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 void add_inplace(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
@@ -32,7 +28,7 @@ struct ClipLoader {
   const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorInfo& t = ws.get(name);
     if (t.shape != shape)
-      malformed("tensor " + name + " has shape " + shape_str(t.shape) + ", expected " + shape_str(shape) +
+      malformed("tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape) +
                 " from the vision tower's hyperparameters");
     t.compute_view();
     return t;

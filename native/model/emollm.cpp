@@ -9,31 +9,13 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
+#include "core/tensor.h"
+#include "core/filesystem.h"
 
 namespace emollm {
 
 namespace {
 
-bool is_directory(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-std::string folder_of(const std::string& path_in) {
-  std::string path = path_in;
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  if (is_directory(path)) return path;
-  size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
-}
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 }  // namespace
 
@@ -117,8 +99,8 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
     const TensorInfo* t = ws.find(name);
     if (!t) throw Error(ErrorCode::MalformedFile, "MVP tensor " + name + " is missing", ws.source());
     if (t->shape != std::vector<int64_t>{rows, cols})
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + shape_str(t->shape) + ", expected " +
-                                                shape_str({rows, cols}), ws.source());
+      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t->shape) + ", expected " +
+                                                format_shape({rows, cols}), ws.source());
     t->compute_view();
     if (cols % dtype_block_elems(t->dtype) != 0)
       throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
@@ -131,7 +113,7 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
       return nullptr;
     }
     if (t->numel() != n || (t->shape.size() != 1 && !(t->shape.size() == 2 && name.find("queries") != std::string::npos)))
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + shape_str(t->shape) + ", expected " +
+      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t->shape) + ", expected " +
                                                 std::to_string(n) + " elements", ws.source());
     t->compute_view();
     m->converted_.emplace_back(static_cast<size_t>(n));
@@ -209,7 +191,7 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
         const TensorInfo* q = ws.find(pre + "queries");
         if (!q) throw Error(ErrorCode::MalformedFile, "MVP tensor " + pre + "queries is missing", ws.source());
         if (q->shape.size() != 2 || q->shape[0] != p.n_queries)
-          throw Error(ErrorCode::MalformedFile, "tensor " + pre + "queries has shape " + shape_str(q->shape) +
+          throw Error(ErrorCode::MalformedFile, "tensor " + pre + "queries has shape " + format_shape(q->shape) +
                                                     ", expected [n_queries = " + std::to_string(p.n_queries) + ", d]",
                       ws.source());
         p.d_hid = q->shape[1];

@@ -8,6 +8,7 @@
 
 #include "../../kernels/cpu/kernels.h"
 #include "../core/error.h"
+#include "../core/tensor.h"
 
 namespace emollm::face {
 
@@ -50,19 +51,14 @@ struct Scratch {
 };
 constexpr size_t kKeepScratch = size_t(1) << 24;  // floats (64 MiB) kept per buffer between calls
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 const Tensor& get(const WeightMap& w, const std::string& name, const std::vector<int64_t>& shape) {
   auto it = w.find(name);
   if (it == w.end()) throw Error(ErrorCode::InvalidArgument, "face weights: missing tensor \"" + name + "\"");
   const Tensor& t = it->second;
   if (t.shape != shape)
-    throw Error(ErrorCode::InvalidArgument, "face weights: \"" + name + "\" has shape " + shape_str(t.shape) +
-                                                ", expected " + shape_str(shape));
+    throw Error(ErrorCode::InvalidArgument, "face weights: \"" + name + "\" has shape " + format_shape(t.shape) +
+                                                ", expected " + format_shape(shape));
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   if (int64_t(t.data.size()) != n)
@@ -76,7 +72,7 @@ int64_t dim_of(const WeightMap& w, const std::string& name, size_t dim) {
   auto it = w.find(name);
   if (it == w.end()) throw Error(ErrorCode::InvalidArgument, "face weights: missing tensor \"" + name + "\"");
   if (it->second.shape.size() <= dim)
-    throw Error(ErrorCode::InvalidArgument, "face weights: \"" + name + "\" has shape " + shape_str(it->second.shape));
+    throw Error(ErrorCode::InvalidArgument, "face weights: \"" + name + "\" has shape " + format_shape(it->second.shape));
   return it->second.shape[dim];
 }
 

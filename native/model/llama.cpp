@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
+#include "core/tensor.h"
+#include "core/filesystem.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/json.h"
@@ -24,10 +26,6 @@ bool LlamaModel::is_eos(int32_t id) const {
 
 namespace {
 
-bool is_directory(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 std::string dir_of(const std::string& p) {
   size_t slash = p.find_last_of('/');
   return slash == std::string::npos ? std::string(".") : p.substr(0, slash);
@@ -40,11 +38,6 @@ bool has_gguf_magic(const std::string& path) {
   size_t got = std::fread(magic, 1, 4, f);
   std::fclose(f);
   return got == 4 && std::memcmp(magic, "GGUF", 4) == 0;
-}
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 // HF rope_scaling "llama3" (transformers' _compute_llama3_parameters), in double.
@@ -80,7 +73,7 @@ struct LlamaLoader {
   const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorInfo& t = ws.get(name);  // MalformedFile naming the tensor when absent
     if (t.shape != shape)
-      malformed("tensor " + name + " has shape " + shape_str(t.shape) + ", expected " + shape_str(shape) +
+      malformed("tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape) +
                 " from the model's hyperparameters");
     t.compute_view();  // Unsupported for dtypes we cannot compute with
     return t;
@@ -243,7 +236,7 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
     }
     const TensorInfo& emb = f.get("token_embd.weight");
     if (emb.shape.size() != 2 || emb.shape[1] != hp.n_embd)
-      throw Error(ErrorCode::MalformedFile, "tensor token_embd.weight has shape " + shape_str(emb.shape) +
+      throw Error(ErrorCode::MalformedFile, "tensor token_embd.weight has shape " + format_shape(emb.shape) +
                                                 ", expected [n_vocab, " + std::to_string(hp.n_embd) + "]", path);
     hp.n_vocab = emb.shape[0];
 

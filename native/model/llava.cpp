@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
+#include "core/tensor.h"
+#include "core/filesystem.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
 
@@ -14,26 +16,6 @@ namespace emollm {
 
 namespace {
 
-bool is_directory(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-std::string folder_of(const std::string& path_in) {
-  std::string path = path_in;
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  if (is_directory(path)) return path;
-  size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
-}
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 // image_mean / image_std of a preprocessor_config.json next to the config, when readable.
 void read_preprocessor(const std::string& folder, std::vector<float>* mean, std::vector<float>* stdv) {
@@ -107,8 +89,8 @@ void LlavaModel::load_projector(const WeightStore& ws, const std::string& w1, co
   auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
     const TensorInfo& t = ws.get(name);
     if (t.shape != std::vector<int64_t>{rows, cols})
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + shape_str(t.shape) + ", expected " +
-                                                shape_str({rows, cols}) + " (projector from " + std::to_string(cols) +
+      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t.shape) + ", expected " +
+                                                format_shape({rows, cols}) + " (projector from " + std::to_string(cols) +
                                                 " vision channels to the decoder's hidden size)",
                   ws.source());
     t.compute_view();
@@ -119,7 +101,7 @@ void LlavaModel::load_projector(const WeightStore& ws, const std::string& w1, co
   auto vec = [&](const std::string& name, int64_t n) -> const float* {
     const TensorInfo& t = ws.get(name);
     if (t.shape != std::vector<int64_t>{n})
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + shape_str(t.shape) + ", expected " + shape_str({n}),
+      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape({n}),
                   ws.source());
     t.compute_view();
     if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
