@@ -20,6 +20,7 @@ import { dirname, join, relative } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
+import { machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -27,34 +28,6 @@ const root = join(here, '..');
 const anchorsDir = join(here, 'anchors');
 const anchorScript = join(anchorsDir, 'llamacpp-anchor.mjs');
 const NLC_VERSION = '3.21.1';
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
-// CPU time the whole machine spent busy (all cpus, seconds; Linux /proc/stat), to tell how much
-// other work ran beside a measurement: (machine busy - the measuring process's cpu time) / wall.
-function machineBusyS() {
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-    const [user, nice, system, , , irq, softirq, steal] = f;
-    return (user + nice + system + irq + softirq + (steal || 0)) / 100;  // USER_HZ
-  } catch { return NaN; }
-}
-const processCpuS = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
-
-// Waits up to maxS seconds for a 2-second window with < 0.25 cores of other work; returns it.
-async function waitQuiet(maxS) {
-  let other = NaN;
-  const t0 = performance.now();
-  do {
-    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
-    await new Promise((r) => setTimeout(r, 2000));
-    other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
-  } while (!(other < 0.25) && Number.isFinite(other) && (performance.now() - t0) / 1000 < maxS);
-  return other;
-}
 
 // ============================================================================ emollm child
 // `node bench/decode.mjs --child '<spec>'`: same protocol as bench/anchors/llamacpp-anchor.mjs.
@@ -265,23 +238,6 @@ function runChild(args, { timeoutS, label, env }) {
   });
 }
 
-// Before a child: waits (up to maxS seconds) for a 2-second window with < 0.25 cores of other work.
-async function waitQuietBefore(maxS, log) {
-  if (!(maxS > 0) || !Number.isFinite(machineBusyS())) return null;
-  const t0 = performance.now();
-  let said = false, other = NaN;
-  for (;;) {
-    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
-    await new Promise((r) => setTimeout(r, 2000));
-    other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
-    if (other < 0.25) return other;
-    if ((performance.now() - t0) / 1000 > maxS) {
-      log(`    machine still busy (${other.toFixed(2)} cores of other work); measuring anyway`);
-      return other;
-    }
-    if (!said) { log(`    waiting up to ${maxS} s for the machine to go quiet (other work: ${other.toFixed(2)} cores) ...`); said = true; }
-  }
-}
 
 function ensureAnchors(log) {
   const pkg = join(anchorsDir, 'node_modules', 'node-llama-cpp', 'package.json');
@@ -431,7 +387,7 @@ async function main() {
     const got = {};
     for (const j of jobs) {
       log(`bench:decode: ${s.label} ${p.dtype} ${j.format}: ${j.side} ...`);
-      await waitQuietBefore(o.quietWaitS, log);
+      await waitQuiet(o.quietWaitS, log);
       const spec = { ...base, model: j.path };
       const res = j.side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })

@@ -19,17 +19,14 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
+import { machineBusyS, median, processCpuS, timed, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, VISION, VISION_DTYPES, ensure, mmprojPlan, stubPlan } from './make-random-llava.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const root = join(here, '..');
 
 // ============================================================================ shared helpers
-export function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  if (!s.length) return NaN;
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
+export { machineBusyS, median, processCpuS, timed, waitQuiet };
 export const fmt = (v, d = 1) => (v === undefined || v === null || !Number.isFinite(v) ? '-' : v.toFixed(d));
 
 // Physical cores (as bench/kernels.mjs): unique (physical id, core id) pairs.
@@ -45,41 +42,6 @@ export function physicalCores() {
     if (cores.size) return cores.size;
   } catch {}
   return os.availableParallelism?.() ?? os.cpus().length;
-}
-
-// CPU seconds the whole machine spent busy (Linux /proc/stat), to tell how much other work ran
-// beside a measurement: (machine busy - own cpu time) / wall = cores' worth of other work.
-export function machineBusyS() {
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-    const [user, nice, system, , , irq, softirq, steal] = f;
-    return (user + nice + system + irq + softirq + (steal || 0)) / 100;
-  } catch { return NaN; }
-}
-export const processCpuS = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
-
-// Times `fn` and the other work beside it: { s, other } (other in cores).
-export async function timed(fn) {
-  const b0 = machineBusyS(), c0 = processCpuS(), t0 = performance.now();
-  const value = await fn();
-  const s = (performance.now() - t0) / 1000;
-  return { value, s, other: (machineBusyS() - b0 - (processCpuS() - c0)) / s };
-}
-
-// Waits up to maxS seconds for a 2-second window with < 0.25 cores of other work; returns the
-// other work seen last (cores), or null when it cannot tell.
-export async function waitQuiet(maxS, log = () => {}) {
-  if (!(maxS > 0) || !Number.isFinite(machineBusyS())) return null;
-  const t0 = performance.now();
-  let said = false;
-  for (;;) {
-    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
-    await new Promise((r) => setTimeout(r, 2000));
-    const other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
-    if (other < 0.25) return other;
-    if ((performance.now() - t0) / 1000 > maxS) { log(`    machine still busy (${other.toFixed(2)} cores of other work); measuring anyway`); return other; }
-    if (!said) { log(`    waiting up to ${maxS} s for the machine to go quiet (other work: ${other.toFixed(2)} cores) ...`); said = true; }
-  }
 }
 
 // Runs a child process; resolves with its last stdout line parsed as JSON (or { ok: false, error }).

@@ -14,39 +14,12 @@
 // evaluated again and gen tokens are generated greedily; decode = 1 / median time between
 // consecutive generated tokens (the first token is not counted). other_cores: cores'
 // worth of other processes' work during the run (Linux), so disturbed runs can be told apart.
-import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
+
+import { machineBusyS, median, processCpuS, waitQuiet } from '../measure.mjs';
 
 const spec = JSON.parse(process.argv[2]);
 const log = (...a) => console.error('[llama.cpp]', ...a);
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
-// CPU time the whole machine spent busy (all cpus, seconds; Linux /proc/stat), to tell how much
-// other work ran beside a measurement: (machine busy - this process's cpu time) / wall.
-function machineBusyS() {
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-    const [user, nice, system, , , irq, softirq, steal] = f;
-    return (user + nice + system + irq + softirq + (steal || 0)) / 100;  // USER_HZ
-  } catch { return NaN; }
-}
-const processCpuS = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
-
-// Waits up to maxS seconds for a 2-second window with < 0.25 cores of other work; returns it.
-async function waitQuiet(maxS) {
-  let other = NaN;
-  const t0 = performance.now();
-  do {
-    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
-    await new Promise((r) => setTimeout(r, 2000));
-    other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
-  } while (!(other < 0.25) && Number.isFinite(other) && (performance.now() - t0) / 1000 < maxS);
-  return other;
-}
 
 async function main() {
   const out = { side: 'llama.cpp', ok: false, runs: [], info: {} };

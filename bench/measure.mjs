@@ -1,0 +1,56 @@
+// Measurement helpers shared by the benchmarks (and the llama.cpp anchor child in anchors/):
+// medians, and how much OTHER work ran beside a measurement, so disturbed runs can be told apart.
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+// CPU seconds the whole machine spent busy (Linux /proc/stat), to tell how much other work ran
+// beside a measurement: (machine busy - own cpu time) / wall = cores' worth of other work.
+export function machineBusyS() {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const [user, nice, system, , , irq, softirq, steal] = f;
+    return (user + nice + system + irq + softirq + (steal || 0)) / 100; // USER_HZ
+  } catch {
+    return NaN;
+  }
+}
+export const processCpuS = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
+// Times `fn` and the other work beside it: { value, s, other } (other in cores).
+export async function timed(fn) {
+  const b0 = machineBusyS(), c0 = processCpuS(), t0 = performance.now();
+  const value = await fn();
+  const s = (performance.now() - t0) / 1000;
+  return { value, s, other: (machineBusyS() - b0 - (processCpuS() - c0)) / s };
+}
+
+// Waits up to maxS seconds for a 2-second window with < 0.25 cores of other work; returns the
+// other work seen last (cores), or null when it cannot tell.
+export async function waitQuiet(maxS, log = () => {}) {
+  if (!(maxS > 0) || !Number.isFinite(machineBusyS())) return null;
+  const t0 = performance.now();
+  let said = false;
+  for (;;) {
+    const b0 = machineBusyS(), c0 = processCpuS(), w0 = performance.now();
+    await new Promise((r) => setTimeout(r, 2000));
+    const other = (machineBusyS() - b0 - (processCpuS() - c0)) / ((performance.now() - w0) / 1000);
+    if (other < 0.25) return other;
+    if ((performance.now() - t0) / 1000 > maxS) {
+      log(`    machine still busy (${other.toFixed(2)} cores of other work); measuring anyway`);
+      return other;
+    }
+    if (!said) {
+      log(`    waiting up to ${maxS} s for the machine to go quiet (other work: ${other.toFixed(2)} cores) ...`);
+      said = true;
+    }
+  }
+}
