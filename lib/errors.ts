@@ -24,6 +24,20 @@ export type EmollmErrorCode =
   | 'ERR_NO_BINARY'
   /** The operation was cancelled through an AbortSignal. */
   | 'ERR_ABORTED'
+  /** A path that exists but is a FIFO, socket, device or folder where a regular file is needed (refused before any read). */
+  | 'ERR_NOT_REGULAR_FILE'
+  /** An input over a size limit: HTTP response bytes, prompt characters, file bytes (see docs/security.md). */
+  | 'ERR_LIMIT_EXCEEDED'
+  /** A path from untrusted data (a benchmark's media path) that is absolute, has `..`, or resolves outside its root. */
+  | 'ERR_UNSAFE_PATH'
+  /** A model file changed (size or modification time) after it was loaded and memory-mapped. */
+  | 'ERR_FILE_CHANGED'
+  /** An output that would destroy data: it is the input, or holds another run (use `force`). */
+  | 'ERR_OUTPUT_EXISTS'
+  /** A run folder locked by another live process. */
+  | 'ERR_LOCKED'
+  /** Sending a credential would leak it (plain http to a non-loopback host). */
+  | 'ERR_INSECURE'
   /** A bug inside emollm. */
   | 'ERR_INTERNAL';
 

@@ -7,6 +7,7 @@ import { open } from 'node:fs/promises';
 
 import { EmollmError } from './errors.js';
 import type { ComputeDType, GgufValue } from './loaders.js';
+import { withAtomicOutput } from './safe_fs.js';
 
 /** GGUF metadata value types, by the names `inspectGguf().metadataTypes` uses. */
 export type GgufScalarType = 'u8' | 'i8' | 'u16' | 'i16' | 'u32' | 'i32' | 'f32' | 'bool' | 'string' | 'u64' | 'i64' | 'f64';
@@ -160,23 +161,27 @@ export async function writeGguf(path: string, metadata: readonly GgufMetadataEnt
     offset += size + pad(size);
   }
   const header = head.concat();
-  const fh = await open(path, 'w');
-  try {
-    let pos = 0;
-    const write = async (b: Uint8Array): Promise<void> => {
-      await fh.write(b, 0, b.length, pos);
-      pos += b.length;
-    };
-    await write(header);
-    await write(Buffer.alloc(pad(header.length)));
-    for (const [i, t] of tensors.entries()) {
-      const data = typeof t.data === 'function' ? await t.data() : t.data;
-      if (data.length !== sizes[i])
-        throw bad(`tensor ${t.name}: ${data.length} bytes given, ${String(sizes[i])} expected for [${t.shape.join(', ')}] ${t.dtype}`);
-      await write(data);
-      await write(Buffer.alloc(pad(data.length)));
+  // Written beside `path` and renamed over it when complete: a failed or killed write never leaves
+  // a truncated model, and an existing file (or what a symlink at `path` points to) is never written through.
+  await withAtomicOutput(path, async (tmp) => {
+    const fh = await open(tmp, 'wx', 0o644);
+    try {
+      let pos = 0;
+      const write = async (b: Uint8Array): Promise<void> => {
+        await fh.write(b, 0, b.length, pos);
+        pos += b.length;
+      };
+      await write(header);
+      await write(Buffer.alloc(pad(header.length)));
+      for (const [i, t] of tensors.entries()) {
+        const data = typeof t.data === 'function' ? await t.data() : t.data;
+        if (data.length !== sizes[i])
+          throw bad(`tensor ${t.name}: ${data.length} bytes given, ${String(sizes[i])} expected for [${t.shape.join(', ')}] ${t.dtype}`);
+        await write(data);
+        await write(Buffer.alloc(pad(data.length)));
+      }
+    } finally {
+      await fh.close();
     }
-  } finally {
-    await fh.close();
-  }
+  });
 }

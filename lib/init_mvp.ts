@@ -15,10 +15,11 @@
  * the base's exactly. Each closed head also gets gate_logits = -10 (sigmoid ≈ 4.5e-5): switching
  * its gate to "learned" for training starts it nearly closed.
  */
-import { copyFile, lstat, mkdir, open, readdir, readFile, realpath, stat, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, open, readdir, readFile, realpath, stat, symlink } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 
 import { EmollmError } from './errors.js';
+import { sameFile, writeFileAtomic } from './safe_fs.js';
 
 export interface InitMvpOptions {
   /** Copy the base weights instead of symlinking them; default false (symlinks). */
@@ -130,7 +131,7 @@ export async function writeSafetensors(file: string, tensors: Record<string, StT
   const hb = Buffer.from(json, 'utf8');
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(hb.length));
-  await writeFile(file, Buffer.concat([len, hb, ...names.map((n) => Buffer.from(tensors[n]!.data))]));
+  await writeFileAtomic(file, Buffer.concat([len, hb, ...names.map((n) => Buffer.from(tensors[n]!.data))]));
 }
 
 function f32Tensor(shape: number[], values: Float32Array): StTensor {
@@ -187,7 +188,8 @@ function resolveLayer(l: number, nLayer: number): number {
 export async function initMvp(llavaDir: string, outDir: string, options: InitMvpOptions = {}): Promise<InitMvpResult> {
   const src = resolve(llavaDir);
   const out = resolve(outDir);
-  if (src === out) throw new EmollmError('ERR_INVALID_ARGUMENT', 'the output folder must differ from the LLaVA folder');
+  if (await sameFile(src, out))
+    throw new EmollmError('ERR_OUTPUT_EXISTS', `${outDir} is the LLaVA folder ${llavaDir} (same real path or inode): init-mvp would overwrite its config.json`, { file: out });
   const cfgPath = join(src, 'config.json');
   const cfg = JSON.parse(
     await readFile(cfgPath, 'utf8').catch((cause: unknown) => {
@@ -289,7 +291,7 @@ export async function initMvp(llavaDir: string, outDir: string, options: InitMvp
     }
   }
   const outCfg = { ...cfg, emollm: section };
-  await writeFile(join(out, 'config.json'), JSON.stringify(outCfg, null, 2) + '\n');
+  await writeFileAtomic(join(out, 'config.json'), JSON.stringify(outCfg, null, 2) + '\n');
   await writeSafetensors(join(out, weights), t, { format: 'pt', emollm: 'init-mvp' });
   return { outDir: out, weights: join(out, weights), section, linked, copied };
 }

@@ -3,12 +3,11 @@
  * converted to the target type (ggml's reference quantizers, the same bytes llama.cpp's
  * reference path writes); norms, biases and matrices with other row lengths keep their type.
  */
-import { open } from 'node:fs/promises';
-
 import { EmollmError } from './errors.js';
 import { writeGguf, type GgufMetadataEntry, type GgufTensorSpec, type GgufType } from './gguf_writer.js';
 import { dequantize, quantize } from './kernels.js';
 import { inspectGguf, type ComputeDType, type TensorInfo } from './loaders.js';
+import { openRegularFile, sameFile } from './safe_fs.js';
 
 export interface QuantizeResult {
   /** Tensors converted to the target type. */
@@ -24,11 +23,24 @@ function blockElems(t: ComputeDType): number {
   return t === 'q8_0' || t === 'q4_0' ? 32 : 1;
 }
 
-/** Writes `output`: `input` (a GGUF file) with its weight matrices converted to `target`. */
+/**
+ * Writes `output`: `input` (a GGUF file) with its weight matrices converted to `target`. The
+ * output is written to a temporary file and renamed into place when complete, so `input` is never
+ * touched; an `output` that is the input (same real path or inode: the same path, a symlink or a
+ * hard link to it) rejects with `ERR_OUTPUT_EXISTS` before anything is written.
+ */
 export async function quantizeGguf(input: string, output: string, target: ComputeDType): Promise<QuantizeResult> {
   if (!(target in FILE_TYPE)) throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown target type ${JSON.stringify(target)}`);
-  if (input === output) throw new EmollmError('ERR_INVALID_ARGUMENT', 'input and output must differ');
-  const info = await inspectGguf(input);
+  if (await sameFile(input, output))
+    throw new EmollmError('ERR_OUTPUT_EXISTS', `${output} is the input file ${input} (same path, link or inode): quantize would destroy it; choose another output`, { file: output });
+  const { fh } = await openRegularFile(input);
+  let info: Awaited<ReturnType<typeof inspectGguf>>;
+  try {
+    info = await inspectGguf(input);
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
   const metadata: GgufMetadataEntry[] = Object.entries(info.metadata).map(([key, value]) => ({
     key,
     value: key === 'general.file_type' ? FILE_TYPE[target] : value,
@@ -37,7 +49,6 @@ export async function quantizeGguf(input: string, output: string, target: Comput
   if (!('general.file_type' in info.metadata)) metadata.push({ key: 'general.file_type', type: 'u32', value: FILE_TYPE[target] });
 
   const result: QuantizeResult = { converted: [], kept: [] };
-  const fh = await open(input, 'r');
   try {
     const read = async (t: TensorInfo): Promise<Uint8Array> => {
       const b = Buffer.alloc(t.nbytes);

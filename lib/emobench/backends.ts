@@ -12,7 +12,6 @@
  *
  * A backend throws on failure; the evaluator records that as an error (never as a wrong answer).
  */
-import { readFile } from 'node:fs/promises';
 import { extname, isAbsolute, join } from 'node:path';
 
 import { sampleVideoFrames, summarizeFaces, EXPRESSION_TO_EKMAN7, type FrameAnalysis } from '../analyze.js';
@@ -23,7 +22,9 @@ import { CANONICAL_EMOTIONS } from '../emotion_lexicon.js';
 import { EmollmError } from '../errors.js';
 import { FACE_EXPRESSIONS, FaceAnalyzer } from '../face.js';
 import type { ImageInput } from '../image.js';
+import { DEFAULT_MAX_RESPONSE_BYTES, limitOption } from '../limits.js';
 import { loadModel, type Model } from '../model.js';
+import { confinedPath, readRegularFile } from '../safe_fs.js';
 import { hashString, rng } from './metrics.js';
 import type { BenchSample, BenchTask } from './sample.js';
 
@@ -57,10 +58,26 @@ export function sampleLabels(s: BenchSample): readonly string[] | undefined {
   return s.options;
 }
 
-/** Absolute path of a sample's media file (null without media). */
+/**
+ * Absolute path of a sample's media file under the media root (null without media). Benchmark
+ * files are untrusted: an absolute path or one with a `..` segment throws `ERR_UNSAFE_PATH`
+ * (the evaluator also checks the real path with {@link resolveMediaPath} before a backend runs).
+ */
 export function mediaPath(s: BenchSample, mediaRoot: string): string | null {
   if (!s.media) return null;
-  return isAbsolute(s.media.path) ? s.media.path : join(mediaRoot, s.media.path);
+  const rel = s.media.path;
+  if (isAbsolute(rel) || /^[a-zA-Z]:[\\/]/.test(rel))
+    throw new EmollmError('ERR_UNSAFE_PATH', `${s.id}: media path ${JSON.stringify(rel)} is absolute; benchmark media paths must be relative to the media root`);
+  if (rel.split(/[\\/]+/).includes('..') || rel.includes('\0'))
+    throw new EmollmError('ERR_UNSAFE_PATH', `${s.id}: media path ${JSON.stringify(rel)} may not contain ".." or NUL: it must stay under the media root`);
+  return join(mediaRoot, rel);
+}
+
+/** {@link mediaPath} with symlinks resolved: rejects `ERR_UNSAFE_PATH` when the real file lies outside the media root. */
+export async function resolveMediaPath(s: BenchSample, mediaRoot: string): Promise<string | null> {
+  if (!s.media) return null;
+  mediaPath(s, mediaRoot);
+  return confinedPath(mediaRoot, s.media.path);
 }
 
 function unparsed(reason: string, raw: string | null = null): Prediction {
@@ -69,7 +86,7 @@ function unparsed(reason: string, raw: string | null = null): Prediction {
 
 /** The sample's images: the image file, or `frames` frames of its video (PNG buffers). */
 async function sampleImages(s: BenchSample, mediaRoot: string, frames: number, signal: AbortSignal): Promise<ImageInput[]> {
-  const p = mediaPath(s, mediaRoot);
+  const p = await resolveMediaPath(s, mediaRoot);
   if (p === null || !s.media) return [];
   if (s.media.type === 'image') return [p];
   const fr = await sampleVideoFrames(p, frames, signal);
@@ -161,12 +178,22 @@ export interface HttpBackendOptions {
   /** Requests in flight at once (default 4). */
   concurrency?: number;
   maxTokens?: number;
+  /**
+   * The bearer token sent as `authorization`. Only this option sets it (the environment is never
+   * read implicitly; the CLI's `--api-key-env NAME` reads the variable you name). It is refused
+   * (`ERR_INSECURE`) for a plain `http://` URL whose host is not loopback (127.0.0.0/8, ::1, localhost).
+   */
   apiKey?: string;
+  /** Largest response body read, in bytes (default 8 MiB); larger replies fail with `ERR_LIMIT_EXCEEDED`. */
+  maxResponseBytes?: number;
   frames?: number;
   guidance?: GuidanceLevel;
   /** For tests: the sleep used between retries. */
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
+
+/** Largest image file the HTTP backend uploads (64 MiB). */
+const MAX_UPLOAD_IMAGE_BYTES = 64 * 1024 * 1024;
 
 const MIME: Record<string, string> = { '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png', '.webp': 'image/webp', '.gif': 'image/gif', '.bmp': 'image/bmp' };
 
@@ -199,7 +226,7 @@ async function toOpenAiMessages(messages: readonly ChatMessage[]): Promise<unkno
         const img = (p as unknown as { image: unknown }).image;
         let url: string;
         if (typeof img === 'string') {
-          const bytes = await readFile(img);
+          const bytes = await readRegularFile(img, { maxBytes: MAX_UPLOAD_IMAGE_BYTES });
           url = `data:${MIME[extname(img).toLowerCase()] ?? 'image/jpeg'};base64,${bytes.toString('base64')}`;
         } else if (img instanceof Uint8Array) url = `data:image/png;base64,${Buffer.from(img).toString('base64')}`;
         else throw new EmollmError('ERR_UNSUPPORTED', 'http backend: only file paths and encoded image bytes can be sent');
@@ -209,6 +236,52 @@ async function toOpenAiMessages(messages: readonly ChatMessage[]): Promise<unkno
     out.push({ role: m.role, content: parts });
   }
   return out;
+}
+
+/** True for loopback hosts: localhost, 127.0.0.0/8, ::1. */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/** Throws `ERR_INSECURE` when a credential would travel unencrypted off this machine. */
+export function assertKeyMaySend(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (cause) {
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `invalid endpoint URL ${JSON.stringify(url)}`, { cause });
+  }
+  if (u.protocol === 'https:') return;
+  if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return;
+  throw new EmollmError(
+    'ERR_INSECURE',
+    `refusing to send an API key over plain ${u.protocol}// to ${u.hostname} (not loopback): use https://, or drop the key`,
+  );
+}
+
+/** Reads a response body, failing with `ERR_LIMIT_EXCEEDED` (and cancelling the stream) past `max` bytes. */
+async function readBodyLimited(res: Response, max: number, url: string): Promise<string> {
+  const declared = Number(res.headers.get('content-length'));
+  if (Number.isFinite(declared) && declared > max) {
+    await res.body?.cancel().catch(() => undefined);
+    throw new EmollmError('ERR_LIMIT_EXCEEDED', `${url}: response of ${declared} bytes exceeds the limit of ${max} bytes (maxResponseBytes)`);
+  }
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.byteLength;
+    if (n > max) {
+      await reader.cancel().catch(() => undefined);
+      throw new EmollmError('ERR_LIMIT_EXCEEDED', `${url}: response exceeds the limit of ${max} bytes (maxResponseBytes)`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** Parses `http://host:port/v1#model-name`. */
@@ -226,7 +299,9 @@ export function httpBackend(options: HttpBackendOptions): Backend {
   const backoff = options.backoffMs ?? 500;
   const sleep = options.sleep ?? abortableSleep;
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
-  const apiKey = options.apiKey ?? process.env.OPENAI_API_KEY;
+  const apiKey = options.apiKey;
+  if (apiKey !== undefined) assertKeyMaySend(url);
+  const maxResponseBytes = limitOption('maxResponseBytes', options.maxResponseBytes, DEFAULT_MAX_RESPONSE_BYTES);
 
   async function post(body: string, signal: AbortSignal): Promise<string> {
     let last = '';
@@ -249,8 +324,9 @@ export function httpBackend(options: HttpBackendOptions): Backend {
       }
       let text: string;
       try {
-        text = await res.text();
+        text = await readBodyLimited(res, maxResponseBytes, url);
       } catch (e) {
+        if (e instanceof EmollmError && e.code === 'ERR_LIMIT_EXCEEDED') throw e;
         if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'aborted', { cause: e });
         last = timeout.aborted ? `timed out after ${timeoutMs} ms` : `network error reading the body: ${(e as Error).message}`;
         continue;

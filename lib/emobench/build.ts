@@ -3,10 +3,11 @@
  * and prints a summary table per sub-task (samples per dataset/split, label distribution,
  * missing media, skipped rows). The builders are in ./builders; docs/emobench.md documents them.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import { EmollmError } from '../errors.js';
+import { writeFileAtomicSync } from '../safe_fs.js';
 import { BENCH_TASKS, sampleToJsonl, type BenchSample, type BenchTask } from './sample.js';
 import { BUILDERS, buildBenchmark, discoverSources, getBuilder, type BuildOptions, type BuildResult, type BuildSummary } from './builders/index.js';
 
@@ -67,12 +68,21 @@ export function formatSummary(summary: BuildSummary): string {
   return out.join('\n');
 }
 
-/** Builds and writes `out` (JSONL); returns what was built. */
-export async function buildBenchmarkFile(sources: Readonly<Record<string, string>>, out: string, options: BuildOptions = {}): Promise<BuildResult> {
+/**
+ * Builds and writes `out` (JSONL, atomically: temporary file + rename); returns what was built.
+ * An existing `out` rejects with `ERR_OUTPUT_EXISTS` (checked before building) unless `force`.
+ */
+export async function buildBenchmarkFile(
+  sources: Readonly<Record<string, string>>,
+  out: string,
+  options: BuildOptions & { force?: boolean } = {},
+): Promise<BuildResult> {
+  if (out !== '-' && !options.force && existsSync(out))
+    throw new EmollmError('ERR_OUTPUT_EXISTS', `${out} already exists; pass --force (force: true) to replace it`, { file: out });
   const r = await buildBenchmark(sources, options);
   if (out !== '-') {
     mkdirSync(dirname(out), { recursive: true });
-    writeFileSync(out, samplesToJsonl(r.samples));
+    writeFileAtomicSync(out, samplesToJsonl(r.samples));
   }
   return r;
 }
@@ -88,6 +98,7 @@ export const BENCH_USAGE = `usage: emollm bench build --source <dataset>=<dir> [
                             and listed (--keep-missing-media keeps them)
   --split <s,...>           split names or roles (train, val, test); default all
   --task <t,...>            sub-tasks (${BENCH_TASKS.join(', ')}); default each dataset's own
+  --force                   replace an existing --out file
   --json                    print the summary as JSON`;
 
 /** The `emollm bench` command; args after `bench`. Returns the exit code. */
@@ -99,7 +110,7 @@ export async function runBenchCommand(args: string[], json = false): Promise<num
   }
   if (sub !== 'build') throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown bench command ${JSON.stringify(sub)}\n${BENCH_USAGE}`);
   const sources: Record<string, string> = {};
-  const options: BuildOptions = {};
+  const options: BuildOptions & { force?: boolean } = {};
   let out: string | undefined;
   const list = (v: string): string[] => v.split(',').map((x) => x.trim()).filter((x) => x !== '');
   for (let i = 0; i < rest.length; i++) {
@@ -141,6 +152,9 @@ export async function runBenchCommand(args: string[], json = false): Promise<num
         options.tasks = [...(options.tasks ?? []), ...(tasks as BenchTask[])];
         break;
       }
+      case '--force':
+        options.force = true;
+        break;
       case '--keep-missing-media':
         options.keepMissingMedia = true;
         break;

@@ -8,12 +8,15 @@
  *               [--tasks emo-c,sarcasm] [--limit N] [--media-root DIR] [--concurrency N] --out DIR
  *   emollm eval compare RUN_A RUN_B
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, statSync, ftruncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, statSync, ftruncateSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 
 import { EmollmError } from '../errors.js';
-import { createBackend, mediaPath, type Backend, type CreateBackendOptions } from './backends.js';
+import { DEFAULT_MAX_BENCH_BYTES, limitOption } from '../limits.js';
+import { readRegularFile, writeFileAtomicSync } from '../safe_fs.js';
+import { createBackend, resolveMediaPath, type Backend, type CreateBackendOptions } from './backends.js';
+import { acquireRunLock, claimRunFolder } from './run_folder.js';
 import { computeMetrics, isCorrect, pairedBootstrap, type Metrics, type PairedComparison, type ScoredItem } from './metrics.js';
 import { Progress, formatDuration } from './progress.js';
 import { formatComparison, writeReports } from './report.js';
@@ -72,6 +75,14 @@ export interface EvalOptions {
   summary?: boolean;
   signal?: AbortSignal;
   backendOptions?: Omit<CreateBackendOptions, 'samples' | 'seed'>;
+  /**
+   * Use an `out` folder that holds another run (different run key), a torn run.json, or files of
+   * no emollm run: the earlier run's files are moved into `previous-<time>/`. Default false: such a
+   * folder rejects with `ERR_OUTPUT_EXISTS` / `ERR_MALFORMED_FILE`.
+   */
+  force?: boolean;
+  /** Largest benchmark file read, in bytes (default 256 MiB). */
+  maxBenchBytes?: number;
 }
 
 function bad(msg: string): EmollmError {
@@ -120,8 +131,9 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   const benchPath = resolve(options.bench);
   let text: string;
   try {
-    text = readFileSync(benchPath, 'utf8');
+    text = (await readRegularFile(benchPath, { maxBytes: limitOption('maxBenchBytes', options.maxBenchBytes, DEFAULT_MAX_BENCH_BYTES) })).toString('utf8');
   } catch (cause) {
+    if (cause instanceof EmollmError && cause.code !== 'ERR_FILE_NOT_FOUND') throw cause;
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${options.bench}: cannot read the benchmark`, { file: options.bench, cause });
   }
   const sha256 = createHash('sha256').update(text).digest('hex');
@@ -137,16 +149,34 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   const seed = options.seed ?? 0;
   const modelSpec = typeof options.model === 'string' ? options.model : options.model.name;
 
-  // ---- the output folder; refuse to mix two different runs in one
+  // ---- the output folder: locked for this process; refuse to mix two different runs in one
   const out = resolve(options.out);
   mkdirSync(out, { recursive: true });
-  const runFile = join(out, 'run.json');
+  const lock = acquireRunLock(out);
+  try {
+    return await runLocked(options, { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out });
+  } finally {
+    lock.release();
+  }
+}
+
+interface RunSetup {
+  startedAt: Date;
+  benchPath: string;
+  sha256: string;
+  all: BenchSample[];
+  tasks: BenchTask[];
+  selected: BenchSample[];
+  mediaRoot: string;
+  seed: number;
+  modelSpec: string;
+  out: string;
+}
+
+async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalResults> {
+  const { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out } = setup;
   const runKey = { bench: sha256, model: modelSpec, tasks, limit: options.limit ?? null, seed };
-  if (existsSync(runFile)) {
-    const prev = JSON.parse(readFileSync(runFile, 'utf8')) as typeof runKey;
-    if (JSON.stringify(prev) !== JSON.stringify(runKey))
-      throw bad(`${out} holds another run (${JSON.stringify(prev)}); use a new --out to start a different one`);
-  } else writeFileSync(runFile, `${JSON.stringify(runKey, null, 2)}\n`);
+  claimRunFolder(out, runKey, { force: options.force ?? false });
   const logFile = join(out, 'predictions.jsonl');
   repairLog(logFile);
   const previous = readPredictions(logFile);
@@ -181,9 +211,19 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   async function one(s: BenchSample): Promise<void> {
     const t0 = performance.now();
     let rec: PredictionRecord;
-    const p = mediaPath(s, mediaRoot);
     const base = { id: s.id, task: s.task, answer: s.answer };
-    if (p !== null && !hasMedia(p)) {
+    // media paths come from the (untrusted) benchmark: confined to the media root, real path included
+    let p: string | null = null;
+    let unsafe: EmollmError | undefined;
+    try {
+      p = await resolveMediaPath(s, mediaRoot);
+    } catch (e) {
+      if (!(e instanceof EmollmError)) throw e;
+      unsafe = e;
+    }
+    if (unsafe) {
+      rec = { ...base, status: 'error', raw: null, label: null, probabilities: null, unparsed: false, error: `${unsafe.message} [${unsafe.code}]`, correct: false, ms: 0 };
+    } else if (p !== null && !hasMedia(p)) {
       rec = { ...base, status: 'skipped', raw: null, label: null, probabilities: null, unparsed: false, reason: 'missing media', correct: false, ms: 0 };
     } else {
       try {
@@ -256,7 +296,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
       resumedRecords: finished.size,
     },
   };
-  writeFileSync(join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeFileAtomicSync(join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeReports(out, results);
   if (options.summary !== false) process.stderr.write(`${formatSummary(results)}\n`);
   return results;
@@ -336,6 +376,9 @@ export const EVAL_USAGE = `usage:
     --guidance none|brief|full     EmoPrompt reasoning guidance (default full)
     --mmproj PATH --threads N      native model loading
     --fsync                 fsync predictions.jsonl after every line
+    --force                 use an --out folder holding another run (its files move to previous-<time>/)
+    --api-key-env NAME      send the environment variable NAME as the HTTP bearer token (never
+                            read implicitly; refused over plain http to a non-loopback host)
   emollm eval compare RUN_A RUN_B   paired bootstrap on the sample ids both runs scored`;
 
 /** `emollm eval ...`; returns the exit code. */
@@ -371,6 +414,14 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
   if (guidance !== undefined && !['none', 'brief', 'full'].includes(guidance)) throw bad('--guidance must be none, brief or full');
   const fsyncIdx = args.indexOf('--fsync');
   if (fsyncIdx >= 0) args.splice(fsyncIdx, 1);
+  const forceIdx = args.indexOf('--force');
+  if (forceIdx >= 0) args.splice(forceIdx, 1);
+  const apiKeyEnv = take(args, '--api-key-env');
+  let apiKey: string | undefined;
+  if (apiKeyEnv !== undefined) {
+    apiKey = process.env[apiKeyEnv];
+    if (apiKey === undefined || apiKey === '') throw bad(`--api-key-env ${apiKeyEnv}: the environment variable ${apiKeyEnv} is not set`);
+  }
   if (args.length > 0) throw bad(`eval: unexpected ${JSON.stringify(args[0])}\n${EVAL_USAGE}`);
   if (!bench || !model || !out) throw bad(`eval needs --bench, --model and --out\n${EVAL_USAGE}`);
   const ac = new AbortController();
@@ -388,15 +439,17 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
       ...(seed !== undefined ? { seed } : {}),
       ...(resamples !== undefined ? { resamples } : {}),
       fsync: fsyncIdx >= 0,
+      force: forceIdx >= 0,
       signal: ac.signal,
       summary: !json,
       backendOptions: {
         ...(mmproj ? { mmproj } : {}),
         ...(threads !== undefined ? { threads } : {}),
         ...(guidance !== undefined ? { guidance: guidance as 'none' | 'brief' | 'full' } : {}),
-        ...(concurrency !== undefined || timeoutMs !== undefined || retries !== undefined
+        ...(concurrency !== undefined || timeoutMs !== undefined || retries !== undefined || apiKey !== undefined
           ? {
               http: {
+                ...(apiKey !== undefined ? { apiKey } : {}),
                 ...(concurrency !== undefined ? { concurrency } : {}),
                 ...(timeoutMs !== undefined ? { timeoutMs } : {}),
                 ...(retries !== undefined ? { retries } : {}),

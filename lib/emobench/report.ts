@@ -3,7 +3,7 @@
  * report.html (self-contained: inline CSS and SVG, no external assets; opens offline), plus the
  * text form of a paired comparison.
  */
-import { writeFileSync } from 'node:fs';
+import { writeFileAtomicSync } from '../safe_fs.js';
 import { join } from 'node:path';
 
 import type { EvalResults } from './eval.js';
@@ -170,8 +170,8 @@ ${perTask}
 
 /** Writes leaderboard.md and report.html into `out`. */
 export function writeReports(out: string, r: EvalResults): void {
-  writeFileSync(join(out, 'leaderboard.md'), leaderboardMarkdown(r));
-  writeFileSync(join(out, 'report.html'), reportHtml(r));
+  writeFileAtomicSync(join(out, 'leaderboard.md'), leaderboardMarkdown(r));
+  writeFileAtomicSync(join(out, 'report.html'), reportHtml(r));
 }
 
 /** The text form of `emollm eval compare`. */
