@@ -13,7 +13,6 @@
  * The result follows the JSON schema `emollm.analysis/1` documented on {@link AnalysisResult}.
  */
 import { spawn } from 'node:child_process';
-import { stat } from 'node:fs/promises';
 import { extname } from 'node:path';
 
 import { classify, decodeOpenEmotion } from './decode_result.js';
@@ -21,6 +20,7 @@ import { buildEmoPrompt, type EmoTask, type PerceptionCue } from './emoprompt.js
 import { EmollmError } from './errors.js';
 import { FaceAnalyzer, FACE_EXPRESSIONS, type DetectedFace, type FaceExpression } from './face.js';
 import { decodeImage, type ImageInput, type ImageProcessor } from './image.js';
+import { assertRegularFile } from './safe_fs.js';
 import type { FaceBox, Model } from './model.js';
 import type { TaxonomyId } from './taxonomies.js';
 
@@ -71,6 +71,12 @@ export interface AnalyzeOptions {
   /** Progress messages ("loading face models", "frame 3/8", ...). */
   onProgress?: (message: string) => void;
   signal?: AbortSignal;
+  /**
+   * Largest image (or video frame) accepted, in pixels (width x height as the file's header
+   * declares, checked before any pixel is decoded). Default `DEFAULT_MAX_PIXELS` of image.ts
+   * (100 000 000); larger images reject with `ERR_BAD_IMAGE`. Lower it for untrusted uploads.
+   */
+  maxPixels?: number;
 }
 
 /** One face found in a frame. */
@@ -236,10 +242,9 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
     throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown task ${JSON.stringify(task)} (${ANALYZE_TASKS.join(', ')})`);
   const progress = options.onProgress ?? ((): void => undefined);
   const name = typeof input === 'string' ? input : '<buffer>';
-  if (typeof input === 'string')
-    await stat(input).catch((cause: unknown) => {
-      throw new EmollmError('ERR_FILE_NOT_FOUND', `${input}: no such file`, { file: input, cause });
-    });
+  // a regular file only: a FIFO or device would hang the reader (sharp or ffmpeg)
+  if (typeof input === 'string') await assertRegularFile(input);
+  const pixelLimit = options.maxPixels === undefined ? {} : { maxPixels: options.maxPixels };
 
   // ---- frames
   const video = isVideoPath(input, options);
@@ -267,7 +272,7 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
   for (const [index, f] of images.entries()) {
     checkAbort(options.signal);
     if (images.length > 1) progress(`frame ${index + 1}/${images.length}`);
-    const found: DetectedFace[] = await faces.analyze(f.image, options.signal ? { signal: options.signal } : {});
+    const found: DetectedFace[] = await faces.analyze(f.image, { ...pixelLimit, ...(options.signal ? { signal: options.signal } : {}) });
     frames.push({ index, ...(f.time !== undefined ? { time: f.time } : {}), faces: found });
   }
   const summary = summarizeFaces(frames);
@@ -327,7 +332,7 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
       modelFrames.map(async (f) => {
         const faces = frames[images.indexOf(f)]?.faces ?? [];
         if (faces.length === 0) return [];
-        const { width, height } = await decodeImage(f.image);
+        const { width, height } = await decodeImage(f.image, pixelLimit);
         return faces.map((face) => boxToModelInput(face.box, width, height, proc));
       }),
     );

@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import sharp, { type OutputInfo } from 'sharp';
 
 import { EmollmError } from './errors.js';
+import { readRegularFile } from './safe_fs.js';
 import {
   checkAbort,
   normalizeToChw,
@@ -158,20 +159,13 @@ function rawToRgb(input: RawImageInput, maxPixels: number): RgbImage {
 }
 
 async function readImageFile(path: string, maxFileBytes: number): Promise<Buffer> {
-  let size: number;
+  // Opened non-blocking and checked on the descriptor: a FIFO, socket or device is refused
+  // (ERR_NOT_REGULAR_FILE) before any read, a folder too.
   try {
-    const st = await stat(path);
-    if (!st.isFile()) throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: not a regular file`, { file: path });
-    size = st.size;
-  } catch (cause) {
-    if (cause instanceof EmollmError) throw cause;
-    throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot open (${(cause as Error).message})`, { file: path, cause });
-  }
-  if (size > maxFileBytes) throw badImage(`file of ${size} bytes exceeds the limit of ${maxFileBytes} bytes`, path);
-  try {
-    return await readFile(path);
-  } catch (cause) {
-    throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot read (${(cause as Error).message})`, { file: path, cause });
+    return await readRegularFile(path, { maxBytes: maxFileBytes });
+  } catch (e) {
+    if (e instanceof EmollmError && e.code === 'ERR_LIMIT_EXCEEDED') throw badImage(`file exceeds the limit of ${maxFileBytes} bytes`, path, e);
+    throw e;
   }
 }
 

@@ -20,6 +20,9 @@ import { ImageProcessor, type ImageInput } from './image.js';
 import type { ImageProcessorConfig } from './image_processor.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
+import { FileGuard } from './file_guard.js';
+import { DEFAULT_MAX_PROMPT_CHARS, limitOption } from './limits.js';
+import { assertRegularFile } from './safe_fs.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
 
 /** Where the model runs. Only 'cpu' exists in this build; 'cuda' needs a CUDA build. */
@@ -44,6 +47,11 @@ export interface LoadModelOptions {
   imageProcessor?: Partial<ImageProcessorConfig>;
   /** Cancels loading (checked before and after the native load). */
   signal?: AbortSignal;
+  /**
+   * Longest prompt string tokenized, in characters (default 262 144). Longer prompts reject with
+   * `ERR_LIMIT_EXCEEDED` from a length check, before any tokenizing work blocks the event loop.
+   */
+  maxPromptChars?: number;
 }
 
 /** What a loaded model is. */
@@ -59,6 +67,11 @@ export interface ModelInfo {
   ropeTheta: number;
   bosId?: number;
   eosId?: number;
+  /**
+   * Harmless findings of the load, e.g. checkpoint tensors the model does not use. (Layers beyond
+   * the config's layer count and missing tensors are errors, not warnings.)
+   */
+  warnings?: string[];
   /** Present for multimodal (LLaVA / EmoLLM) models. */
   vision?: VisionInfo;
   /**
@@ -282,6 +295,11 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const st = await stat(path).catch((cause: unknown) => {
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: no such file or folder`, { file: path, cause });
   });
+  if (!st.isDirectory()) await assertRegularFile(path);
+  if (options.mmproj !== undefined) await assertRegularFile(options.mmproj);
+  const maxPromptChars = limitOption('maxPromptChars', options.maxPromptChars, DEFAULT_MAX_PROMPT_CHARS);
+  // Snapshot before mapping, so a change during the load is caught by the first call too.
+  const guard = await FileGuard.watch(path, [options.mmproj]);
 
   let tokenizer: Tokenizer | undefined = typeof options.tokenizer === 'object' ? options.tokenizer : undefined;
   if (typeof options.tokenizer === 'string') tokenizer = await openTokenizer(options.tokenizer);
@@ -335,7 +353,9 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       throw e;
     }
   }
-  return new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
+  const model = new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
+  model.setSafety(guard, maxPromptChars);
+  return model;
 }
 
 /** CLIP preprocessing for a model whose only description is its vision info (a GGUF mmproj). */
@@ -389,6 +409,9 @@ export class Model {
   // Generations and logits calls on one model run one at a time, in call order, on one context
   // whose KV cache is reused across calls (a shared prompt prefix is not recomputed).
   private queue: Promise<unknown> = Promise.resolve();
+  private maxPromptChars: number;
+  /** Set by loadModel: checks the mapped weight files are unchanged before each call. */
+  private fileGuard: FileGuard | undefined;
 
   /** @internal use {@link loadModel}. */
   constructor(
@@ -406,11 +429,23 @@ export class Model {
     this.chatTemplate = template;
     this.path = path;
     this.contextSize = contextSize;
+    this.maxPromptChars = DEFAULT_MAX_PROMPT_CHARS;
     leakGuard.register(this, handle, this);
+  }
+
+  /** @internal set by loadModel. */
+  setSafety(guard: FileGuard | undefined, maxPromptChars: number): void {
+    this.fileGuard = guard;
+    this.maxPromptChars = maxPromptChars;
   }
 
   /** Text to token ids (BOS added as the tokenizer is configured, unless `addSpecialTokens: false`). */
   tokenize(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    if (typeof text === 'string' && text.length > this.maxPromptChars)
+      throw new EmollmError(
+        'ERR_LIMIT_EXCEEDED',
+        `the prompt has ${text.length} characters, over the limit of ${this.maxPromptChars} (LoadModelOptions.maxPromptChars)`,
+      );
     return this.tokenizer.encode(text, { addSpecialTokens: options.addSpecialTokens ?? true });
   }
 
@@ -471,6 +506,7 @@ export class Model {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     if (!handle.encodeImages) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
+    await this.fileGuard?.check();
     return handle.encodeImages(pixels, batch, ...facesArg(faces));
   }
 
@@ -549,6 +585,7 @@ export class Model {
     if (faces !== undefined && faces.length !== images.length)
       throw new EmollmError('ERR_INVALID_ARGUMENT', `faces has ${faces.length} lists for ${images.length} images`);
     const batch = await this.imageProcessor.preprocessBatch(images, signal ? { signal } : {});
+    await this.fileGuard?.check();
     return handle.encodeImages(batch.data, images.length, ...facesArg(faces));
   }
 
@@ -588,10 +625,12 @@ export class Model {
 
   /** @internal runs `fn` on the model's context after every earlier call finished. */
   exclusive<T>(fn: (ctx: NativeContext) => Promise<T>): Promise<T> {
-    const run = this.queue.then(
-      () => fn(this.ctx()),
-      () => fn(this.ctx()),
-    );
+    // The weight files are checked before each call: a truncated mapped file would SIGBUS.
+    const go = async (): Promise<T> => {
+      await this.fileGuard?.check();
+      return fn(this.ctx());
+    };
+    const run = this.queue.then(go, go);
     this.queue = run.catch(() => undefined);
     return run;
   }

@@ -74,6 +74,31 @@ void arg_image(const Napi::CallbackInfo& info, std::vector<uint8_t>* rgb, int64_
                                   std::to_string(*w * *h * 3));
 }
 
+// The pixels of rgb (info[0]) without copying them: the worker reads them on its own thread while
+// `keep` holds the array alive. Copying 100 MP (300 MB) here used to block the event loop for
+// most of a second (issue 9). The caller must not transfer (detach) the buffer while the call is
+// pending; emollm's own callers pass buffers they own.
+struct ImageView {
+  const uint8_t* data = nullptr;
+  int64_t w = 0, h = 0;
+  Napi::ObjectReference keep;
+};
+
+void arg_image_view(const Napi::CallbackInfo& info, ImageView* v) {
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw_invalid(info.Env(), "rgb must be a Uint8Array");
+  auto ta = info[0].As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != napi_uint8_array && ta.TypedArrayType() != napi_uint8_clamped_array)
+    throw_invalid(info.Env(), "rgb must be a Uint8Array");
+  v->w = arg_int(info, 1, "width");
+  v->h = arg_int(info, 2, "height");
+  if (v->w <= 0 || v->h <= 0 || v->w > 65535 || v->h > 65535) throw_invalid(info.Env(), "width and height must be in [1, 65535]");
+  if (int64_t(ta.ByteLength()) != v->w * v->h * 3)
+    throw_invalid(info.Env(), "rgb has " + std::to_string(ta.ByteLength()) + " bytes, expected width*height*3 = " +
+                                  std::to_string(v->w * v->h * 3));
+  v->data = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  v->keep = Napi::Persistent(info[0].As<Napi::Object>());
+}
+
 fc::DetectOptions arg_detect_options(const Napi::CallbackInfo& info, size_t i) {
   fc::DetectOptions o;
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return o;
@@ -111,14 +136,14 @@ Napi::Object box_object(Napi::Env env, const fc::FaceBox& b) {
 
 class DetectWorker final : public PromiseWorker {
  public:
-  DetectWorker(Napi::Env env, std::shared_ptr<FaceModelsHandle> m, std::vector<uint8_t> rgb, int64_t w, int64_t h,
-               fc::DetectOptions o, bool with_expressions)
-      : PromiseWorker(env), m_(std::move(m)), rgb_(std::move(rgb)), w_(w), h_(h), o_(o), expr_(with_expressions) {}
+  DetectWorker(Napi::Env env, std::shared_ptr<FaceModelsHandle> m, ImageView img, fc::DetectOptions o,
+               bool with_expressions)
+      : PromiseWorker(env), m_(std::move(m)), img_(std::move(img)), w_(img_.w), h_(img_.h), o_(o), expr_(with_expressions) {}
 
  protected:
   void Run() override {
     auto pool = face_pool();
-    boxes_ = m_->detector->detect(rgb_.data(), w_, h_, o_, pool.get());
+    boxes_ = m_->detector->detect(img_.data, w_, h_, o_, pool.get());
     if (!expr_ || boxes_.empty()) return;
     const int64_t S = fc::kExpressionInputSize;
     std::vector<float> crops(size_t(int64_t(boxes_.size()) * S * S * 3));
@@ -126,7 +151,7 @@ class DetectWorker final : public PromiseWorker {
     int64_t n = 0;
     std::vector<size_t> which;
     for (size_t i = 0; i < boxes_.size(); ++i)
-      if (fc::extract_face_crop(rgb_.data(), w_, h_, boxes_[i], crops.data() + n * S * S * 3)) {
+      if (fc::extract_face_crop(img_.data, w_, h_, boxes_[i], crops.data() + n * S * S * 3)) {
         valid_[i] = 1;
         which.push_back(i);
         ++n;
@@ -159,7 +184,7 @@ class DetectWorker final : public PromiseWorker {
 
  private:
   std::shared_ptr<FaceModelsHandle> m_;
-  std::vector<uint8_t> rgb_;
+  ImageView img_;  // holds the caller's pixel array alive until the worker is destroyed (main thread)
   int64_t w_, h_;
   fc::DetectOptions o_;
   bool expr_;
@@ -283,11 +308,10 @@ class FaceModelsWrap final : public Napi::ObjectWrap<FaceModelsWrap> {
   Napi::Value detect_impl(const Napi::CallbackInfo& info, bool with_expr) {
     Napi::Env env = info.Env();
     need_detector(env);
-    std::vector<uint8_t> rgb;
-    int64_t w, h;
-    arg_image(info, &rgb, &w, &h);
+    ImageView img;
+    arg_image_view(info, &img);
     fc::DetectOptions o = arg_detect_options(info, 3);
-    auto* worker = new DetectWorker(env, handle_, std::move(rgb), w, h, o, with_expr);
+    auto* worker = new DetectWorker(env, handle_, std::move(img), o, with_expr);
     Napi::Promise p = worker->promise();
     worker->Queue();
     return p;

@@ -448,6 +448,9 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     o.Set("ropeTheta", double(h.rope_theta));
     if (h.bos_id >= 0) o.Set("bosId", double(h.bos_id));
     if (!h.eos_ids.empty()) o.Set("eosId", double(h.eos_ids[0]));
+    Napi::Array warnings = Napi::Array::New(env, m.warnings().size());
+    for (size_t i = 0; i < m.warnings().size(); ++i) warnings.Set(uint32_t(i), m.warnings()[i]);
+    o.Set("warnings", warnings);
     if (const LlavaModel* lv = handle_->llava.get()) {
       const ClipHparams& vh = lv->vision().hparams();
       Napi::Object v = Napi::Object::New(env);

@@ -14,6 +14,7 @@ enum class ErrorCode {
   Unsupported,      // a well-formed file using something we do not implement (dtype, version, arch)
   BadConfig,        // config.json missing fields, wrong types or unknown model_type
   OutOfMemory,      // an allocation or mapping failed
+  NotRegularFile,   // a FIFO, socket, device or folder where a regular file is needed (refused before any read)
   Internal,         // a bug: an invariant inside emollm did not hold
 };
 
@@ -26,6 +27,7 @@ inline const char* error_code_name(ErrorCode c) {
     case ErrorCode::Unsupported: return "ERR_UNSUPPORTED";
     case ErrorCode::BadConfig: return "ERR_BAD_CONFIG";
     case ErrorCode::OutOfMemory: return "ERR_OUT_OF_MEMORY";
+    case ErrorCode::NotRegularFile: return "ERR_NOT_REGULAR_FILE";
     case ErrorCode::Internal: return "ERR_INTERNAL";
   }
   return "ERR_INTERNAL";

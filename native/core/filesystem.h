@@ -3,6 +3,8 @@
 #include <string>
 #include <sys/stat.h>
 
+#include "core/error.h"
+
 namespace emollm {
 
 inline bool is_directory(const std::string& p) {
@@ -13,6 +15,14 @@ inline bool is_directory(const std::string& p) {
 inline bool file_exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Throws Error(NotRegularFile) when `p` exists but is not a regular file (a FIFO, socket, device
+// or folder): call before a blocking open (fopen of a FIFO waits forever for a writer).
+inline void require_regular_file_if_exists(const std::string& p) {
+  struct stat st;
+  if (::stat(p.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw Error(ErrorCode::NotRegularFile, S_ISDIR(st.st_mode) ? "a directory, not a regular file" : "not a regular file (FIFO, socket or device)", p);
 }
 
 // The folder a model path stands for: the path itself when it is a folder (trailing slashes

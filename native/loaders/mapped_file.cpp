@@ -85,9 +85,12 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
 }
 #else
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO that has no writer returns at once instead of waiting forever (a
+  // FIFO named model.gguf would otherwise hang loadModel beyond AbortSignal and process.exit);
+  // the fstat below then refuses it. It changes nothing for regular files.
   int fd;
   do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) throw_open_error(path, errno);
   struct stat st;
@@ -98,9 +101,13 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(ErrorCode::InvalidArgument,
-                std::string(S_ISDIR(st.st_mode) ? "is a directory, not a file: " : "not a regular file: ") + path,
-                path);
+    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                                              : "not a regular file";
+    throw Error(ErrorCode::NotRegularFile, std::string(kind) + ", not a regular file", path);
   }
   std::shared_ptr<MappedFile> f(new MappedFile());
   f->path_ = path;

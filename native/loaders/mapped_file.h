@@ -16,7 +16,8 @@ namespace emollm {
 class MappedFile {
  public:
   // Maps `path` read-only. Throws Error(FileNotFound) naming the path when it does not exist or
-  // cannot be opened, Error(InvalidArgument) for a directory or other non-regular file, and
+  // cannot be opened, Error(NotRegularFile) for a directory, FIFO, socket or device (checked on
+  // the descriptor, opened non-blocking, so a FIFO never blocks), and
   // Error(OutOfMemory) when the mapping fails. An empty file gives size() == 0.
   static std::shared_ptr<MappedFile> open(const std::string& path);
   // Copies `size` bytes into an exactly sized heap block; `name` stands in for the path in errors.

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <sys/stat.h>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "core/tensor.h"
@@ -32,6 +33,7 @@ std::string dir_of(const std::string& p) {
 }
 // True when the file starts with the GGUF magic. Throws FileNotFound when it cannot be opened.
 bool has_gguf_magic(const std::string& path) {
+  require_regular_file_if_exists(path);
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw Error(ErrorCode::FileNotFound, "cannot open model file", path);
   char magic[4] = {0, 0, 0, 0};
@@ -67,11 +69,14 @@ std::vector<float> llama3_inv_freq(double theta, int64_t rot_dim, const RopeScal
 struct LlamaLoader {
   LlamaModel& m;
   const WeightStore& ws;
+  // Names of the tensors the model took (for the tensor-set check against the config).
+  mutable std::unordered_set<std::string> used{};
 
   [[noreturn]] void malformed(const std::string& msg) const { throw Error(ErrorCode::MalformedFile, msg, ws.source()); }
 
   const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorInfo& t = ws.get(name);  // MalformedFile naming the tensor when absent
+    used.insert(name);
     if (t.shape != shape)
       malformed("tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape) +
                 " from the model's hyperparameters");
@@ -100,6 +105,48 @@ struct LlamaLoader {
                       const std::string& lm_head, const std::string& cfg_path);
   // The backend, once the weights are in place.
   static void finish(LlamaModel& m, const LlamaLoadOptions& opts);
+
+  // The tensor-set check (issue 9): every tensor under `prefix` (the decoder's namespace; "" for a
+  // GGUF) or named `extra` must be one the model took. A layer index >= n_layer means the config
+  // lists fewer layers than the checkpoint holds: an error (`code`), since the output would be
+  // silently wrong. Other unused tensors are recorded as warnings. Missing tensors already failed
+  // in tensor().
+  void check_tensor_set(const std::string& prefix, const std::string& layers_word, const std::string& extra,
+                        ErrorCode code, const std::string& where) const {
+    const int64_t n_layer = m.hp_.n_layer;
+    const std::string lp = prefix + layers_word;
+    int64_t max_layer = -1;
+    std::vector<std::string> unused;
+    for (const TensorInfo& t : ws.tensors()) {
+      const std::string& n = t.name;
+      if (n.compare(0, prefix.size(), prefix) != 0 && n != extra) continue;
+      if (used.count(n)) continue;
+      if (n.compare(0, lp.size(), lp) == 0) {
+        size_t i = lp.size(), j = i;
+        while (j < n.size() && n[j] >= '0' && n[j] <= '9') ++j;
+        if (j > i && j - i < 10 && j < n.size() && n[j] == '.') {
+          const int64_t k = std::stoll(n.substr(i, j - i));
+          if (k >= n_layer) {
+            max_layer = std::max(max_layer, k);
+            continue;
+          }
+        }
+      }
+      unused.push_back(n);
+    }
+    if (max_layer >= 0)
+      throw Error(code,
+                  "the configuration lists " + std::to_string(n_layer) + " layers but the checkpoint holds tensors of layer " +
+                      std::to_string(max_layer) + " (" + std::to_string(max_layer + 1) +
+                      " layers or more): refusing to run a truncated model; fix the layer count",
+                  where);
+    if (!unused.empty()) {
+      std::string msg = std::to_string(unused.size()) + " tensor(s) in the checkpoint are not used by the model: ";
+      for (size_t k = 0; k < unused.size() && k < 5; ++k) msg += (k ? ", " : "") + unused[k];
+      if (unused.size() > 5) msg += ", ...";
+      m.warnings_.push_back(msg);
+    }
+  }
 
   void check_hparams(ErrorCode code) const {
     const LlamaHparams& h = m.hp_;
@@ -181,6 +228,7 @@ void LlamaLoader::load_hf(LlamaModel& mm, const WeightStore& ws, const LlamaConf
   } else {
     m->output = L.mat(lm_head, hp.n_vocab, E);
   }
+  L.check_tensor_set(mp, "layers.", lm_head, ErrorCode::BadConfig, cfg_path);
 }
 
 std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const LlamaLoadOptions& opts) {
@@ -279,6 +327,7 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
             float(std::pow(double(hp.rope_theta), -double(2 * i) / double(hp.rope_dim)) / double(ff[i]));
       hp.rope_scaling = "freq-factors";
     }
+    L.check_tensor_set("", "blk.", "", ErrorCode::MalformedFile, path);
     m->store_ = std::move(g);
   } else {
     // ---------------------------------------------------------------- Hugging Face folder

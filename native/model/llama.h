@@ -95,6 +95,10 @@ class LlamaModel {
   Backend& backend() const { return *backend_; }
   const WeightStore& store() const { return *store_; }
   bool is_eos(int32_t id) const;
+  // Harmless findings of the load, e.g. tensors of the decoder's namespace the model does not use
+  // (the addon shows them as info().warnings). Layers beyond the config's count are not harmless:
+  // they fail the load (a config listing fewer layers than the checkpoint computes garbage).
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
   // ---- weights (public for the forward pass in llama.cpp; read-only)
   LlamaWeight tok_embd;
@@ -115,6 +119,7 @@ class LlamaModel {
   std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
   std::unique_ptr<Backend> backend_;
+  std::vector<std::string> warnings_;
 };
 
 struct LlamaContextOptions {

@@ -425,7 +425,7 @@ describe('bad input never crashes: typed errors', () => {
   it('missing file and folder -> ERR_FILE_NOT_FOUND', async () => {
     const e = await rejectsWith(decodeImage(join(dir, 'nope.jpg')), 'ERR_FILE_NOT_FOUND');
     expect(e.file).toBe(join(dir, 'nope.jpg'));
-    await rejectsWith(decodeImage(dir), 'ERR_FILE_NOT_FOUND');
+    await rejectsWith(decodeImage(dir), 'ERR_NOT_REGULAR_FILE');
   });
 
   it('0-byte file and empty buffer -> ERR_BAD_IMAGE', async () => {

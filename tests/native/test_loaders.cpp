@@ -8,6 +8,10 @@
 #include <fstream>
 #include <string>
 #include <vector>
+#if !defined(_WIN32)
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 
 #include "core/error.h"
 #include "loaders/gguf.h"
@@ -217,10 +221,27 @@ TEST(json_errors) {
 
 // ------------------------------------------------------------------ MappedFile
 
+#if !defined(_WIN32)
+// A FIFO named like a model must be refused before any read: a blocking open would wait forever
+// for a writer (issue 9). Here the test itself would hang without the fix, so ctest's timeout
+// and the alarm below turn that into a failure.
+TEST(mapped_file_refuses_fifo_without_blocking) {
+  TempDir tmp;
+  const std::string fifo = tmp.file("model.gguf");
+  EXPECT(mkfifo(fifo.c_str(), 0600) == 0);
+  alarm(20);  // a hang is a failure (SIGALRM kills the test), not a stuck CI job
+  EXPECT_THROWS_MSG(MappedFile::open(fifo), ErrorCode::NotRegularFile, "FIFO");
+  EXPECT_THROWS_MSG(GgufFile::open(fifo), ErrorCode::NotRegularFile, "FIFO");
+  EXPECT_THROWS_MSG(SafetensorsStore::open(fifo), ErrorCode::NotRegularFile, "FIFO");
+  EXPECT_THROWS_MSG(MappedFile::open("/dev/null"), ErrorCode::NotRegularFile, "character device");
+  alarm(0);
+}
+#endif
+
 TEST(mapped_file_basics) {
   TempDir tmp;
   EXPECT_THROWS_MSG(MappedFile::open(tmp.file("nope.bin")), ErrorCode::FileNotFound, "nope.bin");
-  EXPECT_THROWS_MSG(MappedFile::open(tmp.path.string()), ErrorCode::InvalidArgument, "directory");
+  EXPECT_THROWS_MSG(MappedFile::open(tmp.path.string()), ErrorCode::NotRegularFile, "directory");
   write_file(tmp.file("empty"), {});
   auto e = MappedFile::open(tmp.file("empty"));
   EXPECT(e->size() == 0 && e->data() != nullptr);
