@@ -338,6 +338,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     await handle.close();
     throw abortError();
   }
+  // Harmless load findings (e.g. checkpoint tensors the model does not use) as process warnings.
+  for (const w of handle.info().warnings ?? []) process.emitWarning(`${path}: ${w}`, { code: 'EMOLLM_LOAD_WARNING' });
   if (!tokenizer) throw new EmollmError('ERR_INTERNAL', 'no tokenizer');
   let imageProcessor: ImageProcessor | undefined;
   const vision = handle.info().vision;
