@@ -25,6 +25,8 @@ import { join } from 'node:path';
 import { Tokenizer as HfLibTokenizer } from '@huggingface/tokenizers';
 
 import { EmollmError } from './errors.js';
+import { DEFAULT_MAX_JSON_BYTES } from './limits.js';
+import { readRegularTextFile } from './safe_fs.js';
 import { IncrementalDetokenizer, checkId, decodePieces } from './tokenizer.js';
 import type {
   DecodeOptions,
@@ -456,9 +458,12 @@ export class HfTokenizer implements Tokenizer, PieceSource {
 async function readJson(path: string, required: boolean): Promise<unknown> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
-  } catch (cause) {
-    if (!required && (cause as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    // a regular file only (a FIFO named tokenizer.json would block the read forever)
+    text = await readRegularTextFile(path, { maxBytes: DEFAULT_MAX_JSON_BYTES });
+  } catch (e) {
+    const cause = e instanceof EmollmError ? e.cause : e;
+    if (!required && (cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return undefined;
+    if (e instanceof EmollmError && e.code !== 'ERR_FILE_NOT_FOUND') throw e;
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot read (${(cause as Error).message})`, { file: path, cause });
   }
   try {
