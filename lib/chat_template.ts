@@ -18,12 +18,14 @@
  * // 'USER: <image>\nWhat is shown? ASSISTANT:'
  * ```
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { Template } from '@huggingface/jinja';
 
 import { EmollmError } from './errors.js';
+import { DEFAULT_MAX_JSON_BYTES } from './limits.js';
+import { readRegularTextFile } from './safe_fs.js';
 
 /** A text part of a message. */
 export interface ChatTextPart {
@@ -175,9 +177,12 @@ export function renderChatTemplate(template: string, messages: readonly ChatMess
 
 async function readText(path: string): Promise<string | undefined> {
   try {
-    return await readFile(path, 'utf8');
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    // a regular file only: a FIFO named chat_template.jinja would block the read forever
+    return await readRegularTextFile(path, { maxBytes: DEFAULT_MAX_JSON_BYTES });
+  } catch (e) {
+    const cause = e instanceof EmollmError ? e.cause : e;
+    if ((cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return undefined;
+    if (e instanceof EmollmError && e.code !== 'ERR_FILE_NOT_FOUND') throw e;
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot read (${(cause as Error).message})`, { file: path, cause });
   }
 }

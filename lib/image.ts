@@ -18,13 +18,13 @@
  * `ERR_INVALID_ARGUMENT` (bad raw pixel object or option), `ERR_BAD_CONFIG` / `ERR_MALFORMED_FILE`
  * (preprocessor_config.json), `ERR_ABORTED` (signal).
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import sharp, { type OutputInfo } from 'sharp';
 
 import { EmollmError } from './errors.js';
-import { readRegularFile } from './safe_fs.js';
+import { readRegularFile, readRegularTextFile } from './safe_fs.js';
 import {
   checkAbort,
   normalizeToChw,
@@ -244,8 +244,9 @@ export async function loadImageProcessorConfig(path: string): Promise<ImageProce
   }
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readRegularTextFile(file, { maxBytes: 16 * 1024 * 1024 });
   } catch (cause) {
+    if (cause instanceof EmollmError && cause.code !== 'ERR_FILE_NOT_FOUND') throw cause;
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${file}: cannot read (${(cause as Error).message})`, { file, cause });
   }
   let json: unknown;

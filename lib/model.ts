@@ -10,7 +10,7 @@
  * await model.close();
  * ```
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
@@ -21,8 +21,8 @@ import type { ImageProcessorConfig } from './image_processor.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { FileGuard } from './file_guard.js';
-import { DEFAULT_MAX_PROMPT_CHARS, limitOption } from './limits.js';
-import { assertRegularFile } from './safe_fs.js';
+import { DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_PROMPT_CHARS, limitOption } from './limits.js';
+import { assertRegularFile, readRegularFile } from './safe_fs.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
 
 /** Where the model runs. Only 'cpu' exists in this build; 'cuda' needs a CUDA build. */
@@ -384,9 +384,7 @@ function isPreparedInput(p: Prompt): p is PreparedInput {
 /** Opens a tokenizer from a path: .gguf, tokenizer.json or its folder, or a llama2.c tokenizer.bin. */
 async function openTokenizer(path: string): Promise<Tokenizer> {
   if (path.toLowerCase().endsWith('.bin')) {
-    const bytes = await readFile(path).catch((cause: unknown) => {
-      throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot read the tokenizer`, { file: path, cause });
-    });
+    const bytes = await readRegularFile(path, { maxBytes: DEFAULT_MAX_JSON_BYTES });
     return SpmTokenizer.fromLlama2cVocab(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), path);
   }
   return loadTokenizer(path);

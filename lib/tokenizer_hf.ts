@@ -19,7 +19,6 @@
  * streaming agree byte for byte; other decoders (WordPiece, BPE suffix, CTC) fall back to the
  * library's `decode` for whole sequences.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { Tokenizer as HfLibTokenizer } from '@huggingface/tokenizers';

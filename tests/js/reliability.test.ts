@@ -44,6 +44,7 @@ import { inspectGguf } from '../../lib/loaders.js';
 import { loadModel } from '../../lib/model.js';
 import { native } from '../../lib/native.js';
 import { quantizeGguf } from '../../lib/quantize.js';
+import { loadHfTokenizer } from '../../lib/tokenizer.js';
 import { confinedPath, readRegularFile, sameFile } from '../../lib/safe_fs.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -413,6 +414,12 @@ describe('only regular files are opened', () => {
       code: 'ERR_NOT_REGULAR_FILE',
     });
     await expect(readRegularFile('/dev/zero')).rejects.toMatchObject({ code: 'ERR_NOT_REGULAR_FILE' });
+    const tokDir = join(d, 'tok');
+    mkdirSync(tokDir);
+    mkfifo(join(tokDir, 'tokenizer.json'));
+    await expect(loadHfTokenizer(tokDir)).rejects.toMatchObject({ code: 'ERR_NOT_REGULAR_FILE' });
+    mkfifo(join(d, 'tok512.bin'));
+    if (haveModel) await expect(loadModel(GGUF, { tokenizer: join(d, 'tok512.bin') })).rejects.toMatchObject({ code: 'ERR_NOT_REGULAR_FILE' });
     await expect(quantizeGguf(join(d, 'm.gguf'), join(d, 'q.gguf'), 'q8_0')).rejects.toMatchObject({ code: 'ERR_NOT_REGULAR_FILE' });
   });
 
