@@ -21,6 +21,7 @@ import type { ImageProcessorConfig } from './image_processor.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { FileGuard } from './file_guard.js';
+import { WORKER_MIN_CHARS, encodeOffThread, type TokenizerSource } from './tokenize_worker.js';
 import { DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_PROMPT_CHARS, limitOption } from './limits.js';
 import { assertRegularFile, readRegularFile } from './safe_fs.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
@@ -356,7 +357,14 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     }
   }
   const model = new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
-  model.setSafety(guard, maxPromptChars);
+  // the tokenizer file, when there is one, for encoding long prompts on a worker thread
+  const tokenizerSource: TokenizerSource | undefined =
+    typeof options.tokenizer === 'string'
+      ? { kind: options.tokenizer.toLowerCase().endsWith('.bin') ? 'llama2c' : 'file', path: options.tokenizer }
+      : options.tokenizer === undefined && (st.isDirectory() || path.toLowerCase().endsWith('.gguf'))
+        ? { kind: 'file', path }
+        : undefined;
+  model.setSafety(guard, maxPromptChars, tokenizerSource);
   return model;
 }
 
@@ -433,19 +441,57 @@ export class Model {
     leakGuard.register(this, handle, this);
   }
 
+  /** Where the tokenizer was loaded from (long prompts are encoded from it on a worker thread). */
+  private tokenizerSource: TokenizerSource | undefined;
+
   /** @internal set by loadModel. */
-  setSafety(guard: FileGuard | undefined, maxPromptChars: number): void {
+  setSafety(guard: FileGuard | undefined, maxPromptChars: number, tokenizerSource?: TokenizerSource): void {
     this.fileGuard = guard;
     this.maxPromptChars = maxPromptChars;
+    this.tokenizerSource = tokenizerSource;
   }
 
-  /** Text to token ids (BOS added as the tokenizer is configured, unless `addSpecialTokens: false`). */
-  tokenize(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+  private checkPromptLength(text: string): void {
     if (typeof text === 'string' && text.length > this.maxPromptChars)
       throw new EmollmError(
         'ERR_LIMIT_EXCEEDED',
         `the prompt has ${text.length} characters, over the limit of ${this.maxPromptChars} (LoadModelOptions.maxPromptChars)`,
       );
+  }
+
+  /**
+   * {@link tokenize} without blocking the event loop: texts of at least WORKER_MIN_CHARS
+   * characters are encoded on the tokenizer worker thread (same tokenizer file, same ids) when the
+   * tokenizer was loaded from a file; otherwise (or if the worker cannot start) here.
+   */
+  async tokenizeAsync(text: string, options: { addSpecialTokens?: boolean; signal?: AbortSignal } = {}): Promise<number[]> {
+    this.checkPromptLength(text);
+    const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (this.tokenizerSource && text.length >= WORKER_MIN_CHARS) {
+      try {
+        return await encodeOffThread(this.tokenizerSource, text, addSpecialTokens, options.signal);
+      } catch (e) {
+        if (!(e instanceof EmollmError) || e.code !== 'ERR_INTERNAL') throw e;
+        // no worker (e.g. no compiled build to run in it): encode here
+      }
+    }
+    return this.tokenizer.encode(text, { addSpecialTokens });
+  }
+
+  /** {@link promptTokens} with long texts tokenized off the main thread (see {@link tokenizeAsync}). */
+  private async promptTokensAsync(prompt: Prompt, addSpecialTokens: boolean, signal?: AbortSignal): Promise<number[]> {
+    if (typeof prompt === 'string') return this.tokenizeAsync(prompt, { addSpecialTokens, ...(signal ? { signal } : {}) });
+    if (isPreparedInput(prompt) || prompt.length === 0 || typeof prompt[0] === 'number') return this.promptTokens(prompt, addSpecialTokens);
+    const text = this.applyChatTemplate(prompt as readonly ChatMessage[]);
+    const ids = await this.tokenizeAsync(text, { addSpecialTokens: false, ...(signal ? { signal } : {}) });
+    const bos = this.tokenizer.bosId;
+    if (this.tokenizer.addBosToken && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
+    return ids;
+  }
+
+  /** Text to token ids (BOS added as the tokenizer is configured, unless `addSpecialTokens: false`). */
+  tokenize(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    this.checkPromptLength(text);
     return this.tokenizer.encode(text, { addSpecialTokens: options.addSpecialTokens ?? true });
   }
 
@@ -593,7 +639,7 @@ export class Model {
   async prepare(prompt: Prompt, addSpecialTokens: boolean, signal?: AbortSignal): Promise<PreparedPrompt> {
     if (isPreparedInput(prompt)) return { ids: [...prompt.tokens], images: prompt.images ?? null };
     if (typeof prompt === 'string' || prompt.length === 0 || typeof prompt[0] === 'number')
-      return { ids: this.promptTokens(prompt, addSpecialTokens), images: null };
+      return { ids: await this.promptTokensAsync(prompt, addSpecialTokens, signal), images: null };
     const images: ImageInput[] = [];
     const faces: (readonly FaceBox[] | undefined)[] = [];
     const messages = (prompt as readonly ChatMessage[]).map((m) => {
@@ -608,7 +654,7 @@ export class Model {
       });
       return { ...m, content };
     });
-    const ids = this.promptTokens(messages, addSpecialTokens);
+    const ids = await this.promptTokensAsync(messages, addSpecialTokens, signal);
     const anyFaces = faces.some((f) => f !== undefined && f.length > 0);
     return { ids, images: images.length > 0 ? await this.encodeImages(images, signal, anyFaces ? faces : undefined) : null };
   }

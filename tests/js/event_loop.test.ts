@@ -1,5 +1,6 @@
 // The event loop stays free (issue 9, item 6): eight concurrent callers each generate, score
-// options and analyze a large image, and each also sends a million-character prompt, while
+// options and analyze a large image, and each also sends a million-character prompt (refused
+// from its length) and a 30 000-character one (tokenized on the worker thread), while
 // perf_hooks.monitorEventLoopDelay samples the loop. Before the fix the long prompt was tokenized
 // synchronously (about 2 s per call) and the face perspective copied every decoded pixel on the
 // main thread; the loop's p99 delay was hundreds of milliseconds.
@@ -45,6 +46,7 @@ describe.skipIf(!have)('event loop under load', () => {
   let faces: FaceAnalyzer;
   let image: Buffer;
   const longPrompt = 'Once upon a time, there was a little girl. '.repeat(25_000); // ~1.1M characters
+  const acceptedPrompt = longPrompt.slice(0, 30_000); // ~9000 tokens: ~0.1-0.8 s of tokenizing
 
   beforeAll(async () => {
     model = await loadModel(GGUF, { contextSize: 256, threads: 1 });
@@ -64,6 +66,9 @@ describe.skipIf(!have)('event loop under load', () => {
   async function caller(i: number): Promise<void> {
     // the over-limit prompt is refused from its length, without tokenizing
     await expect(model.generate(longPrompt, { maxTokens: 4 }).result).rejects.toMatchObject({ code: 'ERR_LIMIT_EXCEEDED' });
+    // a long prompt under the limit is tokenized on the tokenizer worker thread (then refused: it
+    // does not fit the 256-token context)
+    await expect(model.generate(acceptedPrompt, { maxTokens: 4 }).result).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/does not fit/) });
     const g = await model.generate(`Once upon a time ${i}`, { maxTokens: 16, temperature: 0 }).result;
     expect(g.tokens.length).toBeGreaterThan(0);
     const s = await model.scoreOptions('Lily was very', ['happy', 'sad', 'angry', 'scared']);

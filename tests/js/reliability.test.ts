@@ -396,6 +396,28 @@ describe('size limits', () => {
       await model.close();
     }
   });
+
+  it.skipIf(!haveModel)('long prompts under the limit are tokenized on the worker thread, to the same ids', async () => {
+    const model = await loadModel(GGUF);
+    try {
+      const text = 'Once upon a time, there was a little girl named Lily. She loved to play outside. '.repeat(200);
+      expect(text.length).toBeGreaterThan(4096);
+      const onMain = model.tokenize(text);
+      let calls = 0;
+      const encode = model.tokenizer.encode.bind(model.tokenizer);
+      (model.tokenizer as { encode: typeof encode }).encode = (...a) => {
+        calls++;
+        return encode(...a);
+      };
+      expect(await model.tokenizeAsync(text)).toEqual(onMain);
+      expect(await model.tokenizeAsync(text, { addSpecialTokens: false })).toEqual(onMain.slice(1));
+      expect(calls).toBe(0); // the main thread's tokenizer was not used
+      expect(await model.tokenizeAsync('short')).toEqual(encode('short')); // short ones stay here
+      expect(calls).toBe(1);
+    } finally {
+      await model.close();
+    }
+  });
 });
 
 // ------------------------------------------------------------------------------- 4. hangs and crashes
