@@ -23,7 +23,7 @@ interface Snapshot {
   ino: number;
 }
 
-const WEIGHT_FILE = /\.(gguf|safetensors|bin)$/;
+const WEIGHT_FILE = /\.(gguf|safetensors)$/;
 
 async function snap(file: string): Promise<Snapshot | undefined> {
   const st = await stat(file).catch(() => undefined);

@@ -315,6 +315,8 @@ export function httpBackend(options: HttpBackendOptions): Backend {
           method: 'POST',
           headers: { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) },
           body,
+          // a redirect could carry the key elsewhere (or to plain http): refuse it
+          ...(apiKey ? { redirect: 'error' as const } : {}),
           signal: AbortSignal.any([signal, timeout]),
         });
       } catch (e) {
