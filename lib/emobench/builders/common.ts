@@ -31,6 +31,8 @@ export interface BuiltSplit {
   rows: number;
   samples: BenchSample[];
   skipped: SkippedRows[];
+  /** Rows that made a sample although a field the benchmark does not use is damaged (reported, kept). */
+  defects?: SkippedRows[];
 }
 
 export interface BuildContext {
