@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { EmollmError } from '../errors.js';
 import { createBackend, mediaPath, type Backend, type CreateBackendOptions } from './backends.js';
 import { computeMetrics, isCorrect, pairedBootstrap, type Metrics, type PairedComparison, type ScoredItem } from './metrics.js';
+import { FailureWatch, type FailureWatchOptions } from './eval_events.js';
 import { Progress, formatDuration } from './progress.js';
 import { formatComparison, writeReports } from './report.js';
 import { BENCH_TASKS, parseSamples, type BenchSample, type BenchTask } from './sample.js';
@@ -45,7 +46,16 @@ export interface EvalResults {
   bench: { path: string; sha256: string; samples: number };
   model: string;
   backend: string;
-  config: { tasks: BenchTask[]; limit: number | null; mediaRoot: string; seed: number };
+  config: {
+    tasks: BenchTask[];
+    limit: number | null;
+    mediaRoot: string;
+    seed: number;
+    /** Native models: whether the face perspective's cues and boxes were given (null: not a native model). */
+    face?: boolean | null;
+    /** Samples were answered without their media (--text-only). */
+    textOnly?: boolean;
+  };
   counts: { selected: number; ok: number; unparsed: number; errors: number; skipped: number };
   metrics: Metrics;
   /** Everything that varies between identical runs lives here. */
@@ -72,6 +82,19 @@ export interface EvalOptions {
   summary?: boolean;
   signal?: AbortSignal;
   backendOptions?: Omit<CreateBackendOptions, 'samples' | 'seed'>;
+  /** Native models: run the face perspective (default true; `--no-face`: false). */
+  face?: boolean;
+  /** Answer without media (no media files needed; for the baselines, or a text-only ablation). */
+  textOnly?: boolean;
+  /** First-failure reports and the early stop on repeated connection failures. */
+  failures?: FailureWatchOptions;
+}
+
+const BASELINE_SPECS = new Set(['random', 'majority', 'null', 'face']);
+
+/** Whether a `--model` spec names a native model (a folder or a .gguf), the backends that take the face perspective. */
+export function isNativeSpec(spec: string): boolean {
+  return !BASELINE_SPECS.has(spec) && !/^https?:\/\//i.test(spec);
 }
 
 function bad(msg: string): EmollmError {
@@ -136,12 +159,16 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   const mediaRoot = resolve(options.mediaRoot ?? dirname(benchPath));
   const seed = options.seed ?? 0;
   const modelSpec = typeof options.model === 'string' ? options.model : options.model.name;
+  const native = typeof options.model === 'string' ? isNativeSpec(options.model) : options.model.face !== undefined;
+  if (options.face === false && !native) throw bad('--no-face applies to native LLaVA / EmoLLM models only');
+  const face: boolean | null = native ? (typeof options.model === 'string' ? options.face ?? true : options.model.face ?? null) : null;
+  const textOnly = options.textOnly ?? false;
 
   // ---- the output folder; refuse to mix two different runs in one
   const out = resolve(options.out);
   mkdirSync(out, { recursive: true });
   const runFile = join(out, 'run.json');
-  const runKey = { bench: sha256, model: modelSpec, tasks, limit: options.limit ?? null, seed };
+  const runKey = { bench: sha256, model: modelSpec, tasks, limit: options.limit ?? null, seed, face, textOnly };
   if (existsSync(runFile)) {
     const prev = JSON.parse(readFileSync(runFile, 'utf8')) as typeof runKey;
     if (JSON.stringify(prev) !== JSON.stringify(runKey))
@@ -157,7 +184,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
 
   const backend =
     typeof options.model === 'string'
-      ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions })
+      ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions, ...(face !== null ? { face } : {}) })
       : options.model;
   const concurrency = Math.max(1, Math.min(options.concurrency ?? backend.maxConcurrency, backend.maxConcurrency));
   const progress =
@@ -178,13 +205,16 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
     return v;
   };
 
-  async function one(s: BenchSample): Promise<void> {
+  const watch = new FailureWatch(options.failures);
+  async function one(original: BenchSample): Promise<void> {
     const t0 = performance.now();
     let rec: PredictionRecord;
+    const s = textOnly ? { ...original, media: null } : original;
     const p = mediaPath(s, mediaRoot);
     const base = { id: s.id, task: s.task, answer: s.answer };
     if (p !== null && !hasMedia(p)) {
       rec = { ...base, status: 'skipped', raw: null, label: null, probabilities: null, unparsed: false, reason: 'missing media', correct: false, ms: 0 };
+      watch.skipped(s.id, `${p} does not exist ( --media-root sets where media paths start${backend.name === 'majority' || backend.name.startsWith('random') ? '; --text-only runs this baseline without media' : ''})`);
     } else {
       try {
         const pr = await backend.predict(s, mediaRoot, signal);
@@ -200,10 +230,12 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
           ms: 0,
         };
         rec.correct = isCorrect(rec);
+        watch.ok();
       } catch (e) {
         if (signal.aborted) throw e;
         const msg = e instanceof Error ? `${e.message}${e instanceof EmollmError ? ` [${e.code}]` : ''}` : String(e);
         rec = { ...base, status: 'error', raw: null, label: null, probabilities: null, unparsed: false, error: msg, correct: false, ms: 0 };
+        watch.error(s.id, e instanceof Error ? e.message : String(e), e instanceof EmollmError ? e.code : undefined);
       }
       rec.ms = Math.round((performance.now() - t0) * 1000) / 1000;
     }
@@ -218,6 +250,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
     const worker = async (): Promise<void> => {
       while (next < todo.length) {
         if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'the evaluation was aborted');
+        if (watch.stop) throw watch.stop;
         await one(todo[next++]!);
       }
     };
@@ -239,7 +272,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
     bench: { path: benchPath, sha256, samples: all.length },
     model: modelSpec,
     backend: backend.name,
-    config: { tasks, limit: options.limit ?? null, mediaRoot, seed },
+    config: { tasks, limit: options.limit ?? null, mediaRoot, seed, face, textOnly },
     counts: {
       selected: selected.length,
       ok: ok.length,
@@ -336,6 +369,9 @@ export const EVAL_USAGE = `usage:
     --guidance none|brief|full     EmoPrompt reasoning guidance (default full)
     --mmproj PATH --threads N      native model loading
     --fsync                 fsync predictions.jsonl after every line
+    --no-face               native models: no face perspective (no face cues, no face boxes)
+    --text-only             answer without media: no media files needed (random / majority
+                            baselines; for a model, a text-only ablation)
   emollm eval compare RUN_A RUN_B   paired bootstrap on the sample ids both runs scored`;
 
 /** `emollm eval ...`; returns the exit code. */
@@ -369,8 +405,14 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
   const threads = takeInt(args, '--threads');
   const guidance = take(args, '--guidance');
   if (guidance !== undefined && !['none', 'brief', 'full'].includes(guidance)) throw bad('--guidance must be none, brief or full');
-  const fsyncIdx = args.indexOf('--fsync');
-  if (fsyncIdx >= 0) args.splice(fsyncIdx, 1);
+  const flag = (name: string): boolean => {
+    const i = args.indexOf(name);
+    if (i >= 0) args.splice(i, 1);
+    return i >= 0;
+  };
+  const fsync = flag('--fsync');
+  const noFace = flag('--no-face');
+  const textOnly = flag('--text-only');
   if (args.length > 0) throw bad(`eval: unexpected ${JSON.stringify(args[0])}\n${EVAL_USAGE}`);
   if (!bench || !model || !out) throw bad(`eval needs --bench, --model and --out\n${EVAL_USAGE}`);
   const ac = new AbortController();
@@ -387,7 +429,9 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
       ...(concurrency !== undefined ? { concurrency } : {}),
       ...(seed !== undefined ? { seed } : {}),
       ...(resamples !== undefined ? { resamples } : {}),
-      fsync: fsyncIdx >= 0,
+      fsync,
+      ...(noFace ? { face: false } : {}),
+      ...(textOnly ? { textOnly: true } : {}),
       signal: ac.signal,
       summary: !json,
       backendOptions: {
@@ -407,6 +451,13 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
     });
     if (json) console.log(JSON.stringify(r, null, 2));
     else console.error(`wrote ${join(resolve(out), 'results.json')}, leaderboard.md, report.html`);
+    if (r.counts.ok === 0) {
+      console.error(
+        `eval: nothing could be scored (${r.counts.selected} selected: ${r.counts.errors} errors, ${r.counts.skipped} skipped for missing media); ` +
+          `see ${join(resolve(out), 'predictions.jsonl')}`,
+      );
+      return 1;
+    }
     return 0;
   } finally {
     process.removeListener('SIGINT', onSig);
