@@ -330,19 +330,16 @@ export function httpBackend(options: HttpBackendOptions): Backend {
 // Face perspective
 
 export function faceBackend(faces?: FaceAnalyzer, options: { frames?: number } = {}): Backend {
-  let analyzer: Promise<FaceAnalyzer> | undefined = faces ? Promise.resolve(faces) : undefined;
+  // the same perception as `analyze` (lib/perception.ts), once per media file
+  const cache = new PerceptionCache({ ...(faces ? { faces } : {}), ...(options.frames !== undefined ? { frames: options.frames } : {}) });
   return {
     name: 'face',
     maxConcurrency: 1,
     async predict(s, mediaRoot, signal) {
       if (s.task !== 'emo-c' && s.task !== 'emo-o') return unparsed(`the face perspective cannot answer ${s.task}`);
-      if (!s.media) return unparsed('no media: no face to read');
-      analyzer ??= FaceAnalyzer.load();
-      const fa = await analyzer;
-      const images = await sampleImages(s, mediaRoot, options.frames ?? 8, signal);
-      const frames: FrameAnalysis[] = [];
-      for (const [index, image] of images.entries()) frames.push({ index, faces: await fa.analyze(image, { signal }) });
-      const summary = summarizeFaces(frames);
+      const path = mediaPath(s, mediaRoot);
+      if (!s.media || path === null) return unparsed('no media: no face to read');
+      const summary = (await cache.get(path, s.media.type === 'video', signal)).summary;
       if (!summary.expressions || !summary.emotion) return unparsed('no face was detected');
       const raw = `${summary.dominant} (${summary.expressions[summary.dominant!].toFixed(3)})`;
       const options2 = s.options;

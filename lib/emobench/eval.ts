@@ -17,7 +17,10 @@ import { createBackend, mediaPath, type Backend, type CreateBackendOptions } fro
 import { computeMetrics, isCorrect, pairedBootstrap, type Metrics, type PairedComparison, type ScoredItem } from './metrics.js';
 import { FailureWatch, type FailureWatchOptions } from './eval_events.js';
 import { Progress, formatDuration } from './progress.js';
+import { leaderboardRunsHtml, leaderboardRunsMarkdown, loadRuns, rankRuns } from './leaderboard.js';
 import { formatComparison, writeReports } from './report.js';
+import { compareHtml } from './report_compare.js';
+import { breakdownBySource, browserSamples, referenceLines, type SourceBreakdown, type TaskReference } from './report_data.js';
 import { BENCH_TASKS, parseSamples, type BenchSample, type BenchTask } from './sample.js';
 
 /** One line of predictions.jsonl. */
@@ -58,6 +61,10 @@ export interface EvalResults {
   };
   counts: { selected: number; ok: number; unparsed: number; errors: number; skipped: number };
   metrics: Metrics;
+  /** Accuracy per source dataset inside each sub-task. */
+  breakdown?: Partial<Record<BenchTask, SourceBreakdown[]>>;
+  /** Chance and majority-label accuracy per sub-task, over the scored samples. */
+  reference?: Partial<Record<BenchTask, TaskReference>>;
   /** Everything that varies between identical runs lives here. */
   timing: { startedAt: string; finishedAt: string; wallMs: number; meanMsPerSample: number; resumedRecords: number };
 }
@@ -281,6 +288,8 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
       skipped: ordered.filter((r) => r.status === 'skipped').length,
     },
     metrics,
+    breakdown: breakdownBySource(selected, records, { resamples: options.resamples ?? 1000, seed }),
+    reference: referenceLines(selected, records),
     timing: {
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
@@ -290,7 +299,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
     },
   };
   writeFileSync(join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  writeReports(out, results);
+  writeReports(out, results, { browser: await browserSamples(textOnly ? selected.map((s) => ({ ...s, media: null })) : selected, records, mediaRoot) });
   if (options.summary !== false) process.stderr.write(`${formatSummary(results)}\n`);
   return results;
 }
@@ -372,7 +381,13 @@ export const EVAL_USAGE = `usage:
     --no-face               native models: no face perspective (no face cues, no face boxes)
     --text-only             answer without media: no media files needed (random / majority
                             baselines; for a model, a text-only ablation)
-  emollm eval compare RUN_A RUN_B   paired bootstrap on the sample ids both runs scored`;
+  emollm eval compare RUN_A RUN_B [RUN_C ...] [--html FILE]
+                          paired bootstrap of A against each other run on the sample ids
+                          both scored; text to stdout, HTML (forest plots) to FILE
+                          (default compare.html)
+  emollm eval leaderboard RUN... [--out PREFIX]
+                          ranks run folders by overall score: PREFIX.md and PREFIX.html
+                          (default leaderboard.md / leaderboard.html), Markdown to stdout`;
 
 /** `emollm eval ...`; returns the exit code. */
 export async function evalCommand(argv: readonly string[], json = false): Promise<number> {
@@ -380,10 +395,29 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
   if (args[0] === 'compare') {
     const resamples = takeInt(args, '--resamples');
     const seed = takeInt(args, '--seed');
-    const [a, b] = args.slice(1);
-    if (!a || !b) throw bad('eval compare needs two run folders');
-    const c = compareRuns(a, b, { ...(resamples !== undefined ? { resamples } : {}), ...(seed !== undefined ? { seed } : {}) });
-    console.log(json ? JSON.stringify(c, null, 2) : formatComparison(c));
+    const html = take(args, '--html') ?? 'compare.html';
+    const runs = args.slice(1);
+    const unknown = runs.find((x) => x.startsWith('-'));
+    if (unknown) throw bad(`eval compare: unknown option ${JSON.stringify(unknown)}\n${EVAL_USAGE}`);
+    if (runs.length < 2) throw bad('eval compare needs at least two run folders');
+    const [first, ...others] = runs as [string, ...string[]];
+    const cs = others.map((b) => compareRuns(first, b, { ...(resamples !== undefined ? { resamples } : {}), ...(seed !== undefined ? { seed } : {}) }));
+    console.log(json ? JSON.stringify(cs.length === 1 ? cs[0] : cs, null, 2) : cs.map(formatComparison).join('\n\n'));
+    writeFileSync(html, compareHtml(cs));
+    console.error(`wrote ${html}`);
+    return 0;
+  }
+  if (args[0] === 'leaderboard') {
+    const prefix = take(args, '--out') ?? 'leaderboard';
+    const runs = args.slice(1);
+    const unknown = runs.find((x) => x.startsWith('-'));
+    if (unknown) throw bad(`eval leaderboard: unknown option ${JSON.stringify(unknown)}\n${EVAL_USAGE}`);
+    const entries = loadRuns(runs);
+    const md = leaderboardRunsMarkdown(entries);
+    writeFileSync(`${prefix}.md`, md);
+    writeFileSync(`${prefix}.html`, leaderboardRunsHtml(entries));
+    console.log(json ? JSON.stringify(rankRuns(entries).map((e) => ({ dir: e.dir, model: e.results.model, overall: e.results.metrics.overall })), null, 2) : md);
+    console.error(`wrote ${prefix}.md, ${prefix}.html`);
     return 0;
   }
   if (args.includes('-h') || args.includes('--help')) {
