@@ -117,6 +117,11 @@ describe.skipIf(!haveTiny)('eval and analyze give the same answer (tiny LLaVA)',
     expect(r.counts.ok).toBe(4);
     expect(r.config.face).toBe(false);
     expect(JSON.parse(readFileSync(join(out, 'run.json'), 'utf8'))).toMatchObject({ face: false });
+    // the faces change what the model is asked, so they change its answer distribution
+    const withFaces = readPredictions(join(tmp, 'run-face', 'predictions.jsonl'));
+    const noFaces = readPredictions(join(out, 'predictions.jsonl'));
+    const moved = images.map((x) => Math.max(...Object.keys(withFaces.get(x.id)!.probabilities!).map((k) => Math.abs(withFaces.get(x.id)!.probabilities![k]! - noFaces.get(x.id)!.probabilities![k]!))));
+    expect(Math.max(...moved)).toBeGreaterThan(1e-4);
     // a no-face run cannot resume a face run's folder
     await expect(runEval({ bench, model: nativeBackend(model), mediaRoot: demo, out, progress: false, summary: false })).rejects.toThrow(/another run/);
   }, 300_000);
