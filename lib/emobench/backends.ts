@@ -15,9 +15,9 @@
 import { readFile } from 'node:fs/promises';
 import { extname, isAbsolute, join } from 'node:path';
 
-import { askModel, buildModelPrompt, sampleVideoFrames, summarizeFaces, EXPRESSION_TO_EKMAN7, type FrameAnalysis, type Perception } from '../perception.js';
+import { askModel, buildModelPrompt, sampleVideoFrames, summarizeFaces, EXPRESSION_TO_EKMAN7, type Perception } from '../perception.js';
 import type { ChatMessage } from '../chat_template.js';
-import { classify, decodeLabel, decodeOpenEmotion, decodeYesNo } from '../decode_result.js';
+import { decodeLabel, decodeOpenEmotion, decodeYesNo } from '../decode_result.js';
 import { buildEmoPrompt, type EmoPrompt, type EmoPromptOptions, type GuidanceLevel } from '../emoprompt.js';
 import { CANONICAL_EMOTIONS } from '../emotion_lexicon.js';
 import { EmollmError } from '../errors.js';

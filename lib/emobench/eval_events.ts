@@ -41,7 +41,8 @@ export class FailureWatch {
   stop: EmollmError | undefined;
 
   constructor(options: FailureWatchOptions = {}) {
-    this.report = options.report ?? ((line) => process.stderr.write(`\r\x1b[K${line}\n`));
+    // on a terminal, clear the progress bar's line first
+    this.report = options.report ?? ((line) => process.stderr.write(`${process.stderr.isTTY ? '\r\x1b[K' : ''}${line}\n`));
     this.stopAfter = options.stopAfter ?? 8;
   }
 

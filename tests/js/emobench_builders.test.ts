@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { buildBenchmark, formatSummary, runBenchCommand, samplesToJsonl, type BuildResult } from '../../lib/emobench/build.js';
 import { BUILDERS, getBuilder, memotionSplit } from '../../lib/emobench/builders/index.js';
+import { runEval } from '../../lib/emobench/eval.js';
 import { parseDelimited } from '../../lib/emobench/builders/common.js';
 import { parseSamples, validateSample, type BenchSample } from '../../lib/emobench/sample.js';
 import { EKMAN7, MIKELS8, MINTREC20 } from '../../lib/taxonomies.js';
@@ -383,5 +384,9 @@ describe.skipIf(!HAVE_DATA)(HAVE_DATA ? 'real data in /work/shared/data: counts 
       { splits: ['test'] },
     );
     expect(samplesToJsonl(again.samples)).toBe(text);
-  });
+    // eval on the built file reports the paper's six-way overall (majority baseline, no media needed)
+    const r = await runEval({ bench: out, model: 'majority', textOnly: true, out: join(tmp, 'all-majority'), progress: false, summary: false, resamples: 20 });
+    expect(r.metrics.overall).toMatchObject({ complete: true, missing: [], tasks: ['emo-c', 'emo-o', 'intent', 'hate', 'humor', 'sarcasm'] });
+    expect(r.counts).toMatchObject({ selected: samples.length, ok: samples.length });
+  }, 120_000);
 });
