@@ -17,6 +17,7 @@ import { readPredictions, runEval } from '../../lib/emobench/eval.js';
 import { sampleToJsonl, type BenchSample, type BenchTask } from '../../lib/emobench/sample.js';
 import { loadModel, type Model } from '../../lib/model.js';
 import { buildModelPrompt, perceive } from '../../lib/perception.js';
+import { PerceptionCache } from '../../lib/emobench/perception_cache.js';
 import { requireTool } from './helpers/tools.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -156,6 +157,29 @@ describe.skipIf(!haveTiny)('eval and analyze give the same answer (tiny LLaVA)',
       for (const [k, v] of Object.entries(a.answer.distribution)) expect(recs.get(s.id)!.probabilities![k]).toBeCloseTo(v, 6);
     }
   }, 300_000);
+});
+
+describe.skipIf(!haveFfmpeg)('PerceptionCache', () => {
+  it('perceives each file once; evicted video frames are sampled again with the faces kept', async () => {
+    const a = makeVideo('cache-a.mp4', ['sample1.jpg', 'sample3.jpg']);
+    const b = makeVideo('cache-b.mp4', ['sample2.jpg']);
+    const cache = new PerceptionCache({ frames: 2, maxFrameBytes: 1 }); // every new file evicts the others' frames
+    const a1 = await cache.get(a, true);
+    expect(a1.images).toHaveLength(2);
+    expect(a1.frames.some((f) => f.faces.length > 0)).toBe(true);
+    await cache.get(b, true);
+    const a2 = await cache.get(a, true);
+    expect(cache.stats).toMatchObject({ files: 2, resampled: 1 });
+    expect(a2.frames).toBe(a1.frames); // faces not recomputed
+    expect(a2.images.map((f) => f.time)).toEqual(a1.images.map((f) => f.time));
+    expect(a2.images.map((f) => Buffer.from(f.image as Uint8Array).equals(Buffer.from(a1.images[a2.images.indexOf(f)]!.image as Uint8Array)))).toEqual([true, true]);
+    // the object handed out first is never mutated by eviction
+    expect((a1.images[0]!.image as Uint8Array).byteLength).toBeGreaterThan(0);
+    const big = new PerceptionCache({ frames: 2 });
+    await big.get(a, true);
+    await big.get(a, true);
+    expect(big.stats).toMatchObject({ files: 1, hits: 1, resampled: 0 });
+  }, 120_000);
 });
 
 describe.skipIf(!haveFfmpeg)('eval on video without a model', () => {
