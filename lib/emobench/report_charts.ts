@@ -68,10 +68,17 @@ export function barChart(rows: readonly BarRow[], label = 'accuracy'): string {
   });
   if (legend) {
     const ly = axisY + 30;
-    parts.push(
-      `<line x1="${left}" y1="${ly - 4}" x2="${left + 18}" y2="${ly - 4}" stroke="#6b7280" stroke-width="2.5" stroke-dasharray="3,2"/><text x="${left + 24}" y="${ly}" font-size="11">chance (uniform guess among the options)</text>` +
-        `<line x1="${left + 280}" y1="${ly - 4}" x2="${left + 298}" y2="${ly - 4}" stroke="#ea580c" stroke-width="2.5" stroke-dasharray="3,2"/><text x="${left + 304}" y="${ly}" font-size="11">majority label</text>`,
-    );
+    let lx = left;
+    if (rows.some((r) => r.chance != null)) {
+      parts.push(
+        `<line x1="${lx}" y1="${ly - 4}" x2="${lx + 18}" y2="${ly - 4}" stroke="#6b7280" stroke-width="2.5" stroke-dasharray="3,2"/><text x="${lx + 24}" y="${ly}" font-size="11">chance (uniform guess among the options)</text>`,
+      );
+      lx += 280;
+    }
+    if (rows.some((r) => r.majority != null))
+      parts.push(
+        `<line x1="${lx}" y1="${ly - 4}" x2="${lx + 18}" y2="${ly - 4}" stroke="#ea580c" stroke-width="2.5" stroke-dasharray="3,2"/><text x="${lx + 24}" y="${ly}" font-size="11">majority label</text>`,
+      );
   }
   parts.push('</svg>');
   return parts.join('');

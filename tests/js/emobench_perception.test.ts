@@ -149,6 +149,8 @@ describe.skipIf(!haveTiny)('eval and analyze give the same answer (tiny LLaVA)',
     const r = await runEval({ bench, model: backend, mediaRoot: tmp, out, progress: false, summary: false, resamples: 50 });
     expect(r.counts).toMatchObject({ ok: 2, errors: 0, skipped: 0 });
     expect(backend.perception.stats).toMatchObject({ files: 1, hits: 1 });
+    // the sample browser shows a thumbnail of the video (its middle frame)
+    expect(readFileSync(join(out, 'report.html'), 'utf8').match(/<img src="data:image\/jpeg;base64,/g)).toHaveLength(2);
     const recs = readPredictions(join(out, 'predictions.jsonl'));
     for (const s of samples) {
       const a = await analyzeSample(model, s, tmp);
