@@ -155,6 +155,7 @@ export function forestPlot(rows: readonly ForestRow[], label: string): string {
       `<line x1="${gx.toFixed(1)}" y1="0" x2="${gx.toFixed(1)}" y2="${axisY}" stroke="${g === 0 ? '#111' : '#ddd'}"/><text x="${gx.toFixed(1)}" y="${axisY + 14}" font-size="11" text-anchor="middle">${g > 0 ? '+' : ''}${(g * 100).toFixed(1)}</text>`,
     );
   }
+  parts.push(`<text x="${x(0).toFixed(1)}" y="${axisY + 29}" font-size="11" text-anchor="middle" fill="#555">A − B, accuracy points</text>`);
   rows.forEach((r, i) => {
     const cy = i * rowH + 14;
     const colour = r.ci.low > 0 ? '#15803d' : r.ci.high < 0 ? '#b91c1c' : '#374151';
