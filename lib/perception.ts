@@ -223,8 +223,8 @@ export interface PerceiveOptions {
 /** What the face perspective saw in one image or video. */
 export interface Perception {
   media: 'image' | 'video';
-  /** The frames: the image itself, or PNG frames of the video with their times. */
-  images: Array<{ image: ImageInput; time?: number }>;
+  /** The frames: the image itself, or PNG frames of the video with their times; `width`/`height` once decoded for the faces. */
+  images: Array<{ image: ImageInput; time?: number; width?: number; height?: number }>;
   /** Faces per frame (empty lists when the face perspective was off). */
   frames: FrameAnalysis[];
   summary: FaceSummary;
@@ -258,7 +258,11 @@ export async function perceive(input: ImageInput, options: PerceiveOptions = {})
     let found: DetectedFace[] = [];
     if (faces) {
       if (images.length > 1) progress(`frame ${index + 1}/${images.length}`);
-      found = await faces.analyze(f.image, options.signal ? { signal: options.signal } : {});
+      // decode once: the pixels go to the face networks, the size is kept for mapping boxes later
+      const rgb = await decodeImage(f.image, options.signal ? { signal: options.signal } : {});
+      f.width = rgb.width;
+      f.height = rgb.height;
+      found = await faces.analyze({ data: rgb.data, width: rgb.width, height: rgb.height, channels: 3 }, options.signal ? { signal: options.signal } : {});
     }
     frames.push({ index, ...(f.time !== undefined ? { time: f.time } : {}), faces: found });
   }
@@ -292,7 +296,7 @@ export async function buildModelPrompt(model: Model, p: Perception, options: Mod
       modelFrames.map(async (f) => {
         const faces = p.frames[p.images.indexOf(f)]?.faces ?? [];
         if (faces.length === 0) return [];
-        const { width, height } = await decodeImage(f.image);
+        const { width, height } = f.width !== undefined && f.height !== undefined ? { width: f.width, height: f.height } : await decodeImage(f.image);
         return faces.map((face) => boxToModelInput(face.box, width, height, proc));
       }),
     );

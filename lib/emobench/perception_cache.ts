@@ -53,7 +53,7 @@ export class PerceptionCache {
         faces: false,
         ...(signal ? { signal } : {}),
       });
-      const restored: Perception = { ...p, images: again.images };
+      const restored: Perception = { ...p, images: again.images.map((f, i) => ({ ...f, width: p.images[i]?.width, height: p.images[i]?.height })) };
       this.done.set(path, Promise.resolve(restored));
       this.resolved.set(path, restored);
       this.account(path, restored);
