@@ -224,6 +224,20 @@ describe('honest exits', () => {
     expect(html).not.toContain('<img src=');
   });
 
+  it('the CLI flags: --text-only runs, --no-face on a baseline is an error (exit 1)', () => {
+    const cli = join(dist, 'cli.js');
+    const ok = spawnSync(process.execPath, [cli, 'eval', '--bench', bench, '--model', 'random', '--text-only', '--out', join(tmp, 'cli-textonly'), '--resamples', '10'], { encoding: 'utf8' });
+    expect(ok.status).toBe(0);
+    expect(JSON.parse(readFileSync(join(tmp, 'cli-textonly', 'results.json'), 'utf8')).counts).toMatchObject({ ok: 144, skipped: 0 });
+    const bad = spawnSync(process.execPath, [cli, 'eval', '--bench', bench, '--model', 'random', '--no-face', '--out', join(tmp, 'cli-noface')], { encoding: 'utf8' });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/--no-face applies to native/);
+    const none = spawnSync(process.execPath, [cli, 'eval', '--bench', bench, '--model', 'random', '--out', join(tmp, 'cli-none'), '--resamples', '10'], { encoding: 'utf8' });
+    expect(none.status).toBe(1);
+    expect(none.stderr).toMatch(/eval: missing media \(first seen on SourceA\/test\/0\)/);
+    expect(none.stderr).toMatch(/nothing could be scored/);
+  });
+
   it('--no-face is refused for a backend that has no face perspective', async () => {
     await expect(runEval({ bench, model: 'random', out: join(tmp, 'nf'), face: false, progress: false, summary: false })).rejects.toThrow(/--no-face applies to native/);
   });
