@@ -3,7 +3,7 @@
  *
  * | `--model` | backend |
  * |---|---|
- * | a folder or a `.gguf` | the native engine: EmoPrompt, then option scoring (`classify`) for the closed tasks, greedy generation + `decodeOpenEmotion` for `emo-o` |
+ * | a folder or a `.gguf` | the native engine, through `analyze`'s own perception path (lib/perception.ts: video frames, the face perspective's cues and face boxes; `--no-face` drops both): EmoPrompt, then option scoring (`classify`) for the closed tasks, greedy generation + `decodeOpenEmotion` for `emo-o` |
  * | `http(s)://host:port/v1#model-name` | an OpenAI-compatible chat/completions endpoint (images as base64 data URLs), its text decoded with `decodeLabel` / `decodeYesNo` / `decodeOpenEmotion` |
  * | `face` | the offline face perspective: `emo-c` / `emo-o` from the faces' expressions (other tasks: unparsed) |
  * | `random` | a uniformly random option, seeded per sample id |
