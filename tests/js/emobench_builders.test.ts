@@ -165,25 +165,30 @@ describe('Memotion (synthetic CSV with malformed rows)', () => {
     'b.png,http://x/b.png,<html>,b text,hilarious,general,slight,motivational,positive',
     ',http://x/e.jpg,,e text,funny,general,slight,motivational,neutral',
     '../f.jpg,http://x/f.jpg,,f text,funny,general,slight,motivational,neutral',
+    'h.jpg,http://x/h.jpg,,h text,funny,general,slight,motivational',
+    'g.jpg,http://x/g.jpg,"broken,g text,funny,general,slight,motivational,neutral',
+    'i.jpg,http://x/i.jpg,,i text,funny,general,slight,motivational,neutral',
   ];
   writeFileSync(join(dir, 'data_6512.csv'), [head, ...rows].join('\r\n') + '\r\n');
 
   it('binary humour, corrected text, image by name, hashed split; every malformed row reported, none stops the build', async () => {
     const r = await buildBenchmark({ Memotion: dir });
     const byName = new Map(r.samples.map((s) => [s.id.split('/').slice(2).join('/'), s]));
-    expect([...byName.keys()].sort()).toEqual(['a.jpg', 'b.png', 'c.jpg']);
+    // i.jpg comes after a row with an unterminated quote: still read
+    expect([...byName.keys()].sort()).toEqual(['a.jpg', 'b.png', 'c.jpg', 'i.jpg']);
     expect(byName.get('a.jpg')).toMatchObject({ task: 'humor', source: 'Memotion', answer: 'no', text: 'Corrected, "quoted" text', options: ['yes', 'no'] });
     expect(byName.get('a.jpg')!.media).toEqual({ type: 'image', path: 'Memotion/images/a.jpg' });
     expect(byName.get('b.png')!.answer).toBe('yes');
     for (const s of r.samples) expect(s.split).toBe(memotionSplit(s.id.split('/')[2]!));
-    const problems = [...r.summary.skipped, ...r.summary.defects].map((x) => `${x.reason} | ${x.examples.join('; ')}`).sort();
+    const problems = [...r.summary.skipped, ...r.summary.defects].flatMap((x) => x.examples.map((e) => `${x.reason} | ${e}`)).sort();
     expect(problems).toEqual([
       'Overall_Sentiment is "positivec2.jpg", not a Overall_Sentiment label (sample kept: humor does not use it) | line 5 (c.jpg)',
       'duplicate row (same Image_name and Humour as an earlier line) | line 7 (b.png), first on line 4',
       'unknown Humour label "meh" | line 6 (d.jpg)',
       'unusable Image_name "" | line 8',
       'unusable Image_name "../f.jpg" | line 9',
-    ]);
+      'unterminated quoted field (row skipped; the rows after it are read) | line 11',
+    ].concat(['8 fields, not 9 (columns shifted or missing) | line 10 (h.jpg)']).sort());
     // rows = every data row, whichever split it hashed to
     expect(r.summary.rows.reduce((a, x) => a + x.rows, 0)).toBe(rows.length);
     const text = formatSummary(r.summary);

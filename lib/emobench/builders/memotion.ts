@@ -12,8 +12,9 @@
  * - Split: the file has none (SemEval's test set is not in it), so each row goes to a split by a
  *   hash of its image name, stable under reordering and additions: the first 4 bytes of
  *   sha256(Image_name), big-endian, mod 10 → 0–6 train, 7 val, 8–9 test ({@link memotionSplit}).
- * - Rows are never dropped silently: an unknown humour value or a duplicate image name makes no
- *   sample and is listed as skipped; a row whose *unused* fields are damaged (the known corrupted
+ * - Rows are never dropped silently and never stop the build: an unknown humour value, a wrong
+ *   number of fields, an unterminated quote (parsing resumes on the next line) or a duplicate image
+ *   name makes no sample and is listed as skipped; a row whose *unused* fields are damaged (the known corrupted
  *   `Overall_Sentiment`) keeps its sample and is listed as a defect in the build summary.
  */
 import { createHash } from 'node:crypto';
@@ -21,7 +22,7 @@ import { join } from 'node:path';
 
 import { EmollmError } from '../../errors.js';
 import type { BenchSample } from '../sample.js';
-import { type BuildContext, type BuiltSplit, type DatasetBuilder, type SplitRole, Skips, findFile, readRecords, sampleId, textField } from './common.js';
+import { type BuildContext, type BuiltSplit, type DatasetBuilder, type SplitRole, Skips, findFile, malformed, parseDelimitedLenient, readText, sampleId, textField } from './common.js';
 
 /** Memotion's humour intensity → binary humour. */
 export const MEMOTION_TO_HUMOR: Readonly<Record<string, 'yes' | 'no'>> = Object.freeze({
@@ -66,14 +67,31 @@ function buildMemotion(dir: string, ctx: BuildContext): BuiltSplit[] {
   const file = findFile(dir, ['data_6512.csv', 'memotion_dataset_7k/data_6512.csv']);
   if (!file) throw new EmollmError('ERR_FILE_NOT_FOUND', `${dir}: no data_6512.csv`, { file: dir });
   if (!ctx.tasks.has('humor')) return [];
-  const records = readRecords(join(dir, file), file, ['Image_name', 'Corrected_text', 'Humour']);
+  const { rows: parsed, broken } = parseDelimitedLenient(readText(join(dir, file)));
+  const header = parsed.shift();
+  if (!header) throw malformed(file, 'empty file');
+  const names = header.fields.map((h) => h.trim());
+  for (const r of ['Image_name', 'Corrected_text', 'Humour']) if (!names.includes(r)) throw malformed(file, `no column "${r}" (columns: ${names.join(', ')})`);
+  const records = parsed.map(({ fields, line }) => ({ rec: Object.fromEntries(names.map((n, k) => [n, fields[k] ?? ''])) as Record<string, string>, line, width: fields.length }));
   const parts = new Map(
     SPLITS.map((s) => [s.split, { ...s, wanted: ctx.wantSplit(s.split, s.role), rows: 0, samples: [] as BenchSample[], skips: new Skips(), defects: new Skips() }]),
   );
   const firstLine = new Map<string, { line: number; humour: string }>();
-  for (const { rec, line } of records) {
+  // a row with an unterminated quote cannot be split into fields: reported under test, once each
+  for (const line of broken) {
+    const part = parts.get('test')!;
+    part.rows++;
+    if (part.wanted) part.skips.add('unterminated quoted field (row skipped; the rows after it are read)', `line ${line}`);
+  }
+  for (const { rec, line, width } of records) {
     const name = rec.Image_name!.trim();
     const where = `line ${line}${name ? ` (${name})` : ''}`;
+    if (width !== names.length) {
+      const part = parts.get(name && !/[\\/]/.test(name) ? memotionSplit(name) : 'test')!;
+      part.rows++;
+      if (part.wanted) part.skips.add(`${width} fields, not ${names.length} (columns shifted or missing)`, where);
+      continue;
+    }
     // A row with no usable name cannot be split by it: count it under test so it is reported once.
     const part = parts.get(name ? memotionSplit(name) : 'test')!;
     part.rows++;
