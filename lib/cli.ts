@@ -29,7 +29,8 @@ commands:
     --frames N           video frames to sample with ffmpeg (default 8)
   eval --bench FILE --model SPEC --out DIR
                          EmoBench evaluation (SPEC: model folder | gguf | http://host:port/v1#name
-                         | face | random | majority); eval compare RUN_A RUN_B; eval --help
+                         | face | random | majority; --no-face, --text-only);
+                         eval compare RUN_A RUN_B...; eval leaderboard RUN...; eval --help
   bench build --source <dataset>=<dir> ... --out <file.jsonl> [--media-root DIR] [--split test]
                          EmoBench JSONL from the source datasets' release files (emollm bench --help)
   info                   CPU features, instruction-set level and threads the kernels use

@@ -30,4 +30,5 @@ export {
 export type { CanonicalEmotion, EmotionMention, EmotionParse, EmotionTaxonomyId } from './emotion_lexicon.js';
 export * from './decode_result.js';
 export * from './analyze.js';
+export { askModel, buildModelPrompt, perceive, sharedFaceAnalyzer, type ModelAnswer, type ModelPromptOptions, type Perception, type PerceiveOptions } from './perception.js';
 export * from './face.js';

@@ -3,7 +3,7 @@
  *
  * | `--model` | backend |
  * |---|---|
- * | a folder or a `.gguf` | the native engine: EmoPrompt, then option scoring (`classify`) for the closed tasks, greedy generation + `decodeOpenEmotion` for `emo-o` |
+ * | a folder or a `.gguf` | the native engine, through `analyze`'s own perception path (lib/perception.ts: video frames, the face perspective's cues and face boxes; `--no-face` drops both): EmoPrompt, then option scoring (`classify`) for the closed tasks, greedy generation + `decodeOpenEmotion` for `emo-o` |
  * | `http(s)://host:port/v1#model-name` | an OpenAI-compatible chat/completions endpoint (images as base64 data URLs), its text decoded with `decodeLabel` / `decodeYesNo` / `decodeOpenEmotion` |
  * | `face` | the offline face perspective: `emo-c` / `emo-o` from the faces' expressions (other tasks: unparsed) |
  * | `random` | a uniformly random option, seeded per sample id |
@@ -14,10 +14,10 @@
  */
 import { extname, isAbsolute, join } from 'node:path';
 
-import { sampleVideoFrames, summarizeFaces, EXPRESSION_TO_EKMAN7, type FrameAnalysis } from '../analyze.js';
+import { askModel, buildModelPrompt, sampleVideoFrames, summarizeFaces, EXPRESSION_TO_EKMAN7, type Perception } from '../perception.js';
 import type { ChatMessage } from '../chat_template.js';
-import { classify, decodeLabel, decodeOpenEmotion, decodeYesNo } from '../decode_result.js';
-import { buildEmoPrompt, type EmoPrompt, type GuidanceLevel } from '../emoprompt.js';
+import { decodeLabel, decodeOpenEmotion, decodeYesNo } from '../decode_result.js';
+import { buildEmoPrompt, type EmoPrompt, type EmoPromptOptions, type GuidanceLevel } from '../emoprompt.js';
 import { CANONICAL_EMOTIONS } from '../emotion_lexicon.js';
 import { EmollmError } from '../errors.js';
 import { FACE_EXPRESSIONS, FaceAnalyzer } from '../face.js';
@@ -26,6 +26,7 @@ import { DEFAULT_MAX_RESPONSE_BYTES, limitOption } from '../limits.js';
 import { loadModel, type Model } from '../model.js';
 import { confinedPath, readRegularFile } from '../safe_fs.js';
 import { hashString, rng } from './metrics.js';
+import { PerceptionCache, type PerceptionCacheOptions } from './perception_cache.js';
 import type { BenchSample, BenchTask } from './sample.js';
 
 /** A backend's answer to one sample. */
@@ -48,6 +49,8 @@ export interface Backend {
   readonly maxConcurrency: number;
   predict(sample: BenchSample, mediaRoot: string, signal: AbortSignal): Promise<Prediction>;
   close?(): Promise<void>;
+  /** Whether the backend runs the face perspective for the model (native models); absent where it does not apply. */
+  readonly face?: boolean;
 }
 
 const YES_NO = new Set<BenchTask>(['hate', 'humor', 'sarcasm']);
@@ -95,18 +98,7 @@ async function sampleImages(s: BenchSample, mediaRoot: string, frames: number, s
 
 /** The EmoPrompt of a sample (images given as they will be sent). */
 export function samplePrompt(s: BenchSample, images: readonly ImageInput[], guidance: GuidanceLevel = 'full'): EmoPrompt {
-  const closed = s.task === 'emo-c' || s.task === 'intent';
-  return buildEmoPrompt({
-    task: s.task,
-    guidance,
-    images,
-    media: s.media?.type === 'video' ? 'video' : 'image',
-    ...(closed && s.options ? { labels: s.options } : {}),
-    ...(s.task === 'emo-c' && !s.options ? { taxonomy: 'ekman7' as const } : {}),
-    ...(s.text !== undefined ? { text: s.text } : {}),
-    ...(s.context !== undefined ? { context: s.context } : {}),
-    ...(s.instruction !== undefined ? { question: s.instruction } : {}),
-  });
+  return buildEmoPrompt({ ...samplePromptOptions(s, guidance), images, media: s.media?.type === 'video' ? 'video' : 'image' });
 }
 
 /** Decodes generated text for a sample's task. */
@@ -133,28 +125,70 @@ export function decodeForSample(s: BenchSample, text: string, labels: readonly s
 // Native engine
 
 export interface NativeBackendOptions {
-  /** Video frames given to the model (default 4). */
+  /** Video frames sampled per file for the face perspective (default 8, as `analyze`). */
   frames?: number;
+  /** Of those, frames given to the model (default 4, as `analyze`). */
+  modelFrames?: number;
   /** emo-o generation budget (default 32 tokens). */
   maxTokens?: number;
   /** EmoPrompt guidance level (default 'full'). */
   guidance?: GuidanceLevel;
+  /**
+   * The face perspective (default true): faces found on each image / sampled frame become EmoPrompt
+   * cues and per-image face boxes, exactly as `analyze` gives them (lib/perception.ts).
+   */
+  face?: boolean;
+  /** A preloaded face analyzer (default: the shared one). */
+  faces?: FaceAnalyzer;
 }
 
-export function nativeBackend(model: Model, options: NativeBackendOptions = {}): Backend {
-  const frames = options.frames ?? 4;
+/** The EmoPrompt options of a sample (what `analyze` would be given for it), without images. */
+export function samplePromptOptions(s: BenchSample, guidance: GuidanceLevel = 'full'): Omit<EmoPromptOptions, 'images' | 'media'> {
+  const closed = s.task === 'emo-c' || s.task === 'intent';
+  return {
+    task: s.task,
+    guidance,
+    ...(closed && s.options ? { labels: s.options } : {}),
+    ...(s.task === 'emo-c' && !s.options ? { taxonomy: 'ekman7' as const } : {}),
+    ...(s.text !== undefined ? { text: s.text } : {}),
+    ...(s.context !== undefined ? { context: s.context } : {}),
+    ...(s.instruction !== undefined ? { question: s.instruction } : {}),
+  };
+}
+
+/**
+ * The native engine. Each sample's media goes through the same perception as `analyze` (frames,
+ * faces, cues, boxes: lib/perception.ts), cached per media file for the run.
+ */
+export function nativeBackend(model: Model, options: NativeBackendOptions = {}): Backend & { readonly perception: PerceptionCache } {
+  const face = options.face ?? true;
+  const cacheOptions: PerceptionCacheOptions = {};
+  if (options.frames !== undefined) cacheOptions.frames = options.frames;
+  if (!face) cacheOptions.faces = false;
+  else if (options.faces) cacheOptions.faces = options.faces;
+  const cache = new PerceptionCache(cacheOptions);
+  const empty: Perception = {
+    media: 'image',
+    images: [],
+    frames: [],
+    summary: summarizeFaces([]),
+    face: false,
+  };
   return {
     name: `native:${model.path}`,
     maxConcurrency: 1, // one context per model: calls run in order anyway
+    face,
+    perception: cache,
     async predict(s, mediaRoot, signal) {
-      const images = await sampleImages(s, mediaRoot, frames, signal);
-      const prompt = samplePrompt(s, images, options.guidance);
-      if (s.task === 'emo-o') {
-        const r = await model.generate(prompt.messages, { maxTokens: options.maxTokens ?? 32, temperature: 0, signal }).result;
-        return decodeForSample(s, r.text, []);
-      }
-      const c = await classify(model, prompt.messages, prompt.labels, { signal });
-      return { raw: null, label: c.label, probabilities: c.distribution, unparsed: false };
+      const path = mediaPath(s, mediaRoot);
+      const p = path === null ? empty : await cache.get(path, s.media?.type === 'video', signal);
+      const prompt = await buildModelPrompt(model, p, {
+        ...samplePromptOptions(s, options.guidance),
+        ...(options.modelFrames !== undefined ? { modelFrames: options.modelFrames } : {}),
+      });
+      const a = await askModel(model, prompt, { maxTokens: options.maxTokens ?? 32, signal });
+      if (a.outcome === 'label') return { raw: null, label: a.label, probabilities: a.distribution, unparsed: false };
+      return decodeForSample(s, a.text, []);
     },
     async close() {
       await model.close();
@@ -321,7 +355,8 @@ export function httpBackend(options: HttpBackendOptions): Backend {
         });
       } catch (e) {
         if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'aborted', { cause: e });
-        last = timeout.aborted ? `timed out after ${timeoutMs} ms` : `network error: ${(e as Error).message}`;
+        const code = ((e as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+        last = timeout.aborted ? `timed out after ${timeoutMs} ms` : `network error: ${(e as Error).message}${code ? ` (${code})` : ''}`;
         continue;
       }
       let text: string;
@@ -373,19 +408,16 @@ export function httpBackend(options: HttpBackendOptions): Backend {
 // Face perspective
 
 export function faceBackend(faces?: FaceAnalyzer, options: { frames?: number } = {}): Backend {
-  let analyzer: Promise<FaceAnalyzer> | undefined = faces ? Promise.resolve(faces) : undefined;
+  // the same perception as `analyze` (lib/perception.ts), once per media file
+  const cache = new PerceptionCache({ ...(faces ? { faces } : {}), ...(options.frames !== undefined ? { frames: options.frames } : {}) });
   return {
     name: 'face',
     maxConcurrency: 1,
     async predict(s, mediaRoot, signal) {
       if (s.task !== 'emo-c' && s.task !== 'emo-o') return unparsed(`the face perspective cannot answer ${s.task}`);
-      if (!s.media) return unparsed('no media: no face to read');
-      analyzer ??= FaceAnalyzer.load();
-      const fa = await analyzer;
-      const images = await sampleImages(s, mediaRoot, options.frames ?? 8, signal);
-      const frames: FrameAnalysis[] = [];
-      for (const [index, image] of images.entries()) frames.push({ index, faces: await fa.analyze(image, { signal }) });
-      const summary = summarizeFaces(frames);
+      const path = mediaPath(s, mediaRoot);
+      if (!s.media || path === null) return unparsed('no media: no face to read');
+      const summary = (await cache.get(path, s.media.type === 'video', signal)).summary;
       if (!summary.expressions || !summary.emotion) return unparsed('no face was detected');
       const raw = `${summary.dominant} (${summary.expressions[summary.dominant!].toFixed(3)})`;
       const options2 = s.options;
@@ -493,6 +525,8 @@ export interface CreateBackendOptions {
   threads?: number;
   /** EmoPrompt guidance level for the model backends (default 'full'). */
   guidance?: GuidanceLevel;
+  /** Native models: run the face perspective and pass its cues and boxes (default true; `--no-face` sets false). */
+  face?: boolean;
 }
 
 /** The backend `--model <spec>` names. */
@@ -517,5 +551,5 @@ export async function createBackend(spec: string, options: CreateBackendOptions)
     await model.close();
     throw new EmollmError('ERR_UNSUPPORTED', `${spec} is not a multimodal (LLaVA / EmoLLM) model`);
   }
-  return nativeBackend(model, options.guidance ? { guidance: options.guidance } : {});
+  return nativeBackend(model, { ...(options.guidance ? { guidance: options.guidance } : {}), ...(options.face !== undefined ? { face: options.face } : {}) });
 }

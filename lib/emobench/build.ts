@@ -63,6 +63,8 @@ export function formatSummary(summary: BuildSummary): string {
   } else out.push('media: not checked (no --media-root); paths are relative to the media root you evaluate with');
   for (const s of summary.skipped)
     out.push(`skipped: ${s.source}/${s.split}: ${s.count} row(s), ${s.reason}: ${s.examples.join('; ')}${s.count > s.examples.length ? '; ...' : ''}`);
+  for (const d of summary.defects)
+    out.push(`defect (kept): ${d.source}/${d.split}: ${d.count} row(s), ${d.reason}: ${d.examples.join('; ')}${d.count > d.examples.length ? '; ...' : ''}`);
   for (const note of summary.notes) out.push(`note: ${note}`);
   out.push(`total: ${summary.total} samples`);
   return out.join('\n');

@@ -18,8 +18,12 @@ import { readRegularFile, writeFileAtomicSync } from '../safe_fs.js';
 import { createBackend, resolveMediaPath, type Backend, type CreateBackendOptions } from './backends.js';
 import { acquireRunLock, claimRunFolder } from './run_folder.js';
 import { computeMetrics, isCorrect, pairedBootstrap, type Metrics, type PairedComparison, type ScoredItem } from './metrics.js';
+import { FailureWatch, type FailureWatchOptions } from './eval_events.js';
 import { Progress, formatDuration } from './progress.js';
+import { leaderboardRunsHtml, leaderboardRunsMarkdown, loadRuns, rankRuns } from './leaderboard.js';
 import { formatComparison, writeReports } from './report.js';
+import { compareHtml } from './report_compare.js';
+import { breakdownBySource, browserSamples, referenceLines, type SourceBreakdown, type TaskReference } from './report_data.js';
 import { BENCH_TASKS, parseSamples, type BenchSample, type BenchTask } from './sample.js';
 
 /** One line of predictions.jsonl. */
@@ -48,9 +52,22 @@ export interface EvalResults {
   bench: { path: string; sha256: string; samples: number };
   model: string;
   backend: string;
-  config: { tasks: BenchTask[]; limit: number | null; mediaRoot: string; seed: number };
+  config: {
+    tasks: BenchTask[];
+    limit: number | null;
+    mediaRoot: string;
+    seed: number;
+    /** Native models: whether the face perspective's cues and boxes were given (null: not a native model). */
+    face?: boolean | null;
+    /** Samples were answered without their media (--text-only). */
+    textOnly?: boolean;
+  };
   counts: { selected: number; ok: number; unparsed: number; errors: number; skipped: number };
   metrics: Metrics;
+  /** Accuracy per source dataset inside each sub-task. */
+  breakdown?: Partial<Record<BenchTask, SourceBreakdown[]>>;
+  /** Chance and majority-label accuracy per sub-task, over the scored samples. */
+  reference?: Partial<Record<BenchTask, TaskReference>>;
   /** Everything that varies between identical runs lives here. */
   timing: { startedAt: string; finishedAt: string; wallMs: number; meanMsPerSample: number; resumedRecords: number };
 }
@@ -83,6 +100,19 @@ export interface EvalOptions {
   force?: boolean;
   /** Largest benchmark file read, in bytes (default 256 MiB). */
   maxBenchBytes?: number;
+  /** Native models: run the face perspective (default true; `--no-face`: false). */
+  face?: boolean;
+  /** Answer without media (no media files needed; for the baselines, or a text-only ablation). */
+  textOnly?: boolean;
+  /** First-failure reports and the early stop on repeated connection failures. */
+  failures?: FailureWatchOptions;
+}
+
+const BASELINE_SPECS = new Set(['random', 'majority', 'null', 'face']);
+
+/** Whether a `--model` spec names a native model (a folder or a .gguf), the backends that take the face perspective. */
+export function isNativeSpec(spec: string): boolean {
+  return !BASELINE_SPECS.has(spec) && !/^https?:\/\//i.test(spec);
 }
 
 function bad(msg: string): EmollmError {
@@ -148,13 +178,17 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   const mediaRoot = resolve(options.mediaRoot ?? dirname(benchPath));
   const seed = options.seed ?? 0;
   const modelSpec = typeof options.model === 'string' ? options.model : options.model.name;
+  const native = typeof options.model === 'string' ? isNativeSpec(options.model) : options.model.face !== undefined;
+  if (options.face === false && !native) throw bad('--no-face applies to native LLaVA / EmoLLM models only');
+  const face: boolean | null = native ? (typeof options.model === 'string' ? options.face ?? true : options.model.face ?? null) : null;
+  const textOnly = options.textOnly ?? false;
 
   // ---- the output folder: locked for this process; refuse to mix two different runs in one
   const out = resolve(options.out);
   mkdirSync(out, { recursive: true });
   const lock = acquireRunLock(out);
   try {
-    return await runLocked(options, { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out });
+    return await runLocked(options, { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out, face, textOnly });
   } finally {
     lock.release();
   }
@@ -171,11 +205,13 @@ interface RunSetup {
   seed: number;
   modelSpec: string;
   out: string;
+  face: boolean | null;
+  textOnly: boolean;
 }
 
 async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalResults> {
-  const { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out } = setup;
-  const runKey = { bench: sha256, model: modelSpec, tasks, limit: options.limit ?? null, seed };
+  const { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out, face, textOnly } = setup;
+  const runKey = { bench: sha256, model: modelSpec, tasks, limit: options.limit ?? null, seed, face, textOnly };
   claimRunFolder(out, runKey, { force: options.force ?? false });
   const logFile = join(out, 'predictions.jsonl');
   repairLog(logFile);
@@ -187,7 +223,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
 
   const backend =
     typeof options.model === 'string'
-      ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions })
+      ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions, ...(face !== null ? { face } : {}) })
       : options.model;
   const concurrency = Math.max(1, Math.min(options.concurrency ?? backend.maxConcurrency, backend.maxConcurrency));
   const progress =
@@ -208,9 +244,11 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
     return v;
   };
 
-  async function one(s: BenchSample): Promise<void> {
+  const watch = new FailureWatch(options.failures);
+  async function one(original: BenchSample): Promise<void> {
     const t0 = performance.now();
     let rec: PredictionRecord;
+    const s = textOnly ? { ...original, media: null } : original;
     const base = { id: s.id, task: s.task, answer: s.answer };
     // media paths come from the (untrusted) benchmark: confined to the media root, real path included
     let p: string | null = null;
@@ -225,6 +263,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
       rec = { ...base, status: 'error', raw: null, label: null, probabilities: null, unparsed: false, error: `${unsafe.message} [${unsafe.code}]`, correct: false, ms: 0 };
     } else if (p !== null && !hasMedia(p)) {
       rec = { ...base, status: 'skipped', raw: null, label: null, probabilities: null, unparsed: false, reason: 'missing media', correct: false, ms: 0 };
+      watch.skipped(s.id, `${p} does not exist ( --media-root sets where media paths start${backend.name === 'majority' || backend.name.startsWith('random') ? '; --text-only runs this baseline without media' : ''})`);
     } else {
       try {
         const pr = await backend.predict(s, mediaRoot, signal);
@@ -240,10 +279,12 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
           ms: 0,
         };
         rec.correct = isCorrect(rec);
+        watch.ok();
       } catch (e) {
         if (signal.aborted) throw e;
         const msg = e instanceof Error ? `${e.message}${e instanceof EmollmError ? ` [${e.code}]` : ''}` : String(e);
         rec = { ...base, status: 'error', raw: null, label: null, probabilities: null, unparsed: false, error: msg, correct: false, ms: 0 };
+        watch.error(s.id, e instanceof Error ? e.message : String(e), e instanceof EmollmError ? e.code : undefined);
       }
       rec.ms = Math.round((performance.now() - t0) * 1000) / 1000;
     }
@@ -258,6 +299,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
     const worker = async (): Promise<void> => {
       while (next < todo.length) {
         if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'the evaluation was aborted');
+        if (watch.stop) throw watch.stop;
         await one(todo[next++]!);
       }
     };
@@ -279,7 +321,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
     bench: { path: benchPath, sha256, samples: all.length },
     model: modelSpec,
     backend: backend.name,
-    config: { tasks, limit: options.limit ?? null, mediaRoot, seed },
+    config: { tasks, limit: options.limit ?? null, mediaRoot, seed, face, textOnly },
     counts: {
       selected: selected.length,
       ok: ok.length,
@@ -288,6 +330,8 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
       skipped: ordered.filter((r) => r.status === 'skipped').length,
     },
     metrics,
+    breakdown: breakdownBySource(selected, records, { resamples: options.resamples ?? 1000, seed }),
+    reference: referenceLines(selected, records),
     timing: {
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
@@ -297,7 +341,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
     },
   };
   writeFileAtomicSync(join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  writeReports(out, results);
+  writeReports(out, results, { browser: await browserSamples(textOnly ? selected.map((s) => ({ ...s, media: null })) : selected, records, mediaRoot) });
   if (options.summary !== false) process.stderr.write(`${formatSummary(results)}\n`);
   return results;
 }
@@ -379,7 +423,16 @@ export const EVAL_USAGE = `usage:
     --force                 use an --out folder holding another run (its files move to previous-<time>/)
     --api-key-env NAME      send the environment variable NAME as the HTTP bearer token (never
                             read implicitly; refused over plain http to a non-loopback host)
-  emollm eval compare RUN_A RUN_B   paired bootstrap on the sample ids both runs scored`;
+    --no-face               native models: no face perspective (no face cues, no face boxes)
+    --text-only             answer without media: no media files needed (random / majority
+                            baselines; for a model, a text-only ablation)
+  emollm eval compare RUN_A RUN_B [RUN_C ...] [--html FILE]
+                          paired bootstrap of A against each other run on the sample ids
+                          both scored; text to stdout, HTML (forest plots) to FILE
+                          (default compare.html)
+  emollm eval leaderboard RUN... [--out PREFIX]
+                          ranks run folders by overall score: PREFIX.md and PREFIX.html
+                          (default leaderboard.md / leaderboard.html), Markdown to stdout`;
 
 /** `emollm eval ...`; returns the exit code. */
 export async function evalCommand(argv: readonly string[], json = false): Promise<number> {
@@ -387,10 +440,29 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
   if (args[0] === 'compare') {
     const resamples = takeInt(args, '--resamples');
     const seed = takeInt(args, '--seed');
-    const [a, b] = args.slice(1);
-    if (!a || !b) throw bad('eval compare needs two run folders');
-    const c = compareRuns(a, b, { ...(resamples !== undefined ? { resamples } : {}), ...(seed !== undefined ? { seed } : {}) });
-    console.log(json ? JSON.stringify(c, null, 2) : formatComparison(c));
+    const html = take(args, '--html') ?? 'compare.html';
+    const runs = args.slice(1);
+    const unknown = runs.find((x) => x.startsWith('-'));
+    if (unknown) throw bad(`eval compare: unknown option ${JSON.stringify(unknown)}\n${EVAL_USAGE}`);
+    if (runs.length < 2) throw bad('eval compare needs at least two run folders');
+    const [first, ...others] = runs as [string, ...string[]];
+    const cs = others.map((b) => compareRuns(first, b, { ...(resamples !== undefined ? { resamples } : {}), ...(seed !== undefined ? { seed } : {}) }));
+    console.log(json ? JSON.stringify(cs.length === 1 ? cs[0] : cs, null, 2) : cs.map(formatComparison).join('\n\n'));
+    writeFileAtomicSync(html, compareHtml(cs));
+    console.error(`wrote ${html}`);
+    return 0;
+  }
+  if (args[0] === 'leaderboard') {
+    const prefix = take(args, '--out') ?? 'leaderboard';
+    const runs = args.slice(1);
+    const unknown = runs.find((x) => x.startsWith('-'));
+    if (unknown) throw bad(`eval leaderboard: unknown option ${JSON.stringify(unknown)}\n${EVAL_USAGE}`);
+    const entries = loadRuns(runs);
+    const md = leaderboardRunsMarkdown(entries);
+    writeFileAtomicSync(`${prefix}.md`, md);
+    writeFileAtomicSync(`${prefix}.html`, leaderboardRunsHtml(entries));
+    console.log(json ? JSON.stringify(rankRuns(entries).map((e) => ({ dir: e.dir, model: e.results.model, overall: e.results.metrics.overall })), null, 2) : md);
+    console.error(`wrote ${prefix}.md, ${prefix}.html`);
     return 0;
   }
   if (args.includes('-h') || args.includes('--help')) {
@@ -412,10 +484,15 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
   const threads = takeInt(args, '--threads');
   const guidance = take(args, '--guidance');
   if (guidance !== undefined && !['none', 'brief', 'full'].includes(guidance)) throw bad('--guidance must be none, brief or full');
-  const fsyncIdx = args.indexOf('--fsync');
-  if (fsyncIdx >= 0) args.splice(fsyncIdx, 1);
-  const forceIdx = args.indexOf('--force');
-  if (forceIdx >= 0) args.splice(forceIdx, 1);
+  const flag = (name: string): boolean => {
+    const i = args.indexOf(name);
+    if (i >= 0) args.splice(i, 1);
+    return i >= 0;
+  };
+  const fsync = flag('--fsync');
+  const force = flag('--force');
+  const noFace = flag('--no-face');
+  const textOnly = flag('--text-only');
   const apiKeyEnv = take(args, '--api-key-env');
   let apiKey: string | undefined;
   if (apiKeyEnv !== undefined) {
@@ -438,8 +515,10 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
       ...(concurrency !== undefined ? { concurrency } : {}),
       ...(seed !== undefined ? { seed } : {}),
       ...(resamples !== undefined ? { resamples } : {}),
-      fsync: fsyncIdx >= 0,
-      force: forceIdx >= 0,
+      fsync,
+      force,
+      ...(noFace ? { face: false } : {}),
+      ...(textOnly ? { textOnly: true } : {}),
       signal: ac.signal,
       summary: !json,
       backendOptions: {
@@ -460,6 +539,13 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
     });
     if (json) console.log(JSON.stringify(r, null, 2));
     else console.error(`wrote ${join(resolve(out), 'results.json')}, leaderboard.md, report.html`);
+    if (r.counts.ok === 0) {
+      console.error(
+        `eval: nothing could be scored (${r.counts.selected} selected: ${r.counts.errors} errors, ${r.counts.skipped} skipped for missing media); ` +
+          `see ${join(resolve(out), 'predictions.jsonl')}`,
+      );
+      return 1;
+    }
     return 0;
   } finally {
     process.removeListener('SIGINT', onSig);

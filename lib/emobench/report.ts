@@ -7,10 +7,12 @@ import { writeFileAtomicSync } from '../safe_fs.js';
 import { join } from 'node:path';
 
 import type { EvalResults } from './eval.js';
-import { UNPARSED_COLUMN, type PairedComparison, type TaskMetrics } from './metrics.js';
+import type { PairedComparison, TaskMetrics } from './metrics.js';
+import { barChart, esc, heatmap, pct } from './report_charts.js';
+import type { BrowserSample } from './report_data.js';
 import { BENCH_TASKS } from './sample.js';
 
-const TASK_NAMES: Record<string, string> = {
+export const TASK_NAMES: Record<string, string> = {
   'emo-c': 'Close-set emotion (Emo-C)',
   'emo-o': 'Open-set emotion (Emo-O)',
   intent: 'Intent',
@@ -19,10 +21,7 @@ const TASK_NAMES: Record<string, string> = {
   sarcasm: 'Sarcasm',
 };
 
-/** Percent with one decimal ("-" for NaN). */
-export function pct(x: number): string {
-  return Number.isFinite(x) ? (x * 100).toFixed(1) : '-';
-}
+export { pct } from './report_charts.js';
 
 function taskRows(r: EvalResults): TaskMetrics[] {
   return BENCH_TASKS.map((t) => r.metrics.tasks[t]).filter((x): x is TaskMetrics => x !== undefined);
@@ -57,121 +56,138 @@ export function leaderboardMarkdown(r: EvalResults): string {
   return lines.join('\n');
 }
 
-const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+/** The per-dataset table and bars of one sub-task. */
+function breakdownHtml(r: EvalResults, task: string): string {
+  const rows = r.breakdown?.[task as keyof NonNullable<EvalResults['breakdown']>];
+  if (!rows?.length) return '';
+  const ref = r.reference?.[task as keyof NonNullable<EvalResults['reference']>];
+  const bars =
+    rows.length > 1
+      ? barChart(
+          rows.map((x) => ({ name: x.source, value: x.accuracy, low: x.accuracyCI.low, high: x.accuracyCI.high, chance: ref?.chance ?? null, majority: null, color: '#0891b2' })),
+          `accuracy per dataset, ${task}`,
+        )
+      : '';
+  const table = `<table class="breakdown"><thead><tr><th>dataset</th><th>accuracy %</th><th>95% CI</th><th>correct / n</th><th>unparsed</th></tr></thead><tbody>${rows
+    .map(
+      (x) =>
+        `<tr><td>${esc(x.source)}</td><td class="num">${pct(x.accuracy)}</td><td class="num">${pct(x.accuracyCI.low)}–${pct(x.accuracyCI.high)}</td><td class="num">${x.correct} / ${x.n}</td><td class="num">${x.unparsed}</td></tr>`,
+    )
+    .join('')}</tbody></table>`;
+  return `<h4>By dataset</h4>${bars}${table}`;
+}
 
-function barChart(rows: Array<{ name: string; value: number; low: number; high: number }>): string {
-  const w = 640;
-  const rowH = 28;
-  const left = 110;
-  const plotW = w - left - 70;
-  const h = rows.length * rowH + 30;
-  const x = (v: number): number => left + Math.max(0, Math.min(1, Number.isFinite(v) ? v : 0)) * plotW;
-  const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img" aria-label="accuracy per sub-task">`];
-  for (let g = 0; g <= 10; g += 2) {
-    const gx = x(g / 10);
-    parts.push(`<line x1="${gx}" y1="0" x2="${gx}" y2="${h - 20}" stroke="#ddd"/><text x="${gx}" y="${h - 5}" font-size="11" text-anchor="middle">${g * 10}%</text>`);
+function browserHtml(samples: readonly BrowserSample[]): string {
+  if (!samples.length) return '<p>No scored samples.</p>';
+  const byTask = new Map<string, BrowserSample[]>();
+  for (const s of samples) {
+    let l = byTask.get(s.task);
+    if (!l) byTask.set(s.task, (l = []));
+    l.push(s);
   }
-  rows.forEach((r, i) => {
-    const y = i * rowH + 4;
-    parts.push(`<text x="${left - 8}" y="${y + 15}" font-size="12" text-anchor="end">${esc(r.name)}</text>`);
-    parts.push(`<rect x="${left}" y="${y}" width="${(x(r.value) - left).toFixed(1)}" height="${rowH - 10}" fill="${r.name === 'overall' ? '#c2410c' : '#2563eb'}"><title>${esc(r.name)}: ${pct(r.value)}%</title></rect>`);
-    const cy = y + (rowH - 10) / 2;
-    parts.push(
-      `<line x1="${x(r.low).toFixed(1)}" y1="${cy}" x2="${x(r.high).toFixed(1)}" y2="${cy}" stroke="#111" stroke-width="1.5"/>` +
-        `<line x1="${x(r.low).toFixed(1)}" y1="${cy - 5}" x2="${x(r.low).toFixed(1)}" y2="${cy + 5}" stroke="#111"/>` +
-        `<line x1="${x(r.high).toFixed(1)}" y1="${cy - 5}" x2="${x(r.high).toFixed(1)}" y2="${cy + 5}" stroke="#111"/>`,
-    );
-    parts.push(`<text x="${x(Math.max(r.value, r.high)) + 6}" y="${y + 14}" font-size="11">${pct(r.value)}%</text>`);
-  });
-  parts.push('</svg>');
-  return parts.join('');
-}
-
-function heatmap(t: TaskMetrics): string {
-  const rows = t.confusion.map((row, i) => ({ gold: t.classes[i]!, row })).filter((x) => x.row.some((v) => v > 0));
-  if (rows.length === 0) return '<p>No scored predictions.</p>';
-  const cols = [...t.classes, UNPARSED_COLUMN];
-  const cell = Math.max(14, Math.min(34, Math.floor(560 / cols.length)));
-  const left = 120;
-  const top = 110;
-  const w = left + cols.length * cell + 10;
-  const h = top + rows.length * cell + 10;
-  const max = Math.max(1, ...rows.flatMap((r) => r.row));
-  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img" aria-label="confusion matrix ${esc(t.task)}">`];
-  cols.forEach((c, j) => {
-    const cx = left + j * cell + cell / 2;
-    parts.push(`<text transform="translate(${cx + 4},${top - 6}) rotate(-60)" font-size="11">${esc(c)}</text>`);
-  });
-  rows.forEach((r, i) => {
-    const y = top + i * cell;
-    parts.push(`<text x="${left - 6}" y="${y + cell / 2 + 4}" font-size="11" text-anchor="end">${esc(r.gold)}</text>`);
-    r.row.forEach((v, j) => {
-      const a = v / max;
-      const fill = `rgba(37,99,235,${(0.06 + 0.94 * a).toFixed(3)})`;
-      parts.push(
-        `<rect x="${left + j * cell}" y="${y}" width="${cell - 1}" height="${cell - 1}" fill="${v === 0 ? '#f4f4f5' : fill}"><title>gold ${esc(r.gold)} → ${esc(cols[j]!)}: ${v}</title></rect>`,
-      );
-      if (v > 0 && cell >= 18)
-        parts.push(`<text x="${left + j * cell + cell / 2}" y="${y + cell / 2 + 4}" font-size="10" text-anchor="middle" fill="${a > 0.5 ? '#fff' : '#111'}">${v}</text>`);
-    });
-  });
-  parts.push('</svg>');
-  return parts.join('');
-}
-
-/** report.html: self-contained. */
-export function reportHtml(r: EvalResults): string {
-  const tasks = taskRows(r);
-  const o = r.metrics.overall;
-  const bars = barChart([
-    ...tasks.map((t) => ({ name: t.task, value: t.accuracy, low: t.accuracyCI.low, high: t.accuracyCI.high })),
-    { name: 'overall', value: o.score, low: o.scoreCI.low, high: o.scoreCI.high },
-  ]);
-  const table = [
-    '<table><thead><tr><th>task</th><th>accuracy %</th><th>95% CI</th><th>macro-F1 %</th><th>unparsed %</th><th>errors</th><th>skipped</th><th>n</th></tr></thead><tbody>',
-    ...tasks.map(
-      (t) =>
-        `<tr data-task="${t.task}"><td>${esc(TASK_NAMES[t.task] ?? t.task)}</td><td class="num">${pct(t.accuracy)}</td><td class="num">${pct(t.accuracyCI.low)}–${pct(t.accuracyCI.high)}</td><td class="num">${pct(t.macroF1)}</td><td class="num">${pct(t.unparsedRate)}</td><td class="num">${t.errors}</td><td class="num">${t.skipped}</td><td class="num">${t.n}</td></tr>`,
-    ),
-    `<tr class="overall"><td>Overall</td><td class="num">${pct(o.score)}</td><td class="num">${pct(o.scoreCI.low)}–${pct(o.scoreCI.high)}</td><td></td><td class="num">${pct(o.n ? o.unparsed / o.n : NaN)}</td><td class="num">${o.errors}</td><td class="num">${o.skipped}</td><td class="num">${o.n}</td></tr>`,
-    '</tbody></table>',
-  ].join('\n');
-  const perTask = tasks
-    .map((t) => {
-      const recall = Object.entries(t.perClassRecall)
-        .map(([c, v]) => `<tr><td>${esc(c)}</td><td class="num">${pct(v)}</td><td class="num">${pct(t.perClassF1[c] ?? NaN)}</td></tr>`)
-        .join('');
-      return `<section><h3>${esc(TASK_NAMES[t.task] ?? t.task)}</h3><div class="row"><div>${heatmap(t)}<p class="note">Rows: gold; columns: predicted.</p></div>
-<div><table><thead><tr><th>class</th><th>recall %</th><th>F1 %</th></tr></thead><tbody>${recall}</tbody></table></div></div></section>`;
-    })
+  const cards = [...byTask]
+    .map(
+      ([task, list]) =>
+        `<h3>${esc(TASK_NAMES[task] ?? task)}</h3><div class="cards">${list
+          .map(
+            (s) => `<figure class="sample ${s.correct ? 'right' : 'wrong'}" data-correct="${s.correct}">
+${s.thumbnail ? `<img src="${s.thumbnail}" alt="${esc(s.media ?? '')}">` : `<div class="nothumb">${s.media ? 'media not readable' : 'no media'}</div>`}
+<figcaption><b>${s.correct ? '✓ correct' : '✗ wrong'}</b> <code>${esc(s.id)}</code><br>gold <b>${esc(s.gold)}</b>, answer <b>${s.answer === null ? '(unparsed)' : esc(s.answer)}</b>
+${s.raw !== null ? `<br>raw: <q>${esc(s.raw.slice(0, 300))}</q>` : ''}
+<details><summary>prompt</summary><pre>${esc(s.prompt)}</pre></details></figcaption></figure>`,
+          )
+          .join('\n')}</div>`,
+    )
     .join('\n');
+  return `<p class="filter">Show: <label><input type="radio" name="f" value="all" checked> all</label> <label><input type="radio" name="f" value="true"> correct</label> <label><input type="radio" name="f" value="false"> wrong</label></p>${cards}`;
+}
+
+/** Shared page frame (inline CSS; one small script for the sample filter). */
+export function page(title: string, body: string): string {
   return `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>EmoBench report: ${esc(r.model)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>${esc(title)}</title>
 <style>
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1000px;padding:0 16px;color:#111}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px}h3{font-size:15px}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px;color:#111}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px}h3{font-size:15px}h4{font-size:13px;margin:10px 0 4px}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ddd;padding:4px 8px}th{background:#f4f4f5;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}tr.overall td{font-weight:600;background:#fff7ed}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.overall td{font-weight:600;background:#fff7ed}tr.ref td{color:#555;font-style:italic}
 .note{color:#555;font-size:12px}.row{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}code{background:#f4f4f5;padding:1px 4px}
+svg{max-width:100%;height:auto}.cards{display:flex;flex-wrap:wrap;gap:12px}
+figure.sample{margin:0;width:250px;border:1px solid #ddd;border-radius:6px;padding:8px;font-size:12px}figure.right{border-left:4px solid #15803d}figure.wrong{border-left:4px solid #b91c1c}
+figure.sample img{max-width:160px;max-height:120px;display:block;margin-bottom:6px}.nothumb{width:160px;height:60px;background:#f4f4f5;color:#777;display:flex;align-items:center;justify-content:center}
+pre{white-space:pre-wrap;max-height:240px;overflow:auto;background:#f9fafb;padding:6px;font-size:11px}
 </style></head><body>
-<h1>EmoBench report: ${esc(r.model)}</h1>
-<p>Backend <code>${esc(r.backend)}</code>; benchmark <code>${esc(r.bench.path)}</code> (sha256 <code>${r.bench.sha256.slice(0, 12)}</code>).
-${r.counts.selected} samples: ${r.counts.ok} scored (${r.counts.unparsed} unparsed), ${r.counts.errors} errors, ${r.counts.skipped} skipped (missing media).</p>
-<h2>Accuracy per sub-task</h2>
-${bars}
-<p class="note">${esc(overallNote(r))} Whiskers: 95% bootstrap CI (${r.metrics.bootstrap.resamples} resamples, seed ${r.metrics.bootstrap.seed}). Unparsed answers count as wrong.${r.model === 'majority' ? ' The majority baseline uses the benchmark’s own label distribution (oracle-ish).' : ''}</p>
-${table}
-<h2>Per sub-task</h2>
-${perTask}
-<p class="note">Generated by emollm eval, ${esc(r.timing.finishedAt)}.</p>
+${body}
+<script>
+(function () {
+  var radios = document.querySelectorAll('.filter input');
+  for (var i = 0; i < radios.length; i++)
+    radios[i].addEventListener('change', function (e) {
+      var v = e.target.value;
+      var cards = document.querySelectorAll('figure.sample');
+      for (var j = 0; j < cards.length; j++) cards[j].style.display = v === 'all' || cards[j].getAttribute('data-correct') === v ? '' : 'none';
+    });
+  document.documentElement.setAttribute('data-ready', '1');
+})();
+</script>
 </body></html>
 `;
 }
 
+/** report.html: self-contained (inline CSS and SVG; opens offline). */
+export function reportHtml(r: EvalResults, extras: { browser?: readonly BrowserSample[] } = {}): string {
+  const tasks = taskRows(r);
+  const o = r.metrics.overall;
+  const ref = (t: string): { chance: number | null; majority: number | null } => {
+    const x = r.reference?.[t as keyof NonNullable<EvalResults['reference']>];
+    return { chance: x?.chance ?? null, majority: x?.majority ?? null };
+  };
+  const bars = barChart(
+    [
+      ...tasks.map((t) => ({ name: t.task, value: t.accuracy, low: t.accuracyCI.low, high: t.accuracyCI.high, ...ref(t.task) })),
+      { name: 'overall', value: o.score, low: o.scoreCI.low, high: o.scoreCI.high, color: '#c2410c' },
+    ],
+    'accuracy per sub-task',
+  );
+  const table = [
+    '<table class="summary"><thead><tr><th>task</th><th>accuracy %</th><th>95% CI</th><th>chance %</th><th>majority %</th><th>macro-F1 %</th><th>unparsed %</th><th>errors</th><th>skipped</th><th>n</th></tr></thead><tbody>',
+    ...tasks.map((t) => {
+      const x = ref(t.task);
+      return `<tr data-task="${t.task}"><td>${esc(TASK_NAMES[t.task] ?? t.task)}</td><td class="num">${pct(t.accuracy)}</td><td class="num">${pct(t.accuracyCI.low)}–${pct(t.accuracyCI.high)}</td><td class="num">${x.chance === null ? '–' : pct(x.chance)}</td><td class="num">${x.majority === null ? '–' : pct(x.majority)}</td><td class="num">${pct(t.macroF1)}</td><td class="num">${pct(t.unparsedRate)}</td><td class="num">${t.errors}</td><td class="num">${t.skipped}</td><td class="num">${t.n}</td></tr>`;
+    }),
+    `<tr class="overall"><td>Overall</td><td class="num">${pct(o.score)}</td><td class="num">${pct(o.scoreCI.low)}–${pct(o.scoreCI.high)}</td><td></td><td></td><td></td><td class="num">${pct(o.n ? o.unparsed / o.n : NaN)}</td><td class="num">${o.errors}</td><td class="num">${o.skipped}</td><td class="num">${o.n}</td></tr>`,
+    '</tbody></table>',
+  ].join('\n');
+  const perTask = tasks
+    .map((t: TaskMetrics) => {
+      const recall = Object.entries(t.perClassRecall)
+        .map(([c, v]) => `<tr><td>${esc(c)}</td><td class="num">${pct(v)}</td><td class="num">${pct(t.perClassF1[c] ?? NaN)}</td></tr>`)
+        .join('');
+      return `<section class="task" data-task="${t.task}"><h3>${esc(TASK_NAMES[t.task] ?? t.task)}</h3><div class="row"><div>${heatmap(t)}<p class="note">Rows: gold; columns: predicted. Each row is normalised to 100% of its gold class (colour and %); hover a cell for its count; <b>n</b> is the row's count.</p></div>
+<div><table><thead><tr><th>class</th><th>recall %</th><th>F1 %</th></tr></thead><tbody>${recall}</tbody></table></div></div>${breakdownHtml(r, t.task)}</section>`;
+    })
+    .join('\n');
+  const face = r.config.face === undefined || r.config.face === null ? '' : ` Face perspective: <b>${r.config.face ? 'on' : 'off (--no-face)'}</b>.`;
+  const body = `<h1>EmoBench report: ${esc(r.model)}</h1>
+<p>Backend <code>${esc(r.backend)}</code>; benchmark <code>${esc(r.bench.path)}</code> (sha256 <code>${r.bench.sha256.slice(0, 12)}</code>).
+${r.counts.selected} samples: ${r.counts.ok} scored (${r.counts.unparsed} unparsed), ${r.counts.errors} errors, ${r.counts.skipped} skipped (missing media).${face}${r.config.textOnly ? ' Answered <b>without media</b> (--text-only).' : ''}</p>
+<h2>Accuracy per sub-task</h2>
+${bars}
+<p class="note">${esc(overallNote(r))} Whiskers: 95% bootstrap CI (${r.metrics.bootstrap.resamples} resamples, seed ${r.metrics.bootstrap.seed}). Dashed marks: chance (a uniform guess among each sample's options) and the majority label's accuracy, over the same scored samples. Unparsed answers count as wrong.${r.model === 'majority' ? ' The majority baseline uses the benchmark’s own label distribution (oracle-ish).' : ''}</p>
+${table}
+<h2>Per sub-task</h2>
+${perTask}
+<h2 id="sample-browser">Sample browser</h2>
+<p class="note">The first few correct and wrong scored samples of each sub-task, in benchmark order.</p>
+${browserHtml(extras.browser ?? [])}
+<p class="note">Generated by emollm eval, ${esc(r.timing.finishedAt)}.</p>`;
+  return page(`EmoBench report: ${r.model}`, body);
+}
+
 /** Writes leaderboard.md and report.html into `out`. */
-export function writeReports(out: string, r: EvalResults): void {
+export function writeReports(out: string, r: EvalResults, extras: { browser?: readonly BrowserSample[] } = {}): void {
   writeFileAtomicSync(join(out, 'leaderboard.md'), leaderboardMarkdown(r));
-  writeFileAtomicSync(join(out, 'report.html'), reportHtml(r));
+  writeFileAtomicSync(join(out, 'report.html'), reportHtml(r, extras));
 }
 
 /** The text form of `emollm eval compare`. */

@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { buildBenchmark, formatSummary, runBenchCommand, samplesToJsonl, type BuildResult } from '../../lib/emobench/build.js';
-import { BUILDERS, getBuilder } from '../../lib/emobench/builders/index.js';
+import { BUILDERS, getBuilder, memotionSplit } from '../../lib/emobench/builders/index.js';
+import { runEval } from '../../lib/emobench/eval.js';
 import { parseDelimited } from '../../lib/emobench/builders/common.js';
 import { parseSamples, validateSample, type BenchSample } from '../../lib/emobench/sample.js';
 import { EKMAN7, MIKELS8, MINTREC20 } from '../../lib/taxonomies.js';
@@ -152,7 +153,87 @@ describe('synthetic MELD + HarMeme folders (media resolution)', () => {
   });
 });
 
+describe('Memotion (synthetic CSV with malformed rows)', () => {
+  const dir = join(tmp, 'Memotion');
+  mkdirSync(dir, { recursive: true });
+  const head = 'Image_name,Image_URL,OCR_extracted_text,Corrected_text,Humour,Sarcasm,Offensive,Motivational,Overall_Sentiment';
+  const rows = [
+    'a.jpg,http://x/a.jpg,RAW,"Corrected, ""quoted""\ntext",not_funny,general,slight,motivational,neutral',
+    'b.png,http://x/b.png,<html>,b text,hilarious,general,slight,motivational,positive',
+    'c.jpg,http://x/c.jpg,,c text,very_funny,general,slight,motivational,positivec2.jpg',
+    'd.jpg,http://x/d.jpg,,d text,meh,general,slight,motivational,neutral',
+    'b.png,http://x/b.png,<html>,b text,hilarious,general,slight,motivational,positive',
+    ',http://x/e.jpg,,e text,funny,general,slight,motivational,neutral',
+    '../f.jpg,http://x/f.jpg,,f text,funny,general,slight,motivational,neutral',
+    'h.jpg,http://x/h.jpg,,h text,funny,general,slight,motivational',
+    'g.jpg,http://x/g.jpg,"broken,g text,funny,general,slight,motivational,neutral',
+    'i.jpg,http://x/i.jpg,,i text,funny,general,slight,motivational,neutral',
+  ];
+  writeFileSync(join(dir, 'data_6512.csv'), [head, ...rows].join('\r\n') + '\r\n');
+
+  it('binary humour, corrected text, image by name, hashed split; every malformed row reported, none stops the build', async () => {
+    const r = await buildBenchmark({ Memotion: dir });
+    const byName = new Map(r.samples.map((s) => [s.id.split('/').slice(2).join('/'), s]));
+    // i.jpg comes after a row with an unterminated quote: still read
+    expect([...byName.keys()].sort()).toEqual(['a.jpg', 'b.png', 'c.jpg', 'i.jpg']);
+    expect(byName.get('a.jpg')).toMatchObject({ task: 'humor', source: 'Memotion', answer: 'no', text: 'Corrected, "quoted" text', options: ['yes', 'no'] });
+    expect(byName.get('a.jpg')!.media).toEqual({ type: 'image', path: 'Memotion/images/a.jpg' });
+    expect(byName.get('b.png')!.answer).toBe('yes');
+    for (const s of r.samples) expect(s.split).toBe(memotionSplit(s.id.split('/')[2]!));
+    const problems = [...r.summary.skipped, ...r.summary.defects].flatMap((x) => x.examples.map((e) => `${x.reason} | ${e}`)).sort();
+    expect(problems).toEqual([
+      'Overall_Sentiment is "positivec2.jpg", not a Overall_Sentiment label (sample kept: humor does not use it) | line 5 (c.jpg)',
+      'duplicate row (same Image_name and Humour as an earlier line) | line 7 (b.png), first on line 4',
+      'unknown Humour label "meh" | line 6 (d.jpg)',
+      'unusable Image_name "" | line 8',
+      'unusable Image_name "../f.jpg" | line 9',
+      'unterminated quoted field (row skipped; the rows after it are read) | line 11',
+    ].concat(['8 fields, not 9 (columns shifted or missing) | line 10 (h.jpg)']).sort());
+    // rows = every data row, whichever split it hashed to
+    expect(r.summary.rows.reduce((a, x) => a + x.rows, 0)).toBe(rows.length);
+    const text = formatSummary(r.summary);
+    expect(text).toMatch(/skipped: Memotion\/\w+: 1 row\(s\), unknown Humour label "meh"/);
+    expect(text).toMatch(/defect \(kept\): Memotion\/\w+: 1 row\(s\), Overall_Sentiment/);
+  });
+
+  it('the split is a documented function of the image name (70/10/20 over many names)', () => {
+    const n = 20000;
+    const c = { train: 0, val: 0, test: 0 };
+    for (let i = 0; i < n; i++) c[memotionSplit(`meme_${i}.jpg`)]++;
+    expect(Math.abs(c.train / n - 0.7)).toBeLessThan(0.02);
+    expect(Math.abs(c.val / n - 0.1)).toBeLessThan(0.02);
+    expect(Math.abs(c.test / n - 0.2)).toBeLessThan(0.02);
+    expect(memotionSplit('a.jpg')).toBe(memotionSplit('a.jpg'));
+  });
+});
+
 describe.skipIf(!HAVE_DATA)(HAVE_DATA ? 'real data in /work/shared/data: counts match SOURCE.md' : SKIP_REASON, () => {
+  it('Memotion: 6,512 rows; binary humour counts as SOURCE.md states; the corrupted sentiment row kept and reported', async () => {
+    const src = source('Memotion');
+    const m = match(src, /Counts \(([\d,]+) rows\): Humour not_funny (\d+), funny (\d+), very_funny (\d+), hilarious (\d+)\s+\(binary: (\d+) not funny \/ (\d+) funny\)/);
+    const bad = match(src, /One row \(`([^`]+)`\) has a corrupted\s+`Overall_Sentiment`/)[1]!;
+    const r = await buildBenchmark({ Memotion: join(DATA, 'Memotion') });
+    checkAll(r.samples);
+    const parts = ['train', 'val', 'test'].map((s) => rowsOf(r, 'Memotion', s, 'humor')!);
+    expect(parts.reduce((a, p) => a + p.rows, 0)).toBe(num(m[1]));
+    expect(num(m[2]) + num(m[3]) + num(m[4]) + num(m[5])).toBe(num(m[1]));
+    const skipped = r.summary.skipped.filter((s) => s.dataset === 'Memotion');
+    const no = r.samples.filter((s) => s.answer === 'no').length;
+    const yes = r.samples.filter((s) => s.answer === 'yes').length;
+    // one row is a verbatim duplicate of the line before it (same image, same labels): reported, not scored twice
+    expect(skipped.map((s) => [s.reason, s.count])).toEqual([['duplicate row (same Image_name and Humour as an earlier line)', 1]]);
+    expect(no).toBe(num(m[6]));
+    expect(yes + 1).toBe(num(m[7]));
+    expect(r.samples.length + 1).toBe(num(m[1]));
+    // the split is the hash of the name, roughly 70/10/20
+    for (const [k, frac] of [0.7, 0.1, 0.2].entries()) expect(Math.abs(parts[k]!.samples / r.samples.length - frac)).toBeLessThan(0.03);
+    for (const s of r.samples) expect(s.split).toBe(memotionSplit(s.id.slice('Memotion/'.length + s.split.length + 1)));
+    const defects = r.summary.defects.filter((d) => d.dataset === 'Memotion');
+    expect(defects).toHaveLength(1);
+    expect(defects[0]!.examples[0]).toContain(bad);
+    expect(r.samples.find((s) => s.id.endsWith(`/${bad}`))).toMatchObject({ task: 'humor', media: { type: 'image', path: `Memotion/images/${bad}` } });
+  });
+
   it('EmoSet: test and val counts and the test label distribution', async () => {
     const src = source('EmoSet');
     const m = match(src, /Counts: test ([\d,]+) \(([^)]*)\); val ([\d,]+)/);
@@ -299,11 +380,18 @@ describe.skipIf(!HAVE_DATA)(HAVE_DATA ? 'real data in /work/shared/data: counts 
     const text = readFileSync(out, 'utf8');
     const samples = parseSamples(text);
     expect(new Set(samples.map((s) => s.split))).toEqual(new Set(['test', 'five-agree', 'four-agree', 'three-agree', 'all']));
+    // with Memotion's humour the collection covers all six EmoBench sub-tasks
+    expect(new Set(samples.map((s) => s.task))).toEqual(new Set(['emo-c', 'emo-o', 'intent', 'hate', 'humor', 'sarcasm']));
+    expect(printed).toMatch(/defect \(kept\): Memotion\/test: 1 row\(s\), Overall_Sentiment/);
     expect(printed).toMatch(/media: not checked/);
     const again = await buildBenchmark(
       Object.fromEntries(BUILDERS.filter((b) => existsSync(join(DATA, b.name))).map((b) => [b.name, join(DATA, b.name)])),
       { splits: ['test'] },
     );
     expect(samplesToJsonl(again.samples)).toBe(text);
-  });
+    // eval on the built file reports the paper's six-way overall (majority baseline, no media needed)
+    const r = await runEval({ bench: out, model: 'majority', textOnly: true, out: join(tmp, 'all-majority'), progress: false, summary: false, resamples: 20 });
+    expect(r.metrics.overall).toMatchObject({ complete: true, missing: [], tasks: ['emo-c', 'emo-o', 'intent', 'hate', 'humor', 'sarcasm'] });
+    expect(r.counts).toMatchObject({ selected: samples.length, ok: samples.length });
+  }, 120_000);
 });

@@ -229,7 +229,8 @@ await runEval({ bench, model: backend, out, concurrency: 4, resamples: 300, summ
     const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as EvalResults;
     expect(res.config.tasks).toEqual(['emo-c', 'sarcasm']);
     expect(res.metrics.overall.missing).toEqual(['emo-o', 'intent', 'hate', 'humor']);
-    const cmp = execFileSync(process.execPath, [join(dist, 'cli.js'), 'eval', 'compare', out, join(tmp, 'full'), '--resamples', '100'], { encoding: 'utf8' });
+    const cmp = execFileSync(process.execPath, [join(dist, 'cli.js'), 'eval', 'compare', out, join(tmp, 'full'), '--resamples', '100', '--html', join(tmp, 'compare.html')], { encoding: 'utf8' });
+    expect(readFileSync(join(tmp, 'compare.html'), 'utf8')).toContain('<svg');
     expect(cmp).toContain('| emo-c |');
     expect(cmp).toContain('| overall |');
   });

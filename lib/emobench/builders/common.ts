@@ -31,6 +31,8 @@ export interface BuiltSplit {
   rows: number;
   samples: BenchSample[];
   skipped: SkippedRows[];
+  /** Rows that made a sample although a field the benchmark does not use is damaged (reported, kept). */
+  defects?: SkippedRows[];
 }
 
 export interface BuildContext {
@@ -157,6 +159,33 @@ export function parseDelimited(text: string, delimiter = ',', quotes = true): { 
   }
   if (field !== '' || fields.length > 0) endRow();
   return rows;
+}
+
+/**
+ * {@link parseDelimited} that survives a row with an unterminated quote (which would otherwise
+ * swallow the rest of the file): that row's first line is reported in `broken` and parsing resumes
+ * on the next line. Line numbers stay those of the whole text.
+ */
+export function parseDelimitedLenient(text: string, delimiter = ','): { rows: { fields: string[]; line: number }[]; broken: number[] } {
+  const rows: { fields: string[]; line: number }[] = [];
+  const broken: number[] = [];
+  let rest = text;
+  let offset = 0;
+  for (;;) {
+    try {
+      for (const r of parseDelimited(rest, delimiter)) rows.push({ fields: r.fields, line: r.line + offset });
+      return { rows, broken };
+    } catch (e) {
+      const m = e instanceof EmollmError ? /unterminated quoted field starting on line (\d+)/.exec(e.message) : null;
+      if (!m) throw e;
+      const bad = Number(m[1]);
+      const lines = rest.split('\n');
+      for (const r of parseDelimited(lines.slice(0, bad - 1).join('\n'), delimiter)) rows.push({ fields: r.fields, line: r.line + offset });
+      broken.push(bad + offset);
+      rest = lines.slice(bad).join('\n');
+      offset += bad;
+    }
+  }
 }
 
 /** Delimited text with a header row, as records keyed by column name (the header's names, trimmed). */

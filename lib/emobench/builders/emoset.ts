@@ -4,7 +4,7 @@
  * Reads EmoSet's own split lists `test.json` / `val.json` (and `train.json` when present): a JSON
  * array of `[emotion, image path, annotation path]` triples relative to the EmoSet root.
  * - emo-c: options = the mikels8 labels, answer = the emotion (already the canonical spelling).
- * - emo-o (opt-in): the same images with no options; the answer is the canonical emotion.
+ * - emo-o (default too, so a whole-collection build has all six sub-tasks): the same images with no options; the answer is the canonical emotion.
  * Media: `EmoSet/<image path>` (e.g. `EmoSet/image/awe/awe_06628.jpg`).
  */
 import { join } from 'node:path';
@@ -24,8 +24,8 @@ export const emosetBuilder: DatasetBuilder = {
   name: 'EmoSet',
   aliases: ['EmoSet-118K'],
   tasks: ['emo-c', 'emo-o'],
-  defaultTasks: ['emo-c'],
-  description: "EmoSet split lists ({train,val,test}.json) → emo-c over Mikels' 8 (emo-o on request)",
+  defaultTasks: ['emo-c', 'emo-o'],
+  description: "EmoSet split lists ({train,val,test}.json) → emo-c over Mikels' 8 and emo-o (open-set) on the same images",
   build(dir, ctx) {
     const out: BuiltSplit[] = [];
     let found = 0;

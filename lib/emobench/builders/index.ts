@@ -13,6 +13,7 @@ import type { BuildContext, DatasetBuilder, SkippedRows, SplitRole } from './com
 import { emosetBuilder } from './emoset.js';
 import { harmemeBuilder } from './harmeme.js';
 import { meldBuilder } from './meld.js';
+import { memotionBuilder } from './memotion.js';
 import { mintrecBuilder } from './mintrec.js';
 import { mmsdBuilder } from './mmsd.js';
 import { mustardBuilder, mustardPlusPlusBuilder } from './mustard.js';
@@ -20,9 +21,10 @@ import { abstractBuilder, twitter1Builder, twitter2Builder } from './twitter.js'
 
 export type { BuildContext, BuiltSplit, DatasetBuilder, SkippedRows, SplitRole } from './common.js';
 export { HARMEME_TO_HATE } from './harmeme.js';
+export { MEMOTION_TO_HUMOR, memotionSplit } from './memotion.js';
 export { MUSTARDPP_EMOTIONS } from './mustard.js';
 
-/** Every builder, in output order. A humour builder goes here once a source with humour labels exists. */
+/** Every builder, in output order. */
 export const BUILDERS: readonly DatasetBuilder[] = Object.freeze([
   emosetBuilder,
   twitter1Builder,
@@ -34,6 +36,7 @@ export const BUILDERS: readonly DatasetBuilder[] = Object.freeze([
   mustardPlusPlusBuilder,
   mmsdBuilder,
   harmemeBuilder,
+  memotionBuilder,
 ]);
 
 /** The builder for a dataset name or alias (case-insensitive); ERR_INVALID_ARGUMENT lists the known ones. */
@@ -91,6 +94,8 @@ export interface BuildSummary {
   rows: SummaryRow[];
   /** Rows of source files that made no sample, by dataset/source/split and reason. */
   skipped: Array<SkippedRows & { dataset: string; source: string; split: string }>;
+  /** Rows kept as samples although a field the benchmark does not use is damaged. */
+  defects: Array<SkippedRows & { dataset: string; source: string; split: string }>;
   mediaChecked: boolean;
   mediaRoot?: string;
   keepMissingMedia: boolean;
@@ -151,12 +156,13 @@ export async function buildBenchmark(sources: Readonly<Record<string, string>>, 
   if (options.mediaRoot !== undefined && !existsSync(options.mediaRoot))
     throw new EmollmError('ERR_FILE_NOT_FOUND', `media root ${options.mediaRoot} does not exist`, { file: options.mediaRoot });
   const keep = options.keepMissingMedia ?? false;
-  if (options.tasks?.includes('humor'))
-    notes.push('humor: no source dataset here carries humour labels (MUStARD/MUStARD++ label sarcasm and emotion, not humour); no humor samples');
+  if (options.tasks?.includes('humor') && ![...chosen.keys()].some((b) => b.tasks.includes('humor')))
+    notes.push('humor: none of the given datasets carries humour labels (Memotion does); no humor samples');
 
   const samples: BenchSample[] = [];
   const rows: SummaryRow[] = [];
   const skipped: BuildSummary['skipped'] = [];
+  const defects: BuildSummary['defects'] = [];
   const ids = new Set<string>();
   for (const b of BUILDERS) {
     const dir = chosen.get(b);
@@ -181,6 +187,7 @@ export async function buildBenchmark(sources: Readonly<Record<string, string>>, 
           notes.push(`${b.name}: no split "${s}" (it has ${seen.map((x) => x.split).join(', ') || 'none'}${SPLIT_ROLES.includes(s) ? '' : '; roles: train, val, test'})`);
     for (const part of built) {
       for (const sk of part.skipped) skipped.push({ ...sk, dataset: b.name, source: part.source, split: part.split });
+      for (const d of part.defects ?? []) defects.push({ ...d, dataset: b.name, source: part.source, split: part.split });
       const byTask = new Map<BenchTask, SummaryRow>();
       for (const t of tasks)
         byTask.set(t, {
@@ -214,7 +221,7 @@ export async function buildBenchmark(sources: Readonly<Record<string, string>>, 
       for (const row of byTask.values()) if (row.rows > 0 || row.samples > 0) rows.push(row);
     }
   }
-  const summary: BuildSummary = { rows, skipped, mediaChecked: media !== undefined, keepMissingMedia: keep, total: samples.length, notes };
+  const summary: BuildSummary = { rows, skipped, defects, mediaChecked: media !== undefined, keepMissingMedia: keep, total: samples.length, notes };
   if (options.mediaRoot !== undefined) summary.mediaRoot = options.mediaRoot;
   return { samples, summary };
 }
