@@ -479,7 +479,9 @@ export class Model {
    * `.result` for everything at once.
    */
   generate(prompt: Prompt, options: GenerateOptions = {}): Generation {
-    return new Generation(this, this.prepare(prompt, options.addSpecialTokens ?? true, options.signal), options);
+    // A plain text or token-id prompt is continued: its output's first space is real text.
+    const continuation = typeof prompt === 'string' || (Array.isArray(prompt) && typeof prompt[0] === 'number');
+    return new Generation(this, this.prepare(prompt, options.addSpecialTokens ?? true, options.signal), options, continuation);
   }
 
   /** Chat: `generate` over a conversation whose messages may hold image parts. */
@@ -631,9 +633,12 @@ export class Generation implements AsyncIterable<GenerationChunk> {
   private stopRequested = false;
 
   /** @internal */
-  constructor(model: Model, preparing: Promise<PreparedPrompt>, options: GenerateOptions) {
+  constructor(model: Model, preparing: Promise<PreparedPrompt>, options: GenerateOptions, continuation = false) {
     const stops = (options.stop ?? []).filter((s) => s.length > 0);
-    const detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true });
+    // Replaced once the prompt is known: a continuation of prompt text keeps its first token's
+    // leading space ("Once upon a" + "▁time" streams " time"); output that starts the text (an
+    // empty or special-tokens-only prompt, or a chat answer) gets the leading-space removal.
+    let detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true });
     const eos = model.tokenizer.eosId;
     let emitted = ''; // text handed to the consumer
     let pending = ''; // text held back: it may be the start of a stop string
@@ -682,6 +687,9 @@ export class Generation implements AsyncIterable<GenerationChunk> {
     preparing.catch(() => undefined);
     this.result = model.exclusive(async (ctx) => {
       const { ids: prompt, images } = await preparing;
+      const specials = new Set([model.tokenizer.bosId, model.tokenizer.eosId]);
+      if (continuation && prompt.some((id) => !specials.has(id)))
+        detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true, atStart: false });
       this.nativeCtx = ctx;
       const signal = options.signal;
       if (signal?.aborted) throw abortError();
