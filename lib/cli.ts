@@ -16,6 +16,8 @@ import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis } from './analyze.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
 import { native, packageRoot } from './native.js';
+import { pull } from './hub.js';
+import { ProgressBar, formatBytes } from './cli/progress_bar.js';
 import { BENCH_BUILD_SPEC, runBenchCommand } from './emobench/build.js';
 import { EVAL_COMPARE_SPEC, EVAL_SPEC, evalCommand } from './emobench/eval.js';
 
@@ -96,6 +98,63 @@ const INIT_MVP = {
   },
 } as const satisfies CommandSpec;
 
+const PULL = {
+  name: 'pull',
+  synopsis: '<repo>[@revision]',
+  summary:
+    'download a model repository from the Hugging Face hub (or HF_ENDPOINT) into the hub cache: resumes\n' +
+    "partial files, checks every file's SHA-256 / git hash, uses HF_TOKEN; load it as hf:<repo>",
+  positionals: { min: 1 },
+  options: {
+    include: { type: 'string', multiple: true, value: 'PATTERN', description: "only files matching (repeatable; * matches across /, e.g. '*Q4_K_M.gguf')" },
+    'cache-dir': { type: 'string', value: 'DIR', description: 'the hub cache (default HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)' },
+    endpoint: { type: 'string', value: 'URL', description: 'the hub or a mirror (default HF_ENDPOINT, https://huggingface.co)' },
+    json: JSON_FLAG,
+  },
+} as const satisfies CommandSpec;
+
+async function pullCommand(argv: readonly string[]): Promise<number> {
+  const p = parse(PULL, argv);
+  if (!p) return 0;
+  const v = p.values;
+  const ac = new AbortController();
+  const onSig = (): void => ac.abort();
+  process.once('SIGINT', onSig);
+  const bar = new ProgressBar();
+  let current = '';
+  try {
+    const r = await pull(p.positionals[0]!, {
+      ...(v.include ? { include: v.include } : {}),
+      ...(v['cache-dir'] !== undefined ? { cacheDir: v['cache-dir'] } : {}),
+      ...(v.endpoint !== undefined ? { endpoint: v.endpoint } : {}),
+      signal: ac.signal,
+      onProgress: (x) => {
+        if (v.json) return;
+        if (x.file !== current) {
+          bar.done();
+          current = x.file;
+        }
+        bar.update(`[${x.index + 1}/${x.files}] ${x.file}`, x.fileBytes, x.fileTotal);
+      },
+    });
+    bar.done();
+    if (v.json) console.log(JSON.stringify(r, null, 2));
+    else {
+      const counts = { cached: 0, downloaded: 0, resumed: 0 };
+      for (const f of r.files) counts[f.status]++;
+      console.log(
+        `${r.repo}@${r.revision} (${r.commit.slice(0, 10)}): ${r.files.length} files, ${formatBytes(r.files.reduce((s, f) => s + f.size, 0))} ` +
+          `(${counts.downloaded} downloaded, ${counts.resumed} resumed, ${counts.cached} already cached; ${formatBytes(r.downloadedBytes)} transferred, checksums verified)`,
+      );
+      console.log(`${r.dir}\nload it with: emollm generate hf:${r.repo}${r.revision === 'main' ? '' : `@${r.revision}`} "..."`);
+    }
+    return 0;
+  } finally {
+    bar.done();
+    process.removeListener('SIGINT', onSig);
+  }
+}
+
 /** A command: its table, and what it does with the parsed arguments. */
 interface Command {
   spec: CommandSpec;
@@ -115,16 +174,6 @@ interface TensorRow {
   dtype: string;
   shape: number[];
   nbytes: number;
-}
-
-function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
 async function inspect(path: string, json: boolean): Promise<void> {
@@ -281,6 +330,7 @@ const COMMANDS: Record<string, Command> = {
   },
   quantize: { spec: QUANTIZE, run: quantize },
   'init-mvp': { spec: INIT_MVP, run: initMvpCommand },
+  pull: { spec: PULL, run: pullCommand },
 };
 
 function version(): string {

@@ -18,6 +18,7 @@ import { ChatTemplate, loadChatTemplate, type ChatContentPart, type ChatMessage 
 import { EmollmError } from './errors.js';
 import { ImageProcessor, type ImageInput } from './image.js';
 import type { ImageProcessorConfig } from './image_processor.js';
+import { resolveHfPath } from './hub.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
@@ -269,10 +270,14 @@ function abortError(): EmollmError {
 
 /**
  * Loads a model: a Hugging Face folder (config.json + model.safetensors[.index.json] +
- * tokenizer files) or a GGUF file (weights and vocabulary in one).
+ * tokenizer files), a GGUF file (weights and vocabulary in one), or `hf:owner/name[@revision][/file]`
+ * from the local hub cache (see {@link pull}).
  */
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
   if (typeof path !== 'string' || path === '') throw new EmollmError('ERR_INVALID_ARGUMENT', 'path must be a non-empty string');
+  // hf:owner/name[@revision][/file]: the local hub cache (emollm pull fetches it).
+  if (path.startsWith('hf:')) path = resolveHfPath(path);
+  if (options.mmproj?.startsWith('hf:')) options = { ...options, mmproj: resolveHfPath(options.mmproj) };
   if (options.device !== undefined && options.device !== 'cpu') {
     if (options.device === 'cuda')
       throw new EmollmError('ERR_UNSUPPORTED', 'this build of emollm has no CUDA backend (build with `npm run build:cmake` where nvcc is present)');

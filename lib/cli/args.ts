@@ -133,7 +133,7 @@ function convert(spec: CommandSpec, name: string, o: OptionSpec, raw: string | b
 /** Rewrites parseArgs' messages (which name Node internals) into the CLI's words. */
 function parseArgsMessage(spec: CommandSpec, e: Error & { code?: string }): string {
   const m = e.message;
-  const opt = /'(-[^' ]+)/.exec(m)?.[1] ?? '';
+  const opt = /'(?:-\w, )?(--?[\w-]+)/.exec(m)?.[1] ?? '';
   switch (e.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
       return `${spec.name}: unknown option ${opt}`;
