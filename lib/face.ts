@@ -225,11 +225,29 @@ function toFace(b: NativeFaceBox, probs: Float32Array): DetectedFace {
 
 /** Detector + expression network, loaded once; safe to call concurrently. */
 export class FaceAnalyzer {
-  /** The native models (advanced use: raw detection, crops, network-level calls). */
-  readonly models: NativeFaceModels;
+  private native: NativeFaceModels | undefined;
 
   constructor(models: NativeFaceModels) {
-    this.models = models;
+    this.native = models;
+  }
+
+  /** The native models (advanced use: raw detection, crops, network-level calls). */
+  get models(): NativeFaceModels {
+    if (!this.native) throw new EmollmError('ERR_INVALID_ARGUMENT', 'the face analyzer is closed');
+    return this.native;
+  }
+
+  /**
+   * Releases the analyzer: later calls throw. The native weights (about 2 MB) are freed by the
+   * garbage collector once no call in flight holds them. Safe to call twice.
+   */
+  async close(): Promise<void> {
+    this.native = undefined;
+  }
+
+  /** `await using analyzer = await FaceAnalyzer.load()` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   /** Loads face-api's weights (from `@vladmandic/face-api/model` unless `modelDir` is given). */

@@ -31,3 +31,6 @@ export type { CanonicalEmotion, EmotionMention, EmotionParse, EmotionTaxonomyId 
 export * from './decode_result.js';
 export * from './analyze.js';
 export * from './face.js';
+export * from './emobench/index.js';
+export { pull, parseRepoSpec, parseHfPath, resolveHfPath, hubCacheDir, repoCacheDir, DEFAULT_HUB_ENDPOINT } from './hub.js';
+export type { PullOptions, PullProgress, PullResult, PulledFile, RepoSpec, HfPath } from './hub.js';

@@ -593,6 +593,11 @@ export class Model {
     await h.close();
   }
 
+  /** `await using model = await loadModel(...)` closes the model at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   /** @internal runs `fn` on the model's context after every earlier call finished. */
   exclusive<T>(fn: (ctx: NativeContext) => Promise<T>): Promise<T> {
     const run = this.queue.then(
