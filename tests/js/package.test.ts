@@ -82,6 +82,12 @@ describe.skipIf(!haveDist)('the published package', () => {
     for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cli.js', 'dist/cli/args.js', 'dist/hub.js', 'dist/emobench/index.js', 'dist/emobench/index.d.ts', 'package.json'])
       expect(files, f).toContain(f);
     expect(files.some((f) => f.startsWith('tests/') || f.startsWith('lib/'))).toBe(false);
+    // The face weights ship inside; face-api itself is only a development dependency.
+    for (const f of ['models/face/tiny_face_detector_model.bin', 'models/face/face_expression_model.bin', 'models/face/LICENSE', 'models/face/SOURCE.md'])
+      expect(files, f).toContain(f);
+    const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; devDependencies: Record<string, string> };
+    expect(pkg.dependencies['@vladmandic/face-api']).toBeUndefined();
+    expect(pkg.devDependencies['@vladmandic/face-api']).toBeDefined();
   });
 
   const env = { ...process.env, ...(existsSync(addon) ? { EMOLLM_CONSUMER_NATIVE: '1' } : {}) };
