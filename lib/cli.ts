@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
 import { formatUsage, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './cli/args.js';
 import { EmollmError } from './errors.js';
@@ -155,6 +155,23 @@ async function pullCommand(argv: readonly string[]): Promise<number> {
   }
 }
 
+/** loadModel with a progress bar on stderr (reading the weights, then the native load). */
+async function loadWithBar(path: string, options: LoadModelOptions, quiet = false): Promise<Model> {
+  const bar = new ProgressBar();
+  try {
+    return await loadModel(path, {
+      ...options,
+      onProgress: (p) => {
+        if (quiet) return;
+        if (p.phase === 'read') bar.update(`loading ${basename(path)}`, p.bytes, p.total);
+        else if (!p.done) bar.done();
+      },
+    });
+  } finally {
+    bar.done();
+  }
+}
+
 /** A command: its table, and what it does with the parsed arguments. */
 interface Command {
   spec: CommandSpec;
@@ -219,7 +236,7 @@ async function generate(argv: readonly string[]): Promise<number> {
   const ac = new AbortController();
   process.once('SIGINT', () => ac.abort());
   gen.signal = ac.signal;
-  const model = await loadModel(path, load);
+  const model = await loadWithBar(path, { ...load, signal: ac.signal });
   try {
     const ids = prompt === '' && model.tokenizer.bosId !== undefined ? [model.tokenizer.bosId] : prompt;
     process.stdout.write(prompt);
@@ -274,7 +291,7 @@ async function analyzeCommand(argv: readonly string[]): Promise<number> {
   let model: Model | undefined;
   if (v.model) {
     progress(`loading ${v.model}`);
-    model = await loadModel(v.model, { ...(v.mmproj ? { mmproj: v.mmproj } : {}), ...(v.threads !== undefined ? { threads: v.threads } : {}) });
+    model = await loadWithBar(v.model, { ...(v.mmproj ? { mmproj: v.mmproj } : {}), ...(v.threads !== undefined ? { threads: v.threads } : {}) }, json);
   }
   try {
     const r = await analyze(input, {

@@ -34,3 +34,4 @@ export * from './face.js';
 export * from './emobench/index.js';
 export { pull, parseRepoSpec, parseHfPath, resolveHfPath, hubCacheDir, repoCacheDir, DEFAULT_HUB_ENDPOINT } from './hub.js';
 export type { PullOptions, PullProgress, PullResult, PulledFile, RepoSpec, HfPath } from './hub.js';
+export type { LoadProgress } from './load_progress.js';

@@ -19,6 +19,7 @@ import { EmollmError } from './errors.js';
 import { ImageProcessor, type ImageInput } from './image.js';
 import type { ImageProcessorConfig } from './image_processor.js';
 import { resolveHfPath } from './hub.js';
+import { readThrough, weightFiles, type LoadProgress } from './load_progress.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
@@ -43,8 +44,14 @@ export interface LoadModelOptions {
   mmproj?: string;
   /** Overrides of the image preprocessing (preprocessor_config.json), e.g. `{ padToSquare: true }`. */
   imageProcessor?: Partial<ImageProcessorConfig>;
-  /** Cancels loading (checked before and after the native load). */
+  /** Cancels loading (checked before and after the native load, and between chunks of the progress read). */
   signal?: AbortSignal;
+  /**
+   * Loading progress. When given, the weight files are first read through once with progress
+   * (filling the page cache the memory map then uses; see lib/load_progress.ts), then the native
+   * load runs ('load' phase, reported at its start and end).
+   */
+  onProgress?: (progress: LoadProgress) => void;
 }
 
 /** What a loaded model is. */
@@ -313,6 +320,12 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       template = new ChatTemplate(t, { file: path, bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken });
   }
 
+  let weightBytes = 0;
+  if (options.onProgress) {
+    weightBytes = await readThrough(weightFiles(path, options.mmproj), options.onProgress, options.signal);
+    options.onProgress({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: false });
+  }
+
   const nativeOptions: { threads?: number; nCtx?: number; mmproj?: string } = {};
   if (options.threads !== undefined) nativeOptions.threads = options.threads;
   if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
@@ -340,7 +353,9 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       throw e;
     }
   }
-  return new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
+  const model = new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
+  options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
+  return model;
 }
 
 /** CLIP preprocessing for a model whose only description is its vision info (a GGUF mmproj). */
