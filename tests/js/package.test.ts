@@ -138,4 +138,23 @@ describe.skipIf(!haveDist)('the published package', () => {
     expect(c.status).not.toBe(0);
     expect(c.stdout).toMatch(/index\.ts\(2,/);
   }, 120_000);
+
+  it('a prebuild tagged as prebuildify --tag-libc names it is picked for glibc and refused for musl (node-gyp-build)', () => {
+    const dir = join(consumer, 'tagged');
+    const file = join(dir, 'prebuilds', `${process.platform}-${process.arch}`, 'emollm.napi.glibc.node');
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, 'not loaded: only resolved');
+    const resolveIn = (libc: string): { status: number | null; stdout: string; stderr: string } =>
+      spawnSync(process.execPath, ['-e', `console.log(require('node-gyp-build').resolve(${JSON.stringify(dir)}))`], {
+        cwd: repoRoot,
+        encoding: 'utf8',
+        env: { ...process.env, LIBC: libc },
+      });
+    const glibc = resolveIn('glibc');
+    expect(glibc.status, glibc.stderr).toBe(0);
+    expect(glibc.stdout.trim()).toBe(file);
+    const musl = resolveIn('musl');
+    expect(musl.status).not.toBe(0);
+    expect(musl.stderr).toMatch(/No native build was found/);
+  });
 });
