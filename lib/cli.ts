@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
-import { formatUsage, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './cli/args.js';
+import { JSON_OPTION, formatUsage, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './cli/args.js';
 import { EmollmError } from './errors.js';
 import { DTYPES, cpuInfo, type DType } from './kernels.js';
 import { quantizeGguf } from './quantize.js';
@@ -21,7 +21,7 @@ import { ProgressBar, formatBytes } from './cli/progress_bar.js';
 import { BENCH_BUILD_SPEC, runBenchCommand } from './emobench/build.js';
 import { EVAL_COMPARE_SPEC, EVAL_SPEC, evalCommand } from './emobench/eval.js';
 
-const JSON_FLAG = { type: 'boolean', description: 'machine-readable output' } as const;
+const JSON_FLAG = JSON_OPTION;
 
 const INFO = {
   name: 'info',

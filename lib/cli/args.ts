@@ -186,4 +186,4 @@ export function parseCommand<S extends CommandSpec>(spec: S, argv: readonly stri
 }
 
 /** Common option entries. */
-export const JSON_OPTION: OptionSpec = { type: 'boolean', description: 'machine-readable output' };
+export const JSON_OPTION = { type: 'boolean', description: 'machine-readable output' } as const satisfies OptionSpec;
