@@ -141,7 +141,7 @@ describe.skipIf(!haveDist)('the published package', () => {
 
   it('a prebuild tagged as prebuildify --tag-libc names it is picked for glibc and refused for musl (node-gyp-build)', () => {
     const dir = join(consumer, 'tagged');
-    const file = join(dir, 'prebuilds', `${process.platform}-${process.arch}`, 'emollm.napi.glibc.node');
+    const file = join(dir, 'prebuilds', `${process.platform}-${process.arch}`, 'emollm.glibc.node');
     mkdirSync(dirname(file), { recursive: true });
     writeFileSync(file, 'not loaded: only resolved');
     const resolveIn = (libc: string): { status: number | null; stdout: string; stderr: string } =>
