@@ -103,9 +103,13 @@ export const BENCH_USAGE = `usage: emollm bench build [options]   (emollm bench 
 /** The `emollm bench` command; args after `bench`. Returns the exit code. */
 export async function runBenchCommand(args: readonly string[], json = false): Promise<number> {
   const [sub, ...rest] = args;
-  if (!sub || sub === '-h' || sub === '--help') {
+  if (!sub) {
+    console.error(BENCH_USAGE);
+    return 2;
+  }
+  if (sub === '-h' || sub === '--help') {
     console.log(BENCH_USAGE);
-    return sub ? 0 : 2;
+    return 0;
   }
   if (sub !== 'build') throw new UsageError(`bench: unknown command ${JSON.stringify(sub)}`, BENCH_USAGE);
   const { values: v, help } = parseCommand(BENCH_BUILD_SPEC, rest);

@@ -166,6 +166,12 @@ describe.skipIf(!existsSync(cli))('emollm (dist/cli.js)', () => {
     const b = run('bench', 'build', '--source', 'MELD=/nonexistent');
     expect(b.status).toBe(2);
     expect(b.stderr).toMatch(/bench build needs --out/);
+    const bench = run('bench');
+    expect(bench.status).toBe(2);
+    expect(bench.stderr).toMatch(/usage: emollm bench build/);
+    const benchSub = run('bench', 'make');
+    expect(benchSub.status).toBe(2);
+    expect(benchSub.stderr).toMatch(/bench: unknown command "make"/);
     const i = run('init-mvp', 'only-one');
     expect(i.status).toBe(2);
     expect(i.stderr).toMatch(/init-mvp: needs <llava-dir> <out-dir>/);
