@@ -25,7 +25,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 
-import { listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
+import type { ListFileEntry } from '@huggingface/hub';
 
 import { EmollmError } from './errors.js';
 
@@ -218,6 +218,8 @@ export async function pull(repoSpec: string, options: PullOptions = {}): Promise
       ? (input, init) => abortable(input, { ...init, headers: { ...(init?.headers as Record<string, string>), Authorization: `Bearer ${accessToken}` } })
       : abortable;
 
+  // Loaded on first use: importing emollm (or running another command) does not pay for it.
+  const { listFiles, modelInfo } = await import('@huggingface/hub');
   let commit: string;
   try {
     const info = await modelInfo({ name: repo, revision, hubUrl: endpoint, fetch: hubFetch, additionalFields: ['sha'], ...credentials });
