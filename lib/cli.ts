@@ -1,73 +1,196 @@
 #!/usr/bin/env node
 /**
- * The `emollm` command line.
- *   emollm info                  CPU features and the kernel paths in use
- *   emollm inspect <file|dir>    header of a GGUF file, safetensors file or HF model folder
+ * The `emollm` command line. Every command declares its options in a table (a CommandSpec) that
+ * lib/cli/args.ts parses strictly (unknown flags and missing values are errors) and turns into
+ * the command's `--help`. Adding a flag is one table entry.
  */
+import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
+import { JSON_OPTION, formatUsage, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './cli/args.js';
 import { EmollmError } from './errors.js';
 import { DTYPES, cpuInfo, type DType } from './kernels.js';
 import { quantizeGguf } from './quantize.js';
 import { initMvp, type InitMvpOptions } from './init_mvp.js';
-import { ANALYZE_TASKS, analyze, formatAnalysis, type AnalyzeTask } from './analyze.js';
+import { ANALYZE_TASKS, analyze, formatAnalysis } from './analyze.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
-import { native } from './native.js';
-import { runBenchCommand } from './emobench/build.js';
-import { evalCommand } from './emobench/eval.js';
+import { native, packageRoot } from './native.js';
+import { pull } from './hub.js';
+import { ProgressBar, formatBytes } from './cli/progress_bar.js';
+import { BENCH_BUILD_SPEC, runBenchCommand } from './emobench/build.js';
+import { EVAL_COMPARE_SPEC, EVAL_SPEC, evalCommand } from './emobench/eval.js';
 
-const USAGE = `usage: emollm <command>
+const JSON_FLAG = JSON_OPTION;
 
-commands:
-  analyze <image|video>  emotion, intent, hate, humor or sarcasm in an image or video; offline with
-                         the face perspective, or with a LLaVA / EmoLLM model (EmoPrompt + decoding)
-    --task T             emotion (default) | emotion-open | intent | hate | humor | sarcasm
-    --text "..."         caption, utterance or meme text that comes with the image
-    --model PATH         LLaVA / EmoLLM folder, or a GGUF (with --mmproj PATH)
-    --labels a,b,c       close-set labels (default: Ekman 7 for emotion, MIntRec's 20 for intent)
-    --frames N           video frames to sample with ffmpeg (default 8)
-  eval --bench FILE --model SPEC --out DIR
-                         EmoBench evaluation (SPEC: model folder | gguf | http://host:port/v1#name
-                         | face | random | majority; --no-face, --text-only);
-                         eval compare RUN_A RUN_B...; eval leaderboard RUN...; eval --help
-  bench build --source <dataset>=<dir> ... --out <file.jsonl> [--media-root DIR] [--split test]
-                         EmoBench JSONL from the source datasets' release files (emollm bench --help)
-  info                   CPU features, instruction-set level and threads the kernels use
-  inspect <path>         tensors and metadata of a .gguf, a .safetensors, or a model folder
-                         (config.json + model.safetensors[.index.json])
-  generate <model> [prompt]
-                         stream a continuation from a .gguf or a Hugging Face folder
-    --max-tokens N       (default 128)   --temperature T (default 0: greedy)   --seed S
-    --context N          KV cache size   --threads N     --tokenizer PATH (folder without tokenizer.json)
-  quantize <in.gguf> <out.gguf> <q8_0|q4_0|f16|bf16|f32>
-                         convert a GGUF model's weight matrices (as llama-quantize's reference types)
-  init-mvp <llava-dir> <out-dir>
-                         EmoLLM checkpoint from a llava-hf folder: config.json with an \`emollm\`
-                         section + emollm_mvp.safetensors (global head = the LLaVA projector, gate
-                         open; multi-layer, attention-pool and face heads closed: outputs equal the
-                         base's until trained). Weights are symlinked unless --copy.
-    --copy               copy the base weights   --early-layer N (default ~n_layers/4)
-    --queries N          attention-pool queries (default 8)   --seed S
-options:
-  --json                 machine-readable output
-  -h, --help             this help`;
+const INFO = {
+  name: 'info',
+  synopsis: '',
+  summary: 'CPU features, instruction-set level and threads the kernels use',
+  options: { json: JSON_FLAG },
+} as const satisfies CommandSpec;
+
+const INSPECT = {
+  name: 'inspect',
+  synopsis: '<path>',
+  summary: 'tensors and metadata of a .gguf, a .safetensors, or a model folder (config.json + model.safetensors[.index.json])',
+  positionals: { min: 1 },
+  options: { json: JSON_FLAG },
+} as const satisfies CommandSpec;
+
+const GENERATE = {
+  name: 'generate',
+  synopsis: '<model> [prompt]',
+  summary: 'stream a continuation from a .gguf or a Hugging Face folder (or hf:owner/repo, see emollm pull)',
+  positionals: { min: 1, max: 2 },
+  options: {
+    'max-tokens': { type: 'integer', description: 'tokens to generate (default 128)' },
+    temperature: { type: 'number', value: 'T', description: 'sampling temperature (default 0: greedy)' },
+    seed: { type: 'integer', description: 'sampling seed' },
+    context: { type: 'integer', description: 'KV cache size in tokens' },
+    threads: { type: 'integer', description: 'compute threads (default: physical cores)' },
+    tokenizer: { type: 'string', value: 'PATH', description: 'tokenizer for a folder without tokenizer.json (.gguf, tokenizer.json, llama2.c .bin)' },
+  },
+  notes: '  a prompt that starts with "-" goes after --:  emollm generate model.gguf -- "-x"',
+} as const satisfies CommandSpec;
+
+const QUANTIZE = {
+  name: 'quantize',
+  synopsis: `<in.gguf> <out.gguf> <${DTYPES.join('|')}>`,
+  summary: "convert a GGUF model's weight matrices (as llama-quantize's reference types)",
+  positionals: { min: 3 },
+  options: { json: JSON_FLAG },
+} as const satisfies CommandSpec;
+
+const ANALYZE = {
+  name: 'analyze',
+  synopsis: '<image|video>',
+  summary:
+    'emotion, intent, hate, humor or sarcasm in an image or video; offline with the face perspective,\n' +
+    'or with a LLaVA / EmoLLM model (EmoPrompt + decoding)',
+  positionals: { min: 1 },
+  options: {
+    task: { type: 'string', choices: ANALYZE_TASKS, description: 'what to recognise (default emotion)' },
+    text: { type: 'string', value: '"..."', description: 'caption, utterance or meme text that comes with the image' },
+    model: { type: 'string', value: 'PATH', description: 'LLaVA / EmoLLM folder, or a GGUF (with --mmproj PATH)' },
+    mmproj: { type: 'string', value: 'PATH', description: 'multimodal projector GGUF beside a text GGUF' },
+    labels: { type: 'list', value: 'a,b,c', description: "close-set labels (default: Ekman 7 for emotion, MIntRec's 20 for intent)" },
+    frames: { type: 'integer', description: 'video frames to sample with ffmpeg (default 8)' },
+    threads: { type: 'integer', description: 'compute threads' },
+    json: JSON_FLAG,
+  },
+} as const satisfies CommandSpec;
+
+const INIT_MVP = {
+  name: 'init-mvp',
+  synopsis: '<llava-dir> <out-dir>',
+  summary:
+    'EmoLLM checkpoint from a llava-hf folder: config.json with an `emollm` section + emollm_mvp.safetensors\n' +
+    '(global head = the LLaVA projector, gate open; multi-layer, attention-pool and face heads closed:\n' +
+    "outputs equal the base's until trained). Weights are symlinked unless --copy.",
+  positionals: { min: 2 },
+  options: {
+    copy: { type: 'boolean', description: 'copy the base weights' },
+    'early-layer': { type: 'integer', description: 'hidden-state index of the early layer (default ~n_layers/4)' },
+    queries: { type: 'integer', description: 'attention-pool queries (default 8)' },
+    seed: { type: 'integer', description: 'seed of the new heads' },
+    json: JSON_FLAG,
+  },
+} as const satisfies CommandSpec;
+
+const PULL = {
+  name: 'pull',
+  synopsis: '<repo>[@revision]',
+  summary:
+    'download a model repository from the Hugging Face hub (or HF_ENDPOINT) into the hub cache: resumes\n' +
+    "partial files, checks every file's SHA-256 / git hash, uses HF_TOKEN; load it as hf:<repo>",
+  positionals: { min: 1 },
+  options: {
+    include: { type: 'string', multiple: true, value: 'PATTERN', description: "only files matching (repeatable; * matches across /, e.g. '*Q4_K_M.gguf')" },
+    'cache-dir': { type: 'string', value: 'DIR', description: 'the hub cache (default HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)' },
+    endpoint: { type: 'string', value: 'URL', description: 'the hub or a mirror (default HF_ENDPOINT, https://huggingface.co)' },
+    json: JSON_FLAG,
+  },
+} as const satisfies CommandSpec;
+
+async function pullCommand(argv: readonly string[]): Promise<number> {
+  const p = parse(PULL, argv);
+  if (!p) return 0;
+  const v = p.values;
+  const ac = new AbortController();
+  const onSig = (): void => ac.abort();
+  process.once('SIGINT', onSig);
+  const bar = new ProgressBar();
+  let current = '';
+  try {
+    const r = await pull(p.positionals[0]!, {
+      ...(v.include ? { include: v.include } : {}),
+      ...(v['cache-dir'] !== undefined ? { cacheDir: v['cache-dir'] } : {}),
+      ...(v.endpoint !== undefined ? { endpoint: v.endpoint } : {}),
+      signal: ac.signal,
+      onProgress: (x) => {
+        if (v.json) return;
+        if (x.file !== current) {
+          bar.done();
+          current = x.file;
+        }
+        bar.update(`[${x.index + 1}/${x.files}] ${x.file}`, x.fileBytes, x.fileTotal);
+      },
+    });
+    bar.done();
+    if (v.json) console.log(JSON.stringify(r, null, 2));
+    else {
+      const counts = { cached: 0, downloaded: 0, resumed: 0 };
+      for (const f of r.files) counts[f.status]++;
+      console.log(
+        `${r.repo}@${r.revision} (${r.commit.slice(0, 10)}): ${r.files.length} files, ${formatBytes(r.files.reduce((s, f) => s + f.size, 0))} ` +
+          `(${counts.downloaded} downloaded, ${counts.resumed} resumed, ${counts.cached} already cached; ${formatBytes(r.downloadedBytes)} transferred, checksums verified)`,
+      );
+      console.log(`${r.dir}\nload it with: emollm generate hf:${r.repo}${r.revision === 'main' ? '' : `@${r.revision}`} "..."`);
+    }
+    return 0;
+  } finally {
+    bar.done();
+    process.removeListener('SIGINT', onSig);
+  }
+}
+
+/** loadModel with a progress bar on stderr (reading the weights, then the native load). */
+async function loadWithBar(path: string, options: LoadModelOptions, quiet = false): Promise<Model> {
+  const bar = new ProgressBar();
+  try {
+    return await loadModel(path, {
+      ...options,
+      onProgress: (p) => {
+        if (quiet) return;
+        if (p.phase === 'read') bar.update(`loading ${basename(path)}`, p.bytes, p.total);
+        else if (!p.done) bar.done();
+      },
+    });
+  } finally {
+    bar.done();
+  }
+}
+
+/** A command: its table, and what it does with the parsed arguments. */
+interface Command {
+  spec: CommandSpec;
+  run(argv: readonly string[]): Promise<number>;
+}
+
+/** Parses argv against spec; prints the usage and returns undefined on --help. */
+function parse<S extends CommandSpec>(spec: S, argv: readonly string[]): ParsedCommand<S> | undefined {
+  const p = parseCommand(spec, argv);
+  if (!p.help) return p;
+  console.log(formatUsage(spec));
+  return undefined;
+}
 
 interface TensorRow {
   name: string;
   dtype: string;
   shape: number[];
   nbytes: number;
-}
-
-function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
 async function inspect(path: string, json: boolean): Promise<void> {
@@ -97,46 +220,27 @@ async function inspect(path: string, json: boolean): Promise<void> {
   if (tensors.length > 40) console.log(`  ... ${tensors.length - 40} more (--json lists all)`);
 }
 
-/** Removes `--name value` from args and returns the value. */
-function takeOption(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  if (i < 0) return undefined;
-  const v = args[i + 1];
-  if (v === undefined) throw new EmollmError('ERR_INVALID_ARGUMENT', `${name} needs a value`);
-  args.splice(i, 2);
-  return v;
-}
 
-function takeNumber(args: string[], name: string): number | undefined {
-  const v = takeOption(args, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new EmollmError('ERR_INVALID_ARGUMENT', `${name} must be a number, got ${JSON.stringify(v)}`);
-  return n;
-}
-
-async function generate(args: string[]): Promise<void> {
+async function generate(argv: readonly string[]): Promise<number> {
+  const p = parse(GENERATE, argv);
+  if (!p) return 0;
+  const v = p.values;
+  const [path, prompt = ''] = p.positionals as [string, string?];
   const load: LoadModelOptions = {};
-  const gen: GenerateOptions = { maxTokens: takeNumber(args, '--max-tokens') ?? 128 };
-  const temperature = takeNumber(args, '--temperature');
-  const seed = takeNumber(args, '--seed');
-  const context = takeNumber(args, '--context');
-  const threads = takeNumber(args, '--threads');
-  const tokenizer = takeOption(args, '--tokenizer');
-  if (temperature !== undefined) gen.temperature = temperature;
-  if (seed !== undefined) gen.seed = seed;
-  if (context !== undefined) load.contextSize = context;
-  if (threads !== undefined) load.threads = threads;
-  if (tokenizer !== undefined) load.tokenizer = tokenizer;
-  const [path, prompt = ''] = args;
-  if (!path) throw new EmollmError('ERR_INVALID_ARGUMENT', 'generate needs a model path');
+  const gen: GenerateOptions = { maxTokens: v['max-tokens'] ?? 128 };
+  if (v.temperature !== undefined) gen.temperature = v.temperature;
+  if (v.seed !== undefined) gen.seed = v.seed;
+  if (v.context !== undefined) load.contextSize = v.context;
+  if (v.threads !== undefined) load.threads = v.threads;
+  if (v.tokenizer !== undefined) load.tokenizer = v.tokenizer;
   const ac = new AbortController();
   process.once('SIGINT', () => ac.abort());
   gen.signal = ac.signal;
-  const model = await loadModel(path, load);
+  const model = await loadWithBar(path, { ...load, signal: ac.signal });
   try {
     const ids = prompt === '' && model.tokenizer.bosId !== undefined ? [model.tokenizer.bosId] : prompt;
     process.stdout.write(prompt);
+    // The chunks continue the prompt: the first one carries its own leading space.
     const g = model.generate(ids, gen);
     for await (const chunk of g) process.stdout.write(chunk.text);
     const r = await g.result;
@@ -145,119 +249,153 @@ async function generate(args: string[]): Promise<void> {
   } finally {
     await model.close();
   }
+  return 0;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const json = argv.includes('--json');
-  const args = argv.filter((a) => a !== '--json');
-  const [cmd, ...rest] = args;
-  if (!cmd || cmd === '-h' || cmd === '--help') {
-    console.log(USAGE);
-    return cmd ? 0 : 1;
+async function info(argv: readonly string[]): Promise<number> {
+  const p = parse(INFO, argv);
+  if (!p) return 0;
+  const i = cpuInfo();
+  if (p.values.json) console.log(JSON.stringify(i, null, 2));
+  else {
+    const on = Object.entries(i.features).filter(([, v]) => v).map(([k]) => k);
+    console.log(`cpu:      ${i.brand}`);
+    console.log(`cores:    ${i.physicalCores} physical, ${i.logicalCpus} logical; kernels use ${i.threads} threads`);
+    console.log(`kernels:  ${i.isaActive} (best supported: ${i.isaDetected})`);
+    console.log(`features: ${on.join(' ')}`);
   }
-  switch (cmd) {
-    case 'info': {
-      const info = cpuInfo();
-      if (json) console.log(JSON.stringify(info, null, 2));
-      else {
-        const on = Object.entries(info.features).filter(([, v]) => v).map(([k]) => k);
-        console.log(`cpu:      ${info.brand}`);
-        console.log(`cores:    ${info.physicalCores} physical, ${info.logicalCpus} logical; kernels use ${info.threads} threads`);
-        console.log(`kernels:  ${info.isaActive} (best supported: ${info.isaDetected})`);
-        console.log(`features: ${on.join(' ')}`);
-      }
-      return 0;
-    }
-    case 'inspect': {
-      if (!rest[0]) throw new EmollmError('ERR_INVALID_ARGUMENT', 'inspect needs a path');
-      await inspect(rest[0], json);
-      return 0;
-    }
-    case 'quantize': {
-      const [input, output, target] = rest;
-      if (!input || !output || !target) throw new EmollmError('ERR_INVALID_ARGUMENT', 'quantize needs <in.gguf> <out.gguf> <type>');
-      if (!(DTYPES as readonly string[]).includes(target))
-        throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`);
-      const r = await quantizeGguf(input, output, target as DType);
-      if (json) console.log(JSON.stringify(r, null, 2));
-      else console.log(`${output}: ${r.converted.length} tensors converted to ${target}, ${r.kept.length} kept`);
-      return 0;
-    }
-    case 'generate':
-      await generate(rest);
-      return 0;
-    case 'analyze': {
-      const task = takeOption(rest, '--task') ?? 'emotion';
-      if (!(ANALYZE_TASKS as readonly string[]).includes(task))
-        throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown task ${JSON.stringify(task)} (${ANALYZE_TASKS.join(', ')})`);
-      const text = takeOption(rest, '--text');
-      const modelPath = takeOption(rest, '--model');
-      const mmproj = takeOption(rest, '--mmproj');
-      const labels = takeOption(rest, '--labels');
-      const frames = takeNumber(rest, '--frames');
-      const threads = takeNumber(rest, '--threads');
-      const input = rest[0];
-      if (!input) throw new EmollmError('ERR_INVALID_ARGUMENT', 'analyze needs an image or video path');
-      const progress = (m: string): void => {
-        if (!json) process.stderr.write(`… ${m}\n`);
-      };
-      let model: Model | undefined;
-      if (modelPath) {
-        progress(`loading ${modelPath}`);
-        model = await loadModel(modelPath, { ...(mmproj ? { mmproj } : {}), ...(threads !== undefined ? { threads } : {}) });
-      }
-      try {
-        const r = await analyze(input, {
-          task: task as AnalyzeTask,
-          ...(text !== undefined ? { text } : {}),
-          ...(model ? { model } : {}),
-          ...(labels ? { labels: labels.split(',').map((l) => l.trim()).filter((l) => l !== '') } : {}),
-          ...(frames !== undefined ? { frames } : {}),
-          onProgress: progress,
-        });
-        console.log(json ? JSON.stringify(r, null, 2) : formatAnalysis(r));
-      } finally {
-        await model?.close();
-      }
-      return 0;
-    }
-    case 'bench':
-      return runBenchCommand(rest, json);
-    case 'init-mvp': {
-      const opts: InitMvpOptions = {};
-      const copy = rest.indexOf('--copy');
-      if (copy >= 0) {
-        rest.splice(copy, 1);
-        opts.copy = true;
-      }
-      const early = takeNumber(rest, '--early-layer');
-      const queries = takeNumber(rest, '--queries');
-      const seed = takeNumber(rest, '--seed');
-      if (early !== undefined) opts.earlyLayer = early;
-      if (queries !== undefined) opts.queries = queries;
-      if (seed !== undefined) opts.seed = seed;
-      const [from, to] = rest;
-      if (!from || !to) throw new EmollmError('ERR_INVALID_ARGUMENT', 'init-mvp needs <llava-dir> <out-dir>');
-      const r = await initMvp(from, to, opts);
-      if (json) console.log(JSON.stringify(r, null, 2));
-      else {
-        console.log(`${r.outDir}: EmoLLM checkpoint (${r.linked.length} files linked, ${r.copied.length} copied)`);
-        for (const p of r.section.perspectives)
-          console.log(`  ${String(p.name).padEnd(10)} ${p.type.padEnd(16)} layers ${JSON.stringify(p.layers)}  gate ${p.gate}`);
-      }
-      return 0;
-    }
-    case 'eval':
-      return evalCommand(rest, json);
-    default:
-      console.error(`emollm: unknown command "${cmd}"\n\n${USAGE}`);
-      return 2;
+  return 0;
+}
+
+async function quantize(argv: readonly string[]): Promise<number> {
+  const p = parse(QUANTIZE, argv);
+  if (!p) return 0;
+  const [input, output, target] = p.positionals as [string, string, string];
+  if (!(DTYPES as readonly string[]).includes(target))
+    throw new UsageError(`quantize: unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`, formatUsage(QUANTIZE));
+  const r = await quantizeGguf(input, output, target as DType);
+  if (p.values.json) console.log(JSON.stringify(r, null, 2));
+  else console.log(`${output}: ${r.converted.length} tensors converted to ${target}, ${r.kept.length} kept`);
+  return 0;
+}
+
+async function analyzeCommand(argv: readonly string[]): Promise<number> {
+  const p = parse(ANALYZE, argv);
+  if (!p) return 0;
+  const v = p.values;
+  const json = v.json === true;
+  const input = p.positionals[0]!;
+  const progress = (m: string): void => {
+    if (!json) process.stderr.write(`… ${m}\n`);
+  };
+  let model: Model | undefined;
+  if (v.model) {
+    progress(`loading ${v.model}`);
+    model = await loadWithBar(v.model, { ...(v.mmproj ? { mmproj: v.mmproj } : {}), ...(v.threads !== undefined ? { threads: v.threads } : {}) }, json);
   }
+  try {
+    const r = await analyze(input, {
+      task: v.task ?? 'emotion',
+      ...(v.text !== undefined ? { text: v.text } : {}),
+      ...(model ? { model } : {}),
+      ...(v.labels?.length ? { labels: v.labels } : {}),
+      ...(v.frames !== undefined ? { frames: v.frames } : {}),
+      onProgress: progress,
+    });
+    console.log(json ? JSON.stringify(r, null, 2) : formatAnalysis(r));
+  } finally {
+    await model?.close();
+  }
+  return 0;
+}
+
+async function initMvpCommand(argv: readonly string[]): Promise<number> {
+  const p = parse(INIT_MVP, argv);
+  if (!p) return 0;
+  const v = p.values;
+  const opts: InitMvpOptions = {};
+  if (v.copy) opts.copy = true;
+  if (v['early-layer'] !== undefined) opts.earlyLayer = v['early-layer'];
+  if (v.queries !== undefined) opts.queries = v.queries;
+  if (v.seed !== undefined) opts.seed = v.seed;
+  const [from, to] = p.positionals as [string, string];
+  const r = await initMvp(from, to, opts);
+  if (v.json) console.log(JSON.stringify(r, null, 2));
+  else {
+    console.log(`${r.outDir}: EmoLLM checkpoint (${r.linked.length} files linked, ${r.copied.length} copied)`);
+    for (const x of r.section.perspectives)
+      console.log(`  ${String(x.name).padEnd(10)} ${x.type.padEnd(16)} layers ${JSON.stringify(x.layers)}  gate ${x.gate}`);
+  }
+  return 0;
+}
+
+/** Every command, in the order the top-level usage lists them. */
+const COMMANDS: Record<string, Command> = {
+  analyze: { spec: ANALYZE, run: analyzeCommand },
+  eval: { spec: EVAL_SPEC, run: (a) => evalCommand(a) },
+  'eval compare': { spec: EVAL_COMPARE_SPEC, run: (a) => evalCommand(['compare', ...a]) },
+  bench: { spec: BENCH_BUILD_SPEC, run: (a) => runBenchCommand(a) },
+  generate: { spec: GENERATE, run: generate },
+  info: { spec: INFO, run: info },
+  inspect: {
+    spec: INSPECT,
+    run: async (a) => {
+      const p = parse(INSPECT, a);
+      if (p) await inspect(p.positionals[0]!, p.values.json === true);
+      return 0;
+    },
+  },
+  quantize: { spec: QUANTIZE, run: quantize },
+  'init-mvp': { spec: INIT_MVP, run: initMvpCommand },
+  pull: { spec: PULL, run: pullCommand },
+};
+
+function version(): string {
+  return (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+function topUsage(): string {
+  const lines = ['usage: emollm <command> [options]      emollm <command> --help for its options', '', 'commands:'];
+  for (const [key, c] of Object.entries(COMMANDS)) {
+    const head = `${c.spec.name} ${c.spec.synopsis}`.trim();
+    const summary = c.spec.summary.split('\n')[0]!;
+    lines.push(head.length < 34 ? `  ${head.padEnd(34)} ${summary}` : `  ${head}\n  ${' '.repeat(34)} ${summary}`);
+    void key;
+  }
+  lines.push('', 'options:', '  -h, --help                         this help', '  -v, --version                      the version of emollm');
+  return lines.join('\n');
+}
+
+/** Runs the command line; returns the exit code. */
+async function main(argv: readonly string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined) {
+    console.error(topUsage());
+    return 2;
+  }
+  if (cmd === '-h' || cmd === '--help' || cmd === 'help') {
+    console.log(topUsage());
+    return 0;
+  }
+  if (cmd === '-v' || cmd === '--version') {
+    console.log(version());
+    return 0;
+  }
+  const command = cmd === 'eval' && rest[0] === 'compare' ? COMMANDS['eval compare'] : COMMANDS[cmd];
+  if (!command || cmd.includes(' ')) {
+    console.error(`emollm: unknown ${cmd.startsWith('-') ? 'option' : 'command'} ${JSON.stringify(cmd)}\n\n${topUsage()}`);
+    return 2;
+  }
+  return command.run(command === COMMANDS['eval compare'] ? rest.slice(1) : rest);
 }
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
+    if (e instanceof UsageError) {
+      console.error(`emollm ${e.message}\n\n${e.usage}`);
+      process.exit(2);
+    }
     if (e instanceof EmollmError) console.error(`emollm: ${e.message} [${e.code}]`);
     else console.error(e);
     process.exit(1);

@@ -22,6 +22,10 @@ export type EmollmErrorCode =
   | 'ERR_OUT_OF_MEMORY'
   /** No native binary could be loaded for this platform. */
   | 'ERR_NO_BINARY'
+  /** A download or hub request failed (unreachable server, HTTP error, unauthorised, not found). */
+  | 'ERR_NETWORK'
+  /** Downloaded bytes whose size or hash differ from what the server declared. */
+  | 'ERR_CHECKSUM'
   /** The operation was cancelled through an AbortSignal. */
   | 'ERR_ABORTED'
   /** A path that exists but is a FIFO, socket, device or folder where a regular file is needed (refused before any read). */

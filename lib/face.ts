@@ -1,8 +1,8 @@
 /**
  * Face detection and facial-expression recognition, offline, in the native core.
  *
- * The networks and their trained weights are face-api's (`@vladmandic/face-api`, MIT, a runtime
- * dependency of emollm; its `model/` folder ships the TensorFlow.js weight manifests):
+ * The networks and their trained weights are face-api's (`@vladmandic/face-api`, MIT; the four
+ * TensorFlow.js weight files ship in this package's models/face, with attribution in its SOURCE.md):
  *
  * - **TinyFaceDetector** (`tiny_face_detector_model`, 190 KB): a tiny-YOLOv2 with depthwise-separable
  *   convolutions on a square input (default 416), 5 anchors per cell of a (size/32)^2 grid, box
@@ -32,7 +32,7 @@ import { dirname, join } from 'node:path';
 
 import { EmollmError } from './errors.js';
 import { decodeImage, type DecodeImageOptions, type ImageInput } from './image.js';
-import { native } from './native.js';
+import { native, packageRoot } from './native.js';
 
 /** face-api's expression labels, in the network's output order. */
 export const FACE_EXPRESSIONS = ['neutral', 'happy', 'sad', 'angry', 'fearful', 'disgusted', 'surprised'] as const;
@@ -69,7 +69,7 @@ export interface DetectFacesOptions extends DecodeImageOptions {
 
 /** Where face-api's weights come from. */
 export interface FaceModelOptions {
-  /** Folder holding `tiny_face_detector_model-weights_manifest.json`, `face_expression_model-…` and their .bin files. Default: `@vladmandic/face-api/model`. */
+  /** Folder holding `tiny_face_detector_model-weights_manifest.json`, `face_expression_model-…` and their .bin files. Default: the copies shipped in this package ({@link faceModelDir}). */
   modelDir?: string;
 }
 
@@ -112,7 +112,12 @@ interface FaceBinding {
 const DETECTOR_MODEL = 'tiny_face_detector_model';
 const EXPRESSION_MODEL = 'face_expression_model';
 
-/** The `model/` folder of the installed `@vladmandic/face-api` package. */
+/** The face weights shipped in this package (models/face: face-api's MIT weights, see its SOURCE.md). */
+export function faceModelDir(): string {
+  return join(packageRoot, 'models', 'face');
+}
+
+/** The `model/` folder of an installed `@vladmandic/face-api` package (a development dependency, for parity tests). */
 export function faceApiModelDir(): string {
   const require = createRequire(import.meta.url);
   let pkg: string;
@@ -190,7 +195,7 @@ export async function loadTfjsWeights(dir: string, name: string): Promise<Map<st
 
 /** Loads and dequantises the detector and expression weights, names prefixed for createFaceModels. */
 export async function loadFaceWeights(options: FaceModelOptions = {}): Promise<FaceWeights> {
-  const dir = options.modelDir ?? faceApiModelDir();
+  const dir = options.modelDir ?? faceModelDir();
   const weights: Record<string, Float32Array> = {};
   const shapes: Record<string, number[]> = {};
   for (const [prefix, model] of [['detector', DETECTOR_MODEL], ['expression', EXPRESSION_MODEL]] as const) {
@@ -225,14 +230,32 @@ function toFace(b: NativeFaceBox, probs: Float32Array): DetectedFace {
 
 /** Detector + expression network, loaded once; safe to call concurrently. */
 export class FaceAnalyzer {
-  /** The native models (advanced use: raw detection, crops, network-level calls). */
-  readonly models: NativeFaceModels;
+  private native: NativeFaceModels | undefined;
 
   constructor(models: NativeFaceModels) {
-    this.models = models;
+    this.native = models;
   }
 
-  /** Loads face-api's weights (from `@vladmandic/face-api/model` unless `modelDir` is given). */
+  /** The native models (advanced use: raw detection, crops, network-level calls). */
+  get models(): NativeFaceModels {
+    if (!this.native) throw new EmollmError('ERR_INVALID_ARGUMENT', 'the face analyzer is closed');
+    return this.native;
+  }
+
+  /**
+   * Releases the analyzer: later calls throw. The native weights (about 2 MB) are freed by the
+   * garbage collector once no call in flight holds them. Safe to call twice.
+   */
+  async close(): Promise<void> {
+    this.native = undefined;
+  }
+
+  /** `await using analyzer = await FaceAnalyzer.load()` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** Loads face-api's weights (the copies shipped in this package unless `modelDir` is given). */
   static async load(options: FaceModelOptions = {}): Promise<FaceAnalyzer> {
     const { weights, shapes } = await loadFaceWeights(options);
     const binding = native() as unknown as FaceBinding;
@@ -241,9 +264,10 @@ export class FaceAnalyzer {
 
   /** Face boxes only (no expressions), best first. */
   async detect(image: ImageInput, options: DetectFacesOptions = {}): Promise<Array<{ box: FaceBoxRect; score: number }>> {
+    const models = this.models; // a closed analyzer fails before any decoding
     const opts = checkOptions(options);
     const img = await decodeImage(image, options);
-    const boxes = await this.models.detect(img.data, img.width, img.height, opts);
+    const boxes = await models.detect(img.data, img.width, img.height, opts);
     return boxes.map((b) => ({ box: { x: b.x, y: b.y, width: b.width, height: b.height }, score: b.score }));
   }
 
@@ -252,9 +276,10 @@ export class FaceAnalyzer {
    * entirely outside the image after clipping (no pixels to classify) are left out.
    */
   async analyze(image: ImageInput, options: DetectFacesOptions = {}): Promise<DetectedFace[]> {
+    const models = this.models;
     const opts = checkOptions(options);
     const img = await decodeImage(image, options);
-    const boxes = await this.models.analyze(img.data, img.width, img.height, opts);
+    const boxes = await models.analyze(img.data, img.width, img.height, opts);
     return boxes.filter((b) => b.expressions).map((b) => toFace(b, b.expressions as Float32Array));
   }
 }

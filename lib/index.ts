@@ -32,3 +32,7 @@ export * from './decode_result.js';
 export * from './analyze.js';
 export { askModel, buildModelPrompt, perceive, sharedFaceAnalyzer, type ModelAnswer, type ModelPromptOptions, type Perception, type PerceiveOptions } from './perception.js';
 export * from './face.js';
+export * from './emobench/index.js';
+export { pull, parseRepoSpec, parseHfPath, resolveHfPath, hubCacheDir, repoCacheDir, DEFAULT_HUB_ENDPOINT } from './hub.js';
+export type { PullOptions, PullProgress, PullResult, PulledFile, RepoSpec, HfPath } from './hub.js';
+export type { LoadProgress } from './load_progress.js';

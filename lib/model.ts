@@ -18,6 +18,8 @@ import { ChatTemplate, loadChatTemplate, type ChatContentPart, type ChatMessage 
 import { EmollmError } from './errors.js';
 import { ImageProcessor, type ImageInput } from './image.js';
 import type { ImageProcessorConfig } from './image_processor.js';
+import { resolveHfPath } from './hub.js';
+import { readThrough, weightFiles, type LoadProgress } from './load_progress.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { FileGuard } from './file_guard.js';
@@ -46,13 +48,19 @@ export interface LoadModelOptions {
   mmproj?: string;
   /** Overrides of the image preprocessing (preprocessor_config.json), e.g. `{ padToSquare: true }`. */
   imageProcessor?: Partial<ImageProcessorConfig>;
-  /** Cancels loading (checked before and after the native load). */
+  /** Cancels loading (checked before and after the native load, and between chunks of the progress read). */
   signal?: AbortSignal;
   /**
    * Longest prompt string tokenized, in characters (default 262 144). Longer prompts reject with
    * `ERR_LIMIT_EXCEEDED` from a length check, before any tokenizing work blocks the event loop.
    */
   maxPromptChars?: number;
+  /**
+   * Loading progress. When given, the weight files are first read through once with progress
+   * (filling the page cache the memory map then uses; see lib/load_progress.ts), then the native
+   * load runs ('load' phase, reported at its start and end).
+   */
+  onProgress?: (progress: LoadProgress) => void;
 }
 
 /** What a loaded model is. */
@@ -283,10 +291,14 @@ function abortError(): EmollmError {
 
 /**
  * Loads a model: a Hugging Face folder (config.json + model.safetensors[.index.json] +
- * tokenizer files) or a GGUF file (weights and vocabulary in one).
+ * tokenizer files), a GGUF file (weights and vocabulary in one), or `hf:owner/name[@revision][/file]`
+ * from the local hub cache (see {@link pull}).
  */
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
   if (typeof path !== 'string' || path === '') throw new EmollmError('ERR_INVALID_ARGUMENT', 'path must be a non-empty string');
+  // hf:owner/name[@revision][/file]: the local hub cache (emollm pull fetches it).
+  if (path.startsWith('hf:')) path = resolveHfPath(path);
+  if (options.mmproj?.startsWith('hf:')) options = { ...options, mmproj: resolveHfPath(options.mmproj) };
   if (options.device !== undefined && options.device !== 'cpu') {
     if (options.device === 'cuda')
       throw new EmollmError('ERR_UNSUPPORTED', 'this build of emollm has no CUDA backend (build with `npm run build:cmake` where nvcc is present)');
@@ -327,6 +339,12 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       template = new ChatTemplate(t, { file: path, bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken });
   }
 
+  let weightBytes = 0;
+  if (options.onProgress) {
+    weightBytes = await readThrough(weightFiles(path, options.mmproj), options.onProgress, options.signal);
+    options.onProgress({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: false });
+  }
+
   const nativeOptions: { threads?: number; nCtx?: number; mmproj?: string } = {};
   if (options.threads !== undefined) nativeOptions.threads = options.threads;
   if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
@@ -365,6 +383,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
         ? { kind: 'file', path }
         : undefined;
   model.setSafety(guard, maxPromptChars, tokenizerSource);
+  options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
   return model;
 }
 
@@ -561,7 +580,9 @@ export class Model {
    * `.result` for everything at once.
    */
   generate(prompt: Prompt, options: GenerateOptions = {}): Generation {
-    return new Generation(this, this.prepare(prompt, options.addSpecialTokens ?? true, options.signal), options);
+    // A plain text or token-id prompt is continued: its output's first space is real text.
+    const continuation = typeof prompt === 'string' || (Array.isArray(prompt) && typeof prompt[0] === 'number');
+    return new Generation(this, this.prepare(prompt, options.addSpecialTokens ?? true, options.signal), options, continuation);
   }
 
   /** Chat: `generate` over a conversation whose messages may hold image parts. */
@@ -669,6 +690,11 @@ export class Model {
     await h.close();
   }
 
+  /** `await using model = await loadModel(...)` closes the model at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   /** @internal runs `fn` on the model's context after every earlier call finished. */
   exclusive<T>(fn: (ctx: NativeContext) => Promise<T>): Promise<T> {
     // The weight files are checked before each call: a truncated mapped file would SIGBUS.
@@ -716,9 +742,12 @@ export class Generation implements AsyncIterable<GenerationChunk> {
   private stopRequested = false;
 
   /** @internal */
-  constructor(model: Model, preparing: Promise<PreparedPrompt>, options: GenerateOptions) {
+  constructor(model: Model, preparing: Promise<PreparedPrompt>, options: GenerateOptions, continuation = false) {
     const stops = (options.stop ?? []).filter((s) => s.length > 0);
-    const detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true });
+    // Replaced once the prompt is known: a continuation of prompt text keeps its first token's
+    // leading space ("Once upon a" + "▁time" streams " time"); output that starts the text (an
+    // empty or special-tokens-only prompt, or a chat answer) gets the leading-space removal.
+    let detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true });
     const eos = model.tokenizer.eosId;
     let emitted = ''; // text handed to the consumer
     let pending = ''; // text held back: it may be the start of a stop string
@@ -767,6 +796,9 @@ export class Generation implements AsyncIterable<GenerationChunk> {
     preparing.catch(() => undefined);
     this.result = model.exclusive(async (ctx) => {
       const { ids: prompt, images } = await preparing;
+      const specials = new Set([model.tokenizer.bosId, model.tokenizer.eosId]);
+      if (continuation && prompt.some((id) => !specials.has(id)))
+        detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true, atStart: false });
       this.nativeCtx = ctx;
       const signal = options.signal;
       if (signal?.aborted) throw abortError();

@@ -8,6 +8,7 @@ import { dirname } from 'node:path';
 
 import { EmollmError } from '../errors.js';
 import { writeFileAtomicSync } from '../safe_fs.js';
+import { formatUsage, parseCommand, UsageError, type CommandSpec } from '../cli/args.js';
 import { BENCH_TASKS, sampleToJsonl, type BenchSample, type BenchTask } from './sample.js';
 import { BUILDERS, buildBenchmark, discoverSources, getBuilder, type BuildOptions, type BuildResult, type BuildSummary } from './builders/index.js';
 
@@ -89,85 +90,70 @@ export async function buildBenchmarkFile(
   return r;
 }
 
-export const BENCH_USAGE = `usage: emollm bench build --source <dataset>=<dir> [--source ...] --out <file.jsonl>
-                          [--media-root <dir>] [--keep-missing-media] [--split test[,val,...]]
-                          [--task emo-c[,emo-o,...]] [--json]
-  --source <dataset>=<dir>  a dataset's release folder (repeat); a bare <dir> holding
-                            <dataset>/ folders takes every one found. datasets:
-                            ${BUILDERS.map((b) => b.name).join(', ')}
-  --out <file>              the JSONL benchmark (- : stdout, summary to stderr)
-  --media-root <dir>        check each sample's media under <dir>; missing ones are left out
-                            and listed (--keep-missing-media keeps them)
-  --split <s,...>           split names or roles (train, val, test); default all
-  --task <t,...>            sub-tasks (${BENCH_TASKS.join(', ')}); default each dataset's own
-  --force                   replace an existing --out file
-  --json                    print the summary as JSON`;
+/** `emollm bench build`: one table entry per flag (lib/cli/args.ts parses and prints the usage). */
+export const BENCH_BUILD_SPEC = {
+  name: 'bench build',
+  synopsis: '--source <dataset>=<dir> [--source ...] --out <file.jsonl>',
+  summary: "EmoBench JSONL from the source datasets' release files, with a summary table per sub-task",
+  options: {
+    source: {
+      type: 'string',
+      multiple: true,
+      value: '<dataset>=<dir>',
+      description: `a dataset's release folder (repeat); a bare <dir> holding <dataset>/ folders takes every one found (${BUILDERS.map((b) => b.name).join(', ')})`,
+    },
+    out: { type: 'string', value: 'FILE', description: 'the JSONL benchmark (- : stdout, summary to stderr)' },
+    'media-root': { type: 'string', value: 'DIR', description: "check each sample's media under DIR; missing ones are left out and listed" },
+    'keep-missing-media': { type: 'boolean', description: 'keep samples whose media is missing under --media-root' },
+    split: { type: 'list', value: 'S,...', description: 'split names or roles (train, val, test); default all' },
+    task: { type: 'list', value: 'T,...', choices: BENCH_TASKS, description: "sub-tasks; default each dataset's own" },
+    force: { type: 'boolean', description: 'replace an existing --out file' },
+    json: { type: 'boolean', description: 'print the summary as JSON' },
+  },
+} as const satisfies CommandSpec;
+
+export const BENCH_USAGE = `usage: emollm bench build [options]   (emollm bench build --help)\n\n${formatUsage(BENCH_BUILD_SPEC)}`;
 
 /** The `emollm bench` command; args after `bench`. Returns the exit code. */
-export async function runBenchCommand(args: string[], json = false): Promise<number> {
+export async function runBenchCommand(args: readonly string[], json = false): Promise<number> {
   const [sub, ...rest] = args;
-  if (!sub || sub === '-h' || sub === '--help') {
-    console.log(BENCH_USAGE);
-    return sub ? 0 : 1;
+  if (!sub) {
+    console.error(BENCH_USAGE);
+    return 2;
   }
-  if (sub !== 'build') throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown bench command ${JSON.stringify(sub)}\n${BENCH_USAGE}`);
+  if (sub === '-h' || sub === '--help') {
+    console.log(BENCH_USAGE);
+    return 0;
+  }
+  if (sub !== 'build') throw new UsageError(`bench: unknown command ${JSON.stringify(sub)}`, BENCH_USAGE);
+  const { values: v, help } = parseCommand(BENCH_BUILD_SPEC, rest);
+  const usage = formatUsage(BENCH_BUILD_SPEC);
+  if (help) {
+    console.log(usage);
+    return 0;
+  }
+  json ||= v.json === true;
   const sources: Record<string, string> = {};
-  const options: BuildOptions & { force?: boolean } = {};
-  let out: string | undefined;
-  const list = (v: string): string[] => v.split(',').map((x) => x.trim()).filter((x) => x !== '');
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i]!;
-    const value = (): string => {
-      const v = rest[++i];
-      if (v === undefined) throw new EmollmError('ERR_INVALID_ARGUMENT', `${a} needs a value`);
-      return v;
-    };
-    switch (a) {
-      case '--source': {
-        const v = value();
-        const eq = v.indexOf('=');
-        if (eq < 0) {
-          const found = discoverSources(v);
-          if (!Object.keys(found).length)
-            throw new EmollmError('ERR_INVALID_ARGUMENT', `--source ${v}: not <dataset>=<dir>, and no dataset folder (${BUILDERS.map((b) => b.name).join(', ')}) in it`);
-          for (const [k, d] of Object.entries(found)) if (!(k in sources)) sources[k] = d;
-        } else {
-          const name = getBuilder(v.slice(0, eq)).name;
-          sources[name] = v.slice(eq + 1);
-        }
-        break;
-      }
-      case '--out':
-        out = value();
-        break;
-      case '--media-root':
-        options.mediaRoot = value();
-        break;
-      case '--split':
-        options.splits = [...(options.splits ?? []), ...list(value())];
-        break;
-      case '--task': {
-        const tasks = list(value());
-        for (const t of tasks)
-          if (!(BENCH_TASKS as readonly string[]).includes(t))
-            throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown sub-task ${JSON.stringify(t)} (${BENCH_TASKS.join(', ')})`);
-        options.tasks = [...(options.tasks ?? []), ...(tasks as BenchTask[])];
-        break;
-      }
-      case '--force':
-        options.force = true;
-        break;
-      case '--keep-missing-media':
-        options.keepMissingMedia = true;
-        break;
-      case '--json':
-        json = true;
-        break;
-      default:
-        throw new EmollmError('ERR_INVALID_ARGUMENT', `bench build: unknown argument ${JSON.stringify(a)}\n${BENCH_USAGE}`);
+  for (const s of v.source ?? []) {
+    const eq = s.indexOf('=');
+    if (eq < 0) {
+      const found = discoverSources(s);
+      if (!Object.keys(found).length)
+        throw new UsageError(`bench build: --source ${s}: not <dataset>=<dir>, and no dataset folder (${BUILDERS.map((b) => b.name).join(', ')}) in it`, usage);
+      for (const [k, d] of Object.entries(found)) if (!(k in sources)) sources[k] = d;
+    } else {
+      const name = getBuilder(s.slice(0, eq)).name;
+      sources[name] = s.slice(eq + 1);
     }
   }
-  if (!out) throw new EmollmError('ERR_INVALID_ARGUMENT', `bench build needs --out <file>\n${BENCH_USAGE}`);
+  const options: BuildOptions & { force?: boolean } = {};
+  if (v['media-root'] !== undefined) options.mediaRoot = v['media-root'];
+  if (v['keep-missing-media']) options.keepMissingMedia = true;
+  if (v.force) options.force = true;
+  if (v.split) options.splits = v.split;
+  if (v.task) options.tasks = v.task;
+  const out = v.out;
+  if (!out) throw new UsageError('bench build needs --out <file>', usage);
   const r = await buildBenchmarkFile(sources, out, options);
   if (out === '-') process.stdout.write(samplesToJsonl(r.samples));
   const report = json ? JSON.stringify(r.summary, null, 2) : `${formatSummary(r.summary)}${out === '-' ? '' : `\nwrote ${out}`}`;

@@ -12,6 +12,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, st
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 
+import { formatUsage, parseCommand, UsageError, type CommandSpec } from '../cli/args.js';
 import { EmollmError } from '../errors.js';
 import { DEFAULT_MAX_BENCH_BYTES, limitOption } from '../limits.js';
 import { readRegularFile, writeFileAtomicSync } from '../safe_fs.js';
@@ -390,117 +391,120 @@ export function compareRuns(dirA: string, dirB: string, options: { resamples?: n
 // ---------------------------------------------------------------------------------------------
 // CLI
 
-function take(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  if (i < 0) return undefined;
-  const v = args[i + 1];
-  if (v === undefined) throw bad(`${name} needs a value`);
-  args.splice(i, 2);
-  return v;
-}
+/** `emollm eval`: one table entry per flag (lib/cli/args.ts parses and prints the usage). */
+export const EVAL_SPEC = {
+  name: 'eval',
+  synopsis: '--bench FILE --model SPEC --out DIR',
+  summary:
+    'EmoBench evaluation. SPEC: a LLaVA / EmoLLM folder or .gguf | http://host:port/v1#model-name\n' +
+    '(OpenAI-compatible) | face (offline face perspective) | random | majority (oracle-ish) | null.\n' +
+    'A killed run resumed with the same command skips the ids it finished.',
+  options: {
+    bench: { type: 'string', value: 'FILE', description: 'the EmoBench JSONL (emollm bench build)' },
+    model: { type: 'string', value: 'SPEC', description: 'what to evaluate (see above)' },
+    out: { type: 'string', value: 'DIR', description: 'run folder: predictions.jsonl, results.json, leaderboard.md, report.html' },
+    tasks: { type: 'list', value: 'T,...', choices: BENCH_TASKS, description: 'sub-tasks to run (default: all six)' },
+    limit: { type: 'integer', description: 'first N selected samples' },
+    'media-root': { type: 'string', value: 'DIR', description: "where media paths are relative to (default: the benchmark's folder)" },
+    concurrency: { type: 'integer', description: 'samples in flight (HTTP; default 4)' },
+    seed: { type: 'integer', description: 'random baseline and bootstrap seed (default 0)' },
+    resamples: { type: 'integer', description: 'bootstrap resamples for the confidence intervals' },
+    'timeout-ms': { type: 'integer', value: 'MS', description: 'HTTP request timeout' },
+    retries: { type: 'integer', description: 'HTTP retries' },
+    guidance: { type: 'string', choices: ['none', 'brief', 'full'], description: 'EmoPrompt reasoning guidance (default full)' },
+    mmproj: { type: 'string', value: 'PATH', description: 'multimodal projector GGUF beside a text GGUF' },
+    threads: { type: 'integer', description: 'native compute threads' },
+    fsync: { type: 'boolean', description: 'fsync predictions.jsonl after every line' },
+    force: { type: 'boolean', description: 'use an --out folder holding another run (its files move to previous-<time>/)' },
+    'api-key-env': {
+      type: 'string',
+      value: 'NAME',
+      description: 'send the environment variable NAME as the HTTP bearer token (never read implicitly; refused over plain http to a non-loopback host)',
+    },
+    'no-face': { type: 'boolean', description: 'native models: no face perspective (no face cues, no face boxes)' },
+    'text-only': { type: 'boolean', description: 'answer without media: no media files needed (random / majority baselines; for a model, a text-only ablation)' },
+    json: { type: 'boolean', description: 'print results.json instead of the summary' },
+  },
+  notes:
+    '  emollm eval compare RUN_A RUN_B [RUN_C ...]   paired bootstrap of A against each other run (eval compare --help)\n' +
+    '  emollm eval leaderboard RUN...               ranks run folders by overall score (eval leaderboard --help)',
+} as const satisfies CommandSpec;
 
-function takeInt(args: string[], name: string): number | undefined {
-  const v = take(args, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw bad(`${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
-  return n;
-}
+/** `emollm eval compare`. */
+export const EVAL_COMPARE_SPEC = {
+  name: 'eval compare',
+  synopsis: 'RUN_A RUN_B [RUN_C ...]',
+  summary: 'paired bootstrap of run A against each other run on the sample ids both scored; text to stdout, HTML (forest plots) to --html',
+  positionals: { min: 2, max: 1000 },
+  options: {
+    resamples: { type: 'integer', description: 'bootstrap resamples' },
+    seed: { type: 'integer', description: 'bootstrap seed' },
+    html: { type: 'string', value: 'FILE', description: 'the HTML report (default compare.html)' },
+    json: { type: 'boolean', description: 'machine-readable output' },
+  },
+} as const satisfies CommandSpec;
 
-export const EVAL_USAGE = `usage:
-  emollm eval --bench FILE --model SPEC --out DIR [options]
-    SPEC: a LLaVA / EmoLLM folder or .gguf | http://host:port/v1#model-name (OpenAI-compatible)
-          | face (offline face perspective) | random | majority (oracle-ish) | null
-    --tasks emo-c,sarcasm   sub-tasks to run (default: all six)
-    --limit N               first N selected samples
-    --media-root DIR        where media paths are relative to (default: the benchmark's folder)
-    --concurrency N         samples in flight (HTTP; default 4)
-    --seed S                random baseline and bootstrap seed (default 0)
-    --timeout-ms MS --retries N    HTTP request timeout and retries
-    --guidance none|brief|full     EmoPrompt reasoning guidance (default full)
-    --mmproj PATH --threads N      native model loading
-    --fsync                 fsync predictions.jsonl after every line
-    --force                 use an --out folder holding another run (its files move to previous-<time>/)
-    --api-key-env NAME      send the environment variable NAME as the HTTP bearer token (never
-                            read implicitly; refused over plain http to a non-loopback host)
-    --no-face               native models: no face perspective (no face cues, no face boxes)
-    --text-only             answer without media: no media files needed (random / majority
-                            baselines; for a model, a text-only ablation)
-  emollm eval compare RUN_A RUN_B [RUN_C ...] [--html FILE]
-                          paired bootstrap of A against each other run on the sample ids
-                          both scored; text to stdout, HTML (forest plots) to FILE
-                          (default compare.html)
-  emollm eval leaderboard RUN... [--out PREFIX]
-                          ranks run folders by overall score: PREFIX.md and PREFIX.html
-                          (default leaderboard.md / leaderboard.html), Markdown to stdout`;
+/** `emollm eval leaderboard`. */
+export const EVAL_LEADERBOARD_SPEC = {
+  name: 'eval leaderboard',
+  synopsis: 'RUN...',
+  summary: 'ranks run folders by overall score: PREFIX.md and PREFIX.html, Markdown to stdout',
+  positionals: { min: 1, max: 100000 },
+  options: {
+    out: { type: 'string', value: 'PREFIX', description: 'output prefix (default leaderboard)' },
+    json: { type: 'boolean', description: 'machine-readable output' },
+  },
+} as const satisfies CommandSpec;
 
-/** `emollm eval ...`; returns the exit code. */
+export const EVAL_USAGE = formatUsage(EVAL_SPEC);
+
+/** `emollm eval ...` (the arguments after `eval`); returns the exit code. `json` is the legacy switch; --json works too. */
 export async function evalCommand(argv: readonly string[], json = false): Promise<number> {
-  const args = [...argv];
-  if (args[0] === 'compare') {
-    const resamples = takeInt(args, '--resamples');
-    const seed = takeInt(args, '--seed');
-    const html = take(args, '--html') ?? 'compare.html';
-    const runs = args.slice(1);
-    const unknown = runs.find((x) => x.startsWith('-'));
-    if (unknown) throw bad(`eval compare: unknown option ${JSON.stringify(unknown)}\n${EVAL_USAGE}`);
-    if (runs.length < 2) throw bad('eval compare needs at least two run folders');
-    const [first, ...others] = runs as [string, ...string[]];
-    const cs = others.map((b) => compareRuns(first, b, { ...(resamples !== undefined ? { resamples } : {}), ...(seed !== undefined ? { seed } : {}) }));
-    console.log(json ? JSON.stringify(cs.length === 1 ? cs[0] : cs, null, 2) : cs.map(formatComparison).join('\n\n'));
+  if (argv[0] === 'compare') {
+    const { values: v, positionals, help } = parseCommand(EVAL_COMPARE_SPEC, argv.slice(1));
+    if (help) {
+      console.log(formatUsage(EVAL_COMPARE_SPEC));
+      return 0;
+    }
+    const html = v.html ?? 'compare.html';
+    const [first, ...others] = positionals as [string, ...string[]];
+    const cs = others.map((b) => compareRuns(first, b, { ...(v.resamples !== undefined ? { resamples: v.resamples } : {}), ...(v.seed !== undefined ? { seed: v.seed } : {}) }));
+    console.log(json || v.json ? JSON.stringify(cs.length === 1 ? cs[0] : cs, null, 2) : cs.map(formatComparison).join('\n\n'));
     writeFileAtomicSync(html, compareHtml(cs));
     console.error(`wrote ${html}`);
     return 0;
   }
-  if (args[0] === 'leaderboard') {
-    const prefix = take(args, '--out') ?? 'leaderboard';
-    const runs = args.slice(1);
-    const unknown = runs.find((x) => x.startsWith('-'));
-    if (unknown) throw bad(`eval leaderboard: unknown option ${JSON.stringify(unknown)}\n${EVAL_USAGE}`);
-    const entries = loadRuns(runs);
+  if (argv[0] === 'leaderboard') {
+    const { values: v, positionals, help } = parseCommand(EVAL_LEADERBOARD_SPEC, argv.slice(1));
+    if (help) {
+      console.log(formatUsage(EVAL_LEADERBOARD_SPEC));
+      return 0;
+    }
+    const prefix = v.out ?? 'leaderboard';
+    const entries = loadRuns(positionals);
     const md = leaderboardRunsMarkdown(entries);
     writeFileAtomicSync(`${prefix}.md`, md);
     writeFileAtomicSync(`${prefix}.html`, leaderboardRunsHtml(entries));
-    console.log(json ? JSON.stringify(rankRuns(entries).map((e) => ({ dir: e.dir, model: e.results.model, overall: e.results.metrics.overall })), null, 2) : md);
+    console.log(json || v.json ? JSON.stringify(rankRuns(entries).map((e) => ({ dir: e.dir, model: e.results.model, overall: e.results.metrics.overall })), null, 2) : md);
     console.error(`wrote ${prefix}.md, ${prefix}.html`);
     return 0;
   }
-  if (args.includes('-h') || args.includes('--help')) {
+  const { values: v, help } = parseCommand(EVAL_SPEC, argv);
+  if (help) {
     console.log(EVAL_USAGE);
     return 0;
   }
-  const bench = take(args, '--bench');
-  const model = take(args, '--model');
-  const out = take(args, '--out');
-  const tasks = take(args, '--tasks');
-  const limit = takeInt(args, '--limit');
-  const mediaRoot = take(args, '--media-root');
-  const concurrency = takeInt(args, '--concurrency');
-  const seed = takeInt(args, '--seed');
-  const resamples = takeInt(args, '--resamples');
-  const timeoutMs = takeInt(args, '--timeout-ms');
-  const retries = takeInt(args, '--retries');
-  const mmproj = take(args, '--mmproj');
-  const threads = takeInt(args, '--threads');
-  const guidance = take(args, '--guidance');
-  if (guidance !== undefined && !['none', 'brief', 'full'].includes(guidance)) throw bad('--guidance must be none, brief or full');
-  const flag = (name: string): boolean => {
-    const i = args.indexOf(name);
-    if (i >= 0) args.splice(i, 1);
-    return i >= 0;
-  };
-  const fsync = flag('--fsync');
-  const force = flag('--force');
-  const noFace = flag('--no-face');
-  const textOnly = flag('--text-only');
-  const apiKeyEnv = take(args, '--api-key-env');
+  json ||= v.json === true;
+  const { bench, model, out, tasks, limit, concurrency, seed, resamples, retries, mmproj, threads, guidance } = v;
+  const mediaRoot = v['media-root'];
+  const timeoutMs = v['timeout-ms'];
+  if (!bench || !model || !out) throw new UsageError('eval needs --bench, --model and --out', EVAL_USAGE);
+  const apiKeyEnv = v['api-key-env'];
   let apiKey: string | undefined;
   if (apiKeyEnv !== undefined) {
     apiKey = process.env[apiKeyEnv];
     if (apiKey === undefined || apiKey === '') throw bad(`--api-key-env ${apiKeyEnv}: the environment variable ${apiKeyEnv} is not set`);
   }
-  if (args.length > 0) throw bad(`eval: unexpected ${JSON.stringify(args[0])}\n${EVAL_USAGE}`);
-  if (!bench || !model || !out) throw bad(`eval needs --bench, --model and --out\n${EVAL_USAGE}`);
   const ac = new AbortController();
   const onSig = (): void => ac.abort();
   process.once('SIGINT', onSig);
@@ -509,22 +513,22 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
       bench,
       model,
       out,
-      ...(tasks ? { tasks: tasks.split(',').map((t) => t.trim()).filter((t) => t !== '') as BenchTask[] } : {}),
+      ...(tasks ? { tasks: tasks as BenchTask[] } : {}),
       ...(limit !== undefined ? { limit } : {}),
       ...(mediaRoot !== undefined ? { mediaRoot } : {}),
       ...(concurrency !== undefined ? { concurrency } : {}),
       ...(seed !== undefined ? { seed } : {}),
       ...(resamples !== undefined ? { resamples } : {}),
-      fsync,
-      force,
-      ...(noFace ? { face: false } : {}),
-      ...(textOnly ? { textOnly: true } : {}),
+      fsync: v.fsync === true,
+      force: v.force === true,
+      ...(v['no-face'] ? { face: false } : {}),
+      ...(v['text-only'] ? { textOnly: true } : {}),
       signal: ac.signal,
       summary: !json,
       backendOptions: {
         ...(mmproj ? { mmproj } : {}),
         ...(threads !== undefined ? { threads } : {}),
-        ...(guidance !== undefined ? { guidance: guidance as 'none' | 'brief' | 'full' } : {}),
+        ...(guidance !== undefined ? { guidance } : {}),
         ...(concurrency !== undefined || timeoutMs !== undefined || retries !== undefined || apiKey !== undefined
           ? {
               http: {

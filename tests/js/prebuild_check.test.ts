@@ -1,0 +1,32 @@
+// scripts/check-prebuild.mjs, the stand-alone check of a native binary that the cross-compiled
+// prebuilds run under qemu-user (docs/platforms.md), run here on the host's build.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const addon = join(repoRoot, 'build', 'Release', 'emollm.node');
+const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
+const gguf = join(shared, 'models', 'stories260K', 'gguf', 'stories260K.gguf');
+
+describe.skipIf(!existsSync(addon))('scripts/check-prebuild.mjs', () => {
+  it('passes on the host build: GEMM within tolerance per dtype, greedy tokens equal run.c', () => {
+    const args = [join(repoRoot, 'scripts', 'check-prebuild.mjs'), addon, ...(existsSync(gguf) ? [gguf] : [])];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { ok: boolean; gemm: Record<string, number>; tokens?: number[]; oracleMatch?: boolean };
+    expect(out.ok).toBe(true);
+    expect(Object.keys(out.gemm)).toEqual(['f32', 'f16', 'q8_0', 'q4_0']);
+    if (existsSync(gguf)) {
+      expect(out.tokens).toHaveLength(48);
+      expect(out.oracleMatch).toBe(true);
+    }
+  });
+
+  it('fails without a binary', () => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-prebuild.mjs')], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+  });
+});
