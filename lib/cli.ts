@@ -16,7 +16,7 @@ import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis } from './analyze.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
 import { native, packageRoot } from './native.js';
-import { pull } from './hub.js';
+import { pull, resolveHfPath } from './hub.js';
 import { ProgressBar, formatBytes } from './cli/progress_bar.js';
 import { BENCH_BUILD_SPEC, runBenchCommand } from './emobench/build.js';
 import { EVAL_COMPARE_SPEC, EVAL_SPEC, evalCommand } from './emobench/eval.js';
@@ -33,7 +33,7 @@ const INFO = {
 const INSPECT = {
   name: 'inspect',
   synopsis: '<path>',
-  summary: 'tensors and metadata of a .gguf, a .safetensors, or a model folder (config.json + model.safetensors[.index.json])',
+  summary: 'tensors and metadata of a .gguf, a .safetensors, a model folder (config.json + model.safetensors[.index.json]) or hf:owner/repo',
   positionals: { min: 1 },
   options: { json: JSON_FLAG },
 } as const satisfies CommandSpec;
@@ -194,6 +194,7 @@ interface TensorRow {
 }
 
 async function inspect(path: string, json: boolean): Promise<void> {
+  if (path.startsWith('hf:')) path = resolveHfPath(path);
   const st = await stat(path).catch((cause: unknown) => {
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: no such file or folder`, { file: path, cause });
   });

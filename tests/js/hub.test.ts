@@ -266,6 +266,13 @@ describe.skipIf(!existsSync(cli))('emollm pull (CLI)', () => {
     const j = await runCli(['pull', 'acme/tiny', '--include', '*.json', '--json', '--endpoint', hub.url, '--cache-dir', cacheDir], {});
     expect(j.code).toBe(0);
     expect(JSON.parse(j.stdout)).toMatchObject({ commit: COMMIT, files: [{ path: 'config.json', status: 'cached' }] });
+    // inspect reads hf: paths from the cache too.
+    const insp = await runCli(['inspect', 'hf:acme/tiny', '--json'], { HF_HUB_CACHE: cacheDir });
+    expect(insp.code).toBe(1); // config.json only, no safetensors: the folder is found, its weights are not
+    expect(insp.stderr).toMatch(/snapshots\/a{40}: directory .* has neither model\.safetensors\.index\.json nor model\.safetensors/);
+    const notPulled = await runCli(['inspect', 'hf:acme/other'], { HF_HUB_CACHE: cacheDir });
+    expect(notPulled.code).toBe(1);
+    expect(notPulled.stderr).toMatch(/run `emollm pull acme\/other` first \[ERR_FILE_NOT_FOUND\]/);
     const missing = await runCli(['pull', 'acme/nothing', '--endpoint', hub.url, '--cache-dir', cacheDir], {});
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/ERR_NETWORK/);
