@@ -170,6 +170,7 @@ const replies = [
   ['server-error', { status: 503, body: 'busy' }, 'record:ERR_INTERNAL', 'HTTP 503 every time: gives up after the retries'],
   ['oversized', { status: 200, repeat: 10 * 1024, body: 'x'.repeat(1024) }, 'record:ERR_LIMIT_EXCEEDED', '10 MiB reply over the 8 MiB limit'],
   ['lying-length', { status: 200, headers: { 'content-length': '999999999999' }, body: '{}' }, 'record:ERR_LIMIT_EXCEEDED', 'declares a 1 TB body'],
+  ['slow-drip', { status: 200, drip: true, body: '{"choices": [' }, 'record:ERR_INTERNAL', 'one byte every 100 ms, never finishing: the request timeout ends it'],
   ['garbage-answer', { status: 200, body: JSON.stringify({ choices: [{ message: { content: '\u0000\uffff'.repeat(1000) } }] }) }, 'record:unparsed', 'a reply with no label: unparsed, not wrong'],
   ['deep-json', { status: 200, body: '['.repeat(50000) + ']'.repeat(50000) }, 'record:ERR_MALFORMED_FILE', 'nested 50 000 deep: no choices'],
 ];

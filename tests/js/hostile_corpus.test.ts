@@ -101,7 +101,7 @@ describe('hostile corpus', () => {
     cpSync(bench, join(box, 'bench.jsonl'));
     const outside = snapshot(box);
     const got = await outcome(
-      runEval({ bench: join(box, 'bench.jsonl'), model, out: join(box, 'out'), mediaRoot: join(box, 'media'), progress: false, summary: false, backendOptions: { http: { retries: 0, backoffMs: 1 } } }),
+      runEval({ bench: join(box, 'bench.jsonl'), model, out: join(box, 'out'), mediaRoot: join(box, 'media'), progress: false, summary: false, backendOptions: { http: { retries: 0, backoffMs: 1, timeoutMs: 1500 } } }),
     );
     expect(snapshot(box, (rel) => rel === 'out' || rel.startsWith(`out/`))).toEqual(outside);
     let records: PredictionRecord[] = [];
@@ -145,7 +145,7 @@ describe('hostile corpus', () => {
         req.resume();
         req.on('end', () => {
           const name = (req.url ?? '').split('/')[1] ?? '';
-          let reply: { status: number; body: string; repeat?: number; headers?: Record<string, string> };
+          let reply: { status: number; body: string; repeat?: number; drip?: boolean; headers?: Record<string, string> };
           try {
             reply = JSON.parse(readFileSync(join(corpusDir, 'files', 'http', `${name}.json`), 'utf8')) as typeof reply;
           } catch {
@@ -160,6 +160,12 @@ describe('hostile corpus', () => {
             res.flushHeaders();
             res.write(reply.body);
             setTimeout(() => res.destroy(), 50);
+            return;
+          }
+          if (reply.drip) {
+            res.flushHeaders();
+            const t = setInterval(() => res.write(' '), 100);
+            res.on('close', () => clearInterval(t));
             return;
           }
           let n = reply.repeat ?? 1;

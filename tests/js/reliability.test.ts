@@ -195,7 +195,9 @@ describe('eval --out ownership, lock and run.json', () => {
       },
     };
     const first = runEval({ bench: b, model: slow, out, ...quiet });
-    await new Promise((r) => setTimeout(r, 50));
+    // wait until the first run holds the lock (it reads the benchmark first)
+    for (let i = 0; i < 500 && !existsSync(join(out, LOCK_FILE)); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(existsSync(join(out, LOCK_FILE))).toBe(true);
     await expect(runEval({ bench: b, model: slow, out, ...quiet })).rejects.toMatchObject({ code: 'ERR_LOCKED' });
     release();
     const r = await first;
