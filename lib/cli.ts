@@ -39,8 +39,9 @@ commands:
                          stream a continuation from a .gguf or a Hugging Face folder
     --max-tokens N       (default 128)   --temperature T (default 0: greedy)   --seed S
     --context N          KV cache size   --threads N     --tokenizer PATH (folder without tokenizer.json)
-  quantize <in.gguf> <out.gguf> <q8_0|q4_0|f16|bf16|f32>
-                         convert a GGUF model's weight matrices (as llama-quantize's reference types)
+  quantize <in.gguf> <out.gguf> <q8_0|q6_K|q5_K|q5_1|q5_0|q4_K|q4_1|q4_0|f16|bf16|f32>
+                         convert a GGUF model's weight matrices (as llama-quantize's reference types;
+                         rows not whole 256-blocks fall back as llama.cpp: q4_K->q5_0, q5_K->q5_1, q6_K->q8_0)
   init-mvp <llava-dir> <out-dir>
                          EmoLLM checkpoint from a llava-hf folder: config.json with an \`emollm\`
                          section + emollm_mvp.safetensors (global head = the LLaVA projector, gate
@@ -175,11 +176,14 @@ async function main(argv: string[]): Promise<number> {
     case 'quantize': {
       const [input, output, target] = rest;
       if (!input || !output || !target) throw new EmollmError('ERR_INVALID_ARGUMENT', 'quantize needs <in.gguf> <out.gguf> <type>');
-      if (!(DTYPES as readonly string[]).includes(target))
-        throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`);
-      const r = await quantizeGguf(input, output, target as DType);
+      const type = DTYPES.find((t) => t.toLowerCase() === target.toLowerCase());  // Q4_K, q4_k, q4_K
+      if (!type) throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`);
+      const r = await quantizeGguf(input, output, type);
       if (json) console.log(JSON.stringify(r, null, 2));
-      else console.log(`${output}: ${r.converted.length} tensors converted to ${target}, ${r.kept.length} kept`);
+      else {
+        const fb = Object.keys(r.fallbacks).length;
+        console.log(`${output}: ${r.converted.length} tensors converted to ${type}${fb ? ` (${fb} with the llama.cpp fallback type)` : ''}, ${r.kept.length} kept`);
+      }
       return 0;
     }
     case 'generate':

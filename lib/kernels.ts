@@ -5,13 +5,17 @@
 import { EmollmError } from './errors.js';
 import { native } from './native.js';
 
-/** Weight element types: plain floats and the GGUF block-quantised formats (32-element blocks). */
-export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
+/**
+ * Weight element types: plain floats and the GGUF block-quantised formats, with ggml's layouts
+ * and names: q8_0, q4_0, q4_1, q5_0, q5_1 (32-element blocks) and the k-quants q4_K, q5_K, q6_K
+ * (256-element super-blocks).
+ */
+export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | 'q4_K' | 'q5_K' | 'q6_K';
 
 /** Instruction-set levels the kernels dispatch on, lowest first. */
 export type Isa = 'scalar' | 'avx2' | 'avx512' | 'amx';
 
-export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];
+export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_K', 'q5_K', 'q6_K'];
 
 export interface CpuInfo {
   /** CPU brand string. */
@@ -73,7 +77,7 @@ export function gemm(args: GemmArgs): Promise<Float32Array> {
   return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k);
 }
 
-/** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers for q8_0/q4_0). */
+/** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers `quantize_row_*_ref`, byte-exact). */
 export function quantize(x: Float32Array, dtype: DType): Uint8Array {
   return native().quantize(x, dtype);
 }
