@@ -6,7 +6,8 @@
 // stories260K (dim 64, ffn 172) has no row that is a whole 256-element super-block, so for the
 // k-quants it exercises llama.cpp's fallback types; the k-quant kernels themselves run in a
 // random-weight LLaMA with dim 256 / ffn 512, built here from stories260K's tokenizer metadata.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -137,6 +138,53 @@ describe.skipIf(!have)('q4_1 / q5_0 / q5_1 on stories260K', () => {
       expect(compare(q.q8, oracle.logits).cosine).toBeGreaterThanOrEqual(0.99);
     }
   });
+});
+
+// ---------------------------------------------------------------- byte parity with ggml on real weights
+
+function readTensor(path: string, offset: number, nbytes: number): Buffer {
+  const b = Buffer.alloc(nbytes);
+  const fd = openSync(path, 'r');
+  try {
+    expect(readSync(fd, b, 0, nbytes, offset)).toBe(nbytes);
+  } finally {
+    closeSync(fd);
+  }
+  return b;
+}
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+describe.skipIf(!have)('GGUF tensors written by quantizeGguf are ggml quantize_row_*_ref bytes', () => {
+  // tests/fixtures/ggml_quants/stories260K_token_embd.sha256: made by ggml's own quantisers
+  // (scripts/fixtures/make_ggml_quants_fixture.sh) over stories260K's token embedding, 32768 f32
+  // values taken as 128 rows of 256 so that the k-quants apply.
+  const fixture = new Map(
+    readFileSync(join(repoRoot, 'tests', 'fixtures', 'ggml_quants', 'stories260K_token_embd.sha256'), 'utf8')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#'))
+      .map((l) => l.split(' ') as [string, string]),
+  );
+  const input = join(tmp, 'embd-256.gguf');
+  let prepared: Promise<void> | null = null;  // lazily: the describe body also runs when skipped
+  const prepare = (): Promise<void> => (prepared ??= (async () => {
+    const info = await inspectGguf(GGUF);
+    const t = info.tensors.find((x) => x.name === 'token_embd.weight')!;
+    const data = readTensor(GGUF, t.offset, t.nbytes);
+    expect(sha256(data)).toBe(fixture.get('input'));
+    await writeGguf(input, [{ key: 'general.architecture', type: 'string', value: 'test' }], [
+      { name: 'w', shape: [128, 256], dtype: 'f32', data },
+    ]);
+  })());
+  for (const target of ['q4_1', 'q5_0', 'q5_1', 'q4_K', 'q5_K', 'q6_K'] as const) {
+    it(`${target}`, async () => {
+      await prepare();
+      const out = join(tmp, `embd-256-${target}.gguf`);
+      expect((await quantizeGguf(input, out, target)).converted).toEqual(['w']);
+      const w = (await inspectGguf(out)).tensors[0]!;
+      expect(w.dtype).toBe(target);
+      expect(sha256(readTensor(out, w.offset, w.nbytes))).toBe(fixture.get(target));
+    });
+  }
 });
 
 // ---------------------------------------------------------------- k-quants in a dim-256 model
