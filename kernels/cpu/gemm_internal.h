@@ -79,6 +79,10 @@ void gemm_scalar(const Args& a);
 // of `isa`.
 void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
 #if defined(__x86_64__)
+// AVX2 twin of dequantize_row for those formats (bit-identical; the f32 path's dequantiser).
+void dequantize_row_ext_avx2(DType t, const void* src, float* dst, int64_t K);
+#endif
+#if defined(__x86_64__)
 void gemm_avx2(const Args& a);
 void gemm_q8act_avx2(const Args& a);
 void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off);

@@ -182,7 +182,7 @@ void q8_scalar(const Args& a, const QX& q, const HalfSums& hs) {
 #define EMO_TV __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
 // AVX2 decoder: same codes as decode_scalar (the tests compare the GEMM results of both).
-EMO_T2 void decode_avx2(DType t, const uint8_t* blk, Decoded* o) {
+EMO_T2 __attribute__((always_inline)) inline void decode_avx2(DType t, const uint8_t* blk, Decoded* o) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   switch (t) {
     case DType::Q4_K:
@@ -245,7 +245,7 @@ EMO_T2 void decode_avx2(DType t, const uint8_t* blk, Decoded* o) {
 }
 
 // Codes of one 32-element q4_1 / q5_0 / q5_1 block as 32 bytes (element i in byte i).
-EMO_T2 inline __m256i decode32_avx2(DType t, const uint8_t* blk) {
+EMO_T2 __attribute__((always_inline)) inline __m256i decode32_avx2(DType t, const uint8_t* blk) {
   const bool five = t != DType::Q4_1;
   const bool min = t != DType::Q5_0;
   const __m128i qq = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (min ? 4 : 2) + (five ? 4 : 0)));
@@ -286,23 +286,72 @@ EMO_TV __attribute__((always_inline)) inline __m256i dot_vnni(__m256i u, __m256i
 #undef EMO_QX_NAME
 #undef EMO_QX_DOT
 
+}  // namespace
+
+// Vector dequantisation, bit-identical to dequantize_row (ggml's operations: a product and, for
+// the formats with a min, a separate add; no fused multiply-add).
+EMO_T2 void dequantize_row_ext_avx2(DType t, const void* src, float* y, int64_t K) {
+  const uint8_t* row = static_cast<const uint8_t*>(src);
+  const int G = group_elems(t);
+  const size_t gb = dtype_block_bytes(t);
+  const int off = code_offset(t);
+  const bool mins = has_min(t);
+  const __m256i voff = _mm256_set1_epi32(off);
+  Decoded dec;
+  for (int64_t g = 0; g < K / G; ++g) {
+    const uint8_t* blk = row + size_t(g) * gb;
+    if (G == 32) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(dec.u), decode32_avx2(t, blk));
+      dec.A[0] = dec.A[1] = _cvtsh_ss(rd16(blk));
+      // q4_1 / q5_1: x * d + m (ggml), i.e. + B with B = m
+      dec.B[0] = dec.B[1] = mins ? _cvtsh_ss(rd16(blk + 2)) : 0.0f;
+    } else {
+      decode_avx2(t, blk, &dec);  // q4_K / q5_K: B = -(dmin * m), and d1 * x + B == d1 * x - m1 exactly
+    }
+    float* out = y + g * G;
+    for (int h = 0; h < G / 16; ++h) {
+      const __m256 A = _mm256_set1_ps(dec.A[h]), B = _mm256_set1_ps(dec.B[h]);
+      for (int k = 0; k < 2; ++k) {
+        const __m128i u8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(dec.u + 16 * h + 8 * k));
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(u8), voff));
+        __m256 r = _mm256_mul_ps(v, A);
+        if (mins) r = _mm256_add_ps(r, B);
+        _mm256_storeu_ps(out + 16 * h + 8 * k, r);
+      }
+    }
+  }
+}
+
+namespace {
+
 using RangeFn = void (*)(const Args&, const QX&, const HalfSums&, int64_t, int64_t);
-template <bool VNNI, int MB>
+template <bool VNNI, DType T, int MB>
 RangeFn range_fn() {
-  if constexpr (VNNI) return &q8_range_vnni<MB>;
-  else return &q8_range_avx2<MB>;
+  if constexpr (VNNI) return &q8_range_vnni<T, MB>;
+  else return &q8_range_avx2<T, MB>;
+}
+template <bool VNNI, DType T>
+RangeFn pick_m(int64_t M) {
+  switch (M) {
+    case 1: return range_fn<VNNI, T, 1>();
+    case 2: return range_fn<VNNI, T, 2>();
+    case 3: return range_fn<VNNI, T, 3>();
+    case 4: return range_fn<VNNI, T, 4>();
+    case 5: return range_fn<VNNI, T, 5>();
+    case 6: return range_fn<VNNI, T, 6>();
+    case 7: return range_fn<VNNI, T, 7>();
+    default: return range_fn<VNNI, T, 8>();
+  }
 }
 template <bool VNNI>
-RangeFn pick(int64_t M) {
-  switch (M) {
-    case 1: return range_fn<VNNI, 1>();
-    case 2: return range_fn<VNNI, 2>();
-    case 3: return range_fn<VNNI, 3>();
-    case 4: return range_fn<VNNI, 4>();
-    case 5: return range_fn<VNNI, 5>();
-    case 6: return range_fn<VNNI, 6>();
-    case 7: return range_fn<VNNI, 7>();
-    default: return range_fn<VNNI, 8>();
+RangeFn pick(DType t, int64_t M) {
+  switch (t) {
+    case DType::Q4_1: return pick_m<VNNI, DType::Q4_1>(M);
+    case DType::Q5_0: return pick_m<VNNI, DType::Q5_0>(M);
+    case DType::Q5_1: return pick_m<VNNI, DType::Q5_1>(M);
+    case DType::Q4_K: return pick_m<VNNI, DType::Q4_K>(M);
+    case DType::Q5_K: return pick_m<VNNI, DType::Q5_K>(M);
+    default: return pick_m<VNNI, DType::Q6_K>(M);
   }
 }
 #endif  // __x86_64__
@@ -315,9 +364,16 @@ void gemm_dequant_f32(const Args& a, Isa isa) {
   parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, rows, [&](int64_t n0, int64_t n1) {
     thread_local std::vector<float> buf;
     buf.resize(size_t((n1 - n0) * a.K));
-    for (int64_t n = n0; n < n1; ++n)
-      dequantize_row(a.wtype, static_cast<const uint8_t*>(a.W) + size_t(n) * a.row_bytes, buf.data() + (n - n0) * a.K,
-                     a.K);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* src = static_cast<const uint8_t*>(a.W) + size_t(n) * a.row_bytes;
+#if defined(__x86_64__)
+      if (isa >= Isa::Avx2) {
+        dequantize_row_ext_avx2(a.wtype, src, buf.data() + (n - n0) * a.K, a.K);
+        continue;
+      }
+#endif
+      dequantize_row(a.wtype, src, buf.data() + (n - n0) * a.K, a.K);
+    }
     Args s{a.X, a.ldx, buf.data(), DType::F32, a.bias ? a.bias + n0 : nullptr, a.Y + n0, a.ldy,
            a.M, n1 - n0, a.K, nullptr, size_t(a.K) * 4};
 #if defined(__x86_64__)
@@ -355,7 +411,7 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act) {
 #if defined(__x86_64__)
   if (isa >= Isa::Avx2) {
     const bool vnni = isa >= Isa::Avx512 && cpu_features().avx512vnni && vnni_allowed();
-    const RangeFn fn = vnni ? pick<true>(a.M) : pick<false>(a.M);
+    const RangeFn fn = vnni ? pick<true>(a.wtype, a.M) : pick<false>(a.wtype, a.M);
     const int nth = a.pool ? a.pool->size() : 1;
     const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
     parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,

@@ -7,6 +7,7 @@
 //    ref::gemm with the dequantised weights (and, for q8, the q8_0-rounded activations).
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -95,6 +96,13 @@ TEST(quant_ext_ggml_fixture_parity) {
       std::vector<float> y(static_cast<size_t>(n));
       dequantize_row(t, b.data(), y.data(), n);
       expect_same_bits(y.data(), ref.data(), size_t(n), name + " " + kind + " dequantize_row vs ggml");
+#if defined(__x86_64__)
+      if (isa_detected() >= Isa::Avx2) {  // the f32 GEMM path's vector dequantiser
+        std::fill(y.begin(), y.end(), NAN);
+        gemm_detail::dequantize_row_ext_avx2(t, b.data(), y.data(), n);
+        expect_same_bits(y.data(), ref.data(), size_t(n), name + " " + kind + " dequantize_row_ext_avx2 vs ggml");
+      }
+#endif
     }
   }
 }
