@@ -181,8 +181,9 @@ async function main(argv: string[]): Promise<number> {
       const r = await quantizeGguf(input, output, type);
       if (json) console.log(JSON.stringify(r, null, 2));
       else {
-        const fb = Object.keys(r.fallbacks).length;
-        console.log(`${output}: ${r.converted.length} tensors converted to ${type}${fb ? ` (${fb} with the llama.cpp fallback type)` : ''}, ${r.kept.length} kept`);
+        const fb = Object.values(r.fallbacks);
+        const fbText = fb.length ? `, ${fb.length} to llama.cpp's fallback ${[...new Set(fb)].join('/')} (rows not whole 256-blocks)` : '';
+        console.log(`${output}: ${r.converted.length - fb.length} tensors converted to ${type}${fbText}, ${r.kept.length} kept`);
       }
       return 0;
     }
