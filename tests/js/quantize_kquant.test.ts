@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { configure, inspectGguf, loadModel, quantizeGguf, writeGguf } from '../../lib/index.js';
+import { configure, dequantize, inspectGguf, loadModel, quantize, quantizeGguf, writeGguf } from '../../lib/index.js';
 import type { GgufMetadataEntry, GgufTensorSpec, GgufType } from '../../lib/gguf_writer.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -137,6 +137,29 @@ describe.skipIf(!have)('q4_1 / q5_0 / q5_1 on stories260K', () => {
       const q = await run(out, oracle.tokens);
       expect(compare(q.q8, oracle.logits).cosine).toBeGreaterThanOrEqual(0.99);
     }
+  });
+});
+
+// ---------------------------------------------------------------- byte parity with ggml
+
+describe('quantize() / dequantize() against ggml (tests/fixtures/ggml_quants)', () => {
+  const fx = join(repoRoot, 'tests', 'fixtures', 'ggml_quants');
+  const f32 = (name: string): Float32Array => {
+    const b = readFileSync(join(fx, name));
+    return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  };
+  for (const t of ['q4_1', 'q5_0', 'q5_1', 'q4_K', 'q5_K', 'q6_K'] as const) {
+    it(`${t}: quantize is byte-exact with quantize_row_${t}_ref, dequantize bit-exact with dequantize_row_${t}`, () => {
+      const x = f32('input.f32');
+      expect(Buffer.from(quantize(x, t)).equals(readFileSync(join(fx, `${t}.quant.bin`)))).toBe(true);
+      for (const kind of ['quant', 'random']) {
+        const y = dequantize(readFileSync(join(fx, `${t}.${kind}.bin`)), t, x.length);
+        expect(Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(readFileSync(join(fx, `${t}.${kind}.deq.f32`)))).toBe(true);
+      }
+    });
+  }
+  it('rejects lengths that are not whole blocks', () => {
+    expect(() => quantize(new Float32Array(128), 'q4_K')).toThrow(/block size/);
   });
 });
 
