@@ -11,7 +11,7 @@
 //   q6_K        : A = d * scales_h, B = 0,           off = 32  (sub-blocks of 16)
 // The offset is applied in int32 (QX's neg lanes) so it cancels exactly, and the min terms use
 // per-half activation sums (dx_b * sum_h q) made once per call. Integer dot products: AVX-512
-// VNNI vpdpbusd (256-bit, AVX512VL) at Isa::Avx512+ on CPUs with VNNI, else AVX2
+// VNNI vpdpbusd (512-bit: two blocks per instruction) at Isa::Avx512+ on CPUs with VNNI, else AVX2
 // vpmaddubsw + vpmaddwd at Isa::Avx2+, else scalar. ggml instead rounds activations to q8_K for
 // the k-quants (one f32 scale per 256); the q8_0 rounding here is finer (one per 32).
 //
@@ -179,10 +179,11 @@ void q8_scalar(const Args& a, const QX& q, const HalfSums& hs) {
 
 #if defined(__x86_64__)
 #define EMO_T2 __attribute__((target("avx2,fma,f16c")))
-#define EMO_TV __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
 // AVX2 decoder: same codes as decode_scalar (the tests compare the GEMM results of both).
-EMO_T2 __attribute__((always_inline)) inline void decode_avx2(DType t, const uint8_t* blk, Decoded* o) {
+// B goes to `B` (16 floats) when given, else to o->B.
+EMO_T2 __attribute__((always_inline)) inline void decode_avx2(DType t, const uint8_t* blk, Decoded* o, float* B = nullptr) {
+  if (!B) B = o->B;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   switch (t) {
     case DType::Q4_K:
@@ -209,7 +210,7 @@ EMO_T2 __attribute__((always_inline)) inline void decode_avx2(DType t, const uin
         uint8_t s, m;
         kquant_scale_min(j, blk + 4, &s, &m);
         o->A[2 * j] = o->A[2 * j + 1] = d * s;
-        o->B[2 * j] = o->B[2 * j + 1] = -(dmin * m);
+        B[2 * j] = B[2 * j + 1] = -(dmin * m);
       }
       return;
     }
@@ -267,20 +268,10 @@ EMO_T2 __attribute__((always_inline)) inline __m256i decode32_avx2(DType t, cons
 EMO_T2 __attribute__((always_inline)) inline __m256i dot_maddubs(__m256i u, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
 }
-EMO_TV __attribute__((always_inline)) inline __m256i dot_vnni(__m256i u, __m256i x) {
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-}
 
 #define EMO_QX_TARGET EMO_T2
 #define EMO_QX_NAME q8_range_avx2
 #define EMO_QX_DOT dot_maddubs
-#include "gemm_quant_ext_range.inc"
-#undef EMO_QX_TARGET
-#undef EMO_QX_NAME
-#undef EMO_QX_DOT
-#define EMO_QX_TARGET EMO_TV
-#define EMO_QX_NAME q8_range_vnni
-#define EMO_QX_DOT dot_vnni
 #include "gemm_quant_ext_range.inc"
 #undef EMO_QX_TARGET
 #undef EMO_QX_NAME
@@ -324,10 +315,107 @@ EMO_T2 void dequantize_row_ext_avx2(DType t, const void* src, float* y, int64_t 
 
 namespace {
 
+#define EMO_T5 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
+
+// One 64-element step of q8_range_zmm: codes u, lane scales A, first 32-block index b.
+template <int MB, bool neg>
+EMO_T5 __attribute__((always_inline)) inline void zmm_step(__m512* acc, const QX& q, __m512i u, __m512 A, int64_t b) {
+  for (int m = 0; m < MB; ++m) {
+    const __m512i x = _mm512_loadu_si512(q.qs + m * q.ldq + b * 32);
+    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+    if (neg) p = _mm512_add_epi32(p, _mm512_loadu_si512(q.neg + m * q.ldd + b * 8));
+    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(A, _mm512_loadu_ps(q.dxe + m * q.ldd + b * 8)), acc[m]);
+  }
+}
+
+// AVX-512 VNNI, 512-bit: two 32-element blocks (or sub-blocks) per vpdpbusd. A row's odd last
+// 32-element block goes through the 256-bit form.
+template <DType T, int MB>
+EMO_T5 void q8_range_zmm(const Args& a, const QX& q, const HalfSums& hs, int64_t n0, int64_t n1) {
+  constexpr bool k = T == DType::Q4_K || T == DType::Q5_K || T == DType::Q6_K;
+  constexpr int G = k ? kQKK : 32;
+  constexpr bool neg = T == DType::Q5_0 || T == DType::Q6_K;
+  constexpr bool mins = !neg;
+  const size_t gb = a.row_bytes / size_t(a.K / G);
+  const int64_t ng = a.K / G;
+  const int64_t nh = a.K / 16;
+  thread_local std::vector<float> bcol_storage;
+  if (mins && int64_t(bcol_storage.size()) < nh) bcol_storage.resize(size_t(nh));
+  float* bcol = bcol_storage.data();
+  Decoded dec;
+  // lane l of a 2-sub-block vector belongs to half l / 4
+  const __m512i half_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = static_cast<const uint8_t*>(a.W) + size_t(n) * a.row_bytes;
+    __m512 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+    if constexpr (G == 32) {
+      int64_t g = 0;
+      for (; g + 2 <= ng; g += 2) {
+        const uint8_t* b0 = row + size_t(g) * gb;
+        const uint8_t* b1 = b0 + gb;
+        _mm_prefetch(reinterpret_cast<const char*>(b0 + 1024), _MM_HINT_T0);
+        const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(decode32_avx2(T, b0)), decode32_avx2(T, b1), 1);
+        const __m512 A = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(rd16(b0)))),
+                                            _mm256_set1_ps(_cvtsh_ss(rd16(b1))), 1);
+        if (mins) {
+          bcol[2 * g] = bcol[2 * g + 1] = _cvtsh_ss(rd16(b0 + 2));
+          bcol[2 * g + 2] = bcol[2 * g + 3] = _cvtsh_ss(rd16(b1 + 2));
+        }
+        zmm_step<MB, neg>(acc, q, u, A, g);
+      }
+      if (g < ng) {  // odd tail block: 256-bit
+        const uint8_t* b0 = row + size_t(g) * gb;
+        const __m256i u = decode32_avx2(T, b0);
+        const __m256 A = _mm256_set1_ps(_cvtsh_ss(rd16(b0)));
+        if (mins) bcol[2 * g] = bcol[2 * g + 1] = _cvtsh_ss(rd16(b0 + 2));
+        for (int m = 0; m < MB; ++m) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + g * 32));
+          __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+          if (neg) p = _mm256_add_epi32(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.neg + m * q.ldd + g * 8)));
+          const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(A, _mm256_loadu_ps(q.dxe + m * q.ldd + g * 8)));
+          acc[m] = _mm512_add_ps(acc[m], _mm512_zextps256_ps512(f));
+        }
+      }
+    } else {
+      for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* blk = row + size_t(g) * gb;
+        _mm_prefetch(reinterpret_cast<const char*>(blk + 1024), _MM_HINT_T0);
+        decode_avx2(T, blk, &dec, mins ? bcol + 16 * g : nullptr);
+        // q6_K's 16 scales come from one vector store (a vector load forwards from it); q4_K /
+        // q5_K's are scalar stores, read back as scalars (a wide load of them would stall)
+        const __m512 A16 = T == DType::Q6_K ? _mm512_loadu_ps(dec.A) : _mm512_setzero_ps();
+        for (int pr = 0; pr < 4; ++pr) {
+          const __m512i u = _mm512_load_si512(dec.u + 64 * pr);
+          const __m512 A = T == DType::Q6_K
+                               ? _mm512_permutexvar_ps(_mm512_add_epi32(half_of_lane, _mm512_set1_epi32(4 * pr)), A16)
+                               : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(dec.A[4 * pr])),
+                                                    _mm256_set1_ps(dec.A[4 * pr + 2]), 1);
+          zmm_step<MB, neg>(acc, q, u, A, g * 8 + 2 * pr);
+        }
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      float v = _mm512_reduce_add_ps(acc[m]);
+      if (mins) {
+        const float* s = hs.v.data() + m * hs.ld;
+        __m512 b = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= nh; i += 16) b = _mm512_fmadd_ps(_mm512_loadu_ps(bcol + i), _mm512_loadu_ps(s + i), b);
+        float r = _mm512_reduce_add_ps(b);
+        for (; i < nh; ++i) r += bcol[i] * s[i];
+        v += r;
+      }
+      if (a.bias) v += a.bias[n];
+      a.Y[m * a.ldy + n] = v;
+    }
+  }
+}
+
 using RangeFn = void (*)(const Args&, const QX&, const HalfSums&, int64_t, int64_t);
 template <bool VNNI, DType T, int MB>
 RangeFn range_fn() {
-  if constexpr (VNNI) return &q8_range_vnni<T, MB>;
+  if constexpr (VNNI) return &q8_range_zmm<T, MB>;
   else return &q8_range_avx2<T, MB>;
 }
 template <bool VNNI, DType T>

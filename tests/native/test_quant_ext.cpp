@@ -206,7 +206,7 @@ TEST(quant_ext_gemm_all_paths) {
   ThreadPool pool(3);
   for (DType t : kExtTypes) {
     const int64_t be = dtype_block_elems(t);
-    for (int64_t K : {be * 2, int64_t(512), int64_t(1024)}) {
+    for (int64_t K : {be * 2, be * 3, int64_t(512), int64_t(1024) + be}) {  // odd block counts: the vector tails
       const int64_t N = 37;
       std::vector<float> wf = rand_vec(size_t(N * K), 11u + uint32_t(K), 0.05f);
       for (int64_t i = 0; i < K; ++i) wf[size_t(3 * K + i)] = 0.0f;  // an all-zero row
