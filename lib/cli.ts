@@ -57,7 +57,9 @@ const GENERATE = {
 const QUANTIZE = {
   name: 'quantize',
   synopsis: `<in.gguf> <out.gguf> <${DTYPES.join('|')}>`,
-  summary: "convert a GGUF model's weight matrices (as llama-quantize's reference types)",
+  summary:
+    "convert a GGUF model's weight matrices (as llama-quantize's reference types; rows that are not whole\n" +
+    '256-blocks fall back as llama.cpp does: q4_K->q5_0, q5_K->q5_1, q6_K->q8_0)',
   positionals: { min: 3 },
   options: { json: JSON_FLAG },
 } as const satisfies CommandSpec;
@@ -272,11 +274,15 @@ async function quantize(argv: readonly string[]): Promise<number> {
   const p = parse(QUANTIZE, argv);
   if (!p) return 0;
   const [input, output, target] = p.positionals as [string, string, string];
-  if (!(DTYPES as readonly string[]).includes(target))
-    throw new UsageError(`quantize: unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`, formatUsage(QUANTIZE));
-  const r = await quantizeGguf(input, output, target as DType);
+  const type: DType | undefined = DTYPES.find((t) => t.toLowerCase() === target.toLowerCase()); // Q4_K, q4_k, q4_K
+  if (!type) throw new UsageError(`quantize: unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`, formatUsage(QUANTIZE));
+  const r = await quantizeGguf(input, output, type);
   if (p.values.json) console.log(JSON.stringify(r, null, 2));
-  else console.log(`${output}: ${r.converted.length} tensors converted to ${target}, ${r.kept.length} kept`);
+  else {
+    const fb = Object.values(r.fallbacks);
+    const fbText = fb.length ? `, ${fb.length} to llama.cpp's fallback ${[...new Set(fb)].join('/')} (rows not whole 256-blocks)` : '';
+    console.log(`${output}: ${r.converted.length - fb.length} tensors converted to ${type}${fbText}, ${r.kept.length} kept`);
+  }
   return 0;
 }
 

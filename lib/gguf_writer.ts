@@ -34,10 +34,13 @@ const VALUE_TYPE: Record<GgufScalarType | 'array', number> = {
 };
 
 /** ggml tensor type ids. */
-export const GGML_TYPE: Record<ComputeDType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 8, bf16: 30 };
+export const GGML_TYPE: Record<ComputeDType, number> = {
+  f32: 0, f16: 1, q4_0: 2, q4_1: 3, q5_0: 6, q5_1: 7, q8_0: 8, q4_K: 12, q5_K: 13, q6_K: 14, bf16: 30,
+};
 
 const BLOCK: Record<ComputeDType, [elems: number, bytes: number]> = {
   f32: [1, 4], f16: [1, 2], bf16: [1, 2], q8_0: [32, 34], q4_0: [32, 18],
+  q4_1: [32, 20], q5_0: [32, 22], q5_1: [32, 24], q4_K: [256, 144], q5_K: [256, 176], q6_K: [256, 210],
 };
 
 /** Bytes of a tensor of `shape` in `dtype` (the innermost dimension must be whole blocks). */

@@ -5,13 +5,17 @@
 import { EmollmError } from './errors.js';
 import { native } from './native.js';
 
-/** Weight element types: plain floats and the GGUF block-quantised formats (32-element blocks). */
-export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
+/**
+ * Weight element types: plain floats and the GGUF block-quantised formats, with ggml's layouts
+ * and names: q8_0, q4_0, q4_1, q5_0, q5_1 (32-element blocks) and the k-quants q4_K, q5_K, q6_K
+ * (256-element super-blocks).
+ */
+export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | 'q4_K' | 'q5_K' | 'q6_K';
 
 /** Instruction-set levels the kernels dispatch on, lowest first. */
 export type Isa = 'scalar' | 'avx2' | 'avx512' | 'amx';
 
-export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];
+export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q4_K', 'q5_K', 'q6_K'];
 
 export interface CpuInfo {
   /** CPU brand string. */
@@ -25,7 +29,7 @@ export interface CpuInfo {
   isaActive: Isa;
   /** Threads the kernels use. */
   threads: number;
-  /** Activation precision for decode-shaped products with q8_0/q4_0 weights. */
+  /** Activation precision for decode-shaped products with block-quantised weights. */
   quantActivations: 'q8' | 'f32';
   /** Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...). */
   features: Record<string, boolean>;
@@ -42,9 +46,11 @@ export interface KernelOptions {
   /** Cap the instruction-set level, e.g. 'scalar' to run the reference paths. */
   isa?: Isa;
   /**
-   * How q8_0/q4_0 weights meet activations in decode-shaped products (m <= 8): 'q8' (default,
-   * llama.cpp's numerics) rounds each 32-block of activations to 8 bits and uses integer dot
-   * products, reaching memory bandwidth; 'f32' keeps f32 activations (exact to f32 rounding,
+   * How block-quantised weights (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K) meet activations
+   * in decode-shaped products (m <= 8): 'q8' (default, llama.cpp's numerics for the 32-block
+   * types; for the k-quants llama.cpp rounds to 256-blocks, emollm to finer 32-blocks) rounds
+   * each 32-block of activations to 8 bits and uses integer dot products, reaching memory
+   * bandwidth; 'f32' keeps f32 activations (exact to f32 rounding,
    * slower). Prefill-shaped products always use f32 activations. Env: EMOLLM_QUANT_ACT=f32.
    */
   quantActivations?: 'q8' | 'f32';
@@ -73,7 +79,7 @@ export function gemm(args: GemmArgs): Promise<Float32Array> {
   return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k);
 }
 
-/** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers for q8_0/q4_0). */
+/** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers `quantize_row_*_ref`, byte-exact). */
 export function quantize(x: Float32Array, dtype: DType): Uint8Array {
   return native().quantize(x, dtype);
 }

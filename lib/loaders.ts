@@ -12,7 +12,7 @@ import { EmollmError } from './errors.js';
 import { native } from './native.js';
 
 /** A compute dtype emollm implements (see kernels' `DType`). */
-export type ComputeDType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
+export type ComputeDType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q5_0' | 'q5_1' | 'q4_K' | 'q5_K' | 'q6_K';
 
 /** One tensor of a checkpoint. */
 export interface TensorInfo {

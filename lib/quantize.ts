@@ -1,7 +1,10 @@
 /**
- * Re-quantizing GGUF models: every 2-D weight matrix whose rows are whole 32-element blocks is
- * converted to the target type (ggml's reference quantizers, the same bytes llama.cpp's
- * reference path writes); norms, biases and matrices with other row lengths keep their type.
+ * Re-quantizing GGUF models: every 2-D weight matrix whose rows are whole blocks of the target
+ * type is converted to it (ggml's reference quantizers, the same bytes llama.cpp's reference path
+ * writes); for the k-quants, matrices whose rows are not whole 256-element super-blocks fall back
+ * as llama-quantize does (q4_K -> q5_0, q5_K -> q5_1, q6_K -> q8_0); norms, biases and matrices
+ * with rows that fit neither keep their type. Every matrix gets the same type (no per-tensor mix
+ * as in llama.cpp's Q4_K_M / Q5_K_M presets: like `llama-quantize --pure`).
  */
 import { EmollmError } from './errors.js';
 import { writeGguf, type GgufMetadataEntry, type GgufTensorSpec, type GgufType } from './gguf_writer.js';
@@ -14,13 +17,28 @@ export interface QuantizeResult {
   converted: string[];
   /** Tensors kept as they were (1-D, or rows that are not whole blocks). */
   kept: string[];
+  /** Converted tensors that got the k-quant fallback type instead of the target, by name. */
+  fallbacks: Record<string, ComputeDType>;
 }
 
 /** llama.cpp's general.file_type values. */
-const FILE_TYPE: Record<ComputeDType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 };
+const FILE_TYPE: Record<ComputeDType, number> = {
+  f32: 0, f16: 1, q4_0: 2, q4_1: 3, q8_0: 7, q5_0: 8, q5_1: 9, q4_K: 14, q5_K: 16, q6_K: 18, bf16: 32,
+};
 
 function blockElems(t: ComputeDType): number {
-  return t === 'q8_0' || t === 'q4_0' ? 32 : 1;
+  if (t === 'q4_K' || t === 'q5_K' || t === 'q6_K') return 256;
+  return t === 'f32' || t === 'f16' || t === 'bf16' ? 1 : 32;
+}
+
+/** llama.cpp's tensor_type_fallback for rows that are not whole 256-element super-blocks. */
+const KQUANT_FALLBACK: Partial<Record<ComputeDType, ComputeDType>> = { q4_K: 'q5_0', q5_K: 'q5_1', q6_K: 'q8_0' };
+
+/** The type a matrix with rows of `inner` elements gets for `target`, or null to keep it. */
+function typeFor(target: ComputeDType, inner: number): ComputeDType | null {
+  if (inner % blockElems(target) === 0) return target;
+  const fb = KQUANT_FALLBACK[target];
+  return fb && inner % blockElems(fb) === 0 ? fb : null;
 }
 
 /**
@@ -48,7 +66,7 @@ export async function quantizeGguf(input: string, output: string, target: Comput
   }));
   if (!('general.file_type' in info.metadata)) metadata.push({ key: 'general.file_type', type: 'u32', value: FILE_TYPE[target] });
 
-  const result: QuantizeResult = { converted: [], kept: [] };
+  const result: QuantizeResult = { converted: [], kept: [], fallbacks: {} };
   try {
     const read = async (t: TensorInfo): Promise<Uint8Array> => {
       const b = Buffer.alloc(t.nbytes);
@@ -61,16 +79,18 @@ export async function quantizeGguf(input: string, output: string, target: Comput
         throw new EmollmError('ERR_UNSUPPORTED', `${input}: tensor ${t.name} has type ${t.dtype}, which emollm cannot convert`, { file: input });
       const from = t.computeDtype;
       const inner = t.shape[t.shape.length - 1] ?? 1;
-      const convert = t.shape.length === 2 && inner % blockElems(target) === 0 && from !== target;
+      const to = t.shape.length === 2 ? typeFor(target, inner) : null;
+      const convert = to !== null && from !== to;
       (convert ? result.converted : result.kept).push(t.name);
+      if (convert && to !== target) result.fallbacks[t.name] = to;
       const n = t.shape.reduce((a, b) => a * b, 1);
       return {
         name: t.name,
         shape: t.shape,
-        dtype: convert ? target : from,
+        dtype: convert ? to : from,
         data: async () => {
           const raw = await read(t);
-          return convert ? quantize(dequantize(raw, from, n), target) : raw;
+          return convert ? quantize(dequantize(raw, from, n), to) : raw;
         },
       };
     });

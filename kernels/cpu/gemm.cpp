@@ -11,6 +11,7 @@
 // Q8_0/Q4_0 weights with M <= kSmallM in QuantActivations::Q8 mode (the default) quantise X to
 // q8_0 and use integer block dot products: gemm_q8act_avx512vnni (vpdpbusd) at Avx512+ on CPUs
 // with AVX512-VNNI, else gemm_q8act_avx2 (vpmaddubsw) at Avx2+, else gemm_q8act_scalar.
+// Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K weights: gemm_quant_ext.cpp (same levels).
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -22,6 +23,7 @@
 
 #include "../../native/core/arena.h"
 #include "../../native/core/error.h"
+#include "../../native/core/quant_formats.h"
 #include "gemm_internal.h"
 
 namespace emollm {
@@ -192,11 +194,12 @@ void check_args(const float* X, int64_t ldx, const void* W, DType wtype, float* 
                 int64_t M, int64_t N, int64_t K) {
   EMOLLM_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, "gemm: negative size");
   EMOLLM_CHECK_ARG(wtype == DType::F32 || wtype == DType::F16 || wtype == DType::BF16 ||
-                       wtype == DType::Q8_0 || wtype == DType::Q4_0,
+                       wtype == DType::Q8_0 || wtype == DType::Q4_0 || dtype_is_ext_quant(wtype),
                    "gemm: unsupported weight dtype");
-  if (dtype_is_quantized(wtype) && K % kQK != 0)
-    throw Error(ErrorCode::InvalidArgument, std::string("gemm: ") + dtype_name(wtype) +
-                                                " weights need K % 32 == 0, got K = " + std::to_string(K));
+  if (dtype_is_quantized(wtype) && K % dtype_block_elems(wtype) != 0)
+    throw Error(ErrorCode::InvalidArgument, std::string("gemm: ") + dtype_name(wtype) + " weights need K % " +
+                                                std::to_string(dtype_block_elems(wtype)) +
+                                                " == 0, got K = " + std::to_string(K));
   EMOLLM_CHECK_ARG(ldx >= K, "gemm: ldx < K");
   EMOLLM_CHECK_ARG(ldy >= N, "gemm: ldy < N");
   if (M > 0 && N > 0) {
@@ -251,6 +254,9 @@ void ref_dequant_row(DType t, const uint8_t* row, float* out, int64_t K) {
         }
       }
       break;
+    default:  // q4_1, q5_0, q5_1, k-quants: ggml's dequantisation (checked against ggml's own outputs)
+      dequantize_row(t, row, out, K);
+      break;
   }
 }
 
@@ -292,6 +298,7 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
   gemm_detail::Args a{X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, dtype_row_bytes(wtype, K)};
   const bool q8act = dtype_is_quantized(wtype) && M <= gemm_detail::kSmallM &&
                      quant_activations() == QuantActivations::Q8;
+  if (dtype_is_ext_quant(wtype)) return gemm_detail::gemm_quant_ext(a, isa_active(), q8act);
 #if defined(__x86_64__)
   const Isa isa = isa_active();
   if (q8act) {

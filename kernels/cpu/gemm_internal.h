@@ -73,6 +73,15 @@ bool vnni_allowed();
 void gemm_q8act_scalar(const Args& a);
 
 void gemm_scalar(const Args& a);
+
+// q4_1 / q5_0 / q5_1 / q4_K / q5_K / q6_K weights (gemm_quant_ext.cpp): q8_0 activations and
+// integer block dot products when q8act, else weight rows dequantised to f32 for the f32 kernels
+// of `isa`.
+void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
+#if defined(__x86_64__)
+// AVX2 twin of dequantize_row for those formats (bit-identical; the f32 path's dequantiser).
+void dequantize_row_ext_avx2(DType t, const void* src, float* dst, int64_t K);
+#endif
 #if defined(__x86_64__)
 void gemm_avx2(const Args& a);
 void gemm_q8act_avx2(const Args& a);

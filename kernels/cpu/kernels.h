@@ -20,7 +20,8 @@ namespace emollm {
 
 // ---------------------------------------------------------------- matrix products
 // Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N] when bias != null). Y is overwritten.
-// f32 accumulation. Weight dtypes: F32, F16, BF16, Q8_0, Q4_0 (K % 32 == 0 for the last two).
+// f32 accumulation. Weight dtypes: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (K % 32 == 0),
+// Q4_K, Q5_K, Q6_K (K % 256 == 0).
 // M == 1 dispatches to gemv. Q8_0/Q4_0 weights with M <= 8 round X to q8_0 by default (see
 // QuantActivations below). BF16 weights may use BF16 dot-product hardware (AVX512-BF16, AMX),
 // which rounds X to bf16: the tolerance of that path is that of bf16 activations.

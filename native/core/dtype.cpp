@@ -6,6 +6,7 @@
 #include <string>
 
 #include "error.h"
+#include "quant_formats.h"
 
 namespace emollm {
 
@@ -16,6 +17,12 @@ const char* dtype_name(DType t) {
     case DType::BF16: return "bf16";
     case DType::Q8_0: return "q8_0";
     case DType::Q4_0: return "q4_0";
+    case DType::Q4_1: return "q4_1";
+    case DType::Q5_0: return "q5_0";
+    case DType::Q5_1: return "q5_1";
+    case DType::Q4_K: return "q4_K";
+    case DType::Q5_K: return "q5_K";
+    case DType::Q6_K: return "q6_K";
   }
   return "?";
 }
@@ -25,14 +32,19 @@ bool dtype_from_name(const char* name, DType* out) {
   for (auto& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
   static const std::pair<const char*, DType> table[] = {
       {"f32", DType::F32},   {"float32", DType::F32}, {"f16", DType::F16},   {"float16", DType::F16},
-      {"bf16", DType::BF16}, {"bfloat16", DType::BF16}, {"q8_0", DType::Q8_0}, {"q4_0", DType::Q4_0}};
+      {"bf16", DType::BF16}, {"bfloat16", DType::BF16}, {"q8_0", DType::Q8_0}, {"q4_0", DType::Q4_0},
+      {"q4_1", DType::Q4_1}, {"q5_0", DType::Q5_0}, {"q5_1", DType::Q5_1},     {"q4_k", DType::Q4_K},
+      {"q5_k", DType::Q5_K}, {"q6_k", DType::Q6_K}};
   for (auto& [n, t] : table)
     if (s == n) { *out = t; return true; }
   return false;
 }
 
-bool dtype_is_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
-int64_t dtype_block_elems(DType t) { return dtype_is_quantized(t) ? kQK : 1; }
+bool dtype_is_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0 || dtype_is_ext_quant(t); }
+int64_t dtype_block_elems(DType t) {
+  if (t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K) return kQKK;
+  return dtype_is_quantized(t) ? kQK : 1;
+}
 
 size_t dtype_block_bytes(DType t) {
   switch (t) {
@@ -41,6 +53,12 @@ size_t dtype_block_bytes(DType t) {
     case DType::BF16: return 2;
     case DType::Q8_0: return sizeof(BlockQ8_0);
     case DType::Q4_0: return sizeof(BlockQ4_0);
+    case DType::Q4_1: return sizeof(BlockQ4_1);
+    case DType::Q5_0: return sizeof(BlockQ5_0);
+    case DType::Q5_1: return sizeof(BlockQ5_1);
+    case DType::Q4_K: return sizeof(BlockQ4_K);
+    case DType::Q5_K: return sizeof(BlockQ5_K);
+    case DType::Q6_K: return sizeof(BlockQ6_K);
   }
   return 0;
 }
@@ -88,6 +106,10 @@ uint16_t f32_to_f16(float f) {
 }
 
 void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
+  if (dtype_is_ext_quant(t)) {
+    (void)dtype_row_bytes(t, n);  // validates n
+    return dequantize_row_ext(t, src, dst, n);
+  }
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, size_t(n) * 4);
@@ -122,13 +144,18 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
         }
       }
       return;
-    }
+    }    default:  // the further formats returned above
+      return;
   }
 }
 
 // Same rounding as ggml's quantize_row_q8_0_ref / quantize_row_q4_0_ref, so GGUF files we write
 // match llama.cpp's, and tests can round-trip against them.
 void quantize_row(DType t, const float* src, void* dst, int64_t n) {
+  if (dtype_is_ext_quant(t)) {
+    (void)dtype_row_bytes(t, n);
+    return quantize_row_ext(t, src, dst, n);
+  }
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, size_t(n) * 4);
@@ -176,7 +203,8 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
         }
       }
       return;
-    }
+    }    default:
+      return;
   }
 }
 

@@ -7,7 +7,11 @@
 
 namespace emollm {
 
-enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4 };
+enum class DType : uint8_t {
+  F32 = 0, F16 = 1, BF16 = 2, Q8_0 = 3, Q4_0 = 4,
+  // Further GGUF formats (block structs and conversions in quant_formats.h).
+  Q4_1 = 5, Q5_0 = 6, Q5_1 = 7, Q4_K = 8, Q5_K = 9, Q6_K = 10,
+};
 
 constexpr int kQK = 32;  // elements per q8_0 / q4_0 block (ggml QK8_0 == QK4_0 == 32)
 
@@ -29,7 +33,7 @@ const char* dtype_name(DType t);
 // Parses "f32", "F16", "bf16", "q8_0", "Q4_0" ...; returns false when unknown.
 bool dtype_from_name(const char* name, DType* out);
 bool dtype_is_quantized(DType t);
-// Elements per storage block (1 for plain types, 32 for q8_0/q4_0).
+// Elements per storage block (1 for plain types, 32 for q8_0/q4_0/q4_1/q5_0/q5_1, 256 for k-quants).
 int64_t dtype_block_elems(DType t);
 // Bytes per storage block.
 size_t dtype_block_bytes(DType t);

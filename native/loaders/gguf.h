@@ -16,8 +16,8 @@
 // tensor's extent is checked against the file. Errors are Error(MalformedFile) naming the file
 // (and key or tensor); GGUF v1 / other versions are Error(Unsupported).
 //
-// ggml types F32(0), F16(1), Q4_0(2), Q8_0(8), BF16(30) map to DType; the other known ggml types
-// (q4_K, q6_K, iq2_xxs, ...) are listed by name with supported == false (Unsupported on
+// ggml types F32(0), F16(1), Q4_0(2), Q4_1(3), Q5_0(6), Q5_1(7), Q8_0(8), Q4_K(12), Q5_K(13),
+// Q6_K(14), BF16(30) map to DType; the other known ggml types (q2_K, q3_K, iq2_xxs, ...) are listed by name with supported == false (Unsupported on
 // compute_view()); an unknown type number is MalformedFile.
 #pragma once
 #include <array>

@@ -550,7 +550,7 @@ TEST(gguf_handmade_ok) {
   w.kv_u32("general.alignment", 64);
   w.tensor("q8", {64, 2}, 8, 0);         // 2 rows x 2 blocks x 34 = 136 bytes
   w.tensor("q4", {32}, 2, 192);          // 18 bytes
-  w.tensor("k4", {256, 1, 1, 1}, 12, 256);  // q4_K, 144 bytes
+  w.tensor("k4", {256, 1, 1, 1}, 10, 256);  // q2_K (no emollm kernels), 84 bytes
   w.tensor("bf", {2, 2, 2}, 30, 448);       // 16 bytes
   w.pad(64);
   w.data(448 + 16, 7);
@@ -570,9 +570,9 @@ TEST(gguf_handmade_ok) {
   EXPECT_THROWS_MSG(h.get_string_array("arr_i16"), ErrorCode::MalformedFile, "array of i16, expected array of string");
   EXPECT(h.get("q8").dtype == DType::Q8_0 && h.get("q8").nbytes == 136 && h.get("q8").shape == std::vector<int64_t>({2, 64}));
   EXPECT(h.get("q4").dtype == DType::Q4_0 && h.get("q4").nbytes == 18);
-  EXPECT(!h.get("k4").supported && h.get("k4").type_name == "q4_K" && h.get("k4").nbytes == 144);
+  EXPECT(!h.get("k4").supported && h.get("k4").type_name == "q2_K" && h.get("k4").nbytes == 84);
   EXPECT(h.get("k4").shape == std::vector<int64_t>({1, 1, 1, 256}));
-  EXPECT_THROWS_MSG(h.compute_view("k4"), ErrorCode::Unsupported, "q4_K");
+  EXPECT_THROWS_MSG(h.compute_view("k4"), ErrorCode::Unsupported, "q2_K");
   EXPECT(h.get("bf").dtype == DType::BF16 && h.get("bf").shape == std::vector<int64_t>({2, 2, 2}));
   TensorView v = h.compute_view("q8");
   EXPECT(v.ndim == 2 && v.shape[0] == 2 && v.shape[1] == 64 && v.dtype == DType::Q8_0);
