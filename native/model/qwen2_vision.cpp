@@ -1,0 +1,176 @@
+// Qwen2-VL vision tower: loading and the forward pass. See qwen2_vision.h.
+#include "model/qwen2_vision.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace emollm {
+
+namespace {
+
+struct Loader {
+  const WeightStore& ws;
+  std::vector<std::vector<float>>& converted;
+
+  const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorInfo& t = ws.get(name);
+    if (t.shape != shape)
+      throw Error(ErrorCode::MalformedFile,
+                  "tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape), ws.source());
+    if (shape.size() <= 4) t.compute_view();  // the dtype check (and the 4-D limit of views)
+    else if (!t.supported)  // the 5-D Conv3d kernel is only read as one [out, in * t * p * p] matrix
+      throw Error(ErrorCode::Unsupported, "tensor " + name + " has type " + t.type_name + ", which emollm cannot compute with",
+                  ws.source());
+    return t;
+  }
+  LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols, std::vector<int64_t> shape = {}) const {
+    if (shape.empty()) shape = {rows, cols};
+    const TensorInfo& t = tensor(name, shape);
+    if (cols % dtype_block_elems(t.dtype) != 0)
+      throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
+    return LlamaWeight{t.data, t.dtype, rows, cols};
+  }
+  const float* vec(const std::string& name, int64_t n) const {
+    const TensorInfo& t = tensor(name, {n});
+    converted.emplace_back(size_t(n));
+    if (t.dtype == DType::F32) std::memcpy(converted.back().data(), t.data, size_t(n) * sizeof(float));
+    else dequantize_row(t.dtype, t.data, converted.back().data(), n);
+    return converted.back().data();
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_hf(const WeightStore& ws, const Qwen2VisionConfig& c,
+                                                            const std::string& p, const std::string& config_file) {
+  if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu")
+    throw Error(ErrorCode::Unsupported, "vision_config.hidden_act \"" + c.hidden_act + "\" is not supported (quick_gelu, gelu)",
+                config_file);
+  auto m = std::make_unique<Qwen2VisionModel>();
+  m->c_ = c;
+  Loader L{ws, m->converted_};
+  const int64_t D = c.embed_dim, F = c.embed_dim * c.mlp_ratio, K = m->patch_dim();
+  m->patch_embd_ = L.mat(p + "patch_embed.proj.weight", D, K,
+                         {D, c.in_channels, c.temporal_patch_size, c.patch_size, c.patch_size});
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = p + "blocks." + std::to_string(i) + ".";
+    Qwen2VisionBlock k;
+    k.norm1_w = L.vec(b + "norm1.weight", D);
+    k.norm1_b = L.vec(b + "norm1.bias", D);
+    k.norm2_w = L.vec(b + "norm2.weight", D);
+    k.norm2_b = L.vec(b + "norm2.bias", D);
+    k.qkv = L.mat(b + "attn.qkv.weight", 3 * D, D);
+    k.qkv_b = L.vec(b + "attn.qkv.bias", 3 * D);
+    k.proj = L.mat(b + "attn.proj.weight", D, D);
+    k.proj_b = L.vec(b + "attn.proj.bias", D);
+    k.fc1 = L.mat(b + "mlp.fc1.weight", F, D);
+    k.fc1_b = L.vec(b + "mlp.fc1.bias", F);
+    k.fc2 = L.mat(b + "mlp.fc2.weight", D, F);
+    k.fc2_b = L.vec(b + "mlp.fc2.bias", D);
+    m->blocks_.push_back(k);
+  }
+  const int64_t MD = D * m->merge_unit();
+  m->ln_q_w_ = L.vec(p + "merger.ln_q.weight", D);
+  m->ln_q_b_ = L.vec(p + "merger.ln_q.bias", D);
+  m->mlp0_ = L.mat(p + "merger.mlp.0.weight", MD, MD);
+  m->mlp0_b_ = L.vec(p + "merger.mlp.0.bias", MD);
+  m->mlp2_ = L.mat(p + "merger.mlp.2.weight", c.hidden_size, MD);
+  m->mlp2_b_ = L.vec(p + "merger.mlp.2.bias", c.hidden_size);
+  // VisionRotaryEmbedding(dim = head_dim / 2): inv_freq[j] = theta^(-2j / dim), j < head_dim / 4;
+  // the row angle drives pairs [0, head_dim/4), the column angle pairs [head_dim/4, head_dim/2).
+  const int64_t hd = D / c.num_heads, q = hd / 4;
+  m->inv_freq_h_.assign(size_t(hd / 2), 0.0f);
+  m->inv_freq_w_.assign(size_t(hd / 2), 0.0f);
+  for (int64_t j = 0; j < q; ++j) {
+    const float f = float(1.0 / std::pow(c.rope_theta, double(2 * j) / double(hd / 2)));
+    m->inv_freq_h_[size_t(j)] = f;
+    m->inv_freq_w_[size_t(q + j)] = f;
+  }
+  return m;
+}
+
+std::vector<std::array<int32_t, 2>> Qwen2VisionModel::patch_positions(const std::vector<GridThw>& grids, int64_t ms) {
+  std::vector<std::array<int32_t, 2>> pos;
+  for (const GridThw& g : grids)
+    for (int64_t t = 0; t < g.t; ++t)
+      for (int64_t bh = 0; bh < g.h / ms; ++bh)
+        for (int64_t bw = 0; bw < g.w / ms; ++bw)
+          for (int64_t ih = 0; ih < ms; ++ih)
+            for (int64_t iw = 0; iw < ms; ++iw) pos.push_back({int32_t(bh * ms + ih), int32_t(bw * ms + iw)});
+  return pos;
+}
+
+bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vector<GridThw>& grids, float* out,
+                              const std::atomic<bool>* abort) const {
+  const int64_t ms = c_.spatial_merge_size, D = c_.embed_dim, H = c_.num_heads, hd = D / H, F = D * c_.mlp_ratio;
+  int64_t N = 0;
+  for (const GridThw& g : grids) {
+    if (g.t <= 0 || g.h <= 0 || g.w <= 0 || g.h % ms != 0 || g.w % ms != 0)
+      throw Error(ErrorCode::InvalidArgument, "vision grid (" + std::to_string(g.t) + ", " + std::to_string(g.h) + ", " +
+                                                  std::to_string(g.w) + ") must be positive with h and w multiples of " +
+                                                  std::to_string(ms));
+    N += g.n_patches();
+  }
+  EMOLLM_CHECK_ARG(N > 0, "Qwen2VisionModel::encode: no patches");
+  std::vector<float> x(size_t(N * D)), xn(size_t(N * D)), qkv(size_t(N * 3 * D)), att(size_t(N * D)), tmp(size_t(N * D)),
+      hid(size_t(N * F));
+  be.gemm(patches, patch_dim(), patch_embd_.data, patch_embd_.dtype, nullptr, x.data(), D, N, D, patch_dim());
+
+  const auto pos = patch_positions(grids, ms);
+  std::vector<int32_t> rows(static_cast<size_t>(N)), cols(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) rows[size_t(i)] = pos[size_t(i)][0], cols[size_t(i)] = pos[size_t(i)][1];
+  RopeParams rh;
+  rh.head_dim = hd;
+  rh.rot_dim = hd;
+  rh.layout = RopeLayout::RotateHalf;
+  RopeParams rw = rh;
+  rh.inv_freq = inv_freq_h_.data();
+  rw.inv_freq = inv_freq_w_.data();
+
+  for (const Qwen2VisionBlock& b : blocks_) {
+    if (abort && abort->load(std::memory_order_relaxed)) return false;
+    be.layernorm(x.data(), D, b.norm1_w, b.norm1_b, xn.data(), D, N, D, 1e-6f);
+    be.gemm(xn.data(), D, b.qkv.data, b.qkv.dtype, b.qkv_b, qkv.data(), 3 * D, N, 3 * D, D);
+    for (int k = 0; k < 2; ++k) {  // q then k: rows then columns
+      be.rope(qkv.data() + k * D, 3 * D, N, H, rows.data(), rh);
+      be.rope(qkv.data() + k * D, 3 * D, N, H, cols.data(), rw);
+    }
+    int64_t off = 0;
+    for (const GridThw& g : grids)
+      for (int64_t t = 0; t < g.t; ++t) {  // one attention segment per temporal slice
+        const int64_t len = g.h * g.w;
+        AttentionParams ap;
+        ap.n_q = ap.n_kv = len;
+        ap.n_heads = ap.n_kv_heads = H;
+        ap.head_dim = hd;
+        ap.ldq = ap.ldk = ap.ldv = 3 * D;
+        ap.ldo = D;
+        ap.causal = false;
+        const float* base = qkv.data() + off * 3 * D;
+        be.attention(base, base + D, base + 2 * D, att.data() + off * D, ap);
+        off += len;
+      }
+    be.gemm(att.data(), D, b.proj.data, b.proj.dtype, b.proj_b, tmp.data(), D, N, D, D);
+    for (int64_t i = 0; i < N * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    be.layernorm(x.data(), D, b.norm2_w, b.norm2_b, xn.data(), D, N, D, 1e-6f);
+    be.gemm(xn.data(), D, b.fc1.data, b.fc1.dtype, b.fc1_b, hid.data(), F, N, F, D);
+    if (c_.hidden_act == "quick_gelu") be.quick_gelu(hid.data(), hid.data(), N * F);
+    else be.gelu_erf(hid.data(), hid.data(), N * F);
+    be.gemm(hid.data(), F, b.fc2.data, b.fc2.dtype, b.fc2_b, tmp.data(), D, N, D, F);
+    for (int64_t i = 0; i < N * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+  }
+  if (abort && abort->load(std::memory_order_relaxed)) return false;
+  // merger: ln_q per patch, then merge_unit consecutive rows as one row of D * merge_unit
+  be.layernorm(x.data(), D, ln_q_w_, ln_q_b_, xn.data(), D, N, D, 1e-6f);
+  const int64_t M = N / merge_unit(), MD = D * merge_unit();
+  std::vector<float> mh(size_t(M * MD));
+  be.gemm(xn.data(), MD, mlp0_.data, mlp0_.dtype, mlp0_b_, mh.data(), MD, M, MD, MD);
+  be.gelu_erf(mh.data(), mh.data(), M * MD);
+  be.gemm(mh.data(), MD, mlp2_.data, mlp2_.dtype, mlp2_b_, out, c_.hidden_size, M, c_.hidden_size, MD);
+  return true;
+}
+
+}  // namespace emollm
