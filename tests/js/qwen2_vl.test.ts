@@ -1,0 +1,131 @@
+// Qwen2-VL end to end through the public API against transformers' own outputs for the tiny model
+// in ../shared/models/qwen2-vl-tiny-hf (see its SOURCE.md): the image (grid 1x4x8) and the native
+// 4-frame video (grid 2x4x6).
+// - reference patches fed in: logits at every position within 1e-4, 12 greedy tokens equal;
+// - full path (files -> Qwen2VLImageProcessor port -> the folder's chat template -> tokenizer):
+//   the rendered text and the expanded input_ids equal the reference, and the logits stay within
+//   1e-4 (the preprocessing is exact on these inputs); scoreOptions matches the logits.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { loadModel, type ChatMessage, type Model } from '../../lib/index.js';
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
+const dir = join(shared, 'models', 'qwen2-vl-tiny-hf');
+const have = existsSync(join(dir, 'reference', 'expected.json'));
+if (!have) console.warn(`qwen2-vl-tiny-hf tests skipped: ${dir} not found (set EMOLLM_SHARED_DIR)`);
+
+function f32(file: string): Float32Array {
+  const b = readFileSync(file);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+interface Case {
+  input_ids: number[];
+  greedy_new_tokens: number[];
+  logits_shape: [number, number];
+  image_grid_thw?: [[number, number, number]];
+  video_grid_thw?: [[number, number, number]];
+  frames?: string[];
+}
+
+describe.skipIf(!have)('qwen2-vl-tiny-hf (transformers reference)', () => {
+  const expected = have ? (JSON.parse(readFileSync(join(dir, 'reference', 'expected.json'), 'utf8')) as Record<string, unknown>) : {};
+  const photo = expected.photo as Case;
+  const video = expected.video as Case;
+  const photoMessages: ChatMessage[] = [
+    {
+      role: 'user',
+      content: [
+        { type: 'image', image: join(dir, 'photo.jpg') },
+        { type: 'text', text: 'How does the person in this photo feel? Answer with one word.' },
+      ],
+    },
+  ];
+  const videoMessages: ChatMessage[] = have
+    ? [
+        {
+          role: 'user',
+          content: [
+            { type: 'video', frames: video.frames!.map((f) => join(dir, f)) },
+            { type: 'text', text: 'What emotion does the speaker show?' },
+          ],
+        },
+      ]
+    : [];
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(dir, { threads: 1 });
+  });
+  afterAll(async () => model?.close());
+
+  it('is detected as Qwen2-VL from config.json', () => {
+    expect(model.info.vision).toMatchObject({ family: 'qwen2_vl', patchSize: 14, mergeSize: 2, temporalPatchSize: 2, imageTokenId: 6, videoTokenId: 7 });
+  });
+
+  const cases = [
+    ['photo', 'photo_pixel_values.f32'],
+    ['video', 'video_pixel_values_videos.f32'],
+  ] as const;
+  for (const [name, file] of cases) {
+    it(`${name}: reference patches -> logits within 1e-4 and the 12 greedy tokens`, async () => {
+      const c = (name === 'photo' ? photo : video)!;
+      const grid = (c.image_grid_thw ?? c.video_grid_thw)![0];
+      const features = await model.encodePatches(f32(join(dir, 'reference', file)), [grid]);
+      expect(Array.from(features.grids!)).toEqual(grid);
+      const logits = await model.logits({ tokens: c.input_ids, images: features }, { all: true });
+      expect(logits.length).toBe(c.logits_shape[0] * c.logits_shape[1]);
+      expect(maxAbsDiff(logits, f32(join(dir, 'reference', `${name}_logits.f32`)))).toBeLessThanOrEqual(1e-4);
+      const r = await model.generate({ tokens: c.input_ids, images: features }, { maxTokens: 12, temperature: 0 }).result;
+      expect(r.tokens).toEqual(c.greedy_new_tokens);
+    });
+  }
+
+  it('photo: chat template, tokenizer and preprocessing from the files give the reference prompt and logits', async () => {
+    expect(model.applyChatTemplate(photoMessages.map((m) => ({ ...m, content: (m.content as { type: string }[]).map((p) => (p.type === 'image' ? { type: 'image' } : p)) })) as ChatMessage[])).toBe(
+      expected.chat_text_image,
+    );
+    const ids = model.promptTokens(photoMessages.map((m) => ({ ...m, content: (m.content as { type: string }[]).map((p) => (p.type === 'image' ? { type: 'image' } : p)) })) as ChatMessage[]);
+    const expanded = ids.flatMap((t) => (t === 6 ? Array<number>(8).fill(6) : [t]));
+    expect(expanded).toEqual(photo.input_ids);
+    expect(maxAbsDiff(await model.logits(photoMessages, { all: true }), f32(join(dir, 'reference', 'photo_logits.f32')))).toBeLessThanOrEqual(1e-4);
+    const r = await model.chat({ messages: photoMessages, maxTokens: 12, temperature: 0 }).result;
+    expect(r.tokens).toEqual(photo.greedy_new_tokens);
+  });
+
+  it('video: native video chat (4 frames -> 2 temporal patches) gives the reference logits and greedy tokens', async () => {
+    expect(maxAbsDiff(await model.logits(videoMessages, { all: true }), f32(join(dir, 'reference', 'video_logits.f32')))).toBeLessThanOrEqual(1e-4);
+    const r = await model.chat({ messages: videoMessages, maxTokens: 12, temperature: 0 }).result;
+    expect(r.tokens).toEqual(video.greedy_new_tokens);
+  });
+
+  it('scoreOptions: first-token log-probabilities equal those of the reference logits', async () => {
+    const r = await model.scoreOptions(videoMessages, ['happy', 'sad'], { normalize: 'sum' });
+    const ref = f32(join(dir, 'reference', 'video_logits.f32'));
+    const [n, V] = video.logits_shape;
+    const last = ref.subarray((n - 1) * V, n * V);
+    let max = -Infinity;
+    for (const v of last) max = Math.max(max, v);
+    let z = 0;
+    for (const v of last) z += Math.exp(v - max);
+    for (const o of r.options) expect(Math.abs(o.tokenLogprobs[0]! - (last[o.tokens[0]!]! - max - Math.log(z)))).toBeLessThanOrEqual(1e-3);
+    expect(r.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 10);
+  });
+
+  it('wrong inputs are typed errors', async () => {
+    await expect(model.encodePatches(new Float32Array(1176 * 3), [[1, 2, 2]])).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(model.encodePatches(new Float32Array(1176 * 6), [[1, 2, 3]])).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    const features = await model.encodePatches(f32(join(dir, 'reference', 'photo_pixel_values.f32')), [[1, 4, 8]]);
+    await expect(model.logits({ tokens: [...photo.input_ids, 6], images: features })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+});
