@@ -313,6 +313,8 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
     task: EMO_TASK[task],
     images: modelFrames.map((f) => f.image),
     media: video ? 'video' : 'image',
+    // Qwen2-VL takes the frames as one native video (temporal patches, M-RoPE time axis)
+    ...(video && model.info.vision.family === 'qwen2_vl' ? { nativeVideo: true } : {}),
     ...(options.text !== undefined ? { text: options.text } : {}),
     ...(options.labels ? { labels: options.labels } : {}),
     ...(options.taxonomy ? { taxonomy: options.taxonomy } : task === 'emotion' && !options.labels ? { taxonomy: 'ekman7' as const } : {}),

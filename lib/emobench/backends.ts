@@ -77,13 +77,14 @@ async function sampleImages(s: BenchSample, mediaRoot: string, frames: number, s
 }
 
 /** The EmoPrompt of a sample (images given as they will be sent). */
-export function samplePrompt(s: BenchSample, images: readonly ImageInput[], guidance: GuidanceLevel = 'full'): EmoPrompt {
+export function samplePrompt(s: BenchSample, images: readonly ImageInput[], guidance: GuidanceLevel = 'full', nativeVideo = false): EmoPrompt {
   const closed = s.task === 'emo-c' || s.task === 'intent';
   return buildEmoPrompt({
     task: s.task,
     guidance,
     images,
     media: s.media?.type === 'video' ? 'video' : 'image',
+    ...(nativeVideo ? { nativeVideo: true } : {}),
     ...(closed && s.options ? { labels: s.options } : {}),
     ...(s.task === 'emo-c' && !s.options ? { taxonomy: 'ekman7' as const } : {}),
     ...(s.text !== undefined ? { text: s.text } : {}),
@@ -131,7 +132,8 @@ export function nativeBackend(model: Model, options: NativeBackendOptions = {}):
     maxConcurrency: 1, // one context per model: calls run in order anyway
     async predict(s, mediaRoot, signal) {
       const images = await sampleImages(s, mediaRoot, frames, signal);
-      const prompt = samplePrompt(s, images, options.guidance);
+      // Qwen2-VL: a video sample's frames go in as one native video
+      const prompt = samplePrompt(s, images, options.guidance, model.info.vision?.family === 'qwen2_vl');
       if (s.task === 'emo-o') {
         const r = await model.generate(prompt.messages, { maxTokens: options.maxTokens ?? 32, temperature: 0, signal }).result;
         return decodeForSample(s, r.text, []);

@@ -129,3 +129,29 @@ describe.skipIf(!have)('qwen2-vl-tiny-hf (transformers reference)', () => {
     await expect(model.logits({ tokens: [...photo.input_ids, 6], images: features })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });
+
+describe.skipIf(!have)('qwen2-vl: EmoPrompt with native video', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(dir, { threads: 1 });
+  });
+  afterAll(async () => model?.close());
+
+  it('renders one <|video_pad|> through the folder template and scores the labels', async () => {
+    const { buildEmoPrompt } = await import('../../lib/index.js');
+    const frames = ['frame0.png', 'frame1.png', 'frame2.png', 'frame3.png'].map((f) => join(dir, f));
+    const p = buildEmoPrompt({ task: 'emo-c', images: frames, media: 'video', nativeVideo: true, taxonomy: 'ekman7', guidance: 'none' });
+    const parts = p.messages[0]!.content as { type: string }[];
+    expect(parts.filter((x) => x.type === 'video')).toHaveLength(1);
+    expect(parts.filter((x) => x.type === 'image')).toHaveLength(0);
+    const text = model.applyChatTemplate(p.messages);
+    expect(text.split('<|vision_start|><|video_pad|><|vision_end|>')).toHaveLength(2);
+    const r = await model.scoreOptions(p.messages, p.labels);
+    expect(r.options).toHaveLength(p.labels.length);
+    expect(r.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 10);
+    // the same frames as separate images would be 4 visuals of 1 temporal patch each: a different prompt
+    const asImages = buildEmoPrompt({ task: 'emo-c', images: frames, media: 'video', taxonomy: 'ekman7', guidance: 'none' });
+    const r2 = await model.scoreOptions(asImages.messages, asImages.labels);
+    expect(r2.options.map((o) => o.logprob)).not.toEqual(r.options.map((o) => o.logprob));
+  });
+});
