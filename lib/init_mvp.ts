@@ -194,7 +194,10 @@ export async function initMvp(llavaDir: string, outDir: string, options: InitMvp
       throw new EmollmError('ERR_FILE_NOT_FOUND', `${cfgPath}: cannot read`, { file: cfgPath, cause });
     }),
   ) as Record<string, unknown>;
-  if (cfg.model_type !== 'llava') bad(`model_type ${JSON.stringify(cfg.model_type)} is not "llava"`, cfgPath);
+  // LLaVA-NeXT: the same tower + projector, applied per anyres tile; the heads left closed here keep
+  // one token per patch, so the tiles are packed exactly as the base's features.
+  if (cfg.model_type !== 'llava' && cfg.model_type !== 'llava_next')
+    bad(`model_type ${JSON.stringify(cfg.model_type)} is not "llava" or "llava_next"`, cfgPath);
   const tc = (cfg.text_config ?? {}) as Record<string, unknown>;
   const vc = (cfg.vision_config ?? {}) as Record<string, unknown>;
   const E = Number(tc.hidden_size ?? 4096);

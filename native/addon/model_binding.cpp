@@ -468,7 +468,7 @@ class EncodeWorker final : public ModelWorker {
 class VisualEncodeWorker final : public ModelWorker {
  public:
   VisualEncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels)
-      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), pixels_(std::move(pixels)),
+      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm), pixels_(std::move(pixels)),
         abort_(std::make_shared<std::atomic<bool>>(false)) {
     auto& a = h_->encode_aborts;
     a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
@@ -491,7 +491,23 @@ class VisualEncodeWorker final : public ModelWorker {
     int64_t off = 0;
     std::vector<float> f;
     for (const AnyresLayout& L : layouts) {
-      if (!llava_next_encode_image(*llava_, pixels_.data() + off * per_tile, L, &f, abort_.get())) {
+      const float* px = pixels_.data() + off * per_tile;
+      if (emollm_) {  // EmoLLM on LLaVA-NeXT: the MVP per tile, then the same packing
+        std::vector<float> tiles;
+        std::vector<int64_t> per;
+        if (!emollm_->encode_images(px, L.n_tiles(), nullptr, &tiles, &per, abort_.get())) {
+          aborted_ = true;
+          return;
+        }
+        for (int64_t c : per)
+          if (c != L.side * L.side)
+            throw Error(ErrorCode::Unsupported,
+                        "EmoLLM on LLaVA-NeXT tiles only perspectives that keep one token per patch (open mlp / "
+                        "multi-layer-mlp heads, gated-sum fusion); this checkpoint gives " + std::to_string(c) +
+                            " tokens per tile instead of " + std::to_string(L.side * L.side));
+        f.assign(size_t(L.n_tokens() * llava_->n_embd()), 0.0f);
+        anyres_pack(L, tiles.data(), llava_->n_embd(), llava_->image_newline(), f.data());
+      } else if (!llava_next_encode_image(*llava_, px, L, &f, abort_.get())) {
         aborted_ = true;
         return;
       }
@@ -521,6 +537,7 @@ class VisualEncodeWorker final : public ModelWorker {
   void Finish(Napi::Env env) override {
     llava_.reset();
     qwen_.reset();
+    emollm_.reset();
     h_->inflight--;
     maybe_finish_model_close(env, *h_);
   }
@@ -529,6 +546,7 @@ class VisualEncodeWorker final : public ModelWorker {
   std::shared_ptr<ModelHandle> h_;
   std::shared_ptr<LlavaModel> llava_;
   std::shared_ptr<Qwen2VLModel> qwen_;
+  std::shared_ptr<EmollmModel> emollm_;
   std::vector<float> pixels_;
   std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;

@@ -120,3 +120,47 @@ describe.skipIf(!have)('llava-next-tiny-hf (transformers reference)', () => {
     await expect(model.logits({ tokens: c.input_ids, images: bare })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });
+
+describe.skipIf(!have)('EmoLLM on LLaVA-NeXT (init-mvp)', () => {
+  let base: Model;
+  let emo: Model;
+  let tmp: string;
+  beforeAll(async () => {
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { initMvp } = await import('../../lib/index.js');
+    tmp = mkdtempSync(join(tmpdir(), 'emollm-next-'));
+    await initMvp(dir, join(tmp, 'emo'));
+    base = await loadModel(dir, { threads: 1 });
+    emo = await loadModel(join(tmp, 'emo'), { threads: 1 });
+  });
+  afterAll(async () => {
+    await base?.close();
+    await emo?.close();
+    const { rmSync } = await import('node:fs');
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('the MVP reads every tile and packs like the base: logits, chat and scores equal the base', async () => {
+    expect(emo.info.emollm?.perspectives.map((p) => p.gate)).toEqual(['open', 'closed', 'closed', 'closed']);
+    expect(emo.info.vision?.family).toBe('llava_next');
+    for (const name of ['photo', 'wide']) {
+      const messages = question(join(dir, `${name}.jpg`));
+      const la = await base.logits(messages, { all: true });
+      const lb = await emo.logits(messages, { all: true });
+      expect(maxAbsDiff(lb, la)).toBe(0);
+      // and against transformers with the reference pixels
+      const c = JSON.parse(readFileSync(join(dir, 'reference', 'expected.json'), 'utf8'))[name] as Case;
+      const features = await emo.encodeAnyresPixels(f32(join(dir, 'reference', `${name}_pixel_values.f32`)), c.image_sizes);
+      const ref = await emo.logits({ tokens: c.input_ids, images: features }, { all: true });
+      expect(maxAbsDiff(ref, f32(join(dir, 'reference', `${name}_logits.f32`)))).toBeLessThanOrEqual(1e-4);
+    }
+    const messages = question(join(dir, 'photo.jpg'));
+    const a = await base.chat({ messages, maxTokens: 8, temperature: 0 }).result;
+    const b = await emo.chat({ messages, maxTokens: 8, temperature: 0 }).result;
+    expect(b.tokens).toEqual(a.tokens);
+    const sa = await base.scoreOptions(messages, ['happy', 'sad']);
+    const sb = await emo.scoreOptions(messages, ['happy', 'sad']);
+    expect(sb.options.map((o) => o.logprob)).toEqual(sa.options.map((o) => o.logprob));
+  });
+});
