@@ -1,6 +1,7 @@
 // Qwen2-VL vision tower: loading and the forward pass. See qwen2_vision.h.
 #include "model/qwen2_vision.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -105,6 +106,29 @@ std::vector<std::array<int32_t, 2>> Qwen2VisionModel::patch_positions(const std:
 
 bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vector<GridThw>& grids, float* out,
                               const std::atomic<bool>* abort) const {
+  std::vector<std::vector<float>> tapped;
+  if (!forward(be, patches, grids, {depth()}, &tapped, abort)) return false;
+  merger_mlp(be, tapped[0].data(), int64_t(tapped[0].size()) / (c_.embed_dim * merge_unit()), out);
+  return true;
+}
+
+bool Qwen2VisionModel::merger_inputs(Backend& be, const float* patches, const std::vector<GridThw>& grids,
+                                     const std::vector<int64_t>& layers, std::vector<std::vector<float>>* tapped,
+                                     const std::atomic<bool>* abort) const {
+  return forward(be, patches, grids, layers, tapped, abort);
+}
+
+void Qwen2VisionModel::merger_mlp(Backend& be, const float* merged, int64_t M, float* out) const {
+  const int64_t MD = c_.embed_dim * merge_unit();
+  std::vector<float> mh(size_t(M * MD));
+  be.gemm(merged, MD, mlp0_.data, mlp0_.dtype, mlp0_b_, mh.data(), MD, M, MD, MD);
+  be.gelu_erf(mh.data(), mh.data(), M * MD);
+  be.gemm(mh.data(), MD, mlp2_.data, mlp2_.dtype, mlp2_b_, out, c_.hidden_size, M, c_.hidden_size, MD);
+}
+
+bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vector<GridThw>& grids,
+                               const std::vector<int64_t>& layers, std::vector<std::vector<float>>* tapped,
+                               const std::atomic<bool>* abort) const {
   const int64_t ms = c_.spatial_merge_size, D = c_.embed_dim, H = c_.num_heads, hd = D / H, F = D * c_.mlp_ratio;
   int64_t N = 0;
   for (const GridThw& g : grids) {
@@ -114,10 +138,27 @@ bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vect
                                                   std::to_string(ms));
     N += g.n_patches();
   }
-  EMOLLM_CHECK_ARG(N > 0, "Qwen2VisionModel::encode: no patches");
+  EMOLLM_CHECK_ARG(N > 0, "Qwen2VisionModel: no patches");
+  int64_t deepest = 0;
+  for (int64_t l : layers) {
+    if (l < 0 || l > depth())
+      throw Error(ErrorCode::InvalidArgument, "vision hidden-state index " + std::to_string(l) + " is outside [0, " +
+                                                  std::to_string(depth()) + "]");
+    deepest = std::max(deepest, l);
+  }
+  tapped->assign(layers.size(), {});
   std::vector<float> x(size_t(N * D)), xn(size_t(N * D)), qkv(size_t(N * 3 * D)), att(size_t(N * D)), tmp(size_t(N * D)),
       hid(size_t(N * F));
   be.gemm(patches, patch_dim(), patch_embd_.data, patch_embd_.dtype, nullptr, x.data(), D, N, D, patch_dim());
+  // ln_q of the current hidden state into every tap that asks for depth `l`
+  auto tap = [&](int64_t l) {
+    for (size_t k = 0; k < layers.size(); ++k)
+      if (layers[k] == l) {
+        (*tapped)[k].resize(size_t(N * D));
+        be.layernorm(x.data(), D, ln_q_w_, ln_q_b_, (*tapped)[k].data(), D, N, D, 1e-6f);
+      }
+  };
+  tap(0);
 
   const auto pos = patch_positions(grids, ms);
   std::vector<int32_t> rows(static_cast<size_t>(N)), cols(static_cast<size_t>(N));
@@ -130,7 +171,8 @@ bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vect
   rh.inv_freq = inv_freq_h_.data();
   rw.inv_freq = inv_freq_w_.data();
 
-  for (const Qwen2VisionBlock& b : blocks_) {
+  for (int64_t li = 0; li < deepest; ++li) {
+    const Qwen2VisionBlock& b = blocks_[size_t(li)];
     if (abort && abort->load(std::memory_order_relaxed)) return false;
     be.layernorm(x.data(), D, b.norm1_w, b.norm1_b, xn.data(), D, N, D, 1e-6f);
     be.gemm(xn.data(), D, b.qkv.data, b.qkv.dtype, b.qkv_b, qkv.data(), 3 * D, N, 3 * D, D);
@@ -161,16 +203,9 @@ bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vect
     else be.gelu_erf(hid.data(), hid.data(), N * F);
     be.gemm(hid.data(), F, b.fc2.data, b.fc2.dtype, b.fc2_b, tmp.data(), D, N, D, F);
     for (int64_t i = 0; i < N * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    tap(li + 1);
   }
-  if (abort && abort->load(std::memory_order_relaxed)) return false;
-  // merger: ln_q per patch, then merge_unit consecutive rows as one row of D * merge_unit
-  be.layernorm(x.data(), D, ln_q_w_, ln_q_b_, xn.data(), D, N, D, 1e-6f);
-  const int64_t M = N / merge_unit(), MD = D * merge_unit();
-  std::vector<float> mh(size_t(M * MD));
-  be.gemm(xn.data(), MD, mlp0_.data, mlp0_.dtype, mlp0_b_, mh.data(), MD, M, MD, MD);
-  be.gelu_erf(mh.data(), mh.data(), M * MD);
-  be.gemm(mh.data(), MD, mlp2_.data, mlp2_.dtype, mlp2_b_, out, c_.hidden_size, M, c_.hidden_size, MD);
-  return true;
+  return !(abort && abort->load(std::memory_order_relaxed));
 }
 
 }  // namespace emollm

@@ -61,6 +61,19 @@ class Qwen2VisionModel {
   bool encode(Backend& be, const float* patches, const std::vector<GridThw>& grids, float* out,
               const std::atomic<bool>* abort = nullptr) const;
 
+  // The merger's input at chosen depths (EmoLLM's perspectives read "around the patch merger"):
+  // for each hidden-state index in `layers` (0 = patch embeddings, l = output of block l, depth =
+  // the last), ln_q of that hidden state, each merge_unit() consecutive rows as one row:
+  // tapped[k] = [N / merge_unit(), merge_unit() * embed_dim]. Only the blocks up to the deepest
+  // index run. InvalidArgument for an index outside [0, depth].
+  bool merger_inputs(Backend& be, const float* patches, const std::vector<GridThw>& grids,
+                     const std::vector<int64_t>& layers, std::vector<std::vector<float>>* tapped,
+                     const std::atomic<bool>* abort = nullptr) const;
+  // The merger's MLP alone (mlp.0 -> GELU -> mlp.2) on merger_inputs() rows; out [rows, out_dim()].
+  void merger_mlp(Backend& be, const float* merged, int64_t rows, float* out) const;
+  // depth (number of blocks)
+  int64_t depth() const { return int64_t(blocks_.size()); }
+
   // The (row, column) rotary position of every patch, in the processor's merge order.
   static std::vector<std::array<int32_t, 2>> patch_positions(const std::vector<GridThw>& grids, int64_t merge);
 
@@ -76,6 +89,9 @@ class Qwen2VisionModel {
   LlamaWeight mlp0_, mlp2_;
   const float *mlp0_b_ = nullptr, *mlp2_b_ = nullptr;
   std::vector<float> inv_freq_h_, inv_freq_w_;  // head_dim/2 entries each, the other half zeroed
+  // The tower up to the deepest of `layers`; tapped[k] = ln_q(hidden state layers[k]).
+  bool forward(Backend& be, const float* patches, const std::vector<GridThw>& grids, const std::vector<int64_t>& layers,
+               std::vector<std::vector<float>>* tapped, const std::atomic<bool>* abort) const;
   std::vector<std::vector<float>> converted_;
 };
 
