@@ -67,6 +67,7 @@
 #include "model/llava.h"
 #include "model/llava_next.h"
 #include "model/qwen2_vl.h"
+#include "model/emollm_qwen2_vl.h"
 #include "model/sampler.h"
 #include "napi_util.h"
 
@@ -83,6 +84,7 @@ struct ModelHandle {
   std::shared_ptr<LlavaModel> llava;  // LLaVA models only (model == llava->text_model()); null once closed
   std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only (llava == emollm->base()); null once closed
   std::shared_ptr<Qwen2VLModel> qwen;   // Qwen2-VL models only (model == qwen->text_model()); null once closed
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen;  // EmoLLM on Qwen2-VL (qwen == emollm_qwen->base())
   std::vector<std::weak_ptr<std::atomic<bool>>> encode_aborts;  // in-flight encodeImages calls
   int64_t default_n_ctx = 0;
   std::vector<std::weak_ptr<ContextState>> contexts;
@@ -341,7 +343,12 @@ class LoadWorker final : public ModelWorker {
       LlamaLoadOptions lo;
       lo.threads = opts_.threads;
       lo.device = opts_.device;
-      qwen_ = Qwen2VLModel::load(path_, lo);
+      if (EmollmQwen2VLModel::is_emollm_qwen2_vl_folder(path_)) {
+        emollm_qwen_ = EmollmQwen2VLModel::load(path_, lo);
+        qwen_ = emollm_qwen_->base();
+      } else {
+        qwen_ = Qwen2VLModel::load(path_, lo);
+      }
       model_ = qwen_->text_model();
     } else if (opts_.mmproj.empty() && EmollmModel::is_emollm_folder(path_)) {
       emollm_ = EmollmModel::load(path_, opts_);
@@ -363,6 +370,7 @@ class LoadWorker final : public ModelWorker {
     h->llava = std::move(llava_);
     h->emollm = std::move(emollm_);
     h->qwen = std::move(qwen_);
+    h->emollm_qwen = std::move(emollm_qwen_);
     h->default_n_ctx = n_ctx_;
     tl_new_model = &h;
     Napi::Object obj;
@@ -384,6 +392,7 @@ class LoadWorker final : public ModelWorker {
   std::shared_ptr<LlavaModel> llava_;
   std::shared_ptr<EmollmModel> emollm_;
   std::shared_ptr<Qwen2VLModel> qwen_;
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen_;
 };
 
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
@@ -468,7 +477,8 @@ class EncodeWorker final : public ModelWorker {
 class VisualEncodeWorker final : public ModelWorker {
  public:
   VisualEncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels)
-      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm), pixels_(std::move(pixels)),
+      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm),
+        emollm_qwen_(h_->emollm_qwen), pixels_(std::move(pixels)),
         abort_(std::make_shared<std::atomic<bool>>(false)) {
     auto& a = h_->encode_aborts;
     a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
@@ -482,7 +492,8 @@ class VisualEncodeWorker final : public ModelWorker {
  protected:
   void Run() override {
     if (qwen_) {
-      aborted_ = !qwen_->encode(pixels_.data(), grids, &out_, abort_.get());
+      aborted_ = emollm_qwen_ ? !emollm_qwen_->encode(pixels_.data(), grids, &out_, abort_.get())
+                              : !qwen_->encode(pixels_.data(), grids, &out_, abort_.get());
       for (const GridThw& g : grids) counts_.push_back(qwen_->n_tokens(g));
       return;
     }
@@ -538,6 +549,7 @@ class VisualEncodeWorker final : public ModelWorker {
     llava_.reset();
     qwen_.reset();
     emollm_.reset();
+    emollm_qwen_.reset();
     h_->inflight--;
     maybe_finish_model_close(env, *h_);
   }
@@ -547,6 +559,7 @@ class VisualEncodeWorker final : public ModelWorker {
   std::shared_ptr<LlavaModel> llava_;
   std::shared_ptr<Qwen2VLModel> qwen_;
   std::shared_ptr<EmollmModel> emollm_;
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen_;
   std::vector<float> pixels_;
   std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
@@ -609,6 +622,26 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
       v.Set("visionStartTokenId", double(qm->config().vision_start_token_id));
       v.Set("visionEndTokenId", double(qm->config().vision_end_token_id));
       o.Set("vision", v);
+      if (const EmollmQwen2VLModel* eq = handle_->emollm_qwen.get()) {  // MVP around the patch merger
+        Napi::Object e = Napi::Object::New(env);
+        e.Set("fusion", eq->fusion());
+        Napi::Array ps = Napi::Array::New(env, eq->perspectives().size());
+        for (size_t i = 0; i < eq->perspectives().size(); ++i) {
+          const MvpPerspective& p = eq->perspectives()[i];
+          Napi::Object po = Napi::Object::New(env);
+          po.Set("name", p.name);
+          po.Set("type", mvp_type_name(p.type));
+          po.Set("gate", mvp_gate_name(p.gate));
+          Napi::Array ls = Napi::Array::New(env, p.layers.size());
+          for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
+          po.Set("layers", ls);
+          po.Set("inputSize", double(p.d_in));
+          if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
+          ps.Set(uint32_t(i), po);
+        }
+        e.Set("perspectives", ps);
+        o.Set("emollm", e);
+      }
     }
     if (const LlavaModel* lv = handle_->llava.get()) {
       const ClipHparams& vh = lv->vision().hparams();
@@ -844,6 +877,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     handle_->llava.reset();
     handle_->emollm.reset();
     handle_->qwen.reset();
+    handle_->emollm_qwen.reset();
     handle_->close_waiters.push_back(d);
     maybe_finish_model_close(env, *handle_);
     return d.Promise();

@@ -155,3 +155,72 @@ describe.skipIf(!have)('qwen2-vl: EmoPrompt with native video', () => {
     expect(r2.options.map((o) => o.logprob)).not.toEqual(r.options.map((o) => o.logprob));
   });
 });
+
+describe.skipIf(!have)('EmoLLM on Qwen2-VL (init-mvp: the MVP around the patch merger)', () => {
+  let base: Model;
+  let emo: Model;
+  let tmp: string;
+  beforeAll(async () => {
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { initMvp } = await import('../../lib/index.js');
+    tmp = mkdtempSync(join(tmpdir(), 'emollm-qwen-'));
+    await initMvp(dir, join(tmp, 'emo'));
+    base = await loadModel(dir, { threads: 1 });
+    emo = await loadModel(join(tmp, 'emo'), { threads: 1 });
+  });
+  afterAll(async () => {
+    await base?.close();
+    await emo?.close();
+    const { rmSync } = await import('node:fs');
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('describes the perspectives; image and video logits, chat and scores equal the base', async () => {
+    expect(emo.info.vision?.family).toBe('qwen2_vl');
+    expect(emo.info.emollm?.perspectives.map((p) => [p.name, p.type, p.gate, p.layers])).toEqual([
+      ['global', 'mlp', 'open', [2]],
+      ['low-level', 'multi-layer-mlp', 'closed', [2, 1]],
+    ]);
+    const photo = f32(join(dir, 'reference', 'photo_pixel_values.f32'));
+    const fa = await base.encodePatches(photo, [[1, 4, 8]]);
+    const fb = await emo.encodePatches(photo, [[1, 4, 8]]);
+    expect(maxAbsDiff(fb, fa)).toBe(0);
+    const messages: ChatMessage[] = [
+      {
+        role: 'user',
+        content: [
+          { type: 'video', frames: ['frame0.png', 'frame1.png', 'frame2.png', 'frame3.png'].map((f) => join(dir, f)) },
+          { type: 'text', text: 'What emotion does the speaker show?' },
+        ],
+      },
+    ];
+    expect(maxAbsDiff(await emo.logits(messages, { all: true }), await base.logits(messages, { all: true }))).toBe(0);
+    const a = await base.chat({ messages, maxTokens: 8, temperature: 0 }).result;
+    const b = await emo.chat({ messages, maxTokens: 8, temperature: 0 }).result;
+    expect(b.tokens).toEqual(a.tokens);
+    const sa = await base.scoreOptions(messages, ['happy', 'sad']);
+    const sb = await emo.scoreOptions(messages, ['happy', 'sad']);
+    expect(sb.options.map((o) => o.logprob)).toEqual(sa.options.map((o) => o.logprob));
+  });
+
+  it('opening the low-level head changes the features (the MVP is really read)', async () => {
+    const { readFileSync: rf, writeFileSync } = await import('node:fs');
+    const cfgPath = join(tmp, 'emo', 'config.json');
+    const cfg = JSON.parse(rf(cfgPath, 'utf8'));
+    cfg.emollm.perspectives[1].gate = 'open';
+    const { cpSync } = await import('node:fs');
+    cpSync(join(tmp, 'emo'), join(tmp, 'open'), { recursive: true, dereference: true });
+    writeFileSync(join(tmp, 'open', 'config.json'), JSON.stringify(cfg));
+    const m = await loadModel(join(tmp, 'open'), { threads: 1 });
+    try {
+      const photo = f32(join(dir, 'reference', 'photo_pixel_values.f32'));
+      const fa = await base.encodePatches(photo, [[1, 4, 8]]);
+      const fo = await m.encodePatches(photo, [[1, 4, 8]]);
+      expect(fo.length).toBe(fa.length);
+      expect(maxAbsDiff(fo, fa)).toBeGreaterThan(1e-3);
+    } finally {
+      await m.close();
+    }
+  });
+});
