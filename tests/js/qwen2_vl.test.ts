@@ -224,3 +224,41 @@ describe.skipIf(!have)('EmoLLM on Qwen2-VL (init-mvp: the MVP around the patch m
     }
   });
 });
+
+describe.skipIf(!have)('readConfig: the model kind from config.json', () => {
+  it('qwen2_vl: decoder with q/k/v biases and M-RoPE sections, vision tower sizes, special ids', async () => {
+    const { readConfig } = await import('../../lib/index.js');
+    const c = await readConfig(dir);
+    expect(c.kind).toBe('qwen2_vl');
+    if (c.kind !== 'qwen2_vl') return;
+    expect(c.config.textConfig).toMatchObject({ hiddenSize: 64, qkvBias: true, mropeSection: [2, 3, 3], ropeTheta: 1e6 });
+    expect(c.config.visionConfig).toMatchObject({ depth: 2, embedDim: 32, hiddenSize: 64, spatialMergeSize: 2, temporalPatchSize: 2 });
+    expect(c.config).toMatchObject({ imageTokenId: 6, videoTokenId: 7, visionStartTokenId: 3, visionEndTokenId: 4 });
+  });
+  it('llava_next: LLaVA fields plus the pinpoints', async () => {
+    const { readConfig } = await import('../../lib/index.js');
+    const c = await readConfig(join(shared, 'models', 'llava-next-tiny-hf'));
+    expect(c.modelType).toBe('llava_next');
+    expect(c.kind).toBe('llava');
+    if (c.kind !== 'llava') return;
+    expect(c.config.imageGridPinpoints).toEqual([
+      [28, 56],
+      [56, 28],
+      [56, 56],
+    ]);
+  });
+  it('a wrong mrope_section is a typed config error', async () => {
+    const { readConfig } = await import('../../lib/index.js');
+    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const t = mkdtempSync(join(tmpdir(), 'qcfg-'));
+    try {
+      const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+      cfg.text_config.rope_parameters.mrope_section = [2, 3, 4];
+      writeFileSync(join(t, 'config.json'), JSON.stringify(cfg));
+      await expect(readConfig(t)).rejects.toMatchObject({ code: 'ERR_BAD_CONFIG' });
+    } finally {
+      rmSync(t, { recursive: true, force: true });
+    }
+  });
+});
