@@ -190,3 +190,32 @@ TEST(qwen2_vl_wrong_mrope_fails_parity) {
   tm.mrope_inv_freq = saved;
   EXPECT(d > 1e-2);
 }
+
+TEST(qwen2_vl_prefix_reuse_keeps_mrope_positions) {
+  const Q* t = q();
+  if (!t) return;
+  const Qwen2VLModel& m = *t->model;
+  const Case& c = t->cases[1];  // video
+  std::vector<float> feats;
+  EXPECT(m.encode(c.pixels.data(), {c.grid}, &feats));
+  // the prompt minus its last 3 tokens, then the full prompt on the same context: the cached
+  // prefix (visual pseudo-ids and their 3-D positions) is reused, and the last logits must equal
+  // the reference's last row
+  auto full = m.prepare(c.ids.data(), int64_t(c.ids.size()), feats.data(), {c.grid});
+  std::vector<int32_t> shorter(c.ids.begin(), c.ids.end() - 3);
+  auto part = m.prepare(shorter.data(), int64_t(shorter.size()), feats.data(), {c.grid});
+  LlamaContextOptions o;
+  o.n_ctx = 128;
+  LlamaContext ctx(m.text_model(), o);
+  EXPECT(ctx.eval_prompt(part.tokens.data(), int64_t(part.tokens.size()), nullptr, feats.data(), part.pos3.data()) != nullptr);
+  const float* l = ctx.eval_prompt(full.tokens.data(), int64_t(full.tokens.size()), nullptr, feats.data(), full.pos3.data());
+  EXPECT(l != nullptr);
+  const int64_t V = ctx.n_vocab(), n = int64_t(full.tokens.size());
+  if (l) EXPECT_ALL_CLOSE(l, c.logits.data() + (n - 1) * V, V, 1e-4, 0.0, "qwen2-vl logits after prefix reuse");
+  // a generated token continues at max position + 1 (transformers' rope_deltas): decoding the
+  // reference's first greedy token then gives the same next token as the uncached greedy run
+  const int32_t first = c.greedy[0];
+  const float* l2 = ctx.eval(&first, 1);
+  EXPECT(l2 != nullptr);
+  if (l2) EXPECT(int32_t(std::max_element(l2, l2 + V) - l2) == c.greedy[1]);
+}
