@@ -346,11 +346,15 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   if (vision?.family === 'qwen2_vl') {
     // Qwen2-VL: its own processor (smart resize, temporal patches); no CLIP ImageProcessor
     try {
-      const file = join(path, 'preprocessor_config.json');
-      const text = await readFile(file, 'utf8').catch((cause: unknown) => {
-        throw new EmollmError('ERR_FILE_NOT_FOUND', `${file}: a Qwen2-VL folder needs its preprocessor_config.json`, { file, cause });
-      });
-      visualPreprocessing = { family: 'qwen2_vl', config: parseQwen2VLProcessorConfig(JSON.parse(text), file) };
+      // a GGUF pair carries no processor config: transformers' Qwen2VLImageProcessor defaults
+      if (!st.isDirectory()) visualPreprocessing = { family: 'qwen2_vl', config: parseQwen2VLProcessorConfig({}) };
+      else {
+        const file = join(path, 'preprocessor_config.json');
+        const text = await readFile(file, 'utf8').catch((cause: unknown) => {
+          throw new EmollmError('ERR_FILE_NOT_FOUND', `${file}: a Qwen2-VL folder needs its preprocessor_config.json`, { file, cause });
+        });
+        visualPreprocessing = { family: 'qwen2_vl', config: parseQwen2VLProcessorConfig(JSON.parse(text), file) };
+      }
     } catch (e) {
       await handle.close();
       throw e instanceof SyntaxError ? new EmollmError('ERR_MALFORMED_FILE', `${path}: preprocessor_config.json: ${e.message}`) : e;

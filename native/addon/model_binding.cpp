@@ -339,7 +339,13 @@ class LoadWorker final : public ModelWorker {
 
  protected:
   void Run() override {
-    if (opts_.mmproj.empty() && Qwen2VLModel::is_qwen2_vl_folder(path_)) {
+    if (!opts_.mmproj.empty() && Qwen2VLModel::is_qwen2vl_mmproj(opts_.mmproj)) {  // llama.cpp's Qwen2-VL pair
+      LlamaLoadOptions lo;
+      lo.threads = opts_.threads;
+      lo.device = opts_.device;
+      qwen_ = Qwen2VLModel::load_gguf(path_, opts_.mmproj, lo);
+      model_ = qwen_->text_model();
+    } else if (opts_.mmproj.empty() && Qwen2VLModel::is_qwen2_vl_folder(path_)) {
       LlamaLoadOptions lo;
       lo.threads = opts_.threads;
       lo.device = opts_.device;

@@ -40,6 +40,20 @@ bool has_gguf_magic(const std::string& path) {
   return got == 4 && std::memcmp(magic, "GGUF", 4) == 0;
 }
 
+// M-RoPE (Qwen2-VL): per section, rope_dim/2 inverse frequencies with the other sections zeroed.
+std::vector<std::vector<float>> mrope_inv_freqs(double theta, int64_t rope_dim, const std::vector<int64_t>& sections) {
+  std::vector<std::vector<float>> out;
+  const int64_t half = rope_dim / 2;
+  int64_t lo = 0;
+  for (int64_t sec : sections) {
+    std::vector<float> f(size_t(half), 0.0f);
+    for (int64_t i = lo; i < lo + sec && i < half; ++i) f[size_t(i)] = float(1.0 / std::pow(theta, double(2 * i) / double(rope_dim)));
+    out.push_back(std::move(f));
+    lo += sec;
+  }
+  return out;
+}
+
 // HF rope_scaling "llama3" (transformers' _compute_llama3_parameters), in double.
 std::vector<float> llama3_inv_freq(double theta, int64_t rot_dim, const RopeScaling& rs) {
   const double factor = rs.factor, lo = rs.low_freq_factor, hi = rs.high_freq_factor;
@@ -148,15 +162,7 @@ void LlamaLoader::load_hf(LlamaModel& mm, const WeightStore& ws, const LlamaConf
   }
   if (!c.mrope_section.empty()) {  // Qwen2-VL: per-section masked inverse frequencies
     hp.mrope_section = c.mrope_section;
-    const int64_t half = hp.rope_dim / 2;
-    int64_t lo = 0;
-    for (int64_t sec : c.mrope_section) {
-      std::vector<float> f(size_t(half), 0.0f);
-      for (int64_t i = lo; i < lo + sec && i < half; ++i)
-        f[size_t(i)] = float(1.0 / std::pow(c.rope_theta, double(2 * i) / double(hp.rope_dim)));
-      m->mrope_inv_freq.push_back(std::move(f));
-      lo += sec;
-    }
+    m->mrope_inv_freq = mrope_inv_freqs(c.rope_theta, hp.rope_dim, c.mrope_section);
   }
   if (!c.bos_token_id.empty()) hp.bos_id = int32_t(c.bos_token_id[0]);
   for (int64_t e : c.eos_token_id) hp.eos_ids.push_back(int32_t(e));
@@ -210,10 +216,13 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
     m->format_ = "gguf";
     m->source_ = path;
     m->arch_ = f.get_string_or("general.architecture", "");
-    if (m->arch_ != "llama")
+    // qwen2 / qwen2vl: the same decoder with q/k/v biases, NEOX (rotate-half) RoPE (llama.cpp's
+    // converter does not permute their q/k), and for qwen2vl the M-RoPE sections.
+    const bool qwen = m->arch_ == "qwen2" || m->arch_ == "qwen2vl";
+    if (m->arch_ != "llama" && !qwen)
       throw Error(ErrorCode::Unsupported,
-                  "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\")", path);
-    const std::string a = "llama.";
+                  "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\", \"qwen2\" or \"qwen2vl\")", path);
+    const std::string a = m->arch_ + ".";
     hp.n_embd = f.get_u32(a + "embedding_length");
     hp.n_layer = f.get_u32(a + "block_count");
     hp.n_ff = f.get_u32(a + "feed_forward_length");
@@ -225,7 +234,7 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
     hp.rope_theta = f.get_f32_or(a + "rope.freq_base", 10000.0f);
     hp.rope_dim = f.get_u32_or(a + "rope.dimension_count", uint32_t(hp.head_dim));
     hp.n_ctx_train = f.get_u32_or(a + "context_length", 2048);
-    hp.rope_layout = RopeLayout::Interleaved;  // llama.cpp's converter permuted q/k for it
+    hp.rope_layout = qwen ? RopeLayout::RotateHalf : RopeLayout::Interleaved;  // llama.cpp permuted llama's q/k only
     std::string scaling = f.get_string_or(a + "rope.scaling.type", "none");
     float factor = f.get_f32_or(a + "rope.scaling.factor", 0.0f);
     if (f.has(a + "rope.scale_linear")) {  // older key
@@ -274,6 +283,17 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
       l.w_up = L.mat(p + "ffn_up.weight", hp.n_ff, E);
       l.w_down = L.mat(p + "ffn_down.weight", E, hp.n_ff);
       m->layers.push_back(l);
+    }
+    if (m->arch_ == "qwen2vl") {  // rope.dimension_sections: [t, h, w, 0] in frequency pairs
+      std::vector<int64_t> secs;
+      for (int32_t x : f.get_i32_array(a + "rope.dimension_sections"))
+        if (x > 0) secs.push_back(x);
+      int64_t sum = 0;
+      for (int64_t x : secs) sum += x;
+      if (secs.size() != 3 || sum * 2 != hp.rope_dim)
+        throw Error(ErrorCode::MalformedFile, a + "rope.dimension_sections must hold 3 positive sections summing to rope_dim / 2", path);
+      hp.mrope_section = secs;
+      m->mrope_inv_freq = mrope_inv_freqs(hp.rope_theta, hp.rope_dim, secs);
     }
     m->output_norm = L.vec("output_norm.weight", E);
     if (fw.find("output.weight")) {

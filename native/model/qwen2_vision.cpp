@@ -93,6 +93,106 @@ std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_hf(const WeightStore& w
   return m;
 }
 
+std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_gguf(const GgufFile& f) {
+  const WeightStore& ws = f;  // tensor lookup (GgufFile::find looks up metadata keys)
+  const std::string src = ws.source();
+  const std::string ptype = f.get_string_or("clip.projector_type", "");
+  if (ptype != "qwen2vl_merger")
+    throw Error(ErrorCode::Unsupported, "mmproj projector type \"" + ptype + "\" is not Qwen2-VL's (qwen2vl_merger)", src);
+  auto m = std::make_unique<Qwen2VisionModel>();
+  Qwen2VisionConfig& c = m->c_;
+  c.embed_dim = f.get_u32("clip.vision.embedding_length");
+  c.depth = f.get_u32("clip.vision.block_count");
+  c.num_heads = f.get_u32("clip.vision.attention.head_count");
+  const int64_t F = f.get_u32("clip.vision.feed_forward_length");
+  c.patch_size = f.get_u32("clip.vision.patch_size");
+  c.spatial_merge_size = f.get_u32_or("clip.vision.spatial_merge_size", 2);
+  c.temporal_patch_size = 2;
+  c.in_channels = 3;
+  c.hidden_act = f.get_bool_or("clip.use_gelu", false) ? "gelu" : "quick_gelu";
+  if (c.embed_dim <= 0 || c.num_heads <= 0 || c.embed_dim % c.num_heads != 0 || (c.embed_dim / c.num_heads) % 4 != 0 ||
+      F % c.embed_dim != 0 || c.depth <= 0)
+    throw Error(ErrorCode::MalformedFile, "clip.vision sizes are inconsistent for a Qwen2-VL tower", src);
+  c.mlp_ratio = F / c.embed_dim;
+  const TensorInfo& mm2 = ws.get("mm.2.weight");
+  if (mm2.shape.size() != 2) throw Error(ErrorCode::MalformedFile, "tensor mm.2.weight must be 2-D", src);
+  c.hidden_size = mm2.shape[0];
+  Loader L{ws, m->converted_};
+  const int64_t D = c.embed_dim, P = c.patch_size, K = m->patch_dim();
+  // Conv3d kernel [D, C, T, P, P] from its two temporal slices [D, C, P, P], as f32
+  {
+    std::vector<float> s[2];
+    for (int k = 0; k < 2; ++k) {
+      const TensorInfo& t = L.tensor(k == 0 ? "v.patch_embd.weight" : "v.patch_embd.weight.1", {D, c.in_channels, P, P});
+      s[k].resize(size_t(t.numel()));
+      if (t.dtype == DType::F32) std::memcpy(s[k].data(), t.data, s[k].size() * sizeof(float));
+      else dequantize_row(t.dtype, t.data, s[k].data(), t.numel());
+    }
+    m->joined_.emplace_back(size_t(D * K) * sizeof(float));
+    float* w = reinterpret_cast<float*>(m->joined_.back().data());
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t ch = 0; ch < c.in_channels; ++ch)
+        for (int k = 0; k < 2; ++k)
+          std::memcpy(w + d * K + (ch * 2 + k) * P * P, s[k].data() + (d * c.in_channels + ch) * P * P, size_t(P * P) * sizeof(float));
+    m->patch_embd_ = LlamaWeight{w, DType::F32, D, K};
+  }
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "v.blk." + std::to_string(i) + ".";
+    Qwen2VisionBlock k;
+    k.norm1_w = L.vec(b + "ln1.weight", D);
+    k.norm1_b = L.vec(b + "ln1.bias", D);
+    k.norm2_w = L.vec(b + "ln2.weight", D);
+    k.norm2_b = L.vec(b + "ln2.bias", D);
+    // q, k, v rows joined into one [3D, D] matrix (same dtype: the rows' bytes; else f32)
+    const LlamaWeight q = L.mat(b + "attn_q.weight", D, D), kk = L.mat(b + "attn_k.weight", D, D), v = L.mat(b + "attn_v.weight", D, D);
+    const DType dt = (q.dtype == kk.dtype && kk.dtype == v.dtype) ? q.dtype : DType::F32;
+    const size_t row_bytes = dt == DType::F32 ? size_t(D) * sizeof(float) : dtype_row_bytes(dt, D);
+    m->joined_.emplace_back(3 * size_t(D) * row_bytes);
+    uint8_t* dst = m->joined_.back().data();
+    for (const LlamaWeight* w : {&q, &kk, &v}) {
+      if (w->dtype == dt) std::memcpy(dst, w->data, size_t(D) * row_bytes);
+      else
+        for (int64_t r = 0; r < D; ++r)
+          dequantize_row(w->dtype, static_cast<const uint8_t*>(w->data) + size_t(r) * dtype_row_bytes(w->dtype, D),
+                         reinterpret_cast<float*>(dst) + r * D, D);
+      dst += size_t(D) * row_bytes;
+    }
+    k.qkv = LlamaWeight{m->joined_.back().data(), dt, 3 * D, D};
+    m->converted_.emplace_back(size_t(3 * D));
+    float* qb = m->converted_.back().data();
+    const float* bq = L.vec(b + "attn_q.bias", D);
+    const float* bk = L.vec(b + "attn_k.bias", D);
+    const float* bv = L.vec(b + "attn_v.bias", D);
+    std::memcpy(qb, bq, size_t(D) * sizeof(float));
+    std::memcpy(qb + D, bk, size_t(D) * sizeof(float));
+    std::memcpy(qb + 2 * D, bv, size_t(D) * sizeof(float));
+    k.qkv_b = qb;
+    k.proj = L.mat(b + "attn_out.weight", D, D);
+    k.proj_b = L.vec(b + "attn_out.bias", D);
+    k.fc1 = L.mat(b + "ffn_up.weight", F, D);
+    k.fc1_b = L.vec(b + "ffn_up.bias", F);
+    k.fc2 = L.mat(b + "ffn_down.weight", D, F);
+    k.fc2_b = L.vec(b + "ffn_down.bias", D);
+    m->blocks_.push_back(k);
+  }
+  const int64_t MD = D * m->merge_unit();
+  m->ln_q_w_ = L.vec("v.post_ln.weight", D);
+  m->ln_q_b_ = L.vec("v.post_ln.bias", D);
+  m->mlp0_ = L.mat("mm.0.weight", MD, MD);
+  m->mlp0_b_ = L.vec("mm.0.bias", MD);
+  m->mlp2_ = L.mat("mm.2.weight", c.hidden_size, MD);
+  m->mlp2_b_ = L.vec("mm.2.bias", c.hidden_size);
+  const int64_t hd = D / c.num_heads, qn = hd / 4;
+  m->inv_freq_h_.assign(size_t(hd / 2), 0.0f);
+  m->inv_freq_w_.assign(size_t(hd / 2), 0.0f);
+  for (int64_t j = 0; j < qn; ++j) {
+    const float fr = float(1.0 / std::pow(c.rope_theta, double(2 * j) / double(hd / 2)));
+    m->inv_freq_h_[size_t(j)] = fr;
+    m->inv_freq_w_[size_t(qn + j)] = fr;
+  }
+  return m;
+}
+
 std::vector<std::array<int32_t, 2>> Qwen2VisionModel::patch_positions(const std::vector<GridThw>& grids, int64_t ms) {
   std::vector<std::array<int32_t, 2>> pos;
   for (const GridThw& g : grids)

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
 #include "model/llama.h"
@@ -49,6 +50,14 @@ class Qwen2VisionModel {
   // tensor or a wrong shape; Unsupported for an activation we do not run. `store` must outlive it.
   static std::unique_ptr<Qwen2VisionModel> from_hf(const WeightStore& store, const Qwen2VisionConfig& config,
                                                    const std::string& prefix, const std::string& config_file);
+
+  // A llama.cpp mmproj GGUF (clip.projector_type "qwen2vl_merger"): clip.vision.{embedding_length,
+  // block_count, attention.head_count, feed_forward_length, patch_size, spatial_merge_size},
+  // clip.use_gelu (false: quick_gelu); tensors v.patch_embd.weight + v.patch_embd.weight.1 (the
+  // Conv3d's two temporal slices), v.blk.N.{ln1, ln2, attn_q, attn_k, attn_v, attn_out, ffn_up,
+  // ffn_down}.{weight,bias}, v.post_ln.* (the merger's ln_q), mm.0.*, mm.2.*. The patch kernel and
+  // the q/k/v rows are re-joined once at load (a copy); the rest is used in place.
+  static std::unique_ptr<Qwen2VisionModel> from_gguf(const GgufFile& file);
 
   const Qwen2VisionConfig& config() const { return c_; }
   int64_t patch_dim() const { return c_.in_channels * c_.temporal_patch_size * c_.patch_size * c_.patch_size; }
@@ -93,6 +102,7 @@ class Qwen2VisionModel {
   bool forward(Backend& be, const float* patches, const std::vector<GridThw>& grids, const std::vector<int64_t>& layers,
                std::vector<std::vector<float>>* tapped, const std::atomic<bool>* abort) const;
   std::vector<std::vector<float>> converted_;
+  std::vector<std::vector<uint8_t>> joined_;  // GGUF: re-joined patch kernel / qkv rows
 };
 
 }  // namespace emollm

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/filesystem.h"
+#include "loaders/gguf.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
 #include "model/emollm.h"
@@ -51,6 +52,43 @@ std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load(const std::string& path, const 
     throw Error(ErrorCode::BadConfig, "vision_config.hidden_size " + std::to_string(m->vision_->out_dim()) +
                                           " differs from the decoder's hidden size " + std::to_string(m->n_embd()), cfg_path);
   m->store_ = std::move(st);
+  return m;
+}
+
+bool Qwen2VLModel::is_qwen2vl_mmproj(const std::string& mmproj) {
+  try {
+    GgufFile g = GgufFile::open(mmproj);
+    return g.get_string_or("clip.projector_type", "") == "qwen2vl_merger";
+  } catch (...) {
+    return false;
+  }
+}
+
+std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load_gguf(const std::string& text, const std::string& mmproj,
+                                                      const LlamaLoadOptions& opts) {
+  auto m = std::make_shared<Qwen2VLModel>();
+  m->text_ = LlamaModel::load(text, opts);
+  if (m->text_->format() != "gguf" || m->text_->arch() != "qwen2vl")
+    throw Error(ErrorCode::InvalidArgument, "a Qwen2-VL mmproj goes with a qwen2vl text GGUF, not " + m->text_->arch(), text);
+  auto g = std::make_shared<GgufFile>(GgufFile::open(mmproj));
+  m->vision_ = Qwen2VisionModel::from_gguf(*g);
+  m->c_.vision_config = m->vision_->config();
+  if (m->vision_->out_dim() != m->n_embd())
+    throw Error(ErrorCode::MalformedFile, "the mmproj's merger outputs " + std::to_string(m->vision_->out_dim()) +
+                                              " channels, the decoder takes " + std::to_string(m->n_embd()), mmproj);
+  const auto* tg = dynamic_cast<const GgufFile*>(&m->text_->store());
+  const GgufValue* toks = tg ? tg->find("tokenizer.ggml.tokens") : nullptr;
+  auto id_of = [&](const char* tok) -> int64_t {
+    if (toks && toks->is_array() && toks->elem_type == GgufType::STRING)
+      for (size_t i = 0; i < toks->strings.size(); ++i)
+        if (toks->strings[i] == tok) return int64_t(i);
+    throw Error(ErrorCode::MalformedFile, std::string("the text GGUF's vocabulary has no ") + tok + " token", text);
+  };
+  m->c_.image_token_id = id_of("<|image_pad|>");
+  m->c_.video_token_id = id_of("<|video_pad|>");
+  m->c_.vision_start_token_id = id_of("<|vision_start|>");
+  m->c_.vision_end_token_id = id_of("<|vision_end|>");
+  m->store_ = std::move(g);
   return m;
 }
 

@@ -30,6 +30,13 @@ class Qwen2VLModel {
   static bool is_qwen2_vl_folder(const std::string& path);
   // A Hugging Face folder. Errors as LlamaModel::load.
   static std::shared_ptr<Qwen2VLModel> load(const std::string& path, const LlamaLoadOptions& opts = {});
+  // llama.cpp's pair: a text GGUF (general.architecture "qwen2vl") + an mmproj GGUF (projector
+  // "qwen2vl_merger", see Qwen2VisionModel::from_gguf). The special ids are the text GGUF's
+  // <|image_pad|>, <|video_pad|>, <|vision_start|>, <|vision_end|> tokens.
+  static std::shared_ptr<Qwen2VLModel> load_gguf(const std::string& text, const std::string& mmproj,
+                                                 const LlamaLoadOptions& opts = {});
+  // True when `mmproj` is a GGUF whose clip.projector_type is "qwen2vl_merger". Never throws.
+  static bool is_qwen2vl_mmproj(const std::string& mmproj);
 
   const std::shared_ptr<LlamaModel>& text_model() const { return text_; }
   const Qwen2VisionModel& vision() const { return *vision_; }
@@ -65,7 +72,7 @@ class Qwen2VLModel {
  private:
   Qwen2VLConfig c_;
   std::shared_ptr<LlamaModel> text_;
-  std::shared_ptr<WeightStore> store_;
+  std::shared_ptr<WeightStore> store_;  // the safetensors store or the mmproj GGUF
   std::unique_ptr<Qwen2VisionModel> vision_;
 };
 

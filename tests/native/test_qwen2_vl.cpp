@@ -4,6 +4,10 @@
 // input_ids, the logits at every prompt position are within 1e-4 and the 12 greedy tokens are
 // equal, with the prompt expanded (as the processor gives it) and with one placeholder per visual.
 // A wrong mrope_section, or plain 1-D positions, must move the logits well beyond tolerance.
+// llama.cpp's Qwen2-VL pair (text GGUF "qwen2vl" + mmproj "qwen2vl_merger"), converted here from
+// the same weights in the layout of llama.cpp's convert_hf_to_gguf.py (Conv3d split into two
+// temporal slices, qkv split, merger ln_q as v.post_ln, merger MLP as mm.0 / mm.2), must give the
+// HF path's logits (1e-5) and greedy tokens.
 // The shared dir comes from EMOLLM_SHARED_DIR, else ../shared. Missing data is a printed skip.
 #include <algorithm>
 #include <cstdio>
@@ -14,11 +18,14 @@
 #include <memory>
 #include <string>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #include "../../native/core/error.h"
 #include "../../native/loaders/json.h"
+#include "../../native/loaders/safetensors.h"
 #include "../../native/model/qwen2_vl.h"
+#include "gguf_out.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -218,4 +225,144 @@ TEST(qwen2_vl_prefix_reuse_keeps_mrope_positions) {
   const float* l2 = ctx.eval(&first, 1);
   EXPECT(l2 != nullptr);
   if (l2) EXPECT(int32_t(std::max_element(l2, l2 + V) - l2) == c.greedy[1]);
+}
+
+namespace {
+
+std::vector<float> tdata(const WeightStore& ws, const std::string& name) {
+  const TensorInfo& t = ws.get(name);
+  std::vector<float> v(size_t(t.numel()));
+  std::memcpy(v.data(), t.data, v.size() * 4);
+  return v;
+}
+std::vector<float> rows(const std::vector<float>& w, int64_t cols, int64_t r0, int64_t n) {
+  return std::vector<float>(w.begin() + r0 * cols, w.begin() + (r0 + n) * cols);
+}
+
+// qwen2-vl-tiny-hf -> text.gguf + mmproj.gguf in llama.cpp's layouts.
+void convert_qwen(const std::string& text_path, const std::string& mmproj_path) {
+  auto st = SafetensorsStore::open(qdir());
+  emollm_test::GgufOut t;
+  t.kv_str("general.architecture", "qwen2vl");
+  t.kv_u32("qwen2vl.embedding_length", 64);
+  t.kv_u32("qwen2vl.block_count", 2);
+  t.kv_u32("qwen2vl.feed_forward_length", 128);
+  t.kv_u32("qwen2vl.attention.head_count", 4);
+  t.kv_u32("qwen2vl.attention.head_count_kv", 2);
+  t.kv_f32("qwen2vl.attention.layer_norm_rms_epsilon", 1e-6f);
+  t.kv_f32("qwen2vl.rope.freq_base", 1000000.0f);
+  t.kv_u32("qwen2vl.context_length", 1024);
+  t.kv_i32s("qwen2vl.rope.dimension_sections", {2, 3, 3, 0});
+  std::vector<std::string> vocab(561);
+  for (size_t i = 0; i < vocab.size(); ++i) vocab[i] = "t" + std::to_string(i);
+  const char* special[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                           "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"};
+  for (int i = 0; i < 8; ++i) vocab[size_t(i)] = special[i];
+  t.kv_strs("tokenizer.ggml.tokens", vocab);
+  t.kv_u32("tokenizer.ggml.eos_token_id", 2);
+  t.tensor("token_embd.weight", {561, 64}, tdata(st, "model.embed_tokens.weight"));
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".", b = "blk." + std::to_string(i) + ".";
+    t.tensor(b + "attn_norm.weight", {64}, tdata(st, p + "input_layernorm.weight"));
+    t.tensor(b + "attn_q.weight", {64, 64}, tdata(st, p + "self_attn.q_proj.weight"));  // NEOX rope: not permuted
+    t.tensor(b + "attn_q.bias", {64}, tdata(st, p + "self_attn.q_proj.bias"));
+    t.tensor(b + "attn_k.weight", {32, 64}, tdata(st, p + "self_attn.k_proj.weight"));
+    t.tensor(b + "attn_k.bias", {32}, tdata(st, p + "self_attn.k_proj.bias"));
+    t.tensor(b + "attn_v.weight", {32, 64}, tdata(st, p + "self_attn.v_proj.weight"));
+    t.tensor(b + "attn_v.bias", {32}, tdata(st, p + "self_attn.v_proj.bias"));
+    t.tensor(b + "attn_output.weight", {64, 64}, tdata(st, p + "self_attn.o_proj.weight"));
+    t.tensor(b + "ffn_norm.weight", {64}, tdata(st, p + "post_attention_layernorm.weight"));
+    t.tensor(b + "ffn_gate.weight", {128, 64}, tdata(st, p + "mlp.gate_proj.weight"));
+    t.tensor(b + "ffn_up.weight", {128, 64}, tdata(st, p + "mlp.up_proj.weight"));
+    t.tensor(b + "ffn_down.weight", {64, 128}, tdata(st, p + "mlp.down_proj.weight"));
+  }
+  t.tensor("output_norm.weight", {64}, tdata(st, "model.norm.weight"));
+  t.tensor("output.weight", {561, 64}, tdata(st, "lm_head.weight"));
+  t.write(text_path);
+
+  emollm_test::GgufOut v;
+  v.kv_str("general.architecture", "clip");
+  v.kv_bool("clip.has_vision_encoder", true);
+  v.kv_str("clip.projector_type", "qwen2vl_merger");
+  v.kv_u32("clip.vision.embedding_length", 32);
+  v.kv_u32("clip.vision.feed_forward_length", 64);
+  v.kv_u32("clip.vision.block_count", 2);
+  v.kv_u32("clip.vision.attention.head_count", 2);
+  v.kv_f32("clip.vision.attention.layer_norm_epsilon", 1e-6f);
+  v.kv_u32("clip.vision.patch_size", 14);
+  v.kv_u32("clip.vision.spatial_merge_size", 2);
+  v.kv_bool("clip.use_gelu", false);
+  // Conv3d [32, 3, 2, 14, 14] -> two Conv2d kernels [32, 3, 14, 14], one per temporal slice
+  const auto pe = tdata(st, "visual.patch_embed.proj.weight");
+  for (int k = 0; k < 2; ++k) {
+    std::vector<float> s(size_t(32 * 3 * 14 * 14));
+    for (int d = 0; d < 32; ++d)
+      for (int c = 0; c < 3; ++c)
+        std::memcpy(&s[size_t((d * 3 + c) * 196)], &pe[size_t(((d * 3 + c) * 2 + k) * 196)], 196 * 4);
+    v.tensor(k == 0 ? "v.patch_embd.weight" : "v.patch_embd.weight.1", {32, 3, 14, 14}, s);
+  }
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = "visual.blocks." + std::to_string(i) + ".", b = "v.blk." + std::to_string(i) + ".";
+    const auto qkv = tdata(st, p + "attn.qkv.weight"), qkvb = tdata(st, p + "attn.qkv.bias");
+    const char* names[3] = {"attn_q", "attn_k", "attn_v"};
+    for (int k = 0; k < 3; ++k) {
+      v.tensor(b + names[k] + ".weight", {32, 32}, rows(qkv, 32, k * 32, 32));
+      v.tensor(b + names[k] + ".bias", {32}, rows(qkvb, 1, k * 32, 32));
+    }
+    v.tensor(b + "attn_out.weight", {32, 32}, tdata(st, p + "attn.proj.weight"));
+    v.tensor(b + "attn_out.bias", {32}, tdata(st, p + "attn.proj.bias"));
+    v.tensor(b + "ln1.weight", {32}, tdata(st, p + "norm1.weight"));
+    v.tensor(b + "ln1.bias", {32}, tdata(st, p + "norm1.bias"));
+    v.tensor(b + "ln2.weight", {32}, tdata(st, p + "norm2.weight"));
+    v.tensor(b + "ln2.bias", {32}, tdata(st, p + "norm2.bias"));
+    v.tensor(b + "ffn_up.weight", {64, 32}, tdata(st, p + "mlp.fc1.weight"));
+    v.tensor(b + "ffn_up.bias", {64}, tdata(st, p + "mlp.fc1.bias"));
+    v.tensor(b + "ffn_down.weight", {32, 64}, tdata(st, p + "mlp.fc2.weight"));
+    v.tensor(b + "ffn_down.bias", {32}, tdata(st, p + "mlp.fc2.bias"));
+  }
+  v.tensor("v.post_ln.weight", {32}, tdata(st, "visual.merger.ln_q.weight"));
+  v.tensor("v.post_ln.bias", {32}, tdata(st, "visual.merger.ln_q.bias"));
+  v.tensor("mm.0.weight", {128, 128}, tdata(st, "visual.merger.mlp.0.weight"));
+  v.tensor("mm.0.bias", {128}, tdata(st, "visual.merger.mlp.0.bias"));
+  v.tensor("mm.2.weight", {64, 128}, tdata(st, "visual.merger.mlp.2.weight"));
+  v.tensor("mm.2.bias", {64}, tdata(st, "visual.merger.mlp.2.bias"));
+  v.write(mmproj_path);
+}
+
+}  // namespace
+
+TEST(qwen2_vl_gguf_pair_parity) {
+  const Q* t = q();
+  if (!t) return;
+  char tmpl[] = "/tmp/emollm-qwen2vl-gguf-XXXXXX";
+  const char* d = ::mkdtemp(tmpl);
+  EXPECT(d != nullptr);
+  if (!d) return;
+  const std::string text = std::string(d) + "/text.gguf", mm = std::string(d) + "/mmproj.gguf";
+  convert_qwen(text, mm);
+  EXPECT(Qwen2VLModel::is_qwen2vl_mmproj(mm));
+  EXPECT(!Qwen2VLModel::is_qwen2vl_mmproj(text));
+  auto g = Qwen2VLModel::load_gguf(text, mm);
+  EXPECT(g->text_model()->format() == "gguf" && g->text_model()->arch() == "qwen2vl");
+  EXPECT(g->image_token_id() == 6 && g->video_token_id() == 7);
+  EXPECT((g->text_model()->hparams().mrope_section == std::vector<int64_t>{2, 3, 3}));
+  const Qwen2VLModel& hf = *t->model;
+  for (const Case& c : t->cases) {
+    std::vector<float> fh, fg;
+    EXPECT(hf.encode(c.pixels.data(), {c.grid}, &fh));
+    EXPECT(g->encode(c.pixels.data(), {c.grid}, &fg));
+    EXPECT(fg.size() == fh.size());
+    EXPECT_ALL_CLOSE(fg.data(), fh.data(), std::min(fg.size(), fh.size()), 1e-5, 1e-5, "gguf vs hf visual features " + c.name);
+    auto p = g->prepare(c.ids.data(), int64_t(c.ids.size()), fg.data(), {c.grid});
+    auto got = all_logits(*g, p, fg, p.pos3.data());
+    EXPECT(got.size() == c.logits.size());
+    EXPECT_ALL_CLOSE(got.data(), c.logits.data(), std::min(got.size(), c.logits.size()), 1e-4, 0.0, "gguf pair logits " + c.name);
+    EXPECT(greedy(*g, p, fg, 12) == c.greedy);
+  }
+  // a Qwen2-VL mmproj with a llama text GGUF, or a missing file, is a typed error
+  EXPECT_THROWS(Qwen2VLModel::load_gguf(text, text), ErrorCode::Unsupported);
+  EXPECT_THROWS(Qwen2VLModel::load_gguf(text, std::string(d) + "/missing.gguf"), ErrorCode::FileNotFound);
+  std::remove(text.c_str());
+  std::remove(mm.c_str());
+  ::rmdir(d);
 }
