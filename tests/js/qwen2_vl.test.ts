@@ -262,3 +262,25 @@ describe.skipIf(!have)('readConfig: the model kind from config.json', () => {
     }
   });
 });
+
+describe('EmoBench: video samples as one native video', () => {
+  it('samplePrompt puts the frames in one video part only when asked (Qwen2-VL)', async () => {
+    const { samplePrompt } = await import('../../lib/emobench/backends.js');
+    const s = {
+      id: 'MELD/test/1',
+      task: 'emo-c' as const,
+      source: 'MELD',
+      media: { type: 'video' as const, path: 'clip.mp4' },
+      answer: 'joy',
+      options: ['joy', 'sadness'],
+      split: 'test',
+    };
+    const frames = [new Uint8Array([1]), new Uint8Array([2]), new Uint8Array([3]), new Uint8Array([4])];
+    const native = samplePrompt(s, frames, 'full', true).messages[0]!.content as { type: string; frames?: unknown[] }[];
+    expect(native.filter((p) => p.type === 'video').map((p) => p.frames!.length)).toEqual([4]);
+    expect(native.some((p) => p.type === 'image')).toBe(false);
+    const asImages = samplePrompt(s, frames, 'full').messages[0]!.content as { type: string }[];
+    expect(asImages.filter((p) => p.type === 'image')).toHaveLength(4);
+    expect(asImages.some((p) => p.type === 'video')).toBe(false);
+  });
+});
