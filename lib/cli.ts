@@ -46,6 +46,8 @@ commands:
                          section + emollm_mvp.safetensors (global head = the LLaVA projector, gate
                          open; multi-layer, attention-pool and face heads closed: outputs equal the
                          base's until trained). Weights are symlinked unless --copy.
+                         Also llava_next folders (the MVP per anyres tile) and qwen2_vl folders
+                         (global head = the patch merger's MLP; low-level head closed).
     --copy               copy the base weights   --early-layer N (default ~n_layers/4)
     --queries N          attention-pool queries (default 8)   --seed S
 options:
