@@ -5,6 +5,7 @@
 // - full path (files -> Qwen2VLImageProcessor port -> the folder's chat template -> tokenizer):
 //   the rendered text and the expanded input_ids equal the reference, and the logits stay within
 //   1e-4 (the preprocessing is exact on these inputs); scoreOptions matches the logits.
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -282,5 +283,42 @@ describe('EmoBench: video samples as one native video', () => {
     const asImages = samplePrompt(s, frames, 'full').messages[0]!.content as { type: string }[];
     expect(asImages.filter((p) => p.type === 'image')).toHaveLength(4);
     expect(asImages.some((p) => p.type === 'video')).toBe(false);
+  });
+});
+
+describe.skipIf(!have || spawnSync('ffmpeg', ['-version']).status !== 0)('analyze: a video goes to Qwen2-VL as one native video', () => {
+  let model: Model;
+  let tmp: string;
+  beforeAll(async () => {
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    tmp = mkdtempSync(join(tmpdir(), 'emollm-qwen-analyze-'));
+    // the full EmoPrompt through the synthetic byte-level tokenizer is longer than 1024 positions
+    model = await loadModel(dir, { threads: 1, contextSize: 4096 });
+  });
+  afterAll(async () => {
+    await model?.close();
+    const { rmSync } = await import('node:fs');
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('samples frames with ffmpeg, sends them as one video part and scores the labels', async () => {
+    const { analyze } = await import('../../lib/index.js');
+    const video = join(tmp, 'clip.mp4');
+    const r0 = spawnSync('ffmpeg', ['-v', 'error', '-y', '-loop', '1', '-i', join(dir, 'photo.jpg'), '-t', '2', '-r', '10', '-vf', 'scale=192:-2', '-pix_fmt', 'yuv420p', video]);
+    expect(r0.status).toBe(0);
+    const asked: unknown[] = [];
+    const original = model.scoreOptions.bind(model);
+    model.scoreOptions = (prompt, options, settings) => {
+      asked.push(prompt);
+      return original(prompt, options, settings);
+    };
+    const r = await analyze(video, { model, frames: 4, modelFrames: 4 });
+    expect(r.media).toBe('video');
+    expect(r.answer.outcome).toBe('label');
+    if (r.answer.outcome === 'label') expect(r.answer.source).toBe('model');
+    const parts = (asked[0] as ChatMessage[])[0]!.content as { type: string; frames?: unknown[] }[];
+    expect(parts.filter((p) => p.type === 'video').map((p) => p.frames!.length)).toEqual([4]);
+    expect(parts.some((p) => p.type === 'image')).toBe(false);
   });
 });
