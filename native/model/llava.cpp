@@ -245,6 +245,21 @@ std::shared_ptr<LlavaModel> LlavaModel::load(const std::string& path, const Llav
   m->load_projector(f, "mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias", static_cast<const WeightStore&>(f).find("mm.0.bias") != nullptr);
   m->image_mean_ = vh.image_mean;
   m->image_std_ = vh.image_std;
+  // LLaVA-NeXT (llava-v1.6 mmproj): anyres pinpoints as a flat list of pairs, in the order of the
+  // HF config's image_grid_pinpoints ([height, width]), and the model.image_newline vector
+  if (f.has("clip.vision.image_grid_pinpoints")) {
+    const std::vector<int32_t> pp = f.get_i32_array("clip.vision.image_grid_pinpoints");
+    if (pp.empty() || pp.size() % 2 != 0)
+      throw Error(ErrorCode::MalformedFile, "clip.vision.image_grid_pinpoints must hold (height, width) pairs", opts.mmproj);
+    for (size_t i = 0; i < pp.size(); i += 2) {
+      if (pp[i] <= 0 || pp[i + 1] <= 0 || pp[i] % vh.image_size != 0 || pp[i + 1] % vh.image_size != 0)
+        throw Error(ErrorCode::MalformedFile, "clip.vision.image_grid_pinpoints must be positive multiples of the image size",
+                    opts.mmproj);
+      m->pinpoints_.emplace_back(pp[i], pp[i + 1]);
+    }
+    m->anyres_ = true;
+    m->image_newline_ = m->load_vector(f, "model.image_newline", m->n_embd());
+  }
   // The image token: explicit, else the text GGUF's "<image>", else one past the vocabulary.
   int64_t img = opts.image_token_id;
   if (img < 0) {

@@ -4,7 +4,9 @@
 // features are all cut by the unpadding), the layout's token count equals the processor's
 // expansion, the logits at every position with the reference pixel values are within 1e-4, and
 // the 12 greedy tokens are equal. A transposed tile grid and an off-centre unpadding (same token
-// count, other features) must move the logits well beyond that tolerance.
+// count, other features) must move the logits well beyond that tolerance. A llama.cpp pair (text
+// GGUF + llava-v1.6 mmproj with clip.vision.image_grid_pinpoints and model.image_newline),
+// converted here from the same weights, must give the same logits and greedy tokens.
 // The shared dir comes from EMOLLM_SHARED_DIR, else ../shared. Missing data is a printed skip.
 #include <algorithm>
 #include <cstdio>
@@ -15,13 +17,16 @@
 #include <memory>
 #include <string>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #include "../../native/core/error.h"
 #include "../../native/loaders/json.h"
+#include "../../native/loaders/safetensors.h"
 #include "../../native/model/emollm.h"
 #include "../../native/model/llava.h"
 #include "../../native/model/llava_next.h"
+#include "gguf_out.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -228,4 +233,143 @@ TEST(llava_next_wrong_tile_layout_or_unpadding_fails_parity) {
   AnyresLayout no_nl = good;
   no_nl.newline = false;
   EXPECT(no_nl.n_tokens() != good.n_tokens());
+}
+
+namespace {
+
+std::vector<float> tdata(const WeightStore& ws, const std::string& name) {
+  const TensorInfo& t = ws.get(name);
+  std::vector<float> v(size_t(t.numel()));
+  std::memcpy(v.data(), t.data, v.size() * 4);
+  return v;
+}
+// llama.cpp's convert permute for interleaved RoPE (llama q/k).
+std::vector<float> permute_qk(const std::vector<float>& w, int64_t n_head, int64_t cols) {
+  const int64_t rows = int64_t(w.size()) / cols, D = rows / n_head;
+  std::vector<float> out(w.size());
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t i = 0; i < D / 2; ++i)
+      for (int64_t s = 0; s < 2; ++s)
+        std::memcpy(&out[size_t((h * D + 2 * i + s) * cols)], &w[size_t((h * D + s * (D / 2) + i) * cols)], size_t(cols) * 4);
+  return out;
+}
+
+// llava-next-tiny-hf -> text GGUF + llava-v1.6 mmproj (the tower's last layer dropped, as llama.cpp's
+// llava surgery does: the features are the last stored layer = hidden_states[-2]).
+void convert_next(const std::string& text_path, const std::string& mmproj_path) {
+  auto st = SafetensorsStore::open(next_dir());
+  emollm_test::GgufOut t;
+  t.kv_str("general.architecture", "llama");
+  t.kv_u32("llama.embedding_length", 64);
+  t.kv_u32("llama.block_count", 2);
+  t.kv_u32("llama.feed_forward_length", 128);
+  t.kv_u32("llama.attention.head_count", 4);
+  t.kv_u32("llama.attention.head_count_kv", 2);
+  t.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  t.kv_f32("llama.rope.freq_base", 10000.0f);
+  t.kv_u32("llama.context_length", 512);
+  t.kv_u32("llama.rope.dimension_count", 16);
+  std::vector<std::string> vocab(32064);
+  for (size_t i = 0; i < vocab.size(); ++i) vocab[i] = "t" + std::to_string(i);
+  vocab[32000] = "<image>";
+  t.kv_strs("tokenizer.ggml.tokens", vocab);
+  t.kv_u32("tokenizer.ggml.bos_token_id", 1);
+  t.kv_u32("tokenizer.ggml.eos_token_id", 2);
+  const std::string lm = "language_model.model.";
+  t.tensor("token_embd.weight", {32064, 64}, tdata(st, lm + "embed_tokens.weight"));
+  for (int i = 0; i < 2; ++i) {
+    const std::string p = lm + "layers." + std::to_string(i) + ".", b = "blk." + std::to_string(i) + ".";
+    t.tensor(b + "attn_norm.weight", {64}, tdata(st, p + "input_layernorm.weight"));
+    t.tensor(b + "attn_q.weight", {64, 64}, permute_qk(tdata(st, p + "self_attn.q_proj.weight"), 4, 64));
+    t.tensor(b + "attn_k.weight", {32, 64}, permute_qk(tdata(st, p + "self_attn.k_proj.weight"), 2, 64));
+    t.tensor(b + "attn_v.weight", {32, 64}, tdata(st, p + "self_attn.v_proj.weight"));
+    t.tensor(b + "attn_output.weight", {64, 64}, tdata(st, p + "self_attn.o_proj.weight"));
+    t.tensor(b + "ffn_norm.weight", {64}, tdata(st, p + "post_attention_layernorm.weight"));
+    t.tensor(b + "ffn_gate.weight", {128, 64}, tdata(st, p + "mlp.gate_proj.weight"));
+    t.tensor(b + "ffn_up.weight", {128, 64}, tdata(st, p + "mlp.up_proj.weight"));
+    t.tensor(b + "ffn_down.weight", {64, 128}, tdata(st, p + "mlp.down_proj.weight"));
+  }
+  t.tensor("output_norm.weight", {64}, tdata(st, lm + "norm.weight"));
+  t.tensor("output.weight", {32064, 64}, tdata(st, "language_model.lm_head.weight"));
+  t.write(text_path);
+
+  emollm_test::GgufOut v;
+  v.kv_str("general.architecture", "clip");
+  v.kv_bool("clip.has_text_encoder", false);
+  v.kv_bool("clip.has_vision_encoder", true);
+  v.kv_bool("clip.has_llava_projector", true);
+  v.kv_str("clip.projector_type", "mlp");
+  v.kv_u32("clip.vision.image_size", 28);
+  v.kv_u32("clip.vision.patch_size", 14);
+  v.kv_u32("clip.vision.embedding_length", 32);
+  v.kv_u32("clip.vision.feed_forward_length", 64);
+  v.kv_u32("clip.vision.projection_dim", 512);
+  v.kv_u32("clip.vision.attention.head_count", 2);
+  v.kv_f32("clip.vision.attention.layer_norm_epsilon", 1e-5f);
+  v.kv_u32("clip.vision.block_count", 1);
+  v.kv_f32s("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
+  v.kv_f32s("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
+  v.kv_bool("clip.use_gelu", false);
+  v.kv_str("clip.vision.mm_patch_merge_type", "spatial_unpad");
+  v.kv_i32s("clip.vision.image_grid_pinpoints", {28, 56, 56, 28, 56, 56});
+  const std::string vt = "vision_tower.";
+  v.tensor("v.class_embd", {32}, tdata(st, vt + "embeddings.class_embedding"));
+  v.tensor("v.patch_embd.weight", {32, 3, 14, 14}, tdata(st, vt + "embeddings.patch_embedding.weight"));
+  v.tensor("v.position_embd.weight", {5, 32}, tdata(st, vt + "embeddings.position_embedding.weight"));
+  v.tensor("v.pre_ln.weight", {32}, tdata(st, vt + "pre_layrnorm.weight"));
+  v.tensor("v.pre_ln.bias", {32}, tdata(st, vt + "pre_layrnorm.bias"));
+  const std::string p = vt + "encoder.layers.0.", b = "v.blk.0.";
+  for (const char* x : {"weight", "bias"}) {
+    const std::string s = std::string(".") + x;
+    const bool w = s == ".weight";
+    auto sq = [&](int64_t r, int64_t c) { return w ? std::vector<int64_t>{r, c} : std::vector<int64_t>{r}; };
+    v.tensor(b + "ln1" + s, {32}, tdata(st, p + "layer_norm1" + s));
+    v.tensor(b + "ln2" + s, {32}, tdata(st, p + "layer_norm2" + s));
+    v.tensor(b + "attn_q" + s, sq(32, 32), tdata(st, p + "self_attn.q_proj" + s));
+    v.tensor(b + "attn_k" + s, sq(32, 32), tdata(st, p + "self_attn.k_proj" + s));
+    v.tensor(b + "attn_v" + s, sq(32, 32), tdata(st, p + "self_attn.v_proj" + s));
+    v.tensor(b + "attn_out" + s, sq(32, 32), tdata(st, p + "self_attn.out_proj" + s));
+    v.tensor(b + "ffn_up" + s, sq(64, 32), tdata(st, p + "mlp.fc1" + s));
+    v.tensor(b + "ffn_down" + s, sq(32, 64), tdata(st, p + "mlp.fc2" + s));
+  }
+  v.tensor("mm.0.weight", {64, 32}, tdata(st, "multi_modal_projector.linear_1.weight"));
+  v.tensor("mm.0.bias", {64}, tdata(st, "multi_modal_projector.linear_1.bias"));
+  v.tensor("mm.2.weight", {64, 64}, tdata(st, "multi_modal_projector.linear_2.weight"));
+  v.tensor("mm.2.bias", {64}, tdata(st, "multi_modal_projector.linear_2.bias"));
+  v.tensor("model.image_newline", {64}, tdata(st, "image_newline"));
+  v.write(mmproj_path);
+}
+
+}  // namespace
+
+TEST(llava_next_gguf_pair_parity) {
+  const Next* t = next();
+  if (!t) return;
+  char tmpl[] = "/tmp/emollm-llava-next-gguf-XXXXXX";
+  const char* d = ::mkdtemp(tmpl);
+  EXPECT(d != nullptr);
+  if (!d) return;
+  const std::string text = std::string(d) + "/text.gguf", mm = std::string(d) + "/mmproj.gguf";
+  convert_next(text, mm);
+  LlavaLoadOptions o;
+  o.mmproj = mm;
+  auto g = LlavaModel::load(text, o);
+  EXPECT(g->format() == "gguf" && g->anyres() && g->image_newline() != nullptr);
+  EXPECT(g->grid_pinpoints() == t->model->grid_pinpoints());
+  EXPECT(g->image_token_id() == 32000);
+  for (const Case& c : t->cases) {
+    const AnyresLayout L = layout_of(*g, c);
+    EXPECT(L.n_tokens() == image_token_count(*g, c));
+    std::vector<float> fg, fh;
+    EXPECT(llava_next_encode_image(*g, c.pixels.data(), L, &fg));
+    EXPECT(llava_next_encode_image(*t->model, c.pixels.data(), L, &fh));
+    EXPECT(fg.size() == fh.size());
+    EXPECT_ALL_CLOSE(fg.data(), fh.data(), std::min(fg.size(), fh.size()), 1e-5, 1e-5, "gguf vs hf packed features " + c.name);
+    auto got = all_logits(*g, c.ids, fg, L.n_tokens());
+    EXPECT_ALL_CLOSE(got.data(), c.logits.data(), std::min(got.size(), c.logits.size()), 1e-4, 0.0, "gguf pair logits " + c.name);
+    EXPECT(greedy(*g, c.ids, fg, L.n_tokens(), 12) == c.greedy);
+  }
+  std::remove(text.c_str());
+  std::remove(mm.c_str());
+  ::rmdir(d);
 }
