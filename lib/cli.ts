@@ -89,7 +89,8 @@ const INIT_MVP = {
   summary:
     'EmoLLM checkpoint from a llava-hf folder: config.json with an `emollm` section + emollm_mvp.safetensors\n' +
     '(global head = the LLaVA projector, gate open; multi-layer, attention-pool and face heads closed:\n' +
-    "outputs equal the base's until trained). Weights are symlinked unless --copy.",
+    "outputs equal the base's until trained). Weights are symlinked unless --copy. Also llava_next folders\n" +
+    "(the MVP per anyres tile) and qwen2_vl folders (global head = the patch merger's MLP; low-level head closed).",
   positionals: { min: 2 },
   options: {
     copy: { type: 'boolean', description: 'copy the base weights' },

@@ -62,6 +62,10 @@ export interface LlamaConfig {
   torchDtype: string | null;
   /** Mistral's sliding attention window; null for none. */
   slidingWindow: number | null;
+  /** Qwen2 decoders: biases on q/k/v (not o). */
+  qkvBias?: boolean;
+  /** Qwen2-VL: M-RoPE frequency sections (temporal, height, width), summing to headDim / 2. */
+  mropeSection?: number[];
 }
 
 /** A CLIP vision tower (`model_type` "clip_vision_model"). */
@@ -100,6 +104,32 @@ export interface LlavaConfig {
   tieWordEmbeddings: boolean;
   padTokenId: number[];
   torchDtype: string | null;
+  /** LLaVA-NeXT (`model_type` "llava_next"): anyres grid pinpoints, `[height, width]` in pixels. */
+  imageGridPinpoints?: [number, number][];
+}
+
+/** Qwen2-VL (`model_type` "qwen2_vl"): a ViT with 2-D RoPE and a 2x2 patch merger, a Qwen2 decoder with M-RoPE. */
+export interface Qwen2VLConfig {
+  textConfig: LlamaConfig;
+  visionConfig: {
+    depth: number;
+    embedDim: number;
+    /** The merger's output width (the decoder's hidden size). */
+    hiddenSize: number;
+    numHeads: number;
+    mlpRatio: number;
+    inChannels: number;
+    patchSize: number;
+    spatialMergeSize: number;
+    temporalPatchSize: number;
+    hiddenAct: string;
+    ropeTheta: number;
+  };
+  imageTokenId: number;
+  videoTokenId: number;
+  visionStartTokenId: number;
+  visionEndTokenId: number;
+  tieWordEmbeddings: boolean;
 }
 
 interface ConfigBase {
@@ -113,7 +143,8 @@ interface ConfigBase {
 export type ModelConfig =
   | (ConfigBase & { kind: 'llama'; config: LlamaConfig })
   | (ConfigBase & { kind: 'clip_vision'; config: ClipVisionConfig })
-  | (ConfigBase & { kind: 'llava'; config: LlavaConfig });
+  | (ConfigBase & { kind: 'llava'; config: LlavaConfig })
+  | (ConfigBase & { kind: 'qwen2_vl'; config: Qwen2VLConfig });
 
 /** Reads a Hugging Face config.json (or the config.json in a model directory). */
 export async function readConfig(path: string): Promise<ModelConfig> {

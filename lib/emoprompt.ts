@@ -77,6 +77,11 @@ export interface EmoPromptOptions {
   images?: readonly ImageInput[];
   /** What the images are: one still image (default) or frames of one video clip. */
   media?: 'image' | 'video';
+  /**
+   * With `media: 'video'`: send the frames as ONE `{ type: 'video', frames }` part (models with
+   * native video input, e.g. Qwen2-VL) instead of one image part per frame. Default false.
+   */
+  nativeVideo?: boolean;
   /** `emo-c` / `intent`: the options. Default: the taxonomy's labels. */
   labels?: readonly string[];
   /** `emo-c` / `intent`: a taxonomy (its labels, and at `full` guidance its definitions). Intent defaults to `mintrec20`. */
@@ -298,7 +303,9 @@ export function buildEmoPrompt(options: EmoPromptOptions): EmoPrompt {
   const closed = o.task === 'emo-c' || o.task === 'intent';
   const sections: string[] = [];
 
-  if (media === 'video' && images.length > 1) sections.push('The images are frames of one video clip, in order.');
+  const asVideo = media === 'video' && o.nativeVideo === true && images.length > 0;
+  if (asVideo) sections.push('The input is a video clip.');
+  else if (media === 'video' && images.length > 1) sections.push('The images are frames of one video clip, in order.');
 
   if (o.cues !== undefined) {
     if (!Array.isArray(o.cues)) throw bad('cues must be an array');
@@ -383,7 +390,8 @@ export function buildEmoPrompt(options: EmoPromptOptions): EmoPrompt {
   sections.push(q.join('\n'));
 
   const text = sections.join('\n\n');
-  const content: ChatContentPart[] = [...images.map((image) => ({ type: 'image', image })), { type: 'text', text }];
+  const visualParts: ChatContentPart[] = asVideo ? [{ type: 'video', frames: [...images] }] : images.map((image) => ({ type: 'image', image }));
+  const content: ChatContentPart[] = [...visualParts, { type: 'text', text }];
   return {
     version: EMOPROMPT_VERSION,
     templateId: emoPromptTemplateId(o.task, guidance),

@@ -79,7 +79,8 @@ export interface PipelineOptions {
   signal?: AbortSignal;
 }
 
-const KNOWN_TYPES = new Set(['CLIPImageProcessor', 'CLIPImageProcessorFast', 'LlavaImageProcessor', 'LlavaImageProcessorFast']);
+// LlavaNext*: the same CLIP fields; the anyres tiling on top is image_processor_llava_next.ts.
+const KNOWN_TYPES = new Set(['CLIPImageProcessor', 'CLIPImageProcessorFast', 'LlavaImageProcessor', 'LlavaImageProcessorFast', 'LlavaNextImageProcessor', 'LlavaNextImageProcessorFast']);
 
 function badConfig(field: string, what: string, file: string | undefined): EmollmError {
   return new EmollmError('ERR_BAD_CONFIG', `${file ? `${file}: ` : ''}${field}: ${what}`, file === undefined ? {} : { file });

@@ -15,6 +15,22 @@ export * from './model.js';
 export * from './gguf_writer.js';
 export * from './quantize.js';
 export * from './image.js';
+export {
+  anyresPreprocess,
+  anyresTokenCount,
+  parseGridPinpoints,
+  selectBestResolution,
+  type AnyresPixels,
+  type GridPinpoint,
+} from './image_processor_llava_next.js';
+export {
+  parseQwen2VLProcessorConfig,
+  qwen2vlPatches,
+  smartResize,
+  type Qwen2VLPatches,
+  type Qwen2VLProcessorConfig,
+} from './image_processor_qwen2_vl.js';
+export type { VideoPart, Visual, VisualFeatures } from './visual_input.js';
 export { initMvp, type InitMvpOptions, type InitMvpResult, type EmollmSection, type EmollmPerspectiveConfig } from './init_mvp.js';
 export * from './taxonomies.js';
 export * from './emoprompt.js';

@@ -196,7 +196,14 @@ export async function initMvp(llavaDir: string, outDir: string, options: InitMvp
       throw new EmollmError('ERR_FILE_NOT_FOUND', `${cfgPath}: cannot read`, { file: cfgPath, cause });
     }),
   ) as Record<string, unknown>;
-  if (cfg.model_type !== 'llava') bad(`model_type ${JSON.stringify(cfg.model_type)} is not "llava"`, cfgPath);
+  if (cfg.model_type === 'qwen2_vl') {
+    const { section, t } = await qwen2vlMvp(src, cfgPath, cfg, options);
+    return writeCheckpoint(src, out, cfg, section, t, section.weights, options);
+  }
+  // LLaVA-NeXT: the same tower + projector, applied per anyres tile; the heads left closed here keep
+  // one token per patch, so the tiles are packed exactly as the base's features.
+  if (cfg.model_type !== 'llava' && cfg.model_type !== 'llava_next')
+    bad(`model_type ${JSON.stringify(cfg.model_type)} is not "llava", "llava_next" or "qwen2_vl"`, cfgPath);
   const tc = (cfg.text_config ?? {}) as Record<string, unknown>;
   const vc = (cfg.vision_config ?? {}) as Record<string, unknown>;
   const E = Number(tc.hidden_size ?? 4096);
@@ -264,6 +271,19 @@ export async function initMvp(llavaDir: string, outDir: string, options: InitMvp
   t['mvp.heads.2.out_proj.bias'] = f32Tensor([E], new Float32Array(E));
   for (const i of [1, 2, 3]) t[`mvp.heads.${i}.gate_logits`] = gate();
 
+  return writeCheckpoint(src, out, cfg, section, t, weights, options);
+}
+
+/** Writes the checkpoint folder: the base's files (linked or copied), config.json with `section`, the MVP weights. */
+async function writeCheckpoint(
+  src: string,
+  out: string,
+  cfg: Record<string, unknown>,
+  section: EmollmSection,
+  t: Record<string, StTensor>,
+  weights: string,
+  options: InitMvpOptions,
+): Promise<InitMvpResult> {
   // ---- the folder
   await mkdir(out, { recursive: true });
   const linked: string[] = [];
@@ -294,4 +314,59 @@ export async function initMvp(llavaDir: string, outDir: string, options: InitMvp
   await writeFileAtomic(join(out, 'config.json'), JSON.stringify(outCfg, null, 2) + '\n');
   await writeSafetensors(join(out, weights), t, { format: 'pt', emollm: 'init-mvp' });
   return { outDir: out, weights: join(out, weights), section, linked, copied };
+}
+
+/**
+ * Qwen2-VL: the MVP sits around the patch merger (native/model/emollm_qwen2_vl.h). Perspectives:
+ *   0 global     mlp over layer -1 (ln_q of the last block, 2x2-merged): the merger's own MLP
+ *                (mlp.0 -> GELU -> mlp.2, bytes copied), gate "open"
+ *   1 low-level  multi-layer-mlp over [-1, early], small random weights, gate "closed"
+ * so the output equals the base's until trained.
+ */
+async function qwen2vlMvp(
+  src: string,
+  cfgPath: string,
+  cfg: Record<string, unknown>,
+  options: InitMvpOptions,
+): Promise<{ section: EmollmSection; t: Record<string, StTensor> }> {
+  const tc = (cfg.text_config ?? cfg) as Record<string, unknown>;
+  const vc = (cfg.vision_config ?? {}) as Record<string, unknown>;
+  const E = Number(tc.hidden_size ?? 3584);
+  const D = Number(vc.embed_dim ?? 1280);
+  const ms = Number(vc.spatial_merge_size ?? 2);
+  const depth = Number(vc.depth ?? 32);
+  const MD = D * ms * ms;
+  if (![E, D, ms, depth].every((x) => Number.isInteger(x) && x > 0)) bad('text_config.hidden_size / vision_config sizes missing', cfgPath);
+  let early = options.earlyLayer ?? Math.max(1, Math.round(depth / 4));
+  if (!Number.isInteger(early) || early < -(depth + 1) || early > depth)
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `earlyLayer ${early} is outside [-${depth + 1}, ${depth}]`);
+  if (options.earlyLayer === undefined && resolveLayer(early, depth) === depth) early = Math.max(0, depth - 1);
+  const t: Record<string, StTensor> = {};
+  const parts: [string, string][] = [
+    ['mlp.0.weight', 'linear_1.weight'],
+    ['mlp.0.bias', 'linear_1.bias'],
+    ['mlp.2.weight', 'linear_2.weight'],
+    ['mlp.2.bias', 'linear_2.bias'],
+  ];
+  for (const [from, to] of parts) {
+    const loc = await locateTensor(src, [`visual.merger.${from}`, `model.visual.merger.${from}`]);
+    if (!loc) throw new EmollmError('ERR_MALFORMED_FILE', `${src}: not a Qwen2-VL checkpoint (no visual.merger.${from})`, { file: src });
+    t[`mvp.heads.0.${to}`] = await readTensor(loc.file, loc.name);
+  }
+  const seed = options.seed ?? 0;
+  t['mvp.heads.1.linear_1.weight'] = f32Tensor([MD, 2 * MD], normal(MD * 2 * MD, 0.02, seed + 1));
+  t['mvp.heads.1.linear_1.bias'] = f32Tensor([MD], new Float32Array(MD));
+  t['mvp.heads.1.linear_2.weight'] = f32Tensor([E, MD], normal(E * MD, 0.02, seed + 2));
+  t['mvp.heads.1.linear_2.bias'] = f32Tensor([E], new Float32Array(E));
+  t['mvp.heads.1.gate_logits'] = f32Tensor([E], new Float32Array(E).fill(options.closedGateLogit ?? -10));
+  const section: EmollmSection = {
+    version: 1,
+    weights: 'emollm_mvp.safetensors',
+    fusion: 'gated-sum',
+    perspectives: [
+      { name: 'global', type: 'mlp', layers: -1, gate: 'open' },
+      { name: 'low-level', type: 'multi-layer-mlp', layers: [-1, early], gate: 'closed' },
+    ],
+  };
+  return { section, t };
 }

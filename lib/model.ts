@@ -20,6 +20,8 @@ import { ImageProcessor, type ImageInput } from './image.js';
 import type { ImageProcessorConfig } from './image_processor.js';
 import { resolveHfPath } from './hub.js';
 import { readThrough, weightFiles, type LoadProgress } from './load_progress.js';
+import { parseGridPinpoints } from './image_processor_llava_next.js';
+import { parseQwen2VLProcessorConfig } from './image_processor_qwen2_vl.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { FileGuard } from './file_guard.js';
@@ -27,6 +29,7 @@ import { WORKER_MIN_CHARS, encodeOffThread, type TokenizerSource } from './token
 import { DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_PROMPT_CHARS, limitOption } from './limits.js';
 import { assertRegularFile, readRegularFile } from './safe_fs.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
+import { encodeVisuals, type NativeVisualEncoder, type Visual, type VisualFeatures, type VisualPreprocessing } from './visual_input.js';
 
 /** Where the model runs. Only 'cpu' exists in this build; 'cuda' needs a CUDA build. */
 export type Device = 'cpu' | 'cuda';
@@ -125,16 +128,32 @@ export interface EmollmInfo {
  * Encoded images. For EmoLLM models the array carries `tokenCounts` (positions per image; images
  * with face boxes take more); eval/generate/score read it back. Copies (slice, subarray) lose it.
  */
-export type ImageFeatures = Float32Array & { tokenCounts?: Int32Array };
+export type ImageFeatures = Float32Array & { tokenCounts?: Int32Array; grids?: Int32Array };
 
 /** The vision side of a multimodal model. */
 export interface VisionInfo {
-  imageSize: number;
+  /**
+   * The model family: 'llava' (one fixed-size image), 'llava_next' (anyres tiles, the token count
+   * follows the image's size) or 'qwen2_vl' (dynamic resolution, images and videos, M-RoPE).
+   */
+  family?: 'llava' | 'llava_next' | 'qwen2_vl';
+  /** The tower's input size (LLaVA-NeXT: one tile). Absent for Qwen2-VL (dynamic resolution). */
+  imageSize?: number;
   patchSize: number;
-  /** Language-model positions one image takes (e.g. 576 for LLaVA-1.5; EmoLLM: without face boxes). */
-  nImageTokens: number;
-  /** The `<image>` placeholder id (32000 in llava-1.5). */
+  /**
+   * Language-model positions one image takes (e.g. 576 for LLaVA-1.5; EmoLLM: without face boxes;
+   * LLaVA-NeXT: one tile's features). Absent for Qwen2-VL.
+   */
+  nImageTokens?: number;
+  /** The `<image>` placeholder id (32000 in llava-1.5; `<|image_pad|>` in Qwen2-VL). */
   imageTokenId: number;
+  /** Qwen2-VL: the `<|video_pad|>` id. */
+  videoTokenId?: number;
+  /** LLaVA-NeXT: the anyres grid pinpoints, `[height, width]` in pixels. */
+  gridPinpoints?: [number, number][];
+  /** Qwen2-VL: patches merged per side into one token, and frames per temporal patch. */
+  mergeSize?: number;
+  temporalPatchSize?: number;
   mean?: number[];
   std?: number[];
 }
@@ -273,7 +292,7 @@ interface NativeContext {
   readonly nCtx: number;
 }
 
-interface NativeModel {
+interface NativeModel extends NativeVisualEncoder {
   info(): ModelInfo;
   encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number }): NativeContext;
@@ -361,20 +380,42 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   for (const w of handle.info().warnings ?? []) process.emitWarning(`${path}: ${w}`, { code: 'EMOLLM_LOAD_WARNING' });
   if (!tokenizer) throw new EmollmError('ERR_INTERNAL', 'no tokenizer');
   let imageProcessor: ImageProcessor | undefined;
+  let visualPreprocessing: VisualPreprocessing | undefined;
   const vision = handle.info().vision;
-  if (vision) {
+  if (vision?.family === 'qwen2_vl') {
+    // Qwen2-VL: its own processor (smart resize, temporal patches); no CLIP ImageProcessor
+    try {
+      // a GGUF pair carries no processor config: transformers' Qwen2VLImageProcessor defaults
+      if (!st.isDirectory()) visualPreprocessing = { family: 'qwen2_vl', config: parseQwen2VLProcessorConfig({}) };
+      else {
+        const file = join(path, 'preprocessor_config.json');
+        const text = (
+          await readRegularFile(file, { maxBytes: DEFAULT_MAX_JSON_BYTES }).catch((cause: unknown) => {
+            if (cause instanceof EmollmError && cause.code !== 'ERR_FILE_NOT_FOUND') throw cause;
+            throw new EmollmError('ERR_FILE_NOT_FOUND', `${file}: a Qwen2-VL folder needs its preprocessor_config.json`, { file, cause });
+          })
+        ).toString('utf8');
+        visualPreprocessing = { family: 'qwen2_vl', config: parseQwen2VLProcessorConfig(JSON.parse(text), file) };
+      }
+    } catch (e) {
+      await handle.close();
+      throw e instanceof SyntaxError ? new EmollmError('ERR_MALFORMED_FILE', `${path}: preprocessor_config.json: ${e.message}`) : e;
+    }
+  } else if (vision) {
     try {
       // A folder without preprocessor_config.json gets CLIP preprocessing at the tower's size.
       imageProcessor =
         st.isDirectory() && existsSync(join(path, 'preprocessor_config.json'))
           ? await ImageProcessor.load(path, options.imageProcessor ?? {})
           : imageProcessorFor(vision, options.imageProcessor);
+      if (vision.family === 'llava_next')
+        visualPreprocessing = { family: 'llava_next', config: imageProcessor.config, pinpoints: parseGridPinpoints(vision.gridPinpoints) };
     } catch (e) {
       await handle.close();
       throw e;
     }
   }
-  const model = new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor);
+  const model = new Model(handle, tokenizer, template, path, options.contextSize, imageProcessor, visualPreprocessing);
   // the tokenizer file, when there is one, for encoding long prompts on a worker thread
   const tokenizerSource: TokenizerSource | undefined =
     typeof options.tokenizer === 'string'
@@ -389,9 +430,10 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
 
 /** CLIP preprocessing for a model whose only description is its vision info (a GGUF mmproj). */
 function imageProcessorFor(vision: VisionInfo, overrides: Partial<ImageProcessorConfig> = {}): ImageProcessor {
+  const size = vision.imageSize ?? 224;
   const config: Partial<ImageProcessorConfig> = {
-    size: { shortestEdge: vision.imageSize },
-    cropSize: { height: vision.imageSize, width: vision.imageSize },
+    size: { shortestEdge: size },
+    cropSize: { height: size, width: size },
   };
   if (vision.mean?.length === 3) config.imageMean = vision.mean as [number, number, number];
   if (vision.std?.length === 3) config.imageStd = vision.std as [number, number, number];
@@ -427,8 +469,10 @@ export class Model {
   readonly chatTemplate: ChatTemplate | undefined;
   /** Where it was loaded from. */
   readonly path: string;
-  /** Image preprocessing (multimodal models only). */
+  /** Image preprocessing (multimodal models only; the CLIP steps, under LLaVA-NeXT's anyres; absent for Qwen2-VL). */
   readonly imageProcessor: ImageProcessor | undefined;
+  /** @internal LLaVA-NeXT / Qwen2-VL: how visuals become native inputs (see visual_input.ts). */
+  private readonly visualPreprocessing: VisualPreprocessing | undefined;
 
   private handle: NativeModel | undefined;
   private context: NativeContext | undefined;
@@ -448,9 +492,11 @@ export class Model {
     path: string,
     contextSize?: number,
     imageProcessor?: ImageProcessor,
+    visualPreprocessing?: VisualPreprocessing,
   ) {
     this.handle = handle;
     this.imageProcessor = imageProcessor;
+    this.visualPreprocessing = visualPreprocessing;
     this.info = handle.info();
     this.tokenizer = tokenizer;
     this.chatTemplate = template;
@@ -647,6 +693,7 @@ export class Model {
   ): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (this.visualPreprocessing) return this.encodeVisuals(images.map((input) => ({ kind: 'image', input })), signal);
     if (!this.info.vision || !this.imageProcessor || !handle.encodeImages)
       throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
     if (faces !== undefined && faces.length !== images.length)
@@ -656,6 +703,41 @@ export class Model {
     return handle.encodeImages(batch.data, images.length, ...facesArg(faces));
   }
 
+  /**
+   * LLaVA-NeXT / Qwen2-VL: preprocesses and encodes images and videos (Qwen2-VL only) in order.
+   * The features carry `tokenCounts` (and Qwen2-VL `grids`) for eval/generate/score.
+   */
+  async encodeVisuals(visuals: readonly Visual[], signal?: AbortSignal): Promise<VisualFeatures> {
+    const handle = this.handle;
+    if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (!this.visualPreprocessing)
+      throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} is not a LLaVA-NeXT or Qwen2-VL model`);
+    return encodeVisuals(handle, this.visualPreprocessing, visuals, signal);
+  }
+
+  /**
+   * LLaVA-NeXT: encodes already-preprocessed anyres tiles (`[tiles, 3, S, S]` for all images, base
+   * image first per image, as LlavaNextImageProcessor's `pixel_values`) given each image's original
+   * `[height, width]`.
+   */
+  async encodeAnyresPixels(pixels: Float32Array, imageSizes: readonly (readonly [number, number])[]): Promise<VisualFeatures> {
+    const handle = this.handle;
+    if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (!handle.encodeAnyres) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} is not a LLaVA-NeXT model`);
+    return handle.encodeAnyres(pixels, Int32Array.from(imageSizes.flat()));
+  }
+
+  /**
+   * Qwen2-VL: encodes already-flattened patches (`[N, 3 * 2 * 14 * 14]`, as Qwen2VLImageProcessor's
+   * `pixel_values` / `pixel_values_videos`) with each visual's `[t, h, w]` grid.
+   */
+  async encodePatches(patches: Float32Array, grids: readonly (readonly [number, number, number])[]): Promise<VisualFeatures> {
+    const handle = this.handle;
+    if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (!handle.encodePatches) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} is not a Qwen2-VL model`);
+    return handle.encodePatches(patches, Int32Array.from(grids.flat()));
+  }
+
   /** @internal token ids and encoded images of a prompt. */
   async prepare(prompt: Prompt, addSpecialTokens: boolean, signal?: AbortSignal): Promise<PreparedPrompt> {
     if (isPreparedInput(prompt)) return { ids: [...prompt.tokens], images: prompt.images ?? null };
@@ -663,10 +745,21 @@ export class Model {
       return { ids: await this.promptTokensAsync(prompt, addSpecialTokens, signal), images: null };
     const images: ImageInput[] = [];
     const faces: (readonly FaceBox[] | undefined)[] = [];
+    const visuals: Visual[] = []; // images and videos in prompt order (LLaVA-NeXT, Qwen2-VL)
     const messages = (prompt as readonly ChatMessage[]).map((m) => {
       if (typeof m.content === 'string') return m;
       const content = m.content.map((part: ChatContentPart): ChatContentPart => {
+        if (part.type === 'video') {
+          const frames = (part as { frames?: unknown }).frames;
+          if (!Array.isArray(frames) || frames.length === 0)
+            throw new EmollmError('ERR_INVALID_ARGUMENT', "a video part needs its frames: { type: 'video', frames: [<image>, ...] }");
+          if (this.visualPreprocessing?.family !== 'qwen2_vl')
+            throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} takes no native video (Qwen2-VL does); pass the frames as images`);
+          visuals.push({ kind: 'video', frames: frames as ImageInput[] });
+          return { type: 'video' };
+        }
         if (part.type !== 'image') return part;
+        if ('image' in part && part.image !== undefined) visuals.push({ kind: 'image', input: part.image as ImageInput });
         if (!('image' in part) || part.image === undefined)
           throw new EmollmError('ERR_INVALID_ARGUMENT', "an image part needs its image: { type: 'image', image: <path | Buffer | pixels> }");
         images.push(part.image as ImageInput);
@@ -676,6 +769,7 @@ export class Model {
       return { ...m, content };
     });
     const ids = await this.promptTokensAsync(messages, addSpecialTokens, signal);
+    if (this.visualPreprocessing) return { ids, images: visuals.length > 0 ? await this.encodeVisuals(visuals, signal) : null };
     const anyFaces = faces.some((f) => f !== undefined && f.length > 0);
     return { ids, images: images.length > 0 ? await this.encodeImages(images, signal, anyFaces ? faces : undefined) : null };
   }

@@ -291,6 +291,8 @@ export async function buildModelPrompt(model: Model, p: Perception, options: Mod
     ...promptOptions,
     images: modelFrames.map((f) => f.image),
     media: p.media,
+    // Qwen2-VL takes a video's frames as one native video (temporal patches, M-RoPE time axis)
+    ...(p.media === 'video' && model.info.vision?.family === 'qwen2_vl' ? { nativeVideo: true } : {}),
     ...(p.face ? { cues: [...(options.cues ?? []), ...faceCues(p.frames, p.summary)] } : {}),
   });
   // EmoLLM's face-region perspective reads the detected faces: give each image part its boxes,

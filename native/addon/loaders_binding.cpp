@@ -196,6 +196,8 @@ Napi::Object llama_object(Napi::Env env, const LlamaConfig& c) {
   o.Set("padTokenId", int_array(env, c.pad_token_id));
   o.Set("torchDtype", str_or_null(env, c.torch_dtype));
   o.Set("slidingWindow", c.sliding_window ? int_value(env, c.sliding_window) : env.Null());
+  if (c.qkv_bias) o.Set("qkvBias", true);                                          // Qwen2
+  if (!c.mrope_section.empty()) o.Set("mropeSection", int_array(env, c.mrope_section));  // Qwen2-VL
   return o;
 }
 
@@ -232,6 +234,41 @@ Napi::Object llava_object(Napi::Env env, const LlavaConfig& c) {
   o.Set("tieWordEmbeddings", c.tie_word_embeddings);
   o.Set("padTokenId", int_array(env, c.pad_token_id));
   o.Set("torchDtype", str_or_null(env, c.torch_dtype));
+  if (c.anyres) {  // LLaVA-NeXT
+    Napi::Array pa = Napi::Array::New(env, c.image_grid_pinpoints.size());
+    for (size_t i = 0; i < c.image_grid_pinpoints.size(); ++i) {
+      Napi::Array pp = Napi::Array::New(env, 2);
+      pp.Set(uint32_t(0), int_value(env, c.image_grid_pinpoints[i].first));
+      pp.Set(uint32_t(1), int_value(env, c.image_grid_pinpoints[i].second));
+      pa.Set(uint32_t(i), pp);
+    }
+    o.Set("imageGridPinpoints", pa);
+  }
+  return o;
+}
+
+Napi::Object qwen2_vl_object(Napi::Env env, const Qwen2VLConfig& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("textConfig", llama_object(env, c.text_config));
+  const Qwen2VisionConfig& v = c.vision_config;
+  Napi::Object vo = Napi::Object::New(env);
+  vo.Set("depth", int_value(env, v.depth));
+  vo.Set("embedDim", int_value(env, v.embed_dim));
+  vo.Set("hiddenSize", int_value(env, v.hidden_size));
+  vo.Set("numHeads", int_value(env, v.num_heads));
+  vo.Set("mlpRatio", int_value(env, v.mlp_ratio));
+  vo.Set("inChannels", int_value(env, v.in_channels));
+  vo.Set("patchSize", int_value(env, v.patch_size));
+  vo.Set("spatialMergeSize", int_value(env, v.spatial_merge_size));
+  vo.Set("temporalPatchSize", int_value(env, v.temporal_patch_size));
+  vo.Set("hiddenAct", v.hidden_act);
+  vo.Set("ropeTheta", v.rope_theta);
+  o.Set("visionConfig", vo);
+  o.Set("imageTokenId", int_value(env, c.image_token_id));
+  o.Set("videoTokenId", int_value(env, c.video_token_id));
+  o.Set("visionStartTokenId", int_value(env, c.vision_start_token_id));
+  o.Set("visionEndTokenId", int_value(env, c.vision_end_token_id));
+  o.Set("tieWordEmbeddings", c.tie_word_embeddings);
   return o;
 }
 
@@ -254,8 +291,11 @@ class ReadConfigWorker final : public PromiseWorker {
       o.Set("kind", "clip_vision");
       o.Set("config", clip_object(env, *cfg_.clip));
     } else if (cfg_.llava) {
-      o.Set("kind", "llava");
+      o.Set("kind", "llava");  // also LLaVA-NeXT (modelType "llava_next", config.imageGridPinpoints)
       o.Set("config", llava_object(env, *cfg_.llava));
+    } else if (cfg_.qwen2_vl) {
+      o.Set("kind", "qwen2_vl");
+      o.Set("config", qwen2_vl_object(env, *cfg_.qwen2_vl));
     }
     return o;
   }

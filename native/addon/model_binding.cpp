@@ -13,6 +13,13 @@
 //       info().emollm = { fusion, nVisionTokens, perspectives: [{ name, type, gate, layers, ... }] }
 //       (LLaVA only: vision tower + projector, all B images in one batch; model.abortEncodes()
 //       or model.close() rejects in-flight calls with ERR_ABORTED)
+//   model.encodeAnyres(pixels: Float32Array [tiles, 3, S, S], sizes: Int32Array [2 * images])
+//       LLaVA-NeXT (config model_type "llava_next"): each image's tiles (base first, from the anyres
+//       preprocessing) and its original (height, width) -> packed features with tokenCounts.
+//   model.encodePatches(patches: Float32Array [N, C*Tp*P*P], grids: Int32Array [3 * visuals])
+//       Qwen2-VL (model_type "qwen2_vl"): images' / videos' flattened patches and (t, h, w) grids ->
+//       merged features with tokenCounts and grids; eval/generate/score then place them at the
+//       <|image_pad|> / <|video_pad|> tokens with M-RoPE positions.
 //   model.createContext({ nCtx?, nBatch? }) -> Context
 //   model.close() -> Promise<void>
 //   ctx.eval(tokens: Int32Array, { allLogits? }) -> Promise<Float32Array>
@@ -58,6 +65,9 @@
 #include "model/llama.h"
 #include "model/emollm.h"
 #include "model/llava.h"
+#include "model/llava_next.h"
+#include "model/qwen2_vl.h"
+#include "model/emollm_qwen2_vl.h"
 #include "model/sampler.h"
 #include "napi_util.h"
 
@@ -73,6 +83,8 @@ struct ModelHandle {
   std::shared_ptr<LlamaModel> model;  // null once closed
   std::shared_ptr<LlavaModel> llava;  // LLaVA models only (model == llava->text_model()); null once closed
   std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only (llava == emollm->base()); null once closed
+  std::shared_ptr<Qwen2VLModel> qwen;   // Qwen2-VL models only (model == qwen->text_model()); null once closed
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen;  // EmoLLM on Qwen2-VL (qwen == emollm_qwen->base())
   std::vector<std::weak_ptr<std::atomic<bool>>> encode_aborts;  // in-flight encodeImages calls
   int64_t default_n_ctx = 0;
   std::vector<std::weak_ptr<ContextState>> contexts;
@@ -87,6 +99,7 @@ struct ContextState {
   std::shared_ptr<LlamaModel> model;
   std::shared_ptr<LlavaModel> llava;  // LLaVA models only
   std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only
+  std::shared_ptr<Qwen2VLModel> qwen;   // Qwen2-VL models only
   std::unique_ptr<LlamaContext> ctx;
   std::atomic<bool> abort{false};
   std::atomic<int64_t> n_past{0};
@@ -109,6 +122,7 @@ void release_context(Napi::Env env, ContextState& s) {
   s.model.reset();
   s.llava.reset();
   s.emollm.reset();
+  s.qwen.reset();
   resolve_all(env, s.close_waiters);
 }
 
@@ -170,13 +184,45 @@ std::vector<float> float32_array(Napi::Env env, Napi::Value v, const char* what)
 // returns the image count (0 when none) and fills *out. EmoLLM models: images have per-image
 // token counts, read from the array's `tokenCounts` (Int32Array, as encodeImages sets it) or,
 // when absent, nImageTokens (no faces) each; *counts receives them.
+// LLaVA-NeXT and Qwen2-VL features always carry tokenCounts (their counts follow the image size);
+// Qwen2-VL's also carry `grids` (Int32Array [3 * visuals]: t, h, w), read into *grids.
 int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out,
-                           const EmollmModel* emollm = nullptr, std::vector<int64_t>* counts = nullptr) {
+                           const EmollmModel* emollm = nullptr, std::vector<int64_t>* counts = nullptr,
+                           const Qwen2VLModel* qwen = nullptr, std::vector<GridThw>* grids = nullptr) {
   Napi::Env env = info.Env();
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
   *out = float32_array(env, info[i], "images");
   if (out->empty()) return 0;
-  if (!llava) throw make_js_error(env, "ERR_UNSUPPORTED", "images were given but the model has no vision tower (not a LLaVA model)");
+  if (!llava && !qwen) throw make_js_error(env, "ERR_UNSUPPORTED", "images were given but the model has no vision tower (not a multimodal model)");
+  if ((qwen || llava->anyres()) && counts) {  // ---- variable token counts: tokenCounts required
+    const int64_t E = qwen ? qwen->n_embd() : llava->n_embd();
+    Napi::Object o = info[i].As<Napi::Object>();
+    if (!o.Has("tokenCounts") || !o.Get("tokenCounts").IsTypedArray())
+      throw_invalid(env, "images must carry tokenCounts (pass the features from encodeAnyres / encodePatches)");
+    counts->clear();
+    int64_t total = 0;
+    for (int32_t x : int32_array(env, o.Get("tokenCounts"), "images.tokenCounts")) {
+      if (x < 0) throw_invalid(env, "images.tokenCounts must not be negative");
+      counts->push_back(x);
+      total += x;
+    }
+    if (total * E != int64_t(out->size()))
+      throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, but its tokenCounts sum to " +
+                             std::to_string(total) + " tokens of nEmbd = " + std::to_string(E));
+    if (qwen && grids) {
+      if (!o.Has("grids") || !o.Get("grids").IsTypedArray()) throw_invalid(env, "images must carry grids (from encodePatches)");
+      std::vector<int32_t> g = int32_array(env, o.Get("grids"), "images.grids");
+      if (g.size() != counts->size() * 3) throw_invalid(env, "images.grids must hold 3 numbers (t, h, w) per visual");
+      grids->clear();
+      for (size_t k = 0; k < counts->size(); ++k) {
+        GridThw gt{g[k * 3], g[k * 3 + 1], g[k * 3 + 2]};
+        if (gt.t <= 0 || gt.h <= 0 || gt.w <= 0 || qwen->n_tokens(gt) != (*counts)[k])
+          throw_invalid(env, "images.grids[" + std::to_string(k) + "] does not match its tokenCounts");
+        grids->push_back(gt);
+      }
+    }
+    return int64_t(counts->size());
+  }
   if (emollm && counts) {
     const int64_t E = emollm->n_embd();
     counts->clear();
@@ -293,7 +339,24 @@ class LoadWorker final : public ModelWorker {
 
  protected:
   void Run() override {
-    if (opts_.mmproj.empty() && EmollmModel::is_emollm_folder(path_)) {
+    if (!opts_.mmproj.empty() && Qwen2VLModel::is_qwen2vl_mmproj(opts_.mmproj)) {  // llama.cpp's Qwen2-VL pair
+      LlamaLoadOptions lo;
+      lo.threads = opts_.threads;
+      lo.device = opts_.device;
+      qwen_ = Qwen2VLModel::load_gguf(path_, opts_.mmproj, lo);
+      model_ = qwen_->text_model();
+    } else if (opts_.mmproj.empty() && Qwen2VLModel::is_qwen2_vl_folder(path_)) {
+      LlamaLoadOptions lo;
+      lo.threads = opts_.threads;
+      lo.device = opts_.device;
+      if (EmollmQwen2VLModel::is_emollm_qwen2_vl_folder(path_)) {
+        emollm_qwen_ = EmollmQwen2VLModel::load(path_, lo);
+        qwen_ = emollm_qwen_->base();
+      } else {
+        qwen_ = Qwen2VLModel::load(path_, lo);
+      }
+      model_ = qwen_->text_model();
+    } else if (opts_.mmproj.empty() && EmollmModel::is_emollm_folder(path_)) {
       emollm_ = EmollmModel::load(path_, opts_);
       llava_ = emollm_->base();
       model_ = llava_->text_model();
@@ -312,6 +375,8 @@ class LoadWorker final : public ModelWorker {
     h->model = std::move(model_);
     h->llava = std::move(llava_);
     h->emollm = std::move(emollm_);
+    h->qwen = std::move(qwen_);
+    h->emollm_qwen = std::move(emollm_qwen_);
     h->default_n_ctx = n_ctx_;
     tl_new_model = &h;
     Napi::Object obj;
@@ -332,6 +397,8 @@ class LoadWorker final : public ModelWorker {
   std::shared_ptr<LlamaModel> model_;
   std::shared_ptr<LlavaModel> llava_;
   std::shared_ptr<EmollmModel> emollm_;
+  std::shared_ptr<Qwen2VLModel> qwen_;
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen_;
 };
 
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
@@ -408,6 +475,104 @@ class EncodeWorker final : public ModelWorker {
   std::vector<int64_t> counts_;
 };
 
+// ---------------------------------------------------------------- encodeAnyres / encodePatches
+// LLaVA-NeXT: each image's tiles (base first) -> packed features (llava_next.h). Qwen2-VL: each
+// visual's flattened patches -> merged features (qwen2_vl.h). Both resolve a Float32Array with
+// tokenCounts (Int32Array, one per visual); Qwen2-VL's also carries grids (Int32Array [3 * k]).
+
+class VisualEncodeWorker final : public ModelWorker {
+ public:
+  VisualEncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels)
+      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm),
+        emollm_qwen_(h_->emollm_qwen), pixels_(std::move(pixels)),
+        abort_(std::make_shared<std::atomic<bool>>(false)) {
+    auto& a = h_->encode_aborts;
+    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
+    a.push_back(abort_);
+    h_->inflight++;
+  }
+  std::vector<AnyresLayout> layouts;  // LLaVA-NeXT
+  std::vector<GridThw> grids;         // Qwen2-VL
+  void set_pixels(std::vector<float> px) { pixels_ = std::move(px); }
+
+ protected:
+  void Run() override {
+    if (qwen_) {
+      aborted_ = emollm_qwen_ ? !emollm_qwen_->encode(pixels_.data(), grids, &out_, abort_.get())
+                              : !qwen_->encode(pixels_.data(), grids, &out_, abort_.get());
+      for (const GridThw& g : grids) counts_.push_back(qwen_->n_tokens(g));
+      return;
+    }
+    const ClipHparams& vh = llava_->vision().hparams();
+    const int64_t per_tile = vh.n_channels * vh.image_size * vh.image_size;
+    int64_t off = 0;
+    std::vector<float> f;
+    for (const AnyresLayout& L : layouts) {
+      const float* px = pixels_.data() + off * per_tile;
+      if (emollm_) {  // EmoLLM on LLaVA-NeXT: the MVP per tile, then the same packing
+        std::vector<float> tiles;
+        std::vector<int64_t> per;
+        if (!emollm_->encode_images(px, L.n_tiles(), nullptr, &tiles, &per, abort_.get())) {
+          aborted_ = true;
+          return;
+        }
+        for (int64_t c : per)
+          if (c != L.side * L.side)
+            throw Error(ErrorCode::Unsupported,
+                        "EmoLLM on LLaVA-NeXT tiles only perspectives that keep one token per patch (open mlp / "
+                        "multi-layer-mlp heads, gated-sum fusion); this checkpoint gives " + std::to_string(c) +
+                            " tokens per tile instead of " + std::to_string(L.side * L.side));
+        f.assign(size_t(L.n_tokens() * llava_->n_embd()), 0.0f);
+        anyres_pack(L, tiles.data(), llava_->n_embd(), llava_->image_newline(), f.data());
+      } else if (!llava_next_encode_image(*llava_, px, L, &f, abort_.get())) {
+        aborted_ = true;
+        return;
+      }
+      out_.insert(out_.end(), f.begin(), f.end());
+      counts_.push_back(L.n_tokens());
+      off += L.n_tiles();
+    }
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encoding was aborted");
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), a.Data());
+    auto c = Napi::Int32Array::New(env, counts_.size());
+    for (size_t i = 0; i < counts_.size(); ++i) c[i] = int32_t(counts_[i]);
+    a.Set("tokenCounts", c);
+    if (qwen_) {
+      auto g = Napi::Int32Array::New(env, grids.size() * 3);
+      for (size_t i = 0; i < grids.size(); ++i) {
+        g[i * 3] = int32_t(grids[i].t);
+        g[i * 3 + 1] = int32_t(grids[i].h);
+        g[i * 3 + 2] = int32_t(grids[i].w);
+      }
+      a.Set("grids", g);
+    }
+    return a;
+  }
+  void Finish(Napi::Env env) override {
+    llava_.reset();
+    qwen_.reset();
+    emollm_.reset();
+    emollm_qwen_.reset();
+    h_->inflight--;
+    maybe_finish_model_close(env, *h_);
+  }
+
+ private:
+  std::shared_ptr<ModelHandle> h_;
+  std::shared_ptr<LlavaModel> llava_;
+  std::shared_ptr<Qwen2VLModel> qwen_;
+  std::shared_ptr<EmollmModel> emollm_;
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen_;
+  std::vector<float> pixels_;
+  std::shared_ptr<std::atomic<bool>> abort_;
+  bool aborted_ = false;
+  std::vector<float> out_;
+  std::vector<int64_t> counts_;
+};
+
 // ---------------------------------------------------------------- Model
 
 class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
@@ -416,6 +581,8 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     return DefineClass(env, "LlamaModel",
                        {InstanceMethod<&ModelWrap::Info>("info"),
                         InstanceMethod<&ModelWrap::EncodeImages>("encodeImages"),
+                        InstanceMethod<&ModelWrap::EncodeAnyres>("encodeAnyres"),
+                        InstanceMethod<&ModelWrap::EncodePatches>("encodePatches"),
                         InstanceMethod<&ModelWrap::AbortEncodes>("abortEncodes"),
                         InstanceMethod<&ModelWrap::CreateContext>("createContext"),
                         InstanceMethod<&ModelWrap::Close>("close")});
@@ -451,6 +618,40 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     Napi::Array warnings = Napi::Array::New(env, m.warnings().size());
     for (size_t i = 0; i < m.warnings().size(); ++i) warnings.Set(uint32_t(i), m.warnings()[i]);
     o.Set("warnings", warnings);
+    if (const Qwen2VLModel* qm = handle_->qwen.get()) {  // Qwen2-VL: dynamic resolution, images and videos
+      const Qwen2VisionConfig& vc = qm->vision().config();
+      Napi::Object v = Napi::Object::New(env);
+      v.Set("family", "qwen2_vl");
+      v.Set("patchSize", double(vc.patch_size));
+      v.Set("mergeSize", double(vc.spatial_merge_size));
+      v.Set("temporalPatchSize", double(vc.temporal_patch_size));
+      v.Set("nChannels", double(vc.in_channels));
+      v.Set("imageTokenId", double(qm->image_token_id()));
+      v.Set("videoTokenId", double(qm->video_token_id()));
+      v.Set("visionStartTokenId", double(qm->config().vision_start_token_id));
+      v.Set("visionEndTokenId", double(qm->config().vision_end_token_id));
+      o.Set("vision", v);
+      if (const EmollmQwen2VLModel* eq = handle_->emollm_qwen.get()) {  // MVP around the patch merger
+        Napi::Object e = Napi::Object::New(env);
+        e.Set("fusion", eq->fusion());
+        Napi::Array ps = Napi::Array::New(env, eq->perspectives().size());
+        for (size_t i = 0; i < eq->perspectives().size(); ++i) {
+          const MvpPerspective& p = eq->perspectives()[i];
+          Napi::Object po = Napi::Object::New(env);
+          po.Set("name", p.name);
+          po.Set("type", mvp_type_name(p.type));
+          po.Set("gate", mvp_gate_name(p.gate));
+          Napi::Array ls = Napi::Array::New(env, p.layers.size());
+          for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
+          po.Set("layers", ls);
+          po.Set("inputSize", double(p.d_in));
+          if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
+          ps.Set(uint32_t(i), po);
+        }
+        e.Set("perspectives", ps);
+        o.Set("emollm", e);
+      }
+    }
     if (const LlavaModel* lv = handle_->llava.get()) {
       const ClipHparams& vh = lv->vision().hparams();
       Napi::Object v = Napi::Object::New(env);
@@ -459,6 +660,17 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
       v.Set("nChannels", double(vh.n_channels));
       v.Set("nImageTokens", double(lv->n_image_tokens()));
       v.Set("imageTokenId", double(lv->image_token_id()));
+      v.Set("family", lv->anyres() ? "llava_next" : "llava");
+      if (lv->anyres()) {  // LLaVA-NeXT: [height, width] pinpoints
+        Napi::Array pa = Napi::Array::New(env, lv->grid_pinpoints().size());
+        for (size_t i = 0; i < lv->grid_pinpoints().size(); ++i) {
+          Napi::Array pp = Napi::Array::New(env, 2);
+          pp.Set(uint32_t(0), double(lv->grid_pinpoints()[i].first));
+          pp.Set(uint32_t(1), double(lv->grid_pinpoints()[i].second));
+          pa.Set(uint32_t(i), pp);
+        }
+        v.Set("gridPinpoints", pa);
+      }
       auto arr = [&](const std::vector<float>& x) {
         Napi::Array a = Napi::Array::New(env, x.size());
         for (size_t i = 0; i < x.size(); ++i) a.Set(uint32_t(i), double(x[i]));
@@ -554,6 +766,71 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     return p;
   }
 
+  // encodeAnyres(pixels: Float32Array [tiles, 3, S, S] for all images, sizes: Int32Array [2 * images]
+  // (original height, width)) -> Promise<Float32Array & { tokenCounts }> (LLaVA-NeXT)
+  Napi::Value EncodeAnyres(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    live(env);
+    const LlavaModel* lv = handle_->llava.get();
+    if (!lv || !lv->anyres()) throw make_js_error(env, "ERR_UNSUPPORTED", "encodeAnyres: the model is not LLaVA-NeXT (no anyres tiling)");
+    if (info.Length() < 2) throw_invalid(env, "encodeAnyres expects (pixels: Float32Array, sizes: Int32Array)");
+    std::vector<float> px = float32_array(env, info[0], "pixels");
+    std::vector<int32_t> sizes = int32_array(env, info[1], "sizes");
+    if (sizes.empty() || sizes.size() % 2 != 0) throw_invalid(env, "encodeAnyres: sizes must hold (height, width) per image");
+    const ClipHparams& vh = lv->vision().hparams();
+    std::vector<AnyresLayout> layouts;
+    int64_t tiles = 0;
+    for (size_t k = 0; k < sizes.size(); k += 2) {
+      if (sizes[k] <= 0 || sizes[k + 1] <= 0) throw_invalid(env, "encodeAnyres: image sizes must be positive");
+      layouts.push_back(anyres_layout(sizes[k], sizes[k + 1], lv->grid_pinpoints(), vh.image_size, vh.n_side(),
+                                      lv->image_newline() != nullptr));
+      tiles += layouts.back().n_tiles();
+    }
+    const int64_t per = vh.n_channels * vh.image_size * vh.image_size;
+    if (int64_t(px.size()) != tiles * per)
+      throw_invalid(env, "encodeAnyres: pixels has " + std::to_string(px.size()) + " floats, the images' layouts need " +
+                             std::to_string(tiles) + " tiles of " + std::to_string(per));
+    // constructed only once the arguments are valid: the worker counts as in flight from here
+    auto* w = new VisualEncodeWorker(env, handle_, {});
+    w->layouts = std::move(layouts);
+    w->set_pixels(std::move(px));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  // encodePatches(patches: Float32Array [N, C * Tp * P * P], grids: Int32Array [3 * visuals] (t, h, w))
+  // -> Promise<Float32Array & { tokenCounts, grids }> (Qwen2-VL images and videos)
+  Napi::Value EncodePatches(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    live(env);
+    const Qwen2VLModel* qm = handle_->qwen.get();
+    if (!qm) throw make_js_error(env, "ERR_UNSUPPORTED", "encodePatches: the model is not Qwen2-VL");
+    if (info.Length() < 2) throw_invalid(env, "encodePatches expects (patches: Float32Array, grids: Int32Array)");
+    std::vector<float> px = float32_array(env, info[0], "patches");
+    std::vector<int32_t> g = int32_array(env, info[1], "grids");
+    if (g.empty() || g.size() % 3 != 0) throw_invalid(env, "encodePatches: grids must hold (t, h, w) per visual");
+    const int64_t ms = qm->vision().config().spatial_merge_size;
+    std::vector<GridThw> grids;
+    int64_t n = 0;
+    for (size_t k = 0; k < g.size(); k += 3) {
+      GridThw gt{g[k], g[k + 1], g[k + 2]};
+      if (gt.t <= 0 || gt.h <= 0 || gt.w <= 0 || gt.h % ms != 0 || gt.w % ms != 0 || gt.n_patches() > (int64_t(1) << 24))
+        throw_invalid(env, "encodePatches: grid " + std::to_string(k / 3) + " must be positive with h and w multiples of " +
+                               std::to_string(ms));
+      n += gt.n_patches();
+      grids.push_back(gt);
+    }
+    if (int64_t(px.size()) != n * qm->vision().patch_dim())
+      throw_invalid(env, "encodePatches: patches has " + std::to_string(px.size()) + " floats, the grids need " +
+                             std::to_string(n) + " patches of " + std::to_string(qm->vision().patch_dim()));
+    auto* w = new VisualEncodeWorker(env, handle_, std::move(px));
+    w->grids = std::move(grids);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
   Napi::Value AbortEncodes(const Napi::CallbackInfo& info) {
     for (auto& w : handle_->encode_aborts)
       if (auto a = w.lock()) a->store(true);
@@ -572,6 +849,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     s->model = handle_->model;
     s->llava = handle_->llava;
     s->emollm = handle_->emollm;
+    s->qwen = handle_->qwen;
     try {
       s->ctx = std::make_unique<LlamaContext>(s->model, co);
     } catch (const Error& e) {
@@ -607,6 +885,8 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     handle_->model.reset();
     handle_->llava.reset();
     handle_->emollm.reset();
+    handle_->qwen.reset();
+    handle_->emollm_qwen.reset();
     handle_->close_waiters.push_back(d);
     maybe_finish_model_close(env, *handle_);
     return d.Promise();
@@ -636,16 +916,28 @@ class ContextWorker : public ModelWorker {
     maybe_finish_model_close(env, h);
   }
   // Image tokens -> pseudo-ids (LLaVA: fixed count per image; EmoLLM: image_counts).
-  std::vector<int32_t> splice(const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images) const {
+  // Image tokens -> pseudo-ids (and, for Qwen2-VL, pos3_ <- the M-RoPE positions).
+  std::vector<int32_t> splice(const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images) {
+    if (s_->qwen) {
+      auto p = s_->qwen->prepare(tokens.data(), int64_t(tokens.size()), images.data(), image_grids);
+      pos3_ = std::move(p.pos3);
+      return std::move(p.tokens);
+    }
+    if (s_->llava && s_->llava->anyres())
+      return splice_prompt_counts(s_->llava->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
+                                  s_->llava->n_embd(), image_counts);
     if (s_->emollm)
       return splice_prompt_counts(s_->emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
                                   s_->emollm->n_embd(), image_counts);
     return s_->llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images.data(), n_images);
   }
   std::shared_ptr<ContextState> s_;
+  std::vector<int32_t> pos3_;  // Qwen2-VL: M-RoPE positions of the spliced prompt
+  const int32_t* pos3() const { return pos3_.empty() ? nullptr : pos3_.data(); }
 
  public:
-  std::vector<int64_t> image_counts;  // EmoLLM: tokens per image
+  std::vector<int64_t> image_counts;  // EmoLLM, LLaVA-NeXT, Qwen2-VL: tokens per image
+  std::vector<GridThw> image_grids;   // Qwen2-VL: each visual's grid
 };
 
 class EvalWorker final : public ContextWorker {
@@ -659,7 +951,7 @@ class EvalWorker final : public ContextWorker {
   void Run() override {
     LlamaContext& ctx = *s_->ctx;
     const float* embd = nullptr;
-    if (s_->llava) {  // image tokens -> pseudo-ids whose input embeddings are the image features
+    if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids whose input embeddings are the image features
       tokens_ = splice(tokens_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
@@ -668,9 +960,9 @@ class EvalWorker final : public ContextWorker {
       // logits for every position: nothing can be reused
       out_.resize(size_t(n * V));
       ctx.reset();
-      aborted_ = ctx.eval(tokens_.data(), n, out_.data(), &s_->abort, embd) == nullptr;
+      aborted_ = ctx.eval(tokens_.data(), n, out_.data(), &s_->abort, embd, pos3()) == nullptr;
     } else {
-      const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort, embd);
+      const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort, embd, pos3());
       aborted_ = l == nullptr;
       if (l) out_.assign(l, l + V);
     }
@@ -703,11 +995,11 @@ class ScoreWorker final : public ContextWorker {
   void Run() override {
     LlamaContext& ctx = *s_->ctx;
     const float* embd = nullptr;
-    if (s_->llava) {
+    if (s_->llava || s_->qwen) {
       prefix_ = splice(prefix_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
-    aborted_ = !ctx.score_continuations(prefix_.data(), int64_t(prefix_.size()), conts_, &out_, &s_->abort, embd);
+    aborted_ = !ctx.score_continuations(prefix_.data(), int64_t(prefix_.size()), conts_, &out_, &s_->abort, embd, pos3());
     s_->n_past.store(ctx.n_past());
   }
   Napi::Value Resolve(Napi::Env env) override {
@@ -811,11 +1103,11 @@ class GenerateWorker final : public ContextWorker {
     const std::atomic<bool>& abort = s_->abort;
     Sampler sampler(sp_, ctx.n_vocab());
     const float* embd = nullptr;
-    if (s_->llava) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
+    if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
       prompt_ = splice(prompt_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
-    const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort, embd);
+    const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort, embd, pos3());
     s_->n_past.store(ctx.n_past());
     if (!logits) { reason_ = "aborted"; return; }
     std::vector<int32_t> history(prompt_);
@@ -936,7 +1228,9 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (prefix.empty()) throw_invalid(env, "prefix must not be empty");
     std::vector<float> images;
     std::vector<int64_t> counts;
-    const int64_t n_images = image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts);
+    std::vector<GridThw> grids;
+    const int64_t n_images =
+        image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
     if (!info[2].IsArray()) throw_invalid(env, "continuations must be an array of Int32Array");
     Napi::Array arr = info[2].As<Napi::Array>();
     std::vector<std::vector<int32_t>> conts;
@@ -944,6 +1238,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       conts.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
     auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(images), n_images, std::move(conts));
     w->image_counts = std::move(counts);
+    w->image_grids = std::move(grids);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -958,8 +1253,9 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (tokens.empty()) throw_invalid(env, "tokens must not be empty");
     std::vector<float> images;
     std::vector<int64_t> counts;
+    std::vector<GridThw> grids;
     const int64_t n_images =
-        multimodal ? image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts) : 0;
+        multimodal ? image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids) : 0;
     Napi::Object o = opt_object(info, multimodal ? 2 : 1, "options");
     bool all = false;
     if (has_opt(o, "allLogits")) {
@@ -970,6 +1266,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
     auto* w = new EvalWorker(env, s_, std::move(tokens), all, std::move(images), n_images);
     w->image_counts = std::move(counts);
+    w->image_grids = std::move(grids);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -1017,10 +1314,13 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     }
     std::vector<float> images;
     std::vector<int64_t> counts;
-    const int64_t n_images = image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts);
+    std::vector<GridThw> grids;
+    const int64_t n_images =
+        image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
     auto* w = new GenerateWorker(env, s_, std::move(prompt), sp, max_tokens, std::move(stop), cb);
     w->set_images(std::move(images), n_images);
     w->image_counts = std::move(counts);
+    w->image_grids = std::move(grids);
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

@@ -149,8 +149,10 @@ LlamaConfig parse_llama_config(const JsonValue& obj, const std::string& file, co
   LlamaConfig c;
   c.model_type = f.str("model_type", "llama");
   const bool mistral = c.model_type == "mistral";
-  if (c.model_type != "llama" && !mistral)
+  const bool qwen2 = c.model_type == "qwen2" || c.model_type == "qwen2_vl_text";
+  if (c.model_type != "llama" && !mistral && !qwen2)
     f.bad("model_type", "\"" + c.model_type + "\" is not a llama-style decoder (expected \"llama\" or \"mistral\")");
+  c.qkv_bias = qwen2;
   c.vocab_size = f.pos_int("vocab_size", 32000);
   c.hidden_size = f.pos_int("hidden_size", 4096);
   c.intermediate_size = f.pos_int("intermediate_size", mistral ? 14336 : 11008);
@@ -179,13 +181,33 @@ LlamaConfig parse_llama_config(const JsonValue& obj, const std::string& file, co
     c.sliding_window = sw ? f.pos_int("sliding_window", 4096) : (obj.find("sliding_window") ? 0 : 4096);
   }
   // RoPE: transformers 5 "rope_parameters" {rope_theta, rope_type, factor, ...}; 4: rope_theta + rope_scaling.
+  const JsonValue* rope_obj = nullptr;
+  std::string rope_prefix;
   if (const JsonValue* rp = f.object("rope_parameters")) {
     Fields rf(*rp, file, prefix + "rope_parameters.");
     c.rope_theta = rf.pos_num("rope_theta", f.pos_num("rope_theta", 10000.0));
-    c.rope_scaling = parse_rope(*rp, file, prefix + "rope_parameters.");
+    rope_obj = rp;
+    rope_prefix = prefix + "rope_parameters.";
   } else {
     c.rope_theta = f.pos_num("rope_theta", 10000.0);
-    if (const JsonValue* rs = f.object("rope_scaling")) c.rope_scaling = parse_rope(*rs, file, prefix + "rope_scaling.");
+    if (const JsonValue* rs = f.object("rope_scaling")) rope_obj = rs, rope_prefix = prefix + "rope_scaling.";
+  }
+  if (rope_obj) {
+    // Qwen2-VL: mrope_section beside rope_type "default" (v5) or type "mrope" (v4).
+    Fields rf(*rope_obj, file, rope_prefix);
+    if (rope_obj->find("mrope_section")) {
+      c.mrope_section = rf.int_list("mrope_section", {});
+      int64_t sum = 0;
+      for (int64_t s : c.mrope_section) {
+        if (s <= 0) rf.bad("mrope_section", "must hold positive integers");
+        sum += s;
+      }
+      if (c.mrope_section.size() != 3 || sum * 2 != c.head_dim)
+        rf.bad("mrope_section", "must hold 3 sections summing to head_dim / 2 (" + std::to_string(c.head_dim / 2) + ")");
+    }
+    const JsonValue* t = rope_obj->find("type");
+    const bool mrope_type = (t && t->is_string() && t->as_string() == "mrope");
+    if (!mrope_type) c.rope_scaling = parse_rope(*rope_obj, file, rope_prefix);
   }
   return c;
 }
@@ -258,6 +280,41 @@ LlavaConfig parse_llava_config(const JsonValue& obj, const std::string& file) {
   return c;
 }
 
+Qwen2VLConfig parse_qwen2_vl_config(const JsonValue& obj, const std::string& file) {
+  require_object(obj, file, "config");
+  Fields f(obj, file, "");
+  Qwen2VLConfig c;
+  // transformers 5 nests text_config; 4 keeps the text fields at the top level.
+  const JsonValue* tc = f.object("text_config");
+  c.text_config = parse_llama_config(tc ? *tc : obj, file, tc ? "text_config." : "");
+  if (!tc) c.text_config.qkv_bias = true;  // a v4 top-level qwen2_vl config is a Qwen2 decoder
+  if (c.text_config.mrope_section.empty()) f.bad("text_config.rope_parameters.mrope_section", "is required for Qwen2-VL");
+  if (const JsonValue* vc = f.object("vision_config")) {
+    Fields v(*vc, file, "vision_config.");
+    Qwen2VisionConfig& q = c.vision_config;
+    q.depth = v.pos_int("depth", q.depth);
+    q.embed_dim = v.pos_int("embed_dim", q.embed_dim);
+    q.hidden_size = v.pos_int("hidden_size", q.hidden_size);
+    q.num_heads = v.pos_int("num_heads", q.num_heads);
+    q.mlp_ratio = v.pos_int("mlp_ratio", q.mlp_ratio);
+    q.in_channels = v.pos_int("in_channels", q.in_channels);
+    q.patch_size = v.pos_int("patch_size", q.patch_size);
+    q.spatial_merge_size = v.pos_int("spatial_merge_size", q.spatial_merge_size);
+    q.temporal_patch_size = v.pos_int("temporal_patch_size", q.temporal_patch_size);
+    q.hidden_act = v.str("hidden_act", q.hidden_act);
+    if (const JsonValue* rp = v.object("rope_parameters")) q.rope_theta = Fields(*rp, file, "vision_config.rope_parameters.").pos_num("rope_theta", 10000.0);
+    if (q.embed_dim % q.num_heads != 0 || (q.embed_dim / q.num_heads) % 4 != 0)
+      v.bad("embed_dim", "must split into heads whose size is a multiple of 4 (2-D RoPE)");
+  }
+  c.image_token_id = f.int_("image_token_id", c.image_token_id);
+  c.video_token_id = f.int_("video_token_id", c.video_token_id);
+  c.vision_start_token_id = f.int_("vision_start_token_id", c.vision_start_token_id);
+  c.vision_end_token_id = f.int_("vision_end_token_id", c.vision_end_token_id);
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", c.text_config.tie_word_embeddings);
+  c.text_config.tie_word_embeddings = c.tie_word_embeddings;
+  return c;
+}
+
 HfConfig parse_hf_config(const JsonValue& root, const std::string& file) {
   require_object(root, file, "config");
   Fields f(root, file, "");
@@ -275,9 +332,25 @@ HfConfig parse_hf_config(const JsonValue& root, const std::string& file) {
   if (h.model_type == "llama" || h.model_type == "mistral") h.llama = parse_llama_config(root, file);
   else if (h.model_type == "clip_vision_model") h.clip = parse_clip_vision_config(root, file);
   else if (h.model_type == "llava") h.llava = parse_llava_config(root, file);
-  else
+  else if (h.model_type == "qwen2_vl") h.qwen2_vl = parse_qwen2_vl_config(root, file);
+  else if (h.model_type == "llava_next") {
+    // LLaVA-NeXT: the LLaVA fields plus anyres pinpoints ({height, width} pairs).
+    h.llava = parse_llava_config(root, file);
+    h.llava->anyres = true;
+    const JsonValue* g = f.get("image_grid_pinpoints");
+    if (!g || !g->is_array() || g->items().empty()) f.bad("image_grid_pinpoints", "must be a non-empty list of [height, width] pairs");
+    const int64_t tile = h.llava->vision_config.image_size;
+    for (const auto& e : g->items()) {
+      int64_t hh = 0, ww = 0;
+      if (!e.is_array() || e.items().size() != 2 || !Fields::integral(e.items()[0], &hh) || !Fields::integral(e.items()[1], &ww) ||
+          hh <= 0 || ww <= 0 || hh % tile != 0 || ww % tile != 0)
+        f.bad("image_grid_pinpoints", "must hold [height, width] pairs of positive multiples of vision_config.image_size (" +
+                                          std::to_string(tile) + ")");
+      h.llava->image_grid_pinpoints.emplace_back(hh, ww);
+    }
+  } else
     throw Error(ErrorCode::BadConfig,
-                "unknown model_type \"" + h.model_type + "\" (supported: llama, mistral, clip_vision_model, llava)", file);
+                "unknown model_type \"" + h.model_type + "\" (supported: llama, mistral, clip_vision_model, llava, llava_next, qwen2_vl)", file);
   return h;
 }
 

@@ -3,6 +3,7 @@
 //   "llama", "mistral"   -> LlamaConfig (Mistral is the same decoder plus sliding_window)
 //   "clip_vision_model"  -> ClipVisionConfig
 //   "llava"              -> LlavaConfig (text_config: llama/mistral, vision_config: clip_vision_model)
+//   "llava_next"         -> LlavaConfig with anyres = true and image_grid_pinpoints (LLaVA-NeXT)
 // An unknown model_type is Error(BadConfig) naming it; a field of the wrong type or out of range is
 // Error(BadConfig) naming the field ("text_config.hidden_size"); invalid JSON is MalformedFile.
 // Both transformers 4 ("rope_theta", "rope_scaling", "torch_dtype") and 5 ("rope_parameters",
@@ -11,6 +12,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "loaders/json.h"
@@ -51,6 +53,11 @@ struct LlamaConfig {
   std::vector<int64_t> pad_token_id;
   std::string torch_dtype;           // "float16", "bfloat16", "float32" or "" when absent
   int64_t sliding_window = 0;        // mistral; 0 = none
+  // Qwen2 / Qwen2-VL text ("qwen2", "qwen2_vl_text"): biases on q/k/v only (not o), and for
+  // Qwen2-VL the multimodal RoPE sections (frequency bands rotated by the temporal, height and
+  // width position; they sum to head_dim / 2). Empty = plain 1-D RoPE.
+  bool qkv_bias = false;
+  std::vector<int64_t> mrope_section;
 };
 
 struct ClipVisionConfig {
@@ -84,6 +91,34 @@ struct LlavaConfig {
   bool tie_word_embeddings = false;
   std::vector<int64_t> pad_token_id;
   std::string torch_dtype;
+  // LLaVA-NeXT (model_type "llava_next"): anyres tiling over image_grid_pinpoints, each a
+  // {height, width} in pixels (multiples of the vision tower's image_size).
+  bool anyres = false;
+  std::vector<std::pair<int64_t, int64_t>> image_grid_pinpoints;
+};
+
+// Qwen2-VL's vision tower (model_type "qwen2_vl_vision"): a ViT over 3-D patches with 2-D RoPE
+// and a 2x2 patch merger to the decoder's width.
+struct Qwen2VisionConfig {
+  int64_t depth = 32;
+  int64_t embed_dim = 1280;
+  int64_t hidden_size = 3584;  // the merger's output (the decoder's hidden size)
+  int64_t num_heads = 16;
+  int64_t mlp_ratio = 4;
+  int64_t in_channels = 3;
+  int64_t patch_size = 14;
+  int64_t spatial_merge_size = 2;
+  int64_t temporal_patch_size = 2;
+  std::string hidden_act = "quick_gelu";
+  double rope_theta = 10000.0;
+};
+
+struct Qwen2VLConfig {
+  LlamaConfig text_config;
+  Qwen2VisionConfig vision_config;
+  int64_t image_token_id = 151655, video_token_id = 151656;
+  int64_t vision_start_token_id = 151652, vision_end_token_id = 151653;
+  bool tie_word_embeddings = false;
 };
 
 struct HfConfig {
@@ -91,7 +126,8 @@ struct HfConfig {
   std::vector<std::string> architectures;
   std::optional<LlamaConfig> llama;       // model_type "llama" / "mistral"
   std::optional<ClipVisionConfig> clip;   // model_type "clip_vision_model"
-  std::optional<LlavaConfig> llava;       // model_type "llava"
+  std::optional<LlavaConfig> llava;       // model_type "llava" / "llava_next"
+  std::optional<Qwen2VLConfig> qwen2_vl;  // model_type "qwen2_vl"
 };
 
 // `file` names the source in errors.
@@ -105,5 +141,6 @@ HfConfig load_hf_config(const std::string& path);
 LlamaConfig parse_llama_config(const JsonValue& obj, const std::string& file, const std::string& prefix = "");
 ClipVisionConfig parse_clip_vision_config(const JsonValue& obj, const std::string& file, const std::string& prefix = "");
 LlavaConfig parse_llava_config(const JsonValue& obj, const std::string& file);
+Qwen2VLConfig parse_qwen2_vl_config(const JsonValue& obj, const std::string& file);
 
 }  // namespace emollm

@@ -42,6 +42,20 @@ bool has_gguf_magic(const std::string& path) {
   return got == 4 && std::memcmp(magic, "GGUF", 4) == 0;
 }
 
+// M-RoPE (Qwen2-VL): per section, rope_dim/2 inverse frequencies with the other sections zeroed.
+std::vector<std::vector<float>> mrope_inv_freqs(double theta, int64_t rope_dim, const std::vector<int64_t>& sections) {
+  std::vector<std::vector<float>> out;
+  const int64_t half = rope_dim / 2;
+  int64_t lo = 0;
+  for (int64_t sec : sections) {
+    std::vector<float> f(size_t(half), 0.0f);
+    for (int64_t i = lo; i < lo + sec && i < half; ++i) f[size_t(i)] = float(1.0 / std::pow(theta, double(2 * i) / double(rope_dim)));
+    out.push_back(std::move(f));
+    lo += sec;
+  }
+  return out;
+}
+
 // HF rope_scaling "llama3" (transformers' _compute_llama3_parameters), in double.
 std::vector<float> llama3_inv_freq(double theta, int64_t rot_dim, const RopeScaling& rs) {
   const double factor = rs.factor, lo = rs.low_freq_factor, hi = rs.high_freq_factor;
@@ -193,6 +207,10 @@ void LlamaLoader::load_hf(LlamaModel& mm, const WeightStore& ws, const LlamaConf
   } else if (rs.rope_type != "default") {
     throw Error(ErrorCode::Unsupported, "rope_scaling type \"" + rs.rope_type + "\" is not supported (linear, llama3)", cfg_path);
   }
+  if (!c.mrope_section.empty()) {  // Qwen2-VL: per-section masked inverse frequencies
+    hp.mrope_section = c.mrope_section;
+    m->mrope_inv_freq = mrope_inv_freqs(c.rope_theta, hp.rope_dim, c.mrope_section);
+  }
   if (!c.bos_token_id.empty()) hp.bos_id = int32_t(c.bos_token_id[0]);
   for (int64_t e : c.eos_token_id) hp.eos_ids.push_back(int32_t(e));
 
@@ -208,9 +226,9 @@ void LlamaLoader::load_hf(LlamaModel& mm, const WeightStore& ws, const LlamaConf
     l.wk = L.mat(p + "self_attn.k_proj.weight", kvd, E);
     l.wv = L.mat(p + "self_attn.v_proj.weight", kvd, E);
     l.wo = L.mat(p + "self_attn.o_proj.weight", E, qd);
-    l.bq = L.opt_vec(p + "self_attn.q_proj.bias", qd, c.attention_bias);
-    l.bk = L.opt_vec(p + "self_attn.k_proj.bias", kvd, c.attention_bias);
-    l.bv = L.opt_vec(p + "self_attn.v_proj.bias", kvd, c.attention_bias);
+    l.bq = L.opt_vec(p + "self_attn.q_proj.bias", qd, c.attention_bias || c.qkv_bias);
+    l.bk = L.opt_vec(p + "self_attn.k_proj.bias", kvd, c.attention_bias || c.qkv_bias);
+    l.bv = L.opt_vec(p + "self_attn.v_proj.bias", kvd, c.attention_bias || c.qkv_bias);
     l.bo = L.opt_vec(p + "self_attn.o_proj.bias", E, c.attention_bias);
     l.ffn_norm = L.vec(p + "post_attention_layernorm.weight", E);
     l.w_gate = L.mat(p + "mlp.gate_proj.weight", hp.n_ff, E);
@@ -246,10 +264,13 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
     m->format_ = "gguf";
     m->source_ = path;
     m->arch_ = f.get_string_or("general.architecture", "");
-    if (m->arch_ != "llama")
+    // qwen2 / qwen2vl: the same decoder with q/k/v biases, NEOX (rotate-half) RoPE (llama.cpp's
+    // converter does not permute their q/k), and for qwen2vl the M-RoPE sections.
+    const bool qwen = m->arch_ == "qwen2" || m->arch_ == "qwen2vl";
+    if (m->arch_ != "llama" && !qwen)
       throw Error(ErrorCode::Unsupported,
-                  "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\")", path);
-    const std::string a = "llama.";
+                  "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\", \"qwen2\" or \"qwen2vl\")", path);
+    const std::string a = m->arch_ + ".";
     hp.n_embd = f.get_u32(a + "embedding_length");
     hp.n_layer = f.get_u32(a + "block_count");
     hp.n_ff = f.get_u32(a + "feed_forward_length");
@@ -261,7 +282,7 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
     hp.rope_theta = f.get_f32_or(a + "rope.freq_base", 10000.0f);
     hp.rope_dim = f.get_u32_or(a + "rope.dimension_count", uint32_t(hp.head_dim));
     hp.n_ctx_train = f.get_u32_or(a + "context_length", 2048);
-    hp.rope_layout = RopeLayout::Interleaved;  // llama.cpp's converter permuted q/k for it
+    hp.rope_layout = qwen ? RopeLayout::RotateHalf : RopeLayout::Interleaved;  // llama.cpp permuted llama's q/k only
     std::string scaling = f.get_string_or(a + "rope.scaling.type", "none");
     float factor = f.get_f32_or(a + "rope.scaling.factor", 0.0f);
     if (f.has(a + "rope.scale_linear")) {  // older key
@@ -311,6 +332,17 @@ std::shared_ptr<LlamaModel> LlamaModel::load(const std::string& path_in, const L
       l.w_down = L.mat(p + "ffn_down.weight", E, hp.n_ff);
       m->layers.push_back(l);
     }
+    if (m->arch_ == "qwen2vl") {  // rope.dimension_sections: [t, h, w, 0] in frequency pairs
+      std::vector<int64_t> secs;
+      for (int32_t x : f.get_i32_array(a + "rope.dimension_sections"))
+        if (x > 0) secs.push_back(x);
+      int64_t sum = 0;
+      for (int64_t x : secs) sum += x;
+      if (secs.size() != 3 || sum * 2 != hp.rope_dim)
+        throw Error(ErrorCode::MalformedFile, a + "rope.dimension_sections must hold 3 positive sections summing to rope_dim / 2", path);
+      hp.mrope_section = secs;
+      m->mrope_inv_freq = mrope_inv_freqs(hp.rope_theta, hp.rope_dim, secs);
+    }
     m->output_norm = L.vec("output_norm.weight", E);
     if (fw.find("output.weight")) {
       m->output = L.mat("output.weight", hp.n_vocab, E);
@@ -357,7 +389,8 @@ std::shared_ptr<LlamaModel> LlamaModel::from_hf_store(std::shared_ptr<WeightStor
   EMOLLM_CHECK_ARG(store != nullptr, "from_hf_store: no weight store");
   auto m = std::make_shared<LlamaModel>();
   m->arch_ = config.model_type.empty() ? std::string("llama") : config.model_type;
-  if (m->arch_ != "llama" && m->arch_ != "mistral")
+  // Qwen2 decoders (q/k/v biases, optionally M-RoPE) are reached through a multimodal model's store
+  if (m->arch_ != "llama" && m->arch_ != "mistral" && m->arch_ != "qwen2" && m->arch_ != "qwen2_vl_text")
     throw Error(ErrorCode::Unsupported,
                 "architecture \"" + m->arch_ + "\" is not supported by the LLaMA decoder (expected \"llama\" or \"mistral\")",
                 config_file);
@@ -446,6 +479,7 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   pos_ = arena_.alloc_array<int32_t>(size_t(n_batch_));
   logits_ = arena_.alloc_array<float>(size_t(h.n_vocab));
   tokens_.reserve(size_t(n_ctx_));
+  if (!h.mrope_section.empty()) pos3_.assign(size_t(n_ctx_ * 3), 0);
 }
 
 void LlamaContext::truncate(int64_t n) {
@@ -455,7 +489,7 @@ void LlamaContext::truncate(int64_t n) {
 }
 
 const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_logits, const std::atomic<bool>* abort,
-                                const float* embd) {
+                                const float* embd, const int32_t* pos3) {
   EMOLLM_CHECK_ARG(n > 0 && tokens != nullptr, "eval: no tokens");
   if (n_past() + n > n_ctx_)
     throw Error(ErrorCode::InvalidArgument, "eval: " + std::to_string(n) + " tokens after " + std::to_string(n_past()) +
@@ -468,6 +502,12 @@ const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_log
                                                   (tokens[i] < 0 ? " and no input embeddings were given" : ""));
   const int64_t E = model_->hparams().n_embd;
   const int64_t start = n_past();
+  if (!pos3_.empty()) {  // M-RoPE: the new tokens' 3-D positions
+    int32_t next = 0;
+    for (int64_t i = 0; i < start * 3; ++i) next = std::max(next, pos3_[size_t(i)] + 1);
+    for (int64_t i = 0; i < n; ++i)
+      for (int k = 0; k < 3; ++k) pos3_[size_t((start + i) * 3 + k)] = pos3 ? pos3[i * 3 + k] : next + int32_t(i);
+  }
   const float* e = embd;  // the next chunk's first embedding row
   for (int64_t off = 0; off < n; off += n_batch_) {
     const int64_t b = std::min(n_batch_, n - off);
@@ -485,7 +525,7 @@ const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_log
 }
 
 const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort,
-                                       const float* embd) {
+                                       const float* embd, const int32_t* pos3) {
   EMOLLM_CHECK_ARG(n > 0 && prompt != nullptr, "eval_prompt: empty prompt");
   int64_t common = 0;
   const int64_t limit = std::min(n, n_past());
@@ -499,7 +539,7 @@ const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const s
   if (e)
     for (int64_t i = 0; i < common; ++i)
       if (prompt[i] < 0) e += model_->hparams().n_embd;
-  return eval(prompt + common, n - common, nullptr, abort, e);
+  return eval(prompt + common, n - common, nullptr, abort, e, pos3 ? pos3 + common * 3 : nullptr);
 }
 
 namespace {
@@ -516,7 +556,7 @@ double log_softmax_at(const float* x, int64_t n, int64_t id) {
 bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
                                        const std::vector<std::vector<int32_t>>& continuations,
                                        std::vector<ContinuationScore>* out, const std::atomic<bool>* abort,
-                                       const float* embd) {
+                                       const float* embd, const int32_t* pos3) {
   EMOLLM_CHECK_ARG(out != nullptr, "score_continuations: no output");
   EMOLLM_CHECK_ARG(n_prefix > 0 && prefix != nullptr, "score_continuations: empty prefix");
   const int64_t V = n_vocab();
@@ -533,7 +573,7 @@ bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
                                                     ") is outside [0, " + std::to_string(V) + ")");
   }
   out->clear();
-  const float* pl = eval_prompt(prefix, n_prefix, abort, embd);
+  const float* pl = eval_prompt(prefix, n_prefix, abort, embd, pos3);
   if (!pl) return false;
   std::vector<float> prefix_logits(pl, pl + V);
   std::vector<float> rows;
@@ -620,8 +660,18 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
     be.gemm(xn_, E, L.wq.data, L.wq.dtype, L.bq, q_, qd, n, qd, E);
     be.gemm(xn_, E, L.wk.data, L.wk.dtype, L.bk, kc + pos0 * kvd, kvd, n, kvd, E);
     be.gemm(xn_, E, L.wv.data, L.wv.dtype, L.bv, vc + pos0 * kvd, kvd, n, kvd, E);
-    be.rope(q_, qd, n, H, pos_, rp);
-    be.rope(kc + pos0 * kvd, kvd, n, Hkv, pos_, rp);
+    if (pos3_.empty()) {
+      be.rope(q_, qd, n, H, pos_, rp);
+      be.rope(kc + pos0 * kvd, kvd, n, Hkv, pos_, rp);
+    } else {  // M-RoPE: one pass per section, each rotating only its frequency bands
+      for (size_t s = 0; s < m.mrope_inv_freq.size(); ++s) {
+        RopeParams sp = rp;
+        sp.inv_freq = m.mrope_inv_freq[s].data();
+        for (int64_t t = 0; t < n; ++t) pos_[t] = pos3_[size_t((pos0 + t) * 3) + s];
+        be.rope(q_, qd, n, H, pos_, sp);
+        be.rope(kc + pos0 * kvd, kvd, n, Hkv, pos_, sp);
+      }
+    }
     // causal GQA attention over cache positions 0..pos0+n-1
     be.attention(q_, kc, vc, att_, ap);
     // output projection, residual

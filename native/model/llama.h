@@ -47,6 +47,9 @@ struct LlamaHparams {
   int64_t sliding_window = 0;       // mistral; contexts larger than it are refused
   int32_t bos_id = -1;              // -1 when unknown
   std::vector<int32_t> eos_ids;     // empty when unknown
+  // Qwen2-VL M-RoPE: frequency bands (in pairs, summing to rope_dim / 2) rotated by the temporal,
+  // height and width components of each token's 3-D position. Empty = plain RoPE.
+  std::vector<int64_t> mrope_section;
 };
 
 // A weight matrix of `rows` x `cols` (N x K in gemm terms), pointing into the mmap.
@@ -107,6 +110,9 @@ class LlamaModel {
   LlamaWeight output;  // == tok_embd when tied
   bool tied_output = false;
   std::vector<float> rope_inv_freq;  // rope_dim/2 entries when rope_scaling needs them, else empty
+  // M-RoPE: per section, the rope_dim/2 inverse frequencies with the other sections' bands zeroed
+  // (a zero frequency rotates by 0), so three passes of the plain rope kernel make one M-RoPE.
+  std::vector<std::vector<float>> mrope_inv_freq;
 
   LlamaModel() = default;
   LlamaModel(const LlamaModel&) = delete;
@@ -155,15 +161,21 @@ class LlamaContext {
   // negative id itself is a pseudo-id recorded in tokens() like any other token, so prefix reuse
   // (eval_prompt) matches it: give distinct content distinct pseudo-ids (LLaVA derives them from
   // a hash of the image features, see llava.h). Without `embd` negative ids are invalid.
+  //
+  // M-RoPE models (hparams().mrope_section non-empty): `pos3` gives the n tokens' 3-D positions
+  // ([n][3]: temporal, height, width); when null each token continues one past the largest
+  // position cached so far (text after an image, generated tokens), as transformers' rope_deltas.
   const float* eval(const int32_t* tokens, int64_t n, float* all_logits = nullptr,
-                    const std::atomic<bool>* abort = nullptr, const float* embd = nullptr);
+                    const std::atomic<bool>* abort = nullptr, const float* embd = nullptr,
+                    const int32_t* pos3 = nullptr);
 
   // Prefix reuse: keeps the longest common prefix of `prompt` and the cached tokens (truncating
   // the cache there), then evaluates the rest. The last prompt token is always (re)evaluated so
   // there are logits to return. Returns the last token's logits (nullptr when aborted).
   // `embd`: rows for the prompt's negative ids, as in eval() (all of them, the reused ones too).
+  // `pos3`: M-RoPE positions of the whole prompt ([n][3]), as in eval().
   const float* eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr,
-                           const float* embd = nullptr);
+                           const float* embd = nullptr, const int32_t* pos3 = nullptr);
 
   // Scores continuations of one prefix (classification by likelihood): evaluates the prefix once
   // (eval_prompt, so a cached prefix is reused; `embd` as there), then each continuation from
@@ -179,7 +191,7 @@ class LlamaContext {
   };
   bool score_continuations(const int32_t* prefix, int64_t n_prefix, const std::vector<std::vector<int32_t>>& continuations,
                            std::vector<ContinuationScore>* out, const std::atomic<bool>* abort = nullptr,
-                           const float* embd = nullptr);
+                           const float* embd = nullptr, const int32_t* pos3 = nullptr);
 
   // Logits of the last evaluated token (n_vocab floats); nullptr before any eval.
   const float* logits() const { return has_logits_ ? logits_ : nullptr; }
@@ -203,6 +215,7 @@ class LlamaContext {
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *tmp_ = nullptr;
   float *gate_ = nullptr, *up_ = nullptr;
   int32_t* pos_ = nullptr;
+  std::vector<int32_t> pos3_;  // M-RoPE: [n_ctx][3] positions of the cached tokens
   float* logits_ = nullptr;
   bool has_logits_ = false;
 };

@@ -72,7 +72,7 @@ bool LlavaModel::is_llava_folder(const std::string& path) {
     if (!file_exists(cfg)) return false;
     JsonValue root = load_json_file(cfg);
     const JsonValue* mt = root.find("model_type");
-    return mt && mt->is_string() && mt->as_string() == "llava";
+    return mt && mt->is_string() && (mt->as_string() == "llava" || mt->as_string() == "llava_next");
   } catch (...) {
     return false;
   }
@@ -80,6 +80,18 @@ bool LlavaModel::is_llava_folder(const std::string& path) {
 
 int64_t LlavaModel::n_image_tokens() const {
   return drop_cls_ ? vision_->hparams().n_patches() : vision_->hparams().n_pos();
+}
+
+const float* LlavaModel::load_vector(const WeightStore& ws, const std::string& name, int64_t n) {
+  const TensorInfo& t = ws.get(name);
+  if (t.shape != std::vector<int64_t>{n})
+    throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape({n}),
+                ws.source());
+  t.compute_view();
+  converted_.emplace_back(static_cast<size_t>(n));
+  if (t.dtype == DType::F32) std::memcpy(converted_.back().data(), t.data, size_t(n) * sizeof(float));
+  else dequantize_row(t.dtype, t.data, converted_.back().data(), n);
+  return converted_.back().data();
 }
 
 void LlavaModel::load_projector(const WeightStore& ws, const std::string& w1, const std::string& b1, const std::string& w2,
@@ -175,6 +187,13 @@ std::shared_ptr<LlavaModel> LlavaModel::from_hf_store(std::shared_ptr<WeightStor
   if (c.image_token_index < 0 || c.image_token_index > INT32_MAX)
     throw Error(ErrorCode::BadConfig, "image_token_index " + std::to_string(c.image_token_index) + " is out of range", config_file);
   m->image_token_id_ = int32_t(opts.image_token_id >= 0 ? opts.image_token_id : c.image_token_index);
+  // ---- LLaVA-NeXT: anyres pinpoints and the image_newline row separator
+  if (c.anyres) {
+    m->anyres_ = true;
+    m->pinpoints_ = c.image_grid_pinpoints;
+    const char* nl = ws.find("model.image_newline") ? "model.image_newline" : "image_newline";
+    m->image_newline_ = m->load_vector(ws, nl, m->n_embd());
+  }
   m->store_ = std::move(store);
   return m;
 }
@@ -226,6 +245,21 @@ std::shared_ptr<LlavaModel> LlavaModel::load(const std::string& path, const Llav
   m->load_projector(f, "mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias", static_cast<const WeightStore&>(f).find("mm.0.bias") != nullptr);
   m->image_mean_ = vh.image_mean;
   m->image_std_ = vh.image_std;
+  // LLaVA-NeXT (llava-v1.6 mmproj): anyres pinpoints as a flat list of pairs, in the order of the
+  // HF config's image_grid_pinpoints ([height, width]), and the model.image_newline vector
+  if (f.has("clip.vision.image_grid_pinpoints")) {
+    const std::vector<int32_t> pp = f.get_i32_array("clip.vision.image_grid_pinpoints");
+    if (pp.empty() || pp.size() % 2 != 0)
+      throw Error(ErrorCode::MalformedFile, "clip.vision.image_grid_pinpoints must hold (height, width) pairs", opts.mmproj);
+    for (size_t i = 0; i < pp.size(); i += 2) {
+      if (pp[i] <= 0 || pp[i + 1] <= 0 || pp[i] % vh.image_size != 0 || pp[i + 1] % vh.image_size != 0)
+        throw Error(ErrorCode::MalformedFile, "clip.vision.image_grid_pinpoints must be positive multiples of the image size",
+                    opts.mmproj);
+      m->pinpoints_.emplace_back(pp[i], pp[i + 1]);
+    }
+    m->anyres_ = true;
+    m->image_newline_ = m->load_vector(f, "model.image_newline", m->n_embd());
+  }
   // The image token: explicit, else the text GGUF's "<image>", else one past the vocabulary.
   int64_t img = opts.image_token_id;
   if (img < 0) {

@@ -48,7 +48,8 @@ struct LlavaLoadOptions {
 
 class LlavaModel {
  public:
-  // True when `path` is a Hugging Face folder (or its config.json) whose model_type is "llava".
+  // True when `path` is a Hugging Face folder (or its config.json) whose model_type is "llava" or
+  // "llava_next".
   // Never throws (false on any problem).
   static bool is_llava_folder(const std::string& path);
 
@@ -90,6 +91,13 @@ class LlavaModel {
   // the prompt's image tokens are neither one per image nor n_image_tokens() per image.
   std::vector<int32_t> splice_prompt(const int32_t* tokens, int64_t n, const float* features, int64_t n_images) const;
 
+  // ---- LLaVA-NeXT (config model_type "llava_next"; see llava_next.h for the tiling and packing)
+  bool anyres() const { return anyres_; }
+  // {height, width} pinpoints in pixels
+  const std::vector<std::pair<int64_t, int64_t>>& grid_pinpoints() const { return pinpoints_; }
+  // the learned row separator [n_embd()], null when the checkpoint has none
+  const float* image_newline() const { return image_newline_; }
+
   LlavaModel() = default;
   LlavaModel(const LlavaModel&) = delete;
   LlavaModel& operator=(const LlavaModel&) = delete;
@@ -108,7 +116,11 @@ class LlavaModel {
   int64_t proj_in_ = 0;
   std::vector<std::vector<float>> converted_;
   std::vector<float> image_mean_, image_std_;
+  bool anyres_ = false;
+  std::vector<std::pair<int64_t, int64_t>> pinpoints_;
+  const float* image_newline_ = nullptr;
 
+  const float* load_vector(const WeightStore& ws, const std::string& name, int64_t n);  // f32 copy
   void load_projector(const WeightStore& ws, const std::string& w1, const std::string& b1, const std::string& w2,
                       const std::string& b2, bool bias);
 };
