@@ -16,6 +16,8 @@ import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } fr
 import { native } from './native.js';
 import { runBenchCommand } from './emobench/build.js';
 import { evalCommand } from './emobench/eval.js';
+import { serveCommand } from './serve/cli.js';
+import { workerCommand } from './emobench/worker.js';
 
 const USAGE = `usage: emollm <command>
 
@@ -30,6 +32,10 @@ commands:
   eval --bench FILE --model SPEC --out DIR
                          EmoBench evaluation (SPEC: model folder | gguf | http://host:port/v1#name
                          | face | random | majority); eval compare RUN_A RUN_B; eval --help
+  serve --model PATH     OpenAI-compatible server (chat/completions + SSE, models, analyze, health,
+                         metrics; auth, limits, bounded queue): emollm serve --help, docs/serving.md
+  worker --queue redis://host:port --model SPEC
+                         runs EmoBench samples that \`eval --queue\` enqueues (docs/serving.md)
   bench build --source <dataset>=<dir> ... --out <file.jsonl> [--media-root DIR] [--split test]
                          EmoBench JSONL from the source datasets' release files (emollm bench --help)
   info                   CPU features, instruction-set level and threads the kernels use
@@ -248,6 +254,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'eval':
       return evalCommand(rest, json);
+    case 'serve':
+      return serveCommand(rest);
+    case 'worker':
+      return workerCommand(rest);
     default:
       console.error(`emollm: unknown command "${cmd}"\n\n${USAGE}`);
       return 2;

@@ -14,6 +14,7 @@ import { dirname, join, resolve } from 'node:path';
 
 import { EmollmError } from '../errors.js';
 import { createBackend, mediaPath, type Backend, type CreateBackendOptions } from './backends.js';
+import { queueBackend } from './queue.js';
 import { computeMetrics, isCorrect, pairedBootstrap, type Metrics, type PairedComparison, type ScoredItem } from './metrics.js';
 import { Progress, formatDuration } from './progress.js';
 import { formatComparison, writeReports } from './report.js';
@@ -72,6 +73,8 @@ export interface EvalOptions {
   summary?: boolean;
   signal?: AbortSignal;
   backendOptions?: Omit<CreateBackendOptions, 'samples' | 'seed'>;
+  /** `redis://host:port`: samples become BullMQ jobs that `emollm worker`s answer (queue.ts). */
+  queue?: string;
 }
 
 function bad(msg: string): EmollmError {
@@ -156,7 +159,9 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   const todo = selected.filter((s) => !finished.has(s.id));
 
   const backend =
-    typeof options.model === 'string'
+    options.queue !== undefined
+      ? await queueBackend({ url: options.queue, spec: modelSpec, benchText: text, benchSha256: sha256, seed, mediaRoot, ...(options.backendOptions?.guidance ? { guidance: options.backendOptions.guidance } : {}), ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}) })
+      : typeof options.model === 'string'
       ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions })
       : options.model;
   const concurrency = Math.max(1, Math.min(options.concurrency ?? backend.maxConcurrency, backend.maxConcurrency));
@@ -225,7 +230,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   } finally {
     closeSync(fd);
     progress?.finish();
-    if (typeof options.model === 'string') await backend.close?.();
+    if (typeof options.model === 'string' || options.queue !== undefined) await backend.close?.();
   }
 
   // ---- results, in benchmark order
@@ -336,6 +341,7 @@ export const EVAL_USAGE = `usage:
     --guidance none|brief|full     EmoPrompt reasoning guidance (default full)
     --mmproj PATH --threads N      native model loading
     --fsync                 fsync predictions.jsonl after every line
+    --queue redis://host:port   enqueue the samples as BullMQ jobs for \`emollm worker\`s (docs/serving.md)
   emollm eval compare RUN_A RUN_B   paired bootstrap on the sample ids both runs scored`;
 
 /** `emollm eval ...`; returns the exit code. */
@@ -368,6 +374,7 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
   const mmproj = take(args, '--mmproj');
   const threads = takeInt(args, '--threads');
   const guidance = take(args, '--guidance');
+  const queue = take(args, '--queue');
   if (guidance !== undefined && !['none', 'brief', 'full'].includes(guidance)) throw bad('--guidance must be none, brief or full');
   const fsyncIdx = args.indexOf('--fsync');
   if (fsyncIdx >= 0) args.splice(fsyncIdx, 1);
@@ -388,6 +395,7 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
       ...(seed !== undefined ? { seed } : {}),
       ...(resamples !== undefined ? { resamples } : {}),
       fsync: fsyncIdx >= 0,
+      ...(queue !== undefined ? { queue } : {}),
       signal: ac.signal,
       summary: !json,
       backendOptions: {

@@ -1,0 +1,175 @@
+/**
+ * EmoBench over many machines: the coordinator side of `emollm eval --queue redis://host:port`.
+ *
+ * The coordinator is an ordinary evaluation backend: each sample it is asked to predict becomes a
+ * BullMQ job on the `emollm-eval` queue, and the prediction is whatever an `emollm worker` (any
+ * number, anywhere) returns for it. Everything else is the single-process evaluator's: the same
+ * append-only predictions.jsonl (written by the coordinator only), the same resume, the same reports.
+ *
+ * Keys: a job's id is a hash of the run (benchmark sha256, model spec, seed, guidance, frames) and
+ * the sample id, so a job is added once however often the coordinator restarts: re-adding finds
+ * the existing job and waits for it (or takes its stored result). A job whose worker died stalls,
+ * and BullMQ hands it to another worker; it completes once, and the coordinator records it once.
+ */
+import { createHash } from 'node:crypto';
+
+import { Queue, QueueEvents, type ConnectionOptions, type Job } from 'bullmq';
+
+import { EmollmError } from '../errors.js';
+import type { GuidanceLevel } from '../emoprompt.js';
+import type { Backend, Prediction } from './backends.js';
+import type { BenchSample } from './sample.js';
+
+export const QUEUE_NAME = 'emollm-eval';
+/** Completed and failed jobs are kept this long, so a coordinator restarted later still finds their results. */
+const KEEP_SECONDS = 7 * 24 * 3600;
+
+/** What a job carries. */
+export interface SampleJob {
+  /** The run's key (see {@link runId}). */
+  run: string;
+  /** The coordinator's `--model`: workers check that theirs is the same. */
+  spec: string;
+  seed: number;
+  guidance?: GuidanceLevel;
+  frames?: number;
+  /** sha256 of the benchmark text, stored at `emollm:bench:<sha256>` (random / majority need all samples). */
+  bench: string;
+  /** The coordinator's media root (a worker's --media-root replaces it). */
+  mediaRoot: string;
+  sample: BenchSample;
+}
+
+/** What a worker returns. */
+export interface SampleResult {
+  /** The worker backend's name (`random(seed=0)`, `native:/models/x`, ...). */
+  backend: string;
+  prediction: Prediction;
+}
+
+/** BullMQ connection options from `redis://[user:password@]host:port[/db]`. */
+export function redisConnection(url: string): ConnectionOptions {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (cause) {
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `--queue ${JSON.stringify(url)}: not a URL (redis://host:port)`, { cause });
+  }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new EmollmError('ERR_INVALID_ARGUMENT', `--queue ${JSON.stringify(url)}: use redis://host:port`);
+  const db = u.pathname.replace(/^\//, '');
+  if (db !== '' && !/^\d+$/.test(db)) throw new EmollmError('ERR_INVALID_ARGUMENT', `--queue ${JSON.stringify(url)}: the path must be a database number`);
+  return {
+    host: u.hostname || '127.0.0.1',
+    port: u.port ? Number(u.port) : 6379,
+    ...(db !== '' ? { db: Number(db) } : {}),
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    ...(u.protocol === 'rediss:' ? { tls: {} } : {}),
+    // a worker or coordinator outlives short Redis outages instead of failing its commands
+    maxRetriesPerRequest: null,
+  };
+}
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** The run's key: what makes two coordinators the same run. */
+export function runId(p: { bench: string; spec: string; seed: number; guidance?: GuidanceLevel | undefined; frames?: number | undefined }): string {
+  return sha(JSON.stringify([p.bench, p.spec, p.seed, p.guidance ?? 'full', p.frames ?? 4])).slice(0, 32);
+}
+
+/** A sample's job id in a run (no ':' — BullMQ reserves it). */
+export function jobId(run: string, sampleId: string): string {
+  return sha(`${run}\n${sampleId}`).slice(0, 40);
+}
+
+export interface QueueBackendOptions {
+  /** redis://host:port[/db] */
+  url: string;
+  spec: string;
+  /** The benchmark text and its sha256. */
+  benchText: string;
+  benchSha256: string;
+  seed: number;
+  mediaRoot: string;
+  guidance?: GuidanceLevel;
+  frames?: number;
+  /** Jobs in flight at once (default 64). */
+  concurrency?: number;
+}
+
+/** The coordinator's backend: predictions made by workers. */
+export async function queueBackend(o: QueueBackendOptions): Promise<Backend> {
+  const connection = redisConnection(o.url);
+  const queue = new Queue<SampleJob, SampleResult>(QUEUE_NAME, { connection });
+  const events = new QueueEvents(QUEUE_NAME, { connection });
+  const run = runId({ bench: o.benchSha256, spec: o.spec, seed: o.seed, guidance: o.guidance, frames: o.frames });
+  const nameKey = `emollm:run:${run}:backend`;
+  let knownName: string | undefined;
+  type Kv = { set(...args: Array<string | number>): Promise<unknown>; get(key: string): Promise<string | null> };
+  const kv = async (): Promise<Kv> => (await queue.client) as unknown as Kv;
+  try {
+    await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
+    const client = await kv();
+    // workers of random / majority need the whole benchmark; stored once per benchmark
+    await client.set(`emollm:bench:${o.benchSha256}`, o.benchText, 'EX', KEEP_SECONDS, 'NX');
+    knownName = (await client.get(nameKey)) ?? undefined;
+  } catch (cause) {
+    await Promise.allSettled([queue.close(), events.close()]);
+    throw new EmollmError('ERR_INTERNAL', `--queue ${o.url}: cannot reach Redis (${(cause as Error).message})`, { cause });
+  }
+
+  async function jobFor(s: BenchSample): Promise<Job<SampleJob, SampleResult>> {
+    const id = jobId(run, s.id);
+    const existing = await queue.getJob(id);
+    if (existing) {
+      // a job that failed in an earlier session is tried again, as the evaluator retries errors on resume
+      if ((await existing.getState()) === 'failed') await existing.retry('failed');
+      return existing;
+    }
+    const data: SampleJob = {
+      run,
+      spec: o.spec,
+      seed: o.seed,
+      bench: o.benchSha256,
+      mediaRoot: o.mediaRoot,
+      sample: s,
+      ...(o.guidance !== undefined ? { guidance: o.guidance } : {}),
+      ...(o.frames !== undefined ? { frames: o.frames } : {}),
+    };
+    return queue.add('sample', data, { jobId: id, attempts: 1, removeOnComplete: { age: KEEP_SECONDS }, removeOnFail: { age: KEEP_SECONDS } });
+  }
+
+  return {
+    get name(): string {
+      return knownName ?? `queue:${o.spec}`;
+    },
+    maxConcurrency: o.concurrency ?? 64,
+    async predict(s, _mediaRoot, signal) {
+      if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'aborted');
+      const job = await jobFor(s);
+      let onAbort: (() => void) | undefined;
+      const aborted = new Promise<never>((_, reject) => {
+        onAbort = () => reject(new EmollmError('ERR_ABORTED', 'aborted'));
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+      let r: SampleResult | string;
+      try {
+        r = await Promise.race([job.waitUntilFinished(events), aborted]);
+      } finally {
+        signal.removeEventListener('abort', onAbort!);
+      }
+      const res = (typeof r === 'string' ? JSON.parse(r) : r) as SampleResult;
+      if (!res || typeof res.backend !== 'string' || typeof res.prediction !== 'object')
+        throw new EmollmError('ERR_MALFORMED_FILE', `job ${job.id}: the worker's result is malformed`);
+      if (knownName === undefined) {
+        knownName = res.backend;
+        await (await kv()).set(nameKey, res.backend, 'EX', KEEP_SECONDS, 'NX');
+      } else if (res.backend !== knownName)
+        throw new EmollmError('ERR_INVALID_ARGUMENT', `a worker answered with ${res.backend}, others with ${knownName}: workers of one run must serve the same model`);
+      return res.prediction;
+    },
+    async close() {
+      await Promise.allSettled([events.close(), queue.close()]);
+    },
+  };
+}
