@@ -12,6 +12,8 @@
  * and BullMQ hands it to another worker; it completes once, and the coordinator records it once.
  */
 import { createHash } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import { connect } from 'node:net';
 
 import { Queue, QueueEvents, type ConnectionOptions, type Job } from 'bullmq';
 
@@ -70,6 +72,35 @@ export function redisConnection(url: string): ConnectionOptions {
   };
 }
 
+/**
+ * Fails fast when Redis is unreachable (the BullMQ clients would otherwise retry forever, as they
+ * should once running): connects, authenticates when the URL has a password, and sends PING.
+ */
+export async function checkRedis(url: string, timeoutMs = 5000): Promise<void> {
+  const c = redisConnection(url) as { host: string; port: number; username?: string; password?: string; tls?: object };
+  if (c.tls) return; // the TLS handshake is left to the real clients
+  const cmd = (...a: string[]): string => `*${a.length}\r\n${a.map((x) => `$${Buffer.byteLength(x)}\r\n${x}\r\n`).join('')}`;
+  await new Promise<void>((resolve, reject) => {
+    const sock = connect({ host: c.host, port: c.port });
+    let buf = '';
+    const fail = (why: string): void => {
+      sock.destroy();
+      reject(new EmollmError('ERR_INTERNAL', `--queue ${url}: cannot reach Redis (${why})`));
+    };
+    sock.setTimeout(timeoutMs, () => fail(`no answer in ${timeoutMs} ms`));
+    sock.on('error', (e) => fail(e.message));
+    sock.on('connect', () => sock.write((c.password !== undefined ? cmd('AUTH', ...(c.username ? [c.username] : []), c.password) : '') + cmd('PING')));
+    sock.on('data', (d) => {
+      buf += d.toString('latin1');
+      if (buf.startsWith('-')) return fail(buf.split('\r\n')[0]!.slice(1));
+      if (buf.includes('+PONG\r\n')) {
+        sock.end();
+        resolve();
+      }
+    });
+  });
+}
+
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 /** The run's key: what makes two coordinators the same run. */
@@ -100,8 +131,13 @@ export interface QueueBackendOptions {
 /** The coordinator's backend: predictions made by workers. */
 export async function queueBackend(o: QueueBackendOptions): Promise<Backend> {
   const connection = redisConnection(o.url);
+  await checkRedis(o.url);
   const queue = new Queue<SampleJob, SampleResult>(QUEUE_NAME, { connection });
   const events = new QueueEvents(QUEUE_NAME, { connection });
+  // every job in flight waits on these (one listener each)
+  const inFlight = (o.concurrency ?? 64) + 16;
+  queue.setMaxListeners(inFlight);
+  events.setMaxListeners(inFlight * 2);
   const run = runId({ bench: o.benchSha256, spec: o.spec, seed: o.seed, guidance: o.guidance, frames: o.frames });
   const nameKey = `emollm:run:${run}:backend`;
   let knownName: string | undefined;
@@ -146,6 +182,7 @@ export async function queueBackend(o: QueueBackendOptions): Promise<Backend> {
     maxConcurrency: o.concurrency ?? 64,
     async predict(s, _mediaRoot, signal) {
       if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'aborted');
+      setMaxListeners(inFlight, signal);
       const job = await jobFor(s);
       let onAbort: (() => void) | undefined;
       const aborted = new Promise<never>((_, reject) => {

@@ -13,7 +13,7 @@ import { Worker, type Job } from 'bullmq';
 
 import { EmollmError } from '../errors.js';
 import { createBackend, type Backend } from './backends.js';
-import { QUEUE_NAME, redisConnection, type SampleJob, type SampleResult } from './queue.js';
+import { QUEUE_NAME, checkRedis, redisConnection, type SampleJob, type SampleResult } from './queue.js';
 import { parseSamples, type BenchSample } from './sample.js';
 
 export const WORKER_USAGE = `usage: emollm worker --queue redis://host:port[/db] --model SPEC [options]
@@ -67,6 +67,7 @@ export async function workerCommand(argv: readonly string[]): Promise<number> {
   const spec = s('model');
   if (!url || !spec) throw new EmollmError('ERR_INVALID_ARGUMENT', `worker needs --queue and --model\n${WORKER_USAGE}`);
   const connection = redisConnection(url);
+  await checkRedis(url);
   const concurrency = int('concurrency', s('concurrency'), 1) ?? 1;
   const lockMs = int('lock-ms', s('lock-ms'), 100) ?? 30_000;
   const throttleMs = int('throttle-ms', s('throttle-ms')) ?? 0;
