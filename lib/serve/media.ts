@@ -63,14 +63,18 @@ export async function resolveImage(url: string, policy: MediaPolicy): Promise<Bu
 /** A local file's real path, if it is under the media root (relative paths are relative to it). */
 export async function resolveLocalPath(path: string, policy: MediaPolicy): Promise<string> {
   if (policy.root === undefined) throw new RequestError(400, 'local paths are not accepted: the server has no --media-root');
-  const candidate = isAbsolute(path) ? path : resolve(policy.root, path);
+  const candidate = isAbsolute(path) ? resolve(path) : resolve(policy.root, path);
+  const inside = (p: string): boolean => p === policy.root || p.startsWith(policy.root! + sep);
+  // named outside (before any symlink): refused whether or not it exists
+  if (!inside(candidate)) throw new RequestError(403, `${JSON.stringify(path)}: outside the media root`);
   let real: string;
   try {
     real = await realpath(candidate);
   } catch {
     throw new RequestError(400, `${JSON.stringify(path)}: no such file under the media root`);
   }
-  if (real !== policy.root && !real.startsWith(policy.root + sep)) throw new RequestError(403, `${JSON.stringify(path)}: outside the media root`);
+  // inside by name, outside through a symlink
+  if (!inside(real)) throw new RequestError(403, `${JSON.stringify(path)}: outside the media root`);
   const st = await stat(real);
   if (!st.isFile()) throw new RequestError(400, `${JSON.stringify(path)}: not a file`);
   if (st.size > policy.maxImageBytes) throw new RequestError(413, `${JSON.stringify(path)}: over the ${policy.maxImageBytes}-byte limit`);

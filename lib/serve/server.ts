@@ -228,6 +228,11 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
       return openAiError(reply.header('connection', 'close'), 503, 'the server is shutting down', 'server_error');
     }
   });
+  // while draining, every answer closes its connection, so keep-alive clients do not hold shutdown open
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (draining) reply.header('connection', 'close');
+    return payload;
+  });
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unknown';
     requests.inc({ route, code: String(reply.statusCode) });
@@ -283,7 +288,8 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
     let images = 0;
     for (const m of body.messages) {
       if (typeof m.content === 'string') {
-        out.push({ role: m.role, content: m.content });
+        // multimodal (llava-style) templates iterate content parts: plain text becomes one text part
+        out.push({ role: m.role, content: model.info.vision ? [{ type: 'text', text: m.content }] : m.content });
         continue;
       }
       const parts: ChatContentPart[] = [];
@@ -470,9 +476,17 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
           for (const ac of inFlight) ac.abort();
         }, timeoutMs);
         try {
-          // fastify.close() stops listening and resolves once the in-flight requests are answered
-          await app.close();
+          // fastify.close() stops listening at once and resolves when the open connections end
+          const closed = app.close();
           await scheduler.idle();
+          while (inFlight.size > 0) await new Promise((r) => setTimeout(r, 10));
+          // answered: a connection still open now is idle or a client that does not hang up
+          const grace = setTimeout(() => app.server.closeAllConnections(), 1000);
+          try {
+            await closed;
+          } finally {
+            clearTimeout(grace);
+          }
         } finally {
           clearTimeout(timer);
           if (!options.keepModelOpen) await model.close();
