@@ -4,6 +4,8 @@
  * model's, streaming equals non-streaming, limits / 429 / timeouts / drain behave, and
  * `emollm eval --model http://…` against it gives exactly the in-process native predictions.
  */
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -374,4 +376,59 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     await closing;
     await expect(m.generate('x', { maxTokens: 1 }).result).rejects.toThrow(/closed/);
   }, 60_000);
+});
+
+describe.skipIf(!haveTiny)('the CLI: emollm serve, and emollm eval --model http://… against it', () => {
+  // the package's own dist/ (the native binary is found from the package root, dist/..); `npm test`
+  // builds it too, this keeps `vitest run` on this file honest. Async: a blocked test worker misses
+  // vitest's RPC deadlines.
+  const cli = join(repoRoot, 'dist', 'cli.js');
+  beforeAll(async () => {
+    await promisify(execFile)(process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(repoRoot, 'tsconfig.json')]);
+  }, 180_000);
+
+  it('serves with a key from the environment; eval over HTTP equals eval in process; SIGTERM drains and exits 0', async () => {
+    const serve = spawn(process.execPath, [cli, 'serve', '--model', tiny, '--port', '0', '--api-key-env', 'SERVE_TEST_KEYS', '--media-root', demo], {
+      env: { ...process.env, SERVE_TEST_KEYS: 'k-cli' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let log = '';
+    serve.stderr!.on('data', (d) => (log += d));
+    const exited = new Promise<number | null>((r) => serve.once('exit', (code) => r(code)));
+    try {
+      const t0 = Date.now();
+      while (!/emollm serve: (http:\S+)/.test(log)) {
+        if (serve.exitCode !== null || Date.now() - t0 > 60_000) throw new Error(`serve did not start: ${log}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const url = /emollm serve: (http:\S+)/.exec(log)![1]!;
+      expect((await fetch(`${url}/v1/models`)).status).toBe(401);
+      const EMO = ['happy', 'sad', 'angry', 'neutral'];
+      const samples: BenchSample[] = [1, 2, 3, 4].map((i) => ({ id: `demo/${i}`, task: i === 2 ? 'emo-o' : i === 4 ? 'sarcasm' : 'emo-c', source: 'demo', split: 'test', media: { type: 'image', path: `sample${i}.jpg` }, ...(i === 1 || i === 3 ? { options: EMO } : {}), ...(i === 4 ? { text: 'Love Mondays.' } : {}), answer: i === 4 ? 'yes' : 'happy' }) as BenchSample);
+      const bench = join(tmp, 'cli-demo.jsonl');
+      writeFileSync(bench, samples.map(sampleToJsonl).join('\n') + '\n');
+      const run = (model: string, out: string): Promise<unknown> =>
+        promisify(execFile)(process.execPath, [cli, 'eval', '--bench', bench, '--model', model, '--media-root', demo, '--guidance', 'none', '--out', out, '--resamples', '50'], {
+          env: { ...process.env, OPENAI_API_KEY: 'k-cli' },
+        });
+      await run(tiny, join(tmp, 'cli-native'));
+      await run(`${url}/v1#llava-tiny-hf`, join(tmp, 'cli-http'));
+      const strip = (f: string): unknown[] =>
+        [...readPredictions(f).values()].map(({ ms: _ms, ...r }) => r).sort((x, y) => (x.id < y.id ? -1 : 1));
+      const a = strip(join(tmp, 'cli-native', 'predictions.jsonl'));
+      expect(a.length).toBe(4);
+      expect(strip(join(tmp, 'cli-http', 'predictions.jsonl'))).toEqual(a);
+      serve.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(log).toMatch(/SIGTERM: draining/);
+      expect(log).toMatch(/emollm serve: stopped/);
+    } finally {
+      if (serve.exitCode === null) serve.kill('SIGKILL');
+    }
+    const bad = await promisify(execFile)(process.execPath, [cli, 'serve', '--model', tiny, '--bogus']).then(
+      () => 'exit 0',
+      (e: { code: number; stderr: string }) => `${e.code} ${e.stderr}`,
+    );
+    expect(bad).toMatch(/^1 .*Unknown option '--bogus'/s);
+  }, 300_000);
 });
