@@ -6,12 +6,13 @@
  * number, anywhere) returns for it. Everything else is the single-process evaluator's: the same
  * append-only predictions.jsonl (written by the coordinator only), the same resume, the same reports.
  *
- * Keys: a job's id is a hash of the run (benchmark sha256, model spec, seed, guidance, frames) and
- * the sample id, so a job is added once however often the coordinator restarts: re-adding finds
+ * Keys: a job's id is a hash of the run (see {@link runId}) and the sample id, so a job is added once however often the coordinator restarts: re-adding finds
  * the existing job and waits for it (or takes its stored result). A job whose worker died stalls,
  * and BullMQ hands it to another worker; it completes once, and the coordinator records it once.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { setMaxListeners } from 'node:events';
 import { connect } from 'node:net';
 
@@ -103,9 +104,26 @@ export async function checkRedis(url: string, timeoutMs = 5000): Promise<void> {
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
-/** The run's key: what makes two coordinators the same run. */
-export function runId(p: { bench: string; spec: string; seed: number; guidance?: GuidanceLevel | undefined; frames?: number | undefined }): string {
-  return sha(JSON.stringify([p.bench, p.spec, p.seed, p.guidance ?? 'full', p.frames ?? 4])).slice(0, 32);
+/**
+ * The run's key: what makes two coordinators the same run. `nonce` is created with the run folder
+ * (`<out>/queue-run.json`), so a coordinator restarted on that folder finds its jobs again, while a
+ * new run (say, of a retrained model at the same path) never takes an older run's stored results.
+ */
+export function runId(p: { nonce: string; bench: string; spec: string; seed: number; mediaRoot: string; guidance?: GuidanceLevel | undefined; frames?: number | undefined }): string {
+  return sha(JSON.stringify([p.nonce, p.bench, p.spec, p.seed, p.mediaRoot, p.guidance ?? 'full', p.frames ?? 4])).slice(0, 32);
+}
+
+/** The run folder's queue nonce, created on first use. */
+function runNonce(out: string): string {
+  const f = join(out, 'queue-run.json');
+  if (existsSync(f)) {
+    const j = JSON.parse(readFileSync(f, 'utf8')) as { nonce?: unknown };
+    if (typeof j.nonce !== 'string') throw new EmollmError('ERR_MALFORMED_FILE', `${f}: no nonce`, { file: f });
+    return j.nonce;
+  }
+  const nonce = randomUUID();
+  writeFileSync(f, `${JSON.stringify({ nonce }, null, 2)}\n`);
+  return nonce;
 }
 
 /** A sample's job id in a run (no ':' — BullMQ reserves it). */
@@ -126,6 +144,8 @@ export interface QueueBackendOptions {
   frames?: number;
   /** Jobs in flight at once (default 64). */
   concurrency?: number;
+  /** The run folder (holds the run's queue nonce). */
+  out: string;
 }
 
 /** The coordinator's backend: predictions made by workers. */
@@ -138,7 +158,7 @@ export async function queueBackend(o: QueueBackendOptions): Promise<Backend> {
   const inFlight = (o.concurrency ?? 64) + 16;
   queue.setMaxListeners(inFlight);
   events.setMaxListeners(inFlight * 2);
-  const run = runId({ bench: o.benchSha256, spec: o.spec, seed: o.seed, guidance: o.guidance, frames: o.frames });
+  const run = runId({ nonce: runNonce(o.out), bench: o.benchSha256, spec: o.spec, seed: o.seed, mediaRoot: o.mediaRoot, guidance: o.guidance, frames: o.frames });
   const nameKey = `emollm:run:${run}:backend`;
   let knownName: string | undefined;
   type Kv = { set(...args: Array<string | number>): Promise<unknown>; get(key: string): Promise<string | null> };
