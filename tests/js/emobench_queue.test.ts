@@ -43,12 +43,18 @@ function synthetic(n: number): BenchSample[] {
   });
 }
 
+const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
+const tiny = join(shared, 'models', 'llava-tiny-hf');
+const haveTiny = existsSync(join(tiny, 'config.json'));
+if (!haveTiny) console.warn(`queue test with the tiny LLaVA skipped: ${tiny} not found (set EMOLLM_SHARED_DIR)`);
+const demo = join(repoRoot, 'node_modules', '@vladmandic', 'face-api', 'demo');
+
 const withoutTiming = (r: EvalResults): unknown => ({ ...r, timing: undefined });
 
 describe.skipIf(!haveRedis)('eval --queue with emollm workers (BullMQ on a real redis-server)', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'emobench-queue-'));
-  const dist = join(repoRoot, 'node_modules', '.cache', 'emobench-queue-test-dist');
-  const cli = join(dist, 'cli.js');
+  // the package's own dist/ (the native binary is found from the package root, dist/..)
+  const cli = join(repoRoot, 'dist', 'cli.js');
   const bench = join(tmp, 'bench.jsonl');
   let redis: RedisServer;
   const children = new Set<ChildProcess>();
@@ -56,7 +62,7 @@ describe.skipIf(!haveRedis)('eval --queue with emollm workers (BullMQ on a real 
   beforeAll(async () => {
     writeFileSync(bench, synthetic(150).map(sampleToJsonl).join('\n') + '\n');
     // async: a blocked test worker misses vitest's RPC deadlines
-    await promisify(execFile)(process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(repoRoot, 'tsconfig.json'), '--outDir', dist, '--declaration', 'false', '--sourceMap', 'false']);
+    await promisify(execFile)(process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(repoRoot, 'tsconfig.json')]);
     redis = await startRedis(tmp);
   }, 180_000);
 
@@ -156,6 +162,44 @@ describe.skipIf(!haveRedis)('eval --queue with emollm workers (BullMQ on a real 
     w.kill('SIGTERM');
     expect(await exited(w)).toBe(0);
   }, 60_000);
+
+  it.skipIf(!haveTiny)('a worker with the tiny LLaVA: the in-process native predictions', async () => {
+    const EMO = ['happy', 'sad', 'angry', 'neutral'];
+    const samples: BenchSample[] = [1, 2, 3, 4].map(
+      (i) =>
+        ({
+          id: `demo/${i}`,
+          task: i === 2 ? 'emo-o' : i === 4 ? 'sarcasm' : 'emo-c',
+          source: 'demo',
+          split: 'test',
+          media: { type: 'image', path: `sample${i}.jpg` },
+          ...(i === 1 || i === 3 ? { options: EMO } : {}),
+          ...(i === 4 ? { text: 'Love Mondays.' } : {}),
+          answer: i === 4 ? 'yes' : 'happy',
+        }) as BenchSample,
+    );
+    const demoBench = join(tmp, 'demo.jsonl');
+    writeFileSync(demoBench, samples.map(sampleToJsonl).join('\n') + '\n');
+    const common = ['--bench', demoBench, '--model', tiny, '--media-root', demo, '--guidance', 'none', '--resamples', '50'];
+    const ref = start(['eval', ...common, '--out', join(tmp, 'demo-native')], 'in process');
+    expect(await exited(ref), ref.log()).toBe(0);
+    const w = start(['worker', '--queue', redis.url, '--model', tiny], 'tiny worker');
+    const c = start(['eval', '--queue', redis.url, ...common, '--out', join(tmp, 'demo-queued')], 'coordinator');
+    expect(await exited(c), c.log() + w.log()).toBe(0);
+    const strip = (d: string): unknown[] =>
+      lines(join(d, 'predictions.jsonl'))
+        .map((l) => JSON.parse(l) as { id: string; ms?: number })
+        .map(({ ms: _ms, ...r }) => r)
+        .sort((x, y) => (x.id < y.id ? -1 : 1));
+    const a = strip(join(tmp, 'demo-native'));
+    expect(a.length).toBe(4);
+    expect(strip(join(tmp, 'demo-queued'))).toEqual(a);
+    const ra = JSON.parse(readFileSync(join(tmp, 'demo-native', 'results.json'), 'utf8')) as EvalResults;
+    const rb = JSON.parse(readFileSync(join(tmp, 'demo-queued', 'results.json'), 'utf8')) as EvalResults;
+    expect(withoutTiming(rb)).toEqual(withoutTiming(ra));
+    w.kill('SIGTERM');
+    expect(await exited(w), w.log()).toBe(0);
+  }, 180_000);
 
   it('an unreachable Redis is an error with a reason, not a hang', async () => {
     const c = start(['eval', '--queue', 'redis://127.0.0.1:1', '--bench', bench, '--model', 'random', '--out', join(tmp, 'nope')], 'coordinator');
