@@ -288,6 +288,21 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     }
   }, 60_000);
 
+  it('a client that hangs up while queued leaves the queue (its request is cancelled)', async () => {
+    const ac = new AbortController();
+    const g = gate();
+    const holder = server.scheduler.run(() => g.promise);
+    const cancelled = fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: auth, body: JSON.stringify({ messages: messages('x'), max_tokens: 2, stream: true }), signal: ac.signal }).catch((e: unknown) => e);
+    for (let i = 0; i < 100 && server.scheduler.queueDepth < 1; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(server.scheduler.queueDepth).toBe(1);
+    ac.abort();
+    await cancelled;
+    for (let i = 0; i < 100 && server.scheduler.queueDepth > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(server.scheduler.queueDepth).toBe(0);
+    g.open();
+    await holder;
+  }, 60_000);
+
   it('/v1/analyze returns the emollm.analysis/1 JSON of analyze()', async () => {
     // analyze()'s prompts need more than the tiny model's 256-token default context
     // the reference runs on its own model: a model reuses its KV cache across calls, and a reused
