@@ -160,7 +160,17 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
 
   const backend =
     options.queue !== undefined
-      ? await queueBackend({ url: options.queue, out, spec: modelSpec, benchText: text, benchSha256: sha256, seed, mediaRoot, ...(options.backendOptions?.guidance ? { guidance: options.backendOptions.guidance } : {}), ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}) })
+      ? await queueBackend({
+          url: options.queue,
+          out,
+          spec: modelSpec,
+          benchText: text,
+          benchSha256: sha256,
+          seed,
+          mediaRoot,
+          ...(options.backendOptions?.guidance ? { guidance: options.backendOptions.guidance } : {}),
+          ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}),
+        })
       : typeof options.model === 'string'
       ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions })
       : options.model;
