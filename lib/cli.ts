@@ -16,8 +16,6 @@ import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } fr
 import { native } from './native.js';
 import { runBenchCommand } from './emobench/build.js';
 import { evalCommand } from './emobench/eval.js';
-import { serveCommand } from './serve/cli.js';
-import { workerCommand } from './emobench/worker.js';
 
 const USAGE = `usage: emollm <command>
 
@@ -254,10 +252,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'eval':
       return evalCommand(rest, json);
-    case 'serve':
-      return serveCommand(rest);
+    case 'serve': // loaded on use: fastify and bullmq stay out of the other commands' start-up
+      return (await import('./serve/cli.js')).serveCommand(rest);
     case 'worker':
-      return workerCommand(rest);
+      return (await import('./emobench/worker.js')).workerCommand(rest);
     default:
       console.error(`emollm: unknown command "${cmd}"\n\n${USAGE}`);
       return 2;

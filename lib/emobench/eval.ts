@@ -14,7 +14,6 @@ import { dirname, join, resolve } from 'node:path';
 
 import { EmollmError } from '../errors.js';
 import { createBackend, mediaPath, type Backend, type CreateBackendOptions } from './backends.js';
-import { queueBackend } from './queue.js';
 import { computeMetrics, isCorrect, pairedBootstrap, type Metrics, type PairedComparison, type ScoredItem } from './metrics.js';
 import { Progress, formatDuration } from './progress.js';
 import { formatComparison, writeReports } from './report.js';
@@ -160,7 +159,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
 
   const backend =
     options.queue !== undefined
-      ? await queueBackend({
+      ? await (await import('./queue.js')).queueBackend({ // loaded on use: bullmq only for --queue
           url: options.queue,
           out,
           spec: modelSpec,
