@@ -34,6 +34,15 @@ const demo = join(repoRoot, 'node_modules', '@vladmandic', 'face-api', 'demo');
 const tmp = mkdtempSync(join(tmpdir(), 'emollm-serve-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
+/** Polls `cond` (every 20 ms, at most 20 s): no fixed sleeps that a loaded machine could outrun. */
+async function until(cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
 /** A promise and its resolver: holds a scheduler slot until released. */
 function gate(): { promise: Promise<void>; open: () => void } {
   let open!: () => void;
@@ -261,8 +270,7 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     const g = gate();
     const holder = server.scheduler.run(() => g.promise); // the model is busy
     const queued = post('/v1/chat/completions', { messages: messages('x'), max_tokens: 2, temperature: 0 }); // waits (maxQueue 1)
-    await new Promise((r) => setTimeout(r, 200));
-    expect(server.scheduler.queueDepth).toBe(1);
+    await until(() => server.scheduler.queueDepth === 1, 'the request to queue');
     const full = await post('/v1/chat/completions', { messages: messages('x'), max_tokens: 2 });
     expect(full.status).toBe(429);
     expect(Number(full.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
@@ -293,12 +301,10 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     const g = gate();
     const holder = server.scheduler.run(() => g.promise);
     const cancelled = fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: auth, body: JSON.stringify({ messages: messages('x'), max_tokens: 2, stream: true }), signal: ac.signal }).catch((e: unknown) => e);
-    for (let i = 0; i < 100 && server.scheduler.queueDepth < 1; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(server.scheduler.queueDepth).toBe(1);
+    await until(() => server.scheduler.queueDepth === 1, 'the request to queue');
     ac.abort();
     await cancelled;
-    for (let i = 0; i < 100 && server.scheduler.queueDepth > 0; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(server.scheduler.queueDepth).toBe(0);
+    await until(() => server.scheduler.queueDepth === 0, 'the cancelled request to leave the queue');
     g.open();
     await holder;
   }, 60_000);
@@ -374,15 +380,12 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     const g = gate();
     const busy = s.scheduler.run(() => g.promise);
     const inFlight = fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 3, temperature: 0 }) });
-    await new Promise((r) => setTimeout(r, 200));
-    expect(s.scheduler.queueDepth).toBe(1);
+    await until(() => s.scheduler.queueDepth === 1, 'the request to queue');
     const closing = s.close(30_000);
-    await new Promise((r) => setTimeout(r, 100));
-    const refused = await fetch(`${url}/health`).then(
-      (r) => r.status,
-      () => 'connection refused',
-    );
-    expect([503, 'connection refused']).toContain(refused);
+    // the listener closes: new requests are refused (or answered 503 on a connection still open)
+    const health = (): Promise<number | string> => fetch(`${url}/health`).then((r) => r.status, () => 'connection refused');
+    await until(async () => (await health()) !== 200, 'the server to stop accepting');
+    expect([503, 'connection refused']).toContain(await health());
     g.open();
     await busy;
     const r = await inFlight;
