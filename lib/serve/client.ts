@@ -44,16 +44,39 @@ export function withServeScoring(inner: Backend, options: HttpBackendOptions): B
   const retries = options.retries ?? 4;
   let probe: Promise<boolean> | undefined;
 
+  /**
+   * Whether the endpoint is an emollm server. A definite answer only: network errors, 429 and 5xx
+   * are retried (a transient failure must not switch the whole run to the text path); a 4xx or a
+   * list without the model means a plain OpenAI-compatible server.
+   */
   async function isEmollm(signal: AbortSignal): Promise<boolean> {
-    try {
-      const res = await fetch(`${base}/models`, { headers, signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
-      if (!res.ok) return false;
-      const j = (await res.json()) as { data?: Array<{ id?: string; owned_by?: string; emollm?: { scoring?: boolean } }> };
-      return !!j.data?.some((m) => m.id === options.model && m.owned_by === 'emollm' && m.emollm?.scoring === true);
-    } catch {
+    let last = '';
+    for (let attempt = 0; attempt <= retries; attempt++) {
+      if (attempt > 0) await new Promise((r) => setTimeout(r, (options.backoffMs ?? 500) * 2 ** (attempt - 1)));
       if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'aborted');
-      return false;
+      let res: Response;
+      let text: string;
+      try {
+        res = await fetch(`${base}/models`, { headers, signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
+        text = await res.text();
+      } catch (e) {
+        if (signal.aborted) throw new EmollmError('ERR_ABORTED', 'aborted', { cause: e });
+        last = (e as Error).message;
+        continue;
+      }
+      if (res.status === 429 || res.status >= 500) {
+        last = `HTTP ${res.status}`;
+        continue;
+      }
+      if (!res.ok) return false;
+      try {
+        const j = JSON.parse(text) as { data?: Array<{ id?: string; owned_by?: string; emollm?: { scoring?: boolean } }> };
+        return !!j.data?.some((m) => m.id === options.model && m.owned_by === 'emollm' && m.emollm?.scoring === true);
+      } catch {
+        return false;
+      }
     }
+    throw new EmollmError('ERR_INTERNAL', `${base}/models: gave up after ${retries + 1} tries (${last})`);
   }
 
   async function score(body: string, signal: AbortSignal): Promise<ScoredReply> {
@@ -89,8 +112,11 @@ export function withServeScoring(inner: Backend, options: HttpBackendOptions): B
     name: inner.name,
     maxConcurrency: inner.maxConcurrency,
     async predict(s, mediaRoot, signal): Promise<Prediction> {
-      probe ??= isEmollm(signal);
-      if (s.task === 'emo-o' || !(await probe)) return inner.predict(s, mediaRoot, signal);
+      if (s.task !== 'emo-o') {
+        probe ??= isEmollm(signal);
+        probe.catch(() => (probe = undefined)); // a failed probe is asked again by the next sample
+      }
+      if (s.task === 'emo-o' || !(await probe!)) return inner.predict(s, mediaRoot, signal);
       const imgs = await images(s, mediaRoot, options.frames ?? 4, signal);
       const prompt = samplePrompt(s, imgs, options.guidance);
       const messages = [];

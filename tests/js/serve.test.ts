@@ -11,10 +11,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { analyze } from '../../lib/analyze.js';
 import { classify } from '../../lib/decode_result.js';
+import { createBackend } from '../../lib/emobench/backends.js';
 import { readPredictions, runEval } from '../../lib/emobench/eval.js';
 import { sampleToJsonl, type BenchSample } from '../../lib/emobench/sample.js';
 import { loadModel, type Model } from '../../lib/model.js';
@@ -179,6 +182,61 @@ describe('auth and metrics', () => {
     expect(text).toContain('lat_seconds_bucket{route="/a",le="1"} 2');
     expect(text).toContain('lat_seconds_bucket{route="/a",le="+Inf"} 2');
     expect(text).toContain('lat_seconds_count{route="/a"} 2');
+  });
+});
+
+describe('eval --model http://…: how the HTTP backend tells emollm serve from other servers', () => {
+  /** A loopback server: /v1/models answers `models` (after `fail503` 503s), chat/completions records bodies. */
+  async function fake(models: unknown, fail503 = 0): Promise<{ url: string; bodies: Array<Record<string, unknown>>; close: () => void }> {
+    const bodies: Array<Record<string, unknown>> = [];
+    let failures = fail503;
+    const srv = createHttpServer((req: IncomingMessage, res) => {
+      let data = '';
+      req.on('data', (d) => (data += d));
+      req.on('end', () => {
+        if (req.url === '/v1/models') {
+          if (failures-- > 0) return void res.writeHead(503).end('busy');
+          return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(models));
+        }
+        const body = JSON.parse(data) as Record<string, unknown>;
+        bodies.push(body);
+        const reply = body.emollm_options
+          ? { choices: [{ message: { content: 'sad' } }], emollm: { label: 'sad', probabilities: { happy: 0.25, sad: 0.75 } } }
+          : { choices: [{ message: { content: 'Answer: happy' } }] };
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply));
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const a = srv.address() as { port: number };
+    return { url: `http://127.0.0.1:${a.port}/v1`, bodies, close: () => srv.close() };
+  }
+  const sample: BenchSample = { id: 'x/1', task: 'emo-c', source: 'x', split: 'test', media: null, text: 'hi', options: ['happy', 'sad'], answer: 'sad' };
+  const signal = new AbortController().signal;
+
+  it('an emollm server (after a transient 503) gets closed-set samples as option scoring', async () => {
+    const f = await fake({ data: [{ id: 'm', owned_by: 'emollm', emollm: { scoring: true } }] }, 1);
+    try {
+      const b = await createBackend(`${f.url}#m`, { samples: [], http: { backoffMs: 1 } });
+      const p = await b.predict(sample, tmp, signal);
+      expect(p).toEqual({ raw: null, label: 'sad', probabilities: { happy: 0.25, sad: 0.75 }, unparsed: false });
+      expect(f.bodies[0]!.emollm_options).toEqual(['happy', 'sad']);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('any other server (or another model id) gets the plain OpenAI text request', async () => {
+    for (const models of [{ data: [{ id: 'm', owned_by: 'openai' }] }, { data: [{ id: 'other', owned_by: 'emollm', emollm: { scoring: true } }] }]) {
+      const f = await fake(models);
+      try {
+        const b = await createBackend(`${f.url}#m`, { samples: [], http: { backoffMs: 1 } });
+        const p = await b.predict(sample, tmp, signal);
+        expect(p).toMatchObject({ raw: 'Answer: happy', label: 'happy', probabilities: null });
+        expect(f.bodies[0]!.emollm_options).toBeUndefined();
+      } finally {
+        f.close();
+      }
+    }
   });
 });
 
