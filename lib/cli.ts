@@ -19,7 +19,9 @@ import { native, packageRoot } from './native.js';
 import { pull, resolveHfPath } from './hub.js';
 import { ProgressBar, formatBytes } from './cli/progress_bar.js';
 import { BENCH_BUILD_SPEC, runBenchCommand } from './emobench/build.js';
-import { EVAL_COMPARE_SPEC, EVAL_SPEC, evalCommand } from './emobench/eval.js';
+import { EVAL_COMPARE_SPEC, EVAL_LEADERBOARD_SPEC, EVAL_SPEC, evalCommand } from './emobench/eval.js';
+import { WORKER_SPEC } from './emobench/worker_spec.js';
+import { SERVE_SPEC } from './serve/spec.js';
 
 const JSON_FLAG = JSON_OPTION;
 
@@ -342,6 +344,7 @@ const COMMANDS: Record<string, Command> = {
   analyze: { spec: ANALYZE, run: analyzeCommand },
   eval: { spec: EVAL_SPEC, run: (a) => evalCommand(a) },
   'eval compare': { spec: EVAL_COMPARE_SPEC, run: (a) => evalCommand(['compare', ...a]) },
+  'eval leaderboard': { spec: EVAL_LEADERBOARD_SPEC, run: (a) => evalCommand(['leaderboard', ...a]) },
   bench: { spec: BENCH_BUILD_SPEC, run: (a) => runBenchCommand(a) },
   generate: { spec: GENERATE, run: generate },
   info: { spec: INFO, run: info },
@@ -356,6 +359,9 @@ const COMMANDS: Record<string, Command> = {
   quantize: { spec: QUANTIZE, run: quantize },
   'init-mvp': { spec: INIT_MVP, run: initMvpCommand },
   pull: { spec: PULL, run: pullCommand },
+  // loaded on use: fastify and bullmq stay out of the other commands' start-up
+  serve: { spec: SERVE_SPEC, run: async (a) => (await import('./serve/cli.js')).serveCommand(a) },
+  worker: { spec: WORKER_SPEC, run: async (a) => (await import('./emobench/worker.js')).workerCommand(a) },
 };
 
 function version(): string {
@@ -389,12 +395,13 @@ async function main(argv: readonly string[]): Promise<number> {
     console.log(version());
     return 0;
   }
-  const command = cmd === 'eval' && rest[0] === 'compare' ? COMMANDS['eval compare'] : COMMANDS[cmd];
+  const sub = cmd === 'eval' && (rest[0] === 'compare' || rest[0] === 'leaderboard') ? COMMANDS[`eval ${rest[0]}`] : undefined;
+  const command = sub ?? COMMANDS[cmd];
   if (!command || cmd.includes(' ')) {
     console.error(`emollm: unknown ${cmd.startsWith('-') ? 'option' : 'command'} ${JSON.stringify(cmd)}\n\n${topUsage()}`);
     return 2;
   }
-  return command.run(command === COMMANDS['eval compare'] ? rest.slice(1) : rest);
+  return command.run(sub ? rest.slice(1) : rest);
 }
 
 main(process.argv.slice(2)).then(

@@ -25,6 +25,7 @@ import type { ImageInput } from '../image.js';
 import { DEFAULT_MAX_RESPONSE_BYTES, limitOption } from '../limits.js';
 import { loadModel, type Model } from '../model.js';
 import { confinedPath, readRegularFile } from '../safe_fs.js';
+import { withServeScoring } from '../serve/client.js';
 import { hashString, rng } from './metrics.js';
 import { PerceptionCache, type PerceptionCacheOptions } from './perception_cache.js';
 import type { BenchSample, BenchTask } from './sample.js';
@@ -541,8 +542,10 @@ export async function createBackend(spec: string, options: CreateBackendOptions)
     case 'null':
       return nullBackend();
   }
-  if (/^https?:\/\//i.test(spec))
-    return httpBackend({ ...parseEndpoint(spec), ...(options.guidance ? { guidance: options.guidance } : {}), ...options.http });
+  if (/^https?:\/\//i.test(spec)) {
+    const o: HttpBackendOptions = { ...parseEndpoint(spec), ...(options.guidance ? { guidance: options.guidance } : {}), ...options.http };
+    return withServeScoring(httpBackend(o), o); // emollm serve: closed tasks scored on the server, as in process
+  }
   const model = await loadModel(spec, {
     ...(options.mmproj ? { mmproj: options.mmproj } : {}),
     ...(options.threads !== undefined ? { threads: options.threads } : {}),

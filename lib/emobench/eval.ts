@@ -107,6 +107,8 @@ export interface EvalOptions {
   textOnly?: boolean;
   /** First-failure reports and the early stop on repeated connection failures. */
   failures?: FailureWatchOptions;
+  /** `redis://host:port`: samples become BullMQ jobs that `emollm worker`s answer (queue.ts). */
+  queue?: string;
 }
 
 const BASELINE_SPECS = new Set(['random', 'majority', 'null', 'face']);
@@ -189,7 +191,7 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
   mkdirSync(out, { recursive: true });
   const lock = acquireRunLock(out);
   try {
-    return await runLocked(options, { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out, face, textOnly });
+    return await runLocked(options, { startedAt, benchPath, text, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out, face, textOnly });
   } finally {
     lock.release();
   }
@@ -198,6 +200,8 @@ export async function runEval(options: EvalOptions): Promise<EvalResults> {
 interface RunSetup {
   startedAt: Date;
   benchPath: string;
+  /** The benchmark file's text (queue mode sends it to the workers). */
+  text: string;
   sha256: string;
   all: BenchSample[];
   tasks: BenchTask[];
@@ -211,7 +215,7 @@ interface RunSetup {
 }
 
 async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalResults> {
-  const { startedAt, benchPath, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out, face, textOnly } = setup;
+  const { startedAt, benchPath, text, sha256, all, tasks, selected, mediaRoot, seed, modelSpec, out, face, textOnly } = setup;
   const runKey = { bench: sha256, model: modelSpec, tasks, limit: options.limit ?? null, seed, face, textOnly };
   claimRunFolder(out, runKey, { force: options.force ?? false });
   const logFile = join(out, 'predictions.jsonl');
@@ -223,7 +227,19 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
   const todo = selected.filter((s) => !finished.has(s.id));
 
   const backend =
-    typeof options.model === 'string'
+    options.queue !== undefined
+      ? await (await import('./queue.js')).queueBackend({ // loaded on use: bullmq only for --queue
+          url: options.queue,
+          out,
+          spec: modelSpec,
+          benchText: text,
+          benchSha256: sha256,
+          seed,
+          mediaRoot,
+          ...(options.backendOptions?.guidance ? { guidance: options.backendOptions.guidance } : {}),
+          ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}),
+        })
+      : typeof options.model === 'string'
       ? await createBackend(options.model, { samples: all, seed, ...options.backendOptions, ...(face !== null ? { face } : {}) })
       : options.model;
   const concurrency = Math.max(1, Math.min(options.concurrency ?? backend.maxConcurrency, backend.maxConcurrency));
@@ -308,7 +324,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
   } finally {
     closeSync(fd);
     progress?.finish();
-    if (typeof options.model === 'string') await backend.close?.();
+    if (typeof options.model === 'string' || options.queue !== undefined) await backend.close?.();
   }
 
   // ---- results, in benchmark order
@@ -423,6 +439,7 @@ export const EVAL_SPEC = {
     },
     'no-face': { type: 'boolean', description: 'native models: no face perspective (no face cues, no face boxes)' },
     'text-only': { type: 'boolean', description: 'answer without media: no media files needed (random / majority baselines; for a model, a text-only ablation)' },
+    queue: { type: 'string', value: 'redis://host:port', description: 'enqueue the samples as BullMQ jobs for `emollm worker`s (docs/serving.md)' },
     json: { type: 'boolean', description: 'print results.json instead of the summary' },
   },
   notes:
@@ -523,6 +540,7 @@ export async function evalCommand(argv: readonly string[], json = false): Promis
       force: v.force === true,
       ...(v['no-face'] ? { face: false } : {}),
       ...(v['text-only'] ? { textOnly: true } : {}),
+      ...(v.queue !== undefined ? { queue: v.queue } : {}),
       signal: ac.signal,
       summary: !json,
       backendOptions: {
