@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "../../native/core/arena.h"
-#include "../../native/core/error.h"
+#include "../../base/arena.h"
+#include "../../base/error.h"
 #include "gemm_internal.h"
 
 namespace emollm {

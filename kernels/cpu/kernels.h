@@ -1,7 +1,7 @@
 // CPU compute kernels: plain functions over pointers and shapes (ggml style).
 //
 // Every kernel has a scalar reference and vectorised paths (AVX2, AVX-512, AMX where it helps),
-// selected at run time from isa_active() (native/core/cpu_features.h). Forcing a lower level with
+// selected at run time from isa_active() (base/cpu_features.h). Forcing a lower level with
 // isa_set_cap() runs the lower path, which is how tests compare each path with the scalar one.
 //
 // Conventions
@@ -9,12 +9,15 @@
 // - Weights W are stored as in Hugging Face nn.Linear and GGUF: N rows (out features) of K
 //   elements (in features), rows contiguous, each row dtype_row_bytes(wtype, K) bytes.
 // - A ThreadPool* may be null: the kernel then runs on the calling thread only.
+// - The parameter structs (RopeParams, AttentionParams, ...) live in kernels/op_params.h, shared
+//   with kernels/cuda and the Backend interface.
 #pragma once
 #include <cstdint>
 
-#include "../../native/core/cpu_features.h"
-#include "../../native/core/dtype.h"
-#include "../../native/core/thread_pool.h"
+#include "../../base/cpu_features.h"
+#include "../../base/dtype.h"
+#include "../../base/thread_pool.h"
+#include "../op_params.h"
 
 namespace emollm {
 
@@ -75,19 +78,6 @@ void swiglu(const float* gate, const float* up, float* y, int64_t n);
 void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n);
 
 // ---------------------------------------------------------------- rotary position embedding
-enum class RopeLayout {
-  RotateHalf,   // Hugging Face: pairs (i, i + rot_dim/2)
-  Interleaved,  // GGUF / llama.cpp LLAMA_ROPE_TYPE_NORM and Meta's original: pairs (2i, 2i+1)
-};
-struct RopeParams {
-  int64_t head_dim = 0;
-  int64_t rot_dim = 0;        // dims rotated (<= head_dim, even); 0 means head_dim
-  float theta = 10000.0f;     // rope_theta / freq_base
-  float freq_scale = 1.0f;    // linear scaling: position * freq_scale (1/factor)
-  const float* inv_freq = nullptr;  // optional precomputed rot_dim/2 inverse frequencies
-                                    // (llama3 scaling); overrides theta when set
-  RopeLayout layout = RopeLayout::RotateHalf;
-};
 // Rotates x in place: n_tokens rows, each n_heads heads of head_dim, token row stride ld
 // (elements). positions[t] is token t's absolute position.
 void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
@@ -108,13 +98,6 @@ void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim
 // Grouped-query: head h reads kv head h / (n_heads / n_kv_heads).
 // Causal: query i (absolute position q_pos0 + i) sees kv tokens j <= q_pos0 + i; the cache
 // holds positions 0..n_kv-1. Bidirectional (causal=false) sees all n_kv.
-struct AttentionParams {
-  int64_t n_q = 0, n_kv = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
-  int64_t ldq = 0, ldk = 0, ldv = 0, ldo = 0;
-  float scale = 0.0f;  // 0 means 1/sqrt(head_dim)
-  bool causal = true;
-  int64_t q_pos0 = 0;
-};
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionParams& p, ThreadPool* pool);
 
@@ -138,10 +121,6 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 //   Y : [tokens, d_out], token row stride ldy (0 means d_out)
 // W1 and W2 share the weight dtype wtype (any gemm dtype; the block rules of gemm apply to d_in
 // and d_hid). The CPU path is one stacked GEMM for the first layers, then per-head GEMMs.
-struct MvpProjectionParams {
-  int64_t tokens = 0, d_in = 0, d_hid = 0, d_out = 0, n_heads = 0;
-  int64_t ldx = 0, ldy = 0;
-};
 void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                     const float* G, DType wtype, float* Y, const MvpProjectionParams& p, ThreadPool* pool);
 
@@ -155,18 +134,7 @@ void mvp_projection(const float* X, const void* W1, const float* b1, const void*
 // the output size implies. Convolution padding is zeros; pooling ignores taps outside the image.
 namespace emollm {
 
-enum class ConvActivation { None, Relu, LeakyRelu };  // LeakyRelu: x > 0 ? x : alpha * x
-
-struct Conv2dParams {
-  int64_t batch = 1;
-  int64_t in_h = 0, in_w = 0, in_c = 0;
-  int64_t out_h = 0, out_w = 0, out_c = 0;  // depthwise / pooling: out_c == in_c
-  int64_t k_h = 1, k_w = 1;
-  int64_t stride_h = 1, stride_w = 1;
-  int64_t pad_top = 0, pad_left = 0;
-  ConvActivation act = ConvActivation::None;  // convolutions only, applied after the bias
-  float alpha = 0.1f;
-};
+// Conv2dParams and ConvActivation: kernels/op_params.h.
 
 // TensorFlow's output size and leading padding for one spatial axis:
 //   same : out = ceil(in / stride), pad_before = max((out - 1) * stride + k - in, 0) / 2

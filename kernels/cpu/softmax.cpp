@@ -14,7 +14,7 @@
 
 #include "elementwise_ref.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 

@@ -5,9 +5,9 @@
 #include <mutex>
 #include <vector>
 
-#include "../core/cpu_features.h"
-#include "../core/dtype.h"
-#include "../core/thread_pool.h"
+#include "base/cpu_features.h"
+#include "base/dtype.h"
+#include "base/thread_pool.h"
 #include "bindings.h"
 #include "cpu/kernels.h"
 #include "napi_util.h"

@@ -3,9 +3,10 @@
 #include <cstring>
 #include <vector>
 
-#include "arena.h"
-#include "error.h"
-#include "thread_pool.h"
+#include "base/arena.h"
+#include "base/error.h"
+#include "base/thread_pool.h"
+#include "kernels/cpu/kernels.h"
 
 namespace emollm {
 namespace {

@@ -7,8 +7,8 @@
 #include <memory>
 #include <string>
 
-#include "../../kernels/cpu/kernels.h"
-#include "dtype.h"
+#include "base/dtype.h"
+#include "kernels/op_params.h"
 
 namespace emollm {
 

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <sys/stat.h>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
 #include "loaders/gguf.h"

@@ -21,9 +21,9 @@
 #include <string>
 #include <vector>
 
-#include "core/arena.h"
+#include "base/arena.h"
 #include "core/backend.h"
-#include "core/dtype.h"
+#include "base/dtype.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
 

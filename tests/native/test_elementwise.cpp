@@ -30,8 +30,8 @@
 #include "../../kernels/cpu/simd_math.h"  // first: see the note on GCC 12 warnings there
 #include "../../kernels/cpu/elementwise_ref.h"
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/cpu_features.h"
-#include "../../native/core/error.h"
+#include "../../base/cpu_features.h"
+#include "../../base/error.h"
 #include "testing.h"
 
 using namespace emollm;
