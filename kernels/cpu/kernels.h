@@ -8,7 +8,10 @@
 // - Activations are f32, row-major, with an explicit leading dimension (elements between rows).
 // - Weights W are stored as in Hugging Face nn.Linear and GGUF: N rows (out features) of K
 //   elements (in features), rows contiguous, each row dtype_row_bytes(wtype, K) bytes.
-// - A ThreadPool* may be null: the kernel then runs on the calling thread only.
+// - A ThreadPool* may be null: the kernel then runs on the calling thread only. The row kernels
+//   (norms, activations, softmax, RoPE, embedding) split rows (elements, for the activations)
+//   across the pool when the call is large enough (row_parallel.h); their results are
+//   bit-identical to the single-threaded ones.
 // - The parameter structs (RopeParams, AttentionParams, ...) live in kernels/op_params.h, shared
 //   with kernels/cuda and the Backend interface.
 #pragma once
@@ -59,35 +62,61 @@ struct QuantActivationsScope {
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.
 // Both norms may run in place (y == x).
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
-             int64_t rows, int64_t n, float eps);
+             int64_t rows, int64_t n, float eps, ThreadPool* pool);
 // y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). Biased variance, as torch.
 void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
-               int64_t rows, int64_t n, float eps);
+               int64_t rows, int64_t n, float eps, ThreadPool* pool);
 
 // ---------------------------------------------------------------- activations (elementwise, in place allowed)
-void silu(const float* x, float* y, int64_t n);        // x * sigmoid(x)
-void gelu_erf(const float* x, float* y, int64_t n);    // 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
-void quick_gelu(const float* x, float* y, int64_t n);  // x * sigmoid(1.702 x), CLIP
+void silu(const float* x, float* y, int64_t n, ThreadPool* pool);        // x * sigmoid(x)
+void gelu_erf(const float* x, float* y, int64_t n, ThreadPool* pool);    // 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
+void quick_gelu(const float* x, float* y, int64_t n, ThreadPool* pool);  // x * sigmoid(1.702 x), CLIP
 // y = silu(gate) * up  (the LLaMA SwiGLU MLP)
-void swiglu(const float* gate, const float* up, float* y, int64_t n);
+void swiglu(const float* gate, const float* up, float* y, int64_t n, ThreadPool* pool);
 
 // ---------------------------------------------------------------- softmax
 // Row-wise softmax over n columns, numerically stable (max subtracted). In place allowed.
 // Special values follow torch: -inf entries give 0; a row that is all -inf, or holds +inf or
 // NaN, gives all NaN.
-void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n);
+void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n, ThreadPool* pool);
 
 // ---------------------------------------------------------------- rotary position embedding
 // Rotates x in place: n_tokens rows, each n_heads heads of head_dim, token row stride ld
 // (elements). positions[t] is token t's absolute position.
 void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
-          const RopeParams& p);
+          const RopeParams& p, ThreadPool* pool);
 
 // ---------------------------------------------------------------- embedding
 // out[i, :] = table[ids[i], :] converted to f32. table has vocab rows of dim elements of dtype.
 // Throws Error(InvalidArgument) on an id outside [0, vocab).
 void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
-                      const int32_t* ids, int64_t n, float* out, int64_t ld_out);
+                      const int32_t* ids, int64_t n, float* out, int64_t ld_out, ThreadPool* pool);
+
+// The row kernels above on the calling thread only (overloads, so they stay usable as plain
+// function pointers of their original types).
+inline void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
+                    float eps) {
+  rmsnorm(x, ldx, w, y, ldy, rows, n, eps, nullptr);
+}
+inline void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
+                      int64_t rows, int64_t n, float eps) {
+  layernorm(x, ldx, w, b, y, ldy, rows, n, eps, nullptr);
+}
+inline void silu(const float* x, float* y, int64_t n) { silu(x, y, n, nullptr); }
+inline void gelu_erf(const float* x, float* y, int64_t n) { gelu_erf(x, y, n, nullptr); }
+inline void quick_gelu(const float* x, float* y, int64_t n) { quick_gelu(x, y, n, nullptr); }
+inline void swiglu(const float* gate, const float* up, float* y, int64_t n) { swiglu(gate, up, y, n, nullptr); }
+inline void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) {
+  softmax(x, ldx, y, ldy, rows, n, nullptr);
+}
+inline void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                 const RopeParams& p) {
+  rope(x, ld, n_tokens, n_heads, positions, p, nullptr);
+}
+inline void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids,
+                             int64_t n, float* out, int64_t ld_out) {
+  embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out, nullptr);
+}
 
 // ---------------------------------------------------------------- attention
 // Scaled dot-product attention over a KV cache, tiled with an online softmax (flash-attention

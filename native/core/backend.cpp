@@ -32,26 +32,26 @@ class CpuBackend final : public Backend {
   }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
-    emollm::rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
+    emollm::rmsnorm(x, ldx, w, y, ldy, rows, n, eps, &pool_);
   }
   void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t rows,
                  int64_t n, float eps) override {
-    emollm::layernorm(x, ldx, w, b, y, ldy, rows, n, eps);
+    emollm::layernorm(x, ldx, w, b, y, ldy, rows, n, eps, &pool_);
   }
-  void silu(const float* x, float* y, int64_t n) override { emollm::silu(x, y, n); }
-  void gelu_erf(const float* x, float* y, int64_t n) override { emollm::gelu_erf(x, y, n); }
-  void quick_gelu(const float* x, float* y, int64_t n) override { emollm::quick_gelu(x, y, n); }
-  void swiglu(const float* gate, const float* up, float* y, int64_t n) override { emollm::swiglu(gate, up, y, n); }
+  void silu(const float* x, float* y, int64_t n) override { emollm::silu(x, y, n, &pool_); }
+  void gelu_erf(const float* x, float* y, int64_t n) override { emollm::gelu_erf(x, y, n, &pool_); }
+  void quick_gelu(const float* x, float* y, int64_t n) override { emollm::quick_gelu(x, y, n, &pool_); }
+  void swiglu(const float* gate, const float* up, float* y, int64_t n) override { emollm::swiglu(gate, up, y, n, &pool_); }
   void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    emollm::softmax(x, ldx, y, ldy, rows, n);
+    emollm::softmax(x, ldx, y, ldy, rows, n, &pool_);
   }
   void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
             const RopeParams& p) override {
-    emollm::rope(x, ld, n_tokens, n_heads, positions, p);
+    emollm::rope(x, ld, n_tokens, n_heads, positions, p, &pool_);
   }
   void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
                         float* out, int64_t ld_out) override {
-    emollm::embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out);
+    emollm::embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out, &pool_);
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     emollm::attention(q, k, v, out, p, &pool_);
