@@ -22,6 +22,7 @@ import { EmollmError } from './errors.js';
 import { FaceAnalyzer, FACE_EXPRESSIONS, type DetectedFace, type FaceExpression } from './face.js';
 import { decodeImage, type ImageInput, type ImageProcessor } from './image.js';
 import type { FaceBox, Model } from './model.js';
+import { runtimeOptions, type RuntimeOptions } from './runtime.js';
 import type { TaxonomyId } from './taxonomies.js';
 
 /** The analysis tasks (EmoBench's six sub-tasks, by their CLI names). */
@@ -50,7 +51,7 @@ export const EXPRESSION_TO_EKMAN7: Readonly<Record<FaceExpression, string>> = Ob
 
 const VIDEO_EXTENSIONS = new Set(['.mp4', '.mov', '.mkv', '.webm', '.avi', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv', '.3gp']);
 
-export interface AnalyzeOptions {
+export interface AnalyzeOptions extends RuntimeOptions {
   /** Default 'emotion' (close-set emotion recognition). */
   task?: AnalyzeTask;
   /** Accompanying text: caption, utterance, meme text. */
@@ -64,7 +65,10 @@ export interface AnalyzeOptions {
   /** Video frames to sample (default 8); at most `modelFrames` of them go to the model (default 4). */
   frames?: number;
   modelFrames?: number;
-  /** A preloaded face analyzer (loaded on first use otherwise). */
+  /**
+   * A preloaded face analyzer (loaded on first use otherwise, on `device` / `threads` when given:
+   * the runtime configuration of RuntimeOptions; a preloaded one keeps its own).
+   */
   faces?: FaceAnalyzer;
   /** Treat the input as a video even without a video extension. */
   video?: boolean;
@@ -227,7 +231,8 @@ function isVideoPath(input: ImageInput, options: AnalyzeOptions): boolean {
   return options.video === true || (typeof input === 'string' && VIDEO_EXTENSIONS.has(extname(input).toLowerCase()));
 }
 
-let sharedFaces: Promise<FaceAnalyzer> | undefined;
+// Face analyzers loaded by analyze() itself, one per runtime configuration.
+const sharedFaces = new Map<string, Promise<FaceAnalyzer>>();
 
 /** Analyzes one image or video. */
 export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): Promise<AnalysisResult> {
@@ -257,11 +262,17 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
   let faces = options.faces;
   if (!faces) {
     progress('loading face models');
-    sharedFaces ??= FaceAnalyzer.load().catch((e: unknown) => {
-      sharedFaces = undefined;
-      throw e;
-    });
-    faces = await sharedFaces;
+    const runtime = runtimeOptions(options, 'analyze options');
+    const key = `${runtime.device ?? ''}/${runtime.threads ?? ''}`;
+    let shared = sharedFaces.get(key);
+    if (!shared) {
+      shared = FaceAnalyzer.load(runtime).catch((e: unknown) => {
+        sharedFaces.delete(key);
+        throw e;
+      });
+      sharedFaces.set(key, shared);
+    }
+    faces = await shared;
   }
   const frames: FrameAnalysis[] = [];
   for (const [index, f] of images.entries()) {

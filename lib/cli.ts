@@ -8,7 +8,8 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { EmollmError } from './errors.js';
-import { DTYPES, cpuInfo, type DType } from './kernels.js';
+import { DTYPES, configure, cpuInfo, type DType } from './kernels.js';
+import { runtimeInfo, type Device } from './runtime.js';
 import { quantizeGguf } from './quantize.js';
 import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis, type AnalyzeTask } from './analyze.js';
@@ -49,6 +50,8 @@ commands:
     --copy               copy the base weights   --early-layer N (default ~n_layers/4)
     --queries N          attention-pool queries (default 8)   --seed S
 options:
+  --device cpu|cuda      where native compute runs (every command; cuda needs a CUDA build)
+  --threads N            CPU compute threads (every command; default: physical cores)
   --json                 machine-readable output
   -h, --help             this help`;
 
@@ -146,9 +149,21 @@ async function generate(args: string[]): Promise<void> {
   }
 }
 
+/**
+ * The runtime configuration (`--device`, `--threads`) of any command: taken out of the arguments
+ * and made the process default (configure), so models, face analyzers and evaluations all use it.
+ */
+function applyRuntimeOptions(args: string[]): void {
+  const device = takeOption(args, '--device');
+  const threads = takeNumber(args, '--threads');
+  if (device === undefined && threads === undefined) return;
+  configure({ ...(device !== undefined ? { device: device as Device } : {}), ...(threads !== undefined ? { threads } : {}) });
+}
+
 async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const args = argv.filter((a) => a !== '--json');
+  applyRuntimeOptions(args);
   const [cmd, ...rest] = args;
   if (!cmd || cmd === '-h' || cmd === '--help') {
     console.log(USAGE);
@@ -157,11 +172,16 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case 'info': {
       const info = cpuInfo();
-      if (json) console.log(JSON.stringify(info, null, 2));
+      const runtime = runtimeInfo();
+      if (json) console.log(JSON.stringify({ ...info, runtime }, null, 2));
       else {
         const on = Object.entries(info.features).filter(([, v]) => v).map(([k]) => k);
         console.log(`cpu:      ${info.brand}`);
         console.log(`cores:    ${info.physicalCores} physical, ${info.logicalCpus} logical; kernels use ${info.threads} threads`);
+        console.log(
+          `runtime:  device ${runtime.device}, ${runtime.threads} threads; devices in this build: ${runtime.devices.join(', ')}` +
+            (runtime.cudaBuilt ? ' (CUDA kernels built)' : ' (no CUDA: `npm run build:cmake` with nvcc for one)'),
+        );
         console.log(`kernels:  ${info.isaActive} (best supported: ${info.isaDetected})`);
         console.log(`features: ${on.join(' ')}`);
       }

@@ -20,16 +20,13 @@ import { ImageProcessor, type ImageInput } from './image.js';
 import type { ImageProcessorConfig } from './image_processor.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
+import { runtimeOptions, type RuntimeOptions } from './runtime.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
 
-/** Where the model runs. Only 'cpu' exists in this build; 'cuda' needs a CUDA build. */
-export type Device = 'cpu' | 'cuda';
+export type { Device } from './runtime.js';
 
-export interface LoadModelOptions {
-  /** Compute threads; default: physical cores. */
-  threads?: number;
-  /** Device; default 'cpu'. */
-  device?: Device;
+/** Options of {@link loadModel}; `device` and `threads` are the runtime configuration (RuntimeOptions). */
+export interface LoadModelOptions extends RuntimeOptions {
   /** Tokens the KV cache holds; default min(the model's training context, 4096). */
   contextSize?: number;
   /**
@@ -273,11 +270,8 @@ function abortError(): EmollmError {
  */
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
   if (typeof path !== 'string' || path === '') throw new EmollmError('ERR_INVALID_ARGUMENT', 'path must be a non-empty string');
-  if (options.device !== undefined && options.device !== 'cpu') {
-    if (options.device === 'cuda')
-      throw new EmollmError('ERR_UNSUPPORTED', 'this build of emollm has no CUDA backend (build with `npm run build:cmake` where nvcc is present)');
-    throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown device ${JSON.stringify(options.device)} (use 'cpu' or 'cuda')`);
-  }
+  // Validated here (types) and natively (what this build can run: 'cuda' without CUDA is ERR_UNSUPPORTED).
+  const runtime = runtimeOptions(options, 'loadModel options');
   if (options.signal?.aborted) throw abortError();
   const st = await stat(path).catch((cause: unknown) => {
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: no such file or folder`, { file: path, cause });
@@ -308,8 +302,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       template = new ChatTemplate(t, { file: path, bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken });
   }
 
-  const nativeOptions: { threads?: number; nCtx?: number; mmproj?: string } = {};
-  if (options.threads !== undefined) nativeOptions.threads = options.threads;
+  const nativeOptions: { threads?: number; device?: string; nCtx?: number; mmproj?: string } = { ...runtime };
   if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
   if (options.mmproj !== undefined) nativeOptions.mmproj = options.mmproj;
   const handle = (await (native() as unknown as { loadModel(p: string, o: object): Promise<NativeModel> }).loadModel(

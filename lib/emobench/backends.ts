@@ -23,6 +23,7 @@ import { CANONICAL_EMOTIONS } from '../emotion_lexicon.js';
 import { EmollmError } from '../errors.js';
 import { FACE_EXPRESSIONS, FaceAnalyzer } from '../face.js';
 import type { ImageInput } from '../image.js';
+import type { Device } from '../runtime.js';
 import { loadModel, type Model } from '../model.js';
 import { hashString, rng } from './metrics.js';
 import type { BenchSample, BenchTask } from './sample.js';
@@ -413,6 +414,8 @@ export interface CreateBackendOptions {
   /** Native: passed to loadModel. */
   mmproj?: string;
   threads?: number;
+  /** Native: the device (RuntimeOptions), passed to loadModel. */
+  device?: Device;
   /** EmoPrompt guidance level for the model backends (default 'full'). */
   guidance?: GuidanceLevel;
 }
@@ -434,6 +437,7 @@ export async function createBackend(spec: string, options: CreateBackendOptions)
   const model = await loadModel(spec, {
     ...(options.mmproj ? { mmproj: options.mmproj } : {}),
     ...(options.threads !== undefined ? { threads: options.threads } : {}),
+    ...(options.device !== undefined ? { device: options.device } : {}),
   });
   if (!model.info.vision) {
     await model.close();

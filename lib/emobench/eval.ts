@@ -334,7 +334,8 @@ export const EVAL_USAGE = `usage:
     --seed S                random baseline and bootstrap seed (default 0)
     --timeout-ms MS --retries N    HTTP request timeout and retries
     --guidance none|brief|full     EmoPrompt reasoning guidance (default full)
-    --mmproj PATH --threads N      native model loading
+    --mmproj PATH                  native model loading
+    --device cpu|cuda --threads N  the runtime configuration (as for every emollm command)
     --fsync                 fsync predictions.jsonl after every line
   emollm eval compare RUN_A RUN_B   paired bootstrap on the sample ids both runs scored`;
 

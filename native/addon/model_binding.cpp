@@ -339,7 +339,9 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   std::string path = arg_string(info, 0, "path");
   Napi::Object o = opt_object(info, 1, "options");
   LlavaLoadOptions lo;
-  lo.threads = int(opt_int(env, o, "threads", 0, 0, 1024));
+  const RuntimeOptions ro = read_runtime_options(env, o);
+  lo.threads = ro.threads;
+  if (ro.device_set) lo.device = ro.device;
   const int64_t n_ctx = opt_int(env, o, "nCtx", 0, 0, int64_t(1) << 24);
   if (has_opt(o, "mmproj")) {
     if (!o.Get("mmproj").IsString()) throw_invalid(env, "mmproj must be a string");

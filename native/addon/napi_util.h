@@ -5,6 +5,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "core/runtime.h"
 
 namespace emollm::addon {
 
@@ -63,6 +64,33 @@ inline int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* wha
   double d = info[i].As<Napi::Number>().DoubleValue();
   if (d != double(int64_t(d))) throw_invalid(info.Env(), std::string(what) + " must be an integer");
   return int64_t(d);
+}
+
+// The one reader of the runtime configuration `{ device?, threads? }` (lib/runtime.ts) from any
+// options object: loadModel, createFaceModels, configure. Unset fields stay unset (the runtime's
+// defaults apply); errors are typed (unknown device: ERR_INVALID_ARGUMENT; 'cuda' in a build that
+// cannot run it: ERR_UNSUPPORTED, from require_device).
+inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o) {
+  RuntimeOptions r;
+  auto set = [&](const char* key) { return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull(); };
+  try {
+    if (set("device")) {
+      if (!o.Get("device").IsString()) throw_invalid(env, "device must be a string ('cpu' or 'cuda')");
+      r.device = device_from_name(o.Get("device").As<Napi::String>().Utf8Value());
+      r.device_set = true;
+      require_device(r.device);
+    }
+  } catch (const emollm::Error& e) {
+    throw make_js_error(env, e);
+  }
+  if (set("threads")) {
+    if (!o.Get("threads").IsNumber()) throw_invalid(env, "threads must be a number");
+    const double d = o.Get("threads").As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= 1024) || d != double(int(d)))
+      throw_invalid(env, "threads must be an integer between 0 (the default) and 1024");
+    r.threads = int(d);
+  }
+  return r;
 }
 
 // A Promise-returning AsyncWorker: Execute() runs on a libuv worker thread; any exception it

@@ -7,13 +7,14 @@
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu/kernels.h"
+#include "core/runtime.h"
 
 namespace emollm {
 namespace {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads) {}
+  explicit CpuBackend(std::shared_ptr<ThreadPool> pool) : owned_(std::move(pool)), pool_(*owned_) {}
 
   DeviceKind device() const override { return DeviceKind::Cpu; }
   std::string describe() const override {
@@ -62,7 +63,8 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  ThreadPool pool_;
+  std::shared_ptr<ThreadPool> owned_;
+  ThreadPool& pool_;
 };
 
 }  // namespace
@@ -87,11 +89,15 @@ void Backend::mvp_projection(const float* X, const void* W1, const float* b1, co
   }
 }
 
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
+  EMOLLM_CHECK_ARG(pool != nullptr, "make_cpu_backend: null pool");
+  return std::make_unique<CpuBackend>(std::move(pool));
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   switch (options.device) {
-    case DeviceKind::Cpu: return std::make_unique<CpuBackend>(options.threads);
-    case DeviceKind::Cuda:
-      throw Error(ErrorCode::Unsupported, "this build of emollm has no CUDA backend (rebuild with nvcc: npm run build:cmake)");
+    case DeviceKind::Cpu: return std::make_unique<CpuBackend>(std::make_shared<ThreadPool>(options.threads));
+    case DeviceKind::Cuda: require_device(DeviceKind::Cuda); break;
   }
   throw Error(ErrorCode::InvalidArgument, "unknown device");
 }

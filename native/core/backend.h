@@ -12,6 +12,8 @@
 
 namespace emollm {
 
+class ThreadPool;
+
 enum class DeviceKind { Cpu, Cuda };
 
 struct BackendOptions {
@@ -56,7 +58,11 @@ class Backend {
                               const float* G, DType wtype, float* Y, const MvpProjectionParams& p);
 };
 
-// Creates a backend. DeviceKind::Cuda throws Error(Unsupported) when the build has no CUDA.
+// Creates a backend with its own compute pool. DeviceKind::Cuda throws Error(Unsupported) when
+// the build has no CUDA (see require_device in core/runtime.h). Models get theirs from the
+// Runtime instead (shared pools); this stays for tests and tools that want a private one.
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+// A CPU backend computing on `pool` (shared; kept alive by the backend).
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);
 
 }  // namespace emollm

@@ -326,14 +326,17 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
   if (!m->rope_inv_freq.empty() && int64_t(m->rope_inv_freq.size()) != hp.rope_dim / 2)
     throw Error(ErrorCode::Internal, "rope inv_freq size mismatch");
 
-  BackendOptions bo;
-  bo.device = opts.device;
-  bo.threads = opts.threads;
+  RuntimeOptions ro;
+  if (opts.device) {
+    ro.device = *opts.device;
+    ro.device_set = true;
+  }
+  ro.threads = opts.threads;
   // A tiny model (stories260K) runs faster on one thread than paying a pool hand-off per kernel.
   size_t weight_bytes = 0;
   for (const auto& t : m->store_->tensors()) weight_bytes += t.nbytes;
-  if (bo.threads == 0 && weight_bytes < (size_t(8) << 20)) bo.threads = 1;
-  m->backend_ = make_backend(bo);
+  if (ro.threads == 0 && weight_bytes < (size_t(8) << 20)) ro.threads = 1;
+  m->backend_ = Runtime::instance().backend(ro);
   if (!m->backend_->uses_host_memory())
     throw Error(ErrorCode::Unsupported, "the LLaMA decoder runs only on backends that use host memory for now");
 }

@@ -18,11 +18,13 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/arena.h"
 #include "core/backend.h"
+#include "core/runtime.h"
 #include "base/dtype.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
@@ -65,9 +67,12 @@ struct LlamaLayer {
   const float *b_gate = nullptr, *b_up = nullptr, *b_down = nullptr;      // mlp_bias
 };
 
+// The runtime configuration of one model (core/runtime.h): unset fields take the runtime's
+// defaults (configure()); the backend comes from Runtime::instance(), shared with every model
+// that asks for the same device and thread count.
 struct LlamaLoadOptions {
-  int threads = 0;  // compute threads of the model's backend; 0 = physical cores (1 for models under 8 MiB)
-  DeviceKind device = DeviceKind::Cpu;
+  int threads = 0;  // compute threads; 0 = the runtime default (1 for models under 8 MiB)
+  std::optional<DeviceKind> device;  // unset = the runtime default device
 };
 
 class LlamaModel {
@@ -114,7 +119,7 @@ class LlamaModel {
   std::string format_, arch_, source_;
   std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
-  std::unique_ptr<Backend> backend_;
+  std::shared_ptr<Backend> backend_;  // from the Runtime, shared by models with the same options
 };
 
 struct LlamaContextOptions {
