@@ -93,16 +93,22 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
   return r;
 }
 
-// A Promise-returning AsyncWorker: Execute() runs on a libuv worker thread; any exception it
-// throws rejects the promise with a typed error. Subclasses set the result in Resolve().
+// The one worker base of the addon: a Promise-returning AsyncWorker. Run() executes on a libuv
+// worker thread (no N-API calls there) and any exception it throws rejects the promise with a
+// typed error; Resolve() builds the result on the main thread; Finish() (optional) runs on the
+// main thread before the promise settles, whether the work failed or not (handles use it to
+// release busy flags and finish pending close() calls); js_error_, when set, rejects instead of
+// the result (an error thrown by a JavaScript callback during the work).
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
-  virtual void Run() = 0;                           // worker thread: no N-API calls here
+  virtual void Run() = 0;                           // worker thread
   virtual Napi::Value Resolve(Napi::Env env) = 0;   // main thread
+  virtual void Finish(Napi::Env env) {}             // main thread, before settling
+  Napi::ObjectReference js_error_;
 
  private:
   void Execute() final {
@@ -115,19 +121,30 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnOK() final {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
+    Napi::Value result;
+    Napi::Value rejection;
     if (error_) {
-      deferred_.Reject(make_js_error(env, error_).Value());
-      return;
+      rejection = make_js_error(env, error_).Value();
+    } else {
+      try {
+        result = Resolve(env);
+      } catch (const Napi::Error& e) {
+        rejection = e.Value();
+      } catch (...) {
+        rejection = make_js_error(env, std::current_exception()).Value();
+      }
     }
-    try {
-      deferred_.Resolve(Resolve(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (...) {
-      deferred_.Reject(make_js_error(env, std::current_exception()).Value());
-    }
+    if (!js_error_.IsEmpty()) rejection = js_error_.Value();
+    Finish(env);
+    if (!rejection.IsEmpty()) deferred_.Reject(rejection);
+    else deferred_.Resolve(result);
   }
-  void OnError(const Napi::Error& e) final { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) final {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Finish(env);
+    deferred_.Reject(e.Value());
+  }
 
   Napi::Promise::Deferred deferred_;
   std::exception_ptr error_;
