@@ -70,19 +70,11 @@ void arg_image(const Napi::CallbackInfo& info, std::vector<uint8_t>* rgb, int64_
 
 fc::DetectOptions arg_detect_options(const Napi::CallbackInfo& info, size_t i) {
   fc::DetectOptions o;
-  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return o;
-  if (!info[i].IsObject()) throw_invalid(info.Env(), "options must be an object");
-  auto obj = info[i].As<Napi::Object>();
-  auto num = [&](const char* key, double* out) {
-    Napi::Value v = obj.Get(key);
-    if (v.IsUndefined()) return;
-    if (!v.IsNumber()) throw_invalid(info.Env(), std::string(key) + " must be a number");
-    *out = v.As<Napi::Number>().DoubleValue();
-  };
-  double size = double(o.input_size);
-  num("inputSize", &size);
-  num("scoreThreshold", &o.score_threshold);
-  num("iouThreshold", &o.iou_threshold);
+  Napi::Env env = info.Env();
+  Napi::Object obj = opt_object(info, i, "options");
+  const double size = opt_number(env, obj, "inputSize", double(o.input_size));
+  o.score_threshold = opt_number(env, obj, "scoreThreshold", o.score_threshold);
+  o.iou_threshold = opt_number(env, obj, "iouThreshold", o.iou_threshold);
   if (!(size >= 64 && size <= 2048) || size != std::floor(size) || int64_t(size) % 32 != 0)
     throw_invalid(info.Env(), "inputSize must be a multiple of 32 in [64, 2048]");
   o.input_size = int64_t(size);
@@ -256,7 +248,7 @@ class FaceModelsWrap final : public Napi::ObjectWrap<FaceModelsWrap> {
       if (!expr.empty()) handle_->expression = std::make_unique<fc::FaceExpressionNet>(expr);
       // The face CNNs run on the CPU: the runtime's pool for the requested thread count.
       RuntimeOptions ro;
-      if (info.Length() > 2 && info[2].IsObject()) ro = read_runtime_options(env, info[2].As<Napi::Object>());
+      ro = read_runtime_options(env, opt_object(info, 2, "runtime options"));
       handle_->pool = Runtime::instance().pool(ro.threads);
     } catch (const emollm::Error& e) {
       throw make_js_error(env, e);

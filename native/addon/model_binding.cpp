@@ -130,29 +130,8 @@ Napi::Error closed_error(Napi::Env env, const char* what) {
 }
 
 // ---------------------------------------------------------------- option helpers
+// opt_object / has_opt / opt_number / opt_int / read_runtime_options: napi_util.h.
 
-Napi::Object opt_object(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return Napi::Object::New(info.Env());
-  if (!info[i].IsObject()) throw_invalid(info.Env(), std::string(what) + " must be an object");
-  return info[i].As<Napi::Object>();
-}
-bool has_opt(const Napi::Object& o, const char* key) {
-  return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull();
-}
-double opt_number(Napi::Env env, const Napi::Object& o, const char* key, double def) {
-  if (!has_opt(o, key)) return def;
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) throw_invalid(env, std::string(key) + " must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (std::isnan(d)) throw_invalid(env, std::string(key) + " must not be NaN");
-  return d;
-}
-int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
-  double d = opt_number(env, o, key, double(def));
-  if (d != std::floor(d) || d < double(lo) || d > double(hi))
-    throw_invalid(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  return int64_t(d);
-}
 std::vector<int32_t> int32_array(Napi::Env env, Napi::Value v, const char* what) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw_invalid(env, std::string(what) + " must be an Int32Array");

@@ -2,6 +2,7 @@
 #pragma once
 #include <napi.h>
 
+#include <cmath>
 #include <string>
 
 #include "base/error.h"
@@ -66,15 +67,40 @@ inline int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* wha
   return int64_t(d);
 }
 
+// ---- the options reader: every binding reads its options object with these.
+// An optional options object at argument i (undefined / null: an empty one).
+inline Napi::Object opt_object(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return Napi::Object::New(info.Env());
+  if (!info[i].IsObject()) throw_invalid(info.Env(), std::string(what) + " must be an object");
+  return info[i].As<Napi::Object>();
+}
+// Whether `key` is set (undefined and null mean unset).
+inline bool has_opt(const Napi::Object& o, const char* key) {
+  return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull();
+}
+inline double opt_number(Napi::Env env, const Napi::Object& o, const char* key, double def) {
+  if (!has_opt(o, key)) return def;
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw_invalid(env, std::string(key) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (std::isnan(d)) throw_invalid(env, std::string(key) + " must not be NaN");
+  return d;
+}
+inline int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
+  double d = opt_number(env, o, key, double(def));
+  if (d != std::floor(d) || d < double(lo) || d > double(hi))
+    throw_invalid(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return int64_t(d);
+}
+
 // The one reader of the runtime configuration `{ device?, threads? }` (lib/runtime.ts) from any
 // options object: loadModel, createFaceModels, configure. Unset fields stay unset (the runtime's
 // defaults apply); errors are typed (unknown device: ERR_INVALID_ARGUMENT; 'cuda' in a build that
 // cannot run it: ERR_UNSUPPORTED, from require_device).
 inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o) {
   RuntimeOptions r;
-  auto set = [&](const char* key) { return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull(); };
   try {
-    if (set("device")) {
+    if (has_opt(o, "device")) {
       if (!o.Get("device").IsString()) throw_invalid(env, "device must be a string ('cpu' or 'cuda')");
       r.device = device_from_name(o.Get("device").As<Napi::String>().Utf8Value());
       r.device_set = true;
@@ -83,13 +109,7 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
   } catch (const emollm::Error& e) {
     throw make_js_error(env, e);
   }
-  if (set("threads")) {
-    if (!o.Get("threads").IsNumber()) throw_invalid(env, "threads must be a number");
-    const double d = o.Get("threads").As<Napi::Number>().DoubleValue();
-    if (!(d >= 0 && d <= 1024) || d != double(int(d)))
-      throw_invalid(env, "threads must be an integer between 0 (the default) and 1024");
-    r.threads = int(d);
-  }
+  r.threads = int(opt_int(env, o, "threads", 0, 0, 1024));
   return r;
 }
 
