@@ -164,6 +164,12 @@ void quick_gelu(const float* x, float* y, int64_t n, ThreadPool* pool) {
   EMOLLM_CHECK_ARG(n >= 0, "activation: n must be >= 0");
   detail::for_elements(pool, n, [&](int64_t b, int64_t e) { quick_gelu_serial(x + b, y + b, e - b); });
 }
+void add(const float* a, const float* b, float* y, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "add: n must be >= 0");
+  detail::for_elements(pool, n, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) y[i] = a[i] + b[i];
+  });
+}
 void swiglu(const float* gate, const float* up, float* y, int64_t n, ThreadPool* pool) {
   EMOLLM_CHECK_ARG(n >= 0, "swiglu: n must be >= 0");
   detail::for_elements(pool, n, [&](int64_t b, int64_t e) { swiglu_serial(gate + b, up + b, y + b, e - b); });

@@ -71,6 +71,8 @@ void layernorm(const float* x, int64_t ldx, const float* w, const float* b, floa
 void silu(const float* x, float* y, int64_t n, ThreadPool* pool);        // x * sigmoid(x)
 void gelu_erf(const float* x, float* y, int64_t n, ThreadPool* pool);    // 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
 void quick_gelu(const float* x, float* y, int64_t n, ThreadPool* pool);  // x * sigmoid(1.702 x), CLIP
+// y = a + b (residual adds; in place allowed: y == a or y == b)
+void add(const float* a, const float* b, float* y, int64_t n, ThreadPool* pool);
 // y = silu(gate) * up  (the LLaMA SwiGLU MLP)
 void swiglu(const float* gate, const float* up, float* y, int64_t n, ThreadPool* pool);
 
@@ -106,6 +108,7 @@ inline void silu(const float* x, float* y, int64_t n) { silu(x, y, n, nullptr); 
 inline void gelu_erf(const float* x, float* y, int64_t n) { gelu_erf(x, y, n, nullptr); }
 inline void quick_gelu(const float* x, float* y, int64_t n) { quick_gelu(x, y, n, nullptr); }
 inline void swiglu(const float* gate, const float* up, float* y, int64_t n) { swiglu(gate, up, y, n, nullptr); }
+inline void add(const float* a, const float* b, float* y, int64_t n) { add(a, b, y, n, nullptr); }
 inline void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) {
   softmax(x, ldx, y, ldy, rows, n, nullptr);
 }

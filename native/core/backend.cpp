@@ -43,6 +43,8 @@ class CpuBackend final : public Backend {
   void gelu_erf(const float* x, float* y, int64_t n) override { emollm::gelu_erf(x, y, n, &pool_); }
   void quick_gelu(const float* x, float* y, int64_t n) override { emollm::quick_gelu(x, y, n, &pool_); }
   void swiglu(const float* gate, const float* up, float* y, int64_t n) override { emollm::swiglu(gate, up, y, n, &pool_); }
+  void add(const float* a, const float* b, float* y, int64_t n) override { emollm::add(a, b, y, n, &pool_); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
     emollm::softmax(x, ldx, y, ldy, rows, n, &pool_);
   }

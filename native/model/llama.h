@@ -186,7 +186,7 @@ class LlamaContext {
   // Drops cache positions >= n (n <= n_past).
   void truncate(int64_t n);
   void reset() { truncate(0); }
-  size_t memory_bytes() const { return arena_.bytes_reserved(); }
+  size_t memory_bytes() const { return buffer_.bytes(); }
 
  private:
   bool forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
@@ -195,7 +195,9 @@ class LlamaContext {
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
   std::vector<int32_t> tokens_;
-  Arena arena_;
+  // The KV cache and all activations: one block of the model backend's memory (backend.alloc),
+  // carved at construction. Model code reaches it only through Backend calls.
+  BackendBuffer buffer_;
   // KV cache, per layer [n_ctx, n_head_kv * head_dim] f32
   float* k_cache_ = nullptr;
   float* v_cache_ = nullptr;

@@ -868,6 +868,12 @@ TEST(row_kernels_thread_pool_bit_identical) {
         swiglu(x.data(), u.data(), y1.data(), n);
         swiglu(x.data(), u.data(), y2.data(), n, &pool);
         same(y1, y2, "swiglu" + t);
+        add(x.data(), u.data(), y1.data(), n);
+        add(x.data(), u.data(), y2.data(), n, &pool);
+        same(y1, y2, "add" + t);
+        bool sums = true;
+        for (int64_t i = 0; i < n; ++i) sums = sums && y1[size_t(i)] == x[size_t(i)] + u[size_t(i)];
+        EXPECT(sums);
       }
       for (RopeLayout layout : {RopeLayout::RotateHalf, RopeLayout::Interleaved}) {  // RoPE over tokens
         const int64_t tokens = 67, heads = 8, head_dim = 128, ld = heads * head_dim + 16;
