@@ -3,10 +3,11 @@
     {
       "target_name": "emollm",
       "sources": [
-        "<!@(node scripts/sources.mjs core kernels_cpu loaders model addon)"
+        "<!@(node scripts/sources.mjs base core kernels_cpu loaders model addon)"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
+        ".",
         "native",
         "kernels"
       ],

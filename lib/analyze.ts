@@ -21,6 +21,7 @@ import type { ImageInput } from './image.js';
 import type { Model } from './model.js';
 import { askModel, buildModelPrompt, perceive, EXPRESSION_TO_EKMAN7, type FaceSummary, type FrameAnalysis } from './perception.js';
 import { assertRegularFile } from './safe_fs.js';
+import { runtimeOptions, type RuntimeOptions } from './runtime.js';
 import type { TaxonomyId } from './taxonomies.js';
 
 export {
@@ -47,7 +48,7 @@ const EMO_TASK: Record<AnalyzeTask, EmoTask> = {
 };
 
 
-export interface AnalyzeOptions {
+export interface AnalyzeOptions extends RuntimeOptions {
   /** Default 'emotion' (close-set emotion recognition). */
   task?: AnalyzeTask;
   /** Accompanying text: caption, utterance, meme text. */
@@ -65,7 +66,10 @@ export interface AnalyzeOptions {
   /** Video frames to sample (default 8); at most `modelFrames` of them go to the model (default 4). */
   frames?: number;
   modelFrames?: number;
-  /** A preloaded face analyzer (loaded on first use otherwise). */
+  /**
+   * A preloaded face analyzer (loaded on first use otherwise, on `device` / `threads` when given:
+   * the runtime configuration of RuntimeOptions; a preloaded one keeps its own).
+   */
   faces?: FaceAnalyzer;
   /** Treat the input as a video even without a video extension. */
   video?: boolean;
@@ -130,6 +134,7 @@ export async function analyze(input: ImageInput, options: AnalyzeOptions = {}): 
     ...(options.frames !== undefined ? { frames: options.frames } : {}),
     ...(options.faces ? { faces: options.faces } : {}),
     ...pixelLimit,
+    runtime: runtimeOptions(options, 'analyze options'),
     onProgress: progress,
     ...(options.signal ? { signal: options.signal } : {}),
   });

@@ -11,6 +11,7 @@ import { basename, join } from 'node:path';
 import { JSON_OPTION, formatUsage, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './cli/args.js';
 import { EmollmError } from './errors.js';
 import { DTYPES, cpuInfo, type DType } from './kernels.js';
+import { runtimeInfo } from './runtime.js';
 import { quantizeGguf } from './quantize.js';
 import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis } from './analyze.js';
@@ -262,11 +263,16 @@ async function info(argv: readonly string[]): Promise<number> {
   const p = parse(INFO, argv);
   if (!p) return 0;
   const i = cpuInfo();
-  if (p.values.json) console.log(JSON.stringify(i, null, 2));
+  const runtime = runtimeInfo();
+  if (p.values.json) console.log(JSON.stringify({ ...i, runtime }, null, 2));
   else {
     const on = Object.entries(i.features).filter(([, v]) => v).map(([k]) => k);
     console.log(`cpu:      ${i.brand}`);
     console.log(`cores:    ${i.physicalCores} physical, ${i.logicalCpus} logical; kernels use ${i.threads} threads`);
+    console.log(
+      `runtime:  device ${runtime.device}, ${runtime.threads} threads; devices in this build: ${runtime.devices.join(', ')}` +
+        (runtime.cudaBuilt ? ' (CUDA kernels built)' : ' (no CUDA: `npm run build:cmake` with nvcc for one)'),
+    );
     console.log(`kernels:  ${i.isaActive} (best supported: ${i.isaDetected})`);
     console.log(`features: ${on.join(' ')}`);
   }

@@ -33,6 +33,7 @@ import { dirname, join } from 'node:path';
 import { EmollmError } from './errors.js';
 import { decodeImage, type DecodeImageOptions, type ImageInput } from './image.js';
 import { native, packageRoot } from './native.js';
+import { runtimeOptions, type RuntimeOptions } from './runtime.js';
 
 /** face-api's expression labels, in the network's output order. */
 export const FACE_EXPRESSIONS = ['neutral', 'happy', 'sad', 'angry', 'fearful', 'disgusted', 'surprised'] as const;
@@ -68,7 +69,7 @@ export interface DetectFacesOptions extends DecodeImageOptions {
 }
 
 /** Where face-api's weights come from. */
-export interface FaceModelOptions {
+export interface FaceModelOptions extends RuntimeOptions {
   /** Folder holding `tiny_face_detector_model-weights_manifest.json`, `face_expression_model-…` and their .bin files. Default: the copies shipped in this package ({@link faceModelDir}). */
   modelDir?: string;
 }
@@ -106,7 +107,11 @@ export interface NativeFaceModels {
 }
 
 interface FaceBinding {
-  createFaceModels(weights: Record<string, Float32Array>, shapes: Record<string, number[]>): NativeFaceModels;
+  createFaceModels(
+    weights: Record<string, Float32Array>,
+    shapes: Record<string, number[]>,
+    runtime?: { device?: string; threads?: number },
+  ): NativeFaceModels;
 }
 
 const DETECTOR_MODEL = 'tiny_face_detector_model';
@@ -257,9 +262,10 @@ export class FaceAnalyzer {
 
   /** Loads face-api's weights (the copies shipped in this package unless `modelDir` is given). */
   static async load(options: FaceModelOptions = {}): Promise<FaceAnalyzer> {
+    const runtime = runtimeOptions(options, 'FaceAnalyzer.load options');
     const { weights, shapes } = await loadFaceWeights(options);
     const binding = native() as unknown as FaceBinding;
-    return new FaceAnalyzer(binding.createFaceModels(weights, shapes));
+    return new FaceAnalyzer(binding.createFaceModels(weights, shapes, runtime));
   }
 
   /** Face boxes only (no expressions), best first. */

@@ -12,6 +12,8 @@ export * from './config.js';
 export * from './tokenizer.js';
 export * from './chat_template.js';
 export * from './model.js';
+export { DEVICES, runtimeInfo, runtimeOptions } from './runtime.js';
+export type { RuntimeInfo, RuntimeOptions } from './runtime.js';
 export * from './gguf_writer.js';
 export * from './quantize.js';
 export * from './image.js';

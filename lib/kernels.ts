@@ -4,6 +4,7 @@
  */
 import { EmollmError } from './errors.js';
 import { native } from './native.js';
+import { runtimeOptions, type Device, type RuntimeOptions } from './runtime.js';
 
 /**
  * Weight element types: plain floats and the GGUF block-quantised formats, with ggml's layouts
@@ -27,8 +28,10 @@ export interface CpuInfo {
   isaDetected: Isa;
   /** Level kernels use now (detected, capped by `configure({ isa })` or EMOLLM_ISA). */
   isaActive: Isa;
-  /** Threads the kernels use. */
+  /** Default compute threads of the runtime (configure({ threads }), else the physical cores). */
   threads: number;
+  /** Default device of the runtime (configure({ device }), else 'cpu'). */
+  device: Device;
   /** Activation precision for decode-shaped products with block-quantised weights. */
   quantActivations: 'q8' | 'f32';
   /** Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...). */
@@ -40,8 +43,12 @@ export function cpuInfo(): CpuInfo {
   return native().cpuInfo() as CpuInfo;
 }
 
-export interface KernelOptions {
-  /** Compute threads for kernel calls; 0 means physical cores. */
+export interface KernelOptions extends RuntimeOptions {
+  /**
+   * The process default of the runtime configuration (RuntimeOptions: `device`, `threads`; 0
+   * threads means physical cores): used by kernel calls here and by every model, analyzer and
+   * evaluation that leaves them unset.
+   */
   threads?: number;
   /** Cap the instruction-set level, e.g. 'scalar' to run the reference paths. */
   isa?: Isa;
@@ -58,7 +65,8 @@ export interface KernelOptions {
 
 /** Sets process-wide kernel options. */
 export function configure(options: KernelOptions): void {
-  native().configure(options);
+  if (options === null || typeof options !== 'object') throw new EmollmError('ERR_INVALID_ARGUMENT', 'configure expects an options object');
+  native().configure({ ...options, ...runtimeOptions(options, 'configure options') });
 }
 
 export interface GemmArgs {

@@ -28,17 +28,14 @@ import { FileGuard } from './file_guard.js';
 import { WORKER_MIN_CHARS, encodeOffThread, type TokenizerSource } from './tokenize_worker.js';
 import { DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_PROMPT_CHARS, limitOption } from './limits.js';
 import { assertRegularFile, readRegularFile } from './safe_fs.js';
+import { runtimeOptions, type RuntimeOptions } from './runtime.js';
 import { SpmTokenizer, loadTokenizer, tokenizerFromGgufMetadata, type Tokenizer } from './tokenizer.js';
 import { encodeVisuals, type NativeVisualEncoder, type Visual, type VisualFeatures, type VisualPreprocessing } from './visual_input.js';
 
-/** Where the model runs. Only 'cpu' exists in this build; 'cuda' needs a CUDA build. */
-export type Device = 'cpu' | 'cuda';
+export type { Device } from './runtime.js';
 
-export interface LoadModelOptions {
-  /** Compute threads; default: physical cores. */
-  threads?: number;
-  /** Device; default 'cpu'. */
-  device?: Device;
+/** Options of {@link loadModel}; `device` and `threads` are the runtime configuration (RuntimeOptions). */
+export interface LoadModelOptions extends RuntimeOptions {
   /** Tokens the KV cache holds; default min(the model's training context, 4096). */
   contextSize?: number;
   /**
@@ -318,11 +315,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   // hf:owner/name[@revision][/file]: the local hub cache (emollm pull fetches it).
   if (path.startsWith('hf:')) path = resolveHfPath(path);
   if (options.mmproj?.startsWith('hf:')) options = { ...options, mmproj: resolveHfPath(options.mmproj) };
-  if (options.device !== undefined && options.device !== 'cpu') {
-    if (options.device === 'cuda')
-      throw new EmollmError('ERR_UNSUPPORTED', 'this build of emollm has no CUDA backend (build with `npm run build:cmake` where nvcc is present)');
-    throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown device ${JSON.stringify(options.device)} (use 'cpu' or 'cuda')`);
-  }
+  // Validated here (types) and natively (what this build can run: 'cuda' without CUDA is ERR_UNSUPPORTED).
+  const runtime = runtimeOptions(options, 'loadModel options');
   if (options.signal?.aborted) throw abortError();
   const st = await stat(path).catch((cause: unknown) => {
     throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: no such file or folder`, { file: path, cause });
@@ -364,8 +358,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     options.onProgress({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: false });
   }
 
-  const nativeOptions: { threads?: number; nCtx?: number; mmproj?: string } = {};
-  if (options.threads !== undefined) nativeOptions.threads = options.threads;
+  const nativeOptions: { threads?: number; device?: string; nCtx?: number; mmproj?: string } = { ...runtime };
   if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
   if (options.mmproj !== undefined) nativeOptions.mmproj = options.mmproj;
   const handle = (await (native() as unknown as { loadModel(p: string, o: object): Promise<NativeModel> }).loadModel(

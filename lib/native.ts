@@ -17,7 +17,7 @@ export interface NativeBinding {
   abiVersion: number;
   setErrorClass(ctor: unknown): void;
   cpuInfo(): NativeCpuInfo;
-  configure(options: { threads?: number; isa?: string; quantActivations?: string }): void;
+  configure(options: { threads?: number; device?: string; isa?: string; quantActivations?: string }): void;
   gemm(
     x: Float32Array,
     w: ArrayBufferView | ArrayBuffer,
@@ -41,6 +41,7 @@ export interface NativeCpuInfo {
   isaDetected: string;
   isaActive: string;
   threads: number;
+  device: string;
   quantActivations: string;
   features: Record<string, boolean>;
 }

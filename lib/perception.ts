@@ -20,6 +20,7 @@ import { EmollmError } from './errors.js';
 import { FaceAnalyzer, FACE_EXPRESSIONS, type DetectedFace, type FaceExpression } from './face.js';
 import { decodeImage, type ImageInput, type ImageProcessor } from './image.js';
 import type { FaceBox, Model } from './model.js';
+import { runtimeOptions, type RuntimeOptions } from './runtime.js';
 
 /** face-api's expression classes as Ekman-7 labels (a one-to-one mapping). */
 export const EXPRESSION_TO_EKMAN7: Readonly<Record<FaceExpression, string>> = Object.freeze({
@@ -198,15 +199,22 @@ export function isVideoInput(input: ImageInput, video?: boolean): boolean {
   return video === true || (typeof input === 'string' && VIDEO_EXTENSIONS.has(extname(input).toLowerCase()));
 }
 
-let sharedFaces: Promise<FaceAnalyzer> | undefined;
+// Face analyzers loaded on first use, one per runtime configuration.
+const sharedFaces = new Map<string, Promise<FaceAnalyzer>>();
 
-/** The process-wide face analyzer, loaded on first use (a failed load is retried next time). */
-export function sharedFaceAnalyzer(): Promise<FaceAnalyzer> {
-  sharedFaces ??= FaceAnalyzer.load().catch((e: unknown) => {
-    sharedFaces = undefined;
-    throw e;
-  });
-  return sharedFaces;
+/** The process-wide face analyzer of a runtime configuration, loaded on first use (a failed load is retried next time). */
+export function sharedFaceAnalyzer(runtime: RuntimeOptions = {}): Promise<FaceAnalyzer> {
+  const r = runtimeOptions(runtime, 'runtime options');
+  const key = `${r.device ?? ''}/${r.threads ?? ''}`;
+  let shared = sharedFaces.get(key);
+  if (!shared) {
+    shared = FaceAnalyzer.load(r).catch((e: unknown) => {
+      sharedFaces.delete(key);
+      throw e;
+    });
+    sharedFaces.set(key, shared);
+  }
+  return shared;
 }
 
 export interface PerceiveOptions {
@@ -218,6 +226,8 @@ export interface PerceiveOptions {
   faces?: FaceAnalyzer | false;
   /** Largest image or frame decoded, in pixels (default `DEFAULT_MAX_PIXELS` of image.ts). */
   maxPixels?: number;
+  /** Where the shared face analyzer runs (when `faces` is not given). */
+  runtime?: RuntimeOptions;
   onProgress?: (message: string) => void;
   signal?: AbortSignal;
 }
@@ -251,7 +261,7 @@ export async function perceive(input: ImageInput, options: PerceiveOptions = {})
     if (options.faces) faces = options.faces;
     else {
       progress('loading face models');
-      faces = await sharedFaceAnalyzer();
+      faces = await sharedFaceAnalyzer(options.runtime);
     }
   }
   const frames: FrameAnalysis[] = [];

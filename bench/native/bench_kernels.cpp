@@ -27,11 +27,11 @@
 #include <thread>
 #include <vector>
 
-#include "core/arena.h"
-#include "core/cpu_features.h"
-#include "core/dtype.h"
-#include "core/error.h"
-#include "core/thread_pool.h"
+#include "base/arena.h"
+#include "base/cpu_features.h"
+#include "base/dtype.h"
+#include "base/error.h"
+#include "base/thread_pool.h"
 #include "cpu/kernels.h"
 
 #ifdef EMOLLM_HAVE_OPENBLAS

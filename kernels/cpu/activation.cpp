@@ -7,8 +7,9 @@
 #include <cmath>
 
 #include "elementwise_ref.h"
+#include "row_parallel.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 
@@ -125,13 +126,10 @@ void unary_dispatch(const float* x, float* y, int64_t n, void (*scalar)(const fl
   }
 }
 
-}  // namespace
-
-void silu(const float* x, float* y, int64_t n) { unary_dispatch<SiluOp>(x, y, n, ref::silu); }
-void gelu_erf(const float* x, float* y, int64_t n) { unary_dispatch<GeluOp>(x, y, n, ref::gelu_erf); }
-void quick_gelu(const float* x, float* y, int64_t n) { unary_dispatch<QuickGeluOp>(x, y, n, ref::quick_gelu); }
-void swiglu(const float* gate, const float* up, float* y, int64_t n) {
-  EMOLLM_CHECK_ARG(n >= 0, "swiglu: n must be >= 0");
+void silu_serial(const float* x, float* y, int64_t n) { unary_dispatch<SiluOp>(x, y, n, ref::silu); }
+void gelu_erf_serial(const float* x, float* y, int64_t n) { unary_dispatch<GeluOp>(x, y, n, ref::gelu_erf); }
+void quick_gelu_serial(const float* x, float* y, int64_t n) { unary_dispatch<QuickGeluOp>(x, y, n, ref::quick_gelu); }
+void swiglu_serial(const float* gate, const float* up, float* y, int64_t n) {
   switch (detail::elt_path()) {
     case detail::EltPath::Avx512: return swiglu_avx512(gate, up, y, n);
     case detail::EltPath::Avx2: return swiglu_avx2(gate, up, y, n);
@@ -139,13 +137,42 @@ void swiglu(const float* gate, const float* up, float* y, int64_t n) {
   }
 }
 
+}  // namespace
+
 #else  // not x86-64: scalar only
 
-void silu(const float* x, float* y, int64_t n) { ref::silu(x, y, n); }
-void gelu_erf(const float* x, float* y, int64_t n) { ref::gelu_erf(x, y, n); }
-void quick_gelu(const float* x, float* y, int64_t n) { ref::quick_gelu(x, y, n); }
-void swiglu(const float* gate, const float* up, float* y, int64_t n) { ref::swiglu(gate, up, y, n); }
+namespace {
+void silu_serial(const float* x, float* y, int64_t n) { ref::silu(x, y, n); }
+void gelu_erf_serial(const float* x, float* y, int64_t n) { ref::gelu_erf(x, y, n); }
+void quick_gelu_serial(const float* x, float* y, int64_t n) { ref::quick_gelu(x, y, n); }
+void swiglu_serial(const float* gate, const float* up, float* y, int64_t n) { ref::swiglu(gate, up, y, n); }
+}  // namespace
 
 #endif
+
+// Elementwise: chunks start at multiples of detail::kEltAlign, so each element takes the same
+// vector lane (and the same masked tail) as in one single-threaded call.
+void silu(const float* x, float* y, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "activation: n must be >= 0");
+  detail::for_elements(pool, n, [&](int64_t b, int64_t e) { silu_serial(x + b, y + b, e - b); });
+}
+void gelu_erf(const float* x, float* y, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "activation: n must be >= 0");
+  detail::for_elements(pool, n, [&](int64_t b, int64_t e) { gelu_erf_serial(x + b, y + b, e - b); });
+}
+void quick_gelu(const float* x, float* y, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "activation: n must be >= 0");
+  detail::for_elements(pool, n, [&](int64_t b, int64_t e) { quick_gelu_serial(x + b, y + b, e - b); });
+}
+void add(const float* a, const float* b, float* y, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "add: n must be >= 0");
+  detail::for_elements(pool, n, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) y[i] = a[i] + b[i];
+  });
+}
+void swiglu(const float* gate, const float* up, float* y, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "swiglu: n must be >= 0");
+  detail::for_elements(pool, n, [&](int64_t b, int64_t e) { swiglu_serial(gate + b, up + b, y + b, e - b); });
+}
 
 }  // namespace emollm

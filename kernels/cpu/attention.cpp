@@ -30,8 +30,8 @@
 #include <cstring>
 #include <vector>
 
-#include "../../native/core/arena.h"
-#include "../../native/core/error.h"
+#include "../../base/arena.h"
+#include "../../base/error.h"
 #include "kernels.h"
 
 #if defined(__x86_64__)

@@ -17,7 +17,7 @@
 
 #include "kernels.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 

@@ -9,8 +9,9 @@
 #include <string>
 
 #include "elementwise_ref.h"
+#include "row_parallel.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 
@@ -163,8 +164,9 @@ EMOLLM_TARGET_AVX2 void row_avx2(DType t, const void* src, float* dst, int64_t n
 }  // namespace
 #endif
 
-void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
-                      const int32_t* ids, int64_t n, float* out, int64_t ld_out) {
+namespace {
+void embedding_rows(const void* table, DType dtype, int64_t vocab, int64_t dim,
+                    const int32_t* ids, int64_t n, float* out, int64_t ld_out) {
   const detail::EltPath path = detail::elt_path();
   if (path == detail::EltPath::Scalar) return ref::embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out);
 #if defined(__x86_64__)
@@ -178,6 +180,16 @@ void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim
     else row_avx2(dtype, src, out + i * ld_out, dim);
   }
 #endif
+}
+
+}  // namespace
+
+void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
+                      const int32_t* ids, int64_t n, float* out, int64_t ld_out, ThreadPool* pool) {
+  check_embedding(table, dtype, vocab, dim, ids, n, ld_out);
+  detail::for_rows(pool, n, dim, [&](int64_t i0, int64_t i1) {
+    embedding_rows(table, dtype, vocab, dim, ids + i0, i1 - i0, out + i0 * ld_out, ld_out);
+  });
 }
 
 }  // namespace emollm

@@ -21,9 +21,9 @@
 #include <string>
 #include <vector>
 
-#include "../../native/core/arena.h"
-#include "../../native/core/error.h"
-#include "../../native/core/quant_formats.h"
+#include "../../base/arena.h"
+#include "../../base/error.h"
+#include "../../base/quant_formats.h"
 #include "gemm_internal.h"
 
 namespace emollm {

@@ -22,7 +22,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../../native/core/quant_formats.h"
+#include "../../base/quant_formats.h"
 #include "gemm_internal.h"
 
 #if defined(__x86_64__)

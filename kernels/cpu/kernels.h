@@ -1,20 +1,26 @@
 // CPU compute kernels: plain functions over pointers and shapes (ggml style).
 //
 // Every kernel has a scalar reference and vectorised paths (AVX2, AVX-512, AMX where it helps),
-// selected at run time from isa_active() (native/core/cpu_features.h). Forcing a lower level with
+// selected at run time from isa_active() (base/cpu_features.h). Forcing a lower level with
 // isa_set_cap() runs the lower path, which is how tests compare each path with the scalar one.
 //
 // Conventions
 // - Activations are f32, row-major, with an explicit leading dimension (elements between rows).
 // - Weights W are stored as in Hugging Face nn.Linear and GGUF: N rows (out features) of K
 //   elements (in features), rows contiguous, each row dtype_row_bytes(wtype, K) bytes.
-// - A ThreadPool* may be null: the kernel then runs on the calling thread only.
+// - A ThreadPool* may be null: the kernel then runs on the calling thread only. The row kernels
+//   (norms, activations, softmax, RoPE, embedding) split rows (elements, for the activations)
+//   across the pool when the call is large enough (row_parallel.h); their results are
+//   bit-identical to the single-threaded ones.
+// - The parameter structs (RopeParams, AttentionParams, ...) live in kernels/op_params.h, shared
+//   with kernels/cuda and the Backend interface.
 #pragma once
 #include <cstdint>
 
-#include "../../native/core/cpu_features.h"
-#include "../../native/core/dtype.h"
-#include "../../native/core/thread_pool.h"
+#include "../../base/cpu_features.h"
+#include "../../base/dtype.h"
+#include "../../base/thread_pool.h"
+#include "../op_params.h"
 
 namespace emollm {
 
@@ -57,48 +63,64 @@ struct QuantActivationsScope {
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.
 // Both norms may run in place (y == x).
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
-             int64_t rows, int64_t n, float eps);
+             int64_t rows, int64_t n, float eps, ThreadPool* pool);
 // y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). Biased variance, as torch.
 void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
-               int64_t rows, int64_t n, float eps);
+               int64_t rows, int64_t n, float eps, ThreadPool* pool);
 
 // ---------------------------------------------------------------- activations (elementwise, in place allowed)
-void silu(const float* x, float* y, int64_t n);        // x * sigmoid(x)
-void gelu_erf(const float* x, float* y, int64_t n);    // 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
-void quick_gelu(const float* x, float* y, int64_t n);  // x * sigmoid(1.702 x), CLIP
+void silu(const float* x, float* y, int64_t n, ThreadPool* pool);        // x * sigmoid(x)
+void gelu_erf(const float* x, float* y, int64_t n, ThreadPool* pool);    // 0.5 x (1 + erf(x / sqrt 2)), torch's exact GELU
+void quick_gelu(const float* x, float* y, int64_t n, ThreadPool* pool);  // x * sigmoid(1.702 x), CLIP
+// y = a + b (residual adds; in place allowed: y == a or y == b)
+void add(const float* a, const float* b, float* y, int64_t n, ThreadPool* pool);
 // y = silu(gate) * up  (the LLaMA SwiGLU MLP)
-void swiglu(const float* gate, const float* up, float* y, int64_t n);
+void swiglu(const float* gate, const float* up, float* y, int64_t n, ThreadPool* pool);
 
 // ---------------------------------------------------------------- softmax
 // Row-wise softmax over n columns, numerically stable (max subtracted). In place allowed.
 // Special values follow torch: -inf entries give 0; a row that is all -inf, or holds +inf or
 // NaN, gives all NaN.
-void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n);
+void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n, ThreadPool* pool);
 
 // ---------------------------------------------------------------- rotary position embedding
-enum class RopeLayout {
-  RotateHalf,   // Hugging Face: pairs (i, i + rot_dim/2)
-  Interleaved,  // GGUF / llama.cpp LLAMA_ROPE_TYPE_NORM and Meta's original: pairs (2i, 2i+1)
-};
-struct RopeParams {
-  int64_t head_dim = 0;
-  int64_t rot_dim = 0;        // dims rotated (<= head_dim, even); 0 means head_dim
-  float theta = 10000.0f;     // rope_theta / freq_base
-  float freq_scale = 1.0f;    // linear scaling: position * freq_scale (1/factor)
-  const float* inv_freq = nullptr;  // optional precomputed rot_dim/2 inverse frequencies
-                                    // (llama3 scaling); overrides theta when set
-  RopeLayout layout = RopeLayout::RotateHalf;
-};
 // Rotates x in place: n_tokens rows, each n_heads heads of head_dim, token row stride ld
 // (elements). positions[t] is token t's absolute position.
 void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
-          const RopeParams& p);
+          const RopeParams& p, ThreadPool* pool);
 
 // ---------------------------------------------------------------- embedding
 // out[i, :] = table[ids[i], :] converted to f32. table has vocab rows of dim elements of dtype.
 // Throws Error(InvalidArgument) on an id outside [0, vocab).
 void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
-                      const int32_t* ids, int64_t n, float* out, int64_t ld_out);
+                      const int32_t* ids, int64_t n, float* out, int64_t ld_out, ThreadPool* pool);
+
+// The row kernels above on the calling thread only (overloads, so they stay usable as plain
+// function pointers of their original types).
+inline void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
+                    float eps) {
+  rmsnorm(x, ldx, w, y, ldy, rows, n, eps, nullptr);
+}
+inline void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
+                      int64_t rows, int64_t n, float eps) {
+  layernorm(x, ldx, w, b, y, ldy, rows, n, eps, nullptr);
+}
+inline void silu(const float* x, float* y, int64_t n) { silu(x, y, n, nullptr); }
+inline void gelu_erf(const float* x, float* y, int64_t n) { gelu_erf(x, y, n, nullptr); }
+inline void quick_gelu(const float* x, float* y, int64_t n) { quick_gelu(x, y, n, nullptr); }
+inline void swiglu(const float* gate, const float* up, float* y, int64_t n) { swiglu(gate, up, y, n, nullptr); }
+inline void add(const float* a, const float* b, float* y, int64_t n) { add(a, b, y, n, nullptr); }
+inline void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) {
+  softmax(x, ldx, y, ldy, rows, n, nullptr);
+}
+inline void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                 const RopeParams& p) {
+  rope(x, ld, n_tokens, n_heads, positions, p, nullptr);
+}
+inline void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids,
+                             int64_t n, float* out, int64_t ld_out) {
+  embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out, nullptr);
+}
 
 // ---------------------------------------------------------------- attention
 // Scaled dot-product attention over a KV cache, tiled with an online softmax (flash-attention
@@ -109,13 +131,6 @@ void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim
 // Grouped-query: head h reads kv head h / (n_heads / n_kv_heads).
 // Causal: query i (absolute position q_pos0 + i) sees kv tokens j <= q_pos0 + i; the cache
 // holds positions 0..n_kv-1. Bidirectional (causal=false) sees all n_kv.
-struct AttentionParams {
-  int64_t n_q = 0, n_kv = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
-  int64_t ldq = 0, ldk = 0, ldv = 0, ldo = 0;
-  float scale = 0.0f;  // 0 means 1/sqrt(head_dim)
-  bool causal = true;
-  int64_t q_pos0 = 0;
-};
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionParams& p, ThreadPool* pool);
 
@@ -139,10 +154,6 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 //   Y : [tokens, d_out], token row stride ldy (0 means d_out)
 // W1 and W2 share the weight dtype wtype (any gemm dtype; the block rules of gemm apply to d_in
 // and d_hid). The CPU path is one stacked GEMM for the first layers, then per-head GEMMs.
-struct MvpProjectionParams {
-  int64_t tokens = 0, d_in = 0, d_hid = 0, d_out = 0, n_heads = 0;
-  int64_t ldx = 0, ldy = 0;
-};
 void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                     const float* G, DType wtype, float* Y, const MvpProjectionParams& p, ThreadPool* pool);
 
@@ -156,18 +167,7 @@ void mvp_projection(const float* X, const void* W1, const float* b1, const void*
 // the output size implies. Convolution padding is zeros; pooling ignores taps outside the image.
 namespace emollm {
 
-enum class ConvActivation { None, Relu, LeakyRelu };  // LeakyRelu: x > 0 ? x : alpha * x
-
-struct Conv2dParams {
-  int64_t batch = 1;
-  int64_t in_h = 0, in_w = 0, in_c = 0;
-  int64_t out_h = 0, out_w = 0, out_c = 0;  // depthwise / pooling: out_c == in_c
-  int64_t k_h = 1, k_w = 1;
-  int64_t stride_h = 1, stride_w = 1;
-  int64_t pad_top = 0, pad_left = 0;
-  ConvActivation act = ConvActivation::None;  // convolutions only, applied after the bias
-  float alpha = 0.1f;
-};
+// Conv2dParams and ConvActivation: kernels/op_params.h.
 
 // TensorFlow's output size and leading padding for one spatial axis:
 //   same : out = ceil(in / stride), pad_before = max((out - 1) * stride + k - in, 0) / 2

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 #include "kernels.h"
 
 namespace emollm {

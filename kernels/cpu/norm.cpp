@@ -14,8 +14,9 @@
 #include <cstring>
 
 #include "elementwise_ref.h"
+#include "row_parallel.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 
@@ -277,8 +278,10 @@ EMOLLM_TARGET_AVX2 void rms_scale_row_avx2(const float* x, float* y, int64_t n, 
 
 // ------------------------------------------------------------------ dispatch
 
-void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
-             int64_t rows, int64_t n, float eps) {
+namespace {
+
+void rmsnorm_rows(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
+                  int64_t rows, int64_t n, float eps) {
   const detail::EltPath path = detail::elt_path();
   if (path == detail::EltPath::Scalar) return ref::rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
 #if defined(__x86_64__)
@@ -296,8 +299,8 @@ void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
 #endif
 }
 
-void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
-               int64_t rows, int64_t n, float eps) {
+void layernorm_rows(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
+                    int64_t rows, int64_t n, float eps) {
   const detail::EltPath path = detail::elt_path();
   if (path == detail::EltPath::Scalar) return ref::layernorm(x, ldx, w, b, y, ldy, rows, n, eps);
 #if defined(__x86_64__)
@@ -319,6 +322,24 @@ void layernorm(const float* x, int64_t ldx, const float* w, const float* b, floa
     else scale_row_avx2(xr, yr, n, meanf, rstd, corr, w, b);
   }
 #endif
+}
+
+}  // namespace
+
+void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
+             int64_t rows, int64_t n, float eps, ThreadPool* pool) {
+  check_rows(ldx, ldy, rows, n);
+  detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+    rmsnorm_rows(x + r0 * ldx, ldx, w, y + r0 * ldy, ldy, r1 - r0, n, eps);
+  });
+}
+
+void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
+               int64_t rows, int64_t n, float eps, ThreadPool* pool) {
+  check_rows(ldx, ldy, rows, n);
+  detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+    layernorm_rows(x + r0 * ldx, ldx, w, b, y + r0 * ldy, ldy, r1 - r0, n, eps);
+  });
 }
 
 }  // namespace emollm

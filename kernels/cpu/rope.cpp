@@ -13,8 +13,9 @@
 #include <vector>
 
 #include "elementwise_ref.h"
+#include "row_parallel.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 
@@ -172,8 +173,9 @@ EMOLLM_TARGET_AVX2 void rope_head_avx2(float* v, const float* c, const float* s,
 }  // namespace
 #endif
 
-void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
-          const RopeParams& p) {
+namespace {
+void rope_tokens(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                 const RopeParams& p) {
   const detail::EltPath path = detail::elt_path();
   if (path == detail::EltPath::Scalar) return ref::rope(x, ld, n_tokens, n_heads, positions, p);
 #if defined(__x86_64__)
@@ -214,6 +216,17 @@ void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t
     }
   }
 #endif
+}
+
+}  // namespace
+
+void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+          const RopeParams& p, ThreadPool* pool) {
+  detail::rope_rot_dim(p);  // argument checks before any split
+  check_rope(ld, n_tokens, n_heads, positions, p);
+  detail::for_rows(pool, n_tokens, n_heads * p.head_dim, [&](int64_t t0, int64_t t1) {
+    rope_tokens(x + t0 * ld, ld, t1 - t0, n_heads, positions + t0, p);
+  });
 }
 
 }  // namespace emollm

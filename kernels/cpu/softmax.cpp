@@ -13,8 +13,9 @@
 #include <limits>
 
 #include "elementwise_ref.h"
+#include "row_parallel.h"
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 
@@ -154,7 +155,8 @@ EMOLLM_TARGET_AVX2 void softmax_row_avx2(const float* x, float* y, int64_t n) {
 }  // namespace
 #endif
 
-void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) {
+namespace {
+void softmax_rows(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) {
   const detail::EltPath path = detail::elt_path();
   if (path == detail::EltPath::Scalar) return ref::softmax(x, ldx, y, ldy, rows, n);
 #if defined(__x86_64__)
@@ -165,6 +167,15 @@ void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, i
     else softmax_row_avx2(x + r * ldx, y + r * ldy, n);
   }
 #endif
+}
+
+}  // namespace
+
+void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n, ThreadPool* pool) {
+  check_softmax(ldx, ldy, rows, n);
+  detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+    softmax_rows(x + r0 * ldx, ldx, y + r0 * ldy, ldy, r1 - r0, n);
+  });
 }
 
 }  // namespace emollm

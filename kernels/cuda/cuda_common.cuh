@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 
 namespace emollm {
 namespace cuda {

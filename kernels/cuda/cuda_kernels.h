@@ -10,7 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "../cpu/kernels.h"
+#include "../../base/dtype.h"
+#include "../op_params.h"
 
 struct CUstream_st;
 
@@ -23,7 +24,7 @@ using Stream = CUstream_st*;  // == cudaStream_t
 //   F32: float; BF16: uint16_t bfloat16 bits (converted to f32 on load, f32 arithmetic).
 
 // ---------------------------------------------------------------- attention
-// Flash-attention forward, same semantics as emollm::attention (AttentionParams in kernels.h):
+// Flash-attention forward, same semantics as emollm::attention (AttentionParams in kernels/op_params.h):
 // q/out f32 [n_q, n_heads, head_dim]; k/v [n_kv, n_kv_heads, head_dim] of kv_type (F32 or BF16),
 // token row strides in elements; GQA; causal with q_pos0 or bidirectional. Online softmax over
 // K/V tiles staged in shared memory; no n_q x n_kv score matrix exists anywhere.

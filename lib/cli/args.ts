@@ -11,6 +11,8 @@
 import { parseArgs } from 'node:util';
 
 import { EmollmError } from '../errors.js';
+import { configure } from '../kernels.js';
+import { DEVICES } from '../runtime.js';
 
 /** How an option's value is read. */
 export type OptionType = 'string' | 'boolean' | 'number' | 'integer' | 'list';
@@ -79,6 +81,24 @@ export class UsageError extends EmollmError {
 
 const HELP: OptionSpec = { type: 'boolean', short: 'h', description: 'this help' };
 
+/**
+ * The runtime configuration, an option of every command (a command's own entry of the same name
+ * wins in its usage text): parsed values become the process default through `configure`, so
+ * models, face analyzers and evaluations started by the command all use them.
+ */
+export const RUNTIME_OPTIONS = {
+  device: { type: 'string', choices: DEVICES, description: 'where native compute runs (cuda needs a CUDA build)' },
+  threads: { type: 'integer', description: 'CPU compute threads (default: physical cores)' },
+} as const satisfies Record<string, OptionSpec>;
+
+function applyRuntime(values: Record<string, unknown>): void {
+  const device = values.device as (typeof DEVICES)[number] | undefined;
+  // a command may declare its own `threads` (serve, worker read it as text): only numbers apply here
+  const threads = typeof values.threads === 'number' ? values.threads : undefined;
+  if (device !== undefined || threads !== undefined)
+    configure({ ...(device !== undefined ? { device } : {}), ...(threads !== undefined ? { threads } : {}) });
+}
+
 function optionLabel(name: string, o: OptionSpec): string {
   const flag = `${o.short ? `-${o.short}, ` : ''}--${name}`;
   if (o.type === 'boolean') return flag;
@@ -88,7 +108,7 @@ function optionLabel(name: string, o: OptionSpec): string {
 
 /** The usage text of a command, from its table. */
 export function formatUsage(spec: CommandSpec): string {
-  const entries = Object.entries({ ...spec.options, help: HELP });
+  const entries = Object.entries({ ...RUNTIME_OPTIONS, ...spec.options, help: HELP });
   const labels = entries.map(([n, o]) => optionLabel(n, o));
   const width = Math.min(32, Math.max(...labels.map((l) => l.length)) + 2);
   const lines = [`usage: emollm ${spec.name}${spec.synopsis ? ` ${spec.synopsis}` : ''}${entries.length > 1 ? ' [options]' : ''}`];
@@ -152,7 +172,7 @@ function parseArgsMessage(spec: CommandSpec, e: Error & { code?: string }): stri
 /** Parses a command's arguments (those after the command name) against its table. */
 export function parseCommand<S extends CommandSpec>(spec: S, argv: readonly string[]): ParsedCommand<S> {
   const usage = formatUsage(spec);
-  const table: Record<string, OptionSpec> = { ...spec.options, help: HELP };
+  const table: Record<string, OptionSpec> = { ...RUNTIME_OPTIONS, ...spec.options, help: HELP };
   const config: Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }> = {};
   for (const [name, o] of Object.entries(table)) {
     config[name] = {
@@ -182,6 +202,7 @@ export function parseCommand<S extends CommandSpec>(spec: S, argv: readonly stri
     if (n < min) throw new UsageError(`${spec.name}: needs ${spec.synopsis || `${min} argument(s)`}`, usage);
     if (n > max) throw new UsageError(`${spec.name}: unexpected argument ${JSON.stringify(parsed.positionals[max])}`, usage);
   }
+  if (!help) applyRuntime(values);
   return { values: values as OptionValues<S>, positionals: parsed.positionals, help };
 }
 

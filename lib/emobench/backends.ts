@@ -23,6 +23,7 @@ import { EmollmError } from '../errors.js';
 import { FACE_EXPRESSIONS, FaceAnalyzer } from '../face.js';
 import type { ImageInput } from '../image.js';
 import { DEFAULT_MAX_RESPONSE_BYTES, limitOption } from '../limits.js';
+import type { Device } from '../runtime.js';
 import { loadModel, type Model } from '../model.js';
 import { confinedPath, readRegularFile } from '../safe_fs.js';
 import { withServeScoring } from '../serve/client.js';
@@ -524,6 +525,8 @@ export interface CreateBackendOptions {
   /** Native: passed to loadModel. */
   mmproj?: string;
   threads?: number;
+  /** Native: the device (RuntimeOptions), passed to loadModel. */
+  device?: Device;
   /** EmoPrompt guidance level for the model backends (default 'full'). */
   guidance?: GuidanceLevel;
   /** Native models: run the face perspective and pass its cues and boxes (default true; `--no-face` sets false). */
@@ -549,6 +552,7 @@ export async function createBackend(spec: string, options: CreateBackendOptions)
   const model = await loadModel(spec, {
     ...(options.mmproj ? { mmproj: options.mmproj } : {}),
     ...(options.threads !== undefined ? { threads: options.threads } : {}),
+    ...(options.device !== undefined ? { device: options.device } : {}),
   });
   if (!model.info.vision) {
     await model.close();

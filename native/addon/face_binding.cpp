@@ -15,7 +15,8 @@
 //   FaceModels.preprocess(rgb, width, height, size, center) -> Float32Array [size*size*3] (sync)
 //   FaceModels.detectorForward(input: Float32Array [size*size*3], size) -> Promise<Float32Array>
 //     the raw output grid [g, g, 25] (g = size / 32), for network-level parity tests.
-// Inputs are copied before work is queued. Compute runs on a pool shared by all FaceModels.
+// Inputs are copied before work is queued. Compute runs on the runtime pool chosen at creation
+// (createFaceModels(weights, shapes, { device?, threads? }); unset: the runtime defaults).
 #include <cmath>
 #include <map>
 #include <memory>
@@ -23,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "../core/thread_pool.h"
+#include "base/thread_pool.h"
 #include "../model/face.h"
 #include "bindings.h"
 #include "napi_util.h"
@@ -33,17 +34,10 @@ namespace {
 
 namespace fc = emollm::face;
 
-std::shared_ptr<ThreadPool> face_pool() {
-  static std::mutex mu;
-  static std::shared_ptr<ThreadPool> pool;
-  std::lock_guard<std::mutex> lk(mu);
-  if (!pool) pool = std::make_shared<ThreadPool>(0);
-  return pool;
-}
-
 struct FaceModelsHandle {
   std::unique_ptr<fc::TinyFaceDetector> detector;
   std::unique_ptr<fc::FaceExpressionNet> expression;
+  std::shared_ptr<ThreadPool> pool;  // the runtime's pool for the options given at creation
 };
 
 std::vector<uint8_t> arg_u8(const Napi::CallbackInfo& info, size_t i, const char* what) {
@@ -101,19 +95,11 @@ void arg_image_view(const Napi::CallbackInfo& info, ImageView* v) {
 
 fc::DetectOptions arg_detect_options(const Napi::CallbackInfo& info, size_t i) {
   fc::DetectOptions o;
-  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return o;
-  if (!info[i].IsObject()) throw_invalid(info.Env(), "options must be an object");
-  auto obj = info[i].As<Napi::Object>();
-  auto num = [&](const char* key, double* out) {
-    Napi::Value v = obj.Get(key);
-    if (v.IsUndefined()) return;
-    if (!v.IsNumber()) throw_invalid(info.Env(), std::string(key) + " must be a number");
-    *out = v.As<Napi::Number>().DoubleValue();
-  };
-  double size = double(o.input_size);
-  num("inputSize", &size);
-  num("scoreThreshold", &o.score_threshold);
-  num("iouThreshold", &o.iou_threshold);
+  Napi::Env env = info.Env();
+  Napi::Object obj = opt_object(info, i, "options");
+  const double size = opt_number(env, obj, "inputSize", double(o.input_size));
+  o.score_threshold = opt_number(env, obj, "scoreThreshold", o.score_threshold);
+  o.iou_threshold = opt_number(env, obj, "iouThreshold", o.iou_threshold);
   if (!(size >= 64 && size <= 2048) || size != std::floor(size) || int64_t(size) % 32 != 0)
     throw_invalid(info.Env(), "inputSize must be a multiple of 32 in [64, 2048]");
   o.input_size = int64_t(size);
@@ -142,8 +128,7 @@ class DetectWorker final : public PromiseWorker {
 
  protected:
   void Run() override {
-    auto pool = face_pool();
-    boxes_ = m_->detector->detect(img_.data, w_, h_, o_, pool.get());
+    boxes_ = m_->detector->detect(img_.data, w_, h_, o_, m_->pool.get());
     if (!expr_ || boxes_.empty()) return;
     const int64_t S = fc::kExpressionInputSize;
     std::vector<float> crops(size_t(int64_t(boxes_.size()) * S * S * 3));
@@ -157,7 +142,7 @@ class DetectWorker final : public PromiseWorker {
         ++n;
       }
     std::vector<float> probs(size_t(n * fc::kNumExpressions));
-    m_->expression->forward(crops.data(), n, probs.data(), pool.get());
+    m_->expression->forward(crops.data(), n, probs.data(), m_->pool.get());
     probs_.assign(boxes_.size() * fc::kNumExpressions, 0.0f);
     for (size_t k = 0; k < which.size(); ++k)
       std::copy(probs.begin() + int64_t(k) * fc::kNumExpressions, probs.begin() + int64_t(k + 1) * fc::kNumExpressions,
@@ -201,7 +186,7 @@ class ExpressionsWorker final : public PromiseWorker {
  protected:
   void Run() override {
     probs_.resize(size_t(n_ * fc::kNumExpressions));
-    m_->expression->forward(crops_.data(), n_, probs_.data(), face_pool().get());
+    m_->expression->forward(crops_.data(), n_, probs_.data(), m_->pool.get());
   }
   Napi::Value Resolve(Napi::Env env) override {
     auto a = Napi::Float32Array::New(env, probs_.size());
@@ -224,7 +209,7 @@ class ForwardWorker final : public PromiseWorker {
  protected:
   void Run() override {
     int64_t grid = 0;
-    out_ = m_->detector->forward(input_.data(), size_, face_pool().get(), &grid);
+    out_ = m_->detector->forward(input_.data(), size_, m_->pool.get(), &grid);
   }
   Napi::Value Resolve(Napi::Env env) override {
     auto a = Napi::Float32Array::New(env, out_.size());
@@ -286,6 +271,10 @@ class FaceModelsWrap final : public Napi::ObjectWrap<FaceModelsWrap> {
     try {
       if (!det.empty()) handle_->detector = std::make_unique<fc::TinyFaceDetector>(det);
       if (!expr.empty()) handle_->expression = std::make_unique<fc::FaceExpressionNet>(expr);
+      // The face CNNs run on the CPU: the runtime's pool for the requested thread count.
+      RuntimeOptions ro;
+      ro = read_runtime_options(env, opt_object(info, 2, "runtime options"));
+      handle_->pool = Runtime::instance().pool(ro.threads);
     } catch (const emollm::Error& e) {
       throw make_js_error(env, e);
     }
@@ -395,7 +384,8 @@ struct FaceCtor {
 Napi::Value CreateFaceModels(const Napi::CallbackInfo& info) {
   auto* c = static_cast<FaceCtor*>(info.Data());
   return c->ctor.New({info.Length() > 0 ? info[0] : info.Env().Undefined(),
-                      info.Length() > 1 ? info[1] : info.Env().Undefined()});
+                      info.Length() > 1 ? info[1] : info.Env().Undefined(),
+                      info.Length() > 2 ? info[2] : info.Env().Undefined()});
 }
 
 }  // namespace

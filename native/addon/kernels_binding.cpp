@@ -5,9 +5,9 @@
 #include <mutex>
 #include <vector>
 
-#include "../core/cpu_features.h"
-#include "../core/dtype.h"
-#include "../core/thread_pool.h"
+#include "base/cpu_features.h"
+#include "base/dtype.h"
+#include "base/thread_pool.h"
 #include "bindings.h"
 #include "cpu/kernels.h"
 #include "napi_util.h"
@@ -15,15 +15,8 @@
 namespace emollm::addon {
 namespace {
 
-std::mutex g_pool_mutex;
-std::shared_ptr<ThreadPool> g_pool;
-int g_threads = 0;  // 0 = physical cores
-
-std::shared_ptr<ThreadPool> shared_pool() {
-  std::lock_guard<std::mutex> lk(g_pool_mutex);
-  if (!g_pool) g_pool = std::make_shared<ThreadPool>(g_threads);
-  return g_pool;
-}
+// Standalone kernel calls compute on the runtime's default pool (configure({ threads })).
+std::shared_ptr<ThreadPool> shared_pool() { return Runtime::instance().pool(); }
 
 DType arg_dtype(const Napi::CallbackInfo& info, size_t i) {
   std::string name = arg_string(info, i, "dtype");
@@ -135,7 +128,8 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return to_float32_array(env, out);
 }
 
-// configure({ threads?: number, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32' })
+// configure({ device?, threads?, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32' }):
+// device and threads are the runtime defaults (Runtime::set_defaults) of every later call.
 Napi::Value Configure(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) throw_invalid(env, "configure expects an options object");
@@ -154,13 +148,13 @@ Napi::Value Configure(const Napi::CallbackInfo& info) {
     else if (mode == "f32") set_quant_activations(QuantActivations::F32);
     else throw_invalid(env, "quantActivations must be 'q8' or 'f32'");
   }
-  if (opts.Has("threads") && !opts.Get("threads").IsUndefined()) {
-    if (!opts.Get("threads").IsNumber()) throw_invalid(env, "threads must be a number");
-    int n = opts.Get("threads").As<Napi::Number>().Int32Value();
-    if (n < 0 || n > 1024) throw_invalid(env, "threads must be between 0 (physical cores) and 1024");
-    std::lock_guard<std::mutex> lk(g_pool_mutex);
-    g_threads = n;
-    g_pool.reset();  // in-flight work keeps its shared_ptr; the next call makes a new pool
+  RuntimeOptions ro = read_runtime_options(env, opts);
+  const bool threads_set = opts.Has("threads") && !opts.Get("threads").IsUndefined() && !opts.Get("threads").IsNull();
+  if (!threads_set) ro.threads = Runtime::instance().defaults().threads;  // unset: keep the current default
+  try {
+    Runtime::instance().set_defaults(ro);
+  } catch (const emollm::Error& e) {
+    throw make_js_error(env, e);
   }
   return env.Undefined();
 }
@@ -174,12 +168,9 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   o.Set("logicalCpus", f.logical_cpus);
   o.Set("isaDetected", isa_name(isa_detected()));
   o.Set("isaActive", isa_name(isa_active()));
-  int threads;
-  {
-    std::lock_guard<std::mutex> lk(g_pool_mutex);
-    threads = g_threads > 0 ? g_threads : f.physical_cores;
-  }
-  o.Set("threads", threads);
+  const Runtime::Info rt = Runtime::instance().info();
+  o.Set("threads", rt.threads);
+  o.Set("device", device_name(rt.device));
   o.Set("quantActivations", quant_activations() == QuantActivations::Q8 ? "q8" : "f32");
   auto feats = Napi::Object::New(env);
   feats.Set("avx2", f.avx2); feats.Set("fma", f.fma); feats.Set("f16c", f.f16c);
@@ -191,6 +182,51 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// runtimeInfo(): lib/runtime.ts RuntimeInfo.
+Napi::Value RuntimeInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Runtime::Info rt = Runtime::instance().info();
+  auto o = Napi::Object::New(env);
+  o.Set("device", device_name(rt.device));
+  o.Set("threads", rt.threads);
+  auto devices = Napi::Array::New(env);
+  devices.Set(uint32_t(0), "cpu");
+  bool cuda_runs = true;
+  try {
+    require_device(DeviceKind::Cuda);
+  } catch (const emollm::Error&) {
+    cuda_runs = false;
+  }
+  if (cuda_runs) devices.Set(uint32_t(1), "cuda");
+  o.Set("devices", devices);
+  o.Set("cudaBuilt", rt.cuda_built);
+  auto pools = Napi::Array::New(env);
+  for (size_t i = 0; i < rt.pools.size(); ++i) {
+    auto p = Napi::Object::New(env);
+    p.Set("threads", rt.pools[i].first);
+    p.Set("users", rt.pools[i].second);
+    pools.Set(uint32_t(i), p);
+  }
+  o.Set("pools", pools);
+  auto backends = Napi::Array::New(env);
+  for (size_t i = 0; i < rt.backends.size(); ++i) backends.Set(uint32_t(i), rt.backends[i]);
+  o.Set("backends", backends);
+  return o;
+}
+
+// requireDevice(name): throws the typed error (ERR_INVALID_ARGUMENT / ERR_UNSUPPORTED) when this
+// build cannot run `name`, so JavaScript entry points fail before doing any work.
+Napi::Value RequireDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string name = arg_string(info, 0, "device");
+  try {
+    require_device(device_from_name(name));
+  } catch (const emollm::Error& e) {
+    throw make_js_error(env, e);
+  }
+  return env.Undefined();
+}
+
 }  // namespace
 
 void register_kernels(Napi::Env env, Napi::Object exports) {
@@ -199,6 +235,8 @@ void register_kernels(Napi::Env env, Napi::Object exports) {
   exports.Set("dequantize", Napi::Function::New(env, Dequantize, "dequantize"));
   exports.Set("configure", Napi::Function::New(env, Configure, "configure"));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo, "cpuInfo"));
+  exports.Set("runtimeInfo", Napi::Function::New(env, RuntimeInfo, "runtimeInfo"));
+  exports.Set("requireDevice", Napi::Function::New(env, RequireDevice, "requireDevice"));
 }
 
 }  // namespace emollm::addon

@@ -69,6 +69,7 @@
 #include "model/qwen2_vl.h"
 #include "model/emollm_qwen2_vl.h"
 #include "model/sampler.h"
+#include "model/session.h"
 #include "napi_util.h"
 
 namespace emollm::addon {
@@ -143,29 +144,8 @@ Napi::Error closed_error(Napi::Env env, const char* what) {
 }
 
 // ---------------------------------------------------------------- option helpers
+// opt_object / has_opt / opt_number / opt_int / read_runtime_options: napi_util.h.
 
-Napi::Object opt_object(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return Napi::Object::New(info.Env());
-  if (!info[i].IsObject()) throw_invalid(info.Env(), std::string(what) + " must be an object");
-  return info[i].As<Napi::Object>();
-}
-bool has_opt(const Napi::Object& o, const char* key) {
-  return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull();
-}
-double opt_number(Napi::Env env, const Napi::Object& o, const char* key, double def) {
-  if (!has_opt(o, key)) return def;
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) throw_invalid(env, std::string(key) + " must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (std::isnan(d)) throw_invalid(env, std::string(key) + " must not be NaN");
-  return d;
-}
-int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
-  double d = opt_number(env, o, key, double(def));
-  if (d != std::floor(d) || d < double(lo) || d > double(hi))
-    throw_invalid(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  return int64_t(d);
-}
 std::vector<int32_t> int32_array(Napi::Env env, Napi::Value v, const char* what) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw_invalid(env, std::string(what) + " must be an Int32Array");
@@ -276,59 +256,9 @@ Constructors& ctors(Napi::Env env) {
 thread_local std::shared_ptr<ModelHandle>* tl_new_model = nullptr;
 thread_local std::shared_ptr<ContextState>* tl_new_context = nullptr;
 
-// A Promise-returning worker bound to a context or model, with a main-thread Finish() that
-// runs before the promise settles whether the work failed or not.
-class ModelWorker : public Napi::AsyncWorker {
- public:
-  explicit ModelWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-
- protected:
-  virtual void Run() = 0;
-  virtual Napi::Value Resolve(Napi::Env env) = 0;
-  virtual void Finish(Napi::Env env) {}
-  std::exception_ptr error_;
-  // An error to reject with instead of the result (e.g. thrown by a JS callback).
-  Napi::ObjectReference js_error_;
-
- private:
-  void Execute() final {
-    try {
-      Run();
-    } catch (...) {
-      error_ = std::current_exception();
-    }
-  }
-  void OnOK() final {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    Napi::Value result;
-    Napi::Value rejection;
-    if (error_) {
-      rejection = make_js_error(env, error_).Value();
-    } else {
-      try {
-        result = Resolve(env);
-      } catch (const Napi::Error& e) {
-        rejection = e.Value();
-      } catch (...) {
-        rejection = make_js_error(env, std::current_exception()).Value();
-      }
-    }
-    if (!js_error_.IsEmpty()) rejection = js_error_.Value();
-    Finish(env);
-    if (!rejection.IsEmpty()) deferred_.Reject(rejection);
-    else deferred_.Resolve(result);
-  }
-  void OnError(const Napi::Error& e) final {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    Finish(env);
-    deferred_.Reject(e.Value());
-  }
-
-  Napi::Promise::Deferred deferred_;
-};
+// Model and context workers use the addon's one worker base (napi_util.h), whose Finish()
+// hook releases the handle before the promise settles.
+using ModelWorker = PromiseWorker;
 
 // ---------------------------------------------------------------- loadModel
 
@@ -406,7 +336,9 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   std::string path = arg_string(info, 0, "path");
   Napi::Object o = opt_object(info, 1, "options");
   LlavaLoadOptions lo;
-  lo.threads = int(opt_int(env, o, "threads", 0, 0, 1024));
+  const RuntimeOptions ro = read_runtime_options(env, o);
+  lo.threads = ro.threads;
+  if (ro.device_set) lo.device = ro.device;
   const int64_t n_ctx = opt_int(env, o, "nCtx", 0, 0, int64_t(1) << 24);
   if (has_opt(o, "mmproj")) {
     if (!o.Get("mmproj").IsString()) throw_invalid(env, "mmproj must be a string");
@@ -1097,38 +1029,21 @@ class GenerateWorker final : public ContextWorker {
     release_tsfn();
   }
 
+  // The loop itself is the core's (model/session.h); this worker moves tokens to JavaScript.
   void decode() {
-    LlamaContext& ctx = *s_->ctx;
-    const LlamaModel& m = ctx.model();
-    const std::atomic<bool>& abort = s_->abort;
-    Sampler sampler(sp_, ctx.n_vocab());
     const float* embd = nullptr;
     if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
       prompt_ = splice(prompt_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
-    const float* logits = ctx.eval_prompt(prompt_.data(), int64_t(prompt_.size()), &abort, embd, pos3());
-    s_->n_past.store(ctx.n_past());
-    if (!logits) { reason_ = "aborted"; return; }
-    std::vector<int32_t> history(prompt_);
-    const size_t most = size_t(std::min<int64_t>(max_tokens_, ctx.n_ctx())) + 1;
-    history.reserve(prompt_.size() + most);
-    out_.reserve(most);
-    for (;;) {
-      if (abort.load()) { reason_ = "aborted"; return; }
-      if (int64_t(out_.size()) >= max_tokens_) { reason_ = "max-tokens"; return; }
-      const int32_t t = sampler.sample(logits, history.data(), int64_t(history.size()));
-      if (m.is_eos(t)) { reason_ = "eos"; return; }
-      if (std::find(stop_.begin(), stop_.end(), t) != stop_.end()) { reason_ = "stop-token"; return; }
-      out_.push_back(t);
-      history.push_back(t);
-      push(t);
-      if (int64_t(out_.size()) >= max_tokens_) { reason_ = "max-tokens"; return; }
-      if (ctx.n_past() >= ctx.n_ctx()) { reason_ = "context-full"; return; }
-      logits = ctx.eval(&t, 1, nullptr, &abort);
-      s_->n_past.store(ctx.n_past());
-      if (!logits) { reason_ = "aborted"; return; }
-    }
+    GenerateParams gp;
+    gp.sampler = sp_;
+    gp.max_tokens = max_tokens_;
+    gp.stop_tokens = stop_;
+    Session session(*s_->ctx, &s_->n_past);
+    GenerateResult r = session.generate(prompt_, embd, gp, &s_->abort, [this](int32_t t) { push(t); }, pos3());
+    out_ = std::move(r.tokens);
+    reason_ = stop_reason_name(r.reason);
   }
 
   void push(int32_t t) {

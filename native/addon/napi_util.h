@@ -2,9 +2,11 @@
 #pragma once
 #include <napi.h>
 
+#include <cmath>
 #include <string>
 
-#include "../core/error.h"
+#include "base/error.h"
+#include "core/runtime.h"
 
 namespace emollm::addon {
 
@@ -65,16 +67,68 @@ inline int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* wha
   return int64_t(d);
 }
 
-// A Promise-returning AsyncWorker: Execute() runs on a libuv worker thread; any exception it
-// throws rejects the promise with a typed error. Subclasses set the result in Resolve().
+// ---- the options reader: every binding reads its options object with these.
+// An optional options object at argument i (undefined / null: an empty one).
+inline Napi::Object opt_object(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return Napi::Object::New(info.Env());
+  if (!info[i].IsObject()) throw_invalid(info.Env(), std::string(what) + " must be an object");
+  return info[i].As<Napi::Object>();
+}
+// Whether `key` is set (undefined and null mean unset).
+inline bool has_opt(const Napi::Object& o, const char* key) {
+  return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull();
+}
+inline double opt_number(Napi::Env env, const Napi::Object& o, const char* key, double def) {
+  if (!has_opt(o, key)) return def;
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw_invalid(env, std::string(key) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (std::isnan(d)) throw_invalid(env, std::string(key) + " must not be NaN");
+  return d;
+}
+inline int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
+  double d = opt_number(env, o, key, double(def));
+  if (d != std::floor(d) || d < double(lo) || d > double(hi))
+    throw_invalid(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return int64_t(d);
+}
+
+// The one reader of the runtime configuration `{ device?, threads? }` (lib/runtime.ts) from any
+// options object: loadModel, createFaceModels, configure. Unset fields stay unset (the runtime's
+// defaults apply); errors are typed (unknown device: ERR_INVALID_ARGUMENT; 'cuda' in a build that
+// cannot run it: ERR_UNSUPPORTED, from require_device).
+inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o) {
+  RuntimeOptions r;
+  try {
+    if (has_opt(o, "device")) {
+      if (!o.Get("device").IsString()) throw_invalid(env, "device must be a string ('cpu' or 'cuda')");
+      r.device = device_from_name(o.Get("device").As<Napi::String>().Utf8Value());
+      r.device_set = true;
+      require_device(r.device);
+    }
+  } catch (const emollm::Error& e) {
+    throw make_js_error(env, e);
+  }
+  r.threads = int(opt_int(env, o, "threads", 0, 0, 1024));
+  return r;
+}
+
+// The one worker base of the addon: a Promise-returning AsyncWorker. Run() executes on a libuv
+// worker thread (no N-API calls there) and any exception it throws rejects the promise with a
+// typed error; Resolve() builds the result on the main thread; Finish() (optional) runs on the
+// main thread before the promise settles, whether the work failed or not (handles use it to
+// release busy flags and finish pending close() calls); js_error_, when set, rejects instead of
+// the result (an error thrown by a JavaScript callback during the work).
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
-  virtual void Run() = 0;                           // worker thread: no N-API calls here
+  virtual void Run() = 0;                           // worker thread
   virtual Napi::Value Resolve(Napi::Env env) = 0;   // main thread
+  virtual void Finish(Napi::Env env) {}             // main thread, before settling
+  Napi::ObjectReference js_error_;
 
  private:
   void Execute() final {
@@ -87,19 +141,30 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnOK() final {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
+    Napi::Value result;
+    Napi::Value rejection;
     if (error_) {
-      deferred_.Reject(make_js_error(env, error_).Value());
-      return;
+      rejection = make_js_error(env, error_).Value();
+    } else {
+      try {
+        result = Resolve(env);
+      } catch (const Napi::Error& e) {
+        rejection = e.Value();
+      } catch (...) {
+        rejection = make_js_error(env, std::current_exception()).Value();
+      }
     }
-    try {
-      deferred_.Resolve(Resolve(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (...) {
-      deferred_.Reject(make_js_error(env, std::current_exception()).Value());
-    }
+    if (!js_error_.IsEmpty()) rejection = js_error_.Value();
+    Finish(env);
+    if (!rejection.IsEmpty()) deferred_.Reject(rejection);
+    else deferred_.Resolve(result);
   }
-  void OnError(const Napi::Error& e) final { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) final {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Finish(env);
+    deferred_.Reject(e.Value());
+  }
 
   Napi::Promise::Deferred deferred_;
   std::exception_ptr error_;

@@ -3,16 +3,18 @@
 #include <cstring>
 #include <vector>
 
-#include "arena.h"
-#include "error.h"
-#include "thread_pool.h"
+#include "base/arena.h"
+#include "base/error.h"
+#include "base/thread_pool.h"
+#include "kernels/cpu/kernels.h"
+#include "core/runtime.h"
 
 namespace emollm {
 namespace {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads) {}
+  explicit CpuBackend(std::shared_ptr<ThreadPool> pool) : owned_(std::move(pool)), pool_(*owned_) {}
 
   DeviceKind device() const override { return DeviceKind::Cpu; }
   std::string describe() const override {
@@ -31,26 +33,28 @@ class CpuBackend final : public Backend {
   }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
-    emollm::rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
+    emollm::rmsnorm(x, ldx, w, y, ldy, rows, n, eps, &pool_);
   }
   void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t rows,
                  int64_t n, float eps) override {
-    emollm::layernorm(x, ldx, w, b, y, ldy, rows, n, eps);
+    emollm::layernorm(x, ldx, w, b, y, ldy, rows, n, eps, &pool_);
   }
-  void silu(const float* x, float* y, int64_t n) override { emollm::silu(x, y, n); }
-  void gelu_erf(const float* x, float* y, int64_t n) override { emollm::gelu_erf(x, y, n); }
-  void quick_gelu(const float* x, float* y, int64_t n) override { emollm::quick_gelu(x, y, n); }
-  void swiglu(const float* gate, const float* up, float* y, int64_t n) override { emollm::swiglu(gate, up, y, n); }
+  void silu(const float* x, float* y, int64_t n) override { emollm::silu(x, y, n, &pool_); }
+  void gelu_erf(const float* x, float* y, int64_t n) override { emollm::gelu_erf(x, y, n, &pool_); }
+  void quick_gelu(const float* x, float* y, int64_t n) override { emollm::quick_gelu(x, y, n, &pool_); }
+  void swiglu(const float* gate, const float* up, float* y, int64_t n) override { emollm::swiglu(gate, up, y, n, &pool_); }
+  void add(const float* a, const float* b, float* y, int64_t n) override { emollm::add(a, b, y, n, &pool_); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    emollm::softmax(x, ldx, y, ldy, rows, n);
+    emollm::softmax(x, ldx, y, ldy, rows, n, &pool_);
   }
   void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
             const RopeParams& p) override {
-    emollm::rope(x, ld, n_tokens, n_heads, positions, p);
+    emollm::rope(x, ld, n_tokens, n_heads, positions, p, &pool_);
   }
   void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
                         float* out, int64_t ld_out) override {
-    emollm::embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out);
+    emollm::embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out, &pool_);
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     emollm::attention(q, k, v, out, p, &pool_);
@@ -61,7 +65,8 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  ThreadPool pool_;
+  std::shared_ptr<ThreadPool> owned_;
+  ThreadPool& pool_;
 };
 
 }  // namespace
@@ -86,11 +91,15 @@ void Backend::mvp_projection(const float* X, const void* W1, const float* b1, co
   }
 }
 
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
+  EMOLLM_CHECK_ARG(pool != nullptr, "make_cpu_backend: null pool");
+  return std::make_unique<CpuBackend>(std::move(pool));
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   switch (options.device) {
-    case DeviceKind::Cpu: return std::make_unique<CpuBackend>(options.threads);
-    case DeviceKind::Cuda:
-      throw Error(ErrorCode::Unsupported, "this build of emollm has no CUDA backend (rebuild with nvcc: npm run build:cmake)");
+    case DeviceKind::Cpu: return std::make_unique<CpuBackend>(std::make_shared<ThreadPool>(options.threads));
+    case DeviceKind::Cuda: require_device(DeviceKind::Cuda); break;
   }
   throw Error(ErrorCode::InvalidArgument, "unknown device");
 }

@@ -7,10 +7,12 @@
 #include <memory>
 #include <string>
 
-#include "../../kernels/cpu/kernels.h"
-#include "dtype.h"
+#include "base/dtype.h"
+#include "kernels/op_params.h"
 
 namespace emollm {
+
+class ThreadPool;
 
 enum class DeviceKind { Cpu, Cuda };
 
@@ -44,6 +46,10 @@ class Backend {
   virtual void gelu_erf(const float* x, float* y, int64_t n) = 0;
   virtual void quick_gelu(const float* x, float* y, int64_t n) = 0;
   virtual void swiglu(const float* gate, const float* up, float* y, int64_t n) = 0;
+  // y = a + b over n floats (residual adds; in place allowed).
+  virtual void add(const float* a, const float* b, float* y, int64_t n) = 0;
+  // Copies bytes within this backend's memory (dst and src both from this backend).
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) = 0;
   virtual void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
                     const RopeParams& p) = 0;
@@ -56,7 +62,40 @@ class Backend {
                               const float* G, DType wtype, float* Y, const MvpProjectionParams& p);
 };
 
-// Creates a backend. DeviceKind::Cuda throws Error(Unsupported) when the build has no CUDA.
+// Memory from a backend's alloc(), freed with it (RAII). The backend must outlive the buffer.
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend& be, size_t bytes) { allocate(be, bytes); }
+  ~BackendBuffer() { release(); }
+  // Frees what it holds, then allocates `bytes` from `be`.
+  void allocate(Backend& be, size_t bytes) {
+    release();
+    data_ = bytes ? be.alloc(bytes) : nullptr;
+    be_ = &be;
+    bytes_ = bytes;
+  }
+  void release() {
+    if (data_) be_->free(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  Backend* be_ = nullptr;
+  size_t bytes_ = 0;
+  void* data_ = nullptr;
+};
+
+// Creates a backend with its own compute pool. DeviceKind::Cuda throws Error(Unsupported) when
+// the build has no CUDA (see require_device in core/runtime.h). Models get theirs from the
+// Runtime instead (shared pools); this stays for tests and tools that want a private one.
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+// A CPU backend computing on `pool` (shared; kept alive by the backend).
+std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool);
 
 }  // namespace emollm

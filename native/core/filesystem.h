@@ -3,7 +3,7 @@
 #include <string>
 #include <sys/stat.h>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace emollm {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "dtype.h"
+#include "base/dtype.h"
 
 namespace emollm {
 

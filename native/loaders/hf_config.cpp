@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "loaders/mapped_file.h"
 
 #if !defined(_WIN32)

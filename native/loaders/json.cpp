@@ -4,7 +4,7 @@
 #include <cmath>
 #include <unordered_set>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "loaders/mapped_file.h"
 
 namespace emollm {

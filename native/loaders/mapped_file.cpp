@@ -4,7 +4,7 @@
 #include <cstring>
 #include <new>
 
-#include "core/error.h"
+#include "base/error.h"
 
 #if defined(_WIN32)
 #include <cstdio>

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <unordered_map>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "loaders/json.h"
 
 #if !defined(_WIN32)

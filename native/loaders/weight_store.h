@@ -13,8 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/dtype.h"
-#include "core/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 #include "core/tensor.h"
 #include "loaders/mapped_file.h"
 

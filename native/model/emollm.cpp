@@ -8,7 +8,7 @@
 #include <map>
 #include <sys/stat.h>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
 

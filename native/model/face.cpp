@@ -7,7 +7,7 @@
 #include <numeric>
 
 #include "../../kernels/cpu/kernels.h"
-#include "../core/error.h"
+#include "base/error.h"
 #include "../core/tensor.h"
 
 namespace emollm::face {

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "../core/thread_pool.h"
+#include "base/thread_pool.h"
 
 namespace emollm::face {
 

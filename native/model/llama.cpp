@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unordered_set>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
 #include "loaders/gguf.h"
@@ -408,14 +408,17 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
   if (!m->rope_inv_freq.empty() && int64_t(m->rope_inv_freq.size()) != hp.rope_dim / 2)
     throw Error(ErrorCode::Internal, "rope inv_freq size mismatch");
 
-  BackendOptions bo;
-  bo.device = opts.device;
-  bo.threads = opts.threads;
+  RuntimeOptions ro;
+  if (opts.device) {
+    ro.device = *opts.device;
+    ro.device_set = true;
+  }
+  ro.threads = opts.threads;
   // A tiny model (stories260K) runs faster on one thread than paying a pool hand-off per kernel.
   size_t weight_bytes = 0;
   for (const auto& t : m->store_->tensors()) weight_bytes += t.nbytes;
-  if (bo.threads == 0 && weight_bytes < (size_t(8) << 20)) bo.threads = 1;
-  m->backend_ = make_backend(bo);
+  if (ro.threads == 0 && weight_bytes < (size_t(8) << 20)) ro.threads = 1;
+  m->backend_ = Runtime::instance().backend(ro);
   if (!m->backend_->uses_host_memory())
     throw Error(ErrorCode::Unsupported, "the LLaMA decoder runs only on backends that use host memory for now");
 }
@@ -448,18 +451,13 @@ size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch) {
   return b;
 }
 
-// y += x over n floats. (The Backend has no elementwise add yet; host memory on the CPU backend.)
-void add_inplace(float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
 }  // namespace
 
 LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts)
     : model_(std::move(model)),
       n_ctx_(default_n_ctx(*model_, opts.n_ctx)),
       n_batch_(default_n_batch(n_ctx_, opts.n_batch)),
-      arena_(context_bytes(*model_, n_ctx_, n_batch_)) {
+      buffer_() {
   const LlamaHparams& h = model_->hparams();
   EMOLLM_CHECK_ARG(opts.n_ctx >= 0 && opts.n_batch >= 0, "n_ctx and n_batch must be >= 0");
   EMOLLM_CHECK_ARG(n_ctx_ <= (int64_t(1) << 24), "n_ctx " + std::to_string(n_ctx_) + " is too large");
@@ -467,17 +465,28 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
     throw Error(ErrorCode::Unsupported, "n_ctx " + std::to_string(n_ctx_) + " exceeds the model's sliding_window " +
                                             std::to_string(h.sliding_window) + ", which is not implemented");
   const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
-  k_cache_ = arena_.alloc_array<float>(size_t(h.n_layer * n_ctx_ * kvd));
-  v_cache_ = arena_.alloc_array<float>(size_t(h.n_layer * n_ctx_ * kvd));
-  x_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_embd));
-  xn_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_embd));
-  q_ = arena_.alloc_array<float>(size_t(n_batch_ * qd));
-  att_ = arena_.alloc_array<float>(size_t(n_batch_ * qd));
-  tmp_ = arena_.alloc_array<float>(size_t(n_batch_ * std::max(h.n_embd, qd)));
-  gate_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_ff));
-  up_ = arena_.alloc_array<float>(size_t(n_batch_ * h.n_ff));
-  pos_ = arena_.alloc_array<int32_t>(size_t(n_batch_));
-  logits_ = arena_.alloc_array<float>(size_t(h.n_vocab));
+  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_));
+  // Carves the backend block (context_bytes counted kAlign of slack per array).
+  size_t offset = 0;
+  auto carve = [&](size_t bytes) {
+    offset = (offset + kAlign - 1) / kAlign * kAlign;
+    void* p = static_cast<uint8_t*>(buffer_.data()) + offset;
+    offset += bytes;
+    if (offset > buffer_.bytes()) throw Error(ErrorCode::Internal, "context buffer too small");
+    return p;
+  };
+  auto f32 = [&](int64_t count) { return static_cast<float*>(carve(size_t(count) * sizeof(float))); };
+  k_cache_ = f32(h.n_layer * n_ctx_ * kvd);
+  v_cache_ = f32(h.n_layer * n_ctx_ * kvd);
+  x_ = f32(n_batch_ * h.n_embd);
+  xn_ = f32(n_batch_ * h.n_embd);
+  q_ = f32(n_batch_ * qd);
+  att_ = f32(n_batch_ * qd);
+  tmp_ = f32(n_batch_ * std::max(h.n_embd, qd));
+  gate_ = f32(n_batch_ * h.n_ff);
+  up_ = f32(n_batch_ * h.n_ff);
+  pos_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
+  logits_ = f32(h.n_vocab);
   tokens_.reserve(size_t(n_ctx_));
   if (!h.mrope_section.empty()) pos3_.assign(size_t(n_ctx_ * 3), 0);
 }
@@ -595,7 +604,7 @@ bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
     }
     out->push_back(std::move(sc));
   }
-  std::memcpy(logits_, prefix_logits.data(), size_t(V) * sizeof(float));
+  model_->backend().upload(logits_, prefix_logits.data(), size_t(V) * sizeof(float));
   has_logits_ = true;
   return true;
 }
@@ -639,7 +648,7 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
       int64_t r = t;
       if (tokens[t] < 0) {
         while (r < n && tokens[r] < 0) ++r;
-        std::memcpy(x_ + t * E, embd, size_t((r - t) * E) * sizeof(float));  // host memory (CPU backend)
+        be.upload(x_ + t * E, embd, size_t((r - t) * E) * sizeof(float));  // caller's host rows -> the residual stream
         embd += (r - t) * E;
       } else {
         while (r < n && tokens[r] >= 0) ++r;
@@ -676,7 +685,7 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
     be.attention(q_, kc, vc, att_, ap);
     // output projection, residual
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);
-    add_inplace(x_, tmp_, n * E);
+    be.add(x_, tmp_, x_, n * E);
 
     // ---- MLP: x += down(silu(gate(xn)) * up(xn)), xn = rmsnorm(x)
     be.rmsnorm(x_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
@@ -684,7 +693,7 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
     be.gemm(xn_, E, L.w_up.data, L.w_up.dtype, L.b_up, up_, F, n, F, E);
     be.swiglu(gate_, up_, gate_, n * F);
     be.gemm(gate_, F, L.w_down.data, L.w_down.dtype, L.b_down, tmp_, E, n, E, F);
-    add_inplace(x_, tmp_, n * E);
+    be.add(x_, tmp_, x_, n * E);
   }
   if (abort && abort->load(std::memory_order_relaxed)) return false;
 
@@ -692,7 +701,7 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
   if (all_logits) {
     be.rmsnorm(x_, E, m.output_norm, xn_, E, n, E, h.rms_eps);
     be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, all_logits, V, n, V, E);
-    std::memcpy(logits_, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
+    be.copy(logits_, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
   } else {
     const float* last = x_ + (n - 1) * E;
     be.rmsnorm(last, E, m.output_norm, xn_, E, 1, E, h.rms_eps);

@@ -18,12 +18,14 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "core/arena.h"
+#include "base/arena.h"
 #include "core/backend.h"
-#include "core/dtype.h"
+#include "core/runtime.h"
+#include "base/dtype.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
 
@@ -68,9 +70,12 @@ struct LlamaLayer {
   const float *b_gate = nullptr, *b_up = nullptr, *b_down = nullptr;      // mlp_bias
 };
 
+// The runtime configuration of one model (core/runtime.h): unset fields take the runtime's
+// defaults (configure()); the backend comes from Runtime::instance(), shared with every model
+// that asks for the same device and thread count.
 struct LlamaLoadOptions {
-  int threads = 0;  // compute threads of the model's backend; 0 = physical cores (1 for models under 8 MiB)
-  DeviceKind device = DeviceKind::Cpu;
+  int threads = 0;  // compute threads; 0 = the runtime default (1 for models under 8 MiB)
+  std::optional<DeviceKind> device;  // unset = the runtime default device
 };
 
 class LlamaModel {
@@ -124,7 +129,7 @@ class LlamaModel {
   std::string format_, arch_, source_;
   std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
-  std::unique_ptr<Backend> backend_;
+  std::shared_ptr<Backend> backend_;  // from the Runtime, shared by models with the same options
   std::vector<std::string> warnings_;
 };
 
@@ -198,7 +203,7 @@ class LlamaContext {
   // Drops cache positions >= n (n <= n_past).
   void truncate(int64_t n);
   void reset() { truncate(0); }
-  size_t memory_bytes() const { return arena_.bytes_reserved(); }
+  size_t memory_bytes() const { return buffer_.bytes(); }
 
  private:
   bool forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
@@ -207,7 +212,9 @@ class LlamaContext {
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
   std::vector<int32_t> tokens_;
-  Arena arena_;
+  // The KV cache and all activations: one block of the model backend's memory (backend.alloc),
+  // carved at construction. Model code reaches it only through Backend calls.
+  BackendBuffer buffer_;
   // KV cache, per layer [n_ctx, n_head_kv * head_dim] f32
   float* k_cache_ = nullptr;
   float* v_cache_ = nullptr;

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <sys/stat.h>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
 #include "loaders/json.h"

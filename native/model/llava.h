@@ -39,8 +39,8 @@
 namespace emollm {
 
 struct LlavaLoadOptions {
-  int threads = 0;  // as LlamaLoadOptions
-  DeviceKind device = DeviceKind::Cpu;
+  int threads = 0;                   // as LlamaLoadOptions
+  std::optional<DeviceKind> device;  // as LlamaLoadOptions
   std::string mmproj;            // the mmproj GGUF when `path` is a text GGUF
   int32_t image_token_id = -1;   // GGUF pair: the id standing for an image in prompts; -1 = the
                                  // text GGUF's "<image>" token if it has one, else n_vocab

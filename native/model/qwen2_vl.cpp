@@ -3,7 +3,7 @@
 
 #include <algorithm>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/filesystem.h"
 #include "loaders/gguf.h"
 #include "loaders/json.h"

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/json.h"

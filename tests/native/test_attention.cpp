@@ -19,7 +19,7 @@
 #endif
 
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 #include "testing.h"
 
 using namespace emollm;

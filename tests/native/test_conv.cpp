@@ -23,9 +23,9 @@
 #include <vector>
 
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/cpu_features.h"
-#include "../../native/core/error.h"
-#include "../../native/core/thread_pool.h"
+#include "../../base/cpu_features.h"
+#include "../../base/error.h"
+#include "../../base/thread_pool.h"
 #include "../../native/model/face.h"
 #include "testing.h"
 

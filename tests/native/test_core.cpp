@@ -5,13 +5,13 @@
 #include <stdexcept>
 #include <vector>
 
-#include "core/arena.h"
+#include "base/arena.h"
 #include "core/backend.h"
-#include "core/cpu_features.h"
-#include "core/dtype.h"
-#include "core/error.h"
+#include "base/cpu_features.h"
+#include "base/dtype.h"
+#include "base/error.h"
 #include "core/tensor.h"
-#include "core/thread_pool.h"
+#include "base/thread_pool.h"
 #include "testing.h"
 
 using namespace emollm;

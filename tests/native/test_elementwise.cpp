@@ -30,8 +30,9 @@
 #include "../../kernels/cpu/simd_math.h"  // first: see the note on GCC 12 warnings there
 #include "../../kernels/cpu/elementwise_ref.h"
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/cpu_features.h"
-#include "../../native/core/error.h"
+#include "../../kernels/cpu/row_parallel.h"
+#include "../../base/cpu_features.h"
+#include "../../base/error.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -813,5 +814,101 @@ TEST(embedding_bad_ids) {
     const int32_t ok[] = {0};
     std::vector<uint8_t> qt(34 * 2);
     EXPECT_THROWS(embedding_lookup(qt.data(), DType::Q8_0, 1, 48, ok, 1, out.data(), 48), ErrorCode::InvalidArgument);
+  }
+}
+
+// ------------------------------------------------------------------ row kernels on a thread pool
+// Every row kernel split across a pool gives exactly (bit for bit) the single-threaded result,
+// at every ISA level. The sizes are above detail::kRowParallelMinWork so the split really runs.
+TEST(row_kernels_thread_pool_bit_identical) {
+  const int64_t min_work = 2 * detail::kRowParallelMinWork;
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+    const bool eq = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+    if (!eq) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": pool result differs from single-threaded");
+  };
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    for (Isa isa : isa_levels()) {
+      IsaCapScope cap(isa);
+      const std::string t = std::string(" isa=") + isa_name(isa) + " threads=" + std::to_string(threads);
+      {  // norms: rows of n with a leading dimension > n
+        const int64_t rows = 37, n = 4099, ld = 4111;
+        EXPECT(rows * n >= min_work);
+        std::vector<float> x = randn(size_t(rows * ld), 1.5f, 7, 0.3f), w = randn(size_t(n), 1.0f, 8),
+                           b = randn(size_t(n), 1.0f, 9);
+        std::vector<float> y1(size_t(rows * ld), 0.0f), y2 = y1;
+        rmsnorm(x.data(), ld, w.data(), y1.data(), ld, rows, n, 1e-6f);
+        rmsnorm(x.data(), ld, w.data(), y2.data(), ld, rows, n, 1e-6f, &pool);
+        same(y1, y2, "rmsnorm" + t);
+        layernorm(x.data(), ld, w.data(), b.data(), y1.data(), ld, rows, n, 1e-5f);
+        layernorm(x.data(), ld, w.data(), b.data(), y2.data(), ld, rows, n, 1e-5f, &pool);
+        same(y1, y2, "layernorm" + t);
+      }
+      {  // softmax
+        const int64_t rows = 40, n = 2053;
+        EXPECT(rows * n >= min_work);
+        std::vector<float> x = randn(size_t(rows * n), 4.0f, 11), y1(x.size()), y2(x.size());
+        softmax(x.data(), n, y1.data(), n, rows, n);
+        softmax(x.data(), n, y2.data(), n, rows, n, &pool);
+        same(y1, y2, "softmax" + t);
+      }
+      {  // activations: an odd length, so the last chunk ends in a masked tail
+        const int64_t n = 300001;
+        EXPECT(n >= min_work);
+        std::vector<float> x = randn(size_t(n), 3.0f, 12), u = randn(size_t(n), 1.0f, 13), y1(static_cast<size_t>(n)), y2(static_cast<size_t>(n));
+        silu(x.data(), y1.data(), n);
+        silu(x.data(), y2.data(), n, &pool);
+        same(y1, y2, "silu" + t);
+        gelu_erf(x.data(), y1.data(), n);
+        gelu_erf(x.data(), y2.data(), n, &pool);
+        same(y1, y2, "gelu_erf" + t);
+        quick_gelu(x.data(), y1.data(), n);
+        quick_gelu(x.data(), y2.data(), n, &pool);
+        same(y1, y2, "quick_gelu" + t);
+        swiglu(x.data(), u.data(), y1.data(), n);
+        swiglu(x.data(), u.data(), y2.data(), n, &pool);
+        same(y1, y2, "swiglu" + t);
+        add(x.data(), u.data(), y1.data(), n);
+        add(x.data(), u.data(), y2.data(), n, &pool);
+        same(y1, y2, "add" + t);
+        bool sums = true;
+        for (int64_t i = 0; i < n; ++i) sums = sums && y1[size_t(i)] == x[size_t(i)] + u[size_t(i)];
+        EXPECT(sums);
+      }
+      for (RopeLayout layout : {RopeLayout::RotateHalf, RopeLayout::Interleaved}) {  // RoPE over tokens
+        const int64_t tokens = 67, heads = 8, head_dim = 128, ld = heads * head_dim + 16;
+        EXPECT(tokens * heads * head_dim >= min_work);
+        RopeParams p;
+        p.head_dim = head_dim;
+        p.rot_dim = 96;
+        p.layout = layout;
+        std::vector<int32_t> pos(static_cast<size_t>(tokens));
+        for (int64_t i = 0; i < tokens; ++i) pos[size_t(i)] = int32_t((i * 37) % 1000);
+        std::vector<float> y1 = randn(size_t(tokens * ld), 1.0f, 14), y2 = y1;
+        rope(y1.data(), ld, tokens, heads, pos.data(), p);
+        rope(y2.data(), ld, tokens, heads, pos.data(), p, &pool);
+        same(y1, y2, std::string("rope") + (layout == RopeLayout::Interleaved ? " interleaved" : "") + t);
+      }
+      for (DType dt : {DType::F32, DType::F16, DType::Q8_0}) {  // embedding rows
+        const int64_t vocab = 300, dim = 512, n = 211, ld = dim + 8;
+        EXPECT(n * dim >= min_work);
+        std::vector<float> tf = randn(size_t(vocab * dim), 1.0f, 15);
+        std::vector<uint8_t> table(dtype_row_bytes(dt, dim) * size_t(vocab));
+        for (int64_t r = 0; r < vocab; ++r)
+          quantize_row(dt, tf.data() + r * dim, table.data() + size_t(r) * dtype_row_bytes(dt, dim), dim);
+        std::vector<int32_t> ids(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = int32_t((i * 131 + 7) % vocab);
+        std::vector<float> y1(size_t(n * ld), 0.0f), y2 = y1;
+        embedding_lookup(table.data(), dt, vocab, dim, ids.data(), n, y1.data(), ld);
+        embedding_lookup(table.data(), dt, vocab, dim, ids.data(), n, y2.data(), ld, &pool);
+        same(y1, y2, std::string("embedding ") + dtype_name(dt) + t);
+      }
+      // Argument errors are still raised before any split.
+      std::vector<int32_t> bad{0, 5000};
+      std::vector<float> out(2 * 64);
+      std::vector<float> tab(64 * 10);
+      EXPECT_THROWS(embedding_lookup(tab.data(), DType::F32, 10, 64, bad.data(), 2, out.data(), 64, &pool),
+                    ErrorCode::InvalidArgument);
+    }
   }
 }

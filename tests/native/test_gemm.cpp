@@ -33,7 +33,7 @@
 
 #include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 #include "testing.h"
 
 using namespace emollm;

@@ -20,8 +20,8 @@
 #include <unistd.h>
 #include <vector>
 
-#include "../../native/core/cpu_features.h"
-#include "../../native/core/error.h"
+#include "../../base/cpu_features.h"
+#include "../../base/error.h"
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/llama.h"
 #include "../../native/model/sampler.h"

@@ -13,7 +13,7 @@
 #include <unistd.h>
 #endif
 
-#include "core/error.h"
+#include "base/error.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/json.h"

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 #include "testing.h"
 
 using namespace emollm;

@@ -16,8 +16,8 @@
 
 #include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/kernels.h"
-#include "../../native/core/error.h"
-#include "../../native/core/quant_formats.h"
+#include "../../base/error.h"
+#include "../../base/quant_formats.h"
 #include "testing.h"
 
 using namespace emollm;

@@ -21,7 +21,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "../../native/core/error.h"
+#include "../../base/error.h"
 #include "../../native/loaders/json.h"
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/qwen2_vl.h"

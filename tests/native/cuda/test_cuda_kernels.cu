@@ -13,7 +13,7 @@
 
 #include "../../../kernels/cpu/kernels.h"
 #include "../../../kernels/cuda/cuda_kernels.h"
-#include "../../../native/core/error.h"
+#include "../../../base/error.h"
 #include "../testing.h"
 
 using namespace emollm;

@@ -1,0 +1,54 @@
+// Parameter structs of the compute ops, shared by every kernel family (kernels/cpu, kernels/cuda)
+// and by the Backend interface (native/core/backend.h): a backend forwards the same struct to
+// whichever kernels it runs, so an op's contract is written once. The semantics of each op are
+// documented beside its CPU kernel in kernels/cpu/kernels.h.
+#pragma once
+#include <cstdint>
+
+namespace emollm {
+
+// ---------------------------------------------------------------- rotary position embedding
+enum class RopeLayout {
+  RotateHalf,   // Hugging Face: pairs (i, i + rot_dim/2)
+  Interleaved,  // GGUF / llama.cpp LLAMA_ROPE_TYPE_NORM and Meta's original: pairs (2i, 2i+1)
+};
+struct RopeParams {
+  int64_t head_dim = 0;
+  int64_t rot_dim = 0;        // dims rotated (<= head_dim, even); 0 means head_dim
+  float theta = 10000.0f;     // rope_theta / freq_base
+  float freq_scale = 1.0f;    // linear scaling: position * freq_scale (1/factor)
+  const float* inv_freq = nullptr;  // optional precomputed rot_dim/2 inverse frequencies
+                                    // (llama3 scaling); overrides theta when set
+  RopeLayout layout = RopeLayout::RotateHalf;
+};
+
+// ---------------------------------------------------------------- attention (see kernels.h attention())
+struct AttentionParams {
+  int64_t n_q = 0, n_kv = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int64_t ldq = 0, ldk = 0, ldv = 0, ldo = 0;
+  float scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+  bool causal = true;
+  int64_t q_pos0 = 0;
+};
+
+// ---------------------------------------------------------------- multi-perspective visual projection
+struct MvpProjectionParams {
+  int64_t tokens = 0, d_in = 0, d_hid = 0, d_out = 0, n_heads = 0;
+  int64_t ldx = 0, ldy = 0;
+};
+
+// ---------------------------------------------------------------- convolution and pooling (NHWC)
+enum class ConvActivation { None, Relu, LeakyRelu };  // LeakyRelu: x > 0 ? x : alpha * x
+
+struct Conv2dParams {
+  int64_t batch = 1;
+  int64_t in_h = 0, in_w = 0, in_c = 0;
+  int64_t out_h = 0, out_w = 0, out_c = 0;  // depthwise / pooling: out_c == in_c
+  int64_t k_h = 1, k_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_left = 0;
+  ConvActivation act = ConvActivation::None;  // convolutions only, applied after the bias
+  float alpha = 0.1f;
+};
+
+}  // namespace emollm

@@ -1,0 +1,137 @@
+#include "core/runtime.h"
+
+#include <algorithm>
+
+#include "base/cpu_features.h"
+#include "base/error.h"
+
+namespace emollm {
+
+DeviceKind device_from_name(const std::string& name) {
+  if (name == "cpu") return DeviceKind::Cpu;
+  if (name == "cuda") return DeviceKind::Cuda;
+  throw Error(ErrorCode::InvalidArgument, "unknown device \"" + name + "\" (use 'cpu' or 'cuda')");
+}
+
+const char* device_name(DeviceKind d) { return d == DeviceKind::Cuda ? "cuda" : "cpu"; }
+
+bool cuda_built() {
+#if defined(EMOLLM_WITH_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+void require_device(DeviceKind d) {
+  if (d == DeviceKind::Cpu) return;
+  if (!cuda_built())
+    throw Error(ErrorCode::Unsupported,
+                "device 'cuda': this build of emollm has no CUDA support. Build one on a machine with the CUDA "
+                "toolkit (nvcc on PATH): `npm run build:cmake` (cmake-js; EMOLLM_CUDA=AUTO finds nvcc, "
+                "EMOLLM_CUDA=ON insists), then load with { device: 'cuda' }");
+  // The CUDA kernels exist (kernels/cuda) but no Backend forwards to them yet.
+  throw Error(ErrorCode::Unsupported,
+              "device 'cuda': this build has the CUDA kernels but no CUDA backend yet; use device 'cpu'");
+}
+
+Runtime& Runtime::instance() {
+  static Runtime* rt = new Runtime();  // never destroyed: pools may outlive static destruction order
+  return *rt;
+}
+
+namespace {
+void check_threads(int threads) {
+  EMOLLM_CHECK_ARG(threads >= 0 && threads <= 1024, "threads must be between 0 (physical cores) and 1024, got " +
+                                                        std::to_string(threads));
+}
+}  // namespace
+
+void Runtime::set_defaults(const RuntimeOptions& o) {
+  check_threads(o.threads);
+  if (o.device_set) require_device(o.device);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (o.device_set) {
+    defaults_.device = o.device;
+    defaults_.device_set = true;
+  }
+  if (o.threads != defaults_.threads) {
+    defaults_.threads = o.threads;
+    default_pool_.reset();  // in-flight work keeps its shared_ptr; the next call gets the new size
+  }
+}
+
+RuntimeOptions Runtime::defaults() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return defaults_;
+}
+
+int Runtime::default_threads_locked() const {
+  if (defaults_.threads > 0) return defaults_.threads;
+  const int cores = cpu_features().physical_cores;
+  return cores > 0 ? cores : 1;
+}
+
+RuntimeOptions Runtime::resolve(const RuntimeOptions& requested) const {
+  check_threads(requested.threads);
+  std::lock_guard<std::mutex> lk(mu_);
+  RuntimeOptions r;
+  r.device = requested.device_set ? requested.device : defaults_.device;
+  r.device_set = true;
+  r.threads = requested.threads > 0 ? requested.threads : default_threads_locked();
+  return r;
+}
+
+std::shared_ptr<ThreadPool> Runtime::pool(int threads) {
+  check_threads(threads);
+  std::lock_guard<std::mutex> lk(mu_);
+  const int n = threads > 0 ? threads : default_threads_locked();
+  if (threads == 0 && default_pool_ && default_pool_->size() == n) return default_pool_;
+  pools_.erase(std::remove_if(pools_.begin(), pools_.end(), [](const auto& e) { return e.second.expired(); }),
+               pools_.end());
+  std::shared_ptr<ThreadPool> p;
+  for (auto& e : pools_)
+    if (e.first == n && (p = e.second.lock())) break;
+  if (!p) {
+    p = std::make_shared<ThreadPool>(n);
+    pools_.emplace_back(n, p);
+  }
+  if (threads == 0) default_pool_ = p;
+  return p;
+}
+
+std::shared_ptr<Backend> Runtime::backend(const RuntimeOptions& requested) {
+  const RuntimeOptions r = resolve(requested);
+  require_device(r.device);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    backends_.erase(std::remove_if(backends_.begin(), backends_.end(), [](const auto& e) { return e.backend.expired(); }),
+                    backends_.end());
+    for (auto& e : backends_)
+      if (e.device == r.device && e.threads == r.threads)
+        if (auto b = e.backend.lock()) return b;
+  }
+  std::shared_ptr<Backend> b = make_cpu_backend(pool(r.threads));
+  std::lock_guard<std::mutex> lk(mu_);
+  backends_.push_back({r.device, r.threads, b});
+  return b;
+}
+
+Runtime::Info Runtime::info() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  Info i;
+  i.device = defaults_.device;
+  i.threads = default_threads_locked();
+  i.cuda_built = cuda_built();
+  for (const auto& e : pools_) {
+    const long users = e.second.use_count();
+    if (users == 0) continue;
+    const bool is_default = default_pool_ && !e.second.owner_before(default_pool_) && !default_pool_.owner_before(e.second);
+    i.pools.emplace_back(e.first, int(users) - (is_default ? 1 : 0));
+  }
+  for (const auto& e : backends_)
+    if (auto b = e.backend.lock()) i.backends.push_back(b->describe());
+  return i;
+}
+
+}  // namespace emollm
