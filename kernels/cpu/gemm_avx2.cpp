@@ -4,6 +4,7 @@
 //   in registers, shared by all M activation rows.
 // M >  kSmallM: packed, cache-blocked GEMM with a 6x16 microkernel (12 ymm accumulators);
 //   W blocks (KC x NC) are dequantised to f32 panels of 16 columns while packing.
+#include "../../base/error.h"
 #include "gemm_internal.h"
 
 #if defined(__x86_64__)
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 namespace emollm {
 namespace gemm_detail {
@@ -465,7 +467,9 @@ void gemm_avx2(const Args& a) {
     case DType::BF16: return gemm_packed<DType::BF16>(a);
     case DType::Q8_0: return gemm_packed<DType::Q8_0>(a);
     case DType::Q4_0: return gemm_packed<DType::Q4_0>(a);
+     default: break;  // the other block formats go to gemm_quant_ext.cpp (gemm.cpp dispatches)
   }
+  throw Error(ErrorCode::Internal, std::string("gemm_avx2: no kernel for weight type ") + dtype_name(a.wtype));
 }
 
 }  // namespace gemm_detail

@@ -9,6 +9,7 @@
 //   (24 zmm accumulators) broadcasts X and FMAs into 4 zmm columns.
 //   BF16 weights on CPUs with AVX512-BF16 use vdpbf16ps instead: X is rounded to bf16 pairs,
 //   W panels hold (k, k+1) bf16 pairs, doubling the multiply-add rate.
+#include "../../base/error.h"
 #include "gemm_internal.h"
 
 #if defined(__x86_64__)
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 namespace emollm {
@@ -813,7 +815,9 @@ void gemm_avx512(const Args& a, bool bf16_dot) {
       return gemm_packed<DType::BF16, false>(a);
     case DType::Q8_0: return gemm_packed<DType::Q8_0, false>(a);
     case DType::Q4_0: return gemm_packed<DType::Q4_0, false>(a);
+     default: break;  // the other block formats go to gemm_quant_ext.cpp (gemm.cpp dispatches)
   }
+  throw Error(ErrorCode::Internal, std::string("gemm_avx512: no kernel for weight type ") + dtype_name(a.wtype));
 }
 
 }  // namespace gemm_detail

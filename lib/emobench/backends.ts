@@ -99,8 +99,14 @@ async function sampleImages(s: BenchSample, mediaRoot: string, frames: number, s
 }
 
 /** The EmoPrompt of a sample (images given as they will be sent). */
-export function samplePrompt(s: BenchSample, images: readonly ImageInput[], guidance: GuidanceLevel = 'full'): EmoPrompt {
-  return buildEmoPrompt({ ...samplePromptOptions(s, guidance), images, media: s.media?.type === 'video' ? 'video' : 'image' });
+export function samplePrompt(s: BenchSample, images: readonly ImageInput[], guidance: GuidanceLevel = 'full', nativeVideo = false): EmoPrompt {
+  return buildEmoPrompt({
+    ...samplePromptOptions(s, guidance),
+    images,
+    media: s.media?.type === 'video' ? 'video' : 'image',
+    // Qwen2-VL: a video sample's frames as one native video part
+    ...(nativeVideo ? { nativeVideo: true } : {}),
+  });
 }
 
 /** Decodes generated text for a sample's task. */
@@ -248,7 +254,8 @@ function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-async function toOpenAiMessages(messages: readonly ChatMessage[]): Promise<unknown[]> {
+/** Chat messages in the OpenAI wire form: images as data URLs (files read as size-limited regular files). */
+export async function toOpenAiMessages(messages: readonly ChatMessage[]): Promise<unknown[]> {
   const out: unknown[] = [];
   for (const m of messages) {
     if (typeof m.content === 'string') {
@@ -329,17 +336,32 @@ export function parseEndpoint(spec: string): { baseUrl: string; model: string } 
   return { baseUrl, model };
 }
 
-export function httpBackend(options: HttpBackendOptions): Backend {
+/** One exchange with an endpoint: the reply's status and body text. */
+export interface EndpointReply {
+  status: number;
+  text: string;
+  url: string;
+}
+
+/**
+ * Requests to an OpenAI-compatible endpoint under one set of rules, shared by the chat backend and
+ * the emollm scoring client: the API key only as given (never read from the environment), never
+ * over plain http off this machine and never through a redirect; a response size limit; a timeout
+ * per attempt; network errors, 429 and 5xx retried with backoff, then `ERR_INTERNAL` naming the
+ * last cause (with its errno code, e.g. ECONNREFUSED). Other statuses are returned to the caller.
+ */
+export function endpointRequester(options: HttpBackendOptions): (path: string, body: string | undefined, signal: AbortSignal) => Promise<EndpointReply> {
   const timeoutMs = options.timeoutMs ?? 60_000;
   const retries = options.retries ?? 4;
   const backoff = options.backoffMs ?? 500;
   const sleep = options.sleep ?? abortableSleep;
-  const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
+  const base = options.baseUrl.replace(/\/+$/, '');
   const apiKey = options.apiKey;
-  if (apiKey !== undefined) assertKeyMaySend(url);
+  if (apiKey !== undefined) assertKeyMaySend(base);
   const maxResponseBytes = limitOption('maxResponseBytes', options.maxResponseBytes, DEFAULT_MAX_RESPONSE_BYTES);
 
-  async function post(body: string, signal: AbortSignal): Promise<string> {
+  return async (path, body, signal) => {
+    const url = `${base}${path}`;
     let last = '';
     for (let attempt = 0; attempt <= retries; attempt++) {
       if (attempt > 0) await sleep(backoff * 2 ** (attempt - 1) * (1 + Math.random() * 0.5), signal);
@@ -348,9 +370,9 @@ export function httpBackend(options: HttpBackendOptions): Backend {
       let res: Response;
       try {
         res = await fetch(url, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) },
-          body,
+          method: body === undefined ? 'GET' : 'POST',
+          headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) },
+          ...(body === undefined ? {} : { body }),
           // a redirect could carry the key elsewhere (or to plain http): refuse it
           ...(apiKey ? { redirect: 'error' as const } : {}),
           signal: AbortSignal.any([signal, timeout]),
@@ -374,18 +396,27 @@ export function httpBackend(options: HttpBackendOptions): Backend {
         last = `HTTP ${res.status}: ${text.slice(0, 200)}`;
         continue;
       }
-      if (!res.ok) throw new EmollmError('ERR_INVALID_ARGUMENT', `${url}: HTTP ${res.status}: ${text.slice(0, 300)}`);
-      let content: unknown;
-      try {
-        const j = JSON.parse(text) as { choices?: Array<{ message?: { content?: unknown } }> };
-        content = j.choices?.[0]?.message?.content;
-      } catch (cause) {
-        throw new EmollmError('ERR_MALFORMED_FILE', `${url}: the response is not JSON`, { cause });
-      }
-      if (typeof content !== 'string') throw new EmollmError('ERR_MALFORMED_FILE', `${url}: the response has no choices[0].message.content`);
-      return content;
+      return { status: res.status, text, url };
     }
     throw new EmollmError('ERR_INTERNAL', `${url}: gave up after ${retries + 1} tries (${last})`);
+  };
+}
+
+export function httpBackend(options: HttpBackendOptions): Backend {
+  const request = endpointRequester(options);
+
+  async function post(body: string, signal: AbortSignal): Promise<string> {
+    const { status, text, url } = await request('/chat/completions', body, signal);
+    if (status < 200 || status >= 300) throw new EmollmError('ERR_INVALID_ARGUMENT', `${url}: HTTP ${status}: ${text.slice(0, 300)}`);
+    let content: unknown;
+    try {
+      const j = JSON.parse(text) as { choices?: Array<{ message?: { content?: unknown } }> };
+      content = j.choices?.[0]?.message?.content;
+    } catch (cause) {
+      throw new EmollmError('ERR_MALFORMED_FILE', `${url}: the response is not JSON`, { cause });
+    }
+    if (typeof content !== 'string') throw new EmollmError('ERR_MALFORMED_FILE', `${url}: the response has no choices[0].message.content`);
+    return content;
   }
 
   return {

@@ -237,6 +237,7 @@ async function runLocked(options: EvalOptions, setup: RunSetup): Promise<EvalRes
           seed,
           mediaRoot,
           ...(options.backendOptions?.guidance ? { guidance: options.backendOptions.guidance } : {}),
+          ...(face !== null ? { face } : {}),
           ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}),
         })
       : typeof options.model === 'string'

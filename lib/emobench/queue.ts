@@ -36,6 +36,8 @@ export interface SampleJob {
   seed: number;
   guidance?: GuidanceLevel;
   frames?: number;
+  /** Native models: whether the face perspective runs (the coordinator's `--no-face`). */
+  face?: boolean;
   /** sha256 of the benchmark text, stored at `emollm:bench:<sha256>` (random / majority need all samples). */
   bench: string;
   /** The coordinator's media root (a worker's --media-root replaces it). */
@@ -109,8 +111,17 @@ const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
  * (`<out>/queue-run.json`), so a coordinator restarted on that folder finds its jobs again, while a
  * new run (say, of a retrained model at the same path) never takes an older run's stored results.
  */
-export function runId(p: { nonce: string; bench: string; spec: string; seed: number; mediaRoot: string; guidance?: GuidanceLevel | undefined; frames?: number | undefined }): string {
-  return sha(JSON.stringify([p.nonce, p.bench, p.spec, p.seed, p.mediaRoot, p.guidance ?? 'full', p.frames ?? 4])).slice(0, 32);
+export function runId(p: {
+  nonce: string;
+  bench: string;
+  spec: string;
+  seed: number;
+  mediaRoot: string;
+  guidance?: GuidanceLevel | undefined;
+  frames?: number | undefined;
+  face?: boolean | undefined;
+}): string {
+  return sha(JSON.stringify([p.nonce, p.bench, p.spec, p.seed, p.mediaRoot, p.guidance ?? 'full', p.frames ?? 4, p.face ?? true])).slice(0, 32);
 }
 
 /** The run folder's queue nonce, created on first use. */
@@ -142,6 +153,8 @@ export interface QueueBackendOptions {
   mediaRoot: string;
   guidance?: GuidanceLevel;
   frames?: number;
+  /** Native models: the face perspective on or off (unset: the backend's default, on). */
+  face?: boolean;
   /** Jobs in flight at once (default 64). */
   concurrency?: number;
   /** The run folder (holds the run's queue nonce). */
@@ -158,7 +171,7 @@ export async function queueBackend(o: QueueBackendOptions): Promise<Backend> {
   const inFlight = (o.concurrency ?? 64) + 16;
   queue.setMaxListeners(inFlight);
   events.setMaxListeners(inFlight * 2);
-  const run = runId({ nonce: runNonce(o.out), bench: o.benchSha256, spec: o.spec, seed: o.seed, mediaRoot: o.mediaRoot, guidance: o.guidance, frames: o.frames });
+  const run = runId({ nonce: runNonce(o.out), bench: o.benchSha256, spec: o.spec, seed: o.seed, mediaRoot: o.mediaRoot, guidance: o.guidance, frames: o.frames, face: o.face });
   const nameKey = `emollm:run:${run}:backend`;
   let knownName: string | undefined;
   type Kv = { set(...args: Array<string | number>): Promise<unknown>; get(key: string): Promise<string | null> };
@@ -190,6 +203,7 @@ export async function queueBackend(o: QueueBackendOptions): Promise<Backend> {
       mediaRoot: o.mediaRoot,
       sample: s,
       ...(o.guidance !== undefined ? { guidance: o.guidance } : {}),
+      ...(o.face !== undefined ? { face: o.face } : {}),
       ...(o.frames !== undefined ? { frames: o.frames } : {}),
     };
     return queue.add('sample', data, { jobId: id, attempts: 1, removeOnComplete: { age: KEEP_SECONDS }, removeOnFail: { age: KEEP_SECONDS } });

@@ -67,7 +67,7 @@ export async function workerCommand(argv: readonly string[]): Promise<number> {
   }
 
   async function backendFor(job: SampleJob): Promise<{ backend: Backend; release: () => void }> {
-    const key = JSON.stringify(baseline ? [job.bench, job.seed] : [job.guidance ?? 'full', job.frames ?? 4]);
+    const key = JSON.stringify(baseline ? [job.bench, job.seed] : [job.guidance ?? 'full', job.frames ?? 4, job.face ?? true]);
     let e = backends.get(key);
     if (!e) {
       // a new configuration: drop idle ones (a model is big)
@@ -81,6 +81,7 @@ export async function workerCommand(argv: readonly string[]): Promise<number> {
           samples: baseline ? await samplesOf(job.bench) : [],
           seed: job.seed,
           ...(job.guidance !== undefined ? { guidance: job.guidance } : {}),
+          ...(job.face !== undefined && !baseline ? { face: job.face } : {}),
           ...(s('mmproj') ? { mmproj: s('mmproj')! } : {}),
           ...(threads !== undefined ? { threads } : {}),
           ...(timeoutMs !== undefined || retries !== undefined

@@ -154,13 +154,19 @@ describe.skipIf(!haveRedis)('eval --queue with emollm workers (BullMQ on a real 
   it('a worker serving another model fails the job loudly: the sample is an error, never a wrong answer', async () => {
     const out = join(tmp, 'mismatch');
     const w = worker('majority worker', 'majority');
-    const c = start(['eval', '--queue', redis.url, '--bench', bench, '--model', 'random', '--seed', '7', '--limit', '6', '--out', out, '--resamples', '0'], 'coordinator');
-    expect(await exited(c), c.log()).toBe(0);
-    const recs = lines(join(out, 'predictions.jsonl')).map((l) => JSON.parse(l) as { status: string; error?: string });
-    expect(recs.length).toBe(6);
-    expect(recs.every((r) => r.status === 'error' && /this worker serves "majority", the job is for "random"/.test(r.error ?? ''))).toBe(true);
-    w.kill('SIGTERM');
-    expect(await exited(w)).toBe(0);
+    try {
+      const c = start(['eval', '--queue', redis.url, '--bench', bench, '--model', 'random', '--seed', '7', '--limit', '6', '--out', out, '--resamples', '0'], 'coordinator');
+      // nothing could be scored: the run ends, and says so with exit 1 (honest exits, issue 13)
+      expect(await exited(c), c.log()).toBe(1);
+      expect(c.log()).toMatch(/nothing could be scored/);
+      const recs = lines(join(out, 'predictions.jsonl')).map((l) => JSON.parse(l) as { status: string; error?: string });
+      expect(recs.length).toBe(6);
+      expect(recs.every((r) => r.status === 'error' && /this worker serves "majority", the job is for "random"/.test(r.error ?? ''))).toBe(true);
+    } finally {
+      // stopped whatever the assertions said: a leftover worker would take the next test's jobs
+      w.kill('SIGTERM');
+      expect(await exited(w)).toBe(0);
+    }
   }, 60_000);
 
   it.skipIf(!haveTiny)('a worker with the tiny LLaVA: the in-process native predictions', async () => {
@@ -209,7 +215,7 @@ describe.skipIf(!haveRedis)('eval --queue with emollm workers (BullMQ on a real 
     expect(await exited(w)).toBe(1);
     expect(w.log()).toMatch(/cannot reach Redis/);
     const bad = start(['worker', '--queue', redis.url, '--model', 'random', '--bogus'], 'worker');
-    expect(await exited(bad)).toBe(1);
-    expect(bad.log()).toMatch(/Unknown option '--bogus'/);
+    expect(await exited(bad)).toBe(2); // a usage error, as for every command
+    expect(bad.log()).toMatch(/worker: unknown option --bogus.*usage: emollm worker/s);
   }, 60_000);
 });

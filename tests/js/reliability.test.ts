@@ -257,7 +257,8 @@ describe('media paths stay under the media root', () => {
     let server: Server;
     let url = '';
     const bodies: string[] = [];
-    const auth: (string | undefined)[] = [];
+    const auth: (string | undefined)[] = []; // chat requests (POST)
+    const anyAuth: (string | undefined)[] = []; // every request, the emollm-server probe (GET /models) too
     let reply: (res: import('node:http').ServerResponse) => void = (res) => {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ choices: [{ message: { content: 'Answer: happy' } }] }));
@@ -268,7 +269,8 @@ describe('media paths stay under the media root', () => {
         req.on('data', (c: Buffer) => chunks.push(c));
         req.on('end', () => {
           bodies.push(Buffer.concat(chunks).toString('utf8'));
-          auth.push(req.headers.authorization);
+          if (req.method === 'POST') auth.push(req.headers.authorization);
+          anyAuth.push(req.headers.authorization);
           reply(res);
         });
       });
@@ -334,9 +336,11 @@ describe('media paths stay under the media root', () => {
           );
         });
       auth.length = 0;
+      anyAuth.length = 0;
       expect((await runCli([], { OPENAI_API_KEY: 'sk-env' })).code).toBe(0);
       expect((await runCli(['--api-key-env', 'MY_KEY'], { MY_KEY: 'sk-mine' })).code).toBe(0);
       expect(auth).toEqual([undefined, 'Bearer sk-mine']);
+      expect(anyAuth).not.toContain('Bearer sk-env');
       const unset = await runCli(['--api-key-env', 'UNSET_KEY_XYZ'], {});
       expect(unset.code).not.toBe(0);
       expect(unset.stderr).toMatch(/UNSET_KEY_XYZ/);

@@ -419,7 +419,8 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     const bench = join(tmp, 'demo.jsonl');
     writeFileSync(bench, samples.map(sampleToJsonl).join('\n') + '\n');
     const common = { bench, mediaRoot: demo, progress: false, summary: false, resamples: 100 } as const;
-    const inProcess = await runEval({ ...common, model: tiny, out: join(tmp, 'eval-native'), backendOptions: { guidance: 'none' } });
+    // The HTTP path sends no face cues (the face perspective runs where the model is only in process): compare with it off.
+    const inProcess = await runEval({ ...common, model: tiny, face: false, out: join(tmp, 'eval-native'), backendOptions: { guidance: 'none' } });
     const served = await runEval({ ...common, model: `${base}/v1#tiny`, out: join(tmp, 'eval-http'), backendOptions: { guidance: 'none', http: { apiKey: KEY, concurrency: 2 } } });
     const strip = (f: string): unknown[] =>
       [...readPredictions(f).values()].map(({ ms: _ms, ...r }) => r).sort((x, y) => (x.id < y.id ? -1 : 1));
@@ -483,11 +484,11 @@ describe.skipIf(!haveTiny)('the CLI: emollm serve, and emollm eval --model http:
       const samples: BenchSample[] = [1, 2, 3, 4].map((i) => ({ id: `demo/${i}`, task: i === 2 ? 'emo-o' : i === 4 ? 'sarcasm' : 'emo-c', source: 'demo', split: 'test', media: { type: 'image', path: `sample${i}.jpg` }, ...(i === 1 || i === 3 ? { options: EMO } : {}), ...(i === 4 ? { text: 'Love Mondays.' } : {}), answer: i === 4 ? 'yes' : 'happy' }) as BenchSample);
       const bench = join(tmp, 'cli-demo.jsonl');
       writeFileSync(bench, samples.map(sampleToJsonl).join('\n') + '\n');
-      const run = (model: string, out: string): Promise<unknown> =>
-        promisify(execFile)(process.execPath, [cli, 'eval', '--bench', bench, '--model', model, '--media-root', demo, '--guidance', 'none', '--out', out, '--resamples', '50'], {
+      const run = (model: string, out: string, extra: string[] = []): Promise<unknown> =>
+        promisify(execFile)(process.execPath, [cli, 'eval', '--bench', bench, '--model', model, '--media-root', demo, '--guidance', 'none', '--out', out, '--resamples', '50', ...extra], {
           env: { ...process.env, OPENAI_API_KEY: 'k-cli' },
         });
-      await run(tiny, join(tmp, 'cli-native'));
+      await run(tiny, join(tmp, 'cli-native'), ['--no-face']); // the HTTP path sends no face cues
       await run(`${url}/v1#llava-tiny-hf`, join(tmp, 'cli-http'));
       const strip = (f: string): unknown[] =>
         [...readPredictions(f).values()].map(({ ms: _ms, ...r }) => r).sort((x, y) => (x.id < y.id ? -1 : 1));
