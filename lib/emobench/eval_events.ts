@@ -34,7 +34,7 @@ export class FailureWatch {
   /** Kinds seen, with their count and first example. */
   readonly kinds = new Map<string, { count: number; first: string; id: string }>();
   private streak = 0;
-  private streakMessage = '';
+  private streakKind = '';
   private readonly report: (line: string) => void;
   private readonly stopAfter: number;
   /** Set when the run should stop: the error to stop with. */
@@ -64,10 +64,11 @@ export class FailureWatch {
       this.streak = 0;
       return;
     }
-    if (message === this.streakMessage) this.streak++;
+    // same kind, not same text: one refusing endpoint fails on several URLs (/models, /chat/completions)
+    if (kind === this.streakKind) this.streak++;
     else {
       this.streak = 1;
-      this.streakMessage = message;
+      this.streakKind = kind;
     }
     if (this.stopAfter > 0 && this.streak >= this.stopAfter && !this.stop)
       this.stop = new EmollmError(

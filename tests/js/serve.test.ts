@@ -489,7 +489,7 @@ describe.skipIf(!haveTiny)('the CLI: emollm serve, and emollm eval --model http:
           env: { ...process.env, OPENAI_API_KEY: 'k-cli' },
         });
       await run(tiny, join(tmp, 'cli-native'), ['--no-face']); // the HTTP path sends no face cues
-      await run(`${url}/v1#llava-tiny-hf`, join(tmp, 'cli-http'));
+      await run(`${url}/v1#llava-tiny-hf`, join(tmp, 'cli-http'), ['--api-key-env', 'OPENAI_API_KEY']); // keys are sent only when named
       const strip = (f: string): unknown[] =>
         [...readPredictions(f).values()].map(({ ms: _ms, ...r }) => r).sort((x, y) => (x.id < y.id ? -1 : 1));
       const a = strip(join(tmp, 'cli-native', 'predictions.jsonl'));
