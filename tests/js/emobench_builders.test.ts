@@ -207,7 +207,7 @@ describe('Memotion (synthetic CSV with malformed rows)', () => {
   });
 });
 
-describe.skipIf(!HAVE_DATA)(HAVE_DATA ? 'real data in /work/shared/data: counts match SOURCE.md' : SKIP_REASON, () => {
+describe.skipIf(!HAVE_DATA)(HAVE_DATA ? 'real data in ../shared/data: counts match SOURCE.md' : SKIP_REASON, () => {
   it('Memotion: 6,512 rows; binary humour counts as SOURCE.md states; the corrupted sentiment row kept and reported', async () => {
     const src = source('Memotion');
     const m = match(src, /Counts \(([\d,]+) rows\): Humour not_funny (\d+), funny (\d+), very_funny (\d+), hilarious (\d+)\s+\(binary: (\d+) not funny \/ (\d+) funny\)/);

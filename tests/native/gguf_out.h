@@ -1,5 +1,5 @@
 // A minimal GGUF v3 writer for the native tests (f32 tensors; llama.cpp's key and tensor layouts
-// are up to the caller). The same struct as test_llava.cpp's, shared by the Qwen2-VL tests.
+// are up to the caller). Shared by the LLaVA, LLaVA-NeXT and Qwen2-VL tests.
 #pragma once
 #include <cstdint>
 #include <fstream>

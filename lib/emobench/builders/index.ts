@@ -47,7 +47,7 @@ export function getBuilder(name: string): DatasetBuilder {
   return b;
 }
 
-/** The datasets of a collection folder laid out like /work/shared/data: `<root>/<builder name>/`. */
+/** The datasets of a collection folder laid out like ../shared/data: `<root>/<builder name>/`. */
 export function discoverSources(root: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const b of BUILDERS) {
