@@ -75,6 +75,30 @@
 namespace emollm::addon {
 namespace {
 
+// An EmoLLM model's perspectives as info() reports them (LLaVA / LLaVA-NeXT and Qwen2-VL alike).
+Napi::Array perspectives_array(Napi::Env env, const std::vector<MvpPerspective>& perspectives) {
+  Napi::Array ps = Napi::Array::New(env, perspectives.size());
+  for (size_t i = 0; i < perspectives.size(); ++i) {
+    const MvpPerspective& p = perspectives[i];
+    Napi::Object po = Napi::Object::New(env);
+    po.Set("name", p.name);
+    po.Set("type", mvp_type_name(p.type));
+    po.Set("gate", mvp_gate_name(p.gate));
+    Napi::Array ls = Napi::Array::New(env, p.layers.size());
+    for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
+    po.Set("layers", ls);
+    po.Set("inputSize", double(p.d_in));
+    if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
+    if (p.type == MvpType::AttentionPool) {
+      po.Set("nQueries", double(p.n_queries));
+      po.Set("numHeads", double(p.num_heads));
+    }
+    if (p.type == MvpType::FaceRegion && p.max_faces > 0) po.Set("maxFaces", double(p.max_faces));
+    ps.Set(uint32_t(i), po);
+  }
+  return ps;
+}
+
 // ---------------------------------------------------------------- shared native state
 
 struct ContextState;
@@ -566,21 +590,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
       if (const EmollmQwen2VLModel* eq = handle_->emollm_qwen.get()) {  // MVP around the patch merger
         Napi::Object e = Napi::Object::New(env);
         e.Set("fusion", eq->fusion());
-        Napi::Array ps = Napi::Array::New(env, eq->perspectives().size());
-        for (size_t i = 0; i < eq->perspectives().size(); ++i) {
-          const MvpPerspective& p = eq->perspectives()[i];
-          Napi::Object po = Napi::Object::New(env);
-          po.Set("name", p.name);
-          po.Set("type", mvp_type_name(p.type));
-          po.Set("gate", mvp_gate_name(p.gate));
-          Napi::Array ls = Napi::Array::New(env, p.layers.size());
-          for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
-          po.Set("layers", ls);
-          po.Set("inputSize", double(p.d_in));
-          if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
-          ps.Set(uint32_t(i), po);
-        }
-        e.Set("perspectives", ps);
+        e.Set("perspectives", perspectives_array(env, eq->perspectives()));
         o.Set("emollm", e);
       }
     }
@@ -615,26 +625,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
         Napi::Object e = Napi::Object::New(env);
         e.Set("fusion", em->fusion());
         e.Set("nVisionTokens", double(em->n_vision_tokens()));
-        Napi::Array ps = Napi::Array::New(env, em->perspectives().size());
-        for (size_t i = 0; i < em->perspectives().size(); ++i) {
-          const MvpPerspective& p = em->perspectives()[i];
-          Napi::Object po = Napi::Object::New(env);
-          po.Set("name", p.name);
-          po.Set("type", mvp_type_name(p.type));
-          po.Set("gate", mvp_gate_name(p.gate));
-          Napi::Array ls = Napi::Array::New(env, p.layers.size());
-          for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
-          po.Set("layers", ls);
-          po.Set("inputSize", double(p.d_in));
-          if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
-          if (p.type == MvpType::AttentionPool) {
-            po.Set("nQueries", double(p.n_queries));
-            po.Set("numHeads", double(p.num_heads));
-          }
-          if (p.type == MvpType::FaceRegion && p.max_faces > 0) po.Set("maxFaces", double(p.max_faces));
-          ps.Set(uint32_t(i), po);
-        }
-        e.Set("perspectives", ps);
+        e.Set("perspectives", perspectives_array(env, em->perspectives()));
         o.Set("emollm", e);
       }
       o.Set("vision", v);
