@@ -19,7 +19,6 @@
 #include <memory>
 #include <sstream>
 #include <string>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -28,27 +27,19 @@
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/llava.h"
 #include "gguf_out.h"
+#include "shared_data.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
+using emollm_test::file_exists;
+using emollm_test::ints;
+using emollm_test::read_f32;
 
 std::string tiny_dir() {
-  static std::string dir = [] {
-    std::string shared = std::getenv("EMOLLM_SHARED_DIR") ? std::getenv("EMOLLM_SHARED_DIR") : "../shared";
-    std::string d = shared + "/models/llava-tiny-hf";
-    if (!exists(d + "/model.safetensors") || !exists(d + "/reference/logits.f32")) {
-      std::printf("  [skip] llava-tiny-hf tests: %s not found (set EMOLLM_SHARED_DIR)\n", d.c_str());
-      return std::string();
-    }
-    return d;
-  }();
+  static std::string dir = emollm_test::shared_model_dir("llava-tiny-hf", {"model.safetensors", "reference/logits.f32"});
   return dir;
 }
 
@@ -60,9 +51,9 @@ std::string fixtures_dir() {
       std::string f = __FILE__;
       size_t slash = f.find_last_of('/');
       d = (slash == std::string::npos ? std::string(".") : f.substr(0, slash)) + "/../fixtures/llava";
-      if (!exists(d + "/README.md")) d = "tests/fixtures/llava";
+      if (!file_exists(d + "/README.md")) d = "tests/fixtures/llava";
     }
-    if (!exists(d + "/README.md")) {
+    if (!file_exists(d + "/README.md")) {
       std::printf("  [skip] llava fixture tests: %s not found (set EMOLLM_LLAVA_FIXTURES)\n", d.c_str());
       return std::string();
     }
@@ -71,20 +62,7 @@ std::string fixtures_dir() {
   return dir;
 }
 
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  std::vector<float> out(b.size() / 4);
-  std::memcpy(out.data(), b.data(), out.size() * 4);
-  return out;
-}
 JsonValue read_json(const std::string& path) { return load_json_file(path); }
-std::vector<int32_t> ints(const JsonValue* v) {
-  std::vector<int32_t> r;
-  if (v)
-    for (const auto& x : v->items()) r.push_back(int32_t(x.as_int()));
-  return r;
-}
 
 LlamaContextOptions ctx_opts(int64_t n_ctx = 256) {
   LlamaContextOptions o;
@@ -614,7 +592,7 @@ TEST(llava_fixtures_parity) {
   if (fixtures_dir().empty()) return;
   for (const char* name : {"layers-list", "full-strategy", "two-images", "gqa4"}) {
     const std::string d = fixtures_dir() + "/" + name;
-    if (!exists(d + "/model.safetensors")) {
+    if (!file_exists(d + "/model.safetensors")) {
       std::printf("    [skip] fixture %s missing\n", name);
       continue;
     }

@@ -17,7 +17,6 @@
 #include <iterator>
 #include <memory>
 #include <string>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -26,39 +25,21 @@
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/qwen2_vl.h"
 #include "gguf_out.h"
+#include "shared_data.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
+using emollm_test::ints;
+using emollm_test::read_f32;
+
 std::string qdir() {
-  static std::string dir = [] {
-    std::string shared = std::getenv("EMOLLM_SHARED_DIR") ? std::getenv("EMOLLM_SHARED_DIR") : "../shared";
-    std::string d = shared + "/models/qwen2-vl-tiny-hf";
-    struct stat st;
-    if (::stat((d + "/reference/expected.json").c_str(), &st) != 0) {
-      std::printf("  [skip] qwen2-vl-tiny-hf tests: %s not found (set EMOLLM_SHARED_DIR)\n", d.c_str());
-      return std::string();
-    }
-    return d;
-  }();
+  static std::string dir = emollm_test::shared_model_dir("qwen2-vl-tiny-hf", {"reference/expected.json"});
   return dir;
 }
 
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  std::vector<float> out(b.size() / 4);
-  std::memcpy(out.data(), b.data(), out.size() * 4);
-  return out;
-}
-std::vector<int32_t> ints(const JsonValue* v) {
-  std::vector<int32_t> r;
-  if (v)
-    for (const auto& x : v->items()) r.push_back(int32_t(x.as_int()));
-  return r;
-}
 
 struct Case {
   std::string name;

@@ -1,0 +1,56 @@
+// Reading ../shared (the read-only reference data beside the checkout) from the native tests: the
+// folder of one shared model, and the raw f32 / JSON integer references its SOURCE.md describes.
+// The shared dir comes from EMOLLM_SHARED_DIR (CTest sets it), else ../shared; a model that is not
+// there is a printed skip, never a silent pass.
+#pragma once
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "../../native/loaders/json.h"
+
+namespace emollm_test {
+
+inline bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// ../shared/models/<name>, or "" (after printing why) when any of `required` (paths below it) is missing.
+inline std::string shared_model_dir(const std::string& name, std::initializer_list<const char*> required) {
+  const char* env = std::getenv("EMOLLM_SHARED_DIR");
+  const std::string d = std::string(env ? env : "../shared") + "/models/" + name;
+  for (const char* r : required)
+    if (!file_exists(d + "/" + r)) {
+      std::printf("  [skip] %s tests: %s not found (set EMOLLM_SHARED_DIR)\n", name.c_str(), (d + "/" + r).c_str());
+      return std::string();
+    }
+  return d;
+}
+
+// A raw little-endian f32 file (the references' .f32 tensors).
+inline std::vector<float> read_f32(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<float> out(b.size() / 4);
+  std::memcpy(out.data(), b.data(), out.size() * 4);
+  return out;
+}
+
+// A JSON array of integers (token ids); empty when absent.
+inline std::vector<int32_t> ints(const emollm::JsonValue* v) {
+  std::vector<int32_t> r;
+  if (v)
+    for (const auto& x : v->items()) r.push_back(int32_t(x.as_int()));
+  return r;
+}
+
+}  // namespace emollm_test
