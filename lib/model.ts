@@ -585,6 +585,9 @@ export class Model {
    */
   logits(prompt: Prompt, options: { all?: boolean; signal?: AbortSignal } = {}): Promise<Float32Array> {
     const preparing = this.prepare(prompt, true, options.signal);
+    // observed below once the earlier calls are done; marked handled now so that a prompt that
+    // fails early (no chat template, a bad image) is not reported as an unhandled rejection
+    preparing.catch(() => undefined);
     return this.exclusive(async (ctx) => {
       const { ids, images } = await preparing;
       if (options.signal?.aborted) throw abortError();
