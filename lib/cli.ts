@@ -81,6 +81,7 @@ const ANALYZE = {
     mmproj: { type: 'string', value: 'PATH', description: 'multimodal projector GGUF beside a text GGUF' },
     labels: { type: 'list', value: 'a,b,c', description: "close-set labels (default: Ekman 7 for emotion, MIntRec's 20 for intent)" },
     frames: { type: 'integer', description: 'video frames to sample with ffmpeg (default 8)' },
+    'max-pixels': { type: 'integer', value: 'N', description: 'largest image or frame accepted, in pixels (default 100000000; lower it for untrusted input)' },
     threads: { type: 'integer', description: 'compute threads' },
     json: JSON_FLAG,
   },
@@ -316,6 +317,7 @@ async function analyzeCommand(argv: readonly string[]): Promise<number> {
       ...(model ? { model } : {}),
       ...(v.labels?.length ? { labels: v.labels } : {}),
       ...(v.frames !== undefined ? { frames: v.frames } : {}),
+      ...(v['max-pixels'] !== undefined ? { maxPixels: v['max-pixels'] } : {}),
       onProgress: progress,
     });
     console.log(json ? JSON.stringify(r, null, 2) : formatAnalysis(r));

@@ -42,6 +42,8 @@ export type EmollmErrorCode =
   | 'ERR_LOCKED'
   /** Sending a credential would leak it (plain http to a non-loopback host). */
   | 'ERR_INSECURE'
+  /** A bounded queue is full: retry later (a server answers 429 with Retry-After). */
+  | 'ERR_BUSY'
   /** A bug inside emollm. */
   | 'ERR_INTERNAL';
 

@@ -15,7 +15,7 @@ export class QueueFullError extends EmollmError {
   /** Seconds after which a retry is likely to be admitted (the Retry-After header). */
   readonly retryAfterSeconds: number;
   constructor(retryAfterSeconds: number, depth: number) {
-    super('ERR_UNSUPPORTED', `the model's queue is full (${depth} waiting); retry after ${retryAfterSeconds} s`);
+    super('ERR_BUSY', `the model's queue is full (${depth} waiting); retry after ${retryAfterSeconds} s`);
     this.name = 'QueueFullError';
     this.retryAfterSeconds = retryAfterSeconds;
   }

@@ -173,6 +173,8 @@ function statusOf(e: unknown): { status: number; type: string } {
   if (e instanceof EmollmError) {
     if (e.code === 'ERR_ABORTED') return { status: 499, type: 'cancelled' };
     if (e.code === 'ERR_INVALID_ARGUMENT' || e.code === 'ERR_BAD_IMAGE' || e.code === 'ERR_UNSUPPORTED') return { status: 400, type: 'invalid_request_error' };
+    // the client's input over a limit (a prompt past maxPromptChars, an image past maxPixels)
+    if (e.code === 'ERR_LIMIT_EXCEEDED') return { status: 413, type: 'invalid_request_error' };
   }
   return { status: 500, type: 'server_error' };
 }

@@ -83,6 +83,18 @@ describe.skipIf(!haveDemo)('analyze offline (face perspective)', () => {
     await expect(analyze(join(demo, 'sample1.jpg'), { task: 'joy' as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 
+  it('maxPixels (analyze option and CLI --max-pixels) refuses a larger image before any face work', async () => {
+    await expect(analyze(join(demo, 'sample1.jpg'), { maxPixels: 100 })).rejects.toMatchObject({ code: 'ERR_BAD_IMAGE' });
+    const cli = join(repoRoot, 'dist', 'cli.js');
+    if (!existsSync(cli)) throw new Error(`${cli} missing: build with tsc first`);
+    const r = spawnSync(process.execPath, [cli, 'analyze', join(demo, 'sample1.jpg'), '--max-pixels', '100'], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/exceeds the limit of 100 pixels.*\[ERR_BAD_IMAGE\]/s);
+    const ok = spawnSync(process.execPath, [cli, 'analyze', join(demo, 'sample1.jpg'), '--max-pixels=100000000', '--json'], { encoding: 'utf8' });
+    expect(ok.status).toBe(0);
+    expect((JSON.parse(ok.stdout) as { faces: { maxFaces: number } }).faces.maxFaces).toBeGreaterThan(0);
+  });
+
   it('video input without ffmpeg on PATH says how to install it', async () => {
     const path = process.env.PATH;
     process.env.PATH = '/nonexistent';
