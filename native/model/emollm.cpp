@@ -2,6 +2,8 @@
 // variable-count image splice. See emollm.h and docs/emollm-config.md.
 #include "model/emollm.h"
 
+#include <initializer_list>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -27,6 +29,14 @@ const char* mvp_type_name(MvpType t) {
     case MvpType::FaceRegion: return "face-region";
   }
   return "?";
+}
+bool mvp_type_from_name(const std::string& name, MvpType* out) {
+  for (MvpType t : {MvpType::Mlp, MvpType::MultiLayerMlp, MvpType::AttentionPool, MvpType::FaceRegion})
+    if (name == mvp_type_name(t)) {
+      *out = t;
+      return true;
+    }
+  return false;
 }
 const char* mvp_gate_name(MvpGate g) {
   switch (g) {
@@ -138,11 +148,8 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
     const JsonValue* t = po.find("type");
     if (!t || !t->is_string()) bad(where + ".type must be a string");
     const std::string& ts = t->as_string();
-    if (ts == "mlp") p.type = MvpType::Mlp;
-    else if (ts == "multi-layer-mlp") p.type = MvpType::MultiLayerMlp;
-    else if (ts == "attention-pool") p.type = MvpType::AttentionPool;
-    else if (ts == "face-region") p.type = MvpType::FaceRegion;
-    else bad(where + ".type \"" + ts + "\" is not one of mlp, multi-layer-mlp, attention-pool, face-region");
+    if (!mvp_type_from_name(ts, &p.type))
+      bad(where + ".type \"" + ts + "\" is not one of mlp, multi-layer-mlp, attention-pool, face-region");
     p.name = ts;
     if (const JsonValue* n = po.find("name")) {
       if (!n->is_string()) bad(where + ".name must be a string");

@@ -50,6 +50,8 @@ enum class MvpType { Mlp, MultiLayerMlp, AttentionPool, FaceRegion };
 enum class MvpGate { Learned, Open, Closed };
 const char* mvp_type_name(MvpType t);
 const char* mvp_gate_name(MvpGate g);
+// The config spelling of a perspective type (the inverse of mvp_type_name); false when unknown.
+bool mvp_type_from_name(const std::string& name, MvpType* out);
 
 struct MvpPerspective {
   std::string name;

@@ -88,11 +88,8 @@ std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& 
     const JsonValue* t = po.find("type");
     if (!t || !t->is_string()) bad(where + ".type must be a string");
     const std::string& ts = t->as_string();
-    if (ts == "mlp") p.type = MvpType::Mlp;
-    else if (ts == "multi-layer-mlp") p.type = MvpType::MultiLayerMlp;
-    else if (ts == "attention-pool") p.type = MvpType::AttentionPool;
-    else if (ts == "face-region") p.type = MvpType::FaceRegion;
-    else bad(where + ".type \"" + ts + "\" is not one of mlp, multi-layer-mlp, attention-pool, face-region");
+    if (!mvp_type_from_name(ts, &p.type))
+      bad(where + ".type \"" + ts + "\" is not one of mlp, multi-layer-mlp, attention-pool, face-region");
     if (const JsonValue* n = po.find("name"); n && n->is_string()) p.name = n->as_string();
     else p.name = ts;
     std::string gate = "learned";
