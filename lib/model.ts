@@ -36,8 +36,15 @@ export type { Device } from './runtime.js';
 
 /** Options of {@link loadModel}; `device` and `threads` are the runtime configuration (RuntimeOptions). */
 export interface LoadModelOptions extends RuntimeOptions {
-  /** Tokens the KV cache holds; default min(the model's training context, 4096). */
+  /** Tokens the KV cache holds per sequence; default min(the model's training context, 4096). */
   contextSize?: number;
+  /**
+   * Sequences decoded together (default 4, at most 256): concurrent `generate` / `chat` /
+   * `scoreOptions` calls on the model run at once, up to this many, as one batched forward pass
+   * per step; later calls wait in arrival order. Each sequence owns a KV cache of `contextSize`
+   * positions (reserved address space; pages are touched as they are used).
+   */
+  maxSequences?: number;
   /**
    * The tokenizer, when the model does not carry its own: a Tokenizer, or a path to a .gguf, a
    * tokenizer.json (or its folder), or a llama2.c tokenizer.bin. Default: the model's own
@@ -289,10 +296,59 @@ interface NativeContext {
   readonly nCtx: number;
 }
 
+/** Counters of the model's sequence scheduler (native/model/scheduler.h), from {@link Model.stats}. */
+export interface SequenceStats {
+  /** Sequences decoded together at most (the `maxSequences` load option). */
+  maxSequences: number;
+  /** Sequences holding a KV slot now. */
+  active: number;
+  /** Calls waiting for a slot. */
+  queued: number;
+  /** Batched decode passes run so far. */
+  steps: number;
+  /** Of which with two sequences or more. */
+  batchedSteps: number;
+  /** Most sequences in one decode pass. */
+  maxBatch: number;
+  /** Tokens decoded in all passes (one row per sequence per pass). */
+  decodedTokens: number;
+  /** Prompt prefills run. */
+  prefills: number;
+  /** Prompt prefixes copied from another sequence's cache instead of recomputed. */
+  prefixCopies: number;
+  /** Prompt positions taken from a cache (own or copied) instead of recomputed. */
+  reusedTokens: number;
+}
+
+interface NativeSubmission<T> {
+  id: number;
+  promise: Promise<T>;
+}
+
+interface NativeBatch {
+  generate(
+    prompt: Int32Array,
+    options: Record<string, unknown>,
+    onTokens?: (ids: Int32Array) => void,
+    images?: Float32Array | null,
+  ): NativeSubmission<{ tokens: Int32Array; stopReason: Exclude<StopReason, 'stop-string'> }>;
+  score(
+    prefix: Int32Array,
+    images: Float32Array | null,
+    continuations: Int32Array[],
+  ): NativeSubmission<{ logprobs: number[]; tokenLogprobs: Float64Array[] }>;
+  abort(id: number): void;
+  stats(): SequenceStats;
+  close(): Promise<void>;
+  readonly nCtx: number;
+  readonly maxSequences: number;
+}
+
 interface NativeModel extends NativeVisualEncoder {
   info(): ModelInfo;
   encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number }): NativeContext;
+  createBatch(options?: { nCtx?: number; maxSequences?: number }): NativeBatch;
   close(): Promise<void>;
 }
 
@@ -300,6 +356,9 @@ interface NativeModel extends NativeVisualEncoder {
 const leakGuard = new FinalizationRegistry<NativeModel>((m) => {
   void m.close().catch(() => undefined);
 });
+
+/** Sequences decoded together unless `maxSequences` says otherwise. */
+const DEFAULT_MAX_SEQUENCES = 4;
 
 function abortError(): EmollmError {
   return new EmollmError('ERR_ABORTED', 'the operation was aborted');
@@ -324,6 +383,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   if (!st.isDirectory()) await assertRegularFile(path);
   if (options.mmproj !== undefined) await assertRegularFile(options.mmproj);
   const maxPromptChars = limitOption('maxPromptChars', options.maxPromptChars, DEFAULT_MAX_PROMPT_CHARS);
+  const maxSequences = limitOption('maxSequences', options.maxSequences, DEFAULT_MAX_SEQUENCES);
+  if (maxSequences > 256) throw new EmollmError('ERR_INVALID_ARGUMENT', `maxSequences must be at most 256, got ${maxSequences}`);
   // Snapshot before mapping, so a change during the load is caught by the first call too.
   const guard = await FileGuard.watch(path, [options.mmproj]);
 
@@ -417,6 +478,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
         ? { kind: 'file', path }
         : undefined;
   model.setSafety(guard, maxPromptChars, tokenizerSource);
+  model.maxSequences = maxSequences;
   options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
   return model;
 }
@@ -467,11 +529,16 @@ export class Model {
   /** @internal LLaVA-NeXT / Qwen2-VL: how visuals become native inputs (see visual_input.ts). */
   private readonly visualPreprocessing: VisualPreprocessing | undefined;
 
+  /** Sequences decoded together (the `maxSequences` load option); later calls wait in arrival order. */
+  maxSequences = DEFAULT_MAX_SEQUENCES;
+
   private handle: NativeModel | undefined;
+  // generate / chat / scoreOptions: the core's sequence scheduler (continuous batching, a KV slot
+  // per sequence, prefixes reused and shared across calls), created at the first call
+  private batch: NativeBatch | undefined;
+  // logits(): one context, calls one at a time in call order (its KV cache reused across calls)
   private context: NativeContext | undefined;
   private readonly contextSize: number | undefined;
-  // Generations and logits calls on one model run one at a time, in call order, on one context
-  // whose KV cache is reused across calls (a shared prompt prefix is not recomputed).
   private queue: Promise<unknown> = Promise.resolve();
   private maxPromptChars: number;
   /** Set by loadModel: checks the mapped weight files are unchanged before each call. */
@@ -647,16 +714,12 @@ export class Model {
       return this.tokenizer.encode(o, { addSpecialTokens: false });
     });
     const prepared = await this.prepare(prompt, true, settings.signal);
-    const r = await this.exclusive(async (ctx) => {
-      if (settings.signal?.aborted) throw abortError();
-      const onAbort = (): void => ctx.abort();
-      settings.signal?.addEventListener('abort', onAbort, { once: true });
-      try {
-        return await ctx.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
-      } finally {
-        settings.signal?.removeEventListener('abort', onAbort);
-      }
-    });
+    const batch = await this.sequences();
+    if (settings.signal?.aborted) throw abortError();
+    const { id, promise } = batch.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
+    const onAbort = (): void => batch.abort(id);
+    settings.signal?.addEventListener('abort', onAbort, { once: true });
+    const r = await promise.finally(() => settings.signal?.removeEventListener('abort', onAbort));
     const scored: ScoredOption[] = options.map((option, i) => {
       const tokenLogprobs = Array.from(r.tokenLogprobs[i] ?? []);
       const logprob = r.logprobs[i] ?? -Infinity;
@@ -777,12 +840,38 @@ export class Model {
     this.handle = undefined;
     leakGuard.unregister(this);
     this.context = undefined;
+    this.batch = undefined; // closed with the model
     await h.close();
   }
 
   /** `await using model = await loadModel(...)` closes the model at the end of the scope. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  /**
+   * Counters of the sequence scheduler: how many calls run and wait now, and how many decode
+   * passes ran with several sequences together (all zero before the first generate/score call).
+   */
+  stats(): SequenceStats {
+    if (!this.handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    if (this.batch) return this.batch.stats();
+    return {
+      maxSequences: this.maxSequences, active: 0, queued: 0, steps: 0, batchedSteps: 0, maxBatch: 0,
+      decodedTokens: 0, prefills: 0, prefixCopies: 0, reusedTokens: 0,
+    };
+  }
+
+  /** @internal the sequence scheduler (created at the first call), after the weight-file check. */
+  async sequences(): Promise<NativeBatch> {
+    // The weight files are checked before each call: a truncated mapped file would SIGBUS.
+    await this.fileGuard?.check();
+    if (!this.handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
+    this.batch ??= this.handle.createBatch({
+      maxSequences: this.maxSequences,
+      ...(this.contextSize === undefined ? {} : { nCtx: this.contextSize }),
+    });
+    return this.batch;
   }
 
   /** @internal runs `fn` on the model's context after every earlier call finished. */
@@ -828,7 +917,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
   private wake: (() => void) | undefined;
   private finished = false;
   private failure: unknown;
-  private nativeCtx: NativeContext | undefined;
+  private abortNative: (() => void) | undefined;
   private stopRequested = false;
 
   /** @internal */
@@ -867,7 +956,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
             pending = '';
             pendingTokens = [];
             stopString = true;
-            this.nativeCtx?.abort();
+            this.abortNative?.();
             return;
           }
         }
@@ -884,17 +973,15 @@ export class Generation implements AsyncIterable<GenerationChunk> {
 
     // A rejection is reported through `result`; keep it from being "unhandled" meanwhile.
     preparing.catch(() => undefined);
-    this.result = model.exclusive(async (ctx) => {
+    this.result = (async () => {
       const { ids: prompt, images } = await preparing;
+      const batch = await model.sequences();
       const specials = new Set([model.tokenizer.bosId, model.tokenizer.eosId]);
       if (continuation && prompt.some((id) => !specials.has(id)))
         detok = model.tokenizer.createDetokenizer({ skipSpecialTokens: true, atStart: false });
-      this.nativeCtx = ctx;
       const signal = options.signal;
       if (signal?.aborted) throw abortError();
-      const onAbort = (): void => ctx.abort();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      if (this.stopRequested) ctx.abort();
+      let onAbort: (() => void) | undefined;
       try {
         const nativeOptions: Record<string, unknown> = {
           maxTokens: options.maxTokens ?? 256,
@@ -906,7 +993,13 @@ export class Generation implements AsyncIterable<GenerationChunk> {
           stopTokens: Int32Array.from(options.stopTokens ?? []),
         };
         if (options.seed !== undefined) nativeOptions.seed = options.seed;
-        const r = await ctx.generate(Int32Array.from(prompt), nativeOptions, onTokens, images);
+        // submitted now: it runs beside the model's other sequences, or waits for a slot (FIFO)
+        const { id, promise } = batch.generate(Int32Array.from(prompt), nativeOptions, onTokens, images);
+        onAbort = (): void => batch.abort(id);
+        this.abortNative = onAbort;
+        signal?.addEventListener('abort', onAbort, { once: true });
+        if (this.stopRequested) onAbort();
+        const r = await promise;
         if (signal?.aborted) throw abortError();
         if (!stopString) {
           // Tokens not yet delivered through the callback (the native side may finish first).
@@ -921,9 +1014,9 @@ export class Generation implements AsyncIterable<GenerationChunk> {
         const stopReason: StopReason = stopString ? 'stop-string' : r.stopReason;
         return { text: emitted, tokens, promptTokens: prompt.length, stopReason };
       } finally {
-        signal?.removeEventListener('abort', onAbort);
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
       }
-    });
+    })();
     this.result.then(
       () => this.finish(undefined),
       (e: unknown) => this.finish(e),
@@ -939,7 +1032,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
   /** Stops generation; `result` then resolves with stopReason 'aborted'. */
   stop(): void {
     this.stopRequested = true;
-    this.nativeCtx?.abort();
+    this.abortNative?.();
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<GenerationChunk> {

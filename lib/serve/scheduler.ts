@@ -1,10 +1,11 @@
 /**
  * The model scheduler: every model call of `emollm serve` goes through it.
  *
- * A model serves `maxSequences` calls at once (1 today: the native core has one context per model
- * and runs its calls in order); up to `maxQueue` more wait in arrival order; past that a call is
- * refused at once with {@link QueueFullError} (the server answers 429 with Retry-After). When the
- * core decodes several sequences together, raising `maxSequences` is the only change needed here.
+ * A model serves `maxSequences` calls at once (the server passes the model's `maxSequences`: its
+ * core decodes that many sequences together, one batched forward pass per step); up to `maxQueue`
+ * more wait in arrival order; past that a call is refused at once with {@link QueueFullError}
+ * (the server answers 429 with Retry-After). Admitting no more than the core runs keeps the
+ * queue here, where its depth is measured (/metrics) and bounded, instead of in the core.
  *
  * Each call gets an AbortSignal that fires on the caller's signal or on its timeout, whether it is
  * still waiting (it leaves the queue) or running (the model call is cancelled).
@@ -29,7 +30,7 @@ export class TimeoutError extends EmollmError {
 }
 
 export interface SchedulerOptions {
-  /** Calls that run on the model at once (default 1; > 1 once the core batches sequences). */
+  /** Calls that run on the model at once (default 1; the server passes the model's maxSequences). */
   maxSequences?: number;
   /** Calls that may wait for a slot (default 16); one more is refused. */
   maxQueue?: number;

@@ -44,7 +44,7 @@ export interface ServeOptions {
   maxImageBytes?: number;
   /** Requests waiting for the model beyond the ones it runs (default 16). */
   maxQueue?: number;
-  /** Requests the model runs at once (default 1: see {@link Scheduler}). */
+  /** Requests the model runs at once (default: the model's `maxSequences`, the sequences its core decodes together). */
   maxSequences?: number;
   /** Per-request time limit, queueing included (default 120 s). */
   requestTimeoutMs?: number;
@@ -186,7 +186,7 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
   const policy: MediaPolicy = { root: options.mediaRoot, maxImageBytes };
   const maxTokensLimit = options.maxTokensLimit ?? 4096;
   const scheduler = new Scheduler({
-    maxSequences: options.maxSequences ?? 1,
+    maxSequences: options.maxSequences ?? model.maxSequences,
     maxQueue: options.maxQueue ?? 16,
     timeoutMs: options.requestTimeoutMs ?? 120_000,
   });

@@ -70,6 +70,7 @@
 #include "model/emollm_qwen2_vl.h"
 #include "model/sampler.h"
 #include "model/session.h"
+#include "model_handle.h"
 #include "napi_util.h"
 
 namespace emollm::addon {
@@ -97,167 +98,6 @@ Napi::Array perspectives_array(Napi::Env env, const std::vector<MvpPerspective>&
     ps.Set(uint32_t(i), po);
   }
   return ps;
-}
-
-// ---------------------------------------------------------------- shared native state
-
-struct ContextState;
-
-// Main-thread state of one loaded model.
-struct ModelHandle {
-  std::shared_ptr<LlamaModel> model;  // null once closed
-  std::shared_ptr<LlavaModel> llava;  // LLaVA models only (model == llava->text_model()); null once closed
-  std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only (llava == emollm->base()); null once closed
-  std::shared_ptr<Qwen2VLModel> qwen;   // Qwen2-VL models only (model == qwen->text_model()); null once closed
-  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen;  // EmoLLM on Qwen2-VL (qwen == emollm_qwen->base())
-  std::vector<std::weak_ptr<std::atomic<bool>>> encode_aborts;  // in-flight encodeImages calls
-  int64_t default_n_ctx = 0;
-  std::vector<std::weak_ptr<ContextState>> contexts;
-  int inflight = 0;  // eval/generate calls running on this model
-  std::vector<Napi::Promise::Deferred> close_waiters;
-};
-
-// One context. `ctx` is used by at most one worker at a time (busy); the other fields are
-// main-thread only except the atomics.
-struct ContextState {
-  std::shared_ptr<ModelHandle> owner;
-  std::shared_ptr<LlamaModel> model;
-  std::shared_ptr<LlavaModel> llava;  // LLaVA models only
-  std::shared_ptr<EmollmModel> emollm;  // EmoLLM models only
-  std::shared_ptr<Qwen2VLModel> qwen;   // Qwen2-VL models only
-  std::unique_ptr<LlamaContext> ctx;
-  std::atomic<bool> abort{false};
-  std::atomic<int64_t> n_past{0};
-  int64_t n_ctx = 0;
-  bool busy = false;
-  bool closed = false;
-  std::vector<Napi::Promise::Deferred> close_waiters;
-};
-
-void resolve_all(Napi::Env env, std::vector<Napi::Promise::Deferred>& waiters) {
-  std::vector<Napi::Promise::Deferred> w;
-  w.swap(waiters);
-  for (auto& d : w) d.Resolve(env.Undefined());
-}
-
-// Releases a context's native memory unless a call is still using it.
-void release_context(Napi::Env env, ContextState& s) {
-  if (s.busy) return;
-  s.ctx.reset();
-  s.model.reset();
-  s.llava.reset();
-  s.emollm.reset();
-  s.qwen.reset();
-  resolve_all(env, s.close_waiters);
-}
-
-void close_context(Napi::Env env, ContextState& s) {
-  if (!s.closed) {
-    s.closed = true;
-    s.abort.store(true);
-  }
-  release_context(env, s);
-}
-
-void maybe_finish_model_close(Napi::Env env, ModelHandle& h) {
-  if (!h.model && h.inflight == 0) resolve_all(env, h.close_waiters);
-}
-
-Napi::Error closed_error(Napi::Env env, const char* what) {
-  return make_js_error(env, "ERR_INVALID_ARGUMENT", std::string(what) + " is closed");
-}
-
-// ---------------------------------------------------------------- option helpers
-// opt_object / has_opt / opt_number / opt_int / read_runtime_options: napi_util.h.
-
-std::vector<int32_t> int32_array(Napi::Env env, Napi::Value v, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    throw_invalid(env, std::string(what) + " must be an Int32Array");
-  auto a = v.As<Napi::Int32Array>();
-  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
-}
-
-std::vector<float> float32_array(Napi::Env env, Napi::Value v, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    throw_invalid(env, std::string(what) + " must be a Float32Array");
-  auto a = v.As<Napi::Float32Array>();
-  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
-}
-
-// Projected image features (argument i: Float32Array, null or undefined) for a context's model:
-// returns the image count (0 when none) and fills *out. EmoLLM models: images have per-image
-// token counts, read from the array's `tokenCounts` (Int32Array, as encodeImages sets it) or,
-// when absent, nImageTokens (no faces) each; *counts receives them.
-// LLaVA-NeXT and Qwen2-VL features always carry tokenCounts (their counts follow the image size);
-// Qwen2-VL's also carry `grids` (Int32Array [3 * visuals]: t, h, w), read into *grids.
-int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out,
-                           const EmollmModel* emollm = nullptr, std::vector<int64_t>* counts = nullptr,
-                           const Qwen2VLModel* qwen = nullptr, std::vector<GridThw>* grids = nullptr) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
-  *out = float32_array(env, info[i], "images");
-  if (out->empty()) return 0;
-  if (!llava && !qwen) throw make_js_error(env, "ERR_UNSUPPORTED", "images were given but the model has no vision tower (not a multimodal model)");
-  if ((qwen || llava->anyres()) && counts) {  // ---- variable token counts: tokenCounts required
-    const int64_t E = qwen ? qwen->n_embd() : llava->n_embd();
-    Napi::Object o = info[i].As<Napi::Object>();
-    if (!o.Has("tokenCounts") || !o.Get("tokenCounts").IsTypedArray())
-      throw_invalid(env, "images must carry tokenCounts (pass the features from encodeAnyres / encodePatches)");
-    counts->clear();
-    int64_t total = 0;
-    for (int32_t x : int32_array(env, o.Get("tokenCounts"), "images.tokenCounts")) {
-      if (x < 0) throw_invalid(env, "images.tokenCounts must not be negative");
-      counts->push_back(x);
-      total += x;
-    }
-    if (total * E != int64_t(out->size()))
-      throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, but its tokenCounts sum to " +
-                             std::to_string(total) + " tokens of nEmbd = " + std::to_string(E));
-    if (qwen && grids) {
-      if (!o.Has("grids") || !o.Get("grids").IsTypedArray()) throw_invalid(env, "images must carry grids (from encodePatches)");
-      std::vector<int32_t> g = int32_array(env, o.Get("grids"), "images.grids");
-      if (g.size() != counts->size() * 3) throw_invalid(env, "images.grids must hold 3 numbers (t, h, w) per visual");
-      grids->clear();
-      for (size_t k = 0; k < counts->size(); ++k) {
-        GridThw gt{g[k * 3], g[k * 3 + 1], g[k * 3 + 2]};
-        if (gt.t <= 0 || gt.h <= 0 || gt.w <= 0 || qwen->n_tokens(gt) != (*counts)[k])
-          throw_invalid(env, "images.grids[" + std::to_string(k) + "] does not match its tokenCounts");
-        grids->push_back(gt);
-      }
-    }
-    return int64_t(counts->size());
-  }
-  if (emollm && counts) {
-    const int64_t E = emollm->n_embd();
-    counts->clear();
-    Napi::Object o = info[i].As<Napi::Object>();
-    if (o.Has("tokenCounts") && o.Get("tokenCounts").IsTypedArray()) {
-      std::vector<int32_t> c = int32_array(env, o.Get("tokenCounts"), "images.tokenCounts");
-      int64_t total = 0;
-      for (int32_t x : c) {
-        if (x < 0) throw_invalid(env, "images.tokenCounts must not be negative");
-        counts->push_back(x);
-        total += x;
-      }
-      if (total * E != int64_t(out->size()))
-        throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, but its tokenCounts sum to " +
-                               std::to_string(total) + " tokens of nEmbd = " + std::to_string(E));
-      return int64_t(counts->size());
-    }
-    const int64_t per = emollm->n_image_tokens(0) * E;
-    if (per == 0 || int64_t(out->size()) % per != 0)
-      throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
-                             std::to_string(emollm->n_image_tokens(0)) + " * " + std::to_string(E) +
-                             " (pass the features from encodeImages, with their tokenCounts)");
-    counts->assign(size_t(int64_t(out->size()) / per), emollm->n_image_tokens(0));
-    return int64_t(counts->size());
-  }
-  const int64_t per = llava->n_image_tokens() * llava->n_embd();
-  if (int64_t(out->size()) % per != 0)
-    throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
-                           std::to_string(llava->n_image_tokens()) + " * " + std::to_string(llava->n_embd()) +
-                           " (pass the projected features from encodeImages)");
-  return int64_t(out->size()) / per;
 }
 
 // ---------------------------------------------------------------- classes and per-env constructors
@@ -541,6 +381,7 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod<&ModelWrap::EncodePatches>("encodePatches"),
                         InstanceMethod<&ModelWrap::AbortEncodes>("abortEncodes"),
                         InstanceMethod<&ModelWrap::CreateContext>("createContext"),
+                        InstanceMethod<&ModelWrap::CreateBatch>("createBatch"),
                         InstanceMethod<&ModelWrap::Close>("close")});
   }
   explicit ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
@@ -797,12 +638,21 @@ class ModelWrap final : public Napi::ObjectWrap<ModelWrap> {
     return obj;
   }
 
+  // createBatch({ nCtx?, maxSequences? }): concurrent sequences on the core's Scheduler (batch_binding.cpp).
+  Napi::Value CreateBatch(const Napi::CallbackInfo& info) {
+    live(info.Env());
+    return create_batch(info, handle_);
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto d = Napi::Promise::Deferred::New(env);
     for (auto& w : handle_->contexts)
       if (auto s = w.lock()) close_context(env, *s);
     handle_->contexts.clear();
+    for (auto& w : handle_->batches)
+      if (auto b = w.lock()) close_batch(env, *b);
+    handle_->batches.clear();
     for (auto& w : handle_->encode_aborts)
       if (auto a = w.lock()) a->store(true);
     handle_->model.reset();
@@ -838,21 +688,10 @@ class ContextWorker : public ModelWorker {
     if (s_->closed) release_context(env, *s_);
     maybe_finish_model_close(env, h);
   }
-  // Image tokens -> pseudo-ids (LLaVA: fixed count per image; EmoLLM: image_counts).
   // Image tokens -> pseudo-ids (and, for Qwen2-VL, pos3_ <- the M-RoPE positions).
   std::vector<int32_t> splice(const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images) {
-    if (s_->qwen) {
-      auto p = s_->qwen->prepare(tokens.data(), int64_t(tokens.size()), images.data(), image_grids);
-      pos3_ = std::move(p.pos3);
-      return std::move(p.tokens);
-    }
-    if (s_->llava && s_->llava->anyres())
-      return splice_prompt_counts(s_->llava->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
-                                  s_->llava->n_embd(), image_counts);
-    if (s_->emollm)
-      return splice_prompt_counts(s_->emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
-                                  s_->emollm->n_embd(), image_counts);
-    return s_->llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images.data(), n_images);
+    return splice_images(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, images, n_images, image_counts,
+                         image_grids, &pos3_);
   }
   std::shared_ptr<ContextState> s_;
   std::vector<int32_t> pos3_;  // Qwen2-VL: M-RoPE positions of the spliced prompt
@@ -996,10 +835,9 @@ class GenerateWorker final : public ContextWorker {
     images_ = std::move(images);
     n_images_ = n_images;
   }
-  GenerateWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prompt, SamplerParams sp,
-                 int64_t max_tokens, std::vector<int32_t> stop, Napi::Function on_tokens)
-      : ContextWorker(env, std::move(s)), prompt_(std::move(prompt)), sp_(sp), max_tokens_(max_tokens),
-        stop_(std::move(stop)), queue_(std::make_shared<TokenQueue>()) {
+  GenerateWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prompt, GenerateParams gp,
+                 Napi::Function on_tokens)
+      : ContextWorker(env, std::move(s)), prompt_(std::move(prompt)), gp_(std::move(gp)), queue_(std::make_shared<TokenQueue>()) {
     queue_->state = s_;
     if (!on_tokens.IsEmpty()) {
       on_tokens_ = Napi::Persistent(on_tokens);
@@ -1027,12 +865,8 @@ class GenerateWorker final : public ContextWorker {
       prompt_ = splice(prompt_, images_, n_images_);
       if (n_images_ > 0) embd = images_.data();
     }
-    GenerateParams gp;
-    gp.sampler = sp_;
-    gp.max_tokens = max_tokens_;
-    gp.stop_tokens = stop_;
     Session session(*s_->ctx, &s_->n_past);
-    GenerateResult r = session.generate(prompt_, embd, gp, &s_->abort, [this](int32_t t) { push(t); }, pos3());
+    GenerateResult r = session.generate(prompt_, embd, gp_, &s_->abort, [this](int32_t t) { push(t); }, pos3());
     out_ = std::move(r.tokens);
     reason_ = stop_reason_name(r.reason);
   }
@@ -1074,9 +908,7 @@ class GenerateWorker final : public ContextWorker {
 
  private:
   std::vector<int32_t> prompt_;
-  SamplerParams sp_;
-  int64_t max_tokens_;
-  std::vector<int32_t> stop_;
+  GenerateParams gp_;
   TokenQueuePtr queue_;
   Napi::FunctionReference on_tokens_;
   TokenTsfn tsfn_;
@@ -1189,30 +1021,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       throw_invalid(env, "prompt of " + std::to_string(prompt.size()) + " tokens does not fit the context of " +
                              std::to_string(s_->n_ctx));
     Napi::Object o = opt_object(info, 1, "options");
-    SamplerParams sp;
-    sp.temperature = float(opt_number(env, o, "temperature", 0.8));
-    sp.top_k = int32_t(opt_int(env, o, "topK", 40, 0, int64_t(1) << 30));
-    sp.top_p = float(opt_number(env, o, "topP", 0.95));
-    sp.repetition_penalty = float(opt_number(env, o, "repetitionPenalty", 1.0));
-    sp.repeat_last_n = int32_t(opt_int(env, o, "repeatLastN", 64, -1, int64_t(1) << 30));
-    if (!(sp.repetition_penalty > 0) || !std::isfinite(sp.repetition_penalty))
-      throw_invalid(env, "repetitionPenalty must be a positive number");
-    if (!std::isfinite(sp.temperature) || sp.temperature < 0) throw_invalid(env, "temperature must be >= 0");
-    if (has_opt(o, "seed")) {
-      Napi::Value sv = o.Get("seed");
-      if (sv.IsBigInt()) {
-        bool lossless;
-        sp.seed = sv.As<Napi::BigInt>().Uint64Value(&lossless);
-      } else {
-        sp.seed = uint64_t(opt_int(env, o, "seed", 0, 0, int64_t(9007199254740991)));
-      }
-    } else {
-      std::random_device rd;
-      sp.seed = (uint64_t(rd()) << 32) ^ rd();
-    }
-    const int64_t max_tokens = opt_int(env, o, "maxTokens", int64_t(1) << 40, 0, int64_t(1) << 40);
-    std::vector<int32_t> stop;
-    if (has_opt(o, "stopTokens")) stop = int32_array(env, o.Get("stopTokens"), "stopTokens");
+    GenerateParams gp = read_generate_params(env, o);
     Napi::Function cb;
     if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
       if (!info[2].IsFunction()) throw_invalid(env, "onTokens must be a function");
@@ -1223,7 +1032,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<GridThw> grids;
     const int64_t n_images =
         image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
-    auto* w = new GenerateWorker(env, s_, std::move(prompt), sp, max_tokens, std::move(stop), cb);
+    auto* w = new GenerateWorker(env, s_, std::move(prompt), std::move(gp), cb);
     w->set_images(std::move(images), n_images);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
@@ -1266,6 +1075,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   auto* c = new Constructors();
   c->model = Napi::Persistent(ModelWrap::Define(env));
   c->context = Napi::Persistent(ContextWrap::Define(env));
+  register_batch(env);
   {
     std::lock_guard<std::mutex> lk(g_ctor_mutex);
     g_ctors[napi_env(env)] = c;

@@ -432,23 +432,33 @@ int64_t default_n_ctx(const LlamaModel& m, int64_t n_ctx) {
   const int64_t train = m.hparams().n_ctx_train;
   return train > 0 ? std::min<int64_t>(train, 4096) : 4096;
 }
-int64_t default_n_batch(int64_t n_ctx, int64_t n_batch) {
-  return std::min<int64_t>(n_ctx, n_batch > 0 ? n_batch : 512);
+int64_t default_n_batch(int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
+  return std::max<int64_t>(std::min<int64_t>(n_ctx, n_batch > 0 ? n_batch : 512), n_seq);
 }
 size_t floats_bytes(int64_t n) { return size_t(n) * sizeof(float) + kAlign; }
 
 // Every byte a context allocates, so its arena is one block allocated once.
-size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch) {
+size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
   const LlamaHparams& h = m.hparams();
   const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
-  size_t b = 2 * floats_bytes(h.n_layer * n_ctx * kvd);                            // K and V caches
+  size_t b = 2 * floats_bytes(h.n_layer * n_seq * n_ctx * kvd);                    // K and V caches
   b += 2 * floats_bytes(n_batch * h.n_embd);                                         // x, xn
   b += 2 * floats_bytes(n_batch * qd);                                               // q, att
   b += floats_bytes(n_batch * std::max(h.n_embd, qd));                               // tmp
   b += 2 * floats_bytes(n_batch * h.n_ff);                                           // gate, up
+  b += 2 * floats_bytes(n_batch * kvd);                                              // new keys, values
   b += size_t(n_batch) * sizeof(int32_t) + kAlign;                                   // positions
-  b += floats_bytes(h.n_vocab);                                                      // logits
+  b += floats_bytes(n_seq * h.n_vocab);                                              // logits
   return b;
+}
+
+// log-softmax of row x at index id, in double.
+double log_softmax_at(const float* x, int64_t n, int64_t id) {
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, double(x[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(x[i]) - mx);
+  return double(x[id]) - mx - std::log(sum);
 }
 
 }  // namespace
@@ -456,16 +466,17 @@ size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch) {
 LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts)
     : model_(std::move(model)),
       n_ctx_(default_n_ctx(*model_, opts.n_ctx)),
-      n_batch_(default_n_batch(n_ctx_, opts.n_batch)),
+      n_batch_(default_n_batch(n_ctx_, opts.n_batch, opts.n_seq)),
       buffer_() {
   const LlamaHparams& h = model_->hparams();
   EMOLLM_CHECK_ARG(opts.n_ctx >= 0 && opts.n_batch >= 0, "n_ctx and n_batch must be >= 0");
+  EMOLLM_CHECK_ARG(opts.n_seq >= 1 && opts.n_seq <= 1024, "n_seq must be in [1, 1024]");
   EMOLLM_CHECK_ARG(n_ctx_ <= (int64_t(1) << 24), "n_ctx " + std::to_string(n_ctx_) + " is too large");
   if (h.sliding_window > 0 && n_ctx_ > h.sliding_window)
     throw Error(ErrorCode::Unsupported, "n_ctx " + std::to_string(n_ctx_) + " exceeds the model's sliding_window " +
                                             std::to_string(h.sliding_window) + ", which is not implemented");
-  const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
-  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_));
+  const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim, S = opts.n_seq;
+  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S));
   // Carves the backend block (context_bytes counted kAlign of slack per array).
   size_t offset = 0;
   auto carve = [&](size_t bytes) {
@@ -476,8 +487,8 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
     return p;
   };
   auto f32 = [&](int64_t count) { return static_cast<float*>(carve(size_t(count) * sizeof(float))); };
-  k_cache_ = f32(h.n_layer * n_ctx_ * kvd);
-  v_cache_ = f32(h.n_layer * n_ctx_ * kvd);
+  k_cache_ = f32(h.n_layer * S * n_ctx_ * kvd);
+  v_cache_ = f32(h.n_layer * S * n_ctx_ * kvd);
   x_ = f32(n_batch_ * h.n_embd);
   xn_ = f32(n_batch_ * h.n_embd);
   q_ = f32(n_batch_ * qd);
@@ -485,89 +496,161 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   tmp_ = f32(n_batch_ * std::max(h.n_embd, qd));
   gate_ = f32(n_batch_ * h.n_ff);
   up_ = f32(n_batch_ * h.n_ff);
+  k_new_ = f32(n_batch_ * kvd);
+  v_new_ = f32(n_batch_ * kvd);
   pos_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
-  logits_ = f32(h.n_vocab);
-  tokens_.reserve(size_t(n_ctx_));
-  if (!h.mrope_section.empty()) pos3_.assign(size_t(n_ctx_ * 3), 0);
+  logits_ = f32(S * h.n_vocab);
+  seqs_.resize(size_t(S));
+  for (Seq& q : seqs_) {
+    q.tokens.reserve(size_t(std::min<int64_t>(n_ctx_, 1 << 16)));
+    if (!h.mrope_section.empty()) q.pos3.assign(size_t(n_ctx_ * 3), 0);
+  }
 }
 
-void LlamaContext::truncate(int64_t n) {
-  EMOLLM_CHECK_ARG(n >= 0 && n <= n_past(), "truncate: " + std::to_string(n) + " is outside [0, n_past]");
-  tokens_.resize(size_t(n));
-  if (n == 0) has_logits_ = false;
+const LlamaContext::Seq& LlamaContext::seq_at(int seq) const {
+  EMOLLM_CHECK_ARG(seq >= 0 && seq < int(seqs_.size()),
+                   "sequence " + std::to_string(seq) + " is outside [0, " + std::to_string(seqs_.size()) + ")");
+  return seqs_[size_t(seq)];
+}
+LlamaContext::Seq& LlamaContext::seq_at(int seq) {
+  return const_cast<Seq&>(static_cast<const LlamaContext*>(this)->seq_at(seq));
 }
 
-const float* LlamaContext::eval(const int32_t* tokens, int64_t n, float* all_logits, const std::atomic<bool>* abort,
-                                const float* embd, const int32_t* pos3) {
-  EMOLLM_CHECK_ARG(n > 0 && tokens != nullptr, "eval: no tokens");
-  if (n_past() + n > n_ctx_)
-    throw Error(ErrorCode::InvalidArgument, "eval: " + std::to_string(n) + " tokens after " + std::to_string(n_past()) +
-                                                " cached do not fit the context of " + std::to_string(n_ctx_) + " tokens");
+void LlamaContext::seq_truncate(int seq, int64_t n) {
+  Seq& q = seq_at(seq);
+  EMOLLM_CHECK_ARG(n >= 0 && n <= int64_t(q.tokens.size()), "truncate: " + std::to_string(n) + " is outside [0, n_past]");
+  q.tokens.resize(size_t(n));
+  if (n == 0) q.has_logits = false;
+}
+
+int64_t LlamaContext::seq_common_prefix(int seq, const int32_t* tokens, int64_t n) const {
+  const Seq& q = seq_at(seq);
+  const int64_t limit = std::min<int64_t>(n, int64_t(q.tokens.size()));
+  int64_t common = 0;
+  while (common < limit && q.tokens[size_t(common)] == tokens[common]) ++common;
+  return common;
+}
+
+void LlamaContext::seq_copy_prefix(int src, int dst, int64_t n) {
+  const Seq& s = seq_at(src);
+  Seq& d = seq_at(dst);
+  EMOLLM_CHECK_ARG(n >= 0 && n <= int64_t(s.tokens.size()), "copy_prefix: " + std::to_string(n) + " is outside [0, n_past]");
+  if (src == dst) return seq_truncate(dst, n);
+  const LlamaHparams& h = model_->hparams();
+  const int64_t kvd = h.n_head_kv * h.head_dim, S = n_seq();
+  Backend& be = model_->backend();
+  for (int64_t l = 0; l < h.n_layer; ++l) {
+    const size_t bytes = size_t(n * kvd) * sizeof(float);
+    be.copy(k_cache_ + (l * S + dst) * n_ctx_ * kvd, k_cache_ + (l * S + src) * n_ctx_ * kvd, bytes);
+    be.copy(v_cache_ + (l * S + dst) * n_ctx_ * kvd, v_cache_ + (l * S + src) * n_ctx_ * kvd, bytes);
+  }
+  d.tokens.assign(s.tokens.begin(), s.tokens.begin() + n);
+  if (!d.pos3.empty()) std::copy(s.pos3.begin(), s.pos3.begin() + n * 3, d.pos3.begin());
+  d.has_logits = false;  // the source's logits are of its own last token, not of position n-1
+}
+
+void LlamaContext::check_ids(const int32_t* tokens, int64_t n, bool have_embd) const {
   const int64_t vocab = model_->hparams().n_vocab;
   for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] >= vocab || (tokens[i] < 0 && embd == nullptr))
+    if (tokens[i] >= vocab || (tokens[i] < 0 && !have_embd))
       throw Error(ErrorCode::InvalidArgument, "eval: token id " + std::to_string(tokens[i]) + " (at index " +
                                                   std::to_string(i) + ") is outside [0, " + std::to_string(vocab) + ")" +
                                                   (tokens[i] < 0 ? " and no input embeddings were given" : ""));
-  const int64_t E = model_->hparams().n_embd;
-  const int64_t start = n_past();
-  if (!pos3_.empty()) {  // M-RoPE: the new tokens' 3-D positions
-    int32_t next = 0;
-    for (int64_t i = 0; i < start * 3; ++i) next = std::max(next, pos3_[size_t(i)] + 1);
-    for (int64_t i = 0; i < n; ++i)
-      for (int k = 0; k < 3; ++k) pos3_[size_t((start + i) * 3 + k)] = pos3 ? pos3[i * 3 + k] : next + int32_t(i);
-  }
+}
+
+void LlamaContext::set_mrope_positions(int seq, int64_t start, int64_t n, const int32_t* pos3) {
+  Seq& q = seq_at(seq);
+  if (q.pos3.empty()) return;  // plain RoPE: the position is the index
+  int32_t next = 0;
+  for (int64_t i = 0; i < start * 3; ++i) next = std::max(next, q.pos3[size_t(i)] + 1);
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < 3; ++k) q.pos3[size_t((start + i) * 3 + k)] = pos3 ? pos3[i * 3 + k] : next + int32_t(i);
+}
+
+const float* LlamaContext::seq_eval(int seq, const int32_t* tokens, int64_t n, float* all_logits,
+                                    const std::atomic<bool>* abort, const float* embd, const int32_t* pos3) {
+  EMOLLM_CHECK_ARG(n > 0 && tokens != nullptr, "eval: no tokens");
+  Seq& q = seq_at(seq);
+  const int64_t start = int64_t(q.tokens.size());
+  if (start + n > n_ctx_)
+    throw Error(ErrorCode::InvalidArgument, "eval: " + std::to_string(n) + " tokens after " + std::to_string(start) +
+                                                " cached do not fit the context of " + std::to_string(n_ctx_) + " tokens");
+  check_ids(tokens, n, embd != nullptr);
+  const int64_t E = model_->hparams().n_embd, V = n_vocab();
+  set_mrope_positions(seq, start, n, pos3);
+  float* seq_logits = logits_ + int64_t(seq) * V;
   const float* e = embd;  // the next chunk's first embedding row
   for (int64_t off = 0; off < n; off += n_batch_) {
-    const int64_t b = std::min(n_batch_, n - off);
-    if (!forward(tokens + off, b, start + off, all_logits ? all_logits + off * vocab : nullptr, abort, e)) {
-      tokens_.resize(size_t(start));
+    Segment sg;
+    sg.seq = seq;
+    sg.tokens = tokens + off;
+    sg.n = std::min(n_batch_, n - off);
+    sg.pos0 = start + off;
+    sg.embd = e;
+    sg.all_logits = all_logits != nullptr;
+    if (!forward(&sg, 1, all_logits ? all_logits + off * V : seq_logits, abort)) {
+      q.tokens.resize(size_t(start));
       return nullptr;
     }
     if (e)
-      for (int64_t i = off; i < off + b; ++i)
+      for (int64_t i = off; i < off + sg.n; ++i)
         if (tokens[i] < 0) e += E;
-    tokens_.insert(tokens_.end(), tokens + off, tokens + off + b);
+    q.tokens.insert(q.tokens.end(), tokens + off, tokens + off + sg.n);
   }
-  has_logits_ = true;
-  return logits_;
+  if (all_logits) model_->backend().copy(seq_logits, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
+  q.has_logits = true;
+  return seq_logits;
 }
 
-const float* LlamaContext::eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort,
-                                       const float* embd, const int32_t* pos3) {
+const float* LlamaContext::seq_eval_prompt(int seq, const int32_t* prompt, int64_t n, const std::atomic<bool>* abort,
+                                           const float* embd, const int32_t* pos3) {
   EMOLLM_CHECK_ARG(n > 0 && prompt != nullptr, "eval_prompt: empty prompt");
-  int64_t common = 0;
-  const int64_t limit = std::min(n, n_past());
-  while (common < limit && tokens_[size_t(common)] == prompt[common]) ++common;
+  int64_t common = seq_common_prefix(seq, prompt, n);
   if (common == n) --common;  // always re-evaluate the last prompt token for its logits
   if (n > n_ctx_)
     throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
                                                 std::to_string(n_ctx_) + " tokens");
-  truncate(common);
+  seq_truncate(seq, common);
   const float* e = embd;
   if (e)
     for (int64_t i = 0; i < common; ++i)
       if (prompt[i] < 0) e += model_->hparams().n_embd;
-  return eval(prompt + common, n - common, nullptr, abort, e, pos3 ? pos3 + common * 3 : nullptr);
+  return seq_eval(seq, prompt + common, n - common, nullptr, abort, e, pos3 ? pos3 + common * 3 : nullptr);
 }
 
-namespace {
-// log-softmax of row x at index id, in double.
-double log_softmax_at(const float* x, int64_t n, int64_t id) {
-  double mx = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, double(x[i]));
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(x[i]) - mx);
-  return double(x[id]) - mx - std::log(sum);
+bool LlamaContext::decode(const LlamaBatchRow* rows, int64_t n, float* out_logits, const std::atomic<bool>* abort) {
+  EMOLLM_CHECK_ARG(n > 0 && rows != nullptr && out_logits != nullptr, "decode: no rows");
+  EMOLLM_CHECK_ARG(n <= n_batch_, "decode: " + std::to_string(n) + " rows exceed n_batch " + std::to_string(n_batch_));
+  std::vector<uint8_t> seen(seqs_.size(), 0);
+  std::vector<Segment> segs(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    const int s = rows[r].seq;
+    const Seq& q = seq_at(s);
+    EMOLLM_CHECK_ARG(!seen[size_t(s)], "decode: sequence " + std::to_string(s) + " appears twice in one step");
+    seen[size_t(s)] = 1;
+    if (int64_t(q.tokens.size()) >= n_ctx_)
+      throw Error(ErrorCode::InvalidArgument, "decode: sequence " + std::to_string(s) + " is full (" + std::to_string(n_ctx_) + " tokens)");
+    check_ids(&rows[r].token, 1, false);
+    Segment& sg = segs[size_t(r)];
+    sg.seq = s;
+    sg.tokens = &rows[r].token;
+    sg.n = 1;
+    sg.pos0 = int64_t(q.tokens.size());
+  }
+  for (const Segment& sg : segs) set_mrope_positions(sg.seq, sg.pos0, 1, nullptr);
+  if (!forward(segs.data(), int(n), out_logits, abort)) return false;
+  const int64_t V = n_vocab();
+  Backend& be = model_->backend();
+  for (int64_t r = 0; r < n; ++r) {
+    Seq& q = seqs_[size_t(rows[r].seq)];
+    q.tokens.push_back(rows[r].token);
+    q.has_logits = true;
+    be.copy(logits_ + int64_t(rows[r].seq) * V, out_logits + r * V, size_t(V) * sizeof(float));
+  }
+  return true;
 }
-}  // namespace
 
-bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
-                                       const std::vector<std::vector<int32_t>>& continuations,
-                                       std::vector<ContinuationScore>* out, const std::atomic<bool>* abort,
-                                       const float* embd, const int32_t* pos3) {
-  EMOLLM_CHECK_ARG(out != nullptr, "score_continuations: no output");
-  EMOLLM_CHECK_ARG(n_prefix > 0 && prefix != nullptr, "score_continuations: empty prefix");
+void LlamaContext::check_continuations(int64_t n_prefix, const std::vector<std::vector<int32_t>>& continuations) const {
   const int64_t V = n_vocab();
   for (size_t c = 0; c < continuations.size(); ++c) {
     const auto& cont = continuations[c];
@@ -581,44 +664,60 @@ bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
                                                     std::to_string(cont[j]) + " (at index " + std::to_string(j) +
                                                     ") is outside [0, " + std::to_string(V) + ")");
   }
+}
+
+bool LlamaContext::seq_score_continuation(int seq, const float* prefix_logits, const std::vector<int32_t>& cont,
+                                          ContinuationScore* out, const std::atomic<bool>* abort) {
+  const int64_t V = n_vocab(), m = int64_t(cont.size()), n_prefix = seq_n_past(seq);
+  *out = ContinuationScore{};
+  if (m == 0) return true;
+  out->token_logprobs.resize(size_t(m));
+  out->token_logprobs[0] = log_softmax_at(prefix_logits, V, cont[0]);
+  if (m > 1) {
+    std::vector<float> rows(size_t((m - 1) * V));
+    const float* r = seq_eval(seq, cont.data(), m - 1, rows.data(), abort);
+    seq_truncate(seq, n_prefix);
+    if (!r) return false;
+    for (int64_t j = 1; j < m; ++j) out->token_logprobs[size_t(j)] = log_softmax_at(rows.data() + (j - 1) * V, V, cont[size_t(j)]);
+  }
+  for (double lp : out->token_logprobs) out->logprob += lp;
+  return true;
+}
+
+bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
+                                       const std::vector<std::vector<int32_t>>& continuations,
+                                       std::vector<ContinuationScore>* out, const std::atomic<bool>* abort,
+                                       const float* embd, const int32_t* pos3) {
+  EMOLLM_CHECK_ARG(out != nullptr, "score_continuations: no output");
+  EMOLLM_CHECK_ARG(n_prefix > 0 && prefix != nullptr, "score_continuations: empty prefix");
+  check_continuations(n_prefix, continuations);
+  const int64_t V = n_vocab();
   out->clear();
   const float* pl = eval_prompt(prefix, n_prefix, abort, embd, pos3);
   if (!pl) return false;
   std::vector<float> prefix_logits(pl, pl + V);
-  std::vector<float> rows;
   for (const auto& cont : continuations) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;
     ContinuationScore sc;
-    const int64_t m = int64_t(cont.size());
-    if (m > 0) {
-      sc.token_logprobs.resize(size_t(m));
-      sc.token_logprobs[0] = log_softmax_at(prefix_logits.data(), V, cont[0]);
-      if (m > 1) {
-        rows.resize(size_t((m - 1) * V));
-        const float* r = eval(cont.data(), m - 1, rows.data(), abort);
-        truncate(n_prefix);
-        if (!r) return false;
-        for (int64_t j = 1; j < m; ++j) sc.token_logprobs[size_t(j)] = log_softmax_at(rows.data() + (j - 1) * V, V, cont[size_t(j)]);
-      }
-      for (double lp : sc.token_logprobs) sc.logprob += lp;
-    }
+    if (!seq_score_continuation(0, prefix_logits.data(), cont, &sc, abort)) return false;
     out->push_back(std::move(sc));
   }
   model_->backend().upload(logits_, prefix_logits.data(), size_t(V) * sizeof(float));
-  has_logits_ = true;
+  seqs_[0].has_logits = true;
   return true;
 }
 
 // ---------------------------------------------------------------- the forward pass
-// n tokens at positions pos0..pos0+n-1 (n <= n_batch); K/V of these positions are written into
-// the cache. Writes the last token's logits to logits_ (and all rows to all_logits when given).
-bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
-                           const std::atomic<bool>* abort, const float* embd) {
+// The segments' rows (sum of n <= n_batch) stacked into one pass: every weight GEMM runs over all
+// rows (M = rows); each segment's new keys/values go to its sequence's slot at pos0.., and its
+// queries attend to that slot only. `out` receives the output rows (see Segment::all_logits).
+bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort) {
   const LlamaModel& m = *model_;
   const LlamaHparams& h = m.hparams();
   Backend& be = m.backend();
   const int64_t E = h.n_embd, D = h.head_dim, H = h.n_head, Hkv = h.n_head_kv, F = h.n_ff;
-  const int64_t qd = H * D, kvd = Hkv * D, V = h.n_vocab;
+  const int64_t qd = H * D, kvd = Hkv * D, V = h.n_vocab, S = n_seq();
+  const bool mrope = !m.mrope_inv_freq.empty();
 
   RopeParams rp;
   rp.head_dim = D;
@@ -628,31 +727,40 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
   rp.inv_freq = m.rope_inv_freq.empty() ? nullptr : m.rope_inv_freq.data();
   rp.layout = h.rope_layout;
 
-  AttentionParams ap;
-  ap.n_q = n;
-  ap.n_kv = pos0 + n;
-  ap.n_heads = H;
-  ap.n_kv_heads = Hkv;
-  ap.head_dim = D;
-  ap.ldq = qd; ap.ldk = kvd; ap.ldv = kvd; ap.ldo = qd;
-  ap.causal = true;
-  ap.q_pos0 = pos0;
+  // row offset of each segment in the stacked batch
+  std::vector<int64_t> row0(size_t(n_segs) + 1, 0);
+  for (int i = 0; i < n_segs; ++i) row0[size_t(i) + 1] = row0[size_t(i)] + segs[i].n;
+  const int64_t n = row0[size_t(n_segs)];
+  if (n > n_batch_) throw Error(ErrorCode::Internal, "forward: more rows than n_batch");
 
-  for (int64_t t = 0; t < n; ++t) pos_[t] = int32_t(pos0 + t);
+  auto set_positions = [&](int section) {
+    for (int i = 0; i < n_segs; ++i) {
+      const Segment& sg = segs[i];
+      for (int64_t t = 0; t < sg.n; ++t)
+        pos_[row0[size_t(i)] + t] = section < 0 ? int32_t(sg.pos0 + t)
+                                                : seqs_[size_t(sg.seq)].pos3[size_t((sg.pos0 + t) * 3) + size_t(section)];
+    }
+  };
+  if (!mrope) set_positions(-1);
 
-  // token embeddings -> residual stream x [n, E]; negative ids take the next row of embd
-  if (!embd) {
-    be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, tokens, n, x_, E);
-  } else {
-    for (int64_t t = 0; t < n;) {
+  // token embeddings -> residual stream x [n, E]; negative ids take the next row of the segment's embd
+  for (int i = 0; i < n_segs; ++i) {
+    const Segment& sg = segs[i];
+    float* xs = x_ + row0[size_t(i)] * E;
+    const float* embd = sg.embd;
+    if (!embd) {
+      be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, sg.tokens, sg.n, xs, E);
+      continue;
+    }
+    for (int64_t t = 0; t < sg.n;) {
       int64_t r = t;
-      if (tokens[t] < 0) {
-        while (r < n && tokens[r] < 0) ++r;
-        be.upload(x_ + t * E, embd, size_t((r - t) * E) * sizeof(float));  // caller's host rows -> the residual stream
+      if (sg.tokens[t] < 0) {
+        while (r < sg.n && sg.tokens[r] < 0) ++r;
+        be.upload(xs + t * E, embd, size_t((r - t) * E) * sizeof(float));  // caller's host rows -> the residual stream
         embd += (r - t) * E;
       } else {
-        while (r < n && tokens[r] >= 0) ++r;
-        be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, tokens + t, r - t, x_ + t * E, E);
+        while (r < sg.n && sg.tokens[r] >= 0) ++r;
+        be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, sg.tokens + t, r - t, xs + t * E, E);
       }
       t = r;
     }
@@ -661,28 +769,43 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
   for (int64_t l = 0; l < h.n_layer; ++l) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;
     const LlamaLayer& L = m.layers[size_t(l)];
-    float* kc = k_cache_ + l * n_ctx_ * kvd;  // this layer's cache, [n_ctx, kvd]
-    float* vc = v_cache_ + l * n_ctx_ * kvd;
 
-    // ---- attention: xn = rmsnorm(x); q, k, v projections (k, v straight into the cache)
+    // ---- attention: xn = rmsnorm(x); q, k, v projections over all rows
     be.rmsnorm(x_, E, L.attn_norm, xn_, E, n, E, h.rms_eps);
     be.gemm(xn_, E, L.wq.data, L.wq.dtype, L.bq, q_, qd, n, qd, E);
-    be.gemm(xn_, E, L.wk.data, L.wk.dtype, L.bk, kc + pos0 * kvd, kvd, n, kvd, E);
-    be.gemm(xn_, E, L.wv.data, L.wv.dtype, L.bv, vc + pos0 * kvd, kvd, n, kvd, E);
-    if (pos3_.empty()) {
+    be.gemm(xn_, E, L.wk.data, L.wk.dtype, L.bk, k_new_, kvd, n, kvd, E);
+    be.gemm(xn_, E, L.wv.data, L.wv.dtype, L.bv, v_new_, kvd, n, kvd, E);
+    if (!mrope) {
       be.rope(q_, qd, n, H, pos_, rp);
-      be.rope(kc + pos0 * kvd, kvd, n, Hkv, pos_, rp);
+      be.rope(k_new_, kvd, n, Hkv, pos_, rp);
     } else {  // M-RoPE: one pass per section, each rotating only its frequency bands
       for (size_t s = 0; s < m.mrope_inv_freq.size(); ++s) {
         RopeParams sp = rp;
         sp.inv_freq = m.mrope_inv_freq[s].data();
-        for (int64_t t = 0; t < n; ++t) pos_[t] = pos3_[size_t((pos0 + t) * 3) + s];
+        set_positions(int(s));
         be.rope(q_, qd, n, H, pos_, sp);
-        be.rope(kc + pos0 * kvd, kvd, n, Hkv, pos_, sp);
+        be.rope(k_new_, kvd, n, Hkv, pos_, sp);
       }
     }
-    // causal GQA attention over cache positions 0..pos0+n-1
-    be.attention(q_, kc, vc, att_, ap);
+    // per segment: new keys/values into its slot, causal GQA attention over the slot's 0..pos0+n-1
+    for (int i = 0; i < n_segs; ++i) {
+      const Segment& sg = segs[i];
+      const int64_t r0 = row0[size_t(i)];
+      float* kc = k_cache_ + (l * S + sg.seq) * n_ctx_ * kvd;  // this layer's slot, [n_ctx, kvd]
+      float* vc = v_cache_ + (l * S + sg.seq) * n_ctx_ * kvd;
+      be.copy(kc + sg.pos0 * kvd, k_new_ + r0 * kvd, size_t(sg.n * kvd) * sizeof(float));
+      be.copy(vc + sg.pos0 * kvd, v_new_ + r0 * kvd, size_t(sg.n * kvd) * sizeof(float));
+      AttentionParams ap;
+      ap.n_q = sg.n;
+      ap.n_kv = sg.pos0 + sg.n;
+      ap.n_heads = H;
+      ap.n_kv_heads = Hkv;
+      ap.head_dim = D;
+      ap.ldq = qd; ap.ldk = kvd; ap.ldv = kvd; ap.ldo = qd;
+      ap.causal = true;
+      ap.q_pos0 = sg.pos0;
+      be.attention(q_ + r0 * qd, kc, vc, att_ + r0 * qd, ap);
+    }
     // output projection, residual
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);
     be.add(x_, tmp_, x_, n * E);
@@ -697,16 +820,20 @@ bool LlamaContext::forward(const int32_t* tokens, int64_t n, int64_t pos0, float
   }
   if (abort && abort->load(std::memory_order_relaxed)) return false;
 
-  // ---- final norm and classifier
-  if (all_logits) {
-    be.rmsnorm(x_, E, m.output_norm, xn_, E, n, E, h.rms_eps);
-    be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, all_logits, V, n, V, E);
-    be.copy(logits_, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
-  } else {
-    const float* last = x_ + (n - 1) * E;
-    be.rmsnorm(last, E, m.output_norm, xn_, E, 1, E, h.rms_eps);
-    be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, logits_, V, 1, V, E);
+  // ---- final norm and classifier over the output rows only (gathered into xn)
+  int64_t n_out = 0;
+  for (int i = 0; i < n_segs; ++i) {
+    const Segment& sg = segs[i];
+    const int64_t r0 = row0[size_t(i)];
+    if (sg.all_logits) {
+      be.rmsnorm(x_ + r0 * E, E, m.output_norm, xn_ + n_out * E, E, sg.n, E, h.rms_eps);
+      n_out += sg.n;
+    } else {
+      be.rmsnorm(x_ + (r0 + sg.n - 1) * E, E, m.output_norm, xn_ + n_out * E, E, 1, E, h.rms_eps);
+      n_out += 1;
+    }
   }
+  be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, out, V, n_out, V, E);
   return true;
 }
 

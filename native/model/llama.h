@@ -134,11 +134,30 @@ class LlamaModel {
 };
 
 struct LlamaContextOptions {
-  int64_t n_ctx = 0;    // KV cache positions; 0 = min(n_ctx_train, 4096)
-  int64_t n_batch = 0;  // most tokens per forward pass (prefill chunk); 0 = min(n_ctx, 512)
+  int64_t n_ctx = 0;    // KV cache positions per sequence; 0 = min(n_ctx_train, 4096)
+  int64_t n_batch = 0;  // most token rows per forward pass (prefill chunk); 0 = min(n_ctx, 512), at least n_seq
+  int64_t n_seq = 1;    // sequences (KV slots) the context holds; each has n_ctx positions
 };
 
-// One sequence: a KV cache of n_ctx positions and all scratch memory, allocated once here.
+// One decode row of a batched step (LlamaContext::decode): `token` is appended to sequence `seq`
+// at its next position.
+struct LlamaBatchRow {
+  int seq = 0;
+  int32_t token = 0;
+};
+
+// A KV cache of n_seq slots of n_ctx positions each (slot-based: sequence s owns slot s) and all
+// scratch memory, allocated once here. Layout: per layer, K and V are [n_seq][n_ctx][kvd] f32,
+// so a sequence's keys are contiguous and attention reads them in place.
+//
+// The single-sequence API (eval, eval_prompt, score_continuations, tokens, truncate, logits)
+// works on sequence 0, so a context of n_seq 1 is exactly the one-sequence context it always was.
+// The seq_* calls do the same on any sequence, and decode() runs one token of many sequences as
+// ONE forward pass: the rows are stacked so every weight GEMM has M = rows, while attention runs
+// per sequence over that sequence's own slot. Rows are computed independently (row-wise norms,
+// RoPE at each row's position, per-sequence attention), so a sequence's logits do not depend on
+// which other sequences share its step (bitwise on the CPU GEMM paths that keep a row's reduction
+// order, i.e. up to the small-M limit of the dot kernels).
 class LlamaContext {
  public:
   LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts = {});
@@ -148,10 +167,11 @@ class LlamaContext {
   const LlamaModel& model() const { return *model_; }
   int64_t n_ctx() const { return n_ctx_; }
   int64_t n_batch() const { return n_batch_; }
+  int n_seq() const { return int(seqs_.size()); }
   int64_t n_vocab() const { return model_->hparams().n_vocab; }
-  int64_t n_past() const { return int64_t(tokens_.size()); }
+  int64_t n_past() const { return seq_n_past(0); }
   // The tokens whose keys/values are in the cache, positions 0..n_past-1.
-  const std::vector<int32_t>& tokens() const { return tokens_; }
+  const std::vector<int32_t>& tokens() const { return seq_tokens(0); }
 
   // Evaluates n tokens at positions n_past..n_past+n-1 (prefill in chunks of n_batch through
   // gemm; one token through gemv) and appends them to the cache. Returns the logits of the last
@@ -172,7 +192,9 @@ class LlamaContext {
   // position cached so far (text after an image, generated tokens), as transformers' rope_deltas.
   const float* eval(const int32_t* tokens, int64_t n, float* all_logits = nullptr,
                     const std::atomic<bool>* abort = nullptr, const float* embd = nullptr,
-                    const int32_t* pos3 = nullptr);
+                    const int32_t* pos3 = nullptr) {
+    return seq_eval(0, tokens, n, all_logits, abort, embd, pos3);
+  }
 
   // Prefix reuse: keeps the longest common prefix of `prompt` and the cached tokens (truncating
   // the cache there), then evaluates the rest. The last prompt token is always (re)evaluated so
@@ -180,7 +202,9 @@ class LlamaContext {
   // `embd`: rows for the prompt's negative ids, as in eval() (all of them, the reused ones too).
   // `pos3`: M-RoPE positions of the whole prompt ([n][3]), as in eval().
   const float* eval_prompt(const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr,
-                           const float* embd = nullptr, const int32_t* pos3 = nullptr);
+                           const float* embd = nullptr, const int32_t* pos3 = nullptr) {
+    return seq_eval_prompt(0, prompt, n, abort, embd, pos3);
+  }
 
   // Scores continuations of one prefix (classification by likelihood): evaluates the prefix once
   // (eval_prompt, so a cached prefix is reused; `embd` as there), then each continuation from
@@ -197,34 +221,81 @@ class LlamaContext {
   bool score_continuations(const int32_t* prefix, int64_t n_prefix, const std::vector<std::vector<int32_t>>& continuations,
                            std::vector<ContinuationScore>* out, const std::atomic<bool>* abort = nullptr,
                            const float* embd = nullptr, const int32_t* pos3 = nullptr);
+  // The checks score_continuations makes before any work (sizes and ids); throws InvalidArgument.
+  void check_continuations(int64_t n_prefix, const std::vector<std::vector<int32_t>>& continuations) const;
+  // One continuation after a prefix that sequence `seq` holds (n_past(seq) == n_prefix) whose
+  // last logits are `prefix_logits`: evaluates c[0..m-1) from the prefix and truncates back.
+  // Returns false when aborted.
+  bool seq_score_continuation(int seq, const float* prefix_logits, const std::vector<int32_t>& cont,
+                              ContinuationScore* out, const std::atomic<bool>* abort = nullptr);
 
   // Logits of the last evaluated token (n_vocab floats); nullptr before any eval.
-  const float* logits() const { return has_logits_ ? logits_ : nullptr; }
+  const float* logits() const { return seq_logits(0); }
   // Drops cache positions >= n (n <= n_past).
-  void truncate(int64_t n);
+  void truncate(int64_t n) { seq_truncate(0, n); }
   void reset() { truncate(0); }
   size_t memory_bytes() const { return buffer_.bytes(); }
 
+  // ---- any sequence (0 <= seq < n_seq()): the calls above, on that sequence's slot.
+  int64_t seq_n_past(int seq) const { return int64_t(seq_at(seq).tokens.size()); }
+  const std::vector<int32_t>& seq_tokens(int seq) const { return seq_at(seq).tokens; }
+  const float* seq_logits(int seq) const { return seq_at(seq).has_logits ? logits_ + int64_t(seq) * n_vocab() : nullptr; }
+  void seq_truncate(int seq, int64_t n);
+  const float* seq_eval(int seq, const int32_t* tokens, int64_t n, float* all_logits = nullptr,
+                        const std::atomic<bool>* abort = nullptr, const float* embd = nullptr,
+                        const int32_t* pos3 = nullptr);
+  const float* seq_eval_prompt(int seq, const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr,
+                               const float* embd = nullptr, const int32_t* pos3 = nullptr);
+  // Prefix sharing: makes sequence `dst` hold the first n cached positions of sequence `src`
+  // (keys, values, tokens, M-RoPE positions), copied once; dst's own later positions are dropped.
+  void seq_copy_prefix(int src, int dst, int64_t n);
+  // Longest common prefix of `tokens` and what sequence `seq` caches.
+  int64_t seq_common_prefix(int seq, const int32_t* tokens, int64_t n) const;
+
+  // One batched decode step: row r appends rows[r].token to sequence rows[r].seq (distinct
+  // sequences, n <= n_batch) in ONE forward pass; out_logits receives [n, n_vocab] (row r's next-
+  // token logits), and each sequence's seq_logits() is updated. M-RoPE sequences continue one
+  // past their largest cached position. Throws InvalidArgument on a full sequence, a repeated
+  // sequence or a bad id. Returns false when *abort became true (no sequence changed).
+  bool decode(const LlamaBatchRow* rows, int64_t n, float* out_logits, const std::atomic<bool>* abort = nullptr);
+
  private:
-  bool forward(const int32_t* tokens, int64_t n, int64_t pos0, float* all_logits,
-               const std::atomic<bool>* abort, const float* embd);
+  // A run of one sequence's consecutive tokens inside a forward pass.
+  struct Segment {
+    int seq = 0;
+    const int32_t* tokens = nullptr;
+    int64_t n = 0;
+    int64_t pos0 = 0;              // position of the first token (== the sequence's n_past)
+    const float* embd = nullptr;   // rows for the segment's negative ids, or null
+    bool all_logits = false;       // out receives every row's logits, else only the last row's
+  };
+  struct Seq {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> pos3;  // M-RoPE: [n_ctx][3] positions of the cached tokens
+    bool has_logits = false;
+  };
+  const Seq& seq_at(int seq) const;
+  Seq& seq_at(int seq);
+  void check_ids(const int32_t* tokens, int64_t n, bool have_embd) const;
+  void set_mrope_positions(int seq, int64_t start, int64_t n, const int32_t* pos3);
+  // Runs the segments (sum of n <= n_batch) as one pass; `out` receives, in segment order, every
+  // row of all_logits segments and the last row of the others.
+  bool forward(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort);
 
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
-  std::vector<int32_t> tokens_;
+  std::vector<Seq> seqs_;
   // The KV cache and all activations: one block of the model backend's memory (backend.alloc),
   // carved at construction. Model code reaches it only through Backend calls.
   BackendBuffer buffer_;
-  // KV cache, per layer [n_ctx, n_head_kv * head_dim] f32
+  // KV cache, per layer [n_seq, n_ctx, n_head_kv * head_dim] f32
   float* k_cache_ = nullptr;
   float* v_cache_ = nullptr;
-  // scratch for n_batch tokens
+  // scratch for n_batch rows
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *tmp_ = nullptr;
-  float *gate_ = nullptr, *up_ = nullptr;
+  float *gate_ = nullptr, *up_ = nullptr, *k_new_ = nullptr, *v_new_ = nullptr;
   int32_t* pos_ = nullptr;
-  std::vector<int32_t> pos3_;  // M-RoPE: [n_ctx][3] positions of the cached tokens
-  float* logits_ = nullptr;
-  bool has_logits_ = false;
+  float* logits_ = nullptr;  // [n_seq, n_vocab]: each sequence's last logits
 };
 
 }  // namespace emollm

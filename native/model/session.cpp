@@ -28,41 +28,43 @@ const float* Session::prefill(const std::vector<int32_t>& prompt, const float* e
   return logits;
 }
 
-GenerateResult Session::generate(const std::vector<int32_t>& prompt, const float* embd, const GenerateParams& p,
-                                 const std::atomic<bool>* abort, const TokenSink& on_token, const int32_t* pos3) {
+SequenceGenerator::SequenceGenerator(const LlamaModel& model, int64_t n_vocab, int64_t n_ctx,
+                                     const std::vector<int32_t>& prompt, const GenerateParams& p)
+    : m_(model), n_ctx_(n_ctx), p_(p), sampler_(p.sampler, n_vocab), history_(prompt) {
   EMOLLM_CHECK_ARG(p.max_tokens >= 0, "generate: max_tokens must be >= 0");
-  GenerateResult r;
-  const LlamaModel& m = ctx_.model();
-  Sampler sampler(p.sampler, ctx_.n_vocab());
-  const float* logits = prefill(prompt, embd, abort, pos3);
-  if (!logits) {
-    r.reason = StopReason::Aborted;
-    return r;
-  }
   // The repetition penalty sees the prompt (image pseudo-ids included: they are out of vocab
   // range and ignored by the sampler) and everything generated.
-  std::vector<int32_t> history(prompt);
-  const size_t most = size_t(std::min<int64_t>(p.max_tokens, ctx_.n_ctx())) + 1;
-  history.reserve(prompt.size() + most);
-  r.tokens.reserve(most);
+  const size_t most = size_t(std::min<int64_t>(p.max_tokens, n_ctx)) + 1;
+  history_.reserve(prompt.size() + most);
+  r_.tokens.reserve(most);
+}
+
+int32_t SequenceGenerator::step(const float* logits, bool aborted, int64_t n_past, const TokenSink& on_token) {
+  if (done_) return -1;
+  if (!logits || aborted) return finish(StopReason::Aborted);
+  if (int64_t(r_.tokens.size()) >= p_.max_tokens) return finish(StopReason::MaxTokens);
+  const int32_t t = sampler_.sample(logits, history_.data(), int64_t(history_.size()));
+  if (m_.is_eos(t)) return finish(StopReason::Eos);
+  if (std::find(p_.stop_tokens.begin(), p_.stop_tokens.end(), t) != p_.stop_tokens.end())
+    return finish(StopReason::StopToken);
+  r_.tokens.push_back(t);
+  history_.push_back(t);
+  if (on_token) on_token(t);
+  if (int64_t(r_.tokens.size()) >= p_.max_tokens) return finish(StopReason::MaxTokens);
+  if (n_past >= n_ctx_) return finish(StopReason::ContextFull);
+  return t;
+}
+
+GenerateResult Session::generate(const std::vector<int32_t>& prompt, const float* embd, const GenerateParams& p,
+                                 const std::atomic<bool>* abort, const TokenSink& on_token, const int32_t* pos3) {
+  SequenceGenerator gen(ctx_.model(), ctx_.n_vocab(), ctx_.n_ctx(), prompt, p);
   auto aborted = [&] { return abort && abort->load(); };
+  const float* logits = prefill(prompt, embd, abort, pos3);
   for (;;) {
-    if (aborted()) { r.reason = StopReason::Aborted; return r; }
-    if (int64_t(r.tokens.size()) >= p.max_tokens) { r.reason = StopReason::MaxTokens; return r; }
-    const int32_t t = sampler.sample(logits, history.data(), int64_t(history.size()));
-    if (m.is_eos(t)) { r.reason = StopReason::Eos; return r; }
-    if (std::find(p.stop_tokens.begin(), p.stop_tokens.end(), t) != p.stop_tokens.end()) {
-      r.reason = StopReason::StopToken;
-      return r;
-    }
-    r.tokens.push_back(t);
-    history.push_back(t);
-    if (on_token) on_token(t);
-    if (int64_t(r.tokens.size()) >= p.max_tokens) { r.reason = StopReason::MaxTokens; return r; }
-    if (ctx_.n_past() >= ctx_.n_ctx()) { r.reason = StopReason::ContextFull; return r; }
+    const int32_t t = gen.step(logits, aborted(), ctx_.n_past(), on_token);
+    if (t < 0) return gen.take_result();
     logits = ctx_.eval(&t, 1, nullptr, abort);
     mirror();
-    if (!logits) { r.reason = StopReason::Aborted; return r; }
   }
 }
 

@@ -38,6 +38,40 @@ struct GenerateResult {
 // Called on the generating thread with each token as soon as it is sampled.
 using TokenSink = std::function<void(int32_t token)>;
 
+// The per-token decisions of one generating sequence, shared by Session::generate (one
+// sequence, its own forward passes) and the batch Scheduler (many sequences, one forward pass
+// per step), so both follow the same contract. Feed it the logits after each forward pass:
+// step() either ends the generation (done(), result()) or returns the token to evaluate next.
+class SequenceGenerator {
+ public:
+  // `prompt`: the evaluated prompt (the repetition penalty's history starts with it).
+  SequenceGenerator(const LlamaModel& model, int64_t n_vocab, int64_t n_ctx, const std::vector<int32_t>& prompt,
+                    const GenerateParams& p);
+  // Logits after the last forward pass (null: the pass was aborted); `aborted`: the caller's flag;
+  // `n_past`: the sequence's cached positions. Returns the token to evaluate next, or -1 when the
+  // generation ended (then result() holds the tokens and the reason).
+  int32_t step(const float* logits, bool aborted, int64_t n_past, const TokenSink& on_token);
+  bool done() const { return done_; }
+  const GenerateResult& result() const { return r_; }
+  GenerateResult take_result() { return std::move(r_); }
+  // Ends the generation as aborted (a sequence dropped before its next step).
+  void abort() { finish(StopReason::Aborted); }
+
+ private:
+  int32_t finish(StopReason reason) {
+    r_.reason = reason;
+    done_ = true;
+    return -1;
+  }
+  const LlamaModel& m_;
+  int64_t n_ctx_;
+  GenerateParams p_;
+  Sampler sampler_;
+  std::vector<int32_t> history_;
+  GenerateResult r_;
+  bool done_ = false;
+};
+
 class Session {
  public:
   // `ctx` must outlive the session. `n_past_mirror` (optional) receives ctx.n_past() after every

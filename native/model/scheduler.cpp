@@ -1,0 +1,281 @@
+// The continuous-batching step loop (see scheduler.h for the design).
+#include "model/scheduler.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace emollm {
+
+struct Scheduler::Active {
+  uint64_t id = 0;
+  SeqRequest req;
+  std::shared_ptr<std::atomic<bool>> abort = std::make_shared<std::atomic<bool>>(false);
+  int slot = -1;
+  std::unique_ptr<SequenceGenerator> gen;  // Generate
+  int32_t next_token = -1;                 // Generate: the token the next decode step evaluates
+  std::vector<float> prefix_logits;        // Score: the prefix's last logits
+  size_t next_cont = 0;                    // Score: the next option to evaluate
+  SeqOutcome out;
+  bool done = false;
+  bool aborted() const { return abort->load(std::memory_order_relaxed); }
+};
+
+Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOptions& opts) : model_(std::move(model)) {
+  EMOLLM_CHECK_ARG(opts.n_seq >= 1 && opts.n_seq <= 256, "n_seq must be in [1, 256]");
+  LlamaContextOptions co;
+  co.n_ctx = opts.n_ctx;
+  co.n_batch = opts.n_batch;
+  co.n_seq = opts.n_seq;
+  ctx_ = std::make_unique<LlamaContext>(model_, co);
+  n_ctx_ = ctx_->n_ctx();
+  n_seq_ = opts.n_seq;
+  slot_used_.assign(size_t(n_seq_), 0);
+  stats_.n_seq = n_seq_;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  shutdown();
+  if (thread_.joinable()) thread_.join();
+}
+
+uint64_t Scheduler::submit(SeqRequest r) {
+  auto a = std::make_unique<Active>();
+  a->req = std::move(r);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (stopping_) throw Error(ErrorCode::InvalidArgument, "the model's scheduler is shut down (the model is closed)");
+  a->id = next_id_++;
+  const uint64_t id = a->id;
+  aborts_[id] = a->abort;
+  waiting_.push_back(std::move(a));
+  stats_.queued = int64_t(waiting_.size());
+  cv_.notify_one();
+  return id;
+}
+
+void Scheduler::abort(uint64_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = aborts_.find(id);
+  if (it == aborts_.end()) return;
+  it->second->store(true);
+  cv_.notify_one();
+}
+
+void Scheduler::shutdown() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stopping_ = true;
+  stop_.store(true);
+  for (auto& kv : aborts_) kv.second->store(true);
+  cv_.notify_one();
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+void Scheduler::finish(std::unique_ptr<Active>& a) {
+  if (a->slot >= 0) slot_used_[size_t(a->slot)] = 0;
+  if (a->req.kind == SeqRequest::Kind::Generate) {
+    if (a->gen) a->out.generated = a->gen->take_result();
+    else if (!a->out.error) a->out.generated.reason = StopReason::Aborted;
+  } else if (a->aborted() && !a->out.error) {
+    a->out.aborted = true;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    aborts_.erase(a->id);
+  }
+  if (a->req.on_done) {
+    try {
+      a->req.on_done(std::move(a->out));
+    } catch (...) {  // a callback's failure is the caller's; the loop goes on
+    }
+  }
+  a.reset();
+}
+
+void Scheduler::loop() {
+  for (;;) {
+    std::vector<std::unique_ptr<Active>> admitted, dropped;
+    bool stopping;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !running_.empty(); });
+      stopping = stopping_;
+      // waiting requests that were aborted leave the queue; the others keep their order
+      for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if (stopping || (*it)->aborted()) {
+          dropped.push_back(std::move(*it));
+          it = waiting_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      size_t free_slots = size_t(n_seq_) - running_.size();
+      while (!stopping && free_slots > 0 && !waiting_.empty()) {
+        admitted.push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+        --free_slots;
+      }
+      stats_.queued = int64_t(waiting_.size());
+      stats_.active = int64_t(running_.size() + admitted.size());
+    }
+    for (auto& d : dropped) finish(d);
+    if (stopping) {
+      for (auto& a : running_) {
+        if (a->gen) a->gen->abort();
+        finish(a);
+      }
+      running_.clear();
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.active = 0;
+      return;
+    }
+    for (auto& a : admitted) admit(std::move(a));
+    decode_step();
+    score_step();
+    for (auto& a : running_)
+      if (a->done) finish(a);
+    running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.active = int64_t(running_.size());
+  }
+}
+
+void Scheduler::admit(std::unique_ptr<Active> a) {
+  LlamaContext& ctx = *ctx_;
+  try {
+    if (a->aborted()) throw 0;  // caught below as an abort
+    SeqRequest& r = a->req;
+    if (r.prepare) r.prepare(r);
+    const int64_t n = int64_t(r.prompt.size());
+    EMOLLM_CHECK_ARG(n > 0, "the prompt is empty");
+    if (n > n_ctx_)
+      throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
+                                                  std::to_string(n_ctx_) + " tokens");
+    EMOLLM_CHECK_ARG(r.pos3.empty() || int64_t(r.pos3.size()) == n * 3, "pos3 must hold 3 positions per prompt token");
+    if (r.kind == SeqRequest::Kind::Score) ctx.check_continuations(n, r.continuations);
+    // the free slot that caches the longest prefix of the prompt
+    int slot = -1;
+    int64_t own = -1;
+    for (int s = 0; s < n_seq_; ++s) {
+      if (slot_used_[size_t(s)]) continue;
+      const int64_t c = ctx.seq_common_prefix(s, r.prompt.data(), n);
+      if (c > own) {
+        own = c;
+        slot = s;
+      }
+    }
+    if (slot < 0) throw Error(ErrorCode::Internal, "scheduler: no free slot at admission");
+    // prefix sharing: another slot (free or running) caching more of the prompt gives it once
+    int src = -1;
+    int64_t best = own;
+    for (int s = 0; s < n_seq_; ++s) {
+      if (s == slot) continue;
+      const int64_t c = ctx.seq_common_prefix(s, r.prompt.data(), n);
+      if (c > best) {
+        best = c;
+        src = s;
+      }
+    }
+    slot_used_[size_t(slot)] = 1;
+    a->slot = slot;
+    if (src >= 0) ctx.seq_copy_prefix(src, slot, best);
+    const float* logits = ctx.seq_eval_prompt(slot, r.prompt.data(), n, a->abort.get(), r.embd.empty() ? nullptr : r.embd.data(),
+                                              r.pos3.empty() ? nullptr : r.pos3.data());
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.prefills++;
+      if (src >= 0) stats_.prefix_copies++;
+      stats_.reused_tokens += std::min(best, n - 1);
+    }
+    const int64_t V = ctx.n_vocab();
+    switch (r.kind) {
+      case SeqRequest::Kind::Generate:
+        a->gen = std::make_unique<SequenceGenerator>(*model_, V, n_ctx_, r.prompt, r.params);
+        a->next_token = a->gen->step(logits, a->aborted(), ctx.seq_n_past(slot), r.on_token);
+        a->done = a->next_token < 0;
+        break;
+      case SeqRequest::Kind::Score:
+        if (logits) a->prefix_logits.assign(logits, logits + V);
+        a->done = !logits || r.continuations.empty();
+        break;
+    }
+  } catch (int) {
+    a->done = true;
+  } catch (...) {
+    a->out.error = std::current_exception();
+    a->done = true;
+  }
+  if (a->done) finish(a);
+  else running_.push_back(std::move(a));
+}
+
+void Scheduler::decode_step() {
+  std::vector<LlamaBatchRow> rows;
+  std::vector<Active*> who;
+  for (auto& a : running_) {
+    if (a->done || a->req.kind != SeqRequest::Kind::Generate || a->next_token < 0) continue;
+    if (a->aborted()) {
+      a->gen->abort();
+      a->done = true;
+      continue;
+    }
+    rows.push_back({a->slot, a->next_token});
+    who.push_back(a.get());
+  }
+  if (rows.empty()) return;
+  const int64_t V = ctx_->n_vocab(), n = int64_t(rows.size());
+  step_logits_.resize(size_t(n * V));
+  bool ok = false;
+  try {
+    ok = ctx_->decode(rows.data(), n, step_logits_.data(), &stop_);
+  } catch (...) {
+    for (Active* a : who) {
+      a->out.error = std::current_exception();
+      a->gen->abort();
+      a->done = true;
+    }
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.steps++;
+    if (n > 1) stats_.batched_steps++;
+    stats_.max_batch = std::max(stats_.max_batch, n);
+    stats_.decoded_tokens += n;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    Active* a = who[size_t(r)];
+    const float* logits = ok ? step_logits_.data() + r * V : nullptr;
+    a->next_token = a->gen->step(logits, a->aborted(), ctx_->seq_n_past(a->slot), a->req.on_token);
+    a->done = a->next_token < 0;
+  }
+}
+
+void Scheduler::score_step() {
+  for (auto& a : running_) {
+    if (a->done || a->req.kind != SeqRequest::Kind::Score) continue;
+    if (a->aborted()) {
+      a->done = true;
+      continue;
+    }
+    try {
+      LlamaContext::ContinuationScore sc;
+      if (!ctx_->seq_score_continuation(a->slot, a->prefix_logits.data(), a->req.continuations[a->next_cont], &sc,
+                                        a->abort.get())) {
+        a->done = true;
+        continue;
+      }
+      a->out.scores.push_back(std::move(sc));
+      a->done = ++a->next_cont == a->req.continuations.size();
+    } catch (...) {
+      a->out.error = std::current_exception();
+      a->done = true;
+    }
+  }
+}
+
+}  // namespace emollm

@@ -1,0 +1,132 @@
+// Continuous batching in the core: many sequences of one model decode together.
+//
+//   Scheduler sched(model, { .n_ctx = 2048, .n_seq = 4 });
+//   SeqRequest r;  r.prompt = ids;  r.params.max_tokens = 64;
+//   r.on_token = [](int32_t t) { ... };           // scheduler thread, as soon as sampled
+//   r.on_done = [](SeqOutcome&& o) { ... };      // exactly once
+//   uint64_t id = sched.submit(std::move(r));     // returns at once
+//   sched.abort(id);                              // that sequence only
+//
+// Design. One LlamaContext with n_seq KV slots (slot-based cache, see llama.h); one thread of
+// the core runs the step loop:
+//   1. admit: while a slot is free, the oldest waiting request (FIFO) takes one. Its `prepare`
+//      hook runs (the addon splices image features there, off the event loop), then the slot
+//      that already caches the longest prefix of its prompt is chosen; when ANOTHER slot caches a
+//      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
+//      running) those positions are copied into the chosen slot once (prefix sharing). The rest
+//      of the prompt is prefilled as its own pass.
+//   2. decode: every generating sequence that has a token to evaluate contributes one row to
+//      ONE batched forward pass (LlamaContext::decode: weight GEMMs with M = rows, attention per
+//      slot); each then samples/delivers/stops exactly as Session::generate (SequenceGenerator).
+//   3. score: each scoring sequence evaluates its next option from its cached prefix (the
+//      prefix is evaluated once per request and shared by all its options).
+// Finished or aborted sequences leave at the end of the step; their slot keeps its cache for
+// prefix reuse by the next request. Aborts are per request (a waiting request leaves the queue;
+// a running one ends at the next step); other sequences are not disturbed.
+//
+// Threads: submit/abort/stats may be called from any thread. Callbacks run on the scheduler
+// thread (on_done also from shutdown() for requests still waiting), so they must be quick:
+// the addon queues them to JavaScript through thread-safe functions.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "model/llama.h"
+#include "model/session.h"
+
+namespace emollm {
+
+struct SchedulerOptions {
+  int64_t n_ctx = 0;    // positions per sequence (0 = LlamaContext's default)
+  int64_t n_batch = 0;  // most rows per forward pass (0 = default)
+  int n_seq = 4;        // sequences decoded together (KV slots)
+};
+
+struct SeqOutcome {
+  GenerateResult generated;                                // Generate
+  std::vector<LlamaContext::ContinuationScore> scores;     // Score (one per continuation)
+  bool aborted = false;
+  std::exception_ptr error;                                // set when the request failed
+};
+
+struct SeqRequest {
+  enum class Kind { Generate, Score };
+  Kind kind = Kind::Generate;
+  std::vector<int32_t> prompt;     // Generate: the prompt; Score: the prefix
+  std::vector<float> embd;         // input embeddings of the prompt's negative ids (images), or empty
+  std::vector<int32_t> pos3;       // M-RoPE positions of the prompt ([n][3]), or empty
+  GenerateParams params;           // Generate
+  std::vector<std::vector<int32_t>> continuations;  // Score
+  // Runs on the scheduler thread before the prompt is used (may rewrite prompt/embd/pos3; may throw).
+  std::function<void(SeqRequest&)> prepare;
+  TokenSink on_token;                          // Generate: each token as it is sampled
+  std::function<void(SeqOutcome&&)> on_done;   // exactly once
+};
+
+struct SchedulerStats {
+  int64_t steps = 0;            // batched decode passes run
+  int64_t batched_steps = 0;    // of which with 2 rows or more
+  int64_t max_batch = 0;        // most rows in one decode pass
+  int64_t decoded_tokens = 0;   // rows decoded in all passes
+  int64_t prefills = 0;         // prompt passes
+  int64_t prefix_copies = 0;    // prefixes copied from another slot
+  int64_t reused_tokens = 0;    // prompt positions not recomputed (own cache or copied)
+  int64_t active = 0;           // sequences holding a slot now
+  int64_t queued = 0;           // requests waiting for a slot
+  int n_seq = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOptions& opts);
+  ~Scheduler();  // shutdown() and join
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a request (FIFO); returns its id (> 0). Throws InvalidArgument after shutdown().
+  uint64_t submit(SeqRequest r);
+  // Aborts one request (waiting or running); unknown or finished ids are ignored.
+  void abort(uint64_t id);
+  // Aborts everything and stops the thread; later submits throw. Does not wait.
+  void shutdown();
+  SchedulerStats stats() const;
+  int64_t n_ctx() const { return n_ctx_; }
+  int n_seq() const { return n_seq_; }
+
+ private:
+  struct Active;
+  void loop();
+  void admit(std::unique_ptr<Active> a);
+  void finish(std::unique_ptr<Active>& a);
+  void decode_step();
+  void score_step();
+
+  std::shared_ptr<const LlamaModel> model_;
+  std::unique_ptr<LlamaContext> ctx_;  // used by the scheduler thread only
+  int64_t n_ctx_ = 0;
+  int n_seq_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Active>> waiting_;  // guarded by mu_
+  std::vector<std::unique_ptr<Active>> running_;  // scheduler thread (size under mu_ for stats)
+  std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> aborts_;  // guarded by mu_: live requests
+  std::vector<uint8_t> slot_used_;                // scheduler thread
+  uint64_t next_id_ = 1;
+  bool stopping_ = false;
+  std::atomic<bool> stop_{false};  // aborts the pass in flight at shutdown
+  SchedulerStats stats_;           // guarded by mu_
+  std::vector<float> step_logits_;
+  std::thread thread_;
+};
+
+}  // namespace emollm
