@@ -18,6 +18,7 @@ struct Scheduler::Active {
   size_t next_cont = 0;                    // Score: the next option to evaluate
   SeqOutcome out;
   bool done = false;
+  bool admitted = false;  // counted in stats_.active
   bool aborted() const { return abort->load(std::memory_order_relaxed); }
 };
 
@@ -86,6 +87,7 @@ void Scheduler::finish(std::unique_ptr<Active>& a) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     aborts_.erase(a->id);
+    if (a->admitted) stats_.active--;  // before on_done: a caller woken by it sees the slot free
   }
   if (a->req.on_done) {
     try {
@@ -117,10 +119,11 @@ void Scheduler::loop() {
       while (!stopping && free_slots > 0 && !waiting_.empty()) {
         admitted.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
+        admitted.back()->admitted = true;
+        stats_.active++;
         --free_slots;
       }
       stats_.queued = int64_t(waiting_.size());
-      stats_.active = int64_t(running_.size() + admitted.size());
     }
     for (auto& d : dropped) finish(d);
     if (stopping) {
@@ -129,8 +132,6 @@ void Scheduler::loop() {
         finish(a);
       }
       running_.clear();
-      std::lock_guard<std::mutex> lk(mu_);
-      stats_.active = 0;
       return;
     }
     for (auto& a : admitted) admit(std::move(a));
@@ -139,8 +140,6 @@ void Scheduler::loop() {
     for (auto& a : running_)
       if (a->done) finish(a);
     running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.active = int64_t(running_.size());
   }
 }
 

@@ -171,8 +171,17 @@ describe.skipIf(!haveTiny)('concurrent sequences on llava-tiny-hf (image chat an
     const want: unknown[] = [];
     for (const f of run(alone)) want.push(await f());
     const got = await Promise.all(run(batched).map((f) => f()));
-    // bitwise: a sequence's rows do not depend on the rows beside them
-    expect(got).toEqual(want);
+    // greedy tokens: equal
+    expect(got[0]).toEqual(want[0]);
+    expect(got[2]).toEqual(want[2]);
+    // log-probabilities: equal up to float rounding (a cached prefix may be reused with a
+    // different chunking of the remaining prompt than in the one-at-a-time run)
+    for (const k of [1, 3]) {
+      const a = got[k] as number[][];
+      const b = want[k] as number[][];
+      expect(a.map((x) => x.length)).toEqual(b.map((x) => x.length));
+      a.forEach((row, i) => row.forEach((v, j) => expect(Math.abs(v - b[i]![j]!)).toBeLessThanOrEqual(1e-4)));
+    }
     const st = batched.stats();
     expect(st.batchedSteps).toBeGreaterThan(0);
     // the second scoring of q1 reused the image + question prefix (its own slot or a copy)

@@ -128,7 +128,7 @@ describe.skipIf(!have)('stories260K through the model API', () => {
     expect(c.tokens).not.toEqual(a.tokens);
   });
 
-  it('serialises concurrent generations on one model: each equals its solo run', async () => {
+  it('runs concurrent generations on one model together: each equals its solo run', async () => {
     const soloA = await gguf.generate('Once upon a time', { maxTokens: 50 }).result;
     const soloB = await gguf.generate('There was a big', { maxTokens: 50 }).result;
     const [a, b] = await Promise.all([

@@ -256,7 +256,8 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     fetch(`${base}${path}`, { method: 'POST', headers, body: JSON.stringify(body) });
 
   beforeAll(async () => {
-    [model, local] = await Promise.all([loadModel(tiny), loadModel(tiny)]);
+    // one sequence each: the tests below hold the model's only slot to fill the queue
+    [model, local] = await Promise.all([loadModel(tiny, { maxSequences: 1 }), loadModel(tiny, { maxSequences: 1 })]);
     server = await createServer({ model, apiKeys: [KEY], modelName: 'tiny', maxQueue: 1, maxBodyBytes: 2_000_000, maxImageBytes: 1_000_000, mediaRoot: await mediaRoot(demo), requestTimeoutMs: 60_000 });
     base = await server.listen(0);
   }, 120_000);

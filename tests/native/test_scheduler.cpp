@@ -1,12 +1,15 @@
 // Continuous batching (native/model/scheduler.h) on the real stories260K model: greedy outputs of
 // sequences decoded together (joining at different steps, queueing past the slot count, one
 // aborted mid-way) equal the same requests run alone through Session::generate; option scores
-// equal LlamaContext::score_continuations alone (bitwise: a row's result does not depend on the
-// rows beside it on these GEMM paths); the stats prove steps really ran with several rows; the
-// multi-slot context's decode() equals per-sequence eval.
+// equal LlamaContext::score_continuations alone within 1e-5 (the GEMM kernels for M = 1 and for
+// M = rows round differently in the last bits, so logits are not bitwise equal); the stats prove
+// steps really ran with several rows; the multi-slot context's decode() equals per-sequence eval
+// within 1e-5 with the same argmax.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -24,6 +27,19 @@
 using namespace emollm;
 
 namespace {
+
+// Largest |a - b| over n floats, and whether both have the same argmax.
+float max_diff(const float* a, const float* b, int64_t n, bool* same_argmax) {
+  float m = 0;
+  int64_t ia = 0, ib = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    m = std::max(m, std::fabs(a[i] - b[i]));
+    if (a[i] > a[ia]) ia = i;
+    if (b[i] > b[ib]) ib = i;
+  }
+  *same_argmax = ia == ib;
+  return m;
+}
 
 std::string stories_gguf() {
   static std::string path = [] {
@@ -88,9 +104,12 @@ TEST(scheduler_decode_rows_equal_per_sequence_eval) {
   EXPECT(multi.decode(rows, 3, out.data()));
   for (int r = 0; r < 3; ++r) {
     const float* want = single[size_t(rows[r].seq)]->eval(&rows[r].token, 1);
-    bool same = true;
-    for (int64_t i = 0; i < V; ++i) same = same && want[i] == out[size_t(r * V + i)];
-    EXPECT(same);
+    bool argmax = false;
+    const float d = max_diff(want, out.data() + r * V, V, &argmax);
+    std::printf("  decode row %d: max |diff| vs alone %.3g\n", r, double(d));
+    EXPECT(d <= 1e-5f && argmax);
+    // seq_logits() is the row's logits
+    EXPECT(std::equal(out.begin() + r * V, out.begin() + (r + 1) * V, multi.seq_logits(rows[r].seq)));
     EXPECT(multi.seq_n_past(rows[r].seq) == single[size_t(rows[r].seq)]->n_past());
   }
   // a sequence twice in one step, or a bad id, is a typed error and changes nothing
@@ -106,9 +125,8 @@ TEST(scheduler_decode_rows_equal_per_sequence_eval) {
   EXPECT(multi.decode(r2, 1, out.data()));
   const int32_t nine = 9;
   const float* want = single[0]->eval(&nine, 1);
-  bool same = true;
-  for (int64_t i = 0; i < V; ++i) same = same && want[i] == out[size_t(i)];
-  EXPECT(same);
+  bool argmax = false;
+  EXPECT(max_diff(want, out.data(), V, &argmax) <= 1e-5f && argmax);
 }
 
 TEST(scheduler_batched_greedy_equals_alone) {
@@ -205,8 +223,10 @@ TEST(scheduler_scores_equal_alone_and_share_the_prefix) {
     EXPECT(!o.error && !o.aborted);
     EXPECT(o.scores.size() == want.size());
     for (size_t i = 0; i < want.size() && i < o.scores.size(); ++i) {
-      EXPECT(o.scores[i].logprob == want[i].logprob);
-      EXPECT(o.scores[i].token_logprobs == want[i].token_logprobs);
+      EXPECT(std::fabs(o.scores[i].logprob - want[i].logprob) <= 1e-5);
+      EXPECT(o.scores[i].token_logprobs.size() == want[i].token_logprobs.size());
+      for (size_t j = 0; j < want[i].token_logprobs.size() && j < o.scores[i].token_logprobs.size(); ++j)
+        EXPECT(std::fabs(o.scores[i].token_logprobs[j] - want[i].token_logprobs[j]) <= 1e-5);
     }
   }
   SeqOutcome go = g.get_future().get();
