@@ -104,11 +104,13 @@ describe.skipIf(!haveStories)('concurrent sequences on stories260K', () => {
       const ac = new AbortController();
       const victim = m.generate('Once upon a time there was', { maxTokens: 200, temperature: 0, signal: ac.signal });
       const others = requests.slice(0, 3).map((r) => m.generate(r.prompt, r.options).result);
-      const seen: string[] = [];
-      for await (const c of victim) {
-        seen.push(c.text);
-        ac.abort(); // at its first chunk, while the others decode beside it
-      }
+      const consume = async (): Promise<void> => {
+        for await (const c of victim) {
+          void c;
+          ac.abort(); // at its first chunk, while the others decode beside it
+        }
+      };
+      await expect(consume()).rejects.toMatchObject({ code: 'ERR_ABORTED' });
       await expect(victim.result).rejects.toMatchObject({ code: 'ERR_ABORTED' });
       const got = await Promise.all(others);
       expect(got.map((g) => g.tokens)).toEqual(want.slice(0, 3).map((w) => w.tokens));
@@ -159,18 +161,25 @@ describe.skipIf(!haveTiny)('concurrent sequences on llava-tiny-hf (image chat an
 
   it('chat with an image and scoreOptions made together equal the same calls one at a time', async () => {
     const photo = join(tiny, 'photo.jpg');
-    const q1 = question(photo, 'How does the person in this photo feel?');
-    const q2 = question(photo, 'Describe the face.');
-    const options = ['happy', 'sad', 'very angry'];
-    const run = (m: Model) => [
-      () => m.chat({ messages: q1, maxTokens: 16, temperature: 0 }).result.then((r) => r.tokens),
-      () => m.scoreOptions(q1, options).then((r) => r.options.map((o) => o.tokenLogprobs)),
-      () => m.chat({ messages: q2, maxTokens: 12, temperature: 0 }).result.then((r) => r.tokens),
-      () => m.scoreOptions(q1, ['neutral', 'surprised']).then((r) => r.options.map((o) => o.tokenLogprobs)),
-    ];
+    // images encoded up front, so the four calls reach the core together
+    const prepared = async (m: Model, text: string) => ({
+      tokens: m.promptTokens(question('photo.jpg', text)),
+      images: await m.encodeImages([photo]),
+    });
+    const run = async (m: Model) => {
+      const p1 = await prepared(m, 'How does the person in this photo feel?');
+      const p2 = await prepared(m, 'Describe the face.');
+      return [
+        () => m.generate(p1, { maxTokens: 16, temperature: 0 }).result.then((r) => r.tokens),
+        () => m.scoreOptions(p1, ['happy', 'sad', 'very angry']).then((r) => r.options.map((o) => o.tokenLogprobs)),
+        () => m.generate(p2, { maxTokens: 12, temperature: 0 }).result.then((r) => r.tokens),
+        () => m.scoreOptions(p1, ['neutral', 'surprised']).then((r) => r.options.map((o) => o.tokenLogprobs)),
+      ];
+    };
     const want: unknown[] = [];
-    for (const f of run(alone)) want.push(await f());
-    const got = await Promise.all(run(batched).map((f) => f()));
+    for (const f of await run(alone)) want.push(await f());
+    const calls = await run(batched);
+    const got = await Promise.all(calls.map((f) => f()));
     // greedy tokens: equal
     expect(got[0]).toEqual(want[0]);
     expect(got[2]).toEqual(want[2]);
