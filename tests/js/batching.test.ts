@@ -2,7 +2,7 @@
 // scoreOptions): calls made together return exactly what the same calls return one at a time,
 // an aborted call does not disturb the others, calls past maxSequences wait and then run, and the
 // core's counters show that decode passes really carried several sequences.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -195,5 +195,35 @@ describe.skipIf(!haveTiny)('concurrent sequences on llava-tiny-hf (image chat an
     expect(st.batchedSteps).toBeGreaterThan(0);
     // the second scoring of q1 reused the image + question prefix (its own slot or a copy)
     expect(st.reusedTokens).toBeGreaterThan(0);
+  });
+});
+
+// Qwen2-VL: M-RoPE positions travel with each sequence; decoded together, the photo and the video
+// prompts still give transformers' own greedy tokens.
+const qwen = join(shared, 'models', 'qwen2-vl-tiny-hf');
+const haveQwen = existsSync(join(qwen, 'reference', 'expected.json'));
+if (!haveQwen) console.warn(`batching tests on qwen2-vl-tiny-hf skipped: ${qwen} not found (set EMOLLM_SHARED_DIR)`);
+
+describe.skipIf(!haveQwen)('concurrent sequences on qwen2-vl-tiny-hf (M-RoPE)', () => {
+  it('photo and video prompts decoded together give the reference greedy tokens', async () => {
+    type Case = { input_ids: number[]; greedy_new_tokens: number[]; image_grid_thw?: [number, number, number][]; video_grid_thw?: [number, number, number][] };
+    const expected = JSON.parse(readFileSync(join(qwen, 'reference', 'expected.json'), 'utf8')) as Record<string, Case>;
+    const m = await loadModel(qwen, { threads: 1, maxSequences: 2 });
+    try {
+      const inputs = await Promise.all(
+        (['photo', 'video'] as const).map(async (name) => {
+          const c = expected[name]!;
+          const b = readFileSync(join(qwen, 'reference', name === 'photo' ? 'photo_pixel_values.f32' : 'video_pixel_values_videos.f32'));
+          const patches = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+          const features = await m.encodePatches(patches, [(c.image_grid_thw ?? c.video_grid_thw)![0]!]);
+          return { c, prompt: { tokens: c.input_ids, images: features } };
+        }),
+      );
+      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
+      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
+      expect(m.stats().batchedSteps).toBeGreaterThan(0);
+    } finally {
+      await m.close();
+    }
   });
 });
