@@ -88,6 +88,15 @@ std::vector<int32_t> splice_images(const LlavaModel* llava, const EmollmModel* e
 // maxTokens, stopTokens): one reader for every generation path.
 GenerateParams read_generate_params(Napi::Env env, Napi::Object o);
 
+// vision_binding.cpp: model.encodeImages / encodeAnyres / encodePatches.
+Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& h);
+Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& h);
+Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& h);
+
+// context_binding.cpp: model.createContext({ nCtx?, nBatch? }) -> Context.
+Napi::Value create_context(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& h);
+void register_context(Napi::Env env);
+
 // batch_binding.cpp: model.createBatch({ nCtx?, maxSequences? }) and closing a batch.
 Napi::Value create_batch(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& h);
 void close_batch(Napi::Env env, BatchState& b);

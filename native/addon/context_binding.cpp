@@ -1,0 +1,486 @@
+// One-sequence contexts for JavaScript (ctx.eval / evalMultimodal / score / generate): each call
+// runs on a libuv worker thread over the context's own KV cache. model.logits() uses these; the
+// concurrent generate / chat / scoreOptions path is batch_binding.cpp. (API in model_binding.cpp.)
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "model_handle.h"
+#include "napi_util.h"
+
+namespace emollm::addon {
+namespace {
+
+using ModelWorker = PromiseWorker;
+
+std::mutex g_context_ctor_mutex;
+std::unordered_map<napi_env, Napi::FunctionReference*> g_context_ctors;
+thread_local std::shared_ptr<ContextState>* tl_new_context = nullptr;
+
+Napi::FunctionReference& context_ctor(Napi::Env env) {
+  std::lock_guard<std::mutex> lk(g_context_ctor_mutex);
+  return *g_context_ctors.at(env);
+}
+
+// ---------------------------------------------------------------- workers on a context
+
+// Marks the context busy for the worker's lifetime and releases it in Finish().
+class ContextWorker : public ModelWorker {
+ public:
+  ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelWorker(env), s_(std::move(s)) {
+    s_->busy = true;
+    s_->abort.store(false);
+    s_->owner->inflight++;
+  }
+
+ protected:
+  void Finish(Napi::Env env) override {
+    s_->busy = false;
+    s_->n_past.store(s_->ctx ? s_->ctx->n_past() : 0);
+    ModelHandle& h = *s_->owner;
+    h.inflight--;
+    if (s_->closed) release_context(env, *s_);
+    maybe_finish_model_close(env, h);
+  }
+  // Image tokens -> pseudo-ids (and, for Qwen2-VL, pos3_ <- the M-RoPE positions).
+  std::vector<int32_t> splice(const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images) {
+    return splice_images(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, images, n_images, image_counts,
+                         image_grids, &pos3_);
+  }
+  std::shared_ptr<ContextState> s_;
+  std::vector<int32_t> pos3_;  // Qwen2-VL: M-RoPE positions of the spliced prompt
+  const int32_t* pos3() const { return pos3_.empty() ? nullptr : pos3_.data(); }
+
+ public:
+  std::vector<int64_t> image_counts;  // EmoLLM, LLaVA-NeXT, Qwen2-VL: tokens per image
+  std::vector<GridThw> image_grids;   // Qwen2-VL: each visual's grid
+};
+
+class EvalWorker final : public ContextWorker {
+ public:
+  EvalWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> tokens, bool all_logits,
+             std::vector<float> images = {}, int64_t n_images = 0)
+      : ContextWorker(env, std::move(s)), tokens_(std::move(tokens)), all_(all_logits), images_(std::move(images)),
+        n_images_(n_images) {}
+
+ protected:
+  void Run() override {
+    LlamaContext& ctx = *s_->ctx;
+    const float* embd = nullptr;
+    if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids whose input embeddings are the image features
+      tokens_ = splice(tokens_, images_, n_images_);
+      if (n_images_ > 0) embd = images_.data();
+    }
+    const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
+    if (all_) {
+      // logits for every position: nothing can be reused
+      out_.resize(size_t(n * V));
+      ctx.reset();
+      aborted_ = ctx.eval(tokens_.data(), n, out_.data(), &s_->abort, embd, pos3()) == nullptr;
+    } else {
+      const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort, embd, pos3());
+      aborted_ = l == nullptr;
+      if (l) out_.assign(l, l + V);
+    }
+    s_->n_past.store(ctx.n_past());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "eval was aborted");
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), a.Data());
+    return a;
+  }
+
+ private:
+  std::vector<int32_t> tokens_;
+  bool all_;
+  std::vector<float> images_;
+  int64_t n_images_;
+  bool aborted_ = false;
+  std::vector<float> out_;
+};
+
+class ScoreWorker final : public ContextWorker {
+ public:
+  ScoreWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prefix, std::vector<float> images,
+              int64_t n_images, std::vector<std::vector<int32_t>> conts)
+      : ContextWorker(env, std::move(s)), prefix_(std::move(prefix)), images_(std::move(images)), n_images_(n_images),
+        conts_(std::move(conts)) {}
+
+ protected:
+  void Run() override {
+    LlamaContext& ctx = *s_->ctx;
+    const float* embd = nullptr;
+    if (s_->llava || s_->qwen) {
+      prefix_ = splice(prefix_, images_, n_images_);
+      if (n_images_ > 0) embd = images_.data();
+    }
+    aborted_ = !ctx.score_continuations(prefix_.data(), int64_t(prefix_.size()), conts_, &out_, &s_->abort, embd, pos3());
+    s_->n_past.store(ctx.n_past());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "score was aborted");
+    Napi::Array lp = Napi::Array::New(env, out_.size());
+    Napi::Array tl = Napi::Array::New(env, out_.size());
+    for (size_t i = 0; i < out_.size(); ++i) {
+      lp.Set(uint32_t(i), out_[i].logprob);
+      auto a = Napi::Float64Array::New(env, out_[i].token_logprobs.size());
+      std::copy(out_[i].token_logprobs.begin(), out_[i].token_logprobs.end(), a.Data());
+      tl.Set(uint32_t(i), a);
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("logprobs", lp);
+    o.Set("tokenLogprobs", tl);
+    return o;
+  }
+
+ private:
+  std::vector<int32_t> prefix_;
+  std::vector<float> images_;
+  int64_t n_images_;
+  std::vector<std::vector<int32_t>> conts_;
+  bool aborted_ = false;
+  std::vector<LlamaContext::ContinuationScore> out_;
+};
+
+// Tokens on their way from the decode thread to JavaScript.
+struct TokenQueue {
+  std::mutex mu;
+  std::vector<int32_t> pending;
+  bool scheduled = false;               // a delivery is queued on the thread-safe function
+  std::atomic<bool> js_failed{false};   // the callback threw: stop decoding
+  Napi::ObjectReference js_error;
+  std::shared_ptr<ContextState> state;  // to abort on a callback error
+
+  // Takes everything queued (main thread).
+  std::vector<int32_t> take() {
+    std::lock_guard<std::mutex> lk(mu);
+    scheduled = false;
+    std::vector<int32_t> out;
+    out.swap(pending);
+    return out;
+  }
+  // Calls onTokens with `ids` (main thread); records a thrown error.
+  void deliver(Napi::Env env, Napi::Function cb, const std::vector<int32_t>& ids) {
+    if (ids.empty() || cb.IsEmpty() || js_failed.load()) return;
+    auto arr = Napi::Int32Array::New(env, ids.size());
+    std::copy(ids.begin(), ids.end(), arr.Data());
+    try {
+      cb.Call({arr});
+    } catch (const Napi::Error& e) {
+      js_error = Napi::Persistent(e.Value());
+      js_failed.store(true);
+      if (state) state->abort.store(true);
+    }
+  }
+};
+using TokenQueuePtr = std::shared_ptr<TokenQueue>;
+
+void deliver_tokens(Napi::Env env, Napi::Function cb, TokenQueuePtr* q, void*) {
+  if (env == nullptr || q == nullptr) return;
+  Napi::HandleScope scope(env);
+  (*q)->deliver(env, cb, (*q)->take());
+}
+using TokenTsfn = Napi::TypedThreadSafeFunction<TokenQueuePtr, void, deliver_tokens>;
+
+class GenerateWorker final : public ContextWorker {
+ public:
+  void set_images(std::vector<float> images, int64_t n_images) {
+    images_ = std::move(images);
+    n_images_ = n_images;
+  }
+  GenerateWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prompt, GenerateParams gp,
+                 Napi::Function on_tokens)
+      : ContextWorker(env, std::move(s)), prompt_(std::move(prompt)), gp_(std::move(gp)), queue_(std::make_shared<TokenQueue>()) {
+    queue_->state = s_;
+    if (!on_tokens.IsEmpty()) {
+      on_tokens_ = Napi::Persistent(on_tokens);
+      tsfn_ = TokenTsfn::New(env, on_tokens, "emollm.generate", 0, 1, new TokenQueuePtr(queue_),
+                             [](Napi::Env, void*, TokenQueuePtr* q) { delete q; });
+      has_tsfn_ = true;
+    }
+  }
+
+ protected:
+  void Run() override {
+    try {
+      decode();
+    } catch (...) {
+      release_tsfn();
+      throw;
+    }
+    release_tsfn();
+  }
+
+  // The loop itself is the core's (model/session.h); this worker moves tokens to JavaScript.
+  void decode() {
+    const float* embd = nullptr;
+    if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
+      prompt_ = splice(prompt_, images_, n_images_);
+      if (n_images_ > 0) embd = images_.data();
+    }
+    Session session(*s_->ctx, &s_->n_past);
+    GenerateResult r = session.generate(prompt_, embd, gp_, &s_->abort, [this](int32_t t) { push(t); }, pos3());
+    out_ = std::move(r.tokens);
+    reason_ = stop_reason_name(r.reason);
+  }
+
+  void push(int32_t t) {
+    if (!has_tsfn_) return;
+    bool schedule = false;
+    {
+      std::lock_guard<std::mutex> lk(queue_->mu);
+      queue_->pending.push_back(t);
+      if (!queue_->scheduled) schedule = queue_->scheduled = true;
+    }
+    if (schedule) tsfn_.NonBlockingCall();
+  }
+  void release_tsfn() {
+    if (has_tsfn_ && !released_) {
+      released_ = true;
+      tsfn_.Release();
+    }
+  }
+
+  Napi::Value Resolve(Napi::Env env) override {
+    // Deliver whatever the thread-safe function has not delivered yet, in order, before settling.
+    if (!on_tokens_.IsEmpty()) queue_->deliver(env, on_tokens_.Value(), queue_->take());
+    if (queue_->js_failed.load()) throw Napi::Error(env, queue_->js_error.Value());
+    auto tokens = Napi::Int32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), tokens.Data());
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("tokens", tokens);
+    o.Set("stopReason", reason_);
+    return o;
+  }
+  void Finish(Napi::Env env) override {
+    if (queue_->js_failed.load() && !queue_->js_error.IsEmpty() && js_error_.IsEmpty())
+      js_error_ = Napi::Persistent(queue_->js_error.Value());
+    queue_->state.reset();
+    ContextWorker::Finish(env);
+  }
+
+ private:
+  std::vector<int32_t> prompt_;
+  GenerateParams gp_;
+  TokenQueuePtr queue_;
+  Napi::FunctionReference on_tokens_;
+  TokenTsfn tsfn_;
+  bool has_tsfn_ = false, released_ = false;
+  std::vector<int32_t> out_;
+  std::string reason_ = "max-tokens";
+  std::vector<float> images_;
+  int64_t n_images_ = 0;
+};
+
+// ---------------------------------------------------------------- Context
+
+class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "LlamaContext",
+                       {InstanceMethod<&ContextWrap::Eval>("eval"),
+                        InstanceMethod<&ContextWrap::EvalMultimodal>("evalMultimodal"),
+                        InstanceMethod<&ContextWrap::Score>("score"),
+                        InstanceMethod<&ContextWrap::Generate>("generate"),
+                        InstanceMethod<&ContextWrap::Abort>("abort"),
+                        InstanceMethod<&ContextWrap::Reset>("reset"),
+                        InstanceMethod<&ContextWrap::Close>("close"),
+                        InstanceAccessor<&ContextWrap::NPast>("nPast"),
+                        InstanceAccessor<&ContextWrap::NCtx>("nCtx")});
+  }
+  explicit ContextWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ContextWrap>(info) {
+    if (!tl_new_context) throw_invalid(info.Env(), "use model.createContext() to create a context");
+    s_ = *tl_new_context;
+    tl_new_context = nullptr;
+  }
+
+ private:
+  // Throws when closed; returns a rejected promise (in *busy_out) when busy.
+  bool check_usable(Napi::Env env, Napi::Value* rejected) {
+    if (s_->closed || !s_->ctx) throw closed_error(env, "context");
+    if (s_->busy) {
+      auto d = Napi::Promise::Deferred::New(env);
+      d.Reject(make_js_error(env, "ERR_INVALID_ARGUMENT", "context busy: an eval or generate call is still running on it").Value());
+      *rejected = d.Promise();
+      return false;
+    }
+    return true;
+  }
+
+  Napi::Value Eval(const Napi::CallbackInfo& info) { return eval_impl(info, false); }
+  Napi::Value EvalMultimodal(const Napi::CallbackInfo& info) { return eval_impl(info, true); }
+
+  Napi::Value Score(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Value rejected;
+    if (!check_usable(env, &rejected)) return rejected;
+    if (info.Length() < 3) throw_invalid(env, "score expects (prefix: Int32Array, images: Float32Array | null, continuations: Int32Array[])");
+    std::vector<int32_t> prefix = int32_array(env, info[0], "prefix");
+    if (prefix.empty()) throw_invalid(env, "prefix must not be empty");
+    std::vector<float> images;
+    std::vector<int64_t> counts;
+    std::vector<GridThw> grids;
+    const int64_t n_images =
+        image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
+    if (!info[2].IsArray()) throw_invalid(env, "continuations must be an array of Int32Array");
+    Napi::Array arr = info[2].As<Napi::Array>();
+    std::vector<std::vector<int32_t>> conts;
+    for (uint32_t i = 0; i < arr.Length(); ++i)
+      conts.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
+    auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(images), n_images, std::move(conts));
+    w->image_counts = std::move(counts);
+    w->image_grids = std::move(grids);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value eval_impl(const Napi::CallbackInfo& info, bool multimodal) {
+    Napi::Env env = info.Env();
+    Napi::Value rejected;
+    if (!check_usable(env, &rejected)) return rejected;
+    if (info.Length() < 1) throw_invalid(env, "eval expects tokens (Int32Array)");
+    std::vector<int32_t> tokens = int32_array(env, info[0], "tokens");
+    if (tokens.empty()) throw_invalid(env, "tokens must not be empty");
+    std::vector<float> images;
+    std::vector<int64_t> counts;
+    std::vector<GridThw> grids;
+    const int64_t n_images =
+        multimodal ? image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids) : 0;
+    Napi::Object o = opt_object(info, multimodal ? 2 : 1, "options");
+    bool all = false;
+    if (has_opt(o, "allLogits")) {
+      if (!o.Get("allLogits").IsBoolean()) throw_invalid(env, "allLogits must be a boolean");
+      all = o.Get("allLogits").As<Napi::Boolean>().Value();
+    }
+    if (int64_t(tokens.size()) > s_->n_ctx)
+      throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
+    auto* w = new EvalWorker(env, s_, std::move(tokens), all, std::move(images), n_images);
+    w->image_counts = std::move(counts);
+    w->image_grids = std::move(grids);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Generate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Value rejected;
+    if (!check_usable(env, &rejected)) return rejected;
+    if (info.Length() < 1) throw_invalid(env, "generate expects a prompt (Int32Array)");
+    std::vector<int32_t> prompt = int32_array(env, info[0], "prompt");
+    if (prompt.empty()) throw_invalid(env, "prompt must not be empty");
+    if (int64_t(prompt.size()) > s_->n_ctx)
+      throw_invalid(env, "prompt of " + std::to_string(prompt.size()) + " tokens does not fit the context of " +
+                             std::to_string(s_->n_ctx));
+    Napi::Object o = opt_object(info, 1, "options");
+    GenerateParams gp = read_generate_params(env, o);
+    Napi::Function cb;
+    if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      if (!info[2].IsFunction()) throw_invalid(env, "onTokens must be a function");
+      cb = info[2].As<Napi::Function>();
+    }
+    std::vector<float> images;
+    std::vector<int64_t> counts;
+    std::vector<GridThw> grids;
+    const int64_t n_images =
+        image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
+    auto* w = new GenerateWorker(env, s_, std::move(prompt), std::move(gp), cb);
+    w->set_images(std::move(images), n_images);
+    w->image_counts = std::move(counts);
+    w->image_grids = std::move(grids);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    if (s_->busy) s_->abort.store(true);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (s_->closed || !s_->ctx) throw closed_error(env, "context");
+    if (s_->busy) throw_invalid(env, "context busy: an eval or generate call is still running on it");
+    s_->ctx->reset();
+    s_->n_past.store(0);
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto d = Napi::Promise::Deferred::New(env);
+    s_->close_waiters.push_back(d);
+    close_context(env, *s_);
+    return d.Promise();
+  }
+
+  Napi::Value NPast(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(s_->n_past.load())); }
+  Napi::Value NCtx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(s_->n_ctx)); }
+
+  std::shared_ptr<ContextState> s_;
+};
+
+}  // namespace
+
+Napi::Value create_context(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& handle_) {
+  Napi::Env env = info.Env();
+  if (!handle_->model) throw closed_error(env, "model");
+  Napi::Object o = opt_object(info, 0, "options");
+  LlamaContextOptions co;
+  co.n_ctx = opt_int(env, o, "nCtx", handle_->default_n_ctx, 0, int64_t(1) << 24);
+  co.n_batch = opt_int(env, o, "nBatch", 0, 0, int64_t(1) << 24);
+  auto s = std::make_shared<ContextState>();
+  s->owner = handle_;
+  s->model = handle_->model;
+  s->llava = handle_->llava;
+  s->emollm = handle_->emollm;
+  s->qwen = handle_->qwen;
+  try {
+    s->ctx = std::make_unique<LlamaContext>(s->model, co);
+  } catch (const Error& e) {
+    throw make_js_error(env, e);
+  } catch (const std::bad_alloc&) {
+    throw make_js_error(env, "ERR_OUT_OF_MEMORY", "out of memory allocating the context");
+  }
+  s->n_ctx = s->ctx->n_ctx();
+  auto& cs = handle_->contexts;
+  cs.erase(std::remove_if(cs.begin(), cs.end(), [](const std::weak_ptr<ContextState>& w) { return w.expired(); }),
+           cs.end());
+  cs.push_back(s);
+  tl_new_context = &s;
+  Napi::Object obj;
+  try {
+    obj = context_ctor(env).New({});
+  } catch (...) {
+    tl_new_context = nullptr;
+    throw;
+  }
+  tl_new_context = nullptr;
+  return obj;
+}
+
+void register_context(Napi::Env env) {
+  auto* ctor = new Napi::FunctionReference(Napi::Persistent(ContextWrap::Define(env)));
+  {
+    std::lock_guard<std::mutex> lk(g_context_ctor_mutex);
+    g_context_ctors[napi_env(env)] = ctor;
+  }
+  napi_env raw = env;
+  env.AddCleanupHook([raw]() {
+    std::lock_guard<std::mutex> lk(g_context_ctor_mutex);
+    auto it = g_context_ctors.find(raw);
+    if (it != g_context_ctors.end()) {
+      delete it->second;
+      g_context_ctors.erase(it);
+    }
+  });
+}
+
+}  // namespace emollm::addon

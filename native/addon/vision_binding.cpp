@@ -1,0 +1,296 @@
+// Vision entry points of a loaded model (LLaVA / EmoLLM encodeImages, LLaVA-NeXT encodeAnyres,
+// Qwen2-VL encodePatches): argument checks on the main thread, the tower on a worker thread.
+// ModelWrap (model_binding.cpp) forwards its methods here.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model_handle.h"
+#include "napi_util.h"
+
+namespace emollm::addon {
+namespace {
+
+using ModelWorker = PromiseWorker;
+
+// ---------------------------------------------------------------- encodeImages
+
+class EncodeWorker final : public ModelWorker {
+ public:
+  EncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels, int64_t B)
+      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), pixels_(std::move(pixels)), B_(B),
+        abort_(std::make_shared<std::atomic<bool>>(false)) {
+    auto& a = h_->encode_aborts;
+    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
+    a.push_back(abort_);
+    h_->inflight++;
+  }
+
+ protected:
+  void Run() override {
+    if (emollm_) {
+      aborted_ = !emollm_->encode_images(pixels_.data(), B_, faces_.empty() ? nullptr : &faces_, &out_, &counts_,
+                                         abort_.get());
+      return;
+    }
+    out_.resize(size_t(B_ * llava_->n_image_tokens() * llava_->n_embd()));
+    aborted_ = !llava_->encode_images(pixels_.data(), B_, out_.data(), abort_.get());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encodeImages was aborted");
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), a.Data());
+    if (emollm_) {  // EmoLLM: per-image token counts travel with the features
+      auto c = Napi::Int32Array::New(env, counts_.size());
+      for (size_t i = 0; i < counts_.size(); ++i) c[i] = int32_t(counts_[i]);
+      a.Set("tokenCounts", c);
+    }
+    return a;
+  }
+  void Finish(Napi::Env env) override {
+    llava_.reset();
+    emollm_.reset();
+    h_->inflight--;
+    maybe_finish_model_close(env, *h_);
+  }
+
+ private:
+  std::shared_ptr<ModelHandle> h_;
+  std::shared_ptr<LlavaModel> llava_;
+  std::vector<float> pixels_;
+  int64_t B_;
+  std::shared_ptr<std::atomic<bool>> abort_;
+  bool aborted_ = false;
+  std::vector<float> out_;
+
+ public:
+  std::shared_ptr<EmollmModel> emollm_;
+  std::vector<std::vector<FaceBox>> faces_;  // EmoLLM: per image (empty: no faces anywhere)
+  std::vector<int64_t> counts_;
+};
+
+// ---------------------------------------------------------------- encodeAnyres / encodePatches
+// LLaVA-NeXT: each image's tiles (base first) -> packed features (llava_next.h). Qwen2-VL: each
+// visual's flattened patches -> merged features (qwen2_vl.h). Both resolve a Float32Array with
+// tokenCounts (Int32Array, one per visual); Qwen2-VL's also carries grids (Int32Array [3 * k]).
+
+class VisualEncodeWorker final : public ModelWorker {
+ public:
+  VisualEncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels)
+      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm),
+        emollm_qwen_(h_->emollm_qwen), pixels_(std::move(pixels)),
+        abort_(std::make_shared<std::atomic<bool>>(false)) {
+    auto& a = h_->encode_aborts;
+    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
+    a.push_back(abort_);
+    h_->inflight++;
+  }
+  std::vector<AnyresLayout> layouts;  // LLaVA-NeXT
+  std::vector<GridThw> grids;         // Qwen2-VL
+  void set_pixels(std::vector<float> px) { pixels_ = std::move(px); }
+
+ protected:
+  void Run() override {
+    if (qwen_) {
+      aborted_ = emollm_qwen_ ? !emollm_qwen_->encode(pixels_.data(), grids, &out_, abort_.get())
+                              : !qwen_->encode(pixels_.data(), grids, &out_, abort_.get());
+      for (const GridThw& g : grids) counts_.push_back(qwen_->n_tokens(g));
+      return;
+    }
+    const ClipHparams& vh = llava_->vision().hparams();
+    const int64_t per_tile = vh.n_channels * vh.image_size * vh.image_size;
+    int64_t off = 0;
+    std::vector<float> f;
+    for (const AnyresLayout& L : layouts) {
+      const float* px = pixels_.data() + off * per_tile;
+      if (emollm_) {  // EmoLLM on LLaVA-NeXT: the MVP per tile, then the same packing
+        std::vector<float> tiles;
+        std::vector<int64_t> per;
+        if (!emollm_->encode_images(px, L.n_tiles(), nullptr, &tiles, &per, abort_.get())) {
+          aborted_ = true;
+          return;
+        }
+        for (int64_t c : per)
+          if (c != L.side * L.side)
+            throw Error(ErrorCode::Unsupported,
+                        "EmoLLM on LLaVA-NeXT tiles only perspectives that keep one token per patch (open mlp / "
+                        "multi-layer-mlp heads, gated-sum fusion); this checkpoint gives " + std::to_string(c) +
+                            " tokens per tile instead of " + std::to_string(L.side * L.side));
+        f.assign(size_t(L.n_tokens() * llava_->n_embd()), 0.0f);
+        anyres_pack(L, tiles.data(), llava_->n_embd(), llava_->image_newline(), f.data());
+      } else if (!llava_next_encode_image(*llava_, px, L, &f, abort_.get())) {
+        aborted_ = true;
+        return;
+      }
+      out_.insert(out_.end(), f.begin(), f.end());
+      counts_.push_back(L.n_tokens());
+      off += L.n_tiles();
+    }
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encoding was aborted");
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::copy(out_.begin(), out_.end(), a.Data());
+    auto c = Napi::Int32Array::New(env, counts_.size());
+    for (size_t i = 0; i < counts_.size(); ++i) c[i] = int32_t(counts_[i]);
+    a.Set("tokenCounts", c);
+    if (qwen_) {
+      auto g = Napi::Int32Array::New(env, grids.size() * 3);
+      for (size_t i = 0; i < grids.size(); ++i) {
+        g[i * 3] = int32_t(grids[i].t);
+        g[i * 3 + 1] = int32_t(grids[i].h);
+        g[i * 3 + 2] = int32_t(grids[i].w);
+      }
+      a.Set("grids", g);
+    }
+    return a;
+  }
+  void Finish(Napi::Env env) override {
+    llava_.reset();
+    qwen_.reset();
+    emollm_.reset();
+    emollm_qwen_.reset();
+    h_->inflight--;
+    maybe_finish_model_close(env, *h_);
+  }
+
+ private:
+  std::shared_ptr<ModelHandle> h_;
+  std::shared_ptr<LlavaModel> llava_;
+  std::shared_ptr<Qwen2VLModel> qwen_;
+  std::shared_ptr<EmollmModel> emollm_;
+  std::shared_ptr<EmollmQwen2VLModel> emollm_qwen_;
+  std::vector<float> pixels_;
+  std::shared_ptr<std::atomic<bool>> abort_;
+  bool aborted_ = false;
+  std::vector<float> out_;
+  std::vector<int64_t> counts_;
+};
+
+}  // namespace
+
+Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& handle_) {
+  Napi::Env env = info.Env();
+  if (!handle_->model) throw closed_error(env, "model");
+  if (!handle_->llava) throw make_js_error(env, "ERR_UNSUPPORTED", "encodeImages: the model has no vision tower (not a LLaVA model)");
+  const ClipHparams& vh = handle_->llava->vision().hparams();
+  if (info.Length() < 1) throw_invalid(env, "encodeImages expects pixels (Float32Array [B, 3, H, W]) and B");
+  std::vector<float> px = float32_array(env, info[0], "pixels");
+  const int64_t per = vh.n_channels * vh.image_size * vh.image_size;
+  int64_t B = info.Length() > 1 && !info[1].IsUndefined() ? arg_int(info, 1, "B") : int64_t(px.size()) / per;
+  if (B <= 0 || B > 4096) throw_invalid(env, "encodeImages: B must be in [1, 4096]");
+  if (int64_t(px.size()) != B * per)
+    throw_invalid(env, "encodeImages: pixels has " + std::to_string(px.size()) + " floats, expected B * " +
+                           std::to_string(vh.n_channels) + " * " + std::to_string(vh.image_size) + " * " +
+                           std::to_string(vh.image_size) + " = " + std::to_string(B * per));
+  std::vector<std::vector<FaceBox>> faces;
+  if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+    // faces: one array of { x, y, width, height } (pixels of the tower input) per image
+    if (!info[2].IsArray()) throw_invalid(env, "encodeImages: faces must be an array (one list of boxes per image)");
+    Napi::Array fa = info[2].As<Napi::Array>();
+    if (int64_t(fa.Length()) != B)
+      throw_invalid(env, "encodeImages: faces has " + std::to_string(fa.Length()) + " lists for " + std::to_string(B) + " images");
+    bool any = false;
+    faces.resize(size_t(B));
+    for (uint32_t b = 0; b < fa.Length(); ++b) {
+      Napi::Value l = fa.Get(b);
+      if (l.IsUndefined() || l.IsNull()) continue;
+      if (!l.IsArray()) throw_invalid(env, "encodeImages: faces[" + std::to_string(b) + "] must be an array of boxes");
+      Napi::Array la = l.As<Napi::Array>();
+      for (uint32_t j = 0; j < la.Length(); ++j) {
+        Napi::Value bv = la.Get(j);
+        const std::string where = "faces[" + std::to_string(b) + "][" + std::to_string(j) + "]";
+        if (!bv.IsObject()) throw_invalid(env, "encodeImages: " + where + " must be { x, y, width, height }");
+        Napi::Object bo = bv.As<Napi::Object>();
+        FaceBox fb;
+        float* fields[4] = {&fb.x, &fb.y, &fb.width, &fb.height};
+        const char* names[4] = {"x", "y", "width", "height"};
+        for (int f = 0; f < 4; ++f) {
+          Napi::Value x = bo.Get(names[f]);
+          if (!x.IsNumber() || !std::isfinite(x.As<Napi::Number>().DoubleValue()))
+            throw_invalid(env, "encodeImages: " + where + "." + names[f] + " must be a finite number");
+          *fields[f] = float(x.As<Napi::Number>().DoubleValue());
+        }
+        faces[b].push_back(fb);
+        any = true;
+      }
+    }
+    if (!any) faces.clear();
+  }
+  auto* w = new EncodeWorker(env, handle_, std::move(px), B);
+  w->emollm_ = handle_->emollm;
+  w->faces_ = std::move(faces);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// encodeAnyres(pixels: Float32Array [tiles, 3, S, S] for all images, sizes: Int32Array [2 * images]
+// (original height, width)) -> Promise<Float32Array & { tokenCounts }> (LLaVA-NeXT)
+Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& handle_) {
+  Napi::Env env = info.Env();
+  if (!handle_->model) throw closed_error(env, "model");
+  const LlavaModel* lv = handle_->llava.get();
+  if (!lv || !lv->anyres()) throw make_js_error(env, "ERR_UNSUPPORTED", "encodeAnyres: the model is not LLaVA-NeXT (no anyres tiling)");
+  if (info.Length() < 2) throw_invalid(env, "encodeAnyres expects (pixels: Float32Array, sizes: Int32Array)");
+  std::vector<float> px = float32_array(env, info[0], "pixels");
+  std::vector<int32_t> sizes = int32_array(env, info[1], "sizes");
+  if (sizes.empty() || sizes.size() % 2 != 0) throw_invalid(env, "encodeAnyres: sizes must hold (height, width) per image");
+  const ClipHparams& vh = lv->vision().hparams();
+  std::vector<AnyresLayout> layouts;
+  int64_t tiles = 0;
+  for (size_t k = 0; k < sizes.size(); k += 2) {
+    if (sizes[k] <= 0 || sizes[k + 1] <= 0) throw_invalid(env, "encodeAnyres: image sizes must be positive");
+    layouts.push_back(anyres_layout(sizes[k], sizes[k + 1], lv->grid_pinpoints(), vh.image_size, vh.n_side(),
+                                    lv->image_newline() != nullptr));
+    tiles += layouts.back().n_tiles();
+  }
+  const int64_t per = vh.n_channels * vh.image_size * vh.image_size;
+  if (int64_t(px.size()) != tiles * per)
+    throw_invalid(env, "encodeAnyres: pixels has " + std::to_string(px.size()) + " floats, the images' layouts need " +
+                           std::to_string(tiles) + " tiles of " + std::to_string(per));
+  // constructed only once the arguments are valid: the worker counts as in flight from here
+  auto* w = new VisualEncodeWorker(env, handle_, {});
+  w->layouts = std::move(layouts);
+  w->set_pixels(std::move(px));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// encodePatches(patches: Float32Array [N, C * Tp * P * P], grids: Int32Array [3 * visuals] (t, h, w))
+// -> Promise<Float32Array & { tokenCounts, grids }> (Qwen2-VL images and videos)
+Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr<ModelHandle>& handle_) {
+  Napi::Env env = info.Env();
+  if (!handle_->model) throw closed_error(env, "model");
+  const Qwen2VLModel* qm = handle_->qwen.get();
+  if (!qm) throw make_js_error(env, "ERR_UNSUPPORTED", "encodePatches: the model is not Qwen2-VL");
+  if (info.Length() < 2) throw_invalid(env, "encodePatches expects (patches: Float32Array, grids: Int32Array)");
+  std::vector<float> px = float32_array(env, info[0], "patches");
+  std::vector<int32_t> g = int32_array(env, info[1], "grids");
+  if (g.empty() || g.size() % 3 != 0) throw_invalid(env, "encodePatches: grids must hold (t, h, w) per visual");
+  const int64_t ms = qm->vision().config().spatial_merge_size;
+  std::vector<GridThw> grids;
+  int64_t n = 0;
+  for (size_t k = 0; k < g.size(); k += 3) {
+    GridThw gt{g[k], g[k + 1], g[k + 2]};
+    if (gt.t <= 0 || gt.h <= 0 || gt.w <= 0 || gt.h % ms != 0 || gt.w % ms != 0 || gt.n_patches() > (int64_t(1) << 24))
+      throw_invalid(env, "encodePatches: grid " + std::to_string(k / 3) + " must be positive with h and w multiples of " +
+                             std::to_string(ms));
+    n += gt.n_patches();
+    grids.push_back(gt);
+  }
+  if (int64_t(px.size()) != n * qm->vision().patch_dim())
+    throw_invalid(env, "encodePatches: patches has " + std::to_string(px.size()) + " floats, the grids need " +
+                           std::to_string(n) + " patches of " + std::to_string(qm->vision().patch_dim()));
+  auto* w = new VisualEncodeWorker(env, handle_, std::move(px));
+  w->grids = std::move(grids);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace emollm::addon
