@@ -14,8 +14,8 @@
 //            request on both sides; tokens/s counts the tokens actually generated)
 //   scoring  a prefix of --prompt tokens and --options options of 1..3 tokens: the log-probability
 //            of each option after the prefix (prefix evaluated once per request, options from it)
-// For each workload and concurrency c: --requests requests (default 4 c, at least 8) are offered
-// as c closed-loop clients (a client sends its next request when its previous one finished).
+// For each workload and concurrency c: the same --requests requests (default 4 x the highest c, at
+// least 8) are offered as c closed-loop clients (a client sends its next request when its previous one finished).
 // Reported: requests/s, generated tokens/s (chat), p50 / p99 request latency; ratios emollm /
 // llama.cpp at each c, and emollm's throughput at c = max over c = 1.
 //
@@ -92,11 +92,12 @@ function xorshift(seed) {
   };
 }
 
-function makeRequests(spec, c) {
-  const rnd = xorshift(1000 + c);
+// The same requests at every concurrency, so the levels compare like with like.
+function makeRequests(spec) {
+  const rnd = xorshift(1000);
   const V = spec.nVocab;
   const id = () => 3 + Math.floor(rnd() * (V - 3)); // not BOS / EOS / UNK
-  const n = spec.requests || Math.max(8, 4 * c);
+  const n = spec.requests || Math.max(8, 4 * Math.max(...spec.concurrency));
   const out = [];
   for (let r = 0; r < n; r++) {
     const prompt = [1, ...Array.from({ length: spec.prompt - 1 }, id)];
@@ -122,7 +123,8 @@ async function closedLoop(requests, c, run) {
       const i = next++;
       if (i >= requests.length) return;
       const s = performance.now();
-      tokens += await run(requests[i]);
+      const n = await run(requests[i]); // not `tokens += await ...`: that reads tokens before the await
+      tokens += n;
       lat.push((performance.now() - s) / 1000);
     }
   }));
@@ -149,7 +151,7 @@ async function emollmChild(spec) {
     for (const c of spec.concurrency) {
       const batch = model.createBatch({ nCtx: spec.nCtx, maxSequences: c });
       try {
-        const reqs = makeRequests(spec, c);
+        const reqs = makeRequests(spec);
         // warm-up: one request of each kind
         await batch.generate(Int32Array.from(reqs[0].prompt), { maxTokens: 2, temperature: 0 }).promise;
         const chat = await closedLoop(reqs, c, async (q) => {
@@ -190,7 +192,7 @@ async function llamacppChild(spec) {
       const context = await model.createContext({ contextSize: spec.nCtx * c, sequences: c, batchSize: Math.min(512, spec.nCtx * c), threads: spec.threads });
       try {
         const free = Array.from({ length: c }, () => context.getSequence());
-        const reqs = makeRequests(spec, c);
+        const reqs = makeRequests(spec);
         const eos = model.tokens.eos;
         const withSeq = async (fn) => {
           const seq = free.pop();
