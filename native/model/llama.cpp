@@ -452,6 +452,8 @@ size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_
   return b;
 }
 
+}  // namespace
+
 // log-softmax of row x at index id, in double.
 double log_softmax_at(const float* x, int64_t n, int64_t id) {
   double mx = -INFINITY;
@@ -460,8 +462,6 @@ double log_softmax_at(const float* x, int64_t n, int64_t id) {
   for (int64_t i = 0; i < n; ++i) sum += std::exp(double(x[i]) - mx);
   return double(x[id]) - mx - std::log(sum);
 }
-
-}  // namespace
 
 LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts)
     : model_(std::move(model)),
@@ -620,32 +620,52 @@ const float* LlamaContext::seq_eval_prompt(int seq, const int32_t* prompt, int64
 
 bool LlamaContext::decode(const LlamaBatchRow* rows, int64_t n, float* out_logits, const std::atomic<bool>* abort) {
   EMOLLM_CHECK_ARG(n > 0 && rows != nullptr && out_logits != nullptr, "decode: no rows");
-  EMOLLM_CHECK_ARG(n <= n_batch_, "decode: " + std::to_string(n) + " rows exceed n_batch " + std::to_string(n_batch_));
+  std::vector<LlamaBatchSegment> segs(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) segs[size_t(r)] = LlamaBatchSegment{rows[r].seq, &rows[r].token, 1, false};
+  return eval_batch(segs.data(), n, out_logits, abort);
+}
+
+int64_t LlamaContext::batch_output_rows(const LlamaBatchSegment* segs, int64_t n_segs) {
+  int64_t rows = 0;
+  for (int64_t i = 0; i < n_segs; ++i) rows += segs[i].all_logits ? segs[i].n : 1;
+  return rows;
+}
+
+bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, float* out, const std::atomic<bool>* abort) {
+  EMOLLM_CHECK_ARG(n_segs > 0 && segs != nullptr && out != nullptr, "eval_batch: no segments");
   std::vector<uint8_t> seen(seqs_.size(), 0);
-  std::vector<Segment> segs(static_cast<size_t>(n));
-  for (int64_t r = 0; r < n; ++r) {
-    const int s = rows[r].seq;
-    const Seq& q = seq_at(s);
-    EMOLLM_CHECK_ARG(!seen[size_t(s)], "decode: sequence " + std::to_string(s) + " appears twice in one step");
-    seen[size_t(s)] = 1;
-    if (int64_t(q.tokens.size()) >= n_ctx_)
-      throw Error(ErrorCode::InvalidArgument, "decode: sequence " + std::to_string(s) + " is full (" + std::to_string(n_ctx_) + " tokens)");
-    check_ids(&rows[r].token, 1, false);
-    Segment& sg = segs[size_t(r)];
-    sg.seq = s;
-    sg.tokens = &rows[r].token;
-    sg.n = 1;
+  std::vector<Segment> fs(static_cast<size_t>(n_segs));
+  int64_t rows = 0;
+  for (int64_t i = 0; i < n_segs; ++i) {
+    const LlamaBatchSegment& b = segs[i];
+    const Seq& q = seq_at(b.seq);
+    EMOLLM_CHECK_ARG(b.n > 0 && b.tokens != nullptr, "eval_batch: segment " + std::to_string(i) + " has no tokens");
+    EMOLLM_CHECK_ARG(!seen[size_t(b.seq)], "eval_batch: sequence " + std::to_string(b.seq) + " appears twice in one step");
+    seen[size_t(b.seq)] = 1;
+    if (int64_t(q.tokens.size()) + b.n > n_ctx_)
+      throw Error(ErrorCode::InvalidArgument, "eval_batch: sequence " + std::to_string(b.seq) + " cannot take " +
+                                                  std::to_string(b.n) + " more tokens (context of " + std::to_string(n_ctx_) + ")");
+    check_ids(b.tokens, b.n, false);
+    rows += b.n;
+    Segment& sg = fs[size_t(i)];
+    sg.seq = b.seq;
+    sg.tokens = b.tokens;
+    sg.n = b.n;
     sg.pos0 = int64_t(q.tokens.size());
+    sg.all_logits = b.all_logits;
   }
-  for (const Segment& sg : segs) set_mrope_positions(sg.seq, sg.pos0, 1, nullptr);
-  if (!forward(segs.data(), int(n), out_logits, abort)) return false;
+  EMOLLM_CHECK_ARG(rows <= n_batch_, "eval_batch: " + std::to_string(rows) + " rows exceed n_batch " + std::to_string(n_batch_));
+  for (const Segment& sg : fs) set_mrope_positions(sg.seq, sg.pos0, sg.n, nullptr);
+  if (!forward(fs.data(), int(n_segs), out, abort)) return false;
   const int64_t V = n_vocab();
   Backend& be = model_->backend();
-  for (int64_t r = 0; r < n; ++r) {
-    Seq& q = seqs_[size_t(rows[r].seq)];
-    q.tokens.push_back(rows[r].token);
+  int64_t o = 0;
+  for (const Segment& sg : fs) {
+    Seq& q = seqs_[size_t(sg.seq)];
+    q.tokens.insert(q.tokens.end(), sg.tokens, sg.tokens + sg.n);
     q.has_logits = true;
-    be.copy(logits_ + int64_t(rows[r].seq) * V, out_logits + r * V, size_t(V) * sizeof(float));
+    o += sg.all_logits ? sg.n : 1;
+    be.copy(logits_ + int64_t(sg.seq) * V, out + (o - 1) * V, size_t(V) * sizeof(float));
   }
   return true;
 }

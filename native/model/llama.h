@@ -139,11 +139,23 @@ struct LlamaContextOptions {
   int64_t n_seq = 1;    // sequences (KV slots) the context holds; each has n_ctx positions
 };
 
+// log p(id) under softmax(x[0..n)), computed in double (the scoring of options).
+double log_softmax_at(const float* x, int64_t n, int64_t id);
+
 // One decode row of a batched step (LlamaContext::decode): `token` is appended to sequence `seq`
 // at its next position.
 struct LlamaBatchRow {
   int seq = 0;
   int32_t token = 0;
+};
+
+// A run of n tokens appended to sequence `seq` in a batched step (LlamaContext::eval_batch).
+// all_logits: the output receives every row's logits (scoring), else only the last row's.
+struct LlamaBatchSegment {
+  int seq = 0;
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  bool all_logits = false;
 };
 
 // A KV cache of n_seq slots of n_ctx positions each (slot-based: sequence s owns slot s) and all
@@ -258,6 +270,17 @@ class LlamaContext {
   // past their largest cached position. Throws InvalidArgument on a full sequence, a repeated
   // sequence or a bad id. Returns false when *abort became true (no sequence changed).
   bool decode(const LlamaBatchRow* rows, int64_t n, float* out_logits, const std::atomic<bool>* abort = nullptr);
+
+  // The general batched step: each segment appends its tokens to its sequence (distinct
+  // sequences, sum of n <= n_batch), all in ONE forward pass. `out` receives, in segment order,
+  // every row's logits of all_logits segments and the last row's of the others. Each sequence's
+  // seq_logits() becomes its last row's. Token ids must be >= 0 (no input embeddings here);
+  // M-RoPE sequences continue one past their largest cached position. Throws InvalidArgument on a
+  // full sequence, a repeated sequence, too many rows or a bad id. Returns false when *abort
+  // became true (no sequence changed).
+  bool eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, float* out, const std::atomic<bool>* abort = nullptr);
+  // Rows of output eval_batch writes for these segments.
+  static int64_t batch_output_rows(const LlamaBatchSegment* segs, int64_t n_segs);
 
  private:
   // A run of one sequence's consecutive tokens inside a forward pass.

@@ -135,8 +135,7 @@ void Scheduler::loop() {
       return;
     }
     for (auto& a : admitted) admit(std::move(a));
-    decode_step();
-    score_step();
+    step();
     for (auto& a : running_)
       if (a->done) finish(a);
     running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
@@ -212,29 +211,77 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
   else running_.push_back(std::move(a));
 }
 
-void Scheduler::decode_step() {
-  std::vector<LlamaBatchRow> rows;
+// One batched forward pass for the step: a row for every generating sequence's next token and,
+// for every scoring sequence, the rows of its next option (all their logits); options of one
+// token need no pass (the prefix's logits score them). Rows past n_batch wait for the next step.
+void Scheduler::step() {
+  LlamaContext& ctx = *ctx_;
+  const int64_t V = ctx.n_vocab(), budget = ctx.n_batch();
+  std::vector<LlamaBatchSegment> segs;
   std::vector<Active*> who;
-  for (auto& a : running_) {
-    if (a->done || a->req.kind != SeqRequest::Kind::Generate || a->next_token < 0) continue;
+  int64_t rows = 0;
+  for (auto& ap : running_) {
+    Active* a = ap.get();
+    if (a->done) continue;
     if (a->aborted()) {
-      a->gen->abort();
+      if (a->gen) a->gen->abort();
       a->done = true;
       continue;
     }
-    rows.push_back({a->slot, a->next_token});
-    who.push_back(a.get());
+    if (a->req.kind == SeqRequest::Kind::Generate) {
+      if (a->next_token < 0 || rows + 1 > budget) continue;
+      segs.push_back(LlamaBatchSegment{a->slot, &a->next_token, 1, false});
+      who.push_back(a);
+      rows += 1;
+      continue;
+    }
+    // scoring: options of 0 or 1 token are scored from the prefix logits alone
+    const auto& conts = a->req.continuations;
+    while (a->next_cont < conts.size() && conts[a->next_cont].size() <= 1) {
+      LlamaContext::ContinuationScore sc;
+      if (!conts[a->next_cont].empty()) {
+        sc.token_logprobs.push_back(log_softmax_at(a->prefix_logits.data(), V, conts[a->next_cont][0]));
+        sc.logprob = sc.token_logprobs[0];
+      }
+      a->out.scores.push_back(std::move(sc));
+      a->next_cont++;
+    }
+    if (a->next_cont == conts.size()) {
+      a->done = true;
+      continue;
+    }
+    const auto& c = conts[a->next_cont];
+    const int64_t m = int64_t(c.size()) - 1;
+    if (m > budget) {  // longer than a pass: its own passes, in chunks
+      try {
+        LlamaContext::ContinuationScore sc;
+        if (!ctx.seq_score_continuation(a->slot, a->prefix_logits.data(), c, &sc, a->abort.get())) {
+          a->done = true;
+          continue;
+        }
+        a->out.scores.push_back(std::move(sc));
+        a->done = ++a->next_cont == conts.size();
+      } catch (...) {
+        a->out.error = std::current_exception();
+        a->done = true;
+      }
+      continue;
+    }
+    if (rows + m > budget) continue;
+    segs.push_back(LlamaBatchSegment{a->slot, c.data(), m, true});
+    who.push_back(a);
+    rows += m;
   }
-  if (rows.empty()) return;
-  const int64_t V = ctx_->n_vocab(), n = int64_t(rows.size());
-  step_logits_.resize(size_t(n * V));
+  if (segs.empty()) return;
+  const int64_t n_segs = int64_t(segs.size());
+  step_logits_.resize(size_t(LlamaContext::batch_output_rows(segs.data(), n_segs) * V));
   bool ok = false;
   try {
-    ok = ctx_->decode(rows.data(), n, step_logits_.data(), &stop_);
+    ok = ctx.eval_batch(segs.data(), n_segs, step_logits_.data(), &stop_);
   } catch (...) {
     for (Active* a : who) {
       a->out.error = std::current_exception();
-      a->gen->abort();
+      if (a->gen) a->gen->abort();
       a->done = true;
     }
     return;
@@ -242,38 +289,33 @@ void Scheduler::decode_step() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.steps++;
-    if (n > 1) stats_.batched_steps++;
-    stats_.max_batch = std::max(stats_.max_batch, n);
-    stats_.decoded_tokens += n;
+    if (n_segs > 1) stats_.batched_steps++;
+    stats_.max_batch = std::max(stats_.max_batch, n_segs);
+    stats_.decoded_tokens += rows;
   }
-  for (int64_t r = 0; r < n; ++r) {
-    Active* a = who[size_t(r)];
-    const float* logits = ok ? step_logits_.data() + r * V : nullptr;
-    a->next_token = a->gen->step(logits, a->aborted(), ctx_->seq_n_past(a->slot), a->req.on_token);
-    a->done = a->next_token < 0;
-  }
-}
-
-void Scheduler::score_step() {
-  for (auto& a : running_) {
-    if (a->done || a->req.kind != SeqRequest::Kind::Score) continue;
-    if (a->aborted()) {
-      a->done = true;
+  const float* out = step_logits_.data();
+  for (int64_t i = 0; i < n_segs; ++i) {
+    Active* a = who[size_t(i)];
+    const LlamaBatchSegment& sg = segs[size_t(i)];
+    if (a->req.kind == SeqRequest::Kind::Generate) {
+      a->next_token = a->gen->step(ok ? out : nullptr, a->aborted(), ctx.seq_n_past(a->slot), a->req.on_token);
+      a->done = a->next_token < 0;
+      out += V;
       continue;
     }
-    try {
-      LlamaContext::ContinuationScore sc;
-      if (!ctx_->seq_score_continuation(a->slot, a->prefix_logits.data(), a->req.continuations[a->next_cont], &sc,
-                                        a->abort.get())) {
-        a->done = true;
-        continue;
-      }
-      a->out.scores.push_back(std::move(sc));
-      a->done = ++a->next_cont == a->req.continuations.size();
-    } catch (...) {
-      a->out.error = std::current_exception();
+    const auto& c = a->req.continuations[a->next_cont];
+    if (!ok) {
       a->done = true;
+    } else {
+      LlamaContext::ContinuationScore sc;
+      sc.token_logprobs.push_back(log_softmax_at(a->prefix_logits.data(), V, c[0]));
+      for (int64_t j = 1; j < int64_t(c.size()); ++j) sc.token_logprobs.push_back(log_softmax_at(out + (j - 1) * V, V, c[size_t(j)]));
+      for (double lp : sc.token_logprobs) sc.logprob += lp;
+      a->out.scores.push_back(std::move(sc));
+      ctx.seq_truncate(a->slot, ctx.seq_n_past(a->slot) - sg.n);  // back to the prefix
+      a->done = ++a->next_cont == a->req.continuations.size();
     }
+    out += sg.n * V;
   }
 }
 

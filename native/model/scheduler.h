@@ -15,11 +15,12 @@
 //      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
 //      running) those positions are copied into the chosen slot once (prefix sharing). The rest
 //      of the prompt is prefilled as its own pass.
-//   2. decode: every generating sequence that has a token to evaluate contributes one row to
-//      ONE batched forward pass (LlamaContext::decode: weight GEMMs with M = rows, attention per
-//      slot); each then samples/delivers/stops exactly as Session::generate (SequenceGenerator).
-//   3. score: each scoring sequence evaluates its next option from its cached prefix (the
-//      prefix is evaluated once per request and shared by all its options).
+//   2. step: ONE batched forward pass (LlamaContext::eval_batch: weight GEMMs with M = all rows,
+//      attention per slot) carries a row for every generating sequence's next token and, for
+//      every scoring sequence, the rows of its next option (evaluated from its cached prefix,
+//      then truncated back to it: the prefix is evaluated once per request and shared by all its
+//      options). Each generating sequence then samples / delivers / stops exactly as
+//      Session::generate (SequenceGenerator).
 // Finished or aborted sequences leave at the end of the step; their slot keeps its cache for
 // prefix reuse by the next request. Aborts are per request (a waiting request leaves the queue;
 // a running one ends at the next step); other sequences are not disturbed.
@@ -73,10 +74,10 @@ struct SeqRequest {
 };
 
 struct SchedulerStats {
-  int64_t steps = 0;            // batched decode passes run
-  int64_t batched_steps = 0;    // of which with 2 rows or more
-  int64_t max_batch = 0;        // most rows in one decode pass
-  int64_t decoded_tokens = 0;   // rows decoded in all passes
+  int64_t steps = 0;            // batched step passes run
+  int64_t batched_steps = 0;    // of which with 2 sequences or more
+  int64_t max_batch = 0;        // most sequences in one step pass
+  int64_t decoded_tokens = 0;   // token rows evaluated in all step passes
   int64_t prefills = 0;         // prompt passes
   int64_t prefix_copies = 0;    // prefixes copied from another slot
   int64_t reused_tokens = 0;    // prompt positions not recomputed (own cache or copied)
@@ -107,8 +108,7 @@ class Scheduler {
   void loop();
   void admit(std::unique_ptr<Active> a);
   void finish(std::unique_ptr<Active>& a);
-  void decode_step();
-  void score_step();
+  void step();
 
   std::shared_ptr<const LlamaModel> model_;
   std::unique_ptr<LlamaContext> ctx_;  // used by the scheduler thread only
