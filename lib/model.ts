@@ -304,13 +304,13 @@ export interface SequenceStats {
   active: number;
   /** Calls waiting for a slot. */
   queued: number;
-  /** Batched decode passes run so far. */
+  /** Step passes run so far (each carries every running sequence's next token or option). */
   steps: number;
   /** Of which with two sequences or more. */
   batchedSteps: number;
-  /** Most sequences in one decode pass. */
+  /** Most sequences in one step pass. */
   maxBatch: number;
-  /** Tokens decoded in all passes (one row per sequence per pass). */
+  /** Token rows evaluated in all step passes. */
   decodedTokens: number;
   /** Prompt prefills run. */
   prefills: number;
