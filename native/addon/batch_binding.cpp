@@ -237,7 +237,6 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     if (!on_tokens.IsEmpty()) b->on_tokens = Napi::Persistent(on_tokens);
     auto noop = Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
     b->tsfn = Napi::ThreadSafeFunction::New(env, noop, "emollm.batch", 0, 1);
-    std::weak_ptr<SeqBridge> wb = b;
     if (r.kind == SeqRequest::Kind::Generate && !on_tokens.IsEmpty()) {
       SeqBridge* raw = b.get();  // alive until complete(): the on_done closure holds it
       r.on_token = [raw](int32_t t) { raw->push(t); };
