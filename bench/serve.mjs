@@ -312,7 +312,7 @@ async function main() {
       console.log(`${kind}: emollm throughput at c=${Math.max(...o.concurrency)} / c=${Math.min(...o.concurrency)}: ${f(scale)}x`);
     }
   }
-  if (em.ok) for (const r of em.results) console.log(`emollm c=${r.concurrency}: ${r.stats.steps} decode passes, ${r.stats.batchedSteps} with several sequences, at most ${r.stats.maxBatch} rows`);
+  if (em.ok) for (const r of em.results) console.log(`emollm c=${r.concurrency}: ${r.stats.steps} step passes, ${r.stats.batchedSteps} with several sequences, at most ${r.stats.maxBatch} sequences in one`);
   if (!em.ok) console.log(`emollm: failed: ${em.error}`);
   if (lc && !lc.ok) console.log(`llama.cpp: not measured: ${lc.error}`);
   if (o.json) {
