@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -288,4 +289,31 @@ TEST(scheduler_shutdown_aborts_waiting_and_running) {
   SeqOutcome o1 = p1.get_future().get(), o2 = p2.get_future().get();
   EXPECT(o1.generated.reason == StopReason::Aborted && o1.generated.tokens.size() == 2);
   EXPECT(o2.generated.reason == StopReason::Aborted && o2.generated.tokens.empty());
+}
+
+TEST(scheduler_waiting_requests_are_admitted_in_arrival_order) {
+  if (stories_gguf().empty()) return;
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 1;  // one slot: completion order is admission order
+  Scheduler sched(model(), so);
+  std::mutex mu;
+  std::vector<int> order;
+  std::vector<std::promise<void>> done(6);
+  for (int i = 0; i < 6; ++i) {
+    SeqRequest r;
+    r.prompt = {1, int32_t(10 + i)};
+    r.params = greedy(3 + i % 3);
+    r.on_done = [&, i](SeqOutcome&&) {
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        order.push_back(i);
+      }
+      done[size_t(i)].set_value();
+    };
+    sched.submit(std::move(r));
+  }
+  for (auto& d : done) d.get_future().get();
+  EXPECT((order == std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT(sched.stats().max_batch == 1);
 }
