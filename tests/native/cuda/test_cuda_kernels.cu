@@ -1,5 +1,6 @@
 // CUDA kernels (kernels/cuda) against the CPU kernels, on odd shapes. Built only when CUDA is
-// enabled (CMake EMOLLM_CUDA); uses the same harness and main as the native tests.
+// enabled (CMake EMOLLM_CUDA); uses the same harness and main as the native tests. Each test
+// prints a skip and returns on a machine without a CUDA device (gpu_test.h).
 //   test_cuda_kernels [substring-filter]   ->  "N passed, N failed"
 // Tolerances: f32 everywhere; attention |diff| <= 2e-4 + 2e-4 |ref| against the double
 // reference; GEMM / projection 1e-4 abs + 1e-4 rel (bf16 weights: compared with the same
@@ -15,6 +16,7 @@
 #include "../../../kernels/cuda/cuda_kernels.h"
 #include "../../../base/error.h"
 #include "../testing.h"
+#include "gpu_test.h"
 
 using namespace emollm;
 
@@ -120,6 +122,7 @@ void run_attention(const AttnCase& c, bool bf16_kv, bool use_workspace, const st
 }  // namespace
 
 TEST(cuda_attention_specialised_head_dims) {
+  SKIP_WITHOUT_GPU();
   run_attention({37, 37, 4, 2, 64, true, 0, 3}, false, false, "d64 causal gqa");
   run_attention({19, 50, 6, 2, 80, true, 31, 5}, false, false, "d80 causal kvcache gqa3");
   run_attention({70, 133, 2, 1, 128, false, 0, 0}, false, false, "d128 bidir");
@@ -127,6 +130,7 @@ TEST(cuda_attention_specialised_head_dims) {
 }
 
 TEST(cuda_attention_generic_head_dims) {
+  SKIP_WITHOUT_GPU();
   run_attention({21, 45, 2, 1, 40, true, 24, 1}, false, false, "d40");
   run_attention({17, 29, 2, 2, 100, false, 0, 2}, false, false, "d100");
   run_attention({9, 70, 4, 2, 200, true, 61, 0}, false, false, "d200 (>48KB smem)");
@@ -134,6 +138,7 @@ TEST(cuda_attention_generic_head_dims) {
 }
 
 TEST(cuda_attention_bf16_kv) {
+  SKIP_WITHOUT_GPU();
   run_attention({37, 37, 4, 2, 64, true, 0, 3}, true, false, "d64");
   run_attention({19, 50, 6, 2, 80, true, 31, 0}, true, false, "d80");
   run_attention({70, 133, 2, 1, 128, false, 0, 0}, true, false, "d128");
@@ -141,6 +146,7 @@ TEST(cuda_attention_bf16_kv) {
 }
 
 TEST(cuda_attention_decode_split_kv) {
+  SKIP_WITHOUT_GPU();
   run_attention({1, 1000, 8, 2, 128, true, 999, 0}, false, true, "decode causal");
   run_attention({1, 1000, 8, 2, 128, true, 999, 0}, false, false, "decode causal");
   run_attention({1, 300, 8, 8, 128, true, 200, 0}, false, true, "decode cache longer than pos");
@@ -150,11 +156,13 @@ TEST(cuda_attention_decode_split_kv) {
 }
 
 TEST(cuda_attention_large_logits) {
+  SKIP_WITHOUT_GPU();
   run_attention({40, 300, 2, 1, 64, true, 260, 0, 0.0f, 6.0f}, false, false, "large logits");
   run_attention({1, 300, 2, 1, 64, true, 299, 0, 0.0f, 6.0f}, false, true, "large logits decode");
 }
 
 TEST(cuda_attention_bad_args) {
+  SKIP_WITHOUT_GPU();
   AttentionParams p;
   p.n_q = 2; p.n_kv = 1; p.n_heads = 1; p.n_kv_heads = 1; p.head_dim = 64;
   p.ldq = p.ldk = p.ldv = p.ldo = 64;
@@ -200,6 +208,7 @@ void run_gemm(int64_t M, int64_t N, int64_t K, int64_t ldx, int64_t ldy, bool bi
 }  // namespace
 
 TEST(cuda_gemm_odd_shapes) {
+  SKIP_WITHOUT_GPU();
   run_gemm(77, 131, 45, 50, 133, true, false);
   run_gemm(77, 131, 45, 45, 131, false, true);
   run_gemm(1, 5, 3, 3, 5, true, false);
@@ -259,6 +268,7 @@ void run_mvp(int64_t T, int64_t din, int64_t dhid, int64_t dout, int64_t H, int6
 }  // namespace
 
 TEST(cuda_mvp_projection_matches_cpu) {
+  SKIP_WITHOUT_GPU();
   run_mvp(37, 45, 29, 51, 3, 50, 55, true, false);
   run_mvp(37, 45, 29, 51, 3, 0, 0, false, false);
   run_mvp(1, 17, 9, 5, 1, 0, 0, true, false);
@@ -268,6 +278,7 @@ TEST(cuda_mvp_projection_matches_cpu) {
 }
 
 TEST(cuda_mvp_projection_bad_args) {
+  SKIP_WITHOUT_GPU();
   MvpProjectionParams p;
   p.tokens = 4; p.d_in = 8; p.d_hid = 4; p.d_out = 4; p.n_heads = 2;
   DevBuf b(4096);
