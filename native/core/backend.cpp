@@ -11,6 +11,9 @@
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/row_ops.h"
 #include "core/runtime.h"
+#if defined(EMOLLM_WITH_CUDA)
+#include "core/cuda_backend.h"
+#endif
 
 namespace emollm {
 namespace {
@@ -298,7 +301,13 @@ std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   switch (options.device) {
     case DeviceKind::Cpu: return std::make_unique<CpuBackend>(std::make_shared<ThreadPool>(options.threads));
-    case DeviceKind::Cuda: require_device(DeviceKind::Cuda); break;
+    case DeviceKind::Cuda:
+      require_device(DeviceKind::Cuda);
+#if defined(EMOLLM_WITH_CUDA)
+      return make_cuda_backend(0);
+#else
+      break;
+#endif
   }
   throw Error(ErrorCode::InvalidArgument, "unknown device");
 }

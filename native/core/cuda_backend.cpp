@@ -205,6 +205,30 @@ bool is_device_pointer(const void* p) {
   return at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged;
 }
 
+// A context's stream (BackendContext): its own non-blocking CUDA stream on the backend's device.
+class CudaStream final : public BackendStream {
+ public:
+  explicit CudaStream(int dev) : dev_(dev) {
+    DeviceGuard g(dev_);
+    check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate");
+  }
+  ~CudaStream() override {
+    cudaSetDevice(dev_);
+    cudaStreamSynchronize(s_);
+    cudaStreamDestroy(s_);
+    cudaGetLastError();
+  }
+  void synchronize() override {
+    DeviceGuard g(dev_);
+    check(cudaStreamSynchronize(s_), "stream synchronize (a kernel issued on it failed)");
+  }
+  void* native_handle() const override { return s_; }
+
+ private:
+  int dev_;
+  cudaStream_t s_ = nullptr;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaDeviceInfo& info) : info_(info), alloc_(info.index) {
@@ -249,6 +273,15 @@ class CudaBackend final : public Backend {
     check(cudaStreamSynchronize(st()), "download (a kernel issued before it failed)");
   }
   bool uses_host_memory() const override { return false; }
+
+  // ---- streams and contexts
+  std::unique_ptr<BackendStream> create_stream() override { return std::make_unique<CudaStream>(info_.index); }
+  void synchronize() override {
+    DeviceGuard g(info_.index);
+    check(cudaDeviceSynchronize(), "synchronize (a kernel issued earlier failed)");
+  }
+  // f32, and bf16 (half the cache; the attention kernel converts on load).
+  bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::BF16; }
 
   // ---- compute
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
@@ -377,15 +410,59 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // ---- data movement and row ops
+  void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) override {
+    EMOLLM_CHECK_ARG(rows >= 0, "copy_2d: negative rows");
+    if (rows == 0 || row_bytes == 0) return;
+    EMOLLM_CHECK_ARG(rows == 1 || (ld_dst >= row_bytes && ld_src >= row_bytes), "copy_2d: stride smaller than a row");
+    DeviceGuard g(info_.index);
+    const size_t ldd = rows == 1 ? row_bytes : ld_dst, lds = rows == 1 ? row_bytes : ld_src;
+    check(cudaMemcpy2DAsync(dst, ldd, src, lds, row_bytes, size_t(rows), cudaMemcpyDeviceToDevice, st()), "copy_2d");
+  }
+  void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::convert(src, src_type, dst, dst_type, n, s());
+  }
+  void add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    row_op(cuda::RowOp::AddRow, x, ldx, v, y, ldy, rows, n, false);
+  }
+  void mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    row_op(cuda::RowOp::MulRow, x, ldx, v, y, ldy, rows, n, false);
+  }
+  void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
+                   bool accumulate) override {
+    row_op(cuda::RowOp::MulRowAdd, x, ldx, v, y, ldy, rows, n, accumulate);
+  }
+  void scale(const float* x, float sc, float* y, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::scale(x, sc, y, n, s());
+  }
+
  private:
-  static DType kv_dtype(const AttentionParams&) { return DType::F32; }
+  void row_op(cuda::RowOp op, const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows,
+              int64_t n, bool acc) {
+    EMOLLM_CHECK_ARG(rows >= 0 && n >= 0, "row op: negative shape");
+    DeviceGuard g(info_.index);
+    for (int64_t r0 = 0; r0 < rows; r0 += 65535) {  // grid.y holds at most 65535 rows per launch
+      const int64_t nr = std::min<int64_t>(65535, rows - r0);
+      cuda::row_broadcast(op, x + r0 * ldx, ldx, v, y + r0 * ldy, ldy, nr, n, acc, s());
+    }
+  }
+
+  DType kv_dtype(const AttentionParams& p) const {
+    require_kv_dtype(p.kv_dtype);
+    return p.kv_dtype;
+  }
 
   void unary(cuda::Unary op, const float* x, float* y, int64_t n) {
     DeviceGuard g(info_.index);
     cuda::unary(op, x, y, n, s());
   }
-  // The stream this thread's calls go to.
-  cudaStream_t st() const { return stream_; }
+  // The stream this thread's calls go to: the bound context's (ContextScope), else the backend's own.
+  cudaStream_t st() const {
+    if (BackendStream* bs = current_stream()) return static_cast<cudaStream_t>(bs->native_handle());
+    return stream_;
+  }
   cuda::Stream s() const { return reinterpret_cast<cuda::Stream>(st()); }
 
   // n int32 from host or device memory into a host vector.

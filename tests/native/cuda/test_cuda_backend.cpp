@@ -476,3 +476,93 @@ TEST(cuda_sampling_on_device) {
   Dev db(big);
   EXPECT(sample(db, 32000, greedy) == 31999);
 }
+
+// The Backend interface additions (streams per context, KV dtype, data movement and row ops).
+TEST(cuda_backend_contexts_and_row_ops) {
+  SKIP_WITHOUT_GPU();
+  Backend& g = gpu();
+  EXPECT(g.supports_kv_dtype(DType::F32) && g.supports_kv_dtype(DType::BF16) && !g.supports_kv_dtype(DType::Q8_0));
+  EXPECT_THROWS(g.require_kv_dtype(DType::Q8_0), ErrorCode::Unsupported);
+  Rng r(17);
+  const int64_t rows = 9, n = 300, ldx = 301, ldy = 305;
+  std::vector<float> x = rnd(size_t(rows * ldx), r), v = rnd(size_t(n), r), y0 = rnd(size_t(rows * ldy), r);
+  // Issued on a context's own stream (ContextScope), then read back.
+  BackendContext ctx(g);
+  ContextScope scope(ctx);
+  EXPECT(g.current_stream() == &ctx.stream() && ctx.stream().native_handle() != nullptr);
+  Dev dx(x), dv(v);
+  struct Op { const char* name; int kind; bool acc; };
+  for (Op op : {Op{"add_row", 0, false}, Op{"mul_row", 1, false}, Op{"mul_row_add", 2, false}, Op{"mul_row_add acc", 2, true}}) {
+    std::vector<float> want = y0;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t c = 0; c < n; ++c) {
+        const float a = x[size_t(i * ldx + c)], b = v[size_t(c)];
+        float& w = want[size_t(i * ldy + c)];
+        w = op.kind == 0 ? a + b : op.kind == 1 ? a * b : (op.acc ? w + a * b : a * b);
+      }
+    Dev dy(y0);
+    if (op.kind == 0) g.add_row(dx.f(), ldx, dv.f(), dy.f(), ldy, rows, n);
+    else if (op.kind == 1) g.mul_row(dx.f(), ldx, dv.f(), dy.f(), ldy, rows, n);
+    else g.mul_row_add(dx.f(), ldx, dv.f(), dy.f(), ldy, rows, n, op.acc);
+    ctx.synchronize();
+    auto got = dy.get();
+    EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 1e-6, 1e-6, op.name);  // padding included: untouched
+  }
+  {
+    Dev dy(size_t(rows * ldx) * 4);
+    g.scale(dx.f(), -0.5f, dy.f(), rows * ldx);
+    auto got = dy.get();
+    std::vector<float> want(x.size());
+    for (size_t i = 0; i < x.size(); ++i) want[i] = -0.5f * x[i];
+    EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 0.0, 0.0, "scale");
+  }
+  {
+    // copy_2d: a 9 x 300-float block out of rows of 301 into rows of 305.
+    Dev dy(y0);
+    g.copy_2d(dy.p, size_t(ldy) * 4, dx.p, size_t(ldx) * 4, rows, size_t(n) * 4);
+    auto got = dy.get();
+    std::vector<float> want = y0;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t c = 0; c < n; ++c) want[size_t(i * ldy + c)] = x[size_t(i * ldx + c)];
+    EXPECT(got == want);
+  }
+  {
+    // convert f32 -> bf16 -> f32 and f32 -> f16: the host conversions bit for bit.
+    const int64_t cnt = rows * ldx;
+    Dev d16(size_t(cnt) * 2), dback(size_t(cnt) * 4);
+    g.convert(dx.p, DType::F32, d16.p, DType::BF16, cnt);
+    auto bits = d16.get<uint16_t>();
+    bool same = true;
+    for (int64_t i = 0; i < cnt; ++i) same = same && bits[size_t(i)] == f32_to_bf16(x[size_t(i)]);
+    EXPECT(same);
+    g.convert(d16.p, DType::BF16, dback.p, DType::F32, cnt);
+    auto back = dback.get();
+    same = true;
+    for (int64_t i = 0; i < cnt; ++i) same = same && back[size_t(i)] == bf16_to_f32(bits[size_t(i)]);
+    EXPECT(same);
+    g.convert(dx.p, DType::F32, d16.p, DType::F16, cnt);
+    bits = d16.get<uint16_t>();
+    same = true;
+    for (int64_t i = 0; i < cnt; ++i) same = same && bits[size_t(i)] == f32_to_f16(x[size_t(i)]);
+    EXPECT(same);
+    EXPECT_THROWS(g.convert(dx.p, DType::F32, d16.p, DType::Q8_0, 32), ErrorCode::Unsupported);
+  }
+  {
+    // bf16 KV through the backend (AttentionParams::kv_dtype) against the CPU on the rounded K/V.
+    AttentionParams p;
+    p.n_q = 5; p.n_kv = 300; p.n_heads = 8; p.n_kv_heads = 2; p.head_dim = 128;
+    p.ldq = p.ldo = 8 * 128; p.ldk = p.ldv = 2 * 128;
+    p.causal = true; p.q_pos0 = 295;
+    std::vector<float> q = rnd(size_t(p.n_q * p.ldq), r), k = rnd(size_t(p.n_kv * p.ldk), r), vv = rnd(size_t(p.n_kv * p.ldv), r);
+    std::vector<uint16_t> kb(k.size()), vb(vv.size());
+    for (size_t i = 0; i < k.size(); ++i) { kb[i] = f32_to_bf16(k[i]); k[i] = bf16_to_f32(kb[i]); }
+    for (size_t i = 0; i < vv.size(); ++i) { vb[i] = f32_to_bf16(vv[i]); vv[i] = bf16_to_f32(vb[i]); }
+    std::vector<float> want(size_t(p.n_q * p.ldo));
+    cpu().attention(q.data(), k.data(), vv.data(), want.data(), p);
+    Dev dq(q), dk(kb), dvv(vb), dout(want.size() * 4);
+    p.kv_dtype = DType::BF16;
+    g.attention(dq.f(), static_cast<const float*>(dk.p), static_cast<const float*>(dvv.p), dout.f(), p);
+    auto got = dout.get();
+    EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 2e-4, 2e-4, "attention bf16 KV (kv_dtype)");
+  }
+}
