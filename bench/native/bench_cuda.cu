@@ -356,6 +356,13 @@ void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
   const int reps = n_q == 1 ? 10 * g_reps : g_reps;
   const double t_fused = time_ms([&] { cuda::attention(q, kk, vv, kt, o, p, ws, wsb, nullptr); }, reps);
   const double t_naive = time_ms([&] { naive_attention(q, k, v, o2, S, p); }, std::max(3, reps / 4));
+  // Tensor-core flash attention (bf16 operands) on the same inputs, prefill shapes.
+  double t_tc = -1;
+  float diff_tc = -1.0f;
+  if (n_q >= 16 && cuda::attention_tc_supported(p, kt)) {
+    t_tc = time_ms([&] { cuda::attention_tc(q, kk, vv, kt, o2, p, nullptr); }, reps);
+    diff_tc = max_abs_diff(o, o2, size_t(n_q * p.ldo));
+  }
   const float diff = bf16 ? -1.0f : max_abs_diff(o, o2, size_t(n_q * p.ldo));
   // causal: query i sees q_pos0 + i + 1 keys
   double pairs = 0;
@@ -368,6 +375,15 @@ void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
               flop / (t_fused * 1e-3) / 1e12, kv_bytes / (t_fused * 1e-3) / 1e9, t_naive,
               flop / (t_naive * 1e-3) / 1e12, t_naive / t_fused, double(diff),
               wsb ? " (split-KV)" : "");
+  if (t_tc > 0) {
+    const double tf = flop / (t_tc * 1e-3) / 1e12;
+    std::printf("attention_tc (tensor cores, bf16 operands) %8.3f ms %7.2f TFLOP/s %5.1f%% of tc probe | x%.1f vs f32 "
+                "flash | max|diff vs f32 flash| %.2e\n",
+                t_tc, tf, 100.0 * tf / g_tc_peak, t_fused / t_tc, double(diff_tc));
+    g_json.push_back("{\"op\":\"attention_tc\",\"n_q\":" + std::to_string(n_q) + ",\"n_kv\":" +
+                     std::to_string(n_kv) + ",\"causal\":" + (causal ? "true" : "false") + ",\"ms\":" + jnum(t_tc) +
+                     ",\"tflops\":" + jnum(tf) + ",\"pct_tc_peak\":" + jnum(100.0 * tf / g_tc_peak) + "}");
+  }
   g_json.push_back("{\"op\":\"attention\",\"n_q\":" + std::to_string(n_q) + ",\"n_kv\":" + std::to_string(n_kv) +
                    ",\"causal\":" + (causal ? "true" : "false") + ",\"kv\":\"" + (bf16 ? "bf16" : "f32") +
                    "\",\"ms\":" + jnum(t_fused) + ",\"tflops\":" + jnum(flop / (t_fused * 1e-3) / 1e12) +

@@ -38,6 +38,16 @@ size_t attention_workspace_bytes(const AttentionParams& p);
 void attention(const float* q, const void* k, const void* v, DType kv_type, float* out, const AttentionParams& p,
                void* workspace, size_t workspace_bytes, Stream stream);
 
+// Flash attention on tensor cores (FlashAttention-2 style, bf16 mma.sync m16n8k16, f32
+// accumulation and softmax state): same semantics and arguments as attention(), for head_dim 64
+// or 128 and K/V f32 or bf16 (attention_tc_supported). Q (pre-scaled), K, V and the softmax
+// weights P enter the tensor cores as bf16, so results differ from the f32 kernel by bf16
+// rounding (about 1e-3 relative for unit-scale inputs). Prefill-shaped: 64 query rows per block,
+// no split-KV (decode keeps attention()).
+bool attention_tc_supported(const AttentionParams& p, DType kv_type);
+void attention_tc(const float* q, const void* k, const void* v, DType kv_type, float* out, const AttentionParams& p,
+                  Stream stream);
+
 // ---------------------------------------------------------------- matrix product
 // Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N]); X/Y f32, W of wtype F32 or BF16, f32 accumulation.
 // Tiled shared-memory GEMM (the building block of the projection below; exposed for the

@@ -376,9 +376,16 @@ class CudaBackend final : public Backend {
 
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     DeviceGuard g(info_.index);
+    const DType kt = kv_dtype(p);
+    // A bf16 KV cache is the caller's choice of 16-bit attention operands: prefill then runs on
+    // tensor cores. f32 caches, decode (few query rows) and other head sizes keep the f32 kernel.
+    if (kt == DType::BF16 && p.n_q >= 16 && cuda::attention_tc_supported(p, kt)) {
+      cuda::attention_tc(q, k, v, kt, out, p, s());
+      return;
+    }
     const size_t ws = cuda::attention_workspace_bytes(p);
     Scratch w(alloc_, st(), ws);
-    cuda::attention(q, k, v, kv_dtype(p), out, p, w.get(), ws, s());
+    cuda::attention(q, k, v, kt, out, p, w.get(), ws, s());
   }
 
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2, const float* G,

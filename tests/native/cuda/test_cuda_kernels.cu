@@ -178,6 +178,65 @@ TEST(cuda_attention_bad_args) {
                 ErrorCode::InvalidArgument);
 }
 
+// ------------------------------------------------------------------ attention on tensor cores
+// Tolerance: Q (pre-scaled), K, V and the softmax weights are bf16 operands: 5e-3 + 1e-2 |ref|
+// against the double reference for unit-scale inputs (the f32 kernel above holds 2e-4).
+namespace {
+void run_attention_tc(const AttnCase& c, bool bf16_kv) {
+  AttentionParams p;
+  p.n_q = c.n_q; p.n_kv = c.n_kv; p.n_heads = c.heads; p.n_kv_heads = c.kv_heads; p.head_dim = c.D;
+  p.ldq = c.heads * c.D + c.pad; p.ldo = c.heads * c.D + c.pad + 1;
+  p.ldk = c.kv_heads * c.D + c.pad; p.ldv = c.kv_heads * c.D + 2 * c.pad;
+  p.scale = c.scale; p.causal = c.causal; p.q_pos0 = c.q_pos0;
+  CuRng r(uint64_t(c.n_q * 17 + c.n_kv * 5 + c.D));
+  std::vector<float> q = rand_vec(size_t(p.n_q * p.ldq), r, -c.amp, c.amp);
+  std::vector<float> k = rand_vec(size_t(p.n_kv * p.ldk), r, -c.amp, c.amp);
+  std::vector<float> v = rand_vec(size_t(p.n_kv * p.ldv), r, -1.f, 1.f);
+  std::vector<uint16_t> kb, vb;
+  if (bf16_kv) { kb = round_bf16(k); vb = round_bf16(v); }
+  std::vector<float> want(size_t(p.n_q * p.ldo), 0.0f);
+  ref::attention(q.data(), k.data(), v.data(), want.data(), p);
+  DevBuf dq(q);
+  DevBuf dk32(bf16_kv ? std::vector<float>{} : k), dv32(bf16_kv ? std::vector<float>{} : v);
+  DevBuf dk16(bf16_kv ? kb : std::vector<uint16_t>{}), dv16(bf16_kv ? vb : std::vector<uint16_t>{});
+  std::vector<float> init(size_t(p.n_q * p.ldo), -555.0f);
+  DevBuf dout(init);
+  cuda::attention_tc(dq.f(), bf16_kv ? dk16.p : dk32.p, bf16_kv ? dv16.p : dv32.p, bf16_kv ? DType::BF16 : DType::F32,
+                     dout.f(), p, nullptr);
+  std::vector<float> got = dout.get<float>(init.size());
+  std::vector<float> g2, w2;
+  bool pad_ok = true;
+  for (int64_t i = 0; i < p.n_q; ++i) {
+    for (int64_t e = 0; e < p.n_heads * p.head_dim; ++e) {
+      g2.push_back(got[size_t(i * p.ldo + e)]);
+      w2.push_back(want[size_t(i * p.ldo + e)]);
+    }
+    for (int64_t e = p.n_heads * p.head_dim; e < p.ldo; ++e) pad_ok = pad_ok && got[size_t(i * p.ldo + e)] == -555.0f;
+  }
+  const std::string what = std::string("attention_tc") + (bf16_kv ? " bf16kv" : " f32kv") + " nq=" +
+                           std::to_string(c.n_q) + " nkv=" + std::to_string(c.n_kv) + " D=" + std::to_string(c.D) +
+                           (c.causal ? " causal" : " bidir");
+  EXPECT_ALL_CLOSE(g2.data(), w2.data(), g2.size(), 5e-3, 1e-2, what);
+  if (!pad_ok) emollm_test::report_failure(__FILE__, __LINE__, what + ": row padding was written");
+}
+}  // namespace
+
+TEST(cuda_attention_tensor_cores) {
+  SKIP_WITHOUT_GPU();
+  run_attention_tc({37, 37, 4, 2, 64, true, 0, 3}, false);
+  run_attention_tc({64, 64, 2, 2, 128, true, 0, 0}, true);
+  run_attention_tc({130, 200, 4, 1, 128, true, 70, 2}, true);   // cache offset, GQA 4, partial tiles
+  run_attention_tc({77, 77, 3, 3, 64, false, 0, 1}, true);      // ViT: bidirectional
+  run_attention_tc({1, 90, 2, 1, 64, true, 89, 0}, false);      // one row (most of the block padded)
+  run_attention_tc({40, 300, 2, 1, 64, true, 260, 0, 0.0f, 4.0f}, true);  // large logits
+  AttentionParams p;
+  p.n_q = 2; p.n_kv = 2; p.n_heads = 1; p.n_kv_heads = 1; p.head_dim = 80;
+  p.ldq = p.ldk = p.ldv = p.ldo = 80;
+  DevBuf b(4096);
+  EXPECT(!cuda::attention_tc_supported(p, DType::F32));
+  EXPECT_THROWS(cuda::attention_tc(b.f(), b.p, b.p, DType::F32, b.f(), p, nullptr), ErrorCode::Unsupported);
+}
+
 // ------------------------------------------------------------------ gemm
 namespace {
 void run_gemm(int64_t M, int64_t N, int64_t K, int64_t ldx, int64_t ldy, bool bias, bool bf16) {
