@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -223,6 +224,8 @@ class CudaStream final : public BackendStream {
     check(cudaStreamSynchronize(s_), "stream synchronize (a kernel issued on it failed)");
   }
   void* native_handle() const override { return s_; }
+  // The backend default stream's work generation this stream has been ordered after.
+  uint64_t seen_default_gen = 0;
 
  private:
   int dev_;
@@ -263,8 +266,13 @@ class CudaBackend final : public Backend {
     if (!bytes) return;
     DeviceGuard g(info_.index);
     // From pageable memory the runtime stages the source before returning, so `src` may go away
-    // right after; the transfer itself is ordered on the stream before any later kernel.
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, st()), "upload");
+    // right after; the transfer itself is ordered on the stream before any later kernel. Without a
+    // context (weights at load time) the copy is waited for: the upload is then complete for
+    // every stream, whatever the caller does next with the buffer.
+    const bool in_context = current_stream() != nullptr;
+    const cudaStream_t s = st();
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s), "upload");
+    if (!in_context) check(cudaStreamSynchronize(s), "upload");
   }
   void download(void* dst, const void* src, size_t bytes) override {
     if (!bytes) return;
@@ -465,9 +473,26 @@ class CudaBackend final : public Backend {
     DeviceGuard g(info_.index);
     cuda::unary(op, x, y, n, s());
   }
-  // The stream this thread's calls go to: the bound context's (ContextScope), else the backend's own.
+  // The stream this thread's calls go to: the bound context's (ContextScope), else the backend's
+  // own. Ordering across them: a context stream waits (an event, recorded only when something new
+  // was issued on the default stream since it last looked) for the work issued on the default
+  // stream before it, so what was computed or copied there (weights, a shared encode) is complete
+  // before a context reads it. The reverse needs no fence: download() and synchronize() wait.
   cudaStream_t st() const {
-    if (BackendStream* bs = current_stream()) return static_cast<cudaStream_t>(bs->native_handle());
+    if (BackendStream* bs = current_stream()) {
+      auto* cs = static_cast<CudaStream*>(bs);  // current_stream() only returns streams of this backend
+      const uint64_t gen = default_gen_.load(std::memory_order_acquire);
+      if (cs->seen_default_gen != gen) {
+        cudaEvent_t ev;
+        check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+        check(cudaEventRecord(ev, stream_), "cudaEventRecord");
+        check(cudaStreamWaitEvent(static_cast<cudaStream_t>(cs->native_handle()), ev, 0), "cudaStreamWaitEvent");
+        cudaEventDestroy(ev);  // released once the wait has been satisfied
+        cs->seen_default_gen = gen;
+      }
+      return static_cast<cudaStream_t>(cs->native_handle());
+    }
+    default_gen_.fetch_add(1, std::memory_order_acq_rel);
     return stream_;
   }
   cuda::Stream s() const { return reinterpret_cast<cuda::Stream>(st()); }
@@ -483,6 +508,7 @@ class CudaBackend final : public Backend {
   CudaDeviceInfo info_;
   CachingAllocator alloc_;
   cudaStream_t stream_ = nullptr;
+  mutable std::atomic<uint64_t> default_gen_{1};
 };
 
 }  // namespace
