@@ -113,6 +113,10 @@ void scale(const float* x, float s, float* y, int64_t n, Stream stream);
 // n elements between f32 and f16 / bf16 (round to nearest even; same type: a plain copy).
 void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n, Stream stream);
 
+// Patch extraction (PatchParams, op_params.h): images [batch, channels, height, width] f32 ->
+// rows [batch * patches_h * patches_w, channels * patch * patch] with row stride ld_cols.
+void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p, Stream stream);
+
 // RoPE with a precomputed table: cos_sin is [n_tokens][rot_dim] floats on the device, the first
 // rot_dim/2 the cosines and the rest the sines of token t's angles (the CPU computes them in
 // double, exactly as kernels/cpu/rope.cpp, so both devices rotate by the same f32 cos/sin).

@@ -167,6 +167,19 @@ __global__ void convert_kernel(const void* src, int sk, void* dst, int dk, int64
     store_any(dst, dk, i, load_any(src, sk, i));
 }
 
+__global__ void patches_kernel(const float* img, float* cols, int64_t ld_cols, int C, int H, int W, int P, int ph,
+                               int pw, int64_t n_rows) {
+  const int64_t re = int64_t(C) * P * P, total = n_rows * re;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / re;
+    const int c = int(i - r * re);
+    const int ch = c / (P * P), ky = (c / P) % P, kx = c % P;
+    const int64_t b = r / (int64_t(ph) * pw);
+    const int py = int((r / pw) % ph), px = int(r % pw);
+    cols[r * ld_cols + c] = __ldg(img + ((b * C + ch) * H + int64_t(py) * P + ky) * W + int64_t(px) * P + kx);
+  }
+}
+
 // One block per (token, head); thread i rotates pair i of the head.
 __global__ void rope_kernel(float* x, int64_t ld, int head_dim, int half, int interleaved, const float* cos_sin) {
   const int t = blockIdx.x, h = blockIdx.y;
@@ -446,6 +459,22 @@ void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t
   if (n == 0) return;
   convert_kernel<<<grid_for(n, ROW_NT), ROW_NT, 0, reinterpret_cast<cudaStream_t>(stream)>>>(src, sk, dst, dk, n);
   detail::check_launch("cuda convert");
+}
+
+void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p, Stream stream) {
+  EMOLLM_CHECK_ARG(p.batch >= 0 && p.channels > 0 && p.patch > 0 && p.height >= 0 && p.width >= 0,
+                   "extract_patches: bad shape");
+  EMOLLM_CHECK_ARG(p.height % p.patch == 0 && p.width % p.patch == 0,
+                   "extract_patches: height and width must be multiples of patch");
+  const int64_t re = p.row_elems(), ld = ld_cols ? ld_cols : re;
+  EMOLLM_CHECK_ARG(ld >= re, "extract_patches: ld_cols smaller than a patch row");
+  EMOLLM_CHECK_ARG(p.channels * p.height * p.width < (int64_t(1) << 31), "extract_patches: image too large");
+  const int64_t rows = p.batch * p.patches_h() * p.patches_w();
+  if (rows == 0) return;
+  patches_kernel<<<grid_for(rows * re, ROW_NT), ROW_NT, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      images, cols, ld, int(p.channels), int(p.height), int(p.width), int(p.patch), int(p.patches_h()),
+      int(p.patches_w()), rows);
+  detail::check_launch("cuda extract_patches");
 }
 
 void rope_table(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,

@@ -434,6 +434,10 @@ class CudaBackend final : public Backend {
     const size_t ldd = rows == 1 ? row_bytes : ld_dst, lds = rows == 1 ? row_bytes : ld_src;
     check(cudaMemcpy2DAsync(dst, ldd, src, lds, row_bytes, size_t(rows), cudaMemcpyDeviceToDevice, st()), "copy_2d");
   }
+  void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p) override {
+    DeviceGuard g(info_.index);
+    cuda::extract_patches(images, cols, ld_cols, p, s());
+  }
   void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) override {
     DeviceGuard g(info_.index);
     cuda::convert(src, src_type, dst, dst_type, n, s());

@@ -566,3 +566,17 @@ TEST(cuda_backend_contexts_and_row_ops) {
     EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 2e-4, 2e-4, "attention bf16 KV (kv_dtype)");
   }
 }
+
+TEST(cuda_backend_extract_patches_matches_cpu) {
+  SKIP_WITHOUT_GPU();
+  PatchParams p;
+  p.batch = 2; p.channels = 3; p.height = 42; p.width = 28; p.patch = 14;
+  Rng r(23);
+  std::vector<float> img = rnd(size_t(p.batch * p.channels * p.height * p.width), r);
+  const int64_t rows = p.batch * p.patches_h() * p.patches_w(), ld = p.row_elems() + 3;
+  std::vector<float> want(size_t(rows * ld), -7.0f);
+  cpu().extract_patches(img.data(), want.data(), ld, p);
+  Dev di(img), dc(std::vector<float>(want.size(), -7.0f));
+  gpu().extract_patches(di.f(), dc.f(), ld, p);
+  EXPECT(dc.get() == want);  // a gather: bit-exact, padding untouched
+}
