@@ -85,8 +85,11 @@ class CachingAllocator {
     // Smallest cached block that fits and wastes at most half of itself.
     for (auto it = free_.lower_bound(size); it != free_.end() && it->first <= 2 * size; ++it) {
       Block b = it->second;
-      if (b.ev && cudaEventQuery(b.ev) != cudaSuccess) continue;
-      cudaGetLastError();  // cudaEventQuery's NotReady is not an error to keep
+      if (b.ev) {
+        const cudaError_t q = cudaEventQuery(b.ev);
+        cudaGetLastError();  // NotReady is an answer, not an error for a later launch check to find
+        if (q != cudaSuccess) continue;
+      }
       free_.erase(it);
       if (b.ev) cudaEventDestroy(b.ev);
       live_[b.ptr] = b.size;
@@ -116,11 +119,16 @@ class CachingAllocator {
     return p;
   }
 
-  void free(void* p, cudaStream_t last_stream) {
+  // Never throws: it runs in destructors (BackendBuffer).
+  void free(void* p, cudaStream_t last_stream) noexcept {
     if (!p) return;
     std::lock_guard<std::mutex> lk(mu_);
     auto it = live_.find(p);
-    if (it == live_.end()) throw Error(ErrorCode::Internal, "cuda: free of a pointer this backend did not allocate");
+    if (it == live_.end()) {  // not ours (a caller's bug): hand it to the driver rather than cache it
+      cudaFree(p);
+      cudaGetLastError();
+      return;
+    }
     Block b{p, it->second, nullptr};
     live_.erase(it);
     live_bytes_ -= b.size;
@@ -258,9 +266,15 @@ class CudaBackend final : public Backend {
     DeviceGuard g(info_.index);
     return alloc_.alloc(bytes);
   }
-  void free(void* p) override {
-    DeviceGuard g(info_.index);
-    alloc_.free(p, st());
+  void free(void* p) override {  // called from destructors: must not throw
+    if (!p) return;
+    cudaSetDevice(info_.index);
+    cudaStream_t s = stream_;
+    try {
+      s = st();
+    } catch (...) {
+    }
+    alloc_.free(p, s);
   }
   void upload(void* dst, const void* src, size_t bytes) override {
     if (!bytes) return;
