@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../base/dtype.h"
+
 namespace emollm {
 
 // ---------------------------------------------------------------- rotary position embedding
@@ -29,12 +31,27 @@ struct AttentionParams {
   float scale = 0.0f;  // 0 means 1/sqrt(head_dim)
   bool causal = true;
   int64_t q_pos0 = 0;
+  // Element type of K and V (the KV cache): f32, or f16 / bf16 on backends that say so
+  // (Backend::supports_kv_dtype). The CPU kernels take f32 only.
+  DType kv_dtype = DType::F32;
 };
 
 // ---------------------------------------------------------------- multi-perspective visual projection
 struct MvpProjectionParams {
   int64_t tokens = 0, d_in = 0, d_hid = 0, d_out = 0, n_heads = 0;
   int64_t ldx = 0, ldy = 0;
+};
+
+// ---------------------------------------------------------------- patch extraction (ViT patch embedding)
+// Images [batch, channels, height, width] f32 -> rows [batch * patches_h * patches_w,
+// channels * patch * patch]: patches row-major over each image, each row in (channel, ky, kx)
+// order, the order of a flattened Conv2d weight [out, channels, patch, patch]. This is the im2col
+// of a convolution whose stride equals its kernel; height and width are multiples of patch.
+struct PatchParams {
+  int64_t batch = 1, channels = 0, height = 0, width = 0, patch = 0;
+  int64_t patches_h() const { return patch ? height / patch : 0; }
+  int64_t patches_w() const { return patch ? width / patch : 0; }
+  int64_t row_elems() const { return channels * patch * patch; }
 };
 
 // ---------------------------------------------------------------- convolution and pooling (NHWC)

@@ -5,14 +5,14 @@
  */
 export { EmollmError, isEmollmError } from './errors.js';
 export type { EmollmErrorCode, EmollmErrorOptions } from './errors.js';
-export { cpuInfo, configure, gemm, quantize, dequantize, DTYPES } from './kernels.js';
-export type { CpuInfo, DType, GemmArgs, Isa, KernelOptions } from './kernels.js';
+export { cpuInfo, configure, gemm, attention, mvpProjection, quantize, dequantize, DTYPES } from './kernels.js';
+export type { AttentionArgs, CpuInfo, DType, GemmArgs, Isa, KernelOptions, MvpProjectionArgs } from './kernels.js';
 export * from './loaders.js';
 export * from './config.js';
 export * from './tokenizer.js';
 export * from './chat_template.js';
 export * from './model.js';
-export { DEVICES, runtimeInfo, runtimeOptions } from './runtime.js';
+export { DEVICES, isDevice, runtimeInfo, runtimeOptions } from './runtime.js';
 export type { RuntimeInfo, RuntimeOptions } from './runtime.js';
 export * from './gguf_writer.js';
 export * from './quantize.js';

@@ -1,6 +1,9 @@
 /**
- * Direct access to the native CPU kernels, for tests, microbenchmarks and users who compose
- * their own computations. Heavy calls return Promises and run on native worker threads.
+ * Direct access to the native kernels, for tests, microbenchmarks and users who compose their own
+ * computations. Heavy calls return Promises and run on native worker threads. `gemm`,
+ * `attention` and `mvpProjection` take a `device` ('cpu', 'cuda', 'cuda:N'): on a GPU the
+ * inputs are copied to the device, computed there, and the result copied back (the copies are
+ * part of what a JavaScript timing of these calls measures; bench_cuda times the kernels alone).
  */
 import { EmollmError } from './errors.js';
 import { native } from './native.js';
@@ -80,11 +83,74 @@ export interface GemmArgs {
   m: number;
   n: number;
   k: number;
+  /** Where to compute; unset: the CPU kernels on the runtime's default pool. */
+  device?: Device;
 }
 
-/** Y[m, n] = X[m, k] · W[n, k]^T (+ bias), f32 accumulation. */
+/**
+ * Y[m, n] = X[m, k] · W[n, k]^T (+ bias), f32 accumulation. On 'cuda' with m > 8 and
+ * f16 / bf16 / q8_0 / q4_0 weights the product runs on tensor cores with X rounded to the
+ * 16-bit operand type (docs/cuda.md); m <= 8 and f32 weights keep f32 products.
+ */
 export function gemm(args: GemmArgs): Promise<Float32Array> {
-  return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k);
+  return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k, deviceOption(args.device));
+}
+
+function deviceOption(device: Device | undefined): { device?: Device } | undefined {
+  if (device === undefined) return undefined;
+  return runtimeOptions({ device }, 'options');
+}
+
+export interface AttentionArgs {
+  /** Queries [nQ, nHeads * headDim], row-major. */
+  q: Float32Array;
+  /** Keys and values [nKv, nKvHeads * headDim]. */
+  k: Float32Array;
+  v: Float32Array;
+  nQ: number;
+  nKv: number;
+  nHeads: number;
+  /** nHeads must be a multiple of it (grouped-query attention). */
+  nKvHeads: number;
+  headDim: number;
+  /** Causal mask with query i at absolute position qPos0 + i (default true). */
+  causal?: boolean;
+  qPos0?: number;
+  /** Score scale; default 1 / sqrt(headDim). */
+  scale?: number;
+  device?: Device;
+}
+
+/** Scaled-dot-product attention (flash attention; no score matrix is stored) -> [nQ, nHeads * headDim]. */
+export function attention(a: AttentionArgs): Promise<Float32Array> {
+  const params = { nQ: a.nQ, nKv: a.nKv, nHeads: a.nHeads, nKvHeads: a.nKvHeads, headDim: a.headDim, causal: a.causal ?? true, qPos0: a.qPos0 ?? 0, scale: a.scale ?? 0 };
+  return native().attention(a.q, a.k, a.v, params, deviceOption(a.device));
+}
+
+export interface MvpProjectionArgs {
+  /** Visual features [tokens, dIn]. */
+  x: Float32Array;
+  /** First layers of every head, stacked: nHeads * dHid rows of dIn, in `wtype` storage. */
+  w1: ArrayBufferView | ArrayBuffer;
+  b1?: Float32Array;
+  /** Second layers: nHeads * dOut rows of dHid. */
+  w2: ArrayBufferView | ArrayBuffer;
+  b2?: Float32Array;
+  /** Per-head gates [nHeads, dOut]. */
+  g: Float32Array;
+  wtype: DType;
+  tokens: number;
+  dIn: number;
+  dHid: number;
+  dOut: number;
+  nHeads: number;
+  device?: Device;
+}
+
+/** EmoLLM's multi-perspective visual projection: Y = sum_h g_h * (gelu(X W1_h^T + b1_h) W2_h^T + b2_h) -> [tokens, dOut]. */
+export function mvpProjection(a: MvpProjectionArgs): Promise<Float32Array> {
+  const params = { tokens: a.tokens, dIn: a.dIn, dHid: a.dHid, dOut: a.dOut, nHeads: a.nHeads };
+  return native().mvpProjection(a.x, a.w1, a.b1 ?? null, a.w2, a.b2 ?? null, a.g, a.wtype, params, deviceOption(a.device));
 }
 
 /** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers `quantize_row_*_ref`, byte-exact). */

@@ -26,6 +26,25 @@ export interface NativeBinding {
     m: number,
     n: number,
     k: number,
+    options?: { device?: string },
+  ): Promise<Float32Array>;
+  attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    params: { nQ: number; nKv: number; nHeads: number; nKvHeads: number; headDim: number; causal: boolean; qPos0: number; scale: number },
+    options?: { device?: string },
+  ): Promise<Float32Array>;
+  mvpProjection(
+    x: Float32Array,
+    w1: ArrayBufferView | ArrayBuffer,
+    b1: Float32Array | null,
+    w2: ArrayBufferView | ArrayBuffer,
+    b2: Float32Array | null,
+    g: Float32Array,
+    wtype: string,
+    params: { tokens: number; dIn: number; dHid: number; dOut: number; nHeads: number },
+    options?: { device?: string },
   ): Promise<Float32Array>;
   quantize(x: Float32Array, dtype: string): Uint8Array;
   dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: string, n: number): Float32Array;

@@ -15,13 +15,30 @@
 import { EmollmError } from './errors.js';
 import { native } from './native.js';
 
-/** Where native compute runs. 'cuda' needs a CUDA build of emollm (see {@link runtimeInfo}). */
-export type Device = 'cpu' | 'cuda';
+/**
+ * Where native compute runs: 'cpu', or an NVIDIA GPU: 'cuda' (the first) or 'cuda:N' (the N-th,
+ * 0-based, as nvidia-smi numbers them under CUDA_VISIBLE_DEVICES). A GPU needs a CUDA build of
+ * emollm (see {@link runtimeInfo} and docs/cuda.md).
+ */
+export type Device = 'cpu' | 'cuda' | `cuda:${number}`;
+/** The device kinds (a GPU can also be named by index, 'cuda:N'). */
 export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
+
+/** True for 'cpu', 'cuda' and 'cuda:N' (N in 0..255, no leading zeros). */
+export function isDevice(d: unknown): d is Device {
+  if (typeof d !== 'string') return false;
+  if (d === 'cpu' || d === 'cuda') return true;
+  const m = /^cuda:(0|[1-9][0-9]{0,2})$/.exec(d);
+  return m !== null && Number(m[1]) <= 255;
+}
 
 /** The runtime configuration accepted by every entry point. */
 export interface RuntimeOptions {
-  /** Device; default: `configure({ device })`, else 'cpu'. 'cuda' on a build without CUDA: ERR_UNSUPPORTED. */
+  /**
+   * Device; default: `configure({ device })`, else 'cpu'. 'cuda' / 'cuda:N' on a build without
+   * CUDA: ERR_UNSUPPORTED saying how to get one; on a CUDA build without a driver or a GPU:
+   * ERR_UNSUPPORTED saying which; 'cuda:N' past the device count: ERR_INVALID_ARGUMENT.
+   */
   device?: Device;
   /** CPU compute threads, 1..1024; 0 or unset: `configure({ threads })`, else the physical cores. */
   threads?: number;
@@ -52,8 +69,8 @@ export function runtimeOptions(o: RuntimeOptions | undefined, where = 'options')
   const out: { device?: Device; threads?: number } = {};
   if (o === undefined || o === null) return out;
   if (o.device !== undefined) {
-    if (typeof o.device !== 'string' || !DEVICES.includes(o.device))
-      throw new EmollmError('ERR_INVALID_ARGUMENT', `${where}.device: unknown device ${JSON.stringify(o.device)} (use 'cpu' or 'cuda')`);
+    if (!isDevice(o.device))
+      throw new EmollmError('ERR_INVALID_ARGUMENT', `${where}.device: unknown device ${JSON.stringify(o.device)} (use 'cpu', 'cuda' or 'cuda:N')`);
     // What this build can run is the native side's call (one message: how to get a CUDA build).
     (native() as unknown as { requireDevice(d: string): void }).requireDevice(o.device);
     out.device = o.device;

@@ -3,6 +3,12 @@
 //   node scripts/native-tests.mjs              Release build in build-native/
 //   node scripts/native-tests.mjs --sanitize   AddressSanitizer + UBSan build in build-asan/
 // Extra arguments after -- go to ctest.
+//
+// CUDA: when nvcc is on PATH (CI has it, without a GPU) the Release build compiles the CUDA part
+// too (kernels/cuda, the CudaBackend, tests/native/cuda, bench_cuda) for one architecture
+// (sm_80, or EMOLLM_CUDA_ARCHS), with EMOLLM_CUDA=ON so that a CUDA compile error fails the run;
+// ctest then runs the CUDA tests, whose GPU cases print a skip without a device. Without nvcc
+// it says so and builds the CPU part only. EMOLLM_CUDA=OFF in the environment opts out.
 import { spawnSync } from 'node:child_process';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -27,7 +33,22 @@ function run(cmd, args, env = {}) {
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
-const configure = ['-S', '.', '-B', buildDir, '-DEMOLLM_BUILD_TESTS=ON', '-DEMOLLM_CUDA=OFF'];
+function hasNvcc() {
+  const r = spawnSync('nvcc', ['--version'], { encoding: 'utf8' });
+  return !r.error && r.status === 0;
+}
+// The sanitizer build stays CPU-only (ASan and the CUDA runtime do not mix well).
+const cuda = !sanitize && process.env.EMOLLM_CUDA !== 'OFF' && hasNvcc();
+if (!sanitize && !cuda)
+  console.log(
+    process.env.EMOLLM_CUDA === 'OFF'
+      ? 'emollm: EMOLLM_CUDA=OFF: the CUDA sources are not compiled in this run'
+      : 'emollm: nvcc not found on PATH: the CUDA sources are not compiled in this run (CI has nvcc)',
+  );
+const configure = ['-S', '.', '-B', buildDir, '-DEMOLLM_BUILD_TESTS=ON'];
+if (cuda)
+  configure.push('-DEMOLLM_CUDA=ON', `-DCMAKE_CUDA_ARCHITECTURES=${process.env.EMOLLM_CUDA_ARCHS ?? '80'}`, '-DEMOLLM_BUILD_CUDA_BENCH=ON');
+else configure.push('-DEMOLLM_CUDA=OFF');
 if (sanitize) configure.push('-DEMOLLM_SANITIZE=ON', '-DCMAKE_BUILD_TYPE=RelWithDebInfo', '-DEMOLLM_BUILD_BENCH=OFF');
 else configure.push('-DCMAKE_BUILD_TYPE=Release', '-DEMOLLM_BUILD_BENCH=OFF');
 run('cmake', configure);

@@ -1,6 +1,13 @@
-// CUDA kernel benchmarks (built when CUDA is enabled): the fused kernels of kernels/cuda against
-// same-run unfused anchors, plus the device's copy bandwidth.
-//   bench_cuda [reps]
+// CUDA kernel benchmarks (built when CUDA is enabled): the kernels of kernels/cuda against
+// same-run anchors and the device's measured peaks.
+//   bench_cuda [reps]        (JSON of every row to $OUT/bench_cuda.json when OUT is set)
+// Peaks (measured in this run, not datasheet figures):
+//   tensor-core bf16: a kernel of back-to-back wmma 16x16x16 bf16 mma on register fragments.
+//   HBM copy: cudaMemcpy device to device of 2 GiB (read + write bytes).
+// Rows: GEMM (tensor cores) at LLaMA-7B and CLIP-L shapes, TFLOP/s and % of the tensor-core
+// probe, with the ratio to cuBLASLt (bf16 in, f32 out; built with the anchor when the toolkit
+// has cuBLASLt, else "n/a"); GEMV (decode, M = 1) in GB/s of weight bytes and % of the copy
+// probe for bf16 / q8_0 / q4_0;
 // Anchors:
 //   attention: naive, scores materialised: S = scale Q K^T (masked) in device memory, a row
 //              softmax kernel, then O = S V; one thread per score / output element.
@@ -17,8 +24,16 @@
 #include <functional>
 #include <vector>
 
+#include <mma.h>
+#include <cuda_bf16.h>
+
+#include <string>
+
 #include "../../kernels/cpu/kernels.h"
 #include "../../kernels/cuda/cuda_kernels.h"
+#if defined(EMOLLM_HAVE_CUBLASLT)
+#include <cublasLt.h>
+#endif
 
 using namespace emollm;
 
@@ -34,6 +49,14 @@ using namespace emollm;
 namespace {
 
 int g_reps = 20;
+std::vector<std::string> g_json;  // one object per row
+double g_tc_peak = 0, g_hbm_peak = 0;  // TFLOP/s, GB/s: this run's probes
+
+std::string jnum(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return std::isfinite(v) ? std::string(b) : std::string("null");
+}
 
 double time_ms(const std::function<void()>& fn, int reps) {
   for (int i = 0; i < 3; ++i) fn();
@@ -184,6 +207,132 @@ double bandwidth_probe() {
   return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;  // GB/s, read + write
 }
 
+
+// ---------------------------------------------------------------- peak probes
+// Tensor-core bf16 peak: each warp keeps 4 accumulators busy with independent mma chains.
+__global__ void tc_peak_kernel(float* sink, int iters) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[4];
+  wmma::fill_fragment(a, __float2bfloat16(0.001f * (threadIdx.x & 7)));
+  wmma::fill_fragment(b, __float2bfloat16(0.002f));
+  for (int j = 0; j < 4; ++j) wmma::fill_fragment(c[j], 0.0f);
+  for (int i = 0; i < iters; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wmma::mma_sync(c[j], a, b, c[j]);
+  float s = 0;
+  for (int j = 0; j < 4; ++j) s += c[j].x[0];
+  if (s == 12345.678f) sink[threadIdx.x] = s;  // keeps the work alive, never true in practice
+}
+double tc_peak_probe(int sms) {
+  float* sink;
+  CK(cudaMalloc(&sink, 1024 * sizeof(float)));
+  const int iters = 4096, blocks = sms * 8, threads = 256;
+  const double ms = time_ms([&] { tc_peak_kernel<<<blocks, threads>>>(sink, iters); }, 5);
+  cudaFree(sink);
+  const double flop = double(blocks) * (threads / 32) * iters * 4 * 2.0 * 16 * 16 * 16;
+  return flop / (ms * 1e-3) / 1e12;
+}
+
+#if defined(EMOLLM_HAVE_CUBLASLT)
+// cuBLASLt anchor: Y[M,N] (f32) = Xb[M,K] (bf16) Wb[N,K]^T (bf16), f32 compute; column-major
+// view: Y^T (N x M) = W^T' ... i.e. op(A) = A^T with A = W as K x N, B = X as K x M.
+double cublaslt_ms(const uint16_t* Xb, const uint16_t* Wb, float* Y, int64_t M, int64_t N, int64_t K) {
+  cublasLtHandle_t h;
+  if (cublasLtCreate(&h) != CUBLAS_STATUS_SUCCESS) return -1;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+  cublasLtMatrixLayout_t la, lb, lc;
+  cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, uint64_t(K), uint64_t(N), int64_t(K));
+  cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, uint64_t(K), uint64_t(M), int64_t(K));
+  cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, uint64_t(N), uint64_t(M), int64_t(N));
+  const size_t ws_bytes = size_t(32) << 20;
+  void* ws;
+  CK(cudaMalloc(&ws, ws_bytes));
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes);
+  cublasLtMatmulHeuristicResult_t heur{};
+  int found = 0;
+  cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, &heur, &found);
+  double ms = -1;
+  if (found > 0) {
+    const float alpha = 1.0f, beta = 0.0f;
+    ms = time_ms([&] {
+      cublasLtMatmul(h, desc, &alpha, Wb, la, Xb, lb, &beta, Y, lc, Y, lc, &heur.algo, ws, ws_bytes, nullptr);
+    }, g_reps);
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(desc);
+  cublasLtDestroy(h);
+  cudaFree(ws);
+  return ms;
+}
+#endif
+
+void bench_gemm(const char* shape, int64_t M, int64_t N, int64_t K) {
+  float* x = dev_rand(size_t(M * K), 21, 1.0f);
+  float* w = dev_rand(size_t(N * K), 22, 0.05f);
+  uint16_t* wb = dev_bf16(w, size_t(N * K));
+  float* y;
+  CK(cudaMalloc(&y, size_t(M * N) * 4));
+  const double t = time_ms([&] { cuda::matmul(x, K, wb, DType::BF16, nullptr, y, N, M, N, K, nullptr); }, g_reps);
+  const double flop = 2.0 * double(M) * double(N) * double(K);
+  const double tf = flop / (t * 1e-3) / 1e12;
+  double ratio = -1;
+#if defined(EMOLLM_HAVE_CUBLASLT)
+  uint16_t* xb = dev_bf16(x, size_t(M * K));
+  float* y2;
+  CK(cudaMalloc(&y2, size_t(M * N) * 4));
+  const double tc = cublaslt_ms(xb, wb, y2, M, N, K);
+  if (tc > 0) {
+    ratio = tc / t;
+    std::printf("  (cuBLASLt %.3f ms, max|ours - cuBLASLt| %.2e)\n", tc, double(max_abs_diff(y, y2, size_t(M * N))));
+  }
+  cudaFree(xb);
+  cudaFree(y2);
+#endif
+  std::printf("gemm bf16 %-22s M=%-5lld N=%-6lld K=%-5lld %8.3f ms %7.2f TFLOP/s %5.1f%% of tc probe | vs cuBLASLt %s\n",
+              shape, (long long)M, (long long)N, (long long)K, t, tf, 100.0 * tf / g_tc_peak,
+              ratio > 0 ? (jnum(100.0 * ratio) + "%").c_str() : "n/a (built without cuBLASLt)");
+  g_json.push_back("{\"op\":\"gemm\",\"dtype\":\"bf16\",\"shape\":\"" + std::string(shape) + "\",\"M\":" +
+                   std::to_string(M) + ",\"N\":" + std::to_string(N) + ",\"K\":" + std::to_string(K) +
+                   ",\"ms\":" + jnum(t) + ",\"tflops\":" + jnum(tf) + ",\"pct_tc_peak\":" +
+                   jnum(100.0 * tf / g_tc_peak) + ",\"ratio_to_cublaslt\":" + (ratio > 0 ? jnum(ratio) : "null") + "}");
+  cudaFree(x); cudaFree(w); cudaFree(wb); cudaFree(y);
+}
+
+void bench_gemv(DType wt, int64_t N, int64_t K) {
+  float* x = dev_rand(size_t(K), 31, 1.0f);
+  float* wf = dev_rand(size_t(N * K), 32, 0.05f);
+  // Quantise on the host (the reference quantisers), then upload: the bytes are what GGUF holds.
+  std::vector<float> hw(size_t(N * K));
+  CK(cudaMemcpy(hw.data(), wf, hw.size() * 4, cudaMemcpyDeviceToHost));
+  const size_t rb = dtype_row_bytes(wt, K);
+  std::vector<uint8_t> hq(size_t(N) * rb);
+  for (int64_t n = 0; n < N; ++n) quantize_row(wt, hw.data() + n * K, hq.data() + size_t(n) * rb, K);
+  void* w;
+  CK(cudaMalloc(&w, hq.size()));
+  CK(cudaMemcpy(w, hq.data(), hq.size(), cudaMemcpyHostToDevice));
+  float* y;
+  CK(cudaMalloc(&y, size_t(N) * 4));
+  const double t = time_ms([&] { cuda::matmul(x, K, w, wt, nullptr, y, N, 1, N, K, nullptr); }, 10 * g_reps);
+  const double gbs = double(hq.size()) / (t * 1e-3) / 1e9;
+  std::printf("gemv %-5s N=%-6lld K=%-5lld %8.4f ms %7.1f GB/s (weights) %5.1f%% of copy probe\n", dtype_name(wt),
+              (long long)N, (long long)K, t, gbs, 100.0 * gbs / g_hbm_peak);
+  g_json.push_back("{\"op\":\"gemv\",\"dtype\":\"" + std::string(dtype_name(wt)) + "\",\"N\":" + std::to_string(N) +
+                   ",\"K\":" + std::to_string(K) + ",\"ms\":" + jnum(t) + ",\"gbps\":" + jnum(gbs) +
+                   ",\"pct_copy_peak\":" + jnum(100.0 * gbs / g_hbm_peak) + "}");
+  cudaFree(x); cudaFree(wf); cudaFree(w); cudaFree(y);
+}
+
 void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
   AttentionParams p;
   p.n_q = n_q; p.n_kv = n_kv; p.n_heads = 32; p.n_kv_heads = 32; p.head_dim = 128;
@@ -207,6 +356,13 @@ void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
   const int reps = n_q == 1 ? 10 * g_reps : g_reps;
   const double t_fused = time_ms([&] { cuda::attention(q, kk, vv, kt, o, p, ws, wsb, nullptr); }, reps);
   const double t_naive = time_ms([&] { naive_attention(q, k, v, o2, S, p); }, std::max(3, reps / 4));
+  // Tensor-core flash attention (bf16 operands) on the same inputs, prefill shapes.
+  double t_tc = -1;
+  float diff_tc = -1.0f;
+  if (n_q >= 16 && cuda::attention_tc_supported(p, kt)) {
+    t_tc = time_ms([&] { cuda::attention_tc(q, kk, vv, kt, o2, p, nullptr); }, reps);
+    diff_tc = max_abs_diff(o, o2, size_t(n_q * p.ldo));
+  }
   const float diff = bf16 ? -1.0f : max_abs_diff(o, o2, size_t(n_q * p.ldo));
   // causal: query i sees q_pos0 + i + 1 keys
   double pairs = 0;
@@ -219,6 +375,20 @@ void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
               flop / (t_fused * 1e-3) / 1e12, kv_bytes / (t_fused * 1e-3) / 1e9, t_naive,
               flop / (t_naive * 1e-3) / 1e12, t_naive / t_fused, double(diff),
               wsb ? " (split-KV)" : "");
+  if (t_tc > 0) {
+    const double tf = flop / (t_tc * 1e-3) / 1e12;
+    std::printf("attention_tc (tensor cores, bf16 operands) %8.3f ms %7.2f TFLOP/s %5.1f%% of tc probe | x%.1f vs f32 "
+                "flash | max|diff vs f32 flash| %.2e\n",
+                t_tc, tf, 100.0 * tf / g_tc_peak, t_fused / t_tc, double(diff_tc));
+    g_json.push_back("{\"op\":\"attention_tc\",\"n_q\":" + std::to_string(n_q) + ",\"n_kv\":" +
+                     std::to_string(n_kv) + ",\"causal\":" + (causal ? "true" : "false") + ",\"ms\":" + jnum(t_tc) +
+                     ",\"tflops\":" + jnum(tf) + ",\"pct_tc_peak\":" + jnum(100.0 * tf / g_tc_peak) + "}");
+  }
+  g_json.push_back("{\"op\":\"attention\",\"n_q\":" + std::to_string(n_q) + ",\"n_kv\":" + std::to_string(n_kv) +
+                   ",\"causal\":" + (causal ? "true" : "false") + ",\"kv\":\"" + (bf16 ? "bf16" : "f32") +
+                   "\",\"ms\":" + jnum(t_fused) + ",\"tflops\":" + jnum(flop / (t_fused * 1e-3) / 1e12) +
+                   ",\"pct_tc_peak\":" + jnum(100.0 * flop / (t_fused * 1e-3) / 1e12 / g_tc_peak) +
+                   ",\"kv_gbps\":" + jnum(kv_bytes / (t_fused * 1e-3) / 1e9) + ",\"naive_ms\":" + jnum(t_naive) + "}");
   cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(o2); cudaFree(S);
   if (kb) cudaFree(kb);
   if (vb) cudaFree(vb);
@@ -269,6 +439,9 @@ void bench_mvp(bool bf16) {
               (long long)T, (long long)Din, (long long)Dh, (long long)Do, (long long)H, bf16 ? "bf16w" : "f32w ",
               t_fused, flop / (t_fused * 1e-3) / 1e12, t_unfused, flop / (t_unfused * 1e-3) / 1e12,
               t_unfused / t_fused, double(diff));
+  g_json.push_back(std::string("{\"op\":\"mvp_projection\",\"w\":\"") + (bf16 ? "bf16" : "f32") + "\",\"ms\":" +
+                   jnum(t_fused) + ",\"tflops\":" + jnum(flop / (t_fused * 1e-3) / 1e12) + ",\"unfused_ms\":" +
+                   jnum(t_unfused) + "}");
   cudaFree(x); cudaFree(w1); cudaFree(b1); cudaFree(w2); cudaFree(b2); cudaFree(g);
   if (w1b) cudaFree(w1b);
   if (w2b) cudaFree(w2b);
@@ -286,7 +459,22 @@ int main(int argc, char** argv) {
   std::printf("device: %s, sm_%d%d, %d SMs, %.0f MiB, L2 %d MiB\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, double(prop.totalGlobalMem) / (1 << 20), prop.l2CacheSize >> 20);
   try {
-    std::printf("copy probe (cudaMemcpy D2D, 2 GiB, read+write): %.0f GB/s\n", bandwidth_probe());
+    g_hbm_peak = bandwidth_probe();
+    g_tc_peak = tc_peak_probe(prop.multiProcessorCount);
+    std::printf("copy probe (cudaMemcpy D2D, 2 GiB, read+write): %.0f GB/s\n", g_hbm_peak);
+    std::printf("tensor-core probe (wmma bf16, register operands): %.1f TFLOP/s\n", g_tc_peak);
+    // LLaMA-7B projections (d 4096, ffn 11008) at prefill M and CLIP-L/14-336 (577 tokens, d 1024, ffn 4096).
+    bench_gemm("llama7b qkvo M=512", 512, 4096, 4096);
+    bench_gemm("llama7b ffn-up M=512", 512, 11008, 4096);
+    bench_gemm("llama7b ffn-down M=512", 512, 4096, 11008);
+    bench_gemm("llama7b qkvo M=2048", 2048, 4096, 4096);
+    bench_gemm("clip-l attn", 577, 1024, 1024);
+    bench_gemm("clip-l mlp-up", 577, 4096, 1024);
+    for (DType wt : {DType::BF16, DType::Q8_0, DType::Q4_0}) {
+      bench_gemv(wt, 4096, 4096);
+      bench_gemv(wt, 11008, 4096);
+      bench_gemv(wt, 32000, 4096);
+    }
     bench_attention(512, 512, true, false);
     bench_attention(2048, 2048, true, false);
     bench_attention(2048, 2048, false, false);
@@ -299,6 +487,20 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda: %s\n", e.what());
     return 1;
+  }
+  if (const char* out = std::getenv("OUT")) {
+    const std::string path = std::string(out) + "/bench_cuda.json";
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (!f) {
+      std::fprintf(stderr, "bench_cuda: cannot write %s\n", path.c_str());
+      return 1;
+    }
+    std::fprintf(f, "{\"device\":\"%s\",\"sm\":%d%d,\"copy_peak_gbps\":%s,\"tc_peak_tflops\":%s,\"rows\":[\n",
+                 prop.name, prop.major, prop.minor, jnum(g_hbm_peak).c_str(), jnum(g_tc_peak).c_str());
+    for (size_t i = 0; i < g_json.size(); ++i) std::fprintf(f, "%s%s\n", g_json[i].c_str(), i + 1 < g_json.size() ? "," : "");
+    std::fprintf(f, "]}\n");
+    std::fclose(f);
+    std::printf("wrote %s\n", path.c_str());
   }
   return 0;
 }

@@ -38,6 +38,16 @@ size_t attention_workspace_bytes(const AttentionParams& p);
 void attention(const float* q, const void* k, const void* v, DType kv_type, float* out, const AttentionParams& p,
                void* workspace, size_t workspace_bytes, Stream stream);
 
+// Flash attention on tensor cores (FlashAttention-2 style, bf16 mma.sync m16n8k16, f32
+// accumulation and softmax state): same semantics and arguments as attention(), for head_dim 64
+// or 128 and K/V f32 or bf16 (attention_tc_supported). Q (pre-scaled), K, V and the softmax
+// weights P enter the tensor cores as bf16, so results differ from the f32 kernel by bf16
+// rounding (about 1e-3 relative for unit-scale inputs). Prefill-shaped: 64 query rows per block,
+// no split-KV (decode keeps attention()).
+bool attention_tc_supported(const AttentionParams& p, DType kv_type);
+void attention_tc(const float* q, const void* k, const void* v, DType kv_type, float* out, const AttentionParams& p,
+                  Stream stream);
+
 // ---------------------------------------------------------------- matrix product
 // Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N]); X/Y f32, W of wtype F32 or BF16, f32 accumulation.
 // Tiled shared-memory GEMM (the building block of the projection below; exposed for the
@@ -56,6 +66,85 @@ size_t mvp_projection_workspace_bytes(const MvpProjectionParams& p);
 void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                     const float* G, DType wtype, float* Y, const MvpProjectionParams& p, void* workspace,
                     size_t workspace_bytes, Stream stream);
+
+// ---------------------------------------------------------------- matrix products for every weight dtype
+// Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N]) with W of any of F32, F16, BF16, Q8_0, Q4_0 (ggml
+// block layouts, rows of dtype_row_bytes(wtype, K) bytes; q8_0/q4_0 need K % 32 == 0). X and Y
+// f32 with leading dims ldx / ldy (elements). These are what a CUDA Backend's gemm() runs:
+//
+//   gemv    (M <= 8, decode): one warp per output column, every weight byte read once, the
+//           weights dequantised in registers, f32 products and accumulation. Memory bound.
+//   gemm_tc (tensor cores, sm_80+): 64x64 output tiles, 4 warps of 32x32, mma.sync m16n8k16
+//           through nvcuda::wmma 16x16x16 fragments, f32 accumulation. The operands enter the
+//           tensor cores as 16-bit floats: BF16 weights with X rounded to bf16; F16, Q8_0 and
+//           Q4_0 weights (dequantised in registers on their way to shared memory) with X
+//           rounded to f16 (clamped to +-65504). F32 weights are refused (Unsupported): use gemm().
+//   matmul  the dispatcher: M <= 8 -> gemv; F32 weights -> gemm (f32 SIMT, above); else gemm_tc.
+constexpr int64_t kGemvMaxRows = 8;
+void gemv(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+          int64_t M, int64_t N, int64_t K, Stream stream);
+void gemm_tc(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+             int64_t M, int64_t N, int64_t K, Stream stream);
+void matmul(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+            int64_t M, int64_t N, int64_t K, Stream stream);
+
+// ---------------------------------------------------------------- row kernels (kernels/cpu/kernels.h contracts)
+void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n, float eps,
+             Stream stream);
+void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t rows,
+               int64_t n, float eps, Stream stream);
+void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n, Stream stream);
+enum class Unary { Silu, GeluErf, QuickGelu };
+void unary(Unary op, const float* x, float* y, int64_t n, Stream stream);
+void swiglu(const float* gate, const float* up, float* y, int64_t n, Stream stream);
+void add(const float* a, const float* b, float* y, int64_t n, Stream stream);
+// Y[t, c] = (first ? 0 : Y[t, c]) + g[c] * tmp[t * ld_tmp + c]  (the gated head sum of the
+// unfused multi-perspective projection).
+void gated_accumulate(float* Y, int64_t ldy, const float* tmp, int64_t ld_tmp, const float* g, int64_t rows,
+                      int64_t n, bool first, Stream stream);
+
+// Row-broadcast ops over `rows` rows of n floats (in place allowed):
+//   AddRow: y = x + v[c];  MulRow: y = x * v[c];  MulRowAdd: y = (accumulate ? y : 0) + x * v[c].
+enum class RowOp { AddRow, MulRow, MulRowAdd };
+void row_broadcast(RowOp op, const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows,
+                   int64_t n, bool accumulate, Stream stream);
+// y = s * x over n floats.
+void scale(const float* x, float s, float* y, int64_t n, Stream stream);
+// n elements between f32 and f16 / bf16 (round to nearest even; same type: a plain copy).
+void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n, Stream stream);
+
+// Patch extraction (PatchParams, op_params.h): images [batch, channels, height, width] f32 ->
+// rows [batch * patches_h * patches_w, channels * patch * patch] with row stride ld_cols.
+void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p, Stream stream);
+
+// RoPE with a precomputed table: cos_sin is [n_tokens][rot_dim] floats on the device, the first
+// rot_dim/2 the cosines and the rest the sines of token t's angles (the CPU computes them in
+// double, exactly as kernels/cpu/rope.cpp, so both devices rotate by the same f32 cos/sin).
+// Layouts as RopeParams::layout. x rotated in place.
+void rope_table(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+                RopeLayout layout, const float* cos_sin, Stream stream);
+
+// out[i, :] = table[ids[i], :] in f32; table F32, F16, BF16, Q8_0 or Q4_0 (dim % 32 == 0 for the
+// quantised ones). ids are device memory and must already be in [0, vocab) (the caller checks:
+// a device kernel cannot throw).
+void embedding(const void* table, DType dtype, int64_t dim, const int32_t* ids, int64_t n, float* out,
+               int64_t ld_out, Stream stream);
+
+// ---------------------------------------------------------------- sampling on the device
+// One token from logits[n] (device), written to *out_token (device):
+//   temperature <= 0 or top_k == 1: greedy (argmax, lowest index on ties; NaN never wins).
+//   else: p = softmax(logits / temperature) restricted to the candidates, where a candidate has
+//   logit >= the top_k-th largest (top_k <= 0: no limit; ties at the cut are all kept) and
+//   logit >= the largest threshold t whose mass P(logit >= t) is still >= top_p (top_p >= 1: no
+//   limit); then the token where the cumulative candidate mass, in index order, first exceeds
+//   u * total (u in [0, 1) from the caller's RNG, so runs are reproducible).
+struct SampleParams {
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float u = 0.0f;
+};
+void sample(const float* logits, int64_t n, const SampleParams& sp, int32_t* out_token, Stream stream);
 
 }  // namespace cuda
 }  // namespace emollm

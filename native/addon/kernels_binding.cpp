@@ -1,6 +1,8 @@
 // Kernel entry points for JavaScript: used by the JS tests and by users who microbenchmark or
 // compose kernels from Node. Inputs are copied into native memory before the work is queued,
 // so a caller may reuse or transfer its buffers while the promise is pending.
+#include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -9,6 +11,7 @@
 #include "base/dtype.h"
 #include "base/thread_pool.h"
 #include "bindings.h"
+#include "core/backend.h"
 #include "cpu/kernels.h"
 #include "napi_util.h"
 
@@ -54,17 +57,85 @@ Napi::Float32Array to_float32_array(Napi::Env env, const std::vector<float>& v) 
   return out;
 }
 
+// Host arrays in, host arrays out, computed on any backend: on one with host memory the host
+// pointers are used as they are; on a device the inputs are uploaded to buffers of a private
+// context (its own stream) and the outputs downloaded when done. Used by the kernel bindings
+// when a `device` is given, so the same call runs on the CPU or a GPU.
+class Staging {
+ public:
+  explicit Staging(Backend& be) : be_(be) {
+    if (!be_.uses_host_memory()) {
+      ctx_ = std::make_unique<BackendContext>(be_);
+      scope_ = std::make_unique<ContextScope>(*ctx_);
+    }
+  }
+  ~Staging() {
+    scope_.reset();  // unbind before the buffers (freed on this thread) and the context go
+  }
+  const float* in(const std::vector<float>& h) { return static_cast<const float*>(in_bytes(h.data(), h.size() * 4)); }
+  const void* in_bytes(const void* host, size_t bytes) {
+    if (!bytes) return nullptr;
+    if (be_.uses_host_memory()) return host;
+    bufs_.emplace_back(be_, bytes);
+    be_.upload(bufs_.back().data(), host, bytes);
+    return bufs_.back().data();
+  }
+  float* out(std::vector<float>& h) {
+    if (be_.uses_host_memory()) return h.data();
+    bufs_.emplace_back(be_, h.size() * 4);
+    outs_.push_back({h.data(), bufs_.back().data(), h.size() * 4});
+    return static_cast<float*>(bufs_.back().data());
+  }
+  // Copies the outputs back (download waits for the context's stream).
+  void finish() {
+    for (const auto& o : outs_) be_.download(o.host, o.dev, o.bytes);
+  }
+
+ private:
+  struct Out {
+    void* host;
+    const void* dev;
+    size_t bytes;
+  };
+  Backend& be_;
+  std::unique_ptr<BackendContext> ctx_;
+  std::unique_ptr<ContextScope> scope_;
+  std::list<BackendBuffer> bufs_;
+  std::vector<Out> outs_;
+};
+
+// The backend of an optional `{ device }` option at argument i; null when no device was named
+// (the call then runs the CPU kernels on the runtime's default pool, as before).
+std::shared_ptr<Backend> opt_backend(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Object o = opt_object(info, i, "options");
+  if (!has_opt(o, "device")) return nullptr;
+  RuntimeOptions ro = read_runtime_options(info.Env(), o);
+  try {
+    return Runtime::instance().backend(ro);
+  } catch (const emollm::Error& e) {
+    throw make_js_error(info.Env(), e);
+  }
+}
+
 class GemmWorker final : public PromiseWorker {
  public:
   GemmWorker(Napi::Env env, std::vector<float> x, std::vector<uint8_t> w, DType wtype, std::vector<float> bias,
-             int64_t M, int64_t N, int64_t K)
-      : PromiseWorker(env), x_(std::move(x)), w_(std::move(w)), bias_(std::move(bias)), wtype_(wtype), M_(M), N_(N), K_(K) {}
+             int64_t M, int64_t N, int64_t K, std::shared_ptr<Backend> be)
+      : PromiseWorker(env), x_(std::move(x)), w_(std::move(w)), bias_(std::move(bias)), wtype_(wtype), M_(M), N_(N), K_(K),
+        be_(std::move(be)) {}
 
  protected:
   void Run() override {
     y_.resize(size_t(M_ * N_));
-    gemm(x_.data(), K_, w_.data(), wtype_, bias_.empty() ? nullptr : bias_.data(), y_.data(), N_, M_, N_, K_,
-         shared_pool().get());
+    if (!be_) {
+      gemm(x_.data(), K_, w_.data(), wtype_, bias_.empty() ? nullptr : bias_.data(), y_.data(), N_, M_, N_, K_,
+           shared_pool().get());
+      return;
+    }
+    Staging st(*be_);
+    be_->gemm(st.in(x_), K_, st.in_bytes(w_.data(), w_.size()), wtype_, bias_.empty() ? nullptr : st.in(bias_),
+              st.out(y_), N_, M_, N_, K_);
+    st.finish();
   }
   Napi::Value Resolve(Napi::Env env) override { return to_float32_array(env, y_); }
 
@@ -74,10 +145,12 @@ class GemmWorker final : public PromiseWorker {
   std::vector<float> bias_, y_;
   DType wtype_;
   int64_t M_, N_, K_;
+  std::shared_ptr<Backend> be_;
 };
 
-// gemm(x: Float32Array [M*K], w: bytes [N rows of K in wtype], wtype, bias: Float32Array|null, M, N, K)
-//   -> Promise<Float32Array [M*N]>   (Y = X W^T + bias)
+// gemm(x: Float32Array [M*K], w: bytes [N rows of K in wtype], wtype, bias: Float32Array|null, M, N, K,
+//      options?: { device?: 'cpu' | 'cuda' | 'cuda:N' })
+//   -> Promise<Float32Array [M*N]>   (Y = X W^T + bias; on that device's backend when one is named)
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto x = arg_floats(info, 0, "x");
@@ -97,10 +170,137 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
                            " for " + std::to_string(N) + "x" + std::to_string(K) + " " + dtype_name(wtype));
   if (!bias.empty() && int64_t(bias.size()) != N)
     throw_invalid(env, "bias has " + std::to_string(bias.size()) + " elements, expected N = " + std::to_string(N));
-  auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K);
+  std::shared_ptr<Backend> be = opt_backend(info, 7);
+  auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K, std::move(be));
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;
+}
+
+// A Float32Array argument that may be null / undefined (empty vector then).
+std::vector<float> arg_floats_opt(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return {};
+  return arg_floats(info, i, what);
+}
+int64_t param_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t lo, int64_t hi) {
+  if (!has_opt(o, key)) throw_invalid(env, std::string("params.") + key + " is required");
+  return opt_int(env, o, key, 0, lo, hi);
+}
+void check_len(Napi::Env env, size_t got, int64_t want, const char* what) {
+  if (int64_t(got) != want)
+    throw_invalid(env, std::string(what) + " has " + std::to_string(got) + " elements, expected " + std::to_string(want));
+}
+
+// A backend op over staged host arrays, on a worker thread.
+class BackendOpWorker final : public PromiseWorker {
+ public:
+  using Op = std::function<void(Backend&, Staging&, std::vector<float>& out)>;
+  BackendOpWorker(Napi::Env env, std::shared_ptr<Backend> be, size_t out_elems, Op op)
+      : PromiseWorker(env), be_(std::move(be)), out_(out_elems), op_(std::move(op)) {}
+
+ protected:
+  void Run() override {
+    Staging st(*be_);
+    op_(*be_, st, out_);
+    st.finish();
+  }
+  Napi::Value Resolve(Napi::Env env) override { return to_float32_array(env, out_); }
+
+ private:
+  std::shared_ptr<Backend> be_;
+  std::vector<float> out_;
+  Op op_;
+};
+
+std::shared_ptr<Backend> backend_or_default(const Napi::CallbackInfo& info, size_t i) {
+  std::shared_ptr<Backend> be = opt_backend(info, i);
+  if (be) return be;
+  try {
+    return Runtime::instance().backend(RuntimeOptions{});
+  } catch (const emollm::Error& e) {
+    throw make_js_error(info.Env(), e);
+  }
+}
+
+// attention(q, k, v: Float32Array, params: { nQ, nKv, nHeads, nKvHeads, headDim, causal?, qPos0?, scale? },
+//           options?: { device? }) -> Promise<Float32Array [nQ * nHeads * headDim]>
+// Dense rows: q/out [nQ, nHeads*headDim], k/v [nKv, nKvHeads*headDim] (kernels.h attention()).
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto q = arg_floats(info, 0, "q");
+  auto k = arg_floats(info, 1, "k");
+  auto v = arg_floats(info, 2, "v");
+  Napi::Object po = opt_object(info, 3, "params");
+  AttentionParams p;
+  p.n_q = param_int(env, po, "nQ", 1, int64_t(1) << 30);
+  p.n_kv = param_int(env, po, "nKv", 1, int64_t(1) << 30);
+  p.n_heads = param_int(env, po, "nHeads", 1, 65535);
+  p.n_kv_heads = param_int(env, po, "nKvHeads", 1, 65535);
+  p.head_dim = param_int(env, po, "headDim", 1, 4096);
+  p.causal = has_opt(po, "causal") ? po.Get("causal").ToBoolean().Value() : true;
+  p.q_pos0 = opt_int(env, po, "qPos0", 0, 0, int64_t(1) << 30);
+  p.scale = float(opt_number(env, po, "scale", 0.0));
+  if (p.n_heads % p.n_kv_heads != 0) throw_invalid(env, "params.nHeads must be a multiple of params.nKvHeads");
+  if (p.causal && p.n_kv < p.q_pos0 + p.n_q) throw_invalid(env, "causal attention needs nKv >= qPos0 + nQ");
+  p.ldq = p.ldo = p.n_heads * p.head_dim;
+  p.ldk = p.ldv = p.n_kv_heads * p.head_dim;
+  check_len(env, q.size(), p.n_q * p.ldq, "q");
+  check_len(env, k.size(), p.n_kv * p.ldk, "k");
+  check_len(env, v.size(), p.n_kv * p.ldv, "v");
+  std::shared_ptr<Backend> be = backend_or_default(info, 4);
+  auto* worker = new BackendOpWorker(env, be, size_t(p.n_q * p.ldo),
+                                     [q = std::move(q), k = std::move(k), v = std::move(v), p](
+                                         Backend& b, Staging& st, std::vector<float>& out) {
+                                       b.attention(st.in(q), st.in(k), st.in(v), st.out(out), p);
+                                     });
+  Napi::Promise pr = worker->promise();
+  worker->Queue();
+  return pr;
+}
+
+// mvpProjection(x: Float32Array [tokens*dIn], w1: bytes [nHeads*dHid rows of dIn], b1: Float32Array|null,
+//               w2: bytes [nHeads*dOut rows of dHid], b2: Float32Array|null, g: Float32Array [nHeads*dOut],
+//               wtype, params: { tokens, dIn, dHid, dOut, nHeads }, options?: { device? })
+//   -> Promise<Float32Array [tokens*dOut]>   (kernels.h mvp_projection)
+Napi::Value MvpProjection(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto x = arg_floats(info, 0, "x");
+  auto w1 = arg_bytes(info, 1, "w1");
+  auto b1 = arg_floats_opt(info, 2, "b1");
+  auto w2 = arg_bytes(info, 3, "w2");
+  auto b2 = arg_floats_opt(info, 4, "b2");
+  auto g = arg_floats(info, 5, "g");
+  const DType wt = arg_dtype(info, 6);
+  Napi::Object po = opt_object(info, 7, "params");
+  MvpProjectionParams p;
+  p.tokens = param_int(env, po, "tokens", 1, int64_t(1) << 30);
+  p.d_in = param_int(env, po, "dIn", 1, int64_t(1) << 20);
+  p.d_hid = param_int(env, po, "dHid", 1, int64_t(1) << 20);
+  p.d_out = param_int(env, po, "dOut", 1, int64_t(1) << 20);
+  p.n_heads = param_int(env, po, "nHeads", 1, 64);
+  const int64_t be_in = dtype_block_elems(wt);
+  if (p.d_in % be_in != 0 || p.d_hid % be_in != 0)
+    throw_invalid(env, std::string("dIn and dHid must be multiples of the ") + dtype_name(wt) + " block size");
+  check_len(env, x.size(), p.tokens * p.d_in, "x");
+  const size_t w1_bytes = size_t(p.n_heads * p.d_hid) * dtype_row_bytes(wt, p.d_in);
+  const size_t w2_bytes = size_t(p.n_heads * p.d_out) * dtype_row_bytes(wt, p.d_hid);
+  if (w1.size() != w1_bytes) throw_invalid(env, "w1 has " + std::to_string(w1.size()) + " bytes, expected " + std::to_string(w1_bytes));
+  if (w2.size() != w2_bytes) throw_invalid(env, "w2 has " + std::to_string(w2.size()) + " bytes, expected " + std::to_string(w2_bytes));
+  if (!b1.empty()) check_len(env, b1.size(), p.n_heads * p.d_hid, "b1");
+  if (!b2.empty()) check_len(env, b2.size(), p.n_heads * p.d_out, "b2");
+  check_len(env, g.size(), p.n_heads * p.d_out, "g");
+  std::shared_ptr<Backend> be = backend_or_default(info, 8);
+  auto* worker = new BackendOpWorker(
+      env, be, size_t(p.tokens * p.d_out),
+      [x = std::move(x), w1 = std::move(w1), b1 = std::move(b1), w2 = std::move(w2), b2 = std::move(b2),
+       g = std::move(g), wt, p](Backend& b, Staging& st, std::vector<float>& out) {
+        b.mvp_projection(st.in(x), st.in_bytes(w1.data(), w1.size()), b1.empty() ? nullptr : st.in(b1),
+                         st.in_bytes(w2.data(), w2.size()), b2.empty() ? nullptr : st.in(b2), st.in(g), wt,
+                         st.out(out), p);
+      });
+  Napi::Promise pr = worker->promise();
+  worker->Queue();
+  return pr;
 }
 
 // quantize(x: Float32Array, dtype) -> Uint8Array in that dtype's storage layout (ggml blocks).
@@ -220,7 +420,8 @@ Napi::Value RequireDevice(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string name = arg_string(info, 0, "device");
   try {
-    require_device(device_from_name(name));
+    const DeviceSpec d = parse_device(name);
+    require_device(d.kind, d.index);
   } catch (const emollm::Error& e) {
     throw make_js_error(env, e);
   }
@@ -231,6 +432,8 @@ Napi::Value RequireDevice(const Napi::CallbackInfo& info) {
 
 void register_kernels(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New(env, Gemm, "gemm"));
+  exports.Set("attention", Napi::Function::New(env, Attention, "attention"));
+  exports.Set("mvpProjection", Napi::Function::New(env, MvpProjection, "mvpProjection"));
   exports.Set("quantize", Napi::Function::New(env, Quantize, "quantize"));
   exports.Set("dequantize", Napi::Function::New(env, Dequantize, "dequantize"));
   exports.Set("configure", Napi::Function::New(env, Configure, "configure"));

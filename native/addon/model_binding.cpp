@@ -208,6 +208,13 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   const RuntimeOptions ro = read_runtime_options(env, o);
   lo.threads = ro.threads;
   if (ro.device_set) lo.device = ro.device;
+  // The model load options carry the device kind only (not yet an index): refuse 'cuda:N' for
+  // N > 0 rather than silently loading onto GPU 0.
+  if (ro.device_set && ro.device_index != 0)
+    throw make_js_error(env, "ERR_UNSUPPORTED",
+                        "loadModel: device 'cuda:" + std::to_string(ro.device_index) +
+                            "' is not supported yet for models; use device 'cuda' with CUDA_VISIBLE_DEVICES=" +
+                            std::to_string(ro.device_index));
   const int64_t n_ctx = opt_int(env, o, "nCtx", 0, 0, int64_t(1) << 24);
   if (has_opt(o, "mmproj")) {
     if (!o.Get("mmproj").IsString()) throw_invalid(env, "mmproj must be a string");

@@ -101,10 +101,12 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
   RuntimeOptions r;
   try {
     if (has_opt(o, "device")) {
-      if (!o.Get("device").IsString()) throw_invalid(env, "device must be a string ('cpu' or 'cuda')");
-      r.device = device_from_name(o.Get("device").As<Napi::String>().Utf8Value());
+      if (!o.Get("device").IsString()) throw_invalid(env, "device must be a string ('cpu', 'cuda' or 'cuda:N')");
+      const DeviceSpec d = parse_device(o.Get("device").As<Napi::String>().Utf8Value());
+      r.device = d.kind;
+      r.device_index = d.index;
       r.device_set = true;
-      require_device(r.device);
+      require_device(r.device, r.device_index);
     }
   } catch (const emollm::Error& e) {
     throw make_js_error(env, e);

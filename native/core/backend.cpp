@@ -1,13 +1,19 @@
 #include "backend.h"
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "base/arena.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/row_ops.h"
 #include "core/runtime.h"
+#if defined(EMOLLM_WITH_CUDA)
+#include "core/cuda_backend.h"
+#endif
 
 namespace emollm {
 namespace {
@@ -57,19 +63,159 @@ class CpuBackend final : public Backend {
     emollm::embedding_lookup(table, dtype, vocab, dim, ids, n, out, ld_out, &pool_);
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
+    require_kv_dtype(p.kv_dtype);
     emollm::attention(q, k, v, out, p, &pool_);
   }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2, const float* G,
                       DType wtype, float* Y, const MvpProjectionParams& p) override {
     emollm::mvp_projection(X, W1, b1, W2, b2, G, wtype, Y, p, &pool_);
   }
+  void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) override {
+    emollm::copy_2d(dst, ld_dst, src, ld_src, rows, row_bytes, &pool_);
+  }
+  void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p) override {
+    emollm::extract_patches(images, cols, ld_cols, p, &pool_);
+  }
+  void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) override {
+    emollm::convert(src, src_type, dst, dst_type, n, &pool_);
+  }
+  void add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    emollm::add_row(x, ldx, v, y, ldy, rows, n, &pool_);
+  }
+  void mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    emollm::mul_row(x, ldx, v, y, ldy, rows, n, &pool_);
+  }
+  void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
+                   bool accumulate) override {
+    emollm::mul_row_add(x, ldx, v, y, ldy, rows, n, accumulate, &pool_);
+  }
+  void scale(const float* x, float s, float* y, int64_t n) override { emollm::scale(x, s, y, n, &pool_); }
 
  private:
   std::shared_ptr<ThreadPool> owned_;
   ThreadPool& pool_;
 };
 
+// A stream on which every call has finished when it returns: the CPU's, and the default.
+class HostStream final : public BackendStream {
+ public:
+  void synchronize() override {}
+};
+
+thread_local BackendContext* t_context = nullptr;
+
+// Scratch for a default op: from the bound context's workspace (released when the op returns),
+// else a buffer of its own for this call.
+class Scratch {
+ public:
+  explicit Scratch(Backend& be) : be_(be), ws_(be.current_workspace()) {
+    if (ws_) frame_.emplace(*ws_);
+  }
+  float* floats(int64_t n) {
+    if (ws_) return ws_->take_n<float>(n);
+    owned_.emplace_back(be_, size_t(n) * sizeof(float));
+    return static_cast<float*>(owned_.back().data());
+  }
+
+ private:
+  Backend& be_;
+  Workspace* ws_;
+  std::optional<Workspace::Frame> frame_;
+  std::vector<BackendBuffer> owned_;
+};
+
 }  // namespace
+
+// ---------------------------------------------------------------- buffers, workspace, contexts
+BackendBuffer& BackendBuffer::operator=(BackendBuffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    be_ = o.be_;
+    bytes_ = o.bytes_;
+    data_ = o.data_;
+    o.data_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+void BackendBuffer::allocate(Backend& be, size_t bytes) {
+  release();
+  data_ = bytes ? be.alloc(bytes) : nullptr;
+  be_ = &be;
+  bytes_ = bytes;
+}
+void BackendBuffer::release() {
+  if (data_) be_->free(data_);
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+void* Workspace::take(size_t bytes) {
+  constexpr size_t kAlign = 64;
+  bytes = (bytes + kAlign - 1) / kAlign * kAlign;
+  if (bytes == 0) bytes = kAlign;
+  if (chunks_.empty() || used_ + bytes > chunks_.back().bytes()) {
+    // A new chunk: live blocks in the older ones stay where they are. At least double the last,
+    // so a context settles after a few calls (and rewind() merges the chunks once all are free).
+    const size_t last = chunks_.empty() ? 0 : chunks_.back().bytes();
+    chunks_.emplace_back(be_, std::max(bytes, std::max(last * 2, size_t(1) << 20)));
+    used_ = 0;
+  }
+  void* p = static_cast<uint8_t*>(chunks_.back().data()) + used_;
+  used_ += bytes;
+  return p;
+}
+size_t Workspace::capacity() const {
+  size_t n = 0;
+  for (const auto& c : chunks_) n += c.bytes();
+  return n;
+}
+void Workspace::rewind(std::pair<size_t, size_t> m) {
+  // Chunks opened after the mark are empty now; keep the largest as the single chunk when the
+  // workspace is empty again, so the next call fits in one.
+  if (m.first == 0 || (m.first == 1 && m.second == 0)) {
+    if (chunks_.size() > 1) {
+      size_t total = capacity();
+      chunks_.clear();
+      chunks_.emplace_back(be_, total);
+    }
+    used_ = 0;
+    return;
+  }
+  while (chunks_.size() > m.first) chunks_.pop_back();
+  used_ = m.second;
+}
+
+BackendContext::BackendContext(Backend& be) : be_(be), stream_(be.create_stream()), workspace_(be) {
+  EMOLLM_CHECK_ARG(stream_ != nullptr, "BackendContext: the backend made no stream");
+}
+BackendContext::~BackendContext() {
+  // Work still queued may use the workspace: finish it before the memory goes.
+  stream_->synchronize();
+}
+
+ContextScope::ContextScope(BackendContext& ctx) : previous_(t_context) { t_context = &ctx; }
+ContextScope::~ContextScope() { t_context = previous_; }
+BackendContext* current_context() { return t_context; }
+
+// ---------------------------------------------------------------- Backend defaults
+std::unique_ptr<BackendStream> Backend::create_stream() { return std::make_unique<HostStream>(); }
+
+BackendStream* Backend::current_stream() const {
+  return t_context && &t_context->backend() == this ? &t_context->stream() : nullptr;
+}
+Workspace* Backend::current_workspace() const {
+  return t_context && &t_context->backend() == this ? &t_context->workspace() : nullptr;
+}
+
+void Backend::require_kv_dtype(DType t) const {
+  if (supports_kv_dtype(t)) return;
+  std::string ok;
+  for (DType c : {DType::F32, DType::F16, DType::BF16})
+    if (supports_kv_dtype(c)) ok += std::string(ok.empty() ? "" : ", ") + dtype_name(c);
+  throw Error(ErrorCode::Unsupported, std::string("KV cache type ") + dtype_name(t) + " is not supported by " +
+                                          describe() + " (supported: " + ok + ")");
+}
 
 void Backend::mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                              const float* G, DType wtype, float* Y, const MvpProjectionParams& p) {
@@ -78,17 +224,73 @@ void Backend::mvp_projection(const float* X, const void* W1, const float* b1, co
   const int64_t ldx = p.ldx ? p.ldx : p.d_in, ldy = p.ldy ? p.ldy : p.d_out;
   const int64_t T = p.tokens, H = p.n_heads, Dh = p.d_hid, Do = p.d_out;
   if (T == 0) return;
-  std::vector<float> hidden(size_t(T * H * Dh)), tmp(size_t(T * Do));
-  gemm(X, ldx, W1, wtype, b1, hidden.data(), H * Dh, T, H * Dh, p.d_in);
-  gelu_erf(hidden.data(), hidden.data(), T * H * Dh);
+  Scratch scratch(*this);
+  float* hidden = scratch.floats(T * H * Dh);
+  float* tmp = scratch.floats(T * Do);
+  gemm(X, ldx, W1, wtype, b1, hidden, H * Dh, T, H * Dh, p.d_in);
+  gelu_erf(hidden, hidden, T * H * Dh);
   const size_t w2_head_bytes = size_t(Do) * dtype_row_bytes(wtype, Dh);
   for (int64_t h = 0; h < H; ++h) {
-    gemm(hidden.data() + h * Dh, H * Dh, static_cast<const uint8_t*>(W2) + size_t(h) * w2_head_bytes, wtype,
-         b2 ? b2 + h * Do : nullptr, tmp.data(), Do, T, Do, Dh);
-    const float* g = G + h * Do;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t c = 0; c < Do; ++c) Y[t * ldy + c] = (h == 0 ? 0.0f : Y[t * ldy + c]) + g[c] * tmp[size_t(t * Do + c)];
+    gemm(hidden + h * Dh, H * Dh, static_cast<const uint8_t*>(W2) + size_t(h) * w2_head_bytes, wtype,
+         b2 ? b2 + h * Do : nullptr, tmp, Do, T, Do, Dh);
+    mul_row_add(tmp, Do, G + h * Do, Y, ldy, T, Do, h > 0);
   }
+}
+
+void Backend::copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) {
+  if (rows <= 0 || row_bytes == 0) return;
+  if (ld_dst == row_bytes && ld_src == row_bytes) return copy(dst, src, size_t(rows) * row_bytes);
+  for (int64_t r = 0; r < rows; ++r)
+    copy(static_cast<uint8_t*>(dst) + size_t(r) * ld_dst, static_cast<const uint8_t*>(src) + size_t(r) * ld_src,
+         row_bytes);
+}
+
+void Backend::extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p) {
+  EMOLLM_CHECK_ARG(p.batch >= 0 && p.channels > 0 && p.patch > 0 && p.height >= p.patch && p.width >= p.patch &&
+                       p.height % p.patch == 0 && p.width % p.patch == 0,
+                   "extract_patches: height and width must be positive multiples of the patch size");
+  const int64_t C = p.channels, H = p.height, W = p.width, ps = p.patch, ph = p.patches_h(), pw = p.patches_w();
+  const int64_t K = p.row_elems(), ld = ld_cols ? ld_cols : K;
+  // For a fixed (image, patch row, channel, ky) the pw patches of that row are one strided copy.
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int64_t py = 0; py < ph; ++py)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t ky = 0; ky < ps; ++ky)
+          copy_2d(cols + (b * ph + py) * pw * ld + (c * ps + ky) * ps, size_t(ld) * sizeof(float),
+                  images + ((b * C + c) * H + py * ps + ky) * W, size_t(ps) * sizeof(float), pw,
+                  size_t(ps) * sizeof(float));
+}
+
+void Backend::convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) {
+  if (src_type == dst_type && !dtype_is_quantized(src_type)) return copy(dst, src, dtype_row_bytes(src_type, n));
+  throw Error(ErrorCode::Unsupported, std::string("convert ") + dtype_name(src_type) + " -> " + dtype_name(dst_type) +
+                                          " is not implemented by " + describe());
+}
+
+namespace {
+// The host fallback of the row-broadcast defaults: only where the host can read the memory.
+void require_host(const Backend& be, const char* op) {
+  if (!be.uses_host_memory())
+    throw Error(ErrorCode::Unsupported, std::string(op) + " is not implemented by " + be.describe());
+}
+}  // namespace
+
+void Backend::add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) {
+  require_host(*this, "add_row");
+  emollm::add_row(x, ldx, v, y, ldy, rows, n, nullptr);
+}
+void Backend::mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) {
+  require_host(*this, "mul_row");
+  emollm::mul_row(x, ldx, v, y, ldy, rows, n, nullptr);
+}
+void Backend::mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
+                          bool accumulate) {
+  require_host(*this, "mul_row_add");
+  emollm::mul_row_add(x, ldx, v, y, ldy, rows, n, accumulate, nullptr);
+}
+void Backend::scale(const float* x, float s, float* y, int64_t n) {
+  require_host(*this, "scale");
+  emollm::scale(x, s, y, n, nullptr);
 }
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
@@ -99,7 +301,13 @@ std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   switch (options.device) {
     case DeviceKind::Cpu: return std::make_unique<CpuBackend>(std::make_shared<ThreadPool>(options.threads));
-    case DeviceKind::Cuda: require_device(DeviceKind::Cuda); break;
+    case DeviceKind::Cuda:
+      require_device(DeviceKind::Cuda);
+#if defined(EMOLLM_WITH_CUDA)
+      return make_cuda_backend(0);
+#else
+      break;
+#endif
   }
   throw Error(ErrorCode::InvalidArgument, "unknown device");
 }

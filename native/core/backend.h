@@ -1,11 +1,18 @@
 // The compute backend interface: model code calls these and never a kernel directly, so a CUDA
-// backend can plug in later without changing the model code. Pointers passed to a backend's
-// compute calls live in that backend's memory (host memory for the CPU backend; buffers from
-// alloc() in general, filled with upload()).
+// backend plugs in without changing the model code. Pointers passed to a backend's compute calls
+// live in that backend's memory (host memory for the CPU backend; buffers from alloc() in
+// general, filled with upload()). Offsetting such a pointer (row i of a buffer) is fine on every
+// backend; dereferencing it on the host is only fine when uses_host_memory().
+//
+// Ordering: every call is issued on the calling thread's current stream (see BackendContext and
+// ContextScope below) or, when none is bound, on the backend's default stream. Calls on one
+// stream run in issue order; download() and synchronize() are the points where the host waits.
+// The CPU backend runs every call to completion before returning, so its streams are trivial.
 #pragma once
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/dtype.h"
 #include "kernels/op_params.h"
@@ -13,6 +20,7 @@
 namespace emollm {
 
 class ThreadPool;
+class Backend;
 
 enum class DeviceKind { Cpu, Cuda };
 
@@ -20,6 +28,117 @@ struct BackendOptions {
   DeviceKind device = DeviceKind::Cpu;
   int threads = 0;  // CPU compute threads; 0 = physical cores
 };
+
+// An ordered queue of work on one backend (a cudaStream_t for CUDA). One per execution context,
+// so that two contexts (two sessions, a vision encode beside a decode) can overlap on a device
+// without one waiting for the other's kernels.
+class BackendStream {
+ public:
+  virtual ~BackendStream() = default;
+  // Blocks the calling thread until everything issued on this stream has finished.
+  virtual void synchronize() = 0;
+  // The device's own handle (cudaStream_t on CUDA); null where there is none (CPU).
+  virtual void* native_handle() const { return nullptr; }
+};
+
+// Memory from a backend's alloc(), freed with it (RAII). The backend must outlive the buffer.
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend& be, size_t bytes) { allocate(be, bytes); }
+  ~BackendBuffer() { release(); }
+  BackendBuffer(BackendBuffer&& o) noexcept : be_(o.be_), bytes_(o.bytes_), data_(o.data_) {
+    o.data_ = nullptr;
+    o.bytes_ = 0;
+  }
+  BackendBuffer& operator=(BackendBuffer&& o) noexcept;
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  // Frees what it holds, then allocates `bytes` from `be`.
+  void allocate(Backend& be, size_t bytes);
+  void release();
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Backend* backend() const { return be_; }
+
+ private:
+  Backend* be_ = nullptr;
+  size_t bytes_ = 0;
+  void* data_ = nullptr;
+};
+
+// Scratch memory of one execution context: what a backend op needs for intermediates (the hidden
+// activations of the composed mvp_projection, a dequantised weight tile, a split-K partial sum)
+// without an alloc/free per call, which is costly on a device. A stack: take() hands out aligned
+// blocks of the backend's memory, a Frame gives back everything taken since it opened. Blocks stay
+// valid until their frame closes (the workspace grows in chunks; it never moves a live block).
+class Workspace {
+ public:
+  explicit Workspace(Backend& be) : be_(be) {}
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  // `bytes` of the backend's memory, 64-byte aligned, valid until the enclosing Frame closes.
+  void* take(size_t bytes);
+  template <typename T> T* take_n(int64_t n) { return static_cast<T*>(take(size_t(n) * sizeof(T))); }
+  // Bytes reserved in total (all chunks): what a context costs between calls.
+  size_t capacity() const;
+  Backend& backend() const { return be_; }
+
+  class Frame {
+   public:
+    explicit Frame(Workspace& ws) : ws_(ws), mark_(ws.mark()) {}
+    ~Frame() { ws_.rewind(mark_); }
+    Frame(const Frame&) = delete;
+    Frame& operator=(const Frame&) = delete;
+
+   private:
+    Workspace& ws_;
+    std::pair<size_t, size_t> mark_;
+  };
+
+ private:
+  std::pair<size_t, size_t> mark() const { return {chunks_.size(), used_}; }
+  void rewind(std::pair<size_t, size_t> m);
+  Backend& be_;
+  std::vector<BackendBuffer> chunks_;  // the last one is the one being filled
+  size_t used_ = 0;                    // bytes used in the last chunk
+};
+
+// One execution context on a backend: its stream and its workspace. A LLaMA context, a Session or
+// one vision encode owns one; bind it with ContextScope around the calls it issues.
+class BackendContext {
+ public:
+  explicit BackendContext(Backend& be);
+  ~BackendContext();
+  BackendContext(const BackendContext&) = delete;
+  BackendContext& operator=(const BackendContext&) = delete;
+  Backend& backend() const { return be_; }
+  BackendStream& stream() const { return *stream_; }
+  Workspace& workspace() { return workspace_; }
+  void synchronize() { stream_->synchronize(); }
+
+ private:
+  Backend& be_;
+  std::unique_ptr<BackendStream> stream_;
+  Workspace workspace_;
+};
+
+// Binds a context to the calling thread for the scope's lifetime (restoring the previous one):
+// the backend then issues this thread's calls on the context's stream and takes scratch from its
+// workspace. A thread binding rather than a stream argument on every call (as PyTorch's current
+// CUDA stream) keeps the op signatures and every call site in model code unchanged.
+class ContextScope {
+ public:
+  explicit ContextScope(BackendContext& ctx);
+  ~ContextScope();
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+
+ private:
+  BackendContext* previous_;
+};
+// The context bound to the calling thread, or null.
+BackendContext* current_context();
 
 class Backend {
  public:
@@ -30,10 +149,33 @@ class Backend {
   // ---- memory
   virtual void* alloc(size_t bytes) = 0;
   virtual void free(void* p) = 0;
+  // Host -> backend memory. May return before the copy has finished when `src` stays valid until
+  // the stream is synchronised; the CPU and a synchronous device implementation simply copy.
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  // Backend memory -> host; returns when `dst` holds the bytes (waits for the current stream).
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
   // True when host pointers (e.g. into an mmap'd weight file) can be used directly as weights.
   virtual bool uses_host_memory() const = 0;
+
+  // ---- streams and contexts
+  // A new stream for an execution context. Default: a stream on which every call has already
+  // finished when it returns (synchronize() does nothing) — right for the CPU backend.
+  virtual std::unique_ptr<BackendStream> create_stream();
+  // Blocks until all work issued on every stream of this backend has finished.
+  virtual void synchronize() {}
+  // The stream this thread's calls go to: the bound context's (when it belongs to this backend),
+  // else null, meaning the backend's default stream.
+  BackendStream* current_stream() const;
+  // The bound context's workspace when it belongs to this backend, else null (ops then allocate
+  // their scratch per call; see ScratchBuffer in backend.cpp).
+  Workspace* current_workspace() const;
+
+  // ---- KV cache element type
+  // Whether attention() accepts K/V of this type (AttentionParams::kv_dtype) and convert() writes
+  // it. f32 everywhere; f16 / bf16 where the backend has the kernels (halves the cache on a GPU).
+  virtual bool supports_kv_dtype(DType t) const { return t == DType::F32; }
+  // Throws Error(Unsupported) naming the backend and the types it supports when !supports_kv_dtype(t).
+  void require_kv_dtype(DType t) const;
 
   // ---- compute (same contracts as kernels/cpu/kernels.h)
   virtual void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
@@ -55,40 +197,37 @@ class Backend {
                     const RopeParams& p) = 0;
   virtual void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids,
                                 int64_t n, float* out, int64_t ld_out) = 0;
+  // K/V are f32 unless p.kv_dtype says otherwise (then they point at that type; reinterpret).
   virtual void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) = 0;
+
+  // ---- ops with default implementations (a new backend compiles without them; override for speed)
   // EmoLLM's fused multi-head visual projection (kernels.h mvp_projection). The default composes
-  // it from gemm and gelu_erf (any backend); the CPU backend runs the fused kernel.
+  // it from gemm, gelu_erf and mul_row_add with workspace scratch; the CPU backend runs the fused kernel.
   virtual void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                               const float* G, DType wtype, float* Y, const MvpProjectionParams& p);
-};
+  // Strided 2-D copy: `rows` rows of `row_bytes`, row r from src + r*ld_src to dst + r*ld_dst
+  // (strides in bytes). Gathers, concatenations, layer taps and token splices are all this.
+  // Default: one copy() per row.
+  virtual void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes);
+  // Patch extraction (PatchParams): images -> patch rows with row stride ld_cols floats (0 = row_elems).
+  // Default: copy_2d per (image, patch row, channel, ky).
+  virtual void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p);
+  // n elements from `src` of type src_type to `dst` of type dst_type (f32 <-> f16 / bf16; same
+  // type = copy): K/V rows into a half-precision cache. Default: same type only, else Unsupported.
+  virtual void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n);
 
-// Memory from a backend's alloc(), freed with it (RAII). The backend must outlive the buffer.
-class BackendBuffer {
- public:
-  BackendBuffer() = default;
-  BackendBuffer(Backend& be, size_t bytes) { allocate(be, bytes); }
-  ~BackendBuffer() { release(); }
-  // Frees what it holds, then allocates `bytes` from `be`.
-  void allocate(Backend& be, size_t bytes) {
-    release();
-    data_ = bytes ? be.alloc(bytes) : nullptr;
-    be_ = &be;
-    bytes_ = bytes;
-  }
-  void release() {
-    if (data_) be_->free(data_);
-    data_ = nullptr;
-    bytes_ = 0;
-  }
-  BackendBuffer(const BackendBuffer&) = delete;
-  BackendBuffer& operator=(const BackendBuffer&) = delete;
-  void* data() const { return data_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  Backend* be_ = nullptr;
-  size_t bytes_ = 0;
-  void* data_ = nullptr;
+  // Row-broadcast ops over `rows` rows of n floats (ldx / ldy row strides, in place allowed).
+  // No default from the ops above exists, so a backend with device memory must implement them;
+  // the defaults run on the host when uses_host_memory() and throw Error(Unsupported) otherwise.
+  //   add_row:     y[r][c] = x[r][c] + v[c]          (bias and position-embedding adds)
+  //   mul_row:     y[r][c] = x[r][c] * v[c]          (per-channel gates)
+  //   mul_row_add: y[r][c] = acc ? y[r][c] + x[r][c] * v[c] : x[r][c] * v[c]   (gated sums)
+  //   scale:       y[i] = s * x[i] over n floats
+  virtual void add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n);
+  virtual void mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n);
+  virtual void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
+                           bool accumulate);
+  virtual void scale(const float* x, float s, float* y, int64_t n);
 };
 
 // Creates a backend with its own compute pool. DeviceKind::Cuda throws Error(Unsupported) when

@@ -4,14 +4,26 @@
 
 #include "base/cpu_features.h"
 #include "base/error.h"
+#if defined(EMOLLM_WITH_CUDA)
+#include "core/cuda_backend.h"
+#endif
 
 namespace emollm {
 
-DeviceKind device_from_name(const std::string& name) {
-  if (name == "cpu") return DeviceKind::Cpu;
-  if (name == "cuda") return DeviceKind::Cuda;
-  throw Error(ErrorCode::InvalidArgument, "unknown device \"" + name + "\" (use 'cpu' or 'cuda')");
+DeviceSpec parse_device(const std::string& name) {
+  DeviceSpec d;
+  if (name == "cpu") return d;
+  d.kind = DeviceKind::Cuda;
+  if (name == "cuda") return d;
+  if (name.size() > 5 && name.size() <= 8 && name.compare(0, 5, "cuda:") == 0 &&
+      name.find_first_not_of("0123456789", 5) == std::string::npos && !(name.size() > 6 && name[5] == '0')) {
+    d.index = std::stoi(name.substr(5));
+    if (d.index <= 255) return d;
+  }
+  throw Error(ErrorCode::InvalidArgument, "unknown device \"" + name + "\" (use 'cpu', 'cuda' or 'cuda:N')");
 }
+
+DeviceKind device_from_name(const std::string& name) { return parse_device(name).kind; }
 
 const char* device_name(DeviceKind d) { return d == DeviceKind::Cuda ? "cuda" : "cpu"; }
 
@@ -23,16 +35,20 @@ bool cuda_built() {
 #endif
 }
 
-void require_device(DeviceKind d) {
+void require_device(DeviceKind d, int index) {
   if (d == DeviceKind::Cpu) return;
   if (!cuda_built())
     throw Error(ErrorCode::Unsupported,
                 "device 'cuda': this build of emollm has no CUDA support. Build one on a machine with the CUDA "
                 "toolkit (nvcc on PATH): `npm run build:cmake` (cmake-js; EMOLLM_CUDA=AUTO finds nvcc, "
                 "EMOLLM_CUDA=ON insists), then load with { device: 'cuda' }");
-  // The CUDA kernels exist (kernels/cuda) but no Backend forwards to them yet.
-  throw Error(ErrorCode::Unsupported,
-              "device 'cuda': this build has the CUDA kernels but no CUDA backend yet; use device 'cpu'");
+#if defined(EMOLLM_WITH_CUDA)
+  const int n = cuda_device_count();  // typed: no driver / no device
+  EMOLLM_CHECK_ARG(index >= 0 && index < n, "device 'cuda:" + std::to_string(index) + "': this machine has " +
+                                                std::to_string(n) + " CUDA device(s)");
+#else
+  (void)index;
+#endif
 }
 
 Runtime& Runtime::instance() {
@@ -49,10 +65,11 @@ void check_threads(int threads) {
 
 void Runtime::set_defaults(const RuntimeOptions& o) {
   check_threads(o.threads);
-  if (o.device_set) require_device(o.device);
+  if (o.device_set) require_device(o.device, o.device_index);
   std::lock_guard<std::mutex> lk(mu_);
   if (o.device_set) {
     defaults_.device = o.device;
+    defaults_.device_index = o.device_index;
     defaults_.device_set = true;
   }
   if (o.threads != defaults_.threads) {
@@ -77,6 +94,7 @@ RuntimeOptions Runtime::resolve(const RuntimeOptions& requested) const {
   std::lock_guard<std::mutex> lk(mu_);
   RuntimeOptions r;
   r.device = requested.device_set ? requested.device : defaults_.device;
+  r.device_index = requested.device_set ? requested.device_index : defaults_.device_index;
   r.device_set = true;
   r.threads = requested.threads > 0 ? requested.threads : default_threads_locked();
   return r;
@@ -102,18 +120,27 @@ std::shared_ptr<ThreadPool> Runtime::pool(int threads) {
 
 std::shared_ptr<Backend> Runtime::backend(const RuntimeOptions& requested) {
   const RuntimeOptions r = resolve(requested);
-  require_device(r.device);
+  require_device(r.device, r.device_index);
+  // A GPU backend is one per device whatever the CPU thread count (it owns device memory and
+  // streams; two would split the caching allocator for nothing).
+  const int threads_key = r.device == DeviceKind::Cpu ? r.threads : 0;
+  // Serialised creation: two threads asking for the same new CUDA backend must not both build one.
+  std::lock_guard<std::mutex> create_lk(create_mu_);
   {
     std::lock_guard<std::mutex> lk(mu_);
     backends_.erase(std::remove_if(backends_.begin(), backends_.end(), [](const auto& e) { return e.backend.expired(); }),
                     backends_.end());
     for (auto& e : backends_)
-      if (e.device == r.device && e.threads == r.threads)
+      if (e.device == r.device && e.threads == threads_key && e.device_index == r.device_index)
         if (auto b = e.backend.lock()) return b;
   }
-  std::shared_ptr<Backend> b = make_cpu_backend(pool(r.threads));
+  std::shared_ptr<Backend> b;
+#if defined(EMOLLM_WITH_CUDA)
+  if (r.device == DeviceKind::Cuda) b = make_cuda_backend(r.device_index);
+#endif
+  if (!b) b = make_cpu_backend(pool(r.threads));
   std::lock_guard<std::mutex> lk(mu_);
-  backends_.push_back({r.device, r.threads, b});
+  backends_.push_back({r.device, threads_key, r.device_index, b});
   return b;
 }
 

@@ -21,17 +21,27 @@ namespace emollm {
 
 struct RuntimeOptions {
   DeviceKind device = DeviceKind::Cpu;
+  int device_index = 0;     // which GPU: 'cuda:N' (0 for 'cuda' and for the CPU)
   bool device_set = false;  // false: the process default (configure({ device }))
   int threads = 0;          // 0: the process default (configure({ threads })), else physical cores
 };
 
-// "cpu" / "cuda" -> DeviceKind; anything else throws Error(InvalidArgument) naming the choices.
+// "cpu" / "cuda" / "cuda:N" -> DeviceKind; anything else throws Error(InvalidArgument) naming
+// the choices.
 DeviceKind device_from_name(const std::string& name);
+// The same, with the device index ("cuda:1" -> {Cuda, 1}; "cuda" -> {Cuda, 0}; N in [0, 255]).
+struct DeviceSpec {
+  DeviceKind kind = DeviceKind::Cpu;
+  int index = 0;
+};
+DeviceSpec parse_device(const std::string& name);
 const char* device_name(DeviceKind d);
 // True when this binary was built with CUDA kernels (EMOLLM_WITH_CUDA).
 bool cuda_built();
-// Throws Error(Unsupported) when `d` cannot run in this build, saying how to get one that can.
-void require_device(DeviceKind d);
+// Throws Error(Unsupported) when `d` cannot run in this build, saying how to get one that can;
+// in a CUDA build, also when the machine has no NVIDIA driver or no device (saying which), and
+// Error(InvalidArgument) when `index` is past the device count.
+void require_device(DeviceKind d, int index = 0);
 
 class Runtime {
  public:
@@ -67,9 +77,11 @@ class Runtime {
   RuntimeOptions defaults_;
   std::shared_ptr<ThreadPool> default_pool_;  // kept alive: standalone kernel calls use it per call
   std::vector<std::pair<int, std::weak_ptr<ThreadPool>>> pools_;
+  std::mutex create_mu_;  // held (before mu_) while a backend is created
   struct BackendEntry {
     DeviceKind device;
-    int threads;
+    int threads;  // 0 for a GPU backend
+    int device_index;
     std::weak_ptr<Backend> backend;
   };
   std::vector<BackendEntry> backends_;

@@ -26,6 +26,11 @@ TEST(runtime_device_names) {
   EXPECT_THROWS(device_from_name("tpu"), ErrorCode::InvalidArgument);
   EXPECT(std::string(device_name(DeviceKind::Cuda)) == "cuda");
   require_device(DeviceKind::Cpu);  // never throws
+  // 'cuda:N' names a GPU by index; anything malformed is InvalidArgument in every build.
+  EXPECT(parse_device("cuda:2").kind == DeviceKind::Cuda && parse_device("cuda:2").index == 2);
+  EXPECT(parse_device("cuda").index == 0 && device_from_name("cuda:0") == DeviceKind::Cuda);
+  for (const char* bad : {"cuda:", "cuda:01", "cuda:-1", "cuda:256", "cuda:1x", "gpu:0"})
+    EXPECT_THROWS(parse_device(bad), ErrorCode::InvalidArgument);
 }
 
 TEST(runtime_cuda_unsupported_says_how_to_build) {

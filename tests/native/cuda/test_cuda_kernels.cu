@@ -1,5 +1,6 @@
 // CUDA kernels (kernels/cuda) against the CPU kernels, on odd shapes. Built only when CUDA is
-// enabled (CMake EMOLLM_CUDA); uses the same harness and main as the native tests.
+// enabled (CMake EMOLLM_CUDA); uses the same harness and main as the native tests. Each test
+// prints a skip and returns on a machine without a CUDA device (gpu_test.h).
 //   test_cuda_kernels [substring-filter]   ->  "N passed, N failed"
 // Tolerances: f32 everywhere; attention |diff| <= 2e-4 + 2e-4 |ref| against the double
 // reference; GEMM / projection 1e-4 abs + 1e-4 rel (bf16 weights: compared with the same
@@ -15,6 +16,7 @@
 #include "../../../kernels/cuda/cuda_kernels.h"
 #include "../../../base/error.h"
 #include "../testing.h"
+#include "gpu_test.h"
 
 using namespace emollm;
 
@@ -120,6 +122,7 @@ void run_attention(const AttnCase& c, bool bf16_kv, bool use_workspace, const st
 }  // namespace
 
 TEST(cuda_attention_specialised_head_dims) {
+  SKIP_WITHOUT_GPU();
   run_attention({37, 37, 4, 2, 64, true, 0, 3}, false, false, "d64 causal gqa");
   run_attention({19, 50, 6, 2, 80, true, 31, 5}, false, false, "d80 causal kvcache gqa3");
   run_attention({70, 133, 2, 1, 128, false, 0, 0}, false, false, "d128 bidir");
@@ -127,6 +130,7 @@ TEST(cuda_attention_specialised_head_dims) {
 }
 
 TEST(cuda_attention_generic_head_dims) {
+  SKIP_WITHOUT_GPU();
   run_attention({21, 45, 2, 1, 40, true, 24, 1}, false, false, "d40");
   run_attention({17, 29, 2, 2, 100, false, 0, 2}, false, false, "d100");
   run_attention({9, 70, 4, 2, 200, true, 61, 0}, false, false, "d200 (>48KB smem)");
@@ -134,6 +138,7 @@ TEST(cuda_attention_generic_head_dims) {
 }
 
 TEST(cuda_attention_bf16_kv) {
+  SKIP_WITHOUT_GPU();
   run_attention({37, 37, 4, 2, 64, true, 0, 3}, true, false, "d64");
   run_attention({19, 50, 6, 2, 80, true, 31, 0}, true, false, "d80");
   run_attention({70, 133, 2, 1, 128, false, 0, 0}, true, false, "d128");
@@ -141,6 +146,7 @@ TEST(cuda_attention_bf16_kv) {
 }
 
 TEST(cuda_attention_decode_split_kv) {
+  SKIP_WITHOUT_GPU();
   run_attention({1, 1000, 8, 2, 128, true, 999, 0}, false, true, "decode causal");
   run_attention({1, 1000, 8, 2, 128, true, 999, 0}, false, false, "decode causal");
   run_attention({1, 300, 8, 8, 128, true, 200, 0}, false, true, "decode cache longer than pos");
@@ -150,11 +156,13 @@ TEST(cuda_attention_decode_split_kv) {
 }
 
 TEST(cuda_attention_large_logits) {
+  SKIP_WITHOUT_GPU();
   run_attention({40, 300, 2, 1, 64, true, 260, 0, 0.0f, 6.0f}, false, false, "large logits");
   run_attention({1, 300, 2, 1, 64, true, 299, 0, 0.0f, 6.0f}, false, true, "large logits decode");
 }
 
 TEST(cuda_attention_bad_args) {
+  SKIP_WITHOUT_GPU();
   AttentionParams p;
   p.n_q = 2; p.n_kv = 1; p.n_heads = 1; p.n_kv_heads = 1; p.head_dim = 64;
   p.ldq = p.ldk = p.ldv = p.ldo = 64;
@@ -168,6 +176,65 @@ TEST(cuda_attention_bad_args) {
   p.ldq = 10;
   EXPECT_THROWS(cuda::attention(b.f(), b.p, b.p, DType::F32, b.f(), p, nullptr, 0, nullptr),
                 ErrorCode::InvalidArgument);
+}
+
+// ------------------------------------------------------------------ attention on tensor cores
+// Tolerance: Q (pre-scaled), K, V and the softmax weights are bf16 operands: 5e-3 + 1e-2 |ref|
+// against the double reference for unit-scale inputs (the f32 kernel above holds 2e-4).
+namespace {
+void run_attention_tc(const AttnCase& c, bool bf16_kv) {
+  AttentionParams p;
+  p.n_q = c.n_q; p.n_kv = c.n_kv; p.n_heads = c.heads; p.n_kv_heads = c.kv_heads; p.head_dim = c.D;
+  p.ldq = c.heads * c.D + c.pad; p.ldo = c.heads * c.D + c.pad + 1;
+  p.ldk = c.kv_heads * c.D + c.pad; p.ldv = c.kv_heads * c.D + 2 * c.pad;
+  p.scale = c.scale; p.causal = c.causal; p.q_pos0 = c.q_pos0;
+  CuRng r(uint64_t(c.n_q * 17 + c.n_kv * 5 + c.D));
+  std::vector<float> q = rand_vec(size_t(p.n_q * p.ldq), r, -c.amp, c.amp);
+  std::vector<float> k = rand_vec(size_t(p.n_kv * p.ldk), r, -c.amp, c.amp);
+  std::vector<float> v = rand_vec(size_t(p.n_kv * p.ldv), r, -1.f, 1.f);
+  std::vector<uint16_t> kb, vb;
+  if (bf16_kv) { kb = round_bf16(k); vb = round_bf16(v); }
+  std::vector<float> want(size_t(p.n_q * p.ldo), 0.0f);
+  ref::attention(q.data(), k.data(), v.data(), want.data(), p);
+  DevBuf dq(q);
+  DevBuf dk32(bf16_kv ? std::vector<float>{} : k), dv32(bf16_kv ? std::vector<float>{} : v);
+  DevBuf dk16(bf16_kv ? kb : std::vector<uint16_t>{}), dv16(bf16_kv ? vb : std::vector<uint16_t>{});
+  std::vector<float> init(size_t(p.n_q * p.ldo), -555.0f);
+  DevBuf dout(init);
+  cuda::attention_tc(dq.f(), bf16_kv ? dk16.p : dk32.p, bf16_kv ? dv16.p : dv32.p, bf16_kv ? DType::BF16 : DType::F32,
+                     dout.f(), p, nullptr);
+  std::vector<float> got = dout.get<float>(init.size());
+  std::vector<float> g2, w2;
+  bool pad_ok = true;
+  for (int64_t i = 0; i < p.n_q; ++i) {
+    for (int64_t e = 0; e < p.n_heads * p.head_dim; ++e) {
+      g2.push_back(got[size_t(i * p.ldo + e)]);
+      w2.push_back(want[size_t(i * p.ldo + e)]);
+    }
+    for (int64_t e = p.n_heads * p.head_dim; e < p.ldo; ++e) pad_ok = pad_ok && got[size_t(i * p.ldo + e)] == -555.0f;
+  }
+  const std::string what = std::string("attention_tc") + (bf16_kv ? " bf16kv" : " f32kv") + " nq=" +
+                           std::to_string(c.n_q) + " nkv=" + std::to_string(c.n_kv) + " D=" + std::to_string(c.D) +
+                           (c.causal ? " causal" : " bidir");
+  EXPECT_ALL_CLOSE(g2.data(), w2.data(), g2.size(), 5e-3, 1e-2, what);
+  if (!pad_ok) emollm_test::report_failure(__FILE__, __LINE__, what + ": row padding was written");
+}
+}  // namespace
+
+TEST(cuda_attention_tensor_cores) {
+  SKIP_WITHOUT_GPU();
+  run_attention_tc({37, 37, 4, 2, 64, true, 0, 3}, false);
+  run_attention_tc({64, 64, 2, 2, 128, true, 0, 0}, true);
+  run_attention_tc({130, 200, 4, 1, 128, true, 70, 2}, true);   // cache offset, GQA 4, partial tiles
+  run_attention_tc({77, 77, 3, 3, 64, false, 0, 1}, true);      // ViT: bidirectional
+  run_attention_tc({1, 90, 2, 1, 64, true, 89, 0}, false);      // one row (most of the block padded)
+  run_attention_tc({40, 300, 2, 1, 64, true, 260, 0, 0.0f, 4.0f}, true);  // large logits
+  AttentionParams p;
+  p.n_q = 2; p.n_kv = 2; p.n_heads = 1; p.n_kv_heads = 1; p.head_dim = 80;
+  p.ldq = p.ldk = p.ldv = p.ldo = 80;
+  DevBuf b(4096);
+  EXPECT(!cuda::attention_tc_supported(p, DType::F32));
+  EXPECT_THROWS(cuda::attention_tc(b.f(), b.p, b.p, DType::F32, b.f(), p, nullptr), ErrorCode::Unsupported);
 }
 
 // ------------------------------------------------------------------ gemm
@@ -200,6 +267,7 @@ void run_gemm(int64_t M, int64_t N, int64_t K, int64_t ldx, int64_t ldy, bool bi
 }  // namespace
 
 TEST(cuda_gemm_odd_shapes) {
+  SKIP_WITHOUT_GPU();
   run_gemm(77, 131, 45, 50, 133, true, false);
   run_gemm(77, 131, 45, 45, 131, false, true);
   run_gemm(1, 5, 3, 3, 5, true, false);
@@ -259,6 +327,7 @@ void run_mvp(int64_t T, int64_t din, int64_t dhid, int64_t dout, int64_t H, int6
 }  // namespace
 
 TEST(cuda_mvp_projection_matches_cpu) {
+  SKIP_WITHOUT_GPU();
   run_mvp(37, 45, 29, 51, 3, 50, 55, true, false);
   run_mvp(37, 45, 29, 51, 3, 0, 0, false, false);
   run_mvp(1, 17, 9, 5, 1, 0, 0, true, false);
@@ -268,6 +337,7 @@ TEST(cuda_mvp_projection_matches_cpu) {
 }
 
 TEST(cuda_mvp_projection_bad_args) {
+  SKIP_WITHOUT_GPU();
   MvpProjectionParams p;
   p.tokens = 4; p.d_in = 8; p.d_hid = 4; p.d_out = 4; p.n_heads = 2;
   DevBuf b(4096);

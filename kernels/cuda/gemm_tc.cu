@@ -1,0 +1,344 @@
+// Matrix products for every weight dtype (cuda_kernels.h: gemv, gemm_tc, matmul).
+//
+// gemv (decode, M <= 8): one warp per output column n; the warp streams W's row n once and
+// keeps the M partial sums in registers, so each weight byte is read once per call whatever M
+// is. Weights are dequantised in registers: f16/bf16 as 8 elements per 16-byte load when the
+// rows allow it, q8_0/q4_0 as 8 lanes per 32-element block (4 elements per lane).
+//
+// gemm_tc (prefill / vision): tensor cores through nvcuda::wmma (mma.sync m16n8k16 on sm_80+).
+// A block of 4 warps owns a 64x64 output tile; per K step of 32 it stages X (rounded to the
+// 16-bit operand type) and W (dequantised to it) in shared memory, and each warp runs 2x2x2
+// 16x16x16 fragment products into f32 accumulators. The epilogue goes through shared memory
+// so the bias and the M/N edges are handled with plain index arithmetic. No cp.async pipeline
+// yet: the simple form first, measured against cuBLAS by bench_cuda.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include "cuda_common.cuh"
+#include "cuda_kernels.h"
+
+namespace emollm {
+namespace cuda {
+namespace {
+
+__device__ __forceinline__ float half_bits_to_f32(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// ------------------------------------------------------------------ gemv
+constexpr int GV_WARPS = 8, GV_NT = GV_WARPS * 32;
+
+struct GemvArgs {
+  const float* X;
+  int64_t ldx;
+  const uint8_t* W;
+  int64_t w_row_bytes;
+  const float* bias;
+  float* Y;
+  int64_t ldy;
+  int M, N, K;
+  bool vec;  // 16-byte weight loads are aligned (f16/bf16: K % 8 == 0 and W, row bytes 16-aligned)
+};
+
+// acc[r] += w[j] * X[r, k + j] for j < CNT.
+template <int CNT>
+__device__ __forceinline__ void fma_rows(const GemvArgs& a, int64_t k, const float (&w)[CNT], float (&acc)[kGemvMaxRows]) {
+#pragma unroll
+  for (int r = 0; r < kGemvMaxRows; ++r) {
+    if (r < a.M) {
+      const float* x = a.X + int64_t(r) * a.ldx + k;
+#pragma unroll
+      for (int j = 0; j < CNT; ++j) acc[r] = fmaf(w[j], __ldg(x + j), acc[r]);
+    }
+  }
+}
+
+template <DType WT>
+__global__ void __launch_bounds__(GV_NT) gemv_kernel(GemvArgs a) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n = blockIdx.x * GV_WARPS + warp;
+  if (n >= a.N) return;  // no block-level synchronisation below
+  const uint8_t* row = a.W + int64_t(n) * a.w_row_bytes;
+  float acc[kGemvMaxRows];
+#pragma unroll
+  for (int r = 0; r < kGemvMaxRows; ++r) acc[r] = 0.0f;
+
+  if constexpr (WT == DType::F32) {
+    const float* w = reinterpret_cast<const float*>(row);
+    for (int k = lane; k < a.K; k += 32) {
+      const float wv[1] = {__ldg(w + k)};
+      fma_rows<1>(a, k, wv, acc);
+    }
+  } else if constexpr (WT == DType::F16 || WT == DType::BF16) {
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(row);
+    int k0 = 0;
+    if (a.vec) {
+      for (int k = lane * 8; k + 8 <= a.K; k += 32 * 8) {
+        const uint4 t = __ldg(reinterpret_cast<const uint4*>(w + k));
+        const uint32_t words[4] = {t.x, t.y, t.z, t.w};
+        float wv[8];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint16_t lo = uint16_t(words[j] & 0xffffu), hi = uint16_t(words[j] >> 16);
+          wv[2 * j] = WT == DType::F16 ? half_bits_to_f32(lo) : detail::bf16_bits_to_f32(lo);
+          wv[2 * j + 1] = WT == DType::F16 ? half_bits_to_f32(hi) : detail::bf16_bits_to_f32(hi);
+        }
+        fma_rows<8>(a, k, wv, acc);
+      }
+      k0 = (a.K / 8) * 8;  // the vector loop covered [0, K rounded down to 8)
+    }
+    for (int k = k0 + lane; k < a.K; k += 32) {
+      const uint16_t b = __ldg(reinterpret_cast<const unsigned short*>(w + k));
+      const float wv[1] = {WT == DType::F16 ? half_bits_to_f32(b) : detail::bf16_bits_to_f32(b)};
+      fma_rows<1>(a, k, wv, acc);
+    }
+  } else {  // Q8_0 / Q4_0: 8 lanes per block, lane part p holds elements 4p .. 4p+3
+    constexpr int BB = WT == DType::Q8_0 ? 34 : 18;
+    const int sub = lane >> 3, part = lane & 7, nb = a.K / 32;
+    for (int b = sub; b < nb; b += 4) {
+      const uint8_t* blk = row + int64_t(b) * BB;
+      const float d = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk)));
+      float wv[4];
+      if constexpr (WT == DType::Q8_0) {
+        // qs starts at byte 2 of a block at an even offset: 2-byte loads are aligned.
+        const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + 2) + part * 2;
+        const uint32_t q01 = __ldg(q), q23 = __ldg(q + 1);
+        wv[0] = d * float(int8_t(q01 & 0xff));
+        wv[1] = d * float(int8_t(q01 >> 8));
+        wv[2] = d * float(int8_t(q23 & 0xff));
+        wv[3] = d * float(int8_t(q23 >> 8));
+      } else {
+        // element i < 16: low nibble of qs[i]; i >= 16: high nibble of qs[i - 16].
+        const int base = (part * 4) & 15;
+        const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + 2 + base);
+        const uint32_t q01 = __ldg(q), q23 = __ldg(q + 1);
+        const uint32_t bytes[4] = {q01 & 0xff, q01 >> 8, q23 & 0xff, q23 >> 8};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wv[j] = d * float(int((part < 4 ? bytes[j] & 15 : bytes[j] >> 4)) - 8);
+      }
+      fma_rows<4>(a, int64_t(b) * 32 + part * 4, wv, acc);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kGemvMaxRows; ++r) {
+    if (r < a.M) {
+      const float s = warp_sum(acc[r]);
+      if (lane == 0) a.Y[int64_t(r) * a.ldy + n] = s + (a.bias ? __ldg(a.bias + n) : 0.0f);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ gemm_tc
+constexpr int TC_BM = 64, TC_BN = 64, TC_BK = 32, TC_LD = TC_BK + 8, TC_NT = 128;
+
+template <typename MT>
+__device__ __forceinline__ MT to_operand(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 to_operand<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half to_operand<__half>(float x) {
+  // f16 overflows at 65504; clamp finite activations there instead of making them inf (NaN stays NaN).
+  if (x == x) x = fminf(fmaxf(x, -65504.0f), 65504.0f);
+  return __float2half_rn(x);
+}
+
+// 16 consecutive weights W[n, k0 .. k0+15] as f32 (zero past K; quantised types have K % 32 == 0
+// and k0 % 16 == 0, so the 16 never straddle a block).
+template <DType WT>
+__device__ __forceinline__ void load_w16(const uint8_t* row, int k0, int K, float (&w)[16]) {
+  if constexpr (WT == DType::F16 || WT == DType::BF16) {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(row);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int k = k0 + i;
+      const uint16_t b = k < K ? __ldg(p + k) : uint16_t(0);
+      w[i] = WT == DType::F16 ? half_bits_to_f32(b) : detail::bf16_bits_to_f32(b);
+    }
+  } else if constexpr (WT == DType::Q8_0) {
+    const uint8_t* blk = row + int64_t(k0 / 32) * 34;
+    const float d = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk)));
+    const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2) + (k0 % 32);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) w[i] = d * float(__ldg(qs + i));
+  } else {  // Q4_0
+    const uint8_t* blk = row + int64_t(k0 / 32) * 18;
+    const float d = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk)));
+    const uint8_t* qs = blk + 2;
+    const bool high = (k0 % 32) != 0;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const uint8_t q = __ldg(qs + i);
+      w[i] = d * float(int(high ? q >> 4 : q & 15) - 8);
+    }
+  }
+}
+
+struct TcArgs {
+  const float* X;
+  int64_t ldx;
+  const uint8_t* W;
+  int64_t w_row_bytes;
+  const float* bias;
+  float* Y;
+  int64_t ldy;
+  int M, N, K;
+};
+
+template <typename MT, DType WT>
+__global__ void __launch_bounds__(TC_NT) gemm_tc_kernel(TcArgs a) {
+  using namespace nvcuda;
+  __shared__ __align__(32) MT As[TC_BM * TC_LD];
+  __shared__ __align__(32) MT Bs[TC_BN * TC_LD];
+  __shared__ __align__(32) float Cs[TC_BM * TC_BN];
+  const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+  const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
+  // Loader mapping: thread t stages 16 consecutive K elements of tile row t / 2.
+  const int lr = threadIdx.x / 2, lk = (threadIdx.x % 2) * 16;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  const int m = m0 + lr, n = n0 + lr;
+  const float* xrow = a.X + int64_t(m < a.M ? m : 0) * a.ldx;
+  const uint8_t* wrow = a.W + int64_t(n < a.N ? n : 0) * a.w_row_bytes;
+
+  for (int k0 = 0; k0 < a.K; k0 += TC_BK) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int k = k0 + lk + i;
+      As[lr * TC_LD + lk + i] = to_operand<MT>(m < a.M && k < a.K ? __ldg(xrow + k) : 0.0f);
+    }
+    float w[16];
+    if (n < a.N && k0 + lk < a.K) {
+      load_w16<WT>(wrow, k0 + lk, a.K, w);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) w[i] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; ++i) Bs[lr * TC_LD + lk + i] = to_operand<MT>(w[i]);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < TC_BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, MT, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, MT, wmma::col_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * TC_LD + kk, TC_LD);
+      // Bs holds W rows (n-major): as the K x N operand that is column-major with ld TC_LD.
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * TC_LD + kk, TC_LD);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    __syncthreads();  // the tiles are consumed before the next K step overwrites them
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * TC_BN + wn * 32 + j * 16, acc[i][j], TC_BN,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < TC_BM * TC_BN; e += TC_NT) {
+    const int r = e / TC_BN, c = e % TC_BN, mm = m0 + r, nn = n0 + c;
+    if (mm < a.M && nn < a.N) a.Y[int64_t(mm) * a.ldy + nn] = Cs[e] + (a.bias ? __ldg(a.bias + nn) : 0.0f);
+  }
+}
+
+void check_common(const char* what, const float* X, int64_t ldx, const void* W, DType wtype, float* Y, int64_t ldy,
+                  int64_t M, int64_t N, int64_t K) {
+  EMOLLM_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, std::string(what) + ": negative shape");
+  EMOLLM_CHECK_ARG(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
+                   std::string(what) + ": shape too large");
+  EMOLLM_CHECK_ARG(M <= 1 || ldx >= K, std::string(what) + ": ldx smaller than K");
+  EMOLLM_CHECK_ARG(M <= 1 || ldy >= N, std::string(what) + ": ldy smaller than N");
+  switch (wtype) {
+    case DType::F32: case DType::F16: case DType::BF16: break;
+    case DType::Q8_0: case DType::Q4_0:
+      EMOLLM_CHECK_ARG(K % 32 == 0, std::string(what) + ": q8_0/q4_0 weights need K % 32 == 0");
+      break;
+    default:
+      throw Error(ErrorCode::Unsupported, std::string(what) + ": weight dtype " + dtype_name(wtype) +
+                                              " has no CUDA kernel (f32, f16, bf16, q8_0, q4_0)");
+  }
+  if (M > 0 && N > 0) EMOLLM_CHECK_ARG(X && W && Y, std::string(what) + ": null pointer");
+}
+
+template <DType WT>
+void launch_gemv(const GemvArgs& a, cudaStream_t st) {
+  gemv_kernel<WT><<<unsigned((a.N + GV_WARPS - 1) / GV_WARPS), GV_NT, 0, st>>>(a);
+}
+
+template <typename MT, DType WT>
+void launch_tc(const TcArgs& a, cudaStream_t st) {
+  const dim3 grid(unsigned((a.N + TC_BN - 1) / TC_BN), unsigned((a.M + TC_BM - 1) / TC_BM));
+  gemm_tc_kernel<MT, WT><<<grid, TC_NT, 0, st>>>(a);
+}
+
+}  // namespace
+
+void gemv(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+          int64_t M, int64_t N, int64_t K, Stream stream) {
+  check_common("cuda gemv", X, ldx, W, wtype, Y, ldy, M, N, K);
+  EMOLLM_CHECK_ARG(M <= kGemvMaxRows, "cuda gemv: M must be <= 8 (use matmul)");
+  if (M == 0 || N == 0) return;
+  EMOLLM_CHECK_ARG((N + GV_WARPS - 1) / GV_WARPS <= int64_t(0x7fffffff), "cuda gemv: N too large");
+  GemvArgs a{};
+  a.X = X; a.ldx = ldx; a.W = static_cast<const uint8_t*>(W); a.w_row_bytes = int64_t(dtype_row_bytes(wtype, K));
+  a.bias = bias; a.Y = Y; a.ldy = ldy; a.M = int(M); a.N = int(N); a.K = int(K);
+  a.vec = K % 8 == 0 && detail::aligned(W, 16) && a.w_row_bytes % 16 == 0;
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  // K == 0 is valid: the K loops are empty and Y = bias (or 0), as on the CPU.
+  switch (wtype) {
+    case DType::F32: launch_gemv<DType::F32>(a, st); break;
+    case DType::F16: launch_gemv<DType::F16>(a, st); break;
+    case DType::BF16: launch_gemv<DType::BF16>(a, st); break;
+    case DType::Q8_0: launch_gemv<DType::Q8_0>(a, st); break;
+    case DType::Q4_0: launch_gemv<DType::Q4_0>(a, st); break;
+    default: break;  // refused by check_common
+  }
+  detail::check_launch("cuda gemv");
+}
+
+void gemm_tc(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+             int64_t M, int64_t N, int64_t K, Stream stream) {
+  check_common("cuda gemm_tc", X, ldx, W, wtype, Y, ldy, M, N, K);
+  if (wtype == DType::F32)
+    throw Error(ErrorCode::Unsupported, "cuda gemm_tc: f32 weights do not run on tensor cores here (use gemm)");
+  if (M == 0 || N == 0) return;
+  EMOLLM_CHECK_ARG((M + TC_BM - 1) / TC_BM <= 65535, "cuda gemm_tc: M too large");
+  TcArgs a{};
+  a.X = X; a.ldx = ldx; a.W = static_cast<const uint8_t*>(W); a.w_row_bytes = int64_t(dtype_row_bytes(wtype, K));
+  a.bias = bias; a.Y = Y; a.ldy = ldy; a.M = int(M); a.N = int(N); a.K = int(K);
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  switch (wtype) {
+    case DType::BF16: launch_tc<__nv_bfloat16, DType::BF16>(a, st); break;
+    case DType::F16: launch_tc<__half, DType::F16>(a, st); break;
+    case DType::Q8_0: launch_tc<__half, DType::Q8_0>(a, st); break;
+    case DType::Q4_0: launch_tc<__half, DType::Q4_0>(a, st); break;
+    default: break;
+  }
+  detail::check_launch("cuda gemm_tc");
+}
+
+void matmul(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+            int64_t M, int64_t N, int64_t K, Stream stream) {
+  if (M <= kGemvMaxRows) return gemv(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream);
+  if (wtype == DType::F32) return gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream);
+  gemm_tc(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream);
+}
+
+}  // namespace cuda
+}  // namespace emollm

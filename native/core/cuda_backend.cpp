@@ -1,0 +1,567 @@
+// CudaBackend: core/cuda_backend.h. Host code only (the C++ compiler builds it against the CUDA
+// runtime API); every kernel lives in kernels/cuda.
+#include "core/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "base/error.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace emollm {
+namespace {
+
+std::string cuda_str(cudaError_t e) { return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
+
+void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  if (e == cudaErrorMemoryAllocation)
+    throw Error(ErrorCode::OutOfMemory, std::string("cuda: ") + what + ": out of device memory");
+  throw Error(ErrorCode::Internal, std::string("cuda: ") + what + ": " + cuda_str(e));
+}
+
+std::string gib(size_t bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
+  return buf;
+}
+
+// The device count, or the typed reason there is none.
+int device_count_or_throw() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaErrorInsufficientDriver || e == cudaErrorStubLibrary || e == cudaErrorSharedObjectInitFailed) {
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    int rt = 0;
+    cudaRuntimeGetVersion(&rt);
+    throw Error(ErrorCode::Unsupported,
+                "device 'cuda': no usable NVIDIA driver (" + cuda_str(e) + "). This build uses CUDA runtime " +
+                    std::to_string(rt / 1000) + "." + std::to_string((rt % 1000) / 10) +
+                    "; install an NVIDIA driver that supports it (nvidia-smi shows the driver's CUDA version), "
+                    "or use device 'cpu'");
+  }
+  if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) {
+    cudaGetLastError();
+    throw Error(ErrorCode::Unsupported,
+                "device 'cuda': the NVIDIA driver is present but sees no CUDA device (check nvidia-smi and "
+                "CUDA_VISIBLE_DEVICES), or use device 'cpu'");
+  }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(ErrorCode::Unsupported, "device 'cuda': the CUDA runtime failed to start: " + cuda_str(e));
+  }
+  return n;
+}
+
+// Makes `dev` current on the calling thread for the scope (Node workers and contexts call from
+// any thread; kernels launch on the thread's current device).
+struct DeviceGuard {
+  explicit DeviceGuard(int dev) {
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != dev) check(cudaSetDevice(dev), "cudaSetDevice");
+  }
+};
+
+// Device memory cache. A freed block goes to a size-keyed free list with an event recorded on
+// the stream it was freed on; alloc() reuses a block only once its event has completed, so a
+// block is never handed to new work while a kernel issued before the free may still touch it
+// (whatever stream the new work runs on).
+class CachingAllocator {
+ public:
+  explicit CachingAllocator(int dev) : dev_(dev) {}
+  ~CachingAllocator() { release_cache(); }
+
+  void* alloc(size_t bytes) {
+    const size_t size = round_size(bytes);
+    std::lock_guard<std::mutex> lk(mu_);
+    // Smallest cached block that fits and wastes at most half of itself.
+    for (auto it = free_.lower_bound(size); it != free_.end() && it->first <= 2 * size; ++it) {
+      Block b = it->second;
+      if (b.ev) {
+        const cudaError_t q = cudaEventQuery(b.ev);
+        cudaGetLastError();  // NotReady is an answer, not an error for a later launch check to find
+        if (q != cudaSuccess) continue;
+      }
+      free_.erase(it);
+      if (b.ev) cudaEventDestroy(b.ev);
+      live_[b.ptr] = b.size;
+      live_bytes_ += b.size;
+      cached_bytes_ -= b.size;
+      return b.ptr;
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, size);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cache_locked();  // give the cache back to the driver and try once more
+      e = cudaMalloc(&p, size);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      size_t fr = 0, total = 0;
+      cudaMemGetInfo(&fr, &total);
+      throw Error(ErrorCode::OutOfMemory, "cuda:" + std::to_string(dev_) + ": out of device memory: needed " +
+                                              std::to_string(size) + " bytes (" + gib(size) + "), free " +
+                                              std::to_string(fr) + " bytes (" + gib(fr) + ") of " + gib(total) +
+                                              "; in use by emollm on this device: " + gib(live_bytes_));
+    }
+    check(e, "cudaMalloc");
+    live_[p] = size;
+    live_bytes_ += size;
+    return p;
+  }
+
+  // Never throws: it runs in destructors (BackendBuffer).
+  void free(void* p, cudaStream_t last_stream) noexcept {
+    if (!p) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = live_.find(p);
+    if (it == live_.end()) {  // not ours (a caller's bug): hand it to the driver rather than cache it
+      cudaFree(p);
+      cudaGetLastError();
+      return;
+    }
+    Block b{p, it->second, nullptr};
+    live_.erase(it);
+    live_bytes_ -= b.size;
+    if (cudaEventCreateWithFlags(&b.ev, cudaEventDisableTiming) == cudaSuccess) {
+      if (cudaEventRecord(b.ev, last_stream) != cudaSuccess) {
+        cudaEventDestroy(b.ev);
+        b.ev = nullptr;
+        cudaDeviceSynchronize();  // could not fence: wait instead
+      }
+    } else {
+      b.ev = nullptr;
+      cudaDeviceSynchronize();
+    }
+    cudaGetLastError();
+    free_.emplace(b.size, b);
+    cached_bytes_ += b.size;
+  }
+
+  void release_cache() {
+    std::lock_guard<std::mutex> lk(mu_);
+    release_cache_locked();
+  }
+  size_t live_bytes() const { std::lock_guard<std::mutex> lk(mu_); return live_bytes_; }
+  size_t cached_bytes() const { std::lock_guard<std::mutex> lk(mu_); return cached_bytes_; }
+
+ private:
+  struct Block {
+    void* ptr;
+    size_t size;
+    cudaEvent_t ev;
+  };
+  static size_t round_size(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    const size_t q = bytes < (size_t(1) << 20) ? 512 : (size_t(1) << 20);  // small: 512 B steps; large: 1 MiB
+    return (bytes + q - 1) / q * q;
+  }
+  void release_cache_locked() {
+    for (auto& kv : free_) {
+      if (kv.second.ev) {
+        cudaEventSynchronize(kv.second.ev);
+        cudaEventDestroy(kv.second.ev);
+      }
+      cudaFree(kv.second.ptr);
+    }
+    cached_bytes_ = 0;
+    free_.clear();
+    cudaGetLastError();
+  }
+
+  int dev_;
+  mutable std::mutex mu_;
+  std::multimap<size_t, Block> free_;
+  std::unordered_map<void*, size_t> live_;
+  size_t live_bytes_ = 0;    // bytes of blocks handed out
+  size_t cached_bytes_ = 0;  // bytes in the free lists (still held from the driver)
+};
+
+// Device scratch for one call, returned to the cache (fenced by the stream) when it goes.
+class Scratch {
+ public:
+  Scratch(CachingAllocator& a, cudaStream_t st, size_t bytes) : a_(a), st_(st), p_(bytes ? a.alloc(bytes) : nullptr) {}
+  ~Scratch() {
+    if (p_) a_.free(p_, st_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* get() const { return p_; }
+  float* f() const { return static_cast<float*>(p_); }
+
+ private:
+  CachingAllocator& a_;
+  cudaStream_t st_;
+  void* p_;
+};
+
+bool is_device_pointer(const void* p) {
+  cudaPointerAttributes at{};
+  const cudaError_t e = cudaPointerGetAttributes(&at, p);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged;
+}
+
+// A context's stream (BackendContext): its own non-blocking CUDA stream on the backend's device.
+class CudaStream final : public BackendStream {
+ public:
+  explicit CudaStream(int dev) : dev_(dev) {
+    DeviceGuard g(dev_);
+    check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate");
+  }
+  ~CudaStream() override {
+    cudaSetDevice(dev_);
+    cudaStreamSynchronize(s_);
+    cudaStreamDestroy(s_);
+    cudaGetLastError();
+  }
+  void synchronize() override {
+    DeviceGuard g(dev_);
+    check(cudaStreamSynchronize(s_), "stream synchronize (a kernel issued on it failed)");
+  }
+  void* native_handle() const override { return s_; }
+  // The backend default stream's work generation this stream has been ordered after.
+  uint64_t seen_default_gen = 0;
+
+ private:
+  int dev_;
+  cudaStream_t s_ = nullptr;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaDeviceInfo& info) : info_(info), alloc_(info.index) {
+    DeviceGuard g(info_.index);
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  }
+  ~CudaBackend() override {
+    cudaSetDevice(info_.index);
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+    cudaGetLastError();
+  }
+
+  DeviceKind device() const override { return DeviceKind::Cuda; }
+  std::string describe() const override {
+    return "cuda:" + std::to_string(info_.index) + " (" + info_.name + ", sm_" + std::to_string(info_.major) +
+           std::to_string(info_.minor) + ", " + gib(info_.total_bytes) + ")";
+  }
+
+  // ---- memory
+  void* alloc(size_t bytes) override {
+    DeviceGuard g(info_.index);
+    return alloc_.alloc(bytes);
+  }
+  void free(void* p) override {  // called from destructors: must not throw
+    if (!p) return;
+    cudaSetDevice(info_.index);
+    cudaStream_t s = stream_;
+    try {
+      s = st();
+    } catch (...) {
+    }
+    alloc_.free(p, s);
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    DeviceGuard g(info_.index);
+    // From pageable memory the runtime stages the source before returning, so `src` may go away
+    // right after; the transfer itself is ordered on the stream before any later kernel. Without a
+    // context (weights at load time) the copy is waited for: the upload is then complete for
+    // every stream, whatever the caller does next with the buffer.
+    const bool in_context = current_stream() != nullptr;
+    const cudaStream_t s = st();
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s), "upload");
+    if (!in_context) check(cudaStreamSynchronize(s), "upload");
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    if (!bytes) return;
+    DeviceGuard g(info_.index);
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st()), "download");
+    check(cudaStreamSynchronize(st()), "download (a kernel issued before it failed)");
+  }
+  bool uses_host_memory() const override { return false; }
+
+  // ---- streams and contexts
+  std::unique_ptr<BackendStream> create_stream() override { return std::make_unique<CudaStream>(info_.index); }
+  void synchronize() override {
+    DeviceGuard g(info_.index);
+    check(cudaDeviceSynchronize(), "synchronize (a kernel issued earlier failed)");
+  }
+  // f32, and bf16 (half the cache; the attention kernel converts on load).
+  bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::BF16; }
+
+  // ---- compute
+  void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+            int64_t M, int64_t N, int64_t K) override {
+    DeviceGuard g(info_.index);
+    cuda::matmul(X, ldx, W, wtype, bias, Y, ldy, M, N, K, s());
+  }
+  void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
+               float eps) override {
+    DeviceGuard g(info_.index);
+    cuda::rmsnorm(x, ldx, w, y, ldy, rows, n, eps, s());
+  }
+  void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t rows,
+                 int64_t n, float eps) override {
+    DeviceGuard g(info_.index);
+    cuda::layernorm(x, ldx, w, b, y, ldy, rows, n, eps, s());
+  }
+  void silu(const float* x, float* y, int64_t n) override { unary(cuda::Unary::Silu, x, y, n); }
+  void gelu_erf(const float* x, float* y, int64_t n) override { unary(cuda::Unary::GeluErf, x, y, n); }
+  void quick_gelu(const float* x, float* y, int64_t n) override { unary(cuda::Unary::QuickGelu, x, y, n); }
+  void swiglu(const float* gate, const float* up, float* y, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::swiglu(gate, up, y, n, s());
+  }
+  void add(const float* a, const float* b, float* y, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::add(a, b, y, n, s());
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (!bytes || dst == src) return;
+    DeviceGuard g(info_.index);
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st()), "copy");
+  }
+  void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::softmax(x, ldx, y, ldy, rows, n, s());
+  }
+
+  void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+            const RopeParams& p) override {
+    EMOLLM_CHECK_ARG(p.head_dim > 0, "rope: head_dim must be > 0");
+    const int64_t rot = p.rot_dim == 0 ? p.head_dim : p.rot_dim;
+    EMOLLM_CHECK_ARG(rot > 0 && rot <= p.head_dim && rot % 2 == 0,
+                     "rope: rot_dim must be even and in (0, head_dim], got " + std::to_string(rot));
+    EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0, "rope: n_tokens and n_heads must be >= 0");
+    EMOLLM_CHECK_ARG(n_tokens == 0 || positions != nullptr, "rope: positions is null");
+    EMOLLM_CHECK_ARG(p.theta > 0 || p.inv_freq != nullptr, "rope: theta must be > 0");
+    if (n_tokens == 0 || n_heads == 0) return;
+    DeviceGuard g(info_.index);
+    const int64_t half = rot / 2;
+    std::vector<int32_t> pos = host_copy(positions, n_tokens);
+    std::vector<float> invf_f;
+    const float* invf_src = p.inv_freq;
+    if (invf_src && is_device_pointer(invf_src)) {
+      invf_f.resize(size_t(half));
+      download(invf_f.data(), invf_src, size_t(half) * sizeof(float));
+      invf_src = invf_f.data();
+    }
+    // The angles in double exactly as kernels/cpu/rope.cpp does, so both devices use the same f32 cos/sin.
+    std::vector<double> invf(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)
+      invf[size_t(i)] = invf_src ? double(invf_src[i]) : std::pow(double(p.theta), -double(2 * i) / double(rot));
+    std::vector<float> table(size_t(n_tokens * rot));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const double ps = double(pos[size_t(t)]) * double(p.freq_scale);
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = ps * invf[size_t(i)];
+        table[size_t(t * rot + i)] = float(std::cos(a));
+        table[size_t(t * rot + half + i)] = float(std::sin(a));
+      }
+    }
+    Scratch dev(alloc_, st(), table.size() * sizeof(float));
+    upload(dev.get(), table.data(), table.size() * sizeof(float));
+    cuda::rope_table(x, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, dev.f(), s());
+  }
+
+  void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
+                        float* out, int64_t ld_out) override {
+    EMOLLM_CHECK_ARG(n >= 0 && dim >= 0 && vocab >= 0, "embedding_lookup: negative shape");
+    if (n == 0) return;
+    EMOLLM_CHECK_ARG(ids != nullptr, "embedding_lookup: ids is null");
+    DeviceGuard g(info_.index);
+    std::vector<int32_t> h = host_copy(ids, n);
+    for (int64_t i = 0; i < n; ++i)
+      EMOLLM_CHECK_ARG(h[size_t(i)] >= 0 && h[size_t(i)] < vocab,
+                       "embedding_lookup: token id " + std::to_string(h[size_t(i)]) + " outside [0, " +
+                           std::to_string(vocab) + ")");
+    Scratch dev(alloc_, st(), size_t(n) * sizeof(int32_t));
+    upload(dev.get(), h.data(), size_t(n) * sizeof(int32_t));
+    cuda::embedding(table, dtype, dim, static_cast<const int32_t*>(dev.get()), n, out, ld_out, s());
+  }
+
+  void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
+    DeviceGuard g(info_.index);
+    const DType kt = kv_dtype(p);
+    // A bf16 KV cache is the caller's choice of 16-bit attention operands: prefill then runs on
+    // tensor cores. f32 caches, decode (few query rows) and other head sizes keep the f32 kernel.
+    if (kt == DType::BF16 && p.n_q >= 16 && cuda::attention_tc_supported(p, kt)) {
+      cuda::attention_tc(q, k, v, kt, out, p, s());
+      return;
+    }
+    const size_t ws = cuda::attention_workspace_bytes(p);
+    Scratch w(alloc_, st(), ws);
+    cuda::attention(q, k, v, kt, out, p, w.get(), ws, s());
+  }
+
+  void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2, const float* G,
+                      DType wtype, float* Y, const MvpProjectionParams& p) override {
+    EMOLLM_CHECK_ARG(p.tokens >= 0 && p.d_in > 0 && p.d_hid > 0 && p.d_out > 0 && p.n_heads > 0,
+                     "mvp_projection: d_in, d_hid, d_out and n_heads must be positive");
+    if (p.tokens == 0) return;
+    DeviceGuard g(info_.index);
+    if (wtype == DType::F32 || wtype == DType::BF16) {  // the fused kernel
+      const size_t ws = cuda::mvp_projection_workspace_bytes(p);
+      Scratch w(alloc_, st(), ws);
+      cuda::mvp_projection(X, W1, b1, W2, b2, G, wtype, Y, p, w.get(), ws, s());
+      return;
+    }
+    // Other weight types: composed from matmul (tensor cores / GEMV), GELU and the gated sum.
+    const int64_t ldx = p.ldx ? p.ldx : p.d_in, ldy = p.ldy ? p.ldy : p.d_out;
+    const int64_t T = p.tokens, H = p.n_heads, Dh = p.d_hid, Do = p.d_out;
+    Scratch hidden(alloc_, st(), size_t(T * H * Dh) * sizeof(float));
+    Scratch tmp(alloc_, st(), size_t(T * Do) * sizeof(float));
+    cuda::matmul(X, ldx, W1, wtype, b1, hidden.f(), H * Dh, T, H * Dh, p.d_in, s());
+    cuda::unary(cuda::Unary::GeluErf, hidden.f(), hidden.f(), T * H * Dh, s());
+    const size_t w2_head_bytes = size_t(Do) * dtype_row_bytes(wtype, Dh);
+    for (int64_t h = 0; h < H; ++h) {
+      cuda::matmul(hidden.f() + h * Dh, H * Dh, static_cast<const uint8_t*>(W2) + size_t(h) * w2_head_bytes, wtype,
+                   b2 ? b2 + h * Do : nullptr, tmp.f(), Do, T, Do, Dh, s());
+      for (int64_t t0 = 0; t0 < T; t0 += 65535)
+        cuda::gated_accumulate(Y + t0 * ldy, ldy, tmp.f() + t0 * Do, Do, G + h * Do, std::min<int64_t>(65535, T - t0),
+                               Do, h == 0, s());
+    }
+  }
+
+  // ---- data movement and row ops
+  void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) override {
+    EMOLLM_CHECK_ARG(rows >= 0, "copy_2d: negative rows");
+    if (rows == 0 || row_bytes == 0) return;
+    EMOLLM_CHECK_ARG(rows == 1 || (ld_dst >= row_bytes && ld_src >= row_bytes), "copy_2d: stride smaller than a row");
+    DeviceGuard g(info_.index);
+    const size_t ldd = rows == 1 ? row_bytes : ld_dst, lds = rows == 1 ? row_bytes : ld_src;
+    check(cudaMemcpy2DAsync(dst, ldd, src, lds, row_bytes, size_t(rows), cudaMemcpyDeviceToDevice, st()), "copy_2d");
+  }
+  void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p) override {
+    DeviceGuard g(info_.index);
+    cuda::extract_patches(images, cols, ld_cols, p, s());
+  }
+  void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::convert(src, src_type, dst, dst_type, n, s());
+  }
+  void add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    row_op(cuda::RowOp::AddRow, x, ldx, v, y, ldy, rows, n, false);
+  }
+  void mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
+    row_op(cuda::RowOp::MulRow, x, ldx, v, y, ldy, rows, n, false);
+  }
+  void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
+                   bool accumulate) override {
+    row_op(cuda::RowOp::MulRowAdd, x, ldx, v, y, ldy, rows, n, accumulate);
+  }
+  void scale(const float* x, float sc, float* y, int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::scale(x, sc, y, n, s());
+  }
+
+ private:
+  void row_op(cuda::RowOp op, const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows,
+              int64_t n, bool acc) {
+    EMOLLM_CHECK_ARG(rows >= 0 && n >= 0, "row op: negative shape");
+    DeviceGuard g(info_.index);
+    for (int64_t r0 = 0; r0 < rows; r0 += 65535) {  // grid.y holds at most 65535 rows per launch
+      const int64_t nr = std::min<int64_t>(65535, rows - r0);
+      cuda::row_broadcast(op, x + r0 * ldx, ldx, v, y + r0 * ldy, ldy, nr, n, acc, s());
+    }
+  }
+
+  DType kv_dtype(const AttentionParams& p) const {
+    require_kv_dtype(p.kv_dtype);
+    return p.kv_dtype;
+  }
+
+  void unary(cuda::Unary op, const float* x, float* y, int64_t n) {
+    DeviceGuard g(info_.index);
+    cuda::unary(op, x, y, n, s());
+  }
+  // The stream this thread's calls go to: the bound context's (ContextScope), else the backend's
+  // own. Ordering across them: a context stream waits (an event, recorded only when something new
+  // was issued on the default stream since it last looked) for the work issued on the default
+  // stream before it, so what was computed or copied there (weights, a shared encode) is complete
+  // before a context reads it. The reverse needs no fence: download() and synchronize() wait.
+  cudaStream_t st() const {
+    if (BackendStream* bs = current_stream()) {
+      auto* cs = static_cast<CudaStream*>(bs);  // current_stream() only returns streams of this backend
+      const uint64_t gen = default_gen_.load(std::memory_order_acquire);
+      if (cs->seen_default_gen != gen) {
+        cudaEvent_t ev;
+        check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+        check(cudaEventRecord(ev, stream_), "cudaEventRecord");
+        check(cudaStreamWaitEvent(static_cast<cudaStream_t>(cs->native_handle()), ev, 0), "cudaStreamWaitEvent");
+        cudaEventDestroy(ev);  // released once the wait has been satisfied
+        cs->seen_default_gen = gen;
+      }
+      return static_cast<cudaStream_t>(cs->native_handle());
+    }
+    default_gen_.fetch_add(1, std::memory_order_acq_rel);
+    return stream_;
+  }
+  cuda::Stream s() const { return reinterpret_cast<cuda::Stream>(st()); }
+
+  // n int32 from host or device memory into a host vector.
+  std::vector<int32_t> host_copy(const int32_t* p, int64_t n) {
+    std::vector<int32_t> h(static_cast<size_t>(n));
+    if (is_device_pointer(p)) download(h.data(), p, size_t(n) * sizeof(int32_t));
+    else std::memcpy(h.data(), p, size_t(n) * sizeof(int32_t));
+    return h;
+  }
+
+  CudaDeviceInfo info_;
+  CachingAllocator alloc_;
+  cudaStream_t stream_ = nullptr;
+  mutable std::atomic<uint64_t> default_gen_{1};
+};
+
+}  // namespace
+
+int cuda_device_count() { return device_count_or_throw(); }
+
+std::vector<CudaDeviceInfo> cuda_devices() {
+  const int n = device_count_or_throw();
+  std::vector<CudaDeviceInfo> out;
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, i), "cudaGetDeviceProperties");
+    CudaDeviceInfo d;
+    d.index = i;
+    d.name = prop.name;
+    d.major = prop.major;
+    d.minor = prop.minor;
+    d.total_bytes = prop.totalGlobalMem;
+    d.multiprocessors = prop.multiProcessorCount;
+    out.push_back(d);
+  }
+  return out;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int index) {
+  const std::vector<CudaDeviceInfo> devs = cuda_devices();
+  EMOLLM_CHECK_ARG(index >= 0 && index < int(devs.size()),
+                   "device 'cuda:" + std::to_string(index) + "': this machine has " + std::to_string(devs.size()) +
+                       " CUDA device(s) (cuda:0 .. cuda:" + std::to_string(int(devs.size()) - 1) + ")");
+  const CudaDeviceInfo& d = devs[size_t(index)];
+  if (d.major < 8)
+    throw Error(ErrorCode::Unsupported, "device 'cuda:" + std::to_string(index) + "' (" + d.name + ", sm_" +
+                                            std::to_string(d.major) + std::to_string(d.minor) +
+                                            ") is older than sm_80; emollm's CUDA kernels need Ampere or newer");
+  return std::make_unique<CudaBackend>(d);
+}
+
+}  // namespace emollm

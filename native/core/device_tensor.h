@@ -1,0 +1,60 @@
+// A tensor that knows its backend: a TensorView over memory the tensor owns (a BackendBuffer),
+// plus the Backend it lives in. Model code allocates its activations as these, moves data in and
+// out only through upload / download, and hands data pointers to Backend ops, so the same forward
+// pass runs wherever the backend's memory is. Weights stay TensorViews into the mmap on the CPU.
+#pragma once
+#include <initializer_list>
+
+#include "base/error.h"
+#include "core/backend.h"
+#include "core/tensor.h"
+
+namespace emollm {
+
+class DeviceTensor {
+ public:
+  DeviceTensor() = default;
+  // Uninitialised memory of the given shape (outermost first) on `be`.
+  DeviceTensor(Backend& be, DType dtype, std::initializer_list<int64_t> dims)
+      : be_(&be), view_(TensorView::contiguous(nullptr, dtype, dims)) {
+    EMOLLM_CHECK_ARG(!dtype_is_quantized(dtype), "DeviceTensor: activations are plain types");
+    buf_.allocate(be, bytes());
+    view_.data = buf_.data();
+  }
+  // f32 [rows, cols] copied from host memory.
+  static DeviceTensor from_host(Backend& be, const float* src, int64_t rows, int64_t cols) {
+    DeviceTensor t(be, DType::F32, {rows, cols});
+    if (t.bytes()) be.upload(t.data(), src, t.bytes());
+    return t;
+  }
+  DeviceTensor(DeviceTensor&&) noexcept = default;
+  DeviceTensor& operator=(DeviceTensor&&) noexcept = default;
+
+  // All of it to host memory (bytes() bytes at dst).
+  void to_host(void* dst) const {
+    if (bytes()) be_->download(dst, view_.data, bytes());
+  }
+  // Frees the memory now (activations a pass no longer needs).
+  void reset() {
+    buf_.release();
+    view_ = TensorView{};
+  }
+
+  Backend& backend() const { return *be_; }
+  const TensorView& view() const { return view_; }
+  // Backend memory: pass to Backend ops; read on the host only when backend().uses_host_memory().
+  float* data() const { return static_cast<float*>(view_.data); }
+  // Row r of the tensor seen as [rows(), cols()] (f32).
+  float* row(int64_t r) const { return data() + r * view_.cols(); }
+  int64_t rows() const { return view_.rows(); }
+  int64_t cols() const { return view_.cols(); }
+  int64_t numel() const { return view_.numel(); }
+  size_t bytes() const { return view_.ndim ? dtype_row_bytes(view_.dtype, numel()) : 0; }
+
+ private:
+  Backend* be_ = nullptr;
+  BackendBuffer buf_;
+  TensorView view_;
+};
+
+}  // namespace emollm

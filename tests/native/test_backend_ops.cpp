@@ -1,0 +1,259 @@
+// The Backend's data-movement and row-broadcast ops (copy_2d, extract_patches, add_row, mul_row,
+// mul_row_add, scale, convert), each against a plain scalar loop written here; the same ops through
+// the Backend base-class defaults (what a new backend inherits before it overrides them); streams,
+// contexts, workspaces and the KV-cache type.
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/thread_pool.h"
+#include "core/backend.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+std::vector<float> randv(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(-2.0f, 2.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Forwards only the pure virtuals to a CPU backend, so every op with a default runs the default.
+class DefaultsBackend final : public Backend {
+ public:
+  explicit DefaultsBackend(bool host) : cpu_(make_cpu_backend(std::make_shared<ThreadPool>(2))), host_(host) {}
+  DeviceKind device() const override { return DeviceKind::Cpu; }
+  std::string describe() const override { return host_ ? "test defaults (host)" : "test defaults (no host memory)"; }
+  void* alloc(size_t b) override { ++allocs; return cpu_->alloc(b); }
+  void free(void* p) override { cpu_->free(p); }
+  void upload(void* d, const void* s, size_t b) override { cpu_->upload(d, s, b); }
+  void download(void* d, const void* s, size_t b) override { cpu_->download(d, s, b); }
+  bool uses_host_memory() const override { return host_; }
+  void gemm(const float* X, int64_t ldx, const void* W, DType wt, const float* bias, float* Y, int64_t ldy, int64_t M,
+            int64_t N, int64_t K) override {
+    cpu_->gemm(X, ldx, W, wt, bias, Y, ldy, M, N, K);
+  }
+  void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t r, int64_t n, float e) override {
+    cpu_->rmsnorm(x, ldx, w, y, ldy, r, n, e);
+  }
+  void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t r, int64_t n,
+                 float e) override {
+    cpu_->layernorm(x, ldx, w, b, y, ldy, r, n, e);
+  }
+  void silu(const float* x, float* y, int64_t n) override { cpu_->silu(x, y, n); }
+  void gelu_erf(const float* x, float* y, int64_t n) override { cpu_->gelu_erf(x, y, n); }
+  void quick_gelu(const float* x, float* y, int64_t n) override { cpu_->quick_gelu(x, y, n); }
+  void swiglu(const float* g, const float* u, float* y, int64_t n) override { cpu_->swiglu(g, u, y, n); }
+  void add(const float* a, const float* b, float* y, int64_t n) override { cpu_->add(a, b, y, n); }
+  void copy(void* d, const void* s, size_t b) override { ++copies; cpu_->copy(d, s, b); }
+  void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r, int64_t n) override {
+    cpu_->softmax(x, ldx, y, ldy, r, n);
+  }
+  void rope(float* x, int64_t ld, int64_t nt, int64_t nh, const int32_t* pos, const RopeParams& p) override {
+    cpu_->rope(x, ld, nt, nh, pos, p);
+  }
+  void embedding_lookup(const void* t, DType dt, int64_t v, int64_t d, const int32_t* ids, int64_t n, float* o,
+                        int64_t ld) override {
+    cpu_->embedding_lookup(t, dt, v, d, ids, n, o, ld);
+  }
+  void attention(const float* q, const float* k, const float* v, float* o, const AttentionParams& p) override {
+    cpu_->attention(q, k, v, o, p);
+  }
+  int allocs = 0, copies = 0;
+
+ private:
+  std::unique_ptr<Backend> cpu_;
+  bool host_;
+};
+
+// Runs `check` on the CPU backend and on the defaults.
+template <class Fn>
+void on_both(const Fn& check) {
+  auto cpu = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  check(*cpu, "cpu");
+  DefaultsBackend def(true);
+  check(def, "defaults");
+}
+
+}  // namespace
+
+TEST(backend_copy_2d) {
+  on_both([](Backend& be, const char* who) {
+    const int64_t rows = 37, n = 19, lds = 25, ldd = 31;
+    std::vector<float> src = randv(size_t(rows * lds), 1), dst(size_t(rows * ldd), -7.0f), want = dst;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < n; ++c) want[size_t(r * ldd + c)] = src[size_t(r * lds + c)];
+    be.copy_2d(dst.data(), ldd * 4, src.data(), lds * 4, rows, n * 4);
+    EXPECT(std::memcmp(dst.data(), want.data(), dst.size() * 4) == 0);
+    if (std::memcmp(dst.data(), want.data(), dst.size() * 4) != 0) std::printf("  (%s)\n", who);
+    // contiguous
+    std::vector<float> d2(size_t(rows * n));
+    be.copy_2d(d2.data(), n * 4, src.data(), n * 4, rows, n * 4);
+    EXPECT(std::memcmp(d2.data(), src.data(), d2.size() * 4) == 0);
+  });
+}
+
+TEST(backend_extract_patches) {
+  on_both([](Backend& be, const char* who) {
+    PatchParams p;
+    p.batch = 2, p.channels = 3, p.height = 12, p.width = 8, p.patch = 4;
+    const int64_t ph = 3, pw = 2, K = 3 * 16, ld = K + 5;
+    std::vector<float> img = randv(size_t(2 * 3 * 12 * 8), 2), cols(size_t(2 * ph * pw * ld), -1.0f), want = cols;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t py = 0; py < ph; ++py)
+        for (int64_t px = 0; px < pw; ++px)
+          for (int64_t c = 0; c < 3; ++c)
+            for (int64_t ky = 0; ky < 4; ++ky)
+              for (int64_t kx = 0; kx < 4; ++kx)
+                want[size_t(((b * ph + py) * pw + px) * ld + (c * 4 + ky) * 4 + kx)] =
+                    img[size_t(((b * 3 + c) * 12 + py * 4 + ky) * 8 + px * 4 + kx)];
+    be.extract_patches(img.data(), cols.data(), ld, p);
+    EXPECT(std::memcmp(cols.data(), want.data(), cols.size() * 4) == 0);
+    if (std::memcmp(cols.data(), want.data(), cols.size() * 4) != 0) std::printf("  (%s)\n", who);
+    PatchParams bad = p;
+    bad.height = 13;
+    EXPECT_THROWS(be.extract_patches(img.data(), cols.data(), 0, bad), ErrorCode::InvalidArgument);
+  });
+}
+
+TEST(backend_row_broadcast_ops) {
+  on_both([](Backend& be, const char*) {
+    const int64_t rows = 300, n = 130, ldx = 140, ldy = 135;  // 39k elements: the pool splits rows
+    std::vector<float> x = randv(size_t(rows * ldx), 3), v = randv(size_t(n), 4), y0 = randv(size_t(rows * ldy), 5);
+    std::vector<float> y = y0, want = y0;
+    for (int k = 0; k < 4; ++k) {
+      y = y0, want = y0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < n; ++c) {
+          const float a = x[size_t(r * ldx + c)], b = v[size_t(c)];
+          float& w = want[size_t(r * ldy + c)];
+          w = k == 0 ? a + b : k == 1 ? a * b : k == 2 ? w + a * b : a * b;
+        }
+      if (k == 0) be.add_row(x.data(), ldx, v.data(), y.data(), ldy, rows, n);
+      if (k == 1) be.mul_row(x.data(), ldx, v.data(), y.data(), ldy, rows, n);
+      if (k == 2) be.mul_row_add(x.data(), ldx, v.data(), y.data(), ldy, rows, n, true);
+      if (k == 3) be.mul_row_add(x.data(), ldx, v.data(), y.data(), ldy, rows, n, false);
+      EXPECT_ALL_CLOSE(y.data(), want.data(), y.size(), 0.0, 0.0, "row op " + std::to_string(k));
+    }
+    std::vector<float> s(x.size()), ws(x.size());
+    for (size_t i = 0; i < x.size(); ++i) ws[i] = 0.5f * x[i];
+    be.scale(x.data(), 0.5f, s.data(), int64_t(x.size()));
+    EXPECT_ALL_CLOSE(s.data(), ws.data(), s.size(), 0.0, 0.0, "scale");
+    const float before = x[size_t(ldx + 3)];
+    be.add_row(x.data(), ldx, v.data(), x.data(), ldx, rows, n);  // in place
+    EXPECT(x[size_t(ldx + 3)] == before + v[3]);
+  });
+}
+
+TEST(backend_convert_half_types) {
+  auto cpu = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const int64_t n = 1000;
+  std::vector<float> x = randv(size_t(n), 6), back(static_cast<size_t>(n));
+  std::vector<uint16_t> h(static_cast<size_t>(n));
+  for (DType t : {DType::F16, DType::BF16}) {
+    cpu->convert(x.data(), DType::F32, h.data(), t, n);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t want = t == DType::F16 ? f32_to_f16(x[size_t(i)]) : f32_to_bf16(x[size_t(i)]);
+      if (h[size_t(i)] != want) {
+        EXPECT(h[size_t(i)] == want);
+        break;
+      }
+    }
+    cpu->convert(h.data(), t, back.data(), DType::F32, n);
+    EXPECT_ALL_CLOSE(back.data(), x.data(), n, 0.0, t == DType::F16 ? 1e-3 : 8e-3, dtype_name(t));
+  }
+  EXPECT_THROWS(cpu->convert(x.data(), DType::F32, h.data(), DType::Q8_0, 64), ErrorCode::Unsupported);
+  DefaultsBackend def(true);
+  def.convert(x.data(), DType::F32, back.data(), DType::F32, n);  // same type: a copy
+  EXPECT(std::memcmp(back.data(), x.data(), size_t(n) * 4) == 0);
+  EXPECT_THROWS(def.convert(x.data(), DType::F32, h.data(), DType::F16, n), ErrorCode::Unsupported);
+}
+
+TEST(backend_defaults_refuse_device_memory) {
+  // A backend whose memory the host cannot read must implement the row-broadcast ops itself: the
+  // defaults say so instead of dereferencing device pointers.
+  DefaultsBackend dev(false);
+  float x[4] = {1, 2, 3, 4}, v[4] = {1, 1, 1, 1}, y[4];
+  EXPECT_THROWS(dev.add_row(x, 4, v, y, 4, 1, 4), ErrorCode::Unsupported);
+  EXPECT_THROWS(dev.mul_row(x, 4, v, y, 4, 1, 4), ErrorCode::Unsupported);
+  EXPECT_THROWS(dev.scale(x, 2.0f, y, 4), ErrorCode::Unsupported);
+  // copy_2d's default is composed of copy(): one per row when strided.
+  float d[8] = {};
+  dev.copy_2d(d, 16, x, 8, 2, 8);
+  EXPECT(dev.copies == 2 && d[0] == 1 && d[1] == 2 && d[4] == 3 && d[5] == 4);
+}
+
+TEST(backend_kv_dtype) {
+  auto cpu = make_cpu_backend(std::make_shared<ThreadPool>(1));
+  EXPECT(cpu->supports_kv_dtype(DType::F32));
+  EXPECT(!cpu->supports_kv_dtype(DType::F16));
+  cpu->require_kv_dtype(DType::F32);
+  EXPECT_THROWS(cpu->require_kv_dtype(DType::BF16), ErrorCode::Unsupported);
+  try {
+    cpu->require_kv_dtype(DType::F16);
+  } catch (const Error& e) {
+    EXPECT(std::string(e.what()).find("supported: f32") != std::string::npos);
+  }
+  AttentionParams ap;
+  ap.n_q = ap.n_kv = 1, ap.n_heads = ap.n_kv_heads = 1, ap.head_dim = 4;
+  ap.kv_dtype = DType::F16;
+  float q[4] = {}, k[4] = {}, v[4] = {}, o[4];
+  EXPECT_THROWS(cpu->attention(q, k, v, o, ap), ErrorCode::Unsupported);
+}
+
+TEST(backend_context_stream_and_workspace) {
+  DefaultsBackend be(true);
+  EXPECT(be.current_stream() == nullptr && be.current_workspace() == nullptr);
+  {
+    BackendContext ctx(be);
+    EXPECT(ctx.stream().native_handle() == nullptr);
+    ctx.synchronize();
+    {
+      ContextScope bind(ctx);
+      EXPECT(current_context() == &ctx);
+      EXPECT(be.current_stream() == &ctx.stream());
+      EXPECT(be.current_workspace() == &ctx.workspace());
+      DefaultsBackend other(true);  // a context binds only its own backend
+      EXPECT(other.current_workspace() == nullptr);
+      Workspace& ws = ctx.workspace();
+      void* a;
+      {
+        Workspace::Frame f(ws);
+        a = ws.take(100);
+        void* b = ws.take(100);
+        EXPECT(reinterpret_cast<uintptr_t>(a) % 64 == 0 && reinterpret_cast<uintptr_t>(b) % 64 == 0);
+        EXPECT(b != a);
+        std::memset(a, 1, 100);
+        void* big = ws.take(size_t(3) << 20);  // a second chunk: `a` stays valid
+        std::memset(big, 2, size_t(3) << 20);
+        EXPECT(static_cast<uint8_t*>(a)[99] == 1);
+      }
+      // All given back: one chunk of the combined size, and the next frame reuses it.
+      const size_t cap = ws.capacity();
+      const int allocs = be.allocs;
+      {
+        Workspace::Frame f(ws);
+        EXPECT(ws.take(size_t(3) << 20) != nullptr);
+      }
+      EXPECT(be.allocs == allocs && ws.capacity() == cap);
+      // The composed mvp_projection takes its scratch from the bound workspace: no allocation.
+      const int64_t T = 3, Din = 8, Dh = 4, Do = 5, H = 2;
+      std::vector<float> X = randv(size_t(T * Din), 7), W1 = randv(size_t(H * Dh * Din), 8), W2 = randv(size_t(H * Do * Dh), 9),
+                         G = randv(size_t(H * Do), 10), Y(size_t(T * Do)), Yc(size_t(T * Do));
+      MvpProjectionParams mp;
+      mp.tokens = T, mp.d_in = Din, mp.d_hid = Dh, mp.d_out = Do, mp.n_heads = H;
+      be.mvp_projection(X.data(), W1.data(), nullptr, W2.data(), nullptr, G.data(), DType::F32, Y.data(), mp);
+      EXPECT(be.allocs == allocs);
+      auto cpu = make_cpu_backend(std::make_shared<ThreadPool>(1));
+      cpu->mvp_projection(X.data(), W1.data(), nullptr, W2.data(), nullptr, G.data(), DType::F32, Yc.data(), mp);
+      EXPECT_ALL_CLOSE(Y.data(), Yc.data(), Y.size(), 1e-5, 1e-5, "composed vs fused mvp_projection");
+    }
+    EXPECT(current_context() == nullptr);
+  }
+}
