@@ -32,6 +32,7 @@ export function layerOf(path) {
   if (path.startsWith('native/core/')) return { name: 'native/core', rank: 2 };
   if (path.startsWith('native/loaders/')) return { name: 'native/loaders', rank: 3 };
   if (path.startsWith('native/model/')) return { name: 'native/model', rank: 4 };
+  if (path.startsWith('native/train/')) return { name: 'native/train', rank: 4 }; // the trainer: a model-level user
   if (path.startsWith('native/addon/')) return { name: 'native/addon', rank: 5 };
   return null;
 }
