@@ -36,14 +36,6 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
   const WeightStore& ws = m.mvp_store();
   const auto& tl = m.tower_layers();
   const auto& ps = m.perspectives();
-  for (const std::string& name : opts.trainable) {
-    bool found = false;
-    for (const auto& p : ps) found |= p.name == name && p.gate != MvpGate::Closed && p.sums();
-    if (!found)
-      throw Error(ErrorCode::InvalidArgument, "perspective \"" + name +
-                                                  "\" is not an open mlp / multi-layer-mlp perspective of this checkpoint "
-                                                  "(only those can be trained; a closed one must be opened first)");
-  }
   for (size_t i = 0; i < ps.size(); ++i) {
     const MvpPerspective& p = ps[i];
     if (p.gate == MvpGate::Closed) continue;
@@ -85,6 +77,14 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
     load("linear_2.bias", false, &h.b2, &h.fb2);
     if (h.learned_gate) load("gate_logits", false, &h.gate, &h.fgate_logits);
     heads_.push_back(std::move(h));
+  }
+  for (const std::string& name : opts.trainable) {
+    bool found = false;
+    for (const auto& p : ps) found |= p.name == name && p.gate != MvpGate::Closed && p.sums();
+    if (!found)
+      throw Error(ErrorCode::InvalidArgument, "perspective \"" + name +
+                                                  "\" is not an open mlp / multi-layer-mlp perspective of this checkpoint "
+                                                  "(only those can be trained; a closed one must be opened first)");
   }
   EMOLLM_CHECK_ARG(!params_.empty(), "MvpTrainer: no trainable parameters (no open mlp perspective selected)");
 }
