@@ -20,6 +20,21 @@ inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 }  // namespace
 
 // ---------------------------------------------------------------- matrix products
+namespace {
+// out[c, r] = in[r, c] for a rows x cols block (in stride ldi, out stride ldo).
+void transpose(const float* in, int64_t ldi, float* out, int64_t ldo, int64_t rows, int64_t cols) {
+  constexpr int64_t B = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += B)
+    for (int64_t c0 = 0; c0 < cols; c0 += B)
+      for (int64_t r = r0; r < std::min(rows, r0 + B); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + B); ++c) out[c * ldo + r] = in[r * ldi + c];
+}
+// Above this many rows the products run through gemm() on transposed operands (its vectorised
+// paths); the transposes cost O(N K + M N + M K) against the product's O(M N K).
+constexpr int64_t kGemmPathMinRows = 16;
+constexpr int64_t kGemmPathMaxTempFloats = int64_t(16) << 20;  // 64 MiB of transposed weights
+}  // namespace
+
 void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
                      int64_t N, int64_t K, bool accumulate, ThreadPool* pool) {
   EMOLLM_CHECK_ARG(M >= 0 && N > 0 && K > 0, "gemm_backward_x: bad shape");
@@ -27,8 +42,37 @@ void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, 
   if (M == 0) return;
   const size_t row_bytes = dtype_row_bytes(wtype, K);
   const auto* wb = static_cast<const uint8_t*>(W);
-  // Rows of dX are split over the pool; each thread dequantises the weight rows it needs in blocks
-  // of kRowBlock and sums n in ascending order, so every element has one fixed reduction order.
+  if (M >= kGemmPathMinRows && N * K <= kGemmPathMaxTempFloats) {
+    // dX^T [K, M] = W^T [K, N] * dY^T: gemm(X = W^T, W = dY as an f32 [M, N] weight)
+    std::vector<float> wt(size_t(N * K)), row(static_cast<size_t>(K)), out(size_t(K * M));
+    for (int64_t n = 0; n < N; ++n) {
+      const void* src = wb + size_t(n) * row_bytes;
+      const float* r = static_cast<const float*>(src);
+      if (wtype != DType::F32) {
+        dequantize_row(wtype, src, row.data(), K);
+        r = row.data();
+      }
+      for (int64_t c = 0; c < K; ++c) wt[size_t(c * N + n)] = r[c];
+    }
+    std::vector<float> dy;
+    const float* dyp = dY;
+    if (lddy != N) {
+      dy.resize(size_t(M * N));
+      for (int64_t m = 0; m < M; ++m) std::copy_n(dY + m * lddy, N, dy.data() + m * N);
+      dyp = dy.data();
+    }
+    gemm(wt.data(), N, dyp, DType::F32, nullptr, out.data(), M, K, M, N, pool);
+    for (int64_t m = 0; m < M; ++m) {
+      float* dx = dX + m * lddx;
+      if (accumulate)
+        for (int64_t c = 0; c < K; ++c) dx[c] += out[size_t(c * M + m)];
+      else
+        for (int64_t c = 0; c < K; ++c) dx[c] = out[size_t(c * M + m)];
+    }
+    return;
+  }
+  // Small M: rows of dX are split over the pool; each thread dequantises the weight rows in
+  // blocks of kRowBlock and sums n in ascending order (one fixed reduction order per element).
   auto run_rows = [&](int64_t m0, int64_t m1) {
     std::vector<float> wf(size_t(kRowBlock * K));
     if (!accumulate)
@@ -52,25 +96,37 @@ void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, 
       }
     }
   };
-  // Dequantising is repeated per thread; fine for the row counts of training (M >= threads).
   detail::for_rows(pool, M, N * K / std::max<int64_t>(1, M) + N * 4, run_rows);
 }
 
 void gemm_backward_w(const float* dY, int64_t lddy, const float* X, int64_t ldx, float* dW, float* dB, int64_t M,
                      int64_t N, int64_t K, ThreadPool* pool) {
   EMOLLM_CHECK_ARG(M >= 0 && N > 0 && K > 0, "gemm_backward_w: bad shape");
+  if (M == 0) return;
+  if (dB)
+    for (int64_t n = 0; n < N; ++n) {
+      double bsum = 0.0;
+      for (int64_t m = 0; m < M; ++m) bsum += dY[m * lddy + n];
+      dB[n] += float(bsum);
+    }
+  if (M >= kGemmPathMinRows) {
+    // dW [N, K] += dY^T [N, M] * X [M, K] = gemm(X = dY^T, W = X^T [K, M])
+    std::vector<float> dyt(size_t(N * M)), xt(size_t(K * M)), out(size_t(N * K));
+    transpose(dY, lddy, dyt.data(), M, M, N);
+    transpose(X, ldx, xt.data(), M, M, K);
+    gemm(dyt.data(), M, xt.data(), DType::F32, nullptr, out.data(), K, N, K, M, pool);
+    for (size_t i = 0; i < out.size(); ++i) dW[i] += out[i];
+    return;
+  }
   detail::for_rows(pool, N, M * K, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       float* dw = dW + n * K;
-      double bsum = 0.0;
       for (int64_t m = 0; m < M; ++m) {
         const float g = dY[m * lddy + n];
-        bsum += g;
         if (g == 0.0f) continue;
         const float* x = X + m * ldx;
         for (int64_t c = 0; c < K; ++c) dw[c] += g * x[c];
       }
-      if (dB) dB[n] += float(bsum);
     }
   });
 }

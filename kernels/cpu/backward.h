@@ -16,12 +16,13 @@
 namespace emollm {
 
 // ---------------------------------------------------------------- matrix products (Y = X W^T + b)
-// dX[M,K] (+)= dY[M,N] * W[N,K]. W in any dtype gemm() takes (rows are dequantised in blocks).
-// accumulate: add into dX instead of overwriting it.
+// dX[M,K] (+)= dY[M,N] * W[N,K]. W in any dtype gemm() takes. From 16 rows on (and weights up
+// to 16 Mi elements) the product runs through gemm() on the dequantised, transposed weight (its
+// vectorised paths); below, a blocked loop. accumulate: add into dX instead of overwriting it.
 void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
                      int64_t N, int64_t K, bool accumulate, ThreadPool* pool);
 // dW[N,K] += dY[M,N]^T * X[M,K]; dB[N] += column sums of dY (dB may be null). f32 gradients of
-// trainable f32 parameters.
+// trainable f32 parameters (from 16 rows on through gemm() on transposed operands).
 void gemm_backward_w(const float* dY, int64_t lddy, const float* X, int64_t ldx, float* dW, float* dB, int64_t M,
                      int64_t N, int64_t K, ThreadPool* pool);
 

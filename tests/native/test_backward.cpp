@@ -58,7 +58,8 @@ std::vector<float> finite_diff(std::vector<float>& x, const std::function<double
 
 TEST(backward_gemm_x_and_w) {
   ThreadPool pool(2);
-  const int64_t M = 5, N = 7, K = 64;  // K: a multiple of the f16/bf16 block (1) and 32
+  const int64_t N = 7, K = 64;  // K: a multiple of the q8_0 block (32)
+  for (int64_t M : {int64_t(5), int64_t(37)})  // the blocked loop, and the gemm() path (M >= 16)
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
     auto wf = randn(size_t(N * K), 1);
     std::vector<uint8_t> wq(dtype_row_bytes(dt, K) * size_t(N));
@@ -85,8 +86,16 @@ TEST(backward_gemm_x_and_w) {
     };
     auto fd = finite_diff(x, L, 1e-2f);
     EXPECT_ALL_CLOSE(dx.data(), fd.data(), dx.size(), 2e-3, 2e-3, "gemm_backward_x vs finite differences");
+    std::vector<float> dWref(wf.size(), 0.0f);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < K; ++c) {
+        double a = 0;
+        for (int64_t m = 0; m < M; ++m) a += double(w[size_t(m * N + n)]) * double(x[size_t(m * K + c)]);
+        dWref[size_t(n * K + c)] = float(a);
+      }
     std::vector<float> dW(wf.size(), 0.0f), dB(size_t(N), 0.0f);
     gemm_backward_w(w.data(), N, x.data(), K, dW.data(), dB.data(), M, N, K, &pool);
+    EXPECT_ALL_CLOSE(dW.data(), dWref.data(), dW.size(), 1e-5, 1e-4, "gemm_backward_w vs double reference");
     auto fdw = finite_diff(wf, L, 1e-2f);
     EXPECT_ALL_CLOSE(dW.data(), fdw.data(), dW.size(), 2e-3, 2e-3, "gemm_backward_w vs finite differences");
     for (int64_t n = 0; n < N; ++n) {
