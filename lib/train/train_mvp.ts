@@ -295,17 +295,22 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       await save(step);
       const evalModel = await loadModel(out, { threads });
       const dir = join(out, 'val', `step-${step}`);
-      const r = await runEval({
-        bench: o.val,
-        model: nativeBackend(evalModel, { face: false }),
-        out: dir,
-        mediaRoot: resolve(o.mediaRoot ?? dirname(o.val)),
-        progress: false,
-        summary: false,
-        face: false,
-        force: true,
-        ...(o.signal ? { signal: o.signal } : {}),
-      });
+      let r: Awaited<ReturnType<typeof runEval>>;
+      try {
+        r = await runEval({
+          bench: o.val,
+          model: nativeBackend(evalModel, { face: false }),
+          out: dir,
+          mediaRoot: resolve(o.mediaRoot ?? dirname(o.val)),
+          progress: false,
+          summary: false,
+          face: false,
+          force: true,
+          ...(o.signal ? { signal: o.signal } : {}),
+        });
+      } finally {
+        await evalModel.close();
+      }
       const perTask: Record<string, number> = {};
       for (const [task, m] of Object.entries(r.metrics.tasks ?? {})) perTask[task] = (m as { accuracy: number }).accuracy;
       const accs = Object.values(perTask);
