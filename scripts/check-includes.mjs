@@ -7,6 +7,7 @@
 //   native/core/     tensors, backend interface, runtime, session         may include: base, kernels, core
 //   native/loaders/  file formats                                         may include: base, kernels, core, loaders
 //   native/model/    model forward passes                                  may include: all of the above and model
+//   native/train/    training (the MVP trainer)                            may include: all of the above and train
 //   native/addon/    the Node binding                                      may include: everything
 //
 // and no file outside native/addon includes a Node header (napi.h, node_api.h, node.h): the core

@@ -280,9 +280,16 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
     };
     if (!model.imageProcessor) throw new EmollmError('ERR_UNSUPPORTED', `${o.model} has no vision tower`);
 
+    const perms = new Map<number, number[]>(); // epoch -> its sample order
     const order = (k: number): number => {
       const e = Math.floor(k / train.length);
-      return permutation(train.length, seed * 1000003 + e)[k % train.length]!;
+      let p = perms.get(e);
+      if (!p) {
+        perms.clear();
+        p = permutation(train.length, seed * 1000003 + e);
+        perms.set(e, p);
+      }
+      return p[k % train.length]!;
     };
     const evals: TrainEvalInfo[] = [];
     const save = async (step: number): Promise<void> => {
