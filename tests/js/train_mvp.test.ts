@@ -134,3 +134,19 @@ describe.skipIf(!haveTiny)('emollm train-mvp (tiny LLaVA)', () => {
     await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'y'), perspectives: ['attention'], steps: 1 })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
   }, 60_000);
 });
+
+describe.skipIf(!existsSync(cli))('emollm train-mvp (command line)', () => {
+  it('a missing --model, or --steps with --epochs, is a usage error (exit 2)', () => {
+    const a = spawnSync(process.execPath, [cli, 'train-mvp', '--bench', 'x.jsonl', '--out', 'y'], { encoding: 'utf8' });
+    expect(a.status).toBe(2);
+    expect(a.stderr).toMatch(/train-mvp needs --model/);
+    const b = spawnSync(process.execPath, [cli, 'train-mvp', '--model', 'm', '--bench', 'x.jsonl', '--out', 'y', '--steps', '2', '--epochs', '1'], { encoding: 'utf8' });
+    expect(b.status).toBe(2);
+    expect(b.stderr).toMatch(/--steps or --epochs/);
+  });
+  it('--device cuda is refused: the trainer runs on the CPU only', () => {
+    const r = spawnSync(process.execPath, [cli, 'train-mvp', '--model', 'm', '--bench', 'x.jsonl', '--out', 'y', '--device', 'cuda'], { encoding: 'utf8' });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/ERR_UNSUPPORTED/);
+  });
+});
