@@ -8,8 +8,9 @@
 //          random weights written once to bench/models/llava-1.1b-train-hf/ (~3 GB)
 // on synthetic colour images (EmoBench JSONL, emo-c with four options), batch --batch, --steps
 // optimizer steps after one warm-up step (its tower features are computed and cached then, so the
-// timed steps measure training only). Figures are printed beside the same run's forward-only
-// anchor (the trainer's loss() on the same samples): backward / forward ratio.
+// timed steps measure training only). Anchor, same run: the inference forward pass of the same
+// checkpoint on the same prompts (Model.logits, vision tower + MVP + decoder), printed as the
+// ratio train-sample time / forward time.
 //
 //   npm run bench:train                               # tiny + 1.1b at 2 threads
 //   npm run bench:train -- --models tiny --steps 3    # smoke run
@@ -85,22 +86,24 @@ function tensors1b(layers) {
 }
 
 function bf16Block(n, kind, state) {
-  const out = Buffer.alloc(n * 2);
-  for (let i = 0; i < n; i++) {
-    let f;
-    if (kind === 'one') f = 1;
-    else if (kind === 'zero') f = 0;
-    else {
-      // xorshift32 uniform in [-sqrt(3) s, sqrt(3) s]: the spread of N(0, s), no need for Gaussian values
-      state.x ^= state.x << 13;
-      state.x ^= state.x >>> 17;
-      state.x ^= state.x << 5;
-      f = ((state.x >>> 0) / 4294967296 - 0.5) * 3.4641 * kind;
+  const f = new Float32Array(n);
+  if (kind === 'one') f.fill(1);
+  else if (kind !== 'zero') {
+    // xorshift32 uniform in [-sqrt(3) s, sqrt(3) s]: the spread of N(0, s); speed does not depend on the values
+    let x = state.x;
+    const scale = (3.4641 * kind) / 4294967296;
+    for (let i = 0; i < n; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      f[i] = ((x >>> 0) - 2147483648) * scale;
     }
-    const u = new Uint32Array(new Float32Array([f]).buffer)[0];
-    out.writeUInt16LE(u >>> 16, i * 2);
+    state.x = x;
   }
-  return out;
+  const u = new Uint32Array(f.buffer);
+  const out = new Uint16Array(n);
+  for (let i = 0; i < n; i++) out[i] = u[i] >>> 16;
+  return Buffer.from(out.buffer);
 }
 
 function ensure1b(layers, log) {
@@ -184,8 +187,16 @@ async function runOne(name, o, lib, log) {
     // steps 2..: features cached, training only
     const dt = (times[times.length - 1].t - times[0].t) / 1000;
     const sps = (o.batch * o.steps) / dt;
+    // anchor: inference forward passes of the same prompts
+    const model = await lib.loadModel(join(work, 'out'), { threads: o.threads });
+    const n = Math.min(o.batch, 4);
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++)
+      await model.logits([{ role: 'user', content: [{ type: 'image', image: join(work, `img/${i}.png`) }, { type: 'text', text: 'Which emotion does the image show? Options: happy, calm, sad, surprised.' }] }]);
+    const forwardS = (performance.now() - t0) / 1000 / n;
+    await model.close();
     const rss = process.resourceUsage().maxRSS / 1024;
-    return { model: name, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: times[times.length - 1].tokensPerSecond, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, finalLoss: r.finalLoss };
+    return { model: name, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: times[times.length - 1].tokensPerSecond, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, forwardMs: forwardS * 1000, trainOverForward: 1 / sps / forwardS, finalLoss: r.finalLoss };
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -196,19 +207,20 @@ async function main() {
   const log = (m) => console.error(m);
   const dist = join(root, 'dist');
   if (!existsSync(join(dist, 'train', 'train_mvp.js'))) throw new Error('dist/ is not built: run `npx tsc -p tsconfig.json` (and the addon) first');
-  const { initMvp } = await import(pathToFileURL(join(dist, 'index.js')).href);
+  const { initMvp, loadModel } = await import(pathToFileURL(join(dist, 'index.js')).href);
   const { trainMvp } = await import(pathToFileURL(join(dist, 'train', 'train_mvp.js')).href);
   if (o.models.includes('tiny') && !existsSync(join(TINY, 'model.safetensors'))) throw new Error(`${TINY} not found`);
   const rows = [];
   for (const m of o.models) {
     log(`train-mvp ${m}: ${o.steps} timed steps of batch ${o.batch} at ${o.threads} threads`);
-    rows.push(await runOne(m, o, { initMvp, trainMvp }, log));
+    rows.push(await runOne(m, o, { initMvp, trainMvp, loadModel }, log));
   }
   if (o.json) console.log(JSON.stringify(rows, null, 2));
   else {
-    console.log('model  layers threads batch  samples/s  tokens/s  peak RSS MiB  one epoch of ' + o.epochSamples + ' samples');
+    console.log('model  layers threads batch  samples/s  tokens/s  peak RSS MiB  train/forward  one epoch of ' + o.epochSamples + ' samples');
     for (const r of rows)
-      console.log(`${r.model.padEnd(6)} ${String(r.layers).padStart(6)} ${String(r.threads).padStart(7)} ${String(r.batch).padStart(5)} ${r.samplesPerSecond.toFixed(3).padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ${r.peakRssMiB.toFixed(0).padStart(13)}  ${r.epochHours.toFixed(1)} h`);
+      console.log(`${r.model.padEnd(6)} ${String(r.layers).padStart(6)} ${String(r.threads).padStart(7)} ${String(r.batch).padStart(5)} ${r.samplesPerSecond.toFixed(3).padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ${r.peakRssMiB.toFixed(0).padStart(13)} ${(r.trainOverForward.toFixed(1) + 'x').padStart(14)}  ${r.epochHours.toFixed(1)} h`);
+    console.log('train/forward: seconds per trained sample over seconds per inference forward pass of the same prompt (same run)');
   }
 }
 
