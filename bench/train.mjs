@@ -182,7 +182,7 @@ async function runOne(name, o, lib, log) {
     const times = [];
     const r = await lib.trainMvp({
       model: join(work, 'start'), bench, out: join(work, 'out'), steps: o.steps + 1, batch: o.batch, threads: o.threads, lr: 1e-4, seed: 0,
-      onStep: (s) => times.push({ t: performance.now(), tokensPerSecond: s.tokensPerSecond, samplesPerSecond: s.samplesPerSecond }),
+      onStep: (s) => times.push({ t: performance.now(), tokens: s.tokens }),
     });
     // steps 2..: features cached, training only
     const dt = (times[times.length - 1].t - times[0].t) / 1000;
@@ -196,7 +196,7 @@ async function runOne(name, o, lib, log) {
     const forwardS = (performance.now() - t0) / 1000 / n;
     await model.close();
     const rss = process.resourceUsage().maxRSS / 1024;
-    return { model: name, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: times[times.length - 1].tokensPerSecond, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, forwardMs: forwardS * 1000, trainOverForward: 1 / sps / forwardS, finalLoss: r.finalLoss };
+    return { model: name, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: (times[times.length - 1].tokens - times[0].tokens) / dt, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, forwardMs: forwardS * 1000, trainOverForward: 1 / sps / forwardS, finalLoss: r.finalLoss };
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -79,18 +79,16 @@ void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, 
       for (int64_t m = m0; m < m1; ++m) std::fill(dX + m * lddx, dX + m * lddx + K, 0.0f);
     for (int64_t n0 = 0; n0 < N; n0 += kRowBlock) {
       const int64_t nb = std::min(kRowBlock, N - n0);
-      for (int64_t j = 0; j < nb; ++j) {
-        const void* src = wb + size_t(n0 + j) * row_bytes;
-        if (wtype == DType::F32) std::copy_n(static_cast<const float*>(src), K, wf.data() + j * K);
-        else dequantize_row(wtype, src, wf.data() + j * K, K);
-      }
+      const bool f32 = wtype == DType::F32;  // f32 rows are read in place
+      if (!f32)
+        for (int64_t j = 0; j < nb; ++j) dequantize_row(wtype, wb + size_t(n0 + j) * row_bytes, wf.data() + j * K, K);
       for (int64_t m = m0; m < m1; ++m) {
         float* dx = dX + m * lddx;
         const float* dy = dY + m * lddy + n0;
         for (int64_t j = 0; j < nb; ++j) {
           const float g = dy[j];
           if (g == 0.0f) continue;
-          const float* w = wf.data() + j * K;
+          const float* w = f32 ? reinterpret_cast<const float*>(wb + size_t(n0 + j) * row_bytes) : wf.data() + j * K;
           for (int64_t c = 0; c < K; ++c) dx[c] += g * w[c];
         }
       }

@@ -79,6 +79,8 @@ export interface TrainStepInfo {
   lr: number;
   gradNorm: number;
   samplesPerSecond: number;
+  /** Decoder positions (prompt + image + answer tokens) trained on by this call so far. */
+  tokens: number;
   tokensPerSecond: number;
   etaMs: number;
 }
@@ -326,6 +328,8 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       o.onEval?.(e);
     };
 
+    // decoder positions of one image: one block of vision tokens (gated-sum) or one per open head (concat)
+    const imageTokens = info.nVisionTokens * (info.fusion === 'concat' ? outSection.perspectives.filter((p) => p.gate !== 'closed').length : 1);
     const evalEvery = o.evalEvery ?? 0;
     const saveEvery = o.saveEvery ?? (evalEvery > 0 ? evalEvery : totalSteps);
     const first = trainer.stepsDone;
@@ -340,7 +344,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
         const p = prepared[order(step * batch + j)]!;
         const feats = await featuresOf(p);
         loss += (await trainer.accumulate(p.tokens, p.nAnswer, feats, feats ? 1 : 0, 1 / batch)) / batch;
-        tokensDone += p.tokens.length;
+        tokensDone += p.tokens.length + (feats ? imageTokens - 1 : 0);
       }
       samplesDone += batch;
       const st = await trainer.step();
@@ -353,6 +357,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
         lr: st.lr,
         gradNorm: st.gradNorm,
         samplesPerSecond: (samplesDone * 1000) / el,
+        tokens: tokensDone,
         tokensPerSecond: (tokensDone * 1000) / el,
         etaMs: (el / (st.step - first)) * (totalSteps - st.step),
       });
