@@ -21,7 +21,7 @@ export const TRAIN_MVP_SPEC = {
     perspectives: {
       type: 'list',
       value: 'NAMES',
-      description: 'perspectives to train (default: every open mlp one); a closed one named here is opened with a learned gate',
+      description: 'perspectives to train (default: every open one); a closed one named here is opened with a learned gate',
     },
     steps: { type: 'integer', value: 'N', description: 'optimizer steps (default: --epochs over --bench)' },
     epochs: { type: 'number', value: 'N', description: 'passes over --bench when --steps is not given (default 1)' },

@@ -42,7 +42,7 @@ export interface TrainMvpOptions {
   mediaRoot?: string;
   /** The output checkpoint folder. */
   out: string;
-  /** Perspectives to train (default: every open mlp / multi-layer-mlp one). A closed one named here is opened with a learned gate. */
+  /** Perspectives to train (default: every open one; mlp, multi-layer-mlp, attention-pool). A closed one named here is opened with a learned gate. */
   perspectives?: readonly string[];
   /** Optimizer steps (default: `epochs` passes over the bench). */
   steps?: number;

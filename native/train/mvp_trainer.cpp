@@ -21,9 +21,15 @@ std::vector<float> to_f32(const TensorInfo& t) {
 }
 }  // namespace
 
-const float* MvpTrainer::value(int idx, const std::vector<float>& frozen) const {
-  if (idx >= 0) return params_[size_t(idx)].value.data();
-  return frozen.empty() ? nullptr : frozen.data();
+const float* MvpTrainer::value(const Head& h, Part p) const {
+  const Tensor& t = h.t[p];
+  if (t.idx >= 0) return params_[size_t(t.idx)].value.data();
+  return t.frozen.empty() ? nullptr : t.frozen.data();
+}
+
+float* MvpTrainer::grad(const Head& h, Part p) {
+  const Tensor& t = h.t[p];
+  return t.idx >= 0 ? params_[size_t(t.idx)].grad.data() : nullptr;
 }
 
 MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainOptions& opts)
@@ -36,57 +42,81 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
   const WeightStore& ws = m.mvp_store();
   const auto& tl = m.tower_layers();
   const auto& ps = m.perspectives();
+  const bool concat = m.fusion() == "concat";
+  int64_t summed_offset = -1;  // gated-sum: the block the mlp heads add into
   for (size_t i = 0; i < ps.size(); ++i) {
     const MvpPerspective& p = ps[i];
     if (p.gate == MvpGate::Closed) continue;
-    if (!p.sums())
-      throw Error(ErrorCode::Unsupported, std::string("training with an open ") + mvp_type_name(p.type) +
-                                              " perspective (\"" + p.name +
-                                              "\") is not implemented yet: close it, or train the mlp perspectives only");
+    if (p.type == MvpType::FaceRegion)
+      throw Error(ErrorCode::Unsupported, "training with an open face-region perspective (\"" + p.name +
+                                              "\") is not implemented yet: close it, or train the mlp / attention-pool perspectives");
     Head h;
     h.persp = i;
+    h.pool = p.type == MvpType::AttentionPool;
     for (int64_t l : p.layers)
       h.slots.push_back(int64_t(std::lower_bound(tl.begin(), tl.end(), l) - tl.begin()));
     h.d_in = p.d_in;
     h.d_hid = p.d_hid;
+    h.n_queries = p.n_queries;
+    h.num_heads = p.num_heads;
     h.learned_gate = p.gate == MvpGate::Learned;
     h.trainable = opts.trainable.empty() ||
                   std::find(opts.trainable.begin(), opts.trainable.end(), p.name) != opts.trainable.end();
+    // token layout of EmollmModel::project: blocks in perspective order; gated-sum mlp heads share
+    // the block of the first one
+    h.rows = h.pool ? p.n_queries : m.n_vision_tokens();
+    if (!h.pool && !concat && summed_offset >= 0) {
+      h.offset = summed_offset;
+    } else {
+      h.offset = per_image_;
+      per_image_ += h.rows;
+      if (!h.pool && !concat) summed_offset = h.offset;
+    }
     const std::string pre = "mvp.heads." + std::to_string(i) + ".";
-    auto load = [&](const std::string& part, bool decay, int* idx, std::vector<float>* frozen) {
-      const TensorInfo* t = ws.find(pre + part);
+    auto load = [&](Part part, const std::string& name, bool decay) {
+      const TensorInfo* t = ws.find(pre + name);
       if (!t) return;
       if (h.trainable) {
         MvpParam prm;
-        prm.name = pre + part;
+        prm.name = pre + name;
         prm.shape = t->shape;
         prm.decay = decay;
         prm.value = to_f32(*t);
         prm.grad.assign(prm.value.size(), 0.0f);
         prm.m.assign(prm.value.size(), 0.0f);
         prm.v.assign(prm.value.size(), 0.0f);
-        *idx = int(params_.size());
+        h.t[part].idx = int(params_.size());
         params_.push_back(std::move(prm));
       } else {
-        *frozen = to_f32(*t);
+        h.t[part].frozen = to_f32(*t);
       }
     };
-    load("linear_1.weight", true, &h.w1, &h.fw1);
-    load("linear_1.bias", false, &h.b1, &h.fb1);
-    load("linear_2.weight", true, &h.w2, &h.fw2);
-    load("linear_2.bias", false, &h.b2, &h.fb2);
-    if (h.learned_gate) load("gate_logits", false, &h.gate, &h.fgate_logits);
+    if (h.pool) {
+      load(QUERIES, "queries", false);
+      load(WK, "k_proj.weight", true);
+      load(BK, "k_proj.bias", false);
+      load(WV, "v_proj.weight", true);
+      load(BV, "v_proj.bias", false);
+      load(WO, "out_proj.weight", true);
+      load(BO, "out_proj.bias", false);
+    } else {
+      load(W1, "linear_1.weight", true);
+      load(B1, "linear_1.bias", false);
+      load(W2, "linear_2.weight", true);
+      load(B2, "linear_2.bias", false);
+    }
+    if (h.learned_gate) load(GATE, "gate_logits", false);
     heads_.push_back(std::move(h));
   }
   for (const std::string& name : opts.trainable) {
     bool found = false;
-    for (const auto& p : ps) found |= p.name == name && p.gate != MvpGate::Closed && p.sums();
+    for (const auto& p : ps) found |= p.name == name && p.gate != MvpGate::Closed;
     if (!found)
       throw Error(ErrorCode::InvalidArgument, "perspective \"" + name +
-                                                  "\" is not an open mlp / multi-layer-mlp perspective of this checkpoint "
-                                                  "(only those can be trained; a closed one must be opened first)");
+                                                  "\" is not an open perspective of this checkpoint "
+                                                  "(a closed one must be opened first: train-mvp --perspectives does)");
   }
-  EMOLLM_CHECK_ARG(!params_.empty(), "MvpTrainer: no trainable parameters (no open mlp perspective selected)");
+  EMOLLM_CHECK_ARG(!params_.empty(), "MvpTrainer: no trainable parameters (no open perspective selected)");
 }
 
 int64_t MvpTrainer::tower_feature_dim() const {
@@ -117,46 +147,70 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   const int64_t qd = H * D, kvd = Hkv * D;
   const int64_t T = em.n_vision_tokens(), TD = tower_feature_dim(), C = em.llava().vision().hparams().n_embd;
   const int64_t NI = s.n_images, rows_in = NI * T;
-  const bool concat = em.fusion() == "concat";
   const int32_t image_id = em.image_token_id();
   EMOLLM_CHECK_ARG(s.tokens && s.n_tokens > 0 && s.n_answer > 0 && s.n_answer < s.n_tokens,
                    "train sample: needs prompt tokens and 1..n-1 answer tokens");
   EMOLLM_CHECK_ARG(NI >= 0 && (NI == 0 || s.tower_feats), "train sample: images without tower features");
   EMOLLM_CHECK_ARG(hp.mrope_section.empty(), "MvpTrainer: M-RoPE decoders are not supported");
 
-  // ---- MVP forward: per head h = X W1^T + b1, a = gelu(h), y = a W2^T + b2, g = sigmoid(logits)
-  const int64_t per_image = concat ? T * int64_t(heads_.size()) : T;  // tokens per image
-  std::vector<float> feats(size_t(NI * per_image * E), 0.0f);          // image rows, image after image
+  // ---- MVP forward. mlp: h = X W1^T + b1, a = gelu(h), y = a W2^T + b2. attention-pool:
+  // K = X Wk^T + bk, V = X Wv^T + bv, a = attention(queries, K, V) per image, y = a Wo^T + bo.
+  // Each head adds g * y (g = sigmoid(gate logits), or 1) into its block of the image rows.
+  const int64_t per_image = per_image_;
+  std::vector<float> feats(size_t(NI * per_image * E), 0.0f);  // image rows, image after image
   struct HeadActs {
-    std::vector<float> x, h, a, y, g;
+    std::vector<float> x, h, a, y, g, k, v;
+  };
+  auto pool_params = [&](const Head& hd) {
+    AttentionParams ap;
+    ap.n_q = hd.n_queries;
+    ap.n_kv = T;
+    ap.n_heads = ap.n_kv_heads = hd.num_heads;
+    ap.head_dim = hd.d_hid / hd.num_heads;
+    ap.ldq = ap.ldk = ap.ldv = ap.ldo = hd.d_hid;
+    ap.causal = false;
+    return ap;
   };
   std::vector<HeadActs> ha(heads_.size());
-  for (size_t k = 0; k < heads_.size(); ++k) {
+  for (size_t k = 0; k < heads_.size() && rows_in > 0; ++k) {
     const Head& hd = heads_[k];
     HeadActs& A = ha[k];
-    if (rows_in == 0) break;
+    const int64_t out_rows = NI * hd.rows;
     A.x.resize(size_t(rows_in * hd.d_in));
     for (int64_t r = 0; r < rows_in; ++r)
       for (size_t j = 0; j < hd.slots.size(); ++j)
         std::memcpy(A.x.data() + r * hd.d_in + int64_t(j) * C, s.tower_feats + r * TD + hd.slots[j] * C,
                     size_t(C) * sizeof(float));
-    A.h.resize(size_t(rows_in * hd.d_hid));
-    gemm(A.x.data(), hd.d_in, value(hd.w1, hd.fw1), DType::F32, value(hd.b1, hd.fb1), A.h.data(), hd.d_hid,
-         rows_in, hd.d_hid, hd.d_in, pool);
-    A.a.resize(A.h.size());
-    gelu_erf(A.h.data(), A.a.data(), int64_t(A.h.size()), pool);
-    A.y.resize(size_t(rows_in * E));
-    gemm(A.a.data(), hd.d_hid, value(hd.w2, hd.fw2), DType::F32, value(hd.b2, hd.fb2), A.y.data(), E, rows_in,
-         E, hd.d_hid, pool);
+    A.y.resize(size_t(out_rows * E));
+    if (hd.pool) {
+      const int64_t D = hd.d_hid;
+      A.k.resize(size_t(rows_in * D));
+      A.v.resize(size_t(rows_in * D));
+      A.a.resize(size_t(out_rows * D));
+      gemm(A.x.data(), hd.d_in, value(hd, WK), DType::F32, value(hd, BK), A.k.data(), D, rows_in, D, hd.d_in, pool);
+      gemm(A.x.data(), hd.d_in, value(hd, WV), DType::F32, value(hd, BV), A.v.data(), D, rows_in, D, hd.d_in, pool);
+      const AttentionParams pap = pool_params(hd);
+      for (int64_t b = 0; b < NI; ++b)
+        attention(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + b * hd.rows * D, pap,
+                  pool);
+      gemm(A.a.data(), D, value(hd, WO), DType::F32, value(hd, BO), A.y.data(), E, out_rows, E, D, pool);
+    } else {
+      A.h.resize(size_t(rows_in * hd.d_hid));
+      gemm(A.x.data(), hd.d_in, value(hd, W1), DType::F32, value(hd, B1), A.h.data(), hd.d_hid, rows_in, hd.d_hid,
+           hd.d_in, pool);
+      A.a.resize(A.h.size());
+      gelu_erf(A.h.data(), A.a.data(), int64_t(A.h.size()), pool);
+      gemm(A.a.data(), hd.d_hid, value(hd, W2), DType::F32, value(hd, B2), A.y.data(), E, rows_in, E, hd.d_hid, pool);
+    }
     A.g.assign(size_t(E), 1.0f);
     if (hd.learned_gate) {
-      const float* lg = value(hd.gate, hd.fgate_logits);
+      const float* lg = value(hd, GATE);
       for (int64_t c = 0; c < E; ++c) A.g[size_t(c)] = float(1.0 / (1.0 + std::exp(-double(lg[c]))));
     }
     for (int64_t b = 0; b < NI; ++b)
-      for (int64_t t = 0; t < T; ++t) {
-        float* dst = feats.data() + ((b * per_image) + (concat ? int64_t(k) * T : 0) + t) * E;
-        const float* y = A.y.data() + (b * T + t) * E;
+      for (int64_t t = 0; t < hd.rows; ++t) {
+        float* dst = feats.data() + (b * per_image + hd.offset + t) * E;
+        const float* y = A.y.data() + (b * hd.rows + t) * E;
         for (int64_t c = 0; c < E; ++c) dst[c] += A.g[size_t(c)] * y[c];
       }
   }
@@ -306,39 +360,53 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   std::vector<float> dfeat(size_t(NI * per_image * E));
   for (size_t r = 0; r < img_pos.size(); ++r)
     std::memcpy(dfeat.data() + int64_t(r) * E, dx.data() + img_pos[r] * E, size_t(E) * sizeof(float));
-  std::vector<float> dy(size_t(rows_in * E));
   for (size_t kk = 0; kk < heads_.size(); ++kk) {
-    Head& hd = heads_[kk];
+    const Head& hd = heads_[kk];
     if (!hd.trainable || rows_in == 0) continue;
     HeadActs& A = ha[kk];
+    const int64_t out_rows = NI * hd.rows;
     // out += g * y: dy = dout * g; dlogit = sum_rows dout * y * g (1 - g)
-    float* dgl = hd.gate >= 0 ? params_[size_t(hd.gate)].grad.data() : nullptr;
+    std::vector<float> dy(size_t(out_rows * E));
     std::vector<double> gsum(size_t(E), 0.0);
     for (int64_t b = 0; b < NI; ++b)
-      for (int64_t t = 0; t < T; ++t) {
-        const float* d = dfeat.data() + ((b * per_image) + (concat ? int64_t(kk) * T : 0) + t) * E;
-        const float* y = A.y.data() + (b * T + t) * E;
-        float* o = dy.data() + (b * T + t) * E;
+      for (int64_t t = 0; t < hd.rows; ++t) {
+        const float* d = dfeat.data() + (b * per_image + hd.offset + t) * E;
+        const float* y = A.y.data() + (b * hd.rows + t) * E;
+        float* o = dy.data() + (b * hd.rows + t) * E;
         for (int64_t c = 0; c < E; ++c) {
           o[c] = d[c] * A.g[size_t(c)];
           gsum[size_t(c)] += double(d[c]) * double(y[c]);
         }
       }
-    if (dgl)
+    if (float* dgl = grad(hd, GATE))
       for (int64_t c = 0; c < E; ++c) {
         const double g = A.g[size_t(c)];
         dgl[c] += float(gsum[size_t(c)] * g * (1.0 - g));
       }
-    float* db2 = hd.b2 >= 0 ? params_[size_t(hd.b2)].grad.data() : nullptr;
-    gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, params_[size_t(hd.w2)].grad.data(), db2, rows_in, E, hd.d_hid,
-                    pool);
-    std::vector<float> da(size_t(rows_in * hd.d_hid));
-    gemm_backward_x(dy.data(), E, params_[size_t(hd.w2)].value.data(), DType::F32, da.data(), hd.d_hid, rows_in, E,
-                    hd.d_hid, false, pool);
-    gelu_erf_backward(A.h.data(), da.data(), da.data(), int64_t(da.size()), pool);
-    float* db1 = hd.b1 >= 0 ? params_[size_t(hd.b1)].grad.data() : nullptr;
-    gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, params_[size_t(hd.w1)].grad.data(), db1, rows_in,
-                    hd.d_hid, hd.d_in, pool);
+    if (hd.pool) {
+      const int64_t D = hd.d_hid;
+      gemm_backward_w(dy.data(), E, A.a.data(), D, grad(hd, WO), grad(hd, BO), out_rows, E, D, pool);
+      std::vector<float> da(size_t(out_rows * D)), dq(size_t(hd.rows * D)), dk(size_t(rows_in * D)),
+          dv(size_t(rows_in * D));
+      gemm_backward_x(dy.data(), E, value(hd, WO), DType::F32, da.data(), D, out_rows, E, D, false, pool);
+      const AttentionParams pap = pool_params(hd);
+      float* dQ = grad(hd, QUERIES);
+      for (int64_t b = 0; b < NI; ++b) {
+        attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D,
+                           A.a.data() + b * hd.rows * D, da.data() + b * hd.rows * D, dq.data(), dk.data() + b * T * D,
+                           dv.data() + b * T * D, pap, pool);
+        for (size_t i = 0; i < dq.size(); ++i) dQ[i] += dq[i];
+      }
+      gemm_backward_w(dk.data(), D, A.x.data(), hd.d_in, grad(hd, WK), grad(hd, BK), rows_in, D, hd.d_in, pool);
+      gemm_backward_w(dv.data(), D, A.x.data(), hd.d_in, grad(hd, WV), grad(hd, BV), rows_in, D, hd.d_in, pool);
+    } else {
+      gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, grad(hd, W2), grad(hd, B2), rows_in, E, hd.d_hid, pool);
+      std::vector<float> da(size_t(rows_in * hd.d_hid));
+      gemm_backward_x(dy.data(), E, value(hd, W2), DType::F32, da.data(), hd.d_hid, rows_in, E, hd.d_hid, false, pool);
+      gelu_erf_backward(A.h.data(), da.data(), da.data(), int64_t(da.size()), pool);
+      gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, grad(hd, W1), grad(hd, B1), rows_in, hd.d_hid, hd.d_in,
+                      pool);
+    }
   }
   return mean;
 }

@@ -11,10 +11,12 @@
 // the trainable MVP parameters only. step() applies them: global-norm clipping, AdamW (decoupled
 // weight decay on matrices only), learning rate with linear warmup + cosine decay.
 //
-// Trainable perspectives: mlp / multi-layer-mlp heads (linear_1, GELU, linear_2, gate logits when
-// the gate is "learned"), fused by gated-sum or concat. Every open perspective takes part in the
-// forward pass (those not in `trainable` are kept frozen); an open attention-pool or face-region
-// perspective is refused with Unsupported (their backward is not written yet).
+// Trainable perspectives: mlp / multi-layer-mlp heads (linear_1, GELU, linear_2) and attention-pool
+// heads (learned queries, k/v projections, non-causal multi-head attention, out_proj), each with
+// gate logits when its gate is "learned", fused by gated-sum or concat exactly as
+// EmollmModel::project lays out the image tokens. Every open perspective takes part in the
+// forward pass (those not in `trainable` are kept frozen); an open face-region perspective is
+// refused with Unsupported (its backward, and face boxes in training samples, are not written).
 //
 // CPU only: the decoder runs on the CPU kernels with the trainer's own pool (the Backend
 // interface has no backward ops). Deterministic: for a given thread count, the same samples give
@@ -91,18 +93,27 @@ class MvpTrainer {
   void zero_grad();
 
  private:
-  struct Head {  // one open mlp perspective
+  // The tensors of a head: mlp types linear_1 / linear_2 (+ biases); attention-pool queries,
+  // k_proj, v_proj, out_proj (+ biases); gate_logits when the gate is learned.
+  enum Part { W1, B1, W2, B2, GATE, QUERIES, WK, BK, WV, BV, WO, BO, N_PARTS };
+  struct Tensor {
+    int idx = -1;               // index into params_ when trainable
+    std::vector<float> frozen;  // f32 copy when frozen (empty: absent)
+  };
+  struct Head {  // one open perspective
     size_t persp = 0;
+    bool pool = false;           // attention-pool (else mlp / multi-layer-mlp)
     std::vector<int64_t> slots;  // positions of its layers in tower_layers()
-    int64_t d_in = 0, d_hid = 0;
+    int64_t d_in = 0, d_hid = 0, n_queries = 0, num_heads = 1;
     bool trainable = false, learned_gate = false;
-    // indices into params_ (-1: none) or frozen f32 copies
-    int w1 = -1, b1 = -1, w2 = -1, b2 = -1, gate = -1;
-    std::vector<float> fw1, fb1, fw2, fb2, fgate_logits;  // when frozen (or absent: empty biases)
+    int64_t offset = 0, rows = 0;  // its token block within each image's tokens (summed heads share one)
+    Tensor t[N_PARTS];
   };
 
   double run(const MvpTrainSample& s, float scale, bool backward);
-  const float* value(int idx, const std::vector<float>& frozen) const;  // a parameter or a frozen copy
+  const float* value(const Head& h, Part p) const;  // the trainable value, the frozen copy, or null
+  float* grad(const Head& h, Part p);               // null when frozen or absent
+  int64_t per_image_ = 0;                            // decoder positions of one image
 
   std::shared_ptr<const EmollmModel> model_;
   MvpTrainOptions opts_;

@@ -7,7 +7,8 @@
 //    trainer's own validation;
 //  - kill-and-resume: a run stopped after its first checkpoint and resumed with --resume ends
 //    with bit-identical MVP weights to the uninterrupted run;
-//  - refusals: an unknown perspective, an existing output without --resume.
+//  - a closed attention-pool opened by --perspectives trains (its gate becomes learned);
+//  - refusals: an unknown perspective, a face-region perspective, an existing output without --resume.
 // The numerical gradient checks are native (tests/native/test_mvp_train.cpp, test_backward.cpp).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -127,11 +128,27 @@ describe.skipIf(!haveTiny)('emollm train-mvp (tiny LLaVA)', () => {
     expect(b.equals(a)).toBe(true);
   }, 120_000);
 
+  it('--perspectives opens a closed attention-pool with a learned gate and trains it', async () => {
+    const out = join(tmp, 'pool');
+    await trainMvp({ model: start, bench: train, out, perspectives: ['global', 'attention'], steps: 2, batch: 2, lr: 1e-2 });
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { emollm: { perspectives: { name: string; gate: string }[] } };
+    expect(cfg.emollm.perspectives.map((p) => p.gate)).toEqual(['open', 'closed', 'learned', 'closed']);
+    const { readSafetensors, asF32 } = await import('../../lib/train/checkpoint.js');
+    const before = (await readSafetensors(join(start, 'emollm_mvp.safetensors'))).tensors;
+    const after = (await readSafetensors(join(out, 'emollm_mvp.safetensors'))).tensors;
+    for (const name of ['mvp.heads.2.queries', 'mvp.heads.2.out_proj.weight', 'mvp.heads.2.gate_logits', 'mvp.heads.0.linear_2.weight']) {
+      const a = asF32(before[name]!), b = asF32(after[name]!);
+      expect(a.length).toBe(b.length);
+      expect(a.some((v, i) => v !== b[i]), name).toBe(true);
+    }
+    expect(Buffer.from(after['mvp.heads.1.linear_1.weight']!.data).equals(Buffer.from(before['mvp.heads.1.linear_1.weight']!.data))).toBe(true); // closed: untouched
+  }, 60_000);
+
   it('refuses an unknown perspective and an existing run without --resume', async () => {
     await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'x'), perspectives: ['nope'], steps: 1 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'full'), steps: 6 })).rejects.toMatchObject({ code: 'ERR_OUTPUT_EXISTS' });
-    // attention-pool perspectives cannot be trained yet: a clear error, not a silent skip
-    await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'y'), perspectives: ['attention'], steps: 1 })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
+    // face-region perspectives cannot be trained yet: a clear error, not a silent skip
+    await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'y'), perspectives: ['faces'], steps: 1 })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
   }, 60_000);
 });
 
