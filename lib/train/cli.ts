@@ -38,6 +38,7 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
     ...(v['eval-every'] !== undefined ? { evalEvery: v['eval-every'] } : {}),
     ...(v['save-every'] !== undefined ? { saveEvery: v['save-every'] } : {}),
     ...(v.resume ? { resume: true } : {}),
+    ...(v.recompute === 'on' || v.recompute === 'off' ? { recompute: v.recompute === 'on' } : {}),
     ...(v['cache-dir'] !== undefined ? { cacheDir: v['cache-dir'] } : {}),
     ...(typeof rt.threads === 'number' ? { threads: rt.threads } : {}),
     onStep: (s) => {

@@ -35,6 +35,11 @@ export const TRAIN_MVP_SPEC = {
     'eval-every': { type: 'integer', value: 'N', description: 'score --val every N steps (default: at the end only)' },
     'save-every': { type: 'integer', value: 'N', description: 'checkpoint every N steps (default: --eval-every, else the end)' },
     resume: { type: 'boolean', description: "continue the run in --out from its last checkpoint (same options)" },
+    recompute: {
+      type: 'string',
+      choices: ['auto', 'on', 'off'],
+      description: "recompute each decoder layer's activations in the backward instead of keeping them (auto: when kept ones pass 1 GiB)",
+    },
     'cache-dir': { type: 'string', value: 'DIR', description: 'vision-feature cache (default <out>/feature-cache)' },
     json: { type: 'boolean', description: 'print the result as JSON' },
   },

@@ -63,6 +63,8 @@ export interface TrainMvpOptions {
   resume?: boolean;
   /** Vision-feature cache folder (default `<out>/feature-cache`). */
   cacheDir?: string;
+  /** Recompute each decoder layer's activations in the backward (less memory, one more forward pass; same gradients). Default: when keeping them would pass 1 GiB per sample. */
+  recompute?: boolean;
   /** Compute threads of the trainer (default 1; the result depends on it only through rounding). */
   threads?: number;
   /** Called after each optimizer step. */
@@ -240,6 +242,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
     weightDecay: o.weightDecay ?? 0,
     clipNorm: o.clip ?? 1,
     threads,
+    ...(o.recompute !== undefined ? { recompute: o.recompute } : {}),
   };
   const benchHash = createHash('sha256').update(await readFile(o.bench)).digest('hex');
   const runKey = createHash('sha256')

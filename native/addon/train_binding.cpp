@@ -1,7 +1,7 @@
 // The MVP trainer (native/train/mvp_trainer.h) for JavaScript; lib/train/ drives it.
 //
 //   createMvpTrainer(path, { trainable?: string[], lr?, minLrRatio?, warmupSteps?, totalSteps?,
-//                            weightDecay?, clipNorm?, beta1?, beta2?, eps?, threads? })
+//                            weightDecay?, clipNorm?, beta1?, beta2?, eps?, threads?, recompute? })
 //     -> Promise<MvpTrainer>            (loads the EmoLLM checkpoint off the main thread)
 //   MvpTrainer.info() -> { towerFeatureDim, nVisionTokens, imageTokenId, imageSize, fusion }
 //   MvpTrainer.towerFeatures(pixels: Float32Array [B,3,S,S], B) -> Promise<Float32Array>
@@ -273,6 +273,11 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
   opts.beta2 = opt_number(env, o, "beta2", opts.beta2);
   opts.eps = opt_number(env, o, "eps", opts.eps);
   opts.threads = int(opt_int(env, o, "threads", 1, 1, 1024));
+  if (has_opt(o, "recompute")) {  // unset: auto (recompute when the kept activations would pass 1 GiB)
+    if (!o.Get("recompute").IsBoolean()) throw_invalid(env, "recompute must be a boolean");
+    opts.recompute = o.Get("recompute").As<Napi::Boolean>().Value() ? MvpTrainOptions::Recompute::On
+                                                                      : MvpTrainOptions::Recompute::Off;
+  }
   LlavaLoadOptions lo;
   lo.threads = opts.threads;
   auto h = std::make_shared<TrainerHandle>();

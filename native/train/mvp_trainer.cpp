@@ -270,18 +270,24 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   ap.ldo = qd;
   ap.causal = true;
 
-  // ---- decoder forward, keeping what the backward reads
+  // ---- decoder forward. Each layer's input is kept; the rest of what the backward reads is
+  // either kept too or recomputed from that input in the backward (recompute_layers: one more
+  // forward pass, bit-identical values, memory of one layer instead of all).
   struct LayerActs {
-    std::vector<float> x_in, xn1, q, k, v, att, x_mid, xn2, gate, up;
+    std::vector<float> q, k, v, att, x_mid, gate, up;
   };
   const int64_t NL = hp.n_layer;
-  std::vector<LayerActs> la(size_t(backward ? NL : 0));
+  const int64_t kept_bytes = NL * n * (2 * qd + 2 * kvd + E + 2 * F) * int64_t(sizeof(float));
+  const bool recompute = opts_.recompute == MvpTrainOptions::Recompute::On ||
+                         (opts_.recompute == MvpTrainOptions::Recompute::Auto && kept_bytes > (int64_t(1) << 30));
+  std::vector<std::vector<float>> x_in(size_t(backward ? NL : 0));
+  std::vector<LayerActs> la(size_t(backward && !recompute ? NL : 0));
   std::vector<float> xn(size_t(n * E)), q(size_t(n * qd)), k(size_t(n * kvd)), v(size_t(n * kvd)), att(size_t(n * qd)),
       tmp(size_t(n * E)), gate(size_t(n * F)), up(size_t(n * F)), act(size_t(n * F));
-  for (int64_t l = 0; l < NL; ++l) {
+  // layer l on the residual stream xs (in place); keeps its activations in *A when A is given
+  auto layer_forward = [&](int64_t l, std::vector<float>& xs, LayerActs* A) {
     const LlamaLayer& L = lm.layers[size_t(l)];
-    if (backward) la[size_t(l)].x_in = x;
-    rmsnorm(x.data(), E, L.attn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
+    rmsnorm(xs.data(), E, L.attn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
     gemm(xn.data(), E, L.wq.data, L.wq.dtype, L.bq, q.data(), qd, n, qd, E, pool);
     gemm(xn.data(), E, L.wk.data, L.wk.dtype, L.bk, k.data(), kvd, n, kvd, E, pool);
     gemm(xn.data(), E, L.wv.data, L.wv.dtype, L.bv, v.data(), kvd, n, kvd, E, pool);
@@ -289,28 +295,28 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     rope(k.data(), kvd, n, Hkv, pos.data(), rp, pool);
     attention(q.data(), k.data(), v.data(), att.data(), ap, pool);
     gemm(att.data(), qd, L.wo.data, L.wo.dtype, L.bo, tmp.data(), E, n, E, qd, pool);
-    add(x.data(), tmp.data(), x.data(), n * E, pool);
-    if (backward) {
-      LayerActs& A = la[size_t(l)];
-      A.xn1 = xn;
-      A.q = q;
-      A.k = k;
-      A.v = v;
-      A.att = att;
-      A.x_mid = x;
+    add(xs.data(), tmp.data(), xs.data(), n * E, pool);
+    if (A) {
+      A->q = q;
+      A->k = k;
+      A->v = v;
+      A->att = att;
+      A->x_mid = xs;
     }
-    rmsnorm(x.data(), E, L.ffn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
+    rmsnorm(xs.data(), E, L.ffn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
     gemm(xn.data(), E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate.data(), F, n, F, E, pool);
     gemm(xn.data(), E, L.w_up.data, L.w_up.dtype, L.b_up, up.data(), F, n, F, E, pool);
     swiglu(gate.data(), up.data(), act.data(), n * F, pool);
     gemm(act.data(), F, L.w_down.data, L.w_down.dtype, L.b_down, tmp.data(), E, n, E, F, pool);
-    add(x.data(), tmp.data(), x.data(), n * E, pool);
-    if (backward) {
-      LayerActs& A = la[size_t(l)];
-      A.xn2 = xn;
-      A.gate = gate;
-      A.up = up;
+    add(xs.data(), tmp.data(), xs.data(), n * E, pool);
+    if (A) {
+      A->gate = gate;
+      A->up = up;
     }
+  };
+  for (int64_t l = 0; l < NL; ++l) {
+    if (backward) x_in[size_t(l)] = x;
+    layer_forward(l, x, backward && !recompute ? &la[size_t(l)] : nullptr);
   }
 
   // ---- loss over the answer: position t-1 predicts token t for the last n_answer tokens
@@ -335,9 +341,15 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   rmsnorm_backward(xa, E, lm.output_norm, xf.data(), E, dx.data() + (t0 - 1) * E, E, NA, E, hp.rms_eps, false, pool);
   std::vector<float> dq(size_t(n * qd)), dk(size_t(n * kvd)), dv(size_t(n * kvd)), datt(size_t(n * qd)),
       dxn(size_t(n * E)), dgate(size_t(n * F)), dup(size_t(n * F)), dact(size_t(n * F));
+  LayerActs recomputed;
+  std::vector<float> xr;
   for (int64_t l = NL - 1; l >= 0; --l) {
     const LlamaLayer& L = lm.layers[size_t(l)];
-    const LayerActs& A = la[size_t(l)];
+    if (recompute) {
+      xr = x_in[size_t(l)];
+      layer_forward(l, xr, &recomputed);
+    }
+    const LayerActs& A = recompute ? recomputed : la[size_t(l)];
     // MLP: x_out = x_mid + down(swiglu(gate(xn2), up(xn2)))
     gemm_backward_x(dx.data(), E, L.w_down.data, L.w_down.dtype, dact.data(), F, n, E, F, false, pool);
     swiglu_backward(A.gate.data(), A.up.data(), dact.data(), dgate.data(), dup.data(), n * F, pool);
@@ -353,7 +365,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     gemm_backward_x(dq.data(), qd, L.wq.data, L.wq.dtype, dxn.data(), E, n, qd, E, false, pool);
     gemm_backward_x(dk.data(), kvd, L.wk.data, L.wk.dtype, dxn.data(), E, n, kvd, E, true, pool);
     gemm_backward_x(dv.data(), kvd, L.wv.data, L.wv.dtype, dxn.data(), E, n, kvd, E, true, pool);
-    rmsnorm_backward(A.x_in.data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
+    rmsnorm_backward(x_in[size_t(l)].data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
   }
 
   // ---- splice backward: gradients of the image rows, then the MVP heads

@@ -42,6 +42,11 @@ struct MvpTrainOptions {
   double weight_decay = 0.0;
   double clip_norm = 1.0;  // 0 = no clipping
   int threads = 1;
+  // Decoder activations for the backward: kept for every layer, or recomputed layer by layer from
+  // each layer's input (one more forward pass; identical gradients). Auto recomputes when keeping
+  // them would take more than 1 GiB for the sample.
+  enum class Recompute { Auto, Off, On };
+  Recompute recompute = Recompute::Auto;
 };
 
 // One trainable tensor: f32 master value, gradient and AdamW moments.
