@@ -286,3 +286,39 @@ TEST(mvp_train_recompute_layers_is_exact) {
   EXPECT(a.accumulate(s.view(), 1.0f) == b.accumulate(s.view(), 1.0f));
   for (size_t i = 0; i < a.params().size(); ++i) EXPECT(a.params()[i].grad == b.params()[i].grad);
 }
+
+// The optimizer against hand-computed values: warmup + cosine learning rate, global-norm
+// clipping, AdamW's first step (bias-corrected moments give an update of exactly lr * sign), and
+// decoupled weight decay on matrices only.
+TEST(mvp_train_adamw_schedule_clipping) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  MvpTrainOptions o;
+  o.lr = 0.1;
+  o.warmup_steps = 2;
+  o.total_steps = 10;
+  o.min_lr_ratio = 0.1;
+  o.clip_norm = 1.0;
+  o.weight_decay = 0.01;
+  MvpTrainer tr(make_model(d, "gated-sum"), o);
+  EXPECT_NEAR(tr.lr_at(0), 0.05, 1e-12);
+  EXPECT_NEAR(tr.lr_at(1), 0.1, 1e-12);
+  EXPECT_NEAR(tr.lr_at(2), 0.1, 1e-12);
+  EXPECT_NEAR(tr.lr_at(6), 0.1 * (0.1 + 0.9 * 0.5), 1e-12);
+  EXPECT_NEAR(tr.lr_at(10), 0.01, 1e-12);
+  auto& ps = tr.params();
+  EXPECT(ps[0].decay && !ps[1].decay);  // linear_1.weight, linear_1.bias
+  const std::vector<float> w0 = ps[0].value, b0 = ps[1].value;
+  ps[0].grad[0] = 3.0f;  // global norm 3: clipped to 1
+  ps[0].grad[1] = -4.0f; // norm 5 with the first: g = (0.6, -0.8)
+  const MvpStepStats st = tr.step();
+  EXPECT_NEAR(st.grad_norm, 5.0, 1e-9);
+  EXPECT_NEAR(st.lr, 0.05, 1e-12);
+  EXPECT(st.step == 1 && tr.steps_done() == 1);
+  const double decay = 1.0 - 0.05 * 0.01;
+  EXPECT_NEAR(ps[0].value[0], w0[0] * decay - 0.05, 1e-6);  // m^ = g, v^ = g^2: update lr * g / |g|
+  EXPECT_NEAR(ps[0].value[1], w0[1] * decay + 0.05, 1e-6);
+  EXPECT_NEAR(ps[0].value[2], w0[2] * decay, 1e-7);  // no gradient: decay only
+  EXPECT(ps[1].value == b0);                          // bias: no gradient, no decay
+  EXPECT(ps[0].grad[0] == 0.0f && ps[0].grad[1] == 0.0f);  // zeroed after the step
+}
