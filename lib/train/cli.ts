@@ -52,6 +52,7 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
         lastLine = now;
       }
     },
+    onWarning: (m) => process.stderr.write(`train-mvp: ${m}\n`),
     onEval: (e) => {
       const tasks = Object.entries(e.perTask).map(([t, a]) => `${t} ${(a * 100).toFixed(1)}%`).join('  ');
       process.stderr.write(`${tty ? '\n' : ''}validation at step ${e.step}: accuracy ${(e.accuracy * 100).toFixed(1)}%  (${tasks})  ${e.outDir}\n`);
@@ -63,7 +64,7 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
   try {
     const r = await trainMvp({ ...o, signal: ac.signal });
     if (v.json) console.log(JSON.stringify(r, null, 2));
-    else console.log(`${r.out}: ${r.steps} steps (${r.stepsRun} in this run), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`);
+    if (!v.json) console.log(`${r.out}: ${r.steps} steps (${r.stepsRun} in this run), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`);
     return 0;
   } finally {
     process.off('SIGINT', onSig);

@@ -69,6 +69,8 @@ export interface TrainMvpOptions {
   threads?: number;
   /** Called after each optimizer step. */
   onStep?: (s: TrainStepInfo) => void;
+  /** Called with notices that do not stop the run (e.g. video samples left out). */
+  onWarning?: (message: string) => void;
   /** Called with each validation result. */
   onEval?: (e: TrainEvalInfo) => void;
   signal?: AbortSignal;
@@ -97,6 +99,9 @@ export interface TrainEvalInfo {
 
 export interface TrainMvpResult {
   out: string;
+  /** Samples of the bench trained on, and the video samples left out (not supported yet). */
+  samples: number;
+  skippedVideo: number;
   steps: number;
   /** Steps run by this call (fewer than `steps` after a resume). */
   stepsRun: number;
@@ -227,7 +232,12 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
   };
 
   const mediaRoot = resolve(o.mediaRoot ?? dirname(o.bench));
-  const train = await readBench(o.bench);
+  const all = await readBench(o.bench);
+  // video samples need frame sampling the trainer does not do yet: left out, and counted in the result
+  const train = all.filter((s) => s.media?.type !== 'video');
+  const skippedVideo = all.length - train.length;
+  if (train.length === 0) throw new EmollmError('ERR_UNSUPPORTED', `${o.bench}: every sample is a video sample, which train-mvp does not train on yet`);
+  if (skippedVideo > 0) o.onWarning?.(`${skippedVideo} of ${all.length} samples are video samples: left out (train-mvp trains on image and text samples only)`);
   const batch = o.batch ?? 8;
   const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * train.length) / batch));
   const warmup = o.warmup ?? Math.floor(totalSteps * 0.03);
@@ -373,7 +383,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       join(out, 'train-mvp.json'),
       JSON.stringify({ schema: 'emollm.train-mvp/1', model: o.model, bench: o.bench, val: o.val ?? null, steps: totalSteps, batch, seed, options: trainerOptions, finalLoss: lastLoss, evals }, null, 2) + '\n',
     );
-    return { out, steps: totalSteps, stepsRun: totalSteps - first, finalLoss: lastLoss, evals, wallMs: performance.now() - t0 };
+    return { out, samples: train.length, skippedVideo, steps: totalSteps, stepsRun: totalSteps - first, finalLoss: lastLoss, evals, wallMs: performance.now() - t0 };
   } finally {
     await model?.close();
     trainer.close();

@@ -144,6 +144,17 @@ describe.skipIf(!haveTiny)('emollm train-mvp (tiny LLaVA)', () => {
     expect(Buffer.from(after['mvp.heads.1.linear_1.weight']!.data).equals(Buffer.from(before['mvp.heads.1.linear_1.weight']!.data))).toBe(true); // closed: untouched
   }, 60_000);
 
+  it('video samples are left out with a notice and counted', async () => {
+    const withVideo = join(tmp, 'with-video.jsonl');
+    const video = JSON.stringify({ id: 'colours/video/0', task: 'emo-c', source: 'colours', split: 'train', media: { type: 'video', path: 'clip.mp4' }, options: WORDS, answer: 'sad' });
+    writeFileSync(withVideo, readFileSync(train, 'utf8') + video + '\n');
+    const warnings: string[] = [];
+    const r = await trainMvp({ model: start, bench: withVideo, out: join(tmp, 'video'), steps: 1, batch: 2, onWarning: (m) => warnings.push(m) });
+    expect(r.skippedVideo).toBe(1);
+    expect(r.samples).toBe(64);
+    expect(warnings.join('\n')).toMatch(/1 of 65 samples are video samples/);
+  }, 60_000);
+
   it('refuses an unknown perspective and an existing run without --resume', async () => {
     await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'x'), perspectives: ['nope'], steps: 1 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(trainMvp({ model: start, bench: train, out: join(tmp, 'full'), steps: 6 })).rejects.toMatchObject({ code: 'ERR_OUTPUT_EXISTS' });
