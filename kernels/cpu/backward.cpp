@@ -29,6 +29,16 @@ void transpose(const float* in, int64_t ldi, float* out, int64_t ldo, int64_t ro
       for (int64_t r = r0; r < std::min(rows, r0 + B); ++r)
         for (int64_t c = c0; c < std::min(cols, c0 + B); ++c) out[c * ldo + r] = in[r * ldi + c];
 }
+// Reused per-thread work buffers (slot 0..3): the backward GEMMs transpose operands of tens of MB
+// per call; fresh allocations would page-fault and zero them every time. Grown, never shrunk.
+float* scratch(int slot, size_t n) {
+  thread_local std::vector<float> buf[4];
+  if (buf[slot].size() < n) {
+    buf[slot] = std::vector<float>();
+    buf[slot].resize(n);
+  }
+  return buf[slot].data();
+}
 // Above this many rows the products run through gemm() on transposed operands (its vectorised
 // paths); the transposes cost O(N K + M N + M K) against the product's O(M N K).
 constexpr int64_t kGemmPathMinRows = 16;
@@ -44,30 +54,34 @@ void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, 
   const auto* wb = static_cast<const uint8_t*>(W);
   if (M >= kGemmPathMinRows && N * K <= kGemmPathMaxTempFloats) {
     // dX^T [K, M] = W^T [K, N] * dY^T: gemm(X = W^T, W = dY as an f32 [M, N] weight)
-    std::vector<float> wt(size_t(N * K)), row(static_cast<size_t>(K)), out(size_t(K * M));
-    for (int64_t n = 0; n < N; ++n) {
-      const void* src = wb + size_t(n) * row_bytes;
-      const float* r = static_cast<const float*>(src);
-      if (wtype != DType::F32) {
-        dequantize_row(wtype, src, row.data(), K);
-        r = row.data();
+    float* wt = scratch(0, size_t(N * K));
+    float* out = scratch(1, size_t(K * M));
+    float* rows = scratch(2, size_t(kRowBlock * K));
+    for (int64_t n0 = 0; n0 < N; n0 += kRowBlock) {  // dequantise a block of rows, then transpose it
+      const int64_t nb = std::min(kRowBlock, N - n0);
+      for (int64_t j = 0; j < nb; ++j) {
+        const void* src = wb + size_t(n0 + j) * row_bytes;
+        if (wtype == DType::F32) std::copy_n(static_cast<const float*>(src), K, rows + j * K);
+        else dequantize_row(wtype, src, rows + j * K, K);
       }
-      for (int64_t c = 0; c < K; ++c) wt[size_t(c * N + n)] = r[c];
+      transpose(rows, K, wt + n0, N, nb, K);
     }
-    std::vector<float> dy;
     const float* dyp = dY;
     if (lddy != N) {
-      dy.resize(size_t(M * N));
-      for (int64_t m = 0; m < M; ++m) std::copy_n(dY + m * lddy, N, dy.data() + m * N);
-      dyp = dy.data();
+      float* dy = scratch(3, size_t(M * N));
+      for (int64_t m = 0; m < M; ++m) std::copy_n(dY + m * lddy, N, dy + m * N);
+      dyp = dy;
     }
-    gemm(wt.data(), N, dyp, DType::F32, nullptr, out.data(), M, K, M, N, pool);
+    gemm(wt, N, dyp, DType::F32, nullptr, out, M, K, M, N, pool);
+    float* tr = scratch(0, size_t(M * K));  // wt is no longer needed
+    transpose(out, M, tr, K, K, M);         // tr [M, K]
     for (int64_t m = 0; m < M; ++m) {
       float* dx = dX + m * lddx;
+      const float* t = tr + m * K;
       if (accumulate)
-        for (int64_t c = 0; c < K; ++c) dx[c] += out[size_t(c * M + m)];
+        for (int64_t c = 0; c < K; ++c) dx[c] += t[c];
       else
-        for (int64_t c = 0; c < K; ++c) dx[c] = out[size_t(c * M + m)];
+        std::copy_n(t, K, dx);
     }
     return;
   }
@@ -109,11 +123,13 @@ void gemm_backward_w(const float* dY, int64_t lddy, const float* X, int64_t ldx,
     }
   if (M >= kGemmPathMinRows) {
     // dW [N, K] += dY^T [N, M] * X [M, K] = gemm(X = dY^T, W = X^T [K, M])
-    std::vector<float> dyt(size_t(N * M)), xt(size_t(K * M)), out(size_t(N * K));
-    transpose(dY, lddy, dyt.data(), M, M, N);
-    transpose(X, ldx, xt.data(), M, M, K);
-    gemm(dyt.data(), M, xt.data(), DType::F32, nullptr, out.data(), K, N, K, M, pool);
-    for (size_t i = 0; i < out.size(); ++i) dW[i] += out[i];
+    float* dyt = scratch(0, size_t(N * M));
+    float* xt = scratch(1, size_t(K * M));
+    float* out = scratch(2, size_t(N * K));
+    transpose(dY, lddy, dyt, M, M, N);
+    transpose(X, ldx, xt, M, M, K);
+    gemm(dyt, M, xt, DType::F32, nullptr, out, K, N, K, M, pool);
+    for (int64_t i = 0; i < N * K; ++i) dW[i] += out[i];
     return;
   }
   detail::for_rows(pool, N, M * K, [&](int64_t n0, int64_t n1) {
