@@ -6,7 +6,8 @@
 // images (tower_features(), computed once per image and cached by the caller). The loss is the
 // mean cross-entropy of the answer tokens. accumulate() runs the forward pass
 //   tower features -> MVP heads (f32 master weights) -> image-token splice -> frozen LLaMA decoder
-//   (activations kept per layer) -> final norm -> logits of the answer positions -> loss
+//   (activations kept per layer, or recomputed per layer in the backward) -> final norm -> logits
+//   of the answer positions -> loss
 // and the backward pass through the same chain (kernels/cpu/backward.h), adding the gradients of
 // the trainable MVP parameters only. step() applies them: global-norm clipping, AdamW (decoupled
 // weight decay on matrices only), learning rate with linear warmup + cosine decay.
