@@ -14,6 +14,7 @@ import { DTYPES, cpuInfo, type DType } from './kernels.js';
 import { runtimeInfo } from './runtime.js';
 import { quantizeGguf } from './quantize.js';
 import { initMvp, type InitMvpOptions } from './init_mvp.js';
+import { TRAIN_MVP_SPEC } from './train/spec.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis } from './analyze.js';
 import { loadModel, type GenerateOptions, type LoadModelOptions, type Model } from './model.js';
 import { native, packageRoot } from './native.js';
@@ -366,6 +367,7 @@ const COMMANDS: Record<string, Command> = {
   },
   quantize: { spec: QUANTIZE, run: quantize },
   'init-mvp': { spec: INIT_MVP, run: initMvpCommand },
+  'train-mvp': { spec: TRAIN_MVP_SPEC, run: async (a) => (await import('./train/cli.js')).trainMvpCommand(a) },
   pull: { spec: PULL, run: pullCommand },
   // loaded on use: fastify and bullmq stay out of the other commands' start-up
   serve: { spec: SERVE_SPEC, run: async (a) => (await import('./serve/cli.js')).serveCommand(a) },

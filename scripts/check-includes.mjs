@@ -7,6 +7,7 @@
 //   native/core/     tensors, backend interface, runtime, session         may include: base, kernels, core
 //   native/loaders/  file formats                                         may include: base, kernels, core, loaders
 //   native/model/    model forward passes                                  may include: all of the above and model
+//   native/train/    training (the MVP trainer)                            may include: all of the above and train
 //   native/addon/    the Node binding                                      may include: everything
 //
 // and no file outside native/addon includes a Node header (napi.h, node_api.h, node.h): the core
@@ -32,6 +33,7 @@ export function layerOf(path) {
   if (path.startsWith('native/core/')) return { name: 'native/core', rank: 2 };
   if (path.startsWith('native/loaders/')) return { name: 'native/loaders', rank: 3 };
   if (path.startsWith('native/model/')) return { name: 'native/model', rank: 4 };
+  if (path.startsWith('native/train/')) return { name: 'native/train', rank: 4 }; // the trainer: a model-level user
   if (path.startsWith('native/addon/')) return { name: 'native/addon', rank: 5 };
   return null;
 }

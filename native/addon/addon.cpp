@@ -27,6 +27,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_loaders(env, exports);
   register_model(env, exports);
   register_face(env, exports);
+  register_train(env, exports);
   return exports;
 }
 

@@ -7,4 +7,5 @@ void register_loaders(Napi::Env env, Napi::Object exports);  // loaders_binding.
 void register_kernels(Napi::Env env, Napi::Object exports);  // kernels_binding.cpp
 void register_model(Napi::Env env, Napi::Object exports);    // model_binding.cpp
 void register_face(Napi::Env env, Napi::Object exports);     // face_binding.cpp
+void register_train(Napi::Env env, Napi::Object exports);    // train_binding.cpp
 }  // namespace emollm::addon

@@ -97,6 +97,8 @@ class EmollmModel {
   int64_t n_image_tokens(int64_t n_faces = 0) const;
   // Hidden-state indices the tower computes (the union of all open perspectives' layers, sorted).
   const std::vector<int64_t>& tower_layers() const { return tower_layers_; }
+  // The MVP weight file as loaded (the trainer reads its tensors by name).
+  const WeightStore& mvp_store() const { return *store_; }
 
   // Vision tower + MVP for B images: pixels [B, C, S, S] normalised; faces: null or B lists.
   // out: the images' tokens one image after the other ([sum(counts), n_embd()]); counts[b]: image

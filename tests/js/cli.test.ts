@@ -118,6 +118,7 @@ describe.skipIf(!existsSync(cli))('emollm (dist/cli.js)', () => {
     [['inspect'], 'usage: emollm inspect <path>'],
     [['quantize'], 'usage: emollm quantize <in.gguf>'],
     [['init-mvp'], 'usage: emollm init-mvp <llava-dir> <out-dir>'],
+    [['train-mvp'], 'usage: emollm train-mvp [options]'],
     [['pull'], 'usage: emollm pull <repo>'],
   ];
 

@@ -1,0 +1,72 @@
+/** `emollm train-mvp`: the command line over {@link trainMvp}. */
+import { formatUsage, parseCommand, UsageError } from '../cli/args.js';
+import { EmollmError } from '../errors.js';
+import { formatDuration } from '../emobench/progress.js';
+import { TRAIN_MVP_SPEC } from './spec.js';
+import { trainMvp, type TrainMvpOptions } from './train_mvp.js';
+
+const USAGE = formatUsage(TRAIN_MVP_SPEC);
+
+export async function trainMvpCommand(argv: readonly string[]): Promise<number> {
+  const { values: v, help } = parseCommand(TRAIN_MVP_SPEC, argv);
+  if (help) {
+    console.log(USAGE);
+    return 0;
+  }
+  for (const k of ['model', 'bench', 'out'] as const) if (!v[k]) throw new UsageError(`train-mvp needs --${k}`, USAGE);
+  const rt = v as Record<string, unknown>;
+  if (rt.device === 'cuda') throw new EmollmError('ERR_UNSUPPORTED', 'train-mvp runs on the CPU only (the CUDA trainer is not written yet)');
+  if (v.steps !== undefined && v.epochs !== undefined) throw new UsageError('train-mvp: give --steps or --epochs, not both', USAGE);
+  const tty = process.stderr.isTTY === true;
+  let lastLine = 0;
+  const o: TrainMvpOptions = {
+    model: v.model!,
+    bench: v.bench!,
+    out: v.out!,
+    ...(v.val !== undefined ? { val: v.val } : {}),
+    ...(v['media-root'] !== undefined ? { mediaRoot: v['media-root'] } : {}),
+    ...(v.perspectives !== undefined ? { perspectives: v.perspectives } : {}),
+    ...(v.steps !== undefined ? { steps: v.steps } : {}),
+    ...(v.epochs !== undefined ? { epochs: v.epochs } : {}),
+    ...(v.batch !== undefined ? { batch: v.batch } : {}),
+    ...(v.lr !== undefined ? { lr: v.lr } : {}),
+    ...(v['min-lr-ratio'] !== undefined ? { minLrRatio: v['min-lr-ratio'] } : {}),
+    ...(v.warmup !== undefined ? { warmup: v.warmup } : {}),
+    ...(v['weight-decay'] !== undefined ? { weightDecay: v['weight-decay'] } : {}),
+    ...(v.clip !== undefined ? { clip: v.clip } : {}),
+    ...(v.seed !== undefined ? { seed: v.seed } : {}),
+    ...(v['eval-every'] !== undefined ? { evalEvery: v['eval-every'] } : {}),
+    ...(v['save-every'] !== undefined ? { saveEvery: v['save-every'] } : {}),
+    ...(v.resume ? { resume: true } : {}),
+    ...(v.recompute === 'on' || v.recompute === 'off' ? { recompute: v.recompute === 'on' } : {}),
+    ...(v['cache-dir'] !== undefined ? { cacheDir: v['cache-dir'] } : {}),
+    ...(typeof rt.threads === 'number' ? { threads: rt.threads } : {}),
+    onStep: (s) => {
+      const line =
+        `train-mvp step ${s.step}/${s.totalSteps}  loss ${s.loss.toFixed(4)}  lr ${s.lr.toExponential(2)}  |g| ${s.gradNorm.toFixed(3)}  ` +
+        `${s.samplesPerSecond.toFixed(2)} samples/s  ${s.tokensPerSecond.toFixed(0)} tok/s  ETA ${formatDuration(s.etaMs)}`;
+      const now = performance.now();
+      if (tty) process.stderr.write(`\r${line}\x1b[K${s.step === s.totalSteps ? '\n' : ''}`);
+      else if (s.step === s.totalSteps || s.step === 1 || now - lastLine > 5000) {
+        process.stderr.write(line + '\n');
+        lastLine = now;
+      }
+    },
+    onWarning: (m) => process.stderr.write(`train-mvp: ${m}\n`),
+    onEval: (e) => {
+      const tasks = Object.entries(e.perTask).map(([t, a]) => `${t} ${(a * 100).toFixed(1)}%`).join('  ');
+      process.stderr.write(`${tty ? '\n' : ''}validation at step ${e.step}: accuracy ${(e.accuracy * 100).toFixed(1)}%  (${tasks})  ${e.outDir}\n`);
+    },
+  };
+  const ac = new AbortController();
+  const onSig = (): void => ac.abort();
+  process.once('SIGINT', onSig);
+  try {
+    const r = await trainMvp({ ...o, signal: ac.signal });
+    if (v.json) console.log(JSON.stringify(r, null, 2));
+    if (!v.json) console.log(`${r.out}: ${r.steps} steps (${r.stepsRun} in this run), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`);
+    return 0;
+  } finally {
+    process.off('SIGINT', onSig);
+  }
+}

@@ -1,0 +1,465 @@
+// The MVP trainer (mvp_trainer.h): forward with saved activations, backward, AdamW.
+#include "train/mvp_trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "base/error.h"
+#include "cpu/backward.h"
+#include "cpu/kernels.h"
+
+namespace emollm {
+
+namespace {
+std::vector<float> to_f32(const TensorInfo& t) {
+  t.compute_view();
+  std::vector<float> out(size_t(t.numel()));
+  if (t.dtype == DType::F32) std::memcpy(out.data(), t.data, out.size() * sizeof(float));
+  else dequantize_row(t.dtype, t.data, out.data(), t.numel());
+  return out;
+}
+}  // namespace
+
+const float* MvpTrainer::value(const Head& h, Part p) const {
+  const Tensor& t = h.t[p];
+  if (t.idx >= 0) return params_[size_t(t.idx)].value.data();
+  return t.frozen.empty() ? nullptr : t.frozen.data();
+}
+
+float* MvpTrainer::grad(const Head& h, Part p) {
+  const Tensor& t = h.t[p];
+  return t.idx >= 0 ? params_[size_t(t.idx)].grad.data() : nullptr;
+}
+
+MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainOptions& opts)
+    : model_(std::move(model)), opts_(opts) {
+  EMOLLM_CHECK_ARG(model_ != nullptr, "MvpTrainer: no model");
+  EMOLLM_CHECK_ARG(opts.total_steps >= 1 && opts.warmup_steps >= 0 && opts.lr > 0 && std::isfinite(opts.lr),
+                   "MvpTrainer: total_steps >= 1, warmup_steps >= 0 and lr > 0 are required");
+  pool_ = std::make_unique<ThreadPool>(std::max(1, opts.threads));
+  const EmollmModel& m = *model_;
+  const WeightStore& ws = m.mvp_store();
+  const auto& tl = m.tower_layers();
+  const auto& ps = m.perspectives();
+  const bool concat = m.fusion() == "concat";
+  int64_t summed_offset = -1;  // gated-sum: the block the mlp heads add into
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const MvpPerspective& p = ps[i];
+    if (p.gate == MvpGate::Closed) continue;
+    if (p.type == MvpType::FaceRegion)
+      throw Error(ErrorCode::Unsupported, "training with an open face-region perspective (\"" + p.name +
+                                              "\") is not implemented yet: close it, or train the mlp / attention-pool perspectives");
+    Head h;
+    h.persp = i;
+    h.pool = p.type == MvpType::AttentionPool;
+    for (int64_t l : p.layers)
+      h.slots.push_back(int64_t(std::lower_bound(tl.begin(), tl.end(), l) - tl.begin()));
+    h.d_in = p.d_in;
+    h.d_hid = p.d_hid;
+    h.n_queries = p.n_queries;
+    h.num_heads = p.num_heads;
+    h.learned_gate = p.gate == MvpGate::Learned;
+    h.trainable = opts.trainable.empty() ||
+                  std::find(opts.trainable.begin(), opts.trainable.end(), p.name) != opts.trainable.end();
+    // token layout of EmollmModel::project: blocks in perspective order; gated-sum mlp heads share
+    // the block of the first one
+    h.rows = h.pool ? p.n_queries : m.n_vision_tokens();
+    if (!h.pool && !concat && summed_offset >= 0) {
+      h.offset = summed_offset;
+    } else {
+      h.offset = per_image_;
+      per_image_ += h.rows;
+      if (!h.pool && !concat) summed_offset = h.offset;
+    }
+    const std::string pre = "mvp.heads." + std::to_string(i) + ".";
+    auto load = [&](Part part, const std::string& name, bool decay) {
+      const TensorInfo* t = ws.find(pre + name);
+      if (!t) return;
+      if (h.trainable) {
+        MvpParam prm;
+        prm.name = pre + name;
+        prm.shape = t->shape;
+        prm.decay = decay;
+        prm.value = to_f32(*t);
+        prm.grad.assign(prm.value.size(), 0.0f);
+        prm.m.assign(prm.value.size(), 0.0f);
+        prm.v.assign(prm.value.size(), 0.0f);
+        h.t[part].idx = int(params_.size());
+        params_.push_back(std::move(prm));
+      } else {
+        h.t[part].frozen = to_f32(*t);
+      }
+    };
+    if (h.pool) {
+      load(QUERIES, "queries", false);
+      load(WK, "k_proj.weight", true);
+      load(BK, "k_proj.bias", false);
+      load(WV, "v_proj.weight", true);
+      load(BV, "v_proj.bias", false);
+      load(WO, "out_proj.weight", true);
+      load(BO, "out_proj.bias", false);
+    } else {
+      load(W1, "linear_1.weight", true);
+      load(B1, "linear_1.bias", false);
+      load(W2, "linear_2.weight", true);
+      load(B2, "linear_2.bias", false);
+    }
+    if (h.learned_gate) load(GATE, "gate_logits", false);
+    heads_.push_back(std::move(h));
+  }
+  for (const std::string& name : opts.trainable) {
+    bool found = false;
+    for (const auto& p : ps) found |= p.name == name && p.gate != MvpGate::Closed;
+    if (!found)
+      throw Error(ErrorCode::InvalidArgument, "perspective \"" + name +
+                                                  "\" is not an open perspective of this checkpoint "
+                                                  "(a closed one must be opened first: train-mvp --perspectives does)");
+  }
+  EMOLLM_CHECK_ARG(!params_.empty(), "MvpTrainer: no trainable parameters (no open perspective selected)");
+}
+
+int64_t MvpTrainer::tower_feature_dim() const {
+  return int64_t(model_->tower_layers().size()) * model_->llava().vision().hparams().n_embd;
+}
+
+void MvpTrainer::tower_features(const float* pixels, int64_t B, std::vector<float>* out) const {
+  EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr, "tower_features: no images");
+  const LlavaModel& lv = model_->llava();
+  out->resize(size_t(B * model_->n_vision_tokens() * tower_feature_dim()));
+  lv.vision().encode(lv.text_model()->backend(), pixels, B, model_->tower_layers(), lv.drop_cls(), out->data());
+}
+
+void MvpTrainer::zero_grad() {
+  for (auto& p : params_) std::fill(p.grad.begin(), p.grad.end(), 0.0f);
+}
+
+double MvpTrainer::accumulate(const MvpTrainSample& s, float scale) { return run(s, scale, true); }
+double MvpTrainer::loss(const MvpTrainSample& s) { return run(s, 0.0f, false); }
+
+// ---------------------------------------------------------------- forward + backward
+double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
+  const EmollmModel& em = *model_;
+  const LlamaModel& lm = em.llava().text();
+  const LlamaHparams& hp = lm.hparams();
+  ThreadPool* pool = pool_.get();
+  const int64_t E = hp.n_embd, D = hp.head_dim, H = hp.n_head, Hkv = hp.n_head_kv, F = hp.n_ff, V = hp.n_vocab;
+  const int64_t qd = H * D, kvd = Hkv * D;
+  const int64_t T = em.n_vision_tokens(), TD = tower_feature_dim(), C = em.llava().vision().hparams().n_embd;
+  const int64_t NI = s.n_images, rows_in = NI * T;
+  const int32_t image_id = em.image_token_id();
+  EMOLLM_CHECK_ARG(s.tokens && s.n_tokens > 0 && s.n_answer > 0 && s.n_answer < s.n_tokens,
+                   "train sample: needs prompt tokens and 1..n-1 answer tokens");
+  EMOLLM_CHECK_ARG(NI >= 0 && (NI == 0 || s.tower_feats), "train sample: images without tower features");
+  EMOLLM_CHECK_ARG(hp.mrope_section.empty(), "MvpTrainer: M-RoPE decoders are not supported");
+
+  // ---- MVP forward. mlp: h = X W1^T + b1, a = gelu(h), y = a W2^T + b2. attention-pool:
+  // K = X Wk^T + bk, V = X Wv^T + bv, a = attention(queries, K, V) per image, y = a Wo^T + bo.
+  // Each head adds g * y (g = sigmoid(gate logits), or 1) into its block of the image rows.
+  const int64_t per_image = per_image_;
+  std::vector<float> feats(size_t(NI * per_image * E), 0.0f);  // image rows, image after image
+  struct HeadActs {
+    std::vector<float> x, h, a, y, g, k, v;
+  };
+  auto pool_params = [&](const Head& hd) {
+    AttentionParams ap;
+    ap.n_q = hd.n_queries;
+    ap.n_kv = T;
+    ap.n_heads = ap.n_kv_heads = hd.num_heads;
+    ap.head_dim = hd.d_hid / hd.num_heads;
+    ap.ldq = ap.ldk = ap.ldv = ap.ldo = hd.d_hid;
+    ap.causal = false;
+    return ap;
+  };
+  std::vector<HeadActs> ha(heads_.size());
+  for (size_t k = 0; k < heads_.size() && rows_in > 0; ++k) {
+    const Head& hd = heads_[k];
+    HeadActs& A = ha[k];
+    const int64_t out_rows = NI * hd.rows;
+    A.x.resize(size_t(rows_in * hd.d_in));
+    for (int64_t r = 0; r < rows_in; ++r)
+      for (size_t j = 0; j < hd.slots.size(); ++j)
+        std::memcpy(A.x.data() + r * hd.d_in + int64_t(j) * C, s.tower_feats + r * TD + hd.slots[j] * C,
+                    size_t(C) * sizeof(float));
+    A.y.resize(size_t(out_rows * E));
+    if (hd.pool) {
+      const int64_t D = hd.d_hid;
+      A.k.resize(size_t(rows_in * D));
+      A.v.resize(size_t(rows_in * D));
+      A.a.resize(size_t(out_rows * D));
+      gemm(A.x.data(), hd.d_in, value(hd, WK), DType::F32, value(hd, BK), A.k.data(), D, rows_in, D, hd.d_in, pool);
+      gemm(A.x.data(), hd.d_in, value(hd, WV), DType::F32, value(hd, BV), A.v.data(), D, rows_in, D, hd.d_in, pool);
+      const AttentionParams pap = pool_params(hd);
+      for (int64_t b = 0; b < NI; ++b)
+        attention(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + b * hd.rows * D, pap,
+                  pool);
+      gemm(A.a.data(), D, value(hd, WO), DType::F32, value(hd, BO), A.y.data(), E, out_rows, E, D, pool);
+    } else {
+      A.h.resize(size_t(rows_in * hd.d_hid));
+      gemm(A.x.data(), hd.d_in, value(hd, W1), DType::F32, value(hd, B1), A.h.data(), hd.d_hid, rows_in, hd.d_hid,
+           hd.d_in, pool);
+      A.a.resize(A.h.size());
+      gelu_erf(A.h.data(), A.a.data(), int64_t(A.h.size()), pool);
+      gemm(A.a.data(), hd.d_hid, value(hd, W2), DType::F32, value(hd, B2), A.y.data(), E, rows_in, E, hd.d_hid, pool);
+    }
+    A.g.assign(size_t(E), 1.0f);
+    if (hd.learned_gate) {
+      const float* lg = value(hd, GATE);
+      for (int64_t c = 0; c < E; ++c) A.g[size_t(c)] = float(1.0 / (1.0 + std::exp(-double(lg[c]))));
+    }
+    for (int64_t b = 0; b < NI; ++b)
+      for (int64_t t = 0; t < hd.rows; ++t) {
+        float* dst = feats.data() + (b * per_image + hd.offset + t) * E;
+        const float* y = A.y.data() + (b * hd.rows + t) * E;
+        for (int64_t c = 0; c < E; ++c) dst[c] += A.g[size_t(c)] * y[c];
+      }
+  }
+
+  // ---- splice: the decoder input rows; img_pos[r] = position of image row r
+  int64_t n_img_tok = 0;
+  for (int64_t i = 0; i < s.n_tokens; ++i) n_img_tok += s.tokens[i] == image_id;
+  const bool once = n_img_tok == NI, expanded = n_img_tok == NI * per_image;
+  if (!once && !expanded)
+    throw Error(ErrorCode::InvalidArgument, "train sample: " + std::to_string(n_img_tok) + " image tokens for " +
+                                                std::to_string(NI) + " images (expected one per image or " +
+                                                std::to_string(NI * per_image) + ")");
+  std::vector<int32_t> ids;  // -1 = image row
+  std::vector<int64_t> img_pos;
+  for (int64_t i = 0; i < s.n_tokens; ++i) {
+    if (s.tokens[i] != image_id || NI == 0) {
+      ids.push_back(s.tokens[i]);
+      continue;
+    }
+    const int64_t reps = once ? per_image : 1;
+    for (int64_t r = 0; r < reps; ++r) {
+      img_pos.push_back(int64_t(ids.size()));
+      ids.push_back(-1);
+    }
+  }
+  const int64_t n = int64_t(ids.size());
+  std::vector<float> x(size_t(n * E));
+  {
+    int64_t r = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      if (ids[size_t(t)] < 0) {
+        std::memcpy(x.data() + t * E, feats.data() + r * E, size_t(E) * sizeof(float));
+        ++r;
+      } else {
+        embedding_lookup(lm.tok_embd.data, lm.tok_embd.dtype, V, E, &ids[size_t(t)], 1, x.data() + t * E, E, nullptr);
+      }
+    }
+  }
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(t);
+  RopeParams rp;
+  rp.head_dim = D;
+  rp.rot_dim = hp.rope_dim;
+  rp.theta = hp.rope_theta;
+  rp.freq_scale = hp.rope_freq_scale;
+  rp.inv_freq = lm.rope_inv_freq.empty() ? nullptr : lm.rope_inv_freq.data();
+  rp.layout = hp.rope_layout;
+  AttentionParams ap;
+  ap.n_q = n;
+  ap.n_kv = n;
+  ap.n_heads = H;
+  ap.n_kv_heads = Hkv;
+  ap.head_dim = D;
+  ap.ldq = qd;
+  ap.ldk = kvd;
+  ap.ldv = kvd;
+  ap.ldo = qd;
+  ap.causal = true;
+
+  // ---- decoder forward. Each layer's input is kept; the rest of what the backward reads is
+  // either kept too or recomputed from that input in the backward (recompute_layers: one more
+  // forward pass, bit-identical values, memory of one layer instead of all).
+  struct LayerActs {
+    std::vector<float> q, k, v, att, x_mid, gate, up;
+  };
+  const int64_t NL = hp.n_layer;
+  const int64_t kept_bytes = NL * n * (2 * qd + 2 * kvd + E + 2 * F) * int64_t(sizeof(float));
+  const bool recompute = opts_.recompute == MvpTrainOptions::Recompute::On ||
+                         (opts_.recompute == MvpTrainOptions::Recompute::Auto && kept_bytes > (int64_t(1) << 30));
+  std::vector<std::vector<float>> x_in(size_t(backward ? NL : 0));
+  std::vector<LayerActs> la(size_t(backward && !recompute ? NL : 0));
+  std::vector<float> xn(size_t(n * E)), q(size_t(n * qd)), k(size_t(n * kvd)), v(size_t(n * kvd)), att(size_t(n * qd)),
+      tmp(size_t(n * E)), gate(size_t(n * F)), up(size_t(n * F)), act(size_t(n * F));
+  // layer l on the residual stream xs (in place); keeps its activations in *A when A is given
+  auto layer_forward = [&](int64_t l, std::vector<float>& xs, LayerActs* A) {
+    const LlamaLayer& L = lm.layers[size_t(l)];
+    rmsnorm(xs.data(), E, L.attn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
+    gemm(xn.data(), E, L.wq.data, L.wq.dtype, L.bq, q.data(), qd, n, qd, E, pool);
+    gemm(xn.data(), E, L.wk.data, L.wk.dtype, L.bk, k.data(), kvd, n, kvd, E, pool);
+    gemm(xn.data(), E, L.wv.data, L.wv.dtype, L.bv, v.data(), kvd, n, kvd, E, pool);
+    rope(q.data(), qd, n, H, pos.data(), rp, pool);
+    rope(k.data(), kvd, n, Hkv, pos.data(), rp, pool);
+    attention(q.data(), k.data(), v.data(), att.data(), ap, pool);
+    gemm(att.data(), qd, L.wo.data, L.wo.dtype, L.bo, tmp.data(), E, n, E, qd, pool);
+    add(xs.data(), tmp.data(), xs.data(), n * E, pool);
+    if (A) {
+      A->q = q;
+      A->k = k;
+      A->v = v;
+      A->att = att;
+      A->x_mid = xs;
+    }
+    rmsnorm(xs.data(), E, L.ffn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
+    gemm(xn.data(), E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate.data(), F, n, F, E, pool);
+    gemm(xn.data(), E, L.w_up.data, L.w_up.dtype, L.b_up, up.data(), F, n, F, E, pool);
+    swiglu(gate.data(), up.data(), act.data(), n * F, pool);
+    gemm(act.data(), F, L.w_down.data, L.w_down.dtype, L.b_down, tmp.data(), E, n, E, F, pool);
+    add(xs.data(), tmp.data(), xs.data(), n * E, pool);
+    if (A) {
+      A->gate = gate;
+      A->up = up;
+    }
+  };
+  for (int64_t l = 0; l < NL; ++l) {
+    if (backward) x_in[size_t(l)] = x;
+    layer_forward(l, x, backward && !recompute ? &la[size_t(l)] : nullptr);
+  }
+
+  // ---- loss over the answer: position t-1 predicts token t for the last n_answer tokens
+  const int64_t NA = s.n_answer, t0 = n - NA;  // first target position (in the expanded sequence)
+  std::vector<int32_t> targets(static_cast<size_t>(NA));
+  for (int64_t j = 0; j < NA; ++j) {
+    targets[size_t(j)] = ids[size_t(t0 + j)];
+    EMOLLM_CHECK_ARG(targets[size_t(j)] >= 0, "train sample: an answer token is an image token");
+  }
+  const float* xa = x.data() + (t0 - 1) * E;  // rows t0-1 .. n-2
+  std::vector<float> xf(size_t(NA * E)), logits(size_t(NA * V));
+  rmsnorm(xa, E, lm.output_norm, xf.data(), E, NA, E, hp.rms_eps, pool);
+  gemm(xf.data(), E, lm.output.data, lm.output.dtype, nullptr, logits.data(), V, NA, V, E, pool);
+  const float ls = scale / float(NA);
+  const double total = cross_entropy(logits.data(), V, targets.data(), NA, V, ls, backward ? logits.data() : nullptr, pool);
+  const double mean = total / double(NA);
+  if (!backward) return mean;
+
+  // ---- backward: logits -> final norm -> residual stream gradient dx [n, E]
+  std::vector<float> dx(size_t(n * E), 0.0f);
+  gemm_backward_x(logits.data(), V, lm.output.data, lm.output.dtype, xf.data(), E, NA, V, E, false, pool);
+  rmsnorm_backward(xa, E, lm.output_norm, xf.data(), E, dx.data() + (t0 - 1) * E, E, NA, E, hp.rms_eps, false, pool);
+  std::vector<float> dq(size_t(n * qd)), dk(size_t(n * kvd)), dv(size_t(n * kvd)), datt(size_t(n * qd)),
+      dxn(size_t(n * E)), dgate(size_t(n * F)), dup(size_t(n * F)), dact(size_t(n * F));
+  LayerActs recomputed;
+  std::vector<float> xr;
+  for (int64_t l = NL - 1; l >= 0; --l) {
+    const LlamaLayer& L = lm.layers[size_t(l)];
+    if (recompute) {
+      xr = x_in[size_t(l)];
+      layer_forward(l, xr, &recomputed);
+    }
+    const LayerActs& A = recompute ? recomputed : la[size_t(l)];
+    // MLP: x_out = x_mid + down(swiglu(gate(xn2), up(xn2)))
+    gemm_backward_x(dx.data(), E, L.w_down.data, L.w_down.dtype, dact.data(), F, n, E, F, false, pool);
+    swiglu_backward(A.gate.data(), A.up.data(), dact.data(), dgate.data(), dup.data(), n * F, pool);
+    gemm_backward_x(dgate.data(), F, L.w_gate.data, L.w_gate.dtype, dxn.data(), E, n, F, E, false, pool);
+    gemm_backward_x(dup.data(), F, L.w_up.data, L.w_up.dtype, dxn.data(), E, n, F, E, true, pool);
+    rmsnorm_backward(A.x_mid.data(), E, L.ffn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
+    // attention: x_mid = x_in + wo(attn(rope(q), rope(k), v))
+    gemm_backward_x(dx.data(), E, L.wo.data, L.wo.dtype, datt.data(), qd, n, E, qd, false, pool);
+    attention_backward(A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt.data(), dq.data(), dk.data(), dv.data(),
+                       ap, pool);
+    rope_backward(dq.data(), qd, n, H, pos.data(), rp, pool);
+    rope_backward(dk.data(), kvd, n, Hkv, pos.data(), rp, pool);
+    gemm_backward_x(dq.data(), qd, L.wq.data, L.wq.dtype, dxn.data(), E, n, qd, E, false, pool);
+    gemm_backward_x(dk.data(), kvd, L.wk.data, L.wk.dtype, dxn.data(), E, n, kvd, E, true, pool);
+    gemm_backward_x(dv.data(), kvd, L.wv.data, L.wv.dtype, dxn.data(), E, n, kvd, E, true, pool);
+    rmsnorm_backward(x_in[size_t(l)].data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
+  }
+
+  // ---- splice backward: gradients of the image rows, then the MVP heads
+  std::vector<float> dfeat(size_t(NI * per_image * E));
+  for (size_t r = 0; r < img_pos.size(); ++r)
+    std::memcpy(dfeat.data() + int64_t(r) * E, dx.data() + img_pos[r] * E, size_t(E) * sizeof(float));
+  for (size_t kk = 0; kk < heads_.size(); ++kk) {
+    const Head& hd = heads_[kk];
+    if (!hd.trainable || rows_in == 0) continue;
+    HeadActs& A = ha[kk];
+    const int64_t out_rows = NI * hd.rows;
+    // out += g * y: dy = dout * g; dlogit = sum_rows dout * y * g (1 - g)
+    std::vector<float> dy(size_t(out_rows * E));
+    std::vector<double> gsum(size_t(E), 0.0);
+    for (int64_t b = 0; b < NI; ++b)
+      for (int64_t t = 0; t < hd.rows; ++t) {
+        const float* d = dfeat.data() + (b * per_image + hd.offset + t) * E;
+        const float* y = A.y.data() + (b * hd.rows + t) * E;
+        float* o = dy.data() + (b * hd.rows + t) * E;
+        for (int64_t c = 0; c < E; ++c) {
+          o[c] = d[c] * A.g[size_t(c)];
+          gsum[size_t(c)] += double(d[c]) * double(y[c]);
+        }
+      }
+    if (float* dgl = grad(hd, GATE))
+      for (int64_t c = 0; c < E; ++c) {
+        const double g = A.g[size_t(c)];
+        dgl[c] += float(gsum[size_t(c)] * g * (1.0 - g));
+      }
+    if (hd.pool) {
+      const int64_t D = hd.d_hid;
+      gemm_backward_w(dy.data(), E, A.a.data(), D, grad(hd, WO), grad(hd, BO), out_rows, E, D, pool);
+      std::vector<float> da(size_t(out_rows * D)), dq(size_t(hd.rows * D)), dk(size_t(rows_in * D)),
+          dv(size_t(rows_in * D));
+      gemm_backward_x(dy.data(), E, value(hd, WO), DType::F32, da.data(), D, out_rows, E, D, false, pool);
+      const AttentionParams pap = pool_params(hd);
+      float* dQ = grad(hd, QUERIES);
+      for (int64_t b = 0; b < NI; ++b) {
+        attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D,
+                           A.a.data() + b * hd.rows * D, da.data() + b * hd.rows * D, dq.data(), dk.data() + b * T * D,
+                           dv.data() + b * T * D, pap, pool);
+        for (size_t i = 0; i < dq.size(); ++i) dQ[i] += dq[i];
+      }
+      gemm_backward_w(dk.data(), D, A.x.data(), hd.d_in, grad(hd, WK), grad(hd, BK), rows_in, D, hd.d_in, pool);
+      gemm_backward_w(dv.data(), D, A.x.data(), hd.d_in, grad(hd, WV), grad(hd, BV), rows_in, D, hd.d_in, pool);
+    } else {
+      gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, grad(hd, W2), grad(hd, B2), rows_in, E, hd.d_hid, pool);
+      std::vector<float> da(size_t(rows_in * hd.d_hid));
+      gemm_backward_x(dy.data(), E, value(hd, W2), DType::F32, da.data(), hd.d_hid, rows_in, E, hd.d_hid, false, pool);
+      gelu_erf_backward(A.h.data(), da.data(), da.data(), int64_t(da.size()), pool);
+      gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, grad(hd, W1), grad(hd, B1), rows_in, hd.d_hid, hd.d_in,
+                      pool);
+    }
+  }
+  return mean;
+}
+
+// ---------------------------------------------------------------- optimizer
+double MvpTrainer::lr_at(int64_t s) const {
+  if (opts_.warmup_steps > 0 && s < opts_.warmup_steps) return opts_.lr * double(s + 1) / double(opts_.warmup_steps);
+  const int64_t span = std::max<int64_t>(1, opts_.total_steps - opts_.warmup_steps);
+  const double prog = std::min(1.0, double(s - opts_.warmup_steps) / double(span));
+  const double cosv = 0.5 * (1.0 + std::cos(M_PI * prog));
+  return opts_.lr * (opts_.min_lr_ratio + (1.0 - opts_.min_lr_ratio) * cosv);
+}
+
+MvpStepStats MvpTrainer::step() {
+  MvpStepStats st;
+  double ss = 0.0;
+  for (const auto& p : params_)
+    for (float g : p.grad) ss += double(g) * double(g);
+  st.grad_norm = std::sqrt(ss);
+  if (!std::isfinite(st.grad_norm))
+    throw Error(ErrorCode::Internal, "the gradient is not finite (norm " + std::to_string(st.grad_norm) +
+                                         "): lower the learning rate");
+  const double clip = opts_.clip_norm > 0 && st.grad_norm > opts_.clip_norm ? opts_.clip_norm / st.grad_norm : 1.0;
+  st.lr = lr_at(step_);
+  const double t = double(step_ + 1);
+  const double bc1 = 1.0 - std::pow(opts_.beta1, t), bc2 = 1.0 - std::pow(opts_.beta2, t);
+  const float b1 = float(opts_.beta1), b2 = float(opts_.beta2);
+  for (auto& p : params_) {
+    const float wd = p.decay ? float(st.lr * opts_.weight_decay) : 0.0f;
+    for (size_t i = 0; i < p.value.size(); ++i) {
+      const float g = float(double(p.grad[i]) * clip);
+      p.m[i] = b1 * p.m[i] + (1.0f - b1) * g;
+      p.v[i] = b2 * p.v[i] + (1.0f - b2) * g * g;
+      const double mh = double(p.m[i]) / bc1, vh = double(p.v[i]) / bc2;
+      p.value[i] -= wd * p.value[i];
+      p.value[i] -= float(st.lr * mh / (std::sqrt(vh) + opts_.eps));
+    }
+  }
+  zero_grad();
+  st.step = ++step_;
+  return st;
+}
+
+}  // namespace emollm

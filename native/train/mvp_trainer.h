@@ -1,0 +1,132 @@
+// Training EmoLLM's Multi-perspective Visual Projection (MVP) with the language model and the
+// vision tower frozen (issue 16), on the CPU.
+//
+// One sample = a token sequence (the chat prompt with the image token standing once per image,
+// or already expanded, followed by the answer tokens) + the frozen vision tower's features of its
+// images (tower_features(), computed once per image and cached by the caller). The loss is the
+// mean cross-entropy of the answer tokens. accumulate() runs the forward pass
+//   tower features -> MVP heads (f32 master weights) -> image-token splice -> frozen LLaMA decoder
+//   (activations kept per layer, or recomputed per layer in the backward) -> final norm -> logits
+//   of the answer positions -> loss
+// and the backward pass through the same chain (kernels/cpu/backward.h), adding the gradients of
+// the trainable MVP parameters only. step() applies them: global-norm clipping, AdamW (decoupled
+// weight decay on matrices only), learning rate with linear warmup + cosine decay.
+//
+// Trainable perspectives: mlp / multi-layer-mlp heads (linear_1, GELU, linear_2) and attention-pool
+// heads (learned queries, k/v projections, non-causal multi-head attention, out_proj), each with
+// gate logits when its gate is "learned", fused by gated-sum or concat exactly as
+// EmollmModel::project lays out the image tokens. Every open perspective takes part in the
+// forward pass (those not in `trainable` are kept frozen); an open face-region perspective is
+// refused with Unsupported (its backward, and face boxes in training samples, are not written).
+//
+// CPU only: the decoder runs on the CPU kernels with the trainer's own pool (the Backend
+// interface has no backward ops). Deterministic: for a given thread count, the same samples give
+// bit-identical parameters (every reduction has one fixed order).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "model/emollm.h"
+
+namespace emollm {
+
+struct MvpTrainOptions {
+  std::vector<std::string> trainable;  // perspective names; empty = every open mlp perspective
+  double lr = 1e-3;
+  double min_lr_ratio = 0.1;  // cosine decays to lr * min_lr_ratio
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;  // optimizer steps of the schedule
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double weight_decay = 0.0;
+  double clip_norm = 1.0;  // 0 = no clipping
+  int threads = 1;
+  // Decoder activations for the backward: kept for every layer, or recomputed layer by layer from
+  // each layer's input (one more forward pass; identical gradients). Auto recomputes when keeping
+  // them would take more than 1 GiB for the sample.
+  enum class Recompute { Auto, Off, On };
+  Recompute recompute = Recompute::Auto;
+};
+
+// One trainable tensor: f32 master value, gradient and AdamW moments.
+struct MvpParam {
+  std::string name;  // the safetensors name, e.g. mvp.heads.0.linear_1.weight
+  std::vector<int64_t> shape;
+  bool decay = false;  // weight decay (matrices)
+  std::vector<float> value, grad, m, v;
+};
+
+struct MvpTrainSample {
+  const int32_t* tokens = nullptr;  // prompt + answer; the image token once per image or expanded
+  int64_t n_tokens = 0;
+  int64_t n_answer = 0;  // the last n_answer tokens are the targets
+  const float* tower_feats = nullptr;  // [n_images, n_vision_tokens, tower_feature_dim]
+  int64_t n_images = 0;
+};
+
+struct MvpStepStats {
+  double lr = 0, grad_norm = 0;
+  int64_t step = 0;  // optimizer steps done after this one
+};
+
+class MvpTrainer {
+ public:
+  // Throws Unsupported for an open attention-pool / face-region perspective, InvalidArgument for
+  // a `trainable` name that is no open mlp perspective, or when nothing would be trained.
+  MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainOptions& opts);
+
+  const EmollmModel& model() const { return *model_; }
+  // Floats per vision token of tower_features(): tower_layers().size() * vision hidden size.
+  int64_t tower_feature_dim() const;
+  // The frozen vision tower on B normalised images [B, 3, S, S] -> [B, n_vision_tokens, dim].
+  void tower_features(const float* pixels, int64_t B, std::vector<float>* out) const;
+
+  // Forward + backward of one sample: adds scale * d(mean answer loss) to the gradients.
+  // Returns the sample's mean answer cross-entropy.
+  double accumulate(const MvpTrainSample& s, float scale);
+  // The sample's mean answer cross-entropy (forward only).
+  double loss(const MvpTrainSample& s);
+  // Clips, applies AdamW at the scheduled learning rate, zeroes the gradients.
+  MvpStepStats step();
+  double lr_at(int64_t step) const;
+
+  std::vector<MvpParam>& params() { return params_; }
+  const std::vector<MvpParam>& params() const { return params_; }
+  int64_t steps_done() const { return step_; }
+  void set_steps_done(int64_t s) { step_ = s; }
+  void zero_grad();
+
+ private:
+  // The tensors of a head: mlp types linear_1 / linear_2 (+ biases); attention-pool queries,
+  // k_proj, v_proj, out_proj (+ biases); gate_logits when the gate is learned.
+  enum Part { W1, B1, W2, B2, GATE, QUERIES, WK, BK, WV, BV, WO, BO, N_PARTS };
+  struct Tensor {
+    int idx = -1;               // index into params_ when trainable
+    std::vector<float> frozen;  // f32 copy when frozen (empty: absent)
+  };
+  struct Head {  // one open perspective
+    size_t persp = 0;
+    bool pool = false;           // attention-pool (else mlp / multi-layer-mlp)
+    std::vector<int64_t> slots;  // positions of its layers in tower_layers()
+    int64_t d_in = 0, d_hid = 0, n_queries = 0, num_heads = 1;
+    bool trainable = false, learned_gate = false;
+    int64_t offset = 0, rows = 0;  // its token block within each image's tokens (summed heads share one)
+    Tensor t[N_PARTS];
+  };
+
+  double run(const MvpTrainSample& s, float scale, bool backward);
+  const float* value(const Head& h, Part p) const;  // the trainable value, the frozen copy, or null
+  float* grad(const Head& h, Part p);               // null when frozen or absent
+  int64_t per_image_ = 0;                            // decoder positions of one image
+
+  std::shared_ptr<const EmollmModel> model_;
+  MvpTrainOptions opts_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::vector<Head> heads_;
+  std::vector<MvpParam> params_;
+  int64_t step_ = 0;
+};
+
+}  // namespace emollm

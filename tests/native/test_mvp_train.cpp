@@ -1,0 +1,324 @@
+// Tests for the MVP trainer (native/train/mvp_trainer.*) on the tiny LLaVA in ../shared
+// (printed skip when absent), with an in-memory MVP: head 0 the LLaVA projector (gate open),
+// head 1 a multi-layer-mlp over hidden states [-2, 0] with random weights and a learned gate,
+// head 2 an attention-pool (2 queries, 2 heads; closed or open), head 3 a face-region (closed, or
+// open for the refusal); fusion gated-sum and concat.
+//  - the whole MVP gradient (through the frozen 2-layer decoder, the splice, the heads and the
+//    gate) against central finite differences of the trainer's own forward loss: per tensor the
+//    8 largest-gradient entries and 4 random ones, step 1e-3, |g - fd| <= max(2e-3 * max|g|, 1e-3)
+//    + 5e-2 |fd| (f32 forward: the loss carries ~1e-6 absolute rounding, 5e-4 after / 2h);
+//  - training one sample for 30 AdamW steps (lr 1e-2) lowers its loss below 60%;
+//  - two trainers on the same samples reach bit-identical weights (determinism);
+//  - the refusals: an open face-region, a trainable name that is no open perspective.
+//  - tests/fixtures/train-mvp/{gated-sum,concat,attention-pool,attention-pool-concat} (PyTorch autograd through an independent
+//    re-implementation, scripts/fixtures/make_train_mvp_fixture.py): the loss within 1e-4 and
+//    every gradient element within max(2e-4 * max|g_ref| of the tensor, 1e-6 * max|g_ref| of the
+//    case) + 1e-3 * |g_ref|.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../base/error.h"
+#include "../../native/loaders/json.h"
+#include "../../native/loaders/mapped_file.h"
+#include "../../native/loaders/safetensors.h"
+#include "../../native/model/emollm.h"
+#include "../../native/train/mvp_trainer.h"
+#include "shared_data.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+struct MemSafetensors {
+  std::string header = "{", data;
+  void add(const std::string& name, const std::vector<int64_t>& shape, const float* v) {
+    int64_t n = 1;
+    std::string sh;
+    for (size_t i = 0; i < shape.size(); ++i) sh += (i ? "," : "") + std::to_string(shape[i]), n *= shape[i];
+    if (header.size() > 1) header += ",";
+    header += "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[" + sh + "],\"data_offsets\":[" + std::to_string(data.size()) +
+              "," + std::to_string(data.size() + size_t(n) * 4) + "]}";
+    data.append(reinterpret_cast<const char*>(v), size_t(n) * 4);
+  }
+  std::shared_ptr<WeightStore> store() {
+    std::string h = header + "}";
+    while (h.size() % 8) h += ' ';
+    std::string bytes(8, '\0');
+    uint64_t n = h.size();
+    std::memcpy(&bytes[0], &n, 8);
+    bytes += h + data;
+    auto mf = MappedFile::from_bytes(bytes.data(), bytes.size(), "mvp.safetensors");
+    return std::make_shared<SafetensorsStore>(SafetensorsStore::parse(mf));
+  }
+};
+
+std::vector<float> randn(size_t n, uint32_t seed, float s) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, s);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::string tiny() { return emollm_test::shared_model_dir("llava-tiny-hf", {"config.json", "model.safetensors"}); }
+
+std::shared_ptr<EmollmModel> make_model(const std::string& d, const std::string& fusion, bool open_pool = false,
+                                        bool open_faces = false) {
+  auto base = LlavaModel::load(d);
+  SafetensorsStore st = SafetensorsStore::open(d + "/model.safetensors");
+  MemSafetensors ms;
+  auto copy = [&](const std::string& to, const char* from_a, const char* from_b) {
+    const TensorInfo* t = st.find(from_a);
+    if (!t) t = st.find(from_b);
+    EXPECT(t != nullptr);
+    std::vector<float> v(size_t(t->numel()));
+    t->compute_view();
+    dequantize_row(t->dtype, t->data, v.data(), t->numel());
+    ms.add(to, t->shape, v.data());
+  };
+  for (const char* head : {"mvp.heads.0.", "mvp.heads.3."})
+    for (const char* part : {"linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"})
+      copy(std::string(head) + part, (std::string("multi_modal_projector.") + part).c_str(),
+           (std::string("model.multi_modal_projector.") + part).c_str());
+  const int64_t C = base->vision().hparams().n_embd, E = base->n_embd(), Hd = 24;
+  auto w1 = randn(size_t(Hd * 2 * C), 1, 0.1f), b1 = randn(size_t(Hd), 2, 0.1f), w2 = randn(size_t(E * Hd), 3, 0.1f),
+       b2 = randn(size_t(E), 4, 0.1f), gl = randn(size_t(E), 5, 0.5f);
+  ms.add("mvp.heads.1.linear_1.weight", {Hd, 2 * C}, w1.data());
+  ms.add("mvp.heads.1.linear_1.bias", {Hd}, b1.data());
+  ms.add("mvp.heads.1.linear_2.weight", {E, Hd}, w2.data());
+  ms.add("mvp.heads.1.linear_2.bias", {E}, b2.data());
+  ms.add("mvp.heads.1.gate_logits", {E}, gl.data());
+  auto q = randn(size_t(2 * C), 6, 0.1f), kw = randn(size_t(C * C), 7, 0.1f), ow = randn(size_t(E * C), 8, 0.1f);
+  ms.add("mvp.heads.2.queries", {2, C}, q.data());
+  ms.add("mvp.heads.2.k_proj.weight", {C, C}, kw.data());
+  ms.add("mvp.heads.2.v_proj.weight", {C, C}, kw.data());
+  ms.add("mvp.heads.2.out_proj.weight", {E, C}, ow.data());
+  const std::string section = R"({"version": 1, "fusion": ")" + fusion + R"(", "perspectives": [
+      {"name": "global", "type": "mlp", "gate": "open"},
+      {"name": "low-level", "type": "multi-layer-mlp", "layers": [-2, 0], "gate": "learned"},
+      {"name": "pool", "type": "attention-pool", "n_queries": 2, "num_heads": 2, "gate": ")" +
+                              (open_pool ? "open" : "closed") + R"("},
+      {"name": "faces", "type": "face-region", "gate": ")" + (open_faces ? "open" : "closed") + R"("}]})";
+  JsonValue sec = parse_json(section.data(), section.size(), "section");
+  return EmollmModel::from_parts(base, sec, ms.store(), "config.json");
+}
+
+struct Sample {
+  std::vector<int32_t> tokens;
+  std::vector<float> feats;
+  int64_t n_answer = 2;
+  MvpTrainSample view() const {
+    MvpTrainSample s;
+    s.tokens = tokens.data();
+    s.n_tokens = int64_t(tokens.size());
+    s.n_answer = n_answer;
+    s.tower_feats = feats.data();
+    s.n_images = 1;
+    return s;
+  }
+};
+
+Sample make_sample(MvpTrainer& tr, uint32_t seed) {
+  const auto& vh = tr.model().llava().vision().hparams();
+  auto px = randn(size_t(3 * vh.image_size * vh.image_size), seed, 1.0f);
+  Sample s;
+  tr.tower_features(px.data(), 1, &s.feats);
+  s.tokens = {1, 319, 1128, tr.model().image_token_id(), 29871, 13, 4002 + int32_t(seed % 7), 1781};
+  return s;
+}
+
+std::string fixture_dir() {
+  std::string f = __FILE__;
+  return f.substr(0, f.find_last_of('/')) + "/../fixtures/train-mvp";
+}
+
+}  // namespace
+
+TEST(mvp_train_gradient_vs_pytorch_autograd) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  for (const char* fusion : {"gated-sum", "concat", "attention-pool", "attention-pool-concat"}) {
+    const std::string fx = fixture_dir() + "/" + fusion;
+    if (!emollm_test::file_exists(fx + "/grads.safetensors")) {
+      std::printf("  [skip] %s not found\n", fx.c_str());
+      continue;
+    }
+    auto base = LlavaModel::load(d);
+    JsonValue sec = load_json_file(fx + "/section.json");
+    auto store = std::make_shared<SafetensorsStore>(SafetensorsStore::open(fx + "/emollm_mvp.safetensors"));
+    auto m = EmollmModel::from_parts(base, sec, store, fx + "/section.json");
+    MvpTrainOptions o;
+    o.threads = 2;
+    MvpTrainer tr(m, o);
+    const auto px = emollm_test::read_f32(fx + "/pixel_values.f32");
+    JsonValue js = load_json_file(fx + "/sample.json");
+    Sample s;
+    tr.tower_features(px.data(), 1, &s.feats);
+    s.tokens = emollm_test::ints(js.find("tokens"));
+    s.n_answer = js.find("n_answer")->as_int();
+    const double loss = tr.accumulate(s.view(), 1.0f);
+    const double want = js.find("loss")->as_double();
+    std::printf("  %s loss %.6f (PyTorch %.6f)\n", fusion, loss, want);
+    EXPECT_NEAR(loss, want, 1e-4);
+    SafetensorsStore ref = SafetensorsStore::open(fx + "/grads.safetensors");
+    EXPECT(tr.params().size() == ref.tensors().size());
+    double gall = 0;  // the largest reference gradient of the case
+    for (const auto& t : ref.tensors())
+      for (int64_t i = 0; i < t.numel(); ++i) gall = std::max(gall, std::fabs(double(reinterpret_cast<const float*>(t.data)[i])));
+    for (const auto& p : tr.params()) {
+      const TensorInfo* t = ref.find(p.name);
+      EXPECT(t != nullptr);
+      if (!t) continue;
+      const float* g = reinterpret_cast<const float*>(t->data);
+      double gmax = 0, worst = 0;
+      for (size_t i = 0; i < p.grad.size(); ++i) gmax = std::max(gmax, std::fabs(double(g[i])));
+      // a tensor whose true gradient is 0 (k_proj.bias: softmax ignores a per-row constant) is held
+      // to 1e-6 of the case's largest gradient
+      const double atol = std::max(2e-4 * gmax, 1e-6 * gall);
+      for (size_t i = 0; i < p.grad.size(); ++i)
+        worst = std::max(worst, std::fabs(double(p.grad[i]) - g[i]) / (atol + 1e-3 * std::fabs(double(g[i]))));
+      std::printf("  %s %-32s max|g| %.3e  worst error / tolerance %.3f\n", fusion, p.name.c_str(), gmax, worst);
+      EXPECT_ALL_CLOSE(p.grad.data(), g, p.grad.size(), atol, 1e-3, p.name);
+    }
+  }
+}
+
+TEST(mvp_train_gradient_vs_finite_differences) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  for (const char* fusion : {"gated-sum", "concat"})
+  for (bool pool : {false, true}) {
+    auto m = make_model(d, fusion, pool);
+    MvpTrainOptions o;
+    MvpTrainer tr(m, o);
+    EXPECT(tr.params().size() == (pool ? 13u : 9u));  // 4 + 5 (+ queries, k, v, out) tensors
+    Sample s = make_sample(tr, 11);
+    const double l0 = tr.accumulate(s.view(), 1.0f);
+    EXPECT(std::isfinite(l0) && l0 > 0);
+    EXPECT_NEAR(tr.loss(s.view()), l0, 1e-9);
+    for (auto& p : tr.params()) {
+      std::vector<size_t> idx(p.value.size());
+      for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+      std::partial_sort(idx.begin(), idx.begin() + 8, idx.end(),
+                        [&](size_t a, size_t b) { return std::fabs(p.grad[a]) > std::fabs(p.grad[b]); });
+      std::vector<size_t> pick(idx.begin(), idx.begin() + 8);
+      std::mt19937 rng(7);
+      for (int r = 0; r < 4; ++r) pick.push_back(rng() % p.value.size());
+      float gmax = 0;
+      for (float g : p.grad) gmax = std::max(gmax, std::fabs(g));
+      EXPECT(gmax > 0 || p.name.find("k_proj.bias") != std::string::npos);  // softmax ignores a per-row constant
+      double worst = 0;
+      for (size_t i : pick) {
+        const float v0 = p.value[i], h = 1e-3f;
+        p.value[i] = v0 + h;
+        const double lp = tr.loss(s.view());
+        p.value[i] = v0 - h;
+        const double lm = tr.loss(s.view());
+        p.value[i] = v0;
+        const double fd = (lp - lm) / (2.0 * double(h));
+        const double err = std::fabs(double(p.grad[i]) - fd);
+        const double tol = std::max(2e-3 * gmax, 1e-3) + 5e-2 * std::fabs(fd);  // 1e-3: the f32 loss's noise / h
+        worst = std::max(worst, err / tol);
+        if (err > tol)
+          emollm_test::report_failure(__FILE__, __LINE__,
+                                      std::string(fusion) + " " + p.name + "[" + std::to_string(i) + "]: grad " +
+                                          std::to_string(p.grad[i]) + " vs finite difference " + std::to_string(fd));
+      }
+      std::printf("  %s %-32s max|g| %.3e  worst error / tolerance %.3f\n", fusion, p.name.c_str(), gmax, worst);
+    }
+  }
+}
+
+TEST(mvp_train_overfits_one_sample_deterministically) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  auto m = make_model(d, "gated-sum");
+  MvpTrainOptions o;
+  o.lr = 1e-2;
+  o.total_steps = 30;
+  o.warmup_steps = 3;
+  o.threads = 2;
+  MvpTrainer a(m, o), b(m, o);
+  Sample s = make_sample(a, 3);
+  const double l0 = a.loss(s.view());
+  for (int i = 0; i < 30; ++i) {
+    a.accumulate(s.view(), 1.0f);
+    b.accumulate(s.view(), 1.0f);
+    a.step();
+    b.step();
+  }
+  const double l1 = a.loss(s.view());
+  std::printf("  loss %.4f -> %.4f after 30 steps\n", l0, l1);
+  EXPECT(l1 < 0.6 * l0);  // measured 10.82 -> 5.39
+  EXPECT(a.steps_done() == 30);
+  for (size_t i = 0; i < a.params().size(); ++i) EXPECT(a.params()[i].value == b.params()[i].value);
+}
+
+TEST(mvp_train_refusals) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  MvpTrainOptions o;
+  EXPECT_THROWS(MvpTrainer(make_model(d, "gated-sum", false, true), o), ErrorCode::Unsupported);  // face-region
+  o.trainable = {"pool"};
+  EXPECT_THROWS(MvpTrainer(make_model(d, "gated-sum"), o), ErrorCode::InvalidArgument);
+  o.trainable = {"low-level"};
+  MvpTrainer tr(make_model(d, "gated-sum"), o);
+  EXPECT(tr.params().size() == 5);
+}
+
+// Recomputing each layer's activations in the backward (instead of keeping them) gives
+// bit-identical gradients: the same kernels on the same inputs.
+TEST(mvp_train_recompute_layers_is_exact) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  auto m = make_model(d, "gated-sum", true);
+  MvpTrainOptions keep, redo;
+  keep.recompute = MvpTrainOptions::Recompute::Off;
+  redo.recompute = MvpTrainOptions::Recompute::On;
+  keep.threads = redo.threads = 2;
+  MvpTrainer a(m, keep), b(m, redo);
+  Sample s = make_sample(a, 5);
+  EXPECT(a.accumulate(s.view(), 1.0f) == b.accumulate(s.view(), 1.0f));
+  for (size_t i = 0; i < a.params().size(); ++i) EXPECT(a.params()[i].grad == b.params()[i].grad);
+}
+
+// The optimizer against hand-computed values: warmup + cosine learning rate, global-norm
+// clipping, AdamW's first step (bias-corrected moments give an update of exactly lr * sign), and
+// decoupled weight decay on matrices only.
+TEST(mvp_train_adamw_schedule_clipping) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  MvpTrainOptions o;
+  o.lr = 0.1;
+  o.warmup_steps = 2;
+  o.total_steps = 10;
+  o.min_lr_ratio = 0.1;
+  o.clip_norm = 1.0;
+  o.weight_decay = 0.01;
+  MvpTrainer tr(make_model(d, "gated-sum"), o);
+  EXPECT_NEAR(tr.lr_at(0), 0.05, 1e-12);
+  EXPECT_NEAR(tr.lr_at(1), 0.1, 1e-12);
+  EXPECT_NEAR(tr.lr_at(2), 0.1, 1e-12);
+  EXPECT_NEAR(tr.lr_at(6), 0.1 * (0.1 + 0.9 * 0.5), 1e-12);
+  EXPECT_NEAR(tr.lr_at(10), 0.01, 1e-12);
+  auto& ps = tr.params();
+  EXPECT(ps[0].decay && !ps[1].decay);  // linear_1.weight, linear_1.bias
+  const std::vector<float> w0 = ps[0].value, b0 = ps[1].value;
+  ps[0].grad[0] = 3.0f;  // global norm 3: clipped to 1
+  ps[0].grad[1] = -4.0f; // norm 5 with the first: g = (0.6, -0.8)
+  const MvpStepStats st = tr.step();
+  EXPECT_NEAR(st.grad_norm, 5.0, 1e-9);
+  EXPECT_NEAR(st.lr, 0.05, 1e-12);
+  EXPECT(st.step == 1 && tr.steps_done() == 1);
+  const double decay = 1.0 - 0.05 * 0.01;
+  EXPECT_NEAR(ps[0].value[0], w0[0] * decay - 0.05, 1e-6);  // m^ = g, v^ = g^2: update lr * g / |g|
+  EXPECT_NEAR(ps[0].value[1], w0[1] * decay + 0.05, 1e-6);
+  EXPECT_NEAR(ps[0].value[2], w0[2] * decay, 1e-7);  // no gradient: decay only
+  EXPECT(ps[1].value == b0);                          // bias: no gradient, no decay
+  EXPECT(ps[0].grad[0] == 0.0f && ps[0].grad[1] == 0.0f);  // zeroed after the step
+}
