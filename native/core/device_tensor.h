@@ -46,9 +46,10 @@ class DeviceTensor {
   float* data() const { return static_cast<float*>(view_.data); }
   // Row r of the tensor seen as [rows(), cols()] (f32).
   float* row(int64_t r) const { return data() + r * view_.cols(); }
-  int64_t rows() const { return view_.rows(); }
-  int64_t cols() const { return view_.cols(); }
-  int64_t numel() const { return view_.numel(); }
+  // 0 for an empty (default or reset) tensor.
+  int64_t rows() const { return view_.ndim ? view_.rows() : 0; }
+  int64_t cols() const { return view_.ndim ? view_.cols() : 0; }
+  int64_t numel() const { return view_.ndim ? view_.numel() : 0; }
   size_t bytes() const { return view_.ndim ? dtype_row_bytes(view_.dtype, numel()) : 0; }
 
  private:
