@@ -34,6 +34,7 @@ export {
 } from './image_processor_qwen2_vl.js';
 export type { VideoPart, Visual, VisualFeatures } from './visual_input.js';
 export { initMvp, type InitMvpOptions, type InitMvpResult, type EmollmSection, type EmollmPerspectiveConfig } from './init_mvp.js';
+export { PERSPECTIVE_KINDS, perspectiveKind, type PerspectiveKind, type PerspectiveType } from './perspectives.js';
 export * from './taxonomies.js';
 export * from './emoprompt.js';
 export {

@@ -130,13 +130,10 @@ bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>
                                 const std::atomic<bool>* abort) const {
   Backend& be = base_->text_model()->backend();
   const Qwen2VisionModel& vis = base_->vision();
-  std::vector<std::vector<float>> tapped;
-  if (!vis.merger_inputs(be, patches, grids, taps_, &tapped, abort)) return false;
+  std::vector<DeviceTensor> taps;  // the merger inputs at taps_, in backend memory
+  if (!vis.merger_inputs_device(be, patches, grids, taps_, &taps, abort)) return false;
   const int64_t MD = vis.config().embed_dim * vis.merge_unit(), E = base_->n_embd();
-  const int64_t M = int64_t(tapped[0].size()) / MD;
-  // The tapped merger inputs in backend memory, once per layer.
-  std::vector<DeviceTensor> taps;
-  for (const auto& t : tapped) taps.push_back(DeviceTensor::from_host(be, t.data(), M, MD));
+  const int64_t M = taps[0].numel() / MD;
   auto tap = [&](int64_t layer) -> const DeviceTensor& {
     return taps[size_t(std::lower_bound(taps_.begin(), taps_.end(), layer) - taps_.begin())];
   };
