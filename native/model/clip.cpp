@@ -201,7 +201,7 @@ bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const 
                              float* out, const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr && out != nullptr, "vision encode: no images");
   const int64_t n_tok = drop_cls ? hp_.n_patches() : hp_.n_pos();
-  DeviceTensor o(be, DType::F32, {B * n_tok, int64_t(sel.size()) * hp_.n_embd});
+  DeviceTensor o = DeviceTensor::output(be, out, B * n_tok, int64_t(sel.size()) * hp_.n_embd);
   if (!encode_device(be, pixels, B, sel, drop_cls, o.data(), abort)) return false;
   o.to_host(out);
   return true;
@@ -225,7 +225,7 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   // ---- patch embedding: im2col [B*P, C*p*p] (c, ky, kx order, as the conv kernel) x W^T
   DeviceTensor x(be, DType::F32, {N, E}), att(be, DType::F32, {N, E});
   {
-    DeviceTensor img = DeviceTensor::from_host(be, pixels, B * C * S, S), cols(be, DType::F32, {B * P, K});
+    DeviceTensor img = DeviceTensor::input(be, pixels, B * C * S, S), cols(be, DType::F32, {B * P, K});
     PatchParams pp;
     pp.batch = B, pp.channels = C, pp.height = S, pp.width = S, pp.patch = p;
     be.extract_patches(img.data(), cols.data(), K, pp);

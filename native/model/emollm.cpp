@@ -271,8 +271,8 @@ void EmollmModel::project(const float* tf, int64_t B, const std::vector<std::vec
                           std::vector<float>* out, std::vector<int64_t>* counts) const {
   EMOLLM_CHECK_ARG(B > 0 && tf != nullptr && out != nullptr && counts != nullptr, "EmoLLM project: no images");
   const int64_t C = base_->vision().hparams().n_embd;
-  project_device(DeviceTensor::from_host(backend(), tf, B * n_vision_tokens(), C * int64_t(tower_layers_.size())), B, faces,
-                 out, counts);
+  project_device(DeviceTensor::input(backend(), tf, B * n_vision_tokens(), C * int64_t(tower_layers_.size())), B, faces, out,
+                 counts);
 }
 
 void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
@@ -359,7 +359,8 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
     for (int64_t b = 0; b < B; ++b) (*counts)[size_t(b)] += bl.counts[size_t(b)];
   int64_t total = 0;
   for (int64_t c : *counts) total += c;
-  DeviceTensor fused(be, DType::F32, {total, E});
+  out->resize(size_t(total * E));
+  DeviceTensor fused = DeviceTensor::output(be, out->data(), total, E);
   std::vector<int64_t> src_row(blocks.size(), 0);
   int64_t dst_row = 0;
   for (int64_t b = 0; b < B; ++b)
@@ -369,7 +370,6 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
       src_row[k] += n;
       dst_row += n;
     }
-  out->resize(size_t(total * E));
   fused.to_host(out->data());
 }
 

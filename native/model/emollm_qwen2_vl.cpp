@@ -137,7 +137,8 @@ bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>
   auto tap = [&](int64_t layer) -> const DeviceTensor& {
     return taps[size_t(std::lower_bound(taps_.begin(), taps_.end(), layer) - taps_.begin())];
   };
-  DeviceTensor sum(be, DType::F32, {M, E});
+  out->resize(size_t(M * E));
+  DeviceTensor sum = DeviceTensor::output(be, out->data(), M, E);
   bool first = true;
   for (const MvpPerspective& p : persp_) {
     if (p.gate == MvpGate::Closed) continue;
@@ -160,7 +161,6 @@ bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>
     else be.add(sum.data(), y.data(), sum.data(), M * E);
     first = false;
   }
-  out->resize(size_t(M * E));
   sum.to_host(out->data());
   return true;
 }

@@ -302,7 +302,7 @@ bool LlavaModel::encode_images_device(const float* pixels, int64_t B, float* out
 
 bool LlavaModel::encode_images(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
-  DeviceTensor o(text_->backend(), DType::F32, {B * n_image_tokens(), n_embd()});
+  DeviceTensor o = DeviceTensor::output(text_->backend(), out, B * n_image_tokens(), n_embd());
   if (!encode_images_device(pixels, B, o.data(), abort)) return false;
   o.to_host(out);
   return true;

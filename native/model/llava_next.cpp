@@ -108,10 +108,11 @@ bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const
     throw Error(ErrorCode::InvalidArgument, "anyres: the tower gives " + std::to_string(per) + " features per tile, the layout expects " +
                                                 std::to_string(L.side * L.side));
   Backend& be = model.text_model()->backend();
-  DeviceTensor tiles(be, DType::F32, {L.n_tiles() * per, E}), packed(be, DType::F32, {L.n_tokens(), E});
+  DeviceTensor tiles(be, DType::F32, {L.n_tiles() * per, E});
   if (!model.encode_images_device(pixels, L.n_tiles(), tiles.data(), abort)) return false;
-  anyres_pack(be, L, tiles.data(), E, model.image_newline(), packed.data());
   out->resize(size_t(L.n_tokens() * E));
+  DeviceTensor packed = DeviceTensor::output(be, out->data(), L.n_tokens(), E);
+  anyres_pack(be, L, tiles.data(), E, model.image_newline(), packed.data());
   packed.to_host(out->data());
   return true;
 }

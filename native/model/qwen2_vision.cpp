@@ -209,7 +209,7 @@ bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vect
   std::vector<DeviceTensor> tapped;
   if (!forward(be, patches, grids, {depth()}, &tapped, abort)) return false;
   const int64_t M = tapped[0].numel() / (c_.embed_dim * merge_unit());
-  DeviceTensor o(be, DType::F32, {M, c_.hidden_size});
+  DeviceTensor o = DeviceTensor::output(be, out, M, c_.hidden_size);
   merger_mlp(be, tapped[0].data(), M, o.data());
   o.to_host(out);
   return true;
@@ -267,7 +267,7 @@ bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vec
   auto act = [&](int64_t rows, int64_t cols) { return DeviceTensor(be, DType::F32, {rows, cols}); };
   DeviceTensor x = act(N, D), xn = act(N, D), qkv = act(N, 3 * D), att = act(N, D), tmp = act(N, D), hid = act(N, F);
   {
-    const DeviceTensor px = DeviceTensor::from_host(be, patches, N, patch_dim());
+    const DeviceTensor px = DeviceTensor::input(be, patches, N, patch_dim());
     be.gemm(px.data(), patch_dim(), patch_embd_.data, patch_embd_.dtype, nullptr, x.data(), D, N, D, patch_dim());
   }
   // ln_q of the current hidden state into every tap that asks for depth `l`
