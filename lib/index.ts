@@ -35,6 +35,7 @@ export {
 export type { VideoPart, Visual, VisualFeatures } from './visual_input.js';
 export { initMvp, type InitMvpOptions, type InitMvpResult, type EmollmSection, type EmollmPerspectiveConfig } from './init_mvp.js';
 export { trainMvp, type TrainMvpOptions, type TrainMvpResult, type TrainStepInfo, type TrainEvalInfo } from './train/train_mvp.js';
+export { PERSPECTIVE_KINDS, perspectiveKind, type PerspectiveKind, type PerspectiveType } from './perspectives.js';
 export * from './taxonomies.js';
 export * from './emoprompt.js';
 export {

@@ -20,6 +20,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 
 import { EmollmError } from './errors.js';
 import { sameFile, writeFileAtomic } from './safe_fs.js';
+import type { PerspectiveType } from './perspectives.js';
 
 export interface InitMvpOptions {
   /** Copy the base weights instead of symlinking them; default false (symlinks). */
@@ -54,7 +55,8 @@ export interface EmollmSection {
 
 export interface EmollmPerspectiveConfig {
   name?: string;
-  type: 'mlp' | 'multi-layer-mlp' | 'attention-pool' | 'face-region';
+  /** The perspective kind (lib/perspectives.ts). */
+  type: PerspectiveType;
   layers?: number | number[];
   gate?: 'learned' | 'open' | 'closed';
   act?: 'gelu';

@@ -21,6 +21,7 @@ import type { ImageProcessorConfig } from './image_processor.js';
 import { resolveHfPath } from './hub.js';
 import { readThrough, weightFiles, type LoadProgress } from './load_progress.js';
 import { parseGridPinpoints } from './image_processor_llava_next.js';
+import type { PerspectiveType } from './perspectives.js';
 import { parseQwen2VLProcessorConfig } from './image_processor_qwen2_vl.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
@@ -108,7 +109,8 @@ export interface FaceBox {
 /** One perspective (projection head) of an EmoLLM model. */
 export interface EmollmPerspectiveInfo {
   name: string;
-  type: 'mlp' | 'multi-layer-mlp' | 'attention-pool' | 'face-region';
+  /** The perspective kind (lib/perspectives.ts). */
+  type: PerspectiveType;
   /** 'learned' (sigmoid(gate_logits)), 'open' (1) or 'closed' (skipped: no contribution, no tokens). */
   gate: 'learned' | 'open' | 'closed';
   /** Vision hidden-state indices read (resolved, >= 0), concatenated on channels. */

@@ -90,18 +90,16 @@ Napi::Array perspectives_array(Napi::Env env, const std::vector<MvpPerspective>&
     const MvpPerspective& p = perspectives[i];
     Napi::Object po = Napi::Object::New(env);
     po.Set("name", p.name);
-    po.Set("type", mvp_type_name(p.type));
+    po.Set("type", p.type_name());
     po.Set("gate", mvp_gate_name(p.gate));
     Napi::Array ls = Napi::Array::New(env, p.layers.size());
     for (size_t j = 0; j < p.layers.size(); ++j) ls.Set(uint32_t(j), double(p.layers[j]));
     po.Set("layers", ls);
     po.Set("inputSize", double(p.d_in));
     if (p.gate != MvpGate::Closed) po.Set("hiddenSize", double(p.d_hid));
-    if (p.type == MvpType::AttentionPool) {
-      po.Set("nQueries", double(p.n_queries));
-      po.Set("numHeads", double(p.num_heads));
-    }
-    if (p.type == MvpType::FaceRegion && p.max_faces > 0) po.Set("maxFaces", double(p.max_faces));
+    std::vector<std::pair<std::string, double>> fields;  // the kind's own (mvp_kind.h)
+    if (p.kind && p.kind->info) p.kind->info(p, &fields);
+    for (const auto& [key, value] : fields) po.Set(key, value);
     ps.Set(uint32_t(i), po);
   }
   return ps;

@@ -6,18 +6,10 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "core/device_tensor.h"
 #include "core/tensor.h"
 
 namespace emollm {
-
-namespace {
-
-
-void add_inplace(float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-}  // namespace
 
 struct ClipLoader {
   ClipVisionModel& m;
@@ -207,6 +199,16 @@ std::unique_ptr<ClipVisionModel> ClipVisionModel::from_gguf(const GgufFile& f) {
 
 bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& sel, bool drop_cls,
                              float* out, const std::atomic<bool>* abort) const {
+  EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr && out != nullptr, "vision encode: no images");
+  const int64_t n_tok = drop_cls ? hp_.n_patches() : hp_.n_pos();
+  DeviceTensor o = DeviceTensor::output(be, out, B * n_tok, int64_t(sel.size()) * hp_.n_embd);
+  if (!encode_device(be, pixels, B, sel, drop_cls, o.data(), abort)) return false;
+  o.to_host(out);
+  return true;
+}
+
+bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& sel,
+                                    bool drop_cls, float* out, const std::atomic<bool>* abort) const {
   const ClipHparams& h = hp_;
   EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr && out != nullptr, "vision encode: no images");
   EMOLLM_CHECK_ARG(!sel.empty(), "vision encode: no feature layers");
@@ -216,45 +218,35 @@ bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const 
                                                    std::to_string(h.n_layer) + "]");
     deepest = std::max(deepest, l);
   }
-  const int64_t E = h.n_embd, F = h.n_ff, p = h.patch_size, C = h.n_channels, S = h.image_size, side = h.n_side();
+  const int64_t E = h.n_embd, F = h.n_ff, p = h.patch_size, C = h.n_channels, S = h.image_size;
   const int64_t P = h.n_patches(), T = h.n_pos(), N = B * T, K = C * p * p, H = h.n_head, D = h.head_dim();
   const int64_t t0 = drop_cls ? 1 : 0, n_tok = T - t0, n_sel = int64_t(sel.size());
 
   // ---- patch embedding: im2col [B*P, C*p*p] (c, ky, kx order, as the conv kernel) x W^T
-  std::vector<float> cols(size_t(B * P * K));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t py = 0; py < side; ++py)
-      for (int64_t px = 0; px < side; ++px) {
-        float* row = cols.data() + ((b * P) + py * side + px) * K;
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t ky = 0; ky < p; ++ky) {
-            const float* src = pixels + ((b * C + c) * S + (py * p + ky)) * S + px * p;
-            std::memcpy(row + (c * p + ky) * p, src, size_t(p) * sizeof(float));
-          }
-      }
-  std::vector<float> x(size_t(N * E)), xn(size_t(N * E)), q(size_t(N * E)), k(size_t(N * E)), v(size_t(N * E)),
-      att(size_t(N * E)), ff(size_t(N * F));
-  be.gemm(cols.data(), K, patch_embd.data, patch_embd.dtype, patch_bias, att.data(), E, B * P, E, K);
-  cols.clear();
-  cols.shrink_to_fit();
+  DeviceTensor x(be, DType::F32, {N, E}), att(be, DType::F32, {N, E});
+  {
+    DeviceTensor img = DeviceTensor::input(be, pixels, B * C * S, S), cols(be, DType::F32, {B * P, K});
+    PatchParams pp;
+    pp.batch = B, pp.channels = C, pp.height = S, pp.width = S, pp.patch = p;
+    be.extract_patches(img.data(), cols.data(), K, pp);
+    be.gemm(cols.data(), K, patch_embd.data, patch_embd.dtype, patch_bias, att.data(), E, B * P, E, K);
+  }
+  // ---- [CLS + class_embd, patches] + position embeddings, per image
   for (int64_t b = 0; b < B; ++b) {
-    float* xb = x.data() + b * T * E;
-    for (int64_t e = 0; e < E; ++e) xb[e] = class_embd[e] + pos_embd[e];
-    for (int64_t i = 0; i < P; ++i) {
-      const float* pe = att.data() + (b * P + i) * E;
-      const float* pos = pos_embd + (1 + i) * E;
-      float* dst = xb + (1 + i) * E;
-      for (int64_t e = 0; e < E; ++e) dst[e] = pe[e] + pos[e];
-    }
+    be.add(class_embd, pos_embd, x.row(b * T), E);
+    be.add(att.row(b * P), pos_embd + E, x.row(b * T + 1), P * E);
   }
   be.layernorm(x.data(), E, pre_ln_w, pre_ln_b, x.data(), E, N, E, h.eps);
+  DeviceTensor xn(be, DType::F32, {N, E}), q(be, DType::F32, {N, E}), k(be, DType::F32, {N, E}), v(be, DType::F32, {N, E}),
+      ff(be, DType::F32, {N, F});
 
+  // Hidden state `state` into its slot of `out` ([B, n_tok, n_sel * E]): one strided copy per image.
   auto collect = [&](int64_t state) {
     for (int64_t s = 0; s < n_sel; ++s) {
       if (sel[size_t(s)] != state) continue;
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = t0; t < T; ++t)
-          std::memcpy(out + ((b * n_tok + (t - t0)) * n_sel + s) * E, x.data() + (b * T + t) * E, size_t(E) * sizeof(float));
+        be.copy_2d(out + (b * n_tok * n_sel + s) * E, size_t(n_sel * E) * sizeof(float), x.row(b * T + t0),
+                   size_t(E) * sizeof(float), n_tok, size_t(E) * sizeof(float));
     }
   };
   collect(0);
@@ -282,14 +274,14 @@ bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const 
       be.attention(q.data() + o, k.data() + o, v.data() + o, att.data() + o, ap);
     }
     be.gemm(att.data(), E, L.wo.data, L.wo.dtype, L.bo, xn.data(), E, N, E, E);
-    add_inplace(x.data(), xn.data(), N * E);
+    be.add(x.data(), xn.data(), x.data(), N * E);
     // ---- MLP
     be.layernorm(x.data(), E, L.ln2_w, L.ln2_b, xn.data(), E, N, E, h.eps);
     be.gemm(xn.data(), E, L.fc1.data, L.fc1.dtype, L.b1, ff.data(), F, N, F, E);
     if (h.act == "gelu") be.gelu_erf(ff.data(), ff.data(), N * F);
     else be.quick_gelu(ff.data(), ff.data(), N * F);
     be.gemm(ff.data(), F, L.fc2.data, L.fc2.dtype, L.b2, xn.data(), E, N, E, F);
-    add_inplace(x.data(), xn.data(), N * E);
+    be.add(x.data(), xn.data(), x.data(), N * E);
     collect(il + 1);
   }
   return !(abort && abort->load(std::memory_order_relaxed));

@@ -13,7 +13,7 @@
 //
 // Weights are used in place from the mapped file (f32, f16, bf16; q8_0/q4_0 where the row length
 // allows); small vectors and the embeddings that are not f32 are converted once at load. The
-// forward pass calls only the Backend interface (plus host-side adds, like the LLaMA decoder).
+// forward pass calls only the Backend interface (patch extraction, embedding adds and residuals included: no host-side arithmetic on activations).
 // A ClipVisionModel is immutable after load; encode() may run on any thread.
 #pragma once
 #include <atomic>
@@ -82,8 +82,12 @@ class ClipVisionModel {
   // skips token 0 (LLaVA's "default" strategy). out: [B, n_tok, layers.size() * n_embd] with
   // n_tok = n_patches (drop_cls) or n_pos. Returns false (out unspecified) when *abort becomes
   // true (checked between layers).
+  // pixels and out are host memory here; encode_device() writes `out` in backend memory instead
+  // (the activations live in the backend's memory either way).
   bool encode(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& layers, bool drop_cls,
               float* out, const std::atomic<bool>* abort = nullptr) const;
+  bool encode_device(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& layers, bool drop_cls,
+                     float* out_device, const std::atomic<bool>* abort = nullptr) const;
 
   // hidden_states index of `layer` (negative counts from the end, -1 = the last layer's output)
   // for a tower of `n_layer` layers; InvalidArgument when outside [-(n_layer+1), n_layer].

@@ -21,32 +21,6 @@ namespace {
 
 }  // namespace
 
-const char* mvp_type_name(MvpType t) {
-  switch (t) {
-    case MvpType::Mlp: return "mlp";
-    case MvpType::MultiLayerMlp: return "multi-layer-mlp";
-    case MvpType::AttentionPool: return "attention-pool";
-    case MvpType::FaceRegion: return "face-region";
-  }
-  return "?";
-}
-bool mvp_type_from_name(const std::string& name, MvpType* out) {
-  for (MvpType t : {MvpType::Mlp, MvpType::MultiLayerMlp, MvpType::AttentionPool, MvpType::FaceRegion})
-    if (name == mvp_type_name(t)) {
-      *out = t;
-      return true;
-    }
-  return false;
-}
-const char* mvp_gate_name(MvpGate g) {
-  switch (g) {
-    case MvpGate::Learned: return "learned";
-    case MvpGate::Open: return "open";
-    case MvpGate::Closed: return "closed";
-  }
-  return "?";
-}
-
 bool EmollmModel::is_emollm_folder(const std::string& path) {
   try {
     if (!LlavaModel::is_llava_folder(path)) return false;
@@ -104,33 +78,6 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
   const JsonValue* ps = sec.find("perspectives");
   if (!ps || !ps->is_array() || ps->size() == 0) bad("perspectives must be a non-empty array");
 
-  // ---- tensor helpers
-  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-    const TensorInfo* t = ws.find(name);
-    if (!t) throw Error(ErrorCode::MalformedFile, "MVP tensor " + name + " is missing", ws.source());
-    if (t->shape != std::vector<int64_t>{rows, cols})
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t->shape) + ", expected " +
-                                                format_shape({rows, cols}), ws.source());
-    t->compute_view();
-    if (cols % dtype_block_elems(t->dtype) != 0)
-      throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
-    return LlamaWeight{t->data, t->dtype, rows, cols};
-  };
-  auto vec = [&](const std::string& name, int64_t n, bool required) -> const float* {
-    const TensorInfo* t = ws.find(name);
-    if (!t) {
-      if (required) throw Error(ErrorCode::MalformedFile, "MVP tensor " + name + " is missing", ws.source());
-      return nullptr;
-    }
-    if (t->numel() != n || (t->shape.size() != 1 && !(t->shape.size() == 2 && name.find("queries") != std::string::npos)))
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t->shape) + ", expected " +
-                                                std::to_string(n) + " elements", ws.source());
-    t->compute_view();
-    m->converted_.emplace_back(static_cast<size_t>(n));
-    if (t->dtype == DType::F32) std::memcpy(m->converted_.back().data(), t->data, size_t(n) * sizeof(float));
-    else dequantize_row(t->dtype, t->data, m->converted_.back().data(), n);
-    return m->converted_.back().data();
-  };
   auto int_field = [&](const JsonValue& o, const std::string& where, const char* key, int64_t def, int64_t lo) {
     const JsonValue* v = o.find(key);
     if (!v || v->is_null()) return def;
@@ -148,8 +95,8 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
     const JsonValue* t = po.find("type");
     if (!t || !t->is_string()) bad(where + ".type must be a string");
     const std::string& ts = t->as_string();
-    if (!mvp_type_from_name(ts, &p.type))
-      bad(where + ".type \"" + ts + "\" is not one of mlp, multi-layer-mlp, attention-pool, face-region");
+    p.kind = find_mvp_kind(ts);
+    if (!p.kind) bad(where + ".type \"" + ts + "\" is not one of " + mvp_kind_names());
     p.name = ts;
     if (const JsonValue* n = po.find("name")) {
       if (!n->is_string()) bad(where + ".name must be a string");
@@ -183,46 +130,17 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
         }
       }
     } else {
-      if (p.type == MvpType::MultiLayerMlp) bad(where + ".layers is required for a multi-layer-mlp");
+      if (p.kind->layers_required) bad(where + ".layers is required for a " + ts);
       p.layers = lv.feature_layers();
     }
     p.d_in = C * int64_t(p.layers.size());
     p.max_faces = int_field(po, where, "max_faces", 0, 0);
-    if (p.type == MvpType::AttentionPool) {
-      p.n_queries = int_field(po, where, "n_queries", -1, 1);
-      if (p.n_queries < 0) bad(where + ".n_queries is required for an attention-pool");
-      p.num_heads = int_field(po, where, "num_heads", 1, 1);
-    }
+    // the kind's own fields, and its weights unless closed
+    const MvpParseContext ctx(po, where, pre, E, ws, cfg, &m->converted_);
+    p.kind->parse(ctx, p);
     if (p.gate != MvpGate::Closed) {
-      if (p.type == MvpType::AttentionPool) {
-        const TensorInfo* q = ws.find(pre + "queries");
-        if (!q) throw Error(ErrorCode::MalformedFile, "MVP tensor " + pre + "queries is missing", ws.source());
-        if (q->shape.size() != 2 || q->shape[0] != p.n_queries)
-          throw Error(ErrorCode::MalformedFile, "tensor " + pre + "queries has shape " + format_shape(q->shape) +
-                                                    ", expected [n_queries = " + std::to_string(p.n_queries) + ", d]",
-                      ws.source());
-        p.d_hid = q->shape[1];
-        if (p.d_hid % p.num_heads != 0) bad(where + ".num_heads does not divide the attention size " + std::to_string(p.d_hid));
-        p.queries = vec(pre + "queries", p.n_queries * p.d_hid, true);
-        p.wk = mat(pre + "k_proj.weight", p.d_hid, p.d_in);
-        p.wv = mat(pre + "v_proj.weight", p.d_hid, p.d_in);
-        p.wo = mat(pre + "out_proj.weight", E, p.d_hid);
-        p.bk = vec(pre + "k_proj.bias", p.d_hid, false);
-        p.bv = vec(pre + "v_proj.bias", p.d_hid, false);
-        p.bo = vec(pre + "out_proj.bias", E, false);
-      } else {
-        const TensorInfo* w1 = ws.find(pre + "linear_1.weight");
-        if (!w1) throw Error(ErrorCode::MalformedFile, "MVP tensor " + pre + "linear_1.weight is missing", ws.source());
-        if (w1->shape.size() != 2)
-          throw Error(ErrorCode::MalformedFile, "tensor " + pre + "linear_1.weight is not a matrix", ws.source());
-        p.d_hid = w1->shape[0];
-        p.w1 = mat(pre + "linear_1.weight", p.d_hid, p.d_in);
-        p.w2 = mat(pre + "linear_2.weight", E, p.d_hid);
-        p.b1 = vec(pre + "linear_1.bias", p.d_hid, false);
-        p.b2 = vec(pre + "linear_2.bias", E, false);
-      }
       if (p.gate == MvpGate::Learned) {
-        const float* lg = vec(pre + "gate_logits", E, true);
+        const float* lg = ctx.vector(pre + "gate_logits", E, true);
         p.gate_values.resize(size_t(E));
         for (int64_t c = 0; c < E; ++c) p.gate_values[size_t(c)] = float(1.0 / (1.0 + std::exp(-double(lg[c]))));
       } else {
@@ -246,7 +164,7 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
   if (m->fusion_ == "gated-sum") {
     for (size_t k = 0; k < m->persp_.size(); ++k) {
       const auto& p = m->persp_[k];
-      if (!p.sums() || p.gate == MvpGate::Closed) continue;
+      if (!p.sums() || p.gate == MvpGate::Closed || !p.w1.data || !p.w2.data) continue;  // MLP-shaped heads only
       Group* g = nullptr;
       for (auto& x : m->groups_)
         if (x.layers == p.layers && x.d_hid == p.d_hid && x.dtype == p.w1.dtype && p.w2.dtype == p.w1.dtype) g = &x;
@@ -311,13 +229,10 @@ int64_t EmollmModel::n_image_tokens(int64_t n_faces) const {
   bool summed = false;
   for (const auto& p : persp_) {
     if (p.gate == MvpGate::Closed) continue;
-    if (p.sums()) {
-      if (fusion_ == "concat") n += n_vision_tokens();
-      else if (!summed) n += n_vision_tokens(), summed = true;
-    } else if (p.type == MvpType::AttentionPool) {
-      n += p.n_queries;
+    if (p.sums() && fusion_ == "gated-sum") {
+      if (!summed) n += n_vision_tokens(), summed = true;
     } else {
-      n += p.max_faces > 0 ? std::min(n_faces, p.max_faces) : n_faces;
+      n += p.kind->tokens(p, n_vision_tokens(), n_faces);
     }
   }
   return n;
@@ -339,172 +254,123 @@ std::vector<int64_t> EmollmModel::face_patches(const FaceBox& b) const {
   return out;
 }
 
-void EmollmModel::gather(const float* tf, int64_t rows, const std::vector<int64_t>& layers, std::vector<float>* out) const {
+DeviceTensor EmollmModel::gather(const DeviceTensor& tf, const std::vector<int64_t>& layers) const {
+  Backend& be = tf.backend();
   const int64_t C = base_->vision().hparams().n_embd, L = int64_t(tower_layers_.size()), d = C * int64_t(layers.size());
-  out->resize(size_t(rows * d));
-  std::vector<int64_t> slot;
-  for (int64_t l : layers)
-    slot.push_back(int64_t(std::lower_bound(tower_layers_.begin(), tower_layers_.end(), l) - tower_layers_.begin()));
-  for (int64_t r = 0; r < rows; ++r)
-    for (size_t j = 0; j < slot.size(); ++j)
-      std::memcpy(out->data() + r * d + int64_t(j) * C, tf + (r * L + slot[j]) * C, size_t(C) * sizeof(float));
-}
-
-void EmollmModel::mlp(const MvpPerspective& p, const float* x, int64_t rows, float* out) const {
-  if (rows == 0) return;
-  MvpProjectionParams mp;
-  mp.tokens = rows;
-  mp.d_in = p.d_in;
-  mp.d_hid = p.d_hid;
-  mp.d_out = n_embd();
-  mp.n_heads = 1;
-  if (p.w1.dtype == p.w2.dtype) {
-    base_->text_model()->backend().mvp_projection(x, p.w1.data, p.b1, p.w2.data, p.b2, p.gate_values.data(), p.w1.dtype,
-                                                  out, mp);
-    return;
+  const int64_t rows = tf.rows();
+  DeviceTensor out(be, DType::F32, {rows, d});
+  for (size_t j = 0; j < layers.size(); ++j) {
+    const int64_t slot = int64_t(std::lower_bound(tower_layers_.begin(), tower_layers_.end(), layers[j]) - tower_layers_.begin());
+    be.copy_2d(out.data() + int64_t(j) * C, size_t(d) * sizeof(float), tf.data() + slot * C, size_t(L * C) * sizeof(float),
+               rows, size_t(C) * sizeof(float));
   }
-  Backend& be = base_->text_model()->backend();
-  const int64_t E = n_embd();
-  std::vector<float> hid(size_t(rows * p.d_hid));
-  be.gemm(x, p.d_in, p.w1.data, p.w1.dtype, p.b1, hid.data(), p.d_hid, rows, p.d_hid, p.d_in);
-  be.gelu_erf(hid.data(), hid.data(), rows * p.d_hid);
-  be.gemm(hid.data(), p.d_hid, p.w2.data, p.w2.dtype, p.b2, out, E, rows, E, p.d_hid);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < E; ++c) out[r * E + c] *= p.gate_values[size_t(c)];
-}
-
-void EmollmModel::attention_pool(const MvpPerspective& p, const float* x, int64_t B, float* out) const {
-  Backend& be = base_->text_model()->backend();
-  const int64_t T = n_vision_tokens(), D = p.d_hid, Q = p.n_queries, E = n_embd(), H = p.num_heads;
-  std::vector<float> k(size_t(B * T * D)), v(size_t(B * T * D)), att(size_t(B * Q * D));
-  be.gemm(x, p.d_in, p.wk.data, p.wk.dtype, p.bk, k.data(), D, B * T, D, p.d_in);
-  be.gemm(x, p.d_in, p.wv.data, p.wv.dtype, p.bv, v.data(), D, B * T, D, p.d_in);
-  AttentionParams ap;
-  ap.n_q = Q;
-  ap.n_kv = T;
-  ap.n_heads = H;
-  ap.n_kv_heads = H;
-  ap.head_dim = D / H;
-  ap.ldq = ap.ldk = ap.ldv = ap.ldo = D;
-  ap.causal = false;
-  for (int64_t b = 0; b < B; ++b)
-    be.attention(p.queries, k.data() + b * T * D, v.data() + b * T * D, att.data() + b * Q * D, ap);
-  be.gemm(att.data(), D, p.wo.data, p.wo.dtype, p.bo, out, E, B * Q, E, D);
-  for (int64_t r = 0; r < B * Q; ++r)
-    for (int64_t c = 0; c < E; ++c) out[r * E + c] *= p.gate_values[size_t(c)];
+  return out;
 }
 
 void EmollmModel::project(const float* tf, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
                           std::vector<float>* out, std::vector<int64_t>* counts) const {
   EMOLLM_CHECK_ARG(B > 0 && tf != nullptr && out != nullptr && counts != nullptr, "EmoLLM project: no images");
+  const int64_t C = base_->vision().hparams().n_embd;
+  project_device(DeviceTensor::input(backend(), tf, B * n_vision_tokens(), C * int64_t(tower_layers_.size())), B, faces, out,
+                 counts);
+}
+
+void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
+                                 std::vector<float>* out, std::vector<int64_t>* counts) const {
+  EMOLLM_CHECK_ARG(B > 0 && out != nullptr && counts != nullptr, "EmoLLM project: no images");
   EMOLLM_CHECK_ARG(!faces || int64_t(faces->size()) == B,
                    "EmoLLM project: " + std::to_string(faces ? faces->size() : 0) + " face lists for " + std::to_string(B) +
                        " images");
+  Backend& be = tf.backend();
   const int64_t T = n_vision_tokens(), E = n_embd();
-  const bool cls = !base_->drop_cls();  // "full": row 0 of each image is CLS
 
-  // Per perspective (in order), the token block of every image: blocks[k][b] = rows of E floats.
-  struct Block {
-    std::vector<float> rows;
-    int64_t n = 0;
-  };
-  std::vector<std::vector<Block>> blocks;  // per output block, per image
-  std::map<std::vector<int64_t>, std::vector<float>> inputs;  // gathered inputs by layer list
-  auto input_for = [&](const std::vector<int64_t>& layers) -> const std::vector<float>& {
+  // Inputs gathered once per distinct layer list.
+  std::map<std::vector<int64_t>, DeviceTensor> inputs;
+  auto input_for = [&](const std::vector<int64_t>& layers) -> const DeviceTensor& {
     auto it = inputs.find(layers);
     if (it != inputs.end()) return it->second;
-    std::vector<float> x;
-    gather(tf, B * T, layers, &x);
-    return inputs.emplace(layers, std::move(x)).first->second;
+    return inputs.emplace(layers, gather(tf, layers)).first->second;
   };
-  auto per_image = [&](const std::vector<float>& all, int64_t n_per) {
-    std::vector<Block> bl(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) {
-      bl[size_t(b)].n = n_per;
-      bl[size_t(b)].rows.assign(all.begin() + b * n_per * E, all.begin() + (b + 1) * n_per * E);
-    }
-    return bl;
+  auto forward_input = [&](const MvpPerspective& p) {
+    MvpForwardInput in{be, this, input_for(p.layers).data()};
+    in.B = B;
+    in.T = T;
+    in.cls = !base_->drop_cls();  // "full": row 0 of each image is CLS
+    in.n_embd = E;
+    in.faces = faces;
+    return in;
   };
 
+  // The output blocks in perspective order: rows [sum(counts), E] of all images, image after image.
+  struct Block {
+    DeviceTensor rows;
+    std::vector<int64_t> counts;
+  };
+  std::vector<Block> blocks;
   bool summed_done = false;
-  for (size_t k = 0; k < persp_.size(); ++k) {
-    const MvpPerspective& p = persp_[k];
+  for (const MvpPerspective& p : persp_) {
     if (p.gate == MvpGate::Closed) continue;
-    if (p.sums()) {
-      if (fusion_ == "gated-sum") {
-        if (summed_done) continue;
-        summed_done = true;
-        std::vector<float> y(size_t(B * T * E), 0.0f), tmp;
-        for (size_t gi = 0; gi < groups_.size(); ++gi) {
-          const Group& g = groups_[gi];
-          const std::vector<float>& x = input_for(g.layers);
-          MvpProjectionParams mp;
-          mp.tokens = B * T;
-          mp.d_in = g.d_in;
-          mp.d_hid = g.d_hid;
-          mp.d_out = E;
-          mp.n_heads = int64_t(g.heads.size());
-          float* dst = y.data();
-          if (gi > 0) {
-            tmp.assign(y.size(), 0.0f);
-            dst = tmp.data();
-          }
-          base_->text_model()->backend().mvp_projection(x.data(), g.w1, g.b1, g.w2, g.b2, g.gates.data(), g.dtype, dst, mp);
-          if (gi > 0)
-            for (size_t j = 0; j < y.size(); ++j) y[j] += tmp[j];
-        }
-        blocks.push_back(per_image(y, T));
-      } else {
-        std::vector<float> y(size_t(B * T * E));
-        mlp(p, input_for(p.layers).data(), B * T, y.data());
-        blocks.push_back(per_image(y, T));
-      }
-    } else if (p.type == MvpType::AttentionPool) {
-      std::vector<float> y(size_t(B * p.n_queries * E));
-      attention_pool(p, input_for(p.layers).data(), B, y.data());
-      blocks.push_back(per_image(y, p.n_queries));
-    } else {  // face-region
-      const std::vector<float>& x = input_for(p.layers);
-      std::vector<float> pooled;
-      std::vector<int64_t> nf(static_cast<size_t>(B), 0);
-      for (int64_t b = 0; b < B; ++b) {
-        if (!faces) continue;
-        for (const FaceBox& box : (*faces)[size_t(b)]) {
-          if (p.max_faces > 0 && nf[size_t(b)] >= p.max_faces) break;
-          const std::vector<int64_t> pt = face_patches(box);
-          if (pt.empty()) continue;
-          std::vector<float> acc(size_t(p.d_in), 0.0f);
-          for (int64_t q : pt) {
-            const float* row = x.data() + (b * T + q + (cls ? 1 : 0)) * p.d_in;
-            for (int64_t c = 0; c < p.d_in; ++c) acc[size_t(c)] += row[c];
-          }
-          const float inv = 1.0f / float(pt.size());
-          for (auto& a : acc) a *= inv;
-          pooled.insert(pooled.end(), acc.begin(), acc.end());
-          nf[size_t(b)]++;
+    if (p.sums() && fusion_ == "gated-sum") {
+      // Every summing head at the first one: the MLP groups (one fused projection each), then
+      // any other per-vision-token kind through its own forward.
+      if (summed_done) continue;
+      summed_done = true;
+      DeviceTensor y(be, DType::F32, {B * T, E}), tmp;
+      bool first = true;
+      auto accumulate = [&](const DeviceTensor& part) {
+        if (first) be.copy(y.data(), part.data(), y.bytes());
+        else be.add(y.data(), part.data(), y.data(), B * T * E);
+        first = false;
+      };
+      for (const Group& g : groups_) {
+        MvpProjectionParams mp;
+        mp.tokens = B * T;
+        mp.d_in = g.d_in;
+        mp.d_hid = g.d_hid;
+        mp.d_out = E;
+        mp.n_heads = int64_t(g.heads.size());
+        if (first) {
+          be.mvp_projection(input_for(g.layers).data(), g.w1, g.b1, g.w2, g.b2, g.gates.data(), g.dtype, y.data(), mp);
+          first = false;
+        } else {
+          if (!tmp.data()) tmp = DeviceTensor(be, DType::F32, {B * T, E});
+          be.mvp_projection(input_for(g.layers).data(), g.w1, g.b1, g.w2, g.b2, g.gates.data(), g.dtype, tmp.data(), mp);
+          accumulate(tmp);
         }
       }
-      const int64_t rows = int64_t(pooled.size()) / p.d_in;
-      std::vector<float> y(size_t(rows * E));
-      mlp(p, pooled.data(), rows, y.data());
-      std::vector<Block> bl(static_cast<size_t>(B));
-      int64_t r0 = 0;
-      for (int64_t b = 0; b < B; ++b) {
-        bl[size_t(b)].n = nf[size_t(b)];
-        bl[size_t(b)].rows.assign(y.begin() + r0 * E, y.begin() + (r0 + nf[size_t(b)]) * E);
-        r0 += nf[size_t(b)];
+      for (const MvpPerspective& q : persp_) {
+        if (q.gate == MvpGate::Closed || !q.sums() || (q.w1.data && q.w2.data)) continue;  // grouped above
+        std::vector<int64_t> c;
+        accumulate(q.kind->forward(forward_input(q), q, &c));
       }
+      blocks.push_back({std::move(y), std::vector<int64_t>(size_t(B), T)});
+    } else {
+      Block bl;
+      bl.rows = p.kind->forward(forward_input(p), p, &bl.counts);
+      EMOLLM_CHECK_ARG(int64_t(bl.counts.size()) == B, std::string("perspective kind ") + p.kind->name +
+                                                            " returned counts for the wrong number of images");
       blocks.push_back(std::move(bl));
     }
   }
-  out->clear();
+
+  // Image after image, its blocks in perspective order: one strided copy per (image, block).
   counts->assign(size_t(B), 0);
+  for (const Block& bl : blocks)
+    for (int64_t b = 0; b < B; ++b) (*counts)[size_t(b)] += bl.counts[size_t(b)];
+  int64_t total = 0;
+  for (int64_t c : *counts) total += c;
+  out->resize(size_t(total * E));
+  DeviceTensor fused = DeviceTensor::output(be, out->data(), total, E);
+  std::vector<int64_t> src_row(blocks.size(), 0);
+  int64_t dst_row = 0;
   for (int64_t b = 0; b < B; ++b)
-    for (const auto& bl : blocks) {
-      const Block& x = bl[size_t(b)];
-      out->insert(out->end(), x.rows.begin(), x.rows.end());
-      (*counts)[size_t(b)] += x.n;
+    for (size_t k = 0; k < blocks.size(); ++k) {
+      const int64_t n = blocks[k].counts[size_t(b)];
+      if (n) be.copy(fused.row(dst_row), blocks[k].rows.row(src_row[k]), size_t(n * E) * sizeof(float));
+      src_row[k] += n;
+      dst_row += n;
     }
+  fused.to_host(out->data());
 }
 
 bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
@@ -512,11 +378,11 @@ bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vecto
                                 const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
   const int64_t C = base_->vision().hparams().n_embd;
-  std::vector<float> tf(size_t(B * n_vision_tokens() * C * int64_t(tower_layers_.size())));
-  if (!base_->vision().encode(base_->text_model()->backend(), pixels, B, tower_layers_, base_->drop_cls(), tf.data(), abort))
+  DeviceTensor tf(backend(), DType::F32, {B * n_vision_tokens(), C * int64_t(tower_layers_.size())});
+  if (!base_->vision().encode_device(backend(), pixels, B, tower_layers_, base_->drop_cls(), tf.data(), abort))
     return false;
   if (abort && abort->load(std::memory_order_relaxed)) return false;
-  project(tf.data(), B, faces, out, counts);
+  project_device(tf, B, faces, out, counts);
   return true;
 }
 

@@ -6,7 +6,8 @@
 // section (schema: docs/emollm-config.md); the MVP weights live in a safetensors file beside the
 // base weights (default emollm_mvp.safetensors), tensors mvp.heads.<i>.*.
 //
-// Perspective types (i = index in `perspectives`):
+// Perspective types (i = index in `perspectives`; each one an MvpKind in native/model/mvp/, listed
+// in the registry native/model/mvp_kind.cpp):
 //   mlp, multi-layer-mlp  linear_1 -> GELU(erf) -> linear_2 over the selected tokens of the
 //                         hidden states `layers`, concatenated on channels (one token per
 //                         vision token: n_tok = n_patches, or n_patches + 1 with the "full" strategy)
@@ -38,40 +39,9 @@
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
 #include "model/llava.h"
+#include "model/mvp_kind.h"
 
 namespace emollm {
-
-// A face box in pixels of the vision tower's input (image_size x image_size, e.g. 336).
-struct FaceBox {
-  float x = 0, y = 0, width = 0, height = 0;
-};
-
-enum class MvpType { Mlp, MultiLayerMlp, AttentionPool, FaceRegion };
-enum class MvpGate { Learned, Open, Closed };
-const char* mvp_type_name(MvpType t);
-const char* mvp_gate_name(MvpGate g);
-// The config spelling of a perspective type (the inverse of mvp_type_name); false when unknown.
-bool mvp_type_from_name(const std::string& name, MvpType* out);
-
-struct MvpPerspective {
-  std::string name;
-  MvpType type = MvpType::Mlp;
-  MvpGate gate = MvpGate::Learned;
-  std::vector<int64_t> layers;  // resolved hidden-state indices (>= 0)
-  int64_t d_in = 0;             // layers.size() * vision hidden size
-  int64_t d_hid = 0;            // MLP hidden size (mlp types, face-region); attention size (attention-pool)
-  int64_t n_queries = 0, num_heads = 1;  // attention-pool
-  int64_t max_faces = 0;                 // face-region: 0 = no limit
-  // weights (null when closed). MLP types and face-region: w1 [d_hid, d_in], w2 [E, d_hid].
-  LlamaWeight w1, w2;
-  const float *b1 = nullptr, *b2 = nullptr;
-  // attention-pool: queries [n_queries, d_hid] (f32), wk / wv [d_hid, d_in], wo [E, d_hid]
-  const float* queries = nullptr;
-  LlamaWeight wk, wv, wo;
-  const float *bk = nullptr, *bv = nullptr, *bo = nullptr;
-  std::vector<float> gate_values;  // [E]: sigmoid(gate_logits) (learned) or ones (open); empty when closed
-  bool sums() const { return type == MvpType::Mlp || type == MvpType::MultiLayerMlp; }
-};
 
 class EmollmModel {
  public:
@@ -138,10 +108,12 @@ class EmollmModel {
   std::vector<std::vector<uint8_t>> owned_;      // stacked weights
   std::vector<std::vector<float>> converted_;    // f32 copies of vectors
 
-  // Gathers the channels of `layers` from the tower output ([rows, tower_layers.size() * C]).
-  void gather(const float* tower_feats, int64_t rows, const std::vector<int64_t>& layers, std::vector<float>* out) const;
-  void mlp(const MvpPerspective& p, const float* x, int64_t rows, float* out) const;  // gated head output
-  void attention_pool(const MvpPerspective& p, const float* x, int64_t B, float* out) const;  // [B, n_q, E]
+  Backend& backend() const { return base_->text_model()->backend(); }
+  // The MVP on tower features already in backend memory ([B * T, tower_layers().size() * C]).
+  void project_device(const DeviceTensor& tower_feats, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
+                      std::vector<float>* out, std::vector<int64_t>* counts) const;
+  // The channels of `layers` from the tower features, concatenated: [rows, layers.size() * C].
+  DeviceTensor gather(const DeviceTensor& tower_feats, const std::vector<int64_t>& layers) const;
 };
 
 // The decoder prompt for `tokens` with images of variable token counts: image k's features are

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "core/device_tensor.h"
 #include "core/filesystem.h"
 #include "core/tensor.h"
 #include "loaders/json.h"
@@ -56,28 +57,6 @@ std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& 
   const JsonValue* ps = sec->find("perspectives");
   if (!ps || !ps->is_array() || ps->size() == 0) bad("perspectives must be a non-empty array");
 
-  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-    const TensorInfo* t = ws.find(name);
-    if (!t) throw Error(ErrorCode::MalformedFile, "MVP tensor " + name + " is missing", ws.source());
-    if (t->shape != std::vector<int64_t>{rows, cols})
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t->shape) + ", expected " +
-                                                format_shape({rows, cols}), ws.source());
-    t->compute_view();
-    return LlamaWeight{t->data, t->dtype, rows, cols};
-  };
-  auto vec = [&](const std::string& name, int64_t n) -> const float* {
-    const TensorInfo* t = ws.find(name);
-    if (!t) return nullptr;
-    if (t->shape != std::vector<int64_t>{n})
-      throw Error(ErrorCode::MalformedFile, "tensor " + name + " has shape " + format_shape(t->shape) + ", expected " +
-                                                format_shape({n}), ws.source());
-    t->compute_view();
-    m->converted_.emplace_back(static_cast<size_t>(n));
-    if (t->dtype == DType::F32) std::memcpy(m->converted_.back().data(), t->data, size_t(n) * sizeof(float));
-    else dequantize_row(t->dtype, t->data, m->converted_.back().data(), n);
-    return m->converted_.back().data();
-  };
-
   size_t i = 0, open = 0;
   for (const JsonValue& po : ps->items()) {
     const std::string where = "perspectives[" + std::to_string(i) + "]";
@@ -88,8 +67,8 @@ std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& 
     const JsonValue* t = po.find("type");
     if (!t || !t->is_string()) bad(where + ".type must be a string");
     const std::string& ts = t->as_string();
-    if (!mvp_type_from_name(ts, &p.type))
-      bad(where + ".type \"" + ts + "\" is not one of mlp, multi-layer-mlp, attention-pool, face-region");
+    p.kind = find_mvp_kind(ts);
+    if (!p.kind) bad(where + ".type \"" + ts + "\" is not one of " + mvp_kind_names());
     if (const JsonValue* n = po.find("name"); n && n->is_string()) p.name = n->as_string();
     else p.name = ts;
     std::string gate = "learned";
@@ -122,19 +101,15 @@ std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& 
       continue;
     }
     if (!p.sums())
-      throw Error(ErrorCode::Unsupported, "emollm." + where + " (" + ts + ") is open: on Qwen2-VL only mlp / multi-layer-mlp "
-                                          "perspectives can be open (the others would change the merged token layout)", cfg);
+      throw Error(ErrorCode::Unsupported, "emollm." + where + " (" + ts + ") is open: on Qwen2-VL only per-vision-token "
+                                          "perspectives (mlp, multi-layer-mlp) can be open (the others would change the "
+                                          "merged token layout)", cfg);
     p.d_in = MD * int64_t(layers.size());
-    const TensorInfo* w1 = ws.find(pre + "linear_1.weight");
-    if (!w1 || w1->shape.size() != 2) throw Error(ErrorCode::MalformedFile, "MVP tensor " + pre + "linear_1.weight is missing", ws.source());
-    p.d_hid = w1->shape[0];
-    p.w1 = mat(pre + "linear_1.weight", p.d_hid, p.d_in);
-    p.w2 = mat(pre + "linear_2.weight", E, p.d_hid);
-    p.b1 = vec(pre + "linear_1.bias", p.d_hid);
-    p.b2 = vec(pre + "linear_2.bias", E);
+    const MvpParseContext ctx(po, where, pre, E, ws, cfg, &m->converted_);
+    p.kind->parse(ctx, p);
     p.gate_values.assign(size_t(E), 1.0f);
     if (p.gate == MvpGate::Learned) {
-      const float* g = vec(pre + "gate_logits", E);
+      const float* g = ctx.vector(pre + "gate_logits", E, false);
       if (!g) throw Error(ErrorCode::MalformedFile, "MVP tensor " + pre + "gate_logits is missing (gate \"learned\")", ws.source());
       for (int64_t c = 0; c < E; ++c) p.gate_values[size_t(c)] = float(1.0 / (1.0 + std::exp(-double(g[c]))));
     }
@@ -155,32 +130,38 @@ bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>
                                 const std::atomic<bool>* abort) const {
   Backend& be = base_->text_model()->backend();
   const Qwen2VisionModel& vis = base_->vision();
-  std::vector<std::vector<float>> tapped;
-  if (!vis.merger_inputs(be, patches, grids, taps_, &tapped, abort)) return false;
+  std::vector<DeviceTensor> taps;  // the merger inputs at taps_, in backend memory
+  if (!vis.merger_inputs_device(be, patches, grids, taps_, &taps, abort)) return false;
   const int64_t MD = vis.config().embed_dim * vis.merge_unit(), E = base_->n_embd();
-  const int64_t M = int64_t(tapped[0].size()) / MD;
-  out->assign(size_t(M * E), 0.0f);
-  std::vector<float> x, hid, y(size_t(M * E));
+  const int64_t M = taps[0].numel() / MD;
+  auto tap = [&](int64_t layer) -> const DeviceTensor& {
+    return taps[size_t(std::lower_bound(taps_.begin(), taps_.end(), layer) - taps_.begin())];
+  };
+  out->resize(size_t(M * E));
+  DeviceTensor sum = DeviceTensor::output(be, out->data(), M, E);
+  bool first = true;
   for (const MvpPerspective& p : persp_) {
     if (p.gate == MvpGate::Closed) continue;
-    const float* in = nullptr;
-    if (p.layers.size() == 1) {
-      in = tapped[size_t(std::lower_bound(taps_.begin(), taps_.end(), p.layers[0]) - taps_.begin())].data();
-    } else {  // several layers: concatenated on channels, row by row
-      x.assign(size_t(M * p.d_in), 0.0f);
-      for (size_t k = 0; k < p.layers.size(); ++k) {
-        const float* src = tapped[size_t(std::lower_bound(taps_.begin(), taps_.end(), p.layers[k]) - taps_.begin())].data();
-        for (int64_t r = 0; r < M; ++r) std::memcpy(&x[size_t(r * p.d_in + int64_t(k) * MD)], src + r * MD, size_t(MD) * sizeof(float));
-      }
+    DeviceTensor x;
+    const float* in = tap(p.layers[0]).data();
+    if (p.layers.size() > 1) {  // several layers: concatenated on channels
+      x = DeviceTensor(be, DType::F32, {M, p.d_in});
+      for (size_t k = 0; k < p.layers.size(); ++k)
+        be.copy_2d(x.data() + int64_t(k) * MD, size_t(p.d_in) * sizeof(float), tap(p.layers[k]).data(),
+                   size_t(MD) * sizeof(float), M, size_t(MD) * sizeof(float));
       in = x.data();
     }
-    hid.resize(size_t(M * p.d_hid));
-    be.gemm(in, p.d_in, p.w1.data, p.w1.dtype, p.b1, hid.data(), p.d_hid, M, p.d_hid, p.d_in);
-    be.gelu_erf(hid.data(), hid.data(), M * p.d_hid);
-    be.gemm(hid.data(), p.d_hid, p.w2.data, p.w2.dtype, p.b2, y.data(), E, M, E, p.d_hid);
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = 0; c < E; ++c) (*out)[size_t(r * E + c)] += p.gate_values[size_t(c)] * y[size_t(r * E + c)];
+    MvpForwardInput fi{be, nullptr, in};
+    fi.B = 1;
+    fi.T = M;
+    fi.n_embd = E;
+    std::vector<int64_t> counts;
+    DeviceTensor y = p.kind->forward(fi, p, &counts);
+    if (first) be.copy(sum.data(), y.data(), sum.bytes());
+    else be.add(sum.data(), y.data(), sum.data(), M * E);
+    first = false;
   }
+  sum.to_host(out->data());
   return true;
 }
 

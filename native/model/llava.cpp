@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "core/device_tensor.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
 #include "loaders/json.h"
@@ -283,19 +284,27 @@ std::shared_ptr<LlavaModel> LlavaModel::load(const std::string& path, const Llav
 void LlavaModel::project(const float* feats, int64_t rows, float* out) const {
   Backend& be = text_->backend();
   const int64_t E = n_embd();
-  std::vector<float> hid(size_t(rows * E));
+  DeviceTensor hid(be, DType::F32, {rows, E});
   be.gemm(feats, proj_in_, proj1_.data, proj1_.dtype, proj1_b_, hid.data(), E, rows, E, proj_in_);
   be.gelu_erf(hid.data(), hid.data(), rows * E);
   be.gemm(hid.data(), E, proj2_.data, proj2_.dtype, proj2_b_, out, E, rows, E, E);
 }
 
-bool LlavaModel::encode_images(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort) const {
+bool LlavaModel::encode_images_device(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
   const int64_t rows = B * n_image_tokens();
-  std::vector<float> feats(size_t(rows * proj_in_));
-  if (!vision_->encode(text_->backend(), pixels, B, feature_layers_, drop_cls_, feats.data(), abort)) return false;
+  DeviceTensor feats(text_->backend(), DType::F32, {rows, proj_in_});
+  if (!vision_->encode_device(text_->backend(), pixels, B, feature_layers_, drop_cls_, feats.data(), abort)) return false;
   if (abort && abort->load(std::memory_order_relaxed)) return false;
   project(feats.data(), rows, out);
+  return true;
+}
+
+bool LlavaModel::encode_images(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort) const {
+  EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
+  DeviceTensor o = DeviceTensor::output(text_->backend(), out, B * n_image_tokens(), n_embd());
+  if (!encode_images_device(pixels, B, o.data(), abort)) return false;
+  o.to_host(out);
   return true;
 }
 

@@ -80,7 +80,9 @@ class LlavaModel {
   // Vision tower + projector for B images: pixels [B, C, S, S] (normalised), out [B,
   // n_image_tokens(), n_embd()]. Returns false when aborted.
   bool encode_images(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort = nullptr) const;
-  // The projector alone: feats [rows, d_in] -> out [rows, n_embd()].
+  // The same with `out` in the backend's memory (text_model()->backend(); pixels stay host memory).
+  bool encode_images_device(const float* pixels, int64_t B, float* out_device, const std::atomic<bool>* abort = nullptr) const;
+  // The projector alone: feats [rows, d_in] -> out [rows, n_embd()], both in the backend's memory.
   void project(const float* feats, int64_t rows, float* out) const;
   int64_t projector_in() const { return proj_in_; }
 

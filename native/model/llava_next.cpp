@@ -1,11 +1,13 @@
 // LLaVA-NeXT anyres layout and feature packing. See llava_next.h.
 #include "model/llava_next.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
 
 #include "base/error.h"
+#include "core/device_tensor.h"
 #include "model/llava.h"
 
 namespace emollm {
@@ -63,26 +65,40 @@ AnyresLayout anyres_layout(int64_t orig_h, int64_t orig_w, const std::vector<std
   return L;
 }
 
-void anyres_pack(const AnyresLayout& L, const float* tile, int64_t E, const float* newline, float* out) {
+namespace {
+// Walks the packed order, calling copy(dst_row, src, n_rows) for each run of rows that are
+// contiguous in the source (a tile's base image; a row of patches inside one grid tile) and for
+// each newline (src = newline, 1 row). One walk for the host and the backend versions.
+template <class Copy>
+void anyres_walk(const AnyresLayout& L, const float* tile, int64_t E, const float* newline, const Copy& copy) {
   EMOLLM_CHECK_ARG(!L.newline || newline != nullptr, "anyres_pack: the layout wants image_newline but none was given");
   const int64_t s = L.side, per_tile = s * s;
-  const size_t row_bytes = size_t(E) * sizeof(float);
-  std::memcpy(out, tile, size_t(per_tile) * row_bytes);  // base image first
-  float* o = out + per_tile * E;
+  copy(int64_t(0), tile, per_tile);  // base image first
+  int64_t o = per_tile;
   const float* grid = tile + per_tile * E;
   for (int64_t r = L.row0; r < L.row1; ++r) {
     const int64_t tr = r / s, pr = r % s;  // tile row, patch row inside the tile
-    for (int64_t c = L.col0; c < L.col1; ++c) {
-      const int64_t tc = c / s, pc = c % s;
-      const float* src = grid + ((tr * L.grid_cols + tc) * per_tile + pr * s + pc) * E;
-      std::memcpy(o, src, row_bytes);
-      o += E;
+    for (int64_t c = L.col0; c < L.col1;) {
+      const int64_t tc = c / s, pc = c % s, n = std::min(L.col1 - c, s - pc);  // to the end of this tile's row
+      copy(o, grid + ((tr * L.grid_cols + tc) * per_tile + pr * s + pc) * E, n);
+      o += n;
+      c += n;
     }
-    if (L.newline) {
-      std::memcpy(o, newline, row_bytes);
-      o += E;
-    }
+    if (L.newline) copy(o++, newline, int64_t(1));
   }
+}
+}  // namespace
+
+void anyres_pack(const AnyresLayout& L, const float* tile, int64_t E, const float* newline, float* out) {
+  anyres_walk(L, tile, E, newline, [&](int64_t dst_row, const float* src, int64_t n) {
+    std::memcpy(out + dst_row * E, src, size_t(n * E) * sizeof(float));
+  });
+}
+
+void anyres_pack(Backend& be, const AnyresLayout& L, const float* tile, int64_t E, const float* newline, float* out) {
+  anyres_walk(L, tile, E, newline, [&](int64_t dst_row, const float* src, int64_t n) {
+    be.copy(out + dst_row * E, src, size_t(n * E) * sizeof(float));
+  });
 }
 
 bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const AnyresLayout& L, std::vector<float>* out,
@@ -91,10 +107,13 @@ bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const
   if (per != L.side * L.side)
     throw Error(ErrorCode::InvalidArgument, "anyres: the tower gives " + std::to_string(per) + " features per tile, the layout expects " +
                                                 std::to_string(L.side * L.side));
-  std::vector<float> tiles(size_t(L.n_tiles() * per * E));
-  if (!model.encode_images(pixels, L.n_tiles(), tiles.data(), abort)) return false;
-  out->assign(size_t(L.n_tokens() * E), 0.0f);
-  anyres_pack(L, tiles.data(), E, model.image_newline(), out->data());
+  Backend& be = model.text_model()->backend();
+  DeviceTensor tiles(be, DType::F32, {L.n_tiles() * per, E});
+  if (!model.encode_images_device(pixels, L.n_tiles(), tiles.data(), abort)) return false;
+  out->resize(size_t(L.n_tokens() * E));
+  DeviceTensor packed = DeviceTensor::output(be, out->data(), L.n_tokens(), E);
+  anyres_pack(be, L, tiles.data(), E, model.image_newline(), packed.data());
+  packed.to_host(out->data());
   return true;
 }
 

@@ -19,6 +19,8 @@
 
 namespace emollm {
 
+class Backend;
+
 class LlavaModel;
 
 // transformers' select_best_resolution: the pinpoint ({height, width}) keeping the most of the
@@ -47,7 +49,10 @@ AnyresLayout anyres_layout(int64_t orig_h, int64_t orig_w, const std::vector<std
 
 // Packs projected tile features [n_tiles, side*side, E] (base first, then the grid row-major) into
 // out [layout.n_tokens(), E]. newline: E floats (required when layout.newline).
+// Host memory; the Backend overload does the same copies in the backend's memory.
 void anyres_pack(const AnyresLayout& layout, const float* tile_features, int64_t E, const float* newline, float* out);
+void anyres_pack(Backend& be, const AnyresLayout& layout, const float* tile_features, int64_t E, const float* newline,
+                 float* out);
 
 // Tower + projector over one image's tiles (pixels [layout.n_tiles(), C, S, S]) and the packing.
 // out is resized to [layout.n_tokens(), E]. Returns false when aborted.

@@ -206,28 +206,44 @@ std::vector<std::array<int32_t, 2>> Qwen2VisionModel::patch_positions(const std:
 
 bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vector<GridThw>& grids, float* out,
                               const std::atomic<bool>* abort) const {
-  std::vector<std::vector<float>> tapped;
+  std::vector<DeviceTensor> tapped;
   if (!forward(be, patches, grids, {depth()}, &tapped, abort)) return false;
-  merger_mlp(be, tapped[0].data(), int64_t(tapped[0].size()) / (c_.embed_dim * merge_unit()), out);
+  const int64_t M = tapped[0].numel() / (c_.embed_dim * merge_unit());
+  DeviceTensor o = DeviceTensor::output(be, out, M, c_.hidden_size);
+  merger_mlp(be, tapped[0].data(), M, o.data());
+  o.to_host(out);
   return true;
 }
 
 bool Qwen2VisionModel::merger_inputs(Backend& be, const float* patches, const std::vector<GridThw>& grids,
                                      const std::vector<int64_t>& layers, std::vector<std::vector<float>>* tapped,
                                      const std::atomic<bool>* abort) const {
+  std::vector<DeviceTensor> t;
+  if (!forward(be, patches, grids, layers, &t, abort)) return false;
+  tapped->assign(t.size(), {});
+  for (size_t k = 0; k < t.size(); ++k) {
+    (*tapped)[k].resize(size_t(t[k].numel()));
+    t[k].to_host((*tapped)[k].data());
+  }
+  return true;
+}
+
+bool Qwen2VisionModel::merger_inputs_device(Backend& be, const float* patches, const std::vector<GridThw>& grids,
+                                            const std::vector<int64_t>& layers, std::vector<DeviceTensor>* tapped,
+                                            const std::atomic<bool>* abort) const {
   return forward(be, patches, grids, layers, tapped, abort);
 }
 
 void Qwen2VisionModel::merger_mlp(Backend& be, const float* merged, int64_t M, float* out) const {
   const int64_t MD = c_.embed_dim * merge_unit();
-  std::vector<float> mh(size_t(M * MD));
+  DeviceTensor mh(be, DType::F32, {M, MD});
   be.gemm(merged, MD, mlp0_.data, mlp0_.dtype, mlp0_b_, mh.data(), MD, M, MD, MD);
   be.gelu_erf(mh.data(), mh.data(), M * MD);
   be.gemm(mh.data(), MD, mlp2_.data, mlp2_.dtype, mlp2_b_, out, c_.hidden_size, M, c_.hidden_size, MD);
 }
 
 bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vector<GridThw>& grids,
-                               const std::vector<int64_t>& layers, std::vector<std::vector<float>>* tapped,
+                               const std::vector<int64_t>& layers, std::vector<DeviceTensor>* tapped,
                                const std::atomic<bool>* abort) const {
   const int64_t ms = c_.spatial_merge_size, D = c_.embed_dim, H = c_.num_heads, hd = D / H, F = D * c_.mlp_ratio;
   int64_t N = 0;
@@ -246,23 +262,32 @@ bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vec
                                                   std::to_string(depth()) + "]");
     deepest = std::max(deepest, l);
   }
-  tapped->assign(layers.size(), {});
-  std::vector<float> x(size_t(N * D)), xn(size_t(N * D)), qkv(size_t(N * 3 * D)), att(size_t(N * D)), tmp(size_t(N * D)),
-      hid(size_t(N * F));
-  be.gemm(patches, patch_dim(), patch_embd_.data, patch_embd_.dtype, nullptr, x.data(), D, N, D, patch_dim());
+  tapped->clear();
+  tapped->resize(layers.size());
+  auto act = [&](int64_t rows, int64_t cols) { return DeviceTensor(be, DType::F32, {rows, cols}); };
+  DeviceTensor x = act(N, D), xn = act(N, D), qkv = act(N, 3 * D), att = act(N, D), tmp = act(N, D), hid = act(N, F);
+  {
+    const DeviceTensor px = DeviceTensor::input(be, patches, N, patch_dim());
+    be.gemm(px.data(), patch_dim(), patch_embd_.data, patch_embd_.dtype, nullptr, x.data(), D, N, D, patch_dim());
+  }
   // ln_q of the current hidden state into every tap that asks for depth `l`
   auto tap = [&](int64_t l) {
     for (size_t k = 0; k < layers.size(); ++k)
       if (layers[k] == l) {
-        (*tapped)[k].resize(size_t(N * D));
+        (*tapped)[k] = act(N / merge_unit(), merge_unit() * D);
         be.layernorm(x.data(), D, ln_q_w_, ln_q_b_, (*tapped)[k].data(), D, N, D, 1e-6f);
       }
   };
   tap(0);
 
+  // The rotary positions (row, column) of every patch, in the backend's memory.
   const auto pos = patch_positions(grids, ms);
-  std::vector<int32_t> rows(static_cast<size_t>(N)), cols(static_cast<size_t>(N));
-  for (int64_t i = 0; i < N; ++i) rows[size_t(i)] = pos[size_t(i)][0], cols[size_t(i)] = pos[size_t(i)][1];
+  std::vector<int32_t> host_pos(size_t(2 * N));
+  for (int64_t i = 0; i < N; ++i) host_pos[size_t(i)] = pos[size_t(i)][0], host_pos[size_t(N + i)] = pos[size_t(i)][1];
+  BackendBuffer positions(be, host_pos.size() * sizeof(int32_t));
+  be.upload(positions.data(), host_pos.data(), host_pos.size() * sizeof(int32_t));
+  const int32_t* rows = static_cast<const int32_t*>(positions.data());
+  const int32_t* cols = rows + N;
   RopeParams rh;
   rh.head_dim = hd;
   rh.rot_dim = hd;
@@ -277,8 +302,8 @@ bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vec
     be.layernorm(x.data(), D, b.norm1_w, b.norm1_b, xn.data(), D, N, D, 1e-6f);
     be.gemm(xn.data(), D, b.qkv.data, b.qkv.dtype, b.qkv_b, qkv.data(), 3 * D, N, 3 * D, D);
     for (int k = 0; k < 2; ++k) {  // q then k: rows then columns
-      be.rope(qkv.data() + k * D, 3 * D, N, H, rows.data(), rh);
-      be.rope(qkv.data() + k * D, 3 * D, N, H, cols.data(), rw);
+      be.rope(qkv.data() + k * D, 3 * D, N, H, rows, rh);
+      be.rope(qkv.data() + k * D, 3 * D, N, H, cols, rw);
     }
     int64_t off = 0;
     for (const GridThw& g : grids)
@@ -291,18 +316,18 @@ bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vec
         ap.ldq = ap.ldk = ap.ldv = 3 * D;
         ap.ldo = D;
         ap.causal = false;
-        const float* base = qkv.data() + off * 3 * D;
-        be.attention(base, base + D, base + 2 * D, att.data() + off * D, ap);
+        const float* base = qkv.row(off);
+        be.attention(base, base + D, base + 2 * D, att.row(off), ap);
         off += len;
       }
     be.gemm(att.data(), D, b.proj.data, b.proj.dtype, b.proj_b, tmp.data(), D, N, D, D);
-    for (int64_t i = 0; i < N * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    be.add(x.data(), tmp.data(), x.data(), N * D);
     be.layernorm(x.data(), D, b.norm2_w, b.norm2_b, xn.data(), D, N, D, 1e-6f);
     be.gemm(xn.data(), D, b.fc1.data, b.fc1.dtype, b.fc1_b, hid.data(), F, N, F, D);
     if (c_.hidden_act == "quick_gelu") be.quick_gelu(hid.data(), hid.data(), N * F);
     else be.gelu_erf(hid.data(), hid.data(), N * F);
     be.gemm(hid.data(), F, b.fc2.data, b.fc2.dtype, b.fc2_b, tmp.data(), D, N, D, F);
-    for (int64_t i = 0; i < N * D; ++i) x[size_t(i)] += tmp[size_t(i)];
+    be.add(x.data(), tmp.data(), x.data(), N * D);
     tap(li + 1);
   }
   return !(abort && abort->load(std::memory_order_relaxed));

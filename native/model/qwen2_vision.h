@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/device_tensor.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
@@ -78,7 +79,12 @@ class Qwen2VisionModel {
   bool merger_inputs(Backend& be, const float* patches, const std::vector<GridThw>& grids,
                      const std::vector<int64_t>& layers, std::vector<std::vector<float>>* tapped,
                      const std::atomic<bool>* abort = nullptr) const;
-  // The merger's MLP alone (mlp.0 -> GELU -> mlp.2) on merger_inputs() rows; out [rows, out_dim()].
+  // The same with the taps in the backend's memory (patches stay host memory).
+  bool merger_inputs_device(Backend& be, const float* patches, const std::vector<GridThw>& grids,
+                            const std::vector<int64_t>& layers, std::vector<DeviceTensor>* tapped,
+                            const std::atomic<bool>* abort = nullptr) const;
+  // The merger's MLP alone (mlp.0 -> GELU -> mlp.2) on merger_inputs() rows; out [rows, out_dim()];
+  // merged and out in the backend's memory.
   void merger_mlp(Backend& be, const float* merged, int64_t rows, float* out) const;
   // depth (number of blocks)
   int64_t depth() const { return int64_t(blocks_.size()); }
@@ -99,8 +105,9 @@ class Qwen2VisionModel {
   const float *mlp0_b_ = nullptr, *mlp2_b_ = nullptr;
   std::vector<float> inv_freq_h_, inv_freq_w_;  // head_dim/2 entries each, the other half zeroed
   // The tower up to the deepest of `layers`; tapped[k] = ln_q(hidden state layers[k]).
+  // Activations and taps in the backend's memory.
   bool forward(Backend& be, const float* patches, const std::vector<GridThw>& grids, const std::vector<int64_t>& layers,
-               std::vector<std::vector<float>>* tapped, const std::atomic<bool>* abort) const;
+               std::vector<DeviceTensor>* tapped, const std::atomic<bool>* abort) const;
   std::vector<std::vector<float>> converted_;
   std::vector<std::vector<uint8_t>> joined_;  // GGUF: re-joined patch kernel / qkv rows
 };

@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "core/backend.h"
+#include "core/device_tensor.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -256,4 +257,29 @@ TEST(backend_context_stream_and_workspace) {
     }
     EXPECT(current_context() == nullptr);
   }
+}
+
+TEST(device_tensor_host_edges_and_moves) {
+  std::vector<float> src = randv(12, 11), dst(12, 0.0f);
+  // A host-memory backend: inputs and outputs are the caller's memory, no copies.
+  auto cpu = make_cpu_backend(std::make_shared<ThreadPool>(1));
+  DeviceTensor in = DeviceTensor::input(*cpu, src.data(), 3, 4);
+  EXPECT(in.data() == src.data() && in.rows() == 3 && in.cols() == 4 && in.bytes() == 48);
+  DeviceTensor out = DeviceTensor::output(*cpu, dst.data(), 3, 4);
+  EXPECT(out.data() == dst.data());
+  // A backend whose memory the host does not use: an uploaded copy, results downloaded.
+  DefaultsBackend dev(false);
+  DeviceTensor din = DeviceTensor::input(dev, src.data(), 3, 4);
+  EXPECT(din.data() != src.data());
+  EXPECT_THROWS(DeviceTensor::wrap_host(dev, dst.data(), 3, 4), ErrorCode::InvalidArgument);
+  DeviceTensor dout = DeviceTensor::output(dev, dst.data(), 3, 4);
+  EXPECT(dout.data() != dst.data());
+  dev.copy(dout.data(), din.data(), din.bytes());
+  dout.to_host(dst.data());
+  EXPECT(dst == src);
+  // Moves leave the source empty (no stale pointer to memory it no longer owns).
+  DeviceTensor moved = std::move(dout);
+  EXPECT(dout.data() == nullptr && dout.numel() == 0 && moved.numel() == 12);
+  DeviceTensor empty;
+  EXPECT(empty.numel() == 0 && empty.rows() == 0 && empty.bytes() == 0);
 }
