@@ -47,12 +47,15 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
   for (size_t i = 0; i < ps.size(); ++i) {
     const MvpPerspective& p = ps[i];
     if (p.gate == MvpGate::Closed) continue;
-    if (p.type == MvpType::FaceRegion)
-      throw Error(ErrorCode::Unsupported, "training with an open face-region perspective (\"" + p.name +
+    // The trainer has backward passes for the MLP-shaped kinds and the attention-pool; a kind
+    // from the registry it does not know (face-region, or one registered later) is refused.
+    const std::string kind = p.type_name();
+    if (kind != "mlp" && kind != "multi-layer-mlp" && kind != "attention-pool")
+      throw Error(ErrorCode::Unsupported, "training with an open " + kind + " perspective (\"" + p.name +
                                               "\") is not implemented yet: close it, or train the mlp / attention-pool perspectives");
     Head h;
     h.persp = i;
-    h.pool = p.type == MvpType::AttentionPool;
+    h.pool = kind == "attention-pool";
     for (int64_t l : p.layers)
       h.slots.push_back(int64_t(std::lower_bound(tl.begin(), tl.end(), l) - tl.begin()));
     h.d_in = p.d_in;
