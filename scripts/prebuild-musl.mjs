@@ -9,10 +9,12 @@
 // The build runs in a temporary copy of the native sources (prebuildify builds in ./build, which
 // must not clobber the host's build/Release); only the finished binary is copied back.
 // The first run builds Zig's libc++ and musl for the target (minutes); later runs use Zig's cache.
-// Known failure (2026-12-04): Zig 0.11's clang (LLVM 16) aborts in code generation on
-// kernels/cpu/gemm_avx512.cpp's vdpbf16ps kernel (`_mm512_dpbf16_ps`, at -O1 and above; a
-// 12-line reproducer is in docs/platforms.md). A Zig built on LLVM 17 or newer, given as $ZIG,
-// is the way past it; npm carries no such Zig.
+// Zig 0.11's own clang (LLVM 16) aborts in code generation on kernels/cpu/gemm_avx512.cpp's
+// vdpbf16ps kernel (`_mm512_dpbf16_ps` at -O1 and above; reproducer in docs/platforms.md), so
+// when a newer clang is installed (Debian's clang-19: `apt-get install clang-19`; or $MUSL_CLANG)
+// it compiles every source against Zig's musl and libc++ headers, with Zig's own defines, and
+// Zig links (its libc++ / libc++abi built for musl, linked statically). Without one, Zig's clang
+// compiles, and the build fails on that kernel.
 import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
@@ -59,18 +61,42 @@ function findZig() {
   return zig;
 }
 
+/** A clang newer than Zig 0.11's LLVM 16 (see the top), or null. */
+function findClang() {
+  const names = process.env.MUSL_CLANG ? [process.env.MUSL_CLANG] : ['clang++-22', 'clang++-21', 'clang++-20', 'clang++-19', 'clang++-18', 'clang++-17'];
+  for (const n of names) if (spawnSync(n, ['--version'], { stdio: 'ignore' }).status === 0) return n;
+  return null;
+}
+
 const zig = findZig();
+const clang = findClang();
+const zigLib = join(dirname(zig), 'lib');
+// Zig 0.11's clang flags for a musl C++ target (from `zig c++ -###`): its headers and libc++ defines.
+const clangFlags = (target) => [
+  `--target=${target}`, '-nostdinc', '-nostdinc++',
+  ...['libcxx/include', 'libcxxabi/include'].flatMap((d) => ['-isystem', join(zigLib, d)]),
+  '-isystem', '"$(' + `${clang} -print-resource-dir` + ')/include"',
+  ...[`libc/include/${target.split('-')[0]}-linux-musl`, 'libc/include/generic-musl', `libc/include/${target.startsWith('x86_64') ? 'x86' : 'aarch64'}-linux-any`, 'libc/include/any-linux-any']
+    .flatMap((d) => ['-isystem', join(zigLib, d)]),
+  '-D_LIBCPP_HAS_MUSL_LIBC', '-D_LIBCPP_DISABLE_VISIBILITY_ANNOTATIONS', '-D_LIBCXXABI_DISABLE_VISIBILITY_ANNOTATIONS',
+  '-D_LIBCPP_HAS_NO_VENDOR_AVAILABILITY_ANNOTATIONS', '-D_LIBCPP_ABI_VERSION=1', '-D_LIBCPP_ABI_NAMESPACE=__1',
+];
 const target = TARGETS[arch];
 const work = mkdtempSync(join(tmpdir(), 'emollm-musl-'));
 try {
   // Wrappers: node-gyp's make files take one word for CC / CXX / LINK.
   const bin = join(work, 'bin');
   mkdirSync(bin);
-  for (const [name, sub] of [['cc', 'cc'], ['c++', 'c++']]) {
-    const f = join(bin, `zig-${name}`);
-    writeFileSync(f, `#!/bin/sh\nexec "${zig}" ${sub} -target ${target} "$@"\n`);
+  const script = (name, body) => {
+    const f = join(bin, name);
+    writeFileSync(f, `#!/bin/sh\n${body}\n`);
     chmodSync(f, 0o755);
-  }
+    return f;
+  };
+  const zigCxx = script('zig-c++', `exec "${zig}" c++ -target ${target} "$@"`);
+  const zigCc = script('zig-cc', `exec "${zig}" cc -target ${target} "$@"`);
+  const cxx = clang ? script('clang-musl-c++', `exec ${clang} ${clangFlags(target).join(' ')} "$@"`) : zigCxx;
+  console.log(`prebuild-musl: compiling with ${clang ? `${clang} against Zig's musl and libc++ headers` : `Zig ${spawnSync(zig, ['version'], { encoding: 'utf8' }).stdout?.trim()}'s clang`}; linking with zig c++`);
   const src = join(work, 'src');
   mkdirSync(join(src, 'scripts'), { recursive: true });
   for (const p of ['binding.gyp', 'package.json', 'base', 'native', 'kernels', 'scripts/sources.mjs', 'scripts/node-gyp-args.mjs'])
@@ -79,9 +105,9 @@ try {
   const prebuildify = join(root, 'node_modules', 'prebuildify', 'bin.js');
   const env = {
     ...process.env,
-    CC: join(bin, 'zig-cc'),
-    CXX: join(bin, 'zig-c++'),
-    LINK: join(bin, 'zig-c++'),
+    CC: zigCc,
+    CXX: cxx,
+    LINK: zigCxx,
     PREBUILD_LIBC: 'musl',
     JOBS: process.env.JOBS ?? '2',
     // Zig's own strip does not handle shared objects; binutils' strip does, for both arches.
@@ -96,8 +122,8 @@ try {
     const version = spawnSync(zig, ['version'], { encoding: 'utf8' }).stdout?.trim();
     console.error(
       `prebuild-musl: the build failed with Zig ${version ?? '(unknown version)'}.` +
-        (version === '0.11.0'
-          ? ' Zig 0.11 (LLVM 16) is known to crash on the AVX-512 BF16 kernel (docs/platforms.md, musl); set ZIG to a Zig on LLVM >= 17.'
+        (version === '0.11.0' && !clang
+          ? ' Zig 0.11 (LLVM 16) is known to crash on the AVX-512 BF16 kernel (docs/platforms.md, musl): install clang-19 (Debian) or set MUSL_CLANG.'
           : ''),
     );
     process.exit(1);

@@ -5,6 +5,7 @@
 //   - the written GGUF loads and its logits stay within stated bounds of the f32 model's, from
 //     f32, f16 and bf16 inputs, in an 8-layer random LLaMA with whole 256-element rows, and on
 //     stories260K (rows of 64 / 172: llama.cpp's fallback types) against llama2.c's run.c logits.
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -100,12 +101,14 @@ describe.skipIf(!have)('mixes in an 8-layer dim-256 random LLaMA', () => {
   const q6Layers = [0, 3, 6, 7];
 
   // Bounds on max |diff| relative to the largest |f32 logit|, and cosine, against the f32 model.
-  // Measured here (deterministic inputs, f32 activations): see the console lines; bounds leave
-  // about 1.5x headroom. Each mix must also be at least as close as its pure base type (the
+  // Measured here (deterministic inputs, f32 activations; from f32 / f16 / bf16 inputs):
+  // Q4_K_M rel 0.273 / 0.275 / 0.273, cos 0.9730 / 0.9717 / 0.9727 (pure q4_K: 0.307, 0.9654);
+  // Q5_K_M rel 0.128 / 0.149 / 0.127, cos 0.9920 / 0.9924 / 0.9921 (pure q5_K: 0.160, 0.9901).
+  // Bounds: about 1.5x headroom on rel and on 1 - cos. Each mix must also be at least as close as its pure base type (the
   // point of spending q6_K on attn_v / ffn_down), and f16 / bf16 inputs give the same mix.
   for (const [mix, basetype, relMax, cosine] of [
-    ['Q4_K_M', 'q4_K', 0.3, 0.97],
-    ['Q5_K_M', 'q5_K', 0.15, 0.993],
+    ['Q4_K_M', 'q4_K', 0.4, 0.955],
+    ['Q5_K_M', 'q5_K', 0.22, 0.988],
   ] as const) {
     it(`${mix}: tensor types follow the rule; loads; logits close to f32 and no worse than pure ${basetype}`, async () => {
       const f = await reference();
@@ -183,7 +186,8 @@ describe.skipIf(!have)('Q4_K_M on stories260K (rows of 64 / 172: fallback types)
     const q = await run(out, tokens);
     const c = compareLogits(q.logits, Float32Array.from(values), VOCAB);
     console.log(`stories260K Q4_K_M: vs run.c f32 max|d| ${c.maxDiff.toFixed(3)} cos ${c.cosine.toFixed(5)} top1 ${c.argmaxAgree}`);
+    // measured: max |diff| 1.571, cos 0.99821 (run.c's logits span about +-19)
     expect(c.maxDiff).toBeLessThanOrEqual(2.5);
-    expect(c.cosine).toBeGreaterThanOrEqual(0.995);
+    expect(c.cosine).toBeGreaterThanOrEqual(0.997);
   });
 });
