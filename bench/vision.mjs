@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// `npm run bench:vision [-- options]`: (--cases llava15, the default first case) one 336x336 image through LLaVA-1.5's vision side (CLIP
+// `npm run bench:vision [-- options]`: (case llava15) one 336x336 image through LLaVA-1.5's vision side (CLIP
 // ViT-L/14-336, 24 layers, 577 tokens, + the 1024 -> 4096 -> 4096 MLP projector) with random
 // weights, for f32 / f16 / bf16 towers: wall time per image, GFLOP/s and % of the machine's fp32
 // FMA and bf16 dot peaks measured in the same run (build-bench/bench_kernels' probes), peak RSS;
 // beside PyTorch (Debian's python3-torch, f32, same shapes, same threads) when it is installed.
-// See bench/README.md ("Vision benchmark").
+// See bench/README.md ("Vision benchmark"). Cases next and qwen2vl (bench/vlm-cases.mjs): LLaVA-NeXT-7B's
+// anyres tiles and Qwen2-VL-7B's images and video, preprocessing and vision timed apart.
 //
 //   npm run bench:vision
 //   npm run bench:vision -- --dtypes bf16 --threads 2
