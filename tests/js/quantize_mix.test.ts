@@ -191,3 +191,23 @@ describe.skipIf(!have)('Q4_K_M on stories260K (rows of 64 / 172: fallback types)
     expect(c.cosine).toBeGreaterThanOrEqual(0.997);
   });
 });
+
+const cli = join(repoRoot, 'dist', 'cli.js');
+if (!existsSync(cli)) console.warn(`quantize CLI test skipped: ${cli} not built (npx tsc -p tsconfig.json)`);
+describe.skipIf(!have || !existsSync(cli))('emollm quantize <in> <out> Q4_K_M (dist/cli.js)', () => {
+  it('takes the preset name in any case and prints the mix it wrote', async () => {
+    const out = join(tmp, 'cli-q4km.gguf');
+    const r = spawnSync(process.execPath, [cli, 'quantize', GGUF, out, 'q4_k_m'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    // stories260K: 5 layers x 6 matrices + embedding + output = 32 converted (29 q5_0; attn_v of layers 2, 4
+    // and the output q8_0); ffn_down (rows of 172) kept with the norms
+    expect(r.stdout).toMatch(/Q4_K_M: 32 tensors converted \(29 q5_0, 3 q8_0\)/);
+    const info = await inspectGguf(out);
+    expect(info.metadata['general.file_type']).toBe(15);
+    expect(info.tensors.find((t) => t.name === 'blk.4.attn_v.weight')?.dtype).toBe('q8_0');
+    expect(info.tensors.find((t) => t.name === 'blk.3.attn_v.weight')?.dtype).toBe('q5_0');
+    const bad = spawnSync(process.execPath, [cli, 'quantize', GGUF, join(tmp, 'x.gguf'), 'Q4_K_XL'], { encoding: 'utf8' });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/unknown type "Q4_K_XL" \(Q4_K_M, Q5_K_M, Q4_K_S, Q5_K_S, f32/);
+  });
+});
