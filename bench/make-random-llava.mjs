@@ -199,7 +199,7 @@ function valueBytes(type, value) {
     default: throw new Error(`unknown GGUF type ${type}`);
   }
 }
-function finish(p) {
+export function finish(p) {
   const align = 32, pad = (n) => (align - (n % align)) % align;
   let head = 4 + 4 + 8 + 8;
   for (const e of p.metadata) head += 8 + Buffer.byteLength(e.key) + 4 + valueBytes(e.type, e.value);

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// `npm run bench:vision [-- options]`: one 336x336 image through LLaVA-1.5's vision side (CLIP
+// `npm run bench:vision [-- options]`: (case llava15) one 336x336 image through LLaVA-1.5's vision side (CLIP
 // ViT-L/14-336, 24 layers, 577 tokens, + the 1024 -> 4096 -> 4096 MLP projector) with random
 // weights, for f32 / f16 / bf16 towers: wall time per image, GFLOP/s and % of the machine's fp32
 // FMA and bf16 dot peaks measured in the same run (build-bench/bench_kernels' probes), peak RSS;
 // beside PyTorch (Debian's python3-torch, f32, same shapes, same threads) when it is installed.
-// See bench/README.md ("Vision benchmark").
+// See bench/README.md ("Vision benchmark"). Cases next and qwen2vl (bench/vlm-cases.mjs): LLaVA-NeXT-7B's
+// anyres tiles and Qwen2-VL-7B's images and video, preprocessing and vision timed apart.
 //
 //   npm run bench:vision
 //   npm run bench:vision -- --dtypes bf16 --threads 2
@@ -21,6 +22,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { machineBusyS, median, processCpuS, timed, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, VISION, VISION_DTYPES, ensure, mmprojPlan, stubPlan } from './make-random-llava.mjs';
+import { QWEN2VL, VLM_CASES, nextMmprojPlan, qwen2vlGflop, qwen2vlMmprojPlan, qwen2vlStubPlan, vlmChild, vlmSamples } from './vlm-cases.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const root = join(here, '..');
@@ -267,7 +269,13 @@ async function runTorch(spec, log) {
 // ============================================================================ parent
 function parseArgs(argv) {
   const o = { threads: 0, dtypes: [...VISION_DTYPES], budgetS: 12, minReps: 3, maxReps: 10, anchor: true, probe: true, build: true,
-    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20 };
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20,
+    cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16, videoSize: [640, 360] };
+  const size = (v, name) => {
+    const m = /^(\d+)x(\d+)$/.exec(v.trim());
+    if (!m || +m[1] < 1 || +m[2] < 1) throw new Error(`${name}: WIDTHxHEIGHT, not '${v}'`);
+    return [Number(m[1]), Number(m[2])];
+  };
   const val = (i, name) => { if (i + 1 >= argv.length) throw new Error(`${name} needs a value`); return argv[i + 1]; };
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i];
@@ -288,10 +296,19 @@ function parseArgs(argv) {
       case '--seed': o.seed = Number(val(i, a)); i++; break;
       case '--timeout': o.timeoutS = Number(val(i, a)); i++; break;
       case '--quiet-wait': o.quietWaitS = Number(val(i, a)); i++; break;
+      case '--cases': o.cases = val(i, a).split(',').map((x) => x.trim().toLowerCase()); i++; break;
+      case '--vision-layers': o.visionLayers = Number(val(i, a)); i++; break;
+      case '--next-size': o.nextSize = size(val(i, a), a); i++; break;
+      case '--qwen-sizes': o.qwenSizes = val(i, a).split(',').map((x) => size(x, a)); i++; break;
+      case '--video-frames': o.videoFrames = Number(val(i, a)); i++; break;
+      case '--video-size': o.videoSize = size(val(i, a), a); i++; break;
       case '--help': case '-h': o.help = true; break;
       default: throw new Error(`unknown option ${a} (--help)`);
     }
   }
+  for (const c of o.cases) if (!['llava15', ...VLM_CASES].includes(c)) throw new Error(`--cases: llava15, ${VLM_CASES.join(', ')}, not '${c}'`);
+  if (!(Number.isInteger(o.videoFrames) && o.videoFrames >= 0 && o.videoFrames % 2 === 0)) throw new Error('--video-frames: an even number >= 0 (Qwen2-VL patches frames in pairs)');
+  if (!(Number.isInteger(o.visionLayers) && o.visionLayers >= 0)) throw new Error('--vision-layers: an integer >= 1 (0: all)');
   for (const d of o.dtypes) if (!VISION_DTYPES.includes(d)) throw new Error(`--dtypes: ${VISION_DTYPES.join(', ')}, not '${d}'`);
   if (o.maxReps < o.minReps) o.maxReps = o.minReps;
   return o;
@@ -307,7 +324,13 @@ const HELP = `usage: npm run bench:vision -- [options]
   --models-dir DIR      where the random models are (default bench/models)
   --json                JSON on stdout (table on stderr); --json-out FILE writes it to a file
   --timeout S           kill a child after S seconds (default 900)
-  --quiet-wait S        before each measurement wait up to S s for other work to stop (default 20; 0: don't)`;
+  --quiet-wait S        before each measurement wait up to S s for other work to stop (default 20; 0: don't)
+  --cases a,b           llava15 (one 336 image, CLIP ViT-L), next (LLaVA-NeXT-7B: anyres, 5 tiles of 336 for
+                        a square image), qwen2vl (Qwen2-VL-7B vision: images and a video); default all three
+  --vision-layers N     cut the NeXT / Qwen2-VL towers to N layers (smoke runs; default: all)
+  --next-size WxH       the NeXT image (default 1024x1024 -> pinpoint 672x672, 4 tiles + base)
+  --qwen-sizes WxH,...  the Qwen2-VL images (default 448x448,1280x720)
+  --video-frames N      Qwen2-VL video frames, even (default 16; 0: no video); --video-size WxH (default 640x360)`;
 
 // Best undisturbed image (other work < 0.25 cores), else the best of all.
 function summarize(reps) {
@@ -329,8 +352,17 @@ async function main() {
   const t0 = performance.now();
 
   ensureBuilt(o.build, log);
-  const plans = [stubPlan(o.out), ...o.dtypes.map((d) => mmprojPlan(d, o.out))];
-  await ensure(plans, { log: (s) => log(s.trim()) });
+  const llava15 = o.cases.includes('llava15');
+  const plans = llava15 ? [stubPlan(o.out), ...o.dtypes.map((d) => mmprojPlan(d, o.out))] : [];
+  const vlmPlans = [];
+  for (const c of o.cases.filter((x) => VLM_CASES.includes(x)))
+    for (const dtype of o.dtypes) {
+      const opts = { out: o.out, layers: o.visionLayers || undefined };
+      vlmPlans.push({ case: c, dtype, text: c === 'next' ? stubPlan(o.out) : qwen2vlStubPlan(o.out),
+        mmproj: c === 'next' ? nextMmprojPlan(dtype, opts) : qwen2vlMmprojPlan(dtype, opts) });
+    }
+  const all = [...plans, ...vlmPlans.flatMap((p) => [p.text, p.mmproj])].filter((p, i, a) => a.findIndex((q) => q.path === p.path) === i);
+  await ensure(all, { log: (s) => log(s.trim()) });
   const load = os.loadavg()[0];
   if (load > threads * 0.5) log(`load average ${load.toFixed(2)}: other work is running; timings will be noisy (see the busy column)`);
 
@@ -341,7 +373,7 @@ async function main() {
 
   const gf = visionGflop(VISION, VISION.n_layer);
   const results = [];
-  for (const [i, dtype] of o.dtypes.entries()) {
+  for (const [i, dtype] of (llava15 ? o.dtypes : []).entries()) {
     const mm = plans[i + 1].path;
     log(`emollm ${dtype} tower (${mm.split('/').at(-1)}) ...`);
     await waitQuiet(o.quietWaitS, log);
@@ -351,8 +383,21 @@ async function main() {
     if (i + 1 < o.dtypes.length) probe(`after ${dtype}`);
   }
 
+  // ---- LLaVA-NeXT / Qwen2-VL cases: per sample, preprocessing and vision timed apart
+  const vlmResults = [];
+  for (const vp of vlmPlans) {
+    const samples = vlmSamples(vp.case, o);
+    log(`emollm ${vp.case} ${vp.dtype} (${vp.mmproj.path.split('/').at(-1)}): ${samples.map((x) => x.label).join(', ')} ...`);
+    await waitQuiet(o.quietWaitS, log);
+    const spec = { vlm: true, case: vp.case, text: vp.text.path, mmproj: vp.mmproj.path, dtype: vp.dtype, threads, seed: o.seed, samples,
+      outDim: vp.case === 'next' ? VISION.mm_out : QWEN2VL.hidden_size, budgetS: o.budgetS, minReps: o.minReps, maxReps: o.maxReps };
+    const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label: `emollm ${vp.case} ${vp.dtype}` });
+    vlmResults.push({ case: vp.case, dtype: vp.dtype, res });
+    probe(`after ${vp.case} ${vp.dtype}`);
+  }
+
   let anchor = null, anchorNote = null;
-  if (o.anchor) {
+  if (o.anchor && llava15) {
     anchorNote = torchAvailable();
     if (anchorNote) { log(`anchor unavailable (${anchorNote})`); anchorNote = `anchor unavailable: ${anchorNote}`; }
     else {
@@ -374,8 +419,10 @@ async function main() {
   const peaks = combinePeaks(probes);
 
   // ---- table
-  const cpu = results.find((r) => r.res.cpu)?.res.cpu;
+  const cpu = [...results, ...vlmResults].find((r) => r.res.cpu)?.res.cpu;
   out('');
+  out(`CPU: ${cpu?.brand ?? os.cpus()[0]?.model ?? 'unknown'} (${cpu?.isaActive ?? '?'} kernels), ${threads} threads`);
+  if (llava15) {
   out(`LLaVA-1.5 vision: one ${VISION.image_size}x${VISION.image_size} image, CLIP ViT-L/14 (${VISION.n_layer} layers, ${VISION.n_pos} tokens, ` +
     `hidden ${VISION.n_embd}, MLP ${VISION.n_ff}) + projector ${VISION.n_embd}->${VISION.mm_hidden}->${VISION.mm_out}, random weights, ${threads} threads`);
   out(`GFLOP per image: ${fmt(gf.total, 1)} (patch ${fmt(gf.patch, 2)}, encoder ${fmt(gf.layers, 1)}, projector ${fmt(gf.projector, 1)}); ` +
@@ -415,17 +462,47 @@ async function main() {
   out('torch/this = PyTorch f32 s/image / this row\'s (above 1: emollm faster). quiet/n = timed images with < 0.25 cores of other work ' +
     '/ all; busy = other work beside the reported image (! >= 0.25: disturbed); the anchor\'s is the machine\'s total busy cores ' +
     'in parentheses (its own threads included).');
+  }
+  if (vlmResults.length) printVlmTable(vlmResults, peaks, o, out);
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
-  const json = { threads, vision: VISION, gflop: gf, peaks, results: results.map((r) => ({ dtype: r.dtype, ...r.sum, raw: r.res })),
+  const json = { threads, vision: VISION, gflop: gf, peaks, results: results.map((r) => ({ dtype: r.dtype, ...r.sum, raw: r.res })), vlm: vlmResults,
     anchor: anchor ? { ...anchor.sum, raw: anchor.res, machine_busy_cores: anchor.machine_busy_cores } : null, anchor_note: anchorNote, cpu };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');
-  process.exitCode = results.every((r) => r.res.ok) ? 0 : 1;
+  process.exitCode = [...results, ...vlmResults].every((r) => r.res.ok) ? 0 : 1;
+}
+
+// LLaVA-NeXT / Qwen2-VL rows: per sample the best rep (fewest seconds of preprocessing + vision).
+function printVlmTable(vlmResults, peaks, o, out) {
+  out('');
+  const layers = o.visionLayers || null;
+  out(`LLaVA-NeXT-7B / Qwen2-VL-7B vision (random weights${layers ? `, towers cut to ${layers} layers: smoke run, not the 7B cost` : ''}): ` +
+    's = best rep after a warm-up; pre = decode + resize/tile/patchify; vision = tower + projector/merger; GFLOP/s and %fma over the vision phase');
+  const head = ['case', 'weights', 'sample', 'tiles/grid', 'tokens', 'pre s', 'vision s', 'total s', 'GFLOP', 'GFLOP/s', '%fma', 'busy'];
+  const rows = [];
+  for (const r of vlmResults) {
+    if (!r.res.ok) { rows.push([r.case, r.dtype, 'failed', '', '', '', '', '', '', '', '', '']); continue; }
+    for (const s of r.res.samples) {
+      const best = s.reps.reduce((a, b) => (b.pre_s + b.vision_s < a.pre_s + a.vision_s ? b : a));
+      const nl = layers ?? (r.case === 'next' ? VISION.n_layer : QWEN2VL.depth);
+      const g = r.case === 'next' ? visionGflop(VISION, nl).total * s.tiles : qwen2vlGflop(s.grid, nl);
+      const gfs = g / best.vision_s;
+      rows.push([r.case, r.dtype, s.label, r.case === 'next' ? `${s.tiles} (${s.pinpoint.join('x')})` : s.grid.join('x'), fmt(s.tokens, 0),
+        fmt(best.pre_s, 3), fmt(best.vision_s, 3), fmt(best.pre_s + best.vision_s, 3), fmt(g, 1), fmt(gfs, 1),
+        peaks?.fma_gflops ? fmt((100 * gfs) / peaks.fma_gflops, 0) : '-', busyMark(best.other)]);
+    }
+  }
+  printTable(head, rows, out, 3);
+  for (const r of vlmResults) if (!r.res.ok) out(`  ${r.case} ${r.dtype}: ${String(r.res.error).split('\n').slice(0, 3).join(' | ')}`);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const i = process.argv.indexOf('--child');
-  if (i >= 0) emollmChild(JSON.parse(process.argv[i + 1]));
+  if (i >= 0) {
+    const spec = JSON.parse(process.argv[i + 1]);
+    if (spec.vlm) vlmChild(spec, root, timed);
+    else emollmChild(spec);
+  }
   else main().catch((e) => { console.error(e?.stack ?? e); process.exit(1); });
 }

@@ -13,6 +13,7 @@ import { EmollmError } from './errors.js';
 import { DTYPES, cpuInfo, type DType } from './kernels.js';
 import { runtimeInfo } from './runtime.js';
 import { quantizeGguf } from './quantize.js';
+import { QUANT_MIXES, type QuantMix } from './quantize_mix.js';
 import { initMvp, type InitMvpOptions } from './init_mvp.js';
 import { TRAIN_MVP_SPEC } from './train/spec.js';
 import { ANALYZE_TASKS, analyze, formatAnalysis } from './analyze.js';
@@ -60,10 +61,13 @@ const GENERATE = {
 
 const QUANTIZE = {
   name: 'quantize',
-  synopsis: `<in.gguf> <out.gguf> <${DTYPES.join('|')}>`,
+  synopsis: `<in.gguf> <out.gguf> <${[...QUANT_MIXES, ...DTYPES].join('|')}>`,
   summary:
     "convert a GGUF model's weight matrices (as llama-quantize's reference types; rows that are not whole\n" +
-    '256-blocks fall back as llama.cpp does: q4_K->q5_0, q5_K->q5_1, q6_K->q8_0)',
+    '256-blocks fall back as llama.cpp does: q4_K->q5_0, q5_K->q5_1, q6_K->q8_0). A dtype converts every\n' +
+    "matrix (llama-quantize --pure); Q4_K_M / Q5_K_M / Q4_K_S / Q5_K_S choose per tensor as llama.cpp's\n" +
+    'presets do (attn_v and ffn_down in the first and last eighth of the layers and every third layer\n' +
+    'between get q6_K in the _M mixes; the output matrix q6_K)',
   positionals: { min: 3 },
   options: { json: JSON_FLAG },
 } as const satisfies CommandSpec;
@@ -285,14 +289,20 @@ async function quantize(argv: readonly string[]): Promise<number> {
   const p = parse(QUANTIZE, argv);
   if (!p) return 0;
   const [input, output, target] = p.positionals as [string, string, string];
-  const type: DType | undefined = DTYPES.find((t) => t.toLowerCase() === target.toLowerCase()); // Q4_K, q4_k, q4_K
-  if (!type) throw new UsageError(`quantize: unknown type ${JSON.stringify(target)} (${DTYPES.join(', ')})`, formatUsage(QUANTIZE));
+  const type: DType | QuantMix | undefined = [...QUANT_MIXES, ...DTYPES].find((t) => t.toLowerCase() === target.toLowerCase()); // Q4_K, q4_k, q4_K
+  if (!type)
+    throw new UsageError(`quantize: unknown type ${JSON.stringify(target)} (${[...QUANT_MIXES, ...DTYPES].join(', ')})`, formatUsage(QUANTIZE));
   const r = await quantizeGguf(input, output, type);
   if (p.values.json) console.log(JSON.stringify(r, null, 2));
   else {
     const fb = Object.values(r.fallbacks);
     const fbText = fb.length ? `, ${fb.length} to llama.cpp's fallback ${[...new Set(fb)].join('/')} (rows not whole 256-blocks)` : '';
-    console.log(`${output}: ${r.converted.length - fb.length} tensors converted to ${type}${fbText}, ${r.kept.length} kept`);
+    if ((QUANT_MIXES as readonly string[]).includes(type)) {
+      const counts: Record<string, number> = {};
+      for (const n of r.converted) counts[r.types[n]!] = (counts[r.types[n]!] ?? 0) + 1;
+      const mixText = Object.entries(counts).map(([t, c]) => `${c} ${t}`).join(', ');
+      console.log(`${output}: ${type}: ${r.converted.length} tensors converted (${mixText})${fbText}, ${r.kept.length} kept`);
+    } else console.log(`${output}: ${r.converted.length - fb.length} tensors converted to ${type}${fbText}, ${r.kept.length} kept`);
   }
   return 0;
 }

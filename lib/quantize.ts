@@ -3,13 +3,15 @@
  * type is converted to it (ggml's reference quantizers, the same bytes llama.cpp's reference path
  * writes); for the k-quants, matrices whose rows are not whole 256-element super-blocks fall back
  * as llama-quantize does (q4_K -> q5_0, q5_K -> q5_1, q6_K -> q8_0); norms, biases and matrices
- * with rows that fit neither keep their type. Every matrix gets the same type (no per-tensor mix
- * as in llama.cpp's Q4_K_M / Q5_K_M presets: like `llama-quantize --pure`).
+ * with rows that fit neither keep their type. A dtype target gives every matrix that type (like
+ * `llama-quantize --pure`); a preset target (Q4_K_M, Q5_K_M, Q4_K_S, Q5_K_S) chooses per tensor as
+ * llama.cpp's presets do (lib/quantize_mix.ts), then applies the same fallback.
  */
 import { EmollmError } from './errors.js';
 import { writeGguf, type GgufMetadataEntry, type GgufTensorSpec, type GgufType } from './gguf_writer.js';
 import { dequantize, quantize } from './kernels.js';
 import { inspectGguf, type ComputeDType, type TensorInfo } from './loaders.js';
+import { MIX_FILE_TYPE, QUANT_MIXES, mixChooser, mixModelInfo, type QuantMix } from './quantize_mix.js';
 import { openRegularFile, sameFile } from './safe_fs.js';
 
 export interface QuantizeResult {
@@ -19,6 +21,8 @@ export interface QuantizeResult {
   kept: string[];
   /** Converted tensors that got the k-quant fallback type instead of the target, by name. */
   fallbacks: Record<string, ComputeDType>;
+  /** The type of every tensor in the output, by name. */
+  types: Record<string, ComputeDType>;
 }
 
 /** llama.cpp's general.file_type values. */
@@ -34,7 +38,7 @@ function blockElems(t: ComputeDType): number {
 /** llama.cpp's tensor_type_fallback for rows that are not whole 256-element super-blocks. */
 const KQUANT_FALLBACK: Partial<Record<ComputeDType, ComputeDType>> = { q4_K: 'q5_0', q5_K: 'q5_1', q6_K: 'q8_0' };
 
-/** The type a matrix with rows of `inner` elements gets for `target`, or null to keep it. */
+/** The type a matrix with rows of `inner` elements gets for `target` (after the fallback), or null to keep it. */
 function typeFor(target: ComputeDType, inner: number): ComputeDType | null {
   if (inner % blockElems(target) === 0) return target;
   const fb = KQUANT_FALLBACK[target];
@@ -47,8 +51,11 @@ function typeFor(target: ComputeDType, inner: number): ComputeDType | null {
  * touched; an `output` that is the input (same real path or inode: the same path, a symlink or a
  * hard link to it) rejects with `ERR_OUTPUT_EXISTS` before anything is written.
  */
-export async function quantizeGguf(input: string, output: string, target: ComputeDType): Promise<QuantizeResult> {
-  if (!(target in FILE_TYPE)) throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown target type ${JSON.stringify(target)}`);
+export async function quantizeGguf(input: string, output: string, target: ComputeDType | QuantMix): Promise<QuantizeResult> {
+  const mix = (QUANT_MIXES as readonly string[]).includes(target) ? (target as QuantMix) : null;
+  if (!mix && !(target in FILE_TYPE))
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `unknown target type ${JSON.stringify(target)} (a dtype or one of ${QUANT_MIXES.join(', ')})`);
+  const fileType = mix ? MIX_FILE_TYPE[mix] : FILE_TYPE[target as ComputeDType];
   if (await sameFile(input, output))
     throw new EmollmError('ERR_OUTPUT_EXISTS', `${output} is the input file ${input} (same path, link or inode): quantize would destroy it; choose another output`, { file: output });
   const { fh } = await openRegularFile(input);
@@ -61,12 +68,15 @@ export async function quantizeGguf(input: string, output: string, target: Comput
   }
   const metadata: GgufMetadataEntry[] = Object.entries(info.metadata).map(([key, value]) => ({
     key,
-    value: key === 'general.file_type' ? FILE_TYPE[target] : value,
+    value: key === 'general.file_type' ? fileType : value,
     type: (info.metadataTypes[key] ?? 'string') as GgufType,
   }));
-  if (!('general.file_type' in info.metadata)) metadata.push({ key: 'general.file_type', type: 'u32', value: FILE_TYPE[target] });
+  if (!('general.file_type' in info.metadata)) metadata.push({ key: 'general.file_type', type: 'u32', value: fileType });
 
-  const result: QuantizeResult = { converted: [], kept: [], fallbacks: {} };
+  // Per tensor, before the fallback: the mix's choice (its counters advance in file order, over
+  // the matrices llama.cpp would quantize), or the one dtype.
+  const choose = mix ? mixChooser(mix, mixModelInfo(info.metadata, info.tensors.map((t) => t.name))) : () => target as ComputeDType;
+  const result: QuantizeResult = { converted: [], kept: [], fallbacks: {}, types: {} };
   try {
     const read = async (t: TensorInfo): Promise<Uint8Array> => {
       const b = Buffer.alloc(t.nbytes);
@@ -79,10 +89,12 @@ export async function quantizeGguf(input: string, output: string, target: Comput
         throw new EmollmError('ERR_UNSUPPORTED', `${input}: tensor ${t.name} has type ${t.dtype}, which emollm cannot convert`, { file: input });
       const from = t.computeDtype;
       const inner = t.shape[t.shape.length - 1] ?? 1;
-      const to = t.shape.length === 2 ? typeFor(target, inner) : null;
+      const wanted = t.shape.length === 2 ? choose(t.name, inner) : null;
+      const to = wanted ? typeFor(wanted, inner) : null;
       const convert = to !== null && from !== to;
       (convert ? result.converted : result.kept).push(t.name);
-      if (convert && to !== target) result.fallbacks[t.name] = to;
+      if (convert && to !== wanted) result.fallbacks[t.name] = to;
+      result.types[t.name] = convert ? to : from;
       const n = t.shape.reduce((a, b) => a * b, 1);
       return {
         name: t.name,

@@ -3,11 +3,45 @@
 #include <charconv>
 #include <cmath>
 #include <unordered_set>
+#if defined(_LIBCPP_VERSION) && _LIBCPP_VERSION < 200000
+#include <cerrno>
+#include <cfloat>
+#include <clocale>
+#include <cstdlib>
+#include <string>
+#endif
 
 #include "base/error.h"
 #include "loaders/mapped_file.h"
 
 namespace emollm {
+
+namespace {
+// Text -> double for a number the grammar has already checked. libc++ before LLVM 20 has no
+// floating-point std::from_chars (the musl prebuild compiles with libc++), so there it is strtod
+// on a copy whose '.' is the C library's current decimal point (strtod follows LC_NUMERIC).
+std::from_chars_result parse_double(const char* b, const char* e, double& out) {
+#if defined(_LIBCPP_VERSION) && _LIBCPP_VERSION < 200000
+  std::string text(b, e);
+  const char* point = std::localeconv()->decimal_point;
+  if (point && point[0] && !(point[0] == '.' && point[1] == 0)) {
+    const size_t dot = text.find('.');
+    if (dot != std::string::npos) text.replace(dot, 1, point);
+  }
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(text.c_str(), &end);
+  const size_t used = size_t(end - text.c_str());
+  if (used == 0) return {b, std::errc::invalid_argument};
+  const char* ptr = used >= text.size() ? e : b + used;  // the whole text, or where it stopped
+  if (errno == ERANGE && (std::isinf(v) || std::fabs(v) < DBL_MIN)) return {ptr, std::errc::result_out_of_range};
+  out = v;
+  return {ptr, std::errc()};
+#else
+  return std::from_chars(b, e, out);
+#endif
+}
+}  // namespace
 
 const char* JsonValue::type_name(Type t) {
   switch (t) {
@@ -305,7 +339,7 @@ class JsonParser {
       // Too large for int64: falls through to double.
     }
     double dv = 0;
-    auto r = std::from_chars(b, e, dv);
+    auto r = parse_double(b, e, dv);
     if (r.ec == std::errc::result_out_of_range) {
       if (!neg_exp || integral) fail_at("number out of range", start);
       dv = (*b == '-') ? -0.0 : 0.0;  // underflow

@@ -157,4 +157,20 @@ describe.skipIf(!haveDist)('the published package', () => {
     expect(musl.status).not.toBe(0);
     expect(musl.stderr).toMatch(/No native build was found/);
   });
+
+  it('with glibc and musl prebuilds side by side (npm run prebuild:linux-x64-musl), each libc picks its own', () => {
+    const dir = join(consumer, 'tagged-both');
+    const folder = join(dir, 'prebuilds', `${process.platform}-${process.arch}`);
+    mkdirSync(folder, { recursive: true });
+    for (const libc of ['glibc', 'musl']) writeFileSync(join(folder, `emollm.${libc}.node`), 'not loaded: only resolved');
+    for (const libc of ['glibc', 'musl']) {
+      const r = spawnSync(process.execPath, ['-e', `console.log(require('node-gyp-build').resolve(${JSON.stringify(dir)}))`], {
+        cwd: repoRoot,
+        encoding: 'utf8',
+        env: { ...process.env, LIBC: libc },
+      });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toBe(join(folder, `emollm.${libc}.node`));
+    }
+  });
 });

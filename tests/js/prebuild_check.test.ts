@@ -30,3 +30,28 @@ describe.skipIf(!existsSync(addon))('scripts/check-prebuild.mjs', () => {
     expect(r.status).toBe(2);
   });
 });
+
+// scripts/check-musl-prebuild.mjs (docs/platforms.md, musl): a glibc binary must fail every musl
+// check; a musl prebuild, when one was built here (npm run prebuild:linux-x64-musl), must pass.
+const hasMuslGcc = spawnSync('musl-gcc', ['--version'], { stdio: 'ignore' }).status === 0;
+if (!hasMuslGcc) console.warn('check-musl-prebuild tests skipped: musl-gcc (Debian musl-tools) not installed');
+describe.skipIf(!existsSync(addon) || !hasMuslGcc)('scripts/check-musl-prebuild.mjs', () => {
+  const check = (file: string): { status: number | null; out: { ok: boolean; checks: Record<string, unknown> } } => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-musl-prebuild.mjs'), file], { encoding: 'utf8' });
+    return { status: r.status, out: JSON.parse(r.stdout) as { ok: boolean; checks: Record<string, unknown> } };
+  };
+  it('rejects the host (glibc) build: glibc libraries and versions, and musl cannot load it', () => {
+    const r = check(addon);
+    expect(r.status).toBe(1);
+    expect(r.out.ok).toBe(false);
+    expect(r.out.checks.needed).toContain('libstdc++.so.6');
+    expect(r.out.checks.musl_dlopen).toMatch(/dlopen failed/);
+  });
+  const musl = join(repoRoot, 'prebuilds', 'linux-x64', 'emollm.musl.node');
+  it.skipIf(!existsSync(musl))('passes on prebuilds/linux-x64/emollm.musl.node', () => {
+    const r = check(musl);
+    expect(r.out.checks).toMatchObject({ needed: ['libc.so'], interpreter: null, glibc_versions: [] });
+    expect(r.out.checks.musl_dlopen).toMatch(/dlopen ok; napi_register_module_v1 found/);
+    expect(r.status).toBe(0);
+  });
+});

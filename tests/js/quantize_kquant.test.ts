@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { configure, dequantize, inspectGguf, loadModel, quantize, quantizeGguf, writeGguf } from '../../lib/index.js';
-import type { GgufMetadataEntry, GgufTensorSpec, GgufType } from '../../lib/gguf_writer.js';
+import { compareLogits, makeRandomLlama, type LogitsComparison } from './helpers/random_llama.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
@@ -40,40 +40,7 @@ function oracleLogits(): { tokens: number[]; logits: Float32Array } {
   return { tokens, logits: Float32Array.from(values) };
 }
 
-interface Cmp {
-  maxDiff: number;
-  /** maxDiff relative to the largest |logit| of b */
-  relMax: number;
-  cosine: number;
-  argmaxAgree: number;
-}
-function compare(a: Float32Array, b: Float32Array): Cmp {
-  expect(a.length).toBe(b.length);
-  let maxDiff = 0;
-  let maxAbs = 0;
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  let agree = 0;
-  const rows = a.length / VOCAB;
-  for (let r = 0; r < rows; r++) {
-    let ia = 0;
-    let ib = 0;
-    for (let i = 0; i < VOCAB; i++) {
-      const x = a[r * VOCAB + i]!;
-      const y = b[r * VOCAB + i]!;
-      maxDiff = Math.max(maxDiff, Math.abs(x - y));
-      maxAbs = Math.max(maxAbs, Math.abs(y));
-      dot += x * y;
-      na += x * x;
-      nb += y * y;
-      if (x > a[r * VOCAB + ia]!) ia = i;
-      if (y > b[r * VOCAB + ib]!) ib = i;
-    }
-    if (ia === ib) agree++;
-  }
-  return { maxDiff, relMax: maxDiff / maxAbs, cosine: dot / Math.sqrt(na * nb), argmaxAgree: agree / rows };
-}
+const compare = (a: Float32Array, b: Float32Array): LogitsComparison => compareLogits(a, b, VOCAB);
 
 /** Logits of `path` with f32 and with q8 activations, and a short greedy generation. */
 async function run(path: string, tokens: number[]): Promise<{ f32: Float32Array; q8: Float32Array; generated: number[] }> {
@@ -212,76 +179,13 @@ describe.skipIf(!have)('GGUF tensors written by quantizeGguf are ggml quantize_r
 
 // ---------------------------------------------------------------- k-quants in a dim-256 model
 
-/** Deterministic N(0, sd) values (xorshift + Box-Muller). */
-function randn(n: number, sd: number, seed: number): Float32Array {
-  let s = (seed * 2654435761) >>> 0 || 1;
-  const u = (): number => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return (s + 0.5) / 4294967296;
-  };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = sd * Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
-  return out;
-}
-
-async function makeDim256Model(path: string): Promise<void> {
-  const info = await inspectGguf(GGUF);
-  const D = 256;
-  const F = 512;
-  const L = 2;
-  const H = 8;
-  const HKV = 4;
-  const override: Record<string, number> = {
-    'llama.embedding_length': D,
-    'llama.feed_forward_length': F,
-    'llama.block_count': L,
-    'llama.attention.head_count': H,
-    'llama.attention.head_count_kv': HKV,
-    'llama.rope.dimension_count': D / H,
-  };
-  const metadata: GgufMetadataEntry[] = Object.entries(info.metadata).map(([key, value]) => ({
-    key,
-    value: key in override ? override[key]! : value,
-    type: (info.metadataTypes[key] ?? 'string') as GgufType,
-  }));
-  for (const key of Object.keys(override))
-    if (!(key in info.metadata)) metadata.push({ key, type: 'u32', value: override[key]! });
-  const f32 = (name: string, shape: number[], sd: number, seed: number, mean = 0): GgufTensorSpec => {
-    const v = randn(shape.reduce((a, b) => a * b, 1), sd, seed);
-    if (mean) for (let i = 0; i < v.length; i++) v[i] += mean;
-    return { name, shape, dtype: 'f32', data: new Uint8Array(v.buffer) };
-  };
-  let seed = 1;
-  const tensors: GgufTensorSpec[] = [f32('token_embd.weight', [VOCAB, D], 1, seed++)];
-  const s = 1 / Math.sqrt(D);
-  for (let l = 0; l < L; l++) {
-    tensors.push(
-      f32(`blk.${l}.attn_norm.weight`, [D], 0.1, seed++, 1),
-      f32(`blk.${l}.attn_q.weight`, [D, D], s, seed++),
-      f32(`blk.${l}.attn_k.weight`, [(D / H) * HKV, D], s, seed++),
-      f32(`blk.${l}.attn_v.weight`, [(D / H) * HKV, D], s, seed++),
-      f32(`blk.${l}.attn_output.weight`, [D, D], s, seed++),
-      f32(`blk.${l}.ffn_norm.weight`, [D], 0.1, seed++, 1),
-      f32(`blk.${l}.ffn_gate.weight`, [F, D], s, seed++),
-      f32(`blk.${l}.ffn_up.weight`, [F, D], s, seed++),
-      f32(`blk.${l}.ffn_down.weight`, [D, F], 1 / Math.sqrt(F), seed++),
-    );
-  }
-  tensors.push(f32('output_norm.weight', [D], 0.1, seed++, 1), f32('output.weight', [VOCAB, D], s * 4, seed++));
-  await writeGguf(path, metadata, tensors);
-}
-
 describe.skipIf(!have)('q4_K / q5_K / q6_K in a dim-256 LLaMA', () => {
   const tokens = [1, 403, 407, 261, 378, 29, 74, 312];
   const base = join(tmp, 'dim256-f32.gguf');
   let ref: { f32: Float32Array; q8: Float32Array; generated: number[] } | null = null;
   const reference = async (): Promise<{ f32: Float32Array; q8: Float32Array; generated: number[] }> => {
     if (!ref) {
-      await makeDim256Model(base);
+      await makeRandomLlama(base, GGUF);
       ref = await run(base, tokens);
     }
     return ref;

@@ -26,6 +26,7 @@
 #include "../../native/model/llava.h"
 #include "../../native/model/llava_next.h"
 #include "gguf_out.h"
+#include "hf_to_gguf.h"
 #include "shared_data.h"
 #include "testing.h"
 
@@ -218,60 +219,20 @@ TEST(llava_next_wrong_tile_layout_or_unpadding_fails_parity) {
 
 namespace {
 
-std::vector<float> tdata(const WeightStore& ws, const std::string& name) {
-  const TensorInfo& t = ws.get(name);
-  std::vector<float> v(size_t(t.numel()));
-  std::memcpy(v.data(), t.data, v.size() * 4);
-  return v;
-}
-// llama.cpp's convert permute for interleaved RoPE (llama q/k).
-std::vector<float> permute_qk(const std::vector<float>& w, int64_t n_head, int64_t cols) {
-  const int64_t rows = int64_t(w.size()) / cols, D = rows / n_head;
-  std::vector<float> out(w.size());
-  for (int64_t h = 0; h < n_head; ++h)
-    for (int64_t i = 0; i < D / 2; ++i)
-      for (int64_t s = 0; s < 2; ++s)
-        std::memcpy(&out[size_t((h * D + 2 * i + s) * cols)], &w[size_t((h * D + s * (D / 2) + i) * cols)], size_t(cols) * 4);
-  return out;
-}
+using emollm_test::tdata;
 
 // llava-next-tiny-hf -> text GGUF + llava-v1.6 mmproj (the tower's last layer dropped, as llama.cpp's
 // llava surgery does: the features are the last stored layer = hidden_states[-2]).
 void convert_next(const std::string& text_path, const std::string& mmproj_path) {
   auto st = SafetensorsStore::open(next_dir());
   emollm_test::GgufOut t;
-  t.kv_str("general.architecture", "llama");
-  t.kv_u32("llama.embedding_length", 64);
-  t.kv_u32("llama.block_count", 2);
-  t.kv_u32("llama.feed_forward_length", 128);
-  t.kv_u32("llama.attention.head_count", 4);
-  t.kv_u32("llama.attention.head_count_kv", 2);
-  t.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  t.kv_f32("llama.rope.freq_base", 10000.0f);
-  t.kv_u32("llama.context_length", 512);
-  t.kv_u32("llama.rope.dimension_count", 16);
   std::vector<std::string> vocab(32064);
   for (size_t i = 0; i < vocab.size(); ++i) vocab[i] = "t" + std::to_string(i);
   vocab[32000] = "<image>";
   t.kv_strs("tokenizer.ggml.tokens", vocab);
   t.kv_u32("tokenizer.ggml.bos_token_id", 1);
   t.kv_u32("tokenizer.ggml.eos_token_id", 2);
-  const std::string lm = "language_model.model.";
-  t.tensor("token_embd.weight", {32064, 64}, tdata(st, lm + "embed_tokens.weight"));
-  for (int i = 0; i < 2; ++i) {
-    const std::string p = lm + "layers." + std::to_string(i) + ".", b = "blk." + std::to_string(i) + ".";
-    t.tensor(b + "attn_norm.weight", {64}, tdata(st, p + "input_layernorm.weight"));
-    t.tensor(b + "attn_q.weight", {64, 64}, permute_qk(tdata(st, p + "self_attn.q_proj.weight"), 4, 64));
-    t.tensor(b + "attn_k.weight", {32, 64}, permute_qk(tdata(st, p + "self_attn.k_proj.weight"), 2, 64));
-    t.tensor(b + "attn_v.weight", {32, 64}, tdata(st, p + "self_attn.v_proj.weight"));
-    t.tensor(b + "attn_output.weight", {64, 64}, tdata(st, p + "self_attn.o_proj.weight"));
-    t.tensor(b + "ffn_norm.weight", {64}, tdata(st, p + "post_attention_layernorm.weight"));
-    t.tensor(b + "ffn_gate.weight", {128, 64}, tdata(st, p + "mlp.gate_proj.weight"));
-    t.tensor(b + "ffn_up.weight", {128, 64}, tdata(st, p + "mlp.up_proj.weight"));
-    t.tensor(b + "ffn_down.weight", {64, 128}, tdata(st, p + "mlp.down_proj.weight"));
-  }
-  t.tensor("output_norm.weight", {64}, tdata(st, lm + "norm.weight"));
-  t.tensor("output.weight", {32064, 64}, tdata(st, "language_model.lm_head.weight"));
+  emollm_test::add_text_model(t, st, {"llama", "language_model.model.", "language_model.lm_head.weight", 64, 2, 128, 4, 2, 32064, 512, 1e-5f, 10000.0f});
   t.write(text_path);
 
   emollm_test::GgufOut v;

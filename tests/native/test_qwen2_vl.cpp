@@ -25,6 +25,7 @@
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/qwen2_vl.h"
 #include "gguf_out.h"
+#include "hf_to_gguf.h"
 #include "shared_data.h"
 #include "testing.h"
 
@@ -210,12 +211,8 @@ TEST(qwen2_vl_prefix_reuse_keeps_mrope_positions) {
 
 namespace {
 
-std::vector<float> tdata(const WeightStore& ws, const std::string& name) {
-  const TensorInfo& t = ws.get(name);
-  std::vector<float> v(size_t(t.numel()));
-  std::memcpy(v.data(), t.data, v.size() * 4);
-  return v;
-}
+using emollm_test::tdata;
+
 std::vector<float> rows(const std::vector<float>& w, int64_t cols, int64_t r0, int64_t n) {
   return std::vector<float>(w.begin() + r0 * cols, w.begin() + (r0 + n) * cols);
 }
@@ -224,15 +221,6 @@ std::vector<float> rows(const std::vector<float>& w, int64_t cols, int64_t r0, i
 void convert_qwen(const std::string& text_path, const std::string& mmproj_path) {
   auto st = SafetensorsStore::open(qdir());
   emollm_test::GgufOut t;
-  t.kv_str("general.architecture", "qwen2vl");
-  t.kv_u32("qwen2vl.embedding_length", 64);
-  t.kv_u32("qwen2vl.block_count", 2);
-  t.kv_u32("qwen2vl.feed_forward_length", 128);
-  t.kv_u32("qwen2vl.attention.head_count", 4);
-  t.kv_u32("qwen2vl.attention.head_count_kv", 2);
-  t.kv_f32("qwen2vl.attention.layer_norm_rms_epsilon", 1e-6f);
-  t.kv_f32("qwen2vl.rope.freq_base", 1000000.0f);
-  t.kv_u32("qwen2vl.context_length", 1024);
   t.kv_i32s("qwen2vl.rope.dimension_sections", {2, 3, 3, 0});
   std::vector<std::string> vocab(561);
   for (size_t i = 0; i < vocab.size(); ++i) vocab[i] = "t" + std::to_string(i);
@@ -241,24 +229,7 @@ void convert_qwen(const std::string& text_path, const std::string& mmproj_path) 
   for (int i = 0; i < 8; ++i) vocab[size_t(i)] = special[i];
   t.kv_strs("tokenizer.ggml.tokens", vocab);
   t.kv_u32("tokenizer.ggml.eos_token_id", 2);
-  t.tensor("token_embd.weight", {561, 64}, tdata(st, "model.embed_tokens.weight"));
-  for (int i = 0; i < 2; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".", b = "blk." + std::to_string(i) + ".";
-    t.tensor(b + "attn_norm.weight", {64}, tdata(st, p + "input_layernorm.weight"));
-    t.tensor(b + "attn_q.weight", {64, 64}, tdata(st, p + "self_attn.q_proj.weight"));  // NEOX rope: not permuted
-    t.tensor(b + "attn_q.bias", {64}, tdata(st, p + "self_attn.q_proj.bias"));
-    t.tensor(b + "attn_k.weight", {32, 64}, tdata(st, p + "self_attn.k_proj.weight"));
-    t.tensor(b + "attn_k.bias", {32}, tdata(st, p + "self_attn.k_proj.bias"));
-    t.tensor(b + "attn_v.weight", {32, 64}, tdata(st, p + "self_attn.v_proj.weight"));
-    t.tensor(b + "attn_v.bias", {32}, tdata(st, p + "self_attn.v_proj.bias"));
-    t.tensor(b + "attn_output.weight", {64, 64}, tdata(st, p + "self_attn.o_proj.weight"));
-    t.tensor(b + "ffn_norm.weight", {64}, tdata(st, p + "post_attention_layernorm.weight"));
-    t.tensor(b + "ffn_gate.weight", {128, 64}, tdata(st, p + "mlp.gate_proj.weight"));
-    t.tensor(b + "ffn_up.weight", {128, 64}, tdata(st, p + "mlp.up_proj.weight"));
-    t.tensor(b + "ffn_down.weight", {64, 128}, tdata(st, p + "mlp.down_proj.weight"));
-  }
-  t.tensor("output_norm.weight", {64}, tdata(st, "model.norm.weight"));
-  t.tensor("output.weight", {561, 64}, tdata(st, "lm_head.weight"));
+  emollm_test::add_text_model(t, st, {"qwen2vl", "model.", "lm_head.weight", 64, 2, 128, 4, 2, 561, 1024, 1e-6f, 1000000.0f});
   t.write(text_path);
 
   emollm_test::GgufOut v;
