@@ -138,6 +138,11 @@ export interface PieceSource {
    * prefix, Hugging Face's `Strip(" ", 1)` decoder.
    */
   readonly leadingSpacesToStrip: number;
+  /**
+   * The tokenizer's id count, when known. A model's output layer may be larger (padded:
+   * llava-1.5 has 32064 rows for 32002 tokens), and a sampled id past the vocabulary has no text.
+   */
+  readonly vocabSize?: number;
 }
 
 const SPACE = 0x20;
@@ -170,6 +175,10 @@ export class IncrementalDetokenizer {
 
   /** Adds one token; returns the text completed by it (possibly ""). */
   push(id: number): string {
+    // A generated id in the padding rows of the model's output layer renders as "", as Hugging
+    // Face's decode skips an id without a token; tokenizer.decode() itself stays strict.
+    const vocab = this.source.vocabSize;
+    if (vocab !== undefined && Number.isInteger(id) && id >= vocab) return '';
     let bytes = this.source.tokenToPiece(id, this.options);
     if (bytes.length === 0) return '';
     if (this.stripLeft > 0) {
@@ -205,6 +214,8 @@ export class IncrementalDetokenizer {
  * @internal
  */
 export function decodePieces(source: PieceSource, ids: readonly number[], options: DecodeOptions = {}): string {
+  // decode() is strict about ids past the vocabulary (the streaming detokenizer is not).
+  if (source.vocabSize !== undefined) for (const id of ids) checkId(id, source.vocabSize);
   const detok = new IncrementalDetokenizer(source, options);
   let s = '';
   for (const id of ids) s += detok.push(id);

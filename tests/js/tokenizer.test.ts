@@ -324,6 +324,16 @@ describe.skipIf(!haveStories || !haveAddon)('stories260K GGUF (tok512)', () => {
     expect(d.push(ids[2]!)).toBe(' upon');
   });
 
+  it('streams an id past the vocabulary (a padded output layer) as no text; decode() stays strict', () => {
+    const d = tok.createDetokenizer({ skipSpecialTokens: true });
+    expect(d.push(403)).toBe('Once');
+    expect(d.push(512)).toBe('');
+    expect(d.push(600)).toBe('');
+    expect(d.push(407)).toBe(' upon');
+    expect(() => tok.decode([403, 512])).toThrow(/outside the vocabulary/);
+    expect(() => d.push(-1)).toThrow(/outside the vocabulary/);
+  });
+
   it('is the same vocabulary as the llama2.c tok512.bin', () => {
     const fromBin = SpmTokenizer.fromLlama2cVocab(readFileSync(join(storiesDir, 'tok512.bin')));
     expect(fromBin.vocabSize).toBe(512);
