@@ -13,7 +13,7 @@
 // Every measurement runs in its own child process (one per model and side), one at a time, so the
 // two engines never share the cores and each peak RSS is one process's.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -124,7 +124,7 @@ async function emollmChild(spec) {
 function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
-    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, kvType: null,
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30,
   };
   const val = (i, name) => {
@@ -152,6 +152,7 @@ function parseArgs(argv) {
       case '--no-emollm': o.emollm = false; break;
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
+      case '--profile': o.profile = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
       case '--json': o.json = true; break;
       case '--json-out': o.jsonOut = val(i, a); i++; break;
@@ -181,6 +182,8 @@ const HELP = `usage: npm run bench:decode -- [options]
                         (at most 3 x S; default 20), --runs N at most (default 4), at least 1
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16; emollm's cache is f32)
   --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
+  --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
+                        norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
   llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
   --models-dir DIR      where the random models are (default bench/models)
   --json                JSON on stdout (table on stderr); --json-out FILE writes it to a file
@@ -311,6 +314,55 @@ function runLlamaBench(bin, model, o, threads, log) {
   }
 }
 
+// The emollm child; with --profile it runs with EMOLLM_PROFILE=1 (native/core/profiling_backend.h:
+// every backend op timed, grouped by op / weight shape / phase) and the table it writes at exit
+// is attached to its result as `profile`, with per-decode-step figures added.
+async function runEmollmChild(spec, o) {
+  const args = [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)];
+  if (!o.profile) return runChild(args, { timeoutS: o.timeoutS, label: 'emollm' });
+  const dir = mkdtempSync(join(os.tmpdir(), 'emollm-profile-'));
+  const file = join(dir, 'profile.json');
+  try {
+    const res = await runChild(args, { timeoutS: o.timeoutS, label: 'emollm',
+      env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+    if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
+    const prof = JSON.parse(readFileSync(file, 'utf8'));
+    const steps = prof.decode_steps || 0;
+    const dec = prof.ops.filter((r) => r.phase === 'decode');
+    const total = dec.reduce((a, r) => a + r.total_ms, 0);
+    for (const r of dec) {
+      r.ms_per_step = steps ? r.total_ms / steps : null;
+      r.share = total ? r.total_ms / total : null;
+    }
+    prof.decode_ops_ms_per_step = steps ? total / steps : null;
+    res.profile = prof;
+    return res;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
+// attention, norms, rope, ...), and what the ops do not cover (sampling, scheduling, the
+// delivery to JavaScript) against the measured time per token.
+function printProfile(r, out) {
+  const prof = r.result?.profile;
+  if (!prof) return;
+  if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
+  const dec = prof.ops.filter((x) => x.phase === 'decode');
+  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
+  for (const x of dec.slice(0, 14)) {
+    out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
+      `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call`);
+  }
+  const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
+  if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {
+    const tokMs = 1000 / best;
+    out(`  ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step of ${fmt(tokMs, 3)} ms/token measured: ` +
+      `${fmt(Math.max(0, tokMs - prof.decode_ops_ms_per_step), 3)} ms outside backend ops (sampling, decode loop, delivery; profiling overhead included)`);
+  }
+}
+
 function probeBandwidth(threads, log) {
   const r = spawnSync(process.execPath, [join(here, 'kernels.mjs'), '--filter', '__probes_only__', '--no-anchors', '--json', '--threads', String(threads)],
     { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
@@ -435,7 +487,7 @@ async function main() {
       const spec = { ...base, model: j.path };
       const res = j.side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
-        : await runChild([fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label: 'emollm' });
+        : await runEmollmChild(spec, o);
       got[`${j.side}/${j.format}`] = res;
       results.push({ shape: p.shape, dtype: p.dtype, format: j.format, side: j.side, model: relative(root, j.path), result: res });
     }
@@ -496,6 +548,7 @@ async function main() {
     const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
     if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);
   }
+  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out);
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);

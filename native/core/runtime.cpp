@@ -4,6 +4,7 @@
 
 #include "base/cpu_features.h"
 #include "base/error.h"
+#include "core/profiling_backend.h"
 
 namespace emollm {
 
@@ -112,6 +113,7 @@ std::shared_ptr<Backend> Runtime::backend(const RuntimeOptions& requested) {
         if (auto b = e.backend.lock()) return b;
   }
   std::shared_ptr<Backend> b = make_cpu_backend(pool(r.threads));
+  if (profile_enabled()) b = make_profiling_backend(std::move(b));  // EMOLLM_PROFILE=1: per-op timings
   std::lock_guard<std::mutex> lk(mu_);
   backends_.push_back({r.device, r.threads, b});
   return b;
