@@ -48,9 +48,10 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   {
     std::lock_guard<std::mutex> lk(mutex_);
     job_ = &fn;
+    dyn_job_ = nullptr;
     error_ = nullptr;
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_atomic_.fetch_add(1, std::memory_order_release);
+    job_gen_ = generation_atomic_.fetch_add(1, std::memory_order_release) + 1;
   }
   wake_.notify_all();
 
@@ -77,6 +78,47 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
 }
 
+void ThreadPool::run_dynamic(const std::function<void()>& fn) {
+  if (n_threads_ == 1 || t_in_pool) {
+    fn();
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  {
+    std::lock_guard<std::mutex> lk(mutex_);
+    job_ = nullptr;
+    dyn_job_ = &fn;
+    error_ = nullptr;
+    job_gen_ = generation_atomic_.fetch_add(1, std::memory_order_release) + 1;
+    open_gen_.store(job_gen_);
+  }
+  wake_.notify_all();
+
+  t_in_pool = true;
+  try {
+    fn();
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    if (!error_) error_ = std::current_exception();
+  }
+  t_in_pool = false;
+
+  // Close the job: a worker that has not registered in active_ yet will see it closed and skip.
+  open_gen_.store(0);
+  for (int i = 0; i < kSpinPolls && active_.load() != 0; ++i) cpu_relax();
+  if (active_.load() != 0) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    done_.wait(lk, [this] { return active_.load() == 0; });
+  }
+  std::lock_guard<std::mutex> lk(mutex_);
+  dyn_job_ = nullptr;
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
 void ThreadPool::worker_loop(int ith) {
   t_in_pool = true;
   uint64_t seen = 0;
@@ -93,11 +135,38 @@ void ThreadPool::worker_loop(int ith) {
     }
     seen = gen;
     const std::function<void(int, int)>* job;
+    const std::function<void()>* dyn;
+    uint64_t job_gen;
     {
       std::lock_guard<std::mutex> lk(mutex_);
       if (stop_) return;
       job = job_;
+      dyn = dyn_job_;
+      job_gen = job_gen_;
     }
+    if (job_gen != gen) {  // a later job was published meanwhile: take that one on the next pass
+      seen = gen;
+      continue;
+    }
+    if (dyn) {
+      // Register, then check the job is still open (seq_cst both sides: either the caller sees
+      // us in active_ and waits, or we see it closed and skip; its fn may be gone then).
+      active_.fetch_add(1);
+      if (open_gen_.load() == job_gen) {
+        try {
+          (*dyn)();
+        } catch (...) {
+          std::lock_guard<std::mutex> lk(mutex_);
+          if (!error_) error_ = std::current_exception();
+        }
+      }
+      if (active_.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lk(mutex_);
+        done_.notify_all();
+      }
+      continue;
+    }
+    if (!job) continue;
     try {
       (*job)(ith, n_threads_);
     } catch (...) {

@@ -27,6 +27,12 @@ class ThreadPool {
   // Calls from different threads are serialised; a nested call from inside fn runs inline.
   void run(const std::function<void(int ith, int nth)>& fn);
 
+  // Runs fn() on the calling thread and on every worker that picks the job up before the caller's
+  // own fn() returns; workers that arrive later skip it, so the call does not wait for a worker
+  // that another process keeps off its core. For self-scheduling work (fn takes chunks from a
+  // shared counter until none is left): every chunk is done by whoever is there.
+  void run_dynamic(const std::function<void()>& fn);
+
   // Splits [0, n) into contiguous chunks of at least `grain` items, one range per call.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
@@ -43,6 +49,12 @@ class ThreadPool {
   std::atomic<uint64_t> generation_atomic_{0};  // bumped (under mutex_) to publish a job
   std::atomic<int> pending_{0};                 // workers still running the current job
   std::exception_ptr error_;                    // first exception thrown by any worker
+  // run_dynamic: the job's generation while workers may still join it, 0 once closed; active_
+  // counts workers inside (or about to check) a dynamic job. Both seq_cst (store/load pairs).
+  const std::function<void()>* dyn_job_ = nullptr;
+  uint64_t job_gen_ = 0;   // generation of job_ / dyn_job_ (under mutex_)
+  std::atomic<uint64_t> open_gen_{0};
+  std::atomic<int> active_{0};
   bool stop_ = false;
 };
 

@@ -13,7 +13,7 @@
 // Every measurement runs in its own child process (one per model and side), one at a time, so the
 // two engines never share the cores and each peak RSS is one process's.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -124,7 +124,7 @@ async function emollmChild(spec) {
 function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
-    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, kvType: null,
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30,
   };
   const val = (i, name) => {
@@ -152,6 +152,7 @@ function parseArgs(argv) {
       case '--no-emollm': o.emollm = false; break;
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
+      case '--profile': o.profile = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
       case '--json': o.json = true; break;
       case '--json-out': o.jsonOut = val(i, a); i++; break;
@@ -181,6 +182,9 @@ const HELP = `usage: npm run bench:decode -- [options]
                         (at most 3 x S; default 20), --runs N at most (default 4), at least 1
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16; emollm's cache is f32)
   --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
+  --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
+                        norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
+  llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
   --models-dir DIR      where the random models are (default bench/models)
   --json                JSON on stdout (table on stderr); --json-out FILE writes it to a file
   --timeout S           kill a child measurement after S seconds (default 1800)
@@ -272,6 +276,93 @@ function emollmAvailable(o, log) {
 }
 
 // Read bandwidth from bench_kernels' probes (its --filter matches no case, so only the probes run).
+// llama.cpp's own llama-bench, built from the llama.cpp source node-llama-cpp pins by
+// `sh bench/setup-anchors.sh llama-bench` (no per-token JavaScript round trip, unlike the
+// node-llama-cpp anchor). Returns its path, or null and why not.
+const LLAMA_BENCH = join(anchorsDir, 'llama.cpp', 'build', 'bin', 'llama-bench');
+function llamaBenchAvailable() {
+  if (existsSync(LLAMA_BENCH)) return { path: LLAMA_BENCH, whyNot: null };
+  return { path: null, whyNot: `not built (${relative(root, LLAMA_BENCH)} missing); build it with: sh bench/setup-anchors.sh llama-bench` };
+}
+
+// Two llama-bench tests on the same file and settings: prefill (-p prompt into an empty cache)
+// and decode (-n gen after -d prompt cached positions, the emollm measurement's positions).
+// Best sample of each (the table's figures are best runs too). Runs after the quiet wait.
+function runLlamaBench(bin, model, o, threads, log) {
+  const common = ['-m', model, '-t', String(threads), '-b', String(o.nBatch), '-ub', String(o.nBatch),
+    '-r', String(Math.max(2, o.maxRuns)), '-o', 'json'];
+  if (o.kvType) common.push('-ctk', o.kvType.toLowerCase(), '-ctv', o.kvType.toLowerCase());
+  const one = (extra) => {
+    const t0 = performance.now();
+    const r = spawnSync(bin, [...common, ...extra], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: o.timeoutS * 1000, maxBuffer: 64 << 20 });
+    if (r.status !== 0) throw new Error(`llama-bench ${extra.join(' ')} exited with ${r.status ?? r.signal}: ${(r.stderr || '').trim().split('\n').slice(-3).join(' | ')}`);
+    const j = JSON.parse(r.stdout);
+    if (!Array.isArray(j) || !j.length) throw new Error('llama-bench printed no result');
+    return { best_tok_s: Math.max(...j[0].samples_ts), avg_tok_s: j[0].avg_ts, samples: j[0].samples_ts.length,
+      wall_s: (performance.now() - t0) / 1000, info: { build_commit: j[0].build_commit, cpu_info: j[0].cpu_info,
+        flash_attn: j[0].flash_attn, type_k: j[0].type_k, n_threads: j[0].n_threads } };
+  };
+  try {
+    const pp = one(['-p', String(o.prompt), '-n', '0']);
+    const tg = one(['-p', '0', '-n', String(o.gen), '-d', String(o.prompt)]);
+    return { ok: true, prefill_tok_s: pp.best_tok_s, decode_tok_s: tg.best_tok_s, prefill_avg_tok_s: pp.avg_tok_s,
+      decode_avg_tok_s: tg.avg_tok_s, reps: tg.samples, info: tg.info };
+  } catch (e) {
+    log(`bench:decode: llama-bench failed: ${e.message}`);
+    return { ok: false, error: e.message };
+  }
+}
+
+// The emollm child; with --profile it runs with EMOLLM_PROFILE=1 (native/core/profiling_backend.h:
+// every backend op timed, grouped by op / weight shape / phase) and the table it writes at exit
+// is attached to its result as `profile`, with per-decode-step figures added.
+async function runEmollmChild(spec, o) {
+  const args = [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)];
+  if (!o.profile) return runChild(args, { timeoutS: o.timeoutS, label: 'emollm' });
+  const dir = mkdtempSync(join(os.tmpdir(), 'emollm-profile-'));
+  const file = join(dir, 'profile.json');
+  try {
+    const res = await runChild(args, { timeoutS: o.timeoutS, label: 'emollm',
+      env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+    if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
+    const prof = JSON.parse(readFileSync(file, 'utf8'));
+    const steps = prof.decode_steps || 0;
+    const dec = prof.ops.filter((r) => r.phase === 'decode');
+    const total = dec.reduce((a, r) => a + r.total_ms, 0);
+    for (const r of dec) {
+      r.ms_per_step = steps ? r.total_ms / steps : null;
+      r.share = total ? r.total_ms / total : null;
+    }
+    prof.decode_ops_ms_per_step = steps ? total / steps : null;
+    res.profile = prof;
+    return res;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
+// attention, norms, rope, ...), and what the ops do not cover (sampling, scheduling, the
+// delivery to JavaScript) against the measured time per token.
+function printProfile(r, out) {
+  const prof = r.result?.profile;
+  if (!prof) return;
+  if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
+  const dec = prof.ops.filter((x) => x.phase === 'decode');
+  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
+  for (const x of dec.slice(0, 14)) {
+    out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
+      `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call`);
+  }
+  const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
+  if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {
+    const tokMs = 1000 / best;
+    out(`  ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step of ${fmt(tokMs, 3)} ms/token measured: ` +
+      `${fmt(Math.max(0, tokMs - prof.decode_ops_ms_per_step), 3)} ms outside backend ops (sampling, decode loop, delivery; profiling overhead included)`);
+  }
+}
+
 function probeBandwidth(threads, log) {
   const r = spawnSync(process.execPath, [join(here, 'kernels.mjs'), '--filter', '__probes_only__', '--no-anchors', '--json', '--threads', String(threads)],
     { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
@@ -310,10 +401,11 @@ const busyMark = (c) => `${c.toFixed(2)}${c >= 0.25 ? '!' : ''}`;
 function table(rows, probe, o, out) {
   const bw = probe?.read_bw_gbs;
   const head = ['model', 'dtype', 'fmt', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
-    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
+    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
+    'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
   const lines = [head];
   for (const r of rows) {
-    const e = r.emollmS, a = r.anchorS;
+    const e = r.emollmS, a = r.anchorS, b = r.benchS;
     const gbE = e ? (r.weightBytes * e.decode_tok_s) / 1e9 : NaN;
     const gbA = a ? (r.weightBytes * a.decode_tok_s) / 1e9 : NaN;
     lines.push([
@@ -321,6 +413,8 @@ function table(rows, probe, o, out) {
       e ? fmt(e.prefill_tok_s) : r.emollmNote, a ? fmt(a.prefill_tok_s) : r.anchorNote, e && a ? fmt(e.prefill_tok_s / a.prefill_tok_s, 2) : '-',
       e ? fmt(e.decode_tok_s, 2) : '', a ? fmt(a.decode_tok_s, 2) : '', e && a ? fmt(e.decode_tok_s / a.decode_tok_s, 2) : '-',
       fmt(gbE), bw ? fmt((100 * gbE) / bw, 0) : '-', fmt(gbA), bw ? fmt((100 * gbA) / bw, 0) : '-',
+      b ? fmt(b.prefill_tok_s) : r.benchNote, b ? fmt(b.decode_tok_s, 2) : '',
+      e && b ? fmt(e.prefill_tok_s / b.prefill_tok_s, 2) : '-', e && b ? fmt(e.decode_tok_s / b.decode_tok_s, 2) : '-',
       e ? fmt(e.maxrss_mib, 0) : '-', a ? fmt(a.maxrss_mib, 0) : '-', r.agree ?? '-',
       busyMark(Math.max(e?.other_cores ?? 0, a?.other_cores ?? 0)),
     ]);
@@ -352,6 +446,8 @@ async function main() {
 
   // ---- engines
   const anchorOk = o.anchor && ensureAnchors(log);
+  const lb = o.anchor ? llamaBenchAvailable() : { path: null, whyNot: 'disabled (--no-anchor)' };
+  if (o.anchor && lb.whyNot) log(`bench:decode: llama-bench anchor: ${lb.whyNot}`);
   const emollmWhyNot = o.emollm ? emollmAvailable(o, log) : 'disabled (--no-emollm)';
   if (emollmWhyNot && o.emollm) log(`bench:decode: emollm side skipped: ${emollmWhyNot}`);
 
@@ -391,9 +487,16 @@ async function main() {
       const spec = { ...base, model: j.path };
       const res = j.side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
-        : await runChild([fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label: 'emollm' });
+        : await runEmollmChild(spec, o);
       got[`${j.side}/${j.format}`] = res;
       results.push({ shape: p.shape, dtype: p.dtype, format: j.format, side: j.side, model: relative(root, j.path), result: res });
+    }
+    let lbRes = null;
+    if (lb.path) {
+      log(`bench:decode: ${s.label} ${p.dtype} gguf: llama-bench ...`);
+      await waitQuiet(o.quietWaitS, log);
+      lbRes = runLlamaBench(lb.path, p.gguf.path, o, threads, log);
+      results.push({ shape: p.shape, dtype: p.dtype, format: 'gguf', side: 'llama-bench', model: relative(root, p.gguf.path), result: lbRes });
     }
     const a = got['llama.cpp/gguf'];
     for (const format of o.formats) {
@@ -407,7 +510,8 @@ async function main() {
       }
       rows.push({
         shape: p.shape, dtype: p.dtype, format, weightBytes, agree,
-        emollmS: summarize(e, o.prompt), anchorS: summarize(a, o.prompt),
+        emollmS: summarize(e, o.prompt), anchorS: summarize(a, o.prompt), benchS: lbRes?.ok ? lbRes : null,
+        benchNote: !lb.path ? 'n/a' : lbRes?.ok === false ? 'error' : '-',
         emollmNote: emollmWhyNot ? 'n/a' : e?.ok === false ? 'error' : '-',
         anchorNote: !anchorOk ? 'n/a' : a?.ok === false ? 'error' : '-',
       });
@@ -430,6 +534,8 @@ async function main() {
   out(`%bw against the read-bandwidth probe. RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading`);
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm on the`);
   out('same GGUF (fmt gguf) and on the HF safetensors folder of the same weights (fmt hf, anchor from the GGUF).');
+  out('llama-bench = llama.cpp\'s own benchmark built from the source node-llama-cpp pins (sh bench/setup-anchors.sh llama-bench):');
+  out('pp = -p prompt into an empty cache, tg = -n gen after -d prompt cached positions, best of its -r samples; ratio = emollm / it.');
   out('Figures come from the undisturbed runs when there are any. busy = cores of OTHER processes\' work during those runs');
   out('(worst run, either side); "!" marks >= 0.25: no undisturbed run, the row is unreliable, rerun it on a quiet machine.');
   out('');
@@ -442,10 +548,14 @@ async function main() {
     const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
     if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);
   }
+  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out);
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
   if (!anchorOk && o.anchor) out('llama.cpp: not measured: node-llama-cpp is not installed');
+  if (o.anchor && lb.whyNot) out(`llama-bench: not measured: ${lb.whyNot}`);
+  const lbInfo = results.find((r) => r.side === 'llama-bench' && r.result?.ok)?.result.info;
+  if (lbInfo) out(`llama-bench: llama.cpp ${lbInfo.build_commit} (node-llama-cpp's pinned source), ${lbInfo.n_threads} threads, KV ${lbInfo.type_k}, flash attention ${lbInfo.flash_attn}, cpu ${lbInfo.cpu_info}`);
   const anchorInfo = results.find((r) => r.side === 'llama.cpp' && r.result?.ok)?.result.info;
   if (anchorInfo) out(`llama.cpp: ${anchorInfo.buildType} binary, llama.cpp ${anchorInfo.llamaCppRelease ?? '?'}, flash attention ${anchorInfo.flashAttention}, ${anchorInfo.threads} threads | ${String(anchorInfo.systemInfo ?? '').replace(/\s*\|\s*$/, '').trim()}`);
   out(`wall ${((performance.now() - tStart) / 1000).toFixed(0)} s`);
@@ -454,9 +564,10 @@ async function main() {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
     settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, seed: o.seed },
     probe,
-    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS })),
+    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
     raw: results,
     emollm_unavailable: emollmWhyNot,
+    llama_bench_unavailable: lb.whyNot,
   };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 2) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 2) + '\n');

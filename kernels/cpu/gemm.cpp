@@ -42,8 +42,10 @@ void parallel_chunks(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
   if (chunk < 1) chunk = 1;
   const int64_t nchunks = (n + chunk - 1) / chunk;
   if (!pool || !parallel || pool->size() <= 1 || nchunks <= 1) return fn(0, n);
+  // run_dynamic: a worker another process keeps off its core is not waited for; whoever is
+  // there takes the chunks (the caller alone, at worst).
   std::atomic<int64_t> next{0};
-  pool->run([&](int, int) {
+  pool->run_dynamic([&] {
     for (;;) {
       const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
       if (i >= nchunks) break;

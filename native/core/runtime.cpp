@@ -7,6 +7,7 @@
 #if defined(EMOLLM_WITH_CUDA)
 #include "core/cuda_backend.h"
 #endif
+#include "core/profiling_backend.h"
 
 namespace emollm {
 
@@ -139,6 +140,7 @@ std::shared_ptr<Backend> Runtime::backend(const RuntimeOptions& requested) {
   if (r.device == DeviceKind::Cuda) b = make_cuda_backend(r.device_index);
 #endif
   if (!b) b = make_cpu_backend(pool(r.threads));
+  if (profile_enabled()) b = make_profiling_backend(std::move(b));  // EMOLLM_PROFILE=1: per-op timings
   std::lock_guard<std::mutex> lk(mu_);
   backends_.push_back({r.device, threads_key, r.device_index, b});
   return b;

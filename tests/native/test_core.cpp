@@ -147,6 +147,37 @@ TEST(thread_pool_runs_every_worker_and_propagates_errors) {
   EXPECT(total.load() == 3);
 }
 
+// run_dynamic: whoever joins takes chunks from a counter; every chunk exactly once, interleaved
+// with static run() jobs (a worker that arrives after a dynamic job closed must skip it and
+// still take part in the next static job), errors from any participant propagate.
+TEST(thread_pool_run_dynamic_mixed_with_run) {
+  ThreadPool pool(3);
+  std::vector<std::atomic<int>> hits(3);
+  for (int r = 0; r < 2000; ++r) {
+    const int64_t n = 1 + r % 97;
+    std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+    std::atomic<int64_t> next{0};
+    pool.run_dynamic([&] {
+      for (int64_t i; (i = next.fetch_add(1)) < n;) seen[size_t(i)]++;
+    });
+    int bad = 0;
+    for (auto& x : seen) bad += x.load() != 1;
+    EXPECT(bad == 0);
+    if (r % 3 == 0) pool.run([&](int ith, int) { hits[size_t(ith)]++; });
+  }
+  for (auto& h : hits) EXPECT(h.load() == 667);
+  bool caught = false;
+  try {
+    pool.run_dynamic([] { throw Error(ErrorCode::Internal, "dyn boom"); });
+  } catch (const Error& e) {
+    caught = std::string(e.what()) == "dyn boom";
+  }
+  EXPECT(caught);
+  std::atomic<int> total{0};
+  pool.run_dynamic([&] { total++; pool.run_dynamic([&] { total += 10; }); });  // nested: inline
+  EXPECT(total.load() >= 11 && total.load() % 11 == 0);
+}
+
 TEST(parallel_for_covers_range_exactly_once) {
   ThreadPool pool(2);
   for (int64_t n : {1, 2, 7, 64, 1001}) {
