@@ -7,6 +7,8 @@
 // llava-tiny-hf's decoder on it, fed image features spliced in (uploaded input embeddings),
 // gives transformers' logits within 1e-4 and its 16 greedy tokens. The vision tower itself is
 // still host-only: on the emulated device its encode is refused with a typed error (checked).
+// qwen2-vl-tiny-hf's decoder on it (M-RoPE: 3-D positions uploaded per pass) gives transformers'
+// logits within 1e-4 and greedy tokens for the photo and the video.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include "loaders/json.h"
 #include "model/llama.h"
 #include "model/llava.h"
+#include "model/qwen2_vl.h"
 #include "model/scheduler.h"
 #include "model/session.h"
 #include "shared_data.h"
@@ -242,7 +245,9 @@ TEST(emulated_device_llava_decoder_matches_transformers) {
 
   // the vision tower still computes from host weights: refused on a device backend, typed
   std::vector<float> feats(size_t(cpu->n_image_tokens() * cpu->n_embd()));
-  EXPECT_THROWS(dev->encode_images(pixels.data(), 1, feats.data()), ErrorCode::InvalidArgument);
+  const std::string refused = error_of([&] { dev->encode_images(pixels.data(), 1, feats.data()); }, ErrorCode::InvalidArgument);
+  EXPECT(has(refused, "emulated device") && has(refused, "not inside a block"));
+  std::printf("  llava vision on the emulated device: %s\n", refused.c_str());
   // so the features come from the CPU model; the decoder on the device takes them as input rows
   EXPECT(cpu->encode_images(pixels.data(), 1, feats.data()));
   const std::vector<int32_t> toks = dev->splice_prompt(ids.data(), int64_t(ids.size()), feats.data(), 1);
@@ -267,4 +272,47 @@ TEST(emulated_device_llava_decoder_matches_transformers) {
     if (i + 1 < want_greedy.size()) l = ctx.eval(&best, 1);
   }
   EXPECT(got == want_greedy);
+}
+
+TEST(emulated_device_qwen2_vl_decoder_mrope_matches_transformers) {
+  const std::string dir = emollm_test::shared_model_dir("qwen2-vl-tiny-hf", {"reference/expected.json"});
+  if (dir.empty()) return;
+  enable_emulated();
+  std::shared_ptr<Qwen2VLModel> cpu = Qwen2VLModel::load(dir, LlamaLoadOptions{1, DeviceKind::Cpu});
+  std::shared_ptr<Qwen2VLModel> dev = Qwen2VLModel::load(dir, LlamaLoadOptions{1, DeviceKind::Emulated});
+  EXPECT(!dev->text_model()->backend().uses_host_memory());
+  EXPECT(!dev->text_model()->mrope_inv_freq.empty());
+  JsonValue e = load_json_file(dir + "/reference/expected.json");
+  for (const char* name : {"photo", "video"}) {
+    const std::string nm = name;
+    const JsonValue* c = e.find(name);
+    const std::vector<int32_t> ids = emollm_test::ints(c->find("input_ids"));
+    const std::vector<int32_t> want_greedy = emollm_test::ints(c->find("greedy_new_tokens"));
+    const auto& thw = c->find(nm == "photo" ? "image_grid_thw" : "video_grid_thw")->items()[0].items();
+    const GridThw grid{thw[0].as_int(), thw[1].as_int(), thw[2].as_int()};
+    const std::vector<float> pixels = emollm_test::read_f32(
+        dir + "/reference/" + (nm == "photo" ? "photo_pixel_values.f32" : "video_pixel_values_videos.f32"));
+    const std::vector<float> ref = emollm_test::read_f32(dir + "/reference/" + nm + "_logits.f32");
+    std::vector<float> feats;  // the vision tower on the CPU (host-only, see above)
+    EXPECT(cpu->encode(pixels.data(), {grid}, &feats));
+    const Qwen2VLModel::Prompt p = dev->prepare(ids.data(), int64_t(ids.size()), feats.data(), {grid});
+    LlamaContext ctx(dev->text_model(), LlamaContextOptions{128, 0, 1});
+    std::vector<float> out(p.tokens.size() * size_t(ctx.n_vocab()));
+    EXPECT(ctx.eval(p.tokens.data(), int64_t(p.tokens.size()), out.data(), nullptr, feats.data(), p.pos3.data()) != nullptr);
+    EXPECT(out.size() == ref.size());
+    if (out.size() != ref.size()) continue;
+    const double d = emollm_test::max_abs_diff(out.data(), ref.data(), long(out.size()));
+    EXPECT(d <= 1e-4);
+    std::printf("  emulated device qwen2-vl %s: max |logit diff| vs transformers %.3g (tolerance 1e-4)\n", name, d);
+    LlamaContext g(dev->text_model(), LlamaContextOptions{128, 0, 1});
+    const int64_t V = g.n_vocab();
+    const float* l = g.eval_prompt(p.tokens.data(), int64_t(p.tokens.size()), nullptr, feats.data(), p.pos3.data());
+    std::vector<int32_t> got;
+    for (size_t i = 0; i < want_greedy.size(); ++i) {
+      const int32_t best = int32_t(std::max_element(l, l + V) - l);
+      got.push_back(best);
+      if (i + 1 < want_greedy.size()) l = g.eval(&best, 1);
+    }
+    EXPECT(got == want_greedy);
+  }
 }
