@@ -469,6 +469,10 @@ int64_t default_n_batch(int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
   return std::max<int64_t>(std::min<int64_t>(n_ctx, n_batch > 0 ? n_batch : 512), n_seq);
 }
 size_t floats_bytes(int64_t n) { return size_t(n) * sizeof(float) + kAlign; }
+// Sections of RoPE positions per row: 3 for M-RoPE (temporal, height, width), else 1.
+int64_t pos_sections(const LlamaModel& m) {
+  return m.mrope_inv_freq.empty() ? 1 : int64_t(m.mrope_inv_freq.size());
+}
 // Rows of classifier output a device context computes per chunk before downloading them: one
 // decode step of every sequence at once, and at least 16 rows for scoring.
 int64_t device_out_rows(int64_t n_batch, int64_t n_seq) {
@@ -485,7 +489,7 @@ size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_
   b += floats_bytes(n_batch * std::max(h.n_embd, qd));                               // tmp
   b += 2 * floats_bytes(n_batch * h.n_ff);                                           // gate, up
   b += 2 * floats_bytes(n_batch * kvd);                                              // new keys, values
-  b += size_t(n_batch) * sizeof(int32_t) + kAlign;                                   // positions
+  b += size_t(pos_sections(m) * n_batch) * sizeof(int32_t) + kAlign;                 // positions
   if (!m.backend().uses_host_memory()) {
     b += size_t(n_batch) * sizeof(int32_t) + kAlign;                                 // token ids
     b += floats_bytes(device_out_rows(n_batch, n_seq) * h.n_vocab);                  // classifier rows
@@ -539,12 +543,12 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   up_ = f32(n_batch_ * h.n_ff);
   k_new_ = f32(n_batch_ * kvd);
   v_new_ = f32(n_batch_ * kvd);
-  pos_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
+  pos_ = static_cast<int32_t*>(carve(size_t(pos_sections(*model_) * n_batch_) * sizeof(int32_t)));
   if (!model_->backend().uses_host_memory()) {
     ids_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
     out_rows_ = device_out_rows(n_batch_, S);
     out_dev_ = f32(out_rows_ * h.n_vocab);
-    pos_host_.resize(size_t(n_batch_));
+    pos_host_.resize(size_t(pos_sections(*model_) * n_batch_));
   }
   logits_.assign(size_t(S * h.n_vocab), 0.0f);
   seqs_.resize(size_t(S));
@@ -802,17 +806,20 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   const int64_t n = row0[size_t(n_segs)];
   if (n > n_batch_) throw Error(ErrorCode::Internal, "forward: more rows than n_batch");
 
-  auto set_positions = [&](int section) {
+  // RoPE positions of the rows, set once per pass: [sections][n] (M-RoPE: temporal, height,
+  // width; else one section, the index in the sequence). A device gets them in one upload.
+  const int64_t n_sec = pos_sections(m);
+  {
     int32_t* pos = host_mem ? pos_ : pos_host_.data();
-    for (int i = 0; i < n_segs; ++i) {
-      const Segment& sg = segs[i];
-      for (int64_t t = 0; t < sg.n; ++t)
-        pos[row0[size_t(i)] + t] = section < 0 ? int32_t(sg.pos0 + t)
-                                               : seqs_[size_t(sg.seq)].pos3[size_t((sg.pos0 + t) * 3) + size_t(section)];
-    }
-    if (!host_mem) be.upload(pos_, pos, size_t(n) * sizeof(int32_t));
-  };
-  if (!mrope) set_positions(-1);
+    for (int64_t sec = 0; sec < n_sec; ++sec)
+      for (int i = 0; i < n_segs; ++i) {
+        const Segment& sg = segs[i];
+        for (int64_t t = 0; t < sg.n; ++t)
+          pos[sec * n + row0[size_t(i)] + t] =
+              mrope ? seqs_[size_t(sg.seq)].pos3[size_t((sg.pos0 + t) * 3 + sec)] : int32_t(sg.pos0 + t);
+      }
+    if (!host_mem) be.upload(pos_, pos, size_t(n_sec * n) * sizeof(int32_t));
+  }
 
   // token embeddings -> residual stream x [n, E]; negative ids take the next row of the segment's embd
   for (int i = 0; i < n_segs; ++i) {
@@ -858,9 +865,8 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       for (size_t s = 0; s < m.mrope_inv_freq.size(); ++s) {
         RopeParams sp = rp;
         sp.inv_freq = m.mrope_inv_freq[s].data();
-        set_positions(int(s));
-        be.rope(q_, qd, n, H, pos_, sp);
-        be.rope(k_new_, kvd, n, Hkv, pos_, sp);
+        be.rope(q_, qd, n, H, pos_ + int64_t(s) * n, sp);
+        be.rope(k_new_, kvd, n, Hkv, pos_ + int64_t(s) * n, sp);
       }
     }
     // per segment: new keys/values into its slot, causal GQA attention over the slot's 0..pos0+n-1

@@ -325,7 +325,7 @@ class LlamaContext {
   // scratch for n_batch rows
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *tmp_ = nullptr;
   float *gate_ = nullptr, *up_ = nullptr, *k_new_ = nullptr, *v_new_ = nullptr;
-  int32_t* pos_ = nullptr;  // RoPE positions of the pass's rows
+  int32_t* pos_ = nullptr;  // RoPE positions of the pass's rows, [sections][rows] (3 sections for M-RoPE)
   // Device backends only (null on host-memory backends, which read the caller's arrays in place):
   int32_t* ids_ = nullptr;      // the pass's token ids, uploaded per pass
   float* out_dev_ = nullptr;    // out_rows_ rows of classifier output, downloaded per chunk
