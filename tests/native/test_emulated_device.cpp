@@ -1,6 +1,7 @@
 // Device-readiness without a GPU: the strict emulated device (core/emulated_device_backend.h)
 // catches a host pointer in a compute op, an overrun of a device block and a device pointer on
-// the host side of a transfer; it is no user device unless EMOLLM_EMULATED_DEVICE=1; and the
+// the host side of a transfer; its memory faults when the host reads it (checked in a forked
+// child); it is no user device unless EMOLLM_EMULATED_DEVICE=1; and the
 // LLaMA decoder runs on it (weights uploaded at load, ids / positions uploaded per pass, logits
 // downloaded): stories260K greedy through Session::generate and through the batched scheduler
 // equals llama2.c's run.c tokens (../shared/models/stories260K/oracle), and equals the CPU run;
@@ -9,7 +10,10 @@
 // still host-only: on the emulated device its encode is refused with a typed error (checked).
 // qwen2-vl-tiny-hf's decoder on it (M-RoPE: 3-D positions uploaded per pass) gives transformers'
 // logits within 1e-4 and greedy tokens for the photo and the video.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -172,6 +176,36 @@ TEST(emulated_device_catches_host_pointers_and_overruns) {
   EXPECT(has(e, "copy") && has(e, "src"));
   // an offset inside a block is fine (row 1 of X)
   dev->gemm(X + K, K, W, DType::F32, nullptr, Y, N, 1, N, K);
+}
+
+// Whether reading one byte at p on the host, in a forked child, ends the child normally.
+bool host_read_survives(const void* p) {
+  std::fflush(stdout);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    // quiet child: under AddressSanitizer the fault is reported on stderr before the child exits
+    const int null_fd = ::open("/dev/null", O_WRONLY);
+    if (null_fd >= 0) ::dup2(null_fd, 2);
+    volatile char c = *static_cast<const volatile char*>(p);
+    (void)c;
+    ::_exit(0);
+  }
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return true;  // could not tell: counts as a failure below
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+TEST(emulated_device_memory_faults_on_host_reads) {
+  // device memory is an inaccessible reservation: the host reading it faults (as a cudaMalloc
+  // pointer would), so a decoder that dereferenced its device buffers could not pass the tests
+  auto pool = std::make_shared<ThreadPool>(1);
+  std::unique_ptr<Backend> dev = make_emulated_device_backend(pool);
+  BackendBuffer b(*dev, 256);
+  std::vector<char> host(256, 1);
+  dev->upload(b.data(), host.data(), host.size());
+  EXPECT(host_read_survives(host.data()));  // the harness itself: a host read of host memory is fine
+  EXPECT(!host_read_survives(b.data()));
+  EXPECT(!host_read_survives(static_cast<char*>(b.data()) + 100));
 }
 
 TEST(emulated_device_llama_greedy_matches_runc) {
