@@ -28,6 +28,9 @@ export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
 export function isDevice(d: unknown): d is Device {
   if (typeof d !== 'string') return false;
   if (d === 'cpu' || d === 'cuda') return true;
+  // The strict emulated device of the tests (native/core/emulated_device_backend.h): not a user
+  // device, accepted only when EMOLLM_EMULATED_DEVICE=1 (the native side checks the same).
+  if (d === 'emulated') return process.env.EMOLLM_EMULATED_DEVICE === '1';
   const m = /^cuda:(0|[1-9][0-9]{0,2})$/.exec(d);
   return m !== null && Number(m[1]) <= 255;
 }

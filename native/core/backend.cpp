@@ -11,6 +11,7 @@
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/row_ops.h"
 #include "core/runtime.h"
+#include "core/emulated_device_backend.h"
 #if defined(EMOLLM_WITH_CUDA)
 #include "core/cuda_backend.h"
 #endif
@@ -308,6 +309,9 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
 #else
       break;
 #endif
+    case DeviceKind::Emulated:
+      require_device(DeviceKind::Emulated);
+      return make_emulated_device_backend(std::make_shared<ThreadPool>(options.threads));
   }
   throw Error(ErrorCode::InvalidArgument, "unknown device");
 }

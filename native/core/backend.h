@@ -22,7 +22,8 @@ namespace emollm {
 class ThreadPool;
 class Backend;
 
-enum class DeviceKind { Cpu, Cuda };
+// Emulated: the strict test device of core/emulated_device_backend.h (only when enabled there).
+enum class DeviceKind { Cpu, Cuda, Emulated };
 
 struct BackendOptions {
   DeviceKind device = DeviceKind::Cpu;

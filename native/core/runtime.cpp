@@ -4,6 +4,7 @@
 
 #include "base/cpu_features.h"
 #include "base/error.h"
+#include "core/emulated_device_backend.h"
 #if defined(EMOLLM_WITH_CUDA)
 #include "core/cuda_backend.h"
 #endif
@@ -14,6 +15,10 @@ namespace emollm {
 DeviceSpec parse_device(const std::string& name) {
   DeviceSpec d;
   if (name == "cpu") return d;
+  if (name == "emulated" && emulated_device_enabled()) {  // the strict test device, never offered otherwise
+    d.kind = DeviceKind::Emulated;
+    return d;
+  }
   d.kind = DeviceKind::Cuda;
   if (name == "cuda") return d;
   if (name.size() > 5 && name.size() <= 8 && name.compare(0, 5, "cuda:") == 0 &&
@@ -26,7 +31,9 @@ DeviceSpec parse_device(const std::string& name) {
 
 DeviceKind device_from_name(const std::string& name) { return parse_device(name).kind; }
 
-const char* device_name(DeviceKind d) { return d == DeviceKind::Cuda ? "cuda" : "cpu"; }
+const char* device_name(DeviceKind d) {
+  return d == DeviceKind::Cuda ? "cuda" : d == DeviceKind::Emulated ? "emulated" : "cpu";
+}
 
 bool cuda_built() {
 #if defined(EMOLLM_WITH_CUDA)
@@ -38,6 +45,11 @@ bool cuda_built() {
 
 void require_device(DeviceKind d, int index) {
   if (d == DeviceKind::Cpu) return;
+  if (d == DeviceKind::Emulated) {
+    if (!emulated_device_enabled())
+      throw Error(ErrorCode::InvalidArgument, "unknown device \"emulated\" (use 'cpu', 'cuda' or 'cuda:N')");
+    return;
+  }
   if (!cuda_built())
     throw Error(ErrorCode::Unsupported,
                 "device 'cuda': this build of emollm has no CUDA support. Build one on a machine with the CUDA "
@@ -124,7 +136,7 @@ std::shared_ptr<Backend> Runtime::backend(const RuntimeOptions& requested) {
   require_device(r.device, r.device_index);
   // A GPU backend is one per device whatever the CPU thread count (it owns device memory and
   // streams; two would split the caching allocator for nothing).
-  const int threads_key = r.device == DeviceKind::Cpu ? r.threads : 0;
+  const int threads_key = r.device == DeviceKind::Cuda ? 0 : r.threads;
   // Serialised creation: two threads asking for the same new CUDA backend must not both build one.
   std::lock_guard<std::mutex> create_lk(create_mu_);
   {
@@ -139,6 +151,7 @@ std::shared_ptr<Backend> Runtime::backend(const RuntimeOptions& requested) {
 #if defined(EMOLLM_WITH_CUDA)
   if (r.device == DeviceKind::Cuda) b = make_cuda_backend(r.device_index);
 #endif
+  if (r.device == DeviceKind::Emulated) b = make_emulated_device_backend(pool(r.threads));
   if (!b) b = make_cpu_backend(pool(r.threads));
   if (profile_enabled()) b = make_profiling_backend(std::move(b));  // EMOLLM_PROFILE=1: per-op timings
   std::lock_guard<std::mutex> lk(mu_);

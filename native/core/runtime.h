@@ -27,7 +27,8 @@ struct RuntimeOptions {
 };
 
 // "cpu" / "cuda" / "cuda:N" -> DeviceKind; anything else throws Error(InvalidArgument) naming
-// the choices.
+// the choices. "emulated" (the strict test device, core/emulated_device_backend.h) is accepted
+// only when EMOLLM_EMULATED_DEVICE=1, and is then a CPU-thread-keyed backend like the CPU's.
 DeviceKind device_from_name(const std::string& name);
 // The same, with the device index ("cuda:1" -> {Cuda, 1}; "cuda" -> {Cuda, 0}; N in [0, 255]).
 struct DeviceSpec {

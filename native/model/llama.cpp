@@ -100,7 +100,7 @@ struct LlamaLoader {
   LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols) const {
     const TensorInfo& t = tensor(name, {rows, cols});
     if (cols % dtype_block_elems(t.dtype) != 0) malformed("tensor " + name + ": row length not a multiple of the block size");
-    return LlamaWeight{t.data, t.dtype, rows, cols};
+    return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   }
   // A 1-D f32 vector of n, converted once when stored in another dtype.
   const float* vec(const std::string& name, int64_t n) const {
@@ -119,6 +119,7 @@ struct LlamaLoader {
                       const std::string& lm_head, const std::string& cfg_path);
   // The backend, once the weights are in place.
   static void finish(LlamaModel& m, const LlamaLoadOptions& opts);
+  static void upload_weights(LlamaModel& m);
 
   // The tensor-set check (issue 9): every tensor under `prefix` (the decoder's namespace; "" for a
   // GGUF) or named `extra` must be one the model took. A layer index >= n_layer means the config
@@ -419,8 +420,40 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
   for (const auto& t : m->store_->tensors()) weight_bytes += t.nbytes;
   if (ro.threads == 0 && weight_bytes < (size_t(8) << 20)) ro.threads = 1;
   m->backend_ = Runtime::instance().backend(ro);
-  if (!m->backend_->uses_host_memory())
-    throw Error(ErrorCode::Unsupported, "the LLaMA decoder runs only on backends that use host memory for now");
+  if (!m->backend_->uses_host_memory()) upload_weights(*m);
+}
+
+// A device backend cannot read the mmap: every weight the forward pass uses is copied once into
+// the backend's memory and the model's pointers are switched to the copies (LlamaWeight::host
+// keeps the mmap). A tensor referenced twice (tied output) is uploaded once.
+void LlamaLoader::upload_weights(LlamaModel& m) {
+  Backend& be = *m.backend_;
+  std::vector<std::pair<const void*, const void*>> done;  // host -> device
+  auto up = [&](const void* host, size_t bytes) -> const void* {
+    if (!host) return nullptr;
+    for (const auto& d : done)
+      if (d.first == host) return d.second;
+    m.device_weights_.emplace_back(be, bytes);
+    be.upload(m.device_weights_.back().data(), host, bytes);
+    done.emplace_back(host, m.device_weights_.back().data());
+    return m.device_weights_.back().data();
+  };
+  auto mat = [&](LlamaWeight& w) { w.data = up(w.host, size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols)); };
+  auto vec = [&](const float*& v, int64_t n) { v = static_cast<const float*>(up(v, size_t(n) * sizeof(float))); };
+  const LlamaHparams& h = m.hp_;
+  const int64_t E = h.n_embd, qd = h.n_head * h.head_dim, kvd = h.n_head_kv * h.head_dim, F = h.n_ff;
+  mat(m.tok_embd);
+  for (LlamaLayer& l : m.layers) {
+    vec(l.attn_norm, E);
+    mat(l.wq), mat(l.wk), mat(l.wv), mat(l.wo);
+    vec(l.bq, qd), vec(l.bk, kvd), vec(l.bv, kvd), vec(l.bo, E);
+    vec(l.ffn_norm, E);
+    mat(l.w_gate), mat(l.w_up), mat(l.w_down);
+    vec(l.b_gate, F), vec(l.b_up, F), vec(l.b_down, E);
+  }
+  vec(m.output_norm, E);
+  mat(m.output);  // the tied output finds tok_embd's copy
+  be.synchronize();  // the mmap pages may be released by the OS once the copies are done
 }
 
 // ================================================================ context
@@ -436,6 +469,15 @@ int64_t default_n_batch(int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
   return std::max<int64_t>(std::min<int64_t>(n_ctx, n_batch > 0 ? n_batch : 512), n_seq);
 }
 size_t floats_bytes(int64_t n) { return size_t(n) * sizeof(float) + kAlign; }
+// Sections of RoPE positions per row: 3 for M-RoPE (temporal, height, width), else 1.
+int64_t pos_sections(const LlamaModel& m) {
+  return m.mrope_inv_freq.empty() ? 1 : int64_t(m.mrope_inv_freq.size());
+}
+// Rows of classifier output a device context computes per chunk before downloading them: one
+// decode step of every sequence at once, and at least 16 rows for scoring.
+int64_t device_out_rows(int64_t n_batch, int64_t n_seq) {
+  return std::min<int64_t>(n_batch, std::max<int64_t>(n_seq, 16));
+}
 
 // Every byte a context allocates, so its arena is one block allocated once.
 size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
@@ -447,8 +489,11 @@ size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_
   b += floats_bytes(n_batch * std::max(h.n_embd, qd));                               // tmp
   b += 2 * floats_bytes(n_batch * h.n_ff);                                           // gate, up
   b += 2 * floats_bytes(n_batch * kvd);                                              // new keys, values
-  b += size_t(n_batch) * sizeof(int32_t) + kAlign;                                   // positions
-  b += floats_bytes(n_seq * h.n_vocab);                                              // logits
+  b += size_t(pos_sections(m) * n_batch) * sizeof(int32_t) + kAlign;                 // positions
+  if (!m.backend().uses_host_memory()) {
+    b += size_t(n_batch) * sizeof(int32_t) + kAlign;                                 // token ids
+    b += floats_bytes(device_out_rows(n_batch, n_seq) * h.n_vocab);                  // classifier rows
+  }
   return b;
 }
 
@@ -498,8 +543,14 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   up_ = f32(n_batch_ * h.n_ff);
   k_new_ = f32(n_batch_ * kvd);
   v_new_ = f32(n_batch_ * kvd);
-  pos_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
-  logits_ = f32(S * h.n_vocab);
+  pos_ = static_cast<int32_t*>(carve(size_t(pos_sections(*model_) * n_batch_) * sizeof(int32_t)));
+  if (!model_->backend().uses_host_memory()) {
+    ids_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
+    out_rows_ = device_out_rows(n_batch_, S);
+    out_dev_ = f32(out_rows_ * h.n_vocab);
+    pos_host_.resize(size_t(pos_sections(*model_) * n_batch_));
+  }
+  logits_.assign(size_t(S * h.n_vocab), 0.0f);
   seqs_.resize(size_t(S));
   for (Seq& q : seqs_) {
     q.tokens.reserve(size_t(std::min<int64_t>(n_ctx_, 1 << 16)));
@@ -578,7 +629,7 @@ const float* LlamaContext::seq_eval(int seq, const int32_t* tokens, int64_t n, f
   check_ids(tokens, n, embd != nullptr);
   const int64_t E = model_->hparams().n_embd, V = n_vocab();
   set_mrope_positions(seq, start, n, pos3);
-  float* seq_logits = logits_ + int64_t(seq) * V;
+  float* seq_logits = logits_.data() + int64_t(seq) * V;
   const float* e = embd;  // the next chunk's first embedding row
   for (int64_t off = 0; off < n; off += n_batch_) {
     Segment sg;
@@ -597,7 +648,7 @@ const float* LlamaContext::seq_eval(int seq, const int32_t* tokens, int64_t n, f
         if (tokens[i] < 0) e += E;
     q.tokens.insert(q.tokens.end(), tokens + off, tokens + off + sg.n);
   }
-  if (all_logits) model_->backend().copy(seq_logits, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
+  if (all_logits) std::memcpy(seq_logits, all_logits + (n - 1) * V, size_t(V) * sizeof(float));
   q.has_logits = true;
   return seq_logits;
 }
@@ -658,14 +709,13 @@ bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, flo
   for (const Segment& sg : fs) set_mrope_positions(sg.seq, sg.pos0, sg.n, nullptr);
   if (!forward(fs.data(), int(n_segs), out, abort)) return false;
   const int64_t V = n_vocab();
-  Backend& be = model_->backend();
   int64_t o = 0;
   for (const Segment& sg : fs) {
     Seq& q = seqs_[size_t(sg.seq)];
     q.tokens.insert(q.tokens.end(), sg.tokens, sg.tokens + sg.n);
     q.has_logits = true;
     o += sg.all_logits ? sg.n : 1;
-    be.copy(logits_ + int64_t(sg.seq) * V, out + (o - 1) * V, size_t(V) * sizeof(float));
+    std::memcpy(logits_.data() + int64_t(sg.seq) * V, out + (o - 1) * V, size_t(V) * sizeof(float));
   }
   return true;
 }
@@ -722,7 +772,7 @@ bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
     if (!seq_score_continuation(0, prefix_logits.data(), cont, &sc, abort)) return false;
     out->push_back(std::move(sc));
   }
-  model_->backend().upload(logits_, prefix_logits.data(), size_t(V) * sizeof(float));
+  std::memcpy(logits_.data(), prefix_logits.data(), size_t(V) * sizeof(float));
   seqs_[0].has_logits = true;
   return true;
 }
@@ -738,6 +788,9 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   const int64_t E = h.n_embd, D = h.head_dim, H = h.n_head, Hkv = h.n_head_kv, F = h.n_ff;
   const int64_t qd = H * D, kvd = Hkv * D, V = h.n_vocab, S = n_seq();
   const bool mrope = !m.mrope_inv_freq.empty();
+  // On a device the host arrays (token ids, positions, output rows) travel through ids_, pos_ and
+  // out_dev_; on the CPU the kernels read and write them in place.
+  const bool host_mem = be.uses_host_memory();
 
   RopeParams rp;
   rp.head_dim = D;
@@ -753,23 +806,33 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   const int64_t n = row0[size_t(n_segs)];
   if (n > n_batch_) throw Error(ErrorCode::Internal, "forward: more rows than n_batch");
 
-  auto set_positions = [&](int section) {
-    for (int i = 0; i < n_segs; ++i) {
-      const Segment& sg = segs[i];
-      for (int64_t t = 0; t < sg.n; ++t)
-        pos_[row0[size_t(i)] + t] = section < 0 ? int32_t(sg.pos0 + t)
-                                                : seqs_[size_t(sg.seq)].pos3[size_t((sg.pos0 + t) * 3) + size_t(section)];
-    }
-  };
-  if (!mrope) set_positions(-1);
+  // RoPE positions of the rows, set once per pass: [sections][n] (M-RoPE: temporal, height,
+  // width; else one section, the index in the sequence). A device gets them in one upload.
+  const int64_t n_sec = pos_sections(m);
+  {
+    int32_t* pos = host_mem ? pos_ : pos_host_.data();
+    for (int64_t sec = 0; sec < n_sec; ++sec)
+      for (int i = 0; i < n_segs; ++i) {
+        const Segment& sg = segs[i];
+        for (int64_t t = 0; t < sg.n; ++t)
+          pos[sec * n + row0[size_t(i)] + t] =
+              mrope ? seqs_[size_t(sg.seq)].pos3[size_t((sg.pos0 + t) * 3 + sec)] : int32_t(sg.pos0 + t);
+      }
+    if (!host_mem) be.upload(pos_, pos, size_t(n_sec * n) * sizeof(int32_t));
+  }
 
   // token embeddings -> residual stream x [n, E]; negative ids take the next row of the segment's embd
   for (int i = 0; i < n_segs; ++i) {
     const Segment& sg = segs[i];
     float* xs = x_ + row0[size_t(i)] * E;
     const float* embd = sg.embd;
+    const int32_t* ids = sg.tokens;  // the ids as the backend reads them
+    if (!host_mem) {
+      be.upload(ids_ + row0[size_t(i)], sg.tokens, size_t(sg.n) * sizeof(int32_t));
+      ids = ids_ + row0[size_t(i)];
+    }
     if (!embd) {
-      be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, sg.tokens, sg.n, xs, E);
+      be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, ids, sg.n, xs, E);
       continue;
     }
     for (int64_t t = 0; t < sg.n;) {
@@ -780,7 +843,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         embd += (r - t) * E;
       } else {
         while (r < sg.n && sg.tokens[r] >= 0) ++r;
-        be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, sg.tokens + t, r - t, xs + t * E, E);
+        be.embedding_lookup(m.tok_embd.data, m.tok_embd.dtype, V, E, ids + t, r - t, xs + t * E, E);
       }
       t = r;
     }
@@ -802,9 +865,8 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       for (size_t s = 0; s < m.mrope_inv_freq.size(); ++s) {
         RopeParams sp = rp;
         sp.inv_freq = m.mrope_inv_freq[s].data();
-        set_positions(int(s));
-        be.rope(q_, qd, n, H, pos_, sp);
-        be.rope(k_new_, kvd, n, Hkv, pos_, sp);
+        be.rope(q_, qd, n, H, pos_ + int64_t(s) * n, sp);
+        be.rope(k_new_, kvd, n, Hkv, pos_ + int64_t(s) * n, sp);
       }
     }
     // per segment: new keys/values into its slot, causal GQA attention over the slot's 0..pos0+n-1
@@ -853,7 +915,16 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       n_out += 1;
     }
   }
-  be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, out, V, n_out, V, E);
+  if (host_mem) {
+    be.gemm(xn_, E, m.output.data, m.output.dtype, nullptr, out, V, n_out, V, E);
+    return true;
+  }
+  // device: out_rows_ rows at a time into out_dev_, then down to the caller's host rows
+  for (int64_t r = 0; r < n_out; r += out_rows_) {
+    const int64_t rows = std::min(out_rows_, n_out - r);
+    be.gemm(xn_ + r * E, E, m.output.data, m.output.dtype, nullptr, out_dev_, V, rows, V, E);
+    be.download(out + r * V, out_dev_, size_t(rows * V) * sizeof(float));
+  }
   return true;
 }
 

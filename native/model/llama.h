@@ -3,8 +3,9 @@
 // (config.json + safetensors, single or sharded) or a GGUF file (general.architecture "llama"),
 // and a context that evaluates one token sequence with a KV cache.
 //
-// Weights are used in place from the mmap (f32, f16, bf16, q8_0, q4_0); only small 1-D tensors
-// (norm weights, biases) that are not f32 are converted once at load. The forward pass is in
+// Weights are used in place from the mmap (f32, f16, bf16, q8_0, q4_0) on backends that use host
+// memory (the CPU); only small 1-D tensors (norm weights, biases) that are not f32 are converted
+// once at load. On a device backend (!uses_host_memory()) every weight is uploaded once at load. The forward pass is in
 // llama.cpp (llama2.c style: one readable function) and calls only the Backend interface.
 //
 // RoPE layout: Hugging Face checkpoints store q/k for rotate-half RoPE; llama.cpp's converters
@@ -54,11 +55,13 @@ struct LlamaHparams {
   std::vector<int64_t> mrope_section;
 };
 
-// A weight matrix of `rows` x `cols` (N x K in gemm terms), pointing into the mmap.
+// A weight matrix of `rows` x `cols` (N x K in gemm terms). `data` is in the backend's memory
+// (the mmap itself on the CPU, the uploaded copy on a device); `host` is always the mmap.
 struct LlamaWeight {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
+  const void* host = nullptr;  // set by the LLaMA loader
 };
 
 struct LlamaLayer {
@@ -130,6 +133,8 @@ class LlamaModel {
   std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
   std::shared_ptr<Backend> backend_;  // from the Runtime, shared by models with the same options
+  // Device backends: the weights uploaded at load (declared after backend_: freed before it).
+  std::vector<BackendBuffer> device_weights_;
   std::vector<std::string> warnings_;
 };
 
@@ -246,12 +251,14 @@ class LlamaContext {
   // Drops cache positions >= n (n <= n_past).
   void truncate(int64_t n) { seq_truncate(0, n); }
   void reset() { truncate(0); }
-  size_t memory_bytes() const { return buffer_.bytes(); }
+  size_t memory_bytes() const { return buffer_.bytes() + logits_.size() * sizeof(float); }
 
   // ---- any sequence (0 <= seq < n_seq()): the calls above, on that sequence's slot.
   int64_t seq_n_past(int seq) const { return int64_t(seq_at(seq).tokens.size()); }
   const std::vector<int32_t>& seq_tokens(int seq) const { return seq_at(seq).tokens; }
-  const float* seq_logits(int seq) const { return seq_at(seq).has_logits ? logits_ + int64_t(seq) * n_vocab() : nullptr; }
+  const float* seq_logits(int seq) const {
+    return seq_at(seq).has_logits ? logits_.data() + int64_t(seq) * n_vocab() : nullptr;
+  }
   void seq_truncate(int seq, int64_t n);
   const float* seq_eval(int seq, const int32_t* tokens, int64_t n, float* all_logits = nullptr,
                         const std::atomic<bool>* abort = nullptr, const float* embd = nullptr,
@@ -301,15 +308,16 @@ class LlamaContext {
   Seq& seq_at(int seq);
   void check_ids(const int32_t* tokens, int64_t n, bool have_embd) const;
   void set_mrope_positions(int seq, int64_t start, int64_t n, const int32_t* pos3);
-  // Runs the segments (sum of n <= n_batch) as one pass; `out` receives, in segment order, every
-  // row of all_logits segments and the last row of the others.
+  // Runs the segments (sum of n <= n_batch) as one pass; `out` (host memory) receives, in segment
+  // order, every row of all_logits segments and the last row of the others.
   bool forward(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort);
 
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
   std::vector<Seq> seqs_;
   // The KV cache and all activations: one block of the model backend's memory (backend.alloc),
-  // carved at construction. Model code reaches it only through Backend calls.
+  // carved at construction. Model code reaches it only through Backend calls (on a device the
+  // host never dereferences it: inputs are uploaded, output rows downloaded).
   BackendBuffer buffer_;
   // KV cache, per layer [n_seq, n_ctx, n_head_kv * head_dim] f32
   float* k_cache_ = nullptr;
@@ -317,8 +325,14 @@ class LlamaContext {
   // scratch for n_batch rows
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *tmp_ = nullptr;
   float *gate_ = nullptr, *up_ = nullptr, *k_new_ = nullptr, *v_new_ = nullptr;
-  int32_t* pos_ = nullptr;
-  float* logits_ = nullptr;  // [n_seq, n_vocab]: each sequence's last logits
+  int32_t* pos_ = nullptr;  // RoPE positions of the pass's rows, [sections][rows] (3 sections for M-RoPE)
+  // Device backends only (null on host-memory backends, which read the caller's arrays in place):
+  int32_t* ids_ = nullptr;      // the pass's token ids, uploaded per pass
+  float* out_dev_ = nullptr;    // out_rows_ rows of classifier output, downloaded per chunk
+  int64_t out_rows_ = 0;
+  std::vector<int32_t> pos_host_;  // positions staged on the host before the upload
+  // Host memory: [n_seq, n_vocab], each sequence's last logits (what the sampler reads).
+  std::vector<float> logits_;
 };
 
 }  // namespace emollm

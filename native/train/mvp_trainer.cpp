@@ -39,6 +39,11 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
                    "MvpTrainer: total_steps >= 1, warmup_steps >= 0 and lr > 0 are required");
   pool_ = std::make_unique<ThreadPool>(std::max(1, opts.threads));
   const EmollmModel& m = *model_;
+  // The trainer's CPU kernels read the decoder's weights in place: on a device backend those
+  // pointers are device memory (the decoder uploads its weights there), which the host cannot read.
+  if (!m.llava().text().backend().uses_host_memory())
+    throw Error(ErrorCode::Unsupported, "MvpTrainer: training runs on the CPU; load the model with device 'cpu' (it is on " +
+                                            m.llava().text().backend().describe() + ")");
   const WeightStore& ws = m.mvp_store();
   const auto& tl = m.tower_layers();
   const auto& ps = m.perspectives();
