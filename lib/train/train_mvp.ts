@@ -25,6 +25,7 @@ import { native } from '../native.js';
 import { writeFileAtomic } from '../safe_fs.js';
 import { mediaPath, nativeBackend, samplePrompt } from '../emobench/backends.js';
 import { runEval } from '../emobench/eval.js';
+import { rng } from '../emobench/metrics.js';
 import { formatDuration } from '../emobench/progress.js';
 import { parseSamples, type BenchSample } from '../emobench/sample.js';
 import { FeatureCache } from './feature_cache.js';
@@ -137,18 +138,6 @@ function bad(msg: string): EmollmError {
 
 function checkInt(name: string, v: number | undefined, min: number): void {
   if (v !== undefined && (!Number.isInteger(v) || v < min)) throw bad(`${name} must be an integer >= ${min}`);
-}
-
-/** A small seeded PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function permutation(n: number, seed: number): number[] {

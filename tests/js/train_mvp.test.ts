@@ -21,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { initMvp } from '../../lib/index.js';
 import { trainMvp } from '../../lib/train/train_mvp.js';
+import { rng } from '../../lib/emobench/metrics.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
@@ -36,18 +37,6 @@ const COLOURS: Record<string, [number, number, number]> = {
   surprised: [230, 220, 30], // yellow
 };
 const WORDS = Object.keys(COLOURS);
-
-/** A deterministic PRNG for the images. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** 42x42 PNG: the class colour over ~70% of the pixels, the rest random colours, with noise. */
 async function image(word: string, r: () => number): Promise<Buffer> {
