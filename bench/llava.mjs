@@ -21,6 +21,7 @@ import { DEFAULT_OUT, IMAGE_TOKEN_ID, TEXT, TEXT_DTYPES, VISION, VISION_DTYPES, 
 import {
   busyMark, combinePeaks, ensureBuilt, fmt, physicalCores, printTable, probePeaks, root, runChild, timed, visionGflop, waitQuiet,
 } from './vision.mjs';
+import { childMain } from './measure.mjs';
 
 // The real llava-1.5-7b-hf tokenizer when the shared folder has it (token counts as the real
 // model's), else the random GGUF's own vocabulary (which splits words into more pieces).
@@ -37,13 +38,12 @@ export const OPTIONS = ['happy', 'sad', 'angry', 'surprised', 'fearful', 'disgus
 async function child(spec) {
   const log = (...a) => console.error('[emollm]', ...a);
   const out = { ok: false, runs: [] };
-  let model;
-  try {
+  await childMain(out, log, async (use) => {
     const { loadModel } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href);
     const t0 = performance.now();
     const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx };
     if (spec.tokenizer) opts.tokenizer = spec.tokenizer;
-    model = await loadModel(spec.text, opts);
+    const model = use(await loadModel(spec.text, opts));
     out.load_s = (performance.now() - t0) / 1000;
     const vi = model.info.vision;
     const prompt = `USER: <image>\n${spec.question} ASSISTANT:`;
@@ -89,16 +89,7 @@ async function child(spec) {
       log(`run ${run + 1}: preprocess ${r.preprocess_s.toFixed(3)} s, vision ${r.vision_s.toFixed(2)} s, prefill ${r.prefill_s.toFixed(2)} s, ` +
         `scoring ${r.scoring_s.toFixed(2)} s, total ${r.total_s.toFixed(2)} s (other work up to ${r.other.toFixed(2)} cores)`);
     }
-    out.ok = true;
-  } catch (e) {
-    out.error = String(e?.stack ?? e);
-    log(out.error);
-  } finally {
-    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
-    try { await model?.close(); } catch {}
-  }
-  process.stdout.write(JSON.stringify(out) + '\n');
-  process.exit(out.ok ? 0 : 1);
+  });
 }
 
 // ============================================================================ parent

@@ -54,3 +54,24 @@ export async function waitQuiet(maxS, log = () => {}) {
     }
   }
 }
+
+/**
+ * The end every benchmark child shares: runs `body(use)` (`use(model)` returns the model and
+ * closes it at the end), records a failure in `out.error`, adds the peak RSS, writes `out` as one
+ * JSON line on stdout for the parent, and exits 0 when `body` finished, 1 when it threw.
+ */
+export async function childMain(out, log, body) {
+  let model;
+  try {
+    await body((m) => (model = m));
+    out.ok = true;
+  } catch (e) {
+    out.error = String(e?.stack ?? e);
+    log(out.error);
+  } finally {
+    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
+    try { await model?.close(); } catch {}
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+  process.exit(out.ok ? 0 : 1);
+}

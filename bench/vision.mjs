@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-import { machineBusyS, median, processCpuS, timed, waitQuiet } from './measure.mjs';
+import { childMain, machineBusyS, median, processCpuS, timed, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, VISION, VISION_DTYPES, ensure, mmprojPlan, stubPlan } from './make-random-llava.mjs';
 import { QWEN2VL, VLM_CASES, nextMmprojPlan, qwen2vlGflop, qwen2vlMmprojPlan, qwen2vlStubPlan, vlmChild, vlmSamples } from './vlm-cases.mjs';
 
@@ -152,12 +152,11 @@ export function randomPixels(B, S, seed = 1, mean = VISION.mean, std = VISION.st
 async function emollmChild(spec) {
   const log = (...a) => console.error('[emollm]', ...a);
   const out = { side: 'emollm', dtype: spec.dtype, ok: false, reps: [] };
-  let model;
-  try {
+  await childMain(out, log, async (use) => {
     const { loadModel, cpuInfo } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href);
     try { out.cpu = cpuInfo(); } catch {}
     const t0 = performance.now();
-    model = await loadModel(spec.text, { mmproj: spec.mmproj, threads: spec.threads, contextSize: 64 });
+    const model = use(await loadModel(spec.text, { mmproj: spec.mmproj, threads: spec.threads, contextSize: 64 }));
     out.load_s = (performance.now() - t0) / 1000;
     const vi = model.info.vision;
     out.vision = vi;
@@ -180,16 +179,7 @@ async function emollmChild(spec) {
       const quiet = out.reps.filter((x) => x.other < 0.25).length;
       if (rep + 1 >= spec.minReps && spent > spec.budgetS && (quiet > 0 || spent > 3 * spec.budgetS)) break;
     }
-    out.ok = true;
-  } catch (e) {
-    out.error = String(e?.stack ?? e);
-    log(out.error);
-  } finally {
-    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
-    try { await model?.close(); } catch {}
-  }
-  process.stdout.write(JSON.stringify(out) + '\n');
-  process.exit(out.ok ? 0 : 1);
+  });
 }
 
 // ============================================================================ PyTorch anchor

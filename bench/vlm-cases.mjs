@@ -15,6 +15,7 @@ import { pathToFileURL } from 'node:url';
 
 import { DEFAULT_OUT, VISION, finish, mmprojPlan } from './make-random-llava.mjs';
 import { vocab as baseVocab } from './make-random-model.mjs';
+import { childMain } from './measure.mjs';
 
 export const VLM_CASES = ['next', 'qwen2vl'];
 
@@ -181,15 +182,14 @@ async function makeFrames(sharp, width, height, frames, seed) {
 export async function vlmChild(spec, root, timed) {
   const log = (...a) => console.error('[emollm]', ...a);
   const out = { side: 'emollm', case: spec.case, dtype: spec.dtype, ok: false, samples: [] };
-  let model;
-  try {
+  await childMain(out, log, async (use) => {
     const dist = (f) => import(pathToFileURL(join(root, 'dist', f)).href);
     const { loadModel, cpuInfo } = await dist('index.js');
     const { decodeImage } = await dist('image.js');
     const sharp = (await import('sharp')).default;
     try { out.cpu = cpuInfo(); } catch {}
     const t0 = performance.now();
-    model = await loadModel(spec.text, { mmproj: spec.mmproj, threads: spec.threads, contextSize: 64 });
+    const model = use(await loadModel(spec.text, { mmproj: spec.mmproj, threads: spec.threads, contextSize: 64 }));
     out.load_s = (performance.now() - t0) / 1000;
     const pre = model.visualPreprocessing;  // @internal: the family's preprocessing settings
     if (!pre || pre.family !== (spec.case === 'next' ? 'llava_next' : 'qwen2_vl'))
@@ -225,14 +225,5 @@ export async function vlmChild(spec, root, timed) {
       log(`${spec.case} ${spec.dtype} ${s.label}: ${rec.reps.map((r) => `${r.pre_s.toFixed(3)}+${r.vision_s.toFixed(3)}`).join(' ')} s`);
       out.samples.push(rec);
     }
-    out.ok = true;
-  } catch (e) {
-    out.error = String(e?.stack ?? e);
-    log(out.error);
-  } finally {
-    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
-    try { await model?.close(); } catch {}
-  }
-  process.stdout.write(JSON.stringify(out) + '\n');
-  process.exit(out.ok ? 0 : 1);
+  });
 }
