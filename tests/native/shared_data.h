@@ -45,6 +45,21 @@ inline std::vector<float> read_f32(const std::string& path) {
   return out;
 }
 
+// Whitespace-separated integers (the token-id oracles, e.g. greedy_n200_noprompt.tokens.txt); empty when absent.
+inline std::vector<int32_t> read_ints(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<int32_t> v;
+  int32_t t;
+  while (f >> t) v.push_back(t);
+  return v;
+}
+
+// ../shared/models/stories260K (the GGUF required), or "" after printing why.
+inline const std::string& stories_dir() {
+  static const std::string dir = shared_model_dir("stories260K", {"gguf/stories260K.gguf"});
+  return dir;
+}
+
 // A JSON array of integers (token ids); empty when absent.
 inline std::vector<int32_t> ints(const emollm::JsonValue* v) {
   std::vector<int32_t> r;

@@ -54,26 +54,11 @@ std::string error_of(F&& f, ErrorCode code) {
 }
 bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
-std::string stories_dir() {
-  static std::string dir = [] {
-    std::string shared = std::getenv("EMOLLM_SHARED_DIR") ? std::getenv("EMOLLM_SHARED_DIR") : "../shared";
-    std::string d = shared + "/models/stories260K";
-    struct stat st;
-    if (::stat((d + "/gguf/stories260K.gguf").c_str(), &st) != 0) {
-      std::printf("  [skip] emulated-device model tests: %s not found (set EMOLLM_SHARED_DIR)\n", d.c_str());
-      return std::string();
-    }
-    return d;
-  }();
-  return dir;
-}
+using emollm_test::read_ints;
+using emollm_test::stories_dir;
 
 std::vector<int32_t> oracle_greedy() {
-  std::ifstream f(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");
-  std::vector<int32_t> v;
-  int32_t t;
-  while (f >> t) v.push_back(t);
-  return v;  // BOS, then 200 greedy tokens
+  return read_ints(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");  // BOS, then 200 greedy tokens
 }
 
 std::shared_ptr<LlamaModel> emulated_model() {

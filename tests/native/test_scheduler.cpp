@@ -23,6 +23,7 @@
 #include "model/llama.h"
 #include "model/scheduler.h"
 #include "model/session.h"
+#include "shared_data.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -43,17 +44,8 @@ float max_diff(const float* a, const float* b, int64_t n, bool* same_argmax) {
 }
 
 std::string stories_gguf() {
-  static std::string path = [] {
-    std::string shared = std::getenv("EMOLLM_SHARED_DIR") ? std::getenv("EMOLLM_SHARED_DIR") : "../shared";
-    std::string p = shared + "/models/stories260K/gguf/stories260K.gguf";
-    struct stat st;
-    if (::stat(p.c_str(), &st) != 0) {
-      std::printf("  [skip] scheduler tests: %s not found (set EMOLLM_SHARED_DIR)\n", p.c_str());
-      return std::string();
-    }
-    return p;
-  }();
-  return path;
+  const std::string& d = emollm_test::stories_dir();
+  return d.empty() ? d : d + "/gguf/stories260K.gguf";
 }
 
 std::shared_ptr<LlamaModel> model() {

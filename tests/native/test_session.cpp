@@ -14,32 +14,18 @@
 #include "base/error.h"
 #include "model/llama.h"
 #include "model/session.h"
+#include "shared_data.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
-std::string stories_dir() {
-  static std::string dir = [] {
-    std::string shared = std::getenv("EMOLLM_SHARED_DIR") ? std::getenv("EMOLLM_SHARED_DIR") : "../shared";
-    std::string d = shared + "/models/stories260K";
-    struct stat st;
-    if (::stat((d + "/gguf/stories260K.gguf").c_str(), &st) != 0) {
-      std::printf("  [skip] session tests: %s not found (set EMOLLM_SHARED_DIR)\n", d.c_str());
-      return std::string();
-    }
-    return d;
-  }();
-  return dir;
-}
+using emollm_test::read_ints;
+using emollm_test::stories_dir;
 
 std::vector<int32_t> oracle_greedy() {
-  std::ifstream f(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");
-  std::vector<int32_t> v;
-  int32_t t;
-  while (f >> t) v.push_back(t);
-  return v;  // BOS, then 200 greedy tokens
+  return read_ints(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");  // BOS, then 200 greedy tokens
 }
 
 std::shared_ptr<LlamaModel> model() {
