@@ -347,6 +347,29 @@ export type EmotionTaxonomyId = 'mikels8' | 'ekman6' | 'ekman7' | 'sentiment2' |
 const SAME_EKMAN = { joy: 'joy', anger: 'anger', fear: 'fear', sadness: 'sadness', disgust: 'disgust', surprise: 'surprise' } as const;
 /** Negative emotions folded onto a basic one (GoEmotions: embarrassment, remorse → sadness; contempt → disgust as in Ekman's own pairing). */
 const NEGATIVE_FOLDS = { embarrassment: 'sadness', guilt: 'sadness', shame: 'sadness', contempt: 'disgust' } as const;
+
+/**
+ * Ekman's six basic emotions and every other label folded onto them (GoEmotions' Ekman mapping);
+ * `ekman7` adds neutral.
+ */
+const EKMAN_FOLDS = {
+  ...SAME_EKMAN,
+  // GoEmotions' Ekman mapping: joy ← amusement, excitement, love, pride, relief, gratitude, optimism, admiration;
+  // surprise ← confusion, curiosity. Contentment is low-arousal joy.
+  amusement: 'joy',
+  contentment: 'joy',
+  excitement: 'joy',
+  love: 'joy',
+  pride: 'joy',
+  relief: 'joy',
+  gratitude: 'joy',
+  hope: 'joy',
+  admiration: 'joy',
+  confusion: 'surprise',
+  interest: 'surprise',
+  ...NEGATIVE_FOLDS,
+} as const;
+
 const POSITIVE = ['joy', 'amusement', 'awe', 'contentment', 'excitement', 'love', 'pride', 'relief', 'gratitude', 'hope', 'admiration'] as const;
 const NEGATIVE = ['anger', 'disgust', 'fear', 'sadness', 'shame', 'guilt', 'embarrassment', 'contempt', 'boredom', 'envy'] as const;
 
@@ -367,39 +390,8 @@ export const EMOTION_TO_TAXONOMY: Readonly<Record<EmotionTaxonomyId, Readonly<Pa
     relief: 'contentment',
     ...NEGATIVE_FOLDS,
   }),
-  ekman6: Object.freeze({
-    ...SAME_EKMAN,
-    // GoEmotions' Ekman mapping: joy ← amusement, excitement, love, pride, relief, gratitude, optimism, admiration;
-    // surprise ← confusion, curiosity. Contentment is low-arousal joy.
-    amusement: 'joy',
-    contentment: 'joy',
-    excitement: 'joy',
-    love: 'joy',
-    pride: 'joy',
-    relief: 'joy',
-    gratitude: 'joy',
-    hope: 'joy',
-    admiration: 'joy',
-    confusion: 'surprise',
-    interest: 'surprise',
-    ...NEGATIVE_FOLDS,
-  }),
-  ekman7: Object.freeze({
-    ...SAME_EKMAN,
-    amusement: 'joy',
-    contentment: 'joy',
-    excitement: 'joy',
-    love: 'joy',
-    pride: 'joy',
-    relief: 'joy',
-    gratitude: 'joy',
-    hope: 'joy',
-    admiration: 'joy',
-    confusion: 'surprise',
-    interest: 'surprise',
-    ...NEGATIVE_FOLDS,
-    neutral: 'neutral',
-  }),
+  ekman6: Object.freeze({ ...EKMAN_FOLDS }),
+  ekman7: Object.freeze({ ...EKMAN_FOLDS, neutral: 'neutral' }),
   sentiment2: Object.freeze({
     ...Object.fromEntries(POSITIVE.map((e) => [e, 'positive'])),
     ...Object.fromEntries(NEGATIVE.map((e) => [e, 'negative'])),
