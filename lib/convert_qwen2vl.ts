@@ -181,7 +181,7 @@ export async function convertQwen2VLToGguf(folder: string, out: Qwen2VLGgufPaths
   vis.push(whole('mm.2.weight', `${vp}merger.mlp.2.weight`), whole('mm.2.bias', `${vp}merger.mlp.2.bias`));
 
   const pre = existsSync(join(folder, 'preprocessor_config.json')) ? await readJson(join(folder, 'preprocessor_config.json')) : {};
-  const size = isObject(pre.size) ? pre.size : {};
+  const size: Json = isObject(pre.size) ? pre.size : {};
   const vm: GgufMetadataEntry[] = [];
   const vput = (key: string, type: GgufMetadataEntry['type'], value: GgufMetadataEntry['value']): void => void vm.push({ key, type, value });
   vput('general.architecture', 'string', 'clip');
@@ -265,7 +265,8 @@ function preTokenizerName(p: unknown, file: string): string {
   if (isObject(p) && p.type === 'ByteLevel' && p.use_regex !== false) return 'gpt-2';
   if (isObject(p) && p.type === 'Sequence' && Array.isArray(p.pretokenizers) && p.pretokenizers.length === 2) {
     const [split, bl] = p.pretokenizers as Json[];
-    const re = isObject(split?.pattern) ? split.pattern.Regex : undefined;
+    const pattern = split?.pattern;
+    const re = isObject(pattern) ? pattern.Regex : undefined;
     if (split?.type === 'Split' && (re === QWEN2_SPLIT_REGEX_HF || re === QWEN2_SPLIT_REGEX) && bl?.type === 'ByteLevel' && bl.use_regex === false) return 'qwen2';
   }
   throw new EmollmError('ERR_UNSUPPORTED', `${file}: pre_tokenizer ${JSON.stringify(p).slice(0, 200)} is neither GPT-2's byte-level nor Qwen2's split`, { file });

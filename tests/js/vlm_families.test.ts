@@ -285,3 +285,25 @@ describe.skipIf(!haveNext || !haveDemo)('LLaVA-NeXT: EmoPrompt, analyze with fac
       expect(Object.values(x.probabilities!).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
   }, 300_000);
 });
+
+describe.skipIf(!haveNext)('LLaVA-NeXT: concurrent sequences', () => {
+  it("the photo and the wide image decoded together give transformers' greedy tokens", async () => {
+    type NCase = { input_ids: number[]; greedy_new_tokens: number[]; image_sizes: [[number, number]] };
+    const expected = JSON.parse(readFileSync(join(ndir, 'reference', 'expected.json'), 'utf8')) as Record<string, NCase>;
+    const m = await loadModel(ndir, { threads: 1, maxSequences: 2 });
+    try {
+      const inputs = await Promise.all(
+        (['photo', 'wide'] as const).map(async (name) => {
+          const c = expected[name]!;
+          const features = await m.encodeAnyresPixels(f32(join(ndir, 'reference', `${name}_pixel_values.f32`)), c.image_sizes);
+          return { c, prompt: { tokens: c.input_ids, images: features } };
+        }),
+      );
+      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
+      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
+      expect(m.stats().batchedSteps).toBeGreaterThan(0);
+    } finally {
+      await m.close();
+    }
+  });
+});
