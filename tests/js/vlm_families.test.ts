@@ -253,11 +253,12 @@ describe.skipIf(!haveNext || !haveDemo)('LLaVA-NeXT: EmoPrompt, analyze with fac
     const r = await model.scoreOptions(p.messages, p.labels);
     expect(r.options).toHaveLength(p.labels.length);
     expect(r.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 10);
-    // scored again: the image + prompt prefix comes from the KV cache, with the same result
+    // scored again: the image + prompt prefix comes from the KV cache, with the same result up to
+    // float rounding (the rest is evaluated in differently sized chunks): within 1e-5
     const before = model.stats().reusedTokens;
     const again = await model.scoreOptions(p.messages, p.labels);
     expect(model.stats().reusedTokens).toBeGreaterThan(before);
-    expect(again.options.map((o) => o.logprob)).toEqual(r.options.map((o) => o.logprob));
+    again.options.forEach((o, i) => expect(Math.abs(o.logprob - r.options[i]!.logprob)).toBeLessThanOrEqual(1e-5));
   });
 
   it('analyze: the photo goes in as one anyres image with the face cues', async () => {
