@@ -5,11 +5,18 @@
 // vision (Model.encodePixels: tower + projector), prefill (Model.logits of the prompt with the
 // image, ~576 + 56 positions) and scoring (Model.scoreOptions after the prefill is cached), total,
 // peak RSS. See bench/README.md ("LLaVA end-to-end benchmark").
+// Cases next and qwen2vl (bench/vlm-cases.mjs, the shapes bench:vision uses): LLaVA-NeXT-7B
+// (llava-v1.6-vicuna-7b: the same Vicuna-7B text model + anyres mmproj, a 1024x1024 image -> 5 tiles of
+// 336) and Qwen2-VL-7B (text 28 layers / width 3584 / GQA 28:4 / M-RoPE + the 32-layer ViT and merger;
+// images at a few sizes and a 16-frame video), the same four phases per sample, with GFLOP/s of the
+// vision and prefill phases against the machine's peaks probed in the same run.
 //
 //   npm run bench:llava                               # text q4_0 + bf16 tower
 //   npm run bench:llava -- --full                     # also text q8_0
 //   npm run bench:llava -- --vision-dtypes f32,bf16 --runs 2
 //   npm run bench:llava -- --layers 2                 # smoke run: text model cut to 2 of 32 layers
+//   npm run bench:llava -- --cases next,qwen2vl --layers 1 --vision-layers 1 --qwen-sizes 224x224 \
+//       --video-frames 4 --video-size 224x224 --runs 1         # smallest smoke run of the VLM cases
 //   npm run -s bench:llava -- --json > llava.json
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -17,10 +24,13 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-import { DEFAULT_OUT, IMAGE_TOKEN_ID, TEXT, TEXT_DTYPES, VISION, VISION_DTYPES, ensure, mmprojPlan, textPlan } from './make-random-llava.mjs';
+import { DEFAULT_OUT, TEXT, TEXT_DTYPES, VISION, VISION_DTYPES, ensure, mmprojPlan, textPlan } from './make-random-llava.mjs';
 import {
   busyMark, combinePeaks, ensureBuilt, fmt, physicalCores, printTable, probePeaks, root, runChild, timed, visionGflop, waitQuiet,
 } from './vision.mjs';
+import {
+  QWEN2VL, VLM_CASES, nextMmprojPlan, qwen2vlGflop, qwen2vlMmprojPlan, qwen2vlTextPlan, vlmEndToEndChild, vlmSamples,
+} from './vlm-cases.mjs';
 import { childMain } from './measure.mjs';
 
 // The real llava-1.5-7b-hf tokenizer when the shared folder has it (token counts as the real
@@ -95,7 +105,15 @@ async function child(spec) {
 // ============================================================================ parent
 function parseArgs(argv) {
   const o = { threads: 0, text: ['q4_0'], vision: ['bf16'], full: false, layers: null, runs: 1, nCtx: 1024, build: true, probe: true,
-    out: DEFAULT_OUT, json: false, jsonOut: null, timeoutS: 1200, quietWaitS: 30, image: null, tokenizer: undefined };
+    out: DEFAULT_OUT, json: false, jsonOut: null, timeoutS: 1200, quietWaitS: 30, image: null, tokenizer: undefined,
+    // the VLM cases, with bench:vision's defaults (bench/vlm-cases.mjs vlmSamples)
+    cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16,
+    videoSize: [640, 360], seed: 1, nCtxVlm: 4096 };
+  const size = (s, name) => {
+    const m = /^(\d+)x(\d+)$/.exec(s.trim());
+    if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) throw new Error(`${name}: WIDTHxHEIGHT, not '${s}'`);
+    return [Number(m[1]), Number(m[2])];
+  };
   const val = (i, name) => { if (i + 1 >= argv.length) throw new Error(`${name} needs a value`); return argv[i + 1]; };
   const list = (s, allowed, name) => {
     const xs = s.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean);
@@ -115,6 +133,13 @@ function parseArgs(argv) {
       case '--layers': o.layers = Number(val(i, a)); i++; break;
       case '--runs': o.runs = Math.max(1, Number(val(i, a))); i++; break;
       case '--ctx': o.nCtx = Number(val(i, a)); i++; break;
+      case '--vlm-ctx': o.nCtxVlm = Number(val(i, a)); i++; break;
+      case '--cases': o.cases = val(i, a).split(',').map((x) => x.trim().toLowerCase()).filter(Boolean); i++; break;
+      case '--vision-layers': o.visionLayers = Number(val(i, a)); i++; break;
+      case '--next-size': o.nextSize = size(val(i, a), a); i++; break;
+      case '--qwen-sizes': o.qwenSizes = val(i, a).split(',').map((x) => size(x, a)); i++; break;
+      case '--video-frames': o.videoFrames = Number(val(i, a)); i++; break;
+      case '--video-size': o.videoSize = size(val(i, a), a); i++; break;
       case '--image': o.image = val(i, a); i++; break;
       case '--tokenizer': o.tokenizer = val(i, a); i++; break;
       case '--gguf-vocab': o.tokenizer = null; break;
@@ -130,6 +155,12 @@ function parseArgs(argv) {
     }
   }
   if (o.full && !textGiven) o.text = [...TEXT_DTYPES];
+  if (!o.cases.length) throw new Error('--cases: at least one of llava15, next, qwen2vl');
+  for (const c of o.cases) if (!['llava15', ...VLM_CASES].includes(c)) throw new Error(`--cases: llava15, ${VLM_CASES.join(', ')}, not '${c}'`);
+  if (!(Number.isInteger(o.videoFrames) && o.videoFrames >= 0 && o.videoFrames % 2 === 0)) throw new Error('--video-frames: an even number >= 0 (Qwen2-VL patches frames in pairs)');
+  if (!(Number.isInteger(o.visionLayers) && o.visionLayers >= 0)) throw new Error('--vision-layers: an integer >= 1 (0: all)');
+  if (!(Number.isInteger(o.nCtxVlm) && o.nCtxVlm >= 256)) throw new Error('--vlm-ctx: an integer >= 256');
+  if (o.cases.includes('qwen2vl') && o.layers !== null && o.layers > QWEN2VL.text.n_layer) throw new Error(`--layers: 1..${QWEN2VL.text.n_layer} with the qwen2vl case`);
   if (o.layers !== null && !(Number.isInteger(o.layers) && o.layers >= 1 && o.layers <= TEXT.n_layer)) throw new Error(`--layers: 1..${TEXT.n_layer}`);
   if (o.layers === TEXT.n_layer) o.layers = null;
   return o;
@@ -138,7 +169,13 @@ function parseArgs(argv) {
 const HELP = `usage: npm run bench:llava -- [options]
   --text-dtypes a,b     text model: q4_0 (default), q8_0; --full = both
   --vision-dtypes a,b   mmproj tower: bf16 (default), f16, f32
-  --layers N            smoke run: the text model cut to N of its 32 layers (labelled; not the 7B figure)
+  --cases a,b           llava15 (LLaVA-1.5-7B, one 336 image), next (LLaVA-NeXT-7B: anyres, up to 5 tiles of 336),
+                        qwen2vl (Qwen2-VL-7B: images at --qwen-sizes and a --video-frames video); default all three
+  --layers N            smoke run: the text models cut to N layers (of 32; Qwen2-VL's of 28) (labelled; not the 7B figure)
+  --vision-layers N     smoke run: the NeXT / Qwen2-VL towers cut to N layers (default: all)
+  --next-size WxH       NeXT image (default 1024x1024: pinpoint 672x672, 5 tiles)
+  --qwen-sizes WxH,..   Qwen2-VL images (default 448x448,1280x720); --video-frames N (default 16, even; 0: none),
+  --video-size WxH      Qwen2-VL video frames (default 640x360); --vlm-ctx N KV positions for these cases (default 4096)
   --runs N              end-to-end runs per model pair, each from an empty KV cache (default 1)
   --threads N           compute threads (default: physical cores); --ctx N KV positions (default 1024)
   --image FILE          the photo (default ../shared/models/llava-tiny-hf/photo.jpg, else a generated JPEG)
@@ -166,11 +203,12 @@ export async function generatedPhoto(dir) {
   return path;
 }
 
-// Multiply-adds x 2 of the decoder's matrices over `n` prompt positions, causal attention
-// (QK^T and AV over n(n+1)/2 pairs), and the LM head for the last position.
-function prefillGflop(n, layers) {
-  const { n_embd: E, n_ff: F, n_vocab: V } = TEXT;
-  const mats = n * layers * (4 * E * E + 3 * E * F);
+// Multiply-adds x 2 of the decoder's matrices over `n` prompt positions (q/o E x E, k/v E x kv
+// with grouped-query heads, SwiGLU 3 E F), causal attention (QK^T and AV over n(n+1)/2 pairs),
+// and the LM head for the last position.
+function prefillGflop(n, s, layers) {
+  const { n_embd: E, n_ff: F, n_vocab: V } = s, kv = s.n_head_kv * (E / s.n_head);
+  const mats = n * layers * (2 * E * E + 2 * E * kv + 3 * E * F);
   const attn = layers * 2 * E * ((n * (n + 1)) / 2);
   return (2 * (mats + attn + V * E)) / 1e9;
 }
@@ -184,9 +222,21 @@ async function main() {
   const t0 = performance.now();
 
   ensureBuilt(o.build, log);
-  const mm = o.vision.map((d) => mmprojPlan(d, o.out));
-  const tx = o.text.map((d) => textPlan(d, { out: o.out, layers: o.layers ?? undefined }));
-  await ensure([...mm, ...tx], { log: (s) => log(s.trim()) });
+  const llava15 = o.cases.includes('llava15');
+  const vl = o.visionLayers || undefined;
+  const mm = llava15 ? o.vision.map((d) => mmprojPlan(d, o.out)) : [];
+  const tx = llava15 || o.cases.includes('next') ? o.text.map((d) => textPlan(d, { out: o.out, layers: o.layers ?? undefined })) : [];
+  // the VLM cases: (case, text, tower) triples; NeXT shares LLaVA-1.5's Vicuna-7B text model
+  const vlmPairs = [];
+  for (const c of o.cases.filter((x) => VLM_CASES.includes(x)))
+    for (const [i, t] of o.text.entries())
+      for (const v of o.vision) {
+        const text = c === 'next' ? tx[i] : qwen2vlTextPlan(t, { out: o.out, layers: o.layers ?? undefined });
+        const mmproj = c === 'next' ? nextMmprojPlan(v, { out: o.out, layers: vl }) : qwen2vlMmprojPlan(v, { out: o.out, layers: vl });
+        vlmPairs.push({ case: c, textDtype: t, visionDtype: v, text, mmproj });
+      }
+  const plans = [...new Map([...mm, ...tx, ...vlmPairs.flatMap((x) => [x.text, x.mmproj])].map((p) => [p.path, p])).values()];
+  await ensure(plans, { log: (s) => log(s.trim()) });
   const image = o.image ?? (existsSync(PHOTO) ? PHOTO : await generatedPhoto(o.out));
   const tokenizer = o.tokenizer === null ? undefined : o.tokenizer ?? TOKENIZER_DIRS.find((d) => existsSync(join(d, 'tokenizer.json')));
   const load = os.loadavg()[0];
@@ -197,13 +247,26 @@ async function main() {
   probe('start');
 
   const rows = [];
-  for (const t of tx) for (const v of mm) {
+  if (llava15) for (const t of tx) for (const v of mm) {
     const label = `${t.path.split('/').at(-1)} + ${v.path.split('/').at(-1)}`;
     log(`${label} ...`);
     await waitQuiet(o.quietWaitS, log);
     const spec = { text: t.path, mmproj: v.path, threads, nCtx: o.nCtx, image, tokenizer, question: QUESTION, options: OPTIONS, runs: o.runs, quietWaitS: o.quietWaitS };
     const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label });
     rows.push({ text: t.path.match(/(q4_0|q8_0)\.gguf$/)[1], vision: v.path.match(/-(f32|f16|bf16)\.gguf$/)[1], res });
+  }
+  const vlmRows = [];
+  for (const x of vlmPairs) {
+    const samples = vlmSamples(x.case, o);
+    const label = `${x.case} ${x.text.path.split('/').at(-1)} + ${x.mmproj.path.split('/').at(-1)}`;
+    log(`${label}: ${samples.map((s) => s.label).join(', ')} ...`);
+    await waitQuiet(o.quietWaitS, log);
+    const spec = { vlm: true, case: x.case, text: x.text.path, mmproj: x.mmproj.path, threads, nCtx: o.nCtxVlm, seed: o.seed, samples,
+      tokenizer: x.case === 'next' ? tokenizer : undefined, question: QUESTION, options: OPTIONS, runs: o.runs, quietWaitS: o.quietWaitS,
+      outDim: x.case === 'next' ? VISION.mm_out : QWEN2VL.hidden_size };
+    const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label });
+    vlmRows.push({ ...x, res });
+    probe(`after ${x.case} ${x.textDtype} + ${x.visionDtype}`);
   }
   probe('end');
   const peaks = combinePeaks(probes);
@@ -218,6 +281,7 @@ async function main() {
 
   const layers = o.layers ?? TEXT.n_layer;
   const first = rows.find((r) => r.res.ok)?.res;
+  if (llava15) {
   out('');
   out(`LLaVA-1.5-7B shape end to end, random weights, ${threads} threads` +
     (o.layers ? `  ** SMOKE RUN: text model cut to ${o.layers} of ${TEXT.n_layer} layers: prefill/scoring are NOT the 7B figures **` : ''));
@@ -237,7 +301,7 @@ async function main() {
     const pos = r.res.positions;
     tbl.push([
       r.text + (o.layers ? ` L${o.layers}` : ''), r.vision, fmt(b.preprocess_s, 3), fmt(b.vision_s, 2), fmt(b.prefill_s, 2), fmt(pos / b.prefill_s, 1),
-      fmt(prefillGflop(pos, layers) / b.prefill_s, 0), fmt(b.scoring_s, 2), fmt(b.total_s, 2), `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
+      fmt(prefillGflop(pos, TEXT, layers) / b.prefill_s, 0), fmt(b.scoring_s, 2), fmt(b.total_s, 2), `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
       fmt(r.res.load_s, 1), fmt(r.res.maxrss_mib, 0), r.res.runs.length, busyMark(b.other),
     ]);
   }
@@ -245,22 +309,68 @@ async function main() {
   for (const r of rows) if (!r.res.ok) out(`  ${r.text} + ${r.vision}: ${String(r.res.error).split('\n').slice(0, 3).join(' | ')}`);
   const gv = visionGflop(VISION, VISION.n_layer);
   out(`vision = encodePixels (tower ${VISION.n_layer} layers + projector, ${fmt(gv.total, 0)} GFLOP); prefill = logits of the whole prompt with the image ` +
-    `into an empty KV cache (${fmt(first ? prefillGflop(first.positions, layers) : NaN, 0)} GFLOP); scoring = scoreOptions on the cached prompt ` +
+    `into an empty KV cache (${fmt(first ? prefillGflop(first.positions, TEXT, layers) : NaN, 0)} GFLOP); scoring = scoreOptions on the cached prompt ` +
     '(re-evaluates its last token, then each option\'s tokens after the first). total = the four phases (load and warm-up not included).');
   if (peaks) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, ` +
     `read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
+  }
+  if (vlmRows.length) printVlmTable(vlmRows, peaks, o, out);
+  if (peaks && !llava15) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, ` +
+    `bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
   out('busy = most cores of other work during any phase of the reported run (! >= 0.25: disturbed). RSS = the measuring process\'s peak (mapped weights included).');
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
   const json = { threads, layers, image, tokenizer: tokenizer ?? null, question: QUESTION, options: OPTIONS, peaks,
-    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, raw: r.res })) };
+    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, raw: r.res })),
+    vlm: vlmRows.map((r) => ({ case: r.case, text: r.textDtype, vision: r.visionDtype, raw: r.res })) };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');
-  process.exitCode = rows.every((r) => r.res.ok) ? 0 : 1;
+  process.exitCode = [...rows, ...vlmRows].every((r) => r.res.ok) ? 0 : 1;
+}
+
+// LLaVA-NeXT / Qwen2-VL rows: per sample the fastest undisturbed run (every phase < 0.25 cores of
+// other work), else the fastest; GFLOP/s of the vision and prefill phases and % of the fp32 FMA peak.
+function printVlmTable(vlmRows, peaks, o, out) {
+  const tl = o.layers, vl = o.visionLayers || null;
+  out('');
+  out(`LLaVA-NeXT-7B / Qwen2-VL-7B shapes end to end, random weights${tl || vl ? `  ** SMOKE RUN: ${tl ? `text cut to ${tl} layers` : ''}` +
+    `${tl && vl ? ', ' : ''}${vl ? `towers cut to ${vl} layers` : ''}: NOT the 7B figures **` : ''}`);
+  out(`prompt: the question (${QUESTION.length} chars) with one visual, in llava-v1.6-vicuna's / Qwen2-VL's chat format; ${OPTIONS.length} options scored. ` +
+    'next: the Vicuna-7B text GGUF + anyres mmproj; qwen2vl: Qwen2-VL-7B text GGUF (random SPM vocabulary: more pieces per word than Qwen2\'s BPE) + qwen2vl_merger mmproj');
+  const head = ['case', 'text', 'tower', 'sample', 'tiles/grid', 'visual', 'positions', 'preproc s', 'vision s', 'GFLOP/s', '%fma',
+    'prefill s', 'GFLOP/s', '%fma', 'scoring s', 'total s', 'dominant', 'RSS MiB', 'busy'];
+  const tbl = [];
+  const pct = (g) => (peaks?.fma_gflops ? fmt((100 * g) / peaks.fma_gflops, 0) : '-');
+  for (const r of vlmRows) {
+    if (!r.res.ok) { tbl.push([r.case, r.textDtype, r.visionDtype, 'failed']); continue; }
+    for (const smp of r.res.samples) {
+      const quiet = smp.runs.filter((x) => !(x.other >= 0.25));
+      const b = (quiet.length ? quiet : smp.runs).reduce((a, c) => (c.total_s < a.total_s ? c : a));
+      const nl = vl ?? (r.case === 'next' ? VISION.n_layer : QWEN2VL.depth);
+      const gv = r.case === 'next' ? visionGflop(VISION, nl).total * smp.tiles : qwen2vlGflop(smp.grid, nl);
+      const shape = r.case === 'next' ? TEXT : QWEN2VL.text;
+      const gp = prefillGflop(smp.positions, shape, tl ?? shape.n_layer);
+      const phases = [['preprocess', b.preprocess_s], ['vision', b.vision_s], ['prefill', b.prefill_s], ['scoring', b.scoring_s]];
+      const dom = phases.reduce((a, c) => (c[1] > a[1] ? c : a));
+      tbl.push([r.case, r.textDtype, r.visionDtype, smp.label, r.case === 'next' ? `${smp.tiles} (${smp.pinpoint.join('x')})` : smp.grid.join('x'),
+        fmt(smp.visual_tokens, 0), fmt(smp.positions, 0), fmt(b.preprocess_s, 3), fmt(b.vision_s, 2), fmt(gv / b.vision_s, 0), pct(gv / b.vision_s),
+        fmt(b.prefill_s, 2), fmt(gp / b.prefill_s, 0), pct(gp / b.prefill_s), fmt(b.scoring_s, 2), fmt(b.total_s, 2),
+        `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`, fmt(r.res.maxrss_mib, 0), busyMark(b.other)]);
+    }
+  }
+  printTable(head, tbl, out, 4);
+  for (const r of vlmRows) if (!r.res.ok) out(`  ${r.case} ${r.textDtype} + ${r.visionDtype}: ${String(r.res.error).split('\n').slice(0, 3).join(' | ')}`);
+  out('visual = decoder positions of the visual (NeXT: base tile + unpadded grid + newlines; Qwen2-VL: t*h*w/4 merged patches); ' +
+    'preproc = decode + resize / tile / patchify; vision = tower + projector / merger (+ packing); prefill = logits of the whole prompt into an ' +
+    'empty KV cache; scoring = scoreOptions on the cached prompt. GFLOP/s = multiply-adds x 2 of the phase / its seconds; %fma against the fp32 FMA probe of this run.');
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const i = process.argv.indexOf('--child');
-  if (i >= 0) child(JSON.parse(process.argv[i + 1]));
+  if (i >= 0) {
+    const spec = JSON.parse(process.argv[i + 1]);
+    if (spec.vlm) vlmEndToEndChild(spec, root, timed);
+    else child(spec);
+  }
   else main().catch((e) => { console.error(e?.stack ?? e); process.exit(1); });
 }

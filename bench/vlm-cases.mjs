@@ -15,16 +15,20 @@ import { pathToFileURL } from 'node:url';
 
 import { DEFAULT_OUT, VISION, finish, mmprojPlan } from './make-random-llava.mjs';
 import { vocab as baseVocab } from './make-random-model.mjs';
-import { childMain } from './measure.mjs';
+import { childMain, waitQuiet } from './measure.mjs';
 
 export const VLM_CASES = ['next', 'qwen2vl'];
 
 // llava-v1.6's pinpoints ([height, width]) at 336.
 export const NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
+// text: Qwen2-VL-7B-Instruct's language model (Qwen2-7B: 28 layers, GQA 28 / 4 heads, SwiGLU 18944,
+// vocabulary 152064, M-RoPE sections [16, 24, 24]); bench:vision loads a 1-layer stub of its width.
 export const QWEN2VL = {
   embed_dim: 1280, depth: 32, num_heads: 16, mlp: 5120, patch_size: 14, merge: 2, temporal_patch: 2, hidden_size: 3584,
-  text: { n_embd: 3584, n_head: 28, n_head_kv: 4, mrope: [16, 24, 24, 0] },
+  text: { label: 'Qwen2-VL-7B', n_embd: 3584, n_layer: 28, n_head: 28, n_head_kv: 4, n_ff: 18944, n_vocab: 152064, n_ctx: 32768, mrope: [16, 24, 24, 0] },
 };
+// Qwen2-VL's special tokens, appended after the random vocabulary (the native loader finds them by name).
+export const QWEN2VL_SPECIALS = ['<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>'];
 
 /** Drops tower layers >= `layers` from a plan (smoke runs); the path gets an -L<N> tag. */
 function cutTower(p, layers, total, tag) {
@@ -48,7 +52,11 @@ export function nextMmprojPlan(dtype, { out = DEFAULT_OUT, layers } = {}) {
   return cutTower(finish(p), layers, VISION.n_layer, `llava-next-mmproj-vitl14-336-${dtype}`);
 }
 
-/** Qwen2-VL mmproj (llama.cpp's qwen2vl_merger layout). */
+/**
+ * Qwen2-VL mmproj (llama.cpp's qwen2vl_merger layout), with the keys llama.cpp's converter writes:
+ * feed_forward_length is vision_config.hidden_size (3584, not the MLP's 5120), no
+ * spatial_merge_size (clip.cpp's default 2) and no use_gelu (quick_gelu).
+ */
 export function qwen2vlMmprojPlan(dtype, { out = DEFAULT_OUT, layers } = {}) {
   const q = QWEN2VL, D = q.embed_dim, F = q.mlp, MD = D * q.merge * q.merge;
   const md = [];
@@ -60,16 +68,14 @@ export function qwen2vlMmprojPlan(dtype, { out = DEFAULT_OUT, layers } = {}) {
   put('clip.has_text_encoder', 'bool', false);
   put('clip.has_vision_encoder', 'bool', true);
   put('clip.projector_type', 'string', 'qwen2vl_merger');
-  put('clip.use_gelu', 'bool', false);  // Qwen2-VL's ViT: quick_gelu
   put('clip.vision.image_size', 'u32', 560);
   put('clip.vision.patch_size', 'u32', q.patch_size);
   put('clip.vision.embedding_length', 'u32', D);
-  put('clip.vision.feed_forward_length', 'u32', F);
+  put('clip.vision.feed_forward_length', 'u32', q.hidden_size);
   put('clip.vision.projection_dim', 'u32', q.hidden_size);
   put('clip.vision.attention.head_count', 'u32', q.num_heads);
   put('clip.vision.attention.layer_norm_epsilon', 'f32', 1e-6);
   put('clip.vision.block_count', 'u32', q.depth);
-  put('clip.vision.spatial_merge_size', 'u32', q.merge);
   put('clip.vision.image_mean', 'array<f32>', [0.48145466, 0.4578275, 0.40821073]);
   put('clip.vision.image_std', 'array<f32>', [0.26862954, 0.26130258, 0.27577711]);
   const t = [];
@@ -93,17 +99,17 @@ export function qwen2vlMmprojPlan(dtype, { out = DEFAULT_OUT, layers } = {}) {
   return cutTower(p, layers, q.depth, name);
 }
 
-/** A 1-layer qwen2vl text model of Qwen2-VL-7B's width (3584) with its vision tokens: what the vision bench loads. */
-export function qwen2vlStubPlan(out = DEFAULT_OUT) {
-  const s = { ...QWEN2VL.text, n_layer: 1, n_ff: 128, n_vocab: 512 };
+/** A qwen2vl text GGUF of shape `s` (llama.cpp's layout: q/k/v biases, M-RoPE sections), matrices in `dtype`. */
+function qwen2vlTextGguf(s, dtype, path, label) {
   const md = [];
   const put = (key, type, value) => md.push({ key, type, value });
   const a = 'qwen2vl.';
   put('general.architecture', 'string', 'qwen2vl');
-  put('general.name', 'string', 'Qwen2-VL vision stub (emollm bench)');
-  put('general.file_type', 'u32', 2);
+  put('general.name', 'string', `${s.label} random ${dtype} (emollm bench)`);
+  put('general.file_type', 'u32', { q4_0: 2, q8_0: 7 }[dtype]);
+  put('general.quantization_version', 'u32', 2);
   put('general.alignment', 'u32', 32);
-  put(a + 'context_length', 'u32', 32768);
+  put(a + 'context_length', 'u32', s.n_ctx);
   put(a + 'embedding_length', 'u32', s.n_embd);
   put(a + 'block_count', 'u32', s.n_layer);
   put(a + 'feed_forward_length', 'u32', s.n_ff);
@@ -112,33 +118,50 @@ export function qwen2vlStubPlan(out = DEFAULT_OUT) {
   put(a + 'attention.layer_norm_rms_epsilon', 'f32', 1e-6);
   put(a + 'rope.freq_base', 'f32', 1000000);
   put(a + 'rope.dimension_sections', 'array<i32>', s.mrope);
-  const v = baseVocab(s.n_vocab - 6);
-  for (const tok of ['<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>', '<|video_pad|>']) {
-    v.tokens.push(tok); v.types.push(3); v.scores.push(0);
-  }
+  const v = baseVocab(s.n_vocab - QWEN2VL_SPECIALS.length);
+  for (const tok of QWEN2VL_SPECIALS) { v.tokens.push(tok); v.types.push(3); v.scores.push(0); }
   put('tokenizer.ggml.model', 'string', 'llama');
   put('tokenizer.ggml.tokens', 'array<string>', v.tokens);
   put('tokenizer.ggml.scores', 'array<f32>', v.scores);
   put('tokenizer.ggml.token_type', 'array<i32>', v.types);
   put('tokenizer.ggml.bos_token_id', 'u32', 1);
   put('tokenizer.ggml.eos_token_id', 'u32', 2);
+  put('tokenizer.ggml.add_bos_token', 'bool', false);  // Qwen2 adds no BOS
   const hd = s.n_embd / s.n_head, kv = s.n_head_kv * hd;
   const t = [];
-  const mat = (name, shape) => t.push({ name, shape, dtype: 'q4_0', fill: 'rand' });
+  const mat = (name, shape) => t.push({ name, shape, dtype, fill: 'rand' });
   const vec = (name, n, fill) => t.push({ name, shape: [n], dtype: 'f32', fill });
   mat('token_embd.weight', [s.n_vocab, s.n_embd]);
-  vec('blk.0.attn_norm.weight', s.n_embd, 'ones');
-  mat('blk.0.attn_q.weight', [s.n_embd, s.n_embd]); vec('blk.0.attn_q.bias', s.n_embd, 'zeros');
-  mat('blk.0.attn_k.weight', [kv, s.n_embd]); vec('blk.0.attn_k.bias', kv, 'zeros');
-  mat('blk.0.attn_v.weight', [kv, s.n_embd]); vec('blk.0.attn_v.bias', kv, 'zeros');
-  mat('blk.0.attn_output.weight', [s.n_embd, s.n_embd]);
-  vec('blk.0.ffn_norm.weight', s.n_embd, 'ones');
-  mat('blk.0.ffn_gate.weight', [s.n_ff, s.n_embd]);
-  mat('blk.0.ffn_up.weight', [s.n_ff, s.n_embd]);
-  mat('blk.0.ffn_down.weight', [s.n_embd, s.n_ff]);
+  for (let l = 0; l < s.n_layer; l++) {
+    const b = `blk.${l}.`;
+    vec(b + 'attn_norm.weight', s.n_embd, 'ones');
+    mat(b + 'attn_q.weight', [s.n_embd, s.n_embd]); vec(b + 'attn_q.bias', s.n_embd, 'zeros');
+    mat(b + 'attn_k.weight', [kv, s.n_embd]); vec(b + 'attn_k.bias', kv, 'zeros');
+    mat(b + 'attn_v.weight', [kv, s.n_embd]); vec(b + 'attn_v.bias', kv, 'zeros');
+    mat(b + 'attn_output.weight', [s.n_embd, s.n_embd]);
+    vec(b + 'ffn_norm.weight', s.n_embd, 'ones');
+    mat(b + 'ffn_gate.weight', [s.n_ff, s.n_embd]);
+    mat(b + 'ffn_up.weight', [s.n_ff, s.n_embd]);
+    mat(b + 'ffn_down.weight', [s.n_embd, s.n_ff]);
+  }
   vec('output_norm.weight', s.n_embd, 'ones');
   mat('output.weight', [s.n_vocab, s.n_embd]);
-  return finish({ path: join(out, 'qwen2vl-vision-stub.gguf'), label: 'text stub qwen2vl (width 3584, 1 layer) q4_0', metadata: md, tensors: t });
+  return finish({ path, label, metadata: md, tensors: t });
+}
+
+/** A 1-layer qwen2vl text model of Qwen2-VL-7B's width (3584) with its vision tokens: what the vision bench loads. */
+export function qwen2vlStubPlan(out = DEFAULT_OUT) {
+  const s = { ...QWEN2VL.text, label: 'Qwen2-VL vision stub', n_layer: 1, n_ff: 128, n_vocab: 512 };
+  return qwen2vlTextGguf(s, 'q4_0', join(out, 'qwen2vl-vision-stub.gguf'), 'text stub qwen2vl (width 3584, 1 layer) q4_0');
+}
+
+/** Qwen2-VL-7B's language model (random weights, q4_0 or q8_0); `layers` cuts it for smoke runs. */
+export function qwen2vlTextPlan(dtype, { out = DEFAULT_OUT, layers } = {}) {
+  if (!['q4_0', 'q8_0'].includes(dtype)) throw new Error(`text dtype ${dtype}: q4_0 or q8_0`);
+  const T = QWEN2VL.text, cut = layers !== undefined && layers !== null && layers !== T.n_layer;
+  if (cut && !(Number.isInteger(layers) && layers >= 1 && layers <= T.n_layer)) throw new Error(`--layers ${layers}: 1..${T.n_layer}`);
+  const s = cut ? { ...T, n_layer: layers, label: `${T.label} cut to ${layers} layers` } : T;
+  return qwen2vlTextGguf(s, dtype, join(out, cut ? `qwen2vl-7b-L${layers}-${dtype}.gguf` : `qwen2vl-7b-${dtype}.gguf`), `text ${s.label} ${dtype}`);
 }
 
 /** The samples of a case: `{ label, kind: 'image' | 'video', width, height, frames }`. */
@@ -178,38 +201,49 @@ async function makeFrames(sharp, width, height, frames, seed) {
   return out;
 }
 
+/**
+ * A loaded pair's own pipeline for a case: `preprocess(files)` decodes and resizes / tiles /
+ * patchifies (video frames in pairs, as the package's video path does), `encode(px)` runs the
+ * tower + projector / merger and packs (the features carry the token counts / grids the prompt needs).
+ */
+async function familyOps(model, kase, dist) {
+  const pre = model.visualPreprocessing;  // @internal: the family's preprocessing settings
+  if (!pre || pre.family !== (kase === 'next' ? 'llava_next' : 'qwen2_vl'))
+    throw new Error(`the pair did not load as ${kase} (preprocessing: ${pre?.family ?? 'none'})`);
+  const { decodeImage } = await dist('image.js');
+  const { anyresPreprocess } = await dist('image_processor_llava_next.js');
+  const { qwen2vlPatches } = await dist('image_processor_qwen2_vl.js');
+  return {
+    async preprocess(files) {
+      const imgs = [];
+      for (const f of files) imgs.push(await decodeImage(f));
+      if (pre.family === 'llava_next') return anyresPreprocess(imgs[0], pre.config, pre.pinpoints);
+      return qwen2vlPatches(imgs, pre.config);
+    },
+    encode: (px) => (pre.family === 'llava_next' ? model.encodeAnyresPixels(px.data, [px.imageSize]) : model.encodePatches(px.data, [px.grid])),
+  };
+}
+
+const distOf = (root) => (f) => import(pathToFileURL(join(root, 'dist', f)).href);
+
 /** The child: loads the pair, then per sample times preprocessing and vision separately. */
 export async function vlmChild(spec, root, timed) {
   const log = (...a) => console.error('[emollm]', ...a);
   const out = { side: 'emollm', case: spec.case, dtype: spec.dtype, ok: false, samples: [] };
   await childMain(out, log, async (use) => {
-    const dist = (f) => import(pathToFileURL(join(root, 'dist', f)).href);
+    const dist = distOf(root);
     const { loadModel, cpuInfo } = await dist('index.js');
-    const { decodeImage } = await dist('image.js');
     const sharp = (await import('sharp')).default;
     try { out.cpu = cpuInfo(); } catch {}
     const t0 = performance.now();
     const model = use(await loadModel(spec.text, { mmproj: spec.mmproj, threads: spec.threads, contextSize: 64 }));
     out.load_s = (performance.now() - t0) / 1000;
-    const pre = model.visualPreprocessing;  // @internal: the family's preprocessing settings
-    if (!pre || pre.family !== (spec.case === 'next' ? 'llava_next' : 'qwen2_vl'))
-      throw new Error(`the pair did not load as ${spec.case} (preprocessing: ${pre?.family ?? 'none'})`);
-    const { anyresPreprocess } = await dist('image_processor_llava_next.js');
-    const { qwen2vlPatches } = await dist('image_processor_qwen2_vl.js');
+    const ops = await familyOps(model, spec.case, dist);
     for (const s of spec.samples) {
       const files = await makeFrames(sharp, s.width, s.height, s.frames, spec.seed);
-      const preprocess = async () => {
-        const imgs = [];
-        for (const f of files) imgs.push(await decodeImage(f));
-        if (pre.family === 'llava_next') return anyresPreprocess(imgs[0], pre.config, pre.pinpoints);
-        // Qwen2-VL video: frames in pairs (temporal patch 2), as the package's video path does
-        return qwen2vlPatches(imgs, pre.config);
-      };
-      const encode = (px) => (pre.family === 'llava_next'
-        ? model.encodeAnyresPixels(px.data, [px.imageSize])
-        : model.encodePatches(px.data, [px.grid]));
+      const preprocess = () => ops.preprocess(files);
       const px = await preprocess();
-      const w = await timed(() => encode(px));  // warm-up
+      const w = await timed(() => ops.encode(px));  // warm-up
       const feats = w.value;
       for (let i = 0; i < feats.length; i += 97) if (!Number.isFinite(feats[i])) throw new Error(`${s.label}: non-finite features`);
       const rec = { label: s.label, kind: s.kind, warmup_s: w.s, tokens: feats.length / spec.outDim,
@@ -217,12 +251,90 @@ export async function vlmChild(spec, root, timed) {
       const tStart = performance.now();
       for (let rep = 0; rep < spec.maxReps; rep++) {
         const p = await timed(preprocess);
-        const e = await timed(() => encode(p.value));
+        const e = await timed(() => ops.encode(p.value));
         rec.reps.push({ pre_s: p.s, vision_s: e.s, other: Math.max(p.other, e.other) });
         const spent = (performance.now() - tStart) / 1000;
         if (rep + 1 >= spec.minReps && spent > spec.budgetS) break;
       }
       log(`${spec.case} ${spec.dtype} ${s.label}: ${rec.reps.map((r) => `${r.pre_s.toFixed(3)}+${r.vision_s.toFixed(3)}`).join(' ')} s`);
+      out.samples.push(rec);
+    }
+  });
+}
+
+/**
+ * The prompt of a sample with one visual placeholder: LLaVA-NeXT (llava-v1.6-vicuna) "USER: <image>\n...
+ * ASSISTANT:"; Qwen2-VL's chat format with <|vision_start|><|image_pad|> or <|video_pad|><|vision_end|>.
+ */
+function promptTokens(model, kase, kind, question) {
+  if (kase === 'next') return model.tokenize(`USER: <image>\n${question} ASSISTANT:`);
+  const id = (t) => {
+    const v = model.tokenizer.tokenToId(t);
+    if (v === undefined) throw new Error(`the text GGUF has no ${t} token`);
+    return v;
+  };
+  const text = (x) => model.tokenize(x, { addSpecialTokens: false });
+  return [
+    id('<|im_start|>'), ...text('user\n'), id('<|vision_start|>'), id(kind === 'video' ? '<|video_pad|>' : '<|image_pad|>'), id('<|vision_end|>'),
+    ...text(question), id('<|im_end|>'), ...text('\n'), id('<|im_start|>'), ...text('assistant\n'),
+  ];
+}
+
+/**
+ * bench:llava's child for the NeXT / Qwen2-VL cases: loads the text + mmproj pair, then per sample
+ * (after an untimed warm-up of the same sample) times preprocessing, vision, the prefill of the
+ * prompt with the visual into an empty KV cache, and scoring the options on the cached prompt.
+ */
+export async function vlmEndToEndChild(spec, root, timed) {
+  const log = (...a) => console.error('[emollm]', ...a);
+  const out = { case: spec.case, ok: false, samples: [] };
+  await childMain(out, log, async (use) => {
+    const dist = distOf(root);
+    const { loadModel, cpuInfo } = await dist('index.js');
+    const sharp = (await import('sharp')).default;
+    try { out.cpu = cpuInfo(); } catch {}
+    const t0 = performance.now();
+    const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx };
+    if (spec.tokenizer) opts.tokenizer = spec.tokenizer;
+    const model = use(await loadModel(spec.text, opts));
+    out.load_s = (performance.now() - t0) / 1000;
+    const ops = await familyOps(model, spec.case, dist);
+    out.question_tokens = model.tokenize(spec.question, { addSpecialTokens: false }).length;
+    out.option_tokens = spec.options.map((o) => model.tokenizer.encode(o, { addSpecialTokens: false }).length);
+    // a token no prompt starts with: a one-token call on it empties the KV cache (cold prefill)
+    const coldId = 300;
+    for (const s of spec.samples) {
+      const files = await makeFrames(sharp, s.width, s.height, s.frames, spec.seed);
+      const tokens = promptTokens(model, spec.case, s.kind, spec.question);
+      const run = async () => {
+        const pre = await timed(() => ops.preprocess(files));
+        const vis = await timed(() => ops.encode(pre.value));
+        const input = { tokens, images: vis.value };
+        const fill = await timed(() => model.logits(input));
+        const score = await timed(() => model.scoreOptions(input, spec.options));
+        return { pre, vis, fill, score };
+      };
+      const tw = performance.now();
+      const w = await run();  // warm-up: the weights' pages, sharp's first decode
+      const feats = w.vis.value;
+      for (let i = 0; i < feats.length; i += 97) if (!Number.isFinite(feats[i])) throw new Error(`${s.label}: non-finite features`);
+      const visualTokens = feats.length / spec.outDim;  // one placeholder in the prompt becomes these positions
+      const rec = { label: s.label, kind: s.kind, warmup_s: (performance.now() - tw) / 1000, prompt_tokens: tokens.length,
+        visual_tokens: visualTokens, positions: tokens.length - 1 + visualTokens, tiles: w.pre.value.tiles ?? null,
+        grid: w.pre.value.grid ?? null, pinpoint: w.pre.value.pinpoint ?? null, runs: [] };
+      for (let r = 0; r < spec.runs; r++) {
+        await model.logits([coldId]);
+        if (spec.quietWaitS > 0) await waitQuiet(Math.min(10, spec.quietWaitS));
+        const x = await run();
+        rec.runs.push({
+          preprocess_s: x.pre.s, vision_s: x.vis.s, prefill_s: x.fill.s, scoring_s: x.score.s,
+          total_s: x.pre.s + x.vis.s + x.fill.s + x.score.s,
+          other: Math.max(x.pre.other, x.vis.other, x.fill.other, x.score.other), best: x.score.value.best,
+        });
+      }
+      const b = rec.runs.at(-1);
+      log(`${spec.case} ${s.label}: ${rec.visual_tokens} visual tokens, ${rec.positions} positions; preprocess ${b.preprocess_s.toFixed(3)} s, ` +
+        `vision ${b.vision_s.toFixed(2)} s, prefill ${b.prefill_s.toFixed(2)} s, scoring ${b.scoring_s.toFixed(2)} s`);
       out.samples.push(rec);
     }
   });

@@ -16,6 +16,7 @@ export { DEVICES, isDevice, runtimeInfo, runtimeOptions } from './runtime.js';
 export type { RuntimeInfo, RuntimeOptions } from './runtime.js';
 export * from './gguf_writer.js';
 export * from './quantize.js';
+export { convertQwen2VLToGguf, type Qwen2VLGgufPaths } from './convert_qwen2vl.js';
 export { QUANT_MIXES, useMoreBits, type QuantMix } from './quantize_mix.js';
 export * from './image.js';
 export {

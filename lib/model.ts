@@ -22,7 +22,7 @@ import { resolveHfPath } from './hub.js';
 import { readThrough, weightFiles, type LoadProgress } from './load_progress.js';
 import { parseGridPinpoints } from './image_processor_llava_next.js';
 import type { PerspectiveType } from './perspectives.js';
-import { parseQwen2VLProcessorConfig } from './image_processor_qwen2_vl.js';
+import { parseQwen2VLProcessorConfig, type Qwen2VLProcessorConfig } from './image_processor_qwen2_vl.js';
 import { inspectGguf } from './loaders.js';
 import { native } from './native.js';
 import { FileGuard } from './file_guard.js';
@@ -441,8 +441,9 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   if (vision?.family === 'qwen2_vl') {
     // Qwen2-VL: its own processor (smart resize, temporal patches); no CLIP ImageProcessor
     try {
-      // a GGUF pair carries no processor config: transformers' Qwen2VLImageProcessor defaults
-      if (!st.isDirectory()) visualPreprocessing = { family: 'qwen2_vl', config: parseQwen2VLProcessorConfig({}) };
+      // a GGUF pair: the mmproj's mean / std and llama.cpp's clip.vision.image_{min,max}_pixels
+      // when present, else transformers' Qwen2VLImageProcessor defaults
+      if (!st.isDirectory()) visualPreprocessing = { family: 'qwen2_vl', config: await qwen2vlGgufPreprocessing(options.mmproj) };
       else {
         const file = join(path, 'preprocessor_config.json');
         const text = (
@@ -483,6 +484,23 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   model.maxSequences = maxSequences;
   options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
   return model;
+}
+
+/** Qwen2-VL preprocessing of a GGUF pair, from the mmproj's keys (llama.cpp's names) over transformers' defaults. */
+async function qwen2vlGgufPreprocessing(mmproj: string | undefined): Promise<Qwen2VLProcessorConfig> {
+  const meta = mmproj === undefined ? {} : (await inspectGguf(mmproj)).metadata;
+  const num = (k: string): number | undefined => (typeof meta[k] === 'number' || typeof meta[k] === 'bigint' ? Number(meta[k]) : undefined);
+  return parseQwen2VLProcessorConfig(
+    {
+      image_mean: meta['clip.vision.image_mean'],
+      image_std: meta['clip.vision.image_std'],
+      min_pixels: num('clip.vision.image_min_pixels'),
+      max_pixels: num('clip.vision.image_max_pixels'),
+      patch_size: num('clip.vision.patch_size'),
+      merge_size: num('clip.vision.spatial_merge_size'),
+    },
+    mmproj,
+  );
 }
 
 /** CLIP preprocessing for a model whose only description is its vision info (a GGUF mmproj). */

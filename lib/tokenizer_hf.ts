@@ -490,19 +490,44 @@ export async function loadHfTokenizer(dir: string): Promise<HfTokenizer> {
 }
 
 /**
+ * Qwen2's pre-tokenizer split (its tokenizer.json's `Split` regex, as Qwen2 / Qwen2-VL ship it), and
+ * llama.cpp's spelling of the same pattern with the inline case-insensitive group expanded.
+ * @internal
+ */
+export const QWEN2_SPLIT_REGEX_HF = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+/** @internal */
+export const QWEN2_SPLIT_REGEX = String.raw`(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+
+/** The tokenizer.json pre-tokenizer for a GGUF `tokenizer.ggml.pre` (llama.cpp's names). */
+function ggufPreTokenizer(pre: unknown): Json | undefined {
+  if (pre === undefined || pre === 'gpt-2' || pre === 'default') return { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  // Qwen2 / Qwen2-VL: one digit per piece, then byte-level without GPT-2's regex (Qwen2's tokenizer.json)
+  if (pre === 'qwen2')
+    return {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: QWEN2_SPLIT_REGEX_HF }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+      ],
+    };
+  return undefined;
+}
+
+/**
  * A GGUF byte-level BPE vocabulary (`tokenizer.ggml.model = "gpt2"`) as a Hugging Face BPE
  * tokenizer: `tokenizer.ggml.tokens`, `.merges`, `.token_type` (control tokens special,
  * user-defined tokens added), `.bos_token_id`, `.eos_token_id`, `.unknown_token_id`,
- * `.padding_token_id`, `.add_bos_token` (default false), `.add_eos_token` (default false). Only
- * the GPT-2 pre-tokenizer (`tokenizer.ggml.pre` `"gpt-2"`, `"default"` or absent) is supported.
+ * `.padding_token_id`, `.add_bos_token` (default false), `.add_eos_token` (default false). The
+ * pre-tokenizers of `tokenizer.ggml.pre` `"gpt-2"` (also `"default"` or absent) and `"qwen2"` are supported.
  * @internal Use `tokenizerFromGgufMetadata` in tokenizer.ts.
  */
 export function hfTokenizerFromGgufMetadata(meta: GgufMetadata, file?: string): HfTokenizer {
   const where = file ?? 'GGUF metadata';
   const bad = (msg: string): EmollmError => new EmollmError('ERR_MALFORMED_FILE', `${where}: ${msg}`, { file });
   const pre = meta['tokenizer.ggml.pre'];
-  if (pre !== undefined && pre !== 'gpt-2' && pre !== 'default')
-    throw new EmollmError('ERR_UNSUPPORTED', `${where}: BPE pre-tokenizer ${JSON.stringify(pre)} is not supported (only "gpt-2")`, { file });
+  const preTokenizer = ggufPreTokenizer(pre);
+  if (!preTokenizer)
+    throw new EmollmError('ERR_UNSUPPORTED', `${where}: BPE pre-tokenizer ${JSON.stringify(pre)} is not supported ("gpt-2", "qwen2")`, { file });
   const tokens = meta['tokenizer.ggml.tokens'];
   if (!Array.isArray(tokens) || tokens.length === 0 || !tokens.every((t) => typeof t === 'string'))
     throw bad('tokenizer.ggml.tokens is missing or not an array of strings');
@@ -528,7 +553,7 @@ export function hfTokenizerFromGgufMetadata(meta: GgufMetadata, file?: string): 
     padding: null,
     added_tokens: added,
     normalizer: null,
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
+    pre_tokenizer: preTokenizer,
     post_processor: null,
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges },

@@ -96,7 +96,8 @@ std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_hf(const WeightStore& w
 std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_gguf(const GgufFile& f) {
   const WeightStore& ws = f;  // tensor lookup (GgufFile::find looks up metadata keys)
   const std::string src = ws.source();
-  const std::string ptype = f.get_string_or("clip.projector_type", "");
+  // "clip.projector_type"; llama.cpp's files of mixed-modality models name it "clip.vision.projector_type"
+  const std::string ptype = f.get_string_or("clip.projector_type", f.get_string_or("clip.vision.projector_type", ""));
   if (ptype != "qwen2vl_merger")
     throw Error(ErrorCode::Unsupported, "mmproj projector type \"" + ptype + "\" is not Qwen2-VL's (qwen2vl_merger)", src);
   auto m = std::make_unique<Qwen2VisionModel>();
@@ -104,14 +105,17 @@ std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_gguf(const GgufFile& f)
   c.embed_dim = f.get_u32("clip.vision.embedding_length");
   c.depth = f.get_u32("clip.vision.block_count");
   c.num_heads = f.get_u32("clip.vision.attention.head_count");
-  const int64_t F = f.get_u32("clip.vision.feed_forward_length");
+  // The MLP width is fc1's (v.blk.0.ffn_up) row count: llama.cpp's converter writes the merger's
+  // output width (vision_config.hidden_size) as clip.vision.feed_forward_length for Qwen2-VL.
+  const TensorInfo* up0 = ws.find("v.blk.0.ffn_up.weight");
+  const int64_t F = up0 && up0->shape.size() == 2 ? up0->shape[0] : 0;
   c.patch_size = f.get_u32("clip.vision.patch_size");
   c.spatial_merge_size = f.get_u32_or("clip.vision.spatial_merge_size", 2);
   c.temporal_patch_size = 2;
   c.in_channels = 3;
   c.hidden_act = f.get_bool_or("clip.use_gelu", false) ? "gelu" : "quick_gelu";
   if (c.embed_dim <= 0 || c.num_heads <= 0 || c.embed_dim % c.num_heads != 0 || (c.embed_dim / c.num_heads) % 4 != 0 ||
-      F % c.embed_dim != 0 || c.depth <= 0)
+      F <= 0 || F % c.embed_dim != 0 || c.depth <= 0)
     throw Error(ErrorCode::MalformedFile, "clip.vision sizes are inconsistent for a Qwen2-VL tower", src);
   c.mlp_ratio = F / c.embed_dim;
   const TensorInfo& mm2 = ws.get("mm.2.weight");

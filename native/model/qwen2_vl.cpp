@@ -58,7 +58,7 @@ std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load(const std::string& path, const 
 bool Qwen2VLModel::is_qwen2vl_mmproj(const std::string& mmproj) {
   try {
     GgufFile g = GgufFile::open(mmproj);
-    return g.get_string_or("clip.projector_type", "") == "qwen2vl_merger";
+    return g.get_string_or("clip.projector_type", g.get_string_or("clip.vision.projector_type", "")) == "qwen2vl_merger";
   } catch (...) {
     return false;
   }

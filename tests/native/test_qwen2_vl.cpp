@@ -217,8 +217,14 @@ std::vector<float> rows(const std::vector<float>& w, int64_t cols, int64_t r0, i
   return std::vector<float>(w.begin() + r0 * cols, w.begin() + (r0 + n) * cols);
 }
 
-// qwen2-vl-tiny-hf -> text.gguf + mmproj.gguf in llama.cpp's layouts.
-void convert_qwen(const std::string& text_path, const std::string& mmproj_path) {
+// qwen2-vl-tiny-hf -> text.gguf + mmproj.gguf in llama.cpp's layouts. The mmproj's keys are the
+// ones llama.cpp's Qwen2VLVisionModel writes: clip.vision.feed_forward_length is vision_config's
+// hidden_size (the merger's output width, 3584 for Qwen2-VL-7B, not the MLP's 5120), no
+// spatial_merge_size (clip.cpp's default 2), no use_gelu (quick_gelu). `ff_key` overrides that key
+// to show it is not read as the MLP width; `vision_ptype_key` names the projector type the
+// mixed-modality way (clip.vision.projector_type).
+void convert_qwen(const std::string& text_path, const std::string& mmproj_path, uint32_t ff_key = 64,
+                  bool vision_ptype_key = false) {
   auto st = SafetensorsStore::open(qdir());
   emollm_test::GgufOut t;
   t.kv_i32s("qwen2vl.rope.dimension_sections", {2, 3, 3, 0});
@@ -234,16 +240,19 @@ void convert_qwen(const std::string& text_path, const std::string& mmproj_path) 
 
   emollm_test::GgufOut v;
   v.kv_str("general.architecture", "clip");
+  v.kv_u32("general.file_type", 0);
   v.kv_bool("clip.has_vision_encoder", true);
-  v.kv_str("clip.projector_type", "qwen2vl_merger");
+  v.kv_u32("clip.vision.projection_dim", 64);
+  v.kv_u32("clip.vision.image_size", 560);
+  v.kv_u32("clip.vision.patch_size", 14);
   v.kv_u32("clip.vision.embedding_length", 32);
-  v.kv_u32("clip.vision.feed_forward_length", 64);
+  v.kv_u32("clip.vision.feed_forward_length", ff_key);
   v.kv_u32("clip.vision.block_count", 2);
   v.kv_u32("clip.vision.attention.head_count", 2);
+  v.kv_f32s("clip.vision.image_mean", {0.48145466f, 0.4578275f, 0.40821073f});
+  v.kv_f32s("clip.vision.image_std", {0.26862954f, 0.26130258f, 0.27577711f});
+  v.kv_str(vision_ptype_key ? "clip.vision.projector_type" : "clip.projector_type", "qwen2vl_merger");
   v.kv_f32("clip.vision.attention.layer_norm_epsilon", 1e-6f);
-  v.kv_u32("clip.vision.patch_size", 14);
-  v.kv_u32("clip.vision.spatial_merge_size", 2);
-  v.kv_bool("clip.use_gelu", false);
   // Conv3d [32, 3, 2, 14, 14] -> two Conv2d kernels [32, 3, 14, 14], one per temporal slice
   const auto pe = tdata(st, "visual.patch_embed.proj.weight");
   for (int k = 0; k < 2; ++k) {
@@ -310,6 +319,22 @@ TEST(qwen2_vl_gguf_pair_parity) {
     EXPECT(got.size() == c.logits.size());
     EXPECT_ALL_CLOSE(got.data(), c.logits.data(), std::min(got.size(), c.logits.size()), 1e-4, 0.0, "gguf pair logits " + c.name);
     EXPECT(greedy(*g, p, fg, 12) == c.greedy);
+  }
+  // Qwen2-VL-7B's mmproj says feed_forward_length 3584 for a 5120-wide MLP: the key is not the MLP
+  // width. And a mixed-modality file names its projector type clip.vision.projector_type.
+  {
+    const std::string text2 = std::string(d) + "/text2.gguf", mm2 = std::string(d) + "/mmproj-ff.gguf";
+    convert_qwen(text2, mm2, 3584, true);  // new files: `g` maps the first pair
+    EXPECT(Qwen2VLModel::is_qwen2vl_mmproj(mm2));
+    auto g2 = Qwen2VLModel::load_gguf(text2, mm2);
+    const Case& c = t->cases[0];
+    std::vector<float> f1, f2;
+    EXPECT(g->encode(c.pixels.data(), {c.grid}, &f1));
+    EXPECT(g2->encode(c.pixels.data(), {c.grid}, &f2));
+    EXPECT(f1 == f2);
+    g2.reset();
+    std::remove(text2.c_str());
+    std::remove(mm2.c_str());
   }
   // a Qwen2-VL mmproj with a llama text GGUF, or a missing file, is a typed error
   EXPECT_THROWS(Qwen2VLModel::load_gguf(text, text), ErrorCode::Unsupported);
