@@ -405,6 +405,14 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     expect(text).toMatch(/emollm_generation_tokens_per_second_count \d+/);
     expect(text).toContain('emollm_rejected_total{reason="queue_full"} 1');
     expect(text).toContain('emollm_requests_total{code="401",route="/v1/models"} 1');
+    // the core scheduler's counters: steps ran, prompts went through prefill chunks, rows per step
+    const core = (name: string): number => Number(new RegExp(`\\n${name} (\\d+)`).exec(text)?.[1] ?? Number.NaN);
+    expect(text).toContain('# TYPE emollm_core_steps_total counter');
+    expect(core('emollm_core_steps_total')).toBeGreaterThan(0);
+    expect(core('emollm_core_prefill_chunks_total')).toBeGreaterThan(0);
+    expect(core('emollm_core_step_rows_total')).toBeGreaterThanOrEqual(core('emollm_core_steps_total'));
+    expect(core('emollm_core_queued_sequences')).toBe(0);
+    expect(core('emollm_core_batch_tokens')).toBeGreaterThan(0);
   });
 
   it('eval --model http://… against the server: the in-process native predictions, exactly', async () => {
