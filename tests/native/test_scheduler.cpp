@@ -516,3 +516,47 @@ TEST(scheduler_step_budget_is_validated) {
   Scheduler s(model(), ok);
   EXPECT(s.stats().n_batch == 3 && s.stats().chunked_prefill);
 }
+
+TEST(scheduler_abort_during_chunked_prefill_leaves_the_others_exact) {
+  if (stories_gguf().empty()) return;
+  // a decoding sequence aborts a long prompt once some of its chunks ran (from its own on_token,
+  // on the scheduler thread, so the moment is a step count, not a time)
+  const std::vector<int32_t> dec = story_prompt(4, 0), longp = story_prompt(150, 30);
+  const GenerateResult want = alone(dec, 60);
+  SchedulerOptions so;
+  so.n_ctx = 256;
+  so.n_seq = 2;
+  so.n_batch = 8;
+  Scheduler sched(model(), so);
+  std::atomic<uint64_t> victim{0};
+  std::atomic<int64_t> chunks_seen{0};
+  std::promise<SeqOutcome> pa, pb;
+  SeqRequest b;
+  b.prompt = longp;
+  b.params = greedy(10);
+  b.on_done = [&](SeqOutcome&& o) { pb.set_value(std::move(o)); };
+  SeqRequest a;
+  a.prompt = dec;
+  a.params = greedy(60);
+  a.on_token = [&](int32_t) {
+    const SchedulerStats st = sched.stats();
+    const uint64_t v = victim.load();
+    if (v != 0 && st.prefilling > 0 && st.prefill_chunks >= 5) {
+      int64_t none = 0;
+      chunks_seen.compare_exchange_strong(none, st.prefill_chunks);
+      sched.abort(v);  // idempotent: the request ends at the next step
+    }
+  };
+  a.on_done = [&](SeqOutcome&& o) { pa.set_value(std::move(o)); };
+  sched.submit(std::move(a));
+  victim.store(sched.submit(std::move(b)));
+  const SeqOutcome ob = pb.get_future().get();
+  const SeqOutcome oa = pa.get_future().get();
+  EXPECT(chunks_seen.load() >= 5);
+  EXPECT(ob.generated.reason == StopReason::Aborted && ob.generated.tokens.empty() && !ob.error);
+  EXPECT(oa.generated.tokens == want.tokens);
+  const SchedulerStats st = sched.stats();
+  EXPECT(st.prefilling == 0 && st.active == 0);
+  // the aborted prompt stopped early: far fewer positions than its 150 were evaluated
+  EXPECT(st.prefill_tokens < int64_t(longp.size()));
+}
