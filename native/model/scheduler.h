@@ -13,8 +13,9 @@
 //      hook runs (the addon splices image features there, off the event loop), then the slot
 //      that already caches the longest prefix of its prompt is chosen; when ANOTHER slot caches a
 //      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
-//      running) those positions are copied into the chosen slot once (prefix sharing). The rest
-//      of the prompt is prefilled in chunks inside the step passes (chunked prefill, below).
+//      running) those positions are copied into the chosen slot once (prefix sharing; settled
+//      at the prompt's first chunk). The rest of the prompt is prefilled in chunks inside the
+//      step passes (chunked prefill, below).
 //   2. step: ONE batched forward pass (LlamaContext::eval_batch: weight GEMMs with M = all rows,
 //      attention per slot) of at most n_batch rows (the step's token budget) carries, in this
 //      order: a row for every generating sequence's next token; for every scoring sequence, the
@@ -29,8 +30,9 @@
 // an image may be split across chunks. Prefix sharing still holds for requests admitted
 // together: a prompt whose common prefix with an OLDER prompt still being prefilled is longer
 // than anything cached (by 16 positions or more) waits for those positions (a step or a few) and
-// copies them, instead of computing them a second time beside it. With chunked_prefill false each prompt is prefilled at
-// admission in its own passes (the decoding sequences wait): the A/B baseline.
+// copies them, instead of computing them a second time beside it. With chunked_prefill false
+// each prompt is prefilled at admission in its own passes (the decoding sequences wait): the
+// A/B baseline.
 // Stats count the chunks, the prompt rows and the rows per step (mixed_steps: passes carrying
 // prompt rows beside decode / option rows, i.e. decoding that went on during a prefill).
 // Finished or aborted sequences leave at the end of the step; their slot keeps its cache for

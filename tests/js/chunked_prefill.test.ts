@@ -22,6 +22,9 @@ if (!haveStories) console.warn(`chunked prefill tests on stories260K skipped: ${
 const tiny = join(shared, 'models', 'llava-tiny-hf');
 const haveTiny = existsSync(join(tiny, 'model.safetensors'));
 if (!haveTiny) console.warn(`chunked prefill tests on llava-tiny-hf skipped: ${tiny} not found (set EMOLLM_SHARED_DIR)`);
+const next = join(shared, 'models', 'llava-next-tiny-hf');
+const haveNext = existsSync(join(next, 'reference', 'expected.json'));
+if (!haveNext) console.warn(`chunked prefill tests on llava-next-tiny-hf skipped: ${next} not found (set EMOLLM_SHARED_DIR)`);
 const qwen = join(shared, 'models', 'qwen2-vl-tiny-hf');
 const haveQwen = existsSync(join(qwen, 'reference', 'expected.json'));
 if (!haveQwen) console.warn(`chunked prefill tests on qwen2-vl-tiny-hf skipped: ${qwen} not found (set EMOLLM_SHARED_DIR)`);
@@ -210,8 +213,43 @@ describe.skipIf(!haveQwen)('chunked prefill on qwen2-vl-tiny-hf (M-RoPE position
       got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
       const st = m.stats();
       expect(st.maxStepRows).toBeLessThanOrEqual(5);
+      // every prompt position was evaluated or taken from a cache (a shared text prefix may be
+      // copied), in chunks of <= 5 rows: the prompts (with their image rows) crossed many steps
       const promptRows = inputs.reduce((s, x) => s + x.c.input_ids.length, 0);
-      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(promptRows / 5));
+      expect(st.prefillTokens + st.reusedTokens).toBeGreaterThanOrEqual(promptRows);
+      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(st.prefillTokens / 5));
+      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(Math.max(...inputs.map((x) => x.c.input_ids.length)) / 10));
+    } finally {
+      await m.close();
+    }
+  });
+});
+
+describe.skipIf(!haveNext)('chunked prefill on llava-next-tiny-hf (anyres image rows split across chunks)', () => {
+  it('photo and wide prompts prefilled together in chunks of <= 5 rows give the reference greedy tokens', async () => {
+    type Case = { input_ids: number[]; greedy_new_tokens: number[]; image_sizes: [[number, number]] };
+    const expected = JSON.parse(readFileSync(join(next, 'reference', 'expected.json'), 'utf8')) as Record<string, Case>;
+    const m = await loadModel(next, { threads: 1, maxSequences: 2, batchTokens: 5 });
+    try {
+      const inputs = await Promise.all(
+        (['photo', 'wide'] as const).map(async (name) => {
+          const c = expected[name]!;
+          const b = readFileSync(join(next, 'reference', `${name}_pixel_values.f32`));
+          const pixels = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+          const features = await m.encodeAnyresPixels(pixels, c.image_sizes);
+          return { c, prompt: { tokens: c.input_ids, images: features } };
+        }),
+      );
+      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
+      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
+      const st = m.stats();
+      expect(st.maxStepRows).toBeLessThanOrEqual(5);
+      // every prompt position was evaluated or taken from a cache (a shared text prefix may be
+      // copied), in chunks of <= 5 rows: the prompts (with their image rows) crossed many steps
+      const promptRows = inputs.reduce((s, x) => s + x.c.input_ids.length, 0);
+      expect(st.prefillTokens + st.reusedTokens).toBeGreaterThanOrEqual(promptRows);
+      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(st.prefillTokens / 5));
+      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(Math.max(...inputs.map((x) => x.c.input_ids.length)) / 10));
     } finally {
       await m.close();
     }
