@@ -126,8 +126,9 @@ describe.skipIf(!haveStories)('chunked prefill on stories260K', () => {
     expect(on.stats.mixedSteps).toBeGreaterThanOrEqual(5);
     expect(on.stats.prefillTokens).toBeGreaterThanOrEqual(bTok.length);
     expect(on.stats.stepRows).toBeGreaterThan(on.stats.decodedTokens);
-    // the scoring shared the long prompt's prefix (waited for its chunks, then copied them)
-    expect(on.stats.reusedTokens).toBeGreaterThanOrEqual(bTok.length - 1);
+    // the scoring shared the long prompt's prefix (waited for its chunks, then copied them; it
+    // computes at most 16 of those positions itself, see scheduler.h)
+    expect(on.stats.reusedTokens).toBeGreaterThanOrEqual(bTok.length - 17);
     // unchunked (the baseline): each prompt ran alone at admission, no step carried one beside a decoding call
     expect(off.stats.chunkedPrefill).toBe(false);
     expect(off.stats.mixedSteps).toBe(0);
@@ -183,14 +184,15 @@ describe.skipIf(!haveTiny)('chunked prefill on llava-tiny-hf (image rows split a
       a.forEach((row, i) => row.forEach((v, j) => expect(Math.abs(v - b[i]![j]!)).toBeLessThanOrEqual(1e-4)));
     }
     const st = chunked.stats();
-    // the image prompt (its image rows far more than 7) crossed many steps
+    // the image prompts (9 image rows and the question's) crossed several steps of <= 7 rows
     expect(st.maxStepRows).toBeLessThanOrEqual(7);
     expect(st.prefillChunks).toBeGreaterThan(st.prefills);
-    expect(st.mixedSteps).toBeGreaterThan(0);
-    // p1 (image + question) was evaluated once: the two later calls on it waited for its
-    // chunks and copied them (or found them cached), instead of recomputing them beside it
+    // p1 (image + question) is shared: each of the two later calls on it copies what the first
+    // has cached, or waits for its chunks when that saves 16 positions or more, so it computes
+    // at most 16 of p1's positions itself (p1's length before the image rows are spliced in is a
+    // lower bound of its length)
     const p1Len = chunked.promptTokens(question('photo.jpg', 'How does the person in this photo feel?')).length;
-    expect(st.reusedTokens).toBeGreaterThanOrEqual(2 * (p1Len - 1));
+    expect(st.reusedTokens).toBeGreaterThanOrEqual(Math.max(1, 2 * (p1Len - 16)));
   });
 });
 

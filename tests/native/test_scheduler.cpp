@@ -496,8 +496,9 @@ TEST(scheduler_chunked_prefill_outputs_equal_alone) {
   EXPECT(st.prefill_chunks >= 30);  // the 120-token prompt alone needs 30 chunks of 4
   EXPECT(st.mixed_steps > 0);
   EXPECT(st.prefills == 8);
-  // the scorings' 120-token prefix is evaluated once more at most: the later ones reuse or copy it
-  EXPECT(st.reused_tokens >= 2 * (int64_t(ps[5].size()) - 1));
+  // the scorings share the 120-token prefix of request 5: each copies what an older one cached,
+  // or waits for its chunks when that saves >= 16 positions, so computes at most 16 itself
+  EXPECT(st.reused_tokens >= 2 * (int64_t(ps[5].size()) - 17));
 }
 
 TEST(scheduler_step_budget_is_validated) {
