@@ -8,6 +8,7 @@
 //   npm run bench:serve                                  # 160M q8_0, concurrency 1, 4, 16
 //   npm run bench:serve -- --smoke                       # tiny shape, concurrency 1 and 4, few requests (checks it works)
 //   npm run bench:serve -- --shape 1.1b --dtype q4_0 --threads 4 --json serve.json
+//   npm run bench:serve -- --no-chunked-prefill          # A/B: prompts prefilled whole at admission
 //
 // Workloads (token ids; the model is random, so text would mean nothing):
 //   chat     a prompt of --prompt tokens, then up to --max-tokens tokens greedily (EOS ends a
@@ -17,7 +18,11 @@
 // For each workload and concurrency c: the same --requests requests (default 4 x the highest c, at
 // least 8) are offered as c closed-loop clients (a client sends its next request when its previous one finished).
 // Reported: requests/s, generated tokens/s (chat), p50 / p99 request latency; ratios emollm /
-// llama.cpp at each c, and emollm's throughput at c = max over c = 1.
+// llama.cpp at each c, each side's throughput at c = max over c = 1, the issue's targets (emollm
+// at the highest c >= 4x its c = 1 and >= llama.cpp's) as met / not met, and emollm's scheduler
+// counters per workload and c (steps, mean rows per step, prefill chunks, steps mixing prompt and
+// decode rows). Both sides get the same token budget per forward pass (--batch-tokens, default
+// 512: emollm's batchTokens, llama.cpp's batchSize).
 //
 // Each side runs in its own child process, one after the other, so they never share the cores.
 // Do not run long configurations on a shared machine: the figures need a quiet one.
@@ -42,11 +47,12 @@ SHAPES['160m'] ??= { name: 'llama-160m', label: 'LLaMA-160M', n_embd: 768, n_lay
 
 const USAGE = `usage: npm run bench:serve -- [--smoke] [--shape tiny|160m|1.1b] [--dtype f32|f16|bf16|q8_0|q4_0]
        [--concurrency 1,4,16] [--requests N] [--prompt N] [--max-tokens N] [--options N]
-       [--threads N] [--no-anchor] [--json FILE]`;
+       [--threads N] [--batch-tokens N] [--no-chunked-prefill] [--no-anchor] [--json FILE]`;
 
 function parseArgs(argv) {
   const o = { shape: '160m', dtype: 'q8_0', concurrency: [1, 4, 16], requests: 0, prompt: 64, maxTokens: 32, options: 4,
-    threads: Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 8)), anchor: true, json: null };
+    threads: Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 8)), anchor: true, json: null,
+    batchTokens: 512, chunkedPrefill: true };
   const need = (i) => {
     if (i + 1 >= argv.length) fail(`${argv[i]} needs a value`);
     return argv[i + 1];
@@ -68,12 +74,15 @@ function parseArgs(argv) {
       case '--max-tokens': o.maxTokens = int(a, need(i)); i++; break;
       case '--options': o.options = int(a, need(i)); i++; break;
       case '--threads': o.threads = int(a, need(i)); i++; break;
+      case '--batch-tokens': o.batchTokens = int(a, need(i)); i++; break;
+      case '--no-chunked-prefill': o.chunkedPrefill = false; break;
       case '--no-anchor': o.anchor = false; break;
       case '--json': o.json = need(i); i++; break;
       case '--help': case '-h': console.log(USAGE); process.exit(0); break;
       default: fail(`unknown option ${a}`);
     }
   }
+  if (o.batchTokens < Math.max(...o.concurrency)) fail(`--batch-tokens must be at least the highest concurrency (${Math.max(...o.concurrency)}): every decoding sequence takes one row per step`);
   return o;
 }
 
@@ -149,24 +158,34 @@ async function emollmChild(spec) {
   const model = await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx });
   try {
     for (const c of spec.concurrency) {
-      const batch = model.createBatch({ nCtx: spec.nCtx, maxSequences: c });
+      const batch = model.createBatch({ nCtx: spec.nCtx, maxSequences: c, batchTokens: spec.batchTokens, chunkedPrefill: spec.chunkedPrefill });
+      // the scheduler's counters over one workload (the difference of two snapshots)
+      const counters = (a, b) => {
+        const steps = b.steps - a.steps;
+        return { steps, batchedSteps: b.batchedSteps - a.batchedSteps, maxBatch: b.maxBatch, stepRows: b.stepRows - a.stepRows,
+          rowsPerStep: steps > 0 ? (b.stepRows - a.stepRows) / steps : 0, maxStepRows: b.maxStepRows,
+          prefillChunks: b.prefillChunks - a.prefillChunks, prefillTokens: b.prefillTokens - a.prefillTokens,
+          mixedSteps: b.mixedSteps - a.mixedSteps, decodedTokens: b.decodedTokens - a.decodedTokens };
+      };
       try {
         const reqs = makeRequests(spec);
         // warm-up: one request of each kind
         await batch.generate(Int32Array.from(reqs[0].prompt), { maxTokens: 2, temperature: 0 }).promise;
+        const s0 = batch.stats();
         const chat = await closedLoop(reqs, c, async (q) => {
           // greedy to maxTokens or EOS (the llama.cpp side stops at EOS too)
           const r = await batch.generate(Int32Array.from(q.prompt), { maxTokens: spec.maxTokens, temperature: 0 }).promise;
           return r.tokens.length;
         });
+        const s1 = batch.stats();
         const scoring = await closedLoop(reqs, c, async (q) => {
           const r = await batch.score(Int32Array.from(q.prompt), null, q.options.map((o) => Int32Array.from(o))).promise;
           if (r.logprobs.length !== q.options.length) throw new Error('scoring returned the wrong number of options');
           return 0;
         });
-        const st = batch.stats();
+        const s2 = batch.stats();
         out.results.push({ concurrency: c, chat: summary(chat, reqs.length), scoring: summary(scoring, reqs.length),
-          stats: { steps: st.steps, batchedSteps: st.batchedSteps, maxBatch: st.maxBatch, decodedTokens: st.decodedTokens } });
+          batchTokens: s2.batchTokens, chunkedPrefill: s2.chunkedPrefill, stats: { chat: counters(s0, s1), scoring: counters(s1, s2) } });
       } finally {
         await batch.close();
       }
@@ -189,7 +208,7 @@ async function llamacppChild(spec) {
   try {
     for (const c of spec.concurrency) {
       // one context, c sequences, the same per-sequence context as emollm's slots
-      const context = await model.createContext({ contextSize: spec.nCtx * c, sequences: c, batchSize: Math.min(512, spec.nCtx * c), threads: spec.threads });
+      const context = await model.createContext({ contextSize: spec.nCtx * c, sequences: c, batchSize: Math.min(spec.batchTokens, spec.nCtx * c), threads: spec.threads });
       try {
         const free = Array.from({ length: c }, () => context.getSequence());
         const reqs = makeRequests(spec);
@@ -284,17 +303,19 @@ async function main() {
   if (typeof gguf !== 'string' || !existsSync(gguf)) fail(`could not make the ${o.shape} ${o.dtype} model`);
   const nCtx = o.prompt + o.maxTokens + 8;
   const spec = { model: gguf, threads: o.threads, nCtx, nVocab: shape.n_vocab, concurrency: o.concurrency, requests: o.requests,
-    prompt: o.prompt, maxTokens: o.maxTokens, options: o.options };
+    prompt: o.prompt, maxTokens: o.maxTokens, options: o.options, batchTokens: o.batchTokens, chunkedPrefill: o.chunkedPrefill };
   const sides = [runChild('emollm', spec, log)];
   if (o.anchor) {
     if (ensureAnchor(log)) sides.push(runChild('llama.cpp', spec, log));
     else sides.push({ side: 'llama.cpp', ok: false, error: 'node-llama-cpp could not be installed' });
   }
   const [em, lc] = sides;
-  const report = { bench: 'serve', date: new Date().toISOString(), machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model },
+  const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout?.trim() || null;
+  const report = { bench: 'serve', date: new Date().toISOString(), commit, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, loadavg: os.loadavg() },
     model: { shape: o.shape, dtype: o.dtype, file: relative(root, gguf) }, spec, emollm: em, llamacpp: lc ?? null, ratios: [] };
   const f = (x, d = 2) => (x === undefined ? '-' : x.toFixed(d));
-  console.log(`bench:serve  ${shape.label} ${o.dtype}, ${o.threads} threads, prompt ${o.prompt}, ${o.maxTokens} new tokens, ${o.options} options${o.smoke ? '  (SMOKE: tiny sizes, figures meaningless)' : ''}`);
+  console.log(`bench:serve  ${shape.label} ${o.dtype}, ${o.threads} threads, prompt ${o.prompt}, ${o.maxTokens} new tokens, ${o.options} options, ${o.batchTokens} tokens per step, chunked prefill ${o.chunkedPrefill ? 'on' : 'off'}${o.smoke ? '  (SMOKE: tiny sizes, figures meaningless)' : ''}`);
+  console.log(`machine: ${os.cpus()[0]?.model ?? '?'}, ${os.cpus().length} cpus, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}; commit ${commit ?? '?'}`);
   console.log('workload  c   emollm req/s  tok/s   p50 s   p99 s  | llama.cpp req/s  tok/s   p50 s   p99 s  | ratio req/s');
   for (const kind of ['chat', 'scoring']) {
     for (const c of o.concurrency) {
@@ -304,15 +325,33 @@ async function main() {
       report.ratios.push({ kind, concurrency: c, emollm_over_llamacpp: ratio ?? null });
       console.log(`${kind.padEnd(8)} ${String(c).padStart(3)}  ${f(a?.requests_per_s).padStart(10)} ${f(a?.tokens_per_s, 1).padStart(7)} ${f(a?.p50_s, 3).padStart(7)} ${f(a?.p99_s, 3).padStart(7)}  | ${f(b?.requests_per_s).padStart(13)} ${f(b?.tokens_per_s, 1).padStart(7)} ${f(b?.p50_s, 3).padStart(7)} ${f(b?.p99_s, 3).padStart(7)}  | ${f(ratio).padStart(6)}`);
     }
-    if (em.ok && o.concurrency.length > 1) {
-      const lo = em.results.find((r) => r.concurrency === Math.min(...o.concurrency))[kind];
-      const hi = em.results.find((r) => r.concurrency === Math.max(...o.concurrency))[kind];
-      const scale = hi.requests_per_s / lo.requests_per_s;
-      report.ratios.push({ kind, emollm_scaling: scale, from: Math.min(...o.concurrency), to: Math.max(...o.concurrency) });
-      console.log(`${kind}: emollm throughput at c=${Math.max(...o.concurrency)} / c=${Math.min(...o.concurrency)}: ${f(scale)}x`);
+    if (o.concurrency.length > 1) {
+      const cLo = Math.min(...o.concurrency), cHi = Math.max(...o.concurrency);
+      const scaling = (side) => {
+        if (!side?.ok) return undefined;
+        const lo = side.results.find((r) => r.concurrency === cLo)?.[kind];
+        const hi = side.results.find((r) => r.concurrency === cHi)?.[kind];
+        return lo && hi ? hi.requests_per_s / lo.requests_per_s : undefined;
+      };
+      const se = scaling(em), sl = scaling(lc);
+      report.ratios.push({ kind, emollm_scaling: se ?? null, llamacpp_scaling: sl ?? null, from: cLo, to: cHi });
+      console.log(`${kind}: throughput at c=${cHi} / c=${cLo}: emollm ${f(se)}x, llama.cpp ${f(sl)}x`);
+      // the issue's targets: at the highest c, >= 4x emollm's c = 1 and >= llama.cpp's throughput
+      const hiEm = em.ok ? em.results.find((r) => r.concurrency === cHi)?.[kind] : undefined;
+      const hiLc = lc?.ok ? lc.results.find((r) => r.concurrency === cHi)?.[kind] : undefined;
+      if (cLo === 1 && se !== undefined) {
+        const vsAnchor = hiEm && hiLc ? hiEm.requests_per_s / hiLc.requests_per_s : undefined;
+        report.ratios.push({ kind, target_scaling_4x: se >= 4, target_vs_llamacpp: vsAnchor === undefined ? null : vsAnchor >= 1 });
+        console.log(`${kind}: target c=${cHi} >= 4x c=1: ${se >= 4 ? 'met' : 'NOT met'} (${f(se)}x); >= llama.cpp at c=${cHi}: ${vsAnchor === undefined ? 'not measured' : vsAnchor >= 1 ? 'met' : 'NOT met'} (${f(vsAnchor)}x)`);
+      }
     }
   }
-  if (em.ok) for (const r of em.results) console.log(`emollm c=${r.concurrency}: ${r.stats.steps} step passes, ${r.stats.batchedSteps} with several sequences, at most ${r.stats.maxBatch} sequences in one`);
+  if (em.ok)
+    for (const r of em.results)
+      for (const kind of ['chat', 'scoring']) {
+        const s = r.stats[kind];
+        console.log(`emollm ${kind} c=${r.concurrency}: ${s.steps} steps (${s.batchedSteps} with several sequences, at most ${s.maxBatch}), ${f(s.rowsPerStep, 1)} rows per step (max ${s.maxStepRows} of ${r.batchTokens}), ${s.prefillChunks} prefill chunks, ${s.mixedSteps} steps mixing prompt and decode rows`);
+      }
   if (!em.ok) console.log(`emollm: failed: ${em.error}`);
   if (lc && !lc.ok) console.log(`llama.cpp: not measured: ${lc.error}`);
   if (o.json) {

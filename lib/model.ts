@@ -47,6 +47,21 @@ export interface LoadModelOptions extends RuntimeOptions {
    */
   maxSequences?: number;
   /**
+   * The scheduler's token budget per step (default min(contextSize, 512); at least
+   * `maxSequences`, at most 1048576): the most token rows one forward pass carries. Each step
+   * carries every decoding sequence's next token, then option rows of scoring calls, then chunks
+   * of the prompts being prefilled with what is left, so a long prompt is evaluated over several
+   * steps while the other sequences keep decoding. Larger: prompts in fewer, bigger passes
+   * (throughput); smaller: shorter steps (steadier token latency for the decoding sequences).
+   */
+  batchTokens?: number;
+  /**
+   * Chunked prefill (default true): prompts are evaluated in chunks inside the scheduler's steps,
+   * beside the decoding sequences. `false` evaluates each prompt whole when its call is admitted,
+   * and the decoding sequences wait meanwhile (the A/B baseline for measurements).
+   */
+  chunkedPrefill?: boolean;
+  /**
    * The tokenizer, when the model does not carry its own: a Tokenizer, or a path to a .gguf, a
    * tokenizer.json (or its folder), or a llama2.c tokenizer.bin. Default: the model's own
    * (tokenizer.json in the folder, or the GGUF's vocabulary).
@@ -302,22 +317,42 @@ interface NativeContext {
 export interface SequenceStats {
   /** Sequences decoded together at most (the `maxSequences` load option). */
   maxSequences: number;
+  /** The token budget of a step (the `batchTokens` load option or its default; 0 before the first call when defaulted). */
+  batchTokens: number;
+  /** Whether prompts are prefilled in chunks inside the steps (the `chunkedPrefill` load option). */
+  chunkedPrefill: boolean;
   /** Sequences holding a KV slot now. */
   active: number;
-  /** Calls waiting for a slot. */
+  /** Of which still having their prompt evaluated. */
+  prefilling: number;
+  /** Calls waiting for a slot (the queue depth). */
   queued: number;
-  /** Step passes run so far (each carries every running sequence's next token or option). */
+  /** Step passes run so far (each carries every running sequence's next token or option, and prompt chunks). */
   steps: number;
   /** Of which with two sequences or more. */
   batchedSteps: number;
   /** Most sequences in one step pass. */
   maxBatch: number;
-  /** Token rows evaluated in all step passes. */
+  /** Decode and option rows evaluated in all step passes (prompt rows not included). */
   decodedTokens: number;
-  /** Prompt prefills run. */
+  /** Prompts prefilled. */
   prefills: number;
+  /** Prompt chunks evaluated (a step's part of a prompt; unchunked: a prompt's own passes). */
+  prefillChunks: number;
+  /** Prompt positions evaluated. */
+  prefillTokens: number;
+  /** Step passes that carried prompt rows beside decode / option rows (decoding went on during a prefill). */
+  mixedSteps: number;
+  /** Rows of all step passes (stepRows / steps: the mean batch rows per step). */
+  stepRows: number;
+  /** Rows of the latest step pass. */
+  lastStepRows: number;
+  /** Most rows in one step pass. */
+  maxStepRows: number;
   /** Prompt prefixes copied from another sequence's cache instead of recomputed. */
   prefixCopies: number;
+  /** Prompts that waited a step or more for an older prompt's prefill, to copy the prefix they share. */
+  prefixWaits: number;
   /** Prompt positions taken from a cache (own or copied) instead of recomputed. */
   reusedTokens: number;
 }
@@ -350,7 +385,7 @@ interface NativeModel extends NativeVisualEncoder {
   info(): ModelInfo;
   encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number }): NativeContext;
-  createBatch(options?: { nCtx?: number; maxSequences?: number }): NativeBatch;
+  createBatch(options?: { nCtx?: number; maxSequences?: number; batchTokens?: number; chunkedPrefill?: boolean }): NativeBatch;
   close(): Promise<void>;
 }
 
@@ -361,6 +396,8 @@ const leakGuard = new FinalizationRegistry<NativeModel>((m) => {
 
 /** Sequences decoded together unless `maxSequences` says otherwise. */
 const DEFAULT_MAX_SEQUENCES = 4;
+/** The largest `batchTokens` (rows of one forward pass; scratch memory grows with it). */
+const MAX_BATCH_TOKENS = 1 << 20;
 
 function abortError(): EmollmError {
   return new EmollmError('ERR_ABORTED', 'the operation was aborted');
@@ -387,6 +424,14 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const maxPromptChars = limitOption('maxPromptChars', options.maxPromptChars, DEFAULT_MAX_PROMPT_CHARS);
   const maxSequences = limitOption('maxSequences', options.maxSequences, DEFAULT_MAX_SEQUENCES);
   if (maxSequences > 256) throw new EmollmError('ERR_INVALID_ARGUMENT', `maxSequences must be at most 256, got ${maxSequences}`);
+  const batchTokens = options.batchTokens === undefined ? undefined : limitOption('batchTokens', options.batchTokens, 0);
+  if (batchTokens !== undefined && (batchTokens < maxSequences || batchTokens > MAX_BATCH_TOKENS))
+    throw new EmollmError(
+      'ERR_INVALID_ARGUMENT',
+      `batchTokens must be in [maxSequences = ${maxSequences}, ${MAX_BATCH_TOKENS}] (every decoding sequence takes one row per step), got ${batchTokens}`,
+    );
+  if (options.chunkedPrefill !== undefined && typeof options.chunkedPrefill !== 'boolean')
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `chunkedPrefill must be a boolean, got ${typeof options.chunkedPrefill}`);
   // Snapshot before mapping, so a change during the load is caught by the first call too.
   const guard = await FileGuard.watch(path, [options.mmproj]);
 
@@ -482,6 +527,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
         : undefined;
   model.setSafety(guard, maxPromptChars, tokenizerSource);
   model.maxSequences = maxSequences;
+  model.stepOptions = { ...(batchTokens === undefined ? {} : { batchTokens }), chunkedPrefill: options.chunkedPrefill ?? true };
   options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
   return model;
 }
@@ -551,6 +597,8 @@ export class Model {
 
   /** Sequences decoded together (the `maxSequences` load option); later calls wait in arrival order. */
   maxSequences = DEFAULT_MAX_SEQUENCES;
+  /** @internal the scheduler's step options (`batchTokens`, `chunkedPrefill` load options). */
+  stepOptions: { batchTokens?: number; chunkedPrefill: boolean } = { chunkedPrefill: true };
 
   private handle: NativeModel | undefined;
   // generate / chat / scoreOptions: the core's sequence scheduler (continuous batching, a KV slot
@@ -877,8 +925,10 @@ export class Model {
     if (!this.handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     if (this.batch) return this.batch.stats();
     return {
-      maxSequences: this.maxSequences, active: 0, queued: 0, steps: 0, batchedSteps: 0, maxBatch: 0,
-      decodedTokens: 0, prefills: 0, prefixCopies: 0, reusedTokens: 0,
+      maxSequences: this.maxSequences, batchTokens: this.stepOptions.batchTokens ?? 0, chunkedPrefill: this.stepOptions.chunkedPrefill,
+      active: 0, prefilling: 0, queued: 0, steps: 0, batchedSteps: 0, maxBatch: 0, decodedTokens: 0, prefills: 0,
+      prefillChunks: 0, prefillTokens: 0, mixedSteps: 0, stepRows: 0, lastStepRows: 0, maxStepRows: 0, prefixCopies: 0,
+      prefixWaits: 0, reusedTokens: 0,
     };
   }
 
@@ -889,6 +939,7 @@ export class Model {
     if (!this.handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     this.batch ??= this.handle.createBatch({
       maxSequences: this.maxSequences,
+      ...this.stepOptions,
       ...(this.contextSize === undefined ? {} : { nCtx: this.contextSize }),
     });
     return this.batch;

@@ -35,12 +35,14 @@ export async function serveCommand(argv: readonly string[]): Promise<number> {
   const threads = int('threads', s('threads'), 1);
   const context = int('context', s('context'), 1);
   const sequences = int('max-sequences', s('max-sequences'), 1);
+  const batchTokens = int('batch-tokens', s('batch-tokens'), 1);
   const shutdownMs = int('shutdown-timeout-ms', s('shutdown-timeout-ms')) ?? 30_000;
   const model = await loadModel(s('model')!, {
     ...(s('mmproj') ? { mmproj: s('mmproj')! } : {}),
     ...(threads !== undefined ? { threads } : {}),
     ...(context !== undefined ? { contextSize: context } : {}),
     ...(sequences !== undefined ? { maxSequences: sequences } : {}),
+    ...(batchTokens !== undefined ? { batchTokens } : {}),
   });
   const opt = (k: keyof typeof values, min = 0): number | undefined => int(k, s(k), min);
   let server;

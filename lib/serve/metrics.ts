@@ -49,6 +49,18 @@ export class Gauge implements Metric {
   }
 }
 
+/** A counter whose value is read at scrape time (e.g. the core scheduler's running totals). */
+export class CounterFn implements Metric {
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly read: () => number,
+  ) {}
+  render(): string {
+    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`, `${this.name} ${fmt(this.read())}`].join('\n');
+  }
+}
+
 export class Histogram implements Metric {
   private readonly series = new Map<string, { counts: number[]; sum: number; count: number }>();
   constructor(

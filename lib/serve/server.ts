@@ -8,7 +8,7 @@
  * | `GET /v1/models` | the served model (`owned_by: "emollm"`, `emollm.scoring: true`) |
  * | `POST /v1/analyze` | the `emollm.analysis/1` JSON of `emollm analyze` for an image |
  * | `GET /health` | 200 `{status: "ok"}`; 503 while draining |
- * | `GET /metrics` | Prometheus: queue depth, requests, latency histograms, tokens and tokens/s |
+ * | `GET /metrics` | Prometheus: queue depth, requests, latency histograms, tokens and tokens/s; the core scheduler's counters (`emollm_core_*`: its queue, steps, rows per step, prefill chunks) |
  *
  * Every model call goes through the {@link Scheduler}: a bounded queue (429 + Retry-After when
  * full), a per-request timeout (504), cancellation when the client goes away. `close()` stops
@@ -23,10 +23,10 @@ import type { ChatContentPart, ChatMessage } from '../chat_template.js';
 import { classify } from '../decode_result.js';
 import { EmollmError } from '../errors.js';
 import { FaceAnalyzer } from '../face.js';
-import type { GenerateOptions, GenerationResult, Model } from '../model.js';
+import type { GenerateOptions, GenerationResult, Model, SequenceStats } from '../model.js';
 import { bearerChecker } from './auth.js';
 import { resolveImage, RequestError, type MediaPolicy } from './media.js';
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS, RATE_BUCKETS, Registry } from './metrics.js';
+import { Counter, CounterFn, Gauge, Histogram, LATENCY_BUCKETS, RATE_BUCKETS, Registry } from './metrics.js';
 import { QueueFullError, Scheduler, TimeoutError } from './scheduler.js';
 
 export interface ServeOptions {
@@ -201,6 +201,28 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
   registry.add(new Gauge('emollm_queue_depth', 'Requests waiting for the model.', () => scheduler.queueDepth));
   registry.add(new Gauge('emollm_active_sequences', 'Requests the model is running.', () => scheduler.active));
   registry.add(new Gauge('emollm_max_sequences', 'Requests the model runs at once.', () => scheduler.maxSequences));
+  // the core scheduler's own counters (model.stats(); zero before the first call and once closed):
+  // rate(emollm_core_step_rows_total) / rate(emollm_core_steps_total) is the mean batch rows per step
+  const core = (k: keyof SequenceStats) => (): number => {
+    try {
+      return Number(model.stats()[k]);
+    } catch {
+      return 0;
+    }
+  };
+  registry.add(new Gauge('emollm_core_queued_sequences', 'Calls waiting for a KV slot in the core scheduler.', core('queued')));
+  registry.add(new Gauge('emollm_core_active_sequences', 'Sequences holding a KV slot.', core('active')));
+  registry.add(new Gauge('emollm_core_prefilling_sequences', 'Sequences whose prompt is still being evaluated (chunked prefill).', core('prefilling')));
+  registry.add(new Gauge('emollm_core_batch_tokens', 'Token budget of one scheduler step (0: the default, before the first call).', core('batchTokens')));
+  registry.add(new Gauge('emollm_core_last_step_rows', 'Token rows of the latest scheduler step.', core('lastStepRows')));
+  registry.add(new Gauge('emollm_core_max_step_rows', 'Most token rows in one scheduler step.', core('maxStepRows')));
+  registry.add(new CounterFn('emollm_core_steps_total', 'Scheduler step passes (one batched forward pass each).', core('steps')));
+  registry.add(new CounterFn('emollm_core_step_rows_total', 'Token rows of all scheduler steps (decode, option and prompt rows).', core('stepRows')));
+  registry.add(new CounterFn('emollm_core_decode_rows_total', 'Decode and option rows of all scheduler steps.', core('decodedTokens')));
+  registry.add(new CounterFn('emollm_core_prefill_chunks_total', 'Prompt chunks evaluated.', core('prefillChunks')));
+  registry.add(new CounterFn('emollm_core_prefill_tokens_total', 'Prompt positions evaluated.', core('prefillTokens')));
+  registry.add(new CounterFn('emollm_core_mixed_steps_total', 'Steps carrying prompt rows beside decoding sequences.', core('mixedSteps')));
+  registry.add(new CounterFn('emollm_core_reused_tokens_total', 'Prompt positions taken from a KV cache instead of recomputed.', core('reusedTokens')));
   const requests = registry.add(new Counter('emollm_requests_total', 'HTTP requests by route and status code.'));
   const latency = registry.add(new Histogram('emollm_request_duration_seconds', 'Request latency by route, queueing included.', LATENCY_BUCKETS));
   const queueWait = registry.add(new Histogram('emollm_queue_wait_seconds', 'Time requests waited for the model.', LATENCY_BUCKETS));

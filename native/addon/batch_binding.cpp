@@ -1,14 +1,18 @@
 // Concurrent sequences of one model for JavaScript: a thin layer over the core's Scheduler
 // (native/model/scheduler.h), which owns the KV slots, the queue and the batched step loop.
 //
-//   model.createBatch({ nCtx?, maxSequences? }) -> Batch
+//   model.createBatch({ nCtx?, maxSequences?, batchTokens?, chunkedPrefill? }) -> Batch
+//       batchTokens: the step's token budget (SchedulerOptions::n_batch; 0 or absent = default);
+//       chunkedPrefill (default true): prompts in chunks inside the steps, beside decoding sequences
 //   batch.generate(prompt: Int32Array, opts, onTokens?, images?) -> { id, promise }
 //       promise -> { tokens: Int32Array, stopReason }   (opts as ctx.generate: read_generate_params)
 //   batch.score(prefix: Int32Array, images | null, continuations: Int32Array[]) -> { id, promise }
 //       promise -> { logprobs: number[], tokenLogprobs: Float64Array[] }; rejects ERR_ABORTED when aborted
 //   batch.abort(id)       aborts that request only (waiting: it leaves the queue; running: next step)
-//   batch.stats()         { maxSequences, active, queued, steps, batchedSteps, maxBatch, decodedTokens,
-//                           prefills, prefixCopies, reusedTokens }
+//   batch.stats()         { maxSequences, batchTokens, chunkedPrefill, active, prefilling, queued, steps,
+//                           batchedSteps, maxBatch, decodedTokens, prefills, prefillChunks, prefillTokens,
+//                           mixedSteps, stepRows, lastStepRows, maxStepRows, prefixCopies, prefixWaits,
+//                           reusedTokens }
 //   batch.close() -> Promise<void>   aborts everything; resolves once the native memory is released
 //   batch.nCtx, batch.maxSequences
 //
@@ -307,14 +311,24 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     const SchedulerStats st = s_->sched->stats();
     Napi::Object o = Napi::Object::New(env);
     o.Set("maxSequences", double(st.n_seq));
+    o.Set("batchTokens", double(st.n_batch));
+    o.Set("chunkedPrefill", st.chunked_prefill);
     o.Set("active", double(st.active));
+    o.Set("prefilling", double(st.prefilling));
     o.Set("queued", double(st.queued));
     o.Set("steps", double(st.steps));
     o.Set("batchedSteps", double(st.batched_steps));
     o.Set("maxBatch", double(st.max_batch));
     o.Set("decodedTokens", double(st.decoded_tokens));
     o.Set("prefills", double(st.prefills));
+    o.Set("prefillChunks", double(st.prefill_chunks));
+    o.Set("prefillTokens", double(st.prefill_tokens));
+    o.Set("mixedSteps", double(st.mixed_steps));
+    o.Set("stepRows", double(st.step_rows));
+    o.Set("lastStepRows", double(st.last_step_rows));
+    o.Set("maxStepRows", double(st.max_step_rows));
     o.Set("prefixCopies", double(st.prefix_copies));
+    o.Set("prefixWaits", double(st.prefix_waits));
     o.Set("reusedTokens", double(st.reused_tokens));
     return o;
   }
@@ -351,6 +365,11 @@ Napi::Value create_batch(const Napi::CallbackInfo& info, const std::shared_ptr<M
   SchedulerOptions so;
   so.n_ctx = opt_int(env, o, "nCtx", h->default_n_ctx, 0, int64_t(1) << 24);
   so.n_seq = int(opt_int(env, o, "maxSequences", 4, 1, 256));
+  so.n_batch = opt_int(env, o, "batchTokens", 0, 0, int64_t(1) << 20);
+  if (has_opt(o, "chunkedPrefill")) {
+    if (!o.Get("chunkedPrefill").IsBoolean()) throw_invalid(env, "chunkedPrefill must be a boolean");
+    so.chunked_prefill = o.Get("chunkedPrefill").As<Napi::Boolean>().Value();
+  }
   auto s = std::make_shared<BatchState>();
   s->owner = h;
   s->model = h->model;

@@ -696,7 +696,7 @@ bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, flo
     if (int64_t(q.tokens.size()) + b.n > n_ctx_)
       throw Error(ErrorCode::InvalidArgument, "eval_batch: sequence " + std::to_string(b.seq) + " cannot take " +
                                                   std::to_string(b.n) + " more tokens (context of " + std::to_string(n_ctx_) + ")");
-    check_ids(b.tokens, b.n, false);
+    check_ids(b.tokens, b.n, b.embd != nullptr);
     rows += b.n;
     Segment& sg = fs[size_t(i)];
     sg.seq = b.seq;
@@ -704,9 +704,10 @@ bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, flo
     sg.n = b.n;
     sg.pos0 = int64_t(q.tokens.size());
     sg.all_logits = b.all_logits;
+    sg.embd = b.embd;
   }
   EMOLLM_CHECK_ARG(rows <= n_batch_, "eval_batch: " + std::to_string(rows) + " rows exceed n_batch " + std::to_string(n_batch_));
-  for (const Segment& sg : fs) set_mrope_positions(sg.seq, sg.pos0, sg.n, nullptr);
+  for (int64_t i = 0; i < n_segs; ++i) set_mrope_positions(fs[size_t(i)].seq, fs[size_t(i)].pos0, fs[size_t(i)].n, segs[i].pos3);
   if (!forward(fs.data(), int(n_segs), out, abort)) return false;
   const int64_t V = n_vocab();
   int64_t o = 0;

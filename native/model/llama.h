@@ -156,11 +156,17 @@ struct LlamaBatchRow {
 
 // A run of n tokens appended to sequence `seq` in a batched step (LlamaContext::eval_batch).
 // all_logits: the output receives every row's logits (scoring), else only the last row's.
+// A chunk of a prompt (the scheduler's chunked prefill) may carry what eval() takes: `embd`, the
+// input-embedding rows of the segment's negative ids (in order, rows contiguous), and `pos3`, the
+// M-RoPE positions of its n tokens ([n][3]); null: token-table rows only / positions continuing
+// one past the sequence's largest cached position.
 struct LlamaBatchSegment {
   int seq = 0;
   const int32_t* tokens = nullptr;
   int64_t n = 0;
   bool all_logits = false;
+  const float* embd = nullptr;
+  const int32_t* pos3 = nullptr;
 };
 
 // A KV cache of n_seq slots of n_ctx positions each (slot-based: sequence s owns slot s) and all
@@ -281,10 +287,10 @@ class LlamaContext {
   // The general batched step: each segment appends its tokens to its sequence (distinct
   // sequences, sum of n <= n_batch), all in ONE forward pass. `out` receives, in segment order,
   // every row's logits of all_logits segments and the last row's of the others. Each sequence's
-  // seq_logits() becomes its last row's. Token ids must be >= 0 (no input embeddings here);
-  // M-RoPE sequences continue one past their largest cached position. Throws InvalidArgument on a
-  // full sequence, a repeated sequence, too many rows or a bad id. Returns false when *abort
-  // became true (no sequence changed).
+  // seq_logits() becomes its last row's. Negative ids need the segment's `embd`; M-RoPE sequences
+  // take the segment's `pos3`, else continue one past their largest cached position. Throws
+  // InvalidArgument on a full sequence, a repeated sequence, too many rows or a bad id. Returns
+  // false when *abort became true (no sequence changed).
   bool eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, float* out, const std::atomic<bool>* abort = nullptr);
   // Rows of output eval_batch writes for these segments.
   static int64_t batch_output_rows(const LlamaBatchSegment* segs, int64_t n_segs);

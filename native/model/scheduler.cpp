@@ -7,6 +7,12 @@
 
 namespace emollm {
 
+namespace {
+// A prompt waits for an older prompt's prefill only when that saves at least this many positions:
+// for a few tokens, computing them beside it costs less than the steps of waiting.
+constexpr int64_t kMinSharedWait = 16;
+}  // namespace
+
 struct Scheduler::Active {
   uint64_t id = 0;
   SeqRequest req;
@@ -16,6 +22,12 @@ struct Scheduler::Active {
   int32_t next_token = -1;                 // Generate: the token the next decode step evaluates
   std::vector<float> prefix_logits;        // Score: the prefix's last logits
   size_t next_cont = 0;                    // Score: the next option to evaluate
+  // chunked prefill: the prompt's evaluation inside the step passes
+  bool prefilling = false;  // the prompt is not fully evaluated yet
+  bool started = false;     // where it starts (own cache / copied prefix) is settled
+  bool waited = false;      // counted in stats_.prefix_waits
+  int64_t prefill_pos = 0;  // prompt positions cached so far
+  int64_t embd_row = 0;     // the embd row of the next negative id from prefill_pos on
   SeqOutcome out;
   bool done = false;
   bool admitted = false;  // counted in stats_.active
@@ -24,6 +36,9 @@ struct Scheduler::Active {
 
 Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOptions& opts) : model_(std::move(model)) {
   EMOLLM_CHECK_ARG(opts.n_seq >= 1 && opts.n_seq <= 256, "n_seq must be in [1, 256]");
+  EMOLLM_CHECK_ARG(opts.n_batch == 0 || (opts.n_batch >= opts.n_seq && opts.n_batch <= (int64_t(1) << 20)),
+                   "the step's token budget (n_batch) " + std::to_string(opts.n_batch) + " must be 0 (default) or in [n_seq = " +
+                       std::to_string(opts.n_seq) + ", 1048576]: every decoding sequence takes one row per step");
   LlamaContextOptions co;
   co.n_ctx = opts.n_ctx;
   co.n_batch = opts.n_batch;
@@ -31,8 +46,11 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   ctx_ = std::make_unique<LlamaContext>(model_, co);
   n_ctx_ = ctx_->n_ctx();
   n_seq_ = opts.n_seq;
+  chunked_ = opts.chunked_prefill;
   slot_used_.assign(size_t(n_seq_), 0);
   stats_.n_seq = n_seq_;
+  stats_.n_batch = ctx_->n_batch();
+  stats_.chunked_prefill = chunked_;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -88,6 +106,7 @@ void Scheduler::finish(std::unique_ptr<Active>& a) {
     std::lock_guard<std::mutex> lk(mu_);
     aborts_.erase(a->id);
     if (a->admitted) stats_.active--;  // before on_done: a caller woken by it sees the slot free
+    if (a->prefilling) stats_.prefilling--;
   }
   if (a->req.on_done) {
     try {
@@ -154,6 +173,21 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
       throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
                                                   std::to_string(n_ctx_) + " tokens");
     EMOLLM_CHECK_ARG(r.pos3.empty() || int64_t(r.pos3.size()) == n * 3, "pos3 must hold 3 positions per prompt token");
+    // The prompt's ids are checked here, alone: its chunks share passes with other requests, and
+    // a bad id found there would fail them all.
+    const int64_t V = ctx.n_vocab(), E = model_->hparams().n_embd;
+    int64_t negatives = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t t = r.prompt[size_t(i)];
+      if (t < 0) ++negatives;
+      if (t >= V || (t < 0 && r.embd.empty()))
+        throw Error(ErrorCode::InvalidArgument, "prompt token id " + std::to_string(t) + " (at index " + std::to_string(i) +
+                                                    ") is outside [0, " + std::to_string(V) + ")" +
+                                                    (t < 0 ? " and no input embeddings were given" : ""));
+    }
+    if (negatives * E > int64_t(r.embd.size()))
+      throw Error(ErrorCode::InvalidArgument, "the prompt has " + std::to_string(negatives) + " embedding positions but " +
+                                                  std::to_string(int64_t(r.embd.size()) / E) + " embedding rows were given");
     if (r.kind == SeqRequest::Kind::Score) ctx.check_continuations(n, r.continuations);
     // the free slot that caches the longest prefix of the prompt
     int slot = -1;
@@ -167,40 +201,31 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
       }
     }
     if (slot < 0) throw Error(ErrorCode::Internal, "scheduler: no free slot at admission");
-    // prefix sharing: another slot (free or running) caching more of the prompt gives it once
-    int src = -1;
-    int64_t best = own;
-    for (int s = 0; s < n_seq_; ++s) {
-      if (s == slot) continue;
-      const int64_t c = ctx.seq_common_prefix(s, r.prompt.data(), n);
-      if (c > best) {
-        best = c;
-        src = s;
-      }
-    }
     slot_used_[size_t(slot)] = 1;
     a->slot = slot;
-    if (src >= 0) ctx.seq_copy_prefix(src, slot, best);
-    const float* logits = ctx.seq_eval_prompt(slot, r.prompt.data(), n, a->abort.get(), r.embd.empty() ? nullptr : r.embd.data(),
-                                              r.pos3.empty() ? nullptr : r.pos3.data());
+    a->prefilling = true;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stats_.prefills++;
-      if (src >= 0) stats_.prefix_copies++;
-      stats_.reused_tokens += std::min(best, n - 1);
+      stats_.prefilling++;
     }
-    const int64_t V = ctx.n_vocab();
-    switch (r.kind) {
-      case SeqRequest::Kind::Generate:
-        a->gen = std::make_unique<SequenceGenerator>(*model_, V, n_ctx_, r.prompt, r.params);
-        a->next_token = a->gen->step(logits, a->aborted(), ctx.seq_n_past(slot), r.on_token);
-        a->done = a->next_token < 0;
-        break;
-      case SeqRequest::Kind::Score:
-        if (logits) a->prefix_logits.assign(logits, logits + V);
-        a->done = !logits || r.continuations.empty();
-        break;
+    if (chunked_) {  // its chunks run in the step passes
+      running_.push_back(std::move(a));
+      return;
     }
+    // unchunked: the whole prompt now, in its own passes
+    start_prefill(*a, false);
+    const int64_t rest = n - a->prefill_pos;
+    const float* logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, rest, nullptr, a->abort.get(),
+                                       r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E,
+                                       r.pos3.empty() ? nullptr : r.pos3.data() + a->prefill_pos * 3);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.prefill_chunks += (rest + ctx.n_batch() - 1) / ctx.n_batch();
+      stats_.prefill_tokens += rest;
+    }
+    if (!logits) throw 0;  // aborted
+    a->prefill_pos = n;
+    begin(*a, logits);
   } catch (int) {
     a->done = true;
   } catch (...) {
@@ -211,21 +236,107 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
   else running_.push_back(std::move(a));
 }
 
-// One batched forward pass for the step: a row for every generating sequence's next token and,
-// for every scoring sequence, the rows of its next option (all their logits); options of one
-// token need no pass (the prefix's logits score them). Rows past n_batch wait for the next step.
+// Settles where the prompt's evaluation starts: after the longest prefix its own slot caches,
+// or (copied once) another slot caches; the last prompt token is always evaluated, for its
+// logits. With may_wait, returns false instead while an OLDER prompt still being prefilled
+// shares a longer prefix with this one (by kMinSharedWait positions or more) than any slot
+// caches now: those positions are copied once it has them (requests admitted together share
+// their image + question prefix).
+bool Scheduler::start_prefill(Active& a, bool may_wait) {
+  LlamaContext& ctx = *ctx_;
+  const std::vector<int32_t>& p = a.req.prompt;
+  const int64_t n = int64_t(p.size());
+  const int64_t own = ctx.seq_common_prefix(a.slot, p.data(), n);
+  int src = -1;
+  int64_t best = own;
+  for (int s = 0; s < n_seq_; ++s) {
+    if (s == a.slot) continue;
+    const int64_t c = ctx.seq_common_prefix(s, p.data(), n);
+    if (c > best) {
+      best = c;
+      src = s;
+    }
+  }
+  const int64_t keep = std::min(best, n - 1);
+  if (may_wait) {
+    for (const auto& bp : running_) {
+      const Active* b = bp.get();
+      if (b == &a) break;  // older ones only (running_ is in admission order): no cycles
+      if (!b || b->done || !b->prefilling) continue;
+      const std::vector<int32_t>& q = b->req.prompt;
+      const int64_t lim = std::min(n, int64_t(q.size()));
+      int64_t c = 0;
+      while (c < lim && q[size_t(c)] == p[size_t(c)]) ++c;
+      if (std::min(c, n - 1) >= keep + kMinSharedWait) {
+        if (!a.waited) {
+          a.waited = true;
+          std::lock_guard<std::mutex> lk(mu_);
+          stats_.prefix_waits++;
+        }
+        return false;
+      }
+    }
+  }
+  if (src >= 0 && keep > own) ctx.seq_copy_prefix(src, a.slot, keep);
+  else ctx.seq_truncate(a.slot, keep);
+  a.prefill_pos = keep;
+  a.embd_row = 0;
+  for (int64_t i = 0; i < keep; ++i)
+    if (p[size_t(i)] < 0) ++a.embd_row;
+  a.started = true;
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.prefills++;
+  if (src >= 0 && keep > own) stats_.prefix_copies++;
+  stats_.reused_tokens += keep;
+  return true;
+}
+
+// The prompt is in (`logits`: its last token's): a generation samples its first token, a
+// scoring keeps the prefix's logits for its options.
+void Scheduler::begin(Active& a, const float* logits) {
+  LlamaContext& ctx = *ctx_;
+  const int64_t V = ctx.n_vocab();
+  SeqRequest& r = a.req;
+  a.prefilling = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.prefilling--;
+  }
+  switch (r.kind) {
+    case SeqRequest::Kind::Generate:
+      a.gen = std::make_unique<SequenceGenerator>(*model_, V, n_ctx_, r.prompt, r.params);
+      a.next_token = a.gen->step(logits, a.aborted(), ctx.seq_n_past(a.slot), r.on_token);
+      a.done = a.next_token < 0;
+      break;
+    case SeqRequest::Kind::Score:
+      if (logits) a.prefix_logits.assign(logits, logits + V);
+      a.done = !logits || r.continuations.empty();
+      break;
+  }
+}
+
+// One batched forward pass for the step, at most n_batch rows: a row for every generating
+// sequence's next token; for every scoring sequence, the rows of its next option (all their
+// logits; options of one token need no pass, the prefix's logits score them); then chunks of the
+// prompts being prefilled, oldest first, with what is left. Option rows past the budget wait for
+// the next step.
 void Scheduler::step() {
   LlamaContext& ctx = *ctx_;
-  const int64_t V = ctx.n_vocab(), budget = ctx.n_batch();
+  const int64_t V = ctx.n_vocab(), E = model_->hparams().n_embd, budget = ctx.n_batch();
   std::vector<LlamaBatchSegment> segs;
   std::vector<Active*> who;
-  int64_t rows = 0;
+  int64_t rows = 0, prompt_rows = 0, chunks = 0;
+  std::vector<Active*> prefill;  // in admission order
   for (auto& ap : running_) {
     Active* a = ap.get();
     if (a->done) continue;
     if (a->aborted()) {
       if (a->gen) a->gen->abort();
       a->done = true;
+      continue;
+    }
+    if (a->prefilling) {
+      prefill.push_back(a);
       continue;
     }
     if (a->req.kind == SeqRequest::Kind::Generate) {
@@ -272,6 +383,27 @@ void Scheduler::step() {
     who.push_back(a);
     rows += m;
   }
+  const int64_t other_rows = rows;
+  for (Active* a : prefill) {
+    if (rows >= budget) break;
+    try {
+      if (!a->started && !start_prefill(*a, true)) continue;  // waits for an older prompt's prefix
+    } catch (...) {
+      a->out.error = std::current_exception();
+      a->done = true;
+      continue;
+    }
+    const SeqRequest& r = a->req;
+    const int64_t take = std::min(int64_t(r.prompt.size()) - a->prefill_pos, budget - rows);
+    LlamaBatchSegment sg{a->slot, r.prompt.data() + a->prefill_pos, take, false};
+    if (!r.embd.empty()) sg.embd = r.embd.data() + a->embd_row * E;
+    if (!r.pos3.empty()) sg.pos3 = r.pos3.data() + a->prefill_pos * 3;
+    segs.push_back(sg);
+    who.push_back(a);
+    rows += take;
+    prompt_rows += take;
+    chunks++;
+  }
   if (segs.empty()) return;
   const int64_t n_segs = int64_t(segs.size());
   step_logits_.resize(size_t(LlamaContext::batch_output_rows(segs.data(), n_segs) * V));
@@ -291,12 +423,30 @@ void Scheduler::step() {
     stats_.steps++;
     if (n_segs > 1) stats_.batched_steps++;
     stats_.max_batch = std::max(stats_.max_batch, n_segs);
-    stats_.decoded_tokens += rows;
+    stats_.decoded_tokens += other_rows;
+    stats_.prefill_chunks += chunks;
+    stats_.prefill_tokens += prompt_rows;
+    if (prompt_rows > 0 && other_rows > 0) stats_.mixed_steps++;
+    stats_.step_rows += rows;
+    stats_.last_step_rows = rows;
+    stats_.max_step_rows = std::max(stats_.max_step_rows, rows);
   }
   const float* out = step_logits_.data();
   for (int64_t i = 0; i < n_segs; ++i) {
     Active* a = who[size_t(i)];
     const LlamaBatchSegment& sg = segs[size_t(i)];
+    if (a->prefilling) {  // a prompt chunk: one output row, its last token's logits
+      if (!ok) {
+        a->done = true;
+      } else {
+        for (int64_t j = 0; j < sg.n; ++j)
+          if (sg.tokens[j] < 0) a->embd_row++;
+        a->prefill_pos += sg.n;
+        if (a->prefill_pos == int64_t(a->req.prompt.size())) begin(*a, out);
+      }
+      out += V;
+      continue;
+    }
     if (a->req.kind == SeqRequest::Kind::Generate) {
       a->next_token = a->gen->step(ok ? out : nullptr, a->aborted(), ctx.seq_n_past(a->slot), a->req.on_token);
       a->done = a->next_token < 0;

@@ -13,14 +13,28 @@
 //      hook runs (the addon splices image features there, off the event loop), then the slot
 //      that already caches the longest prefix of its prompt is chosen; when ANOTHER slot caches a
 //      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
-//      running) those positions are copied into the chosen slot once (prefix sharing). The rest
-//      of the prompt is prefilled as its own pass.
+//      running) those positions are copied into the chosen slot once (prefix sharing; settled
+//      at the prompt's first chunk). The rest of the prompt is prefilled in chunks inside the
+//      step passes (chunked prefill, below).
 //   2. step: ONE batched forward pass (LlamaContext::eval_batch: weight GEMMs with M = all rows,
-//      attention per slot) carries a row for every generating sequence's next token and, for
-//      every scoring sequence, the rows of its next option (evaluated from its cached prefix,
-//      then truncated back to it: the prefix is evaluated once per request and shared by all its
-//      options). Each generating sequence then samples / delivers / stops exactly as
-//      Session::generate (SequenceGenerator).
+//      attention per slot) of at most n_batch rows (the step's token budget) carries, in this
+//      order: a row for every generating sequence's next token; for every scoring sequence, the
+//      rows of its next option (evaluated from its cached prefix, then truncated back to it: the
+//      prefix is evaluated once per request and shared by all its options); then chunks of the
+//      prompts still being prefilled, oldest first, up to the budget. Each generating sequence
+//      then samples / delivers / stops exactly as Session::generate (SequenceGenerator); a
+//      prompt whose last chunk ran starts generating (or scoring) from that chunk's logits.
+// Chunked prefill: a long prompt never stalls the sequences that are decoding: each step gives
+// them their row, and the prompt advances by what is left of the budget. A chunk carries the
+// input-embedding rows of its image positions and its M-RoPE positions (LlamaBatchSegment), so
+// an image may be split across chunks. Prefix sharing still holds for requests admitted
+// together: a prompt whose common prefix with an OLDER prompt still being prefilled is longer
+// than anything cached (by 16 positions or more) waits for those positions (a step or a few) and
+// copies them, instead of computing them a second time beside it. With chunked_prefill false
+// each prompt is prefilled at admission in its own passes (the decoding sequences wait): the
+// A/B baseline.
+// Stats count the chunks, the prompt rows and the rows per step (mixed_steps: passes carrying
+// prompt rows beside decode / option rows, i.e. decoding that went on during a prefill).
 // Finished or aborted sequences leave at the end of the step; their slot keeps its cache for
 // prefix reuse by the next request. Aborts are per request (a waiting request leaves the queue;
 // a running one ends at the next step); other sequences are not disturbed.
@@ -48,8 +62,12 @@ namespace emollm {
 
 struct SchedulerOptions {
   int64_t n_ctx = 0;    // positions per sequence (0 = LlamaContext's default)
-  int64_t n_batch = 0;  // most rows per forward pass (0 = default)
+  // The step's token budget: most rows per forward pass (decode rows + option rows + prompt
+  // chunks). 0 = LlamaContext's default, min(n_ctx, 512); else at least n_seq (every decoding
+  // sequence gets its row each step), InvalidArgument otherwise.
+  int64_t n_batch = 0;
   int n_seq = 4;        // sequences decoded together (KV slots)
+  bool chunked_prefill = true;  // prompts in chunks inside the steps; false: at admission, alone
 };
 
 struct SeqOutcome {
@@ -77,12 +95,22 @@ struct SchedulerStats {
   int64_t steps = 0;            // batched step passes run
   int64_t batched_steps = 0;    // of which with 2 sequences or more
   int64_t max_batch = 0;        // most sequences in one step pass
-  int64_t decoded_tokens = 0;   // token rows evaluated in all step passes
-  int64_t prefills = 0;         // prompt passes
+  int64_t decoded_tokens = 0;   // decode and option rows evaluated in all step passes (not prompt rows)
+  int64_t prefills = 0;         // prompts prefilled (started)
+  int64_t prefill_chunks = 0;   // prompt chunks evaluated (a step pass's part of a prompt, or an own pass)
+  int64_t prefill_tokens = 0;   // prompt positions evaluated
+  int64_t mixed_steps = 0;      // step passes with prompt rows beside decode / option rows
+  int64_t step_rows = 0;        // rows of all step passes (decode + option + prompt rows)
+  int64_t last_step_rows = 0;   // rows of the latest step pass
+  int64_t max_step_rows = 0;    // most rows in one step pass
   int64_t prefix_copies = 0;    // prefixes copied from another slot
+  int64_t prefix_waits = 0;     // prompts that waited for an older prompt's prefill to share its prefix
   int64_t reused_tokens = 0;    // prompt positions not recomputed (own cache or copied)
   int64_t active = 0;           // sequences holding a slot now
+  int64_t prefilling = 0;       // of which with their prompt not fully evaluated yet
   int64_t queued = 0;           // requests waiting for a slot
+  int64_t n_batch = 0;          // the step's token budget
+  bool chunked_prefill = true;
   int n_seq = 0;
 };
 
@@ -107,6 +135,8 @@ class Scheduler {
   struct Active;
   void loop();
   void admit(std::unique_ptr<Active> a);
+  bool start_prefill(Active& a, bool may_wait);
+  void begin(Active& a, const float* logits);
   void finish(std::unique_ptr<Active>& a);
   void step();
 
@@ -114,6 +144,7 @@ class Scheduler {
   std::unique_ptr<LlamaContext> ctx_;  // used by the scheduler thread only
   int64_t n_ctx_ = 0;
   int n_seq_ = 0;
+  bool chunked_ = true;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -309,3 +309,255 @@ TEST(scheduler_waiting_requests_are_admitted_in_arrival_order) {
   EXPECT((order == std::vector<int>{0, 1, 2, 3, 4, 5}));
   EXPECT(sched.stats().max_batch == 1);
 }
+
+// ---------------------------------------------------------------- chunked prefill
+
+namespace {
+
+// BOS then `len - 1` tokens of greedy stories, starting `skip` tokens into the story (repeated
+// when the story is shorter), so two such prompts share only BOS when their skips differ.
+std::vector<int32_t> story_prompt(size_t len, size_t skip) {
+  static const std::vector<int32_t> story = [] {
+    LlamaContext ctx(model(), LlamaContextOptions{512, 0, 1});
+    return Session(ctx).generate({1}, nullptr, greedy(400), nullptr).tokens;
+  }();
+  std::vector<int32_t> p{1};
+  for (size_t i = 0; p.size() < len; ++i) p.push_back(story[(skip + i) % story.size()]);
+  return p;
+}
+
+// A prompt evaluated in chunks through eval_batch (beside another sequence's decode rows, with
+// input-embedding rows for its negative ids split across chunks) against seq_eval in one go.
+float chunked_vs_whole(int64_t chunk, bool* same_argmax) {
+  const std::vector<int32_t> base = story_prompt(40, 3);
+  std::vector<int32_t> p = base;
+  const int64_t E = model()->hparams().n_embd, n = int64_t(p.size());
+  // positions 5..16 take given embeddings (an "image" of 12 rows), distinct pseudo-ids
+  std::vector<float> embd;
+  for (int64_t i = 5; i < 17; ++i) {
+    p[size_t(i)] = int32_t(-1 - i);
+    for (int64_t e = 0; e < E; ++e) embd.push_back(0.02f * std::sin(float(i * 131 + e * 7)));
+  }
+  LlamaContext whole(model(), LlamaContextOptions{128, 0, 1});
+  const float* want = whole.eval(p.data(), n, nullptr, nullptr, embd.data());
+  LlamaContext multi(model(), LlamaContextOptions{128, chunk + 1, 2});
+  int32_t other = 1;
+  multi.seq_eval(1, &other, 1);
+  const int64_t V = multi.n_vocab();
+  std::vector<float> out(size_t(2 * V));
+  int64_t row = 0;  // embd row of the next negative id
+  for (int64_t pos = 0; pos < n; pos += chunk) {
+    const int64_t take = std::min(chunk, n - pos);
+    int32_t next = 42;
+    LlamaBatchSegment segs[2] = {{1, &next, 1, false}, {0, p.data() + pos, take, false, embd.data() + row * E, nullptr}};
+    if (!multi.eval_batch(segs, 2, out.data())) return 1e9f;
+    for (int64_t i = pos; i < pos + take; ++i)
+      if (p[size_t(i)] < 0) ++row;
+  }
+  return max_diff(want, multi.seq_logits(0), V, same_argmax);
+}
+
+struct LongPromptRun {
+  int64_t tokens_during_prefill = 0;  // decoder tokens delivered while the long prompt was partly evaluated
+  GenerateResult decoder, long_prompt;
+  SchedulerStats stats;
+};
+
+// A sequence decoding when a long prompt arrives (it is held at its 3rd token until the long
+// request is queued, so the order does not depend on timing). Its on_token reads the scheduler's
+// counters: a token delivered while a prompt is only partly evaluated (stats.prefilling > 0) is a
+// token the decoder got during that prefill.
+LongPromptRun long_prompt_beside_decoder(bool chunked, const std::vector<int32_t>& dec_prompt, const std::vector<int32_t>& long_prompt) {
+  SchedulerOptions so;
+  so.n_ctx = 256;
+  so.n_seq = 2;
+  so.n_batch = 16;
+  so.chunked_prefill = chunked;
+  Scheduler sched(model(), so);
+  LongPromptRun run;
+  std::atomic<int> n{0};
+  std::atomic<bool> queued{false};
+  std::promise<SeqOutcome> pa, pb;
+  SeqRequest a;
+  a.prompt = dec_prompt;
+  a.params = greedy(120);
+  a.on_token = [&](int32_t) {
+    if (++n == 3)
+      while (!queued.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (queued.load() && sched.stats().prefilling > 0) run.tokens_during_prefill++;
+  };
+  a.on_done = [&](SeqOutcome&& o) { pa.set_value(std::move(o)); };
+  sched.submit(std::move(a));
+  while (n.load() < 3) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  SeqRequest b;
+  b.prompt = long_prompt;
+  b.params = greedy(10);
+  b.on_done = [&](SeqOutcome&& o) { pb.set_value(std::move(o)); };
+  sched.submit(std::move(b));
+  queued.store(true);
+  run.decoder = pa.get_future().get().generated;
+  run.long_prompt = pb.get_future().get().generated;
+  run.stats = sched.stats();
+  return run;
+}
+
+}  // namespace
+
+TEST(scheduler_prompt_chunks_equal_one_pass_with_embeddings_split) {
+  if (stories_gguf().empty()) return;
+  for (int64_t chunk : {1, 5, 7, 16}) {
+    bool argmax = false;
+    const float d = chunked_vs_whole(chunk, &argmax);
+    std::printf("  prompt of 40 (12 embedding rows at 5..16) in chunks of %lld beside a decode row: max |diff| %.3g\n",
+                (long long)chunk, double(d));
+    EXPECT(d <= 1e-5f && argmax);
+  }
+}
+
+TEST(scheduler_chunked_prefill_decoding_goes_on_during_a_long_prompt) {
+  if (stories_gguf().empty()) return;
+  const std::vector<int32_t> dec = story_prompt(4, 0), longp = story_prompt(200, 17);
+  const GenerateResult want_dec = alone(dec, 120), want_long = alone(longp, 10);
+  // the decoder must still be decoding when the long prompt arrives (no early EOS in the reference)
+  EXPECT(want_dec.tokens.size() >= 40);
+  const LongPromptRun on = long_prompt_beside_decoder(true, dec, longp);
+  const LongPromptRun off = long_prompt_beside_decoder(false, dec, longp);
+  for (const LongPromptRun* r : {&on, &off}) {
+    std::printf("  chunked %d: decoder tokens during the 200-token prefill %lld; %lld chunks, %lld mixed steps, "
+                "%lld step rows in %lld steps (max %lld)\n",
+                int(r->stats.chunked_prefill), (long long)r->tokens_during_prefill, (long long)r->stats.prefill_chunks,
+                (long long)r->stats.mixed_steps, (long long)r->stats.step_rows, (long long)r->stats.steps,
+                (long long)r->stats.max_step_rows);
+    // outputs are those of each request alone, chunked or not
+    EXPECT(r->decoder.tokens == want_dec.tokens);
+    EXPECT(r->long_prompt.tokens == want_long.tokens);
+    EXPECT(r->stats.max_step_rows <= 16);
+    EXPECT(r->stats.prefilling == 0 && r->stats.active == 0);
+  }
+  // chunked: the long prompt took >= 13 steps of <= 15 rows, each carrying the decoder's row
+  EXPECT(on.stats.prefill_chunks >= 13);
+  EXPECT(on.tokens_during_prefill >= 12);
+  EXPECT(on.stats.mixed_steps >= 12);
+  // unchunked (the baseline): the decoder got nothing while the prompt was evaluated
+  EXPECT(off.tokens_during_prefill == 0);
+  EXPECT(off.stats.mixed_steps == 0);
+}
+
+TEST(scheduler_chunked_prefill_outputs_equal_alone) {
+  if (stories_gguf().empty()) return;
+  // five requests of 3..120 prompt tokens on 3 slots with a budget of 4 rows per step: prompts
+  // cross many steps, decode rows of others beside them; two scorings of one long prefix.
+  std::vector<std::vector<int32_t>> ps = prompts();
+  ps.push_back(story_prompt(120, 9));
+  const std::vector<std::vector<int32_t>> conts = {{42, 7, 300}, {9}, {100, 101}};
+  std::vector<LlamaContext::ContinuationScore> want_scores;
+  {
+    LlamaContext ctx(model(), LlamaContextOptions{256, 0, 1});
+    EXPECT(ctx.score_continuations(ps[5].data(), int64_t(ps[5].size()), conts, &want_scores));
+  }
+  SchedulerOptions so;
+  so.n_ctx = 256;
+  so.n_seq = 3;
+  so.n_batch = 4;
+  Scheduler sched(model(), so);
+  std::vector<std::promise<SeqOutcome>> done(8);
+  for (size_t i = 0; i < 6; ++i) {
+    SeqRequest r;
+    r.prompt = ps[i];
+    r.params = greedy(20 + int64_t(i) * 3);
+    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  for (size_t i = 6; i < 8; ++i) {
+    SeqRequest r;
+    r.kind = SeqRequest::Kind::Score;
+    r.prompt = ps[5];
+    r.continuations = conts;
+    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  for (size_t i = 0; i < 8; ++i) {
+    SeqOutcome o = done[i].get_future().get();
+    EXPECT(!o.error);
+    if (i < 6) {
+      EXPECT(o.generated.tokens == alone(ps[i], 20 + int64_t(i) * 3).tokens);
+      continue;
+    }
+    EXPECT(o.scores.size() == want_scores.size());
+    for (size_t k = 0; k < want_scores.size() && k < o.scores.size(); ++k)
+      EXPECT(std::fabs(o.scores[k].logprob - want_scores[k].logprob) <= 1e-5);
+  }
+  const SchedulerStats st = sched.stats();
+  std::printf("  budget 4: %lld steps, %lld rows (max %lld), %lld prefills in %lld chunks, %lld mixed, %lld copies, %lld waits, %lld reused\n",
+              (long long)st.steps, (long long)st.step_rows, (long long)st.max_step_rows, (long long)st.prefills,
+              (long long)st.prefill_chunks, (long long)st.mixed_steps, (long long)st.prefix_copies, (long long)st.prefix_waits,
+              (long long)st.reused_tokens);
+  EXPECT(st.max_step_rows <= 4);
+  EXPECT(st.prefill_chunks >= 30);  // the 120-token prompt alone needs 30 chunks of 4
+  EXPECT(st.mixed_steps > 0);
+  EXPECT(st.prefills == 8);
+  // the scorings share the 120-token prefix of request 5: each copies what an older one cached,
+  // or waits for its chunks when that saves >= 16 positions, so computes at most 16 itself
+  EXPECT(st.reused_tokens >= 2 * (int64_t(ps[5].size()) - 17));
+}
+
+TEST(scheduler_step_budget_is_validated) {
+  if (stories_gguf().empty()) return;
+  for (int64_t bad : {int64_t(-1), int64_t(2), int64_t(1) << 21}) {
+    SchedulerOptions so;
+    so.n_ctx = 64;
+    so.n_seq = 3;
+    so.n_batch = bad;
+    EXPECT_THROWS(Scheduler(model(), so), ErrorCode::InvalidArgument);
+  }
+  SchedulerOptions ok;
+  ok.n_ctx = 64;
+  ok.n_seq = 3;
+  ok.n_batch = 3;
+  Scheduler s(model(), ok);
+  EXPECT(s.stats().n_batch == 3 && s.stats().chunked_prefill);
+}
+
+TEST(scheduler_abort_during_chunked_prefill_leaves_the_others_exact) {
+  if (stories_gguf().empty()) return;
+  // a decoding sequence aborts a long prompt once some of its chunks ran (from its own on_token,
+  // on the scheduler thread, so the moment is a step count, not a time)
+  const std::vector<int32_t> dec = story_prompt(4, 0), longp = story_prompt(150, 30);
+  const GenerateResult want = alone(dec, 60);
+  SchedulerOptions so;
+  so.n_ctx = 256;
+  so.n_seq = 2;
+  so.n_batch = 8;
+  Scheduler sched(model(), so);
+  std::atomic<uint64_t> victim{0};
+  std::atomic<int64_t> chunks_seen{0};
+  std::promise<SeqOutcome> pa, pb;
+  SeqRequest b;
+  b.prompt = longp;
+  b.params = greedy(10);
+  b.on_done = [&](SeqOutcome&& o) { pb.set_value(std::move(o)); };
+  SeqRequest a;
+  a.prompt = dec;
+  a.params = greedy(60);
+  a.on_token = [&](int32_t) {
+    const SchedulerStats st = sched.stats();
+    const uint64_t v = victim.load();
+    if (v != 0 && st.prefilling > 0 && st.prefill_chunks >= 5) {
+      int64_t none = 0;
+      chunks_seen.compare_exchange_strong(none, st.prefill_chunks);
+      sched.abort(v);  // idempotent: the request ends at the next step
+    }
+  };
+  a.on_done = [&](SeqOutcome&& o) { pa.set_value(std::move(o)); };
+  sched.submit(std::move(a));
+  victim.store(sched.submit(std::move(b)));
+  const SeqOutcome ob = pb.get_future().get();
+  const SeqOutcome oa = pa.get_future().get();
+  EXPECT(chunks_seen.load() >= 5);
+  EXPECT(ob.generated.reason == StopReason::Aborted && ob.generated.tokens.empty() && !ob.error);
+  EXPECT(oa.generated.tokens == want.tokens);
+  const SchedulerStats st = sched.stats();
+  EXPECT(st.prefilling == 0 && st.active == 0);
+  // the aborted prompt stopped early: far fewer positions than its 150 were evaluated
+  EXPECT(st.prefill_tokens < int64_t(longp.size()));
+}
