@@ -2,7 +2,7 @@
  * `emollm serve`: the scheduler, media confinement, auth and metrics on their own; then the
  * server over the tiny LLaVA (../shared/models/llava-tiny-hf): its answers equal the in-process
  * model's, streaming equals non-streaming, limits / 429 / timeouts / drain behave, and
- * `emollm eval --model http://…` against it gives exactly the in-process native predictions.
+ * `emollm eval --model http://…` against it gives the in-process native predictions (labels and text exact, probabilities within 1e-6).
  */
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -431,7 +431,7 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     expect(core('emollm_core_batch_tokens')).toBeGreaterThan(0);
   });
 
-  it('eval --model http://… against the server: the in-process native predictions, exactly', async () => {
+  it('eval --model http://… against the server: the in-process native predictions (labels exact, probabilities within 1e-6)', async () => {
     const EMO = ['happy', 'sad', 'angry', 'neutral'];
     const samples: BenchSample[] = [
       { id: 'demo/1', task: 'emo-c', source: 'demo', split: 'test', media: { type: 'image', path: 'sample1.jpg' }, options: EMO, answer: 'happy' },
