@@ -12,7 +12,7 @@
 // M failed, K skip lines, T s`; exits with the test binary's status (1 when any test failed), 2 when a
 // tool is missing or on bad usage. Under qemu the run is several times slower than native
 // (docs/platforms.md gives the measured time), so `npm test` does not run it.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -102,17 +102,22 @@ if (machine !== 'AArch64' || interp) {
 if (values['build-only']) process.exit(0);
 
 const t0 = Date.now();
-const r = spawnSync('qemu-aarch64', [exe, ...filter], {
+// Streamed, not buffered: under qemu the run takes minutes, and a run cut short should still
+// show which tests passed (the test binary flushes after each test).
+let stdout = '';
+const child = spawn('qemu-aarch64', [exe, ...filter], {
   cwd: root,
-  encoding: 'utf8',
-  maxBuffer: 256 << 20,
+  stdio: ['ignore', 'pipe', 'inherit'],
   env: { ...process.env, EMOLLM_SHARED_DIR: process.env.EMOLLM_SHARED_DIR ?? join(root, '..', 'shared') },
 });
-process.stdout.write(r.stdout ?? '');
-process.stderr.write(r.stderr ?? '');
-const counts = /(\d+) passed, (\d+) failed/.exec(r.stdout ?? '');
+child.stdout.on('data', (d) => {
+  stdout += d;
+  process.stdout.write(d);
+});
+const r = await new Promise((resolve) => child.on('close', (status, signal) => resolve({ status, signal })));
+const counts = /(\d+) passed, (\d+) failed/.exec(stdout);
 // Skips print their reason on their own line ("skip ...", "[skip] ..."); count them for the summary.
-const skips = (r.stdout ?? '').split('\n').filter((l) => /^\s*(\[skip\]|skip\b|skip:)/.test(l)).length;
+const skips = stdout.split('\n').filter((l) => /^\s*(\[skip\]|skip\b|skip:)/.test(l)).length;
 const secs = ((Date.now() - t0) / 1000).toFixed(0);
 if (!counts) {
   console.error(`cross-native-tests: ${tag}: no "N passed, M failed" line (exit ${r.status ?? r.signal}) after ${secs} s under qemu`);

@@ -1,6 +1,6 @@
 // scripts/check-prebuild.mjs, the stand-alone check of a native binary that the cross-compiled
 // prebuilds run under qemu-user (docs/platforms.md), run here on the host's build.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -128,8 +128,15 @@ if (!hasCrossCxx && process.env.CI) throw new Error('aarch64-linux-gnu-g++ (Debi
 if (!hasCrossCxx) console.warn('check-cross-compile tests skipped: aarch64-linux-gnu-g++ (Debian g++-aarch64-linux-gnu) not installed');
 describe.skipIf(!hasCrossCxx)('scripts/check-cross-compile.mjs (aarch64)', () => {
   const script = join(repoRoot, 'scripts', 'check-cross-compile.mjs');
-  it('every core, kernel, loader and model source compiles for aarch64-linux-gnu', () => {
-    const r = spawnSync(process.execPath, [script, '--jobs', '2'], { encoding: 'utf8' });
+  it('every core, kernel, loader and model source compiles for aarch64-linux-gnu', async () => {
+    // Asynchronous: a minute or more of compiling must not block the test worker's event loop.
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((done) => {
+      const p = spawn(process.execPath, [script, '--jobs', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '', stderr = '';
+      p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      p.on('close', (status) => done({ status, stdout, stderr }));
+    });
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^check-cross-compile: \d+ sources compile for aarch64-linux-gnu/);
   }, 600_000);
