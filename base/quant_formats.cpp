@@ -7,6 +7,16 @@
 // scripts/fixtures/ggml_quants_ref.c, that the tests compare with byte for byte.
 #include "quant_formats.h"
 
+// No fused multiply-add contraction here: the quantisers must produce ggml's bytes exactly, and
+// GCC's default -ffp-contract=fast (gnu++17) fuses a*b+c on targets with FMA in the baseline ISA
+// (aarch64), which changed q5_K's scale search there (tests/native/test_quant_ext.cpp failed
+// under qemu-aarch64 at byte 178; x86-64's baseline has no FMA, so it was not seen there).
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>

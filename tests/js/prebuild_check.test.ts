@@ -1,7 +1,8 @@
 // scripts/check-prebuild.mjs, the stand-alone check of a native binary that the cross-compiled
 // prebuilds run under qemu-user (docs/platforms.md), run here on the host's build.
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -55,5 +56,130 @@ describe.skipIf(!existsSync(addon) || !hasMuslGcc)('scripts/check-musl-prebuild.
     expect(r.out.checks).toMatchObject({ needed: ['libc.so'], interpreter: null, glibc_versions: [] });
     expect(r.out.checks.musl_dlopen).toMatch(/dlopen ok; napi_register_module_v1 found/);
     expect(r.status).toBe(0);
+  });
+});
+
+// scripts/check-glibc-prebuild.mjs (docs/platforms.md): the ELF checks of a glibc binary, which
+// read the headers only, so they check an arm64 binary on this x64 host.
+describe.skipIf(!existsSync(addon))('scripts/check-glibc-prebuild.mjs', () => {
+  const check = (...args: string[]): { status: number | null; out: { ok: boolean; failed: string[]; checks: Record<string, unknown> } } => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), ...args], { encoding: 'utf8' });
+    return { status: r.status, out: JSON.parse(r.stdout || '{}') as { ok: boolean; failed: string[]; checks: Record<string, unknown> } };
+  };
+  it('passes on the host build for its own arch, and names the machine and libraries when told another arch', () => {
+    const host = check(addon, '--arch', process.arch, '--max-glibc', '2.99');
+    expect(host.status).toBe(0);
+    expect(host.out.checks.machine).toBe(process.arch);
+    expect(host.out.checks.needed).toContain('libc.so.6');
+    const other = check(addon, '--arch', process.arch === 'x64' ? 'arm64' : 'x64', '--max-glibc', '2.99');
+    expect(other.status).toBe(1);
+    expect(other.out.failed).toEqual(expect.arrayContaining(['machine', 'needed']));
+  });
+  it('fails a glibc floor below what the binary needs, and bad usage exits 2', () => {
+    expect(check(addon, '--arch', process.arch, '--max-glibc', '2.2').out.failed).toContain('max_glibc');
+    expect(spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), addon, '--no-such-flag']).status).toBe(2);
+  });
+});
+
+// linux-arm64 prebuilds, when they were built here (npm run prebuild:linux-arm64 and
+// prebuild:linux-arm64-musl, ~15-30 min each on 2 cores, so CI does not build them).
+const arm64 = join(repoRoot, 'prebuilds', 'linux-arm64');
+const arm64Glibc = join(arm64, 'emollm.glibc.node');
+const arm64Musl = join(arm64, 'emollm.musl.node');
+if (!existsSync(arm64Glibc)) console.warn('linux-arm64 glibc prebuild checks skipped: no prebuilds/linux-arm64/emollm.glibc.node here (npm run prebuild:linux-arm64 builds it)');
+if (!existsSync(arm64Musl)) console.warn('linux-arm64 musl prebuild checks skipped: no prebuilds/linux-arm64/emollm.musl.node here (npm run prebuild:linux-arm64-musl builds it)');
+const hasCross = ['aarch64-linux-gnu-gcc', 'qemu-aarch64'].every((t) => !spawnSync(t, ['--version'], { stdio: 'ignore' }).error);
+if (existsSync(arm64Musl) && !hasCross) console.warn('linux-arm64 musl prebuild check skipped: needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian g++-aarch64-linux-gnu qemu-user)');
+describe('linux-arm64 prebuilds', () => {
+  it.skipIf(!existsSync(arm64Glibc))('emollm.glibc.node: AArch64, glibc <= 2.33, libstdc++ <= GCC 12 (GLIBCXX_3.4.30)', () => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), arm64Glibc, '--max-glibc', '2.33', '--max-glibcxx', '3.4.30'], { encoding: 'utf8' });
+    const out = JSON.parse(r.stdout) as { ok: boolean; checks: { machine: string; needed: string[]; max_glibc: string } };
+    expect(out.checks.machine).toBe('arm64');
+    expect(out.checks.needed).toContain('libc.so.6');
+    expect(r.status, r.stdout).toBe(0);
+  });
+  // Loaded by Debian's arm64 Node 18 (scripts/arm64-sysroot.mjs assembles it) under qemu-user:
+  // GEMM per dtype and stories260K's greedy tokens against run.c, as on the host.
+  const sysroot = process.env.EMOLLM_ARM64_SYSROOT ?? join(homedir(), '.cache', 'emollm-sysroot', 'arm64');
+  const haveSysroot = existsSync(join(sysroot, '.complete')) && hasCross;
+  if (existsSync(arm64Glibc) && !haveSysroot) console.warn(`linux-arm64 glibc prebuild run skipped: no arm64 sysroot at ${sysroot} (node scripts/arm64-sysroot.mjs makes one) or no qemu-aarch64`);
+  it.skipIf(!existsSync(arm64Glibc) || !haveSysroot)('emollm.glibc.node runs under qemu-user with Debian\'s arm64 Node: GEMM per dtype, greedy tokens equal run.c', () => {
+    const r = spawnSync('qemu-aarch64', ['-L', sysroot, '-E', 'LD_LIBRARY_PATH=/lib:/usr/lib/aarch64-linux-gnu', join(sysroot, 'usr', 'bin', 'node'),
+      join(repoRoot, 'scripts', 'check-prebuild.mjs'), arm64Glibc, ...(existsSync(gguf) ? [gguf] : [])], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { arch: string; ok: boolean; oracleMatch?: boolean };
+    expect(out.arch).toBe('arm64');
+    expect(out.ok).toBe(true);
+    if (existsSync(gguf)) expect(out.oracleMatch).toBe(true);
+  }, 300_000);
+  it.skipIf(!existsSync(arm64Musl) || !hasCross)('emollm.musl.node: AArch64, needs only musl libc.so, loads under musl\'s aarch64 loader (qemu-user)', () => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-musl-prebuild.mjs'), arm64Musl], { encoding: 'utf8' });
+    const out = JSON.parse(r.stdout) as { ok: boolean; checks: Record<string, unknown> };
+    expect(out.checks).toMatchObject({ machine: 'arm64', needed: ['libc.so'], interpreter: null, glibc_versions: [], host_interpreter: '/lib/ld-musl-aarch64.so.1' });
+    expect(out.checks.musl_dlopen).toMatch(/dlopen ok; napi_register_module_v1 found/);
+    expect(r.status).toBe(0);
+  }, 120_000);
+});
+
+// scripts/check-cross-compile.mjs: the native core parses and type-checks for aarch64 (the cheap
+// stand-in, in `npm test`, for the cross build and qemu run of scripts/cross-native-tests.mjs).
+const hasCrossCxx = !spawnSync('aarch64-linux-gnu-g++', ['--version'], { stdio: 'ignore' }).error;
+if (!hasCrossCxx && process.env.CI) throw new Error('aarch64-linux-gnu-g++ (Debian g++-aarch64-linux-gnu) is missing: .ci/run installs it, CI must not skip the arm64 compile check');
+if (!hasCrossCxx) console.warn('check-cross-compile tests skipped: aarch64-linux-gnu-g++ (Debian g++-aarch64-linux-gnu) not installed');
+describe.skipIf(!hasCrossCxx)('scripts/check-cross-compile.mjs (aarch64)', () => {
+  const script = join(repoRoot, 'scripts', 'check-cross-compile.mjs');
+  it('every core, kernel, loader and model source compiles for aarch64-linux-gnu', async () => {
+    // Asynchronous: a minute or more of compiling must not block the test worker's event loop.
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((done) => {
+      const p = spawn(process.execPath, [script, '--jobs', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '', stderr = '';
+      p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      p.on('close', (status) => done({ status, stdout, stderr }));
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^check-cross-compile: \d+ sources compile for aarch64-linux-gnu/);
+  }, 600_000);
+  it('fails on x86-only code outside a guard', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'emollm-cross-'));
+    try {
+      const bad = join(dir, 'bad.cpp');
+      writeFileSync(bad, '#include <immintrin.h>\nfloat f(const float* p) { __m256 v = _mm256_loadu_ps(p); return v[0]; }\n');
+      const r = spawnSync(process.execPath, [script, '--source', bad], { encoding: 'utf8' });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/1 of 1 sources do not compile/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+// How the package finds the arm64 binaries: node-gyp-build reads prebuilds/linux-arm64/ on an
+// arm64 host (npm_config_arch stands in for one here) and the libc tag prebuildify --tag-libc
+// wrote, so a glibc arm64 host never gets the musl binary, nor an x64 host an arm64 one.
+describe.runIf(process.platform === 'linux')('node-gyp-build picks the linux-arm64 prebuilds', () => {
+  const resolve = (dir: string, arch: string, libc: string): { status: number | null; stdout: string; stderr: string } =>
+    spawnSync(process.execPath, ['-e', `console.log(require('node-gyp-build').resolve(${JSON.stringify(dir)}))`], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+      env: { ...process.env, npm_config_arch: arch, LIBC: libc },
+    });
+  it('each arch and libc gets its own file, and no other', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'emollm-ngb-'));
+    try {
+      const folder = join(dir, 'prebuilds', 'linux-arm64');
+      mkdirSync(folder, { recursive: true });
+      for (const libc of ['glibc', 'musl']) writeFileSync(join(folder, `emollm.${libc}.node`), 'not loaded: only resolved');
+      for (const libc of ['glibc', 'musl']) {
+        const r = resolve(dir, 'arm64', libc);
+        expect(r.status, r.stderr).toBe(0);
+        expect(r.stdout.trim()).toBe(join(folder, `emollm.${libc}.node`));
+      }
+      const x64 = resolve(dir, 'x64', 'glibc');
+      expect(x64.status).not.toBe(0);
+      expect(x64.stderr).toMatch(/No native build was found/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -91,7 +91,8 @@ bool close_nan(const float* a, const float* b, long n, double atol, double rtol,
 }
 #define EXPECT_CLOSE_NAN(a, b, n, atol, rtol, what) close_nan((a), (b), (long)(n), (atol), (rtol), __FILE__, __LINE__, (what))
 
-double ulp_of(double v) {
+// Used by the x86 vector-math checks only (unused, and warned about, on aarch64).
+[[maybe_unused]] double ulp_of(double v) {
   v = std::fabs(v);
   if (v < 1.1754943508222875e-38) return 1.401298464324817e-45;
   int e;
