@@ -29,6 +29,7 @@
 
 #include "base/error.h"
 #include "base/thread_pool.h"
+#include "core/backend_weights.h"
 #include "core/emulated_device_backend.h"
 #include "core/runtime.h"
 #include "loaders/json.h"
@@ -197,6 +198,36 @@ TEST(emulated_device_memory_faults_on_host_reads) {
   EXPECT(host_read_survives(host.data()));  // the harness itself: a host read of host memory is fine
   EXPECT(!host_read_survives(b.data()));
   EXPECT(!host_read_survives(static_cast<char*>(b.data()) + 100));
+}
+
+// BackendWeights (core/backend_weights.h), what the vision models place their weights with: on
+// the CPU place() is the host pointer itself (zero-copy, nothing allocated); on a device a range is
+// uploaded once (placed again: the same copy) and holds the bytes; one object, one backend.
+TEST(backend_weights_zero_copy_on_cpu_upload_once_on_device) {
+  auto pool = std::make_shared<ThreadPool>(1);
+  std::unique_ptr<Backend> dev = make_emulated_device_backend(pool);
+  std::unique_ptr<Backend> cpu = make_cpu_backend(pool);
+  std::vector<float> a(64), b(16);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(i) * 0.5f;
+  BackendWeights on_cpu;
+  on_cpu.begin(*cpu);
+  EXPECT(on_cpu.place(a.data(), 64) == a.data() && on_cpu.device_bytes() == 0);
+  EXPECT(on_cpu.usable_on(*cpu) && !on_cpu.usable_on(*dev));
+  BackendWeights on_dev;
+  EXPECT(on_dev.usable_on(*cpu) && !on_dev.usable_on(*dev));  // nothing placed yet: host weights
+  on_dev.begin(*dev);
+  const float* pa = on_dev.place(a.data(), 64);
+  EXPECT(pa != a.data() && !host_read_survives(pa));
+  EXPECT(on_dev.place(a.data(), 64) == pa && on_dev.place(a.data(), 8) == pa);  // placed again: the same copy
+  EXPECT(on_dev.place(static_cast<const float*>(nullptr), 4) == nullptr);
+  EXPECT(on_dev.place(b.data(), 16) != pa && on_dev.device_bytes() == (64 + 16) * sizeof(float));
+  std::vector<float> back(64);
+  dev->download(back.data(), pa, back.size() * sizeof(float));
+  EXPECT(back == a);
+  EXPECT(on_dev.usable_on(*dev) && !on_dev.usable_on(*cpu));
+  const std::string e = error_of([&] { on_dev.require_usable_on(*cpu, "test tower"); }, ErrorCode::InvalidArgument);
+  EXPECT(has(e, "test tower") && has(e, "emulated device"));
+  EXPECT_THROWS(on_dev.begin(*cpu), ErrorCode::Internal);
 }
 
 TEST(emulated_device_llama_greedy_matches_runc) {
