@@ -117,17 +117,21 @@ void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t
 // rows [batch * patches_h * patches_w, channels * patch * patch] with row stride ld_cols.
 void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p, Stream stream);
 
-// RoPE with a precomputed table: cos_sin is [n_tokens][rot_dim] floats on the device, the first
-// rot_dim/2 the cosines and the rest the sines of token t's angles (the CPU computes them in
-// double, exactly as kernels/cpu/rope.cpp, so both devices rotate by the same f32 cos/sin).
-// Layouts as RopeParams::layout. x rotated in place.
-void rope_table(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
-                RopeLayout layout, const float* cos_sin, Stream stream);
+// RoPE (RopeParams semantics) with everything on the device: positions [n_tokens] int32 and
+// inv_freq [rot_dim / 2] doubles (the inverse frequencies, made once per configuration by the
+// caller, e.g. the backend's cache). Each token's angles position * freq_scale * inv_freq[i] and
+// their cos / sin are computed in double and rounded to f32, as kernels/cpu/rope.cpp does, so
+// both devices rotate by the same f32 cos/sin (up to the last bit of the libraries' double
+// sin/cos). Layouts as RopeParams::layout; x rotated in place. No host work per call.
+void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim, RopeLayout layout,
+          const int32_t* positions, const double* inv_freq, float freq_scale, Stream stream);
 
-// out[i, :] = table[ids[i], :] in f32; table F32, F16, BF16, Q8_0 or Q4_0 (dim % 32 == 0 for the
-// quantised ones). ids are device memory and must already be in [0, vocab) (the caller checks:
-// a device kernel cannot throw).
-void embedding(const void* table, DType dtype, int64_t dim, const int32_t* ids, int64_t n, float* out,
+// out[i, :] = table[ids[i], :] in f32; table [vocab] rows of F32, F16, BF16, Q8_0 or Q4_0
+// (dim % 32 == 0 for the quantised ones). ids are device memory; a device kernel cannot throw,
+// so callers check them where they come from (the backend checks host ids; the LLaMA decoder
+// checks its ids before uploading them), and an id outside [0, vocab) gets a row of NaN here
+// instead of a read outside the table.
+void embedding(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n, float* out,
                int64_t ld_out, Stream stream);
 
 // ---------------------------------------------------------------- sampling on the device

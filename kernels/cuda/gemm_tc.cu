@@ -33,7 +33,9 @@ __device__ __forceinline__ float warp_sum(float x) {
 // ------------------------------------------------------------------ gemv
 constexpr int GV_WARPS = 8, GV_NT = GV_WARPS * 32;
 
-struct GemvArgs {
+// The arguments of both kernels (GEMV and tensor-core GEMM), passed by value: Y[M,N] = X[M,K] *
+// W[N,K]^T (+ bias), W rows of w_row_bytes bytes of the kernel's weight dtype.
+struct MatArgs {
   const float* X;
   int64_t ldx;
   const uint8_t* W;
@@ -42,12 +44,20 @@ struct GemvArgs {
   float* Y;
   int64_t ldy;
   int M, N, K;
-  bool vec;  // 16-byte weight loads are aligned (f16/bf16: K % 8 == 0 and W, row bytes 16-aligned)
+  bool vec;  // GEMV only: 16-byte weight loads are aligned (f16/bf16: K % 8 == 0 and W, row bytes 16-aligned)
 };
+
+MatArgs mat_args(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+                 int64_t M, int64_t N, int64_t K) {
+  MatArgs a{};
+  a.X = X, a.ldx = ldx, a.W = static_cast<const uint8_t*>(W), a.w_row_bytes = int64_t(dtype_row_bytes(wtype, K));
+  a.bias = bias, a.Y = Y, a.ldy = ldy, a.M = int(M), a.N = int(N), a.K = int(K);
+  return a;
+}
 
 // acc[r] += w[j] * X[r, k + j] for j < CNT.
 template <int CNT>
-__device__ __forceinline__ void fma_rows(const GemvArgs& a, int64_t k, const float (&w)[CNT], float (&acc)[kGemvMaxRows]) {
+__device__ __forceinline__ void fma_rows(const MatArgs& a, int64_t k, const float (&w)[CNT], float (&acc)[kGemvMaxRows]) {
 #pragma unroll
   for (int r = 0; r < kGemvMaxRows; ++r) {
     if (r < a.M) {
@@ -59,7 +69,7 @@ __device__ __forceinline__ void fma_rows(const GemvArgs& a, int64_t k, const flo
 }
 
 template <DType WT>
-__global__ void __launch_bounds__(GV_NT) gemv_kernel(GemvArgs a) {
+__global__ void __launch_bounds__(GV_NT) gemv_kernel(MatArgs a) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n = blockIdx.x * GV_WARPS + warp;
   if (n >= a.N) return;  // no block-level synchronisation below
@@ -180,19 +190,8 @@ __device__ __forceinline__ void load_w16(const uint8_t* row, int k0, int K, floa
   }
 }
 
-struct TcArgs {
-  const float* X;
-  int64_t ldx;
-  const uint8_t* W;
-  int64_t w_row_bytes;
-  const float* bias;
-  float* Y;
-  int64_t ldy;
-  int M, N, K;
-};
-
 template <typename MT, DType WT>
-__global__ void __launch_bounds__(TC_NT) gemm_tc_kernel(TcArgs a) {
+__global__ void __launch_bounds__(TC_NT) gemm_tc_kernel(MatArgs a) {
   using namespace nvcuda;
   __shared__ __align__(32) MT As[TC_BM * TC_LD];
   __shared__ __align__(32) MT Bs[TC_BN * TC_LD];
@@ -277,12 +276,12 @@ void check_common(const char* what, const float* X, int64_t ldx, const void* W, 
 }
 
 template <DType WT>
-void launch_gemv(const GemvArgs& a, cudaStream_t st) {
+void launch_gemv(const MatArgs& a, cudaStream_t st) {
   gemv_kernel<WT><<<unsigned((a.N + GV_WARPS - 1) / GV_WARPS), GV_NT, 0, st>>>(a);
 }
 
 template <typename MT, DType WT>
-void launch_tc(const TcArgs& a, cudaStream_t st) {
+void launch_tc(const MatArgs& a, cudaStream_t st) {
   const dim3 grid(unsigned((a.N + TC_BN - 1) / TC_BN), unsigned((a.M + TC_BM - 1) / TC_BM));
   gemm_tc_kernel<MT, WT><<<grid, TC_NT, 0, st>>>(a);
 }
@@ -295,9 +294,7 @@ void gemv(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
   EMOLLM_CHECK_ARG(M <= kGemvMaxRows, "cuda gemv: M must be <= 8 (use matmul)");
   if (M == 0 || N == 0) return;
   EMOLLM_CHECK_ARG((N + GV_WARPS - 1) / GV_WARPS <= int64_t(0x7fffffff), "cuda gemv: N too large");
-  GemvArgs a{};
-  a.X = X; a.ldx = ldx; a.W = static_cast<const uint8_t*>(W); a.w_row_bytes = int64_t(dtype_row_bytes(wtype, K));
-  a.bias = bias; a.Y = Y; a.ldy = ldy; a.M = int(M); a.N = int(N); a.K = int(K);
+  MatArgs a = mat_args(X, ldx, W, wtype, bias, Y, ldy, M, N, K);
   a.vec = K % 8 == 0 && detail::aligned(W, 16) && a.w_row_bytes % 16 == 0;
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   // K == 0 is valid: the K loops are empty and Y = bias (or 0), as on the CPU.
@@ -319,9 +316,7 @@ void gemm_tc(const float* X, int64_t ldx, const void* W, DType wtype, const floa
     throw Error(ErrorCode::Unsupported, "cuda gemm_tc: f32 weights do not run on tensor cores here (use gemm)");
   if (M == 0 || N == 0) return;
   EMOLLM_CHECK_ARG((M + TC_BM - 1) / TC_BM <= 65535, "cuda gemm_tc: M too large");
-  TcArgs a{};
-  a.X = X; a.ldx = ldx; a.W = static_cast<const uint8_t*>(W); a.w_row_bytes = int64_t(dtype_row_bytes(wtype, K));
-  a.bias = bias; a.Y = Y; a.ldy = ldy; a.M = int(M); a.N = int(N); a.K = int(K);
+  const MatArgs a = mat_args(X, ldx, W, wtype, bias, Y, ldy, M, N, K);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (wtype) {
     case DType::BF16: launch_tc<__nv_bfloat16, DType::BF16>(a, st); break;

@@ -1,6 +1,6 @@
 // Row and elementwise kernels (cuda_kernels.h), the same contracts as kernels/cpu/kernels.h:
 // norms and softmax (one block per row, block reductions in f32), activations and adds
-// (grid-stride), RoPE from a host-computed cos/sin table, embedding rows of every weight
+// (grid-stride), RoPE from device positions and frequencies, embedding rows of every weight
 // dtype, the gated head sum of the unfused projection, and on-device token sampling.
 #include <cuda_fp16.h>
 
@@ -180,12 +180,25 @@ __global__ void patches_kernel(const float* img, float* cols, int64_t ld_cols, i
   }
 }
 
-// One block per (token, head); thread i rotates pair i of the head.
-__global__ void rope_kernel(float* x, int64_t ld, int head_dim, int half, int interleaved, const float* cos_sin) {
-  const int t = blockIdx.x, h = blockIdx.y;
-  float* v = x + int64_t(t) * ld + int64_t(h) * head_dim;
-  const float* cs = cos_sin + int64_t(t) * 2 * half;
+// One block per token: the token's cos/sin computed once in double (as kernels/cpu/rope.cpp:
+// angle = position * freq_scale * inv_freq[i], rounded to f32 after cos / sin) into shared
+// memory, then every head's pairs rotated with them.
+__global__ void rope_kernel(float* x, int64_t ld, int n_heads, int head_dim, int half, int interleaved,
+                            const int32_t* positions, const double* inv_freq, double freq_scale) {
+  extern __shared__ float cs[];  // [2 * half]: the cosines, then the sines
+  const int t = blockIdx.x;
+  const double pos = double(__ldg(positions + t)) * freq_scale;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sn, cn;
+    sincos(pos * __ldg(inv_freq + i), &sn, &cn);
+    cs[i] = float(cn);
+    cs[half + i] = float(sn);
+  }
+  __syncthreads();
+  float* row = x + int64_t(t) * ld;
+  for (int k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
+    const int h = k / half, i = k % half;
+    float* v = row + int64_t(h) * head_dim;
     const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
     const float a = v[ia], b = v[ib], c = cs[i], s = cs[half + i];
     v[ia] = a * c - b * s;
@@ -196,11 +209,16 @@ __global__ void rope_kernel(float* x, int64_t ld, int head_dim, int half, int in
 __device__ __forceinline__ float half_bits_to_f32(uint16_t b) { return __half2float(__ushort_as_half(b)); }
 
 template <DType T>
-__global__ void embedding_kernel(const uint8_t* table, int64_t row_bytes, int dim, const int32_t* ids, float* out,
-                                 int64_t ld_out) {
+__global__ void embedding_kernel(const uint8_t* table, int64_t row_bytes, int64_t vocab, int dim, const int32_t* ids,
+                                 float* out, int64_t ld_out) {
   const int i = blockIdx.x;
-  const uint8_t* row = table + int64_t(__ldg(ids + i)) * row_bytes;
+  const int32_t id = __ldg(ids + i);
   float* o = out + int64_t(i) * ld_out;
+  if (id < 0 || int64_t(id) >= vocab) {  // never read outside the table: a NaN row marks the bad id
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = __int_as_float(0x7fc00000);
+    return;
+  }
+  const uint8_t* row = table + int64_t(id) * row_bytes;
   for (int j = threadIdx.x; j < dim; j += blockDim.x) {
     float v;
     if constexpr (T == DType::F32) v = __ldg(reinterpret_cast<const float*>(row) + j);
@@ -477,22 +495,25 @@ void extract_patches(const float* images, float* cols, int64_t ld_cols, const Pa
   detail::check_launch("cuda extract_patches");
 }
 
-void rope_table(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
-                RopeLayout layout, const float* cos_sin, Stream stream) {
+void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim, RopeLayout layout,
+          const int32_t* positions, const double* inv_freq, float freq_scale, Stream stream) {
   EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0 && head_dim > 0, "cuda rope: bad shape");
   EMOLLM_CHECK_ARG(rot_dim > 0 && rot_dim <= head_dim && rot_dim % 2 == 0, "cuda rope: rot_dim must be even, <= head_dim");
   EMOLLM_CHECK_ARG(n_tokens <= 1 || ld >= n_heads * head_dim, "cuda rope: ld smaller than n_heads * head_dim");
-  EMOLLM_CHECK_ARG(n_tokens < (int64_t(1) << 31) && n_heads <= 65535, "cuda rope: shape too large");
+  EMOLLM_CHECK_ARG(n_tokens < (int64_t(1) << 31) && n_heads * head_dim < (int64_t(1) << 31), "cuda rope: shape too large");
   if (n_tokens == 0 || n_heads == 0) return;
-  const dim3 grid{unsigned(n_tokens), unsigned(n_heads)};
-  rope_kernel<<<grid, 64, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      x, ld, int(head_dim), int(rot_dim / 2), layout == RopeLayout::Interleaved ? 1 : 0, cos_sin);
+  EMOLLM_CHECK_ARG(positions != nullptr && inv_freq != nullptr, "cuda rope: null positions or frequencies");
+  const int half = int(rot_dim / 2);
+  rope_kernel<<<unsigned(n_tokens), 128, size_t(2 * half) * sizeof(float), reinterpret_cast<cudaStream_t>(stream)>>>(
+      x, ld, int(n_heads), int(head_dim), half, layout == RopeLayout::Interleaved ? 1 : 0, positions, inv_freq,
+      double(freq_scale));
   detail::check_launch("cuda rope");
 }
 
-void embedding(const void* table, DType dtype, int64_t dim, const int32_t* ids, int64_t n, float* out,
+void embedding(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n, float* out,
                int64_t ld_out, Stream stream) {
-  EMOLLM_CHECK_ARG(dim >= 0 && n >= 0 && dim < (int64_t(1) << 31) && n < (int64_t(1) << 31), "cuda embedding: bad shape");
+  EMOLLM_CHECK_ARG(vocab >= 0 && dim >= 0 && n >= 0 && dim < (int64_t(1) << 31) && n < (int64_t(1) << 31),
+                   "cuda embedding: bad shape");
   EMOLLM_CHECK_ARG(n <= 1 || ld_out >= dim, "cuda embedding: ld_out smaller than dim");
   if (dtype == DType::Q8_0 || dtype == DType::Q4_0)
     EMOLLM_CHECK_ARG(dim % 32 == 0, "cuda embedding: q8_0/q4_0 rows need dim % 32 == 0");
@@ -501,11 +522,11 @@ void embedding(const void* table, DType dtype, int64_t dim, const int32_t* ids, 
   const uint8_t* t = static_cast<const uint8_t*>(table);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case DType::F32: embedding_kernel<DType::F32><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, int(dim), ids, out, ld_out); break;
-    case DType::F16: embedding_kernel<DType::F16><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, int(dim), ids, out, ld_out); break;
-    case DType::BF16: embedding_kernel<DType::BF16><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, int(dim), ids, out, ld_out); break;
-    case DType::Q8_0: embedding_kernel<DType::Q8_0><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, int(dim), ids, out, ld_out); break;
-    case DType::Q4_0: embedding_kernel<DType::Q4_0><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, int(dim), ids, out, ld_out); break;
+    case DType::F32: embedding_kernel<DType::F32><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, vocab, int(dim), ids, out, ld_out); break;
+    case DType::F16: embedding_kernel<DType::F16><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, vocab, int(dim), ids, out, ld_out); break;
+    case DType::BF16: embedding_kernel<DType::BF16><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, vocab, int(dim), ids, out, ld_out); break;
+    case DType::Q8_0: embedding_kernel<DType::Q8_0><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, vocab, int(dim), ids, out, ld_out); break;
+    case DType::Q4_0: embedding_kernel<DType::Q4_0><<<unsigned(n), ROW_NT, 0, st>>>(t, rb, vocab, int(dim), ids, out, ld_out); break;
     default:
       throw Error(ErrorCode::Unsupported, std::string("cuda embedding: table dtype ") + dtype_name(dtype) +
                                               " has no CUDA kernel (f32, f16, bf16, q8_0, q4_0)");

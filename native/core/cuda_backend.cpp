@@ -10,6 +10,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -248,6 +249,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaSetDevice(info_.index);
+    for (auto& kv : rope_freqs_) alloc_.free(const_cast<double*>(kv.second), stream_);
     if (stream_) {
       cudaStreamSynchronize(stream_);
       cudaStreamDestroy(stream_);
@@ -353,31 +355,12 @@ class CudaBackend final : public Backend {
     EMOLLM_CHECK_ARG(p.theta > 0 || p.inv_freq != nullptr, "rope: theta must be > 0");
     if (n_tokens == 0 || n_heads == 0) return;
     DeviceGuard g(info_.index);
-    const int64_t half = rot / 2;
-    std::vector<int32_t> pos = host_copy(positions, n_tokens);
-    std::vector<float> invf_f;
-    const float* invf_src = p.inv_freq;
-    if (invf_src && is_device_pointer(invf_src)) {
-      invf_f.resize(size_t(half));
-      download(invf_f.data(), invf_src, size_t(half) * sizeof(float));
-      invf_src = invf_f.data();
-    }
-    // The angles in double exactly as kernels/cpu/rope.cpp does, so both devices use the same f32 cos/sin.
-    std::vector<double> invf(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i)
-      invf[size_t(i)] = invf_src ? double(invf_src[i]) : std::pow(double(p.theta), -double(2 * i) / double(rot));
-    std::vector<float> table(size_t(n_tokens * rot));
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const double ps = double(pos[size_t(t)]) * double(p.freq_scale);
-      for (int64_t i = 0; i < half; ++i) {
-        const double a = ps * invf[size_t(i)];
-        table[size_t(t * rot + i)] = float(std::cos(a));
-        table[size_t(t * rot + half + i)] = float(std::sin(a));
-      }
-    }
-    Scratch dev(alloc_, st(), table.size() * sizeof(float));
-    upload(dev.get(), table.data(), table.size() * sizeof(float));
-    cuda::rope_table(x, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, dev.f(), s());
+    const double* invf = rope_frequencies(p, rot);
+    // Device positions (the model code's) are used where they are; host ones are staged once.
+    Scratch staged(alloc_, st(), is_device_pointer(positions) ? 0 : size_t(n_tokens) * sizeof(int32_t));
+    if (staged.get()) upload(staged.get(), positions, size_t(n_tokens) * sizeof(int32_t));
+    const int32_t* pos = staged.get() ? static_cast<const int32_t*>(staged.get()) : positions;
+    cuda::rope(x, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, pos, invf, p.freq_scale, s());
   }
 
   void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
@@ -386,14 +369,16 @@ class CudaBackend final : public Backend {
     if (n == 0) return;
     EMOLLM_CHECK_ARG(ids != nullptr, "embedding_lookup: ids is null");
     DeviceGuard g(info_.index);
-    std::vector<int32_t> h = host_copy(ids, n);
+    if (is_device_pointer(ids)) {  // the model code's uploaded ids: no round trip (the kernel guards the range)
+      cuda::embedding(table, dtype, vocab, dim, ids, n, out, ld_out, s());
+      return;
+    }
     for (int64_t i = 0; i < n; ++i)
-      EMOLLM_CHECK_ARG(h[size_t(i)] >= 0 && h[size_t(i)] < vocab,
-                       "embedding_lookup: token id " + std::to_string(h[size_t(i)]) + " outside [0, " +
-                           std::to_string(vocab) + ")");
+      EMOLLM_CHECK_ARG(ids[i] >= 0 && ids[i] < vocab, "embedding_lookup: token id " + std::to_string(ids[i]) +
+                                                          " outside [0, " + std::to_string(vocab) + ")");
     Scratch dev(alloc_, st(), size_t(n) * sizeof(int32_t));
-    upload(dev.get(), h.data(), size_t(n) * sizeof(int32_t));
-    cuda::embedding(table, dtype, dim, static_cast<const int32_t*>(dev.get()), n, out, ld_out, s());
+    upload(dev.get(), ids, size_t(n) * sizeof(int32_t));
+    cuda::embedding(table, dtype, vocab, dim, static_cast<const int32_t*>(dev.get()), n, out, ld_out, s());
   }
 
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
@@ -515,18 +500,42 @@ class CudaBackend final : public Backend {
   }
   cuda::Stream s() const { return reinterpret_cast<cuda::Stream>(st()); }
 
-  // n int32 from host or device memory into a host vector.
-  std::vector<int32_t> host_copy(const int32_t* p, int64_t n) {
-    std::vector<int32_t> h(static_cast<size_t>(n));
-    if (is_device_pointer(p)) download(h.data(), p, size_t(n) * sizeof(int32_t));
-    else std::memcpy(h.data(), p, size_t(n) * sizeof(int32_t));
-    return h;
+  // The rot/2 inverse frequencies of a RoPE configuration, in double on the device: computed as
+  // kernels/cpu/rope.cpp does (theta^(-2i/rot), or RopeParams::inv_freq, a host parameter) and
+  // uploaded on its first use, then found again by every later call with the same configuration
+  // (a model has a handful: its rope_dim and scaling, the M-RoPE sections, a vision tower's 2-D
+  // halves). Keyed by content, not by pointer, so a freed and reused host array cannot alias.
+  const double* rope_frequencies(const RopeParams& p, int64_t rot) {
+    const int64_t half = rot / 2;
+    std::string key(reinterpret_cast<const char*>(&rot), sizeof rot);
+    if (p.inv_freq) {
+      key.push_back('f');
+      key.append(reinterpret_cast<const char*>(p.inv_freq), size_t(half) * sizeof(float));
+    } else {
+      key.push_back('t');
+      key.append(reinterpret_cast<const char*>(&p.theta), sizeof p.theta);
+    }
+    std::lock_guard<std::mutex> lk(rope_mu_);
+    auto it = rope_freqs_.find(key);
+    if (it != rope_freqs_.end()) return it->second;
+    std::vector<double> invf(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)
+      invf[size_t(i)] = p.inv_freq ? double(p.inv_freq[i]) : std::pow(double(p.theta), -double(2 * i) / double(rot));
+    auto* d = static_cast<double*>(alloc_.alloc(invf.size() * sizeof(double)));
+    // Waited for here (once per configuration): the table must be complete for every stream.
+    const cudaStream_t stream = st();
+    check(cudaMemcpyAsync(d, invf.data(), invf.size() * sizeof(double), cudaMemcpyHostToDevice, stream), "rope frequencies");
+    check(cudaStreamSynchronize(stream), "rope frequencies");
+    rope_freqs_.emplace(std::move(key), d);
+    return d;
   }
 
   CudaDeviceInfo info_;
   CachingAllocator alloc_;
   cudaStream_t stream_ = nullptr;
   mutable std::atomic<uint64_t> default_gen_{1};
+  std::mutex rope_mu_;
+  std::map<std::string, const double*> rope_freqs_;  // rope_frequencies(): configuration -> device table
 };
 
 }  // namespace

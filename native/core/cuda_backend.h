@@ -9,10 +9,13 @@
 // stored dtype: f32 / f16 / bf16 as stored, q8_0 / q4_0 still quantised (the GEMV and the
 // tensor-core GEMM dequantise in registers).
 //
-// Host-side arguments: the index arrays of rope() (positions) and embedding_lookup() (ids), and
-// RopeParams::inv_freq, may be host or device memory (the model code passes host vectors); ids
-// are range-checked on the host (a device kernel cannot throw), so a device id array is read
-// back first.
+// Index arrays: rope()'s positions and embedding_lookup()'s ids may be device memory (what the
+// model code passes: it uploads them once per pass) or host memory. Device ones are used in place,
+// with no transfer or host work per call; host ones are staged in one upload (and host ids are
+// range-checked first; device ids were checked by whoever uploaded them, and the kernel writes a
+// NaN row rather than read outside the table for a bad one). RopeParams::inv_freq is a host
+// parameter (as on every backend): each RoPE configuration's frequency table is computed and
+// uploaded once, on first use, and kept on the device for the backend's lifetime.
 //
 // Errors: a machine without the NVIDIA driver, or without a device, gets Error(Unsupported)
 // saying which (the CUDA runtime is linked statically and loads the driver at run time, so the

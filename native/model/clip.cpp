@@ -31,7 +31,7 @@ struct ClipLoader {
     if (cols % dtype_block_elems(t.dtype) != 0)
       throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length " + std::to_string(cols) + " is not a multiple of the " +
                                               dtype_name(t.dtype) + " block size", ws.source());
-    return LlamaWeight{t.data, t.dtype, rows, cols};
+    return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   }
   LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols) const { return mat_shaped(name, rows, cols, {rows, cols}); }
   // f32 data of a tensor of `shape` (converted once when stored in another dtype).
@@ -197,6 +197,27 @@ std::unique_ptr<ClipVisionModel> ClipVisionModel::from_gguf(const GgufFile& f) {
   return m;
 }
 
+void ClipVisionModel::place_weights(Backend& be) {
+  BackendWeights& w = weights_;
+  w.begin(be);
+  const int64_t E = hp_.n_embd, F = hp_.n_ff;
+  w.place_matrix(patch_embd);
+  patch_bias = w.place(patch_bias, E);
+  class_embd = w.place(class_embd, E);
+  pos_embd = w.place(pos_embd, hp_.n_pos() * E);
+  pre_ln_w = w.place(pre_ln_w, E);
+  pre_ln_b = w.place(pre_ln_b, E);
+  for (ClipLayer& l : layers) {
+    l.ln1_w = w.place(l.ln1_w, E), l.ln1_b = w.place(l.ln1_b, E);
+    w.place_matrix(l.wq), w.place_matrix(l.wk), w.place_matrix(l.wv), w.place_matrix(l.wo);
+    l.bq = w.place(l.bq, E), l.bk = w.place(l.bk, E), l.bv = w.place(l.bv, E), l.bo = w.place(l.bo, E);
+    l.ln2_w = w.place(l.ln2_w, E), l.ln2_b = w.place(l.ln2_b, E);
+    w.place_matrix(l.fc1), w.place_matrix(l.fc2);
+    l.b1 = w.place(l.b1, F), l.b2 = w.place(l.b2, E);
+  }
+  w.finish();
+}
+
 bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& sel, bool drop_cls,
                              float* out, const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr && out != nullptr, "vision encode: no images");
@@ -212,6 +233,7 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   const ClipHparams& h = hp_;
   EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr && out != nullptr, "vision encode: no images");
   EMOLLM_CHECK_ARG(!sel.empty(), "vision encode: no feature layers");
+  weights_.require_usable_on(be, "CLIP vision tower");
   int64_t deepest = 0;
   for (int64_t l : sel) {
     EMOLLM_CHECK_ARG(l >= 0 && l <= h.n_layer, "vision encode: hidden state " + std::to_string(l) + " is outside [0, " +

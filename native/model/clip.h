@@ -13,7 +13,10 @@
 //
 // Weights are used in place from the mapped file (f32, f16, bf16; q8_0/q4_0 where the row length
 // allows); small vectors and the embeddings that are not f32 are converted once at load. The
-// forward pass calls only the Backend interface (patch extraction, embedding adds and residuals included: no host-side arithmetic on activations).
+// owning model then calls place_weights(backend): on the CPU that changes nothing (zero-copy), on
+// a device every weight is uploaded once and the weight fields point at the copies
+// (LlamaWeight::host keeps the mmap). The forward pass calls only the Backend interface (patch
+// extraction, embedding adds and residuals included: no host-side arithmetic on activations).
 // A ClipVisionModel is immutable after load; encode() may run on any thread.
 #pragma once
 #include <atomic>
@@ -23,6 +26,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/backend_weights.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
@@ -93,7 +97,13 @@ class ClipVisionModel {
   // for a tower of `n_layer` layers; InvalidArgument when outside [-(n_layer+1), n_layer].
   static int64_t resolve_layer(int64_t layer, int64_t n_layer);
 
-  // ---- weights (read-only)
+  // Puts the weights in `be`'s memory, once, at load (the owning model calls it with its decoder's
+  // backend): nothing to do on the CPU; on a device, uploads and repoints the weight fields.
+  // encode() then takes only `be` (InvalidArgument on another device).
+  void place_weights(Backend& be);
+  const BackendWeights& placed() const { return weights_; }
+
+  // ---- weights (read-only; in the placed backend's memory, see place_weights)
   LlamaWeight patch_embd;          // [n_embd, n_channels * patch * patch] (the conv kernel, flattened c, ky, kx)
   const float* patch_bias = nullptr;  // absent in CLIP
   const float* class_embd = nullptr;  // [n_embd]
@@ -109,6 +119,7 @@ class ClipVisionModel {
   friend struct ClipLoader;
   ClipHparams hp_;
   std::vector<std::vector<float>> converted_;
+  BackendWeights weights_;  // the device copies (empty on the CPU)
 };
 
 }  // namespace emollm

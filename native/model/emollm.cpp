@@ -221,7 +221,24 @@ std::shared_ptr<EmollmModel> EmollmModel::from_parts(std::shared_ptr<LlavaModel>
       }
     }
   }
+  m->place_weights();
   return m;
+}
+
+void EmollmModel::place_weights() {
+  const int64_t E = n_embd();
+  weights_.begin(backend());
+  for (MvpPerspective& p : persp_) mvp_place_weights(p, E, weights_);
+  for (Group& g : groups_) {
+    // a single-head group's pointers are its head's, whose copies are found again (no second upload)
+    const int64_t H = int64_t(g.heads.size());
+    g.w1 = weights_.place(g.w1, size_t(H * g.d_hid) * dtype_row_bytes(g.dtype, g.d_in));
+    g.w2 = weights_.place(g.w2, size_t(H * E) * dtype_row_bytes(g.dtype, g.d_hid));
+    g.b1 = weights_.place(g.b1, H * g.d_hid);
+    g.b2 = weights_.place(g.b2, H * E);
+    g.gates_placed = weights_.place(g.gates.data(), int64_t(g.gates.size()));
+  }
+  weights_.finish();
 }
 
 int64_t EmollmModel::n_image_tokens(int64_t n_faces) const {
@@ -282,6 +299,7 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
                    "EmoLLM project: " + std::to_string(faces ? faces->size() : 0) + " face lists for " + std::to_string(B) +
                        " images");
   Backend& be = tf.backend();
+  weights_.require_usable_on(be, "EmoLLM projection");
   const int64_t T = n_vision_tokens(), E = n_embd();
 
   // Inputs gathered once per distinct layer list.
@@ -330,11 +348,11 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
         mp.d_out = E;
         mp.n_heads = int64_t(g.heads.size());
         if (first) {
-          be.mvp_projection(input_for(g.layers).data(), g.w1, g.b1, g.w2, g.b2, g.gates.data(), g.dtype, y.data(), mp);
+          be.mvp_projection(input_for(g.layers).data(), g.w1, g.b1, g.w2, g.b2, g.gates_placed, g.dtype, y.data(), mp);
           first = false;
         } else {
           if (!tmp.data()) tmp = DeviceTensor(be, DType::F32, {B * T, E});
-          be.mvp_projection(input_for(g.layers).data(), g.w1, g.b1, g.w2, g.b2, g.gates.data(), g.dtype, tmp.data(), mp);
+          be.mvp_projection(input_for(g.layers).data(), g.w1, g.b1, g.w2, g.b2, g.gates_placed, g.dtype, tmp.data(), mp);
           accumulate(tmp);
         }
       }

@@ -23,6 +23,9 @@
 // head's token count), then the attention-pool and face tokens are appended in perspective order.
 // Fusion "concat": every open perspective's tokens, in perspective order.
 //
+// Weights: used in place from the MVP file on the CPU (stacked group weights are built once at
+// load); on a device backend all of them are uploaded once at load, like the base's.
+//
 // CPU path: the summed MLP heads that read the same input (same layers), the same hidden size and
 // weight dtype form a group computed by ONE Backend::mvp_projection (stacked first layers in one
 // GEMM, GELU, per-head second GEMMs with gated accumulation); the vision tower runs once for the
@@ -98,6 +101,7 @@ class EmollmModel {
     const void* w2 = nullptr;           // stacked [H, E, d_hid]
     const float *b1 = nullptr, *b2 = nullptr;
     std::vector<float> gates;           // [H, E]
+    const float* gates_placed = nullptr;  // gates in the backend's memory
   };
   std::shared_ptr<LlavaModel> base_;
   std::shared_ptr<WeightStore> store_;
@@ -107,6 +111,10 @@ class EmollmModel {
   std::vector<int64_t> tower_layers_;
   std::vector<std::vector<uint8_t>> owned_;      // stacked weights
   std::vector<std::vector<float>> converted_;    // f32 copies of vectors
+  BackendWeights weights_;  // the MVP's device copies (empty on the CPU); after base_, freed before it
+
+  // Places the open perspectives' and the groups' weights in the base decoder's backend (load's last step).
+  void place_weights();
 
   Backend& backend() const { return base_->text_model()->backend(); }
   // The MVP on tower features already in backend memory ([B * T, tower_layers().size() * C]).

@@ -123,12 +123,16 @@ std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& 
                                         "which Qwen2-VL's M-RoPE grid does not allow; use \"gated-sum\"", cfg);
   std::sort(m->taps_.begin(), m->taps_.end());
   m->taps_.erase(std::unique(m->taps_.begin(), m->taps_.end()), m->taps_.end());
+  m->weights_.begin(m->base_->text_model()->backend());
+  for (MvpPerspective& p : m->persp_) mvp_place_weights(p, E, m->weights_);
+  m->weights_.finish();
   return m;
 }
 
 bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>& grids, std::vector<float>* out,
                                 const std::atomic<bool>* abort) const {
   Backend& be = base_->text_model()->backend();
+  weights_.require_usable_on(be, "EmoLLM projection");
   const Qwen2VisionModel& vis = base_->vision();
   std::vector<DeviceTensor> taps;  // the merger inputs at taps_, in backend memory
   if (!vis.merger_inputs_device(be, patches, grids, taps_, &taps, abort)) return false;

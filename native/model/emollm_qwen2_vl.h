@@ -15,6 +15,9 @@
 // `emollm init-mvp` on a Qwen2-VL folder writes a global mlp head over layer -1 holding the
 // merger's own MLP weights (gate open), so the output equals the base model's.
 //
+// Weights: in place from the MVP file on the CPU; uploaded once at load on a device backend (with
+// the tower's, see qwen2_vision.h).
+//
 // Thread safety: immutable after load; encode() may run on any thread.
 #pragma once
 #include <atomic>
@@ -52,6 +55,7 @@ class EmollmQwen2VLModel {
   std::vector<MvpPerspective> persp_;
   std::vector<int64_t> taps_;  // union of the open heads' layers, sorted
   std::vector<std::vector<float>> converted_;
+  BackendWeights weights_;  // the heads' device copies (empty on the CPU); after base_, freed before it
 };
 
 }  // namespace emollm

@@ -109,7 +109,7 @@ void LlavaModel::load_projector(const WeightStore& ws, const std::string& w1, co
     t.compute_view();
     if (cols % dtype_block_elems(t.dtype) != 0)
       throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
-    return LlamaWeight{t.data, t.dtype, rows, cols};
+    return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   };
   auto vec = [&](const std::string& name, int64_t n) -> const float* {
     const TensorInfo& t = ws.get(name);
@@ -196,6 +196,7 @@ std::shared_ptr<LlavaModel> LlavaModel::from_hf_store(std::shared_ptr<WeightStor
     m->image_newline_ = m->load_vector(ws, nl, m->n_embd());
   }
   m->store_ = std::move(store);
+  m->place_weights();
   return m;
 }
 
@@ -278,12 +279,27 @@ std::shared_ptr<LlavaModel> LlavaModel::load(const std::string& path, const Llav
   }
   m->image_token_id_ = int32_t(img);
   m->store_ = std::move(g);
+  m->place_weights();
   return m;
+}
+
+void LlavaModel::place_weights() {
+  Backend& be = text_->backend();
+  vision_->place_weights(be);
+  const int64_t E = n_embd();
+  weights_.begin(be);
+  weights_.place_matrix(proj1_);
+  weights_.place_matrix(proj2_);
+  proj1_b_ = weights_.place(proj1_b_, E);
+  proj2_b_ = weights_.place(proj2_b_, E);
+  image_newline_dev_ = weights_.place(image_newline_, E);  // image_newline_ stays the host copy
+  weights_.finish();
 }
 
 void LlavaModel::project(const float* feats, int64_t rows, float* out) const {
   Backend& be = text_->backend();
   const int64_t E = n_embd();
+  weights_.require_usable_on(be, "LLaVA projector");
   DeviceTensor hid(be, DType::F32, {rows, E});
   be.gemm(feats, proj_in_, proj1_.data, proj1_.dtype, proj1_b_, hid.data(), E, rows, E, proj_in_);
   be.gelu_erf(hid.data(), hid.data(), rows * E);

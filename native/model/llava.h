@@ -22,6 +22,9 @@
 // image's features (see image_pseudo_ids), which LlamaContext::eval replaces by the feature
 // rows, and which make the KV-cache prefix reuse tell different images apart.
 //
+// Weights: the tower, the projector and image_newline are used in place from the mmap on the CPU;
+// on a device backend they are uploaded once at load, like the decoder's (see clip.h).
+//
 // Thread safety: immutable after load; encode_images may run on any thread (the compute pool
 // serialises kernels, as for the decoder).
 #pragma once
@@ -97,8 +100,10 @@ class LlavaModel {
   bool anyres() const { return anyres_; }
   // {height, width} pinpoints in pixels
   const std::vector<std::pair<int64_t, int64_t>>& grid_pinpoints() const { return pinpoints_; }
-  // the learned row separator [n_embd()], null when the checkpoint has none
+  // the learned row separator [n_embd()] in host memory, null when the checkpoint has none
   const float* image_newline() const { return image_newline_; }
+  // the same in the backend's memory (what Backend ops take: anyres_pack on the backend)
+  const float* image_newline_device() const { return image_newline_dev_; }
 
   LlavaModel() = default;
   LlavaModel(const LlavaModel&) = delete;
@@ -121,7 +126,11 @@ class LlavaModel {
   bool anyres_ = false;
   std::vector<std::pair<int64_t, int64_t>> pinpoints_;
   const float* image_newline_ = nullptr;
+  const float* image_newline_dev_ = nullptr;
+  BackendWeights weights_;  // the projector's and image_newline's device copies (empty on the CPU)
 
+  // Places the tower, the projector and image_newline in the decoder backend's memory (load's last step).
+  void place_weights();
   const float* load_vector(const WeightStore& ws, const std::string& name, int64_t n);  // f32 copy
   void load_projector(const WeightStore& ws, const std::string& w1, const std::string& b1, const std::string& w2,
                       const std::string& b2, bool bias);

@@ -112,7 +112,7 @@ bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const
   if (!model.encode_images_device(pixels, L.n_tiles(), tiles.data(), abort)) return false;
   out->resize(size_t(L.n_tokens() * E));
   DeviceTensor packed = DeviceTensor::output(be, out->data(), L.n_tokens(), E);
-  anyres_pack(be, L, tiles.data(), E, model.image_newline(), packed.data());
+  anyres_pack(be, L, tiles.data(), E, model.image_newline_device(), packed.data());
   packed.to_host(out->data());
   return true;
 }

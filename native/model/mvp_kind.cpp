@@ -69,6 +69,20 @@ const char* mvp_gate_name(MvpGate g) {
 const char* MvpPerspective::type_name() const { return kind ? kind->name : "?"; }
 bool MvpPerspective::sums() const { return kind && kind->per_vision_token; }
 
+void mvp_place_weights(MvpPerspective& p, int64_t E, BackendWeights& w) {
+  if (p.gate == MvpGate::Closed) return;
+  const int64_t D = p.d_hid;
+  w.place_matrix(p.w1), w.place_matrix(p.w2);
+  p.b1 = w.place(p.b1, D), p.b2 = w.place(p.b2, E);
+  p.queries = w.place(p.queries, p.n_queries * D);
+  w.place_matrix(p.wk), w.place_matrix(p.wv), w.place_matrix(p.wo);
+  p.bk = w.place(p.bk, D), p.bv = w.place(p.bv, D), p.bo = w.place(p.bo, E);
+  // On the CPU gates() reads gate_values itself (no pointer into the vector to go stale on a copy).
+  if (!p.gate_values.empty() && !w.backend()->uses_host_memory())
+    p.gate_device = w.place(p.gate_values.data(), int64_t(p.gate_values.size()));
+  if (p.kind && p.kind->place) p.kind->place(p, w);
+}
+
 // ---- parse context
 void MvpParseContext::bad(const std::string& msg) const {
   throw Error(ErrorCode::BadConfig, "emollm." + where_ + "." + msg, config_file_);
@@ -90,7 +104,7 @@ LlamaWeight MvpParseContext::matrix(const std::string& name, int64_t rows, int64
   t->compute_view();
   if (cols % dtype_block_elems(t->dtype) != 0)
     throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws_.source());
-  return LlamaWeight{t->data, t->dtype, rows, cols};
+  return LlamaWeight{t->data, t->dtype, rows, cols, t->data};
 }
 
 const float* MvpParseContext::vector(const std::string& name, int64_t n, bool required) const {

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/backend_weights.h"
 #include "core/device_tensor.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
@@ -49,9 +50,12 @@ struct MvpPerspective {
   LlamaWeight wk, wv, wo;
   const float *bk = nullptr, *bv = nullptr, *bo = nullptr;
   std::vector<float> gate_values;  // [E]: sigmoid(gate_logits) (learned) or ones (open); empty when closed
+  const float* gate_device = nullptr;  // gate_values in the backend's memory (set by mvp_place_weights)
   // A kind's own state beyond the fields above (a kind added later keeps its weights here).
   std::shared_ptr<void> extra;
 
+  // The gate vector for Backend ops: the placed copy, or the host vector before placement (CPU).
+  const float* gates() const { return gate_device ? gate_device : gate_values.data(); }
   const char* type_name() const;
   // One output token per vision token ([B * T, E]): summed with the others under gated-sum.
   bool sums() const;
@@ -116,6 +120,9 @@ struct MvpKind {
   DeviceTensor (*forward)(const MvpForwardInput& in, const MvpPerspective& p, std::vector<int64_t>* counts);
   // Extra info() fields beyond name / type / gate / layers / inputSize / hiddenSize (camelCase).
   void (*info)(const MvpPerspective& p, std::vector<std::pair<std::string, double>>* fields);
+  // Optional: places the kind's own state (MvpPerspective::extra) with `w` at load, after the
+  // common weight fields have been placed (mvp_place_weights). Null when the kind has none.
+  void (*place)(MvpPerspective& p, BackendWeights& w) = nullptr;
 };
 
 // The registered kinds: the built-ins (mvp_kind.cpp) then any registered later.
@@ -127,6 +134,12 @@ std::string mvp_kind_names();
 // Adds a kind (a test's, an embedder's) before loading a config that uses it. Throws
 // InvalidArgument when the name is taken or a function is missing.
 void register_mvp_kind(const MvpKind* kind);
+
+// Puts an open perspective's weights in the backend's memory at load (w.begin() called): every
+// common weight field (w1, w2, wk, wv, wo, their biases, queries) is repointed at its copy on a
+// device (LlamaWeight::host keeps the mmap), gate_device is set, then the kind's place hook runs.
+// On the CPU the pointers stay as they are (zero-copy). Closed perspectives are left alone.
+void mvp_place_weights(MvpPerspective& p, int64_t n_embd, BackendWeights& w);
 
 // ---- helpers the MLP-shaped kinds share (native/model/mvp/mlp.cpp)
 // Reads linear_1 / linear_2 (+ optional biases) under c.prefix() and sets d_hid, w1, w2, b1, b2.

@@ -32,7 +32,7 @@ struct Loader {
     const TensorInfo& t = tensor(name, shape);
     if (cols % dtype_block_elems(t.dtype) != 0)
       throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
-    return LlamaWeight{t.data, t.dtype, rows, cols};
+    return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   }
   const float* vec(const std::string& name, int64_t n) const {
     const TensorInfo& t = tensor(name, {n});
@@ -138,7 +138,7 @@ std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_gguf(const GgufFile& f)
       for (int64_t ch = 0; ch < c.in_channels; ++ch)
         for (int k = 0; k < 2; ++k)
           std::memcpy(w + d * K + (ch * 2 + k) * P * P, s[k].data() + (d * c.in_channels + ch) * P * P, size_t(P * P) * sizeof(float));
-    m->patch_embd_ = LlamaWeight{w, DType::F32, D, K};
+    m->patch_embd_ = LlamaWeight{w, DType::F32, D, K, w};
   }
   for (int64_t i = 0; i < c.depth; ++i) {
     const std::string b = "v.blk." + std::to_string(i) + ".";
@@ -161,7 +161,7 @@ std::unique_ptr<Qwen2VisionModel> Qwen2VisionModel::from_gguf(const GgufFile& f)
                          reinterpret_cast<float*>(dst) + r * D, D);
       dst += size_t(D) * row_bytes;
     }
-    k.qkv = LlamaWeight{m->joined_.back().data(), dt, 3 * D, D};
+    k.qkv = LlamaWeight{m->joined_.back().data(), dt, 3 * D, D, m->joined_.back().data()};
     m->converted_.emplace_back(size_t(3 * D));
     float* qb = m->converted_.back().data();
     const float* bq = L.vec(b + "attn_q.bias", D);
@@ -208,6 +208,24 @@ std::vector<std::array<int32_t, 2>> Qwen2VisionModel::patch_positions(const std:
   return pos;
 }
 
+void Qwen2VisionModel::place_weights(Backend& be) {
+  BackendWeights& w = weights_;
+  w.begin(be);
+  const int64_t D = c_.embed_dim, F = D * c_.mlp_ratio, MD = D * merge_unit();
+  w.place_matrix(patch_embd_);
+  for (Qwen2VisionBlock& b : blocks_) {
+    b.norm1_w = w.place(b.norm1_w, D), b.norm1_b = w.place(b.norm1_b, D);
+    b.norm2_w = w.place(b.norm2_w, D), b.norm2_b = w.place(b.norm2_b, D);
+    w.place_matrix(b.qkv), w.place_matrix(b.proj), w.place_matrix(b.fc1), w.place_matrix(b.fc2);
+    b.qkv_b = w.place(b.qkv_b, 3 * D), b.proj_b = w.place(b.proj_b, D);
+    b.fc1_b = w.place(b.fc1_b, F), b.fc2_b = w.place(b.fc2_b, D);
+  }
+  ln_q_w_ = w.place(ln_q_w_, D), ln_q_b_ = w.place(ln_q_b_, D);
+  w.place_matrix(mlp0_), w.place_matrix(mlp2_);
+  mlp0_b_ = w.place(mlp0_b_, MD), mlp2_b_ = w.place(mlp2_b_, c_.hidden_size);
+  w.finish();
+}
+
 bool Qwen2VisionModel::encode(Backend& be, const float* patches, const std::vector<GridThw>& grids, float* out,
                               const std::atomic<bool>* abort) const {
   std::vector<DeviceTensor> tapped;
@@ -239,6 +257,7 @@ bool Qwen2VisionModel::merger_inputs_device(Backend& be, const float* patches, c
 }
 
 void Qwen2VisionModel::merger_mlp(Backend& be, const float* merged, int64_t M, float* out) const {
+  weights_.require_usable_on(be, "Qwen2-VL patch merger");
   const int64_t MD = c_.embed_dim * merge_unit();
   DeviceTensor mh(be, DType::F32, {M, MD});
   be.gemm(merged, MD, mlp0_.data, mlp0_.dtype, mlp0_b_, mh.data(), MD, M, MD, MD);
@@ -249,6 +268,7 @@ void Qwen2VisionModel::merger_mlp(Backend& be, const float* merged, int64_t M, f
 bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vector<GridThw>& grids,
                                const std::vector<int64_t>& layers, std::vector<DeviceTensor>* tapped,
                                const std::atomic<bool>* abort) const {
+  weights_.require_usable_on(be, "Qwen2-VL vision tower");
   const int64_t ms = c_.spatial_merge_size, D = c_.embed_dim, H = c_.num_heads, hd = D / H, F = D * c_.mlp_ratio;
   int64_t N = 0;
   for (const GridThw& g : grids) {

@@ -14,7 +14,9 @@
 // transformers' cu_seqlens: one segment per temporal slice (grid_h * grid_w patches) of each
 // image or video.
 //
-// Weights are used in place from the mapped file; immutable after load; encode() may run on any
+// Weights are used in place from the mapped file on the CPU; on a device backend the owning model
+// calls place_weights() at load, which uploads them once (the RoPE frequency tables stay on the
+// host: RopeParams::inv_freq is a host parameter). Immutable after load; encode() may run on any
 // thread (the backend's pool serialises kernels).
 #pragma once
 #include <array>
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/backend_weights.h"
 #include "core/device_tensor.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
@@ -89,6 +92,11 @@ class Qwen2VisionModel {
   // depth (number of blocks)
   int64_t depth() const { return int64_t(blocks_.size()); }
 
+  // Puts the weights in `be`'s memory, once, at load (nothing to do on the CPU; on a device,
+  // uploads and repoints them). The encode calls then take only `be` (InvalidArgument otherwise).
+  void place_weights(Backend& be);
+  const BackendWeights& placed() const { return weights_; }
+
   // The (row, column) rotary position of every patch, in the processor's merge order.
   static std::vector<std::array<int32_t, 2>> patch_positions(const std::vector<GridThw>& grids, int64_t merge);
 
@@ -110,6 +118,7 @@ class Qwen2VisionModel {
                std::vector<DeviceTensor>* tapped, const std::atomic<bool>* abort) const;
   std::vector<std::vector<float>> converted_;
   std::vector<std::vector<uint8_t>> joined_;  // GGUF: re-joined patch kernel / qkv rows
+  BackendWeights weights_;                    // the device copies (empty on the CPU)
 };
 
 }  // namespace emollm

@@ -51,6 +51,7 @@ std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load(const std::string& path, const 
   if (m->vision_->out_dim() != m->n_embd())
     throw Error(ErrorCode::BadConfig, "vision_config.hidden_size " + std::to_string(m->vision_->out_dim()) +
                                           " differs from the decoder's hidden size " + std::to_string(m->n_embd()), cfg_path);
+  m->vision_->place_weights(m->text_->backend());  // zero-copy on the CPU, uploaded once on a device
   m->store_ = std::move(st);
   return m;
 }
@@ -76,6 +77,7 @@ std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load_gguf(const std::string& text, c
   if (m->vision_->out_dim() != m->n_embd())
     throw Error(ErrorCode::MalformedFile, "the mmproj's merger outputs " + std::to_string(m->vision_->out_dim()) +
                                               " channels, the decoder takes " + std::to_string(m->n_embd()), mmproj);
+  m->vision_->place_weights(m->text_->backend());
   const auto* tg = dynamic_cast<const GgufFile*>(&m->text_->store());
   const GgufValue* toks = tg ? tg->find("tokenizer.ggml.tokens") : nullptr;
   auto id_of = [&](const char* tok) -> int64_t {

@@ -4,12 +4,16 @@
 // child); it is no user device unless EMOLLM_EMULATED_DEVICE=1; and the
 // LLaMA decoder runs on it (weights uploaded at load, ids / positions uploaded per pass, logits
 // downloaded): stories260K greedy through Session::generate and through the batched scheduler
-// equals llama2.c's run.c tokens (../shared/models/stories260K/oracle), and equals the CPU run;
-// llava-tiny-hf's decoder on it, fed image features spliced in (uploaded input embeddings),
-// gives transformers' logits within 1e-4 and its 16 greedy tokens. The vision tower itself is
-// still host-only: on the emulated device its encode is refused with a typed error (checked).
-// qwen2-vl-tiny-hf's decoder on it (M-RoPE: 3-D positions uploaded per pass) gives transformers'
-// logits within 1e-4 and greedy tokens for the photo and the video.
+// equals llama2.c's run.c tokens (../shared/models/stories260K/oracle), and equals the CPU run.
+// The multimodal models run on it end to end, vision included: their towers' and heads' weights
+// are uploaded at load (zero-copy on the CPU, checked), so any weight still read from the mmap
+// would be refused by the device's pointer checks, and any host read of device memory would fault
+// (kill the test binary). Tolerances: vision features / image tokens vs the CPU run 1e-5; logits
+// vs the reference 1e-4 (the CPU tests' tolerance); greedy tokens equal.
+//  - llava-tiny-hf: CLIP + projector, then the decoder: transformers' logits and 16 greedy tokens;
+//  - llava-next-tiny-hf: anyres tiles and the packing with the uploaded image_newline (photo, wide);
+//  - qwen2-vl-tiny-hf: the ViT + merger (photo, video), the decoder with M-RoPE;
+//  - EmoLLM's PyTorch fixtures (every perspective kind, gated-sum and concat, face boxes).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,11 +29,14 @@
 
 #include "base/error.h"
 #include "base/thread_pool.h"
+#include "core/backend_weights.h"
 #include "core/emulated_device_backend.h"
 #include "core/runtime.h"
 #include "loaders/json.h"
 #include "model/llama.h"
+#include "model/emollm.h"
 #include "model/llava.h"
+#include "model/llava_next.h"
 #include "model/qwen2_vl.h"
 #include "model/scheduler.h"
 #include "model/session.h"
@@ -193,6 +200,36 @@ TEST(emulated_device_memory_faults_on_host_reads) {
   EXPECT(!host_read_survives(static_cast<char*>(b.data()) + 100));
 }
 
+// BackendWeights (core/backend_weights.h), what the vision models place their weights with: on
+// the CPU place() is the host pointer itself (zero-copy, nothing allocated); on a device a range is
+// uploaded once (placed again: the same copy) and holds the bytes; one object, one backend.
+TEST(backend_weights_zero_copy_on_cpu_upload_once_on_device) {
+  auto pool = std::make_shared<ThreadPool>(1);
+  std::unique_ptr<Backend> dev = make_emulated_device_backend(pool);
+  std::unique_ptr<Backend> cpu = make_cpu_backend(pool);
+  std::vector<float> a(64), b(16);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(i) * 0.5f;
+  BackendWeights on_cpu;
+  on_cpu.begin(*cpu);
+  EXPECT(on_cpu.place(a.data(), 64) == a.data() && on_cpu.device_bytes() == 0);
+  EXPECT(on_cpu.usable_on(*cpu) && !on_cpu.usable_on(*dev));
+  BackendWeights on_dev;
+  EXPECT(on_dev.usable_on(*cpu) && !on_dev.usable_on(*dev));  // nothing placed yet: host weights
+  on_dev.begin(*dev);
+  const float* pa = on_dev.place(a.data(), 64);
+  EXPECT(pa != a.data() && !host_read_survives(pa));
+  EXPECT(on_dev.place(a.data(), 64) == pa && on_dev.place(a.data(), 8) == pa);  // placed again: the same copy
+  EXPECT(on_dev.place(static_cast<const float*>(nullptr), 4) == nullptr);
+  EXPECT(on_dev.place(b.data(), 16) != pa && on_dev.device_bytes() == (64 + 16) * sizeof(float));
+  std::vector<float> back(64);
+  dev->download(back.data(), pa, back.size() * sizeof(float));
+  EXPECT(back == a);
+  EXPECT(on_dev.usable_on(*dev) && !on_dev.usable_on(*cpu));
+  const std::string e = error_of([&] { on_dev.require_usable_on(*cpu, "test tower"); }, ErrorCode::InvalidArgument);
+  EXPECT(has(e, "test tower") && has(e, "emulated device"));
+  EXPECT_THROWS(on_dev.begin(*cpu), ErrorCode::Internal);
+}
+
 TEST(emulated_device_llama_greedy_matches_runc) {
   if (stories_dir().empty()) return;
   const std::vector<int32_t> want = oracle_greedy();
@@ -249,58 +286,164 @@ TEST(emulated_device_scheduler_greedy_matches_runc) {
   EXPECT(st.batched_steps > 0 && st.max_batch >= 2);
 }
 
-TEST(emulated_device_llava_decoder_matches_transformers) {
+namespace {
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || a.empty()) return INFINITY;
+  return emollm_test::max_abs_diff(a.data(), b.data(), long(a.size()));
+}
+
+// The logits at every position of `toks` (input embeddings `feats` for its negative ids, M-RoPE
+// positions `pos3` or null) and `n_greedy` greedy tokens after it, on `text`'s backend.
+struct Decoded {
+  std::vector<float> logits;
+  std::vector<int32_t> greedy;
+};
+Decoded decode(const std::shared_ptr<LlamaModel>& text, const std::vector<int32_t>& toks, const std::vector<float>& feats,
+               const int32_t* pos3, size_t n_greedy, int64_t n_batch = 0) {
+  Decoded d;
+  LlamaContext ctx(text, LlamaContextOptions{256, n_batch, 1});
+  d.logits.resize(toks.size() * size_t(ctx.n_vocab()));
+  EXPECT(ctx.eval(toks.data(), int64_t(toks.size()), d.logits.data(), nullptr, feats.data(), pos3) != nullptr);
+  if (n_greedy == 0) return d;
+  LlamaContext g(text, LlamaContextOptions{256, 0, 1});
+  const int64_t V = g.n_vocab();
+  const float* l = g.eval_prompt(toks.data(), int64_t(toks.size()), nullptr, feats.data(), pos3);
+  for (size_t i = 0; i < n_greedy; ++i) {
+    const int32_t best = int32_t(std::max_element(l, l + V) - l);
+    d.greedy.push_back(best);
+    if (i + 1 < n_greedy) l = g.eval(&best, 1);
+  }
+  return d;
+}
+
+// Tolerances of the vision parity below: the device's vision features against the CPU's, and
+// the device's logits against transformers' (the CPU tests' tolerance).
+constexpr double kFeatTol = 1e-5, kLogitTol = 1e-4;
+
+// A weight the device computes from: a copy in device memory (not the mmap), which the host
+// cannot read (the read faults, so model code that read it on the host could not pass).
+template <class W>
+void expect_device_copy(const W& w) {
+  EXPECT(w.data != nullptr && w.host != nullptr && w.data != w.host);
+  EXPECT(!host_read_survives(w.data));
+}
+
+std::string emollm_fixture(const char* name) {
+  std::string f = __FILE__;
+  std::string d = f.substr(0, f.find_last_of('/')) + "/../fixtures/emollm/" + name;
+  struct stat st;
+  if (::stat((d + "/config.json").c_str(), &st) != 0) d = std::string("tests/fixtures/emollm/") + name;
+  if (::stat((d + "/config.json").c_str(), &st) != 0) {
+    std::printf("  [skip] EmoLLM on the emulated device: %s not found\n", d.c_str());
+    return {};
+  }
+  return d;
+}
+
+}  // namespace
+
+// llava-tiny-hf entirely on the emulated device: the CLIP tower and the projector compute from
+// weights uploaded at load (the CPU model keeps using the mmap), the features equal the CPU's,
+// and the decoder fed them gives transformers' logits and greedy tokens.
+TEST(emulated_device_llava_vision_and_decoder_match) {
   const std::string dir = emollm_test::shared_model_dir("llava-tiny-hf", {"model.safetensors", "reference/logits.f32"});
   if (dir.empty()) return;
   enable_emulated();
   std::shared_ptr<LlavaModel> cpu = LlavaModel::load(dir, LlavaLoadOptions{1, DeviceKind::Cpu});
   std::shared_ptr<LlavaModel> dev = LlavaModel::load(dir, LlavaLoadOptions{1, DeviceKind::Emulated});
   EXPECT(!dev->text().backend().uses_host_memory());
+  // weights: uploaded on the device, zero-copy on the CPU
+  const ClipVisionModel& v = dev->vision();
+  EXPECT(v.placed().device_bytes() > 0 && cpu->vision().placed().device_bytes() == 0);
+  expect_device_copy(v.patch_embd);
+  expect_device_copy(v.layers[0].wq);
+  expect_device_copy(v.layers.back().fc2);
+  EXPECT(!host_read_survives(v.pos_embd) && !host_read_survives(v.layers[0].ln1_w));
+  const ClipVisionModel& vc = cpu->vision();
+  EXPECT(vc.layers[0].wq.data == vc.layers[0].wq.host && vc.patch_embd.data == vc.patch_embd.host);
+
   const std::vector<float> pixels = emollm_test::read_f32(dir + "/reference/pixel_values.f32");
   const std::vector<float> ref = emollm_test::read_f32(dir + "/reference/logits.f32");
   JsonValue e = load_json_file(dir + "/reference/expected.json");
   const std::vector<int32_t> ids = emollm_test::ints(e.find("input_ids_unexpanded"));
   const std::vector<int32_t> want_greedy = emollm_test::ints(e.find("greedy_new_tokens"));
-
-  // the vision tower still computes from host weights: refused on a device backend, typed
-  std::vector<float> feats(size_t(cpu->n_image_tokens() * cpu->n_embd()));
-  const std::string refused = error_of([&] { dev->encode_images(pixels.data(), 1, feats.data()); }, ErrorCode::InvalidArgument);
-  EXPECT(has(refused, "emulated device") && has(refused, "not inside a block"));
-  std::printf("  llava vision on the emulated device: %s\n", refused.c_str());
-  // so the features come from the CPU model; the decoder on the device takes them as input rows
-  EXPECT(cpu->encode_images(pixels.data(), 1, feats.data()));
-  const std::vector<int32_t> toks = dev->splice_prompt(ids.data(), int64_t(ids.size()), feats.data(), 1);
+  std::vector<float> f_cpu(size_t(cpu->n_image_tokens() * cpu->n_embd())), f_dev(f_cpu.size());
+  EXPECT(cpu->encode_images(pixels.data(), 1, f_cpu.data()));
+  EXPECT(dev->encode_images(pixels.data(), 1, f_dev.data()));
+  const double fd = max_diff(f_dev, f_cpu);
+  EXPECT(fd <= kFeatTol);
+  const std::vector<int32_t> toks = dev->splice_prompt(ids.data(), int64_t(ids.size()), f_dev.data(), 1);
   for (int64_t n_batch : {int64_t(0), int64_t(7)}) {  // n_batch 7 splits the image rows across passes
-    LlamaContext ctx(dev->text_model(), LlamaContextOptions{256, n_batch, 1});
-    std::vector<float> out(toks.size() * size_t(ctx.n_vocab()));
-    EXPECT(ctx.eval(toks.data(), int64_t(toks.size()), out.data(), nullptr, feats.data()) != nullptr);
-    EXPECT(out.size() == ref.size());
-    if (out.size() != ref.size()) return;
-    const double d = emollm_test::max_abs_diff(out.data(), ref.data(), long(out.size()));
-    EXPECT(d <= 1e-4);
-    std::printf("  emulated device llava decoder (n_batch %lld): max |logit diff| vs transformers %.3g (tolerance 1e-4)\n",
-                (long long)n_batch, d);
+    const Decoded d = decode(dev->text_model(), toks, f_dev, nullptr, n_batch ? 0 : want_greedy.size(), n_batch);
+    const double ld = max_diff(d.logits, ref);
+    EXPECT(ld <= kLogitTol);
+    if (!n_batch) EXPECT(d.greedy == want_greedy);
+    std::printf("  emulated llava-tiny-hf (n_batch %lld): features vs cpu %.3g (tol %g), logits vs transformers %.3g (tol %g)\n",
+                (long long)n_batch, fd, kFeatTol, ld, kLogitTol);
   }
-  LlamaContext ctx(dev->text_model(), LlamaContextOptions{256, 0, 1});
-  const int64_t V = ctx.n_vocab();
-  const float* l = ctx.eval_prompt(toks.data(), int64_t(toks.size()), nullptr, feats.data());
-  std::vector<int32_t> got;
-  for (size_t i = 0; i < want_greedy.size(); ++i) {
-    const int32_t best = int32_t(std::max_element(l, l + V) - l);
-    got.push_back(best);
-    if (i + 1 < want_greedy.size()) l = ctx.eval(&best, 1);
-  }
-  EXPECT(got == want_greedy);
+  // the weights live on one backend: the tower refuses another one, typed
+  Backend& cpu_be = cpu->text().backend();
+  std::vector<float> tmp(size_t(cpu->projector_in() * cpu->n_image_tokens()));
+  std::string refused = error_of([&] { v.encode(cpu_be, pixels.data(), 1, dev->feature_layers(), true, tmp.data()); },
+                                 ErrorCode::InvalidArgument);
+  EXPECT(has(refused, "CLIP vision tower") && has(refused, "emulated device"));
+  refused = error_of([&] { vc.encode(dev->text().backend(), pixels.data(), 1, cpu->feature_layers(), true, tmp.data()); },
+                     ErrorCode::InvalidArgument);
+  EXPECT(has(refused, "CLIP vision tower"));
 }
 
-TEST(emulated_device_qwen2_vl_decoder_mrope_matches_transformers) {
+// llava-next-tiny-hf on the emulated device: every anyres tile through the tower and projector on
+// the device, packed there with the uploaded image_newline; features equal the CPU's, logits and
+// the 12 greedy tokens equal transformers'.
+TEST(emulated_device_llava_next_vision_and_decoder_match) {
+  const std::string dir = emollm_test::shared_model_dir("llava-next-tiny-hf", {"reference/expected.json"});
+  if (dir.empty()) return;
+  enable_emulated();
+  std::shared_ptr<LlavaModel> cpu = LlavaModel::load(dir, LlavaLoadOptions{1, DeviceKind::Cpu});
+  std::shared_ptr<LlavaModel> dev = LlavaModel::load(dir, LlavaLoadOptions{1, DeviceKind::Emulated});
+  EXPECT(dev->anyres() && dev->image_newline() != nullptr);
+  EXPECT(dev->image_newline_device() != dev->image_newline() && !host_read_survives(dev->image_newline_device()));
+  EXPECT(cpu->image_newline_device() == cpu->image_newline());  // zero-copy on the CPU
+  expect_device_copy(dev->vision().layers[0].wk);
+  JsonValue e = load_json_file(dir + "/reference/expected.json");
+  for (const char* name : {"photo", "wide"}) {
+    const JsonValue* c = e.find(name);
+    const std::vector<int32_t> ids = emollm_test::ints(c->find("input_ids"));
+    const std::vector<int32_t> want_greedy = emollm_test::ints(c->find("greedy_new_tokens"));
+    const JsonValue& sz = c->find("image_sizes")->items()[0];
+    const std::vector<float> pixels = emollm_test::read_f32(dir + "/reference/" + name + "_pixel_values.f32");
+    const std::vector<float> ref = emollm_test::read_f32(dir + "/reference/" + name + "_logits.f32");
+    const ClipHparams& vh = dev->vision().hparams();
+    const AnyresLayout L = anyres_layout(sz.items()[0].as_int(), sz.items()[1].as_int(), dev->grid_pinpoints(), vh.image_size,
+                                         vh.n_side());
+    std::vector<float> f_cpu, f_dev;
+    EXPECT(llava_next_encode_image(*cpu, pixels.data(), L, &f_cpu));
+    EXPECT(llava_next_encode_image(*dev, pixels.data(), L, &f_dev));
+    const double fd = max_diff(f_dev, f_cpu);
+    EXPECT(fd <= kFeatTol);
+    const std::vector<int32_t> toks =
+        splice_prompt_counts(dev->image_token_id(), ids.data(), int64_t(ids.size()), f_dev.data(), dev->n_embd(), {L.n_tokens()});
+    const Decoded d = decode(dev->text_model(), toks, f_dev, nullptr, want_greedy.size());
+    const double ld = max_diff(d.logits, ref);
+    EXPECT(ld <= kLogitTol);
+    EXPECT(d.greedy == want_greedy);
+    std::printf("  emulated llava-next-tiny-hf %s (%lld tiles): features vs cpu %.3g (tol %g), logits vs transformers %.3g (tol %g)\n",
+                name, (long long)L.n_tiles(), fd, kFeatTol, ld, kLogitTol);
+  }
+}
+
+// qwen2-vl-tiny-hf on the emulated device: the ViT (2-D RoPE positions uploaded, weights uploaded
+// at load) and the patch merger on the device for the photo and the video; features equal the
+// CPU's, the decoder's logits (M-RoPE) and greedy tokens equal transformers'.
+TEST(emulated_device_qwen2_vl_vision_and_decoder_match) {
   const std::string dir = emollm_test::shared_model_dir("qwen2-vl-tiny-hf", {"reference/expected.json"});
   if (dir.empty()) return;
   enable_emulated();
   std::shared_ptr<Qwen2VLModel> cpu = Qwen2VLModel::load(dir, LlamaLoadOptions{1, DeviceKind::Cpu});
   std::shared_ptr<Qwen2VLModel> dev = Qwen2VLModel::load(dir, LlamaLoadOptions{1, DeviceKind::Emulated});
   EXPECT(!dev->text_model()->backend().uses_host_memory());
-  EXPECT(!dev->text_model()->mrope_inv_freq.empty());
+  EXPECT(dev->vision().placed().device_bytes() > 0 && cpu->vision().placed().device_bytes() == 0);
   JsonValue e = load_json_file(dir + "/reference/expected.json");
   for (const char* name : {"photo", "video"}) {
     const std::string nm = name;
@@ -312,26 +455,75 @@ TEST(emulated_device_qwen2_vl_decoder_mrope_matches_transformers) {
     const std::vector<float> pixels = emollm_test::read_f32(
         dir + "/reference/" + (nm == "photo" ? "photo_pixel_values.f32" : "video_pixel_values_videos.f32"));
     const std::vector<float> ref = emollm_test::read_f32(dir + "/reference/" + nm + "_logits.f32");
-    std::vector<float> feats;  // the vision tower on the CPU (host-only, see above)
-    EXPECT(cpu->encode(pixels.data(), {grid}, &feats));
-    const Qwen2VLModel::Prompt p = dev->prepare(ids.data(), int64_t(ids.size()), feats.data(), {grid});
-    LlamaContext ctx(dev->text_model(), LlamaContextOptions{128, 0, 1});
-    std::vector<float> out(p.tokens.size() * size_t(ctx.n_vocab()));
-    EXPECT(ctx.eval(p.tokens.data(), int64_t(p.tokens.size()), out.data(), nullptr, feats.data(), p.pos3.data()) != nullptr);
-    EXPECT(out.size() == ref.size());
-    if (out.size() != ref.size()) continue;
-    const double d = emollm_test::max_abs_diff(out.data(), ref.data(), long(out.size()));
-    EXPECT(d <= 1e-4);
-    std::printf("  emulated device qwen2-vl %s: max |logit diff| vs transformers %.3g (tolerance 1e-4)\n", name, d);
-    LlamaContext g(dev->text_model(), LlamaContextOptions{128, 0, 1});
-    const int64_t V = g.n_vocab();
-    const float* l = g.eval_prompt(p.tokens.data(), int64_t(p.tokens.size()), nullptr, feats.data(), p.pos3.data());
-    std::vector<int32_t> got;
-    for (size_t i = 0; i < want_greedy.size(); ++i) {
-      const int32_t best = int32_t(std::max_element(l, l + V) - l);
-      got.push_back(best);
-      if (i + 1 < want_greedy.size()) l = g.eval(&best, 1);
+    std::vector<float> f_cpu, f_dev;
+    EXPECT(cpu->encode(pixels.data(), {grid}, &f_cpu));
+    EXPECT(dev->encode(pixels.data(), {grid}, &f_dev));
+    const double fd = max_diff(f_dev, f_cpu);
+    EXPECT(fd <= kFeatTol);
+    const Qwen2VLModel::Prompt p = dev->prepare(ids.data(), int64_t(ids.size()), f_dev.data(), {grid});
+    const Decoded d = decode(dev->text_model(), p.tokens, f_dev, p.pos3.data(), want_greedy.size());
+    const double ld = max_diff(d.logits, ref);
+    EXPECT(ld <= kLogitTol);
+    EXPECT(d.greedy == want_greedy);
+    std::printf("  emulated qwen2-vl-tiny-hf %s: features vs cpu %.3g (tol %g), logits vs transformers %.3g (tol %g)\n", name, fd,
+                kFeatTol, ld, kLogitTol);
+  }
+  // the merger's MLP alone refuses a backend its weights are not on
+  std::vector<float> tmp(size_t(dev->vision().config().embed_dim * dev->vision().merge_unit()));
+  const std::string refused = error_of([&] { dev->vision().merger_mlp(cpu->text_model()->backend(), tmp.data(), 1, tmp.data()); },
+                                       ErrorCode::InvalidArgument);
+  EXPECT(has(refused, "Qwen2-VL patch merger"));
+}
+
+// EmoLLM's multi-perspective projection on the emulated device, on the PyTorch fixtures (every
+// kind: mlp, multi-layer-mlp, attention-pool, face-region; gated-sum and concat): the heads'
+// weights, the stacked group weights and the gates are uploaded at load; the image tokens (with
+// face boxes) equal the CPU's and the fixture's, and the decoder's logits equal the fixture's.
+TEST(emulated_device_emollm_mvp_matches_fixture) {
+  for (const char* name : {"gated-sum", "concat"}) {
+    const std::string d = emollm_fixture(name);
+    if (d.empty()) return;
+    enable_emulated();
+    auto cpu = EmollmModel::load(d, LlavaLoadOptions{1, DeviceKind::Cpu});
+    auto dev = EmollmModel::load(d, LlavaLoadOptions{1, DeviceKind::Emulated});
+    int placed = 0;
+    for (const MvpPerspective& p : dev->perspectives()) {
+      if (p.gate == MvpGate::Closed) continue;
+      EXPECT(p.gate_device != nullptr && !host_read_survives(p.gates()));
+      if (p.w1.data) expect_device_copy(p.w1), ++placed;
+      if (p.wk.data) expect_device_copy(p.wk), ++placed;
+      if (p.queries) EXPECT(!host_read_survives(p.queries));
     }
-    EXPECT(got == want_greedy);
+    EXPECT(placed >= 1);
+    for (const MvpPerspective& p : cpu->perspectives())
+      if (p.gate != MvpGate::Closed) EXPECT(p.gate_device == nullptr && (!p.w1.data || p.w1.data == p.w1.host));
+    JsonValue in = load_json_file(d + "/inputs.json");
+    std::vector<std::vector<FaceBox>> faces;
+    for (const auto& img : in.find("faces")->items()) {
+      faces.emplace_back();
+      for (const auto& b : img.items())
+        faces.back().push_back(FaceBox{float(b.find("x")->as_double()), float(b.find("y")->as_double()),
+                                       float(b.find("width")->as_double()), float(b.find("height")->as_double())});
+    }
+    const auto px = emollm_test::read_f32(d + "/pixel_values.f32");
+    const auto want_feats = emollm_test::read_f32(d + "/image_features.f32");
+    const auto want_logits = emollm_test::read_f32(d + "/logits.f32");
+    std::vector<float> f_cpu, f_dev;
+    std::vector<int64_t> c_cpu, c_dev;
+    EXPECT(cpu->encode_images(px.data(), int64_t(faces.size()), &faces, &f_cpu, &c_cpu));
+    EXPECT(dev->encode_images(px.data(), int64_t(faces.size()), &faces, &f_dev, &c_dev));
+    std::vector<int64_t> want_counts;
+    for (int32_t c : emollm_test::ints(in.find("token_counts"))) want_counts.push_back(c);
+    EXPECT(c_dev == c_cpu && c_dev == want_counts);
+    const double fd = max_diff(f_dev, f_cpu), fr = max_diff(f_dev, want_feats);
+    EXPECT(fd <= kFeatTol && fr <= kLogitTol);
+    const std::vector<int32_t> ids = emollm_test::ints(in.find("input_ids_unexpanded"));
+    const std::vector<int32_t> toks =
+        splice_prompt_counts(dev->image_token_id(), ids.data(), int64_t(ids.size()), f_dev.data(), dev->n_embd(), c_dev);
+    const Decoded dd = decode(dev->llava().text_model(), toks, f_dev, nullptr, 0);
+    const double ld = max_diff(dd.logits, want_logits);
+    EXPECT(ld <= kLogitTol);
+    std::printf("  emulated emollm %-9s: tokens vs cpu %.3g (tol %g), vs fixture %.3g, logits vs fixture %.3g (tol %g)\n", name, fd,
+                kFeatTol, fr, ld, kLogitTol);
   }
 }

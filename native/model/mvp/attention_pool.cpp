@@ -50,7 +50,7 @@ DeviceTensor forward(const MvpForwardInput& in, const MvpPerspective& p, std::ve
   for (int64_t b = 0; b < B; ++b) be.attention(p.queries, k.row(b * T), v.row(b * T), att.row(b * Q), ap);
   DeviceTensor y(be, DType::F32, {B * Q, E});
   be.gemm(att.data(), D, p.wo.data, p.wo.dtype, p.bo, y.data(), E, B * Q, E, D);
-  be.mul_row(y.data(), E, p.gate_values.data(), y.data(), E, B * Q, E);
+  be.mul_row(y.data(), E, p.gates(), y.data(), E, B * Q, E);
   counts->assign(size_t(B), Q);
   return y;
 }

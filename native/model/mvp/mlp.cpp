@@ -27,14 +27,14 @@ void mvp_run_mlp(Backend& be, const MvpPerspective& p, const float* x, int64_t r
     mp.d_hid = p.d_hid;
     mp.d_out = E;
     mp.n_heads = 1;
-    be.mvp_projection(x, p.w1.data, p.b1, p.w2.data, p.b2, p.gate_values.data(), p.w1.dtype, y, mp);
+    be.mvp_projection(x, p.w1.data, p.b1, p.w2.data, p.b2, p.gates(), p.w1.dtype, y, mp);
     return;
   }
   DeviceTensor hid(be, DType::F32, {rows, p.d_hid});
   be.gemm(x, p.d_in, p.w1.data, p.w1.dtype, p.b1, hid.data(), p.d_hid, rows, p.d_hid, p.d_in);
   be.gelu_erf(hid.data(), hid.data(), rows * p.d_hid);
   be.gemm(hid.data(), p.d_hid, p.w2.data, p.w2.dtype, p.b2, y, E, rows, E, p.d_hid);
-  be.mul_row(y, E, p.gate_values.data(), y, E, rows, E);
+  be.mul_row(y, E, p.gates(), y, E, rows, E);
 }
 
 namespace {

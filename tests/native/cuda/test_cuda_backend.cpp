@@ -17,6 +17,7 @@
 //     dequantised weights in f32 (the f16 rounding of the hidden activations is the difference).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -331,12 +332,13 @@ TEST(cuda_backend_rope_both_layouts) {
         std::vector<float> x = rnd(size_t(T * ld), r), want = x;
         cpu().rope(want.data(), ld, T, H, pos.data(), p);
         Dev dx(x);
-        gpu().rope(dx.f(), ld, T, H, pos.data(), p);  // host positions, as the model code passes them
+        gpu().rope(dx.f(), ld, T, H, pos.data(), p);  // host positions: staged in one upload
         auto got = dx.get();
         EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 1e-5, 1e-5,
                          std::string("rope ") + (layout == RopeLayout::Interleaved ? "interleaved" : "rotate-half") +
                              " rot=" + std::to_string(rot) + (use_invf ? " inv_freq" : ""));
-        // device positions give the same
+        // device positions (what the model code passes) give the same; a second call finds the
+        // configuration's frequency table already on the device
         Dev dpos(pos), dx2(x);
         gpu().rope(dx2.f(), ld, T, H, static_cast<const int32_t*>(dpos.p), p);
         auto got2 = dx2.get();
@@ -361,10 +363,20 @@ TEST(cuda_backend_embedding_every_dtype) {
     gpu().embedding_lookup(dq.p, t, V, dim, ids.data(), int64_t(ids.size()), out.f(), ld);
     auto got = out.get();
     EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 0.0, 0.0, std::string("embedding ") + dtype_name(t));
+    // device ids (the model code's): used in place, the same rows
+    Dev dids(ids), out2(std::vector<float>(want.size(), 0.0f));
+    gpu().embedding_lookup(dq.p, t, V, dim, static_cast<const int32_t*>(dids.p), int64_t(ids.size()), out2.f(), ld);
+    EXPECT(out2.get() == got);
   }
   std::vector<int32_t> bad = {3, 37};
   Dev dq(table), out(size_t(2 * dim) * 4);
   EXPECT_THROWS(gpu().embedding_lookup(dq.p, DType::F32, V, dim, bad.data(), 2, out.f(), dim), ErrorCode::InvalidArgument);
+  // a bad id in device memory cannot throw from the kernel: its row is NaN, the good one is the table's
+  Dev dbad(bad);
+  gpu().embedding_lookup(dq.p, DType::F32, V, dim, static_cast<const int32_t*>(dbad.p), 2, out.f(), dim);
+  const std::vector<float> rows = out.get();
+  EXPECT(std::equal(rows.begin(), rows.begin() + dim, table.begin() + 3 * dim));
+  EXPECT(std::all_of(rows.begin() + dim, rows.begin() + 2 * dim, [](float v) { return std::isnan(v); }));
 }
 
 TEST(cuda_backend_attention_matches_cpu) {
