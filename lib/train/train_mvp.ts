@@ -216,7 +216,7 @@ export async function prepareSample(model: Model, s: BenchSample, ctx: PrepareCo
           content: m.content.map((part: ChatContentPart): ChatContentPart => {
             if (part.type === 'video') throw new EmollmError('ERR_UNSUPPORTED', `${s.id}: native video parts (Qwen2-VL) are not trained by train-mvp`);
             if (part.type !== 'image') return part;
-            images.push((part as { image: ImageInput }).image);
+            images.push((part as unknown as { image: ImageInput }).image);
             faces.push([...((part as { faces?: FaceBox[] }).faces ?? [])]);
             return { type: 'image' } as ChatContentPart;
           }),
