@@ -17,6 +17,7 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
   const rt = v as Record<string, unknown>;
   if (rt.device === 'cuda') throw new EmollmError('ERR_UNSUPPORTED', 'train-mvp runs on the CPU only (the CUDA trainer is not written yet)');
   if (v.steps !== undefined && v.epochs !== undefined) throw new UsageError('train-mvp: give --steps or --epochs, not both', USAGE);
+  if (v.face && v['no-face']) throw new UsageError('train-mvp: give --face or --no-face, not both', USAGE);
   const tty = process.stderr.isTTY === true;
   let lastLine = 0;
   const o: TrainMvpOptions = {
@@ -40,6 +41,9 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
     ...(v.resume ? { resume: true } : {}),
     ...(v.recompute === 'on' || v.recompute === 'off' ? { recompute: v.recompute === 'on' } : {}),
     ...(v['cache-dir'] !== undefined ? { cacheDir: v['cache-dir'] } : {}),
+    ...(v.face ? { face: true } : v['no-face'] ? { face: false } : {}),
+    ...(v.frames !== undefined ? { frames: v.frames } : {}),
+    ...(v['model-frames'] !== undefined ? { modelFrames: v['model-frames'] } : {}),
     ...(typeof rt.threads === 'number' ? { threads: rt.threads } : {}),
     onStep: (s) => {
       const line =
@@ -64,7 +68,10 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
   try {
     const r = await trainMvp({ ...o, signal: ac.signal });
     if (v.json) console.log(JSON.stringify(r, null, 2));
-    if (!v.json) console.log(`${r.out}: ${r.steps} steps (${r.stepsRun} in this run), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`);
+    if (!v.json)
+      console.log(
+        `${r.out}: ${r.steps} steps (${r.stepsRun} in this run) on ${r.samples} samples (${r.videoSamples} videos; face perspective ${r.face ? 'on' : 'off'}), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`,
+      );
     return 0;
   } finally {
     process.off('SIGINT', onSig);

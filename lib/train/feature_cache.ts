@@ -1,6 +1,7 @@
 /**
  * The on-disk cache of frozen vision-tower features used by train-mvp: one file per (image bytes,
- * tower) pair, `<dir>/<towerKey>/<sha256 of the image file>.f32` (raw little-endian f32). The
+ * tower) pair, `<dir>/<towerKey>/<sha256 of the image bytes>.f32` (raw little-endian f32): an
+ * image file's bytes, or a sampled video frame's PNG bytes. The
  * tower never changes during training, so each image runs through it once per model, across
  * epochs and runs. Files are written atomically; a file of the wrong size is recomputed.
  */
@@ -34,6 +35,11 @@ export class FeatureCache {
     const bytes = await readFile(path).catch((cause: unknown) => {
       throw new EmollmError('ERR_FILE_NOT_FOUND', `${path}: cannot read the image`, { file: path, cause });
     });
+    return this.getBytes(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), compute);
+  }
+
+  /** The features of an encoded image (e.g. a video frame's PNG), computed by `compute(bytes)` on a miss. */
+  async getBytes(bytes: Uint8Array, compute: (bytes: Uint8Array) => Promise<Float32Array>): Promise<Float32Array> {
     const key = createHash('sha256').update(bytes).digest('hex');
     const m = this.memo.get(key);
     if (m) {
@@ -48,7 +54,7 @@ export class FeatureCache {
       new Uint8Array(feats.buffer).set(cached);
       this.hits++;
     } else {
-      feats = await compute(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      feats = await compute(bytes);
       await mkdir(this.dir, { recursive: true });
       await writeFileAtomic(file, new Uint8Array(feats.buffer, feats.byteOffset, feats.byteLength));
       this.misses++;

@@ -40,11 +40,19 @@ export const TRAIN_MVP_SPEC = {
       choices: ['auto', 'on', 'off'],
       description: "recompute each decoder layer's activations in the backward instead of keeping them (auto: when kept ones pass 1 GiB)",
     },
+    face: {
+      type: 'boolean',
+      description: 'run the face perspective as `emollm eval` does (face cues + face-region boxes; default: when the checkpoint has an open face-region perspective)',
+    },
+    'no-face': { type: 'boolean', description: 'no face perspective (refused when a face-region perspective is trained)' },
+    frames: { type: 'integer', value: 'N', description: 'video samples: frames sampled per video (default 8, as eval)' },
+    'model-frames': { type: 'integer', value: 'N', description: 'video samples: of those, frames given to the model (default 4, as eval)' },
     'cache-dir': { type: 'string', value: 'DIR', description: 'vision-feature cache (default <out>/feature-cache)' },
     json: { type: 'boolean', description: 'print the result as JSON' },
   },
   notes:
     '\nThe frozen vision tower runs once per image: its features are cached on disk, keyed by the image bytes\n' +
-    "and the tower (weights, layers, preprocessing). Training scores each answer's tokens after the same\n" +
-    'EmoPrompt the evaluator builds (face perspective off), so `emollm eval --no-face` measures what was trained.',
+    "and the tower (weights, layers, preprocessing); video frames are sampled with ffmpeg as eval samples them.\n" +
+    "Training scores each answer's tokens after the same EmoPrompt the evaluator builds (same frames, same face\n" +
+    'perspective), so `emollm eval` (with `--no-face` when training ran without faces) measures what was trained.',
 } as const satisfies CommandSpec;

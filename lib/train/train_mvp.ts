@@ -3,10 +3,13 @@
  * Projection on EmoBench samples with the native trainer (native/train/mvp_trainer.h: CPU,
  * language model and vision tower frozen).
  *
- * Each sample becomes the token ids the evaluator scores: the EmoPrompt of the sample (face
- * perspective off) through the model's chat template, followed by the gold answer's tokens (the
- * loss is their mean cross-entropy). Images go through the model's image processor and the frozen
- * tower once; the tower features are cached on disk (feature_cache.ts).
+ * Each sample becomes the token ids the evaluator scores, built by the evaluator's own perception
+ * path (lib/perception.ts, as `emollm eval` / `analyze`): the image, or frames sampled evenly from
+ * the video (ffmpeg) of which `modelFrames` go to the model as images; with the face perspective
+ * on, the faces face-api finds in each, stated as EmoPrompt cues and given to the face-region heads
+ * as boxes; the EmoPrompt through the model's chat template, followed by the gold answer's tokens
+ * (the loss is their mean cross-entropy). Images and frames go through the model's image
+ * processor and the frozen tower once; the tower features are cached on disk (feature_cache.ts).
  *
  * Determinism and resume: step k uses samples [k * batch, (k + 1) * batch) of the sequence of
  * epoch permutations drawn from `seed`; a checkpoint holds the f32 master weights, the AdamW
@@ -21,9 +24,14 @@ import { dirname, join, resolve } from 'node:path';
 import { EmollmError } from '../errors.js';
 import { loadModel, type Model } from '../model.js';
 import type { ChatContentPart, ChatMessage } from '../chat_template.js';
+import type { FaceAnalyzer } from '../face.js';
+import type { ImageInput } from '../image.js';
+import type { FaceBox } from '../model.js';
 import { native } from '../native.js';
+import { buildModelPrompt, summarizeFaces, type Perception } from '../perception.js';
 import { writeFileAtomic } from '../safe_fs.js';
-import { mediaPath, nativeBackend, samplePrompt } from '../emobench/backends.js';
+import { mediaPath, nativeBackend, samplePromptOptions } from '../emobench/backends.js';
+import { PerceptionCache } from '../emobench/perception_cache.js';
 import { runEval } from '../emobench/eval.js';
 import { rng } from '../emobench/metrics.js';
 import { formatDuration } from '../emobench/progress.js';
@@ -43,7 +51,7 @@ export interface TrainMvpOptions {
   mediaRoot?: string;
   /** The output checkpoint folder. */
   out: string;
-  /** Perspectives to train (default: every open one; mlp, multi-layer-mlp, attention-pool). A closed one named here is opened with a learned gate. */
+  /** Perspectives to train (default: every open one; mlp, multi-layer-mlp, attention-pool, face-region). A closed one named here is opened with a learned gate. */
   perspectives?: readonly string[];
   /** Optimizer steps (default: `epochs` passes over the bench). */
   steps?: number;
@@ -66,11 +74,23 @@ export interface TrainMvpOptions {
   cacheDir?: string;
   /** Recompute each decoder layer's activations in the backward (less memory, one more forward pass; same gradients). Default: when keeping them would pass 1 GiB per sample. */
   recompute?: boolean;
+  /**
+   * The face perspective, as `emollm eval` runs it (its `--no-face` is `face: false`): the faces
+   * found in each image / frame become EmoPrompt cues and the face-region heads' boxes, in training
+   * and in validation. Default: on when the trained checkpoint has an open face-region perspective
+   * (which needs it), else off.
+   */
+  face?: boolean;
+  /** The face analyzer of the face perspective (default: face-api's shared one). */
+  faceAnalyzer?: FaceAnalyzer;
+  /** Video samples: frames sampled per video (default 8, as eval / analyze), and of those, frames given to the model (default 4). */
+  frames?: number;
+  modelFrames?: number;
   /** Compute threads of the trainer (default 1; the result depends on it only through rounding). */
   threads?: number;
   /** Called after each optimizer step. */
   onStep?: (s: TrainStepInfo) => void;
-  /** Called with notices that do not stop the run (e.g. video samples left out). */
+  /** Called with notices that do not stop the run (e.g. no face found for a face-region head). */
   onWarning?: (message: string) => void;
   /** Called with each validation result. */
   onEval?: (e: TrainEvalInfo) => void;
@@ -100,9 +120,12 @@ export interface TrainEvalInfo {
 
 export interface TrainMvpResult {
   out: string;
-  /** Samples of the bench trained on, and the video samples left out (not supported yet). */
+  /** Samples of the bench trained on, and how many of them are video samples. */
   samples: number;
-  skippedVideo: number;
+  videoSamples: number;
+  /** Whether the face perspective ran; sample visits whose images had face boxes. */
+  face: boolean;
+  samplesWithFaces: number;
   steps: number;
   /** Steps run by this call (fewer than `steps` after a resume). */
   stepsRun: number;
@@ -114,8 +137,10 @@ export interface TrainMvpResult {
 interface NativeTrainer {
   info(): { towerFeatureDim: number; nVisionTokens: number; imageTokenId: number; imageSize: number; fusion: string };
   towerFeatures(pixels: Float32Array, batch: number): Promise<Float32Array>;
-  accumulate(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number, scale: number): Promise<number>;
-  loss(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number): Promise<number>;
+  accumulate(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number, scale: number, faces?: readonly (readonly FaceBox[])[] | null): Promise<number>;
+  loss(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number, faces?: readonly (readonly FaceBox[])[] | null): Promise<number>;
+  /** Decoder positions of the last sample run. */
+  readonly lastPositions: number;
   step(): Promise<{ lr: number; gradNorm: number; step: number }>;
   params(): { name: string; shape: number[]; value: Float32Array; grad: Float32Array; m: Float32Array; v: Float32Array }[];
   setState(params: { name: string; value: Float32Array; m: Float32Array; v: Float32Array }[], steps: number): void;
@@ -150,25 +175,57 @@ function permutation(n: number, seed: number): number[] {
   return p;
 }
 
-interface PreparedSample {
+/** @internal a training sample as the trainer takes it. */
+export interface PreparedSample {
   tokens: Int32Array;
   nAnswer: number;
-  image: string | null;
+  /** The images given to the model, in prompt order: the image file, or the chosen video frames (PNG). */
+  images: ImageInput[];
+  /** Face boxes of each image in the model's input pixels (empty lists: none). */
+  faces: FaceBox[][];
+  /** The prompt as the evaluator gives it to the model (image parts with their images and faces). */
+  prompt: ChatMessage[];
 }
 
-/** The evaluator's prompt for a sample + the answer tokens (what classify scores). */
-function prepareSample(model: Model, s: BenchSample, mediaRoot: string): PreparedSample {
-  const image = s.media?.type === 'image' ? mediaPath(s, mediaRoot) : null;
-  if (s.media?.type === 'video') throw new EmollmError('ERR_UNSUPPORTED', `${s.id}: video samples are not supported by train-mvp yet`);
-  const prompt = samplePrompt(s, image ? [image] : []);
+/** @internal what prepareSample needs beside the model. */
+export interface PrepareContext {
+  mediaRoot: string;
+  perception: PerceptionCache;
+  modelFrames?: number;
+  signal?: AbortSignal;
+}
+
+const NO_MEDIA: Perception = { media: 'image', images: [], frames: [], summary: summarizeFaces([]), face: false };
+
+/**
+ * @internal The evaluator's prompt for a sample (the native backend's perception + EmoPrompt,
+ * lib/emobench/backends.ts) + the answer tokens: what classify scores.
+ */
+export async function prepareSample(model: Model, s: BenchSample, ctx: PrepareContext): Promise<PreparedSample> {
+  const path = mediaPath(s, ctx.mediaRoot);
+  const p = path === null ? NO_MEDIA : await ctx.perception.get(path, s.media?.type === 'video', ctx.signal);
+  const prompt = await buildModelPrompt(model, p, { ...samplePromptOptions(s), ...(ctx.modelFrames !== undefined ? { modelFrames: ctx.modelFrames } : {}) });
+  const images: ImageInput[] = [];
+  const faces: FaceBox[][] = [];
   // the template only needs to know an image stands here (as Model.prepare)
   const messages: ChatMessage[] = prompt.messages.map((m) =>
-    typeof m.content === 'string' ? m : { ...m, content: m.content.map((p: ChatContentPart): ChatContentPart => (p.type === 'image' ? ({ type: 'image' } as ChatContentPart) : p)) },
+    typeof m.content === 'string'
+      ? m
+      : {
+          ...m,
+          content: m.content.map((part: ChatContentPart): ChatContentPart => {
+            if (part.type === 'video') throw new EmollmError('ERR_UNSUPPORTED', `${s.id}: native video parts (Qwen2-VL) are not trained by train-mvp`);
+            if (part.type !== 'image') return part;
+            images.push((part as unknown as { image: ImageInput }).image);
+            faces.push([...((part as { faces?: FaceBox[] }).faces ?? [])]);
+            return { type: 'image' } as ChatContentPart;
+          }),
+        },
   );
   const ids = model.promptTokens(messages, true);
   const answer = model.tokenizer.encode(s.answer, { addSpecialTokens: false });
   if (answer.length === 0) throw bad(`${s.id}: the answer ${JSON.stringify(s.answer)} has no tokens`);
-  return { tokens: Int32Array.from([...ids, ...answer]), nAnswer: answer.length, image };
+  return { tokens: Int32Array.from([...ids, ...answer]), nAnswer: answer.length, images, faces, prompt: prompt.messages };
 }
 
 async function readBench(file: string): Promise<BenchSample[]> {
@@ -192,6 +249,8 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
   checkInt('evalEvery', o.evalEvery, 1);
   checkInt('saveEvery', o.saveEvery, 1);
   checkInt('threads', o.threads, 1);
+  checkInt('frames', o.frames, 1);
+  checkInt('modelFrames', o.modelFrames, 1);
   for (const [k, v] of [['lr', o.lr], ['epochs', o.epochs]] as const)
     if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw bad(`${k} must be a positive number`);
   for (const [k, v] of [['weightDecay', o.weightDecay], ['clip', o.clip], ['minLrRatio', o.minLrRatio]] as const)
@@ -220,13 +279,19 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
     perspectives: section.perspectives.map((p, i) => ((o.perspectives ?? []).includes(names[i]!) && p.gate === 'closed' ? { ...p, gate: 'learned' } : p)),
   };
 
+  // the face perspective: an open face-region head reads the face boxes (its only input), so it is
+  // on by default when there is one, and cannot be off when one is trained
+  const open = (i: number): boolean => outSection.perspectives[i]!.gate !== 'closed';
+  const trained = (i: number): boolean => open(i) && (!o.perspectives || o.perspectives.length === 0 || o.perspectives.includes(names[i]!));
+  const isFace = (i: number): boolean => outSection.perspectives[i]!.type === 'face-region';
+  const faceHeads = names.filter((_, i) => isFace(i) && trained(i));
+  const face = o.face ?? names.some((_, i) => isFace(i) && open(i));
+  if (!face && faceHeads.length > 0)
+    throw bad(`the face-region perspective ${faceHeads.join(', ')} is trained on face boxes: the face perspective cannot be off (face: false / --no-face)`);
+
   const mediaRoot = resolve(o.mediaRoot ?? dirname(o.bench));
-  const all = await readBench(o.bench);
-  // video samples need frame sampling the trainer does not do yet: left out, and counted in the result
-  const train = all.filter((s) => s.media?.type !== 'video');
-  const skippedVideo = all.length - train.length;
-  if (train.length === 0) throw new EmollmError('ERR_UNSUPPORTED', `${o.bench}: every sample is a video sample, which train-mvp does not train on yet`);
-  if (skippedVideo > 0) o.onWarning?.(`${skippedVideo} of ${all.length} samples are video samples: left out (train-mvp trains on image and text samples only)`);
+  const train = await readBench(o.bench);
+  const videoSamples = train.filter((s) => s.media?.type === 'video').length;
   const batch = o.batch ?? 8;
   const totalSteps = o.steps ?? Math.max(1, Math.ceil(((o.epochs ?? 1) * train.length) / batch));
   const warmup = o.warmup ?? Math.floor(totalSteps * 0.03);
@@ -245,7 +310,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
   };
   const benchHash = createHash('sha256').update(await readFile(o.bench)).digest('hex');
   const runKey = createHash('sha256')
-    .update(JSON.stringify({ model: await realpath(modelDir), benchHash, batch, seed, trainerOptions, outSection }))
+    .update(JSON.stringify({ model: await realpath(modelDir), benchHash, batch, seed, trainerOptions, outSection, face, frames: o.frames ?? null, modelFrames: o.modelFrames ?? null }))
     .digest('hex')
     .slice(0, 32);
 
@@ -274,15 +339,35 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
     model = await loadModel(out, { threads });
     const info = trainer.info();
     const cache = new FeatureCache(o.cacheDir ?? join(out, 'feature-cache'), await towerKey(modelDir, cfg, info));
-    const prepared = train.map((s) => prepareSample(model!, s, mediaRoot));
-    const featuresOf = async (p: PreparedSample): Promise<Float32Array | null> => {
-      if (!p.image) return null;
-      return cache.get(p.image, async (bytes) => {
-        const px = await model!.imageProcessor!.preprocessBatch([bytes]);
-        return trainer.towerFeatures(px.data, 1);
-      });
-    };
     if (!model.imageProcessor) throw new EmollmError('ERR_UNSUPPORTED', `${o.model} has no vision tower`);
+    // the evaluator's perception: frames of videos, faces (face-api) when the face perspective is on
+    const perception = new PerceptionCache({
+      ...(o.frames !== undefined ? { frames: o.frames } : {}),
+      ...(face ? (o.faceAnalyzer ? { faces: o.faceAnalyzer } : {}) : { faces: false }),
+    });
+    const prepareContext: PrepareContext = { mediaRoot, perception, ...(o.modelFrames !== undefined ? { modelFrames: o.modelFrames } : {}), ...(o.signal ? { signal: o.signal } : {}) };
+    // the images' tower features, concatenated in prompt order (null without images)
+    const featuresOf = async (p: PreparedSample): Promise<Float32Array | null> => {
+      if (p.images.length === 0) return null;
+      const parts: Float32Array[] = [];
+      for (const img of p.images) {
+        const compute = async (bytes: Uint8Array): Promise<Float32Array> => {
+          const px = await model!.imageProcessor!.preprocessBatch([bytes]);
+          return trainer.towerFeatures(px.data, 1);
+        };
+        if (typeof img === 'string') parts.push(await cache.get(img, compute));
+        else if (img instanceof Uint8Array) parts.push(await cache.getBytes(img, compute));
+        else throw new EmollmError('ERR_UNSUPPORTED', 'train-mvp caches tower features of encoded images only');
+      }
+      if (parts.length === 1) return parts[0]!;
+      const all = new Float32Array(parts.reduce((n, f) => n + f.length, 0));
+      let at = 0;
+      for (const f of parts) {
+        all.set(f, at);
+        at += f.length;
+      }
+      return all;
+    };
 
     const perms = new Map<number, number[]>(); // epoch -> its sample order
     const order = (k: number): number => {
@@ -310,12 +395,17 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       try {
         r = await runEval({
           bench: o.val,
-          model: nativeBackend(evalModel, { face: false }),
+          model: nativeBackend(evalModel, {
+            face,
+            ...(o.faceAnalyzer ? { faces: o.faceAnalyzer } : {}),
+            ...(o.frames !== undefined ? { frames: o.frames } : {}),
+            ...(o.modelFrames !== undefined ? { modelFrames: o.modelFrames } : {}),
+          }),
           out: dir,
           mediaRoot: resolve(o.mediaRoot ?? dirname(o.val)),
           progress: false,
           summary: false,
-          face: false,
+          face,
           force: true,
           ...(o.signal ? { signal: o.signal } : {}),
         });
@@ -330,23 +420,24 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       o.onEval?.(e);
     };
 
-    // decoder positions of one image: one block of vision tokens (gated-sum) or one per open head (concat)
-    const imageTokens = info.nVisionTokens * (info.fusion === 'concat' ? outSection.perspectives.filter((p) => p.gate !== 'closed').length : 1);
     const evalEvery = o.evalEvery ?? 0;
     const saveEvery = o.saveEvery ?? (evalEvery > 0 ? evalEvery : totalSteps);
     const first = trainer.stepsDone;
     let lastLoss = NaN;
     let samplesDone = 0;
     let tokensDone = 0;
+    let samplesWithFaces = 0;
     const tStart = performance.now();
     for (let step = first; step < totalSteps; step++) {
       if (o.signal?.aborted) throw new EmollmError('ERR_ABORTED', 'train-mvp was aborted (the last checkpoint is kept)');
       let loss = 0;
       for (let j = 0; j < batch; j++) {
-        const p = prepared[order(step * batch + j)]!;
+        const p = await prepareSample(model, train[order(step * batch + j)]!, prepareContext);
         const feats = await featuresOf(p);
-        loss += (await trainer.accumulate(p.tokens, p.nAnswer, feats, feats ? 1 : 0, 1 / batch)) / batch;
-        tokensDone += p.tokens.length + (feats ? imageTokens - 1 : 0);
+        const withFaces = p.faces.some((f) => f.length > 0);
+        samplesWithFaces += withFaces ? 1 : 0;
+        loss += (await trainer.accumulate(p.tokens, p.nAnswer, feats, p.images.length, 1 / batch, withFaces ? p.faces : null)) / batch;
+        tokensDone += trainer.lastPositions;
       }
       samplesDone += batch;
       const st = await trainer.step();
@@ -366,13 +457,15 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       if (st.step % saveEvery === 0 || st.step === totalSteps) await save(st.step);
       if (evalEvery > 0 && st.step % evalEvery === 0 && st.step !== totalSteps) await validate(st.step);
     }
+    if (faceHeads.length > 0 && samplesWithFaces === 0 && totalSteps > first)
+      o.onWarning?.(`no face was found in the training images: the face-region perspective ${faceHeads.join(', ')} got no gradient`);
     if (first >= totalSteps) await save(totalSteps);
     await validate(totalSteps);
     await writeFileAtomic(
       join(out, 'train-mvp.json'),
-      JSON.stringify({ schema: 'emollm.train-mvp/1', model: o.model, bench: o.bench, val: o.val ?? null, steps: totalSteps, batch, seed, options: trainerOptions, finalLoss: lastLoss, evals }, null, 2) + '\n',
+      JSON.stringify({ schema: 'emollm.train-mvp/1', model: o.model, bench: o.bench, val: o.val ?? null, steps: totalSteps, batch, seed, face, frames: o.frames ?? 8, modelFrames: o.modelFrames ?? 4, options: trainerOptions, finalLoss: lastLoss, evals }, null, 2) + '\n',
     );
-    return { out, samples: train.length, skippedVideo, steps: totalSteps, stepsRun: totalSteps - first, finalLoss: lastLoss, evals, wallMs: performance.now() - t0 };
+    return { out, samples: train.length, videoSamples, face, samplesWithFaces, steps: totalSteps, stepsRun: totalSteps - first, finalLoss: lastLoss, evals, wallMs: performance.now() - t0 };
   } finally {
     await model?.close();
     trainer.close();

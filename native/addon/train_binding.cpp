@@ -5,9 +5,12 @@
 //     -> Promise<MvpTrainer>            (loads the EmoLLM checkpoint off the main thread)
 //   MvpTrainer.info() -> { towerFeatureDim, nVisionTokens, imageTokenId, imageSize, fusion }
 //   MvpTrainer.towerFeatures(pixels: Float32Array [B,3,S,S], B) -> Promise<Float32Array>
-//   MvpTrainer.accumulate(tokens: Int32Array, nAnswer, feats: Float32Array, nImages, scale)
+//   MvpTrainer.accumulate(tokens: Int32Array, nAnswer, feats: Float32Array, nImages, scale, faces?)
 //     -> Promise<number>                (the sample's mean answer loss; gradients added)
-//   MvpTrainer.loss(tokens, nAnswer, feats, nImages) -> Promise<number>
+//   MvpTrainer.loss(tokens, nAnswer, feats, nImages, faces?) -> Promise<number>
+//     faces: null, or one list per image of { x, y, width, height } boxes in tower-input pixels
+//     (the face-region heads' input, as Model.encodeImages takes them)
+//   MvpTrainer.lastPositions            (decoder positions of the last sample run)
 //   MvpTrainer.step() -> Promise<{ lr, gradNorm, step }>
 //   MvpTrainer.params() -> Array<{ name, shape, value, grad, m, v: Float32Array }>  (copies, sync)
 //   MvpTrainer.setState(params: Array<{ name, value, m, v }>, steps) (sync; names must match)
@@ -68,6 +71,38 @@ std::vector<int32_t> i32_arg(const Napi::CallbackInfo& info, size_t i, const cha
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
+// null / undefined, or nImages arrays (each null or an array) of { x, y, width, height }.
+std::shared_ptr<std::vector<std::vector<FaceBox>>> faces_arg(const Napi::CallbackInfo& info, size_t i, int64_t n_images) {
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return nullptr;
+  const char* what = "faces must be null or one array of { x, y, width, height } per image";
+  if (!info[i].IsArray()) throw_invalid(info.Env(), what);
+  Napi::Array a = info[i].As<Napi::Array>();
+  if (int64_t(a.Length()) != n_images)
+    throw_invalid(info.Env(), "faces has " + std::to_string(a.Length()) + " lists for " + std::to_string(n_images) + " images");
+  auto out = std::make_shared<std::vector<std::vector<FaceBox>>>(size_t(n_images));
+  for (uint32_t b = 0; b < a.Length(); ++b) {
+    Napi::Value l = a.Get(b);
+    if (l.IsNull() || l.IsUndefined()) continue;
+    if (!l.IsArray()) throw_invalid(info.Env(), what);
+    Napi::Array boxes = l.As<Napi::Array>();
+    for (uint32_t j = 0; j < boxes.Length(); ++j) {
+      Napi::Value v = boxes.Get(j);
+      if (!v.IsObject()) throw_invalid(info.Env(), what);
+      Napi::Object o = v.As<Napi::Object>();
+      FaceBox fb;
+      float* dst[4] = {&fb.x, &fb.y, &fb.width, &fb.height};
+      const char* keys[4] = {"x", "y", "width", "height"};
+      for (int k = 0; k < 4; ++k) {
+        Napi::Value n = o.Get(keys[k]);
+        if (!n.IsNumber()) throw_invalid(info.Env(), std::string("a face box's ") + keys[k] + " must be a number");
+        *dst[k] = float(n.As<Napi::Number>().DoubleValue());
+      }
+      (*out)[b].push_back(fb);
+    }
+  }
+  return out;
+}
+
 Napi::Float32Array to_js(Napi::Env env, const std::vector<float>& v) {
   auto a = Napi::Float32Array::New(env, v.size());
   std::copy(v.begin(), v.end(), a.Data());
@@ -85,7 +120,8 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
                         InstanceMethod<&TrainerWrap::Params>("params"),
                         InstanceMethod<&TrainerWrap::SetState>("setState"),
                         InstanceMethod<&TrainerWrap::Close>("close"),
-                        InstanceAccessor<&TrainerWrap::StepsDone>("stepsDone")});
+                        InstanceAccessor<&TrainerWrap::StepsDone>("stepsDone"),
+                        InstanceAccessor<&TrainerWrap::LastPositions>("lastPositions")});
   }
   explicit TrainerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainerWrap>(info) {
     if (info.Length() < 1 || !info[0].IsExternal()) throw_invalid(info.Env(), "use createMvpTrainer()");
@@ -148,17 +184,19 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     const int64_t per = t.model().n_vision_tokens() * t.tower_feature_dim();
     if (n_images < 0 || int64_t(feats->size()) != n_images * per)
       throw_invalid(env, "feats must hold nImages x " + std::to_string(per) + " floats (from towerFeatures)");
+    auto faces = faces_arg(info, backward ? 5 : 4, n_images);
     auto loss = std::make_shared<double>(0.0);
     MvpTrainer* tp = &t;
     return queue(
         env,
-        [tp, tok, n_answer, feats, n_images, scale, backward, loss]() {
+        [tp, tok, n_answer, feats, n_images, faces, scale, backward, loss]() {
           MvpTrainSample s;
           s.tokens = tok->data();
           s.n_tokens = int64_t(tok->size());
           s.n_answer = n_answer;
           s.tower_feats = feats->empty() ? nullptr : feats->data();
           s.n_images = n_images;
+          s.faces = faces.get();
           *loss = backward ? tp->accumulate(s, scale) : tp->loss(s);
         },
         [loss](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *loss); });
@@ -237,6 +275,9 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   }
   Napi::Value StepsDone(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(trainer(info.Env()).steps_done()));
+  }
+  Napi::Value LastPositions(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), double(trainer(info.Env()).last_positions()));
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

@@ -48,38 +48,32 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
   const auto& tl = m.tower_layers();
   const auto& ps = m.perspectives();
   const bool concat = m.fusion() == "concat";
-  int64_t summed_offset = -1;  // gated-sum: the block the mlp heads add into
   for (size_t i = 0; i < ps.size(); ++i) {
     const MvpPerspective& p = ps[i];
     if (p.gate == MvpGate::Closed) continue;
-    // The trainer has backward passes for the MLP-shaped kinds and the attention-pool; a kind
-    // from the registry it does not know (face-region, or one registered later) is refused.
+    // The trainer has backward passes for the MLP-shaped kinds, the attention-pool and the
+    // face-region head; a kind registered later is refused.
     const std::string kind = p.type_name();
-    if (kind != "mlp" && kind != "multi-layer-mlp" && kind != "attention-pool")
+    if (kind != "mlp" && kind != "multi-layer-mlp" && kind != "attention-pool" && kind != "face-region")
       throw Error(ErrorCode::Unsupported, "training with an open " + kind + " perspective (\"" + p.name +
-                                              "\") is not implemented yet: close it, or train the mlp / attention-pool perspectives");
+                                              "\") is not implemented: close it, or train the mlp / attention-pool / face-region perspectives");
     Head h;
     h.persp = i;
     h.pool = kind == "attention-pool";
+    h.face = kind == "face-region";
+    // token layout of EmollmModel::project: blocks in perspective order; gated-sum mlp heads share
+    // the block of the first one (the per-image offsets depend on the faces: run() computes them)
+    h.summed = !h.pool && !h.face && !concat;
     for (int64_t l : p.layers)
       h.slots.push_back(int64_t(std::lower_bound(tl.begin(), tl.end(), l) - tl.begin()));
     h.d_in = p.d_in;
     h.d_hid = p.d_hid;
     h.n_queries = p.n_queries;
     h.num_heads = p.num_heads;
+    h.max_faces = p.max_faces;
     h.learned_gate = p.gate == MvpGate::Learned;
     h.trainable = opts.trainable.empty() ||
                   std::find(opts.trainable.begin(), opts.trainable.end(), p.name) != opts.trainable.end();
-    // token layout of EmollmModel::project: blocks in perspective order; gated-sum mlp heads share
-    // the block of the first one
-    h.rows = h.pool ? p.n_queries : m.n_vision_tokens();
-    if (!h.pool && !concat && summed_offset >= 0) {
-      h.offset = summed_offset;
-    } else {
-      h.offset = per_image_;
-      per_image_ += h.rows;
-      if (!h.pool && !concat) summed_offset = h.offset;
-    }
     const std::string pre = "mvp.heads." + std::to_string(i) + ".";
     auto load = [&](Part part, const std::string& name, bool decay) {
       const TensorInfo* t = ws.find(pre + name);
@@ -161,13 +155,65 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   EMOLLM_CHECK_ARG(NI >= 0 && (NI == 0 || s.tower_feats), "train sample: images without tower features");
   EMOLLM_CHECK_ARG(hp.mrope_section.empty(), "MvpTrainer: M-RoPE decoders are not supported");
 
+  // ---- token layout (EmollmModel::project): image after image, each image's blocks in
+  // perspective order, the gated-sum mlp heads sharing one block; a face-region head gives one
+  // token per kept face (boxes covering no patch are dropped; at most max_faces per image).
+  EMOLLM_CHECK_ARG(!s.faces || int64_t(s.faces->size()) == NI,
+                   "train sample: " + std::to_string(s.faces ? s.faces->size() : 0) + " face lists for " +
+                       std::to_string(NI) + " images");
+  const size_t NH = heads_.size();
+  std::vector<std::vector<int64_t>> cnt(NH, std::vector<int64_t>(size_t(NI), 0));  // rows of head k for image b
+  std::vector<std::vector<int64_t>> row_of(NH, std::vector<int64_t>(size_t(NI), 0));  // their first image row
+  std::vector<std::vector<int64_t>> y_of(NH, std::vector<int64_t>(size_t(NI), 0));    // their first output row
+  std::vector<std::vector<std::vector<int64_t>>> face_pt(NH);  // head k: the patches of each kept face
+  std::vector<std::vector<int64_t>> face_img(NH);              // head k: the image of each kept face
+  for (size_t k = 0; k < NH; ++k) {
+    const Head& hd = heads_[k];
+    for (int64_t b = 0; b < NI; ++b) {
+      if (!hd.face) {
+        cnt[k][size_t(b)] = hd.pool ? hd.n_queries : T;
+        continue;
+      }
+      if (!s.faces) continue;
+      for (const FaceBox& box : (*s.faces)[size_t(b)]) {
+        if (hd.max_faces > 0 && cnt[k][size_t(b)] >= hd.max_faces) break;
+        std::vector<int64_t> pt = em.face_patches(box);
+        if (pt.empty()) continue;
+        face_pt[k].push_back(std::move(pt));
+        face_img[k].push_back(b);
+        cnt[k][size_t(b)]++;
+      }
+    }
+  }
+  std::vector<int64_t> img_start(size_t(NI) + 1, 0);
+  for (int64_t b = 0; b < NI; ++b) {
+    int64_t pos = img_start[size_t(b)], summed_at = -1;
+    for (size_t k = 0; k < NH; ++k) {
+      if (heads_[k].summed) {
+        if (summed_at < 0) {
+          summed_at = pos;
+          pos += T;
+        }
+        row_of[k][size_t(b)] = summed_at;
+      } else {
+        row_of[k][size_t(b)] = pos;
+        pos += cnt[k][size_t(b)];
+      }
+      y_of[k][size_t(b)] = b == 0 ? 0 : y_of[k][size_t(b - 1)] + cnt[k][size_t(b - 1)];
+    }
+    img_start[size_t(b) + 1] = pos;
+  }
+  const int64_t total_rows = img_start[size_t(NI)];
+
   // ---- MVP forward. mlp: h = X W1^T + b1, a = gelu(h), y = a W2^T + b2. attention-pool:
   // K = X Wk^T + bk, V = X Wv^T + bv, a = attention(queries, K, V) per image, y = a Wo^T + bo.
-  // Each head adds g * y (g = sigmoid(gate logits), or 1) into its block of the image rows.
-  const int64_t per_image = per_image_;
-  std::vector<float> feats(size_t(NI * per_image * E), 0.0f);  // image rows, image after image
+  // face-region: X = per face, the mean of its patches' features (added in patch order, then
+  // scaled, as the engine does), then the mlp. Each head adds g * y (g = sigmoid(gate logits),
+  // or 1) into its rows of the image tokens.
+  std::vector<float> feats(size_t(total_rows * E), 0.0f);  // image rows, image after image
   struct HeadActs {
     std::vector<float> x, h, a, y, g, k, v;
+    int64_t nx = 0, ny = 0;  // rows of x and of y
   };
   auto pool_params = [&](const Head& hd) {
     AttentionParams ap;
@@ -179,36 +225,59 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     ap.causal = false;
     return ap;
   };
-  std::vector<HeadActs> ha(heads_.size());
-  for (size_t k = 0; k < heads_.size() && rows_in > 0; ++k) {
+  const int64_t cls = em.llava().drop_cls() ? 0 : 1;  // "full": row 0 of each image is CLS
+  // the head's layers of tower-feature row r, concatenated on channels
+  auto gather_row = [&](const Head& hd, int64_t r, float* dst) {
+    for (size_t j = 0; j < hd.slots.size(); ++j)
+      std::memcpy(dst + int64_t(j) * C, s.tower_feats + r * TD + hd.slots[j] * C, size_t(C) * sizeof(float));
+  };
+  std::vector<HeadActs> ha(NH);
+  for (size_t k = 0; k < NH && rows_in > 0; ++k) {
     const Head& hd = heads_[k];
     HeadActs& A = ha[k];
-    const int64_t out_rows = NI * hd.rows;
-    A.x.resize(size_t(rows_in * hd.d_in));
-    for (int64_t r = 0; r < rows_in; ++r)
-      for (size_t j = 0; j < hd.slots.size(); ++j)
-        std::memcpy(A.x.data() + r * hd.d_in + int64_t(j) * C, s.tower_feats + r * TD + hd.slots[j] * C,
-                    size_t(C) * sizeof(float));
-    A.y.resize(size_t(out_rows * E));
+    for (int64_t b = 0; b < NI; ++b) A.ny += cnt[k][size_t(b)];
+    if (A.ny == 0) continue;  // a face head on an image without faces: no tokens
+    if (hd.face) {
+      A.nx = int64_t(face_pt[k].size());
+      A.x.resize(size_t(A.nx * hd.d_in));
+      std::vector<float> row(size_t(hd.d_in));
+      for (int64_t f = 0; f < A.nx; ++f) {
+        const auto& pt = face_pt[k][size_t(f)];
+        const int64_t base = face_img[k][size_t(f)] * T + cls;
+        float* acc = A.x.data() + f * hd.d_in;
+        gather_row(hd, base + pt[0], acc);
+        for (size_t j = 1; j < pt.size(); ++j) {
+          gather_row(hd, base + pt[j], row.data());
+          for (int64_t c = 0; c < hd.d_in; ++c) acc[c] += row[size_t(c)];
+        }
+        const float inv = 1.0f / float(pt.size());
+        for (int64_t c = 0; c < hd.d_in; ++c) acc[c] *= inv;
+      }
+    } else {
+      A.nx = rows_in;
+      A.x.resize(size_t(rows_in * hd.d_in));
+      for (int64_t r = 0; r < rows_in; ++r) gather_row(hd, r, A.x.data() + r * hd.d_in);
+    }
+    A.y.resize(size_t(A.ny * E));
     if (hd.pool) {
       const int64_t D = hd.d_hid;
       A.k.resize(size_t(rows_in * D));
       A.v.resize(size_t(rows_in * D));
-      A.a.resize(size_t(out_rows * D));
+      A.a.resize(size_t(A.ny * D));
       gemm(A.x.data(), hd.d_in, value(hd, WK), DType::F32, value(hd, BK), A.k.data(), D, rows_in, D, hd.d_in, pool);
       gemm(A.x.data(), hd.d_in, value(hd, WV), DType::F32, value(hd, BV), A.v.data(), D, rows_in, D, hd.d_in, pool);
       const AttentionParams pap = pool_params(hd);
       for (int64_t b = 0; b < NI; ++b)
-        attention(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + b * hd.rows * D, pap,
-                  pool);
-      gemm(A.a.data(), D, value(hd, WO), DType::F32, value(hd, BO), A.y.data(), E, out_rows, E, D, pool);
-    } else {
-      A.h.resize(size_t(rows_in * hd.d_hid));
-      gemm(A.x.data(), hd.d_in, value(hd, W1), DType::F32, value(hd, B1), A.h.data(), hd.d_hid, rows_in, hd.d_hid,
+        attention(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D,
+                  A.a.data() + y_of[k][size_t(b)] * D, pap, pool);
+      gemm(A.a.data(), D, value(hd, WO), DType::F32, value(hd, BO), A.y.data(), E, A.ny, E, D, pool);
+    } else {  // mlp and face-region: one output row per input row
+      A.h.resize(size_t(A.nx * hd.d_hid));
+      gemm(A.x.data(), hd.d_in, value(hd, W1), DType::F32, value(hd, B1), A.h.data(), hd.d_hid, A.nx, hd.d_hid,
            hd.d_in, pool);
       A.a.resize(A.h.size());
       gelu_erf(A.h.data(), A.a.data(), int64_t(A.h.size()), pool);
-      gemm(A.a.data(), hd.d_hid, value(hd, W2), DType::F32, value(hd, B2), A.y.data(), E, rows_in, E, hd.d_hid, pool);
+      gemm(A.a.data(), hd.d_hid, value(hd, W2), DType::F32, value(hd, B2), A.y.data(), E, A.nx, E, hd.d_hid, pool);
     }
     A.g.assign(size_t(E), 1.0f);
     if (hd.learned_gate) {
@@ -216,35 +285,39 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
       for (int64_t c = 0; c < E; ++c) A.g[size_t(c)] = float(1.0 / (1.0 + std::exp(-double(lg[c]))));
     }
     for (int64_t b = 0; b < NI; ++b)
-      for (int64_t t = 0; t < hd.rows; ++t) {
-        float* dst = feats.data() + (b * per_image + hd.offset + t) * E;
-        const float* y = A.y.data() + (b * hd.rows + t) * E;
+      for (int64_t t = 0; t < cnt[k][size_t(b)]; ++t) {
+        float* dst = feats.data() + (row_of[k][size_t(b)] + t) * E;
+        const float* y = A.y.data() + (y_of[k][size_t(b)] + t) * E;
         for (int64_t c = 0; c < E; ++c) dst[c] += A.g[size_t(c)] * y[c];
       }
   }
 
-  // ---- splice: the decoder input rows; img_pos[r] = position of image row r
+  // ---- splice: the decoder input rows; img_pos[r] = position of image row r. The image token
+  // stands once per image (expanded here to the image's rows) or already expanded.
   int64_t n_img_tok = 0;
   for (int64_t i = 0; i < s.n_tokens; ++i) n_img_tok += s.tokens[i] == image_id;
-  const bool once = n_img_tok == NI, expanded = n_img_tok == NI * per_image;
+  const bool once = n_img_tok == NI, expanded = n_img_tok == total_rows;
   if (!once && !expanded)
     throw Error(ErrorCode::InvalidArgument, "train sample: " + std::to_string(n_img_tok) + " image tokens for " +
                                                 std::to_string(NI) + " images (expected one per image or " +
-                                                std::to_string(NI * per_image) + ")");
+                                                std::to_string(total_rows) + ")");
   std::vector<int32_t> ids;  // -1 = image row
   std::vector<int64_t> img_pos;
+  int64_t img_k = 0;  // the image of the next image token (once per image)
   for (int64_t i = 0; i < s.n_tokens; ++i) {
     if (s.tokens[i] != image_id || NI == 0) {
       ids.push_back(s.tokens[i]);
       continue;
     }
-    const int64_t reps = once ? per_image : 1;
+    const int64_t reps = once ? img_start[size_t(img_k + 1)] - img_start[size_t(img_k)] : 1;
+    img_k += once ? 1 : 0;
     for (int64_t r = 0; r < reps; ++r) {
       img_pos.push_back(int64_t(ids.size()));
       ids.push_back(-1);
     }
   }
   const int64_t n = int64_t(ids.size());
+  last_positions_ = n;
   std::vector<float> x(size_t(n * E));
   {
     int64_t r = 0;
@@ -377,22 +450,22 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   }
 
   // ---- splice backward: gradients of the image rows, then the MVP heads
-  std::vector<float> dfeat(size_t(NI * per_image * E));
+  std::vector<float> dfeat(size_t(total_rows * E));
   for (size_t r = 0; r < img_pos.size(); ++r)
     std::memcpy(dfeat.data() + int64_t(r) * E, dx.data() + img_pos[r] * E, size_t(E) * sizeof(float));
-  for (size_t kk = 0; kk < heads_.size(); ++kk) {
+  for (size_t kk = 0; kk < NH; ++kk) {
     const Head& hd = heads_[kk];
-    if (!hd.trainable || rows_in == 0) continue;
     HeadActs& A = ha[kk];
-    const int64_t out_rows = NI * hd.rows;
+    if (!hd.trainable || A.ny == 0) continue;
     // out += g * y: dy = dout * g; dlogit = sum_rows dout * y * g (1 - g)
-    std::vector<float> dy(size_t(out_rows * E));
+    std::vector<float> dy(size_t(A.ny * E));
     std::vector<double> gsum(size_t(E), 0.0);
     for (int64_t b = 0; b < NI; ++b)
-      for (int64_t t = 0; t < hd.rows; ++t) {
-        const float* d = dfeat.data() + (b * per_image + hd.offset + t) * E;
-        const float* y = A.y.data() + (b * hd.rows + t) * E;
-        float* o = dy.data() + (b * hd.rows + t) * E;
+      for (int64_t t = 0; t < cnt[kk][size_t(b)]; ++t) {
+        const float* d = dfeat.data() + (row_of[kk][size_t(b)] + t) * E;
+        const int64_t yr = y_of[kk][size_t(b)] + t;
+        const float* y = A.y.data() + yr * E;
+        float* o = dy.data() + yr * E;
         for (int64_t c = 0; c < E; ++c) {
           o[c] = d[c] * A.g[size_t(c)];
           gsum[size_t(c)] += double(d[c]) * double(y[c]);
@@ -405,26 +478,26 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
       }
     if (hd.pool) {
       const int64_t D = hd.d_hid;
-      gemm_backward_w(dy.data(), E, A.a.data(), D, grad(hd, WO), grad(hd, BO), out_rows, E, D, pool);
-      std::vector<float> da(size_t(out_rows * D)), dq(size_t(hd.rows * D)), dk(size_t(rows_in * D)),
+      gemm_backward_w(dy.data(), E, A.a.data(), D, grad(hd, WO), grad(hd, BO), A.ny, E, D, pool);
+      std::vector<float> da(size_t(A.ny * D)), dq(size_t(hd.n_queries * D)), dk(size_t(rows_in * D)),
           dv(size_t(rows_in * D));
-      gemm_backward_x(dy.data(), E, value(hd, WO), DType::F32, da.data(), D, out_rows, E, D, false, pool);
+      gemm_backward_x(dy.data(), E, value(hd, WO), DType::F32, da.data(), D, A.ny, E, D, false, pool);
       const AttentionParams pap = pool_params(hd);
       float* dQ = grad(hd, QUERIES);
       for (int64_t b = 0; b < NI; ++b) {
-        attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D,
-                           A.a.data() + b * hd.rows * D, da.data() + b * hd.rows * D, dq.data(), dk.data() + b * T * D,
-                           dv.data() + b * T * D, pap, pool);
+        const int64_t yr = y_of[kk][size_t(b)];
+        attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + yr * D,
+                           da.data() + yr * D, dq.data(), dk.data() + b * T * D, dv.data() + b * T * D, pap, pool);
         for (size_t i = 0; i < dq.size(); ++i) dQ[i] += dq[i];
       }
       gemm_backward_w(dk.data(), D, A.x.data(), hd.d_in, grad(hd, WK), grad(hd, BK), rows_in, D, hd.d_in, pool);
       gemm_backward_w(dv.data(), D, A.x.data(), hd.d_in, grad(hd, WV), grad(hd, BV), rows_in, D, hd.d_in, pool);
-    } else {
-      gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, grad(hd, W2), grad(hd, B2), rows_in, E, hd.d_hid, pool);
-      std::vector<float> da(size_t(rows_in * hd.d_hid));
-      gemm_backward_x(dy.data(), E, value(hd, W2), DType::F32, da.data(), hd.d_hid, rows_in, E, hd.d_hid, false, pool);
+    } else {  // mlp and face-region (the pooled patch features are frozen: no gradient below linear_1)
+      gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, grad(hd, W2), grad(hd, B2), A.nx, E, hd.d_hid, pool);
+      std::vector<float> da(size_t(A.nx * hd.d_hid));
+      gemm_backward_x(dy.data(), E, value(hd, W2), DType::F32, da.data(), hd.d_hid, A.nx, E, hd.d_hid, false, pool);
       gelu_erf_backward(A.h.data(), da.data(), da.data(), int64_t(da.size()), pool);
-      gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, grad(hd, W1), grad(hd, B1), rows_in, hd.d_hid, hd.d_in,
+      gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, grad(hd, W1), grad(hd, B1), A.nx, hd.d_hid, hd.d_in,
                       pool);
     }
   }

@@ -12,12 +12,14 @@
 // the trainable MVP parameters only. step() applies them: global-norm clipping, AdamW (decoupled
 // weight decay on matrices only), learning rate with linear warmup + cosine decay.
 //
-// Trainable perspectives: mlp / multi-layer-mlp heads (linear_1, GELU, linear_2) and attention-pool
-// heads (learned queries, k/v projections, non-causal multi-head attention, out_proj), each with
-// gate logits when its gate is "learned", fused by gated-sum or concat exactly as
-// EmollmModel::project lays out the image tokens. Every open perspective takes part in the
-// forward pass (those not in `trainable` are kept frozen); an open face-region perspective is
-// refused with Unsupported (its backward, and face boxes in training samples, are not written).
+// Trainable perspectives: mlp / multi-layer-mlp heads (linear_1, GELU, linear_2), attention-pool
+// heads (learned queries, k/v projections, non-causal multi-head attention, out_proj) and
+// face-region heads (per face box of the sample, the mean of the patch features it covers, then
+// linear_1, GELU, linear_2: one token per face), each with gate logits when its gate is "learned",
+// fused by gated-sum or concat exactly as EmollmModel::project lays out the image tokens (an
+// image's token count then depends on its faces). Every open perspective takes part in the forward
+// pass (those not in `trainable` are kept frozen); a kind registered later is refused with
+// Unsupported.
 //
 // CPU only: the decoder runs on the CPU kernels with the trainer's own pool (the Backend
 // interface has no backward ops). Deterministic: for a given thread count, the same samples give
@@ -64,6 +66,9 @@ struct MvpTrainSample {
   int64_t n_answer = 0;  // the last n_answer tokens are the targets
   const float* tower_feats = nullptr;  // [n_images, n_vision_tokens, tower_feature_dim]
   int64_t n_images = 0;
+  // Face boxes of each image in pixels of the tower input (null: no faces), as
+  // EmollmModel::encode_images takes them: the face-region heads' input.
+  const std::vector<std::vector<FaceBox>>* faces = nullptr;
 };
 
 struct MvpStepStats {
@@ -73,8 +78,9 @@ struct MvpStepStats {
 
 class MvpTrainer {
  public:
-  // Throws Unsupported for an open attention-pool / face-region perspective, InvalidArgument for
-  // a `trainable` name that is no open mlp perspective, or when nothing would be trained.
+  // Throws Unsupported for an open perspective of a kind the trainer has no backward for,
+  // InvalidArgument for a `trainable` name that is no open perspective, or when nothing would be
+  // trained.
   MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainOptions& opts);
 
   const EmollmModel& model() const { return *model_; }
@@ -95,6 +101,8 @@ class MvpTrainer {
   std::vector<MvpParam>& params() { return params_; }
   const std::vector<MvpParam>& params() const { return params_; }
   int64_t steps_done() const { return step_; }
+  // Decoder positions of the last sample run (prompt + image + answer tokens; throughput figures).
+  int64_t last_positions() const { return last_positions_; }
   void set_steps_done(int64_t s) { step_ = s; }
   void zero_grad();
 
@@ -108,18 +116,19 @@ class MvpTrainer {
   };
   struct Head {  // one open perspective
     size_t persp = 0;
-    bool pool = false;           // attention-pool (else mlp / multi-layer-mlp)
+    bool pool = false;           // attention-pool
+    bool face = false;           // face-region (else mlp / multi-layer-mlp)
+    bool summed = false;         // gated-sum mlp head: shares the block of the first one
     std::vector<int64_t> slots;  // positions of its layers in tower_layers()
-    int64_t d_in = 0, d_hid = 0, n_queries = 0, num_heads = 1;
+    int64_t d_in = 0, d_hid = 0, n_queries = 0, num_heads = 1, max_faces = 0;
     bool trainable = false, learned_gate = false;
-    int64_t offset = 0, rows = 0;  // its token block within each image's tokens (summed heads share one)
     Tensor t[N_PARTS];
   };
 
   double run(const MvpTrainSample& s, float scale, bool backward);
   const float* value(const Head& h, Part p) const;  // the trainable value, the frozen copy, or null
   float* grad(const Head& h, Part p);               // null when frozen or absent
-  int64_t per_image_ = 0;                            // decoder positions of one image
+  int64_t last_positions_ = 0;
 
   std::shared_ptr<const EmollmModel> model_;
   MvpTrainOptions opts_;

@@ -2,15 +2,18 @@
 // (printed skip when absent), with an in-memory MVP: head 0 the LLaVA projector (gate open),
 // head 1 a multi-layer-mlp over hidden states [-2, 0] with random weights and a learned gate,
 // head 2 an attention-pool (2 queries, 2 heads; closed or open), head 3 a face-region (closed, or
-// open for the refusal); fusion gated-sum and concat.
+// open with a learned gate, given face boxes); fusion gated-sum and concat.
 //  - the whole MVP gradient (through the frozen 2-layer decoder, the splice, the heads and the
 //    gate) against central finite differences of the trainer's own forward loss: per tensor the
 //    8 largest-gradient entries and 4 random ones, step 1e-3, |g - fd| <= max(2e-3 * max|g|, 1e-3)
 //    + 5e-2 |fd| (f32 forward: the loss carries ~1e-6 absolute rounding, 5e-4 after / 2h);
 //  - training one sample for 30 AdamW steps (lr 1e-2) lowers its loss below 60%;
 //  - two trainers on the same samples reach bit-identical weights (determinism);
-//  - the refusals: an open face-region, a trainable name that is no open perspective.
-//  - tests/fixtures/train-mvp/{gated-sum,concat,attention-pool,attention-pool-concat} (PyTorch autograd through an independent
+//  - the face-region layout: one token per face box that covers a patch, none without boxes (the
+//    loss then equals the face-closed model's), max_faces;
+//  - the refusal of a trainable name that is no open perspective.
+//  - tests/fixtures/train-mvp/{gated-sum,concat,attention-pool,attention-pool-concat,face-region,
+//    face-region-concat} (PyTorch autograd through an independent
 //    re-implementation, scripts/fixtures/make_train_mvp_fixture.py): the loss within 1e-4 and
 //    every gradient element within max(2e-4 * max|g_ref| of the tensor, 1e-6 * max|g_ref| of the
 //    case) + 1e-3 * |g_ref|.
@@ -68,7 +71,7 @@ std::vector<float> randn(size_t n, uint32_t seed, float s) {
 std::string tiny() { return emollm_test::shared_model_dir("llava-tiny-hf", {"config.json", "model.safetensors"}); }
 
 std::shared_ptr<EmollmModel> make_model(const std::string& d, const std::string& fusion, bool open_pool = false,
-                                        bool open_faces = false) {
+                                        const std::string& faces_gate = "closed", int max_faces = 0) {
   auto base = LlavaModel::load(d);
   SafetensorsStore st = SafetensorsStore::open(d + "/model.safetensors");
   MemSafetensors ms;
@@ -98,12 +101,15 @@ std::shared_ptr<EmollmModel> make_model(const std::string& d, const std::string&
   ms.add("mvp.heads.2.k_proj.weight", {C, C}, kw.data());
   ms.add("mvp.heads.2.v_proj.weight", {C, C}, kw.data());
   ms.add("mvp.heads.2.out_proj.weight", {E, C}, ow.data());
+  auto fg = randn(size_t(E), 9, 0.5f);
+  ms.add("mvp.heads.3.gate_logits", {E}, fg.data());
   const std::string section = R"({"version": 1, "fusion": ")" + fusion + R"(", "perspectives": [
       {"name": "global", "type": "mlp", "gate": "open"},
       {"name": "low-level", "type": "multi-layer-mlp", "layers": [-2, 0], "gate": "learned"},
       {"name": "pool", "type": "attention-pool", "n_queries": 2, "num_heads": 2, "gate": ")" +
                               (open_pool ? "open" : "closed") + R"("},
-      {"name": "faces", "type": "face-region", "gate": ")" + (open_faces ? "open" : "closed") + R"("}]})";
+      {"name": "faces", "type": "face-region", "max_faces": )" + std::to_string(max_faces) + R"(, "gate": ")" +
+                              faces_gate + R"("}]})";
   JsonValue sec = parse_json(section.data(), section.size(), "section");
   return EmollmModel::from_parts(base, sec, ms.store(), "config.json");
 }
@@ -112,8 +118,10 @@ struct Sample {
   std::vector<int32_t> tokens;
   std::vector<float> feats;
   int64_t n_answer = 2;
+  std::vector<std::vector<FaceBox>> faces;  // empty: none
   MvpTrainSample view() const {
     MvpTrainSample s;
+    s.faces = faces.empty() ? nullptr : &faces;
     s.tokens = tokens.data();
     s.n_tokens = int64_t(tokens.size());
     s.n_answer = n_answer;
@@ -132,6 +140,12 @@ Sample make_sample(MvpTrainer& tr, uint32_t seed) {
   return s;
 }
 
+// Three boxes on the 42 x 42 tower input (14-pixel patches, 3 x 3): over patches 0, 1, 3, 4; inside
+// patch 8; outside the image (dropped).
+std::vector<std::vector<FaceBox>> three_faces() {
+  return {{FaceBox{3, 5, 20, 12}, FaceBox{30, 30, 5, 5}, FaceBox{50, 0, 10, 10}}};
+}
+
 std::string fixture_dir() {
   std::string f = __FILE__;
   return f.substr(0, f.find_last_of('/')) + "/../fixtures/train-mvp";
@@ -142,7 +156,8 @@ std::string fixture_dir() {
 TEST(mvp_train_gradient_vs_pytorch_autograd) {
   const std::string d = tiny();
   if (d.empty()) return;
-  for (const char* fusion : {"gated-sum", "concat", "attention-pool", "attention-pool-concat"}) {
+  for (const char* fusion :
+       {"gated-sum", "concat", "attention-pool", "attention-pool-concat", "face-region", "face-region-concat"}) {
     const std::string fx = fixture_dir() + "/" + fusion;
     if (!emollm_test::file_exists(fx + "/grads.safetensors")) {
       std::printf("  [skip] %s not found\n", fx.c_str());
@@ -161,6 +176,12 @@ TEST(mvp_train_gradient_vs_pytorch_autograd) {
     tr.tower_features(px.data(), 1, &s.feats);
     s.tokens = emollm_test::ints(js.find("tokens"));
     s.n_answer = js.find("n_answer")->as_int();
+    if (const JsonValue* f = js.find("faces")) {
+      s.faces.emplace_back();
+      for (const JsonValue& b : f->items())
+        s.faces[0].push_back(FaceBox{float(b.items()[0].as_double()), float(b.items()[1].as_double()),
+                                     float(b.items()[2].as_double()), float(b.items()[3].as_double())});
+    }
     const double loss = tr.accumulate(s.view(), 1.0f);
     const double want = js.find("loss")->as_double();
     std::printf("  %s loss %.6f (PyTorch %.6f)\n", fusion, loss, want);
@@ -192,12 +213,15 @@ TEST(mvp_train_gradient_vs_finite_differences) {
   const std::string d = tiny();
   if (d.empty()) return;
   for (const char* fusion : {"gated-sum", "concat"})
-  for (bool pool : {false, true}) {
-    auto m = make_model(d, fusion, pool);
+  for (int variant : {0, 1, 2}) {  // 1: the attention-pool open; 2: the face-region open, with faces
+    const bool pool = variant == 1, face = variant == 2;
+    auto m = make_model(d, fusion, pool, face ? "learned" : "closed");
     MvpTrainOptions o;
     MvpTrainer tr(m, o);
-    EXPECT(tr.params().size() == (pool ? 13u : 9u));  // 4 + 5 (+ queries, k, v, out) tensors
+    // 4 + 5 (+ queries, k, v, out) (+ the face head's linear_1/2, biases, gate) tensors
+    EXPECT(tr.params().size() == (pool ? 13u : face ? 14u : 9u));
     Sample s = make_sample(tr, 11);
+    if (face) s.faces = three_faces();
     const double l0 = tr.accumulate(s.view(), 1.0f);
     EXPECT(std::isfinite(l0) && l0 > 0);
     EXPECT_NEAR(tr.loss(s.view()), l0, 1e-9);
@@ -263,12 +287,48 @@ TEST(mvp_train_refusals) {
   const std::string d = tiny();
   if (d.empty()) return;
   MvpTrainOptions o;
-  EXPECT_THROWS(MvpTrainer(make_model(d, "gated-sum", false, true), o), ErrorCode::Unsupported);  // face-region
   o.trainable = {"pool"};
   EXPECT_THROWS(MvpTrainer(make_model(d, "gated-sum"), o), ErrorCode::InvalidArgument);
   o.trainable = {"low-level"};
   MvpTrainer tr(make_model(d, "gated-sum"), o);
   EXPECT(tr.params().size() == 5);
+}
+
+// The face-region head's token layout, as EmollmModel::project: one token per face box that covers
+// a patch (gated-sum: after the summed block; concat: after the mlp blocks), at most max_faces,
+// none at all without boxes (then the loss is the face-closed model's, and its gradients are 0).
+TEST(mvp_train_face_region_layout) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+  MvpTrainOptions o;
+  for (const char* fusion : {"gated-sum", "concat"}) {
+    const int64_t mlp_rows = std::string(fusion) == "concat" ? 18 : 9;
+    MvpTrainer closed(make_model(d, fusion), o), open(make_model(d, fusion, false, "learned"), o),
+        capped(make_model(d, fusion, false, "learned", 1), o);
+    Sample s = make_sample(open, 4);  // 8 tokens, the image token once
+    const double l_closed = closed.loss(s.view());
+    EXPECT(closed.last_positions() == 7 + mlp_rows);
+    EXPECT(open.accumulate(s.view(), 1.0f) == l_closed);  // no boxes: no face tokens
+    EXPECT(open.last_positions() == 7 + mlp_rows);
+    for (const auto& p : open.params())
+      if (p.name.rfind("mvp.heads.3.", 0) == 0)
+        for (float g : p.grad) EXPECT(g == 0.0f);
+    s.faces = three_faces();
+    const double l_faces = open.loss(s.view());
+    EXPECT(open.last_positions() == 7 + mlp_rows + 2);  // the box outside the image is dropped
+    EXPECT(l_faces != l_closed);
+    capped.loss(s.view());
+    EXPECT(capped.last_positions() == 7 + mlp_rows + 1);  // max_faces 1
+    // the image token already expanded (mlp rows + 2 face rows) gives the same loss
+    Sample e = s;
+    e.tokens.clear();
+    for (int32_t t : s.tokens)
+      for (int64_t r = 0; r < (t == open.model().image_token_id() ? mlp_rows + 2 : 1); ++r) e.tokens.push_back(t);
+    EXPECT(open.loss(e.view()) == l_faces);
+    e.tokens.push_back(e.tokens.back());  // a wrong count of image tokens: refused
+    e.tokens.insert(e.tokens.begin() + 3, open.model().image_token_id());
+    EXPECT_THROWS(open.loss(e.view()), ErrorCode::InvalidArgument);
+  }
 }
 
 // Recomputing each layer's activations in the backward (instead of keeping them) gives
