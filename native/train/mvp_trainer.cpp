@@ -317,6 +317,12 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     }
   }
   const int64_t n = int64_t(ids.size());
+  // The same limit inference has (a context defaults to the trained length): a sample the model
+  // cannot evaluate must not be trained on either.
+  if (hp.n_ctx_train > 0 && n > hp.n_ctx_train)
+    throw Error(ErrorCode::InvalidArgument, "train sample of " + std::to_string(n) +
+                                                " positions does not fit the model's context of " +
+                                                std::to_string(hp.n_ctx_train) + " positions");
   last_positions_ = n;
   std::vector<float> x(size_t(n * E));
   {

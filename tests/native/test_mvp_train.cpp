@@ -292,6 +292,18 @@ TEST(mvp_train_refusals) {
   o.trainable = {"low-level"};
   MvpTrainer tr(make_model(d, "gated-sum"), o);
   EXPECT(tr.params().size() == 5);
+  // a sample longer than the model's context (the tiny LLaVA: 256 positions) is refused, as eval
+  // refuses the prompt; one position less than the limit trains
+  const int64_t n_ctx = tr.model().llava().text().hparams().n_ctx_train;
+  EXPECT(n_ctx > 0);
+  Sample s = make_sample(tr, 5);
+  const int64_t img_rows = 9;  // the image token stands for the tower's 3 x 3 patches
+  const int32_t last = s.tokens.back();
+  while (int64_t(s.tokens.size()) - 1 + img_rows < n_ctx) s.tokens.push_back(last);
+  tr.loss(s.view());  // at the limit: trains (an exception fails the test)
+  EXPECT(tr.last_positions() == n_ctx);
+  s.tokens.push_back(last);
+  EXPECT_THROWS(tr.loss(s.view()), ErrorCode::InvalidArgument);
 }
 
 // The face-region head's token layout, as EmollmModel::project: one token per face box that covers
