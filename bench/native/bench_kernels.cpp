@@ -32,6 +32,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
+#include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
 #include "cpu/kernels.h"
 
 #ifdef EMOLLM_HAVE_OPENBLAS
@@ -179,6 +180,37 @@ Stats measure(const std::function<void(int)>& fn, double budget = -1, int min_re
   s.median = ts.size() % 2 ? ts[ts.size() / 2] : 0.5 * (ts[ts.size() / 2 - 1] + ts[ts.size() / 2]);
   s.reps = (int)ts.size();
   return s;
+}
+
+// A/B(/C): the functions take turns call by call (after one warmup each) until n x the budget is
+// spent, so a shared machine's busy and quiet moments fall on all of them; each one's best and
+// median. fn(i) gets a call index that differs between every call (weight rotation).
+std::vector<Stats> measure_interleaved(const std::vector<std::function<void(int)>>& fns) {
+  const double budget = g_opt.budget * double(fns.size());
+  int call = 0;
+  for (const auto& f : fns) f(call++);
+  std::vector<std::vector<double>> ts(fns.size());
+  double spent = 0;
+  while (ts[0].size() < 300) {
+    for (size_t k = 0; k < fns.size(); ++k) {
+      double t0 = now_s();
+      fns[k](call++);
+      double d = now_s() - t0;
+      ts[k].push_back(d);
+      spent += d;
+    }
+    if (ts[0].size() >= 5 && spent >= budget) break;
+  }
+  std::vector<Stats> out;
+  for (auto& v : ts) {
+    std::sort(v.begin(), v.end());
+    Stats s;
+    s.best = v.front();
+    s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+    s.reps = (int)v.size();
+    out.push_back(s);
+  }
+  return out;
 }
 
 // ============================================================================ data
@@ -872,14 +904,70 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         r.bytes = double(wbytes);
         r.note = "(" + std::to_string(copies->ptrs.size()) + " weight copies)";
       }
+      // q8_0 / q4_0 GEMV on VNNI: the previous kernel (gemm_internal.h set_q8_gemv_legacy) and
+      // gemv_repacked on quant_repack's layout, measured interleaved call by call with the current
+      // one, as "prev" and "repacked" rows right below it.
+      const bool ab = M == 1 && (t == DType::Q8_0 || t == DType::Q4_0) && cpu_features().avx512vnni &&
+                      isa_active() >= Isa::Avx512 && quant_activations() == QuantActivations::Q8;
+      Stats prev, rep, cur;
+      std::unique_ptr<Copies> rcopies;
+      Buf<uint8_t> Wr;
+      if (ab) {
+        progress(r.name + ": repacking weights");
+        const size_t rbytes = quant_repack_bytes(t, N, K);
+        Wr = make_aligned<uint8_t>(rbytes);
+        quant_repack(Wt, t, N, K, Wr.get(), &pool);
+        rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool));
+      }
       run_case(r, [&](Result& res) {
-        if (M == 1) {
+        if (ab) {
+          std::vector<std::function<void(int)>> fns = {
+              [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
+              [&](int i) { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); },
+          };
+          if (t == DType::Q4_0)  // q8_0 has no previous kernel: it kept q8v_block
+            fns.push_back([&](int i) {
+              gemm_detail::set_q8_gemv_legacy(true);
+              gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool);
+              gemm_detail::set_q8_gemv_legacy(false);
+            });
+          auto st = measure_interleaved(fns);
+          res.st = cur = st[0];
+          rep = st[1];
+          if (st.size() > 2) {
+            prev = st[2];
+            res.ratio_vs = "prev";
+            res.ratio = prev.best / res.st.best;
+          }
+        } else if (M == 1) {
           res.st = measure([&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); });
         } else {
           res.st = measure([&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); });
         }
         set_check(res, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
       });
+      if (ab && prev.reps > 0) {
+        Result p = make_result(M, dtype_name(t), "prev");
+        p.bytes = double(wbytes);
+        p.st = prev;
+        p.note = "previous kernel, interleaved with the emollm row";
+        gemm_detail::set_q8_gemv_legacy(true);
+        gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, 1, N, K, &pool);
+        gemm_detail::set_q8_gemv_legacy(false);
+        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        g_results.push_back(p);
+      }
+      if (ab && rep.reps > 0) {
+        Result q = make_result(M, dtype_name(t), "repacked");
+        q.bytes = double(wbytes);
+        q.st = rep;
+        q.ratio_vs = "emollm";
+        q.ratio = cur.best / rep.best;
+        q.note = "gemv_repacked (16-row groups), interleaved with the emollm row";
+        gemv_repacked(X.get(), Wr.get(), t, nullptr, Y.get(), N, K, &pool);
+        set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        g_results.push_back(q);
+      }
     }
   }
 

@@ -114,6 +114,12 @@ std::atomic<bool> g_vnni_allowed{true};
 void set_vnni_allowed(bool allowed) { g_vnni_allowed.store(allowed, std::memory_order_relaxed); }
 bool vnni_allowed() { return g_vnni_allowed.load(std::memory_order_relaxed); }
 
+namespace {
+std::atomic<bool> g_q8_gemv_legacy{false};
+}  // namespace
+void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memory_order_relaxed); }
+bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;

@@ -15,6 +15,7 @@
 // - The parameter structs (RopeParams, AttentionParams, ...) live in kernels/op_params.h, shared
 //   with kernels/cuda and the Backend interface.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "../../base/cpu_features.h"
@@ -58,6 +59,20 @@ struct QuantActivationsScope {
   ~QuantActivationsScope() { set_quant_activations(prev_); }
   QuantActivations prev_;
 };
+
+// ---------------------------------------------------------------- repacked quantised weights (decode GEMV)
+// Q8_0 / Q4_0 weights rearranged once (e.g. at load) into groups of 16 rows whose block scales and
+// quants are interleaved (layout: gemv_repacked.cpp), so the decode GEMV does one int8 dot-product
+// instruction per 4 elements of 16 rows and needs no horizontal sums. The copy costs the weights'
+// bytes again (rounded up to 16 rows) in anonymous memory; the original (e.g. memory-mapped)
+// matrix is not read by gemv_repacked and its pages can be dropped. K % 32 == 0.
+size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K);
+void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool);
+// y[N] = W x (+ bias) from quant_repack's output: QuantActivations::Q8 numerics (x rounded to
+// q8_0 blocks, exact int32 block products; AVX512-VNNI, else a portable loop), whatever
+// quant_activations() says.
+void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
+                   ThreadPool* pool);
 
 // ---------------------------------------------------------------- normalisation
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.

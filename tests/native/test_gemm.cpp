@@ -163,6 +163,19 @@ std::vector<bool> vnni_variants(Isa isa) {
   return {true};
 }
 
+// Selects the previous M = 1 VNNI kernel (gemm_internal.h set_q8_gemv_legacy) for a scope.
+struct Q8GemvLegacyScope {
+  explicit Q8GemvLegacyScope(bool on) : prev_(gemm_detail::q8_gemv_legacy()) { gemm_detail::set_q8_gemv_legacy(on); }
+  ~Q8GemvLegacyScope() { gemm_detail::set_q8_gemv_legacy(prev_); }
+  bool prev_;
+};
+
+// With VNNI at M = 1 both the current and the previous (legacy) kernel run; else one pass.
+std::vector<bool> legacy_variants(bool vnni, int64_t M) {
+  if (vnni && M == 1 && cpu_features().avx512vnni) return {false, true};
+  return {false};
+}
+
 // X rounded to q8_0 as the Q8 mode does: xq (same layout as p.X, padding NaN) and, per row and
 // block, the loose-tolerance bound's d_b = amax_b / 127.
 struct QuantX {
@@ -229,14 +242,17 @@ void run_case_q8(const Weights& w, const Problem& p, ThreadPool* pool) {
     const std::vector<double> S = abs_scale(p, w, bias), Sq = abs_scale(pq, w, bias);
     for (Isa isa : isa_levels()) {
       IsaCapScope cap(isa);
-      for (bool vnni : vnni_variants(isa)) {
+      for (bool vnni : vnni_variants(isa))
+      for (bool legacy : legacy_variants(vnni && isa >= Isa::Avx512, M)) {
         VnniScope vs(vnni);
+        Q8GemvLegacyScope ls(legacy);
         for (int use_pool = 0; use_pool < 2; ++use_pool) {
           ThreadPool* pl = use_pool ? pool : nullptr;
           std::vector<float> Y(size_t(M * p.ldy), kSentinel);
           gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, M, N, K, pl);
           const std::string what = std::string("q8act ") + dtype_name(t) + " isa=" + isa_name(isa) +
-                                   " vnni=" + yesno(vnni) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                   " vnni=" + yesno(vnni) + " legacy=" + yesno(legacy) + " M=" + std::to_string(M) +
+                                   " N=" + std::to_string(N) +
                                    " K=" + std::to_string(K) + " ldx=" + std::to_string(p.ldx) +
                                    " ldy=" + std::to_string(p.ldy) + " bias=" + yesno(use_bias) +
                                    " pool=" + yesno(use_pool);
@@ -606,6 +622,152 @@ TEST(gemm_q8act_by_hand) {
       }
     }
   }
+}
+
+// The M = 1 VNNI kernel (q8v_row_m1: four blocks a step, scales gathered by a word permute, then
+// the nb % 4 tail) and the previous one, at block counts 4, 5, 7, 131 (steps + every tail length
+// but 2, which K = 64 in gemm_quantized_odd_shapes covers) against the references of run_case_q8.
+TEST(gemm_q8act_m1_block_counts) {
+  ThreadPool pool(2);
+  uint32_t seed = 9000;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t K : {128, 160, 224, 4192})
+      for (int64_t N : {1, 13}) {
+        Weights w = make_weights(t, N, K, seed);
+        run_case_q8(w, make_problem(1, N, K, seed % 2 ? 5 : 0, 0, seed + 1), &pool);
+        ++seed;
+      }
+}
+
+// Exact M = 1 results with a different power-of-two weight scale in every block (a scale applied
+// to the wrong block, or a block's quants read from another row or offset, changes the sum):
+// 9 blocks = two four-block steps and a one-block tail; 21 rows = a full 16-row group of the
+// repacked layout and a partial one. X blocks have amax 127 (d = 1), so every product and
+// partial sum is an exact multiple of 1/4 below 2^22 and f32 holds it exactly. Checks gemv
+// (current and previous kernel) and gemv_repacked on quant_repack's output.
+TEST(gemm_q8act_m1_by_hand_block_scales) {
+  const int64_t K = 288, N = 21, nb = K / 32;
+  std::vector<float> X(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k)
+    X[k] = (k % 32 == 0) ? 127.0f : (k % 32 == 7) ? -127.0f : float(int((k * 13) % 29) - 14);
+  const uint16_t scales[4] = {0x3800, 0x3C00, 0x4000, 0x4400};  // 0.5, 1, 2, 4
+  const double scale_v[4] = {0.5, 1.0, 2.0, 4.0};
+  std::vector<BlockQ8_0> w8(size_t(N * nb));
+  std::vector<BlockQ4_0> w4(size_t(N * nb));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < nb; ++b) {
+      BlockQ8_0& q8 = w8[n * nb + b];
+      BlockQ4_0& q4 = w4[n * nb + b];
+      q8.d = q4.d = scales[(b * 3 + n) % 4];
+      for (int i = 0; i < 32; ++i) q8.qs[i] = int8_t((i * 41 + n * 17 + b * 29) % 255 - 127);
+      for (int i = 0; i < 16; ++i) q4.qs[i] = uint8_t(((i * 3 + n + 5 * b) % 16) | (((i * 7 + 2 * n + b) % 16) << 4));
+    }
+  float bias[N];
+  for (int64_t n = 0; n < N; ++n) bias[n] = float(int(n * 7 % 11) - 5) * 0.25f;
+  for (int variant = 0; variant < 2; ++variant) {
+    const DType t = variant ? DType::Q4_0 : DType::Q8_0;
+    const void* W = variant ? static_cast<const void*>(w4.data()) : static_cast<const void*>(w8.data());
+    std::vector<float> want(N);
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t b = k / 32, i = k % 32;
+        double wv;
+        if (variant) {
+          const uint8_t byte = w4[n * nb + b].qs[i % 16];
+          wv = double(int(i < 16 ? (byte & 15) : (byte >> 4)) - 8);
+        } else {
+          wv = double(w8[n * nb + b].qs[i]);
+        }
+        s += double(X[k]) * wv * scale_v[(b * 3 + n) % 4];
+      }
+      want[n] = float(s + bias[n]);
+    }
+    ThreadPool pool(2);
+    std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+    quant_repack(W, t, N, K, packed.data(), &pool);
+    for (Isa isa : isa_levels()) {
+      IsaCapScope cap(isa);
+      for (bool vnni : vnni_variants(isa)) {
+        for (int use_pool = 0; use_pool < 2; ++use_pool) {
+          VnniScope vs(vnni);
+          std::vector<float> y(N, kSentinel);
+          gemv_repacked(X.data(), packed.data(), t, bias, y.data(), N, K, use_pool ? &pool : nullptr);
+          for (int64_t i = 0; i < N; ++i)
+            if (!(y[i] == want[i])) {
+              char buf[220];
+              std::snprintf(buf, sizeof buf, "repacked %s isa=%s vnni=%d pool=%d y[%lld] = %.9g want %.9g",
+                            dtype_name(t), isa_name(isa), int(vnni), use_pool, (long long)i, double(y[i]),
+                            double(want[i]));
+              emollm_test::report_failure(__FILE__, __LINE__, buf);
+            }
+        }
+        for (bool legacy : legacy_variants(vnni && isa >= Isa::Avx512, 1))
+          for (int use_pool = 0; use_pool < 2; ++use_pool) {
+            VnniScope vs(vnni);
+            Q8GemvLegacyScope ls(legacy);
+            std::vector<float> y(N, kSentinel);
+            gemv(X.data(), W, t, bias, y.data(), N, K, use_pool ? &pool : nullptr);
+            for (int64_t i = 0; i < N; ++i)
+              if (!(y[i] == want[i])) {
+                char buf[220];
+                std::snprintf(buf, sizeof buf, "%s isa=%s vnni=%d legacy=%d pool=%d y[%lld] = %.9g want %.9g",
+                              dtype_name(t), isa_name(isa), int(vnni), int(legacy), use_pool, (long long)i,
+                              double(y[i]), double(want[i]));
+                emollm_test::report_failure(__FILE__, __LINE__, buf);
+              }
+          }
+      }
+    }
+  }
+}
+
+// gemv_repacked against the references of run_case_q8 (tight: f32 tolerance against the double
+// product on X rounded to q8_0; loose: the q8 bound against the f32 X), every ISA level, with and
+// without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37), K of 1, 3 and 128
+// blocks; and quant_repack's argument checks.
+TEST(gemv_repacked_matches_reference) {
+  ThreadPool pool(2);
+  uint32_t seed = 7000;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t N : {1, 15, 16, 17, 37})
+      for (int64_t K : {32, 96, 4096}) {
+        Weights w = make_weights(t, N, K, seed);
+        Problem p = make_problem(1, N, K, 0, 0, seed + 1);
+        const QuantX q = quantize_x(p);
+        Problem pq = p;
+        pq.X = q.xq;
+        std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+        EXPECT(packed.size() == size_t((N + 15) / 16 * 16) * dtype_row_bytes(t, K));
+        quant_repack(w.bytes.data(), t, N, K, packed.data(), seed % 2 ? &pool : nullptr);
+        for (int use_bias = 0; use_bias < 2; ++use_bias) {
+          const float* bias = use_bias ? p.bias.data() : nullptr;
+          std::vector<float> R(static_cast<size_t>(N)), Rq(static_cast<size_t>(N));
+          ref::gemm(p.X.data(), K, w.bytes.data(), t, bias, R.data(), N, 1, N, K);
+          ref::gemm(pq.X.data(), K, w.bytes.data(), t, bias, Rq.data(), N, 1, N, K);
+          const std::vector<double> S = abs_scale(p, w, bias), Sq = abs_scale(pq, w, bias);
+          for (Isa isa : isa_levels()) {
+            IsaCapScope cap(isa);
+            for (bool vnni : vnni_variants(isa))
+              for (int use_pool = 0; use_pool < 2; ++use_pool) {
+                VnniScope vs(vnni);
+                std::vector<float> y(size_t(N), kSentinel);
+                gemv_repacked(p.X.data(), packed.data(), t, bias, y.data(), N, K, use_pool ? &pool : nullptr);
+                check_q8(y, Rq, Sq, R, S, q, p, w,
+                         std::string("repacked ") + dtype_name(t) + " isa=" + isa_name(isa) + " vnni=" + yesno(vnni) +
+                             " N=" + std::to_string(N) + " K=" + std::to_string(K) + " bias=" + yesno(use_bias) +
+                             " pool=" + yesno(use_pool));
+              }
+          }
+        }
+        ++seed;
+      }
+  std::vector<uint8_t> buf(4096);
+  EXPECT_THROWS(quant_repack_bytes(DType::F16, 4, 32), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(quant_repack_bytes(DType::Q4_0, 4, 48), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(quant_repack(buf.data(), DType::BF16, 4, 32, buf.data(), nullptr), ErrorCode::InvalidArgument);
+  float x[32] = {}, y[4];
+  EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
 }
 
 // The switch: Q8 is the default (unless EMOLLM_QUANT_ACT says otherwise), F32 gives the f32-exact

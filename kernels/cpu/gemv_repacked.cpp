@@ -1,0 +1,243 @@
+// Decode GEMV over Q8_0 / Q4_0 weights repacked into 16-row groups (see kernels.h
+// quant_repack): one fp16 scale per row per block side by side, and the rows' quants interleaved
+// 4 bytes at a time, so that one 64-byte load holds 4 consecutive quants (q8_0) or 4 nibble pairs
+// (q4_0) of 16 rows: one vpdpbusd with the 4 matching activation bytes broadcast then advances 16
+// row sums at once, and the 16 results land in the 16 lanes of one register (no horizontal sums,
+// no per-block scale shuffles). The layout ggml's CPU "REPACK" buffers use for the same reason.
+//
+// Group layout, per block b (32 elements) of the group's 16 rows r:
+//   16 x fp16 d[r]                                   (32 bytes)
+//   q8_0: for t in 0..7: for r in 0..15: qs_r[4t .. 4t+3]      (512 bytes)
+//   q4_0: for t in 0..3: for r in 0..15: qs_r[4t .. 4t+3]      (256 bytes; byte i holds element i
+//         in its low nibble and element i + 16 in its high nibble, as in block_q4_0)
+// Rows past N in the last group are zero (scale 0), so every group is full.
+//
+// Numerics: those of the QuantActivations::Q8 gemv (X rounded to q8_0 blocks, exact int32 block
+// dot products, f32 scaling by d_w * d_x and f32 accumulation); only the f32 summation order
+// differs from gemm().
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "../../base/error.h"
+#include "../../base/quant_formats.h"
+#include "gemm_internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace emollm {
+
+namespace {
+
+constexpr int64_t kGroup = 16;
+
+void check_repack_args(DType t, int64_t N, int64_t K) {
+  EMOLLM_CHECK_ARG(t == DType::Q8_0 || t == DType::Q4_0, "quant_repack: Q8_0 or Q4_0 weights only");
+  EMOLLM_CHECK_ARG(N > 0 && K > 0, "quant_repack: N and K must be positive");
+  if (K % kQK != 0)
+    throw Error(ErrorCode::InvalidArgument,
+                std::string("quant_repack: K must be a multiple of 32, got ") + std::to_string(K));
+}
+
+// Bytes of one block of a 16-row group.
+constexpr size_t group_block_bytes(bool q8) { return 2 * kGroup + (q8 ? 32 : 16) * kGroup; }
+
+// Per block b of x (already rounded to q8_0 in q): the scale d_x and -off * sum of the quants.
+struct BlockSums {
+  const float* dx;
+  const int32_t* neg;
+};
+
+}  // namespace
+
+size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K) {
+  check_repack_args(wtype, N, K);
+  const int64_t groups = (N + kGroup - 1) / kGroup;
+  return size_t(groups) * size_t(K / kQK) * group_block_bytes(wtype == DType::Q8_0);
+}
+
+void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool) {
+  check_repack_args(wtype, N, K);
+  EMOLLM_CHECK_ARG(W && out, "quant_repack: null pointer");
+  const bool q8 = wtype == DType::Q8_0;
+  const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
+  const size_t rb = dtype_row_bytes(wtype, K), bs = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const size_t gbb = group_block_bytes(q8), qbytes = q8 ? 32 : 16;
+  auto body = [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* dst = static_cast<uint8_t*>(out) + (size_t(g) * size_t(nb) + size_t(b)) * gbb;
+        std::memset(dst, 0, gbb);
+        for (int64_t r = 0; r < kGroup; ++r) {
+          const int64_t n = g * kGroup + r;
+          if (n >= N) break;
+          const uint8_t* blk = static_cast<const uint8_t*>(W) + size_t(n) * rb + size_t(b) * bs;
+          std::memcpy(dst + 2 * r, blk, 2);
+          for (size_t t = 0; t < qbytes / 4; ++t) std::memcpy(dst + 2 * kGroup + (t * kGroup + size_t(r)) * 4, blk + 2 + 4 * t, 4);
+        }
+      }
+  };
+  if (pool && pool->size() > 1 && groups > 1)
+    pool->parallel_for(groups, 4, body);
+  else
+    body(0, groups);
+}
+
+namespace {
+
+// Portable path: the same integer block products, double accumulation.
+void gemv_repacked_scalar(const int8_t* xq, const BlockSums& s, const uint8_t* Wr, bool q8, const float* bias,
+                          float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1) {
+  const size_t gbb = group_block_bytes(q8);
+  for (int64_t g = g0; g < g1; ++g) {
+    double acc[kGroup] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = Wr + (size_t(g) * size_t(nb) + size_t(b)) * gbb;
+      const int8_t* xb = xq + b * kQK;
+      for (int64_t r = 0; r < kGroup; ++r) {
+        uint16_t h;
+        std::memcpy(&h, blk + 2 * r, 2);
+        int32_t isum = 0;
+        for (int t = 0; t < (q8 ? 8 : 4); ++t)
+          for (int i = 0; i < 4; ++i) {
+            const uint8_t v = blk[2 * kGroup + (size_t(t) * kGroup + size_t(r)) * 4 + size_t(i)];
+            if (q8)
+              isum += int32_t(int8_t(v)) * xb[4 * t + i];
+            else
+              isum += (int32_t(v & 0x0F) - 8) * xb[4 * t + i] + (int32_t(v >> 4) - 8) * xb[16 + 4 * t + i];
+          }
+        acc[r] += double(isum) * (double(f16_to_f32(h)) * double(s.dx[b]));
+      }
+    }
+    for (int64_t r = 0; r < kGroup; ++r) {
+      const int64_t n = g * kGroup + r;
+      if (n < N) y[n] = float(acc[r] + (bias ? double(bias[n]) : 0.0));
+    }
+  }
+}
+
+#if defined(__x86_64__)
+#define EMO_TRP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+inline int32_t ld32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// One group of 16 rows. x bytes 4t..4t+3 of block b are broadcast to every lane (embedded
+// broadcast of a 32-bit memory operand); weights are made unsigned for vpdpbusd (q8_0: +128, q4_0:
+// the raw nibble = q + 8) and the offset comes back as -off * sum(x_b), one value per block that
+// starts the block's int32 sums.
+template <bool Q8>
+EMO_TRP void group_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* G, int64_t nb, const float* bias,
+                          float* y, int64_t rows) {
+  constexpr size_t gbb = group_block_bytes(Q8);
+  constexpr size_t kPfBlocks = Q8 ? 4 : 8;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = G + size_t(b) * gbb;
+    // ~2.2 KiB ahead (8 q4_0 / 4 q8_0 blocks of the group), as the standard-layout kernels
+    for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPfBlocks * gbb + o), _MM_HINT_T0);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+    const uint8_t* qp = blk + 2 * kGroup;
+    const int8_t* xb = xq + b * kQK;
+    // four independent int32 chains (a vpdpbusd chain of 8 would serialise on its latency)
+    __m512i d0 = _mm512_set1_epi32(s.neg[b]), d1 = _mm512_setzero_si512(), d2 = _mm512_setzero_si512(),
+            d3 = _mm512_setzero_si512();
+    if constexpr (Q8) {
+      __m512i* d[4] = {&d0, &d1, &d2, &d3};
+#pragma GCC unroll 8
+      for (int t = 0; t < 8; ++t) {
+        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(qp + 64 * t), m80);
+        *d[t & 3] = _mm512_dpbusd_epi32(*d[t & 3], w, _mm512_set1_epi32(ld32(xb + 4 * t)));
+      }
+    } else {
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) {
+        const __m512i v = _mm512_loadu_si512(qp + 64 * t);
+        __m512i& lo = (t & 1) ? d1 : d0;
+        __m512i& hi = (t & 1) ? d3 : d2;
+        lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, m0f), _mm512_set1_epi32(ld32(xb + 4 * t)));
+        hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), _mm512_set1_epi32(ld32(xb + 16 + 4 * t)));
+      }
+    }
+    const __m512i dsum = _mm512_add_epi32(_mm512_add_epi32(d0, d1), _mm512_add_epi32(d2, d3));
+    const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(s.dx[b]));
+    if (b & 1)
+      acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dsum), sc, acc1);
+    else
+      acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dsum), sc, acc0);
+  }
+  __m512 r = _mm512_add_ps(acc0, acc1);
+  const __mmask16 m = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
+  if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias));
+  _mm512_mask_storeu_ps(y, m, r);
+}
+#endif
+
+}  // namespace
+
+void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
+                   ThreadPool* pool) {
+  check_repack_args(wtype, N, K);
+  EMOLLM_CHECK_ARG(x && Wr && y, "gemv_repacked: null pointer");
+  using namespace gemm_detail;
+  const bool q8 = wtype == DType::Q8_0;
+  const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
+  const int off = q8 ? 128 : 8;
+  // x rounded to q8_0 once (ggml's rounding), then per block d_x and -off * sum(q)
+  const QX q = qx_view(scratch(kQxSlot, qx_bytes(1, K)), 1, K);
+  int8_t* qs = const_cast<int8_t*>(q.qs);
+  float* dxe = const_cast<float*>(q.dxe);
+  int32_t* neg = const_cast<int32_t*>(q.neg);
+#if defined(__x86_64__)
+  if (isa_active() >= Isa::Avx2)
+    qx_quantize_row_avx2(x, K, qs, dxe, neg, off);
+  else
+#endif
+    qx_quantize_row_scalar(x, K, qs, dxe, neg, off);
+  // compact per-block values in the same scratch rows (each block's 8 lanes collapse into slot b)
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sum = 0;
+    for (int j = 0; j < 8; ++j) sum += neg[b * 8 + j];
+    const float d = dxe[b * 8];
+    neg[b] = sum;  // b <= 8b: slot b is read (above) before any later block overwrites it
+    dxe[b] = d;
+  }
+  const BlockSums s{dxe, neg};
+  const uint8_t* G = static_cast<const uint8_t*>(Wr);
+  const size_t gstride = size_t(nb) * group_block_bytes(q8);
+#if defined(__x86_64__)
+  const bool vec = isa_active() >= Isa::Avx512 && cpu_features().avx512vnni && vnni_allowed();
+#else
+  const bool vec = false;
+  (void)vec;
+#endif
+  auto body = [&](int64_t g0, int64_t g1) {
+#if defined(__x86_64__)
+    if (vec) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
+        const float* bg = bias ? bias + g * kGroup : nullptr;
+        if (q8)
+          group_avx512<true>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
+        else
+          group_avx512<false>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
+      }
+      return;
+    }
+#endif
+    gemv_repacked_scalar(qs, s, G, q8, bias, y, N, nb, g0, g1);
+  };
+  const int nth = pool ? pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
+  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, chunk, body);
+}
+
+}  // namespace emollm
