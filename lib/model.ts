@@ -47,7 +47,7 @@ export interface LoadModelOptions extends RuntimeOptions {
    */
   maxSequences?: number;
   /**
-   * The scheduler's token budget per step (default min(contextSize, 512); at least
+   * The scheduler's token budget per step (default min(contextSize × maxSequences, 512); at least
    * `maxSequences`, at most 1048576): the most token rows one forward pass carries. Each step
    * carries every decoding sequence's next token, then option rows of scoring calls, then chunks
    * of the prompts being prefilled with what is left, so a long prompt is evaluated over several

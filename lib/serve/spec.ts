@@ -26,7 +26,7 @@ export const SERVE_SPEC = {
     threads: { type: 'string', value: 'N', description: 'compute threads' },
     context: { type: 'string', value: 'N', description: 'KV cache size in tokens (per sequence)' },
     'max-sequences': { type: 'string', value: 'N', description: 'requests decoded together (default 4; each has its own KV cache)' },
-    'batch-tokens': { type: 'string', value: 'N', description: 'token rows per scheduler step (default min(context, 512)); long prompts are prefilled in chunks of what decoding leaves' },
+    'batch-tokens': { type: 'string', value: 'N', description: 'token rows per scheduler step (default min(context × max sequences, 512)); long prompts are prefilled in chunks of what decoding leaves' },
     log: { type: 'boolean', description: 'log requests (JSON lines on stdout)' },
   },
 } as const satisfies CommandSpec;

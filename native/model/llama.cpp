@@ -465,8 +465,11 @@ int64_t default_n_ctx(const LlamaModel& m, int64_t n_ctx) {
   const int64_t train = m.hparams().n_ctx_train;
   return train > 0 ? std::min<int64_t>(train, 4096) : 4096;
 }
+// A step carries rows of every sequence, so the budget is bounded by all the slots' positions
+// (n_ctx x n_seq), not by one slot's: with short per-sequence contexts and many sequences the
+// per-slot bound capped every step at one context's worth of rows.
 int64_t default_n_batch(int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
-  return std::max<int64_t>(std::min<int64_t>(n_ctx, n_batch > 0 ? n_batch : 512), n_seq);
+  return std::max<int64_t>(std::min<int64_t>(n_ctx * std::max<int64_t>(n_seq, 1), n_batch > 0 ? n_batch : 512), n_seq);
 }
 size_t floats_bytes(int64_t n) { return size_t(n) * sizeof(float) + kAlign; }
 // Sections of RoPE positions per row: 3 for M-RoPE (temporal, height, width), else 1.

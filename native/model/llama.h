@@ -140,7 +140,7 @@ class LlamaModel {
 
 struct LlamaContextOptions {
   int64_t n_ctx = 0;    // KV cache positions per sequence; 0 = min(n_ctx_train, 4096)
-  int64_t n_batch = 0;  // most token rows per forward pass (prefill chunk); 0 = min(n_ctx, 512), at least n_seq
+  int64_t n_batch = 0;  // most token rows per forward pass (prefill chunk); 0 = min(n_ctx * n_seq, 512), at least n_seq
   int64_t n_seq = 1;    // sequences (KV slots) the context holds; each has n_ctx positions
 };
 

@@ -67,11 +67,19 @@ describe.skipIf(!haveStories)('chunked prefill on stories260K', () => {
     } finally {
       await m.close();
     }
-    // the default budget is reported once the scheduler runs
+    // the default budget is reported once the scheduler runs: min(contextSize x maxSequences, 512),
+    // not one sequence's context (a step carries rows of every sequence)
     const d = await loadModel(stories, { contextSize: 256, threads: 1 });
     try {
       await d.generate('Lily', { maxTokens: 1, temperature: 0 }).result;
-      expect(d.stats().batchTokens).toBe(256);
+      expect(d.stats().batchTokens).toBe(512);
+    } finally {
+      await d.close();
+    }
+    const one = await loadModel(stories, { contextSize: 256, maxSequences: 1, threads: 1 });
+    try {
+      await one.generate('Lily', { maxTokens: 1, temperature: 0 }).result;
+      expect(one.stats().batchTokens).toBe(256);
     } finally {
       await d.close();
     }
