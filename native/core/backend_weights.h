@@ -2,8 +2,8 @@
 // (the CPU) place() returns the host pointer itself, so the mmap stays zero-copy and nothing is
 // allocated. On a device (!uses_host_memory()) each distinct host range is uploaded once (a range
 // placed twice, e.g. a tied matrix, gets one copy) and the copies live as long as this object.
-// The vision towers, the LLaVA projector and the EmoLLM heads hold one each; the forward passes
-// then hand only placed pointers to Backend ops.
+// The LLaMA decoder, the vision towers, the LLaVA projector and the EmoLLM heads hold one each;
+// the forward passes then hand only placed pointers to Backend ops.
 //
 // The backend must outlive this object (models keep it alive through their decoder, which owns a
 // reference from the Runtime; declare this member after that one).

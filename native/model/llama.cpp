@@ -117,9 +117,9 @@ struct LlamaLoader {
   // Hyperparameters and weights of a Hugging Face LLaMA under the tensor-name prefix `mp`.
   static void load_hf(LlamaModel& m, const WeightStore& ws, const LlamaConfig& c, const std::string& mp,
                       const std::string& lm_head, const std::string& cfg_path);
-  // The backend, once the weights are in place.
+  // The backend, then the weights placed on it.
   static void finish(LlamaModel& m, const LlamaLoadOptions& opts);
-  static void upload_weights(LlamaModel& m);
+  static void place_weights(LlamaModel& m);
 
   // The tensor-set check (issue 9): every tensor under `prefix` (the decoder's namespace; "" for a
   // GGUF) or named `extra` must be one the model took. A layer index >= n_layer means the config
@@ -420,40 +420,29 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
   for (const auto& t : m->store_->tensors()) weight_bytes += t.nbytes;
   if (ro.threads == 0 && weight_bytes < (size_t(8) << 20)) ro.threads = 1;
   m->backend_ = Runtime::instance().backend(ro);
-  if (!m->backend_->uses_host_memory()) upload_weights(*m);
+  place_weights(*m);
 }
 
-// A device backend cannot read the mmap: every weight the forward pass uses is copied once into
-// the backend's memory and the model's pointers are switched to the copies (LlamaWeight::host
-// keeps the mmap). A tensor referenced twice (tied output) is uploaded once.
-void LlamaLoader::upload_weights(LlamaModel& m) {
-  Backend& be = *m.backend_;
-  std::vector<std::pair<const void*, const void*>> done;  // host -> device
-  auto up = [&](const void* host, size_t bytes) -> const void* {
-    if (!host) return nullptr;
-    for (const auto& d : done)
-      if (d.first == host) return d.second;
-    m.device_weights_.emplace_back(be, bytes);
-    be.upload(m.device_weights_.back().data(), host, bytes);
-    done.emplace_back(host, m.device_weights_.back().data());
-    return m.device_weights_.back().data();
-  };
-  auto mat = [&](LlamaWeight& w) { w.data = up(w.host, size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols)); };
-  auto vec = [&](const float*& v, int64_t n) { v = static_cast<const float*>(up(v, size_t(n) * sizeof(float))); };
+// Every weight the forward pass uses goes through the model's BackendWeights: on the CPU the
+// pointers stay the mmap's (zero-copy), on a device each is uploaded once (the tied output finds
+// tok_embd's copy) and LlamaWeight::host keeps the mmap.
+void LlamaLoader::place_weights(LlamaModel& m) {
+  BackendWeights& w = m.weights_;
+  w.begin(*m.backend_);
   const LlamaHparams& h = m.hp_;
   const int64_t E = h.n_embd, qd = h.n_head * h.head_dim, kvd = h.n_head_kv * h.head_dim, F = h.n_ff;
-  mat(m.tok_embd);
+  w.place_matrix(m.tok_embd);
   for (LlamaLayer& l : m.layers) {
-    vec(l.attn_norm, E);
-    mat(l.wq), mat(l.wk), mat(l.wv), mat(l.wo);
-    vec(l.bq, qd), vec(l.bk, kvd), vec(l.bv, kvd), vec(l.bo, E);
-    vec(l.ffn_norm, E);
-    mat(l.w_gate), mat(l.w_up), mat(l.w_down);
-    vec(l.b_gate, F), vec(l.b_up, F), vec(l.b_down, E);
+    l.attn_norm = w.place(l.attn_norm, E);
+    w.place_matrix(l.wq), w.place_matrix(l.wk), w.place_matrix(l.wv), w.place_matrix(l.wo);
+    l.bq = w.place(l.bq, qd), l.bk = w.place(l.bk, kvd), l.bv = w.place(l.bv, kvd), l.bo = w.place(l.bo, E);
+    l.ffn_norm = w.place(l.ffn_norm, E);
+    w.place_matrix(l.w_gate), w.place_matrix(l.w_up), w.place_matrix(l.w_down);
+    l.b_gate = w.place(l.b_gate, F), l.b_up = w.place(l.b_up, F), l.b_down = w.place(l.b_down, E);
   }
-  vec(m.output_norm, E);
-  mat(m.output);  // the tied output finds tok_embd's copy
-  be.synchronize();  // the mmap pages may be released by the OS once the copies are done
+  m.output_norm = w.place(m.output_norm, E);
+  w.place_matrix(m.output);
+  w.finish();  // the mmap pages may be released by the OS once the copies are done
 }
 
 // ================================================================ context

@@ -5,7 +5,8 @@
 //
 // Weights are used in place from the mmap (f32, f16, bf16, q8_0, q4_0) on backends that use host
 // memory (the CPU); only small 1-D tensors (norm weights, biases) that are not f32 are converted
-// once at load. On a device backend (!uses_host_memory()) every weight is uploaded once at load. The forward pass is in
+// once at load. On a device backend (!uses_host_memory()) every weight is uploaded once at load
+// (both through core/backend_weights.h, as the vision towers and heads). The forward pass is in
 // llama.cpp (llama2.c style: one readable function) and calls only the Backend interface.
 //
 // RoPE layout: Hugging Face checkpoints store q/k for rotate-half RoPE; llama.cpp's converters
@@ -25,6 +26,7 @@
 
 #include "base/arena.h"
 #include "core/backend.h"
+#include "core/backend_weights.h"
 #include "core/runtime.h"
 #include "base/dtype.h"
 #include "loaders/hf_config.h"
@@ -105,6 +107,8 @@ class LlamaModel {
   const std::string& source() const { return source_; }
   Backend& backend() const { return *backend_; }
   const WeightStore& store() const { return *store_; }
+  // Where the weights were placed (device_bytes() 0 on the CPU, which computes on the mmap).
+  const BackendWeights& placed() const { return weights_; }
   bool is_eos(int32_t id) const;
   // Harmless findings of the load, e.g. tensors of the decoder's namespace the model does not use
   // (the addon shows them as info().warnings). Layers beyond the config's count are not harmless:
@@ -133,8 +137,7 @@ class LlamaModel {
   std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
   std::shared_ptr<Backend> backend_;  // from the Runtime, shared by models with the same options
-  // Device backends: the weights uploaded at load (declared after backend_: freed before it).
-  std::vector<BackendBuffer> device_weights_;
+  BackendWeights weights_;  // the device copies (empty on the CPU); after backend_, freed before it
   std::vector<std::string> warnings_;
 };
 

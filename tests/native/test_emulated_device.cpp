@@ -238,6 +238,9 @@ TEST(emulated_device_llama_greedy_matches_runc) {
   EXPECT(!m->backend().uses_host_memory());
   // the weights were uploaded: the model computes from copies, not from the mmap
   EXPECT(m->tok_embd.data != m->tok_embd.host && m->layers[0].wq.data != m->layers[0].wq.host);
+  EXPECT(m->placed().device_bytes() > 0 && m->placed().usable_on(m->backend()));
+  EXPECT(!host_read_survives(m->layers[0].wq.data) && !host_read_survives(m->output_norm));
+  if (m->tied_output) EXPECT(m->output.data == m->tok_embd.data);  // one copy of a tied matrix
   LlamaContext ctx(m, LlamaContextOptions{512, 0, 1});
   GenerateResult r = Session(ctx).generate({1}, nullptr, greedy(200), nullptr);
   expect_oracle_continuation(want, 1, r, 200, *m);
@@ -245,6 +248,9 @@ TEST(emulated_device_llama_greedy_matches_runc) {
 
   // all_logits (prefill rows downloaded in chunks of the device's output rows) equal the CPU's
   std::shared_ptr<LlamaModel> cpu = LlamaModel::load(stories_dir() + "/gguf/stories260K.gguf", LlamaLoadOptions{1, DeviceKind::Cpu});
+  // on the CPU the same placement is zero-copy: the forward pass reads the mmap
+  EXPECT(cpu->placed().device_bytes() == 0 && cpu->tok_embd.data == cpu->tok_embd.host);
+  EXPECT(cpu->layers[0].wq.data == cpu->layers[0].wq.host && cpu->layers.back().w_down.data == cpu->layers.back().w_down.host);
   const int64_t n = 40, V = m->hparams().n_vocab;
   LlamaContext c_dev(m, LlamaContextOptions{64, 0, 1}), c_cpu(cpu, LlamaContextOptions{64, 0, 1});
   std::vector<float> a(size_t(n * V)), b(size_t(n * V));
