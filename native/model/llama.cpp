@@ -120,6 +120,7 @@ struct LlamaLoader {
   // The backend, once the weights are in place.
   static void finish(LlamaModel& m, const LlamaLoadOptions& opts);
   static void upload_weights(LlamaModel& m);
+  static void pack_weights(LlamaModel& m);
 
   // The tensor-set check (issue 9): every tensor under `prefix` (the decoder's namespace; "" for a
   // GGUF) or named `extra` must be one the model took. A layer index >= n_layer means the config
@@ -420,7 +421,21 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
   for (const auto& t : m->store_->tensors()) weight_bytes += t.nbytes;
   if (ro.threads == 0 && weight_bytes < (size_t(8) << 20)) ro.threads = 1;
   m->backend_ = Runtime::instance().backend(ro);
-  if (!m->backend_->uses_host_memory()) upload_weights(*m);
+  if (!m->backend_->uses_host_memory())
+    upload_weights(*m);
+  else
+    pack_weights(*m);
+}
+
+// A host-memory backend computes on the mmap, but may keep the matrices that gemm() streams in a
+// layout of its own (the CPU's repacked q4_0 / q8_0 for its decode GEMV, which then replaces the
+// mapped bytes in memory): offered once here. The pointers stay the mmap's, so the embedding
+// lookup of a tied output still reads the original rows.
+void LlamaLoader::pack_weights(LlamaModel& m) {
+  m.weights_.begin(*m.backend_);
+  for (LlamaLayer& l : m.layers)
+    for (LlamaWeight* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) m.weights_.place_gemm_matrix(*w);
+  m.weights_.place_gemm_matrix(m.output);
 }
 
 // A device backend cannot read the mmap: every weight the forward pass uses is copied once into

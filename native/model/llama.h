@@ -25,6 +25,7 @@
 
 #include "base/arena.h"
 #include "core/backend.h"
+#include "core/backend_weights.h"
 #include "core/runtime.h"
 #include "base/dtype.h"
 #include "loaders/hf_config.h"
@@ -110,6 +111,9 @@ class LlamaModel {
   // (the addon shows them as info().warnings). Layers beyond the config's count are not harmless:
   // they fail the load (a config listing fewer layers than the checkpoint computes garbage).
   const std::vector<std::string>& warnings() const { return warnings_; }
+  // Bytes of the decoder's matrices the backend keeps in a layout of its own (the CPU's repacked
+  // q4_0 / q8_0, core/backend_weights.h place_gemm_matrix; 0 when none, e.g. EMOLLM_REPACK=0).
+  size_t packed_weight_bytes() const { return weights_.packed_bytes(); }
 
   // ---- weights (public for the forward pass in llama.cpp; read-only)
   LlamaWeight tok_embd;
@@ -135,6 +139,8 @@ class LlamaModel {
   std::shared_ptr<Backend> backend_;  // from the Runtime, shared by models with the same options
   // Device backends: the weights uploaded at load (declared after backend_: freed before it).
   std::vector<BackendBuffer> device_weights_;
+  // The CPU: the decoder matrices' packed copies (declared after backend_: freed before it).
+  BackendWeights weights_;
   std::vector<std::string> warnings_;
 };
 
