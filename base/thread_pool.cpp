@@ -1,8 +1,11 @@
 #include "thread_pool.h"
 
+#include <atomic>
+#include <chrono>
 #include <exception>
 
 #include "cpu_features.h"
+#include "pool_stats.h"
 
 namespace emollm {
 namespace {
@@ -14,12 +17,40 @@ thread_local bool t_in_pool = false;
 // layer during decode), and a futex wake costs tens of microseconds.
 constexpr int kSpinPolls = 20000;
 
+std::atomic<bool> g_handoff_timing{false};
+thread_local double t_handoff_s = 0;
+
+// Times a job's hand-off on the thread that runs it when pool_handoff_timing is on: from the
+// start until the caller's own share begins, and from its end until the workers are done.
+class HandoffClock {
+ public:
+  HandoffClock() : on_(g_handoff_timing.load(std::memory_order_relaxed)) {
+    if (on_) t_ = std::chrono::steady_clock::now();
+  }
+  void own_share_begins() { lap(); }
+  void own_share_ends() {
+    if (on_) t_ = std::chrono::steady_clock::now();
+  }
+  void done() { lap(); }
+
+ private:
+  void lap() {
+    if (!on_) return;
+    t_handoff_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_).count();
+  }
+  bool on_;
+  std::chrono::steady_clock::time_point t_{};
+};
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
 }
 }  // namespace
+
+void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
+double pool_handoff_seconds_this_thread() { return t_handoff_s; }
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
@@ -44,6 +75,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   {
     std::lock_guard<std::mutex> lk(mutex_);
@@ -55,6 +87,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   wake_.notify_all();
 
+  clock.own_share_begins();
   t_in_pool = true;
   try {
     fn(0, n_threads_);
@@ -63,6 +96,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     if (!error_) error_ = std::current_exception();
   }
   t_in_pool = false;
+  clock.own_share_ends();
 
   // Wait for the workers: spin first, then sleep.
   for (int i = 0; i < kSpinPolls && pending_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
@@ -70,6 +104,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     std::unique_lock<std::mutex> lk(mutex_);
     done_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
   }
+  clock.done();
   job_ = nullptr;
   if (error_) {
     std::exception_ptr e = error_;
@@ -83,6 +118,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
     fn();
     return;
   }
+  HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   {
     std::lock_guard<std::mutex> lk(mutex_);
@@ -94,6 +130,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
   }
   wake_.notify_all();
 
+  clock.own_share_begins();
   t_in_pool = true;
   try {
     fn();
@@ -102,6 +139,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
     if (!error_) error_ = std::current_exception();
   }
   t_in_pool = false;
+  clock.own_share_ends();
 
   // Close the job: a worker that has not registered in active_ yet will see it closed and skip.
   open_gen_.store(0);
@@ -110,6 +148,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
     std::unique_lock<std::mutex> lk(mutex_);
     done_.wait(lk, [this] { return active_.load() == 0; });
   }
+  clock.done();
   std::lock_guard<std::mutex> lk(mutex_);
   dyn_job_ = nullptr;
   if (error_) {

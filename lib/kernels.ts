@@ -37,6 +37,10 @@ export interface CpuInfo {
   device: Device;
   /** Activation precision for decode-shaped products with block-quantised weights. */
   quantActivations: 'q8' | 'f32';
+  /** Whether models loaded from now on keep q4_0 / q8_0 decoder weights repacked (configure({ repackWeights })). */
+  repackWeights: boolean;
+  /** Bytes of repacked weight copies alive in this process (0 when none). */
+  packedWeightBytes: number;
   /** Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...). */
   features: Record<string, boolean>;
 }
@@ -64,6 +68,15 @@ export interface KernelOptions extends RuntimeOptions {
    * slower). Prefill-shaped products always use f32 activations. Env: EMOLLM_QUANT_ACT=f32.
    */
   quantActivations?: 'q8' | 'f32';
+  /**
+   * Keep the q4_0 / q8_0 matrices of LLaMA decoders (and the LLaVA / Qwen2-VL text decoders) in a
+   * 16-row interleaved layout made once at load, which the AVX512-VNNI decode GEMV streams
+   * faster; the copy replaces the memory-mapped bytes in memory (their pages are released).
+   * Applies to models loaded afterwards; only where AVX512-VNNI is present. Products on repacked
+   * weights always round activations to q8 (any m); with quantActivations 'f32' they read the
+   * original bytes instead. Default true; env EMOLLM_REPACK=0 turns it off.
+   */
+  repackWeights?: boolean;
 }
 
 /** Sets process-wide kernel options. */

@@ -17,7 +17,7 @@ export interface NativeBinding {
   abiVersion: number;
   setErrorClass(ctor: unknown): void;
   cpuInfo(): NativeCpuInfo;
-  configure(options: { threads?: number; device?: string; isa?: string; quantActivations?: string }): void;
+  configure(options: { threads?: number; device?: string; isa?: string; quantActivations?: string; repackWeights?: boolean }): void;
   gemm(
     x: Float32Array,
     w: ArrayBufferView | ArrayBuffer,
@@ -62,6 +62,8 @@ export interface NativeCpuInfo {
   threads: number;
   device: string;
   quantActivations: string;
+  repackWeights: boolean;
+  packedWeightBytes: number;
   features: Record<string, boolean>;
 }
 

@@ -907,7 +907,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // q8_0 / q4_0 GEMV on VNNI: the previous kernel (gemm_internal.h set_q8_gemv_legacy) and
       // gemv_repacked on quant_repack's layout, measured interleaved call by call with the current
       // one, as "prev" and "repacked" rows right below it.
-      const bool ab = M == 1 && (t == DType::Q8_0 || t == DType::Q4_0) && cpu_features().avx512vnni &&
+      // M > 1: gemm_repacked (what models run on repacked weights) interleaved with gemm, hot weights.
+      const bool ab = (t == DType::Q8_0 || t == DType::Q4_0) && cpu_features().avx512vnni &&
                       isa_active() >= Isa::Avx512 && quant_activations() == QuantActivations::Q8;
       Stats prev, rep, cur;
       std::unique_ptr<Copies> rcopies;
@@ -917,10 +918,17 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         const size_t rbytes = quant_repack_bytes(t, N, K);
         Wr = make_aligned<uint8_t>(rbytes);
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
-        rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool));
+        if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool));
       }
       run_case(r, [&](Result& res) {
-        if (ab) {
+        if (ab && M > 1) {
+          auto st = measure_interleaved({
+              [&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); },
+              [&](int) { gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool); },
+          });
+          res.st = cur = st[0];
+          rep = st[1];
+        } else if (ab) {
           std::vector<std::function<void(int)>> fns = {
               [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
               [&](int i) { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); },
@@ -963,8 +971,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         q.st = rep;
         q.ratio_vs = "emollm";
         q.ratio = cur.best / rep.best;
-        q.note = "gemv_repacked (16-row groups), interleaved with the emollm row";
-        gemv_repacked(X.get(), Wr.get(), t, nullptr, Y.get(), N, K, &pool);
+        q.note = M == 1 ? "gemv_repacked (16-row groups), interleaved with the emollm row"
+                        : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row";
+        if (M == 1) q.bytes = double(wbytes); else q.bytes = 0;
+        gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
         set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
         g_results.push_back(q);
       }

@@ -490,122 +490,78 @@ EMO_T512V void q8v_range(const Args& a, const QX& q, int64_t n0, int64_t n1) {
   for (; n < n1; ++n) q8v_block<DT, 1, MB>(q, W, a.row_bytes, a.bias, a.Y, a.ldy, n, nb);
 }
 
-// ------------------------------------------------------------------ M = 1, four blocks a step
-// The decode GEMV (one activation row): R weight rows at a time (each a sequential stream with a
-// software prefetch; the rows share the activation loads), four blocks (q4_0: 72 bytes, q8_0:
-// 136 bytes) per row per step on two independent accumulators per row, so neither the fp32 add
-// chain (one accumulator and two blocks a step: q4_0 stalled on it at ~35-60% of the read
-// bandwidth) nor the instruction count bounds the stream. The four fp16 block scales come from
-// one (q4_0) or two (q8_0) vector loads and a word permute that repeats each 8 times (one per
-// int32 lane of its 32-byte block dot product), instead of a general-register load, insert and
-// permute per pair of blocks. Same products and per-block f32 scaling as q8v_block; only the
-// f32 summation order differs. Dispatched for Q4_0 only (see gemm_q8act_avx512vnni); the Q8_0
-// branches are kept for A/B measurements by hand.
-template <DType DT>
-EMO_T512V EMO_AI void q8v_m1_step(const uint8_t* p, const __m512i sidx, __m512i* w01, __m512i* w23, __m512* dw01,
+// ------------------------------------------------------------------ Q4_0, M = 1, four blocks a step
+// The decode GEMV over standard-layout q4_0 rows (one activation row; the repacked layout of
+// gemv_repacked.cpp is faster where the weights can be repacked at load): one weight row at a time
+// (a sequential stream with a software prefetch), four blocks (72 bytes) per step on two
+// independent accumulators, so neither the fp32 add chain (one accumulator and two blocks a step
+// stalled at ~35-60% of the read bandwidth) nor the instruction count bounds the stream. The four
+// fp16 block scales come from one vector load and a word permute that repeats each 8 times (one
+// per int32 lane of its 32-byte block dot product). Same products and per-block f32 scaling as
+// q8v_block; only the f32 summation order differs. Q8_0 at M = 1 runs q8v_block (sharing the
+// activation loads between 2 or 4 rows, or a Q8_0 variant of this kernel, measured no faster).
+EMO_T512V EMO_AI void q4v_m1_step(const uint8_t* p, const __m512i sidx, __m512i* w01, __m512i* w23, __m512* dw01,
                                   __m512* dw23) {
-  constexpr size_t BS = DT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  constexpr size_t BS = sizeof(BlockQ4_0);
   _mm_prefetch(reinterpret_cast<const char*>(p + kQ8PrefetchBytes), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(p + kQ8PrefetchBytes + 64), _MM_HINT_T0);
-  if constexpr (DT == DType::Q8_0) _mm_prefetch(reinterpret_cast<const char*>(p + kQ8PrefetchBytes + 128), _MM_HINT_T0);
-  __m512i hs;
-  if constexpr (DT == DType::Q8_0)  // scales at bytes 0, 34, 68, 102: words 0, 17 of p | 2, 19 of p + 64
-    hs = _mm512_permutex2var_epi16(_mm512_loadu_si512(p), sidx, _mm512_loadu_si512(p + 64));
-  else  // scales at bytes 0, 18, 36, 54: one load
-    hs = _mm512_permutexvar_epi16(sidx, _mm512_loadu_si512(p));
+  // scales at bytes 0, 18, 36, 54: one load
+  const __m512i hs = _mm512_permutexvar_epi16(sidx, _mm512_loadu_si512(p));
   *dw01 = _mm512_cvtph_ps(_mm512_castsi512_si256(hs));
   *dw23 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hs, 1));
-  if constexpr (DT == DType::Q8_0) {
-    const __m512i m80 = _mm512_set1_epi8(char(0x80));
-    *w01 = _mm512_xor_si512(
-        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2))),
-                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 + BS)), 1),
-        m80);
-    *w23 = _mm512_xor_si512(
-        _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 + 2 * BS))),
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 + 3 * BS)), 1),
-        m80);
-  } else {
-    // 128-bit lanes [q0, q0, q1, q1], lanes 1 and 3 shifted: the nibbles of elements 0-31 in order
-    const __m512i m0f = _mm512_set1_epi8(0x0F);
-    const __m512i v01 = _mm512_mask_broadcast_i32x4(
-        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2))), __mmask16(0xFF00),
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + BS)));
-    const __m512i v23 = _mm512_mask_broadcast_i32x4(
-        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 2 * BS))), __mmask16(0xFF00),
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 3 * BS)));
-    *w01 = _mm512_and_si512(_mm512_mask_srli_epi16(v01, __mmask32(0xFF00FF00u), v01, 4), m0f);
-    *w23 = _mm512_and_si512(_mm512_mask_srli_epi16(v23, __mmask32(0xFF00FF00u), v23, 4), m0f);
-  }
+  // 128-bit lanes [q0, q0, q1, q1], lanes 1 and 3 shifted: the nibbles of elements 0-31 in order
+  const __m512i m0f = _mm512_set1_epi8(0x0F);
+  const __m512i v01 = _mm512_mask_broadcast_i32x4(
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2))), __mmask16(0xFF00),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + BS)));
+  const __m512i v23 = _mm512_mask_broadcast_i32x4(
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 2 * BS))), __mmask16(0xFF00),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 3 * BS)));
+  *w01 = _mm512_and_si512(_mm512_mask_srli_epi16(v01, __mmask32(0xFF00FF00u), v01, 4), m0f);
+  *w23 = _mm512_and_si512(_mm512_mask_srli_epi16(v23, __mmask32(0xFF00FF00u), v23, 4), m0f);
 }
 
-template <DType DT, int R>
-EMO_T512V void q8v_rows_m1(const QX& q, const uint8_t* W, size_t rb, int64_t nb, const float* bias, float* y) {
-  constexpr size_t BS = DT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+// y[0] = row W . x (+ bias[0]).
+EMO_T512V void q4v_row_m1(const QX& q, const uint8_t* W, int64_t nb, const float* bias, float* y) {
+  constexpr size_t BS = sizeof(BlockQ4_0);
   // word index of each lane's scale: block j's fp16 scale is the word at byte j * BS (BS even)
   constexpr int W1 = int(BS / 2), W2 = int(2 * BS / 2), W3 = int(3 * BS / 2);
   const __m512i sidx = _mm512_setr_epi32(0, 0, 0, 0, (W1 << 16) | W1, (W1 << 16) | W1, (W1 << 16) | W1,
                                          (W1 << 16) | W1, (W2 << 16) | W2, (W2 << 16) | W2, (W2 << 16) | W2,
                                          (W2 << 16) | W2, (W3 << 16) | W3, (W3 << 16) | W3, (W3 << 16) | W3,
                                          (W3 << 16) | W3);
-  __m512 acc0[R], acc1[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t b = 0;
   for (; b + 4 <= nb; b += 4) {
     const __m512i x01 = _mm512_loadu_si512(q.qs + b * kQK), x23 = _mm512_loadu_si512(q.qs + b * kQK + 64);
     const __m512i n01 = _mm512_loadu_si512(q.neg + b * 8), n23 = _mm512_loadu_si512(q.neg + b * 8 + 16);
     const __m512 d01 = _mm512_loadu_ps(q.dxe + b * 8), d23 = _mm512_loadu_ps(q.dxe + b * 8 + 16);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      __m512i w01, w23;
-      __m512 dw01, dw23;
-      q8v_m1_step<DT>(W + size_t(r) * rb + size_t(b) * BS, sidx, &w01, &w23, &dw01, &dw23);
-      acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(n01, w01, x01)), _mm512_mul_ps(dw01, d01),
-                                acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(n23, w23, x23)), _mm512_mul_ps(dw23, d23),
-                                acc1[r]);
-    }
+    __m512i w01, w23;
+    __m512 dw01, dw23;
+    q4v_m1_step(W + size_t(b) * BS, sidx, &w01, &w23, &dw01, &dw23);
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(n01, w01, x01)), _mm512_mul_ps(dw01, d01), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(n23, w23, x23)), _mm512_mul_ps(dw23, d23), acc1);
   }
-  __m256 tail[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) tail[r] = _mm256_setzero_ps();
+  __m256 tail = _mm256_setzero_ps();
   for (; b < nb; ++b) {  // the last nb % 4 blocks, one at a time on 256-bit lanes
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + b * kQK));
     const __m256i ng = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.neg + b * 8));
     const __m256 dx = _mm256_loadu_ps(q.dxe + b * 8);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* p = W + size_t(r) * rb + size_t(b) * BS;
-      __m256i w;
-      if constexpr (DT == DType::Q8_0) {
-        w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2)), _mm256_set1_epi8(char(0x80)));
-      } else {
-        const __m128i qq = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
-        w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qq, 4), qq), _mm256_set1_epi8(0x0F));
-      }
-      const __m256 s = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(rd16(p))), dx);
-      tail[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(ng, w, x)), s, tail[r]);
-    }
+    const uint8_t* p = W + size_t(b) * BS;
+    const __m128i qq = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
+    const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qq, 4), qq), _mm256_set1_epi8(0x0F));
+    const __m256 s = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(rd16(p))), dx);
+    tail = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(ng, w, x)), s, tail);
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-    float v = _mm512_reduce_add_ps(
-        _mm512_add_ps(_mm512_add_ps(acc0[r], acc1[r]), _mm512_insertf32x8(_mm512_setzero_ps(), tail[r], 0)));
-    if (bias) v += bias[r];
-    y[r] = v;
-  }
+  float v = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_insertf32x8(_mm512_setzero_ps(), tail, 0)));
+  if (bias) v += bias[0];
+  y[0] = v;
 }
 
-// One row per call: sharing the activation loads between 2 or 4 rows measured no faster (hot
-// weights, one thread, Zen 5: within 3%), and one row is one sequential stream.
-template <DType DT>
-EMO_T512V void q8v_range_m1(const Args& a, const QX& q, int64_t n0, int64_t n1) {
+EMO_T512V void q4v_range_m1(const Args& a, const QX& q, int64_t n0, int64_t n1) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t nb = a.K / kQK;
-  for (int64_t n = n0; n < n1; ++n)
-    q8v_rows_m1<DT, 1>(q, W + size_t(n) * a.row_bytes, a.row_bytes, nb, a.bias ? a.bias + n : nullptr, a.Y + n);
+  for (int64_t n = n0; n < n1; ++n) q4v_row_m1(q, W + size_t(n) * a.row_bytes, nb, a.bias ? a.bias + n : nullptr, a.Y + n);
 }
 
 using Q8RangeFn = void (*)(const Args&, const QX&, int64_t, int64_t);
@@ -1004,7 +960,7 @@ void gemm_q8act_avx512vnni(const Args& a) {
   // M = 1: q4_0 on the four-blocks-a-step kernel (1.05-1.14x the two-block one on hot weights,
   // one thread, Zen 5); q8_0 stays on q8v_block, which measured the same or up to 5% faster there
   // (its 34-byte blocks give the two-block loop enough work per step).
-  if (a.M == 1 && !q8 && !q8_gemv_legacy()) fn = q8v_range_m1<DType::Q4_0>;
+  if (a.M == 1 && !q8 && !q8_gemv_legacy()) fn = q4v_range_m1;
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
   parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,

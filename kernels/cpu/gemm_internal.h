@@ -71,7 +71,7 @@ void set_vnni_allowed(bool allowed);
 bool vnni_allowed();
 
 // Q4_0 at M = 1 with VNNI: the previous kernel (q8v_block, two blocks a step on one accumulator)
-// instead of q8v_rows_m1 (four blocks a step, two accumulators; Q8_0 always runs q8v_block). For
+// instead of q4v_row_m1 (four blocks a step, two accumulators; Q8_0 always runs q8v_block). For
 // tests (both must pass) and the A/B rows of bench_kernels; process-wide, default off.
 void set_q8_gemv_legacy(bool legacy);
 bool q8_gemv_legacy();

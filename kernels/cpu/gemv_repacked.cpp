@@ -16,6 +16,8 @@
 // dot products, f32 scaling by d_w * d_x and f32 accumulation); only the f32 summation order
 // differs from gemm().
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -53,6 +55,19 @@ struct BlockSums {
 };
 
 }  // namespace
+
+namespace {
+std::atomic<bool>& repacking_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("EMOLLM_REPACK");
+    return !(e && std::string(e) == "0");
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_weight_repacking(bool on) { repacking_flag().store(on); }
+bool weight_repacking() { return repacking_flag().load(); }
 
 size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K) {
   check_repack_args(wtype, N, K);
@@ -179,7 +194,100 @@ EMO_TRP void group_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* G
   if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias));
   _mm512_mask_storeu_ps(y, m, r);
 }
+
+// MR rows of X (row i: xq + i*ldq, block sums s[i]) against one group: each weight block is loaded
+// and unpacked once for the MR rows. Per row the arithmetic is group_avx512's (exact int32 block
+// sums; f32 accumulation of even and odd blocks apart, then their sum, then the bias), so a row
+// gives the same bits in a batch as alone.
+template <bool Q8, int MR>
+EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s, const uint8_t* G, int64_t nb,
+                               const float* bias, float* y, int64_t ldy, int64_t rows) {
+  constexpr size_t gbb = group_block_bytes(Q8);
+  __m512 acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = G + size_t(b) * gbb;
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+    const uint8_t* qp = blk + 2 * kGroup;
+    // the block's 8 operand vectors: q8_0 quants made unsigned; q4_0 low nibbles (elements
+    // 4t..4t+3) then high nibbles (16+4t..)
+    __m512i w[8];
+    if constexpr (Q8) {
+      for (int t = 0; t < 8; ++t) w[t] = _mm512_xor_si512(_mm512_loadu_si512(qp + 64 * t), m80);
+    } else {
+      for (int t = 0; t < 4; ++t) {
+        const __m512i v = _mm512_loadu_si512(qp + 64 * t);
+        w[t] = _mm512_and_si512(v, m0f);
+        w[4 + t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      const int8_t* xb = xq + i * ldq + b * kQK;
+      __m512i d0 = _mm512_set1_epi32(s[i].neg[b]), d1 = _mm512_setzero_si512();
+      for (int t = 0; t < 8; t += 2) {
+        // q8_0: operand t pairs with x bytes 4t..; q4_0: t < 4 low nibbles with 4t.., t >= 4 high
+        // nibbles with 16 + 4(t-4).. = 4t.. as well
+        d0 = _mm512_dpbusd_epi32(d0, w[t], _mm512_set1_epi32(ld32(xb + 4 * t)));
+        d1 = _mm512_dpbusd_epi32(d1, w[t + 1], _mm512_set1_epi32(ld32(xb + 4 * t + 4)));
+      }
+      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(s[i].dx[b]));
+      if (b & 1)
+        acc1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)), sc, acc1[i]);
+      else
+        acc0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)), sc, acc0[i]);
+    }
+  }
+  const __mmask16 m = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias) : _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i) {
+    __m512 r = _mm512_add_ps(acc0[i], acc1[i]);
+    if (bias) r = _mm512_add_ps(r, bv);
+    _mm512_mask_storeu_ps(y + i * ldy, m, r);
+  }
+}
 #endif
+
+}  // namespace
+
+namespace {
+
+// X rows rounded to q8_0 once (ggml's rounding) into the calling thread's scratch; per row m the
+// block values are then compacted to slot b: dxe[m*ldd + b] = d_x, neg[m*ldd + b] = -off * sum(q).
+gemm_detail::QX quantize_rows(const float* X, int64_t ldx, int64_t M, int64_t K, int off) {
+  using namespace gemm_detail;
+  const QX q = qx_view(scratch(kQxSlot, qx_bytes(M, K)), M, K);
+  const int64_t nb = K / kQK;
+  for (int64_t m = 0; m < M; ++m) {
+    int8_t* qs = const_cast<int8_t*>(q.qs) + m * q.ldq;
+    float* dxe = const_cast<float*>(q.dxe) + m * q.ldd;
+    int32_t* neg = const_cast<int32_t*>(q.neg) + m * q.ldd;
+#if defined(__x86_64__)
+    if (isa_active() >= Isa::Avx2)
+      qx_quantize_row_avx2(X + m * ldx, K, qs, dxe, neg, off);
+    else
+#endif
+      qx_quantize_row_scalar(X + m * ldx, K, qs, dxe, neg, off);
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t sum = 0;
+      for (int j = 0; j < 8; ++j) sum += neg[b * 8 + j];
+      const float d = dxe[b * 8];
+      neg[b] = sum;  // b <= 8b: slot b is read (above) before any later block overwrites it
+      dxe[b] = d;
+    }
+  }
+  return q;
+}
+
+BlockSums row_sums(const gemm_detail::QX& q, int64_t m) { return BlockSums{q.dxe + m * q.ldd, q.neg + m * q.ldd}; }
+
+bool vnni_kernel() {
+#if defined(__x86_64__)
+  return isa_active() >= Isa::Avx512 && cpu_features().avx512vnni && gemm_detail::vnni_allowed();
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
@@ -190,35 +298,12 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   using namespace gemm_detail;
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
-  const int off = q8 ? 128 : 8;
-  // x rounded to q8_0 once (ggml's rounding), then per block d_x and -off * sum(q)
-  const QX q = qx_view(scratch(kQxSlot, qx_bytes(1, K)), 1, K);
-  int8_t* qs = const_cast<int8_t*>(q.qs);
-  float* dxe = const_cast<float*>(q.dxe);
-  int32_t* neg = const_cast<int32_t*>(q.neg);
-#if defined(__x86_64__)
-  if (isa_active() >= Isa::Avx2)
-    qx_quantize_row_avx2(x, K, qs, dxe, neg, off);
-  else
-#endif
-    qx_quantize_row_scalar(x, K, qs, dxe, neg, off);
-  // compact per-block values in the same scratch rows (each block's 8 lanes collapse into slot b)
-  for (int64_t b = 0; b < nb; ++b) {
-    int32_t sum = 0;
-    for (int j = 0; j < 8; ++j) sum += neg[b * 8 + j];
-    const float d = dxe[b * 8];
-    neg[b] = sum;  // b <= 8b: slot b is read (above) before any later block overwrites it
-    dxe[b] = d;
-  }
-  const BlockSums s{dxe, neg};
+  const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
+  const int8_t* qs = q.qs;
+  const BlockSums s = row_sums(q, 0);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const size_t gstride = size_t(nb) * group_block_bytes(q8);
-#if defined(__x86_64__)
-  const bool vec = isa_active() >= Isa::Avx512 && cpu_features().avx512vnni && vnni_allowed();
-#else
-  const bool vec = false;
-  (void)vec;
-#endif
+  const bool vec = vnni_kernel();
   auto body = [&](int64_t g0, int64_t g1) {
 #if defined(__x86_64__)
     if (vec) {
@@ -238,6 +323,64 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const int nth = pool ? pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
   parallel_chunks(pool, N * K >= kParallelMinMacs, groups, chunk, body);
+}
+
+namespace {
+#if defined(__x86_64__)
+template <bool Q8>
+void tile_rows(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* G, int64_t nb, const float* bias, float* y,
+               int64_t ldy, int64_t rows) {
+  const BlockSums s[4] = {row_sums(q, m0), row_sums(q, m0 + (mr > 1)), row_sums(q, m0 + 2 * (mr > 2)),
+                          row_sums(q, m0 + 3 * (mr > 3))};
+  const int8_t* xq = q.qs + m0 * q.ldq;
+  switch (mr) {
+    case 4: group_tile_avx512<Q8, 4>(xq, q.ldq, s, G, nb, bias, y, ldy, rows); break;
+    case 3: group_tile_avx512<Q8, 3>(xq, q.ldq, s, G, nb, bias, y, ldy, rows); break;
+    case 2: group_tile_avx512<Q8, 2>(xq, q.ldq, s, G, nb, bias, y, ldy, rows); break;
+    default: group_tile_avx512<Q8, 1>(xq, q.ldq, s, G, nb, bias, y, ldy, rows); break;
+  }
+}
+#endif
+}  // namespace
+
+void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y, int64_t ldy,
+                   int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+  check_repack_args(wtype, N, K);
+  EMOLLM_CHECK_ARG(M > 0, "gemm_repacked: M must be positive");
+  EMOLLM_CHECK_ARG(X && Wr && Y, "gemm_repacked: null pointer");
+  EMOLLM_CHECK_ARG(ldx >= K && ldy >= N, "gemm_repacked: ldx must be >= K and ldy >= N");
+  if (M == 1) return gemv_repacked(X, Wr, wtype, bias, Y, N, K, pool);
+  using namespace gemm_detail;
+  const bool q8 = wtype == DType::Q8_0;
+  const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
+  const QX q = quantize_rows(X, ldx, M, K, q8 ? 128 : 8);
+  const uint8_t* G = static_cast<const uint8_t*>(Wr);
+  const size_t gstride = size_t(nb) * group_block_bytes(q8);
+  const bool vec = vnni_kernel();
+  // Each task: a few groups, all M rows 4 at a time against each group (the group's weights stay
+  // in L2 while the quantised X rows stream past).
+  auto body = [&](int64_t g0, int64_t g1) {
+#if defined(__x86_64__)
+    if (vec) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
+        const float* bg = bias ? bias + g * kGroup : nullptr;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+          const int mr = int(std::min<int64_t>(4, M - m0));
+          if (q8)
+            tile_rows<true>(q, m0, mr, G + size_t(g) * gstride, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);
+          else
+            tile_rows<false>(q, m0, mr, G + size_t(g) * gstride, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);
+        }
+      }
+      return;
+    }
+#endif
+    for (int64_t m = 0; m < M; ++m) gemv_repacked_scalar(q.qs + m * q.ldq, row_sums(q, m), G, q8, bias, Y + m * ldy, N, nb, g0, g1);
+  };
+  const int nth = pool ? pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
+  parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
 }
 
 }  // namespace emollm

@@ -73,6 +73,17 @@ void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, T
 // quant_activations() says.
 void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
                    ThreadPool* pool);
+// Whether backends keep Q8_0 / Q4_0 model weights in this layout (Backend::pack_gemm_weight, at
+// load): process-wide, read when a model is loaded (models loaded earlier keep theirs). Initial
+// value from the EMOLLM_REPACK environment variable ("0" off), else on. The CPU packs only where
+// the VNNI kernel runs (AVX512-VNNI); elsewhere the standard layout stays.
+void set_weight_repacking(bool on);
+bool weight_repacking();
+// Y[M,N] = X[M,K] W^T (+ bias) from quant_repack's output, any M (M == 1 is gemv_repacked): the
+// same numerics for every M (each X row rounded to q8_0 blocks once, exact int32 block products),
+// X rows taken 4 at a time against each loaded weight group. ldx / ldy: row strides.
+void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y, int64_t ldy,
+                   int64_t M, int64_t N, int64_t K, ThreadPool* pool);
 
 // ---------------------------------------------------------------- normalisation
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.

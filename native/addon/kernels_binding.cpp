@@ -328,7 +328,8 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return to_float32_array(env, out);
 }
 
-// configure({ device?, threads?, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32' }):
+// configure({ device?, threads?, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32',
+//              repackWeights?: boolean }):
 // device and threads are the runtime defaults (Runtime::set_defaults) of every later call.
 Napi::Value Configure(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -347,6 +348,10 @@ Napi::Value Configure(const Napi::CallbackInfo& info) {
     if (mode == "q8") set_quant_activations(QuantActivations::Q8);
     else if (mode == "f32") set_quant_activations(QuantActivations::F32);
     else throw_invalid(env, "quantActivations must be 'q8' or 'f32'");
+  }
+  if (opts.Has("repackWeights") && !opts.Get("repackWeights").IsUndefined()) {
+    if (!opts.Get("repackWeights").IsBoolean()) throw_invalid(env, "repackWeights must be a boolean");
+    set_weight_repacking(opts.Get("repackWeights").As<Napi::Boolean>().Value());
   }
   RuntimeOptions ro = read_runtime_options(env, opts);
   const bool threads_set = opts.Has("threads") && !opts.Get("threads").IsUndefined() && !opts.Get("threads").IsNull();
@@ -372,6 +377,8 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   o.Set("threads", rt.threads);
   o.Set("device", device_name(rt.device));
   o.Set("quantActivations", quant_activations() == QuantActivations::Q8 ? "q8" : "f32");
+  o.Set("repackWeights", weight_repacking());
+  o.Set("packedWeightBytes", double(packed_gemm_weight_bytes()));
   auto feats = Napi::Object::New(env);
   feats.Set("avx2", f.avx2); feats.Set("fma", f.fma); feats.Set("f16c", f.f16c);
   feats.Set("avx512f", f.avx512f); feats.Set("avx512bw", f.avx512bw); feats.Set("avx512vl", f.avx512vl);

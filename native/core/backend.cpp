@@ -1,9 +1,17 @@
 #include "backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <shared_mutex>
+#include <unordered_map>
 #include <vector>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "base/arena.h"
 #include "base/error.h"
@@ -18,6 +26,99 @@
 
 namespace emollm {
 namespace {
+
+std::atomic<size_t> g_packed_bytes{0};
+
+// Drops the calling process's resident pages of [p, p + bytes) (whole pages inside the range
+// only) once a packed copy replaces them: file-mapped pages page back in if anything reads them
+// again (an embedding lookup of a tied matrix, a standard-layout fallback); anonymous memory is
+// swapped or kept, never lost (MADV_PAGEOUT, not MADV_DONTNEED). Best effort: without
+// MADV_PAGEOUT (Linux < 5.4, other systems) the pages stay until the OS reclaims them.
+void release_pages(const void* p, size_t bytes) {
+#if defined(MADV_PAGEOUT)
+  const long ps = sysconf(_SC_PAGESIZE);
+  if (ps <= 0) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), page = uintptr_t(ps);
+  const uintptr_t lo = (a + page - 1) / page * page, hi = (a + bytes) / page * page;
+  if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_PAGEOUT);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// The CPU backend's packed weights: W (the pointer gemm() is called with) -> its quant_repack copy.
+// Shared by the backend and the handles (which may outlive it); a W packed twice (a tied matrix,
+// two models on one mapping) is packed once and counted.
+class PackedTable {
+ public:
+  struct Entry {
+    DType t;
+    int64_t N, K;
+    void* data;
+    size_t bytes;
+    int refs;
+  };
+  // The packed copy for gemm(W, t, N, K), or null. One shared lock per gemm call: nothing next to
+  // streaming the matrix.
+  const void* find(const void* W, DType t, int64_t N, int64_t K) const {
+    if (count_.load(std::memory_order_relaxed) == 0) return nullptr;
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    auto it = map_.find(W);
+    if (it == map_.end() || it->second.t != t || it->second.N != N || it->second.K != K) return nullptr;
+    return it->second.data;
+  }
+  // Takes a reference to W's packed copy, making it with `make` when absent. False when W is
+  // packed for another shape (then nothing is taken).
+  template <class Make>
+  bool acquire(const void* W, DType t, int64_t N, int64_t K, size_t bytes, Make&& make) {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    auto it = map_.find(W);
+    if (it != map_.end()) {
+      if (it->second.t != t || it->second.N != N || it->second.K != K) return false;
+      it->second.refs++;
+      return true;
+    }
+    void* data = aligned_alloc_bytes(bytes);
+    try {
+      make(data);
+    } catch (...) {
+      aligned_free(data);
+      throw;
+    }
+    map_.emplace(W, Entry{t, N, K, data, bytes, 1});
+    count_.fetch_add(1);
+    g_packed_bytes.fetch_add(bytes);
+    return true;
+  }
+  void release(const void* W) {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    auto it = map_.find(W);
+    if (it == map_.end() || --it->second.refs > 0) return;
+    aligned_free(it->second.data);
+    g_packed_bytes.fetch_sub(it->second.bytes);
+    map_.erase(it);
+    count_.fetch_sub(1);
+  }
+
+ private:
+  mutable std::shared_mutex mu_;
+  std::unordered_map<const void*, Entry> map_;
+  std::atomic<size_t> count_{0};
+};
+
+class CpuPackedWeight final : public PackedGemmWeight {
+ public:
+  CpuPackedWeight(std::shared_ptr<PackedTable> table, const void* W, size_t bytes)
+      : table_(std::move(table)), W_(W), bytes_(bytes) {}
+  ~CpuPackedWeight() override { table_->release(W_); }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  std::shared_ptr<PackedTable> table_;
+  const void* W_;
+  size_t bytes_;
+};
 
 class CpuBackend final : public Backend {
  public:
@@ -36,7 +137,27 @@ class CpuBackend final : public Backend {
 
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
+    // Packed weights serve every M with q8_0 activations; with f32 activations asked for
+    // (QuantActivations::F32) the standard layout's f32 path runs on the original bytes instead.
+    if (const void* packed = packed_->find(W, wtype, N, K); packed && quant_activations() == QuantActivations::Q8)
+      return gemm_repacked(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);
     emollm::gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K, &pool_);
+  }
+  // Q8_0 / Q4_0 matrices into quant_repack's 16-row layout, where its VNNI kernel runs and
+  // weight_repacking() is on; the original bytes' pages are then released (see release_pages).
+  std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K) override {
+    if (!W || !weight_repacking() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) || N <= 0 || K <= 0 || K % 32 != 0)
+      return nullptr;
+    if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) return nullptr;
+    const size_t bytes = quant_repack_bytes(wtype, N, K);
+    bool made = false;
+    if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
+          quant_repack(W, wtype, N, K, out, &pool_);
+          made = true;
+        }))
+      return nullptr;
+    if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
+    return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
   }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
@@ -95,6 +216,7 @@ class CpuBackend final : public Backend {
  private:
   std::shared_ptr<ThreadPool> owned_;
   ThreadPool& pool_;
+  std::shared_ptr<PackedTable> packed_ = std::make_shared<PackedTable>();
 };
 
 // A stream on which every call has finished when it returns: the CPU's, and the default.
@@ -208,6 +330,10 @@ BackendStream* Backend::current_stream() const {
 Workspace* Backend::current_workspace() const {
   return t_context && &t_context->backend() == this ? &t_context->workspace() : nullptr;
 }
+
+std::unique_ptr<PackedGemmWeight> Backend::pack_gemm_weight(const void*, DType, int64_t, int64_t) { return nullptr; }
+
+size_t packed_gemm_weight_bytes() { return g_packed_bytes.load(); }
 
 void Backend::require_kv_dtype(DType t) const {
   if (supports_kv_dtype(t)) return;

@@ -22,6 +22,17 @@ namespace emollm {
 class ThreadPool;
 class Backend;
 
+// A weight matrix a backend keeps in a layout of its own for gemm() (the CPU's 16-row interleaved
+// q4_0 / q8_0 layout, kernels.h quant_repack), from Backend::pack_gemm_weight. While it lives,
+// gemm() with that exact W reads the packed copy; destroying it returns W to the standard layout.
+// Owned by whoever placed the weights (core/backend_weights.h); the backend must outlive it.
+class PackedGemmWeight {
+ public:
+  virtual ~PackedGemmWeight() = default;
+  // Bytes of the packed copy.
+  virtual size_t bytes() const = 0;
+};
+
 // Emulated: the strict test device of core/emulated_device_backend.h (only when enabled there).
 enum class DeviceKind { Cpu, Cuda, Emulated };
 
@@ -171,6 +182,14 @@ class Backend {
   // their scratch per call; see ScratchBuffer in backend.cpp).
   Workspace* current_workspace() const;
 
+  // ---- weight layouts
+  // Offers a weight matrix (N rows of K, type wtype, at W in this backend's memory) that gemm()
+  // will be called with as W: the backend may keep a copy in a faster layout, used by every
+  // gemm() on that W (any M) while the returned handle lives, and may then release the original
+  // bytes' pages (they stay readable: a file mapping pages back in on access). Null when it keeps
+  // nothing (the default; the CPU for types it has no layout for, or with EMOLLM_REPACK=0).
+  virtual std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K);
+
   // ---- KV cache element type
   // Whether attention() accepts K/V of this type (AttentionParams::kv_dtype) and convert() writes
   // it. f32 everywhere; f16 / bf16 where the backend has the kernels (halves the cache on a GPU).
@@ -230,6 +249,9 @@ class Backend {
                            bool accumulate);
   virtual void scale(const float* x, float s, float* y, int64_t n);
 };
+
+// Bytes of packed weight copies (Backend::pack_gemm_weight) alive in this process, all backends.
+size_t packed_gemm_weight_bytes();
 
 // Creates a backend with its own compute pool. DeviceKind::Cuda throws Error(Unsupported) when
 // the build has no CUDA (see require_device in core/runtime.h). Models get theirs from the

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,6 +60,19 @@ class BackendWeights {
     if (!w.host) w.host = w.data;
     w.data = place(w.host, size_t(w.rows) * dtype_row_bytes(w.dtype, w.cols));
   }
+  // place_matrix for a matrix that gemm() takes as W: the backend may also keep it in a layout of
+  // its own (Backend::pack_gemm_weight: the CPU's 16-row repacked q4_0 / q8_0, which then replaces
+  // the mapped bytes in memory), held as long as this object. `data` is unchanged by the packing:
+  // gemm() on it finds the packed copy; host readers still read the original bytes.
+  template <class Matrix>
+  void place_gemm_matrix(Matrix& w) {
+    place_matrix(w);
+    if (!w.data) return;
+    if (auto p = be_->pack_gemm_weight(w.data, w.dtype, w.rows, w.cols)) {
+      packed_bytes_ += p->bytes();
+      packed_.push_back(std::move(p));
+    }
+  }
   // Waits for the uploads (the host ranges may be released afterwards).
   void finish() {
     if (be_ && !be_->uses_host_memory()) be_->synchronize();
@@ -81,12 +95,16 @@ class BackendWeights {
   }
   // Bytes copied to the device (0 on the CPU).
   size_t device_bytes() const { return bytes_; }
+  // Bytes of the backend's packed copies (place_gemm_matrix; a matrix packed twice counts twice).
+  size_t packed_bytes() const { return packed_bytes_; }
 
  private:
   Backend* be_ = nullptr;
   std::vector<BackendBuffer> bufs_;
   std::map<const void*, std::pair<size_t, void*>> copies_;  // host -> (bytes, device copy)
   size_t bytes_ = 0;
+  std::vector<std::unique_ptr<PackedGemmWeight>> packed_;
+  size_t packed_bytes_ = 0;
 };
 
 }  // namespace emollm

@@ -7,8 +7,11 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 #include <tuple>
 #include <vector>
+
+#include "base/pool_stats.h"
 
 namespace emollm {
 namespace {
@@ -61,29 +64,71 @@ std::string shape_key(DType t, int64_t N, int64_t K) {
   return std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
+void record_row(bool decode, const std::string& op, const std::string& key, double seconds) {
+  Table& t = table();
+  std::lock_guard<std::mutex> lk(t.mu);
+  Stat& st = t.ops[std::make_tuple(std::string(decode ? "decode" : "prefill"), op, key)];
+  st.calls++;
+  st.seconds += seconds;
+}
+
+// Times one op; the thread-pool hand-offs inside it (base/pool_stats.h) also go to a "handoff"
+// row keyed by the op (part of the op's time, not in addition to it).
 class Timer {
  public:
   Timer(const char* op, bool one_row, std::string key) : op_(op), decode_(one_row), key_(std::move(key)),
-        t0_(std::chrono::steady_clock::now()) {}
+        h0_(pool_handoff_seconds_this_thread()), t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-    Table& t = table();
-    std::lock_guard<std::mutex> lk(t.mu);
-    Stat& st = t.ops[std::make_tuple(std::string(decode_ ? "decode" : "prefill"), std::string(op_), key_)];
-    st.calls++;
-    st.seconds += s;
+    const double h = pool_handoff_seconds_this_thread() - h0_;
+    record_row(decode_, op_, key_, s);
+    if (h > 0) record_row(decode_, "handoff", op_, h);
   }
 
  private:
   const char* op_;
   bool decode_;
   std::string key_;
+  double h0_;
   std::chrono::steady_clock::time_point t0_;
 };
 
+// Weights the inner backend packed (Backend::pack_gemm_weight): their gemm rows say "repacked".
+struct PackedSet {
+  std::mutex mu;
+  std::set<const void*> ws;
+};
+PackedSet& packed_set() {
+  static PackedSet* p = new PackedSet();
+  return *p;
+}
+class ProfiledPacked final : public PackedGemmWeight {
+ public:
+  ProfiledPacked(std::unique_ptr<PackedGemmWeight> in, const void* W) : in_(std::move(in)), W_(W) {
+    std::lock_guard<std::mutex> lk(packed_set().mu);
+    packed_set().ws.insert(W_);
+  }
+  ~ProfiledPacked() override {
+    std::lock_guard<std::mutex> lk(packed_set().mu);
+    packed_set().ws.erase(W_);
+  }
+  size_t bytes() const override { return in_->bytes(); }
+
+ private:
+  std::unique_ptr<PackedGemmWeight> in_;
+  const void* W_;
+};
+bool is_packed(const void* W) {
+  std::lock_guard<std::mutex> lk(packed_set().mu);
+  return packed_set().ws.count(W) != 0;
+}
+
 class ProfilingBackend final : public Backend {
  public:
-  explicit ProfilingBackend(std::shared_ptr<Backend> inner) : in_(std::move(inner)) { register_exit_hook(); }
+  explicit ProfilingBackend(std::shared_ptr<Backend> inner) : in_(std::move(inner)) {
+    register_exit_hook();
+    pool_handoff_timing(true);
+  }
 
   DeviceKind device() const override { return in_->device(); }
   std::string describe() const override { return in_->describe() + " [profiled]"; }
@@ -92,10 +137,15 @@ class ProfilingBackend final : public Backend {
   void upload(void* dst, const void* src, size_t bytes) override { in_->upload(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { in_->download(dst, src, bytes); }
   bool uses_host_memory() const override { return in_->uses_host_memory(); }
+  std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K) override {
+    auto p = in_->pack_gemm_weight(W, wtype, N, K);
+    if (!p) return p;
+    return std::make_unique<ProfiledPacked>(std::move(p), W);
+  }
 
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
-    Timer t("gemm", M == 1, shape_key(wtype, N, K));
+    Timer t("gemm", M == 1, shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));
     in_->gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K);
   }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
@@ -212,6 +262,10 @@ void json_str(std::string& s, const std::string& v) {
 }
 
 }  // namespace
+
+void profile_add(bool decode, const char* op, const std::string& key, double seconds) {
+  if (profile_enabled()) record_row(decode, op, key, seconds);
+}
 
 bool profile_enabled() { return enabled_flag().load(std::memory_order_relaxed) != 0; }
 void profile_set_enabled(bool on) { enabled_flag().store(on ? 1 : 0, std::memory_order_relaxed); }

@@ -23,6 +23,10 @@ void profile_reset();
 // The table as JSON: {"ops":[{"phase","op","key","calls","total_ms","mean_us"}...],"decode_steps":N}
 // sorted by phase then total time. decode_steps = one-token embedding lookups (decode steps).
 std::string profile_json();
+// Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
+// nothing unless profiling is on. Thread-pool hand-offs inside ops are rows of op "handoff",
+// keyed by the op they happened in (already part of that op's time).
+void profile_add(bool decode, const char* op, const std::string& key, double seconds);
 
 // Wraps `inner` (kept alive by the wrapper) in the timing decorator.
 std::shared_ptr<Backend> make_profiling_backend(std::shared_ptr<Backend> inner);

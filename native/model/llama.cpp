@@ -425,7 +425,10 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
 
 // Every weight the forward pass uses goes through the model's BackendWeights: on the CPU the
 // pointers stay the mmap's (zero-copy), on a device each is uploaded once (the tied output finds
-// tok_embd's copy) and LlamaWeight::host keeps the mmap.
+// tok_embd's copy) and LlamaWeight::host keeps the mmap. The matrices gemm() streams are offered
+// to the backend for a layout of its own (place_gemm_matrix: the CPU's repacked q4_0 / q8_0 for
+// decode, which then replaces the mapped bytes in memory); the pointers stay the mmap's, so the
+// embedding lookup of a tied output still reads the original rows.
 void LlamaLoader::place_weights(LlamaModel& m) {
   BackendWeights& w = m.weights_;
   w.begin(*m.backend_);
@@ -434,14 +437,14 @@ void LlamaLoader::place_weights(LlamaModel& m) {
   w.place_matrix(m.tok_embd);
   for (LlamaLayer& l : m.layers) {
     l.attn_norm = w.place(l.attn_norm, E);
-    w.place_matrix(l.wq), w.place_matrix(l.wk), w.place_matrix(l.wv), w.place_matrix(l.wo);
+    w.place_gemm_matrix(l.wq), w.place_gemm_matrix(l.wk), w.place_gemm_matrix(l.wv), w.place_gemm_matrix(l.wo);
     l.bq = w.place(l.bq, qd), l.bk = w.place(l.bk, kvd), l.bv = w.place(l.bv, kvd), l.bo = w.place(l.bo, E);
     l.ffn_norm = w.place(l.ffn_norm, E);
-    w.place_matrix(l.w_gate), w.place_matrix(l.w_up), w.place_matrix(l.w_down);
+    w.place_gemm_matrix(l.w_gate), w.place_gemm_matrix(l.w_up), w.place_gemm_matrix(l.w_down);
     l.b_gate = w.place(l.b_gate, F), l.b_up = w.place(l.b_up, F), l.b_down = w.place(l.b_down, E);
   }
   m.output_norm = w.place(m.output_norm, E);
-  w.place_matrix(m.output);
+  w.place_gemm_matrix(m.output);
   w.finish();  // the mmap pages may be released by the OS once the copies are done
 }
 

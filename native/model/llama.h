@@ -114,6 +114,9 @@ class LlamaModel {
   // (the addon shows them as info().warnings). Layers beyond the config's count are not harmless:
   // they fail the load (a config listing fewer layers than the checkpoint computes garbage).
   const std::vector<std::string>& warnings() const { return warnings_; }
+  // Bytes of the decoder's matrices the backend keeps in a layout of its own (the CPU's repacked
+  // q4_0 / q8_0, core/backend_weights.h place_gemm_matrix; 0 when none, e.g. EMOLLM_REPACK=0).
+  size_t packed_weight_bytes() const { return weights_.packed_bytes(); }
 
   // ---- weights (public for the forward pass in llama.cpp; read-only)
   LlamaWeight tok_embd;
@@ -137,7 +140,9 @@ class LlamaModel {
   std::shared_ptr<WeightStore> store_;               // keeps the mapped files alive
   std::vector<std::vector<float>> converted_;        // f32 copies of small non-f32 tensors
   std::shared_ptr<Backend> backend_;  // from the Runtime, shared by models with the same options
-  BackendWeights weights_;  // the device copies (empty on the CPU); after backend_, freed before it
+  // The weights on the backend: device copies, or on the CPU the mmap itself plus the packed
+  // copies of the decoder matrices (declared after backend_: freed before it).
+  BackendWeights weights_;
   std::vector<std::string> warnings_;
 };
 

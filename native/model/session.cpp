@@ -1,8 +1,10 @@
 #include "model/session.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "base/error.h"
+#include "core/profiling_backend.h"
 
 namespace emollm {
 
@@ -43,7 +45,11 @@ int32_t SequenceGenerator::step(const float* logits, bool aborted, int64_t n_pas
   if (done_) return -1;
   if (!logits || aborted) return finish(StopReason::Aborted);
   if (int64_t(r_.tokens.size()) >= p_.max_tokens) return finish(StopReason::MaxTokens);
+  // sampling in the per-op profile (core/profiling_backend.h; a flag test when it is off)
+  const bool prof = profile_enabled();
+  const auto t0 = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
   const int32_t t = sampler_.sample(logits, history_.data(), int64_t(history_.size()));
+  if (prof) profile_add(true, "sample", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   if (m_.is_eos(t)) return finish(StopReason::Eos);
   if (std::find(p_.stop_tokens.begin(), p_.stop_tokens.end(), t) != p_.stop_tokens.end())
     return finish(StopReason::StopToken);

@@ -2,6 +2,7 @@
 // mul_row_add, scale, convert), each against a plain scalar loop written here; the same ops through
 // the Backend base-class defaults (what a new backend inherits before it overrides them); streams,
 // contexts, workspaces and the KV-cache type.
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -11,6 +12,8 @@
 #include "base/thread_pool.h"
 #include "core/backend.h"
 #include "core/device_tensor.h"
+#include "core/profiling_backend.h"
+#include "kernels/cpu/kernels.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -282,4 +285,107 @@ TEST(device_tensor_host_edges_and_moves) {
   EXPECT(dout.data() == nullptr && dout.numel() == 0 && moved.numel() == 12);
   DeviceTensor empty;
   EXPECT(empty.numel() == 0 && empty.rows() == 0 && empty.bytes() == 0);
+}
+
+// The CPU backend's packing (Backend::pack_gemm_weight): with AVX512-VNNI and repacking on, a
+// q4_0 / q8_0 matrix gets a packed copy that gemm() on the same W then uses for every M (the
+// bits of gemm_repacked); f32 activations, another shape, a dropped handle or repacking off give
+// the standard layout's bits again. Other types are not packed.
+TEST(cpu_backend_packs_q4_0_q8_0_weights) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking();
+  set_weight_repacking(true);
+  const bool vnni = isa_active() >= Isa::Avx512 && cpu_features().avx512vnni;
+  if (!vnni) std::printf("  skip: no AVX512-VNNI on this CPU: the CPU backend packs nothing (checked below)\n");
+  uint32_t seed = 7200;
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    const int64_t N = 40, K = 256;
+    std::vector<uint8_t> wbytes(size_t(N) * dtype_row_bytes(t, K));
+    {
+      const std::vector<float> src = randv(size_t(N * K), seed++);
+      for (int64_t n = 0; n < N; ++n) quantize_row(t, src.data() + n * K, wbytes.data() + size_t(n) * dtype_row_bytes(t, K), K);
+    }
+    std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+    quant_repack(wbytes.data(), t, N, K, packed.data(), nullptr);
+    for (int64_t M : {1, 6, 12}) {
+      struct {
+        std::vector<float> X, bias;
+      } p{randv(size_t(M * K), seed), randv(size_t(N), seed + 1)};
+      seed += 2;
+      std::vector<float> want_std(size_t(M * N)), want_pack(size_t(M * N)), got(size_t(M * N));
+      gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), want_std.data(), N, M, N, K, nullptr);
+      gemm_repacked(p.X.data(), K, packed.data(), t, p.bias.data(), want_pack.data(), N, M, N, K, nullptr);
+      {
+        const size_t before = packed_gemm_weight_bytes();
+        auto h = be->pack_gemm_weight(wbytes.data(), t, N, K);
+        EXPECT((h != nullptr) == vnni);
+        if (h) {
+          EXPECT(h->bytes() == packed.size());
+          EXPECT(packed_gemm_weight_bytes() == before + packed.size());
+          auto h2 = be->pack_gemm_weight(wbytes.data(), t, N, K);  // a tied matrix: one copy
+          EXPECT(h2 != nullptr && packed_gemm_weight_bytes() == before + packed.size());
+          EXPECT(be->pack_gemm_weight(wbytes.data(), t, N / 2, K) == nullptr);  // another shape
+        }
+        be->gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), got.data(), N, M, N, K);
+        EXPECT(got == (vnni ? want_pack : want_std));
+        be->gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), got.data(), N, M, N / 2, K);  // 20 rows: standard
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N / 2; ++n) EXPECT(got[size_t(m * N + n)] == want_std[size_t(m * N + n)]);
+        {
+          QuantActivationsScope f32(QuantActivations::F32);
+          std::vector<float> want_f32(size_t(M * N));
+          gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), want_f32.data(), N, M, N, K, nullptr);
+          be->gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), got.data(), N, M, N, K);
+          EXPECT(got == want_f32);
+        }
+      }
+      EXPECT(packed_gemm_weight_bytes() == 0);
+      be->gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), got.data(), N, M, N, K);
+      EXPECT(got == want_std);
+    }
+    set_weight_repacking(false);
+    EXPECT(be->pack_gemm_weight(wbytes.data(), t, N, K) == nullptr);
+    set_weight_repacking(true);
+  }
+  std::vector<uint16_t> f16(size_t(32 * 64));
+  EXPECT(be->pack_gemm_weight(f16.data(), DType::F16, 32, 64) == nullptr);
+  set_weight_repacking(repack_was);
+}
+
+// The per-op profile (core/profiling_backend.h): a gemm through the profiling decorator gets its
+// row, keyed "repacked" when the inner backend packed its weights; the thread-pool hand-off
+// inside it gets a "handoff" row (2 threads, a product large enough to be split); profile_add
+// (sampling) adds its row only while profiling is on.
+TEST(profiling_backend_rows) {
+  const bool was = profile_enabled();
+  profile_set_enabled(true);
+  profile_reset();
+  auto prof = make_profiling_backend(std::shared_ptr<Backend>(make_cpu_backend(std::make_shared<ThreadPool>(2))));
+  const bool vnni = isa_active() >= Isa::Avx512 && cpu_features().avx512vnni && weight_repacking();
+  const int64_t N = 256, K = 512;
+  std::vector<uint8_t> wq(size_t(N) * dtype_row_bytes(DType::Q4_0, K));
+  const std::vector<float> src = randv(size_t(N * K), 7300), x = randv(size_t(K), 7301);
+  for (int64_t n = 0; n < N; ++n) quantize_row(DType::Q4_0, src.data() + n * K, wq.data() + size_t(n) * dtype_row_bytes(DType::Q4_0, K), K);
+  std::vector<float> y(size_t(N));
+  {
+    auto h = prof->pack_gemm_weight(wq.data(), DType::Q4_0, N, K);
+    EXPECT((h != nullptr) == vnni);
+    prof->gemm(x.data(), K, wq.data(), DType::Q4_0, nullptr, y.data(), N, 1, N, K);
+  }
+  prof->gemm(x.data(), K, wq.data(), DType::Q4_0, nullptr, y.data(), N, 1, N, K);
+  profile_add(true, "sample", "", 1e-6);
+  profile_set_enabled(false);
+  profile_add(true, "sample", "", 1e-6);  // off: not recorded
+  const std::string j = profile_json();
+  auto count = [&](const std::string& needle) {
+    size_t c = 0;
+    for (size_t at = j.find(needle); at != std::string::npos; at = j.find(needle, at + 1)) ++c;
+    return c;
+  };
+  EXPECT(count("\"key\":\"q4_0 N=256 K=512\"") == 1);
+  EXPECT(count("\"key\":\"q4_0 N=256 K=512 repacked\"") == (vnni ? 1u : 0u));
+  EXPECT(count("\"op\":\"handoff\",\"key\":\"gemm\"") == 1);
+  EXPECT(j.find("\"op\":\"sample\",\"key\":\"\",\"calls\":1,") != std::string::npos);
+  profile_reset();
+  profile_set_enabled(was);
 }

@@ -770,6 +770,60 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
 }
 
+// gemm_repacked (any M, row strides): every row is bit-identical to gemv_repacked of that row
+// (same integer block sums, same f32 accumulation order), so a row gives the same logits in a
+// batch as alone; gemv_repacked itself is checked against the references above. M of 2..9 covers
+// the 4-row tiles and every remainder; every ISA level, with and without VNNI and pool.
+TEST(gemm_repacked_rows_equal_gemv_repacked) {
+  ThreadPool pool(2);
+  uint32_t seed = 7100;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t N : {17, 64})
+      for (int64_t K : {64, 1024}) {
+        Weights w = make_weights(t, N, K, seed);
+        std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+        quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool);
+        for (int64_t M : {2, 3, 4, 5, 9}) {
+          const int64_t ldx = K + 32, ldy = N + 3;
+          Problem p = make_problem(M, N, K, 0, 0, seed + 1);
+          std::vector<float> X(size_t(M * ldx), 1e30f);
+          for (int64_t m = 0; m < M; ++m) std::copy(p.X.begin() + m * K, p.X.begin() + (m + 1) * K, X.begin() + m * ldx);
+          for (int use_bias = 0; use_bias < 2; ++use_bias) {
+            const float* bias = use_bias ? p.bias.data() : nullptr;
+            for (Isa isa : isa_levels()) {
+              IsaCapScope cap(isa);
+              for (bool vnni : vnni_variants(isa))
+                for (int use_pool = 0; use_pool < 2; ++use_pool) {
+                  VnniScope vs(vnni);
+                  std::vector<float> Y(size_t(M * ldy), kSentinel);
+                  gemm_repacked(X.data(), ldx, packed.data(), t, bias, Y.data(), ldy, M, N, K, use_pool ? &pool : nullptr);
+                  for (int64_t m = 0; m < M; ++m) {
+                    std::vector<float> y(size_t(N), kSentinel);
+                    gemv_repacked(X.data() + m * ldx, packed.data(), t, bias, y.data(), N, K, nullptr);
+                    for (int64_t n = 0; n < N; ++n)
+                      if (!(Y[size_t(m * ldy + n)] == y[size_t(n)])) {
+                        char buf[240];
+                        std::snprintf(buf, sizeof buf, "gemm_repacked %s isa=%s vnni=%d pool=%d M=%lld N=%lld K=%lld Y[%lld][%lld] = %.9g, gemv_repacked %.9g",
+                                      dtype_name(t), isa_name(isa), int(vnni), use_pool, (long long)M, (long long)N,
+                                      (long long)K, (long long)m, (long long)n, double(Y[size_t(m * ldy + n)]), double(y[size_t(n)]));
+                        emollm_test::report_failure(__FILE__, __LINE__, buf);
+                        return;
+                      }
+                    // the padding between rows is not written
+                    for (int64_t n = N; n < ldy && m + 1 < M; ++n) EXPECT(Y[size_t(m * ldy + n)] == kSentinel);
+                  }
+                }
+            }
+          }
+        }
+        ++seed;
+      }
+  std::vector<uint8_t> buf(4096);
+  float x[64] = {}, y[8];
+  EXPECT_THROWS(gemm_repacked(x, 32, buf.data(), DType::Q8_0, nullptr, y, 4, 2, 4, 33, nullptr), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm_repacked(x, 16, buf.data(), DType::Q8_0, nullptr, y, 4, 2, 4, 32, nullptr), ErrorCode::InvalidArgument);
+}
+
 // The switch: Q8 is the default (unless EMOLLM_QUANT_ACT says otherwise), F32 gives the f32-exact
 // numerics, the two differ at M <= 8, and M > 8 (prefill) is the same in both modes.
 TEST(gemm_quant_activations_switch) {

@@ -1,0 +1,13 @@
+// Hand-off time of ThreadPool jobs, for the per-op profile (core/profiling_backend.h): the time a
+// thread that starts a job spends waking the workers, and waiting for them after finishing its
+// own share (worker wake-up latency and load imbalance: both on the critical path of a kernel,
+// neither memory traffic). Off by default (it costs a few clock reads per job when on).
+#pragma once
+
+namespace emollm {
+
+void pool_handoff_timing(bool on);
+// Seconds of hand-off accumulated by jobs that the calling thread started (monotone per thread).
+double pool_handoff_seconds_this_thread();
+
+}  // namespace emollm
