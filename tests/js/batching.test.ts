@@ -2,22 +2,24 @@
 // scoreOptions): calls made together return exactly what the same calls return one at a time,
 // an aborted call does not disturb the others, calls past maxSequences wait and then run, and the
 // core's counters show that decode passes really carried several sequences.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { EmollmError, loadModel, type ChatMessage, type GenerateOptions, type Model } from '../../lib/index.js';
+import {
+  aloneThenTogether,
+  expectLlavaTinyCallsMatch,
+  expectReferenceGreedyTogether,
+  llavaTinyImageCalls,
+  qwenReferencePrompts,
+  sharedModel,
+  type LlavaTinyCall,
+} from './helpers/vlm_fixtures.js';
+import { EmollmError, loadModel, type GenerateOptions, type Model } from '../../lib/index.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const stories = join(shared, 'models', 'stories260K', 'gguf', 'stories260K.gguf');
-const haveStories = existsSync(stories);
-if (!haveStories) console.warn(`batching tests on stories260K skipped: ${stories} not found (set EMOLLM_SHARED_DIR)`);
-const tiny = join(shared, 'models', 'llava-tiny-hf');
-const haveTiny = existsSync(join(tiny, 'model.safetensors'));
-if (!haveTiny) console.warn(`batching tests on llava-tiny-hf skipped: ${tiny} not found (set EMOLLM_SHARED_DIR)`);
+const { dir: storiesDir, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'batching tests on stories260K');
+const stories = join(storiesDir, 'gguf', 'stories260K.gguf');
+const { dir: tiny, have: haveTiny } = sharedModel('llava-tiny-hf', 'model.safetensors', 'batching tests on llava-tiny-hf');
 
 // Prompts of different lengths with different token budgets, greedy.
 const requests: { prompt: string; options: GenerateOptions }[] = [
@@ -143,10 +145,6 @@ describe.skipIf(!haveStories)('concurrent sequences on stories260K', () => {
   });
 });
 
-const question = (image: unknown, text: string): ChatMessage[] => [
-  { role: 'user', content: [{ type: 'image', image }, { type: 'text', text }] },
-];
-
 describe.skipIf(!haveTiny)('concurrent sequences on llava-tiny-hf (image chat and option scoring)', () => {
   let alone: Model;
   let batched: Model;
@@ -160,37 +158,12 @@ describe.skipIf(!haveTiny)('concurrent sequences on llava-tiny-hf (image chat an
   });
 
   it('chat with an image and scoreOptions made together equal the same calls one at a time', async () => {
-    const photo = join(tiny, 'photo.jpg');
     // images encoded up front, so the four calls reach the core together
-    const prepared = async (m: Model, text: string) => ({
-      tokens: m.promptTokens(question('photo.jpg', text)),
-      images: await m.encodeImages([photo]),
-    });
-    const run = async (m: Model) => {
-      const p1 = await prepared(m, 'How does the person in this photo feel?');
-      const p2 = await prepared(m, 'Describe the face.');
-      return [
-        () => m.generate(p1, { maxTokens: 16, temperature: 0 }).result.then((r) => r.tokens),
-        () => m.scoreOptions(p1, ['happy', 'sad', 'very angry']).then((r) => r.options.map((o) => o.tokenLogprobs)),
-        () => m.generate(p2, { maxTokens: 12, temperature: 0 }).result.then((r) => r.tokens),
-        () => m.scoreOptions(p1, ['neutral', 'surprised']).then((r) => r.options.map((o) => o.tokenLogprobs)),
-      ];
-    };
-    const want: unknown[] = [];
-    for (const f of await run(alone)) want.push(await f());
-    const calls = await run(batched);
-    const got = await Promise.all(calls.map((f) => f()));
-    // greedy tokens: equal
-    expect(got[0]).toEqual(want[0]);
-    expect(got[2]).toEqual(want[2]);
-    // log-probabilities: equal up to float rounding (a cached prefix may be reused with a
-    // different chunking of the remaining prompt than in the one-at-a-time run)
-    for (const k of [1, 3]) {
-      const a = got[k] as number[][];
-      const b = want[k] as number[][];
-      expect(a.map((x) => x.length)).toEqual(b.map((x) => x.length));
-      a.forEach((row, i) => row.forEach((v, j) => expect(Math.abs(v - b[i]![j]!)).toBeLessThanOrEqual(1e-4)));
-    }
+    const order: LlavaTinyCall[] = ['generateFeel', 'scoreFeel', 'generateFace', 'scoreNeutral'];
+    const { want, got } = await aloneThenTogether(alone, batched, (m) => llavaTinyImageCalls(m, tiny, order));
+    // greedy tokens: equal; log-probabilities: equal up to float rounding, 1e-4 (a cached prefix
+    // may be reused with a different chunking of the remaining prompt than in the one-at-a-time run)
+    expectLlavaTinyCallsMatch(order, got, want, 1e-4);
     const st = batched.stats();
     expect(st.batchedSteps).toBeGreaterThan(0);
     // the second scoring of q1 reused the image + question prefix (its own slot or a copy)
@@ -200,27 +173,14 @@ describe.skipIf(!haveTiny)('concurrent sequences on llava-tiny-hf (image chat an
 
 // Qwen2-VL: M-RoPE positions travel with each sequence; decoded together, the photo and the video
 // prompts still give transformers' own greedy tokens.
-const qwen = join(shared, 'models', 'qwen2-vl-tiny-hf');
-const haveQwen = existsSync(join(qwen, 'reference', 'expected.json'));
-if (!haveQwen) console.warn(`batching tests on qwen2-vl-tiny-hf skipped: ${qwen} not found (set EMOLLM_SHARED_DIR)`);
+const { dir: qwen, have: haveQwen } = sharedModel('qwen2-vl-tiny-hf', 'reference/expected.json', 'batching tests on qwen2-vl-tiny-hf');
 
 describe.skipIf(!haveQwen)('concurrent sequences on qwen2-vl-tiny-hf (M-RoPE)', () => {
   it('photo and video prompts decoded together give the reference greedy tokens', async () => {
-    type Case = { input_ids: number[]; greedy_new_tokens: number[]; image_grid_thw?: [number, number, number][]; video_grid_thw?: [number, number, number][] };
-    const expected = JSON.parse(readFileSync(join(qwen, 'reference', 'expected.json'), 'utf8')) as Record<string, Case>;
     const m = await loadModel(qwen, { threads: 1, maxSequences: 2 });
     try {
-      const inputs = await Promise.all(
-        (['photo', 'video'] as const).map(async (name) => {
-          const c = expected[name]!;
-          const b = readFileSync(join(qwen, 'reference', name === 'photo' ? 'photo_pixel_values.f32' : 'video_pixel_values_videos.f32'));
-          const patches = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-          const features = await m.encodePatches(patches, [(c.image_grid_thw ?? c.video_grid_thw)![0]!]);
-          return { c, prompt: { tokens: c.input_ids, images: features } };
-        }),
-      );
-      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
-      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
+      const inputs = await qwenReferencePrompts(m, qwen, ['photo', 'video']);
+      await expectReferenceGreedyTogether(m, inputs);
       expect(m.stats().batchedSteps).toBeGreaterThan(0);
     } finally {
       await m.close();

@@ -6,28 +6,31 @@
 // positions) are split across chunks too. That decoding goes on during a prefill is shown by the
 // core's counters, not by timing: with chunking the long prompt's steps carry the short call's
 // decode rows (mixedSteps), without it (chunkedPrefill: false, the baseline) none does.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { loadModel, type ChatMessage, type Model } from '../../lib/index.js';
+import {
+  aloneThenTogether,
+  expectLlavaTinyCallsMatch,
+  expectLogprobsClose,
+  expectReferenceGreedyTogether,
+  FEEL,
+  imageQuestion,
+  llavaTinyImageCalls,
+  nextReferencePrompts,
+  qwenReferencePrompts,
+  sharedModel,
+  type LlavaTinyCall,
+  type ReferencePrompt,
+} from './helpers/vlm_fixtures.js';
+import { loadModel, type Model } from '../../lib/index.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const stories = join(shared, 'models', 'stories260K', 'gguf', 'stories260K.gguf');
-const haveStories = existsSync(stories);
-if (!haveStories) console.warn(`chunked prefill tests on stories260K skipped: ${stories} not found (set EMOLLM_SHARED_DIR)`);
-const tiny = join(shared, 'models', 'llava-tiny-hf');
-const haveTiny = existsSync(join(tiny, 'model.safetensors'));
-if (!haveTiny) console.warn(`chunked prefill tests on llava-tiny-hf skipped: ${tiny} not found (set EMOLLM_SHARED_DIR)`);
-const next = join(shared, 'models', 'llava-next-tiny-hf');
-const haveNext = existsSync(join(next, 'reference', 'expected.json'));
-if (!haveNext) console.warn(`chunked prefill tests on llava-next-tiny-hf skipped: ${next} not found (set EMOLLM_SHARED_DIR)`);
-const qwen = join(shared, 'models', 'qwen2-vl-tiny-hf');
-const haveQwen = existsSync(join(qwen, 'reference', 'expected.json'));
-if (!haveQwen) console.warn(`chunked prefill tests on qwen2-vl-tiny-hf skipped: ${qwen} not found (set EMOLLM_SHARED_DIR)`);
+const { dir: storiesDir, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'chunked prefill tests on stories260K');
+const stories = join(storiesDir, 'gguf', 'stories260K.gguf');
+const { dir: tiny, have: haveTiny } = sharedModel('llava-tiny-hf', 'model.safetensors', 'chunked prefill tests on llava-tiny-hf');
+const { dir: next, have: haveNext } = sharedModel('llava-next-tiny-hf', 'reference/expected.json', 'chunked prefill tests on llava-next-tiny-hf');
+const { dir: qwen, have: haveQwen } = sharedModel('qwen2-vl-tiny-hf', 'reference/expected.json', 'chunked prefill tests on qwen2-vl-tiny-hf');
 
 // The model's sequence scheduler as the addon gives it (Model.sequences() is @internal): its
 // generate / score submit synchronously, so a test can fix the order in which calls arrive.
@@ -81,7 +84,7 @@ describe.skipIf(!haveStories)('chunked prefill on stories260K', () => {
       await one.generate('Lily', { maxTokens: 1, temperature: 0 }).result;
       expect(one.stats().batchTokens).toBe(256);
     } finally {
-      await d.close();
+      await one.close();
     }
   });
 
@@ -121,10 +124,7 @@ describe.skipIf(!haveStories)('chunked prefill on stories260K', () => {
       expect(r.got[0]).toEqual(want[0]);
       expect(r.got[1]).toEqual(want[1]);
       // option log-probabilities after the prefix (evaluated in chunks of <= 16 rows): within 1e-4
-      const a = r.got[2] as number[][];
-      const b = want[2] as number[][];
-      expect(a.map((x) => x.length)).toEqual(b.map((x) => x.length));
-      a.forEach((row, i) => row.forEach((v, j) => expect(Math.abs(v - b[i]![j]!)).toBeLessThanOrEqual(1e-4)));
+      expectLogprobsClose(r.got[2] as number[][], want[2] as number[][], 1e-4);
     }
     // chunked: the long prompt took >= n / 16 steps of at most 16 rows, and the steps after the
     // first call's prompt carried its decode row beside a chunk
@@ -144,10 +144,6 @@ describe.skipIf(!haveStories)('chunked prefill on stories260K', () => {
   });
 });
 
-const question = (image: unknown, text: string): ChatMessage[] => [
-  { role: 'user', content: [{ type: 'image', image }, { type: 'text', text }] },
-];
-
 describe.skipIf(!haveTiny)('chunked prefill on llava-tiny-hf (image rows split across chunks)', () => {
   let alone: Model;
   let chunked: Model;
@@ -161,36 +157,10 @@ describe.skipIf(!haveTiny)('chunked prefill on llava-tiny-hf (image rows split a
   });
 
   it('image chat and option scoring in chunks of <= 7 rows equal the same calls alone; the shared prefix stays shared', async () => {
-    const photo = join(tiny, 'photo.jpg');
-    const prepared = async (m: Model, text: string) => ({
-      tokens: m.promptTokens(question('photo.jpg', text)),
-      images: await m.encodeImages([photo]),
-    });
-    const run = async (m: Model) => {
-      const p1 = await prepared(m, 'How does the person in this photo feel?');
-      const p2 = await prepared(m, 'Describe the face.');
-      return {
-        n1: p1.tokens.length,
-        calls: [
-          () => m.scoreOptions(p1, ['happy', 'sad', 'very angry']).then((r) => r.options.map((o) => o.tokenLogprobs)),
-          () => m.generate(p1, { maxTokens: 16, temperature: 0 }).result.then((r) => r.tokens),
-          () => m.generate(p2, { maxTokens: 12, temperature: 0 }).result.then((r) => r.tokens),
-          () => m.scoreOptions(p1, ['neutral', 'surprised']).then((r) => r.options.map((o) => o.tokenLogprobs)),
-        ],
-      };
-    };
-    const want: unknown[] = [];
-    for (const f of (await run(alone)).calls) want.push(await f());
-    const { calls } = await run(chunked);
-    const got = await Promise.all(calls.map((f) => f()));
-    expect(got[1]).toEqual(want[1]);
-    expect(got[2]).toEqual(want[2]);
-    for (const k of [0, 3]) {
-      const a = got[k] as number[][];
-      const b = want[k] as number[][];
-      expect(a.map((x) => x.length)).toEqual(b.map((x) => x.length));
-      a.forEach((row, i) => row.forEach((v, j) => expect(Math.abs(v - b[i]![j]!)).toBeLessThanOrEqual(1e-4)));
-    }
+    const order: LlavaTinyCall[] = ['scoreFeel', 'generateFeel', 'generateFace', 'scoreNeutral'];
+    const { want, got } = await aloneThenTogether(alone, chunked, (m) => llavaTinyImageCalls(m, tiny, order));
+    // greedy tokens exactly, option log-probabilities within 1e-4
+    expectLlavaTinyCallsMatch(order, got, want, 1e-4);
     const st = chunked.stats();
     // the image prompts (9 image rows and the question's) crossed several steps of <= 7 rows
     expect(st.maxStepRows).toBeLessThanOrEqual(7);
@@ -199,69 +169,42 @@ describe.skipIf(!haveTiny)('chunked prefill on llava-tiny-hf (image rows split a
     // has cached, or waits for its chunks when that saves 16 positions or more, so it computes
     // at most 16 of p1's positions itself (p1's length before the image rows are spliced in is a
     // lower bound of its length)
-    const p1Len = chunked.promptTokens(question('photo.jpg', 'How does the person in this photo feel?')).length;
+    const p1Len = chunked.promptTokens(imageQuestion('photo.jpg', FEEL)).length;
     expect(st.reusedTokens).toBeGreaterThanOrEqual(Math.max(1, 2 * (p1Len - 16)));
   });
 });
 
+// Two reference prompts of a tiny VLM (their image rows, and for Qwen2-VL their M-RoPE
+// positions) prefilled together in chunks of <= 5 rows give the reference greedy tokens.
+async function expectReferencePromptsChunked(
+  dir: string,
+  prompts: (m: Model) => Promise<ReferencePrompt<{ input_ids: number[]; greedy_new_tokens: number[] }>[]>,
+): Promise<void> {
+  const m = await loadModel(dir, { threads: 1, maxSequences: 2, batchTokens: 5 });
+  try {
+    const inputs = await prompts(m);
+    await expectReferenceGreedyTogether(m, inputs);
+    const st = m.stats();
+    expect(st.maxStepRows).toBeLessThanOrEqual(5);
+    // every prompt position was evaluated or taken from a cache (a shared text prefix may be
+    // copied), in chunks of <= 5 rows: the prompts (with their image rows) crossed many steps
+    const promptRows = inputs.reduce((s, x) => s + x.c.input_ids.length, 0);
+    expect(st.prefillTokens + st.reusedTokens).toBeGreaterThanOrEqual(promptRows);
+    expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(st.prefillTokens / 5));
+    expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(Math.max(...inputs.map((x) => x.c.input_ids.length)) / 10));
+  } finally {
+    await m.close();
+  }
+}
+
 describe.skipIf(!haveQwen)('chunked prefill on qwen2-vl-tiny-hf (M-RoPE positions split across chunks)', () => {
   it('photo and video prompts prefilled in chunks of <= 5 rows give the reference greedy tokens', async () => {
-    type Case = { input_ids: number[]; greedy_new_tokens: number[]; image_grid_thw?: [number, number, number][]; video_grid_thw?: [number, number, number][] };
-    const expected = JSON.parse(readFileSync(join(qwen, 'reference', 'expected.json'), 'utf8')) as Record<string, Case>;
-    const m = await loadModel(qwen, { threads: 1, maxSequences: 2, batchTokens: 5 });
-    try {
-      const inputs = await Promise.all(
-        (['photo', 'video'] as const).map(async (name) => {
-          const c = expected[name]!;
-          const b = readFileSync(join(qwen, 'reference', name === 'photo' ? 'photo_pixel_values.f32' : 'video_pixel_values_videos.f32'));
-          const patches = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-          const features = await m.encodePatches(patches, [(c.image_grid_thw ?? c.video_grid_thw)![0]!]);
-          return { c, prompt: { tokens: c.input_ids, images: features } };
-        }),
-      );
-      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
-      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
-      const st = m.stats();
-      expect(st.maxStepRows).toBeLessThanOrEqual(5);
-      // every prompt position was evaluated or taken from a cache (a shared text prefix may be
-      // copied), in chunks of <= 5 rows: the prompts (with their image rows) crossed many steps
-      const promptRows = inputs.reduce((s, x) => s + x.c.input_ids.length, 0);
-      expect(st.prefillTokens + st.reusedTokens).toBeGreaterThanOrEqual(promptRows);
-      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(st.prefillTokens / 5));
-      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(Math.max(...inputs.map((x) => x.c.input_ids.length)) / 10));
-    } finally {
-      await m.close();
-    }
+    await expectReferencePromptsChunked(qwen, (m) => qwenReferencePrompts(m, qwen, ['photo', 'video']));
   });
 });
 
 describe.skipIf(!haveNext)('chunked prefill on llava-next-tiny-hf (anyres image rows split across chunks)', () => {
   it('photo and wide prompts prefilled together in chunks of <= 5 rows give the reference greedy tokens', async () => {
-    type Case = { input_ids: number[]; greedy_new_tokens: number[]; image_sizes: [[number, number]] };
-    const expected = JSON.parse(readFileSync(join(next, 'reference', 'expected.json'), 'utf8')) as Record<string, Case>;
-    const m = await loadModel(next, { threads: 1, maxSequences: 2, batchTokens: 5 });
-    try {
-      const inputs = await Promise.all(
-        (['photo', 'wide'] as const).map(async (name) => {
-          const c = expected[name]!;
-          const b = readFileSync(join(next, 'reference', `${name}_pixel_values.f32`));
-          const pixels = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-          const features = await m.encodeAnyresPixels(pixels, c.image_sizes);
-          return { c, prompt: { tokens: c.input_ids, images: features } };
-        }),
-      );
-      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
-      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
-      const st = m.stats();
-      expect(st.maxStepRows).toBeLessThanOrEqual(5);
-      // every prompt position was evaluated or taken from a cache (a shared text prefix may be
-      // copied), in chunks of <= 5 rows: the prompts (with their image rows) crossed many steps
-      const promptRows = inputs.reduce((s, x) => s + x.c.input_ids.length, 0);
-      expect(st.prefillTokens + st.reusedTokens).toBeGreaterThanOrEqual(promptRows);
-      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(st.prefillTokens / 5));
-      expect(st.prefillChunks).toBeGreaterThanOrEqual(Math.ceil(Math.max(...inputs.map((x) => x.c.input_ids.length)) / 10));
-    } finally {
-      await m.close();
-    }
+    await expectReferencePromptsChunked(next, (m) => nextReferencePrompts(m, next, ['photo', 'wide']));
   });
 });

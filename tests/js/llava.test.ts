@@ -2,41 +2,17 @@
 // model in ../shared/models/llava-tiny-hf, and the PyTorch fixtures in tests/fixtures/llava for
 // what that model does not exercise (feature-layer lists, "full" strategy, two images, GQA 4).
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { f32, imageQuestion, maxAbsDiff, repoRoot, shared, sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError, loadModel, type ChatMessage, type Model } from '../../lib/index.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const tiny = join(shared, 'models', 'llava-tiny-hf');
-const haveTiny = existsSync(join(tiny, 'model.safetensors'));
-if (!haveTiny) console.warn(`llava-tiny-hf tests skipped: ${tiny} not found (set EMOLLM_SHARED_DIR)`);
+const { dir: tiny, have: haveTiny } = sharedModel('llava-tiny-hf', 'model.safetensors', 'llava-tiny-hf tests');
 const fixtures = join(repoRoot, 'tests', 'fixtures', 'llava');
 
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
-const question = (image: unknown): ChatMessage[] => [
-  {
-    role: 'user',
-    content: [
-      { type: 'image', image },
-      { type: 'text', text: 'How does the person in this photo feel?' },
-    ],
-  },
-];
+const question = (image: unknown): ChatMessage[] => imageQuestion(image);
 
 describe.skipIf(!haveTiny)('llava-tiny-hf (transformers reference)', () => {
   const expected = haveTiny
@@ -92,7 +68,7 @@ describe.skipIf(!haveTiny)('llava-tiny-hf (transformers reference)', () => {
       // independent path: all-position logits of prompt + option, log-softmax in float64
       const logits = await model.logits({ tokens: [...prefix, ...o.tokens], images: features }, { all: true });
       const n = model.info.nVocab;
-      const expandedPrefix = prefix.length - 1 + model.info.vision!.nImageTokens;
+      const expandedPrefix = prefix.length - 1 + model.info.vision!.nImageTokens!;
       let sum = 0;
       o.tokens.forEach((tok, j) => {
         const row = logits.subarray((expandedPrefix - 1 + j) * n, (expandedPrefix + j) * n);

@@ -3,19 +3,15 @@
 // info().vision, encodeImages, ctx.evalMultimodal (expanded and unexpanded image tokens),
 // ctx.generate with images, ctx.score, and the typed errors. The public TypeScript API builds on these.
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { f32, shared, sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const dir = join(shared, 'models', 'llava-tiny-hf');
-const have = existsSync(join(dir, 'reference', 'logits.f32'));
-if (!have) console.warn(`llava native tests skipped: ${dir} not found (set EMOLLM_SHARED_DIR)`);
+const { dir, have } = sharedModel('llava-tiny-hf', 'reference/logits.f32', 'llava native tests');
 
 interface VisionInfo { imageSize: number; patchSize: number; nImageTokens: number; imageTokenId: number; mean?: number[]; std?: number[] }
 interface NCtx {
@@ -34,11 +30,6 @@ interface NModel {
 }
 const loadModel = (p: string, o?: Record<string, unknown>) =>
   (native() as unknown as { loadModel(p: string, o?: Record<string, unknown>): Promise<NModel> }).loadModel(p, o);
-
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
 
 describe.skipIf(!have)('LLaVA native binding (llava-tiny-hf)', () => {
   let model: NModel;

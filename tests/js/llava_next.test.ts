@@ -5,50 +5,30 @@
 // - full path (file -> anyres preprocessing -> chat template -> tokenizer): the expanded input_ids
 //   equal the processor's, and the photo (pixel-exact preprocessing) keeps the 1e-4 logits and the
 //   greedy tokens; scoreOptions equals log-probabilities from the logits.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import {
+  expectChatAndScoresEqualBase,
+  f32,
+  imageQuestion,
+  lastRowLogSoftmax,
+  loadInitMvpPair,
+  maxAbsDiff,
+  nextExpected,
+  sharedModel,
+  type InitMvpPair,
+  type NextCase,
+} from './helpers/vlm_fixtures.js';
 import { loadModel, type ChatMessage, type Model } from '../../lib/index.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const dir = join(shared, 'models', 'llava-next-tiny-hf');
-const have = existsSync(join(dir, 'reference', 'expected.json'));
-if (!have) console.warn(`llava-next-tiny-hf tests skipped: ${dir} not found (set EMOLLM_SHARED_DIR)`);
+const { dir, have } = sharedModel('llava-next-tiny-hf', 'reference/expected.json', 'llava-next-tiny-hf tests');
 
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
-interface Case {
-  input_ids: number[];
-  greedy_new_tokens: number[];
-  image_sizes: [[number, number]];
-  logits_shape: [number, number];
-}
-
-const question = (image: string): ChatMessage[] => [
-  {
-    role: 'user',
-    content: [
-      { type: 'image', image },
-      { type: 'text', text: 'How does the person in this photo feel?' },
-    ],
-  },
-];
+const question = (image: string): ChatMessage[] => imageQuestion(image);
 
 describe.skipIf(!have)('llava-next-tiny-hf (transformers reference)', () => {
-  const expected = have ? (JSON.parse(readFileSync(join(dir, 'reference', 'expected.json'), 'utf8')) as Record<string, Case>) : {};
+  const expected: Partial<Record<string, NextCase>> = have ? nextExpected(dir) : {};
   let model: Model;
   beforeAll(async () => {
     model = await loadModel(dir, { threads: 1 });
@@ -100,14 +80,8 @@ describe.skipIf(!have)('llava-next-tiny-hf (transformers reference)', () => {
     const messages = question(join(dir, 'photo.jpg'));
     const options = ['happy', 'sad'];
     const r = await model.scoreOptions(messages, options, { normalize: 'sum' });
-    const ref = f32(join(dir, 'reference', 'photo_logits.f32'));
-    const V = c.logits_shape[1];
-    const last = ref.subarray((c.logits_shape[0] - 1) * V, c.logits_shape[0] * V);
-    let max = -Infinity;
-    for (const v of last) max = Math.max(max, v);
-    let z = 0;
-    for (const v of last) z += Math.exp(v - max);
-    for (const o of r.options) expect(Math.abs(o.tokenLogprobs[0]! - (last[o.tokens[0]!]! - max - Math.log(z)))).toBeLessThanOrEqual(1e-3);
+    const refLogprob = lastRowLogSoftmax(f32(join(dir, 'reference', 'photo_logits.f32')), c.logits_shape);
+    for (const o of r.options) expect(Math.abs(o.tokenLogprobs[0]! - refLogprob(o.tokens[0]!))).toBeLessThanOrEqual(1e-3);
     expect(r.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 10);
   });
 
@@ -122,24 +96,14 @@ describe.skipIf(!have)('llava-next-tiny-hf (transformers reference)', () => {
 });
 
 describe.skipIf(!have)('EmoLLM on LLaVA-NeXT (init-mvp)', () => {
+  let pair: InitMvpPair | undefined;
   let base: Model;
   let emo: Model;
-  let tmp: string;
   beforeAll(async () => {
-    const { mkdtempSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
-    const { initMvp } = await import('../../lib/index.js');
-    tmp = mkdtempSync(join(tmpdir(), 'emollm-next-'));
-    await initMvp(dir, join(tmp, 'emo'));
-    base = await loadModel(dir, { threads: 1 });
-    emo = await loadModel(join(tmp, 'emo'), { threads: 1 });
+    pair = await loadInitMvpPair(dir, 'emollm-next-');
+    ({ base, emo } = pair);
   });
-  afterAll(async () => {
-    await base?.close();
-    await emo?.close();
-    const { rmSync } = await import('node:fs');
-    if (tmp) rmSync(tmp, { recursive: true, force: true });
-  });
+  afterAll(async () => pair?.close());
 
   it('the MVP reads every tile and packs like the base: logits, chat and scores equal the base', async () => {
     expect(emo.info.emollm?.perspectives.map((p) => p.gate)).toEqual(['open', 'closed', 'closed', 'closed']);
@@ -150,17 +114,12 @@ describe.skipIf(!have)('EmoLLM on LLaVA-NeXT (init-mvp)', () => {
       const lb = await emo.logits(messages, { all: true });
       expect(maxAbsDiff(lb, la)).toBe(0);
       // and against transformers with the reference pixels
-      const c = JSON.parse(readFileSync(join(dir, 'reference', 'expected.json'), 'utf8'))[name] as Case;
+      const c = nextExpected(dir)[name as 'photo' | 'wide'];
       const features = await emo.encodeAnyresPixels(f32(join(dir, 'reference', `${name}_pixel_values.f32`)), c.image_sizes);
       const ref = await emo.logits({ tokens: c.input_ids, images: features }, { all: true });
       expect(maxAbsDiff(ref, f32(join(dir, 'reference', `${name}_logits.f32`)))).toBeLessThanOrEqual(1e-4);
     }
     const messages = question(join(dir, 'photo.jpg'));
-    const a = await base.chat({ messages, maxTokens: 8, temperature: 0 }).result;
-    const b = await emo.chat({ messages, maxTokens: 8, temperature: 0 }).result;
-    expect(b.tokens).toEqual(a.tokens);
-    const sa = await base.scoreOptions(messages, ['happy', 'sad']);
-    const sb = await emo.scoreOptions(messages, ['happy', 'sad']);
-    expect(sb.options.map((o) => o.logprob)).toEqual(sa.options.map((o) => o.logprob));
+    await expectChatAndScoresEqualBase(pair!, messages);
   });
 });

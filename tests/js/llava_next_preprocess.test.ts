@@ -4,12 +4,12 @@
 // resize with Pillow's fixed-point bicubic on the same 8-bit pixels); wide.jpg decodes slightly
 // differently in sharp (libvips) than in PIL, so there the bound is one 8-bit level after
 // normalisation (1 / 255 / std = 0.01501) on under 5% of the values (measured: 2.8%).
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
+import { f32, sharedModel } from './helpers/vlm_fixtures.js';
 import { decodeImage, loadImageProcessorConfig } from '../../lib/image.js';
 import {
   anyresPreprocess,
@@ -19,16 +19,7 @@ import {
   selectBestResolution,
 } from '../../lib/image_processor_llava_next.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const dir = join(shared, 'models', 'llava-next-tiny-hf');
-const have = existsSync(join(dir, 'reference', 'expected.json'));
-if (!have) console.warn(`llava-next-tiny-hf preprocessing tests skipped: ${dir} not found (set EMOLLM_SHARED_DIR)`);
-
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
+const { dir, have } = sharedModel('llava-next-tiny-hf', 'reference/expected.json', 'llava-next-tiny-hf preprocessing tests');
 
 const pins = [
   [28, 56],

@@ -6,64 +6,38 @@
 //   the rendered text and the expanded input_ids equal the reference, and the logits stay within
 //   1e-4 (the preprocessing is exact on these inputs); scoreOptions matches the logits.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import {
+  expectChatAndScoresEqualBase,
+  f32,
+  lastRowLogSoftmax,
+  loadInitMvpPair,
+  maxAbsDiff,
+  QWEN_PATCHES,
+  qwenExpected,
+  qwenGrid,
+  qwenPhotoMessages,
+  qwenVideoMessages,
+  shared,
+  sharedModel,
+  type InitMvpPair,
+  type QwenExpected,
+} from './helpers/vlm_fixtures.js';
 import { loadModel, type ChatMessage, type Model } from '../../lib/index.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const dir = join(shared, 'models', 'qwen2-vl-tiny-hf');
-const have = existsSync(join(dir, 'reference', 'expected.json'));
-if (!have) console.warn(`qwen2-vl-tiny-hf tests skipped: ${dir} not found (set EMOLLM_SHARED_DIR)`);
-
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
-interface Case {
-  input_ids: number[];
-  greedy_new_tokens: number[];
-  logits_shape: [number, number];
-  image_grid_thw?: [[number, number, number]];
-  video_grid_thw?: [[number, number, number]];
-  frames?: string[];
-}
+const { dir, have } = sharedModel('qwen2-vl-tiny-hf', 'reference/expected.json', 'qwen2-vl-tiny-hf tests');
+const FRAMES = ['frame0.png', 'frame1.png', 'frame2.png', 'frame3.png'];
 
 describe.skipIf(!have)('qwen2-vl-tiny-hf (transformers reference)', () => {
-  const expected = have ? (JSON.parse(readFileSync(join(dir, 'reference', 'expected.json'), 'utf8')) as Record<string, unknown>) : {};
-  const photo = expected.photo as Case;
-  const video = expected.video as Case;
-  const photoMessages: ChatMessage[] = [
-    {
-      role: 'user',
-      content: [
-        { type: 'image', image: join(dir, 'photo.jpg') },
-        { type: 'text', text: 'How does the person in this photo feel? Answer with one word.' },
-      ],
-    },
-  ];
-  const videoMessages: ChatMessage[] = have
-    ? [
-        {
-          role: 'user',
-          content: [
-            { type: 'video', frames: video.frames!.map((f) => join(dir, f)) },
-            { type: 'text', text: 'What emotion does the speaker show?' },
-          ],
-        },
-      ]
-    : [];
+  const expected: Partial<QwenExpected> = have ? qwenExpected(dir) : {};
+  const photo = expected.photo!;
+  const video = expected.video!;
+  const photoMessages: ChatMessage[] = qwenPhotoMessages(dir);
+  const videoMessages: ChatMessage[] = have ? qwenVideoMessages(dir, video.frames!) : [];
   let model: Model;
   beforeAll(async () => {
     model = await loadModel(dir, { threads: 1 });
@@ -74,15 +48,11 @@ describe.skipIf(!have)('qwen2-vl-tiny-hf (transformers reference)', () => {
     expect(model.info.vision).toMatchObject({ family: 'qwen2_vl', patchSize: 14, mergeSize: 2, temporalPatchSize: 2, imageTokenId: 6, videoTokenId: 7 });
   });
 
-  const cases = [
-    ['photo', 'photo_pixel_values.f32'],
-    ['video', 'video_pixel_values_videos.f32'],
-  ] as const;
-  for (const [name, file] of cases) {
+  for (const name of ['photo', 'video'] as const) {
     it(`${name}: reference patches -> logits within 1e-4 and the 12 greedy tokens`, async () => {
       const c = (name === 'photo' ? photo : video)!;
-      const grid = (c.image_grid_thw ?? c.video_grid_thw)![0];
-      const features = await model.encodePatches(f32(join(dir, 'reference', file)), [grid]);
+      const grid = qwenGrid(c);
+      const features = await model.encodePatches(f32(join(dir, 'reference', QWEN_PATCHES[name])), [grid]);
       expect(Array.from(features.grids!)).toEqual(grid);
       const logits = await model.logits({ tokens: c.input_ids, images: features }, { all: true });
       expect(logits.length).toBe(c.logits_shape[0] * c.logits_shape[1]);
@@ -112,14 +82,8 @@ describe.skipIf(!have)('qwen2-vl-tiny-hf (transformers reference)', () => {
 
   it('scoreOptions: first-token log-probabilities equal those of the reference logits', async () => {
     const r = await model.scoreOptions(videoMessages, ['happy', 'sad'], { normalize: 'sum' });
-    const ref = f32(join(dir, 'reference', 'video_logits.f32'));
-    const [n, V] = video.logits_shape;
-    const last = ref.subarray((n - 1) * V, n * V);
-    let max = -Infinity;
-    for (const v of last) max = Math.max(max, v);
-    let z = 0;
-    for (const v of last) z += Math.exp(v - max);
-    for (const o of r.options) expect(Math.abs(o.tokenLogprobs[0]! - (last[o.tokens[0]!]! - max - Math.log(z)))).toBeLessThanOrEqual(1e-3);
+    const refLogprob = lastRowLogSoftmax(f32(join(dir, 'reference', 'video_logits.f32')), video.logits_shape);
+    for (const o of r.options) expect(Math.abs(o.tokenLogprobs[0]! - refLogprob(o.tokens[0]!))).toBeLessThanOrEqual(1e-3);
     expect(r.probabilities.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 10);
   });
 
@@ -140,7 +104,7 @@ describe.skipIf(!have)('qwen2-vl: EmoPrompt with native video', () => {
 
   it('renders one <|video_pad|> through the folder template and scores the labels', async () => {
     const { buildEmoPrompt } = await import('../../lib/index.js');
-    const frames = ['frame0.png', 'frame1.png', 'frame2.png', 'frame3.png'].map((f) => join(dir, f));
+    const frames = FRAMES.map((f) => join(dir, f));
     const p = buildEmoPrompt({ task: 'emo-c', images: frames, media: 'video', nativeVideo: true, taxonomy: 'ekman7', guidance: 'none' });
     const parts = p.messages[0]!.content as { type: string }[];
     expect(parts.filter((x) => x.type === 'video')).toHaveLength(1);
@@ -158,24 +122,15 @@ describe.skipIf(!have)('qwen2-vl: EmoPrompt with native video', () => {
 });
 
 describe.skipIf(!have)('EmoLLM on Qwen2-VL (init-mvp: the MVP around the patch merger)', () => {
+  let pair: InitMvpPair | undefined;
   let base: Model;
   let emo: Model;
   let tmp: string;
   beforeAll(async () => {
-    const { mkdtempSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
-    const { initMvp } = await import('../../lib/index.js');
-    tmp = mkdtempSync(join(tmpdir(), 'emollm-qwen-'));
-    await initMvp(dir, join(tmp, 'emo'));
-    base = await loadModel(dir, { threads: 1 });
-    emo = await loadModel(join(tmp, 'emo'), { threads: 1 });
+    pair = await loadInitMvpPair(dir, 'emollm-qwen-');
+    ({ base, emo, tmp } = pair);
   });
-  afterAll(async () => {
-    await base?.close();
-    await emo?.close();
-    const { rmSync } = await import('node:fs');
-    if (tmp) rmSync(tmp, { recursive: true, force: true });
-  });
+  afterAll(async () => pair?.close());
 
   it('describes the perspectives; image and video logits, chat and scores equal the base', async () => {
     expect(emo.info.vision?.family).toBe('qwen2_vl');
@@ -187,22 +142,9 @@ describe.skipIf(!have)('EmoLLM on Qwen2-VL (init-mvp: the MVP around the patch m
     const fa = await base.encodePatches(photo, [[1, 4, 8]]);
     const fb = await emo.encodePatches(photo, [[1, 4, 8]]);
     expect(maxAbsDiff(fb, fa)).toBe(0);
-    const messages: ChatMessage[] = [
-      {
-        role: 'user',
-        content: [
-          { type: 'video', frames: ['frame0.png', 'frame1.png', 'frame2.png', 'frame3.png'].map((f) => join(dir, f)) },
-          { type: 'text', text: 'What emotion does the speaker show?' },
-        ],
-      },
-    ];
+    const messages: ChatMessage[] = qwenVideoMessages(dir, FRAMES);
     expect(maxAbsDiff(await emo.logits(messages, { all: true }), await base.logits(messages, { all: true }))).toBe(0);
-    const a = await base.chat({ messages, maxTokens: 8, temperature: 0 }).result;
-    const b = await emo.chat({ messages, maxTokens: 8, temperature: 0 }).result;
-    expect(b.tokens).toEqual(a.tokens);
-    const sa = await base.scoreOptions(messages, ['happy', 'sad']);
-    const sb = await emo.scoreOptions(messages, ['happy', 'sad']);
-    expect(sb.options.map((o) => o.logprob)).toEqual(sa.options.map((o) => o.logprob));
+    await expectChatAndScoresEqualBase(pair!, messages);
   });
 
   it('opening the low-level head changes the features (the MVP is really read)', async () => {

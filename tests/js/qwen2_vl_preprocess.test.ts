@@ -1,32 +1,16 @@
 // Qwen2-VL preprocessing (lib/image_processor_qwen2_vl.ts) against transformers' outputs in
 // ../shared/models/qwen2-vl-tiny-hf (see its SOURCE.md): grid and token counts exact; flattened
 // patches within 1e-5 for the photo (Pillow-exact resize) and for the 4 PNG video frames.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
+import { f32, maxAbsDiff, sharedModel } from './helpers/vlm_fixtures.js';
 import { decodeImage } from '../../lib/image.js';
 import { parseQwen2VLProcessorConfig, qwen2vlPatches, smartResize } from '../../lib/image_processor_qwen2_vl.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const dir = join(shared, 'models', 'qwen2-vl-tiny-hf');
-const have = existsSync(join(dir, 'reference', 'expected.json'));
-if (!have) console.warn(`qwen2-vl-tiny-hf preprocessing tests skipped: ${dir} not found (set EMOLLM_SHARED_DIR)`);
-
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
+const { dir, have } = sharedModel('qwen2-vl-tiny-hf', 'reference/expected.json', 'qwen2-vl-tiny-hf preprocessing tests');
 
 describe('smart_resize', () => {
   it('follows transformers (round half even, pixel budget)', () => {

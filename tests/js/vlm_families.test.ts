@@ -13,11 +13,23 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { requireTool } from './helpers/tools.js';
+import {
+  expectReferenceGreedyTogether,
+  f32,
+  maxAbsDiff,
+  nextReferencePrompts,
+  QWEN_PATCHES,
+  qwenExpected,
+  qwenGrid,
+  qwenPhotoMessages,
+  qwenVideoMessages,
+  sharedModel,
+  type QwenExpected,
+} from './helpers/vlm_fixtures.js';
 import { convertQwen2VLToGguf } from '../../lib/convert_qwen2vl.js';
 import { nativeBackend } from '../../lib/emobench/backends.js';
 import { readPredictions, runEval } from '../../lib/emobench/eval.js';
@@ -25,14 +37,8 @@ import { sampleToJsonl, type BenchSample } from '../../lib/emobench/sample.js';
 import { analyze, buildEmoPrompt, inspectGguf, loadModel, type ChatMessage, type Model } from '../../lib/index.js';
 import { loadTokenizer, tokenizerFromGgufMetadata } from '../../lib/tokenizer.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
-const qdir = join(shared, 'models', 'qwen2-vl-tiny-hf');
-const ndir = join(shared, 'models', 'llava-next-tiny-hf');
-const haveQwen = existsSync(join(qdir, 'reference', 'expected.json'));
-const haveNext = existsSync(join(ndir, 'reference', 'expected.json'));
-if (!haveQwen) console.warn(`Qwen2-VL GGUF / eval tests skipped: ${qdir} not found (set EMOLLM_SHARED_DIR)`);
-if (!haveNext) console.warn(`LLaVA-NeXT analyze / eval tests skipped: ${ndir} not found (set EMOLLM_SHARED_DIR)`);
+const { dir: qdir, have: haveQwen } = sharedModel('qwen2-vl-tiny-hf', 'reference/expected.json', 'Qwen2-VL GGUF / eval tests');
+const { dir: ndir, have: haveNext } = sharedModel('llava-next-tiny-hf', 'reference/expected.json', 'LLaVA-NeXT analyze / eval tests');
 const require = createRequire(import.meta.url);
 const demo = join(dirname(require.resolve('@vladmandic/face-api/package.json')), 'demo');
 const haveDemo = existsSync(join(demo, 'sample1.jpg'));
@@ -41,16 +47,6 @@ if (!haveDemo) console.warn('face-cue tests skipped: the face-api demo photos ar
 const tmp = mkdtempSync(join(tmpdir(), 'emollm-vlm-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function f32(file: string): Float32Array {
-  const b = readFileSync(file);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 /** The text of every text part of a prompt's messages. */
 function promptText(messages: readonly ChatMessage[]): string {
   return messages
@@ -69,27 +65,14 @@ function spyPrompts(model: Model): unknown[] {
 }
 const FACE_CUE = /no face was detected|a face with an? \w+ expression|faces look mostly/;
 
-interface QCase {
-  input_ids: number[];
-  greedy_new_tokens: number[];
-  logits_shape: [number, number];
-  image_grid_thw?: [[number, number, number]];
-  video_grid_thw?: [[number, number, number]];
-  frames?: string[];
-}
-
 describe.skipIf(!haveQwen)("Qwen2-VL as llama.cpp's GGUF pair (lib/convert_qwen2vl.ts) against the HF folder", () => {
-  const expected = haveQwen ? (JSON.parse(readFileSync(join(qdir, 'reference', 'expected.json'), 'utf8')) as Record<string, QCase>) : {};
+  const expected: Partial<QwenExpected> = haveQwen ? qwenExpected(qdir) : {};
   const text = join(tmp, 'qwen2vl-text-f32.gguf');
   const mmproj = join(tmp, 'qwen2vl-mmproj-f32.gguf');
   let gguf: Model;
   let hf: Model;
-  const photo = (): ChatMessage[] => [
-    { role: 'user', content: [{ type: 'image', image: join(qdir, 'photo.jpg') }, { type: 'text', text: 'How does the person in this photo feel? Answer with one word.' }] },
-  ];
-  const video = (): ChatMessage[] => [
-    { role: 'user', content: [{ type: 'video', frames: expected.video!.frames!.map((f) => join(qdir, f)) }, { type: 'text', text: 'What emotion does the speaker show?' }] },
-  ];
+  const photo = (): ChatMessage[] => qwenPhotoMessages(qdir);
+  const video = (): ChatMessage[] => qwenVideoMessages(qdir, expected.video!.frames!);
   beforeAll(async () => {
     await convertQwen2VLToGguf(qdir, { text, mmproj });
     gguf = await loadModel(text, { mmproj, threads: 1 });
@@ -122,11 +105,11 @@ describe.skipIf(!haveQwen)("Qwen2-VL as llama.cpp's GGUF pair (lib/convert_qwen2
     expect(gguf.info.vision).toMatchObject({ family: 'qwen2_vl', patchSize: 14, mergeSize: 2, temporalPatchSize: 2, imageTokenId: 6, videoTokenId: 7 });
   });
 
-  for (const [name, file] of [['photo', 'photo_pixel_values.f32'], ['video', 'video_pixel_values_videos.f32']] as const) {
+  for (const name of ['photo', 'video'] as const) {
     it(`${name}: reference patches -> transformers' logits within 1e-4 and the 12 greedy tokens`, async () => {
       const c = expected[name]!;
-      const grid = (c.image_grid_thw ?? c.video_grid_thw)![0];
-      const features = await gguf.encodePatches(f32(join(qdir, 'reference', file)), [grid]);
+      const grid = qwenGrid(c);
+      const features = await gguf.encodePatches(f32(join(qdir, 'reference', QWEN_PATCHES[name])), [grid]);
       const logits = await gguf.logits({ tokens: c.input_ids, images: features }, { all: true });
       expect(maxAbsDiff(logits, f32(join(qdir, 'reference', `${name}_logits.f32`)))).toBeLessThanOrEqual(1e-4);
       const r = await gguf.generate({ tokens: c.input_ids, images: features }, { maxTokens: 12, temperature: 0 }).result;
@@ -289,19 +272,10 @@ describe.skipIf(!haveNext || !haveDemo)('LLaVA-NeXT: EmoPrompt, analyze with fac
 
 describe.skipIf(!haveNext)('LLaVA-NeXT: concurrent sequences', () => {
   it("the photo and the wide image decoded together give transformers' greedy tokens", async () => {
-    type NCase = { input_ids: number[]; greedy_new_tokens: number[]; image_sizes: [[number, number]] };
-    const expected = JSON.parse(readFileSync(join(ndir, 'reference', 'expected.json'), 'utf8')) as Record<string, NCase>;
     const m = await loadModel(ndir, { threads: 1, maxSequences: 2 });
     try {
-      const inputs = await Promise.all(
-        (['photo', 'wide'] as const).map(async (name) => {
-          const c = expected[name]!;
-          const features = await m.encodeAnyresPixels(f32(join(ndir, 'reference', `${name}_pixel_values.f32`)), c.image_sizes);
-          return { c, prompt: { tokens: c.input_ids, images: features } };
-        }),
-      );
-      const got = await Promise.all(inputs.map(({ prompt }) => m.generate(prompt, { maxTokens: 12, temperature: 0 }).result));
-      got.forEach((g, i) => expect(g.tokens).toEqual(inputs[i]!.c.greedy_new_tokens));
+      const inputs = await nextReferencePrompts(m, ndir, ['photo', 'wide']);
+      await expectReferenceGreedyTogether(m, inputs);
       expect(m.stats().batchedSteps).toBeGreaterThan(0);
     } finally {
       await m.close();
