@@ -366,7 +366,7 @@ TEST(profiling_backend_rows) {
   std::vector<uint8_t> wq(size_t(N) * dtype_row_bytes(DType::Q4_0, K));
   const std::vector<float> src = randv(size_t(N * K), 7300), x = randv(size_t(K), 7301);
   for (int64_t n = 0; n < N; ++n) quantize_row(DType::Q4_0, src.data() + n * K, wq.data() + size_t(n) * dtype_row_bytes(DType::Q4_0, K), K);
-  std::vector<float> y(size_t(N));
+  std::vector<float> y(static_cast<size_t>(N));
   {
     auto h = prof->pack_gemm_weight(wq.data(), DType::Q4_0, N, K);
     EXPECT((h != nullptr) == vnni);
