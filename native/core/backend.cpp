@@ -181,9 +181,11 @@ class CpuBackend final : public Backend {
 
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
-    // Packed weights serve every M with q8_0 activations; with f32 activations asked for
-    // (QuantActivations::F32) the standard layout's f32 path runs on the original bytes instead.
-    if (const void* packed = packed_->find(W, wtype, N, K); packed && quant_activations() == QuantActivations::Q8)
+    // Packed weights serve every M with q8_0 activations. With f32 activations asked for
+    // (QuantActivations::F32), or the ISA capped below the VNNI kernel after the packing
+    // (configure({ isa })), the standard layout's kernels run on the original bytes instead.
+    if (const void* packed = packed_->find(W, wtype, N, K);
+        packed && quant_activations() == QuantActivations::Q8 && isa_active() >= Isa::Avx512)
       return gemm_repacked(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);
     emollm::gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K, &pool_);
   }
