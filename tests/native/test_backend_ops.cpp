@@ -289,8 +289,8 @@ TEST(device_tensor_host_edges_and_moves) {
 
 // The CPU backend's packing (Backend::pack_gemm_weight): with AVX512-VNNI and repacking on, a
 // q4_0 / q8_0 matrix gets a packed copy that gemm() on the same W then uses for every M (the
-// bits of gemm_repacked); f32 activations, another shape, a dropped handle or repacking off give
-// the standard layout's bits again. Other types are not packed.
+// bits of gemm_repacked); f32 activations, an ISA cap below AVX-512, another shape, a dropped
+// handle or repacking off give the standard layout's bits again. Other types are not packed.
 TEST(cpu_backend_packs_q4_0_q8_0_weights) {
   auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
   const bool repack_was = weight_repacking();
@@ -332,6 +332,14 @@ TEST(cpu_backend_packs_q4_0_q8_0_weights) {
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = 0; n < N / 2; ++n) EXPECT(got[size_t(m * N + n)] == want_std[size_t(m * N + n)]);
         {
+          // the ISA capped below the VNNI kernel after packing: the standard AVX2 kernels
+          IsaCapScope cap(Isa::Avx2);
+          std::vector<float> want_avx2(size_t(M * N));
+          gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), want_avx2.data(), N, M, N, K, nullptr);
+          be->gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), got.data(), N, M, N, K);
+          EXPECT(got == want_avx2);
+        }
+        {
           QuantActivationsScope f32(QuantActivations::F32);
           std::vector<float> want_f32(size_t(M * N));
           gemm(p.X.data(), K, wbytes.data(), t, p.bias.data(), want_f32.data(), N, M, N, K, nullptr);
@@ -366,7 +374,7 @@ TEST(profiling_backend_rows) {
   std::vector<uint8_t> wq(size_t(N) * dtype_row_bytes(DType::Q4_0, K));
   const std::vector<float> src = randv(size_t(N * K), 7300), x = randv(size_t(K), 7301);
   for (int64_t n = 0; n < N; ++n) quantize_row(DType::Q4_0, src.data() + n * K, wq.data() + size_t(n) * dtype_row_bytes(DType::Q4_0, K), K);
-  std::vector<float> y(size_t(N));
+  std::vector<float> y(static_cast<size_t>(N));
   {
     auto h = prof->pack_gemm_weight(wq.data(), DType::Q4_0, N, K);
     EXPECT((h != nullptr) == vnni);
