@@ -114,15 +114,11 @@ class PackedTable {
   }
   // Takes a reference to W's packed copy, making it with `make` when absent. False when W is
   // packed for another shape (then nothing is taken).
+  // The copy is made without the lock held, so gemm() calls of other models on this backend do
+  // not wait for a load's repacking.
   template <class Make>
   bool acquire(const void* W, DType t, int64_t N, int64_t K, size_t bytes, Make&& make) {
-    std::unique_lock<std::shared_mutex> lk(mu_);
-    auto it = map_.find(W);
-    if (it != map_.end()) {
-      if (it->second.t != t || it->second.N != N || it->second.K != K) return false;
-      it->second.refs++;
-      return true;
-    }
+    if (int r = take_existing(W, t, N, K); r >= 0) return r == 1;
     void* data = alloc_packed(bytes);
     try {
       make(data);
@@ -130,10 +126,27 @@ class PackedTable {
       aligned_free(data);
       throw;
     }
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    auto it = map_.find(W);
+    if (it != map_.end()) {  // packed by another thread meanwhile
+      aligned_free(data);
+      if (it->second.t != t || it->second.N != N || it->second.K != K) return false;
+      it->second.refs++;
+      return true;
+    }
     map_.emplace(W, Entry{t, N, K, data, bytes, 1});
     count_.fetch_add(1);
     g_packed_bytes.fetch_add(bytes);
     return true;
+  }
+  // 1: a reference to W's existing copy was taken; 0: W is packed for another shape; -1: absent.
+  int take_existing(const void* W, DType t, int64_t N, int64_t K) {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    auto it = map_.find(W);
+    if (it == map_.end()) return -1;
+    if (it->second.t != t || it->second.N != N || it->second.K != K) return 0;
+    it->second.refs++;
+    return 1;
   }
   void release(const void* W) {
     std::unique_lock<std::shared_mutex> lk(mu_);
