@@ -14,11 +14,10 @@
 //
 //   BF16 weights, AVX512-BF16: vdpbf16ps on (k, k+1) pairs, 32 multiply-adds per instruction;
 //     X is rounded to bf16 once per call (round to nearest even, as the packed bf16 path does).
-//     Only for M > kSmallM (8): at M <= 8 BF16 weights keep the exact-X numerics of the previous
-//     dot kernels (f32 FMAs below), as the M = 1 decode path has, so a batch of a few sequences
-//     computes what each would alone up to f32 summation order.
-//   F16 weights (no fp16 dot product on AVX-512 without AVX512-FP16), BF16 at M <= 8, and BF16
-//     without AVX512-BF16: weights widened to f32 in registers (vcvtph2ps / shift), f32 FMAs, X exact.
+//     (M > kSmallM = 8 only, as the packed bf16 path it replaces there: M <= 8 stays on the
+//     exact-X dot kernels of gemm_avx512.cpp, like the M = 1 decode path.)
+//   F16 weights (no fp16 dot product on AVX-512 without AVX512-FP16) and BF16 without
+//     AVX512-BF16: weights widened to f32 in registers (vcvtph2ps / shift), f32 FMAs, X exact.
 // Other weight types (and ISAs below Avx512) return false: the caller keeps its previous path.
 #include <atomic>
 
