@@ -20,13 +20,21 @@
 //     AVX512-BF16: weights widened to f32 in registers (vcvtph2ps / shift), f32 FMAs, X exact.
 // Other weight types (and ISAs below Avx512) return false: the caller keeps its previous path.
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "gemm_internal.h"
 
 namespace emollm {
 namespace gemm_detail {
 namespace {
-std::atomic<bool> g_enabled{true};
+// EMOLLM_SMALL_M_GEMM=0 starts with the path off (A/B of whole runs, e.g. bench:serve, without a
+// rebuild); set_small_m_enabled switches it at run time.
+bool initially_enabled() {
+  const char* v = std::getenv("EMOLLM_SMALL_M_GEMM");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+std::atomic<bool> g_enabled{initially_enabled()};
 }  // namespace
 void set_small_m_enabled(bool enabled) { g_enabled.store(enabled, std::memory_order_relaxed); }
 bool small_m_enabled() { return g_enabled.load(std::memory_order_relaxed); }

@@ -17,6 +17,7 @@
 // X row padding holds NaN (a read past K would show), Y padding a sentinel that must survive.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -186,12 +187,15 @@ TEST(gemm_small_m_rows_independent_of_batch) {
 
 // The path turns off (previous kernels) and back on; types it does not take are unaffected.
 TEST(gemm_small_m_switch_and_other_types) {
-  EXPECT(gemm_detail::small_m_enabled());
+  // on unless EMOLLM_SMALL_M_GEMM=0 / off is set
+  const char* env = std::getenv("EMOLLM_SMALL_M_GEMM");
+  const bool env_off = env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "off") == 0);
+  EXPECT(gemm_detail::small_m_enabled() == !env_off);
   {
-    SmallMScope off(false);
-    EXPECT(!gemm_detail::small_m_enabled());
+    SmallMScope flip(env_off);
+    EXPECT(gemm_detail::small_m_enabled() == env_off);
   }
-  EXPECT(gemm_detail::small_m_enabled());
+  EXPECT(gemm_detail::small_m_enabled() == !env_off);
   ThreadPool pool(2);
   // F32 and quantised weights are not taken by the small-M path: the usual checks still hold.
   for (DType t : {DType::F32, DType::Q8_0}) {
