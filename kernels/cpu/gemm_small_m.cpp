@@ -314,8 +314,11 @@ bool gemm_small_m(const Args& a, Isa isa) {
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(a.row_bytes, 1));
   const int64_t chunk = std::max<int64_t>(kR, std::min(by_bytes, a.N / (8 * nth)) / kR * kR);
-  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                  [&](int64_t n0, int64_t n1) { range(a, p, n0, n1); });
+  // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
+  // row blocks' passes must still see at most `chunk` rows of weights at a time
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk, [&](int64_t n0, int64_t n1) {
+    for (int64_t s = n0; s < n1; s += chunk) range(a, p, s, std::min(n1, s + chunk));
+  });
   return true;
 }
 

@@ -151,8 +151,9 @@ TEST(gemm_small_m_long_rows_many_columns) {
   ThreadPool pool(2);
   for (DType t : {DType::BF16, DType::F16})
     for (int64_t M : {11, 44}) run(make_case(t, M, 203, 1031, 1, 3, uint32_t(M * 7 + int(t))), &pool);
-  // K = 3001: a block of 6 rows of X no longer fits the kernel's L1 budget, so the weight-group-
-  // outer loop order runs (K = 1031 above: the X-block-outer one); both must meet the bounds
+  // K = 3001: a block of 6 rows of X no longer fits the kernel's L1 budget (kXBlockBytes), so
+  // the weight-group-outer loop order runs (K = 1031 above: the X-block-outer one); both must
+  // meet the bounds
   for (DType t : {DType::BF16, DType::F16})
     for (int64_t M : {9, 13}) run(make_case(t, M, 41, 3001, 2, 1, uint32_t(M * 5 + int(t))), &pool);
 }
