@@ -910,6 +910,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // M > 1: gemm_repacked (what models run on repacked weights) interleaved with gemm, hot weights.
       const bool ab = (t == DType::Q8_0 || t == DType::Q4_0) && cpu_features().avx512vnni &&
                       isa_active() >= Isa::Avx512 && quant_activations() == QuantActivations::Q8;
+      // BF16 / F16 with 2 <= M <= 64: the batched-decode path (gemm_small_m.cpp) against the
+      // previous path (set_small_m_enabled(false)), interleaved, as a "prev" row below it.
+      const bool small_ab = M >= gemm_detail::kSmallMMin && M <= gemm_detail::kSmallMMax &&
+                            (t == DType::BF16 || t == DType::F16) && isa_active() >= Isa::Avx512;
       Stats prev, rep, cur;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
@@ -949,11 +953,36 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           }
         } else if (M == 1) {
           res.st = measure([&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+        } else if (small_ab) {  // batched decode: the small-M path and the previous one, interleaved
+          auto st = measure_interleaved({
+              [&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); },
+              [&](int) {
+                gemm_detail::set_small_m_enabled(false);
+                gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);
+                gemm_detail::set_small_m_enabled(true);
+              },
+          });
+          res.st = cur = st[0];
+          prev = st[1];
+          gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);  // the checked output is the current path's
         } else {
           res.st = measure([&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); });
         }
         set_check(res, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
       });
+      if (small_ab && prev.reps > 0) {
+        Result p = make_result(M, dtype_name(t), "prev");
+        p.bf16_math = r.bf16_math;
+        p.st = prev;
+        p.ratio_vs = "prev/new";
+        p.ratio = prev.best / cur.best;
+        p.note = "previous path (small-M off), interleaved; ratio = its time / the emollm row's (>1: new faster)";
+        gemm_detail::set_small_m_enabled(false);
+        gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);
+        gemm_detail::set_small_m_enabled(true);
+        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        g_results.push_back(p);
+      }
       if (ab && prev.reps > 0) {
         Result p = make_result(M, dtype_name(t), "prev");
         p.bytes = double(wbytes);
@@ -1312,6 +1341,11 @@ int main(int argc, char** argv) {
       {"llama", "qkvo", 4096, 4096, {512, 1}, true},
       {"llama", "gate_up", 11008, 4096, {512, 1}, false},
       {"llama", "down", 4096, 11008, {512, 1}, false},
+      // 1.1B (TinyLlama-shaped) decoder at batched-decode row counts (continuous batching: one row per
+      // sequence, plus short prompt chunks), where the small-M path runs
+      {"llama1b", "qkvo", 2048, 2048, {64, 44, 16, 4}, false},
+      {"llama1b", "gate_up", 5632, 2048, {64, 44, 16, 4}, false},
+      {"llama1b", "down", 2048, 5632, {64, 44, 16, 4}, false},
       {"clip", "qkvo", 1024, 1024, {577}, true},
       {"clip", "fc1", 4096, 1024, {577}, false},
       {"clip", "fc2", 1024, 4096, {577}, false},

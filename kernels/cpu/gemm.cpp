@@ -318,6 +318,7 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
   if (isa >= Isa::Amx && wtype == DType::BF16 && cpu_features().amx_usable && cpu_features().amx_bf16 &&
       gemm_detail::gemm_amx(a))
     return;
+  if (gemm_detail::gemm_small_m(a, isa)) return;  // bf16/f16, 2 <= M <= 64 (gemm_small_m.cpp)
   if (isa >= Isa::Avx512)
     return gemm_detail::gemm_avx512(a, wtype == DType::BF16 && cpu_features().avx512bf16);
   if (isa >= Isa::Avx2) return gemm_detail::gemm_avx2(a);

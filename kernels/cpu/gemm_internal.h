@@ -37,6 +37,19 @@ void parallel_chunks(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 // activation rows; larger M use the packed, cache-blocked GEMM.
 constexpr int64_t kSmallM = 8;
 
+// Batched decode (gemm_small_m.cpp): BF16/F16 weights with kSmallMMin <= M <= kSmallMMax on
+// AVX-512 use unpacked, row-register-blocked kernels; gemm_small_m returns false for the calls it
+// does not take. set_small_m_enabled(false) restores the previous paths (tests, A/B benchmarks).
+// M <= kSmallM stays on the dot kernels above (at M = 4 they measured 1.1-1.3x the small-M
+// f32-FMA kernel, interleaved A/B on Zen 5); M > 64 on the packed GEMM.
+constexpr int64_t kSmallMMin = kSmallM + 1;
+constexpr int64_t kSmallMMax = 64;
+#if defined(__x86_64__)
+bool gemm_small_m(const Args& a, Isa isa);
+#endif
+void set_small_m_enabled(bool enabled);
+bool small_m_enabled();
+
 // Minimum multiply-adds before a call is spread across threads.
 constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
 

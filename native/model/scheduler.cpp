@@ -22,6 +22,9 @@ struct Scheduler::Active {
   int32_t next_token = -1;                 // Generate: the token the next decode step evaluates
   std::vector<float> prefix_logits;        // Score: the prefix's last logits
   size_t next_cont = 0;                    // Score: the next option to evaluate
+  // Score, an option longer than the step budget: split across steps like a prompt's chunks
+  int64_t cont_pos = 0;                        // its rows evaluated so far (cached after the prefix)
+  LlamaContext::ContinuationScore cont_score;  // its token logprobs so far
   // chunked prefill: the prompt's evaluation inside the step passes
   bool prefilling = false;  // the prompt is not fully evaluated yet
   bool started = false;     // where it starts (own cache / copied prefix) is settled
@@ -319,7 +322,9 @@ void Scheduler::begin(Active& a, const float* logits) {
 // sequence's next token; for every scoring sequence, the rows of its next option (all their
 // logits; options of one token need no pass, the prefix's logits score them); then chunks of the
 // prompts being prefilled, oldest first, with what is left. Option rows past the budget wait for
-// the next step.
+// the next step; an option longer than the whole budget is evaluated in chunks over several steps
+// (like a prompt: each takes what the step has left after the decode rows), its positions staying
+// cached after the prefix until its last chunk, then truncated back.
 void Scheduler::step() {
   LlamaContext& ctx = *ctx_;
   const int64_t V = ctx.n_vocab(), E = model_->hparams().n_embd, budget = ctx.n_batch();
@@ -327,6 +332,13 @@ void Scheduler::step() {
   std::vector<Active*> who;
   int64_t rows = 0, prompt_rows = 0, chunks = 0;
   std::vector<Active*> prefill;  // in admission order
+  // decode rows still to be placed: a split option leaves them room (every generating sequence
+  // gets its row each step)
+  int64_t decode_left = 0;
+  for (const auto& ap : running_)
+    if (!ap->done && !ap->aborted() && !ap->prefilling && ap->req.kind == SeqRequest::Kind::Generate &&
+        ap->next_token >= 0)
+      ++decode_left;
   for (auto& ap : running_) {
     Active* a = ap.get();
     if (a->done) continue;
@@ -344,6 +356,7 @@ void Scheduler::step() {
       segs.push_back(LlamaBatchSegment{a->slot, &a->next_token, 1, false});
       who.push_back(a);
       rows += 1;
+      --decode_left;
       continue;
     }
     // scoring: options of 0 or 1 token are scored from the prefix logits alone
@@ -363,19 +376,12 @@ void Scheduler::step() {
     }
     const auto& c = conts[a->next_cont];
     const int64_t m = int64_t(c.size()) - 1;
-    if (m > budget) {  // longer than a pass: its own passes, in chunks
-      try {
-        LlamaContext::ContinuationScore sc;
-        if (!ctx.seq_score_continuation(a->slot, a->prefix_logits.data(), c, &sc, a->abort.get())) {
-          a->done = true;
-          continue;
-        }
-        a->out.scores.push_back(std::move(sc));
-        a->done = ++a->next_cont == conts.size();
-      } catch (...) {
-        a->out.error = std::current_exception();
-        a->done = true;
-      }
+    if (m > budget) {  // longer than a pass: chunks inside the step passes, with what is left
+      const int64_t take = std::min(m - a->cont_pos, budget - rows - decode_left);
+      if (take <= 0) continue;
+      segs.push_back(LlamaBatchSegment{a->slot, c.data() + a->cont_pos, take, true});
+      who.push_back(a);
+      rows += take;
       continue;
     }
     if (rows + m > budget) continue;
@@ -454,7 +460,24 @@ void Scheduler::step() {
       continue;
     }
     const auto& c = a->req.continuations[a->next_cont];
-    if (!ok) {
+    if (ok && int64_t(c.size()) - 1 > budget) {  // a chunk of a split option
+      LlamaContext::ContinuationScore& sc = a->cont_score;
+      if (a->cont_pos == 0) {
+        sc = LlamaContext::ContinuationScore{};
+        sc.token_logprobs.push_back(log_softmax_at(a->prefix_logits.data(), V, c[0]));
+      }
+      // row j is option token cont_pos + j; its logits score the token after it
+      for (int64_t j = 0; j < sg.n; ++j)
+        sc.token_logprobs.push_back(log_softmax_at(out + j * V, V, c[size_t(a->cont_pos + j + 1)]));
+      a->cont_pos += sg.n;
+      if (a->cont_pos == int64_t(c.size()) - 1) {
+        for (double lp : sc.token_logprobs) sc.logprob += lp;
+        a->out.scores.push_back(std::move(sc));
+        ctx.seq_truncate(a->slot, ctx.seq_n_past(a->slot) - a->cont_pos);  // back to the prefix
+        a->cont_pos = 0;
+        a->done = ++a->next_cont == a->req.continuations.size();
+      }
+    } else if (!ok) {
       a->done = true;
     } else {
       LlamaContext::ContinuationScore sc;

@@ -20,7 +20,8 @@
 //      attention per slot) of at most n_batch rows (the step's token budget) carries, in this
 //      order: a row for every generating sequence's next token; for every scoring sequence, the
 //      rows of its next option (evaluated from its cached prefix, then truncated back to it: the
-//      prefix is evaluated once per request and shared by all its options); then chunks of the
+//      prefix is evaluated once per request and shared by all its options; an option longer than
+//      the budget is split into chunks over several steps, like a prompt); then chunks of the
 //      prompts still being prefilled, oldest first, up to the budget. Each generating sequence
 //      then samples / delivers / stops exactly as Session::generate (SequenceGenerator); a
 //      prompt whose last chunk ran starts generating (or scoring) from that chunk's logits.

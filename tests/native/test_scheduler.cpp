@@ -561,3 +561,75 @@ TEST(scheduler_abort_during_chunked_prefill_leaves_the_others_exact) {
   // the aborted prompt stopped early: far fewer positions than its 150 were evaluated
   EXPECT(st.prefill_tokens < int64_t(longp.size()));
 }
+
+// Options longer than the step budget are split across steps like prompt chunks (a decode row
+// of another sequence beside every chunk); their token logprobs equal the unsplit evaluation
+// (LlamaContext::score_continuations alone, one pass per option) within 1e-5 + 1e-6 * |logprob|:
+// the f32 GEMM kernels round differently in the last bits at different row counts (M = 8 rows
+// here against M = 29 there), and log-probabilities of unlikely tokens (-5 .. -25 for these
+// arbitrary options) carry that relative f32 error (measured: 1.5e-5 at -24). An indexing or
+// truncation mistake moves them by whole units. The sequence's cache goes back to the prefix after
+// each option: the next option and the next request reusing the prefix see only the prefix.
+TEST(scheduler_long_options_split_across_steps_equal_unsplit) {
+  if (stories_gguf().empty()) return;
+  const std::vector<int32_t> prefix = story_prompt(24, 3);
+  std::vector<int32_t> long1, long2;
+  for (int i = 0; i < 30; ++i) long1.push_back(int32_t(10 + (i * 37) % 400));
+  for (int i = 0; i < 21; ++i) long2.push_back(int32_t(20 + (i * 53) % 450));
+  const std::vector<std::vector<int32_t>> conts = {long1, {9}, long2, {100, 101}, long1};
+  std::vector<LlamaContext::ContinuationScore> want;
+  {
+    LlamaContext ctx(model(), LlamaContextOptions{128, 0, 1});
+    EXPECT(ctx.score_continuations(prefix.data(), int64_t(prefix.size()), conts, &want));
+  }
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 2;
+  so.n_batch = 8;  // options of 29 and 20 rows: 5 and 3 chunks or more
+  Scheduler sched(model(), so);
+  std::promise<SeqOutcome> g, a, b;
+  SeqRequest gr;
+  gr.prompt = prompts()[2];
+  gr.params = greedy(60);
+  gr.on_done = [&](SeqOutcome&& o) { g.set_value(std::move(o)); };
+  sched.submit(std::move(gr));
+  for (std::promise<SeqOutcome>* p : {&a, &b}) {  // 2 slots: the second scoring queues for a free one
+    SeqRequest r;
+    r.kind = SeqRequest::Kind::Score;
+    r.prompt = prefix;
+    r.continuations = conts;
+    r.on_done = [p](SeqOutcome&& o) { p->set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  double worst = 0;
+  for (std::promise<SeqOutcome>* p : {&a, &b}) {
+    SeqOutcome o = p->get_future().get();
+    EXPECT(!o.error && !o.aborted);
+    EXPECT(o.scores.size() == want.size());
+    for (size_t i = 0; i < want.size() && i < o.scores.size(); ++i) {
+      EXPECT(o.scores[i].token_logprobs.size() == want[i].token_logprobs.size());
+      EXPECT(std::fabs(o.scores[i].logprob - want[i].logprob) <= 1e-5 * std::max(1.0, std::fabs(want[i].logprob)));
+      for (size_t j = 0; j < want[i].token_logprobs.size() && j < o.scores[i].token_logprobs.size(); ++j) {
+        const double d = std::fabs(o.scores[i].token_logprobs[j] - want[i].token_logprobs[j]);
+        worst = std::max(worst, d);
+        const double tol = 1e-5 + 1e-6 * std::fabs(want[i].token_logprobs[j]);
+        if (!(d <= tol))
+          std::printf("  option %zu token %zu: %.9g vs %.9g unsplit\n", i, j, o.scores[i].token_logprobs[j],
+                      want[i].token_logprobs[j]);
+        EXPECT(d <= tol);
+      }
+    }
+  }
+  std::printf("  split options: max |token logprob - unsplit| %.3g\n", worst);
+  SeqOutcome go = g.get_future().get();
+  EXPECT(!go.error);
+  EXPECT(go.generated.tokens == alone(prompts()[2], 60).tokens);
+  const SchedulerStats st = sched.stats();
+  std::printf("  budget 8: %lld steps, %lld rows (max %lld), %lld option+decode rows, %lld mixed\n", (long long)st.steps,
+              (long long)st.step_rows, (long long)st.max_step_rows, (long long)st.decoded_tokens,
+              (long long)st.mixed_steps);
+  EXPECT(st.max_step_rows <= 8);
+  // every option row ran inside a step pass: 2 requests x (29 + 0 + 20 + 1 + 29) option rows,
+  // plus the generation's decode rows (one per token after its first)
+  EXPECT(st.decoded_tokens >= 2 * (29 + 20 + 1 + 29));
+}

@@ -1,0 +1,328 @@
+// Batched-decode matrix products: Y[M,N] = X[M,K] W[N,K]^T (+ bias) for a few rows of X
+// (kSmallMMin <= M <= kSmallMMax: one decode row per sequence of a continuous-batching step, plus
+// the odd short prompt chunk). Plain functions over pointers and shapes; no model.
+//
+// Why its own path: with M in this range the packed GEMM (gemm_avx512.cpp) spends much of its
+// time dequantising and transposing W into panels that are then used by only a handful of rows,
+// and the M <= 8 "dot" kernels run out of registers. Here W is never packed: each group of R = 4
+// weight rows is read in its natural row-major layout, streamed from memory once (the first row
+// block, with a software prefetch ahead), and then re-read from L1/L2 for the remaining row blocks
+// of X. Every W load feeds MB = 6 rows of X, register-blocked as R x MB = 24 accumulators
+// (+ 4 weight registers + 1 activation register = 29 zmm). The dot-product form leaves 16 partial
+// sums per (row, column); the 4 columns of a group are reduced together (reduce4) into one
+// 128-bit store of 4 adjacent outputs.
+//
+//   BF16 weights, AVX512-BF16: vdpbf16ps on (k, k+1) pairs, 32 multiply-adds per instruction;
+//     X is rounded to bf16 once per call (round to nearest even, as the packed bf16 path does).
+//     (M > kSmallM = 8 only, as the packed bf16 path it replaces there: M <= 8 stays on the
+//     exact-X dot kernels of gemm_avx512.cpp, like the M = 1 decode path.)
+//   F16 weights (no fp16 dot product on AVX-512 without AVX512-FP16) and BF16 without
+//     AVX512-BF16: weights widened to f32 in registers (vcvtph2ps / shift), f32 FMAs, X exact.
+// Other weight types (and ISAs below Avx512) return false: the caller keeps its previous path.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "gemm_internal.h"
+
+namespace emollm {
+namespace gemm_detail {
+namespace {
+// EMOLLM_SMALL_M_GEMM=0 starts with the path off (A/B of whole runs, e.g. bench:serve, without a
+// rebuild); set_small_m_enabled switches it at run time.
+bool initially_enabled() {
+  const char* v = std::getenv("EMOLLM_SMALL_M_GEMM");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+std::atomic<bool> g_enabled{initially_enabled()};
+}  // namespace
+void set_small_m_enabled(bool enabled) { g_enabled.store(enabled, std::memory_order_relaxed); }
+bool small_m_enabled() { return g_enabled.load(std::memory_order_relaxed); }
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cstring>
+
+namespace emollm {
+namespace gemm_detail {
+namespace {
+
+#define SM_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define SM_T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define SM_AI inline __attribute__((always_inline))
+
+constexpr int kR = 4;   // weight rows (output columns) per group
+constexpr int kMB = 6;  // rows of X per register block
+// Software prefetch distance along each weight row during the first row block (the one that
+// brings W in from memory); the later blocks find the rows in L1/L2.
+constexpr int kPrefetchBytes = 1024;
+// Weight bytes per work chunk: with the row blocks' passes over it, it must stay in L2 (1 MiB on
+// Zen 4/5, 2 MiB on recent Intel; half of it leaves room for X and the neighbours).
+constexpr size_t kChunkBytes = size_t(256) << 10;
+
+SM_T512 SM_AI __mmask16 mask16(int64_t c) {
+  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
+}
+
+// Horizontal sums of four accumulators as one 128-bit vector [sum a0, sum a1, sum a2, sum a3].
+SM_T512 SM_AI __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, 0x44), _mm512_shuffle_ps(t0, t1, 0xEE));
+  const __m256 v = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+}
+
+// Writes acc[r][m] (+ bias) to Y[m0 + m, n0 + r].
+template <int R, int MB>
+SM_T512 SM_AI void store_block(__m512 (&acc)[R][MB], const float* bias, float* Y, int64_t ldy, int64_t n0) {
+  if constexpr (R == kR) {
+    const __m128 b = bias ? _mm_loadu_ps(bias + n0) : _mm_setzero_ps();
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m)
+      _mm_storeu_ps(Y + m * ldy + n0, _mm_add_ps(reduce4(acc[0][m], acc[1][m], acc[2][m], acc[3][m]), b));
+  } else {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        float v = _mm512_reduce_add_ps(acc[r][m]);
+        if (bias) v += bias[n0 + r];
+        Y[m * ldy + n0 + r] = v;
+      }
+  }
+}
+
+// ------------------------------------------------------------------ BF16, vdpbf16ps
+// xb: X rounded to bf16, row m at xb + m * ldb (ldb = K rounded up to 32, zero past K).
+// Y rows m0..m0+MB-1 (already offset by the caller), weight rows n0..n0+R-1.
+template <int R, int MB, bool PF>
+SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, size_t rb, int64_t K,
+                          const float* bias, float* Y, int64_t ldy, int64_t n0) {
+  const uint8_t* wr[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
+  __m512 acc[R][MB];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh w[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
+      w[r] = (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh x = (__m512bh)_mm512_load_si512(xb + m * ldb + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
+    }
+  }
+  if (k < K) {  // K % 32 weights, masked (X is zero there too)
+    const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
+    __m512bh w[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh x = (__m512bh)_mm512_load_si512(xb + m * ldb + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
+    }
+  }
+  store_block<R, MB>(acc, bias, Y, ldy, n0);
+}
+
+// X rows [0, M) -> bf16 (round to nearest even), ldb elements per row, zero past K.
+SM_T512BF void round_x_bf16(const float* X, int64_t ldx, int64_t M, int64_t K, int64_t ldb, uint16_t* xb) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* x = X + m * ldx;
+    uint16_t* o = xb + m * ldb;
+    for (int64_t k = 0; k < ldb; k += 32) {
+      const int64_t c = K - k;
+      const __m512 lo = _mm512_maskz_loadu_ps(mask16(c), x + k);
+      const __m512 hi = _mm512_maskz_loadu_ps(mask16(c - 16), x + k + 16);
+      _mm512_store_si512(o + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+
+// ------------------------------------------------------------------ f32 FMAs (F16 / BF16 widened)
+template <DType DT>
+SM_T512 SM_AI __m512 load_w16(const uint8_t* row, int64_t k, __mmask16 mk) {
+  if constexpr (DT == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, row + 2 * k));
+  } else {  // BF16: the high half of an f32
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, row + 2 * k)), 16));
+  }
+}
+
+template <DType DT, int R, int MB, bool PF>
+SM_T512 void fma_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb, int64_t K, const float* bias,
+                       float* Y, int64_t ldy, int64_t n0) {
+  const uint8_t* wr[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
+  __m512 acc[R][MB];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mk = mask16(K - k);
+    __m512 w[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if constexpr (PF)
+        if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
+      w[r] = load_w16<DT>(wr[r], k, mk);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512 x = _mm512_maskz_loadu_ps(mk, X + m * ldx + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], x, acc[r][m]);
+    }
+  }
+  store_block<R, MB>(acc, bias, Y, ldy, n0);
+}
+
+// ------------------------------------------------------------------ row blocking and dispatch
+// One register block: rows [m0, m0 + mb) of X against weight rows [n0, n0 + R).
+struct Plan {
+  bool bf16dot;
+  const float* X;
+  int64_t ldx;
+  const uint16_t* xb;
+  int64_t ldb;
+};
+
+template <int R, int MB, bool PF>
+SM_T512BF void block_bf16(const Args& a, const Plan& p, int64_t m0, int64_t n0) {
+  bf16_block<R, MB, PF>(p.xb + m0 * p.ldb, p.ldb, static_cast<const uint8_t*>(a.W), a.row_bytes, a.K, a.bias,
+                        a.Y + m0 * a.ldy, a.ldy, n0);
+}
+
+template <DType DT, int R, int MB, bool PF>
+SM_T512 void block_fma(const Args& a, const Plan& p, int64_t m0, int64_t n0) {
+  fma_block<DT, R, MB, PF>(p.X + m0 * p.ldx, p.ldx, static_cast<const uint8_t*>(a.W), a.row_bytes, a.K, a.bias,
+                           a.Y + m0 * a.ldy, a.ldy, n0);
+}
+
+using BlockFn = void (*)(const Args&, const Plan&, int64_t, int64_t);
+
+// fns[pf][mb - 1] for one R.
+template <int R, template <int, int, bool> class K>
+struct Table {
+  static constexpr BlockFn fns[2][kMB] = {
+      {K<R, 1, false>::f, K<R, 2, false>::f, K<R, 3, false>::f, K<R, 4, false>::f, K<R, 5, false>::f,
+       K<R, 6, false>::f},
+      {K<R, 1, true>::f, K<R, 2, true>::f, K<R, 3, true>::f, K<R, 4, true>::f, K<R, 5, true>::f, K<R, 6, true>::f}};
+};
+
+template <int R, int MB, bool PF>
+struct KBf16 {
+  static constexpr BlockFn f = block_bf16<R, MB, PF>;
+};
+template <int R, int MB, bool PF>
+struct KF16 {
+  static constexpr BlockFn f = block_fma<DType::F16, R, MB, PF>;
+};
+template <int R, int MB, bool PF>
+struct KBf16Fma {
+  static constexpr BlockFn f = block_fma<DType::BF16, R, MB, PF>;
+};
+
+// Weight rows [n0, n1) (a chunk of at most kChunkBytes of weights, so that it stays in L2) in
+// groups of kR (then single rows) against every row block of X (MB rows, balanced: M = 16 runs
+// 6, 5, 5, not 6, 6, 4). Two loop orders, same arithmetic per output (bitwise):
+//   x_outer: for every row block, every group: the block of X stays in L1 while the weight rows
+//     stream past it (from memory for the first block, with a software prefetch; from L2 after).
+//     Taken when a block of X fits in L1 beside the weights (kXBlockBytes); at K = 2048 bf16 it
+//     measured ~1.1x the other order (single thread, Zen 5, hot weights), where the blocks of X
+//     came from L2 every time.
+//   else: for every group, every row block: the group's weight rows stay in L1/L2 across the
+//     blocks; the better order when a block of X is too big for L1 anyway (K = 5632: ~1.15x).
+constexpr size_t kXBlockBytes = size_t(32) << 10;
+
+template <template <int, int, bool> class K>
+void run_range(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
+  const int64_t nblk = (a.M + kMB - 1) / kMB;
+  const int64_t base = a.M / nblk, extra = a.M % nblk;  // the first `extra` blocks get base + 1 rows
+  const size_t xrow = p.bf16dot ? size_t(p.ldb) * 2 : size_t(a.K) * 4;
+  if (size_t(kMB) * xrow <= kXBlockBytes) {
+    int64_t m0 = 0;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t mb = base + (b < extra ? 1 : 0);
+      const int pf = b == 0 ? 1 : 0;
+      int64_t n = n0;
+      for (; n + kR <= n1; n += kR) Table<kR, K>::fns[pf][mb - 1](a, p, m0, n);
+      for (; n < n1; ++n) Table<1, K>::fns[0][mb - 1](a, p, m0, n);
+      m0 += mb;
+    }
+    return;
+  }
+  auto group = [&](int64_t n, const BlockFn (&fns)[2][kMB]) {
+    int64_t m0 = 0;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t mb = base + (b < extra ? 1 : 0);
+      fns[b == 0 ? 1 : 0][mb - 1](a, p, m0, n);
+      m0 += mb;
+    }
+  };
+  int64_t n = n0;
+  for (; n + kR <= n1; n += kR) group(n, Table<kR, K>::fns);
+  for (; n < n1; ++n) group(n, Table<1, K>::fns);
+}
+
+}  // namespace
+
+bool gemm_small_m(const Args& a, Isa isa) {
+  if (a.M < kSmallMMin || a.M > kSmallMMax || isa < Isa::Avx512 || !small_m_enabled()) return false;
+  const CpuFeatures& f = cpu_features();
+  if (!f.avx512f || !f.avx512bw || !f.avx512vl || !f.avx512dq) return false;
+  Plan p{false, a.X, a.ldx, nullptr, 0};
+  void (*range)(const Args&, const Plan&, int64_t, int64_t) = nullptr;
+  if (a.wtype == DType::BF16 && f.avx512bf16 && a.M > kSmallM) {
+    p.bf16dot = true;
+    p.ldb = (a.K + 31) / 32 * 32;
+    uint16_t* xb = static_cast<uint16_t*>(scratch(2, size_t(a.M) * size_t(p.ldb) * 2));
+    round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);
+    p.xb = xb;
+    range = run_range<KBf16>;
+  } else if (a.wtype == DType::BF16) {
+    range = run_range<KBf16Fma>;
+  } else if (a.wtype == DType::F16) {
+    range = run_range<KF16>;
+  } else {
+    return false;
+  }
+  // Chunks of whole groups: at most kChunkBytes of weights (they stay in L2 while every row block
+  // of X passes over them), and ~8 per thread so that a thread slowed by another process is
+  // covered by the others (parallel_chunks is dynamic).
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(a.row_bytes, 1));
+  const int64_t chunk = std::max<int64_t>(kR, std::min(by_bytes, a.N / (8 * nth)) / kR * kR);
+  // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
+  // row blocks' passes must still see at most `chunk` rows of weights at a time
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk, [&](int64_t n0, int64_t n1) {
+    for (int64_t s = n0; s < n1; s += chunk) range(a, p, s, std::min(n1, s + chunk));
+  });
+  return true;
+}
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#endif  // __x86_64__

@@ -1,0 +1,209 @@
+// Tests of the batched-decode GEMM path (kernels/cpu/gemm_small_m.cpp): BF16 / F16 weights with
+// kSmallMMin <= M <= kSmallMMax rows, through the public emollm::gemm.
+//
+// References and tolerances, per output y[m,n] with S = sum_k |x[m,k] w[n,k]| + |bias[n]|:
+//   - f32-FMA kernels (F16 at every M of the range, BF16 at M <= 8, BF16 without AVX512-BF16):
+//     weights widen exactly to f32, products and sums in f32, so against ref::gemm (double
+//     accumulation) |y - ref| <= 1e-5 * S / sqrt(K) + 1e-6 (the f32 tolerance of test_gemm.cpp).
+//   - vdpbf16ps kernel (BF16, M > 8, AVX512-BF16): X is rounded to bf16 (nearest even), the
+//     products of bf16 values are exact in f32, so against ref::gemm on X pre-rounded to bf16 the
+//     same f32 tolerance holds; against the f32 X, 2^-8 * S more (bf16 rounding, 2^-9 per element).
+//   - The previous paths (set_small_m_enabled(false)) meet the same bounds on the same problems.
+//   - A row's result does not depend on the other rows of the batch: row m of an M-row call equals
+//     (bitwise) the same row computed in a call with other rows beside it, for every M the path
+//     takes (kSmallMMin..kSmallMMax = 9..64). This keeps a sequence's logits independent of the
+//     batch it is decoded in, within that range.
+//   - The range edges: M = 2..8 and 65+ run the previous kernels (bounds above still hold).
+// X row padding holds NaN (a read past K would show), Y padding a sentinel that must survive.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../kernels/cpu/gemm_internal.h"
+#include "../../kernels/cpu/kernels.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+constexpr float kSentinel = -12345.0f;
+
+std::vector<float> rand_vec(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+struct SmallMScope {
+  explicit SmallMScope(bool on) : prev_(gemm_detail::small_m_enabled()) { gemm_detail::set_small_m_enabled(on); }
+  ~SmallMScope() { gemm_detail::set_small_m_enabled(prev_); }
+  bool prev_;
+};
+
+struct Case {
+  DType t;
+  int64_t M, N, K, ldx, ldy;
+  std::vector<uint8_t> W;
+  std::vector<float> Wd;    // dequantised
+  std::vector<float> X;     // M x ldx, padding NaN
+  std::vector<float> Xr;    // X rounded to bf16 (padding NaN)
+  std::vector<float> bias;
+};
+
+Case make_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t ypad, uint32_t seed) {
+  Case c{t, M, N, K, K + xpad, N + ypad, {}, {}, {}, {}, rand_vec(size_t(N), seed + 5)};
+  const size_t rb = dtype_row_bytes(t, K);
+  const std::vector<float> w = rand_vec(size_t(N * K), seed);
+  c.W.assign(rb * size_t(N), 0);
+  c.Wd.resize(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    quantize_row(t, w.data() + n * K, c.W.data() + n * rb, K);
+    dequantize_row(t, c.W.data() + n * rb, c.Wd.data() + n * K, K);
+  }
+  const std::vector<float> x = rand_vec(size_t(M * K), seed + 3);
+  c.X.assign(size_t(M * c.ldx), NAN);
+  c.Xr = c.X;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      c.X[m * c.ldx + k] = x[m * K + k];
+      c.Xr[m * c.ldx + k] = bf16_to_f32(f32_to_bf16(x[m * K + k]));
+    }
+  return c;
+}
+
+bool uses_bf16_dot(const Case& c) {
+  return c.t == DType::BF16 && c.M > gemm_detail::kSmallM && cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
+}
+
+// |Y - R| <= 1e-5 * S / sqrt(K) + 1e-6 + rel * S; Y padding untouched.
+bool check(const std::vector<float>& Y, const std::vector<float>& R, const Case& c, const std::vector<float>& X,
+           const float* bias, double rel, const std::string& what) {
+  for (int64_t m = 0; m < c.M; ++m)
+    for (int64_t n = 0; n < c.ldy; ++n) {
+      const float y = Y[m * c.ldy + n];
+      if (n >= c.N) {
+        if (!(y == kSentinel)) {
+          emollm_test::report_failure(__FILE__, __LINE__, what + ": Y padding overwritten");
+          return false;
+        }
+        continue;
+      }
+      double S = bias ? std::fabs(double(bias[n])) : 0.0;
+      for (int64_t k = 0; k < c.K; ++k) S += std::fabs(double(X[m * c.ldx + k]) * c.Wd[n * c.K + k]);
+      const double tol = 1e-5 * S / std::sqrt(double(c.K)) + 1e-6 + rel * S;
+      const double d = std::fabs(double(y) - double(R[m * c.ldy + n]));
+      if (!(d <= tol)) {
+        char buf[320];
+        std::snprintf(buf, sizeof buf, "%s: m=%lld n=%lld got %.8g want %.8g |diff| %.3g > tol %.3g", what.c_str(),
+                      (long long)m, (long long)n, double(y), double(R[m * c.ldy + n]), d, tol);
+        emollm_test::report_failure(__FILE__, __LINE__, buf);
+        return false;
+      }
+    }
+  return true;
+}
+
+void run(const Case& c, ThreadPool* pool) {
+  for (int use_bias = 0; use_bias < 2; ++use_bias) {
+    const float* bias = use_bias ? c.bias.data() : nullptr;
+    std::vector<float> R(size_t(c.M * c.ldy), kSentinel), Rr(size_t(c.M * c.ldy), kSentinel);
+    ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
+    ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, c.M, c.N, c.K);
+    for (int enabled = 0; enabled < 2; ++enabled) {
+      SmallMScope sm(enabled != 0);
+      for (int use_pool = 0; use_pool < 2; ++use_pool) {
+        std::vector<float> Y(size_t(c.M * c.ldy), kSentinel);
+        gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, Y.data(), c.ldy, c.M, c.N, c.K, use_pool ? pool : nullptr);
+        const std::string what = std::string(dtype_name(c.t)) + " small_m=" + std::to_string(enabled) +
+                                 " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
+                                 std::to_string(c.K) + " ldx=" + std::to_string(c.ldx) + " ldy=" + std::to_string(c.ldy) +
+                                 " bias=" + std::to_string(use_bias) + " pool=" + std::to_string(use_pool);
+        if (uses_bf16_dot(c)) {  // both paths use bf16 hardware at M > 8 (see gemm_avx512.cpp)
+          check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
+          check(Y, R, c, c.X, bias, 1.0 / 256, what + " [vs f32 ref]");
+        } else {
+          check(Y, R, c, c.X, bias, 0.0, what);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST(gemm_small_m_shapes) {
+  ThreadPool pool(2);
+  uint32_t seed = 1;
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t M : {2, 5, 8, 9, 10, 12, 13, 16, 44, 64, 65})
+      for (int64_t K : {1, 15, 32, 33, 100})
+        for (int64_t N : {1, 3, 4, 9}) run(make_case(t, M, N, K, (M + K) % 3, N % 2, seed++), &pool);
+}
+
+TEST(gemm_small_m_long_rows_many_columns) {
+  ThreadPool pool(2);
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t M : {11, 44}) run(make_case(t, M, 203, 1031, 1, 3, uint32_t(M * 7 + int(t))), &pool);
+  // K = 3001: a block of 6 rows of X no longer fits the kernel's L1 budget (kXBlockBytes), so
+  // the weight-group-outer loop order runs (K = 1031 above: the X-block-outer one); both must
+  // meet the bounds
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t M : {9, 13}) run(make_case(t, M, 41, 3001, 2, 1, uint32_t(M * 5 + int(t))), &pool);
+}
+
+// A row's result is independent of the rest of the batch (bitwise, for every M the path takes).
+TEST(gemm_small_m_rows_independent_of_batch) {
+  if (isa_detected() < Isa::Avx512) {
+    std::printf("  skip gemm_small_m_rows_independent_of_batch: no AVX-512 (the small-M kernels need it)\n");
+    return;
+  }
+  ThreadPool pool(2);
+  const int64_t N = 37, K = 333, Mmax = 64;
+  for (DType t : {DType::BF16, DType::F16}) {
+    const Case c = make_case(t, Mmax, N, K, 0, 0, 77 + uint32_t(t));
+    std::vector<float> full(size_t(Mmax * N));
+    gemm(c.X.data(), K, c.W.data(), t, c.bias.data(), full.data(), N, Mmax, N, K, &pool);
+    for (int64_t M : {9, 10, 16, 17, 44, 63, 64}) {
+      for (int64_t m0 : {int64_t(0), int64_t(1), Mmax - M}) {
+        if (m0 + M > Mmax) continue;
+        std::vector<float> y(size_t(M * N));
+        gemm(c.X.data() + m0 * K, K, c.W.data(), t, c.bias.data(), y.data(), N, M, N, K, &pool);
+        const bool same = std::memcmp(y.data(), full.data() + m0 * N, y.size() * 4) == 0;
+        if (!same)
+          emollm_test::report_failure(__FILE__, __LINE__,
+                                      std::string(dtype_name(t)) + ": rows " + std::to_string(m0) + ".." +
+                                          std::to_string(m0 + M - 1) + " computed with M=" + std::to_string(M) +
+                                          " differ from the same rows in the batch of 64");
+      }
+    }
+  }
+}
+
+// The path turns off (previous kernels) and back on; types it does not take are unaffected.
+TEST(gemm_small_m_switch_and_other_types) {
+  // on unless EMOLLM_SMALL_M_GEMM=0 / off is set
+  const char* env = std::getenv("EMOLLM_SMALL_M_GEMM");
+  const bool env_off = env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "off") == 0);
+  EXPECT(gemm_detail::small_m_enabled() == !env_off);
+  {
+    SmallMScope flip(env_off);
+    EXPECT(gemm_detail::small_m_enabled() == env_off);
+  }
+  EXPECT(gemm_detail::small_m_enabled() == !env_off);
+  ThreadPool pool(2);
+  // F32 and quantised weights are not taken by the small-M path: the usual checks still hold.
+  for (DType t : {DType::F32, DType::Q8_0}) {
+    Case c = make_case(t, 16, 21, 64, 0, 0, 5);
+    std::vector<float> R(size_t(c.M * c.ldy)), Y(size_t(c.M * c.ldy));
+    ref::gemm(c.X.data(), c.ldx, c.W.data(), t, nullptr, R.data(), c.ldy, c.M, c.N, c.K);
+    gemm(c.X.data(), c.ldx, c.W.data(), t, nullptr, Y.data(), c.ldy, c.M, c.N, c.K, &pool);
+    check(Y, R, c, c.X, nullptr, 0.0, std::string(dtype_name(t)) + " M=16 (not a small-M type)");
+  }
+}
