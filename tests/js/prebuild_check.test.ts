@@ -21,6 +21,9 @@ describe.runIf(!!process.env.CI)('CI built every prebuild', () => {
     expect(want.filter((f) => !existsSync(f))).toEqual([]);
     const sysroot = process.env.EMOLLM_ARM64_SYSROOT ?? join(homedir(), '.cache', 'emollm-sysroot', 'arm64');
     expect(existsSync(join(sysroot, '.complete')), sysroot).toBe(true);
+    // and what runs them: qemu-user, musl's x64 loader (Debian musl)
+    expect(spawnSync('qemu-aarch64', ['--version'], { stdio: 'ignore' }).error).toBeUndefined();
+    expect(existsSync('/lib/ld-musl-x86_64.so.1')).toBe(true);
   });
 });
 
