@@ -100,6 +100,31 @@ function expectBunCheck(r: { status: number | null; stdout: string; stderr: stri
 const hasMuslLoader = existsSync('/lib/ld-musl-x86_64.so.1');
 if (existsSync(muslX64) && !hasMuslLoader) console.warn('Bun (musl) run of the x64 musl prebuild skipped: no /lib/ld-musl-x86_64.so.1 (Debian musl)');
 describe('musl prebuilds under Bun (musl)', () => {
+  // The libstdc++ stand-in that Bun's musl build runs on (scripts/musl-libstdcxx-shim.cpp): its
+  // red-black tree, list, hash policy, condition variable and call_once code, linked into a host
+  // program in place of libstdc++'s, against libstdc++'s containers' own expectations.
+  it('the libstdc++ stand-in behaves as libstdc++ (set / list / unordered_map / condition_variable / call_once)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'emollm-shim-'));
+    try {
+      const exe = join(dir, 'check');
+      const cc = spawnSync('g++', ['-O1', '-std=c++17', join(repoRoot, 'scripts', 'fixtures', 'musl_libstdcxx_shim_check.cpp'), join(repoRoot, 'scripts', 'musl-libstdcxx-shim.cpp'), '-o', exe, '-pthread'], { encoding: 'utf8' });
+      expect(cc.status, cc.stderr).toBe(0);
+      const nm = spawnSync('nm', [exe], { encoding: 'utf8' });
+      // the stand-in's definitions are the ones linked (not libstdc++'s)
+      for (const sym of ['_ZSt29_Rb_tree_insert_and_rebalancebPSt18_Rb_tree_node_baseS0_RS_', '_ZSt28_Rb_tree_rebalance_for_erasePSt18_Rb_tree_node_baseRS_', '_ZNKSt8__detail20_Prime_rehash_policy14_M_need_rehashEmmm'])
+        expect(nm.stdout).toMatch(new RegExp(`T ${sym}`));
+      const r = spawnSync(exe, { encoding: 'utf8' });
+      expect(r.status, r.stdout + r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/^ok set=\d+ got=42 once=1 mono=1$/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+  if (existsSync(addon) && !hasMuslLoader) console.warn('Bun (musl) refusal of the glibc build skipped: no musl loader');
+  it.skipIf(!existsSync(addon) || !hasMuslLoader)('refuses the host glibc build (the harness does not pass any binary)', async () => {
+    const r = await runUnderBun('x64', addon);
+    expect(r.status).not.toBe(0);
+  }, 600_000);
   it.skipIf(!existsSync(muslX64) || !hasMuslLoader)('linux-x64 emollm.musl.node: GEMM per dtype, greedy tokens equal run.c', async () => {
     expectBunCheck(await runUnderBun('x64', muslX64), 'x64');
   }, 600_000);
