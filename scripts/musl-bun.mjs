@@ -19,7 +19,8 @@
 //  - libc.musl-<arch>.so.1 (Alpine's name for musl's libc.so, which Bun's ELF asks for): a symlink
 //    to the same musl libc.so.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,7 +91,9 @@ export function prepareBun(arch) {
   }
   const lib = join(cache, `lib-${arch}`);
   const shim = join(lib, 'libstdc++.so.6');
-  if (!existsSync(join(lib, '.complete'))) {
+  // Rebuilt when the stand-in's source or the Bun version changes.
+  const stamp = `${pkg}@${BUN_VERSION} ${createHash('sha256').update(readFileSync(join(here, 'musl-libstdcxx-shim.cpp'))).digest('hex')}\n`;
+  if (!existsSync(join(lib, '.complete')) || readFileSync(join(lib, '.complete'), 'utf8') !== stamp) {
     rmSync(lib, { recursive: true, force: true });
     mkdirSync(lib, { recursive: true });
     const zig = findZig();
@@ -101,7 +104,7 @@ export function prepareBun(arch) {
     run(zig, ['cc', '-x', 'c++', '-target', `${cpu}-linux-musl`, '-shared', '-fPIC', '-O2', '-std=c++17', '-fno-exceptions', '-fno-rtti',
       '-Wl,-soname,libstdc++.so.6', `-Wl,--version-script,${script}`, join(here, 'musl-libstdcxx-shim.cpp'), '-o', shim]);
     symlinkSync(muslLibc, join(lib, `libc.musl-${cpu}.so.1`));
-    writeFileSync(join(lib, '.complete'), `${pkg}@${BUN_VERSION}\n`);
+    writeFileSync(join(lib, '.complete'), stamp);
   }
   return { cmd: loaderPrefix[0], args: [...loaderPrefix.slice(1), '--library-path', lib, bun], bun, lib, sysroot };
 }

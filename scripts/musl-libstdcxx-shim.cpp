@@ -1,4 +1,4 @@
-// A stand-in for GCC's libstdc++.so.6 built against musl, holding exactly the 36 symbols that Bun's
+// A stand-in for GCC's libstdc++.so.6 built against musl, holding exactly the 38 symbols that Bun's
 // linux-*-musl builds (npm @oven/bun-linux-x64-musl, -aarch64-musl) import from it, so that the
 // unmodified Bun binary runs under Debian's musl loader (scripts/musl-bun.mjs). On Alpine, Bun gets
 // these from `apk add libstdc++`; neither Debian nor npm has a musl build of libstdc++.
