@@ -20,7 +20,7 @@ import { dirname, join, relative } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-import { machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
+import { childMain, machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -47,15 +47,16 @@ async function loadBinding() {
 async function emollmChild(spec) {
   const log = (...a) => console.error('[emollm]', ...a);
   const out = { side: 'emollm', ok: false, runs: [], info: {} };
-  let model, ctx;
-  try {
+  // childMain: records a failure, the peak RSS, closes the open context then the model, writes
+  // the JSON line and exits
+  await childMain(out, log, async (use) => {
     const b = await loadBinding();
     if (typeof b.loadModel !== 'function') throw new Error('the addon has no loadModel (decoder binding not built yet)');
     try { out.info.cpu = b.cpuInfo?.(); } catch {}
     const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch };
     const t0 = performance.now();
-    model = await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx });
-    ctx = model.createContext(ctxOpts);
+    const model = use(await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx }));
+    let ctx = use(model.createContext(ctxOpts));
     out.load_s = (performance.now() - t0) / 1000;
     const prompt = Int32Array.from(spec.prompt);
     const noStop = new Int32Array(0);
@@ -67,7 +68,7 @@ async function emollmChild(spec) {
 
     const tStart = performance.now();
     for (let run = 0; run < spec.maxRuns; run++) {
-      ctx = model.createContext(ctxOpts);
+      ctx = use(model.createContext(ctxOpts));
       const times = [];
       const counts = [];
       const busy0 = machineBusyS(), cpu0 = processCpuS();
@@ -101,23 +102,12 @@ async function emollmChild(spec) {
       if (run === 0) out.tokens = toks;
       log(`run ${run + 1}: prefill ${(prompt.length / r.prefill_s).toFixed(1)} tok/s, decode ${r.decode_tok_s.toFixed(2)} tok/s, other work ${r.other_cores.toFixed(2)} cores`);
       await ctx.close();
-      ctx = undefined;
       // enough: the budget is spent and one run was undisturbed (or 3x the budget is spent)
       const spent = (performance.now() - tStart) / 1000;
       if (spent > spec.budgetS && (out.runs.some((x) => x.other_cores < 0.25) || spent > 3 * spec.budgetS)) break;
       if (run + 1 < spec.maxRuns && spec.quietWaitS > 0) await waitQuiet(spec.quietWaitS);
     }
-    out.ok = true;
-  } catch (e) {
-    out.error = String(e?.stack ?? e);
-    log(out.error);
-  } finally {
-    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
-    try { await ctx?.close(); } catch {}
-    try { await model?.close(); } catch {}
-  }
-  process.stdout.write(JSON.stringify(out) + '\n');
-  process.exit(out.ok ? 0 : 1);
+  });
 }
 
 // ============================================================================ parent

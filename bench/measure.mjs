@@ -56,21 +56,33 @@ export async function waitQuiet(maxS, log = () => {}) {
 }
 
 /**
- * The end every benchmark child shares: runs `body(use)` (`use(model)` returns the model and
- * closes it at the end), records a failure in `out.error`, adds the peak RSS, writes `out` as one
- * JSON line on stdout for the parent, and exits 0 when `body` finished, 1 when it threw.
+ * The end every benchmark child shares: runs `body(use)`, records a failure in `out.error`, adds
+ * the peak RSS, releases what `body` registered, writes `out` as one JSON line on stdout for the
+ * parent, and exits 0 when `body` finished, 1 when it threw (the exit also ends handles a native
+ * binding may keep alive). `use(resource)` returns the resource and registers it for release at
+ * the end: models, contexts, node-llama-cpp's Llama; released in reverse order of registration
+ * (a context before its model) with `close()`, or `dispose()` where there is no close (node-llama-cpp).
+ * Releasing one that `body` already closed itself is harmless: errors of the release are ignored.
  */
 export async function childMain(out, log, body) {
-  let model;
+  const held = [];
+  const use = (resource) => {
+    if (resource) held.push(resource);
+    return resource;
+  };
   try {
-    await body((m) => (model = m));
+    await body(use);
     out.ok = true;
   } catch (e) {
     out.error = String(e?.stack ?? e);
     log(out.error);
   } finally {
     out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
-    try { await model?.close(); } catch {}
+    for (const r of held.reverse()) {
+      try {
+        await (typeof r.close === 'function' ? r.close() : r.dispose?.());
+      } catch {}
+    }
   }
   process.stdout.write(JSON.stringify(out) + '\n');
   process.exit(out.ok ? 0 : 1);

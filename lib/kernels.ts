@@ -65,7 +65,8 @@ export interface KernelOptions extends RuntimeOptions {
    * types; for the k-quants llama.cpp rounds to 256-blocks, emollm to finer 32-blocks) rounds
    * each 32-block of activations to 8 bits and uses integer dot products, reaching memory
    * bandwidth; 'f32' keeps f32 activations (exact to f32 rounding,
-   * slower). Prefill-shaped products always use f32 activations. Env: EMOLLM_QUANT_ACT=f32.
+   * slower). Prefill-shaped products (m > 8) use f32 activations, except q8_0 / q4_0 weights on
+   * CPUs with AVX512-VNNI in 'q8' mode (integer dot products, as llama.cpp). Env: EMOLLM_QUANT_ACT=f32.
    */
   quantActivations?: 'q8' | 'f32';
   /**

@@ -16,18 +16,19 @@
 // worth of other processes' work during the run (Linux), so disturbed runs can be told apart.
 import { performance } from 'node:perf_hooks';
 
-import { machineBusyS, median, processCpuS, waitQuiet } from '../measure.mjs';
+import { childMain, machineBusyS, median, processCpuS, waitQuiet } from '../measure.mjs';
 
 const spec = JSON.parse(process.argv[2]);
 const log = (...a) => console.error('[llama.cpp]', ...a);
 
 async function main() {
   const out = { side: 'llama.cpp', ok: false, runs: [], info: {} };
-  let llama, model, context;
-  try {
+  // childMain: records a failure, the peak RSS, disposes the context then the model, writes the
+  // JSON line and exits (node-llama-cpp can keep handles alive)
+  await childMain(out, log, async (use) => {
     const nlc = await import('node-llama-cpp');
     const { getLlama, LlamaLogLevel, getModuleVersion } = nlc;
-    llama = await getLlama({
+    const llama = await getLlama({
       gpu: false,
       build: 'never',
       skipDownload: true,
@@ -44,7 +45,7 @@ async function main() {
     out.info.systemInfo = llama.systemInfo;
 
     const t0 = performance.now();
-    model = await llama.loadModel({ modelPath: spec.model, gpuLayers: 0, useMmap: true });
+    const model = use(await llama.loadModel({ modelPath: spec.model, gpuLayers: 0, useMmap: true }));
     const ctxOpts = {
       contextSize: spec.nCtx,
       batchSize: spec.nBatch,
@@ -55,7 +56,7 @@ async function main() {
       ctxOpts.experimentalKvCacheKeyType = spec.kvType;
       ctxOpts.experimentalKvCacheValueType = spec.kvType;
     }
-    context = await model.createContext(ctxOpts);
+    const context = use(await model.createContext(ctxOpts));
     out.load_s = (performance.now() - t0) / 1000;
     out.info.contextSize = context.contextSize;
     out.info.batchSize = context.batchSize;
@@ -105,18 +106,7 @@ async function main() {
       if (spent > spec.budgetS && (out.runs.some((x) => x.other_cores < 0.25) || spent > 3 * spec.budgetS)) break;
       if (run + 1 < spec.maxRuns && spec.quietWaitS > 0) await waitQuiet(spec.quietWaitS);
     }
-    out.ok = true;
-  } catch (e) {
-    out.error = String(e?.stack ?? e);
-    log(out.error);
-  } finally {
-    out.maxrss_mib = process.resourceUsage().maxRSS / 1024;
-    try { await context?.dispose(); } catch {}
-    try { await model?.dispose(); } catch {}
-  }
-  process.stdout.write(JSON.stringify(out) + '\n');
-  // node-llama-cpp can keep handles alive; the result is written
-  process.exit(out.ok ? 0 : 1);
+  });
 }
 
 main();

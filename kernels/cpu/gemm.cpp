@@ -11,6 +11,8 @@
 // Q8_0/Q4_0 weights with M <= kSmallM in QuantActivations::Q8 mode (the default) quantise X to
 // q8_0 and use integer block dot products: gemm_q8act_avx512vnni (vpdpbusd) at Avx512+ on CPUs
 // with AVX512-VNNI, else gemm_q8act_avx2 (vpmaddubsw) at Avx2+, else gemm_q8act_scalar.
+// Q8_0/Q4_0 weights with M > kSmallM in Q8 mode on CPUs with AVX512-VNNI: gemm_q8_vnni.cpp (X
+// quantised to q8_0 once per call, packed GEMM on vpdpbusd); without VNNI the f32 packed GEMM.
 // Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K weights: gemm_quant_ext.cpp (same levels).
 #include <algorithm>
 #include <atomic>
@@ -315,6 +317,10 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
     if (isa >= Isa::Avx2) return gemm_detail::gemm_q8act_avx2(a);
     return gemm_detail::gemm_q8act_scalar(a);
   }
+  // large M (prefill): int8 block dot products on VNNI; without VNNI the f32 packed GEMM below
+  if ((wtype == DType::Q8_0 || wtype == DType::Q4_0) && quant_activations() == QuantActivations::Q8 &&
+      isa >= Isa::Avx512 && cpu_features().avx512vnni && gemm_detail::vnni_allowed())
+    return gemm_detail::gemm_q8_packed_vnni(a);
   if (isa >= Isa::Amx && wtype == DType::BF16 && cpu_features().amx_usable && cpu_features().amx_bf16 &&
       gemm_detail::gemm_amx(a))
     return;

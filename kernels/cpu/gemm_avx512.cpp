@@ -24,6 +24,8 @@
 #include <string>
 #include <type_traits>
 
+#include "gemm_transpose_avx512.h"
+
 namespace emollm {
 namespace gemm_detail {
 namespace {
@@ -587,36 +589,6 @@ constexpr int64_t KC = 256;  // k per block (multiple of 32) - f32 path
 constexpr int64_t NC = 512;  // weight rows per L2 block (multiple of NR): KC*NC*4 = 512 KiB
 constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements)
 
-EMO_T512 EMO_AI void transpose16(__m512 r[16]) {
-  __m512 t[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  // r[4q + c] lane l now holds rows 4q..4q+3 of column 4l + c.
-#pragma GCC unroll 4
-  for (int c = 0; c < 4; ++c) {
-    const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
-    const __m512 u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-    t[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-    t[8 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-    t[4 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-    t[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
-}
-
 // Packs W rows [n0, n0+nv) x elements [k0, k0+kc) as f32 panels of NR columns:
 // out[p*kc*NR + k*NR + j] = W[n0 + p*NR + j][k0 + k] (zero for j >= nv).
 template <DType DT>
@@ -649,7 +621,7 @@ EMO_T512 void pack_w_f32(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, in
             v[t] = _mm512_setzero_ps();
           }
         }
-        transpose16(v);
+        transpose16_ps(v);
         if (c == 16) {
 #pragma GCC unroll 16
           for (int t = 0; t < 16; ++t) _mm512_store_ps(op + (kk + t) * NR + g * 16, v[t]);
@@ -680,7 +652,7 @@ EMO_T512 void pack_w_bf16pairs(const uint8_t* W, size_t rb, int64_t n0, int64_t 
           v[t] = (r0 + t < nv)
                      ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(em, W + size_t(n0 + r0 + t) * rb + 2 * e0))
                      : _mm512_setzero_ps();
-        transpose16(v);
+        transpose16_ps(v);
         for (int64_t t = 0; t < c; ++t)
           _mm512_store_ps(reinterpret_cast<float*>(op + (qq + t) * NR + g * 16), v[t]);
       }

@@ -107,6 +107,9 @@ void gemm_q8act_avx2(const Args& a);
 void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off);
 // Requires cpu_features().avx512vnni.
 void gemm_q8act_avx512vnni(const Args& a);
+// Q8_0/Q4_0 weights at M > kSmallM in QuantActivations::Q8 mode (gemm_q8_vnni.cpp): X quantised
+// to q8_0 once, packed cache-blocked GEMM on vpdpbusd. Requires cpu_features().avx512vnni.
+void gemm_q8_packed_vnni(const Args& a);
 // bf16_dot: use AVX512-BF16 vdpbf16ps for BF16 weights with M > kSmallM (X rounded to bf16).
 void gemm_avx512(const Args& a, bool bf16_dot);
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.

@@ -29,8 +29,8 @@ namespace emollm {
 // Y[M,N] = X[M,K] * W[N,K]^T (+ bias[N] when bias != null). Y is overwritten.
 // f32 accumulation. Weight dtypes: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (K % 32 == 0),
 // Q4_K, Q5_K, Q6_K (K % 256 == 0).
-// M == 1 dispatches to gemv. Q8_0/Q4_0 weights with M <= 8 round X to q8_0 by default (see
-// QuantActivations below). BF16 weights may use BF16 dot-product hardware (AVX512-BF16, AMX),
+// M == 1 dispatches to gemv. Q8_0/Q4_0 weights with M <= 8, and with any M on CPUs with
+// AVX512-VNNI, round X to q8_0 by default (see QuantActivations below). BF16 weights may use BF16 dot-product hardware (AVX512-BF16, AMX),
 // which rounds X to bf16: the tolerance of that path is that of bf16 activations.
 void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias,
           float* Y, int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool);
@@ -39,8 +39,9 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
 void gemv(const float* x, const void* W, DType wtype, const float* bias, float* y,
           int64_t N, int64_t K, ThreadPool* pool);
 
-// Activations of quantised-weight decode products (Q8_0 / Q4_0 weights with M <= 8, i.e. gemv
-// and small batches; larger M always uses f32 activations):
+// Activations of quantised-weight products: Q8_0 / Q4_0 weights with M <= 8 (gemv, small
+// batches) and, on CPUs with AVX512-VNNI, larger M too (prefill: the int8 packed GEMM of
+// gemm_q8_vnni.cpp); without VNNI larger M uses f32 activations:
 //   Q8  (default): as llama.cpp, each X row is rounded to q8_0 blocks once per call (ggml's
 //        quantize_row_q8_0: per 32 elements d = fp16(amax / 127), q = round(x / d)), and the
 //        products are exact int8 dot products per block scaled by d_w * d_x in f32 (AVX-512 VNNI

@@ -12,7 +12,8 @@
 //       accumulated in f32, so |y - ref| <= 2^-8 * S + the f32 tolerance above; and, tighter,
 //       the result must match ref::gemm on X pre-rounded to bf16 within the f32 tolerance.
 //   ref::gemm vs the naive double loop: both accumulate in double: |diff| <= 1e-6 * (|y| + 1e-3).
-//   Q8_0/Q4_0 weights at M <= 8 in QuantActivations::Q8 mode (the default; llama.cpp numerics):
+//   Q8_0/Q4_0 weights in QuantActivations::Q8 mode (the default; llama.cpp numerics) at M <= 8, and
+//   at M > 8 on CPUs with AVX512-VNNI (the q8 packed GEMM; without VNNI M > 8 runs the f32 path):
 //     - tight: against a double reference on X rounded to q8_0 (quantize_row + dequantize_row),
 //       with the f32 tolerance above on Sq = sum |xq w| + |bias| (the int32 block dot products
 //       are exact; only the f32 scaling and accumulation round);
@@ -170,6 +171,12 @@ struct Q8GemvLegacyScope {
   bool prev_;
 };
 
+// Whether Q8 mode uses q8_0 activations at this level: always at M <= 8; at M > 8 only on the
+// AVX512-VNNI packed GEMM (gemm_q8_vnni.cpp), else the f32 packed GEMM runs (f32 numerics).
+bool q8_numerics(Isa isa, bool vnni, int64_t M) {
+  return M <= 8 || (isa >= Isa::Avx512 && cpu_features().avx512vnni && vnni);
+}
+
 // With VNNI at M = 1 both the current and the previous (legacy) kernel run; else one pass.
 std::vector<bool> legacy_variants(bool vnni, int64_t M) {
   if (vnni && M == 1 && cpu_features().avx512vnni) return {false, true};
@@ -226,8 +233,8 @@ bool check_q8(const std::vector<float>& Y, const std::vector<float>& Rq, const s
   return true;
 }
 
-// Runs the Q8 (default) mode of a quantised-weight shape with M <= 8 through every ISA level,
-// with/without VNNI, pool and bias.
+// Runs the Q8 (default) mode of a quantised-weight shape through every ISA level, with/without
+// VNNI, pool and bias; at M > 8 the levels without the VNNI GEMM are held to the f32 tolerance.
 void run_case_q8(const Weights& w, const Problem& p, ThreadPool* pool) {
   const DType t = w.t;
   const int64_t M = p.M, N = p.N, K = p.K;
@@ -256,7 +263,10 @@ void run_case_q8(const Weights& w, const Problem& p, ThreadPool* pool) {
                                    " K=" + std::to_string(K) + " ldx=" + std::to_string(p.ldx) +
                                    " ldy=" + std::to_string(p.ldy) + " bias=" + yesno(use_bias) +
                                    " pool=" + yesno(use_pool);
-          check_q8(Y, Rq, Sq, R, S, q, p, w, what);
+          if (q8_numerics(isa, vnni, M))
+            check_q8(Y, Rq, Sq, R, S, q, p, w, what);
+          else
+            check_result(Y, R, p, S, 0.0, what + " [f32 packed path]");
           if (M == 1 && p.ldx == K && p.ldy == N) {
             std::vector<float> y(size_t(N), kSentinel);
             gemv(p.X.data(), w.bytes.data(), t, bias, y.data(), N, K, pl);
@@ -273,8 +283,8 @@ void run_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t yp
               uint32_t seed) {
   Weights w = make_weights(t, N, K, seed);
   Problem p = make_problem(M, N, K, xpad, ypad, seed + 11);
-  // Quantised weights at M <= 8: the default Q8 mode, then the f32-exact mode below.
-  if (dtype_is_quantized(t) && M <= 8) run_case_q8(w, p, pool);
+  // Quantised weights: the default Q8 mode, then the f32-exact mode below.
+  if (dtype_is_quantized(t)) run_case_q8(w, p, pool);
   QuantActivationsScope f32act(QuantActivations::F32);
   for (int use_bias = 0; use_bias < 2; ++use_bias) {
     const float* bias = use_bias ? p.bias.data() : nullptr;
@@ -564,15 +574,33 @@ TEST(gemm_q8act_shapes) {
   }
 }
 
+// The VNNI packed GEMM (gemm_q8_vnni.cpp) across its blocking: 6-row x 32-column microkernels,
+// KCB = 32 k blocks (K = 2080: 65 blocks, a k-block tail of 1 block), NC = 512 weight rows
+// (N = 601: gemm_blocked_large, 67 x 601 x 1056), the split over M (N = 7), odd block counts
+// (K = 96, 160), ldx/ldy padding; Q8 numerics against the float64 references of run_case_q8 (levels without VNNI: f32 tolerance).
+TEST(gemm_q8act_large_m) {
+  ThreadPool pool(2);
+  uint32_t seed = 7000;
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    struct S { int64_t M, N, K, xpad, ypad; };
+    for (const S& s : {S{9, 33, 96, 0, 0}, S{13, 64, 160, 5, 3}, S{130, 7, 160, 0, 0}, S{24, 100, 2080, 0, 1}}) {
+      Weights w = make_weights(t, s.N, s.K, seed);
+      run_case_q8(w, make_problem(s.M, s.N, s.K, s.xpad, s.ypad, seed + 1), &pool);
+      seed += 2;
+    }
+  }
+}
+
 // Exact expectations: X blocks whose amax is 127 have d = 1 (exact in fp16, 1/d = 1), so the
 // quantised x are round-half-away-from-zero of x itself (ggml's roundf: 2.5 -> 3, -3.5 -> -4,
 // unlike round-to-even), and with weight scale 1 every product is an exact small integer.
 TEST(gemm_q8act_by_hand) {
   const int64_t K = 96, N = 3;  // 3 blocks: one VNNI pair plus the odd-block tail
-  std::vector<float> X(2 * K);
+  const int64_t MX = 14;        // even rows: the pattern; odd rows: zero. M = 2 (dot kernels), 14 (packed GEMM)
+  std::vector<float> X(MX * K);
   for (int64_t k = 0; k < K; ++k) {
-    X[k] = (k % 32 == 0) ? 127.0f : (k % 32 == 1) ? -127.0f : float(int(k % 29) - 14) + ((k & 1) ? 0.5f : -0.5f);
-    X[K + k] = 0.0f;  // an all-zero row: d = 0, every product 0
+    const float v = (k % 32 == 0) ? 127.0f : (k % 32 == 1) ? -127.0f : float(int(k % 29) - 14) + ((k & 1) ? 0.5f : -0.5f);
+    for (int64_t r = 0; r < MX; ++r) X[r * K + k] = (r % 2) ? 0.0f : v;  // zero rows: d = 0, every product 0
   }
   auto rnd = [](float v) { return std::roundf(v); };
   std::vector<BlockQ8_0> w8(size_t(N * K / 32));
@@ -589,7 +617,7 @@ TEST(gemm_q8act_by_hand) {
   for (int variant = 0; variant < 2; ++variant) {
     const DType t = variant ? DType::Q4_0 : DType::Q8_0;
     const void* W = variant ? static_cast<const void*>(w4.data()) : static_cast<const void*>(w8.data());
-    std::vector<float> want(2 * N);
+    std::vector<float> want(MX * N);
     for (int64_t n = 0; n < N; ++n) {
       double s = 0.0;
       for (int64_t k = 0; k < K; ++k) {
@@ -603,23 +631,24 @@ TEST(gemm_q8act_by_hand) {
         }
         s += double(rnd(X[k])) * wv;
       }
-      want[n] = float(s + bias[n]);
-      want[N + n] = bias[n];
+      for (int64_t r = 0; r < MX; ++r) want[r * N + n] = (r % 2) ? bias[n] : float(s + bias[n]);
     }
     for (Isa isa : isa_levels()) {
       IsaCapScope cap(isa);
-      for (bool vnni : vnni_variants(isa)) {
-        VnniScope vs(vnni);
-        std::vector<float> Y(2 * N, kSentinel);
-        gemm(X.data(), K, W, t, bias, Y.data(), N, 2, N, K, nullptr);
-        for (int64_t i = 0; i < 2 * N; ++i)
-          if (!(Y[i] == want[i])) {
-            char buf[200];
-            std::snprintf(buf, sizeof buf, "%s isa=%s vnni=%d y[%lld] = %.9g want %.9g", dtype_name(t), isa_name(isa),
-                          int(vnni), (long long)i, double(Y[i]), double(want[i]));
-            emollm_test::report_failure(__FILE__, __LINE__, buf);
-          }
-      }
+      for (bool vnni : vnni_variants(isa))
+        for (int64_t M : {int64_t(2), MX}) {
+          if (!q8_numerics(isa, vnni, M)) continue;  // the f32 path does not round x: not these values
+          VnniScope vs(vnni);
+          std::vector<float> Y(size_t(M * N), kSentinel);
+          gemm(X.data(), K, W, t, bias, Y.data(), N, M, N, K, nullptr);
+          for (int64_t i = 0; i < M * N; ++i)
+            if (!(Y[i] == want[i])) {
+              char buf[200];
+              std::snprintf(buf, sizeof buf, "%s isa=%s vnni=%d M=%lld y[%lld] = %.9g want %.9g", dtype_name(t),
+                            isa_name(isa), int(vnni), (long long)M, (long long)i, double(Y[i]), double(want[i]));
+              emollm_test::report_failure(__FILE__, __LINE__, buf);
+            }
+        }
     }
   }
 }
@@ -825,7 +854,8 @@ TEST(gemm_repacked_rows_equal_gemv_repacked) {
 }
 
 // The switch: Q8 is the default (unless EMOLLM_QUANT_ACT says otherwise), F32 gives the f32-exact
-// numerics, the two differ at M <= 8, and M > 8 (prefill) is the same in both modes.
+// numerics; the two differ at M <= 8 and, on CPUs with AVX512-VNNI (the q8 packed GEMM), at M > 8;
+// without VNNI, M > 8 (prefill) is the same in both modes.
 TEST(gemm_quant_activations_switch) {
   const char* env = std::getenv("EMOLLM_QUANT_ACT");
   if (!env) EXPECT(quant_activations() == QuantActivations::Q8);
@@ -851,7 +881,7 @@ TEST(gemm_quant_activations_switch) {
                    std::string("F32 mode vs f32 ref ") + dtype_name(t) + " M=" + std::to_string(M));
       bool differ = false;
       for (int64_t i = 0; i < M * N; ++i) differ |= Yq[i] != Yf[i];
-      if (M <= 8)
+      if (q8_numerics(isa_active(), gemm_detail::vnni_allowed(), M))
         EXPECT(differ);
       else
         EXPECT_ALL_CLOSE(Yq.data(), Yf.data(), M * N, 0.0, 0.0, std::string("prefill ignores the mode ") + dtype_name(t));

@@ -1,0 +1,299 @@
+// Q8_0 / Q4_0 weights at large M (prefill) on AVX-512 VNNI integer dot products.
+//
+//   Y[M,N] = X[M,K] * W[N,K]^T (+ bias), M > kSmallM, QuantActivations::Q8 (llama.cpp numerics)
+//
+// X is rounded to q8_0 once per call (qx_quantize_row_avx2: the rounding of the small-M path and
+// of ggml's quantize_row_q8_0), so every output is a sum over 32-element blocks b of
+//   d_w[n,b] * d_x[m,b] * sum_{k in b} w_q[n,k] * x_q[m,k]
+// where the block sum is an exact int32 (vpdpbusd) and only the scaling and the sum over blocks
+// round (f32). Layout, as in the f32 packed GEMM (gemm_avx512.cpp), cache-blocked:
+//   X panels (MR rows, packed once per call): per block, 8 "quads" x MR dwords (the 4 int8 values
+//     x_q[m, 4q..4q+3] of row m), then MR int32 corrections, then MR f32 scales d_x.
+//   W panels (NR = 16*NV weight rows, packed per KCB blocks x NC rows into L2): per block,
+//     8 quads x NV zmm (16 rows x 4 unsigned bytes: one int32 lane per weight row), then NV zmm of
+//     f32 scales d_w. Weights are made unsigned for vpdpbusd (unsigned x signed bytes):
+//       q4_0: the nibble n in 0..15 (value n - 8),      correction off = 8
+//       q8_0: w ^ 0x80 = w + 128 (w in -128..127),      correction off = 128
+//     so sum (w + off) x - off * sum x = sum w x, and off * sum x depends on the X row and block
+//     only: the int32 accumulators start from -off * sum_{k in b} x_q[m,k] (the X panel's
+//     correction) instead of zero. |lane| <= 32 * 255 * 127 + 128 * 32 * 127: exact in int32.
+// Microkernel (MR x NR): per block 8 x MR x NV vpdpbusd (broadcast 4 bytes of X, 16 weight rows),
+// then per accumulator one int32 -> f32 conversion and one FMA with d_w * d_x into the f32
+// accumulators; each KCB-block's sums go to Y (stored, or added to what the previous k block left).
+#include "../../base/error.h"
+#include "gemm_internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cstring>
+
+#include "gemm_transpose_avx512.h"
+
+namespace emollm {
+namespace gemm_detail {
+namespace {
+
+#define EMO_TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+constexpr int MR = 6;                 // X rows per microkernel
+constexpr int NV = 2;                 // zmm columns (16 weight rows each) per microkernel
+constexpr int NR = 16 * NV;           // weight rows per panel
+constexpr int64_t KCB = 32;           // k blocks (of 32) per L2 block: 1024 elements
+constexpr int64_t NC = 512;           // weight rows per L2 block: 512 x 1024 B + scales = 576 KiB
+constexpr int64_t XBLK = 10 * MR;     // dwords per X panel block: 8*MR quads, MR corrections, MR scales
+constexpr int64_t WBLK = 8 * NV * 16 + NV * 16;  // dwords per W panel block: quads, then scales
+
+inline uint16_t rd16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// Rows [p0*MR, p1*MR) of X (of `rows`) into X panels; rows past `rows` are zero (q = 0, d = 0).
+// qtmp/dtmp: one row's qx_quantize_row_avx2 output (K bytes, K/4 floats).
+void pack_x_q8(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, int off,
+               int8_t* qtmp, float* dtmp, int32_t* out) {
+  const int64_t nb = K / kQK;
+  for (int64_t p = p0; p < p1; ++p) {
+    int32_t* o = out + p * nb * XBLK;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t r = p * MR + i;
+      if (r >= rows) {
+        for (int64_t b = 0; b < nb; ++b) {
+          int32_t* ob = o + b * XBLK;
+          for (int q = 0; q < 8; ++q) ob[q * MR + i] = 0;
+          ob[8 * MR + i] = 0;
+          ob[9 * MR + i] = 0;  // +0.0f
+        }
+        continue;
+      }
+      qx_quantize_row_avx2(X + r * ldx, K, qtmp, dtmp, nullptr, 0);
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t* ob = o + b * XBLK;
+        const int8_t* qb = qtmp + b * kQK;
+        int32_t s = 0;
+        for (int k = 0; k < kQK; ++k) s += qb[k];
+        for (int q = 0; q < 8; ++q) std::memcpy(&ob[q * MR + i], qb + 4 * q, 4);
+        ob[8 * MR + i] = -off * s;
+        std::memcpy(&ob[9 * MR + i], &dtmp[b * 8], 4);
+      }
+    }
+  }
+}
+
+// The 32 unsigned weight bytes of one or two blocks (elements 0..31 in order) of one row:
+// lanes 0-7 = block b (dwords = quads 0..7), lanes 8-15 = block b+1 (zero when !two).
+template <DType DT>
+EMO_TV inline __m512i load_w_pair(const uint8_t* p, bool two) {
+  if constexpr (DT == DType::Q4_0) {
+    constexpr size_t BS = sizeof(BlockQ4_0);
+    const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
+    const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + BS)) : _mm_setzero_si128();
+    // 128-bit lanes [q0, q0, q1, q1], lanes 1 and 3 shifted right by 4: the nibbles in element order
+    const __m512i v = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(q0), __mmask16(0xFF00), q1);
+    return _mm512_and_si512(_mm512_mask_srli_epi16(v, __mmask32(0xFF00FF00u), v, 4), _mm512_set1_epi8(0x0F));
+  } else {
+    constexpr size_t BS = sizeof(BlockQ8_0);
+    const __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2)));
+    const __m512i m80 = _mm512_set1_epi8(char(0x80));
+    if (!two) return _mm512_maskz_xor_epi32(__mmask16(0x00FF), v, m80);
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 + BS));
+    return _mm512_xor_si512(_mm512_inserti64x4(v, b1, 1), m80);
+  }
+}
+
+// Packs W rows [n0, n0+nv) x blocks [b0, b0+kb) into panels of NR rows:
+// out[(pnl*kb + b) * WBLK + (q*NV + g)*16 + j] = bytes 4q..4q+3 of row n0 + pnl*NR + 16g + j,
+// block b0+b (unsigned, see the header); then [.. + 8*NV*16 + g*16 + j] = its f32 scale.
+// Rows past nv are zero (weights and scales).
+template <DType DT>
+EMO_TV void pack_w_q8(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t b0, int64_t kb, int32_t* out) {
+  constexpr size_t BS = DT == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  alignas(64) uint16_t h[2][16];
+  for (int64_t pnl = 0; pnl * NR < nv; ++pnl) {
+    int32_t* op = out + pnl * kb * WBLK;
+    for (int g = 0; g < NV; ++g) {
+      const int64_t r0 = pnl * NR + 16 * g;
+      for (int64_t b = 0; b < kb; b += 2) {
+        const bool two = b + 1 < kb;
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; ++t) {
+          if (r0 + t < nv) {
+            const uint8_t* p = W + size_t(n0 + r0 + t) * rb + size_t(b0 + b) * BS;
+            v[t] = _mm512_castsi512_ps(load_w_pair<DT>(p, two));
+            h[0][t] = rd16(p);
+            h[1][t] = two ? rd16(p + BS) : uint16_t(0);
+          } else {
+            v[t] = _mm512_setzero_ps();
+            h[0][t] = h[1][t] = 0;
+          }
+        }
+        transpose16_ps(v);  // v[q] lane j: dword q of row j (q < 8: block b, else block b+1)
+        int32_t* ob = op + b * WBLK;
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) _mm512_store_ps(reinterpret_cast<float*>(ob + (q * NV + g) * 16), v[q]);
+        _mm512_store_ps(reinterpret_cast<float*>(ob + 8 * NV * 16 + g * 16),
+                        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(h[0]))));
+        if (two) {
+          ob += WBLK;
+#pragma GCC unroll 8
+          for (int q = 0; q < 8; ++q)
+            _mm512_store_ps(reinterpret_cast<float*>(ob + (q * NV + g) * 16), v[8 + q]);
+          _mm512_store_ps(reinterpret_cast<float*>(ob + 8 * NV * 16 + g * 16),
+                          _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(h[1]))));
+        }
+      }
+    }
+  }
+}
+
+EMO_TV inline __mmask16 mask16(int64_t c) {
+  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
+}
+
+// MR x NR microkernel over kb blocks: Y[i, 0:nr] (=|+=) sum_b d_w d_x (int32 block dot), i < mr.
+EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
+                    const float* bias, bool first) {
+  __m512 f[MR][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) f[i][j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < kb; ++b) {
+    const int32_t* xb = xp + b * XBLK;
+    const int32_t* wb = wp + b * WBLK;
+    __m512i acc[MR][NV];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m512i c = _mm512_set1_epi32(xb[8 * MR + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = c;
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      __m512i w[NV];
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
+      }
+    }
+    __m512 dw[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) dw[j] = _mm512_load_ps(reinterpret_cast<const float*>(wb + 8 * NV * 16 + j * 16));
+    const float* dx = reinterpret_cast<const float*>(xb + 9 * MR);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m512 d = _mm512_set1_ps(dx[i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j)
+        f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(dw[j], d), f[i][j]);
+    }
+  }
+  __mmask16 mk[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) mk[j] = mask16(nr - 16 * j);
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+    if (i < mr) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        __m512 v = f[i][j];
+        if (!first)
+          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
+        else if (bias)
+          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], bias + 16 * j));
+        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
+      }
+    }
+}
+
+// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
+template <DType DT>
+void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                   int64_t n_end) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t nb = a.K / kQK;
+  int32_t* wpack = static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
+  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
+    const int64_t nc = std::min(NC, n_end - jc);
+    for (int64_t pb = 0; pb < nb; pb += KCB) {
+      const int64_t kb = std::min(KCB, nb - pb);
+      pack_w_q8<DT>(W, a.row_bytes, jc, nc, pb, kb, wpack);
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+        const int mr = int(std::min<int64_t>(MR, m_end - m0));
+        const int32_t* xpanel = xp + ((m0 / MR) * nb + pb) * XBLK;
+        for (int64_t jp = 0; jp * NR < nc; ++jp) {
+          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
+          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
+          kern_q8(kb, xpanel, wpack + jp * kb * WBLK, y, a.ldy, mr, nc - jp * NR, bias, pb == 0);
+        }
+      }
+    }
+  }
+}
+
+// X in chunks of rows (at most ~8 MiB of panels each), quantised and packed in parallel; then
+// the M x N work split between threads by weight-row chunks (each thread packs its own part of
+// W) when there are enough of them, else by X row panels (as gemm_avx512's gemm_packed).
+template <DType DT>
+void gemm_q8_packed(const Args& a) {
+  const int off = DT == DType::Q8_0 ? 128 : 8;
+  const int64_t nb = a.K / kQK;
+  const int64_t panel_bytes = nb * XBLK * 4;
+  const int64_t mc = std::max<int64_t>(MR, ((int64_t(8) << 20) / panel_bytes) * MR);
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
+    const int64_t mcur = std::min(mc, a.M - m0);
+    const int64_t npm = (mcur + MR - 1) / MR;
+    int32_t* xp = static_cast<int32_t*>(scratch(2, size_t(npm * panel_bytes)));
+    const float* X = a.X + m0 * a.ldx;
+    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth) {
+      int64_t p0, p1;
+      split_range(npm, ith, nth, 1, &p0, &p1);
+      if (p1 <= p0) return;
+      uint8_t* tmp = static_cast<uint8_t*>(scratch(1, size_t(a.K) * 2 + 64));
+      pack_x_q8(X, a.ldx, mcur, a.K, p0, p1, off, reinterpret_cast<int8_t*>(tmp),
+                reinterpret_cast<float*>(tmp + (a.K + 63) / 64 * 64), xp);
+    });
+    Args sub = a;
+    sub.Y = a.Y + m0 * a.ldy;
+    const int64_t npn = (a.N + NR - 1) / NR;
+    const int nth_max = a.pool ? a.pool->size() : 1;
+    const bool split_n = npn >= 4 * nth_max || npn >= npm;
+    const bool par = mcur * a.N * a.K >= kParallelMinMacs;
+    if (split_n) {
+      const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
+      parallel_chunks(a.pool, par, a.N, chunk,
+                      [&](int64_t n0, int64_t n1) { compute_range<DT>(sub, xp, 0, mcur, n0, n1); });
+    } else {
+      const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
+      parallel_chunks(a.pool, par, mcur, chunk,
+                      [&](int64_t r0, int64_t r1) { compute_range<DT>(sub, xp, r0, r1, 0, a.N); });
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_q8_packed_vnni(const Args& a) {
+  switch (a.wtype) {
+    case DType::Q8_0: return gemm_q8_packed<DType::Q8_0>(a);
+    case DType::Q4_0: return gemm_q8_packed<DType::Q4_0>(a);
+    default: break;
+  }
+  throw Error(ErrorCode::Internal, std::string("gemm_q8_packed_vnni: no kernel for weight type ") + dtype_name(a.wtype));
+}
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#endif  // __x86_64__
