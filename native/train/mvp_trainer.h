@@ -71,6 +71,21 @@ struct MvpTrainSample {
   const std::vector<std::vector<FaceBox>>* faces = nullptr;
 };
 
+// Wall seconds spent in each phase of accumulate() / step() since the trainer was made (for
+// profiling: bench:train reports them per sample). Sums of steady-clock intervals.
+struct MvpPhaseTimes {
+  double mvp_forward = 0;          // MVP heads forward + image-token splice + embeddings
+  double decoder_forward = 0;      // the frozen decoder's layers, first pass
+  double lm_head = 0;              // final norm, LM head on the answer rows, cross-entropy (+ its backward)
+  double recompute = 0;            // the decoder layers again in the backward (--recompute)
+  double gemm_backward = 0;        // dX = dY W of the seven decoder projections
+  double attention_backward = 0;   // attention_backward (probabilities recomputed)
+  double norm_backward = 0;        // the two RMSNorm backwards per layer (residual adds included)
+  double elementwise_backward = 0; // SwiGLU and RoPE backwards
+  double mvp_backward = 0;         // splice backward + MVP heads' gradients
+  double optimizer = 0;            // step(): clipping + AdamW
+};
+
 struct MvpStepStats {
   double lr = 0, grad_norm = 0;
   int64_t step = 0;  // optimizer steps done after this one
@@ -104,6 +119,7 @@ class MvpTrainer {
   // Decoder positions of the last sample run (prompt + image + answer tokens; throughput figures).
   int64_t last_positions() const { return last_positions_; }
   void set_steps_done(int64_t s) { step_ = s; }
+  const MvpPhaseTimes& phase_times() const { return times_; }
   void zero_grad();
 
  private:
@@ -129,6 +145,7 @@ class MvpTrainer {
   const float* value(const Head& h, Part p) const;  // the trainable value, the frozen copy, or null
   float* grad(const Head& h, Part p);               // null when frozen or absent
   int64_t last_positions_ = 0;
+  MvpPhaseTimes times_;
 
   std::shared_ptr<const EmollmModel> model_;
   MvpTrainOptions opts_;
