@@ -420,7 +420,8 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     if (backward) x_in[size_t(l)] = x;
     const bool keep = backward && !recompute;
     if (keep) alloc_acts(la[size_t(l)]);
-    layer_forward(l, x, keep ? la[size_t(l)] : work, keep);
+    // recomputing: the last layer's activations stay in `work` for the first backward layer
+    layer_forward(l, x, keep ? la[size_t(l)] : work, keep || (backward && l == NL - 1));
   }
   lap(times_.decoder_forward);
 
@@ -453,7 +454,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   std::vector<float> xr;
   for (int64_t l = NL - 1; l >= 0; --l) {
     const LlamaLayer& L = lm.layers[size_t(l)];
-    if (recompute) {
+    if (recompute && l < NL - 1) {  // the last layer's are still in `work` from the forward pass
       xr = x_in[size_t(l)];
       layer_forward(l, xr, work, true);
       lap(times_.recompute);
