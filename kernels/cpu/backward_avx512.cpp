@@ -264,6 +264,94 @@ inline int64_t visible_kv(const AttentionParams& p, int64_t i) {
 EMO_T512 EMO_AI float hmax(__m512 v) { return _mm512_reduce_max_ps(v); }
 EMO_T512 EMO_AI float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+// For one block of R query rows of head h and head_dim columns [d0, d0 + 16 CNT): dV / dK rows
+// of the visible keys (two keys at a time, each row's dO / q loaded once for both) and dQ of the
+// rows (two rows at a time, each key row loaded once for both). Entries of S / dP past a row's
+// visible keys are zero, so a pair may include a key or row that contributes nothing. CNT is a
+// compile-time count so the accumulators stay in registers.
+template <int CNT>
+EMO_T512 void dkdv_dq(const AttentionParams& p, const float* q, const float* k, const float* dout, float* dq, float* dk,
+                      float* dv, const float* S, const float* dP, int64_t L, int64_t i0, int64_t R, int64_t jend,
+                      int64_t h, int64_t hk, int64_t d0) {
+  const int64_t D = p.head_dim;
+  __mmask16 dm[CNT];
+#pragma GCC unroll 4
+  for (int t = 0; t < CNT; ++t) dm[t] = mask16(D - d0 - 16 * t);
+  for (int64_t j = 0; j < jend; j += 2) {
+    const bool two = j + 1 < jend;
+    float* dv0 = dv + j * p.ldv + hk * D + d0;
+    float* dk0 = dk + j * p.ldk + hk * D + d0;
+    float* dv1 = two ? dv0 + p.ldv : dv0;
+    float* dk1 = two ? dk0 + p.ldk : dk0;
+    __m512 av0[CNT], ak0[CNT], av1[CNT], ak1[CNT];
+#pragma GCC unroll 4
+    for (int t = 0; t < CNT; ++t) {
+      av0[t] = _mm512_maskz_loadu_ps(dm[t], dv0 + 16 * t);
+      ak0[t] = _mm512_maskz_loadu_ps(dm[t], dk0 + 16 * t);
+      av1[t] = two ? _mm512_maskz_loadu_ps(dm[t], dv1 + 16 * t) : _mm512_setzero_ps();
+      ak1[t] = two ? _mm512_maskz_loadu_ps(dm[t], dk1 + 16 * t) : _mm512_setzero_ps();
+    }
+    // rows that see key j: a suffix of the block (causal)
+    int64_t r0 = 0;
+    while (r0 < R && visible_kv(p, i0 + r0) <= j) ++r0;
+    for (int64_t r = r0; r < R; ++r) {
+      const float* sr = S + r * L + j;
+      const float* pr = dP + r * L + j;
+      const __m512 p0 = _mm512_set1_ps(sr[0]), s0 = _mm512_set1_ps(pr[0]);
+      const __m512 p1 = _mm512_set1_ps(two ? sr[1] : 0.0f), s1 = _mm512_set1_ps(two ? pr[1] : 0.0f);
+      const float* dr = dout + (i0 + r) * p.ldo + h * D + d0;
+      const float* qr = q + (i0 + r) * p.ldq + h * D + d0;
+#pragma GCC unroll 4
+      for (int t = 0; t < CNT; ++t) {
+        const __m512 o = _mm512_maskz_loadu_ps(dm[t], dr + 16 * t), x = _mm512_maskz_loadu_ps(dm[t], qr + 16 * t);
+        av0[t] = _mm512_fmadd_ps(p0, o, av0[t]);
+        ak0[t] = _mm512_fmadd_ps(s0, x, ak0[t]);
+        av1[t] = _mm512_fmadd_ps(p1, o, av1[t]);
+        ak1[t] = _mm512_fmadd_ps(s1, x, ak1[t]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < CNT; ++t) {
+      _mm512_mask_storeu_ps(dv0 + 16 * t, dm[t], av0[t]);
+      _mm512_mask_storeu_ps(dk0 + 16 * t, dm[t], ak0[t]);
+      if (two) {
+        _mm512_mask_storeu_ps(dv1 + 16 * t, dm[t], av1[t]);
+        _mm512_mask_storeu_ps(dk1 + 16 * t, dm[t], ak1[t]);
+      }
+    }
+  }
+  constexpr int RB = 4;  // dQ rows at a time: each key row k_j loaded once for all of them
+  for (int64_t r = 0; r < R; r += RB) {
+    const int nr = int(std::min<int64_t>(RB, R - r));
+    const int64_t end = visible_kv(p, i0 + r + nr - 1);  // the last row sees the most keys
+    const float* pr[RB];
+#pragma GCC unroll 4
+    for (int u = 0; u < RB; ++u) pr[u] = dP + (r + std::min(u, nr - 1)) * L;
+    __m512 a[RB][CNT];
+#pragma GCC unroll 4
+    for (int u = 0; u < RB; ++u)
+#pragma GCC unroll 4
+      for (int t = 0; t < CNT; ++t) a[u][t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < end; ++j) {
+      const float* kj = k + j * p.ldk + hk * D + d0;
+      __m512 x[CNT];
+#pragma GCC unroll 4
+      for (int t = 0; t < CNT; ++t) x[t] = _mm512_maskz_loadu_ps(dm[t], kj + 16 * t);
+#pragma GCC unroll 4
+      for (int u = 0; u < RB; ++u) {
+        const __m512 su = _mm512_set1_ps(pr[u][j]);
+#pragma GCC unroll 4
+        for (int t = 0; t < CNT; ++t) a[u][t] = _mm512_fmadd_ps(su, x[t], a[u][t]);
+      }
+    }
+    for (int u = 0; u < nr; ++u) {
+      float* dqr = dq + (i0 + r + u) * p.ldq + h * D + d0;
+#pragma GCC unroll 4
+      for (int t = 0; t < CNT; ++t) _mm512_mask_storeu_ps(dqr + 16 * t, dm[t], a[u][t]);
+    }
+  }
+}
+
 // Everything of kv head hk: dk / dv rows of hk (zeroed by the caller) and dq of its query heads.
 // kt, vt: [D][L] scratch; s, dp: [kBr][L] scratch (L = n_kv rounded up to 16).
 EMO_T512 void attn_bwd_kv_head(const float* q, const float* k, const float* v, const float* out, const float* dout,
@@ -291,14 +379,15 @@ EMO_T512 void attn_bwd_kv_head(const float* q, const float* k, const float* v, c
         continue;
       }
       const int64_t nv = (jend + 15) / 16;
-      // S = scale Q K^T and dP = dO V^T over the block's visible keys, 4 vectors of keys at a time
-      for (int64_t r = 0; r < R; ++r) {
-        const float* qr = q + (i0 + r) * p.ldq + h * D;
-        const float* dr = dout + (i0 + r) * p.ldo + h * D;
-        float* sr = S + r * L;
-        float* pr = dP + r * L;
-        for (int64_t v0 = 0; v0 < nv; v0 += 4) {
-          const int cnt = int(std::min<int64_t>(4, nv - v0));
+      // S = scale Q K^T and dP = dO V^T over the block's visible keys, 4 vectors of keys at a
+      // time (that chunk of Kt / Vt, 2 x D x 64 floats, stays in L1 across the block's rows)
+      for (int64_t v0 = 0; v0 < nv; v0 += 4) {
+        const int cnt = int(std::min<int64_t>(4, nv - v0));
+        for (int64_t r = 0; r < R; ++r) {
+          const float* qr = q + (i0 + r) * p.ldq + h * D;
+          const float* dr = dout + (i0 + r) * p.ldo + h * D;
+          float* sr = S + r * L;
+          float* pr = dP + r * L;
           __m512 as[4], ap[4];
 #pragma GCC unroll 4
           for (int t = 0; t < 4; ++t) as[t] = ap[t] = _mm512_setzero_ps();
@@ -364,56 +453,14 @@ EMO_T512 void attn_bwd_kv_head(const float* q, const float* k, const float* v, c
           _mm512_storeu_ps(pr + jv * 16, _mm512_mul_ps(_mm512_mul_ps(P, _mm512_sub_ps(_mm512_loadu_ps(pr + jv * 16), di)), vscale));
         }
       }
-      // dV_j += sum_r P[r, j] dO_r ; dK_j += sum_r dS[r, j] q_r (rows in ascending order)
+      // dV_j += sum_r P[r, j] dO_r ; dK_j += sum_r dS[r, j] q_r (rows in ascending order), and
+      // dQ_r = sum_j dS[r, j] k_j: head_dim in chunks of up to 64 floats
       for (int64_t d0 = 0; d0 < D; d0 += 64) {
-        const int cnt = int(std::min<int64_t>(4, (D - d0 + 15) / 16));
-        __mmask16 dm[4];
-        for (int t = 0; t < 4; ++t) dm[t] = mask16(D - d0 - 16 * t);
-        for (int64_t j = 0; j < jend; ++j) {
-          float* dvj = dv + j * p.ldv + hk * D + d0;
-          float* dkj = dk + j * p.ldk + hk * D + d0;
-          __m512 av[4], ak[4];
-          for (int t = 0; t < cnt; ++t) {
-            av[t] = _mm512_maskz_loadu_ps(dm[t], dvj + 16 * t);
-            ak[t] = _mm512_maskz_loadu_ps(dm[t], dkj + 16 * t);
-          }
-          // rows that see key j: causal rows r with visible(i0 + r) > j, a suffix of the block
-          int64_t r0 = 0;
-          while (r0 < R && visible_kv(p, i0 + r0) <= j) ++r0;
-          for (int64_t r = r0; r < R; ++r) {
-            const __m512 pj = _mm512_set1_ps(S[r * L + j]), sj = _mm512_set1_ps(dP[r * L + j]);
-            const float* dr = dout + (i0 + r) * p.ldo + h * D + d0;
-            const float* qr = q + (i0 + r) * p.ldq + h * D + d0;
-            for (int t = 0; t < cnt; ++t) {
-              av[t] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(dm[t], dr + 16 * t), av[t]);
-              ak[t] = _mm512_fmadd_ps(sj, _mm512_maskz_loadu_ps(dm[t], qr + 16 * t), ak[t]);
-            }
-          }
-          for (int t = 0; t < cnt; ++t) {
-            _mm512_mask_storeu_ps(dvj + 16 * t, dm[t], av[t]);
-            _mm512_mask_storeu_ps(dkj + 16 * t, dm[t], ak[t]);
-          }
-        }
-      }
-      // dQ_r = sum_j dS[r, j] k_j
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t end = visible_kv(p, i0 + r);
-        float* dqr = dq + (i0 + r) * p.ldq + h * D;
-        const float* pr = dP + r * L;
-        for (int64_t d0 = 0; d0 < D; d0 += 64) {
-          const int cnt = int(std::min<int64_t>(4, (D - d0 + 15) / 16));
-          __mmask16 dm[4];
-          __m512 acc[4];
-          for (int t = 0; t < 4; ++t) {
-            dm[t] = mask16(D - d0 - 16 * t);
-            acc[t] = _mm512_setzero_ps();
-          }
-          for (int64_t j = 0; j < end; ++j) {
-            const __m512 sj = _mm512_set1_ps(pr[j]);
-            const float* kj = k + j * p.ldk + hk * D + d0;
-            for (int t = 0; t < cnt; ++t) acc[t] = _mm512_fmadd_ps(sj, _mm512_maskz_loadu_ps(dm[t], kj + 16 * t), acc[t]);
-          }
-          for (int t = 0; t < cnt; ++t) _mm512_mask_storeu_ps(dqr + d0 + 16 * t, dm[t], acc[t]);
+        switch (std::min<int64_t>(4, (D - d0 + 15) / 16)) {
+          case 4: dkdv_dq<4>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
+          case 3: dkdv_dq<3>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
+          case 2: dkdv_dq<2>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
+          default: dkdv_dq<1>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
         }
       }
     }
