@@ -334,7 +334,7 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
   opts.beta2 = opt_number(env, o, "beta2", opts.beta2);
   opts.eps = opt_number(env, o, "eps", opts.eps);
   opts.threads = int(opt_int(env, o, "threads", 1, 1, 1024));
-  if (has_opt(o, "recompute")) {  // unset: auto (recompute when the kept activations would pass 1 GiB)
+  if (has_opt(o, "recompute")) {  // unset: auto (keep the layers that fit in 1 GiB, recompute the others)
     if (!o.Get("recompute").IsBoolean()) throw_invalid(env, "recompute must be a boolean");
     opts.recompute = o.Get("recompute").As<Napi::Boolean>().Value() ? MvpTrainOptions::Recompute::On
                                                                       : MvpTrainOptions::Recompute::Off;

@@ -378,11 +378,14 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   };
   lap(times_.mvp_forward);
   const int64_t NL = hp.n_layer;
-  const int64_t kept_bytes = NL * n * (2 * qd + 2 * kvd + E + 2 * F) * int64_t(sizeof(float));
-  const bool recompute = opts_.recompute == MvpTrainOptions::Recompute::On ||
-                         (opts_.recompute == MvpTrainOptions::Recompute::Auto && kept_bytes > (int64_t(1) << 30));
+  // Layers [first_kept, NL) keep their activations; the ones below are recomputed.
+  const int64_t layer_bytes = n * (2 * qd + 2 * kvd + E + 2 * F) * int64_t(sizeof(float));
+  int64_t first_kept = 0;
+  if (opts_.recompute == MvpTrainOptions::Recompute::On) first_kept = NL;
+  else if (opts_.recompute == MvpTrainOptions::Recompute::Auto)
+    first_kept = NL - std::min<int64_t>(NL, std::max<int64_t>(0, opts_.recompute_budget_bytes) / layer_bytes);
   std::vector<std::vector<float>> x_in(size_t(backward ? NL : 0));
-  std::vector<LayerActs> la(size_t(backward && !recompute ? NL : 0));
+  std::vector<LayerActs> la(size_t(backward ? NL : 0));
   auto alloc_acts = [&](LayerActs& A) {
     A.q.resize(size_t(n * qd));
     A.k.resize(size_t(n * kvd));
@@ -418,9 +421,9 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   };
   for (int64_t l = 0; l < NL; ++l) {
     if (backward) x_in[size_t(l)] = x;
-    const bool keep = backward && !recompute;
+    const bool keep = backward && l >= first_kept;
     if (keep) alloc_acts(la[size_t(l)]);
-    // recomputing: the last layer's activations stay in `work` for the first backward layer
+    // all recomputed: the last layer's activations stay in `work` for the first backward layer
     layer_forward(l, x, keep ? la[size_t(l)] : work, keep || (backward && l == NL - 1));
   }
   lap(times_.decoder_forward);
@@ -454,12 +457,13 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   std::vector<float> xr;
   for (int64_t l = NL - 1; l >= 0; --l) {
     const LlamaLayer& L = lm.layers[size_t(l)];
-    if (recompute && l < NL - 1) {  // the last layer's are still in `work` from the forward pass
+    const bool recomputed = l < first_kept;
+    if (recomputed && l < NL - 1) {  // the last layer's are still in `work` from the forward pass
       xr = x_in[size_t(l)];
       layer_forward(l, xr, work, true);
       lap(times_.recompute);
     }
-    const LayerActs& A = recompute ? work : la[size_t(l)];
+    const LayerActs& A = recomputed ? work : la[size_t(l)];
     // MLP: x_out = x_mid + down(swiglu(gate(xn2), up(xn2)))
     gemm_backward_x(dx.data(), E, L.w_down.data, L.w_down.dtype, dact.data(), F, n, E, F, false, pool);
     lap(times_.gemm_backward);
@@ -485,6 +489,8 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     lap(times_.gemm_backward);
     rmsnorm_backward(x_in[size_t(l)].data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
     lap(times_.norm_backward);
+    la[size_t(l)] = LayerActs();  // done with this layer
+    x_in[size_t(l)] = std::vector<float>();
   }
 
   // ---- splice backward: gradients of the image rows, then the MVP heads

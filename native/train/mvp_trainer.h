@@ -45,11 +45,13 @@ struct MvpTrainOptions {
   double weight_decay = 0.0;
   double clip_norm = 1.0;  // 0 = no clipping
   int threads = 1;
-  // Decoder activations for the backward: kept for every layer, or recomputed layer by layer from
-  // each layer's input (one more forward pass; identical gradients). Auto recomputes when keeping
-  // them would take more than 1 GiB for the sample.
+  // Decoder activations for the backward: kept for every layer (Off), or recomputed layer by
+  // layer from each layer's input (On; the last layer's are still there from the forward pass),
+  // identical gradients either way. Auto keeps the activations of as many of the last layers as
+  // fit in recompute_budget_bytes for the sample and recomputes the others.
   enum class Recompute { Auto, Off, On };
   Recompute recompute = Recompute::Auto;
+  int64_t recompute_budget_bytes = int64_t(1) << 30;
 };
 
 // One trainable tensor: f32 master value, gradient and AdamW moments.
