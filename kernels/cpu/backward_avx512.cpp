@@ -264,6 +264,48 @@ inline int64_t visible_kv(const AttentionParams& p, int64_t i) {
 EMO_T512 EMO_AI float hmax(__m512 v) { return _mm512_reduce_max_ps(v); }
 EMO_T512 EMO_AI float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+// S[r, keys] = scale q_r . k and dP[r, keys] = dO_r . v for the keys of vectors [v0, v0 + CNT)
+// (16 keys each) and the block's R rows, two rows at a time (each Kt / Vt vector loaded once for
+// both). Kt / Vt: [D][L], zero past n_kv.
+template <int CNT>
+EMO_T512 void s_dp_rows(const AttentionParams& p, const float* q, const float* dout, const float* kt, const float* vt,
+                        float* S, float* dP, int64_t L, int64_t i0, int64_t R, int64_t h, int64_t v0, __m512 vscale) {
+  const int64_t D = p.head_dim;
+  for (int64_t r = 0; r < R; r += 2) {
+    const bool two = r + 1 < R;
+    const float* q0 = q + (i0 + r) * p.ldq + h * D;
+    const float* d0 = dout + (i0 + r) * p.ldo + h * D;
+    const float* q1 = two ? q0 + p.ldq : q0;
+    const float* d1 = two ? d0 + p.ldo : d0;
+    __m512 s0[CNT], p0[CNT], s1[CNT], p1[CNT];
+#pragma GCC unroll 4
+    for (int t = 0; t < CNT; ++t) s0[t] = p0[t] = s1[t] = p1[t] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 a0 = _mm512_set1_ps(q0[d]), b0 = _mm512_set1_ps(d0[d]);
+      const __m512 a1 = _mm512_set1_ps(q1[d]), b1 = _mm512_set1_ps(d1[d]);
+      const float* kd = kt + d * L + v0 * 16;
+      const float* vd = vt + d * L + v0 * 16;
+#pragma GCC unroll 4
+      for (int t = 0; t < CNT; ++t) {
+        const __m512 kx = _mm512_loadu_ps(kd + 16 * t), vx = _mm512_loadu_ps(vd + 16 * t);
+        s0[t] = _mm512_fmadd_ps(a0, kx, s0[t]);
+        p0[t] = _mm512_fmadd_ps(b0, vx, p0[t]);
+        s1[t] = _mm512_fmadd_ps(a1, kx, s1[t]);
+        p1[t] = _mm512_fmadd_ps(b1, vx, p1[t]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < CNT; ++t) {
+      _mm512_storeu_ps(S + r * L + (v0 + t) * 16, _mm512_mul_ps(s0[t], vscale));
+      _mm512_storeu_ps(dP + r * L + (v0 + t) * 16, p0[t]);
+      if (two) {
+        _mm512_storeu_ps(S + (r + 1) * L + (v0 + t) * 16, _mm512_mul_ps(s1[t], vscale));
+        _mm512_storeu_ps(dP + (r + 1) * L + (v0 + t) * 16, p1[t]);
+      }
+    }
+  }
+}
+
 // For one block of R query rows of head h and head_dim columns [d0, d0 + 16 CNT): dV / dK rows
 // of the visible keys (two keys at a time, each row's dO / q loaded once for both) and dQ of the
 // rows (two rows at a time, each key row loaded once for both). Entries of S / dP past a row's
@@ -382,41 +424,11 @@ EMO_T512 void attn_bwd_kv_head(const float* q, const float* k, const float* v, c
       // S = scale Q K^T and dP = dO V^T over the block's visible keys, 4 vectors of keys at a
       // time (that chunk of Kt / Vt, 2 x D x 64 floats, stays in L1 across the block's rows)
       for (int64_t v0 = 0; v0 < nv; v0 += 4) {
-        const int cnt = int(std::min<int64_t>(4, nv - v0));
-        for (int64_t r = 0; r < R; ++r) {
-          const float* qr = q + (i0 + r) * p.ldq + h * D;
-          const float* dr = dout + (i0 + r) * p.ldo + h * D;
-          float* sr = S + r * L;
-          float* pr = dP + r * L;
-          __m512 as[4], ap[4];
-#pragma GCC unroll 4
-          for (int t = 0; t < 4; ++t) as[t] = ap[t] = _mm512_setzero_ps();
-          if (cnt == 4) {
-            for (int64_t d = 0; d < D; ++d) {
-              const __m512 a = _mm512_set1_ps(qr[d]), b = _mm512_set1_ps(dr[d]);
-              const float* kd = kt + d * L + v0 * 16;
-              const float* vd = vt + d * L + v0 * 16;
-#pragma GCC unroll 4
-              for (int t = 0; t < 4; ++t) {
-                as[t] = _mm512_fmadd_ps(a, _mm512_loadu_ps(kd + 16 * t), as[t]);
-                ap[t] = _mm512_fmadd_ps(b, _mm512_loadu_ps(vd + 16 * t), ap[t]);
-              }
-            }
-          } else {
-            for (int64_t d = 0; d < D; ++d) {
-              const __m512 a = _mm512_set1_ps(qr[d]), b = _mm512_set1_ps(dr[d]);
-              const float* kd = kt + d * L + v0 * 16;
-              const float* vd = vt + d * L + v0 * 16;
-              for (int t = 0; t < cnt; ++t) {
-                as[t] = _mm512_fmadd_ps(a, _mm512_loadu_ps(kd + 16 * t), as[t]);
-                ap[t] = _mm512_fmadd_ps(b, _mm512_loadu_ps(vd + 16 * t), ap[t]);
-              }
-            }
-          }
-          for (int t = 0; t < cnt; ++t) {
-            _mm512_storeu_ps(sr + (v0 + t) * 16, _mm512_mul_ps(as[t], vscale));
-            _mm512_storeu_ps(pr + (v0 + t) * 16, ap[t]);
-          }
+        switch (std::min<int64_t>(4, nv - v0)) {
+          case 4: s_dp_rows<4>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
+          case 3: s_dp_rows<3>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
+          case 2: s_dp_rows<2>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
+          default: s_dp_rows<1>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
         }
       }
       // P = softmax over each row's visible keys (zero past them); dS = P (dP - dO.O) scale
