@@ -373,9 +373,6 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   // either kept too or recomputed from that input in the backward (recompute_layers: one more
   // forward pass, bit-identical values, memory of one layer instead of all). The kernels write
   // straight into the kept (or the one working) set of buffers: no per-layer copies.
-  struct LayerActs {
-    std::vector<float> q, k, v, att, x_mid, gate, up;
-  };
   lap(times_.mvp_forward);
   const int64_t NL = hp.n_layer;
   // Layers [first_kept, NL) keep their activations; the ones below are recomputed.
@@ -384,8 +381,12 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   if (opts_.recompute == MvpTrainOptions::Recompute::On) first_kept = NL;
   else if (opts_.recompute == MvpTrainOptions::Recompute::Auto)
     first_kept = NL - std::min<int64_t>(NL, std::max<int64_t>(0, opts_.recompute_budget_bytes) / layer_bytes);
-  std::vector<std::vector<float>> x_in(size_t(backward ? NL : 0));
-  std::vector<LayerActs> la(size_t(backward ? NL : 0));
+  if (backward && int64_t(kept_.size()) < NL) kept_.resize(size_t(NL));
+  if (backward && int64_t(x_in_.size()) < NL) x_in_.resize(size_t(NL));
+  std::vector<LayerActs>& la = kept_;
+  std::vector<std::vector<float>>& x_in = x_in_;
+  for (int64_t l = 0; backward && l < first_kept; ++l)  // kept for a shorter sample before: over the budget now
+    if (!la[size_t(l)].q.empty()) la[size_t(l)] = LayerActs();
   auto alloc_acts = [&](LayerActs& A) {
     A.q.resize(size_t(n * qd));
     A.k.resize(size_t(n * kvd));
@@ -394,7 +395,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     A.gate.resize(size_t(n * F));
     A.up.resize(size_t(n * F));
   };
-  LayerActs work;  // the activations of the layer being run when they are not kept
+  LayerActs& work = work_;
   alloc_acts(work);
   std::vector<float> xn(size_t(n * E)), tmp(size_t(n * E)), act(size_t(n * F));
   // layer l on the residual stream xs (in place), its activations in A (x_mid too when keep)
@@ -489,8 +490,6 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     lap(times_.gemm_backward);
     rmsnorm_backward(x_in[size_t(l)].data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
     lap(times_.norm_backward);
-    la[size_t(l)] = LayerActs();  // done with this layer
-    x_in[size_t(l)] = std::vector<float>();
   }
 
   // ---- splice backward: gradients of the image rows, then the MVP heads

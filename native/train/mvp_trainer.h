@@ -148,6 +148,15 @@ class MvpTrainer {
   float* grad(const Head& h, Part p);               // null when frozen or absent
   int64_t last_positions_ = 0;
   MvpPhaseTimes times_;
+  // Decoder activations for the backward, reused from sample to sample (at most the recompute
+  // budget plus each layer's input stay allocated): fresh buffers every sample cost page faults
+  // and zero-filling of up to a GiB.
+  struct LayerActs {
+    std::vector<float> q, k, v, att, x_mid, gate, up;
+  };
+  std::vector<LayerActs> kept_;           // layers [first_kept, n_layer)
+  LayerActs work_;                        // the layer being run when its activations are not kept
+  std::vector<std::vector<float>> x_in_;  // each layer's input
 
   std::shared_ptr<const EmollmModel> model_;
   MvpTrainOptions opts_;

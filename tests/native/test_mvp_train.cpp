@@ -371,6 +371,17 @@ TEST(mvp_train_recompute_layers_is_exact) {
   EXPECT(c.phase_times().recompute > 0.0);  // layer 0 was recomputed
   for (size_t i = 0; i < b.params().size(); ++i) EXPECT(c.params()[i].grad == b.params()[i].grad);
   EXPECT(a.phase_times().recompute == 0.0 && b.phase_times().recompute > 0.0);
+  // the activation buffers are reused from sample to sample: after a longer sample (its kept
+  // layers, or for c now none kept: over the budget), the same gradient again
+  Sample longer = s;
+  longer.tokens.insert(longer.tokens.begin() + 1, 319);
+  for (MvpTrainer* t : {&a, &c}) {
+    t->zero_grad();
+    t->accumulate(longer.view(), 1.0f);
+    t->zero_grad();
+    EXPECT(t->accumulate(s.view(), 1.0f) == b.loss(s.view()));
+    for (size_t i = 0; i < b.params().size(); ++i) EXPECT(t->params()[i].grad == b.params()[i].grad);
+  }
 }
 
 // The optimizer against hand-computed values: warmup + cosine learning rate, global-norm
