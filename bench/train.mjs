@@ -20,7 +20,7 @@
 // The closing line estimates one epoch of a training split of --epoch-samples samples (default
 // 40,000, about EmoBench's instruction-tuning split) at the measured samples/s.
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -182,11 +182,15 @@ async function runOne(name, o, lib, log) {
     const times = [];
     const r = await lib.trainMvp({
       model: join(work, 'start'), bench, out: join(work, 'out'), steps: o.steps + 1, batch: o.batch, threads: o.threads, lr: 1e-4, seed: 0,
-      onStep: (s) => times.push({ t: performance.now(), tokens: s.tokens }),
+      onStep: (s) => times.push({ t: performance.now(), tokens: s.tokens, phases: s.phaseSeconds }),
     });
     // steps 2..: features cached, training only
     const dt = (times[times.length - 1].t - times[0].t) / 1000;
     const sps = (o.batch * o.steps) / dt;
+    // where a timed sample's time goes: the trainer's phase counters over the timed steps, per sample
+    const last = times[times.length - 1].phases, firstP = times[0].phases;
+    const phasesPerSampleS = {};
+    for (const k of Object.keys(last)) phasesPerSampleS[k] = (last[k] - firstP[k]) / (o.batch * o.steps);
     // anchor: inference forward passes of the same prompts
     const model = await lib.loadModel(join(work, 'out'), { threads: o.threads });
     const n = Math.min(o.batch, 4);
@@ -196,7 +200,11 @@ async function runOne(name, o, lib, log) {
     const forwardS = (performance.now() - t0) / 1000 / n;
     await model.close();
     const rss = process.resourceUsage().maxRSS / 1024;
-    return { model: name, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: (times[times.length - 1].tokens - times[0].tokens) / dt, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, forwardMs: forwardS * 1000, trainOverForward: 1 / sps / forwardS, finalLoss: r.finalLoss };
+    const phaseSum = Object.values(phasesPerSampleS).reduce((a, b) => a + b, 0);
+    const phasesOverForward = {};
+    for (const [k, v] of Object.entries(phasesPerSampleS)) phasesOverForward[k] = v / forwardS;
+    return { model: name, backwardKernels: process.env.EMOLLM_BACKWARD_LEGACY === '1' ? 'legacy (EMOLLM_BACKWARD_LEGACY=1)' : 'default',
+      loadAverage: loadavg().map((x) => Number(x.toFixed(2))), phasesPerSampleS, phasesOverForward, phasesCoverage: phaseSum * sps, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: (times[times.length - 1].tokens - times[0].tokens) / dt, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, forwardMs: forwardS * 1000, trainOverForward: 1 / sps / forwardS, finalLoss: r.finalLoss };
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
@@ -221,6 +229,8 @@ async function main() {
     for (const r of rows)
       console.log(`${r.model.padEnd(6)} ${String(r.layers).padStart(6)} ${String(r.threads).padStart(7)} ${String(r.batch).padStart(5)} ${r.samplesPerSecond.toFixed(3).padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ${r.peakRssMiB.toFixed(0).padStart(13)} ${(r.trainOverForward.toFixed(1) + 'x').padStart(14)}  ${r.epochHours.toFixed(1)} h`);
     console.log('train/forward: seconds per trained sample over seconds per inference forward pass of the same prompt (same run)');
+    for (const r of rows)
+      console.log(`${r.model} per sample, x forward: ` + Object.entries(r.phasesOverForward).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ') + ` (phases cover ${(100 * r.phasesCoverage).toFixed(0)}% of the sample time; load ${r.loadAverage.join(' ')})`);
   }
 }
 

@@ -36,7 +36,7 @@ export {
 } from './image_processor_qwen2_vl.js';
 export type { VideoPart, Visual, VisualFeatures } from './visual_input.js';
 export { initMvp, type InitMvpOptions, type InitMvpResult, type EmollmSection, type EmollmPerspectiveConfig } from './init_mvp.js';
-export { trainMvp, type TrainMvpOptions, type TrainMvpResult, type TrainStepInfo, type TrainEvalInfo } from './train/train_mvp.js';
+export { trainMvp, type TrainMvpOptions, type TrainMvpResult, type TrainStepInfo, type TrainEvalInfo, type TrainPhaseSeconds } from './train/train_mvp.js';
 export { PERSPECTIVE_KINDS, perspectiveKind, type PerspectiveKind, type PerspectiveType } from './perspectives.js';
 export * from './taxonomies.js';
 export * from './emoprompt.js';

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "backward_internal.h"
 #include "kernels.h"
 #include "row_parallel.h"
 
@@ -50,6 +51,11 @@ void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, 
   EMOLLM_CHECK_ARG(M >= 0 && N > 0 && K > 0, "gemm_backward_x: bad shape");
   EMOLLM_CHECK_ARG(K % dtype_block_elems(wtype) == 0, "gemm_backward_x: K not a multiple of the weight block size");
   if (M == 0) return;
+  // BF16 weights on AVX512-BF16: the NN product against the stored rows (no weight copy)
+  if (wtype == DType::BF16 &&
+      backward_detail::gemm_backward_x_bf16(dY, lddy, static_cast<const uint16_t*>(W), dX, lddx, M, N, K, accumulate,
+                                            pool))
+    return;
   const size_t row_bytes = dtype_row_bytes(wtype, K);
   const auto* wb = static_cast<const uint8_t*>(W);
   if (M >= kGemmPathMinRows && N * K <= kGemmPathMaxTempFloats) {
@@ -195,6 +201,7 @@ void silu_backward(const float* x, const float* dy, float* dx, int64_t n, Thread
 
 void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n,
                      ThreadPool* pool) {
+  if (backward_detail::swiglu_backward(gate, up, dy, dgate, dup, n, pool)) return;
   detail::for_elements(pool, n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float gv = gate[i], uv = up[i], d = dy[i];
@@ -232,6 +239,7 @@ inline int64_t visible(const AttentionParams& p, int64_t i) {
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
                         float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool) {
   check_attention(p);
+  if (backward_detail::attention_backward(q, k, v, out, dout, dq, dk, dv, p, pool)) return;
   const int64_t D = p.head_dim, G = p.n_heads / p.n_kv_heads, nq = p.n_q, nkv = p.n_kv;
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(D));
   for (int64_t j = 0; j < nkv; ++j) {

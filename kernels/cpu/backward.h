@@ -16,9 +16,12 @@
 namespace emollm {
 
 // ---------------------------------------------------------------- matrix products (Y = X W^T + b)
-// dX[M,K] (+)= dY[M,N] * W[N,K]. W in any dtype gemm() takes. From 16 rows on (and weights up
-// to 16 Mi elements) the product runs through gemm() on the dequantised, transposed weight (its
-// vectorised paths); below, a blocked loop. accumulate: add into dX instead of overwriting it.
+// dX[M,K] (+)= dY[M,N] * W[N,K]. W in any dtype gemm() takes. BF16 W on a CPU with AVX512-BF16
+// (and EMOLLM_ISA not capped below avx512): the product runs against the stored rows with bf16
+// dot products, dY rounded to bf16 as the forward gemm() rounds its activations
+// (backward_avx512.cpp). Otherwise, from 16 rows on (and weights up to 16 Mi elements) through
+// gemm() on the dequantised, transposed weight; below, a blocked loop. accumulate: add into dX
+// instead of overwriting it.
 void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
                      int64_t N, int64_t K, bool accumulate, ThreadPool* pool);
 // dW[N,K] += dY[M,N]^T * X[M,K]; dB[N] += column sums of dY (dB may be null). f32 gradients of
@@ -54,6 +57,7 @@ void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, con
 //   P = softmax(scale q k^T), O = P v,  D_i = dO_i . O_i
 //   dv_j += sum_i P_ij dO_i,  dS_ij = P_ij (dO_i . v_j - D_i),  dq_i = scale sum_j dS_ij k_j,
 //   dk_j += scale sum_i dS_ij q_i
+// AVX-512: tiled by blocks of 16 queries (backward_avx512.cpp); else one query row at a time.
 // `out` is the forward output O. dq is overwritten ([n_q, n_heads, head_dim], stride ldq); dk
 // and dv ([n_kv, n_kv_heads, head_dim], strides ldk / ldv) are overwritten too.
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,

@@ -38,7 +38,7 @@ export const TRAIN_MVP_SPEC = {
     recompute: {
       type: 'string',
       choices: ['auto', 'on', 'off'],
-      description: "recompute each decoder layer's activations in the backward instead of keeping them (auto: when kept ones pass 1 GiB)",
+      description: "recompute each decoder layer's activations in the backward instead of keeping them (auto: keep as many layers' activations as fit in 1 GiB per sample, recompute the others)",
     },
     face: {
       type: 'boolean',

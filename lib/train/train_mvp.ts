@@ -108,6 +108,31 @@ export interface TrainStepInfo {
   tokens: number;
   tokensPerSecond: number;
   etaMs: number;
+  /** Seconds spent in each phase of training since the run started (profiling; see TrainPhaseSeconds). */
+  phaseSeconds: TrainPhaseSeconds;
+}
+
+/** Wall seconds per phase of the native trainer (native/train/mvp_trainer.h, MvpPhaseTimes). */
+export interface TrainPhaseSeconds {
+  /** MVP heads forward, image-token splice, embeddings. */
+  mvpForward: number;
+  /** The frozen decoder's layers, first pass. */
+  decoderForward: number;
+  /** Final norm, LM head on the answer rows, cross-entropy and their backward. */
+  lmHead: number;
+  /** The decoder layers run again in the backward (activation recomputation). */
+  recompute: number;
+  /** Input-gradient GEMMs dX = dY W of the decoder projections. */
+  gemmBackward: number;
+  attentionBackward: number;
+  /** RMSNorm backwards. */
+  normBackward: number;
+  /** SwiGLU and RoPE backwards. */
+  elementwiseBackward: number;
+  /** Splice backward and the MVP heads' gradients. */
+  mvpBackward: number;
+  /** Clipping and AdamW. */
+  optimizer: number;
 }
 
 export interface TrainEvalInfo {
@@ -141,6 +166,7 @@ interface NativeTrainer {
   loss(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number, faces?: readonly (readonly FaceBox[])[] | null): Promise<number>;
   /** Decoder positions of the last sample run. */
   readonly lastPositions: number;
+  readonly phaseSeconds: TrainPhaseSeconds;
   step(): Promise<{ lr: number; gradNorm: number; step: number }>;
   params(): { name: string; shape: number[]; value: Float32Array; grad: Float32Array; m: Float32Array; v: Float32Array }[];
   setState(params: { name: string; value: Float32Array; m: Float32Array; v: Float32Array }[], steps: number): void;
@@ -453,6 +479,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
         tokens: tokensDone,
         tokensPerSecond: (tokensDone * 1000) / el,
         etaMs: (el / (st.step - first)) * (totalSteps - st.step),
+        phaseSeconds: trainer.phaseSeconds,
       });
       if (st.step % saveEvery === 0 || st.step === totalSteps) await save(st.step);
       if (evalEvery > 0 && st.step % evalEvery === 0 && st.step !== totalSteps) await validate(st.step);

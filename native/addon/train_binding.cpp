@@ -11,6 +11,8 @@
 //     faces: null, or one list per image of { x, y, width, height } boxes in tower-input pixels
 //     (the face-region heads' input, as Model.encodeImages takes them)
 //   MvpTrainer.lastPositions            (decoder positions of the last sample run)
+//   MvpTrainer.phaseSeconds             ({ mvpForward, decoderForward, ... }: seconds per phase
+//                                        since the trainer was made, MvpPhaseTimes; not while busy)
 //   MvpTrainer.step() -> Promise<{ lr, gradNorm, step }>
 //   MvpTrainer.params() -> Array<{ name, shape, value, grad, m, v: Float32Array }>  (copies, sync)
 //   MvpTrainer.setState(params: Array<{ name, value, m, v }>, steps) (sync; names must match)
@@ -121,7 +123,8 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
                         InstanceMethod<&TrainerWrap::SetState>("setState"),
                         InstanceMethod<&TrainerWrap::Close>("close"),
                         InstanceAccessor<&TrainerWrap::StepsDone>("stepsDone"),
-                        InstanceAccessor<&TrainerWrap::LastPositions>("lastPositions")});
+                        InstanceAccessor<&TrainerWrap::LastPositions>("lastPositions"),
+                        InstanceAccessor<&TrainerWrap::PhaseSeconds>("phaseSeconds")});
   }
   explicit TrainerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainerWrap>(info) {
     if (info.Length() < 1 || !info[0].IsExternal()) throw_invalid(info.Env(), "use createMvpTrainer()");
@@ -279,6 +282,23 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   Napi::Value LastPositions(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(trainer(info.Env()).last_positions()));
   }
+  Napi::Value PhaseSeconds(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
+    const MvpPhaseTimes& t = trainer(env).phase_times();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("mvpForward", Napi::Number::New(env, t.mvp_forward));
+    o.Set("decoderForward", Napi::Number::New(env, t.decoder_forward));
+    o.Set("lmHead", Napi::Number::New(env, t.lm_head));
+    o.Set("recompute", Napi::Number::New(env, t.recompute));
+    o.Set("gemmBackward", Napi::Number::New(env, t.gemm_backward));
+    o.Set("attentionBackward", Napi::Number::New(env, t.attention_backward));
+    o.Set("normBackward", Napi::Number::New(env, t.norm_backward));
+    o.Set("elementwiseBackward", Napi::Number::New(env, t.elementwise_backward));
+    o.Set("mvpBackward", Napi::Number::New(env, t.mvp_backward));
+    o.Set("optimizer", Napi::Number::New(env, t.optimizer));
+    return o;
+  }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
@@ -314,7 +334,7 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
   opts.beta2 = opt_number(env, o, "beta2", opts.beta2);
   opts.eps = opt_number(env, o, "eps", opts.eps);
   opts.threads = int(opt_int(env, o, "threads", 1, 1, 1024));
-  if (has_opt(o, "recompute")) {  // unset: auto (recompute when the kept activations would pass 1 GiB)
+  if (has_opt(o, "recompute")) {  // unset: auto (keep the layers that fit in 1 GiB, recompute the others)
     if (!o.Get("recompute").IsBoolean()) throw_invalid(env, "recompute must be a boolean");
     opts.recompute = o.Get("recompute").As<Napi::Boolean>().Value() ? MvpTrainOptions::Recompute::On
                                                                       : MvpTrainOptions::Recompute::Off;

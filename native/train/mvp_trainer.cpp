@@ -2,6 +2,7 @@
 #include "train/mvp_trainer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -12,6 +13,16 @@
 namespace emollm {
 
 namespace {
+// Adds the time since the previous lap to a phase counter.
+struct Lap {
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  void operator()(double& slot) {
+    const auto now = std::chrono::steady_clock::now();
+    slot += std::chrono::duration<double>(now - t).count();
+    t = now;
+  }
+};
+
 std::vector<float> to_f32(const TensorInfo& t) {
   t.compute_view();
   std::vector<float> out(size_t(t.numel()));
@@ -141,6 +152,7 @@ double MvpTrainer::loss(const MvpTrainSample& s) { return run(s, 0.0f, false); }
 
 // ---------------------------------------------------------------- forward + backward
 double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
+  Lap lap;
   const EmollmModel& em = *model_;
   const LlamaModel& lm = em.llava().text();
   const LlamaHparams& hp = lm.hparams();
@@ -359,52 +371,63 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
 
   // ---- decoder forward. Each layer's input is kept; the rest of what the backward reads is
   // either kept too or recomputed from that input in the backward (recompute_layers: one more
-  // forward pass, bit-identical values, memory of one layer instead of all).
-  struct LayerActs {
-    std::vector<float> q, k, v, att, x_mid, gate, up;
-  };
+  // forward pass, bit-identical values, memory of one layer instead of all). The kernels write
+  // straight into the kept (or the one working) set of buffers: no per-layer copies.
+  lap(times_.mvp_forward);
   const int64_t NL = hp.n_layer;
-  const int64_t kept_bytes = NL * n * (2 * qd + 2 * kvd + E + 2 * F) * int64_t(sizeof(float));
-  const bool recompute = opts_.recompute == MvpTrainOptions::Recompute::On ||
-                         (opts_.recompute == MvpTrainOptions::Recompute::Auto && kept_bytes > (int64_t(1) << 30));
-  std::vector<std::vector<float>> x_in(size_t(backward ? NL : 0));
-  std::vector<LayerActs> la(size_t(backward && !recompute ? NL : 0));
-  std::vector<float> xn(size_t(n * E)), q(size_t(n * qd)), k(size_t(n * kvd)), v(size_t(n * kvd)), att(size_t(n * qd)),
-      tmp(size_t(n * E)), gate(size_t(n * F)), up(size_t(n * F)), act(size_t(n * F));
-  // layer l on the residual stream xs (in place); keeps its activations in *A when A is given
-  auto layer_forward = [&](int64_t l, std::vector<float>& xs, LayerActs* A) {
+  // Layers [first_kept, NL) keep their activations; the ones below are recomputed.
+  const int64_t layer_bytes = n * (2 * qd + 2 * kvd + E + 2 * F) * int64_t(sizeof(float));
+  int64_t first_kept = 0;
+  if (opts_.recompute == MvpTrainOptions::Recompute::On) first_kept = NL;
+  else if (opts_.recompute == MvpTrainOptions::Recompute::Auto)
+    first_kept = NL - std::min<int64_t>(NL, std::max<int64_t>(0, opts_.recompute_budget_bytes) / layer_bytes);
+  if (backward && int64_t(kept_.size()) < NL) kept_.resize(size_t(NL));
+  if (backward && int64_t(x_in_.size()) < NL) x_in_.resize(size_t(NL));
+  std::vector<LayerActs>& la = kept_;
+  std::vector<std::vector<float>>& x_in = x_in_;
+  for (int64_t l = 0; backward && l < first_kept; ++l)  // kept for a shorter sample before: over the budget now
+    if (!la[size_t(l)].q.empty()) la[size_t(l)] = LayerActs();
+  auto alloc_acts = [&](LayerActs& A) {
+    A.q.resize(size_t(n * qd));
+    A.k.resize(size_t(n * kvd));
+    A.v.resize(size_t(n * kvd));
+    A.att.resize(size_t(n * qd));
+    A.gate.resize(size_t(n * F));
+    A.up.resize(size_t(n * F));
+  };
+  LayerActs& work = work_;
+  alloc_acts(work);
+  std::vector<float> xn(size_t(n * E)), tmp(size_t(n * E)), act(size_t(n * F));
+  // layer l on the residual stream xs (in place), its activations in A (x_mid too when keep)
+  auto layer_forward = [&](int64_t l, std::vector<float>& xs, LayerActs& A, bool keep) {
     const LlamaLayer& L = lm.layers[size_t(l)];
+    float *q = A.q.data(), *k = A.k.data(), *v = A.v.data(), *att = A.att.data(), *gate = A.gate.data(),
+          *up = A.up.data();
     rmsnorm(xs.data(), E, L.attn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
-    gemm(xn.data(), E, L.wq.data, L.wq.dtype, L.bq, q.data(), qd, n, qd, E, pool);
-    gemm(xn.data(), E, L.wk.data, L.wk.dtype, L.bk, k.data(), kvd, n, kvd, E, pool);
-    gemm(xn.data(), E, L.wv.data, L.wv.dtype, L.bv, v.data(), kvd, n, kvd, E, pool);
-    rope(q.data(), qd, n, H, pos.data(), rp, pool);
-    rope(k.data(), kvd, n, Hkv, pos.data(), rp, pool);
-    attention(q.data(), k.data(), v.data(), att.data(), ap, pool);
-    gemm(att.data(), qd, L.wo.data, L.wo.dtype, L.bo, tmp.data(), E, n, E, qd, pool);
+    gemm(xn.data(), E, L.wq.data, L.wq.dtype, L.bq, q, qd, n, qd, E, pool);
+    gemm(xn.data(), E, L.wk.data, L.wk.dtype, L.bk, k, kvd, n, kvd, E, pool);
+    gemm(xn.data(), E, L.wv.data, L.wv.dtype, L.bv, v, kvd, n, kvd, E, pool);
+    rope(q, qd, n, H, pos.data(), rp, pool);
+    rope(k, kvd, n, Hkv, pos.data(), rp, pool);
+    attention(q, k, v, att, ap, pool);
+    gemm(att, qd, L.wo.data, L.wo.dtype, L.bo, tmp.data(), E, n, E, qd, pool);
     add(xs.data(), tmp.data(), xs.data(), n * E, pool);
-    if (A) {
-      A->q = q;
-      A->k = k;
-      A->v = v;
-      A->att = att;
-      A->x_mid = xs;
-    }
+    if (keep) A.x_mid = xs;
     rmsnorm(xs.data(), E, L.ffn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
-    gemm(xn.data(), E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate.data(), F, n, F, E, pool);
-    gemm(xn.data(), E, L.w_up.data, L.w_up.dtype, L.b_up, up.data(), F, n, F, E, pool);
-    swiglu(gate.data(), up.data(), act.data(), n * F, pool);
+    gemm(xn.data(), E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate, F, n, F, E, pool);
+    gemm(xn.data(), E, L.w_up.data, L.w_up.dtype, L.b_up, up, F, n, F, E, pool);
+    swiglu(gate, up, act.data(), n * F, pool);
     gemm(act.data(), F, L.w_down.data, L.w_down.dtype, L.b_down, tmp.data(), E, n, E, F, pool);
     add(xs.data(), tmp.data(), xs.data(), n * E, pool);
-    if (A) {
-      A->gate = gate;
-      A->up = up;
-    }
   };
   for (int64_t l = 0; l < NL; ++l) {
     if (backward) x_in[size_t(l)] = x;
-    layer_forward(l, x, backward && !recompute ? &la[size_t(l)] : nullptr);
+    const bool keep = backward && l >= first_kept;
+    if (keep) alloc_acts(la[size_t(l)]);
+    // all recomputed: the last layer's activations stay in `work` for the first backward layer
+    layer_forward(l, x, keep ? la[size_t(l)] : work, keep || (backward && l == NL - 1));
   }
+  lap(times_.decoder_forward);
 
   // ---- loss over the answer: position t-1 predicts token t for the last n_answer tokens
   const int64_t NA = s.n_answer, t0 = n - NA;  // first target position (in the expanded sequence)
@@ -420,39 +443,53 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   const float ls = scale / float(NA);
   const double total = cross_entropy(logits.data(), V, targets.data(), NA, V, ls, backward ? logits.data() : nullptr, pool);
   const double mean = total / double(NA);
-  if (!backward) return mean;
+  if (!backward) {
+    lap(times_.lm_head);
+    return mean;
+  }
 
   // ---- backward: logits -> final norm -> residual stream gradient dx [n, E]
   std::vector<float> dx(size_t(n * E), 0.0f);
   gemm_backward_x(logits.data(), V, lm.output.data, lm.output.dtype, xf.data(), E, NA, V, E, false, pool);
   rmsnorm_backward(xa, E, lm.output_norm, xf.data(), E, dx.data() + (t0 - 1) * E, E, NA, E, hp.rms_eps, false, pool);
+  lap(times_.lm_head);
   std::vector<float> dq(size_t(n * qd)), dk(size_t(n * kvd)), dv(size_t(n * kvd)), datt(size_t(n * qd)),
       dxn(size_t(n * E)), dgate(size_t(n * F)), dup(size_t(n * F)), dact(size_t(n * F));
-  LayerActs recomputed;
   std::vector<float> xr;
   for (int64_t l = NL - 1; l >= 0; --l) {
     const LlamaLayer& L = lm.layers[size_t(l)];
-    if (recompute) {
+    const bool recomputed = l < first_kept;
+    if (recomputed && l < NL - 1) {  // the last layer's are still in `work` from the forward pass
       xr = x_in[size_t(l)];
-      layer_forward(l, xr, &recomputed);
+      layer_forward(l, xr, work, true);
+      lap(times_.recompute);
     }
-    const LayerActs& A = recompute ? recomputed : la[size_t(l)];
+    const LayerActs& A = recomputed ? work : la[size_t(l)];
     // MLP: x_out = x_mid + down(swiglu(gate(xn2), up(xn2)))
     gemm_backward_x(dx.data(), E, L.w_down.data, L.w_down.dtype, dact.data(), F, n, E, F, false, pool);
+    lap(times_.gemm_backward);
     swiglu_backward(A.gate.data(), A.up.data(), dact.data(), dgate.data(), dup.data(), n * F, pool);
+    lap(times_.elementwise_backward);
     gemm_backward_x(dgate.data(), F, L.w_gate.data, L.w_gate.dtype, dxn.data(), E, n, F, E, false, pool);
     gemm_backward_x(dup.data(), F, L.w_up.data, L.w_up.dtype, dxn.data(), E, n, F, E, true, pool);
+    lap(times_.gemm_backward);
     rmsnorm_backward(A.x_mid.data(), E, L.ffn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
+    lap(times_.norm_backward);
     // attention: x_mid = x_in + wo(attn(rope(q), rope(k), v))
     gemm_backward_x(dx.data(), E, L.wo.data, L.wo.dtype, datt.data(), qd, n, E, qd, false, pool);
+    lap(times_.gemm_backward);
     attention_backward(A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt.data(), dq.data(), dk.data(), dv.data(),
                        ap, pool);
+    lap(times_.attention_backward);
     rope_backward(dq.data(), qd, n, H, pos.data(), rp, pool);
     rope_backward(dk.data(), kvd, n, Hkv, pos.data(), rp, pool);
+    lap(times_.elementwise_backward);
     gemm_backward_x(dq.data(), qd, L.wq.data, L.wq.dtype, dxn.data(), E, n, qd, E, false, pool);
     gemm_backward_x(dk.data(), kvd, L.wk.data, L.wk.dtype, dxn.data(), E, n, kvd, E, true, pool);
     gemm_backward_x(dv.data(), kvd, L.wv.data, L.wv.dtype, dxn.data(), E, n, kvd, E, true, pool);
+    lap(times_.gemm_backward);
     rmsnorm_backward(x_in[size_t(l)].data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
+    lap(times_.norm_backward);
   }
 
   // ---- splice backward: gradients of the image rows, then the MVP heads
@@ -507,6 +544,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
                       pool);
     }
   }
+  lap(times_.mvp_backward);
   return mean;
 }
 
@@ -520,6 +558,7 @@ double MvpTrainer::lr_at(int64_t s) const {
 }
 
 MvpStepStats MvpTrainer::step() {
+  Lap lap;
   MvpStepStats st;
   double ss = 0.0;
   for (const auto& p : params_)
@@ -546,6 +585,7 @@ MvpStepStats MvpTrainer::step() {
   }
   zero_grad();
   st.step = ++step_;
+  lap(times_.optimizer);
   return st;
 }
 

@@ -45,11 +45,13 @@ struct MvpTrainOptions {
   double weight_decay = 0.0;
   double clip_norm = 1.0;  // 0 = no clipping
   int threads = 1;
-  // Decoder activations for the backward: kept for every layer, or recomputed layer by layer from
-  // each layer's input (one more forward pass; identical gradients). Auto recomputes when keeping
-  // them would take more than 1 GiB for the sample.
+  // Decoder activations for the backward: kept for every layer (Off), or recomputed layer by
+  // layer from each layer's input (On; the last layer's are still there from the forward pass),
+  // identical gradients either way. Auto keeps the activations of as many of the last layers as
+  // fit in recompute_budget_bytes for the sample and recomputes the others.
   enum class Recompute { Auto, Off, On };
   Recompute recompute = Recompute::Auto;
+  int64_t recompute_budget_bytes = int64_t(1) << 30;
 };
 
 // One trainable tensor: f32 master value, gradient and AdamW moments.
@@ -69,6 +71,21 @@ struct MvpTrainSample {
   // Face boxes of each image in pixels of the tower input (null: no faces), as
   // EmollmModel::encode_images takes them: the face-region heads' input.
   const std::vector<std::vector<FaceBox>>* faces = nullptr;
+};
+
+// Wall seconds spent in each phase of accumulate() / step() since the trainer was made (for
+// profiling: bench:train reports them per sample). Sums of steady-clock intervals.
+struct MvpPhaseTimes {
+  double mvp_forward = 0;          // MVP heads forward + image-token splice + embeddings
+  double decoder_forward = 0;      // the frozen decoder's layers, first pass
+  double lm_head = 0;              // final norm, LM head on the answer rows, cross-entropy (+ its backward)
+  double recompute = 0;            // the decoder layers again in the backward (--recompute)
+  double gemm_backward = 0;        // dX = dY W of the seven decoder projections
+  double attention_backward = 0;   // attention_backward (probabilities recomputed)
+  double norm_backward = 0;        // the two RMSNorm backwards per layer (residual adds included)
+  double elementwise_backward = 0; // SwiGLU and RoPE backwards
+  double mvp_backward = 0;         // splice backward + MVP heads' gradients
+  double optimizer = 0;            // step(): clipping + AdamW
 };
 
 struct MvpStepStats {
@@ -104,6 +121,7 @@ class MvpTrainer {
   // Decoder positions of the last sample run (prompt + image + answer tokens; throughput figures).
   int64_t last_positions() const { return last_positions_; }
   void set_steps_done(int64_t s) { step_ = s; }
+  const MvpPhaseTimes& phase_times() const { return times_; }
   void zero_grad();
 
  private:
@@ -129,6 +147,16 @@ class MvpTrainer {
   const float* value(const Head& h, Part p) const;  // the trainable value, the frozen copy, or null
   float* grad(const Head& h, Part p);               // null when frozen or absent
   int64_t last_positions_ = 0;
+  MvpPhaseTimes times_;
+  // Decoder activations for the backward, reused from sample to sample (at most the recompute
+  // budget plus each layer's input stay allocated): fresh buffers every sample cost page faults
+  // and zero-filling of up to a GiB.
+  struct LayerActs {
+    std::vector<float> q, k, v, att, x_mid, gate, up;
+  };
+  std::vector<LayerActs> kept_;           // layers [first_kept, n_layer)
+  LayerActs work_;                        // the layer being run when its activations are not kept
+  std::vector<std::vector<float>> x_in_;  // each layer's input
 
   std::shared_ptr<const EmollmModel> model_;
   MvpTrainOptions opts_;

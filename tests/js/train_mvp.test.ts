@@ -30,7 +30,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { initMvp, loadModel } from '../../lib/index.js';
-import { createNativeTrainer, prepareSample, trainMvp } from '../../lib/train/train_mvp.js';
+import { createNativeTrainer, prepareSample, trainMvp, type TrainPhaseSeconds } from '../../lib/train/train_mvp.js';
 import { rng } from '../../lib/emobench/metrics.js';
 import { runEval } from '../../lib/emobench/eval.js';
 import { nativeBackend } from '../../lib/emobench/backends.js';
@@ -189,7 +189,15 @@ describe.skipIf(!haveTiny)('emollm train-mvp (tiny LLaVA)', () => {
   it.skipIf(!existsSync(cli))('learns the colour task: chance -> >= 95% validation accuracy, and eval agrees', async () => {
     const before = evalAccuracy(start, val, join(tmp, 'eval-before'));
     const steps: number[] = [];
-    const r = await trainMvp({ model: start, bench: train, val, out: join(tmp, 'trained'), steps: 60, batch: 8, lr: 3e-3, seed: 1, onStep: (s) => steps.push(s.loss) });
+    const phases: TrainPhaseSeconds[] = [];
+    const r = await trainMvp({ model: start, bench: train, val, out: join(tmp, 'trained'), steps: 60, batch: 8, lr: 3e-3, seed: 1, onStep: (s) => (steps.push(s.loss), phases.push(s.phaseSeconds)) });
+    // the trainer's phase counters (bench:train's breakdown) count every phase that ran, and only those
+    const first = phases[0]!, last = phases[phases.length - 1]!;
+    for (const k of ['mvpForward', 'decoderForward', 'lmHead', 'gemmBackward', 'attentionBackward', 'normBackward', 'elementwiseBackward', 'mvpBackward', 'optimizer'] as const) {
+      expect(first[k]).toBeGreaterThan(0);
+      expect(last[k]).toBeGreaterThan(first[k]);
+    }
+    expect(last.recompute).toBe(0);  // the tiny LLaVA keeps its activations (--recompute auto)
     const after = r.evals[r.evals.length - 1]!.accuracy;
     const evalAfter = evalAccuracy(join(tmp, 'trained'), val, join(tmp, 'eval-after'));
     console.log(`colour task: accuracy before ${(before * 100).toFixed(1)}%, after ${(after * 100).toFixed(1)}% (eval: ${(evalAfter * 100).toFixed(1)}%), loss ${steps[0]!.toFixed(3)} -> ${steps[steps.length - 1]!.toFixed(3)}`);

@@ -7,13 +7,21 @@
 //      rounding of the forward outputs divided by h dominates);
 //   2. against a scalar reference where one exists (attention: a double-precision reference;
 //      gemm_backward_x: a double loop over the dequantised weights), rtol 1e-4 + atol 1e-5.
+// The vector paths (backward_avx512.cpp) run wherever the CPU has them, and are also checked on
+// larger shapes (several blocks, every tail) against the scalar references and against the
+// portable loops (EMOLLM_ISA capped to avx2). BF16 weights with AVX512-BF16: gemm_backward_x rounds
+// dY to bf16 (as the forward gemm rounds its activations), so its reference takes the rounded dY
+// and keeps the tight tolerance; against the unrounded f32 product it is within 1e-2 relative of
+// the largest element.
 // RoPE's backward is checked as the adjoint: <rope_backward(dy), x> == <dy, rope(x)> within 1e-5
 // relative, for both layouts, a partial rot_dim and linear scaling.
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <vector>
 
+#include "../../base/cpu_features.h"
 #include "../../base/dtype.h"
 #include "../../base/error.h"
 #include "../../base/thread_pool.h"
@@ -54,6 +62,19 @@ std::vector<float> finite_diff(std::vector<float>& x, const std::function<double
   return g;
 }
 
+// bf16 round to nearest even (vcvtne2ps2bf16 on finite values), back to f32.
+float round_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  u &= 0xFFFF0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// Whether gemm_backward_x takes the bf16 dot-product path for BF16 weights now.
+bool bf16_backward_path() { return cpu_features().avx512bf16 && isa_active() >= Isa::Avx512; }
+
 }  // namespace
 
 TEST(backward_gemm_x_and_w) {
@@ -71,7 +92,10 @@ TEST(backward_gemm_x_and_w) {
     auto x = randn(size_t(M * K), 2), w = randn(size_t(M * N), 3);
     std::vector<float> y(size_t(M * N)), dx(size_t(M * K)), want(size_t(M * K));
     gemm_backward_x(w.data(), N, wq.data(), dt, dx.data(), K, M, N, K, false, &pool);
-    ref::gemm_backward_x(w.data(), wdeq.data(), want.data(), M, N, K);
+    auto wr = w;  // dY as the kernel multiplies it
+    if (dt == DType::BF16 && bf16_backward_path())
+      for (auto& e : wr) e = round_bf16(e);
+    ref::gemm_backward_x(wr.data(), wdeq.data(), want.data(), M, N, K);
     EXPECT_ALL_CLOSE(dx.data(), want.data(), dx.size(), 1e-5, 1e-4, "gemm_backward_x vs double reference");
     // accumulate adds
     std::vector<float> acc(dx.size(), 1.0f);
@@ -102,6 +126,60 @@ TEST(backward_gemm_x_and_w) {
       double s = 0;
       for (int64_t m = 0; m < M; ++m) s += w[size_t(m * N + n)];
       EXPECT_NEAR(dB[size_t(n)], s, 1e-5);
+    }
+  }
+}
+
+// The BF16 NN product on shapes that cross its blocks (512 weight rows, 512 columns) and every
+// tail (odd N, K not a multiple of 16 / 64, M not a multiple of 6), with strides, both thread
+// counts, overwrite and accumulate; then the portable path (ISA capped) on one shape.
+TEST(backward_gemm_x_bf16_blocks) {
+  ThreadPool pool(2);
+  struct Case {
+    int64_t M, N, K;
+  };
+  for (const Case& c : {Case{1, 3, 5}, Case{7, 1031, 70}, Case{37, 130, 600}, Case{13, 1100, 1030}}) {
+    const int64_t lddy = c.N + 3, lddx = c.K + 5;
+    auto wf = randn(size_t(c.N * c.K), 21);
+    std::vector<uint16_t> wb(wf.size());
+    std::vector<float> wdeq(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) {
+      wdeq[i] = round_bf16(wf[i]);
+      uint32_t u;
+      std::memcpy(&u, &wdeq[i], 4);
+      wb[i] = uint16_t(u >> 16);
+    }
+    auto dy = randn(size_t(c.M * lddy), 22);
+    std::vector<float> dyp(size_t(c.M * c.N)), dyr(dyp.size());
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t n = 0; n < c.N; ++n) {
+        dyp[size_t(m * c.N + n)] = dy[size_t(m * lddy + n)];
+        dyr[size_t(m * c.N + n)] = bf16_backward_path() ? round_bf16(dy[size_t(m * lddy + n)]) : dy[size_t(m * lddy + n)];
+      }
+    std::vector<float> want(size_t(c.M * c.K)), exact(want.size());
+    ref::gemm_backward_x(dyr.data(), wdeq.data(), want.data(), c.M, c.N, c.K);
+    ref::gemm_backward_x(dyp.data(), wdeq.data(), exact.data(), c.M, c.N, c.K);
+    double emax = 0;
+    for (float e : exact) emax = std::max(emax, double(std::fabs(e)));
+    const std::string what = "bf16 dX M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool})
+      for (bool acc : {false, true}) {
+        std::vector<float> dx(size_t(c.M * lddx), 0.5f), got(want.size());
+        gemm_backward_x(dy.data(), lddy, wb.data(), DType::BF16, dx.data(), lddx, c.M, c.N, c.K, acc, pl);
+        for (int64_t m = 0; m < c.M; ++m) {
+          for (int64_t k = 0; k < c.K; ++k) got[size_t(m * c.K + k)] = dx[size_t(m * lddx + k)] - (acc ? 0.5f : 0.0f);
+          EXPECT(dx[size_t(m * lddx + c.K)] == 0.5f);  // the stride gap is untouched
+        }
+        EXPECT_ALL_CLOSE(got.data(), want.data(), got.size(), 1e-5 * std::max(1.0, emax), 2e-5, what + " vs reference");
+        EXPECT_ALL_CLOSE(got.data(), exact.data(), got.size(), 1e-2 * emax, 0.0, what + " vs the f32 product");
+      }
+    if (c.M == 37) {  // the portable path: the f32 product, tight
+      IsaCapScope cap(Isa::Avx2);
+      std::vector<float> dx(size_t(c.M * lddx)), got(want.size());
+      gemm_backward_x(dy.data(), lddy, wb.data(), DType::BF16, dx.data(), lddx, c.M, c.N, c.K, false, &pool);
+      for (int64_t m = 0; m < c.M; ++m)
+        for (int64_t k = 0; k < c.K; ++k) got[size_t(m * c.K + k)] = dx[size_t(m * lddx + k)];
+      EXPECT_ALL_CLOSE(got.data(), exact.data(), got.size(), 1e-5, 1e-4, what + " portable path");
     }
   }
 }
@@ -189,6 +267,68 @@ TEST(backward_attention) {
     EXPECT_ALL_CLOSE(dq.data(), fq.data(), dq.size(), 2e-3, 2e-3, "attention dq vs finite differences");
     EXPECT_ALL_CLOSE(dk.data(), fk.data(), dk.size(), 2e-3, 2e-3, "attention dk vs finite differences");
     EXPECT_ALL_CLOSE(dv.data(), fv.data(), dv.size(), 2e-3, 2e-3, "attention dv vs finite differences");
+  }
+}
+
+// The tiled attention backward on shapes with several query blocks (16), key counts off the
+// vector width, head_dim over one 64-float chunk, GQA, a causal offset and a non-causal case:
+// against the double reference, and the portable loop (ISA capped) against the same.
+TEST(backward_attention_tiled_shapes) {
+  ThreadPool pool(2);
+  struct Case {
+    int64_t nq, nkv, H, Hkv, D, pos0;
+    bool causal;
+  };
+  for (const Case& c : {Case{37, 45, 4, 2, 64, 8, true}, Case{33, 33, 2, 1, 80, 0, true}, Case{20, 33, 3, 3, 24, 0, false},
+                        Case{17, 17, 8, 1, 16, 0, true}}) {
+    AttentionParams p;
+    p.n_q = c.nq;
+    p.n_kv = c.nkv;
+    p.n_heads = c.H;
+    p.n_kv_heads = c.Hkv;
+    p.head_dim = c.D;
+    p.ldq = p.ldo = c.H * c.D;
+    p.ldk = p.ldv = c.Hkv * c.D;
+    p.causal = c.causal;
+    p.q_pos0 = c.pos0;
+    auto q = randn(size_t(c.nq * c.H * c.D), 31), k = randn(size_t(c.nkv * c.Hkv * c.D), 32),
+         v = randn(size_t(c.nkv * c.Hkv * c.D), 33), w = randn(size_t(c.nq * c.H * c.D), 34);
+    std::vector<float> o(q.size()), rq(q.size()), rk(k.size()), rv(v.size());
+    attention(q.data(), k.data(), v.data(), o.data(), p, nullptr);
+    ref::attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), rq.data(), rk.data(), rv.data(), p);
+    const std::string what = "attention backward nq=" + std::to_string(c.nq) + " nkv=" + std::to_string(c.nkv) +
+                             " D=" + std::to_string(c.D);
+    for (Isa cap : {Isa::Amx, Isa::Avx2})
+      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+        IsaCapScope sc(cap);
+        std::vector<float> dq(q.size(), 7.0f), dk(k.size(), 7.0f), dv(v.size(), 7.0f);
+        attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), dq.data(), dk.data(), dv.data(), p, pl);
+        const std::string wh = what + (cap == Isa::Avx2 ? " portable" : " best isa");
+        EXPECT_ALL_CLOSE(dq.data(), rq.data(), dq.size(), 1e-5, 1e-4, wh + " dq");
+        EXPECT_ALL_CLOSE(dk.data(), rk.data(), dk.size(), 1e-5, 1e-4, wh + " dk");
+        EXPECT_ALL_CLOSE(dv.data(), rv.data(), dv.size(), 1e-5, 1e-4, wh + " dv");
+      }
+  }
+}
+
+// SwiGLU backward (vector exp) against the formula in double, with a tail and both thread counts.
+TEST(backward_swiglu_vector) {
+  ThreadPool pool(2);
+  const int64_t n = 70001;
+  auto g = randn(size_t(n), 41, 4.0f), u = randn(size_t(n), 42), d = randn(size_t(n), 43);
+  g[0] = 95.0f;
+  g[1] = -95.0f;  // past the exp clamp on both sides
+  std::vector<float> wg(static_cast<size_t>(n)), wu(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = g[size_t(i)], s = 1.0 / (1.0 + std::exp(-x));
+    wg[size_t(i)] = float(double(d[size_t(i)]) * double(u[size_t(i)]) * s * (1.0 + x * (1.0 - s)));
+    wu[size_t(i)] = float(double(d[size_t(i)]) * x * s);
+  }
+  for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+    std::vector<float> dg(static_cast<size_t>(n)), du(static_cast<size_t>(n));
+    swiglu_backward(g.data(), u.data(), d.data(), dg.data(), du.data(), n, pl);
+    EXPECT_ALL_CLOSE(dg.data(), wg.data(), size_t(n), 1e-6, 1e-5, "swiglu_backward d gate vs double");
+    EXPECT_ALL_CLOSE(du.data(), wu.data(), size_t(n), 1e-6, 1e-5, "swiglu_backward d up vs double");
   }
 }
 

@@ -357,6 +357,31 @@ TEST(mvp_train_recompute_layers_is_exact) {
   Sample s = make_sample(a, 5);
   EXPECT(a.accumulate(s.view(), 1.0f) == b.accumulate(s.view(), 1.0f));
   for (size_t i = 0; i < a.params().size(); ++i) EXPECT(a.params()[i].grad == b.params()[i].grad);
+  // auto with a budget of one layer (the tiny LLaVA has two): the last layer's activations kept,
+  // the first layer's recomputed; the same gradient to the bit
+  const LlamaHparams& hp = m->llava().text().hparams();
+  EXPECT(hp.n_layer == 2);
+  const int64_t n = a.last_positions();
+  MvpTrainOptions part;
+  part.threads = 2;
+  part.recompute_budget_bytes =
+      n * (2 * hp.n_head * hp.head_dim + 2 * hp.n_head_kv * hp.head_dim + hp.n_embd + 2 * hp.n_ff) * 4;
+  MvpTrainer c(m, part);
+  EXPECT(c.accumulate(s.view(), 1.0f) == b.loss(s.view()));
+  EXPECT(c.phase_times().recompute > 0.0);  // layer 0 was recomputed
+  for (size_t i = 0; i < b.params().size(); ++i) EXPECT(c.params()[i].grad == b.params()[i].grad);
+  EXPECT(a.phase_times().recompute == 0.0 && b.phase_times().recompute > 0.0);
+  // the activation buffers are reused from sample to sample: after a longer sample (its kept
+  // layers, or for c now none kept: over the budget), the same gradient again
+  Sample longer = s;
+  longer.tokens.insert(longer.tokens.begin() + 1, 319);
+  for (MvpTrainer* t : {&a, &c}) {
+    t->zero_grad();
+    t->accumulate(longer.view(), 1.0f);
+    t->zero_grad();
+    EXPECT(t->accumulate(s.view(), 1.0f) == b.loss(s.view()));
+    for (size_t i = 0; i < b.params().size(); ++i) EXPECT(t->params()[i].grad == b.params()[i].grad);
+  }
 }
 
 // The optimizer against hand-computed values: warmup + cosine learning rate, global-norm

@@ -1,0 +1,31 @@
+// Vector paths of the backward kernels (backward.h), for backward.cpp's dispatch only. Each
+// returns false when the CPU (or the EMOLLM_ISA cap) does not allow it; the caller then runs its
+// portable loop. Same contracts as the backward.h functions they serve.
+#pragma once
+#include <cstdint>
+
+#include "../../base/thread_pool.h"
+#include "../op_params.h"
+
+namespace emollm {
+namespace backward_detail {
+
+// dX[M,K] (=|+=) bf16(dY)[M,N] * W[N,K] for BF16 W (AVX512-BF16 dot products): the "NN" product
+// against the stored weight, no dequantised or transposed copy of it. dY is rounded to bf16 pairs
+// (round to nearest even), as the forward GEMM rounds its activations; sums in f32, blocked over
+// 512 weight rows. Each dX element is reduced in one order whatever the thread count.
+bool gemm_backward_x_bf16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
+                          int64_t N, int64_t K, bool accumulate, ThreadPool* pool);
+
+// attention_backward tiled by blocks of 16 queries against all visible keys (AVX-512): per kv
+// head, K and V are transposed once so that S = Q K^T and dP = dO V^T are row-vector products;
+// then dV += P^T dO, dK += dS^T Q, dQ = dS K. One task per kv head (fixed summation order).
+bool attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                        float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool);
+
+// swiglu_backward with a vectorised exp (the forward's Cephes polynomial).
+bool swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n,
+                     ThreadPool* pool);
+
+}  // namespace backward_detail
+}  // namespace emollm
