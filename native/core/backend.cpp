@@ -6,7 +6,6 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <unordered_map>
 #include <vector>
 #if defined(__unix__) || defined(__APPLE__)
@@ -103,11 +102,13 @@ class PackedTable {
     size_t bytes;
     int refs;
   };
-  // The packed copy for gemm(W, t, N, K), or null. One shared lock per gemm call: nothing next to
-  // streaming the matrix.
+  // The packed copy for gemm(W, t, N, K), or null. One lock per gemm call, held for a hash lookup:
+  // nothing next to streaming the matrix. A plain mutex, not std::shared_mutex: the latter's
+  // pthread_rwlock_* are GLIBC_2.34 symbols on aarch64, above the prebuilds' glibc 2.33 floor
+  // (scripts/check-glibc-prebuild.mjs).
   const void* find(const void* W, DType t, int64_t N, int64_t K) const {
     if (count_.load(std::memory_order_relaxed) == 0) return nullptr;
-    std::shared_lock<std::shared_mutex> lk(mu_);
+    std::lock_guard<std::mutex> lk(mu_);
     auto it = map_.find(W);
     if (it == map_.end() || it->second.t != t || it->second.N != N || it->second.K != K) return nullptr;
     return it->second.data;
@@ -126,7 +127,7 @@ class PackedTable {
       aligned_free(data);
       throw;
     }
-    std::unique_lock<std::shared_mutex> lk(mu_);
+    std::lock_guard<std::mutex> lk(mu_);
     auto it = map_.find(W);
     if (it != map_.end()) {  // packed by another thread meanwhile
       aligned_free(data);
@@ -141,7 +142,7 @@ class PackedTable {
   }
   // 1: a reference to W's existing copy was taken; 0: W is packed for another shape; -1: absent.
   int take_existing(const void* W, DType t, int64_t N, int64_t K) {
-    std::unique_lock<std::shared_mutex> lk(mu_);
+    std::lock_guard<std::mutex> lk(mu_);
     auto it = map_.find(W);
     if (it == map_.end()) return -1;
     if (it->second.t != t || it->second.N != N || it->second.K != K) return 0;
@@ -149,7 +150,7 @@ class PackedTable {
     return 1;
   }
   void release(const void* W) {
-    std::unique_lock<std::shared_mutex> lk(mu_);
+    std::lock_guard<std::mutex> lk(mu_);
     auto it = map_.find(W);
     if (it == map_.end() || --it->second.refs > 0) return;
     aligned_free(it->second.data);
@@ -159,7 +160,7 @@ class PackedTable {
   }
 
  private:
-  mutable std::shared_mutex mu_;
+  mutable std::mutex mu_;
   std::unordered_map<const void*, Entry> map_;
   std::atomic<size_t> count_{0};
 };
