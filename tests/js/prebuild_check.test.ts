@@ -1,7 +1,7 @@
 // scripts/check-prebuild.mjs, the stand-alone check of a native binary that the cross-compiled
 // prebuilds run under qemu-user (docs/platforms.md), run here on the host's build.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -253,5 +253,45 @@ describe.runIf(process.platform === 'linux')('node-gyp-build picks the linux-arm
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+// scripts/prebuild-cross.mjs when a toolchain is missing: an empty PATH hides every tool, and a
+// fresh EMOLLM_ARM64_SYSROOT keeps the user's sysroot out of it. Building nothing must fail unless
+// --allow-missing (what `npm test` passes) accepts it, and CI fails even then.
+describe('scripts/prebuild-cross.mjs without the toolchains', () => {
+  const crossRun = (args: string[], ci: boolean): { status: number | null; stderr: string } => {
+    const dir = mkdtempSync(join(tmpdir(), 'emollm-cross-notools-'));
+    try {
+      const env: NodeJS.ProcessEnv = { ...process.env, PATH: join(dir, 'no-bin'), EMOLLM_ARM64_SYSROOT: join(dir, 'sysroot') };
+      delete env.CI;
+      if (ci) env.CI = 'true';
+      const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'prebuild-cross.mjs'), '--target', 'linux-arm64-glibc', ...args], { cwd: repoRoot, env, encoding: 'utf8' });
+      return { status: r.status, stderr: r.stderr };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  it('exits 1 when it built nothing, naming what is missing', () => {
+    const r = crossRun([], false);
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/skipped linux-arm64-glibc: .*aarch64-linux-gnu-gcc not found/);
+    expect(r.stderr).toMatch(/nothing was built.*--allow-missing/);
+  });
+  it('--allow-missing accepts it outside CI, listing what was skipped and why; CI fails anyway', () => {
+    const r = crossRun(['--allow-missing'], false);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/skipped linux-arm64-glibc: .*not found/);
+    const ci = crossRun(['--allow-missing'], true);
+    expect(ci.status).toBe(1);
+    expect(ci.stderr).toMatch(/CI must build every prebuild/);
+  });
+  it('unknown flags and targets exit 2', () => {
+    expect(crossRun(['--allow-mising'], false).status).toBe(2);
+    expect(crossRun(['--target', 'linux-sparc'], false).status).toBe(2);
+  });
+  it('npm test passes --allow-missing, and only npm test', () => {
+    const scripts = (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts;
+    expect(Object.entries(scripts).filter(([, cmd]) => cmd.includes('--allow-missing')).map(([name]) => name)).toEqual(['test']);
   });
 });
