@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 // Checks what a glibc prebuilt binary needs from the system, from its ELF headers alone (so an
 // arm64 binary is checked on an x64 host):
-//   node scripts/check-glibc-prebuild.mjs <emollm.glibc.node> [--arch x64|arm64] [--max-glibc 2.33] [--max-glibcxx V]
+//   node scripts/check-glibc-prebuild.mjs <emollm.glibc.node> [--arch x64|arm64] [--max-glibc 2.33] [--max-glibcxx V] [--max-cxxabi V]
 // 1. ELF machine equal to --arch (default: the arch in the path, prebuilds/linux-<arch>/..., else
 //    this host's), a shared object without a program interpreter;
 // 2. NEEDED only glibc's libraries, libstdc++ and libgcc_s (nothing a user must install);
 // 3. the highest GLIBC_ symbol version it needs is <= --max-glibc (the floor docs/platforms.md
-//    states), and, with --max-glibcxx, the highest GLIBCXX_ version too.
+//    states), and, with --max-glibcxx / --max-cxxabi, the highest GLIBCXX_ / CXXABI_ version too.
 // Prints one JSON object; exits 1 when a check fails, 2 on bad usage or a missing tool.
 // Whether the binary also runs is scripts/check-prebuild.mjs's job (under qemu-user for arm64).
 import { basename } from 'node:path';
@@ -18,14 +18,14 @@ try {
   parsed = parseArgs({
     allowPositionals: true,
     strict: true,
-    options: { arch: { type: 'string' }, 'max-glibc': { type: 'string', default: '2.33' }, 'max-glibcxx': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { arch: { type: 'string' }, 'max-glibc': { type: 'string', default: '2.33' }, 'max-glibcxx': { type: 'string' }, 'max-cxxabi': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
   });
 } catch (e) {
   console.error(`check-glibc-prebuild: ${e.message}`);
   process.exit(2);
 }
 const { values, positionals } = parsed;
-const usage = 'usage: node scripts/check-glibc-prebuild.mjs <emollm.glibc.node> [--arch x64|arm64] [--max-glibc 2.33] [--max-glibcxx 3.4.30]';
+const usage = 'usage: node scripts/check-glibc-prebuild.mjs <emollm.glibc.node> [--arch x64|arm64] [--max-glibc 2.33] [--max-glibcxx 3.4.30] [--max-cxxabi 1.3.13]';
 if (values.help) {
   console.log(usage);
   process.exit(0);
@@ -67,6 +67,8 @@ const glibc = info.maxVersions.GLIBC ?? null;
 check('max_glibc', glibc, glibc !== null && compareVersions(glibc, values['max-glibc']) <= 0);
 const glibcxx = info.maxVersions.GLIBCXX ?? null;
 check('max_glibcxx', glibcxx, !values['max-glibcxx'] || glibcxx === null || compareVersions(glibcxx, values['max-glibcxx']) <= 0);
+const cxxabi = info.maxVersions.CXXABI ?? null;
+check('max_cxxabi', cxxabi, !values['max-cxxabi'] || cxxabi === null || compareVersions(cxxabi, values['max-cxxabi']) <= 0);
 out.checks.napi_imports = info.undefinedSymbols.filter((s) => /^(napi_|node_api_)/.test(s)).length;
 // Node finds the module through this export.
 check('exports_napi_register_module_v1', info.exportedFunctions.includes('napi_register_module_v1'), info.exportedFunctions.includes('napi_register_module_v1'));

@@ -3,7 +3,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
@@ -152,6 +152,37 @@ describe.skipIf(!existsSync(addon))('scripts/check-glibc-prebuild.mjs', () => {
   });
 });
 
+// The linux-x64 glibc binary: the one `npm test` builds (build/Release, node-gyp on this host) and
+// the one `npm pack` ships (prebuildify on the packing machine, same sources and flags), against
+// the floor docs/platforms.md promises: GLIBC_2.33, GCC 12's libstdc++ (GLIBCXX_3.4.30,
+// CXXABI_1.3.13). A newer host toolchain pulls newer versions in silently (std::shared_mutex did on
+// aarch64), so this is read from the binary's version needs, not assumed. Under CI the addon and
+// readelf must be there: this check fails there rather than skip.
+const X64_FLOOR = ['--max-glibc', '2.33', '--max-glibcxx', '3.4.30', '--max-cxxabi', '1.3.13'];
+const x64Glibc = [addon, join(repoRoot, 'prebuilds', 'linux-x64', 'emollm.glibc.node')].filter((f) => existsSync(f));
+const hasReadelf = !spawnSync('readelf', ['--version'], { stdio: 'ignore' }).error;
+if (process.env.CI && process.platform === 'linux' && process.arch === 'x64') {
+  if (!hasReadelf) throw new Error('readelf (binutils) is missing: CI must not skip the linux-x64 glibc floor check');
+  if (!existsSync(addon)) throw new Error(`${addon} is missing: npm run test:js builds it, CI must not skip the linux-x64 glibc floor check`);
+}
+const runX64Floor = process.platform === 'linux' && process.arch === 'x64' && hasReadelf && x64Glibc.length > 0;
+if (!runX64Floor) console.warn(`linux-x64 glibc floor check skipped: ${!hasReadelf ? 'no readelf (binutils)' : x64Glibc.length === 0 ? 'no build/Release/emollm.node (node scripts/build-addon.mjs)' : 'not a linux-x64 host'}`);
+describe.runIf(runX64Floor)('linux-x64 glibc binary: the documented floor', () => {
+  it.each(x64Glibc.map((f) => [relative(repoRoot, f), f]))('%s: x86-64, glibc <= 2.33, GLIBCXX <= 3.4.30, CXXABI <= 1.3.13', (_name, file) => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), file, '--arch', 'x64', ...X64_FLOOR], { encoding: 'utf8' });
+    const out = JSON.parse(r.stdout || '{}') as { ok: boolean; failed: string[]; checks: { machine: string; max_glibc: string | null } };
+    expect(out.checks.machine).toBe('x64');
+    expect(out.checks.max_glibc).toMatch(/^2\.\d+$/); // the binary does need glibc versions: the check read them
+    expect(out.failed, r.stdout).toEqual([]);
+    expect(r.status, r.stdout).toBe(0);
+  });
+  it('the floor check can fail: a floor below what the binary needs names each family', () => {
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), x64Glibc[0]!, '--arch', 'x64', '--max-glibc', '2.2', '--max-glibcxx', '3.4', '--max-cxxabi', '1.3'], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect((JSON.parse(r.stdout) as { failed: string[] }).failed).toEqual(expect.arrayContaining(['max_glibc', 'max_glibcxx', 'max_cxxabi']));
+  });
+});
+
 // linux-arm64 prebuilds, when they were built here (npm run prebuild:linux-arm64 and
 // prebuild:linux-arm64-musl, ~15-30 min each on 2 cores, so CI does not build them).
 const arm64 = join(repoRoot, 'prebuilds', 'linux-arm64');
@@ -163,7 +194,7 @@ const hasCross = ['aarch64-linux-gnu-gcc', 'qemu-aarch64'].every((t) => !spawnSy
 if (existsSync(arm64Musl) && !hasCross) console.warn('linux-arm64 musl prebuild check skipped: needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian g++-aarch64-linux-gnu qemu-user)');
 describe('linux-arm64 prebuilds', () => {
   it.skipIf(!existsSync(arm64Glibc))('emollm.glibc.node: AArch64, glibc <= 2.33, libstdc++ <= GCC 12 (GLIBCXX_3.4.30)', () => {
-    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), arm64Glibc, '--max-glibc', '2.33', '--max-glibcxx', '3.4.30'], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [join(repoRoot, 'scripts', 'check-glibc-prebuild.mjs'), arm64Glibc, '--max-glibc', '2.33', '--max-glibcxx', '3.4.30', '--max-cxxabi', '1.3.13'], { encoding: 'utf8' });
     const out = JSON.parse(r.stdout) as { ok: boolean; checks: { machine: string; needed: string[]; max_glibc: string } };
     expect(out.checks.machine).toBe('arm64');
     expect(out.checks.needed).toContain('libc.so.6');
