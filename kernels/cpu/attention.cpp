@@ -41,6 +41,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#include "gemm_transpose_avx512.h"
 #endif
 
 namespace emollm {
@@ -352,32 +353,12 @@ EMO_T512 static void k_transpose_avx512(const float* k, int64_t ldk, int nb, int
     #pragma GCC unroll 16
     for (int t = 0; t < 16; ++t) kr[t] = k + int64_t(std::min(j0 + t, nb - 1)) * ldk;
     for (int d0 = 0; d0 < D16; d0 += 16) {
-      __m512 r[16], t[16], u[16];
+      __m512 r[16];
       #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(kr[i] + d0);
-      #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-      }
-      // u[4g + m], lane L: column 4L + m of rows 4g..4g+3
-      #pragma GCC unroll 4
-      for (int g = 0; g < 4; ++g) {
-        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-      }
-      #pragma GCC unroll 4
-      for (int m = 0; m < 4; ++m) {
-        const __m512 a = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), b = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
-        const __m512 c = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), e = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
-        float* dst = kt + int64_t(d0 + m) * kBk + j0;
-        _mm512_store_ps(dst + 0 * 4 * kBk, _mm512_shuffle_f32x4(a, c, 0x88));  // column 4*0 + m
-        _mm512_store_ps(dst + 1 * 4 * kBk, _mm512_shuffle_f32x4(b, e, 0x88));  // column 4*1 + m
-        _mm512_store_ps(dst + 2 * 4 * kBk, _mm512_shuffle_f32x4(a, c, 0xDD));  // column 4*2 + m
-        _mm512_store_ps(dst + 3 * 4 * kBk, _mm512_shuffle_f32x4(b, e, 0xDD));  // column 4*3 + m
-      }
+      gemm_detail::transpose16_ps(r);  // r[m] = column d0 + m of the 16 rows
+      #pragma GCC unroll 16
+      for (int m = 0; m < 16; ++m) _mm512_store_ps(kt + int64_t(d0 + m) * kBk + j0, r[m]);
     }
     for (int d = D16; d < D; ++d)
       for (int t = 0; t < 16; ++t) kt[int64_t(d) * kBk + j0 + t] = kr[t][d];

@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "gemm_transpose_avx512.h"
+
 namespace emollm {
 namespace gemm_detail {
 namespace {
@@ -72,30 +74,6 @@ EMO_TAMX void pack_x(const float* X, int64_t ldx, int64_t rows, int64_t rows_pad
   }
 }
 
-EMO_TAMX EMO_AI void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
-    const __m512 u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-    t[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-    t[8 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-    t[4 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-    t[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-  }
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
-}
 
 // W rows [n0, n0+nv) (nv <= 32) -> VNNI pairs: out[q*32 + j] = W[n0+j] elements (2q, 2q+1),
 // zero past K and for j >= nv; q in [0, kpad/2).
@@ -111,7 +89,7 @@ EMO_TAMX void pack_b(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_
         v[t] = j < nv ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(em, W + size_t(n0 + j) * rb + 2 * e0))
                       : _mm512_setzero_ps();
       }
-      transpose16(v);
+      transpose16_ps(v);  // gemm_transpose_avx512.h
       for (int t = 0; t < 16; ++t) _mm512_storeu_ps(reinterpret_cast<float*>(out + (q0 + t) * kNB + g * 16), v[t]);
     }
   }
