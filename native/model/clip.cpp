@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "core/device_tensor.h"
 #include "core/tensor.h"
+#include "loaders/weight_reader.h"
 
 namespace emollm {
 
@@ -16,39 +17,17 @@ struct ClipLoader {
   const WeightStore& ws;
 
   [[noreturn]] void malformed(const std::string& msg) const { throw Error(ErrorCode::MalformedFile, msg, ws.source()); }
+  WeightReader reader{ws, "the vision tower's hyperparameters"};  // the typed errors of a bad tensor
 
-  const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
-    const TensorInfo& t = ws.get(name);
-    if (t.shape != shape)
-      malformed("tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape) +
-                " from the vision tower's hyperparameters");
-    t.compute_view();
-    return t;
-  }
   // A weight matrix rows x cols; `shape` is the stored shape (4-D for the patch embedding).
   LlamaWeight mat_shaped(const std::string& name, int64_t rows, int64_t cols, const std::vector<int64_t>& shape) const {
-    const TensorInfo& t = tensor(name, shape);
-    if (cols % dtype_block_elems(t.dtype) != 0)
-      throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length " + std::to_string(cols) + " is not a multiple of the " +
-                                              dtype_name(t.dtype) + " block size", ws.source());
+    const TensorInfo& t = reader.matrix(name, rows, cols, shape);
     return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   }
   LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols) const { return mat_shaped(name, rows, cols, {rows, cols}); }
   // f32 data of a tensor of `shape` (converted once when stored in another dtype).
   const float* floats(const std::string& name, const std::vector<int64_t>& shape) const {
-    const TensorInfo& t = tensor(name, shape);
-    const int64_t n = t.numel();
-    if (t.dtype == DType::F32) {
-      if (reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) return reinterpret_cast<const float*>(t.data);
-      m.converted_.emplace_back(static_cast<size_t>(n));  // misaligned in the file: copy
-      std::memcpy(m.converted_.back().data(), t.data, size_t(n) * sizeof(float));
-      return m.converted_.back().data();
-    }
-    const int64_t be = dtype_block_elems(t.dtype);
-    if (n % be != 0) malformed("tensor " + name + ": size not a multiple of the block size");
-    m.converted_.emplace_back(size_t(n));
-    dequantize_row(t.dtype, t.data, m.converted_.back().data(), n);
-    return m.converted_.back().data();
+    return reader.floats(name, shape, m.converted_);
   }
   const float* vec(const std::string& name, int64_t n) const { return floats(name, {n}); }
 

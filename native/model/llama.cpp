@@ -16,6 +16,7 @@
 #include "loaders/hf_config.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
+#include "loaders/weight_reader.h"
 
 namespace emollm {
 
@@ -87,28 +88,22 @@ struct LlamaLoader {
   mutable std::unordered_set<std::string> used{};
 
   [[noreturn]] void malformed(const std::string& msg) const { throw Error(ErrorCode::MalformedFile, msg, ws.source()); }
+  WeightReader reader{ws};  // the typed errors of a missing / misshapen / unsupported / misaligned tensor
 
   const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
-    const TensorInfo& t = ws.get(name);  // MalformedFile naming the tensor when absent
+    const TensorInfo& t = reader.tensor(name, shape);
     used.insert(name);
-    if (t.shape != shape)
-      malformed("tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape) +
-                " from the model's hyperparameters");
-    t.compute_view();  // Unsupported for dtypes we cannot compute with
     return t;
   }
   LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols) const {
-    const TensorInfo& t = tensor(name, {rows, cols});
-    if (cols % dtype_block_elems(t.dtype) != 0) malformed("tensor " + name + ": row length not a multiple of the block size");
+    const TensorInfo& t = reader.matrix(name, rows, cols);
+    used.insert(name);
     return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   }
   // A 1-D f32 vector of n, converted once when stored in another dtype.
   const float* vec(const std::string& name, int64_t n) const {
-    const TensorInfo& t = tensor(name, {n});
-    if (t.dtype == DType::F32) return reinterpret_cast<const float*>(t.data);
-    m.converted_.emplace_back(size_t(n));
-    dequantize_row(t.dtype, t.data, m.converted_.back().data(), n);
-    return m.converted_.back().data();
+    used.insert(name);
+    return reader.floats(name, {n}, m.converted_);
   }
   const float* opt_vec(const std::string& name, int64_t n, bool want) const {
     return want ? vec(name, n) : nullptr;

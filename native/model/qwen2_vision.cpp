@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "core/tensor.h"
+#include "loaders/weight_reader.h"
 
 namespace emollm {
 
@@ -16,22 +17,11 @@ struct Loader {
   const WeightStore& ws;
   std::vector<std::vector<float>>& converted;
 
-  const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const {
-    const TensorInfo& t = ws.get(name);
-    if (t.shape != shape)
-      throw Error(ErrorCode::MalformedFile,
-                  "tensor " + name + " has shape " + format_shape(t.shape) + ", expected " + format_shape(shape), ws.source());
-    if (shape.size() <= 4) t.compute_view();  // the dtype check (and the 4-D limit of views)
-    else if (!t.supported)  // the 5-D Conv3d kernel is only read as one [out, in * t * p * p] matrix
-      throw Error(ErrorCode::Unsupported, "tensor " + name + " has type " + t.type_name + ", which emollm cannot compute with",
-                  ws.source());
-    return t;
-  }
+  WeightReader reader{ws, "the vision tower's hyperparameters"};  // the typed errors of a bad tensor
+
+  const TensorInfo& tensor(const std::string& name, const std::vector<int64_t>& shape) const { return reader.tensor(name, shape); }
   LlamaWeight mat(const std::string& name, int64_t rows, int64_t cols, std::vector<int64_t> shape = {}) const {
-    if (shape.empty()) shape = {rows, cols};
-    const TensorInfo& t = tensor(name, shape);
-    if (cols % dtype_block_elems(t.dtype) != 0)
-      throw Error(ErrorCode::Unsupported, "tensor " + name + ": row length not a multiple of the block size", ws.source());
+    const TensorInfo& t = reader.matrix(name, rows, cols, std::move(shape));
     return LlamaWeight{t.data, t.dtype, rows, cols, t.data};
   }
   const float* vec(const std::string& name, int64_t n) const {
