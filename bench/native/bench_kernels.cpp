@@ -914,6 +914,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // previous path (set_small_m_enabled(false)), interleaved, as a "prev" row below it.
       const bool small_ab = M >= gemm_detail::kSmallMMin && M <= gemm_detail::kSmallMMax &&
                             (t == DType::BF16 || t == DType::F16) && isa_active() >= Isa::Avx512;
+      // BF16 / F16 GEMV (M = 1): the single-stream kernels against the previous multi-row ones
+      // (gemm_internal.h set_gemv_single_stream(false)), interleaved call by call, as a "prev" row.
+      const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16) && isa_active() >= Isa::Avx512;
       Stats prev, rep, cur;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
@@ -951,6 +954,18 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
             res.ratio_vs = "prev";
             res.ratio = prev.best / res.st.best;
           }
+        } else if (stream_ab) {
+          auto st = measure_interleaved({
+              [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
+              [&](int i) {
+                gemm_detail::set_gemv_single_stream(false);
+                gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool);
+                gemm_detail::set_gemv_single_stream(true);
+              },
+          });
+          res.st = cur = st[0];
+          prev = st[1];
+          gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, 1, N, K, &pool);  // the checked output is the current kernel's
         } else if (M == 1) {
           res.st = measure([&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); });
         } else if (small_ab) {  // batched decode: the small-M path and the previous one, interleaved
@@ -980,6 +995,20 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         gemm_detail::set_small_m_enabled(false);
         gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);
         gemm_detail::set_small_m_enabled(true);
+        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        g_results.push_back(p);
+      }
+      if (stream_ab && prev.reps > 0) {
+        Result p = make_result(M, dtype_name(t), "prev");
+        p.bf16_math = r.bf16_math;
+        p.bytes = double(wbytes);
+        p.st = prev;
+        p.ratio_vs = "prev/new";
+        p.ratio = prev.best / cur.best;
+        p.note = "previous multi-row GEMV (single-stream off), interleaved; ratio = its time / the emollm row's";
+        gemm_detail::set_gemv_single_stream(false);
+        gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, 1, N, K, &pool);
+        gemm_detail::set_gemv_single_stream(true);
         set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
         g_results.push_back(p);
       }
