@@ -20,6 +20,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -443,6 +444,30 @@ EMO_T512 void f16_gemv_stream(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
+// Guided split of [0, n) for the single-stream GEMV: each grab takes remaining / (4 nth) rows,
+// at most max_rows (the fixed chunk of the other kernels, n / (8 nth)) and at least min_rows, so
+// the threads end on short runs and finish within a few rows of each other (fixed chunks left
+// one thread waiting for about half of the other's last chunk: part of the "handoff gemm" rows of
+// the decode profile). Never larger than the fixed chunks: run_dynamic waits for a worker that
+// took a chunk, and one that another process keeps off its core holds at most that much.
+constexpr int64_t kGuidedMinRows = 8;
+void parallel_guided(ThreadPool* pool, bool parallel, int64_t n, int64_t min_rows, int64_t max_rows,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  const int nth = pool ? pool->size() : 1;
+  if (!pool || !parallel || nth <= 1 || n <= min_rows) return fn(0, n);
+  std::atomic<int64_t> next{0};
+  pool->run_dynamic([&] {
+    int64_t b = next.load(std::memory_order_relaxed);
+    while (b < n) {
+      const int64_t e = std::min(n, b + std::max(min_rows, std::min(max_rows, (n - b) / (4 * nth))));
+      if (next.compare_exchange_weak(b, e, std::memory_order_relaxed)) {
+        fn(b, e);
+        b = next.load(std::memory_order_relaxed);
+      }
+    }
+  });
+}
+
 void small_m(const Args& a) {
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
@@ -450,14 +475,16 @@ void small_m(const Args& a) {
   if (a.wtype == DType::BF16 && a.M == 1) {
     float* xeo = static_cast<float*>(scratch(2, size_t((a.K + 31) / 32 * 32) * 4));
     bf16_reorder_x(a.X, a.K, xeo);
-    parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk, [&](int64_t n0, int64_t n1) {
-      if (stream) bf16_gemv_stream(a, xeo, n0, n1);
-      else bf16_gemv_range(a, xeo, n0, n1);
-    });
+    if (stream)
+      parallel_guided(a.pool, a.N * a.K >= kParallelMinMacs, a.N, kGuidedMinRows, chunk,
+                      [&](int64_t n0, int64_t n1) { bf16_gemv_stream(a, xeo, n0, n1); });
+    else
+      parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                      [&](int64_t n0, int64_t n1) { bf16_gemv_range(a, xeo, n0, n1); });
     return;
   }
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
-    parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
+    parallel_guided(a.pool, a.N * a.K >= kParallelMinMacs, a.N, kGuidedMinRows, chunk,
                     [&](int64_t n0, int64_t n1) { f16_gemv_stream(a, n0, n1); });
     return;
   }
