@@ -10,6 +10,7 @@
 // dispatch, so one binary runs everywhere.
 #include <dlfcn.h>
 #include <immintrin.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -815,13 +816,24 @@ int decode_copies(size_t bytes) {
   return int(std::max<size_t>(2, (want + bytes - 1) / bytes));
 }
 
+// huge: every copy (the source too) in 2 MiB-aligned memory asked to be transparent huge pages,
+// as the CPU backend's copies of a model's bf16 / f16 matrices (gemm_huge_pages' rows).
+Buf<uint8_t> alloc_huge(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  Buf<uint8_t> b(static_cast<uint8_t*>(aligned_alloc_bytes(bytes, kHuge)));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  (void)madvise(b.get(), bytes / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  return b;
+}
+
 struct Copies {
   std::vector<Buf<uint8_t>> bufs;
   std::vector<const void*> ptrs;
-  Copies(const void* src, size_t bytes, int n, ThreadPool* pool) {
-    ptrs.push_back(src);
-    for (int i = 1; i < n; i++) {
-      bufs.push_back(make_aligned<uint8_t>(bytes));
+  Copies(const void* src, size_t bytes, int n, ThreadPool* pool, bool huge = false) {
+    if (!huge) ptrs.push_back(src);
+    for (int i = huge ? 0 : 1; i < n; i++) {
+      bufs.push_back(huge ? alloc_huge(bytes) : make_aligned<uint8_t>(bytes));
       uint8_t* d = bufs.back().get();
       pool->parallel_for(int64_t(bytes), 1 << 20, [&](int64_t b, int64_t e) {
         std::memcpy(d + b, static_cast<const uint8_t*>(src) + b, size_t(e - b));
@@ -914,6 +926,12 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // previous path (set_small_m_enabled(false)), interleaved, as a "prev" row below it.
       const bool small_ab = M >= gemm_detail::kSmallMMin && M <= gemm_detail::kSmallMMax &&
                             (t == DType::BF16 || t == DType::F16) && isa_active() >= Isa::Avx512;
+      // BF16 / F16 GEMV (M = 1): what a model runs, gemm_huge_pages on copies in huge pages (the
+      // CPU backend's copies; the single-stream kernel), interleaved call by call with the emollm
+      // row (gemm on 4 KiB pages, as a mapped file: the multi-row kernel), as a "huge" row.
+      const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
+      std::unique_ptr<Copies> hcopies;
+      if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       Stats prev, rep, cur;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
@@ -951,6 +969,14 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
             res.ratio_vs = "prev";
             res.ratio = prev.best / res.st.best;
           }
+        } else if (stream_ab) {
+          auto st = measure_interleaved({
+              [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
+              [&](int i) { gemm_huge_pages(X.get(), K, (*hcopies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
+          });
+          res.st = cur = st[0];
+          prev = st[1];
+          gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, 1, N, K, &pool);  // the checked output is gemm's
         } else if (M == 1) {
           res.st = measure([&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); });
         } else if (small_ab) {  // batched decode: the small-M path and the previous one, interleaved
@@ -980,6 +1006,18 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         gemm_detail::set_small_m_enabled(false);
         gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);
         gemm_detail::set_small_m_enabled(true);
+        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        g_results.push_back(p);
+      }
+      if (stream_ab && prev.reps > 0) {
+        Result p = make_result(M, dtype_name(t), "huge");
+        p.bf16_math = r.bf16_math;
+        p.bytes = double(wbytes);
+        p.st = prev;
+        p.ratio_vs = "emollm";
+        p.ratio = cur.best / prev.best;
+        p.note = "gemm_huge_pages on copies in 2 MiB pages (what models run), interleaved; ratio = emollm row's time / its";
+        gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool);
         set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
         g_results.push_back(p);
       }

@@ -122,6 +122,15 @@ std::atomic<bool> g_q8_gemv_legacy{false};
 void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memory_order_relaxed); }
 bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
 
+namespace {
+std::atomic<bool> g_gemv_single_stream{[] {
+  const char* v = std::getenv("EMOLLM_GEMV_STREAM");  // =0: the previous kernels, for whole-run A/B
+  return !(v && std::strcmp(v, "0") == 0);
+}()};
+}  // namespace
+void set_gemv_single_stream(bool on) { g_gemv_single_stream.store(on, std::memory_order_relaxed); }
+bool gemv_single_stream() { return g_gemv_single_stream.load(std::memory_order_relaxed); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;
@@ -300,12 +309,13 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
 
 }  // namespace ref
 
-void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
-          int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+namespace {
+void gemm_impl(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
+               int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool, bool huge_pages) {
   check_args(X, ldx, W, wtype, Y, ldy, M, N, K);
   if (M == 0 || N == 0) return;
   if (K == 0) return fill_bias(bias, Y, ldy, M, N);
-  gemm_detail::Args a{X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, dtype_row_bytes(wtype, K)};
+  gemm_detail::Args a{X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, dtype_row_bytes(wtype, K), huge_pages};
   const bool q8act = dtype_is_quantized(wtype) && M <= gemm_detail::kSmallM &&
                      quant_activations() == QuantActivations::Q8;
   if (dtype_is_ext_quant(wtype)) return gemm_detail::gemm_quant_ext(a, isa_active(), q8act);
@@ -332,6 +342,17 @@ void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* 
   if (q8act) return gemm_detail::gemm_q8act_scalar(a);
 #endif
   gemm_detail::gemm_scalar(a);
+}
+}  // namespace
+
+void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
+          int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+  gemm_impl(X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, false);
+}
+
+void gemm_huge_pages(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
+                     int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+  gemm_impl(X, ldx, W, wtype, bias, Y, ldy, M, N, K, pool, true);
 }
 
 void gemv(const float* x, const void* W, DType wtype, const float* bias, float* y, int64_t N,

@@ -22,6 +22,7 @@ struct Args {
   int64_t M, N, K;
   ThreadPool* pool;
   size_t row_bytes;  // bytes of one weight row
+  bool huge_pages = false;  // W lies in 2 MiB pages (gemm_huge_pages): the single-stream GEMV may run
 };
 
 // Runs fn(ith, nth) on the pool (or inline when pool is null / has one thread, or when the
@@ -88,6 +89,13 @@ bool vnni_allowed();
 // tests (both must pass) and the A/B rows of bench_kernels; process-wide, default off.
 void set_q8_gemv_legacy(bool legacy);
 bool q8_gemv_legacy();
+
+// BF16 / F16 at M = 1 on AVX-512 with weights in huge pages (gemm_huge_pages): the single-stream
+// kernels (one weight row at a time, so that a thread's chunk is read as one sequential stream;
+// default) or, when off, the multi-row ones that plain gemm() runs (8 bf16 / 4 f16 rows). For tests (both must pass) and the A/B rows of
+// bench_kernels; process-wide.
+void set_gemv_single_stream(bool on);
+bool gemv_single_stream();
 
 void gemm_q8act_scalar(const Args& a);
 

@@ -356,7 +356,51 @@ TEST(cpu_backend_packs_q4_0_q8_0_weights) {
     set_weight_repacking(true);
   }
   std::vector<uint16_t> f16(size_t(32 * 64));
-  EXPECT(be->pack_gemm_weight(f16.data(), DType::F16, 32, 64) == nullptr);
+  EXPECT(be->pack_gemm_weight(f16.data(), DType::F16, 32, 64) == nullptr);  // under 2 MiB: no huge-page copy
+  set_weight_repacking(repack_was);
+}
+
+// BF16 / F16 matrices of 2 MiB or more: a same-layout copy in huge pages, which gemm() on the same
+// W then runs through gemm_huge_pages (bitwise: the same kernels on the same bytes); under 2 MiB,
+// with repacking off, or once the handle is dropped: plain gemm() on W.
+TEST(cpu_backend_copies_bf16_f16_weights_to_huge_pages) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking();
+  set_weight_repacking(true);
+  uint32_t seed = 7250;
+  for (DType t : {DType::BF16, DType::F16}) {
+    const int64_t N = 520, K = 2048;  // 2.03 MiB of 2-byte weights
+    std::vector<uint8_t> wbytes(size_t(N) * dtype_row_bytes(t, K));
+    {
+      const std::vector<float> src = randv(size_t(N * K), seed++);
+      for (int64_t n = 0; n < N; ++n) quantize_row(t, src.data() + n * K, wbytes.data() + size_t(n) * dtype_row_bytes(t, K), K);
+    }
+    for (int64_t M : {1, 3}) {
+      const std::vector<float> X = randv(size_t(M * K), seed++), bias = randv(size_t(N), seed++);
+      std::vector<float> want_huge(size_t(M * N)), want_std(size_t(M * N)), got(size_t(M * N));
+      ThreadPool pool(2);
+      gemm_huge_pages(X.data(), K, wbytes.data(), t, bias.data(), want_huge.data(), N, M, N, K, &pool);
+      gemm(X.data(), K, wbytes.data(), t, bias.data(), want_std.data(), N, M, N, K, &pool);
+      {
+        const size_t before = packed_gemm_weight_bytes();
+        auto h = be->pack_gemm_weight(wbytes.data(), t, N, K);
+        EXPECT(h != nullptr);
+        if (!h) continue;
+        EXPECT(h->bytes() == wbytes.size());
+        EXPECT(packed_gemm_weight_bytes() == before + wbytes.size());
+        be->gemm(X.data(), K, wbytes.data(), t, bias.data(), got.data(), N, M, N, K);
+        EXPECT(got == want_huge);
+        EXPECT_ALL_CLOSE(got.data(), want_std.data(), size_t(M * N), 1e-4, 1e-4, "huge-page copy vs plain gemm");
+      }
+      EXPECT(packed_gemm_weight_bytes() == 0);
+      be->gemm(X.data(), K, wbytes.data(), t, bias.data(), got.data(), N, M, N, K);
+      EXPECT(got == want_std);
+    }
+    EXPECT(be->pack_gemm_weight(wbytes.data(), t, 256, K) == nullptr);  // 1 MiB: no copy
+    set_weight_repacking(false);
+    EXPECT(be->pack_gemm_weight(wbytes.data(), t, N, K) == nullptr);
+    set_weight_repacking(true);
+  }
   set_weight_repacking(repack_was);
 }
 

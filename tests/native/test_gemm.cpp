@@ -430,6 +430,46 @@ TEST(gemm_long_rows_k11008) {
     for (int64_t M : {1, 3, 5, 12}) run_case(t, M, 9, 11008, M == 3 ? 16 : 0, 0, &pool, uint32_t(M + 77));
 }
 
+// gemm_huge_pages (weights the caller keeps in 2 MiB pages): at M = 1 the BF16 / F16 single-stream
+// GEMV (one row at a time: 64-element steps, then 32 (bf16) / 16 (f16) with a masked tail), and
+// with it off (gemm_internal.h set_gemv_single_stream) the multi-row kernels; at M > 1 gemm()'s
+// kernels. Against ref::gemm (double accumulation) within the f32 tolerance, every ISA level,
+// with / without pool and bias; K covers every tail of both step sizes; N = 1001 walks the guided
+// split (chunks of N / 16 shrinking to 8 rows, odd tail).
+TEST(gemm_huge_pages_single_stream_gemv) {
+  ThreadPool pool(2);
+  uint32_t seed = 9100;
+  for (DType t : {DType::F16, DType::BF16, DType::F32})
+    for (int64_t K : {1, 15, 16, 31, 32, 33, 63, 64, 65, 100, 128, 2048, 2061})
+      for (int64_t M : {1, 3}) {
+        const int64_t N = K == 2048 && M == 1 ? 1001 : K >= 2048 ? 70 : 37;  // 1001: guided chunks shrink to 8 rows
+        Weights w = make_weights(t, N, K, seed);
+        Problem p = make_problem(M, N, K, 0, 0, seed + 11);
+        seed += 17;
+        for (int use_bias = 0; use_bias < 2; ++use_bias) {
+          const float* bias = use_bias ? p.bias.data() : nullptr;
+          std::vector<float> R(size_t(M * p.ldy), kSentinel);
+          ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, M, N, K);
+          const std::vector<double> S = abs_scale(p, w, bias);
+          for (Isa isa : isa_levels()) {
+            IsaCapScope cap(isa);
+            for (int stream = 0; stream < 2; ++stream)
+              for (int use_pool = 0; use_pool < 2; ++use_pool) {
+                gemm_detail::set_gemv_single_stream(stream != 0);
+                std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+                gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, M, N, K,
+                                use_pool ? &pool : nullptr);
+                gemm_detail::set_gemv_single_stream(true);
+                const std::string what = std::string("gemm_huge_pages ") + dtype_name(t) + " isa=" + isa_name(isa) +
+                                         " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                                         " bias=" + yesno(use_bias) + " stream=" + yesno(stream) + " pool=" + yesno(use_pool);
+                check_result(Y, R, p, S, uses_bf16_hw(isa, t, M) ? 1.0 / 256 : 0.0, what);
+              }
+          }
+        }
+      }
+}
+
 // Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
 // panels of 64 and 16, 6-row microkernels) with tails everywhere.
 TEST(gemm_blocked_large) {
