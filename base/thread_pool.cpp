@@ -56,6 +56,8 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
+  claimed_.reset(new std::atomic<uint64_t>[size_t(n_threads_)]);
+  for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
   workers_.reserve(size_t(n_threads_ - 1));
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -70,6 +72,13 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+bool ThreadPool::claim(int i, uint64_t gen) {
+  uint64_t cur = claimed_[i].load(std::memory_order_acquire);
+  while (cur < gen)
+    if (claimed_[i].compare_exchange_weak(cur, gen, std::memory_order_acq_rel)) return true;
+  return false;
+}
+
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
     fn(0, 1);
@@ -77,24 +86,34 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
+  uint64_t gen;
   {
     std::lock_guard<std::mutex> lk(mutex_);
     job_ = &fn;
     dyn_job_ = nullptr;
     error_ = nullptr;
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    job_gen_ = generation_atomic_.fetch_add(1, std::memory_order_release) + 1;
+    gen = job_gen_ = generation_atomic_.fetch_add(1, std::memory_order_release) + 1;
   }
   wake_.notify_all();
 
   clock.own_share_begins();
   t_in_pool = true;
-  try {
-    fn(0, n_threads_);
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    if (!error_) error_ = std::current_exception();
-  }
+  auto run_index = [&](int i) {
+    try {
+      fn(i, n_threads_);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  };
+  run_index(0);
+  // The indices no worker has claimed yet: run them here rather than wait for their workers.
+  for (int i = 1; i < n_threads_; ++i)
+    if (claim(i, gen)) {
+      run_index(i);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
   t_in_pool = false;
   clock.own_share_ends();
 
@@ -205,7 +224,7 @@ void ThreadPool::worker_loop(int ith) {
       }
       continue;
     }
-    if (!job) continue;
+    if (!job || !claim(ith, job_gen)) continue;  // the caller ran this index already
     try {
       (*job)(ith, n_threads_);
     } catch (...) {

@@ -7,6 +7,7 @@
 #include <exception>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -23,8 +24,12 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Runs fn(thread_index, n_threads) on every worker and returns when all are done.
+  // Runs fn(thread_index, n_threads) once for every index and returns when all are done.
   // Calls from different threads are serialised; a nested call from inside fn runs inline.
+  // Index i > 0 runs on worker i, unless that worker has not picked the job up by the time the
+  // caller's own fn(0, n) returns: then the caller runs it (after fn(0), one index at a time), so
+  // a worker that another process keeps off its core is not waited for unless it has started.
+  // fn must therefore not wait for another index of the same call (no barriers inside).
   void run(const std::function<void(int ith, int nth)>& fn);
 
   // Runs fn() on the calling thread and on every worker that picks the job up before the caller's
@@ -47,7 +52,11 @@ class ThreadPool {
   std::condition_variable done_;
   const std::function<void(int, int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_atomic_{0};  // bumped (under mutex_) to publish a job
-  std::atomic<int> pending_{0};                 // workers still running the current job
+  std::atomic<int> pending_{0};                 // indices 1..n-1 of the current job not finished yet
+  // claimed_[i]: the generation of the last run() job whose index i was claimed (by worker i or
+  // by the caller); a claim for generation g succeeds once, and never for a job already over.
+  std::unique_ptr<std::atomic<uint64_t>[]> claimed_;
+  bool claim(int i, uint64_t gen);
   std::exception_ptr error_;                    // first exception thrown by any worker
   // run_dynamic: the job's generation while workers may still join it, 0 once closed; active_
   // counts workers inside (or about to check) a dynamic job. Both seq_cst (store/load pairs).

@@ -1,8 +1,10 @@
 // Tests of the native core: dtype conversions, quantisation layouts, arena, thread pool, ISA cap.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "base/arena.h"
@@ -145,6 +147,46 @@ TEST(thread_pool_runs_every_worker_and_propagates_errors) {
   std::atomic<int> total{0};
   pool.run([&](int, int) { pool.run([&](int, int nth) { EXPECT(nth == 1); total++; }); });
   EXPECT(total.load() == 3);
+}
+
+// run(): an index whose worker has not picked the job up when the caller's own share ends is run
+// by the caller (a worker kept off its core is not waited for), each index still exactly once:
+// after a pause the workers sleep, and a trivial fn(0) returns long before a futex wake-up, so
+// within 50 such runs the caller takes a worker's index at least once (order-free: which ones
+// and how many vary). Then back-to-back runs whose worker indices take varying time (late
+// workers meet jobs that are over or taken): every index once per run, the job's own nth.
+TEST(thread_pool_run_caller_takes_unclaimed_indices) {
+  ThreadPool pool(3);
+  const std::thread::id caller = std::this_thread::get_id();
+  int on_caller = 0;
+  for (int r = 0; r < 50; ++r) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    std::vector<std::atomic<int>> hits(3);
+    std::atomic<int> taken{0};
+    pool.run([&](int ith, int nth) {
+      EXPECT(nth == 3);
+      hits[size_t(ith)]++;
+      if (ith > 0 && std::this_thread::get_id() == caller) taken++;
+    });
+    for (auto& h : hits) EXPECT(h.load() == 1);
+    on_caller += taken.load();
+  }
+  EXPECT(on_caller > 0);
+  for (int r = 0; r < 3000; ++r) {
+    std::vector<std::atomic<int>> hits(3);
+    pool.run([&](int ith, int) {
+      if (ith > 0 && (r + ith) % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      hits[size_t(ith)]++;
+    });
+    int bad = 0;
+    for (auto& h : hits) bad += h.load() != 1;
+    EXPECT(bad == 0);
+    if (r % 5 == 0) {
+      std::atomic<int> d{0};
+      pool.run_dynamic([&] { d++; });
+      EXPECT(d.load() >= 1);
+    }
+  }
 }
 
 // run_dynamic: whoever joins takes chunks from a counter; every chunk exactly once, interleaved
