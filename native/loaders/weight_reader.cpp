@@ -13,6 +13,15 @@ void WeightReader::wrong_shape(const std::string& name, const std::vector<int64_
               store_.source());
 }
 
+void WeightReader::check_whole_blocks(const std::string& name, DType dtype, int64_t row_length) const {
+  const int64_t block = dtype_block_elems(dtype);
+  if (row_length % block != 0)
+    throw Error(ErrorCode::MalformedFile,
+                "tensor " + name + ": row length " + std::to_string(row_length) + " is not a multiple of the " + dtype_name(dtype) +
+                    " block size (" + std::to_string(block) + ")",
+                store_.source());
+}
+
 const TensorInfo& WeightReader::tensor(const std::string& name, const std::vector<int64_t>& shape) const {
   const TensorInfo& t = store_.get(name);  // MalformedFile "checkpoint has no tensor named ..."
   if (t.shape != shape) wrong_shape(name, t.shape, shape);
@@ -25,12 +34,7 @@ const TensorInfo& WeightReader::tensor(const std::string& name, const std::vecto
 const TensorInfo& WeightReader::matrix(const std::string& name, int64_t rows, int64_t cols, std::vector<int64_t> shape) const {
   if (shape.empty()) shape = {rows, cols};
   const TensorInfo& t = tensor(name, shape);
-  const int64_t block = dtype_block_elems(t.dtype);
-  if (cols % block != 0)
-    throw Error(ErrorCode::MalformedFile,
-                "tensor " + name + ": row length " + std::to_string(cols) + " is not a multiple of the " + dtype_name(t.dtype) +
-                    " block size (" + std::to_string(block) + ")",
-                store_.source());
+  check_whole_blocks(name, t.dtype, cols);
   return t;
 }
 
@@ -44,12 +48,7 @@ const float* WeightReader::floats(const std::string& name, const std::vector<int
     std::memcpy(converted.back().data(), t.data, size_t(n) * sizeof(float));
     return converted.back().data();
   }
-  const int64_t block = dtype_block_elems(t.dtype);
-  if (n % block != 0)
-    throw Error(ErrorCode::MalformedFile,
-                "tensor " + name + ": row length " + std::to_string(n) + " is not a multiple of the " + dtype_name(t.dtype) +
-                    " block size (" + std::to_string(block) + ")",
-                store_.source());
+  check_whole_blocks(name, t.dtype, n);
   converted.emplace_back(size_t(n));
   dequantize_row(t.dtype, t.data, converted.back().data(), n);
   return converted.back().data();

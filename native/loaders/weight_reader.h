@@ -39,6 +39,9 @@ class WeightReader {
   [[noreturn]] void wrong_shape(const std::string& name, const std::vector<int64_t>& got, const std::vector<int64_t>& want) const;
 
  private:
+  // MalformedFile when rows of `row_length` elements do not fill whole blocks of `dtype`.
+  void check_whole_blocks(const std::string& name, DType dtype, int64_t row_length) const;
+
   const WeightStore& store_;
   std::string expected_from_;
 };
