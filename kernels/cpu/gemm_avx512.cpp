@@ -20,10 +20,13 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
 
+#include "gemm_bf16_kernel_avx512.h"
 #include "gemm_transpose_avx512.h"
 
 namespace emollm {
@@ -704,48 +707,9 @@ EMO_T512 void kern_f32(int64_t kc, const float* xp, const float* wp, float* y, i
     }
 }
 
-// 6x64 bf16-pair microkernel (vdpbf16ps): xp[q*MR + i] is row i's bf16 pair q (32-bit word).
-EMO_T512BF void kern_bf16(int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
-                          int mr, int64_t nr, const float* bias, bool first) {
-  __mmask16 mk[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
-  // Each k block is summed from zero and then added to Y (blocked summation: the rounding
-  // error grows with sqrt(K * KC) rather than K).
-  __m512 c[MR][4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) c[i][j] = b;
-  }
-#pragma GCC unroll 2
-  for (int64_t q = 0; q < kcp; ++q) {
-    const uint32_t* w = wp + q * NR;
-    const uint32_t* x = xp + q * MR;
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
-                   b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
-    __m512bh a;
-#define EMO_ROW(i)                                      \
-  a = (__m512bh)_mm512_set1_epi32(int(x[i]));           \
-  c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);           \
-  c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);           \
-  c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2);           \
-  c[i][3] = _mm512_dpbf16_ps(c[i][3], a, b3);
-    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
-#undef EMO_ROW
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512 v = c[i][j];
-        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
-}
+// The 6x64 bf16-pair microkernel (vdpbf16ps) is kern_bf16_6x64 (gemm_bf16_kernel_avx512.h),
+// shared with backward_avx512.cpp.
+static_assert(MR == kBf16MR && NR == kBf16NR, "the bf16 panels are packed for kern_bf16_6x64");
 
 // X rows [0, rows) -> panel-major interleaved: out[(p*kunits + k)*MR + i] = row p*MR+i, element k
 // (f32), zero rows past `rows`. Contiguous per panel, so the kernels' 6 rows never alias in L1.
@@ -867,11 +831,57 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
-            kern_bf16(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR,
-                      bias, first);
+            kern_bf16_6x64(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr,
+                           nc - jp * NR, bias, first);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
+        }
+      }
+    }
+  }
+}
+
+// BF16 weights, GotoBLAS loop order: per (column block, k block) the W block is packed once
+// (KCP_L1 pairs x NC columns = 256 KiB, L2) and each 64-column W micro-panel (KCP_L1 x 64 x 4 =
+// 32 KiB) stays in L1 while every X micro-panel of the range (KCP_L1 x 6 x 4 = 3 KiB each, L2)
+// streams past it. compute_range's order (X panel outer, 64 KiB W micro-panels streamed from
+// L2 for each 6 rows) moved 256 bytes from L2 per 24 vdpbf16ps; this moves 24.
+// set_bf16_gemm_legacy (gemm_internal.h) keeps compute_range.
+// X rows per pass over the W block (MC_L1 / 6 micro-panels of 3 KiB, ~96 KiB) keep the X part
+// in L2 beside the packed W block at any M.
+constexpr int64_t KCP_L1 = 128;
+constexpr int64_t MC_L1 = 192;  // multiple of MR
+void compute_range_bf16_l1(const Args& a, const uint32_t* X, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                           int64_t n_end) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K;
+  const int64_t kunits = (K + 1) / 2;
+  auto* wpack = static_cast<uint32_t*>(scratch(0, size_t(KCP_L1) * NC * 4));
+  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
+    const int64_t nc = std::min(NC, n_end - jc);
+    for (int64_t pc = 0; pc < kunits; pc += KCP_L1) {
+      const int64_t kc = std::min(KCP_L1, kunits - pc);
+      pack_w_bf16pairs(W, a.row_bytes, jc, nc, pc, kc, K, wpack);
+      const bool first = pc == 0;
+      BlockPrefetcher pf;
+      if (pc + kc < kunits)
+        pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * 2, std::min(K, (pc + kc + KCP_L1) * 2));
+      else if (jc + NC < n_end)
+        pf.start(W, a.row_bytes, a.wtype, jc + NC, std::min(NC, n_end - jc - NC), 0, std::min(K, KCP_L1 * 2));
+      const int64_t npanels = (nc + NR - 1) / NR;
+      const int64_t nmb = (m_end - m_begin + MC_L1 - 1) / MC_L1;
+      for (int64_t mb = m_begin; mb < m_end; mb += MC_L1) {
+        const int64_t mb_end = std::min(m_end, mb + MC_L1);
+        for (int64_t jp = 0; jp < npanels; ++jp) {
+          pf.step(npanels * nmb);
+          const uint32_t* wp = wpack + jp * kc * NR;
+          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
+          for (int64_t m0 = mb; m0 < mb_end; m0 += MR) {
+            const int mr = int(std::min<int64_t>(MR, mb_end - m0));
+            const uint32_t* xpanel = X + ((m0 / MR) * kunits + pc) * MR;
+            kern_bf16_6x64(kc, xpanel, wp, a.Y + m0 * a.ldy + jc + jp * NR, a.ldy, mr, nc - jp * NR, bias, first);
+          }
         }
       }
     }
@@ -906,20 +916,35 @@ void gemm_packed(const Args& a) {
     const int nth_max = a.pool ? a.pool->size() : 1;
     const bool split_n = npn >= 4 * nth_max || npn >= npm;
     const bool par = mcur * a.N * a.K >= kParallelMinMacs;
+    const auto range = [&](const Args& s, const void* x, int64_t m0r, int64_t m1r, int64_t n0, int64_t n1) {
+      if constexpr (BF)
+        if (!bf16_gemm_legacy())
+          return compute_range_bf16_l1(s, static_cast<const uint32_t*>(x), m0r, m1r, n0, n1);
+      compute_range<DT, BF>(s, x, m0r, m1r, n0, n1);
+    };
     if (split_n) {
       // chunks of whole L2 blocks when there are enough, else of panels
       const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
       parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { compute_range<DT, BF>(sub, xp, 0, mcur, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { range(sub, xp, 0, mcur, n0, n1); });
     } else {
       const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
       parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { compute_range<DT, BF>(sub, xp, r0, r1, 0, a.N); });
+                      [&](int64_t r0, int64_t r1) { range(sub, xp, r0, r1, 0, a.N); });
     }
   }
 }
 
 }  // namespace
+
+namespace {
+std::atomic<bool> g_bf16_gemm_legacy{[] {
+  const char* e = std::getenv("EMOLLM_BF16_GEMM_LEGACY");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}()};
+}  // namespace
+void set_bf16_gemm_legacy(bool legacy) { g_bf16_gemm_legacy.store(legacy, std::memory_order_relaxed); }
+bool bf16_gemm_legacy() { return g_bf16_gemm_legacy.load(std::memory_order_relaxed); }
 
 void gemm_q8act_avx512vnni(const Args& a) {
   const bool q8 = a.wtype == DType::Q8_0;
