@@ -20,8 +20,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -842,52 +840,6 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   }
 }
 
-// BF16 weights, GotoBLAS loop order: per (column block, k block) the W block is packed once
-// (KCP_L1 pairs x NC columns = 256 KiB, L2) and each 64-column W micro-panel (KCP_L1 x 64 x 4 =
-// 32 KiB) stays in L1 while every X micro-panel of the range (KCP_L1 x 6 x 4 = 3 KiB each, L2)
-// streams past it. compute_range's order (X panel outer, 64 KiB W micro-panels streamed from
-// L2 for each 6 rows) moved 256 bytes from L2 per 24 vdpbf16ps; this moves 24.
-// set_bf16_gemm_legacy (gemm_internal.h) keeps compute_range.
-// X rows per pass over the W block (MC_L1 / 6 micro-panels of 3 KiB, ~96 KiB) keep the X part
-// in L2 beside the packed W block at any M.
-constexpr int64_t KCP_L1 = 128;
-constexpr int64_t MC_L1 = 192;  // multiple of MR
-void compute_range_bf16_l1(const Args& a, const uint32_t* X, int64_t m_begin, int64_t m_end, int64_t n_begin,
-                           int64_t n_end) {
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t K = a.K;
-  const int64_t kunits = (K + 1) / 2;
-  auto* wpack = static_cast<uint32_t*>(scratch(0, size_t(KCP_L1) * NC * 4));
-  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
-    const int64_t nc = std::min(NC, n_end - jc);
-    for (int64_t pc = 0; pc < kunits; pc += KCP_L1) {
-      const int64_t kc = std::min(KCP_L1, kunits - pc);
-      pack_w_bf16pairs(W, a.row_bytes, jc, nc, pc, kc, K, wpack);
-      const bool first = pc == 0;
-      BlockPrefetcher pf;
-      if (pc + kc < kunits)
-        pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * 2, std::min(K, (pc + kc + KCP_L1) * 2));
-      else if (jc + NC < n_end)
-        pf.start(W, a.row_bytes, a.wtype, jc + NC, std::min(NC, n_end - jc - NC), 0, std::min(K, KCP_L1 * 2));
-      const int64_t npanels = (nc + NR - 1) / NR;
-      const int64_t nmb = (m_end - m_begin + MC_L1 - 1) / MC_L1;
-      for (int64_t mb = m_begin; mb < m_end; mb += MC_L1) {
-        const int64_t mb_end = std::min(m_end, mb + MC_L1);
-        for (int64_t jp = 0; jp < npanels; ++jp) {
-          pf.step(npanels * nmb);
-          const uint32_t* wp = wpack + jp * kc * NR;
-          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          for (int64_t m0 = mb; m0 < mb_end; m0 += MR) {
-            const int mr = int(std::min<int64_t>(MR, mb_end - m0));
-            const uint32_t* xpanel = X + ((m0 / MR) * kunits + pc) * MR;
-            kern_bf16_6x64(kc, xpanel, wp, a.Y + m0 * a.ldy + jc + jp * NR, a.ldy, mr, nc - jp * NR, bias, first);
-          }
-        }
-      }
-    }
-  }
-}
-
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
 // by weight-row panels when there are enough of them (each thread packs only its own part of
 // W), else by row panels of X.
@@ -916,35 +868,20 @@ void gemm_packed(const Args& a) {
     const int nth_max = a.pool ? a.pool->size() : 1;
     const bool split_n = npn >= 4 * nth_max || npn >= npm;
     const bool par = mcur * a.N * a.K >= kParallelMinMacs;
-    const auto range = [&](const Args& s, const void* x, int64_t m0r, int64_t m1r, int64_t n0, int64_t n1) {
-      if constexpr (BF)
-        if (!bf16_gemm_legacy())
-          return compute_range_bf16_l1(s, static_cast<const uint32_t*>(x), m0r, m1r, n0, n1);
-      compute_range<DT, BF>(s, x, m0r, m1r, n0, n1);
-    };
     if (split_n) {
       // chunks of whole L2 blocks when there are enough, else of panels
       const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
       parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { range(sub, xp, 0, mcur, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { compute_range<DT, BF>(sub, xp, 0, mcur, n0, n1); });
     } else {
       const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
       parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { range(sub, xp, r0, r1, 0, a.N); });
+                      [&](int64_t r0, int64_t r1) { compute_range<DT, BF>(sub, xp, r0, r1, 0, a.N); });
     }
   }
 }
 
 }  // namespace
-
-namespace {
-std::atomic<bool> g_bf16_gemm_legacy{[] {
-  const char* e = std::getenv("EMOLLM_BF16_GEMM_LEGACY");
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}()};
-}  // namespace
-void set_bf16_gemm_legacy(bool legacy) { g_bf16_gemm_legacy.store(legacy, std::memory_order_relaxed); }
-bool bf16_gemm_legacy() { return g_bf16_gemm_legacy.load(std::memory_order_relaxed); }
 
 void gemm_q8act_avx512vnni(const Args& a) {
   const bool q8 = a.wtype == DType::Q8_0;

@@ -112,11 +112,6 @@ void gemm_q8act_avx512vnni(const Args& a);
 void gemm_q8_packed_vnni(const Args& a);
 // bf16_dot: use AVX512-BF16 vdpbf16ps for BF16 weights with M > kSmallM (X rounded to bf16).
 void gemm_avx512(const Args& a, bool bf16_dot);
-// BF16 weights at M > kSmallM (bf16_dot): true keeps the previous loop order (X micro-panel
-// outer, 256-pair k blocks) instead of the L1-resident W micro-panels (128-pair k blocks).
-// Process-wide, default off or EMOLLM_BF16_GEMM_LEGACY=1; for tests (both must pass) and A/B runs.
-void set_bf16_gemm_legacy(bool legacy);
-bool bf16_gemm_legacy();
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.
 bool gemm_amx(const Args& a);
 #endif

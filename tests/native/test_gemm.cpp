@@ -473,20 +473,12 @@ TEST(gemm_bf16_hardware_matches_rounded_x) {
     }
 }
 
-// The packed AVX512-BF16 GEMM in both loop orders (gemm_internal.h set_bf16_gemm_legacy) at
-// shapes that cross each of its blocking boundaries with tails: k blocks of 128 / 256 pairs
-// (K 255, 257, 1031 odd), 192-row X passes and 6-row microkernels (M 65, 197, 389), 512-column
-// W blocks and 64-column panels (N 64, 577), checked against a float64 reference on X rounded
-// to bf16 (products of bf16 values are exact in f32, so only the f32 summation differs).
-#if defined(__x86_64__)
-struct Bf16GemmLegacyScope {
-  explicit Bf16GemmLegacyScope(bool on) : prev_(gemm_detail::bf16_gemm_legacy()) {
-    gemm_detail::set_bf16_gemm_legacy(on);
-  }
-  ~Bf16GemmLegacyScope() { gemm_detail::set_bf16_gemm_legacy(prev_); }
-  bool prev_;
-};
-
+// The packed AVX512-BF16 GEMM (M > kSmallMMax, so neither the dot kernels nor gemm_small_m take
+// it) at shapes that cross each of its blocking boundaries with tails: k blocks of 256 pairs
+// (K 511, 513, 1031: odd, so the last pair is half padding), 6-row microkernels (M 65, 197, 389),
+// 512-column W blocks and 64-column panels (N 64, 130, 577), one thread and two, against a
+// float64 reference on X rounded to bf16 (products of bf16 values are exact in f32, so only the
+// f32 summation differs).
 TEST(gemm_bf16_packed_blocking_edges_vs_f64) {
   const CpuFeatures& f = cpu_features();
   if (!f.avx512bf16 || isa_detected() < Isa::Avx512) {
@@ -495,7 +487,7 @@ TEST(gemm_bf16_packed_blocking_edges_vs_f64) {
   }
   IsaCapScope cap(Isa::Avx512);  // AMX would take these calls where present
   ThreadPool pool(2);
-  const int64_t shapes[][3] = {{65, 64, 255}, {197, 577, 257}, {389, 577, 1031}, {200, 130, 1031}};
+  const int64_t shapes[][3] = {{65, 64, 511}, {197, 577, 513}, {389, 577, 1031}, {200, 130, 1031}};
   for (const auto& sh : shapes) {
     const int64_t M = sh[0], N = sh[1], K = sh[2];
     Weights w = make_weights(DType::BF16, N, K, uint32_t(K + 5 * M));
@@ -511,21 +503,16 @@ TEST(gemm_bf16_packed_blocking_edges_vs_f64) {
         R[size_t(m * p.ldy + n)] = float(acc);
       }
     const std::vector<double> S = abs_scale(p, w, p.bias.data());
-    for (bool legacy : {false, true}) {
-      Bf16GemmLegacyScope order(legacy);
-      for (ThreadPool* tp : {static_cast<ThreadPool*>(nullptr), &pool}) {
-        std::vector<float> Y(size_t(M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K, tp);
-        // bf16_rel: S is over the unrounded X, which differs from the rounded one by <= 2^-9 relative.
-        check_result(Y, R, p, S, 1.0 / 256,
-                     std::string("bf16 packed ") + (legacy ? "legacy" : "l1") + " order M=" + std::to_string(M) +
-                         " N=" + std::to_string(N) + " K=" + std::to_string(K) + (tp ? " pool" : " 1 thread"));
-      }
+    for (ThreadPool* tp : {static_cast<ThreadPool*>(nullptr), &pool}) {
+      std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K, tp);
+      // bf16_rel: S is over the unrounded X, which differs from the rounded one by <= 2^-9 relative.
+      check_result(Y, R, p, S, 1.0 / 256,
+                   std::string("bf16 packed M=") + std::to_string(M) + " N=" + std::to_string(N) +
+                       " K=" + std::to_string(K) + (tp ? " pool" : " 1 thread"));
     }
   }
 }
-
-#endif  // __x86_64__
 
 TEST(gemm_amx_path) {
   const CpuFeatures& f = cpu_features();
