@@ -51,10 +51,15 @@ void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, 
   EMOLLM_CHECK_ARG(M >= 0 && N > 0 && K > 0, "gemm_backward_x: bad shape");
   EMOLLM_CHECK_ARG(K % dtype_block_elems(wtype) == 0, "gemm_backward_x: K not a multiple of the weight block size");
   if (M == 0) return;
-  // BF16 weights on AVX512-BF16: the NN product against the stored rows (no weight copy)
+  // BF16 weights on AVX512-BF16: the NN product against the stored rows (no weight copy); F16
+  // weights the same, each packed panel rounded to bf16
   if (wtype == DType::BF16 &&
       backward_detail::gemm_backward_x_bf16(dY, lddy, static_cast<const uint16_t*>(W), dX, lddx, M, N, K, accumulate,
                                             pool))
+    return;
+  if (wtype == DType::F16 &&
+      backward_detail::gemm_backward_x_f16(dY, lddy, static_cast<const uint16_t*>(W), dX, lddx, M, N, K, accumulate,
+                                           pool))
     return;
   const size_t row_bytes = dtype_row_bytes(wtype, K);
   const auto* wb = static_cast<const uint8_t*>(W);

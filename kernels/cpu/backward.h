@@ -19,7 +19,8 @@ namespace emollm {
 // dX[M,K] (+)= dY[M,N] * W[N,K]. W in any dtype gemm() takes. BF16 W on a CPU with AVX512-BF16
 // (and EMOLLM_ISA not capped below avx512): the product runs against the stored rows with bf16
 // dot products, dY rounded to bf16 as the forward gemm() rounds its activations
-// (backward_avx512.cpp). Otherwise, from 16 rows on (and weights up to 16 Mi elements) through
+// (backward_avx512.cpp); F16 W the same, each weight rounded to bf16 as its panel is packed (the
+// result then differs from the f16 product by about bf16's precision). Otherwise, from 16 rows on (and weights up to 16 Mi elements) through
 // gemm() on the dequantised, transposed weight; below, a blocked loop. accumulate: add into dX
 // instead of overwriting it.
 void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,

@@ -88,9 +88,12 @@ EMO_T512BF void pack_dy(const float* dY, int64_t lddy, int64_t rows, int64_t N, 
 
 // W rows 2(q0+q), 2(q0+q)+1 (q < kcp), columns [c0, c0+nc) -> panels of NR columns:
 // out[p*kcp*NR + q*NR + j] = W[2(q0+q)][c0+p*NR+j] | W[2(q0+q)+1][c0+p*NR+j] << 16, zero past N
-// rows or past nc columns.
-EMO_T512 void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t c0, int64_t nc, int64_t q0,
-                              int64_t kcp, uint32_t* out) {
+// rows or past nc columns. F16: W holds IEEE halves, rounded to bf16 (nearest even) while packed
+// (every f16 value is in bf16's range; 3 mantissa bits go, as the activations' bits go in the
+// forward), so f16 models share the bf16 dot products for the price of a convert per packed element.
+template <bool F16>
+EMO_T512BF void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t c0, int64_t nc, int64_t q0,
+                                int64_t kcp, uint32_t* out) {
   for (int64_t p = 0; p * NR < nc; ++p) {
     uint32_t* op = out + p * kcp * NR;
     for (int64_t q = 0; q < kcp; ++q) {
@@ -100,8 +103,12 @@ EMO_T512 void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t c
 #pragma GCC unroll 4
       for (int g = 0; g < NR / 16; ++g) {
         const __mmask16 m = mask16(nc - p * NR - g * 16);
-        const __m256i a = r0 ? _mm256_maskz_loadu_epi16(m, r0 + g * 16) : _mm256_setzero_si256();
-        const __m256i b = r1 ? _mm256_maskz_loadu_epi16(m, r1 + g * 16) : _mm256_setzero_si256();
+        __m256i a = r0 ? _mm256_maskz_loadu_epi16(m, r0 + g * 16) : _mm256_setzero_si256();
+        __m256i b = r1 ? _mm256_maskz_loadu_epi16(m, r1 + g * 16) : _mm256_setzero_si256();
+        if constexpr (F16) {  // halves -> f32 (exact) -> bf16; zero stays zero
+          a = (__m256i)_mm512_cvtneps_pbh(_mm512_cvtph_ps(a));
+          b = (__m256i)_mm512_cvtneps_pbh(_mm512_cvtph_ps(b));
+        }
         const __m512i w =
             _mm512_or_si512(_mm512_cvtepu16_epi32(a), _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
         _mm512_store_si512(op + q * NR + g * 16, w);
@@ -114,6 +121,7 @@ EMO_T512 void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t c
 static_assert(MR == gemm_detail::kBf16MR && NR == gemm_detail::kBf16NR, "panels are packed for kern_bf16_6x64");
 
 // dX columns [c_begin, c_end) of the rows packed in xp (mcur rows from row 0 of Y).
+template <bool F16>
 void nn_range(const uint32_t* xp, const uint16_t* W, float* Y, int64_t ldy, int64_t mcur, int64_t N, int64_t K,
               bool accumulate, int64_t c_begin, int64_t c_end) {
   const int64_t np = (N + 1) / 2;
@@ -122,7 +130,7 @@ void nn_range(const uint32_t* xp, const uint16_t* W, float* Y, int64_t ldy, int6
     const int64_t nc = std::min(NC, c_end - jc);
     for (int64_t pc = 0; pc < np; pc += KCP) {
       const int64_t kc = std::min(KCP, np - pc);
-      pack_w_rowpairs(W, K, N, jc, nc, pc, kc, wpack);
+      pack_w_rowpairs<F16>(W, K, N, jc, nc, pc, kc, wpack);
       const bool first = pc == 0 && !accumulate;
       for (int64_t m0 = 0; m0 < mcur; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, mcur - m0));
@@ -135,10 +143,9 @@ void nn_range(const uint32_t* xp, const uint16_t* W, float* Y, int64_t ldy, int6
   }
 }
 
-}  // namespace
-
-bool gemm_backward_x_bf16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
-                          int64_t N, int64_t K, bool accumulate, ThreadPool* pool) {
+template <bool F16>
+bool gemm_backward_x_nn(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
+                        int64_t N, int64_t K, bool accumulate, ThreadPool* pool) {
   if (!avx512_ok() || !cpu_features().avx512bf16) return false;
   const int64_t np = (N + 1) / 2;
   const int64_t x_budget = int64_t(8) << 20;  // bytes of packed dY per chunk of rows
@@ -159,9 +166,20 @@ bool gemm_backward_x_bf16(const float* dY, int64_t lddy, const uint16_t* W, floa
     const int64_t chunk = (K >= 4 * NC * nth) ? NC : std::max<int64_t>(NR, (npn / (4 * nth)) * NR);
     float* y = dX + m0 * lddx;
     gemm_detail::parallel_chunks(pool, mcur * N * K >= gemm_detail::kParallelMinMacs, K, chunk,
-                                 [&](int64_t c0, int64_t c1) { nn_range(xp, W, y, lddx, mcur, N, K, accumulate, c0, c1); });
+                                 [&](int64_t c0, int64_t c1) { nn_range<F16>(xp, W, y, lddx, mcur, N, K, accumulate, c0, c1); });
   }
   return true;
+}
+}  // namespace
+
+bool gemm_backward_x_bf16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
+                          int64_t N, int64_t K, bool accumulate, ThreadPool* pool) {
+  return gemm_backward_x_nn<false>(dY, lddy, W, dX, lddx, M, N, K, accumulate, pool);
+}
+
+bool gemm_backward_x_f16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
+                         int64_t N, int64_t K, bool accumulate, ThreadPool* pool) {
+  return gemm_backward_x_nn<true>(dY, lddy, W, dX, lddx, M, N, K, accumulate, pool);
 }
 
 // ------------------------------------------------------------------ elementwise
@@ -474,6 +492,10 @@ bool attention_backward(const float* q, const float* k, const float* v, const fl
 #else  // not x86-64: the portable loops run
 bool gemm_backward_x_bf16(const float*, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t, bool,
                           ThreadPool*) {
+  return false;
+}
+bool gemm_backward_x_f16(const float*, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t, bool,
+                         ThreadPool*) {
   return false;
 }
 bool attention_backward(const float*, const float*, const float*, const float*, const float*, float*, float*, float*,

@@ -16,6 +16,10 @@ namespace backward_detail {
 // 512 weight rows. Each dX element is reduced in one order whatever the thread count.
 bool gemm_backward_x_bf16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
                           int64_t N, int64_t K, bool accumulate, ThreadPool* pool);
+// The same for F16 W (IEEE halves): each packed weight panel is rounded to bf16 (nearest even)
+// as it is packed, then the same bf16 dot products.
+bool gemm_backward_x_f16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
+                         int64_t N, int64_t K, bool accumulate, ThreadPool* pool);
 
 // attention_backward tiled by blocks of 16 queries against all visible keys (AVX-512): per kv
 // head, K and V are transposed once so that S = Q K^T and dP = dO V^T are row-vector products;

@@ -24,6 +24,31 @@ bool LlamaModel::is_eos(int32_t id) const {
   return std::find(hp_.eos_ids.begin(), hp_.eos_ids.end(), id) != hp_.eos_ids.end();
 }
 
+RopeParams LlamaModel::rope_params() const {
+  RopeParams rp;
+  rp.head_dim = hp_.head_dim;
+  rp.rot_dim = hp_.rope_dim;
+  rp.theta = hp_.rope_theta;
+  rp.freq_scale = hp_.rope_freq_scale;
+  rp.inv_freq = rope_inv_freq.empty() ? nullptr : rope_inv_freq.data();
+  rp.layout = hp_.rope_layout;
+  return rp;
+}
+
+AttentionParams LlamaModel::causal_attention_params(int64_t n_q, int64_t n_kv, int64_t q_pos0) const {
+  AttentionParams ap;
+  ap.n_q = n_q;
+  ap.n_kv = n_kv;
+  ap.n_heads = hp_.n_head;
+  ap.n_kv_heads = hp_.n_head_kv;
+  ap.head_dim = hp_.head_dim;
+  ap.ldq = ap.ldo = hp_.n_head * hp_.head_dim;
+  ap.ldk = ap.ldv = hp_.n_head_kv * hp_.head_dim;
+  ap.causal = true;
+  ap.q_pos0 = q_pos0;
+  return ap;
+}
+
 // ================================================================ loading
 
 namespace {
@@ -783,13 +808,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   // out_dev_; on the CPU the kernels read and write them in place.
   const bool host_mem = be.uses_host_memory();
 
-  RopeParams rp;
-  rp.head_dim = D;
-  rp.rot_dim = h.rope_dim;
-  rp.theta = h.rope_theta;
-  rp.freq_scale = h.rope_freq_scale;
-  rp.inv_freq = m.rope_inv_freq.empty() ? nullptr : m.rope_inv_freq.data();
-  rp.layout = h.rope_layout;
+  const RopeParams rp = m.rope_params();
 
   // row offset of each segment in the stacked batch
   std::vector<int64_t> row0(size_t(n_segs) + 1, 0);
@@ -868,16 +887,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       float* vc = v_cache_ + (l * S + sg.seq) * n_ctx_ * kvd;
       be.copy(kc + sg.pos0 * kvd, k_new_ + r0 * kvd, size_t(sg.n * kvd) * sizeof(float));
       be.copy(vc + sg.pos0 * kvd, v_new_ + r0 * kvd, size_t(sg.n * kvd) * sizeof(float));
-      AttentionParams ap;
-      ap.n_q = sg.n;
-      ap.n_kv = sg.pos0 + sg.n;
-      ap.n_heads = H;
-      ap.n_kv_heads = Hkv;
-      ap.head_dim = D;
-      ap.ldq = qd; ap.ldk = kvd; ap.ldv = kvd; ap.ldo = qd;
-      ap.causal = true;
-      ap.q_pos0 = sg.pos0;
-      be.attention(q_ + r0 * qd, kc, vc, att_ + r0 * qd, ap);
+      be.attention(q_ + r0 * qd, kc, vc, att_ + r0 * qd, m.causal_attention_params(sg.n, sg.pos0 + sg.n, sg.pos0));
     }
     // output projection, residual
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);

@@ -117,6 +117,11 @@ class LlamaModel {
   // Bytes of the decoder's matrices the backend keeps in a layout of its own (the CPU's repacked
   // q4_0 / q8_0, core/backend_weights.h place_gemm_matrix; 0 when none, e.g. EMOLLM_REPACK=0).
   size_t packed_weight_bytes() const { return weights_.packed_bytes(); }
+  // The decoder's RoPE (plain, not M-RoPE) and its causal self-attention over packed q rows
+  // [n_q, n_head * head_dim] and k / v rows [n_kv, n_head_kv * head_dim], the queries at
+  // positions q_pos0.. : shared by the forward pass and the trainer (native/train).
+  RopeParams rope_params() const;
+  AttentionParams causal_attention_params(int64_t n_q, int64_t n_kv, int64_t q_pos0) const;
 
   // ---- weights (public for the forward pass in llama.cpp; read-only)
   LlamaWeight tok_embd;

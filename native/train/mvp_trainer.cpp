@@ -350,24 +350,9 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   }
   std::vector<int32_t> pos(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(t);
-  RopeParams rp;
-  rp.head_dim = D;
-  rp.rot_dim = hp.rope_dim;
-  rp.theta = hp.rope_theta;
-  rp.freq_scale = hp.rope_freq_scale;
-  rp.inv_freq = lm.rope_inv_freq.empty() ? nullptr : lm.rope_inv_freq.data();
-  rp.layout = hp.rope_layout;
-  AttentionParams ap;
-  ap.n_q = n;
-  ap.n_kv = n;
-  ap.n_heads = H;
-  ap.n_kv_heads = Hkv;
-  ap.head_dim = D;
-  ap.ldq = qd;
-  ap.ldk = kvd;
-  ap.ldv = kvd;
-  ap.ldo = qd;
-  ap.causal = true;
+  // the decoder's own RoPE and causal attention (one sequence from position 0)
+  const RopeParams rp = lm.rope_params();
+  const AttentionParams ap = lm.causal_attention_params(n, n, 0);
 
   // ---- decoder forward. Each layer's input is kept; the rest of what the backward reads is
   // either kept too or recomputed from that input in the backward (recompute_layers: one more

@@ -93,9 +93,12 @@ TEST(backward_gemm_x_and_w) {
     std::vector<float> y(size_t(M * N)), dx(size_t(M * K)), want(size_t(M * K));
     gemm_backward_x(w.data(), N, wq.data(), dt, dx.data(), K, M, N, K, false, &pool);
     auto wr = w;  // dY as the kernel multiplies it
-    if (dt == DType::BF16 && bf16_backward_path())
+    auto wk = wdeq;  // and W as it multiplies it (F16 rounded to bf16 on the bf16 path)
+    if ((dt == DType::BF16 || dt == DType::F16) && bf16_backward_path()) {
       for (auto& e : wr) e = round_bf16(e);
-    ref::gemm_backward_x(wr.data(), wdeq.data(), want.data(), M, N, K);
+      for (auto& e : wk) e = round_bf16(e);
+    }
+    ref::gemm_backward_x(wr.data(), wk.data(), want.data(), M, N, K);
     EXPECT_ALL_CLOSE(dx.data(), want.data(), dx.size(), 1e-5, 1e-4, "gemm_backward_x vs double reference");
     // accumulate adds
     std::vector<float> acc(dx.size(), 1.0f);
@@ -130,7 +133,7 @@ TEST(backward_gemm_x_and_w) {
   }
 }
 
-// The BF16 NN product on shapes that cross its blocks (512 weight rows, 512 columns) and every
+// The BF16 (and F16, rounded to bf16 while packed) NN product on shapes that cross its blocks (512 weight rows, 512 columns) and every
 // tail (odd N, K not a multiple of 16 / 64, M not a multiple of 6), with strides, both thread
 // counts, overwrite and accumulate; then the portable path (ISA capped) on one shape.
 TEST(backward_gemm_x_bf16_blocks) {
@@ -138,17 +141,17 @@ TEST(backward_gemm_x_bf16_blocks) {
   struct Case {
     int64_t M, N, K;
   };
+  for (DType dt : {DType::BF16, DType::F16})
   for (const Case& c : {Case{1, 3, 5}, Case{7, 1031, 70}, Case{37, 130, 600}, Case{13, 1100, 1030}}) {
     const int64_t lddy = c.N + 3, lddx = c.K + 5;
     auto wf = randn(size_t(c.N * c.K), 21);
+    // wb: the stored weight (bf16 or f16 bits); wdeq: its value; wdeq rounded to bf16 is what the
+    // bf16 path multiplies (the same for BF16)
     std::vector<uint16_t> wb(wf.size());
-    std::vector<float> wdeq(wf.size());
-    for (size_t i = 0; i < wf.size(); ++i) {
-      wdeq[i] = round_bf16(wf[i]);
-      uint32_t u;
-      std::memcpy(&u, &wdeq[i], 4);
-      wb[i] = uint16_t(u >> 16);
-    }
+    std::vector<float> wdeq(wf.size()), wk(wf.size());
+    quantize_row(dt, wf.data(), wb.data(), int64_t(wf.size()));
+    dequantize_row(dt, wb.data(), wdeq.data(), int64_t(wf.size()));
+    for (size_t i = 0; i < wf.size(); ++i) wk[i] = bf16_backward_path() ? round_bf16(wdeq[i]) : wdeq[i];
     auto dy = randn(size_t(c.M * lddy), 22);
     std::vector<float> dyp(size_t(c.M * c.N)), dyr(dyp.size());
     for (int64_t m = 0; m < c.M; ++m)
@@ -157,15 +160,15 @@ TEST(backward_gemm_x_bf16_blocks) {
         dyr[size_t(m * c.N + n)] = bf16_backward_path() ? round_bf16(dy[size_t(m * lddy + n)]) : dy[size_t(m * lddy + n)];
       }
     std::vector<float> want(size_t(c.M * c.K)), exact(want.size());
-    ref::gemm_backward_x(dyr.data(), wdeq.data(), want.data(), c.M, c.N, c.K);
+    ref::gemm_backward_x(dyr.data(), wk.data(), want.data(), c.M, c.N, c.K);
     ref::gemm_backward_x(dyp.data(), wdeq.data(), exact.data(), c.M, c.N, c.K);
     double emax = 0;
     for (float e : exact) emax = std::max(emax, double(std::fabs(e)));
-    const std::string what = "bf16 dX M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
+    const std::string what = std::string(dt == DType::F16 ? "f16" : "bf16") + " dX M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool})
       for (bool acc : {false, true}) {
         std::vector<float> dx(size_t(c.M * lddx), 0.5f), got(want.size());
-        gemm_backward_x(dy.data(), lddy, wb.data(), DType::BF16, dx.data(), lddx, c.M, c.N, c.K, acc, pl);
+        gemm_backward_x(dy.data(), lddy, wb.data(), dt, dx.data(), lddx, c.M, c.N, c.K, acc, pl);
         for (int64_t m = 0; m < c.M; ++m) {
           for (int64_t k = 0; k < c.K; ++k) got[size_t(m * c.K + k)] = dx[size_t(m * lddx + k)] - (acc ? 0.5f : 0.0f);
           EXPECT(dx[size_t(m * lddx + c.K)] == 0.5f);  // the stride gap is untouched
@@ -176,7 +179,7 @@ TEST(backward_gemm_x_bf16_blocks) {
     if (c.M == 37) {  // the portable path: the f32 product, tight
       IsaCapScope cap(Isa::Avx2);
       std::vector<float> dx(size_t(c.M * lddx)), got(want.size());
-      gemm_backward_x(dy.data(), lddy, wb.data(), DType::BF16, dx.data(), lddx, c.M, c.N, c.K, false, &pool);
+      gemm_backward_x(dy.data(), lddy, wb.data(), dt, dx.data(), lddx, c.M, c.N, c.K, false, &pool);
       for (int64_t m = 0; m < c.M; ++m)
         for (int64_t k = 0; k < c.K; ++k) got[size_t(m * c.K + k)] = dx[size_t(m * lddx + k)];
       EXPECT_ALL_CLOSE(got.data(), exact.data(), got.size(), 1e-5, 1e-4, what + " portable path");
@@ -233,25 +236,44 @@ TEST(backward_rope_is_the_adjoint) {
     }
 }
 
+// One attention backward test case: shape, packed-row AttentionParams and random Q, K, V and
+// upstream gradient W (seeds seed..seed+3), shared by the attention backward tests below.
+namespace {
+struct AttentionCase {
+  int64_t nq, nkv, H, Hkv, D, pos0;
+  bool causal;
+};
+struct AttentionInputs {
+  AttentionParams p;
+  std::vector<float> q, k, v, w;
+};
+AttentionInputs attention_inputs(const AttentionCase& c, uint32_t seed) {
+  AttentionInputs in;
+  AttentionParams& p = in.p;
+  p.n_q = c.nq;
+  p.n_kv = c.nkv;
+  p.n_heads = c.H;
+  p.n_kv_heads = c.Hkv;
+  p.head_dim = c.D;
+  p.ldq = p.ldo = c.H * c.D;
+  p.ldk = p.ldv = c.Hkv * c.D;
+  p.causal = c.causal;
+  p.q_pos0 = c.pos0;
+  in.q = randn(size_t(c.nq * c.H * c.D), seed);
+  in.k = randn(size_t(c.nkv * c.Hkv * c.D), seed + 1);
+  in.v = randn(size_t(c.nkv * c.Hkv * c.D), seed + 2);
+  in.w = randn(size_t(c.nq * c.H * c.D), seed + 3);
+  return in;
+}
+}  // namespace
+
 TEST(backward_attention) {
   ThreadPool pool(2);
-  struct Case {
-    int64_t nq, nkv, H, Hkv, D, pos0;
-    bool causal;
-  };
-  for (const Case& c : {Case{5, 7, 4, 2, 6, 2, true}, Case{3, 3, 2, 2, 5, 0, true}, Case{4, 9, 3, 1, 7, 0, false}}) {
-    AttentionParams p;
-    p.n_q = c.nq;
-    p.n_kv = c.nkv;
-    p.n_heads = c.H;
-    p.n_kv_heads = c.Hkv;
-    p.head_dim = c.D;
-    p.ldq = p.ldo = c.H * c.D;
-    p.ldk = p.ldv = c.Hkv * c.D;
-    p.causal = c.causal;
-    p.q_pos0 = c.pos0;
-    auto q = randn(size_t(c.nq * c.H * c.D), 12), k = randn(size_t(c.nkv * c.Hkv * c.D), 13),
-         v = randn(size_t(c.nkv * c.Hkv * c.D), 14), w = randn(size_t(c.nq * c.H * c.D), 15);
+  for (const AttentionCase& c : {AttentionCase{5, 7, 4, 2, 6, 2, true}, AttentionCase{3, 3, 2, 2, 5, 0, true},
+                                 AttentionCase{4, 9, 3, 1, 7, 0, false}}) {
+    AttentionInputs in = attention_inputs(c, 12);  // mutable: the finite differences nudge q, k, v
+    const AttentionParams& p = in.p;
+    std::vector<float>&q = in.q, &k = in.k, &v = in.v, &w = in.w;
     std::vector<float> o(q.size()), dq(q.size()), dk(k.size()), dv(v.size()), rq(q.size()), rk(k.size()), rv(v.size());
     attention(q.data(), k.data(), v.data(), o.data(), p, nullptr);
     attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), dq.data(), dk.data(), dv.data(), p, &pool);
@@ -275,24 +297,11 @@ TEST(backward_attention) {
 // against the double reference, and the portable loop (ISA capped) against the same.
 TEST(backward_attention_tiled_shapes) {
   ThreadPool pool(2);
-  struct Case {
-    int64_t nq, nkv, H, Hkv, D, pos0;
-    bool causal;
-  };
-  for (const Case& c : {Case{37, 45, 4, 2, 64, 8, true}, Case{33, 33, 2, 1, 80, 0, true}, Case{20, 33, 3, 3, 24, 0, false},
-                        Case{17, 17, 8, 1, 16, 0, true}}) {
-    AttentionParams p;
-    p.n_q = c.nq;
-    p.n_kv = c.nkv;
-    p.n_heads = c.H;
-    p.n_kv_heads = c.Hkv;
-    p.head_dim = c.D;
-    p.ldq = p.ldo = c.H * c.D;
-    p.ldk = p.ldv = c.Hkv * c.D;
-    p.causal = c.causal;
-    p.q_pos0 = c.pos0;
-    auto q = randn(size_t(c.nq * c.H * c.D), 31), k = randn(size_t(c.nkv * c.Hkv * c.D), 32),
-         v = randn(size_t(c.nkv * c.Hkv * c.D), 33), w = randn(size_t(c.nq * c.H * c.D), 34);
+  for (const AttentionCase& c : {AttentionCase{37, 45, 4, 2, 64, 8, true}, AttentionCase{33, 33, 2, 1, 80, 0, true},
+                                 AttentionCase{20, 33, 3, 3, 24, 0, false}, AttentionCase{17, 17, 8, 1, 16, 0, true}}) {
+    const AttentionInputs in = attention_inputs(c, 31);
+    const AttentionParams& p = in.p;
+    const std::vector<float>&q = in.q, &k = in.k, &v = in.v, &w = in.w;
     std::vector<float> o(q.size()), rq(q.size()), rk(k.size()), rv(v.size());
     attention(q.data(), k.data(), v.data(), o.data(), p, nullptr);
     ref::attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), rq.data(), rk.data(), rv.data(), p);
