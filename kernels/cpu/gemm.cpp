@@ -7,7 +7,7 @@
 //   Avx2   : gemm_avx2.cpp   (dot kernels for M <= 8, packed 6x16 GEMM above)
 //   Avx512 : gemm_avx512.cpp (dot kernels for M <= 8, packed 6x64 GEMM above; BF16 weights use
 //            vdpbf16ps when the CPU has AVX512-BF16)
-//   Amx    : gemm_amx.cpp    (BF16 weights, M >= 16, AMX-BF16 tiles), else Avx512.
+//   Amx    : gemm_amx.cpp    (BF16 weights, M >= 16 outside the small-M range, AMX-BF16 tiles), else Avx512.
 // Q8_0/Q4_0 weights with M <= kSmallM in QuantActivations::Q8 mode (the default) quantise X to
 // q8_0 and use integer block dot products: gemm_q8act_avx512vnni (vpdpbusd) at Avx512+ on CPUs
 // with AVX512-VNNI, else gemm_q8act_avx2 (vpmaddubsw) at Avx2+, else gemm_q8act_scalar.
@@ -331,10 +331,13 @@ void gemm_impl(const float* X, int64_t ldx, const void* W, DType wtype, const fl
   if ((wtype == DType::Q8_0 || wtype == DType::Q4_0) && quant_activations() == QuantActivations::Q8 &&
       isa >= Isa::Avx512 && cpu_features().avx512vnni && gemm_detail::vnni_allowed())
     return gemm_detail::gemm_q8_packed_vnni(a);
+  // The small-M path goes first, also on AMX CPUs: one kernel for every M in its range keeps a
+  // row's result independent of the batch it rides in (test gemm_small_m_rows_independent_of_batch;
+  // with AMX first, M >= 16 took the tiles and M = 9..15 did not, so the rows differed).
+  if (gemm_detail::gemm_small_m(a, isa)) return;  // bf16/f16, 9 <= M <= 64 (gemm_small_m.cpp)
   if (isa >= Isa::Amx && wtype == DType::BF16 && cpu_features().amx_usable && cpu_features().amx_bf16 &&
       gemm_detail::gemm_amx(a))
     return;
-  if (gemm_detail::gemm_small_m(a, isa)) return;  // bf16/f16, 2 <= M <= 64 (gemm_small_m.cpp)
   if (isa >= Isa::Avx512)
     return gemm_detail::gemm_avx512(a, wtype == DType::BF16 && cpu_features().avx512bf16);
   if (isa >= Isa::Avx2) return gemm_detail::gemm_avx2(a);

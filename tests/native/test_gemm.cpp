@@ -141,11 +141,11 @@ bool check_result(const std::vector<float>& Y, const std::vector<float>& R, cons
 }
 
 // The BF16 dot-product hardware is used for BF16 weights at M > 8 (see gemm_internal.h kSmallM)
-// when the level allows it: AVX512-BF16 at Avx512+, AMX at Amx with M >= 16.
+// when the level allows it: AVX512-BF16 at Avx512+, AMX at Amx above the small-M range (M > 64).
 bool uses_bf16_hw(Isa isa, DType t, int64_t M) {
   if (t != DType::BF16 || M <= 8 || isa < Isa::Avx512) return false;
   const CpuFeatures& f = cpu_features();
-  if (isa >= Isa::Amx && f.amx_usable && f.amx_bf16 && M >= 16) return true;
+  if (isa >= Isa::Amx && f.amx_usable && f.amx_bf16 && M > 64) return true;
   return f.avx512bf16;
 }
 
@@ -562,7 +562,8 @@ TEST(gemm_amx_path) {
   }
   ThreadPool pool(2);
   IsaCapScope cap(Isa::Amx);
-  for (int64_t M : {16, 17, 31, 32, 33, 64, 100})
+  // M <= 64 takes the small-M kernel first (gemm.cpp), so the tiles are reached above it.
+  for (int64_t M : {16, 33, 64, 65, 100, 128})
     for (int64_t N : {1, 16, 31, 33, 100})
       for (int64_t K : {1, 31, 32, 33, 100, 1000})
         for (int use_pool = 0; use_pool < 2; ++use_pool) {
