@@ -34,6 +34,13 @@ struct AttentionParams {
   // Element type of K and V (the KV cache): f32, or f16 / bf16 on backends that say so
   // (Backend::supports_kv_dtype). The CPU kernels take f32 only.
   DType kv_dtype = DType::F32;
+  // Paged KV cache (optional): with kv_block_size > 0, kv token j's key row is
+  // k_blocks[j / kv_block_size] + (j % kv_block_size) * ldk (values likewise through v_blocks),
+  // and the contiguous k / v arguments are not read (may be null). kv_block_size is a multiple
+  // of 16. Backends that take it say so (Backend::supports_paged_kv).
+  const float* const* k_blocks = nullptr;
+  const float* const* v_blocks = nullptr;
+  int64_t kv_block_size = 0;
 };
 
 // ---------------------------------------------------------------- multi-perspective visual projection

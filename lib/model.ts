@@ -62,6 +62,16 @@ export interface LoadModelOptions extends RuntimeOptions {
    */
   chunkedPrefill?: boolean;
   /**
+   * KV cache pool size in positions, shared by all sequences (paged KV cache, blocks of
+   * `kvBlockSize` positions). Default: maxSequences × contextSize (every sequence can always
+   * fill its context). Smaller: less memory; a call is admitted when its worst case (prompt +
+   * maxTokens, or prefix + longest option) fits beside the running calls' and waits otherwise,
+   * and a call that can never fit fails with ERR_OUT_OF_MEMORY.
+   */
+  kvCachePositions?: number;
+  /** Positions per KV cache block (a multiple of 16, default 64). */
+  kvBlockSize?: number;
+  /**
    * The tokenizer, when the model does not carry its own: a Tokenizer, or a path to a .gguf, a
    * tokenizer.json (or its folder), or a llama2.c tokenizer.bin. Default: the model's own
    * (tokenizer.json in the folder, or the GGUF's vocabulary).
@@ -355,6 +365,20 @@ export interface SequenceStats {
   prefixWaits: number;
   /** Prompt positions taken from a cache (own or copied) instead of recomputed. */
   reusedTokens: number;
+  /** Positions per block of the paged KV cache (0 before the first call). */
+  kvBlockSize: number;
+  /** Blocks in the KV pool. */
+  kvBlocksTotal: number;
+  /** Blocks referenced by a running sequence or kept for prefix reuse. */
+  kvBlocksUsed: number;
+  /** Blocks shared by two sequences or more (a common prefix held once). */
+  kvBlocksShared: number;
+  /** Bytes of one block (K and V of all layers). */
+  kvBytesPerBlock: number;
+  /** Blocks reserved for the running calls' worst cases (admission control). */
+  kvReservedBlocks: number;
+  /** Calls that waited at admission for KV blocks. */
+  kvWaits: number;
 }
 
 interface NativeSubmission<T> {
@@ -385,7 +409,14 @@ interface NativeModel extends NativeVisualEncoder {
   info(): ModelInfo;
   encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number }): NativeContext;
-  createBatch(options?: { nCtx?: number; maxSequences?: number; batchTokens?: number; chunkedPrefill?: boolean }): NativeBatch;
+  createBatch(options?: {
+    nCtx?: number;
+    maxSequences?: number;
+    batchTokens?: number;
+    chunkedPrefill?: boolean;
+    kvCachePositions?: number;
+    kvBlockSize?: number;
+  }): NativeBatch;
   close(): Promise<void>;
 }
 
@@ -432,6 +463,11 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     );
   if (options.chunkedPrefill !== undefined && typeof options.chunkedPrefill !== 'boolean')
     throw new EmollmError('ERR_INVALID_ARGUMENT', `chunkedPrefill must be a boolean, got ${typeof options.chunkedPrefill}`);
+  const kvCachePositions =
+    options.kvCachePositions === undefined ? undefined : limitOption('kvCachePositions', options.kvCachePositions, 0);
+  const kvBlockSize = options.kvBlockSize === undefined ? undefined : limitOption('kvBlockSize', options.kvBlockSize, 0);
+  if (kvBlockSize !== undefined && (kvBlockSize % 16 !== 0 || kvBlockSize < 16 || kvBlockSize > 4096))
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `kvBlockSize must be a multiple of 16 in [16, 4096], got ${kvBlockSize}`);
   // Snapshot before mapping, so a change during the load is caught by the first call too.
   const guard = await FileGuard.watch(path, [options.mmproj]);
 
@@ -527,7 +563,12 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
         : undefined;
   model.setSafety(guard, maxPromptChars, tokenizerSource);
   model.maxSequences = maxSequences;
-  model.stepOptions = { ...(batchTokens === undefined ? {} : { batchTokens }), chunkedPrefill: options.chunkedPrefill ?? true };
+  model.stepOptions = {
+    ...(batchTokens === undefined ? {} : { batchTokens }),
+    ...(kvCachePositions === undefined ? {} : { kvCachePositions }),
+    ...(kvBlockSize === undefined ? {} : { kvBlockSize }),
+    chunkedPrefill: options.chunkedPrefill ?? true,
+  };
   options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
   return model;
 }
@@ -598,7 +639,9 @@ export class Model {
   /** Sequences decoded together (the `maxSequences` load option); later calls wait in arrival order. */
   maxSequences = DEFAULT_MAX_SEQUENCES;
   /** @internal the scheduler's step options (`batchTokens`, `chunkedPrefill` load options). */
-  stepOptions: { batchTokens?: number; chunkedPrefill: boolean } = { chunkedPrefill: true };
+  stepOptions: { batchTokens?: number; kvCachePositions?: number; kvBlockSize?: number; chunkedPrefill: boolean } = {
+    chunkedPrefill: true,
+  };
 
   private handle: NativeModel | undefined;
   // generate / chat / scoreOptions: the core's sequence scheduler (continuous batching, a KV slot
@@ -928,7 +971,8 @@ export class Model {
       maxSequences: this.maxSequences, batchTokens: this.stepOptions.batchTokens ?? 0, chunkedPrefill: this.stepOptions.chunkedPrefill,
       active: 0, prefilling: 0, queued: 0, steps: 0, batchedSteps: 0, maxBatch: 0, decodedTokens: 0, prefills: 0,
       prefillChunks: 0, prefillTokens: 0, mixedSteps: 0, stepRows: 0, lastStepRows: 0, maxStepRows: 0, prefixCopies: 0,
-      prefixWaits: 0, reusedTokens: 0,
+      prefixWaits: 0, reusedTokens: 0, kvBlockSize: 0, kvBlocksTotal: 0, kvBlocksUsed: 0, kvBlocksShared: 0,
+      kvBytesPerBlock: 0, kvReservedBlocks: 0, kvWaits: 0,
     };
   }
 

@@ -57,7 +57,10 @@ struct Resolved {
 };
 
 Resolved validate(const float* q, const float* k, const float* v, const float* out, const AttentionParams& p) {
-  EMOLLM_CHECK_ARG(q && k && v && out, "attention: null pointer");
+  const bool paged = p.kv_block_size > 0;
+  EMOLLM_CHECK_ARG(q && out && (paged ? p.k_blocks && p.v_blocks : k && v), "attention: null pointer");
+  EMOLLM_CHECK_ARG(p.kv_block_size >= 0 && p.kv_block_size % 16 == 0,
+                   "attention: kv_block_size must be 0 (contiguous) or a positive multiple of 16");
   EMOLLM_CHECK_ARG(p.n_q > 0 && p.n_kv > 0, "attention: n_q and n_kv must be positive");
   EMOLLM_CHECK_ARG(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0,
                    "attention: n_heads, n_kv_heads and head_dim must be positive");
@@ -77,6 +80,13 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   r.group = p.n_heads / p.n_kv_heads;
   r.scale = p.scale != 0.0f ? p.scale : float(1.0 / std::sqrt(double(p.head_dim)));
   return r;
+}
+
+// Row of kv token j: in the contiguous cache `base`, or through the block table of a paged one.
+inline const float* kv_row(const float* base, const float* const* blocks, const AttentionParams& p, int64_t j,
+                           int64_t ld) {
+  if (p.kv_block_size == 0) return base + j * ld;
+  return blocks[j / p.kv_block_size] + (j % p.kv_block_size) * ld;
 }
 
 // Number of kv tokens query i sees.
@@ -101,7 +111,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
       const float* qr = q + i * p.ldq + h * D;
       double mx = -INFINITY;
       for (int64_t j = 0; j < nvis; ++j) {
-        const float* kr = k + j * p.ldk + g * D;
+        const float* kr = kv_row(k, p.k_blocks, p, j, p.ldk) + g * D;
         double d = 0;
         for (int64_t t = 0; t < D; ++t) d += double(qr[t]) * double(kr[t]);
         s[size_t(j)] = d * double(rs.scale);
@@ -112,7 +122,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
       for (int64_t j = 0; j < nvis; ++j) {
         const double e = std::exp(s[size_t(j)] - mx);
         sum += e;
-        const float* vr = v + j * p.ldv + g * D;
+        const float* vr = kv_row(v, p.v_blocks, p, j, p.ldv) + g * D;
         for (int64_t t = 0; t < D; ++t) o[size_t(t)] += e * double(vr[t]);
       }
       float* orow = out + i * p.ldo + h * D;
@@ -709,7 +719,9 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
   // heads, so every token row (ng * D contiguous floats) is consumed within a short window; a
   // whole 64-token block per head would visit 64 rows a slice at a time, which measured ~2x
   // slower from DRAM on Zen 4. The softmax statistics stay per 64-token block.
-  const int sub = u.ng > 1 ? 16 : kBk;
+  // Paged cache: a sub-block must lie inside one page (pages are multiples of 16 tokens and
+  // blocks start at multiples of kBk), so pages shorter than kBk walk in sub-blocks of 16.
+  const int sub = u.ng > 1 || (p.kv_block_size > 0 && p.kv_block_size % kBk != 0) ? 16 : kBk;
   // Many rows per kv head (prefill): transpose the K block once and skip the horizontal sums.
   const bool transposed = kern.qk_t != nullptr && rg >= 16 && sub == kBk;
   const int64_t span = u.ng * D;  // floats of one token row this unit reads
@@ -717,15 +729,23 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
     for (int64_t j = j_begin; j < std::min(j_end, kv1); ++j)
       for (int64_t d = 0; d < span; d += 16) __builtin_prefetch(base + j * ld + u.g0 * D + d);
   };
+  auto prefetch_paged = [&](const float* base, const float* const* blocks, int64_t ld, int64_t j_begin,
+                            int64_t j_end) {
+    if (p.kv_block_size == 0) return prefetch_rows(base, ld, j_begin, j_end);
+    for (int64_t j = j_begin; j < std::min(j_end, kv1); ++j) {
+      const float* row = kv_row(base, blocks, p, j, ld);
+      for (int64_t d = 0; d < span; d += 16) __builtin_prefetch(row + u.g0 * D + d);
+    }
+  };
   for (int64_t j0 = kv0; j0 < kv1; j0 += kBk) {
     const int nb = int(std::min<int64_t>(kBk, kv1 - j0));
     // S = scale * Q K^T for the block
     for (int s0 = 0; s0 < nb; s0 += sub) {
       const int ns = std::min(sub, nb - s0);
-      if (u.ng > 1) prefetch_rows(pl.k, p.ldk, j0 + s0 + sub, j0 + s0 + 2 * sub);
+      if (u.ng > 1) prefetch_paged(pl.k, p.k_blocks, p.ldk, j0 + s0 + sub, j0 + s0 + 2 * sub);
       for (int64_t gl = 0; gl < u.ng; ++gl) {
         const int r0 = int(gl) * rg;
-        const float* kb = pl.k + (j0 + s0) * p.ldk + (u.g0 + gl) * D;
+        const float* kb = kv_row(pl.k, p.k_blocks, p, j0 + s0, p.ldk) + (u.g0 + gl) * D;
         int64_t ldkb = p.ldk;
         if (transposed) {  // sub == kBk here: one whole block
           kern.k_transpose(kb, p.ldk, ns, D, sc.kp);
@@ -762,10 +782,10 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
     // acc = alpha * acc + P V (the rescale rides on the first sub-block)
     for (int s0 = 0; s0 < nb; s0 += sub) {
       const int ns = std::min(sub, nb - s0);
-      if (u.ng > 1) prefetch_rows(pl.v, p.ldv, j0 + s0 + sub, j0 + s0 + 2 * sub);
+      if (u.ng > 1) prefetch_paged(pl.v, p.v_blocks, p.ldv, j0 + s0 + sub, j0 + s0 + 2 * sub);
       for (int64_t gl = 0; gl < u.ng; ++gl) {
         const int r0 = int(gl) * rg;
-        const float* vb = pl.v + (j0 + s0) * p.ldv + (u.g0 + gl) * D;
+        const float* vb = kv_row(pl.v, p.v_blocks, p, j0 + s0, p.ldv) + (u.g0 + gl) * D;
         int64_t ldvb = p.ldv;
         if (pack) {
           for (int j = 0; j < ns; ++j)

@@ -330,6 +330,13 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     o.Set("prefixCopies", double(st.prefix_copies));
     o.Set("prefixWaits", double(st.prefix_waits));
     o.Set("reusedTokens", double(st.reused_tokens));
+    o.Set("kvBlockSize", double(st.kv_block_size));
+    o.Set("kvBlocksTotal", double(st.kv_blocks_total));
+    o.Set("kvBlocksUsed", double(st.kv_blocks_used));
+    o.Set("kvBlocksShared", double(st.kv_blocks_shared));
+    o.Set("kvBytesPerBlock", double(st.kv_bytes_per_block));
+    o.Set("kvReservedBlocks", double(st.kv_reserved_blocks));
+    o.Set("kvWaits", double(st.kv_waits));
     return o;
   }
 
@@ -366,6 +373,8 @@ Napi::Value create_batch(const Napi::CallbackInfo& info, const std::shared_ptr<M
   so.n_ctx = opt_int(env, o, "nCtx", h->default_n_ctx, 0, int64_t(1) << 24);
   so.n_seq = int(opt_int(env, o, "maxSequences", 4, 1, 256));
   so.n_batch = opt_int(env, o, "batchTokens", 0, 0, int64_t(1) << 20);
+  so.kv_block_size = opt_int(env, o, "kvBlockSize", 0, 0, 4096);
+  so.kv_positions = opt_int(env, o, "kvCachePositions", 0, 0, int64_t(1) << 30);
   if (has_opt(o, "chunkedPrefill")) {
     if (!o.Get("chunkedPrefill").IsBoolean()) throw_invalid(env, "chunkedPrefill must be a boolean");
     so.chunked_prefill = o.Get("chunkedPrefill").As<Napi::Boolean>().Value();

@@ -196,6 +196,10 @@ class Backend {
   virtual bool supports_kv_dtype(DType t) const { return t == DType::F32; }
   // Throws Error(Unsupported) naming the backend and the types it supports when !supports_kv_dtype(t).
   void require_kv_dtype(DType t) const;
+  // Whether attention() reads K/V through a block table (AttentionParams::k_blocks / v_blocks /
+  // kv_block_size: a paged KV cache). Without it a caller gathers a sequence's blocks into a
+  // contiguous buffer first (LlamaContext does; the device backends take that path for now).
+  virtual bool supports_paged_kv() const { return false; }
 
   // ---- compute (same contracts as kernels/cpu/kernels.h)
   virtual void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y,
@@ -218,6 +222,8 @@ class Backend {
   virtual void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids,
                                 int64_t n, float* out, int64_t ld_out) = 0;
   // K/V are f32 unless p.kv_dtype says otherwise (then they point at that type; reinterpret).
+  // With p.kv_block_size > 0 (only when supports_paged_kv()) k and v are unused: the rows come
+  // through p.k_blocks / p.v_blocks.
   virtual void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) = 0;
 
   // ---- ops with default implementations (a new backend compiles without them; override for speed)

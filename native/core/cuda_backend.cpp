@@ -382,6 +382,8 @@ class CudaBackend final : public Backend {
   }
 
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
+    if (p.kv_block_size != 0)  // supports_paged_kv() is false: callers gather the blocks first
+      throw Error(ErrorCode::Internal, "cuda attention: a paged KV cache is not supported on this backend");
     DeviceGuard g(info_.index);
     const DType kt = kv_dtype(p);
     // A bf16 KV cache is the caller's choice of 16-bit attention operands: prefill then runs on

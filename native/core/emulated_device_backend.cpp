@@ -144,6 +144,8 @@ class EmulatedDeviceBackend final : public Backend {
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     const char* op = "attention";
+    if (p.kv_block_size != 0)  // supports_paged_kv() is false: callers gather the blocks first
+      throw Error(ErrorCode::Internal, "emulated device attention: a paged KV cache is not supported");
     const size_t kv = elem_bytes(p.kv_dtype);
     cpu_->attention(dev(q, span(p.n_q, p.ldq, p.n_heads * p.head_dim, 4), op, "q"),
                     dev(k, span(p.n_kv, p.ldk, p.n_kv_heads * p.head_dim, kv), op, "k"),

@@ -218,6 +218,7 @@ class ProfilingBackend final : public Backend {
   // The ops with defaults in Backend: forwarded so the inner backend's own versions run (and are timed).
   void synchronize() override { in_->synchronize(); }
   bool supports_kv_dtype(DType t) const override { return in_->supports_kv_dtype(t); }
+  bool supports_paged_kv() const override { return in_->supports_paged_kv(); }
   void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) override {
     Timer t("copy_2d", rows == 1, "");
     in_->copy_2d(dst, ld_dst, src, ld_src, rows, row_bytes);

@@ -495,10 +495,11 @@ int64_t device_out_rows(int64_t n_batch, int64_t n_seq) {
 }
 
 // Every byte a context allocates, so its arena is one block allocated once.
-size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_t n_seq) {
+size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_t n_seq, int64_t kv_pool_positions) {
   const LlamaHparams& h = m.hparams();
   const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
-  size_t b = 2 * floats_bytes(h.n_layer * n_seq * n_ctx * kvd);                    // K and V caches
+  size_t b = 2 * floats_bytes(h.n_layer * kv_pool_positions * kvd);                 // K and V block pools
+  if (!m.backend().supports_paged_kv()) b += 2 * floats_bytes(n_ctx * kvd);         // K, V staging
   b += 2 * floats_bytes(n_batch * h.n_embd);                                         // x, xn
   b += 2 * floats_bytes(n_batch * qd);                                               // q, att
   b += floats_bytes(n_batch * std::max(h.n_embd, qd));                               // tmp
@@ -536,7 +537,14 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
     throw Error(ErrorCode::Unsupported, "n_ctx " + std::to_string(n_ctx_) + " exceeds the model's sliding_window " +
                                             std::to_string(h.sliding_window) + ", which is not implemented");
   const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim, S = opts.n_seq;
-  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S));
+  EMOLLM_CHECK_ARG(opts.kv_block_size >= 0 && opts.kv_block_size <= 4096 && opts.kv_block_size % 16 == 0,
+                   "kv_block_size " + std::to_string(opts.kv_block_size) + " must be 0 (default 64) or a multiple of 16 up to 4096");
+  EMOLLM_CHECK_ARG(opts.kv_positions >= 0, "kv_positions must be >= 0");
+  kv_bs_ = opts.kv_block_size > 0 ? opts.kv_block_size : 64;
+  kvd_ = kvd;
+  n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
+  EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");
+  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S, n_blocks_ * kv_bs_));
   // Carves the backend block (context_bytes counted kAlign of slack per array).
   size_t offset = 0;
   auto carve = [&](size_t bytes) {
@@ -547,8 +555,15 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
     return p;
   };
   auto f32 = [&](int64_t count) { return static_cast<float*>(carve(size_t(count) * sizeof(float))); };
-  k_cache_ = f32(h.n_layer * S * n_ctx_ * kvd);
-  v_cache_ = f32(h.n_layer * S * n_ctx_ * kvd);
+  k_cache_ = f32(h.n_layer * n_blocks_ * kv_bs_ * kvd);
+  v_cache_ = f32(h.n_layer * n_blocks_ * kv_bs_ * kvd);
+  if (!model_->backend().supports_paged_kv()) {
+    k_stage_ = f32(n_ctx_ * kvd);
+    v_stage_ = f32(n_ctx_ * kvd);
+  }
+  block_refs_.assign(size_t(n_blocks_), 0);
+  free_blocks_.resize(size_t(n_blocks_));
+  for (int64_t b = 0; b < n_blocks_; ++b) free_blocks_[size_t(b)] = int32_t(n_blocks_ - 1 - b);  // block 0 first
   x_ = f32(n_batch_ * h.n_embd);
   xn_ = f32(n_batch_ * h.n_embd);
   q_ = f32(n_batch_ * qd);
@@ -586,7 +601,93 @@ void LlamaContext::seq_truncate(int seq, int64_t n) {
   Seq& q = seq_at(seq);
   EMOLLM_CHECK_ARG(n >= 0 && n <= int64_t(q.tokens.size()), "truncate: " + std::to_string(n) + " is outside [0, n_past]");
   q.tokens.resize(size_t(n));
+  release_blocks_from(q, size_t(kv_blocks_for(n)));
   if (n == 0) q.has_logits = false;
+}
+
+void LlamaContext::release_blocks_from(Seq& q, size_t keep) {
+  for (size_t i = keep; i < q.blocks.size(); ++i) {
+    const int32_t b = q.blocks[i];
+    if (--block_refs_[size_t(b)] == 0) free_blocks_.push_back(b);
+  }
+  if (keep < q.blocks.size()) q.blocks.resize(keep);
+}
+
+int32_t LlamaContext::alloc_block() {
+  if (free_blocks_.empty()) throw Error(ErrorCode::Internal, "KV block pool: no free block after the reservation");
+  const int32_t b = free_blocks_.back();
+  free_blocks_.pop_back();
+  block_refs_[size_t(b)] = 1;
+  return b;
+}
+
+void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
+  // Count first, so a step that cannot fit changes nothing.
+  int64_t need = 0;
+  std::vector<int32_t> copied;  // shared blocks already counted for a copy in this step
+  for (int i = 0; i < n_segs; ++i) {
+    const Seq& q = seqs_[size_t(segs[i].seq)];
+    const int64_t have = int64_t(q.blocks.size());
+    need += std::max<int64_t>(0, kv_blocks_for(segs[i].pos0 + segs[i].n) - have);
+    if (segs[i].pos0 % kv_bs_ != 0) {  // copy-on-write while others still hold it (the last writer keeps it)
+      const int32_t b = q.blocks[size_t(segs[i].pos0 / kv_bs_)];
+      if (block_refs_[size_t(b)] - std::count(copied.begin(), copied.end(), b) > 1) {
+        ++need;
+        copied.push_back(b);
+      }
+    }
+  }
+  if (need > kv_blocks_free())
+    throw Error(ErrorCode::OutOfMemory, "KV cache pool exhausted: the step needs " + std::to_string(need) + " blocks of " +
+                                            std::to_string(kv_bs_) + " positions, " + std::to_string(kv_blocks_free()) +
+                                            " of " + std::to_string(n_blocks_) + " are free");
+  Backend& be = model_->backend();
+  const int64_t L = model_->hparams().n_layer;
+  for (int i = 0; i < n_segs; ++i) {
+    Seq& q = seqs_[size_t(segs[i].seq)];
+    const int64_t pos0 = segs[i].pos0;
+    if (pos0 % kv_bs_ != 0) {
+      int32_t& b = q.blocks[size_t(pos0 / kv_bs_)];
+      if (block_refs_[size_t(b)] > 1) {  // shared partial block: copy the filled rows, then write the copy
+        const int32_t nb = alloc_block();
+        const size_t bytes = size_t((pos0 % kv_bs_) * kvd_) * sizeof(float);
+        for (int64_t l = 0; l < L; ++l) {
+          be.copy(k_block(l, nb), k_block(l, b), bytes);
+          be.copy(v_block(l, nb), v_block(l, b), bytes);
+        }
+        --block_refs_[size_t(b)];
+        b = nb;
+      }
+    }
+    while (int64_t(q.blocks.size()) < kv_blocks_for(pos0 + segs[i].n)) q.blocks.push_back(alloc_block());
+  }
+}
+
+bool LlamaContext::forward_reserved(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort) {
+  reserve_blocks(segs, n_segs);
+  auto unreserve = [&] {  // the blocks taken for the new positions go back; a copied block stays
+    for (int i = 0; i < n_segs; ++i) release_blocks_from(seqs_[size_t(segs[i].seq)], size_t(kv_blocks_for(segs[i].pos0)));
+  };
+  bool ok = false;
+  try {
+    ok = forward(segs, n_segs, out, abort);
+  } catch (...) {
+    unreserve();
+    throw;
+  }
+  if (!ok) unreserve();
+  return ok;
+}
+
+KvCacheStats LlamaContext::kv_stats() const {
+  KvCacheStats s;
+  s.block_size = kv_bs_;
+  s.blocks_total = n_blocks_;
+  s.blocks_used = n_blocks_ - kv_blocks_free();
+  for (int32_t r : block_refs_) s.blocks_shared += r > 1 ? 1 : 0;
+  for (const Seq& q : seqs_) s.block_refs += int64_t(q.blocks.size());
+  s.bytes_per_block = 2 * model_->hparams().n_layer * kv_bs_ * kvd_ * int64_t(sizeof(float));
+  return s;
 }
 
 int64_t LlamaContext::seq_common_prefix(int seq, const int32_t* tokens, int64_t n) const {
@@ -602,14 +703,11 @@ void LlamaContext::seq_copy_prefix(int src, int dst, int64_t n) {
   Seq& d = seq_at(dst);
   EMOLLM_CHECK_ARG(n >= 0 && n <= int64_t(s.tokens.size()), "copy_prefix: " + std::to_string(n) + " is outside [0, n_past]");
   if (src == dst) return seq_truncate(dst, n);
-  const LlamaHparams& h = model_->hparams();
-  const int64_t kvd = h.n_head_kv * h.head_dim, S = n_seq();
-  Backend& be = model_->backend();
-  for (int64_t l = 0; l < h.n_layer; ++l) {
-    const size_t bytes = size_t(n * kvd) * sizeof(float);
-    be.copy(k_cache_ + (l * S + dst) * n_ctx_ * kvd, k_cache_ + (l * S + src) * n_ctx_ * kvd, bytes);
-    be.copy(v_cache_ + (l * S + dst) * n_ctx_ * kvd, v_cache_ + (l * S + src) * n_ctx_ * kvd, bytes);
-  }
+  // Share by reference: take the new references before dropping dst's own (they may overlap).
+  const size_t nb = size_t(kv_blocks_for(n));
+  for (size_t i = 0; i < nb; ++i) ++block_refs_[size_t(s.blocks[i])];
+  release_blocks_from(d, 0);
+  d.blocks.assign(s.blocks.begin(), s.blocks.begin() + nb);
   d.tokens.assign(s.tokens.begin(), s.tokens.begin() + n);
   if (!d.pos3.empty()) std::copy(s.pos3.begin(), s.pos3.begin() + n * 3, d.pos3.begin());
   d.has_logits = false;  // the source's logits are of its own last token, not of position n-1
@@ -654,8 +752,8 @@ const float* LlamaContext::seq_eval(int seq, const int32_t* tokens, int64_t n, f
     sg.pos0 = start + off;
     sg.embd = e;
     sg.all_logits = all_logits != nullptr;
-    if (!forward(&sg, 1, all_logits ? all_logits + off * V : seq_logits, abort)) {
-      q.tokens.resize(size_t(start));
+    if (!forward_reserved(&sg, 1, all_logits ? all_logits + off * V : seq_logits, abort)) {
+      seq_truncate(seq, start);
       return nullptr;
     }
     if (e)
@@ -723,7 +821,7 @@ bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, flo
   }
   EMOLLM_CHECK_ARG(rows <= n_batch_, "eval_batch: " + std::to_string(rows) + " rows exceed n_batch " + std::to_string(n_batch_));
   for (int64_t i = 0; i < n_segs; ++i) set_mrope_positions(fs[size_t(i)].seq, fs[size_t(i)].pos0, fs[size_t(i)].n, segs[i].pos3);
-  if (!forward(fs.data(), int(n_segs), out, abort)) return false;
+  if (!forward_reserved(fs.data(), int(n_segs), out, abort)) return false;
   const int64_t V = n_vocab();
   int64_t o = 0;
   for (const Segment& sg : fs) {
@@ -802,7 +900,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   const LlamaHparams& h = m.hparams();
   Backend& be = m.backend();
   const int64_t E = h.n_embd, D = h.head_dim, H = h.n_head, Hkv = h.n_head_kv, F = h.n_ff;
-  const int64_t qd = H * D, kvd = Hkv * D, V = h.n_vocab, S = n_seq();
+  const int64_t qd = H * D, kvd = Hkv * D, V = h.n_vocab;
   const bool mrope = !m.mrope_inv_freq.empty();
   // On a device the host arrays (token ids, positions, output rows) travel through ids_, pos_ and
   // out_dev_; on the CPU the kernels read and write them in place.
@@ -879,15 +977,42 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         be.rope(k_new_, kvd, n, Hkv, pos_ + int64_t(s) * n, sp);
       }
     }
-    // per segment: new keys/values into its slot, causal GQA attention over the slot's 0..pos0+n-1
+    // per segment: new keys/values into its blocks, causal GQA attention over positions 0..pos0+n-1
     for (int i = 0; i < n_segs; ++i) {
       const Segment& sg = segs[i];
       const int64_t r0 = row0[size_t(i)];
-      float* kc = k_cache_ + (l * S + sg.seq) * n_ctx_ * kvd;  // this layer's slot, [n_ctx, kvd]
-      float* vc = v_cache_ + (l * S + sg.seq) * n_ctx_ * kvd;
-      be.copy(kc + sg.pos0 * kvd, k_new_ + r0 * kvd, size_t(sg.n * kvd) * sizeof(float));
-      be.copy(vc + sg.pos0 * kvd, v_new_ + r0 * kvd, size_t(sg.n * kvd) * sizeof(float));
-      be.attention(q_ + r0 * qd, kc, vc, att_ + r0 * qd, m.causal_attention_params(sg.n, sg.pos0 + sg.n, sg.pos0));
+      const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;  // reserve_blocks made them writable
+      for (int64_t t = 0; t < sg.n;) {
+        const int64_t pos = sg.pos0 + t, off = pos % kv_bs_, run = std::min(sg.n - t, kv_bs_ - off);
+        const int32_t b = table[size_t(pos / kv_bs_)];
+        be.copy(k_block(l, b) + off * kvd, k_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
+        be.copy(v_block(l, b) + off * kvd, v_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
+        t += run;
+      }
+      const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv);
+      const float* kc = nullptr;
+      const float* vc = nullptr;
+      AttentionParams ap = m.causal_attention_params(sg.n, n_kv, sg.pos0);
+      if (k_stage_) {  // no paged attention on this backend: gather the blocks contiguous
+        for (int64_t j = 0; j < nb; ++j) {
+          const size_t bytes = size_t(std::min(kv_bs_, n_kv - j * kv_bs_) * kvd) * sizeof(float);
+          be.copy(k_stage_ + j * kv_bs_ * kvd, k_block(l, table[size_t(j)]), bytes);
+          be.copy(v_stage_ + j * kv_bs_ * kvd, v_block(l, table[size_t(j)]), bytes);
+        }
+        kc = k_stage_;
+        vc = v_stage_;
+      } else {
+        k_table_.resize(size_t(nb));
+        v_table_.resize(size_t(nb));
+        for (int64_t j = 0; j < nb; ++j) {
+          k_table_[size_t(j)] = k_block(l, table[size_t(j)]);
+          v_table_[size_t(j)] = v_block(l, table[size_t(j)]);
+        }
+        ap.k_blocks = k_table_.data();
+        ap.v_blocks = v_table_.data();
+        ap.kv_block_size = kv_bs_;
+      }
+      be.attention(q_ + r0 * qd, kc, vc, att_ + r0 * qd, ap);
     }
     // output projection, residual
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);

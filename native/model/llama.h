@@ -154,7 +154,22 @@ class LlamaModel {
 struct LlamaContextOptions {
   int64_t n_ctx = 0;    // KV cache positions per sequence; 0 = min(n_ctx_train, 4096)
   int64_t n_batch = 0;  // most token rows per forward pass (prefill chunk); 0 = min(n_ctx * n_seq, 512), at least n_seq
-  int64_t n_seq = 1;    // sequences (KV slots) the context holds; each has n_ctx positions
+  int64_t n_seq = 1;    // sequences the context holds; each may grow to n_ctx positions
+  // Paged KV cache: positions per block (a multiple of 16; 0 = 64) and the pool's size in
+  // positions (0 = n_seq x n_ctx rounded up to whole blocks per sequence, what the slot layout
+  // held, so every sequence can always fill its context).
+  int64_t kv_block_size = 0;
+  int64_t kv_positions = 0;
+};
+
+// Occupancy of a context's KV block pool (LlamaContext::kv_stats).
+struct KvCacheStats {
+  int64_t block_size = 0;     // positions per block
+  int64_t blocks_total = 0;   // blocks in the pool
+  int64_t blocks_used = 0;    // blocks referenced by at least one sequence
+  int64_t blocks_shared = 0;  // blocks referenced by more than one sequence (a shared prefix)
+  int64_t block_refs = 0;     // sum over sequences of their block-table lengths
+  int64_t bytes_per_block = 0;  // K and V of all layers
 };
 
 // log p(id) under softmax(x[0..n)), computed in double (the scoring of options).
@@ -182,9 +197,15 @@ struct LlamaBatchSegment {
   const int32_t* pos3 = nullptr;
 };
 
-// A KV cache of n_seq slots of n_ctx positions each (slot-based: sequence s owns slot s) and all
-// scratch memory, allocated once here. Layout: per layer, K and V are [n_seq][n_ctx][kvd] f32,
-// so a sequence's keys are contiguous and attention reads them in place.
+// A paged KV cache and all scratch memory, allocated once here. The cache is a pool of blocks of
+// kv_block_size positions (per layer, K and V are [n_blocks][block_size][kvd] f32); each sequence
+// has a block table (position p lives in block table[p / block_size] at row p % block_size).
+// Blocks are reference-counted: seq_copy_prefix shares the source's blocks by reference (no copy),
+// and a sequence about to write into a block it shares copies that block first (copy-on-write,
+// which only a partially filled last block ever needs). Attention reads K/V through the block
+// table (Backend::supports_paged_kv; other backends get the blocks gathered into a contiguous
+// staging buffer first). A step that needs more free blocks than the pool has throws
+// Error(OutOfMemory) before changing anything.
 //
 // The single-sequence API (eval, eval_prompt, score_continuations, tokens, truncate, logits)
 // works on sequence 0, so a context of n_seq 1 is exactly the one-sequence context it always was.
@@ -272,6 +293,16 @@ class LlamaContext {
   void reset() { truncate(0); }
   size_t memory_bytes() const { return buffer_.bytes() + logits_.size() * sizeof(float); }
 
+  // ---- the KV block pool
+  KvCacheStats kv_stats() const;
+  int64_t kv_block_size() const { return kv_bs_; }
+  int64_t kv_blocks_free() const { return int64_t(free_blocks_.size()); }
+  // Blocks a sequence of n positions holds.
+  int64_t kv_blocks_for(int64_t n) const { return (n + kv_bs_ - 1) / kv_bs_; }
+  // Sequence `seq`'s block table and the reference count of a block (tests, stats).
+  const std::vector<int32_t>& seq_blocks(int seq) const { return seq_at(seq).blocks; }
+  int32_t kv_block_refs(int32_t block) const { return block_refs_.at(size_t(block)); }
+
   // ---- any sequence (0 <= seq < n_seq()): the calls above, on that sequence's slot.
   int64_t seq_n_past(int seq) const { return int64_t(seq_at(seq).tokens.size()); }
   const std::vector<int32_t>& seq_tokens(int seq) const { return seq_at(seq).tokens; }
@@ -285,7 +316,9 @@ class LlamaContext {
   const float* seq_eval_prompt(int seq, const int32_t* prompt, int64_t n, const std::atomic<bool>* abort = nullptr,
                                const float* embd = nullptr, const int32_t* pos3 = nullptr);
   // Prefix sharing: makes sequence `dst` hold the first n cached positions of sequence `src`
-  // (keys, values, tokens, M-RoPE positions), copied once; dst's own later positions are dropped.
+  // (keys, values, tokens, M-RoPE positions): src's blocks are shared by reference (nothing is
+  // copied; a partially filled last block is copied when either side writes into it); dst's
+  // own blocks are released.
   void seq_copy_prefix(int src, int dst, int64_t n);
   // Longest common prefix of `tokens` and what sequence `seq` caches.
   int64_t seq_common_prefix(int seq, const int32_t* tokens, int64_t n) const;
@@ -320,6 +353,7 @@ class LlamaContext {
   };
   struct Seq {
     std::vector<int32_t> tokens;
+    std::vector<int32_t> blocks;  // block table: position p is in blocks[p / kv_bs_]
     std::vector<int32_t> pos3;  // M-RoPE: [n_ctx][3] positions of the cached tokens
     bool has_logits = false;
   };
@@ -330,6 +364,16 @@ class LlamaContext {
   // Runs the segments (sum of n <= n_batch) as one pass; `out` (host memory) receives, in segment
   // order, every row of all_logits segments and the last row of the others.
   bool forward(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort);
+  // Block pool: makes every segment's sequence own writable blocks for positions
+  // [pos0, pos0 + n) (allocating blocks, copying a shared partial block). Throws
+  // Error(OutOfMemory) before changing anything when the pool lacks the blocks.
+  void reserve_blocks(const Segment* segs, int n_segs);
+  // forward() with the segments' blocks reserved first and given back when it aborts or throws.
+  bool forward_reserved(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort);
+  void release_blocks_from(Seq& q, size_t keep);  // drops q.blocks[keep..]
+  int32_t alloc_block();
+  float* k_block(int64_t layer, int32_t b) const { return k_cache_ + (layer * n_blocks_ + b) * kv_bs_ * kvd_; }
+  float* v_block(int64_t layer, int32_t b) const { return v_cache_ + (layer * n_blocks_ + b) * kv_bs_ * kvd_; }
 
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
@@ -338,9 +382,16 @@ class LlamaContext {
   // carved at construction. Model code reaches it only through Backend calls (on a device the
   // host never dereferences it: inputs are uploaded, output rows downloaded).
   BackendBuffer buffer_;
-  // KV cache, per layer [n_seq, n_ctx, n_head_kv * head_dim] f32
+  // KV block pool, per layer [n_blocks, block_size, n_head_kv * head_dim] f32
   float* k_cache_ = nullptr;
   float* v_cache_ = nullptr;
+  int64_t kv_bs_ = 64, n_blocks_ = 0, kvd_ = 0;
+  std::vector<int32_t> block_refs_;   // per block: sequences whose table holds it
+  std::vector<int32_t> free_blocks_;  // blocks with no reference (a stack)
+  std::vector<const float*> k_table_, v_table_;  // one segment's block pointers for attention
+  // Backends without paged attention: a sequence's K/V gathered contiguous, [n_ctx, kvd] each.
+  float* k_stage_ = nullptr;
+  float* v_stage_ = nullptr;
   // scratch for n_batch rows
   float *x_ = nullptr, *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *tmp_ = nullptr;
   float *gate_ = nullptr, *up_ = nullptr, *k_new_ = nullptr, *v_new_ = nullptr;

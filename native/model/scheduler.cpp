@@ -34,6 +34,9 @@ struct Scheduler::Active {
   SeqOutcome out;
   bool done = false;
   bool admitted = false;  // counted in stats_.active
+  bool prepared = false;  // prepare() ran and the request was checked
+  bool kv_waited = false; // counted in stats_.kv_waits
+  int64_t kv_reserve = 0; // blocks reserved for its worst case (released in finish)
   bool aborted() const { return abort->load(std::memory_order_relaxed); }
 };
 
@@ -46,6 +49,8 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   co.n_ctx = opts.n_ctx;
   co.n_batch = opts.n_batch;
   co.n_seq = opts.n_seq;
+  co.kv_block_size = opts.kv_block_size;
+  co.kv_positions = opts.kv_positions;
   ctx_ = std::make_unique<LlamaContext>(model_, co);
   n_ctx_ = ctx_->n_ctx();
   n_seq_ = opts.n_seq;
@@ -54,6 +59,7 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   stats_.n_seq = n_seq_;
   stats_.n_batch = ctx_->n_batch();
   stats_.chunked_prefill = chunked_;
+  publish_kv_stats();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -97,8 +103,41 @@ SchedulerStats Scheduler::stats() const {
   return stats_;
 }
 
+void Scheduler::publish_kv_stats() {
+  const KvCacheStats k = ctx_->kv_stats();
+  stats_.kv_block_size = k.block_size;
+  stats_.kv_blocks_total = k.blocks_total;
+  stats_.kv_blocks_used = k.blocks_used;
+  stats_.kv_blocks_shared = k.blocks_shared;
+  stats_.kv_bytes_per_block = k.bytes_per_block;
+  stats_.kv_reserved_blocks = kv_reserved_;
+}
+
+void Scheduler::evict_idle(const std::vector<int32_t>& prompt) {
+  LlamaContext& ctx = *ctx_;
+  std::vector<std::pair<int64_t, int>> idle;  // (common prefix, slot)
+  int64_t held = 0;
+  for (int s = 0; s < n_seq_; ++s)
+    if (!slot_used_[size_t(s)] && !ctx.seq_blocks(s).empty()) {
+      idle.emplace_back(ctx.seq_common_prefix(s, prompt.data(), int64_t(prompt.size())), s);
+      held += int64_t(ctx.seq_blocks(s).size());
+    }
+  std::sort(idle.begin(), idle.end());
+  const int64_t total = ctx.kv_stats().blocks_total;
+  for (const auto& e : idle) {
+    if (kv_reserved_ + held <= total) break;
+    held -= int64_t(ctx.seq_blocks(e.second).size());
+    ctx.seq_truncate(e.second, 0);
+  }
+}
+
 void Scheduler::finish(std::unique_ptr<Active>& a) {
-  if (a->slot >= 0) slot_used_[size_t(a->slot)] = 0;
+  if (a->slot >= 0) {
+    slot_used_[size_t(a->slot)] = 0;
+    if (a->aborted()) ctx_->seq_truncate(a->slot, 0);  // an aborted sequence's blocks go back to the pool
+  }
+  kv_reserved_ -= a->kv_reserve;
+  a->kv_reserve = 0;
   if (a->req.kind == SeqRequest::Kind::Generate) {
     if (a->gen) a->out.generated = a->gen->take_result();
     else if (!a->out.error) a->out.generated.reason = StopReason::Aborted;
@@ -110,6 +149,7 @@ void Scheduler::finish(std::unique_ptr<Active>& a) {
     aborts_.erase(a->id);
     if (a->admitted) stats_.active--;  // before on_done: a caller woken by it sees the slot free
     if (a->prefilling) stats_.prefilling--;
+    publish_kv_stats();
   }
   if (a->req.on_done) {
     try {
@@ -126,7 +166,7 @@ void Scheduler::loop() {
     bool stopping;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !running_.empty(); });
+      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !running_.empty() || kv_pending_; });
       stopping = stopping_;
       // waiting requests that were aborted leave the queue; the others keep their order
       for (auto it = waiting_.begin(); it != waiting_.end();) {
@@ -137,8 +177,14 @@ void Scheduler::loop() {
           ++it;
         }
       }
+      if (kv_pending_ && (stopping || kv_pending_->aborted())) dropped.push_back(std::move(kv_pending_));
+      // a request waiting for KV blocks goes first (FIFO): nothing is admitted past it
       size_t free_slots = size_t(n_seq_) - running_.size();
-      while (!stopping && free_slots > 0 && !waiting_.empty()) {
+      if (kv_pending_ && free_slots > 0) {
+        admitted.push_back(std::move(kv_pending_));
+        --free_slots;
+      }
+      while (!stopping && free_slots > 0 && !waiting_.empty() && !kv_pending_) {
         admitted.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
         admitted.back()->admitted = true;
@@ -156,7 +202,23 @@ void Scheduler::loop() {
       running_.clear();
       return;
     }
-    for (auto& a : admitted) admit(std::move(a));
+    std::vector<std::unique_ptr<Active>> requeue;
+    for (auto& a : admitted) {
+      if (kv_pending_) {  // an earlier one of this batch waits for blocks: the later ones queue behind it
+        requeue.push_back(std::move(a));
+        continue;
+      }
+      admit(std::move(a));
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) {
+        (*it)->admitted = false;
+        stats_.active--;
+        waiting_.push_front(std::move(*it));
+      }
+      stats_.queued = int64_t(waiting_.size()) + (kv_pending_ ? 1 : 0);
+    }
     step();
     for (auto& a : running_)
       if (a->done) finish(a);
@@ -169,7 +231,8 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
   try {
     if (a->aborted()) throw 0;  // caught below as an abort
     SeqRequest& r = a->req;
-    if (r.prepare) r.prepare(r);
+    if (r.prepare && !a->prepared) r.prepare(r);
+    a->prepared = true;
     const int64_t n = int64_t(r.prompt.size());
     EMOLLM_CHECK_ARG(n > 0, "the prompt is empty");
     if (n > n_ctx_)
@@ -192,6 +255,30 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
       throw Error(ErrorCode::InvalidArgument, "the prompt has " + std::to_string(negatives) + " embedding positions but " +
                                                   std::to_string(int64_t(r.embd.size()) / E) + " embedding rows were given");
     if (r.kind == SeqRequest::Kind::Score) ctx.check_continuations(n, r.continuations);
+    // KV admission control: the worst case of its positions must fit beside the running ones'
+    int64_t worst = n;
+    if (r.kind == SeqRequest::Kind::Generate) {
+      worst = std::min(n_ctx_, n + std::max<int64_t>(0, r.params.max_tokens));
+    } else {
+      for (const auto& c : r.continuations) worst = std::max(worst, n + int64_t(c.size()) - 1);
+    }
+    const int64_t need = ctx.kv_blocks_for(worst), total = ctx.kv_stats().blocks_total;
+    if (need > total)
+      throw Error(ErrorCode::OutOfMemory, "the request needs up to " + std::to_string(worst) + " KV positions (" +
+                                              std::to_string(need) + " blocks of " + std::to_string(ctx.kv_block_size()) +
+                                              "), more than the whole KV pool of " + std::to_string(total) + " blocks");
+    if (kv_reserved_ + need > total) {  // waits at the head of the queue for running requests to finish
+      if (!a->kv_waited) {
+        a->kv_waited = true;
+        std::lock_guard<std::mutex> lk(mu_);
+        stats_.kv_waits++;
+      }
+      kv_pending_ = std::move(a);
+      return;
+    }
+    a->kv_reserve = need;
+    kv_reserved_ += need;
+    evict_idle(r.prompt);
     // the free slot that caches the longest prefix of the prompt
     int slot = -1;
     int64_t own = -1;
@@ -205,6 +292,7 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
     }
     if (slot < 0) throw Error(ErrorCode::Internal, "scheduler: no free slot at admission");
     slot_used_[size_t(slot)] = 1;
+    ctx.seq_truncate(slot, own);  // its table stays within the reservation (later positions are never reused)
     a->slot = slot;
     a->prefilling = true;
     {
@@ -427,6 +515,7 @@ void Scheduler::step() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.steps++;
+    publish_kv_stats();
     if (n_segs > 1) stats_.batched_steps++;
     stats_.max_batch = std::max(stats_.max_batch, n_segs);
     stats_.decoded_tokens += other_rows;

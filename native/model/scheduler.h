@@ -7,13 +7,13 @@
 //   uint64_t id = sched.submit(std::move(r));     // returns at once
 //   sched.abort(id);                              // that sequence only
 //
-// Design. One LlamaContext with n_seq KV slots (slot-based cache, see llama.h); one thread of
+// Design. One LlamaContext with n_seq sequence slots over a paged KV cache (see llama.h); one thread of
 // the core runs the step loop:
 //   1. admit: while a slot is free, the oldest waiting request (FIFO) takes one. Its `prepare`
 //      hook runs (the addon splices image features there, off the event loop), then the slot
 //      that already caches the longest prefix of its prompt is chosen; when ANOTHER slot caches a
 //      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
-//      running) those positions are copied into the chosen slot once (prefix sharing; settled
+//      running) its blocks are shared by the chosen slot by reference (prefix sharing; settled
 //      at the prompt's first chunk). The rest of the prompt is prefilled in chunks inside the
 //      step passes (chunked prefill, below).
 //   2. step: ONE batched forward pass (LlamaContext::eval_batch: weight GEMMs with M = all rows,
@@ -36,8 +36,15 @@
 // A/B baseline.
 // Stats count the chunks, the prompt rows and the rows per step (mixed_steps: passes carrying
 // prompt rows beside decode / option rows, i.e. decoding that went on during a prefill).
-// Finished or aborted sequences leave at the end of the step; their slot keeps its cache for
-// prefix reuse by the next request. Aborts are per request (a waiting request leaves the queue;
+// Finished sequences leave at the end of the step; their slot keeps its cache for prefix reuse
+// by the next request (an aborted one's blocks are released).
+// KV memory (paged, see llama.h): a prefix copied from another slot is shared by reference. A
+// request is admitted only when its worst case (prompt + max_tokens, or prefix + longest option,
+// capped at n_ctx) fits the pool beside the running requests' worst cases; otherwise it waits at
+// the head of the queue (FIFO, the later ones behind it) until sequences finish, and one whose
+// worst case exceeds the whole pool fails with Error(OutOfMemory). Idle slots' cached prefixes
+// are released when the running requests' worst cases need their blocks. So a step never runs
+// out of blocks, and nothing deadlocks. With the default pool nothing ever waits. Aborts are per request (a waiting request leaves the queue;
 // a running one ends at the next step); other sequences are not disturbed.
 //
 // Threads: submit/abort/stats may be called from any thread. Callbacks run on the scheduler
@@ -69,6 +76,10 @@ struct SchedulerOptions {
   int64_t n_batch = 0;
   int n_seq = 4;        // sequences decoded together (KV slots)
   bool chunked_prefill = true;  // prompts in chunks inside the steps; false: at admission, alone
+  // Paged KV cache (LlamaContextOptions): positions per block (0 = 64) and the pool's size in
+  // positions (0 = n_seq x n_ctx: every sequence can always fill its context, nothing waits).
+  int64_t kv_block_size = 0;
+  int64_t kv_positions = 0;
 };
 
 struct SeqOutcome {
@@ -111,6 +122,14 @@ struct SchedulerStats {
   int64_t prefilling = 0;       // of which with their prompt not fully evaluated yet
   int64_t queued = 0;           // requests waiting for a slot
   int64_t n_batch = 0;          // the step's token budget
+  // the paged KV cache (LlamaContext::kv_stats), as of the latest step
+  int64_t kv_block_size = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_used = 0;     // referenced by a running sequence or kept for prefix reuse
+  int64_t kv_blocks_shared = 0;   // referenced by 2 sequences or more (shared prefixes)
+  int64_t kv_bytes_per_block = 0;
+  int64_t kv_reserved_blocks = 0; // the running requests' worst case (admission control)
+  int64_t kv_waits = 0;           // requests that waited at admission for KV blocks
   bool chunked_prefill = true;
   int n_seq = 0;
 };
@@ -140,6 +159,10 @@ class Scheduler {
   void begin(Active& a, const float* logits);
   void finish(std::unique_ptr<Active>& a);
   void step();
+  // Releases idle slots' cached blocks (shortest common prefix with `prompt` first) until the
+  // running requests' worst cases fit beside the idle caches.
+  void evict_idle(const std::vector<int32_t>& prompt);
+  void publish_kv_stats();  // under mu_
 
   std::shared_ptr<const LlamaModel> model_;
   std::unique_ptr<LlamaContext> ctx_;  // used by the scheduler thread only
@@ -153,6 +176,8 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> running_;  // scheduler thread (size under mu_ for stats)
   std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> aborts_;  // guarded by mu_: live requests
   std::vector<uint8_t> slot_used_;                // scheduler thread
+  std::unique_ptr<Active> kv_pending_;  // scheduler thread: prepared, waiting for KV blocks
+  int64_t kv_reserved_ = 0;             // scheduler thread: blocks reserved by running requests
   uint64_t next_id_ = 1;
   bool stopping_ = false;
   std::atomic<bool> stop_{false};  // aborts the pass in flight at shutdown

@@ -416,6 +416,37 @@ TEST(llava_score_continuations) {
   EXPECT(!ctx.score_continuations(prefix.data(), 20, {cont}, &out, &stop, feats.data()) || out.empty());
 }
 
+// Paged KV cache on the tiny LLaVA: an image + text prefix (20 positions: one full block of 16
+// and a partial one) evaluated once and shared by reference with two more sequences, which then
+// take the reference continuation in ONE batched pass (the partial block copied on write): every
+// sequence's logits equal transformers' (atol 1e-4, the tolerance of the other logit checks here).
+TEST(llava_paged_kv_shared_image_prefix_equals_reference) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  auto feats = encode(m, t->pixels, 1);
+  const int64_t V = 32064;
+  auto full = m.splice_prompt(t->ids_expanded.data(), 30, feats.data(), 1);
+  LlamaContextOptions o = ctx_opts(64);
+  o.n_seq = 3;
+  o.kv_block_size = 16;
+  LlamaContext ctx(m.text_model(), o);
+  EXPECT(ctx.seq_eval(0, full.data(), 20, nullptr, nullptr, feats.data()) != nullptr);
+  ctx.seq_copy_prefix(0, 1, 20);
+  ctx.seq_copy_prefix(0, 2, 20);
+  EXPECT(ctx.kv_stats().blocks_used == 2 && ctx.kv_stats().blocks_shared == 2);
+  std::vector<int32_t> cont(t->ids_expanded.begin() + 20, t->ids_expanded.end());
+  std::vector<LlamaBatchSegment> segs;
+  for (int s = 0; s < 3; ++s) segs.push_back(LlamaBatchSegment{s, cont.data(), 10, true});
+  std::vector<float> out(size_t(30 * V));
+  EXPECT(ctx.eval_batch(segs.data(), 3, out.data()));
+  EXPECT(ctx.kv_stats().blocks_shared == 1);  // the full image block stays shared
+  std::vector<float> ref(t->ref_logits.begin() + 20 * V, t->ref_logits.begin() + 30 * V);
+  for (int s = 0; s < 3; ++s)
+    check_logits(std::vector<float>(out.begin() + s * 10 * V, out.begin() + (s + 1) * 10 * V), ref,
+                 "paged KV, shared image prefix, sequence " + std::to_string(s));
+}
+
 TEST(llava_vision_layer_list_and_full_shapes) {
   const Tiny* t = tiny();
   if (!t) return;

@@ -1,0 +1,320 @@
+// The paged KV cache (native/model/llama.h, scheduler.h) on the real stories260K model:
+//   - logits of sequences in a context of small blocks (16 positions, prefixes shared by reference
+//     and copied on write) equal the same tokens in a context of one block per sequence (the old
+//     slot layout: each sequence's keys contiguous) within 1e-5 with the same argmax (the
+//     attention kernel walks 16-token pages instead of 64-token tiles; the sums are the same
+//     terms, so in practice the difference is 0 or last-bit);
+//   - a shared prefix costs its blocks once (reference counts, pool occupancy);
+//   - an exhausted pool is Error(OutOfMemory) and changes nothing; an aborted pass and a
+//     truncation give their blocks back;
+//   - the scheduler with a small pool queues requests whose worst case does not fit yet (outputs
+//     still equal alone), fails one that can never fit, and frees an aborted request's blocks.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <future>
+#include <string>
+#include <thread>
+#include <chrono>
+#include <vector>
+
+#include "base/error.h"
+#include "model/llama.h"
+#include "model/scheduler.h"
+#include "model/session.h"
+#include "shared_data.h"
+#include "testing.h"
+
+using namespace emollm;
+
+namespace {
+
+float max_abs_diff(const float* a, const float* b, int64_t n, bool* same_argmax) {
+  float m = 0;
+  int64_t ia = 0, ib = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    m = std::max(m, std::fabs(a[i] - b[i]));
+    if (a[i] > a[ia]) ia = i;
+    if (b[i] > b[ib]) ib = i;
+  }
+  *same_argmax = ia == ib;
+  return m;
+}
+
+std::string gguf() {
+  const std::string& d = emollm_test::stories_dir();
+  return d.empty() ? d : d + "/gguf/stories260K.gguf";
+}
+
+std::shared_ptr<LlamaModel> model() {
+  static std::shared_ptr<LlamaModel> m = LlamaModel::load(gguf());
+  return m;
+}
+
+GenerateParams greedy(int64_t max_tokens) {
+  GenerateParams p;
+  p.sampler.temperature = 0;
+  p.max_tokens = max_tokens;
+  return p;
+}
+
+// BOS and a greedy story: n valid ids.
+std::vector<int32_t> story(size_t n) {
+  LlamaContext ctx(model(), LlamaContextOptions{256, 0, 1});
+  GenerateResult g = Session(ctx).generate({1}, nullptr, greedy(int64_t(n)), nullptr);
+  std::vector<int32_t> t{1};
+  t.insert(t.end(), g.tokens.begin(), g.tokens.end());
+  t.resize(n, 5);  // a story that ended early is padded with a valid id
+  return t;
+}
+
+LlamaContextOptions paged(int64_t n_ctx, int64_t n_seq, int64_t block, int64_t positions = 0) {
+  LlamaContextOptions o;
+  o.n_ctx = n_ctx;
+  o.n_seq = n_seq;
+  o.kv_block_size = block;
+  o.kv_positions = positions;
+  return o;
+}
+
+}  // namespace
+
+TEST(kv_paging_shared_prefix_equals_contiguous_alone) {
+  if (gguf().empty()) return;
+  const std::vector<int32_t> t = story(70);
+  const int64_t n_prefix = 40;  // 2 full blocks of 16 + a partial one (8 positions)
+  LlamaContext ctx(model(), paged(128, 3, 16));
+  const int64_t V = ctx.n_vocab();
+  ctx.seq_eval(0, t.data(), n_prefix);
+  EXPECT(ctx.seq_blocks(0).size() == 3);
+  EXPECT(ctx.kv_stats().blocks_used == 3);
+  // two more sequences take the prefix by reference: no block is allocated or copied
+  ctx.seq_copy_prefix(0, 1, n_prefix);
+  ctx.seq_copy_prefix(0, 2, n_prefix);
+  KvCacheStats st = ctx.kv_stats();
+  EXPECT(st.blocks_used == 3 && st.blocks_shared == 3 && st.block_refs == 9);
+  for (int32_t b : ctx.seq_blocks(0)) EXPECT(ctx.kv_block_refs(b) == 3);
+  EXPECT(ctx.seq_blocks(1) == ctx.seq_blocks(0) && ctx.seq_blocks(2) == ctx.seq_blocks(0));
+
+  // each continues differently in ONE batched pass: the shared partial block is copied for the
+  // writers (copy-on-write), the two full blocks stay shared
+  const int32_t next[3] = {t[size_t(n_prefix)], 17, 300};
+  LlamaBatchRow rows[3] = {{0, next[0]}, {1, next[1]}, {2, next[2]}};
+  std::vector<float> out(size_t(3 * V));
+  EXPECT(ctx.decode(rows, 3, out.data()));
+  st = ctx.kv_stats();
+  EXPECT(st.blocks_shared == 2);
+  EXPECT(st.blocks_used == 2 + 3);  // the old partial block went to one writer, two got copies
+  EXPECT(ctx.seq_blocks(1)[0] == ctx.seq_blocks(0)[0] && ctx.seq_blocks(2)[1] == ctx.seq_blocks(0)[1]);
+  EXPECT(ctx.seq_blocks(1)[2] != ctx.seq_blocks(0)[2] && ctx.seq_blocks(2)[2] != ctx.seq_blocks(1)[2]);
+  // then a longer chunk on sequence 2 crosses into new blocks (8 + 1 + 30 positions)
+  const int64_t more = 30;
+  const float* chunk_last = ctx.seq_eval(2, t.data() + n_prefix, more);
+  EXPECT(chunk_last != nullptr);
+  std::vector<float> paged_chunk(chunk_last, chunk_last + V);
+
+  // the same tokens, each sequence alone in a context of one block per sequence (contiguous)
+  for (int s = 0; s < 3; ++s) {
+    LlamaContext alone(model(), paged(128, 1, 128));
+    EXPECT(alone.seq_blocks(0).empty());
+    alone.eval(t.data(), n_prefix);
+    EXPECT(alone.seq_blocks(0).size() == 1);
+    const float* want = alone.eval(&next[s], 1);
+    bool argmax = false;
+    const float d = max_abs_diff(want, out.data() + s * V, V, &argmax);
+    std::printf("  paged (16) vs contiguous, seq %d after a shared prefix: max |diff| %.3g\n", s, double(d));
+    EXPECT(d <= 1e-5f && argmax);
+    if (s == 2) {
+      const float* w2 = alone.eval(t.data() + n_prefix, more);
+      const float d2 = max_abs_diff(w2, paged_chunk.data(), V, &argmax);
+      std::printf("  paged (16) vs contiguous, a 30-token chunk across pages: max |diff| %.3g\n", double(d2));
+      EXPECT(d2 <= 1e-5f && argmax);
+    }
+  }
+  // truncation gives blocks back; a block still referenced elsewhere stays
+  const int64_t used = ctx.kv_stats().blocks_used;
+  ctx.seq_truncate(2, 0);
+  EXPECT(ctx.seq_blocks(2).empty());
+  EXPECT(ctx.kv_stats().blocks_used == used - 3);  // the partial block it kept + 2 new ones; the 2 shared stay
+  EXPECT(ctx.kv_block_refs(ctx.seq_blocks(0)[0]) == 2);
+  ctx.seq_truncate(1, 16);
+  EXPECT(ctx.seq_blocks(1).size() == 1);
+}
+
+// 16 sequences sharing a 64-token prefix (a system / image prompt), each then decoding 16 tokens:
+// blocks used vs what the slot layout held (n_seq x n_ctx), printed for docs/serving.md.
+TEST(kv_paging_memory_of_16_sequences_sharing_a_64_token_prefix) {
+  if (gguf().empty()) return;
+  const std::vector<int32_t> t = story(64);
+  const int64_t n_ctx = 256, S = 16, bs = 16;
+  LlamaContext ctx(model(), paged(n_ctx, S, bs));
+  ctx.seq_eval(0, t.data(), 64);
+  for (int s = 1; s < S; ++s) ctx.seq_copy_prefix(0, s, 64);
+  EXPECT(ctx.kv_stats().blocks_used == 4);
+  std::vector<LlamaBatchRow> rows(static_cast<size_t>(S));
+  std::vector<float> out(size_t(S * ctx.n_vocab()));
+  for (int step = 0; step < 16; ++step) {
+    for (int s = 0; s < S; ++s) rows[size_t(s)] = {s, int32_t(10 + s + step)};
+    EXPECT(ctx.decode(rows.data(), S, out.data()));
+  }
+  const KvCacheStats st = ctx.kv_stats();
+  // 4 shared prefix blocks + one own block per sequence for its 16 new positions
+  EXPECT(st.blocks_used == 4 + S);
+  EXPECT(st.blocks_shared == 4);
+  const double slot_bytes = double(S * n_ctx / bs) * double(st.bytes_per_block);
+  std::printf("  16 sequences, 64-token shared prefix + 16 tokens each: %lld blocks used (%.1f KiB) of %lld; "
+              "the slot layout holds %.1f KiB; without sharing %lld blocks\n",
+              (long long)st.blocks_used, double(st.blocks_used * st.bytes_per_block) / 1024.0,
+              (long long)st.blocks_total, slot_bytes / 1024.0, (long long)(S * 5));
+}
+
+TEST(kv_paging_pool_exhaustion_is_typed_and_changes_nothing) {
+  if (gguf().empty()) return;
+  const std::vector<int32_t> t = story(40);
+  LlamaContext ctx(model(), paged(64, 2, 16, 32));  // 2 blocks for 2 sequences
+  EXPECT(ctx.kv_stats().blocks_total == 2);
+  ctx.seq_eval(0, t.data(), 20);  // both blocks
+  EXPECT(ctx.kv_blocks_free() == 0);
+  EXPECT_THROWS(ctx.seq_eval(1, t.data(), 5), ErrorCode::OutOfMemory);
+  EXPECT(ctx.seq_n_past(1) == 0 && ctx.seq_blocks(1).empty());
+  // a batched step where one segment fits (it writes inside its last block) and one does not:
+  // nothing changes
+  std::vector<float> out(size_t(2 * ctx.n_vocab()));
+  LlamaBatchRow rows[2] = {{0, 7}, {1, 8}};
+  EXPECT_THROWS(ctx.decode(rows, 2, out.data()), ErrorCode::OutOfMemory);
+  EXPECT(ctx.seq_n_past(0) == 20 && ctx.seq_n_past(1) == 0);
+  // a shared partial block needs a block for its copy: refused while the pool is full
+  ctx.seq_truncate(0, 10);  // one block back
+  ctx.seq_copy_prefix(0, 1, 10);
+  EXPECT(ctx.kv_stats().blocks_shared == 1);
+  ctx.seq_eval(1, &t[10], 1);  // copy-on-write takes the free block
+  EXPECT(ctx.kv_blocks_free() == 0);
+  EXPECT_THROWS(ctx.seq_eval(0, &t[10], 7), ErrorCode::OutOfMemory);  // needs a second block
+  EXPECT(ctx.seq_n_past(0) == 10);
+  ctx.seq_truncate(1, 0);
+  EXPECT(ctx.seq_eval(0, &t[10], 7) != nullptr);
+  // an aborted pass gives its new blocks back
+  ctx.seq_truncate(0, 0);
+  std::atomic<bool> stop{true};
+  EXPECT(ctx.seq_eval(1, t.data(), 30, nullptr, &stop) == nullptr);
+  EXPECT(ctx.seq_n_past(1) == 0 && ctx.kv_blocks_free() == 2);
+  // bad options are typed errors
+  EXPECT_THROWS(LlamaContext(model(), paged(64, 1, 24)), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(LlamaContext(model(), paged(64, 1, 16, -1)), ErrorCode::InvalidArgument);
+}
+
+TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
+  if (gguf().empty()) return;
+  const std::vector<int32_t> t = story(12);
+  // 5 blocks of 16; each request below needs up to 12 + 20 = 32 positions = 2 blocks: at most 2
+  // run at once though there are 4 slots
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 4;
+  so.kv_block_size = 16;
+  so.kv_positions = 80;
+  Scheduler sched(model(), so);
+  const int N = 4;
+  std::vector<std::promise<SeqOutcome>> done(N + 2);
+  std::vector<GenerateResult> want;
+  for (int i = 0; i < N; ++i) {
+    LlamaContext alone(model(), LlamaContextOptions{128, 0, 1});
+    want.push_back(Session(alone).generate(std::vector<int32_t>(t.begin(), t.begin() + 6 + i), nullptr, greedy(20), nullptr));
+  }
+  // the first request holds the scheduler thread at its first token until all are submitted
+  std::atomic<bool> gate{false};
+  for (int i = 0; i < N; ++i) {
+    SeqRequest r;
+    r.prompt.assign(t.begin(), t.begin() + 6 + i);
+    r.params = greedy(20);
+    if (i == 0)
+      r.on_token = [&](int32_t) {
+        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+      };
+    r.on_done = [&, i](SeqOutcome&& o) { done[size_t(i)].set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  // one whose worst case exceeds the whole pool (12 + 100 positions > 80): a typed error
+  SeqRequest big;
+  big.prompt = t;
+  big.params = greedy(100);
+  big.on_done = [&](SeqOutcome&& o) { done[size_t(N)].set_value(std::move(o)); };
+  sched.submit(std::move(big));
+  // one aborted while it runs: its blocks go back to the pool
+  std::atomic<int> seen{0};
+  SeqRequest ab;
+  ab.prompt = {1, 2, 3};
+  ab.params = greedy(20);
+  uint64_t ab_id = 0;
+  std::atomic<uint64_t> ab_id_a{0};
+  ab.on_token = [&](int32_t) {
+    if (++seen == 3) sched.abort(ab_id_a.load());
+  };
+  ab.on_done = [&](SeqOutcome&& o) { done[size_t(N + 1)].set_value(std::move(o)); };
+  ab_id = sched.submit(std::move(ab));
+  ab_id_a.store(ab_id);
+  gate.store(true);
+  std::vector<SeqOutcome> got;
+  for (auto& d : done) got.push_back(d.get_future().get());
+  for (int i = 0; i < N; ++i) {
+    EXPECT(!got[size_t(i)].error);
+    EXPECT(got[size_t(i)].generated.tokens == want[size_t(i)].tokens);
+  }
+  bool typed = false;
+  try {
+    if (got[size_t(N)].error) std::rethrow_exception(got[size_t(N)].error);
+  } catch (const Error& e) {
+    typed = e.code() == ErrorCode::OutOfMemory;
+  }
+  EXPECT(typed);
+  EXPECT(got[size_t(N + 1)].generated.reason == StopReason::Aborted);
+  const SchedulerStats st = sched.stats();
+  std::printf("  small pool: %lld waits for KV blocks, %lld steps, max batch %lld, blocks used after %lld of %lld\n",
+              (long long)st.kv_waits, (long long)st.steps, (long long)st.max_batch, (long long)st.kv_blocks_used,
+              (long long)st.kv_blocks_total);
+  EXPECT(st.kv_waits >= 1);
+  EXPECT(st.max_batch <= 2);
+  EXPECT(st.kv_reserved_blocks == 0 && st.active == 0 && st.queued == 0);
+  EXPECT(st.kv_blocks_total == 5 && st.kv_block_size == 16);
+  // what stays is the finished requests' cached prompts (prefix reuse), never more than the pool
+  EXPECT(st.kv_blocks_used <= st.kv_blocks_total);
+}
+
+// Two requests with the same 64-token prompt: the second shares the first's prefix blocks by
+// reference (observed in the stats while both run) and both equal the request alone.
+TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
+  if (gguf().empty()) return;
+  const std::vector<int32_t> t = story(64);
+  LlamaContext alone(model(), LlamaContextOptions{256, 0, 1});
+  const GenerateResult want = Session(alone).generate(t, nullptr, greedy(10), nullptr);
+  SchedulerOptions so;
+  so.n_ctx = 256;
+  so.n_seq = 2;
+  so.kv_block_size = 16;
+  Scheduler sched(model(), so);
+  std::vector<std::promise<SeqOutcome>> done(2);
+  std::atomic<int64_t> max_shared{0};
+  for (int i = 0; i < 2; ++i) {
+    SeqRequest r;
+    r.prompt = t;
+    r.params = greedy(10);
+    r.on_token = [&](int32_t) {
+      const int64_t s = sched.stats().kv_blocks_shared;
+      int64_t m = max_shared.load();
+      while (s > m && !max_shared.compare_exchange_weak(m, s)) {
+      }
+    };
+    r.on_done = [&, i](SeqOutcome&& o) { done[size_t(i)].set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  for (auto& d : done) {
+    SeqOutcome o = d.get_future().get();
+    EXPECT(!o.error && o.generated.tokens == want.tokens);
+  }
+  const SchedulerStats st = sched.stats();
+  std::printf("  shared prompt: %lld prefix copies (by reference), most shared blocks %lld\n",
+              (long long)st.prefix_copies, (long long)max_shared.load());
+  EXPECT(st.prefix_copies >= 1);
+  EXPECT(max_shared.load() >= 3);  // 63 shared positions: 3 full blocks at least
+}
