@@ -513,47 +513,6 @@ TEST(gemm_bf16_hardware_matches_rounded_x) {
     }
 }
 
-// The packed AVX512-BF16 GEMM (M > kSmallMMax, so neither the dot kernels nor gemm_small_m take
-// it) at shapes that cross each of its blocking boundaries with tails: k blocks of 256 pairs
-// (K 511, 513, 1031: odd, so the last pair is half padding), 6-row microkernels (M 65, 197, 389),
-// 512-column W blocks and 64-column panels (N 64, 130, 577), one thread and two, against a
-// float64 reference on X rounded to bf16 (products of bf16 values are exact in f32, so only the
-// f32 summation differs).
-TEST(gemm_bf16_packed_blocking_edges_vs_f64) {
-  const CpuFeatures& f = cpu_features();
-  if (!f.avx512bf16 || isa_detected() < Isa::Avx512) {
-    std::printf("  skip gemm_bf16_packed_blocking_edges_vs_f64: no AVX512-BF16 on this CPU (the path needs it)\n");
-    return;
-  }
-  IsaCapScope cap(Isa::Avx512);  // AMX would take these calls where present
-  ThreadPool pool(2);
-  const int64_t shapes[][3] = {{65, 64, 511}, {197, 577, 513}, {389, 577, 1031}, {200, 130, 1031}};
-  for (const auto& sh : shapes) {
-    const int64_t M = sh[0], N = sh[1], K = sh[2];
-    Weights w = make_weights(DType::BF16, N, K, uint32_t(K + 5 * M));
-    Problem p = make_problem(M, N, K, 3, 2, uint32_t(7 * K + M));
-    std::vector<double> xr(size_t(M * K));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xr[size_t(m * K + k)] = bf16_to_f32(f32_to_bf16(p.X[m * p.ldx + k]));
-    std::vector<float> R(size_t(M * p.ldy), kSentinel);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        double acc = p.bias[size_t(n)];
-        for (int64_t k = 0; k < K; ++k) acc += xr[size_t(m * K + k)] * double(w.deq[size_t(n * K + k)]);
-        R[size_t(m * p.ldy + n)] = float(acc);
-      }
-    const std::vector<double> S = abs_scale(p, w, p.bias.data());
-    for (ThreadPool* tp : {static_cast<ThreadPool*>(nullptr), &pool}) {
-      std::vector<float> Y(size_t(M * p.ldy), kSentinel);
-      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K, tp);
-      // R already holds the rounding of X, so only the f32 summation tolerance applies.
-      check_result(Y, R, p, S, 0.0,
-                   std::string("bf16 packed M=") + std::to_string(M) + " N=" + std::to_string(N) +
-                       " K=" + std::to_string(K) + (tp ? " pool" : " 1 thread"));
-    }
-  }
-}
-
 TEST(gemm_amx_path) {
   const CpuFeatures& f = cpu_features();
   if (!(f.amx_usable && f.amx_bf16 && isa_detected() >= Isa::Amx)) {
