@@ -24,6 +24,7 @@
 #include <string>
 #include <type_traits>
 
+#include "gemm_kern_bf16_avx512.h"
 #include "gemm_transpose_avx512.h"
 
 namespace emollm {
@@ -704,48 +705,9 @@ EMO_T512 void kern_f32(int64_t kc, const float* xp, const float* wp, float* y, i
     }
 }
 
-// 6x64 bf16-pair microkernel (vdpbf16ps): xp[q*MR + i] is row i's bf16 pair q (32-bit word).
-EMO_T512BF void kern_bf16(int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
-                          int mr, int64_t nr, const float* bias, bool first) {
-  __mmask16 mk[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
-  // Each k block is summed from zero and then added to Y (blocked summation: the rounding
-  // error grows with sqrt(K * KC) rather than K).
-  __m512 c[MR][4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) c[i][j] = b;
-  }
-#pragma GCC unroll 2
-  for (int64_t q = 0; q < kcp; ++q) {
-    const uint32_t* w = wp + q * NR;
-    const uint32_t* x = xp + q * MR;
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
-                   b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
-    __m512bh a;
-#define EMO_ROW(i)                                      \
-  a = (__m512bh)_mm512_set1_epi32(int(x[i]));           \
-  c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);           \
-  c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);           \
-  c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2);           \
-  c[i][3] = _mm512_dpbf16_ps(c[i][3], a, b3);
-    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
-#undef EMO_ROW
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512 v = c[i][j];
-        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
-}
+// 6x64 bf16-pair microkernel (vdpbf16ps): kern_bf16_6x64 in gemm_kern_bf16_avx512.h, shared
+// with the backward input-gradient GEMM.
+static_assert(MR == kBf16MR && NR == kBf16NR, "the bf16 panels are packed for kern_bf16_6x64");
 
 // X rows [0, rows) -> panel-major interleaved: out[(p*kunits + k)*MR + i] = row p*MR+i, element k
 // (f32), zero rows past `rows`. Contiguous per panel, so the kernels' 6 rows never alias in L1.
@@ -867,8 +829,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
-            kern_bf16(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR,
-                      bias, first);
+            kern_bf16_6x64(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr,
+                           nc - jp * NR, bias, first);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
