@@ -20,6 +20,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -588,7 +589,14 @@ constexpr int MR = 6;        // rows of X per microkernel
 constexpr int NR = 64;       // weight rows (output columns) per panel: 4 zmm
 constexpr int64_t KC = 256;  // k per block (multiple of 32) - f32 path
 constexpr int64_t NC = 512;  // weight rows per L2 block (multiple of NR): KC*NC*4 = 512 KiB
-constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements)
+constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements), legacy blocking
+// BF16 dot path, default blocking: when K <= 2 * KCP_DEEP the whole of K is one block, so each
+// 6x64 tile of Y is written once from registers instead of being reloaded and stored again per k
+// block (1.06-1.13x the KCP x NC blocking at K = 1024 and 4096, one thread, Zen 5), and
+// the W block is narrowed to WBLOCK_BYTES (ncb = WBLOCK_BYTES / (4 kc) rows, >= NR) to stay in
+// L2. Longer K keeps KCP x NC: whole-K blocks of 64 rows at K = 11008 were slower (X re-read).
+constexpr int64_t KCP_DEEP = 2048;
+constexpr int64_t WBLOCK_BYTES = 512 << 10;
 
 // Packs W rows [n0, n0+nv) x elements [k0, k0+kc) as f32 panels of NR columns:
 // out[p*kc*NR + k*NR + j] = W[n0 + p*NR + j][k0 + k] (zero for j >= nv).
@@ -794,17 +802,18 @@ struct BlockPrefetcher {
 };
 
 // xp: the packed X chunk (panel-major, see pack_x_*); m_begin is a multiple of MR.
+// kcb: k units (f32 elements or bf16 pairs) per block; ncb: weight rows per block (multiple of NR).
 template <DType DT, bool BF>
-void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end,
+                   int64_t kcb, int64_t ncb) {
   using XT = typename std::conditional<BF, uint32_t, float>::type;
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
   const int64_t kunits = BF ? (K + 1) / 2 : K;
-  const int64_t kcb = BF ? KCP : KC;
-  void* wpack = scratch(0, size_t(kcb) * NC * 4);
+  void* wpack = scratch(0, size_t(kcb) * ncb * 4);
   const XT* X = static_cast<const XT*>(xp);
-  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
-    const int64_t nc = std::min(NC, n_end - jc);
+  for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
+    const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
       const int64_t kc = std::min(kcb, kunits - pc);
       if constexpr (BF)
@@ -818,8 +827,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       if (pc + kc < kunits)
         pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * elem_per_unit,
                  std::min(K, (pc + kc + kcb) * elem_per_unit));
-      else if (jc + NC < n_end)
-        pf.start(W, a.row_bytes, a.wtype, jc + NC, std::min(NC, n_end - jc - NC), 0, std::min(K, kcb * elem_per_unit));
+      else if (jc + ncb < n_end)
+        pf.start(W, a.row_bytes, a.wtype, jc + ncb, std::min(ncb, n_end - jc - ncb), 0, std::min(K, kcb * elem_per_unit));
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
       for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, m_end - m0));
@@ -839,6 +848,9 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
     }
   }
 }
+
+// set_bf16_gemm_legacy_blocking (gemm_internal.h)
+std::atomic<bool> g_bf16_legacy_blocking{false};
 
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
 // by weight-row panels when there are enough of them (each thread packs only its own part of
@@ -868,15 +880,22 @@ void gemm_packed(const Args& a) {
     const int nth_max = a.pool ? a.pool->size() : 1;
     const bool split_n = npn >= 4 * nth_max || npn >= npm;
     const bool par = mcur * a.N * a.K >= kParallelMinMacs;
+    int64_t kcb = BF ? KCP : KC, ncb = NC;
+    if (BF && kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
+      kcb = kunits;
+      ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
+    }
+    auto range = [kcb, ncb](const Args& s, const void* x, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                            int64_t n_end) { compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb); };
     if (split_n) {
       // chunks of whole L2 blocks when there are enough, else of panels
       const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
       parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { compute_range<DT, BF>(sub, xp, 0, mcur, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { range(sub, xp, 0, mcur, n0, n1); });
     } else {
       const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
       parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { compute_range<DT, BF>(sub, xp, r0, r1, 0, a.N); });
+                      [&](int64_t r0, int64_t r1) { range(sub, xp, r0, r1, 0, a.N); });
     }
   }
 }
@@ -900,6 +919,9 @@ void gemm_q8act_avx512vnni(const Args& a) {
   parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
                   [&](int64_t n0, int64_t n1) { fn(a, q, n0, n1); });
 }
+
+void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
+bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 
 void gemm_avx512(const Args& a, bool bf16_dot) {
   if (a.M <= kSmallM) return small_m(a);
