@@ -594,7 +594,9 @@ constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements)
 // 6x64 tile of Y is written once from registers instead of being reloaded and stored again per k
 // block (1.06-1.13x the KCP x NC blocking at K = 1024 and 4096, one thread, Zen 5), and
 // the W block is narrowed to WBLOCK_BYTES (ncb = WBLOCK_BYTES / (4 kc) rows, >= NR) to stay in
-// L2. Longer K keeps KCP x NC: whole-K blocks of 64 rows at K = 11008 were slower (X re-read).
+// L2. Longer K keeps KCP x NC: at K = 11008, 2048-pair blocks and whole-K blocks (64 rows) were
+// no faster (0.89x / 1.02x, best of 5 with ~10% noise). A k block of up to 2048 pairs sums in f32
+// from zero (the f32 tolerance of test_gemm at K = 4096 holds).
 constexpr int64_t KCP_DEEP = 2048;
 constexpr int64_t WBLOCK_BYTES = 512 << 10;
 
