@@ -6,8 +6,8 @@
 // so here the pairs are (row 2q, row 2q+1) of one column of W: a block of W (512 rows x up to
 // 512 columns) is packed as 32-bit words W[2q][c] | W[2q+1][c] << 16 into 64-column panels,
 // dY is packed as bf16 pairs along its row (the forward's X packing), and the 6x64 microkernel
-// is the forward's (kern_bf16 in gemm_avx512.cpp, repeated here: that file's internals are not
-// exported). Packing reads W once per call, as the forward does.
+// is the forward's (kern_bf16_6x64, gemm_kern_bf16_avx512.h). Packing reads W once per call, as
+// the forward does.
 #include "backward_internal.h"
 
 #include <algorithm>
@@ -24,6 +24,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+
+#include "gemm_kern_bf16_avx512.h"
 #endif
 
 namespace emollm {
@@ -116,45 +118,9 @@ EMO_T512BF void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t
   }
 }
 
-// 6x64 bf16-pair microkernel (vdpbf16ps), as gemm_avx512.cpp's kern_bf16 without bias:
-// Y[i, 0:nr] (= if first, else +=) sum_q xp[q*MR + i] . wp[q*NR + 0:64], i < mr.
-EMO_T512BF void kern_bf16(int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy, int mr,
-                          int64_t nr, bool first) {
-  __mmask16 mk[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
-  __m512 c[MR][4];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) c[i][j] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-  for (int64_t q = 0; q < kcp; ++q) {
-    const uint32_t* w = wp + q * NR;
-    const uint32_t* x = xp + q * MR;
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
-                   b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
-    __m512bh a;
-#define EMO_ROW(i)                            \
-  a = (__m512bh)_mm512_set1_epi32(int(x[i])); \
-  c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0); \
-  c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1); \
-  c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2); \
-  c[i][3] = _mm512_dpbf16_ps(c[i][3], a, b3);
-    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
-#undef EMO_ROW
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512 v = c[i][j];
-        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
-}
+// The 6x64 microkernel is the forward's (gemm_kern_bf16_avx512.h), without bias.
+static_assert(MR == gemm_detail::kBf16MR && NR == gemm_detail::kBf16NR,
+              "the panels are packed for kern_bf16_6x64");
 
 // dX columns [c_begin, c_end) of the rows packed in xp (mcur rows from row 0 of Y).
 template <bool F16>
@@ -172,7 +138,8 @@ void nn_range(const uint32_t* xp, const uint16_t* W, float* Y, int64_t ldy, int6
         const int mr = int(std::min<int64_t>(MR, mcur - m0));
         const uint32_t* xpanel = xp + ((m0 / MR) * np + pc) * MR;
         for (int64_t jp = 0; jp * NR < nc; ++jp)
-          kern_bf16(kc, xpanel, wpack + jp * kc * NR, Y + m0 * ldy + jc + jp * NR, ldy, mr, nc - jp * NR, first);
+          gemm_detail::kern_bf16_6x64(kc, xpanel, wpack + jp * kc * NR, Y + m0 * ldy + jc + jp * NR, ldy, mr,
+                                      nc - jp * NR, nullptr, first);
       }
     }
   }

@@ -25,6 +25,7 @@
 #include <string>
 #include <type_traits>
 
+#include "gemm_kern_bf16_avx512.h"
 #include "gemm_transpose_avx512.h"
 
 namespace emollm {
@@ -699,7 +700,16 @@ constexpr int MR = 6;        // rows of X per microkernel
 constexpr int NR = 64;       // weight rows (output columns) per panel: 4 zmm
 constexpr int64_t KC = 256;  // k per block (multiple of 32) - f32 path
 constexpr int64_t NC = 512;  // weight rows per L2 block (multiple of NR): KC*NC*4 = 512 KiB
-constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements)
+constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements), legacy blocking
+// BF16 dot path, default blocking: when K <= 2 * KCP_DEEP the whole of K is one block, so each
+// 6x64 tile of Y is written once from registers instead of being reloaded and stored again per k
+// block (1.06-1.13x the KCP x NC blocking at K = 1024 and 4096, one thread, Zen 5), and
+// the W block is narrowed to WBLOCK_BYTES (ncb = WBLOCK_BYTES / (4 kc) rows, >= NR) to stay in
+// L2. Longer K keeps KCP x NC: at K = 11008, 2048-pair blocks and whole-K blocks (64 rows) were
+// no faster (0.89x / 1.02x, best of 5 with ~10% noise). A k block of up to 2048 pairs sums in f32
+// from zero (the f32 tolerance of test_gemm at K = 4096 holds).
+constexpr int64_t KCP_DEEP = 2048;
+constexpr int64_t WBLOCK_BYTES = 512 << 10;
 
 // Packs W rows [n0, n0+nv) x elements [k0, k0+kc) as f32 panels of NR columns:
 // out[p*kc*NR + k*NR + j] = W[n0 + p*NR + j][k0 + k] (zero for j >= nv).
@@ -816,48 +826,9 @@ EMO_T512 void kern_f32(int64_t kc, const float* xp, const float* wp, float* y, i
     }
 }
 
-// 6x64 bf16-pair microkernel (vdpbf16ps): xp[q*MR + i] is row i's bf16 pair q (32-bit word).
-EMO_T512BF void kern_bf16(int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
-                          int mr, int64_t nr, const float* bias, bool first) {
-  __mmask16 mk[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
-  // Each k block is summed from zero and then added to Y (blocked summation: the rounding
-  // error grows with sqrt(K * KC) rather than K).
-  __m512 c[MR][4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) c[i][j] = b;
-  }
-#pragma GCC unroll 2
-  for (int64_t q = 0; q < kcp; ++q) {
-    const uint32_t* w = wp + q * NR;
-    const uint32_t* x = xp + q * MR;
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
-                   b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
-    __m512bh a;
-#define EMO_ROW(i)                                      \
-  a = (__m512bh)_mm512_set1_epi32(int(x[i]));           \
-  c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);           \
-  c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);           \
-  c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2);           \
-  c[i][3] = _mm512_dpbf16_ps(c[i][3], a, b3);
-    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
-#undef EMO_ROW
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512 v = c[i][j];
-        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
-}
+// 6x64 bf16-pair microkernel (vdpbf16ps): kern_bf16_6x64 in gemm_kern_bf16_avx512.h, shared
+// with the backward input-gradient GEMM.
+static_assert(MR == kBf16MR && NR == kBf16NR, "the bf16 panels are packed for kern_bf16_6x64");
 
 // X rows [0, rows) -> panel-major interleaved: out[(p*kunits + k)*MR + i] = row p*MR+i, element k
 // (f32), zero rows past `rows`. Contiguous per panel, so the kernels' 6 rows never alias in L1.
@@ -944,17 +915,18 @@ struct BlockPrefetcher {
 };
 
 // xp: the packed X chunk (panel-major, see pack_x_*); m_begin is a multiple of MR.
+// kcb: k units (f32 elements or bf16 pairs) per block; ncb: weight rows per block (multiple of NR).
 template <DType DT, bool BF>
-void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end) {
+void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end,
+                   int64_t kcb, int64_t ncb) {
   using XT = typename std::conditional<BF, uint32_t, float>::type;
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
   const int64_t kunits = BF ? (K + 1) / 2 : K;
-  const int64_t kcb = BF ? KCP : KC;
-  void* wpack = scratch(0, size_t(kcb) * NC * 4);
+  void* wpack = scratch(0, size_t(kcb) * ncb * 4);
   const XT* X = static_cast<const XT*>(xp);
-  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
-    const int64_t nc = std::min(NC, n_end - jc);
+  for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
+    const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
       const int64_t kc = std::min(kcb, kunits - pc);
       if constexpr (BF)
@@ -968,8 +940,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       if (pc + kc < kunits)
         pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * elem_per_unit,
                  std::min(K, (pc + kc + kcb) * elem_per_unit));
-      else if (jc + NC < n_end)
-        pf.start(W, a.row_bytes, a.wtype, jc + NC, std::min(NC, n_end - jc - NC), 0, std::min(K, kcb * elem_per_unit));
+      else if (jc + ncb < n_end)
+        pf.start(W, a.row_bytes, a.wtype, jc + ncb, std::min(ncb, n_end - jc - ncb), 0, std::min(K, kcb * elem_per_unit));
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
       for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, m_end - m0));
@@ -979,8 +951,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
-            kern_bf16(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR,
-                      bias, first);
+            kern_bf16_6x64(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr,
+                           nc - jp * NR, bias, first);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
@@ -989,6 +961,9 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
     }
   }
 }
+
+// set_bf16_gemm_legacy_blocking (gemm_internal.h)
+std::atomic<bool> g_bf16_legacy_blocking{false};
 
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
 // by weight-row panels when there are enough of them (each thread packs only its own part of
@@ -1018,15 +993,22 @@ void gemm_packed(const Args& a) {
     const int nth_max = a.pool ? a.pool->size() : 1;
     const bool split_n = npn >= 4 * nth_max || npn >= npm;
     const bool par = mcur * a.N * a.K >= kParallelMinMacs;
+    int64_t kcb = BF ? KCP : KC, ncb = NC;
+    if (BF && kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
+      kcb = kunits;
+      ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
+    }
+    auto range = [kcb, ncb](const Args& s, const void* x, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                            int64_t n_end) { compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb); };
     if (split_n) {
       // chunks of whole L2 blocks when there are enough, else of panels
       const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
       parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { compute_range<DT, BF>(sub, xp, 0, mcur, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { range(sub, xp, 0, mcur, n0, n1); });
     } else {
       const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
       parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { compute_range<DT, BF>(sub, xp, r0, r1, 0, a.N); });
+                      [&](int64_t r0, int64_t r1) { range(sub, xp, r0, r1, 0, a.N); });
     }
   }
 }
@@ -1050,6 +1032,9 @@ void gemm_q8act_avx512vnni(const Args& a) {
   parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
                   [&](int64_t n0, int64_t n1) { fn(a, q, n0, n1); });
 }
+
+void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
+bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 
 void gemm_avx512(const Args& a, bool bf16_dot) {
   if (a.M <= kSmallM) return small_m(a);

@@ -120,6 +120,12 @@ void gemm_q8act_avx512vnni(const Args& a);
 void gemm_q8_packed_vnni(const Args& a);
 // bf16_dot: use AVX512-BF16 vdpbf16ps for BF16 weights with M > kSmallM (X rounded to bf16).
 void gemm_avx512(const Args& a, bool bf16_dot);
+// The vdpbf16ps packed GEMM (M > kSmallM) with its previous blocking (k blocks of 256 pairs, W
+// blocks of 512 rows) also at K <= 4096, where the default takes the whole of K in one block (Y
+// written once) and narrower W blocks. Same products, other summation blocks. For tests (both
+// must pass) and interleaved A/B benchmarks; process-wide, default off.
+void set_bf16_gemm_legacy_blocking(bool legacy);
+bool bf16_gemm_legacy_blocking();
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.
 bool gemm_amx(const Args& a);
 #endif

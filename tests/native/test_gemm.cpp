@@ -513,6 +513,44 @@ TEST(gemm_bf16_hardware_matches_rounded_x) {
     }
 }
 
+// The vdpbf16ps packed GEMM with both blockings (gemm_internal.h set_bf16_gemm_legacy_blocking):
+// the default one takes K <= 4096 whole with W blocks of 512 KiB / (2 K) rows (448, 192, 512 and
+// 64 rows for the shapes below) and K > 4096 as the legacy one, in 256-pair k blocks and 512-row
+// W blocks; the shapes cross those blocks and the 64 / 16-column panels with tails (odd K: a
+// half pair), and M <= 64 with the small-M path off reaches the packed GEMM at a small M.
+// Reference: ref::gemm (double accumulation) on X pre-rounded to bf16, f32 tolerance.
+TEST(gemm_bf16_packed_blockings) {
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
+    std::printf("  skip gemm_bf16_packed_blockings: no AVX512-BF16 on this CPU\n");
+    return;
+  }
+  IsaCapScope cap(Isa::Avx512);  // not AMX: the vdpbf16ps kernels
+  ThreadPool pool(2);
+  struct Shape { int64_t M, N, K; };
+  for (const Shape sh : {Shape{775, 530, 515}, Shape{70, 77, 1031}, Shape{13, 600, 257}, Shape{130, 9, 300},
+                          Shape{14, 130, 4096}, Shape{20, 70, 4099}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(sh.K + sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 5 * sh.K));
+    Problem pr = p;
+    for (auto& v : pr.X)
+      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
+    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
+    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
+    for (bool legacy : {false, true}) {
+      gemm_detail::set_bf16_gemm_legacy_blocking(legacy);
+      gemm_detail::set_small_m_enabled(false);
+      std::vector<float> Y(size_t(sh.M * p.ldy), kSentinel);
+      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, &pool);
+      gemm_detail::set_small_m_enabled(true);
+      gemm_detail::set_bf16_gemm_legacy_blocking(false);
+      check_result(Y, R, p, S, 0.0,
+                   std::string("bf16 packed ") + (legacy ? "legacy" : "default") + " blocking M=" +
+                       std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K));
+    }
+  }
+}
+
 TEST(gemm_amx_path) {
   const CpuFeatures& f = cpu_features();
   if (!(f.amx_usable && f.amx_bf16 && isa_detected() >= Isa::Amx)) {
