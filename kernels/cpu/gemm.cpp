@@ -122,6 +122,10 @@ std::atomic<bool> g_q8_gemv_legacy{false};
 void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memory_order_relaxed); }
 bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
 
+std::atomic<bool> g_repacked_tiles_legacy{false};
+void set_repacked_tiles_legacy(bool legacy) { g_repacked_tiles_legacy.store(legacy, std::memory_order_relaxed); }
+bool repacked_tiles_legacy() { return g_repacked_tiles_legacy.load(std::memory_order_relaxed); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;
