@@ -305,7 +305,9 @@ void gemm_q8_packed(const Args& a) {
     const int64_t npm = (mcur + MR - 1) / MR;
     int32_t* xp = static_cast<int32_t*>(scratch(2, size_t(npm * panel_bytes)));
     const float* X = a.X + m0 * a.ldx;
-    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth) {
+    // In parallel only when large (>= 1 M elements: ~1 ms of quantising): a second wake-up of
+    // the pool costs more than a few rows' quantising, the more so on a loaded machine.
+    run_parallel(a.pool, mcur * a.K >= (1 << 20), [&](int ith, int nth) {
       int64_t p0, p1;
       split_range(npm, ith, nth, 1, &p0, &p1);
       if (p1 <= p0) return;
