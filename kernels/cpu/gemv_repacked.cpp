@@ -355,8 +355,10 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   // Prefill / large batches: the cache-blocked VNNI GEMM reading the groups in place (6-row X
   // panels: more reuse of each weight load than the 4-row tiles below). Its f32 summation order
   // differs from gemv_repacked's, so rows match the gemv bit for bit only up to kSmallM rows.
+#if defined(__x86_64__)
   if (vec && M > kSmallM && !repacked_tiles_legacy())
     return gemm_q8_repacked_vnni(Args{X, ldx, Wr, wtype, bias, Y, ldy, M, N, K, pool, 0});
+#endif
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
   const QX q = quantize_rows(X, ldx, M, K, q8 ? 128 : 8);
