@@ -932,7 +932,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
-      Stats prev, rep, cur, tiles;
+      Stats prev, rep, cur;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
       if (ab) {
@@ -944,20 +944,12 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       }
       run_case(r, [&](Result& res) {
         if (ab && M > 1) {
-          std::vector<std::function<void(int)>> fns = {
+          auto st = measure_interleaved({
               [&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); },
               [&](int) { gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool); },
-          };
-          if (M > gemm_detail::kSmallM)  // the repacked path's previous kernel at this M: 4-row tiles
-            fns.push_back([&](int) {
-              gemm_detail::set_repacked_tiles_legacy(true);
-              gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-              gemm_detail::set_repacked_tiles_legacy(false);
-            });
-          auto st = measure_interleaved(fns);
+          });
           res.st = cur = st[0];
           rep = st[1];
-          if (st.size() > 2) tiles = st[2];
         } else if (ab) {
           std::vector<std::function<void(int)>> fns = {
               [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
@@ -1050,18 +1042,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                         : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row";
         if (M == 1) q.bytes = double(wbytes); else q.bytes = 0;
         gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-        set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
-        g_results.push_back(q);
-      }
-      if (ab && tiles.reps > 0) {
-        Result q = make_result(M, dtype_name(t), "repacked-tiles");
-        q.st = tiles;
-        q.ratio_vs = "tiles/repacked";
-        q.ratio = tiles.best / rep.best;
-        q.note = "gemm_repacked's previous M > 8 kernel (4-row tiles), interleaved; ratio = its time / the repacked row's";
-        gemm_detail::set_repacked_tiles_legacy(true);
-        gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-        gemm_detail::set_repacked_tiles_legacy(false);
         set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
         g_results.push_back(q);
       }
@@ -1396,14 +1376,14 @@ int main(int argc, char** argv) {
   int threads = g_opt.threads > 0 ? g_opt.threads : std::max(1, f.physical_cores);
 
   const std::vector<GemmShape> shapes = {
-      {"llama", "qkvo", 4096, 4096, {512, 64, 16, 1}, true},
-      {"llama", "gate_up", 11008, 4096, {512, 64, 16, 1}, false},
-      {"llama", "down", 4096, 11008, {512, 64, 16, 1}, false},
+      {"llama", "qkvo", 4096, 4096, {512, 1}, true},
+      {"llama", "gate_up", 11008, 4096, {512, 1}, false},
+      {"llama", "down", 4096, 11008, {512, 1}, false},
       // 1.1B (TinyLlama-shaped) decoder at batched-decode row counts (continuous batching: one row per
-      // sequence, plus short prompt chunks), where the small-M path runs, and at prefill (512)
-      {"llama1b", "qkvo", 2048, 2048, {512, 64, 44, 16, 4}, false},
-      {"llama1b", "gate_up", 5632, 2048, {512, 64, 44, 16, 4}, false},
-      {"llama1b", "down", 2048, 5632, {512, 64, 44, 16, 4}, false},
+      // sequence, plus short prompt chunks), where the small-M path runs
+      {"llama1b", "qkvo", 2048, 2048, {64, 44, 16, 4}, false},
+      {"llama1b", "gate_up", 5632, 2048, {64, 44, 16, 4}, false},
+      {"llama1b", "down", 2048, 5632, {64, 44, 16, 4}, false},
       {"clip", "qkvo", 1024, 1024, {577}, true},
       {"clip", "fc1", 4096, 1024, {577}, false},
       {"clip", "fc2", 1024, 4096, {577}, false},

@@ -130,9 +130,6 @@ std::atomic<bool> g_gemv_single_stream{[] {
 }  // namespace
 void set_gemv_single_stream(bool on) { g_gemv_single_stream.store(on, std::memory_order_relaxed); }
 bool gemv_single_stream() { return g_gemv_single_stream.load(std::memory_order_relaxed); }
-std::atomic<bool> g_repacked_tiles_legacy{false};
-void set_repacked_tiles_legacy(bool legacy) { g_repacked_tiles_legacy.store(legacy, std::memory_order_relaxed); }
-bool repacked_tiles_legacy() { return g_repacked_tiles_legacy.load(std::memory_order_relaxed); }
 
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {

@@ -89,10 +89,6 @@ bool vnni_allowed();
 // tests (both must pass) and the A/B rows of bench_kernels; process-wide, default off.
 void set_q8_gemv_legacy(bool legacy);
 bool q8_gemv_legacy();
-// Benchmark A/B only: gemm_repacked at M > kSmallM runs its 4-row tiles (the kernel before
-// gemm_q8_repacked_vnni) instead of the cache-blocked GEMM.
-void set_repacked_tiles_legacy(bool legacy);
-bool repacked_tiles_legacy();
 
 // BF16 / F16 at M = 1 on AVX-512 with weights in huge pages (gemm_huge_pages): the single-stream
 // kernels (one weight row at a time, so that a thread's chunk is read as one sequential stream;
@@ -122,9 +118,6 @@ void gemm_q8act_avx512vnni(const Args& a);
 // Q8_0/Q4_0 weights at M > kSmallM in QuantActivations::Q8 mode (gemm_q8_vnni.cpp): X quantised
 // to q8_0 once, packed cache-blocked GEMM on vpdpbusd. Requires cpu_features().avx512vnni.
 void gemm_q8_packed_vnni(const Args& a);
-// The same GEMM over quant_repack's 16-row groups (a.W; a.row_bytes unused), read in place: what
-// gemm_repacked runs at M > kSmallM. Requires cpu_features().avx512vnni.
-void gemm_q8_repacked_vnni(const Args& a);
 // bf16_dot: use AVX512-BF16 vdpbf16ps for BF16 weights with M > kSmallM (X rounded to bf16).
 void gemm_avx512(const Args& a, bool bf16_dot);
 // The vdpbf16ps packed GEMM (M > kSmallM) with its previous blocking (k blocks of 256 pairs, W

@@ -20,12 +20,6 @@
 // Microkernel (MR x NR): per block 8 x MR x NV vpdpbusd (broadcast 4 bytes of X, 16 weight rows),
 // then per accumulator one int32 -> f32 conversion and one FMA with d_w * d_x into the f32
 // accumulators; each KCB-block's sums go to Y (stored, or added to what the previous k block left).
-//
-// Repacked weights (quant_repack, gemv_repacked.cpp: what the CPU backend keeps for q4_0/q8_0
-// decoder matrices) run the same microkernel and blocking with its weight operands read from the
-// 16-row groups in place (RepackedW): a group's block is already 16 rows x 4 bytes per dword lane,
-// so only the unsigned conversion (and q4_0's nibble split) is done per load, and no W panels are
-// packed per call. Same integer sums, scales and f32 order: bit for bit the standard layout's result.
 #include "../../base/error.h"
 #include "gemm_internal.h"
 
@@ -163,41 +157,8 @@ EMO_TV inline __mmask16 mask16(int64_t c) {
   return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
 }
 
-// Weight operands of the microkernel from pack_w_q8's panels.
-struct PanelW {
-  const int32_t* wp;
-  EMO_TV __m512i quad(int64_t b, int q, int j) const { return _mm512_load_si512(wp + b * WBLK + (q * NV + j) * 16); }
-  EMO_TV __m512 scale(int64_t b, int j) const {
-    return _mm512_load_ps(reinterpret_cast<const float*>(wp + b * WBLK + 8 * NV * 16 + j * 16));
-  }
-};
-
-// Weight operands straight from quant_repack's 16-row groups (layout: gemv_repacked.cpp): group
-// j of the panel at g[j], block b at g[j] + b * gbb: 16 fp16 scales, then the quants 4 bytes per
-// row interleaved, made unsigned here as pack_w_q8 does (q8_0: ^ 0x80; q4_0: quad q < 4 is the
-// low nibbles of quants 4q.., quad q >= 4 the high nibbles of the same bytes = elements 16+4(q-4)..
-// = 4q..). No per-call weight packing: the groups are already the NR-row panels' layout.
-template <DType DT>
-struct RepackedW {
-  static constexpr size_t gbb = 32 + (DT == DType::Q8_0 ? 512 : 256);
-  const uint8_t* g[NV];
-  EMO_TV __m512i quad(int64_t b, int q, int j) const {
-    const uint8_t* qp = g[j] + size_t(b) * gbb + 32;
-    if constexpr (DT == DType::Q8_0) {
-      return _mm512_xor_si512(_mm512_loadu_si512(qp + 64 * q), _mm512_set1_epi8(char(0x80)));
-    } else {
-      const __m512i v = _mm512_loadu_si512(qp + 64 * (q & 3));
-      return _mm512_and_si512(q < 4 ? v : _mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
-    }
-  }
-  EMO_TV __m512 scale(int64_t b, int j) const {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[j] + size_t(b) * gbb)));
-  }
-};
-
 // MR x NR microkernel over kb blocks: Y[i, 0:nr] (=|+=) sum_b d_w d_x (int32 block dot), i < mr.
-template <class WS>
-EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const WS& ws, float* y, int64_t ldy, int mr, int64_t nr,
+EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
                     const float* bias, bool first) {
   __m512 f[MR][NV];
 #pragma GCC unroll 6
@@ -206,6 +167,7 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const WS& ws, float* y, int64
     for (int j = 0; j < NV; ++j) f[i][j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < kb; ++b) {
     const int32_t* xb = xp + b * XBLK;
+    const int32_t* wb = wp + b * WBLK;
     __m512i acc[MR][NV];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
@@ -217,7 +179,7 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const WS& ws, float* y, int64
     for (int q = 0; q < 8; ++q) {
       __m512i w[NV];
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) w[j] = ws.quad(b, q, j);
+      for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
         const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
@@ -227,7 +189,7 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const WS& ws, float* y, int64
     }
     __m512 dw[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) dw[j] = ws.scale(b, j);
+    for (int j = 0; j < NV; ++j) dw[j] = _mm512_load_ps(reinterpret_cast<const float*>(wb + 8 * NV * 16 + j * 16));
     const float* dx = reinterpret_cast<const float*>(xb + 9 * MR);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
@@ -255,36 +217,25 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const WS& ws, float* y, int64
     }
 }
 
-// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) (n_begin a
-// multiple of NR) of one X chunk. REPACKED: a.W is quant_repack's output, read in place; else the
-// standard layout, packed per KCB blocks x NC rows into L2-sized panels first.
-template <DType DT, bool REPACKED>
+// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
+template <DType DT>
 void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_end, int64_t n_begin,
                    int64_t n_end) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t nb = a.K / kQK;
-  int32_t* wpack = REPACKED ? nullptr : static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
-  const int64_t groups = (a.N + 15) / 16;
+  int32_t* wpack = static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
   for (int64_t jc = n_begin; jc < n_end; jc += NC) {
     const int64_t nc = std::min(NC, n_end - jc);
     for (int64_t pb = 0; pb < nb; pb += KCB) {
       const int64_t kb = std::min(KCB, nb - pb);
-      if constexpr (!REPACKED) pack_w_q8<DT>(W, a.row_bytes, jc, nc, pb, kb, wpack);
+      pack_w_q8<DT>(W, a.row_bytes, jc, nc, pb, kb, wpack);
       for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, m_end - m0));
         const int32_t* xpanel = xp + ((m0 / MR) * nb + pb) * XBLK;
         for (int64_t jp = 0; jp * NR < nc; ++jp) {
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          if constexpr (REPACKED) {
-            RepackedW<DT> ws;
-            const int64_t g0 = (jc + jp * NR) / 16;
-            for (int j = 0; j < NV; ++j)  // a group past the last one: any valid group (its lanes are not stored)
-              ws.g[j] = W + (size_t(std::min(g0 + j, groups - 1)) * size_t(nb) + size_t(pb)) * RepackedW<DT>::gbb;
-            kern_q8(kb, xpanel, ws, y, a.ldy, mr, nc - jp * NR, bias, pb == 0);
-          } else {
-            kern_q8(kb, xpanel, PanelW{wpack + jp * kb * WBLK}, y, a.ldy, mr, nc - jp * NR, bias, pb == 0);
-          }
+          kern_q8(kb, xpanel, wpack + jp * kb * WBLK, y, a.ldy, mr, nc - jp * NR, bias, pb == 0);
         }
       }
     }
@@ -294,7 +245,7 @@ void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_
 // X in chunks of rows (at most ~8 MiB of panels each), quantised and packed in parallel; then
 // the M x N work split between threads by weight-row chunks (each thread packs its own part of
 // W) when there are enough of them, else by X row panels (as gemm_avx512's gemm_packed).
-template <DType DT, bool REPACKED>
+template <DType DT>
 void gemm_q8_packed(const Args& a) {
   const int off = DT == DType::Q8_0 ? 128 : 8;
   const int64_t nb = a.K / kQK;
@@ -305,9 +256,7 @@ void gemm_q8_packed(const Args& a) {
     const int64_t npm = (mcur + MR - 1) / MR;
     int32_t* xp = static_cast<int32_t*>(scratch(2, size_t(npm * panel_bytes)));
     const float* X = a.X + m0 * a.ldx;
-    // In parallel only when large (>= 1 M elements: ~1 ms of quantising): a second wake-up of
-    // the pool costs more than a few rows' quantising, the more so on a loaded machine.
-    run_parallel(a.pool, mcur * a.K >= (1 << 20), [&](int ith, int nth) {
+    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth) {
       int64_t p0, p1;
       split_range(npm, ith, nth, 1, &p0, &p1);
       if (p1 <= p0) return;
@@ -324,11 +273,11 @@ void gemm_q8_packed(const Args& a) {
     if (split_n) {
       const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
       parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { compute_range<DT, REPACKED>(sub, xp, 0, mcur, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { compute_range<DT>(sub, xp, 0, mcur, n0, n1); });
     } else {
       const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
       parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { compute_range<DT, REPACKED>(sub, xp, r0, r1, 0, a.N); });
+                      [&](int64_t r0, int64_t r1) { compute_range<DT>(sub, xp, r0, r1, 0, a.N); });
     }
   }
 }
@@ -337,20 +286,11 @@ void gemm_q8_packed(const Args& a) {
 
 void gemm_q8_packed_vnni(const Args& a) {
   switch (a.wtype) {
-    case DType::Q8_0: return gemm_q8_packed<DType::Q8_0, false>(a);
-    case DType::Q4_0: return gemm_q8_packed<DType::Q4_0, false>(a);
+    case DType::Q8_0: return gemm_q8_packed<DType::Q8_0>(a);
+    case DType::Q4_0: return gemm_q8_packed<DType::Q4_0>(a);
     default: break;
   }
   throw Error(ErrorCode::Internal, std::string("gemm_q8_packed_vnni: no kernel for weight type ") + dtype_name(a.wtype));
-}
-
-void gemm_q8_repacked_vnni(const Args& a) {
-  switch (a.wtype) {
-    case DType::Q8_0: return gemm_q8_packed<DType::Q8_0, true>(a);
-    case DType::Q4_0: return gemm_q8_packed<DType::Q4_0, true>(a);
-    default: break;
-  }
-  throw Error(ErrorCode::Internal, std::string("gemm_q8_repacked_vnni: no kernel for weight type ") + dtype_name(a.wtype));
 }
 
 }  // namespace gemm_detail

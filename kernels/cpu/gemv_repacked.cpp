@@ -351,19 +351,12 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   EMOLLM_CHECK_ARG(ldx >= K && ldy >= N, "gemm_repacked: ldx must be >= K and ldy >= N");
   if (M == 1) return gemv_repacked(X, Wr, wtype, bias, Y, N, K, pool);
   using namespace gemm_detail;
-  const bool vec = vnni_kernel();
-  // Prefill / large batches: the cache-blocked VNNI GEMM reading the groups in place (6-row X
-  // panels: more reuse of each weight load than the 4-row tiles below). Its f32 summation order
-  // differs from gemv_repacked's, so rows match the gemv bit for bit only up to kSmallM rows.
-#if defined(__x86_64__)
-  if (vec && M > kSmallM && !repacked_tiles_legacy())
-    return gemm_q8_repacked_vnni(Args{X, ldx, Wr, wtype, bias, Y, ldy, M, N, K, pool, 0});
-#endif
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
   const QX q = quantize_rows(X, ldx, M, K, q8 ? 128 : 8);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const size_t gstride = size_t(nb) * group_block_bytes(q8);
+  const bool vec = vnni_kernel();
   // Each task: a few groups, all M rows 4 at a time against each group (the group's weights stay
   // in L2 while the quantised X rows stream past).
   auto body = [&](int64_t g0, int64_t g1) {

@@ -89,11 +89,8 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
 void set_weight_repacking(bool on);
 bool weight_repacking();
 // Y[M,N] = X[M,K] W^T (+ bias) from quant_repack's output, any M (M == 1 is gemv_repacked): the
-// same numerics for every M (each X row rounded to q8_0 blocks once, exact int32 block products).
-// M <= 8: X rows 4 at a time against each loaded weight group, each row bit-identical to
-// gemv_repacked of it; M > 8 on VNNI: the cache-blocked 6x32 GEMM of gemm_q8_vnni.cpp reading the
-// groups in place (a row's bits then do not depend on M either, but differ from the gemv's in
-// the f32 summation order). ldx / ldy: row strides.
+// same numerics for every M (each X row rounded to q8_0 blocks once, exact int32 block products),
+// X rows taken 4 at a time against each loaded weight group. ldx / ldy: row strides.
 void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y, int64_t ldy,
                    int64_t M, int64_t N, int64_t K, ThreadPool* pool);
 

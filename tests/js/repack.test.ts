@@ -3,8 +3,8 @@
 // at load (kernels/cpu/gemv_repacked.cpp). Checked on stories260K quantized here: the packing is
 // active (packedWeightBytes); with up to 8 rows its logits equal the standard layout's within
 // 1e-3 (logits span about +-19; both round activations to q8_0, only the f32 summation order of
-// the block products differs) but for rare q8 rounding flips; with more rows (prefill) equal bit
-// for bit (the same GEMM kernel on both layouts); and
+// the block products differs) but for rare q8 rounding flips; with more rows (prefill) within
+// the q8-activation error (bounds below); and
 // sequences give the same greedy tokens in a batched pass as alone (gemm_repacked's rows are
 // bit-identical to its gemv).
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -84,10 +84,10 @@ describe.skipIf(!have)('repacked q4_0 / q8_0 decoder weights on stories260K', ()
         const small = (await Promise.all([1, 2, 5, 8].map(rowDiffs))).flat();
         expect(small.filter((d) => d <= 1e-3).length).toBeGreaterThanOrEqual(14);
         expect(Math.max(...small)).toBeLessThanOrEqual(0.25);
-        // More rows (prefill, 12): both layouts run the same 6x32 VNNI GEMM (gemm_q8_vnni.cpp; the
-        // repacked groups read in place), with the same integer block sums, scales and f32 order:
-        // the logits are equal bit for bit.
-        expect(await rowDiffs(TOKENS.length)).toEqual(new Array(TOKENS.length).fill(0));
+        // More rows (prefill): the standard layout switches to f32 activations, repacked products
+        // keep q8_0 ones, so rows differ by the effect of rounding activations to 8 bits (measured
+        // 0.1-0.18 for both types; logits span +-19); the quantize test bounds that against run.c.
+        expect(Math.max(...(await rowDiffs(TOKENS.length)))).toBeLessThanOrEqual(0.5);
 
         const opts = { maxTokens: 32, temperature: 0 };
         const alone = [];
