@@ -320,7 +320,7 @@ __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb
 }
 
 // One X panel (mr valid rows) against NV consecutive groups (G: the first; `cols` valid output
-// columns from y, at most 16 * NV): Y[i, 0:cols] = the rows' products (+ bias).
+// columns from y; those from 16 * NV on are left alone): Y[i, 0:cols] = the rows' products (+ bias).
 template <bool Q8, int NV>
 EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* G, size_t gstride, int64_t nb, const float* bias,
                                  float* y, int64_t ldy, int mr, int64_t cols) {
@@ -332,8 +332,9 @@ EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* G, size_t gst
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) f0[i][j] = f1[i][j] = _mm512_setzero_ps();
+  // groups past the matrix's last (cols <= 16 * j) read the first one again: their lanes are masked
   const uint8_t* blk[NV];
-  for (int j = 0; j < NV; ++j) blk[j] = G + size_t(j) * gstride;
+  for (int j = 0; j < NV; ++j) blk[j] = G + (cols > 16 * j ? size_t(j) * gstride : 0);
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
     panel_block<Q8, NV>(xp + b * XB, blk, f0);
