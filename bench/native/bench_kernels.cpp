@@ -919,7 +919,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // q8_0 / q4_0 GEMV on VNNI: the previous kernel (gemm_internal.h set_q8_gemv_legacy) and
       // gemv_repacked on quant_repack's layout, measured interleaved call by call with the current
       // one, as "prev" and "repacked" rows right below it.
-      // M > 1: gemm_repacked (what models run on repacked weights) interleaved with gemm, hot weights.
+      // M > 1: gemm_repacked (what models run on repacked weights) interleaved with gemm, hot weights;
+      // at M > 8 also gemm_repacked's previous 4-row tiles (set_repacked_panels_enabled(false)) as
+      // a "repacked-prev" row.
       const bool ab = (t == DType::Q8_0 || t == DType::Q4_0) && cpu_features().avx512vnni &&
                       isa_active() >= Isa::Avx512 && quant_activations() == QuantActivations::Q8;
       // BF16 / F16 with 2 <= M <= 64: the batched-decode path (gemm_small_m.cpp) against the
@@ -932,7 +934,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
-      Stats prev, rep, cur;
+      Stats prev, rep, rep_prev, cur;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
       if (ab) {
@@ -944,12 +946,20 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       }
       run_case(r, [&](Result& res) {
         if (ab && M > 1) {
-          auto st = measure_interleaved({
+          std::vector<std::function<void(int)>> fns = {
               [&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); },
               [&](int) { gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool); },
-          });
+          };
+          if (M > gemm_detail::kSmallM)
+            fns.push_back([&](int) {
+              gemm_detail::set_repacked_panels_enabled(false);
+              gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
+              gemm_detail::set_repacked_panels_enabled(true);
+            });
+          auto st = measure_interleaved(fns);
           res.st = cur = st[0];
           rep = st[1];
+          if (st.size() > 2) rep_prev = st[2];
         } else if (ab) {
           std::vector<std::function<void(int)>> fns = {
               [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
@@ -1042,6 +1052,18 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                         : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row";
         if (M == 1) q.bytes = double(wbytes); else q.bytes = 0;
         gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
+        set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        g_results.push_back(q);
+      }
+      if (ab && rep_prev.reps > 0) {
+        Result q = make_result(M, dtype_name(t), "repacked-prev");
+        q.st = rep_prev;
+        q.ratio_vs = "repacked";
+        q.ratio = rep_prev.best / rep.best;
+        q.note = "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)";
+        gemm_detail::set_repacked_panels_enabled(false);
+        gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
+        gemm_detail::set_repacked_panels_enabled(true);
         set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
         g_results.push_back(q);
       }
@@ -1384,6 +1406,14 @@ int main(int argc, char** argv) {
       {"llama1b", "qkvo", 2048, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "gate_up", 5632, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "down", 2048, 5632, {64, 44, 16, 4}, false},
+      // the other prefill row counts of both (q4_0 / q8_0: the standard-layout and repacked VNNI
+      // GEMMs, interleaved)
+      {"llama", "qkvo", 4096, 4096, {64, 16}, false},
+      {"llama", "gate_up", 11008, 4096, {64, 16}, false},
+      {"llama", "down", 4096, 11008, {64, 16}, false},
+      {"llama1b", "qkvo", 2048, 2048, {512}, false},
+      {"llama1b", "gate_up", 5632, 2048, {512}, false},
+      {"llama1b", "down", 2048, 5632, {512}, false},
       {"clip", "qkvo", 1024, 1024, {577}, true},
       {"clip", "fc1", 4096, 1024, {577}, false},
       {"clip", "fc2", 1024, 4096, {577}, false},

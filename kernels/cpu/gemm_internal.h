@@ -96,6 +96,10 @@ bool q8_gemv_legacy();
 // bench_kernels; process-wide.
 void set_gemv_single_stream(bool on);
 bool gemv_single_stream();
+// gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
+// when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
+void set_repacked_panels_enabled(bool enabled);
+bool repacked_panels_enabled();
 
 void gemm_q8act_scalar(const Args& a);
 

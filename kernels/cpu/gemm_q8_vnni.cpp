@@ -7,7 +7,8 @@
 //   d_w[n,b] * d_x[m,b] * sum_{k in b} w_q[n,k] * x_q[m,k]
 // where the block sum is an exact int32 (vpdpbusd) and only the scaling and the sum over blocks
 // round (f32). Layout, as in the f32 packed GEMM (gemm_avx512.cpp), cache-blocked:
-//   X panels (MR rows, packed once per call): per block, 8 "quads" x MR dwords (the 4 int8 values
+//   X panels (MR rows, packed once per call; gemm_q8_xpanel.h, shared with gemm_repacked): per
+//     block, 8 "quads" x MR dwords (the 4 int8 values
 //     x_q[m, 4q..4q+3] of row m), then MR int32 corrections, then MR f32 scales d_x.
 //   W panels (NR = 16*NV weight rows, packed per KCB blocks x NC rows into L2): per block,
 //     8 quads x NV zmm (16 rows x 4 unsigned bytes: one int32 lane per weight row), then NV zmm of
@@ -32,6 +33,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "gemm_q8_xpanel.h"
 #include "gemm_transpose_avx512.h"
 
 namespace emollm {
@@ -45,45 +47,14 @@ constexpr int NV = 2;                 // zmm columns (16 weight rows each) per m
 constexpr int NR = 16 * NV;           // weight rows per panel
 constexpr int64_t KCB = 32;           // k blocks (of 32) per L2 block: 1024 elements
 constexpr int64_t NC = 512;           // weight rows per L2 block: 512 x 1024 B + scales = 576 KiB
-constexpr int64_t XBLK = 10 * MR;     // dwords per X panel block: 8*MR quads, MR corrections, MR scales
+using XPanels = Q8XPanels<MR>;        // X panels (gemm_q8_xpanel.h)
+constexpr int64_t XBLK = XPanels::kBlockDwords;
 constexpr int64_t WBLK = 8 * NV * 16 + NV * 16;  // dwords per W panel block: quads, then scales
 
 inline uint16_t rd16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
   return v;
-}
-
-// Rows [p0*MR, p1*MR) of X (of `rows`) into X panels; rows past `rows` are zero (q = 0, d = 0).
-// qtmp/dtmp: one row's qx_quantize_row_avx2 output (K bytes, K/4 floats).
-void pack_x_q8(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, int off,
-               int8_t* qtmp, float* dtmp, int32_t* out) {
-  const int64_t nb = K / kQK;
-  for (int64_t p = p0; p < p1; ++p) {
-    int32_t* o = out + p * nb * XBLK;
-    for (int i = 0; i < MR; ++i) {
-      const int64_t r = p * MR + i;
-      if (r >= rows) {
-        for (int64_t b = 0; b < nb; ++b) {
-          int32_t* ob = o + b * XBLK;
-          for (int q = 0; q < 8; ++q) ob[q * MR + i] = 0;
-          ob[8 * MR + i] = 0;
-          ob[9 * MR + i] = 0;  // +0.0f
-        }
-        continue;
-      }
-      qx_quantize_row_avx2(X + r * ldx, K, qtmp, dtmp, nullptr, 0);
-      for (int64_t b = 0; b < nb; ++b) {
-        int32_t* ob = o + b * XBLK;
-        const int8_t* qb = qtmp + b * kQK;
-        int32_t s = 0;
-        for (int k = 0; k < kQK; ++k) s += qb[k];
-        for (int q = 0; q < 8; ++q) std::memcpy(&ob[q * MR + i], qb + 4 * q, 4);
-        ob[8 * MR + i] = -off * s;
-        std::memcpy(&ob[9 * MR + i], &dtmp[b * 8], 4);
-      }
-    }
-  }
 }
 
 // The 32 unsigned weight bytes of one or two blocks (elements 0..31 in order) of one row:
@@ -248,22 +219,11 @@ void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_
 template <DType DT>
 void gemm_q8_packed(const Args& a) {
   const int off = DT == DType::Q8_0 ? 128 : 8;
-  const int64_t nb = a.K / kQK;
-  const int64_t panel_bytes = nb * XBLK * 4;
-  const int64_t mc = std::max<int64_t>(MR, ((int64_t(8) << 20) / panel_bytes) * MR);
+  const int64_t mc = XPanels::chunk_rows(a.K);
   for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
     const int64_t mcur = std::min(mc, a.M - m0);
     const int64_t npm = (mcur + MR - 1) / MR;
-    int32_t* xp = static_cast<int32_t*>(scratch(2, size_t(npm * panel_bytes)));
-    const float* X = a.X + m0 * a.ldx;
-    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth) {
-      int64_t p0, p1;
-      split_range(npm, ith, nth, 1, &p0, &p1);
-      if (p1 <= p0) return;
-      uint8_t* tmp = static_cast<uint8_t*>(scratch(1, size_t(a.K) * 2 + 64));
-      pack_x_q8(X, a.ldx, mcur, a.K, p0, p1, off, reinterpret_cast<int8_t*>(tmp),
-                reinterpret_cast<float*>(tmp + (a.K + 63) / 64 * 64), xp);
-    });
+    const int32_t* xp = XPanels::quantise_chunk(a.X + m0 * a.ldx, a.ldx, mcur, a.K, off, a.pool, 2, 1);
     Args sub = a;
     sub.Y = a.Y + m0 * a.ldy;
     const int64_t npn = (a.N + NR - 1) / NR;

@@ -932,6 +932,88 @@ TEST(gemm_repacked_rows_equal_gemv_repacked) {
   EXPECT_THROWS(gemm_repacked(x, 16, buf.data(), DType::Q8_0, nullptr, y, 4, 2, 4, 32, nullptr), ErrorCode::InvalidArgument);
 }
 
+// gemm_repacked at M > 8 (prefill; on VNNI the X-panel kernel over the 16-row groups): against
+// the float64 references of run_case_q8 (tight on the q8_0-rounded X, loose against the f32 X),
+// every row bit-identical to gemv_repacked of that row (so also to the previous 4-row tiles), and
+// within the f32 tolerance of gemm() on the standard layout (gemm_q8_vnni.cpp: the same integer
+// block sums in another f32 order). M around the 6-row X panels (9, 11, 12, 13, 18, 47), N around
+// the 16-row groups (1, 17, 32, 33), K of 1, 3 and 32 blocks, ldx / ldy padding; every ISA level,
+// with and without VNNI, pool and bias. One product of 613 rows at K = 11008 spans two X chunks.
+TEST(gemm_repacked_large_m_matches_reference) {
+  ThreadPool pool(2);
+  const bool vnni_cpu = isa_active() >= Isa::Avx512 && cpu_features().avx512vnni;
+  if (!vnni_cpu) std::printf("  note: no AVX512-VNNI here: only the portable path of gemm_repacked is checked\n");
+  struct Shape {
+    int64_t M, N, K, xpad, ypad;
+    bool all_levels;
+  };
+  std::vector<Shape> shapes;
+  for (int64_t M : {9, 11, 12, 13, 18, 47})
+    for (int64_t N : {1, 17, 32, 33})
+      for (int64_t K : {32, 96, 1024}) shapes.push_back({M, N, K, M % 2 ? 32 : 0, N % 2 ? 3 : 0, true});
+  shapes.push_back({613, 20, 11008, 0, 0, false});
+  uint32_t seed = 7300;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const Shape& sh : shapes) {
+      const int64_t M = sh.M, N = sh.N, K = sh.K;
+      Weights w = make_weights(t, N, K, seed);
+      Problem p = make_problem(M, N, K, sh.xpad, sh.ypad, seed + 1);
+      ++seed;
+      std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+      quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool);
+      const QuantX q = quantize_x(p);
+      Problem pq = p;
+      pq.X = q.xq;
+      for (int use_bias = 0; use_bias < 2; ++use_bias) {
+        const float* bias = use_bias ? p.bias.data() : nullptr;
+        std::vector<float> R(size_t(M * p.ldy), kSentinel), Rq(size_t(M * p.ldy), kSentinel);
+        ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, M, N, K);
+        ref::gemm(pq.X.data(), p.ldx, w.bytes.data(), t, bias, Rq.data(), p.ldy, M, N, K);
+        const std::vector<double> S = abs_scale(p, w, bias), Sq = abs_scale(pq, w, bias);
+        const std::vector<Isa> levels = sh.all_levels ? isa_levels() : std::vector<Isa>{isa_active()};
+        for (Isa isa : levels) {
+          IsaCapScope cap(isa);
+          for (bool vnni : vnni_variants(isa))
+            for (int use_pool = 0; use_pool < 2; ++use_pool) {
+              VnniScope vs(vnni);
+              ThreadPool* pl = use_pool ? &pool : nullptr;
+              // gemv_repacked of each row at this level: the bits every M must give
+              std::vector<float> G(size_t(M * N), kSentinel);
+              for (int64_t m = 0; m < M; ++m)
+                gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, bias, G.data() + m * N, N, K, nullptr);
+              const std::string what = std::string("gemm_repacked ") + dtype_name(t) + " isa=" + isa_name(isa) +
+                                       " vnni=" + yesno(vnni) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                       " K=" + std::to_string(K) + " ldx=" + std::to_string(p.ldx) +
+                                       " ldy=" + std::to_string(p.ldy) + " bias=" + yesno(use_bias) +
+                                       " pool=" + yesno(use_pool);
+              std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+              gemm_repacked(p.X.data(), p.ldx, packed.data(), t, bias, Y.data(), p.ldy, M, N, K, pl);
+              if (!check_q8(Y, Rq, Sq, R, S, q, p, w, what)) return;
+              for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = 0; n < N; ++n)
+                  if (!(Y[size_t(m * p.ldy + n)] == G[size_t(m * N + n)])) {
+                    char buf[320];
+                    std::snprintf(buf, sizeof buf, "%s: Y[%lld][%lld] = %.9g, gemv_repacked %.9g", what.c_str(),
+                                  (long long)m, (long long)n, double(Y[size_t(m * p.ldy + n)]),
+                                  double(G[size_t(m * N + n)]));
+                    emollm_test::report_failure(__FILE__, __LINE__, buf);
+                    return;
+                  }
+              if (vnni && isa >= Isa::Avx512 && vnni_cpu) {
+                // the standard layout's VNNI GEMM on the same q8_0 X: the same block sums, another
+                // f32 order: each within the f32 tolerance of Rq, so within twice it of each other
+                std::vector<float> U(size_t(M * p.ldy), kSentinel);
+                gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, U.data(), p.ldy, M, N, K, pl);
+                std::vector<double> S2 = Sq;
+                for (double& v : S2) v *= 2.0;
+                if (!check_result(Y, U, p, S2, 0.0, what + " [packed vs standard layout]")) return;
+              }
+            }
+        }
+      }
+    }
+}
+
 // The switch: Q8 is the default (unless EMOLLM_QUANT_ACT says otherwise), F32 gives the f32-exact
 // numerics; the two differ at M <= 8 and, on CPUs with AVX512-VNNI (the q8 packed GEMM), at M > 8;
 // without VNNI, M > 8 (prefill) is the same in both modes.
