@@ -1,0 +1,67 @@
+// The paged KV cache through the public API (loadModel's kvCachePositions / kvBlockSize and
+// model.stats()): a pool smaller than maxSequences × contextSize still gives every call exactly
+// what it gives alone (calls wait for blocks instead), a call that can never fit fails with
+// ERR_OUT_OF_MEMORY without disturbing the others, and a bad block size is a typed error.
+// The kernel-level and core-level checks are tests/native/test_kv_paging.cpp.
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { sharedModel } from './helpers/vlm_fixtures.js';
+import { EmollmError, loadModel, type Model } from '../../lib/index.js';
+
+const { dir: storiesDir, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'paged KV tests on stories260K');
+const stories = join(storiesDir, 'gguf', 'stories260K.gguf');
+
+const prompts = ['Once upon a time', 'Lily', 'The little dog saw a big red ball in the park and', 'One day'];
+
+describe.skipIf(!haveStories)('paged KV cache on stories260K', () => {
+  let alone: Model;
+  beforeAll(async () => {
+    alone = await loadModel(stories, { contextSize: 256, maxSequences: 1, threads: 1 });
+  });
+  afterAll(async () => alone?.close());
+
+  it('a pool of 2 sequences\' worth serves 4 concurrent calls, each equal to the call alone', async () => {
+    const expected: number[][] = [];
+    for (const p of prompts) expected.push((await alone.generate(p, { maxTokens: 40, temperature: 0 }).result).tokens);
+    expect(expected.every((t) => t.length > 0)).toBe(true);
+    // 4 sequences of up to 256 positions, but blocks for 2 × 64 positions only: a call reserves
+    // prompt + maxTokens (under 64 here), so at most two run at once and the others wait.
+    const model = await loadModel(stories, { contextSize: 256, maxSequences: 4, threads: 1, kvCachePositions: 128, kvBlockSize: 64 });
+    try {
+      const got = await Promise.all(prompts.map((p) => model.generate(p, { maxTokens: 40, temperature: 0 }).result));
+      expect(got.map((r) => r.tokens)).toEqual(expected);
+      const s = model.stats();
+      expect(s.kvBlockSize).toBe(64);
+      expect(s.kvBlocksTotal).toBe(2);
+      expect(s.kvBlocksUsed).toBeLessThanOrEqual(s.kvBlocksTotal);
+      // the pool, not maxSequences, limited the concurrency: never more than two at once
+      expect(s.maxBatch).toBeLessThanOrEqual(2);
+      expect(s.maxBatch).toBeGreaterThanOrEqual(1);
+      // a call whose worst case exceeds the whole pool fails, typed, and the model still works
+      await expect(model.generate('Once upon a time', { maxTokens: 200, temperature: 0 }).result).rejects.toMatchObject({
+        code: 'ERR_OUT_OF_MEMORY',
+      });
+      expect((await model.generate(prompts[0]!, { maxTokens: 40, temperature: 0 }).result).tokens).toEqual(expected[0]);
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('a block size that is not a multiple of 16 is a typed error', async () => {
+    const err = await loadModel(stories, { contextSize: 256, maxSequences: 2, kvBlockSize: 17 })
+      .then(async (m) => {
+        // the context (and its pool) may be created lazily, at the first call
+        try {
+          await m.generate('Lily', { maxTokens: 4, temperature: 0 }).result;
+          return undefined;
+        } finally {
+          await m.close();
+        }
+      })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(EmollmError);
+    expect((err as EmollmError).code).toMatch(/^ERR_(INVALID_ARGUMENT|BAD_CONFIG)$/);
+  });
+});
