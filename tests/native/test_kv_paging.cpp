@@ -24,44 +24,21 @@
 #include "model/scheduler.h"
 #include "model/session.h"
 #include "shared_data.h"
+#include "stories_helpers.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
-float max_abs_diff(const float* a, const float* b, int64_t n, bool* same_argmax) {
-  float m = 0;
-  int64_t ia = 0, ib = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    m = std::max(m, std::fabs(a[i] - b[i]));
-    if (a[i] > a[ia]) ia = i;
-    if (b[i] > b[ib]) ib = i;
-  }
-  *same_argmax = ia == ib;
-  return m;
-}
-
-std::string gguf() {
-  const std::string& d = emollm_test::stories_dir();
-  return d.empty() ? d : d + "/gguf/stories260K.gguf";
-}
-
-std::shared_ptr<LlamaModel> model() {
-  static std::shared_ptr<LlamaModel> m = LlamaModel::load(gguf());
-  return m;
-}
-
-GenerateParams greedy(int64_t max_tokens) {
-  GenerateParams p;
-  p.sampler.temperature = 0;
-  p.max_tokens = max_tokens;
-  return p;
-}
+using emollm_test::greedy;
+using emollm_test::max_diff;
+using emollm_test::stories_gguf;
+using emollm_test::stories_model;
 
 // BOS and a greedy story: n valid ids.
 std::vector<int32_t> story(size_t n) {
-  LlamaContext ctx(model(), LlamaContextOptions{256, 0, 1});
+  LlamaContext ctx(stories_model(), LlamaContextOptions{256, 0, 1});
   GenerateResult g = Session(ctx).generate({1}, nullptr, greedy(int64_t(n)), nullptr);
   std::vector<int32_t> t{1};
   t.insert(t.end(), g.tokens.begin(), g.tokens.end());
@@ -81,10 +58,10 @@ LlamaContextOptions paged(int64_t n_ctx, int64_t n_seq, int64_t block, int64_t p
 }  // namespace
 
 TEST(kv_paging_shared_prefix_equals_contiguous_alone) {
-  if (gguf().empty()) return;
+  if (stories_gguf().empty()) return;
   const std::vector<int32_t> t = story(70);
   const int64_t n_prefix = 40;  // 2 full blocks of 16 + a partial one (8 positions)
-  LlamaContext ctx(model(), paged(128, 3, 16));
+  LlamaContext ctx(stories_model(), paged(128, 3, 16));
   const int64_t V = ctx.n_vocab();
   ctx.seq_eval(0, t.data(), n_prefix);
   EXPECT(ctx.seq_blocks(0).size() == 3);
@@ -116,18 +93,18 @@ TEST(kv_paging_shared_prefix_equals_contiguous_alone) {
 
   // the same tokens, each sequence alone in a context of one block per sequence (contiguous)
   for (int s = 0; s < 3; ++s) {
-    LlamaContext alone(model(), paged(128, 1, 128));
+    LlamaContext alone(stories_model(), paged(128, 1, 128));
     EXPECT(alone.seq_blocks(0).empty());
     alone.eval(t.data(), n_prefix);
     EXPECT(alone.seq_blocks(0).size() == 1);
     const float* want = alone.eval(&next[s], 1);
     bool argmax = false;
-    const float d = max_abs_diff(want, out.data() + s * V, V, &argmax);
+    const float d = max_diff(want, out.data() + s * V, V, &argmax);
     std::printf("  paged (16) vs contiguous, seq %d after a shared prefix: max |diff| %.3g\n", s, double(d));
     EXPECT(d <= 1e-5f && argmax);
     if (s == 2) {
       const float* w2 = alone.eval(t.data() + n_prefix, more);
-      const float d2 = max_abs_diff(w2, paged_chunk.data(), V, &argmax);
+      const float d2 = max_diff(w2, paged_chunk.data(), V, &argmax);
       std::printf("  paged (16) vs contiguous, a 30-token chunk across pages: max |diff| %.3g\n", double(d2));
       EXPECT(d2 <= 1e-5f && argmax);
     }
@@ -145,10 +122,10 @@ TEST(kv_paging_shared_prefix_equals_contiguous_alone) {
 // 16 sequences sharing a 64-token prefix (a system / image prompt), each then decoding 16 tokens:
 // blocks used vs what the slot layout held (n_seq x n_ctx), printed for docs/serving.md.
 TEST(kv_paging_memory_of_16_sequences_sharing_a_64_token_prefix) {
-  if (gguf().empty()) return;
+  if (stories_gguf().empty()) return;
   const std::vector<int32_t> t = story(64);
   const int64_t n_ctx = 256, S = 16, bs = 16;
-  LlamaContext ctx(model(), paged(n_ctx, S, bs));
+  LlamaContext ctx(stories_model(), paged(n_ctx, S, bs));
   ctx.seq_eval(0, t.data(), 64);
   for (int s = 1; s < S; ++s) ctx.seq_copy_prefix(0, s, 64);
   EXPECT(ctx.kv_stats().blocks_used == 4);
@@ -170,9 +147,9 @@ TEST(kv_paging_memory_of_16_sequences_sharing_a_64_token_prefix) {
 }
 
 TEST(kv_paging_pool_exhaustion_is_typed_and_changes_nothing) {
-  if (gguf().empty()) return;
+  if (stories_gguf().empty()) return;
   const std::vector<int32_t> t = story(40);
-  LlamaContext ctx(model(), paged(64, 2, 16, 32));  // 2 blocks for 2 sequences
+  LlamaContext ctx(stories_model(), paged(64, 2, 16, 32));  // 2 blocks for 2 sequences
   EXPECT(ctx.kv_stats().blocks_total == 2);
   ctx.seq_eval(0, t.data(), 20);  // both blocks
   EXPECT(ctx.kv_blocks_free() == 0);
@@ -200,12 +177,12 @@ TEST(kv_paging_pool_exhaustion_is_typed_and_changes_nothing) {
   EXPECT(ctx.seq_eval(1, t.data(), 30, nullptr, &stop) == nullptr);
   EXPECT(ctx.seq_n_past(1) == 0 && ctx.kv_blocks_free() == 2);
   // bad options are typed errors
-  EXPECT_THROWS(LlamaContext(model(), paged(64, 1, 24)), ErrorCode::InvalidArgument);
-  EXPECT_THROWS(LlamaContext(model(), paged(64, 1, 16, -1)), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(LlamaContext(stories_model(), paged(64, 1, 24)), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(LlamaContext(stories_model(), paged(64, 1, 16, -1)), ErrorCode::InvalidArgument);
 }
 
 TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
-  if (gguf().empty()) return;
+  if (stories_gguf().empty()) return;
   const std::vector<int32_t> t = story(12);
   // 5 blocks of 16; each request below needs up to 12 + 20 = 32 positions = 2 blocks: at most 2
   // run at once though there are 4 slots
@@ -214,12 +191,12 @@ TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
   so.n_seq = 4;
   so.kv_block_size = 16;
   so.kv_positions = 80;
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   const int N = 4;
   std::vector<std::promise<SeqOutcome>> done(N + 2);
   std::vector<GenerateResult> want;
   for (int i = 0; i < N; ++i) {
-    LlamaContext alone(model(), LlamaContextOptions{128, 0, 1});
+    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
     want.push_back(Session(alone).generate(std::vector<int32_t>(t.begin(), t.begin() + 6 + i), nullptr, greedy(20), nullptr));
   }
   // the first request holds the scheduler thread at its first token until all are submitted
@@ -284,15 +261,15 @@ TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
 // Two requests with the same 64-token prompt: the second shares the first's prefix blocks by
 // reference (observed in the stats while both run) and both equal the request alone.
 TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
-  if (gguf().empty()) return;
+  if (stories_gguf().empty()) return;
   const std::vector<int32_t> t = story(64);
-  LlamaContext alone(model(), LlamaContextOptions{256, 0, 1});
+  LlamaContext alone(stories_model(), LlamaContextOptions{256, 0, 1});
   const GenerateResult want = Session(alone).generate(t, nullptr, greedy(10), nullptr);
   SchedulerOptions so;
   so.n_ctx = 256;
   so.n_seq = 2;
   so.kv_block_size = 16;
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   std::vector<std::promise<SeqOutcome>> done(2);
   std::atomic<int64_t> max_shared{0};
   for (int i = 0; i < 2; ++i) {

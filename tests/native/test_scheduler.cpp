@@ -24,45 +24,21 @@
 #include "model/scheduler.h"
 #include "model/session.h"
 #include "shared_data.h"
+#include "stories_helpers.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
-// Largest |a - b| over n floats, and whether both have the same argmax.
-float max_diff(const float* a, const float* b, int64_t n, bool* same_argmax) {
-  float m = 0;
-  int64_t ia = 0, ib = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    m = std::max(m, std::fabs(a[i] - b[i]));
-    if (a[i] > a[ia]) ia = i;
-    if (b[i] > b[ib]) ib = i;
-  }
-  *same_argmax = ia == ib;
-  return m;
-}
-
-std::string stories_gguf() {
-  const std::string& d = emollm_test::stories_dir();
-  return d.empty() ? d : d + "/gguf/stories260K.gguf";
-}
-
-std::shared_ptr<LlamaModel> model() {
-  static std::shared_ptr<LlamaModel> m = LlamaModel::load(stories_gguf());
-  return m;
-}
-
-GenerateParams greedy(int64_t max_tokens) {
-  GenerateParams p;
-  p.sampler.temperature = 0;
-  p.max_tokens = max_tokens;
-  return p;
-}
+using emollm_test::greedy;
+using emollm_test::max_diff;
+using emollm_test::stories_gguf;
+using emollm_test::stories_model;
 
 // Prompts of different lengths: BOS then the first tokens of a greedy story (valid ids).
 std::vector<std::vector<int32_t>> prompts() {
-  LlamaContext ctx(model(), LlamaContextOptions{64, 0, 1});
+  LlamaContext ctx(stories_model(), LlamaContextOptions{64, 0, 1});
   GenerateResult story = Session(ctx).generate({1}, nullptr, greedy(20), nullptr);
   std::vector<std::vector<int32_t>> out;
   for (size_t len : {1, 3, 6, 10, 15}) {
@@ -74,7 +50,7 @@ std::vector<std::vector<int32_t>> prompts() {
 }
 
 GenerateResult alone(const std::vector<int32_t>& prompt, int64_t max_tokens) {
-  LlamaContext ctx(model(), LlamaContextOptions{256, 0, 1});
+  LlamaContext ctx(stories_model(), LlamaContextOptions{256, 0, 1});
   return Session(ctx).generate(prompt, nullptr, greedy(max_tokens), nullptr);
 }
 
@@ -84,11 +60,11 @@ TEST(scheduler_decode_rows_equal_per_sequence_eval) {
   if (stories_gguf().empty()) return;
   // three sequences in one multi-slot context, decoded together, vs one context each
   const std::vector<std::vector<int32_t>> ps = prompts();
-  LlamaContext multi(model(), LlamaContextOptions{64, 0, 3});
+  LlamaContext multi(stories_model(), LlamaContextOptions{64, 0, 3});
   std::vector<std::unique_ptr<LlamaContext>> single;
   for (int s = 0; s < 3; ++s) {
     multi.seq_eval(s, ps[size_t(s) + 1].data(), int64_t(ps[size_t(s) + 1].size()));
-    single.push_back(std::make_unique<LlamaContext>(model(), LlamaContextOptions{64, 0, 1}));
+    single.push_back(std::make_unique<LlamaContext>(stories_model(), LlamaContextOptions{64, 0, 1}));
     single.back()->eval(ps[size_t(s) + 1].data(), int64_t(ps[size_t(s) + 1].size()));
   }
   const int64_t V = multi.n_vocab();
@@ -132,7 +108,7 @@ TEST(scheduler_batched_greedy_equals_alone) {
   SchedulerOptions so;
   so.n_ctx = 256;
   so.n_seq = 3;  // 5 requests, 3 slots: two wait in the queue
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   std::vector<std::promise<SeqOutcome>> done(5);
   std::vector<std::vector<int32_t>> delivered(5);
   std::vector<std::atomic<int>> count(5);
@@ -189,13 +165,13 @@ TEST(scheduler_scores_equal_alone_and_share_the_prefix) {
   const std::vector<std::vector<int32_t>> conts = {{42, 7, 300}, {9}, {100, 101}, {}};
   std::vector<LlamaContext::ContinuationScore> want;
   {
-    LlamaContext ctx(model(), LlamaContextOptions{128, 0, 1});
+    LlamaContext ctx(stories_model(), LlamaContextOptions{128, 0, 1});
     EXPECT(ctx.score_continuations(ps[4].data(), int64_t(ps[4].size()), conts, &want));
   }
   SchedulerOptions so;
   so.n_ctx = 128;
   so.n_seq = 2;
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   // a generation beside two scorings of the same prefix: the second copies or reuses the prefix
   std::promise<SeqOutcome> g, a, b;
   SeqRequest gr;
@@ -256,7 +232,7 @@ TEST(scheduler_shutdown_aborts_waiting_and_running) {
   SchedulerOptions so;
   so.n_ctx = 256;
   so.n_seq = 1;
-  auto sched = std::make_unique<Scheduler>(model(), so);
+  auto sched = std::make_unique<Scheduler>(stories_model(), so);
   std::promise<SeqOutcome> p1, p2;
   std::atomic<int> n{0};
   std::atomic<bool> gate{false};
@@ -288,7 +264,7 @@ TEST(scheduler_waiting_requests_are_admitted_in_arrival_order) {
   SchedulerOptions so;
   so.n_ctx = 128;
   so.n_seq = 1;  // one slot: completion order is admission order
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   std::mutex mu;
   std::vector<int> order;
   std::vector<std::promise<void>> done(6);
@@ -318,7 +294,7 @@ namespace {
 // when the story is shorter), so two such prompts share only BOS when their skips differ.
 std::vector<int32_t> story_prompt(size_t len, size_t skip) {
   static const std::vector<int32_t> story = [] {
-    LlamaContext ctx(model(), LlamaContextOptions{512, 0, 1});
+    LlamaContext ctx(stories_model(), LlamaContextOptions{512, 0, 1});
     return Session(ctx).generate({1}, nullptr, greedy(400), nullptr).tokens;
   }();
   std::vector<int32_t> p{1};
@@ -331,16 +307,16 @@ std::vector<int32_t> story_prompt(size_t len, size_t skip) {
 float chunked_vs_whole(int64_t chunk, bool* same_argmax) {
   const std::vector<int32_t> base = story_prompt(40, 3);
   std::vector<int32_t> p = base;
-  const int64_t E = model()->hparams().n_embd, n = int64_t(p.size());
+  const int64_t E = stories_model()->hparams().n_embd, n = int64_t(p.size());
   // positions 5..16 take given embeddings (an "image" of 12 rows), distinct pseudo-ids
   std::vector<float> embd;
   for (int64_t i = 5; i < 17; ++i) {
     p[size_t(i)] = int32_t(-1 - i);
     for (int64_t e = 0; e < E; ++e) embd.push_back(0.02f * std::sin(float(i * 131 + e * 7)));
   }
-  LlamaContext whole(model(), LlamaContextOptions{128, 0, 1});
+  LlamaContext whole(stories_model(), LlamaContextOptions{128, 0, 1});
   const float* want = whole.eval(p.data(), n, nullptr, nullptr, embd.data());
-  LlamaContext multi(model(), LlamaContextOptions{128, chunk + 1, 2});
+  LlamaContext multi(stories_model(), LlamaContextOptions{128, chunk + 1, 2});
   int32_t other = 1;
   multi.seq_eval(1, &other, 1);
   const int64_t V = multi.n_vocab();
@@ -373,7 +349,7 @@ LongPromptRun long_prompt_beside_decoder(bool chunked, const std::vector<int32_t
   so.n_seq = 2;
   so.n_batch = 16;
   so.chunked_prefill = chunked;
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   LongPromptRun run;
   std::atomic<int> n{0};
   std::atomic<bool> queued{false};
@@ -452,14 +428,14 @@ TEST(scheduler_chunked_prefill_outputs_equal_alone) {
   const std::vector<std::vector<int32_t>> conts = {{42, 7, 300}, {9}, {100, 101}};
   std::vector<LlamaContext::ContinuationScore> want_scores;
   {
-    LlamaContext ctx(model(), LlamaContextOptions{256, 0, 1});
+    LlamaContext ctx(stories_model(), LlamaContextOptions{256, 0, 1});
     EXPECT(ctx.score_continuations(ps[5].data(), int64_t(ps[5].size()), conts, &want_scores));
   }
   SchedulerOptions so;
   so.n_ctx = 256;
   so.n_seq = 3;
   so.n_batch = 4;
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   std::vector<std::promise<SeqOutcome>> done(8);
   for (size_t i = 0; i < 6; ++i) {
     SeqRequest r;
@@ -508,13 +484,13 @@ TEST(scheduler_step_budget_is_validated) {
     so.n_ctx = 64;
     so.n_seq = 3;
     so.n_batch = bad;
-    EXPECT_THROWS(Scheduler(model(), so), ErrorCode::InvalidArgument);
+    EXPECT_THROWS(Scheduler(stories_model(), so), ErrorCode::InvalidArgument);
   }
   SchedulerOptions ok;
   ok.n_ctx = 64;
   ok.n_seq = 3;
   ok.n_batch = 3;
-  Scheduler s(model(), ok);
+  Scheduler s(stories_model(), ok);
   EXPECT(s.stats().n_batch == 3 && s.stats().chunked_prefill);
 }
 
@@ -528,7 +504,7 @@ TEST(scheduler_abort_during_chunked_prefill_leaves_the_others_exact) {
   so.n_ctx = 256;
   so.n_seq = 2;
   so.n_batch = 8;
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   std::atomic<uint64_t> victim{0};
   std::atomic<int64_t> chunks_seen{0};
   std::promise<SeqOutcome> pa, pb;
@@ -579,14 +555,14 @@ TEST(scheduler_long_options_split_across_steps_equal_unsplit) {
   const std::vector<std::vector<int32_t>> conts = {long1, {9}, long2, {100, 101}, long1};
   std::vector<LlamaContext::ContinuationScore> want;
   {
-    LlamaContext ctx(model(), LlamaContextOptions{128, 0, 1});
+    LlamaContext ctx(stories_model(), LlamaContextOptions{128, 0, 1});
     EXPECT(ctx.score_continuations(prefix.data(), int64_t(prefix.size()), conts, &want));
   }
   SchedulerOptions so;
   so.n_ctx = 128;
   so.n_seq = 2;
   so.n_batch = 8;  // options of 29 and 20 rows: 5 and 3 chunks or more
-  Scheduler sched(model(), so);
+  Scheduler sched(stories_model(), so);
   std::promise<SeqOutcome> g, a, b;
   SeqRequest gr;
   gr.prompt = prompts()[2];

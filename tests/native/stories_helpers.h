@@ -1,0 +1,48 @@
+// What the scheduler and KV-paging tests share about stories260K (../shared/models/stories260K):
+// its GGUF, one model loaded once per test binary, greedy generation parameters, and the logit
+// comparison they state their tolerances with.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/llama.h"
+#include "model/session.h"
+#include "shared_data.h"
+
+namespace emollm_test {
+
+// Largest |a - b| over n floats, and whether both have the same argmax.
+inline float max_diff(const float* a, const float* b, int64_t n, bool* same_argmax) {
+  float m = 0;
+  int64_t ia = 0, ib = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    m = std::max(m, std::fabs(a[i] - b[i]));
+    if (a[i] > a[ia]) ia = i;
+    if (b[i] > b[ib]) ib = i;
+  }
+  *same_argmax = ia == ib;
+  return m;
+}
+
+// ../shared/models/stories260K/gguf/stories260K.gguf, or "" (after a printed skip) when absent.
+inline std::string stories_gguf() {
+  const std::string& d = stories_dir();
+  return d.empty() ? d : d + "/gguf/stories260K.gguf";
+}
+
+inline std::shared_ptr<emollm::LlamaModel> stories_model() {
+  static std::shared_ptr<emollm::LlamaModel> m = emollm::LlamaModel::load(stories_gguf());
+  return m;
+}
+
+inline emollm::GenerateParams greedy(int64_t max_tokens) {
+  emollm::GenerateParams p;
+  p.sampler.temperature = 0;
+  p.max_tokens = max_tokens;
+  return p;
+}
+
+}  // namespace emollm_test
