@@ -179,8 +179,12 @@ TEST(cuda_attention_bad_args) {
 }
 
 // ------------------------------------------------------------------ attention on tensor cores
-// Tolerance: Q (pre-scaled), K, V and the softmax weights are bf16 operands: 5e-3 + 1e-2 |ref|
-// against the double reference for unit-scale inputs (the f32 kernel above holds 2e-4).
+// The kernel's operands are bf16: Q pre-scaled by scale * log2(e) and rounded, K and V rounded (when
+// given as f32), and the softmax weights P rounded before P V. The reference runs on the same
+// rounded Q, K and V, so what is left is P's rounding and the f32 accumulation: 5e-3 + 1e-2 |ref|.
+// (A first version compared with the reference on the unrounded Q. On an H200 the large-logits
+// case, logits of about +-15, then differed by 0.010: Q's bf16 rounding moves such a logit by
+// about 0.03, which the bound does not cover and is not the kernel's error.)
 namespace {
 void run_attention_tc(const AttnCase& c, bool bf16_kv) {
   AttentionParams p;
@@ -192,12 +196,17 @@ void run_attention_tc(const AttnCase& c, bool bf16_kv) {
   std::vector<float> q = rand_vec(size_t(p.n_q * p.ldq), r, -c.amp, c.amp);
   std::vector<float> k = rand_vec(size_t(p.n_kv * p.ldk), r, -c.amp, c.amp);
   std::vector<float> v = rand_vec(size_t(p.n_kv * p.ldv), r, -1.f, 1.f);
-  std::vector<uint16_t> kb, vb;
-  if (bf16_kv) { kb = round_bf16(k); vb = round_bf16(v); }
-  std::vector<float> want(size_t(p.n_q * p.ldo), 0.0f);
-  ref::attention(q.data(), k.data(), v.data(), want.data(), p);
   DevBuf dq(q);
+  // f32 K/V go to the kernel unrounded (it rounds them as it stages them)
   DevBuf dk32(bf16_kv ? std::vector<float>{} : k), dv32(bf16_kv ? std::vector<float>{} : v);
+  std::vector<uint16_t> kb = round_bf16(k), vb = round_bf16(v);  // k, v now hold the bf16 values
+  // Q as the kernel multiplies it: bf16(q * scale * log2 e), taken back to q's scale
+  const float scale = p.scale != 0.0f ? p.scale : float(1.0 / std::sqrt(double(p.head_dim)));
+  const float sl2f = scale * 1.4426950408889634f;  // the kernel's scale_log2, in float as it computes it
+  std::vector<float> q_ops(q.size());
+  for (size_t i = 0; i < q.size(); ++i) q_ops[i] = float(double(bf16_to_f32(f32_to_bf16(q[i] * sl2f))) / double(sl2f));
+  std::vector<float> want(size_t(p.n_q * p.ldo), 0.0f);
+  ref::attention(q_ops.data(), k.data(), v.data(), want.data(), p);
   DevBuf dk16(bf16_kv ? kb : std::vector<uint16_t>{}), dv16(bf16_kv ? vb : std::vector<uint16_t>{});
   std::vector<float> init(size_t(p.n_q * p.ldo), -555.0f);
   DevBuf dout(init);
