@@ -232,9 +232,18 @@ TEST(cuda_backend_gemm_every_dtype) {
     run_gemm(wt, 77, 131, 160, true, 3);
     run_gemm(wt, 130, 200, 256, false, 0);
   }
-  // GEMV's 16-byte path (K % 8 == 0, aligned rows) against its scalar tail: same answers.
+  // GEMV's 16-byte path (K % 8 == 0, aligned rows) against its scalar tail: same answers. K of
+  // 4096 and 4104 also run its unrolled loop (4 loads per lane in flight) and the loop after it.
   run_gemm(DType::BF16, 2, 65, 4096, true, 0);
   run_gemm(DType::F16, 2, 65, 4104, true, 0);
+  run_gemm(DType::BF16, 1, 97, 1288, false, 0);
+  // q8_0 / q4_0 GEMV: 65 blocks (q8_0: two unrolled groups of 32 blocks; q4_0: one of 64; then
+  // one block), 128 blocks; the 1-, 2-, 4- and 8-row kernels.
+  for (DType wt : {DType::Q8_0, DType::Q4_0}) {
+    run_gemm(wt, 3, 67, 65 * 32, true, 0);
+    run_gemm(wt, 2, 67, 65 * 32, false, 1);  // the 2-row kernel, unaligned X rows (scalar X loads)
+    run_gemm(wt, 1, 129, 4096, false, 0);
+  }
 }
 
 TEST(cuda_backend_gemm_bad_args) {
