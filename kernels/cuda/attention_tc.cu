@@ -32,6 +32,7 @@ struct TaArgs {
   float scale_log2;
   int causal;
   int64_t q_pos0;
+  int vec;  // K/V rows and the tensors are 16-byte aligned: staged 8 elements per load
 };
 
 __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
@@ -45,6 +46,65 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 __device__ __forceinline__ uint16_t kv_bits(const float* p) { return f32_to_bf16_bits(__ldg(p)); }
 __device__ __forceinline__ uint16_t kv_bits(const uint16_t* p) {
   return __ldg(reinterpret_cast<const unsigned short*>(p));
+}
+
+// 8 consecutive K/V elements as bf16 bits in one uint4 (16-byte aligned source).
+__device__ __forceinline__ uint4 load8_bf16(const uint16_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint4 load8_bf16(const float* p) {
+  const float4 x = __ldg(reinterpret_cast<const float4*>(p)), y = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  return make_uint4(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w), pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
+}
+
+// Stages keys kv0 .. kv0 + TA_BKV - 1 (zero past kv_end) of head kvh into Ks / Vs as bf16. With
+// a.vec each thread issues all its 16-byte loads of a matrix before it stores any (the scalar
+// loop, one 2- or 4-byte load per element, left the tile's load latency exposed).
+template <typename KT, int D>
+__device__ __forceinline__ void stage_kv(const TaArgs& a, const KT* K, const KT* V, uint16_t* Ks, uint16_t* Vs,
+                                         int64_t kv0, int64_t kv_end, int kvh) {
+  constexpr int LD = D + 8;
+  if (a.vec) {
+    constexpr int CPR = D / 8, PER = TA_BKV * CPR / TA_NT;
+    static_assert(TA_BKV * CPR % TA_NT == 0, "chunks per thread");
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const KT* src = m == 0 ? K : V;
+      const int64_t ld = m == 0 ? a.ldk : a.ldv;
+      uint16_t* dst = m == 0 ? Ks : Vs;
+      uint4 c[PER];
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        const int e = threadIdx.x + i * TA_NT, j = e / CPR, d = (e % CPR) * 8;
+        const int64_t kj = kv0 + j;
+        c[i] = kj < kv_end ? load8_bf16(src + kj * ld + int64_t(kvh) * D + d) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        const int e = threadIdx.x + i * TA_NT, j = e / CPR, d = (e % CPR) * 8;
+        *reinterpret_cast<uint4*>(dst + j * LD + d) = c[i];
+      }
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < TA_BKV * D; e += TA_NT) {
+    const int j = e / D, d = e % D;
+    const int64_t kj = kv0 + j;
+    uint16_t kb = 0, vb = 0;
+    if (kj < kv_end) {
+      kb = kv_bits(K + kj * a.ldk + int64_t(kvh) * D + d);
+      vb = kv_bits(V + kj * a.ldv + int64_t(kvh) * D + d);
+    }
+    Ks[j * LD + d] = kb;
+    Vs[j * LD + d] = vb;
+  }
+}
+
+// The B fragment (b0, b1) of V[kk .. kk+15][d0 .. d0+7] (B[k = key][n = d]) from shared memory in
+// one ldmatrix.trans: lanes 0-7 address keys kk .. kk+7, lanes 8-15 keys kk+8 .. kk+15 (lanes
+// 16-31's addresses are not read by .x2). Four 16-bit shared loads per fragment before.
+__device__ __forceinline__ void v_fragment(const uint16_t* Vs, int ld, int kk, int d0, int lane, uint32_t& b0,
+                                           uint32_t& b1) {
+  const uint32_t addr = uint32_t(__cvta_generic_to_shared(Vs + (kk + (lane & 15)) * ld + d0));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
 }
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -90,17 +150,7 @@ __global__ void __launch_bounds__(TA_NT) flash_attn_tc_kernel(TaArgs a) {
 
   for (int64_t kv0 = 0; kv0 < kv_end; kv0 += TA_BKV) {
     __syncthreads();  // the previous tile is consumed (and Q is staged, the first time)
-    for (int e = threadIdx.x; e < TA_BKV * D; e += TA_NT) {
-      const int j = e / D, d = e % D;
-      const int64_t kj = kv0 + j;
-      uint16_t kb = 0, vb = 0;
-      if (kj < kv_end) {
-        kb = kv_bits(K + kj * a.ldk + int64_t(kvh) * D + d);
-        vb = kv_bits(V + kj * a.ldv + int64_t(kvh) * D + d);
-      }
-      Ks[j * LD + d] = kb;
-      Vs[j * LD + d] = vb;
-    }
+    stage_kv<KT, D>(a, K, V, Ks, Vs, kv0, kv_end, kvh);
     __syncthreads();
 
     // S = Q K^T for 16 rows x 64 keys: 8 n-tiles of 8 keys.
@@ -180,10 +230,8 @@ __global__ void __launch_bounds__(TA_NT) flash_attn_tc_kernel(TaArgs a) {
       const uint32_t a3 = pack_bf16(s[n + 1][2], s[n + 1][3]);
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
-        // B[k = key][n = d] = V[key][d]: two keys per register, one column d = j*8 + g.
-        const uint16_t* vc = Vs + j * 8 + g;
-        const uint32_t b0 = uint32_t(vc[(kk + 2 * t) * LD]) | (uint32_t(vc[(kk + 2 * t + 1) * LD]) << 16);
-        const uint32_t b1 = uint32_t(vc[(kk + 8 + 2 * t) * LD]) | (uint32_t(vc[(kk + 9 + 2 * t) * LD]) << 16);
+        uint32_t b0, b1;  // B[k = key][n = d] = V[key][d], columns d = j*8 .. j*8+7
+        v_fragment(Vs, LD, kk, j * 8, lane, b0, b1);
         mma_bf16(o[j], a0, a1, a2, a3, b0, b1);
       }
     }
@@ -247,8 +295,11 @@ void attention_tc(const float* q, const void* k, const void* v, DType kv_type, f
   a.scale_log2 = scale * TA_LOG2E;
   a.causal = p.causal ? 1 : 0;
   a.q_pos0 = p.q_pos0;
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const bool bf = kv_type == DType::BF16;
+  // 16-byte K/V loads: every row start (a multiple of ld) and head offset (kvh * D) 16-byte aligned
+  const int64_t per16 = bf ? 8 : 4;
+  a.vec = detail::aligned(k, 16) && detail::aligned(v, 16) && p.ldk % per16 == 0 && p.ldv % per16 == 0 ? 1 : 0;
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   if (p.head_dim == 64) bf ? launch_tc<uint16_t, 64>(a, st) : launch_tc<float, 64>(a, st);
   else bf ? launch_tc<uint16_t, 128>(a, st) : launch_tc<float, 128>(a, st);
   detail::check_launch("cuda attention_tc");
