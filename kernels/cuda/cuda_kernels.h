@@ -103,8 +103,9 @@ void matmul(const float* X, int64_t ldx, const void* W, DType wtype, const float
 // .so.12, .so, then the build's toolkit directory), so nothing links cuBLAS and a machine
 // without it runs gemm_tc. One cuBLASLt handle per device; the layouts and the heuristic's
 // algorithm are cached per shape, leading dims, alignments and dtype.
-// Returns false, launching nothing, when cuBLASLt cannot run this product (not loaded, disabled
-// by EMOLLM_CUBLASLT=0, no algorithm for the shape / alignment): the caller runs gemm_tc.
+// Returns false, writing nothing to Y, when cuBLASLt cannot run this product (not loaded,
+// disabled by EMOLLM_CUBLASLT=0, no algorithm for the shape / alignment, or the algorithm
+// refused at run time as unsupported, which is remembered for the shape): the caller runs gemm_tc.
 // Argument errors throw InvalidArgument / Unsupported as gemm_tc's do (F32 weights: Unsupported).
 bool gemm_cublaslt(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
                    int64_t M, int64_t N, int64_t K, Stream stream);

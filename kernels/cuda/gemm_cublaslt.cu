@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -134,7 +135,7 @@ std::vector<std::string> default_candidates() {
 struct Plan {
   const LtApi* api = nullptr;
   LtLayout a = nullptr, b = nullptr, d = nullptr;
-  bool ok = false;             // an algorithm exists
+  std::atomic<bool> ok{false};  // an algorithm exists (cleared if cuBLASLt refuses it at run time)
   bool bias_epilogue = false;  // the bias rides in cuBLASLt's epilogue (else a row_broadcast after)
   LtAlgo algo{};
   size_t workspace = 0;
@@ -236,7 +237,7 @@ class CublasLt {
       const LtStatus s = api_.heuristic(h, desc, p->a, p->b, p->d, p->d, pref, 1, &r, &found);
       api_.desc_destroy(desc);
       if (s == 0 && found > 0 && r.state == 0 && r.workspaceSize <= kWorkspaceBytes) {
-        p->ok = true, p->bias_epilogue = with_bias, p->algo = r.algo, p->workspace = r.workspaceSize;
+        p->ok.store(true), p->bias_epilogue = with_bias, p->algo = r.algo, p->workspace = r.workspaceSize;
         break;
       }
       if (!with_bias) break;
@@ -392,7 +393,7 @@ bool gemm_cublaslt(const float* X, int64_t ldx, const void* W, DType wtype, cons
   const int64_t ldy_eff = M <= 1 && ldy < N ? N : ldy;
   const PlanKey key{dev, type16, M, N, K, K, ldh, ldy_eff, align_w, alignment(Y), align_bias};
   const std::shared_ptr<Plan> plan = lt.plan(key, h, bias);
-  if (!plan->ok) return false;
+  if (!plan->ok.load()) return false;
 
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const size_t x_bytes = round_up(size_t(M) * size_t(ldh) * 2, 256);
@@ -429,9 +430,16 @@ bool gemm_cublaslt(const float* X, int64_t ldx, const void* W, DType wtype, cons
     const LtStatus s = lt.api().matmul(h, desc, &alpha, wh, plan->a, xh, plan->b, &beta, Y, plan->d, Y, plan->d,
                                        &plan->algo, ws, plan->workspace, st);
     lt.api().desc_destroy(desc);
-    if (s != 0) throw Error(ErrorCode::Internal, "cuda gemm_cublaslt: cublasLtMatmul failed (status " + std::to_string(s) + ")");
-    launched = true;
-    if (bias && !plan->bias_epilogue) row_broadcast(RowOp::AddRow, Y, ldy_eff, bias, Y, ldy_eff, M, N, false, stream);
+    // NOT_SUPPORTED (15), INVALID_VALUE (7), ARCH_MISMATCH (8): the configuration, not the
+    // device, failed; nothing was written to Y, so gemm_tc runs this shape from now on.
+    if (s == 15 || s == 7 || s == 8) {
+      plan->ok.store(false);
+    } else if (s != 0) {
+      throw Error(ErrorCode::Internal, "cuda gemm_cublaslt: cublasLtMatmul failed (status " + std::to_string(s) + ")");
+    } else {
+      launched = true;
+    }
+    if (launched && bias && !plan->bias_epilogue) row_broadcast(RowOp::AddRow, Y, ldy_eff, bias, Y, ldy_eff, M, N, false, stream);
   } catch (...) {
     cudaFreeAsync(scratch, st);
     throw;
