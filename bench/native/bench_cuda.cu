@@ -4,9 +4,10 @@
 // Peaks (measured in this run, not datasheet figures):
 //   tensor-core bf16: a kernel of back-to-back wmma 16x16x16 bf16 mma on register fragments.
 //   HBM copy: cudaMemcpy device to device of 2 GiB (read + write bytes).
-// Rows: GEMM (tensor cores) at LLaMA-7B and CLIP-L shapes, TFLOP/s and % of the tensor-core
-// probe, with the ratio to cuBLASLt (bf16 in, f32 out; built with the anchor when the toolkit
-// has cuBLASLt, else "n/a"); GEMV (decode, M = 1) in GB/s of weight bytes and % of the copy
+// Rows: GEMM at LLaMA-7B and CLIP-L shapes (bf16 weights; q4_0 / q8_0 at the qkvo shape), each
+// as gemm_tc (ours, tensor cores) and as matmul's cuBLASLt path (gemm_cublaslt, opened at run
+// time), in TFLOP/s and as % of cuBLASLt called directly on bf16 operands (the anchor; bench_cuda
+// links it when the toolkit has cuBLASLt, else "n/a"); GEMV (decode, M = 1) in GB/s of weight bytes and % of the copy
 // probe for bf16 / q8_0 / q4_0;
 // Anchors:
 //   attention: naive, scores materialised: S = scale Q K^T (masked) in device memory, a row
@@ -277,36 +278,72 @@ double cublaslt_ms(const uint16_t* Xb, const uint16_t* Wb, float* Y, int64_t M, 
 }
 #endif
 
-void bench_gemm(const char* shape, int64_t M, int64_t N, int64_t K) {
+// Weights [N, K] of dtype wt on the device: bf16 converted on the device, q8_0 / q4_0 quantised
+// on the host by the reference quantisers (the bytes GGUF holds) and uploaded.
+void* dev_weights(const float* wf, DType wt, int64_t N, int64_t K) {
+  if (wt == DType::BF16) return dev_bf16(wf, size_t(N * K));
+  std::vector<float> hw(size_t(N * K));
+  CK(cudaMemcpy(hw.data(), wf, hw.size() * 4, cudaMemcpyDeviceToHost));
+  const size_t rb = dtype_row_bytes(wt, K);
+  std::vector<uint8_t> hq(size_t(N) * rb);
+  for (int64_t n = 0; n < N; ++n) quantize_row(wt, hw.data() + n * K, hq.data() + size_t(n) * rb, K);
+  void* w;
+  CK(cudaMalloc(&w, hq.size()));
+  CK(cudaMemcpy(w, hq.data(), hq.size(), cudaMemcpyHostToDevice));
+  return w;
+}
+
+// One GEMM shape, three ways in this run: gemm_tc (ours, wmma), the cuBLASLt path of matmul
+// (gemm_cublaslt: X rounded, q8_0/q4_0 dequantised, then cublasLtMatmul through dlopen) and
+// cuBLASLt called directly on bf16 X and W (the anchor; X already bf16, so no conversion).
+// "ms" / "tflops" / "ratio_to_cublaslt" are what matmul runs: the path when it ran, else gemm_tc.
+void bench_gemm(DType wt, const char* shape, int64_t M, int64_t N, int64_t K) {
   float* x = dev_rand(size_t(M * K), 21, 1.0f);
-  float* w = dev_rand(size_t(N * K), 22, 0.05f);
-  uint16_t* wb = dev_bf16(w, size_t(N * K));
-  float* y;
-  CK(cudaMalloc(&y, size_t(M * N) * 4));
-  const double t = time_ms([&] { cuda::matmul(x, K, wb, DType::BF16, nullptr, y, N, M, N, K, nullptr); }, g_reps);
+  float* wf = dev_rand(size_t(N * K), 22, 0.05f);
+  void* w = dev_weights(wf, wt, N, K);
+  float *y_tc, *y_lt;
+  CK(cudaMalloc(&y_tc, size_t(M * N) * 4));
+  CK(cudaMalloc(&y_lt, size_t(M * N) * 4));
   const double flop = 2.0 * double(M) * double(N) * double(K);
-  const double tf = flop / (t * 1e-3) / 1e12;
-  double ratio = -1;
+  auto tflops = [&](double ms) { return ms > 0 ? flop / (ms * 1e-3) / 1e12 : -1.0; };
+  const double t_tc = time_ms([&] { cuda::gemm_tc(x, K, w, wt, nullptr, y_tc, N, M, N, K, nullptr); }, g_reps);
+  double t_lt = -1;
+  if (cuda::gemm_cublaslt(x, K, w, wt, nullptr, y_lt, N, M, N, K, nullptr))
+    t_lt = time_ms([&] { cuda::gemm_cublaslt(x, K, w, wt, nullptr, y_lt, N, M, N, K, nullptr); }, g_reps);
+  double t_direct = -1, diff_direct = -1;
 #if defined(EMOLLM_HAVE_CUBLASLT)
   uint16_t* xb = dev_bf16(x, size_t(M * K));
+  uint16_t* wb = wt == DType::BF16 ? static_cast<uint16_t*>(w) : dev_bf16(wf, size_t(N * K));
   float* y2;
   CK(cudaMalloc(&y2, size_t(M * N) * 4));
-  const double tc = cublaslt_ms(xb, wb, y2, M, N, K);
-  if (tc > 0) {
-    ratio = tc / t;
-    std::printf("  (cuBLASLt %.3f ms, max|ours - cuBLASLt| %.2e)\n", tc, double(max_abs_diff(y, y2, size_t(M * N))));
-  }
+  t_direct = cublaslt_ms(xb, wb, y2, M, N, K);
+  if (t_direct > 0 && wt == DType::BF16) diff_direct = max_abs_diff(t_lt > 0 ? y_lt : y_tc, y2, size_t(M * N));
   cudaFree(xb);
+  if (wb != w) cudaFree(wb);
   cudaFree(y2);
 #endif
-  std::printf("gemm bf16 %-22s M=%-5lld N=%-6lld K=%-5lld %8.3f ms %7.2f TFLOP/s %5.1f%% of tc probe | vs cuBLASLt %s\n",
-              shape, (long long)M, (long long)N, (long long)K, t, tf, 100.0 * tf / g_tc_peak,
-              ratio > 0 ? (jnum(100.0 * ratio) + "%").c_str() : "n/a (built without cuBLASLt)");
-  g_json.push_back("{\"op\":\"gemm\",\"dtype\":\"bf16\",\"shape\":\"" + std::string(shape) + "\",\"M\":" +
-                   std::to_string(M) + ",\"N\":" + std::to_string(N) + ",\"K\":" + std::to_string(K) +
-                   ",\"ms\":" + jnum(t) + ",\"tflops\":" + jnum(tf) + ",\"pct_tc_peak\":" +
-                   jnum(100.0 * tf / g_tc_peak) + ",\"ratio_to_cublaslt\":" + (ratio > 0 ? jnum(ratio) : "null") + "}");
-  cudaFree(x); cudaFree(w); cudaFree(wb); cudaFree(y);
+  const double diff_tc = t_lt > 0 ? double(max_abs_diff(y_lt, y_tc, size_t(M * N))) : -1.0;
+  const double t = t_lt > 0 ? t_lt : t_tc;
+  auto pct = [&](double ms) { return ms > 0 && t_direct > 0 ? jnum(100.0 * t_direct / ms) + "%" : std::string("n/a"); };
+  std::printf("gemm %-5s %-22s M=%-5lld N=%-6lld K=%-5lld gemm_tc %8.3f ms %7.2f TFLOP/s | cublaslt path %s | "
+              "vs cuBLASLt direct%s: gemm_tc %s, path %s\n",
+              dtype_name(wt), shape, (long long)M, (long long)N, (long long)K, t_tc, tflops(t_tc),
+              t_lt > 0 ? (jnum(t_lt) + " ms " + jnum(tflops(t_lt)) + " TFLOP/s (x" + jnum(t_tc / t_lt) + " vs gemm_tc)").c_str()
+                       : "n/a (not loaded or no algorithm)",
+              t_direct > 0 ? (" (bf16, " + jnum(t_direct) + " ms)").c_str() : " n/a (built without cuBLASLt)",
+              pct(t_tc).c_str(), pct(t_lt).c_str());
+  if (diff_tc >= 0 || diff_direct >= 0)
+    std::printf("  max|path - gemm_tc| %.2e, max|ours - cuBLASLt direct| %s\n", diff_tc,
+                diff_direct >= 0 ? jnum(diff_direct).c_str() : "n/a (other operands)");
+  g_json.push_back("{\"op\":\"gemm\",\"dtype\":\"" + std::string(dtype_name(wt)) + "\",\"shape\":\"" +
+                   std::string(shape) + "\",\"M\":" + std::to_string(M) + ",\"N\":" + std::to_string(N) +
+                   ",\"K\":" + std::to_string(K) + ",\"ms\":" + jnum(t) + ",\"tflops\":" + jnum(tflops(t)) +
+                   ",\"pct_tc_peak\":" + jnum(100.0 * tflops(t) / g_tc_peak) + ",\"ratio_to_cublaslt\":" +
+                   (t_direct > 0 ? jnum(t_direct / t) : "null") + ",\"gemm_tc_ms\":" + jnum(t_tc) +
+                   ",\"cublaslt_path_ms\":" + (t_lt > 0 ? jnum(t_lt) : "null") + ",\"cublaslt_direct_ms\":" +
+                   (t_direct > 0 ? jnum(t_direct) : "null") + ",\"max_diff_path_vs_gemm_tc\":" +
+                   (diff_tc >= 0 ? jnum(diff_tc) : "null") + "}");
+  cudaFree(x); cudaFree(wf); cudaFree(w); cudaFree(y_tc); cudaFree(y_lt);
 }
 
 void bench_gemv(DType wt, int64_t N, int64_t K) {
@@ -464,12 +501,19 @@ int main(int argc, char** argv) {
     std::printf("copy probe (cudaMemcpy D2D, 2 GiB, read+write): %.0f GB/s\n", g_hbm_peak);
     std::printf("tensor-core probe (wmma bf16, register operands): %.1f TFLOP/s\n", g_tc_peak);
     // LLaMA-7B projections (d 4096, ffn 11008) at prefill M and CLIP-L/14-336 (577 tokens, d 1024, ffn 4096).
-    bench_gemm("llama7b qkvo M=512", 512, 4096, 4096);
-    bench_gemm("llama7b ffn-up M=512", 512, 11008, 4096);
-    bench_gemm("llama7b ffn-down M=512", 512, 4096, 11008);
-    bench_gemm("llama7b qkvo M=2048", 2048, 4096, 4096);
-    bench_gemm("clip-l attn", 577, 1024, 1024);
-    bench_gemm("clip-l mlp-up", 577, 4096, 1024);
+    std::printf("matmul GEMM path (M > 8): %s\n", cuda::matmul_gemm_path().c_str());
+    bench_gemm(DType::BF16, "llama7b qkvo M=512", 512, 4096, 4096);
+    bench_gemm(DType::BF16, "llama7b ffn-up M=512", 512, 11008, 4096);
+    bench_gemm(DType::BF16, "llama7b ffn-down M=512", 512, 4096, 11008);
+    bench_gemm(DType::BF16, "llama7b qkvo M=2048", 2048, 4096, 4096);
+    bench_gemm(DType::BF16, "clip-l attn", 577, 1024, 1024);
+    bench_gemm(DType::BF16, "clip-l mlp-up", 577, 4096, 1024);
+    // Quantised weights: the path dequantises W to f16 per call; M=16 / 32 check where that pays
+    // (matmul takes the path from kCublasLtQuantMinRows = 32 rows).
+    bench_gemm(DType::Q4_0, "llama7b qkvo M=512", 512, 4096, 4096);
+    bench_gemm(DType::Q8_0, "llama7b qkvo M=512", 512, 4096, 4096);
+    bench_gemm(DType::Q4_0, "llama7b qkvo M=32", 32, 4096, 4096);
+    bench_gemm(DType::Q4_0, "llama7b qkvo M=16", 16, 4096, 4096);
     for (DType wt : {DType::BF16, DType::Q8_0, DType::Q4_0}) {
       bench_gemv(wt, 4096, 4096);
       bench_gemv(wt, 11008, 4096);

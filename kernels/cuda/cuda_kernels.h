@@ -9,6 +9,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "../../base/dtype.h"
 #include "../op_params.h"
@@ -79,7 +81,10 @@ void mvp_projection(const float* X, const void* W1, const float* b1, const void*
 //           tensor cores as 16-bit floats: BF16 weights with X rounded to bf16; F16, Q8_0 and
 //           Q4_0 weights (dequantised in registers on their way to shared memory) with X
 //           rounded to f16 (clamped to +-65504). F32 weights are refused (Unsupported): use gemm().
-//   matmul  the dispatcher: M <= 8 -> gemv; F32 weights -> gemm (f32 SIMT, above); else gemm_tc.
+//   gemm_cublaslt (prefill, below): the same operand contract as gemm_tc, through cuBLASLt.
+//   matmul  the dispatcher: M <= 8 -> gemv; F32 weights -> gemm (f32 SIMT, above); else
+//           gemm_cublaslt when cuBLASLt is loaded and has an algorithm for the shape (q8_0/q4_0
+//           from kCublasLtQuantMinRows rows), else gemm_tc.
 constexpr int64_t kGemvMaxRows = 8;
 void gemv(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
           int64_t M, int64_t N, int64_t K, Stream stream);
@@ -87,6 +92,38 @@ void gemm_tc(const float* X, int64_t ldx, const void* W, DType wtype, const floa
              int64_t M, int64_t N, int64_t K, Stream stream);
 void matmul(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K, Stream stream);
+
+// ---------------------------------------------------------------- cuBLASLt GEMM (prefill)
+// gemm_cublaslt: Y = X * W^T (+ bias) as gemm_tc computes it (the same operands: X rounded to
+// bf16 for BF16 weights, to f16 clamped to +-65504 otherwise; q8_0/q4_0 weights dequantised to
+// f16; f32 accumulation and output) through NVIDIA's cuBLASLt: X is converted into a
+// stream-ordered scratch buffer (cudaMallocAsync), q8_0/q4_0 weights are dequantised to f16
+// there too, then one cublasLtMatmul (the TN product Y^T = W * X^T in cuBLASLt's column-major
+// terms, bias in its epilogue). libcublasLt is opened at run time (dlopen of libcublasLt.so.13,
+// .so.12, .so, then the build's toolkit directory), so nothing links cuBLAS and a machine
+// without it runs gemm_tc. One cuBLASLt handle per device; the layouts and the heuristic's
+// algorithm are cached per shape, leading dims, alignments and dtype.
+// Returns false, writing nothing to Y, when cuBLASLt cannot run this product (not loaded,
+// disabled by EMOLLM_CUBLASLT=0, no algorithm for the shape / alignment, or the algorithm
+// refused at run time as unsupported, which is remembered for the shape): the caller runs gemm_tc.
+// Argument errors throw InvalidArgument / Unsupported as gemm_tc's do (F32 weights: Unsupported).
+bool gemm_cublaslt(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
+                   int64_t M, int64_t N, int64_t K, Stream stream);
+// From this many rows matmul dequantises q8_0/q4_0 weights for cuBLASLt (N*K f16 written and
+// read once per call); below it gemm_tc dequantises in registers. At M = 32 the product is
+// 64*N*K flops, which cuBLASLt runs faster than gemm_tc's ~20 TFLOP/s (H200) by more than the
+// dequantisation's 6*N*K bytes cost at ~3 TB/s.
+constexpr int64_t kCublasLtQuantMinRows = 32;
+// Whether cuBLASLt is loaded (opening it on the first call; EMOLLM_CUBLASLT=0 keeps it closed).
+// `detail` (optional) gets the library and its version, or why it is not loaded.
+bool cublaslt_available(std::string* detail = nullptr);
+// The GEMM matmul runs for M > 8 with 16-bit / quantised weights, for reports:
+// "cublaslt (<library>, version <v>)" or "gemm_tc (<why cuBLASLt is not used>)".
+std::string matmul_gemm_path();
+// Test hook: tries to open each candidate library name in order and resolve every cuBLASLt
+// function gemm_cublaslt uses, then closes it again. Returns "" on success (the library name in
+// *opened), else the reasons, one per candidate. Touches no device.
+std::string cublaslt_probe_library(const std::vector<std::string>& candidates, std::string* opened = nullptr);
 
 // ---------------------------------------------------------------- row kernels (kernels/cpu/kernels.h contracts)
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n, float eps,

@@ -20,6 +20,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_kernels.h"
+#include "operand16.cuh"
 
 namespace emollm {
 namespace cuda {
@@ -247,49 +248,8 @@ __global__ void __launch_bounds__(GV_NT) gemv_kernel(MatArgs a) {
 // ------------------------------------------------------------------ gemm_tc
 constexpr int TC_BM = 64, TC_BN = 64, TC_BK = 32, TC_LD = TC_BK + 8, TC_NT = 128;
 
-template <typename MT>
-__device__ __forceinline__ MT to_operand(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 to_operand<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half to_operand<__half>(float x) {
-  // f16 overflows at 65504; clamp finite activations there instead of making them inf (NaN stays NaN).
-  if (x == x) x = fminf(fmaxf(x, -65504.0f), 65504.0f);
-  return __float2half_rn(x);
-}
-
-// 16 consecutive weights W[n, k0 .. k0+15] as f32 (zero past K; quantised types have K % 32 == 0
-// and k0 % 16 == 0, so the 16 never straddle a block).
-template <DType WT>
-__device__ __forceinline__ void load_w16(const uint8_t* row, int k0, int K, float (&w)[16]) {
-  if constexpr (WT == DType::F16 || WT == DType::BF16) {
-    const unsigned short* p = reinterpret_cast<const unsigned short*>(row);
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int k = k0 + i;
-      const uint16_t b = k < K ? __ldg(p + k) : uint16_t(0);
-      w[i] = WT == DType::F16 ? half_bits_to_f32(b) : detail::bf16_bits_to_f32(b);
-    }
-  } else if constexpr (WT == DType::Q8_0) {
-    const uint8_t* blk = row + int64_t(k0 / 32) * 34;
-    const float d = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk)));
-    const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2) + (k0 % 32);
-#pragma unroll
-    for (int i = 0; i < 16; ++i) w[i] = d * float(__ldg(qs + i));
-  } else {  // Q4_0
-    const uint8_t* blk = row + int64_t(k0 / 32) * 18;
-    const float d = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk)));
-    const uint8_t* qs = blk + 2;
-    const bool high = (k0 % 32) != 0;
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const uint8_t q = __ldg(qs + i);
-      w[i] = d * float(int(high ? q >> 4 : q & 15) - 8);
-    }
-  }
-}
+using detail::load_w16;
+using detail::to_operand;
 
 template <typename MT, DType WT>
 __global__ void __launch_bounds__(TC_NT) gemm_tc_kernel(MatArgs a) {
@@ -439,6 +399,9 @@ void matmul(const float* X, int64_t ldx, const void* W, DType wtype, const float
             int64_t M, int64_t N, int64_t K, Stream stream) {
   if (M <= kGemvMaxRows) return gemv(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream);
   if (wtype == DType::F32) return gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream);
+  // cuBLASLt when it is loaded and has an algorithm (quantised weights: from where dequantising pays).
+  const bool quant = wtype == DType::Q8_0 || wtype == DType::Q4_0;
+  if ((!quant || M >= kCublasLtQuantMinRows) && gemm_cublaslt(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream)) return;
   gemm_tc(X, ldx, W, wtype, bias, Y, ldy, M, N, K, stream);
 }
 

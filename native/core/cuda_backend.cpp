@@ -260,7 +260,9 @@ class CudaBackend final : public Backend {
   DeviceKind device() const override { return DeviceKind::Cuda; }
   std::string describe() const override {
     return "cuda:" + std::to_string(info_.index) + " (" + info_.name + ", sm_" + std::to_string(info_.major) +
-           std::to_string(info_.minor) + ", " + gib(info_.total_bytes) + ")";
+           std::to_string(info_.minor) + ", " + gib(info_.total_bytes) +
+           // which prefill GEMM matmul runs (cuda_kernels.h: matmul_gemm_path() has the details)
+           (cuda::cublaslt_available() ? ", GEMM cuBLASLt" : ", GEMM gemm_tc") + ")";
   }
 
   // ---- memory
