@@ -9,8 +9,8 @@
 //   4. the tiny LLaVA (../shared/models/llava-tiny-hf) on 'cuda': the 16 greedy tokens of its
 //      photo question (photo.jpg through sharp) equal transformers' (reference/expected.json).
 // Exits 0 only when every check ran and passed; 1 on a mismatch, 2 when it cannot run (no CUDA
-// build, no GPU, ../shared missing). Not part of `npm test`: CI has no GPU
-// (bench/native/run-cuda-checks.sh runs it on the device machine when NODE is set).
+// build, no GPU, ../shared missing). Not part of `npm test` (CI has no GPU): run it by hand on a
+// CUDA machine; tests/js/cuda_node_check.test.ts runs it on the emulated device.
 //
 // Usage: node scripts/cuda-node-check.mjs [--shared DIR]   (default: EMOLLM_SHARED_DIR, else ../shared)
 import { existsSync, readFileSync } from 'node:fs';
