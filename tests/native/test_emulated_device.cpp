@@ -41,6 +41,7 @@
 #include "model/scheduler.h"
 #include "model/session.h"
 #include "shared_data.h"
+#include "stories_helpers.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -61,29 +62,18 @@ std::string error_of(F&& f, ErrorCode code) {
 }
 bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
-using emollm_test::read_ints;
+using emollm_test::greedy;
+using emollm_test::oracle_greedy;
 using emollm_test::stories_dir;
-
-std::vector<int32_t> oracle_greedy() {
-  return read_ints(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");  // BOS, then 200 greedy tokens
-}
 
 std::shared_ptr<LlamaModel> emulated_model() {
   static std::shared_ptr<LlamaModel> m = [] {
     enable_emulated();
     LlamaLoadOptions o;
     o.device = DeviceKind::Emulated;
-    return LlamaModel::load(stories_dir() + "/gguf/stories260K.gguf", o);
+    return LlamaModel::load(emollm_test::stories_gguf(), o);
   }();
   return m;
-}
-
-GenerateParams greedy(int64_t max_tokens) {
-  GenerateParams p;
-  p.sampler.temperature = 0;
-  p.sampler.repetition_penalty = 1.0f;
-  p.max_tokens = max_tokens;
-  return p;
 }
 
 // The oracle's continuation of its own first k tokens: greedy is deterministic, so generating
@@ -247,7 +237,7 @@ TEST(emulated_device_llama_greedy_matches_runc) {
   std::printf("  emulated device greedy: %zu tokens equal run.c's, stop %s\n", r.tokens.size(), stop_reason_name(r.reason));
 
   // all_logits (prefill rows downloaded in chunks of the device's output rows) equal the CPU's
-  std::shared_ptr<LlamaModel> cpu = LlamaModel::load(stories_dir() + "/gguf/stories260K.gguf", LlamaLoadOptions{1, DeviceKind::Cpu});
+  std::shared_ptr<LlamaModel> cpu = LlamaModel::load(emollm_test::stories_gguf(), LlamaLoadOptions{1, DeviceKind::Cpu});
   // on the CPU the same placement is zero-copy: the forward pass reads the mmap
   EXPECT(cpu->placed().device_bytes() == 0 && cpu->tok_embd.data == cpu->tok_embd.host);
   EXPECT(cpu->layers[0].wq.data == cpu->layers[0].wq.host && cpu->layers.back().w_down.data == cpu->layers.back().w_down.host);
