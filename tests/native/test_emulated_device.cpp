@@ -40,6 +40,7 @@
 #include "model/qwen2_vl.h"
 #include "model/scheduler.h"
 #include "model/session.h"
+#include "greedy_decode.h"
 #include "shared_data.h"
 #include "stories_helpers.h"
 #include "testing.h"
@@ -303,13 +304,8 @@ Decoded decode(const std::shared_ptr<LlamaModel>& text, const std::vector<int32_
   EXPECT(ctx.eval(toks.data(), int64_t(toks.size()), d.logits.data(), nullptr, feats.data(), pos3) != nullptr);
   if (n_greedy == 0) return d;
   LlamaContext g(text, LlamaContextOptions{256, 0, 1});
-  const int64_t V = g.n_vocab();
   const float* l = g.eval_prompt(toks.data(), int64_t(toks.size()), nullptr, feats.data(), pos3);
-  for (size_t i = 0; i < n_greedy; ++i) {
-    const int32_t best = int32_t(std::max_element(l, l + V) - l);
-    d.greedy.push_back(best);
-    if (i + 1 < n_greedy) l = g.eval(&best, 1);
-  }
+  d.greedy = emollm_test::argmax_continuation(g, l, int64_t(n_greedy));
   return d;
 }
 
