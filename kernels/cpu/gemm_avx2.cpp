@@ -22,11 +22,9 @@
 #include "simd_math.h"
 #include "simd_vec.h"
 
-// The packed GEMM's microkernel template, compiled for this file's target (gemm_f32_tile.h).
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+// The packed GEMM's f32 microkernel template, compiled for this file's target (gemm_f32_tile.h).
+#define EMOLLM_F32_TILE_TARGET EMOLLM_TARGET_AVX2
 #include "gemm_f32_tile.h"
-#pragma GCC pop_options
 
 namespace emollm {
 namespace gemm_detail {

@@ -31,10 +31,8 @@
 #include "simd_vec.h"
 
 // The packed GEMM's f32 microkernel template, compiled for this file's target (gemm_f32_tile.h).
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+#define EMOLLM_F32_TILE_TARGET EMOLLM_TARGET_AVX512
 #include "gemm_f32_tile.h"
-#pragma GCC pop_options
 
 namespace emollm {
 namespace gemm_detail {

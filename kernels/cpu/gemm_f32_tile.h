@@ -2,21 +2,21 @@
 // gemm_avx2.cpp runs it as 6 x 16 (simd::F32x8, 2 vectors a row), gemm_avx512.cpp as 6 x 64
 // (simd::F32x16, 4 vectors a row).
 //
-// GCC compiles a template for the target in force where it is defined, and V's always-inline
-// operations only inline into code of their own target. So each includer includes this header
-// inside a region of its own target, after simd_vec.h:
-//   #include "simd_vec.h"
-//   #pragma GCC push_options
-//   #pragma GCC target("avx2,fma,f16c")   // the file's EMO_T* target, exactly
+// GCC and clang compile a function for its own target attribute only, and V's always-inline
+// operations inline only into code of their target. So the includer names its target before
+// including this header, once per translation unit (the definitions are internal to it; not
+// `#pragma GCC target`, which clang ignores):
+//   #define EMOLLM_F32_TILE_TARGET EMOLLM_TARGET_AVX2   // the file's own target attribute
 //   #include "gemm_f32_tile.h"
-//   #pragma GCC pop_options
-// (the definitions below are internal to each translation unit).
 #pragma once
 #include <cstdint>
 
 #include "simd_vec.h"
 
 #if defined(__x86_64__)
+#ifndef EMOLLM_F32_TILE_TARGET
+#error "gemm_f32_tile.h: define EMOLLM_F32_TILE_TARGET (the includer's target attribute) first"
+#endif
 namespace emollm {
 namespace gemm_detail {
 namespace {
@@ -36,7 +36,7 @@ struct XPackedPanel {  // a packed micro-panel, xp[k * MR + i]
 
 // One k: c[i][j] += x(i, k) * w[k][j-th vector] for every row i and vector j.
 template <class V, int MR, int NV, class XAt>
-EMO_TILE_AI void f32_tile_step(int64_t k, const XAt& x_at, const float* wp, typename V::Vec (&c)[MR][NV]) {
+EMOLLM_F32_TILE_TARGET EMO_TILE_AI void f32_tile_step(int64_t k, const XAt& x_at, const float* wp, typename V::Vec (&c)[MR][NV]) {
   constexpr int L = V::kLanes, NR = NV * L;
   typename V::Vec w[NV];
 #pragma GCC unroll 4
@@ -54,7 +54,7 @@ EMO_TILE_AI void f32_tile_step(int64_t k, const XAt& x_at, const float* wp, type
 // block is summed from zero (or the bias) and then added to Y: blocked summation, whose rounding
 // error grows with sqrt(K * KC) rather than K. KU: the unroll of the k loop (2 or 4).
 template <class V, int MR, int NV, int KU, class XAt>
-EMO_TILE_AI void f32_tile(int64_t kc, const XAt& x_at, const float* wp, float* y, int64_t ldy, int mr, int64_t nr,
+EMOLLM_F32_TILE_TARGET EMO_TILE_AI void f32_tile(int64_t kc, const XAt& x_at, const float* wp, float* y, int64_t ldy, int mr, int64_t nr,
                           const float* bias, bool first) {
   static_assert(KU == 2 || KU == 4, "k unroll");
   constexpr int L = V::kLanes;
