@@ -269,7 +269,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     Target t = targets.back();
-    t.name = "safetensors -> llama (weight_reader)";
+    t.name = "safetensors->llama (weight_reader)";
     const LlamaConfig cfg = *hc.llama;
     t.parse = [cfg](const std::shared_ptr<MappedFile>& f) {
       auto store = std::make_shared<SafetensorsStore>(SafetensorsStore::parse(f));
@@ -335,7 +335,7 @@ int main(int argc, char** argv) {
                 rejected - by_code[size_t(ErrorCode::MalformedFile)] - by_code[size_t(ErrorCode::Unsupported)] -
                     by_code[size_t(ErrorCode::BadConfig)],
                 bad);
-    if (t.name.rfind("safetensors ->", 0) == 0)
+    if (t.name.rfind("safetensors->", 0) == 0)
       std::printf("%-34s %5ld of them reached the model load: %ld loaded, %ld rejected there\n", "", g_model_loads, ok,
                   g_model_loads - ok);
     passed += ok + rejected;
