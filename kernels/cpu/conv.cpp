@@ -232,34 +232,6 @@ inline void interior_cols(const Conv2dParams& p, int64_t* lo, int64_t* hi) {
   *hi = b;
 }
 
-template <int NCH>
-EMOLLM_TARGET_AVX512 void conv2d_row_avx512(const float* x, const float* w, const float* bias, float* y,
-                                            const Conv2dParams& p, int64_t b, int64_t oy, int64_t oc0) {
-  constexpr int PX = NCH == 1 ? 8 : (NCH == 2 ? 6 : 4);  // <= 16 accumulators of 32 registers
-  int64_t lo, hi;
-  interior_cols(p, &lo, &hi);
-  const int64_t mid = lo + (hi - lo) / PX * PX;
-  conv2d_px_avx512<NCH, 1>(x, w, bias, y, p, b, oy, oc0, 0, lo);
-  conv2d_px_avx512<NCH, PX>(x, w, bias, y, p, b, oy, oc0, lo, mid);
-  conv2d_px_avx512<NCH, 1>(x, w, bias, y, p, b, oy, oc0, mid, p.out_w);
-}
-
-EMOLLM_TARGET_AVX512 void conv2d_rows_avx512(const float* x, const float* w, const float* bias, float* y,
-                                             const Conv2dParams& p, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / p.out_h, oy = r % p.out_h;
-    for (int64_t oc0 = 0; oc0 < p.out_c; oc0 += 64) {
-      const int64_t nch = std::min<int64_t>(4, (p.out_c - oc0 + 15) / 16);
-      switch (nch) {
-        case 1: conv2d_row_avx512<1>(x, w, bias, y, p, b, oy, oc0); break;
-        case 2: conv2d_row_avx512<2>(x, w, bias, y, p, b, oy, oc0); break;
-        case 3: conv2d_row_avx512<3>(x, w, bias, y, p, b, oy, oc0); break;
-        default: conv2d_row_avx512<4>(x, w, bias, y, p, b, oy, oc0); break;
-      }
-    }
-  }
-}
-
 // PX output pixels of one row at a time (independent FMA chains; a 3x3 tap chain per pixel is
 // latency-bound), all with the same x tap range.
 template <int PX>
@@ -412,29 +384,51 @@ EMOLLM_TARGET_AVX2 void conv2d_px_avx2(const float* x, const float* w, const flo
   }
 }
 
-template <int NCH>
-EMOLLM_TARGET_AVX2 void conv2d_row_avx2(const float* x, const float* w, const float* bias, float* y,
-                                        const Conv2dParams& p, int64_t b, int64_t oy, int64_t oc0) {
-  constexpr int PX = NCH == 1 ? 4 : (NCH == 2 ? 3 : 2);  // <= 8 accumulators of 16 registers
+// The vector paths' parameter of conv2d_rows: kLanes floats a vector (16: AVX-512, 8: AVX2).
+template <int kLanesPerVector>
+struct ConvIsa {
+  static constexpr int kLanes = kLanesPerVector;
+  // Interior pixels a step: at most 16 accumulators of 32 zmm registers, or 8 of 16 ymm.
+  static constexpr int px_for(int nch) {
+    return kLanes == 16 ? (nch == 1 ? 8 : (nch == 2 ? 6 : 4)) : (nch == 1 ? 4 : (nch == 2 ? 3 : 2));
+  }
+  template <int NCH, int PX>
+  static void px(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p, int64_t b,
+                 int64_t oy, int64_t oc0, int64_t ox0, int64_t ox1) {
+    if constexpr (kLanes == 16) conv2d_px_avx512<NCH, PX>(x, w, bias, y, p, b, oy, oc0, ox0, ox1);
+    else conv2d_px_avx2<NCH, PX>(x, w, bias, y, p, b, oy, oc0, ox0, ox1);
+  }
+};
+
+// The dense conv's row loop, shared by the vector paths. Path (a ConvIsa) supplies kLanes,
+// px_for(NCH) (interior pixels a step: accumulators within its register file) and px<NCH, PX>(),
+// its conv2d_px kernel. Output channels go in blocks of up to 4 vectors; in each
+// row the border columns (clipped windows) go one pixel at a time, the interior PX at a time.
+template <class Path, int NCH>
+void conv2d_row(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p, int64_t b,
+                int64_t oy, int64_t oc0) {
+  constexpr int PX = Path::px_for(NCH);
   int64_t lo, hi;
   interior_cols(p, &lo, &hi);
   const int64_t mid = lo + (hi - lo) / PX * PX;
-  conv2d_px_avx2<NCH, 1>(x, w, bias, y, p, b, oy, oc0, 0, lo);
-  conv2d_px_avx2<NCH, PX>(x, w, bias, y, p, b, oy, oc0, lo, mid);
-  conv2d_px_avx2<NCH, 1>(x, w, bias, y, p, b, oy, oc0, mid, p.out_w);
+  Path::template px<NCH, 1>(x, w, bias, y, p, b, oy, oc0, 0, lo);
+  Path::template px<NCH, PX>(x, w, bias, y, p, b, oy, oc0, lo, mid);
+  Path::template px<NCH, 1>(x, w, bias, y, p, b, oy, oc0, mid, p.out_w);
 }
 
-EMOLLM_TARGET_AVX2 void conv2d_rows_avx2(const float* x, const float* w, const float* bias, float* y,
-                                         const Conv2dParams& p, int64_t r0, int64_t r1) {
+template <class Path>
+void conv2d_rows(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p, int64_t r0,
+                 int64_t r1) {
+  constexpr int L = Path::kLanes;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / p.out_h, oy = r % p.out_h;
-    for (int64_t oc0 = 0; oc0 < p.out_c; oc0 += 32) {
-      const int64_t nch = std::min<int64_t>(4, (p.out_c - oc0 + 7) / 8);
+    for (int64_t oc0 = 0; oc0 < p.out_c; oc0 += 4 * L) {
+      const int64_t nch = std::min<int64_t>(4, (p.out_c - oc0 + L - 1) / L);
       switch (nch) {
-        case 1: conv2d_row_avx2<1>(x, w, bias, y, p, b, oy, oc0); break;
-        case 2: conv2d_row_avx2<2>(x, w, bias, y, p, b, oy, oc0); break;
-        case 3: conv2d_row_avx2<3>(x, w, bias, y, p, b, oy, oc0); break;
-        default: conv2d_row_avx2<4>(x, w, bias, y, p, b, oy, oc0); break;
+        case 1: conv2d_row<Path, 1>(x, w, bias, y, p, b, oy, oc0); break;
+        case 2: conv2d_row<Path, 2>(x, w, bias, y, p, b, oy, oc0); break;
+        case 3: conv2d_row<Path, 3>(x, w, bias, y, p, b, oy, oc0); break;
+        default: conv2d_row<Path, 4>(x, w, bias, y, p, b, oy, oc0); break;
       }
     }
   }
@@ -535,9 +529,9 @@ void conv2d_nhwc(const float* x, const float* w, const float* bias, float* y, co
   const Isa isa = isa_active();
   const int64_t row_cost = p.out_w * p.out_c * p.k_h * p.k_w * p.in_c;
   if (isa >= Isa::Avx512)
-    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { conv2d_rows_avx512(x, w, bias, y, p, r0, r1); });
+    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { conv2d_rows<ConvIsa<16>>(x, w, bias, y, p, r0, r1); });
   if (isa >= Isa::Avx2)
-    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { conv2d_rows_avx2(x, w, bias, y, p, r0, r1); });
+    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { conv2d_rows<ConvIsa<8>>(x, w, bias, y, p, r0, r1); });
 #endif
   (void)pool;
   ref::conv2d_nhwc(x, w, bias, y, p);

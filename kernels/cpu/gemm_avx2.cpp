@@ -6,6 +6,7 @@
 //   W blocks (KC x NC) are dequantised to f32 panels of 16 columns while packing.
 #include "../../base/error.h"
 #include "gemm_internal.h"
+#include "gemm_x86_common.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -18,6 +19,13 @@
 #include <cstring>
 #include <string>
 
+#include "simd_math.h"
+#include "simd_vec.h"
+
+// The packed GEMM's f32 microkernel template, compiled for this file's target (gemm_f32_tile.h).
+#define EMOLLM_F32_TILE_TARGET EMOLLM_TARGET_AVX2
+#include "gemm_f32_tile.h"
+
 namespace emollm {
 namespace gemm_detail {
 namespace {
@@ -25,20 +33,7 @@ namespace {
 #define EMO_T2 __attribute__((target("avx2,fma,f16c")))
 #define EMO_AI inline __attribute__((always_inline))
 
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-
 EMO_T2 EMO_AI __m256 f16_scale(const uint8_t* p) { return _mm256_set1_ps(_cvtsh_ss(rd16(p))); }
-
-// Lane mask for c valid lanes (c may be <= 0 or >= 8).
-EMO_T2 EMO_AI __m256i lane_mask(int64_t c) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const int cc = int(c < 0 ? 0 : c > 8 ? 8 : c);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(cc), idx);
-}
 
 // 8 elements at k (k % 8 == 0, all in range).
 template <DType DT>
@@ -116,7 +111,7 @@ EMO_T2 void dot_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb, 
       __m256 w[R];
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) w[r] = c == 8 ? load8<DT>(wr[r], k) : load8_tail<DT>(wr[r], k, c);
-      const __m256i lm = lane_mask(c);
+      const __m256i lm = simd::F32x8::mask(c);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
         const __m256 x = _mm256_maskload_ps(X + m * ldx + k, lm);
@@ -131,10 +126,7 @@ EMO_T2 void dot_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb, 
     for (int m = 0; m < MB; ++m) {
       __m256 s = acc[r][m][0];
       if (NA == 2) s = _mm256_add_ps(s, acc[r][m][NA - 1]);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float v = _mm_cvtss_f32(h);
+      float v = simd::hsum256_ps(s);
       if (bias) v += bias[n0 + r];
       Y[m * ldy + n0 + r] = v;
     }
@@ -151,28 +143,10 @@ EMO_T2 void dot_range(const Args& a, int64_t n0, int64_t n1) {
 
 using DotRangeFn = void (*)(const Args&, int64_t, int64_t);
 
-template <DType DT>
-DotRangeFn pick_dot(int64_t mb) {
-  switch (mb) {
-    case 1: return dot_range<DT, 1>;
-    case 2: return dot_range<DT, 2>;
-    case 3: return dot_range<DT, 3>;
-    case 4: return dot_range<DT, 4>;
-    case 5: return dot_range<DT, 5>;
-    case 6: return dot_range<DT, 6>;
-    case 7: return dot_range<DT, 7>;
-    default: return dot_range<DT, 8>;
-  }
-}
-
 DotRangeFn pick_dot(DType t, int64_t mb) {
-  switch (t) {
-    case DType::F32: return pick_dot<DType::F32>(mb);
-    case DType::F16: return pick_dot<DType::F16>(mb);
-    case DType::BF16: return pick_dot<DType::BF16>(mb);
-    case DType::Q8_0: return pick_dot<DType::Q8_0>(mb);
-    default: return pick_dot<DType::Q4_0>(mb);
-  }
+  return with_base_dtype(t, [mb](auto dt) {
+    return with_small_m(mb, [](auto m) -> DotRangeFn { return dot_range<decltype(dt)::value, decltype(m)::value>; });
+  });
 }
 
 void small_m(const Args& a) {
@@ -214,10 +188,7 @@ EMO_T2 void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* d
     for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
     const __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sb, v[0]), _mm256_andnot_ps(sb, v[1])),
                                     _mm256_max_ps(_mm256_andnot_ps(sb, v[2]), _mm256_andnot_ps(sb, v[3])));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_movehdup_ps(h));
-    const float amax = _mm_cvtss_f32(h);
+    const float amax = simd::hmax256_ps(am);
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const float dx = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
@@ -287,11 +258,7 @@ EMO_T2 void q8_block(const QX& q, const uint8_t* W, size_t rb, const float* bias
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
-      const __m256 s = acc[r][m];
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float v = _mm_cvtss_f32(h);
+      float v = simd::hsum256_ps(acc[r][m]);
       if (bias) v += bias[n0 + r];
       Y[m * ldy + n0 + r] = v;
     }
@@ -309,18 +276,10 @@ EMO_T2 void q8_range(const Args& a, const QX& q, int64_t n0, int64_t n1) {
 
 using Q8RangeFn = void (*)(const Args&, const QX&, int64_t, int64_t);
 
-template <DType DT>
-Q8RangeFn pick_q8(int64_t mb) {
-  switch (mb) {
-    case 1: return q8_range<DT, 1>;
-    case 2: return q8_range<DT, 2>;
-    case 3: return q8_range<DT, 3>;
-    case 4: return q8_range<DT, 4>;
-    case 5: return q8_range<DT, 5>;
-    case 6: return q8_range<DT, 6>;
-    case 7: return q8_range<DT, 7>;
-    default: return q8_range<DT, 8>;
-  }
+Q8RangeFn pick_q8(bool q8, int64_t mb) {
+  return with_small_m(mb, [q8](auto m) -> Q8RangeFn {
+    return q8 ? q8_range<DType::Q8_0, decltype(m)::value> : q8_range<DType::Q4_0, decltype(m)::value>;
+  });
 }
 
 // ------------------------------------------------------------------ packed GEMM (M > 8)
@@ -357,47 +316,10 @@ EMO_T2 void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
   }
 }
 
+// 6x16 f32 microkernel (two ymm a row), reading X through row pointers.
 EMO_T2 void kern(int64_t kc, const float* const* xr, const float* wp, float* y, int64_t ldy, int mr, int64_t nr,
                  const float* bias, bool first) {
-  const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
-  // Each k block is summed from zero and then added to Y (blocked summation).
-  __m256 c[MR][2];
-  {
-    const __m256 b0 = (first && bias) ? _mm256_maskload_ps(bias, m0) : _mm256_setzero_ps();
-    const __m256 b1 = (first && bias) ? _mm256_maskload_ps(bias + 8, m1) : _mm256_setzero_ps();
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      c[i][0] = b0;
-      c[i][1] = b1;
-    }
-  }
-  const float* x0 = xr[0];
-  const float* x1 = xr[1];
-  const float* x2 = xr[2];
-  const float* x3 = xr[3];
-  const float* x4 = xr[4];
-  const float* x5 = xr[5];
-#pragma GCC unroll 4
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(wp + k * NR), b1 = _mm256_load_ps(wp + k * NR + 8);
-    __m256 a;
-#define EMO_ROW(i, xi)                         \
-  a = _mm256_broadcast_ss(xi + k);             \
-  c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);   \
-  c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
-    EMO_ROW(0, x0) EMO_ROW(1, x1) EMO_ROW(2, x2) EMO_ROW(3, x3) EMO_ROW(4, x4) EMO_ROW(5, x5)
-#undef EMO_ROW
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-      if (!first) {
-        c[i][0] = _mm256_add_ps(c[i][0], _mm256_maskload_ps(y + i * ldy, m0));
-        c[i][1] = _mm256_add_ps(c[i][1], _mm256_maskload_ps(y + i * ldy + 8, m1));
-      }
-      _mm256_maskstore_ps(y + i * ldy, m0, c[i][0]);
-      _mm256_maskstore_ps(y + i * ldy + 8, m1, c[i][1]);
-    }
+  f32_tile<simd::F32x8, MR, NR / 8, 4>(kc, XRowPointers{xr}, wp, y, ldy, mr, nr, bias, first);
 }
 
 template <DType DT>
@@ -445,17 +367,10 @@ void gemm_packed(const Args& a) {
 }  // namespace
 
 void gemm_q8act_avx2(const Args& a) {
-  const bool q8 = a.wtype == DType::Q8_0;
-  void* buf = scratch(kQxSlot, qx_bytes(a.M, a.K));
-  const QX q = qx_view(buf, a.M, a.K);
-  for (int64_t m = 0; m < a.M; ++m)
-    qx_quantize_row_avx2(a.X + m * a.ldx, a.K, const_cast<int8_t*>(q.qs + m * q.ldq),
-                         const_cast<float*>(q.dxe + m * q.ldd), q8 ? nullptr : const_cast<int32_t*>(q.neg + m * q.ldd),
-                         8);
-  const Q8RangeFn fn = q8 ? pick_q8<DType::Q8_0>(a.M) : pick_q8<DType::Q4_0>(a.M);
-  const int nth = a.pool ? a.pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
-  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+  const bool q8 = a.wtype == DType::Q8_0;  // q8_0: sign trick, no correction lanes; q4_0: off = 8
+  const QX q = quantize_activations(a, !q8, 8);
+  const Q8RangeFn fn = pick_q8(q8, a.M);
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, small_m_chunk(a),
                   [&](int64_t n0, int64_t n1) { fn(a, q, n0, n1); });
 }
 

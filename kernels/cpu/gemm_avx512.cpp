@@ -11,6 +11,7 @@
 //   W panels hold (k, k+1) bf16 pairs, doubling the multiply-add rate.
 #include "../../base/error.h"
 #include "gemm_internal.h"
+#include "gemm_x86_common.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -27,6 +28,11 @@
 
 #include "gemm_kern_bf16_avx512.h"
 #include "gemm_transpose_avx512.h"
+#include "simd_vec.h"
+
+// The packed GEMM's f32 microkernel template, compiled for this file's target (gemm_f32_tile.h).
+#define EMOLLM_F32_TILE_TARGET EMOLLM_TARGET_AVX512
+#include "gemm_f32_tile.h"
 
 namespace emollm {
 namespace gemm_detail {
@@ -35,12 +41,6 @@ namespace {
 #define EMO_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define EMO_T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 #define EMO_AI inline __attribute__((always_inline))
-
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
 
 inline int rd32(const uint8_t* p) {
   int v;
@@ -267,28 +267,10 @@ EMO_T512 void dot_range(const Args& a, const float* X, float* Y, int64_t n0, int
 
 using DotRangeFn = void (*)(const Args&, const float*, float*, int64_t, int64_t);
 
-template <DType DT>
-DotRangeFn pick_dot(int64_t mb) {
-  switch (mb) {
-    case 1: return dot_range<DT, 1>;
-    case 2: return dot_range<DT, 2>;
-    case 3: return dot_range<DT, 3>;
-    case 4: return dot_range<DT, 4>;
-    case 5: return dot_range<DT, 5>;
-    case 6: return dot_range<DT, 6>;
-    case 7: return dot_range<DT, 7>;
-    default: return dot_range<DT, 8>;
-  }
-}
-
 DotRangeFn pick_dot(DType t, int64_t mb) {
-  switch (t) {
-    case DType::F32: return pick_dot<DType::F32>(mb);
-    case DType::F16: return pick_dot<DType::F16>(mb);
-    case DType::BF16: return pick_dot<DType::BF16>(mb);
-    case DType::Q8_0: return pick_dot<DType::Q8_0>(mb);
-    default: return pick_dot<DType::Q4_0>(mb);
-  }
+  return with_base_dtype(t, [mb](auto dt) {
+    return with_small_m(mb, [](auto m) -> DotRangeFn { return dot_range<decltype(dt)::value, decltype(m)::value>; });
+  });
 }
 
 // ------------------------------------------------------------------ BF16 GEMV (M = 1)
@@ -470,8 +452,7 @@ void parallel_guided(ThreadPool* pool, bool parallel, int64_t n, int64_t min_row
 }
 
 void small_m(const Args& a) {
-  const int nth = a.pool ? a.pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
+  const int64_t chunk = small_m_chunk(a);
   const bool stream = a.huge_pages && gemv_single_stream();
   if (a.wtype == DType::BF16 && a.M == 1) {
     float* xeo = static_cast<float*>(scratch(2, size_t((a.K + 31) / 32 * 32) * 4));
@@ -681,18 +662,10 @@ EMO_T512V void q4v_range_m1(const Args& a, const QX& q, int64_t n0, int64_t n1) 
 
 using Q8RangeFn = void (*)(const Args&, const QX&, int64_t, int64_t);
 
-template <DType DT>
-Q8RangeFn pick_q8v(int64_t mb) {
-  switch (mb) {
-    case 1: return q8v_range<DT, 1>;
-    case 2: return q8v_range<DT, 2>;
-    case 3: return q8v_range<DT, 3>;
-    case 4: return q8v_range<DT, 4>;
-    case 5: return q8v_range<DT, 5>;
-    case 6: return q8v_range<DT, 6>;
-    case 7: return q8v_range<DT, 7>;
-    default: return q8v_range<DT, 8>;
-  }
+Q8RangeFn pick_q8v(bool q8, int64_t mb) {
+  return with_small_m(mb, [q8](auto m) -> Q8RangeFn {
+    return q8 ? q8v_range<DType::Q8_0, decltype(m)::value> : q8v_range<DType::Q4_0, decltype(m)::value>;
+  });
 }
 
 // ------------------------------------------------------------------ packed GEMM (M > 8)
@@ -782,48 +755,11 @@ EMO_T512 void pack_w_bf16pairs(const uint8_t* W, size_t rb, int64_t n0, int64_t 
   }
 }
 
-// 6x64 f32 microkernel: Y[i, 0:nr] (=|+=) sum_k xp[k][i] * wp[k][0:64], i < mr.
+// 6x64 f32 microkernel (four zmm a row): Y[i, 0:nr] (=|+=) sum_k xp[k][i] * wp[k][0:64], i < mr.
 // xp: the X micro-panel interleaved, xp[k*MR + i] (rows >= mr are zero).
 EMO_T512 void kern_f32(int64_t kc, const float* xp, const float* wp, float* y, int64_t ldy, int mr,
                        int64_t nr, const float* bias, bool first) {
-  __mmask16 mk[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = mask16(nr - 16 * j);
-  // Each k block is summed from zero and then added to Y (blocked summation: the rounding
-  // error grows with sqrt(K * KC) rather than K).
-  __m512 c[MR][4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) c[i][j] = b;
-  }
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* w = wp + k * NR;
-    const float* x = xp + k * MR;
-    const __m512 b0 = _mm512_load_ps(w), b1 = _mm512_load_ps(w + 16), b2 = _mm512_load_ps(w + 32),
-                 b3 = _mm512_load_ps(w + 48);
-    __m512 a;
-#define EMO_ROW(i)                                \
-  a = _mm512_set1_ps(x[i]);                       \
-  c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);      \
-  c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);      \
-  c[i][2] = _mm512_fmadd_ps(a, b2, c[i][2]);      \
-  c[i][3] = _mm512_fmadd_ps(a, b3, c[i][3]);
-    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
-#undef EMO_ROW
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512 v = c[i][j];
-        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
+  f32_tile<simd::F32x16, MR, NR / 16, 2>(kc, XPackedPanel<MR>{xp}, wp, y, ldy, mr, nr, bias, first);
 }
 
 // 6x64 bf16-pair microkernel (vdpbf16ps): kern_bf16_6x64 in gemm_kern_bf16_avx512.h, shared
@@ -1017,19 +953,13 @@ void gemm_packed(const Args& a) {
 
 void gemm_q8act_avx512vnni(const Args& a) {
   const bool q8 = a.wtype == DType::Q8_0;
-  const QX q = qx_view(scratch(kQxSlot, qx_bytes(a.M, a.K)), a.M, a.K);
-  for (int64_t m = 0; m < a.M; ++m)
-    qx_quantize_row_avx2(a.X + m * a.ldx, a.K, const_cast<int8_t*>(q.qs + m * q.ldq),
-                         const_cast<float*>(q.dxe + m * q.ldd), const_cast<int32_t*>(q.neg + m * q.ldd),
-                         q8 ? 128 : 8);
-  Q8RangeFn fn = q8 ? pick_q8v<DType::Q8_0>(a.M) : pick_q8v<DType::Q4_0>(a.M);
+  const QX q = quantize_activations(a, true, q8 ? 128 : 8);
+  Q8RangeFn fn = pick_q8v(q8, a.M);
   // M = 1: q4_0 on the four-blocks-a-step kernel (1.05-1.14x the two-block one on hot weights,
   // one thread, Zen 5); q8_0 stays on q8v_block, which measured the same or up to 5% faster there
   // (its 34-byte blocks give the two-block loop enough work per step).
   if (a.M == 1 && !q8 && !q8_gemv_legacy()) fn = q4v_range_m1;
-  const int nth = a.pool ? a.pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
-  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, small_m_chunk(a),
                   [&](int64_t n0, int64_t n1) { fn(a, q, n0, n1); });
 }
 

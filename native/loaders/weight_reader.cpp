@@ -25,9 +25,7 @@ void WeightReader::check_whole_blocks(const std::string& name, DType dtype, int6
 const TensorInfo& WeightReader::tensor(const std::string& name, const std::vector<int64_t>& shape) const {
   const TensorInfo& t = store_.get(name);  // MalformedFile "checkpoint has no tensor named ..."
   if (t.shape != shape) wrong_shape(name, t.shape, shape);
-  if (!t.supported)
-    throw Error(ErrorCode::Unsupported, "tensor " + name + " has type " + t.type_name + ", which emollm cannot compute with",
-                store_.source());
+  t.require_supported(store_.source());
   return t;
 }
 

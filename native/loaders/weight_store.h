@@ -40,12 +40,16 @@ struct TensorInfo {
     return n;
   }
   const std::string& path() const { return file->path(); }
+  // Throws Unsupported, naming `source`, unless the stored type is one emollm computes with.
+  void require_supported(const std::string& source) const {
+    if (!supported)
+      throw Error(ErrorCode::Unsupported, "tensor " + name + " has type " + type_name + ", which emollm cannot compute with",
+                  source);
+  }
   // A contiguous TensorView of the data for compute. Throws Unsupported for a dtype emollm does
   // not compute with or more than kMaxDims dims.
   TensorView compute_view() const {
-    if (!supported)
-      throw Error(ErrorCode::Unsupported, "tensor " + name + " has type " + type_name + ", which emollm cannot compute with",
-                  file ? file->path() : std::string());
+    require_supported(file ? file->path() : std::string());
     if (shape.size() > size_t(kMaxDims))
       throw Error(ErrorCode::Unsupported, "tensor " + name + " has " + std::to_string(shape.size()) + " dims (max " +
                                               std::to_string(kMaxDims) + ")",

@@ -13,6 +13,7 @@
 #include "base/error.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
+#include "loaders/hf_folder.h"
 
 namespace emollm {
 
@@ -22,17 +23,10 @@ namespace {
 }  // namespace
 
 bool EmollmModel::is_emollm_folder(const std::string& path) {
-  try {
-    if (!LlavaModel::is_llava_folder(path)) return false;
-    std::string p = path;
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
-    const std::string cfg = is_directory(p) ? p + "/config.json" : p;
-    JsonValue root = load_json_file(cfg);
-    const JsonValue* e = root.find("emollm");
-    return e && e->is_object();
-  } catch (...) {
-    return false;
-  }
+  if (!LlavaModel::is_llava_folder(path)) return false;
+  const std::optional<JsonValue> root = hf_folder_config(path);
+  const JsonValue* e = root ? root->find("emollm") : nullptr;
+  return e && e->is_object();
 }
 
 std::shared_ptr<EmollmModel> EmollmModel::load(const std::string& path, const LlavaLoadOptions& opts) {

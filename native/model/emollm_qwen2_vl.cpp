@@ -9,22 +9,17 @@
 #include "core/device_tensor.h"
 #include "core/filesystem.h"
 #include "core/tensor.h"
+#include "loaders/hf_folder.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
 
 namespace emollm {
 
 bool EmollmQwen2VLModel::is_emollm_qwen2_vl_folder(const std::string& path) {
-  try {
-    if (!Qwen2VLModel::is_qwen2_vl_folder(path)) return false;
-    std::string p = path;
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
-    JsonValue root = load_json_file(is_directory(p) ? p + "/config.json" : p);
-    const JsonValue* e = root.find("emollm");
-    return e && e->is_object();
-  } catch (...) {
-    return false;
-  }
+  if (!Qwen2VLModel::is_qwen2_vl_folder(path)) return false;
+  const std::optional<JsonValue> root = hf_folder_config(path);
+  const JsonValue* e = root ? root->find("emollm") : nullptr;
+  return e && e->is_object();
 }
 
 std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& path, const LlamaLoadOptions& opts) {

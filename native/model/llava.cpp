@@ -10,6 +10,7 @@
 #include "core/device_tensor.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
+#include "loaders/hf_folder.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
 
@@ -63,20 +64,8 @@ std::vector<int32_t> image_pseudo_ids(const float* features, int64_t n_feat, int
 }
 
 bool LlavaModel::is_llava_folder(const std::string& path) {
-  try {
-    std::string p = path;
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
-    std::string cfg;
-    if (is_directory(p)) cfg = p + "/config.json";
-    else if (p.size() >= 11 && p.compare(p.size() - 11, 11, "config.json") == 0) cfg = p;
-    else return false;
-    if (!file_exists(cfg)) return false;
-    JsonValue root = load_json_file(cfg);
-    const JsonValue* mt = root.find("model_type");
-    return mt && mt->is_string() && (mt->as_string() == "llava" || mt->as_string() == "llava_next");
-  } catch (...) {
-    return false;
-  }
+  const std::string type = hf_folder_model_type(path);
+  return type == "llava" || type == "llava_next";
 }
 
 int64_t LlavaModel::n_image_tokens() const {

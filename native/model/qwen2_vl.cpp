@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "core/filesystem.h"
 #include "loaders/gguf.h"
+#include "loaders/hf_folder.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
 #include "model/emollm.h"
@@ -13,22 +14,7 @@
 
 namespace emollm {
 
-bool Qwen2VLModel::is_qwen2_vl_folder(const std::string& path) {
-  try {
-    std::string p = path;
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
-    std::string cfg;
-    if (is_directory(p)) cfg = p + "/config.json";
-    else if (p.size() >= 11 && p.compare(p.size() - 11, 11, "config.json") == 0) cfg = p;
-    else return false;
-    if (!file_exists(cfg)) return false;
-    JsonValue root = load_json_file(cfg);
-    const JsonValue* mt = root.find("model_type");
-    return mt && mt->is_string() && mt->as_string() == "qwen2_vl";
-  } catch (...) {
-    return false;
-  }
-}
+bool Qwen2VLModel::is_qwen2_vl_folder(const std::string& path) { return hf_folder_model_type(path) == "qwen2_vl"; }
 
 std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load(const std::string& path, const LlamaLoadOptions& opts) {
   const std::string folder = folder_of(path);

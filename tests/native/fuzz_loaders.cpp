@@ -3,6 +3,10 @@
 // heap buffer. Every parse must either succeed or throw emollm::Error; anything else (another
 // exception, a crash, an AddressSanitizer report) is a failure. After a successful parse the
 // first and last byte of every tensor is read, so ASan catches extents outside the buffer.
+// The safetensors mutants that parse are also loaded as the stories260K LLaMA (from_hf_store with
+// the unmutated config), so the model's tensor checks (loaders/weight_reader.h: missing,
+// misshapen, unsupported or misaligned tensors) meet renamed, reshaped and retyped tensors too:
+// each must load or throw emollm::Error like the parse.
 //
 //   fuzz_loaders <shared models dir> [iterations per format (default 3000)] [seed]
 // Skips (exit 0) with a printed reason when the models folder is absent.
@@ -23,6 +27,7 @@
 #include "loaders/json.h"
 #include "loaders/mapped_file.h"
 #include "loaders/safetensors.h"
+#include "model/llama.h"
 
 using namespace emollm;
 
@@ -184,6 +189,7 @@ void mutate(Rng& r, const Target& t, std::vector<uint8_t>& b) {
 }
 
 volatile uint8_t g_sink;
+long g_model_loads = 0;  // mutants that parsed and went on to the model load
 
 void touch(const WeightStore& ws) {
   uint8_t acc = 0;
@@ -249,6 +255,33 @@ int main(int argc, char** argv) {
       std::printf("note: stories260K/hf/model.safetensors missing, safetensors not fuzzed\n");
     }
   }
+  // safetensors mutants that parse, loaded as the LLaMA through the weight reader
+  std::vector<uint8_t> st_config;
+  if (!targets.back().json_text || targets.back().name != "safetensors") {
+    std::printf("note: safetensors not fuzzed, so neither is the model load\n");
+  } else if (!read_all(dir + "/stories260K/hf/config.json", st_config)) {
+    std::printf("note: stories260K/hf/config.json missing, the model load is not fuzzed\n");
+  } else {
+    const HfConfig hc = parse_hf_config_text(reinterpret_cast<const char*>(st_config.data()), st_config.size(),
+                                             "stories260K/hf/config.json");
+    if (!hc.llama) {
+      std::printf("FAIL: stories260K/hf/config.json is not a LLaMA config\n");
+      return 1;
+    }
+    Target t = targets.back();
+    t.name = "safetensors->llama (weight_reader)";
+    const LlamaConfig cfg = *hc.llama;
+    t.parse = [cfg](const std::shared_ptr<MappedFile>& f) {
+      auto store = std::make_shared<SafetensorsStore>(SafetensorsStore::parse(f));
+      touch(*store);
+      ++g_model_loads;
+      LlamaLoadOptions o;
+      o.threads = 1;
+      o.device = DeviceKind::Cpu;
+      (void)LlamaModel::from_hf_store(store, cfg, "model.", "lm_head.weight", "stories260K/hf/config.json", o);
+    };
+    targets.push_back(std::move(t));
+  }
   for (const char* cfg : {"/stories260K/hf/config.json", "/llava-tiny-hf/config.json"}) {
     Target t;
     t.name = std::string("config") + cfg;
@@ -302,6 +335,9 @@ int main(int argc, char** argv) {
                 rejected - by_code[size_t(ErrorCode::MalformedFile)] - by_code[size_t(ErrorCode::Unsupported)] -
                     by_code[size_t(ErrorCode::BadConfig)],
                 bad);
+    if (t.name.rfind("safetensors->", 0) == 0)
+      std::printf("%-34s %5ld of them reached the model load: %ld loaded, %ld rejected there\n", "", g_model_loads, ok,
+                  g_model_loads - ok);
     passed += ok + rejected;
     failed += bad;
   }

@@ -1,12 +1,14 @@
-// What the scheduler and KV-paging tests share about stories260K (../shared/models/stories260K):
-// its GGUF, one model loaded once per test binary, greedy generation parameters, and the logit
-// comparison they state their tolerances with.
+// What the session, emulated-device, scheduler and KV-paging tests share about stories260K
+// (../shared/models/stories260K): its GGUF, one model loaded once per test binary, llama2.c's
+// greedy tokens, greedy generation parameters, and the logit comparison they state their
+// tolerances with.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/llama.h"
 #include "model/session.h"
@@ -38,9 +40,17 @@ inline std::shared_ptr<emollm::LlamaModel> stories_model() {
   return m;
 }
 
+// llama2.c run.c's greedy decode without a prompt: BOS, then 200 tokens.
+inline std::vector<int32_t> oracle_greedy() {
+  return read_ints(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");
+}
+
+// Argmax decoding: temperature 0 and no repetition penalty (stated, not left to the defaults,
+// since the oracle's tokens are plain argmax).
 inline emollm::GenerateParams greedy(int64_t max_tokens) {
   emollm::GenerateParams p;
   p.sampler.temperature = 0;
+  p.sampler.repetition_penalty = 1.0f;
   p.max_tokens = max_tokens;
   return p;
 }

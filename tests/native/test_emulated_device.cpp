@@ -40,7 +40,9 @@
 #include "model/qwen2_vl.h"
 #include "model/scheduler.h"
 #include "model/session.h"
+#include "greedy_decode.h"
 #include "shared_data.h"
+#include "stories_helpers.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -61,29 +63,18 @@ std::string error_of(F&& f, ErrorCode code) {
 }
 bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
-using emollm_test::read_ints;
+using emollm_test::greedy;
+using emollm_test::oracle_greedy;
 using emollm_test::stories_dir;
-
-std::vector<int32_t> oracle_greedy() {
-  return read_ints(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");  // BOS, then 200 greedy tokens
-}
 
 std::shared_ptr<LlamaModel> emulated_model() {
   static std::shared_ptr<LlamaModel> m = [] {
     enable_emulated();
     LlamaLoadOptions o;
     o.device = DeviceKind::Emulated;
-    return LlamaModel::load(stories_dir() + "/gguf/stories260K.gguf", o);
+    return LlamaModel::load(emollm_test::stories_gguf(), o);
   }();
   return m;
-}
-
-GenerateParams greedy(int64_t max_tokens) {
-  GenerateParams p;
-  p.sampler.temperature = 0;
-  p.sampler.repetition_penalty = 1.0f;
-  p.max_tokens = max_tokens;
-  return p;
 }
 
 // The oracle's continuation of its own first k tokens: greedy is deterministic, so generating
@@ -247,7 +238,7 @@ TEST(emulated_device_llama_greedy_matches_runc) {
   std::printf("  emulated device greedy: %zu tokens equal run.c's, stop %s\n", r.tokens.size(), stop_reason_name(r.reason));
 
   // all_logits (prefill rows downloaded in chunks of the device's output rows) equal the CPU's
-  std::shared_ptr<LlamaModel> cpu = LlamaModel::load(stories_dir() + "/gguf/stories260K.gguf", LlamaLoadOptions{1, DeviceKind::Cpu});
+  std::shared_ptr<LlamaModel> cpu = LlamaModel::load(emollm_test::stories_gguf(), LlamaLoadOptions{1, DeviceKind::Cpu});
   // on the CPU the same placement is zero-copy: the forward pass reads the mmap
   EXPECT(cpu->placed().device_bytes() == 0 && cpu->tok_embd.data == cpu->tok_embd.host);
   EXPECT(cpu->layers[0].wq.data == cpu->layers[0].wq.host && cpu->layers.back().w_down.data == cpu->layers.back().w_down.host);
@@ -313,13 +304,8 @@ Decoded decode(const std::shared_ptr<LlamaModel>& text, const std::vector<int32_
   EXPECT(ctx.eval(toks.data(), int64_t(toks.size()), d.logits.data(), nullptr, feats.data(), pos3) != nullptr);
   if (n_greedy == 0) return d;
   LlamaContext g(text, LlamaContextOptions{256, 0, 1});
-  const int64_t V = g.n_vocab();
   const float* l = g.eval_prompt(toks.data(), int64_t(toks.size()), nullptr, feats.data(), pos3);
-  for (size_t i = 0; i < n_greedy; ++i) {
-    const int32_t best = int32_t(std::max_element(l, l + V) - l);
-    d.greedy.push_back(best);
-    if (i + 1 < n_greedy) l = g.eval(&best, 1);
-  }
+  d.greedy = emollm_test::argmax_continuation(g, l, int64_t(n_greedy));
   return d;
 }
 

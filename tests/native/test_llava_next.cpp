@@ -26,6 +26,7 @@
 #include "../../native/model/llava.h"
 #include "../../native/model/llava_next.h"
 #include "gguf_out.h"
+#include "greedy_decode.h"
 #include "hf_to_gguf.h"
 #include "shared_data.h"
 #include "testing.h"
@@ -105,15 +106,8 @@ std::vector<int32_t> greedy(const LlavaModel& m, const std::vector<int32_t>& ids
   LlamaContextOptions o;
   o.n_ctx = 128;
   LlamaContext ctx(m.text_model(), o);
-  const int64_t V = ctx.n_vocab();
   const float* l = ctx.eval_prompt(toks.data(), int64_t(toks.size()), nullptr, feats.data());
-  std::vector<int32_t> out;
-  for (int i = 0; i < n; ++i) {
-    int32_t best = int32_t(std::max_element(l, l + V) - l);
-    out.push_back(best);
-    if (i + 1 < n) l = ctx.eval(&best, 1);
-  }
-  return out;
+  return emollm_test::argmax_continuation(ctx, l, n);
 }
 
 // Tile features [n_tiles, per, E] of a case (tower + projector, no packing).

@@ -25,6 +25,7 @@
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/qwen2_vl.h"
 #include "gguf_out.h"
+#include "greedy_decode.h"
 #include "hf_to_gguf.h"
 #include "shared_data.h"
 #include "testing.h"
@@ -91,15 +92,8 @@ std::vector<int32_t> greedy(const Qwen2VLModel& m, const Qwen2VLModel::Prompt& p
   LlamaContextOptions o;
   o.n_ctx = 128;
   LlamaContext ctx(m.text_model(), o);
-  const int64_t V = ctx.n_vocab();
   const float* l = ctx.eval_prompt(p.tokens.data(), int64_t(p.tokens.size()), nullptr, feats.data(), p.pos3.data());
-  std::vector<int32_t> out;
-  for (int i = 0; i < n; ++i) {
-    int32_t best = int32_t(std::max_element(l, l + V) - l);
-    out.push_back(best);
-    if (i + 1 < n) l = ctx.eval(&best, 1);
-  }
-  return out;
+  return emollm_test::argmax_continuation(ctx, l, n);
 }
 
 double max_diff(const std::vector<float>& a, const std::vector<float>& b) {

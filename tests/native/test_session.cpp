@@ -14,32 +14,18 @@
 #include "base/error.h"
 #include "model/llama.h"
 #include "model/session.h"
-#include "shared_data.h"
+#include "stories_helpers.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
-using emollm_test::read_ints;
+using emollm_test::greedy;
+using emollm_test::oracle_greedy;
 using emollm_test::stories_dir;
 
-std::vector<int32_t> oracle_greedy() {
-  return read_ints(stories_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");  // BOS, then 200 greedy tokens
-}
-
-std::shared_ptr<LlamaModel> model() {
-  static std::shared_ptr<LlamaModel> m = LlamaModel::load(stories_dir() + "/gguf/stories260K.gguf");
-  return m;
-}
-
-GenerateParams greedy(int64_t max_tokens) {
-  GenerateParams p;
-  p.sampler.temperature = 0;
-  p.sampler.repetition_penalty = 1.0f;
-  p.max_tokens = max_tokens;
-  return p;
-}
+std::shared_ptr<LlamaModel> model() { return emollm_test::stories_model(); }
 
 LlamaContextOptions ctx_opts(int64_t n_ctx) {
   LlamaContextOptions o;
