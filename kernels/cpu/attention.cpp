@@ -32,6 +32,7 @@
 
 #include "../../base/arena.h"
 #include "../../base/error.h"
+#include "attention_internal.h"
 #include "kernels.h"
 
 #if defined(__x86_64__)
@@ -935,6 +936,8 @@ void attention(const float* q, const float* k, const float* v, float* out, const
   const Isa isa = isa_active();
   if (isa >= Isa::Avx2) {
     const Resolved rs = validate(q, k, v, out, p);
+    if (attention_detail::bidir_bf16_applies(p))
+      return attention_detail::attention_bidir_bf16(q, k, v, out, p, rs.scale, rs.group, pool);
     attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, p, rs, pool);
     return;
   }

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "simd_math.h"
+
 namespace emollm {
 namespace gemm_detail {
 
@@ -18,16 +20,13 @@ constexpr int kBf16NR = 64;  // output columns per panel (4 zmm)
 // Y[i, 0:nr] (= if first, else +=) bias[0:nr] (first only, when not null) + sum_q xp[q*MR + i] .
 // wp[q*NR + 0:64], for i < mr. Each k block is summed from zero and then added to Y (blocked
 // summation: the rounding error grows with sqrt(K * KC) rather than K).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))) inline void kern_bf16_6x64(
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void kern_bf16_6x64(
     int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
     const float* bias, bool first) {
   constexpr int MR = kBf16MR, NR = kBf16NR;
   __mmask16 mk[4];
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const int64_t c = nr - 16 * j;
-    mk[j] = c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
-  }
+  for (int j = 0; j < 4; ++j) mk[j] = simd::tail_mask16(nr - 16 * j);
   __m512 c[MR][4];
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j) {
