@@ -22,6 +22,9 @@
 //   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
 //   range is cut into pieces whose partial (m, l, acc) are merged afterwards.
 //
+// Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
+// bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
+//
 // Vector code uses GCC target attributes (no per-file flags); dispatch on isa_active().
 #include <algorithm>
 #include <atomic>
