@@ -10,7 +10,7 @@
 // once into those panels (~80 KB each at 577 x 64: they stay in L2 for every query tile); per tile
 // of up to 48 queries the whole score rows are computed (R x n_kv f32, no online rescaling since
 // every key is visible), the softmax runs in f32 (max subtracted, simd::exp512_ps), its weights
-// are rounded to bf16 into the X panels of the second product and each row is normalised by the
+// are rounded to bf16 row by row (the second product reads X as rows) and each row is normalised by the
 // sum of the rounded weights (so the weights applied sum to one).
 //
 // Error against ref::attention on q, k, v rounded to bf16 beforehand: the scores are exact
@@ -22,6 +22,10 @@
 #include "../../base/error.h"
 
 #if defined(__x86_64__)
+// GCC 12 reports its own _mm512_undefined_*() helpers (inlined from immintrin.h) as uninitialised.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -51,6 +55,7 @@ struct Geometry {
   int64_t D, Dq;    // head dim, its bf16 pairs
   int64_t nkb;      // 64-key blocks
   int64_t kvp;      // token pairs
+  int64_t ldp;      // words per row of the weights' pairs (kvp rounded up to 16)
   int64_t ndp;      // 64-dim panels of the output
   int64_t ldS;      // score row stride (nkb * 64)
   int64_t R;        // queries per tile (multiple of kBf16MR)
@@ -66,7 +71,7 @@ struct Buffers {
       : kpan(make_aligned<uint32_t>(size_t(g.nkb * g.Dq * kBf16NR))),
         vpan(make_aligned<uint32_t>(size_t(g.ndp * g.kvp * kBf16NR))),
         xq(make_aligned<uint32_t>(size_t(g.R * g.Dq))),
-        px(make_aligned<uint32_t>(size_t(g.R * g.kvp))),
+        px(make_aligned<uint32_t>(size_t(g.R * g.ldp))),
         tmp(make_aligned<uint32_t>(size_t((g.D + 31) / 32 * 16 + 16))),
         S(make_aligned<float>(size_t(g.R * g.ldS))),
         inv_l(make_aligned<float>(size_t(g.R))) {}
@@ -147,18 +152,17 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
                      S + pi * MR * G.ldS + b * kBf16NR, G.ldS, mr, std::min<int64_t>(kBf16NR, p.n_kv - b * kBf16NR),
                      nullptr, true);
   }
-  // softmax rows in f32; weights rounded to bf16 pairs into the X panels of P V:
-  // px[(pi * kvp + t) * 6 + ii] = (P[r][2t], P[r][2t+1])
+  // softmax rows in f32; weights rounded to bf16 pairs, row by row (the X rows of P V):
+  // px[r * ldp + t] = (P[r][2t], P[r][2t+1])
   const int64_t n = p.n_kv;
   const __m512 vscale = _mm512_set1_ps(scale);
   const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
-  alignas(64) uint32_t w16[16];
   for (int64_t pi = 0; pi < npan; ++pi) {
-    uint32_t* xp = B.px.get() + pi * G.kvp * MR;
     for (int ii = 0; ii < MR; ++ii) {
       const int64_t r = pi * MR + ii;
-      if (r >= rows) {
-        for (int64_t t = 0; t < G.kvp; ++t) xp[t * MR + ii] = 0;
+      uint32_t* prow = B.px.get() + r * G.ldp;
+      if (r >= rows) {  // the last panel's missing rows: read by the kernel, never stored
+        std::memset(prow, 0, sizeof(uint32_t) * size_t(G.ldp));
         continue;
       }
       float* s = S + r * G.ldS;
@@ -179,10 +183,7 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
         const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
-        _mm512_store_si512(w16, w);
-        const int64_t nt = std::min<int64_t>(16, G.kvp - j / 2);
-        uint32_t* d = xp + (j / 2) * MR + ii;
-        for (int64_t t = 0; t < nt; ++t) d[t * MR] = w16[t];
+        _mm512_storeu_si512(prow + j / 2, w);  // j / 2 + 16 <= ldp
       }
       // the row's maximum contributes exp(0) = 1 (exact in bf16): the sum is >= 1
       B.inv_l[size_t(r)] = 1.0f / _mm512_reduce_add_ps(sum);
@@ -193,8 +194,8 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
     const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
     float* y = out + (i0 + pi * MR) * p.ldo + h * G.D;
     for (int64_t pd = 0; pd < G.ndp; ++pd)
-      kern_bf16_6x64(G.kvp, B.px.get() + pi * G.kvp * MR, B.vpan.get() + pd * G.kvp * kBf16NR, y + pd * kBf16NR, p.ldo,
-                     mr, std::min<int64_t>(kBf16NR, G.D - pd * kBf16NR), nullptr, true);
+      kern_bf16_6x64<true>(G.kvp, B.px.get() + pi * MR * G.ldp, B.vpan.get() + pd * G.kvp * kBf16NR, y + pd * kBf16NR,
+                           p.ldo, mr, std::min<int64_t>(kBf16NR, G.D - pd * kBf16NR), nullptr, true, G.ldp);
     for (int ii = 0; ii < mr; ++ii) {
       const __m512 inv = _mm512_set1_ps(B.inv_l[size_t(pi * MR + ii)]);
       float* o = y + ii * p.ldo;
@@ -229,6 +230,7 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
   G.Dq = (G.D + 1) / 2;
   G.nkb = (p.n_kv + kBf16NR - 1) / kBf16NR;
   G.kvp = (p.n_kv + 1) / 2;
+  G.ldp = (G.kvp + 15) / 16 * 16;
   G.ndp = (G.D + kBf16NR - 1) / kBf16NR;
   G.ldS = G.nkb * kBf16NR;
   G.R = std::clamp<int64_t>(kScoreBudget / (G.ldS * 4) / kBf16MR * kBf16MR, kBf16MR, kMaxTileRows);
