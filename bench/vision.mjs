@@ -259,7 +259,7 @@ async function runTorch(spec, log) {
 // ============================================================================ parent
 function parseArgs(argv) {
   const o = { threads: 0, dtypes: [...VISION_DTYPES], budgetS: 12, minReps: 3, maxReps: 10, anchor: true, probe: true, build: true,
-    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20,
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20, abEnv: null, abRounds: 1,
     cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16, videoSize: [640, 360] };
   const size = (v, name) => {
     const m = /^(\d+)x(\d+)$/.exec(v.trim());
@@ -292,6 +292,8 @@ function parseArgs(argv) {
       case '--qwen-sizes': o.qwenSizes = val(i, a).split(',').map((x) => size(x, a)); i++; break;
       case '--video-frames': o.videoFrames = Number(val(i, a)); i++; break;
       case '--video-size': o.videoSize = size(val(i, a), a); i++; break;
+      case '--ab-env': o.abEnv = parseEnvList(val(i, a)); i++; break;
+      case '--ab-rounds': o.abRounds = Number(val(i, a)); i++; break;
       case '--help': case '-h': o.help = true; break;
       default: throw new Error(`unknown option ${a} (--help)`);
     }
@@ -301,7 +303,20 @@ function parseArgs(argv) {
   if (!(Number.isInteger(o.visionLayers) && o.visionLayers >= 0)) throw new Error('--vision-layers: an integer >= 1 (0: all)');
   for (const d of o.dtypes) if (!VISION_DTYPES.includes(d)) throw new Error(`--dtypes: ${VISION_DTYPES.join(', ')}, not '${d}'`);
   if (o.maxReps < o.minReps) o.maxReps = o.minReps;
+  if (!(Number.isInteger(o.abRounds) && o.abRounds >= 1)) throw new Error('--ab-rounds: an integer >= 1');
   return o;
+}
+
+// 'A=1,B=0' -> { A: '1', B: '0' } (environment variables of the --ab-env variant)
+function parseEnvList(v) {
+  const env = {};
+  for (const kv of v.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(kv);
+    if (!m) throw new Error(`--ab-env: NAME=VALUE[,NAME=VALUE...], not '${kv}'`);
+    env[m[1]] = m[2];
+  }
+  if (!Object.keys(env).length) throw new Error('--ab-env: no NAME=VALUE given');
+  return env;
 }
 
 const HELP = `usage: npm run bench:vision -- [options]
@@ -320,7 +335,10 @@ const HELP = `usage: npm run bench:vision -- [options]
   --vision-layers N     cut the NeXT / Qwen2-VL towers to N layers (smoke runs; default: all)
   --next-size WxH       the NeXT image (default 1024x1024 -> pinpoint 672x672, 4 tiles + base)
   --qwen-sizes WxH,...  the Qwen2-VL images (default 448x448,1280x720)
-  --video-frames N      Qwen2-VL video frames, even (default 16; 0: no video); --video-size WxH (default 640x360)`;
+  --video-frames N      Qwen2-VL video frames, even (default 16; 0: no video); --video-size WxH (default 640x360)
+  --ab-env A=1,B=0      llava15: per dtype also measure with these environment variables set (a row labelled
+                        with them), alternating with the plain run, e.g. EMOLLM_BF16_PANELS=0,EMOLLM_ATTN_BF16=0
+                        for the previous bf16 paths; --ab-rounds N alternations (default 1), reps pooled per row`;
 
 // Best undisturbed image (other work < 0.25 cores), else the best of all.
 function summarize(reps) {
@@ -363,13 +381,26 @@ async function main() {
 
   const gf = visionGflop(VISION, VISION.n_layer);
   const results = [];
+  // --ab-env: per dtype the variant with those variables, then the plain run, --ab-rounds times;
+  // each row pools its rounds' timed images (load / warm-up / RSS from its first round).
+  const abLabel = o.abEnv ? Object.entries(o.abEnv).map(([k, v]) => `${k}=${v}`).join(' ') : null;
+  const variants = o.abEnv ? [{ label: abLabel, env: o.abEnv }, { label: null, env: {} }] : [{ label: null, env: {} }];
   for (const [i, dtype] of (llava15 ? o.dtypes : []).entries()) {
     const mm = plans[i + 1].path;
-    log(`emollm ${dtype} tower (${mm.split('/').at(-1)}) ...`);
-    await waitQuiet(o.quietWaitS, log);
-    const spec = { text: plans[0].path, mmproj: mm, dtype, threads, seed: o.seed, budgetS: o.budgetS, minReps: o.minReps, maxReps: o.maxReps };
-    const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label: `emollm ${dtype}` });
-    results.push({ side: 'emollm', dtype, res, sum: res.ok ? summarize(res.reps) : null });
+    const rows = variants.map((v) => ({ side: 'emollm', dtype, label: v.label, res: null, sum: null }));
+    for (let round = 0; round < (o.abEnv ? o.abRounds : 1); round++)
+      for (const [vi, v] of variants.entries()) {
+        const tag = `${dtype}${v.label ? ` [${v.label}]` : ''}`;
+        log(`emollm ${tag} tower (${mm.split('/').at(-1)})${o.abEnv ? ` round ${round + 1}` : ''} ...`);
+        await waitQuiet(o.quietWaitS, log);
+        const spec = { text: plans[0].path, mmproj: mm, dtype, threads, seed: o.seed, budgetS: o.budgetS, minReps: o.minReps, maxReps: o.maxReps };
+        const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)],
+          { timeoutS: o.timeoutS, label: `emollm ${tag}`, env: { ...process.env, ...v.env } });
+        const row = rows[vi];
+        if (!row.res || !res.ok) row.res = res;  // the first round, or a failed one (fails the row)
+        else if (row.res.ok) row.res.reps.push(...res.reps);
+      }
+    for (const row of rows) { row.sum = row.res.ok ? summarize(row.res.reps) : null; results.push(row); }
     if (i + 1 < o.dtypes.length) probe(`after ${dtype}`);
   }
 
@@ -423,10 +454,11 @@ async function main() {
   for (const r of [...results, ...(anchor ? [anchor] : [])]) {
     const s = r.sum;
     const name = r.side === 'emollm' ? 'emollm' : `PyTorch ${r.res.version ?? ''}`.trim();
-    if (!s) { rows.push([name, r.dtype, 'failed', '', '', '', '', '', '', '', '', '', '']); continue; }
+    const weights = r.label ? `${r.dtype} [${r.label}]` : r.dtype;
+    if (!s) { rows.push([name, weights, 'failed', '', '', '', '', '', '', '', '', '', '']); continue; }
     const gfs = gf.total / s.best_s;
     rows.push([
-      name, r.dtype, fmt(s.best_s, 3), fmt(s.median_s, 3), r.side === 'emollm' ? `${s.quiet}/${s.n}` : `-/${s.n}`, fmt(gfs, 1),
+      name, weights, fmt(s.best_s, 3), fmt(s.median_s, 3), r.side === 'emollm' ? `${s.quiet}/${s.n}` : `-/${s.n}`, fmt(gfs, 1),
       peaks?.fma_gflops ? fmt((100 * gfs) / peaks.fma_gflops, 0) : '-',
       r.dtype === 'bf16' && peaks?.bf16_dot_gflops ? fmt((100 * gfs) / (peaks.amx_bf16_gflops ?? peaks.bf16_dot_gflops), 0) : '-',
       r.side === 'emollm' && ta ? fmt(ta / s.best_s, 2) : '-',
@@ -445,7 +477,7 @@ async function main() {
       `${peaks.amx_bf16_gflops ? `, AMX bf16 ${fmt(peaks.amx_bf16_gflops, 0)} GFLOP/s` : ', no AMX'}`);
     out(`floor at peak: f32 ${fmt(gf.total / peaks.fma_gflops, 2)} s/image, bf16 ${fmt(gf.total / (peaks.amx_bf16_gflops ?? peaks.bf16_dot_gflops), 2)} s/image`);
   }
-  const bf = results.find((r) => r.dtype === 'bf16')?.sum;
+  const bf = results.find((r) => r.dtype === 'bf16' && !r.label)?.sum;
   const amx = Boolean(cpu?.features?.amxUsable ?? peaks?.amx);
   out(`issue target: <= 0.70 s/image at 2 threads with bf16 through AMX. This CPU: AMX ${amx ? 'present' : 'absent'}` +
     (bf ? `; bf16 here ${fmt(bf.best_s, 2)} s/image at ${threads} threads (${fmt(bf.best_s / 0.7, 1)}x the target)` : '') + '.');
@@ -456,7 +488,7 @@ async function main() {
   if (vlmResults.length) printVlmTable(vlmResults, peaks, o, out);
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
-  const json = { threads, vision: VISION, gflop: gf, peaks, results: results.map((r) => ({ dtype: r.dtype, ...r.sum, raw: r.res })), vlm: vlmResults,
+  const json = { threads, vision: VISION, gflop: gf, peaks, results: results.map((r) => ({ dtype: r.dtype, env: r.label ?? undefined, ...r.sum, raw: r.res })), vlm: vlmResults,
     anchor: anchor ? { ...anchor.sum, raw: anchor.res, machine_busy_cores: anchor.machine_busy_cores } : null, anchor_note: anchorNote, cpu };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');

@@ -41,6 +41,11 @@ struct AttentionParams {
   const float* const* k_blocks = nullptr;
   const float* const* v_blocks = nullptr;
   int64_t kv_block_size = 0;
+  // Bidirectional attention may round q, k, v and the softmax weights to bf16 for bf16
+  // dot-product hardware (f32 softmax and sums): what a model with bf16 weights sets (the CPU's
+  // AVX512-BF16 path for long sequences, kernels/cpu/attention_bidir_bf16.cpp). Backends without
+  // such a path ignore it.
+  bool bf16_products = false;
 };
 
 // ---------------------------------------------------------------- multi-perspective visual projection

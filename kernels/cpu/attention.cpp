@@ -22,6 +22,9 @@
 //   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
 //   range is cut into pieces whose partial (m, l, acc) are merged afterwards.
 //
+// Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
+// bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
+//
 // Vector code uses GCC target attributes (no per-file flags); dispatch on isa_active().
 #include <algorithm>
 #include <atomic>
@@ -32,6 +35,7 @@
 
 #include "../../base/arena.h"
 #include "../../base/error.h"
+#include "attention_internal.h"
 #include "kernels.h"
 
 #if defined(__x86_64__)
@@ -935,6 +939,8 @@ void attention(const float* q, const float* k, const float* v, float* out, const
   const Isa isa = isa_active();
   if (isa >= Isa::Avx2) {
     const Resolved rs = validate(q, k, v, out, p);
+    if (attention_detail::bidir_bf16_applies(p))
+      return attention_detail::attention_bidir_bf16(q, k, v, out, p, rs.scale, rs.group, pool);
     attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, p, rs, pool);
     return;
   }

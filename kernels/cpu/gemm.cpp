@@ -363,4 +363,60 @@ void gemv(const float* x, const void* W, DType wtype, const float* bias, float* 
   gemm(x, K, W, wtype, bias, y, N, 1, N, K, pool);
 }
 
+// ---------------------------------------------------------------- bf16 GEMM panels
+namespace {
+std::atomic<bool>& bf16_panels_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("EMOLLM_BF16_PANELS");  // =0: matrices stay in the standard layout (A/B runs)
+    return !(e && std::strcmp(e, "0") == 0);
+  }()};
+  return on;
+}
+}  // namespace
+void set_bf16_panels_enabled(bool on) { bf16_panels_flag().store(on); }
+bool bf16_panels_enabled() { return bf16_panels_flag().load(); }
+
+bool bf16_panels_usable() {
+#if defined(__x86_64__)
+  return isa_active() >= Isa::Avx512 && cpu_features().avx512bf16;
+#else
+  return false;
+#endif
+}
+
+size_t bf16_panels_bytes(int64_t N, int64_t K) {
+  EMOLLM_CHECK_ARG(N >= 0 && K >= 0, "bf16_panels_bytes: negative size");
+  return size_t((N + 63) / 64) * 64 * size_t((K + 1) / 2) * 4;
+}
+
+void bf16_pack_panels(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(N >= 0 && K >= 0, "bf16_pack_panels: negative size");
+  if (N == 0 || K == 0) return;
+  EMOLLM_CHECK_ARG(W != nullptr && out != nullptr, "bf16_pack_panels: null pointer");
+  EMOLLM_CHECK_ARG(reinterpret_cast<uintptr_t>(out) % 64 == 0, "bf16_pack_panels: out must be 64-byte aligned");
+  if (!bf16_panels_usable())
+    throw Error(ErrorCode::Unsupported, "bf16_pack_panels: needs AVX512-BF16 at the AVX-512 ISA level");
+#if defined(__x86_64__)
+  gemm_detail::bf16_pack_panels_avx512(W, N, K, out, pool);
+#else
+  (void)pool;
+#endif
+}
+
+void gemm_bf16_panels(const float* X, int64_t ldx, const void* Wp, const float* bias, float* Y, int64_t ldy,
+                      int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+  check_args(X, ldx, Wp, DType::BF16, Y, ldy, M, N, K);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_bias(bias, Y, ldy, M, N);
+  EMOLLM_CHECK_ARG(reinterpret_cast<uintptr_t>(Wp) % 64 == 0, "gemm_bf16_panels: the panels must be 64-byte aligned");
+  if (!bf16_panels_usable())
+    throw Error(ErrorCode::Unsupported, "gemm_bf16_panels: needs AVX512-BF16 at the AVX-512 ISA level");
+#if defined(__x86_64__)
+  gemm_detail::Args a{X, ldx, Wp, DType::BF16, bias, Y, ldy, M, N, K, pool, dtype_row_bytes(DType::BF16, K), false};
+  gemm_detail::gemm_bf16_panels_avx512(a);
+#else
+  (void)pool;
+#endif
+}
+
 }  // namespace emollm

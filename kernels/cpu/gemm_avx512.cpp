@@ -28,6 +28,7 @@
 
 #include "gemm_kern_bf16_avx512.h"
 #include "gemm_transpose_avx512.h"
+#include "simd_math.h"
 #include "simd_vec.h"
 
 // The packed GEMM's f32 microkernel template, compiled for this file's target (gemm_f32_tile.h).
@@ -56,9 +57,8 @@ EMO_T512 EMO_AI __m512 q4_table(const uint8_t* blk) {
   return _mm512_mul_ps(f16_scale(blk), base);
 }
 
-EMO_T512 EMO_AI __mmask16 mask16(int64_t c) {
-  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
-}
+// Lanes [0, c) of a 16-lane mask (none for c <= 0): simd_math.h's, shared with the other kernels.
+using simd::tail_mask16;
 
 // ------------------------------------------------------------------ dequantising loads
 // 32 elements of a weight row starting at element k (k % 32 == 0, all 32 in range).
@@ -95,7 +95,7 @@ EMO_T512 EMO_AI void load32(const uint8_t* row, int64_t k, __m512& w0, __m512& w
 // Up to 32 elements of a plain-type (F32/F16/BF16) row at k, c in [1, 32] valid, rest zero.
 template <DType DT>
 EMO_T512 EMO_AI void load32_tail(const uint8_t* row, int64_t k, int64_t c, __m512& w0, __m512& w1) {
-  const __mmask16 m0 = mask16(c), m1 = mask16(c - 16);
+  const __mmask16 m0 = tail_mask16(c), m1 = tail_mask16(c - 16);
   if constexpr (DT == DType::F32) {
     const float* p = reinterpret_cast<const float*>(row) + k;
     w0 = _mm512_maskz_loadu_ps(m0, p);
@@ -117,12 +117,12 @@ EMO_T512 EMO_AI void load32_tail(const uint8_t* row, int64_t k, int64_t c, __m51
 template <DType DT>
 EMO_T512 EMO_AI __m512 load16(const uint8_t* row, int64_t k, int64_t c) {
   if constexpr (DT == DType::F32) {
-    return _mm512_maskz_loadu_ps(mask16(c), reinterpret_cast<const float*>(row) + k);
+    return _mm512_maskz_loadu_ps(tail_mask16(c), reinterpret_cast<const float*>(row) + k);
   } else if constexpr (DT == DType::F16) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(c), row + 2 * k));
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask16(c), row + 2 * k));
   } else if constexpr (DT == DType::BF16) {
     return _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(c), row + 2 * k)), 16));
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tail_mask16(c), row + 2 * k)), 16));
   } else if constexpr (DT == DType::Q8_0) {
     const uint8_t* b = row + (k / kQK) * sizeof(BlockQ8_0);
     return _mm512_mul_ps(f16_scale(b), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
@@ -189,7 +189,7 @@ EMO_T512 void dot_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb
       __m512 w[R][2];
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) load32_tail<DT>(wr[r], k, c, w[r][0], w[r][1]);
-      const __mmask16 m0 = mask16(c), m1 = mask16(c - 16);
+      const __mmask16 m0 = tail_mask16(c), m1 = tail_mask16(c - 16);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
         const __m512 x0 = _mm512_maskz_loadu_ps(m0, X + m * ldx + k);
@@ -229,7 +229,7 @@ EMO_T512 void dot_block_wide(const float* X, int64_t ldx, const uint8_t* W, size
     for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     const int64_t c = K - k;  // >= 16 except in a plain-type tail
-    const __mmask16 mk = mask16(c);
+    const __mmask16 mk = tail_mask16(c);
     __m512 w[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) w[r] = load16<DT>(wr[r], k, c);
@@ -292,8 +292,8 @@ EMO_T512 void bf16_reorder_x(const float* x, int64_t K, float* xeo) {
   const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   for (int64_t k = 0; k < K; k += 32) {
     const int64_t c = K - k;
-    const __m512 lo = _mm512_maskz_loadu_ps(mask16(c), x + k);
-    const __m512 hi = _mm512_maskz_loadu_ps(mask16(c - 16), x + k + 16);
+    const __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(c), x + k);
+    const __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(c - 16), x + k + 16);
     _mm512_store_ps(xeo + k, _mm512_permutex2var_ps(lo, ev, hi));
     _mm512_store_ps(xeo + k + 16, _mm512_permutex2var_ps(lo, od, hi));
   }
@@ -418,7 +418,7 @@ EMO_T512 void f16_gemv_stream(const Args& a, int64_t n0, int64_t n1) {
       s3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(v1, 1)), _mm512_loadu_ps(x + k + 48), s3);
     }
     for (; k < K; k += 16) {
-      const __mmask16 m = mask16(K - k);
+      const __mmask16 m = tail_mask16(K - k);
       s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k)), _mm512_maskz_loadu_ps(m, x + k), s0);
     }
     float y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
@@ -800,8 +800,8 @@ EMO_T512BF void pack_x_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K
       const float* x = X + r * ldx;
       for (int64_t k = 0; k < K; k += 32) {
         const int64_t c = K - k;
-        const __m512 lo = _mm512_maskz_loadu_ps(mask16(c), x + k);
-        const __m512 hi = _mm512_maskz_loadu_ps(mask16(c - 16), x + k + 16);
+        const __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(c), x + k);
+        const __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(c - 16), x + k + 16);
         _mm512_store_si512(tmp, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         const int64_t nq = std::min<int64_t>(16, kp - k / 2);
         uint32_t* d = o + (k / 2) * MR + i;
@@ -838,6 +838,16 @@ struct BlockPrefetcher {
     total = rows * lines_per_row;
     done = 0;
   }
+  // A block of pre-packed panels: `rows` spans of `span` bytes, `stride` bytes apart.
+  void start_spans(const uint8_t* first, size_t stride, size_t span_bytes, int64_t nrows) {
+    base = first;
+    rb = stride;
+    span = span_bytes;
+    rows = nrows;
+    lines_per_row = int64_t((span + 63) / 64);
+    total = rows * lines_per_row;
+    done = 0;
+  }
   // Issues the next ~total/slices line prefetches.
   void step(int64_t slices) {
     if (done >= total) return;
@@ -852,32 +862,55 @@ struct BlockPrefetcher {
 
 // xp: the packed X chunk (panel-major, see pack_x_*); m_begin is a multiple of MR.
 // kcb: k units (f32 elements or bf16 pairs) per block; ncb: weight rows per block (multiple of NR).
+// prepacked (BF only): a.W holds bf16_pack_panels' panels (word (p * kunits + q) * NR + j), read
+// in place instead of packing each block into scratch; n_begin is then a multiple of NR.
 template <DType DT, bool BF>
 void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end,
-                   int64_t kcb, int64_t ncb) {
+                   int64_t kcb, int64_t ncb, bool prepacked) {
   using XT = typename std::conditional<BF, uint32_t, float>::type;
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
   const int64_t kunits = BF ? (K + 1) / 2 : K;
-  void* wpack = scratch(0, size_t(kcb) * ncb * 4);
+  void* wpack = prepacked ? nullptr : scratch(0, size_t(kcb) * ncb * 4);
   const XT* X = static_cast<const XT*>(xp);
+  const uint32_t* panels = static_cast<const uint32_t*>(a.W);
+  const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
     const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
       const int64_t kc = std::min(kcb, kunits - pc);
-      if constexpr (BF)
-        pack_w_bf16pairs(W, a.row_bytes, jc, nc, pc, kc, K, static_cast<uint32_t*>(wpack));
-      else
+      const uint32_t* wblk = nullptr;  // BF: panel jp of this block at wblk + jp * pstride
+      int64_t pstride = kc * NR;
+      if constexpr (BF) {
+        if (prepacked) {
+          wblk = panels + ((jc / NR) * kunits + pc) * NR;
+          pstride = kunits * NR;
+        } else {
+          pack_w_bf16pairs(W, a.row_bytes, jc, nc, pc, kc, K, static_cast<uint32_t*>(wpack));
+          wblk = static_cast<const uint32_t*>(wpack);
+        }
+      } else {
         pack_w_f32<DT>(W, a.row_bytes, jc, nc, pc, kc, static_cast<float*>(wpack));
+      }
       const bool first = pc == 0;
       // the block after this one: next k block of these rows, else first k block of the next rows
       BlockPrefetcher pf;
       const int64_t elem_per_unit = BF ? 2 : 1;
-      if (pc + kc < kunits)
+      if (prepacked) {
+        auto span_of = [&](int64_t j0, int64_t rows, int64_t p0, int64_t units) {
+          pf.start_spans(W + (size_t(j0 / NR) * kunits + p0) * NR * 4, panel_bytes, size_t(units) * NR * 4,
+                         (rows + NR - 1) / NR);
+        };
+        if (pc + kc < kunits)
+          span_of(jc, nc, pc + kc, std::min(kcb, kunits - pc - kc));
+        else if (jc + ncb < n_end)
+          span_of(jc + ncb, std::min(ncb, n_end - jc - ncb), 0, std::min(kcb, kunits));
+      } else if (pc + kc < kunits) {
         pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * elem_per_unit,
                  std::min(K, (pc + kc + kcb) * elem_per_unit));
-      else if (jc + ncb < n_end)
+      } else if (jc + ncb < n_end) {
         pf.start(W, a.row_bytes, a.wtype, jc + ncb, std::min(ncb, n_end - jc - ncb), 0, std::min(K, kcb * elem_per_unit));
+      }
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
       for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, m_end - m0));
@@ -887,8 +920,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
-            kern_bf16_6x64(kc, xpanel, static_cast<const uint32_t*>(wpack) + jp * kc * NR, y, a.ldy, mr,
-                           nc - jp * NR, bias, first);
+            kern_bf16_6x64(kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR, bias, first);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
@@ -905,7 +937,7 @@ std::atomic<bool> g_bf16_legacy_blocking{false};
 // by weight-row panels when there are enough of them (each thread packs only its own part of
 // W), else by row panels of X.
 template <DType DT, bool BF>
-void gemm_packed(const Args& a) {
+void gemm_packed(const Args& a, bool prepacked = false) {
   const int64_t kunits = BF ? (a.K + 1) / 2 : a.K;
   const int64_t x_budget = int64_t(8) << 20;
   const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
@@ -934,8 +966,10 @@ void gemm_packed(const Args& a) {
       kcb = kunits;
       ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
     }
-    auto range = [kcb, ncb](const Args& s, const void* x, int64_t m_begin, int64_t m_end, int64_t n_begin,
-                            int64_t n_end) { compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb); };
+    auto range = [kcb, ncb, prepacked](const Args& s, const void* x, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                                       int64_t n_end) {
+      compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb, prepacked);
+    };
     if (split_n) {
       // chunks of whole L2 blocks when there are enough, else of panels
       const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
@@ -965,6 +999,21 @@ void gemm_q8act_avx512vnni(const Args& a) {
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
+
+// ------------------------------------------------------------------ bf16 GEMM panels (kernels.h)
+void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool) {
+  const int64_t kp = (K + 1) / 2, npan = (N + NR - 1) / NR;
+  const size_t rb = size_t(K) * 2;
+  auto pack = [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      pack_w_bf16pairs(static_cast<const uint8_t*>(W), rb, p * NR, std::min<int64_t>(NR, N - p * NR), 0, kp, K,
+                       static_cast<uint32_t*>(out) + p * kp * NR);
+  };
+  if (pool) pool->parallel_for(npan, 1, pack);
+  else pack(0, npan);
+}
+
+void gemm_bf16_panels_avx512(const Args& a) { gemm_packed<DType::BF16, true>(a, true); }
 
 void gemm_avx512(const Args& a, bool bf16_dot) {
   if (a.M <= kSmallM) return small_m(a);

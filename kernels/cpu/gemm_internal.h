@@ -130,6 +130,9 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
+// kernels.h bf16_pack_panels / gemm_bf16_panels (a.W: the panels; wtype BF16). AVX512-BF16 only.
+void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
+void gemm_bf16_panels_avx512(const Args& a);
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.
 bool gemm_amx(const Args& a);
 #endif

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "simd_math.h"
+
 namespace emollm {
 namespace gemm_detail {
 
@@ -18,16 +20,16 @@ constexpr int kBf16NR = 64;  // output columns per panel (4 zmm)
 // Y[i, 0:nr] (= if first, else +=) bias[0:nr] (first only, when not null) + sum_q xp[q*MR + i] .
 // wp[q*NR + 0:64], for i < mr. Each k block is summed from zero and then added to Y (blocked
 // summation: the rounding error grows with sqrt(K * KC) rather than K).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))) inline void kern_bf16_6x64(
+// kRowsX: X as 6 rows of pairs ldxr words apart instead (row i's pair q at xp[i*ldxr + q]; all 6
+// rows readable), for X written row by row (attention's softmax weights).
+template <bool kRowsX = false>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void kern_bf16_6x64(
     int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
-    const float* bias, bool first) {
+    const float* bias, bool first, int64_t ldxr = 0) {
   constexpr int MR = kBf16MR, NR = kBf16NR;
   __mmask16 mk[4];
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const int64_t c = nr - 16 * j;
-    mk[j] = c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
-  }
+  for (int j = 0; j < 4; ++j) mk[j] = simd::tail_mask16(nr - 16 * j);
   __m512 c[MR][4];
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j) {
@@ -38,12 +40,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))) inl
 #pragma GCC unroll 2
   for (int64_t q = 0; q < kcp; ++q) {
     const uint32_t* w = wp + q * NR;
-    const uint32_t* x = xp + q * MR;
+    const uint32_t* x = kRowsX ? xp + q : xp + q * MR;
+    const int64_t xi = kRowsX ? ldxr : 1;
     const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
                    b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
     __m512bh a;
 #define EMO_ROW(i)                                      \
-  a = (__m512bh)_mm512_set1_epi32(int(x[i]));           \
+  a = (__m512bh)_mm512_set1_epi32(int(x[i * xi]));      \
   c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);           \
   c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);           \
   c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2);           \

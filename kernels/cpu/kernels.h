@@ -94,6 +94,25 @@ bool weight_repacking();
 void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y, int64_t ldy,
                    int64_t M, int64_t N, int64_t K, ThreadPool* pool);
 
+// ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
+// BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged
+// once (at load) into the panels of the vdpbf16ps packed GEMM, so that a call no longer packs W:
+// panels of 64 rows; panel p holds the kp = ceil(K / 2) bf16 pairs of its rows, pair-major:
+//   word (p * kp + q) * 64 + j = W[p * 64 + j][2q] | W[p * 64 + j][2q + 1] << 16  (zero past N, K)
+// bf16_panels_bytes(N, K) bytes (the matrix rounded up to 64 rows and an even K), 64-byte aligned.
+// Needs AVX512-BF16 at isa_active() >= Avx512 (bf16_panels_usable()); the products are those of
+// gemm() on the original W at M > 64 on that path (X rounded to bf16, f32 sums, same blocking),
+// bit for bit; smaller M runs the same packed kernel (gemm() would take its small-M kernels there).
+bool bf16_panels_usable();
+size_t bf16_panels_bytes(int64_t N, int64_t K);
+void bf16_pack_panels(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
+void gemm_bf16_panels(const float* X, int64_t ldx, const void* Wp, const float* bias, float* Y, int64_t ldy,
+                      int64_t M, int64_t N, int64_t K, ThreadPool* pool);
+// Whether backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many):
+// process-wide, read at load. Initial value from EMOLLM_BF16_PANELS ("0" off), else on.
+void set_bf16_panels_enabled(bool on);
+bool bf16_panels_enabled();
+
 // ---------------------------------------------------------------- normalisation
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.
 // Both norms may run in place (y == x).

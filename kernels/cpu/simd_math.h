@@ -87,9 +87,10 @@ constexpr double kCosC[6] = {-1.13585365213876817300e-11, 2.08757008419747316778
 
 // ------------------------------------------------------------------ AVX-512
 
-// Lanes [0, r) set, r in [0, 16].
+// Lanes [0, r) set: none for r <= 0, all for r >= 16 (the GEMMs pass the columns left, which
+// may be either).
 EMOLLM_SIMD_INLINE_512 __mmask16 tail_mask16(int64_t r) {
-  return r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1u);
+  return r >= 16 ? (__mmask16)0xFFFF : r <= 0 ? (__mmask16)0 : (__mmask16)((1u << r) - 1u);
 }
 
 EMOLLM_SIMD_INLINE_512 float hsum512_ps(__m512 v) { return _mm512_reduce_add_ps(v); }

@@ -91,7 +91,8 @@ void* alloc_packed(size_t bytes) {
   return p;
 }
 
-// The CPU backend's packed weights: W (the pointer gemm() is called with) -> its quant_repack copy.
+// The CPU backend's packed weights: W (the pointer gemm() is called with) -> its quant_repack copy,
+// its huge-page copy (bf16 / f16) or its GEMM panels (bf16 matrices of GemmRows::Many; `panels`).
 // Shared by the backend and the handles (which may outlive it); a W packed twice (a tied matrix,
 // two models on one mapping) is packed once and counted.
 class PackedTable {
@@ -102,25 +103,28 @@ class PackedTable {
     void* data;
     size_t bytes;
     int refs;
+    bool panels;
   };
   // The packed copy for gemm(W, t, N, K), or null. One lock per gemm call, held for a hash lookup:
   // nothing next to streaming the matrix. A plain mutex, not std::shared_mutex: the latter's
   // pthread_rwlock_* are GLIBC_2.34 symbols on aarch64, above the prebuilds' glibc 2.33 floor
   // (scripts/check-glibc-prebuild.mjs).
-  const void* find(const void* W, DType t, int64_t N, int64_t K) const {
+  const void* find(const void* W, DType t, int64_t N, int64_t K, bool* panels) const {
+    *panels = false;
     if (count_.load(std::memory_order_relaxed) == 0) return nullptr;
     std::lock_guard<std::mutex> lk(mu_);
     auto it = map_.find(W);
     if (it == map_.end() || it->second.t != t || it->second.N != N || it->second.K != K) return nullptr;
+    *panels = it->second.panels;
     return it->second.data;
   }
   // Takes a reference to W's packed copy, making it with `make` when absent. False when W is
-  // packed for another shape (then nothing is taken).
+  // packed for another shape or layout (then nothing is taken).
   // The copy is made without the lock held, so gemm() calls of other models on this backend do
   // not wait for a load's repacking.
   template <class Make>
-  bool acquire(const void* W, DType t, int64_t N, int64_t K, size_t bytes, Make&& make) {
-    if (int r = take_existing(W, t, N, K); r >= 0) return r == 1;
+  bool acquire(const void* W, DType t, int64_t N, int64_t K, size_t bytes, Make&& make, bool panels = false) {
+    if (int r = take_existing(W, t, N, K, panels); r >= 0) return r == 1;
     void* data = alloc_packed(bytes);
     try {
       make(data);
@@ -132,21 +136,22 @@ class PackedTable {
     auto it = map_.find(W);
     if (it != map_.end()) {  // packed by another thread meanwhile
       aligned_free(data);
-      if (it->second.t != t || it->second.N != N || it->second.K != K) return false;
+      if (it->second.t != t || it->second.N != N || it->second.K != K || it->second.panels != panels) return false;
       it->second.refs++;
       return true;
     }
-    map_.emplace(W, Entry{t, N, K, data, bytes, 1});
+    map_.emplace(W, Entry{t, N, K, data, bytes, 1, panels});
     count_.fetch_add(1);
     g_packed_bytes.fetch_add(bytes);
     return true;
   }
-  // 1: a reference to W's existing copy was taken; 0: W is packed for another shape; -1: absent.
-  int take_existing(const void* W, DType t, int64_t N, int64_t K) {
+  // 1: a reference to W's existing copy was taken; 0: W is packed for another shape or layout;
+  // -1: absent.
+  int take_existing(const void* W, DType t, int64_t N, int64_t K, bool panels) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = map_.find(W);
     if (it == map_.end()) return -1;
-    if (it->second.t != t || it->second.N != N || it->second.K != K) return 0;
+    if (it->second.t != t || it->second.N != N || it->second.K != K || it->second.panels != panels) return 0;
     it->second.refs++;
     return 1;
   }
@@ -200,11 +205,16 @@ class CpuBackend final : public Backend {
     // Packed weights serve every M with q8_0 activations. With f32 activations asked for
     // (QuantActivations::F32), or the ISA capped below the VNNI kernel after the packing
     // (configure({ isa })), the standard layout's kernels run on the original bytes instead.
-    if (const void* packed = packed_->find(W, wtype, N, K);
-        packed && (wtype == DType::BF16 || wtype == DType::F16))
+    // bf16 GEMM panels: the ISA capped below AVX512-BF16 after the packing reads the original bytes.
+    bool panels = false;
+    const void* packed = packed_->find(W, wtype, N, K, &panels);
+    if (packed && panels) {
+      if (bf16_panels_usable()) return gemm_bf16_panels(X, ldx, packed, bias, Y, ldy, M, N, K, &pool_);
+    } else if (packed && (wtype == DType::BF16 || wtype == DType::F16)) {
       return gemm_huge_pages(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);  // same layout, 2 MiB pages
-    else if (packed && quant_activations() == QuantActivations::Q8 && isa_active() >= Isa::Avx512)
+    } else if (packed && quant_activations() == QuantActivations::Q8 && isa_active() >= Isa::Avx512) {
       return gemm_repacked(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);
+    }
     emollm::gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K, &pool_);
   }
   // Q8_0 / Q4_0 matrices into quant_repack's 16-row layout, where its VNNI kernel runs and
@@ -213,7 +223,26 @@ class CpuBackend final : public Backend {
   // which gemm_huge_pages streams: the weight file's mapping is in 4 KiB pages, whose TLB misses
   // cost TinyLlama-1.1B bf16 decode ~10% and prefill ~15% (Zen 5, 2 threads; more with the
   // single-stream GEMV that huge pages allow, see kernels.h).
-  std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K) override {
+  // BF16 matrices of GemmRows::Many (vision towers, projectors) where AVX512-BF16 runs: the
+  // vdpbf16ps GEMM's panels (bf16_pack_panels), so no call packs W again (bf16_panels_enabled()).
+  std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K,
+                                                     GemmRows rows = GemmRows::Any) override {
+    if (W && rows == GemmRows::Many && wtype == DType::BF16 && N > 0 && K > 0 && weight_repacking() &&
+        bf16_panels_enabled() && bf16_panels_usable()) {
+      const size_t bytes = bf16_panels_bytes(N, K);
+      bool made = false;
+      if (!packed_->acquire(
+              W, wtype, N, K, bytes,
+              [&](void* out) {
+                bf16_pack_panels(W, N, K, out, &pool_);
+                made = true;
+              },
+              true))
+        return nullptr;
+      if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
+      return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
+    }
+    if (rows == GemmRows::Many) return nullptr;  // the layouts below serve the decode GEMV
     if (W && weight_repacking() && N > 0 && K > 0 && (wtype == DType::BF16 || wtype == DType::F16) &&
         size_t(N) * dtype_row_bytes(wtype, K) >= kHugePageBytes) {
       const size_t bytes = size_t(N) * dtype_row_bytes(wtype, K);
@@ -413,7 +442,9 @@ Workspace* Backend::current_workspace() const {
   return t_context && &t_context->backend() == this ? &t_context->workspace() : nullptr;
 }
 
-std::unique_ptr<PackedGemmWeight> Backend::pack_gemm_weight(const void*, DType, int64_t, int64_t) { return nullptr; }
+std::unique_ptr<PackedGemmWeight> Backend::pack_gemm_weight(const void*, DType, int64_t, int64_t, GemmRows) {
+  return nullptr;
+}
 
 size_t packed_gemm_weight_bytes() { return g_packed_bytes.load(); }
 

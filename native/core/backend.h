@@ -33,6 +33,12 @@ class PackedGemmWeight {
   virtual size_t bytes() const = 0;
 };
 
+// What a weight matrix offered to Backend::pack_gemm_weight will meet: any number of activation
+// rows (decoders: M = 1 decode and prefill), or only many (vision towers, projectors: hundreds of
+// rows per call), for which the CPU keeps bf16 matrices in its GEMM's panels (kernels.h
+// bf16_pack_panels) instead of the layout the decode GEMV reads.
+enum class GemmRows { Any, Many };
+
 // Emulated: the strict test device of core/emulated_device_backend.h (only when enabled there).
 enum class DeviceKind { Cpu, Cuda, Emulated };
 
@@ -188,7 +194,8 @@ class Backend {
   // gemm() on that W (any M) while the returned handle lives, and may then release the original
   // bytes' pages (they stay readable: a file mapping pages back in on access). Null when it keeps
   // nothing (the default; the CPU for types it has no layout for, or with EMOLLM_REPACK=0).
-  virtual std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K);
+  virtual std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K,
+                                                             GemmRows rows = GemmRows::Any);
 
   // ---- KV cache element type
   // Whether attention() accepts K/V of this type (AttentionParams::kv_dtype) and convert() writes

@@ -64,11 +64,13 @@ class BackendWeights {
   // its own (Backend::pack_gemm_weight: the CPU's 16-row repacked q4_0 / q8_0, which then replaces
   // the mapped bytes in memory), held as long as this object. `data` is unchanged by the packing:
   // gemm() on it finds the packed copy; host readers still read the original bytes.
+  // `rows`: what the matrix meets (GemmRows::Many: only many activation rows per call, e.g. a
+  // vision tower's, which the CPU keeps bf16 matrices in GEMM panels for).
   template <class Matrix>
-  void place_gemm_matrix(Matrix& w) {
+  void place_gemm_matrix(Matrix& w, GemmRows rows = GemmRows::Any) {
     place_matrix(w);
     if (!w.data) return;
-    if (auto p = be_->pack_gemm_weight(w.data, w.dtype, w.rows, w.cols)) {
+    if (auto p = be_->pack_gemm_weight(w.data, w.dtype, w.rows, w.cols, rows)) {
       packed_bytes_ += p->bytes();
       packed_.push_back(std::move(p));
     }

@@ -137,8 +137,9 @@ class ProfilingBackend final : public Backend {
   void upload(void* dst, const void* src, size_t bytes) override { in_->upload(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { in_->download(dst, src, bytes); }
   bool uses_host_memory() const override { return in_->uses_host_memory(); }
-  std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K) override {
-    auto p = in_->pack_gemm_weight(W, wtype, N, K);
+  std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K,
+                                                     GemmRows rows = GemmRows::Any) override {
+    auto p = in_->pack_gemm_weight(W, wtype, N, K, rows);
     if (!p) return p;
     return std::make_unique<ProfiledPacked>(std::move(p), W);
   }

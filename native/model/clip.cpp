@@ -180,7 +180,10 @@ void ClipVisionModel::place_weights(Backend& be) {
   BackendWeights& w = weights_;
   w.begin(be);
   const int64_t E = hp_.n_embd, F = hp_.n_ff;
-  w.place_matrix(patch_embd);
+  // Every product of the tower has hundreds of rows (the image's tokens): its matrices may be kept
+  // in the backend's many-row layout (the CPU's bf16 GEMM panels).
+  const GemmRows many = GemmRows::Many;
+  w.place_gemm_matrix(patch_embd, many);
   patch_bias = w.place(patch_bias, E);
   class_embd = w.place(class_embd, E);
   pos_embd = w.place(pos_embd, hp_.n_pos() * E);
@@ -188,10 +191,11 @@ void ClipVisionModel::place_weights(Backend& be) {
   pre_ln_b = w.place(pre_ln_b, E);
   for (ClipLayer& l : layers) {
     l.ln1_w = w.place(l.ln1_w, E), l.ln1_b = w.place(l.ln1_b, E);
-    w.place_matrix(l.wq), w.place_matrix(l.wk), w.place_matrix(l.wv), w.place_matrix(l.wo);
+    w.place_gemm_matrix(l.wq, many), w.place_gemm_matrix(l.wk, many), w.place_gemm_matrix(l.wv, many);
+    w.place_gemm_matrix(l.wo, many);
     l.bq = w.place(l.bq, E), l.bk = w.place(l.bk, E), l.bv = w.place(l.bv, E), l.bo = w.place(l.bo, E);
     l.ln2_w = w.place(l.ln2_w, E), l.ln2_b = w.place(l.ln2_b, E);
-    w.place_matrix(l.fc1), w.place_matrix(l.fc2);
+    w.place_gemm_matrix(l.fc1, many), w.place_gemm_matrix(l.fc2, many);
     l.b1 = w.place(l.b1, F), l.b2 = w.place(l.b2, E);
   }
   w.finish();
@@ -261,6 +265,9 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   ap.ldq = E; ap.ldk = E; ap.ldv = E; ap.ldo = E;
   ap.causal = false;
   ap.q_pos0 = 0;
+  // A tower with bf16 weights (its GEMMs already round activations to bf16) runs attention's two
+  // products in bf16 too, where the backend has such a path (kernels.h AttentionParams).
+  ap.bf16_products = !layers.empty() && layers[0].wq.dtype == DType::BF16;
 
   for (int64_t il = 0; il < deepest; ++il) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;

@@ -277,8 +277,8 @@ void LlavaModel::place_weights() {
   vision_->place_weights(be);
   const int64_t E = n_embd();
   weights_.begin(be);
-  weights_.place_matrix(proj1_);
-  weights_.place_matrix(proj2_);
+  weights_.place_gemm_matrix(proj1_, GemmRows::Many);  // an image's tokens at once (the CPU's bf16 panels)
+  weights_.place_gemm_matrix(proj2_, GemmRows::Many);
   proj1_b_ = weights_.place(proj1_b_, E);
   proj2_b_ = weights_.place(proj2_b_, E);
   image_newline_dev_ = weights_.place(image_newline_, E);  // image_newline_ stays the host copy

@@ -202,16 +202,20 @@ void Qwen2VisionModel::place_weights(Backend& be) {
   BackendWeights& w = weights_;
   w.begin(be);
   const int64_t D = c_.embed_dim, F = D * c_.mlp_ratio, MD = D * merge_unit();
-  w.place_matrix(patch_embd_);
+  // Every product has many rows (an image's patches): the backend's many-row layout may serve them
+  // (the CPU's bf16 GEMM panels).
+  const GemmRows many = GemmRows::Many;
+  w.place_gemm_matrix(patch_embd_, many);
   for (Qwen2VisionBlock& b : blocks_) {
     b.norm1_w = w.place(b.norm1_w, D), b.norm1_b = w.place(b.norm1_b, D);
     b.norm2_w = w.place(b.norm2_w, D), b.norm2_b = w.place(b.norm2_b, D);
-    w.place_matrix(b.qkv), w.place_matrix(b.proj), w.place_matrix(b.fc1), w.place_matrix(b.fc2);
+    w.place_gemm_matrix(b.qkv, many), w.place_gemm_matrix(b.proj, many), w.place_gemm_matrix(b.fc1, many);
+    w.place_gemm_matrix(b.fc2, many);
     b.qkv_b = w.place(b.qkv_b, 3 * D), b.proj_b = w.place(b.proj_b, D);
     b.fc1_b = w.place(b.fc1_b, F), b.fc2_b = w.place(b.fc2_b, D);
   }
   ln_q_w_ = w.place(ln_q_w_, D), ln_q_b_ = w.place(ln_q_b_, D);
-  w.place_matrix(mlp0_), w.place_matrix(mlp2_);
+  w.place_gemm_matrix(mlp0_, many), w.place_gemm_matrix(mlp2_, many);
   mlp0_b_ = w.place(mlp0_b_, MD), mlp2_b_ = w.place(mlp2_b_, c_.hidden_size);
   w.finish();
 }
@@ -330,6 +334,7 @@ bool Qwen2VisionModel::forward(Backend& be, const float* patches, const std::vec
         ap.ldq = ap.ldk = ap.ldv = 3 * D;
         ap.ldo = D;
         ap.causal = false;
+        ap.bf16_products = b.qkv.dtype == DType::BF16;  // a bf16 tower: bf16 attention products too
         const float* base = qkv.row(off);
         be.attention(base, base + D, base + 2 * D, att.row(off), ap);
         off += len;

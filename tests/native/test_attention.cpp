@@ -6,6 +6,11 @@
 //   vector paths (each ISA level) vs ref::attention           : atol 1e-5  (f32 dot products,
 //       f32 online-softmax accumulation, vector exp ~1e-7 relative)
 //   large logits (exact integer logits ~1e3, see below)       : atol 1e-5 vs naive double
+//   bf16 bidirectional path (AttentionParams::bf16_products) vs ref::attention on q, k, v rounded
+//   to bf16 beforehand                                         : atol 2^-8 * 1.01 * max|v| + 2e-5
+//       (the softmax weights are rounded to bf16, relative 2^-9, and renormalised by their sum,
+//       so each weight is off by at most ~2^-8 relative and the output, a convex combination of
+//       v, by 2^-8 max|v|; 2e-5 covers the f32 sums of the scores and of P V)
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +23,7 @@
 #include <unistd.h>
 #endif
 
+#include "../../kernels/cpu/attention_internal.h"
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/error.h"
 #include "testing.h"
@@ -266,6 +272,69 @@ TEST(attention_vector_paths_match_ref_splits_and_tiles) {
   };
   uint64_t seed = 900;
   for (const Case& c : cs) check_vector_vs_ref(c, seed++, &pool);
+}
+
+// The AVX512-BF16 path of long bidirectional attention (attention_bidir_bf16.cpp): against the
+// double reference on bf16-rounded inputs (tolerance in the header), through the dispatcher with
+// and without a pool (bit-identical to the direct call: every row is computed alone, whatever the
+// tiling), over CLIP's length (577 = 9 key blocks + 1), GQA, head dims that need a second 64-wide
+// output panel (80, 128) or a half pair (25), padded and fused layouts, one key, an explicit scale.
+TEST(attention_bidir_bf16_matches_rounded_ref) {
+  {  // which calls the path takes
+    AttentionParams p;
+    p.n_q = p.n_kv = 100; p.n_heads = p.n_kv_heads = 2; p.head_dim = 64; p.causal = false;
+    p.bf16_products = true;
+    const bool hw = cpu_features().avx512bf16 && isa_active() >= Isa::Avx512 && attention_detail::bidir_bf16_enabled();
+    EXPECT(attention_detail::bidir_bf16_applies(p) == hw);
+    AttentionParams c = p; c.causal = true;
+    AttentionParams f = p; f.bf16_products = false;
+    AttentionParams s = p; s.n_q = attention_detail::kBidirBf16MinRows - 1;
+    AttentionParams g = p; g.kv_block_size = 16;
+    for (const AttentionParams& x : {c, f, s, g}) EXPECT(!attention_detail::bidir_bf16_applies(x));
+  }
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512 || !attention_detail::bidir_bf16_enabled()) {
+    std::printf("  skip attention_bidir_bf16_matches_rounded_ref: no AVX512-BF16 on this CPU (or EMOLLM_ATTN_BF16=0)\n");
+    return;
+  }
+  IsaCapScope cap(Isa::Avx512);
+  ThreadPool pool(2);
+  std::vector<Case> cs = {
+      {577, 577, 4, 4, 64, false, 0},                   // CLIP ViT-L/14-336 length, d = 64
+      {100, 130, 4, 2, 80, false, 0, 3},                // GQA, d = 80 (Qwen2-VL), padded rows
+      {40, 51, 2, 1, 25, false, 0},                     // odd head dim, odd n_kv
+      {48, 48, 4, 4, 20, false, 0, 5, true},            // fused QKV buffer, padded
+      {16, 1, 2, 2, 8, false, 0},                       // a single key
+      {70, 200, 3, 1, 128, false, 0, 0, false, 0.37f},  // explicit scale, d = 128
+  };
+  uint64_t seed = 1200;
+  for (const Case& c : cs) {
+    Data d = make_data(c, seed++);
+    d.p.bf16_products = true;
+    const std::string what = describe(c) + " bf16";
+    // the same inputs rounded to bf16 (NaN padding stays NaN)
+    auto rounded = [](const std::vector<float>& b) {
+      std::vector<float> r(b);
+      for (float& x : r)
+        if (!std::isnan(x)) x = bf16_to_f32(f32_to_bf16(x));
+      return r;
+    };
+    Data r = d;
+    r.qb = rounded(d.qb); r.kb = rounded(d.kb); r.vb = rounded(d.vb);
+    r.q = r.qb.data() + (d.q - d.qb.data());
+    r.k = c.fused ? r.qb.data() + (d.k - d.qb.data()) : r.kb.data();
+    r.v = c.fused ? r.qb.data() + (d.v - d.qb.data()) : r.vb.data();
+    std::vector<float> want = run_out(r.p, what, [&](float* o) { ref::attention(r.q, r.k, r.v, o, r.p); });
+    const double tol = std::ldexp(1.0, -8) * 1.01 * 1.0 + 2e-5;  // |v| <= 1
+    const float scale = d.p.scale != 0.0f ? d.p.scale : float(1.0 / std::sqrt(double(c.D)));
+    std::vector<float> direct = run_out(d.p, what + " direct", [&](float* o) {
+      attention_detail::attention_bidir_bf16(d.q, d.k, d.v, o, d.p, scale, c.n_heads / c.n_kv_heads, nullptr);
+    });
+    EXPECT_ALL_CLOSE(direct.data(), want.data(), direct.size(), tol, 0.0, what + " vs rounded ref");
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+      std::vector<float> got = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
+      EXPECT(got == direct);
+    }
+  }
 }
 
 // Logits around 1e3: exp(1000) overflows even in double, so a softmax without the running max

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "base/arena.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "core/backend.h"
@@ -401,6 +402,61 @@ TEST(cpu_backend_copies_bf16_f16_weights_to_huge_pages) {
     EXPECT(be->pack_gemm_weight(wbytes.data(), t, N, K) == nullptr);
     set_weight_repacking(true);
   }
+  set_weight_repacking(repack_was);
+}
+
+// BF16 matrices offered with GemmRows::Many (vision towers) on AVX512-BF16: the GEMM's panels
+// (kernels.h bf16_pack_panels), which gemm() on the same W then reads for every M (the bits of
+// gemm_bf16_panels; at M > 64 those of plain gemm()); an ISA cap below AVX-512, a dropped handle,
+// the panels switched off or another type: plain gemm() on W. GemmRows::Many offers no other layout.
+TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking(), panels_was = bf16_panels_enabled();
+  set_weight_repacking(true);
+  set_bf16_panels_enabled(true);
+  const bool usable = bf16_panels_usable();
+  if (!usable) std::printf("  skip: no AVX512-BF16 on this CPU: nothing is packed (checked below)\n");
+  const int64_t N = 130, K = 200;
+  std::vector<uint8_t> wbytes(size_t(N) * dtype_row_bytes(DType::BF16, K));
+  {
+    const std::vector<float> src = randv(size_t(N * K), 7300);
+    for (int64_t n = 0; n < N; ++n)
+      quantize_row(DType::BF16, src.data() + n * K, wbytes.data() + size_t(n) * dtype_row_bytes(DType::BF16, K), K);
+  }
+  ThreadPool pool(2);
+  for (int64_t M : {3, 100}) {
+    const std::vector<float> X = randv(size_t(M * K), 7301 + uint32_t(M)), bias = randv(size_t(N), 7302);
+    std::vector<float> want_std(size_t(M * N)), want_pan(size_t(M * N)), got(size_t(M * N));
+    gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), want_std.data(), N, M, N, K, &pool);
+    {
+      auto h = be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K, GemmRows::Many);
+      EXPECT((h != nullptr) == usable);
+      if (h) {
+        EXPECT(h->bytes() == bf16_panels_bytes(N, K));
+        AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+        bf16_pack_panels(wbytes.data(), N, K, pan.get(), nullptr);
+        gemm_bf16_panels(X.data(), K, pan.get(), bias.data(), want_pan.data(), N, M, N, K, &pool);
+        EXPECT(be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K) == nullptr);  // packed in another layout
+        be->gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), got.data(), N, M, N, K);
+        EXPECT(got == want_pan);
+        if (M > 64) EXPECT(got == want_std);
+        IsaCapScope cap(Isa::Avx2);  // below the panels' kernel after the packing: the original bytes
+        std::vector<float> want_avx2(size_t(M * N));
+        gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), want_avx2.data(), N, M, N, K, &pool);
+        be->gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), got.data(), N, M, N, K);
+        EXPECT(got == want_avx2);
+      }
+    }
+    EXPECT(packed_gemm_weight_bytes() == 0);
+    be->gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), got.data(), N, M, N, K);
+    EXPECT(got == want_std);
+  }
+  set_bf16_panels_enabled(false);
+  EXPECT(be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K, GemmRows::Many) == nullptr);
+  set_bf16_panels_enabled(true);
+  std::vector<uint16_t> f16(size_t(520 * 2048));  // 2 MiB of f16: a huge-page copy for Any, nothing for Many
+  EXPECT(be->pack_gemm_weight(f16.data(), DType::F16, 520, 2048, GemmRows::Many) == nullptr);
+  set_bf16_panels_enabled(panels_was);
   set_weight_repacking(repack_was);
 }
 

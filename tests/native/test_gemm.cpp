@@ -34,6 +34,7 @@
 
 #include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/kernels.h"
+#include "../../base/arena.h"
 #include "../../base/error.h"
 #include "testing.h"
 
@@ -549,6 +550,79 @@ TEST(gemm_bf16_packed_blockings) {
                        std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K));
     }
   }
+}
+
+// bf16 matrices packed once into the vdpbf16ps GEMM's panels (kernels.h bf16_pack_panels):
+// the layout by hand; gemm_bf16_panels equal bit for bit to gemm() on the original W wherever
+// gemm() runs the packed vdpbf16ps GEMM (M > 64, both blockings, with and without a pool; the
+// shapes of gemm_bf16_packed_blockings: N and K tails, odd K, K > 4096), and at small M (where
+// gemm() takes other kernels) within the f32 tolerance of ref::gemm on X pre-rounded to bf16.
+TEST(gemm_bf16_panels_match_packed_gemm) {
+  if (!bf16_panels_usable()) {
+    std::printf("  skip gemm_bf16_panels_match_packed_gemm: no AVX512-BF16 on this CPU\n");
+    EXPECT_THROWS(bf16_pack_panels(nullptr, 1, 1, nullptr, nullptr), ErrorCode::InvalidArgument);
+    return;
+  }
+  IsaCapScope cap(Isa::Avx512);
+  ThreadPool pool(2);
+  {  // layout: N = 67 (two panels, the second with 3 rows), K = 5 (a half pair)
+    const int64_t N = 67, K = 5, kp = 3;
+    Weights w = make_weights(DType::BF16, N, K, 99);
+    EXPECT(bf16_panels_bytes(N, K) == size_t(2 * 64 * kp * 4));
+    AlignedPtr<uint32_t> pan = make_aligned<uint32_t>(bf16_panels_bytes(N, K) / 4);
+    std::memset(pan.get(), 0xAB, bf16_panels_bytes(N, K));
+    bf16_pack_panels(w.bytes.data(), N, K, pan.get(), &pool);
+    bool ok = true;
+    for (int64_t p = 0; p < 2; ++p)
+      for (int64_t q = 0; q < kp; ++q)
+        for (int64_t j = 0; j < 64; ++j) {
+          const int64_t n = p * 64 + j;
+          auto elem = [&](int64_t k) -> uint32_t {
+            if (n >= N || k >= K) return 0;
+            uint16_t h;
+            std::memcpy(&h, w.bytes.data() + n * w.rb + 2 * k, 2);
+            return h;
+          };
+          ok = ok && pan[size_t((p * kp + q) * 64 + j)] == (elem(2 * q) | elem(2 * q + 1) << 16);
+        }
+    EXPECT(ok);
+  }
+  struct Shape { int64_t M, N, K; };
+  for (const Shape sh : {Shape{775, 530, 515}, Shape{70, 77, 1031}, Shape{130, 9, 300}, Shape{65, 130, 4096},
+                          Shape{80, 70, 4099}, Shape{1, 70, 33}, Shape{9, 600, 257}, Shape{64, 65, 64}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(sh.K + sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 5 * sh.K));
+    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
+    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    if (sh.M > gemm_detail::kSmallMMax) {
+      for (bool legacy : {false, true})
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          gemm_detail::set_bf16_gemm_legacy_blocking(legacy);
+          std::vector<float> Y(size_t(sh.M * p.ldy), kSentinel), Yp(size_t(sh.M * p.ldy), kSentinel);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+          gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+          gemm_detail::set_bf16_gemm_legacy_blocking(false);
+          EXPECT_ALL_CLOSE(Yp.data(), Y.data(), Y.size(), 0.0, 0.0,
+                           std::string("panels == gemm ") + (legacy ? "legacy" : "default") + " blocking" + shape +
+                               " pool=" + yesno(pl != nullptr));
+        }
+    } else {
+      Problem pr = p;
+      for (auto& v : pr.X)
+        if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+      std::vector<float> R(size_t(sh.M * p.ldy), kSentinel), Yp(size_t(sh.M * p.ldy), kSentinel);
+      ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, nullptr, R.data(), p.ldy, sh.M, sh.N, sh.K);
+      gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), nullptr, Yp.data(), p.ldy, sh.M, sh.N, sh.K, &pool);
+      check_result(Yp, R, p, abs_scale(pr, w, nullptr), 0.0, "panels vs rounded-x ref" + shape);
+    }
+  }
+  // a misaligned panel pointer is refused (the kernel's aligned loads would fault)
+  AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(64, 64) + 64);
+  std::vector<float> x(64 * 64, 0.5f), y(64 * 64);
+  EXPECT_THROWS(gemm_bf16_panels(x.data(), 64, pan.get() + 4, nullptr, y.data(), 64, 64, 64, 64, nullptr),
+                ErrorCode::InvalidArgument);
+  EXPECT_THROWS(bf16_pack_panels(x.data(), 64, 64, pan.get() + 4, nullptr), ErrorCode::InvalidArgument);
 }
 
 TEST(gemm_amx_path) {

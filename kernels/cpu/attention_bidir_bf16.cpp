@@ -1,0 +1,278 @@
+// Long bidirectional attention (vision towers: CLIP's 577 tokens, Qwen2-VL's thousands) on the
+// AVX512-BF16 dot-product unit, for calls that allow bf16 products (AttentionParams::bf16_products).
+//
+// Both products are GEMMs of the shape the packed bf16 GEMM runs, so they use its 6x64
+// vdpbf16ps microkernel (gemm_kern_bf16_avx512.h) at twice the f32 FMA rate:
+//   S = Q K^T : X = 6 query rows as bf16 pairs of head dims, W panels = 64 keys x head-dim pairs
+//   O = P V   : X = 6 rows of softmax weights as bf16 pairs of tokens, W panels = 64 head dims x
+//               token pairs (V transposed while packing)
+// Per work unit (one query head, a range of its queries) K and V of the head's kv head are packed
+// once into those panels (~80 KB each at 577 x 64: they stay in L2 for every query tile); per tile
+// of up to 48 queries the whole score rows are computed (R x n_kv f32, no online rescaling since
+// every key is visible), the softmax runs in f32 (max subtracted, simd::exp512_ps), its weights
+// are rounded to bf16 row by row (the second product reads X as rows) and each row is normalised by the
+// sum of the rounded weights (so the weights applied sum to one).
+//
+// Error against ref::attention on q, k, v rounded to bf16 beforehand: the scores are exact
+// products summed in f32; the weights carry one bf16 rounding (relative 2^-9), so each output is
+// a convex combination of v whose weights are off by at most ~2^-8 relative:
+// |o - ref| <= ~2^-8 * max |v| (tests/native/test_attention.cpp states the tolerance it checks).
+#include "attention_internal.h"
+
+#include "../../base/error.h"
+
+#if defined(__x86_64__)
+// GCC 12 reports its own _mm512_undefined_*() helpers (inlined from immintrin.h) as uninitialised.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "../../base/arena.h"
+#include "gemm_kern_bf16_avx512.h"
+#include "simd_math.h"
+
+namespace emollm {
+namespace attention_detail {
+namespace {
+
+#define EMO_TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+using gemm_detail::kBf16MR;
+using gemm_detail::kBf16NR;
+using gemm_detail::kern_bf16_6x64;
+using simd::tail_mask16;
+
+constexpr int kMaxTileRows = 8 * kBf16MR;        // queries per tile
+constexpr int64_t kScoreBudget = 192 << 10;      // bytes of score rows per tile (L2)
+
+// Sizes of one call, shared by the work units.
+struct Geometry {
+  int64_t D, Dq;    // head dim, its bf16 pairs
+  int64_t nkb;      // 64-key blocks
+  int64_t kvp;      // token pairs
+  int64_t ldp;      // words per row of the weights' pairs (kvp rounded up to 16)
+  int64_t ndp;      // 64-dim panels of the output
+  int64_t ldS;      // score row stride (nkb * 64)
+  int64_t R;        // queries per tile (multiple of kBf16MR)
+  int64_t chunks;   // query ranges per head
+  int64_t qchunk;   // queries per range
+};
+
+// Per-thread buffers (uint32 words / floats, each part 64-byte aligned).
+struct Buffers {
+  AlignedPtr<uint32_t> kpan, vpan, xq, px, tmp;
+  AlignedPtr<float> S, inv_l;
+  explicit Buffers(const Geometry& g)
+      : kpan(make_aligned<uint32_t>(size_t(g.nkb * g.Dq * kBf16NR))),
+        vpan(make_aligned<uint32_t>(size_t(g.ndp * g.kvp * kBf16NR))),
+        xq(make_aligned<uint32_t>(size_t(g.R * g.Dq))),
+        px(make_aligned<uint32_t>(size_t(g.R * g.ldp))),
+        tmp(make_aligned<uint32_t>(size_t((g.D + 31) / 32 * 16 + 16))),
+        S(make_aligned<float>(size_t(g.R * g.ldS))),
+        inv_l(make_aligned<float>(size_t(g.R))) {}
+};
+
+// tmp[0 : ceil(n/2)] = x[0:n] as bf16 pairs (element 2q low, 2q+1 high), zero past n.
+EMO_TBF void row_to_pairs(const float* x, int64_t n, uint32_t* tmp) {
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(std::max<int64_t>(0, n - k)), x + k);
+    const __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(std::max<int64_t>(0, n - k - 16)), x + k + 16);
+    _mm512_storeu_si512(tmp + k / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+}
+
+// kpan[(b * Dq + q) * 64 + j] = key (b * 64 + j)'s pair q of kv head g (zero past n_kv).
+EMO_TBF void pack_keys(const float* k, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* kpan,
+                       uint32_t* tmp) {
+  for (int64_t b = 0; b < G.nkb; ++b) {
+    uint32_t* blk = kpan + b * G.Dq * kBf16NR;
+    for (int64_t j = 0; j < kBf16NR; ++j) {
+      const int64_t key = b * kBf16NR + j;
+      if (key < p.n_kv) {
+        row_to_pairs(k + key * p.ldk + g * G.D, G.D, tmp);
+        for (int64_t q = 0; q < G.Dq; ++q) blk[q * kBf16NR + j] = tmp[q];
+      } else {
+        for (int64_t q = 0; q < G.Dq; ++q) blk[q * kBf16NR + j] = 0;
+      }
+    }
+  }
+}
+
+// vpan[(pd * kvp + t) * 64 + d] = (v[2t][pd*64 + d], v[2t+1][pd*64 + d]) of kv head g as a bf16
+// pair (zero past n_kv and past D).
+EMO_TBF void pack_values(const float* v, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* vpan) {
+  for (int64_t t = 0; t < G.kvp; ++t) {
+    const float* a = v + (2 * t) * p.ldv + g * G.D;
+    const bool has_b = 2 * t + 1 < p.n_kv;
+    const float* bptr = has_b ? a + p.ldv : a;
+    for (int64_t pd = 0; pd < G.ndp; ++pd) {
+      uint32_t* o = vpan + (pd * G.kvp + t) * kBf16NR;
+      for (int64_t d0 = 0; d0 < kBf16NR; d0 += 16) {
+        const int64_t d = pd * kBf16NR + d0;
+        const __mmask16 m = tail_mask16(std::max<int64_t>(0, G.D - d));
+        const __m512 va = _mm512_maskz_loadu_ps(m, a + d);
+        const __m512 vb = _mm512_maskz_loadu_ps(has_b ? m : __mmask16(0), bptr + d);
+        const __m512i wa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
+        const __m512i wb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb));
+        _mm512_store_si512(o + d0, _mm512_or_si512(wa, _mm512_slli_epi32(wb, 16)));
+      }
+    }
+  }
+}
+
+// One tile: queries [i0, i0 + rows) of head h, with K / V of its kv head packed.
+EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, const Geometry& G, float scale, int64_t h,
+                      int64_t i0, int64_t rows, Buffers& B) {
+  constexpr int MR = kBf16MR;
+  const int64_t npan = (rows + MR - 1) / MR;
+  // Q rows as bf16 pairs in 6-row X panels: xq[(pi * Dq + q) * 6 + ii]
+  for (int64_t pi = 0; pi < npan; ++pi) {
+    uint32_t* xp = B.xq.get() + pi * G.Dq * MR;
+    for (int ii = 0; ii < MR; ++ii) {
+      const int64_t r = pi * MR + ii;
+      if (r < rows) {
+        row_to_pairs(q + (i0 + r) * p.ldq + h * G.D, G.D, B.tmp.get());
+        for (int64_t qq = 0; qq < G.Dq; ++qq) xp[qq * MR + ii] = B.tmp[size_t(qq)];
+      } else {
+        for (int64_t qq = 0; qq < G.Dq; ++qq) xp[qq * MR + ii] = 0;
+      }
+    }
+  }
+  // S = Q K^T (unscaled)
+  float* S = B.S.get();
+  for (int64_t pi = 0; pi < npan; ++pi) {
+    const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
+    for (int64_t b = 0; b < G.nkb; ++b)
+      kern_bf16_6x64(G.Dq, B.xq.get() + pi * G.Dq * MR, B.kpan.get() + b * G.Dq * kBf16NR,
+                     S + pi * MR * G.ldS + b * kBf16NR, G.ldS, mr, std::min<int64_t>(kBf16NR, p.n_kv - b * kBf16NR),
+                     nullptr, true);
+  }
+  // softmax rows in f32; weights rounded to bf16 pairs, row by row (the X rows of P V):
+  // px[r * ldp + t] = (P[r][2t], P[r][2t+1])
+  const int64_t n = p.n_kv;
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
+  for (int64_t pi = 0; pi < npan; ++pi) {
+    for (int ii = 0; ii < MR; ++ii) {
+      const int64_t r = pi * MR + ii;
+      uint32_t* prow = B.px.get() + r * G.ldp;
+      if (r >= rows) {  // the last panel's missing rows: read by the kernel, never stored
+        std::memset(prow, 0, sizeof(uint32_t) * size_t(G.ldp));
+        continue;
+      }
+      float* s = S + r * G.ldS;
+      __m512 mx = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = tail_mask16(n - j);
+        const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), vscale);
+        _mm512_mask_storeu_ps(s + j, m, x);
+        mx = _mm512_mask_max_ps(mx, m, mx, x);
+      }
+      const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n; j += 32) {
+        const __mmask16 m0 = tail_mask16(n - j), m1 = tail_mask16(std::max<int64_t>(0, n - j - 16));
+        const __m512 e0 = _mm512_maskz_mov_ps(m0, simd::exp512_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, s + j), vmax)));
+        const __m512 e1 =
+            _mm512_maskz_mov_ps(m1, simd::exp512_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, s + j + 16), vmax)));
+        const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
+        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
+        _mm512_storeu_si512(prow + j / 2, w);  // j / 2 + 16 <= ldp
+      }
+      // the row's maximum contributes exp(0) = 1 (exact in bf16): the sum is >= 1
+      B.inv_l[size_t(r)] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+  }
+  // O = P V, then each row divided by its weights' sum
+  for (int64_t pi = 0; pi < npan; ++pi) {
+    const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
+    float* y = out + (i0 + pi * MR) * p.ldo + h * G.D;
+    for (int64_t pd = 0; pd < G.ndp; ++pd)
+      kern_bf16_6x64<true>(G.kvp, B.px.get() + pi * MR * G.ldp, B.vpan.get() + pd * G.kvp * kBf16NR, y + pd * kBf16NR,
+                           p.ldo, mr, std::min<int64_t>(kBf16NR, G.D - pd * kBf16NR), nullptr, true, G.ldp);
+    for (int ii = 0; ii < mr; ++ii) {
+      const __m512 inv = _mm512_set1_ps(B.inv_l[size_t(pi * MR + ii)]);
+      float* o = y + ii * p.ldo;
+      for (int64_t d = 0; d < G.D; d += 16) {
+        const __mmask16 m = tail_mask16(G.D - d);
+        _mm512_mask_storeu_ps(o + d, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + d), inv));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool bidir_bf16_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMOLLM_ATTN_BF16");  // =0: the f32 tiles (A/B runs)
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
+bool bidir_bf16_applies(const AttentionParams& p) {
+  return p.bf16_products && bidir_bf16_enabled() && !p.causal && p.kv_block_size == 0 && p.kv_dtype == DType::F32 &&
+         p.n_q >= kBidirBf16MinRows && isa_active() >= Isa::Avx512 && cpu_features().avx512bf16;
+}
+
+void attention_bidir_bf16(const float* q, const float* k, const float* v, float* out, const AttentionParams& p,
+                          float scale, int64_t group, ThreadPool* pool) {
+  const int nth = pool ? std::max(1, pool->size()) : 1;
+  Geometry G;
+  G.D = p.head_dim;
+  G.Dq = (G.D + 1) / 2;
+  G.nkb = (p.n_kv + kBf16NR - 1) / kBf16NR;
+  G.kvp = (p.n_kv + 1) / 2;
+  G.ldp = (G.kvp + 15) / 16 * 16;
+  G.ndp = (G.D + kBf16NR - 1) / kBf16NR;
+  G.ldS = G.nkb * kBf16NR;
+  G.R = std::clamp<int64_t>(kScoreBudget / (G.ldS * 4) / kBf16MR * kBf16MR, kBf16MR, kMaxTileRows);
+  // Enough units for every thread (each packs its head's K and V: n_kv x D, against the unit's
+  // n_q / chunks x n_kv x D x 2 multiply-adds).
+  const int64_t tiles = (p.n_q + G.R - 1) / G.R;
+  G.chunks = std::clamp<int64_t>((4 * int64_t(nth) + p.n_heads - 1) / p.n_heads, 1, tiles);
+  if (p.n_heads >= 2 * int64_t(nth)) G.chunks = 1;
+  G.qchunk = (tiles + G.chunks - 1) / G.chunks * G.R;
+  const int64_t units = p.n_heads * G.chunks;
+
+  auto worker = [&](std::atomic<int64_t>& next) {
+    Buffers B(G);
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+      const int64_t h = u / G.chunks, c = u % G.chunks;
+      const int64_t q0 = c * G.qchunk, q1 = std::min(p.n_q, q0 + G.qchunk);
+      if (q0 >= q1) continue;
+      const int64_t g = h / group;
+      pack_keys(k, p, g, G, B.kpan.get(), B.tmp.get());
+      pack_values(v, p, g, G, B.vpan.get());
+      for (int64_t i0 = q0; i0 < q1; i0 += G.R) run_tile(q, out, p, G, scale, h, i0, std::min(G.R, q1 - i0), B);
+    }
+  };
+  std::atomic<int64_t> next{0};
+  if (nth == 1 || units == 1) return worker(next);
+  pool->run([&](int, int) { worker(next); });
+}
+
+}  // namespace attention_detail
+}  // namespace emollm
+
+#else  // !__x86_64__
+
+namespace emollm {
+namespace attention_detail {
+bool bidir_bf16_enabled() { return false; }
+bool bidir_bf16_applies(const AttentionParams&) { return false; }
+void attention_bidir_bf16(const float*, const float*, const float*, float*, const AttentionParams&, float, int64_t,
+                          ThreadPool*) {
+  throw Error(ErrorCode::Internal, "attention_bidir_bf16: x86-64 only");
+}
+}  // namespace attention_detail
+}  // namespace emollm
+
+#endif

@@ -1,0 +1,28 @@
+// Internal entry points of the CPU attention (attention.cpp dispatches; tests call them directly).
+// Not part of the public API.
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace emollm {
+namespace attention_detail {
+
+// Whether attention_bidir_bf16 takes this call: p.bf16_products, bidirectional, contiguous f32
+// K/V, at least kBidirBf16MinRows queries, AVX512-BF16 present, isa_active() >= Avx512 and
+// bidir_bf16_enabled() (the environment variable EMOLLM_ATTN_BF16=0, read once, turns the path
+// off for whole-run A/B comparisons).
+constexpr int64_t kBidirBf16MinRows = 16;
+bool bidir_bf16_enabled();
+bool bidir_bf16_applies(const AttentionParams& p);
+
+// Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
+// (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16
+// and normalised by the sum of the rounded weights, O = P V summed in f32. The arguments must be
+// valid (attention() validates) and bidir_bf16_applies(p) true; scale is the resolved scale, group
+// = n_heads / n_kv_heads.
+void attention_bidir_bf16(const float* q, const float* k, const float* v, float* out, const AttentionParams& p,
+                          float scale, int64_t group, ThreadPool* pool);
+
+}  // namespace attention_detail
+}  // namespace emollm
