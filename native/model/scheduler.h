@@ -40,7 +40,7 @@
 // by the next request (an aborted one's blocks are released).
 // KV memory (paged, see llama.h): a prefix copied from another slot is shared by reference.
 // Admission is optimistic (as vLLM's): a request is admitted when its prompt (a scoring request:
-// prefix + longest option) and a watermark (1% of the pool, at least one block) fit the free
+// prefix + longest option) and a watermark (1% of the pool's blocks, rounded down) fit the free
 // blocks and the idle slots' caches beside what the prompts being prefilled still need; otherwise
 // it waits at the head of the queue (FIFO). Sequences then take blocks as they grow: each step
 // first gives every generating / scoring sequence the blocks of its rows, oldest (by submission)
