@@ -468,11 +468,16 @@ TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
   Scheduler sched(stories_model(), so);
   std::vector<std::promise<SeqOutcome>> done(2);
   std::atomic<int64_t> max_shared{0};
+  // the first holds the scheduler thread at its first token until the second is submitted (else,
+  // on a loaded machine, it could finish first and the second would reuse its idle cache instead)
+  std::atomic<bool> gate{false};
   for (int i = 0; i < 2; ++i) {
     SeqRequest r;
     r.prompt = t;
     r.params = greedy(10);
-    r.on_token = [&](int32_t) {
+    r.on_token = [&, i](int32_t) {
+      if (i == 0)
+        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
       const int64_t s = sched.stats().kv_blocks_shared;
       int64_t m = max_shared.load();
       while (s > m && !max_shared.compare_exchange_weak(m, s)) {
@@ -481,6 +486,7 @@ TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
     r.on_done = [&, i](SeqOutcome&& o) { done[size_t(i)].set_value(std::move(o)); };
     sched.submit(std::move(r));
   }
+  gate.store(true);
   for (auto& d : done) {
     SeqOutcome o = d.get_future().get();
     EXPECT(!o.error && o.generated.tokens == want.tokens);
