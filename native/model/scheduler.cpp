@@ -11,8 +11,9 @@ namespace {
 // A prompt waits for an older prompt's prefill only when that saves at least this many positions:
 // for a few tokens, computing them beside it costs less than the steps of waiting.
 constexpr int64_t kMinSharedWait = 16;
-// Optimistic admission keeps this share of the pool (at least one block) free beyond the prompts
-// being prefilled, so the sequences already decoding can grow a while before anyone is preempted.
+// Optimistic admission keeps this share of the pool (rounded down, as vLLM's watermark: none in a
+// pool under 100 blocks) free beyond the prompts being prefilled, so the sequences already
+// decoding can grow a while before anyone is preempted.
 constexpr int64_t kWatermarkPercent = 1;
 }  // namespace
 
@@ -335,7 +336,7 @@ bool Scheduler::admit(std::unique_ptr<Active>& a) {
         ctx.kv_blocks_for(r.kind == SeqRequest::Kind::Score ? worst_positions(*a) : n);
     // (a pool that holds every slot's whole context never runs out: no watermark, nothing waits)
     const bool full_pool = total >= int64_t(n_seq_) * ctx.kv_blocks_for(n_ctx_);
-    const int64_t watermark = full_pool ? 0 : std::max<int64_t>(1, total * kWatermarkPercent / 100);
+    const int64_t watermark = full_pool ? 0 : total * kWatermarkPercent / 100;
     if (!alone && prompt_blocks + watermark + pending_prefill_blocks() > available_blocks()) {
       if (!a->kv_waited) {
         a->kv_waited = true;
