@@ -519,6 +519,12 @@ void Scheduler::step() {
   // before any prompt chunk; when the pool (after the idle caches) has none left, the newest
   // running sequence is preempted, which may be the one asking.
   int64_t granted = 0;  // blocks the rows placed so far take in this pass
+  for (auto& ap : running_)  // aborted ones end now and give their blocks back before anyone is preempted
+    if (!ap->done && ap->aborted()) {
+      if (ap->gen) ap->gen->abort();
+      ap->done = true;
+      ctx.seq_truncate(ap->slot, 0);
+    }
   for (size_t i = 0; i < running_.size(); ++i) {
     Active* a = running_[i].get();
     if (!a || a->done || a->aborted() || a->prefilling) continue;
