@@ -47,12 +47,13 @@ SHAPES['160m'] ??= { name: 'llama-160m', label: 'LLaMA-160M', n_embd: 768, n_lay
 
 const USAGE = `usage: npm run bench:serve -- [--smoke] [--shape tiny|160m|1.1b] [--dtype f32|f16|bf16|q8_0|q4_0]
        [--concurrency 1,4,16] [--requests N] [--prompt N] [--max-tokens N] [--options N]
-       [--threads N] [--batch-tokens N] [--no-chunked-prefill] [--no-anchor] [--json FILE]`;
+       [--threads N] [--batch-tokens N] [--no-chunked-prefill] [--kv-positions N] [--kv-block-size N]
+       [--no-anchor] [--json FILE]`;
 
 function parseArgs(argv) {
   const o = { shape: '160m', dtype: 'q8_0', concurrency: [1, 4, 16], requests: 0, prompt: 64, maxTokens: 32, options: 4,
     threads: Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 8)), anchor: true, json: null,
-    batchTokens: 512, chunkedPrefill: true };
+    batchTokens: 512, chunkedPrefill: true, kvPositions: 0, kvBlockSize: 0 };
   const need = (i) => {
     if (i + 1 >= argv.length) fail(`${argv[i]} needs a value`);
     return argv[i + 1];
@@ -76,6 +77,10 @@ function parseArgs(argv) {
       case '--threads': o.threads = int(a, need(i)); i++; break;
       case '--batch-tokens': o.batchTokens = int(a, need(i)); i++; break;
       case '--no-chunked-prefill': o.chunkedPrefill = false; break;
+      // the paged KV pool of emollm's scheduler, in positions at every concurrency (default 0:
+      // concurrency x context, nothing waits): smaller pools admit optimistically and preempt
+      case '--kv-positions': o.kvPositions = int(a, need(i)); i++; break;
+      case '--kv-block-size': o.kvBlockSize = int(a, need(i), 16); i++; break;
       case '--no-anchor': o.anchor = false; break;
       case '--json': o.json = need(i); i++; break;
       case '--help': case '-h': console.log(USAGE); process.exit(0); break;
@@ -158,14 +163,17 @@ async function emollmChild(spec) {
   const model = await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx });
   try {
     for (const c of spec.concurrency) {
-      const batch = model.createBatch({ nCtx: spec.nCtx, maxSequences: c, batchTokens: spec.batchTokens, chunkedPrefill: spec.chunkedPrefill });
+      const batch = model.createBatch({ nCtx: spec.nCtx, maxSequences: c, batchTokens: spec.batchTokens, chunkedPrefill: spec.chunkedPrefill,
+        ...(spec.kvPositions ? { kvCachePositions: spec.kvPositions } : {}), ...(spec.kvBlockSize ? { kvBlockSize: spec.kvBlockSize } : {}) });
       // the scheduler's counters over one workload (the difference of two snapshots)
       const counters = (a, b) => {
         const steps = b.steps - a.steps;
         return { steps, batchedSteps: b.batchedSteps - a.batchedSteps, maxBatch: b.maxBatch, stepRows: b.stepRows - a.stepRows,
           rowsPerStep: steps > 0 ? (b.stepRows - a.stepRows) / steps : 0, maxStepRows: b.maxStepRows,
           prefillChunks: b.prefillChunks - a.prefillChunks, prefillTokens: b.prefillTokens - a.prefillTokens,
-          mixedSteps: b.mixedSteps - a.mixedSteps, decodedTokens: b.decodedTokens - a.decodedTokens };
+          mixedSteps: b.mixedSteps - a.mixedSteps, decodedTokens: b.decodedTokens - a.decodedTokens,
+          kvBlocksTotal: b.kvBlocksTotal, kvWaits: b.kvWaits - a.kvWaits, kvPreemptions: b.kvPreemptions - a.kvPreemptions,
+          kvRecomputedTokens: b.kvRecomputedTokens - a.kvRecomputedTokens };
       };
       try {
         const reqs = makeRequests(spec);
@@ -303,7 +311,8 @@ async function main() {
   if (typeof gguf !== 'string' || !existsSync(gguf)) fail(`could not make the ${o.shape} ${o.dtype} model`);
   const nCtx = o.prompt + o.maxTokens + 8;
   const spec = { model: gguf, threads: o.threads, nCtx, nVocab: shape.n_vocab, concurrency: o.concurrency, requests: o.requests,
-    prompt: o.prompt, maxTokens: o.maxTokens, options: o.options, batchTokens: o.batchTokens, chunkedPrefill: o.chunkedPrefill };
+    prompt: o.prompt, maxTokens: o.maxTokens, options: o.options, batchTokens: o.batchTokens, chunkedPrefill: o.chunkedPrefill,
+    kvPositions: o.kvPositions, kvBlockSize: o.kvBlockSize };
   const sides = [runChild('emollm', spec, log)];
   if (o.anchor) {
     if (ensureAnchor(log)) sides.push(runChild('llama.cpp', spec, log));
@@ -350,7 +359,7 @@ async function main() {
     for (const r of em.results)
       for (const kind of ['chat', 'scoring']) {
         const s = r.stats[kind];
-        console.log(`emollm ${kind} c=${r.concurrency}: ${s.steps} steps (${s.batchedSteps} with several sequences, at most ${s.maxBatch}), ${f(s.rowsPerStep, 1)} rows per step (max ${s.maxStepRows} of ${r.batchTokens}), ${s.prefillChunks} prefill chunks, ${s.mixedSteps} steps mixing prompt and decode rows`);
+        console.log(`emollm ${kind} c=${r.concurrency}: ${s.steps} steps (${s.batchedSteps} with several sequences, at most ${s.maxBatch}), ${f(s.rowsPerStep, 1)} rows per step (max ${s.maxStepRows} of ${r.batchTokens}), ${s.prefillChunks} prefill chunks, ${s.mixedSteps} steps mixing prompt and decode rows; KV pool ${s.kvBlocksTotal} blocks, ${s.kvWaits} waits, ${s.kvPreemptions} preemptions (${s.kvRecomputedTokens} positions recomputed)`);
       }
   if (!em.ok) console.log(`emollm: failed: ${em.error}`);
   if (lc && !lc.ok) console.log(`llama.cpp: not measured: ${lc.error}`);

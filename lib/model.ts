@@ -64,9 +64,11 @@ export interface LoadModelOptions extends RuntimeOptions {
   /**
    * KV cache pool size in positions, shared by all sequences (paged KV cache, blocks of
    * `kvBlockSize` positions). Default: maxSequences × contextSize (every sequence can always
-   * fill its context). Smaller: less memory; a call is admitted when its worst case (prompt +
-   * maxTokens, or prefix + longest option) fits beside the running calls' and waits otherwise,
-   * and a call that can never fit fails with ERR_OUT_OF_MEMORY.
+   * fill its context). Smaller: less memory; a call is admitted when its prompt (or prefix +
+   * longest option) fits the free blocks, sequences take blocks as they grow, and when none is
+   * left the most recently admitted call is preempted and later recomputed (its output and
+   * streamed tokens are as if it ran alone); a call whose worst case (prompt + maxTokens) can
+   * never fit the pool fails with ERR_OUT_OF_MEMORY.
    */
   kvCachePositions?: number;
   /** Positions per KV cache block (a multiple of 16, default 64). */
@@ -373,12 +375,19 @@ export interface SequenceStats {
   kvBlocksUsed: number;
   /** Blocks shared by two sequences or more (a common prefix held once). */
   kvBlocksShared: number;
+  /** Blocks held only by finished calls' cached prompts (kept for prefix reuse, released on demand). */
+  kvBlocksCached: number;
   /** Bytes of one block (K and V of all layers). */
   kvBytesPerBlock: number;
-  /** Blocks reserved for the running calls' worst cases (admission control). */
-  kvReservedBlocks: number;
   /** Calls that waited at admission for KV blocks. */
   kvWaits: number;
+  /**
+   * Running sequences preempted because the KV pool ran out of blocks: their blocks were freed and
+   * they were requeued first, to be recomputed (prompt + tokens so far) when blocks are free.
+   */
+  kvPreemptions: number;
+  /** Positions evaluated again for preempted sequences. */
+  kvRecomputedTokens: number;
 }
 
 interface NativeSubmission<T> {
@@ -972,7 +981,7 @@ export class Model {
       active: 0, prefilling: 0, queued: 0, steps: 0, batchedSteps: 0, maxBatch: 0, decodedTokens: 0, prefills: 0,
       prefillChunks: 0, prefillTokens: 0, mixedSteps: 0, stepRows: 0, lastStepRows: 0, maxStepRows: 0, prefixCopies: 0,
       prefixWaits: 0, reusedTokens: 0, kvBlockSize: 0, kvBlocksTotal: 0, kvBlocksUsed: 0, kvBlocksShared: 0,
-      kvBytesPerBlock: 0, kvReservedBlocks: 0, kvWaits: 0,
+      kvBlocksCached: 0, kvBytesPerBlock: 0, kvWaits: 0, kvPreemptions: 0, kvRecomputedTokens: 0,
     };
   }
 

@@ -225,8 +225,11 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
   registry.add(new Gauge('emollm_core_kv_blocks_total', 'Blocks in the paged KV cache pool.', core('kvBlocksTotal')));
   registry.add(new Gauge('emollm_core_kv_blocks_used', 'KV cache blocks in use (running sequences and cached prefixes).', core('kvBlocksUsed')));
   registry.add(new Gauge('emollm_core_kv_blocks_shared', 'KV cache blocks shared by two sequences or more.', core('kvBlocksShared')));
+  registry.add(new Gauge('emollm_core_kv_blocks_cached', 'KV cache blocks held only by finished calls\' cached prompts (released on demand).', core('kvBlocksCached')));
   registry.add(new Gauge('emollm_core_kv_block_bytes', 'Bytes of one KV cache block.', core('kvBytesPerBlock')));
   registry.add(new CounterFn('emollm_core_kv_waits_total', 'Calls that waited at admission for KV cache blocks.', core('kvWaits')));
+  registry.add(new CounterFn('emollm_core_kv_preemptions_total', 'Running sequences preempted for KV cache blocks (requeued and recomputed).', core('kvPreemptions')));
+  registry.add(new CounterFn('emollm_core_kv_recomputed_tokens_total', 'Positions evaluated again after a preemption.', core('kvRecomputedTokens')));
   registry.add(new CounterFn('emollm_core_reused_tokens_total', 'Prompt positions taken from a KV cache instead of recomputed.', core('reusedTokens')));
   const requests = registry.add(new Counter('emollm_requests_total', 'HTTP requests by route and status code.'));
   const latency = registry.add(new Histogram('emollm_request_duration_seconds', 'Request latency by route, queueing included.', LATENCY_BUCKETS));

@@ -334,9 +334,11 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     o.Set("kvBlocksTotal", double(st.kv_blocks_total));
     o.Set("kvBlocksUsed", double(st.kv_blocks_used));
     o.Set("kvBlocksShared", double(st.kv_blocks_shared));
+    o.Set("kvBlocksCached", double(st.kv_blocks_cached));
     o.Set("kvBytesPerBlock", double(st.kv_bytes_per_block));
-    o.Set("kvReservedBlocks", double(st.kv_reserved_blocks));
     o.Set("kvWaits", double(st.kv_waits));
+    o.Set("kvPreemptions", double(st.kv_preemptions));
+    o.Set("kvRecomputedTokens", double(st.kv_recomputed_tokens));
     return o;
   }
 

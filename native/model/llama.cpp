@@ -679,6 +679,14 @@ bool LlamaContext::forward_reserved(const Segment* segs, int n_segs, float* out,
   return ok;
 }
 
+int64_t LlamaContext::kv_blocks_needed(int seq, int64_t n) const {
+  const Seq& q = seq_at(seq);
+  const int64_t pos0 = int64_t(q.tokens.size()), have = int64_t(q.blocks.size());
+  int64_t need = std::max<int64_t>(0, kv_blocks_for(pos0 + n) - have);
+  if (n > 0 && pos0 % kv_bs_ != 0 && block_refs_[size_t(q.blocks[size_t(pos0 / kv_bs_)])] > 1) ++need;
+  return need;
+}
+
 KvCacheStats LlamaContext::kv_stats() const {
   KvCacheStats s;
   s.block_size = kv_bs_;

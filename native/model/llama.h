@@ -299,6 +299,10 @@ class LlamaContext {
   int64_t kv_blocks_free() const { return int64_t(free_blocks_.size()); }
   // Blocks a sequence of n positions holds.
   int64_t kv_blocks_for(int64_t n) const { return (n + kv_bs_ - 1) / kv_bs_; }
+  // Free blocks sequence `seq` takes to append n positions: the new blocks, plus one when its
+  // partially filled last block is shared (copy-on-write). An upper bound when several sequences
+  // sharing one partial block write in the same pass (the last writer keeps it).
+  int64_t kv_blocks_needed(int seq, int64_t n) const;
   // Sequence `seq`'s block table and the reference count of a block (tests, stats).
   const std::vector<int32_t>& seq_blocks(int seq) const { return seq_at(seq).blocks; }
   int32_t kv_block_refs(int32_t block) const { return block_refs_.at(size_t(block)); }

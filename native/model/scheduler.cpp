@@ -11,6 +11,10 @@ namespace {
 // A prompt waits for an older prompt's prefill only when that saves at least this many positions:
 // for a few tokens, computing them beside it costs less than the steps of waiting.
 constexpr int64_t kMinSharedWait = 16;
+// Optimistic admission keeps this share of the pool (rounded down, as vLLM's watermark: none in a
+// pool under 100 blocks) free beyond the prompts being prefilled, so the sequences already
+// decoding can grow a while before anyone is preempted.
+constexpr int64_t kWatermarkPercent = 1;
 }  // namespace
 
 struct Scheduler::Active {
@@ -36,7 +40,11 @@ struct Scheduler::Active {
   bool admitted = false;  // counted in stats_.active
   bool prepared = false;  // prepare() ran and the request was checked
   bool kv_waited = false; // counted in stats_.kv_waits
-  int64_t kv_reserve = 0; // blocks reserved for its worst case (released in finish)
+  // Preemption (KV blocks ran out): the prompt as submitted is req.prompt[0, prompt_len); a
+  // preempted generation's req.prompt becomes that plus every token generated so far, recomputed
+  // at its re-admission, after which its SequenceGenerator (sampler state, history) goes on.
+  int64_t prompt_len = 0;
+  int64_t preemptions = 0;
   bool aborted() const { return abort->load(std::memory_order_relaxed); }
 };
 
@@ -56,6 +64,7 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   n_seq_ = opts.n_seq;
   chunked_ = opts.chunked_prefill;
   slot_used_.assign(size_t(n_seq_), 0);
+  slot_idle_since_.assign(size_t(n_seq_), 0);
   stats_.n_seq = n_seq_;
   stats_.n_batch = ctx_->n_batch();
   stats_.chunked_prefill = chunked_;
@@ -109,36 +118,93 @@ void Scheduler::publish_kv_stats() {
   stats_.kv_blocks_total = k.blocks_total;
   stats_.kv_blocks_used = k.blocks_used;
   stats_.kv_blocks_shared = k.blocks_shared;
+  stats_.kv_blocks_cached = available_blocks() - ctx_->kv_blocks_free();
   stats_.kv_bytes_per_block = k.bytes_per_block;
-  stats_.kv_reserved_blocks = kv_reserved_;
 }
 
-void Scheduler::evict_idle(const std::vector<int32_t>& prompt) {
+bool Scheduler::evict_one_idle() {
   LlamaContext& ctx = *ctx_;
-  std::vector<std::pair<int64_t, int>> idle;  // (common prefix, slot)
-  int64_t held = 0;
+  int victim = -1;
   for (int s = 0; s < n_seq_; ++s)
-    if (!slot_used_[size_t(s)] && !ctx.seq_blocks(s).empty()) {
-      idle.emplace_back(ctx.seq_common_prefix(s, prompt.data(), int64_t(prompt.size())), s);
-      held += int64_t(ctx.seq_blocks(s).size());
-    }
-  std::sort(idle.begin(), idle.end());
-  const int64_t total = ctx.kv_stats().blocks_total;
-  for (const auto& e : idle) {
-    if (kv_reserved_ + held <= total) break;
-    held -= int64_t(ctx.seq_blocks(e.second).size());
-    ctx.seq_truncate(e.second, 0);
+    if (!slot_used_[size_t(s)] && !ctx.seq_blocks(s).empty() &&
+        (victim < 0 || slot_idle_since_[size_t(s)] < slot_idle_since_[size_t(victim)]))
+      victim = s;
+  if (victim < 0) return false;
+  ctx.seq_truncate(victim, 0);
+  return true;
+}
+
+int64_t Scheduler::available_blocks() const {
+  const LlamaContext& ctx = *ctx_;
+  std::vector<int32_t> idle_refs(size_t(ctx.kv_stats().blocks_total), 0);
+  for (int s = 0; s < n_seq_; ++s)
+    if (!slot_used_[size_t(s)])
+      for (int32_t b : ctx.seq_blocks(s)) idle_refs[size_t(b)]++;
+  int64_t n = ctx.kv_blocks_free();
+  for (size_t b = 0; b < idle_refs.size(); ++b)
+    if (idle_refs[b] > 0 && idle_refs[b] == ctx.kv_block_refs(int32_t(b))) ++n;
+  return n;
+}
+
+int64_t Scheduler::pending_prefill_blocks() const {
+  const LlamaContext& ctx = *ctx_;
+  int64_t n = 0;
+  for (const auto& a : running_)
+    if (a && !a->done && a->prefilling)
+      n += std::max<int64_t>(0, ctx.kv_blocks_for(int64_t(a->req.prompt.size())) - int64_t(ctx.seq_blocks(a->slot).size()));
+  return n;
+}
+
+int64_t Scheduler::fit_positions(int slot, int64_t want, int64_t granted) {
+  LlamaContext& ctx = *ctx_;
+  for (;;) {
+    if (ctx.kv_blocks_needed(slot, want) <= ctx.kv_blocks_free() - granted) return want;
+    if (!evict_one_idle()) break;
   }
+  int64_t lo = 0, hi = want;  // kv_blocks_needed grows with the positions: the most that fit
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (ctx.kv_blocks_needed(slot, mid) <= ctx.kv_blocks_free() - granted) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+void Scheduler::preempt(std::unique_ptr<Active>& v) {
+  Active& a = *v;
+  if (a.gen) {  // recomputed from the prompt and its tokens; the last one's logits come from that pass
+    a.req.prompt.resize(size_t(a.prompt_len));
+    const std::vector<int32_t>& toks = a.gen->result().tokens;
+    a.req.prompt.insert(a.req.prompt.end(), toks.begin(), toks.end());
+  }
+  a.cont_pos = 0;  // a split option starts again from the prefix
+  a.cont_score = LlamaContext::ContinuationScore{};
+  ctx_->seq_truncate(a.slot, 0);  // shared prefix blocks only drop a reference
+  slot_used_[size_t(a.slot)] = 0;
+  slot_idle_since_[size_t(a.slot)] = 0;
+  a.slot = -1;
+  const bool was_prefilling = a.prefilling;
+  a.prefilling = a.started = a.waited = false;
+  a.prefill_pos = a.embd_row = 0;
+  a.preemptions++;
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.kv_preemptions++;
+  if (was_prefilling) stats_.prefilling--;
+  if (a.admitted) stats_.active--;
+  a.admitted = false;
+  waiting_.push_front(std::move(v));  // first in line again
+  stats_.queued = int64_t(waiting_.size());
+  publish_kv_stats();
 }
 
 void Scheduler::finish(std::unique_ptr<Active>& a) {
   if (a->slot >= 0) {
     slot_used_[size_t(a->slot)] = 0;
+    slot_idle_since_[size_t(a->slot)] = ++idle_clock_;
     if (a->aborted()) ctx_->seq_truncate(a->slot, 0);  // an aborted sequence's blocks go back to the pool
   }
-  kv_reserved_ -= a->kv_reserve;
-  a->kv_reserve = 0;
   if (a->req.kind == SeqRequest::Kind::Generate) {
+    if (a->gen && !a->gen->done()) a->gen->abort();  // dropped while preempted (abort, shutdown)
     if (a->gen) a->out.generated = a->gen->take_result();
     else if (!a->out.error) a->out.generated.reason = StopReason::Aborted;
   } else if (a->aborted() && !a->out.error) {
@@ -166,7 +232,7 @@ void Scheduler::loop() {
     bool stopping;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !running_.empty() || kv_pending_; });
+      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !running_.empty(); });
       stopping = stopping_;
       // waiting requests that were aborted leave the queue; the others keep their order
       for (auto it = waiting_.begin(); it != waiting_.end();) {
@@ -177,14 +243,8 @@ void Scheduler::loop() {
           ++it;
         }
       }
-      if (kv_pending_ && (stopping || kv_pending_->aborted())) dropped.push_back(std::move(kv_pending_));
-      // a request waiting for KV blocks goes first (FIFO): nothing is admitted past it
       size_t free_slots = size_t(n_seq_) - running_.size();
-      if (kv_pending_ && free_slots > 0) {
-        admitted.push_back(std::move(kv_pending_));
-        --free_slots;
-      }
-      while (!stopping && free_slots > 0 && !waiting_.empty() && !kv_pending_) {
+      while (!stopping && free_slots > 0 && !waiting_.empty()) {
         admitted.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
         admitted.back()->admitted = true;
@@ -202,13 +262,10 @@ void Scheduler::loop() {
       running_.clear();
       return;
     }
+    // FIFO: once one waits for KV blocks, the later ones queue behind it
     std::vector<std::unique_ptr<Active>> requeue;
     for (auto& a : admitted) {
-      if (kv_pending_) {  // an earlier one of this batch waits for blocks: the later ones queue behind it
-        requeue.push_back(std::move(a));
-        continue;
-      }
-      admit(std::move(a));
+      if (!requeue.empty() || !admit(a)) requeue.push_back(std::move(a));
     }
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -217,68 +274,77 @@ void Scheduler::loop() {
         stats_.active--;
         waiting_.push_front(std::move(*it));
       }
-      stats_.queued = int64_t(waiting_.size()) + (kv_pending_ ? 1 : 0);
+      stats_.queued = int64_t(waiting_.size());
     }
     step();
     for (auto& a : running_)
-      if (a->done) finish(a);
+      if (a && a->done) finish(a);
     running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
   }
 }
 
-void Scheduler::admit(std::unique_ptr<Active> a) {
+bool Scheduler::admit(std::unique_ptr<Active>& a) {
   LlamaContext& ctx = *ctx_;
   try {
     if (a->aborted()) throw 0;  // caught below as an abort
     SeqRequest& r = a->req;
-    if (r.prepare && !a->prepared) r.prepare(r);
-    a->prepared = true;
-    const int64_t n = int64_t(r.prompt.size());
-    EMOLLM_CHECK_ARG(n > 0, "the prompt is empty");
-    if (n > n_ctx_)
-      throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
-                                                  std::to_string(n_ctx_) + " tokens");
-    EMOLLM_CHECK_ARG(r.pos3.empty() || int64_t(r.pos3.size()) == n * 3, "pos3 must hold 3 positions per prompt token");
-    // The prompt's ids are checked here, alone: its chunks share passes with other requests, and
-    // a bad id found there would fail them all.
-    const int64_t V = ctx.n_vocab(), E = model_->hparams().n_embd;
-    int64_t negatives = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t t = r.prompt[size_t(i)];
-      if (t < 0) ++negatives;
-      if (t >= V || (t < 0 && r.embd.empty()))
-        throw Error(ErrorCode::InvalidArgument, "prompt token id " + std::to_string(t) + " (at index " + std::to_string(i) +
-                                                    ") is outside [0, " + std::to_string(V) + ")" +
-                                                    (t < 0 ? " and no input embeddings were given" : ""));
+    const int64_t E = model_->hparams().n_embd;
+    if (!a->prepared) {
+      if (r.prepare) r.prepare(r);
+      const int64_t n = int64_t(r.prompt.size());
+      EMOLLM_CHECK_ARG(n > 0, "the prompt is empty");
+      if (n > n_ctx_)
+        throw Error(ErrorCode::InvalidArgument, "prompt of " + std::to_string(n) + " tokens does not fit the context of " +
+                                                    std::to_string(n_ctx_) + " tokens");
+      EMOLLM_CHECK_ARG(r.pos3.empty() || int64_t(r.pos3.size()) == n * 3, "pos3 must hold 3 positions per prompt token");
+      // The prompt's ids are checked here, alone: its chunks share passes with other requests, and
+      // a bad id found there would fail them all.
+      const int64_t V = ctx.n_vocab();
+      int64_t negatives = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const int32_t t = r.prompt[size_t(i)];
+        if (t < 0) ++negatives;
+        if (t >= V || (t < 0 && r.embd.empty()))
+          throw Error(ErrorCode::InvalidArgument, "prompt token id " + std::to_string(t) + " (at index " + std::to_string(i) +
+                                                      ") is outside [0, " + std::to_string(V) + ")" +
+                                                      (t < 0 ? " and no input embeddings were given" : ""));
+      }
+      if (negatives * E > int64_t(r.embd.size()))
+        throw Error(ErrorCode::InvalidArgument, "the prompt has " + std::to_string(negatives) + " embedding positions but " +
+                                                    std::to_string(int64_t(r.embd.size()) / E) + " embedding rows were given");
+      if (r.kind == SeqRequest::Kind::Score) ctx.check_continuations(n, r.continuations);
+      // A request whose worst case (prompt + max_tokens, or prefix + longest option, capped at
+      // n_ctx) exceeds the whole pool could be stuck even alone: it fails now. Every other one,
+      // alone, always fits, so the oldest running request always progresses.
+      const int64_t need = ctx.kv_blocks_for(worst_positions(*a)), total = ctx.kv_stats().blocks_total;
+      if (need > total)
+        throw Error(ErrorCode::OutOfMemory, "the request needs up to " + std::to_string(worst_positions(*a)) +
+                                                " KV positions (" + std::to_string(need) + " blocks of " +
+                                                std::to_string(ctx.kv_block_size()) + "), more than the whole KV pool of " +
+                                                std::to_string(total) + " blocks");
+      a->prompt_len = n;
+      a->prepared = true;
     }
-    if (negatives * E > int64_t(r.embd.size()))
-      throw Error(ErrorCode::InvalidArgument, "the prompt has " + std::to_string(negatives) + " embedding positions but " +
-                                                  std::to_string(int64_t(r.embd.size()) / E) + " embedding rows were given");
-    if (r.kind == SeqRequest::Kind::Score) ctx.check_continuations(n, r.continuations);
-    // KV admission control: the worst case of its positions must fit beside the running ones'
-    int64_t worst = n;
-    if (r.kind == SeqRequest::Kind::Generate) {
-      worst = std::min(n_ctx_, n + std::max<int64_t>(0, r.params.max_tokens));
-    } else {
-      for (const auto& c : r.continuations) worst = std::max(worst, n + int64_t(c.size()) - 1);
-    }
-    const int64_t need = ctx.kv_blocks_for(worst), total = ctx.kv_stats().blocks_total;
-    if (need > total)
-      throw Error(ErrorCode::OutOfMemory, "the request needs up to " + std::to_string(worst) + " KV positions (" +
-                                              std::to_string(need) + " blocks of " + std::to_string(ctx.kv_block_size()) +
-                                              "), more than the whole KV pool of " + std::to_string(total) + " blocks");
-    if (kv_reserved_ + need > total) {  // waits at the head of the queue for running requests to finish
+    const int64_t n = int64_t(r.prompt.size());  // with a preempted generation's tokens
+    // Optimistic admission: the prompt (a scoring request: its worst case, prefix + longest
+    // option) and a watermark must fit the free blocks and idle caches beside what the prompts
+    // being prefilled still need. Sequences then grow block by block; when a step runs out, the
+    // most recently admitted one is preempted (step()). Alone, a request is always admitted.
+    const bool alone = std::none_of(running_.begin(), running_.end(), [](const std::unique_ptr<Active>& b) { return b && !b->done; });
+    const int64_t total = ctx.kv_stats().blocks_total;
+    const int64_t prompt_blocks =
+        ctx.kv_blocks_for(r.kind == SeqRequest::Kind::Score ? worst_positions(*a) : n);
+    // (a pool that holds every slot's whole context never runs out: no watermark, nothing waits)
+    const bool full_pool = total >= int64_t(n_seq_) * ctx.kv_blocks_for(n_ctx_);
+    const int64_t watermark = full_pool ? 0 : total * kWatermarkPercent / 100;
+    if (!alone && prompt_blocks + watermark + pending_prefill_blocks() > available_blocks()) {
       if (!a->kv_waited) {
         a->kv_waited = true;
         std::lock_guard<std::mutex> lk(mu_);
         stats_.kv_waits++;
       }
-      kv_pending_ = std::move(a);
-      return;
+      return false;  // waits at the head of the queue for blocks
     }
-    a->kv_reserve = need;
-    kv_reserved_ += need;
-    evict_idle(r.prompt);
     // the free slot that caches the longest prefix of the prompt
     int slot = -1;
     int64_t own = -1;
@@ -292,7 +358,7 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
     }
     if (slot < 0) throw Error(ErrorCode::Internal, "scheduler: no free slot at admission");
     slot_used_[size_t(slot)] = 1;
-    ctx.seq_truncate(slot, own);  // its table stays within the reservation (later positions are never reused)
+    ctx.seq_truncate(slot, own);
     a->slot = slot;
     a->prefilling = true;
     {
@@ -300,15 +366,25 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
       stats_.prefilling++;
     }
     if (chunked_) {  // its chunks run in the step passes
-      running_.push_back(std::move(a));
-      return;
+      insert_running(std::move(a));
+      return true;
     }
-    // unchunked: the whole prompt now, in its own passes
+    // unchunked: the whole prompt now, in its own passes (idle caches give way first; the
+    // admission check above left it enough blocks)
     start_prefill(*a, false);
     const int64_t rest = n - a->prefill_pos;
-    const float* logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, rest, nullptr, a->abort.get(),
-                                       r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E,
-                                       r.pos3.empty() ? nullptr : r.pos3.data() + a->prefill_pos * 3);
+    fit_positions(slot, rest, 0);
+    const float* logits = nullptr;
+    const int64_t n_pos3 = int64_t(r.pos3.size()) / 3;
+    if (n_pos3 > a->prefill_pos && n_pos3 < n) {  // a resumed M-RoPE generation: prompt positions, then its tokens
+      logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, n_pos3 - a->prefill_pos, nullptr, a->abort.get(),
+                            r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E, r.pos3.data() + a->prefill_pos * 3);
+      if (logits) logits = ctx.seq_eval(slot, r.prompt.data() + n_pos3, n - n_pos3, nullptr, a->abort.get());
+    } else {
+      logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, rest, nullptr, a->abort.get(),
+                            r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E,
+                            n_pos3 > a->prefill_pos ? r.pos3.data() + a->prefill_pos * 3 : nullptr);
+    }
     {
       std::lock_guard<std::mutex> lk(mu_);
       stats_.prefill_chunks += (rest + ctx.n_batch() - 1) / ctx.n_batch();
@@ -324,7 +400,26 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
     a->done = true;
   }
   if (a->done) finish(a);
-  else running_.push_back(std::move(a));
+  else insert_running(std::move(a));
+  return true;
+}
+
+int64_t Scheduler::worst_positions(const Active& a) const {
+  const SeqRequest& r = a.req;
+  const int64_t n = a.prepared ? a.prompt_len : int64_t(r.prompt.size());
+  if (r.kind == SeqRequest::Kind::Generate) return std::min(n_ctx_, n + std::max<int64_t>(0, r.params.max_tokens));
+  int64_t worst = n;
+  for (const auto& c : r.continuations) worst = std::max(worst, n + int64_t(c.size()) - 1);
+  return worst;
+}
+
+void Scheduler::insert_running(std::unique_ptr<Active> a) {
+  // running_ stays in submission order (a re-admitted preempted request keeps its place): the
+  // oldest sequences get their blocks first and the newest are preempted first
+  const uint64_t id = a->id;
+  auto at = std::find_if(running_.begin(), running_.end(),
+                         [id](const std::unique_ptr<Active>& b) { return b && b->id > id; });
+  running_.insert(at, std::move(a));
 }
 
 // Settles where the prompt's evaluation starts: after the longest prefix its own slot caches,
@@ -377,6 +472,7 @@ bool Scheduler::start_prefill(Active& a, bool may_wait) {
   a.started = true;
   std::lock_guard<std::mutex> lk(mu_);
   stats_.prefills++;
+  if (a.preemptions > 0) stats_.kv_recomputed_tokens += n - keep;
   if (src >= 0 && keep > own) stats_.prefix_copies++;
   stats_.reused_tokens += keep;
   return true;
@@ -395,12 +491,15 @@ void Scheduler::begin(Active& a, const float* logits) {
   }
   switch (r.kind) {
     case SeqRequest::Kind::Generate:
-      a.gen = std::make_unique<SequenceGenerator>(*model_, V, n_ctx_, r.prompt, r.params);
+      // a preempted generation goes on with its own generator (sampler RNG, repetition history,
+      // tokens so far: nothing is delivered twice); the recomputed pass's last row is the logits
+      // its pending token's decode would have given
+      if (!a.gen) a.gen = std::make_unique<SequenceGenerator>(*model_, V, n_ctx_, r.prompt, r.params);
       a.next_token = a.gen->step(logits, a.aborted(), ctx.seq_n_past(a.slot), r.on_token);
       a.done = a.next_token < 0;
       break;
     case SeqRequest::Kind::Score:
-      if (logits) a.prefix_logits.assign(logits, logits + V);
+      if (logits && a.prefix_logits.empty()) a.prefix_logits.assign(logits, logits + V);  // kept across a preemption
       a.done = !logits || r.continuations.empty();
       break;
   }
@@ -416,6 +515,39 @@ void Scheduler::begin(Active& a, const float* logits) {
 void Scheduler::step() {
   LlamaContext& ctx = *ctx_;
   const int64_t V = ctx.n_vocab(), E = model_->hparams().n_embd, budget = ctx.n_batch();
+  // KV blocks, oldest first: every generating / scoring sequence's rows of this step get theirs
+  // before any prompt chunk; when the pool (after the idle caches) has none left, the newest
+  // running sequence is preempted, which may be the one asking.
+  int64_t granted = 0;  // blocks the rows placed so far take in this pass
+  for (auto& ap : running_)  // aborted ones end now and give their blocks back before anyone is preempted
+    if (!ap->done && ap->aborted()) {
+      if (ap->gen) ap->gen->abort();
+      ap->done = true;
+      ctx.seq_truncate(ap->slot, 0);
+    }
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Active* a = running_[i].get();
+    if (!a || a->done || a->aborted() || a->prefilling) continue;
+    int64_t want = 0;
+    if (a->req.kind == SeqRequest::Kind::Generate) {
+      want = a->next_token >= 0 ? 1 : 0;
+    } else {
+      const auto& conts = a->req.continuations;
+      size_t k = a->next_cont;
+      while (k < conts.size() && conts[k].size() <= 1) ++k;
+      if (k < conts.size()) want = std::min(int64_t(conts[k].size()) - 1 - a->cont_pos, budget);
+    }
+    if (want == 0) continue;
+    const int64_t need = ctx.kv_blocks_needed(a->slot, want);
+    while (need > ctx.kv_blocks_free() - granted && !evict_one_idle()) {
+      size_t v = running_.size();
+      while (v > 0 && (!running_[v - 1] || running_[v - 1]->done)) --v;
+      preempt(running_[v - 1]);  // v - 1 >= i: a itself is live
+      if (v - 1 == i) break;
+    }
+    if (running_[i]) granted += need;
+  }
+  running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
   std::vector<LlamaBatchSegment> segs;
   std::vector<Active*> who;
   int64_t rows = 0, prompt_rows = 0, chunks = 0;
@@ -478,6 +610,7 @@ void Scheduler::step() {
     rows += m;
   }
   const int64_t other_rows = rows;
+  bool starved = false;  // a prompt chunk found no free block
   for (Active* a : prefill) {
     if (rows >= budget) break;
     try {
@@ -488,17 +621,48 @@ void Scheduler::step() {
       continue;
     }
     const SeqRequest& r = a->req;
-    const int64_t take = std::min(int64_t(r.prompt.size()) - a->prefill_pos, budget - rows);
+    int64_t take = std::min(int64_t(r.prompt.size()) - a->prefill_pos, budget - rows);
+    // a resumed M-RoPE generation: its prompt's given positions and its tokens in separate chunks
+    const int64_t n_pos3 = int64_t(r.pos3.size()) / 3;
+    if (a->prefill_pos < n_pos3) take = std::min(take, n_pos3 - a->prefill_pos);
+    take = fit_positions(a->slot, take, granted);  // as much of the chunk as the free blocks hold
+    if (take == 0) {
+      starved = true;
+      continue;
+    }
+    granted += ctx.kv_blocks_needed(a->slot, take);
     LlamaBatchSegment sg{a->slot, r.prompt.data() + a->prefill_pos, take, false};
     if (!r.embd.empty()) sg.embd = r.embd.data() + a->embd_row * E;
-    if (!r.pos3.empty()) sg.pos3 = r.pos3.data() + a->prefill_pos * 3;
+    if (a->prefill_pos < n_pos3) sg.pos3 = r.pos3.data() + a->prefill_pos * 3;
     segs.push_back(sg);
     who.push_back(a);
     rows += take;
     prompt_rows += take;
     chunks++;
   }
-  if (segs.empty()) return;
+  if (segs.empty()) {
+    // Prompts starved of blocks that only sequences making no progress hold: the newest gives
+    // them back (a sequence alone always fits: its worst case was checked against the pool).
+    if (starved) {
+      size_t live = 0;
+      for (const auto& ap : running_) live += ap && !ap->done ? 1 : 0;
+      if (live >= 2) {
+        for (size_t v = running_.size(); v-- > 0;)
+          if (!running_[v]->done) {
+            preempt(running_[v]);
+            break;
+          }
+        running_.erase(std::remove(running_.begin(), running_.end(), nullptr), running_.end());
+      } else {
+        for (auto& ap : running_)
+          if (!ap->done) {
+            ap->out.error = std::make_exception_ptr(Error(ErrorCode::Internal, "scheduler: a sequence alone found no free KV block"));
+            ap->done = true;
+          }
+      }
+    }
+    return;
+  }
   const int64_t n_segs = int64_t(segs.size());
   step_logits_.resize(size_t(LlamaContext::batch_output_rows(segs.data(), n_segs) * V));
   bool ok = false;

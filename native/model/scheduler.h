@@ -38,14 +38,24 @@
 // prompt rows beside decode / option rows, i.e. decoding that went on during a prefill).
 // Finished sequences leave at the end of the step; their slot keeps its cache for prefix reuse
 // by the next request (an aborted one's blocks are released).
-// KV memory (paged, see llama.h): a prefix copied from another slot is shared by reference. A
-// request is admitted only when its worst case (prompt + max_tokens, or prefix + longest option,
-// capped at n_ctx) fits the pool beside the running requests' worst cases; otherwise it waits at
-// the head of the queue (FIFO, the later ones behind it) until sequences finish, and one whose
-// worst case exceeds the whole pool fails with Error(OutOfMemory). Idle slots' cached prefixes
-// are released when the running requests' worst cases need their blocks. So a step never runs
-// out of blocks, and nothing deadlocks. With the default pool nothing ever waits. Aborts are per request (a waiting request leaves the queue;
-// a running one ends at the next step); other sequences are not disturbed.
+// KV memory (paged, see llama.h): a prefix copied from another slot is shared by reference.
+// Admission is optimistic (as vLLM's): a request is admitted when its prompt (a scoring request:
+// prefix + longest option) and a watermark (1% of the pool's blocks, rounded down) fit the free
+// blocks and the idle slots' caches beside what the prompts being prefilled still need; otherwise
+// it waits at the head of the queue (FIFO). Sequences then take blocks as they grow: each step
+// first gives every generating / scoring sequence the blocks of its rows, oldest (by submission)
+// first, releasing idle caches (least recently used first) and then preempting the newest running
+// sequence when none is free: its blocks are freed (shared prefix blocks drop a reference) and it
+// goes back to the head of the queue, to be recomputed (prompt + tokens generated so far, as a
+// prompt: chunked, prefix sharing included) when blocks are free again; its SequenceGenerator
+// (sampler RNG, repetition history) goes on unchanged, so its output equals the request run alone
+// and no token is delivered twice. Prompt chunks take what blocks are left. A request whose worst
+// case (prompt + max_tokens, or prefix + longest option, capped at n_ctx) exceeds the whole pool
+// fails with Error(OutOfMemory); every other one fits alone, so the oldest running sequence
+// always progresses (only newer ones are preempted for it), and nothing deadlocks. With the
+// default pool nothing waits or is preempted. Aborts are per request (a waiting or preempted
+// request leaves the queue; a running one ends at the next step); other sequences are not
+// disturbed.
 //
 // Threads: submit/abort/stats may be called from any thread. Callbacks run on the scheduler
 // thread (on_done also from shutdown() for requests still waiting), so they must be quick:
@@ -127,9 +137,11 @@ struct SchedulerStats {
   int64_t kv_blocks_total = 0;
   int64_t kv_blocks_used = 0;     // referenced by a running sequence or kept for prefix reuse
   int64_t kv_blocks_shared = 0;   // referenced by 2 sequences or more (shared prefixes)
+  int64_t kv_blocks_cached = 0;   // held by idle slots' cached prefixes alone (released on demand)
   int64_t kv_bytes_per_block = 0;
-  int64_t kv_reserved_blocks = 0; // the running requests' worst case (admission control)
   int64_t kv_waits = 0;           // requests that waited at admission for KV blocks
+  int64_t kv_preemptions = 0;     // running sequences preempted (blocks freed, requeued to be recomputed)
+  int64_t kv_recomputed_tokens = 0;  // positions evaluated again after a preemption
   bool chunked_prefill = true;
   int n_seq = 0;
 };
@@ -154,14 +166,26 @@ class Scheduler {
  private:
   struct Active;
   void loop();
-  void admit(std::unique_ptr<Active> a);
+  // Admits a request taken from the queue: true when it was (it runs, or it failed and finished);
+  // false when it must wait for KV blocks (`a` is left to the caller, who requeues it first).
+  bool admit(std::unique_ptr<Active>& a);
+  void insert_running(std::unique_ptr<Active> a);  // in submission order
+  int64_t worst_positions(const Active& a) const;  // prompt + max_tokens (or + longest option), capped
   bool start_prefill(Active& a, bool may_wait);
   void begin(Active& a, const float* logits);
   void finish(std::unique_ptr<Active>& a);
   void step();
-  // Releases idle slots' cached blocks (shortest common prefix with `prompt` first) until the
-  // running requests' worst cases fit beside the idle caches.
-  void evict_idle(const std::vector<int32_t>& prompt);
+  // KV blocks (scheduler thread). Releases the cached prefix of the idle slot idle the longest;
+  // false when no idle slot holds blocks.
+  bool evict_one_idle();
+  int64_t available_blocks() const;        // free + held by idle slots' caches alone
+  int64_t pending_prefill_blocks() const;  // blocks the prompts being prefilled still take
+  // The most of `want` positions slot's sequence can append with the free blocks beyond
+  // `granted` (idle caches released as needed).
+  int64_t fit_positions(int slot, int64_t want, int64_t granted);
+  // Frees a running sequence's blocks and puts it first in the queue, to be recomputed (prompt +
+  // tokens generated so far) when it is admitted again. Leaves `v` null.
+  void preempt(std::unique_ptr<Active>& v);
   void publish_kv_stats();  // under mu_
 
   std::shared_ptr<const LlamaModel> model_;
@@ -173,11 +197,11 @@ class Scheduler {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Active>> waiting_;  // guarded by mu_
-  std::vector<std::unique_ptr<Active>> running_;  // scheduler thread (size under mu_ for stats)
+  std::vector<std::unique_ptr<Active>> running_;  // scheduler thread, in submission order
   std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> aborts_;  // guarded by mu_: live requests
   std::vector<uint8_t> slot_used_;                // scheduler thread
-  std::unique_ptr<Active> kv_pending_;  // scheduler thread: prepared, waiting for KV blocks
-  int64_t kv_reserved_ = 0;             // scheduler thread: blocks reserved by running requests
+  std::vector<uint64_t> slot_idle_since_;         // scheduler thread: when an idle slot's cache was last used
+  uint64_t idle_clock_ = 0;
   uint64_t next_id_ = 1;
   bool stopping_ = false;
   std::atomic<bool> stop_{false};  // aborts the pass in flight at shutdown

@@ -1,7 +1,8 @@
 // The paged KV cache through the public API (loadModel's kvCachePositions / kvBlockSize and
 // model.stats()): a pool smaller than maxSequences × contextSize still gives every call exactly
-// what it gives alone (calls wait for blocks instead), a call that can never fit fails with
-// ERR_OUT_OF_MEMORY without disturbing the others, and a bad block size is a typed error.
+// what it gives alone (calls wait for blocks, or are preempted and recomputed when the running
+// ones outgrow the pool: greedy, seeded and streamed tokens unchanged), a call that can never fit
+// fails with ERR_OUT_OF_MEMORY without disturbing the others, and a bad block size is a typed error.
 // The kernel-level and core-level checks are tests/native/test_kv_paging.cpp.
 import { join } from 'node:path';
 
@@ -26,8 +27,8 @@ describe.skipIf(!haveStories)('paged KV cache on stories260K', () => {
     const expected: number[][] = [];
     for (const p of prompts) expected.push((await alone.generate(p, { maxTokens: 40, temperature: 0 }).result).tokens);
     expect(expected.every((t) => t.length > 0)).toBe(true);
-    // 4 sequences of up to 256 positions, but blocks for 2 × 64 positions only: a call reserves
-    // prompt + maxTokens (under 64 here), so at most two run at once and the others wait.
+    // 4 sequences of up to 256 positions, but blocks for 2 × 64 positions only: a call is admitted
+    // when its prompt's block is free, so at most two run at once and the others wait.
     const model = await loadModel(stories, { contextSize: 256, maxSequences: 4, threads: 1, kvCachePositions: 128, kvBlockSize: 64 });
     try {
       const got = await Promise.all(prompts.map((p) => model.generate(p, { maxTokens: 40, temperature: 0 }).result));
@@ -44,6 +45,38 @@ describe.skipIf(!haveStories)('paged KV cache on stories260K', () => {
         code: 'ERR_OUT_OF_MEMORY',
       });
       expect((await model.generate(prompts[0]!, { maxTokens: 40, temperature: 0 }).result).tokens).toEqual(expected[0]);
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('calls that outgrow a small pool are preempted and recomputed, each equal to the call alone', async () => {
+    // 4 prompts of one 16-position block each, 60 tokens each (up to 5 blocks): 8 blocks hold every
+    // prompt but not every sequence's end, so the newest running ones are preempted
+    const opts = (i: number) =>
+      i % 2 === 0 ? { maxTokens: 60, temperature: 0 } : { maxTokens: 60, temperature: 0.9, topK: 20, seed: 7 + i, repetitionPenalty: 1.1 };
+    const expected: number[][] = [];
+    for (const [i, p] of prompts.entries()) expected.push((await alone.generate(p, opts(i)).result).tokens);
+    const model = await loadModel(stories, { contextSize: 256, maxSequences: 4, threads: 1, kvCachePositions: 128, kvBlockSize: 16 });
+    try {
+      const streams = prompts.map(async (p, i) => {
+        const g = model.generate(p, opts(i));
+        const streamed: number[] = [];
+        for await (const chunk of g) streamed.push(...chunk.tokens);
+        return { streamed, result: await g.result };
+      });
+      const got = await Promise.all(streams);
+      expect(got.map((g) => g.result.tokens)).toEqual(expected);
+      // a recomputed call streams nothing twice
+      expect(got.map((g) => g.streamed)).toEqual(expected);
+      const s = model.stats();
+      expect(s.kvBlocksTotal).toBe(8);
+      expect(s.kvPreemptions).toBeGreaterThan(0);
+      expect(s.kvRecomputedTokens).toBeGreaterThan(0);
+      expect(s.maxBatch).toBeGreaterThanOrEqual(3);
+      expect(s.active + s.queued).toBe(0);
+      // every block left is a finished call's cached prompt
+      expect(s.kvBlocksUsed).toBe(s.kvBlocksCached);
     } finally {
       await model.close();
     }

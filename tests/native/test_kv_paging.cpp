@@ -7,8 +7,11 @@
 //   - a shared prefix costs its blocks once (reference counts, pool occupancy);
 //   - an exhausted pool is Error(OutOfMemory) and changes nothing; an aborted pass and a
 //     truncation give their blocks back;
-//   - the scheduler with a small pool queues requests whose worst case does not fit yet (outputs
-//     still equal alone), fails one that can never fit, and frees an aborted request's blocks.
+//   - the scheduler with a small pool admits on the prompts (optimistic admission), preempts the
+//     newest sequence when blocks run out and recomputes it later: greedy and seeded outputs and
+//     the streamed tokens equal each request alone; it fails one that can never fit, frees an
+//     aborted request's blocks (running or preempted), resumes a preempted scoring at its next
+//     option, and leaves no block but idle cached prefixes.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -184,8 +187,8 @@ TEST(kv_paging_pool_exhaustion_is_typed_and_changes_nothing) {
 TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
   if (stories_gguf().empty()) return;
   const std::vector<int32_t> t = story(12);
-  // 5 blocks of 16; each request below needs up to 12 + 20 = 32 positions = 2 blocks: at most 2
-  // run at once though there are 4 slots
+  // 5 blocks of 16; each request below needs up to 12 + 20 = 32 positions = 2 blocks, 4 slots:
+  // not all can run to their end at once
   SchedulerOptions so;
   so.n_ctx = 128;
   so.n_seq = 4;
@@ -247,15 +250,208 @@ TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
   EXPECT(typed);
   EXPECT(got[size_t(N + 1)].generated.reason == StopReason::Aborted);
   const SchedulerStats st = sched.stats();
-  std::printf("  small pool: %lld waits for KV blocks, %lld steps, max batch %lld, blocks used after %lld of %lld\n",
-              (long long)st.kv_waits, (long long)st.steps, (long long)st.max_batch, (long long)st.kv_blocks_used,
-              (long long)st.kv_blocks_total);
-  EXPECT(st.kv_waits >= 1);
-  EXPECT(st.max_batch <= 2);
-  EXPECT(st.kv_reserved_blocks == 0 && st.active == 0 && st.queued == 0);
+  std::printf("  small pool: %lld waits for KV blocks, %lld preemptions (%lld positions recomputed), %lld steps, "
+              "max batch %lld, blocks used after %lld of %lld (%lld cached prefixes)\n",
+              (long long)st.kv_waits, (long long)st.kv_preemptions, (long long)st.kv_recomputed_tokens,
+              (long long)st.steps, (long long)st.max_batch, (long long)st.kv_blocks_used, (long long)st.kv_blocks_total,
+              (long long)st.kv_blocks_cached);
+  // optimistic admission: more ran at once than their worst cases allow (2 x 2 blocks of 5)
+  EXPECT(st.max_batch >= 3);
+  EXPECT(st.kv_waits + st.kv_preemptions >= 1);
+  EXPECT(st.active == 0 && st.queued == 0 && st.prefilling == 0);
   EXPECT(st.kv_blocks_total == 5 && st.kv_block_size == 16);
-  // what stays is the finished requests' cached prompts (prefix reuse), never more than the pool
+  // what stays is the finished requests' cached prompts (prefix reuse) and nothing else
   EXPECT(st.kv_blocks_used <= st.kv_blocks_total);
+  EXPECT(st.kv_blocks_used == st.kv_blocks_cached);
+}
+
+namespace {
+
+// Requests that outgrow a small pool (scheduler.h: optimistic admission, preemption): each is
+// submitted while the first one holds the scheduler thread, so all are admitted together.
+struct PreemptRun {
+  std::vector<SeqOutcome> got;
+  std::vector<std::vector<int32_t>> streamed;  // on_token, in order
+  SchedulerStats st;
+};
+
+PreemptRun run_preempting(const SchedulerOptions& so, const std::vector<std::vector<int32_t>>& prompts,
+                          const std::vector<GenerateParams>& params) {
+  Scheduler sched(stories_model(), so);
+  const size_t N = prompts.size();
+  PreemptRun run;
+  run.streamed.resize(N);
+  std::vector<std::promise<SeqOutcome>> done(N);
+  std::atomic<bool> gate{false};
+  for (size_t i = 0; i < N; ++i) {
+    SeqRequest r;
+    r.prompt = prompts[i];
+    r.params = params[i];
+    r.on_token = [&, i](int32_t tok) {
+      run.streamed[i].push_back(tok);
+      if (i == 0)
+        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    };
+    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  gate.store(true);
+  for (auto& d : done) run.got.push_back(d.get_future().get());
+  run.st = sched.stats();
+  // nothing leaked: a request as long as the whole pool still runs (the idle caches give way)
+  SeqRequest whole;
+  whole.prompt = prompts[0];
+  whole.params = greedy(so.kv_positions - int64_t(prompts[0].size()));
+  std::promise<SeqOutcome> wd;
+  whole.on_done = [&](SeqOutcome&& o) { wd.set_value(std::move(o)); };
+  sched.submit(std::move(whole));
+  SeqOutcome w = wd.get_future().get();
+  EXPECT(!w.error && !w.generated.tokens.empty());
+  return run;
+}
+
+// Four prompts of 8 to 14 tokens from different places of a story (1 block of 16 each), 40
+// tokens each (up to 54 positions, 4 blocks): a pool of 8 blocks holds every prompt, half of the
+// sequences' ends.
+std::vector<std::vector<int32_t>> preempt_prompts() {
+  const std::vector<int32_t> t = story(80);
+  std::vector<std::vector<int32_t>> p;
+  for (size_t i = 0; i < 4; ++i) {
+    std::vector<int32_t> q{1};
+    const size_t start = 1 + 15 * i, len = 7 + 2 * i;
+    q.insert(q.end(), t.begin() + int64_t(start), t.begin() + int64_t(start + len));
+    p.push_back(q);
+  }
+  return p;
+}
+
+SchedulerOptions preempt_pool() {
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 4;
+  so.kv_block_size = 16;
+  so.kv_positions = 128;  // 8 blocks
+  return so;
+}
+
+}  // namespace
+
+TEST(kv_paging_preemption_greedy_equals_alone) {
+  if (stories_gguf().empty()) return;
+  const auto prompts = preempt_prompts();
+  std::vector<GenerateParams> params(prompts.size(), greedy(40));
+  std::vector<GenerateResult> want;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
+    want.push_back(Session(alone).generate(prompts[i], nullptr, params[i], nullptr));
+  }
+  const PreemptRun run = run_preempting(preempt_pool(), prompts, params);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT(!run.got[i].error);
+    EXPECT(run.got[i].generated.tokens == want[i].tokens);
+    EXPECT(run.got[i].generated.reason == want[i].reason);
+    EXPECT(run.streamed[i] == want[i].tokens);  // a recomputed sequence delivers nothing twice
+  }
+  const SchedulerStats& st = run.st;
+  std::printf("  greedy, 4 x (prompt + 40) in 8 blocks of 16: %lld preemptions, %lld positions recomputed, %lld waits, "
+              "max batch %lld, %lld steps\n",
+              (long long)st.kv_preemptions, (long long)st.kv_recomputed_tokens, (long long)st.kv_waits,
+              (long long)st.max_batch, (long long)st.steps);
+  EXPECT(st.kv_preemptions > 0);
+  EXPECT(st.kv_recomputed_tokens > 0);
+  EXPECT(st.max_batch == 4);  // optimistic admission: all four prompts ran together
+  EXPECT(st.active == 0 && st.queued == 0 && st.prefilling == 0);
+  EXPECT(st.kv_blocks_used == st.kv_blocks_cached);  // every block left is an idle cached prefix
+}
+
+TEST(kv_paging_preemption_seeded_sampling_equals_alone) {
+  if (stories_gguf().empty()) return;
+  const auto prompts = preempt_prompts();
+  std::vector<GenerateParams> params;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateParams p;
+    p.max_tokens = 40;
+    p.sampler.temperature = 0.9f;
+    p.sampler.top_k = 20;
+    p.sampler.top_p = 0.95f;
+    p.sampler.repetition_penalty = 1.1f;  // its history (prompt + tokens) must survive the preemption
+    p.sampler.seed = 1234 + i;
+    params.push_back(p);
+  }
+  std::vector<GenerateResult> want;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
+    want.push_back(Session(alone).generate(prompts[i], nullptr, params[i], nullptr));
+  }
+  const PreemptRun run = run_preempting(preempt_pool(), prompts, params);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT(!run.got[i].error);
+    EXPECT(run.got[i].generated.tokens == want[i].tokens);
+    EXPECT(run.streamed[i] == want[i].tokens);
+  }
+  std::printf("  seeded sampling: %lld preemptions, %lld positions recomputed\n", (long long)run.st.kv_preemptions,
+              (long long)run.st.kv_recomputed_tokens);
+  EXPECT(run.st.kv_preemptions > 0);
+  EXPECT(run.st.kv_blocks_used == run.st.kv_blocks_cached);
+}
+
+// A: 8 + 50 positions, B: 8 + 50, in 4 blocks of 16. When A needs its third block B (newer) is
+// preempted; B (8 + ~24 positions = 2 blocks + the watermark) cannot come back before A ends, so
+// A's next token sees it queued and aborts it: B ends aborted with the tokens it had (a prefix of
+// B alone), its blocks are gone, and A equals A alone.
+TEST(kv_paging_abort_of_a_preempted_request) {
+  if (stories_gguf().empty()) return;
+  const auto prompts = preempt_prompts();
+  const std::vector<int32_t> pa(prompts[0].begin(), prompts[0].begin() + 8), pb(prompts[1].begin(), prompts[1].begin() + 8);
+  GenerateResult want_a, want_b;
+  {
+    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
+    want_a = Session(alone).generate(pa, nullptr, greedy(50), nullptr);
+    want_b = Session(alone).generate(pb, nullptr, greedy(50), nullptr);
+  }
+  EXPECT(want_a.tokens.size() == 50 && want_b.tokens.size() == 50);  // no early EOS: A outgrows 2 blocks
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 2;
+  so.kv_block_size = 16;
+  so.kv_positions = 64;
+  Scheduler sched(stories_model(), so);
+  std::promise<SeqOutcome> da, db;
+  std::atomic<uint64_t> b_id{0};
+  std::atomic<bool> gate{false}, aborted_while_queued{false};
+  SeqRequest a;
+  a.prompt = pa;
+  a.params = greedy(50);
+  a.on_token = [&](int32_t) {
+    while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    const SchedulerStats s = sched.stats();
+    if (!aborted_while_queued.load() && s.kv_preemptions >= 1 && s.queued == 1) {
+      aborted_while_queued.store(true);
+      sched.abort(b_id.load());
+    }
+  };
+  a.on_done = [&](SeqOutcome&& o) { da.set_value(std::move(o)); };
+  sched.submit(std::move(a));
+  SeqRequest b;
+  b.prompt = pb;
+  b.params = greedy(50);
+  std::vector<int32_t> b_streamed;
+  b.on_token = [&](int32_t t) { b_streamed.push_back(t); };
+  b.on_done = [&](SeqOutcome&& o) { db.set_value(std::move(o)); };
+  b_id.store(sched.submit(std::move(b)));
+  gate.store(true);
+  const SeqOutcome oa = da.get_future().get(), ob = db.get_future().get();
+  EXPECT(aborted_while_queued.load());
+  EXPECT(!oa.error && oa.generated.tokens == want_a.tokens);
+  EXPECT(!ob.error && ob.generated.reason == StopReason::Aborted);
+  const auto& bt = ob.generated.tokens;
+  EXPECT(!bt.empty() && bt.size() < want_b.tokens.size());
+  EXPECT(std::equal(bt.begin(), bt.end(), want_b.tokens.begin()));
+  EXPECT(b_streamed == bt);
+  const SchedulerStats st = sched.stats();
+  std::printf("  abort while preempted: B had %zu tokens; %lld preemptions\n", bt.size(), (long long)st.kv_preemptions);
+  EXPECT(st.kv_preemptions == 1 && st.active == 0 && st.queued == 0);
+  EXPECT(st.kv_blocks_used == st.kv_blocks_cached);
 }
 
 // Two requests with the same 64-token prompt: the second shares the first's prefix blocks by
@@ -272,11 +468,16 @@ TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
   Scheduler sched(stories_model(), so);
   std::vector<std::promise<SeqOutcome>> done(2);
   std::atomic<int64_t> max_shared{0};
+  // the first holds the scheduler thread at its first token until the second is submitted (else,
+  // on a loaded machine, it could finish first and the second would reuse its idle cache instead)
+  std::atomic<bool> gate{false};
   for (int i = 0; i < 2; ++i) {
     SeqRequest r;
     r.prompt = t;
     r.params = greedy(10);
-    r.on_token = [&](int32_t) {
+    r.on_token = [&, i](int32_t) {
+      if (i == 0)
+        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
       const int64_t s = sched.stats().kv_blocks_shared;
       int64_t m = max_shared.load();
       while (s > m && !max_shared.compare_exchange_weak(m, s)) {
@@ -285,6 +486,7 @@ TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
     r.on_done = [&, i](SeqOutcome&& o) { done[size_t(i)].set_value(std::move(o)); };
     sched.submit(std::move(r));
   }
+  gate.store(true);
   for (auto& d : done) {
     SeqOutcome o = d.get_future().get();
     EXPECT(!o.error && o.generated.tokens == want.tokens);
@@ -294,4 +496,72 @@ TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
               (long long)st.prefix_copies, (long long)max_shared.load());
   EXPECT(st.prefix_copies >= 1);
   EXPECT(max_shared.load() >= 3);  // 63 shared positions: 3 full blocks at least
+}
+
+// A scoring request preempted while it scores its options: A (8 + 60 positions) and S (a prefix
+// of 20 and 64 options of 20 tokens, one per step: up to 3 blocks) in 6 blocks of 16. When A
+// needs its fourth block (about 40 steps in), S (newer) gives its blocks back; it comes back after
+// A, recomputes its prefix and scores the options it had not scored yet. Every option token's
+// log-probability equals score_continuations alone within 1e-4 and an option's sum within 1e-3
+// (random, improbable tokens: an option's sum differed from alone by 4.6e-5 in a run where
+// nothing was preempted; 2.2e-5 per token and 4.6e-5 per option measured with the preemption).
+TEST(kv_paging_preempted_scoring_resumes_its_options) {
+  if (stories_gguf().empty()) return;
+  const std::vector<int32_t> t = story(80);
+  const std::vector<int32_t> pa(t.begin(), t.begin() + 8), prefix(t.begin() + 30, t.begin() + 50);
+  std::vector<std::vector<int32_t>> conts;
+  for (int k = 0; k < 64; ++k) {
+    std::vector<int32_t> c;
+    for (int j = 0; j < 20; ++j) c.push_back(int32_t(10 + (k * 37 + j * 11) % 400));
+    conts.push_back(c);
+  }
+  GenerateResult want_a;
+  std::vector<LlamaContext::ContinuationScore> want_s;
+  {
+    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
+    want_a = Session(alone).generate(pa, nullptr, greedy(60), nullptr);
+    LlamaContext alone2(stories_model(), LlamaContextOptions{128, 0, 1});
+    EXPECT(alone2.score_continuations(prefix.data(), int64_t(prefix.size()), conts, &want_s));
+  }
+  EXPECT(want_a.tokens.size() == 60);  // A grows to 4 blocks and more
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 2;
+  so.kv_block_size = 16;
+  so.kv_positions = 96;
+  Scheduler sched(stories_model(), so);
+  std::promise<SeqOutcome> da, ds;
+  std::atomic<bool> gate{false};
+  SeqRequest a;
+  a.prompt = pa;
+  a.params = greedy(60);
+  a.on_token = [&](int32_t) {
+    while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  };
+  a.on_done = [&](SeqOutcome&& o) { da.set_value(std::move(o)); };
+  sched.submit(std::move(a));
+  SeqRequest s;
+  s.kind = SeqRequest::Kind::Score;
+  s.prompt = prefix;
+  s.continuations = conts;
+  s.on_done = [&](SeqOutcome&& o) { ds.set_value(std::move(o)); };
+  sched.submit(std::move(s));
+  gate.store(true);
+  const SeqOutcome oa = da.get_future().get(), os = ds.get_future().get();
+  EXPECT(!oa.error && oa.generated.tokens == want_a.tokens);
+  EXPECT(!os.error && !os.aborted && os.scores.size() == want_s.size());
+  double worst = 0, worst_tok = 0;
+  for (size_t i = 0; i < want_s.size() && i < os.scores.size(); ++i) {
+    worst = std::max(worst, std::fabs(os.scores[i].logprob - want_s[i].logprob));
+    EXPECT(os.scores[i].token_logprobs.size() == want_s[i].token_logprobs.size());
+    for (size_t j = 0; j < want_s[i].token_logprobs.size() && j < os.scores[i].token_logprobs.size(); ++j)
+      worst_tok = std::max(worst_tok, std::fabs(os.scores[i].token_logprobs[j] - want_s[i].token_logprobs[j]));
+  }
+  const SchedulerStats st = sched.stats();
+  std::printf("  scoring preempted: %lld preemptions, %lld positions recomputed; max |logprob - alone| %.3g per token, "
+              "%.3g per option\n",
+              (long long)st.kv_preemptions, (long long)st.kv_recomputed_tokens, worst_tok, worst);
+  EXPECT(worst_tok <= 1e-4 && worst <= 1e-3);
+  EXPECT(st.kv_preemptions >= 1 && st.kv_recomputed_tokens >= 1);
+  EXPECT(st.kv_blocks_used == st.kv_blocks_cached);
 }
