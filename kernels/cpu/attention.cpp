@@ -103,6 +103,9 @@ inline int64_t kv_visible(const AttentionParams& p, int64_t i) {
 // ============================================================================ scalar reference
 namespace ref {
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) {
+  attention(q, k, v, out, p, static_cast<float*>(nullptr));
+}
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p, float* lse) {
   const Resolved rs = validate(q, k, v, out, p);
   const int64_t D = p.head_dim;
   std::vector<double> s(static_cast<size_t>(p.n_kv));
@@ -131,6 +134,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
       }
       float* orow = out + i * p.ldo + h * D;
       for (int64_t t = 0; t < D; ++t) orow[t] = float(o[size_t(t)] / sum);
+      if (lse) lse[i * p.n_heads + h] = float(mx + std::log(sum));
     }
   }
 }
@@ -632,6 +636,7 @@ struct Plan {
   const AttentionParams* p;
   const float *q, *k, *v;
   float* out;
+  float* lse;  // null, or [n_q, n_heads]: each row's log-sum-exp (training)
   float scale;
   int64_t group;       // query heads per kv head
   int64_t hc;          // query heads per kv head per unit (<= group)
@@ -813,6 +818,7 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
       const float inv = 1.0f / sc.l[r];
       const float* a = sc.acc + r * Dp;
       for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
+      if (pl.lse) pl.lse[i * p.n_heads + h] = sc.m[r] + std::log(sc.l[r]);
     }
   } else {
     float* part = pl.part + (b * pl.nsplit + split) * pl.part_stride;
@@ -848,15 +854,16 @@ void merge_unit(const Plan& pl, int64_t b) {
     assert(L >= 1.0f);
     const float inv = 1.0f / L;
     for (int d = 0; d < pl.D; ++d) o[d] *= inv;
+    if (pl.lse) pl.lse[i * p.n_heads + h] = M + std::log(L);
   }
 }
 
-void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out,
+void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,
                      const AttentionParams& p, const Resolved& rs, ThreadPool* pool) {
   const int nth = pool ? std::max(1, pool->size()) : 1;
   Plan pl;
   pl.p = &p;
-  pl.q = q; pl.k = k; pl.v = v; pl.out = out;
+  pl.q = q; pl.k = k; pl.v = v; pl.out = out; pl.lse = lse;
   pl.scale = rs.scale;
   pl.group = rs.group;
   pl.hc = std::min<int64_t>(rs.group, kMaxRows);
@@ -935,18 +942,23 @@ void attention_tiled(const Kern& kern, const float* q, const float* k, const flo
 // ============================================================================ dispatcher
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p,
                ThreadPool* pool) {
+  attention(q, k, v, out, p, pool, nullptr);
+}
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p,
+               ThreadPool* pool, float* lse) {
 #if defined(__x86_64__)
   const Isa isa = isa_active();
   if (isa >= Isa::Avx2) {
     const Resolved rs = validate(q, k, v, out, p);
-    if (attention_detail::bidir_bf16_applies(p))
+    // the bf16 bidirectional path keeps no log-sum-exp: a caller that wants it gets the tiled path
+    if (!lse && attention_detail::bidir_bf16_applies(p))
       return attention_detail::attention_bidir_bf16(q, k, v, out, p, rs.scale, rs.group, pool);
-    attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, p, rs, pool);
+    attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, lse, p, rs, pool);
     return;
   }
 #endif
   (void)pool;
-  ref::attention(q, k, v, out, p);
+  ref::attention(q, k, v, out, p, lse);
 }
 
 }  // namespace emollm

@@ -242,9 +242,10 @@ inline int64_t visible(const AttentionParams& p, int64_t i) {
 }  // namespace
 
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool) {
+                        const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p,
+                        ThreadPool* pool) {
   check_attention(p);
-  if (backward_detail::attention_backward(q, k, v, out, dout, dq, dk, dv, p, pool)) return;
+  if (backward_detail::attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p, pool)) return;
   const int64_t D = p.head_dim, G = p.n_heads / p.n_kv_heads, nq = p.n_q, nkv = p.n_kv;
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(D));
   for (int64_t j = 0; j < nkv; ++j) {
@@ -266,7 +267,8 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
           const int64_t end = visible(p, i);
           std::fill(dqi, dqi + D, 0.0f);
           if (end <= 0) continue;
-          // recompute the probabilities of row i
+          // recompute the probabilities of row i: exp(s - lse) with the forward's log-sum-exp,
+          // else with the row's maximum and sum
           float mx = -INFINITY;
           for (int64_t j = 0; j < end; ++j) {
             const float* kj = k + j * p.ldk + hk * D;
@@ -275,12 +277,18 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
             prob[size_t(j)] = s * scale;
             mx = std::max(mx, prob[size_t(j)]);
           }
-          double z = 0.0;
-          for (int64_t j = 0; j < end; ++j) {
-            prob[size_t(j)] = std::exp(prob[size_t(j)] - mx);
-            z += prob[size_t(j)];
+          float iz = 1.0f;
+          if (lse) {
+            const float l = lse[i * p.n_heads + h];
+            for (int64_t j = 0; j < end; ++j) prob[size_t(j)] = std::exp(prob[size_t(j)] - l);
+          } else {
+            double z = 0.0;
+            for (int64_t j = 0; j < end; ++j) {
+              prob[size_t(j)] = std::exp(prob[size_t(j)] - mx);
+              z += prob[size_t(j)];
+            }
+            iz = float(1.0 / z);
           }
-          const float iz = float(1.0 / z);
           float Di = 0.0f;
           for (int64_t c = 0; c < D; ++c) Di += doi[c] * oi[c];
           for (int64_t j = 0; j < end; ++j) {

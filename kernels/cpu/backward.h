@@ -53,16 +53,20 @@ void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, con
                    const RopeParams& p, ThreadPool* pool);
 
 // ---------------------------------------------------------------- attention
-// Backward of attention() (same parameters and layouts; GQA, causal with q_pos0). The softmax
-// probabilities are recomputed row by row from q and k (no n_q x n_kv matrix is kept):
+// Backward of attention() (same parameters and layouts; GQA, causal with q_pos0):
 //   P = softmax(scale q k^T), O = P v,  D_i = dO_i . O_i
 //   dv_j += sum_i P_ij dO_i,  dS_ij = P_ij (dO_i . v_j - D_i),  dq_i = scale sum_j dS_ij k_j,
 //   dk_j += scale sum_i dS_ij q_i
-// AVX-512: tiled by blocks of 16 queries (backward_avx512.cpp); else one query row at a time.
-// `out` is the forward output O. dq is overwritten ([n_q, n_heads, head_dim], stride ldq); dk
-// and dv ([n_kv, n_kv_heads, head_dim], strides ldk / ldv) are overwritten too.
+// lse: the forward's log-sum-exp of each row (attention(..., lse), [n_q, n_heads]), from which
+// the probabilities are recomputed tile by tile, P_ij = exp(scale q_i.k_j - lse_i); null: the
+// backward finds each row's statistics itself (one more pass over the scores). No n_q x n_kv
+// matrix is kept. AVX-512: flash-attention-2 style, blocks of 16 queries against tiles of 64
+// keys (backward_avx512.cpp); else one query row at a time. `out` is the forward output O. dq is
+// overwritten ([n_q, n_heads, head_dim], stride ldq); dk and dv ([n_kv, n_kv_heads, head_dim],
+// strides ldk / ldv) are overwritten too.
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool);
+                        const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p,
+                        ThreadPool* pool);
 
 // ---------------------------------------------------------------- loss
 // Mean cross-entropy over `rows` rows of logits [rows, V] (stride ld) with targets[r]:

@@ -239,8 +239,15 @@ bool swiglu_backward(const float* gate, const float* up, const float* dy, float*
 }
 
 // ------------------------------------------------------------------ attention
+// Flash-attention-2 style: per kv head, blocks of kBr queries against tiles of kBc keys. A tile's
+// probabilities come from its scores and the row's log-sum-exp (P = exp(S - lse): the forward's,
+// or one pass over the row's tiles when none is given), so nothing larger than a kBr x kBc tile
+// of S / dP exists and no row maximum or sum is taken in the backward itself. The block's q, dO
+// and dq rows are packed contiguous first (the model's rows are n_heads * head_dim floats apart,
+// often a multiple of 4 KiB: 16 of them map to one L1 set).
 namespace {
 constexpr int kBr = 16;  // queries per block
+constexpr int kBc = 64;  // keys per tile
 
 inline int64_t visible_kv(const AttentionParams& p, int64_t i) {
   return p.causal ? std::min(p.n_kv, p.q_pos0 + i + 1) : p.n_kv;
@@ -249,63 +256,77 @@ inline int64_t visible_kv(const AttentionParams& p, int64_t i) {
 EMO_T512 EMO_AI float hmax(__m512 v) { return _mm512_reduce_max_ps(v); }
 EMO_T512 EMO_AI float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// S[r, keys] = scale q_r . k and dP[r, keys] = dO_r . v for the keys of vectors [v0, v0 + CNT)
-// (16 keys each) and the block's R rows, two rows at a time (each Kt / Vt vector loaded once for
-// both). Kt / Vt: [D][L], zero past n_kv.
-template <int CNT>
-EMO_T512 void s_dp_rows(const AttentionParams& p, const float* q, const float* dout, const float* kt, const float* vt,
-                        float* S, float* dP, int64_t L, int64_t i0, int64_t R, int64_t h, int64_t v0, __m512 vscale) {
-  const int64_t D = p.head_dim;
-  for (int64_t r = 0; r < R; r += 2) {
-    const bool two = r + 1 < R;
-    const float* q0 = q + (i0 + r) * p.ldq + h * D;
-    const float* d0 = dout + (i0 + r) * p.ldo + h * D;
-    const float* q1 = two ? q0 + p.ldq : q0;
-    const float* d1 = two ? d0 + p.ldo : d0;
-    __m512 s0[CNT], p0[CNT], s1[CNT], p1[CNT];
+// S[r][16 t + c] = scale * Qb_r . k_(j0 + 16 t + c) and, with DP, dP[r][..] = dOb_r . v_(..), for
+// the kBr packed rows (Qb, dOb: [kBr][D]) and CNT vectors of keys from j0 (Kt / Vt: [D][ldt],
+// zero past n_kv); two rows at a time, so each Kt / Vt vector is loaded once for both. S / dP
+// rows are kBc floats apart.
+template <int CNT, bool DP>
+EMO_T512 void tile_scores(const float* Qb, const float* dOb, int64_t D, const float* kt, const float* vt,
+                          int64_t ldt, int64_t j0, float* S, float* dP, __m512 vscale) {
+  for (int r = 0; r < kBr; r += 2) {
+    const float *q0 = Qb + r * D, *q1 = q0 + D, *o0 = dOb + r * D, *o1 = o0 + D;
+    __m512 s0[CNT], s1[CNT], p0[CNT], p1[CNT];
 #pragma GCC unroll 4
-    for (int t = 0; t < CNT; ++t) s0[t] = p0[t] = s1[t] = p1[t] = _mm512_setzero_ps();
+    for (int t = 0; t < CNT; ++t) s0[t] = s1[t] = p0[t] = p1[t] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
-      const __m512 a0 = _mm512_set1_ps(q0[d]), b0 = _mm512_set1_ps(d0[d]);
-      const __m512 a1 = _mm512_set1_ps(q1[d]), b1 = _mm512_set1_ps(d1[d]);
-      const float* kd = kt + d * L + v0 * 16;
-      const float* vd = vt + d * L + v0 * 16;
+      const __m512 a0 = _mm512_set1_ps(q0[d]), a1 = _mm512_set1_ps(q1[d]);
+      const float* kd = kt + d * ldt + j0;
 #pragma GCC unroll 4
       for (int t = 0; t < CNT; ++t) {
-        const __m512 kx = _mm512_loadu_ps(kd + 16 * t), vx = _mm512_loadu_ps(vd + 16 * t);
+        const __m512 kx = _mm512_loadu_ps(kd + 16 * t);
         s0[t] = _mm512_fmadd_ps(a0, kx, s0[t]);
-        p0[t] = _mm512_fmadd_ps(b0, vx, p0[t]);
         s1[t] = _mm512_fmadd_ps(a1, kx, s1[t]);
-        p1[t] = _mm512_fmadd_ps(b1, vx, p1[t]);
+      }
+      if (DP) {
+        const __m512 b0 = _mm512_set1_ps(o0[d]), b1 = _mm512_set1_ps(o1[d]);
+        const float* vd = vt + d * ldt + j0;
+#pragma GCC unroll 4
+        for (int t = 0; t < CNT; ++t) {
+          const __m512 vx = _mm512_loadu_ps(vd + 16 * t);
+          p0[t] = _mm512_fmadd_ps(b0, vx, p0[t]);
+          p1[t] = _mm512_fmadd_ps(b1, vx, p1[t]);
+        }
       }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < CNT; ++t) {
-      _mm512_storeu_ps(S + r * L + (v0 + t) * 16, _mm512_mul_ps(s0[t], vscale));
-      _mm512_storeu_ps(dP + r * L + (v0 + t) * 16, p0[t]);
-      if (two) {
-        _mm512_storeu_ps(S + (r + 1) * L + (v0 + t) * 16, _mm512_mul_ps(s1[t], vscale));
-        _mm512_storeu_ps(dP + (r + 1) * L + (v0 + t) * 16, p1[t]);
+      _mm512_storeu_ps(S + r * kBc + 16 * t, _mm512_mul_ps(s0[t], vscale));
+      _mm512_storeu_ps(S + (r + 1) * kBc + 16 * t, _mm512_mul_ps(s1[t], vscale));
+      if (DP) {
+        _mm512_storeu_ps(dP + r * kBc + 16 * t, p0[t]);
+        _mm512_storeu_ps(dP + (r + 1) * kBc + 16 * t, p1[t]);
       }
     }
   }
 }
 
-// For one block of R query rows of head h and head_dim columns [d0, d0 + 16 CNT): dV / dK rows
-// of the visible keys (two keys at a time, each row's dO / q loaded once for both) and dQ of the
-// rows (two rows at a time, each key row loaded once for both). Entries of S / dP past a row's
-// visible keys are zero, so a pair may include a key or row that contributes nothing. CNT is a
+template <bool DP>
+EMO_T512 void tile_scores_n(int nv, const float* Qb, const float* dOb, int64_t D, const float* kt, const float* vt,
+                            int64_t ldt, int64_t j0, float* S, float* dP, __m512 vscale) {
+  switch (nv) {
+    case 4: tile_scores<4, DP>(Qb, dOb, D, kt, vt, ldt, j0, S, dP, vscale); break;
+    case 3: tile_scores<3, DP>(Qb, dOb, D, kt, vt, ldt, j0, S, dP, vscale); break;
+    case 2: tile_scores<2, DP>(Qb, dOb, D, kt, vt, ldt, j0, S, dP, vscale); break;
+    default: tile_scores<1, DP>(Qb, dOb, D, kt, vt, ldt, j0, S, dP, vscale); break;
+  }
+}
+
+// For the tile's nb keys from j0 and head_dim columns [d0, d0 + 16 CNT): dV_j += sum_r P[r, j] dO_r
+// and dK_j += sum_r dS[r, j] q_r over the block's R rows (two keys at a time: each row's dO / q
+// loaded once for both), then dQb_r += sum_j dS[r, j] k_j (four rows at a time: each key row loaded
+// once for all of them). Entries of P / dS past a row's visible keys are zero. CNT is a
 // compile-time count so the accumulators stay in registers.
 template <int CNT>
-EMO_T512 void dkdv_dq(const AttentionParams& p, const float* q, const float* k, const float* dout, float* dq, float* dk,
-                      float* dv, const float* S, const float* dP, int64_t L, int64_t i0, int64_t R, int64_t jend,
-                      int64_t h, int64_t hk, int64_t d0) {
+EMO_T512 void tile_grads(const AttentionParams& p, const float* Qb, const float* dOb, float* dQb, const float* k,
+                         float* dk, float* dv, const float* P, const float* dS, int64_t i0, int R, int64_t j0, int nb,
+                         int64_t hk, int64_t d0) {
   const int64_t D = p.head_dim;
   __mmask16 dm[CNT];
 #pragma GCC unroll 4
   for (int t = 0; t < CNT; ++t) dm[t] = mask16(D - d0 - 16 * t);
-  for (int64_t j = 0; j < jend; j += 2) {
-    const bool two = j + 1 < jend;
+  for (int jl = 0; jl < nb; jl += 2) {
+    const bool two = jl + 1 < nb;
+    const int64_t j = j0 + jl;
     float* dv0 = dv + j * p.ldv + hk * D + d0;
     float* dk0 = dk + j * p.ldk + hk * D + d0;
     float* dv1 = two ? dv0 + p.ldv : dv0;
@@ -318,23 +339,22 @@ EMO_T512 void dkdv_dq(const AttentionParams& p, const float* q, const float* k, 
       av1[t] = two ? _mm512_maskz_loadu_ps(dm[t], dv1 + 16 * t) : _mm512_setzero_ps();
       ak1[t] = two ? _mm512_maskz_loadu_ps(dm[t], dk1 + 16 * t) : _mm512_setzero_ps();
     }
-    // rows that see key j: a suffix of the block (causal)
-    int64_t r0 = 0;
+    int r0 = 0;  // rows that see key j: a suffix of the block (causal)
     while (r0 < R && visible_kv(p, i0 + r0) <= j) ++r0;
-    for (int64_t r = r0; r < R; ++r) {
-      const float* sr = S + r * L + j;
-      const float* pr = dP + r * L + j;
-      const __m512 p0 = _mm512_set1_ps(sr[0]), s0 = _mm512_set1_ps(pr[0]);
-      const __m512 p1 = _mm512_set1_ps(two ? sr[1] : 0.0f), s1 = _mm512_set1_ps(two ? pr[1] : 0.0f);
-      const float* dr = dout + (i0 + r) * p.ldo + h * D + d0;
-      const float* qr = q + (i0 + r) * p.ldq + h * D + d0;
+    for (int r = r0; r < R; ++r) {
+      const float* pr = P + r * kBc + jl;
+      const float* sr = dS + r * kBc + jl;
+      const __m512 pa = _mm512_set1_ps(pr[0]), sa = _mm512_set1_ps(sr[0]);
+      const __m512 pb = _mm512_set1_ps(two ? pr[1] : 0.0f), sb = _mm512_set1_ps(two ? sr[1] : 0.0f);
+      const float* orow = dOb + r * D + d0;
+      const float* qrow = Qb + r * D + d0;
 #pragma GCC unroll 4
       for (int t = 0; t < CNT; ++t) {
-        const __m512 o = _mm512_maskz_loadu_ps(dm[t], dr + 16 * t), x = _mm512_maskz_loadu_ps(dm[t], qr + 16 * t);
-        av0[t] = _mm512_fmadd_ps(p0, o, av0[t]);
-        ak0[t] = _mm512_fmadd_ps(s0, x, ak0[t]);
-        av1[t] = _mm512_fmadd_ps(p1, o, av1[t]);
-        ak1[t] = _mm512_fmadd_ps(s1, x, ak1[t]);
+        const __m512 o = _mm512_maskz_loadu_ps(dm[t], orow + 16 * t), x = _mm512_maskz_loadu_ps(dm[t], qrow + 16 * t);
+        av0[t] = _mm512_fmadd_ps(pa, o, av0[t]);
+        ak0[t] = _mm512_fmadd_ps(sa, x, ak0[t]);
+        av1[t] = _mm512_fmadd_ps(pb, o, av1[t]);
+        ak1[t] = _mm512_fmadd_ps(sb, x, ak1[t]);
       }
     }
 #pragma GCC unroll 4
@@ -347,48 +367,52 @@ EMO_T512 void dkdv_dq(const AttentionParams& p, const float* q, const float* k, 
       }
     }
   }
-  constexpr int RB = 4;  // dQ rows at a time: each key row k_j loaded once for all of them
-  for (int64_t r = 0; r < R; r += RB) {
-    const int nr = int(std::min<int64_t>(RB, R - r));
-    const int64_t end = visible_kv(p, i0 + r + nr - 1);  // the last row sees the most keys
-    const float* pr[RB];
-#pragma GCC unroll 4
-    for (int u = 0; u < RB; ++u) pr[u] = dP + (r + std::min(u, nr - 1)) * L;
+  constexpr int RB = 4;  // dQ rows at a time (kBr is a multiple): padded rows have dS = 0
+  static_assert(kBr % RB == 0, "kBr must be a multiple of RB");
+  for (int r = 0; r < R; r += RB) {
+    const int64_t last = std::min<int64_t>(i0 + r + RB - 1, i0 + R - 1);
+    const int end = int(std::min<int64_t>(nb, visible_kv(p, last) - j0));  // the last row sees the most keys
     __m512 a[RB][CNT];
 #pragma GCC unroll 4
     for (int u = 0; u < RB; ++u)
 #pragma GCC unroll 4
-      for (int t = 0; t < CNT; ++t) a[u][t] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < end; ++j) {
-      const float* kj = k + j * p.ldk + hk * D + d0;
+      for (int t = 0; t < CNT; ++t) a[u][t] = _mm512_maskz_loadu_ps(dm[t], dQb + (r + u) * D + d0 + 16 * t);
+    for (int jl = 0; jl < end; ++jl) {
+      const float* kj = k + (j0 + jl) * p.ldk + hk * D + d0;
       __m512 x[CNT];
 #pragma GCC unroll 4
       for (int t = 0; t < CNT; ++t) x[t] = _mm512_maskz_loadu_ps(dm[t], kj + 16 * t);
 #pragma GCC unroll 4
       for (int u = 0; u < RB; ++u) {
-        const __m512 su = _mm512_set1_ps(pr[u][j]);
+        const __m512 su = _mm512_set1_ps(dS[(r + u) * kBc + jl]);
 #pragma GCC unroll 4
         for (int t = 0; t < CNT; ++t) a[u][t] = _mm512_fmadd_ps(su, x[t], a[u][t]);
       }
     }
-    for (int u = 0; u < nr; ++u) {
-      float* dqr = dq + (i0 + r + u) * p.ldq + h * D + d0;
 #pragma GCC unroll 4
-      for (int t = 0; t < CNT; ++t) _mm512_mask_storeu_ps(dqr + 16 * t, dm[t], a[u][t]);
-    }
+    for (int u = 0; u < RB; ++u)
+#pragma GCC unroll 4
+      for (int t = 0; t < CNT; ++t) _mm512_mask_storeu_ps(dQb + (r + u) * D + d0 + 16 * t, dm[t], a[u][t]);
   }
 }
 
+// Per-thread scratch of attn_bwd_kv_head.
+struct AttnBwdScratch {
+  float *kt, *vt;       // [D][L]: K and V of the kv head, transposed, zero past n_kv
+  float *qb, *dob, *dqb;  // [kBr][D]: the block's q, dO rows and its dq accumulator
+  float *S, *dP;        // [kBr][kBc]: scores / probabilities and dP / dS of one tile
+  float lse[kBr], di[kBr];
+};
+
 // Everything of kv head hk: dk / dv rows of hk (zeroed by the caller) and dq of its query heads.
-// kt, vt: [D][L] scratch; s, dp: [kBr][L] scratch (L = n_kv rounded up to 16).
 EMO_T512 void attn_bwd_kv_head(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                               float* dq, float* dk, float* dv, const AttentionParams& p, float scale, int64_t hk,
-                               float* kt, float* vt, float* S, float* dP) {
+                               const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p, float scale,
+                               int64_t hk, AttnBwdScratch& sc) {
   const int64_t D = p.head_dim, G = p.n_heads / p.n_kv_heads, nq = p.n_q, nkv = p.n_kv;
   const int64_t L = (nkv + 15) / 16 * 16;
   for (int64_t d = 0; d < D; ++d) {
-    float* ktd = kt + d * L;
-    float* vtd = vt + d * L;
+    float* ktd = sc.kt + d * L;
+    float* vtd = sc.vt + d * L;
     for (int64_t j = 0; j < nkv; ++j) {
       ktd[j] = k[j * p.ldk + hk * D + d];
       vtd[j] = v[j * p.ldv + hk * D + d];
@@ -399,74 +423,90 @@ EMO_T512 void attn_bwd_kv_head(const float* q, const float* k, const float* v, c
   for (int64_t g = 0; g < G; ++g) {
     const int64_t h = hk * G + g;
     for (int64_t i0 = 0; i0 < nq; i0 += kBr) {
-      const int64_t R = std::min<int64_t>(kBr, nq - i0);
+      const int R = int(std::min<int64_t>(kBr, nq - i0));
       const int64_t jend = visible_kv(p, i0 + R - 1);  // visible keys of the block's last row (the most)
-      if (jend <= 0) {
-        for (int64_t r = 0; r < R; ++r) std::fill_n(dq + (i0 + r) * p.ldq + h * D, D, 0.0f);
-        continue;
-      }
-      const int64_t nv = (jend + 15) / 16;
-      // S = scale Q K^T and dP = dO V^T over the block's visible keys, 4 vectors of keys at a
-      // time (that chunk of Kt / Vt, 2 x D x 64 floats, stays in L1 across the block's rows)
-      for (int64_t v0 = 0; v0 < nv; v0 += 4) {
-        switch (std::min<int64_t>(4, nv - v0)) {
-          case 4: s_dp_rows<4>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
-          case 3: s_dp_rows<3>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
-          case 2: s_dp_rows<2>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
-          default: s_dp_rows<1>(p, q, dout, kt, vt, S, dP, L, i0, R, h, v0, vscale); break;
-        }
-      }
-      // P = softmax over each row's visible keys (zero past them); dS = P (dP - dO.O) scale
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t end = visible_kv(p, i0 + r);
-        float* sr = S + r * L;
-        float* pr = dP + r * L;
-        if (end <= 0) {
-          std::fill_n(sr, nv * 16, 0.0f);
-          std::fill_n(pr, nv * 16, 0.0f);
+      // pack the block's rows (zero past R); D_r = dO_r . O_r
+      for (int r = 0; r < kBr; ++r) {
+        float* qr = sc.qb + r * D;
+        float* dr = sc.dob + r * D;
+        std::fill_n(sc.dqb + r * D, D, 0.0f);
+        if (r >= R) {
+          std::fill_n(qr, D, 0.0f);
+          std::fill_n(dr, D, 0.0f);
+          sc.lse[r] = INFINITY;  // P = 0
+          sc.di[r] = 0.0f;
           continue;
         }
-        __m512 vmx = _mm512_set1_ps(-INFINITY);
-        for (int64_t j = 0; j < end; j += 16) vmx = _mm512_mask_max_ps(vmx, mask16(end - j), vmx, _mm512_loadu_ps(sr + j));
-        const __m512 mx = _mm512_set1_ps(hmax(vmx));
-        __m512 vz = _mm512_setzero_ps();
-        for (int64_t jv = 0; jv < nv; ++jv) {
-          const __m512 e = _mm512_maskz_mov_ps(mask16(end - jv * 16), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + jv * 16), mx)));
-          _mm512_storeu_ps(sr + jv * 16, e);
-          vz = _mm512_add_ps(vz, e);
-        }
-        const __m512 iz = _mm512_set1_ps(1.0f / hsum(vz));
-        const float* dr = dout + (i0 + r) * p.ldo + h * D;
-        const float* orow = out + (i0 + r) * p.ldo + h * D;
+        const int64_t i = i0 + r;
+        std::memcpy(qr, q + i * p.ldq + h * D, size_t(D) * sizeof(float));
+        std::memcpy(dr, dout + i * p.ldo + h * D, size_t(D) * sizeof(float));
+        const float* orow = out + i * p.ldo + h * D;
         __m512 vdi = _mm512_setzero_ps();
         for (int64_t d = 0; d < D; d += 16) {
           const __mmask16 m = mask16(D - d);
           vdi = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dr + d), _mm512_maskz_loadu_ps(m, orow + d), vdi);
         }
-        const __m512 di = _mm512_set1_ps(hsum(vdi));
-        for (int64_t jv = 0; jv < nv; ++jv) {
-          const __m512 P = _mm512_mul_ps(_mm512_loadu_ps(sr + jv * 16), iz);
-          _mm512_storeu_ps(sr + jv * 16, P);
-          _mm512_storeu_ps(pr + jv * 16, _mm512_mul_ps(_mm512_mul_ps(P, _mm512_sub_ps(_mm512_loadu_ps(pr + jv * 16), di)), vscale));
+        sc.di[r] = hsum(vdi);
+        if (lse) sc.lse[r] = lse[i * p.n_heads + h];
+      }
+      if (!lse) {  // the rows' log-sum-exp: one pass over the tiles (online max and sum)
+        float m[kBr], l[kBr];
+        std::fill_n(m, kBr, -INFINITY);
+        std::fill_n(l, kBr, 0.0f);
+        for (int64_t j0 = 0; j0 < jend; j0 += kBc) {
+          const int nb = int(std::min<int64_t>(kBc, jend - j0));
+          const int nv = (nb + 15) / 16;
+          tile_scores_n<false>(nv, sc.qb, sc.dob, D, sc.kt, sc.vt, L, j0, sc.S, sc.dP, vscale);
+          for (int r = 0; r < R; ++r) {
+            const int64_t vis = std::min<int64_t>(visible_kv(p, i0 + r) - j0, nb);
+            if (vis <= 0) continue;
+            const float* sr = sc.S + r * kBc;
+            __m512 vmx = _mm512_set1_ps(-INFINITY);
+            for (int64_t j = 0; j < vis; j += 16) vmx = _mm512_mask_max_ps(vmx, mask16(vis - j), vmx, _mm512_loadu_ps(sr + j));
+            const float mn = std::max(m[r], hmax(vmx));
+            const __m512 vm = _mm512_set1_ps(mn);
+            __m512 vz = _mm512_setzero_ps();
+            for (int64_t j = 0; j < vis; j += 16)
+              vz = _mm512_add_ps(vz, _mm512_maskz_mov_ps(mask16(vis - j), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), vm))));
+            l[r] = l[r] * (m[r] == -INFINITY ? 0.0f : std::exp(m[r] - mn)) + hsum(vz);
+            m[r] = mn;
+          }
+        }
+        for (int r = 0; r < R; ++r) sc.lse[r] = m[r] + std::log(l[r]);
+      }
+      for (int64_t j0 = 0; j0 < jend; j0 += kBc) {
+        const int nb = int(std::min<int64_t>(kBc, jend - j0));
+        const int nv = (nb + 15) / 16;
+        tile_scores_n<true>(nv, sc.qb, sc.dob, D, sc.kt, sc.vt, L, j0, sc.S, sc.dP, vscale);
+        // P = exp(S - lse) over each row's visible keys (zero past them); dS = P (dP - D_r) scale
+        for (int r = 0; r < kBr; ++r) {
+          const int64_t vis = r < R ? visible_kv(p, i0 + r) - j0 : 0;
+          const __m512 vl = _mm512_set1_ps(sc.lse[r]), vd = _mm512_set1_ps(sc.di[r]);
+          float* sr = sc.S + r * kBc;
+          float* pr = sc.dP + r * kBc;
+          for (int t = 0; t < nv; ++t) {
+            const __m512 P = _mm512_maskz_mov_ps(mask16(vis - 16 * t), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + 16 * t), vl)));
+            _mm512_storeu_ps(sr + 16 * t, P);
+            _mm512_storeu_ps(pr + 16 * t, _mm512_mul_ps(_mm512_mul_ps(P, _mm512_sub_ps(_mm512_loadu_ps(pr + 16 * t), vd)), vscale));
+          }
+        }
+        for (int64_t d0 = 0; d0 < D; d0 += 64) {
+          switch (std::min<int64_t>(4, (D - d0 + 15) / 16)) {
+            case 4: tile_grads<4>(p, sc.qb, sc.dob, sc.dqb, k, dk, dv, sc.S, sc.dP, i0, R, j0, nb, hk, d0); break;
+            case 3: tile_grads<3>(p, sc.qb, sc.dob, sc.dqb, k, dk, dv, sc.S, sc.dP, i0, R, j0, nb, hk, d0); break;
+            case 2: tile_grads<2>(p, sc.qb, sc.dob, sc.dqb, k, dk, dv, sc.S, sc.dP, i0, R, j0, nb, hk, d0); break;
+            default: tile_grads<1>(p, sc.qb, sc.dob, sc.dqb, k, dk, dv, sc.S, sc.dP, i0, R, j0, nb, hk, d0); break;
+          }
         }
       }
-      // dV_j += sum_r P[r, j] dO_r ; dK_j += sum_r dS[r, j] q_r (rows in ascending order), and
-      // dQ_r = sum_j dS[r, j] k_j: head_dim in chunks of up to 64 floats
-      for (int64_t d0 = 0; d0 < D; d0 += 64) {
-        switch (std::min<int64_t>(4, (D - d0 + 15) / 16)) {
-          case 4: dkdv_dq<4>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
-          case 3: dkdv_dq<3>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
-          case 2: dkdv_dq<2>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
-          default: dkdv_dq<1>(p, q, k, dout, dq, dk, dv, S, dP, L, i0, R, jend, h, hk, d0); break;
-        }
-      }
+      for (int r = 0; r < R; ++r) std::memcpy(dq + (i0 + r) * p.ldq + h * D, sc.dqb + r * D, size_t(D) * sizeof(float));
     }
   }
 }
 }  // namespace
 
 bool attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool) {
+                        const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool) {
   if (!avx512_ok()) return false;
   const int64_t D = p.head_dim, nkv = p.n_kv;
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(D));
@@ -476,12 +516,16 @@ bool attention_backward(const float* q, const float* k, const float* v, const fl
     std::fill_n(dv + j * p.ldv, p.n_kv_heads * D, 0.0f);
   }
   auto per_kv_head = [&](int64_t h0, int64_t h1) {
-    std::vector<float> buf(size_t(2 * D * L + 2 * kBr * L));
-    float* kt = buf.data();
-    float* vt = kt + D * L;
-    float* S = vt + D * L;
-    float* dP = S + kBr * L;
-    for (int64_t hk = h0; hk < h1; ++hk) attn_bwd_kv_head(q, k, v, out, dout, dq, dk, dv, p, scale, hk, kt, vt, S, dP);
+    std::vector<float> buf(size_t(2 * D * L + 3 * kBr * D + 2 * kBr * kBc));
+    AttnBwdScratch sc;
+    sc.kt = buf.data();
+    sc.vt = sc.kt + D * L;
+    sc.qb = sc.vt + D * L;
+    sc.dob = sc.qb + kBr * D;
+    sc.dqb = sc.dob + kBr * D;
+    sc.S = sc.dqb + kBr * D;
+    sc.dP = sc.S + kBr * kBc;
+    for (int64_t hk = h0; hk < h1; ++hk) attn_bwd_kv_head(q, k, v, out, dout, lse, dq, dk, dv, p, scale, hk, sc);
   };
   const int64_t G = p.n_heads / p.n_kv_heads;
   if (pool && pool->size() > 1 && p.n_kv_heads > 1 && p.n_q * nkv * D * G > 16384)
@@ -500,8 +544,8 @@ bool gemm_backward_x_f16(const float*, int64_t, const uint16_t*, float*, int64_t
                          ThreadPool*) {
   return false;
 }
-bool attention_backward(const float*, const float*, const float*, const float*, const float*, float*, float*, float*,
-                        const AttentionParams&, ThreadPool*) {
+bool attention_backward(const float*, const float*, const float*, const float*, const float*, const float*, float*,
+                        float*, float*, const AttentionParams&, ThreadPool*) {
   return false;
 }
 bool swiglu_backward(const float*, const float*, const float*, float*, float*, int64_t, ThreadPool*) { return false; }

@@ -21,11 +21,12 @@ bool gemm_backward_x_bf16(const float* dY, int64_t lddy, const uint16_t* W, floa
 bool gemm_backward_x_f16(const float* dY, int64_t lddy, const uint16_t* W, float* dX, int64_t lddx, int64_t M,
                          int64_t N, int64_t K, bool accumulate, ThreadPool* pool);
 
-// attention_backward tiled by blocks of 16 queries against all visible keys (AVX-512): per kv
-// head, K and V are transposed once so that S = Q K^T and dP = dO V^T are row-vector products;
-// then dV += P^T dO, dK += dS^T Q, dQ = dS K. One task per kv head (fixed summation order).
+// attention_backward (AVX-512), flash-attention-2 style: per kv head, blocks of 16 queries
+// against tiles of 64 keys, P = exp(S - lse) per tile from the rows' log-sum-exp (lse: the
+// forward's, [n_q, n_heads]; null: one pass over the tiles computes it), then dV += P^T dO,
+// dK += dS^T Q, dQ += dS K. One task per kv head (fixed summation order).
 bool attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool);
+                        const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool);
 
 // swiglu_backward with a vectorised exp (the forward's Cephes polynomial).
 bool swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n,

@@ -185,8 +185,13 @@ inline void embedding_lookup(const void* table, DType dtype, int64_t vocab, int6
 // Grouped-query: head h reads kv head h / (n_heads / n_kv_heads).
 // Causal: query i (absolute position q_pos0 + i) sees kv tokens j <= q_pos0 + i; the cache
 // holds positions 0..n_kv-1. Bidirectional (causal=false) sees all n_kv.
+// lse (optional, [n_q, n_heads], row i * n_heads + h): each row's log-sum-exp of its scaled
+// scores, log sum_j exp(scale q.k_j), which the training backward reads (backward.h
+// attention_backward) instead of recomputing the softmax statistics.
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionParams& p, ThreadPool* pool);
+void attention(const float* q, const float* k, const float* v, float* out,
+               const AttentionParams& p, ThreadPool* pool, float* lse);
 
 // ---------------------------------------------------------------- reference paths
 // Scalar references, always available, used by tests (and by the dispatchers at Isa::Scalar).
@@ -194,6 +199,7 @@ namespace ref {
 void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias,
           float* Y, int64_t ldy, int64_t M, int64_t N, int64_t K);
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p);
+void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p, float* lse);
 }  // namespace ref
 
 // ---------------------------------------------------------------- multi-perspective visual projection

@@ -270,6 +270,13 @@ class CpuBackend final : public Backend {
     if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
     return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
   }
+  const void* gemm_weight_bytes(const void* W, DType wtype, int64_t N, int64_t K) const override {
+    // the 2 MiB-page copy has W's layout; a bf16 panel copy (GemmRows::Many) does not
+    bool panels = false;
+    if (wtype == DType::BF16 || wtype == DType::F16)
+      if (const void* packed = packed_->find(W, wtype, N, K, &panels); packed && !panels) return packed;
+    return W;
+  }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
     emollm::rmsnorm(x, ldx, w, y, ldy, rows, n, eps, &pool_);
@@ -445,6 +452,7 @@ Workspace* Backend::current_workspace() const {
 std::unique_ptr<PackedGemmWeight> Backend::pack_gemm_weight(const void*, DType, int64_t, int64_t, GemmRows) {
   return nullptr;
 }
+const void* Backend::gemm_weight_bytes(const void* W, DType, int64_t, int64_t) const { return W; }
 
 size_t packed_gemm_weight_bytes() { return g_packed_bytes.load(); }
 

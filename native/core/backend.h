@@ -261,6 +261,14 @@ class Backend {
   virtual void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
                            bool accumulate);
   virtual void scale(const float* x, float s, float* y, int64_t n);
+
+  // ---- weight layouts (continued)
+  // The bytes in W's own (standard) layout that gemm() on W reads: the packed copy when the
+  // backend keeps W in the same layout in other memory (the CPU's bf16 / f16 copies in 2 MiB
+  // pages), else W itself. Host code that reads a weight's values next to gemm() (the trainer's
+  // forward and backward, native/train) reads these, so the pages pack_gemm_weight released are
+  // not faulted back in beside the copy. Valid while the pack_gemm_weight handle lives.
+  virtual const void* gemm_weight_bytes(const void* W, DType wtype, int64_t N, int64_t K) const;
 };
 
 // Bytes of packed weight copies (Backend::pack_gemm_weight) alive in this process, all backends.

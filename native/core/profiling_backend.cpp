@@ -137,6 +137,9 @@ class ProfilingBackend final : public Backend {
   void upload(void* dst, const void* src, size_t bytes) override { in_->upload(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { in_->download(dst, src, bytes); }
   bool uses_host_memory() const override { return in_->uses_host_memory(); }
+  const void* gemm_weight_bytes(const void* W, DType wtype, int64_t N, int64_t K) const override {
+    return in_->gemm_weight_bytes(W, wtype, N, K);
+  }
   std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K,
                                                      GemmRows rows = GemmRows::Any) override {
     auto p = in_->pack_gemm_weight(W, wtype, N, K, rows);

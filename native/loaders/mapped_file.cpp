@@ -2,7 +2,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
+#include <tuple>
 
 #include "base/error.h"
 
@@ -109,6 +112,28 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
                                               : "not a regular file";
     throw Error(ErrorCode::NotRegularFile, std::string(kind) + ", not a regular file", path);
   }
+  // One mapping per file while any is alive: models loaded twice from one file (train-mvp's
+  // trainer beside its tokenizer / evaluation model, a validation model) then hand the backend
+  // the same weight pointers, whose packed copies (Backend::pack_gemm_weight) it keeps once.
+  // Keyed by the file's identity and its size and change times, so a file replaced or rewritten
+  // since is mapped anew.
+  using Key = std::tuple<dev_t, ino_t, off_t, time_t, long, time_t, long>;
+  static std::mutex open_mu;
+  static std::map<Key, std::weak_ptr<MappedFile>> open_files;
+#if defined(__APPLE__)
+  const struct timespec &mt = st.st_mtimespec, &ct = st.st_ctimespec;
+#else
+  const struct timespec &mt = st.st_mtim, &ct = st.st_ctim;
+#endif
+  const Key key{st.st_dev, st.st_ino, st.st_size, mt.tv_sec, mt.tv_nsec, ct.tv_sec, ct.tv_nsec};
+  std::lock_guard<std::mutex> lk(open_mu);
+  for (auto it = open_files.begin(); it != open_files.end();) it = it->second.expired() ? open_files.erase(it) : std::next(it);
+  if (st.st_size > 0)
+    if (auto it = open_files.find(key); it != open_files.end())
+      if (auto shared = it->second.lock()) {
+        ::close(fd);
+        return shared;
+      }
   std::shared_ptr<MappedFile> f(new MappedFile());
   f->path_ = path;
   f->size_ = size_t(st.st_size);
@@ -128,6 +153,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   }
   f->data_ = static_cast<const uint8_t*>(p);
   f->mapped_ = true;
+  open_files[key] = f;
   return f;
 }
 #endif

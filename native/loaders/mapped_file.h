@@ -18,7 +18,9 @@ class MappedFile {
   // Maps `path` read-only. Throws Error(FileNotFound) naming the path when it does not exist or
   // cannot be opened, Error(NotRegularFile) for a directory, FIFO, socket or device (checked on
   // the descriptor, opened non-blocking, so a FIFO never blocks), and
-  // Error(OutOfMemory) when the mapping fails. An empty file gives size() == 0.
+  // Error(OutOfMemory) when the mapping fails. An empty file gives size() == 0. A file already
+  // mapped by a live MappedFile (same device, inode, size and change times) gets that object:
+  // its path() is then the path it was first opened by.
   static std::shared_ptr<MappedFile> open(const std::string& path);
   // Copies `size` bytes into an exactly sized heap block; `name` stands in for the path in errors.
   static std::shared_ptr<MappedFile> from_bytes(const void* data, size_t size, std::string name);

@@ -23,6 +23,32 @@ struct Lap {
   }
 };
 
+// A frozen decoder matrix as the trainer reads it: the bytes the backend's gemm() reads
+// (Backend::gemm_weight_bytes: the CPU's copy of a bf16 / f16 matrix in 2 MiB pages, else the
+// mapped weights). The forward, the recompute and the input-gradient GEMMs all read that one
+// copy: reading the weight file's mapping as well would fault back in the pages the backend
+// released after copying them, holding every decoder matrix twice (peak RSS 9.0 GiB instead of
+// ~4.6 for the 1.1B bench model).
+struct Frozen {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  bool huge_pages = false;  // the backend's copy (gemm_huge_pages, as inference runs it)
+};
+template <class Matrix>
+Frozen frozen(const Backend& be, const Matrix& w) {
+  Frozen f;
+  f.dtype = w.dtype;
+  f.data = w.data ? be.gemm_weight_bytes(w.data, w.dtype, w.rows, w.cols) : nullptr;
+  f.huge_pages = f.data != w.data;
+  return f;
+}
+// Y = X W^T + b through the kernel inference runs on these bytes.
+void frozen_gemm(const float* X, int64_t ldx, const Frozen& w, const float* bias, float* Y, int64_t ldy, int64_t M,
+                 int64_t N, int64_t K, ThreadPool* pool) {
+  if (w.huge_pages) gemm_huge_pages(X, ldx, w.data, w.dtype, bias, Y, ldy, M, N, K, pool);
+  else gemm(X, ldx, w.data, w.dtype, bias, Y, ldy, M, N, K, pool);
+}
+
 std::vector<float> to_f32(const TensorInfo& t) {
   t.compute_view();
   std::vector<float> out(size_t(t.numel()));
@@ -353,6 +379,18 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   // the decoder's own RoPE and causal attention (one sequence from position 0)
   const RopeParams rp = lm.rope_params();
   const AttentionParams ap = lm.causal_attention_params(n, n, 0);
+  // the decoder's matrices as the backend's gemm() reads them (see Frozen)
+  struct LayerW {
+    Frozen wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  const Backend& be = lm.backend();
+  std::vector<LayerW> lw(lm.layers.size());
+  for (size_t l = 0; l < lw.size(); ++l) {
+    const LlamaLayer& L = lm.layers[l];
+    lw[l] = {frozen(be, L.wq), frozen(be, L.wk), frozen(be, L.wv), frozen(be, L.wo),
+             frozen(be, L.w_gate), frozen(be, L.w_up), frozen(be, L.w_down)};
+  }
+  const Frozen out_w = frozen(be, lm.output);
 
   // ---- decoder forward. Each layer's input is kept; the rest of what the backward reads is
   // either kept too or recomputed from that input in the backward (recompute_layers: one more
@@ -386,23 +424,26 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   // layer l on the residual stream xs (in place), its activations in A (x_mid too when keep)
   auto layer_forward = [&](int64_t l, std::vector<float>& xs, LayerActs& A, bool keep) {
     const LlamaLayer& L = lm.layers[size_t(l)];
+    const LayerW& W = lw[size_t(l)];
     float *q = A.q.data(), *k = A.k.data(), *v = A.v.data(), *att = A.att.data(), *gate = A.gate.data(),
           *up = A.up.data();
     rmsnorm(xs.data(), E, L.attn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
-    gemm(xn.data(), E, L.wq.data, L.wq.dtype, L.bq, q, qd, n, qd, E, pool);
-    gemm(xn.data(), E, L.wk.data, L.wk.dtype, L.bk, k, kvd, n, kvd, E, pool);
-    gemm(xn.data(), E, L.wv.data, L.wv.dtype, L.bv, v, kvd, n, kvd, E, pool);
+    frozen_gemm(xn.data(), E, W.wq, L.bq, q, qd, n, qd, E, pool);
+    frozen_gemm(xn.data(), E, W.wk, L.bk, k, kvd, n, kvd, E, pool);
+    frozen_gemm(xn.data(), E, W.wv, L.bv, v, kvd, n, kvd, E, pool);
     rope(q, qd, n, H, pos.data(), rp, pool);
     rope(k, kvd, n, Hkv, pos.data(), rp, pool);
-    attention(q, k, v, att, ap, pool);
-    gemm(att, qd, L.wo.data, L.wo.dtype, L.bo, tmp.data(), E, n, E, qd, pool);
+    // the rows' log-sum-exp too when the backward reads this layer's activations
+    A.lse.resize(keep ? size_t(n * H) : 0);
+    attention(q, k, v, att, ap, pool, keep ? A.lse.data() : nullptr);
+    frozen_gemm(att, qd, W.wo, L.bo, tmp.data(), E, n, E, qd, pool);
     add(xs.data(), tmp.data(), xs.data(), n * E, pool);
     if (keep) A.x_mid = xs;
     rmsnorm(xs.data(), E, L.ffn_norm, xn.data(), E, n, E, hp.rms_eps, pool);
-    gemm(xn.data(), E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate, F, n, F, E, pool);
-    gemm(xn.data(), E, L.w_up.data, L.w_up.dtype, L.b_up, up, F, n, F, E, pool);
+    frozen_gemm(xn.data(), E, W.w_gate, L.b_gate, gate, F, n, F, E, pool);
+    frozen_gemm(xn.data(), E, W.w_up, L.b_up, up, F, n, F, E, pool);
     swiglu(gate, up, act.data(), n * F, pool);
-    gemm(act.data(), F, L.w_down.data, L.w_down.dtype, L.b_down, tmp.data(), E, n, E, F, pool);
+    frozen_gemm(act.data(), F, W.w_down, L.b_down, tmp.data(), E, n, E, F, pool);
     add(xs.data(), tmp.data(), xs.data(), n * E, pool);
   };
   for (int64_t l = 0; l < NL; ++l) {
@@ -424,7 +465,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   const float* xa = x.data() + (t0 - 1) * E;  // rows t0-1 .. n-2
   std::vector<float> xf(size_t(NA * E)), logits(size_t(NA * V));
   rmsnorm(xa, E, lm.output_norm, xf.data(), E, NA, E, hp.rms_eps, pool);
-  gemm(xf.data(), E, lm.output.data, lm.output.dtype, nullptr, logits.data(), V, NA, V, E, pool);
+  frozen_gemm(xf.data(), E, out_w, nullptr, logits.data(), V, NA, V, E, pool);
   const float ls = scale / float(NA);
   const double total = cross_entropy(logits.data(), V, targets.data(), NA, V, ls, backward ? logits.data() : nullptr, pool);
   const double mean = total / double(NA);
@@ -435,7 +476,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
 
   // ---- backward: logits -> final norm -> residual stream gradient dx [n, E]
   std::vector<float> dx(size_t(n * E), 0.0f);
-  gemm_backward_x(logits.data(), V, lm.output.data, lm.output.dtype, xf.data(), E, NA, V, E, false, pool);
+  gemm_backward_x(logits.data(), V, out_w.data, out_w.dtype, xf.data(), E, NA, V, E, false, pool);
   rmsnorm_backward(xa, E, lm.output_norm, xf.data(), E, dx.data() + (t0 - 1) * E, E, NA, E, hp.rms_eps, false, pool);
   lap(times_.lm_head);
   std::vector<float> dq(size_t(n * qd)), dk(size_t(n * kvd)), dv(size_t(n * kvd)), datt(size_t(n * qd)),
@@ -443,6 +484,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   std::vector<float> xr;
   for (int64_t l = NL - 1; l >= 0; --l) {
     const LlamaLayer& L = lm.layers[size_t(l)];
+    const LayerW& W = lw[size_t(l)];
     const bool recomputed = l < first_kept;
     if (recomputed && l < NL - 1) {  // the last layer's are still in `work` from the forward pass
       xr = x_in[size_t(l)];
@@ -451,27 +493,27 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     }
     const LayerActs& A = recomputed ? work : la[size_t(l)];
     // MLP: x_out = x_mid + down(swiglu(gate(xn2), up(xn2)))
-    gemm_backward_x(dx.data(), E, L.w_down.data, L.w_down.dtype, dact.data(), F, n, E, F, false, pool);
+    gemm_backward_x(dx.data(), E, W.w_down.data, W.w_down.dtype, dact.data(), F, n, E, F, false, pool);
     lap(times_.gemm_backward);
     swiglu_backward(A.gate.data(), A.up.data(), dact.data(), dgate.data(), dup.data(), n * F, pool);
     lap(times_.elementwise_backward);
-    gemm_backward_x(dgate.data(), F, L.w_gate.data, L.w_gate.dtype, dxn.data(), E, n, F, E, false, pool);
-    gemm_backward_x(dup.data(), F, L.w_up.data, L.w_up.dtype, dxn.data(), E, n, F, E, true, pool);
+    gemm_backward_x(dgate.data(), F, W.w_gate.data, W.w_gate.dtype, dxn.data(), E, n, F, E, false, pool);
+    gemm_backward_x(dup.data(), F, W.w_up.data, W.w_up.dtype, dxn.data(), E, n, F, E, true, pool);
     lap(times_.gemm_backward);
     rmsnorm_backward(A.x_mid.data(), E, L.ffn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
     lap(times_.norm_backward);
     // attention: x_mid = x_in + wo(attn(rope(q), rope(k), v))
-    gemm_backward_x(dx.data(), E, L.wo.data, L.wo.dtype, datt.data(), qd, n, E, qd, false, pool);
+    gemm_backward_x(dx.data(), E, W.wo.data, W.wo.dtype, datt.data(), qd, n, E, qd, false, pool);
     lap(times_.gemm_backward);
-    attention_backward(A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt.data(), dq.data(), dk.data(), dv.data(),
-                       ap, pool);
+    attention_backward(A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt.data(), A.lse.data(), dq.data(),
+                       dk.data(), dv.data(), ap, pool);
     lap(times_.attention_backward);
     rope_backward(dq.data(), qd, n, H, pos.data(), rp, pool);
     rope_backward(dk.data(), kvd, n, Hkv, pos.data(), rp, pool);
     lap(times_.elementwise_backward);
-    gemm_backward_x(dq.data(), qd, L.wq.data, L.wq.dtype, dxn.data(), E, n, qd, E, false, pool);
-    gemm_backward_x(dk.data(), kvd, L.wk.data, L.wk.dtype, dxn.data(), E, n, kvd, E, true, pool);
-    gemm_backward_x(dv.data(), kvd, L.wv.data, L.wv.dtype, dxn.data(), E, n, kvd, E, true, pool);
+    gemm_backward_x(dq.data(), qd, W.wq.data, W.wq.dtype, dxn.data(), E, n, qd, E, false, pool);
+    gemm_backward_x(dk.data(), kvd, W.wk.data, W.wk.dtype, dxn.data(), E, n, kvd, E, true, pool);
+    gemm_backward_x(dv.data(), kvd, W.wv.data, W.wv.dtype, dxn.data(), E, n, kvd, E, true, pool);
     lap(times_.gemm_backward);
     rmsnorm_backward(x_in[size_t(l)].data(), E, L.attn_norm, dxn.data(), E, dx.data(), E, n, E, hp.rms_eps, true, pool);
     lap(times_.norm_backward);
@@ -515,7 +557,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
       for (int64_t b = 0; b < NI; ++b) {
         const int64_t yr = y_of[kk][size_t(b)];
         attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + yr * D,
-                           da.data() + yr * D, dq.data(), dk.data() + b * T * D, dv.data() + b * T * D, pap, pool);
+                           da.data() + yr * D, nullptr, dq.data(), dk.data() + b * T * D, dv.data() + b * T * D, pap, pool);
         for (size_t i = 0; i < dq.size(); ++i) dQ[i] += dq[i];
       }
       gemm_backward_w(dk.data(), D, A.x.data(), hd.d_in, grad(hd, WK), grad(hd, BK), rows_in, D, hd.d_in, pool);

@@ -153,6 +153,7 @@ class MvpTrainer {
   // and zero-filling of up to a GiB.
   struct LayerActs {
     std::vector<float> q, k, v, att, x_mid, gate, up;
+    std::vector<float> lse;  // attention's log-sum-exp per (position, head), read by its backward
   };
   std::vector<LayerActs> kept_;           // layers [first_kept, n_layer)
   LayerActs work_;                        // the layer being run when its activations are not kept

@@ -8,6 +8,7 @@
 // sequences give the same greedy tokens in a batched pass as alone (gemm_repacked's rows are
 // bit-identical to its gemv).
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -48,7 +49,11 @@ describe.skipIf(!have)('repacked q4_0 / q8_0 decoder weights on stories260K', ()
 
       configure({ repackWeights: false });
       expect(cpuInfo().repackWeights).toBe(false);
-      const std = await loadModel(file, { contextSize: 128, threads: 1 });
+      // A copy of the file: models loaded from one file share its mapping (and so the packed
+      // copies the second load makes), which would put this one on the packed layout too.
+      const stdFile = join(tmp, `${target}-std.gguf`);
+      await copyFile(file, stdFile);
+      const std = await loadModel(stdFile, { contextSize: 128, threads: 1 });
       expect(cpuInfo().packedWeightBytes).toBe(base);
       configure({ repackWeights: true });
       const packed = await loadModel(file, { contextSize: 128, maxSequences: 4, threads: 1 });

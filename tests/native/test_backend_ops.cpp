@@ -392,8 +392,13 @@ TEST(cpu_backend_copies_bf16_f16_weights_to_huge_pages) {
         be->gemm(X.data(), K, wbytes.data(), t, bias.data(), got.data(), N, M, N, K);
         EXPECT(got == want_huge);
         EXPECT_ALL_CLOSE(got.data(), want_std.data(), size_t(M * N), 1e-4, 1e-4, "huge-page copy vs plain gemm");
+        // gemm_weight_bytes: the copy (other memory, the same bytes) for host readers (the trainer)
+        const void* view = be->gemm_weight_bytes(wbytes.data(), t, N, K);
+        EXPECT(view != wbytes.data() && std::memcmp(view, wbytes.data(), wbytes.size()) == 0);
+        EXPECT(be->gemm_weight_bytes(wbytes.data(), t, N / 2, K) == wbytes.data());  // another shape: W
       }
       EXPECT(packed_gemm_weight_bytes() == 0);
+      EXPECT(be->gemm_weight_bytes(wbytes.data(), t, N, K) == wbytes.data());  // handle dropped: W
       be->gemm(X.data(), K, wbytes.data(), t, bias.data(), got.data(), N, M, N, K);
       EXPECT(got == want_std);
     }

@@ -276,7 +276,8 @@ TEST(backward_attention) {
     std::vector<float>&q = in.q, &k = in.k, &v = in.v, &w = in.w;
     std::vector<float> o(q.size()), dq(q.size()), dk(k.size()), dv(v.size()), rq(q.size()), rk(k.size()), rv(v.size());
     attention(q.data(), k.data(), v.data(), o.data(), p, nullptr);
-    attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), dq.data(), dk.data(), dv.data(), p, &pool);
+    attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), nullptr, dq.data(), dk.data(), dv.data(), p,
+                       &pool);
     ref::attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), rq.data(), rk.data(), rv.data(), p);
     EXPECT_ALL_CLOSE(dq.data(), rq.data(), dq.size(), 1e-5, 1e-4, "attention dq vs double reference");
     EXPECT_ALL_CLOSE(dk.data(), rk.data(), dk.size(), 1e-5, 1e-4, "attention dk vs double reference");
@@ -292,31 +293,72 @@ TEST(backward_attention) {
   }
 }
 
-// The tiled attention backward on shapes with several query blocks (16), key counts off the
-// vector width, head_dim over one 64-float chunk, GQA, a causal offset and a non-causal case:
-// against the double reference, and the portable loop (ISA capped) against the same.
+// The tiled attention backward on shapes with several query blocks (16) and key tiles (64), key
+// counts off the vector width, head_dim over one 64-float chunk, GQA, a causal offset and a
+// non-causal case: against the double reference (|d - ref| <= 1e-5 + 1e-4 |ref|), with the
+// forward's log-sum-exp and without it (the backward's own pass), and the portable loop (ISA
+// capped) against the same.
 TEST(backward_attention_tiled_shapes) {
   ThreadPool pool(2);
   for (const AttentionCase& c : {AttentionCase{37, 45, 4, 2, 64, 8, true}, AttentionCase{33, 33, 2, 1, 80, 0, true},
-                                 AttentionCase{20, 33, 3, 3, 24, 0, false}, AttentionCase{17, 17, 8, 1, 16, 0, true}}) {
+                                 AttentionCase{20, 33, 3, 3, 24, 0, false}, AttentionCase{17, 17, 8, 1, 16, 0, true},
+                                 AttentionCase{150, 150, 4, 2, 64, 0, true}, AttentionCase{70, 200, 2, 2, 32, 0, false},
+                                 AttentionCase{40, 170, 2, 1, 64, 130, true}}) {
     const AttentionInputs in = attention_inputs(c, 31);
     const AttentionParams& p = in.p;
     const std::vector<float>&q = in.q, &k = in.k, &v = in.v, &w = in.w;
-    std::vector<float> o(q.size()), rq(q.size()), rk(k.size()), rv(v.size());
-    attention(q.data(), k.data(), v.data(), o.data(), p, nullptr);
+    std::vector<float> o(q.size()), rq(q.size()), rk(k.size()), rv(v.size()), lse(size_t(c.nq * c.H));
+    attention(q.data(), k.data(), v.data(), o.data(), p, nullptr, lse.data());
     ref::attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), rq.data(), rk.data(), rv.data(), p);
     const std::string what = "attention backward nq=" + std::to_string(c.nq) + " nkv=" + std::to_string(c.nkv) +
                              " D=" + std::to_string(c.D);
     for (Isa cap : {Isa::Amx, Isa::Avx2})
-      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
-        IsaCapScope sc(cap);
-        std::vector<float> dq(q.size(), 7.0f), dk(k.size(), 7.0f), dv(v.size(), 7.0f);
-        attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), dq.data(), dk.data(), dv.data(), p, pl);
-        const std::string wh = what + (cap == Isa::Avx2 ? " portable" : " best isa");
-        EXPECT_ALL_CLOSE(dq.data(), rq.data(), dq.size(), 1e-5, 1e-4, wh + " dq");
-        EXPECT_ALL_CLOSE(dk.data(), rk.data(), dk.size(), 1e-5, 1e-4, wh + " dk");
-        EXPECT_ALL_CLOSE(dv.data(), rv.data(), dv.size(), 1e-5, 1e-4, wh + " dv");
+      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool})
+        for (const float* l : {static_cast<const float*>(nullptr), static_cast<const float*>(lse.data())}) {
+          IsaCapScope sc(cap);
+          std::vector<float> dq(q.size(), 7.0f), dk(k.size(), 7.0f), dv(v.size(), 7.0f);
+          attention_backward(q.data(), k.data(), v.data(), o.data(), w.data(), l, dq.data(), dk.data(), dv.data(), p,
+                             pl);
+          const std::string wh = what + (cap == Isa::Avx2 ? " portable" : " best isa") + (l ? " lse" : " no lse");
+          EXPECT_ALL_CLOSE(dq.data(), rq.data(), dq.size(), 1e-5, 1e-4, wh + " dq");
+          EXPECT_ALL_CLOSE(dk.data(), rk.data(), dk.size(), 1e-5, 1e-4, wh + " dk");
+          EXPECT_ALL_CLOSE(dv.data(), rv.data(), dv.size(), 1e-5, 1e-4, wh + " dv");
+        }
+  }
+}
+
+// attention()'s log-sum-exp output against log sum_j exp(scale q.k_j) in double, for the tiled
+// kernel (one piece per row, and split-KV: one query over a long cache, pieces merged) and the
+// scalar reference: |lse - ref| <= 1e-5 (1 + |ref|).
+TEST(attention_log_sum_exp_vs_double) {
+  ThreadPool pool(2);
+  for (const AttentionCase& c : {AttentionCase{37, 45, 4, 2, 64, 8, true}, AttentionCase{1, 900, 4, 1, 64, 899, true},
+                                 AttentionCase{20, 33, 3, 3, 24, 0, false}}) {
+    const AttentionInputs in = attention_inputs(c, 57);
+    const AttentionParams& p = in.p;
+    std::vector<double> want(size_t(c.nq * c.H));
+    const double scale = 1.0 / std::sqrt(double(c.D));
+    for (int64_t i = 0; i < c.nq; ++i)
+      for (int64_t h = 0; h < c.H; ++h) {
+        const int64_t end = c.causal ? c.pos0 + i + 1 : c.nkv, hk = h / (c.H / c.Hkv);
+        std::vector<double> s(static_cast<size_t>(end));
+        double mx = -INFINITY, z = 0;
+        for (int64_t j = 0; j < end; ++j) {
+          double a = 0;
+          for (int64_t d = 0; d < c.D; ++d) a += double(in.q[size_t(i * p.ldq + h * c.D + d)]) * in.k[size_t(j * p.ldk + hk * c.D + d)];
+          s[size_t(j)] = a * scale;
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        for (double x : s) z += std::exp(x - mx);
+        want[size_t(i * c.H + h)] = mx + std::log(z);
       }
+    for (int path = 0; path < 3; ++path) {
+      std::vector<float> o(in.q.size()), lse(want.size(), 7.0f);
+      if (path == 2) ref::attention(in.q.data(), in.k.data(), in.v.data(), o.data(), p, lse.data());
+      else attention(in.q.data(), in.k.data(), in.v.data(), o.data(), p, path ? &pool : nullptr, lse.data());
+      for (size_t x = 0; x < want.size(); ++x)
+        EXPECT_NEAR(double(lse[x]), want[x], 1e-5 * (1.0 + std::fabs(want[x])));
+    }
   }
 }
 

@@ -249,6 +249,14 @@ TEST(mapped_file_basics) {
   auto f = MappedFile::open(tmp.file("three"));
   EXPECT(f->size() == 3 && f->data()[2] == 3 && f->is_mapped());
   EXPECT(f->path() == tmp.file("three"));
+  // One mapping per file while it lives (two models loaded from one file share their weights and
+  // the backend's copies of them); a file replaced since (another inode) is mapped anew.
+  auto again = MappedFile::open(tmp.file("three"));
+  EXPECT(again == f);
+  write_file(tmp.file("three.new"), {4, 5, 6});
+  fs::rename(tmp.file("three.new"), tmp.file("three"));
+  auto replaced = MappedFile::open(tmp.file("three"));
+  EXPECT(replaced != f && replaced->data()[0] == 4 && f->data()[0] == 1);
   auto m = MappedFile::from_bytes("abc", 3, "buf");
   EXPECT(m->size() == 3 && m->data()[1] == 'b' && !m->is_mapped() && m->path() == "buf");
   // Empty inputs are typed errors for every format.

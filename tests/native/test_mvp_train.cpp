@@ -12,6 +12,11 @@
 //  - the face-region layout: one token per face box that covers a patch, none without boxes (the
 //    loss then equals the face-closed model's), max_faces;
 //  - the refusal of a trainable name that is no open perspective.
+//  - the trainer reads the decoder's weights where the backend keeps them: on a LLaVA written
+//    here with bf16 decoder matrices of 2 MiB (which the CPU backend copies into 2 MiB pages,
+//    releasing the weight file's pages), a forward + backward faults back in at most half of the
+//    copied bytes of the weight file's mapping (reading the mapping, as before, faults all of
+//    them: the model then holds every matrix twice).
 //  - tests/fixtures/train-mvp/{gated-sum,concat,attention-pool,attention-pool-concat,face-region,
 //    face-region-concat} (PyTorch autograd through an independent
 //    re-implementation, scripts/fixtures/make_train_mvp_fixture.py): the loss within 1e-4 and
@@ -19,12 +24,18 @@
 //    case) + 1e-3 * |g_ref|.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <unistd.h>
 #include <string>
 #include <vector>
 
 #include "../../base/error.h"
+#include "../../kernels/cpu/kernels.h"
 #include "../../native/loaders/json.h"
 #include "../../native/loaders/mapped_file.h"
 #include "../../native/loaders/safetensors.h"
@@ -418,4 +429,169 @@ TEST(mvp_train_adamw_schedule_clipping) {
   EXPECT_NEAR(ps[0].value[2], w0[2] * decay, 1e-7);  // no gradient: decay only
   EXPECT(ps[1].value == b0);                          // bias: no gradient, no decay
   EXPECT(ps[0].grad[0] == 0.0f && ps[0].grad[1] == 0.0f);  // zeroed after the step
+}
+
+// ---- the trainer reads the backend's copies of the decoder weights
+namespace {
+// Resident bytes of this process's mappings of `path` (/proc/self/smaps "Rss:" lines); -1 where
+// there is no /proc.
+int64_t mapping_rss(const std::string& path) {
+  std::ifstream f("/proc/self/smaps");
+  if (!f) return -1;
+  int64_t kb = 0;
+  bool in = false;
+  std::string line;
+  while (std::getline(f, line)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2) {  // a mapping's first line: its path last
+      in = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
+      continue;
+    }
+    if (in && line.rfind("Rss:", 0) == 0) kb += std::atoll(line.c_str() + 4);
+  }
+  return kb * 1024;
+}
+
+// bf16 by truncation (the test only needs some bf16 values).
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &v[i], 4);
+    o[i] = uint16_t(u >> 16);
+  }
+  return o;
+}
+
+// A safetensors file of F32 / BF16 tensors, written to disk.
+struct FileSafetensors {
+  std::string header = "{", data;
+  void add(const std::string& name, const std::vector<int64_t>& shape, const void* bytes, size_t n_bytes,
+           const char* dtype) {
+    std::string sh;
+    for (size_t i = 0; i < shape.size(); ++i) sh += (i ? "," : "") + std::to_string(shape[i]);
+    if (header.size() > 1) header += ",";
+    header += "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":[" + sh + "],\"data_offsets\":[" +
+              std::to_string(data.size()) + "," + std::to_string(data.size() + n_bytes) + "]}";
+    data.append(static_cast<const char*>(bytes), n_bytes);
+  }
+  void f32(const std::string& name, const std::vector<int64_t>& shape, const std::vector<float>& v) {
+    add(name, shape, v.data(), v.size() * 4, "F32");
+  }
+  void bf16(const std::string& name, const std::vector<int64_t>& shape, const std::vector<float>& v) {
+    const auto b = to_bf16(v);
+    add(name, shape, b.data(), b.size() * 2, "BF16");
+  }
+  void write(const std::string& path) {
+    std::string h = header + "}";
+    while (h.size() % 8) h += ' ';
+    std::ofstream o(path, std::ios::binary);
+    const uint64_t n = h.size();
+    o.write(reinterpret_cast<const char*>(&n), 8);
+    o << h << data;
+  }
+};
+}  // namespace
+
+TEST(mvp_train_reads_the_backends_weight_copies) {
+  const std::string d = tiny();
+  if (d.empty()) return;
+#if !defined(__linux__)
+  std::printf("  skipped: reads /proc/self/smaps (Linux only)\n");
+  return;
+#else
+  if (!weight_repacking()) {
+    std::printf("  skipped: weight repacking is off (EMOLLM_REPACK=0): the backend keeps no copies\n");
+    return;
+  }
+  // A LLaVA with the tiny one's vision tower and a one-layer decoder 1024 wide whose seven
+  // matrices are bf16 1024 x 1024 (2 MiB each: the CPU backend copies them into huge pages).
+  char tmpl[] = "/tmp/emollm-test-train-weights-XXXXXX";
+  const char* made = mkdtemp(tmpl);
+  EXPECT(made != nullptr);
+  if (!made) return;
+  char real[4096];
+  EXPECT(realpath(made, real) != nullptr);
+  const std::string dir = real, file = dir + "/model.safetensors";
+  const int64_t E = 1024, F = 1024, V = 512, C = 32;
+  FileSafetensors fs;
+  SafetensorsStore tiny_st = SafetensorsStore::open(d + "/model.safetensors");
+  for (const std::string& name : tiny_st.names()) {
+    if (name.rfind("vision_tower.", 0) != 0) continue;
+    const TensorInfo* t = tiny_st.find(name);
+    std::vector<float> v(size_t(t->numel()));
+    t->compute_view();
+    dequantize_row(t->dtype, t->data, v.data(), t->numel());
+    fs.f32(name, t->shape, v);
+  }
+  uint32_t seed = 100;
+  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) { fs.bf16(name, {rows, cols}, randn(size_t(rows * cols), seed++, 0.02f)); };
+  const std::vector<float> ones(size_t(E), 1.0f), zeros(size_t(E), 0.0f);
+  fs.f32("multi_modal_projector.linear_1.weight", {E, C}, randn(size_t(E * C), seed++, 0.1f));
+  fs.f32("multi_modal_projector.linear_1.bias", {E}, zeros);
+  fs.f32("multi_modal_projector.linear_2.weight", {E, E}, randn(size_t(E * E), seed++, 0.02f));
+  fs.f32("multi_modal_projector.linear_2.bias", {E}, zeros);
+  const std::string m = "language_model.model.", l = m + "layers.0.";
+  mat(m + "embed_tokens.weight", V, E);
+  mat("language_model.lm_head.weight", V, E);
+  fs.f32(m + "norm.weight", {E}, ones);
+  fs.f32(l + "input_layernorm.weight", {E}, ones);
+  fs.f32(l + "post_attention_layernorm.weight", {E}, ones);
+  for (const char* x : {"q_proj", "k_proj", "v_proj", "o_proj"}) mat(l + "self_attn." + x + ".weight", E, E);
+  mat(l + "mlp.gate_proj.weight", F, E);
+  mat(l + "mlp.up_proj.weight", F, E);
+  mat(l + "mlp.down_proj.weight", E, F);
+  fs.write(file);
+  {
+    std::ofstream cfg(dir + "/config.json");
+    cfg << R"({"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 500,
+      "pad_token_id": 501, "projector_hidden_act": "gelu", "vision_feature_layer": -2,
+      "vision_feature_select_strategy": "default", "multimodal_projector_bias": true, "tie_word_embeddings": false,
+      "text_config": {"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 8,
+        "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 1024, "vocab_size": 512, "hidden_act": "silu",
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 256, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2},
+      "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+        "num_attention_heads": 2, "num_hidden_layers": 2, "image_size": 42, "patch_size": 14, "num_channels": 3,
+        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 512}})";
+  }
+  {
+    auto base = LlavaModel::load(dir);
+    const LlamaModel& lm = base->text();
+    const int64_t packed = int64_t(lm.packed_weight_bytes());
+    MemSafetensors ms;
+    const int64_t Hd = 24;
+    ms.add("mvp.heads.0.linear_1.weight", {Hd, C}, randn(size_t(Hd * C), seed++, 0.1f).data());
+    ms.add("mvp.heads.0.linear_1.bias", {Hd}, randn(size_t(Hd), seed++, 0.1f).data());
+    ms.add("mvp.heads.0.linear_2.weight", {E, Hd}, randn(size_t(E * Hd), seed++, 0.1f).data());
+    ms.add("mvp.heads.0.linear_2.bias", {E}, randn(size_t(E), seed++, 0.1f).data());
+    const std::string section =
+        R"({"version": 1, "fusion": "gated-sum", "perspectives": [{"name": "global", "type": "mlp", "gate": "open"}]})";
+    JsonValue sec = parse_json(section.data(), section.size(), "section");
+    MvpTrainOptions o;
+    o.threads = 2;
+    MvpTrainer tr(EmollmModel::from_parts(base, sec, ms.store(), "config.json"), o);
+    Sample s = make_sample(tr, 3);
+    s.tokens = {1, 17, tr.model().image_token_id(), 29, 13, 402, 178};
+    const int64_t before = mapping_rss(file);
+    EXPECT(before >= 0);
+    const double loss = tr.accumulate(s.view(), 1.0f);
+    const int64_t after = mapping_rss(file);
+    std::printf("  decoder matrices copied by the backend: %.1f MiB; weight file mapping resident: %.2f MiB after load, "
+                "%.2f MiB after a forward + backward (loss %.3f)\n",
+                double(packed) / 1048576.0, double(before) / 1048576.0, double(after) / 1048576.0, loss);
+    if (packed < 7 * E * E * 2) {
+      std::printf("  skipped: the backend copied only %lld bytes of the decoder (no 2 MiB pages on this CPU backend)\n",
+                  (long long)packed);
+    } else {
+      EXPECT(std::isfinite(loss));
+      // measured here: ~4 MiB (the 1 MiB embedding and LM head, which are not copied, norms and
+      // parts of one copied matrix); reading the mapping instead faults all 14 MiB of the copies in
+      EXPECT(after - before <= packed / 2);
+    }
+  }
+  std::remove(file.c_str());
+  std::remove((dir + "/config.json").c_str());
+  rmdir(dir.c_str());
+#endif
 }
