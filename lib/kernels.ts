@@ -75,7 +75,9 @@ export interface KernelOptions extends RuntimeOptions {
    * faster; the copy replaces the memory-mapped bytes in memory (their pages are released).
    * Applies to models loaded afterwards; only where AVX512-VNNI is present. Products on repacked
    * weights always round activations to q8 (any m); with quantActivations 'f32' they read the
-   * original bytes instead. Default true; env EMOLLM_REPACK=0 turns it off.
+   * original bytes instead. Default true; env EMOLLM_REPACK=0 turns it off. Models of the same
+   * file share one mapping and its copies: a file loaded again with repacking off, while a model
+   * that repacked it is alive, reads that model's repacked copy.
    */
   repackWeights?: boolean;
 }
