@@ -130,6 +130,9 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
+// gemv_huge_pages_multi on AVX-512 for BF16 / F16 with the single-stream GEMV on: one guided
+// dispatch over all outputs' rows (arguments checked by the caller).
+void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.
 bool gemm_amx(const Args& a);
 #endif
