@@ -326,6 +326,10 @@ async function runEmollmChild(spec, o) {
     for (const r of dec) {
       r.ms_per_step = steps ? r.total_ms / steps : null;
       r.share = total ? r.total_ms / total : null;
+      if (r.op === 'gemm') {  // weight bytes per call / mean time: how close each GEMV runs to the bandwidth
+        const bytes = gemmKeyBytes(r.key);
+        r.gb_s = bytes && r.mean_us ? bytes / (r.mean_us * 1e3) : null;
+      }
     }
     prof.decode_ops_ms_per_step = steps ? total / steps : null;
     res.profile = prof;
@@ -333,6 +337,16 @@ async function runEmollmChild(spec, o) {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// Weight bytes one call of a profile's gemm row reads, from its key ("q4_0 N=2048 K=2048",
+// "q4_0 N=2048+256+256 K=2048 repacked" for one gemm_multi of several matrices); null if unknown.
+const ELEM_BYTES = { f32: 4, f16: 2, bf16: 2, q8_0: 34 / 32, q4_0: 18 / 32 };
+function gemmKeyBytes(key) {
+  const m = /^(\w+) N=([\d+]+) K=(\d+)/.exec(key ?? '');
+  if (!m || !(m[1] in ELEM_BYTES)) return null;
+  const rows = m[2].split('+').reduce((a, v) => a + Number(v), 0);
+  return rows * Number(m[3]) * ELEM_BYTES[m[1]];
 }
 
 // Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
@@ -346,7 +360,8 @@ function printProfile(r, out) {
   out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
   for (const x of dec.slice(0, 14)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
-      `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call`);
+      `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
+      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : ''));
   }
   const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
   if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {

@@ -1157,6 +1157,115 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
   }
 }
 
+// ============================================================================ fused GEMVs
+// A decode step's products of one x (TinyLlama-1.1B q/k/v and gate/up) as the model runs them:
+// one dispatch over all outputs' rows (kernels.h gemv_repacked_multi on repacked q8_0 / q4_0,
+// gemv_huge_pages_multi on bf16 / f16 copies in 2 MiB pages) interleaved call by call with one
+// call per matrix ("separate" row; ratio = its time / the fused time, >1: fusing is faster).
+// Cold weights (copies rotated as the M = 1 GEMM rows); GB/s = weight bytes of all outputs / time.
+void bench_fused(ThreadPool& pool) {
+  struct FusedShape {
+    const char* name;
+    std::vector<int64_t> Ns;
+    int64_t K;
+  };
+  const FusedShape shapes[] = {{"llama1b.qkv", {2048, 256, 256}, 2048}, {"llama1b.gate_up", {5632, 5632}, 2048}};
+  const DType types[] = {DType::Q4_0, DType::Q8_0, DType::BF16, DType::F16};
+  bool header = false;
+  for (const FusedShape& sh : shapes)
+    for (DType t : types) {
+      const std::string name = std::string("fused/") + sh.name + "/" + dtype_name(t);
+      if (!selected(name)) continue;
+      if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+      const bool repacked = t == DType::Q4_0 || t == DType::Q8_0;
+      if (repacked && !(cpu_features().avx512vnni && isa_active() >= Isa::Avx512)) continue;  // models keep the standard layout there
+      if (!header) {
+        table_header("Fused GEMVs of one x (one dispatch; ratio = one call per matrix / fused, >1: fused faster)");
+        header = true;
+      }
+      progress(name + ": preparing weights");
+      const int n = int(sh.Ns.size());
+      const int64_t K = sh.K;
+      size_t total = 0;
+      for (int64_t N : sh.Ns) total += repacked ? quant_repack_bytes(t, N, K) : dtype_row_bytes(t, K) * size_t(N);
+      const int ncopies = decode_copies(total);
+      std::vector<std::unique_ptr<Copies>> copies;
+      std::vector<Buf<float>> ys, ys2;
+      for (int j = 0; j < n; ++j) {
+        const int64_t N = sh.Ns[size_t(j)];
+        Buf<float> w = make_aligned<float>(size_t(N * K));
+        fill_random(w.get(), N * K, 31 + uint64_t(j) * 7 + uint64_t(N), &pool);
+        const size_t wb = dtype_row_bytes(t, K) * size_t(N);
+        Buf<uint8_t> q = make_aligned<uint8_t>(wb);
+        quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+        if (repacked) {
+          const size_t rb = quant_repack_bytes(t, N, K);
+          Buf<uint8_t> r = make_aligned<uint8_t>(rb);
+          quant_repack(q.get(), t, N, K, r.get(), &pool);
+          copies.emplace_back(new Copies(r.get(), rb, ncopies, &pool, true));
+        } else {
+          copies.emplace_back(new Copies(q.get(), wb, ncopies, &pool, true));
+        }
+        ys.push_back(make_aligned<float>(size_t(N)));
+        ys2.push_back(make_aligned<float>(size_t(N)));
+      }
+      Buf<float> x = make_aligned<float>(size_t(K));
+      fill_random(x.get(), K, 77, &pool);
+      auto fused = [&](int i) {
+        GemvOutput o[kMaxGemvOutputs];
+        for (int j = 0; j < n; ++j) o[j] = GemvOutput{(*copies[size_t(j)])[i], nullptr, ys[size_t(j)].get(), sh.Ns[size_t(j)]};
+        if (repacked)
+          gemv_repacked_multi(x.get(), t, o, n, K, &pool);
+        else
+          gemv_huge_pages_multi(x.get(), t, o, n, K, &pool);
+      };
+      auto separate = [&](int i) {
+        for (int j = 0; j < n; ++j) {
+          const int64_t N = sh.Ns[size_t(j)];
+          if (repacked)
+            gemv_repacked(x.get(), (*copies[size_t(j)])[i], t, nullptr, ys2[size_t(j)].get(), N, K, &pool);
+          else
+            gemm_huge_pages(x.get(), K, (*copies[size_t(j)])[i], t, nullptr, ys2[size_t(j)].get(), N, 1, N, K, &pool);
+        }
+      };
+      Result r;
+      r.section = "gemm";
+      r.name = name;
+      r.label = std::string(sh.name) + " M=1";
+      r.dtype = dtype_name(t);
+      r.impl = "fused";
+      r.M = 1;
+      r.K = K;
+      for (int64_t N : sh.Ns) r.N += N;
+      r.flops = 2.0 * double(r.N) * double(K);
+      r.bytes = double(total);
+      Stats sep;
+      Result* res = run_case(r, [&](Result& rr) {
+        auto st = measure_interleaved({fused, separate});
+        rr.st = st[0];
+        sep = st[1];
+        rr.ratio_vs = "separate";
+        rr.ratio = sep.best / rr.st.best;
+        bool same = true;  // fused and separate outputs, bit for bit (same copy)
+        fused(0);
+        separate(0);
+        for (int j = 0; j < n; ++j)
+          same = same && std::memcmp(ys[size_t(j)].get(), ys2[size_t(j)].get(), size_t(sh.Ns[size_t(j)]) * 4) == 0;
+        rr.check = same ? "ok" : "BAD";
+        rr.note = "(" + std::to_string(ncopies) + " weight copies)";
+      });
+      if (!res) continue;
+      table_row(*res);
+      Result p = r;
+      p.name = name + "/separate";
+      p.impl = "separate";
+      p.st = sep;
+      p.note = "one call per matrix, interleaved";
+      g_results.push_back(p);
+      table_row(g_results.back());
+    }
+}
+
 // ============================================================================ attention
 struct AttnCase {
   const char* name;
@@ -1422,6 +1531,7 @@ int main(int argc, char** argv) {
   ThreadPool pool(threads);
   if (g_opt.list) {
     for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
+    bench_fused(pool);
     bench_attention(pool);
     bench_eltwise(pool);
     return 0;
@@ -1461,6 +1571,7 @@ int main(int argc, char** argv) {
     later([&s] { std::fprintf(g_out, "-- %s.%s  N=%" PRId64 " K=%" PRId64 "\n", s.model, s.layer, s.N, s.K); });
     bench_gemm_shape(s, pool);
   }
+  bench_fused(pool);
   bench_attention(pool);
   bench_eltwise(pool);
 

@@ -420,3 +420,36 @@ void gemm_bf16_panels(const float* X, int64_t ldx, const void* Wp, const float* 
 }
 
 }  // namespace emollm
+
+namespace emollm {
+
+namespace {
+std::atomic<bool>& gemv_fusion_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("EMOLLM_GEMV_FUSE");  // =0: one dispatch per matrix, for whole-run A/B
+    return !(e && std::strcmp(e, "0") == 0);
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_gemv_fusion(bool on) { gemv_fusion_flag().store(on, std::memory_order_relaxed); }
+bool gemv_fusion() { return gemv_fusion_flag().load(std::memory_order_relaxed); }
+
+void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
+                           ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(outs && n_outs >= 1 && n_outs <= kMaxGemvOutputs, "gemv_huge_pages_multi: 1 to 8 outputs");
+  for (int j = 0; j < n_outs; ++j) check_args(x, K, outs[j].W, wtype, outs[j].y, outs[j].N, 1, outs[j].N, K);
+#if defined(__x86_64__)
+  // the case small_m() runs gemv_stream for (gemm_impl reaches it at M = 1 for these types)
+  bool rows = true;  // an empty output goes the loop's way (gemm_impl returns at once)
+  for (int j = 0; j < n_outs; ++j) rows = rows && outs[j].N > 0;
+  if (n_outs > 1 && rows && K > 0 && (wtype == DType::BF16 || wtype == DType::F16) &&
+      isa_active() >= Isa::Avx512 && gemm_detail::gemv_single_stream())
+    return gemm_detail::gemv_stream_multi(x, wtype, outs, n_outs, K, pool);
+#endif
+  for (int j = 0; j < n_outs; ++j)
+    gemm_huge_pages(x, K, outs[j].W, wtype, outs[j].bias, outs[j].y, outs[j].N, 1, outs[j].N, K, pool);
+}
+
+}  // namespace emollm

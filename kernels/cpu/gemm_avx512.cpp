@@ -367,41 +367,32 @@ EMO_T512 EMO_AI void prefetch_line(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p + kStreamPrefetchBytes), _MM_HINT_T0);
 }
 
-// BF16: xeo as bf16_reorder_x leaves it (per 32 elements the 16 even, then the 16 odd ones).
-EMO_T512 void bf16_gemv_stream(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t K = a.K;
-  const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = W + size_t(n) * a.row_bytes;
-    __m512 e0 = _mm512_setzero_ps(), o0 = _mm512_setzero_ps(), e1 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 64 <= K; k += 64) {
-      const uint8_t* p = row + 2 * k;
-      prefetch_line(p);
-      prefetch_line(p + 64);
-      const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
-      e0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_load_ps(xeo + k), e0);
-      o0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi_mask)), _mm512_load_ps(xeo + k + 16), o0);
-      e1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_load_ps(xeo + k + 32), e1);
-      o1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi_mask)), _mm512_load_ps(xeo + k + 48), o1);
-    }
-    for (; k < K; k += 32) {  // 32 at a time, the last one masked (xeo is zero past K)
-      const int64_t c = std::min<int64_t>(32, K - k);
-      const __m512i v = _mm512_maskz_loadu_epi16(__mmask32(c >= 32 ? ~0u : (1u << c) - 1), row + 2 * k);
-      e0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(xeo + k), e0);
-      o0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), _mm512_load_ps(xeo + k + 16), o0);
-    }
-    float y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1)));
-    if (a.bias) y += a.bias[n];
-    a.Y[n] = y;
-  }
+// The 32 weights of one 64-byte load as two f32 vectors, in the order their x operand has:
+// BF16 (x as bf16_reorder_x leaves it: per 32 elements the 16 even, then the 16 odd ones): a bf16
+// is the high half of an f32, so the even ones are each dword shifted left by 16, the odd ones the
+// dword with its low half masked. F16 (x as is): the low and the high 16 halves widened by
+// vcvtph2ps (X exact).
+template <DType DT>
+EMO_T512 EMO_AI __m512 stream_lo(__m512i v) {
+  if constexpr (DT == DType::BF16)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  else
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+}
+template <DType DT>
+EMO_T512 EMO_AI __m512 stream_hi(__m512i v) {
+  if constexpr (DT == DType::BF16)
+    return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xFFFF0000u))));
+  else
+    return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
 }
 
-// F16: widened in registers (vcvtph2ps), X exact.
-EMO_T512 void f16_gemv_stream(const Args& a, int64_t n0, int64_t n1) {
+// Rows [n0, n1) of a BF16 (x = xeo, bf16_reorder_x's order, zero past K) or F16 (x = a.X) matrix,
+// one row at a time, 128 bytes of weights per step into 4 accumulators.
+template <DType DT>
+EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1) {
+  static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_stream: BF16 or F16 weights");
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const float* x = a.X;
   const int64_t K = a.K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = W + size_t(n) * a.row_bytes;
@@ -412,14 +403,23 @@ EMO_T512 void f16_gemv_stream(const Args& a, int64_t n0, int64_t n1) {
       prefetch_line(p);
       prefetch_line(p + 64);
       const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
-      s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(v0)), _mm512_loadu_ps(x + k), s0);
-      s1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(v0, 1)), _mm512_loadu_ps(x + k + 16), s1);
-      s2 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(v1)), _mm512_loadu_ps(x + k + 32), s2);
-      s3 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(v1, 1)), _mm512_loadu_ps(x + k + 48), s3);
+      s0 = _mm512_fmadd_ps(stream_lo<DT>(v0), _mm512_loadu_ps(x + k), s0);
+      s1 = _mm512_fmadd_ps(stream_hi<DT>(v0), _mm512_loadu_ps(x + k + 16), s1);
+      s2 = _mm512_fmadd_ps(stream_lo<DT>(v1), _mm512_loadu_ps(x + k + 32), s2);
+      s3 = _mm512_fmadd_ps(stream_hi<DT>(v1), _mm512_loadu_ps(x + k + 48), s3);
     }
-    for (; k < K; k += 16) {
-      const __mmask16 m = tail_mask16(K - k);
-      s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k)), _mm512_maskz_loadu_ps(m, x + k), s0);
+    if constexpr (DT == DType::BF16) {
+      for (; k < K; k += 32) {  // 32 at a time, the last one masked (xeo is zero past K)
+        const int64_t c = std::min<int64_t>(32, K - k);
+        const __m512i v = _mm512_maskz_loadu_epi16(__mmask32(c >= 32 ? ~0u : (1u << c) - 1), row + 2 * k);
+        s0 = _mm512_fmadd_ps(stream_lo<DT>(v), _mm512_loadu_ps(x + k), s0);
+        s1 = _mm512_fmadd_ps(stream_hi<DT>(v), _mm512_loadu_ps(x + k + 16), s1);
+      }
+    } else {
+      for (; k < K; k += 16) {
+        const __mmask16 m = tail_mask16(K - k);
+        s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k)), _mm512_maskz_loadu_ps(m, x + k), s0);
+      }
     }
     float y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
     if (a.bias) y += a.bias[n];
@@ -459,7 +459,7 @@ void small_m(const Args& a) {
     bf16_reorder_x(a.X, a.K, xeo);
     if (stream)
       parallel_guided(a.pool, a.N * a.K >= kParallelMinMacs, a.N, kGuidedMinRows, chunk,
-                      [&](int64_t n0, int64_t n1) { bf16_gemv_stream(a, xeo, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { gemv_stream<DType::BF16>(a, xeo, n0, n1); });
     else
       parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                       [&](int64_t n0, int64_t n1) { bf16_gemv_range(a, xeo, n0, n1); });
@@ -467,7 +467,7 @@ void small_m(const Args& a) {
   }
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
     parallel_guided(a.pool, a.N * a.K >= kParallelMinMacs, a.N, kGuidedMinRows, chunk,
-                    [&](int64_t n0, int64_t n1) { f16_gemv_stream(a, n0, n1); });
+                    [&](int64_t n0, int64_t n1) { gemv_stream<DType::F16>(a, a.X, n0, n1); });
     return;
   }
   const DotRangeFn fn = pick_dot(a.wtype, a.M);
@@ -995,6 +995,39 @@ void gemm_q8act_avx512vnni(const Args& a) {
   if (a.M == 1 && !q8 && !q8_gemv_legacy()) fn = q4v_range_m1;
   parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, small_m_chunk(a),
                   [&](int64_t n0, int64_t n1) { fn(a, q, n0, n1); });
+}
+
+// gemv_huge_pages_multi's fused case: the outputs' rows numbered one after another, one guided
+// split over all of them (a grab is cut at the outputs' edges); each row is gemv_stream's, as in
+// small_m, so the bits are those of one call per output. x reordered once for BF16.
+void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool) {
+  Args args[kMaxGemvOutputs];
+  int64_t first[kMaxGemvOutputs + 1] = {0};
+  for (int j = 0; j < n_outs; ++j) {
+    args[j] = Args{x, K, outs[j].W, wtype, outs[j].bias, outs[j].y, outs[j].N, 1, outs[j].N, K, pool,
+                   dtype_row_bytes(wtype, K), true};
+    first[j + 1] = first[j] + outs[j].N;
+  }
+  const int64_t rows = first[n_outs];
+  const float* xs = x;
+  if (wtype == DType::BF16) {
+    float* xeo = static_cast<float*>(scratch(2, size_t((K + 31) / 32 * 32) * 4));
+    bf16_reorder_x(x, K, xeo);
+    xs = xeo;
+  }
+  const int nth = pool ? pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(4, (rows / (8 * nth)) / 4 * 4);
+  parallel_guided(pool, rows * K >= kParallelMinMacs, rows, kGuidedMinRows, chunk, [&](int64_t b, int64_t e) {
+    for (int j = 0; j < n_outs && b < e; ++j) {
+      if (b >= first[j + 1]) continue;
+      const int64_t end = std::min(e, first[j + 1]);
+      if (wtype == DType::BF16)
+        gemv_stream<DType::BF16>(args[j], xs, b - first[j], end - first[j]);
+      else
+        gemv_stream<DType::F16>(args[j], xs, b - first[j], end - first[j]);
+      b = end;
+    }
+  });
 }
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }

@@ -133,6 +133,9 @@ bool bf16_gemm_legacy_blocking();
 // kernels.h bf16_pack_panels / gemm_bf16_panels (a.W: the panels; wtype BF16). AVX512-BF16 only.
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
 void gemm_bf16_panels_avx512(const Args& a);
+// gemv_huge_pages_multi on AVX-512 for BF16 / F16 with the single-stream GEMV on: one guided
+// dispatch over all outputs' rows (arguments checked by the caller).
+void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);
 // AMX-BF16 tiles for BF16 weights; returns false when it does not handle the call.
 bool gemm_amx(const Args& a);
 #endif

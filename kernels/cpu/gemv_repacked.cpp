@@ -406,6 +406,29 @@ bool vnni_kernel() {
 
 }  // namespace
 
+namespace {
+// Groups [g0, g1) of one repacked matrix (N rows, nb blocks) against x quantised in (qs, s).
+void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, bool q8, bool vec, const float* bias,
+                     float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1) {
+#if defined(__x86_64__)
+  if (vec) {
+    const size_t gstride = size_t(nb) * group_block_bytes(q8);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
+      const float* bg = bias ? bias + g * kGroup : nullptr;
+      if (q8)
+        group_avx512<true>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
+      else
+        group_avx512<false>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
+    }
+    return;
+  }
+#endif
+  (void)vec;
+  gemv_repacked_scalar(qs, s, G, q8, bias, y, N, nb, g0, g1);
+}
+}  // namespace
+
 void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
                    ThreadPool* pool) {
   check_repack_args(wtype, N, K);
@@ -414,30 +437,47 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
-  const int8_t* qs = q.qs;
   const BlockSums s = row_sums(q, 0);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
-  const size_t gstride = size_t(nb) * group_block_bytes(q8);
   const bool vec = vnni_kernel();
-  auto body = [&](int64_t g0, int64_t g1) {
-#if defined(__x86_64__)
-    if (vec) {
-      for (int64_t g = g0; g < g1; ++g) {
-        const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
-        const float* bg = bias ? bias + g * kGroup : nullptr;
-        if (q8)
-          group_avx512<true>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
-        else
-          group_avx512<false>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
-      }
-      return;
-    }
-#endif
-    gemv_repacked_scalar(qs, s, G, q8, bias, y, N, nb, g0, g1);
-  };
   const int nth = pool ? pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
-  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, chunk, body);
+  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, chunk,
+                  [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, q8, vec, bias, y, N, nb, g0, g1); });
+}
+
+// The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
+// range is cut at the outputs' edges. Every group is computed as gemv_repacked computes it (the
+// same x rounding, the same per-group kernel), so the bits do not depend on the chunking.
+void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(outs && n_outs >= 1 && n_outs <= kMaxGemvOutputs, "gemv_repacked_multi: 1 to 8 outputs");
+  int64_t first[kMaxGemvOutputs + 1] = {0}, rows = 0;
+  for (int j = 0; j < n_outs; ++j) {
+    check_repack_args(wtype, outs[j].N, K);
+    EMOLLM_CHECK_ARG(outs[j].W && outs[j].y, "gemv_repacked_multi: null pointer");
+    first[j + 1] = first[j] + (outs[j].N + kGroup - 1) / kGroup;
+    rows += outs[j].N;
+  }
+  EMOLLM_CHECK_ARG(x, "gemv_repacked_multi: null pointer");
+  if (n_outs == 1) return gemv_repacked(x, outs[0].W, wtype, outs[0].bias, outs[0].y, outs[0].N, K, pool);
+  using namespace gemm_detail;
+  const bool q8 = wtype == DType::Q8_0;
+  const int64_t nb = K / kQK, groups = first[n_outs];
+  const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
+  const BlockSums s = row_sums(q, 0);
+  const bool vec = vnni_kernel();
+  const int nth = pool ? pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
+  parallel_chunks(pool, rows * K >= kParallelMinMacs, groups, chunk, [&](int64_t g0, int64_t g1) {
+    for (int j = 0; j < n_outs && g0 < g1; ++j) {
+      if (g0 >= first[j + 1]) continue;
+      const int64_t e = std::min(g1, first[j + 1]);
+      const GemvOutput& o = outs[j];
+      repacked_groups(q.qs, s, static_cast<const uint8_t*>(o.W), q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
+                      e - first[j]);
+      g0 = e;
+    }
+  });
 }
 
 namespace {

@@ -113,6 +113,30 @@ void gemm_bf16_panels(const float* X, int64_t ldx, const void* Wp, const float* 
 void set_bf16_panels_enabled(bool on);
 bool bf16_panels_enabled();
 
+// ---------------------------------------------------------------- GEMVs of one input, one dispatch
+// A decode step's projections of one x (q, k, v; gate, up): y_j = W_j x (+ bias_j) for every
+// output j, bit for bit what one call per matrix gives, but as ONE thread-pool dispatch over the
+// outputs' rows together: the pool is woken and its slowest worker waited for once instead of once
+// per matrix, and x is rounded to q8_0 (or reordered for bf16) once. n_outs in 1..kMaxGemvOutputs,
+// every W of type wtype with K columns.
+struct GemvOutput {
+  const void* W;      // N rows of K; quant_repack's layout for gemv_repacked_multi
+  const float* bias;  // N values, or null
+  float* y;           // N values, overwritten
+  int64_t N;
+};
+constexpr int kMaxGemvOutputs = 8;
+// Each output as gemv_repacked(x, W, wtype, bias, y, N, K, pool).
+void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);
+// Each output as gemm_huge_pages(x, K, W, wtype, bias, y, N, 1, N, K, pool) (one dispatch for the
+// BF16 / F16 single-stream GEMV on AVX-512; other cases one call per output).
+void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
+                           ThreadPool* pool);
+// Whether the CPU backend fuses such GEMVs (Backend::gemm_multi at M = 1). Process-wide; initial
+// value from EMOLLM_GEMV_FUSE ("0" off: one dispatch per matrix, for whole-run A/B), else on.
+void set_gemv_fusion(bool on);
+bool gemv_fusion();
+
 // ---------------------------------------------------------------- normalisation
 // y = x / sqrt(mean(x^2) + eps) * w   (w may be null: no scale). rows of n, leading dims ldx/ldy.
 // Both norms may run in place (y == x).

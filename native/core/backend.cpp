@@ -217,6 +217,31 @@ class CpuBackend final : public Backend {
     }
     emollm::gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K, &pool_);
   }
+  // A decode step's GEMVs of one x as one pool dispatch, when every W has a packed copy of the
+  // kind gemm() would use and all share a type (the usual q/k/v, gate/up); else one gemm() each.
+  void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
+    if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
+    Backend::gemm_multi(X, ldx, outs, n, M, K);
+  }
+  bool gemv_fused(const float* x, const GemmOutput* outs, int n, int64_t K) {
+    const DType t = outs[0].wtype;
+    const bool huge = t == DType::BF16 || t == DType::F16;
+    const bool repacked = (t == DType::Q4_0 || t == DType::Q8_0) && quant_activations() == QuantActivations::Q8 &&
+                          isa_active() >= Isa::Avx512;
+    if (!huge && !repacked) return false;
+    GemvOutput g[kMaxGemvOutputs];
+    for (int j = 0; j < n; ++j) {
+      if (outs[j].wtype != t) return false;
+      const void* packed = packed_->find(outs[j].W, t, outs[j].N, K);
+      if (!packed) return false;
+      g[j] = GemvOutput{packed, outs[j].bias, outs[j].Y, outs[j].N};
+    }
+    if (huge)
+      gemv_huge_pages_multi(x, t, g, n, K, &pool_);
+    else
+      gemv_repacked_multi(x, t, g, n, K, &pool_);
+    return true;
+  }
   // Q8_0 / Q4_0 matrices into quant_repack's 16-row layout, where its VNNI kernel runs and
   // weight_repacking() is on; the original bytes' pages are then released (see release_pages).
   // BF16 / F16 matrices of 2 MiB or more: a copy in the same layout in 2 MiB pages (alloc_packed),
@@ -453,6 +478,11 @@ std::unique_ptr<PackedGemmWeight> Backend::pack_gemm_weight(const void*, DType, 
   return nullptr;
 }
 const void* Backend::gemm_weight_bytes(const void* W, DType, int64_t, int64_t) const { return W; }
+
+void Backend::gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
+  for (int j = 0; j < n; ++j)
+    gemm(X, ldx, outs[j].W, outs[j].wtype, outs[j].bias, outs[j].Y, outs[j].ldy, M, outs[j].N, K);
+}
 
 size_t packed_gemm_weight_bytes() { return g_packed_bytes.load(); }
 

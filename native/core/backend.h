@@ -234,6 +234,19 @@ class Backend {
   virtual void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) = 0;
 
   // ---- ops with default implementations (a new backend compiles without them; override for speed)
+  // Several products of one X: Y_j[M, N_j] = X W_j^T (+ bias_j) for each of the n outputs (a
+  // layer's q/k/v or gate/up projections), each as gemm(X, ldx, W_j, wtype_j, bias_j, Y_j, ldy_j,
+  // M, N_j, K) gives it, bit for bit. Default: one gemm() per output. The CPU backend runs a decode
+  // step's (M = 1) as one thread-pool dispatch (kernels.h gemv_repacked_multi).
+  struct GemmOutput {
+    const void* W;
+    DType wtype;
+    const float* bias;
+    float* Y;
+    int64_t ldy;
+    int64_t N;
+  };
+  virtual void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K);
   // EmoLLM's fused multi-head visual projection (kernels.h mvp_projection). The default composes
   // it from gemm, gelu_erf and mul_row_add with workspace scratch; the CPU backend runs the fused kernel.
   virtual void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,

@@ -152,6 +152,20 @@ class ProfilingBackend final : public Backend {
     Timer t("gemm", M == 1, shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));
     in_->gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K);
   }
+  // One row, keyed by the outputs' shapes together ("q4_0 N=2048+256+256 K=2048"): the inner
+  // backend may run them as one dispatch, so they are timed as one op.
+  void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
+    std::string key = n > 0 ? std::string(dtype_name(outs[0].wtype)) + " N=" : std::string("N=");
+    bool packed = n > 0;
+    for (int j = 0; j < n; ++j) {
+      if (j) key += "+";
+      if (j && outs[j].wtype != outs[0].wtype) key += std::string(dtype_name(outs[j].wtype)) + ":";
+      key += std::to_string(outs[j].N);
+      packed = packed && is_packed(outs[j].W);
+    }
+    Timer t("gemm", M == 1, key + " K=" + std::to_string(K) + (packed ? " repacked" : ""));
+    in_->gemm_multi(X, ldx, outs, n, M, K);
+  }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
     Timer t("rmsnorm", rows == 1, "n=" + std::to_string(n));

@@ -971,9 +971,11 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
 
     // ---- attention: xn = rmsnorm(x); q, k, v projections over all rows
     be.rmsnorm(x_, E, L.attn_norm, xn_, E, n, E, h.rms_eps);
-    be.gemm(xn_, E, L.wq.data, L.wq.dtype, L.bq, q_, qd, n, qd, E);
-    be.gemm(xn_, E, L.wk.data, L.wk.dtype, L.bk, k_new_, kvd, n, kvd, E);
-    be.gemm(xn_, E, L.wv.data, L.wv.dtype, L.bv, v_new_, kvd, n, kvd, E);
+    // one call for the three products of xn (the CPU backend runs a decode step's as one dispatch)
+    const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q_, qd, qd},
+                                        {L.wk.data, L.wk.dtype, L.bk, k_new_, kvd, kvd},
+                                        {L.wv.data, L.wv.dtype, L.bv, v_new_, kvd, kvd}};
+    be.gemm_multi(xn_, E, qkv, 3, n, E);
     if (!mrope) {
       be.rope(q_, qd, n, H, pos_, rp);
       be.rope(k_new_, kvd, n, Hkv, pos_, rp);
@@ -1028,8 +1030,9 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
 
     // ---- MLP: x += down(silu(gate(xn)) * up(xn)), xn = rmsnorm(x)
     be.rmsnorm(x_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
-    be.gemm(xn_, E, L.w_gate.data, L.w_gate.dtype, L.b_gate, gate_, F, n, F, E);
-    be.gemm(xn_, E, L.w_up.data, L.w_up.dtype, L.b_up, up_, F, n, F, E);
+    const Backend::GemmOutput gate_up[2] = {{L.w_gate.data, L.w_gate.dtype, L.b_gate, gate_, F, F},
+                                            {L.w_up.data, L.w_up.dtype, L.b_up, up_, F, F}};
+    be.gemm_multi(xn_, E, gate_up, 2, n, E);
     be.swiglu(gate_, up_, gate_, n * F);
     be.gemm(gate_, F, L.w_down.data, L.w_down.dtype, L.b_down, tmp_, E, n, E, F);
     be.add(x_, tmp_, x_, n * E);
