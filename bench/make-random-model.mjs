@@ -42,7 +42,25 @@ export const DTYPES = {
   bf16: { ggml: 30, ftype: 32, block: 1, bytes: 2, st: 'BF16', torch: 'bfloat16' },
   q8_0: { ggml: 8, ftype: 7, block: 32, bytes: 34, st: null },
   q4_0: { ggml: 2, ftype: 2, block: 32, bytes: 18, st: null },
+  // K-quants (256-element super-blocks): every matrix in the one type (llama.cpp's Q4_K_S-like
+  // and Q6_K files), or q4_k_m: llama.cpp's Q4_K_M recipe (see tensorDtype)
+  q4_k: { ggml: 12, ftype: 14, block: 256, bytes: 144, st: null },
+  q6_k: { ggml: 14, ftype: 18, block: 256, bytes: 210, st: null },
+  q4_k_m: { ftype: 15, st: null, recipe: true },
 };
+
+// llama.cpp's use_more_bits (llama-quant.cpp): the layers Q4_K_M keeps at q6_K for attn_v and ffn_down
+const useMoreBits = (i, n) => i < n / 8 || i >= (7 * n) / 8 || (i - Math.floor(n / 8)) % 3 === 2;
+
+// The type of one matrix: `dtype`, except for the q4_k_m recipe (llama_tensor_get_type's
+// LLAMA_FTYPE_MOSTLY_Q4_K_M branch): output q6_k; attn_v and ffn_down q6_k in the use_more_bits
+// layers; everything else q4_k.
+export function tensorDtype(dtype, role, layer, nLayer) {
+  if (dtype !== 'q4_k_m') return dtype;
+  if (role === 'output') return 'q6_k';
+  if ((role === 'attn_v' || role === 'ffn_down') && useMoreBits(layer, nLayer)) return 'q6_k';
+  return 'q4_k';
+}
 
 // [shape, dtype] pairs
 export const DEFAULT_SET = [
@@ -66,10 +84,15 @@ export function tensorList(shape, dtype) {
   const hd = s.n_embd / s.n_head;
   const kv = s.n_head_kv * hd;
   const t = [];
-  const mat = (gguf, hf, rows, cols, extra = {}) => t.push({ gguf, hf, rows, cols, dtype, ...extra });
+  let layer = -1;
+  const mat = (gguf, hf, rows, cols, extra = {}) => {
+    const role = gguf.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '');
+    t.push({ gguf, hf, rows, cols, dtype: tensorDtype(dtype, role, layer, s.n_layer), ...extra });
+  };
   const vec = (gguf, hf, n) => t.push({ gguf, hf, rows: 1, cols: n, dtype: 'f32', norm: true });
   mat('token_embd.weight', 'model.embed_tokens.weight', s.n_vocab, s.n_embd, { embd: true });
   for (let l = 0; l < s.n_layer; l++) {
+    layer = l;
     const g = `blk.${l}.`, h = `model.layers.${l}.`;
     vec(g + 'attn_norm.weight', h + 'input_layernorm.weight', s.n_embd);
     mat(g + 'attn_q.weight', h + 'self_attn.q_proj.weight', s.n_embd, s.n_embd, { permute: s.n_head });
@@ -154,8 +177,12 @@ function makePool(dtype, seed) {
     const u32 = new Uint32Array(buf.buffer, buf.byteOffset, buf.byteLength >>> 2);
     for (let i = 0; i < u32.length; i++) u32[i] = r.u32();
     for (let i = buf.byteLength & ~3; i < buf.byteLength; i++) buf[i] = r.u32() & 0xff;
-    const q = dtype === 'q8_0' ? 74 : 4.6;
-    for (let b = 0; b < nBlocks; b++) dv.setUint16(b * d.bytes, f32ToF16((STD / q) * (0.75 + 0.5 * r.uniform())), true);
+    // K-quants: q4_k = d * sc * u - dmin * m (6-bit sc, m ~ 32, nibble u ~ 8: d, dmin at bytes 0, 2),
+    // q6_k = d * sc * (u - 32) (int8 sc ~ 74, 6-bit u - 32 ~ 18: d at byte 208)
+    const q = { q8_0: 74, q4_0: 4.6, q4_k: 32 * 4.6, q6_k: 74 * 18 }[dtype];
+    const at = dtype === 'q6_k' ? [208] : dtype === 'q4_k' ? [0, 2] : [0];
+    for (let b = 0; b < nBlocks; b++)
+      for (const o of at) dv.setUint16(b * d.bytes + o, f32ToF16((STD / q) * (0.75 + 0.5 * r.uniform())), true);
   }
   return { buf, unit: d.bytes, r };
 }
@@ -470,7 +497,7 @@ export function parseSet(args) {
 async function main() {
   const args = process.argv.slice(2);
   if (args.includes('--help') || args.includes('-h')) {
-    console.log(`usage: node bench/make-random-model.mjs [--quick | --full] [--shapes 1.1b,7b,tiny] [--dtypes f32,f16,bf16,q8_0,q4_0]
+    console.log(`usage: node bench/make-random-model.mjs [--quick | --full] [--shapes 1.1b,7b,tiny] [--dtypes f32,f16,bf16,q8_0,q4_0,q4_k,q6_k,q4_k_m]
        [--out DIR] [--no-hf] [--seed N] [--shard-gb G] [--list]
 default set: ${DEFAULT_SET.map((x) => x.join(' ')).join(', ')}; --full adds ${FULL_EXTRA.map((x) => x.join(' ')).join(', ')}`);
     return;

@@ -15,15 +15,19 @@
 // vpmaddubsw + vpmaddwd at Isa::Avx2+, else scalar. ggml instead rounds activations to q8_K for
 // the k-quants (one f32 scale per 256); the q8_0 rounding here is finer (one per 32).
 //
-// Other products (M > kSmallM, or QuantActivations::F32) dequantise chunks of weight rows to
-// f32 (dequantize_row, ggml's exact values) in per-thread scratch and run the f32 kernels of the
-// active ISA on them: the result is the f32 product with the dequantised weights.
+// q4_K / q5_K / q6_K at M > kSmallM in QuantActivations::Q8 mode on CPUs with AVX-512 VNNI (Isa
+// Avx512+): the packed int8 GEMM of gemm_kquant_vnni.cpp (same q8_0 activations, same per-block
+// integer dot products, cache-blocked).
+// Other products (M > kSmallM otherwise, or QuantActivations::F32) dequantise chunks of weight
+// rows to f32 (dequantize_row, ggml's exact values) in per-thread scratch and run the f32 kernels
+// of the active ISA on them: the result is the f32 product with the dequantised weights.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "../../base/quant_formats.h"
 #include "gemm_internal.h"
+#include "gemm_kquant_vnni.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -36,12 +40,9 @@ namespace gemm_detail {
 
 namespace {
 
-// One storage group: a 32-element block or a 256-element super-block.
-struct Decoded {
-  alignas(64) uint8_t u[kQKK];
-  float A[kQKK / 16];
-  float B[kQKK / 16];
-};
+// One storage group: a 32-element block or a 256-element super-block (codes u, per-half A, B).
+using Decoded = KquantDecoded;
+static_assert(sizeof(KquantDecoded::u) == kQKK, "a super-block of codes");
 
 int group_elems(DType t) { return int(dtype_block_elems(t)); }
 int code_offset(DType t) { return t == DType::Q5_0 ? 16 : t == DType::Q6_K ? 32 : 0; }
@@ -313,6 +314,8 @@ EMO_T2 void dequantize_row_ext_avx2(DType t, const void* src, float* y, int64_t 
   }
 }
 
+EMO_T2 void kquant_decode_avx2(DType t, const uint8_t* blk, KquantDecoded* out) { decode_avx2(t, blk, out); }
+
 namespace {
 
 #define EMO_T5 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")))
@@ -476,7 +479,15 @@ void gemm_dequant_f32(const Args& a, Isa isa) {
 }  // namespace
 
 void gemm_quant_ext(const Args& a, Isa isa, bool q8act) {
-  if (!q8act) return gemm_dequant_f32(a, isa);
+  if (!q8act) {
+#if defined(__x86_64__)
+    const bool kq = a.wtype == DType::Q4_K || a.wtype == DType::Q5_K || a.wtype == DType::Q6_K;
+    if (kq && a.M > kSmallM && quant_activations() == QuantActivations::Q8 && isa >= Isa::Avx512 &&
+        cpu_features().avx512vnni && vnni_allowed() && kquant_vnni_gemm())
+      return gemm_kquant_packed_vnni(a);
+#endif
+    return gemm_dequant_f32(a, isa);
+  }
   const int off = code_offset(a.wtype);
   const QX q = qx_view(scratch(kQxSlot, qx_bytes(a.M, a.K)), a.M, a.K);
   for (int64_t m = 0; m < a.M; ++m) {

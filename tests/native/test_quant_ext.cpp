@@ -5,6 +5,8 @@
 //  - Blocks built by hand from the documented layouts, decoded with the formulas written out here.
 //  - gemm at every ISA level this CPU has (VNNI on and off), q8 and f32 activations, against
 //    ref::gemm with the dequantised weights (and, for q8, the q8_0-rounded activations).
+//  - The q4_K / q5_K / q6_K prefill GEMM on VNNI (gemm_kquant_vnni.cpp) against a float64 sum
+//    with its documented per-block error bound, at odd shapes, with and without pool and bias.
 #include <cmath>
 #include <cstdio>
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "../../kernels/cpu/gemm_internal.h"
+#include "../../kernels/cpu/gemm_kquant_vnni.h"
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
@@ -25,6 +28,7 @@ using namespace emollm;
 namespace {
 
 const DType kExtTypes[] = {DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+bool is_kquant(DType t) { return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K; }
 
 std::string fixture_dir() {
   std::string f = __FILE__;
@@ -214,7 +218,7 @@ TEST(quant_ext_gemm_all_paths) {
       for (int64_t n = 0; n < N; ++n)
         quantize_row(t, wf.data() + n * K, w.data() + size_t(n) * dtype_row_bytes(t, K), K);
       const std::vector<float> bias = rand_vec(size_t(N), 5u, 0.1f);
-      for (int64_t M : {1, 2, 3, 5, 8, 9, 20}) {
+      for (int64_t M : {1, 2, 3, 5, 8, 9, 20, 67}) {
         std::vector<float> X = rand_vec(size_t(M * K), 7u + uint32_t(M), 1.0f);
         // q8 reference input: X rounded to q8_0 (what the Q8 mode computes with)
         std::vector<float> Xq(X.size());
@@ -237,7 +241,10 @@ TEST(quant_ext_gemm_all_paths) {
               for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
                 std::fill(y.begin(), y.end(), NAN);
                 gemm(X.data(), K, w.data(), t, bias.data(), y.data(), N, M, N, K, p);
-                const bool q8 = mode == QuantActivations::Q8 && M <= 8;
+                // M > 8: q4_K / q5_K / q6_K on VNNI take the int8 prefill GEMM (q8 activations)
+                const bool kvnni = is_kquant(t) && M > 8 && Isa(lvl) >= Isa::Avx512 && vnni &&
+                                   cpu_features().avx512vnni && gemm_detail::kquant_vnni_gemm();
+                const bool q8 = mode == QuantActivations::Q8 && (M <= 8 || kvnni);
                 const std::string what = std::string(dtype_name(t)) + " K=" + std::to_string(K) + " M=" +
                                          std::to_string(M) + " isa=" + isa_name(Isa(lvl)) + (vnni ? " vnni" : "") +
                                          (q8 ? " q8" : " f32") + (p ? " pool" : "");
@@ -250,6 +257,159 @@ TEST(quant_ext_gemm_all_paths) {
       }
     }
   }
+}
+
+namespace {
+
+uint16_t rd16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// |M_j| = |dmin * m_j| of sub-block j of a q4_K / q5_K super-block (0 for q6_K: no min).
+double kquant_min_magnitude(DType t, const uint8_t* blk, int j) {
+  if (t == DType::Q6_K) return 0.0;
+  uint8_t sc, m;
+  kquant_scale_min(j, blk + 4, &sc, &m);
+  return std::fabs(double(f16_to_f32(rd16(blk + 2)))) * m;
+}
+
+// Weights for the bound test: quantize_row of N(0, 0.05) rows, or random block bytes with sane
+// fp16 scales (every code, scale and min value; negative d included).
+std::vector<uint8_t> kquant_weights(DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed) {
+  const size_t rb = dtype_row_bytes(t, K), bb = dtype_block_bytes(t);
+  std::vector<uint8_t> w(size_t(N) * rb);
+  if (!random_bytes) {
+    const std::vector<float> wf = rand_vec(size_t(N * K), seed, 0.05f);
+    for (int64_t n = 0; n < N; ++n) quantize_row(t, wf.data() + n * K, w.data() + size_t(n) * rb, K);
+    return w;
+  }
+  std::mt19937 g(seed);
+  for (auto& b : w) b = uint8_t(g());
+  const uint16_t sane[] = {0x1400, 0x1C00, 0x9800, 0x2000, 0x1A66};  // ~1e-3 .. 8e-3, one negative
+  for (size_t blk = 0; blk < w.size() / bb; ++blk) {
+    uint8_t* p = w.data() + blk * bb;
+    const uint16_t d = sane[g() % 5], dmin = sane[g() % 5];
+    if (t == DType::Q6_K) {
+      std::memcpy(p + 208, &d, 2);
+    } else {
+      std::memcpy(p, &d, 2);
+      std::memcpy(p + 2, &dmin, 2);
+    }
+  }
+  return w;
+}
+
+}  // namespace
+
+// The int8 prefill GEMM for q4_K / q5_K / q6_K (gemm_kquant_vnni.cpp) against the float64 sum of
+// the same products: X rounded to q8_0 (quantize_row + dequantize_row, exact f32 values) times the
+// dequantised weights. Bound per output (gemm_kquant_vnni.cpp's header): the integer block dot
+// products are exact, each block contributes at most two f32 terms, so
+//   |y - y64| <= (2 * K / 32 + 8) * 2^-24 * (sum_k |xq_k| (|w_k| + 2 |M_j(k)|) + |bias|)
+// (the +8 covers the scale products, the weights' own f32 rounding and the bias). Every ISA level
+// the dispatch can choose, VNNI and the kernel on and off: where the kernel is not taken, the f32
+// path is checked against the f32 reference (and would fail this bound, which is far below the
+// q8_0 rounding of X).
+TEST(quant_ext_kquant_vnni_per_block_bound) {
+#if defined(__x86_64__)
+  if (!(isa_detected() >= Isa::Avx512 && cpu_features().avx512vnni))
+    std::printf("  skip (partly): this CPU has no AVX-512 VNNI, so gemm_kquant_packed_vnni is not reachable; "
+                "the f32 paths are still checked\n");
+#endif
+  ThreadPool pool(3);
+  struct Shape { int64_t M, N, K; };
+  // odd M (not a multiple of the 6-row panels), N not a multiple of 32 and above the 512-row L2
+  // block, K with 1, 3, 5 (two 4-super-block k blocks) and 9 super-blocks
+  const Shape shapes[] = {{9, 37, 256}, {13, 70, 768}, {67, 37, 1280}, {20, 600, 512}, {31, 45, 2304}};
+  int checked_vnni = 0;
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    for (const Shape& sh : shapes) {
+      const int64_t M = sh.M, N = sh.N, K = sh.K;
+      for (bool random_bytes : {false, true}) {
+        const std::vector<uint8_t> w = kquant_weights(t, N, K, random_bytes, 100u + uint32_t(K + N));
+        std::vector<float> X = rand_vec(size_t(M * K), 9u + uint32_t(M), 1.0f);
+        for (int64_t k = 0; k < K; ++k) X[size_t(2 * K + k)] = 0.0f;             // an all-zero row
+        for (int64_t k = 0; k < K; ++k) X[size_t(3 * K + k)] *= (k % 64 < 32) ? 300.0f : 1e-3f;  // mixed scales
+        const std::vector<float> bias = rand_vec(size_t(N), 3u, 0.5f);
+        // float64 reference and bound
+        const size_t rb = dtype_row_bytes(t, K);
+        std::vector<float> wd(size_t(N * K)), xq(size_t(M * K));
+        for (int64_t n = 0; n < N; ++n) dequantize_row(t, w.data() + size_t(n) * rb, wd.data() + n * K, K);
+        std::vector<uint8_t> tmp(dtype_row_bytes(DType::Q8_0, K));
+        for (int64_t m = 0; m < M; ++m) {
+          quantize_row(DType::Q8_0, X.data() + m * K, tmp.data(), K);
+          dequantize_row(DType::Q8_0, tmp.data(), xq.data() + m * K, K);
+        }
+        std::vector<double> y64(size_t(M * N)), bound(size_t(M * N)), bound_f(size_t(M * N));
+        const double gamma = double(2 * K / 32 + 8) * std::ldexp(1.0, -24);
+        for (int64_t n = 0; n < N; ++n) {
+          std::vector<double> mins(size_t(K / 32));
+          for (int64_t j = 0; j < K / 32; ++j)
+            mins[size_t(j)] = kquant_min_magnitude(t, w.data() + size_t(n) * rb + size_t(j / 8) * dtype_block_bytes(t), int(j % 8));
+          for (int64_t m = 0; m < M; ++m) {
+            double s = 0, T = 0, Tf = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double x = xq[size_t(m * K + k)], wk = wd[size_t(n * K + k)];
+              s += x * wk;
+              T += std::fabs(x) * (std::fabs(wk) + 2 * mins[size_t(k / 32)]);
+              Tf += std::fabs(double(X[size_t(m * K + k)]) * wk);
+            }
+            y64[size_t(m * N + n)] = s;
+            bound[size_t(m * N + n)] = gamma * (T + std::fabs(double(bias[size_t(n)])));
+            // the f32 paths (unrounded X): f32 sums of K products
+            bound_f[size_t(m * N + n)] = double(K + 8) * std::ldexp(1.0, -24) * (Tf + std::fabs(double(bias[size_t(n)])));
+          }
+        }
+        std::vector<float> ref_f(size_t(M * N)), y(size_t(M * N));
+        for (bool with_bias : {true, false}) {
+          const float* b = with_bias ? bias.data() : nullptr;
+          ref::gemm(X.data(), K, w.data(), t, b, ref_f.data(), N, M, N, K);
+          for (int lvl = 0; lvl <= int(isa_detected()); ++lvl) {
+            IsaCapScope cap{Isa(lvl)};
+            for (bool vnni : {true, false})
+              for (bool kernel_on : {true, false}) {
+                if (!vnni && !kernel_on) continue;
+                gemm_detail::set_vnni_allowed(vnni);
+                gemm_detail::set_kquant_vnni_gemm(kernel_on);
+                for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
+                  std::fill(y.begin(), y.end(), NAN);
+                  gemm(X.data(), K, w.data(), t, b, y.data(), N, M, N, K, p);
+                  const bool kernel = Isa(lvl) >= Isa::Avx512 && vnni && kernel_on && cpu_features().avx512vnni;
+                  const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" +
+                                           std::to_string(N) + " K=" + std::to_string(K) +
+                                           (random_bytes ? " random-bytes" : " quantised") + " isa=" +
+                                           isa_name(Isa(lvl)) + (vnni ? " vnni" : "") + (kernel_on ? "" : " kernel-off") +
+                                           (p ? " pool" : "") + (with_bias ? " bias" : "");
+                  if (kernel) ++checked_vnni;
+                  int bad = 0;
+                  for (int64_t i = 0; i < M * N && bad < 3; ++i) {
+                    // the kernel: the float64 q8 sum and its bound; else the f32 product (ref::gemm, double)
+                    const double want =
+                        kernel ? y64[size_t(i)] + (with_bias ? double(bias[size_t(i % N)]) : 0.0) : double(ref_f[size_t(i)]);
+                    const double err = std::fabs(double(y[size_t(i)]) - want);
+                    if (!(err <= (kernel ? bound : bound_f)[size_t(i)])) {  // NaN fails too
+                      ++bad;
+                      emollm_test::report_failure(__FILE__, __LINE__,
+                                                  what + (kernel ? "" : " (f32 path)") + ": element " + std::to_string(i) + ": " +
+                                                      std::to_string(y[size_t(i)]) + " vs float64 " + std::to_string(want) +
+                                                      ", error " + std::to_string(err) + " > bound " +
+                                                      std::to_string(bound[size_t(i)]));
+                    }
+                  }
+                }
+              }
+          }
+          gemm_detail::set_vnni_allowed(true);
+          gemm_detail::set_kquant_vnni_gemm(true);
+        }
+      }
+    }
+  }
+#if defined(__x86_64__)
+  if (isa_detected() >= Isa::Avx512 && cpu_features().avx512vnni) EXPECT(checked_vnni > 0);
+#endif
 }
 
 TEST(quant_ext_gemm_rejects_partial_superblocks) {

@@ -1,0 +1,363 @@
+// Q4_K / Q5_K / Q6_K weights at large M (prefill) on AVX-512 VNNI integer dot products.
+//
+//   Y[M,N] = X[M,K] * W[N,K]^T (+ bias), M > kSmallM, QuantActivations::Q8
+//
+// X is rounded to q8_0 once per call (qx_quantize_row_avx2: the rounding of the small-M path,
+// of gemm_q8_vnni.cpp and of ggml's quantize_row_q8_0): x[m,k] = dx[m,b] * q[m,k] per 32-element
+// block b. A K-quant super-block is 8 sub-blocks of 32 that line up with those blocks, so
+//   q4_K / q5_K (w = A_j * u - M_j; A_j = d * sc_j, M_j = dmin * m_j, sub-block j = block b):
+//     y += dx * A_j * P  +  B_j * (dx * S)                 P = sum_b u q,  S = sum_b q,  B_j = -M_j
+//   q6_K (w = A_h * (u - 32) per 16-element half h; A_h = d * scales[h]):
+//     y += dx * A_h0 * (P_h0 - 32 S_h0)  +  dx * A_h1 * (P_h1 - 32 S_h1)
+// P and P - 32 S are exact int32 (vpdpbusd; |P| <= 32 * 63 * 127), dx * S is exact in f32
+// (11-bit fp16 scale times |S| <= 4064), so the only roundings are f32 ones: the scale product
+// A * dx, and one fused multiply-add per term into the f32 accumulators (summed over the k
+// blocks in order, then added to Y once per KCB-block). Error against the float64 sum of the
+// same terms, per output: <= (2 * K / 32 + 4) * 2^-24 * sum over terms of |term| (standard
+// recursive-summation bound; test quant_ext_kquant_vnni_per_block_bound checks it).
+// ggml instead rounds X to q8_K (one f32 scale per 256, bsums for the mins); q8_0's scale per
+// 32 is finer and is what every other quantised path here uses, so q4_K and q4_0 prefill and
+// decode all see the same X.
+//
+// Layout, as in gemm_q8_vnni.cpp (whose driver this follows), cache-blocked:
+//   X panels (MR rows, packed once per call): per 32-element block, 8 "quads" x MR dwords (the 4
+//     int8 values x_q[m, 4q..4q+3]), then MR int32 -32 * S_h0, MR int32 -32 * S_h1, MR f32 dx,
+//     MR f32 dx * S. (gemm_q8_xpanel.h's panels carry one correction per block: q6_K needs one
+//     per 16-element half, q4_K the f32 dx * S.)
+//   W panels (NR = 16 * NV weight rows, packed per KCB blocks x NC rows into L2): per block,
+//     8 quads x NV zmm (16 rows x 4 code bytes: one int32 lane per weight row), then NV zmm of
+//     s0, NV zmm of s1: q4_K / q5_K: s0 = A_j, s1 = B_j; q6_K: s0 = A_h0, s1 = A_h1.
+#include "gemm_kquant_vnni.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../../base/error.h"
+#include "../../base/quant_formats.h"
+
+namespace emollm {
+namespace gemm_detail {
+
+namespace {
+std::atomic<bool>& kquant_vnni_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_KQUANT_VNNI");
+    return !(v && std::string(v) == "0");
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_kquant_vnni_gemm(bool enabled) { kquant_vnni_flag().store(enabled, std::memory_order_relaxed); }
+bool kquant_vnni_gemm() { return kquant_vnni_flag().load(std::memory_order_relaxed); }
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+
+#include "../../base/thread_pool.h"
+#include "gemm_transpose_avx512.h"
+
+namespace emollm {
+namespace gemm_detail {
+namespace {
+
+#define EMO_TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+constexpr int MR = 6;                     // X rows per microkernel
+constexpr int NV = 2;                     // zmm columns (16 weight rows each) per microkernel
+constexpr int NR = 16 * NV;               // weight rows per panel
+constexpr int64_t KCB = 32;               // k blocks (of 32) per L2 block: 4 super-blocks
+constexpr int64_t NC = 512;               // weight rows per L2 block: 512 x (1024 + 256) B
+constexpr int64_t XBLK = 12 * MR;         // dwords per X panel block
+constexpr int64_t WBLK = 10 * NV * 16;    // dwords per W panel block: 8 quads, s0, s1
+constexpr int64_t kSuperBlocks = KCB / 8;
+static_assert(KCB % 8 == 0, "k blocks must hold whole super-blocks");
+
+// ---------------------------------------------------------------- X panels
+
+// Rows per X chunk: at most ~8 MiB of panels (a multiple of MR).
+int64_t x_chunk_rows(int64_t K) {
+  const int64_t panel_bytes = (K / kQK) * XBLK * 4;
+  return std::max<int64_t>(MR, ((int64_t(8) << 20) / panel_bytes) * MR);
+}
+
+// Panels [p0, p1) of the `rows` rows at X (layout in the header comment). Rows past the end are
+// zero (q = 0, corrections 0, dx = dx * S = +0.0f).
+void pack_x(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, int8_t* qtmp, float* dtmp,
+            int32_t* out) {
+  const int64_t nb = K / kQK;
+  for (int64_t p = p0; p < p1; ++p) {
+    int32_t* o = out + p * nb * XBLK;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t r = p * MR + i;
+      if (r >= rows) {
+        for (int64_t b = 0; b < nb; ++b) {
+          int32_t* ob = o + b * XBLK;
+          for (int q = 0; q < 12; ++q) ob[q * MR + i] = 0;
+        }
+        continue;
+      }
+      qx_quantize_row_avx2(X + r * ldx, K, qtmp, dtmp, nullptr, 0);
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t* ob = o + b * XBLK;
+        const int8_t* qb = qtmp + b * kQK;
+        int32_t s0 = 0, s1 = 0;
+        for (int k = 0; k < 16; ++k) s0 += qb[k];
+        for (int k = 16; k < 32; ++k) s1 += qb[k];
+        for (int q = 0; q < 8; ++q) std::memcpy(&ob[q * MR + i], qb + 4 * q, 4);
+        ob[8 * MR + i] = -32 * s0;
+        ob[9 * MR + i] = -32 * s1;
+        const float dx = dtmp[b * 8];
+        const float dxs = dx * float(s0 + s1);  // exact: 11-bit scale x 12-bit sum
+        std::memcpy(&ob[10 * MR + i], &dx, 4);
+        std::memcpy(&ob[11 * MR + i], &dxs, 4);
+      }
+    }
+  }
+}
+
+// All panels of `rows` rows at X (rows <= x_chunk_rows(K)), quantised and packed in parallel
+// into the calling thread's scratch slot 2 (workers use slot 1 for one row).
+const int32_t* quantise_x_chunk(const float* X, int64_t ldx, int64_t rows, int64_t K, ThreadPool* pool) {
+  const int64_t nb = K / kQK, npm = (rows + MR - 1) / MR;
+  int32_t* xp = static_cast<int32_t*>(scratch(2, size_t(npm * nb * XBLK * 4)));
+  run_parallel(pool, rows * K >= (1 << 15), [&](int ith, int nth) {
+    int64_t p0, p1;
+    split_range(npm, ith, nth, 1, &p0, &p1);
+    if (p1 <= p0) return;
+    uint8_t* tmp = static_cast<uint8_t*>(scratch(1, size_t(K) * 2 + 64));
+    pack_x(X, ldx, rows, K, p0, p1, reinterpret_cast<int8_t*>(tmp), reinterpret_cast<float*>(tmp + (K + 63) / 64 * 64),
+           xp);
+  });
+  return xp;
+}
+
+// ---------------------------------------------------------------- W panels
+
+// Packs W rows [n0, n0+nv) x super-blocks [s0, s0+ns) into panels of NR rows (layout in the
+// header comment; kb = 8 * ns blocks per panel). Rows past nv are zero (codes and scales).
+template <DType DT>
+EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t s0, int64_t ns, int32_t* out) {
+  constexpr bool q6 = DT == DType::Q6_K;
+  const size_t gb = dtype_block_bytes(DT);
+  const int64_t kb = 8 * ns;
+  KquantDecoded dec[16];
+  for (int64_t pnl = 0; pnl * NR < nv; ++pnl) {
+    int32_t* op = out + pnl * kb * WBLK;
+    for (int g = 0; g < NV; ++g) {
+      const int64_t r0 = pnl * NR + 16 * g;
+      const int rows = int(std::max<int64_t>(0, std::min<int64_t>(16, nv - r0)));
+      for (int64_t s = 0; s < ns; ++s) {
+        for (int t = 0; t < rows; ++t)
+          kquant_decode_avx2(DT, W + size_t(n0 + r0 + t) * rb + size_t(s0 + s) * gb, &dec[t]);
+        for (int t = rows; t < 16; ++t) std::memset(&dec[t], 0, sizeof(KquantDecoded));
+        // per block j of the super-block: the two scales of each of the 16 rows
+        for (int j = 0; j < 8; ++j) {
+          alignas(64) float sa[16], sb[16];
+          for (int t = 0; t < 16; ++t) {
+            sa[t] = dec[t].A[2 * j];
+            sb[t] = q6 ? dec[t].A[2 * j + 1] : dec[t].B[2 * j];
+          }
+          int32_t* ob = op + (8 * s + j) * WBLK;
+          _mm512_store_ps(reinterpret_cast<float*>(ob + 8 * NV * 16 + g * 16), _mm512_load_ps(sa));
+          _mm512_store_ps(reinterpret_cast<float*>(ob + 9 * NV * 16 + g * 16), _mm512_load_ps(sb));
+        }
+        // codes: 64 bytes (blocks 2pr, 2pr+1) of each row, transposed to dword-per-row lanes
+        for (int pr = 0; pr < 4; ++pr) {
+          __m512 v[16];
+#pragma GCC unroll 16
+          for (int t = 0; t < 16; ++t) v[t] = _mm512_load_ps(reinterpret_cast<const float*>(dec[t].u + 64 * pr));
+          transpose16_ps(v);  // v[q] lane t: dword q of row t (q < 8: block 2pr, else 2pr+1)
+          int32_t* ob = op + (8 * s + 2 * pr) * WBLK;
+#pragma GCC unroll 8
+          for (int q = 0; q < 8; ++q) {
+            _mm512_store_ps(reinterpret_cast<float*>(ob + (q * NV + g) * 16), v[q]);
+            _mm512_store_ps(reinterpret_cast<float*>(ob + WBLK + (q * NV + g) * 16), v[8 + q]);
+          }
+        }
+      }
+    }
+  }
+}
+
+EMO_TV inline __mmask16 mask16(int64_t c) {
+  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
+}
+
+// ---------------------------------------------------------------- microkernel
+
+// MR x NR over kb blocks: Y[i, 0:nr] (=|+=) the sum of the block terms (header), i < mr.
+template <bool Q6>
+EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
+                    const float* bias, bool first) {
+  __m512 f[MR][NV];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) f[i][j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < kb; ++b) {
+    const int32_t* xb = xp + b * XBLK;
+    const int32_t* wb = wp + b * WBLK;
+    const float* dx = reinterpret_cast<const float*>(xb + 10 * MR);
+    const float* s0 = reinterpret_cast<const float*>(wb + 8 * NV * 16);
+    const float* s1 = reinterpret_cast<const float*>(wb + 9 * NV * 16);
+    if constexpr (Q6) {
+      // two halves of 16: int32 sums start from -32 * S_h, then 4 quads each
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        __m512i acc[MR][NV];
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; ++i) {
+          const __m512i c = _mm512_set1_epi32(xb[(8 + h) * MR + i]);
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) acc[i][j] = c;
+        }
+#pragma GCC unroll 4
+        for (int q = 4 * h; q < 4 * h + 4; ++q) {
+          __m512i w[NV];
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
+#pragma GCC unroll 6
+          for (int i = 0; i < MR; ++i) {
+            const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
+          }
+        }
+        const float* sh = h ? s1 : s0;
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; ++i) {
+          const __m512 d = _mm512_set1_ps(dx[i]);
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j)
+            f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(_mm512_load_ps(sh + 16 * j), d),
+                                      f[i][j]);
+        }
+      }
+    } else {
+      __m512i acc[MR][NV];
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) {
+        __m512i w[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; ++i) {
+          const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
+#pragma GCC unroll 4
+          for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
+        }
+      }
+      const float* dxs = reinterpret_cast<const float*>(xb + 11 * MR);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        const __m512 d = _mm512_set1_ps(dx[i]), ds = _mm512_set1_ps(dxs[i]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) {
+          f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(_mm512_load_ps(s0 + 16 * j), d),
+                                    f[i][j]);
+          f[i][j] = _mm512_fmadd_ps(_mm512_load_ps(s1 + 16 * j), ds, f[i][j]);
+        }
+      }
+    }
+  }
+  __mmask16 mk[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) mk[j] = mask16(nr - 16 * j);
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i)
+    if (i < mr) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        __m512 v = f[i][j];
+        if (!first)
+          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
+        else if (bias)
+          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], bias + 16 * j));
+        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
+      }
+    }
+}
+
+// ---------------------------------------------------------------- driver (as gemm_q8_vnni.cpp's)
+
+// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
+template <DType DT>
+void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                   int64_t n_end) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t nb = a.K / kQK, nsb = a.K / kQKK;
+  int32_t* wpack = static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
+  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
+    const int64_t nc = std::min(NC, n_end - jc);
+    for (int64_t ps = 0; ps < nsb; ps += kSuperBlocks) {
+      const int64_t ns = std::min(kSuperBlocks, nsb - ps), kb = 8 * ns, pb = 8 * ps;
+      pack_w<DT>(W, a.row_bytes, jc, nc, ps, ns, wpack);
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+        const int mr = int(std::min<int64_t>(MR, m_end - m0));
+        const int32_t* xpanel = xp + ((m0 / MR) * nb + pb) * XBLK;
+        for (int64_t jp = 0; jp * NR < nc; ++jp) {
+          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
+          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
+          kern_kq<DT == DType::Q6_K>(kb, xpanel, wpack + jp * kb * WBLK, y, a.ldy, mr, nc - jp * NR, bias, ps == 0);
+        }
+      }
+    }
+  }
+}
+
+template <DType DT>
+void gemm_kq_packed(const Args& a) {
+  const int64_t mc = x_chunk_rows(a.K);
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
+    const int64_t mcur = std::min(mc, a.M - m0);
+    const int64_t npm = (mcur + MR - 1) / MR;
+    const int32_t* xp = quantise_x_chunk(a.X + m0 * a.ldx, a.ldx, mcur, a.K, a.pool);
+    Args sub = a;
+    sub.Y = a.Y + m0 * a.ldy;
+    const int64_t npn = (a.N + NR - 1) / NR;
+    const int nth_max = a.pool ? a.pool->size() : 1;
+    const bool split_n = npn >= 4 * nth_max || npn >= npm;
+    const bool par = mcur * a.N * a.K >= kParallelMinMacs;
+    if (split_n) {
+      const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
+      parallel_chunks(a.pool, par, a.N, chunk,
+                      [&](int64_t n0, int64_t n1) { compute_range<DT>(sub, xp, 0, mcur, n0, n1); });
+    } else {
+      const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
+      parallel_chunks(a.pool, par, mcur, chunk,
+                      [&](int64_t r0, int64_t r1) { compute_range<DT>(sub, xp, r0, r1, 0, a.N); });
+    }
+  }
+}
+
+}  // namespace
+
+void gemm_kquant_packed_vnni(const Args& a) {
+  switch (a.wtype) {
+    case DType::Q4_K: return gemm_kq_packed<DType::Q4_K>(a);
+    case DType::Q5_K: return gemm_kq_packed<DType::Q5_K>(a);
+    case DType::Q6_K: return gemm_kq_packed<DType::Q6_K>(a);
+    default: break;
+  }
+  throw Error(ErrorCode::Internal, std::string("gemm_kquant_packed_vnni: no kernel for weight type ") + dtype_name(a.wtype));
+}
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#endif  // __x86_64__
