@@ -232,8 +232,9 @@ class CpuBackend final : public Backend {
     GemvOutput g[kMaxGemvOutputs];
     for (int j = 0; j < n; ++j) {
       if (outs[j].wtype != t) return false;
-      const void* packed = packed_->find(outs[j].W, t, outs[j].N, K);
-      if (!packed) return false;
+      bool panels = false;  // a bf16 panel copy (GemmRows::Many) is no GEMV layout
+      const void* packed = packed_->find(outs[j].W, t, outs[j].N, K, &panels);
+      if (!packed || panels) return false;
       g[j] = GemvOutput{packed, outs[j].bias, outs[j].Y, outs[j].N};
     }
     if (huge)
