@@ -957,10 +957,6 @@ void gemm_packed(const Args& a, bool prepacked = false) {
     });
     Args sub = a;
     sub.Y = a.Y + m0 * a.ldy;
-    const int64_t npn = (a.N + NR - 1) / NR;
-    const int nth_max = a.pool ? a.pool->size() : 1;
-    const bool split_n = npn >= 4 * nth_max || npn >= npm;
-    const bool par = mcur * a.N * a.K >= kParallelMinMacs;
     int64_t kcb = BF ? KCP : KC, ncb = NC;
     if (BF && kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
       kcb = kunits;
@@ -970,16 +966,9 @@ void gemm_packed(const Args& a, bool prepacked = false) {
                                        int64_t n_end) {
       compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb, prepacked);
     };
-    if (split_n) {
-      // chunks of whole L2 blocks when there are enough, else of panels
-      const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
-      parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { range(sub, xp, 0, mcur, n0, n1); });
-    } else {
-      const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
-      parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { range(sub, xp, r0, r1, 0, a.N); });
-    }
+    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+      range(sub, xp, r0, r1, n0, n1);
+    });
   }
 }
 

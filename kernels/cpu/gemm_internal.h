@@ -1,10 +1,12 @@
 // Internal declarations shared by the GEMM/GEMV dispatcher (gemm.cpp) and its per-ISA
 // implementations (gemm_avx2.cpp, gemm_avx512.cpp, gemm_amx.cpp). Not part of the public API.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 
+#include "../../base/thread_pool.h"
 #include "kernels.h"
 
 namespace emollm {
@@ -53,6 +55,26 @@ bool small_m_enabled();
 
 // Minimum multiply-adds before a call is spread across threads.
 constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
+
+// The threads' split of a packed GEMM's work over one chunk of mcur X rows (X panels of mr rows,
+// weight panels of nr, L2 weight blocks of nc): by weight rows when there are enough of them
+// (chunks of whole L2 blocks when there are enough of those, else of panels), else by X panels;
+// each piece runs fn(m_begin, m_end, n_begin, n_end). Shared by the bf16/f32 packed GEMM
+// (gemm_avx512.cpp) and the int8 ones (gemm_q8_vnni.cpp, gemm_kquant_vnni.cpp).
+template <typename Fn>
+void split_packed_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, int64_t mr, int64_t nr, int64_t nc,
+                       Fn&& fn) {
+  const int64_t npn = (N + nr - 1) / nr, npm = (mcur + mr - 1) / mr;
+  const int nth_max = pool ? pool->size() : 1;
+  const bool par = mcur * N * K >= kParallelMinMacs;
+  if (npn >= 4 * nth_max || npn >= npm) {
+    const int64_t chunk = (N >= 4 * nc * nth_max) ? nc : std::max<int64_t>(nr, (npn / (4 * nth_max)) * nr);
+    parallel_chunks(pool, par, N, chunk, [&](int64_t n0, int64_t n1) { fn(int64_t(0), mcur, n0, n1); });
+  } else {
+    const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * mr;
+    parallel_chunks(pool, par, mcur, chunk, [&](int64_t r0, int64_t r1) { fn(r0, r1, int64_t(0), N); });
+  }
+}
 
 // Thread-local growable 64-byte-aligned scratch, reused across calls (no per-call malloc).
 void* scratch(int slot, size_t bytes);

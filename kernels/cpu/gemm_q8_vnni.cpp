@@ -222,23 +222,12 @@ void gemm_q8_packed(const Args& a) {
   const int64_t mc = XPanels::chunk_rows(a.K);
   for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
     const int64_t mcur = std::min(mc, a.M - m0);
-    const int64_t npm = (mcur + MR - 1) / MR;
     const int32_t* xp = XPanels::quantise_chunk(a.X + m0 * a.ldx, a.ldx, mcur, a.K, off, a.pool, 2, 1);
     Args sub = a;
     sub.Y = a.Y + m0 * a.ldy;
-    const int64_t npn = (a.N + NR - 1) / NR;
-    const int nth_max = a.pool ? a.pool->size() : 1;
-    const bool split_n = npn >= 4 * nth_max || npn >= npm;
-    const bool par = mcur * a.N * a.K >= kParallelMinMacs;
-    if (split_n) {
-      const int64_t chunk = (a.N >= 4 * NC * nth_max) ? NC : std::max<int64_t>(NR, (npn / (4 * nth_max)) * NR);
-      parallel_chunks(a.pool, par, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { compute_range<DT>(sub, xp, 0, mcur, n0, n1); });
-    } else {
-      const int64_t chunk = std::max<int64_t>(1, npm / (4 * nth_max)) * MR;
-      parallel_chunks(a.pool, par, mcur, chunk,
-                      [&](int64_t r0, int64_t r1) { compute_range<DT>(sub, xp, r0, r1, 0, a.N); });
-    }
+    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+      compute_range<DT>(sub, xp, r0, r1, n0, n1);
+    });
   }
 }
 
