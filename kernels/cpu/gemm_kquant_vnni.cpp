@@ -65,6 +65,7 @@ bool kquant_vnni_gemm() { return kquant_vnni_flag().load(std::memory_order_relax
 #include <algorithm>
 
 #include "../../base/thread_pool.h"
+#include "gemm_tile_store_avx512.h"
 #include "gemm_transpose_avx512.h"
 
 namespace emollm {
@@ -190,10 +191,6 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
   }
 }
 
-EMO_TV inline __mmask16 mask16(int64_t c) {
-  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
-}
-
 // ---------------------------------------------------------------- microkernel
 
 // MR x NR over kb blocks: Y[i, 0:nr] (=|+=) the sum of the block terms (header), i < mr.
@@ -275,22 +272,7 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
       }
     }
   }
-  __mmask16 mk[NV];
-#pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) mk[j] = mask16(nr - 16 * j);
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) {
-        __m512 v = f[i][j];
-        if (!first)
-          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        else if (bias)
-          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], bias + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
+  store_tile_f32<MR, NV>(f, y, ldy, mr, nr, bias, first);
 }
 
 // ---------------------------------------------------------------- driver (as gemm_q8_vnni.cpp's)

@@ -34,6 +34,7 @@
 #include <cstring>
 
 #include "gemm_q8_xpanel.h"
+#include "gemm_tile_store_avx512.h"
 #include "gemm_transpose_avx512.h"
 
 namespace emollm {
@@ -124,10 +125,6 @@ EMO_TV void pack_w_q8(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64
   }
 }
 
-EMO_TV inline __mmask16 mask16(int64_t c) {
-  return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
-}
-
 // MR x NR microkernel over kb blocks: Y[i, 0:nr] (=|+=) sum_b d_w d_x (int32 block dot), i < mr.
 EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
                     const float* bias, bool first) {
@@ -170,22 +167,7 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
         f[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), _mm512_mul_ps(dw[j], d), f[i][j]);
     }
   }
-  __mmask16 mk[NV];
-#pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) mk[j] = mask16(nr - 16 * j);
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
-    if (i < mr) {
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) {
-        __m512 v = f[i][j];
-        if (!first)
-          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-        else if (bias)
-          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], bias + 16 * j));
-        _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-      }
-    }
+  store_tile_f32<MR, NV>(f, y, ldy, mr, nr, bias, first);
 }
 
 // Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
