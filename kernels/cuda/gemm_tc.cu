@@ -129,6 +129,57 @@ __device__ __forceinline__ void q4_0_fma(const MatArgs& a, int64_t k, uint32_t d
   fma_rows<MR, 4>(a, k + 16, hi, acc);
 }
 
+// One q4_0 / q8_0 block's share of a lane: d's bits and two 2-byte words of quants at element
+// k of the row, multiplied into the row accumulators.
+template <DType WT, int MR>
+__device__ __forceinline__ void quant_block_fma(const MatArgs& a, int64_t k, uint32_t d_bits, uint32_t q01, uint32_t q23,
+                                                float (&acc)[MR]) {
+  if constexpr (WT == DType::Q4_0) {
+    q4_0_fma<MR>(a, k, d_bits, q01, q23, acc);
+  } else {
+    float wv[4];
+    dequant_q8_4(d_bits, q01, q23, wv);
+    fma_rows<MR, 4>(a, k, wv, acc);
+  }
+}
+
+// A warp's pass over one q4_0 / q8_0 weight row: kLanes lanes per block, lane part p reading
+// quant bytes 4p .. 4p+3 of its block. q4_0: 4 lanes per block, each using both nibbles of its
+// bytes, elements 4p .. 4p+3 (low) and 16+4p .. 16+4p+3 (high); 8 blocks per warp step (with 8
+// lanes per block, pairs of lanes loaded the same bytes for the two halves). q8_0: 8 lanes per
+// block, part p holds elements 4p .. 4p+3; 4 blocks per warp step. Each lane issues the loads of
+// GV_UNROLL_Q blocks before it uses any (see gemv_kernel).
+template <DType WT, int MR>
+__device__ __forceinline__ void gemv_quant_row(const MatArgs& a, const uint8_t* row, int lane, float (&acc)[MR]) {
+  constexpr int kLaneShift = WT == DType::Q4_0 ? 2 : 3;          // log2 of the lanes per block
+  constexpr int kBlocksPerStep = 32 >> kLaneShift;                 // blocks a warp covers per step
+  constexpr int64_t kBlockBytes = WT == DType::Q4_0 ? 18 : 34;
+  const int sub = lane >> kLaneShift, part = lane & ((1 << kLaneShift) - 1), nb = a.K / 32;
+  // qs starts at byte 2 of a block at an even offset (blocks are 18 / 34 bytes), so 2-byte loads are aligned.
+  const int qoff = 2 + part * 4;
+  int b = sub;
+  for (; b + kBlocksPerStep * (GV_UNROLL_Q - 1) < nb; b += kBlocksPerStep * GV_UNROLL_Q) {
+    uint32_t dq[GV_UNROLL_Q], q01[GV_UNROLL_Q], q23[GV_UNROLL_Q];
+#pragma unroll
+    for (int u = 0; u < GV_UNROLL_Q; ++u) {
+      const uint8_t* blk = row + int64_t(b + kBlocksPerStep * u) * kBlockBytes;
+      const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + qoff);
+      dq[u] = __ldg(reinterpret_cast<const unsigned short*>(blk));
+      q01[u] = __ldg(q);
+      q23[u] = __ldg(q + 1);
+    }
+#pragma unroll
+    for (int u = 0; u < GV_UNROLL_Q; ++u)
+      quant_block_fma<WT, MR>(a, int64_t(b + kBlocksPerStep * u) * 32 + part * 4, dq[u], q01[u], q23[u], acc);
+  }
+  for (; b < nb; b += kBlocksPerStep) {
+    const uint8_t* blk = row + int64_t(b) * kBlockBytes;
+    const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + qoff);
+    quant_block_fma<WT, MR>(a, int64_t(b) * 32 + part * 4, __ldg(reinterpret_cast<const unsigned short*>(blk)),
+                            __ldg(q), __ldg(q + 1), acc);
+  }
+}
+
 // MR: the number of rows the accumulators hold, M rounded up to 1, 2, 4 or 8 (registers limit
 // the blocks an SM holds: an 8-row kernel for one row ran at 37% occupancy on an H200).
 template <DType WT, int MR>
@@ -180,61 +231,8 @@ __global__ void __launch_bounds__(GV_NT) gemv_kernel(MatArgs a) {
       const float wv[1] = {WT == DType::F16 ? half_bits_to_f32(b) : detail::bf16_bits_to_f32(b)};
       fma_rows<MR, 1>(a, k, wv, acc);
     }
-  } else if constexpr (WT == DType::Q4_0) {
-    // 4 lanes per block: lane part p reads quant bytes 4p .. 4p+3 once and uses both nibbles,
-    // elements 4p .. 4p+3 (low) and 16+4p .. 16+4p+3 (high); 8 blocks per warp step. (With 8
-    // lanes per block, pairs of lanes loaded the same bytes for the two halves.)
-    const int sub = lane >> 2, part = lane & 3, nb = a.K / 32;
-    const int qoff = 2 + part * 4;  // blocks are 18 bytes: 2-byte loads are aligned
-    int b = sub;
-    for (; b + 8 * (GV_UNROLL_Q - 1) < nb; b += 8 * GV_UNROLL_Q) {
-      uint32_t dq[GV_UNROLL_Q], q01[GV_UNROLL_Q], q23[GV_UNROLL_Q];
-#pragma unroll
-      for (int u = 0; u < GV_UNROLL_Q; ++u) {
-        const uint8_t* blk = row + int64_t(b + 8 * u) * 18;
-        const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + qoff);
-        dq[u] = __ldg(reinterpret_cast<const unsigned short*>(blk));
-        q01[u] = __ldg(q);
-        q23[u] = __ldg(q + 1);
-      }
-#pragma unroll
-      for (int u = 0; u < GV_UNROLL_Q; ++u) q4_0_fma<MR>(a, int64_t(b + 8 * u) * 32 + part * 4, dq[u], q01[u], q23[u], acc);
-    }
-    for (; b < nb; b += 8) {
-      const uint8_t* blk = row + int64_t(b) * 18;
-      const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + qoff);
-      q4_0_fma<MR>(a, int64_t(b) * 32 + part * 4, __ldg(reinterpret_cast<const unsigned short*>(blk)), __ldg(q), __ldg(q + 1), acc);
-    }
-  } else {  // Q8_0: 8 lanes per block, lane part p holds elements 4p .. 4p+3
-    const int sub = lane >> 3, part = lane & 7, nb = a.K / 32;
-    // qs starts at byte 2 of a block at an even offset, so 2-byte loads are aligned.
-    const int qoff = 2 + part * 4;
-    // As above, the loads of GV_UNROLL_Q blocks are issued before any is used.
-    int b = sub;
-    for (; b + 4 * (GV_UNROLL_Q - 1) < nb; b += 4 * GV_UNROLL_Q) {
-      uint32_t dq[GV_UNROLL_Q], q01[GV_UNROLL_Q], q23[GV_UNROLL_Q];
-#pragma unroll
-      for (int u = 0; u < GV_UNROLL_Q; ++u) {
-        const uint8_t* blk = row + int64_t(b + 4 * u) * 34;
-        const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + qoff);
-        dq[u] = __ldg(reinterpret_cast<const unsigned short*>(blk));
-        q01[u] = __ldg(q);
-        q23[u] = __ldg(q + 1);
-      }
-#pragma unroll
-      for (int u = 0; u < GV_UNROLL_Q; ++u) {
-        float wv[4];
-        dequant_q8_4(dq[u], q01[u], q23[u], wv);
-        fma_rows<MR, 4>(a, int64_t(b + 4 * u) * 32 + part * 4, wv, acc);
-      }
-    }
-    for (; b < nb; b += 4) {
-      const uint8_t* blk = row + int64_t(b) * 34;
-      const unsigned short* q = reinterpret_cast<const unsigned short*>(blk + qoff);
-      float wv[4];
-      dequant_q8_4(__ldg(reinterpret_cast<const unsigned short*>(blk)), __ldg(q), __ldg(q + 1), wv);
-      fma_rows<MR, 4>(a, int64_t(b) * 32 + part * 4, wv, acc);
-    }
+  } else {  // Q4_0 / Q8_0
+    gemv_quant_row<WT, MR>(a, row, lane, acc);
   }
 #pragma unroll
   for (int r = 0; r < MR; ++r) {
