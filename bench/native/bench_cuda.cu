@@ -77,6 +77,10 @@ double time_ms(const std::function<void()>& fn, int reps) {
   return double(ms) / reps;
 }
 
+// Work per second from a mean time in ms: TFLOP/s of `flop`, GB/s of `bytes`.
+double tflop_per_s(double flop, double ms) { return flop / (ms * 1e-3) / 1e12; }
+double gb_per_s(double bytes, double ms) { return bytes / (ms * 1e-3) / 1e9; }
+
 __global__ void fill_kernel(float* p, size_t n, uint32_t seed, float amp) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint32_t h = uint32_t(i) * 2654435761u ^ seed;
@@ -205,7 +209,7 @@ double bandwidth_probe() {
   const double ms = time_ms([&] { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 10);
   cudaFree(a);
   cudaFree(b);
-  return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;  // GB/s, read + write
+  return gb_per_s(2.0 * double(bytes), ms);  // read + write
 }
 
 
@@ -233,7 +237,7 @@ double tc_peak_probe(int sms) {
   const double ms = time_ms([&] { tc_peak_kernel<<<blocks, threads>>>(sink, iters); }, 5);
   cudaFree(sink);
   const double flop = double(blocks) * (threads / 32) * iters * 4 * 2.0 * 16 * 16 * 16;
-  return flop / (ms * 1e-3) / 1e12;
+  return tflop_per_s(flop, ms);
 }
 
 #if defined(EMOLLM_HAVE_CUBLASLT)
@@ -278,10 +282,9 @@ double cublaslt_ms(const uint16_t* Xb, const uint16_t* Wb, float* Y, int64_t M, 
 }
 #endif
 
-// Weights [N, K] of dtype wt on the device: bf16 converted on the device, q8_0 / q4_0 quantised
-// on the host by the reference quantisers (the bytes GGUF holds) and uploaded.
-void* dev_weights(const float* wf, DType wt, int64_t N, int64_t K) {
-  if (wt == DType::BF16) return dev_bf16(wf, size_t(N * K));
+// Device weights [N, K] (f32 at wf) quantised on the host by the reference quantisers (the bytes
+// GGUF holds) and uploaded as dtype wt; *bytes (when not null) is their size.
+void* dev_quantised(const float* wf, DType wt, int64_t N, int64_t K, size_t* bytes = nullptr) {
   std::vector<float> hw(size_t(N * K));
   CK(cudaMemcpy(hw.data(), wf, hw.size() * 4, cudaMemcpyDeviceToHost));
   const size_t rb = dtype_row_bytes(wt, K);
@@ -290,7 +293,15 @@ void* dev_weights(const float* wf, DType wt, int64_t N, int64_t K) {
   void* w;
   CK(cudaMalloc(&w, hq.size()));
   CK(cudaMemcpy(w, hq.data(), hq.size(), cudaMemcpyHostToDevice));
+  if (bytes) *bytes = hq.size();
   return w;
+}
+
+// Weights [N, K] of dtype wt on the device: bf16 converted on the device, q8_0 / q4_0 quantised
+// on the host (dev_quantised).
+void* dev_weights(const float* wf, DType wt, int64_t N, int64_t K) {
+  if (wt == DType::BF16) return dev_bf16(wf, size_t(N * K));
+  return dev_quantised(wf, wt, N, K);
 }
 
 // One GEMM shape, three ways in this run: gemm_tc (ours, wmma), the cuBLASLt path of matmul
@@ -305,7 +316,7 @@ void bench_gemm(DType wt, const char* shape, int64_t M, int64_t N, int64_t K) {
   CK(cudaMalloc(&y_tc, size_t(M * N) * 4));
   CK(cudaMalloc(&y_lt, size_t(M * N) * 4));
   const double flop = 2.0 * double(M) * double(N) * double(K);
-  auto tflops = [&](double ms) { return ms > 0 ? flop / (ms * 1e-3) / 1e12 : -1.0; };
+  auto tflops = [&](double ms) { return ms > 0 ? tflop_per_s(flop, ms) : -1.0; };
   const double t_tc = time_ms([&] { cuda::gemm_tc(x, K, w, wt, nullptr, y_tc, N, M, N, K, nullptr); }, g_reps);
   double t_lt = -1;
   if (cuda::gemm_cublaslt(x, K, w, wt, nullptr, y_lt, N, M, N, K, nullptr))
@@ -349,19 +360,13 @@ void bench_gemm(DType wt, const char* shape, int64_t M, int64_t N, int64_t K) {
 void bench_gemv(DType wt, int64_t N, int64_t K) {
   float* x = dev_rand(size_t(K), 31, 1.0f);
   float* wf = dev_rand(size_t(N * K), 32, 0.05f);
-  // Quantise on the host (the reference quantisers), then upload: the bytes are what GGUF holds.
-  std::vector<float> hw(size_t(N * K));
-  CK(cudaMemcpy(hw.data(), wf, hw.size() * 4, cudaMemcpyDeviceToHost));
-  const size_t rb = dtype_row_bytes(wt, K);
-  std::vector<uint8_t> hq(size_t(N) * rb);
-  for (int64_t n = 0; n < N; ++n) quantize_row(wt, hw.data() + n * K, hq.data() + size_t(n) * rb, K);
-  void* w;
-  CK(cudaMalloc(&w, hq.size()));
-  CK(cudaMemcpy(w, hq.data(), hq.size(), cudaMemcpyHostToDevice));
+  // Every dtype (bf16 too) quantised on the host: the bytes are what GGUF holds.
+  size_t w_bytes = 0;
+  void* w = dev_quantised(wf, wt, N, K, &w_bytes);
   float* y;
   CK(cudaMalloc(&y, size_t(N) * 4));
   const double t = time_ms([&] { cuda::matmul(x, K, w, wt, nullptr, y, N, 1, N, K, nullptr); }, 10 * g_reps);
-  const double gbs = double(hq.size()) / (t * 1e-3) / 1e9;
+  const double gbs = gb_per_s(double(w_bytes), t);
   std::printf("gemv %-5s N=%-6lld K=%-5lld %8.4f ms %7.1f GB/s (weights) %5.1f%% of copy probe\n", dtype_name(wt),
               (long long)N, (long long)K, t, gbs, 100.0 * gbs / g_hbm_peak);
   g_json.push_back("{\"op\":\"gemv\",\"dtype\":\"" + std::string(dtype_name(wt)) + "\",\"N\":" + std::to_string(N) +
@@ -406,14 +411,14 @@ void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
   for (int64_t i = 0; i < n_q; ++i) pairs += causal ? double(p.q_pos0 + i + 1) : double(n_kv);
   const double flop = 4.0 * pairs * double(p.head_dim) * double(p.n_heads);
   const double kv_bytes = 2.0 * double(n_kv) * double(p.ldk) * (bf16 ? 2 : 4);
+  const double tf_fused = tflop_per_s(flop, t_fused), kv_gbps = gb_per_s(kv_bytes, t_fused);
   std::printf("attention n_q=%-5lld n_kv=%-5lld %s %s  fused %8.3f ms %7.2f TFLOP/s %7.1f GB/s(KV)  | naive %8.3f ms "
               "%6.2f TFLOP/s | fused/naive speed x%.1f | max|diff| %.2e%s\n",
               (long long)n_q, (long long)n_kv, causal ? "causal" : "bidir ", bf16 ? "bf16kv" : "f32kv ", t_fused,
-              flop / (t_fused * 1e-3) / 1e12, kv_bytes / (t_fused * 1e-3) / 1e9, t_naive,
-              flop / (t_naive * 1e-3) / 1e12, t_naive / t_fused, double(diff),
+              tf_fused, kv_gbps, t_naive, tflop_per_s(flop, t_naive), t_naive / t_fused, double(diff),
               wsb ? " (split-KV)" : "");
   if (t_tc > 0) {
-    const double tf = flop / (t_tc * 1e-3) / 1e12;
+    const double tf = tflop_per_s(flop, t_tc);
     std::printf("attention_tc (tensor cores, bf16 operands) %8.3f ms %7.2f TFLOP/s %5.1f%% of tc probe | x%.1f vs f32 "
                 "flash | max|diff vs f32 flash| %.2e\n",
                 t_tc, tf, 100.0 * tf / g_tc_peak, t_fused / t_tc, double(diff_tc));
@@ -423,9 +428,9 @@ void bench_attention(int64_t n_q, int64_t n_kv, bool causal, bool bf16) {
   }
   g_json.push_back("{\"op\":\"attention\",\"n_q\":" + std::to_string(n_q) + ",\"n_kv\":" + std::to_string(n_kv) +
                    ",\"causal\":" + (causal ? "true" : "false") + ",\"kv\":\"" + (bf16 ? "bf16" : "f32") +
-                   "\",\"ms\":" + jnum(t_fused) + ",\"tflops\":" + jnum(flop / (t_fused * 1e-3) / 1e12) +
-                   ",\"pct_tc_peak\":" + jnum(100.0 * flop / (t_fused * 1e-3) / 1e12 / g_tc_peak) +
-                   ",\"kv_gbps\":" + jnum(kv_bytes / (t_fused * 1e-3) / 1e9) + ",\"naive_ms\":" + jnum(t_naive) + "}");
+                   "\",\"ms\":" + jnum(t_fused) + ",\"tflops\":" + jnum(tf_fused) + ",\"pct_tc_peak\":" +
+                   jnum(100.0 * tf_fused / g_tc_peak) + ",\"kv_gbps\":" + jnum(kv_gbps) + ",\"naive_ms\":" +
+                   jnum(t_naive) + "}");
   cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(o2); cudaFree(S);
   if (kb) cudaFree(kb);
   if (vb) cudaFree(vb);
@@ -474,10 +479,10 @@ void bench_mvp(bool bf16) {
   std::printf("mvp_projection T=%lld Din=%lld Dhid=%lld Dout=%lld H=%lld %s  fused %7.3f ms %6.2f TFLOP/s | unfused "
               "%7.3f ms %6.2f TFLOP/s | fused/unfused speed x%.2f | max|diff| %.2e\n",
               (long long)T, (long long)Din, (long long)Dh, (long long)Do, (long long)H, bf16 ? "bf16w" : "f32w ",
-              t_fused, flop / (t_fused * 1e-3) / 1e12, t_unfused, flop / (t_unfused * 1e-3) / 1e12,
+              t_fused, tflop_per_s(flop, t_fused), t_unfused, tflop_per_s(flop, t_unfused),
               t_unfused / t_fused, double(diff));
   g_json.push_back(std::string("{\"op\":\"mvp_projection\",\"w\":\"") + (bf16 ? "bf16" : "f32") + "\",\"ms\":" +
-                   jnum(t_fused) + ",\"tflops\":" + jnum(flop / (t_fused * 1e-3) / 1e12) + ",\"unfused_ms\":" +
+                   jnum(t_fused) + ",\"tflops\":" + jnum(tflop_per_s(flop, t_fused)) + ",\"unfused_ms\":" +
                    jnum(t_unfused) + "}");
   cudaFree(x); cudaFree(w1); cudaFree(b1); cudaFree(w2); cudaFree(b2); cudaFree(g);
   if (w1b) cudaFree(w1b);

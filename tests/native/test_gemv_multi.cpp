@@ -82,6 +82,41 @@ void expect_bits(const std::vector<float>& got, const std::vector<float>& want, 
 // and a set whose total crosses many chunk edges.
 const std::vector<std::vector<int64_t>> kShapes = {{40, 8, 8}, {1, 17}, {1000, 1000}, {16, 37, 5, 64}};
 
+// For each bias on / off, ISA level, Toggle (a scope: VNNI, single stream) on / off and pool
+// on / off: the outputs of multi(outs, n, pool), one call over the matrices W[j] of
+// shape[j] rows, equal bit for bit those of single(W[j], bias, y, N, pool), one call per matrix.
+template <typename Toggle, typename Single, typename Multi>
+void expect_multi_equals_single(const std::string& name, const char* toggle, const std::vector<const void*>& W,
+                                const std::vector<int64_t>& shape, const std::vector<std::vector<float>>& bias,
+                                ThreadPool& pool, Single single, Multi multi) {
+  const int n = int(shape.size());
+  for (int use_bias = 0; use_bias < 2; ++use_bias)
+    for (Isa isa : isa_levels()) {
+      IsaCapScope cap(isa);
+      for (int on = 0; on < 2; ++on)
+        for (int use_pool = 0; use_pool < 2; ++use_pool) {
+          Toggle scope(on != 0);
+          ThreadPool* p = use_pool ? &pool : nullptr;
+          std::vector<std::vector<float>> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+          GemvOutput outs[kMaxGemvOutputs];
+          for (int j = 0; j < n; ++j) {
+            const int64_t N = shape[size_t(j)];
+            const float* b = use_bias ? bias[size_t(j)].data() : nullptr;
+            want[size_t(j)].assign(size_t(N), kSentinel);
+            got[size_t(j)].assign(size_t(N), kSentinel);
+            single(W[size_t(j)], b, want[size_t(j)].data(), N, p);
+            outs[j] = GemvOutput{W[size_t(j)], b, got[size_t(j)].data(), N};
+          }
+          multi(outs, n, p);
+          for (int j = 0; j < n; ++j)
+            expect_bits(got[size_t(j)], want[size_t(j)],
+                        name + " output " + std::to_string(j) + " of " + std::to_string(n) + " isa=" + isa_name(isa) +
+                            " " + toggle + "=" + std::to_string(on) + " pool=" + std::to_string(use_pool) +
+                            " bias=" + std::to_string(use_bias));
+        }
+    }
+}
+
 }  // namespace
 
 TEST(gemv_repacked_multi_equals_one_call_per_matrix) {
@@ -101,32 +136,17 @@ TEST(gemv_repacked_multi_equals_one_call_per_matrix) {
           bias[size_t(j)] = randv(size_t(shape[size_t(j)]), seed++);
         }
         const std::vector<float> x = randv(size_t(K), seed++);
-        for (int use_bias = 0; use_bias < 2; ++use_bias)
-          for (Isa isa : isa_levels()) {
-            IsaCapScope cap(isa);
-            for (int vnni = 0; vnni < 2; ++vnni)
-              for (int use_pool = 0; use_pool < 2; ++use_pool) {
-                VnniScope vs(vnni != 0);
-                ThreadPool* p = use_pool ? &pool : nullptr;
-                std::vector<std::vector<float>> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
-                GemvOutput outs[kMaxGemvOutputs];
-                for (int j = 0; j < n; ++j) {
-                  const int64_t N = shape[size_t(j)];
-                  const float* b = use_bias ? bias[size_t(j)].data() : nullptr;
-                  want[size_t(j)].assign(size_t(N), kSentinel);
-                  got[size_t(j)].assign(size_t(N), kSentinel);
-                  gemv_repacked(x.data(), packed[size_t(j)].data(), t, b, want[size_t(j)].data(), N, K, p);
-                  outs[j] = GemvOutput{packed[size_t(j)].data(), b, got[size_t(j)].data(), N};
-                }
-                gemv_repacked_multi(x.data(), t, outs, n, K, p);
-                for (int j = 0; j < n; ++j)
-                  expect_bits(got[size_t(j)], want[size_t(j)],
-                              std::string("gemv_repacked_multi ") + dtype_name(t) + " K=" + std::to_string(K) + " output " +
-                                  std::to_string(j) + " of " + std::to_string(n) + " isa=" + isa_name(isa) +
-                                  " vnni=" + std::to_string(vnni) + " pool=" + std::to_string(use_pool) +
-                                  " bias=" + std::to_string(use_bias));
-              }
-          }
+        std::vector<const void*> W;
+        for (const auto& m : packed) W.push_back(m.data());
+        expect_multi_equals_single<VnniScope>(
+            std::string("gemv_repacked_multi ") + dtype_name(t) + " K=" + std::to_string(K), "vnni", W, shape, bias,
+            pool,
+            [&](const void* w, const float* b, float* y, int64_t N, ThreadPool* p) {
+              gemv_repacked(x.data(), w, t, b, y, N, K, p);
+            },
+            [&](const GemvOutput* outs, int count, ThreadPool* p) {
+              gemv_repacked_multi(x.data(), t, outs, count, K, p);
+            });
       }
   std::vector<uint8_t> buf(4096);
   float x[64] = {}, y[16];
@@ -154,32 +174,17 @@ TEST(gemv_huge_pages_multi_equals_one_call_per_matrix) {
           bias[size_t(j)] = randv(size_t(shape[size_t(j)]), seed++);
         }
         const std::vector<float> x = randv(size_t(K), seed++);
-        for (int use_bias = 0; use_bias < 2; ++use_bias)
-          for (Isa isa : isa_levels()) {
-            IsaCapScope cap(isa);
-            for (int stream = 0; stream < 2; ++stream)
-              for (int use_pool = 0; use_pool < 2; ++use_pool) {
-                StreamScope ss(stream != 0);
-                ThreadPool* p = use_pool ? &pool : nullptr;
-                std::vector<std::vector<float>> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
-                GemvOutput outs[kMaxGemvOutputs];
-                for (int j = 0; j < n; ++j) {
-                  const int64_t N = shape[size_t(j)];
-                  const float* b = use_bias ? bias[size_t(j)].data() : nullptr;
-                  want[size_t(j)].assign(size_t(N), kSentinel);
-                  got[size_t(j)].assign(size_t(N), kSentinel);
-                  gemm_huge_pages(x.data(), K, w[size_t(j)].data(), t, b, want[size_t(j)].data(), N, 1, N, K, p);
-                  outs[j] = GemvOutput{w[size_t(j)].data(), b, got[size_t(j)].data(), N};
-                }
-                gemv_huge_pages_multi(x.data(), t, outs, n, K, p);
-                for (int j = 0; j < n; ++j)
-                  expect_bits(got[size_t(j)], want[size_t(j)],
-                              std::string("gemv_huge_pages_multi ") + dtype_name(t) + " K=" + std::to_string(K) +
-                                  " output " + std::to_string(j) + " of " + std::to_string(n) + " isa=" + isa_name(isa) +
-                                  " stream=" + std::to_string(stream) + " pool=" + std::to_string(use_pool) +
-                                  " bias=" + std::to_string(use_bias));
-              }
-          }
+        std::vector<const void*> W;
+        for (const auto& m : w) W.push_back(m.data());
+        expect_multi_equals_single<StreamScope>(
+            std::string("gemv_huge_pages_multi ") + dtype_name(t) + " K=" + std::to_string(K), "stream", W, shape, bias,
+            pool,
+            [&](const void* wj, const float* b, float* y, int64_t N, ThreadPool* p) {
+              gemm_huge_pages(x.data(), K, wj, t, b, y, N, 1, N, K, p);
+            },
+            [&](const GemvOutput* outs, int count, ThreadPool* p) {
+              gemv_huge_pages_multi(x.data(), t, outs, count, K, p);
+            });
       }
   float x[32] = {}, y[4];
   uint16_t wb[4 * 32] = {};

@@ -334,24 +334,38 @@ SchedulerOptions preempt_pool() {
   return so;
 }
 
+// Each request on a context of its own: what the preempted run must give.
+std::vector<GenerateResult> generate_each_alone(const std::vector<std::vector<int32_t>>& prompts,
+                                                const std::vector<GenerateParams>& params) {
+  std::vector<GenerateResult> want;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
+    want.push_back(Session(alone).generate(prompts[i], nullptr, params[i], nullptr));
+  }
+  return want;
+}
+
+// Every request of the run ended without error, with the tokens and stop reason it has alone,
+// and streamed those tokens once each (a recomputed sequence delivers nothing twice).
+void expect_each_equals_alone(const PreemptRun& run, const std::vector<GenerateResult>& want) {
+  EXPECT(run.got.size() == want.size());
+  for (size_t i = 0; i < want.size() && i < run.got.size(); ++i) {
+    EXPECT(!run.got[i].error);
+    EXPECT(run.got[i].generated.tokens == want[i].tokens);
+    EXPECT(run.got[i].generated.reason == want[i].reason);
+    EXPECT(run.streamed[i] == want[i].tokens);
+  }
+}
+
 }  // namespace
 
 TEST(kv_paging_preemption_greedy_equals_alone) {
   if (stories_gguf().empty()) return;
   const auto prompts = preempt_prompts();
   std::vector<GenerateParams> params(prompts.size(), greedy(40));
-  std::vector<GenerateResult> want;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
-    want.push_back(Session(alone).generate(prompts[i], nullptr, params[i], nullptr));
-  }
+  const std::vector<GenerateResult> want = generate_each_alone(prompts, params);
   const PreemptRun run = run_preempting(preempt_pool(), prompts, params);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT(!run.got[i].error);
-    EXPECT(run.got[i].generated.tokens == want[i].tokens);
-    EXPECT(run.got[i].generated.reason == want[i].reason);
-    EXPECT(run.streamed[i] == want[i].tokens);  // a recomputed sequence delivers nothing twice
-  }
+  expect_each_equals_alone(run, want);
   const SchedulerStats& st = run.st;
   std::printf("  greedy, 4 x (prompt + 40) in 8 blocks of 16: %lld preemptions, %lld positions recomputed, %lld waits, "
               "max batch %lld, %lld steps\n",
@@ -378,17 +392,9 @@ TEST(kv_paging_preemption_seeded_sampling_equals_alone) {
     p.sampler.seed = 1234 + i;
     params.push_back(p);
   }
-  std::vector<GenerateResult> want;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
-    want.push_back(Session(alone).generate(prompts[i], nullptr, params[i], nullptr));
-  }
+  const std::vector<GenerateResult> want = generate_each_alone(prompts, params);
   const PreemptRun run = run_preempting(preempt_pool(), prompts, params);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT(!run.got[i].error);
-    EXPECT(run.got[i].generated.tokens == want[i].tokens);
-    EXPECT(run.streamed[i] == want[i].tokens);
-  }
+  expect_each_equals_alone(run, want);
   std::printf("  seeded sampling: %lld preemptions, %lld positions recomputed\n", (long long)run.st.kv_preemptions,
               (long long)run.st.kv_recomputed_tokens);
   EXPECT(run.st.kv_preemptions > 0);

@@ -72,6 +72,42 @@ bool env_disables_cublaslt() {
   return e && std::strcmp(e, "0") == 0;
 }
 
+// One problem's host data: X (M rows of ldx), W (N x K, uniform in [-1, 1], then stored in wt),
+// the bias and the double reference over the operands the contract names (X and the dequantised
+// W rounded to bf16 for BF16 weights, to f16 otherwise), with the bias when `bias`.
+struct LtProblem {
+  std::vector<float> x, b, want;  // want: M x N
+  std::vector<uint8_t> wq;        // N rows of dtype_row_bytes(wt, K)
+};
+
+LtProblem make_problem(DType wt, uint64_t seed, int64_t M, int64_t N, int64_t K, int64_t ldx, bool bias) {
+  LtRng r(seed);
+  LtProblem p;
+  std::vector<float> w(size_t(N * K));
+  p.x.resize(size_t(M * ldx));
+  p.b.resize(static_cast<size_t>(N));
+  for (auto& v : p.x) v = r.uniform(-1, 1);
+  for (auto& v : w) v = r.uniform(-1, 1);
+  for (auto& v : p.b) v = r.uniform(-1, 1);
+  const size_t rb = dtype_row_bytes(wt, K);
+  p.wq.resize(size_t(N) * rb);
+  std::vector<float> wd(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    quantize_row(wt, w.data() + n * K, p.wq.data() + size_t(n) * rb, K);
+    dequantize_row(wt, p.wq.data() + size_t(n) * rb, wd.data() + n * K, K);
+  }
+  const bool bf = wt == DType::BF16;
+  p.want.resize(size_t(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double a = bias ? p.b[size_t(n)] : 0.0;
+      for (int64_t k = 0; k < K; ++k)
+        a += double(op_round(p.x[size_t(m * ldx + k)], bf)) * double(op_round(wd[size_t(n * K + k)], bf));
+      p.want[size_t(m * N + n)] = float(a);
+    }
+  return p;
+}
+
 struct LtCase {
   int64_t M, N, K, pad;
   bool bias;
@@ -82,30 +118,12 @@ struct LtCase {
 // operand row is 16-byte aligned (K % 8 == 0, ldy % 4 == 0, W not offset) cuBLASLt must have
 // run it; elsewhere it may decline (then matmul runs gemm_tc, checked here too).
 void run_case(DType wt, const LtCase& c) {
-  LtRng r(uint64_t(c.M * 131 + c.N * 7 + c.K + int(wt) * 1000 + c.w_offset));
   const int64_t M = c.M, N = c.N, K = c.K, ldx = K + c.pad, ldy = N + 2 * c.pad;
   const bool must_run = K % 8 == 0 && ldy % 4 == 0 && c.w_offset == 0;
-  std::vector<float> x(size_t(M * ldx)), w(size_t(N * K)), b(static_cast<size_t>(N));
-  for (auto& v : x) v = r.uniform(-1, 1);
-  for (auto& v : w) v = r.uniform(-1, 1);
-  for (auto& v : b) v = r.uniform(-1, 1);
-  const size_t rb = dtype_row_bytes(wt, K);
-  std::vector<uint8_t> wq(size_t(N) * rb);
-  std::vector<float> wd(size_t(N * K));
-  for (int64_t n = 0; n < N; ++n) {
-    quantize_row(wt, w.data() + n * K, wq.data() + size_t(n) * rb, K);
-    dequantize_row(wt, wq.data() + size_t(n) * rb, wd.data() + n * K, K);
-  }
-  const bool bf = wt == DType::BF16;
-  std::vector<float> want(size_t(M * N));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) {
-      double a = c.bias ? b[size_t(n)] : 0.0;
-      for (int64_t k = 0; k < K; ++k)
-        a += double(op_round(x[size_t(m * ldx + k)], bf)) * double(op_round(wd[size_t(n * K + k)], bf));
-      want[size_t(m * N + n)] = float(a);
-    }
-  LtBuf dx(x.data(), x.size() * 4), dw(wq.data(), wq.size(), c.w_offset), db(b.data(), b.size() * 4);
+  const LtProblem pr =
+      make_problem(wt, uint64_t(c.M * 131 + c.N * 7 + c.K + int(wt) * 1000 + c.w_offset), M, N, K, ldx, c.bias);
+  const std::vector<float>& want = pr.want;
+  LtBuf dx(pr.x.data(), pr.x.size() * 4), dw(pr.wq.data(), pr.wq.size(), c.w_offset), db(pr.b.data(), pr.b.size() * 4);
   const std::vector<float> init(size_t(M * ldy), -555.0f);
   LtBuf y_lt(init.data(), init.size() * 4), y_tc(init.data(), init.size() * 4);
   const float* bias = c.bias ? db.f() : nullptr;
@@ -210,29 +228,11 @@ TEST(cuda_cublaslt_matmul_path) {
   // matmul itself at a prefill shape (M >= kCublasLtQuantMinRows) for each dtype, through
   // whichever path is active, against the reference.
   for (DType wt : {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0}) {
-    LtRng r(uint64_t(int(wt)) + 5);
     const int64_t M = 70, N = 96, K = 128;
-    std::vector<float> x(size_t(M * K)), w(size_t(N * K)), b(static_cast<size_t>(N));
-    for (auto& v : x) v = r.uniform(-1, 1);
-    for (auto& v : w) v = r.uniform(-1, 1);
-    for (auto& v : b) v = r.uniform(-1, 1);
-    const size_t rb = dtype_row_bytes(wt, K);
-    std::vector<uint8_t> wq(size_t(N) * rb);
-    std::vector<float> wd(size_t(N * K));
-    for (int64_t n = 0; n < N; ++n) {
-      quantize_row(wt, w.data() + n * K, wq.data() + size_t(n) * rb, K);
-      dequantize_row(wt, wq.data() + size_t(n) * rb, wd.data() + n * K, K);
-    }
-    std::vector<float> want(size_t(M * N));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        double a = b[size_t(n)];
-        for (int64_t k = 0; k < K; ++k)
-          a += double(op_round(x[size_t(m * K + k)], wt == DType::BF16)) *
-               double(op_round(wd[size_t(n * K + k)], wt == DType::BF16));
-        want[size_t(m * N + n)] = float(a);
-      }
-    LtBuf dx(x.data(), x.size() * 4), dw(wq.data(), wq.size()), db(b.data(), b.size() * 4), dy(nullptr, want.size() * 4);
+    const LtProblem pr = make_problem(wt, uint64_t(int(wt)) + 5, M, N, K, K, true);
+    const std::vector<float>& want = pr.want;
+    LtBuf dx(pr.x.data(), pr.x.size() * 4), dw(pr.wq.data(), pr.wq.size()), db(pr.b.data(), pr.b.size() * 4),
+        dy(nullptr, want.size() * 4);
     cuda::matmul(dx.f(), K, dw.p(), wt, db.f(), dy.f(), N, M, N, K, nullptr);
     const std::vector<float> got = dy.get();
     EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 2e-4, 2e-4, std::string("matmul ") + dtype_name(wt));
