@@ -9,8 +9,9 @@
 //   4. the tiny LLaVA (../shared/models/llava-tiny-hf) on 'cuda': the 16 greedy tokens of its
 //      photo question (photo.jpg through sharp) equal transformers' (reference/expected.json).
 // Exits 0 only when every check ran and passed; 1 on a mismatch, 2 when it cannot run (no CUDA
-// build, no GPU, ../shared missing). Not part of `npm test` (CI has no GPU): run it by hand on a
-// CUDA machine; tests/js/cuda_node_check.test.ts runs it on the emulated device.
+// build, no GPU, ../shared missing). Not part of `npm test` (CI has no GPU): run it on a CUDA
+// machine by hand or with `bash scripts/gpu-suite.sh --node` (which builds the addon with CUDA
+// first); tests/js/cuda_node_check.test.ts runs it on the emulated device.
 //
 // Usage: node scripts/cuda-node-check.mjs [--shared DIR]   (default: EMOLLM_SHARED_DIR, else ../shared)
 import { existsSync, readFileSync } from 'node:fs';

@@ -1,5 +1,5 @@
 // scripts/cuda-node-check.mjs is the check of the Node addon on a GPU (run by hand or by
-// bench/native/run-cuda-checks.sh on a CUDA machine; CI has no GPU). Here it runs on the strict
+// `bash scripts/gpu-suite.sh --node` on a CUDA machine; CI has no GPU). Here it runs on the strict
 // emulated device, so the script itself (its API calls, references and exit codes) cannot rot:
 // every check must pass there and it must exit 0; on a build or machine without CUDA, device
 // 'cuda' must exit 2 saying why, not pass.
