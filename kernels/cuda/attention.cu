@@ -39,16 +39,8 @@ struct FaArgs {
   float* part_ml;     // [splits][n_q][n_heads][2]
 };
 
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using detail::warp_max;
+using detail::warp_sum;
 
 // DC: output dims per lane (ceil(D/32) rounded up); DFIX: compile-time head_dim or 0 (runtime).
 template <typename KT, int DC, int DFIX>

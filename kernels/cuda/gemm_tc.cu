@@ -26,13 +26,8 @@ namespace emollm {
 namespace cuda {
 namespace {
 
-__device__ __forceinline__ float half_bits_to_f32(uint16_t b) { return __half2float(__ushort_as_half(b)); }
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using detail::f16_bits_to_f32;
+using detail::warp_sum;
 
 // ------------------------------------------------------------------ gemv
 constexpr int GV_WARPS = 8, GV_NT = GV_WARPS * 32;
@@ -98,14 +93,14 @@ __device__ __forceinline__ void unpack8(const uint4& t, float (&wv)[8]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const uint16_t lo = uint16_t(words[j] & 0xffffu), hi = uint16_t(words[j] >> 16);
-    wv[2 * j] = WT == DType::F16 ? half_bits_to_f32(lo) : detail::bf16_bits_to_f32(lo);
-    wv[2 * j + 1] = WT == DType::F16 ? half_bits_to_f32(hi) : detail::bf16_bits_to_f32(hi);
+    wv[2 * j] = WT == DType::F16 ? f16_bits_to_f32(lo) : detail::bf16_bits_to_f32(lo);
+    wv[2 * j + 1] = WT == DType::F16 ? f16_bits_to_f32(hi) : detail::bf16_bits_to_f32(hi);
   }
 }
 
 // 4 q8_0 weights: d's bits and two 2-byte words of quants.
 __device__ __forceinline__ void dequant_q8_4(uint32_t d_bits, uint32_t q01, uint32_t q23, float (&wv)[4]) {
-  const float d = half_bits_to_f32(uint16_t(d_bits));
+  const float d = f16_bits_to_f32(uint16_t(d_bits));
   wv[0] = d * float(int8_t(q01 & 0xff));
   wv[1] = d * float(int8_t(q01 >> 8));
   wv[2] = d * float(int8_t(q23 & 0xff));
@@ -117,7 +112,7 @@ __device__ __forceinline__ void dequant_q8_4(uint32_t d_bits, uint32_t q01, uint
 template <int MR>
 __device__ __forceinline__ void q4_0_fma(const MatArgs& a, int64_t k, uint32_t d_bits, uint32_t q01, uint32_t q23,
                                          float (&acc)[MR]) {
-  const float d = half_bits_to_f32(uint16_t(d_bits));
+  const float d = f16_bits_to_f32(uint16_t(d_bits));
   const uint32_t bytes[4] = {q01 & 0xff, q01 >> 8, q23 & 0xff, q23 >> 8};
   float lo[4], hi[4];
 #pragma unroll
@@ -228,7 +223,7 @@ __global__ void __launch_bounds__(GV_NT) gemv_kernel(MatArgs a) {
     }
     for (int k = k0 + lane; k < a.K; k += 32) {
       const uint16_t b = __ldg(reinterpret_cast<const unsigned short*>(w + k));
-      const float wv[1] = {WT == DType::F16 ? half_bits_to_f32(b) : detail::bf16_bits_to_f32(b)};
+      const float wv[1] = {WT == DType::F16 ? f16_bits_to_f32(b) : detail::bf16_bits_to_f32(b)};
       fma_rows<MR, 1>(a, k, wv, acc);
     }
   } else {  // Q4_0 / Q8_0

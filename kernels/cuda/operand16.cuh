@@ -14,8 +14,6 @@ namespace emollm {
 namespace cuda {
 namespace detail {
 
-__device__ __forceinline__ float f16_bits_to_f32(uint16_t b) { return __half2float(__ushort_as_half(b)); }
-
 // An f32 value as the 16-bit operand type MT (round to nearest even).
 template <typename MT>
 __device__ __forceinline__ MT to_operand(float x);

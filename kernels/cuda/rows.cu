@@ -15,16 +15,9 @@ namespace {
 
 constexpr int ROW_NT = 256;
 
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
+using detail::f16_bits_to_f32;
+using detail::warp_max;
+using detail::warp_sum;
 
 // Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
 __device__ float block_sum(float x, float* scratch /* >= 33 floats */) {
@@ -206,8 +199,6 @@ __global__ void rope_kernel(float* x, int64_t ld, int n_heads, int head_dim, int
   }
 }
 
-__device__ __forceinline__ float half_bits_to_f32(uint16_t b) { return __half2float(__ushort_as_half(b)); }
-
 template <DType T>
 __global__ void embedding_kernel(const uint8_t* table, int64_t row_bytes, int64_t vocab, int dim, const int32_t* ids,
                                  float* out, int64_t ld_out) {
@@ -222,18 +213,18 @@ __global__ void embedding_kernel(const uint8_t* table, int64_t row_bytes, int64_
   for (int j = threadIdx.x; j < dim; j += blockDim.x) {
     float v;
     if constexpr (T == DType::F32) v = __ldg(reinterpret_cast<const float*>(row) + j);
-    else if constexpr (T == DType::F16) v = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(row) + j));
+    else if constexpr (T == DType::F16) v = f16_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(row) + j));
     else if constexpr (T == DType::BF16)
       v = detail::bf16_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(row) + j));
     else if constexpr (T == DType::Q8_0) {
       const uint8_t* blk = row + int64_t(j / 32) * 34;
-      v = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk))) *
+      v = f16_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk))) *
           float(int8_t(__ldg(blk + 2 + j % 32)));
     } else {
       const uint8_t* blk = row + int64_t(j / 32) * 18;
       const int e = j % 32;
       const uint8_t q = __ldg(blk + 2 + (e & 15));
-      v = half_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk))) * float(int(e < 16 ? q & 15 : q >> 4) - 8);
+      v = f16_bits_to_f32(__ldg(reinterpret_cast<const unsigned short*>(blk))) * float(int(e < 16 ? q & 15 : q >> 4) - 8);
     }
     o[j] = v;
   }
