@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "../../base/dtype.h"
 #include "../../base/error.h"
 
 namespace emollm {
@@ -51,6 +52,30 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 inline bool aligned(const void* p, unsigned bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
+
+// The argument checks of the CUDA matrix products Y[M,N] = X[M,K] W[N,K]^T (gemm_tc.cu's gemv /
+// gemm_tc / matmul, gemm_cublaslt.cu), in this order: shape, leading dimensions, weight dtype,
+// null pointers. InvalidArgument for a bad value, K % 32 != 0 for q8_0 / q4_0 included;
+// Unsupported for F32 weights unless f32_ok, and for dtypes other than f16 / bf16 / q8_0 / q4_0,
+// as "<what>: weight dtype <name> <no_path>".
+inline void check_matmul_args(const char* what, const float* X, int64_t ldx, const void* W, DType wtype, float* Y,
+                              int64_t ldy, int64_t M, int64_t N, int64_t K, bool f32_ok, const char* no_path) {
+  EMOLLM_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, std::string(what) + ": negative shape");
+  EMOLLM_CHECK_ARG(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
+                   std::string(what) + ": shape too large");
+  EMOLLM_CHECK_ARG(M <= 1 || ldx >= K, std::string(what) + ": ldx smaller than K");
+  EMOLLM_CHECK_ARG(M <= 1 || ldy >= N, std::string(what) + ": ldy smaller than N");
+  switch (wtype) {
+    case DType::F16: case DType::BF16: break;
+    case DType::Q8_0: case DType::Q4_0:
+      EMOLLM_CHECK_ARG(K % 32 == 0, std::string(what) + ": q8_0/q4_0 weights need K % 32 == 0");
+      break;
+    default:
+      if (wtype == DType::F32 && f32_ok) break;
+      throw Error(ErrorCode::Unsupported, std::string(what) + ": weight dtype " + dtype_name(wtype) + " " + no_path);
+  }
+  if (M > 0 && N > 0) EMOLLM_CHECK_ARG(X && W && Y, std::string(what) + ": null pointer");
+}
 
 }  // namespace detail
 }  // namespace cuda

@@ -360,21 +360,8 @@ std::string matmul_gemm_path() {
 
 bool gemm_cublaslt(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
                    int64_t M, int64_t N, int64_t K, Stream stream) {
-  EMOLLM_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, "cuda gemm_cublaslt: negative shape");
-  EMOLLM_CHECK_ARG(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
-                   "cuda gemm_cublaslt: shape too large");
-  EMOLLM_CHECK_ARG(M <= 1 || ldx >= K, "cuda gemm_cublaslt: ldx smaller than K");
-  EMOLLM_CHECK_ARG(M <= 1 || ldy >= N, "cuda gemm_cublaslt: ldy smaller than N");
-  switch (wtype) {
-    case DType::F16: case DType::BF16: break;
-    case DType::Q8_0: case DType::Q4_0:
-      EMOLLM_CHECK_ARG(K % 32 == 0, "cuda gemm_cublaslt: q8_0/q4_0 weights need K % 32 == 0");
-      break;
-    default:
-      throw Error(ErrorCode::Unsupported, std::string("cuda gemm_cublaslt: weight dtype ") + dtype_name(wtype) +
-                                              " has no cuBLASLt path (f16, bf16, q8_0, q4_0)");
-  }
-  if (M > 0 && N > 0) EMOLLM_CHECK_ARG(X && W && Y, "cuda gemm_cublaslt: null pointer");
+  detail::check_matmul_args("cuda gemm_cublaslt", X, ldx, W, wtype, Y, ldy, M, N, K, false,
+                            "has no cuBLASLt path (f16, bf16, q8_0, q4_0)");
   CublasLt& lt = CublasLt::get();
   if (!lt.loaded()) return false;
   // K == 0 would be Y = bias: gemm_tc does that without a library call.

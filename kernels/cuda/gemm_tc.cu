@@ -312,21 +312,8 @@ __global__ void __launch_bounds__(TC_NT) gemm_tc_kernel(MatArgs a) {
 
 void check_common(const char* what, const float* X, int64_t ldx, const void* W, DType wtype, float* Y, int64_t ldy,
                   int64_t M, int64_t N, int64_t K) {
-  EMOLLM_CHECK_ARG(M >= 0 && N >= 0 && K >= 0, std::string(what) + ": negative shape");
-  EMOLLM_CHECK_ARG(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
-                   std::string(what) + ": shape too large");
-  EMOLLM_CHECK_ARG(M <= 1 || ldx >= K, std::string(what) + ": ldx smaller than K");
-  EMOLLM_CHECK_ARG(M <= 1 || ldy >= N, std::string(what) + ": ldy smaller than N");
-  switch (wtype) {
-    case DType::F32: case DType::F16: case DType::BF16: break;
-    case DType::Q8_0: case DType::Q4_0:
-      EMOLLM_CHECK_ARG(K % 32 == 0, std::string(what) + ": q8_0/q4_0 weights need K % 32 == 0");
-      break;
-    default:
-      throw Error(ErrorCode::Unsupported, std::string(what) + ": weight dtype " + dtype_name(wtype) +
-                                              " has no CUDA kernel (f32, f16, bf16, q8_0, q4_0)");
-  }
-  if (M > 0 && N > 0) EMOLLM_CHECK_ARG(X && W && Y, std::string(what) + ": null pointer");
+  detail::check_matmul_args(what, X, ldx, W, wtype, Y, ldy, M, N, K, true,
+                            "has no CUDA kernel (f32, f16, bf16, q8_0, q4_0)");
 }
 
 template <DType WT>
