@@ -34,6 +34,7 @@
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
+#include "cpu/gemv_kquant_vnni.h"  // set_kquant_gemv: the A/B rows of the q4_K / q6_K GEMV
 #include "cpu/kernels.h"
 
 #ifdef EMOLLM_HAVE_OPENBLAS
@@ -1266,6 +1267,85 @@ void bench_fused(ThreadPool& pool) {
     }
 }
 
+// ============================================================================ K-quant GEMV
+// q4_K / q6_K decode GEMV (M = 1, gemm on the GGUF layout, what models run for these types): the
+// current kernel (gemv_kquant_vnni on VNNI) interleaved call by call with the previous one
+// (set_kquant_gemv(false): gemm_quant_ext's range kernels), as an "emollm" row and a "prev" row
+// (ratio = prev time / emollm time, >1: the current kernel is faster). Cold weights (copies
+// rotated as the M = 1 GEMM rows). 1.1B and 7B layer shapes.
+void bench_kquant_gemv(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{"llama1b.qkvo", 2048, 2048}, {"llama1b.gate_up", 5632, 2048}, {"llama1b.down", 2048, 5632},
+                          {"llama.qkvo", 4096, 4096},   {"llama.gate_up", 11008, 4096}, {"llama.down", 4096, 11008}};
+  bool header = false;
+  for (const Shape& sh : shapes)
+    for (DType t : {DType::Q4_K, DType::Q6_K}) {
+      const std::string name = std::string("gemv_kquant/") + sh.name + "/" + dtype_name(t);
+      if (!selected(name)) continue;
+      if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+      if (!header) {
+        table_header("K-quant GEMV M=1 (GGUF layout; prev = the previous kernel, interleaved; ratio = prev time / emollm time, >1: current faster)");
+        header = true;
+      }
+      const int64_t N = sh.N, K = sh.K;
+      progress(name + ": preparing weights");
+      Buf<float> w = make_aligned<float>(size_t(N * K));
+      fill_random(w.get(), N * K, 41 + uint64_t(N) + uint64_t(K), &pool);
+      const size_t wb = dtype_row_bytes(t, K) * size_t(N);
+      Buf<uint8_t> q = make_aligned<uint8_t>(wb);
+      quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+      Copies copies(q.get(), wb, decode_copies(wb), &pool);
+      Buf<float> x = make_aligned<float>(size_t(K)), y = make_aligned<float>(size_t(N));
+      fill_random(x.get(), K, 79, &pool);
+      Result r;
+      r.section = "gemm";
+      r.name = name;
+      r.label = std::string(sh.name) + " M=1";
+      r.dtype = dtype_name(t);
+      r.impl = "emollm";
+      r.M = 1;
+      r.N = N;
+      r.K = K;
+      r.flops = 2.0 * double(N) * double(K);
+      r.bytes = double(wb);
+      Stats prev;
+      Result* res = run_case(r, [&](Result& rr) {
+        auto st = measure_interleaved({
+            [&](int i) { gemm(x.get(), K, copies[i], t, nullptr, y.get(), N, 1, N, K, &pool); },
+            [&](int i) {
+              gemm_detail::set_kquant_gemv(false);
+              gemm(x.get(), K, copies[i], t, nullptr, y.get(), N, 1, N, K, &pool);
+              gemm_detail::set_kquant_gemv(true);
+            },
+        });
+        rr.st = st[0];
+        prev = st[1];
+        rr.ratio_vs = "prev";
+        rr.ratio = prev.best / rr.st.best;
+        gemm(x.get(), K, q.get(), t, nullptr, y.get(), N, 1, N, K, &pool);
+        set_check(rr, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
+        rr.note = "(" + std::to_string(copies.ptrs.size()) + " weight copies)";
+      });
+      if (!res) continue;
+      table_row(*res);
+      Result p = r;
+      p.name = name + "/prev";
+      p.impl = "prev";
+      p.st = prev;
+      p.note = "previous kernel (set_kquant_gemv(false)), interleaved";
+      gemm_detail::set_kquant_gemv(false);
+      gemm(x.get(), K, q.get(), t, nullptr, y.get(), N, 1, N, K, &pool);
+      gemm_detail::set_kquant_gemv(true);
+      set_check(p, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
+      g_results.push_back(p);
+      table_row(g_results.back());
+      settle();
+    }
+}
+
 // ============================================================================ attention
 struct AttnCase {
   const char* name;
@@ -1532,6 +1612,7 @@ int main(int argc, char** argv) {
   if (g_opt.list) {
     for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
     bench_fused(pool);
+    bench_kquant_gemv(pool);
     bench_attention(pool);
     bench_eltwise(pool);
     return 0;
@@ -1572,6 +1653,7 @@ int main(int argc, char** argv) {
     bench_gemm_shape(s, pool);
   }
   bench_fused(pool);
+  bench_kquant_gemv(pool);
   bench_attention(pool);
   bench_eltwise(pool);
 

@@ -15,6 +15,10 @@
 // vpmaddubsw + vpmaddwd at Isa::Avx2+, else scalar. ggml instead rounds activations to q8_K for
 // the k-quants (one f32 scale per 256); the q8_0 rounding here is finer (one per 32).
 //
+// q4_K / q5_K / q6_K at M <= kSmallM on CPUs with AVX-512 VNNI (Isa Avx512+): gemv_kquant_vnni.cpp
+// (same q8_0 activations and integer sub-block products, the codes unpacked in registers and the
+// scales with vector ops; the range kernels here are its fallback without VNNI, and its A/B
+// reference with set_kquant_gemv(false)).
 // q4_K / q5_K / q6_K at M > kSmallM in QuantActivations::Q8 mode on CPUs with AVX-512 VNNI (Isa
 // Avx512+): the packed int8 GEMM of gemm_kquant_vnni.cpp (same q8_0 activations, same per-block
 // integer dot products, cache-blocked).
@@ -28,6 +32,7 @@
 #include "../../base/quant_formats.h"
 #include "gemm_internal.h"
 #include "gemm_kquant_vnni.h"
+#include "gemv_kquant_vnni.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -502,6 +507,11 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act) {
 #endif
     qx_quantize_row_scalar(a.X + m * a.ldx, a.K, qs, dxe, neg, off);
   }
+#if defined(__x86_64__)
+  const bool kquant = a.wtype == DType::Q4_K || a.wtype == DType::Q5_K || a.wtype == DType::Q6_K;
+  if (kquant && isa >= Isa::Avx512 && cpu_features().avx512vnni && vnni_allowed() && kquant_gemv())
+    return gemv_kquant_vnni(a, q);
+#endif
   // Thread-local storage of the calling thread: the workers get it by reference (a lambda naming
   // a thread_local would read the worker's own copy).
   thread_local HalfSums hs_storage;

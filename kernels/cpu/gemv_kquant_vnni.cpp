@@ -1,0 +1,272 @@
+// Decode-shaped products (M <= kSmallM) of q4_K / q5_K / q6_K weights on AVX-512 VNNI.
+//
+//   Y[M,N] = X[M,K] * W[N,K]^T (+ bias), W in its GGUF layout (256-element super-blocks)
+//
+// X comes rounded to q8_0 (gemm_quant_ext.cpp: qx_quantize_row_avx2, the rounding of every other
+// quantised path, so prefill, decode and the q4_0 paths see the same X): x = dx_b * q per
+// 32-element block b. Per super-block s of a weight row and 64-element chunk c (4 per super-block),
+// the codes u are unpacked into one zmm in element order straight from the block's bytes (no
+// stores: the previous kernel decoded each super-block into a byte buffer and 32 scale floats
+// with scalar code, which cost more than the memory traffic), and one vpdpbusd against the 64
+// activation bytes gives 16 exact int32 lane sums of 4 products:
+//   q4_K / q5_K (w = A_j u - M_j; A_j = d sc_j, M_j = dmin m_j, sub-block j = lanes 8(j%2)..):
+//     y += sum_lanes (A_j dx_b) * P_lane  -  sum_j M_j (dx_b S_b)        S_b = sum of block b's q
+//   q6_K (w = A_h (u - 32); A_h = d scales[h], half h = lanes 4(h%4)..):
+//     y += sum_lanes (A_h dx_b) * (P_lane - 32 S_lane)     (the -32 S_lane is q.neg, the
+//                                                           accumulator vpdpbusd starts from)
+// The 8 (16) scales of a super-block are unpacked with vector ops once, multiplied by the 8
+// block scales dx_b (one f32 product each: d sc is exact, 11 x 8 bits) and spread over the lanes
+// with one vpermps per chunk; the min terms use dx_b S_b (exact in f32: 11-bit scale times
+// |S| <= 4064), made once per call, against the 8 M_j of the super-block (exact: 11 x 6 bits).
+// Roundings: the scale products and one fused multiply-add per term into 16 f32 lanes (two
+// accumulators at M = 1), then the lane sums; per output at most K/64 + K/256 + 12 roundings
+// deep, inside the (2 K / 32 + 8) 2^-24 bound of gemm_kquant_vnni.cpp's header, which test
+// kquant_gemv_vnni_per_block_bound checks against float64.
+// ggml instead rounds X to q8_K (one f32 scale per 256) for these formats, which makes the
+// scales integer multipliers; with q8_0's scale per 32 the per-32 f32 product stays, at one
+// vpermps + vfmadd per 64 weights.
+#include "gemv_kquant_vnni.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace emollm {
+namespace gemm_detail {
+
+namespace {
+std::atomic<bool>& kquant_gemv_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_KQUANT_GEMV");
+    return !(v && std::string(v) == "0");
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_kquant_gemv(bool enabled) { kquant_gemv_flag().store(enabled, std::memory_order_relaxed); }
+bool kquant_gemv() { return kquant_gemv_flag().load(std::memory_order_relaxed); }
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../../base/error.h"
+#include "../../base/quant_formats.h"
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace emollm {
+namespace gemm_detail {
+namespace {
+
+#define EMO_TK __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+// Per-call data of the X rows beyond QX, per 32-element block b of row m (index m * ld + b):
+// dx_b (the q8_0 scale as f32) and, for the formats with mins, dx_b * S_b.
+struct XBlocks {
+  const float* dx;
+  const float* dxs;
+  int64_t ld;
+};
+
+inline uint16_t rd16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// q4_K / q5_K: the 8 scales and 8 mins of a super-block, times d and dmin:
+// [d sc_0 .. d sc_7, dmin m_0 .. dmin m_7]. The 12 scale bytes hold sc_j, m_j (j < 4) in the low
+// 6 bits of bytes j, j + 4; for j >= 4 their low 4 bits in byte j + 4 (low / high nibble) and
+// their top 2 bits in the top bits of bytes j - 4 / j. Four bytes at a time as 32-bit words.
+EMO_TK inline __m512 scales_mins_q45(const uint8_t* blk) {
+  uint32_t w[3];
+  std::memcpy(w, blk + 4, 12);
+  const uint32_t s_lo = w[0] & 0x3F3F3F3Fu, m_lo = w[1] & 0x3F3F3F3Fu;
+  const uint32_t s_hi = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+  const uint32_t m_hi = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+  const __m128i b = _mm_set_epi32(int(m_hi), int(m_lo), int(s_hi), int(s_lo));
+  const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+  const __m512 dd = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(rd16(blk)))),
+                                       _mm256_set1_ps(_cvtsh_ss(rd16(blk + 2))), 1);
+  return _mm512_mul_ps(v, dd);
+}
+
+// 256-bit halves: lo in the low half of a zmm, hi in the high half.
+EMO_TK inline __m512i halves_epi16(short lo, short hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(lo)), _mm256_set1_epi16(hi), 1);
+}
+EMO_TK inline __m512i halves_epi8(char lo, char hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(lo)), _mm256_set1_epi8(hi), 1);
+}
+
+// Weight rows [n0, n1) against the MB rows of X.
+template <DType T, int MB>
+EMO_TK void kq_rows(const Args& a, const QX& q, const XBlocks& xb, int64_t n0, int64_t n1) {
+  constexpr bool q6 = T == DType::Q6_K;
+  constexpr bool q5 = T == DType::Q5_K;
+  constexpr int NA = MB == 1 ? 2 : 1;  // accumulators per X row: two at M = 1 halve the add chain
+  const size_t bb = dtype_block_bytes(T);
+  const int64_t ns = a.K / kQKK;
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // q4_K / q5_K: 32 code bytes broadcast to both halves; the high half takes the high nibbles
+  const __m512i nibble_shift = halves_epi16(0, 4);
+  // lane l of chunk c: sub-block 2c + l / 8 (q4_K / q5_K), half 4c + l / 4 (q6_K)
+  const __m512i sub_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i half_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i block_of_half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  // q6_K: the 2 high bits of each code, moved to bits 4-5: from bits 0-1 / 2-3 (even chunks,
+  // shifted left by 4 / 2) and bits 4-5 / 6-7 (odd chunks, right by 0 / 2) of the qh bytes
+  const __m512i qh_shl_even = halves_epi16(4, 2), qh_shr_odd = halves_epi16(0, 2);
+  const __m512i m30 = _mm512_set1_epi8(0x30);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = static_cast<const uint8_t*>(a.W) + size_t(n) * a.row_bytes;
+    __m512 acc[MB][NA];
+    __m256 accm[MB];
+    for (int m = 0; m < MB; ++m) {
+      for (int i = 0; i < NA; ++i) acc[m][i] = _mm512_setzero_ps();
+      accm[m] = _mm256_setzero_ps();
+    }
+    for (int64_t s = 0; s < ns; ++s) {
+      const uint8_t* blk = row + size_t(s) * bb;
+      const int64_t b0 = 8 * s;  // first 32-element block of the super-block
+      __m512 F[MB];              // per sub-block (q4_K / q5_K) or half (q6_K): A * dx
+      if constexpr (!q6) {
+        const __m512 sm = scales_mins_q45(blk);
+        const __m256 A = _mm512_castps512_ps256(sm), Mn = _mm512_extractf32x8_ps(sm, 1);
+        for (int m = 0; m < MB; ++m) {
+          F[m] = _mm512_castps256_ps512(_mm256_mul_ps(A, _mm256_loadu_ps(xb.dx + m * xb.ld + b0)));
+          accm[m] = _mm256_fmadd_ps(Mn, _mm256_loadu_ps(xb.dxs + m * xb.ld + b0), accm[m]);
+        }
+        const uint8_t* qs = blk + (q5 ? 48 : 16);
+        __m512i qh = _mm512_setzero_si512();
+        if constexpr (q5) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)));
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          // bytes 0-31: low nibbles of qs[32c..] = elements 64c + l; bytes 32-63: high nibbles = 64c + 32 + l
+          const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c)));
+          __m512i u = _mm512_and_si512(_mm512_srlv_epi16(v, nibble_shift), m4);
+          if constexpr (q5) {  // fifth bit: bit 2c (elements 64c + l) / 2c + 1 (64c + 32 + l) of qh[l]
+            const __m512i sel = halves_epi8(char(1 << (2 * c)), char(1 << (2 * c + 1)));
+            u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(qh, sel), u, _mm512_set1_epi8(16));
+          }
+          const __m512i idx = _mm512_add_epi32(sub_of_lane, _mm512_set1_epi32(2 * c));
+          for (int m = 0; m < MB; ++m) {
+            const __m512i x = _mm512_loadu_si512(q.qs + m * q.ldq + 256 * s + 64 * c);
+            const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+            acc[m][c % NA] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, F[m]), acc[m][c % NA]);
+          }
+        }
+      } else {
+        const __m512 A = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)))),
+            _mm512_set1_ps(_cvtsh_ss(rd16(blk + 208))));
+        for (int m = 0; m < MB; ++m)
+          F[m] = _mm512_mul_ps(A, _mm512_permutexvar_ps(block_of_half,
+                                                        _mm512_castps256_ps512(_mm256_loadu_ps(xb.dx + m * xb.ld + b0))));
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+          // elements 128h + 0..63 (chunk 2h): low nibbles of ql[64h..64h+63], qh[32h + l] bits 0-1 / 2-3;
+          // elements 128h + 64..127 (chunk 2h + 1): their high nibbles, qh bits 4-5 / 6-7
+          const __m512i L = _mm512_loadu_si512(blk + 64 * h);
+          const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h)));
+#pragma GCC unroll 2
+          for (int odd = 0; odd < 2; ++odd) {
+            const int c = 2 * h + odd;
+            const __m512i lo = odd ? _mm512_and_si512(_mm512_srli_epi16(L, 4), m4) : _mm512_and_si512(L, m4);
+            const __m512i hb = odd ? _mm512_srlv_epi16(H, qh_shr_odd) : _mm512_sllv_epi16(H, qh_shl_even);
+            const __m512i u = _mm512_or_si512(lo, _mm512_and_si512(hb, m30));
+            const __m512i idx = _mm512_add_epi32(half_of_lane, _mm512_set1_epi32(4 * c));
+            for (int m = 0; m < MB; ++m) {
+              const __m512i x = _mm512_loadu_si512(q.qs + m * q.ldq + 256 * s + 64 * c);
+              const __m512i neg = _mm512_loadu_si512(q.neg + m * q.ldd + 64 * s + 16 * c);
+              const __m512i p = _mm512_dpbusd_epi32(neg, u, x);
+              acc[m][c % NA] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, F[m]), acc[m][c % NA]);
+            }
+          }
+        }
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      __m512 t = acc[m][0];
+      if constexpr (NA > 1) t = _mm512_add_ps(t, acc[m][1]);
+      float v = _mm512_reduce_add_ps(t);
+      if constexpr (!q6) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(accm[m]), _mm256_extractf128_ps(accm[m], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        v -= _mm_cvtss_f32(h);
+      }
+      if (a.bias) v += a.bias[n];
+      a.Y[m * a.ldy + n] = v;
+    }
+  }
+}
+
+// dx_b and dx_b * S_b of every block of the M rows of q (XBlocks), into `out` (2 * M * K / 32).
+EMO_TK void x_blocks(const QX& q, int64_t M, int64_t K, bool sums, float* out) {
+  const int64_t nb = K / kQK;
+  const __m512i ones16 = _mm512_set1_epi16(1);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float dx = q.dxe[m * q.ldd + 8 * b];
+      out[m * nb + b] = dx;
+      if (!sums) continue;
+      const __m256i x8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + 32 * b));
+      const int S = _mm512_reduce_add_epi32(_mm512_madd_epi16(_mm512_cvtepi8_epi16(x8), ones16));
+      out[M * nb + m * nb + b] = dx * float(S);  // exact: 11-bit scale times |S| <= 4064
+    }
+}
+
+using RowsFn = void (*)(const Args&, const QX&, const XBlocks&, int64_t, int64_t);
+template <DType T>
+RowsFn pick_m(int64_t M) {
+  switch (M) {
+    case 1: return &kq_rows<T, 1>;
+    case 2: return &kq_rows<T, 2>;
+    case 3: return &kq_rows<T, 3>;
+    case 4: return &kq_rows<T, 4>;
+    case 5: return &kq_rows<T, 5>;
+    case 6: return &kq_rows<T, 6>;
+    case 7: return &kq_rows<T, 7>;
+    default: return &kq_rows<T, 8>;
+  }
+}
+
+}  // namespace
+
+void gemv_kquant_vnni(const Args& a, const QX& q) {
+  RowsFn fn = nullptr;
+  switch (a.wtype) {
+    case DType::Q4_K: fn = pick_m<DType::Q4_K>(a.M); break;
+    case DType::Q5_K: fn = pick_m<DType::Q5_K>(a.M); break;
+    case DType::Q6_K: fn = pick_m<DType::Q6_K>(a.M); break;
+    default:
+      throw Error(ErrorCode::Internal, std::string("gemv_kquant_vnni: no kernel for weight type ") + dtype_name(a.wtype));
+  }
+  if (a.M < 1 || a.M > kSmallM || a.K % kQKK != 0)
+    throw Error(ErrorCode::Internal, "gemv_kquant_vnni: needs 1 <= M <= 8 and whole super-blocks");
+  // Thread-local storage of the calling thread: the workers get it by reference.
+  const int64_t nb = a.K / kQK;
+  thread_local std::vector<float> xstore;
+  xstore.resize(size_t(2 * a.M * nb));
+  x_blocks(q, a.M, a.K, a.wtype != DType::Q6_K, xstore.data());
+  const XBlocks xb{xstore.data(), xstore.data() + a.M * nb, nb};
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                  [&](int64_t n0, int64_t n1) { fn(a, q, xb, n0, n1); });
+}
+
+}  // namespace gemm_detail
+}  // namespace emollm
+
+#endif  // __x86_64__

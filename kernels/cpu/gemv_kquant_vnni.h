@@ -1,0 +1,28 @@
+// Internal interface between gemm_quant_ext.cpp (dispatch, X rounding) and gemv_kquant_vnni.cpp
+// (the decode-shaped products of q4_K / q5_K / q6_K weights on AVX-512 VNNI). Not public API.
+#pragma once
+
+#include <cstdint>
+
+#include "gemm_internal.h"
+
+namespace emollm {
+namespace gemm_detail {
+
+#if defined(__x86_64__)
+// Y = X * W^T (+ bias) for Q4_K / Q5_K / Q6_K weights and M <= kSmallM rows, with X already
+// rounded to q8_0 in q (qx_quantize_row_*: q.qs, q.dxe, and for Q6_K q.neg with off = 32).
+// Reads the weights in their GGUF layout; splits the weight rows over a.pool. Requires AVX-512
+// VNNI (cpu_features().avx512vnni).
+void gemv_kquant_vnni(const Args& a, const QX& q);
+#endif
+
+// Whether gemm_quant_ext takes gemv_kquant_vnni for q4_K / q5_K / q6_K at M <= kSmallM (default
+// on; when off, the previous per-row decode-to-bytes kernel of gemm_quant_ext.cpp). Same integer
+// products, other f32 summation order. Process-wide, for the tests of both paths and the
+// interleaved A/B rows of bench_kernels; EMOLLM_KQUANT_GEMV=0 in the environment starts it off.
+void set_kquant_gemv(bool enabled);
+bool kquant_gemv();
+
+}  // namespace gemm_detail
+}  // namespace emollm
