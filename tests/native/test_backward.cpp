@@ -444,6 +444,7 @@ TEST(backward_attention_bf16_vs_double) {
     std::printf("  skip backward_attention_bf16_vs_double: no AVX512-BF16 on this CPU\n");
     return;
   }
+  IsaCapScope top(Isa::Avx512);  // whatever EMOLLM_ISA says: the path exists on this CPU
   ThreadPool pool(2);
   const std::vector<AttentionCase> cases = {
       {5, 7, 4, 2, 6, 2, true},       {3, 3, 2, 2, 5, 0, true},       {4, 9, 3, 1, 7, 0, false},
