@@ -33,6 +33,7 @@
 #include <cstring>
 
 #include "../../base/arena.h"
+#include "attention_bf16_pack.h"
 #include "gemm_kern_bf16_avx512.h"
 #include "simd_math.h"
 
@@ -42,6 +43,9 @@ namespace {
 
 #define EMO_TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 
+using attention_bf16::pack_row_pair_panels;
+using attention_bf16::pack_row_panels;
+using attention_bf16::row_to_pairs;
 using gemm_detail::kBf16MR;
 using gemm_detail::kBf16NR;
 using gemm_detail::kern_bf16_6x64;
@@ -76,54 +80,6 @@ struct Buffers {
         S(make_aligned<float>(size_t(g.R * g.ldS))),
         inv_l(make_aligned<float>(size_t(g.R))) {}
 };
-
-// tmp[0 : ceil(n/2)] = x[0:n] as bf16 pairs (element 2q low, 2q+1 high), zero past n.
-EMO_TBF void row_to_pairs(const float* x, int64_t n, uint32_t* tmp) {
-  for (int64_t k = 0; k < n; k += 32) {
-    const __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(std::max<int64_t>(0, n - k)), x + k);
-    const __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(std::max<int64_t>(0, n - k - 16)), x + k + 16);
-    _mm512_storeu_si512(tmp + k / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-  }
-}
-
-// kpan[(b * Dq + q) * 64 + j] = key (b * 64 + j)'s pair q of kv head g (zero past n_kv).
-EMO_TBF void pack_keys(const float* k, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* kpan,
-                       uint32_t* tmp) {
-  for (int64_t b = 0; b < G.nkb; ++b) {
-    uint32_t* blk = kpan + b * G.Dq * kBf16NR;
-    for (int64_t j = 0; j < kBf16NR; ++j) {
-      const int64_t key = b * kBf16NR + j;
-      if (key < p.n_kv) {
-        row_to_pairs(k + key * p.ldk + g * G.D, G.D, tmp);
-        for (int64_t q = 0; q < G.Dq; ++q) blk[q * kBf16NR + j] = tmp[q];
-      } else {
-        for (int64_t q = 0; q < G.Dq; ++q) blk[q * kBf16NR + j] = 0;
-      }
-    }
-  }
-}
-
-// vpan[(pd * kvp + t) * 64 + d] = (v[2t][pd*64 + d], v[2t+1][pd*64 + d]) of kv head g as a bf16
-// pair (zero past n_kv and past D).
-EMO_TBF void pack_values(const float* v, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* vpan) {
-  for (int64_t t = 0; t < G.kvp; ++t) {
-    const float* a = v + (2 * t) * p.ldv + g * G.D;
-    const bool has_b = 2 * t + 1 < p.n_kv;
-    const float* bptr = has_b ? a + p.ldv : a;
-    for (int64_t pd = 0; pd < G.ndp; ++pd) {
-      uint32_t* o = vpan + (pd * G.kvp + t) * kBf16NR;
-      for (int64_t d0 = 0; d0 < kBf16NR; d0 += 16) {
-        const int64_t d = pd * kBf16NR + d0;
-        const __mmask16 m = tail_mask16(std::max<int64_t>(0, G.D - d));
-        const __m512 va = _mm512_maskz_loadu_ps(m, a + d);
-        const __m512 vb = _mm512_maskz_loadu_ps(has_b ? m : __mmask16(0), bptr + d);
-        const __m512i wa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
-        const __m512i wb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb));
-        _mm512_store_si512(o + d0, _mm512_or_si512(wa, _mm512_slli_epi32(wb, 16)));
-      }
-    }
-  }
-}
 
 // One tile: queries [i0, i0 + rows) of head h, with K / V of its kv head packed.
 EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, const Geometry& G, float scale, int64_t h,
@@ -249,8 +205,8 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
       const int64_t q0 = c * G.qchunk, q1 = std::min(p.n_q, q0 + G.qchunk);
       if (q0 >= q1) continue;
       const int64_t g = h / group;
-      pack_keys(k, p, g, G, B.kpan.get(), B.tmp.get());
-      pack_values(v, p, g, G, B.vpan.get());
+      pack_row_panels(k + g * G.D, p.ldk, p.n_kv, G.D, G.nkb, B.kpan.get(), B.tmp.get());  // K: 64-key panels
+      pack_row_pair_panels(v + g * G.D, p.ldv, p.n_kv, G.D, G.kvp, B.vpan.get());          // V: token pairs
       for (int64_t i0 = q0; i0 < q1; i0 += G.R) run_tile(q, out, p, G, scale, h, i0, std::min(G.R, q1 - i0), B);
     }
   };

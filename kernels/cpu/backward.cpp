@@ -245,6 +245,9 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
                         const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p,
                         ThreadPool* pool) {
   check_attention(p);
+  if (backward_detail::attention_backward_bf16_applies(p) &&
+      backward_detail::attention_backward_bf16(q, k, v, out, dout, lse, dq, dk, dv, p, pool))
+    return;
   if (backward_detail::attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p, pool)) return;
   const int64_t D = p.head_dim, G = p.n_heads / p.n_kv_heads, nq = p.n_q, nkv = p.n_kv;
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(D));

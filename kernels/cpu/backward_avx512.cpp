@@ -31,6 +31,16 @@
 namespace emollm {
 namespace backward_detail {
 
+// EMOLLM_BACKWARD_LEGACY=1 keeps the portable loops (interleaved A/B benchmarks of this file
+// against them in one binary; bench/train.mjs reports which ran).
+bool legacy_loops() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMOLLM_BACKWARD_LEGACY");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
 #if defined(__x86_64__)
 namespace {
 
@@ -38,16 +48,7 @@ namespace {
 #define EMO_T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 #define EMO_AI inline __attribute__((always_inline))
 
-// EMOLLM_BACKWARD_LEGACY=1 keeps the portable loops (interleaved A/B benchmarks of this file
-// against them in one binary; bench/train.mjs reports which ran).
-bool legacy() {
-  static const bool on = [] {
-    const char* e = std::getenv("EMOLLM_BACKWARD_LEGACY");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
-}
-bool avx512_ok() { return isa_active() >= Isa::Avx512 && !legacy(); }
+bool avx512_ok() { return isa_active() >= Isa::Avx512 && !legacy_loops(); }
 
 EMO_T512 EMO_AI __mmask16 mask16(int64_t c) {
   return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);

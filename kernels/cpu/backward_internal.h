@@ -28,6 +28,21 @@ bool gemm_backward_x_f16(const float* dY, int64_t lddy, const uint16_t* W, float
 bool attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
                         const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p, ThreadPool* pool);
 
+// attention_backward with its five products on the AVX512-BF16 dot-product unit
+// (backward_attention_bf16.cpp: operands rounded to bf16, f32 sums), for calls with
+// p.bf16_products. attention_backward_bf16_applies: whether the dispatcher takes it for p (the
+// flag, the CPU, the EMOLLM_ISA cap, EMOLLM_ATTN_BWD_BF16 != 0, EMOLLM_BACKWARD_LEGACY != 1,
+// contiguous f32 K / V). attention_backward_bf16 itself checks the CPU only (tests call it
+// directly): false without AVX512-BF16.
+bool attention_backward_bf16_enabled();  // EMOLLM_ATTN_BWD_BF16 is not "0" (read once)
+bool attention_backward_bf16_applies(const AttentionParams& p);
+bool attention_backward_bf16(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                             const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p,
+                             ThreadPool* pool);
+
+// EMOLLM_BACKWARD_LEGACY=1: the portable loops only (A/B runs against the vector paths).
+bool legacy_loops();
+
 // swiglu_backward with a vectorised exp (the forward's Cephes polynomial).
 bool swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n,
                      ThreadPool* pool);

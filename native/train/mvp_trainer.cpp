@@ -391,6 +391,11 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
              frozen(be, L.w_gate), frozen(be, L.w_up), frozen(be, L.w_down)};
   }
   const Frozen out_w = frozen(be, lm.output);
+  // The attention backward may run its products in bf16 (f32 sums) when the decoder's matrices
+  // are bf16 / f16: its GEMMs round their activations to bf16 already (kernels/cpu/backward.h);
+  // an f32 decoder keeps f32 products throughout.
+  AttentionParams bap = ap;
+  bap.bf16_products = !lw.empty() && (lw[0].wq.dtype == DType::BF16 || lw[0].wq.dtype == DType::F16);
 
   // ---- decoder forward. Each layer's input is kept; the rest of what the backward reads is
   // either kept too or recomputed from that input in the backward (recompute_layers: one more
@@ -506,7 +511,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     gemm_backward_x(dx.data(), E, W.wo.data, W.wo.dtype, datt.data(), qd, n, E, qd, false, pool);
     lap(times_.gemm_backward);
     attention_backward(A.q.data(), A.k.data(), A.v.data(), A.att.data(), datt.data(), A.lse.data(), dq.data(),
-                       dk.data(), dv.data(), ap, pool);
+                       dk.data(), dv.data(), bap, pool);
     lap(times_.attention_backward);
     rope_backward(dq.data(), qd, n, H, pos.data(), rp, pool);
     rope_backward(dk.data(), kvd, n, Hkv, pos.data(), rp, pool);

@@ -15,10 +15,13 @@
 // the largest element.
 // RoPE's backward is checked as the adjoint: <rope_backward(dy), x> == <dy, rope(x)> within 1e-5
 // relative, for both layouts, a partial rot_dim and linear scaling.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../../base/cpu_features.h"
@@ -26,6 +29,7 @@
 #include "../../base/error.h"
 #include "../../base/thread_pool.h"
 #include "../../kernels/cpu/backward.h"
+#include "../../kernels/cpu/backward_internal.h"
 #include "../../kernels/cpu/kernels.h"
 #include "testing.h"
 
@@ -325,6 +329,181 @@ TEST(backward_attention_tiled_shapes) {
           EXPECT_ALL_CLOSE(dv.data(), rv.data(), dv.size(), 1e-5, 1e-4, wh + " dv");
         }
   }
+}
+
+// The bf16 attention backward (backward_attention_bf16.cpp, AttentionParams::bf16_products on
+// AVX512-BF16) against the double reference, on every shape the two tests above cover, with the
+// forward's log-sum-exp and without it, at 1 and 2 threads (bit-identical: one task per kv head).
+// Tolerance per element, derived from bf16 rounding (u = 2^-8: 8 significant bits, round to nearest even):
+//   |x - ref| <= 1.01 * bound + 1e-5 + 1e-4 |ref|   (the second part: the f32 path's own tolerance)
+// with, in double from the inputs (ui: the inputs' own rounding, 0 when they are bf16 already):
+//   eS_rj = scale (2 ui + ui^2) sum_d |q_rd k_jd|     score error (q, k rounded; exact products)
+//   eP_rj = (2 ui + ui^2) sum_d |dO_rd v_jd|          dP error (dO, v rounded)
+//   P~ = P e^(+-eS), so |P~ - P| <= P (e^eS - 1) (without the forward's log-sum-exp the backward
+//   normalises by its own sum: eS_rj + max_j eS_rj in place of eS_rj); dS~ = P~ (dP~ - D) scale, so
+//   EdS_rj = scale (P (e^eS - 1) |dP - D| + P e^eS eP)
+//   dV_jd: sum_r P_rj |dO_rd| (e^eS (1 + u)(1 + ui) - 1)          (P rounded to bf16, dO by ui)
+//   dK_jd: sum_r |q_rd| (EdS (1 + u)(1 + ui) + |dS_rj| ((1 + u)(1 + ui) - 1))
+//   dQ_rd: sum_j |k_jd| (EdS (1 + u)(1 + ui) + |dS_rj| ((1 + u)(1 + ui) - 1))
+// Two input sets: rounded to bf16 beforehand (ui = 0: S and dP are exact f32 sums, only P and dS
+// carry a rounding, the bound is 2^-8 sum |terms|), and as drawn (ui = 2^-8, the trainer's case).
+// The dispatcher takes the path only with the flag, AVX512-BF16 and the ISA cap at avx512 or above;
+// capped to avx2 the same call runs the portable f32 loop (the f32 tolerance).
+namespace {
+// The bound above for each element of dq, dk, dv (layouts of attention_backward).
+void attention_bf16_bounds(const AttentionInputs& in, double ui, bool own_lse, std::vector<double>& bq,
+                           std::vector<double>& bk, std::vector<double>& bv) {
+  const AttentionParams& p = in.p;
+  const int64_t D = p.head_dim, G = p.n_heads / p.n_kv_heads;
+  const double u = std::ldexp(1.0, -8), ei = 2 * ui + ui * ui, scale = 1.0 / std::sqrt(double(D));
+  const double f = (1 + u) * (1 + ui);
+  bq.assign(in.q.size(), 0.0);
+  bk.assign(in.k.size(), 0.0);
+  bv.assign(in.v.size(), 0.0);
+  for (int64_t h = 0; h < p.n_heads; ++h)
+    for (int64_t i = 0; i < p.n_q; ++i) {
+      const int64_t hk = h / G, end = p.causal ? std::min(p.n_kv, p.q_pos0 + i + 1) : p.n_kv;
+      const float* q = in.q.data() + i * p.ldq + h * D;
+      const float* w = in.w.data() + i * p.ldo + h * D;
+      const size_t ne = static_cast<size_t>(end);
+      std::vector<double> s(ne), dp(ne), es(ne), ep(ne);
+      double mx = -INFINITY, z = 0, di = 0, es_max = 0;
+      for (int64_t j = 0; j < end; ++j) {
+        const float* k = in.k.data() + j * p.ldk + hk * D;
+        const float* v = in.v.data() + j * p.ldv + hk * D;
+        double a = 0, aa = 0, b = 0, ba = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          a += double(q[d]) * k[d];
+          aa += std::fabs(double(q[d]) * k[d]);
+          b += double(w[d]) * v[d];
+          ba += std::fabs(double(w[d]) * v[d]);
+        }
+        s[size_t(j)] = a * scale;
+        es[size_t(j)] = scale * ei * aa;
+        dp[size_t(j)] = b;
+        ep[size_t(j)] = ei * ba;
+        mx = std::max(mx, s[size_t(j)]);
+        es_max = std::max(es_max, es[size_t(j)]);
+      }
+      for (int64_t j = 0; j < end; ++j) z += std::exp(s[size_t(j)] - mx);
+      for (int64_t j = 0; j < end; ++j) di += std::exp(s[size_t(j)] - mx) / z * dp[size_t(j)];
+      for (int64_t j = 0; j < end; ++j) {
+        const double P = std::exp(s[size_t(j)] - mx) / z, e = std::exp(es[size_t(j)] + (own_lse ? es_max : 0.0));
+        const double dS = P * (dp[size_t(j)] - di) * scale;
+        const double edS = scale * (P * (e - 1) * std::fabs(dp[size_t(j)] - di) + P * e * ep[size_t(j)]);
+        const double gS = edS * f + std::fabs(dS) * (f - 1);
+        const float* k = in.k.data() + j * p.ldk + hk * D;
+        for (int64_t d = 0; d < D; ++d) {
+          bv[size_t(j * p.ldv + hk * D + d)] += P * std::fabs(double(w[d])) * (e * f - 1);
+          bk[size_t(j * p.ldk + hk * D + d)] += std::fabs(double(q[d])) * gS;
+          bq[size_t(i * p.ldq + h * D + d)] += std::fabs(double(k[d])) * gS;
+        }
+      }
+    }
+}
+
+// Elements of x outside 1.01 * bound + 1e-5 + 1e-4 |ref| (reports the first); the largest
+// |x - ref| / (1.01 * bound) seen goes to *worst.
+void expect_within_bound(const std::vector<float>& x, const std::vector<float>& ref, const std::vector<double>& bound,
+                         const std::string& what, double* worst) {
+  size_t bad = 0;
+  for (size_t e = 0; e < x.size(); ++e) {
+    const double err = std::fabs(double(x[e]) - ref[e]), tol = 1.01 * bound[e] + 1e-5 + 1e-4 * std::fabs(ref[e]);
+    if (bound[e] > 0) *worst = std::max(*worst, err / (1.01 * bound[e]));
+    if (!(err <= tol) && bad++ == 0)
+      emollm_test::report_failure(__FILE__, __LINE__,
+                                  what + ": element " + std::to_string(e) + " = " + std::to_string(x[e]) + ", ref " +
+                                      std::to_string(ref[e]) + ", tolerance " + std::to_string(tol));
+  }
+  if (bad > 1) emollm_test::report_failure(__FILE__, __LINE__, what + ": " + std::to_string(bad) + " elements outside");
+}
+}  // namespace
+
+TEST(backward_attention_bf16_vs_double) {
+  using backward_detail::attention_backward_bf16;
+  using backward_detail::attention_backward_bf16_applies;
+  {  // which calls the dispatcher sends to the bf16 path
+    AttentionParams p;
+    p.n_q = p.n_kv = 40;
+    p.n_heads = p.n_kv_heads = 2;
+    p.head_dim = 16;
+    p.bf16_products = true;
+    const bool hw = cpu_features().avx512bf16 && isa_active() >= Isa::Avx512 &&
+                    backward_detail::attention_backward_bf16_enabled() && !backward_detail::legacy_loops();
+    EXPECT(attention_backward_bf16_applies(p) == hw);
+    AttentionParams f = p;
+    f.bf16_products = false;
+    AttentionParams g = p;
+    g.kv_block_size = 16;
+    EXPECT(!attention_backward_bf16_applies(f));
+    EXPECT(!attention_backward_bf16_applies(g));
+    IsaCapScope cap(Isa::Avx2);
+    EXPECT(!attention_backward_bf16_applies(p));
+  }
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
+    std::printf("  skip backward_attention_bf16_vs_double: no AVX512-BF16 on this CPU\n");
+    return;
+  }
+  IsaCapScope top(Isa::Avx512);  // whatever EMOLLM_ISA says: the path exists on this CPU
+  ThreadPool pool(2);
+  const std::vector<AttentionCase> cases = {
+      {5, 7, 4, 2, 6, 2, true},       {3, 3, 2, 2, 5, 0, true},       {4, 9, 3, 1, 7, 0, false},
+      {37, 45, 4, 2, 64, 8, true},    {33, 33, 2, 1, 80, 0, true},    {20, 33, 3, 3, 24, 0, false},
+      {17, 17, 8, 1, 16, 0, true},    {150, 150, 4, 2, 64, 0, true},  {70, 200, 2, 2, 32, 0, false},
+      {40, 170, 2, 1, 64, 130, true}};
+  double worst_rounded = 0, worst_raw = 0;
+  for (const AttentionCase& c : cases)
+    for (int rounded = 1; rounded >= 0; --rounded) {
+      AttentionInputs in = attention_inputs(c, 71);
+      if (rounded)
+        for (std::vector<float>* x : {&in.q, &in.k, &in.v, &in.w})
+          for (float& e : *x) e = round_bf16(e);
+      const AttentionParams& p = in.p;  // the forward without the flag: the f32 tiles
+      std::vector<float> o(in.q.size()), lse(size_t(c.nq * c.H)), rq(in.q.size()), rk(in.k.size()), rv(in.v.size());
+      attention(in.q.data(), in.k.data(), in.v.data(), o.data(), p, nullptr, lse.data());
+      ref::attention_backward(in.q.data(), in.k.data(), in.v.data(), o.data(), in.w.data(), rq.data(), rk.data(),
+                              rv.data(), p);
+      std::vector<double> bounds[2][3];  // [own lse][dq, dk, dv]
+      for (int own = 0; own < 2; ++own)
+        attention_bf16_bounds(in, rounded ? 0.0 : std::ldexp(1.0, -8), own == 1, bounds[own][0], bounds[own][1],
+                              bounds[own][2]);
+      AttentionParams pb = p;
+      pb.bf16_products = true;
+      const std::string what = "bf16 attention backward nq=" + std::to_string(c.nq) + " nkv=" + std::to_string(c.nkv) +
+                               " D=" + std::to_string(c.D) + (rounded ? " bf16 inputs" : " f32 inputs");
+      std::vector<float> first_q, first_k, first_v;
+      for (const float* l : {static_cast<const float*>(lse.data()), static_cast<const float*>(nullptr)})
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          std::vector<float> dq(in.q.size(), 7.0f), dk(in.k.size(), 7.0f), dv(in.v.size(), 7.0f);
+          EXPECT(attention_backward_bf16(in.q.data(), in.k.data(), in.v.data(), o.data(), in.w.data(), l, dq.data(),
+                                         dk.data(), dv.data(), pb, pl));
+          const std::string wh = what + (l ? " lse" : " no lse") + (pl ? " 2 threads" : " 1 thread");
+          double* worst = rounded ? &worst_rounded : &worst_raw;
+          const std::vector<double>* b = bounds[l ? 0 : 1];
+          expect_within_bound(dq, rq, b[0], wh + " dq", worst);
+          expect_within_bound(dk, rk, b[1], wh + " dk", worst);
+          expect_within_bound(dv, rv, b[2], wh + " dv", worst);
+          if (l && !pl) {
+            first_q = dq, first_k = dk, first_v = dv;
+          } else if (l) {  // the thread count changes nothing
+            EXPECT(dq == first_q && dk == first_k && dv == first_v);
+          }
+        }
+      {  // through the dispatcher: the flag takes the bf16 path, bit for bit
+        std::vector<float> dq(in.q.size()), dk(in.k.size()), dv(in.v.size());
+        attention_backward(in.q.data(), in.k.data(), in.v.data(), o.data(), in.w.data(), lse.data(), dq.data(), dk.data(),
+                           dv.data(), pb, nullptr);
+        if (attention_backward_bf16_applies(pb)) EXPECT(dq == first_q && dk == first_k && dv == first_v);
+        IsaCapScope cap(Isa::Avx2);  // the portable f32 loop despite the flag
+        attention_backward(in.q.data(), in.k.data(), in.v.data(), o.data(), in.w.data(), lse.data(), dq.data(), dk.data(),
+                           dv.data(), pb, &pool);
+        EXPECT_ALL_CLOSE(dq.data(), rq.data(), dq.size(), 1e-5, 1e-4, what + " portable dq");
+        EXPECT_ALL_CLOSE(dk.data(), rk.data(), dk.size(), 1e-5, 1e-4, what + " portable dk");
+        EXPECT_ALL_CLOSE(dv.data(), rv.data(), dv.size(), 1e-5, 1e-4, what + " portable dv");
+      }
+    }
+  std::printf("  bf16 attention backward: largest |error| / bound %.3f (bf16 inputs), %.3f (f32 inputs)\n",
+              worst_rounded, worst_raw);
 }
 
 // attention()'s log-sum-exp output against log sum_j exp(scale q.k_j) in double, for the tiled

@@ -1,0 +1,91 @@
+// Packing of f32 rows into the bf16-pair operands of the 6x64 vdpbf16ps microkernel
+// (kern_bf16_6x64, gemm_kern_bf16_avx512.h), shared by the attention kernels that run their
+// products on it: the bidirectional forward (attention_bidir_bf16.cpp) and the attention
+// backward (backward_attention_bf16.cpp).
+//
+// A word holds two bf16 values (round to nearest even), the first in the low half. Two panel
+// layouts of a matrix x (rows `ld` floats apart):
+//   pack_row_panels       the reduction runs along each row: block b of 64 rows,
+//                         out[(b * np + q) * 64 + j] = (x[64 b + j][2q], x[64 b + j][2q + 1])
+//                         (S = Q K^T: the key rows of K)
+//   pack_row_pair_panels  the reduction runs down the columns: 64-column block c,
+//                         out[(c * n_pairs + t) * 64 + j] = (x[2t][64 c + j], x[2t + 1][64 c + j])
+//                         (O = P V: V's rows in pairs; the backward's P and dS tiles)
+// Entries past the matrix are zero, so padded lanes add nothing. Include only from x86-64
+// translation units (after <immintrin.h>).
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "gemm_kern_bf16_avx512.h"
+#include "simd_math.h"
+
+namespace emollm {
+namespace attention_bf16 {
+
+#define EMOLLM_TARGET_BF16_PACK __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+// Words written by row_to_pairs for n elements: whole 16-word vectors.
+constexpr int64_t pair_words_padded(int64_t n) { return (n + 31) / 32 * 16; }
+
+// dst[0 : pair_words_padded(n)] = x[0:n] as bf16 pairs (word q = (x[2q], x[2q + 1])), zero past n.
+EMOLLM_TARGET_BF16_PACK inline void row_to_pairs(const float* x, int64_t n, uint32_t* dst) {
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask16(n - k), x + k);
+    const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask16(n - k - 16), x + k + 16);
+    _mm512_storeu_si512(dst + k / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+}
+
+// Blocks b < n_blocks of 64 rows of x [n_rows, n_cols] (stride ld): out[(b * np + q) * 64 + j] =
+// pair q of row 64 b + j, np = ceil(n_cols / 2); rows past n_rows are zero. tmp: room for
+// pair_words_padded(n_cols) words. out 64-byte aligned (the microkernel's aligned loads).
+EMOLLM_TARGET_BF16_PACK inline void pack_row_panels(const float* x, int64_t ld, int64_t n_rows, int64_t n_cols,
+                                                    int64_t n_blocks, uint32_t* out, uint32_t* tmp) {
+  constexpr int64_t NR = gemm_detail::kBf16NR;
+  const int64_t np = (n_cols + 1) / 2;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    uint32_t* blk = out + b * np * NR;
+    for (int64_t j = 0; j < NR; ++j) {
+      const int64_t row = b * NR + j;
+      if (row < n_rows) {
+        row_to_pairs(x + row * ld, n_cols, tmp);
+        for (int64_t q = 0; q < np; ++q) blk[q * NR + j] = tmp[q];
+      } else {
+        for (int64_t q = 0; q < np; ++q) blk[q * NR + j] = 0;
+      }
+    }
+  }
+}
+
+// 64-column blocks c < ceil(n_cols / 64) of x [n_rows, n_cols] (stride ld) in row pairs t <
+// n_pairs: out[(c * n_pairs + t) * 64 + j] = (x[2t][64 c + j], x[2t + 1][64 c + j]); zero past
+// n_rows and n_cols. out 64-byte aligned.
+EMOLLM_TARGET_BF16_PACK inline void pack_row_pair_panels(const float* x, int64_t ld, int64_t n_rows, int64_t n_cols,
+                                                         int64_t n_pairs, uint32_t* out) {
+  constexpr int64_t NR = gemm_detail::kBf16NR;
+  const int64_t ncb = (n_cols + NR - 1) / NR;
+  for (int64_t t = 0; t < n_pairs; ++t) {
+    const bool has_a = 2 * t < n_rows, has_b = 2 * t + 1 < n_rows;
+    const float* a = x + (has_a ? 2 * t : 0) * ld;
+    const float* b = has_b ? a + ld : a;
+    for (int64_t c = 0; c < ncb; ++c) {
+      uint32_t* o = out + (c * n_pairs + t) * NR;
+#pragma GCC unroll 4
+      for (int64_t j0 = 0; j0 < NR; j0 += 16) {
+        const int64_t col = c * NR + j0;
+        const __mmask16 m = simd::tail_mask16(n_cols - col);
+        const __m512 va = _mm512_maskz_loadu_ps(has_a ? m : __mmask16(0), a + col);
+        const __m512 vb = _mm512_maskz_loadu_ps(has_b ? m : __mmask16(0), b + col);
+        const __m512i wa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
+        const __m512i wb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb));
+        _mm512_store_si512(o + j0, _mm512_or_si512(wa, _mm512_slli_epi32(wb, 16)));
+      }
+    }
+  }
+}
+
+}  // namespace attention_bf16
+}  // namespace emollm
