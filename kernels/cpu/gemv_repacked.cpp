@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
@@ -37,6 +38,8 @@ namespace emollm {
 namespace {
 
 constexpr int64_t kGroup = 16;
+// Groups per pass of the M = 1 kernel (groups_avx512); the threads' chunks are multiples of it.
+constexpr int kPassGroups = 4;
 
 void check_repack_args(DType t, int64_t N, int64_t K) {
   EMOLLM_CHECK_ARG(t == DType::Q8_0 || t == DType::Q4_0, "quant_repack: Q8_0 or Q4_0 weights only");
@@ -145,59 +148,101 @@ inline int32_t ld32(const int8_t* p) {
   return v;
 }
 
-// One group of 16 rows. x bytes 4t..4t+3 of block b are broadcast to every lane (embedded
-// broadcast of a 32-bit memory operand); weights are made unsigned for vpdpbusd (q8_0: +128, q4_0:
-// the raw nibble = q + 8) and the offset comes back as -off * sum(x_b), one value per block that
-// starts the block's int32 sums.
-template <bool Q8>
-EMO_TRP void group_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* G, int64_t nb, const float* bias,
-                          float* y, int64_t rows) {
-  constexpr size_t gbb = group_block_bytes(Q8);
-  constexpr size_t kPfBlocks = Q8 ? 4 : 8;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+// One block of NG consecutive groups (weights at g[j] + off): per group the exact int32 block sum
+// of its 16 rows, times fp16(d_w) * d_x, FMA'd into f[j]. x bytes 4t..4t+3 are broadcast to every
+// lane and, with d_x and -off * sum(x_b), shared by the NG groups. The weights are made unsigned
+// for vpdpbusd and the offset comes back as -off * sum(x_b), which starts a chain: q8_0 quants
+// + 128 (two chains per group, even / odd quads: one chain of 8 would serialise on vpdpbusd's
+// latency); q4_0 the raw nibble (q + 8): the low nibbles as v & 0x0F and the high ones left in
+// place as v & 0xF0 = 16 x the nibble, one logic op per operand (no shift per 64 bytes), whose
+// chain sum is an exact multiple of 16, shifted back once per block. So the int32 sum, and every
+// bit after it, is what one chain over the plain nibbles would give.
+template <bool Q8, int NG>
+__attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb, float dx, int32_t neg,
+                                                                const uint8_t* const* g, size_t off,
+                                                                __m512 (&f)[NG]) {
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = G + size_t(b) * gbb;
-    // ~2.2 KiB ahead (8 q4_0 / 4 q8_0 blocks of the group), as the standard-layout kernels
-    for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPfBlocks * gbb + o), _MM_HINT_T0);
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
-    const uint8_t* qp = blk + 2 * kGroup;
-    const int8_t* xb = xq + b * kQK;
-    // four independent int32 chains (a vpdpbusd chain of 8 would serialise on its latency)
-    __m512i d0 = _mm512_set1_epi32(s.neg[b]), d1 = _mm512_setzero_si512(), d2 = _mm512_setzero_si512(),
-            d3 = _mm512_setzero_si512();
-    if constexpr (Q8) {
-      __m512i* d[4] = {&d0, &d1, &d2, &d3};
-#pragma GCC unroll 8
-      for (int t = 0; t < 8; ++t) {
-        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(qp + 64 * t), m80);
-        *d[t & 3] = _mm512_dpbusd_epi32(*d[t & 3], w, _mm512_set1_epi32(ld32(xb + 4 * t)));
-      }
-    } else {
+  const __m512i n = _mm512_set1_epi32(neg);
+  __m512i a[NG], c[NG];
 #pragma GCC unroll 4
-      for (int t = 0; t < 4; ++t) {
-        const __m512i v = _mm512_loadu_si512(qp + 64 * t);
-        __m512i& lo = (t & 1) ? d1 : d0;
-        __m512i& hi = (t & 1) ? d3 : d2;
-        lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, m0f), _mm512_set1_epi32(ld32(xb + 4 * t)));
-        hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), _mm512_set1_epi32(ld32(xb + 16 + 4 * t)));
+  for (int j = 0; j < NG; ++j) a[j] = n, c[j] = _mm512_setzero_si512();
+  if constexpr (Q8) {
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; ++t) {
+      const __m512i x = _mm512_set1_epi32(ld32(xb + 4 * t));
+#pragma GCC unroll 4
+      for (int j = 0; j < NG; ++j) {
+        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(g[j] + off + 2 * kGroup + 64 * t), m80);
+        if (t & 1)
+          c[j] = _mm512_dpbusd_epi32(c[j], w, x);
+        else
+          a[j] = _mm512_dpbusd_epi32(a[j], w, x);
       }
     }
-    const __m512i dsum = _mm512_add_epi32(_mm512_add_epi32(d0, d1), _mm512_add_epi32(d2, d3));
-    const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(s.dx[b]));
-    if (b & 1)
-      acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dsum), sc, acc1);
-    else
-      acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dsum), sc, acc0);
+  } else {
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) {
+      const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
+#pragma GCC unroll 4
+      for (int j = 0; j < NG; ++j) {
+        __m512i v = _mm512_loadu_si512(g[j] + off + 2 * kGroup + 64 * t);
+        // one load for both operands (left to itself GCC folds the load into both and reads twice)
+        __asm__("" : "+v"(v));
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
+        c[j] = _mm512_dpbusd_epi32(c[j], _mm512_andnot_si512(m0f, v), xh);
+      }
+    }
   }
-  __m512 r = _mm512_add_ps(acc0, acc1);
-  const __mmask16 m = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
-  if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias));
-  _mm512_mask_storeu_ps(y, m, r);
+  const __m512 d = _mm512_set1_ps(dx);
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j) {
+    const __m512i sum = _mm512_add_epi32(a[j], Q8 ? c[j] : _mm512_srai_epi32(c[j], 4));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g[j] + off)));
+    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
+  }
+}
+
+// NG consecutive groups (G: the first, gstride apart; `cols` valid outputs from y) against x: per
+// group even and odd blocks go to two f32 accumulators, then their sum, then the bias (the
+// arithmetic group_tile_avx512 and the panel kernel keep per row), so the bits do not depend on
+// NG. Several groups a pass share the x broadcasts and scale math, and read NG streams side by
+// side. Measured on Zen 5 (2 vCPUs, interleaved A/B in bench_kernels): one group a pass with
+// the shift-and-mask unpack ran q4_0 at ~60 GB/s per thread with L3-resident weights (load-port
+// bound: x broadcasts, duplicated weight loads, prefetches); four a pass ~80 GB/s, and from
+// memory at 2 threads 1.1-1.3x. q4_0 prefetches 4 blocks (~1.1 KiB) ahead per stream; q8_0 runs
+// best on the hardware prefetcher alone.
+template <bool Q8, int NG>
+EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* G, size_t gstride, int64_t nb,
+                           const float* bias, float* y, int64_t cols) {
+  constexpr size_t gbb = group_block_bytes(Q8);
+  constexpr size_t kPrefetch = Q8 ? 0 : 4 * gbb;
+  __m512 f0[NG], f1[NG];
+  const uint8_t* g[NG];
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j) f0[j] = f1[j] = _mm512_setzero_ps(), g[j] = G + size_t(j) * gstride;
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    const size_t off = size_t(b) * gbb;
+    if constexpr (kPrefetch > 0)
+      for (int j = 0; j < NG; ++j)
+        for (size_t o = 0; o < 2 * gbb; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(g[j] + off + kPrefetch + o), _MM_HINT_T0);
+    groups_block<Q8, NG>(xq + b * kQK, s.dx[b], s.neg[b], g, off, f0);
+    groups_block<Q8, NG>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], g, off + gbb, f1);
+  }
+  if (b < nb) groups_block<Q8, NG>(xq + b * kQK, s.dx[b], s.neg[b], g, size_t(b) * gbb, f0);
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j) {
+    const int64_t c = cols - kGroup * j;
+    const __mmask16 m = c >= kGroup ? __mmask16(0xFFFF) : __mmask16((1u << c) - 1);
+    __m512 r = _mm512_add_ps(f0[j], f1[j]);
+    if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + kGroup * j));
+    _mm512_mask_storeu_ps(y + kGroup * j, m, r);
+  }
 }
 
 // MR rows of X (row i: xq + i*ldq, block sums s[i]) against one group: each weight block is loaded
-// and unpacked once for the MR rows. Per row the arithmetic is group_avx512's (exact int32 block
+// and unpacked once for the MR rows. Per row the arithmetic is groups_avx512's (exact int32 block
 // sums; f32 accumulation of even and odd blocks apart, then their sum, then the bias), so a row
 // gives the same bits in a batch as alone.
 template <bool Q8, int MR>
@@ -252,7 +297,7 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
 // gemm_q8_vnni.cpp at another height) against NV = 2 groups at a time, read in place (no per-call
 // weight packing): per block, each 64-byte weight load (16 rows x 4 bytes) feeds 4 vpdpbusd, one
 // per panel row, with that row's 4 x bytes broadcast from the panel; each broadcast feeds 2. Per
-// row and group the arithmetic is group_avx512's (the exact int32 block sum, times fp16(d_w) * d_x
+// row and group the arithmetic is groups_avx512's (the exact int32 block sum, times fp16(d_w) * d_x
 // rounded once, f32 FMA into the even- or odd-block accumulator, then their sum, then the bias),
 // so every row keeps gemv_repacked's bits at any M. That takes two f32 accumulators per output:
 // 4 x 2 tiles (8 int32 + 16 f32 zmm) fit the 32 registers; 6 x 1 measured ~10% slower at M = 512
@@ -407,20 +452,34 @@ bool vnni_kernel() {
 }  // namespace
 
 namespace {
+// Groups per task of the M = 1 dispatch: ~8 tasks per thread (dynamic scheduling absorbs a
+// preempted worker), whole passes of kPassGroups.
+int64_t gemv_chunk(int64_t groups, int nth) {
+  const int64_t c = groups / (8 * int64_t(nth));
+  return std::max<int64_t>(kPassGroups, (c + kPassGroups - 1) / kPassGroups * kPassGroups);
+}
+
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks) against x quantised in (qs, s).
 void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, bool q8, bool vec, const float* bias,
                      float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1) {
 #if defined(__x86_64__)
   if (vec) {
     const size_t gstride = size_t(nb) * group_block_bytes(q8);
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
-      const float* bg = bias ? bias + g * kGroup : nullptr;
-      if (q8)
-        group_avx512<true>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
-      else
-        group_avx512<false>(qs, s, G + size_t(g) * gstride, nb, bg, y + g * kGroup, rows);
-    }
+    int64_t g = g0;
+    // four groups a pass, then the rest two and one at a time
+    auto passes = [&](auto ng) {
+      constexpr int NG = decltype(ng)::value;
+      for (; g + NG <= g1; g += NG) {
+        const float* bg = bias ? bias + g * kGroup : nullptr;
+        if (q8)
+          groups_avx512<true, NG>(qs, s, G + size_t(g) * gstride, gstride, nb, bg, y + g * kGroup, N - g * kGroup);
+        else
+          groups_avx512<false, NG>(qs, s, G + size_t(g) * gstride, gstride, nb, bg, y + g * kGroup, N - g * kGroup);
+      }
+    };
+    passes(std::integral_constant<int, kPassGroups>());
+    passes(std::integral_constant<int, 2>());
+    passes(std::integral_constant<int, 1>());
     return;
   }
 #endif
@@ -441,8 +500,7 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const bool vec = vnni_kernel();
   const int nth = pool ? pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
-  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, chunk,
+  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, gemv_chunk(groups, nth),
                   [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, q8, vec, bias, y, N, nb, g0, g1); });
 }
 
@@ -467,8 +525,7 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   const BlockSums s = row_sums(q, 0);
   const bool vec = vnni_kernel();
   const int nth = pool ? pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
-  parallel_chunks(pool, rows * K >= kParallelMinMacs, groups, chunk, [&](int64_t g0, int64_t g1) {
+  parallel_chunks(pool, rows * K >= kParallelMinMacs, groups, gemv_chunk(groups, nth), [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);

@@ -906,13 +906,14 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 
 // gemv_repacked against the references of run_case_q8 (tight: f32 tolerance against the double
 // product on X rounded to q8_0; loose: the q8 bound against the f32 X), every ISA level, with and
-// without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37), K of 1, 3 and 128
-// blocks; and quant_repack's argument checks.
+// without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37) and the VNNI
+// kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups),
+// K of 1, 3 and 128 blocks; and quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
   ThreadPool pool(2);
   uint32_t seed = 7000;
   for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (int64_t N : {1, 15, 16, 17, 37})
+    for (int64_t N : {1, 15, 16, 17, 37, 61, 100})
       for (int64_t K : {32, 96, 4096}) {
         Weights w = make_weights(t, N, K, seed);
         Problem p = make_problem(1, N, K, 0, 0, seed + 1);
