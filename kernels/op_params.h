@@ -48,6 +48,15 @@ struct AttentionParams {
   bool bf16_products = false;
 };
 
+// One attention of a batch (kernels.h attention_batch, Backend::attention_batch).
+struct AttentionBatchItem {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* out = nullptr;
+  AttentionParams p;
+};
+
 // ---------------------------------------------------------------- multi-perspective visual projection
 struct MvpProjectionParams {
   int64_t tokens = 0, d_in = 0, d_hid = 0, d_out = 0, n_heads = 0;

@@ -858,9 +858,10 @@ void merge_unit(const Plan& pl, int64_t b) {
   }
 }
 
-void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,
-                     const AttentionParams& p, const Resolved& rs, ThreadPool* pool) {
-  const int nth = pool ? std::max(1, pool->size()) : 1;
+// The plan of one call (how its rows are cut into units) for a pool of nth threads; `part`
+// (split-KV partials) is left to the caller.
+Plan make_plan(const float* q, const float* k, const float* v, float* out, float* lse, const AttentionParams& p,
+               const Resolved& rs, int nth) {
   Plan pl;
   pl.p = &p;
   pl.q = q; pl.k = k; pl.v = v; pl.out = out; pl.lse = lse;
@@ -887,52 +888,106 @@ void attention_tiled(const Kern& kern, const float* q, const float* k, const flo
   if (nth > 1 && pl.n_base < want && max_blocks >= 4)
     pl.nsplit = std::max<int64_t>(1, std::min<int64_t>((want + pl.n_base - 1) / pl.n_base, max_blocks / 2));
   pl.part_stride = int64_t(kMaxRows) * (pl.Dp + 2);
+  pl.part = nullptr;
+  return pl;
+}
+
+// Per-thread scratch of calls whose head_dim pads to at most max_Dp floats.
+size_t scratch_floats(int max_Dp) {  // a multiple of 16 floats: every part stays 64-byte aligned
+  return size_t(kMaxRows) * (kBk + size_t(max_Dp) + 3) + 2 * size_t(kBk) * size_t(max_Dp);
+}
+Scratch scratch_at(float* base, int Dp) {
+  Scratch sc;
+  sc.S = base;
+  sc.acc = sc.S + kMaxRows * kBk;
+  sc.m = sc.acc + size_t(kMaxRows) * size_t(Dp);
+  sc.l = sc.m + kMaxRows;
+  sc.alpha = sc.l + kMaxRows;
+  sc.kp = sc.alpha + kMaxRows;
+  sc.vp = sc.kp + size_t(kBk) * size_t(Dp);
+  return sc;
+}
+
+// Runs the units of several plans (one call, or a batch of independent calls) in one thread-pool
+// dispatch (and one more for the split-KV merges): each unit computes exactly what it computes
+// when its plan runs alone, so a batch is bit for bit the calls one by one.
+void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool) {
+  const int nth = pool ? std::max(1, pool->size()) : 1;
+  int max_Dp = 16;
+  int64_t part_floats = 0;
+  std::vector<int64_t> first_unit(size_t(n_plans) + 1, 0), first_merge(size_t(n_plans) + 1, 0);
+  for (int64_t i = 0; i < n_plans; ++i) {
+    const Plan& pl = plans[i];
+    max_Dp = std::max(max_Dp, pl.Dp);
+    if (pl.nsplit > 1) part_floats += pl.n_base * pl.nsplit * pl.part_stride;
+    first_unit[size_t(i) + 1] = first_unit[size_t(i)] + pl.n_base * pl.nsplit;
+    first_merge[size_t(i) + 1] = first_merge[size_t(i)] + (pl.nsplit > 1 ? pl.n_base : 0);
+  }
   AlignedPtr<float> part;
-  if (pl.nsplit > 1) {
-    part = make_aligned<float>(size_t(pl.n_base * pl.nsplit * pl.part_stride));
-    pl.part = part.get();
-  } else {
-    pl.part = nullptr;
+  if (part_floats > 0) {
+    part = make_aligned<float>(size_t(part_floats));
+    float* at = part.get();
+    for (int64_t i = 0; i < n_plans; ++i)
+      if (plans[i].nsplit > 1) {
+        plans[i].part = at;
+        at += plans[i].n_base * plans[i].nsplit * plans[i].part_stride;
+      }
   }
-
-  // Per-thread scratch, allocated once for the call.
-  const size_t per_thread =  // a multiple of 16 floats: every part stays 64-byte aligned
-      size_t(kMaxRows) * (kBk + size_t(pl.Dp) + 3) + 2 * size_t(kBk) * size_t(pl.Dp);
+  // Per-thread scratch, allocated once for the call; the packed-K area zeroed once (transposed K:
+  // the junk beyond a block's tokens stays finite).
+  // (plans of different head sizes place it differently: then all of the scratch)
+  const size_t per_thread = scratch_floats(max_Dp);
   AlignedPtr<float> scratch = make_aligned<float>(per_thread * size_t(nth));
-  auto scratch_for = [&](int ith) {
-    float* base = scratch.get() + per_thread * size_t(ith);
-    Scratch sc;
-    sc.S = base;
-    sc.acc = sc.S + kMaxRows * kBk;
-    sc.m = sc.acc + size_t(kMaxRows) * size_t(pl.Dp);
-    sc.l = sc.m + kMaxRows;
-    sc.alpha = sc.l + kMaxRows;
-    sc.kp = sc.alpha + kMaxRows;
-    sc.vp = sc.kp + size_t(kBk) * size_t(pl.Dp);
-    std::memset(sc.kp, 0, sizeof(float) * size_t(kBk) * size_t(pl.Dp));  // transposed K: junk stays finite
-    return sc;
-  };
-
-  const int64_t n_units = pl.n_base * pl.nsplit;
-  if (nth == 1) {
-    const Scratch sc = scratch_for(0);
-    for (int64_t u = 0; u < n_units; ++u) run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
-    if (pl.nsplit > 1)
-      for (int64_t b = 0; b < pl.n_base; ++b) merge_unit(pl, b);
-    return;
+  const bool one_Dp = std::all_of(plans, plans + n_plans, [&](const Plan& pl) { return pl.Dp == max_Dp; });
+  for (int t = 0; t < nth; ++t) {
+    float* base = scratch.get() + per_thread * size_t(t);
+    if (one_Dp) std::memset(scratch_at(base, max_Dp).kp, 0, sizeof(float) * size_t(kBk) * size_t(max_Dp));
+    else std::memset(base, 0, sizeof(float) * per_thread);
   }
-  std::atomic<int64_t> next{0};
-  pool->run([&](int ith, int) {
-    const Scratch sc = scratch_for(ith);
-    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_units;)
-      run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
-  });
-  if (pl.nsplit > 1) {
-    std::atomic<int64_t> nb{0};
-    pool->run([&](int, int) {
-      for (int64_t b; (b = nb.fetch_add(1, std::memory_order_relaxed)) < pl.n_base;) merge_unit(pl, b);
+  // the plan of global unit u (first_unit is ascending)
+  auto plan_of = [&](const std::vector<int64_t>& first, int64_t u) {
+    return int64_t(std::upper_bound(first.begin(), first.end(), u) - first.begin()) - 1;
+  };
+  const int64_t n_units = first_unit[size_t(n_plans)], n_merges = first_merge[size_t(n_plans)];
+  if (nth == 1 || n_units == 1) {
+    float* base = scratch.get();
+    for (int64_t i = 0; i < n_plans; ++i) {
+      const Plan& pl = plans[i];
+      const Scratch sc = scratch_at(base, pl.Dp);
+      for (int64_t u = 0; u < pl.n_base * pl.nsplit; ++u) run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
+    }
+  } else {
+    std::atomic<int64_t> next{0};
+    pool->run([&](int ith, int) {
+      float* base = scratch.get() + per_thread * size_t(ith);
+      int64_t i = 0;  // the plan of the previous unit: units are taken in ascending order
+      for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_units;) {
+        if (u >= first_unit[size_t(i) + 1]) i = plan_of(first_unit, u);
+        const Plan& pl = plans[i];
+        const int64_t lu = u - first_unit[size_t(i)];
+        run_unit(pl, kern, scratch_at(base, pl.Dp), lu / pl.nsplit, lu % pl.nsplit);
+      }
     });
   }
+  if (n_merges == 0) return;
+  auto merge = [&](int64_t g) {
+    const int64_t i = plan_of(first_merge, g);
+    merge_unit(plans[i], g - first_merge[size_t(i)]);
+  };
+  if (nth == 1) {
+    for (int64_t g = 0; g < n_merges; ++g) merge(g);
+    return;
+  }
+  std::atomic<int64_t> nb{0};
+  pool->run([&](int, int) {
+    for (int64_t g; (g = nb.fetch_add(1, std::memory_order_relaxed)) < n_merges;) merge(g);
+  });
+}
+
+void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,
+                     const AttentionParams& p, const Resolved& rs, ThreadPool* pool) {
+  Plan pl = make_plan(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1);
+  run_plans(kern, &pl, 1, pool);
 }
 
 }  // namespace
@@ -959,6 +1014,30 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 #endif
   (void)pool;
   ref::attention(q, k, v, out, p, lse);
+}
+
+void attention_batch(const AttentionBatchItem* items, int64_t n, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0 && (n == 0 || items != nullptr), "attention_batch: no items");
+#if defined(__x86_64__)
+  const Isa isa = isa_active();
+  if (isa >= Isa::Avx2) {
+    const int nth = pool ? std::max(1, pool->size()) : 1;
+    std::vector<Plan> plans;
+    plans.reserve(size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const AttentionBatchItem& it = items[i];
+      const Resolved rs = validate(it.q, it.k, it.v, it.out, it.p);
+      if (attention_detail::bidir_bf16_applies(it.p))  // its own kernel, as attention() runs it
+        attention_detail::attention_bidir_bf16(it.q, it.k, it.v, it.out, it.p, rs.scale, rs.group, pool);
+      else
+        plans.push_back(make_plan(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
+    }
+    if (!plans.empty())
+      run_plans(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, plans.data(), int64_t(plans.size()), pool);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) attention(items[i].q, items[i].k, items[i].v, items[i].out, items[i].p, pool);
 }
 
 }  // namespace emollm

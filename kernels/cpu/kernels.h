@@ -216,6 +216,10 @@ void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionParams& p, ThreadPool* pool);
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionParams& p, ThreadPool* pool, float* lse);
+// Independent attentions (e.g. one per sequence of a batched decode step) in one thread-pool
+// dispatch instead of one each: item i's output is attention(q, k, v, out, p, pool)'s, bit for
+// bit (every item keeps the work split it has alone). Items must not write each other's inputs.
+void attention_batch(const AttentionBatchItem* items, int64_t n, ThreadPool* pool);
 
 // ---------------------------------------------------------------- reference paths
 // Scalar references, always available, used by tests (and by the dispatchers at Isa::Scalar).

@@ -332,6 +332,10 @@ class CpuBackend final : public Backend {
     require_kv_dtype(p.kv_dtype);
     emollm::attention(q, k, v, out, p, &pool_);
   }
+  void attention_batch(const AttentionBatchItem* items, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) require_kv_dtype(items[i].p.kv_dtype);
+    emollm::attention_batch(items, n, &pool_);
+  }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2, const float* G,
                       DType wtype, float* Y, const MvpProjectionParams& p) override {
     emollm::mvp_projection(X, W1, b1, W2, b2, G, wtype, Y, p, &pool_);

@@ -232,6 +232,12 @@ class Backend {
   // With p.kv_block_size > 0 (only when supports_paged_kv()) k and v are unused: the rows come
   // through p.k_blocks / p.v_blocks.
   virtual void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) = 0;
+  // Independent attentions (a batched step's sequences: one per segment) in one call; item i's
+  // output equals attention(item i)'s. Default: attention() for each. The CPU backend runs all of
+  // them in one thread-pool dispatch (kernels.h attention_batch), bit for bit the same outputs.
+  virtual void attention_batch(const AttentionBatchItem* items, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) attention(items[i].q, items[i].k, items[i].v, items[i].out, items[i].p);
+  }
 
   // ---- ops with default implementations (a new backend compiles without them; override for speed)
   // Several products of one X: Y_j[M, N_j] = X W_j^T (+ bias_j) for each of the n outputs (a

@@ -227,6 +227,16 @@ class ProfilingBackend final : public Backend {
                                          std::to_string((p.n_kv + 255) / 256 * 256));
     in_->attention(q, k, v, out, p);
   }
+  void attention_batch(const AttentionBatchItem* items, int64_t n) override {
+    if (n == 0) return;
+    int64_t n_kv = 0;
+    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv);
+    const AttentionParams& p = items[0].p;
+    Timer t("attention_batch", false, std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
+                                          std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
+                                          " kv<=" + std::to_string((n_kv + 255) / 256 * 256));
+    in_->attention_batch(items, n);
+  }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                       const float* G, DType wtype, float* Y, const MvpProjectionParams& p) override {
     Timer t("mvp_projection", p.tokens == 1, dtype_name(wtype));

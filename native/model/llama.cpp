@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <sys/stat.h>
@@ -541,6 +542,7 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
                    "kv_block_size " + std::to_string(opts.kv_block_size) + " must be 0 (default 64) or a multiple of 16 up to 4096");
   EMOLLM_CHECK_ARG(opts.kv_positions >= 0, "kv_positions must be >= 0");
   kv_bs_ = opts.kv_block_size > 0 ? opts.kv_block_size : 64;
+  if (const char* e = std::getenv("EMOLLM_BATCHED_ATTENTION")) batched_attention_ = std::strcmp(e, "0") != 0;
   kvd_ = kvd;
   n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
   EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");
@@ -999,30 +1001,50 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         be.copy(v_block(l, b) + off * kvd, v_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
         t += run;
       }
-      const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv);
-      const float* kc = nullptr;
-      const float* vc = nullptr;
-      AttentionParams ap = m.causal_attention_params(sg.n, n_kv, sg.pos0);
-      if (k_stage_) {  // no paged attention on this backend: gather the blocks contiguous
+    }
+    if (k_stage_) {  // no paged attention on this backend: each segment's blocks gathered contiguous, one at a time
+      for (int i = 0; i < n_segs; ++i) {
+        const Segment& sg = segs[i];
+        const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;
+        const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv);
         for (int64_t j = 0; j < nb; ++j) {
           const size_t bytes = size_t(std::min(kv_bs_, n_kv - j * kv_bs_) * kvd) * sizeof(float);
           be.copy(k_stage_ + j * kv_bs_ * kvd, k_block(l, table[size_t(j)]), bytes);
           be.copy(v_stage_ + j * kv_bs_ * kvd, v_block(l, table[size_t(j)]), bytes);
         }
-        kc = k_stage_;
-        vc = v_stage_;
-      } else {
-        k_table_.resize(size_t(nb));
-        v_table_.resize(size_t(nb));
-        for (int64_t j = 0; j < nb; ++j) {
-          k_table_[size_t(j)] = k_block(l, table[size_t(j)]);
-          v_table_[size_t(j)] = v_block(l, table[size_t(j)]);
-        }
-        ap.k_blocks = k_table_.data();
-        ap.v_blocks = v_table_.data();
-        ap.kv_block_size = kv_bs_;
+        const int64_t r0 = row0[size_t(i)];
+        be.attention(q_ + r0 * qd, k_stage_, v_stage_, att_ + r0 * qd, m.causal_attention_params(sg.n, n_kv, sg.pos0));
       }
-      be.attention(q_ + r0 * qd, kc, vc, att_ + r0 * qd, ap);
+    } else {  // paged: every segment's attention through its block table, all in one backend call
+      int64_t total_blocks = 0;
+      for (int i = 0; i < n_segs; ++i) total_blocks += kv_blocks_for(segs[i].pos0 + segs[i].n);
+      k_table_.resize(size_t(total_blocks));
+      v_table_.resize(size_t(total_blocks));
+      att_items_.resize(size_t(n_segs));
+      int64_t at = 0;
+      for (int i = 0; i < n_segs; ++i) {
+        const Segment& sg = segs[i];
+        const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;
+        const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv), r0 = row0[size_t(i)];
+        for (int64_t j = 0; j < nb; ++j) {
+          k_table_[size_t(at + j)] = k_block(l, table[size_t(j)]);
+          v_table_[size_t(at + j)] = v_block(l, table[size_t(j)]);
+        }
+        AttentionBatchItem& it = att_items_[size_t(i)];
+        it.q = q_ + r0 * qd;
+        it.k = it.v = nullptr;
+        it.out = att_ + r0 * qd;
+        it.p = m.causal_attention_params(sg.n, n_kv, sg.pos0);
+        it.p.k_blocks = k_table_.data() + at;
+        it.p.v_blocks = v_table_.data() + at;
+        it.p.kv_block_size = kv_bs_;
+        at += nb;
+      }
+      if (batched_attention_) {
+        be.attention_batch(att_items_.data(), n_segs);
+      } else {  // A/B baseline (EMOLLM_BATCHED_ATTENTION=0): one call per segment
+        for (const AttentionBatchItem& it : att_items_) be.attention(it.q, it.k, it.v, it.out, it.p);
+      }
     }
     // output projection, residual
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);

@@ -392,7 +392,11 @@ class LlamaContext {
   int64_t kv_bs_ = 64, n_blocks_ = 0, kvd_ = 0;
   std::vector<int32_t> block_refs_;   // per block: sequences whose table holds it
   std::vector<int32_t> free_blocks_;  // blocks with no reference (a stack)
-  std::vector<const float*> k_table_, v_table_;  // one segment's block pointers for attention
+  std::vector<const float*> k_table_, v_table_;  // the segments' block pointers for attention, one after another
+  std::vector<AttentionBatchItem> att_items_;     // a pass's attentions, one per segment
+  // the segments' attentions in one Backend::attention_batch call (EMOLLM_BATCHED_ATTENTION=0 at
+  // the context's creation: one attention() per segment, the A/B baseline)
+  bool batched_attention_ = true;
   // Backends without paged attention: a sequence's K/V gathered contiguous, [n_ctx, kvd] each.
   float* k_stage_ = nullptr;
   float* v_stage_ = nullptr;

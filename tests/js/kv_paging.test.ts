@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { sharedModel } from './helpers/vlm_fixtures.js';
+import { qwenReferencePrompts, sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError, loadModel, type Model } from '../../lib/index.js';
 
 const { dir: storiesDir, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'paged KV tests on stories260K');
@@ -96,5 +96,48 @@ describe.skipIf(!haveStories)('paged KV cache on stories260K', () => {
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EmollmError);
     expect((err as EmollmError).code).toMatch(/^ERR_(INVALID_ARGUMENT|BAD_CONFIG)$/);
+  });
+});
+
+// Qwen2-VL: a preempted call is recomputed from its prompt (visual positions with their 3-D M-RoPE
+// positions) and the tokens it had, which continue at max position + 1. Four calls with a visual
+// (the photo and the video prompts cut 20 and 24 tokens short: 41-48 positions, 3 blocks of 16)
+// and 48 greedy tokens each in a pool of 12 blocks: all four are admitted and outgrow it. Each
+// must equal the call alone (tests/native/test_qwen2_vl.cpp checks the same in the core).
+const { dir: qwen, have: haveQwen } = sharedModel('qwen2-vl-tiny-hf', 'reference/expected.json', 'paged KV tests on qwen2-vl-tiny-hf');
+
+describe.skipIf(!haveQwen)('paged KV cache on qwen2-vl-tiny-hf (M-RoPE)', () => {
+  it('calls with an image preempted under a small pool equal the calls alone', async () => {
+    const alone = await loadModel(qwen, { contextSize: 128, maxSequences: 1, threads: 1 });
+    const model = await loadModel(qwen, { contextSize: 128, maxSequences: 4, threads: 1, kvCachePositions: 192, kvBlockSize: 16 });
+    try {
+      const calls = async (m: Model) => {
+        const refs = await qwenReferencePrompts(m, qwen, ['photo', 'video']);
+        return refs.flatMap(({ prompt }) => [20, 24].map((cut) => ({ ...prompt, tokens: prompt.tokens.slice(0, prompt.tokens.length - cut) })));
+      };
+      const opts = { maxTokens: 48, temperature: 0 };
+      const expected: number[][] = [];
+      for (const p of await calls(alone)) expected.push((await alone.generate(p, opts).result).tokens);
+      const prompts = await calls(model);
+      const got = await Promise.all(
+        prompts.map(async (p) => {
+          const g = model.generate(p, opts);
+          const streamed: number[] = [];
+          for await (const chunk of g) streamed.push(...chunk.tokens);
+          return { streamed, result: await g.result };
+        }),
+      );
+      expect(got.map((g) => g.result.tokens)).toEqual(expected);
+      expect(got.map((g) => g.streamed)).toEqual(expected);
+      const s = model.stats();
+      expect(s.kvBlocksTotal).toBe(12);
+      expect(s.kvPreemptions).toBeGreaterThan(0);
+      expect(s.kvRecomputedTokens).toBeGreaterThan(0);
+      expect(s.active + s.queued).toBe(0);
+      expect(s.kvBlocksUsed).toBe(s.kvBlocksCached);
+    } finally {
+      await model.close();
+      await alone.close();
+    }
   });
 });

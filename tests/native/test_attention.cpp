@@ -546,3 +546,95 @@ TEST(attention_paged_kv_matches_contiguous) {
   bad.kv_block_size = 16; bad.v_blocks = nullptr;
   EXPECT_THROWS(attention(d.q, nullptr, nullptr, out.data(), bad, nullptr), ErrorCode::InvalidArgument);
 }
+
+// attention_batch runs the items' units in one pool dispatch: each output must be what
+// attention() gives for that item alone, bit for bit (a batched decode step's greedy tokens then
+// equal the sequences' run one by one), over mixed shapes: decode rows over short and long caches
+// (the long ones split the kv range), prompt chunks, prefill, bidirectional, several head sizes
+// in one batch (the scratch is laid out for the largest), strided rows and paged caches.
+TEST(attention_batch_equals_calls_one_by_one) {
+  ThreadPool pool(2);
+  const std::vector<Case> cs = {
+      {1, 37, 32, 4, 64, true, 36},     // decode over a short cache (kv heads spread over threads)
+      {1, 600, 32, 4, 64, true, 599},   // decode over a long cache (split-KV)
+      {1, 150, 8, 2, 80, true, 149},    // another head size
+      {23, 133, 8, 2, 32, true, 105},   // a prompt chunk over a cache
+      {70, 70, 4, 2, 64, true, 0},      // prefill (transposed K)
+      {19, 90, 4, 4, 20, false, 0, 3},  // bidirectional, padded rows
+      {1, 129, 4, 1, 128, true, 128, 16},
+      {3, 97, 80, 1, 8, true, 90},      // group of 80 query heads
+  };
+  std::vector<Data> ds;
+  uint64_t seed = 4200;
+  for (const Case& c : cs) ds.push_back(make_data(c, seed++));
+  // items 0 and 3 read a paged copy of their cache (pages of 16 and 64 at shuffled slots)
+  std::vector<std::vector<float>> pools;
+  std::vector<std::vector<const float*>> tables;
+  auto page = [&](Data& d, int64_t bs) {
+    const int64_t n_pages = (d.p.n_kv + bs - 1) / bs;
+    pools.emplace_back(size_t(2 * n_pages * bs * d.p.ldk), kNaN);
+    pools.emplace_back(size_t(2 * n_pages * bs * d.p.ldv), kNaN);
+    std::vector<float>& kp = pools[pools.size() - 2];
+    std::vector<float>& vp = pools.back();
+    tables.emplace_back();
+    tables.emplace_back();
+    std::vector<const float*>& kt = tables[tables.size() - 2];
+    std::vector<const float*>& vt = tables.back();
+    for (int64_t i = 0; i < n_pages; ++i) {
+      const int64_t s = n_pages - 1 - i;  // reversed slots
+      kt.push_back(kp.data() + 2 * s * bs * d.p.ldk);
+      vt.push_back(vp.data() + 2 * s * bs * d.p.ldv);
+    }
+    for (int64_t j = 0; j < d.p.n_kv; ++j) {
+      std::copy(d.k + j * d.p.ldk, d.k + (j + 1) * d.p.ldk, const_cast<float*>(kt[size_t(j / bs)]) + (j % bs) * d.p.ldk);
+      std::copy(d.v + j * d.p.ldv, d.v + (j + 1) * d.p.ldv, const_cast<float*>(vt[size_t(j / bs)]) + (j % bs) * d.p.ldv);
+    }
+    d.p.k_blocks = kt.data();
+    d.p.v_blocks = vt.data();
+    d.p.kv_block_size = bs;
+    d.k = d.v = nullptr;
+  };
+  tables.reserve(8);
+  pools.reserve(8);
+  page(ds[0], 16);
+  page(ds[3], 64);
+  for (Isa isa : vector_levels()) {
+    IsaCapScope cap(isa);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+      const std::string w = std::string(" isa=") + isa_name(isa) + (pl ? " pool=2" : " pool=null");
+      // every subset size from the front, and the whole list reversed
+      for (size_t n : {size_t(1), size_t(2), size_t(4), cs.size()}) {
+        for (bool reversed : {false, true}) {
+          std::vector<size_t> idx;
+          for (size_t i = 0; i < n; ++i) idx.push_back(reversed ? cs.size() - 1 - i : i);
+          std::vector<std::vector<float>> outs, alone;
+          std::vector<AttentionBatchItem> items;
+          for (size_t i : idx) {
+            const Data& d = ds[i];
+            alone.push_back(run_out(d.p, describe(cs[i]) + w, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); }));
+            outs.emplace_back(size_t(d.p.n_q * d.p.ldo), kNaN);
+            items.push_back(AttentionBatchItem{d.q, d.k, d.v, outs.back().data(), d.p});
+          }
+          attention_batch(items.data(), int64_t(items.size()), pl);
+          for (size_t m = 0; m < idx.size(); ++m) {
+            const Data& d = ds[idx[m]];
+            const int64_t qw = d.p.n_heads * d.p.head_dim;
+            std::vector<float> dense(size_t(d.p.n_q * qw));
+            for (int64_t i = 0; i < d.p.n_q; ++i)
+              std::copy(outs[m].data() + i * d.p.ldo, outs[m].data() + i * d.p.ldo + qw, dense.data() + i * qw);
+            const std::string what = describe(cs[idx[m]]) + w + " batch of " + std::to_string(n);
+            if (dense != alone[m]) ::emollm_test::report_failure(__FILE__, __LINE__, "batch differs from alone: " + what);
+          }
+        }
+      }
+    }
+  }
+  attention_batch(nullptr, 0, &pool);  // nothing to do
+  // a bad item is refused with the item's error
+  Data d = make_data({1, 20, 2, 1, 8, true, 19}, 5);
+  std::vector<float> out(64);
+  AttentionParams bad = d.p;
+  bad.ldq = 1;  // shorter than a query row
+  AttentionBatchItem it{d.q, d.k, d.v, out.data(), bad};
+  EXPECT_THROWS(attention_batch(&it, 1, &pool), ErrorCode::InvalidArgument);
+}

@@ -40,6 +40,7 @@
 #include "model/qwen2_vl.h"
 #include "model/scheduler.h"
 #include "model/session.h"
+#include "batched_parity.h"
 #include "greedy_decode.h"
 #include "shared_data.h"
 #include "stories_helpers.h"
@@ -281,6 +282,14 @@ TEST(emulated_device_scheduler_greedy_matches_runc) {
   std::printf("  emulated device scheduler: %lld steps, %lld batched, max batch %lld\n", (long long)st.steps,
               (long long)st.batched_steps, (long long)st.max_batch);
   EXPECT(st.batched_steps > 0 && st.max_batch >= 2);
+}
+
+// The shared batched-parity checks (batched_parity.h; cuda/test_cuda_e2e.cpp runs the same on a
+// GPU): through the scheduler on the device, each request equals itself alone on the device and
+// run.c, with a full KV pool and with one small enough to preempt.
+TEST(emulated_device_scheduler_batched_greedy_equals_alone) {
+  if (stories_dir().empty()) return;
+  emollm_test::expect_batched_greedy_parity(emulated_model(), "emulated device");
 }
 
 namespace {

@@ -10,6 +10,10 @@
 // HF path's logits (1e-5) and greedy tokens.
 // The shared dir comes from EMOLLM_SHARED_DIR, else ../shared. Missing data is a printed skip.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +28,8 @@
 #include "../../native/loaders/json.h"
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/qwen2_vl.h"
+#include "../../native/model/scheduler.h"
+#include "../../native/model/session.h"
 #include "gguf_out.h"
 #include "greedy_decode.h"
 #include "hf_to_gguf.h"
@@ -336,4 +342,86 @@ TEST(qwen2_vl_gguf_pair_parity) {
   std::remove(text.c_str());
   std::remove(mm.c_str());
   ::rmdir(d);
+}
+
+// Preemption under a small KV pool recomputes a sequence from its prompt and the tokens it had
+// (scheduler.h); for Qwen2-VL the prompt's visual positions carry 3-D M-RoPE positions and the
+// generated tokens continue at max position + 1. Four calls with a visual (the photo and the
+// video prompts cut 20 and 24 tokens short, 41-48 positions: the visual and a few text tokens
+// after it; the second cut with a text token before the visual changed, so no two calls share
+// their visual positions and a preempted call recomputes them) and 48 greedy tokens each, in a pool
+// of 12 blocks of 16: the four prompts (3 blocks each) are admitted together and outgrow it.
+// Their greedy tokens, stop reasons and streamed tokens must equal each call alone, with
+// preemptions and recomputed positions counted.
+TEST(qwen2_vl_preempted_generation_equals_alone) {
+  const Q* t = q();
+  if (!t) return;
+  const Qwen2VLModel& m = *t->model;
+  struct Call {
+    Qwen2VLModel::Prompt p;
+    std::vector<float> feats;
+  };
+  std::vector<Call> calls;
+  for (const Case& c : t->cases)
+    for (size_t cut : {size_t(20), size_t(24)}) {
+      Call k;
+      EXPECT(m.encode(c.pixels.data(), {c.grid}, &k.feats));
+      std::vector<int32_t> ids(c.ids.begin(), c.ids.end() - int64_t(cut));
+      if (cut == 24) ids[3] = 100;  // a text token before the visual changed: no prefix to share, all recomputed
+      k.p = m.prepare(ids.data(), int64_t(ids.size()), k.feats.data(), {c.grid});
+      calls.push_back(std::move(k));
+    }
+  const int64_t kTokens = 48;
+  GenerateParams params;
+  params.max_tokens = kTokens;
+  params.sampler.temperature = 0.0f;
+  std::vector<GenerateResult> want;
+  for (const Call& k : calls) {
+    LlamaContextOptions o;
+    o.n_ctx = 128;
+    LlamaContext alone(m.text_model(), o);
+    want.push_back(Session(alone).generate(k.p.tokens, k.feats.data(), params, nullptr, {}, k.p.pos3.data()));
+  }
+  SchedulerOptions so;
+  so.n_ctx = 128;
+  so.n_seq = 4;
+  so.kv_block_size = 16;
+  so.kv_positions = 12 * 16;
+  Scheduler sched(m.text_model(), so);
+  const size_t N = calls.size();
+  std::vector<std::vector<int32_t>> streamed(N);
+  std::vector<std::promise<SeqOutcome>> done(N);
+  std::atomic<bool> gate{false};
+  for (size_t i = 0; i < N; ++i) {
+    SeqRequest r;
+    r.prompt = calls[i].p.tokens;
+    r.embd = calls[i].feats;
+    r.pos3 = calls[i].p.pos3;
+    r.params = params;
+    r.on_token = [&, i](int32_t tok) {  // the first call holds the thread until all are queued: admitted together
+      streamed[i].push_back(tok);
+      if (i == 0)
+        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    };
+    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
+    sched.submit(std::move(r));
+  }
+  gate.store(true);
+  for (size_t i = 0; i < N; ++i) {
+    SeqOutcome o = done[i].get_future().get();
+    const std::string what = "qwen2-vl call " + std::to_string(i);
+    if (!(!o.error)) ::emollm_test::report_failure(__FILE__, __LINE__, what + " failed");
+    if (!(o.generated.tokens == want[i].tokens)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": tokens differ from the call alone");
+    if (!(o.generated.reason == want[i].reason)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": stop reason differs");
+    if (!(streamed[i] == want[i].tokens)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": streamed tokens differ");
+  }
+  const SchedulerStats st = sched.stats();
+  std::printf("  qwen2-vl, 4 visual prompts (%zu-%zu positions) + %lld tokens in 12 blocks of 16: %lld preemptions, "
+              "%lld positions recomputed, %lld prefix copies, max batch %lld\n",
+              calls[1].p.tokens.size(), calls[2].p.tokens.size(), (long long)kTokens, (long long)st.kv_preemptions,
+              (long long)st.kv_recomputed_tokens, (long long)st.prefix_copies, (long long)st.max_batch);
+  EXPECT(st.kv_preemptions > 0);
+  EXPECT(st.kv_recomputed_tokens > 0);
+  EXPECT(st.active == 0 && st.queued == 0 && st.prefilling == 0);
+  EXPECT(st.kv_blocks_used == st.kv_blocks_cached);
 }

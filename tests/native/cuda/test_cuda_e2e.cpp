@@ -2,6 +2,9 @@
 // the CPU tests. Skipped with a printed reason when there is no CUDA device or the shared model
 // is missing; on a GPU they must pass (a model path that cannot run on the device fails here).
 //   stories260K: greedy tokens equal llama2.c's run.c (../shared/models/stories260K/oracle).
+//   stories260K through the continuous-batching scheduler: each request's greedy tokens equal the
+//     request alone on the GPU and run.c, with a full KV pool and with one small enough to
+//     preempt (batched_parity.h, the checks the emulated device runs in CI).
 //   llava-tiny-hf: the image encoder and the decoder on the GPU; greedy new tokens equal
 //     transformers' (reference/expected.json "greedy_new_tokens").
 #include <sys/stat.h>
@@ -20,6 +23,7 @@
 #include "../../../native/model/llama.h"
 #include "../../../native/model/llava.h"
 #include "../../../native/model/session.h"
+#include "../batched_parity.h"
 #include "../shared_data.h"
 #include "../testing.h"
 #include "gpu_test.h"
@@ -56,6 +60,15 @@ TEST(cuda_e2e_stories260k_greedy_equals_llama2c) {
   if (want.size() == 201 && n <= 200)
     EXPECT(std::vector<int32_t>(want.begin() + 1, want.begin() + 1 + long(n)) == r.tokens);
   std::printf("  cuda stories260K greedy: %zu tokens, stop %s\n", n, stop_reason_name(r.reason));
+}
+
+TEST(cuda_e2e_scheduler_batched_greedy_equals_alone) {
+  SKIP_WITHOUT_GPU();
+  if (emollm_test::stories_dir().empty()) return;
+  LlamaLoadOptions lo;
+  lo.device = DeviceKind::Cuda;
+  std::shared_ptr<LlamaModel> m = LlamaModel::load(emollm_test::stories_gguf(), lo);
+  emollm_test::expect_batched_greedy_parity(m, "cuda");
 }
 
 TEST(cuda_e2e_llava_tiny_hf_greedy_equals_transformers) {
