@@ -788,27 +788,8 @@ void pack_x_f32(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0
 EMO_T512BF void pack_x_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1,
                             uint32_t* out) {
   const int64_t kp = (K + 1) / 2;
-  alignas(64) uint32_t tmp[16];
-  for (int64_t p = p0; p < p1; ++p) {
-    uint32_t* o = out + p * kp * MR;
-    for (int i = 0; i < MR; ++i) {
-      const int64_t r = p * MR + i;
-      if (r >= rows) {
-        for (int64_t q = 0; q < kp; ++q) o[q * MR + i] = 0;
-        continue;
-      }
-      const float* x = X + r * ldx;
-      for (int64_t k = 0; k < K; k += 32) {
-        const int64_t c = K - k;
-        const __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(c), x + k);
-        const __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(c - 16), x + k + 16);
-        _mm512_store_si512(tmp, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        const int64_t nq = std::min<int64_t>(16, kp - k / 2);
-        uint32_t* d = o + (k / 2) * MR + i;
-        for (int64_t q = 0; q < nq; ++q) d[q * MR] = tmp[q];
-      }
-    }
-  }
+  for (int64_t p = p0; p < p1; ++p)
+    pack_x6_bf16pairs(X + p * MR * ldx, ldx, int(std::min<int64_t>(MR, rows - p * MR)), K, out + p * kp * MR);
 }
 
 // Byte offset of element k (a block boundary for quantised types) within a weight row.
