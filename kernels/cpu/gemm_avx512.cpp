@@ -1018,6 +1018,50 @@ void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, Thr
 
 void gemm_bf16_panels_avx512(const Args& a) { gemm_packed<DType::BF16, true>(a, true); }
 
+// As gemm_packed<BF16, true>(a, prepacked) for each output, with the same blocks (so the same
+// sums, bit for bit), but X packed once per row chunk and one split over all outputs' panels:
+// chunks of panels numbered across the outputs, cut at the outputs' edges.
+void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
+  const Args& a = outs[0];
+  const int64_t kunits = (a.K + 1) / 2;
+  const int64_t x_budget = int64_t(8) << 20;
+  const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
+  int64_t first[kMaxPanelOutputs + 1] = {0};  // first global panel of each output
+  for (int j = 0; j < n; ++j) first[j + 1] = first[j] + (outs[j].N + NR - 1) / NR;
+  const int64_t panels = first[n];
+  int64_t kcb = KCP, ncb = NC;
+  if (kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
+    kcb = kunits;
+    ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
+  }
+  const int nth = a.pool ? a.pool->size() : 1;
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
+    const int64_t mcur = std::min(mc, a.M - m0);
+    const int64_t npm = (mcur + MR - 1) / MR;
+    void* xp = scratch(2, size_t(npm) * MR * kunits * 4);
+    const float* X = a.X + m0 * a.ldx;
+    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth_) {
+      int64_t p0, p1;
+      split_range(npm, ith, nth_, 1, &p0, &p1);
+      if (p1 > p0) pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
+    });
+    // split_packed_gemm's split by weight panels, over the panels of every output
+    const int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
+    int64_t macs = 0;
+    for (int j = 0; j < n; ++j) macs += mcur * outs[j].N * a.K;
+    parallel_chunks(a.pool, macs >= kParallelMinMacs, panels, chunk, [&](int64_t g0, int64_t g1) {
+      for (int j = 0; j < n; ++j) {
+        const int64_t lo = std::max(g0, first[j]), hi = std::min(g1, first[j + 1]);
+        if (lo >= hi) continue;
+        Args sub = outs[j];
+        sub.Y = outs[j].Y + m0 * outs[j].ldy;
+        compute_range<DType::BF16, true>(sub, xp, 0, mcur, (lo - first[j]) * NR, std::min(outs[j].N, (hi - first[j]) * NR),
+                                         kcb, ncb, true);
+      }
+    });
+  }
+}
+
 void gemm_avx512(const Args& a, bool bf16_dot) {
   if (a.M <= kSmallM) return small_m(a);
   switch (a.wtype) {
