@@ -14,7 +14,7 @@
 // Every measurement (one tower dtype, or the anchor) runs in its own child process, one at a time.
 // This file also exports the harness helpers bench/llava.mjs uses.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -182,6 +182,7 @@ async function emollmChild(spec) {
       const quiet = out.reps.filter((x) => x.other < 0.25).length;
       if (rep + 1 >= spec.minReps && spent > spec.budgetS && (quiet > 0 || spent > 3 * spec.budgetS)) break;
     }
+    out.images = out.reps.length + 1;  // the warm-up included (a profile counts it)
   });
 }
 
@@ -262,7 +263,7 @@ async function runTorch(spec, log) {
 // ============================================================================ parent
 function parseArgs(argv) {
   const o = { threads: 0, dtypes: [...VISION_DTYPES], budgetS: 12, minReps: 3, maxReps: 10, anchor: true, probe: true, build: true,
-    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20, abEnv: null, abRoot: null, abRounds: 1,
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20, abEnv: null, abRoot: null, abRounds: 1, profile: false,
     cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16, videoSize: [640, 360] };
   const size = (v, name) => {
     const m = /^(\d+)x(\d+)$/.exec(v.trim());
@@ -297,6 +298,7 @@ function parseArgs(argv) {
       case '--video-size': o.videoSize = size(val(i, a), a); i++; break;
       case '--ab-env': o.abEnv = parseEnvList(val(i, a)); i++; break;
       case '--ab-root': o.abRoot = resolve(val(i, a)); i++; break;
+      case '--profile': o.profile = true; break;
       case '--ab-rounds': o.abRounds = Number(val(i, a)); i++; break;
       case '--help': case '-h': o.help = true; break;
       default: throw new Error(`unknown option ${a} (--help)`);
@@ -346,7 +348,10 @@ const HELP = `usage: npm run bench:vision -- [options]
                         for the previous bf16 paths; --ab-rounds N alternations (default 1), reps pooled per row
   --ab-root DIR         llava15: the A/B variant loads the package at DIR instead (its dist/index.js and the
                         addon beside it, e.g. a checkout or copy of an earlier build): same models, same run,
-                        alternating with this checkout; may be combined with --ab-env`;
+                        alternating with this checkout; may be combined with --ab-env
+  --profile             llava15: one more child per dtype (this checkout) with EMOLLM_PROFILE=1: per-op time per
+                        image (GEMMs by shape, attention, norms, activations, thread hand-offs), printed and in
+                        the JSON (profiles); its images are not in the timed rows (profiling adds overhead)`;
 
 // Best undisturbed image (other work < 0.25 cores), else the best of all.
 function summarize(reps) {
@@ -391,6 +396,7 @@ async function main() {
 
   const gf = visionGflop(VISION, VISION.n_layer);
   const results = [];
+  const profiles = [];
   // --ab-env: per dtype the variant with those variables, then the plain run, --ab-rounds times;
   // each row pools its rounds' timed images (load / warm-up / RSS from its first round).
   const ab = Boolean(o.abEnv || o.abRoot);
@@ -413,6 +419,19 @@ async function main() {
         else if (row.res.ok) row.res.reps.push(...res.reps);
       }
     for (const row of rows) { row.sum = row.res.ok ? summarize(row.res.reps) : null; results.push(row); }
+    if (o.profile) {
+      log(`emollm ${dtype} tower, profiled (EMOLLM_PROFILE=1) ...`);
+      await waitQuiet(o.quietWaitS, log);
+      const dir = mkdtempSync(join(os.tmpdir(), 'emollm-vision-profile-'));
+      const file = join(dir, 'profile.json');
+      const spec = { text: plans[0].path, mmproj: mm, dtype, threads, seed: o.seed, budgetS: 0, minReps: o.minReps, maxReps: o.minReps };
+      const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)],
+        { timeoutS: o.timeoutS, label: `emollm ${dtype} profiled`, env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+      let prof = null;
+      try { prof = JSON.parse(readFileSync(file, 'utf8')); } catch { prof = { error: res.ok ? 'the child wrote no profile' : String(res.error).split('\n')[0] }; }
+      rmSync(dir, { recursive: true, force: true });
+      profiles.push({ dtype, images: res.images ?? null, ...prof });
+    }
     if (i + 1 < o.dtypes.length) probe(`after ${dtype}`);
   }
 
@@ -499,14 +518,31 @@ async function main() {
     '/ all; busy = other work beside the reported image (! >= 0.25: disturbed); the anchor\'s is the machine\'s total busy cores ' +
     'in parentheses (its own threads included).');
   }
+  for (const pr of profiles) printProfile(pr, out);
   if (vlmResults.length) printVlmTable(vlmResults, peaks, o, out);
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
-  const json = { threads, vision: VISION, gflop: gf, peaks, results: results.map((r) => ({ dtype: r.dtype, env: r.label ?? undefined, ...r.sum, raw: r.res })), vlm: vlmResults,
+  const json = { threads, vision: VISION, gflop: gf, peaks, profiles, results: results.map((r) => ({ dtype: r.dtype, env: r.label ?? undefined, ...r.sum, raw: r.res })), vlm: vlmResults,
     anchor: anchor ? { ...anchor.sum, raw: anchor.res, machine_busy_cores: anchor.machine_busy_cores } : null, anchor_note: anchorNote, cpu };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');
   process.exitCode = [...results, ...vlmResults].every((r) => r.res.ok) ? 0 : 1;
+}
+
+// The per-op profile of one dtype's child (core/profiling_backend.h): ms per image by op and key
+// (wall time of each call, thread-pool hand-offs inside the ops as their own rows), sorted.
+function printProfile(pr, out) {
+  out('');
+  if (pr.error || !pr.ops) { out(`profile ${pr.dtype}: ${pr.error ?? 'no ops'}`); return; }
+  const n = pr.images || 1;
+  const ops = pr.ops.filter((x) => x.op !== 'handoff');
+  const total = ops.reduce((a, x) => a + x.total_ms, 0);
+  out(`profile: ${pr.dtype} tower + projector, ${n} images (warm-up included), ms per image by op (EMOLLM_PROFILE=1; ` +
+    `handoff = waking and waiting for the pool inside those ops, already part of their time):`);
+  const rows = [...pr.ops].sort((a, b) => b.total_ms - a.total_ms)
+    .map((x) => [x.op, x.key || '-', fmt(x.calls / n, 0), fmt(x.total_ms / n, 1), x.op === 'handoff' ? '-' : fmt((100 * x.total_ms) / total, 1)]);
+  printTable(['op', 'key', 'calls/image', 'ms/image', '%'], rows, out, 2);
+  out(`sum of ops ${fmt(total / n, 1)} ms per image`);
 }
 
 // LLaVA-NeXT / Qwen2-VL rows: per sample the best rep (fewest seconds of preprocessing + vision).
