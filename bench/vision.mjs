@@ -14,9 +14,9 @@
 // Every measurement (one tower dtype, or the anchor) runs in its own child process, one at a time.
 // This file also exports the harness helpers bench/llava.mjs uses.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -153,7 +153,7 @@ async function emollmChild(spec) {
   const log = (...a) => console.error('[emollm]', ...a);
   const out = { side: 'emollm', dtype: spec.dtype, ok: false, reps: [] };
   await childMain(out, log, async (use) => {
-    const { loadModel, cpuInfo } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href);
+    const { loadModel, cpuInfo } = await import(pathToFileURL(join(spec.pkgRoot ?? root, 'dist', 'index.js')).href);
     try { out.cpu = cpuInfo(); } catch {}
     const t0 = performance.now();
     const model = use(await loadModel(spec.text, { mmproj: spec.mmproj, threads: spec.threads, contextSize: 64 }));
@@ -172,13 +172,17 @@ async function emollmChild(spec) {
     log(`${spec.dtype}: load ${out.load_s.toFixed(1)} s, warm-up image ${w.s.toFixed(2)} s`);
     const tStart = performance.now();
     for (let rep = 0; rep < spec.maxReps; rep++) {
+      const c0 = processCpuS();
       const r = await timed(() => model.encodePixels(px, 1));
-      out.reps.push({ s: r.s, other: r.other });
+      // the process's CPU seconds (all its threads): with --threads 1 the image's cost in core time,
+      // which other work on a busy machine does not inflate as it does the wall time
+      out.reps.push({ s: r.s, other: r.other, cpu_s: processCpuS() - c0 });
       log(`${spec.dtype}: image ${rep + 1}: ${r.s.toFixed(3)} s (other work ${r.other.toFixed(2)} cores)`);
       const spent = (performance.now() - tStart) / 1000;
       const quiet = out.reps.filter((x) => x.other < 0.25).length;
       if (rep + 1 >= spec.minReps && spent > spec.budgetS && (quiet > 0 || spent > 3 * spec.budgetS)) break;
     }
+    out.images = out.reps.length + 1;  // the warm-up included (a profile counts it)
   });
 }
 
@@ -259,7 +263,7 @@ async function runTorch(spec, log) {
 // ============================================================================ parent
 function parseArgs(argv) {
   const o = { threads: 0, dtypes: [...VISION_DTYPES], budgetS: 12, minReps: 3, maxReps: 10, anchor: true, probe: true, build: true,
-    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20, abEnv: null, abRounds: 1,
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 900, quietWaitS: 20, abEnv: null, abRoot: null, abRounds: 1, profile: false,
     cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16, videoSize: [640, 360] };
   const size = (v, name) => {
     const m = /^(\d+)x(\d+)$/.exec(v.trim());
@@ -293,6 +297,8 @@ function parseArgs(argv) {
       case '--video-frames': o.videoFrames = Number(val(i, a)); i++; break;
       case '--video-size': o.videoSize = size(val(i, a), a); i++; break;
       case '--ab-env': o.abEnv = parseEnvList(val(i, a)); i++; break;
+      case '--ab-root': o.abRoot = resolve(val(i, a)); i++; break;
+      case '--profile': o.profile = true; break;
       case '--ab-rounds': o.abRounds = Number(val(i, a)); i++; break;
       case '--help': case '-h': o.help = true; break;
       default: throw new Error(`unknown option ${a} (--help)`);
@@ -304,6 +310,7 @@ function parseArgs(argv) {
   for (const d of o.dtypes) if (!VISION_DTYPES.includes(d)) throw new Error(`--dtypes: ${VISION_DTYPES.join(', ')}, not '${d}'`);
   if (o.maxReps < o.minReps) o.maxReps = o.minReps;
   if (!(Number.isInteger(o.abRounds) && o.abRounds >= 1)) throw new Error('--ab-rounds: an integer >= 1');
+  if (o.abRoot && !existsSync(join(o.abRoot, 'dist', 'index.js'))) throw new Error(`--ab-root: no dist/index.js under ${o.abRoot}`);
   return o;
 }
 
@@ -338,7 +345,13 @@ const HELP = `usage: npm run bench:vision -- [options]
   --video-frames N      Qwen2-VL video frames, even (default 16; 0: no video); --video-size WxH (default 640x360)
   --ab-env A=1,B=0      llava15: per dtype also measure with these environment variables set (a row labelled
                         with them), alternating with the plain run, e.g. EMOLLM_BF16_PANELS=0,EMOLLM_ATTN_BF16=0
-                        for the previous bf16 paths; --ab-rounds N alternations (default 1), reps pooled per row`;
+                        for the previous bf16 paths; --ab-rounds N alternations (default 1), reps pooled per row
+  --ab-root DIR         llava15: the A/B variant loads the package at DIR instead (its dist/index.js and the
+                        addon beside it, e.g. a checkout or copy of an earlier build): same models, same run,
+                        alternating with this checkout; may be combined with --ab-env
+  --profile             llava15: one more child per dtype (this checkout) with EMOLLM_PROFILE=1: per-op time per
+                        image (GEMMs by shape, attention, norms, activations, thread hand-offs), printed and in
+                        the JSON (profiles); its images are not in the timed rows (profiling adds overhead)`;
 
 // Best undisturbed image (other work < 0.25 cores), else the best of all.
 function summarize(reps) {
@@ -347,8 +360,10 @@ function summarize(reps) {
   const use = quiet.length ? quiet : reps;
   const best = use.reduce((a, b) => (b.s < a.s ? b : a));
   // other: the other work beside the reported image
+  const cpus = reps.map((r) => r.cpu_s).filter(Number.isFinite);
   return { best_s: best.s, median_s: median(reps.map((r) => r.s)), n: reps.length, quiet: quiet.length, other: best.other,
-    other_max: Math.max(0, ...reps.map((r) => r.other).filter(Number.isFinite)) };
+    other_max: Math.max(0, ...reps.map((r) => r.other).filter(Number.isFinite)),
+    best_cpu_s: cpus.length ? Math.min(...cpus) : null, median_cpu_s: cpus.length ? median(cpus) : null };
 }
 
 async function main() {
@@ -381,19 +396,22 @@ async function main() {
 
   const gf = visionGflop(VISION, VISION.n_layer);
   const results = [];
+  const profiles = [];
   // --ab-env: per dtype the variant with those variables, then the plain run, --ab-rounds times;
   // each row pools its rounds' timed images (load / warm-up / RSS from its first round).
-  const abLabel = o.abEnv ? Object.entries(o.abEnv).map(([k, v]) => `${k}=${v}`).join(' ') : null;
-  const variants = o.abEnv ? [{ label: abLabel, env: o.abEnv }, { label: null, env: {} }] : [{ label: null, env: {} }];
+  const ab = Boolean(o.abEnv || o.abRoot);
+  const abLabel = ab ? [...Object.entries(o.abEnv ?? {}).map(([k, v]) => `${k}=${v}`), ...(o.abRoot ? [`root ${o.abRoot}`] : [])].join(' ') : null;
+  const variants = ab ? [{ label: abLabel, env: o.abEnv ?? {}, pkgRoot: o.abRoot }, { label: null, env: {} }] : [{ label: null, env: {} }];
   for (const [i, dtype] of (llava15 ? o.dtypes : []).entries()) {
     const mm = plans[i + 1].path;
     const rows = variants.map((v) => ({ side: 'emollm', dtype, label: v.label, res: null, sum: null }));
-    for (let round = 0; round < (o.abEnv ? o.abRounds : 1); round++)
+    for (let round = 0; round < (ab ? o.abRounds : 1); round++)
       for (const [vi, v] of variants.entries()) {
         const tag = `${dtype}${v.label ? ` [${v.label}]` : ''}`;
-        log(`emollm ${tag} tower (${mm.split('/').at(-1)})${o.abEnv ? ` round ${round + 1}` : ''} ...`);
+        log(`emollm ${tag} tower (${mm.split('/').at(-1)})${ab ? ` round ${round + 1}` : ''} ...`);
         await waitQuiet(o.quietWaitS, log);
-        const spec = { text: plans[0].path, mmproj: mm, dtype, threads, seed: o.seed, budgetS: o.budgetS, minReps: o.minReps, maxReps: o.maxReps };
+        const spec = { text: plans[0].path, mmproj: mm, dtype, threads, seed: o.seed, budgetS: o.budgetS, minReps: o.minReps, maxReps: o.maxReps,
+          pkgRoot: v.pkgRoot ?? undefined };
         const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)],
           { timeoutS: o.timeoutS, label: `emollm ${tag}`, env: { ...process.env, ...v.env } });
         const row = rows[vi];
@@ -401,6 +419,19 @@ async function main() {
         else if (row.res.ok) row.res.reps.push(...res.reps);
       }
     for (const row of rows) { row.sum = row.res.ok ? summarize(row.res.reps) : null; results.push(row); }
+    if (o.profile) {
+      log(`emollm ${dtype} tower, profiled (EMOLLM_PROFILE=1) ...`);
+      await waitQuiet(o.quietWaitS, log);
+      const dir = mkdtempSync(join(os.tmpdir(), 'emollm-vision-profile-'));
+      const file = join(dir, 'profile.json');
+      const spec = { text: plans[0].path, mmproj: mm, dtype, threads, seed: o.seed, budgetS: 0, minReps: o.minReps, maxReps: o.minReps };
+      const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)],
+        { timeoutS: o.timeoutS, label: `emollm ${dtype} profiled`, env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+      let prof = null;
+      try { prof = JSON.parse(readFileSync(file, 'utf8')); } catch { prof = { error: res.ok ? 'the child wrote no profile' : String(res.error).split('\n')[0] }; }
+      rmSync(dir, { recursive: true, force: true });
+      profiles.push({ dtype, images: res.images ?? null, ...prof });
+    }
     if (i + 1 < o.dtypes.length) probe(`after ${dtype}`);
   }
 
@@ -449,20 +480,20 @@ async function main() {
   out(`GFLOP per image: ${fmt(gf.total, 1)} (patch ${fmt(gf.patch, 2)}, encoder ${fmt(gf.layers, 1)}, projector ${fmt(gf.projector, 1)}); ` +
     `s/image = best undisturbed image after a warm-up, median of all; %fma / %bf16 against the probes of this run`);
   const ta = anchor?.sum?.best_s;
-  const head = ['engine', 'weights', 's/image', 'median', 'quiet/n', 'GFLOP/s', '%fma', '%bf16', 'torch/this', 'warm-up s', 'load s', 'RSS MiB', 'busy'];
+  const head = ['engine', 'weights', 's/image', 'median', 'quiet/n', 'GFLOP/s', '%fma', '%bf16', 'torch/this', 'cpu s', 'cpu med', 'warm-up s', 'load s', 'RSS MiB', 'busy'];
   const rows = [];
   for (const r of [...results, ...(anchor ? [anchor] : [])]) {
     const s = r.sum;
     const name = r.side === 'emollm' ? 'emollm' : `PyTorch ${r.res.version ?? ''}`.trim();
     const weights = r.label ? `${r.dtype} [${r.label}]` : r.dtype;
-    if (!s) { rows.push([name, weights, 'failed', '', '', '', '', '', '', '', '', '', '']); continue; }
+    if (!s) { rows.push([name, weights, 'failed', '', '', '', '', '', '', '', '', '', '', '', '']); continue; }
     const gfs = gf.total / s.best_s;
     rows.push([
       name, weights, fmt(s.best_s, 3), fmt(s.median_s, 3), r.side === 'emollm' ? `${s.quiet}/${s.n}` : `-/${s.n}`, fmt(gfs, 1),
       peaks?.fma_gflops ? fmt((100 * gfs) / peaks.fma_gflops, 0) : '-',
       r.dtype === 'bf16' && peaks?.bf16_dot_gflops ? fmt((100 * gfs) / (peaks.amx_bf16_gflops ?? peaks.bf16_dot_gflops), 0) : '-',
       r.side === 'emollm' && ta ? fmt(ta / s.best_s, 2) : '-',
-      fmt(r.res.warmup_s, 2), r.side === 'emollm' ? fmt(r.res.load_s, 2) : '-', fmt(r.res.maxrss_mib, 0),
+      fmt(s.best_cpu_s, 3), fmt(s.median_cpu_s, 3), fmt(r.res.warmup_s, 2), r.side === 'emollm' ? fmt(r.res.load_s, 2) : '-', fmt(r.res.maxrss_mib, 0),
       r.side === 'emollm' ? busyMark(s.other) : `(${fmt(anchor.machine_busy_cores, 2)})`,
     ]);
   }
@@ -481,18 +512,37 @@ async function main() {
   const amx = Boolean(cpu?.features?.amxUsable ?? peaks?.amx);
   out(`issue target: <= 0.70 s/image at 2 threads with bf16 through AMX. This CPU: AMX ${amx ? 'present' : 'absent'}` +
     (bf ? `; bf16 here ${fmt(bf.best_s, 2)} s/image at ${threads} threads (${fmt(bf.best_s / 0.7, 1)}x the target)` : '') + '.');
+  out('cpu s / cpu med = the process\'s CPU seconds per image (all its threads; best / median): at --threads 1 the image\'s ' +
+    'cost in core time, which a busy machine inflates far less than the wall time (at more threads it includes waiting workers).');
   out('torch/this = PyTorch f32 s/image / this row\'s (above 1: emollm faster). quiet/n = timed images with < 0.25 cores of other work ' +
     '/ all; busy = other work beside the reported image (! >= 0.25: disturbed); the anchor\'s is the machine\'s total busy cores ' +
     'in parentheses (its own threads included).');
   }
+  for (const pr of profiles) printProfile(pr, out);
   if (vlmResults.length) printVlmTable(vlmResults, peaks, o, out);
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
-  const json = { threads, vision: VISION, gflop: gf, peaks, results: results.map((r) => ({ dtype: r.dtype, env: r.label ?? undefined, ...r.sum, raw: r.res })), vlm: vlmResults,
+  const json = { threads, vision: VISION, gflop: gf, peaks, profiles, results: results.map((r) => ({ dtype: r.dtype, env: r.label ?? undefined, ...r.sum, raw: r.res })), vlm: vlmResults,
     anchor: anchor ? { ...anchor.sum, raw: anchor.res, machine_busy_cores: anchor.machine_busy_cores } : null, anchor_note: anchorNote, cpu };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');
   process.exitCode = [...results, ...vlmResults].every((r) => r.res.ok) ? 0 : 1;
+}
+
+// The per-op profile of one dtype's child (core/profiling_backend.h): ms per image by op and key
+// (wall time of each call, thread-pool hand-offs inside the ops as their own rows), sorted.
+function printProfile(pr, out) {
+  out('');
+  if (pr.error || !pr.ops) { out(`profile ${pr.dtype}: ${pr.error ?? 'no ops'}`); return; }
+  const n = pr.images || 1;
+  const ops = pr.ops.filter((x) => x.op !== 'handoff');
+  const total = ops.reduce((a, x) => a + x.total_ms, 0);
+  out(`profile: ${pr.dtype} tower + projector, ${n} images (warm-up included), ms per image by op (EMOLLM_PROFILE=1; ` +
+    `handoff = waking and waiting for the pool inside those ops, already part of their time):`);
+  const rows = [...pr.ops].sort((a, b) => b.total_ms - a.total_ms)
+    .map((x) => [x.op, x.key || '-', fmt(x.calls / n, 0), fmt(x.total_ms / n, 1), x.op === 'handoff' ? '-' : fmt((100 * x.total_ms) / total, 1)]);
+  printTable(['op', 'key', 'calls/image', 'ms/image', '%'], rows, out, 2);
+  out(`sum of ops ${fmt(total / n, 1)} ms per image`);
 }
 
 // LLaVA-NeXT / Qwen2-VL rows: per sample the best rep (fewest seconds of preprocessing + vision).

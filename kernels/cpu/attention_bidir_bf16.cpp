@@ -9,9 +9,13 @@
 // Per work unit (one query head, a range of its queries) K and V of the head's kv head are packed
 // once into those panels (~80 KB each at 577 x 64: they stay in L2 for every query tile); per tile
 // of up to 48 queries the whole score rows are computed (R x n_kv f32, no online rescaling since
-// every key is visible), the softmax runs in f32 (max subtracted, simd::exp512_ps), its weights
+// every key is visible), the softmax runs in f32 (max subtracted, exp2_le0 below), its weights
 // are rounded to bf16 row by row (the second product reads X as rows) and each row is normalised by the
-// sum of the rounded weights (so the weights applied sum to one).
+// sum of the rounded weights (so the weights applied sum to one), in the kernel's registers.
+// Q, K and V rows are a head's slice of each token's row (a row stride of all heads apart), so
+// the packing converts and interleaves them in registers (no scalar scatter) and prefetches the
+// rows ahead; the last key block, usually partial (577 = 9 x 64 + 1), runs only the 16-key groups
+// it uses.
 //
 // Error against ref::attention on q, k, v rounded to bf16 beforehand: the scores are exact
 // products summed in f32; the weights carry one bf16 rounding (relative 2^-9), so each output is
@@ -33,8 +37,8 @@
 #include <cstring>
 
 #include "../../base/arena.h"
-#include "attention_bf16_pack.h"
 #include "gemm_kern_bf16_avx512.h"
+#include "gemm_transpose_avx512.h"
 #include "simd_math.h"
 
 namespace emollm {
@@ -43,12 +47,11 @@ namespace {
 
 #define EMO_TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 
-using attention_bf16::pack_row_pair_panels;
-using attention_bf16::pack_row_panels;
-using attention_bf16::row_to_pairs;
 using gemm_detail::kBf16MR;
 using gemm_detail::kBf16NR;
 using gemm_detail::kern_bf16_6x64;
+using gemm_detail::pack_x6_bf16pairs;
+using gemm_detail::transpose16_ps;
 using simd::tail_mask16;
 
 constexpr int kMaxTileRows = 8 * kBf16MR;        // queries per tile
@@ -69,17 +72,93 @@ struct Geometry {
 
 // Per-thread buffers (uint32 words / floats, each part 64-byte aligned).
 struct Buffers {
-  AlignedPtr<uint32_t> kpan, vpan, xq, px, tmp;
+  AlignedPtr<uint32_t> kpan, vpan, xq, px;
   AlignedPtr<float> S, inv_l;
   explicit Buffers(const Geometry& g)
       : kpan(make_aligned<uint32_t>(size_t(g.nkb * g.Dq * kBf16NR))),
         vpan(make_aligned<uint32_t>(size_t(g.ndp * g.kvp * kBf16NR))),
         xq(make_aligned<uint32_t>(size_t(g.R * g.Dq))),
         px(make_aligned<uint32_t>(size_t(g.R * g.ldp))),
-        tmp(make_aligned<uint32_t>(size_t((g.D + 31) / 32 * 16 + 16))),
         S(make_aligned<float>(size_t(g.R * g.ldS))),
         inv_l(make_aligned<float>(size_t(g.R))) {}
 };
+
+// Prefetches the lines of a head's row (n floats at x): K and V rows are a head's slice of a
+// token's row, one row stride (all heads) apart, which the hardware prefetchers do not follow.
+EMO_TBF inline void prefetch_row(const float* x, int64_t n) {
+  for (int64_t e = 0; e < n; e += 16) _mm_prefetch(reinterpret_cast<const char*>(x + e), _MM_HINT_T0);
+}
+
+// kpan[(b * Dq + q) * 64 + j] = key (b * 64 + j)'s pair q of kv head g (zero past n_kv): per 16
+// keys and 16 pairs, the keys' rows are converted in registers and transposed (16 x 16 words).
+EMO_TBF void pack_keys(const float* k, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* kpan) {
+  constexpr int64_t kAhead = 32;  // keys
+  for (int64_t j0 = 0; j0 < G.nkb * kBf16NR; j0 += 16) {
+    for (int64_t key = j0 + kAhead; key < std::min(j0 + kAhead + 16, p.n_kv); ++key)
+      prefetch_row(k + key * p.ldk + g * G.D, G.D);
+    uint32_t* col = kpan + (j0 / kBf16NR) * G.Dq * kBf16NR + j0 % kBf16NR;
+    for (int64_t q0 = 0; q0 < G.Dq; q0 += 16) {
+      const int64_t e0 = 2 * q0;  // first element of this chunk of pairs
+      const __mmask16 m0 = tail_mask16(G.D - e0), m1 = tail_mask16(G.D - e0 - 16);
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) {
+        const int64_t key = j0 + t;
+        if (key < p.n_kv) {
+          const float* x = k + key * p.ldk + g * G.D + e0;
+          r[t] = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
+        } else {
+          r[t] = _mm512_setzero_ps();
+        }
+      }
+      transpose16_ps(r);  // r[t] = pair q0 + t of the 16 keys
+      const int64_t nq = std::min<int64_t>(16, G.Dq - q0);
+      for (int64_t t = 0; t < nq; ++t) _mm512_store_ps(reinterpret_cast<float*>(col + (q0 + t) * kBf16NR), r[t]);
+    }
+  }
+}
+
+// vpan[(pd * kvp + t) * 64 + d] = (v[2t][pd*64 + d], v[2t+1][pd*64 + d]) of kv head g as a bf16
+// pair (zero past n_kv and past D).
+EMO_TBF void pack_values(const float* v, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* vpan) {
+  constexpr int64_t kAhead = 16;  // tokens
+  for (int64_t t = 0; t < G.kvp; ++t) {
+    for (int64_t tok = 2 * t + kAhead; tok < std::min(2 * t + kAhead + 2, p.n_kv); ++tok)
+      prefetch_row(v + tok * p.ldv + g * G.D, G.D);
+    const float* a = v + (2 * t) * p.ldv + g * G.D;
+    const bool has_b = 2 * t + 1 < p.n_kv;
+    const float* bptr = has_b ? a + p.ldv : a;
+    for (int64_t pd = 0; pd < G.ndp; ++pd) {
+      uint32_t* o = vpan + (pd * G.kvp + t) * kBf16NR;
+      for (int64_t d0 = 0; d0 < kBf16NR; d0 += 16) {
+        const int64_t d = pd * kBf16NR + d0;
+        const __mmask16 m = tail_mask16(std::max<int64_t>(0, G.D - d));
+        const __m512 va = _mm512_maskz_loadu_ps(m, a + d);
+        const __m512 vb = _mm512_maskz_loadu_ps(has_b ? m : __mmask16(0), bptr + d);
+        const __m512i wa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
+        const __m512i wb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb));
+        _mm512_store_si512(o + d0, _mm512_or_si512(wa, _mm512_slli_epi32(wb, 16)));
+      }
+    }
+  }
+}
+
+// 2^t for the softmax's t = c (s - m) <= 0 (rounding may leave it a few ulp above): t = n + f,
+// |f| <= 1/2, 2^f by a degree-5 polynomial (relative error < 2e-7 in f32, far below the bf16
+// rounding of the weights), then 2^n by vscalefps, which underflows gracefully to 0. t below
+// -150 is clamped there (2^-150 rounds to 0 anyway); NaN stays NaN.
+EMO_TBF inline __m512 exp2_le0(__m512 t) {
+  t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);  // second operand returned when either is NaN
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 q = _mm512_set1_ps(1.3264726e-3f);
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.671513e-3f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.5507336e-2f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(0.24022242f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(0.693147f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(q, n);
+}
 
 // One tile: queries [i0, i0 + rows) of head h, with K / V of its kv head packed.
 EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, const Geometry& G, float scale, int64_t h,
@@ -88,30 +167,37 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
   const int64_t npan = (rows + MR - 1) / MR;
   // Q rows as bf16 pairs in 6-row X panels: xq[(pi * Dq + q) * 6 + ii]
   for (int64_t pi = 0; pi < npan; ++pi) {
-    uint32_t* xp = B.xq.get() + pi * G.Dq * MR;
-    for (int ii = 0; ii < MR; ++ii) {
-      const int64_t r = pi * MR + ii;
-      if (r < rows) {
-        row_to_pairs(q + (i0 + r) * p.ldq + h * G.D, G.D, B.tmp.get());
-        for (int64_t qq = 0; qq < G.Dq; ++qq) xp[qq * MR + ii] = B.tmp[size_t(qq)];
-      } else {
-        for (int64_t qq = 0; qq < G.Dq; ++qq) xp[qq * MR + ii] = 0;
-      }
-    }
+    for (int64_t r = (pi + 1) * MR; r < std::min<int64_t>((pi + 2) * MR, rows); ++r)  // the next panel's rows
+      prefetch_row(q + (i0 + r) * p.ldq + h * G.D, G.D);
+    pack_x6_bf16pairs(q + (i0 + pi * MR) * p.ldq + h * G.D, p.ldq, int(std::min<int64_t>(MR, rows - pi * MR)), G.D,
+                      B.xq.get() + pi * G.Dq * MR);
   }
   // S = Q K^T (unscaled)
   float* S = B.S.get();
   for (int64_t pi = 0; pi < npan; ++pi) {
     const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
-    for (int64_t b = 0; b < G.nkb; ++b)
-      kern_bf16_6x64(G.Dq, B.xq.get() + pi * G.Dq * MR, B.kpan.get() + b * G.Dq * kBf16NR,
-                     S + pi * MR * G.ldS + b * kBf16NR, G.ldS, mr, std::min<int64_t>(kBf16NR, p.n_kv - b * kBf16NR),
-                     nullptr, true);
+    for (int64_t b = 0; b < G.nkb; ++b) {
+      const uint32_t* xq = B.xq.get() + pi * G.Dq * MR;
+      const uint32_t* kb = B.kpan.get() + b * G.Dq * kBf16NR;
+      float* sb = S + pi * MR * G.ldS + b * kBf16NR;
+      const int64_t nr = std::min<int64_t>(kBf16NR, p.n_kv - b * kBf16NR);
+      // the last block may hold a few keys (577 = 9 x 64 + 1): only its 16-key groups in use
+      if (nr > 48) kern_bf16_6x64(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
+      else if (nr > 32) kern_bf16_6x64<false, 3>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
+      else if (nr > 16) kern_bf16_6x64<false, 2>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
+      else kern_bf16_6x64<false, 1>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
+    }
   }
-  // softmax rows in f32; weights rounded to bf16 pairs, row by row (the X rows of P V):
-  // px[r * ldp + t] = (P[r][2t], P[r][2t+1])
+  // the tile's output rows (a head's slice of each token's row, a row stride apart) are fetched
+  // for writing while the softmax runs, not one miss at a time by the product's stores
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < G.D; d += 16) __builtin_prefetch(out + (i0 + r) * p.ldo + h * G.D + d, 1, 3);
+  // softmax rows in f32: exp(scale (s - max)) = 2^(s c - m c) with c = scale log2(e) and m the
+  // row's max (its min for a negative scale), one fused multiply-subtract per element; the
+  // weights rounded to bf16 pairs, row by row (the X rows of P V): px[r * ldp + t] = (P[r][2t], P[r][2t+1])
   const int64_t n = p.n_kv;
-  const __m512 vscale = _mm512_set1_ps(scale);
+  const float c = scale * 1.4426950408889634f;
+  const __m512 vc = _mm512_set1_ps(c);
   const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
   for (int64_t pi = 0; pi < npan; ++pi) {
     for (int ii = 0; ii < MR; ++ii) {
@@ -121,45 +207,37 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
         std::memset(prow, 0, sizeof(uint32_t) * size_t(G.ldp));
         continue;
       }
-      float* s = S + r * G.ldS;
-      __m512 mx = _mm512_set1_ps(-INFINITY);
+      const float* s = S + r * G.ldS;
+      __m512 mx = _mm512_set1_ps(-INFINITY), mn = _mm512_set1_ps(INFINITY);
       for (int64_t j = 0; j < n; j += 16) {
         const __mmask16 m = tail_mask16(n - j);
-        const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), vscale);
-        _mm512_mask_storeu_ps(s + j, m, x);
+        const __m512 x = _mm512_maskz_loadu_ps(m, s + j);
         mx = _mm512_mask_max_ps(mx, m, mx, x);
+        mn = _mm512_mask_min_ps(mn, m, mn, x);
       }
-      const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      const __m512 vmc = _mm512_set1_ps((c >= 0 ? _mm512_reduce_max_ps(mx) : _mm512_reduce_min_ps(mn)) * c);
       __m512 sum = _mm512_setzero_ps();
       for (int64_t j = 0; j < n; j += 32) {
-        const __mmask16 m0 = tail_mask16(n - j), m1 = tail_mask16(std::max<int64_t>(0, n - j - 16));
-        const __m512 e0 = _mm512_maskz_mov_ps(m0, simd::exp512_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, s + j), vmax)));
-        const __m512 e1 =
-            _mm512_maskz_mov_ps(m1, simd::exp512_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, s + j + 16), vmax)));
+        const __mmask16 m0 = tail_mask16(n - j), m1 = tail_mask16(n - j - 16);
+        const __m512 e0 = _mm512_maskz_mov_ps(m0, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m0, s + j), vc, vmc)));
+        const __m512 e1 = _mm512_maskz_mov_ps(m1, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m1, s + j + 16), vc, vmc)));
         const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
         _mm512_storeu_si512(prow + j / 2, w);  // j / 2 + 16 <= ldp
       }
-      // the row's maximum contributes exp(0) = 1 (exact in bf16): the sum is >= 1
+      // the row's maximum contributes 2^0 = 1 (exact in bf16): the sum is >= 1
       B.inv_l[size_t(r)] = 1.0f / _mm512_reduce_add_ps(sum);
     }
   }
-  // O = P V, then each row divided by its weights' sum
+  // O = P V, each row divided by its weights' sum in the kernel's registers
   for (int64_t pi = 0; pi < npan; ++pi) {
     const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
     float* y = out + (i0 + pi * MR) * p.ldo + h * G.D;
     for (int64_t pd = 0; pd < G.ndp; ++pd)
       kern_bf16_6x64<true>(G.kvp, B.px.get() + pi * MR * G.ldp, B.vpan.get() + pd * G.kvp * kBf16NR, y + pd * kBf16NR,
-                           p.ldo, mr, std::min<int64_t>(kBf16NR, G.D - pd * kBf16NR), nullptr, true, G.ldp);
-    for (int ii = 0; ii < mr; ++ii) {
-      const __m512 inv = _mm512_set1_ps(B.inv_l[size_t(pi * MR + ii)]);
-      float* o = y + ii * p.ldo;
-      for (int64_t d = 0; d < G.D; d += 16) {
-        const __mmask16 m = tail_mask16(G.D - d);
-        _mm512_mask_storeu_ps(o + d, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + d), inv));
-      }
-    }
+                           p.ldo, mr, std::min<int64_t>(kBf16NR, G.D - pd * kBf16NR), nullptr, true, G.ldp,
+                           B.inv_l.get() + pi * MR);
   }
 }
 
@@ -205,8 +283,8 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
       const int64_t q0 = c * G.qchunk, q1 = std::min(p.n_q, q0 + G.qchunk);
       if (q0 >= q1) continue;
       const int64_t g = h / group;
-      pack_row_panels(k + g * G.D, p.ldk, p.n_kv, G.D, G.nkb, B.kpan.get(), B.tmp.get());  // K: 64-key panels
-      pack_row_pair_panels(v + g * G.D, p.ldv, p.n_kv, G.D, G.kvp, B.vpan.get());          // V: token pairs
+      pack_keys(k, p, g, G, B.kpan.get());
+      pack_values(v, p, g, G, B.vpan.get());
       for (int64_t i0 = q0; i0 < q1; i0 += G.R) run_tile(q, out, p, G, scale, h, i0, std::min(G.R, q1 - i0), B);
     }
   };

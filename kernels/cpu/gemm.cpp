@@ -419,6 +419,33 @@ void gemm_bf16_panels(const float* X, int64_t ldx, const void* Wp, const float* 
 #endif
 }
 
+void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
+                            ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(outs != nullptr && n >= 1 && n <= kMaxPanelOutputs,
+                   "gemm_bf16_panels_multi: 1.." + std::to_string(kMaxPanelOutputs) + " outputs");
+  for (int j = 0; j < n; ++j) {
+    check_args(X, ldx, outs[j].Wp, DType::BF16, outs[j].Y, outs[j].ldy, M, outs[j].N, K);
+    EMOLLM_CHECK_ARG(reinterpret_cast<uintptr_t>(outs[j].Wp) % 64 == 0,
+                     "gemm_bf16_panels_multi: the panels must be 64-byte aligned");
+  }
+  if (M == 0) return;
+  if (K == 0) {
+    for (int j = 0; j < n; ++j) fill_bias(outs[j].bias, outs[j].Y, outs[j].ldy, M, outs[j].N);
+    return;
+  }
+  if (!bf16_panels_usable())
+    throw Error(ErrorCode::Unsupported, "gemm_bf16_panels_multi: needs AVX512-BF16 at the AVX-512 ISA level");
+#if defined(__x86_64__)
+  gemm_detail::Args a[kMaxPanelOutputs];
+  for (int j = 0; j < n; ++j)
+    a[j] = gemm_detail::Args{X, ldx, outs[j].Wp, DType::BF16, outs[j].bias, outs[j].Y, outs[j].ldy, M, outs[j].N, K,
+                             pool, dtype_row_bytes(DType::BF16, K), false};
+  gemm_detail::gemm_bf16_panels_multi_avx512(a, n);
+#else
+  (void)pool;
+#endif
+}
+
 }  // namespace emollm
 
 namespace emollm {

@@ -788,27 +788,8 @@ void pack_x_f32(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0
 EMO_T512BF void pack_x_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1,
                             uint32_t* out) {
   const int64_t kp = (K + 1) / 2;
-  alignas(64) uint32_t tmp[16];
-  for (int64_t p = p0; p < p1; ++p) {
-    uint32_t* o = out + p * kp * MR;
-    for (int i = 0; i < MR; ++i) {
-      const int64_t r = p * MR + i;
-      if (r >= rows) {
-        for (int64_t q = 0; q < kp; ++q) o[q * MR + i] = 0;
-        continue;
-      }
-      const float* x = X + r * ldx;
-      for (int64_t k = 0; k < K; k += 32) {
-        const int64_t c = K - k;
-        const __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(c), x + k);
-        const __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(c - 16), x + k + 16);
-        _mm512_store_si512(tmp, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        const int64_t nq = std::min<int64_t>(16, kp - k / 2);
-        uint32_t* d = o + (k / 2) * MR + i;
-        for (int64_t q = 0; q < nq; ++q) d[q * MR] = tmp[q];
-      }
-    }
-  }
+  for (int64_t p = p0; p < p1; ++p)
+    pack_x6_bf16pairs(X + p * MR * ldx, ldx, int(std::min<int64_t>(MR, rows - p * MR)), K, out + p * kp * MR);
 }
 
 // Byte offset of element k (a block boundary for quantised types) within a weight row.
@@ -1036,6 +1017,50 @@ void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, Thr
 }
 
 void gemm_bf16_panels_avx512(const Args& a) { gemm_packed<DType::BF16, true>(a, true); }
+
+// As gemm_packed<BF16, true>(a, prepacked) for each output, with the same blocks (so the same
+// sums, bit for bit), but X packed once per row chunk and one split over all outputs' panels:
+// chunks of panels numbered across the outputs, cut at the outputs' edges.
+void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
+  const Args& a = outs[0];
+  const int64_t kunits = (a.K + 1) / 2;
+  const int64_t x_budget = int64_t(8) << 20;
+  const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
+  int64_t first[kMaxPanelOutputs + 1] = {0};  // first global panel of each output
+  for (int j = 0; j < n; ++j) first[j + 1] = first[j] + (outs[j].N + NR - 1) / NR;
+  const int64_t panels = first[n];
+  int64_t kcb = KCP, ncb = NC;
+  if (kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
+    kcb = kunits;
+    ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
+  }
+  const int nth = a.pool ? a.pool->size() : 1;
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
+    const int64_t mcur = std::min(mc, a.M - m0);
+    const int64_t npm = (mcur + MR - 1) / MR;
+    void* xp = scratch(2, size_t(npm) * MR * kunits * 4);
+    const float* X = a.X + m0 * a.ldx;
+    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth_) {
+      int64_t p0, p1;
+      split_range(npm, ith, nth_, 1, &p0, &p1);
+      if (p1 > p0) pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
+    });
+    // split_packed_gemm's split by weight panels, over the panels of every output
+    const int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
+    int64_t macs = 0;
+    for (int j = 0; j < n; ++j) macs += mcur * outs[j].N * a.K;
+    parallel_chunks(a.pool, macs >= kParallelMinMacs, panels, chunk, [&](int64_t g0, int64_t g1) {
+      for (int j = 0; j < n; ++j) {
+        const int64_t lo = std::max(g0, first[j]), hi = std::min(g1, first[j + 1]);
+        if (lo >= hi) continue;
+        Args sub = outs[j];
+        sub.Y = outs[j].Y + m0 * outs[j].ldy;
+        compute_range<DType::BF16, true>(sub, xp, 0, mcur, (lo - first[j]) * NR, std::min(outs[j].N, (hi - first[j]) * NR),
+                                         kcb, ncb, true);
+      }
+    });
+  }
+}
 
 void gemm_avx512(const Args& a, bool bf16_dot) {
   if (a.M <= kSmallM) return small_m(a);

@@ -155,6 +155,8 @@ bool bf16_gemm_legacy_blocking();
 // kernels.h bf16_pack_panels / gemm_bf16_panels (a.W: the panels; wtype BF16). AVX512-BF16 only.
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
 void gemm_bf16_panels_avx512(const Args& a);
+// kernels.h gemm_bf16_panels_multi: the outputs share X, ldx, M, K and pool (arguments checked).
+void gemm_bf16_panels_multi_avx512(const Args* outs, int n);
 // gemv_huge_pages_multi on AVX-512 for BF16 / F16 with the single-stream GEMV on: one guided
 // dispatch over all outputs' rows (arguments checked by the caller).
 void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);

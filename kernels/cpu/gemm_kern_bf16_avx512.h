@@ -7,6 +7,7 @@
 #pragma once
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "simd_math.h"
@@ -22,17 +23,22 @@ constexpr int kBf16NR = 64;  // output columns per panel (4 zmm)
 // summation: the rounding error grows with sqrt(K * KC) rather than K).
 // kRowsX: X as 6 rows of pairs ldxr words apart instead (row i's pair q at xp[i*ldxr + q]; all 6
 // rows readable), for X written row by row (attention's softmax weights).
-template <bool kRowsX = false>
+// NJ: the 16-column groups of the panel computed (nr <= 16 * NJ): a narrow tail (CLIP's 577th
+// key, a block of 1) costs NJ/4 of a full panel's work instead of all of it.
+// rs (optional): row i's result (bias included) is multiplied by rs[i] before it is stored or
+// added (attention's softmax normalisation, applied in registers).
+template <bool kRowsX = false, int NJ = 4>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void kern_bf16_6x64(
     int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
-    const float* bias, bool first, int64_t ldxr = 0) {
+    const float* bias, bool first, int64_t ldxr = 0, const float* rs = nullptr) {
+  static_assert(NJ >= 1 && NJ <= 4, "a panel has 4 groups of 16 columns");
   constexpr int MR = kBf16MR, NR = kBf16NR;
-  __mmask16 mk[4];
+  __mmask16 mk[NJ];
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = simd::tail_mask16(nr - 16 * j);
-  __m512 c[MR][4];
+  for (int j = 0; j < NJ; ++j) mk[j] = simd::tail_mask16(nr - 16 * j);
+  __m512 c[MR][NJ];
 #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < NJ; ++j) {
     const __m512 b = (first && bias) ? _mm512_maskz_loadu_ps(mk[j], bias + 16 * j) : _mm512_setzero_ps();
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) c[i][j] = b;
@@ -42,28 +48,78 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))
     const uint32_t* w = wp + q * NR;
     const uint32_t* x = kRowsX ? xp + q : xp + q * MR;
     const int64_t xi = kRowsX ? ldxr : 1;
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(w), b1 = (__m512bh)_mm512_load_si512(w + 16),
-                   b2 = (__m512bh)_mm512_load_si512(w + 32), b3 = (__m512bh)_mm512_load_si512(w + 48);
-    __m512bh a;
-#define EMO_ROW(i)                                      \
-  a = (__m512bh)_mm512_set1_epi32(int(x[i * xi]));      \
-  c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);           \
-  c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);           \
-  c[i][2] = _mm512_dpbf16_ps(c[i][2], a, b2);           \
-  c[i][3] = _mm512_dpbf16_ps(c[i][3], a, b3);
-    EMO_ROW(0) EMO_ROW(1) EMO_ROW(2) EMO_ROW(3) EMO_ROW(4) EMO_ROW(5)
-#undef EMO_ROW
+    __m512bh b[NJ];
+#pragma GCC unroll 4
+    for (int j = 0; j < NJ; ++j) b[j] = (__m512bh)_mm512_load_si512(w + 16 * j);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(x[i * xi]));
+#pragma GCC unroll 4
+      for (int j = 0; j < NJ; ++j) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, b[j]);
+    }
   }
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i)
     if (i < mr) {
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < NJ; ++j) {
         __m512 v = c[i][j];
+        if (rs) v = _mm512_mul_ps(v, _mm512_set1_ps(rs[i]));
         if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
         _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
       }
     }
+}
+
+// One X panel of the microkernel from f32 rows: xp[q*kBf16MR + i] = row i's bf16 pair q
+// (elements 2q low, 2q+1 high, round to nearest even as vcvtne2ps2bf16), q < ceil(K/2); zero past
+// K and for rows i >= rows. Row i at x + i*ldx; rows in [1, kBf16MR]. Per 32 elements the six
+// rows are converted in registers and interleaved by two rounds of vpermt2d, so there is no
+// scalar scatter (and no store-to-load forwarding stall from a vector store read back as words).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void pack_x6_bf16pairs(
+    const float* x, int64_t ldx, int rows, int64_t K, uint32_t* xp) {
+  static_assert(kBf16MR == 6, "the interleave tables are for 6 rows");
+  // Rows (0,1), (2,3), (4,5) interleaved by pair: A = [r0[q], r1[q]] for q in one half of 8.
+  alignas(64) static constexpr int32_t kIlv[2][16] = {{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23},
+                                                      {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}};
+  // Output word w = 16*v + l of a half (v < 3) is pair q = w/6 of row s*2+t (s = w%6/2, t = w%2),
+  // i.e. word 2q+t of A, B or C: first A and B by kAB (C's words left as don't-care), then C by kC.
+  alignas(64) static constexpr int32_t kAB[3][16] = {
+      {0, 1, 16, 17, 0, 0, 2, 3, 18, 19, 0, 0, 4, 5, 20, 21}, {0, 0, 6, 7, 22, 23, 0, 0, 8, 9, 24, 25, 0, 0, 10, 11},
+      {26, 27, 0, 0, 12, 13, 28, 29, 0, 0, 14, 15, 30, 31, 0, 0}};
+  alignas(64) static constexpr int32_t kC[3][16] = {
+      {0, 1, 2, 3, 16, 17, 6, 7, 8, 9, 18, 19, 12, 13, 14, 15}, {20, 21, 2, 3, 4, 5, 22, 23, 8, 9, 10, 11, 24, 25, 14, 15},
+      {0, 1, 26, 27, 4, 5, 6, 7, 28, 29, 10, 11, 12, 13, 30, 31}};
+  const int64_t kp = (K + 1) / 2;
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512i r[kBf16MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < kBf16MR; ++i) {
+      if (i < rows) {
+        const float* s = x + i * ldx + k;
+        const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask16(K - k), s);
+        const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask16(K - k - 16), s + 16);
+        r[i] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+      } else {
+        r[i] = _mm512_setzero_si512();
+      }
+    }
+    const int64_t words = 6 * std::min<int64_t>(16, kp - k / 2);  // output words of this step
+    uint32_t* o = xp + (k / 2) * kBf16MR;
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i il = _mm512_load_si512(kIlv[h]);
+      const __m512i A = _mm512_permutex2var_epi32(r[0], il, r[1]), B = _mm512_permutex2var_epi32(r[2], il, r[3]),
+                    C = _mm512_permutex2var_epi32(r[4], il, r[5]);
+#pragma GCC unroll 3
+      for (int v = 0; v < 3; ++v) {
+        const __m512i ab = _mm512_permutex2var_epi32(A, _mm512_load_si512(kAB[v]), B);
+        const __m512i w = _mm512_permutex2var_epi32(ab, _mm512_load_si512(kC[v]), C);
+        const int64_t w0 = h * 48 + v * 16;
+        _mm512_mask_storeu_epi32(o + w0, simd::tail_mask16(words - w0), w);
+      }
+    }
+  }
 }
 
 }  // namespace gemm_detail

@@ -108,6 +108,19 @@ size_t bf16_panels_bytes(int64_t N, int64_t K);
 void bf16_pack_panels(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
 void gemm_bf16_panels(const float* X, int64_t ldx, const void* Wp, const float* bias, float* Y, int64_t ldy,
                       int64_t M, int64_t N, int64_t K, ThreadPool* pool);
+// Several products of one X on panels (a vision layer's q, k and v): Y_j = X Wp_j^T (+ bias_j),
+// bit for bit what gemm_bf16_panels gives for each output, but X is rounded and packed once and
+// one thread split covers every output's panels (one pool dispatch instead of one per matrix).
+// n in 1..kMaxPanelOutputs, every Wp_j of K columns.
+struct PanelOutput {
+  const void* Wp;  // bf16_pack_panels' panels of the N x K matrix
+  const float* bias;
+  float* Y;
+  int64_t ldy, N;
+};
+constexpr int kMaxPanelOutputs = 8;
+void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
+                            ThreadPool* pool);
 // Whether backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many):
 // process-wide, read at load. Initial value from EMOLLM_BF16_PANELS ("0" off), else on.
 void set_bf16_panels_enabled(bool on);

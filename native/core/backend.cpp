@@ -221,7 +221,23 @@ class CpuBackend final : public Backend {
   // kind gemm() would use and all share a type (the usual q/k/v, gate/up); else one gemm() each.
   void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
+    if (M > 1 && n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
     Backend::gemm_multi(X, ldx, outs, n, M, K);
+  }
+  // Many rows on bf16 GEMM panels (a vision layer's q/k/v): X packed once, one dispatch, when
+  // every W has a panel copy (else one gemm() each, which reads the same panels).
+  bool panels_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
+    if (!bf16_panels_usable()) return false;
+    PanelOutput po[kMaxPanelOutputs];
+    for (int j = 0; j < n; ++j) {
+      if (outs[j].wtype != DType::BF16) return false;
+      bool panels = false;
+      const void* packed = packed_->find(outs[j].W, DType::BF16, outs[j].N, K, &panels);
+      if (!packed || !panels) return false;
+      po[j] = PanelOutput{packed, outs[j].bias, outs[j].Y, outs[j].ldy, outs[j].N};
+    }
+    gemm_bf16_panels_multi(X, ldx, po, n, M, K, &pool_);
+    return true;
   }
   bool gemv_fused(const float* x, const GemmOutput* outs, int n, int64_t K) {
     const DType t = outs[0].wtype;

@@ -274,9 +274,11 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
     const ClipLayer& L = layers[size_t(il)];
     // ---- self-attention
     be.layernorm(x.data(), E, L.ln1_w, L.ln1_b, xn.data(), E, N, E, h.eps);
-    be.gemm(xn.data(), E, L.wq.data, L.wq.dtype, L.bq, q.data(), E, N, E, E);
-    be.gemm(xn.data(), E, L.wk.data, L.wk.dtype, L.bk, k.data(), E, N, E, E);
-    be.gemm(xn.data(), E, L.wv.data, L.wv.dtype, L.bv, v.data(), E, N, E, E);
+    // q, k, v of one input: the CPU runs them as one product on its bf16 panels (X packed once)
+    const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q.data(), E, E},
+                                        {L.wk.data, L.wk.dtype, L.bk, k.data(), E, E},
+                                        {L.wv.data, L.wv.dtype, L.bv, v.data(), E, E}};
+    be.gemm_multi(xn.data(), E, qkv, 3, N, E);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t o = b * T * E;
       be.attention(q.data() + o, k.data() + o, v.data() + o, att.data() + o, ap);

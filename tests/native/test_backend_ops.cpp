@@ -445,6 +445,16 @@ TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
         be->gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), got.data(), N, M, N, K);
         EXPECT(got == want_pan);
         if (M > 64) EXPECT(got == want_std);
+        {  // gemm_multi over panel copies (a vision layer's q/k/v): each output the bits of gemm()
+          std::vector<float> y1(size_t(M * N), -1.0f), y2(size_t(M * (N + 3)), -1.0f);
+          const Backend::GemmOutput outs[2] = {{wbytes.data(), DType::BF16, bias.data(), y1.data(), N, N},
+                                               {wbytes.data(), DType::BF16, nullptr, y2.data(), N + 3, N}};
+          be->gemm_multi(X.data(), K, outs, 2, M, K);
+          EXPECT(y1 == want_pan);
+          std::vector<float> nob(size_t(M * (N + 3)), -1.0f);
+          be->gemm(X.data(), K, wbytes.data(), DType::BF16, nullptr, nob.data(), N + 3, M, N, K);
+          EXPECT(y2 == nob);
+        }
         IsaCapScope cap(Isa::Avx2);  // below the panels' kernel after the packing: the original bytes
         std::vector<float> want_avx2(size_t(M * N));
         gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), want_avx2.data(), N, M, N, K, &pool);

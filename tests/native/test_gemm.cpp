@@ -625,6 +625,67 @@ TEST(gemm_bf16_panels_match_packed_gemm) {
   EXPECT_THROWS(bf16_pack_panels(x.data(), 64, 64, pan.get() + 4, nullptr), ErrorCode::InvalidArgument);
 }
 
+// gemm_bf16_panels_multi (a vision layer's q/k/v on panels): every output equal bit for bit to
+// gemm_bf16_panels on its own (X packed once, one split over the outputs' panels: N tails that
+// cut panels, odd K, K > 4096, M below / above the row chunking, both blockings, with and
+// without a pool, row strides wider than N, outputs without a bias); bad arguments refused.
+TEST(gemm_bf16_panels_multi_equals_single) {
+  if (!bf16_panels_usable()) {
+    std::printf("  skip gemm_bf16_panels_multi_equals_single: no AVX512-BF16 on this CPU\n");
+    return;
+  }
+  IsaCapScope cap(Isa::Avx512);
+  ThreadPool pool(2);
+  struct Case { int64_t M, K; std::vector<int64_t> Ns; };
+  for (const Case& c : {Case{577, 128, {64, 64, 64}}, Case{130, 515, {70, 9, 200}}, Case{9, 257, {600, 65}},
+                        Case{70, 4099, {77, 64}}, Case{200, 33, {1, 130, 64, 3}}, Case{66, 64, {128}}}) {
+    const int n = int(c.Ns.size());
+    std::vector<Weights> ws;
+    std::vector<AlignedPtr<uint8_t>> pans;
+    std::vector<std::vector<float>> bias;
+    int64_t ldx = c.K + 3;
+    std::vector<float> X(size_t(c.M * ldx));
+    uint32_t seed = uint32_t(c.M * 7 + c.K);
+    for (auto& v : X) v = float(int32_t((seed = seed * 1664525u + 1013904223u) >> 8) % 2001 - 1000) / 997.0f;
+    for (int j = 0; j < n; ++j) {
+      ws.push_back(make_weights(DType::BF16, c.Ns[size_t(j)], c.K, uint32_t(31 * j + c.K)));
+      pans.push_back(make_aligned<uint8_t>(bf16_panels_bytes(c.Ns[size_t(j)], c.K)));
+      bf16_pack_panels(ws.back().bytes.data(), c.Ns[size_t(j)], c.K, pans.back().get(), nullptr);
+      bias.emplace_back(size_t(c.Ns[size_t(j)]), 0.25f * float(j + 1));
+    }
+    for (bool legacy : {false, true})
+      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+        gemm_detail::set_bf16_gemm_legacy_blocking(legacy);
+        std::vector<std::vector<float>> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+        PanelOutput po[kMaxPanelOutputs];
+        for (int j = 0; j < n; ++j) {
+          const int64_t N = c.Ns[size_t(j)], ldy = N + 5;
+          const float* b = j == 1 ? nullptr : bias[size_t(j)].data();  // one output without a bias
+          want[size_t(j)].assign(size_t(c.M * ldy), kSentinel);
+          got[size_t(j)].assign(size_t(c.M * ldy), kSentinel);
+          gemm_bf16_panels(X.data(), ldx, pans[size_t(j)].get(), b, want[size_t(j)].data(), ldy, c.M, N, c.K, pl);
+          po[j] = PanelOutput{pans[size_t(j)].get(), b, got[size_t(j)].data(), ldy, N};
+        }
+        gemm_bf16_panels_multi(X.data(), ldx, po, n, c.M, c.K, pl);
+        gemm_detail::set_bf16_gemm_legacy_blocking(false);
+        for (int j = 0; j < n; ++j)
+          EXPECT(std::memcmp(got[size_t(j)].data(), want[size_t(j)].data(), got[size_t(j)].size() * sizeof(float)) == 0);
+      }
+  }
+  AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(64, 64) + 64);
+  std::vector<float> x(64 * 64, 0.5f), y(64 * 64);
+  PanelOutput ok{pan.get(), nullptr, y.data(), 64, 64}, bad = ok;
+  bad.Wp = pan.get() + 4;
+  EXPECT_THROWS(gemm_bf16_panels_multi(x.data(), 64, &bad, 1, 64, 64, nullptr), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm_bf16_panels_multi(x.data(), 64, &ok, 0, 64, 64, nullptr), ErrorCode::InvalidArgument);
+  PanelOutput many[kMaxPanelOutputs + 1];
+  for (auto& m : many) m = ok;
+  EXPECT_THROWS(gemm_bf16_panels_multi(x.data(), 64, many, kMaxPanelOutputs + 1, 64, 64, nullptr), ErrorCode::InvalidArgument);
+  bad = ok;
+  bad.ldy = 10;  // narrower than N
+  EXPECT_THROWS(gemm_bf16_panels_multi(x.data(), 64, &bad, 1, 64, 64, nullptr), ErrorCode::InvalidArgument);
+}
+
 TEST(gemm_amx_path) {
   const CpuFeatures& f = cpu_features();
   if (!(f.amx_usable && f.amx_bf16 && isa_detected() >= Isa::Amx)) {
