@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "gemm_kern_bf16_avx512.h"
+#include "gemm_transpose_avx512.h"
 #include "simd_math.h"
 
 namespace emollm {
@@ -39,23 +40,40 @@ EMOLLM_TARGET_BF16_PACK inline void row_to_pairs(const float* x, int64_t n, uint
   }
 }
 
+// Prefetches the lines of n floats at x: an attention head's K / V rows are a head's slice of a
+// token's row, one row stride (all heads) apart, which the hardware prefetchers do not follow.
+EMOLLM_TARGET_BF16_PACK inline void prefetch_row(const float* x, int64_t n) {
+  for (int64_t e = 0; e < n; e += 16) _mm_prefetch(reinterpret_cast<const char*>(x + e), _MM_HINT_T0);
+}
+
 // Blocks b < n_blocks of 64 rows of x [n_rows, n_cols] (stride ld): out[(b * np + q) * 64 + j] =
-// pair q of row 64 b + j, np = ceil(n_cols / 2); rows past n_rows are zero. tmp: room for
-// pair_words_padded(n_cols) words. out 64-byte aligned (the microkernel's aligned loads).
+// pair q of row 64 b + j, np = ceil(n_cols / 2); rows past n_rows are zero. Per 16 rows and 16
+// pairs the rows are converted in registers and transposed (16 x 16 words); rows 32 ahead are
+// prefetched. out 64-byte aligned (the microkernel's aligned loads).
 EMOLLM_TARGET_BF16_PACK inline void pack_row_panels(const float* x, int64_t ld, int64_t n_rows, int64_t n_cols,
-                                                    int64_t n_blocks, uint32_t* out, uint32_t* tmp) {
+                                                    int64_t n_blocks, uint32_t* out) {
   constexpr int64_t NR = gemm_detail::kBf16NR;
+  constexpr int64_t kAhead = 32;  // rows
   const int64_t np = (n_cols + 1) / 2;
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    uint32_t* blk = out + b * np * NR;
-    for (int64_t j = 0; j < NR; ++j) {
-      const int64_t row = b * NR + j;
-      if (row < n_rows) {
-        row_to_pairs(x + row * ld, n_cols, tmp);
-        for (int64_t q = 0; q < np; ++q) blk[q * NR + j] = tmp[q];
-      } else {
-        for (int64_t q = 0; q < np; ++q) blk[q * NR + j] = 0;
+  for (int64_t j0 = 0; j0 < n_blocks * NR; j0 += 16) {
+    for (int64_t row = j0 + kAhead; row < std::min(j0 + kAhead + 16, n_rows); ++row) prefetch_row(x + row * ld, n_cols);
+    uint32_t* col = out + (j0 / NR) * np * NR + j0 % NR;
+    for (int64_t q0 = 0; q0 < np; q0 += 16) {
+      const int64_t e0 = 2 * q0;  // first element of this chunk of pairs
+      const __mmask16 m0 = simd::tail_mask16(n_cols - e0), m1 = simd::tail_mask16(n_cols - e0 - 16);
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t) {
+        if (j0 + t < n_rows) {
+          const float* xr = x + (j0 + t) * ld + e0;
+          r[t] = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, xr + 16), _mm512_maskz_loadu_ps(m0, xr));
+        } else {
+          r[t] = _mm512_setzero_ps();
+        }
       }
+      gemm_detail::transpose16_ps(r);  // r[t] = pair q0 + t of the 16 rows
+      const int64_t nq = std::min<int64_t>(16, np - q0);
+      for (int64_t t = 0; t < nq; ++t) _mm512_store_ps(reinterpret_cast<float*>(col + (q0 + t) * NR), r[t]);
     }
   }
 }
@@ -67,7 +85,9 @@ EMOLLM_TARGET_BF16_PACK inline void pack_row_pair_panels(const float* x, int64_t
                                                          int64_t n_pairs, uint32_t* out) {
   constexpr int64_t NR = gemm_detail::kBf16NR;
   const int64_t ncb = (n_cols + NR - 1) / NR;
+  constexpr int64_t kAhead = 16;  // rows
   for (int64_t t = 0; t < n_pairs; ++t) {
+    for (int64_t row = 2 * t + kAhead; row < std::min(2 * t + kAhead + 2, n_rows); ++row) prefetch_row(x + row * ld, n_cols);
     const bool has_a = 2 * t < n_rows, has_b = 2 * t + 1 < n_rows;
     const float* a = x + (has_a ? 2 * t : 0) * ld;
     const float* b = has_b ? a + ld : a;

@@ -37,8 +37,8 @@
 #include <cstring>
 
 #include "../../base/arena.h"
+#include "attention_bf16_pack.h"
 #include "gemm_kern_bf16_avx512.h"
-#include "gemm_transpose_avx512.h"
 #include "simd_math.h"
 
 namespace emollm {
@@ -51,7 +51,7 @@ using gemm_detail::kBf16MR;
 using gemm_detail::kBf16NR;
 using gemm_detail::kern_bf16_6x64;
 using gemm_detail::pack_x6_bf16pairs;
-using gemm_detail::transpose16_ps;
+using attention_bf16::prefetch_row;
 using simd::tail_mask16;
 
 constexpr int kMaxTileRows = 8 * kBf16MR;        // queries per tile
@@ -82,66 +82,6 @@ struct Buffers {
         S(make_aligned<float>(size_t(g.R * g.ldS))),
         inv_l(make_aligned<float>(size_t(g.R))) {}
 };
-
-// Prefetches the lines of a head's row (n floats at x): K and V rows are a head's slice of a
-// token's row, one row stride (all heads) apart, which the hardware prefetchers do not follow.
-EMO_TBF inline void prefetch_row(const float* x, int64_t n) {
-  for (int64_t e = 0; e < n; e += 16) _mm_prefetch(reinterpret_cast<const char*>(x + e), _MM_HINT_T0);
-}
-
-// kpan[(b * Dq + q) * 64 + j] = key (b * 64 + j)'s pair q of kv head g (zero past n_kv): per 16
-// keys and 16 pairs, the keys' rows are converted in registers and transposed (16 x 16 words).
-EMO_TBF void pack_keys(const float* k, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* kpan) {
-  constexpr int64_t kAhead = 32;  // keys
-  for (int64_t j0 = 0; j0 < G.nkb * kBf16NR; j0 += 16) {
-    for (int64_t key = j0 + kAhead; key < std::min(j0 + kAhead + 16, p.n_kv); ++key)
-      prefetch_row(k + key * p.ldk + g * G.D, G.D);
-    uint32_t* col = kpan + (j0 / kBf16NR) * G.Dq * kBf16NR + j0 % kBf16NR;
-    for (int64_t q0 = 0; q0 < G.Dq; q0 += 16) {
-      const int64_t e0 = 2 * q0;  // first element of this chunk of pairs
-      const __mmask16 m0 = tail_mask16(G.D - e0), m1 = tail_mask16(G.D - e0 - 16);
-      __m512 r[16];
-#pragma GCC unroll 16
-      for (int t = 0; t < 16; ++t) {
-        const int64_t key = j0 + t;
-        if (key < p.n_kv) {
-          const float* x = k + key * p.ldk + g * G.D + e0;
-          r[t] = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
-        } else {
-          r[t] = _mm512_setzero_ps();
-        }
-      }
-      transpose16_ps(r);  // r[t] = pair q0 + t of the 16 keys
-      const int64_t nq = std::min<int64_t>(16, G.Dq - q0);
-      for (int64_t t = 0; t < nq; ++t) _mm512_store_ps(reinterpret_cast<float*>(col + (q0 + t) * kBf16NR), r[t]);
-    }
-  }
-}
-
-// vpan[(pd * kvp + t) * 64 + d] = (v[2t][pd*64 + d], v[2t+1][pd*64 + d]) of kv head g as a bf16
-// pair (zero past n_kv and past D).
-EMO_TBF void pack_values(const float* v, const AttentionParams& p, int64_t g, const Geometry& G, uint32_t* vpan) {
-  constexpr int64_t kAhead = 16;  // tokens
-  for (int64_t t = 0; t < G.kvp; ++t) {
-    for (int64_t tok = 2 * t + kAhead; tok < std::min(2 * t + kAhead + 2, p.n_kv); ++tok)
-      prefetch_row(v + tok * p.ldv + g * G.D, G.D);
-    const float* a = v + (2 * t) * p.ldv + g * G.D;
-    const bool has_b = 2 * t + 1 < p.n_kv;
-    const float* bptr = has_b ? a + p.ldv : a;
-    for (int64_t pd = 0; pd < G.ndp; ++pd) {
-      uint32_t* o = vpan + (pd * G.kvp + t) * kBf16NR;
-      for (int64_t d0 = 0; d0 < kBf16NR; d0 += 16) {
-        const int64_t d = pd * kBf16NR + d0;
-        const __mmask16 m = tail_mask16(std::max<int64_t>(0, G.D - d));
-        const __m512 va = _mm512_maskz_loadu_ps(m, a + d);
-        const __m512 vb = _mm512_maskz_loadu_ps(has_b ? m : __mmask16(0), bptr + d);
-        const __m512i wa = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(va));
-        const __m512i wb = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(vb));
-        _mm512_store_si512(o + d0, _mm512_or_si512(wa, _mm512_slli_epi32(wb, 16)));
-      }
-    }
-  }
-}
 
 // 2^t for the softmax's t = c (s - m) <= 0 (rounding may leave it a few ulp above): t = n + f,
 // |f| <= 1/2, 2^f by a degree-5 polynomial (relative error < 2e-7 in f32, far below the bf16
@@ -283,8 +223,8 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
       const int64_t q0 = c * G.qchunk, q1 = std::min(p.n_q, q0 + G.qchunk);
       if (q0 >= q1) continue;
       const int64_t g = h / group;
-      pack_keys(k, p, g, G, B.kpan.get());
-      pack_values(v, p, g, G, B.vpan.get());
+      attention_bf16::pack_row_panels(k + g * G.D, p.ldk, p.n_kv, G.D, G.nkb, B.kpan.get());  // K: 64-key panels
+      attention_bf16::pack_row_pair_panels(v + g * G.D, p.ldv, p.n_kv, G.D, G.kvp, B.vpan.get());  // V: token pairs
       for (int64_t i0 = q0; i0 < q1; i0 += G.R) run_tile(q, out, p, G, scale, h, i0, std::min(G.R, q1 - i0), B);
     }
   };

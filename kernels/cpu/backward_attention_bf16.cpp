@@ -179,8 +179,8 @@ EMO_TBF void kv_head(const float* q, const float* k, const float* v, const float
                      const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p, float scale,
                      int64_t hk, const Geometry& G, Buffers& B) {
   const int64_t D = G.D, H = p.n_heads, group = p.n_heads / p.n_kv_heads, nq = p.n_q, nkv = p.n_kv;
-  pack_row_panels(k + hk * D, p.ldk, nkv, D, G.nkb, B.kS, B.qr);  // B.qr: the row staging, free here
-  pack_row_panels(v + hk * D, p.ldv, nkv, D, G.nkb, B.vS, B.qr);
+  pack_row_panels(k + hk * D, p.ldk, nkv, D, G.nkb, B.kS);
+  pack_row_panels(v + hk * D, p.ldv, nkv, D, G.nkb, B.vS);
   pack_row_pair_panels(k + hk * D, p.ldk, nkv, D, G.kvp, B.kQ);
   std::fill_n(B.dKt, D * G.Lk, 0.0f);
   std::fill_n(B.dVt, D * G.Lk, 0.0f);
