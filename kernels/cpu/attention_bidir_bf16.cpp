@@ -23,6 +23,7 @@
 // |o - ref| <= ~2^-8 * max |v| (tests/native/test_attention.cpp states the tolerance it checks).
 #include "attention_internal.h"
 
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 
 #if defined(__x86_64__)
@@ -184,10 +185,7 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
 }  // namespace
 
 bool bidir_bf16_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("EMOLLM_ATTN_BF16");  // =0: the f32 tiles (A/B runs)
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_enabled("EMOLLM_ATTN_BF16");  // =0: the f32 tiles (A/B runs)
   return on;
 }
 

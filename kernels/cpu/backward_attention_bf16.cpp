@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../../base/env_switch.h"
 #include "../../base/cpu_features.h"
 
 #if defined(__x86_64__)
@@ -46,10 +47,7 @@ namespace emollm {
 namespace backward_detail {
 
 bool attention_backward_bf16_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("EMOLLM_ATTN_BWD_BF16");  // =0: the f32 tiles (A/B runs)
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_enabled("EMOLLM_ATTN_BWD_BF16");  // =0: the f32 tiles (A/B runs)
   return on;
 }
 

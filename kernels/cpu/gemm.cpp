@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../../base/arena.h"
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
 #include "gemm_internal.h"
@@ -123,13 +124,13 @@ void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memor
 bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
 
 namespace {
-std::atomic<bool> g_gemv_single_stream{[] {
-  const char* v = std::getenv("EMOLLM_GEMV_STREAM");  // =0: the previous kernels, for whole-run A/B
-  return !(v && std::strcmp(v, "0") == 0);
-}()};
+EnvSwitch& gemv_single_stream_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_STREAM");  // =0: the previous kernels, for whole-run A/B
+  return on;
+}
 }  // namespace
-void set_gemv_single_stream(bool on) { g_gemv_single_stream.store(on, std::memory_order_relaxed); }
-bool gemv_single_stream() { return g_gemv_single_stream.load(std::memory_order_relaxed); }
+void set_gemv_single_stream(bool on) { gemv_single_stream_flag().set(on); }
+bool gemv_single_stream() { return gemv_single_stream_flag().on(); }
 
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
@@ -365,16 +366,13 @@ void gemv(const float* x, const void* W, DType wtype, const float* bias, float* 
 
 // ---------------------------------------------------------------- bf16 GEMM panels
 namespace {
-std::atomic<bool>& bf16_panels_flag() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("EMOLLM_BF16_PANELS");  // =0: matrices stay in the standard layout (A/B runs)
-    return !(e && std::strcmp(e, "0") == 0);
-  }()};
+EnvSwitch& bf16_panels_flag() {
+  static EnvSwitch on("EMOLLM_BF16_PANELS");  // =0: matrices stay in the standard layout (A/B runs)
   return on;
 }
 }  // namespace
-void set_bf16_panels_enabled(bool on) { bf16_panels_flag().store(on); }
-bool bf16_panels_enabled() { return bf16_panels_flag().load(); }
+void set_bf16_panels_enabled(bool on) { bf16_panels_flag().set(on); }
+bool bf16_panels_enabled() { return bf16_panels_flag().on(); }
 
 bool bf16_panels_usable() {
 #if defined(__x86_64__)
@@ -451,17 +449,14 @@ void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs
 namespace emollm {
 
 namespace {
-std::atomic<bool>& gemv_fusion_flag() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("EMOLLM_GEMV_FUSE");  // =0: one dispatch per matrix, for whole-run A/B
-    return !(e && std::strcmp(e, "0") == 0);
-  }()};
+EnvSwitch& gemv_fusion_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_FUSE");  // =0: one dispatch per matrix, for whole-run A/B
   return on;
 }
 }  // namespace
 
-void set_gemv_fusion(bool on) { gemv_fusion_flag().store(on, std::memory_order_relaxed); }
-bool gemv_fusion() { return gemv_fusion_flag().load(std::memory_order_relaxed); }
+void set_gemv_fusion(bool on) { gemv_fusion_flag().set(on); }
+bool gemv_fusion() { return gemv_fusion_flag().on(); }
 
 void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
                            ThreadPool* pool) {

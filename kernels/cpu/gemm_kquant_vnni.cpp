@@ -29,6 +29,8 @@
 //     s0, NV zmm of s1: q4_K / q5_K: s0 = A_j, s1 = B_j; q6_K: s0 = A_h0, s1 = A_h1.
 #include "gemm_kquant_vnni.h"
 
+#include "../../base/env_switch.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -41,17 +43,14 @@ namespace emollm {
 namespace gemm_detail {
 
 namespace {
-std::atomic<bool>& kquant_vnni_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_KQUANT_VNNI");
-    return !(v && std::string(v) == "0");
-  }()};
+EnvSwitch& kquant_vnni_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_VNNI");
   return on;
 }
 }  // namespace
 
-void set_kquant_vnni_gemm(bool enabled) { kquant_vnni_flag().store(enabled, std::memory_order_relaxed); }
-bool kquant_vnni_gemm() { return kquant_vnni_flag().load(std::memory_order_relaxed); }
+void set_kquant_vnni_gemm(bool enabled) { kquant_vnni_flag().set(enabled); }
+bool kquant_vnni_gemm() { return kquant_vnni_flag().on(); }
 
 }  // namespace gemm_detail
 }  // namespace emollm

@@ -25,19 +25,20 @@
 
 #include "gemm_internal.h"
 
+#include "../../base/env_switch.h"
+
 namespace emollm {
 namespace gemm_detail {
 namespace {
 // EMOLLM_SMALL_M_GEMM=0 starts with the path off (A/B of whole runs, e.g. bench:serve, without a
 // rebuild); set_small_m_enabled switches it at run time.
-bool initially_enabled() {
-  const char* v = std::getenv("EMOLLM_SMALL_M_GEMM");
-  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+EnvSwitch& small_m_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_GEMM");
+  return on;
 }
-std::atomic<bool> g_enabled{initially_enabled()};
 }  // namespace
-void set_small_m_enabled(bool enabled) { g_enabled.store(enabled, std::memory_order_relaxed); }
-bool small_m_enabled() { return g_enabled.load(std::memory_order_relaxed); }
+void set_small_m_enabled(bool enabled) { small_m_flag().set(enabled); }
+bool small_m_enabled() { return small_m_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 

@@ -27,6 +27,8 @@
 // vpermps + vfmadd per 64 weights.
 #include "gemv_kquant_vnni.h"
 
+#include "../../base/env_switch.h"
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -36,17 +38,14 @@ namespace emollm {
 namespace gemm_detail {
 
 namespace {
-std::atomic<bool>& kquant_gemv_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_KQUANT_GEMV");
-    return !(v && std::string(v) == "0");
-  }()};
+EnvSwitch& kquant_gemv_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_GEMV");
   return on;
 }
 }  // namespace
 
-void set_kquant_gemv(bool enabled) { kquant_gemv_flag().store(enabled, std::memory_order_relaxed); }
-bool kquant_gemv() { return kquant_gemv_flag().load(std::memory_order_relaxed); }
+void set_kquant_gemv(bool enabled) { kquant_gemv_flag().set(enabled); }
+bool kquant_gemv() { return kquant_gemv_flag().on(); }
 
 }  // namespace gemm_detail
 }  // namespace emollm

@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
 #include "gemm_internal.h"
@@ -61,17 +62,14 @@ struct BlockSums {
 }  // namespace
 
 namespace {
-std::atomic<bool>& repacking_flag() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("EMOLLM_REPACK");
-    return !(e && std::string(e) == "0");
-  }()};
+EnvSwitch& repacking_flag() {
+  static EnvSwitch on("EMOLLM_REPACK");
   return on;
 }
 }  // namespace
 
-void set_weight_repacking(bool on) { repacking_flag().store(on); }
-bool weight_repacking() { return repacking_flag().load(); }
+void set_weight_repacking(bool on) { repacking_flag().set(on); }
+bool weight_repacking() { return repacking_flag().on(); }
 
 size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K) {
   check_repack_args(wtype, N, K);

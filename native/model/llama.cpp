@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "base/error.h"
+#include "base/env_switch.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
 #include "loaders/gguf.h"
@@ -542,7 +543,7 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
                    "kv_block_size " + std::to_string(opts.kv_block_size) + " must be 0 (default 64) or a multiple of 16 up to 4096");
   EMOLLM_CHECK_ARG(opts.kv_positions >= 0, "kv_positions must be >= 0");
   kv_bs_ = opts.kv_block_size > 0 ? opts.kv_block_size : 64;
-  if (const char* e = std::getenv("EMOLLM_BATCHED_ATTENTION")) batched_attention_ = std::strcmp(e, "0") != 0;
+  batched_attention_ = env_enabled("EMOLLM_BATCHED_ATTENTION");
   kvd_ = kvd;
   n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
   EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");

@@ -1,0 +1,30 @@
+// Switches of alternative code paths (a new kernel and the one it replaced, a fusion, a packing),
+// read once from the environment so whole runs can be compared (A/B benchmarks) without a
+// rebuild. A switch is on unless its variable is "0" or "off"; tests and benchmarks flip it at run
+// time through the setter the owning file exports.
+#pragma once
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace emollm {
+
+// True unless the environment variable `name` is set to "0" or "off".
+inline bool env_enabled(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+
+// A run-time switch that starts as env_enabled(name). Define it as a function-local static so it
+// is read on first use, whatever the order of static initialisation.
+class EnvSwitch {
+ public:
+  explicit EnvSwitch(const char* name) : on_(env_enabled(name)) {}
+  bool on() const { return on_.load(std::memory_order_relaxed); }
+  void set(bool on) { on_.store(on, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> on_;
+};
+
+}  // namespace emollm
