@@ -11,19 +11,16 @@
 // with a pool of 8 blocks of 16 that the 4 requests outgrow together (optimistic admission,
 // preemption of the newest sequence and its recomputation), where the same must hold.
 #pragma once
-#include <atomic>
-#include <chrono>
 #include <cstdio>
-#include <future>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "model/llama.h"
 #include "model/scheduler.h"
 #include "model/session.h"
 #include "stories_helpers.h"
+#include "submit_together.h"
 #include "testing.h"
 
 namespace emollm_test {
@@ -49,24 +46,14 @@ inline BatchedParityRun expect_batched_equals_alone(const std::shared_ptr<emollm
                                           greedy(max_tokens), nullptr));
   }
   Scheduler sched(m, so);
-  std::vector<std::promise<SeqOutcome>> done(N);
-  std::vector<std::vector<int32_t>> streamed(N);
-  std::atomic<bool> gate{false};
+  std::vector<SeqRequest> requests(N);
   for (size_t i = 0; i < N; ++i) {
-    SeqRequest r;
-    r.prompt.assign(want.begin(), want.begin() + long(k[i]));
-    r.params = greedy(max_tokens);
-    r.on_token = [&, i](int32_t t) {
-      streamed[i].push_back(t);
-      if (i == 0)
-        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    };
-    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
-    sched.submit(std::move(r));
+    requests[i].prompt.assign(want.begin(), want.begin() + long(k[i]));
+    requests[i].params = greedy(max_tokens);
   }
-  gate.store(true);
+  const TogetherRun together = submit_together(sched, std::move(requests));
   for (size_t i = 0; i < N; ++i) {
-    SeqOutcome o = done[i].get_future().get();
+    const SeqOutcome& o = together.got[i];
     const std::string what = label + ": request " + std::to_string(i) + " (prompt of " + std::to_string(k[i]) + ")";
     if (o.error) {
       report_failure(__FILE__, __LINE__, what + " failed");
@@ -75,7 +62,7 @@ inline BatchedParityRun expect_batched_equals_alone(const std::shared_ptr<emollm
     const std::vector<int32_t>& got = o.generated.tokens;
     if (got != alone[i].tokens || o.generated.reason != alone[i].reason)
       report_failure(__FILE__, __LINE__, what + ": batched tokens differ from the request alone");
-    if (streamed[i] != got) report_failure(__FILE__, __LINE__, what + ": streamed tokens differ from the result");
+    if (together.streamed[i] != got) report_failure(__FILE__, __LINE__, what + ": streamed tokens differ from the result");
     const size_t n = got.size();
     if (n == 0 || k[i] + n > want.size() ||
         std::vector<int32_t>(want.begin() + long(k[i]), want.begin() + long(k[i] + n)) != got)

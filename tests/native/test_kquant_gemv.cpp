@@ -13,6 +13,7 @@
 #include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/gemv_kquant_vnni.h"
 #include "../../kernels/cpu/kernels.h"
+#include "kquant_test_weights.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -27,36 +28,10 @@ std::vector<float> normal_vec(size_t n, uint32_t seed, float scale) {
   return v;
 }
 
-// quantize_row of N(0, 0.05) rows, or random block bytes (every code, scale and min bit
-// pattern) with fp16 d / dmin from a sane set (one negative), so nothing overflows to inf.
+// quantize_row of N(0, 0.05) rows, or random block bytes with sane scales (kquant_test_weights.h).
 std::vector<uint8_t> weights(DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed) {
-  const size_t rb = dtype_row_bytes(t, K), bb = dtype_block_bytes(t);
-  std::vector<uint8_t> w(size_t(N) * rb);
-  if (!random_bytes) {
-    const std::vector<float> wf = normal_vec(size_t(N * K), seed, 0.05f);
-    for (int64_t n = 0; n < N; ++n) quantize_row(t, wf.data() + n * K, w.data() + size_t(n) * rb, K);
-    return w;
-  }
-  std::mt19937 g(seed);
-  for (auto& b : w) b = uint8_t(g());
-  const uint16_t sane[] = {0x1400, 0x1C00, 0x9800, 0x2000, 0x1A66};
-  for (size_t i = 0; i < w.size() / bb; ++i) {
-    uint8_t* p = w.data() + i * bb;
-    const uint16_t d = sane[g() % 5], dmin = sane[g() % 5];
-    std::memcpy(p + (t == DType::Q6_K ? 208 : 0), &d, 2);
-    if (t != DType::Q6_K) std::memcpy(p + 2, &dmin, 2);
-  }
-  return w;
-}
-
-// |dmin * m_j| of sub-block j (0..7) of a q4_K / q5_K super-block; 0 for q6_K (no min).
-double min_magnitude(DType t, const uint8_t* blk, int j) {
-  if (t == DType::Q6_K) return 0.0;
-  uint8_t sc, m;
-  kquant_scale_min(j, blk + 4, &sc, &m);
-  uint16_t h;
-  std::memcpy(&h, blk + 2, 2);
-  return std::fabs(double(f16_to_f32(h))) * m;
+  return emollm_test::kquant_weights(t, N, K, random_bytes, seed,
+                                     random_bytes ? std::vector<float>() : normal_vec(size_t(N * K), seed, 0.05f));
 }
 
 }  // namespace
@@ -109,7 +84,7 @@ TEST(kquant_gemv_vnni_per_block_bound) {
         for (int64_t n = 0; n < N; ++n) {
           std::vector<double> mins(size_t(K / 32));
           for (int64_t j = 0; j < K / 32; ++j)
-            mins[size_t(j)] = min_magnitude(t, w.data() + size_t(n) * rb + size_t(j / 8) * dtype_block_bytes(t), int(j % 8));
+            mins[size_t(j)] = emollm_test::kquant_min_magnitude(t, w.data() + size_t(n) * rb + size_t(j / 8) * dtype_block_bytes(t), int(j % 8));
           for (int64_t m = 0; m < M; ++m) {
             double s = 0, a = 0;
             for (int64_t k = 0; k < K; ++k) {

@@ -28,6 +28,7 @@
 #include "model/session.h"
 #include "shared_data.h"
 #include "stories_helpers.h"
+#include "submit_together.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -278,25 +279,15 @@ struct PreemptRun {
 PreemptRun run_preempting(const SchedulerOptions& so, const std::vector<std::vector<int32_t>>& prompts,
                           const std::vector<GenerateParams>& params) {
   Scheduler sched(stories_model(), so);
-  const size_t N = prompts.size();
-  PreemptRun run;
-  run.streamed.resize(N);
-  std::vector<std::promise<SeqOutcome>> done(N);
-  std::atomic<bool> gate{false};
-  for (size_t i = 0; i < N; ++i) {
-    SeqRequest r;
-    r.prompt = prompts[i];
-    r.params = params[i];
-    r.on_token = [&, i](int32_t tok) {
-      run.streamed[i].push_back(tok);
-      if (i == 0)
-        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    };
-    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
-    sched.submit(std::move(r));
+  std::vector<SeqRequest> requests(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    requests[i].prompt = prompts[i];
+    requests[i].params = params[i];
   }
-  gate.store(true);
-  for (auto& d : done) run.got.push_back(d.get_future().get());
+  emollm_test::TogetherRun together = emollm_test::submit_together(sched, std::move(requests));
+  PreemptRun run;
+  run.got = std::move(together.got);
+  run.streamed = std::move(together.streamed);
   run.st = sched.stats();
   // nothing leaked: a request as long as the whole pool still runs (the idle caches give way)
   SeqRequest whole;

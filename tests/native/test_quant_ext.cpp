@@ -21,6 +21,7 @@
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
+#include "kquant_test_weights.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -261,44 +262,11 @@ TEST(quant_ext_gemm_all_paths) {
 
 namespace {
 
-uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-
-// |M_j| = |dmin * m_j| of sub-block j of a q4_K / q5_K super-block (0 for q6_K: no min).
-double kquant_min_magnitude(DType t, const uint8_t* blk, int j) {
-  if (t == DType::Q6_K) return 0.0;
-  uint8_t sc, m;
-  kquant_scale_min(j, blk + 4, &sc, &m);
-  return std::fabs(double(f16_to_f32(rd16(blk + 2)))) * m;
-}
-
 // Weights for the bound test: quantize_row of N(0, 0.05) rows, or random block bytes with sane
-// fp16 scales (every code, scale and min value; negative d included).
+// fp16 scales (kquant_test_weights.h).
 std::vector<uint8_t> kquant_weights(DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed) {
-  const size_t rb = dtype_row_bytes(t, K), bb = dtype_block_bytes(t);
-  std::vector<uint8_t> w(size_t(N) * rb);
-  if (!random_bytes) {
-    const std::vector<float> wf = rand_vec(size_t(N * K), seed, 0.05f);
-    for (int64_t n = 0; n < N; ++n) quantize_row(t, wf.data() + n * K, w.data() + size_t(n) * rb, K);
-    return w;
-  }
-  std::mt19937 g(seed);
-  for (auto& b : w) b = uint8_t(g());
-  const uint16_t sane[] = {0x1400, 0x1C00, 0x9800, 0x2000, 0x1A66};  // ~1e-3 .. 8e-3, one negative
-  for (size_t blk = 0; blk < w.size() / bb; ++blk) {
-    uint8_t* p = w.data() + blk * bb;
-    const uint16_t d = sane[g() % 5], dmin = sane[g() % 5];
-    if (t == DType::Q6_K) {
-      std::memcpy(p + 208, &d, 2);
-    } else {
-      std::memcpy(p, &d, 2);
-      std::memcpy(p + 2, &dmin, 2);
-    }
-  }
-  return w;
+  return emollm_test::kquant_weights(t, N, K, random_bytes, seed,
+                                     random_bytes ? std::vector<float>() : rand_vec(size_t(N * K), seed, 0.05f));
 }
 
 }  // namespace
@@ -347,7 +315,7 @@ TEST(quant_ext_kquant_vnni_per_block_bound) {
         for (int64_t n = 0; n < N; ++n) {
           std::vector<double> mins(size_t(K / 32));
           for (int64_t j = 0; j < K / 32; ++j)
-            mins[size_t(j)] = kquant_min_magnitude(t, w.data() + size_t(n) * rb + size_t(j / 8) * dtype_block_bytes(t), int(j % 8));
+            mins[size_t(j)] = emollm_test::kquant_min_magnitude(t, w.data() + size_t(n) * rb + size_t(j / 8) * dtype_block_bytes(t), int(j % 8));
           for (int64_t m = 0; m < M; ++m) {
             double s = 0, T = 0, Tf = 0;
             for (int64_t k = 0; k < K; ++k) {

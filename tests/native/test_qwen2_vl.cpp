@@ -10,10 +10,6 @@
 // HF path's logits (1e-5) and greedy tokens.
 // The shared dir comes from EMOLLM_SHARED_DIR, else ../shared. Missing data is a printed skip.
 #include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <future>
-#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -34,6 +30,7 @@
 #include "greedy_decode.h"
 #include "hf_to_gguf.h"
 #include "shared_data.h"
+#include "submit_together.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -389,31 +386,21 @@ TEST(qwen2_vl_preempted_generation_equals_alone) {
   so.kv_positions = 12 * 16;
   Scheduler sched(m.text_model(), so);
   const size_t N = calls.size();
-  std::vector<std::vector<int32_t>> streamed(N);
-  std::vector<std::promise<SeqOutcome>> done(N);
-  std::atomic<bool> gate{false};
+  std::vector<SeqRequest> requests(N);
   for (size_t i = 0; i < N; ++i) {
-    SeqRequest r;
-    r.prompt = calls[i].p.tokens;
-    r.embd = calls[i].feats;
-    r.pos3 = calls[i].p.pos3;
-    r.params = params;
-    r.on_token = [&, i](int32_t tok) {  // the first call holds the thread until all are queued: admitted together
-      streamed[i].push_back(tok);
-      if (i == 0)
-        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    };
-    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
-    sched.submit(std::move(r));
+    requests[i].prompt = calls[i].p.tokens;
+    requests[i].embd = calls[i].feats;
+    requests[i].pos3 = calls[i].p.pos3;
+    requests[i].params = params;
   }
-  gate.store(true);
+  const emollm_test::TogetherRun together = emollm_test::submit_together(sched, std::move(requests));  // admitted together
   for (size_t i = 0; i < N; ++i) {
-    SeqOutcome o = done[i].get_future().get();
+    const SeqOutcome& o = together.got[i];
     const std::string what = "qwen2-vl call " + std::to_string(i);
     if (!(!o.error)) ::emollm_test::report_failure(__FILE__, __LINE__, what + " failed");
     if (!(o.generated.tokens == want[i].tokens)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": tokens differ from the call alone");
     if (!(o.generated.reason == want[i].reason)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": stop reason differs");
-    if (!(streamed[i] == want[i].tokens)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": streamed tokens differ");
+    if (!(together.streamed[i] == want[i].tokens)) ::emollm_test::report_failure(__FILE__, __LINE__, what + ": streamed tokens differ");
   }
   const SchedulerStats st = sched.stats();
   std::printf("  qwen2-vl, 4 visual prompts (%zu-%zu positions) + %lld tokens in 12 blocks of 16: %lld preemptions, "
