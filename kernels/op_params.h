@@ -89,4 +89,15 @@ struct Conv2dParams {
   float alpha = 0.1f;
 };
 
+// ---------------------------------------------------------------- AdamW (decoupled weight decay)
+// One optimizer step over n parameters, as the MVP trainer applies it (native/train):
+//   g = grad * clip;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   value -= decay * value;  value -= lr * (m / bc1) / (sqrt(v / bc2) + eps)
+// with m, v, value, g in f32 and the bias-corrected quotient in double (bc1 = 1 - b1^t,
+// bc2 = 1 - b2^t for step t, decay = lr * weight_decay or 0, clip = the global-norm factor).
+struct AdamWStep {
+  double lr = 0.0, clip = 1.0, bc1 = 1.0, bc2 = 1.0, eps = 1e-8;
+  float b1 = 0.9f, b2 = 0.999f, decay = 0.0f;
+};
+
 }  // namespace emollm

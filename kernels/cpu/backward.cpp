@@ -350,6 +350,28 @@ double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, in
   return sum;
 }
 
+// ---------------------------------------------------------------- optimizer
+void adamw_update(float* value, const float* grad, float* m, float* v, int64_t n, const AdamWStep& s,
+                  ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(n >= 0, "adamw_update: negative size");
+  detail::for_elements(pool, n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = float(double(grad[i]) * s.clip);
+      m[i] = s.b1 * m[i] + (1.0f - s.b1) * g;
+      v[i] = s.b2 * v[i] + (1.0f - s.b2) * g * g;
+      const double mh = double(m[i]) / s.bc1, vh = double(v[i]) / s.bc2;
+      value[i] -= s.decay * value[i];
+      value[i] -= float(s.lr * mh / (std::sqrt(vh) + s.eps));
+    }
+  });
+}
+
+double sum_squares(const float* x, int64_t n) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
+  return ss;
+}
+
 // ---------------------------------------------------------------- scalar references
 namespace ref {
 

@@ -78,6 +78,15 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
 double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
                      float* dlogits, ThreadPool* pool);
 
+// ---------------------------------------------------------------- optimizer
+// One AdamW step (AdamWStep in op_params.h) over n parameters: value, m and v updated in place
+// from grad. Elementwise, so the result does not depend on the thread count.
+void adamw_update(float* value, const float* grad, float* m, float* v, int64_t n, const AdamWStep& s,
+                  ThreadPool* pool);
+// sum_i x_i^2 in double, in index order (the gradient norm's square; one thread, so the order
+// and the result are fixed).
+double sum_squares(const float* x, int64_t n);
+
 namespace ref {
 // Scalar references (tests): the same contracts, the most direct loops.
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,

@@ -51,6 +51,35 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float x, float* scratch /* >= 33 floats */) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  x = warp_sum(x);
+  __syncthreads();  // scratch may still be read by a previous reduction
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  float t = lane < nw ? scratch[lane] : 0.0f;
+  t = warp_sum(t);
+  return t;
+}
+// fmaxf ignores NaN; the callers deal with NaN through the sums.
+__device__ __forceinline__ float block_max(float x, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  x = warp_max(x);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  float t = lane < nw ? scratch[lane] : -INFINITY;
+  return warp_max(t);
+}
+
+// Blocks for a grid-stride loop over n elements with nt threads a block (capped: the loop covers
+// the rest).
+inline unsigned grid_for(int64_t n, int nt) {
+  const int64_t b = (n + nt - 1) / nt;
+  return unsigned(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
+}
+
 inline bool aligned(const void* p, unsigned bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
 // The argument checks of the CUDA matrix products Y[M,N] = X[M,K] W[N,K]^T (gemm_tc.cu's gemv /

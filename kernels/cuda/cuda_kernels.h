@@ -187,5 +187,54 @@ struct SampleParams {
 };
 void sample(const float* logits, int64_t n, const SampleParams& sp, int32_t* out_token, Stream stream);
 
+// ---------------------------------------------------------------- backward (training; kernels/cpu/backward.h contracts)
+// The adjoints the MVP trainer needs, on device pointers (backward.cu). Same formulas, layouts
+// and overwrite / accumulate rules as their CPU counterparts; sums in f32 in a fixed order per
+// output element (so a result does not depend on timing), except where noted.
+//
+// dX[M,K] (+)= dY[M,N] W[N,K] and dW[N,K] += dY[M,N]^T X[M,K] (dB[N] += column sums of dY in
+// double, dB may be null): tiled f32 SIMT products (64 x 64 tiles, 4 x 4 outputs a thread).
+// W of F32, F16 or BF16 (converted to f32 on load: the exact product of the stored weights, not
+// the CPU's bf16-rounded dY); quantised weights throw Unsupported.
+void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
+                     int64_t N, int64_t K, bool accumulate, Stream stream);
+void gemm_backward_w(const float* dY, int64_t lddy, const float* X, int64_t ldx, float* dW, float* dB, int64_t M,
+                     int64_t N, int64_t K, Stream stream);
+// One block per row; the row's sums (sum x^2, sum x w dy) in f32 block reductions.
+void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                      int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate, Stream stream);
+void gelu_erf_backward(const float* x, const float* dy, float* dx, int64_t n, Stream stream);
+void silu_backward(const float* x, const float* dy, float* dx, int64_t n, Stream stream);
+void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n,
+                     Stream stream);
+// The inverse rotation of rope() (same arguments): rope() with the angles negated, which in
+// double gives the same cosines and the negated sines exactly.
+void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+                   RopeLayout layout, const int32_t* positions, const double* inv_freq, float freq_scale,
+                   Stream stream);
+// attention_backward (kernels/cpu/backward.h) for f32 contiguous K/V (no paged KV, GQA, causal
+// with q_pos0 or bidirectional, head_dim <= 256). lse: the forward's log-sum-exp per (query,
+// head) [n_q, n_heads] or null (then recomputed into the workspace). Three kernels: per (query,
+// head) the row statistics and D_i = dO_i . O_i; per (query, head) dq; per (kv token, kv head)
+// dk and dv, summing over the group's heads and the queries that see the token. Scores are
+// recomputed in each (no n_q x n_kv matrix): correct first; the tensor-core version is to come.
+// workspace: attention_backward_workspace_bytes(p) bytes of device memory.
+size_t attention_backward_workspace_bytes(const AttentionParams& p);
+void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                        const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p, void* workspace,
+                        size_t workspace_bytes, Stream stream);
+// Cross-entropy per row (kernels/cpu/backward.h cross_entropy): row_loss[r] (device doubles)
+// = logsumexp(logits_r) - logits_r[targets[r]] and, when dlogits is non-null, dlogits_r =
+// (softmax(logits_r) - onehot) * scale. targets are device memory and cannot be checked on the
+// device: a target outside [0, V) gives a NaN loss and no -scale term (callers check them on
+// the host, where they come from).
+void cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
+                   float* dlogits, double* row_loss, Stream stream);
+// AdamW step (AdamWStep, op_params.h) over n parameters, elementwise (as adamw_update on the CPU).
+void adamw_update(float* value, const float* grad, float* m, float* v, int64_t n, const AdamWStep& s, Stream stream);
+// *out (device double) = sum_i x_i^2 (the squared gradient norm): one block of 1024 threads,
+// f64 partial sums in a fixed order (not the CPU's index order; equal up to f64 rounding).
+void sum_squares(const float* x, int64_t n, double* out, Stream stream);
+
 }  // namespace cuda
 }  // namespace emollm

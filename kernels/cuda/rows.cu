@@ -18,28 +18,8 @@ constexpr int ROW_NT = 256;
 using detail::f16_bits_to_f32;
 using detail::warp_max;
 using detail::warp_sum;
-
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-__device__ float block_sum(float x, float* scratch /* >= 33 floats */) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  x = warp_sum(x);
-  __syncthreads();  // scratch may still be read by a previous reduction
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  float t = lane < nw ? scratch[lane] : 0.0f;
-  t = warp_sum(t);
-  return t;
-}
-// fmaxf ignores NaN; the callers deal with NaN through the sums.
-__device__ float block_max(float x, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  x = warp_max(x);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  float t = lane < nw ? scratch[lane] : -INFINITY;
-  return warp_max(t);
-}
+using detail::block_max;
+using detail::block_sum;
 
 __global__ void rmsnorm_kernel(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int n, float eps) {
   __shared__ float scratch[33];
@@ -355,10 +335,7 @@ __global__ void __launch_bounds__(SAMPLE_NT) sample_kernel(const float* logits, 
   }
 }
 
-unsigned grid_for(int64_t n, int nt) {
-  const int64_t b = (n + nt - 1) / nt;
-  return unsigned(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
-}
+using detail::grid_for;
 
 void check_rows(const char* what, int64_t ldx, int64_t ldy, int64_t rows, int64_t n) {
   EMOLLM_CHECK_ARG(rows >= 0 && n >= 0, std::string(what) + ": negative shape");
@@ -486,19 +463,37 @@ void extract_patches(const float* images, float* cols, int64_t ld_cols, const Pa
   detail::check_launch("cuda extract_patches");
 }
 
-void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim, RopeLayout layout,
-          const int32_t* positions, const double* inv_freq, float freq_scale, Stream stream) {
-  EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0 && head_dim > 0, "cuda rope: bad shape");
-  EMOLLM_CHECK_ARG(rot_dim > 0 && rot_dim <= head_dim && rot_dim % 2 == 0, "cuda rope: rot_dim must be even, <= head_dim");
-  EMOLLM_CHECK_ARG(n_tokens <= 1 || ld >= n_heads * head_dim, "cuda rope: ld smaller than n_heads * head_dim");
-  EMOLLM_CHECK_ARG(n_tokens < (int64_t(1) << 31) && n_heads * head_dim < (int64_t(1) << 31), "cuda rope: shape too large");
+namespace {
+// rope() and rope_backward(): the backward rotates by the negated angles (angle_sign -1).
+void rope_launch(const char* what, float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                 int64_t rot_dim, RopeLayout layout, const int32_t* positions, const double* inv_freq,
+                 double freq_scale, Stream stream) {
+  const std::string w(what);
+  EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0 && head_dim > 0, w + ": bad shape");
+  EMOLLM_CHECK_ARG(rot_dim > 0 && rot_dim <= head_dim && rot_dim % 2 == 0, w + ": rot_dim must be even, <= head_dim");
+  EMOLLM_CHECK_ARG(n_tokens <= 1 || ld >= n_heads * head_dim, w + ": ld smaller than n_heads * head_dim");
+  EMOLLM_CHECK_ARG(n_tokens < (int64_t(1) << 31) && n_heads * head_dim < (int64_t(1) << 31), w + ": shape too large");
   if (n_tokens == 0 || n_heads == 0) return;
-  EMOLLM_CHECK_ARG(positions != nullptr && inv_freq != nullptr, "cuda rope: null positions or frequencies");
+  EMOLLM_CHECK_ARG(positions != nullptr && inv_freq != nullptr, w + ": null positions or frequencies");
   const int half = int(rot_dim / 2);
   rope_kernel<<<unsigned(n_tokens), 128, size_t(2 * half) * sizeof(float), reinterpret_cast<cudaStream_t>(stream)>>>(
       x, ld, int(n_heads), int(head_dim), half, layout == RopeLayout::Interleaved ? 1 : 0, positions, inv_freq,
-      double(freq_scale));
-  detail::check_launch("cuda rope");
+      freq_scale);
+  detail::check_launch(what);
+}
+}  // namespace
+
+void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim, RopeLayout layout,
+          const int32_t* positions, const double* inv_freq, float freq_scale, Stream stream) {
+  rope_launch("cuda rope", x, ld, n_tokens, n_heads, head_dim, rot_dim, layout, positions, inv_freq,
+              double(freq_scale), stream);
+}
+
+void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+                   RopeLayout layout, const int32_t* positions, const double* inv_freq, float freq_scale,
+                   Stream stream) {
+  rope_launch("cuda rope_backward", dx, ld, n_tokens, n_heads, head_dim, rot_dim, layout, positions, inv_freq,
+              -double(freq_scale), stream);
 }
 
 void embedding(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n, float* out,

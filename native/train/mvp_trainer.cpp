@@ -593,8 +593,7 @@ MvpStepStats MvpTrainer::step() {
   Lap lap;
   MvpStepStats st;
   double ss = 0.0;
-  for (const auto& p : params_)
-    for (float g : p.grad) ss += double(g) * double(g);
+  for (const auto& p : params_) ss += sum_squares(p.grad.data(), int64_t(p.grad.size()));
   st.grad_norm = std::sqrt(ss);
   if (!std::isfinite(st.grad_norm))
     throw Error(ErrorCode::Internal, "the gradient is not finite (norm " + std::to_string(st.grad_norm) +
@@ -602,18 +601,17 @@ MvpStepStats MvpTrainer::step() {
   const double clip = opts_.clip_norm > 0 && st.grad_norm > opts_.clip_norm ? opts_.clip_norm / st.grad_norm : 1.0;
   st.lr = lr_at(step_);
   const double t = double(step_ + 1);
-  const double bc1 = 1.0 - std::pow(opts_.beta1, t), bc2 = 1.0 - std::pow(opts_.beta2, t);
-  const float b1 = float(opts_.beta1), b2 = float(opts_.beta2);
+  AdamWStep as;
+  as.lr = st.lr;
+  as.clip = clip;
+  as.bc1 = 1.0 - std::pow(opts_.beta1, t);
+  as.bc2 = 1.0 - std::pow(opts_.beta2, t);
+  as.eps = opts_.eps;
+  as.b1 = float(opts_.beta1);
+  as.b2 = float(opts_.beta2);
   for (auto& p : params_) {
-    const float wd = p.decay ? float(st.lr * opts_.weight_decay) : 0.0f;
-    for (size_t i = 0; i < p.value.size(); ++i) {
-      const float g = float(double(p.grad[i]) * clip);
-      p.m[i] = b1 * p.m[i] + (1.0f - b1) * g;
-      p.v[i] = b2 * p.v[i] + (1.0f - b2) * g * g;
-      const double mh = double(p.m[i]) / bc1, vh = double(p.v[i]) / bc2;
-      p.value[i] -= wd * p.value[i];
-      p.value[i] -= float(st.lr * mh / (std::sqrt(vh) + opts_.eps));
-    }
+    as.decay = p.decay ? float(st.lr * opts_.weight_decay) : 0.0f;
+    adamw_update(p.value.data(), p.grad.data(), p.m.data(), p.v.data(), int64_t(p.value.size()), as, nullptr);
   }
   zero_grad();
   st.step = ++step_;
