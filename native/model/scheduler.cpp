@@ -380,13 +380,20 @@ bool Scheduler::admit(std::unique_ptr<Active>& a) {
       }
       return false;  // waits at the head of the queue for blocks
     }
-    // the free slot that caches the longest prefix of the prompt
+    // the free slot that caches the longest prefix of the prompt; on a tie (typically no common
+    // prefix at all) an empty slot, else the one idle the longest, so that a new prompt does not
+    // drop the cache a recent call left (a scoring after the logits() of its prompt) while another
+    // slot has nothing worth keeping
     int slot = -1;
     int64_t own = -1;
+    auto older = [&](int s, int t) {
+      const bool se = ctx.seq_n_past(s) == 0, te = ctx.seq_n_past(t) == 0;
+      return se != te ? se : slot_idle_since_[size_t(s)] < slot_idle_since_[size_t(t)];
+    };
     for (int s = 0; s < n_seq_; ++s) {
       if (slot_used_[size_t(s)]) continue;
       const int64_t c = ctx.seq_common_prefix(s, r.prompt.data(), n);
-      if (c > own) {
+      if (c > own || (c == own && older(s, slot))) {
         own = c;
         slot = s;
       }

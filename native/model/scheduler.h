@@ -11,7 +11,8 @@
 // the core runs the step loop:
 //   1. admit: while a slot is free, the oldest waiting request (FIFO) takes one. Its `prepare`
 //      hook runs (the addon splices image features there, off the event loop), then the slot
-//      that already caches the longest prefix of its prompt is chosen; when ANOTHER slot caches a
+//      that already caches the longest prefix of its prompt is chosen (on a tie an empty slot, else
+//      the one idle the longest: a new prompt keeps recent caches); when ANOTHER slot caches a
 //      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
 //      running) its blocks are shared by the chosen slot by reference (prefix sharing; settled
 //      at the prompt's first chunk). The rest of the prompt is prefilled in chunks inside the

@@ -90,6 +90,10 @@ describe.skipIf(!haveTiny)('prompt reuse between logits(), scoreOptions() and ge
   it('a different image (same placeholder, one feature changed) reuses only the text before it', async () => {
     await model.logits({ tokens, images: image });
     const imageScores = await model.scoreOptions({ tokens, images: image }, OPTIONS);
+    // another slot caches a text prompt of the same length with its logits: neither it nor the
+    // first image's prompt may stand in for this one
+    const text = Array.from({ length: positions }, (_, i) => 100 + i);
+    await model.logits(text);
     const s0 = model.stats();
     const r = await model.scoreOptions({ tokens, images: other }, OPTIONS);
     expect(delta(s0, model.stats())).toEqual({ prefillTokens: positions - imageAt, reusedTokens: imageAt, reusedLogits: 0 });
