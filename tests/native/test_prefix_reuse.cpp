@@ -177,6 +177,10 @@ TEST(prefix_reuse_images_match_by_content) {
   Scheduler cold_sched(stories_model(), options(true, 2));
   EXPECT(!run(sched, logits_request(pa, img_a)).error);
   SeqOutcome wa = run(sched, score_request(pa, img_a));
+  // the other slot caches a text prompt of the same length with its logits: it must not stand in
+  std::vector<int32_t> text(pa.size());
+  for (size_t i = 0; i < text.size(); ++i) text[i] = int32_t(200 + i);
+  EXPECT(!run(sched, logits_request(text)).error);
   const SchedulerStats s0 = sched.stats();
   SeqOutcome wb = run(sched, score_request(pb, img_b));
   const SchedulerStats s1 = sched.stats();
