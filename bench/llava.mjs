@@ -3,8 +3,11 @@
 // + mmproj GGUF) end to end on CPU: a real photo + a 40-token question, then scoring 8 one-word
 // answers with Model.scoreOptions. Time split into preprocessing (ImageProcessor.preprocessBatch),
 // vision (Model.encodePixels: tower + projector), prefill (Model.logits of the prompt with the
-// image, ~576 + 56 positions) and scoring (Model.scoreOptions after the prefill is cached), total,
-// peak RSS. See bench/README.md ("LLaVA end-to-end benchmark").
+// image, ~576 + 56 positions) and scoring (Model.scoreOptions after the prefill is cached: the
+// scheduler finds the whole prompt cached with its last logits and evaluates the options only),
+// total, peak RSS; then, as the same-run A/B, cold scoring (scoreOptions of the same input from an
+// empty KV cache: the prompt's prefill + the options, what scoring cost before logits() and
+// scoreOptions shared the scheduler's cache). See bench/README.md ("LLaVA end-to-end benchmark").
 // Cases next and qwen2vl (bench/vlm-cases.mjs, the shapes bench:vision uses): LLaVA-NeXT-7B
 // (llava-v1.6-vicuna-7b: the same Vicuna-7B text model + anyres mmproj, a 1024x1024 image -> 5 tiles of
 // 336) and Qwen2-VL-7B (text 28 layers / width 3584 / GQA 28:4 / M-RoPE + the 32-layer ViT and merger;
@@ -51,7 +54,8 @@ async function child(spec) {
   await childMain(out, log, async (use) => {
     const { loadModel } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href);
     const t0 = performance.now();
-    const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx };
+    // one KV slot: a one-token call that shares no prefix with the prompt empties the cache (cold runs)
+    const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx, maxSequences: 1 };
     if (spec.tokenizer) opts.tokenizer = spec.tokenizer;
     const model = use(await loadModel(spec.text, opts));
     out.load_s = (performance.now() - t0) / 1000;
@@ -86,18 +90,38 @@ async function child(spec) {
       const pre = await timed(() => model.imageProcessor.preprocessBatch([spec.image]));
       const vis = await timed(() => model.encodePixels(pre.value.data, 1));
       const input = { tokens, images: vis.value };
+      const s0 = model.stats();
       const fill = await timed(() => model.logits(input));
+      const s1 = model.stats();
       const score = await timed(() => model.scoreOptions(input, spec.options));
+      const s2 = model.stats();
+      // what the scheduler evaluated in each phase: prompt positions, option rows, passes
+      const work = (a, b) => ({ prompt_positions: b.prefillTokens - a.prefillTokens, reused_positions: b.reusedTokens - a.reusedTokens,
+        reused_logits: b.reusedLogits - a.reusedLogits, option_rows: b.decodedTokens - a.decodedTokens, passes: b.steps - a.steps });
       const r = {
         preprocess_s: pre.s, vision_s: vis.s, prefill_s: fill.s, scoring_s: score.s,
         total_s: pre.s + vis.s + fill.s + score.s,
         other: Math.max(pre.other, vis.other, fill.other, score.other),
         other_by_phase: [pre.other, vis.other, fill.other, score.other],
         best: score.value.best, margin: score.value.margin,
+        prefill_work: work(s0, s1), scoring_work: work(s1, s2),
       };
+      if (spec.coldScoring) {
+        // A/B in the same run: the same scoring from an empty KV cache (its prompt prefilled again)
+        await model.logits([warmIds[0]]);
+        const c0 = model.stats();
+        const cold = await timed(() => model.scoreOptions(input, spec.options));
+        r.cold_scoring_s = cold.s;
+        r.cold_scoring_work = work(c0, model.stats());
+        r.cold_other = cold.other;
+        r.cold_equal = cold.value.options.every((o, i) => o.logprob === score.value.options[i].logprob);
+      }
       out.runs.push(r);
       log(`run ${run + 1}: preprocess ${r.preprocess_s.toFixed(3)} s, vision ${r.vision_s.toFixed(2)} s, prefill ${r.prefill_s.toFixed(2)} s, ` +
-        `scoring ${r.scoring_s.toFixed(2)} s, total ${r.total_s.toFixed(2)} s (other work up to ${r.other.toFixed(2)} cores)`);
+        `scoring ${r.scoring_s.toFixed(2)} s (${r.scoring_work.prompt_positions} prompt positions, ${r.scoring_work.option_rows} option rows, ` +
+        `${r.scoring_work.passes} passes), total ${r.total_s.toFixed(2)} s (other work up to ${r.other.toFixed(2)} cores)` +
+        (spec.coldScoring ? `; cold scoring ${r.cold_scoring_s.toFixed(2)} s (${r.cold_scoring_work.prompt_positions} prompt positions, ` +
+          `scores ${r.cold_equal ? 'bit-equal' : 'DIFFERENT'})` : ''));
     }
   });
 }
@@ -105,7 +129,7 @@ async function child(spec) {
 // ============================================================================ parent
 function parseArgs(argv) {
   const o = { threads: 0, text: ['q4_0'], vision: ['bf16'], full: false, layers: null, runs: 1, nCtx: 1024, build: true, probe: true,
-    out: DEFAULT_OUT, json: false, jsonOut: null, timeoutS: 1200, quietWaitS: 30, image: null, tokenizer: undefined,
+    out: DEFAULT_OUT, json: false, jsonOut: null, timeoutS: 1200, quietWaitS: 30, image: null, tokenizer: undefined, coldScoring: true,
     // the VLM cases, with bench:vision's defaults (bench/vlm-cases.mjs vlmSamples)
     cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16,
     videoSize: [640, 360], seed: 1, nCtxVlm: 4096 };
@@ -145,6 +169,7 @@ function parseArgs(argv) {
       case '--gguf-vocab': o.tokenizer = null; break;
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
+      case '--no-cold-scoring': o.coldScoring = false; break;
       case '--models-dir': o.out = val(i, a); i++; break;
       case '--json': o.json = true; break;
       case '--json-out': o.jsonOut = val(i, a); i++; break;
@@ -177,6 +202,7 @@ const HELP = `usage: npm run bench:llava -- [options]
   --qwen-sizes WxH,..   Qwen2-VL images (default 448x448,1280x720); --video-frames N (default 16, even; 0: none),
   --video-size WxH      Qwen2-VL video frames (default 640x360); --vlm-ctx N KV positions for these cases (default 4096)
   --runs N              end-to-end runs per model pair, each from an empty KV cache (default 1)
+  --no-cold-scoring     skip the A/B phase: scoreOptions of the same input from an empty KV cache (llava15)
   --threads N           compute threads (default: physical cores); --ctx N KV positions (default 1024)
   --image FILE          the photo (default ../shared/models/llava-tiny-hf/photo.jpg, else a generated JPEG)
   --tokenizer DIR       tokenizer (default ../shared/tokenizers/llava-1.5-7b-hf when present); --gguf-vocab: the GGUF's own
@@ -251,7 +277,8 @@ async function main() {
     const label = `${t.path.split('/').at(-1)} + ${v.path.split('/').at(-1)}`;
     log(`${label} ...`);
     await waitQuiet(o.quietWaitS, log);
-    const spec = { text: t.path, mmproj: v.path, threads, nCtx: o.nCtx, image, tokenizer, question: QUESTION, options: OPTIONS, runs: o.runs, quietWaitS: o.quietWaitS };
+    const spec = { text: t.path, mmproj: v.path, threads, nCtx: o.nCtx, image, tokenizer, question: QUESTION, options: OPTIONS, runs: o.runs,
+      quietWaitS: o.quietWaitS, coldScoring: o.coldScoring };
     const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label });
     rows.push({ text: t.path.match(/(q4_0|q8_0)\.gguf$/)[1], vision: v.path.match(/-(f32|f16|bf16)\.gguf$/)[1], res });
   }
@@ -291,7 +318,8 @@ async function main() {
       `${first.n_image_tokens} image features; ${OPTIONS.length} options, ${first.option_tokens.reduce((a, b) => a + b, 0)} tokens (${first.option_tokens.join('+')}); ` +
       `tokenizer: ${tokenizer ? tokenizer.split('/').slice(-2).join('/') : 'the GGUF vocabulary'}`);
   }
-  const head = ['text', 'tower', 'preproc s', 'vision s', 'prefill s', 'tok/s', 'GFLOP/s', 'scoring s', 'total s', 'dominant', 'load s', 'RSS MiB', 'runs', 'busy'];
+  const head = ['text', 'tower', 'preproc s', 'vision s', 'prefill s', 'tok/s', 'GFLOP/s', 'scoring s', 'pos/rows/passes', 'cold scoring s', 'cold/warm',
+    'total s', 'dominant', 'load s', 'RSS MiB', 'runs', 'busy'];
   const tbl = [];
   for (const r of rows) {
     const b = r.best;
@@ -301,7 +329,10 @@ async function main() {
     const pos = r.res.positions;
     tbl.push([
       r.text + (o.layers ? ` L${o.layers}` : ''), r.vision, fmt(b.preprocess_s, 3), fmt(b.vision_s, 2), fmt(b.prefill_s, 2), fmt(pos / b.prefill_s, 1),
-      fmt(prefillGflop(pos, TEXT, layers) / b.prefill_s, 0), fmt(b.scoring_s, 2), fmt(b.total_s, 2), `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
+      fmt(prefillGflop(pos, TEXT, layers) / b.prefill_s, 0), fmt(b.scoring_s, 2),
+      b.scoring_work ? `${b.scoring_work.prompt_positions}/${b.scoring_work.option_rows}/${b.scoring_work.passes}` : '-',
+      b.cold_scoring_s === undefined ? '-' : fmt(b.cold_scoring_s, 2), b.cold_scoring_s === undefined ? '-' : fmt(b.cold_scoring_s / b.scoring_s, 2),
+      fmt(b.total_s, 2), `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
       fmt(r.res.load_s, 1), fmt(r.res.maxrss_mib, 0), r.res.runs.length, busyMark(b.other),
     ]);
   }
@@ -310,7 +341,9 @@ async function main() {
   const gv = visionGflop(VISION, VISION.n_layer);
   out(`vision = encodePixels (tower ${VISION.n_layer} layers + projector, ${fmt(gv.total, 0)} GFLOP); prefill = logits of the whole prompt with the image ` +
     `into an empty KV cache (${fmt(first ? prefillGflop(first.positions, TEXT, layers) : NaN, 0)} GFLOP); scoring = scoreOptions on the cached prompt ` +
-    '(re-evaluates its last token, then each option\'s tokens after the first). total = the four phases (load and warm-up not included).');
+    '(found whole with its last logits: only each option\'s tokens after the first are evaluated, one option per pass); pos/rows/passes = prompt ' +
+    'positions, option rows and forward passes the scoring evaluated; cold scoring = the same scoreOptions from an empty KV cache (prompt prefilled ' +
+    'again: the cost before logits() shared the scheduler\'s cache), cold/warm its ratio. total = the four phases (load, warm-up and cold scoring not included).');
   if (peaks) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, ` +
     `read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
   }

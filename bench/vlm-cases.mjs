@@ -294,7 +294,9 @@ export async function vlmEndToEndChild(spec, root, timed) {
     const sharp = (await import('sharp')).default;
     try { out.cpu = cpuInfo(); } catch {}
     const t0 = performance.now();
-    const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx };
+    // one KV slot: the one-token call on coldId below then empties the cache (logits() shares the
+    // scheduler's slots, and a new prompt takes an empty slot before a cached one)
+    const opts = { mmproj: spec.mmproj, threads: spec.threads, contextSize: spec.nCtx, maxSequences: 1 };
     if (spec.tokenizer) opts.tokenizer = spec.tokenizer;
     const model = use(await loadModel(spec.text, opts));
     out.load_s = (performance.now() - t0) / 1000;

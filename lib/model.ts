@@ -367,6 +367,11 @@ export interface SequenceStats {
   prefixWaits: number;
   /** Prompt positions taken from a cache (own or copied) instead of recomputed. */
   reusedTokens: number;
+  /**
+   * Prompts found cached whole together with their last position's logits (e.g. a scoreOptions
+   * after logits() of the same prompt and image): no pass at all before their options / tokens.
+   */
+  reusedLogits: number;
   /** Positions per block of the paged KV cache (0 before the first call). */
   kvBlockSize: number;
   /** Blocks in the KV pool. */
@@ -407,6 +412,7 @@ interface NativeBatch {
     images: Float32Array | null,
     continuations: Int32Array[],
   ): NativeSubmission<{ logprobs: number[]; tokenLogprobs: Float64Array[] }>;
+  logits(prompt: Int32Array, images: Float32Array | null): NativeSubmission<Float32Array>;
   abort(id: number): void;
   stats(): SequenceStats;
   close(): Promise<void>;
@@ -653,10 +659,11 @@ export class Model {
   };
 
   private handle: NativeModel | undefined;
-  // generate / chat / scoreOptions: the core's sequence scheduler (continuous batching, a KV slot
-  // per sequence, prefixes reused and shared across calls), created at the first call
+  // generate / chat / scoreOptions / logits: the core's sequence scheduler (continuous batching, a
+  // KV slot per sequence, prefixes reused and shared across calls), created at the first call
   private batch: NativeBatch | undefined;
-  // logits(): one context, calls one at a time in call order (its KV cache reused across calls)
+  // logits({ all: true }): one context, calls one at a time in call order (every position's logits:
+  // nothing cached could be reused)
   private context: NativeContext | undefined;
   private readonly contextSize: number | undefined;
   private queue: Promise<unknown> = Promise.resolve();
@@ -769,9 +776,15 @@ export class Model {
   /**
    * Logits (unnormalised scores over the vocabulary) after the prompt: of the last position, or
    * of every position with `all: true` (row-major [tokens, nVocab]).
+   *
+   * The last position's logits come from the sequence scheduler, like generate and scoreOptions:
+   * the longest prefix of the prompt already cached there (same tokens, same image features) is
+   * not computed again, and the prompt stays cached for the calls after it, so a scoreOptions or
+   * generate of the same prompt starts from it (with its last logits: no pass at all).
    */
   logits(prompt: Prompt, options: { all?: boolean; signal?: AbortSignal } = {}): Promise<Float32Array> {
     const preparing = this.prepare(prompt, true, options.signal);
+    if (!(options.all ?? false)) return this.lastLogits(preparing, options.signal);
     // observed below once the earlier calls are done; marked handled now so that a prompt that
     // fails early (no chat template, a bad image) is not reported as an unhandled rejection
     preparing.catch(() => undefined);
@@ -789,6 +802,16 @@ export class Model {
         options.signal?.removeEventListener('abort', onAbort);
       }
     });
+  }
+
+  private async lastLogits(preparing: Promise<PreparedPrompt>, signal: AbortSignal | undefined): Promise<Float32Array> {
+    const prepared = await preparing;
+    const batch = await this.sequences();
+    if (signal?.aborted) throw abortError();
+    const { id, promise } = batch.logits(Int32Array.from(prepared.ids), prepared.images ?? null);
+    const onAbort = (): void => batch.abort(id);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    return promise.finally(() => signal?.removeEventListener('abort', onAbort));
   }
 
   /**
@@ -980,7 +1003,7 @@ export class Model {
       maxSequences: this.maxSequences, batchTokens: this.stepOptions.batchTokens ?? 0, chunkedPrefill: this.stepOptions.chunkedPrefill,
       active: 0, prefilling: 0, queued: 0, steps: 0, batchedSteps: 0, maxBatch: 0, decodedTokens: 0, prefills: 0,
       prefillChunks: 0, prefillTokens: 0, mixedSteps: 0, stepRows: 0, lastStepRows: 0, maxStepRows: 0, prefixCopies: 0,
-      prefixWaits: 0, reusedTokens: 0, kvBlockSize: 0, kvBlocksTotal: 0, kvBlocksUsed: 0, kvBlocksShared: 0,
+      prefixWaits: 0, reusedTokens: 0, reusedLogits: 0, kvBlockSize: 0, kvBlocksTotal: 0, kvBlocksUsed: 0, kvBlocksShared: 0,
       kvBlocksCached: 0, kvBytesPerBlock: 0, kvWaits: 0, kvPreemptions: 0, kvRecomputedTokens: 0,
     };
   }

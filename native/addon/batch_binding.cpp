@@ -8,11 +8,14 @@
 //       promise -> { tokens: Int32Array, stopReason }   (opts as ctx.generate: read_generate_params)
 //   batch.score(prefix: Int32Array, images | null, continuations: Int32Array[]) -> { id, promise }
 //       promise -> { logprobs: number[], tokenLogprobs: Float64Array[] }; rejects ERR_ABORTED when aborted
+//   batch.logits(prompt: Int32Array, images | null) -> { id, promise }
+//       promise -> Float32Array [nVocab], the prompt's last position's logits; the prompt stays
+//       cached in its slot (a scoring or generation of it starts from there); ERR_ABORTED when aborted
 //   batch.abort(id)       aborts that request only (waiting: it leaves the queue; running: next step)
 //   batch.stats()         { maxSequences, batchTokens, chunkedPrefill, active, prefilling, queued, steps,
 //                           batchedSteps, maxBatch, decodedTokens, prefills, prefillChunks, prefillTokens,
 //                           mixedSteps, stepRows, lastStepRows, maxStepRows, prefixCopies, prefixWaits,
-//                           reusedTokens }
+//                           reusedTokens, reusedLogits, kv* }
 //   batch.close() -> Promise<void>   aborts everything; resolves once the native memory is released
 //   batch.nCtx, batch.maxSequences
 //
@@ -144,7 +147,11 @@ struct SeqBridge : std::enable_shared_from_this<SeqBridge> {
         o.Set("stopReason", stop_reason_name(g.reason));
         result = o;
       } else if (outcome.aborted) {
-        rejection = make_js_error(env, "ERR_ABORTED", "score was aborted").Value();
+        rejection = make_js_error(env, "ERR_ABORTED", kind == SeqRequest::Kind::Logits ? "eval was aborted" : "score was aborted").Value();
+      } else if (kind == SeqRequest::Kind::Logits) {
+        auto a = Napi::Float32Array::New(env, outcome.logits.size());
+        std::copy(outcome.logits.begin(), outcome.logits.end(), a.Data());
+        result = a;
       } else {
         Napi::Array lp = Napi::Array::New(env, outcome.scores.size());
         Napi::Array tl = Napi::Array::New(env, outcome.scores.size());
@@ -189,6 +196,7 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     return DefineClass(env, "Batch",
                        {InstanceMethod<&BatchWrap::Generate>("generate"),
                         InstanceMethod<&BatchWrap::Score>("score"),
+                        InstanceMethod<&BatchWrap::Logits>("logits"),
                         InstanceMethod<&BatchWrap::Abort>("abort"),
                         InstanceMethod<&BatchWrap::Stats>("stats"),
                         InstanceMethod<&BatchWrap::Close>("close"),
@@ -298,6 +306,18 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     return submit(env, std::move(r), Napi::Function());
   }
 
+  Napi::Value Logits(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    check_open(env);
+    if (info.Length() < 1) throw_invalid(env, "logits expects (prompt: Int32Array, images?: Float32Array | null)");
+    SeqRequest r;
+    r.kind = SeqRequest::Kind::Logits;
+    r.prompt = int32_array(env, info[0], "prompt");
+    if (r.prompt.empty()) throw_invalid(env, "prompt must not be empty");
+    set_prepare(r, read_images(info, 1));
+    return submit(env, std::move(r), Napi::Function());
+  }
+
   Napi::Value Abort(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsNumber()) throw_invalid(env, "abort expects a request id");
@@ -330,6 +350,7 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     o.Set("prefixCopies", double(st.prefix_copies));
     o.Set("prefixWaits", double(st.prefix_waits));
     o.Set("reusedTokens", double(st.reused_tokens));
+    o.Set("reusedLogits", double(st.reused_logits));
     o.Set("kvBlockSize", double(st.kv_block_size));
     o.Set("kvBlocksTotal", double(st.kv_blocks_total));
     o.Set("kvBlocksUsed", double(st.kv_blocks_used));

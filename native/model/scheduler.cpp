@@ -65,6 +65,8 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   chunked_ = opts.chunked_prefill;
   slot_used_.assign(size_t(n_seq_), 0);
   slot_idle_since_.assign(size_t(n_seq_), 0);
+  tail_tokens_.assign(size_t(n_seq_), {});
+  tail_logits_.assign(size_t(n_seq_), {});
   stats_.n_seq = n_seq_;
   stats_.n_batch = ctx_->n_batch();
   stats_.chunked_prefill = chunked_;
@@ -122,6 +124,39 @@ void Scheduler::publish_kv_stats() {
   stats_.kv_bytes_per_block = k.bytes_per_block;
 }
 
+void Scheduler::truncate_slot(int slot, int64_t n) {
+  ctx_->seq_truncate(slot, n);
+  if (int64_t(tail_tokens_[size_t(slot)].size()) > n) {
+    tail_tokens_[size_t(slot)].clear();
+    tail_logits_[size_t(slot)].clear();
+  }
+}
+
+void Scheduler::copy_slot_prefix(int src, int dst, int64_t n) {
+  if (src == dst) return truncate_slot(dst, n);
+  ctx_->seq_copy_prefix(src, dst, n);
+  // dst's positions are src's now: src's kept logits hold for them when they cover all of them
+  if (int64_t(tail_tokens_[size_t(src)].size()) == n) {
+    tail_tokens_[size_t(dst)] = tail_tokens_[size_t(src)];
+    tail_logits_[size_t(dst)] = tail_logits_[size_t(src)];
+  } else {
+    tail_tokens_[size_t(dst)].clear();
+    tail_logits_[size_t(dst)].clear();
+  }
+}
+
+int Scheduler::slot_with_logits(const std::vector<int32_t>& p, int prefer) const {
+  const int64_t n = int64_t(p.size());
+  auto fits = [&](int s) {
+    return s >= 0 && tail_tokens_[size_t(s)] == p && !tail_logits_[size_t(s)].empty() &&
+           ctx_->seq_common_prefix(s, p.data(), n) == n;
+  };
+  if (fits(prefer)) return prefer;
+  for (int s = 0; s < n_seq_; ++s)
+    if (fits(s)) return s;
+  return -1;
+}
+
 bool Scheduler::evict_one_idle() {
   LlamaContext& ctx = *ctx_;
   int victim = -1;
@@ -130,7 +165,7 @@ bool Scheduler::evict_one_idle() {
         (victim < 0 || slot_idle_since_[size_t(s)] < slot_idle_since_[size_t(victim)]))
       victim = s;
   if (victim < 0) return false;
-  ctx.seq_truncate(victim, 0);
+  truncate_slot(victim, 0);
   return true;
 }
 
@@ -179,7 +214,7 @@ void Scheduler::preempt(std::unique_ptr<Active>& v) {
   }
   a.cont_pos = 0;  // a split option starts again from the prefix
   a.cont_score = LlamaContext::ContinuationScore{};
-  ctx_->seq_truncate(a.slot, 0);  // shared prefix blocks only drop a reference
+  truncate_slot(a.slot, 0);  // shared prefix blocks only drop a reference
   slot_used_[size_t(a.slot)] = 0;
   slot_idle_since_[size_t(a.slot)] = 0;
   a.slot = -1;
@@ -201,7 +236,7 @@ void Scheduler::finish(std::unique_ptr<Active>& a) {
   if (a->slot >= 0) {
     slot_used_[size_t(a->slot)] = 0;
     slot_idle_since_[size_t(a->slot)] = ++idle_clock_;
-    if (a->aborted()) ctx_->seq_truncate(a->slot, 0);  // an aborted sequence's blocks go back to the pool
+    if (a->aborted()) truncate_slot(a->slot, 0);  // an aborted sequence's blocks go back to the pool
   }
   if (a->req.kind == SeqRequest::Kind::Generate) {
     if (a->gen && !a->gen->done()) a->gen->abort();  // dropped while preempted (abort, shutdown)
@@ -345,20 +380,27 @@ bool Scheduler::admit(std::unique_ptr<Active>& a) {
       }
       return false;  // waits at the head of the queue for blocks
     }
-    // the free slot that caches the longest prefix of the prompt
+    // the free slot that caches the longest prefix of the prompt; on a tie (typically no common
+    // prefix at all) an empty slot, else the one idle the longest, so that a new prompt does not
+    // drop the cache a recent call left (a scoring after the logits() of its prompt) while another
+    // slot has nothing worth keeping
     int slot = -1;
     int64_t own = -1;
+    auto older = [&](int s, int t) {
+      const bool se = ctx.seq_n_past(s) == 0, te = ctx.seq_n_past(t) == 0;
+      return se != te ? se : slot_idle_since_[size_t(s)] < slot_idle_since_[size_t(t)];
+    };
     for (int s = 0; s < n_seq_; ++s) {
       if (slot_used_[size_t(s)]) continue;
       const int64_t c = ctx.seq_common_prefix(s, r.prompt.data(), n);
-      if (c > own) {
+      if (c > own || (c == own && older(s, slot))) {
         own = c;
         slot = s;
       }
     }
     if (slot < 0) throw Error(ErrorCode::Internal, "scheduler: no free slot at admission");
     slot_used_[size_t(slot)] = 1;
-    ctx.seq_truncate(slot, own);
+    truncate_slot(slot, own);
     a->slot = slot;
     a->prefilling = true;
     {
@@ -372,27 +414,29 @@ bool Scheduler::admit(std::unique_ptr<Active>& a) {
     // unchunked: the whole prompt now, in its own passes (idle caches give way first; the
     // admission check above left it enough blocks)
     start_prefill(*a, false);
-    const int64_t rest = n - a->prefill_pos;
-    fit_positions(slot, rest, 0);
-    const float* logits = nullptr;
-    const int64_t n_pos3 = int64_t(r.pos3.size()) / 3;
-    if (n_pos3 > a->prefill_pos && n_pos3 < n) {  // a resumed M-RoPE generation: prompt positions, then its tokens
-      logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, n_pos3 - a->prefill_pos, nullptr, a->abort.get(),
-                            r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E, r.pos3.data() + a->prefill_pos * 3);
-      if (logits) logits = ctx.seq_eval(slot, r.prompt.data() + n_pos3, n - n_pos3, nullptr, a->abort.get());
-    } else {
-      logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, rest, nullptr, a->abort.get(),
-                            r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E,
-                            n_pos3 > a->prefill_pos ? r.pos3.data() + a->prefill_pos * 3 : nullptr);
+    if (a->prefilling) {  // (not when the whole prompt was cached with its logits)
+      const int64_t rest = n - a->prefill_pos;
+      fit_positions(slot, rest, 0);
+      const float* logits = nullptr;
+      const int64_t n_pos3 = int64_t(r.pos3.size()) / 3;
+      if (n_pos3 > a->prefill_pos && n_pos3 < n) {  // a resumed M-RoPE generation: prompt positions, then its tokens
+        logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, n_pos3 - a->prefill_pos, nullptr, a->abort.get(),
+                              r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E, r.pos3.data() + a->prefill_pos * 3);
+        if (logits) logits = ctx.seq_eval(slot, r.prompt.data() + n_pos3, n - n_pos3, nullptr, a->abort.get());
+      } else {
+        logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, rest, nullptr, a->abort.get(),
+                              r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E,
+                              n_pos3 > a->prefill_pos ? r.pos3.data() + a->prefill_pos * 3 : nullptr);
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        stats_.prefill_chunks += (rest + ctx.n_batch() - 1) / ctx.n_batch();
+        stats_.prefill_tokens += rest;
+      }
+      if (!logits) throw 0;  // aborted
+      a->prefill_pos = n;
+      begin(*a, logits);
     }
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stats_.prefill_chunks += (rest + ctx.n_batch() - 1) / ctx.n_batch();
-      stats_.prefill_tokens += rest;
-    }
-    if (!logits) throw 0;  // aborted
-    a->prefill_pos = n;
-    begin(*a, logits);
   } catch (int) {
     a->done = true;
   } catch (...) {
@@ -432,6 +476,26 @@ bool Scheduler::start_prefill(Active& a, bool may_wait) {
   LlamaContext& ctx = *ctx_;
   const std::vector<int32_t>& p = a.req.prompt;
   const int64_t n = int64_t(p.size());
+  // The whole prompt cached with its last position's logits (in this slot or another): nothing to
+  // evaluate. The request starts from those logits, as it would from its own pass over them.
+  const int full = slot_with_logits(p, a.slot);
+  if (full >= 0) {
+    copy_slot_prefix(full, a.slot, n);
+    a.prefill_pos = n;
+    a.embd_row = 0;
+    for (int32_t t : p)
+      if (t < 0) ++a.embd_row;
+    a.started = true;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.prefills++;
+      stats_.reused_tokens += n;
+      stats_.reused_logits++;
+      if (full != a.slot) stats_.prefix_copies++;
+    }
+    begin(a, tail_logits_[size_t(a.slot)].data());
+    return true;
+  }
   const int64_t own = ctx.seq_common_prefix(a.slot, p.data(), n);
   int src = -1;
   int64_t best = own;
@@ -463,8 +527,8 @@ bool Scheduler::start_prefill(Active& a, bool may_wait) {
       }
     }
   }
-  if (src >= 0 && keep > own) ctx.seq_copy_prefix(src, a.slot, keep);
-  else ctx.seq_truncate(a.slot, keep);
+  if (src >= 0 && keep > own) copy_slot_prefix(src, a.slot, keep);
+  else truncate_slot(a.slot, keep);
   a.prefill_pos = keep;
   a.embd_row = 0;
   for (int64_t i = 0; i < keep; ++i)
@@ -489,6 +553,12 @@ void Scheduler::begin(Active& a, const float* logits) {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.prefilling--;
   }
+  // kept for a later request with exactly this prompt (the slot caches it: n_past == its length)
+  float* const kept = a.slot >= 0 ? tail_logits_[size_t(a.slot)].data() : nullptr;
+  if (logits && a.slot >= 0 && logits != kept && ctx.seq_n_past(a.slot) == int64_t(r.prompt.size())) {
+    tail_tokens_[size_t(a.slot)] = r.prompt;
+    tail_logits_[size_t(a.slot)].assign(logits, logits + V);
+  }
   switch (r.kind) {
     case SeqRequest::Kind::Generate:
       // a preempted generation goes on with its own generator (sampler RNG, repetition history,
@@ -501,6 +571,10 @@ void Scheduler::begin(Active& a, const float* logits) {
     case SeqRequest::Kind::Score:
       if (logits && a.prefix_logits.empty()) a.prefix_logits.assign(logits, logits + V);  // kept across a preemption
       a.done = !logits || r.continuations.empty();
+      break;
+    case SeqRequest::Kind::Logits:
+      if (logits) a.out.logits.assign(logits, logits + V);
+      a.done = true;
       break;
   }
 }
@@ -523,7 +597,7 @@ void Scheduler::step() {
     if (!ap->done && ap->aborted()) {
       if (ap->gen) ap->gen->abort();
       ap->done = true;
-      ctx.seq_truncate(ap->slot, 0);
+      truncate_slot(ap->slot, 0);
     }
   for (size_t i = 0; i < running_.size(); ++i) {
     Active* a = running_[i].get();
@@ -620,6 +694,7 @@ void Scheduler::step() {
       a->done = true;
       continue;
     }
+    if (!a->prefilling) continue;  // its whole prompt was cached with its logits: begun, no rows
     const SeqRequest& r = a->req;
     int64_t take = std::min(int64_t(r.prompt.size()) - a->prefill_pos, budget - rows);
     // a resumed M-RoPE generation: its prompt's given positions and its tokens in separate chunks
@@ -726,7 +801,7 @@ void Scheduler::step() {
       if (a->cont_pos == int64_t(c.size()) - 1) {
         for (double lp : sc.token_logprobs) sc.logprob += lp;
         a->out.scores.push_back(std::move(sc));
-        ctx.seq_truncate(a->slot, ctx.seq_n_past(a->slot) - a->cont_pos);  // back to the prefix
+        truncate_slot(a->slot, ctx.seq_n_past(a->slot) - a->cont_pos);  // back to the prefix
         a->cont_pos = 0;
         a->done = ++a->next_cont == a->req.continuations.size();
       }
@@ -738,7 +813,7 @@ void Scheduler::step() {
       for (int64_t j = 1; j < int64_t(c.size()); ++j) sc.token_logprobs.push_back(log_softmax_at(out + (j - 1) * V, V, c[size_t(j)]));
       for (double lp : sc.token_logprobs) sc.logprob += lp;
       a->out.scores.push_back(std::move(sc));
-      ctx.seq_truncate(a->slot, ctx.seq_n_past(a->slot) - sg.n);  // back to the prefix
+      truncate_slot(a->slot, ctx.seq_n_past(a->slot) - sg.n);  // back to the prefix
       a->done = ++a->next_cont == a->req.continuations.size();
     }
     out += sg.n * V;

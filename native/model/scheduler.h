@@ -11,7 +11,8 @@
 // the core runs the step loop:
 //   1. admit: while a slot is free, the oldest waiting request (FIFO) takes one. Its `prepare`
 //      hook runs (the addon splices image features there, off the event loop), then the slot
-//      that already caches the longest prefix of its prompt is chosen; when ANOTHER slot caches a
+//      that already caches the longest prefix of its prompt is chosen (on a tie an empty slot, else
+//      the one idle the longest: a new prompt keeps recent caches); when ANOTHER slot caches a
 //      longer prefix (e.g. the same image + question scored a moment ago, or by a sequence still
 //      running) its blocks are shared by the chosen slot by reference (prefix sharing; settled
 //      at the prompt's first chunk). The rest of the prompt is prefilled in chunks inside the
@@ -37,7 +38,12 @@
 // Stats count the chunks, the prompt rows and the rows per step (mixed_steps: passes carrying
 // prompt rows beside decode / option rows, i.e. decoding that went on during a prefill).
 // Finished sequences leave at the end of the step; their slot keeps its cache for prefix reuse
-// by the next request (an aborted one's blocks are released).
+// by the next request (an aborted one's blocks are released), and the logits of its prompt's
+// last position: a later request with exactly that prompt (same tokens, same image features)
+// needs no pass at all for it (llama.cpp's server re-evaluates that one token; here a scoring
+// after logits() of the same prompt goes straight to its options, with the same prefix logits
+// bit for bit). Logits requests (Model.logits) run through the slots too, so what they prefill
+// stays cached for the generate / scoreOptions calls after them.
 // KV memory (paged, see llama.h): a prefix copied from another slot is shared by reference.
 // Admission is optimistic (as vLLM's): a request is admitted when its prompt (a scoring request:
 // prefix + longest option) and a watermark (1% of the pool's blocks, rounded down) fit the free
@@ -95,14 +101,17 @@ struct SchedulerOptions {
 struct SeqOutcome {
   GenerateResult generated;                                // Generate
   std::vector<LlamaContext::ContinuationScore> scores;     // Score (one per continuation)
+  std::vector<float> logits;                               // Logits: the prompt's last position's [n_vocab]
   bool aborted = false;
   std::exception_ptr error;                                // set when the request failed
 };
 
 struct SeqRequest {
-  enum class Kind { Generate, Score };
+  // Logits: the prompt is evaluated (or found cached) and its last position's logits returned;
+  // its slot keeps the prompt cached for the requests after it (a scoring of the same prefix).
+  enum class Kind { Generate, Score, Logits };
   Kind kind = Kind::Generate;
-  std::vector<int32_t> prompt;     // Generate: the prompt; Score: the prefix
+  std::vector<int32_t> prompt;     // Generate, Logits: the prompt; Score: the prefix
   std::vector<float> embd;         // input embeddings of the prompt's negative ids (images), or empty
   std::vector<int32_t> pos3;       // M-RoPE positions of the prompt ([n][3]), or empty
   GenerateParams params;           // Generate
@@ -128,6 +137,7 @@ struct SchedulerStats {
   int64_t prefix_copies = 0;    // prefixes copied from another slot
   int64_t prefix_waits = 0;     // prompts that waited for an older prompt's prefill to share its prefix
   int64_t reused_tokens = 0;    // prompt positions not recomputed (own cache or copied)
+  int64_t reused_logits = 0;    // prompts cached whole with their last position's logits: no pass at all
   int64_t active = 0;           // sequences holding a slot now
   int64_t prefilling = 0;       // of which with their prompt not fully evaluated yet
   int64_t queued = 0;           // requests waiting for a slot
@@ -187,6 +197,13 @@ class Scheduler {
   // tokens generated so far) when it is admitted again. Leaves `v` null.
   void preempt(std::unique_ptr<Active>& v);
   void publish_kv_stats();  // under mu_
+  // A slot's cached tokens change only through these two (they drop the slot's kept logits when
+  // the positions those logits follow are cut or replaced).
+  void truncate_slot(int slot, int64_t n);
+  void copy_slot_prefix(int src, int dst, int64_t n);
+  // The slot that caches all of `p` and kept the logits of its last position, or -1 (`prefer`
+  // first when it qualifies).
+  int slot_with_logits(const std::vector<int32_t>& p, int prefer) const;
 
   std::shared_ptr<const LlamaModel> model_;
   std::unique_ptr<LlamaContext> ctx_;  // used by the scheduler thread only
@@ -202,6 +219,13 @@ class Scheduler {
   std::vector<uint8_t> slot_used_;                // scheduler thread
   std::vector<uint64_t> slot_idle_since_;         // scheduler thread: when an idle slot's cache was last used
   uint64_t idle_clock_ = 0;
+  // Per slot (scheduler thread): the logits of the last position of tail_tokens_[s], kept from
+  // the pass that evaluated it while the slot still caches exactly those tokens at its start. A
+  // request whose whole prompt is cached (logits() then scoreOptions() of the same prompt and
+  // image: images are pseudo-ids hashed from their features, so only equal features match)
+  // starts from them without evaluating its last prompt token again.
+  std::vector<std::vector<int32_t>> tail_tokens_;
+  std::vector<std::vector<float>> tail_logits_;
   uint64_t next_id_ = 1;
   bool stopping_ = false;
   std::atomic<bool> stop_{false};  // aborts the pass in flight at shutdown
