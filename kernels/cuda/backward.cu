@@ -315,19 +315,6 @@ __global__ void __launch_bounds__(ATT_NT) attention_dkdv_kernel(AttnArgs a, cons
 }
 
 // ---------------------------------------------------------------- loss, optimizer, norms
-__device__ double block_sum_d(double x, double* scratch /* >= 32 */) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  double t = lane < nw ? scratch[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-  return t;
-}
-
 __global__ void cross_entropy_kernel(const float* logits, int64_t ld, const int32_t* targets, int V, float scale,
                                      float* dlogits, double* row_loss) {
   __shared__ float fscratch[33];
@@ -339,7 +326,7 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t ld, const int3
   mx = block_max(mx, fscratch);
   double z = 0.0;
   for (int i = threadIdx.x; i < V; i += blockDim.x) z += exp(double(x[i] - mx));
-  z = block_sum_d(z, dscratch);
+  z = block_sum(z, dscratch);
   const double lz = log(z) + double(mx);
   const int t = __ldg(targets + r);
   const bool valid = t >= 0 && t < V;
@@ -373,7 +360,7 @@ __global__ void __launch_bounds__(SUMSQ_NT) sum_squares_kernel(const float* x, i
   __shared__ double scratch[32];
   double s = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += SUMSQ_NT) s += double(x[i]) * double(x[i]);
-  s = block_sum_d(s, scratch);
+  s = block_sum(s, scratch);
   if (threadIdx.x == 0) *out = s;
 }
 

@@ -51,15 +51,19 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-__device__ __forceinline__ float block_sum(float x, float* scratch /* >= 33 floats */) {
+// Sum over the block (blockDim.x a multiple of 32, <= 1024) of float, double or integer values;
+// every thread gets the result. scratch: >= 32 elements of T in shared memory.
+template <typename T>
+__device__ __forceinline__ T block_sum(T x, T* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  x = warp_sum(x);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   __syncthreads();  // scratch may still be read by a previous reduction
   if (lane == 0) scratch[warp] = x;
   __syncthreads();
-  float t = lane < nw ? scratch[lane] : 0.0f;
-  t = warp_sum(t);
+  T t = lane < nw ? scratch[lane] : T(0);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
   return t;
 }
 // fmaxf ignores NaN; the callers deal with NaN through the sums.

@@ -220,18 +220,6 @@ __device__ __forceinline__ uint32_t order_key(float f) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-__device__ uint32_t block_count(uint32_t x, uint32_t* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  uint32_t t = lane < nw ? scratch[lane] : 0u;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-  return t;
-}
 
 __global__ void __launch_bounds__(SAMPLE_NT) sample_kernel(const float* logits, int n, SampleParams sp, int32_t* out) {
   __shared__ float fscratch[33];
@@ -284,7 +272,7 @@ __global__ void __launch_bounds__(SAMPLE_NT) sample_kernel(const float* logits, 
       const uint32_t cand = tk | (1u << bit);
       uint32_t c = 0;
       for (int i = tid; i < n; i += SAMPLE_NT) c += order_key(logits[i]) >= cand ? 1u : 0u;
-      if (block_count(c, uscratch) >= uint32_t(sp.top_k)) tk = cand;
+      if (block_sum(c, uscratch) >= uint32_t(sp.top_k)) tk = cand;
     }
   }
   auto mass_from = [&](uint32_t t) {

@@ -34,19 +34,17 @@
 #include "../../../native/core/cuda_backend.h"
 #include "../../../native/core/runtime.h"
 #include "../testing.h"
+#include "cuda_test_buffers.h"
 #include "gpu_test.h"
 
 using namespace emollm;
+using emollm_test::cuda_buffers::CuRng;
 
 namespace {
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 7) {}
-  float uniform(float lo, float hi) {
-    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-    return lo + (hi - lo) * float((s >> 11) * (1.0 / 9007199254740992.0));
-  }
+// this file's sequences: CuRng with salt 7
+struct Rng : CuRng {
+  explicit Rng(uint64_t seed) : CuRng(seed, 7) {}
 };
 std::vector<float> rnd(size_t n, Rng& r, float lo = -1.f, float hi = 1.f) {
   std::vector<float> v(n);

@@ -21,24 +21,20 @@
 #include "../../../base/error.h"
 #include "../../../kernels/cuda/cuda_kernels.h"
 #include "../testing.h"
+#include "cuda_test_buffers.h"
 #include "gpu_test.h"
 
 using namespace emollm;
+using emollm_test::cuda_buffers::CuRng;
 
 namespace {
 
-struct LtRng {
-  uint64_t s;
-  explicit LtRng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 11) {}
-  float uniform(float lo, float hi) {
-    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-    return lo + (hi - lo) * float((s >> 11) * (1.0 / 9007199254740992.0));
-  }
+// this file's sequences: CuRng with salt 11
+struct LtRng : CuRng {
+  explicit LtRng(uint64_t seed) : CuRng(seed, 11) {}
 };
 
-void lt_check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(ErrorCode::Internal, std::string(what) + ": " + cudaGetErrorString(e));
-}
+void lt_check(cudaError_t e, const char* what) { emollm_test::cuda_buffers::cu_check(e, what); }
 
 // Device bytes; `offset` shifts the pointer handed out (to test unaligned operands).
 struct LtBuf {
