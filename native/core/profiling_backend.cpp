@@ -230,9 +230,10 @@ class ProfilingBackend final : public Backend {
   void attention_batch(const AttentionBatchItem* items, int64_t n) override {
     if (n == 0) return;
     int64_t n_kv = 0;
-    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv);
+    bool decode = true;  // every item one query row (a decode step of each sequence)
+    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv), decode = decode && items[i].p.n_q == 1;
     const AttentionParams& p = items[0].p;
-    Timer t("attention_batch", false, std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
+    Timer t("attention_batch", decode, std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
                                           std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
                                           " kv<=" + std::to_string((n_kv + 255) / 256 * 256));
     in_->attention_batch(items, n);
