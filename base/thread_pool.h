@@ -67,6 +67,15 @@ class ThreadPool {
   bool stop_ = false;
 };
 
+// Guided self-scheduling of [0, n) over the pool (run_dynamic): each claim takes a chunk of
+// ceil(remaining / (2 * pool size)) items rounded up to a multiple of `step` (>= 1), so the first
+// chunks are long (few chunk starts, each a cold start for a streaming kernel) and the last ones
+// short (a thread that finishes early waits at most ~one `step` chunk for the other, where equal
+// chunks of 1/8 per thread left up to one such chunk of idle time per call). fn(begin, end) runs
+// once per chunk, on whichever thread claimed it; nothing depends on which. Without a pool, or
+// with one thread, fn(0, n).
+void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, const std::function<void(int64_t, int64_t)>& fn);
+
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {
   int64_t blocks = (n + align - 1) / align;

@@ -372,6 +372,13 @@ Result* run_case(Result r, const std::function<void(Result&)>& body) {
 }
 
 // ============================================================================ probes
+// gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and guided chunks
+// (on, the default) or neither (the previous kernel's), for the A/B rows.
+void set_gemv_schedule(bool on) {
+  gemm_detail::set_gemv_pass_prefetch(on);
+  gemm_detail::set_gemv_guided(on);
+}
+
 // 2 MiB-aligned memory asked to be transparent huge pages, as the CPU backend's packed copies of a
 // model's matrices (Copies' huge: gemm_huge_pages' rows; the read-bandwidth probe's second buffer).
 Buf<uint8_t> alloc_huge(size_t bytes) {
@@ -984,22 +991,23 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
               gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool);
               gemm_detail::set_q8_gemv_legacy(false);
             });
-            // gemv_repacked without the pass-edge prefetch (gemm_internal.h set_gemv_pass_prefetch)
-            fns.push_back([&](int i) {
-              gemm_detail::set_gemv_pass_prefetch(false);
-              gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool);
-              gemm_detail::set_gemv_pass_prefetch(true);
-            });
           }
+          // gemv_repacked as before the pass-edge prefetch and guided chunks (gemm_internal.h
+          // set_gemv_pass_prefetch / set_gemv_guided)
+          fns.push_back([&](int i) {
+            set_gemv_schedule(false);
+            gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool);
+            set_gemv_schedule(true);
+          });
           auto st = measure_interleaved(fns);
           res.st = cur = st[0];
           rep = st[1];
-          if (st.size() > 2) {
+          if (st.size() > 3) {
             prev = st[2];
             res.ratio_vs = "prev";
             res.ratio = prev.best / res.st.best;
           }
-          if (st.size() > 3) rep_prev = st[3];
+          rep_prev = st.back();
         } else if (stream_ab) {
           auto st = measure_interleaved({
               [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
@@ -1083,10 +1091,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         q.ratio = rep_prev.best / rep.best;
         if (M == 1) {
           q.bytes = double(wbytes);
-          q.note = "gemv_repacked without the pass-edge prefetch, interleaved; ratio = its time / the repacked row's (>1: new faster)";
-          gemm_detail::set_gemv_pass_prefetch(false);
+          q.note = "gemv_repacked without the pass-edge prefetch and guided chunks, interleaved; ratio = its time / the repacked row's (>1: new faster)";
+          set_gemv_schedule(false);
           gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-          gemm_detail::set_gemv_pass_prefetch(true);
+          set_gemv_schedule(true);
         } else {
           q.note = "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)";
           gemm_detail::set_repacked_panels_enabled(false);
@@ -1268,19 +1276,25 @@ void bench_fused(ThreadPool& pool) {
       for (int64_t N : sh.Ns) r.N += N;
       r.flops = 2.0 * double(r.N) * double(K);
       r.bytes = double(total);
-      // q4_0: also the fused call without the pass-edge prefetch (set_gemv_pass_prefetch(false))
+      // repacked: also the fused call without the pass-edge prefetch (set_gemv_pass_prefetch) and
+      // without the guided chunks (set_gemv_guided)
       auto fused_pf0 = [&](int i) {
         gemm_detail::set_gemv_pass_prefetch(false);
         fused(i);
         gemm_detail::set_gemv_pass_prefetch(true);
       };
-      const bool pf_ab = t == DType::Q4_0;
-      Stats sep, pf0;
+      auto fused_eq = [&](int i) {
+        gemm_detail::set_gemv_guided(false);
+        fused(i);
+        gemm_detail::set_gemv_guided(true);
+      };
+      const bool pf_ab = repacked;
+      Stats sep, pf0, eq;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = pf_ab ? measure_interleaved({fused, separate, fused_pf0}) : measure_interleaved({fused, separate});
+        auto st = pf_ab ? measure_interleaved({fused, separate, fused_pf0, fused_eq}) : measure_interleaved({fused, separate});
         rr.st = st[0];
         sep = st[1];
-        if (pf_ab) pf0 = st[2];
+        if (pf_ab) pf0 = st[2], eq = st[3];
         rr.ratio_vs = "separate";
         rr.ratio = sep.best / rr.st.best;
         bool same = true;  // fused and separate outputs, bit for bit (same copy)
@@ -1300,14 +1314,17 @@ void bench_fused(ThreadPool& pool) {
       p.note = "one call per matrix, interleaved";
       g_results.push_back(p);
       table_row(g_results.back());
-      if (pf_ab && pf0.reps > 0) {
+      for (int v = 0; pf_ab && v < 2; ++v) {
+        const Stats& st = v == 0 ? pf0 : eq;
+        if (st.reps == 0) continue;
         Result q = r;
-        q.name = name + "/prev-prefetch";
-        q.impl = "prev-pf";
-        q.st = pf0;
+        q.name = name + (v == 0 ? "/no-edge-prefetch" : "/equal-chunks");
+        q.impl = v == 0 ? "no-edge-pf" : "eq-chunks";
+        q.st = st;
         q.ratio_vs = "fused";
-        q.ratio = pf0.best / res->st.best;
-        q.note = "fused, without the pass-edge prefetch, interleaved; ratio = its time / the fused row's (>1: new faster)";
+        q.ratio = st.best / res->st.best;
+        q.note = std::string("fused, ") + (v == 0 ? "without the pass-edge prefetch" : "the previous equal chunks") +
+                 ", interleaved; ratio = its time / the fused row's (>1: new faster)";
         g_results.push_back(q);
         table_row(g_results.back());
       }

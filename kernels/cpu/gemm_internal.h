@@ -127,6 +127,11 @@ bool repacked_panels_enabled();
 // only, q8_0 none). Bits are the same. For the A/B rows of bench_kernels; process-wide.
 void set_gemv_pass_prefetch(bool on);
 bool gemv_pass_prefetch();
+// gemv_repacked / gemv_repacked_multi on a pool: guided chunks (base/thread_pool.h
+// parallel_guided; default on) or, when off, the previous ~8 equal chunks per thread. Same bits.
+// For the A/B rows of bench_kernels; process-wide.
+void set_gemv_guided(bool on);
+bool gemv_guided();
 
 void gemm_q8act_scalar(const Args& a);
 

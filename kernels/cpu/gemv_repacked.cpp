@@ -79,6 +79,14 @@ EnvSwitch& pass_prefetch_flag() {
 }  // namespace
 void set_gemv_pass_prefetch(bool on) { pass_prefetch_flag().set(on); }
 bool gemv_pass_prefetch() { return pass_prefetch_flag().on(); }
+namespace {
+EnvSwitch& guided_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_GUIDED");  // =0: the previous equal chunks (whole-run A/B)
+  return on;
+}
+}  // namespace
+void set_gemv_guided(bool on) { guided_flag().set(on); }
+bool gemv_guided() { return guided_flag().on(); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 
@@ -493,11 +501,20 @@ bool vnni_kernel() {
 }  // namespace
 
 namespace {
-// Groups per task of the M = 1 dispatch: ~8 tasks per thread (dynamic scheduling absorbs a
-// preempted worker), whole passes of kPassGroups.
+// Groups per task of the M = 1 dispatch without guided chunks: ~8 tasks per thread (dynamic
+// scheduling absorbs a preempted worker), whole passes of kPassGroups.
 int64_t gemv_chunk(int64_t groups, int nth) {
   const int64_t c = groups / (8 * int64_t(nth));
   return std::max<int64_t>(kPassGroups, (c + kPassGroups - 1) / kPassGroups * kPassGroups);
+}
+
+// The M = 1 dispatch over `groups` groups: guided chunks (thread_pool.h parallel_guided: long
+// first chunks, then shorter down to one pass, so that the threads finish within ~one pass of
+// each other and start few cold streams) or, with set_gemv_guided(false), the previous equal
+// chunks. The bits do not depend on the chunking.
+void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
+  if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, fn);
+  gemm_detail::parallel_chunks(pool, parallel, groups, gemv_chunk(groups, pool ? pool->size() : 1), fn);
 }
 
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks) against x quantised in (qs, s).
@@ -550,9 +567,8 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const BlockSums s = row_sums(q, 0);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const bool vec = vnni_kernel();
-  const int nth = pool ? pool->size() : 1;
-  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, gemv_chunk(groups, nth),
-                  [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, q8, vec, bias, y, N, nb, g0, g1); });
+  gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
+                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, q8, vec, bias, y, N, nb, g0, g1); });
 }
 
 // The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
@@ -575,8 +591,7 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
   const bool vec = vnni_kernel();
-  const int nth = pool ? pool->size() : 1;
-  parallel_chunks(pool, rows * K >= kParallelMinMacs, groups, gemv_chunk(groups, nth), [&](int64_t g0, int64_t g1) {
+  gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);

@@ -970,15 +970,22 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 // without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37) and the VNNI
 // kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups;
 // 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, with the pass-edge
-// prefetch on and off (set_gemv_pass_prefetch: the same bits either way); and quant_repack's
-// argument checks.
+// prefetch and the guided chunks on and off (set_gemv_pass_prefetch, set_gemv_guided: the same
+// bits either way); and quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
   ThreadPool pool(2);
   uint32_t seed = 7000;
+  // the pass-edge prefetch and the guided chunks on, or both off (the previous kernel's schedule)
   struct EdgeScope {
-    explicit EdgeScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
-    ~EdgeScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
-    bool prev_;
+    explicit EdgeScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()), prev_guided_(gemm_detail::gemv_guided()) {
+      gemm_detail::set_gemv_pass_prefetch(on);
+      gemm_detail::set_gemv_guided(on);
+    }
+    ~EdgeScope() {
+      gemm_detail::set_gemv_pass_prefetch(prev_);
+      gemm_detail::set_gemv_guided(prev_guided_);
+    }
+    bool prev_, prev_guided_;
   };
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (int64_t N : {1, 15, 16, 17, 37, 61, 100, 2100})
