@@ -254,22 +254,23 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   });
 }
 
-void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
+                     const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (step < 1) step = 1;
   if (!pool || pool->size() <= 1 || n <= step) {
     fn(0, n);
     return;
   }
-  const int64_t parts = 2 * int64_t(pool->size());
+  const int64_t parts = 4 * int64_t(pool->size());
   std::atomic<int64_t> next{0};
   pool->run_dynamic([&] {
     for (;;) {
       int64_t b = next.load(std::memory_order_relaxed), e;
       do {
         if (b >= n) return;
-        const int64_t want = (n - b + parts - 1) / parts;
-        e = std::min(n, b + (want + step - 1) / step * step);
+        const int64_t want = std::min(max_chunk, (n - b + parts - 1) / parts);
+        e = std::min(n, b + std::max<int64_t>(1, (want + step - 1) / step) * step);
       } while (!next.compare_exchange_weak(b, e, std::memory_order_relaxed));
       fn(b, e);
     }

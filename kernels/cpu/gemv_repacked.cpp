@@ -508,13 +508,14 @@ int64_t gemv_chunk(int64_t groups, int nth) {
   return std::max<int64_t>(kPassGroups, (c + kPassGroups - 1) / kPassGroups * kPassGroups);
 }
 
-// The M = 1 dispatch over `groups` groups: guided chunks (thread_pool.h parallel_guided: long
-// first chunks, then shorter down to one pass, so that the threads finish within ~one pass of
-// each other and start few cold streams) or, with set_gemv_guided(false), the previous equal
-// chunks. The bits do not depend on the chunking.
+// The M = 1 dispatch over `groups` groups: guided chunks (thread_pool.h parallel_guided: at most
+// the equal chunks' size, then shorter down to one pass, so that the threads finish within about
+// a pass of each other) or, with set_gemv_guided(false), the previous equal chunks. The bits do
+// not depend on the chunking.
 void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
-  if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, fn);
-  gemm_detail::parallel_chunks(pool, parallel, groups, gemv_chunk(groups, pool ? pool->size() : 1), fn);
+  const int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
+  if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
+  gemm_detail::parallel_chunks(pool, parallel, groups, chunk, fn);
 }
 
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks) against x quantised in (qs, s).
