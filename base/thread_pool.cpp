@@ -20,6 +20,7 @@ constexpr int kSpinPolls = 20000;
 
 std::atomic<bool> g_handoff_timing{false};
 thread_local double t_handoff_s = 0;
+thread_local uint64_t t_dispatches = 0;
 
 // Times a job's hand-off on the thread that runs it when pool_handoff_timing is on: from the
 // start until the caller's own share begins, and from its end until the workers are done.
@@ -52,6 +53,7 @@ inline void cpu_relax() {
 
 void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
 double pool_handoff_seconds_this_thread() { return t_handoff_s; }
+uint64_t pool_dispatches_this_thread() { return t_dispatches; }
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
@@ -85,6 +87,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  ++t_dispatches;
   HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   uint64_t gen;
@@ -138,6 +141,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
     fn();
     return;
   }
+  ++t_dispatches;
   HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   {

@@ -318,11 +318,16 @@ async function runEmollmChild(spec, o) {
     const prof = JSON.parse(readFileSync(file, 'utf8'));
     const steps = prof.decode_steps || 0;
     const dec = prof.ops.filter((r) => r.phase === 'decode');
-    // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time
-    const total = dec.filter((r) => r.op !== 'handoff').reduce((a, r) => a + r.total_ms, 0);
+    // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time;
+    // "dispatch" rows count the thread-pool jobs of an op (no time)
+    const timed = (r) => r.op !== 'handoff' && r.op !== 'dispatch';
+    const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
     prof.decode_handoff_ms_per_step = steps ? handoff / steps : null;
-    for (const r of dec) {
+    const jobs = dec.filter((r) => r.op === 'dispatch').reduce((a, r) => a + r.calls, 0);
+    prof.decode_dispatches_per_step = steps ? jobs / steps : null;
+    prof.decode_dispatches_by_op = Object.fromEntries(dec.filter((r) => r.op === 'dispatch').map((r) => [r.key, steps ? r.calls / steps : null]));
+    for (const r of dec.filter(timed)) {
       r.ms_per_step = steps ? r.total_ms / steps : null;
       r.share = total ? r.total_ms / total : null;
       if (r.op === 'gemm') {  // weight bytes per call / mean time: how close each GEMV runs to the bandwidth
@@ -331,6 +336,11 @@ async function runEmollmChild(spec, o) {
       }
     }
     prof.decode_ops_ms_per_step = steps ? total / steps : null;
+    const gemv = dec.filter((r) => r.op === 'gemm');
+    prof.decode_gemv_ms_per_step = steps ? gemv.reduce((a, r) => a + r.total_ms, 0) / steps : null;
+    const gemvBytes = gemv.map((r) => gemmKeyBytes(r.key) * r.calls);
+    prof.decode_gemv_bytes_per_step = steps && gemvBytes.every(Number.isFinite) ? gemvBytes.reduce((a, b) => a + b, 0) / steps : null;
+    prof.decode_gemv_handoff_ms_per_step = steps ? dec.filter((r) => r.op === 'handoff' && r.key === 'gemm').reduce((a, r) => a + r.total_ms, 0) / steps : null;
     res.profile = prof;
     return res;
   } finally {
@@ -351,11 +361,11 @@ function gemmKeyBytes(key) {
 // Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
 // attention, norms, rope, ...), and what the ops do not cover (sampling, scheduling, the
 // delivery to JavaScript) against the measured time per token.
-function printProfile(r, out) {
+function printProfile(r, out, ceilingGbs) {
   const prof = r.result?.profile;
   if (!prof) return;
   if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
-  const dec = prof.ops.filter((x) => x.phase === 'decode');
+  const dec = prof.ops.filter((x) => x.phase === 'decode' && x.op !== 'handoff' && x.op !== 'dispatch');
   out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
   for (const x of dec.slice(0, 14)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
@@ -365,9 +375,20 @@ function printProfile(r, out) {
   const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
   if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {
     const tokMs = 1000 / best;
-    out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step`);
+    out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
+      `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
     out(`  ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step of ${fmt(tokMs, 3)} ms/token measured: ` +
       `${fmt(Math.max(0, tokMs - prof.decode_ops_ms_per_step), 3)} ms outside backend ops and sampling (decode loop, delivery; profiling overhead included)`);
+    // where a token's time goes against its weight bytes at the bandwidth ceiling
+    const bytes = prof.decode_gemv_bytes_per_step;
+    if (ceilingGbs && bytes) {
+      const ideal = bytes / (ceilingGbs * 1e6);  // ms
+      const gemv = prof.decode_gemv_ms_per_step, hand = prof.decode_gemv_handoff_ms_per_step ?? 0;
+      const others = prof.decode_ops_ms_per_step - gemv;
+      out(`  gap: ${fmt(tokMs, 3)} ms/token = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
+        `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling inside the GEMVs) ` +
+        `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} other ops + ${fmt(tokMs - prof.decode_ops_ms_per_step, 3)} outside the ops`);
+    }
   }
 }
 
@@ -569,7 +590,7 @@ async function main() {
     const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
     if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);
   }
-  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out);
+  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out, probe?.read_bw_gbs);
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);

@@ -477,8 +477,9 @@ TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
 
 // The per-op profile (core/profiling_backend.h): a gemm through the profiling decorator gets its
 // row, keyed "repacked" when the inner backend packed its weights; the thread-pool hand-off
-// inside it gets a "handoff" row (2 threads, a product large enough to be split); profile_add
-// (sampling) adds its row only while profiling is on.
+// inside it gets a "handoff" row and its jobs a "dispatch" row (2 threads, a product large enough
+// to be split); profile_add (sampling) adds its row only while profiling is on; a batch of
+// one-query attentions is a decode row.
 TEST(profiling_backend_rows) {
   const bool was = profile_enabled();
   profile_set_enabled(true);
@@ -525,6 +526,7 @@ TEST(profiling_backend_rows) {
   EXPECT(count("\"key\":\"q4_0 N=256 K=512\"") == 1);
   EXPECT(count("\"key\":\"q4_0 N=256 K=512 repacked\"") == (vnni ? 1u : 0u));
   EXPECT(count("\"op\":\"handoff\",\"key\":\"gemm\"") == 1);
+  EXPECT(count("\"op\":\"dispatch\",\"key\":\"gemm\"") == 1);  // the pool jobs of those gemm calls, one row
   EXPECT(j.find("\"op\":\"sample\",\"key\":\"\",\"calls\":1,") != std::string::npos);
   EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"prefill\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
