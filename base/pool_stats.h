@@ -3,11 +3,15 @@
 // own share (worker wake-up latency and load imbalance: both on the critical path of a kernel,
 // neither memory traffic). Off by default (it costs a few clock reads per job when on).
 #pragma once
+#include <cstdint>
 
 namespace emollm {
 
 void pool_handoff_timing(bool on);
 // Seconds of hand-off accumulated by jobs that the calling thread started (monotone per thread).
 double pool_handoff_seconds_this_thread();
+// ThreadPool jobs (run / run_dynamic calls that reached the workers, not the inline ones) the
+// calling thread started (monotone per thread; always counted).
+uint64_t pool_dispatches_this_thread();
 
 }  // namespace emollm

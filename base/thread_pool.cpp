@@ -1,5 +1,6 @@
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
@@ -19,6 +20,7 @@ constexpr int kSpinPolls = 20000;
 
 std::atomic<bool> g_handoff_timing{false};
 thread_local double t_handoff_s = 0;
+thread_local uint64_t t_dispatches = 0;
 
 // Times a job's hand-off on the thread that runs it when pool_handoff_timing is on: from the
 // start until the caller's own share begins, and from its end until the workers are done.
@@ -51,6 +53,7 @@ inline void cpu_relax() {
 
 void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
 double pool_handoff_seconds_this_thread() { return t_handoff_s; }
+uint64_t pool_dispatches_this_thread() { return t_dispatches; }
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
@@ -84,6 +87,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  ++t_dispatches;
   HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   uint64_t gen;
@@ -137,6 +141,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
     fn();
     return;
   }
+  ++t_dispatches;
   HandoffClock clock;
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   {
@@ -250,6 +255,29 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     int64_t b, e;
     split_range(n, ith, nth, grain, &b, &e);
     if (b < e) fn(b, e);
+  });
+}
+
+void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (step < 1) step = 1;
+  if (!pool || pool->size() <= 1 || n <= step) {
+    fn(0, n);
+    return;
+  }
+  const int64_t parts = 4 * int64_t(pool->size());
+  std::atomic<int64_t> next{0};
+  pool->run_dynamic([&] {
+    for (;;) {
+      int64_t b = next.load(std::memory_order_relaxed), e;
+      do {
+        if (b >= n) return;
+        const int64_t want = std::min(max_chunk, (n - b + parts - 1) / parts);
+        e = std::min(n, b + std::max<int64_t>(1, (want + step - 1) / step) * step);
+      } while (!next.compare_exchange_weak(b, e, std::memory_order_relaxed));
+      fn(b, e);
+    }
   });
 }
 

@@ -67,6 +67,16 @@ class ThreadPool {
   bool stop_ = false;
 };
 
+// Guided self-scheduling of [0, n) over the pool (run_dynamic): each claim takes
+// ceil(remaining / (4 * pool size)) items, at most max_chunk, rounded up to a multiple of `step`
+// (>= 1), so the threads end on short chunks and finish within about one `step` of each other
+// (equal chunks left one thread waiting for about half of the other's last chunk). Never longer
+// than max_chunk: run_dynamic waits for a worker that claimed a chunk, and one that another
+// process keeps off its core holds at most that much. fn(begin, end) runs once per chunk, on
+// whichever thread claimed it. Without a pool, with one thread or n <= step: fn(0, n).
+void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
+                     const std::function<void(int64_t, int64_t)>& fn);
+
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {
   int64_t blocks = (n + align - 1) / align;

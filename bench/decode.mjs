@@ -265,7 +265,6 @@ function emollmAvailable(o, log) {
   return null;
 }
 
-// Read bandwidth from bench_kernels' probes (its --filter matches no case, so only the probes run).
 // llama.cpp's own llama-bench, built from the llama.cpp source node-llama-cpp pins by
 // `sh bench/setup-anchors.sh llama-bench` (no per-token JavaScript round trip, unlike the
 // node-llama-cpp anchor). Returns its path, or null and why not.
@@ -319,11 +318,16 @@ async function runEmollmChild(spec, o) {
     const prof = JSON.parse(readFileSync(file, 'utf8'));
     const steps = prof.decode_steps || 0;
     const dec = prof.ops.filter((r) => r.phase === 'decode');
-    // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time
-    const total = dec.filter((r) => r.op !== 'handoff').reduce((a, r) => a + r.total_ms, 0);
+    // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time;
+    // "dispatch" rows count the thread-pool jobs of an op (no time)
+    const timed = (r) => r.op !== 'handoff' && r.op !== 'dispatch';
+    const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
     prof.decode_handoff_ms_per_step = steps ? handoff / steps : null;
-    for (const r of dec) {
+    const jobs = dec.filter((r) => r.op === 'dispatch').reduce((a, r) => a + r.calls, 0);
+    prof.decode_dispatches_per_step = steps ? jobs / steps : null;
+    prof.decode_dispatches_by_op = Object.fromEntries(dec.filter((r) => r.op === 'dispatch').map((r) => [r.key, steps ? r.calls / steps : null]));
+    for (const r of dec.filter(timed)) {
       r.ms_per_step = steps ? r.total_ms / steps : null;
       r.share = total ? r.total_ms / total : null;
       if (r.op === 'gemm') {  // weight bytes per call / mean time: how close each GEMV runs to the bandwidth
@@ -332,6 +336,11 @@ async function runEmollmChild(spec, o) {
       }
     }
     prof.decode_ops_ms_per_step = steps ? total / steps : null;
+    const gemv = dec.filter((r) => r.op === 'gemm');
+    prof.decode_gemv_ms_per_step = steps ? gemv.reduce((a, r) => a + r.total_ms, 0) / steps : null;
+    const gemvBytes = gemv.map((r) => gemmKeyBytes(r.key) * r.calls);
+    prof.decode_gemv_bytes_per_step = steps && gemvBytes.every(Number.isFinite) ? gemvBytes.reduce((a, b) => a + b, 0) / steps : null;
+    prof.decode_gemv_handoff_ms_per_step = steps ? dec.filter((r) => r.op === 'handoff' && r.key === 'gemm').reduce((a, r) => a + r.total_ms, 0) / steps : null;
     res.profile = prof;
     return res;
   } finally {
@@ -352,11 +361,11 @@ function gemmKeyBytes(key) {
 // Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
 // attention, norms, rope, ...), and what the ops do not cover (sampling, scheduling, the
 // delivery to JavaScript) against the measured time per token.
-function printProfile(r, out) {
+function printProfile(r, out, ceilingGbs) {
   const prof = r.result?.profile;
   if (!prof) return;
   if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
-  const dec = prof.ops.filter((x) => x.phase === 'decode');
+  const dec = prof.ops.filter((x) => x.phase === 'decode' && x.op !== 'handoff' && x.op !== 'dispatch');
   out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
   for (const x of dec.slice(0, 14)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
@@ -366,18 +375,40 @@ function printProfile(r, out) {
   const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
   if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {
     const tokMs = 1000 / best;
-    out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step`);
+    out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
+      `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
     out(`  ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step of ${fmt(tokMs, 3)} ms/token measured: ` +
       `${fmt(Math.max(0, tokMs - prof.decode_ops_ms_per_step), 3)} ms outside backend ops and sampling (decode loop, delivery; profiling overhead included)`);
+    // where a profiled decode step's op time goes against its weight bytes at the bandwidth
+    // ceiling (the profile's own basis: every decode step of the child, warm-up included)
+    const bytes = prof.decode_gemv_bytes_per_step;
+    if (ceilingGbs && bytes) {
+      const ideal = bytes / (ceilingGbs * 1e6);  // ms
+      const gemv = prof.decode_gemv_ms_per_step, hand = prof.decode_gemv_handoff_ms_per_step ?? 0;
+      const others = prof.decode_ops_ms_per_step - gemv;
+      prof.decode_gap_ms_per_step = { ideal, gemv_streaming_below: gemv - hand - ideal, gemv_handoffs: hand, other_ops: others };
+      out(`  gap: ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
+        `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
+        `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} other ops`);
+    }
   }
 }
 
+// The bandwidth ceiling of the %bw columns: max(read probe, best anchor GEMV of the same run).
+// bench_kernels runs its probes (read loops of 1-8 streams per thread, with and without software
+// prefetch, on 4 KiB and 2 MiB pages; the best kept) and the anchor GEMVs below on cold weights
+// (oneDNN bf16 and OpenBLAS f32 at LLaMA-7B q/k/v/o, M = 1): whichever streamed faster is what
+// memory delivered to the best streaming code measured here. Without the anchors (libdnnl-dev /
+// libopenblas-dev missing) the probe alone.
+const ANCHOR_GEMVS = ['gemm/llama.qkvo/M1/bf16/onednn', 'gemm/llama.qkvo/M1/f32/openblas'];
 function probeBandwidth(threads, log) {
-  const r = spawnSync(process.execPath, [join(here, 'kernels.mjs'), '--filter', '__probes_only__', '--no-anchors', '--json', '--threads', String(threads)],
+  const r = spawnSync(process.execPath, [join(here, 'kernels.mjs'), '--filter', ANCHOR_GEMVS.join(','), '--json', '--threads', String(threads)],
     { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
   try {
     const j = JSON.parse(r.stdout);
-    return { read_bw_gbs: j.probes.read_bw_gbs, read_bw_1t_gbs: j.probes.read_bw_1t_gbs, isa: j.probes.read_bw_isa };
+    const anchor = Number.isFinite(j.probes.anchor_gemv_gbs) ? j.probes.anchor_gemv_gbs : null;
+    return { read_bw_gbs: Math.max(j.probes.read_bw_gbs, anchor ?? 0), probe_gbs: j.probes.read_bw_gbs, anchor_gemv_gbs: anchor,
+      read_bw_1t_gbs: j.probes.read_bw_1t_gbs, isa: j.probes.read_bw_isa, variant: j.probes.read_bw_variant };
   } catch {
     log(`bench:decode: the read-bandwidth probe (bench_kernels) failed; %bw columns will be empty.\n${(r.stderr || '').split('\n').slice(-8).join('\n')}`);
     return null;
@@ -532,7 +563,10 @@ async function main() {
   let probeEnd = null;
   if (o.probe) { log('bench:decode: read-bandwidth probe (end) ...'); probeEnd = probeBandwidth(threads, log); }
   const probe = probeStart || probeEnd
-    ? { read_bw_gbs: Math.max(probeStart?.read_bw_gbs ?? 0, probeEnd?.read_bw_gbs ?? 0), start: probeStart, end: probeEnd }
+    ? { read_bw_gbs: Math.max(probeStart?.read_bw_gbs ?? 0, probeEnd?.read_bw_gbs ?? 0),
+      probe_gbs: Math.max(probeStart?.probe_gbs ?? 0, probeEnd?.probe_gbs ?? 0),
+      anchor_gemv_gbs: Math.max(probeStart?.anchor_gemv_gbs ?? 0, probeEnd?.anchor_gemv_gbs ?? 0) || null,
+      start: probeStart, end: probeEnd }
     : null;
 
   // ---- report
@@ -540,7 +574,7 @@ async function main() {
   out('tok/s: prefill = prompt tokens / time to evaluate the prompt into an empty cache (batches of --batch);');
   out('       decode = 1 / median time between generated tokens (positions prompt..prompt+gen, greedy). Best of the runs.');
   out('ratio = emollm / llama.cpp (> 1: emollm faster). GB/s = weight bytes per token x decode tok/s (KV reads not counted);');
-  out(`%bw against the read-bandwidth probe. RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading`);
+  out(`%bw against max(read-bandwidth probe, best anchor GEMV of the probe run). RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading`);
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm on the`);
   out('same GGUF (fmt gguf) and on the HF safetensors folder of the same weights (fmt hf, anchor from the GGUF).');
   out('llama-bench = llama.cpp\'s own benchmark built from the source node-llama-cpp pins (sh bench/setup-anchors.sh llama-bench):');
@@ -551,13 +585,14 @@ async function main() {
   table(rows, probe, o, out);
   out('');
   if (probe) {
-    out(`read bandwidth ${fmt(probe.read_bw_gbs)} GB/s (bench_kernels probe, ${threads} threads; start ${fmt(probeStart?.read_bw_gbs)} / end ${fmt(probeEnd?.read_bw_gbs)}; the higher is used)`);
+    out(`bandwidth ceiling ${fmt(probe.read_bw_gbs)} GB/s = max(read probe ${fmt(probe.probe_gbs)} (${probeStart?.variant ?? probeEnd?.variant ?? '?'}), ` +
+      `best anchor GEMV ${fmt(probe.anchor_gemv_gbs)}) (bench_kernels, ${threads} threads; start ${fmt(probeStart?.read_bw_gbs)} / end ${fmt(probeEnd?.read_bw_gbs)}; the higher is used)`);
   }
   for (const r of results) {
     const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
     if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);
   }
-  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out);
+  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out, probe?.read_bw_gbs);
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);

@@ -372,6 +372,24 @@ Result* run_case(Result r, const std::function<void(Result&)>& body) {
 }
 
 // ============================================================================ probes
+// gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and guided chunks
+// (on, the default) or neither (the previous kernel's), for the A/B rows.
+void set_gemv_schedule(bool on) {
+  gemm_detail::set_gemv_pass_prefetch(on);
+  gemm_detail::set_gemv_guided(on);
+}
+
+// 2 MiB-aligned memory asked to be transparent huge pages, as the CPU backend's packed copies of a
+// model's matrices (Copies' huge: gemm_huge_pages' rows; the read-bandwidth probe's second buffer).
+Buf<uint8_t> alloc_huge(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  Buf<uint8_t> b(static_cast<uint8_t*>(aligned_alloc_bytes(bytes, kHuge)));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  (void)madvise(b.get(), bytes / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  return b;
+}
+
 // Horizontal sum through memory (_mm512_reduce_add_ps trips a GCC 12 -Wuninitialized false positive).
 __attribute__((target("avx512f"))) float hsum512(__m512 v) {
   alignas(64) float t[16];
@@ -594,10 +612,19 @@ Probes run_probes(ThreadPool& pool) {
   {
     size_t bytes = std::max<size_t>(size_t(256) << 20, 8 * l3_bytes());
     int64_t n = int64_t(bytes / sizeof(float));
-    Buf<float> buf = make_aligned<float>(size_t(n));
-    pool.parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {  // fault the pages in, on their thread
-      for (int64_t i = b; i < e; i++) buf[i] = 1.0f / float(1 + (i & 1023));
-    });
+    // Two buffers: 4 KiB pages (a mapped weight file) and 2 MiB transparent huge pages (the CPU
+    // backend's packed / repacked weights, which decode streams): the hardware prefetchers stop at
+    // page edges and a 4 KiB page costs a TLB miss, so the huge-page buffer can read faster, and
+    // the ceiling is the better of the two.
+    Buf<float> buf_small = make_aligned<float>(size_t(n));
+    Buf<uint8_t> buf_huge = alloc_huge(size_t(n) * sizeof(float));
+    const float* bufs[2] = {buf_small.get(), reinterpret_cast<const float*>(buf_huge.get())};
+    for (const float* cb : bufs) {
+      float* b0 = const_cast<float*>(cb);
+      pool.parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {  // fault the pages in, on their thread
+        for (int64_t i = b; i < e; i++) b0[i] = 1.0f / float(1 + (i & 1023));
+      });
+    }
     std::vector<ReadVariant> variants;
     if (f.avx512f) {
       g_probe.bw_isa = "avx512";
@@ -619,11 +646,12 @@ Probes run_probes(ThreadPool& pool) {
     // every variant at every thread count; reps / 2 tries each (best kept), rotating windows
     const int tries = std::max(3, reps / 2);
     int window = 0;
+    for (int page = 0; page < 2; page++)
     for (const ReadVariant& v : variants) {
       for (int t = 1; t <= nth_pool; t++) {
         double best = 0;
         for (int r = 0; r < tries; r++) {
-          const float* p = buf.get() + (window++ % 4) * nw;
+          const float* p = bufs[page] + (window++ % 4) * nw;
           double t0 = now_s();
           if (t == 1) {
             sink(v.fn(p, nw));
@@ -642,7 +670,7 @@ Probes run_probes(ThreadPool& pool) {
         slot = std::max(slot, best);
         if (t == nth_pool && best > g_probe.bw) {
           g_probe.bw = best;
-          g_probe.bw_variant = v.name;
+          g_probe.bw_variant = std::string(v.name) + (page ? ", 2 MiB pages" : ", 4 KiB pages");
         }
         if (t == 1) g_probe.bw_1t = std::max(g_probe.bw_1t, best);
       }
@@ -817,17 +845,8 @@ int decode_copies(size_t bytes) {
   return int(std::max<size_t>(2, (want + bytes - 1) / bytes));
 }
 
-// huge: every copy (the source too) in 2 MiB-aligned memory asked to be transparent huge pages,
-// as the CPU backend's copies of a model's bf16 / f16 matrices (gemm_huge_pages' rows).
-Buf<uint8_t> alloc_huge(size_t bytes) {
-  constexpr size_t kHuge = size_t(2) << 20;
-  Buf<uint8_t> b(static_cast<uint8_t*>(aligned_alloc_bytes(bytes, kHuge)));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  (void)madvise(b.get(), bytes / kHuge * kHuge, MADV_HUGEPAGE);
-#endif
-  return b;
-}
-
+// huge: every copy (the source too) in alloc_huge memory, as the CPU backend's copies of a model's
+// bf16 / f16 matrices (gemm_huge_pages' rows) and its repacked q8_0 / q4_0 ones.
 struct Copies {
   std::vector<Buf<uint8_t>> bufs;
   std::vector<const void*> ptrs;
@@ -943,7 +962,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         const size_t rbytes = quant_repack_bytes(t, N, K);
         Wr = make_aligned<uint8_t>(rbytes);
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
-        if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool));
+        if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
       }
       run_case(r, [&](Result& res) {
         if (ab && M > 1) {
@@ -966,20 +985,29 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
               [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
               [&](int i) { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); },
           };
-          if (t == DType::Q4_0)  // q8_0 has no previous kernel: it kept q8v_block
+          if (t == DType::Q4_0) {  // q8_0 has no previous kernel: it kept q8v_block
             fns.push_back([&](int i) {
               gemm_detail::set_q8_gemv_legacy(true);
               gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool);
               gemm_detail::set_q8_gemv_legacy(false);
             });
+          }
+          // gemv_repacked as before the pass-edge prefetch and guided chunks (gemm_internal.h
+          // set_gemv_pass_prefetch / set_gemv_guided)
+          fns.push_back([&](int i) {
+            set_gemv_schedule(false);
+            gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool);
+            set_gemv_schedule(true);
+          });
           auto st = measure_interleaved(fns);
           res.st = cur = st[0];
           rep = st[1];
-          if (st.size() > 2) {
+          if (st.size() > 3) {
             prev = st[2];
             res.ratio_vs = "prev";
             res.ratio = prev.best / res.st.best;
           }
+          rep_prev = st.back();
         } else if (stream_ab) {
           auto st = measure_interleaved({
               [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
@@ -1061,10 +1089,18 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         q.st = rep_prev;
         q.ratio_vs = "repacked";
         q.ratio = rep_prev.best / rep.best;
-        q.note = "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)";
-        gemm_detail::set_repacked_panels_enabled(false);
-        gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-        gemm_detail::set_repacked_panels_enabled(true);
+        if (M == 1) {
+          q.bytes = double(wbytes);
+          q.note = "gemv_repacked without the pass-edge prefetch and guided chunks, interleaved; ratio = its time / the repacked row's (>1: new faster)";
+          set_gemv_schedule(false);
+          gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
+          set_gemv_schedule(true);
+        } else {
+          q.note = "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)";
+          gemm_detail::set_repacked_panels_enabled(false);
+          gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
+          gemm_detail::set_repacked_panels_enabled(true);
+        }
         set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
         g_results.push_back(q);
       }
@@ -1240,11 +1276,25 @@ void bench_fused(ThreadPool& pool) {
       for (int64_t N : sh.Ns) r.N += N;
       r.flops = 2.0 * double(r.N) * double(K);
       r.bytes = double(total);
-      Stats sep;
+      // repacked: also the fused call without the pass-edge prefetch (set_gemv_pass_prefetch) and
+      // without the guided chunks (set_gemv_guided)
+      auto fused_pf0 = [&](int i) {
+        gemm_detail::set_gemv_pass_prefetch(false);
+        fused(i);
+        gemm_detail::set_gemv_pass_prefetch(true);
+      };
+      auto fused_eq = [&](int i) {
+        gemm_detail::set_gemv_guided(false);
+        fused(i);
+        gemm_detail::set_gemv_guided(true);
+      };
+      const bool pf_ab = repacked;
+      Stats sep, pf0, eq;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({fused, separate});
+        auto st = pf_ab ? measure_interleaved({fused, separate, fused_pf0, fused_eq}) : measure_interleaved({fused, separate});
         rr.st = st[0];
         sep = st[1];
+        if (pf_ab) pf0 = st[2], eq = st[3];
         rr.ratio_vs = "separate";
         rr.ratio = sep.best / rr.st.best;
         bool same = true;  // fused and separate outputs, bit for bit (same copy)
@@ -1264,6 +1314,20 @@ void bench_fused(ThreadPool& pool) {
       p.note = "one call per matrix, interleaved";
       g_results.push_back(p);
       table_row(g_results.back());
+      for (int v = 0; pf_ab && v < 2; ++v) {
+        const Stats& st = v == 0 ? pf0 : eq;
+        if (st.reps == 0) continue;
+        Result q = r;
+        q.name = name + (v == 0 ? "/no-edge-prefetch" : "/equal-chunks");
+        q.impl = v == 0 ? "no-edge-pf" : "eq-chunks";
+        q.st = st;
+        q.ratio_vs = "fused";
+        q.ratio = st.best / res->st.best;
+        q.note = std::string("fused, ") + (v == 0 ? "without the pass-edge prefetch" : "the previous equal chunks") +
+                 ", interleaved; ratio = its time / the fused row's (>1: new faster)";
+        g_results.push_back(q);
+        table_row(g_results.back());
+      }
     }
 }
 
@@ -1595,6 +1659,11 @@ int main(int argc, char** argv) {
       {"llama1b", "qkvo", 2048, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "gate_up", 5632, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "down", 2048, 5632, {64, 44, 16, 4}, false},
+      // 1.1B decode GEMVs not fused with another (q/k/v and gate/up: bench_fused): the attention
+      // output, down and the output projection (vocabulary 32000)
+      {"llama1b", "o", 2048, 2048, {1}, false},
+      {"llama1b", "down", 2048, 5632, {1}, false},
+      {"llama1b", "output", 32000, 2048, {1}, false},
       // the other prefill row counts of both (q4_0 / q8_0: the standard-layout and repacked VNNI
       // GEMMs, interleaved)
       {"llama", "qkvo", 4096, 4096, {64, 16}, false},

@@ -122,6 +122,16 @@ bool gemv_single_stream();
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);
 bool repacked_panels_enabled();
+// gemv_repacked (M = 1): a pass's last blocks prefetch the next pass's first ones, and a chunk's
+// first pass prefetches its own (default on); off: the previous prefetch (q4_0 along the streams
+// only, q8_0 none). Bits are the same. For the A/B rows of bench_kernels; process-wide.
+void set_gemv_pass_prefetch(bool on);
+bool gemv_pass_prefetch();
+// gemv_repacked / gemv_repacked_multi on a pool: guided chunks (base/thread_pool.h
+// parallel_guided; default on) or, when off, the previous ~8 equal chunks per thread. Same bits.
+// For the A/B rows of bench_kernels; process-wide.
+void set_gemv_guided(bool on);
+bool gemv_guided();
 
 void gemm_q8act_scalar(const Args& a);
 

@@ -69,6 +69,25 @@ EnvSwitch& repacking_flag() {
 }  // namespace
 
 void set_weight_repacking(bool on) { repacking_flag().set(on); }
+
+namespace gemm_detail {
+namespace {
+EnvSwitch& pass_prefetch_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_PASS_PREFETCH");  // =0: the previous prefetch (whole-run A/B)
+  return on;
+}
+}  // namespace
+void set_gemv_pass_prefetch(bool on) { pass_prefetch_flag().set(on); }
+bool gemv_pass_prefetch() { return pass_prefetch_flag().on(); }
+namespace {
+EnvSwitch& guided_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_GUIDED");  // =0: the previous equal chunks (whole-run A/B)
+  return on;
+}
+}  // namespace
+void set_gemv_guided(bool on) { guided_flag().set(on); }
+bool gemv_guided() { return guided_flag().on(); }
+}  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 
 size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K) {
@@ -209,22 +228,54 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
 // bound: x broadcasts, duplicated weight loads, prefetches); four a pass ~80 GB/s, and from
 // memory at 2 threads 1.1-1.3x. q4_0 prefetches 4 blocks (~1.1 KiB) ahead per stream; q8_0 runs
 // best on the hardware prefetcher alone.
+//
+// Pass edges: a stream is one group's nb blocks (18 KiB of q4_0 at K = 2048), so at 1.1B shapes
+// a thread starts a new set of NG streams every few microseconds, and each start waited for
+// memory (its first blocks were never prefetched, and the hardware prefetcher needs a few misses
+// to lock on). With `next` (the pass after this one in the same thread's chunk, next_ng groups,
+// or nullptr) the prefetches that would run past the end of stream j go to the start of the next
+// pass's stream j instead (q8_0, which has no prefetch along its streams, issues just those), so
+// that pass begins on lines already in flight; a pass that nothing prefetched (`cold`: a chunk's
+// first) prefetches its own first kAhead bytes before starting. Prefetches only: the arithmetic
+// and the bits are unchanged.
 template <bool Q8, int NG>
 EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* G, size_t gstride, int64_t nb,
-                           const float* bias, float* y, int64_t cols) {
+                           const float* bias, float* y, int64_t cols, const uint8_t* next = nullptr,
+                           int next_ng = 0, bool cold = false) {
   constexpr size_t gbb = group_block_bytes(Q8);
-  constexpr size_t kPrefetch = Q8 ? 0 : 4 * gbb;
+  constexpr bool kAlong = !Q8;        // prefetch along the streams (q4_0)
+  constexpr size_t kAhead = 4 * gbb;  // how far ahead, along a stream and across a pass edge
   __m512 f0[NG], f1[NG];
   const uint8_t* g[NG];
 #pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) f0[j] = f1[j] = _mm512_setzero_ps(), g[j] = G + size_t(j) * gstride;
+  if (cold)
+    for (int j = 0; j < NG; ++j)
+      for (size_t o = 0; o < kAhead && o < gstride; o += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(g[j] + o), _MM_HINT_T0);
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * gbb;
-    if constexpr (kPrefetch > 0)
+    if (off + kAhead + 2 * gbb <= gstride) {
+      if constexpr (kAlong)
+        for (int j = 0; j < NG; ++j)
+          for (size_t o = 0; o < 2 * gbb; o += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(g[j] + off + kAhead + o), _MM_HINT_T0);
+    } else if (next != nullptr) {  // the pass's last blocks: past a stream's end is the next pass's start
+      for (int j = 0; j < NG; ++j)
+        for (size_t o = 0; o < 2 * gbb; o += 64) {
+          const size_t at = off + kAhead + o;
+          if (at >= gstride) {
+            if (j < next_ng) _mm_prefetch(reinterpret_cast<const char*>(next + size_t(j) * gstride + (at - gstride)), _MM_HINT_T0);
+          } else if (kAlong) {
+            _mm_prefetch(reinterpret_cast<const char*>(g[j] + at), _MM_HINT_T0);
+          }
+        }
+    } else if constexpr (kAlong) {  // without a next pass: as along the stream (into what follows it)
       for (int j = 0; j < NG; ++j)
         for (size_t o = 0; o < 2 * gbb; o += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(g[j] + off + kPrefetch + o), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(g[j] + off + kAhead + o), _MM_HINT_T0);
+    }
     groups_block<Q8, NG>(xq + b * kQK, s.dx[b], s.neg[b], g, off, f0);
     groups_block<Q8, NG>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], g, off + gbb, f1);
   }
@@ -450,11 +501,21 @@ bool vnni_kernel() {
 }  // namespace
 
 namespace {
-// Groups per task of the M = 1 dispatch: ~8 tasks per thread (dynamic scheduling absorbs a
-// preempted worker), whole passes of kPassGroups.
+// Groups per task of the M = 1 dispatch without guided chunks: ~8 tasks per thread (dynamic
+// scheduling absorbs a preempted worker), whole passes of kPassGroups.
 int64_t gemv_chunk(int64_t groups, int nth) {
   const int64_t c = groups / (8 * int64_t(nth));
   return std::max<int64_t>(kPassGroups, (c + kPassGroups - 1) / kPassGroups * kPassGroups);
+}
+
+// The M = 1 dispatch over `groups` groups: guided chunks (thread_pool.h parallel_guided: at most
+// the equal chunks' size, then shorter down to one pass, so that the threads finish within about
+// a pass of each other) or, with set_gemv_guided(false), the previous equal chunks. The bits do
+// not depend on the chunking.
+void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
+  if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
+  gemm_detail::parallel_chunks(pool, parallel, groups, chunk, fn);
 }
 
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks) against x quantised in (qs, s).
@@ -464,15 +525,25 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, boo
   if (vec) {
     const size_t gstride = size_t(nb) * group_block_bytes(q8);
     int64_t g = g0;
+    const bool edges = gemm_detail::gemv_pass_prefetch();
+    // groups in the pass that follows one of NG starting at g: four a pass, then two, then one
+    auto next_ng = [&](int64_t at) -> int {
+      const int64_t left = g1 - at;
+      return left >= kPassGroups ? kPassGroups : left >= 2 ? 2 : int(left);
+    };
     // four groups a pass, then the rest two and one at a time
     auto passes = [&](auto ng) {
       constexpr int NG = decltype(ng)::value;
       for (; g + NG <= g1; g += NG) {
         const float* bg = bias ? bias + g * kGroup : nullptr;
+        const int nn = edges ? next_ng(g + NG) : 0;
+        const uint8_t* nx = nn > 0 ? G + size_t(g + NG) * gstride : nullptr;
         if (q8)
-          groups_avx512<true, NG>(qs, s, G + size_t(g) * gstride, gstride, nb, bg, y + g * kGroup, N - g * kGroup);
+          groups_avx512<true, NG>(qs, s, G + size_t(g) * gstride, gstride, nb, bg, y + g * kGroup, N - g * kGroup, nx,
+                                  nn, edges && g == g0);
         else
-          groups_avx512<false, NG>(qs, s, G + size_t(g) * gstride, gstride, nb, bg, y + g * kGroup, N - g * kGroup);
+          groups_avx512<false, NG>(qs, s, G + size_t(g) * gstride, gstride, nb, bg, y + g * kGroup, N - g * kGroup, nx,
+                                   nn, edges && g == g0);
       }
     };
     passes(std::integral_constant<int, kPassGroups>());
@@ -497,9 +568,8 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const BlockSums s = row_sums(q, 0);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const bool vec = vnni_kernel();
-  const int nth = pool ? pool->size() : 1;
-  parallel_chunks(pool, N * K >= kParallelMinMacs, groups, gemv_chunk(groups, nth),
-                  [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, q8, vec, bias, y, N, nb, g0, g1); });
+  gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
+                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, q8, vec, bias, y, N, nb, g0, g1); });
 }
 
 // The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
@@ -522,8 +592,7 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
   const bool vec = vnni_kernel();
-  const int nth = pool ? pool->size() : 1;
-  parallel_chunks(pool, rows * K >= kParallelMinMacs, groups, gemv_chunk(groups, nth), [&](int64_t g0, int64_t g1) {
+  gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);

@@ -64,25 +64,29 @@ std::string shape_key(DType t, int64_t N, int64_t K) {
   return std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
-void record_row(bool decode, const std::string& op, const std::string& key, double seconds) {
+void record_row(bool decode, const std::string& op, const std::string& key, double seconds, int64_t calls = 1) {
   Table& t = table();
   std::lock_guard<std::mutex> lk(t.mu);
   Stat& st = t.ops[std::make_tuple(std::string(decode ? "decode" : "prefill"), op, key)];
-  st.calls++;
+  st.calls += calls;
   st.seconds += seconds;
 }
 
 // Times one op; the thread-pool hand-offs inside it (base/pool_stats.h) also go to a "handoff"
-// row keyed by the op (part of the op's time, not in addition to it).
+// row keyed by the op (part of the op's time, not in addition to it), and its thread-pool jobs
+// to a "dispatch" row keyed by the op (calls = jobs, no time).
 class Timer {
  public:
   Timer(const char* op, bool one_row, std::string key) : op_(op), decode_(one_row), key_(std::move(key)),
-        h0_(pool_handoff_seconds_this_thread()), t0_(std::chrono::steady_clock::now()) {}
+        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()),
+        t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     const double h = pool_handoff_seconds_this_thread() - h0_;
+    const uint64_t d = pool_dispatches_this_thread() - d0_;
     record_row(decode_, op_, key_, s);
     if (h > 0) record_row(decode_, "handoff", op_, h);
+    if (d > 0) record_row(decode_, "dispatch", op_, 0.0, int64_t(d));
   }
 
  private:
@@ -90,6 +94,7 @@ class Timer {
   bool decode_;
   std::string key_;
   double h0_;
+  uint64_t d0_;
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -230,9 +235,10 @@ class ProfilingBackend final : public Backend {
   void attention_batch(const AttentionBatchItem* items, int64_t n) override {
     if (n == 0) return;
     int64_t n_kv = 0;
-    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv);
+    bool decode = true;  // every item one query row (a decode step of each sequence)
+    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv), decode = decode && items[i].p.n_q == 1;
     const AttentionParams& p = items[0].p;
-    Timer t("attention_batch", false, std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
+    Timer t("attention_batch", decode, std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
                                           std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
                                           " kv<=" + std::to_string((n_kv + 255) / 256 * 256));
     in_->attention_batch(items, n);

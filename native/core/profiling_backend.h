@@ -25,7 +25,8 @@ void profile_reset();
 std::string profile_json();
 // Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
 // nothing unless profiling is on. Thread-pool hand-offs inside ops are rows of op "handoff",
-// keyed by the op they happened in (already part of that op's time).
+// keyed by the op they happened in (already part of that op's time); their thread-pool jobs are
+// rows of op "dispatch" (calls = jobs, no time), keyed likewise.
 void profile_add(bool decode, const char* op, const std::string& key, double seconds);
 
 // Wraps `inner` (kept alive by the wrapper) in the timing decorator.

@@ -477,8 +477,9 @@ TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
 
 // The per-op profile (core/profiling_backend.h): a gemm through the profiling decorator gets its
 // row, keyed "repacked" when the inner backend packed its weights; the thread-pool hand-off
-// inside it gets a "handoff" row (2 threads, a product large enough to be split); profile_add
-// (sampling) adds its row only while profiling is on.
+// inside it gets a "handoff" row and its jobs a "dispatch" row (2 threads, a product large enough
+// to be split); profile_add (sampling) adds its row only while profiling is on; a batch of
+// one-query attentions is a decode row.
 TEST(profiling_backend_rows) {
   const bool was = profile_enabled();
   profile_set_enabled(true);
@@ -496,6 +497,23 @@ TEST(profiling_backend_rows) {
     prof->gemm(x.data(), K, wq.data(), DType::Q4_0, nullptr, y.data(), N, 1, N, K);
   }
   prof->gemm(x.data(), K, wq.data(), DType::Q4_0, nullptr, y.data(), N, 1, N, K);
+  // a batch of one-query attentions (a decode step of two sequences) is decode, one with a
+  // two-query item is not
+  {
+    const int64_t H = 2, D = 16, T = 8;
+    const std::vector<float> q = randv(size_t(2 * H * D), 7302), kv = randv(size_t(T * H * D), 7303);
+    std::vector<float> o(size_t(2 * H * D));
+    AttentionBatchItem it[2];
+    for (int i = 0; i < 2; ++i) {
+      it[i].q = q.data() + i * H * D, it[i].k = it[i].v = kv.data(), it[i].out = o.data() + i * H * D;
+      it[i].p.n_q = 1, it[i].p.n_kv = T, it[i].p.n_heads = it[i].p.n_kv_heads = H, it[i].p.head_dim = D;
+      it[i].p.ldq = it[i].p.ldk = it[i].p.ldv = it[i].p.ldo = H * D;
+      it[i].p.q_pos0 = T - 1;
+    }
+    prof->attention_batch(it, 2);
+    it[0].p.n_q = 2, it[0].p.q_pos0 = T - 2, it[1].q = nullptr;
+    prof->attention_batch(it, 1);
+  }
   profile_add(true, "sample", "", 1e-6);
   profile_set_enabled(false);
   profile_add(true, "sample", "", 1e-6);  // off: not recorded
@@ -508,7 +526,10 @@ TEST(profiling_backend_rows) {
   EXPECT(count("\"key\":\"q4_0 N=256 K=512\"") == 1);
   EXPECT(count("\"key\":\"q4_0 N=256 K=512 repacked\"") == (vnni ? 1u : 0u));
   EXPECT(count("\"op\":\"handoff\",\"key\":\"gemm\"") == 1);
+  EXPECT(count("\"op\":\"dispatch\",\"key\":\"gemm\"") == 1);  // the pool jobs of those gemm calls, one row
   EXPECT(j.find("\"op\":\"sample\",\"key\":\"\",\"calls\":1,") != std::string::npos);
+  EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x heads=2/2") == 1);
+  EXPECT(count("\"phase\":\"prefill\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
   profile_reset();
   profile_set_enabled(was);
 }

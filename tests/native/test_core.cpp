@@ -1,4 +1,5 @@
 // Tests of the native core: dtype conversions, quantisation layouts, arena, thread pool, ISA cap.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -232,6 +233,38 @@ TEST(parallel_for_covers_range_exactly_once) {
   int64_t b, e;
   split_range(100, 1, 3, 16, &b, &e);
   EXPECT(b % 16 == 0 && e > b && e <= 100);
+}
+
+// parallel_guided: every item exactly once; chunks start at multiples of step, are never longer
+// than max_chunk (a multiple of step here) nor ceil(n / (4 * threads)) rounded up to step, and
+// never shorter than step but at the end; no pool and one thread: one call over everything.
+TEST(parallel_guided_covers_range_in_shrinking_chunks) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {1, 3, 4, 5, 64, 1001})
+      for (int64_t step : {1, 4})
+        for (int64_t max_chunk : {step, 8 * step, int64_t(1) << 40}) {
+          std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+          std::atomic<int> calls{0}, bad_chunk{0};
+          const int64_t first_max =
+              std::min(max_chunk, std::max<int64_t>(1, ((n + 4 * threads - 1) / (4 * threads) + step - 1) / step) * step);
+          parallel_guided(&pool, n, step, max_chunk, [&](int64_t b, int64_t e) {
+            calls++;
+            const bool whole = threads == 1 || n <= step;  // one call over everything
+            if (whole ? (b != 0 || e != n) : (b % step != 0 || e <= b || e - b > first_max || (e - b < step && e != n)))
+              bad_chunk++;
+            for (int64_t i = b; i < e; ++i) seen[size_t(i)]++;
+          });
+          int bad = 0;
+          for (auto& s : seen) bad += s.load() != 1;
+          EXPECT(bad == 0);
+          EXPECT(bad_chunk.load() == 0);
+          if (threads == 1 || n <= step) EXPECT(calls.load() == 1);
+        }
+  }
+  int64_t got_b = -1, got_e = -1;
+  parallel_guided(nullptr, 10, 4, 4, [&](int64_t b, int64_t e) { got_b = b, got_e = e; });
+  EXPECT(got_b == 0 && got_e == 10);
 }
 
 TEST(isa_cap_limits_active_level) {

@@ -968,14 +968,29 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 // gemv_repacked against the references of run_case_q8 (tight: f32 tolerance against the double
 // product on X rounded to q8_0; loose: the q8 bound against the f32 X), every ISA level, with and
 // without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37) and the VNNI
-// kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups),
-// K of 1, 3 and 128 blocks; and quant_repack's argument checks.
+// kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups;
+// 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, with the pass-edge
+// prefetch and the guided chunks on and off (set_gemv_pass_prefetch, set_gemv_guided: the same
+// bits either way); and quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
   ThreadPool pool(2);
   uint32_t seed = 7000;
+  // the pass-edge prefetch and the guided chunks on, or both off (the previous kernel's schedule)
+  struct EdgeScope {
+    explicit EdgeScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()), prev_guided_(gemm_detail::gemv_guided()) {
+      gemm_detail::set_gemv_pass_prefetch(on);
+      gemm_detail::set_gemv_guided(on);
+    }
+    ~EdgeScope() {
+      gemm_detail::set_gemv_pass_prefetch(prev_);
+      gemm_detail::set_gemv_guided(prev_guided_);
+    }
+    bool prev_, prev_guided_;
+  };
   for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (int64_t N : {1, 15, 16, 17, 37, 61, 100})
+    for (int64_t N : {1, 15, 16, 17, 37, 61, 100, 2100})
       for (int64_t K : {32, 96, 4096}) {
+        if (N == 2100 && K != 96) continue;  // the chunking does not depend on K; keeps the test short
         Weights w = make_weights(t, N, K, seed);
         Problem p = make_problem(1, N, K, 0, 0, seed + 1);
         const QuantX q = quantize_x(p);
@@ -995,12 +1010,20 @@ TEST(gemv_repacked_matches_reference) {
             for (bool vnni : vnni_variants(isa))
               for (int use_pool = 0; use_pool < 2; ++use_pool) {
                 VnniScope vs(vnni);
-                std::vector<float> y(size_t(N), kSentinel);
-                gemv_repacked(p.X.data(), packed.data(), t, bias, y.data(), N, K, use_pool ? &pool : nullptr);
-                check_q8(y, Rq, Sq, R, S, q, p, w,
-                         std::string("repacked ") + dtype_name(t) + " isa=" + isa_name(isa) + " vnni=" + yesno(vnni) +
-                             " N=" + std::to_string(N) + " K=" + std::to_string(K) + " bias=" + yesno(use_bias) +
-                             " pool=" + yesno(use_pool));
+                std::vector<float> y(size_t(N), kSentinel), y_edges(size_t(N), kSentinel);
+                {
+                  EdgeScope es(false);
+                  gemv_repacked(p.X.data(), packed.data(), t, bias, y.data(), N, K, use_pool ? &pool : nullptr);
+                }
+                {
+                  EdgeScope es(true);
+                  gemv_repacked(p.X.data(), packed.data(), t, bias, y_edges.data(), N, K, use_pool ? &pool : nullptr);
+                }
+                const std::string what = std::string("repacked ") + dtype_name(t) + " isa=" + isa_name(isa) +
+                                         " vnni=" + yesno(vnni) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                                         " bias=" + yesno(use_bias) + " pool=" + yesno(use_pool);
+                check_q8(y_edges, Rq, Sq, R, S, q, p, w, what);
+                EXPECT(std::memcmp(y.data(), y_edges.data(), size_t(N) * sizeof(float)) == 0);
               }
           }
         }
