@@ -36,12 +36,14 @@
 #include "gemm_q8_xpanel.h"
 #include "gemm_tile_store_avx512.h"
 #include "gemm_transpose_avx512.h"
+#include "gemm_vnni_quads_avx512.h"
+#include "gemm_x86_common.h"
 
 namespace emollm {
 namespace gemm_detail {
 namespace {
 
-#define EMO_TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define EMO_TV EMOLLM_TARGET_AVX512_VNNI
 
 constexpr int MR = 6;                 // X rows per microkernel
 constexpr int NV = 2;                 // zmm columns (16 weight rows each) per microkernel
@@ -51,12 +53,6 @@ constexpr int64_t NC = 512;           // weight rows per L2 block: 512 x 1024 B 
 using XPanels = Q8XPanels<MR>;        // X panels (gemm_q8_xpanel.h)
 constexpr int64_t XBLK = XPanels::kBlockDwords;
 constexpr int64_t WBLK = 8 * NV * 16 + NV * 16;  // dwords per W panel block: quads, then scales
-
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
 
 // The 32 unsigned weight bytes of one or two blocks (elements 0..31 in order) of one row:
 // lanes 0-7 = block b (dwords = quads 0..7), lanes 8-15 = block b+1 (zero when !two).
@@ -136,25 +132,8 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
   for (int64_t b = 0; b < kb; ++b) {
     const int32_t* xb = xp + b * XBLK;
     const int32_t* wb = wp + b * WBLK;
-    __m512i acc[MR][NV];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const __m512i c = _mm512_set1_epi32(xb[8 * MR + i]);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = c;
-    }
-#pragma GCC unroll 8
-    for (int q = 0; q < 8; ++q) {
-      __m512i w[NV];
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i) {
-        const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
-      }
-    }
+    __m512i acc[MR][NV];  // from the X panel's correction -off * sum x (header)
+    vnni_block_dots<MR, NV>(acc, xb, wb, 0, 8, xb + 8 * MR);
     __m512 dw[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) dw[j] = _mm512_load_ps(reinterpret_cast<const float*>(wb + 8 * NV * 16 + j * 16));
