@@ -19,7 +19,7 @@
 // 32 is finer and is what every other quantised path here uses, so q4_K and q4_0 prefill and
 // decode all see the same X.
 //
-// Layout, as in gemm_q8_vnni.cpp (whose driver this follows), cache-blocked:
+// Layout, as in gemm_q8_vnni.cpp (the driver, gemm_vnni_packed_driver.h, is shared with it):
 //   X panels (MR rows, packed once per call; gemm_q8_xpanel.h, Q8XTail::PerHalf): per 32-element
 //     block, 8 "quads" x MR dwords (the 4 int8 values x_q[m, 4q..4q+3]), then MR int32
 //     -32 * S_h0, MR int32 -32 * S_h1, MR f32 dx, MR f32 dx * S (q6_K needs a correction per
@@ -67,6 +67,7 @@ bool kquant_vnni_gemm() { return kquant_vnni_flag().on(); }
 #include "gemm_q8_xpanel.h"
 #include "gemm_tile_store_avx512.h"
 #include "gemm_transpose_avx512.h"
+#include "gemm_vnni_packed_driver.h"
 #include "gemm_vnni_quads_avx512.h"
 
 namespace emollm {
@@ -83,7 +84,6 @@ constexpr int64_t NC = 512;               // weight rows per L2 block: 512 x (10
 using XPanels = Q8XPanels<MR, Q8XTail::PerHalf>;  // X panels (gemm_q8_xpanel.h)
 constexpr int64_t XBLK = XPanels::kBlockDwords;
 constexpr int64_t WBLK = 10 * NV * 16;    // dwords per W panel block: 8 quads, s0, s1
-constexpr int64_t kSuperBlocks = KCB / 8;
 static_assert(KCB % 8 == 0, "k blocks must hold whole super-blocks");
 
 // ---------------------------------------------------------------- W panels
@@ -186,54 +186,29 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
   store_tile_f32<MR, NV>(f, y, ldy, mr, nr, bias, first);
 }
 
-// ---------------------------------------------------------------- driver (as gemm_q8_vnni.cpp's)
-
-// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
+// The driver's kernel (gemm_vnni_packed_driver.h). Its L2 blocks of KCB k blocks hold whole
+// super-blocks (KCB % 8 == 0, K % 256 == 0): blocks [b0, b0 + kb) are super-blocks [b0 / 8, (b0 + kb) / 8).
 template <DType DT>
-void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_end, int64_t n_begin,
-                   int64_t n_end) {
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t nb = a.K / kQK, nsb = a.K / kQKK;
-  int32_t* wpack = static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
-  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
-    const int64_t nc = std::min(NC, n_end - jc);
-    for (int64_t ps = 0; ps < nsb; ps += kSuperBlocks) {
-      const int64_t ns = std::min(kSuperBlocks, nsb - ps), kb = 8 * ns, pb = 8 * ps;
-      pack_w<DT>(W, a.row_bytes, jc, nc, ps, ns, wpack);
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
-        const int mr = int(std::min<int64_t>(MR, m_end - m0));
-        const int32_t* xpanel = xp + ((m0 / MR) * nb + pb) * XBLK;
-        for (int64_t jp = 0; jp * NR < nc; ++jp) {
-          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
-          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          kern_kq<DT == DType::Q6_K>(kb, xpanel, wpack + jp * kb * WBLK, y, a.ldy, mr, nc - jp * NR, bias, ps == 0);
-        }
-      }
-    }
+struct KquantKernel {
+  static constexpr int kMR = MR;
+  static constexpr int64_t kNR = NR, kKCB = KCB, kNC = NC, kWBlk = WBLK;
+  using XPanels = gemm_detail::XPanels;
+  static void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t b0, int64_t kb, int32_t* out) {
+    gemm_detail::pack_w<DT>(W, rb, n0, nv, b0 / 8, kb / 8, out);
   }
-}
-
-template <DType DT>
-void gemm_kq_packed(const Args& a) {
-  const int64_t mc = XPanels::chunk_rows(a.K);
-  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
-    const int64_t mcur = std::min(mc, a.M - m0);
-    const int32_t* xp = XPanels::quantise_chunk(a.X + m0 * a.ldx, a.ldx, mcur, a.K, 32, a.pool, 2, 1);
-    Args sub = a;
-    sub.Y = a.Y + m0 * a.ldy;
-    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-      compute_range<DT>(sub, xp, r0, r1, n0, n1);
-    });
+  static void kern(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
+                   const float* bias, bool first) {
+    kern_kq<DT == DType::Q6_K>(kb, xp, wp, y, ldy, mr, nr, bias, first);
   }
-}
+};
 
 }  // namespace
 
 void gemm_kquant_packed_vnni(const Args& a) {
   switch (a.wtype) {
-    case DType::Q4_K: return gemm_kq_packed<DType::Q4_K>(a);
-    case DType::Q5_K: return gemm_kq_packed<DType::Q5_K>(a);
-    case DType::Q6_K: return gemm_kq_packed<DType::Q6_K>(a);
+    case DType::Q4_K: return vnni_packed_gemm<KquantKernel<DType::Q4_K>>(a, 32);
+    case DType::Q5_K: return vnni_packed_gemm<KquantKernel<DType::Q5_K>>(a, 32);
+    case DType::Q6_K: return vnni_packed_gemm<KquantKernel<DType::Q6_K>>(a, 32);
     default: break;
   }
   throw Error(ErrorCode::Internal, std::string("gemm_kquant_packed_vnni: no kernel for weight type ") + dtype_name(a.wtype));
