@@ -831,6 +831,15 @@ void set_check(Result& r, double err, double tol) {
   r.check = err <= tol ? "ok" : "BAD";
 }
 
+// fn() with a process-wide path switch (gemm_detail::set_*) at `on`, then back at !on: one call of
+// the other path of an A/B pair.
+template <class Fn>
+void with_switch(void (*set)(bool), bool on, Fn&& fn) {
+  set(on);
+  fn();
+  set(!on);
+}
+
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
   size_t rb = dtype_row_bytes(t, K);
   pool->parallel_for(N, 16, [&](int64_t b, int64_t e) {
@@ -964,40 +973,34 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
       }
+      // the products as the rows below run them (w: a weight copy, cold at M = 1)
+      auto run_gemm = [&](const void* w) { gemm(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); };
+      auto run_repacked = [&] { gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool); };
+      auto run_small_m_prev = [&] { with_switch(gemm_detail::set_small_m_enabled, false, [&] { run_gemm(Wt); }); };
+      auto run_q8_gemv_prev = [&](const void* w) { with_switch(gemm_detail::set_q8_gemv_legacy, true, [&] { run_gemm(w); }); };
+      auto run_repacked_prev = [&] { with_switch(gemm_detail::set_repacked_panels_enabled, false, run_repacked); };
+      auto check = [&](Result& row) {
+        set_check(row, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+      };
       run_case(r, [&](Result& res) {
         if (ab && M > 1) {
-          std::vector<std::function<void(int)>> fns = {
-              [&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); },
-              [&](int) { gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool); },
-          };
-          if (M > gemm_detail::kSmallM)
-            fns.push_back([&](int) {
-              gemm_detail::set_repacked_panels_enabled(false);
-              gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-              gemm_detail::set_repacked_panels_enabled(true);
-            });
+          std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_repacked(); }};
+          if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_prev(); });
           auto st = measure_interleaved(fns);
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 2) rep_prev = st[2];
         } else if (ab) {
           std::vector<std::function<void(int)>> fns = {
-              [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
+              [&](int i) { run_gemm((*copies)[i]); },
               [&](int i) { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); },
           };
-          if (t == DType::Q4_0) {  // q8_0 has no previous kernel: it kept q8v_block
-            fns.push_back([&](int i) {
-              gemm_detail::set_q8_gemv_legacy(true);
-              gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool);
-              gemm_detail::set_q8_gemv_legacy(false);
-            });
-          }
+          if (t == DType::Q4_0)  // q8_0 has no previous kernel: it kept q8v_block
+            fns.push_back([&](int i) { run_q8_gemv_prev((*copies)[i]); });
           // gemv_repacked as before the pass-edge prefetch and guided chunks (gemm_internal.h
           // set_gemv_pass_prefetch / set_gemv_guided)
           fns.push_back([&](int i) {
-            set_gemv_schedule(false);
-            gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool);
-            set_gemv_schedule(true);
+            with_switch(set_gemv_schedule, false, [&] { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); });
           });
           auto st = measure_interleaved(fns);
           res.st = cur = st[0];
@@ -1010,99 +1013,67 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           rep_prev = st.back();
         } else if (stream_ab) {
           auto st = measure_interleaved({
-              [&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
+              [&](int i) { run_gemm((*copies)[i]); },
               [&](int i) { gemm_huge_pages(X.get(), K, (*hcopies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
           });
           res.st = cur = st[0];
           prev = st[1];
-          gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, 1, N, K, &pool);  // the checked output is gemm's
+          run_gemm(Wt);  // the checked output is gemm's
         } else if (M == 1) {
-          res.st = measure([&](int i) { gemm(X.get(), K, (*copies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+          res.st = measure([&](int i) { run_gemm((*copies)[i]); });
         } else if (small_ab) {  // batched decode: the small-M path and the previous one, interleaved
-          auto st = measure_interleaved({
-              [&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); },
-              [&](int) {
-                gemm_detail::set_small_m_enabled(false);
-                gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);
-                gemm_detail::set_small_m_enabled(true);
-              },
-          });
+          auto st = measure_interleaved({[&](int) { run_gemm(Wt); }, [&](int) { run_small_m_prev(); }});
           res.st = cur = st[0];
           prev = st[1];
-          gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);  // the checked output is the current path's
+          run_gemm(Wt);  // the checked output is the current path's
         } else {
-          res.st = measure([&](int) { gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool); });
+          res.st = measure([&](int) { run_gemm(Wt); });
         }
-        set_check(res, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
+        check(res);
       });
-      if (small_ab && prev.reps > 0) {
-        Result p = make_result(M, dtype_name(t), "prev");
+      // A row measured interleaved with the emollm row: its output computed once more by `run`, checked.
+      auto add_row = [&](const char* impl, const Stats& st, const char* ratio_vs, double ratio, const char* note,
+                         double bytes, const std::function<void()>& run) {
+        Result p = make_result(M, dtype_name(t), impl);
         p.bf16_math = r.bf16_math;
-        p.st = prev;
-        p.ratio_vs = "prev/new";
-        p.ratio = prev.best / cur.best;
-        p.note = "previous path (small-M off), interleaved; ratio = its time / the emollm row's (>1: new faster)";
-        gemm_detail::set_small_m_enabled(false);
-        gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, M, N, K, &pool);
-        gemm_detail::set_small_m_enabled(true);
-        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
-        g_results.push_back(p);
-      }
-      if (stream_ab && prev.reps > 0) {
-        Result p = make_result(M, dtype_name(t), "huge");
-        p.bf16_math = r.bf16_math;
-        p.bytes = double(wbytes);
-        p.st = prev;
-        p.ratio_vs = "emollm";
-        p.ratio = cur.best / prev.best;
-        p.note = "gemm_huge_pages on copies in 2 MiB pages (what models run), interleaved; ratio = emollm row's time / its";
-        gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool);
-        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
-        g_results.push_back(p);
-      }
-      if (ab && prev.reps > 0) {
-        Result p = make_result(M, dtype_name(t), "prev");
-        p.bytes = double(wbytes);
-        p.st = prev;
-        p.note = "previous kernel, interleaved with the emollm row";
-        gemm_detail::set_q8_gemv_legacy(true);
-        gemm(X.get(), K, Wt, t, nullptr, Y.get(), N, 1, N, K, &pool);
-        gemm_detail::set_q8_gemv_legacy(false);
-        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
-        g_results.push_back(p);
-      }
-      if (ab && rep.reps > 0) {
-        Result q = make_result(M, dtype_name(t), "repacked");
-        q.bytes = double(wbytes);
-        q.st = rep;
-        q.ratio_vs = "emollm";
-        q.ratio = cur.best / rep.best;
-        q.note = M == 1 ? "gemv_repacked (16-row groups), interleaved with the emollm row"
-                        : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row";
-        if (M == 1) q.bytes = double(wbytes); else q.bytes = 0;
-        gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-        set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
-        g_results.push_back(q);
-      }
-      if (ab && rep_prev.reps > 0) {
-        Result q = make_result(M, dtype_name(t), "repacked-prev");
-        q.st = rep_prev;
-        q.ratio_vs = "repacked";
-        q.ratio = rep_prev.best / rep.best;
-        if (M == 1) {
-          q.bytes = double(wbytes);
-          q.note = "gemv_repacked without the pass-edge prefetch and guided chunks, interleaved; ratio = its time / the repacked row's (>1: new faster)";
-          set_gemv_schedule(false);
-          gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-          set_gemv_schedule(true);
-        } else {
-          q.note = "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)";
-          gemm_detail::set_repacked_panels_enabled(false);
-          gemm_repacked(X.get(), K, Wr.get(), t, nullptr, Y.get(), N, M, N, K, &pool);
-          gemm_detail::set_repacked_panels_enabled(true);
+        p.bytes = bytes;
+        p.st = st;
+        if (ratio_vs) {
+          p.ratio_vs = ratio_vs;
+          p.ratio = ratio;
         }
-        set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
-        g_results.push_back(q);
+        p.note = note;
+        run();
+        check(p);
+        g_results.push_back(p);
+      };
+      if (small_ab && prev.reps > 0)
+        add_row("prev", prev, "prev/new", prev.best / cur.best,
+                "previous path (small-M off), interleaved; ratio = its time / the emollm row's (>1: new faster)", 0,
+                run_small_m_prev);
+      if (stream_ab && prev.reps > 0)
+        add_row("huge", prev, "emollm", cur.best / prev.best,
+                "gemm_huge_pages on copies in 2 MiB pages (what models run), interleaved; ratio = emollm row's time / its",
+                double(wbytes),
+                [&] { gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+      if (ab && prev.reps > 0)
+        add_row("prev", prev, nullptr, 0, "previous kernel, interleaved with the emollm row", double(wbytes),
+                [&] { run_q8_gemv_prev(Wt); });
+      if (ab && rep.reps > 0)
+        add_row("repacked", rep, "emollm", cur.best / rep.best,
+                M == 1 ? "gemv_repacked (16-row groups), interleaved with the emollm row"
+                       : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row",
+                M == 1 ? double(wbytes) : 0, run_repacked);
+      if (ab && rep_prev.reps > 0) {
+        if (M == 1)
+          add_row("repacked-prev", rep_prev, "repacked", rep_prev.best / rep.best,
+                  "gemv_repacked without the pass-edge prefetch and guided chunks, interleaved; ratio = its time / the "
+                  "repacked row's (>1: new faster)",
+                  double(wbytes), [&] { with_switch(set_gemv_schedule, false, run_repacked); });
+        else
+          add_row("repacked-prev", rep_prev, "repacked", rep_prev.best / rep.best,
+                  "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)",
+                  0, run_repacked_prev);
       }
     }
   }
@@ -1375,22 +1346,20 @@ void bench_kquant_gemv(ThreadPool& pool) {
       r.K = K;
       r.flops = 2.0 * double(N) * double(K);
       r.bytes = double(wb);
+      auto run = [&](const void* w) { gemm(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
+      auto run_prev = [&](const void* w) { with_switch(gemm_detail::set_kquant_gemv, false, [&] { run(w); }); };
+      auto check = [&](Result& row) {
+        set_check(row, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
+      };
       Stats prev;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({
-            [&](int i) { gemm(x.get(), K, copies[i], t, nullptr, y.get(), N, 1, N, K, &pool); },
-            [&](int i) {
-              gemm_detail::set_kquant_gemv(false);
-              gemm(x.get(), K, copies[i], t, nullptr, y.get(), N, 1, N, K, &pool);
-              gemm_detail::set_kquant_gemv(true);
-            },
-        });
+        auto st = measure_interleaved({[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }});
         rr.st = st[0];
         prev = st[1];
         rr.ratio_vs = "prev";
         rr.ratio = prev.best / rr.st.best;
-        gemm(x.get(), K, q.get(), t, nullptr, y.get(), N, 1, N, K, &pool);
-        set_check(rr, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
+        run(q.get());
+        check(rr);
         rr.note = "(" + std::to_string(copies.ptrs.size()) + " weight copies)";
       });
       if (!res) continue;
@@ -1400,10 +1369,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
       p.impl = "prev";
       p.st = prev;
       p.note = "previous kernel (set_kquant_gemv(false)), interleaved";
-      gemm_detail::set_kquant_gemv(false);
-      gemm(x.get(), K, q.get(), t, nullptr, y.get(), N, 1, N, K, &pool);
-      gemm_detail::set_kquant_gemv(true);
-      set_check(p, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
+      run_prev(q.get());
+      check(p);
       g_results.push_back(p);
       table_row(g_results.back());
       settle();

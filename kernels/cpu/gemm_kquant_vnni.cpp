@@ -19,11 +19,11 @@
 // 32 is finer and is what every other quantised path here uses, so q4_K and q4_0 prefill and
 // decode all see the same X.
 //
-// Layout, as in gemm_q8_vnni.cpp (whose driver this follows), cache-blocked:
-//   X panels (MR rows, packed once per call): per 32-element block, 8 "quads" x MR dwords (the 4
-//     int8 values x_q[m, 4q..4q+3]), then MR int32 -32 * S_h0, MR int32 -32 * S_h1, MR f32 dx,
-//     MR f32 dx * S. (gemm_q8_xpanel.h's panels carry one correction per block: q6_K needs one
-//     per 16-element half, q4_K the f32 dx * S.)
+// Layout, as in gemm_q8_vnni.cpp (the driver, gemm_vnni_packed_driver.h, is shared with it):
+//   X panels (MR rows, packed once per call; gemm_q8_xpanel.h, Q8XTail::PerHalf): per 32-element
+//     block, 8 "quads" x MR dwords (the 4 int8 values x_q[m, 4q..4q+3]), then MR int32
+//     -32 * S_h0, MR int32 -32 * S_h1, MR f32 dx, MR f32 dx * S (q6_K needs a correction per
+//     16-element half, q4_K / q5_K the f32 dx * S).
 //   W panels (NR = 16 * NV weight rows, packed per KCB blocks x NC rows into L2): per block,
 //     8 quads x NV zmm (16 rows x 4 code bytes: one int32 lane per weight row), then NV zmm of
 //     s0, NV zmm of s1: q4_K / q5_K: s0 = A_j, s1 = B_j; q6_K: s0 = A_h0, s1 = A_h1.
@@ -64,83 +64,27 @@ bool kquant_vnni_gemm() { return kquant_vnni_flag().on(); }
 #include <algorithm>
 
 #include "../../base/thread_pool.h"
+#include "gemm_q8_xpanel.h"
 #include "gemm_tile_store_avx512.h"
 #include "gemm_transpose_avx512.h"
+#include "gemm_vnni_packed_driver.h"
+#include "gemm_vnni_quads_avx512.h"
 
 namespace emollm {
 namespace gemm_detail {
 namespace {
 
-#define EMO_TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define EMO_TV EMOLLM_TARGET_AVX512_VNNI
 
 constexpr int MR = 6;                     // X rows per microkernel
 constexpr int NV = 2;                     // zmm columns (16 weight rows each) per microkernel
 constexpr int NR = 16 * NV;               // weight rows per panel
 constexpr int64_t KCB = 32;               // k blocks (of 32) per L2 block: 4 super-blocks
 constexpr int64_t NC = 512;               // weight rows per L2 block: 512 x (1024 + 256) B
-constexpr int64_t XBLK = 12 * MR;         // dwords per X panel block
+using XPanels = Q8XPanels<MR, Q8XTail::PerHalf>;  // X panels (gemm_q8_xpanel.h)
+constexpr int64_t XBLK = XPanels::kBlockDwords;
 constexpr int64_t WBLK = 10 * NV * 16;    // dwords per W panel block: 8 quads, s0, s1
-constexpr int64_t kSuperBlocks = KCB / 8;
 static_assert(KCB % 8 == 0, "k blocks must hold whole super-blocks");
-
-// ---------------------------------------------------------------- X panels
-
-// Rows per X chunk: at most ~8 MiB of panels (a multiple of MR).
-int64_t x_chunk_rows(int64_t K) {
-  const int64_t panel_bytes = (K / kQK) * XBLK * 4;
-  return std::max<int64_t>(MR, ((int64_t(8) << 20) / panel_bytes) * MR);
-}
-
-// Panels [p0, p1) of the `rows` rows at X (layout in the header comment). Rows past the end are
-// zero (q = 0, corrections 0, dx = dx * S = +0.0f).
-void pack_x(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, int8_t* qtmp, float* dtmp,
-            int32_t* out) {
-  const int64_t nb = K / kQK;
-  for (int64_t p = p0; p < p1; ++p) {
-    int32_t* o = out + p * nb * XBLK;
-    for (int i = 0; i < MR; ++i) {
-      const int64_t r = p * MR + i;
-      if (r >= rows) {
-        for (int64_t b = 0; b < nb; ++b) {
-          int32_t* ob = o + b * XBLK;
-          for (int q = 0; q < 12; ++q) ob[q * MR + i] = 0;
-        }
-        continue;
-      }
-      qx_quantize_row_avx2(X + r * ldx, K, qtmp, dtmp, nullptr, 0);
-      for (int64_t b = 0; b < nb; ++b) {
-        int32_t* ob = o + b * XBLK;
-        const int8_t* qb = qtmp + b * kQK;
-        int32_t s0 = 0, s1 = 0;
-        for (int k = 0; k < 16; ++k) s0 += qb[k];
-        for (int k = 16; k < 32; ++k) s1 += qb[k];
-        for (int q = 0; q < 8; ++q) std::memcpy(&ob[q * MR + i], qb + 4 * q, 4);
-        ob[8 * MR + i] = -32 * s0;
-        ob[9 * MR + i] = -32 * s1;
-        const float dx = dtmp[b * 8];
-        const float dxs = dx * float(s0 + s1);  // exact: 11-bit scale x 12-bit sum
-        std::memcpy(&ob[10 * MR + i], &dx, 4);
-        std::memcpy(&ob[11 * MR + i], &dxs, 4);
-      }
-    }
-  }
-}
-
-// All panels of `rows` rows at X (rows <= x_chunk_rows(K)), quantised and packed in parallel
-// into the calling thread's scratch slot 2 (workers use slot 1 for one row).
-const int32_t* quantise_x_chunk(const float* X, int64_t ldx, int64_t rows, int64_t K, ThreadPool* pool) {
-  const int64_t nb = K / kQK, npm = (rows + MR - 1) / MR;
-  int32_t* xp = static_cast<int32_t*>(scratch(2, size_t(npm * nb * XBLK * 4)));
-  run_parallel(pool, rows * K >= (1 << 15), [&](int ith, int nth) {
-    int64_t p0, p1;
-    split_range(npm, ith, nth, 1, &p0, &p1);
-    if (p1 <= p0) return;
-    uint8_t* tmp = static_cast<uint8_t*>(scratch(1, size_t(K) * 2 + 64));
-    pack_x(X, ldx, rows, K, p0, p1, reinterpret_cast<int8_t*>(tmp), reinterpret_cast<float*>(tmp + (K + 63) / 64 * 64),
-           xp);
-  });
-  return xp;
-}
 
 // ---------------------------------------------------------------- W panels
 
@@ -212,24 +156,7 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
         __m512i acc[MR][NV];
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
-          const __m512i c = _mm512_set1_epi32(xb[(8 + h) * MR + i]);
-#pragma GCC unroll 4
-          for (int j = 0; j < NV; ++j) acc[i][j] = c;
-        }
-#pragma GCC unroll 4
-        for (int q = 4 * h; q < 4 * h + 4; ++q) {
-          __m512i w[NV];
-#pragma GCC unroll 4
-          for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
-#pragma GCC unroll 6
-          for (int i = 0; i < MR; ++i) {
-            const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
-          }
-        }
+        vnni_block_dots<MR, NV>(acc, xb, wb, 4 * h, 4, xb + (8 + h) * MR);
         const float* sh = h ? s1 : s0;
 #pragma GCC unroll 6
         for (int i = 0; i < MR; ++i) {
@@ -242,22 +169,7 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
       }
     } else {
       __m512i acc[MR][NV];
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-      for (int q = 0; q < 8; ++q) {
-        __m512i w[NV];
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
-          const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
-#pragma GCC unroll 4
-          for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
-        }
-      }
+      vnni_block_dots<MR, NV>(acc, xb, wb, 0, 8, nullptr);
       const float* dxs = reinterpret_cast<const float*>(xb + 11 * MR);
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
@@ -274,54 +186,29 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
   store_tile_f32<MR, NV>(f, y, ldy, mr, nr, bias, first);
 }
 
-// ---------------------------------------------------------------- driver (as gemm_q8_vnni.cpp's)
-
-// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
+// The driver's kernel (gemm_vnni_packed_driver.h). Its L2 blocks of KCB k blocks hold whole
+// super-blocks (KCB % 8 == 0, K % 256 == 0): blocks [b0, b0 + kb) are super-blocks [b0 / 8, (b0 + kb) / 8).
 template <DType DT>
-void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_end, int64_t n_begin,
-                   int64_t n_end) {
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t nb = a.K / kQK, nsb = a.K / kQKK;
-  int32_t* wpack = static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
-  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
-    const int64_t nc = std::min(NC, n_end - jc);
-    for (int64_t ps = 0; ps < nsb; ps += kSuperBlocks) {
-      const int64_t ns = std::min(kSuperBlocks, nsb - ps), kb = 8 * ns, pb = 8 * ps;
-      pack_w<DT>(W, a.row_bytes, jc, nc, ps, ns, wpack);
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
-        const int mr = int(std::min<int64_t>(MR, m_end - m0));
-        const int32_t* xpanel = xp + ((m0 / MR) * nb + pb) * XBLK;
-        for (int64_t jp = 0; jp * NR < nc; ++jp) {
-          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
-          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          kern_kq<DT == DType::Q6_K>(kb, xpanel, wpack + jp * kb * WBLK, y, a.ldy, mr, nc - jp * NR, bias, ps == 0);
-        }
-      }
-    }
+struct KquantKernel {
+  static constexpr int kMR = MR;
+  static constexpr int64_t kNR = NR, kKCB = KCB, kNC = NC, kWBlk = WBLK;
+  using XPanels = gemm_detail::XPanels;
+  static void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t b0, int64_t kb, int32_t* out) {
+    gemm_detail::pack_w<DT>(W, rb, n0, nv, b0 / 8, kb / 8, out);
   }
-}
-
-template <DType DT>
-void gemm_kq_packed(const Args& a) {
-  const int64_t mc = x_chunk_rows(a.K);
-  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
-    const int64_t mcur = std::min(mc, a.M - m0);
-    const int32_t* xp = quantise_x_chunk(a.X + m0 * a.ldx, a.ldx, mcur, a.K, a.pool);
-    Args sub = a;
-    sub.Y = a.Y + m0 * a.ldy;
-    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-      compute_range<DT>(sub, xp, r0, r1, n0, n1);
-    });
+  static void kern(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
+                   const float* bias, bool first) {
+    kern_kq<DT == DType::Q6_K>(kb, xp, wp, y, ldy, mr, nr, bias, first);
   }
-}
+};
 
 }  // namespace
 
 void gemm_kquant_packed_vnni(const Args& a) {
   switch (a.wtype) {
-    case DType::Q4_K: return gemm_kq_packed<DType::Q4_K>(a);
-    case DType::Q5_K: return gemm_kq_packed<DType::Q5_K>(a);
-    case DType::Q6_K: return gemm_kq_packed<DType::Q6_K>(a);
+    case DType::Q4_K: return vnni_packed_gemm<KquantKernel<DType::Q4_K>>(a, 32);
+    case DType::Q5_K: return vnni_packed_gemm<KquantKernel<DType::Q5_K>>(a, 32);
+    case DType::Q6_K: return vnni_packed_gemm<KquantKernel<DType::Q6_K>>(a, 32);
     default: break;
   }
   throw Error(ErrorCode::Internal, std::string("gemm_kquant_packed_vnni: no kernel for weight type ") + dtype_name(a.wtype));

@@ -36,12 +36,15 @@
 #include "gemm_q8_xpanel.h"
 #include "gemm_tile_store_avx512.h"
 #include "gemm_transpose_avx512.h"
+#include "gemm_vnni_packed_driver.h"
+#include "gemm_vnni_quads_avx512.h"
+#include "gemm_x86_common.h"
 
 namespace emollm {
 namespace gemm_detail {
 namespace {
 
-#define EMO_TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define EMO_TV EMOLLM_TARGET_AVX512_VNNI
 
 constexpr int MR = 6;                 // X rows per microkernel
 constexpr int NV = 2;                 // zmm columns (16 weight rows each) per microkernel
@@ -51,12 +54,6 @@ constexpr int64_t NC = 512;           // weight rows per L2 block: 512 x 1024 B 
 using XPanels = Q8XPanels<MR>;        // X panels (gemm_q8_xpanel.h)
 constexpr int64_t XBLK = XPanels::kBlockDwords;
 constexpr int64_t WBLK = 8 * NV * 16 + NV * 16;  // dwords per W panel block: quads, then scales
-
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
 
 // The 32 unsigned weight bytes of one or two blocks (elements 0..31 in order) of one row:
 // lanes 0-7 = block b (dwords = quads 0..7), lanes 8-15 = block b+1 (zero when !two).
@@ -136,25 +133,8 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
   for (int64_t b = 0; b < kb; ++b) {
     const int32_t* xb = xp + b * XBLK;
     const int32_t* wb = wp + b * WBLK;
-    __m512i acc[MR][NV];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const __m512i c = _mm512_set1_epi32(xb[8 * MR + i]);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = c;
-    }
-#pragma GCC unroll 8
-    for (int q = 0; q < 8; ++q) {
-      __m512i w[NV];
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) w[j] = _mm512_load_si512(wb + (q * NV + j) * 16);
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i) {
-        const __m512i x = _mm512_set1_epi32(xb[q * MR + i]);
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], x);
-      }
-    }
+    __m512i acc[MR][NV];  // from the X panel's correction -off * sum x (header)
+    vnni_block_dots<MR, NV>(acc, xb, wb, 0, 8, xb + 8 * MR);
     __m512 dw[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) dw[j] = _mm512_load_ps(reinterpret_cast<const float*>(wb + 8 * NV * 16 + j * 16));
@@ -170,55 +150,27 @@ EMO_TV void kern_q8(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
   store_tile_f32<MR, NV>(f, y, ldy, mr, nr, bias, first);
 }
 
-// Rows [m_begin, m_end) (m_begin a multiple of MR) x weight rows [n_begin, n_end) of one X chunk.
+// The driver's kernel (gemm_vnni_packed_driver.h).
 template <DType DT>
-void compute_range(const Args& a, const int32_t* xp, int64_t m_begin, int64_t m_end, int64_t n_begin,
-                   int64_t n_end) {
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t nb = a.K / kQK;
-  int32_t* wpack = static_cast<int32_t*>(scratch(0, size_t(KCB) * WBLK * 4 * (NC / NR)));
-  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
-    const int64_t nc = std::min(NC, n_end - jc);
-    for (int64_t pb = 0; pb < nb; pb += KCB) {
-      const int64_t kb = std::min(KCB, nb - pb);
-      pack_w_q8<DT>(W, a.row_bytes, jc, nc, pb, kb, wpack);
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
-        const int mr = int(std::min<int64_t>(MR, m_end - m0));
-        const int32_t* xpanel = xp + ((m0 / MR) * nb + pb) * XBLK;
-        for (int64_t jp = 0; jp * NR < nc; ++jp) {
-          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
-          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          kern_q8(kb, xpanel, wpack + jp * kb * WBLK, y, a.ldy, mr, nc - jp * NR, bias, pb == 0);
-        }
-      }
-    }
+struct Q8Kernel {
+  static constexpr int kMR = MR;
+  static constexpr int64_t kNR = NR, kKCB = KCB, kNC = NC, kWBlk = WBLK;
+  using XPanels = gemm_detail::XPanels;
+  static void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t b0, int64_t kb, int32_t* out) {
+    pack_w_q8<DT>(W, rb, n0, nv, b0, kb, out);
   }
-}
-
-// X in chunks of rows (at most ~8 MiB of panels each), quantised and packed in parallel; then
-// the M x N work split between threads by weight-row chunks (each thread packs its own part of
-// W) when there are enough of them, else by X row panels (as gemm_avx512's gemm_packed).
-template <DType DT>
-void gemm_q8_packed(const Args& a) {
-  const int off = DT == DType::Q8_0 ? 128 : 8;
-  const int64_t mc = XPanels::chunk_rows(a.K);
-  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
-    const int64_t mcur = std::min(mc, a.M - m0);
-    const int32_t* xp = XPanels::quantise_chunk(a.X + m0 * a.ldx, a.ldx, mcur, a.K, off, a.pool, 2, 1);
-    Args sub = a;
-    sub.Y = a.Y + m0 * a.ldy;
-    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-      compute_range<DT>(sub, xp, r0, r1, n0, n1);
-    });
+  static void kern(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
+                   const float* bias, bool first) {
+    kern_q8(kb, xp, wp, y, ldy, mr, nr, bias, first);
   }
-}
+};
 
 }  // namespace
 
 void gemm_q8_packed_vnni(const Args& a) {
   switch (a.wtype) {
-    case DType::Q8_0: return gemm_q8_packed<DType::Q8_0>(a);
-    case DType::Q4_0: return gemm_q8_packed<DType::Q4_0>(a);
+    case DType::Q8_0: return vnni_packed_gemm<Q8Kernel<DType::Q8_0>>(a, 128);
+    case DType::Q4_0: return vnni_packed_gemm<Q8Kernel<DType::Q4_0>>(a, 8);
     default: break;
   }
   throw Error(ErrorCode::Internal, std::string("gemm_q8_packed_vnni: no kernel for weight type ") + dtype_name(a.wtype));

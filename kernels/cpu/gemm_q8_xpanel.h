@@ -1,13 +1,21 @@
 // X rounded to q8_0 and packed into MR-row panels for the VNNI int8 GEMMs at M > kSmallM: the
-// standard-layout one (gemm_q8_vnni.cpp) and the one over quant_repack's 16-row groups
-// (gemv_repacked.cpp). x86-64 only (the quantiser is qx_quantize_row_avx2).
+// standard-layout one (gemm_q8_vnni.cpp), the one over quant_repack's 16-row groups
+// (gemv_repacked.cpp) and the K-quant one (gemm_kquant_vnni.cpp). x86-64 only (the quantiser is
+// qx_quantize_row_avx2).
 //
-// Panel p holds X rows [p*MR, p*MR + MR); per 32-element block b, XBLK = 10*MR dwords:
+// Panel p holds X rows [p*MR, p*MR + MR); per 32-element block b, kBlockDwords dwords:
 //   [q*MR + i]    q < 8: the 4 int8 values x_q[row i, 4q .. 4q+3] (one dword, for a vpdpbusd broadcast)
+// then, Q8XTail::PerBlock (q8_0 / q4_0 weights; 10*MR dwords a block):
 //   [8*MR + i]    -off * sum_{k in b} x_q[row i, k]: the correction of weights made unsigned by +off
 //                 (q8_0: +128, q4_0: the raw nibble = q + 8); int32 accumulators start from it
 //   [9*MR + i]    d_x of row i, block b (f32 bits)
-// Rows past the end are zero (q = 0, correction 0, d = +0.0f). The rounding is ggml's
+// or Q8XTail::PerHalf (K-quant weights; 12*MR dwords a block):
+//   [8*MR + i]    -off * S_0, S_0 = sum of x_q[row i, k] over the block's first 16 k (q6_K: off = 32,
+//   [9*MR + i]    -off * S_1, S_1 = the same over its last 16 k          its codes' offset, per half)
+//   [10*MR + i]   d_x (f32 bits)
+//   [11*MR + i]   d_x * (S_0 + S_1) (f32 bits; exact: an 11-bit scale times |S| <= 4064), the
+//                 factor of the q4_K / q5_K mins
+// Rows past the end are zero (q = 0, corrections 0, f32 values +0.0f). The rounding is ggml's
 // quantize_row_q8_0 (the small-M path's), so every kernel reading these panels sees the same X.
 #pragma once
 
@@ -23,9 +31,13 @@
 namespace emollm {
 namespace gemm_detail {
 
-template <int MR>
+// What follows a block's 8 quads in the panels (layouts above).
+enum class Q8XTail { PerBlock, PerHalf };
+
+template <int MR, Q8XTail Tail = Q8XTail::PerBlock>
 struct Q8XPanels {
-  static constexpr int64_t kBlockDwords = 10 * MR;
+  static constexpr int kTailDwords = Tail == Q8XTail::PerBlock ? 2 : 4;  // per row
+  static constexpr int64_t kBlockDwords = (8 + kTailDwords) * MR;
 
   // Rows per call of quantise_chunk: at most ~8 MiB of panels (a multiple of MR).
   static int64_t chunk_rows(int64_t K) {
@@ -45,9 +57,7 @@ struct Q8XPanels {
         if (r >= rows) {
           for (int64_t b = 0; b < nb; ++b) {
             int32_t* ob = o + b * kBlockDwords;
-            for (int q = 0; q < 8; ++q) ob[q * MR + i] = 0;
-            ob[8 * MR + i] = 0;
-            ob[9 * MR + i] = 0;  // +0.0f
+            for (int q = 0; q < 8 + kTailDwords; ++q) ob[q * MR + i] = 0;  // f32: +0.0f
           }
           continue;
         }
@@ -55,11 +65,23 @@ struct Q8XPanels {
         for (int64_t b = 0; b < nb; ++b) {
           int32_t* ob = o + b * kBlockDwords;
           const int8_t* qb = qtmp + b * kQK;
-          int32_t s = 0;
-          for (int k = 0; k < kQK; ++k) s += qb[k];
           for (int q = 0; q < 8; ++q) std::memcpy(&ob[q * MR + i], qb + 4 * q, 4);
-          ob[8 * MR + i] = -off * s;
-          std::memcpy(&ob[9 * MR + i], &dtmp[b * 8], 4);
+          if constexpr (Tail == Q8XTail::PerBlock) {
+            int32_t s = 0;
+            for (int k = 0; k < kQK; ++k) s += qb[k];
+            ob[8 * MR + i] = -off * s;
+            std::memcpy(&ob[9 * MR + i], &dtmp[b * 8], 4);
+          } else {
+            int32_t s0 = 0, s1 = 0;
+            for (int k = 0; k < kQK / 2; ++k) s0 += qb[k];
+            for (int k = kQK / 2; k < kQK; ++k) s1 += qb[k];
+            ob[8 * MR + i] = -off * s0;
+            ob[9 * MR + i] = -off * s1;
+            const float dx = dtmp[b * 8];
+            const float dxs = dx * float(s0 + s1);
+            std::memcpy(&ob[10 * MR + i], &dx, 4);
+            std::memcpy(&ob[11 * MR + i], &dxs, 4);
+          }
         }
       }
     }

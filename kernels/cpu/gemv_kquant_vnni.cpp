@@ -58,6 +58,8 @@ bool kquant_gemv() { return kquant_gemv_flag().on(); }
 
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
+#include "gemm_x86_common.h"
+#include "simd_math.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -66,7 +68,7 @@ namespace emollm {
 namespace gemm_detail {
 namespace {
 
-#define EMO_TK __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define EMO_TK EMOLLM_TARGET_AVX512_VNNI
 
 // Per-call data of the X rows beyond QX, per 32-element block b of row m (index m * ld + b):
 // dx_b (the q8_0 scale as f32) and, for the formats with mins, dx_b * S_b.
@@ -75,12 +77,6 @@ struct XBlocks {
   const float* dxs;
   int64_t ld;
 };
-
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
 
 // q4_K / q5_K: the 8 scales and 8 mins of a super-block, times d and dmin:
 // [d sc_0 .. d sc_7, dmin m_0 .. dmin m_7]. The 12 scale bytes hold sc_j, m_j (j < 4) in the low

@@ -42,6 +42,9 @@
 #ifndef EMOLLM_TARGET_AVX512
 #define EMOLLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #endif
+#ifndef EMOLLM_TARGET_AVX512_VNNI
+#define EMOLLM_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#endif
 #ifndef EMOLLM_TARGET_AVX2
 #define EMOLLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #endif

@@ -7,9 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ChatTemplate, loadChatTemplate, renderChatTemplate } from '../../lib/chat_template.js';
 import type { ChatMessage } from '../../lib/chat_template.js';
-import { EmollmError } from '../../lib/errors.js';
 import { loadHfTokenizer } from '../../lib/tokenizer.js';
 import type { Tokenizer } from '../../lib/tokenizer.js';
+import { rejects, throws } from './helpers/errors.js';
 
 // Shared files: $EMOLLM_SHARED_DIR, else ../shared next to the repository.
 const repoRoot = join(__dirname, '..', '..');
@@ -26,26 +26,6 @@ interface Oracle {
   add_generation_prompt?: boolean;
   rendered_prompt?: string;
   input_ids_with_bos: number[];
-}
-
-function throws(f: () => unknown): EmollmError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(EmollmError);
-    return e as EmollmError;
-  }
-  throw new Error('expected a throw');
-}
-
-async function rejects(p: Promise<unknown>): Promise<EmollmError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(EmollmError);
-    return e as EmollmError;
-  }
-  throw new Error('expected a rejection');
 }
 
 let tmp: string;

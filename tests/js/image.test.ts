@@ -7,8 +7,6 @@ import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { EmollmError } from '../../lib/errors.js';
-import type { EmollmErrorCode } from '../../lib/errors.js';
 import {
   ImageProcessor,
   OPENAI_CLIP_MEAN,
@@ -23,6 +21,7 @@ import {
   resizePil,
 } from '../../lib/image.js';
 import type { RgbImage } from '../../lib/image.js';
+import { rejects, throws } from './helpers/errors.js';
 
 // Shared files: $EMOLLM_SHARED_DIR, else ../shared next to the repository.
 const repoRoot = join(__dirname, '..', '..');
@@ -33,28 +32,6 @@ const photo = join(tinyDir, 'photo.jpg');
 const haveTiny = existsSync(join(tinyDir, 'reference', 'pixel_values.f32')) && existsSync(photo);
 const haveLlava = existsSync(join(llavaDir, 'preprocessor_config.json'));
 if (!haveTiny || !haveLlava) console.warn(`image.test: llava files missing under ${shared} (set EMOLLM_SHARED_DIR); parity tests skipped`);
-
-async function rejectsWith(p: Promise<unknown>, code: EmollmErrorCode): Promise<EmollmError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(EmollmError);
-    expect((e as EmollmError).code, (e as Error).message).toBe(code);
-    return e as EmollmError;
-  }
-  throw new Error(`expected a rejection with ${code}`);
-}
-
-function throwsWith(f: () => unknown, code: EmollmErrorCode): EmollmError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(EmollmError);
-    expect((e as EmollmError).code, (e as Error).message).toBe(code);
-    return e as EmollmError;
-  }
-  throw new Error(`expected a throw with ${code}`);
-}
 
 /** Deterministic bytes (mulberry32). */
 function randomBytes(n: number, seed: number): Uint8Array {
@@ -374,8 +351,8 @@ describe('inputs', () => {
     expect(batch.data.subarray(2 * per)).toEqual(batch.data.subarray(0, per));
     // without a crop the sizes differ
     const noCrop = new ImageProcessor({ ...proc.config, doCenterCrop: false });
-    await rejectsWith(noCrop.preprocessBatch([ra, rb]), 'ERR_INVALID_ARGUMENT');
-    await rejectsWith(proc.preprocessBatch([]), 'ERR_INVALID_ARGUMENT');
+    await rejects(noCrop.preprocessBatch([ra, rb]), 'ERR_INVALID_ARGUMENT');
+    await rejects(proc.preprocessBatch([]), 'ERR_INVALID_ARGUMENT');
   });
 
   it('do_resize / do_center_crop / do_rescale / do_normalize are honoured', async () => {
@@ -423,24 +400,24 @@ describe('inputs', () => {
 
 describe('bad input never crashes: typed errors', () => {
   it('missing file and folder -> ERR_FILE_NOT_FOUND', async () => {
-    const e = await rejectsWith(decodeImage(join(dir, 'nope.jpg')), 'ERR_FILE_NOT_FOUND');
+    const e = await rejects(decodeImage(join(dir, 'nope.jpg')), 'ERR_FILE_NOT_FOUND');
     expect(e.file).toBe(join(dir, 'nope.jpg'));
-    await rejectsWith(decodeImage(dir), 'ERR_NOT_REGULAR_FILE');
+    await rejects(decodeImage(dir), 'ERR_NOT_REGULAR_FILE');
   });
 
   it('0-byte file and empty buffer -> ERR_BAD_IMAGE', async () => {
     const empty = join(dir, 'empty.jpg');
     await writeFile(empty, new Uint8Array(0));
-    const e = await rejectsWith(decodeImage(empty), 'ERR_BAD_IMAGE');
+    const e = await rejects(decodeImage(empty), 'ERR_BAD_IMAGE');
     expect(e.file).toBe(empty);
-    await rejectsWith(decodeImage(new Uint8Array(0)), 'ERR_BAD_IMAGE');
+    await rejects(decodeImage(new Uint8Array(0)), 'ERR_BAD_IMAGE');
   });
 
   it('random bytes -> ERR_BAD_IMAGE', async () => {
     const junk = join(dir, 'junk.png');
     await writeFile(junk, randomBytes(4096, 99));
-    await rejectsWith(decodeImage(junk), 'ERR_BAD_IMAGE');
-    for (let seed = 0; seed < 20; seed++) await rejectsWith(decodeImage(randomBytes(16 + seed * 37, seed)), 'ERR_BAD_IMAGE');
+    await rejects(decodeImage(junk), 'ERR_BAD_IMAGE');
+    for (let seed = 0; seed < 20; seed++) await rejects(decodeImage(randomBytes(16 + seed * 37, seed)), 'ERR_BAD_IMAGE');
   });
 
   it('truncated or corrupted JPEG / PNG -> ERR_BAD_IMAGE', async () => {
@@ -449,19 +426,19 @@ describe('bad input never crashes: typed errors', () => {
     const png = await sharp(Buffer.from(img.data), { raw: { width: 128, height: 96, channels: 3 } }).png().toBuffer();
     expect((await decodeImage(jpeg)).width).toBe(128);
     for (const cut of [0.9, 0.5, 0.1]) {
-      await rejectsWith(decodeImage(jpeg.subarray(0, Math.floor(jpeg.length * cut))), 'ERR_BAD_IMAGE');
-      await rejectsWith(decodeImage(png.subarray(0, Math.floor(png.length * cut))), 'ERR_BAD_IMAGE');
+      await rejects(decodeImage(jpeg.subarray(0, Math.floor(jpeg.length * cut))), 'ERR_BAD_IMAGE');
+      await rejects(decodeImage(png.subarray(0, Math.floor(png.length * cut))), 'ERR_BAD_IMAGE');
     }
-    await rejectsWith(decodeImage(jpeg.subarray(0, 3)), 'ERR_BAD_IMAGE');
+    await rejects(decodeImage(jpeg.subarray(0, 3)), 'ERR_BAD_IMAGE');
     // flipped bytes inside the compressed PNG data: zlib / CRC errors
     const bad = Buffer.from(png);
     for (let i = 100; i < 200; i++) bad[i] = bad[i]! ^ 0x5a;
-    await rejectsWith(decodeImage(bad), 'ERR_BAD_IMAGE');
+    await rejects(decodeImage(bad), 'ERR_BAD_IMAGE');
     if (haveTiny) {
       const t = join(dir, 'truncated.jpg');
       const full = readFileSync(photo);
       await writeFile(t, full.subarray(0, full.length >> 1));
-      const e = await rejectsWith(new ImageProcessor().preprocess(t), 'ERR_BAD_IMAGE');
+      const e = await rejects(new ImageProcessor().preprocess(t), 'ERR_BAD_IMAGE');
       expect(e.file).toBe(t);
     }
   });
@@ -469,42 +446,42 @@ describe('bad input never crashes: typed errors', () => {
   it('huge declared dimensions -> ERR_BAD_IMAGE before decoding', async () => {
     const huge = hugePngHeader(100_000, 100_000); // 10 gigapixels, 100 bytes of file
     expect((await sharp(huge, { limitInputPixels: false }).metadata()).width).toBe(100_000); // the header is well-formed
-    const e = await rejectsWith(decodeImage(huge), 'ERR_BAD_IMAGE');
+    const e = await rejects(decodeImage(huge), 'ERR_BAD_IMAGE');
     expect(e.message).toMatch(/limit/);
-    await rejectsWith(decodeImage(hugePngHeader(20_000, 6_000)), 'ERR_BAD_IMAGE'); // 120 MP > default 100 MP
+    await rejects(decodeImage(hugePngHeader(20_000, 6_000)), 'ERR_BAD_IMAGE'); // 120 MP > default 100 MP
     const hugeFile = join(dir, 'huge.png');
     await writeFile(hugeFile, hugePngHeader(65_535, 65_535));
-    await rejectsWith(new ImageProcessor().preprocess(hugeFile), 'ERR_BAD_IMAGE');
+    await rejects(new ImageProcessor().preprocess(hugeFile), 'ERR_BAD_IMAGE');
     // a configurable limit
     const img = pattern(50, 40);
     const raw = { data: img.data, width: 50, height: 40, channels: 3 as const };
-    await rejectsWith(decodeImage(raw, { maxPixels: 1999 }), 'ERR_BAD_IMAGE');
+    await rejects(decodeImage(raw, { maxPixels: 1999 }), 'ERR_BAD_IMAGE');
     expect((await decodeImage(raw, { maxPixels: 2000 })).width).toBe(50);
     const png = await sharp(Buffer.from(img.data), { raw: { width: 50, height: 40, channels: 3 } }).png().toBuffer();
-    await rejectsWith(decodeImage(png, { maxPixels: 1999 }), 'ERR_BAD_IMAGE');
+    await rejects(decodeImage(png, { maxPixels: 1999 }), 'ERR_BAD_IMAGE');
     expect((await decodeImage(png, { maxPixels: 2000 })).height).toBe(40);
-    await rejectsWith(decodeImage(png, { maxPixels: 0 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage(png, { maxPixels: 0 }), 'ERR_INVALID_ARGUMENT');
   });
 
   it('SVG and other non-raster formats are refused', async () => {
     const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>');
-    const e = await rejectsWith(decodeImage(svg), 'ERR_BAD_IMAGE');
+    const e = await rejects(decodeImage(svg), 'ERR_BAD_IMAGE');
     expect(e.message).toMatch(/unsupported image format/);
   });
 
   it('bad raw pixel objects and inputs -> ERR_INVALID_ARGUMENT', async () => {
-    await rejectsWith(decodeImage({ data: new Uint8Array(11), width: 2, height: 2, channels: 3 }), 'ERR_INVALID_ARGUMENT');
-    await rejectsWith(decodeImage({ data: new Uint8Array(12), width: 0, height: 2, channels: 3 }), 'ERR_INVALID_ARGUMENT');
-    await rejectsWith(decodeImage({ data: new Uint8Array(20), width: 2, height: 2, channels: 5 as 3 }), 'ERR_INVALID_ARGUMENT');
-    await rejectsWith(decodeImage({ data: [1, 2, 3] as unknown as Uint8Array, width: 1, height: 1, channels: 3 }), 'ERR_INVALID_ARGUMENT');
-    await rejectsWith(decodeImage(42 as unknown as string), 'ERR_INVALID_ARGUMENT');
-    await rejectsWith(decodeImage(new Uint8Array(4), { failOn: 'sometimes' as 'none' }), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage({ data: new Uint8Array(11), width: 2, height: 2, channels: 3 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage({ data: new Uint8Array(12), width: 0, height: 2, channels: 3 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage({ data: new Uint8Array(20), width: 2, height: 2, channels: 5 as 3 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage({ data: [1, 2, 3] as unknown as Uint8Array, width: 1, height: 1, channels: 3 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage(42 as unknown as string), 'ERR_INVALID_ARGUMENT');
+    await rejects(decodeImage(new Uint8Array(4), { failOn: 'sometimes' as 'none' }), 'ERR_INVALID_ARGUMENT');
   });
 
   it('an aborted signal rejects with ERR_ABORTED', async () => {
     const ac = new AbortController();
     ac.abort();
-    await rejectsWith(preprocessImage({ data: new Uint8Array(12), width: 2, height: 2, channels: 3 }, {}, { signal: ac.signal }), 'ERR_ABORTED');
+    await rejects(preprocessImage({ data: new Uint8Array(12), width: 2, height: 2, channels: 3 }, {}, { signal: ac.signal }), 'ERR_ABORTED');
   });
 });
 
@@ -540,29 +517,29 @@ describe('preprocessor_config.json', () => {
     expect(parseImageProcessorConfig({ image_mean: 0.5, image_std: 0.5 }).imageMean).toEqual([0.5, 0.5, 0.5]);
     expect(parseImageProcessorConfig({ image_aspect_ratio: 'pad' }).padToSquare).toBe(true);
     expect(parseImageProcessorConfig({ size: null, do_resize: null }).doResize).toBe(true);
-    throwsWith(() => parseImageProcessorConfig([]), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ size: { longest_edge: 3 } }), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ size: { shortest_edge: 0 } }), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ crop_size: '42' }), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ resample: 7 }), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ do_resize: 'yes' }), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ image_std: [1, 0, 1] }), 'ERR_BAD_CONFIG');
-    throwsWith(() => parseImageProcessorConfig({ image_mean: [1, 2] }), 'ERR_BAD_CONFIG');
-    const e = throwsWith(() => parseImageProcessorConfig({ rescale_factor: -1 }, 'x.json'), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig([]), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ size: { longest_edge: 3 } }), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ size: { shortest_edge: 0 } }), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ crop_size: '42' }), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ resample: 7 }), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ do_resize: 'yes' }), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ image_std: [1, 0, 1] }), 'ERR_BAD_CONFIG');
+    throws(() => parseImageProcessorConfig({ image_mean: [1, 2] }), 'ERR_BAD_CONFIG');
+    const e = throws(() => parseImageProcessorConfig({ rescale_factor: -1 }, 'x.json'), 'ERR_BAD_CONFIG');
     expect(e.message).toMatch(/rescale_factor/);
     expect(e.file).toBe('x.json');
-    throwsWith(() => parseImageProcessorConfig({ image_processor_type: 'ViTImageProcessor' }), 'ERR_UNSUPPORTED');
-    throwsWith(() => new ImageProcessor({ cropSize: { height: 0, width: 3 } }), 'ERR_INVALID_ARGUMENT');
-    throwsWith(() => new ImageProcessor({ imageStd: [1, 1, 0] }), 'ERR_INVALID_ARGUMENT');
+    throws(() => parseImageProcessorConfig({ image_processor_type: 'ViTImageProcessor' }), 'ERR_UNSUPPORTED');
+    throws(() => new ImageProcessor({ cropSize: { height: 0, width: 3 } }), 'ERR_INVALID_ARGUMENT');
+    throws(() => new ImageProcessor({ imageStd: [1, 1, 0] }), 'ERR_INVALID_ARGUMENT');
 
-    await rejectsWith(loadImageProcessorConfig(join(dir, 'missing')), 'ERR_FILE_NOT_FOUND');
-    await rejectsWith(loadImageProcessorConfig(dir), 'ERR_FILE_NOT_FOUND'); // folder without the file
+    await rejects(loadImageProcessorConfig(join(dir, 'missing')), 'ERR_FILE_NOT_FOUND');
+    await rejects(loadImageProcessorConfig(dir), 'ERR_FILE_NOT_FOUND'); // folder without the file
     const bad = join(dir, 'bad.json');
     await writeFile(bad, '{"size": ');
-    await rejectsWith(loadImageProcessorConfig(bad), 'ERR_MALFORMED_FILE');
+    await rejects(loadImageProcessorConfig(bad), 'ERR_MALFORMED_FILE');
     const wrong = join(dir, 'wrong.json');
     await writeFile(wrong, JSON.stringify({ crop_size: { height: -1, width: 2 } }));
-    const e2 = await rejectsWith(loadImageProcessor(wrong), 'ERR_BAD_CONFIG');
+    const e2 = await rejects(loadImageProcessor(wrong), 'ERR_BAD_CONFIG');
     expect(e2.file).toBe(wrong);
   });
 });

@@ -6,23 +6,13 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { readConfig } from '../../lib/config.js';
-import { EmollmError } from '../../lib/errors.js';
 import { findTensor, inspectGguf, inspectSafetensors } from '../../lib/loaders.js';
+import { rejects } from './helpers/errors.js';
 
 // The shared model folder: $EMOLLM_SHARED_DIR, else ../shared next to the repository.
 const shared = resolve(process.env.EMOLLM_SHARED_DIR ?? join(__dirname, '..', '..', '..', 'shared'));
 const haveShared = existsSync(join(shared, 'models', 'stories260K'));
 if (!haveShared) console.warn(`loaders.test: shared models not found at ${shared}; real-file tests skipped`);
-
-async function rejection(p: Promise<unknown>): Promise<EmollmError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(EmollmError);
-    return e as EmollmError;
-  }
-  throw new Error('expected a rejection');
-}
 
 function safetensorsBytes(header: string, dataBytes: number): Buffer {
   const h = Buffer.from(header, 'utf8');
@@ -107,17 +97,17 @@ describe('errors', () => {
 
   it('rejects a missing file with ERR_FILE_NOT_FOUND naming it', async () => {
     const p = join(dir, 'nope.safetensors');
-    const e = await rejection(inspectSafetensors(p));
+    const e = await rejects(inspectSafetensors(p));
     expect(e.code).toBe('ERR_FILE_NOT_FOUND');
     expect(e.message).toContain('nope.safetensors');
-    expect((await rejection(inspectGguf(join(dir, 'nope.gguf')))).code).toBe('ERR_FILE_NOT_FOUND');
-    expect((await rejection(readConfig(join(dir, 'config.json')))).code).toBe('ERR_FILE_NOT_FOUND');
+    expect((await rejects(inspectGguf(join(dir, 'nope.gguf')))).code).toBe('ERR_FILE_NOT_FOUND');
+    expect((await rejects(readConfig(join(dir, 'config.json')))).code).toBe('ERR_FILE_NOT_FOUND');
   });
 
   it('rejects malformed safetensors with ERR_MALFORMED_FILE naming the tensor', async () => {
     const p = join(dir, 'bad.safetensors');
     await writeFile(p, safetensorsBytes('{"model.norm.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}', 20));
-    const e = await rejection(inspectSafetensors(p));
+    const e = await rejects(inspectSafetensors(p));
     expect(e.code).toBe('ERR_MALFORMED_FILE');
     expect(e.file).toBe(p);
     expect(e.message).toContain('tensor model.norm.weight extends past end of file');
@@ -126,7 +116,7 @@ describe('errors', () => {
   it('rejects a GGUF with a bad magic and one claiming 2^60 tensors', async () => {
     const p = join(dir, 'bad.gguf');
     await writeFile(p, Buffer.from('GGML\x03\x00\x00\x00', 'latin1'));
-    const e = await rejection(inspectGguf(p));
+    const e = await rejects(inspectGguf(p));
     expect(e.code).toBe('ERR_MALFORMED_FILE');
     expect(e.message).toContain('bad magic');
     const h = Buffer.alloc(24);
@@ -134,23 +124,23 @@ describe('errors', () => {
     h.writeUInt32LE(3, 4);
     h.writeBigUInt64LE(1n << 60n, 8);
     await writeFile(p, h);
-    expect((await rejection(inspectGguf(p))).message).toContain('cannot fit');
+    expect((await rejects(inspectGguf(p))).message).toContain('cannot fit');
   });
 
   it('rejects bad configs with ERR_BAD_CONFIG / ERR_MALFORMED_FILE', async () => {
     const p = join(dir, 'config.json');
     await writeFile(p, '{"model_type": "gpt2"}');
-    const e = await rejection(readConfig(p));
+    const e = await rejects(readConfig(p));
     expect(e.code).toBe('ERR_BAD_CONFIG');
     expect(e.message).toContain('gpt2');
     await writeFile(p, '{"model_type": "llama", "hidden_size": "big"}');
-    expect((await rejection(readConfig(p))).message).toContain('hidden_size');
+    expect((await rejects(readConfig(p))).message).toContain('hidden_size');
     await writeFile(p, '{"model_type": ');
-    expect((await rejection(readConfig(p))).code).toBe('ERR_MALFORMED_FILE');
+    expect((await rejects(readConfig(p))).code).toBe('ERR_MALFORMED_FILE');
   });
 
   it('rejects a non-string path', async () => {
-    expect((await rejection(inspectGguf(42 as unknown as string))).code).toBe('ERR_INVALID_ARGUMENT');
+    expect((await rejects(inspectGguf(42 as unknown as string))).code).toBe('ERR_INVALID_ARGUMENT');
   });
 });
 

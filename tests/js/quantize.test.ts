@@ -1,6 +1,6 @@
 // GGUF writing and re-quantization, checked end to end on the real stories260K model: the
 // converted files load, carry the right types, and their logits stay close to llama2.c's.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { configure, inspectGguf, loadModel, quantizeGguf, writeGguf } from '../../lib/index.js';
+import { compareLogits } from './helpers/random_llama.js';
+import { onceUponATimeLogits } from './helpers/stories_oracle.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
@@ -19,44 +21,8 @@ if (!have) console.warn(`quantize tests skipped: ${GGUF} not found`);
 const tmp = mkdtempSync(join(tmpdir(), 'emollm-quant-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function oracleLogits(): { tokens: number[]; logits: Float32Array } {
-  const tokens: number[] = [];
-  const values: number[] = [];
-  for (const line of readFileSync(join(dir, 'oracle', 'logits_prompt_once_upon_a_time_pos0-4.txt'), 'utf8').split('\n')) {
-    const m = /^# pos \d+ input_token (\d+)/.exec(line);
-    if (m) tokens.push(Number(m[1]));
-    else if (line.trim() !== '') values.push(Number(line));
-  }
-  return { tokens, logits: Float32Array.from(values) };
-}
-
-function compare(a: Float32Array, b: Float32Array): { maxDiff: number; cosine: number; argmaxAgree: number } {
-  let maxDiff = 0;
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  let agree = 0;
-  const rows = a.length / 512;
-  for (let r = 0; r < rows; r++) {
-    let ia = 0;
-    let ib = 0;
-    for (let i = 0; i < 512; i++) {
-      const x = a[r * 512 + i]!;
-      const y = b[r * 512 + i]!;
-      maxDiff = Math.max(maxDiff, Math.abs(x - y));
-      dot += x * y;
-      na += x * x;
-      nb += y * y;
-      if (x > a[r * 512 + ia]!) ia = i;
-      if (y > b[r * 512 + ib]!) ib = i;
-    }
-    if (ia === ib) agree++;
-  }
-  return { maxDiff, cosine: dot / Math.sqrt(na * nb), argmaxAgree: agree / rows };
-}
-
 describe.skipIf(!have)('quantizeGguf on stories260K', () => {
-  const oracle = have ? oracleLogits() : { tokens: [], logits: new Float32Array() };
+  const oracle = have ? onceUponATimeLogits(dir) : { tokens: [], logits: new Float32Array() };
 
   it('an f32 -> f32 rewrite is lossless (the writer reproduces the model)', async () => {
     const out = join(tmp, 'f32.gguf');
@@ -65,7 +31,7 @@ describe.skipIf(!have)('quantizeGguf on stories260K', () => {
     const m = await loadModel(out, { contextSize: 64, threads: 1 });
     try {
       const logits = await m.logits(oracle.tokens, { all: true });
-      expect(compare(logits, oracle.logits).maxDiff).toBeLessThanOrEqual(1e-4);
+      expect(compareLogits(logits, oracle.logits, 512).maxDiff).toBeLessThanOrEqual(1e-4);
     } finally {
       await m.close();
     }
@@ -103,10 +69,10 @@ describe.skipIf(!have)('quantizeGguf on stories260K', () => {
       const f = await loadModel(back, { contextSize: 64, threads: 1 });
       try {
         configure({ quantActivations: 'f32' });
-        const exact = compare(await m.logits(oracle.tokens, { all: true }), await f.logits(oracle.tokens, { all: true }));
+        const exact = compareLogits(await m.logits(oracle.tokens, { all: true }), await f.logits(oracle.tokens, { all: true }), 512);
         expect(exact.maxDiff).toBeLessThanOrEqual(1e-3);
         configure({ quantActivations: 'q8' });
-        const c = compare(await m.logits(oracle.tokens, { all: true }), oracle.logits);
+        const c = compareLogits(await m.logits(oracle.tokens, { all: true }), oracle.logits, 512);
         expect(c.maxDiff).toBeLessThanOrEqual(maxDiff);
         expect(c.cosine).toBeGreaterThanOrEqual(cosine);
         expect(c.argmaxAgree).toBeGreaterThanOrEqual(agree);

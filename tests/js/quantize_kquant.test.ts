@@ -16,6 +16,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { configure, dequantize, inspectGguf, loadModel, quantize, quantizeGguf, writeGguf } from '../../lib/index.js';
 import { compareLogits, makeRandomLlama, type LogitsComparison } from './helpers/random_llama.js';
+import { onceUponATimeLogits } from './helpers/stories_oracle.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
@@ -28,17 +29,6 @@ const tmp = mkdtempSync(join(tmpdir(), 'emollm-kquant-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 const VOCAB = 512;
-
-function oracleLogits(): { tokens: number[]; logits: Float32Array } {
-  const tokens: number[] = [];
-  const values: number[] = [];
-  for (const line of readFileSync(join(dir, 'oracle', 'logits_prompt_once_upon_a_time_pos0-4.txt'), 'utf8').split('\n')) {
-    const m = /^# pos \d+ input_token (\d+)/.exec(line);
-    if (m) tokens.push(Number(m[1]));
-    else if (line.trim() !== '') values.push(Number(line));
-  }
-  return { tokens, logits: Float32Array.from(values) };
-}
 
 const compare = (a: Float32Array, b: Float32Array): LogitsComparison => compareLogits(a, b, VOCAB);
 
@@ -59,7 +49,7 @@ async function run(path: string, tokens: number[]): Promise<{ f32: Float32Array;
 }
 
 describe.skipIf(!have)('q4_1 / q5_0 / q5_1 on stories260K', () => {
-  const oracle = have ? oracleLogits() : { tokens: [], logits: new Float32Array() };
+  const oracle = have ? onceUponATimeLogits(dir) : { tokens: [], logits: new Float32Array() };
   // Bounds against run.c's f32 logits (which span about +-19), with q8 activations. Measured
   // here (deterministic: fixed inputs, ggml's reference quantizer): max |diff| / cosine
   // q4_1 2.51 / 0.9938, q5_0 1.67 / 0.9971, q5_1 1.50 / 0.9988 (f32 activations give about the

@@ -6,7 +6,7 @@
 //     f32, f16 and bf16 inputs, in an 8-layer random LLaMA with whole 256-element rows, and on
 //     stories260K (rows of 64 / 172: llama.cpp's fallback types) against llama2.c's run.c logits.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { configure, inspectGguf, loadModel, quantizeGguf, useMoreBits } from '../../lib/index.js';
 import { mixChooser } from '../../lib/quantize_mix.js';
 import { compareLogits, makeRandomLlama } from './helpers/random_llama.js';
+import { onceUponATimeLogits } from './helpers/stories_oracle.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const shared = process.env.EMOLLM_SHARED_DIR ?? join(repoRoot, '..', 'shared');
@@ -176,15 +177,9 @@ describe.skipIf(!have)('Q4_K_M on stories260K (rows of 64 / 172: fallback types)
     expect(r.types['output.weight']).toBe('q8_0');
     expect(info.tensors.find((t) => t.name === 'blk.2.attn_v.weight')?.dtype).toBe('q8_0');
     // run.c's f32 logits for "Once upon a time" (positions 0-4).
-    const tokens: number[] = [];
-    const values: number[] = [];
-    for (const line of readFileSync(join(dir, 'oracle', 'logits_prompt_once_upon_a_time_pos0-4.txt'), 'utf8').split('\n')) {
-      const m = /^# pos \d+ input_token (\d+)/.exec(line);
-      if (m) tokens.push(Number(m[1]));
-      else if (line.trim() !== '') values.push(Number(line));
-    }
-    const q = await run(out, tokens);
-    const c = compareLogits(q.logits, Float32Array.from(values), VOCAB);
+    const oracle = onceUponATimeLogits(dir);
+    const q = await run(out, oracle.tokens);
+    const c = compareLogits(q.logits, oracle.logits, VOCAB);
     console.log(`stories260K Q4_K_M: vs run.c f32 max|d| ${c.maxDiff.toFixed(3)} cos ${c.cosine.toFixed(5)} top1 ${c.argmaxAgree}`);
     // measured: max |diff| 1.571, cos 0.99821 (run.c's logits span about +-19)
     expect(c.maxDiff).toBeLessThanOrEqual(2.5);

@@ -6,7 +6,6 @@ import { join, resolve } from 'node:path';
 import { Tokenizer as HfLib } from '@huggingface/tokenizers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { EmollmError } from '../../lib/errors.js';
 import { native } from '../../lib/native.js';
 import {
   HfTokenizer,
@@ -18,6 +17,7 @@ import {
   tokenizerFromGgufMetadata,
 } from '../../lib/tokenizer.js';
 import type { Tokenizer } from '../../lib/tokenizer.js';
+import { rejects, throws } from './helpers/errors.js';
 
 // Shared files: $EMOLLM_SHARED_DIR, else ../shared next to the repository.
 const repoRoot = join(__dirname, '..', '..');
@@ -62,28 +62,6 @@ function stream(tok: Tokenizer, ids: readonly number[], skipSpecialTokens = fals
   let s = '';
   for (const id of ids) s += d.push(id);
   return s + d.flush();
-}
-
-function rejects(p: Promise<unknown>): Promise<EmollmError> {
-  return p.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (e: unknown) => {
-      expect(e).toBeInstanceOf(EmollmError);
-      return e as EmollmError;
-    },
-  );
-}
-
-function throws(f: () => unknown): EmollmError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(EmollmError);
-    return e as EmollmError;
-  }
-  throw new Error('expected a throw');
 }
 
 // ---------------------------------------------------------------------------------------------

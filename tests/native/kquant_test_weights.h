@@ -1,5 +1,6 @@
 // q4_K / q5_K / q6_K weights for the bound tests of the K-quant GEMM (test_quant_ext.cpp) and
-// GEMV (test_kquant_gemv.cpp), and the min term those bounds need.
+// GEMV (test_kquant_gemv.cpp), the min term those bounds need, and the N(0, scale) values both
+// files draw their weights, activations and biases from.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -12,15 +13,24 @@
 
 namespace emollm_test {
 
-// N rows of K: quantize_row of wf's rows (random_bytes false), or random block bytes (every code,
-// scale and min bit pattern) with fp16 d / dmin from a sane set (~1e-3 .. 8e-3, one negative),
-// so nothing overflows to inf.
-inline std::vector<uint8_t> kquant_weights(emollm::DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed,
-                                           const std::vector<float>& wf) {
+// n values of N(0, scale) (mt19937 from seed).
+inline std::vector<float> normal_floats(size_t n, uint32_t seed, float scale) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// N rows of K: quantize_row of N(0, 0.05) rows (normal_floats(N * K, seed, 0.05f); random_bytes
+// false), or random block bytes (every code, scale and min bit pattern) with fp16 d / dmin from a
+// sane set (~1e-3 .. 8e-3, one negative), so nothing overflows to inf.
+inline std::vector<uint8_t> kquant_weights(emollm::DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed) {
   using namespace emollm;
   const size_t rb = dtype_row_bytes(t, K), bb = dtype_block_bytes(t);
   std::vector<uint8_t> w(size_t(N) * rb);
   if (!random_bytes) {
+    const std::vector<float> wf = normal_floats(size_t(N * K), seed, 0.05f);
     for (int64_t n = 0; n < N; ++n) quantize_row(t, wf.data() + n * K, w.data() + size_t(n) * rb, K);
     return w;
   }

@@ -1,9 +1,13 @@
-// Requests submitted to a Scheduler so that they are admitted together: the first request's first
-// token holds the scheduler thread until every request is queued. Shared by the scheduler tests
-// that compare batched (and preempted) requests with the same requests alone.
+// Requests submitted to a Scheduler at a known point of another's decoding, whatever the machine's
+// load: a request's on_token holds the scheduler thread (which runs every request of a Scheduler)
+// at its k-th token until the test has queued what it wanted (TokenGate). submit_together: the
+// first request's first token holds it until every request is queued, so all are admitted
+// together (the scheduler tests that compare batched and preempted requests with the same
+// requests alone).
 #pragma once
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <thread>
 #include <vector>
@@ -12,28 +16,55 @@
 
 namespace emollm_test {
 
+// Holds the scheduler thread in a request's on_token at its `at`-th token until open().
+class TokenGate {
+ public:
+  explicit TokenGate(int at = 1) : at_(at) {}
+  // From on_token (scheduler thread): counts the token; at the at-th, waits for open().
+  void on_token() {
+    if (++seen_ == at_)
+      while (!open_.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  // Test thread: waits until the request has reached its at-th token (and is held there).
+  void wait_held() const {
+    while (seen_.load() < at_) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  void open() { open_.store(true); }
+  bool is_open() const { return open_.load(); }
+
+ private:
+  const int at_;
+  std::atomic<int> seen_{0};
+  std::atomic<bool> open_{false};
+};
+
 struct TogetherRun {
   std::vector<emollm::SeqOutcome> got;         // each request's outcome, in submission order
   std::vector<std::vector<int32_t>> streamed;  // each request's on_token calls, in order
 };
 
-// Sets each request's on_token / on_done, submits them all, waits for every outcome.
-inline TogetherRun submit_together(emollm::Scheduler& sched, std::vector<emollm::SeqRequest> requests) {
+// Sets each request's on_done, submits them all in order, waits for every outcome. A request's own
+// on_token (if any) still runs, after its token is recorded (and, for the first request, after the
+// gate opens). submitted(i, id), when given, sees each request's id right after its submission,
+// before the first request is let go (for on_token callbacks that abort a request by id).
+inline TogetherRun submit_together(emollm::Scheduler& sched, std::vector<emollm::SeqRequest> requests,
+                                   const std::function<void(size_t, uint64_t)>& submitted = {}) {
   const size_t N = requests.size();
   TogetherRun run;
   run.streamed.resize(N);
   std::vector<std::promise<emollm::SeqOutcome>> done(N);
-  std::atomic<bool> gate{false};
+  TokenGate gate;
   for (size_t i = 0; i < N; ++i) {
-    requests[i].on_token = [&run, &gate, i](int32_t tok) {
+    requests[i].on_token = [&run, &gate, i, own = std::move(requests[i].on_token)](int32_t tok) {
       run.streamed[i].push_back(tok);
-      if (i == 0)
-        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+      if (i == 0) gate.on_token();
+      if (own) own(tok);
     };
     requests[i].on_done = [&done, i](emollm::SeqOutcome&& o) { done[i].set_value(std::move(o)); };
-    sched.submit(std::move(requests[i]));
+    const uint64_t id = sched.submit(std::move(requests[i]));
+    if (submitted) submitted(i, id);
   }
-  gate.store(true);
+  gate.open();
   for (auto& d : done) run.got.push_back(d.get_future().get());
   return run;
 }

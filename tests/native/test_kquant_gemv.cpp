@@ -18,23 +18,7 @@
 
 using namespace emollm;
 
-namespace {
-
-std::vector<float> normal_vec(size_t n, uint32_t seed, float scale) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
-
-// quantize_row of N(0, 0.05) rows, or random block bytes with sane scales (kquant_test_weights.h).
-std::vector<uint8_t> weights(DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed) {
-  return emollm_test::kquant_weights(t, N, K, random_bytes, seed,
-                                     random_bytes ? std::vector<float>() : normal_vec(size_t(N * K), seed, 0.05f));
-}
-
-}  // namespace
+using emollm_test::normal_floats;
 
 // Against the float64 sum of X rounded to q8_0 (quantize_row + dequantize_row: exact f32 values)
 // times the dequantised weights. The integer sub-block products are exact; each 4-element lane
@@ -65,13 +49,13 @@ TEST(kquant_gemv_vnni_per_block_bound) {
     for (const Shape& sh : shapes) {
       const int64_t M = sh.M, N = sh.N, K = sh.K;
       for (bool random_bytes : {false, true}) {
-        const std::vector<uint8_t> w = weights(t, N, K, random_bytes, 200u + uint32_t(K + 7 * N + M));
-        std::vector<float> X = normal_vec(size_t(M * K), 31u + uint32_t(M + K), 1.0f);
+        const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 200u + uint32_t(K + 7 * N + M));
+        std::vector<float> X = normal_floats(size_t(M * K), 31u + uint32_t(M + K), 1.0f);
         if (M >= 3) {
           for (int64_t k = 0; k < K; ++k) X[size_t(K + k)] = 0.0f;                                  // all-zero row
           for (int64_t k = 0; k < K; ++k) X[size_t(2 * K + k)] *= (k % 64 < 32) ? 300.0f : 1e-3f;  // mixed scales
         }
-        const std::vector<float> bias = normal_vec(size_t(N), 3u, 0.5f);
+        const std::vector<float> bias = normal_floats(size_t(N), 3u, 0.5f);
         const size_t rb = dtype_row_bytes(t, K);
         std::vector<float> wd(size_t(N * K)), xq(size_t(M * K));
         for (int64_t n = 0; n < N; ++n) dequantize_row(t, w.data() + size_t(n) * rb, wd.data() + n * K, K);
@@ -150,8 +134,8 @@ TEST(kquant_gemv_vnni_per_block_bound) {
 TEST(kquant_gemv_vnni_detects_a_changed_code) {
   const int64_t N = 3, K = 512;
   for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-    std::vector<uint8_t> w = weights(t, N, K, false, 77u);
-    const std::vector<float> x = normal_vec(size_t(K), 5u, 1.0f);
+    std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 77u);
+    const std::vector<float> x = normal_floats(size_t(K), 5u, 1.0f);
     std::vector<float> y0(static_cast<size_t>(N)), y1(static_cast<size_t>(N));
     gemm(x.data(), K, w.data(), t, nullptr, y0.data(), N, 1, N, K, nullptr);
     // a code byte of row 1, second super-block (q4_K: qs; q5_K: qs; q6_K: ql)

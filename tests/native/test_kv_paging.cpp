@@ -18,8 +18,6 @@
 #include <cstdio>
 #include <future>
 #include <string>
-#include <thread>
-#include <chrono>
 #include <vector>
 
 #include "base/error.h"
@@ -197,47 +195,33 @@ TEST(kv_paging_scheduler_small_pool_queues_rejects_and_frees) {
   so.kv_positions = 80;
   Scheduler sched(stories_model(), so);
   const int N = 4;
-  std::vector<std::promise<SeqOutcome>> done(N + 2);
   std::vector<GenerateResult> want;
   for (int i = 0; i < N; ++i) {
     LlamaContext alone(stories_model(), LlamaContextOptions{128, 0, 1});
     want.push_back(Session(alone).generate(std::vector<int32_t>(t.begin(), t.begin() + 6 + i), nullptr, greedy(20), nullptr));
   }
-  // the first request holds the scheduler thread at its first token until all are submitted
-  std::atomic<bool> gate{false};
+  std::vector<SeqRequest> requests(N + 2);
   for (int i = 0; i < N; ++i) {
-    SeqRequest r;
-    r.prompt.assign(t.begin(), t.begin() + 6 + i);
-    r.params = greedy(20);
-    if (i == 0)
-      r.on_token = [&](int32_t) {
-        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-      };
-    r.on_done = [&, i](SeqOutcome&& o) { done[size_t(i)].set_value(std::move(o)); };
-    sched.submit(std::move(r));
+    requests[size_t(i)].prompt.assign(t.begin(), t.begin() + 6 + i);
+    requests[size_t(i)].params = greedy(20);
   }
   // one whose worst case exceeds the whole pool (12 + 100 positions > 80): a typed error
-  SeqRequest big;
-  big.prompt = t;
-  big.params = greedy(100);
-  big.on_done = [&](SeqOutcome&& o) { done[size_t(N)].set_value(std::move(o)); };
-  sched.submit(std::move(big));
+  requests[size_t(N)].prompt = t;
+  requests[size_t(N)].params = greedy(100);
   // one aborted while it runs: its blocks go back to the pool
   std::atomic<int> seen{0};
-  SeqRequest ab;
+  std::atomic<uint64_t> ab_id{0};
+  SeqRequest& ab = requests[size_t(N + 1)];
   ab.prompt = {1, 2, 3};
   ab.params = greedy(20);
-  uint64_t ab_id = 0;
-  std::atomic<uint64_t> ab_id_a{0};
   ab.on_token = [&](int32_t) {
-    if (++seen == 3) sched.abort(ab_id_a.load());
+    if (++seen == 3) sched.abort(ab_id.load());
   };
-  ab.on_done = [&](SeqOutcome&& o) { done[size_t(N + 1)].set_value(std::move(o)); };
-  ab_id = sched.submit(std::move(ab));
-  ab_id_a.store(ab_id);
-  gate.store(true);
-  std::vector<SeqOutcome> got;
-  for (auto& d : done) got.push_back(d.get_future().get());
+  // the first request holds the scheduler thread at its first token until all are submitted
+  const std::vector<SeqOutcome> got =
+      emollm_test::submit_together(sched, std::move(requests), [&](size_t i, uint64_t id) {
+        if (i == size_t(N + 1)) ab_id.store(id);
+      }).got;
   for (int i = 0; i < N; ++i) {
     EXPECT(!got[size_t(i)].error);
     EXPECT(got[size_t(i)].generated.tokens == want[size_t(i)].tokens);
@@ -413,31 +397,27 @@ TEST(kv_paging_abort_of_a_preempted_request) {
   so.kv_block_size = 16;
   so.kv_positions = 64;
   Scheduler sched(stories_model(), so);
-  std::promise<SeqOutcome> da, db;
   std::atomic<uint64_t> b_id{0};
-  std::atomic<bool> gate{false}, aborted_while_queued{false};
-  SeqRequest a;
-  a.prompt = pa;
-  a.params = greedy(50);
-  a.on_token = [&](int32_t) {
-    while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  std::atomic<bool> aborted_while_queued{false};
+  std::vector<SeqRequest> requests(2);
+  requests[0].prompt = pa;
+  requests[0].params = greedy(50);
+  requests[0].on_token = [&](int32_t) {
     const SchedulerStats s = sched.stats();
     if (!aborted_while_queued.load() && s.kv_preemptions >= 1 && s.queued == 1) {
       aborted_while_queued.store(true);
       sched.abort(b_id.load());
     }
   };
-  a.on_done = [&](SeqOutcome&& o) { da.set_value(std::move(o)); };
-  sched.submit(std::move(a));
-  SeqRequest b;
-  b.prompt = pb;
-  b.params = greedy(50);
-  std::vector<int32_t> b_streamed;
-  b.on_token = [&](int32_t t) { b_streamed.push_back(t); };
-  b.on_done = [&](SeqOutcome&& o) { db.set_value(std::move(o)); };
-  b_id.store(sched.submit(std::move(b)));
-  gate.store(true);
-  const SeqOutcome oa = da.get_future().get(), ob = db.get_future().get();
+  requests[1].prompt = pb;
+  requests[1].params = greedy(50);
+  // A holds the scheduler thread at its first token until B is queued
+  const emollm_test::TogetherRun run = emollm_test::submit_together(
+      sched, std::move(requests), [&](size_t i, uint64_t id) {
+        if (i == 1) b_id.store(id);
+      });
+  const SeqOutcome &oa = run.got[0], &ob = run.got[1];
+  const std::vector<int32_t>& b_streamed = run.streamed[1];
   EXPECT(aborted_while_queued.load());
   EXPECT(!oa.error && oa.generated.tokens == want_a.tokens);
   EXPECT(!ob.error && ob.generated.reason == StopReason::Aborted);
@@ -463,31 +443,22 @@ TEST(kv_paging_scheduler_shares_a_common_prompt_by_reference) {
   so.n_seq = 2;
   so.kv_block_size = 16;
   Scheduler sched(stories_model(), so);
-  std::vector<std::promise<SeqOutcome>> done(2);
   std::atomic<int64_t> max_shared{0};
-  // the first holds the scheduler thread at its first token until the second is submitted (else,
-  // on a loaded machine, it could finish first and the second would reuse its idle cache instead)
-  std::atomic<bool> gate{false};
-  for (int i = 0; i < 2; ++i) {
-    SeqRequest r;
+  std::vector<SeqRequest> requests(2);
+  for (SeqRequest& r : requests) {
     r.prompt = t;
     r.params = greedy(10);
-    r.on_token = [&, i](int32_t) {
-      if (i == 0)
-        while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    r.on_token = [&](int32_t) {
       const int64_t s = sched.stats().kv_blocks_shared;
       int64_t m = max_shared.load();
       while (s > m && !max_shared.compare_exchange_weak(m, s)) {
       }
     };
-    r.on_done = [&, i](SeqOutcome&& o) { done[size_t(i)].set_value(std::move(o)); };
-    sched.submit(std::move(r));
   }
-  gate.store(true);
-  for (auto& d : done) {
-    SeqOutcome o = d.get_future().get();
+  // the first holds the scheduler thread at its first token until the second is submitted (else,
+  // on a loaded machine, it could finish first and the second would reuse its idle cache instead)
+  for (const SeqOutcome& o : emollm_test::submit_together(sched, std::move(requests)).got)
     EXPECT(!o.error && o.generated.tokens == want.tokens);
-  }
   const SchedulerStats st = sched.stats();
   std::printf("  shared prompt: %lld prefix copies (by reference), most shared blocks %lld\n",
               (long long)st.prefix_copies, (long long)max_shared.load());
@@ -527,24 +498,15 @@ TEST(kv_paging_preempted_scoring_resumes_its_options) {
   so.kv_block_size = 16;
   so.kv_positions = 96;
   Scheduler sched(stories_model(), so);
-  std::promise<SeqOutcome> da, ds;
-  std::atomic<bool> gate{false};
-  SeqRequest a;
-  a.prompt = pa;
-  a.params = greedy(60);
-  a.on_token = [&](int32_t) {
-    while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-  };
-  a.on_done = [&](SeqOutcome&& o) { da.set_value(std::move(o)); };
-  sched.submit(std::move(a));
-  SeqRequest s;
-  s.kind = SeqRequest::Kind::Score;
-  s.prompt = prefix;
-  s.continuations = conts;
-  s.on_done = [&](SeqOutcome&& o) { ds.set_value(std::move(o)); };
-  sched.submit(std::move(s));
-  gate.store(true);
-  const SeqOutcome oa = da.get_future().get(), os = ds.get_future().get();
+  std::vector<SeqRequest> requests(2);
+  requests[0].prompt = pa;
+  requests[0].params = greedy(60);
+  requests[1].kind = SeqRequest::Kind::Score;
+  requests[1].prompt = prefix;
+  requests[1].continuations = conts;
+  // A holds the scheduler thread at its first token until S is queued
+  const emollm_test::TogetherRun run = emollm_test::submit_together(sched, std::move(requests));
+  const SeqOutcome &oa = run.got[0], &os = run.got[1];
   EXPECT(!oa.error && oa.generated.tokens == want_a.tokens);
   EXPECT(!os.error && !os.aborted && os.scores.size() == want_s.size());
   double worst = 0, worst_tok = 0;

@@ -62,13 +62,7 @@ void expect_same_bits(const float* a, const float* b, size_t n, const std::strin
     }
 }
 
-std::vector<float> rand_vec(size_t n, uint32_t seed, float scale) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
+using emollm_test::normal_floats;
 
 }  // namespace
 
@@ -213,14 +207,14 @@ TEST(quant_ext_gemm_all_paths) {
     const int64_t be = dtype_block_elems(t);
     for (int64_t K : {be * 2, be * 3, int64_t(512), int64_t(1024) + be}) {  // odd block counts: the vector tails
       const int64_t N = 37;
-      std::vector<float> wf = rand_vec(size_t(N * K), 11u + uint32_t(K), 0.05f);
+      std::vector<float> wf = normal_floats(size_t(N * K), 11u + uint32_t(K), 0.05f);
       for (int64_t i = 0; i < K; ++i) wf[size_t(3 * K + i)] = 0.0f;  // an all-zero row
       std::vector<uint8_t> w(size_t(N) * dtype_row_bytes(t, K));
       for (int64_t n = 0; n < N; ++n)
         quantize_row(t, wf.data() + n * K, w.data() + size_t(n) * dtype_row_bytes(t, K), K);
-      const std::vector<float> bias = rand_vec(size_t(N), 5u, 0.1f);
+      const std::vector<float> bias = normal_floats(size_t(N), 5u, 0.1f);
       for (int64_t M : {1, 2, 3, 5, 8, 9, 20, 67}) {
-        std::vector<float> X = rand_vec(size_t(M * K), 7u + uint32_t(M), 1.0f);
+        std::vector<float> X = normal_floats(size_t(M * K), 7u + uint32_t(M), 1.0f);
         // q8 reference input: X rounded to q8_0 (what the Q8 mode computes with)
         std::vector<float> Xq(X.size());
         std::vector<uint8_t> tmp(dtype_row_bytes(DType::Q8_0, K));
@@ -260,17 +254,6 @@ TEST(quant_ext_gemm_all_paths) {
   }
 }
 
-namespace {
-
-// Weights for the bound test: quantize_row of N(0, 0.05) rows, or random block bytes with sane
-// fp16 scales (kquant_test_weights.h).
-std::vector<uint8_t> kquant_weights(DType t, int64_t N, int64_t K, bool random_bytes, uint32_t seed) {
-  return emollm_test::kquant_weights(t, N, K, random_bytes, seed,
-                                     random_bytes ? std::vector<float>() : rand_vec(size_t(N * K), seed, 0.05f));
-}
-
-}  // namespace
-
 // The int8 prefill GEMM for q4_K / q5_K / q6_K (gemm_kquant_vnni.cpp) against the float64 sum of
 // the same products: X rounded to q8_0 (quantize_row + dequantize_row, exact f32 values) times the
 // dequantised weights. Bound per output (gemm_kquant_vnni.cpp's header): the integer block dot
@@ -296,11 +279,11 @@ TEST(quant_ext_kquant_vnni_per_block_bound) {
     for (const Shape& sh : shapes) {
       const int64_t M = sh.M, N = sh.N, K = sh.K;
       for (bool random_bytes : {false, true}) {
-        const std::vector<uint8_t> w = kquant_weights(t, N, K, random_bytes, 100u + uint32_t(K + N));
-        std::vector<float> X = rand_vec(size_t(M * K), 9u + uint32_t(M), 1.0f);
+        const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 100u + uint32_t(K + N));
+        std::vector<float> X = normal_floats(size_t(M * K), 9u + uint32_t(M), 1.0f);
         for (int64_t k = 0; k < K; ++k) X[size_t(2 * K + k)] = 0.0f;             // an all-zero row
         for (int64_t k = 0; k < K; ++k) X[size_t(3 * K + k)] *= (k % 64 < 32) ? 300.0f : 1e-3f;  // mixed scales
-        const std::vector<float> bias = rand_vec(size_t(N), 3u, 0.5f);
+        const std::vector<float> bias = normal_floats(size_t(N), 3u, 0.5f);
         // float64 reference and bound
         const size_t rb = dtype_row_bytes(t, K);
         std::vector<float> wd(size_t(N * K)), xq(size_t(M * K));

@@ -25,6 +25,7 @@
 #include "model/session.h"
 #include "shared_data.h"
 #include "stories_helpers.h"
+#include "submit_together.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -234,15 +235,11 @@ TEST(scheduler_shutdown_aborts_waiting_and_running) {
   so.n_seq = 1;
   auto sched = std::make_unique<Scheduler>(stories_model(), so);
   std::promise<SeqOutcome> p1, p2;
-  std::atomic<int> n{0};
-  std::atomic<bool> gate{false};
+  emollm_test::TokenGate gate(2);  // holds the scheduler thread at r1's 2nd token until shutdown() was called
   SeqRequest r1;
   r1.prompt = {1};
   r1.params = greedy(200);
-  r1.on_token = [&](int32_t) {  // holds the scheduler thread at its 2nd token until shutdown() was called
-    if (++n == 2)
-      while (!gate.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-  };
+  r1.on_token = [&](int32_t) { gate.on_token(); };
   r1.on_done = [&](SeqOutcome&& o) { p1.set_value(std::move(o)); };
   sched->submit(std::move(r1));
   SeqRequest r2 = {};
@@ -250,9 +247,9 @@ TEST(scheduler_shutdown_aborts_waiting_and_running) {
   r2.params = greedy(5);
   r2.on_done = [&](SeqOutcome&& o) { p2.set_value(std::move(o)); };
   sched->submit(std::move(r2));
-  while (n.load() < 2) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  gate.wait_held();
   sched->shutdown();
-  gate.store(true);
+  gate.open();
   sched.reset();  // join
   SeqOutcome o1 = p1.get_future().get(), o2 = p2.get_future().get();
   EXPECT(o1.generated.reason == StopReason::Aborted && o1.generated.tokens.size() == 2);
@@ -351,26 +348,24 @@ LongPromptRun long_prompt_beside_decoder(bool chunked, const std::vector<int32_t
   so.chunked_prefill = chunked;
   Scheduler sched(stories_model(), so);
   LongPromptRun run;
-  std::atomic<int> n{0};
-  std::atomic<bool> queued{false};
+  emollm_test::TokenGate queued(3);  // open once the long request is queued
   std::promise<SeqOutcome> pa, pb;
   SeqRequest a;
   a.prompt = dec_prompt;
   a.params = greedy(120);
   a.on_token = [&](int32_t) {
-    if (++n == 3)
-      while (!queued.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    if (queued.load() && sched.stats().prefilling > 0) run.tokens_during_prefill++;
+    queued.on_token();
+    if (queued.is_open() && sched.stats().prefilling > 0) run.tokens_during_prefill++;
   };
   a.on_done = [&](SeqOutcome&& o) { pa.set_value(std::move(o)); };
   sched.submit(std::move(a));
-  while (n.load() < 3) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  queued.wait_held();
   SeqRequest b;
   b.prompt = long_prompt;
   b.params = greedy(10);
   b.on_done = [&](SeqOutcome&& o) { pb.set_value(std::move(o)); };
   sched.submit(std::move(b));
-  queued.store(true);
+  queued.open();
   run.decoder = pa.get_future().get().generated;
   run.long_prompt = pb.get_future().get().generated;
   run.stats = sched.stats();
