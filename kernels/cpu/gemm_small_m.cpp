@@ -12,6 +12,14 @@
 // sums per (row, column); the 4 columns of a group are reduced together (reduce4) into one
 // 128-bit store of 4 adjacent outputs.
 //
+// Where the time goes (Zen 5, TinyLlama shapes, M = 16): the product is compute-bound there, not
+// memory-bound: 16 rows x 2 flop per bf16 weight (2 bytes) = 16 flop/byte against a machine
+// balance of ~10.5 (844 GFLOP/s vdpbf16ps / 80 GB/s, 2 cores). One thread, thread CPU time: a
+// 2048 x 2048 call takes ~0.45 ms with the weights in cache (~71% of the 422 GFLOP/s one-core
+// vdpbf16ps peak) and ~0.55-0.60 ms cold, i.e. the first row block's pass from memory overlaps the
+// others' compute only in part (a software prefetch of the next chunk during the later passes,
+// tried with T0 / T1 / T2 hints, made it slower: ~0.87x).
+//
 //   BF16 weights, AVX512-BF16: vdpbf16ps on (k, k+1) pairs, 32 multiply-adds per instruction;
 //     X is rounded to bf16 once per call (round to nearest even, as the packed bf16 path does).
 //     (M > kSmallM = 8 only, as the packed bf16 path it replaces there: M <= 8 stays on the
@@ -260,7 +268,9 @@ struct KBf16Fma {
 
 // Weight rows [n0, n1) (a chunk of at most kChunkBytes of weights, so that it stays in L2) in
 // groups of kR (then single rows) against every row block of X (MB rows, balanced: M = 16 runs
-// 6, 5, 5, not 6, 6, 4). Two loop orders, same arithmetic per output (bitwise):
+// 6, 5, 5, not 6, 6, 4). The f32-FMA kernels (F16, BF16 without AVX512-BF16) pick one of two loop
+// orders; BF16 on vdpbf16ps always runs the first, with K split in blocks (run_range_bf16). Same
+// arithmetic per output either way (bitwise):
 //   x_outer: for every row block, every group: the block of X stays in L1 while the weight rows
 //     stream past it (from memory for the first block, with a software prefetch; from L2 after).
 //     Taken when a block of X fits in L1 beside the weights (kXBlockBytes); at K = 2048 bf16 it
