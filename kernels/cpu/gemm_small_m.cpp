@@ -12,6 +12,14 @@
 // sums per (row, column); the 4 columns of a group are reduced together (reduce4) into one
 // 128-bit store of 4 adjacent outputs.
 //
+// Where the time goes (Zen 5, TinyLlama shapes, M = 16): the product is compute-bound there, not
+// memory-bound: 16 rows x 2 flop per bf16 weight (2 bytes) = 16 flop/byte against a machine
+// balance of ~10.5 (844 GFLOP/s vdpbf16ps / 80 GB/s, 2 cores). One thread, thread CPU time: a
+// 2048 x 2048 call takes ~0.45 ms with the weights in cache (~71% of the 422 GFLOP/s one-core
+// vdpbf16ps peak) and ~0.55-0.60 ms cold, i.e. the first row block's pass from memory overlaps the
+// others' compute only in part (a software prefetch of the next chunk during the later passes,
+// tried with T0 / T1 / T2 hints, made it slower: ~0.87x).
+//
 //   BF16 weights, AVX512-BF16: vdpbf16ps on (k, k+1) pairs, 32 multiply-adds per instruction;
 //     X is rounded to bf16 once per call (round to nearest even, as the packed bf16 path does).
 //     (M > kSmallM = 8 only, as the packed bf16 path it replaces there: M <= 8 stays on the
@@ -103,10 +111,13 @@ SM_T512 SM_AI void store_block(__m512 (&acc)[R][MB], const float* bias, float* Y
 
 // ------------------------------------------------------------------ BF16, vdpbf16ps
 // xb: X rounded to bf16, row m at xb + m * ldb (ldb = K rounded up to 32, zero past K).
-// Y rows m0..m0+MB-1 (already offset by the caller), weight rows n0..n0+R-1.
+// Y rows m0..m0+MB-1 (already offset by the caller), weight rows n0..n0+R-1, k in [k0, k1).
+// acc: where the partial sums of a K block that is not the first / last come from / go to (the
+// R x MB accumulators, stored exactly: a product split into K blocks is the same bits as one
+// that is not, each lane still adds its k in order).
 template <int R, int MB, bool PF>
-SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, size_t rb, int64_t K,
-                          const float* bias, float* Y, int64_t ldy, int64_t n0) {
+SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, size_t rb, int64_t K, int64_t k0,
+                          int64_t k1, float* acc_io, const float* bias, float* Y, int64_t ldy, int64_t n0) {
   const uint8_t* wr[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
@@ -114,9 +125,9 @@ SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, siz
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
+    for (int m = 0; m < MB; ++m) acc[r][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc_io + (r * MB + m) * 16);
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32) {
     __m512bh w[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
@@ -130,7 +141,7 @@ SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, siz
       for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
     }
   }
-  if (k < K) {  // K % 32 weights, masked (X is zero there too)
+  if (k < k1) {  // K % 32 weights, masked (X is zero there too); only in the last K block
     const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
     __m512bh w[R];
 #pragma GCC unroll 4
@@ -141,6 +152,13 @@ SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, siz
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
     }
+  }
+  if (k1 < K) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) _mm512_store_ps(acc_io + (r * MB + m) * 16, acc[r][m]);
+    return;
   }
   store_block<R, MB>(acc, bias, Y, ldy, n0);
 }
@@ -207,12 +225,14 @@ struct Plan {
   int64_t ldx;
   const uint16_t* xb;
   int64_t ldb;
+  int64_t kblock;  // bf16dot: columns of X per K block (see run_range_bf16)
 };
 
+// K block [k0, k1) of a register block; acc: its R x MB partial sums (K split in blocks)
 template <int R, int MB, bool PF>
-SM_T512BF void block_bf16(const Args& a, const Plan& p, int64_t m0, int64_t n0) {
-  bf16_block<R, MB, PF>(p.xb + m0 * p.ldb, p.ldb, static_cast<const uint8_t*>(a.W), a.row_bytes, a.K, a.bias,
-                        a.Y + m0 * a.ldy, a.ldy, n0);
+SM_T512BF void block_bf16(const Args& a, const Plan& p, int64_t m0, int64_t n0, int64_t k0, int64_t k1, float* acc) {
+  bf16_block<R, MB, PF>(p.xb + m0 * p.ldb, p.ldb, static_cast<const uint8_t*>(a.W), a.row_bytes, a.K, k0, k1, acc,
+                        a.bias, a.Y + m0 * a.ldy, a.ldy, n0);
 }
 
 template <DType DT, int R, int MB, bool PF>
@@ -222,11 +242,12 @@ SM_T512 void block_fma(const Args& a, const Plan& p, int64_t m0, int64_t n0) {
 }
 
 using BlockFn = void (*)(const Args&, const Plan&, int64_t, int64_t);
+using BlockKFn = void (*)(const Args&, const Plan&, int64_t, int64_t, int64_t, int64_t, float*);
 
 // fns[pf][mb - 1] for one R.
-template <int R, template <int, int, bool> class K>
+template <int R, template <int, int, bool> class K, typename Fn = BlockFn>
 struct Table {
-  static constexpr BlockFn fns[2][kMB] = {
+  static constexpr Fn fns[2][kMB] = {
       {K<R, 1, false>::f, K<R, 2, false>::f, K<R, 3, false>::f, K<R, 4, false>::f, K<R, 5, false>::f,
        K<R, 6, false>::f},
       {K<R, 1, true>::f, K<R, 2, true>::f, K<R, 3, true>::f, K<R, 4, true>::f, K<R, 5, true>::f, K<R, 6, true>::f}};
@@ -234,7 +255,7 @@ struct Table {
 
 template <int R, int MB, bool PF>
 struct KBf16 {
-  static constexpr BlockFn f = block_bf16<R, MB, PF>;
+  static constexpr BlockKFn f = block_bf16<R, MB, PF>;
 };
 template <int R, int MB, bool PF>
 struct KF16 {
@@ -247,7 +268,9 @@ struct KBf16Fma {
 
 // Weight rows [n0, n1) (a chunk of at most kChunkBytes of weights, so that it stays in L2) in
 // groups of kR (then single rows) against every row block of X (MB rows, balanced: M = 16 runs
-// 6, 5, 5, not 6, 6, 4). Two loop orders, same arithmetic per output (bitwise):
+// 6, 5, 5, not 6, 6, 4). The f32-FMA kernels (F16, BF16 without AVX512-BF16) pick one of two loop
+// orders; BF16 on vdpbf16ps always runs the first, with K split in blocks (run_range_bf16). Same
+// arithmetic per output either way (bitwise):
 //   x_outer: for every row block, every group: the block of X stays in L1 while the weight rows
 //     stream past it (from memory for the first block, with a software prefetch; from L2 after).
 //     Taken when a block of X fits in L1 beside the weights (kXBlockBytes); at K = 2048 bf16 it
@@ -256,6 +279,9 @@ struct KBf16Fma {
 //   else: for every group, every row block: the group's weight rows stay in L1/L2 across the
 //     blocks; the better order when a block of X is too big for L1 anyway (K = 5632: ~1.15x).
 constexpr size_t kXBlockBytes = size_t(32) << 10;
+// BF16 K block: kMB rows of X x 2048 bf16 = 24 KiB, the x_outer block that fits (K = 2048: one
+// block, the previous x_outer loop exactly).
+constexpr int64_t kBf16KBlock = 2048;
 
 template <template <int, int, bool> class K>
 void run_range(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
@@ -287,13 +313,42 @@ void run_range(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   for (; n < n1; ++n) group(n, Table<1, K>::fns);
 }
 
+// BF16 (vdpbf16ps): always the x_outer order, K split into blocks of p.kblock columns so that a
+// row block of X (MB rows x kblock bf16) stays in L1 at any K. Per K block, every row block of X
+// passes over the weight rows' slices [k0, k1) (from memory for the first, from L2 after); the
+// R x MB partial sums of the blocks before the last wait in acc (4 KiB per group of 4 weight rows
+// and 16 rows of X). Before: K = 5632 (1.1B down_proj) and 4096 / 11008 (7B) took the group-outer
+// order, where the X blocks came from L2 for every group and the weights no longer stayed in L1.
+void run_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
+  const int64_t nblk = (a.M + kMB - 1) / kMB;
+  const int64_t base = a.M / nblk, extra = a.M % nblk;
+  float* acc = a.K > p.kblock ? static_cast<float*>(scratch(0, size_t(n1 - n0) * size_t(a.M) * 64)) : nullptr;
+  for (int64_t k0 = 0; k0 < a.K; k0 += p.kblock) {
+    const int64_t k1 = std::min(a.K, k0 + p.kblock);
+    int64_t m0 = 0;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t mb = base + (b < extra ? 1 : 0);
+      const int pf = b == 0 ? 1 : 0;
+      // a group's accumulators: R x M vectors at (n - n0) * M; its row block m0 at + m0 * R
+      int64_t n = n0;
+      for (; n + kR <= n1; n += kR)
+        Table<kR, KBf16, BlockKFn>::fns[pf][mb - 1](a, p, m0, n, k0, k1,
+                                                  acc ? acc + ((n - n0) * a.M + m0 * kR) * 16 : nullptr);
+      for (; n < n1; ++n)
+        Table<1, KBf16, BlockKFn>::fns[0][mb - 1](a, p, m0, n, k0, k1,
+                                                 acc ? acc + ((n - n0) * a.M + m0) * 16 : nullptr);
+      m0 += mb;
+    }
+  }
+}
+
 }  // namespace
 
 bool gemm_small_m(const Args& a, Isa isa) {
   if (a.M < kSmallMMin || a.M > kSmallMMax || isa < Isa::Avx512 || !small_m_enabled()) return false;
   const CpuFeatures& f = cpu_features();
   if (!f.avx512f || !f.avx512bw || !f.avx512vl || !f.avx512dq) return false;
-  Plan p{false, a.X, a.ldx, nullptr, 0};
+  Plan p{false, a.X, a.ldx, nullptr, 0, 0};
   void (*range)(const Args&, const Plan&, int64_t, int64_t) = nullptr;
   if (a.wtype == DType::BF16 && f.avx512bf16 && a.M > kSmallM) {
     p.bf16dot = true;
@@ -301,7 +356,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
     uint16_t* xb = static_cast<uint16_t*>(scratch(2, size_t(a.M) * size_t(p.ldb) * 2));
     round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);
     p.xb = xb;
-    range = run_range<KBf16>;
+    p.kblock = std::min<int64_t>(p.ldb, kBf16KBlock);
+    range = run_range_bf16;
   } else if (a.wtype == DType::BF16) {
     range = run_range<KBf16Fma>;
   } else if (a.wtype == DType::F16) {
@@ -313,7 +369,9 @@ bool gemm_small_m(const Args& a, Isa isa) {
   // of X passes over them), and ~8 per thread so that a thread slowed by another process is
   // covered by the others (parallel_chunks is dynamic).
   const int nth = a.pool ? a.pool->size() : 1;
-  const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(a.row_bytes, 1));
+  // (bf16: the rows' slices of one K block are what must stay in L2)
+  const size_t slice = p.bf16dot ? std::min(a.row_bytes, size_t(p.kblock) * 2) : a.row_bytes;
+  const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(slice, 1));
   const int64_t chunk = std::max<int64_t>(kR, std::min(by_bytes, a.N / (8 * nth)) / kR * kR);
   // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
   // row blocks' passes must still see at most `chunk` rows of weights at a time

@@ -152,10 +152,27 @@ TEST(gemm_small_m_long_rows_many_columns) {
   for (DType t : {DType::BF16, DType::F16})
     for (int64_t M : {11, 44}) run(make_case(t, M, 203, 1031, 1, 3, uint32_t(M * 7 + int(t))), &pool);
   // K = 3001: a block of 6 rows of X no longer fits the kernel's L1 budget (kXBlockBytes), so
-  // the weight-group-outer loop order runs (K = 1031 above: the X-block-outer one); both must
-  // meet the bounds
+  // F16 takes the weight-group-outer loop order (K = 1031 above: the X-block-outer one) and BF16
+  // splits K into two blocks (2048 + 953, the partial sums of the first kept between them); all
+  // must meet the bounds
   for (DType t : {DType::BF16, DType::F16})
     for (int64_t M : {9, 13}) run(make_case(t, M, 41, 3001, 2, 1, uint32_t(M * 5 + int(t))), &pool);
+}
+
+// BF16 with K over several of the kernel's K blocks (kBf16KBlock = 2048 columns; K = 4129: three
+// blocks, the last 33 columns, one of them masked), odd N (groups of 4 plus single rows), bias,
+// with and without the pool, at every ISA level the dispatch has below the detected one (the
+// levels below AVX-512 run the previous kernels, which meet the same bounds: uses_bf16_dot).
+TEST(gemm_small_m_bf16_k_blocks_every_isa) {
+  ThreadPool pool(2);
+  for (Isa cap : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (cap > isa_detected()) {
+      std::printf("  skip gemm_small_m_bf16_k_blocks_every_isa at %s: not detected on this CPU\n", isa_name(cap));
+      continue;
+    }
+    IsaCapScope scope(cap);
+    for (int64_t M : {9, 16, 23, 64}) run(make_case(DType::BF16, M, 19, 4129, 1, 1, uint32_t(M * 3 + int(cap))), &pool);
+  }
 }
 
 // A row's result is independent of the rest of the batch (bitwise, for every M the path takes).
@@ -165,9 +182,11 @@ TEST(gemm_small_m_rows_independent_of_batch) {
     return;
   }
   ThreadPool pool(2);
-  const int64_t N = 37, K = 333, Mmax = 64;
+  const int64_t N = 37, Mmax = 64;
+  // K = 333: one K block; K = 2085: BF16 splits K in two (kBf16KBlock), F16 the group-outer order
+  for (int64_t K : {333, 2085})
   for (DType t : {DType::BF16, DType::F16}) {
-    const Case c = make_case(t, Mmax, N, K, 0, 0, 77 + uint32_t(t));
+    const Case c = make_case(t, Mmax, N, K, 0, 0, 77 + uint32_t(t) + uint32_t(K));
     std::vector<float> full(size_t(Mmax * N));
     gemm(c.X.data(), K, c.W.data(), t, c.bias.data(), full.data(), N, Mmax, N, K, &pool);
     for (int64_t M : {9, 10, 16, 17, 44, 63, 64}) {
@@ -178,7 +197,8 @@ TEST(gemm_small_m_rows_independent_of_batch) {
         const bool same = std::memcmp(y.data(), full.data() + m0 * N, y.size() * 4) == 0;
         if (!same)
           emollm_test::report_failure(__FILE__, __LINE__,
-                                      std::string(dtype_name(t)) + ": rows " + std::to_string(m0) + ".." +
+                                      std::string(dtype_name(t)) + " K=" + std::to_string(K) + ": rows " +
+                                          std::to_string(m0) + ".." +
                                           std::to_string(m0 + M - 1) + " computed with M=" + std::to_string(M) +
                                           " differ from the same rows in the batch of 64");
       }
