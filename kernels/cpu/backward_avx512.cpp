@@ -3,8 +3,9 @@
 //
 // gemm_backward_x_bf16: dX = dY W for W stored as nn.Linear [N, K] rows is a GEMM whose
 // reduction runs over W's rows. The forward's vdpbf16ps microkernel multiplies (k, k+1) pairs,
-// so here the pairs are (row 2q, row 2q+1) of one column of W: a block of W (512 rows x up to
-// 512 columns) is packed as 32-bit words W[2q][c] | W[2q+1][c] << 16 into 64-column panels,
+// so here the pairs are (row 2q, row 2q+1) of one column of W: a block of W (up to 2048 rows,
+// all of them, x 128 columns; or 512 rows x 512 columns, see KCP_DEEP) is packed as 32-bit words
+// W[2q][c] | W[2q+1][c] << 16 into 64-column panels,
 // dY is packed as bf16 pairs along its row (the forward's X packing), and the 6x64 microkernel
 // is the forward's (kern_bf16_6x64, gemm_kern_bf16_avx512.h). Packing reads W once per call, as
 // the forward does.
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "../../base/cpu_features.h"
+#include "../../base/env_switch.h"
 #include "gemm_internal.h"
 
 #if defined(__x86_64__)
@@ -31,15 +33,23 @@
 namespace emollm {
 namespace backward_detail {
 
-// EMOLLM_BACKWARD_LEGACY=1 keeps the portable loops (interleaved A/B benchmarks of this file
+// EMOLLM_BACKWARD_AVX512=0 keeps the portable loops (interleaved A/B benchmarks of this file
 // against them in one binary; bench/train.mjs reports which ran).
-bool legacy_loops() {
-  static const bool on = [] {
-    const char* e = std::getenv("EMOLLM_BACKWARD_LEGACY");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
+EnvSwitch& vector_paths_flag() {
+  static EnvSwitch s("EMOLLM_BACKWARD_AVX512");
+  return s;
 }
+bool vector_paths_enabled() { return vector_paths_flag().on(); }
+void set_vector_paths_enabled(bool on) { vector_paths_flag().set(on); }
+
+// EMOLLM_BACKWARD_GEMM_DEEP=0: the input-gradient GEMM's previous blocking (256 row pairs x 512
+// columns, no prefetch of the next weight block), for A/B runs.
+EnvSwitch& deep_blocks_flag() {
+  static EnvSwitch s("EMOLLM_BACKWARD_GEMM_DEEP");
+  return s;
+}
+bool gemm_deep_blocks_enabled() { return deep_blocks_flag().on(); }
+void set_gemm_deep_blocks_enabled(bool on) { deep_blocks_flag().set(on); }
 
 #if defined(__x86_64__)
 namespace {
@@ -48,7 +58,7 @@ namespace {
 #define EMO_T512BF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 #define EMO_AI inline __attribute__((always_inline))
 
-bool avx512_ok() { return isa_active() >= Isa::Avx512 && !legacy_loops(); }
+bool avx512_ok() { return isa_active() >= Isa::Avx512 && vector_paths_enabled(); }
 
 EMO_T512 EMO_AI __mmask16 mask16(int64_t c) {
   return c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
@@ -61,31 +71,13 @@ constexpr int64_t KCP = 256;  // W row pairs per block
 constexpr int64_t NC = 512;   // dX columns per L2 block: KCP * NC * 4 = 512 KiB
 
 // dY rows [0, rows), panels [p0, p1) of MR rows -> out[(p*np + q)*MR + i] = bf16 pair of row
-// p*MR+i at elements 2q, 2q+1 (zero past N and for rows past `rows`).
+// p*MR+i at elements 2q, 2q+1 (zero past N and for rows past `rows`): the forward's X packing.
 EMO_T512BF void pack_dy(const float* dY, int64_t lddy, int64_t rows, int64_t N, int64_t p0, int64_t p1,
                         uint32_t* out) {
   const int64_t np = (N + 1) / 2;
-  alignas(64) uint32_t tmp[16];
-  for (int64_t p = p0; p < p1; ++p) {
-    uint32_t* o = out + p * np * MR;
-    for (int i = 0; i < MR; ++i) {
-      const int64_t r = p * MR + i;
-      if (r >= rows) {
-        for (int64_t q = 0; q < np; ++q) o[q * MR + i] = 0;
-        continue;
-      }
-      const float* x = dY + r * lddy;
-      for (int64_t n = 0; n < N; n += 32) {
-        const int64_t c = N - n;
-        const __m512 lo = _mm512_maskz_loadu_ps(mask16(c), x + n);
-        const __m512 hi = _mm512_maskz_loadu_ps(mask16(c - 16), x + n + 16);
-        _mm512_store_si512(tmp, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        const int64_t nq = std::min<int64_t>(16, np - n / 2);
-        uint32_t* d = o + (n / 2) * MR + i;
-        for (int64_t q = 0; q < nq; ++q) d[q * MR] = tmp[q];
-      }
-    }
-  }
+  for (int64_t p = p0; p < p1; ++p)
+    gemm_detail::pack_x6_bf16pairs(dY + p * MR * lddy, lddy, int(std::min<int64_t>(MR, rows - p * MR)), N,
+                                   out + p * np * MR);
 }
 
 // W rows 2(q0+q), 2(q0+q)+1 (q < kcp), columns [c0, c0+nc) -> panels of NR columns:
@@ -123,16 +115,30 @@ EMO_T512BF void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t
 static_assert(MR == gemm_detail::kBf16MR && NR == gemm_detail::kBf16NR,
               "the panels are packed for kern_bf16_6x64");
 
-// dX columns [c_begin, c_end) of the rows packed in xp (mcur rows from row 0 of Y).
+// Deep blocking (gemm_deep_blocks_enabled), as the forward GEMM's (gemm_avx512.cpp, KCP_DEEP):
+// a reduction of up to KCP_DEEP row pairs is one block, so each 6x64 tile of dX is written once
+// from registers instead of being reloaded and stored once per 256 pairs, and the weight block is
+// narrowed to stay in L2 (ncb = WBLOCK_BYTES / (4 kcb) columns: 128 for TinyLlama's 2048-row
+// matrices). Longer reductions (TinyLlama's gate / up: 2816 pairs) keep KCP x NC: there blocks of
+// 470-1408 pairs measured 1.01-1.25x its time (one thread, thread CPU time, Zen 5), and so did
+// prefetching the next weight block into L2 (1.04-1.1x, at every blocking). Packed dY: up to
+// X_BUDGET_DEEP bytes per chunk of rows, the rows split evenly: 784 rows of 2816 pairs in one
+// chunk (8.8 MB) instead of 744 + 40 at 8 MiB, which packed all of W again for the 40 rows.
+constexpr int64_t KCP_DEEP = 1024;
+constexpr int64_t WBLOCK_BYTES = 512 << 10;
+constexpr int64_t X_BUDGET = int64_t(8) << 20, X_BUDGET_DEEP = int64_t(16) << 20;
+
+// dX columns [c_begin, c_end) of the rows packed in xp (mcur rows from row 0 of Y); blocks of kcb
+// W row pairs x ncb dX columns (ncb a multiple of NR).
 template <bool F16>
 void nn_range(const uint32_t* xp, const uint16_t* W, float* Y, int64_t ldy, int64_t mcur, int64_t N, int64_t K,
-              bool accumulate, int64_t c_begin, int64_t c_end) {
+              bool accumulate, int64_t c_begin, int64_t c_end, int64_t kcb, int64_t ncb) {
   const int64_t np = (N + 1) / 2;
-  auto* wpack = static_cast<uint32_t*>(gemm_detail::scratch(0, size_t(KCP) * NC * 4));
-  for (int64_t jc = c_begin; jc < c_end; jc += NC) {
-    const int64_t nc = std::min(NC, c_end - jc);
-    for (int64_t pc = 0; pc < np; pc += KCP) {
-      const int64_t kc = std::min(KCP, np - pc);
+  auto* wpack = static_cast<uint32_t*>(gemm_detail::scratch(0, size_t(kcb) * ncb * 4));
+  for (int64_t jc = c_begin; jc < c_end; jc += ncb) {
+    const int64_t nc = std::min(ncb, c_end - jc);
+    for (int64_t pc = 0; pc < np; pc += kcb) {
+      const int64_t kc = std::min(kcb, np - pc);
       pack_w_rowpairs<F16>(W, K, N, jc, nc, pc, kc, wpack);
       const bool first = pc == 0 && !accumulate;
       for (int64_t m0 = 0; m0 < mcur; m0 += MR) {
@@ -151,9 +157,21 @@ bool gemm_backward_x_nn(const float* dY, int64_t lddy, const uint16_t* W, float*
                         int64_t N, int64_t K, bool accumulate, ThreadPool* pool) {
   if (!avx512_ok() || !cpu_features().avx512bf16) return false;
   const int64_t np = (N + 1) / 2;
-  const int64_t x_budget = int64_t(8) << 20;  // bytes of packed dY per chunk of rows
-  const int64_t mc = std::max<int64_t>(MR, (x_budget / (np * 4)) / MR * MR);
   const int nth = pool ? pool->size() : 1;
+  const bool deep = gemm_deep_blocks_enabled();
+  int64_t kcb = KCP, ncb = NC, mc;
+  if (deep) {
+    if (np <= KCP_DEEP) {
+      kcb = np;
+      ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
+    }
+    const int64_t row_bytes = np * MR * 4;  // packed dY bytes per MR rows
+    const int64_t panels = (M + MR - 1) / MR;
+    const int64_t chunks = std::max<int64_t>(1, (panels * row_bytes + X_BUDGET_DEEP - 1) / X_BUDGET_DEEP);
+    mc = ((panels + chunks - 1) / chunks) * MR;
+  } else {
+    mc = std::max<int64_t>(MR, (X_BUDGET / (np * 4)) / MR * MR);
+  }
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int64_t npm = (mcur + MR - 1) / MR;
@@ -169,7 +187,9 @@ bool gemm_backward_x_nn(const float* dY, int64_t lddy, const uint16_t* W, float*
     const int64_t chunk = (K >= 4 * NC * nth) ? NC : std::max<int64_t>(NR, (npn / (4 * nth)) * NR);
     float* y = dX + m0 * lddx;
     gemm_detail::parallel_chunks(pool, mcur * N * K >= gemm_detail::kParallelMinMacs, K, chunk,
-                                 [&](int64_t c0, int64_t c1) { nn_range<F16>(xp, W, y, lddx, mcur, N, K, accumulate, c0, c1); });
+                                 [&](int64_t c0, int64_t c1) {
+                                   nn_range<F16>(xp, W, y, lddx, mcur, N, K, accumulate, c0, c1, kcb, ncb);
+                                 });
   }
   return true;
 }
