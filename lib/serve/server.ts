@@ -231,6 +231,7 @@ export async function createServer(options: ServeOptions): Promise<EmollmServer>
   registry.add(new CounterFn('emollm_core_kv_preemptions_total', 'Running sequences preempted for KV cache blocks (requeued and recomputed).', core('kvPreemptions')));
   registry.add(new CounterFn('emollm_core_kv_recomputed_tokens_total', 'Positions evaluated again after a preemption.', core('kvRecomputedTokens')));
   registry.add(new CounterFn('emollm_core_reused_tokens_total', 'Prompt positions taken from a KV cache instead of recomputed.', core('reusedTokens')));
+  registry.add(new CounterFn('emollm_core_reused_logits_total', 'Prompts found cached whole with their last logits (no pass before their options or tokens).', core('reusedLogits')));
   const requests = registry.add(new Counter('emollm_requests_total', 'HTTP requests by route and status code.'));
   const latency = registry.add(new Histogram('emollm_request_duration_seconds', 'Request latency by route, queueing included.', LATENCY_BUCKETS));
   const queueWait = registry.add(new Histogram('emollm_queue_wait_seconds', 'Time requests waited for the model.', LATENCY_BUCKETS));

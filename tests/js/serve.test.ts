@@ -429,6 +429,8 @@ describe.skipIf(!haveTiny)('the server over the tiny LLaVA', () => {
     expect(core('emollm_core_step_rows_total')).toBeGreaterThanOrEqual(core('emollm_core_steps_total'));
     expect(core('emollm_core_queued_sequences')).toBe(0);
     expect(core('emollm_core_batch_tokens')).toBeGreaterThan(0);
+    expect(text).toContain('# TYPE emollm_core_reused_logits_total counter');
+    expect(core('emollm_core_reused_logits_total')).toBeGreaterThanOrEqual(0);
   });
 
   it('eval --model http://… against the server: the in-process native predictions (labels exact, probabilities within 1e-6)', async () => {
