@@ -268,17 +268,23 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     return o;
   }
 
+  // A prompt argument of generate / score / logits: a non-empty Int32Array that fits the context.
+  std::vector<int32_t> read_prompt(Napi::Env env, const Napi::Value& v, const char* name) {
+    std::vector<int32_t> p = int32_array(env, v, name);
+    if (p.empty()) throw_invalid(env, std::string(name) + " must not be empty");
+    if (int64_t(p.size()) > n_ctx_)
+      throw_invalid(env, std::string(name) + " of " + std::to_string(p.size()) +
+                             " tokens does not fit the context of " + std::to_string(n_ctx_));
+    return p;
+  }
+
   Napi::Value Generate(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     check_open(env);
     if (info.Length() < 1) throw_invalid(env, "generate expects a prompt (Int32Array)");
     SeqRequest r;
     r.kind = SeqRequest::Kind::Generate;
-    r.prompt = int32_array(env, info[0], "prompt");
-    if (r.prompt.empty()) throw_invalid(env, "prompt must not be empty");
-    if (int64_t(r.prompt.size()) > n_ctx_)
-      throw_invalid(env, "prompt of " + std::to_string(r.prompt.size()) + " tokens does not fit the context of " +
-                             std::to_string(n_ctx_));
+    r.prompt = read_prompt(env, info[0], "prompt");
     r.params = read_generate_params(env, opt_object(info, 1, "options"));
     Napi::Function cb;
     if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
@@ -295,8 +301,7 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     if (info.Length() < 3) throw_invalid(env, "score expects (prefix: Int32Array, images: Float32Array | null, continuations: Int32Array[])");
     SeqRequest r;
     r.kind = SeqRequest::Kind::Score;
-    r.prompt = int32_array(env, info[0], "prefix");
-    if (r.prompt.empty()) throw_invalid(env, "prefix must not be empty");
+    r.prompt = read_prompt(env, info[0], "prefix");
     Images im = read_images(info, 1);
     if (!info[2].IsArray()) throw_invalid(env, "continuations must be an array of Int32Array");
     Napi::Array arr = info[2].As<Napi::Array>();
@@ -312,8 +317,7 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     if (info.Length() < 1) throw_invalid(env, "logits expects (prompt: Int32Array, images?: Float32Array | null)");
     SeqRequest r;
     r.kind = SeqRequest::Kind::Logits;
-    r.prompt = int32_array(env, info[0], "prompt");
-    if (r.prompt.empty()) throw_invalid(env, "prompt must not be empty");
+    r.prompt = read_prompt(env, info[0], "prompt");
     set_prepare(r, read_images(info, 1));
     return submit(env, std::move(r), Napi::Function());
   }
