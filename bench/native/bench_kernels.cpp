@@ -1595,6 +1595,11 @@ int main(int argc, char** argv) {
       {"llama1b", "qkvo", 2048, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "gate_up", 5632, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "down", 2048, 5632, {64, 44, 16, 4}, false},
+      // and its decode GEMVs (M = 1), the 32000-row output projection included
+      {"llama1b", "qkvo", 2048, 2048, {1}, false},
+      {"llama1b", "gate_up", 5632, 2048, {1}, false},
+      {"llama1b", "down", 2048, 5632, {1}, false},
+      {"llama1b", "lm_head", 32000, 2048, {1}, false},
       // the other prefill row counts of both (q4_0 / q8_0: the standard-layout and repacked VNNI
       // GEMMs, interleaved)
       {"llama", "qkvo", 4096, 4096, {64, 16}, false},
