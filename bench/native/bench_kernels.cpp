@@ -1626,9 +1626,11 @@ int main(int argc, char** argv) {
       {"llama1b", "qkvo", 2048, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "gate_up", 5632, 2048, {64, 44, 16, 4}, false},
       {"llama1b", "down", 2048, 5632, {64, 44, 16, 4}, false},
-      // 1.1B decode GEMVs not fused with another (q/k/v and gate/up: bench_fused): the attention
-      // output, down and the output projection (vocabulary 32000)
+      // 1.1B decode GEMVs (M = 1) not fused with another (q/k/v and gate/up also run fused:
+      // bench_fused): the attention output, gate / up alone, down and the output projection
+      // (vocabulary 32000)
       {"llama1b", "o", 2048, 2048, {1}, false},
+      {"llama1b", "gate_up", 5632, 2048, {1}, false},
       {"llama1b", "down", 2048, 5632, {1}, false},
       {"llama1b", "output", 32000, 2048, {1}, false},
       // the other prefill row counts of both (q4_0 / q8_0: the standard-layout and repacked VNNI
