@@ -438,28 +438,16 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
   }
 }
 
-// Guided split of [0, n) for the single-stream GEMV: each grab takes remaining / (4 nth) rows,
-// at most max_rows (the fixed chunk of the other kernels, n / (8 nth)) and at least min_rows, so
-// the threads end on short runs and finish within a few rows of each other (fixed chunks left
-// one thread waiting for about half of the other's last chunk: part of the "handoff gemm" rows of
-// the decode profile). Never larger than the fixed chunks: run_dynamic waits for a worker that
-// took a chunk, and one that another process keeps off its core holds at most that much.
+// The single-stream GEMV's rows over the pool in guided chunks (base/thread_pool.h
+// parallel_guided: remaining / (4 nth) rows a grab, at most the fixed chunk of the other kernels
+// and rounded up to kGuidedMinRows), so the threads finish within a few rows of each other (fixed
+// chunks left one thread waiting for about half of the other's last chunk: part of the "handoff
+// gemm" rows of the decode profile). Rows are independent: the split changes no output bit.
 constexpr int64_t kGuidedMinRows = 8;
-void parallel_guided(ThreadPool* pool, bool parallel, int64_t n, int64_t min_rows, int64_t max_rows,
-                     const std::function<void(int64_t, int64_t)>& fn) {
-  const int nth = pool ? pool->size() : 1;
-  if (!pool || !parallel || nth <= 1 || n <= min_rows) return fn(0, n);
-  std::atomic<int64_t> next{0};
-  pool->run_dynamic([&] {
-    int64_t b = next.load(std::memory_order_relaxed);
-    while (b < n) {
-      const int64_t e = std::min(n, b + std::max(min_rows, std::min(max_rows, (n - b) / (4 * nth))));
-      if (next.compare_exchange_weak(b, e, std::memory_order_relaxed)) {
-        fn(b, e);
-        b = next.load(std::memory_order_relaxed);
-      }
-    }
-  });
+void guided_rows(ThreadPool* pool, bool parallel, int64_t n, int64_t max_rows,
+                 const std::function<void(int64_t, int64_t)>& fn) {
+  if (!parallel) return fn(0, n);
+  parallel_guided(pool, n, kGuidedMinRows, max_rows, fn);
 }
 
 void small_m(const Args& a) {
@@ -469,7 +457,7 @@ void small_m(const Args& a) {
     float* xeo = static_cast<float*>(scratch(2, size_t((a.K + 31) / 32 * 32) * 4));
     bf16_reorder_x(a.X, a.K, xeo);
     if (stream)
-      parallel_guided(a.pool, a.N * a.K >= kParallelMinMacs, a.N, kGuidedMinRows, chunk,
+      guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                       [&](int64_t n0, int64_t n1) { gemv_stream<DType::BF16>(a, xeo, n0, n1); });
     else
       parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
@@ -477,7 +465,7 @@ void small_m(const Args& a) {
     return;
   }
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
-    parallel_guided(a.pool, a.N * a.K >= kParallelMinMacs, a.N, kGuidedMinRows, chunk,
+    guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                     [&](int64_t n0, int64_t n1) { gemv_stream<DType::F16>(a, a.X, n0, n1); });
     return;
   }
@@ -998,7 +986,7 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
   }
   const int nth = pool ? pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(4, (rows / (8 * nth)) / 4 * 4);
-  parallel_guided(pool, rows * K >= kParallelMinMacs, rows, kGuidedMinRows, chunk, [&](int64_t b, int64_t e) {
+  guided_rows(pool, rows * K >= kParallelMinMacs, rows, chunk, [&](int64_t b, int64_t e) {
     for (int j = 0; j < n_outs && b < e; ++j) {
       if (b >= first[j + 1]) continue;
       const int64_t end = std::min(e, first[j + 1]);
