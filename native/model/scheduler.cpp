@@ -15,6 +15,14 @@ constexpr int64_t kMinSharedWait = 16;
 // pool under 100 blocks) free beyond the prompts being prefilled, so the sequences already
 // decoding can grow a while before anyone is preempted.
 constexpr int64_t kWatermarkPercent = 1;
+// Image rows (negative ids: one embedding row each) among a prompt's first n tokens: the embd row
+// a prefill that starts at position n reads next.
+int64_t image_rows(const std::vector<int32_t>& p, int64_t n) {
+  int64_t rows = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (p[size_t(i)] < 0) ++rows;
+  return rows;
+}
 }  // namespace
 
 struct Scheduler::Active {
@@ -65,7 +73,7 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   chunked_ = opts.chunked_prefill;
   slot_used_.assign(size_t(n_seq_), 0);
   slot_idle_since_.assign(size_t(n_seq_), 0);
-  tail_tokens_.assign(size_t(n_seq_), {});
+  tail_len_.assign(size_t(n_seq_), 0);
   tail_logits_.assign(size_t(n_seq_), {});
   stats_.n_seq = n_seq_;
   stats_.n_batch = ctx_->n_batch();
@@ -126,8 +134,8 @@ void Scheduler::publish_kv_stats() {
 
 void Scheduler::truncate_slot(int slot, int64_t n) {
   ctx_->seq_truncate(slot, n);
-  if (int64_t(tail_tokens_[size_t(slot)].size()) > n) {
-    tail_tokens_[size_t(slot)].clear();
+  if (tail_len_[size_t(slot)] > n) {
+    tail_len_[size_t(slot)] = 0;
     tail_logits_[size_t(slot)].clear();
   }
 }
@@ -136,11 +144,11 @@ void Scheduler::copy_slot_prefix(int src, int dst, int64_t n) {
   if (src == dst) return truncate_slot(dst, n);
   ctx_->seq_copy_prefix(src, dst, n);
   // dst's positions are src's now: src's kept logits hold for them when they cover all of them
-  if (int64_t(tail_tokens_[size_t(src)].size()) == n) {
-    tail_tokens_[size_t(dst)] = tail_tokens_[size_t(src)];
+  if (tail_len_[size_t(src)] == n) {
+    tail_len_[size_t(dst)] = n;
     tail_logits_[size_t(dst)] = tail_logits_[size_t(src)];
   } else {
-    tail_tokens_[size_t(dst)].clear();
+    tail_len_[size_t(dst)] = 0;
     tail_logits_[size_t(dst)].clear();
   }
 }
@@ -148,8 +156,7 @@ void Scheduler::copy_slot_prefix(int src, int dst, int64_t n) {
 int Scheduler::slot_with_logits(const std::vector<int32_t>& p, int prefer) const {
   const int64_t n = int64_t(p.size());
   auto fits = [&](int s) {
-    return s >= 0 && tail_tokens_[size_t(s)] == p && !tail_logits_[size_t(s)].empty() &&
-           ctx_->seq_common_prefix(s, p.data(), n) == n;
+    return s >= 0 && n > 0 && tail_len_[size_t(s)] == n && ctx_->seq_common_prefix(s, p.data(), n) == n;
   };
   if (fits(prefer)) return prefer;
   for (int s = 0; s < n_seq_; ++s)
@@ -482,9 +489,7 @@ bool Scheduler::start_prefill(Active& a, bool may_wait) {
   if (full >= 0) {
     copy_slot_prefix(full, a.slot, n);
     a.prefill_pos = n;
-    a.embd_row = 0;
-    for (int32_t t : p)
-      if (t < 0) ++a.embd_row;
+    a.embd_row = image_rows(p, n);
     a.started = true;
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -530,9 +535,7 @@ bool Scheduler::start_prefill(Active& a, bool may_wait) {
   if (src >= 0 && keep > own) copy_slot_prefix(src, a.slot, keep);
   else truncate_slot(a.slot, keep);
   a.prefill_pos = keep;
-  a.embd_row = 0;
-  for (int64_t i = 0; i < keep; ++i)
-    if (p[size_t(i)] < 0) ++a.embd_row;
+  a.embd_row = image_rows(p, keep);
   a.started = true;
   std::lock_guard<std::mutex> lk(mu_);
   stats_.prefills++;
@@ -556,7 +559,7 @@ void Scheduler::begin(Active& a, const float* logits) {
   // kept for a later request with exactly this prompt (the slot caches it: n_past == its length)
   float* const kept = a.slot >= 0 ? tail_logits_[size_t(a.slot)].data() : nullptr;
   if (logits && a.slot >= 0 && logits != kept && ctx.seq_n_past(a.slot) == int64_t(r.prompt.size())) {
-    tail_tokens_[size_t(a.slot)] = r.prompt;
+    tail_len_[size_t(a.slot)] = int64_t(r.prompt.size());
     tail_logits_[size_t(a.slot)].assign(logits, logits + V);
   }
   switch (r.kind) {

@@ -219,12 +219,13 @@ class Scheduler {
   std::vector<uint8_t> slot_used_;                // scheduler thread
   std::vector<uint64_t> slot_idle_since_;         // scheduler thread: when an idle slot's cache was last used
   uint64_t idle_clock_ = 0;
-  // Per slot (scheduler thread): the logits of the last position of tail_tokens_[s], kept from
-  // the pass that evaluated it while the slot still caches exactly those tokens at its start. A
-  // request whose whole prompt is cached (logits() then scoreOptions() of the same prompt and
-  // image: images are pseudo-ids hashed from their features, so only equal features match)
-  // starts from them without evaluating its last prompt token again.
-  std::vector<std::vector<int32_t>> tail_tokens_;
+  // Per slot (scheduler thread): the logits after the slot's first tail_len_[s] cached positions
+  // (0: none), kept from the pass that evaluated them and dropped when the slot is truncated below
+  // them, so the tokens they follow are the slot's own first tail_len_[s] tokens. A request whose
+  // whole prompt is those tokens (logits() then scoreOptions() of the same prompt and image:
+  // images are pseudo-ids hashed from their features, so only equal features match) starts from
+  // them without evaluating its last prompt token again.
+  std::vector<int64_t> tail_len_;
   std::vector<std::vector<float>> tail_logits_;
   uint64_t next_id_ = 1;
   bool stopping_ = false;
