@@ -408,7 +408,8 @@ function probeBandwidth(threads, log) {
     const j = JSON.parse(r.stdout);
     const anchor = Number.isFinite(j.probes.anchor_gemv_gbs) ? j.probes.anchor_gemv_gbs : null;
     return { read_bw_gbs: Math.max(j.probes.read_bw_gbs, anchor ?? 0), probe_gbs: j.probes.read_bw_gbs, anchor_gemv_gbs: anchor,
-      read_bw_1t_gbs: j.probes.read_bw_1t_gbs, isa: j.probes.read_bw_isa, variant: j.probes.read_bw_variant };
+      read_bw_1t_gbs: j.probes.read_bw_1t_gbs, isa: j.probes.read_bw_isa, variant: j.probes.read_bw_variant,
+      fma_gflops: j.probes.fma_gflops, int8_dot_gops: j.probes.int8_dot_gops };
   } catch {
     log(`bench:decode: the read-bandwidth probe (bench_kernels) failed; %bw columns will be empty.\n${(r.stderr || '').split('\n').slice(-8).join('\n')}`);
     return null;
@@ -465,6 +466,31 @@ function table(rows, probe, o, out) {
   pr(lines[0]);
   out(w.map((n) => '-'.repeat(n)).join('  '));
   lines.slice(1).forEach(pr);
+}
+
+// emollm's q4_0 / q8_0 prefill against the int8 dot peak probed in the same run (bench_kernels'
+// vpdpbusd probe): its GFLOP = 2 x (prompt x the layers' weight products + the causal attention
+// + the last position's output projection); the floor = the weight products at the int8 peak
+// (the VNNI GEMMs: q8_0-rounded activations times the weights' integers) + the attention at the
+// fp32 FMA peak. The int8 floor counts the multiply-adds only: not the per-32-block scale work,
+// the activations' rounding or the weights' unpacking (bench/README.md, bench:kernels' probes).
+function printPrefillFloors(rows, probe, o, out) {
+  if (!probe.int8_dot_gops || !probe.fma_gflops) return;
+  const lines = [];
+  for (const r of rows) {
+    const e = r.emollmS;
+    if (!e || !['q4_0', 'q8_0'].includes(r.dtype)) continue;
+    const s = SHAPES[r.shape], n = o.prompt, E = s.n_embd, kv = s.n_head_kv * (E / s.n_head);
+    const weights = (2 * (n * s.n_layer * (2 * E * E + 2 * E * kv + 3 * E * s.n_ff) + s.n_vocab * E)) / 1e9;
+    const attention = (2 * s.n_layer * 2 * E * ((n * (n + 1)) / 2)) / 1e9;
+    const t = n / e.prefill_tok_s, floor = weights / probe.int8_dot_gops + attention / probe.fma_gflops;
+    lines.push(`  ${s.label} ${r.dtype} ${r.format}: ${fmt((weights + attention) / t, 0)} GFLOP/s (${fmt(weights + attention, 0)} GFLOP in ${fmt(t, 3)} s), ` +
+      `${fmt((100 * weights) / t / probe.int8_dot_gops, 0)}% of the int8 peak on the weight products' share; floor ${fmt(floor, 3)} s, prefill / floor ${fmt(t / floor, 2)}x`);
+  }
+  if (!lines.length) return;
+  out(`prefill against the int8 dot peak (vpdpbusd ${fmt(probe.int8_dot_gops, 0)} GOP/s, 2 ops an int8 product; fp32 FMA ${fmt(probe.fma_gflops, 0)} GFLOP/s for the attention; ` +
+    'the floor counts multiply-adds only: not the per-block scale work, the activations\' rounding or the weights\' unpacking):');
+  for (const l of lines) out(l);
 }
 
 async function main() {
@@ -566,6 +592,8 @@ async function main() {
     ? { read_bw_gbs: Math.max(probeStart?.read_bw_gbs ?? 0, probeEnd?.read_bw_gbs ?? 0),
       probe_gbs: Math.max(probeStart?.probe_gbs ?? 0, probeEnd?.probe_gbs ?? 0),
       anchor_gemv_gbs: Math.max(probeStart?.anchor_gemv_gbs ?? 0, probeEnd?.anchor_gemv_gbs ?? 0) || null,
+      fma_gflops: Math.max(probeStart?.fma_gflops ?? 0, probeEnd?.fma_gflops ?? 0) || null,
+      int8_dot_gops: Math.max(probeStart?.int8_dot_gops ?? 0, probeEnd?.int8_dot_gops ?? 0) || null,
       start: probeStart, end: probeEnd }
     : null;
 
@@ -588,6 +616,7 @@ async function main() {
     out(`bandwidth ceiling ${fmt(probe.read_bw_gbs)} GB/s = max(read probe ${fmt(probe.probe_gbs)} (${probeStart?.variant ?? probeEnd?.variant ?? '?'}), ` +
       `best anchor GEMV ${fmt(probe.anchor_gemv_gbs)}) (bench_kernels, ${threads} threads; start ${fmt(probeStart?.read_bw_gbs)} / end ${fmt(probeEnd?.read_bw_gbs)}; the higher is used)`);
   }
+  if (probe) printPrefillFloors(rows, probe, o, out);
   for (const r of results) {
     const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
     if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);

@@ -233,10 +233,40 @@ export async function generatedPhoto(dir) {
 // with grouped-query heads, SwiGLU 3 E F), causal attention (QK^T and AV over n(n+1)/2 pairs),
 // and the LM head for the last position.
 function prefillGflop(n, s, layers) {
+  const p = prefillParts(n, s, layers);
+  return p.weights + p.attention;
+}
+// The prefill's GFLOP by kind: products with the weight matrices (the layers' and the last
+// position's output projection) and the causal attention's (scores and weighted values).
+function prefillParts(n, s, layers) {
   const { n_embd: E, n_ff: F, n_vocab: V } = s, kv = s.n_head_kv * (E / s.n_head);
   const mats = n * layers * (2 * E * E + 2 * E * kv + 3 * E * F);
   const attn = layers * 2 * E * ((n * (n + 1)) / 2);
-  return (2 * (mats + attn + V * E)) / 1e9;
+  return { weights: (2 * (mats + V * E)) / 1e9, attention: (2 * attn) / 1e9 };
+}
+
+// Seconds of the vision and prefill phases at the machine's probed peaks (null without probes):
+//   vision: the tower's and projector's GFLOP at the bf16 dot peak (AMX when usable) for a bf16
+//     tower, else at the fp32 FMA peak;
+//   prefill: the weight products of a q8_0 / q4_0 text model at the int8 dot peak (vpdpbusd,
+//     2 ops an int8 product: the VNNI GEMMs multiply q8_0-rounded activations with the weights'
+//     integers), of a bf16 / f16 one at the bf16 dot peak, the attention at the fp32 FMA peak.
+// What the int8 floor leaves out: per 32-element block and output the int32 -> f32 conversion,
+// the d_w * d_x multiply and the f32 FMA (3 vector ops beside the block's 8 vpdpbusd of a
+// 16-output register), the activations' rounding to q8_0 and the weights' unpacking; it is the
+// ceiling of the multiply-adds alone, so the prefill cannot reach it (8 / 11 of it if those ops
+// share the vpdpbusd pipes).
+function phaseFloors(peaks, pos, layers, textDtype, visionDtype) {
+  if (!peaks?.fma_gflops) return null;
+  const dot = peaks.amx_bf16_gflops ?? peaks.bf16_dot_gflops;
+  const gv = visionGflop(VISION, VISION.n_layer).total;
+  const vision = gv / (visionDtype === 'bf16' && dot ? dot : peaks.fma_gflops);
+  const pp = prefillParts(pos, TEXT, layers);
+  const int8 = ['q4_0', 'q8_0'].includes(textDtype) ? peaks.int8_dot_gops : null;
+  const wpeak = int8 ?? ((textDtype === 'bf16' || textDtype === 'f16') && dot ? dot : peaks.fma_gflops);
+  const prefill = pp.weights / wpeak + pp.attention / peaks.fma_gflops;
+  return { vision_s: vision, prefill_s: prefill, sum_s: vision + prefill, weight_peak: wpeak,
+    weight_peak_kind: int8 ? 'int8 dot' : wpeak === dot ? 'bf16 dot' : 'fp32 FMA' };
 }
 
 async function main() {
@@ -318,8 +348,8 @@ async function main() {
       `${first.n_image_tokens} image features; ${OPTIONS.length} options, ${first.option_tokens.reduce((a, b) => a + b, 0)} tokens (${first.option_tokens.join('+')}); ` +
       `tokenizer: ${tokenizer ? tokenizer.split('/').slice(-2).join('/') : 'the GGUF vocabulary'}`);
   }
-  const head = ['text', 'tower', 'preproc s', 'vision s', 'prefill s', 'tok/s', 'GFLOP/s', 'scoring s', 'pos/rows/passes', 'cold scoring s', 'cold/warm',
-    'total s', 'dominant', 'load s', 'RSS MiB', 'runs', 'busy'];
+  const head = ['text', 'tower', 'preproc s', 'vision s', 'floor s', 'prefill s', 'floor s', 'tok/s', 'GFLOP/s', 'scoring s', 'pos/rows/passes', 'cold scoring s', 'cold/warm',
+    'total s', 'x floors', 'dominant', 'load s', 'RSS MiB', 'runs', 'busy'];
   const tbl = [];
   for (const r of rows) {
     const b = r.best;
@@ -327,12 +357,15 @@ async function main() {
     const phases = [['preprocess', b.preprocess_s], ['vision', b.vision_s], ['prefill', b.prefill_s], ['scoring', b.scoring_s]];
     const dom = phases.reduce((a, c) => (c[1] > a[1] ? c : a));
     const pos = r.res.positions;
+    const fl = phaseFloors(peaks, pos, layers, r.text, r.vision);
+    r.floors = fl;
     tbl.push([
-      r.text + (o.layers ? ` L${o.layers}` : ''), r.vision, fmt(b.preprocess_s, 3), fmt(b.vision_s, 2), fmt(b.prefill_s, 2), fmt(pos / b.prefill_s, 1),
+      r.text + (o.layers ? ` L${o.layers}` : ''), r.vision, fmt(b.preprocess_s, 3), fmt(b.vision_s, 2), fl ? fmt(fl.vision_s, 2) : '-',
+      fmt(b.prefill_s, 2), fl ? fmt(fl.prefill_s, 2) : '-', fmt(pos / b.prefill_s, 1),
       fmt(prefillGflop(pos, TEXT, layers) / b.prefill_s, 0), fmt(b.scoring_s, 2),
       b.scoring_work ? `${b.scoring_work.prompt_positions}/${b.scoring_work.option_rows}/${b.scoring_work.passes}` : '-',
       b.cold_scoring_s === undefined ? '-' : fmt(b.cold_scoring_s, 2), b.cold_scoring_s === undefined ? '-' : fmt(b.cold_scoring_s / b.scoring_s, 2),
-      fmt(b.total_s, 2), `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
+      fmt(b.total_s, 2), fl ? fmt(b.total_s / fl.sum_s, 2) : '-', `${dom[0]} ${fmt((100 * dom[1]) / b.total_s, 0)}%`,
       fmt(r.res.load_s, 1), fmt(r.res.maxrss_mib, 0), r.res.runs.length, busyMark(b.other),
     ]);
   }
@@ -345,7 +378,11 @@ async function main() {
     'positions, option rows and forward passes the scoring evaluated; cold scoring = the same scoreOptions from an empty KV cache (prompt prefilled ' +
     'again: the cost before logits() shared the scheduler\'s cache), cold/warm its ratio. total = the four phases (load, warm-up and cold scoring not included).');
   if (peaks) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, ` +
-    `read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
+    `int8 dot ${fmt(peaks.int8_dot_gops, 0)} GOP/s (vpdpbusd, 2 ops an int8 product), read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
+  if (peaks) out('floor s = the phase\'s GFLOP at the probed peaks: vision at the bf16 dot peak (bf16 tower); prefill = its weight products at the int8 dot ' +
+    'peak (q4_0 / q8_0 text on the VNNI int8 GEMMs; bf16 dot for bf16 / f16 text) + its attention at the fp32 FMA peak. The int8 floor counts the ' +
+    'multiply-adds only: not the per-32-block scale work (int32->f32, d_w*d_x, FMA: 3 vector ops beside 8 vpdpbusd), the q8_0 rounding of the ' +
+    'activations or the weights\' unpacking. x floors = total s / (vision floor + prefill floor) (preprocessing and scoring have no floor: they count against it).');
   }
   if (vlmRows.length) printVlmTable(vlmRows, peaks, o, out);
   if (peaks && !llava15) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, ` +
@@ -354,7 +391,7 @@ async function main() {
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
   const json = { threads, layers, image, tokenizer: tokenizer ?? null, question: QUESTION, options: OPTIONS, peaks,
-    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, raw: r.res })),
+    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, floors: r.floors ?? null, raw: r.res })),
     vlm: vlmRows.map((r) => ({ case: r.case, text: r.textDtype, vision: r.visionDtype, raw: r.res })) };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');

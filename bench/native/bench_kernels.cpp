@@ -269,6 +269,7 @@ struct Result {
   double bytes = 0;     // per call: weight bytes (gemv), KV bytes (decode attention), traffic (eltwise)
   bool single_thread = false;
   bool bf16_math = false;
+  bool int8_math = false;  // q8_0 / q4_0 on the VNNI int8 GEMMs: %dot against the vpdpbusd probe
   std::string ratio_vs;  // anchor impl this row is compared with
   double ratio = NAN;    // anchor best time / this best time (>1: emollm faster)
   std::string check;     // "ok", "BAD", "" (not checked)
@@ -286,6 +287,8 @@ struct Probes {
   double anchor_gemv_bw = 0;      // best anchor GEMV GB/s of the run (oneDNN / OpenBLAS), 0: none
   double fma = 0, fma_1t = 0;     // GFLOP/s
   double bf16 = 0, amx = 0;       // GFLOP/s (0: not available)
+  double int8 = 0;                // vpdpbusd, 2 ops per int8 product (0: no AVX512-VNNI)
+  double int8_block = 0;          // the same with the q8_0 block scale work (int8_block_avx512)
   std::string bw_isa, fma_isa;
 } g_probe, g_probe_start, g_probe_end;  // g_probe: the higher of start and end
 
@@ -300,6 +303,11 @@ double pct_bf16(const Result& r) {
   double peak = g_probe.amx > 0 ? g_probe.amx : g_probe.bf16;
   return peak > 0 ? 100 * gflops(r) / peak : NAN;
 }
+double pct_int8(const Result& r) {
+  return r.int8_math && r.flops > 0 && g_probe.int8 > 0 ? 100 * gflops(r) / g_probe.int8 : NAN;
+}
+// The %dot column: bf16 rows against the bf16 (or AMX) dot peak, int8 rows against the int8 one.
+double pct_dot(const Result& r) { return r.int8_math ? pct_int8(r) : pct_bf16(r); }
 // The bandwidth ceiling of the multi-threaded rows: max(probe, best anchor GEMV of the run), so a
 // kernel is held to what the best streaming code measured on this machine reached.
 double bw_ceiling() { return std::max(g_probe.bw, g_probe.anchor_gemv_bw); }
@@ -320,7 +328,7 @@ void table_header(const char* title_c) {
   later([title = std::string(title_c)] {
   std::fprintf(g_out, "\n== %s\n", title.c_str());
   std::fprintf(g_out, "%-26s %-5s %-9s %9s %9s %8s %6s %6s %7s %6s  %-18s %s\n", "case", "dtype", "impl",
-               "best ms", "med ms", "GFLOP/s", "%fma", "%bf16", "GB/s", "%bw", "ratio(anchor/us)", "check");
+               "best ms", "med ms", "GFLOP/s", "%fma", "%dot", "GB/s", "%bw", "ratio(anchor/us)", "check");
   });
 }
 
@@ -338,7 +346,7 @@ void print_row(const Result& r) {
   std::fprintf(g_out, "%-26s %-5s %-9s %9s %9s %8s %6s %6s %7s %6s  %-18s %s\n", r.label.c_str(),
                r.dtype.c_str(), r.impl.c_str(), fmt("%.3f", r.st.best * 1e3).c_str(),
                fmt("%.3f", r.st.median * 1e3).c_str(), fmt("%.1f", gflops(r)).c_str(),
-               fmt("%.1f", pct_fma(r)).c_str(), fmt("%.1f", pct_bf16(r)).c_str(), fmt("%.1f", gbs(r)).c_str(),
+               fmt("%.1f", pct_fma(r)).c_str(), fmt("%.1f", pct_dot(r)).c_str(), fmt("%.1f", gbs(r)).c_str(),
                fmt("%.1f", pct_bw(r)).c_str(), ratio.c_str(), check.c_str());
 }
 void table_row(const Result& r) {
@@ -548,6 +556,74 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
 }
 constexpr double kBf16FlopsPerIter = 16 * 64;
 
+// int8 dot products: vpdpbusd does 16 lanes x 4 (unsigned x signed byte) products, each a
+// multiply and an add: 128 integer ops, counted as "GFLOP/s" beside the float probes so that a
+// q8_0 / q4_0 GEMM's 2*M*N*K over its time compares with it directly (the kernels' vpdpbusd carry
+// all of their multiply-adds; the per-block scale work, cvt + mul + fma per 32 products of an
+// output, is extra work this ceiling does not include).
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) float int8_avx512(int64_t iters) {
+  const __m512i a = _mm512_set1_epi32(0x01020304), b = _mm512_set1_epi32(0x01FF01FF);
+#define DECL(i) __m512i c##i = _mm512_set1_epi32(i);
+  EMOLLM_REP16(DECL)
+#undef DECL
+  for (int64_t it = 0; it < iters; it++) {
+#define STEP(i) c##i = _mm512_dpbusd_epi32(c##i, a, b);
+    EMOLLM_REP16(STEP)
+#undef STEP
+    __asm__ volatile("" ::: "memory");
+  }
+  __m512i s = _mm512_setzero_si512();
+#define SUM(i) s = _mm512_add_epi32(s, c##i);
+  EMOLLM_REP16(SUM)
+#undef SUM
+  return float(_mm512_reduce_add_epi32(s));
+}
+constexpr double kInt8FlopsPerIter = 16 * 128;
+
+// The q8_0 / q4_0 GEMMs' inner loop without its loads: a 4 x 2 tile of int32 accumulators (as
+// gemm_repacked's X-panel kernel; 8 independent chains) restarted from a correction each 32-element
+// block, 8 vpdpbusd each, then per accumulator the block's scale work: int32 -> f32, d_w * d_x,
+// FMA into an f32 accumulator. Counted as the vpdpbusd work alone (64 x 128 ops an iteration), so
+// it reads as the int8 peak those kernels can reach with their numerics (register-only: no weight
+// or activation loads, no X rounding).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12: _mm512_cvtepi32_ps's undefined pass-through
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) float int8_block_avx512(int64_t iters) {
+  __m512i w0 = _mm512_set1_epi32(0x01020304), w1 = _mm512_set1_epi32(0x01050304);
+  __m512i x0 = _mm512_set1_epi32(0x01020304), x1 = _mm512_set1_epi32(0x02020202), x2 = _mm512_set1_epi32(0x03030303),
+          x3 = _mm512_set1_epi32(0x01010101), corr = _mm512_set1_epi32(-5);
+  const __m512 dw0 = _mm512_set1_ps(1e-3f), dw1 = _mm512_set1_ps(2e-3f), d0 = _mm512_set1_ps(0.5f),
+               d1 = _mm512_set1_ps(0.25f), d2 = _mm512_set1_ps(0.125f), d3 = _mm512_set1_ps(1.0f);
+#define REP8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define DECL(i) __m512 f##i = _mm512_setzero_ps();
+  REP8(DECL)
+#undef DECL
+  for (int64_t it = 0; it < iters; it++) {
+    __m512i a0 = corr, a1 = corr, a2 = corr, a3 = corr, a4 = corr, a5 = corr, a6 = corr, a7 = corr;
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++) {
+      a0 = _mm512_dpbusd_epi32(a0, w0, x0); a1 = _mm512_dpbusd_epi32(a1, w1, x0);
+      a2 = _mm512_dpbusd_epi32(a2, w0, x1); a3 = _mm512_dpbusd_epi32(a3, w1, x1);
+      a4 = _mm512_dpbusd_epi32(a4, w0, x2); a5 = _mm512_dpbusd_epi32(a5, w1, x2);
+      a6 = _mm512_dpbusd_epi32(a6, w0, x3); a7 = _mm512_dpbusd_epi32(a7, w1, x3);
+    }
+#define SCALE(i, A, DW, D) f##i = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A), _mm512_mul_ps(DW, D), f##i);
+    SCALE(0, a0, dw0, d0) SCALE(1, a1, dw1, d0) SCALE(2, a2, dw0, d1) SCALE(3, a3, dw1, d1)
+    SCALE(4, a4, dw0, d2) SCALE(5, a5, dw1, d2) SCALE(6, a6, dw0, d3) SCALE(7, a7, dw1, d3)
+#undef SCALE
+    // the operands are opaque to the compiler each iteration (as loaded values would be)
+    __asm__ volatile("" : "+v"(w0), "+v"(w1), "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(corr));
+  }
+  __m512 s = _mm512_setzero_ps();
+#define SUM(i) s = _mm512_add_ps(s, f##i);
+  REP8(SUM)
+#undef SUM
+#undef REP8
+  return hsum512(s);
+}
+#pragma GCC diagnostic pop
+constexpr double kInt8BlockFlopsPerIter = 64 * 128;
+
 // AMX: 4 accumulator tiles fed by 2 A and 2 B tiles (all 16 rows x 64 bytes); each
 // tdpbf16ps is 16x16 outputs x 32 products x 2 = 16384 flops. Register (tile) only.
 struct alignas(64) AmxTileConfig {
@@ -691,6 +767,10 @@ Probes run_probes(ThreadPool& pool) {
     g_probe.bf16 = peak_probe(&pool, bf16_avx512, kBf16FlopsPerIter, reps, target);
   if (f.amx_usable && f.amx_bf16)
     g_probe.amx = peak_probe(&pool, amx_bf16, kAmxFlopsPerIter, reps, target);
+  if (f.avx512f && f.avx512bw && f.avx512vnni) {
+    g_probe.int8 = peak_probe(&pool, int8_avx512, kInt8FlopsPerIter, reps, target);
+    g_probe.int8_block = peak_probe(&pool, int8_block_avx512, kInt8BlockFlopsPerIter, reps, target);
+  }
   return g_probe;
 }
 
@@ -938,6 +1018,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       Result r = make_result(M, dtype_name(t), "emollm");
       r.bf16_math = t == DType::BF16;
       if (!selected(r.name)) continue;
+      // M > 1 in Q8 activation mode on VNNI: every path of these rows (gemm_q8_vnni / gemm_repacked
+      // at M > kSmallM, the small-M tiles below) multiplies with vpdpbusd
+      r.int8_math = (t == DType::Q8_0 || t == DType::Q4_0) && M > 1 && cpu_features().avx512vnni &&
+                    isa_active() >= Isa::Avx512 && quant_activations() == QuantActivations::Q8;
       std::unique_ptr<Copies> copies;
       if (M == 1) {
         progress(r.name + ": copying weights");
@@ -1036,6 +1120,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                          double bytes, const std::function<void()>& run) {
         Result p = make_result(M, dtype_name(t), impl);
         p.bf16_math = r.bf16_math;
+        p.int8_math = r.int8_math;
         p.bytes = bytes;
         p.st = st;
         if (ratio_vs) {
@@ -1562,6 +1647,8 @@ std::string to_json(int threads, double wall, double rss_mib) {
   j.kv("fma_gflops", g_probe.fma); j.kv("fma_1t_gflops", g_probe.fma_1t); j.kv("fma_isa", g_probe.fma_isa);
   j.kv("bf16_dot_gflops", g_probe.bf16 > 0 ? g_probe.bf16 : NAN);
   j.kv("amx_bf16_gflops", g_probe.amx > 0 ? g_probe.amx : NAN);
+  j.kv("int8_dot_gops", g_probe.int8 > 0 ? g_probe.int8 : NAN);
+  j.kv("int8_block_gops", g_probe.int8_block > 0 ? g_probe.int8_block : NAN);
   for (const Probes* pr : {&g_probe_start, &g_probe_end}) {
     j.key(pr == &g_probe_start ? "start" : "end");
     j.open('{');
@@ -1569,6 +1656,8 @@ std::string to_json(int threads, double wall, double rss_mib) {
     j.kv("fma_gflops", pr->fma); j.kv("fma_1t_gflops", pr->fma_1t);
     j.kv("bf16_dot_gflops", pr->bf16 > 0 ? pr->bf16 : NAN);
     j.kv("amx_bf16_gflops", pr->amx > 0 ? pr->amx : NAN);
+    j.kv("int8_dot_gops", pr->int8 > 0 ? pr->int8 : NAN);
+    j.kv("int8_block_gops", pr->int8_block > 0 ? pr->int8_block : NAN);
     j.close('}');
   }
   j.close('}');
@@ -1585,7 +1674,7 @@ std::string to_json(int threads, double wall, double rss_mib) {
       j.kv("error", r.error);
     } else {
       j.kv("best_ms", r.st.best * 1e3); j.kv("median_ms", r.st.median * 1e3); j.kv("reps", double(r.st.reps));
-      j.kv("gflops", gflops(r)); j.kv("pct_fma", pct_fma(r)); j.kv("pct_bf16", pct_bf16(r));
+      j.kv("gflops", gflops(r)); j.kv("pct_fma", pct_fma(r)); j.kv("pct_bf16", pct_bf16(r)); j.kv("pct_int8", pct_int8(r));
       j.kv("gbs", gbs(r)); j.kv("pct_bw", pct_bw(r));
       j.kvb("single_thread", r.single_thread);
       if (!r.ratio_vs.empty()) { j.kv("anchor", r.ratio_vs); j.kv("ratio_vs_anchor", r.ratio); }
@@ -1706,6 +1795,8 @@ int main(int argc, char** argv) {
   g_probe.fma_1t = std::max(probe_start.fma_1t, probe_end.fma_1t);
   g_probe.bf16 = std::max(probe_start.bf16, probe_end.bf16);
   g_probe.amx = std::max(probe_start.amx, probe_end.amx);
+  g_probe.int8 = std::max(probe_start.int8, probe_end.int8);
+  g_probe.int8_block = std::max(probe_start.int8_block, probe_end.int8_block);
   g_probe.bw_variant = probe_end.bw > probe_start.bw ? probe_end.bw_variant : probe_start.bw_variant;
   g_probe.bw_by_threads = probe_start.bw_by_threads;
   for (size_t i = 0; i < g_probe.bw_by_threads.size() && i < probe_end.bw_by_threads.size(); i++)
@@ -1736,6 +1827,15 @@ int main(int argc, char** argv) {
     std::fprintf(g_out, "  AMX bf16 peak    %8.1f GFLOP/s (tdpbf16ps, %d threads; start %.1f / end %.1f)\n", g_probe.amx,
                  threads, probe_start.amx, probe_end.amx);
   else std::fprintf(g_out, "  AMX bf16 peak         n/a (AMX not usable)\n");
+  if (g_probe.int8 > 0)
+    std::fprintf(g_out, "  int8 dot peak    %8.1f GOP/s   (vpdpbusd, 2 ops an int8 product, %d threads; start %.1f / end %.1f):\n"
+                 "                   %%dot of the q8_0 / q4_0 rows at M > 1 on VNNI (no scale work counted: see bench/README.md)\n",
+                 g_probe.int8, threads, probe_start.int8, probe_end.int8);
+  if (g_probe.int8_block > 0)
+    std::fprintf(g_out, "  int8 + q8_0 scale %7.1f GOP/s   (the same vpdpbusd work with each block's int32->f32, d_w*d_x and FMA, 8 chains,\n"
+                 "                   register-only: what the q8_0 / q4_0 GEMMs' inner loop can reach; %.0f%% of the int8 dot peak)\n",
+                 g_probe.int8_block, 100 * g_probe.int8_block / g_probe.int8);
+  else std::fprintf(g_out, "  int8 dot peak         n/a (no avx512vnni)\n");
 
   std::fprintf(g_out, "\n== anchors (same run, %d threads)\n", threads);
   if (!g_opt.anchors) std::fprintf(g_out, "  disabled (--no-anchors)\n");
