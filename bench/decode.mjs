@@ -409,7 +409,7 @@ function probeBandwidth(threads, log) {
     const anchor = Number.isFinite(j.probes.anchor_gemv_gbs) ? j.probes.anchor_gemv_gbs : null;
     return { read_bw_gbs: Math.max(j.probes.read_bw_gbs, anchor ?? 0), probe_gbs: j.probes.read_bw_gbs, anchor_gemv_gbs: anchor,
       read_bw_1t_gbs: j.probes.read_bw_1t_gbs, isa: j.probes.read_bw_isa, variant: j.probes.read_bw_variant,
-      fma_gflops: j.probes.fma_gflops, int8_dot_gops: j.probes.int8_dot_gops };
+      fma_gflops: j.probes.fma_gflops, int8_dot_gops: j.probes.int8_dot_gops, int8_block_gops: j.probes.int8_block_gops };
   } catch {
     log(`bench:decode: the read-bandwidth probe (bench_kernels) failed; %bw columns will be empty.\n${(r.stderr || '').split('\n').slice(-8).join('\n')}`);
     return null;
@@ -485,10 +485,12 @@ function printPrefillFloors(rows, probe, o, out) {
     const attention = (2 * s.n_layer * 2 * E * ((n * (n + 1)) / 2)) / 1e9;
     const t = n / e.prefill_tok_s, floor = weights / probe.int8_dot_gops + attention / probe.fma_gflops;
     lines.push(`  ${s.label} ${r.dtype} ${r.format}: ${fmt((weights + attention) / t, 0)} GFLOP/s (${fmt(weights + attention, 0)} GFLOP in ${fmt(t, 3)} s), ` +
-      `${fmt((100 * weights) / t / probe.int8_dot_gops, 0)}% of the int8 peak on the weight products' share; floor ${fmt(floor, 3)} s, prefill / floor ${fmt(t / floor, 2)}x`);
+      `weight products' GFLOP / prefill s = ${fmt((100 * weights) / t / probe.int8_dot_gops, 0)}% of the int8 peak; floor ${fmt(floor, 3)} s, prefill / floor ${fmt(t / floor, 2)}x` +
+      (probe.int8_block_gops ? ` (${fmt(t / (weights / probe.int8_block_gops + attention / probe.fma_gflops), 2)}x with the block scale work counted)` : ''));
   }
   if (!lines.length) return;
-  out(`prefill against the int8 dot peak (vpdpbusd ${fmt(probe.int8_dot_gops, 0)} GOP/s, 2 ops an int8 product; fp32 FMA ${fmt(probe.fma_gflops, 0)} GFLOP/s for the attention; ` +
+  out(`prefill against the int8 dot peak (vpdpbusd ${fmt(probe.int8_dot_gops, 0)} GOP/s, 2 ops an int8 product; with the q8_0 block scale ops ` +
+    `${fmt(probe.int8_block_gops, 0)}; fp32 FMA ${fmt(probe.fma_gflops, 0)} GFLOP/s for the attention; ` +
     'the floor counts multiply-adds only: not the per-block scale work, the activations\' rounding or the weights\' unpacking):');
   for (const l of lines) out(l);
 }
@@ -594,6 +596,7 @@ async function main() {
       anchor_gemv_gbs: Math.max(probeStart?.anchor_gemv_gbs ?? 0, probeEnd?.anchor_gemv_gbs ?? 0) || null,
       fma_gflops: Math.max(probeStart?.fma_gflops ?? 0, probeEnd?.fma_gflops ?? 0) || null,
       int8_dot_gops: Math.max(probeStart?.int8_dot_gops ?? 0, probeEnd?.int8_dot_gops ?? 0) || null,
+      int8_block_gops: Math.max(probeStart?.int8_block_gops ?? 0, probeEnd?.int8_block_gops ?? 0) || null,
       start: probeStart, end: probeEnd }
     : null;
 

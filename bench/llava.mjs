@@ -265,8 +265,12 @@ function phaseFloors(peaks, pos, layers, textDtype, visionDtype) {
   const int8 = ['q4_0', 'q8_0'].includes(textDtype) ? peaks.int8_dot_gops : null;
   const wpeak = int8 ?? ((textDtype === 'bf16' || textDtype === 'f16') && dot ? dot : peaks.fma_gflops);
   const prefill = pp.weights / wpeak + pp.attention / peaks.fma_gflops;
+  // the same with the weight products at the int8 + q8_0 block scale probe (the inner loop's
+  // instruction mix, register-only): the floor with the scale work counted
+  const block = int8 && peaks.int8_block_gops ? pp.weights / peaks.int8_block_gops + pp.attention / peaks.fma_gflops : null;
   return { vision_s: vision, prefill_s: prefill, sum_s: vision + prefill, weight_peak: wpeak,
-    weight_peak_kind: int8 ? 'int8 dot' : wpeak === dot ? 'bf16 dot' : 'fp32 FMA' };
+    weight_peak_kind: int8 ? 'int8 dot' : wpeak === dot ? 'bf16 dot' : 'fp32 FMA',
+    prefill_scaled_s: block, sum_scaled_s: block === null ? null : vision + block };
 }
 
 async function main() {
@@ -378,7 +382,13 @@ async function main() {
     'positions, option rows and forward passes the scoring evaluated; cold scoring = the same scoreOptions from an empty KV cache (prompt prefilled ' +
     'again: the cost before logits() shared the scheduler\'s cache), cold/warm its ratio. total = the four phases (load, warm-up and cold scoring not included).');
   if (peaks) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, ` +
-    `int8 dot ${fmt(peaks.int8_dot_gops, 0)} GOP/s (vpdpbusd, 2 ops an int8 product), read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
+    `int8 dot ${fmt(peaks.int8_dot_gops, 0)} GOP/s (vpdpbusd, 2 ops an int8 product; with the q8_0 block scale ops ${fmt(peaks.int8_block_gops, 0)}), ` +
+    `read bandwidth ${fmt(peaks.read_bw_gbs, 1)} GB/s`);
+  for (const r of rows) {
+    if (r.floors?.sum_scaled_s && r.best)
+      out(`  ${r.text} + ${r.vision}: with the block scale work counted (weight products at the int8 + q8_0 scale probe) the prefill floor is ` +
+        `${fmt(r.floors.prefill_scaled_s, 2)} s and total / floors ${fmt(r.best.total_s / r.floors.sum_scaled_s, 2)}x`);
+  }
   if (peaks) out('floor s = the phase\'s GFLOP at the probed peaks: vision at the bf16 dot peak (bf16 tower); prefill = its weight products at the int8 dot ' +
     'peak (q4_0 / q8_0 text on the VNNI int8 GEMMs; bf16 dot for bf16 / f16 text) + its attention at the fp32 FMA peak. The int8 floor counts the ' +
     'multiply-adds only: not the per-32-block scale work (int32->f32, d_w*d_x, FMA: 3 vector ops beside 8 vpdpbusd), the q8_0 rounding of the ' +

@@ -81,7 +81,7 @@ export function probePeaks(threads, log) {
   try {
     const j = JSON.parse(r.stdout);
     return { fma_gflops: j.probes.fma_gflops, bf16_dot_gflops: j.probes.bf16_dot_gflops, amx_bf16_gflops: j.probes.amx_bf16_gflops,
-      int8_dot_gops: j.probes.int8_dot_gops, read_bw_gbs: j.probes.read_bw_gbs, isa: j.probes.fma_isa, amx: j.machine?.amx_usable ?? (j.probes.amx_bf16_gflops != null), machine: j.machine };
+      int8_dot_gops: j.probes.int8_dot_gops, int8_block_gops: j.probes.int8_block_gops, read_bw_gbs: j.probes.read_bw_gbs, isa: j.probes.fma_isa, amx: j.machine?.amx_usable ?? (j.probes.amx_bf16_gflops != null), machine: j.machine };
   } catch {
     log(`the machine probes (bench_kernels) failed; the % columns will be empty.\n${(r.stderr || '').split('\n').slice(-8).join('\n')}`);
     return null;
@@ -93,7 +93,7 @@ export function combinePeaks(list) {
   if (!ps.length) return null;
   const hi = (k) => { const v = ps.map((p) => p[k]).filter(Number.isFinite); return v.length ? Math.max(...v) : null; };
   return { ...ps[0], fma_gflops: hi('fma_gflops'), bf16_dot_gflops: hi('bf16_dot_gflops'), amx_bf16_gflops: hi('amx_bf16_gflops'),
-    int8_dot_gops: hi('int8_dot_gops'), read_bw_gbs: hi('read_bw_gbs'), probes: list };
+    int8_dot_gops: hi('int8_dot_gops'), int8_block_gops: hi('int8_block_gops'), read_bw_gbs: hi('read_bw_gbs'), probes: list };
 }
 
 // Brings the addon (incremental node-gyp build) and dist/ (tsc, when missing or older than lib/) up to date.
