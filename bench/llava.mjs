@@ -267,7 +267,10 @@ function phaseFloors(peaks, pos, layers, textDtype, visionDtype) {
   const prefill = pp.weights / wpeak + pp.attention / peaks.fma_gflops;
   // the same with the weight products at the int8 + q8_0 block scale probe (the inner loop's
   // instruction mix, register-only): the floor with the scale work counted
-  const block = int8 && peaks.int8_block_gops ? pp.weights / peaks.int8_block_gops + pp.attention / peaks.fma_gflops : null;
+  // (capped at the int8 peak: the same work plus more ops cannot run faster; a higher block probe
+  // caught a busy moment of the plain one)
+  const blockPeak = int8 && peaks.int8_block_gops ? Math.min(peaks.int8_block_gops, int8) : null;
+  const block = blockPeak ? pp.weights / blockPeak + pp.attention / peaks.fma_gflops : null;
   return { vision_s: vision, prefill_s: prefill, sum_s: vision + prefill, weight_peak: wpeak,
     weight_peak_kind: int8 ? 'int8 dot' : wpeak === dot ? 'bf16 dot' : 'fp32 FMA',
     prefill_scaled_s: block, sum_scaled_s: block === null ? null : vision + block };
