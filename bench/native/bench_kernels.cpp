@@ -1833,8 +1833,9 @@ int main(int argc, char** argv) {
                  g_probe.int8, threads, probe_start.int8, probe_end.int8);
   if (g_probe.int8_block > 0)
     std::fprintf(g_out, "  int8 + q8_0 scale %7.1f GOP/s   (the same vpdpbusd work with each block's int32->f32, d_w*d_x and FMA, 8 chains,\n"
-                 "                   register-only: what the q8_0 / q4_0 GEMMs' inner loop can reach; %.0f%% of the int8 dot peak)\n",
-                 g_probe.int8_block, 100 * g_probe.int8_block / g_probe.int8);
+                 "                   register-only: what the q8_0 / q4_0 GEMMs' inner loop can reach; %.0f%% of the int8 dot peak%s)\n",
+                 g_probe.int8_block, 100 * g_probe.int8_block / g_probe.int8,
+                 g_probe.int8_block > g_probe.int8 ? ": above it, so a probe caught a busy moment" : "");
   else std::fprintf(g_out, "  int8 dot peak         n/a (no avx512vnni)\n");
 
   std::fprintf(g_out, "\n== anchors (same run, %d threads)\n", threads);
