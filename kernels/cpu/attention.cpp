@@ -22,6 +22,12 @@
 //   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
 //   range is cut into pieces whose partial (m, l, acc) are merged afterwards.
 //
+// Decode (one query per call, n_q == 1): its own driver (run_decode, see attention_internal.h):
+// pieces of <= 256 kv tokens over all heads, two-pass softmax inside a piece (scores of the whole
+// piece kept in L1), the pieces merged by whichever thread finishes an item's last one, so a
+// layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
+// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B).
+//
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
 //
@@ -31,9 +37,11 @@
 #include <cassert>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../../base/arena.h"
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "attention_internal.h"
 #include "kernels.h"
@@ -139,6 +147,17 @@ void attention(const float* q, const float* k, const float* v, float* out, const
   }
 }
 }  // namespace ref
+
+namespace attention_detail {
+namespace {
+EnvSwitch& decode_split_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_SPLIT");  // =0: decode in the tiled driver (whole-run A/B)
+  return on;
+}
+}  // namespace
+bool decode_split_enabled() { return decode_split_flag().on(); }
+void set_decode_split(bool on) { decode_split_flag().set(on); }
+}  // namespace attention_detail
 
 // ============================================================================ vector kernels
 #if defined(__x86_64__)
@@ -984,6 +1003,205 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
   });
 }
 
+// ---------------------------------------------------------------------------- decode driver
+// One decode call (n_q == 1) cut into pieces of kv tokens (attention_internal.h).
+struct DecodeItem {
+  const AttentionParams* p;
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  float* lse;
+  float scale;
+  int64_t group;
+  int D, Dp;
+  int64_t nvis;       // visible kv tokens
+  int64_t piece_len;  // tokens per piece (multiple of 16; the last piece may be shorter)
+  int64_t n_pieces;
+  float* part;        // n_pieces > 1: per piece, n_heads x (2 + Dp): m, l, then acc rows
+  std::atomic<int64_t>* done;  // pieces finished (the last one merges)
+};
+
+bool decode_applies(const AttentionParams& p) {
+  return p.n_q == 1 && p.n_heads <= attention_detail::kDecodeMaxHeads && attention_detail::decode_split_enabled();
+}
+
+// The piece plan depends only on the call and the thread count, never on the rest of a batch: a
+// batch's outputs are bit for bit the calls' alone.
+DecodeItem make_decode_item(const float* q, const float* k, const float* v, float* out, float* lse,
+                            const AttentionParams& p, const Resolved& rs, int nth) {
+  DecodeItem it{};
+  it.p = &p;
+  it.q = q; it.k = k; it.v = v; it.out = out; it.lse = lse;
+  it.scale = rs.scale;
+  it.group = rs.group;
+  it.D = int(p.head_dim);
+  it.Dp = int((p.head_dim + 15) / 16 * 16);
+  it.nvis = kv_visible(p, 0);
+  const int64_t n_sub = (it.nvis + 15) / 16;
+  int64_t pieces = (it.nvis + attention_detail::kDecodePieceMax - 1) / attention_detail::kDecodePieceMax;
+  pieces = (pieces + nth - 1) / nth * nth;  // whole rounds of the threads
+  pieces = std::min(pieces, n_sub);
+  it.piece_len = (n_sub + pieces - 1) / pieces * 16;
+  it.n_pieces = (it.nvis + it.piece_len - 1) / it.piece_len;
+  return it;
+}
+
+int64_t decode_part_floats(const DecodeItem& it) {
+  return it.n_pieces > 1 ? it.n_pieces * it.p->n_heads * (2 + it.Dp) : 0;
+}
+
+// out (and lse) of item `it` from its pieces' partials, pieces in order.
+void merge_decode(const DecodeItem& it) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, stride = H * (2 + it.Dp);
+  for (int64_t h = 0; h < H; ++h) {
+    float M = -INFINITY;
+    for (int64_t s = 0; s < it.n_pieces; ++s) M = std::max(M, it.part[s * stride + h]);
+    float* o = it.out + h * it.D;
+    for (int d = 0; d < it.D; ++d) o[d] = 0.0f;
+    float L = 0;
+    for (int64_t s = 0; s < it.n_pieces; ++s) {
+      const float* ps = it.part + s * stride;
+      const float w = std::exp(ps[h] - M);  // every piece holds visible tokens: ps[h] is finite
+      L += w * ps[H + h];
+      const float* a = ps + 2 * H + h * it.Dp;
+      for (int d = 0; d < it.D; ++d) o[d] += w * a[d];
+    }
+    assert(L >= 1.0f);
+    const float inv = 1.0f / L;
+    for (int d = 0; d < it.D; ++d) o[d] *= inv;
+    if (it.lse) it.lse[h] = M + std::log(L);
+  }
+}
+
+// Prefetches kv tokens [j0, j1) (all kv heads of each row) of a contiguous or paged cache.
+inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
+                             int64_t j0, int64_t j1, int64_t span) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
+    for (int64_t b = 0; b < span * int64_t(sizeof(float)); b += 64) __builtin_prefetch(row + b);
+  }
+}
+
+// Piece `piece` of item `it`. Scratch: S (n_heads x ldS floats, ldS >= piece_len) and acc
+// (n_heads x Dp floats, 64-byte aligned).
+void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, int64_t ldS, float* acc) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
+  const int D = it.D, Dp = it.Dp;
+  const int64_t j0 = piece * it.piece_len, j1 = std::min(it.nvis, j0 + it.piece_len);
+  const int64_t span = Hkv * D;  // floats of a token row read
+  const float* qrows[kMaxRows];
+  // S[h, j - j0] = scale * q_h . k_j, 16 tokens at a time across all kv heads (one token row of
+  // Hkv * D contiguous floats consumed within a short window), the next 16 rows prefetched.
+  for (int64_t s0 = j0; s0 < j1; s0 += 16) {
+    const int ns = int(std::min<int64_t>(16, j1 - s0));
+    prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(j1, s0 + 32), span);
+    const float* kr = kv_row(it.k, p.k_blocks, p, s0, p.ldk);
+    for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+        const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+        for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;
+        kern.qk(qrows, R, kr + g * D, p.ldk, ns, D, it.scale, S + (g * G + h0) * ldS + (s0 - j0), int(ldS));
+      }
+  }
+  // the first V rows start coming while the softmax runs
+  prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, j0, std::min(j1, j0 + 16), span);
+  const int n = int(j1 - j0);
+  float* m = acc + H * Dp;  // n_heads maxima, then n_heads sums
+  float* l = m + H;
+  for (int64_t h = 0; h < H; ++h) {
+    float* s = S + h * ldS;
+    m[h] = kern.row_max(s, n);
+    l[h] = kern.exp_sum(s, n, m[h]);
+  }
+  std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
+  for (int64_t s0 = j0; s0 < j1; s0 += 16) {
+    const int ns = int(std::min<int64_t>(16, j1 - s0));
+    prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(j1, s0 + 32), span);
+    const float* vr = kv_row(it.v, p.v_blocks, p, s0, p.ldv);
+    for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+        const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+        const int64_t r0 = g * G + h0;
+        kern.pv(acc + r0 * Dp, Dp, kOnes, R, S + r0 * ldS + (s0 - j0), int(ldS), vr + g * D, p.ldv, ns, D);
+      }
+  }
+  if (it.n_pieces == 1) {
+    for (int64_t h = 0; h < H; ++h) {
+      float* o = it.out + h * D;
+      const float inv = 1.0f / l[h];
+      const float* a = acc + h * Dp;
+      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
+      if (it.lse) it.lse[h] = m[h] + std::log(l[h]);
+    }
+    return;
+  }
+  float* part = it.part + piece * H * (2 + Dp);
+  std::memcpy(part, m, sizeof(float) * size_t(2 * H));
+  std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
+  // the last piece to finish (acq_rel: it sees the others' partials) merges
+  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) merge_decode(it);
+}
+
+// Per-thread scratch of the decode driver, kept across calls (pool threads live long; a decode
+// step calls this once a layer).
+float* decode_scratch(size_t floats) {
+  thread_local AlignedPtr<float> buf;
+  thread_local size_t cap = 0;
+  if (cap < floats) {
+    buf = make_aligned<float>(floats);
+    cap = floats;
+  }
+  return buf.get();
+}
+
+// Runs every piece of the items in one pool dispatch (pieces taken in order from a shared
+// counter; each item's last piece merges it).
+void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool) {
+  const int nth = pool ? std::max(1, pool->size()) : 1;
+  int64_t ldS = 16, accf = 0, part_floats = 0, n_pieces = 0;
+  std::vector<int64_t> first(size_t(n_items) + 1, 0);
+  for (int64_t i = 0; i < n_items; ++i) {
+    const DecodeItem& it = items[i];
+    ldS = std::max(ldS, it.piece_len);
+    part_floats += decode_part_floats(it);
+    n_pieces += it.n_pieces;
+    first[size_t(i) + 1] = n_pieces;
+  }
+  int64_t S_floats = 0;
+  for (int64_t i = 0; i < n_items; ++i) {
+    S_floats = std::max(S_floats, items[i].p->n_heads * ldS);
+    accf = std::max(accf, items[i].p->n_heads * (items[i].Dp + 2));
+  }
+  S_floats = (S_floats + 15) / 16 * 16;
+  std::vector<float> part(static_cast<size_t>(part_floats));
+  std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[size_t(n_items)]);
+  float* at = part.data();
+  for (int64_t i = 0; i < n_items; ++i) {
+    done[size_t(i)].store(0, std::memory_order_relaxed);
+    items[i].done = &done[size_t(i)];
+    items[i].part = at;
+    at += decode_part_floats(items[i]);
+  }
+  auto piece = [&](int64_t u, int64_t* i) {
+    while (u >= first[size_t(*i) + 1]) ++*i;
+    float* S = decode_scratch(size_t(S_floats + accf));
+    run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, ldS, S + S_floats);
+  };
+  if (nth == 1 || n_pieces == 1) {
+    int64_t i = 0;
+    for (int64_t u = 0; u < n_pieces; ++u) piece(u, &i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  pool->run([&](int, int) {
+    int64_t i = 0;  // pieces are taken in ascending order
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_pieces;) piece(u, &i);
+  });
+}
+
 void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,
                      const AttentionParams& p, const Resolved& rs, ThreadPool* pool) {
   Plan pl = make_plan(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1);
@@ -1008,7 +1226,12 @@ void attention(const float* q, const float* k, const float* v, float* out, const
     // the bf16 bidirectional path keeps no log-sum-exp: a caller that wants it gets the tiled path
     if (!lse && attention_detail::bidir_bf16_applies(p))
       return attention_detail::attention_bidir_bf16(q, k, v, out, p, rs.scale, rs.group, pool);
-    attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, lse, p, rs, pool);
+    const Kern& kern = isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2;
+    if (decode_applies(p)) {
+      DecodeItem it = make_decode_item(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1);
+      return run_decode(kern, &it, 1, pool);
+    }
+    attention_tiled(kern, q, k, v, out, lse, p, rs, pool);
     return;
   }
 #endif
@@ -1023,17 +1246,21 @@ void attention_batch(const AttentionBatchItem* items, int64_t n, ThreadPool* poo
   if (isa >= Isa::Avx2) {
     const int nth = pool ? std::max(1, pool->size()) : 1;
     std::vector<Plan> plans;
+    std::vector<DecodeItem> decode;
     plans.reserve(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
       const AttentionBatchItem& it = items[i];
       const Resolved rs = validate(it.q, it.k, it.v, it.out, it.p);
       if (attention_detail::bidir_bf16_applies(it.p))  // its own kernel, as attention() runs it
         attention_detail::attention_bidir_bf16(it.q, it.k, it.v, it.out, it.p, rs.scale, rs.group, pool);
+      else if (decode_applies(it.p))
+        decode.push_back(make_decode_item(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
       else
         plans.push_back(make_plan(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
     }
-    if (!plans.empty())
-      run_plans(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, plans.data(), int64_t(plans.size()), pool);
+    const Kern& kern = isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2;
+    if (!decode.empty()) run_decode(kern, decode.data(), int64_t(decode.size()), pool);
+    if (!plans.empty()) run_plans(kern, plans.data(), int64_t(plans.size()), pool);
     return;
   }
 #endif
