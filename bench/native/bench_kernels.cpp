@@ -1494,7 +1494,7 @@ void bench_attention_decode(ThreadPool& pool) {
       Buf<float> q = make_aligned<float>(size_t(p.ldq)), o = make_aligned<float>(size_t(p.ldo));
       fill_random(q.get(), p.ldq, 3, &pool);
       std::vector<Buf<float>> ks, vs;
-      std::vector<std::vector<const float*>> kt(size_t(copies)), vt(size_t(copies));
+      std::vector<std::vector<const float*>> kt(static_cast<size_t>(copies)), vt(static_cast<size_t>(copies));
       for (int c = 0; c < copies; c++) {
         ks.push_back(make_aligned<float>(elems));
         vs.push_back(make_aligned<float>(elems));

@@ -24,7 +24,7 @@ bool bidir_bf16_applies(const AttentionParams& p);
 // thread that finishes an item's last piece merges the pieces exactly (log-sum-exp). All pieces
 // of a batch run in one thread-pool dispatch. The environment variable
 // EMOLLM_DECODE_ATTN_SPLIT=0 (read once) or set_decode_split(false) runs the previous tiled path.
-constexpr int64_t kDecodePieceMax = 256;
+constexpr int64_t kDecodePieceMax = 128;
 constexpr int64_t kDecodeMaxHeads = 256;  // more query heads: the tiled path (scratch bound)
 bool decode_split_enabled();
 void set_decode_split(bool on);
