@@ -1135,7 +1135,7 @@ inline void prefetch_kv_rows(const float* base, const float* const* blocks, cons
                              int64_t j0, int64_t j1, int64_t span) {
   for (int64_t j = j0; j < j1; ++j) {
     const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
-    for (int64_t b = 0; b < span * int64_t(sizeof(float)); b += 64) __builtin_prefetch(row + b, 0, 2);
+    for (int64_t b = 0; b < span * int64_t(sizeof(float)); b += 64) __builtin_prefetch(row + b);
   }
 }
 
