@@ -33,6 +33,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
+#include "cpu/attention_internal.h"  // set_decode_split: the A/B rows of decode attention
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
 #include "cpu/gemv_kquant_vnni.h"  // set_kquant_gemv: the A/B rows of the q4_K / q6_K GEMV
 #include "cpu/kernels.h"
@@ -1540,6 +1541,112 @@ void bench_attention(ThreadPool& pool) {
   }
 }
 
+// Decode attention over a paged f32 KV cache (what a decode step's attention_batch runs): one
+// query, 64-token pages, the 1.1B shape (32 q heads, 4 kv heads, head_dim 64) and the 7B shape
+// (32 / 32 / 128) over several cache lengths. The split decode path (the default) interleaved call
+// by call with the previous tiled path (set_decode_split(false)) as an "emollm" row and a "prev"
+// row (ratio = prev time / emollm time, >1: the split path is faster). GB/s = K + V bytes read;
+// the caches rotate over copies (> 3x L3) so they stream from memory as in a decode step.
+void bench_attention_decode(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t heads, kv_heads, head_dim;
+    std::vector<int64_t> kvs;
+  };
+  const Shape shapes[] = {{"llama1b", 32, 4, 64, {128, 256, 512, 768, 2048}}, {"llama", 32, 32, 128, {128, 512, 2048}}};
+  constexpr int64_t kPage = 64;
+  bool header = false;
+  for (const Shape& sh : shapes)
+    for (int64_t n_kv : sh.kvs) {
+      const std::string name = std::string("attention/") + sh.name + ".decode.paged/kv" + std::to_string(n_kv);
+      if (!selected(name)) continue;
+      if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+      if (!header) {
+        table_header("decode attention, paged f32 KV (64-token pages; prev = the previous tiled path, interleaved; ratio = prev time / emollm time, >1: split path faster)");
+        header = true;
+      }
+      AttentionParams p;
+      p.n_q = 1; p.n_kv = n_kv; p.n_heads = sh.heads; p.n_kv_heads = sh.kv_heads; p.head_dim = sh.head_dim;
+      p.ldq = p.ldo = sh.heads * sh.head_dim;
+      p.ldk = p.ldv = sh.kv_heads * sh.head_dim;
+      p.causal = true;
+      p.q_pos0 = n_kv - 1;
+      p.kv_block_size = kPage;
+      const int64_t n_pages = (n_kv + kPage - 1) / kPage;
+      const size_t elems = size_t(n_pages * kPage * p.ldk);
+      const double bytes = 2.0 * double(n_kv) * double(p.ldk) * sizeof(float);
+      const int copies = int(std::max<size_t>(2, (3 * l3_bytes() + size_t(bytes) - 1) / size_t(bytes)));
+      Buf<float> q = make_aligned<float>(size_t(p.ldq)), o = make_aligned<float>(size_t(p.ldo));
+      fill_random(q.get(), p.ldq, 3, &pool);
+      std::vector<Buf<float>> ks, vs;
+      std::vector<std::vector<const float*>> kt(static_cast<size_t>(copies)), vt(static_cast<size_t>(copies));
+      for (int c = 0; c < copies; c++) {
+        ks.push_back(make_aligned<float>(elems));
+        vs.push_back(make_aligned<float>(elems));
+        fill_random(ks.back().get(), int64_t(elems), 5, &pool);
+        fill_random(vs.back().get(), int64_t(elems), 7, &pool);
+        for (int64_t b = 0; b < n_pages; b++) {
+          kt[size_t(c)].push_back(ks.back().get() + b * kPage * p.ldk);
+          vt[size_t(c)].push_back(vs.back().get() + b * kPage * p.ldv);
+        }
+      }
+      auto params = [&](int i) {
+        AttentionParams pi = p;
+        pi.k_blocks = kt[size_t(i % copies)].data();
+        pi.v_blocks = vt[size_t(i % copies)].data();
+        return pi;
+      };
+      auto run = [&](int i) {
+        const AttentionBatchItem it{q.get(), nullptr, nullptr, o.get(), params(i)};
+        attention_batch(&it, 1, &pool);
+      };
+      auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_split, false, [&] { run(i); }); };
+      auto check = [&](Result& row) {
+        std::vector<float> ref(size_t(p.ldo));
+        const AttentionParams p0 = params(0);
+        ref::attention(q.get(), nullptr, nullptr, ref.data(), p0);
+        double max_diff = 0, sum_sq = 0;
+        for (int64_t d = 0; d < p.ldo; d++) {
+          const double a = o[size_t(d)], b = ref[size_t(d)];
+          max_diff = std::max(max_diff, std::isfinite(a) ? std::fabs(a - b) : INFINITY);
+          sum_sq += b * b;
+        }
+        set_check(row, max_diff / std::max(1e-30, std::sqrt(sum_sq / double(p.ldo))), 1e-3);
+      };
+      Result r;
+      r.section = "attention";
+      r.name = name;
+      r.label = std::string(sh.name) + " decode kv=" + std::to_string(n_kv);
+      r.dtype = "f32";
+      r.impl = "emollm";
+      r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
+      r.bytes = bytes;
+      Stats prev;
+      Result* res = run_case(r, [&](Result& rr) {
+        auto st = measure_interleaved({run, run_prev});
+        rr.st = st[0];
+        prev = st[1];
+        rr.ratio_vs = "prev";
+        rr.ratio = prev.best / rr.st.best;
+        run(0);
+        check(rr);
+        rr.note = "(" + std::to_string(copies) + " KV copies)";
+      });
+      if (!res) continue;
+      table_row(*res);
+      Result pr = r;
+      pr.name = name + "/prev";
+      pr.impl = "prev";
+      pr.st = prev;
+      pr.note = "previous tiled path (set_decode_split(false)), interleaved";
+      run_prev(0);
+      check(pr);
+      g_results.push_back(pr);
+      table_row(g_results.back());
+      settle();
+    }
+}
+
 // ============================================================================ elementwise / rows
 void bench_eltwise(ThreadPool& pool) {
   bool header = false;
@@ -1741,6 +1848,7 @@ int main(int argc, char** argv) {
     bench_fused(pool);
     bench_kquant_gemv(pool);
     bench_attention(pool);
+    bench_attention_decode(pool);
     bench_eltwise(pool);
     return 0;
   }
@@ -1782,6 +1890,7 @@ int main(int argc, char** argv) {
   bench_fused(pool);
   bench_kquant_gemv(pool);
   bench_attention(pool);
+  bench_attention_decode(pool);
   bench_eltwise(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the

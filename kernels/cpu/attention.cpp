@@ -22,6 +22,14 @@
 //   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
 //   range is cut into pieces whose partial (m, l, acc) are merged afterwards.
 //
+// Decode (one query per call, n_q == 1): its own driver (run_decode, see attention_internal.h):
+// pieces of <= 128 kv tokens over all heads (online softmax over 64-token blocks inside a piece,
+// K and V of a block read close together), with several query heads per kv head the K sub-block
+// transposed in registers (qk_decode: no horizontal sums), narrow token rows copied to contiguous
+// scratch per 16 tokens; the pieces merged by whichever thread finishes an item's last one, so a
+// layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
+// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B).
+//
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
 //
@@ -31,9 +39,11 @@
 #include <cassert>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../../base/arena.h"
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "attention_internal.h"
 #include "kernels.h"
@@ -140,6 +150,17 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 }
 }  // namespace ref
 
+namespace attention_detail {
+namespace {
+EnvSwitch& decode_split_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_SPLIT");  // =0: decode in the tiled driver (whole-run A/B)
+  return on;
+}
+}  // namespace
+bool decode_split_enabled() { return decode_split_flag().on(); }
+void set_decode_split(bool on) { decode_split_flag().set(on); }
+}  // namespace attention_detail
+
 // ============================================================================ vector kernels
 #if defined(__x86_64__)
 namespace {
@@ -163,6 +184,11 @@ struct Kern {
   // get finite junk), then the same S as qk from kt; no horizontal sums. Used for many rows.
   void (*k_transpose)(const float* k, int64_t ldk, int nb, int D, float* kt);
   void (*qk_t)(const float* const* qrows, int R, const float* kt, int D, float scale, float* S, int ldS);
+  // Optional (null: use qk), for decode with several query heads per kv head: S[r * ldS + j] =
+  // scale * dot(q + r * ldq, kr[j]) for r < R, j < 16 (all 16 written; the caller repeats its last
+  // row past the tokens it has); q rows zero-padded to Dp = round_up(D, 16) floats.
+  void (*qk_decode)(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale, float* S,
+                    int64_t ldS);
 };
 
 // Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
@@ -426,7 +452,54 @@ EMO_T512 static void qk_t_avx512(const float* const* qrows, int R, const float* 
   }
 }
 
-const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512};
+// Up to 8 query rows x 16 keys: each 16-dim chunk of the 16 key rows transposed in registers, then
+// 16 broadcast FMAs per row (no horizontal sums; the K rows are loaded once for all rows).
+template <int NR>
+EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, const float* const* kr, int D,
+                                                  __m512 vs, float* S, int64_t ldS) {
+  __m512 acc[NR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  for (int d0 = 0; d0 < D; d0 += 16) {
+    const int w = std::min(16, D - d0);
+    const __mmask16 m = __mmask16(w == 16 ? 0xFFFFu : (1u << w) - 1);
+    __m512 t[16];
+    if (w == 16) {
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(kr[i] + d0);
+    } else {
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) t[i] = _mm512_maskz_loadu_ps(m, kr[i] + d0);
+    }
+    gemm_detail::transpose16_ps(t);  // t[e] = dim d0 + e of the 16 keys (zero past D)
+    #pragma GCC unroll 16
+    for (int e = 0; e < 16; ++e)
+      #pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d0 + e]), t[e], acc[r]);
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) _mm512_storeu_ps(S + r * ldS, _mm512_mul_ps(acc[r], vs));
+}
+
+EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale,
+                                      float* S, int64_t ldS) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  int r = 0;
+  for (; r + 8 <= R; r += 8) qk_decode_rows_avx512<8>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS);
+  switch (R - r) {
+    case 7: qk_decode_rows_avx512<7>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 6: qk_decode_rows_avx512<6>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 5: qk_decode_rows_avx512<5>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 4: qk_decode_rows_avx512<4>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 3: qk_decode_rows_avx512<3>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 2: qk_decode_rows_avx512<2>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 1: qk_decode_rows_avx512<1>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    default: break;
+  }
+}
+
+const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
+                          qk_decode_avx512};
 
 // ---------------------------------------------------------------------------- AVX2
 alignas(32) const int32_t kMask8[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -622,7 +695,7 @@ EMO_T256 static void pv_avx2(float* acc, int ldacc, const float* alpha, int R, c
   }
 }
 
-const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr};
+const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr, nullptr};
 
 // ---------------------------------------------------------------------------- tiled driver
 // A work unit covers kv heads [g0, g0 + ng), queries [i0, i1) and, within each kv head's group,
@@ -984,6 +1057,245 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
   });
 }
 
+// ---------------------------------------------------------------------------- decode driver
+// One decode call (n_q == 1) cut into pieces of kv tokens (attention_internal.h).
+constexpr int64_t kDecodePackSpan = 256;  // floats of a token row (all kv heads) copied per sub-block
+struct DecodeItem {
+  const AttentionParams* p;
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  float* lse;
+  float scale;
+  int64_t group;
+  int D, Dp;
+  int64_t nvis;       // visible kv tokens
+  int64_t piece_len;  // tokens per piece (multiple of 16; the last piece may be shorter)
+  int64_t n_pieces;
+  float* part;        // n_pieces > 1: per piece, n_heads x (2 + Dp): m, l, then acc rows
+  std::atomic<int64_t>* done;  // pieces finished (the last one merges)
+};
+
+bool decode_applies(const AttentionParams& p) {
+  return p.n_q == 1 && p.n_heads <= attention_detail::kDecodeMaxHeads && attention_detail::decode_split_enabled();
+}
+
+// The piece plan depends only on the call and the thread count, never on the rest of a batch: a
+// batch's outputs are bit for bit the calls' alone.
+DecodeItem make_decode_item(const float* q, const float* k, const float* v, float* out, float* lse,
+                            const AttentionParams& p, const Resolved& rs, int nth) {
+  DecodeItem it{};
+  it.p = &p;
+  it.q = q; it.k = k; it.v = v; it.out = out; it.lse = lse;
+  it.scale = rs.scale;
+  it.group = rs.group;
+  it.D = int(p.head_dim);
+  it.Dp = int((p.head_dim + 15) / 16 * 16);
+  it.nvis = kv_visible(p, 0);
+  const int64_t n_sub = (it.nvis + 15) / 16;
+  int64_t pieces = (it.nvis + attention_detail::kDecodePieceMax - 1) / attention_detail::kDecodePieceMax;
+  pieces = (pieces + nth - 1) / nth * nth;  // whole rounds of the threads
+  pieces = std::min(pieces, n_sub);
+  it.piece_len = (n_sub + pieces - 1) / pieces * 16;
+  it.n_pieces = (it.nvis + it.piece_len - 1) / it.piece_len;
+  return it;
+}
+
+int64_t decode_part_floats(const DecodeItem& it) {
+  return it.n_pieces > 1 ? it.n_pieces * it.p->n_heads * (2 + it.Dp) : 0;
+}
+
+// out (and lse) of item `it` from its pieces' partials, pieces in order.
+void merge_decode(const DecodeItem& it) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, stride = H * (2 + it.Dp);
+  for (int64_t h = 0; h < H; ++h) {
+    float M = -INFINITY;
+    for (int64_t s = 0; s < it.n_pieces; ++s) M = std::max(M, it.part[s * stride + h]);
+    float* o = it.out + h * it.D;
+    for (int d = 0; d < it.D; ++d) o[d] = 0.0f;
+    float L = 0;
+    for (int64_t s = 0; s < it.n_pieces; ++s) {
+      const float* ps = it.part + s * stride;
+      const float w = std::exp(ps[h] - M);  // every piece holds visible tokens: ps[h] is finite
+      L += w * ps[H + h];
+      const float* a = ps + 2 * H + h * it.Dp;
+      for (int d = 0; d < it.D; ++d) o[d] += w * a[d];
+    }
+    assert(L >= 1.0f);
+    const float inv = 1.0f / L;
+    for (int d = 0; d < it.D; ++d) o[d] *= inv;
+    if (it.lse) it.lse[h] = M + std::log(L);
+  }
+}
+
+// Prefetches kv tokens [j0, j1) (all kv heads of each row) of a contiguous or paged cache.
+inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
+                             int64_t j0, int64_t j1, int64_t span) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
+    for (int64_t b = 0; b < span * int64_t(sizeof(float)); b += 64) __builtin_prefetch(row + b);
+  }
+}
+
+// Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
+// 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x kDecodePackSpan floats).
+void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
+                      float* kbuf) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
+  const int D = it.D, Dp = it.Dp;
+  const int64_t j0 = piece * it.piece_len, j1 = std::min(it.nvis, j0 + it.piece_len);
+  const int64_t span = Hkv * D;  // floats of a token row read
+  // Narrow token rows (<= kDecodePackSpan floats): each 16-row sub-block is first copied to
+  // contiguous scratch, one sequential read that keeps many cache misses in flight, instead of
+  // the kernels' strided loads (a kv head's slice of 16 rows); the copy needs no software
+  // prefetch (measured faster without). Wide rows (7B: 16 KB a token) are read in place with the
+  // next 16 rows prefetched.
+  const bool pack = span <= kDecodePackSpan;
+  const float* qrows[kMaxRows];
+  // Several query heads per kv head: the transposed-K kernel on q rows zero-padded to Dp.
+  const bool transposed = kern.qk_decode != nullptr && G >= 4;
+  if (transposed)
+    for (int64_t h = 0; h < H; ++h) {
+      std::memcpy(qpad + h * Dp, it.q + h * D, sizeof(float) * size_t(D));
+      std::memset(qpad + h * Dp + D, 0, sizeof(float) * size_t(Dp - D));
+    }
+  float* m = acc + H * Dp;  // n_heads running maxima, sums, and rescales of the block
+  float* l = m + H;
+  float* alpha = l + H;
+  for (int64_t h = 0; h < H; ++h) { m[h] = -INFINITY; l[h] = 0.0f; }
+  std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
+  // Blocks of kBk tokens, online softmax across them: K and V of a block are read close together.
+  // Within a block, 16 tokens at a time across all kv heads (a token row of Hkv * D contiguous
+  // floats consumed within a short window), the next 16 rows prefetched.
+  for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
+    const int64_t b1 = std::min(j1, b0 + kBk);
+    const int nb = int(b1 - b0);
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      if (!pack) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span);
+      const float* kr = kv_row(it.k, p.k_blocks, p, s0, p.ldk);
+      int64_t ldkr = p.ldk;
+      if (pack) {
+        for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, kr + t * p.ldk, sizeof(float) * size_t(span));
+        kr = kbuf;
+        ldkr = span;
+      }
+      if (transposed) {
+        const float* rows[16];
+        for (int64_t g = 0; g < Hkv; ++g) {
+          for (int t = 0; t < 16; ++t) rows[t] = kr + int64_t(std::min(t, ns - 1)) * ldkr + g * D;
+          kern.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+        }
+        continue;
+      }
+      for (int64_t g = 0; g < Hkv; ++g)
+        for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+          const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+          for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;
+          kern.qk(qrows, R, kr + g * D, ldkr, ns, D, it.scale, S + (g * G + h0) * kBk + (s0 - b0), kBk);
+        }
+    }
+    if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span);
+    for (int64_t h = 0; h < H; ++h) {
+      float* sr = S + h * kBk;
+      const float m_new = std::max(m[h], kern.row_max(sr, nb));
+      alpha[h] = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new);
+      l[h] = l[h] * alpha[h] + kern.exp_sum(sr, nb, m_new);
+      m[h] = m_new;
+    }
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span);
+      const float* vr = kv_row(it.v, p.v_blocks, p, s0, p.ldv);
+      int64_t ldvr = p.ldv;
+      if (pack) {
+        for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, vr + t * p.ldv, sizeof(float) * size_t(span));
+        vr = kbuf;
+        ldvr = span;
+      }
+      for (int64_t g = 0; g < Hkv; ++g)
+        for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+          const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+          const int64_t r0 = g * G + h0;
+          kern.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vr + g * D,
+                  ldvr, ns, D);
+        }
+    }
+  }
+  if (it.n_pieces == 1) {
+    for (int64_t h = 0; h < H; ++h) {
+      float* o = it.out + h * D;
+      const float inv = 1.0f / l[h];
+      const float* a = acc + h * Dp;
+      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
+      if (it.lse) it.lse[h] = m[h] + std::log(l[h]);
+    }
+    return;
+  }
+  float* part = it.part + piece * H * (2 + Dp);
+  std::memcpy(part, m, sizeof(float) * size_t(2 * H));
+  std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
+  // the last piece to finish (acq_rel: it sees the others' partials) merges
+  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) merge_decode(it);
+}
+
+// Per-thread scratch of the decode driver, kept across calls (pool threads live long; a decode
+// step calls this once a layer).
+float* decode_scratch(size_t floats) {
+  thread_local AlignedPtr<float> buf;
+  thread_local size_t cap = 0;
+  if (cap < floats) {
+    buf = make_aligned<float>(floats);
+    cap = floats;
+  }
+  return buf.get();
+}
+
+// Runs every piece of the items in one pool dispatch (pieces taken in order from a shared
+// counter; each item's last piece merges it).
+void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool) {
+  const int nth = pool ? std::max(1, pool->size()) : 1;
+  int64_t accf = 0, part_floats = 0, n_pieces = 0, S_floats = 0;
+  std::vector<int64_t> first(size_t(n_items) + 1, 0);
+  for (int64_t i = 0; i < n_items; ++i) {
+    const DecodeItem& it = items[i];
+    part_floats += decode_part_floats(it);
+    n_pieces += it.n_pieces;
+    first[size_t(i) + 1] = n_pieces;
+    S_floats = std::max(S_floats, it.p->n_heads * kBk);
+    accf = std::max(accf, it.p->n_heads * (it.Dp + 3));
+  }
+  accf = (accf + 15) / 16 * 16;
+  std::vector<float> part(static_cast<size_t>(part_floats));
+  std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[size_t(n_items)]);
+  float* at = part.data();
+  for (int64_t i = 0; i < n_items; ++i) {
+    done[size_t(i)].store(0, std::memory_order_relaxed);
+    items[i].done = &done[size_t(i)];
+    items[i].part = at;
+    at += decode_part_floats(items[i]);
+  }
+  auto piece = [&](int64_t u, int64_t* i) {
+    while (u >= first[size_t(*i) + 1]) ++*i;
+    float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * kDecodePackSpan));
+    run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
+                     S + S_floats + 2 * accf);
+  };
+  if (nth == 1 || n_pieces == 1) {
+    int64_t i = 0;
+    for (int64_t u = 0; u < n_pieces; ++u) piece(u, &i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  pool->run([&](int, int) {
+    int64_t i = 0;  // pieces are taken in ascending order
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_pieces;) piece(u, &i);
+  });
+}
+
 void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,
                      const AttentionParams& p, const Resolved& rs, ThreadPool* pool) {
   Plan pl = make_plan(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1);
@@ -1008,7 +1320,12 @@ void attention(const float* q, const float* k, const float* v, float* out, const
     // the bf16 bidirectional path keeps no log-sum-exp: a caller that wants it gets the tiled path
     if (!lse && attention_detail::bidir_bf16_applies(p))
       return attention_detail::attention_bidir_bf16(q, k, v, out, p, rs.scale, rs.group, pool);
-    attention_tiled(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, q, k, v, out, lse, p, rs, pool);
+    const Kern& kern = isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2;
+    if (decode_applies(p)) {
+      DecodeItem it = make_decode_item(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1);
+      return run_decode(kern, &it, 1, pool);
+    }
+    attention_tiled(kern, q, k, v, out, lse, p, rs, pool);
     return;
   }
 #endif
@@ -1023,17 +1340,21 @@ void attention_batch(const AttentionBatchItem* items, int64_t n, ThreadPool* poo
   if (isa >= Isa::Avx2) {
     const int nth = pool ? std::max(1, pool->size()) : 1;
     std::vector<Plan> plans;
+    std::vector<DecodeItem> decode;
     plans.reserve(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
       const AttentionBatchItem& it = items[i];
       const Resolved rs = validate(it.q, it.k, it.v, it.out, it.p);
       if (attention_detail::bidir_bf16_applies(it.p))  // its own kernel, as attention() runs it
         attention_detail::attention_bidir_bf16(it.q, it.k, it.v, it.out, it.p, rs.scale, rs.group, pool);
+      else if (decode_applies(it.p))
+        decode.push_back(make_decode_item(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
       else
         plans.push_back(make_plan(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
     }
-    if (!plans.empty())
-      run_plans(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, plans.data(), int64_t(plans.size()), pool);
+    const Kern& kern = isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2;
+    if (!decode.empty()) run_decode(kern, decode.data(), int64_t(decode.size()), pool);
+    if (!plans.empty()) run_plans(kern, plans.data(), int64_t(plans.size()), pool);
     return;
   }
 #endif

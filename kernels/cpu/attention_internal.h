@@ -16,6 +16,19 @@ constexpr int64_t kBidirBf16MinRows = 16;
 bool bidir_bf16_enabled();
 bool bidir_bf16_applies(const AttentionParams& p);
 
+// Decode attention (one query per call, f32 KV, contiguous or paged): every call's visible kv
+// range is cut into pieces of at most kDecodePieceMax tokens (a multiple of 16, so a piece's
+// 16-token sub-blocks never cross a page), the piece count rounded up to a multiple of the
+// thread count; each piece reads its tokens' K and V rows once for all query heads (all kv heads
+// of a token row are contiguous: one stream) and keeps its own (max, sum, P V) per head; the
+// thread that finishes an item's last piece merges the pieces exactly (log-sum-exp). All pieces
+// of a batch run in one thread-pool dispatch. The environment variable
+// EMOLLM_DECODE_ATTN_SPLIT=0 (read once) or set_decode_split(false) runs the previous tiled path.
+constexpr int64_t kDecodePieceMax = 128;
+constexpr int64_t kDecodeMaxHeads = 256;  // more query heads: the tiled path (scratch bound)
+bool decode_split_enabled();
+void set_decode_split(bool on);
+
 // Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
 // (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16
 // and normalised by the sum of the rounded weights, O = P V summed in f32. The arguments must be

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -637,4 +638,122 @@ TEST(attention_batch_equals_calls_one_by_one) {
   bad.ldq = 1;  // shorter than a query row
   AttentionBatchItem it{d.q, d.k, d.v, out.data(), bad};
   EXPECT_THROWS(attention_batch(&it, 1, &pool), ErrorCode::InvalidArgument);
+}
+
+namespace {
+
+// A paged copy of a case's cache: pages of bs tokens at shuffled slots of a pool with a NaN page
+// between used ones (reading outside a page poisons the output). params() reads through it.
+struct PagedCopy {
+  std::vector<float> kpool, vpool;
+  std::vector<const float*> kt, vt;
+  AttentionParams p;
+  PagedCopy(const Data& d, int64_t bs, uint64_t seed) : p(d.p) {
+    const int64_t n_pages = (d.p.n_kv + bs - 1) / bs;
+    std::vector<int64_t> slot(static_cast<size_t>(n_pages));
+    for (int64_t i = 0; i < n_pages; ++i) slot[size_t(i)] = i;
+    Rng rng(seed);
+    for (int64_t i = n_pages - 1; i > 0; --i) std::swap(slot[size_t(i)], slot[size_t(rng.next() % uint32_t(i + 1))]);
+    kpool.assign(size_t(2 * n_pages * bs * d.p.ldk), kNaN);
+    vpool.assign(size_t(2 * n_pages * bs * d.p.ldv), kNaN);
+    for (int64_t i = 0; i < n_pages; ++i) {
+      kt.push_back(kpool.data() + 2 * slot[size_t(i)] * bs * d.p.ldk);
+      vt.push_back(vpool.data() + 2 * slot[size_t(i)] * bs * d.p.ldv);
+    }
+    for (int64_t j = 0; j < d.p.n_kv; ++j) {
+      std::copy(d.k + j * d.p.ldk, d.k + (j + 1) * d.p.ldk, const_cast<float*>(kt[size_t(j / bs)]) + (j % bs) * d.p.ldk);
+      std::copy(d.v + j * d.p.ldv, d.v + (j + 1) * d.p.ldv, const_cast<float*>(vt[size_t(j / bs)]) + (j % bs) * d.p.ldv);
+    }
+    p.k_blocks = kt.data();
+    p.v_blocks = vt.data();
+    p.kv_block_size = bs;
+  }
+};
+
+// Restores the decode split switch at scope exit.
+struct DecodeSplitScope {
+  bool was = attention_detail::decode_split_enabled();
+  explicit DecodeSplitScope(bool on) { attention_detail::set_decode_split(on); }
+  ~DecodeSplitScope() { attention_detail::set_decode_split(was); }
+};
+
+}  // namespace
+
+// The decode driver (one query; pieces of <= kDecodePieceMax kv tokens, a multiple of the thread
+// count, merged by log-sum-exp) and the tiled path it replaced (set_decode_split(false)) against
+// ref::attention (atol 1e-5, the vector-vs-ref tolerance; the log-sum-exp likewise): lengths
+// around 16 / 64 / 256 (sub-block, page, piece) and not multiples of them, kv = 1, GQA 8:1, MQA,
+// MHA 1:1, a tail head size, padded rows, contiguous and paged caches (pages of 16 and 64 at
+// shuffled slots), no pool and pools of 2 and 3 threads (piece counts rounded to each).
+TEST(attention_decode_split_matches_ref) {
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 4, 64, 0}, {4, 4, 128, 0}, {8, 1, 80, 0}, {6, 2, 20, 3}};
+  const int64_t lengths[] = {1, 15, 16, 17, 63, 65, 255, 256, 257, 513, 769, 1000};
+  uint64_t seed = 7000;
+  for (const Shape& sh : shapes)
+    for (int64_t n : lengths) {
+      const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+      Data d = make_data(c, seed++);
+      const std::string what = describe(c);
+      std::vector<float> ref_lse(size_t(sh.H));
+      std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p, ref_lse.data()); });
+      PagedCopy pg16(d, 16, seed), pg64(d, 64, seed + 1);
+      for (const AttentionParams* pp : {&d.p, &pg16.p, &pg64.p})
+        for (bool split : {true, false}) {
+          DecodeSplitScope sw(split);
+          for (Isa isa : vector_levels()) {
+            IsaCapScope cap(isa);
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+              const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " isa=" + isa_name(isa) +
+                                    " pool=" + std::to_string(pl ? pl->size() : 0) + (split ? " split" : " tiled");
+              const float* k = pp->kv_block_size ? nullptr : d.k;
+              const float* v = pp->kv_block_size ? nullptr : d.v;
+              std::vector<float> lse(size_t(sh.H), kNaN);
+              std::vector<float> got = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lse.data()); });
+              EXPECT_ALL_CLOSE(got.data(), ref.data(), got.size(), 1e-5, 0.0, w);
+              EXPECT_ALL_CLOSE(lse.data(), ref_lse.data(), lse.size(), 1e-5, 0.0, w + " lse");
+            }
+          }
+        }
+    }
+}
+
+// Several decode sequences of different lengths (paged and contiguous, GQA 8:1) in one
+// attention_batch: each output within 1e-5 of ref::attention and bit for bit the call alone.
+TEST(attention_decode_split_batch_of_sequences) {
+  ThreadPool pool2(2), pool3(3);
+  const int64_t lengths[] = {1, 37, 256, 300, 769, 64};
+  std::vector<Data> ds;
+  std::vector<std::unique_ptr<PagedCopy>> pages;
+  std::vector<std::vector<float>> refs;
+  uint64_t seed = 7700;
+  for (int64_t n : lengths) {
+    ds.push_back(make_data({1, n, 32, 4, 64, true, n - 1}, seed++));
+    refs.push_back(run_out(ds.back().p, "ref", [&](float* o) { ref::attention(ds.back().q, ds.back().k, ds.back().v, o, ds.back().p); }));
+    pages.push_back(std::make_unique<PagedCopy>(ds.back(), 64, seed));
+  }
+  for (Isa isa : vector_levels()) {
+    IsaCapScope cap(isa);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<AttentionBatchItem> items;
+      std::vector<std::vector<float>> outs(ds.size()), alone;
+      for (size_t i = 0; i < ds.size(); ++i) {
+        const bool paged = i % 2 == 0;
+        const AttentionParams& p = paged ? pages[i]->p : ds[i].p;
+        const float* k = paged ? nullptr : ds[i].k;
+        const float* v = paged ? nullptr : ds[i].v;
+        outs[i].assign(size_t(p.ldo), kNaN);
+        items.push_back(AttentionBatchItem{ds[i].q, k, v, outs[i].data(), p});
+        alone.push_back(run_out(p, "alone", [&](float* o) { attention(ds[i].q, k, v, o, p, pl); }));
+      }
+      attention_batch(items.data(), int64_t(items.size()), pl);
+      for (size_t i = 0; i < ds.size(); ++i) {
+        const std::string w = "kv=" + std::to_string(lengths[i]) + " isa=" + isa_name(isa) +
+                              " pool=" + std::to_string(pl ? pl->size() : 0);
+        EXPECT_ALL_CLOSE(outs[i].data(), refs[i].data(), refs[i].size(), 1e-5, 0.0, w);
+        EXPECT(outs[i] == alone[i]);
+      }
+    }
+  }
 }
