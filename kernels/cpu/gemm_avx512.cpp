@@ -1009,14 +1009,16 @@ std::atomic<bool> g_bf16_legacy_blocking{false};
 template <DType DT, bool BF>
 void gemm_packed(const Args& a, bool prepacked = false) {
   const int64_t kunits = BF ? (a.K + 1) / 2 : a.K;
-  const int64_t x_budget = int64_t(8) << 20;
+  const bool f32_blocked = !BF && f32_blocked_flag().on();
   // Chunks of at most x_budget bytes of packed X, of even size: each chunk packs all of W again,
   // so M = 784 at mc_max = 744 runs two chunks of 396 / 388 rows, not 744 and a 40-row tail.
-  // Every Y element's sum is the same whichever chunk its row is in.
+  // Every Y element's sum is the same whichever chunk its row is in. The f32 driver reads X one k
+  // block (M x KC) at a time, so its chunk need not stay in cache: 24 MiB keeps a 512-row prompt
+  // in one chunk up to K = 12288 (LLaMA-7B's down projection, K = 11008, packed W once, not 3x).
+  const int64_t x_budget = int64_t(f32_blocked ? 24 : 8) << 20;
   const int64_t mc_max = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
   const int64_t chunks = (a.M + mc_max - 1) / mc_max;
   const int64_t mc = ((a.M + chunks - 1) / chunks + MR - 1) / MR * MR;
-  const bool f32_blocked = !BF && f32_blocked_flag().on();
   for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
     const int64_t mcur = std::min(mc, a.M - m0);
     const int64_t npm = (mcur + MR - 1) / MR;

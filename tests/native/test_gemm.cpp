@@ -485,10 +485,11 @@ TEST(gemm_blocked_large) {
 // The AVX-512 f32 packed GEMM (gemm_internal.h set_f32_gemm_blocked): the default driver (X
 // packed per k block, next tiles prefetched) and the previous one, on shapes whose M, N and K are
 // not multiples of the 6 x 64 tile or of the 256-wide k block (1, 5, 7, 63, 65, 577; M > 8, the
-// small-M path off), plus two row-chunked ones (K = 4099: 577 rows in two chunks; K = 2816:
-// 784 rows, two even chunks rather than 744 + 40). F32 and F16 weights, bias, padded rows, with
-// and without a pool: within the f32 tolerance of ref::gemm (double accumulation), and both
-// drivers equal bit for bit (same tiles, same k blocks, so the same sums).
+// small-M path off), plus row-chunked ones (X packed in chunks of at most 8 MiB by the previous
+// driver, 24 MiB by the default): K = 4099, 577 rows in two chunks (previous); K = 2816, 784 rows
+// in two even chunks rather than 744 + 40 (previous); K = 11008, 600 rows in two (both). F32 and
+// F16 weights, bias, padded rows, with and without a pool: within the f32 tolerance of ref::gemm
+// (double accumulation), and both drivers equal bit for bit (same tiles, same k blocks).
 TEST(gemm_f32_packed_drivers) {
 #if defined(__x86_64__)
   if (isa_detected() < Isa::Avx512) {
@@ -504,6 +505,7 @@ TEST(gemm_f32_packed_drivers) {
       for (int64_t K : {1, 5, 7, 63, 65, 577}) shapes.push_back({M, N, K});
   shapes.push_back({577, 7, 4099});
   shapes.push_back({784, 5, 2816});
+  shapes.push_back({600, 3, 11008});
   uint32_t seed = 500;
   for (DType t : {DType::F32, DType::F16})
     for (const Shape sh : shapes) {
