@@ -9,6 +9,7 @@
 //   (24 zmm accumulators) broadcasts X and FMAs into 4 zmm columns.
 //   BF16 weights on CPUs with AVX512-BF16 use vdpbf16ps instead: X is rounded to bf16 pairs,
 //   W panels hold (k, k+1) bf16 pairs, doubling the multiply-add rate.
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "gemm_internal.h"
 #include "gemm_x86_common.h"
@@ -910,6 +911,95 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   }
 }
 
+// ---- the f32 packed GEMM's driver (wtype F32 / F16 / BF16 without vdpbf16ps / Q8_0 / Q4_0)
+// Same 6x64 tiles, KC x NC blocks and summation order as compute_range<DT, false>, so the same
+// bits; what differs is where X lies and what is fetched ahead. On Zen 5 the tile runs at ~99% of
+// the FMA peak with its operands in L1 but the GEMM ran at 65-69%: a tile's first X lines and the
+// Y rows it adds its partial sums to (after a pass over the whole block, in L3 or memory) arrived
+// late. set_f32_gemm_blocked(false) (EMOLLM_F32_GEMM_BLOCKED=0) runs the previous driver.
+EnvSwitch& f32_blocked_flag() {
+  static EnvSwitch on("EMOLLM_F32_GEMM_BLOCKED");
+  return on;
+}
+
+// X rows [0, rows) packed k block by k block: block k0 (a multiple of kcb, kc = min(kcb, K - k0))
+// at out + k0 * npm * MR, its panel p at + p * kc * MR, out[... + k * MR + i] = row p*MR+i,
+// element k0+k (zero rows past `rows`). The tiles of one k block read one contiguous stream, which
+// the hardware prefetchers follow (pack_x_f32's whole-K panels put K * MR floats between tiles).
+void pack_x_f32_kblocks(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t kcb, int64_t npm, int64_t p0,
+                        int64_t p1, float* out) {
+  for (int64_t p = p0; p < p1; ++p)
+    for (int i = 0; i < MR; ++i) {
+      const float* s = p * MR + i < rows ? X + (p * MR + i) * ldx : nullptr;
+      for (int64_t k0 = 0; k0 < K; k0 += kcb) {
+        const int64_t kc = std::min(kcb, K - k0);
+        float* o = out + k0 * npm * MR + p * kc * MR + i;
+        if (s) {
+          for (int64_t k = 0; k < kc; ++k) o[k * MR] = s[k0 + k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) o[k * MR] = 0.0f;
+        }
+      }
+    }
+}
+
+// Prefetches (into L1) the rows of a tile of Y: rows x cols floats from y, ldy apart.
+EMO_AI void prefetch_tile(const float* y, int64_t ldy, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* r = y + i * ldy;
+    for (int64_t c = 0; c < cols; c += 16) _mm_prefetch(reinterpret_cast<const char*>(r + c), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(r + cols - 1), _MM_HINT_T0);  // an unaligned row's last line
+  }
+}
+
+// compute_range<DT, false> over pack_x_f32_kblocks' X (npm: panels in the chunk; m_begin a
+// multiple of MR). Before each tile it prefetches the next tile's Y rows (when they hold a partial
+// sum) and, before a row panel's first tile, the next panel's first X lines.
+template <DType DT>
+void compute_range_f32(const Args& a, const float* xp, int64_t npm, int64_t m_begin, int64_t m_end, int64_t n_begin,
+                       int64_t n_end) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K;
+  float* wpack = static_cast<float*>(scratch(0, size_t(KC) * NC * 4));
+  for (int64_t jc = n_begin; jc < n_end; jc += NC) {
+    const int64_t nc = std::min(NC, n_end - jc), npn = (nc + NR - 1) / NR;
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min(KC, K - pc);
+      pack_w_f32<DT>(W, a.row_bytes, jc, nc, pc, kc, wpack);
+      const bool first = pc == 0;
+      BlockPrefetcher pf;  // the next W block into L2, as compute_range
+      if (pc + kc < K)
+        pf.start(W, a.row_bytes, a.wtype, jc, nc, pc + kc, std::min(K, pc + kc + KC));
+      else if (jc + NC < n_end)
+        pf.start(W, a.row_bytes, a.wtype, jc + NC, std::min(NC, n_end - jc - NC), 0, std::min(K, KC));
+      const float* xblk = xp + pc * npm * MR;
+      const int64_t slices = (m_end - m_begin + MR - 1) / MR;
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+        const int mr = int(std::min<int64_t>(MR, m_end - m0));
+        const float* xpanel = xblk + (m0 / MR) * kc * MR;
+        pf.step(slices);
+        for (int64_t jp = 0; jp < npn; ++jp) {
+          int64_t nm = m0, nj = jp + 1;  // the next tile
+          if (nj == npn) nj = 0, nm = m0 + MR;
+          if (nm < m_end) {
+            if (!first)
+              prefetch_tile(a.Y + nm * a.ldy + jc + nj * NR, a.ldy, std::min<int64_t>(MR, m_end - nm),
+                            std::min<int64_t>(NR, nc - nj * NR));
+            if (nj == 0) {
+              const float* xn = xblk + (nm / MR) * kc * MR;
+              for (int64_t l = 0; l < std::min<int64_t>(8, kc * MR / 16); ++l)
+                _mm_prefetch(reinterpret_cast<const char*>(xn + 16 * l), _MM_HINT_T0);
+            }
+          }
+          float* y = a.Y + m0 * a.ldy + jc + jp * NR;
+          const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
+          kern_f32(kc, xpanel, wpack + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias, first);
+        }
+      }
+    }
+  }
+}
+
 // set_bf16_gemm_legacy_blocking (gemm_internal.h)
 std::atomic<bool> g_bf16_legacy_blocking{false};
 
@@ -919,8 +1009,16 @@ std::atomic<bool> g_bf16_legacy_blocking{false};
 template <DType DT, bool BF>
 void gemm_packed(const Args& a, bool prepacked = false) {
   const int64_t kunits = BF ? (a.K + 1) / 2 : a.K;
-  const int64_t x_budget = int64_t(8) << 20;
-  const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
+  const bool f32_blocked = !BF && f32_blocked_flag().on();
+  // Chunks of at most x_budget bytes of packed X, of even size: each chunk packs all of W again,
+  // so M = 784 at mc_max = 744 runs two chunks of 396 / 388 rows, not 744 and a 40-row tail.
+  // Every Y element's sum is the same whichever chunk its row is in. The f32 driver reads X one k
+  // block (M x KC) at a time, so its chunk need not stay in cache: 24 MiB keeps a 512-row prompt
+  // in one chunk up to K = 12288 (LLaMA-7B's down projection, K = 11008, packed W once, not 3x).
+  const int64_t x_budget = int64_t(f32_blocked ? 24 : 8) << 20;
+  const int64_t mc_max = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
+  const int64_t chunks = (a.M + mc_max - 1) / mc_max;
+  const int64_t mc = ((a.M + chunks - 1) / chunks + MR - 1) / MR * MR;
   for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
     const int64_t mcur = std::min(mc, a.M - m0);
     const int64_t npm = (mcur + MR - 1) / MR;
@@ -932,11 +1030,21 @@ void gemm_packed(const Args& a, bool prepacked = false) {
       if (p1 <= p0) return;
       if constexpr (BF)
         pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
+      else if (f32_blocked)
+        pack_x_f32_kblocks(X, a.ldx, mcur, a.K, KC, npm, p0, p1, static_cast<float*>(xp));
       else
         pack_x_f32(X, a.ldx, mcur, a.K, p0, p1, static_cast<float*>(xp));
     });
     Args sub = a;
     sub.Y = a.Y + m0 * a.ldy;
+    if constexpr (!BF) {
+      if (f32_blocked) {
+        split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+          compute_range_f32<DT>(sub, static_cast<const float*>(xp), npm, r0, r1, n0, n1);
+        });
+        continue;
+      }
+    }
     int64_t kcb = BF ? KCP : KC, ncb = NC;
     if (BF && kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
       kcb = kunits;
@@ -998,6 +1106,9 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
     }
   });
 }
+
+void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }
+bool f32_gemm_blocked() { return f32_blocked_flag().on(); }
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }

@@ -482,6 +482,67 @@ TEST(gemm_blocked_large) {
   run_case(DType::F32, 130, 7, 300, 0, 0, &pool, 99);  // few columns: split over M
 }
 
+// The AVX-512 f32 packed GEMM (gemm_internal.h set_f32_gemm_blocked): the default driver (X
+// packed per k block, next tiles prefetched) and the previous one, on shapes whose M, N and K are
+// not multiples of the 6 x 64 tile or of the 256-wide k block (1, 5, 7, 63, 65, 577; M > 8, the
+// small-M path off), plus row-chunked ones (X packed in chunks of at most 8 MiB by the previous
+// driver, 24 MiB by the default): K = 4099, 577 rows in two chunks (previous); K = 2816, 784 rows
+// in two even chunks rather than 744 + 40 (previous); K = 11008, 600 rows in two (both). F32 and
+// F16 weights, bias, padded rows, with and without a pool: within the f32 tolerance of ref::gemm
+// (double accumulation), and both drivers equal bit for bit (same tiles, same k blocks).
+TEST(gemm_f32_packed_drivers) {
+#if defined(__x86_64__)
+  if (isa_detected() < Isa::Avx512) {
+    std::printf("  skip gemm_f32_packed_drivers: no AVX-512 on this CPU\n");
+    return;
+  }
+  IsaCapScope cap(Isa::Avx512);
+  ThreadPool pool(2);
+  struct Shape { int64_t M, N, K; };
+  std::vector<Shape> shapes;
+  for (int64_t M : {9, 65, 577})
+    for (int64_t N : {1, 5, 7, 63, 65, 577})
+      for (int64_t K : {1, 5, 7, 63, 65, 577}) shapes.push_back({M, N, K});
+  shapes.push_back({577, 7, 4099});
+  shapes.push_back({784, 5, 2816});
+  shapes.push_back({600, 3, 11008});
+  uint32_t seed = 500;
+  for (DType t : {DType::F32, DType::F16})
+    for (const Shape sh : shapes) {
+      ++seed;
+      Weights w = make_weights(t, sh.N, sh.K, seed);
+      Problem p = make_problem(sh.M, sh.N, sh.K, seed % 2 ? 3 : 0, seed % 3 ? 0 : 2, seed + 7);
+      const float* bias = seed % 2 ? p.bias.data() : nullptr;
+      std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
+      ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, sh.M, sh.N, sh.K);
+      const std::vector<double> S = abs_scale(p, w, bias);
+      for (int use_pool = 0; use_pool < 2; ++use_pool) {
+        std::vector<float> Y[2];
+        for (int blocked = 0; blocked < 2; ++blocked) {
+          Y[blocked].assign(size_t(sh.M * p.ldy), kSentinel);
+          gemm_detail::set_f32_gemm_blocked(blocked == 1);
+          gemm_detail::set_small_m_enabled(false);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y[blocked].data(), p.ldy, sh.M, sh.N, sh.K,
+               use_pool ? &pool : nullptr);
+          gemm_detail::set_small_m_enabled(true);
+          gemm_detail::set_f32_gemm_blocked(true);
+          check_result(Y[blocked], R, p, S, 0.0,
+                       std::string("f32 packed ") + (blocked ? "blocked" : "previous") + " driver " + dtype_name(t) +
+                           " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K) +
+                           " pool=" + yesno(use_pool));
+        }
+        if (std::memcmp(Y[0].data(), Y[1].data(), Y[0].size() * sizeof(float)) != 0)
+          emollm_test::report_failure(__FILE__, __LINE__,
+                                      std::string("f32 packed drivers differ in bits: ") + dtype_name(t) +
+                                          " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) +
+                                          " K=" + std::to_string(sh.K) + " pool=" + yesno(use_pool));
+      }
+    }
+#else
+  std::printf("  skip gemm_f32_packed_drivers: the AVX-512 driver is x86-64 only\n");
+#endif
+}
+
 // The BF16 dot-product paths must equal f32 arithmetic on X rounded to bf16.
 TEST(gemm_bf16_hardware_matches_rounded_x) {
   const CpuFeatures& f = cpu_features();
