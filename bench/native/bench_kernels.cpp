@@ -1048,7 +1048,16 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
-      Stats prev, rep, rep_prev, cur;
+      // BF16 at those M: gemm_bf16_panels on panels packed once (what a decoder runs with
+      // EMOLLM_BF16_DECODER_PANELS=1), interleaved too, as a "panels" row.
+      const bool panels_ab = small_ab && t == DType::BF16 && bf16_panels_usable();
+      Buf<uint8_t> Wpan;
+      if (panels_ab) {
+        Wpan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+        bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
+      }
+      auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
+      Stats prev, rep, rep_prev, cur, pan;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
       if (ab) {
@@ -1107,9 +1116,18 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         } else if (M == 1) {
           res.st = measure([&](int i) { run_gemm((*copies)[i]); });
         } else if (small_ab) {  // batched decode: the small-M path and the previous one, interleaved
-          auto st = measure_interleaved({[&](int) { run_gemm(Wt); }, [&](int) { run_small_m_prev(); }});
+          std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_small_m_prev(); }};
+          // the panels twice in a row, the first call's time unused: its weights are another copy
+          // (Wt is warmed for the emollm row by the prev row's call before it), so each measured
+          // call finds its weights as warm as the emollm row does
+          if (panels_ab) {
+            fns.push_back([&](int) { run_panels(); });
+            fns.push_back([&](int) { run_panels(); });
+          }
+          auto st = measure_interleaved(fns);
           res.st = cur = st[0];
           prev = st[1];
+          if (st.size() > 3) pan = st[3];
           run_gemm(Wt);  // the checked output is the current path's
         } else {
           res.st = measure([&](int) { run_gemm(Wt); });
@@ -1137,6 +1155,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         add_row("prev", prev, "prev/new", prev.best / cur.best,
                 "previous path (small-M off), interleaved; ratio = its time / the emollm row's (>1: new faster)", 0,
                 run_small_m_prev);
+      if (panels_ab && pan.reps > 0)
+        add_row("panels", pan, "emollm", cur.best / pan.best,
+                "gemm_bf16_panels on load-time panels (EMOLLM_BF16_DECODER_PANELS=1), interleaved; ratio = the "
+                "emollm row's time / its (>1: panels faster)",
+                0, run_panels);
       if (stream_ab && prev.reps > 0)
         add_row("huge", prev, "emollm", cur.best / prev.best,
                 "gemm_huge_pages on copies in 2 MiB pages (what models run), interleaved; ratio = emollm row's time / its",

@@ -1126,13 +1126,18 @@ void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, Thr
   else pack(0, npan);
 }
 
-void gemm_bf16_panels_avx512(const Args& a) { gemm_packed<DType::BF16, true>(a, true); }
+// M <= kSmallMMax: gemm_bf16_panels_small_m (gemm_small_m.cpp), the panels streamed in K chunks.
+void gemm_bf16_panels_avx512(const Args& a) {
+  if (a.M <= kSmallMMax && small_m_panels_enabled()) return gemm_bf16_panels_small_m(&a, 1);
+  gemm_packed<DType::BF16, true>(a, true);
+}
 
 // As gemm_packed<BF16, true>(a, prepacked) for each output, with the same blocks (so the same
 // sums, bit for bit), but X packed once per row chunk and one split over all outputs' panels:
 // chunks of panels numbered across the outputs, cut at the outputs' edges.
 void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
   const Args& a = outs[0];
+  if (a.M <= kSmallMMax && small_m_panels_enabled()) return gemm_bf16_panels_small_m(outs, n);
   const int64_t kunits = (a.K + 1) / 2;
   const int64_t x_budget = int64_t(8) << 20;
   const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);

@@ -49,7 +49,17 @@ constexpr int64_t kSmallMMin = kSmallM + 1;
 constexpr int64_t kSmallMMax = 64;
 #if defined(__x86_64__)
 bool gemm_small_m(const Args& a, Isa isa);
+// The vdpbf16ps products of n outputs whose W (Args::W) are bf16_pack_panels' panels, for
+// M <= kSmallMMax (batched decode, and M = 1 when a decoder's matrices are kept in panels):
+// every output's panels are streamed once, in K chunks of kPanelKChunk pairs that every row
+// panel of X passes over while the chunk is in L1/L2 (see gemm_small_m.cpp). The outputs share
+// X, ldx, M, K and pool. Row m's result depends only on row m of X (not on M, the other rows,
+// the outputs beside it or the threads). set_small_m_panels_enabled(false): the packed GEMM's
+// blocking instead (compute_range), for A/B runs.
+void gemm_bf16_panels_small_m(const Args* outs, int n);
 #endif
+void set_small_m_panels_enabled(bool enabled);
+bool small_m_panels_enabled();
 void set_small_m_enabled(bool enabled);
 bool small_m_enabled();
 

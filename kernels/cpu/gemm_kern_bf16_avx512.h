@@ -27,12 +27,16 @@ constexpr int kBf16NR = 64;  // output columns per panel (4 zmm)
 // key, a block of 1) costs NJ/4 of a full panel's work instead of all of it.
 // rs (optional): row i's result (bias included) is multiplied by rs[i] before it is stored or
 // added (attention's softmax normalisation, applied in registers).
-template <bool kRowsX = false, int NJ = 4>
+// MRC: the rows computed (mr <= MRC <= MR; X keeps its 6-row layout): a short last row panel (M = 16
+// runs 6, 6, 4) or a single row (M = 1 on panels) does only its own rows' multiply-adds. A row's
+// sums do not depend on MRC (each row has its own accumulators, summed in the same order).
+template <bool kRowsX = false, int NJ = 4, int MRC = kBf16MR>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void kern_bf16_6x64(
     int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
     const float* bias, bool first, int64_t ldxr = 0, const float* rs = nullptr) {
   static_assert(NJ >= 1 && NJ <= 4, "a panel has 4 groups of 16 columns");
-  constexpr int MR = kBf16MR, NR = kBf16NR;
+  static_assert(MRC >= 1 && MRC <= kBf16MR, "at most kBf16MR rows");
+  constexpr int MR = MRC, NR = kBf16NR;
   __mmask16 mk[NJ];
 #pragma GCC unroll 4
   for (int j = 0; j < NJ; ++j) mk[j] = simd::tail_mask16(nr - 16 * j);
@@ -46,7 +50,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))
 #pragma GCC unroll 2
   for (int64_t q = 0; q < kcp; ++q) {
     const uint32_t* w = wp + q * NR;
-    const uint32_t* x = kRowsX ? xp + q : xp + q * MR;
+    const uint32_t* x = kRowsX ? xp + q : xp + q * kBf16MR;
     const int64_t xi = kRowsX ? ldxr : 1;
     __m512bh b[NJ];
 #pragma GCC unroll 4

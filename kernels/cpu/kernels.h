@@ -102,7 +102,8 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
 // bf16_panels_bytes(N, K) bytes (the matrix rounded up to 64 rows and an even K), 64-byte aligned.
 // Needs AVX512-BF16 at isa_active() >= Avx512 (bf16_panels_usable()); the products are those of
 // gemm() on the original W at M > 64 on that path (X rounded to bf16, f32 sums, same blocking),
-// bit for bit; smaller M runs the same packed kernel (gemm() would take its small-M kernels there).
+// bit for bit; M <= 64 streams each panel once in K chunks (gemm_small_m.cpp; X rounded to bf16,
+// within the f32 tolerance of the rounded-X product; a row's bits do not depend on M).
 bool bf16_panels_usable();
 size_t bf16_panels_bytes(int64_t N, int64_t K);
 void bf16_pack_panels(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);

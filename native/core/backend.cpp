@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -81,6 +82,14 @@ void release_pages(const void* p, size_t bytes) {
 // filling hundreds of MiB page by page costs a fault per 4 KiB (seconds at load in a VM), and
 // the decode GEMV streams it with fewer TLB misses.
 constexpr size_t kHugePageBytes = size_t(2) << 20;
+// backend.h set_bf16_decoder_panels: off unless EMOLLM_BF16_DECODER_PANELS is "1" or "on".
+std::atomic<bool>& decoder_panels_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_BF16_DECODER_PANELS");
+    return v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "on") == 0);
+  }()};
+  return on;
+}
 void* alloc_packed(size_t bytes) {
   constexpr size_t kHuge = kHugePageBytes;
   if (bytes < kHuge) return aligned_alloc_bytes(bytes);
@@ -221,7 +230,8 @@ class CpuBackend final : public Backend {
   // kind gemm() would use and all share a type (the usual q/k/v, gate/up); else one gemm() each.
   void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
-    if (M > 1 && n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
+    // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
+    if (n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
     Backend::gemm_multi(X, ldx, outs, n, M, K);
   }
   // Many rows on bf16 GEMM panels (a vision layer's q/k/v): X packed once, one dispatch, when
@@ -269,8 +279,11 @@ class CpuBackend final : public Backend {
   // vdpbf16ps GEMM's panels (bf16_pack_panels), so no call packs W again (bf16_panels_enabled()).
   std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K,
                                                      GemmRows rows = GemmRows::Any) override {
-    if (W && rows == GemmRows::Many && wtype == DType::BF16 && N > 0 && K > 0 && weight_repacking() &&
-        bf16_panels_enabled() && bf16_panels_usable()) {
+    // (GemmRows::Any too with bf16_decoder_panels(), instead of the 2 MiB-page copy below)
+    const bool decoder_panels = rows == GemmRows::Any && bf16_decoder_panels() &&
+                                size_t(N) * dtype_row_bytes(wtype, K) >= kHugePageBytes;
+    if (W && (rows == GemmRows::Many ? bf16_panels_enabled() : decoder_panels) && wtype == DType::BF16 && N > 0 &&
+        K > 0 && weight_repacking() && bf16_panels_usable()) {
       const size_t bytes = bf16_panels_bytes(N, K);
       bool made = false;
       if (!packed_->acquire(
@@ -412,6 +425,9 @@ class Scratch {
 };
 
 }  // namespace
+
+void set_bf16_decoder_panels(bool on) { decoder_panels_flag().store(on, std::memory_order_relaxed); }
+bool bf16_decoder_panels() { return decoder_panels_flag().load(std::memory_order_relaxed); }
 
 // ---------------------------------------------------------------- buffers, workspace, contexts
 BackendBuffer& BackendBuffer::operator=(BackendBuffer&& o) noexcept {

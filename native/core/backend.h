@@ -39,6 +39,15 @@ class PackedGemmWeight {
 // bf16_pack_panels) instead of the layout the decode GEMV reads.
 enum class GemmRows { Any, Many };
 
+// Opt-in (off by default; EMOLLM_BF16_DECODER_PANELS=1 or the setter, read when weights are
+// placed): the CPU keeps a decoder's bf16 matrices of 2 MiB or more (GemmRows::Any) in the GEMM
+// panels too, in place of the 2 MiB-page copy (not beside it: same memory), so that batched decode
+// (M <= 64) streams them once per call as one sequential stream (kernels.h gemm_bf16_panels). Every
+// M then rounds X to bf16 (the row-major layout keeps X exact at M <= 8, the decode GEMV): a row's
+// logits are the same bits alone and in any batch, but M = 1 differs from the default layout's.
+void set_bf16_decoder_panels(bool on);
+bool bf16_decoder_panels();
+
 // Emulated: the strict test device of core/emulated_device_backend.h (only when enabled there).
 enum class DeviceKind { Cpu, Cuda, Emulated };
 

@@ -475,6 +475,66 @@ TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
   set_weight_repacking(repack_was);
 }
 
+// Opt-in (set_bf16_decoder_panels): a decoder's bf16 matrix of 2 MiB or more (GemmRows::Any) is
+// kept in the GEMM panels instead of the 2 MiB-page copy (one copy either way: the handle's bytes),
+// and gemm() / gemm_multi() on W read them at every M, M = 1 included: the bits of
+// gemm_bf16_panels on panels packed here, and a row's result the same alone (M = 1) as in a batch
+// of 16 (a sequence's logits do not depend on the batch). Off (the default): the same-layout copy.
+TEST(cpu_backend_bf16_decoder_panels_opt_in) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking(), was = bf16_decoder_panels();
+  set_weight_repacking(true);
+  const int64_t N = 1030, K = 1024;  // 2 MiB + 12 rows; N not a multiple of the 64-row panels
+  const size_t rb = dtype_row_bytes(DType::BF16, K);
+  std::vector<uint8_t> wbytes(size_t(N) * rb);
+  {
+    const std::vector<float> src = randv(size_t(N * K), 7400);
+    for (int64_t n = 0; n < N; ++n) quantize_row(DType::BF16, src.data() + n * K, wbytes.data() + size_t(n) * rb, K);
+  }
+  set_bf16_decoder_panels(false);
+  {
+    auto h = be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K);
+    EXPECT(h != nullptr && h->bytes() == size_t(N) * rb);  // the 2 MiB-page copy, W's layout
+  }
+  set_bf16_decoder_panels(true);
+  if (!bf16_panels_usable()) {
+    std::printf("  skip the panel checks: no AVX512-BF16 at the AVX-512 ISA level (the copy stays)\n");
+    auto h = be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K);
+    EXPECT(h != nullptr && h->bytes() == size_t(N) * rb);
+  } else {
+    ThreadPool pool(2);
+    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+    bf16_pack_panels(wbytes.data(), N, K, pan.get(), nullptr);
+    auto h = be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K);
+    EXPECT(h != nullptr && h->bytes() == bf16_panels_bytes(N, K));
+    EXPECT(be->gemm_weight_bytes(wbytes.data(), DType::BF16, N, K) == wbytes.data());  // panels: not W's layout
+    const int64_t Mb = 16;
+    const std::vector<float> X = randv(size_t(Mb * K), 7401), bias = randv(size_t(N), 7402);
+    std::vector<float> batch(size_t(Mb * N)), want(size_t(Mb * N));
+    gemm_bf16_panels(X.data(), K, pan.get(), bias.data(), want.data(), N, Mb, N, K, &pool);
+    be->gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), batch.data(), N, Mb, N, K);
+    EXPECT(batch == want);
+    bool alone_same = true;
+    for (int64_t m = 0; m < Mb; ++m) {
+      std::vector<float> y(static_cast<size_t>(N));
+      be->gemm(X.data() + m * K, K, wbytes.data(), DType::BF16, bias.data(), y.data(), N, 1, N, K);
+      alone_same = alone_same && std::memcmp(y.data(), batch.data() + m * N, size_t(N) * 4) == 0;
+    }
+    EXPECT(alone_same);
+    // a decode step's fused projections (M = 1, two outputs on panels): each the bits of gemm()
+    std::vector<float> y1(static_cast<size_t>(N), -1.0f), y2(static_cast<size_t>(N), -1.0f);
+    const Backend::GemmOutput outs[2] = {{wbytes.data(), DType::BF16, bias.data(), y1.data(), N, N},
+                                         {wbytes.data(), DType::BF16, nullptr, y2.data(), N, N}};
+    be->gemm_multi(X.data(), K, outs, 2, 1, K);
+    EXPECT(std::memcmp(y1.data(), batch.data(), size_t(N) * 4) == 0);
+    std::vector<float> nob(static_cast<size_t>(N));
+    be->gemm(X.data(), K, wbytes.data(), DType::BF16, nullptr, nob.data(), N, 1, N, K);
+    EXPECT(y2 == nob);
+  }
+  set_bf16_decoder_panels(was);
+  set_weight_repacking(repack_was);
+}
+
 // The per-op profile (core/profiling_backend.h): a gemm through the profiling decorator gets its
 // row, keyed "repacked" when the inner backend packed its weights; the thread-pool hand-off
 // inside it gets a "handoff" row and its jobs a "dispatch" row (2 threads, a product large enough

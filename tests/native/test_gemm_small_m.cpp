@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../../base/arena.h"
 #include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/kernels.h"
 #include "testing.h"
@@ -229,4 +230,114 @@ TEST(gemm_small_m_switch_and_other_types) {
     gemm(c.X.data(), c.ldx, c.W.data(), t, nullptr, Y.data(), c.ldy, c.M, c.N, c.K, &pool);
     check(Y, R, c, c.X, nullptr, 0.0, std::string(dtype_name(t)) + " M=16 (not a small-M type)");
   }
+}
+
+// ---------------------------------------------------------------- BF16 on pre-packed panels
+// gemm_bf16_panels at M <= kSmallMMax (gemm_bf16_panels_small_m: the panels streamed in K chunks
+// of 256 pairs, every 6-row panel of X over each chunk). References and tolerance as the vdpbf16ps
+// kernel above: against ref::gemm (double accumulation) on X pre-rounded to bf16, the f32 bound;
+// against the f32 X, 2^-8 * S more. Every M of the range (1..64: full and short row panels), N
+// edges (1, a panel less / plus one row, two panels cut), K edges (1, a half pair, one chunk
+// exactly, one pair past it, several chunks with an odd tail), Y row padding kept. Bitwise: a row
+// alone (M = 1) equals that row in every batch, with and without the pool; the multi-output call
+// equals the single ones; the switch back to the packed GEMM's blocking meets the same bounds.
+namespace {
+struct PanelsSmallMScope {
+  explicit PanelsSmallMScope(bool on) : prev_(gemm_detail::small_m_panels_enabled()) {
+    gemm_detail::set_small_m_panels_enabled(on);
+  }
+  ~PanelsSmallMScope() { gemm_detail::set_small_m_panels_enabled(prev_); }
+  bool prev_;
+};
+
+AlignedPtr<uint8_t> panels_of(const Case& c, ThreadPool* pool) {
+  AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(c.N, c.K));
+  bf16_pack_panels(c.W.data(), c.N, c.K, pan.get(), pool);
+  return pan;
+}
+
+void run_panels(const Case& c, ThreadPool* pool, const std::string& tag) {
+  const AlignedPtr<uint8_t> pan = panels_of(c, pool);
+  for (int use_bias = 0; use_bias < 2; ++use_bias) {
+    const float* bias = use_bias ? c.bias.data() : nullptr;
+    std::vector<float> R(size_t(c.M * c.ldy), kSentinel), Rr(size_t(c.M * c.ldy), kSentinel);
+    ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
+    ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, c.M, c.N, c.K);
+    for (int chunked = 0; chunked < 2; ++chunked) {
+      PanelsSmallMScope sw(chunked != 0);
+      std::vector<float> Y(size_t(c.M * c.ldy), kSentinel);
+      gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, c.M, c.N, c.K, pool);
+      const std::string what = tag + " panels chunked=" + std::to_string(chunked) + " M=" + std::to_string(c.M) +
+                               " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) +
+                               " bias=" + std::to_string(use_bias);
+      check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
+      check(Y, R, c, c.X, bias, 1.0 / 256, what + " [vs f32 ref]");
+    }
+  }
+}
+}  // namespace
+
+TEST(gemm_bf16_panels_small_m_vs_f64_ref) {
+  if (!bf16_panels_usable()) {
+    std::printf("  skip gemm_bf16_panels_small_m_vs_f64_ref: no AVX512-BF16 at the AVX-512 ISA level\n");
+    return;
+  }
+  ThreadPool pool(2);
+  uint32_t seed = 300;
+  // every M of the range; K = 515: 258 pairs, one chunk and 2 pairs, the last a half pair
+  for (int64_t M = 1; M <= gemm_detail::kSmallMMax; ++M)
+    run_panels(make_case(DType::BF16, M, 130, 515, M % 3, (M + 1) % 2, seed++), M % 2 ? &pool : nullptr, "every M");
+  for (int64_t M : {1, 7, 16})
+    for (int64_t N : {1, 63, 64, 65})
+      for (int64_t K : {1, 2, 5, 512, 514, 1031})
+        run_panels(make_case(DType::BF16, M, N, K, 1, 2, seed++), &pool, "edges");
+}
+
+TEST(gemm_bf16_panels_small_m_rows_independent) {
+  if (!bf16_panels_usable()) {
+    std::printf("  skip gemm_bf16_panels_small_m_rows_independent: no AVX512-BF16 at the AVX-512 ISA level\n");
+    return;
+  }
+  ThreadPool pool(2);
+  const int64_t Mmax = gemm_detail::kSmallMMax;
+  for (int64_t K : {333, 1201}) {
+    const int64_t N = 150;
+    const Case c = make_case(DType::BF16, Mmax, N, K, 0, 0, 91 + uint32_t(K));
+    const AlignedPtr<uint8_t> pan = panels_of(c, &pool);
+    std::vector<float> full(size_t(Mmax * N));
+    gemm_bf16_panels(c.X.data(), K, pan.get(), c.bias.data(), full.data(), N, Mmax, N, K, &pool);
+    for (int64_t M : {1, 2, 6, 9, 16, 17, 44, 64})
+      for (int64_t m0 : {int64_t(0), int64_t(5), Mmax - M}) {
+        if (m0 + M > Mmax) continue;
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          std::vector<float> y(size_t(M * N));
+          gemm_bf16_panels(c.X.data() + m0 * K, K, pan.get(), c.bias.data(), y.data(), N, M, N, K, pl);
+          if (std::memcmp(y.data(), full.data() + m0 * N, y.size() * 4) != 0)
+            emollm_test::report_failure(__FILE__, __LINE__,
+                                        "panels K=" + std::to_string(K) + ": rows " + std::to_string(m0) + ".." +
+                                            std::to_string(m0 + M - 1) + " with M=" + std::to_string(M) +
+                                            (pl ? " (pool)" : " (no pool)") + " differ from the batch of 64");
+        }
+      }
+  }
+  // multi-output (q/k/v, gate/up on panels): each output the bits of its single call
+  const int64_t M = 16, K = 600;
+  const int64_t Ns[3] = {65, 1, 130};
+  std::vector<Case> cs;
+  std::vector<AlignedPtr<uint8_t>> pans;
+  for (int j = 0; j < 3; ++j) {
+    cs.push_back(make_case(DType::BF16, M, Ns[j], K, 0, 3, 500 + uint32_t(j)));
+    pans.push_back(panels_of(cs.back(), &pool));
+  }
+  std::vector<std::vector<float>> Ym(3), Ys(3);
+  PanelOutput po[3];
+  for (int j = 0; j < 3; ++j) {
+    Ym[j].assign(size_t(M * cs[j].ldy), kSentinel);
+    Ys[j] = Ym[j];
+    po[j] = PanelOutput{pans[j].get(), j == 1 ? nullptr : cs[j].bias.data(), Ym[j].data(), cs[j].ldy, Ns[j]};
+    gemm_bf16_panels(cs[0].X.data(), K, pans[j].get(), po[j].bias, Ys[j].data(), cs[j].ldy, M, Ns[j], K, &pool);
+  }
+  gemm_bf16_panels_multi(cs[0].X.data(), K, po, 3, M, K, &pool);
+  for (int j = 0; j < 3; ++j)
+    EXPECT(std::memcmp(Ym[j].data(), Ys[j].data(), Ym[j].size() * 4) == 0);
 }
