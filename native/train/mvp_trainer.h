@@ -26,8 +26,8 @@
 // the tests) the frozen decoder's forward (the inference ops) and backward (Backend's training
 // ops) run on the backend, on the weights already there (mvp_trainer_device.cpp): the image rows
 // of the MVP heads go up, the loss and the image rows' gradient come down. The MVP heads and the
-// optimizer stay on the host in both cases (they are small: ~1% of a step's products for the
-// 7B LLaVA). Deterministic: for a given thread count, the same samples give bit-identical
+// optimizer stay on the host in both cases (few products next to the decoder's, but on a GPU
+// their host time may dominate a step: moving them is the next step; docs/training.md). Deterministic: for a given thread count, the same samples give bit-identical
 // parameters (every reduction has one fixed order).
 #pragma once
 #include <cstdint>

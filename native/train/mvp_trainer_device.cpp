@@ -9,6 +9,7 @@
 // states the tolerance this costs).
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "base/error.h"
 #include "train/mvp_trainer.h"
@@ -53,7 +54,11 @@ double MvpTrainer::decoder_on_backend(const std::vector<int32_t>& ids, const std
 
   // ---- inputs: token ids (an image row looks up token 0, then gets its MVP row), positions
   std::vector<int32_t> tok(ids), pos(static_cast<size_t>(n));
-  for (auto& t : tok) t = std::max(t, 0);
+  // a device kernel cannot throw: the ids (the targets are among them) are checked here
+  for (auto& t : tok) {
+    EMOLLM_CHECK_ARG(t < V, "train sample: token id " + std::to_string(t) + " outside [0, " + std::to_string(V) + ")");
+    t = std::max(t, 0);
+  }
   for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(t);
   BackendBuffer d_tok = device_buffer<int32_t>(be, n), d_pos = device_buffer<int32_t>(be, n),
                 d_tgt = device_buffer<int32_t>(be, NA);
