@@ -1,5 +1,5 @@
 // Training EmoLLM's Multi-perspective Visual Projection (MVP) with the language model and the
-// vision tower frozen (issue 16), on the CPU.
+// vision tower frozen (issue 16), the decoder on the CPU or on a device backend (below).
 //
 // One sample = a token sequence (the chat prompt with the image token standing once per image,
 // or already expanded, followed by the answer tokens) + the frozen vision tower's features of its
@@ -27,7 +27,8 @@
 // ops) run on the backend, on the weights already there (mvp_trainer_device.cpp): the image rows
 // of the MVP heads go up, the loss and the image rows' gradient come down. The MVP heads and the
 // optimizer stay on the host in both cases (few products next to the decoder's, but on a GPU
-// their host time may dominate a step: moving them is the next step; docs/training.md). Deterministic: for a given thread count, the same samples give bit-identical
+// their host time may dominate a step: moving them is the next step; docs/training.md).
+// Deterministic: for a given thread count (and device), the same samples give bit-identical
 // parameters (every reduction has one fixed order).
 #pragma once
 #include <cstdint>
@@ -150,11 +151,10 @@ class MvpTrainer {
   };
 
   double run(const MvpTrainSample& s, float scale, bool backward);
-  // The decoder part of run(), on the CPU kernels, or on a device backend
-  // (mvp_trainer_device.cpp): ids of the expanded
-  // sequence (-1 = image row), the image rows [rows, E] in order, the answer targets (the last
-  // targets.size() tokens); returns the mean answer loss and, when backward, writes the image
-  // rows' gradient to dfeat [rows, E].
+  // The decoder part of run(), on the CPU kernels or on a device backend (mvp_trainer_device.cpp):
+  // ids of the expanded sequence (-1 = image row), the image rows [rows, E] in order, the answer
+  // targets (the last targets.size() tokens); returns the mean answer loss and, when backward,
+  // writes the image rows' gradient to dfeat [rows, E].
   double decoder_on_cpu(const std::vector<int32_t>& ids, const std::vector<int64_t>& img_pos,
                         const std::vector<float>& feats, const std::vector<int32_t>& targets, float scale,
                         bool backward, std::vector<float>* dfeat);
