@@ -1,6 +1,6 @@
 /** `emollm train-mvp`: the command line over {@link trainMvp}. */
 import { formatUsage, parseCommand, UsageError } from '../cli/args.js';
-import { EmollmError } from '../errors.js';
+import type { Device } from '../runtime.js';
 import { formatDuration } from '../emobench/progress.js';
 import { TRAIN_MVP_SPEC } from './spec.js';
 import { trainMvp, type TrainMvpOptions } from './train_mvp.js';
@@ -15,7 +15,6 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
   }
   for (const k of ['model', 'bench', 'out'] as const) if (!v[k]) throw new UsageError(`train-mvp needs --${k}`, USAGE);
   const rt = v as Record<string, unknown>;
-  if (rt.device === 'cuda') throw new EmollmError('ERR_UNSUPPORTED', 'train-mvp runs on the CPU only (the CUDA trainer is not written yet)');
   if (v.steps !== undefined && v.epochs !== undefined) throw new UsageError('train-mvp: give --steps or --epochs, not both', USAGE);
   if (v.face && v['no-face']) throw new UsageError('train-mvp: give --face or --no-face, not both', USAGE);
   const tty = process.stderr.isTTY === true;
@@ -45,6 +44,9 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
     ...(v.frames !== undefined ? { frames: v.frames } : {}),
     ...(v['model-frames'] !== undefined ? { modelFrames: v['model-frames'] } : {}),
     ...(typeof rt.threads === 'number' ? { threads: rt.threads } : {}),
+    // --device was checked and made the process default by the parser (configure); given here too
+    // so that the trainer and the evaluation model load there whatever else configured
+    ...(typeof rt.device === 'string' ? { device: rt.device as Device } : {}),
     onStep: (s) => {
       const line =
         `train-mvp step ${s.step}/${s.totalSteps}  loss ${s.loss.toFixed(4)}  lr ${s.lr.toExponential(2)}  |g| ${s.gradNorm.toFixed(3)}  ` +
@@ -70,7 +72,7 @@ export async function trainMvpCommand(argv: readonly string[]): Promise<number> 
     if (v.json) console.log(JSON.stringify(r, null, 2));
     if (!v.json)
       console.log(
-        `${r.out}: ${r.steps} steps (${r.stepsRun} in this run) on ${r.samples} samples (${r.videoSamples} videos; face perspective ${r.face ? 'on' : 'off'}), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`,
+        `${r.out}: ${r.steps} steps (${r.stepsRun} in this run, decoder on ${r.device}) on ${r.samples} samples (${r.videoSamples} videos; face perspective ${r.face ? 'on' : 'off'}), final loss ${r.finalLoss.toFixed(4)}, ${formatDuration(r.wallMs)}`,
       );
     return 0;
   } finally {

@@ -9,7 +9,7 @@ export const TRAIN_MVP_SPEC = {
   synopsis: '',
   summary:
     "train an EmoLLM checkpoint's Multi-perspective Visual Projection on an EmoBench JSONL (language model and\n" +
-    'vision tower frozen; CPU): AdamW, warmup + cosine, gradient accumulation over --batch, clipping; checkpoints\n' +
+    'vision tower frozen; CPU, or --device cuda): AdamW, warmup + cosine, gradient accumulation over --batch, clipping; checkpoints\n' +
     'written atomically (--resume continues a killed run to the same weights); --val scored with the evaluator',
   positionals: { min: 0, max: 0 },
   options: {
@@ -48,6 +48,11 @@ export const TRAIN_MVP_SPEC = {
     frames: { type: 'integer', value: 'N', description: 'video samples: frames sampled per video (default 8, as eval)' },
     'model-frames': { type: 'integer', value: 'N', description: 'video samples: of those, frames given to the model (default 4, as eval)' },
     'cache-dir': { type: 'string', value: 'DIR', description: 'vision-feature cache (default <out>/feature-cache)' },
+    device: {
+      type: 'string',
+      value: 'cpu|cuda',
+      description: "where the frozen decoder's forward and backward run (cuda: a CUDA build and a GPU; the MVP heads and AdamW stay on the CPU)",
+    },
     json: { type: 'boolean', description: 'print the result as JSON' },
   },
   notes:

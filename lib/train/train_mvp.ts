@@ -1,7 +1,8 @@
 /**
  * `emollm train-mvp` / {@link trainMvp}: trains an EmoLLM checkpoint's Multi-perspective Visual
- * Projection on EmoBench samples with the native trainer (native/train/mvp_trainer.h: CPU,
- * language model and vision tower frozen).
+ * Projection on EmoBench samples with the native trainer (native/train/mvp_trainer.h: language
+ * model and vision tower frozen; the decoder's forward and backward on the CPU or, with
+ * `device: 'cuda'`, on the GPU, the MVP heads and AdamW on the CPU).
  *
  * Each sample becomes the token ids the evaluator scores, built by the evaluator's own perception
  * path (lib/perception.ts, as `emollm eval` / `analyze`): the image, or frames sampled evenly from
@@ -28,6 +29,7 @@ import type { FaceAnalyzer } from '../face.js';
 import type { ImageInput } from '../image.js';
 import type { FaceBox } from '../model.js';
 import { native } from '../native.js';
+import { runtimeOptions, type Device } from '../runtime.js';
 import { buildModelPrompt, summarizeFaces, type Perception } from '../perception.js';
 import { writeFileAtomic } from '../safe_fs.js';
 import { mediaPath, nativeBackend, samplePromptOptions } from '../emobench/backends.js';
@@ -88,6 +90,12 @@ export interface TrainMvpOptions {
   modelFrames?: number;
   /** Compute threads of the trainer (default 1; the result depends on it only through rounding). */
   threads?: number;
+  /**
+   * Where the frozen decoder's forward and backward run (default: the runtime's device,
+   * `configure({ device })`, else 'cpu'). 'cuda' needs a CUDA build and a GPU (else
+   * ERR_UNSUPPORTED saying which is missing); the trainer and the evaluation model both load there.
+   */
+  device?: Device;
   /** Called after each optimizer step. */
   onStep?: (s: TrainStepInfo) => void;
   /** Called with notices that do not stop the run (e.g. no face found for a face-region head). */
@@ -157,10 +165,12 @@ export interface TrainMvpResult {
   finalLoss: number;
   evals: TrainEvalInfo[];
   wallMs: number;
+  /** Where the frozen decoder ran: 'cpu', 'cuda' (or the tests' 'emulated'). */
+  device: string;
 }
 
 interface NativeTrainer {
-  info(): { towerFeatureDim: number; nVisionTokens: number; imageTokenId: number; imageSize: number; fusion: string };
+  info(): { towerFeatureDim: number; nVisionTokens: number; imageTokenId: number; imageSize: number; fusion: string; device: string };
   towerFeatures(pixels: Float32Array, batch: number): Promise<Float32Array>;
   accumulate(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number, scale: number, faces?: readonly (readonly FaceBox[])[] | null): Promise<number>;
   loss(tokens: Int32Array, nAnswer: number, feats: Float32Array | null, nImages: number, faces?: readonly (readonly FaceBox[])[] | null): Promise<number>;
@@ -275,6 +285,8 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
   checkInt('evalEvery', o.evalEvery, 1);
   checkInt('saveEvery', o.saveEvery, 1);
   checkInt('threads', o.threads, 1);
+  // the device is checked before any work (unknown: ERR_INVALID_ARGUMENT; no CUDA: ERR_UNSUPPORTED)
+  const device = runtimeOptions(o.device !== undefined ? { device: o.device } : undefined, 'trainMvp').device;
   checkInt('frames', o.frames, 1);
   checkInt('modelFrames', o.modelFrames, 1);
   for (const [k, v] of [['lr', o.lr], ['epochs', o.epochs]] as const)
@@ -353,7 +365,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
   if (!existsSync(join(out, weightsName))) await writeMvpWeights(join(out, weightsName), source, [], { emollm: 'train-mvp', step: '0' });
 
   // ---- the model (tokenizer, image processor, evaluation) and the trainer
-  const trainer = await createNativeTrainer(out, trainerOptions);
+  const trainer = await createNativeTrainer(out, { ...trainerOptions, ...(device !== undefined ? { device } : {}) });
   let model: Model | undefined;
   try {
     if (hasState) {
@@ -362,7 +374,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
         throw new EmollmError('ERR_OUTPUT_EXISTS', `${o.out} holds a run with other options or data: --resume needs the same ones`);
       trainer.setState(st.params, st.step);
     }
-    model = await loadModel(out, { threads });
+    model = await loadModel(out, { threads, ...(device !== undefined ? { device } : {}) });
     const info = trainer.info();
     const cache = new FeatureCache(o.cacheDir ?? join(out, 'feature-cache'), await towerKey(modelDir, cfg, info));
     if (!model.imageProcessor) throw new EmollmError('ERR_UNSUPPORTED', `${o.model} has no vision tower`);
@@ -415,7 +427,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
     const validate = async (step: number): Promise<void> => {
       if (!o.val) return;
       await save(step);
-      const evalModel = await loadModel(out, { threads });
+      const evalModel = await loadModel(out, { threads, ...(device !== undefined ? { device } : {}) });
       const dir = join(out, 'val', `step-${step}`);
       let r: Awaited<ReturnType<typeof runEval>>;
       try {
@@ -492,7 +504,7 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
       join(out, 'train-mvp.json'),
       JSON.stringify({ schema: 'emollm.train-mvp/1', model: o.model, bench: o.bench, val: o.val ?? null, steps: totalSteps, batch, seed, face, frames: o.frames ?? 8, modelFrames: o.modelFrames ?? 4, options: trainerOptions, finalLoss: lastLoss, evals }, null, 2) + '\n',
     );
-    return { out, samples: train.length, videoSamples, face, samplesWithFaces, steps: totalSteps, stepsRun: totalSteps - first, finalLoss: lastLoss, evals, wallMs: performance.now() - t0 };
+    return { out, samples: train.length, videoSamples, face, samplesWithFaces, steps: totalSteps, stepsRun: totalSteps - first, finalLoss: lastLoss, evals, wallMs: performance.now() - t0, device: info.device };
   } finally {
     await model?.close();
     trainer.close();
@@ -500,9 +512,11 @@ export async function trainMvp(o: TrainMvpOptions): Promise<TrainMvpResult> {
 }
 
 /** The cache key of the frozen tower: its weights file identity, layers and preprocessing. */
-async function towerKey(modelDir: string, cfg: Record<string, unknown>, info: { towerFeatureDim: number; nVisionTokens: number }): Promise<string> {
+async function towerKey(modelDir: string, cfg: Record<string, unknown>, info: ReturnType<NativeTrainer['info']>): Promise<string> {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ vision: cfg.vision_config ?? null, layer: cfg.vision_feature_layer ?? null, strategy: cfg.vision_feature_select_strategy ?? null, info }));
+  // the device stays out of the key, as the thread count does (features differ only by rounding)
+  const tower = { towerFeatureDim: info.towerFeatureDim, nVisionTokens: info.nVisionTokens, imageTokenId: info.imageTokenId, imageSize: info.imageSize, fusion: info.fusion };
+  h.update(JSON.stringify({ vision: cfg.vision_config ?? null, layer: cfg.vision_feature_layer ?? null, strategy: cfg.vision_feature_select_strategy ?? null, info: tower }));
   for (const f of ['preprocessor_config.json', 'model.safetensors.index.json', 'model.safetensors']) {
     const p = join(modelDir, f);
     if (!existsSync(p)) continue;

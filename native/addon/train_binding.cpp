@@ -1,9 +1,10 @@
 // The MVP trainer (native/train/mvp_trainer.h) for JavaScript; lib/train/ drives it.
 //
 //   createMvpTrainer(path, { trainable?: string[], lr?, minLrRatio?, warmupSteps?, totalSteps?,
-//                            weightDecay?, clipNorm?, beta1?, beta2?, eps?, threads?, recompute? })
+//                            weightDecay?, clipNorm?, beta1?, beta2?, eps?, threads?, recompute?,
+//                            device?: 'cpu' | 'cuda' })
 //     -> Promise<MvpTrainer>            (loads the EmoLLM checkpoint off the main thread)
-//   MvpTrainer.info() -> { towerFeatureDim, nVisionTokens, imageTokenId, imageSize, fusion }
+//   MvpTrainer.info() -> { towerFeatureDim, nVisionTokens, imageTokenId, imageSize, fusion, device }
 //   MvpTrainer.towerFeatures(pixels: Float32Array [B,3,S,S], B) -> Promise<Float32Array>
 //   MvpTrainer.accumulate(tokens: Int32Array, nAnswer, feats: Float32Array, nImages, scale, faces?)
 //     -> Promise<number>                (the sample's mean answer loss; gradients added)
@@ -161,6 +162,8 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     o.Set("imageTokenId", Napi::Number::New(env, t.model().image_token_id()));
     o.Set("imageSize", Napi::Number::New(env, double(t.model().llava().vision().hparams().image_size)));
     o.Set("fusion", Napi::String::New(env, t.model().fusion()));
+    // where the decoder runs: 'cpu', 'cuda' or 'emulated' (the kind, not the backend's description)
+    o.Set("device", Napi::String::New(env, device_name(t.model().llava().text().backend().device())));
     return o;
   }
   Napi::Value TowerFeatures(const Napi::CallbackInfo& info) {
@@ -341,6 +344,17 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
   }
   LlavaLoadOptions lo;
   lo.threads = opts.threads;
+  // device: where the frozen decoder runs (the model loads there; MvpTrainer then runs the
+  // decoder through the backend's ops). Typed errors from read_runtime_options / require_device.
+  const RuntimeOptions ro = read_runtime_options(env, o);
+  if (ro.device_set) {
+    if (ro.device_index != 0)
+      throw make_js_error(env, "ERR_UNSUPPORTED",
+                          "createMvpTrainer: device 'cuda:" + std::to_string(ro.device_index) +
+                              "' is not supported yet; use device 'cuda' with CUDA_VISIBLE_DEVICES=" +
+                              std::to_string(ro.device_index));
+    lo.device = ro.device;
+  }
   auto h = std::make_shared<TrainerHandle>();
   h->busy = true;
   auto* ctor = static_cast<TrainerCtor*>(info.Data());

@@ -17,6 +17,7 @@
 #include "base/arena.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
+#include "kernels/cpu/backward.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/row_ops.h"
 #include "core/runtime.h"
@@ -390,6 +391,32 @@ class CpuBackend final : public Backend {
   }
   void scale(const float* x, float s, float* y, int64_t n) override { emollm::scale(x, s, y, n, &pool_); }
 
+  // ---- training (kernels/cpu/backward.h on this backend's pool)
+  void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) override {
+    emollm::gemm_backward_x(dY, lddy, gemm_weight_bytes(W, wtype, N, K), wtype, dX, lddx, M, N, K, accumulate, &pool_);
+  }
+  void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                        int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) override {
+    emollm::rmsnorm_backward(x, ldx, w, dy, lddy, dx, lddx, rows, n, eps, accumulate, &pool_);
+  }
+  void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                       int64_t n) override {
+    emollm::swiglu_backward(gate, up, dy, dgate, dup, n, &pool_);
+  }
+  void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                     const RopeParams& p) override {
+    emollm::rope_backward(dx, ld, n_tokens, n_heads, positions, p, &pool_);
+  }
+  void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                          const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
+    emollm::attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p, &pool_);
+  }
+  double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
+                       float* dlogits) override {
+    return emollm::cross_entropy(logits, ld, targets, rows, V, scale, dlogits, &pool_);
+  }
+
  private:
   std::shared_ptr<ThreadPool> owned_;
   ThreadPool& pool_;
@@ -606,6 +633,36 @@ void Backend::mul_row_add(const float* x, int64_t ldx, const float* v, float* y,
 void Backend::scale(const float* x, float s, float* y, int64_t n) {
   require_host(*this, "scale");
   emollm::scale(x, s, y, n, nullptr);
+}
+
+void Backend::gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx,
+                              int64_t M, int64_t N, int64_t K, bool accumulate) {
+  require_host(*this, "gemm_backward_x");
+  emollm::gemm_backward_x(dY, lddy, gemm_weight_bytes(W, wtype, N, K), wtype, dX, lddx, M, N, K, accumulate, nullptr);
+}
+void Backend::rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                               int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) {
+  require_host(*this, "rmsnorm_backward");
+  emollm::rmsnorm_backward(x, ldx, w, dy, lddy, dx, lddx, rows, n, eps, accumulate, nullptr);
+}
+void Backend::swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n) {
+  require_host(*this, "swiglu_backward");
+  emollm::swiglu_backward(gate, up, dy, dgate, dup, n, nullptr);
+}
+void Backend::rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                            const RopeParams& p) {
+  require_host(*this, "rope_backward");
+  emollm::rope_backward(dx, ld, n_tokens, n_heads, positions, p, nullptr);
+}
+void Backend::attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                                 const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) {
+  require_host(*this, "attention_backward");
+  emollm::attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p, nullptr);
+}
+double Backend::cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V,
+                              float scale, float* dlogits) {
+  require_host(*this, "cross_entropy");
+  return emollm::cross_entropy(logits, ld, targets, rows, V, scale, dlogits, nullptr);
 }
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<ThreadPool> pool) {

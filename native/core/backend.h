@@ -290,6 +290,35 @@ class Backend {
                            bool accumulate);
   virtual void scale(const float* x, float s, float* y, int64_t n);
 
+  // ---- training: the backward ops of the MVP trainer's frozen decoder (native/train), with the
+  // contracts of kernels/cpu/backward.h (layouts, overwrite / accumulate rules), every pointer in
+  // this backend's memory. As for the row ops, the defaults run the CPU kernels on the host when
+  // uses_host_memory() and throw Error(Unsupported) otherwise.
+  //   gemm_backward_x:    dX[M,K] (+)= dY[M,N] W[N,K], W as gemm() takes it (the same bytes:
+  //                       the backend's copy of W where it keeps one, gemm_weight_bytes).
+  //   rmsnorm_backward:   dx (+)= d rmsnorm(x; w) applied to dy (w may be null).
+  //   swiglu_backward:    dgate, dup of y = silu(gate) * up.
+  //   rope_backward:      the inverse rotation of rope() in place (positions in backend memory).
+  //   attention_backward: dq, dk, dv of attention() (f32 contiguous K/V, no paged KV; dout and out
+  //                       with stride ldo); lse [n_q, n_heads] from the forward, or null (then
+  //                       each row's statistics are recomputed).
+  //   cross_entropy:      returns sum_r -log softmax(logits_r)[targets[r]] in double (the host
+  //                       waits for it: the loss crosses to the host), and when dlogits is
+  //                       non-null writes (softmax - onehot) * scale there. targets in backend
+  //                       memory, each in [0, V) (a device cannot check them: callers do).
+  virtual void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx,
+                               int64_t M, int64_t N, int64_t K, bool accumulate);
+  virtual void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                                int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate);
+  virtual void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                               int64_t n);
+  virtual void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                             const RopeParams& p);
+  virtual void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                                  const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p);
+  virtual double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V,
+                               float scale, float* dlogits);
+
   // ---- weight layouts (continued)
   // The bytes in W's own (standard) layout that gemm() on W reads: the packed copy when the
   // backend keeps W in the same layout in other memory (the CPU's bf16 / f16 copies in 2 MiB

@@ -460,6 +460,72 @@ class CudaBackend final : public Backend {
     cuda::scale(x, sc, y, n, s());
   }
 
+  // ---- training: kernels/cuda/backward.cu (the MVP trainer's decoder backward)
+  void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) override {
+    DeviceGuard g(info_.index);
+    cuda::gemm_backward_x(dY, lddy, W, wtype, dX, lddx, M, N, K, accumulate, s());
+  }
+  void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                        int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) override {
+    DeviceGuard g(info_.index);
+    cuda::rmsnorm_backward(x, ldx, w, dy, lddy, dx, lddx, rows, n, eps, accumulate, s());
+  }
+  void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                       int64_t n) override {
+    DeviceGuard g(info_.index);
+    cuda::swiglu_backward(gate, up, dy, dgate, dup, n, s());
+  }
+  void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                     const RopeParams& p) override {
+    EMOLLM_CHECK_ARG(p.head_dim > 0, "rope_backward: head_dim must be > 0");
+    const int64_t rot = p.rot_dim == 0 ? p.head_dim : p.rot_dim;
+    EMOLLM_CHECK_ARG(rot > 0 && rot <= p.head_dim && rot % 2 == 0,
+                     "rope_backward: rot_dim must be even and in (0, head_dim], got " + std::to_string(rot));
+    EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0, "rope_backward: n_tokens and n_heads must be >= 0");
+    EMOLLM_CHECK_ARG(n_tokens == 0 || positions != nullptr, "rope_backward: positions is null");
+    EMOLLM_CHECK_ARG(p.theta > 0 || p.inv_freq != nullptr, "rope_backward: theta must be > 0");
+    if (n_tokens == 0 || n_heads == 0) return;
+    DeviceGuard g(info_.index);
+    const double* invf = rope_frequencies(p, rot);
+    Scratch staged(alloc_, st(), is_device_pointer(positions) ? 0 : size_t(n_tokens) * sizeof(int32_t));
+    if (staged.get()) upload(staged.get(), positions, size_t(n_tokens) * sizeof(int32_t));
+    const int32_t* pos = staged.get() ? static_cast<const int32_t*>(staged.get()) : positions;
+    cuda::rope_backward(dx, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, pos, invf, p.freq_scale, s());
+  }
+  void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                          const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
+    if (p.kv_block_size != 0 || p.kv_dtype != DType::F32)
+      throw Error(ErrorCode::Unsupported, "cuda attention_backward: f32 contiguous K/V only");
+    DeviceGuard g(info_.index);
+    const size_t ws = cuda::attention_backward_workspace_bytes(p);
+    Scratch w(alloc_, st(), ws);
+    cuda::attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p, w.get(), ws, s());
+  }
+  double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
+                       float* dlogits) override {
+    EMOLLM_CHECK_ARG(rows >= 0 && V > 0, "cross_entropy: rows >= 0 and V > 0 are required");
+    if (rows == 0) return 0.0;
+    EMOLLM_CHECK_ARG(targets != nullptr, "cross_entropy: targets is null");
+    DeviceGuard g(info_.index);
+    // host targets (checked here) are staged; device ones are the caller's to have checked
+    Scratch staged(alloc_, st(), is_device_pointer(targets) ? 0 : size_t(rows) * sizeof(int32_t));
+    if (staged.get()) {
+      for (int64_t r = 0; r < rows; ++r)
+        EMOLLM_CHECK_ARG(targets[r] >= 0 && targets[r] < V, "cross_entropy: target " + std::to_string(targets[r]) +
+                                                                " outside [0, " + std::to_string(V) + ")");
+      upload(staged.get(), targets, size_t(rows) * sizeof(int32_t));
+    }
+    const int32_t* tg = staged.get() ? static_cast<const int32_t*>(staged.get()) : targets;
+    Scratch row_loss(alloc_, st(), size_t(rows) * sizeof(double));
+    cuda::cross_entropy(logits, ld, tg, rows, V, scale, dlogits, static_cast<double*>(row_loss.get()), s());
+    std::vector<double> host(static_cast<size_t>(rows));
+    download(host.data(), row_loss.get(), host.size() * sizeof(double));
+    double sum = 0.0;  // in row order, as the CPU kernel adds them
+    for (double l : host) sum += l;
+    return sum;
+  }
+
  private:
   void row_op(cuda::RowOp op, const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows,
               int64_t n, bool acc) {

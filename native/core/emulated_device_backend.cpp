@@ -194,6 +194,53 @@ class EmulatedDeviceBackend final : public Backend {
     cpu_->scale(dev(x, n * 4, "scale", "x"), s, dev(y, n * 4, "scale", "y"), n);
   }
 
+  // ---- training: the CPU backend's backward ops on the shadows, every pointer checked
+  void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) override {
+    const char* op = "gemm_backward_x";
+    cpu_->gemm_backward_x(dev(dY, span(M, lddy, N, 4), op, "dY"), lddy,
+                          dev(W, size_t(N) * dtype_row_bytes(wtype, K), op, "W"), wtype,
+                          dev(dX, span(M, lddx, K, 4), op, "dX"), lddx, M, N, K, accumulate);
+  }
+  void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                        int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) override {
+    const char* op = "rmsnorm_backward";
+    cpu_->rmsnorm_backward(dev(x, span(rows, ldx, n, 4), op, "x"), ldx, opt(w, size_t(n) * 4, op, "w"),
+                           dev(dy, span(rows, lddy, n, 4), op, "dy"), lddy, dev(dx, span(rows, lddx, n, 4), op, "dx"),
+                           lddx, rows, n, eps, accumulate);
+  }
+  void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                       int64_t n) override {
+    const char* op = "swiglu_backward";
+    cpu_->swiglu_backward(dev(gate, n * 4, op, "gate"), dev(up, n * 4, op, "up"), dev(dy, n * 4, op, "dy"),
+                          dev(dgate, n * 4, op, "dgate"), dev(dup, n * 4, op, "dup"), n);
+  }
+  void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                     const RopeParams& p) override {
+    cpu_->rope_backward(dev(dx, span(n_tokens, ld, n_heads * p.head_dim, 4), "rope_backward", "dx"), ld, n_tokens,
+                        n_heads, dev(positions, size_t(n_tokens) * 4, "rope_backward", "positions"), p);
+  }
+  void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                          const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
+    const char* op = "attention_backward";
+    if (p.kv_block_size != 0 || p.kv_dtype != DType::F32)
+      throw Error(ErrorCode::Unsupported, "emulated device attention_backward: f32 contiguous K/V only");
+    const int64_t qw = p.n_heads * p.head_dim, kw = p.n_kv_heads * p.head_dim;
+    cpu_->attention_backward(dev(q, span(p.n_q, p.ldq, qw, 4), op, "q"), dev(k, span(p.n_kv, p.ldk, kw, 4), op, "k"),
+                             dev(v, span(p.n_kv, p.ldv, kw, 4), op, "v"), dev(out, span(p.n_q, p.ldo, qw, 4), op, "out"),
+                             dev(dout, span(p.n_q, p.ldo, qw, 4), op, "dout"),
+                             opt(lse, size_t(p.n_q * p.n_heads) * 4, op, "lse"),
+                             dev(dq, span(p.n_q, p.ldq, qw, 4), op, "dq"), dev(dk, span(p.n_kv, p.ldk, kw, 4), op, "dk"),
+                             dev(dv, span(p.n_kv, p.ldv, kw, 4), op, "dv"), p);
+  }
+  double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
+                       float* dlogits) override {
+    const char* op = "cross_entropy";
+    return cpu_->cross_entropy(dev(logits, span(rows, ld, V, 4), op, "logits"), ld,
+                               dev(targets, size_t(rows) * 4, op, "targets"), rows, V, scale,
+                               opt(dlogits, span(rows, ld, V, 4), op, "dlogits"));
+  }
+
  private:
   struct Block {
     size_t bytes = 0;

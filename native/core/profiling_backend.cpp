@@ -283,6 +283,38 @@ class ProfilingBackend final : public Backend {
     in_->scale(x, s, y, n);
   }
 
+  // ---- training (the trainer's backward ops; "decode" never: no backward runs in a decode step)
+  void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
+                       int64_t N, int64_t K, bool accumulate) override {
+    Timer t("gemm_backward_x", false, std::string(dtype_name(wtype)) + " " + std::to_string(N) + "x" + std::to_string(K));
+    in_->gemm_backward_x(dY, lddy, W, wtype, dX, lddx, M, N, K, accumulate);
+  }
+  void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
+                        int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) override {
+    Timer t("rmsnorm_backward", false, "n=" + std::to_string(n));
+    in_->rmsnorm_backward(x, ldx, w, dy, lddy, dx, lddx, rows, n, eps, accumulate);
+  }
+  void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                       int64_t n) override {
+    Timer t("swiglu_backward", false, "");
+    in_->swiglu_backward(gate, up, dy, dgate, dup, n);
+  }
+  void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+                     const RopeParams& p) override {
+    Timer t("rope_backward", false, "");
+    in_->rope_backward(dx, ld, n_tokens, n_heads, positions, p);
+  }
+  void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
+                          const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
+    Timer t("attention_backward", false, "");
+    in_->attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p);
+  }
+  double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
+                       float* dlogits) override {
+    Timer t("cross_entropy", false, "V=" + std::to_string(V));
+    return in_->cross_entropy(logits, ld, targets, rows, V, scale, dlogits);
+  }
+
  private:
   std::shared_ptr<Backend> in_;
 };

@@ -9,19 +9,12 @@
 #include "base/error.h"
 #include "cpu/backward.h"
 #include "cpu/kernels.h"
+#include "train/phase_lap.h"
 
 namespace emollm {
 
 namespace {
-// Adds the time since the previous lap to a phase counter.
-struct Lap {
-  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
-  void operator()(double& slot) {
-    const auto now = std::chrono::steady_clock::now();
-    slot += std::chrono::duration<double>(now - t).count();
-    t = now;
-  }
-};
+using Lap = PhaseLap;
 
 // A frozen decoder matrix as the trainer reads it: the bytes the backend's gemm() reads
 // (Backend::gemm_weight_bytes: the CPU's copy of a bf16 / f16 matrix in 2 MiB pages, else the
@@ -76,11 +69,11 @@ MvpTrainer::MvpTrainer(std::shared_ptr<const EmollmModel> model, const MvpTrainO
                    "MvpTrainer: total_steps >= 1, warmup_steps >= 0 and lr > 0 are required");
   pool_ = std::make_unique<ThreadPool>(std::max(1, opts.threads));
   const EmollmModel& m = *model_;
-  // The trainer's CPU kernels read the decoder's weights in place: on a device backend those
-  // pointers are device memory (the decoder uploads its weights there), which the host cannot read.
-  if (!m.llava().text().backend().uses_host_memory())
-    throw Error(ErrorCode::Unsupported, "MvpTrainer: training runs on the CPU; load the model with device 'cpu' (it is on " +
-                                            m.llava().text().backend().describe() + ")");
+  // On a device backend the decoder's weights are device memory (the host cannot read them): the
+  // decoder then runs through the backend's ops (decoder_on_backend) on a context of its own.
+  Backend& dbe = m.llava().text().backend();
+  on_device_ = !dbe.uses_host_memory();
+  if (on_device_) device_ctx_ = std::make_unique<BackendContext>(dbe);
   const WeightStore& ws = m.mvp_store();
   const auto& tl = m.tower_layers();
   const auto& ps = m.perspectives();
@@ -183,8 +176,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   const LlamaModel& lm = em.llava().text();
   const LlamaHparams& hp = lm.hparams();
   ThreadPool* pool = pool_.get();
-  const int64_t E = hp.n_embd, D = hp.head_dim, H = hp.n_head, Hkv = hp.n_head_kv, F = hp.n_ff, V = hp.n_vocab;
-  const int64_t qd = H * D, kvd = Hkv * D;
+  const int64_t E = hp.n_embd;
   const int64_t T = em.n_vision_tokens(), TD = tower_feature_dim(), C = em.llava().vision().hparams().n_embd;
   const int64_t NI = s.n_images, rows_in = NI * T;
   const int32_t image_id = em.image_token_id();
@@ -362,6 +354,82 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
                                                 " positions does not fit the model's context of " +
                                                 std::to_string(hp.n_ctx_train) + " positions");
   last_positions_ = n;
+  const int64_t NA = s.n_answer, t0 = n - NA;  // first target position (in the expanded sequence)
+  std::vector<int32_t> targets(static_cast<size_t>(NA));
+  for (int64_t j = 0; j < NA; ++j) {
+    targets[size_t(j)] = ids[size_t(t0 + j)];
+    EMOLLM_CHECK_ARG(targets[size_t(j)] >= 0, "train sample: an answer token is an image token");
+  }
+  std::vector<float> dfeat;
+  lap(times_.mvp_forward);
+  const double mean = on_device_ ? decoder_on_backend(ids, img_pos, feats, targets, scale, backward, &dfeat)
+                                 : decoder_on_cpu(ids, img_pos, feats, targets, scale, backward, &dfeat);
+  if (!backward) return mean;
+  lap.t = std::chrono::steady_clock::now();  // the decoder timed its own phases
+  // ---- MVP heads' backward from the image rows' gradient
+  for (size_t kk = 0; kk < NH; ++kk) {
+    const Head& hd = heads_[kk];
+    HeadActs& A = ha[kk];
+    if (!hd.trainable || A.ny == 0) continue;
+    // out += g * y: dy = dout * g; dlogit = sum_rows dout * y * g (1 - g)
+    std::vector<float> dy(size_t(A.ny * E));
+    std::vector<double> gsum(size_t(E), 0.0);
+    for (int64_t b = 0; b < NI; ++b)
+      for (int64_t t = 0; t < cnt[kk][size_t(b)]; ++t) {
+        const float* d = dfeat.data() + (row_of[kk][size_t(b)] + t) * E;
+        const int64_t yr = y_of[kk][size_t(b)] + t;
+        const float* y = A.y.data() + yr * E;
+        float* o = dy.data() + yr * E;
+        for (int64_t c = 0; c < E; ++c) {
+          o[c] = d[c] * A.g[size_t(c)];
+          gsum[size_t(c)] += double(d[c]) * double(y[c]);
+        }
+      }
+    if (float* dgl = grad(hd, GATE))
+      for (int64_t c = 0; c < E; ++c) {
+        const double g = A.g[size_t(c)];
+        dgl[c] += float(gsum[size_t(c)] * g * (1.0 - g));
+      }
+    if (hd.pool) {
+      const int64_t D = hd.d_hid;
+      gemm_backward_w(dy.data(), E, A.a.data(), D, grad(hd, WO), grad(hd, BO), A.ny, E, D, pool);
+      std::vector<float> da(size_t(A.ny * D)), dq(size_t(hd.n_queries * D)), dk(size_t(rows_in * D)),
+          dv(size_t(rows_in * D));
+      gemm_backward_x(dy.data(), E, value(hd, WO), DType::F32, da.data(), D, A.ny, E, D, false, pool);
+      const AttentionParams pap = pool_params(hd);
+      float* dQ = grad(hd, QUERIES);
+      for (int64_t b = 0; b < NI; ++b) {
+        const int64_t yr = y_of[kk][size_t(b)];
+        attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + yr * D,
+                           da.data() + yr * D, nullptr, dq.data(), dk.data() + b * T * D, dv.data() + b * T * D, pap, pool);
+        for (size_t i = 0; i < dq.size(); ++i) dQ[i] += dq[i];
+      }
+      gemm_backward_w(dk.data(), D, A.x.data(), hd.d_in, grad(hd, WK), grad(hd, BK), rows_in, D, hd.d_in, pool);
+      gemm_backward_w(dv.data(), D, A.x.data(), hd.d_in, grad(hd, WV), grad(hd, BV), rows_in, D, hd.d_in, pool);
+    } else {  // mlp and face-region (the pooled patch features are frozen: no gradient below linear_1)
+      gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, grad(hd, W2), grad(hd, B2), A.nx, E, hd.d_hid, pool);
+      std::vector<float> da(size_t(A.nx * hd.d_hid));
+      gemm_backward_x(dy.data(), E, value(hd, W2), DType::F32, da.data(), hd.d_hid, A.nx, E, hd.d_hid, false, pool);
+      gelu_erf_backward(A.h.data(), da.data(), da.data(), int64_t(da.size()), pool);
+      gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, grad(hd, W1), grad(hd, B1), A.nx, hd.d_hid, hd.d_in,
+                      pool);
+    }
+  }
+  lap(times_.mvp_backward);
+  return mean;
+}
+
+// ---------------------------------------------------------------- the decoder on the CPU
+double MvpTrainer::decoder_on_cpu(const std::vector<int32_t>& ids, const std::vector<int64_t>& img_pos,
+                                  const std::vector<float>& feats, const std::vector<int32_t>& targets, float scale,
+                                  bool backward, std::vector<float>* dfeat) {
+  Lap lap;
+  const LlamaModel& lm = model_->llava().text();
+  const LlamaHparams& hp = lm.hparams();
+  ThreadPool* pool = pool_.get();
+  const int64_t E = hp.n_embd, D = hp.head_dim, H = hp.n_head, Hkv = hp.n_head_kv, F = hp.n_ff, V = hp.n_vocab;
+  const int64_t qd = H * D, kvd = Hkv * D;
+  const int64_t n = int64_t(ids.size());
   std::vector<float> x(size_t(n * E));
   {
     int64_t r = 0;
@@ -461,12 +529,7 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
   lap(times_.decoder_forward);
 
   // ---- loss over the answer: position t-1 predicts token t for the last n_answer tokens
-  const int64_t NA = s.n_answer, t0 = n - NA;  // first target position (in the expanded sequence)
-  std::vector<int32_t> targets(static_cast<size_t>(NA));
-  for (int64_t j = 0; j < NA; ++j) {
-    targets[size_t(j)] = ids[size_t(t0 + j)];
-    EMOLLM_CHECK_ARG(targets[size_t(j)] >= 0, "train sample: an answer token is an image token");
-  }
+  const int64_t NA = int64_t(targets.size()), t0 = n - NA;  // first target position
   const float* xa = x.data() + (t0 - 1) * E;  // rows t0-1 .. n-2
   std::vector<float> xf(size_t(NA * E)), logits(size_t(NA * V));
   rmsnorm(xa, E, lm.output_norm, xf.data(), E, NA, E, hp.rms_eps, pool);
@@ -524,59 +587,10 @@ double MvpTrainer::run(const MvpTrainSample& s, float scale, bool backward) {
     lap(times_.norm_backward);
   }
 
-  // ---- splice backward: gradients of the image rows, then the MVP heads
-  std::vector<float> dfeat(size_t(total_rows * E));
+  // ---- the image rows' gradient
+  dfeat->resize(img_pos.size() * size_t(E));
   for (size_t r = 0; r < img_pos.size(); ++r)
-    std::memcpy(dfeat.data() + int64_t(r) * E, dx.data() + img_pos[r] * E, size_t(E) * sizeof(float));
-  for (size_t kk = 0; kk < NH; ++kk) {
-    const Head& hd = heads_[kk];
-    HeadActs& A = ha[kk];
-    if (!hd.trainable || A.ny == 0) continue;
-    // out += g * y: dy = dout * g; dlogit = sum_rows dout * y * g (1 - g)
-    std::vector<float> dy(size_t(A.ny * E));
-    std::vector<double> gsum(size_t(E), 0.0);
-    for (int64_t b = 0; b < NI; ++b)
-      for (int64_t t = 0; t < cnt[kk][size_t(b)]; ++t) {
-        const float* d = dfeat.data() + (row_of[kk][size_t(b)] + t) * E;
-        const int64_t yr = y_of[kk][size_t(b)] + t;
-        const float* y = A.y.data() + yr * E;
-        float* o = dy.data() + yr * E;
-        for (int64_t c = 0; c < E; ++c) {
-          o[c] = d[c] * A.g[size_t(c)];
-          gsum[size_t(c)] += double(d[c]) * double(y[c]);
-        }
-      }
-    if (float* dgl = grad(hd, GATE))
-      for (int64_t c = 0; c < E; ++c) {
-        const double g = A.g[size_t(c)];
-        dgl[c] += float(gsum[size_t(c)] * g * (1.0 - g));
-      }
-    if (hd.pool) {
-      const int64_t D = hd.d_hid;
-      gemm_backward_w(dy.data(), E, A.a.data(), D, grad(hd, WO), grad(hd, BO), A.ny, E, D, pool);
-      std::vector<float> da(size_t(A.ny * D)), dq(size_t(hd.n_queries * D)), dk(size_t(rows_in * D)),
-          dv(size_t(rows_in * D));
-      gemm_backward_x(dy.data(), E, value(hd, WO), DType::F32, da.data(), D, A.ny, E, D, false, pool);
-      const AttentionParams pap = pool_params(hd);
-      float* dQ = grad(hd, QUERIES);
-      for (int64_t b = 0; b < NI; ++b) {
-        const int64_t yr = y_of[kk][size_t(b)];
-        attention_backward(value(hd, QUERIES), A.k.data() + b * T * D, A.v.data() + b * T * D, A.a.data() + yr * D,
-                           da.data() + yr * D, nullptr, dq.data(), dk.data() + b * T * D, dv.data() + b * T * D, pap, pool);
-        for (size_t i = 0; i < dq.size(); ++i) dQ[i] += dq[i];
-      }
-      gemm_backward_w(dk.data(), D, A.x.data(), hd.d_in, grad(hd, WK), grad(hd, BK), rows_in, D, hd.d_in, pool);
-      gemm_backward_w(dv.data(), D, A.x.data(), hd.d_in, grad(hd, WV), grad(hd, BV), rows_in, D, hd.d_in, pool);
-    } else {  // mlp and face-region (the pooled patch features are frozen: no gradient below linear_1)
-      gemm_backward_w(dy.data(), E, A.a.data(), hd.d_hid, grad(hd, W2), grad(hd, B2), A.nx, E, hd.d_hid, pool);
-      std::vector<float> da(size_t(A.nx * hd.d_hid));
-      gemm_backward_x(dy.data(), E, value(hd, W2), DType::F32, da.data(), hd.d_hid, A.nx, E, hd.d_hid, false, pool);
-      gelu_erf_backward(A.h.data(), da.data(), da.data(), int64_t(da.size()), pool);
-      gemm_backward_w(da.data(), hd.d_hid, A.x.data(), hd.d_in, grad(hd, W1), grad(hd, B1), A.nx, hd.d_hid, hd.d_in,
-                      pool);
-    }
-  }
-  lap(times_.mvp_backward);
+    std::memcpy(dfeat->data() + int64_t(r) * E, dx.data() + img_pos[r] * E, size_t(E) * sizeof(float));
   return mean;
 }
 

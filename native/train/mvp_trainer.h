@@ -1,5 +1,5 @@
 // Training EmoLLM's Multi-perspective Visual Projection (MVP) with the language model and the
-// vision tower frozen (issue 16), on the CPU.
+// vision tower frozen (issue 16), the decoder on the CPU or on a device backend (below).
 //
 // One sample = a token sequence (the chat prompt with the image token standing once per image,
 // or already expanded, followed by the answer tokens) + the frozen vision tower's features of its
@@ -21,9 +21,15 @@
 // pass (those not in `trainable` are kept frozen); a kind registered later is refused with
 // Unsupported.
 //
-// CPU only: the decoder runs on the CPU kernels with the trainer's own pool (the Backend
-// interface has no backward ops). Deterministic: for a given thread count, the same samples give
-// bit-identical parameters (every reduction has one fixed order).
+// Where it runs: on a model whose backend uses host memory (the CPU), the decoder runs on the CPU
+// kernels with the trainer's own pool. On a device backend (CUDA, the strict emulated device of
+// the tests) the frozen decoder's forward (the inference ops) and backward (Backend's training
+// ops) run on the backend, on the weights already there (mvp_trainer_device.cpp): the image rows
+// of the MVP heads go up, the loss and the image rows' gradient come down. The MVP heads and the
+// optimizer stay on the host in both cases (few products next to the decoder's, but on a GPU
+// their host time may dominate a step: moving them is the next step; docs/training.md).
+// Deterministic: for a given thread count (and device), the same samples give bit-identical
+// parameters (every reduction has one fixed order).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -31,6 +37,7 @@
 #include <vector>
 
 #include "base/thread_pool.h"
+#include "core/backend.h"
 #include "model/emollm.h"
 
 namespace emollm {
@@ -144,6 +151,16 @@ class MvpTrainer {
   };
 
   double run(const MvpTrainSample& s, float scale, bool backward);
+  // The decoder part of run(), on the CPU kernels or on a device backend (mvp_trainer_device.cpp):
+  // ids of the expanded sequence (-1 = image row), the image rows [rows, E] in order, the answer
+  // targets (the last targets.size() tokens); returns the mean answer loss and, when backward,
+  // writes the image rows' gradient to dfeat [rows, E].
+  double decoder_on_cpu(const std::vector<int32_t>& ids, const std::vector<int64_t>& img_pos,
+                        const std::vector<float>& feats, const std::vector<int32_t>& targets, float scale,
+                        bool backward, std::vector<float>* dfeat);
+  double decoder_on_backend(const std::vector<int32_t>& ids, const std::vector<int64_t>& img_pos,
+                            const std::vector<float>& feats, const std::vector<int32_t>& targets, float scale,
+                            bool backward, std::vector<float>* dfeat);
   const float* value(const Head& h, Part p) const;  // the trainable value, the frozen copy, or null
   float* grad(const Head& h, Part p);               // null when frozen or absent
   int64_t last_positions_ = 0;
@@ -161,6 +178,10 @@ class MvpTrainer {
 
   std::shared_ptr<const EmollmModel> model_;
   MvpTrainOptions opts_;
+  // The decoder's backend is a device (uses_host_memory() false): decoder_on_backend runs, on
+  // this context's stream and workspace.
+  bool on_device_ = false;
+  std::unique_ptr<BackendContext> device_ctx_;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<Head> heads_;
   std::vector<MvpParam> params_;
