@@ -281,4 +281,54 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   });
 }
 
+void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (step < 1) step = 1;
+  if (!pool || pool->size() <= 1 || n <= step) {
+    fn(0, n);
+    return;
+  }
+  // Ranges in units of `step`; each range's state is one word, front (low half) and back (high
+  // half), so an owner's claim from the front and a thief's from the back never overlap.
+  constexpr int kMaxRanges = 64;
+  const int64_t units = (n + step - 1) / step;
+  if (units >= (int64_t(1) << 31)) return parallel_guided(pool, n, step, max_chunk, fn);
+  const int nr = int(std::min<int64_t>({int64_t(pool->size()), units, int64_t(kMaxRanges)}));
+  const int64_t max_units = std::max<int64_t>(1, max_chunk / step);
+  auto pack = [](int64_t front, int64_t back) { return uint64_t(front) | (uint64_t(back) << 32); };
+  std::atomic<uint64_t> ranges[kMaxRanges];
+  for (int r = 0; r < nr; ++r) {
+    int64_t b, e;
+    split_range(units, r, nr, 1, &b, &e);
+    ranges[r].store(pack(b, e), std::memory_order_relaxed);
+  }
+  std::atomic<int> arrivals{0};
+  // One chunk of range r from its front (owner) or back (thief), in units; false once it is empty.
+  auto take = [&](int r, bool front, int64_t* b, int64_t* e) {
+    uint64_t s = ranges[r].load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t f = int64_t(s & 0xFFFFFFFFu), k = int64_t(s >> 32);
+      if (f >= k) return false;
+      const int64_t c = std::min(max_units, (k - f + 3) / 4);
+      if (ranges[r].compare_exchange_weak(s, front ? pack(f + c, k) : pack(f, k - c), std::memory_order_relaxed)) {
+        *b = front ? f : k - c;
+        *e = front ? f + c : k;
+        return true;
+      }
+    }
+  };
+  auto run = [&](int64_t b, int64_t e) { fn(b * step, std::min(n, e * step)); };
+  pool->run_dynamic([&] {
+    const int me = arrivals.fetch_add(1, std::memory_order_relaxed);
+    int64_t b, e;
+    if (me < nr)
+      while (take(me, true, &b, &e)) run(b, e);
+    for (int i = 1; i <= nr; ++i) {
+      const int r = (me + i) % nr;
+      while (take(r, false, &b, &e)) run(b, e);
+    }
+  });
+}
+
 }  // namespace emollm

@@ -77,6 +77,22 @@ class ThreadPool {
 void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
                      const std::function<void(int64_t, int64_t)>& fn);
 
+// Contiguous ranges with stealing over the pool (run_dynamic): [0, n) in multiples of `step` cut
+// into one range per thread; each thread that joins takes the next range of its own (in order of
+// arrival) and walks it from the front, then takes chunks from the back of the other ranges
+// (threads that arrive when every range is taken only do that). Each claim takes a quarter of
+// what is left in its range (rounded up to `step`, at most max_chunk, at least `step`), so a
+// range's owner and a thief meet within about one `step`. Against parallel_guided (one shared
+// counter: the threads' chunks alternate along [0, n)) every thread reads one long run of
+// consecutive items, as a streaming GEMV wants (one stream per core for the hardware
+// prefetchers and DRAM pages; no chunk edge every few KiB), while a thread that never arrives
+// (kept off its core by another process) is still covered: its range is taken from the back.
+// Chunks never exceed max_chunk, for the same reason as parallel_guided's. fn(begin, end) runs
+// once per chunk, on whichever thread claimed it. Without a pool, with one thread or n <= step:
+// fn(0, n).
+void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
+                     const std::function<void(int64_t, int64_t)>& fn);
+
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {
   int64_t blocks = (n + align - 1) / align;

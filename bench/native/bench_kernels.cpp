@@ -381,11 +381,13 @@ Result* run_case(Result r, const std::function<void(Result&)>& body) {
 }
 
 // ============================================================================ probes
-// gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and guided chunks
-// (on, the default) or neither (the previous kernel's), for the A/B rows.
+// gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and contiguous ranges
+// per thread (on, the default) or none of the three (the previous kernel's: equal chunks), for
+// the A/B rows.
 void set_gemv_schedule(bool on) {
   gemm_detail::set_gemv_pass_prefetch(on);
   gemm_detail::set_gemv_guided(on);
+  gemm_detail::set_gemv_ranges(on);
 }
 
 // 2 MiB-aligned memory asked to be transparent huge pages, as the CPU backend's packed copies of a
@@ -1363,18 +1365,29 @@ void bench_fused(ThreadPool& pool) {
         fused(i);
         gemm_detail::set_gemv_pass_prefetch(true);
       };
+      const bool ranges = gemm_detail::gemv_ranges();  // EMOLLM_GEMV_RANGES
       auto fused_eq = [&](int i) {
         gemm_detail::set_gemv_guided(false);
+        gemm_detail::set_gemv_ranges(false);
         fused(i);
         gemm_detail::set_gemv_guided(true);
+        gemm_detail::set_gemv_ranges(ranges);
+      };
+      // and, for every type, with the other of guided chunks / contiguous ranges per thread
+      auto fused_other = [&](int i) {
+        gemm_detail::set_gemv_ranges(!ranges);
+        fused(i);
+        gemm_detail::set_gemv_ranges(ranges);
       };
       const bool pf_ab = repacked;
-      Stats sep, pf0, eq;
+      Stats sep, pf0, eq, other;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = pf_ab ? measure_interleaved({fused, separate, fused_pf0, fused_eq}) : measure_interleaved({fused, separate});
+        auto st = pf_ab ? measure_interleaved({fused, separate, fused_pf0, fused_eq, fused_other})
+                        : measure_interleaved({fused, separate, fused_other});
         rr.st = st[0];
         sep = st[1];
-        if (pf_ab) pf0 = st[2], eq = st[3];
+        if (pf_ab) pf0 = st[2], eq = st[3], other = st[4];
+        else other = st[2];
         rr.ratio_vs = "separate";
         rr.ratio = sep.best / rr.st.best;
         bool same = true;  // fused and separate outputs, bit for bit (same copy)
@@ -1394,17 +1407,21 @@ void bench_fused(ThreadPool& pool) {
       p.note = "one call per matrix, interleaved";
       g_results.push_back(p);
       table_row(g_results.back());
-      for (int v = 0; pf_ab && v < 2; ++v) {
-        const Stats& st = v == 0 ? pf0 : eq;
+      for (int v = pf_ab ? 0 : 2; v < 3; ++v) {
+        const Stats& st = v == 0 ? pf0 : v == 1 ? eq : other;
         if (st.reps == 0) continue;
         Result q = r;
-        q.name = name + (v == 0 ? "/no-edge-prefetch" : "/equal-chunks");
-        q.impl = v == 0 ? "no-edge-pf" : "eq-chunks";
+        q.name = name + (v == 0 ? "/no-edge-prefetch" : v == 1 ? "/equal-chunks" : ranges ? "/guided" : "/ranges");
+        q.impl = v == 0 ? "no-edge-pf" : v == 1 ? "eq-chunks" : ranges ? "guided" : "ranges";
         q.st = st;
         q.ratio_vs = "fused";
         q.ratio = st.best / res->st.best;
-        q.note = std::string("fused, ") + (v == 0 ? "without the pass-edge prefetch" : "the previous equal chunks") +
-                 ", interleaved; ratio = its time / the fused row's (>1: new faster)";
+        q.note = std::string("fused, ") +
+                 (v == 0   ? "without the pass-edge prefetch"
+                  : v == 1 ? "the previous equal chunks"
+                  : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
+                           : "contiguous ranges per thread") +
+                 ", interleaved; ratio = its time / the fused row's (>1: fused row faster)";
         g_results.push_back(q);
         table_row(g_results.back());
       }

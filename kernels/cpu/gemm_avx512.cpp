@@ -443,11 +443,14 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
 // parallel_guided: remaining / (4 nth) rows a grab, at most the fixed chunk of the other kernels
 // and rounded up to kGuidedMinRows), so the threads finish within a few rows of each other (fixed
 // chunks left one thread waiting for about half of the other's last chunk: part of the "handoff
-// gemm" rows of the decode profile). Rows are independent: the split changes no output bit.
+// gemm" rows of the decode profile); by default (gemv_ranges(), gemm_internal.h) one contiguous
+// range of rows per thread with stealing instead (parallel_ranges: one stream per core). Rows are
+// independent: the split changes no output bit.
 constexpr int64_t kGuidedMinRows = 8;
 void guided_rows(ThreadPool* pool, bool parallel, int64_t n, int64_t max_rows,
                  const std::function<void(int64_t, int64_t)>& fn) {
   if (!parallel) return fn(0, n);
+  if (gemv_ranges()) return parallel_ranges(pool, n, kGuidedMinRows, max_rows, fn);  // one run of rows per thread
   parallel_guided(pool, n, kGuidedMinRows, max_rows, fn);
 }
 

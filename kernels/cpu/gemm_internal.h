@@ -142,6 +142,12 @@ bool gemv_pass_prefetch();
 // For the A/B rows of bench_kernels; process-wide.
 void set_gemv_guided(bool on);
 bool gemv_guided();
+// The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
+// GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:
+// one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else the schedule
+// above (guided chunks from one shared counter). Same bits. Process-wide.
+void set_gemv_ranges(bool on);
+bool gemv_ranges();
 
 void gemm_q8act_scalar(const Args& a);
 

@@ -87,6 +87,14 @@ EnvSwitch& guided_flag() {
 }  // namespace
 void set_gemv_guided(bool on) { guided_flag().set(on); }
 bool gemv_guided() { return guided_flag().on(); }
+namespace {
+EnvSwitch& ranges_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_RANGES");  // =0: the guided / equal chunks above (whole-run A/B)
+  return on;
+}
+}  // namespace
+void set_gemv_ranges(bool on) { ranges_flag().set(on); }
+bool gemv_ranges() { return ranges_flag().on(); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 
@@ -508,12 +516,15 @@ int64_t gemv_chunk(int64_t groups, int nth) {
   return std::max<int64_t>(kPassGroups, (c + kPassGroups - 1) / kPassGroups * kPassGroups);
 }
 
-// The M = 1 dispatch over `groups` groups: guided chunks (thread_pool.h parallel_guided: at most
-// the equal chunks' size, then shorter down to one pass, so that the threads finish within about
-// a pass of each other) or, with set_gemv_guided(false), the previous equal chunks. The bits do
-// not depend on the chunking.
+// The M = 1 dispatch over `groups` groups: by default one contiguous range per thread with
+// stealing (thread_pool.h parallel_ranges: each thread one long stream of passes); with
+// set_gemv_ranges(false) guided chunks (thread_pool.h parallel_guided: at most the equal chunks'
+// size, then shorter down to one pass, so that the threads finish within about a pass of each
+// other) or, with set_gemv_guided(false) too, the previous equal chunks. Claims never exceed the
+// equal chunks' size. The bits do not depend on the chunking.
 void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
+  if (parallel && gemm_detail::gemv_ranges()) return parallel_ranges(pool, groups, kPassGroups, chunk, fn);
   if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
   gemm_detail::parallel_chunks(pool, parallel, groups, chunk, fn);
 }

@@ -267,6 +267,58 @@ TEST(parallel_guided_covers_range_in_shrinking_chunks) {
   EXPECT(got_b == 0 && got_e == 10);
 }
 
+// parallel_ranges: every item exactly once, whatever the threads and their arrival; chunks start
+// at multiples of step, are never longer than max_chunk rounded down to step (at least step) and
+// never shorter than step but at the end of [0, n); a thread's claims from the front of a range
+// are consecutive (it walks its range in order). Odd n, fewer steps than threads (n = 1, 3, 5
+// with step 4 on 3 and 5 threads), no pool and one thread: one call over everything.
+TEST(parallel_ranges_covers_range_in_contiguous_runs) {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {1, 3, 4, 5, 9, 64, 1001})
+      for (int64_t step : {1, 4})
+        for (int64_t max_chunk : {step, 8 * step + 1, int64_t(1) << 40})
+          for (int rep = 0; rep < 3; ++rep) {
+            std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+            std::atomic<int> calls{0}, bad_chunk{0};
+            const int64_t longest = std::max<int64_t>(1, max_chunk / step) * step;
+            parallel_ranges(&pool, n, step, max_chunk, [&](int64_t b, int64_t e) {
+              calls++;
+              const bool whole = threads == 1 || n <= step;  // one call over everything
+              if (whole ? (b != 0 || e != n) : (b % step != 0 || e <= b || e - b > longest || (e - b < step && e != n)))
+                bad_chunk++;
+              for (int64_t i = b; i < e; ++i) seen[size_t(i)]++;
+            });
+            int bad = 0;
+            for (auto& s : seen) bad += s.load() != 1;
+            EXPECT(bad == 0);
+            EXPECT(bad_chunk.load() == 0);
+            if (threads == 1 || n <= step) EXPECT(calls.load() == 1);
+          }
+  }
+  int64_t got_b = -1, got_e = -1;
+  parallel_ranges(nullptr, 10, 4, 4, [&](int64_t b, int64_t e) { got_b = b, got_e = e; });
+  EXPECT(got_b == 0 && got_e == 10);
+  parallel_ranges(nullptr, 0, 4, 4, [&](int64_t, int64_t) { got_b = -2; });
+  EXPECT(got_b == 0);  // nothing to do: fn not called
+  // One thread alone (a nested call runs inline on the calling thread, as when the worker never
+  // arrives): its own range (25 steps of 4: the first 13) from the front in order, then the other
+  // range from the back, chunk by chunk down to where the first ended; no chunk over 8.
+  ThreadPool two(2);
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  two.run([&](int ith, int) {
+    if (ith == 0) parallel_ranges(&two, 100, 4, 8, [&](int64_t b, int64_t e) { chunks.emplace_back(b, e); });
+  });
+  size_t k = 0;
+  int64_t at = 0;
+  for (; k < chunks.size() && chunks[k].first == at && at < 52; ++k) at = chunks[k].second;
+  EXPECT(at == 52);
+  at = 100;
+  for (; k < chunks.size() && chunks[k].second == at; ++k) at = chunks[k].first;
+  EXPECT(at == 52 && k == chunks.size());
+  for (const auto& c : chunks) EXPECT(c.second - c.first <= 8 && c.second > c.first);
+}
+
 TEST(isa_cap_limits_active_level) {
   const Isa detected = isa_detected();
   {

@@ -435,10 +435,12 @@ TEST(gemm_long_rows_k11008) {
 // GEMV (one row at a time: 64-element steps, then 32 (bf16) / 16 (f16) with a masked tail), and
 // with it off (gemm_internal.h set_gemv_single_stream) the multi-row kernels; at M > 1 gemm()'s
 // kernels. Against ref::gemm (double accumulation) within the f32 tolerance, every ISA level,
-// with / without pool and bias; K covers every tail of both step sizes; N = 1001 walks the guided
-// split (chunks of N / 16 shrinking to 8 rows, odd tail).
+// with / without pool and bias; K covers every tail of both step sizes; N = 1001 walks the split
+// (chunks of N / 16 shrinking to 8 rows, odd tail). The single stream on the pool also under the
+// other schedule (set_gemv_ranges: contiguous ranges per thread or guided chunks) and on 3
+// threads: the same bits.
 TEST(gemm_huge_pages_single_stream_gemv) {
-  ThreadPool pool(2);
+  ThreadPool pool(2), pool3(3);
   uint32_t seed = 9100;
   for (DType t : {DType::F16, DType::BF16, DType::F32})
     for (int64_t K : {1, 15, 16, 31, 32, 33, 63, 64, 65, 100, 128, 2048, 2061})
@@ -465,6 +467,17 @@ TEST(gemm_huge_pages_single_stream_gemv) {
                                          " M=" + std::to_string(M) + " K=" + std::to_string(K) +
                                          " bias=" + yesno(use_bias) + " stream=" + yesno(stream) + " pool=" + yesno(use_pool);
                 check_result(Y, R, p, S, uses_bf16_hw(isa, t, M) ? 1.0 / 256 : 0.0, what);
+                if (stream && use_pool && M == 1) {
+                  const bool ranges = gemm_detail::gemv_ranges();
+                  std::vector<float> Y2(size_t(M * p.ldy), kSentinel), Y3(size_t(M * p.ldy), kSentinel);
+                  gemm_detail::set_gemv_ranges(!ranges);
+                  gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y2.data(), p.ldy, M, N, K, &pool);
+                  gemm_detail::set_gemv_ranges(true);
+                  gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y3.data(), p.ldy, M, N, K, &pool3);
+                  gemm_detail::set_gemv_ranges(ranges);
+                  EXPECT(std::memcmp(Y2.data(), Y.data(), Y.size() * sizeof(float)) == 0);
+                  EXPECT(std::memcmp(Y3.data(), Y.data(), Y.size() * sizeof(float)) == 0);
+                }
               }
           }
         }
@@ -1030,23 +1043,30 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 // product on X rounded to q8_0; loose: the q8 bound against the f32 X), every ISA level, with and
 // without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37) and the VNNI
 // kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups;
-// 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, with the pass-edge
-// prefetch and the guided chunks on and off (set_gemv_pass_prefetch, set_gemv_guided: the same
-// bits either way); and quant_repack's argument checks.
+// 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, under each schedule:
+// the pass-edge prefetch with contiguous ranges per thread (the default), with guided chunks
+// (set_gemv_ranges(false)), and neither (the previous kernel's: set_gemv_pass_prefetch,
+// set_gemv_guided off), the ranges also on 3 threads (more threads than groups for N <= 37):
+// the same bits every way; and quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
-  ThreadPool pool(2);
+  ThreadPool pool(2), pool3(3);
   uint32_t seed = 7000;
-  // the pass-edge prefetch and the guided chunks on, or both off (the previous kernel's schedule)
+  // the pass-edge prefetch and the contiguous ranges (on), or both off with the guided chunks
+  // (guided), or all three off (the previous kernel's schedule)
   struct EdgeScope {
-    explicit EdgeScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()), prev_guided_(gemm_detail::gemv_guided()) {
-      gemm_detail::set_gemv_pass_prefetch(on);
-      gemm_detail::set_gemv_guided(on);
+    explicit EdgeScope(bool on, bool guided = false)
+        : prev_(gemm_detail::gemv_pass_prefetch()), prev_guided_(gemm_detail::gemv_guided()),
+          prev_ranges_(gemm_detail::gemv_ranges()) {
+      gemm_detail::set_gemv_pass_prefetch(on || guided);
+      gemm_detail::set_gemv_guided(on || guided);
+      gemm_detail::set_gemv_ranges(on);
     }
     ~EdgeScope() {
       gemm_detail::set_gemv_pass_prefetch(prev_);
       gemm_detail::set_gemv_guided(prev_guided_);
+      gemm_detail::set_gemv_ranges(prev_ranges_);
     }
-    bool prev_, prev_guided_;
+    bool prev_, prev_guided_, prev_ranges_;
   };
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (int64_t N : {1, 15, 16, 17, 37, 61, 100, 2100})
@@ -1079,6 +1099,17 @@ TEST(gemv_repacked_matches_reference) {
                 {
                   EdgeScope es(true);
                   gemv_repacked(p.X.data(), packed.data(), t, bias, y_edges.data(), N, K, use_pool ? &pool : nullptr);
+                }
+                std::vector<float> y_guided(size_t(N), kSentinel), y_three(size_t(N), kSentinel);
+                if (use_pool) {
+                  {
+                    EdgeScope es(false, true);
+                    gemv_repacked(p.X.data(), packed.data(), t, bias, y_guided.data(), N, K, &pool);
+                  }
+                  EdgeScope es(true);
+                  gemv_repacked(p.X.data(), packed.data(), t, bias, y_three.data(), N, K, &pool3);
+                  EXPECT(std::memcmp(y_guided.data(), y_edges.data(), size_t(N) * sizeof(float)) == 0);
+                  EXPECT(std::memcmp(y_three.data(), y_edges.data(), size_t(N) * sizeof(float)) == 0);
                 }
                 const std::string what = std::string("repacked ") + dtype_name(t) + " isa=" + isa_name(isa) +
                                          " vnni=" + yesno(vnni) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
