@@ -348,13 +348,20 @@ class CudaBackend final : public Backend {
 
   void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
             const RopeParams& p) override {
-    EMOLLM_CHECK_ARG(p.head_dim > 0, "rope: head_dim must be > 0");
+    rope_either("rope", x, ld, n_tokens, n_heads, positions, p, cuda::rope);
+  }
+  // rope and rope_backward: the same argument checks and position staging, different kernels.
+  template <typename Kernel>
+  void rope_either(const char* op, float* x, int64_t ld, int64_t n_tokens, int64_t n_heads,
+                   const int32_t* positions, const RopeParams& p, Kernel kernel) {
+    const std::string o = op;
+    EMOLLM_CHECK_ARG(p.head_dim > 0, o + ": head_dim must be > 0");
     const int64_t rot = p.rot_dim == 0 ? p.head_dim : p.rot_dim;
     EMOLLM_CHECK_ARG(rot > 0 && rot <= p.head_dim && rot % 2 == 0,
-                     "rope: rot_dim must be even and in (0, head_dim], got " + std::to_string(rot));
-    EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0, "rope: n_tokens and n_heads must be >= 0");
-    EMOLLM_CHECK_ARG(n_tokens == 0 || positions != nullptr, "rope: positions is null");
-    EMOLLM_CHECK_ARG(p.theta > 0 || p.inv_freq != nullptr, "rope: theta must be > 0");
+                     o + ": rot_dim must be even and in (0, head_dim], got " + std::to_string(rot));
+    EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0, o + ": n_tokens and n_heads must be >= 0");
+    EMOLLM_CHECK_ARG(n_tokens == 0 || positions != nullptr, o + ": positions is null");
+    EMOLLM_CHECK_ARG(p.theta > 0 || p.inv_freq != nullptr, o + ": theta must be > 0");
     if (n_tokens == 0 || n_heads == 0) return;
     DeviceGuard g(info_.index);
     const double* invf = rope_frequencies(p, rot);
@@ -362,7 +369,7 @@ class CudaBackend final : public Backend {
     Scratch staged(alloc_, st(), is_device_pointer(positions) ? 0 : size_t(n_tokens) * sizeof(int32_t));
     if (staged.get()) upload(staged.get(), positions, size_t(n_tokens) * sizeof(int32_t));
     const int32_t* pos = staged.get() ? static_cast<const int32_t*>(staged.get()) : positions;
-    cuda::rope(x, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, pos, invf, p.freq_scale, s());
+    kernel(x, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, pos, invf, p.freq_scale, s());
   }
 
   void embedding_lookup(const void* table, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
@@ -478,20 +485,7 @@ class CudaBackend final : public Backend {
   }
   void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
                      const RopeParams& p) override {
-    EMOLLM_CHECK_ARG(p.head_dim > 0, "rope_backward: head_dim must be > 0");
-    const int64_t rot = p.rot_dim == 0 ? p.head_dim : p.rot_dim;
-    EMOLLM_CHECK_ARG(rot > 0 && rot <= p.head_dim && rot % 2 == 0,
-                     "rope_backward: rot_dim must be even and in (0, head_dim], got " + std::to_string(rot));
-    EMOLLM_CHECK_ARG(n_tokens >= 0 && n_heads >= 0, "rope_backward: n_tokens and n_heads must be >= 0");
-    EMOLLM_CHECK_ARG(n_tokens == 0 || positions != nullptr, "rope_backward: positions is null");
-    EMOLLM_CHECK_ARG(p.theta > 0 || p.inv_freq != nullptr, "rope_backward: theta must be > 0");
-    if (n_tokens == 0 || n_heads == 0) return;
-    DeviceGuard g(info_.index);
-    const double* invf = rope_frequencies(p, rot);
-    Scratch staged(alloc_, st(), is_device_pointer(positions) ? 0 : size_t(n_tokens) * sizeof(int32_t));
-    if (staged.get()) upload(staged.get(), positions, size_t(n_tokens) * sizeof(int32_t));
-    const int32_t* pos = staged.get() ? static_cast<const int32_t*>(staged.get()) : positions;
-    cuda::rope_backward(dx, ld, n_tokens, n_heads, p.head_dim, rot, p.layout, pos, invf, p.freq_scale, s());
+    rope_either("rope_backward", dx, ld, n_tokens, n_heads, positions, p, cuda::rope_backward);
   }
   void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
                           const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
