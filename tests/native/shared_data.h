@@ -16,12 +16,31 @@
 #include <vector>
 
 #include "../../native/loaders/json.h"
+#include "testing.h"
 
 namespace emollm_test {
 
 inline bool file_exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
+}
+
+// tests/fixtures/<rel> (committed with the tests), found next to the test sources or from the
+// working directory (the repository root, as CI runs the tests, or a build folder inside it).
+// `source_file` is the caller's __FILE__, which is absolute in a plain build but relative to the
+// build folder when the compile runs through ccache with CCACHE_BASEDIR. The fixtures are in the
+// repository, so one that cannot be found is a test failure, never a skip: returns "" after
+// reporting it (the caller returns).
+inline std::string committed_fixture(const std::string& rel, const char* probe, const char* source_file) {
+  const std::string f = source_file;
+  const size_t slash = f.find_last_of('/');
+  const std::string here = slash == std::string::npos ? std::string(".") : f.substr(0, slash);
+  for (const std::string& d : {here + "/../fixtures/" + rel, "tests/fixtures/" + rel, "../tests/fixtures/" + rel})
+    if (file_exists(d + "/" + probe)) return d;
+  report_failure(source_file, 0, "committed fixture tests/fixtures/" + rel + "/" + probe +
+                                     " not found next to the sources or from the working directory (run from the "
+                                     "repository root or a build folder inside it)");
+  return std::string();
 }
 
 // ../shared/models/<name>, or "" (after printing why) when any of `required` (paths below it) is missing.

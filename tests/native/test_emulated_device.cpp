@@ -331,15 +331,7 @@ void expect_device_copy(const W& w) {
 }
 
 std::string emollm_fixture(const char* name) {
-  std::string f = __FILE__;
-  std::string d = f.substr(0, f.find_last_of('/')) + "/../fixtures/emollm/" + name;
-  struct stat st;
-  if (::stat((d + "/config.json").c_str(), &st) != 0) d = std::string("tests/fixtures/emollm/") + name;
-  if (::stat((d + "/config.json").c_str(), &st) != 0) {
-    std::printf("  [skip] EmoLLM on the emulated device: %s not found\n", d.c_str());
-    return {};
-  }
-  return d;
+  return emollm_test::committed_fixture(std::string("emollm/") + name, "config.json", __FILE__);
 }
 
 }  // namespace

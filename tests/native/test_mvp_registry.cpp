@@ -15,23 +15,14 @@
 #include "loaders/safetensors.h"
 #include "model/emollm.h"
 #include "model/mvp_kind.h"
+#include "shared_data.h"
 #include "testing.h"
 
 using namespace emollm;
 
 namespace {
 
-std::string fixture_dir() {
-  std::string f = __FILE__;
-  std::string d = f.substr(0, f.find_last_of('/')) + "/../fixtures/emollm/gated-sum";
-  struct stat st;
-  if (::stat((d + "/config.json").c_str(), &st) != 0) d = "tests/fixtures/emollm/gated-sum";
-  if (::stat((d + "/config.json").c_str(), &st) != 0) {
-    std::printf("  [skip] perspective registry on the EmoLLM fixture: %s not found\n", d.c_str());
-    return {};
-  }
-  return d;
-}
+std::string fixture_dir() { return emollm_test::committed_fixture("emollm/gated-sum", "config.json", __FILE__); }
 
 // ---- the test-only kind: everything it needs is in this block (one file, one registration)
 void mean_pool_parse(const MvpParseContext& c, MvpPerspective& p) {
