@@ -97,8 +97,16 @@ describe.skipIf(!have)('repacked q4_0 / q8_0 decoder weights on stories260K', ()
         const opts = { maxTokens: 32, temperature: 0 };
         const alone = [];
         for (const p of prompts) alone.push((await packed.generate(p, opts).result).tokens);
-        const together = await Promise.all(prompts.map((p) => packed.generate(p, opts).result));
-        expect(together.map((g) => g.tokens)).toEqual(alone);
+        // Whether the three calls overlap depends on timing (each prompt is tokenized before it
+        // reaches the scheduler, and a 32-token stories260K call can finish before the next one
+        // arrives), so rounds are repeated until one ran batched; every round must equal alone.
+        // (the logits calls above may have batched already: count this part's batched steps)
+        const batchedBefore = packed.stats().batchedSteps;
+        for (let round = 0; round === 0 || (round < 8 && packed.stats().batchedSteps === batchedBefore); round++) {
+          const together = await Promise.all(prompts.map((p) => packed.generate(p, opts).result));
+          expect(together.map((g) => g.tokens)).toEqual(alone);
+        }
+        expect(packed.stats().batchedSteps).toBeGreaterThan(batchedBefore);
         expect(packed.stats().maxBatch).toBeGreaterThanOrEqual(2);
       } finally {
         await std.close();
