@@ -10,17 +10,10 @@
 
 #include "../../base/dtype.h"
 #include "../../base/quant_formats.h"
+#include "testing.h"
 
 namespace emollm_test {
 
-// n values of N(0, scale) (mt19937 from seed).
-inline std::vector<float> normal_floats(size_t n, uint32_t seed, float scale) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
 
 // N rows of K: quantize_row of N(0, 0.05) rows (normal_floats(N * K, seed, 0.05f); random_bytes
 // false), or random block bytes (every code, scale and min bit pattern) with fp16 d / dmin from a

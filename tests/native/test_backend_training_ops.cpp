@@ -22,15 +22,9 @@
 
 using namespace emollm;
 
-namespace {
+using emollm_test::normal_floats;
 
-std::vector<float> rnd(size_t n, uint32_t seed, float s = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, s);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
+namespace {
 
 // Device copies of host arrays on `be`, downloaded back on demand.
 struct Dev {
@@ -99,7 +93,7 @@ class DeviceWithoutTrainingOps final : public Backend {
 TEST(backend_training_gemm_backward_x_cpu_emulated) {
   Fixture f;
   const int64_t M = 19, N = 24, K = 40;  // 19 rows: the GEMM path (>= 16) with a ragged tail
-  const auto dY = rnd(size_t(M * N), 1), W = rnd(size_t(N * K), 2), dX0 = rnd(size_t(M * K), 3);
+  const auto dY = normal_floats(size_t(M * N), 1), W = normal_floats(size_t(N * K), 2), dX0 = normal_floats(size_t(M * K), 3);
   std::vector<float> want(size_t(M * K)), cpu = dX0;
   gemm_backward_x(dY.data(), N, W.data(), DType::F32, want.data(), K, M, N, K, false, nullptr);
   f.cpu->gemm_backward_x(dY.data(), N, W.data(), DType::F32, cpu.data(), K, M, N, K, false);
@@ -130,8 +124,8 @@ TEST(backend_training_gemm_backward_x_cpu_emulated) {
 TEST(backend_training_rmsnorm_swiglu_backward_cpu_emulated) {
   Fixture f;
   const int64_t rows = 7, n = 48;
-  const auto x = rnd(size_t(rows * n), 4), w = rnd(size_t(n), 5), dy = rnd(size_t(rows * n), 6),
-             dx0 = rnd(size_t(rows * n), 7);
+  const auto x = normal_floats(size_t(rows * n), 4), w = normal_floats(size_t(n), 5), dy = normal_floats(size_t(rows * n), 6),
+             dx0 = normal_floats(size_t(rows * n), 7);
   for (bool acc : {false, true}) {
     std::vector<float> want = dx0, cpu = dx0;
     rmsnorm_backward(x.data(), n, w.data(), dy.data(), n, want.data(), n, rows, n, 1e-5f, acc, nullptr);
@@ -149,7 +143,7 @@ TEST(backend_training_rmsnorm_swiglu_backward_cpu_emulated) {
                           ErrorCode::InvalidArgument), "rmsnorm_backward", "dy"));
   }
   const int64_t m = 333;
-  const auto g = rnd(size_t(m), 8), u = rnd(size_t(m), 9), dyy = rnd(size_t(m), 10);
+  const auto g = normal_floats(size_t(m), 8), u = normal_floats(size_t(m), 9), dyy = normal_floats(size_t(m), 10);
   std::vector<float> wg(static_cast<size_t>(m)), wu(wg), cg(wg), cu(wg);
   swiglu_backward(g.data(), u.data(), dyy.data(), wg.data(), wu.data(), m, nullptr);
   f.cpu->swiglu_backward(g.data(), u.data(), dyy.data(), cg.data(), cu.data(), m);
@@ -176,8 +170,8 @@ TEST(backend_training_rope_attention_backward_cpu_emulated) {
   p.ldq = p.ldo = qd;
   p.ldk = p.ldv = kvd;
   p.causal = true;
-  const auto q = rnd(size_t(nq * qd), 11), k = rnd(size_t(nq * kvd), 12), v = rnd(size_t(nq * kvd), 13),
-             dout = rnd(size_t(nq * qd), 14);
+  const auto q = normal_floats(size_t(nq * qd), 11), k = normal_floats(size_t(nq * kvd), 12), v = normal_floats(size_t(nq * kvd), 13),
+             dout = normal_floats(size_t(nq * qd), 14);
   std::vector<float> out(size_t(nq * qd));
   f.cpu->attention(q.data(), k.data(), v.data(), out.data(), p);
   std::vector<float> wq(q.size()), wk(k.size()), wv(v.size()), cq(q.size()), ck(k.size()), cv(v.size());
@@ -229,7 +223,7 @@ TEST(backend_training_rope_attention_backward_cpu_emulated) {
 TEST(backend_training_cross_entropy_cpu_emulated) {
   Fixture f;
   const int64_t rows = 5, V = 301;
-  const auto logits = rnd(size_t(rows * V), 15, 3.0f);
+  const auto logits = normal_floats(size_t(rows * V), 15, 3.0f);
   const std::vector<int32_t> tg = {0, 300, 17, 150, 17};
   std::vector<float> wd(logits.size()), cd(logits.size());
   const double want = cross_entropy(logits.data(), V, tg.data(), rows, V, 0.25f, wd.data(), nullptr);

@@ -35,15 +35,9 @@
 
 using namespace emollm;
 
-namespace {
+using emollm_test::normal_floats;
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+namespace {
 
 double dot(const std::vector<float>& a, const std::vector<float>& b) {
   double s = 0;
@@ -86,14 +80,14 @@ TEST(backward_gemm_x_and_w) {
   const int64_t N = 7, K = 64;  // K: a multiple of the q8_0 block (32)
   for (int64_t M : {int64_t(5), int64_t(37)})  // the blocked loop, and the gemm() path (M >= 16)
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
-    auto wf = randn(size_t(N * K), 1);
+    auto wf = normal_floats(size_t(N * K), 1);
     std::vector<uint8_t> wq(dtype_row_bytes(dt, K) * size_t(N));
     std::vector<float> wdeq(wf.size());
     for (int64_t n = 0; n < N; ++n) {
       quantize_row(dt, wf.data() + n * K, wq.data() + size_t(n) * dtype_row_bytes(dt, K), K);
       dequantize_row(dt, wq.data() + size_t(n) * dtype_row_bytes(dt, K), wdeq.data() + n * K, K);
     }
-    auto x = randn(size_t(M * K), 2), w = randn(size_t(M * N), 3);
+    auto x = normal_floats(size_t(M * K), 2), w = normal_floats(size_t(M * N), 3);
     std::vector<float> y(size_t(M * N)), dx(size_t(M * K)), want(size_t(M * K));
     gemm_backward_x(w.data(), N, wq.data(), dt, dx.data(), K, M, N, K, false, &pool);
     auto wr = w;  // dY as the kernel multiplies it
@@ -160,7 +154,7 @@ TEST(backward_gemm_x_bf16_blocks) {
   for (const Case& c : {Case{1, 3, 5}, Case{7, 1031, 70}, Case{37, 130, 600}, Case{13, 1100, 1030}, Case{9, 4101, 150}}) {
     DeepBlocksScope blocking(deep);
     const int64_t lddy = c.N + 3, lddx = c.K + 5;
-    auto wf = randn(size_t(c.N * c.K), 21);
+    auto wf = normal_floats(size_t(c.N * c.K), 21);
     // wb: the stored weight (bf16 or f16 bits); wdeq: its value; wdeq rounded to bf16 is what the
     // bf16 path multiplies (the same for BF16)
     std::vector<uint16_t> wb(wf.size());
@@ -168,7 +162,7 @@ TEST(backward_gemm_x_bf16_blocks) {
     quantize_row(dt, wf.data(), wb.data(), int64_t(wf.size()));
     dequantize_row(dt, wb.data(), wdeq.data(), int64_t(wf.size()));
     for (size_t i = 0; i < wf.size(); ++i) wk[i] = bf16_backward_path() ? round_bf16(wdeq[i]) : wdeq[i];
-    auto dy = randn(size_t(c.M * lddy), 22);
+    auto dy = normal_floats(size_t(c.M * lddy), 22);
     std::vector<float> dyp(size_t(c.M * c.N)), dyr(dyp.size());
     for (int64_t m = 0; m < c.M; ++m)
       for (int64_t n = 0; n < c.N; ++n) {
@@ -216,7 +210,7 @@ TEST(backward_gemm_x_bf16_blocks) {
 
 TEST(backward_rmsnorm) {
   const int64_t rows = 3, n = 17;
-  auto x = randn(size_t(rows * n), 4), nw = randn(size_t(n), 5), w = randn(size_t(rows * n), 6);
+  auto x = normal_floats(size_t(rows * n), 4), nw = normal_floats(size_t(n), 5), w = normal_floats(size_t(rows * n), 6);
   std::vector<float> y(x.size()), dx(x.size());
   rmsnorm_backward(x.data(), n, nw.data(), w.data(), n, dx.data(), n, rows, n, 1e-5f, false, nullptr);
   auto fd = finite_diff(x, [&]() {
@@ -228,7 +222,7 @@ TEST(backward_rmsnorm) {
 
 TEST(backward_activations) {
   const int64_t n = 37;
-  auto x = randn(size_t(n), 7, 2.0f), u = randn(size_t(n), 8), w = randn(size_t(n), 9);
+  auto x = normal_floats(size_t(n), 7, 2.0f), u = normal_floats(size_t(n), 8), w = normal_floats(size_t(n), 9);
   std::vector<float> y(static_cast<size_t>(n)), dx(static_cast<size_t>(n)), du(static_cast<size_t>(n));
   gelu_erf_backward(x.data(), w.data(), dx.data(), n, nullptr);
   auto fd = finite_diff(x, [&]() { gelu_erf(x.data(), y.data(), n); return dot(w, y); }, 1e-2f);
@@ -254,7 +248,7 @@ TEST(backward_rope_is_the_adjoint) {
       p.rot_dim = rot;
       p.freq_scale = 0.5f;
       p.layout = layout;
-      auto x = randn(size_t(T * H * D), 10), dy = randn(size_t(T * H * D), 11);
+      auto x = normal_floats(size_t(T * H * D), 10), dy = normal_floats(size_t(T * H * D), 11);
       std::vector<float> y = x, dx = dy;
       rope(y.data(), H * D, T, H, pos.data(), p);
       rope_backward(dx.data(), H * D, T, H, pos.data(), p, nullptr);
@@ -286,10 +280,10 @@ AttentionInputs attention_inputs(const AttentionCase& c, uint32_t seed) {
   p.ldk = p.ldv = c.Hkv * c.D;
   p.causal = c.causal;
   p.q_pos0 = c.pos0;
-  in.q = randn(size_t(c.nq * c.H * c.D), seed);
-  in.k = randn(size_t(c.nkv * c.Hkv * c.D), seed + 1);
-  in.v = randn(size_t(c.nkv * c.Hkv * c.D), seed + 2);
-  in.w = randn(size_t(c.nq * c.H * c.D), seed + 3);
+  in.q = normal_floats(size_t(c.nq * c.H * c.D), seed);
+  in.k = normal_floats(size_t(c.nkv * c.Hkv * c.D), seed + 1);
+  in.v = normal_floats(size_t(c.nkv * c.Hkv * c.D), seed + 2);
+  in.w = normal_floats(size_t(c.nq * c.H * c.D), seed + 3);
   return in;
 }
 }  // namespace
@@ -568,7 +562,7 @@ TEST(attention_log_sum_exp_vs_double) {
 TEST(backward_swiglu_vector) {
   ThreadPool pool(2);
   const int64_t n = 70001;
-  auto g = randn(size_t(n), 41, 4.0f), u = randn(size_t(n), 42), d = randn(size_t(n), 43);
+  auto g = normal_floats(size_t(n), 41, 4.0f), u = normal_floats(size_t(n), 42), d = normal_floats(size_t(n), 43);
   g[0] = 95.0f;
   g[1] = -95.0f;  // past the exp clamp on both sides
   std::vector<float> wg(static_cast<size_t>(n)), wu(static_cast<size_t>(n));
@@ -587,7 +581,7 @@ TEST(backward_swiglu_vector) {
 
 TEST(backward_cross_entropy) {
   const int64_t rows = 3, V = 11;
-  auto x = randn(size_t(rows * V), 16, 3.0f);
+  auto x = normal_floats(size_t(rows * V), 16, 3.0f);
   std::vector<int32_t> t{0, 5, 10};
   std::vector<float> d(x.size());
   const double l = cross_entropy(x.data(), V, t.data(), rows, V, 0.5f, d.data(), nullptr);

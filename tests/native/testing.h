@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,14 @@ struct Registrar {
   Registrar(const char* name, std::function<void()> fn) { registry().push_back({name, std::move(fn)}); }
 };
 void report_failure(const char* file, int line, const std::string& what);
+// n values of N(0, scale) (mt19937 from seed): the tests' random inputs.
+inline std::vector<float> normal_floats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
 // Largest |a-b| over n floats, and the index where it happens.
 double max_abs_diff(const float* a, const float* b, long n, long* where = nullptr);
 // Checks |a[i]-b[i]| <= atol + rtol*|b[i]| everywhere; reports the worst element on failure.

@@ -27,15 +27,9 @@
 
 using namespace emollm;
 
-namespace {
+using emollm_test::normal_floats;
 
-std::vector<float> rnd(size_t n, uint32_t seed, float s = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, s);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
+namespace {
 
 Backend& gpu() {
   static std::unique_ptr<Backend> b = make_cuda_backend(0);
@@ -70,7 +64,7 @@ TEST(cuda_backend_training_gemm_backward_x) {
   const int64_t M = 37, N = 96, K = 72;
   for (DType wt : {DType::F32, DType::BF16})
     for (bool acc : {false, true}) {
-      const auto dY = rnd(size_t(M * N), 1), w = rnd(size_t(N * K), 2, 0.1f), dX0 = rnd(size_t(M * K), 3);
+      const auto dY = normal_floats(size_t(M * N), 1), w = normal_floats(size_t(N * K), 2, 0.1f), dX0 = normal_floats(size_t(M * K), 3);
       const size_t rb = dtype_row_bytes(wt, K);
       std::vector<uint8_t> wq(size_t(N) * rb);
       for (int64_t n = 0; n < N; ++n) quantize_row(wt, w.data() + n * K, wq.data() + size_t(n) * rb, K);
@@ -89,8 +83,8 @@ TEST(cuda_backend_training_gemm_backward_x) {
 TEST(cuda_backend_training_norm_swiglu_rope) {
   SKIP_WITHOUT_GPU();
   const int64_t rows = 9, n = 200, ld = 208;
-  const auto x = rnd(size_t(rows * ld), 4), w = rnd(size_t(n), 5), dy = rnd(size_t(rows * ld), 6),
-             dx0 = rnd(size_t(rows * ld), 7);
+  const auto x = normal_floats(size_t(rows * ld), 4), w = normal_floats(size_t(n), 5), dy = normal_floats(size_t(rows * ld), 6),
+             dx0 = normal_floats(size_t(rows * ld), 7);
   for (bool acc : {false, true}) {
     std::vector<float> want = dx0;
     cpu().rmsnorm_backward(x.data(), ld, w.data(), dy.data(), ld, want.data(), ld, rows, n, 1e-5f, acc);
@@ -101,7 +95,7 @@ TEST(cuda_backend_training_norm_swiglu_rope) {
     EXPECT_ALL_CLOSE(got.data(), want.data(), want.size(), 1e-5, 1e-5, "rmsnorm_backward");
   }
   const int64_t m = 1001;
-  const auto g = rnd(size_t(m), 8), u = rnd(size_t(m), 9), d2 = rnd(size_t(m), 10);
+  const auto g = normal_floats(size_t(m), 8), u = normal_floats(size_t(m), 9), d2 = normal_floats(size_t(m), 10);
   std::vector<float> wg(g.size()), wu(g.size());
   cpu().swiglu_backward(g.data(), u.data(), d2.data(), wg.data(), wu.data(), m);
   {
@@ -119,7 +113,7 @@ TEST(cuda_backend_training_norm_swiglu_rope) {
   rp.theta = 10000.0f;
   std::vector<int32_t> pos(static_cast<size_t>(nt));
   for (int64_t t = 0; t < nt; ++t) pos[size_t(t)] = int32_t(5 + 3 * t);
-  const auto q = rnd(size_t(nt * qd), 11);
+  const auto q = normal_floats(size_t(nt * qd), 11);
   std::vector<float> want = q;
   cpu().rope_backward(want.data(), qd, nt, H, pos.data(), rp);
   for (bool device_pos : {true, false}) {
@@ -142,8 +136,8 @@ TEST(cuda_backend_training_attention_backward_and_cross_entropy) {
   p.ldq = p.ldo = qd;
   p.ldk = p.ldv = kvd;
   p.causal = true;
-  const auto q = rnd(size_t(nq * qd), 12), k = rnd(size_t(nq * kvd), 13), v = rnd(size_t(nq * kvd), 14),
-             dout = rnd(size_t(nq * qd), 15);
+  const auto q = normal_floats(size_t(nq * qd), 12), k = normal_floats(size_t(nq * kvd), 13), v = normal_floats(size_t(nq * kvd), 14),
+             dout = normal_floats(size_t(nq * qd), 15);
   std::vector<float> out(q.size()), wq(q.size()), wk(k.size()), wv(v.size());
   cpu().attention(q.data(), k.data(), v.data(), out.data(), p);
   cpu().attention_backward(q.data(), k.data(), v.data(), out.data(), dout.data(), nullptr, wq.data(), wk.data(),
@@ -161,7 +155,7 @@ TEST(cuda_backend_training_attention_backward_and_cross_entropy) {
     EXPECT_THROWS(gpu().attention_backward(gq, gk, gv, gq, gq, nullptr, gq, gk, gv, paged), ErrorCode::Unsupported);
   }
   const int64_t rows = 6, V = 5003;
-  const auto logits = rnd(size_t(rows * V), 16, 4.0f);
+  const auto logits = normal_floats(size_t(rows * V), 16, 4.0f);
   const std::vector<int32_t> tg = {0, 5002, 17, 2500, 17, 1};
   std::vector<float> wd(logits.size());
   const double want = cpu().cross_entropy(logits.data(), V, tg.data(), rows, V, 0.5f, wd.data());
