@@ -1154,6 +1154,16 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // prefetch (measured faster without). Wide rows (7B: 16 KB a token) are read in place with the
   // next 16 rows prefetched.
   const bool pack = span <= kDecodePackSpan;
+  // The ns token rows from s0 of K or V: in place (row stride ld), or copied into kbuf (stride span).
+  auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
+                        int64_t* rows_ld) -> const float* {
+    const float* r = kv_row(base, blocks, p, s0, ld);
+    *rows_ld = ld;
+    if (!pack) return r;
+    for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, r + t * ld, sizeof(float) * size_t(span));
+    *rows_ld = span;
+    return kbuf;
+  };
   const float* qrows[kMaxRows];
   // Several query heads per kv head: the transposed-K kernel on q rows zero-padded to Dp.
   const bool transposed = kern.qk_decode != nullptr && G >= 4;
@@ -1176,13 +1186,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span);
-      const float* kr = kv_row(it.k, p.k_blocks, p, s0, p.ldk);
-      int64_t ldkr = p.ldk;
-      if (pack) {
-        for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, kr + t * p.ldk, sizeof(float) * size_t(span));
-        kr = kbuf;
-        ldkr = span;
-      }
+      int64_t ldkr;
+      const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
         const float* rows[16];
         for (int64_t g = 0; g < Hkv; ++g) {
@@ -1209,13 +1214,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span);
-      const float* vr = kv_row(it.v, p.v_blocks, p, s0, p.ldv);
-      int64_t ldvr = p.ldv;
-      if (pack) {
-        for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, vr + t * p.ldv, sizeof(float) * size_t(span));
-        vr = kbuf;
-        ldvr = span;
-      }
+      int64_t ldvr;
+      const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       for (int64_t g = 0; g < Hkv; ++g)
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
