@@ -456,6 +456,7 @@ __attribute__((target("avx2"))) float read_avx2(const float* p, int64_t n) {
 // 128 bytes per stream per step, with an optional software prefetch PF bytes ahead of each
 // stream. The probe keeps the best variant (see read_variants), so it is a ceiling the kernels
 // can be held to rather than one loop's rate.
+std::atomic<uint64_t> g_sink_probe{0};  // keeps read_probe_call's sums alive
 template <int S, int PF>
 __attribute__((target("avx512f"))) float read_streams_avx512(const float* p, int64_t n) {
   const int64_t per = n / S / 32 * 32;  // floats per stream, whole 128-byte steps
@@ -476,6 +477,23 @@ __attribute__((target("avx512f"))) float read_streams_avx512(const float* p, int
   float r = hsum512(t);
   for (int64_t i = S * per; i < n; i++) r += p[i];
   return r;
+}
+
+// One call of the probe's best loop (4 streams + 1 KiB prefetch) over `bytes` at p, each thread
+// of the pool a slice, as a GEMV call of that size: the M1 rows' same-size anchor.
+void read_probe_call(ThreadPool& pool, const void* p, size_t bytes) {
+  const int64_t n = int64_t(bytes / sizeof(float)) / 1024 * 1024;
+  const float* f = static_cast<const float*>(p);
+  std::atomic<uint32_t> acc{0};
+  pool.run([&](int ith, int nth) {
+    int64_t b, e;
+    split_range(n, ith, nth, 1024, &b, &e);
+    uint32_t u;
+    const float v = read_streams_avx512<4, 1024>(f + b, e - b);
+    std::memcpy(&u, &v, 4);
+    acc.fetch_add(u, std::memory_order_relaxed);
+  });
+  g_sink_probe.fetch_add(acc.load(), std::memory_order_relaxed);
 }
 
 struct ReadVariant {
@@ -1059,12 +1077,15 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
       }
       auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
-      Stats prev, rep, rep_prev, cur, pan;
+      Stats prev, rep, rep_prev, cur, pan, same_size;
       std::unique_ptr<Copies> rcopies;
       Buf<uint8_t> Wr;
+      const bool avx512_reads = cpu_features().avx512f;
+      size_t rbytes_m1 = 0;
       if (ab) {
         progress(r.name + ": repacking weights");
         const size_t rbytes = quant_repack_bytes(t, N, K);
+        rbytes_m1 = rbytes;
         Wr = make_aligned<uint8_t>(rbytes);
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
@@ -1098,7 +1119,15 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           fns.push_back([&](int i) {
             with_switch(set_gemv_schedule, false, [&] { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); });
           });
+          // the read probe's best loop over the same bytes, pages and thread count as the
+          // repacked row (another cold copy of the repacked weights, each thread a slice, through
+          // the same pool): what one call of this size can read, hand-off and ramp-up included
+          if (avx512_reads) fns.push_back([&](int i) { read_probe_call(pool, (*rcopies)[i], rbytes_m1); });
           auto st = measure_interleaved(fns);
+          if (avx512_reads) {
+            same_size = st.back();
+            st.pop_back();
+          }
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 3) {
@@ -1175,6 +1204,17 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 M == 1 ? "gemv_repacked (16-row groups), interleaved with the emollm row"
                        : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row",
                 M == 1 ? double(wbytes) : 0, run_repacked);
+      if (ab && same_size.reps > 0 && rep.reps > 0) {  // no output to check: the probe computes none
+        Result p = make_result(M, dtype_name(t), "probe-same-size");
+        p.bytes = double(rbytes_m1);
+        p.st = same_size;
+        p.ratio_vs = "repacked";
+        p.ratio = rep.best / same_size.best;
+        p.note = "read probe (4 streams + 1 KiB prefetch) over the repacked row's bytes, cold, same pool, "
+                 "interleaved; ratio = the repacked row's time / its (< 1: the GEMV reads slower than a "
+                 "plain read of the same size)";
+        g_results.push_back(p);
+      }
       if (ab && rep_prev.reps > 0) {
         if (M == 1)
           add_row("repacked-prev", rep_prev, "repacked", rep_prev.best / rep.best,
