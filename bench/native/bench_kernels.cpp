@@ -1420,10 +1420,27 @@ void bench_fused(ThreadPool& pool) {
         gemm_detail::set_gemv_ranges(ranges);
       };
       const bool pf_ab = repacked;
-      Stats sep, pf0, eq, other;
+      // repacked on AVX-512: the read probe over as many bytes (the M = 1 rows' probe-same-size),
+      // on copies of its own in 2 MiB pages, rotated as the weights
+      const bool probe_ab = repacked && cpu_features().avx512f;
+      std::unique_ptr<Copies> pcopies;
+      if (probe_ab) {
+        Buf<uint8_t> src = make_aligned<uint8_t>(total);
+        std::memset(src.get(), 0, total);
+        pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
+      }
+      auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
+      Stats sep, pf0, eq, other, same_size;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = pf_ab ? measure_interleaved({fused, separate, fused_pf0, fused_eq, fused_other})
-                        : measure_interleaved({fused, separate, fused_other});
+        std::vector<std::function<void(int)>> fns = {fused, separate};
+        if (pf_ab) fns.insert(fns.end(), {fused_pf0, fused_eq});
+        fns.push_back(fused_other);
+        if (probe_ab) fns.push_back(probe);
+        auto st = measure_interleaved(fns);
+        if (probe_ab) {
+          same_size = st.back();
+          st.pop_back();
+        }
         rr.st = st[0];
         sep = st[1];
         if (pf_ab) pf0 = st[2], eq = st[3], other = st[4];
@@ -1462,6 +1479,19 @@ void bench_fused(ThreadPool& pool) {
                   : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
                            : "contiguous ranges per thread") +
                  ", interleaved; ratio = its time / the fused row's (>1: fused row faster)";
+        g_results.push_back(q);
+        table_row(g_results.back());
+      }
+      if (same_size.reps > 0) {
+        Result q = r;
+        q.name = name + "/probe-same-size";
+        q.impl = "probe-same-size";
+        q.st = same_size;
+        q.flops = 0;
+        q.ratio_vs = "fused";
+        q.ratio = res->st.best / same_size.best;
+        q.note = "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; ratio = "
+                 "the fused row's time / its (< 1: the fused GEMV reads slower than a plain read of the same size)";
         g_results.push_back(q);
         table_row(g_results.back());
       }
