@@ -1082,7 +1082,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
 #endif
       // BF16 at those M: gemm_bf16_panels on panels packed once (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1), interleaved too, as a "panels" row.
-      const bool panels_ab = small_ab && t == DType::BF16 && bf16_panels_usable();
+      // (also at 2 <= M <= kSmallM, where the default runs gemm()'s exact-x dot kernels: "panels"
+      // row interleaved with the emollm row alone)
+      const bool panels_ab = (small_ab || (M >= 2 && M <= gemm_detail::kSmallM && isa_active() >= Isa::Avx512)) &&
+                             t == DType::BF16 && bf16_panels_usable();
       Buf<uint8_t> Wpan;
       if (panels_ab) {
         Wpan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
@@ -1174,6 +1177,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           prev = st[1];
           if (st.size() > 3) pan = st[3];
           run_gemm(Wt);  // the checked output is the current path's
+        } else if (panels_ab) {  // M <= kSmallM: the emollm row and the panels (twice, as above)
+          auto st = measure_interleaved({[&](int) { run_gemm(Wt); }, [&](int) { run_panels(); }, [&](int) { run_panels(); }});
+          res.st = cur = st[0];
+          pan = st[2];
+          run_gemm(Wt);
         } else {
           res.st = measure([&](int) { run_gemm(Wt); });
         }
