@@ -188,7 +188,10 @@ Stats measure(const std::function<void(int)>& fn, double budget = -1, int min_re
 // A/B(/C): the functions take turns call by call (after one warmup each) until n x the budget is
 // spent, so a shared machine's busy and quiet moments fall on all of them; each one's best and
 // median. fn(i) gets a call index that differs between every call (weight rotation).
-std::vector<Stats> measure_interleaved(const std::vector<std::function<void(int)>>& fns) {
+// gap_s > 0: an untimed sleep before every call, so that no thread pool's spinning workers (ours
+// or oneDNN's OpenMP team, ~0.3 ms / a few ms after a call) hold a core the next call needs: on a
+// 2-core machine they otherwise slow whichever library runs next.
+std::vector<Stats> measure_interleaved(const std::vector<std::function<void(int)>>& fns, double gap_s = 0) {
   const double budget = g_opt.budget * double(fns.size());
   int call = 0;
   for (const auto& f : fns) f(call++);
@@ -196,6 +199,7 @@ std::vector<Stats> measure_interleaved(const std::vector<std::function<void(int)
   double spent = 0;
   while (ts[0].size() < 300) {
     for (size_t k = 0; k < fns.size(); ++k) {
+      if (gap_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(gap_s));
       double t0 = now_s();
       fns[k](call++);
       double d = now_s() - t0;
@@ -1065,12 +1069,41 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // BF16 / F16 GEMV (M = 1): what a model runs, gemm_huge_pages on copies in huge pages (the
       // CPU backend's copies; the single-stream kernel), interleaved call by call with the emollm
       // row (gemm on 4 KiB pages, as a mapped file: the multi-row kernel), as a "huge" row.
+      // Also interleaved: the huge-page GEMV with one stream per thread (set_gemv_streams(false)) as
+      // a "huge-1stream" row, and oneDNN's bf16 GEMV on its own reordered copies (x rounded to
+      // bf16; the same number of copies) as an "onednn-il" row, so that the ratios to oneDNN come
+      // from the same moments of a shared machine (the separate onednn row below is measured alone).
       const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
+      auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
+      Stats one_stream, dnnl_il, pan1;
+      // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
+      // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
+      const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
+      std::unique_ptr<Copies> pcopies;
+      if (panels_m1) {
+        Buf<uint8_t> packed = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+        bf16_pack_panels(Wt, N, K, packed.get(), &pool);
+        pcopies.reset(new Copies(packed.get(), bf16_panels_bytes(N, K), int(copies->ptrs.size()), &pool, true));
+      }
+      auto run_panels_m1 = [&](const void* w) { gemm_bf16_panels(X.get(), K, w, nullptr, Y.get(), N, 1, N, K, &pool); };
+#ifdef EMOLLM_HAVE_DNNL
+      std::unique_ptr<DnnlGemm> dnnl;
+      Buf<uint8_t> Wdnnl;
+      if (stream_ab && g_have_dnnl) {
+        Wdnnl = make_aligned<uint8_t>(size_t(N * K) * 2);
+        quantize_matrix(DType::BF16, W.get(), Wdnnl.get(), N, K, &pool);
+        dnnl.reset(new DnnlGemm);
+        dnnl->init(1, N, K, X.get(), Y.get(), reinterpret_cast<const uint16_t*>(Wdnnl.get()), int(copies->ptrs.size()));
+      }
+#endif
       // BF16 at those M: gemm_bf16_panels on panels packed once (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1), interleaved too, as a "panels" row.
-      const bool panels_ab = small_ab && t == DType::BF16 && bf16_panels_usable();
+      // (also at 2 <= M <= kSmallM, where the default runs gemm()'s exact-x dot kernels: "panels"
+      // row interleaved with the emollm row alone)
+      const bool panels_ab = (small_ab || (M >= 2 && M <= gemm_detail::kSmallM && isa_active() >= Isa::Avx512)) &&
+                             t == DType::BF16 && bf16_panels_usable();
       Buf<uint8_t> Wpan;
       if (panels_ab) {
         Wpan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
@@ -1137,12 +1170,25 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           }
           rep_prev = st.back();
         } else if (stream_ab) {
-          auto st = measure_interleaved({
+          bool dnnl_on = false;
+#ifdef EMOLLM_HAVE_DNNL
+          dnnl_on = dnnl != nullptr;
+#endif
+          std::vector<std::function<void(int)>> fns = {
               [&](int i) { run_gemm((*copies)[i]); },
-              [&](int i) { gemm_huge_pages(X.get(), K, (*hcopies)[i], t, nullptr, Y.get(), N, 1, N, K, &pool); },
-          });
+              [&](int i) { run_huge((*hcopies)[i]); },
+              [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[i]); }); },
+          };
+          if (panels_m1) fns.push_back([&](int i) { run_panels_m1((*pcopies)[i]); });
+#ifdef EMOLLM_HAVE_DNNL
+          if (dnnl) fns.push_back([&](int i) { dnnl->run(i); });
+#endif
+          auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
           res.st = cur = st[0];
           prev = st[1];
+          one_stream = st[2];
+          if (panels_m1) pan1 = st[3];
+          if (dnnl_on) dnnl_il = st.back();
           run_gemm(Wt);  // the checked output is gemm's
         } else if (M == 1) {
           res.st = measure([&](int i) { run_gemm((*copies)[i]); });
@@ -1160,6 +1206,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           prev = st[1];
           if (st.size() > 3) pan = st[3];
           run_gemm(Wt);  // the checked output is the current path's
+        } else if (panels_ab) {  // M <= kSmallM: the emollm row and the panels (twice, as above)
+          auto st = measure_interleaved({[&](int) { run_gemm(Wt); }, [&](int) { run_panels(); }, [&](int) { run_panels(); }});
+          res.st = cur = st[0];
+          pan = st[2];
+          run_gemm(Wt);
         } else {
           res.st = measure([&](int) { run_gemm(Wt); });
         }
@@ -1196,6 +1247,39 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 "gemm_huge_pages on copies in 2 MiB pages (what models run), interleaved; ratio = emollm row's time / its",
                 double(wbytes),
                 [&] { gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+      if (stream_ab && one_stream.reps > 0)
+        add_row("huge-1stream", one_stream, "huge", one_stream.best / prev.best,
+                "the huge row's kernel with one stream per thread (EMOLLM_GEMV_STREAMS=0), interleaved; ratio = its "
+                "time / the huge row's (>1: the multi-stream kernel faster)",
+                double(wbytes), [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[0]); }); });
+      if (panels_m1 && pan1.reps > 0) {
+        Result p = make_result(M, dtype_name(t), "panels");
+        p.bf16_math = true;
+        p.bytes = double(wbytes);
+        p.st = pan1;
+        p.ratio_vs = "huge";
+        p.ratio = prev.best / pan1.best;
+        p.note = "gemm_bf16_panels at M=1 on panel copies in 2 MiB pages (EMOLLM_BF16_DECODER_PANELS=1; x rounded to "
+                 "bf16), interleaved; ratio = the huge row's time / its (>1: panels faster)";
+        run_panels_m1((*pcopies)[0]);
+        set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), true), gemm_tolerance(t, true));
+        g_results.push_back(p);
+      }
+#ifdef EMOLLM_HAVE_DNNL
+      if (stream_ab && dnnl && dnnl_il.reps > 0) {
+        Result p = make_result(M, dtype_name(t), "onednn-il");
+        p.bf16_math = true;
+        p.bytes = double(N * K) * 2;
+        p.st = dnnl_il;
+        p.ratio_vs = "onednn-il/huge";
+        p.ratio = dnnl_il.best / prev.best;
+        p.note = "oneDNN bf16 GEMV (" + dnnl->impl + ", x rounded to bf16) interleaved with the rows above; ratio = its "
+                 "time / the huge row's (>1: emollm faster)";
+        dnnl->run(0);
+        set_check(p, gemm_check(X.get(), M, K, Wdnnl.get(), DType::BF16, N, Y.get(), true), gemm_tolerance(DType::BF16, true));
+        g_results.push_back(p);
+      }
+#endif
       if (ab && prev.reps > 0)
         add_row("prev", prev, nullptr, 0, "previous kernel, interleaved with the emollm row", double(wbytes),
                 [&] { run_q8_gemv_prev(Wt); });

@@ -132,6 +132,15 @@ EnvSwitch& gemv_single_stream_flag() {
 void set_gemv_single_stream(bool on) { gemv_single_stream_flag().set(on); }
 bool gemv_single_stream() { return gemv_single_stream_flag().on(); }
 
+namespace {
+EnvSwitch& gemv_streams_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_STREAMS");  // =0: one stream per thread, for whole-run A/B
+  return on;
+}
+}  // namespace
+void set_gemv_streams(bool on) { gemv_streams_flag().set(on); }
+bool gemv_streams_enabled() { return gemv_streams_flag().on(); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;

@@ -387,6 +387,46 @@ EMO_T512 EMO_AI __m512 f16x16_at(const uint8_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
+// The 16 weights of 32-byte quarter j (0..3) of a 128-byte step at p as f32, in the order of their
+// x operand (x + 16 j): F16 widened by vcvtph2ps from memory; BF16 from the 64-byte load v[j / 2]
+// (lo: the even elements, hi: the odd ones, as bf16_reorder_x orders x).
+template <DType DT>
+EMO_T512 EMO_AI __m512 stream_w(const uint8_t* p, const __m512i (&v)[2], int j) {
+  if constexpr (DT == DType::F16) {
+    (void)v;
+    return f16x16_at(p + 32 * j);
+  } else {
+    (void)p;
+    return j % 2 == 0 ? stream_lo<DT>(v[j / 2]) : stream_hi<DT>(v[j / 2]);
+  }
+}
+
+// One row's end, from column k (a multiple of 64, the 128-byte steps done) with the 4 accumulators
+// s: the tail (BF16: 32 at a time, the last one masked, xeo zero past K; F16: 16 at a time,
+// masked), the reduction and the bias. One function for the single- and multi-stream kernels, so
+// their rows are the same bits.
+template <DType DT>
+EMO_T512 EMO_AI float stream_row_end(const Args& a, const float* x, const uint8_t* row, int64_t k, __m512 (&s)[4],
+                                     int64_t n) {
+  const int64_t K = a.K;
+  if constexpr (DT == DType::BF16) {
+    for (; k < K; k += 32) {
+      const int64_t c = std::min<int64_t>(32, K - k);
+      const __m512i v = _mm512_maskz_loadu_epi16(__mmask32(c >= 32 ? ~0u : (1u << c) - 1), row + 2 * k);
+      s[0] = _mm512_fmadd_ps(stream_lo<DT>(v), _mm512_loadu_ps(x + k), s[0]);
+      s[1] = _mm512_fmadd_ps(stream_hi<DT>(v), _mm512_loadu_ps(x + k + 16), s[1]);
+    }
+  } else {
+    for (; k < K; k += 16) {
+      const __mmask16 m = tail_mask16(K - k);
+      s[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k)), _mm512_maskz_loadu_ps(m, x + k), s[0]);
+    }
+  }
+  float y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+  if (a.bias) y += a.bias[n];
+  return y;
+}
+
 // Rows [n0, n1) of a BF16 (x = xeo, bf16_reorder_x's order, zero past K) or F16 (x = a.X) matrix,
 // one row at a time, 128 bytes of weights per step into 4 accumulators.
 template <DType DT>
@@ -396,47 +436,90 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
   const int64_t K = a.K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = W + size_t(n) * a.row_bytes;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
       const uint8_t* p = row + 2 * k;
       prefetch_line(p);
       prefetch_line(p + 64);
-      if constexpr (DT == DType::F16) {
-        // vcvtph2ps straight from memory, 16 weights each: no vextracti64x4 for the high halves,
-        // fewer uops per byte, so more iterations (and loads) in flight. Same products, same sums:
-        // the bits of the 64-byte-load form. Zen 5, one thread, cold weights in 2 MiB pages, old
-        // and new core interleaved in one process: 1.01-1.07x at the 1.1B shapes (bf16 control
-        // 0.98-1.03x), i.e. small; the loop alone on 4 KiB pages 1.1-1.3x.
-        s0 = _mm512_fmadd_ps(f16x16_at(p), _mm512_loadu_ps(x + k), s0);
-        s1 = _mm512_fmadd_ps(f16x16_at(p + 32), _mm512_loadu_ps(x + k + 16), s1);
-        s2 = _mm512_fmadd_ps(f16x16_at(p + 64), _mm512_loadu_ps(x + k + 32), s2);
-        s3 = _mm512_fmadd_ps(f16x16_at(p + 96), _mm512_loadu_ps(x + k + 48), s3);
-      } else {
-        const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
-        s0 = _mm512_fmadd_ps(stream_lo<DT>(v0), _mm512_loadu_ps(x + k), s0);
-        s1 = _mm512_fmadd_ps(stream_hi<DT>(v0), _mm512_loadu_ps(x + k + 16), s1);
-        s2 = _mm512_fmadd_ps(stream_lo<DT>(v1), _mm512_loadu_ps(x + k + 32), s2);
-        s3 = _mm512_fmadd_ps(stream_hi<DT>(v1), _mm512_loadu_ps(x + k + 48), s3);
-      }
+      // F16: vcvtph2ps straight from memory, 16 weights each: no vextracti64x4 for the high halves,
+      // fewer uops per byte, so more iterations (and loads) in flight. Same products, same sums:
+      // the bits of the 64-byte-load form. Zen 5, one thread, cold weights in 2 MiB pages, old
+      // and new core interleaved in one process: 1.01-1.07x at the 1.1B shapes (bf16 control
+      // 0.98-1.03x), i.e. small; the loop alone on 4 KiB pages 1.1-1.3x.
+      __m512i v[2];
+      if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) s[j] = _mm512_fmadd_ps(stream_w<DT>(p, v, j), _mm512_loadu_ps(x + k + 16 * j), s[j]);
     }
-    if constexpr (DT == DType::BF16) {
-      for (; k < K; k += 32) {  // 32 at a time, the last one masked (xeo is zero past K)
-        const int64_t c = std::min<int64_t>(32, K - k);
-        const __m512i v = _mm512_maskz_loadu_epi16(__mmask32(c >= 32 ? ~0u : (1u << c) - 1), row + 2 * k);
-        s0 = _mm512_fmadd_ps(stream_lo<DT>(v), _mm512_loadu_ps(x + k), s0);
-        s1 = _mm512_fmadd_ps(stream_hi<DT>(v), _mm512_loadu_ps(x + k + 16), s1);
-      }
-    } else {
-      for (; k < K; k += 16) {
-        const __mmask16 m = tail_mask16(K - k);
-        s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k)), _mm512_maskz_loadu_ps(m, x + k), s0);
-      }
-    }
-    float y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-    if (a.bias) y += a.bias[n];
-    a.Y[n] = y;
+    a.Y[n] = stream_row_end<DT>(a, x, row, k, s, n);
   }
+}
+
+// ------------------------------------------------------------------ multi-stream GEMV (M = 1, BF16 / F16)
+// gemv_stream's rows, kStreams at a time from as many parts of [n0, n1) walked side by side: each
+// 128-byte step reads one step of each part's current row, i.e. kStreams sequential streams per
+// thread (each with the software prefetch kStreamsPrefetchBytes ahead), and one x load serves
+// them all. A single stream leaves the memory system too few misses in flight: Zen 5 (2 vCPUs,
+// AVX-512, load 4-6, cold weights in 2 MiB pages, interleaved in one process with oneDNN's
+// brgemm bf16 GEMV), 2 threads: the single stream 37-62 GB/s = 0.79-1.19x oneDNN, 4 streams with
+// a 1 KiB prefetch 59-87 GB/s = 1.28-1.56x oneDNN at the 1.1B and 7B shapes (2 / 3 / 6 / 8
+// streams, a 512 B / 2 KiB prefetch or an L2 hint measured lower or within noise). Each row's
+// arithmetic is gemv_stream's (the same accumulators, order and tail): the same bits, whatever
+// the split. Rows left over when [n0, n1) is not a multiple of kStreams: gemv_stream.
+constexpr int kStreams = 4;
+#ifndef EMOLLM_GEMV_STREAMS_PF
+#define EMOLLM_GEMV_STREAMS_PF 1024
+#endif
+constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
+
+template <DType DT>
+EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
+  static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_streams: BF16 or F16 weights");
+  constexpr int S = kStreams;
+  const int64_t len = (n1 - n0) / S;  // rows per stream
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K;
+  for (int64_t i = 0; i < len; ++i) {
+    const uint8_t* row[S];
+    __m512 s[S][4];
+#pragma GCC unroll 4
+    for (int q = 0; q < S; ++q) {
+      row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
+      for (int j = 0; j < 4; ++j) s[q][j] = _mm512_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+      const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
+#pragma GCC unroll 4
+      for (int q = 0; q < S; ++q) {
+        const uint8_t* p = row[q] + 2 * k;
+        _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), _MM_HINT_T0);
+        __m512i v[2];
+        if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
+        s[q][0] = _mm512_fmadd_ps(stream_w<DT>(p, v, 0), x0, s[q][0]);
+        s[q][1] = _mm512_fmadd_ps(stream_w<DT>(p, v, 1), x1, s[q][1]);
+        s[q][2] = _mm512_fmadd_ps(stream_w<DT>(p, v, 2), x2, s[q][2]);
+        s[q][3] = _mm512_fmadd_ps(stream_w<DT>(p, v, 3), x3, s[q][3]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < S; ++q) {
+      const int64_t n = n0 + q * len + i;
+      a.Y[n] = stream_row_end<DT>(a, x, row[q], k, s[q], n);
+    }
+  }
+  gemv_stream<DT>(a, x, n0 + S * len, n1);
+}
+
+// The M = 1 stream kernel for rows [n0, n1): several streams (default) or one
+// (set_gemv_streams(false)); the same bits.
+template <DType DT>
+EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
+  if (gemv_streams_enabled()) gemv_streams<DT>(a, x, n0, n1);
+  else gemv_stream<DT>(a, x, n0, n1);
 }
 
 // The single-stream GEMV's rows over the pool in guided chunks (base/thread_pool.h
@@ -462,7 +545,7 @@ void small_m(const Args& a) {
     bf16_reorder_x(a.X, a.K, xeo);
     if (stream)
       guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { gemv_stream<DType::BF16>(a, xeo, n0, n1); });
+                      [&](int64_t n0, int64_t n1) { gemv_rows<DType::BF16>(a, xeo, n0, n1); });
     else
       parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                       [&](int64_t n0, int64_t n1) { bf16_gemv_range(a, xeo, n0, n1); });
@@ -470,7 +553,7 @@ void small_m(const Args& a) {
   }
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
     guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                    [&](int64_t n0, int64_t n1) { gemv_stream<DType::F16>(a, a.X, n0, n1); });
+                    [&](int64_t n0, int64_t n1) { gemv_rows<DType::F16>(a, a.X, n0, n1); });
     return;
   }
   const DotRangeFn fn = pick_dot(a.wtype, a.M);
@@ -1102,9 +1185,9 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
       if (b >= first[j + 1]) continue;
       const int64_t end = std::min(e, first[j + 1]);
       if (wtype == DType::BF16)
-        gemv_stream<DType::BF16>(args[j], xs, b - first[j], end - first[j]);
+        gemv_rows<DType::BF16>(args[j], xs, b - first[j], end - first[j]);
       else
-        gemv_stream<DType::F16>(args[j], xs, b - first[j], end - first[j]);
+        gemv_rows<DType::F16>(args[j], xs, b - first[j], end - first[j]);
       b = end;
     }
   });

@@ -128,6 +128,11 @@ bool q8_gemv_legacy();
 // bench_kernels; process-wide.
 void set_gemv_single_stream(bool on);
 bool gemv_single_stream();
+// The stream kernels above: several rows' streams per thread side by side (gemm_avx512.cpp
+// gemv_streams; default on, EMOLLM_GEMV_STREAMS=0 off) or one row at a time. Same bits. For tests
+// (both must pass) and the A/B rows of bench_kernels / bench:decode; process-wide.
+void set_gemv_streams(bool on);
+bool gemv_streams_enabled();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);

@@ -484,6 +484,51 @@ TEST(gemm_huge_pages_single_stream_gemv) {
       }
 }
 
+// gemm_huge_pages' M = 1 GEMV with several streams per thread (gemm_avx512.cpp gemv_streams: rows
+// from 4 parts of a thread's range side by side; the default) against ref::gemm (float64
+// accumulation) within the f32 tolerance (f32_tol: 1e-5 * sum|x w| / sqrt(K) + 1e-6), and the same
+// bits as one stream (set_gemv_streams(false), gemv_stream: each row's sums are that kernel's):
+// N below, at and past multiples of 4 (rows left over after the streams), K over every tail of the
+// 64-element step, without a pool, on 2 and 3 threads, with and without bias. AVX-512 only (the
+// only ISA that runs these kernels).
+TEST(gemm_huge_pages_multi_stream_gemv) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  skip gemm_huge_pages_multi_stream_gemv: the stream kernels need AVX-512 (active ISA: %s)\n",
+                isa_name(isa_active()));
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  uint32_t seed = 9700;
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t K : {1, 33, 64, 100, 2048, 2061})
+      for (int64_t N : {1, 3, 4, 5, 7, 70, 1001}) {
+        if (K >= 2048 && N == 1001 && t == DType::F16) continue;  // the bf16 case walks the long split already
+        Weights w = make_weights(t, N, K, seed);
+        Problem p = make_problem(1, N, K, 0, 0, seed + 11);
+        seed += 17;
+        for (int use_bias = 0; use_bias < 2; ++use_bias) {
+          const float* bias = use_bias ? p.bias.data() : nullptr;
+          std::vector<float> R(size_t(p.ldy), kSentinel);
+          ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, 1, N, K);
+          const std::vector<double> S = abs_scale(p, w, bias);
+          for (ThreadPool* pool : pools) {
+            const std::string what = std::string("multi-stream GEMV ") + dtype_name(t) + " N=" + std::to_string(N) +
+                                     " K=" + std::to_string(K) + " bias=" + yesno(use_bias) +
+                                     " threads=" + std::to_string(pool ? pool->size() : 1);
+            std::vector<float> Y(size_t(p.ldy), kSentinel), Y1(size_t(p.ldy), kSentinel);
+            gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, 1, N, K, pool);
+            gemm_detail::set_gemv_streams(false);
+            gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y1.data(), p.ldy, 1, N, K, pool);
+            gemm_detail::set_gemv_streams(true);
+            check_result(Y, R, p, S, 0.0, what);
+            if (std::memcmp(Y.data(), Y1.data(), Y.size() * sizeof(float)) != 0)
+              emollm_test::report_failure(__FILE__, __LINE__, what + ": not the single stream's bits");
+          }
+        }
+      }
+}
+
 // Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
 // panels of 64 and 16, 6-row microkernels) with tails everywhere.
 TEST(gemm_blocked_large) {
