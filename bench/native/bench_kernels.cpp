@@ -1052,7 +1052,12 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       // BF16 at those M: gemm_bf16_panels on panels packed once (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1), interleaved too, as a "panels" row.
-      const bool panels_ab = small_ab && t == DType::BF16 && bf16_panels_usable();
+      // BF16 at M > kSmallMMax: the same on panels packed at load time, what the vision towers run
+      // (GemmRows::Many: the CPU backend keeps their matrices as panels), interleaved with the
+      // emollm row (gemm on the plain matrix: W packed per call, as the oneDNN row's call does).
+      const bool big_panels = t == DType::BF16 && M > gemm_detail::kSmallMMax && isa_active() >= Isa::Avx512 &&
+                              bf16_panels_usable();
+      const bool panels_ab = (small_ab && t == DType::BF16 && bf16_panels_usable()) || big_panels;
       Buf<uint8_t> Wpan;
       if (panels_ab) {
         Wpan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
@@ -1131,6 +1136,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           prev = st[1];
           if (st.size() > 3) pan = st[3];
           run_gemm(Wt);  // the checked output is the current path's
+        } else if (big_panels) {
+          auto st = measure_interleaved({[&](int) { run_gemm(Wt); }, [&](int) { run_panels(); }});
+          res.st = cur = st[0];
+          pan = st[1];
+          run_gemm(Wt);  // the checked output is gemm's
         } else {
           res.st = measure([&](int) { run_gemm(Wt); });
         }
@@ -1159,8 +1169,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 run_small_m_prev);
       if (panels_ab && pan.reps > 0)
         add_row("panels", pan, "emollm", cur.best / pan.best,
-                "gemm_bf16_panels on load-time panels (EMOLLM_BF16_DECODER_PANELS=1), interleaved; ratio = the "
-                "emollm row's time / its (>1: panels faster)",
+                big_panels ? "gemm_bf16_panels on load-time panels (what the vision towers run), interleaved; ratio = "
+                             "the emollm row's time / its (>1: panels faster)"
+                           : "gemm_bf16_panels on load-time panels (EMOLLM_BF16_DECODER_PANELS=1), interleaved; ratio = "
+                             "the emollm row's time / its (>1: panels faster)",
                 0, run_panels);
       if (stream_ab && prev.reps > 0)
         add_row("huge", prev, "emollm", cur.best / prev.best,
