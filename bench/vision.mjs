@@ -350,7 +350,8 @@ const HELP = `usage: npm run bench:vision -- [options]
                         addon beside it, e.g. a checkout or copy of an earlier build): same models, same run,
                         alternating with this checkout; may be combined with --ab-env
   --profile             llava15: one more child per dtype (this checkout) with EMOLLM_PROFILE=1: per-op time per
-                        image (GEMMs by shape, attention, norms, activations, thread hand-offs), printed and in
+                        image (GEMMs by shape, attention, norms, activations, thread hand-offs) with each op's
+                        rate, floor at the probed peak / bandwidth and share of the gap to the floors, printed and in
                         the JSON (profiles); its images are not in the timed rows (profiling adds overhead)`;
 
 // Best undisturbed image (other work < 0.25 cores), else the best of all.
