@@ -350,7 +350,8 @@ const HELP = `usage: npm run bench:vision -- [options]
                         addon beside it, e.g. a checkout or copy of an earlier build): same models, same run,
                         alternating with this checkout; may be combined with --ab-env
   --profile             llava15: one more child per dtype (this checkout) with EMOLLM_PROFILE=1: per-op time per
-                        image (GEMMs by shape, attention, norms, activations, thread hand-offs), printed and in
+                        image (GEMMs by shape, attention, norms, activations, thread hand-offs) with each op's
+                        rate, floor at the probed peak / bandwidth and share of the gap to the floors, printed and in
                         the JSON (profiles); its images are not in the timed rows (profiling adds overhead)`;
 
 // Best undisturbed image (other work < 0.25 cores), else the best of all.
@@ -518,7 +519,7 @@ async function main() {
     '/ all; busy = other work beside the reported image (! >= 0.25: disturbed); the anchor\'s is the machine\'s total busy cores ' +
     'in parentheses (its own threads included).');
   }
-  for (const pr of profiles) printProfile(pr, out);
+  for (const pr of profiles) { annotateProfile(pr, peaks); printProfile(pr, out); }
   if (vlmResults.length) printVlmTable(vlmResults, peaks, o, out);
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
@@ -529,20 +530,82 @@ async function main() {
   process.exitCode = [...results, ...vlmResults].every((r) => r.res.ok) ? 0 : 1;
 }
 
+// Each profiled op's work per image and its floor (LLaVA-1.5's tower + projector, `v` = VISION):
+// GEMMs and attention in flop at the dtype's peak (bf16: the vdpbf16ps / AMX probe, as the tower's
+// attention runs its products in bf16 too; f32 / f16: the FMA probe), the elementwise ops in bytes
+// (each operand read or written once) at the read-bandwidth probe (lenient: their operands, 2-10
+// MiB, mostly come from L3). GEMM rows: the encoder's shapes run n_layer calls an image at
+// n_pos = 577 rows, every other call (patch embedding, projector) at n_patches = 576. Adds
+// to each op of pr.ops: gflop, gflops, pct_peak (GEMM / attention), mbytes, gbs (elementwise),
+// floor_ms and x_floor (per image), and pr.floor = { ms, floor_ms, ratio, peak_gflops, bw_gbs }.
+export function annotateProfile(pr, peaks, v = VISION) {
+  if (pr.error || !pr.ops || !peaks) return;
+  const n = pr.images || 1, T = v.n_pos, P = v.n_patches, E = v.n_embd, F = v.n_ff;
+  const bf16 = pr.dtype === 'bf16';
+  const peak = bf16 ? (peaks.amx_bf16_gflops ?? peaks.bf16_dot_gflops) : peaks.fma_gflops;
+  const bw = peaks.read_bw_gbs;
+  const towerShape = (N, K) => K === E && (N === E || N === 3 * E || N === F) || (K === F && N === E);
+  let ms = 0, floor = 0;
+  for (const x of pr.ops) {
+    if (x.op === 'handoff' || x.op === 'dispatch') continue;
+    const calls = x.calls / n;  // per image
+    let gflop = null, mbytes = null;
+    if (x.op === 'gemm') {
+      const m = /N=([\d+]+) K=(\d+)/.exec(x.key);
+      if (m) {
+        const N = m[1].split('+').reduce((a, b) => a + Number(b), 0), K = Number(m[2]);
+        const tower = towerShape(N, K) ? Math.min(calls, v.n_layer) : 0;
+        gflop = (2 * N * K * (tower * T + (calls - tower) * P)) / 1e9;
+      }
+    } else if (x.op === 'attention') gflop = (calls * 4 * T * T * E) / 1e9;  // QK^T and PV, all heads
+    else if (x.op === 'add') mbytes = x.phase === 'decode' ? (calls * 3 * E * 4) / 1e6 : (calls * 3 * T * E * 4) / 1e6;
+    else if (x.op === 'layernorm') mbytes = (calls * 2 * T * E * 4) / 1e6;
+    else if (x.op === 'quick_gelu' || x.op === 'gelu_erf') mbytes = (calls * 2 * (x.op === 'gelu_erf' ? P * v.mm_hidden : T * F) * 4) / 1e6;
+    else if (x.op === 'copy_2d') mbytes = (calls * 2 * P * E * 4) / 1e6;
+    else if (x.op === 'extract_patches') mbytes = (calls * 2 * v.n_channels * v.image_size ** 2 * 4) / 1e6;
+    const t = x.total_ms / n;
+    ms += t;
+    if (gflop != null && peak) {
+      x.gflop = gflop;
+      x.gflops = gflop / (t / 1e3);
+      x.pct_peak = (100 * x.gflops) / peak;
+      x.floor_ms = (1e3 * gflop) / peak;
+    } else if (mbytes != null && bw) {
+      x.mbytes = mbytes;
+      x.gbs = mbytes / 1e3 / (t / 1e3);
+      x.floor_ms = mbytes / bw;  // MB / (GB/s) = ms
+    }
+    if (x.floor_ms != null) { x.x_floor = t / x.floor_ms; floor += x.floor_ms; }
+  }
+  pr.floor = { ms, floor_ms: floor, ratio: ms / floor, peak_gflops: peak, bw_gbs: bw };
+}
+
 // The per-op profile of one dtype's child (core/profiling_backend.h): ms per image by op and key
-// (wall time of each call, thread-pool hand-offs inside the ops as their own rows), sorted.
+// (wall time of each call, thread-pool hand-offs inside the ops as their own rows), sorted, with
+// annotateProfile's work, rate and floor per op, and the share of the gap to the floor per op.
 function printProfile(pr, out) {
   out('');
   if (pr.error || !pr.ops) { out(`profile ${pr.dtype}: ${pr.error ?? 'no ops'}`); return; }
   const n = pr.images || 1;
   const ops = pr.ops.filter((x) => x.op !== 'handoff');
   const total = ops.reduce((a, x) => a + x.total_ms, 0);
+  const gap = pr.floor ? pr.floor.ms - pr.floor.floor_ms : null;
   out(`profile: ${pr.dtype} tower + projector, ${n} images (warm-up included), ms per image by op (EMOLLM_PROFILE=1; ` +
-    `handoff = waking and waiting for the pool inside those ops, already part of their time):`);
+    `handoff = waking and waiting for the pool inside those ops, already part of their time); rate = GFLOP/s (GEMM, ` +
+    `attention: % of the ${pr.dtype === 'bf16' ? 'bf16 dot' : 'fp32 FMA'} peak) or GB/s (elementwise: % of the read probe); ` +
+    `floor = the op's work at that peak / bandwidth; gap% = the op's share of (sum of ops - sum of floors):`);
   const rows = [...pr.ops].sort((a, b) => b.total_ms - a.total_ms)
-    .map((x) => [x.op, x.key || '-', fmt(x.calls / n, 0), fmt(x.total_ms / n, 1), x.op === 'handoff' ? '-' : fmt((100 * x.total_ms) / total, 1)]);
-  printTable(['op', 'key', 'calls/image', 'ms/image', '%'], rows, out, 2);
-  out(`sum of ops ${fmt(total / n, 1)} ms per image`);
+    .map((x) => {
+      const t = x.total_ms / n;
+      const rate = x.gflops != null ? `${fmt(x.gflops, 0)} GF/s ${fmt(x.pct_peak, 0)}%`
+        : x.gbs != null ? `${fmt(x.gbs, 1)} GB/s ${fmt((100 * x.gbs) / pr.floor.bw_gbs, 0)}%` : '-';
+      return [x.op, x.key || '-', fmt(x.calls / n, 0), fmt(t, 1), x.op === 'handoff' ? '-' : fmt((100 * x.total_ms) / total, 1), rate,
+        x.floor_ms != null ? fmt(x.floor_ms, 1) : '-', x.x_floor != null ? `${fmt(x.x_floor, 2)}x` : '-',
+        x.floor_ms != null && gap > 0 ? fmt((100 * (t - x.floor_ms)) / gap, 1) : '-'];
+    });
+  printTable(['op', 'key', 'calls/image', 'ms/image', '%', 'rate', 'floor ms', 'x floor', 'gap%'], rows, out, 2);
+  out(`sum of ops ${fmt(total / n, 1)} ms per image` + (pr.floor ? `; sum of floors ${fmt(pr.floor.floor_ms, 1)} ms (` +
+    `${fmt(pr.floor.peak_gflops, 0)} GFLOP/s, ${fmt(pr.floor.bw_gbs, 1)} GB/s): ${fmt(pr.floor.ratio, 2)}x` : ''));
 }
 
 // LLaVA-NeXT / Qwen2-VL rows: per sample the best rep (fewest seconds of preprocessing + vision).

@@ -1102,8 +1102,14 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // EMOLLM_BF16_DECODER_PANELS=1), interleaved too, as a "panels" row.
       // (also at 2 <= M <= kSmallM, where the default runs gemm()'s exact-x dot kernels: "panels"
       // row interleaved with the emollm row alone)
-      const bool panels_ab = (small_ab || (M >= 2 && M <= gemm_detail::kSmallM && isa_active() >= Isa::Avx512)) &&
-                             t == DType::BF16 && bf16_panels_usable();
+      // BF16 at M > kSmallMMax: the same on panels packed at load time, what the vision towers run
+      // (GemmRows::Many: the CPU backend keeps their matrices as panels), interleaved with the
+      // emollm row (gemm on the plain matrix: W packed per call, as the oneDNN row's call does).
+      const bool big_panels = t == DType::BF16 && M > gemm_detail::kSmallMMax && isa_active() >= Isa::Avx512 &&
+                              bf16_panels_usable();
+      const bool panels_ab = ((small_ab || (M >= 2 && M <= gemm_detail::kSmallM && isa_active() >= Isa::Avx512)) &&
+                              t == DType::BF16 && bf16_panels_usable()) ||
+                             big_panels;
       Buf<uint8_t> Wpan;
       if (panels_ab) {
         Wpan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
@@ -1206,11 +1212,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           prev = st[1];
           if (st.size() > 3) pan = st[3];
           run_gemm(Wt);  // the checked output is the current path's
-        } else if (panels_ab) {  // M <= kSmallM: the emollm row and the panels (twice, as above)
+        } else if (panels_ab) {  // M <= kSmallM or M > kSmallMMax: the emollm row and the panels (twice, as above)
           auto st = measure_interleaved({[&](int) { run_gemm(Wt); }, [&](int) { run_panels(); }, [&](int) { run_panels(); }});
           res.st = cur = st[0];
           pan = st[2];
-          run_gemm(Wt);
+          run_gemm(Wt);  // the checked output is gemm's
         } else {
           res.st = measure([&](int) { run_gemm(Wt); });
         }
@@ -1239,8 +1245,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 run_small_m_prev);
       if (panels_ab && pan.reps > 0)
         add_row("panels", pan, "emollm", cur.best / pan.best,
-                "gemm_bf16_panels on load-time panels (EMOLLM_BF16_DECODER_PANELS=1), interleaved; ratio = the "
-                "emollm row's time / its (>1: panels faster)",
+                big_panels ? "gemm_bf16_panels on load-time panels (what the vision towers run), interleaved; ratio = "
+                             "the emollm row's time / its (>1: panels faster)"
+                           : "gemm_bf16_panels on load-time panels (EMOLLM_BF16_DECODER_PANELS=1), interleaved; ratio = "
+                             "the emollm row's time / its (>1: panels faster)",
                 0, run_panels);
       if (stream_ab && prev.reps > 0)
         add_row("huge", prev, "emollm", cur.best / prev.best,

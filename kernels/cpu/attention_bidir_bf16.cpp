@@ -140,6 +140,7 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
   const float c = scale * 1.4426950408889634f;
   const __m512 vc = _mm512_set1_ps(c);
   const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
+  const bool legacy_softmax = !bidir_bf16_softmax_split();
   for (int64_t pi = 0; pi < npan; ++pi) {
     for (int ii = 0; ii < MR; ++ii) {
       const int64_t r = pi * MR + ii;
@@ -149,26 +150,51 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
         continue;
       }
       const float* s = S + r * G.ldS;
-      __m512 mx = _mm512_set1_ps(-INFINITY), mn = _mm512_set1_ps(INFINITY);
-      for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 m = tail_mask16(n - j);
-        const __m512 x = _mm512_maskz_loadu_ps(m, s + j);
-        mx = _mm512_mask_max_ps(mx, m, mx, x);
-        mn = _mm512_mask_min_ps(mn, m, mn, x);
+      // the row's max (its min for c < 0: c flips the order), over two accumulators so the loop is
+      // not one dependent max per 16 scores; lanes past n see -inf (+inf), which never win
+      float ext;
+      if (legacy_softmax) {
+        __m512 mx = _mm512_set1_ps(-INFINITY), mn = _mm512_set1_ps(INFINITY);
+        for (int64_t j = 0; j < n; j += 16) {
+          const __mmask16 m = tail_mask16(n - j);
+          const __m512 x = _mm512_maskz_loadu_ps(m, s + j);
+          mx = _mm512_mask_max_ps(mx, m, mx, x);
+          mn = _mm512_mask_min_ps(mn, m, mn, x);
+        }
+        ext = c >= 0 ? _mm512_reduce_max_ps(mx) : _mm512_reduce_min_ps(mn);
+      } else if (c >= 0) {
+        const __m512 lo = _mm512_set1_ps(-INFINITY);
+        __m512 a0 = lo, a1 = lo;
+        for (int64_t j = 0; j < n; j += 32) {
+          a0 = _mm512_max_ps(a0, _mm512_mask_loadu_ps(lo, tail_mask16(n - j), s + j));
+          a1 = _mm512_max_ps(a1, _mm512_mask_loadu_ps(lo, tail_mask16(n - j - 16), s + j + 16));
+        }
+        ext = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+      } else {
+        const __m512 hi = _mm512_set1_ps(INFINITY);
+        __m512 a0 = hi, a1 = hi;
+        for (int64_t j = 0; j < n; j += 32) {
+          a0 = _mm512_min_ps(a0, _mm512_mask_loadu_ps(hi, tail_mask16(n - j), s + j));
+          a1 = _mm512_min_ps(a1, _mm512_mask_loadu_ps(hi, tail_mask16(n - j - 16), s + j + 16));
+        }
+        ext = _mm512_reduce_min_ps(_mm512_min_ps(a0, a1));
       }
-      const __m512 vmc = _mm512_set1_ps((c >= 0 ? _mm512_reduce_max_ps(mx) : _mm512_reduce_min_ps(mn)) * c);
-      __m512 sum = _mm512_setzero_ps();
+      const __m512 vmc = _mm512_set1_ps(ext * c);
+      // the rounded weights summed in two accumulators (the even and the odd tokens' weights of
+      // each pair) instead of one chain of two dependent adds per 32 scores
+      __m512 sum = _mm512_setzero_ps(), sum_hi = _mm512_setzero_ps();
       for (int64_t j = 0; j < n; j += 32) {
         const __mmask16 m0 = tail_mask16(n - j), m1 = tail_mask16(n - j - 16);
         const __m512 e0 = _mm512_maskz_mov_ps(m0, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m0, s + j), vc, vmc)));
         const __m512 e1 = _mm512_maskz_mov_ps(m1, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m1, s + j + 16), vc, vmc)));
         const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
+        if (legacy_softmax) sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
+        else sum_hi = _mm512_add_ps(sum_hi, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
         _mm512_storeu_si512(prow + j / 2, w);  // j / 2 + 16 <= ldp
       }
       // the row's maximum contributes 2^0 = 1 (exact in bf16): the sum is >= 1
-      B.inv_l[size_t(r)] = 1.0f / _mm512_reduce_add_ps(sum);
+      B.inv_l[size_t(r)] = 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum, sum_hi));
     }
   }
   // O = P V, each row divided by its weights' sum in the kernel's registers
@@ -183,6 +209,16 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
 }
 
 }  // namespace
+
+// The softmax's max over two accumulators (max only, or min only for a negative scale) and its
+// sum over two (default) or, when off, the single chains of before: other bits of each row's
+// normalisation (the sum's order), the same weights. EMOLLM_ATTN_BF16_SOFTMAX2=0 for A/B runs.
+static EnvSwitch& softmax_split_flag() {
+  static EnvSwitch on("EMOLLM_ATTN_BF16_SOFTMAX2");
+  return on;
+}
+bool bidir_bf16_softmax_split() { return softmax_split_flag().on(); }
+void set_bidir_bf16_softmax_split(bool on) { softmax_split_flag().set(on); }
 
 bool bidir_bf16_enabled() {
   static const bool on = env_enabled("EMOLLM_ATTN_BF16");  // =0: the f32 tiles (A/B runs)
@@ -239,6 +275,8 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
 namespace emollm {
 namespace attention_detail {
 bool bidir_bf16_enabled() { return false; }
+bool bidir_bf16_softmax_split() { return false; }
+void set_bidir_bf16_softmax_split(bool) {}
 bool bidir_bf16_applies(const AttentionParams&) { return false; }
 void attention_bidir_bf16(const float*, const float*, const float*, float*, const AttentionParams&, float, int64_t,
                           ThreadPool*) {

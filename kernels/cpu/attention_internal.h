@@ -15,6 +15,12 @@ namespace attention_detail {
 constexpr int64_t kBidirBf16MinRows = 16;
 bool bidir_bf16_enabled();
 bool bidir_bf16_applies(const AttentionParams& p);
+// Its softmax: the row max (min for a negative scale) and the weights' sum each over two
+// independent accumulators (default), or when off the single dependent chains of before (the
+// sum's other order: other bits of each row's 1 / sum). Process-wide; starts as
+// EMOLLM_ATTN_BF16_SOFTMAX2 (=0: off). For tests (both must pass) and interleaved A/B benchmarks.
+bool bidir_bf16_softmax_split();
+void set_bidir_bf16_softmax_split(bool on);
 
 // Decode attention (one query per call, f32 KV, contiguous or paged): every call's visible kv
 // range is cut into pieces of at most kDecodePieceMax tokens (a multiple of 16, so a piece's

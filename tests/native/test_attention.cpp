@@ -279,7 +279,8 @@ TEST(attention_vector_paths_match_ref_splits_and_tiles) {
 // double reference on bf16-rounded inputs (tolerance in the header), through the dispatcher with
 // and without a pool (bit-identical to the direct call: every row is computed alone, whatever the
 // tiling), over CLIP's length (577 = 9 key blocks + 1), GQA, head dims that need a second 64-wide
-// output panel (80, 128) or a half pair (25), padded and fused layouts, one key, an explicit scale.
+// output panel (80, 128) or a half pair (25), padded and fused layouts, one key, an explicit scale,
+// a negative scale; with the softmax's two-accumulator max / sum and with its previous single chains.
 TEST(attention_bidir_bf16_matches_rounded_ref) {
   {  // which calls the path takes
     AttentionParams p;
@@ -306,12 +307,17 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
       {48, 48, 4, 4, 20, false, 0, 5, true},            // fused QKV buffer, padded
       {16, 1, 2, 2, 8, false, 0},                       // a single key
       {70, 200, 3, 1, 128, false, 0, 0, false, 0.37f},  // explicit scale, d = 128
+      {60, 90, 2, 2, 64, false, 0, 0, false, -0.3f},    // negative scale: the softmax's row min
   };
-  uint64_t seed = 1200;
-  for (const Case& c : cs) {
-    Data d = make_data(c, seed++);
+  // both softmax variants (attention_internal.h set_bidir_bf16_softmax_split), switch restored
+  const bool split_was = attention_detail::bidir_bf16_softmax_split();
+  for (bool split : {true, false})
+  for (size_t ci = 0; ci < cs.size(); ++ci) {
+    const Case& c = cs[ci];
+    attention_detail::set_bidir_bf16_softmax_split(split);
+    Data d = make_data(c, 1200 + ci);
     d.p.bf16_products = true;
-    const std::string what = describe(c) + " bf16";
+    const std::string what = describe(c) + " bf16" + (split ? "" : " (single-chain softmax)");
     // the same inputs rounded to bf16 (NaN padding stays NaN)
     auto rounded = [](const std::vector<float>& b) {
       std::vector<float> r(b);
@@ -336,6 +342,7 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
       EXPECT(got == direct);
     }
   }
+  attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
 
 // Logits around 1e3: exp(1000) overflows even in double, so a softmax without the running max
