@@ -316,11 +316,16 @@ async function runEmollmChild(spec, o) {
       env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
     if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
     const prof = JSON.parse(readFileSync(file, 'utf8'));
+    // decode rows: the ops of the forward passes the core marked as decode steps (ProfileStep in
+    // LlamaContext::forward_reserved), the pass's own code between them (`forward`), the sampler
+    // (`sample`) and the loop between two steps (`loop`): disjoint, so they add up to a token
     const steps = prof.decode_steps || 0;
     const dec = prof.ops.filter((r) => r.phase === 'decode');
     // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time;
     // "dispatch" rows count the thread-pool jobs of an op (no time)
     const timed = (r) => r.op !== 'handoff' && r.op !== 'dispatch';
+    const NOT_OPS = new Set(['forward', 'sample', 'loop']);
+    const perStep = (rows) => (steps ? rows.reduce((a, r) => a + r.total_ms, 0) / steps : null);
     const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
     prof.decode_handoff_ms_per_step = steps ? handoff / steps : null;
@@ -335,9 +340,17 @@ async function runEmollmChild(spec, o) {
         r.gb_s = bytes && r.mean_us ? bytes / (r.mean_us * 1e3) : null;
       }
     }
-    prof.decode_ops_ms_per_step = steps ? total / steps : null;
+    prof.decode_ops_ms_per_step = perStep(dec.filter((r) => timed(r) && !NOT_OPS.has(r.op)));
+    prof.decode_forward_other_ms_per_step = perStep(dec.filter((r) => r.op === 'forward'));
+    prof.decode_sample_ms_per_step = perStep(dec.filter((r) => r.op === 'sample'));
+    prof.decode_loop_ms_per_step = perStep(dec.filter((r) => r.op === 'loop'));
+    prof.decode_step_ms = steps ? total / steps : null;
+    // the same runs measured from JavaScript: mean ms per delivered token over every run (the
+    // profile's basis: it counts every decode step of the child)
+    const means = (res.runs ?? []).map((x) => 1000 / x.decode_mean_tok_s).filter(Number.isFinite);
+    prof.measured_mean_ms_per_token = means.length ? means.reduce((a, b) => a + b, 0) / means.length : null;
     const gemv = dec.filter((r) => r.op === 'gemm');
-    prof.decode_gemv_ms_per_step = steps ? gemv.reduce((a, r) => a + r.total_ms, 0) / steps : null;
+    prof.decode_gemv_ms_per_step = perStep(gemv);
     const gemvBytes = gemv.map((r) => gemmKeyBytes(r.key) * r.calls);
     prof.decode_gemv_bytes_per_step = steps && gemvBytes.every(Number.isFinite) ? gemvBytes.reduce((a, b) => a + b, 0) / steps : null;
     prof.decode_gemv_handoff_ms_per_step = steps ? dec.filter((r) => r.op === 'handoff' && r.key === 'gemm').reduce((a, r) => a + r.total_ms, 0) / steps : null;
@@ -359,38 +372,35 @@ function gemmKeyBytes(key) {
 }
 
 // Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
-// attention, norms, rope, ...), and what the ops do not cover (sampling, scheduling, the
-// delivery to JavaScript) against the measured time per token.
+// attention, norms, rope, ...), the forward pass's code between the ops, sampling and the loop
+// between steps, against the measured time per token.
 function printProfile(r, out, ceilingGbs) {
   const prof = r.result?.profile;
   if (!prof) return;
   if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
   const dec = prof.ops.filter((x) => x.phase === 'decode' && x.op !== 'handoff' && x.op !== 'dispatch');
-  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
-  for (const x of dec.slice(0, 14)) {
+  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (${prof.decode_tokens} tokens; the timed runs' ` +
+    'forward passes the core marked as decode steps; prefill and warm-up excluded):');
+  for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
       `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
       (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : ''));
   }
-  const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
-  if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {
-    const tokMs = 1000 / best;
-    out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
-      `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
-    out(`  ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step of ${fmt(tokMs, 3)} ms/token measured: ` +
-      `${fmt(Math.max(0, tokMs - prof.decode_ops_ms_per_step), 3)} ms outside backend ops and sampling (decode loop, delivery; profiling overhead included)`);
-    // where a profiled decode step's op time goes against its weight bytes at the bandwidth
-    // ceiling (the profile's own basis: every decode step of the child, warm-up included)
-    const bytes = prof.decode_gemv_bytes_per_step;
-    if (ceilingGbs && bytes) {
-      const ideal = bytes / (ceilingGbs * 1e6);  // ms
-      const gemv = prof.decode_gemv_ms_per_step, hand = prof.decode_gemv_handoff_ms_per_step ?? 0;
-      const others = prof.decode_ops_ms_per_step - gemv;
-      prof.decode_gap_ms_per_step = { ideal, gemv_streaming_below: gemv - hand - ideal, gemv_handoffs: hand, other_ops: others };
-      out(`  gap: ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
-        `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
-        `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} other ops`);
-    }
+  out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
+    `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
+  out(`  step ${fmt(prof.decode_step_ms, 3)} ms = backend ops ${fmt(prof.decode_ops_ms_per_step, 3)} + forward pass between ops ` +
+    `${fmt(prof.decode_forward_other_ms_per_step, 3)} + sample ${fmt(prof.decode_sample_ms_per_step, 3)} + loop between steps ` +
+    `${fmt(prof.decode_loop_ms_per_step, 3)}; measured from JavaScript over the same runs ${fmt(prof.measured_mean_ms_per_token, 3)} ms/token (mean)`);
+  // where a profiled decode step's op time goes against its weight bytes at the bandwidth ceiling
+  const bytes = prof.decode_gemv_bytes_per_step;
+  if (ceilingGbs && bytes && prof.decode_step_ms) {
+    const ideal = bytes / (ceilingGbs * 1e6);  // ms
+    const gemv = prof.decode_gemv_ms_per_step, hand = prof.decode_gemv_handoff_ms_per_step ?? 0;
+    const others = prof.decode_step_ms - gemv;
+    prof.decode_gap_ms_per_step = { ideal, gemv_streaming_below: gemv - hand - ideal, gemv_handoffs: hand, other: others };
+    out(`  gap: step ${fmt(prof.decode_step_ms, 3)} ms = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
+      `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
+      `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} everything else (other ops, forward, sample, loop)`);
   }
 }
 
