@@ -324,7 +324,7 @@ async function runEmollmChild(spec, o) {
     // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time;
     // "dispatch" rows count the thread-pool jobs of an op (no time)
     const timed = (r) => r.op !== 'handoff' && r.op !== 'dispatch';
-    const NOT_OPS = new Set(['forward', 'sample', 'loop']);
+    const NOT_OPS = new Set(['forward', 'profiler', 'sample', 'loop']);
     const perStep = (rows) => (steps ? rows.reduce((a, r) => a + r.total_ms, 0) / steps : null);
     const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
@@ -342,8 +342,12 @@ async function runEmollmChild(spec, o) {
     }
     prof.decode_ops_ms_per_step = perStep(dec.filter((r) => timed(r) && !NOT_OPS.has(r.op)));
     prof.decode_forward_other_ms_per_step = perStep(dec.filter((r) => r.op === 'forward'));
+    prof.decode_profiler_ms_per_step = perStep(dec.filter((r) => r.op === 'profiler'));
     prof.decode_sample_ms_per_step = perStep(dec.filter((r) => r.op === 'sample'));
+    prof.decode_faults_per_step = steps ? dec.reduce((a, r) => a + (r.faults ?? 0), 0) / steps : null;
     prof.decode_loop_ms_per_step = perStep(dec.filter((r) => r.op === 'loop'));
+    const loopRow = dec.find((r) => r.op === 'loop');
+    prof.decode_loop_cpu_ms_per_step = steps && loopRow ? loopRow.cpu_ms / steps : null;
     prof.decode_step_ms = steps ? total / steps : null;
     // the same runs measured from JavaScript: mean ms per delivered token over every run (the
     // profile's basis: it counts every decode step of the child)
@@ -384,13 +388,13 @@ function printProfile(r, out, ceilingGbs) {
   for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
       `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
-      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : ''));
+      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
   }
   out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
     `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
   out(`  step ${fmt(prof.decode_step_ms, 3)} ms = backend ops ${fmt(prof.decode_ops_ms_per_step, 3)} + forward pass between ops ` +
-    `${fmt(prof.decode_forward_other_ms_per_step, 3)} + sample ${fmt(prof.decode_sample_ms_per_step, 3)} + loop between steps ` +
-    `${fmt(prof.decode_loop_ms_per_step, 3)}; measured from JavaScript over the same runs ${fmt(prof.measured_mean_ms_per_token, 3)} ms/token (mean)`);
+    `${fmt(prof.decode_forward_other_ms_per_step, 3)} + profiler's own ${fmt(prof.decode_profiler_ms_per_step, 3)} + sample ${fmt(prof.decode_sample_ms_per_step, 3)} + loop between steps ` +
+    `${fmt(prof.decode_loop_ms_per_step, 3)} (CPU ${fmt(prof.decode_loop_cpu_ms_per_step, 3)}); measured from JavaScript over the same runs ${fmt(prof.measured_mean_ms_per_token, 3)} ms/token (mean); ${fmt(prof.decode_faults_per_step, 2)} page faults/step (the decoding thread's)`);
   // where a profiled decode step's op time goes against its weight bytes at the bandwidth ceiling
   const bytes = prof.decode_gemv_bytes_per_step;
   if (ceilingGbs && bytes && prof.decode_step_ms) {

@@ -11,6 +11,9 @@
 #include <tuple>
 #include <vector>
 
+#include <sys/resource.h>
+#include <time.h>
+
 #include "base/pool_stats.h"
 
 namespace emollm {
@@ -19,7 +22,26 @@ namespace {
 struct Stat {
   int64_t calls = 0;
   double seconds = 0;
+  int64_t faults = 0;  // page faults (minor + major) of the thread inside the rows' calls
+  double cpu_seconds = 0;  // thread CPU time (the "loop" row only; else 0)
 };
+
+// CPU time of the calling thread: what the single-threaded parts cost under load, where their
+// wall time also counts the time the thread waited for a core.
+double thread_cpu_seconds() {
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Page faults the calling thread has taken so far (getrusage RUSAGE_THREAD; 0 where missing).
+int64_t thread_faults() {
+#ifdef RUSAGE_THREAD
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) == 0) return int64_t(ru.ru_minflt) + int64_t(ru.ru_majflt);
+#endif
+  return 0;
+}
 
 // phase, op, key -> Stat. One mutex: a profiled run is already a diagnostic run, and the lock is
 // taken once per op (tens of ops per token), not per element.
@@ -39,8 +61,12 @@ struct ThreadState {
   int phase = kOther;
   bool in_step = false;
   double ops_s = 0;        // timed backend ops inside the current step
+  double self_s = 0;       // the profiler's own bookkeeping inside the current step
   double added_s = 0;      // profile_add seconds since the last decode step ended (sampling)
   bool after_decode = false;
+  int64_t f0 = 0;          // the thread's page faults at the step's start
+  int64_t ops_f = 0;       // page faults inside the step's timed ops
+  double cpu_end = 0;      // thread CPU time at the last decode step's end
   std::chrono::steady_clock::time_point t0, decode_end;
 };
 thread_local ThreadState tls;
@@ -80,12 +106,15 @@ std::string shape_key(DType t, int64_t N, int64_t K) {
   return std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
-void record_row(int phase, const std::string& op, const std::string& key, double seconds, int64_t calls = 1) {
+void record_row(int phase, const std::string& op, const std::string& key, double seconds, int64_t calls = 1,
+                int64_t faults = 0, double cpu_seconds = 0) {
   Table& t = table();
   std::lock_guard<std::mutex> lk(t.mu);
   Stat& st = t.ops[std::make_tuple(std::string(phase_name(phase)), op, key)];
   st.calls += calls;
   st.seconds += seconds;
+  st.faults += faults;
+  st.cpu_seconds += cpu_seconds;
 }
 
 // Times one op, in the phase of the step its thread is in (ProfileStep); the thread-pool
@@ -94,25 +123,36 @@ void record_row(int phase, const std::string& op, const std::string& key, double
 // (calls = jobs, no time).
 class Timer {
  public:
-  Timer(const char* op, std::string key) : op_(op), phase_(tls.phase), key_(std::move(key)),
-        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()),
+  Timer(const char* op, std::string key)
+      : op_(op), phase_(tls.phase), key_(std::move(key)), enter_(std::chrono::steady_clock::now()),
+        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()), f0_(thread_faults()),
         t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const auto t1 = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(t1 - t0_).count();
+    const int64_t f = thread_faults() - f0_;
     const double h = pool_handoff_seconds_this_thread() - h0_;
     const uint64_t d = pool_dispatches_this_thread() - d0_;
-    if (tls.in_step) tls.ops_s += s;
-    record_row(phase_, op_, key_, s);
+    record_row(phase_, op_, key_, s, 1, f);
     if (h > 0) record_row(phase_, "handoff", op_, h);
     if (d > 0) record_row(phase_, "dispatch", op_, 0.0, int64_t(d));
+    // the bookkeeping around the timed call, so the step's "forward" row does not carry it
+    if (tls.in_step) {
+      tls.ops_s += s;
+      tls.ops_f += f;
+      tls.self_s += std::chrono::duration<double>(t0_ - enter_).count() +
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    }
   }
 
  private:
   const char* op_;
   int phase_;
   std::string key_;
+  std::chrono::steady_clock::time_point enter_;
   double h0_;
   uint64_t d0_;
+  int64_t f0_;
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -350,13 +390,18 @@ void profile_add(bool decode, const char* op, const std::string& key, double sec
 ProfileStep::ProfileStep(bool decode, int64_t tokens) : on_(profile_enabled() && !tls.in_step) {
   if (!on_) return;
   const auto now = std::chrono::steady_clock::now();
+  const double cpu = thread_cpu_seconds();
   if (decode && tls.after_decode)
     record_row(kDecode, "loop", "between steps",
-               std::max(0.0, std::chrono::duration<double>(now - tls.decode_end).count() - tls.added_s));
+               std::max(0.0, std::chrono::duration<double>(now - tls.decode_end).count() - tls.added_s), 1, 0,
+               std::max(0.0, cpu - tls.cpu_end - tls.added_s));
   tls.after_decode = false;
   tls.in_step = true;
   tls.phase = decode ? kDecode : kPrefill;
   tls.ops_s = 0;
+  tls.self_s = 0;
+  tls.ops_f = 0;
+  tls.f0 = thread_faults();
   tls.t0 = now;
   if (decode) {
     Table& t = table();
@@ -369,10 +414,13 @@ ProfileStep::ProfileStep(bool decode, int64_t tokens) : on_(profile_enabled() &&
 ProfileStep::~ProfileStep() {
   if (!on_) return;
   const auto now = std::chrono::steady_clock::now();
-  record_row(tls.phase, "forward", "between ops",
-             std::max(0.0, std::chrono::duration<double>(now - tls.t0).count() - tls.ops_s));
+  const double wall = std::chrono::duration<double>(now - tls.t0).count();
+  record_row(tls.phase, "forward", "between ops", std::max(0.0, wall - tls.ops_s - tls.self_s), 1,
+             thread_faults() - tls.f0 - tls.ops_f);
+  record_row(tls.phase, "profiler", "bookkeeping", tls.self_s, 1);
   tls.after_decode = tls.phase == kDecode;
-  tls.decode_end = now;
+  tls.decode_end = std::chrono::steady_clock::now();
+  tls.cpu_end = thread_cpu_seconds();
   tls.added_s = 0;
   tls.in_step = false;
   tls.phase = kOther;
@@ -404,7 +452,7 @@ std::string profile_json() {
     return a.second.seconds > b.second.seconds;
   });
   std::string s = "{\"decode_steps\":" + std::to_string(steps) + ",\"decode_tokens\":" + std::to_string(tokens) + ",\"ops\":[";
-  char buf[96];
+  char buf[192];
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i) s += ',';
     s += "{\"phase\":";
@@ -414,8 +462,9 @@ std::string profile_json() {
     s += ",\"key\":";
     json_str(s, std::get<2>(rows[i].first));
     const Stat& st = rows[i].second;
-    std::snprintf(buf, sizeof buf, ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f}", (long long)st.calls,
-                  st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0);
+    std::snprintf(buf, sizeof buf, ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f,\"faults\":%lld,\"cpu_ms\":%.4f}",
+                  (long long)st.calls, st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0,
+                  (long long)st.faults, st.cpu_seconds * 1e3);
     s += buf;
   }
   s += "]}";

@@ -23,7 +23,9 @@ void profile_set_enabled(bool on);
 // Clears the accumulated table.
 void profile_reset();
 // The table as JSON: {"decode_steps":N,"decode_tokens":T,"ops":[{"phase","op","key","calls",
-// "total_ms","mean_us"}...]} sorted by phase then total time. decode_steps = forward passes the
+// "total_ms","mean_us","faults","cpu_ms"}...]} sorted by phase then total time; faults = page faults the
+// calling thread took inside the row's calls (getrusage RUSAGE_THREAD: not the pool workers');
+// cpu_ms = the thread's CPU time in the "loop" row (its wall time less waiting for a core). decode_steps = forward passes the
 // core marked as decode steps, decode_tokens = their token rows (= steps for one sequence).
 std::string profile_json();
 // Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
@@ -34,12 +36,15 @@ void profile_add(bool decode, const char* op, const std::string& key, double sec
 
 // One forward pass, as the core sees it (RAII, on the thread that runs the pass; nothing when
 // profiling is off). Besides giving the backend ops inside it their phase, it records:
-//   (phase, "forward", "between ops")   the pass's wall time less its timed ops: the model code
-//                                       around the ops (block reservation, tables, the layer loop);
+//   (phase, "forward", "between ops")   the pass's wall time less its timed ops and the profiler's
+//                                       bookkeeping: the model code around the ops (block
+//                                       reservation, tables, the layer loop);
+//   (phase, "profiler", "bookkeeping")  the profiler's own time around the ops (clock, getrusage,
+//                                       the table) inside the pass: its overhead, shown, not hidden;
 //   ("decode", "loop", "between steps") from the end of one decode step to the start of the next
 //                                       on the same thread, less the profile_add time in between
 //                                       (sampling): token delivery, scheduling, the generate loop.
-// So a decode token's time = its ops + "forward" + "sample" + "loop", each a disjoint row.
+// So a decode token's time = its ops + "forward" + "profiler" + "sample" + "loop", disjoint rows.
 class ProfileStep {
  public:
   ProfileStep(bool decode, int64_t tokens);
