@@ -344,7 +344,7 @@ async function runEmollmChild(spec, o) {
     prof.decode_forward_other_ms_per_step = perStep(dec.filter((r) => r.op === 'forward'));
     prof.decode_profiler_ms_per_step = perStep(dec.filter((r) => r.op === 'profiler'));
     prof.decode_sample_ms_per_step = perStep(dec.filter((r) => r.op === 'sample'));
-    prof.decode_faults_per_step = steps ? dec.reduce((a, r) => a + (r.faults ?? 0), 0) / steps : null;
+    prof.decode_faults_per_step = steps ? (prof.decode_faults ?? 0) / steps : null;
     prof.decode_loop_ms_per_step = perStep(dec.filter((r) => r.op === 'loop'));
     const loopRow = dec.find((r) => r.op === 'loop');
     prof.decode_loop_cpu_ms_per_step = steps && loopRow ? loopRow.cpu_ms / steps : null;

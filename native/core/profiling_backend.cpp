@@ -50,7 +50,18 @@ struct Table {
   std::map<std::tuple<std::string, std::string, std::string>, Stat> ops;
   int64_t decode_steps = 0;
   int64_t decode_tokens = 0;
+  int64_t decode_faults = 0;  // the stepping thread's page faults inside decode steps, ops included
 };
+
+// Page faults per op (two getrusage calls around each op) only with EMOLLM_PROFILE_FAULTS=1: in a
+// VM a syscall costs a few us, ~500 a decode step. Per step (two calls a step) always.
+bool faults_per_op() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMOLLM_PROFILE_FAULTS");
+    return e && *e && std::string(e) != "0";
+  }();
+  return on;
+}
 
 enum Phase : int { kOther = 0, kPrefill = 1, kDecode = 2 };
 const char* phase_name(int p) { return p == kDecode ? "decode" : p == kPrefill ? "prefill" : "other"; }
@@ -125,12 +136,12 @@ class Timer {
  public:
   Timer(const char* op, std::string key)
       : op_(op), phase_(tls.phase), key_(std::move(key)), enter_(std::chrono::steady_clock::now()),
-        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()), f0_(thread_faults()),
+        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()), f0_(faults_per_op() ? thread_faults() : 0),
         t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
     const auto t1 = std::chrono::steady_clock::now();
     const double s = std::chrono::duration<double>(t1 - t0_).count();
-    const int64_t f = thread_faults() - f0_;
+    const int64_t f = faults_per_op() ? thread_faults() - f0_ : 0;
     const double h = pool_handoff_seconds_this_thread() - h0_;
     const uint64_t d = pool_dispatches_this_thread() - d0_;
     record_row(phase_, op_, key_, s, 1, f);
@@ -415,8 +426,14 @@ ProfileStep::~ProfileStep() {
   if (!on_) return;
   const auto now = std::chrono::steady_clock::now();
   const double wall = std::chrono::duration<double>(now - tls.t0).count();
+  const int64_t faults = thread_faults() - tls.f0;
   record_row(tls.phase, "forward", "between ops", std::max(0.0, wall - tls.ops_s - tls.self_s), 1,
-             thread_faults() - tls.f0 - tls.ops_f);
+             faults_per_op() ? faults - tls.ops_f : 0);
+  if (tls.phase == kDecode) {
+    Table& t = table();
+    std::lock_guard<std::mutex> lk(t.mu);
+    t.decode_faults += faults;
+  }
   record_row(tls.phase, "profiler", "bookkeeping", tls.self_s, 1);
   tls.after_decode = tls.phase == kDecode;
   tls.decode_end = std::chrono::steady_clock::now();
@@ -435,23 +452,26 @@ void profile_reset() {
   t.ops.clear();
   t.decode_steps = 0;
   t.decode_tokens = 0;
+  t.decode_faults = 0;
 }
 
 std::string profile_json() {
   Table& t = table();
   std::vector<std::pair<std::tuple<std::string, std::string, std::string>, Stat>> rows;
-  int64_t steps, tokens;
+  int64_t steps, tokens, faults;
   {
     std::lock_guard<std::mutex> lk(t.mu);
     rows.assign(t.ops.begin(), t.ops.end());
     steps = t.decode_steps;
     tokens = t.decode_tokens;
+    faults = t.decode_faults;
   }
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     if (std::get<0>(a.first) != std::get<0>(b.first)) return std::get<0>(a.first) < std::get<0>(b.first);
     return a.second.seconds > b.second.seconds;
   });
-  std::string s = "{\"decode_steps\":" + std::to_string(steps) + ",\"decode_tokens\":" + std::to_string(tokens) + ",\"ops\":[";
+  std::string s = "{\"decode_steps\":" + std::to_string(steps) + ",\"decode_tokens\":" + std::to_string(tokens) +
+                  ",\"decode_faults\":" + std::to_string(faults) + ",\"ops\":[";
   char buf[192];
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i) s += ',';

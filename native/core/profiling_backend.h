@@ -22,11 +22,13 @@ bool profile_enabled();
 void profile_set_enabled(bool on);
 // Clears the accumulated table.
 void profile_reset();
-// The table as JSON: {"decode_steps":N,"decode_tokens":T,"ops":[{"phase","op","key","calls",
-// "total_ms","mean_us","faults","cpu_ms"}...]} sorted by phase then total time; faults = page faults the
-// calling thread took inside the row's calls (getrusage RUSAGE_THREAD: not the pool workers');
-// cpu_ms = the thread's CPU time in the "loop" row (its wall time less waiting for a core). decode_steps = forward passes the
-// core marked as decode steps, decode_tokens = their token rows (= steps for one sequence).
+// The table as JSON: {"decode_steps":N,"decode_tokens":T,"decode_faults":F,"ops":[{"phase","op",
+// "key","calls","total_ms","mean_us","faults","cpu_ms"}...]} sorted by phase then total time.
+// decode_steps = forward passes the core marked as decode steps, decode_tokens = their token rows
+// (= steps for one sequence), decode_faults = page faults of the stepping thread inside them
+// (getrusage RUSAGE_THREAD: not the pool workers'). A row's faults: the same inside its calls,
+// counted only with EMOLLM_PROFILE_FAULTS=1 (two syscalls an op), else 0. cpu_ms: the thread's
+// CPU time, in the "loop" row only (its wall time less the time it waited for a core).
 std::string profile_json();
 // Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
 // nothing unless profiling is on. Thread-pool hand-offs inside ops are rows of op "handoff",
