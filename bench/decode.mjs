@@ -16,7 +16,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -115,7 +115,7 @@ function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
     budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
-    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30,
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
   };
   const val = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
@@ -144,6 +144,7 @@ function parseArgs(argv) {
       case '--no-probe': o.probe = false; break;
       case '--profile': o.profile = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
+      case '--gguf': o.gguf = val(i, a); i++; break;
       case '--json': o.json = true; break;
       case '--json-out': o.jsonOut = val(i, a); i++; break;
       case '--seed': o.seed = Number(val(i, a)); i++; break;
@@ -176,6 +177,9 @@ const HELP = `usage: npm run bench:decode -- [options]
                         norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
   llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
   --models-dir DIR      where the random models are (default bench/models)
+  --gguf FILE           measure this GGUF instead of a generated model (no HF folder), as the one --shapes and
+                        --dtypes given (e.g. --gguf bench/models/llava1.5-7b-q4_0.gguf --shapes 7b --dtypes q4_0:
+                        LLaVA-1.5's LLaMA-7B-shaped text decoder, random weights)
   --json                JSON on stdout (table on stderr); --json-out FILE writes it to a file
   --timeout S           kill a child measurement after S seconds (default 1800)
   --quiet-wait S        before each measurement wait up to S s for other work to stop (default 30; 0: don't)`;
@@ -525,8 +529,15 @@ async function main() {
   const wantHf = o.emollm && o.formats.includes('hf');
   const tStart = performance.now();
 
-  // ---- models
-  const plans = ensureModels(set, { out: o.out, hf: wantHf, seed: o.seed, log });
+  // ---- models: generated ones, or the one --gguf file standing for the one shape and dtype given
+  let plans;
+  if (o.gguf) {
+    if (set.length !== 1) throw new Error('--gguf needs exactly one --shapes and one --dtypes (what the file is)');
+    if (!existsSync(o.gguf)) throw new Error(`--gguf: ${o.gguf} does not exist`);
+    plans = [{ shape: set[0][0], dtype: set[0][1], gguf: { path: resolve(o.gguf) }, hf: null }];
+  } else {
+    plans = ensureModels(set, { out: o.out, hf: wantHf, seed: o.seed, log });
+  }
 
   // ---- engines
   const anchorOk = o.anchor && ensureAnchors(log);
