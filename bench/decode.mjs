@@ -114,7 +114,7 @@ async function emollmChild(spec) {
 function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
-    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
   };
   const val = (i, name) => {
@@ -139,6 +139,7 @@ function parseArgs(argv) {
       case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--no-anchor': o.anchor = false; break;
+      case '--no-node-llama-cpp': o.nlc = false; break;
       case '--no-emollm': o.emollm = false; break;
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
@@ -173,6 +174,7 @@ const HELP = `usage: npm run bench:decode -- [options]
                         (at most 3 x S; default 20), --runs N at most (default 4), at least 1
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16; emollm's cache is f32)
   --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
+  --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
                         norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
   llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
@@ -540,7 +542,7 @@ async function main() {
   }
 
   // ---- engines
-  const anchorOk = o.anchor && ensureAnchors(log);
+  const anchorOk = o.anchor && o.nlc && ensureAnchors(log);
   const lb = o.anchor ? llamaBenchAvailable() : { path: null, whyNot: 'disabled (--no-anchor)' };
   if (o.anchor && lb.whyNot) log(`bench:decode: llama-bench anchor: ${lb.whyNot}`);
   const emollmWhyNot = o.emollm ? emollmAvailable(o, log) : 'disabled (--no-emollm)';
@@ -655,7 +657,7 @@ async function main() {
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
-  if (!anchorOk && o.anchor) out('llama.cpp: not measured: node-llama-cpp is not installed');
+  if (!anchorOk && o.anchor) out(`llama.cpp: not measured: ${o.nlc ? 'node-llama-cpp is not installed' : '--no-node-llama-cpp'}`);
   if (o.anchor && lb.whyNot) out(`llama-bench: not measured: ${lb.whyNot}`);
   const lbInfo = results.find((r) => r.side === 'llama-bench' && r.result?.ok)?.result.info;
   if (lbInfo) out(`llama-bench: llama.cpp ${lbInfo.build_commit} (node-llama-cpp's pinned source), ${lbInfo.n_threads} threads, KV ${lbInfo.type_k}, flash attention ${lbInfo.flash_attn}, cpu ${lbInfo.cpu_info}`);
