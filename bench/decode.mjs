@@ -16,7 +16,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -114,8 +114,8 @@ async function emollmChild(spec) {
 function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
-    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
-    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30,
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
+    out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
   };
   const val = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
@@ -139,11 +139,13 @@ function parseArgs(argv) {
       case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--no-anchor': o.anchor = false; break;
+      case '--no-node-llama-cpp': o.nlc = false; break;
       case '--no-emollm': o.emollm = false; break;
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
       case '--profile': o.profile = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
+      case '--gguf': o.gguf = val(i, a); i++; break;
       case '--json': o.json = true; break;
       case '--json-out': o.jsonOut = val(i, a); i++; break;
       case '--seed': o.seed = Number(val(i, a)); i++; break;
@@ -172,10 +174,14 @@ const HELP = `usage: npm run bench:decode -- [options]
                         (at most 3 x S; default 20), --runs N at most (default 4), at least 1
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16; emollm's cache is f32)
   --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
+  --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
                         norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
   llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
   --models-dir DIR      where the random models are (default bench/models)
+  --gguf FILE           measure this GGUF instead of a generated model (no HF folder), as the one --shapes and
+                        --dtypes given (e.g. --gguf bench/models/llava1.5-7b-q4_0.gguf --shapes 7b --dtypes q4_0:
+                        LLaVA-1.5's LLaMA-7B-shaped text decoder, random weights)
   --json                JSON on stdout (table on stderr); --json-out FILE writes it to a file
   --timeout S           kill a child measurement after S seconds (default 1800)
   --quiet-wait S        before each measurement wait up to S s for other work to stop (default 30; 0: don't)`;
@@ -316,11 +322,16 @@ async function runEmollmChild(spec, o) {
       env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
     if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
     const prof = JSON.parse(readFileSync(file, 'utf8'));
+    // decode rows: the ops of the forward passes the core marked as decode steps (ProfileStep in
+    // LlamaContext::forward_reserved), the pass's own code between them (`forward`), the sampler
+    // (`sample`) and the loop between two steps (`loop`): disjoint, so they add up to a token
     const steps = prof.decode_steps || 0;
     const dec = prof.ops.filter((r) => r.phase === 'decode');
     // "handoff" rows (thread-pool wake-up and wait inside an op) are part of their op's time;
     // "dispatch" rows count the thread-pool jobs of an op (no time)
     const timed = (r) => r.op !== 'handoff' && r.op !== 'dispatch';
+    const NOT_OPS = new Set(['forward', 'profiler', 'sample', 'loop']);
+    const perStep = (rows) => (steps ? rows.reduce((a, r) => a + r.total_ms, 0) / steps : null);
     const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
     prof.decode_handoff_ms_per_step = steps ? handoff / steps : null;
@@ -335,9 +346,21 @@ async function runEmollmChild(spec, o) {
         r.gb_s = bytes && r.mean_us ? bytes / (r.mean_us * 1e3) : null;
       }
     }
-    prof.decode_ops_ms_per_step = steps ? total / steps : null;
+    prof.decode_ops_ms_per_step = perStep(dec.filter((r) => timed(r) && !NOT_OPS.has(r.op)));
+    prof.decode_forward_other_ms_per_step = perStep(dec.filter((r) => r.op === 'forward'));
+    prof.decode_profiler_ms_per_step = perStep(dec.filter((r) => r.op === 'profiler'));
+    prof.decode_sample_ms_per_step = perStep(dec.filter((r) => r.op === 'sample'));
+    prof.decode_faults_per_step = steps ? (prof.decode_faults ?? 0) / steps : null;
+    prof.decode_loop_ms_per_step = perStep(dec.filter((r) => r.op === 'loop'));
+    const loopRow = dec.find((r) => r.op === 'loop');
+    prof.decode_loop_cpu_ms_per_step = steps && loopRow ? loopRow.cpu_ms / steps : null;
+    prof.decode_step_ms = steps ? total / steps : null;
+    // the same runs measured from JavaScript: mean ms per delivered token over every run (the
+    // profile's basis: it counts every decode step of the child)
+    const means = (res.runs ?? []).map((x) => 1000 / x.decode_mean_tok_s).filter(Number.isFinite);
+    prof.measured_mean_ms_per_token = means.length ? means.reduce((a, b) => a + b, 0) / means.length : null;
     const gemv = dec.filter((r) => r.op === 'gemm');
-    prof.decode_gemv_ms_per_step = steps ? gemv.reduce((a, r) => a + r.total_ms, 0) / steps : null;
+    prof.decode_gemv_ms_per_step = perStep(gemv);
     const gemvBytes = gemv.map((r) => gemmKeyBytes(r.key) * r.calls);
     prof.decode_gemv_bytes_per_step = steps && gemvBytes.every(Number.isFinite) ? gemvBytes.reduce((a, b) => a + b, 0) / steps : null;
     prof.decode_gemv_handoff_ms_per_step = steps ? dec.filter((r) => r.op === 'handoff' && r.key === 'gemm').reduce((a, r) => a + r.total_ms, 0) / steps : null;
@@ -359,38 +382,35 @@ function gemmKeyBytes(key) {
 }
 
 // Prints the decode part of a profile: time per decode step by op (GEMV by weight shape,
-// attention, norms, rope, ...), and what the ops do not cover (sampling, scheduling, the
-// delivery to JavaScript) against the measured time per token.
+// attention, norms, rope, ...), the forward pass's code between the ops, sampling and the loop
+// between steps, against the measured time per token.
 function printProfile(r, out, ceilingGbs) {
   const prof = r.result?.profile;
   if (!prof) return;
   if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
   const dec = prof.ops.filter((x) => x.phase === 'decode' && x.op !== 'handoff' && x.op !== 'dispatch');
-  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (prefill, warm-up and timed tokens together):`);
-  for (const x of dec.slice(0, 14)) {
+  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (${prof.decode_tokens} tokens; the timed runs' ` +
+    'forward passes the core marked as decode steps; prefill and warm-up excluded):');
+  for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
       `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
-      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : ''));
+      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
   }
-  const best = Math.max(...(r.result.runs ?? []).map((x) => x.decode_tok_s).filter(Number.isFinite));
-  if (Number.isFinite(best) && prof.decode_ops_ms_per_step) {
-    const tokMs = 1000 / best;
-    out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
-      `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
-    out(`  ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step of ${fmt(tokMs, 3)} ms/token measured: ` +
-      `${fmt(Math.max(0, tokMs - prof.decode_ops_ms_per_step), 3)} ms outside backend ops and sampling (decode loop, delivery; profiling overhead included)`);
-    // where a profiled decode step's op time goes against its weight bytes at the bandwidth
-    // ceiling (the profile's own basis: every decode step of the child, warm-up included)
-    const bytes = prof.decode_gemv_bytes_per_step;
-    if (ceilingGbs && bytes) {
-      const ideal = bytes / (ceilingGbs * 1e6);  // ms
-      const gemv = prof.decode_gemv_ms_per_step, hand = prof.decode_gemv_handoff_ms_per_step ?? 0;
-      const others = prof.decode_ops_ms_per_step - gemv;
-      prof.decode_gap_ms_per_step = { ideal, gemv_streaming_below: gemv - hand - ideal, gemv_handoffs: hand, other_ops: others };
-      out(`  gap: ops ${fmt(prof.decode_ops_ms_per_step, 3)} ms/step = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
-        `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
-        `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} other ops`);
-    }
+  out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
+    `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
+  out(`  step ${fmt(prof.decode_step_ms, 3)} ms = backend ops ${fmt(prof.decode_ops_ms_per_step, 3)} + forward pass between ops ` +
+    `${fmt(prof.decode_forward_other_ms_per_step, 3)} + profiler's own ${fmt(prof.decode_profiler_ms_per_step, 3)} + sample ${fmt(prof.decode_sample_ms_per_step, 3)} + loop between steps ` +
+    `${fmt(prof.decode_loop_ms_per_step, 3)} (CPU ${fmt(prof.decode_loop_cpu_ms_per_step, 3)}); measured from JavaScript over the same runs ${fmt(prof.measured_mean_ms_per_token, 3)} ms/token (mean); ${fmt(prof.decode_faults_per_step, 2)} page faults/step (the decoding thread's)`);
+  // where a profiled decode step's op time goes against its weight bytes at the bandwidth ceiling
+  const bytes = prof.decode_gemv_bytes_per_step;
+  if (ceilingGbs && bytes && prof.decode_step_ms) {
+    const ideal = bytes / (ceilingGbs * 1e6);  // ms
+    const gemv = prof.decode_gemv_ms_per_step, hand = prof.decode_gemv_handoff_ms_per_step ?? 0;
+    const others = prof.decode_step_ms - gemv;
+    prof.decode_gap_ms_per_step = { ideal, gemv_streaming_below: gemv - hand - ideal, gemv_handoffs: hand, other: others };
+    out(`  gap: step ${fmt(prof.decode_step_ms, 3)} ms = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
+      `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
+      `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} everything else (other ops, forward, sample, loop)`);
   }
 }
 
@@ -511,11 +531,18 @@ async function main() {
   const wantHf = o.emollm && o.formats.includes('hf');
   const tStart = performance.now();
 
-  // ---- models
-  const plans = ensureModels(set, { out: o.out, hf: wantHf, seed: o.seed, log });
+  // ---- models: generated ones, or the one --gguf file standing for the one shape and dtype given
+  let plans;
+  if (o.gguf) {
+    if (set.length !== 1) throw new Error('--gguf needs exactly one --shapes and one --dtypes (what the file is)');
+    if (!existsSync(o.gguf)) throw new Error(`--gguf: ${o.gguf} does not exist`);
+    plans = [{ shape: set[0][0], dtype: set[0][1], gguf: { path: resolve(o.gguf) }, hf: null }];
+  } else {
+    plans = ensureModels(set, { out: o.out, hf: wantHf, seed: o.seed, log });
+  }
 
   // ---- engines
-  const anchorOk = o.anchor && ensureAnchors(log);
+  const anchorOk = o.anchor && o.nlc && ensureAnchors(log);
   const lb = o.anchor ? llamaBenchAvailable() : { path: null, whyNot: 'disabled (--no-anchor)' };
   if (o.anchor && lb.whyNot) log(`bench:decode: llama-bench anchor: ${lb.whyNot}`);
   const emollmWhyNot = o.emollm ? emollmAvailable(o, log) : 'disabled (--no-emollm)';
@@ -630,7 +657,7 @@ async function main() {
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
-  if (!anchorOk && o.anchor) out('llama.cpp: not measured: node-llama-cpp is not installed');
+  if (!anchorOk && o.anchor) out(`llama.cpp: not measured: ${o.nlc ? 'node-llama-cpp is not installed' : '--no-node-llama-cpp'}`);
   if (o.anchor && lb.whyNot) out(`llama-bench: not measured: ${lb.whyNot}`);
   const lbInfo = results.find((r) => r.side === 'llama-bench' && r.result?.ok)?.result.info;
   if (lbInfo) out(`llama-bench: llama.cpp ${lbInfo.build_commit} (node-llama-cpp's pinned source), ${lbInfo.n_threads} threads, KV ${lbInfo.type_k}, flash attention ${lbInfo.flash_attn}, cpu ${lbInfo.cpu_info}`);

@@ -11,6 +11,9 @@
 #include <tuple>
 #include <vector>
 
+#include <sys/resource.h>
+#include <time.h>
+
 #include "base/pool_stats.h"
 
 namespace emollm {
@@ -19,7 +22,26 @@ namespace {
 struct Stat {
   int64_t calls = 0;
   double seconds = 0;
+  int64_t faults = 0;  // page faults (minor + major) of the thread inside the rows' calls
+  double cpu_seconds = 0;  // thread CPU time (the "loop" row only; else 0)
 };
+
+// CPU time of the calling thread: what the single-threaded parts cost under load, where their
+// wall time also counts the time the thread waited for a core.
+double thread_cpu_seconds() {
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Page faults the calling thread has taken so far (getrusage RUSAGE_THREAD; 0 where missing).
+int64_t thread_faults() {
+#ifdef RUSAGE_THREAD
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) == 0) return int64_t(ru.ru_minflt) + int64_t(ru.ru_majflt);
+#endif
+  return 0;
+}
 
 // phase, op, key -> Stat. One mutex: a profiled run is already a diagnostic run, and the lock is
 // taken once per op (tens of ops per token), not per element.
@@ -27,7 +49,38 @@ struct Table {
   std::mutex mu;
   std::map<std::tuple<std::string, std::string, std::string>, Stat> ops;
   int64_t decode_steps = 0;
+  int64_t decode_tokens = 0;
+  int64_t decode_faults = 0;  // the stepping thread's page faults inside decode steps, ops included
 };
+
+// Page faults per op (two getrusage calls around each op) only with EMOLLM_PROFILE_FAULTS=1: in a
+// VM a syscall costs a few us, ~500 a decode step. Per step (two calls a step) always.
+bool faults_per_op() {
+  static const bool on = [] {
+    const char* e = std::getenv("EMOLLM_PROFILE_FAULTS");
+    return e && *e && std::string(e) != "0";
+  }();
+  return on;
+}
+
+enum Phase : int { kOther = 0, kPrefill = 1, kDecode = 2 };
+const char* phase_name(int p) { return p == kDecode ? "decode" : p == kPrefill ? "prefill" : "other"; }
+
+// What the thread that runs forward passes is in (ProfileStep): the phase its ops get, the timed
+// op seconds of the current step, and the decode loop's bookkeeping between two decode steps.
+struct ThreadState {
+  int phase = kOther;
+  bool in_step = false;
+  double ops_s = 0;        // timed backend ops inside the current step
+  double self_s = 0;       // the profiler's own bookkeeping inside the current step
+  double added_s = 0;      // profile_add seconds since the last decode step ended (sampling)
+  bool after_decode = false;
+  int64_t f0 = 0;          // the thread's page faults at the step's start
+  int64_t ops_f = 0;       // page faults inside the step's timed ops
+  double cpu_end = 0;      // thread CPU time at the last decode step's end
+  std::chrono::steady_clock::time_point t0, decode_end;
+};
+thread_local ThreadState tls;
 
 Table& table() {
   static Table* t = new Table();  // never destroyed: the exit hook below may still read it
@@ -64,37 +117,53 @@ std::string shape_key(DType t, int64_t N, int64_t K) {
   return std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
-void record_row(bool decode, const std::string& op, const std::string& key, double seconds, int64_t calls = 1) {
+void record_row(int phase, const std::string& op, const std::string& key, double seconds, int64_t calls = 1,
+                int64_t faults = 0, double cpu_seconds = 0) {
   Table& t = table();
   std::lock_guard<std::mutex> lk(t.mu);
-  Stat& st = t.ops[std::make_tuple(std::string(decode ? "decode" : "prefill"), op, key)];
+  Stat& st = t.ops[std::make_tuple(std::string(phase_name(phase)), op, key)];
   st.calls += calls;
   st.seconds += seconds;
+  st.faults += faults;
+  st.cpu_seconds += cpu_seconds;
 }
 
-// Times one op; the thread-pool hand-offs inside it (base/pool_stats.h) also go to a "handoff"
-// row keyed by the op (part of the op's time, not in addition to it), and its thread-pool jobs
-// to a "dispatch" row keyed by the op (calls = jobs, no time).
+// Times one op, in the phase of the step its thread is in (ProfileStep); the thread-pool
+// hand-offs inside it (base/pool_stats.h) also go to a "handoff" row keyed by the op (part of the
+// op's time, not in addition to it), and its thread-pool jobs to a "dispatch" row keyed by the op
+// (calls = jobs, no time).
 class Timer {
  public:
-  Timer(const char* op, bool one_row, std::string key) : op_(op), decode_(one_row), key_(std::move(key)),
-        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()),
+  Timer(const char* op, std::string key)
+      : op_(op), phase_(tls.phase), key_(std::move(key)), enter_(std::chrono::steady_clock::now()),
+        h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()), f0_(faults_per_op() ? thread_faults() : 0),
         t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const auto t1 = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(t1 - t0_).count();
+    const int64_t f = faults_per_op() ? thread_faults() - f0_ : 0;
     const double h = pool_handoff_seconds_this_thread() - h0_;
     const uint64_t d = pool_dispatches_this_thread() - d0_;
-    record_row(decode_, op_, key_, s);
-    if (h > 0) record_row(decode_, "handoff", op_, h);
-    if (d > 0) record_row(decode_, "dispatch", op_, 0.0, int64_t(d));
+    record_row(phase_, op_, key_, s, 1, f);
+    if (h > 0) record_row(phase_, "handoff", op_, h);
+    if (d > 0) record_row(phase_, "dispatch", op_, 0.0, int64_t(d));
+    // the bookkeeping around the timed call, so the step's "forward" row does not carry it
+    if (tls.in_step) {
+      tls.ops_s += s;
+      tls.ops_f += f;
+      tls.self_s += std::chrono::duration<double>(t0_ - enter_).count() +
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    }
   }
 
  private:
   const char* op_;
-  bool decode_;
+  int phase_;
   std::string key_;
+  std::chrono::steady_clock::time_point enter_;
   double h0_;
   uint64_t d0_;
+  int64_t f0_;
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -154,7 +223,7 @@ class ProfilingBackend final : public Backend {
 
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
-    Timer t("gemm", M == 1, shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));
+    Timer t("gemm", shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));
     in_->gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K);
   }
   // One row, keyed by the outputs' shapes together ("q4_0 N=2048+256+256 K=2048"): the inner
@@ -168,66 +237,60 @@ class ProfilingBackend final : public Backend {
       key += std::to_string(outs[j].N);
       packed = packed && is_packed(outs[j].W);
     }
-    Timer t("gemm", M == 1, key + " K=" + std::to_string(K) + (packed ? " repacked" : ""));
+    Timer t("gemm", key + " K=" + std::to_string(K) + (packed ? " repacked" : ""));
     in_->gemm_multi(X, ldx, outs, n, M, K);
   }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
-    Timer t("rmsnorm", rows == 1, "n=" + std::to_string(n));
+    Timer t("rmsnorm", "n=" + std::to_string(n));
     in_->rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
   }
   void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t rows,
                  int64_t n, float eps) override {
-    Timer t("layernorm", rows == 1, "n=" + std::to_string(n));
+    Timer t("layernorm", "n=" + std::to_string(n));
     in_->layernorm(x, ldx, w, b, y, ldy, rows, n, eps);
   }
   void silu(const float* x, float* y, int64_t n) override {
-    Timer t("silu", false, "");
+    Timer t("silu", "");
     in_->silu(x, y, n);
   }
   void gelu_erf(const float* x, float* y, int64_t n) override {
-    Timer t("gelu_erf", false, "");
+    Timer t("gelu_erf", "");
     in_->gelu_erf(x, y, n);
   }
   void quick_gelu(const float* x, float* y, int64_t n) override {
-    Timer t("quick_gelu", false, "");
+    Timer t("quick_gelu", "");
     in_->quick_gelu(x, y, n);
   }
-  // Elementwise ops see only n: a call of at most one hidden row is counted as decode.
   void swiglu(const float* gate, const float* up, float* y, int64_t n) override {
-    Timer t("swiglu", n <= 65536, "");
+    Timer t("swiglu", "");
     in_->swiglu(gate, up, y, n);
   }
   void add(const float* a, const float* b, float* y, int64_t n) override {
-    Timer t("add", n <= 16384, "");
+    Timer t("add", "");
     in_->add(a, b, y, n);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
-    Timer t("copy", bytes <= 65536, "");
+    Timer t("copy", "");
     in_->copy(dst, src, bytes);
   }
   void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    Timer t("softmax", rows == 1, "n=" + std::to_string(n));
+    Timer t("softmax", "n=" + std::to_string(n));
     in_->softmax(x, ldx, y, ldy, rows, n);
   }
   void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
             const RopeParams& p) override {
-    Timer t("rope", n_tokens == 1, "heads=" + std::to_string(n_heads));
+    Timer t("rope", "heads=" + std::to_string(n_heads));
     in_->rope(x, ld, n_tokens, n_heads, positions, p);
   }
   void embedding_lookup(const void* table_, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
                         float* out, int64_t ld_out) override {
-    if (n == 1) {
-      Table& t = table();
-      std::lock_guard<std::mutex> lk(t.mu);
-      t.decode_steps++;
-    }
-    Timer t("embedding", n == 1, dtype_name(dtype));
+    Timer t("embedding", dtype_name(dtype));
     in_->embedding_lookup(table_, dtype, vocab, dim, ids, n, out, ld_out);
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     // kv length in buckets of 256 so a decode run's rows stay few
-    Timer t("attention", p.n_q == 1, "heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) +
+    Timer t("attention", "heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) +
                                          " d=" + std::to_string(p.head_dim) + " kv<=" +
                                          std::to_string((p.n_kv + 255) / 256 * 256));
     in_->attention(q, k, v, out, p);
@@ -235,17 +298,16 @@ class ProfilingBackend final : public Backend {
   void attention_batch(const AttentionBatchItem* items, int64_t n) override {
     if (n == 0) return;
     int64_t n_kv = 0;
-    bool decode = true;  // every item one query row (a decode step of each sequence)
-    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv), decode = decode && items[i].p.n_q == 1;
+    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv);
     const AttentionParams& p = items[0].p;
-    Timer t("attention_batch", decode, std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
+    Timer t("attention_batch", std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
                                           std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
                                           " kv<=" + std::to_string((n_kv + 255) / 256 * 256));
     in_->attention_batch(items, n);
   }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                       const float* G, DType wtype, float* Y, const MvpProjectionParams& p) override {
-    Timer t("mvp_projection", p.tokens == 1, dtype_name(wtype));
+    Timer t("mvp_projection", dtype_name(wtype));
     in_->mvp_projection(X, W1, b1, W2, b2, G, wtype, Y, p);
   }
 
@@ -254,64 +316,64 @@ class ProfilingBackend final : public Backend {
   bool supports_kv_dtype(DType t) const override { return in_->supports_kv_dtype(t); }
   bool supports_paged_kv() const override { return in_->supports_paged_kv(); }
   void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) override {
-    Timer t("copy_2d", rows == 1, "");
+    Timer t("copy_2d", "");
     in_->copy_2d(dst, ld_dst, src, ld_src, rows, row_bytes);
   }
   void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p) override {
-    Timer t("extract_patches", false, "");
+    Timer t("extract_patches", "");
     in_->extract_patches(images, cols, ld_cols, p);
   }
   void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) override {
-    Timer t("convert", n <= 16384, std::string(dtype_name(src_type)) + "->" + dtype_name(dst_type));
+    Timer t("convert", std::string(dtype_name(src_type)) + "->" + dtype_name(dst_type));
     in_->convert(src, src_type, dst, dst_type, n);
   }
   void add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    Timer t("add_row", rows == 1, "n=" + std::to_string(n));
+    Timer t("add_row", "n=" + std::to_string(n));
     in_->add_row(x, ldx, v, y, ldy, rows, n);
   }
   void mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    Timer t("mul_row", rows == 1, "n=" + std::to_string(n));
+    Timer t("mul_row", "n=" + std::to_string(n));
     in_->mul_row(x, ldx, v, y, ldy, rows, n);
   }
   void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
                    bool accumulate) override {
-    Timer t("mul_row_add", rows == 1, "n=" + std::to_string(n));
+    Timer t("mul_row_add", "n=" + std::to_string(n));
     in_->mul_row_add(x, ldx, v, y, ldy, rows, n, accumulate);
   }
   void scale(const float* x, float s, float* y, int64_t n) override {
-    Timer t("scale", n <= 16384, "");
+    Timer t("scale", "");
     in_->scale(x, s, y, n);
   }
 
-  // ---- training (the trainer's backward ops; "decode" never: no backward runs in a decode step)
+  // ---- training (the trainer's backward ops)
   void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
                        int64_t N, int64_t K, bool accumulate) override {
-    Timer t("gemm_backward_x", false, std::string(dtype_name(wtype)) + " " + std::to_string(N) + "x" + std::to_string(K));
+    Timer t("gemm_backward_x", std::string(dtype_name(wtype)) + " " + std::to_string(N) + "x" + std::to_string(K));
     in_->gemm_backward_x(dY, lddy, W, wtype, dX, lddx, M, N, K, accumulate);
   }
   void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
                         int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) override {
-    Timer t("rmsnorm_backward", false, "n=" + std::to_string(n));
+    Timer t("rmsnorm_backward", "n=" + std::to_string(n));
     in_->rmsnorm_backward(x, ldx, w, dy, lddy, dx, lddx, rows, n, eps, accumulate);
   }
   void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
                        int64_t n) override {
-    Timer t("swiglu_backward", false, "");
+    Timer t("swiglu_backward", "");
     in_->swiglu_backward(gate, up, dy, dgate, dup, n);
   }
   void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
                      const RopeParams& p) override {
-    Timer t("rope_backward", false, "");
+    Timer t("rope_backward", "");
     in_->rope_backward(dx, ld, n_tokens, n_heads, positions, p);
   }
   void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
                           const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
-    Timer t("attention_backward", false, "");
+    Timer t("attention_backward", "");
     in_->attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p);
   }
   double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
                        float* dlogits) override {
-    Timer t("cross_entropy", false, "V=" + std::to_string(V));
+    Timer t("cross_entropy", "V=" + std::to_string(V));
     return in_->cross_entropy(logits, ld, targets, rows, V, scale, dlogits);
   }
 
@@ -331,7 +393,54 @@ void json_str(std::string& s, const std::string& v) {
 }  // namespace
 
 void profile_add(bool decode, const char* op, const std::string& key, double seconds) {
-  if (profile_enabled()) record_row(decode, op, key, seconds);
+  if (!profile_enabled()) return;
+  tls.added_s += seconds;
+  record_row(decode ? kDecode : tls.phase, op, key, seconds);
+}
+
+ProfileStep::ProfileStep(bool decode, int64_t tokens) : on_(profile_enabled() && !tls.in_step) {
+  if (!on_) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double cpu = thread_cpu_seconds();
+  if (decode && tls.after_decode)
+    record_row(kDecode, "loop", "between steps",
+               std::max(0.0, std::chrono::duration<double>(now - tls.decode_end).count() - tls.added_s), 1, 0,
+               std::max(0.0, cpu - tls.cpu_end - tls.added_s));
+  tls.after_decode = false;
+  tls.in_step = true;
+  tls.phase = decode ? kDecode : kPrefill;
+  tls.ops_s = 0;
+  tls.self_s = 0;
+  tls.ops_f = 0;
+  tls.f0 = thread_faults();
+  tls.t0 = now;
+  if (decode) {
+    Table& t = table();
+    std::lock_guard<std::mutex> lk(t.mu);
+    t.decode_steps += 1;
+    t.decode_tokens += tokens;
+  }
+}
+
+ProfileStep::~ProfileStep() {
+  if (!on_) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double wall = std::chrono::duration<double>(now - tls.t0).count();
+  const int64_t faults = thread_faults() - tls.f0;
+  record_row(tls.phase, "forward", "between ops", std::max(0.0, wall - tls.ops_s - tls.self_s), 1,
+             faults_per_op() ? faults - tls.ops_f : 0);
+  if (tls.phase == kDecode) {
+    Table& t = table();
+    std::lock_guard<std::mutex> lk(t.mu);
+    t.decode_faults += faults;
+  }
+  record_row(tls.phase, "profiler", "bookkeeping", tls.self_s, 1);
+  tls.after_decode = tls.phase == kDecode;
+  tls.decode_end = std::chrono::steady_clock::now();
+  tls.cpu_end = thread_cpu_seconds();
+  tls.added_s = 0;
+  tls.in_step = false;
+  tls.phase = kOther;
 }
 
 bool profile_enabled() { return enabled_flag().load(std::memory_order_relaxed) != 0; }
@@ -342,23 +451,28 @@ void profile_reset() {
   std::lock_guard<std::mutex> lk(t.mu);
   t.ops.clear();
   t.decode_steps = 0;
+  t.decode_tokens = 0;
+  t.decode_faults = 0;
 }
 
 std::string profile_json() {
   Table& t = table();
   std::vector<std::pair<std::tuple<std::string, std::string, std::string>, Stat>> rows;
-  int64_t steps;
+  int64_t steps, tokens, faults;
   {
     std::lock_guard<std::mutex> lk(t.mu);
     rows.assign(t.ops.begin(), t.ops.end());
     steps = t.decode_steps;
+    tokens = t.decode_tokens;
+    faults = t.decode_faults;
   }
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     if (std::get<0>(a.first) != std::get<0>(b.first)) return std::get<0>(a.first) < std::get<0>(b.first);
     return a.second.seconds > b.second.seconds;
   });
-  std::string s = "{\"decode_steps\":" + std::to_string(steps) + ",\"ops\":[";
-  char buf[96];
+  std::string s = "{\"decode_steps\":" + std::to_string(steps) + ",\"decode_tokens\":" + std::to_string(tokens) +
+                  ",\"decode_faults\":" + std::to_string(faults) + ",\"ops\":[";
+  char buf[192];
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i) s += ',';
     s += "{\"phase\":";
@@ -368,8 +482,9 @@ std::string profile_json() {
     s += ",\"key\":";
     json_str(s, std::get<2>(rows[i].first));
     const Stat& st = rows[i].second;
-    std::snprintf(buf, sizeof buf, ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f}", (long long)st.calls,
-                  st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0);
+    std::snprintf(buf, sizeof buf, ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f,\"faults\":%lld,\"cpu_ms\":%.4f}",
+                  (long long)st.calls, st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0,
+                  (long long)st.faults, st.cpu_seconds * 1e3);
     s += buf;
   }
   s += "]}";

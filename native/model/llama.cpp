@@ -14,6 +14,7 @@
 #include "base/env_switch.h"
 #include "core/tensor.h"
 #include "core/filesystem.h"
+#include "core/profiling_backend.h"
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/json.h"
@@ -667,6 +668,11 @@ void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
 }
 
 bool LlamaContext::forward_reserved(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort) {
+  // The per-op profile (core/profiling_backend.h) learns the pass's phase from here, not from
+  // the ops' sizes: a decode step is one new token of each sequence.
+  int64_t rows = 0;
+  for (int i = 0; i < n_segs; ++i) rows += segs[i].n;
+  const ProfileStep step(rows == n_segs, rows);
   reserve_blocks(segs, n_segs);
   auto unreserve = [&] {  // the blocks taken for the new positions go back; a copied block stays
     for (int i = 0; i < n_segs; ++i) release_blocks_from(seqs_[size_t(segs[i].seq)], size_t(kv_blocks_for(segs[i].pos0)));

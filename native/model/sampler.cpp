@@ -18,6 +18,35 @@ Sampler::Sampler(const SamplerParams& p, int64_t n_vocab)
   EMOLLM_CHECK_ARG(!std::isnan(p.top_p), "sampler: top_p is NaN");
 }
 
+namespace {
+
+// The greedy pick: the lowest index of the largest value, NaN never winning past index 0, i.e.
+// exactly `best = 0; for i: if (x[i] > x[best]) best = i`, but in 16 independent lanes (each
+// the same loop over its own stride, started from x[0]) so the compares do not wait on each
+// other: ~32000 logits in a few us instead of a chain of dependent loads and compares.
+int64_t argmax_first(const float* x, int64_t n) {
+  if (n <= 1 || std::isnan(x[0])) return 0;
+  constexpr int kLanes = 16;
+  float bv[kLanes];
+  int64_t bi[kLanes];
+  for (int l = 0; l < kLanes; ++l) bv[l] = x[0], bi[l] = 0;
+  int64_t i = 1;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l)
+      if (x[i + l] > bv[l]) bv[l] = x[i + l], bi[l] = i + l;
+  for (int l = 0; i < n; ++i, ++l)
+    if (x[i] > bv[l]) bv[l] = x[i], bi[l] = i;
+  // each lane holds the first index of its own maximum (or 0 when none beat x[0]): the largest
+  // value wins, the lowest index among equal ones
+  float v = bv[0];
+  int64_t best = bi[0];
+  for (int l = 1; l < kLanes; ++l)
+    if (bv[l] > v || (bv[l] == v && bi[l] < best)) v = bv[l], best = bi[l];
+  return best;
+}
+
+}  // namespace
+
 // xorshift64* as llama2.c: 24 random bits -> [0, 1).
 float Sampler::next_uniform() {
   state_ ^= state_ >> 12;
@@ -29,11 +58,14 @@ float Sampler::next_uniform() {
 
 int32_t Sampler::sample(const float* logits, const int32_t* history, int64_t n_history) {
   const int64_t V = n_vocab_;
+  const bool penalty = p_.repetition_penalty != 1.0f && p_.repeat_last_n != 0 && history && n_history > 0;
+  // greedy without a penalty reads the logits in place (no copy of the vocabulary)
+  if (p_.temperature <= 0.0f && !penalty) return int32_t(argmax_first(logits, V));
   float* w = work_.data();
   std::copy(logits, logits + V, w);
 
   // ---- repetition penalty over the distinct tokens of the last repeat_last_n
-  if (p_.repetition_penalty != 1.0f && p_.repeat_last_n != 0 && history && n_history > 0) {
+  if (penalty) {
     const int64_t start = p_.repeat_last_n < 0 ? 0 : std::max<int64_t>(0, n_history - p_.repeat_last_n);
     for (int64_t i = start; i < n_history; ++i) {
       const int32_t id = history[i];
@@ -46,12 +78,7 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int64_t n_h
   }
 
   // ---- greedy
-  if (p_.temperature <= 0.0f) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < V; ++i)
-      if (w[i] > w[best]) best = i;
-    return int32_t(best);
-  }
+  if (p_.temperature <= 0.0f) return int32_t(argmax_first(w, V));
 
   // ---- temperature
   for (int64_t i = 0; i < V; ++i) w[i] /= p_.temperature;

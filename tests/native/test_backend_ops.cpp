@@ -3,6 +3,7 @@
 // the Backend base-class defaults (what a new backend inherits before it overrides them); streams,
 // contexts, workspaces and the KV-cache type.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -538,8 +539,11 @@ TEST(cpu_backend_bf16_decoder_panels_opt_in) {
 // The per-op profile (core/profiling_backend.h): a gemm through the profiling decorator gets its
 // row, keyed "repacked" when the inner backend packed its weights; the thread-pool hand-off
 // inside it gets a "handoff" row and its jobs a "dispatch" row (2 threads, a product large enough
-// to be split); profile_add (sampling) adds its row only while profiling is on; a batch of
-// one-query attentions is a decode row.
+// to be split); profile_add (sampling) adds its row only while profiling is on. The phase is the
+// one the core gives (ProfileStep), whatever the op's size: a one-query attention batch outside
+// any step is "other", inside a decode step "decode", inside a prefill step "prefill"; each step
+// adds its "forward" row (its time less its ops) and two decode steps on a thread the "loop" row
+// between them, less the sampling recorded in between.
 TEST(profiling_backend_rows) {
   const bool was = profile_enabled();
   profile_set_enabled(true);
@@ -557,8 +561,7 @@ TEST(profiling_backend_rows) {
     prof->gemm(x.data(), K, wq.data(), DType::Q4_0, nullptr, y.data(), N, 1, N, K);
   }
   prof->gemm(x.data(), K, wq.data(), DType::Q4_0, nullptr, y.data(), N, 1, N, K);
-  // a batch of one-query attentions (a decode step of two sequences) is decode, one with a
-  // two-query item is not
+  // a batch of one-query attentions outside a step, in a decode step, then in a prefill step
   {
     const int64_t H = 2, D = 16, T = 8;
     const std::vector<float> q = randv(size_t(2 * H * D), 7302), kv = randv(size_t(T * H * D), 7303);
@@ -571,10 +574,21 @@ TEST(profiling_backend_rows) {
       it[i].p.q_pos0 = T - 1;
     }
     prof->attention_batch(it, 2);
-    it[0].p.n_q = 2, it[0].p.q_pos0 = T - 2, it[1].q = nullptr;
-    prof->attention_batch(it, 1);
+    {
+      const ProfileStep step(true, 2);
+      prof->attention_batch(it, 2);
+    }
+    profile_add(true, "sample", "", 0.5);  // between the two decode steps: not part of the loop row
+    {
+      const ProfileStep step(true, 2);
+      const ProfileStep nested(false, 5);  // a step inside a step changes nothing
+      prof->attention_batch(it, 1);
+    }
+    {
+      const ProfileStep step(false, 3);
+      prof->attention_batch(it, 1);
+    }
   }
-  profile_add(true, "sample", "", 1e-6);
   profile_set_enabled(false);
   profile_add(true, "sample", "", 1e-6);  // off: not recorded
   const std::string j = profile_json();
@@ -585,11 +599,22 @@ TEST(profiling_backend_rows) {
   };
   EXPECT(count("\"key\":\"q4_0 N=256 K=512\"") == 1);
   EXPECT(count("\"key\":\"q4_0 N=256 K=512 repacked\"") == (vnni ? 1u : 0u));
+  EXPECT(count("\"phase\":\"other\",\"op\":\"gemm\"") == (vnni ? 2u : 1u));  // M = 1, but outside any step
   EXPECT(count("\"op\":\"handoff\",\"key\":\"gemm\"") == 1);
   EXPECT(count("\"op\":\"dispatch\",\"key\":\"gemm\"") == 1);  // the pool jobs of those gemm calls, one row
-  EXPECT(j.find("\"op\":\"sample\",\"key\":\"\",\"calls\":1,") != std::string::npos);
+  EXPECT(j.find("\"phase\":\"decode\",\"op\":\"sample\",\"key\":\"\",\"calls\":1,") != std::string::npos);
+  EXPECT(j.find("{\"decode_steps\":2,\"decode_tokens\":4,") == 0);
+  EXPECT(count("\"phase\":\"other\",\"op\":\"attention_batch\",\"key\":\"2 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x heads=2/2") == 1);
+  EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"prefill\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
+  EXPECT(j.find("\"phase\":\"decode\",\"op\":\"forward\",\"key\":\"between ops\",\"calls\":2,") != std::string::npos);
+  EXPECT(j.find("\"phase\":\"prefill\",\"op\":\"forward\",\"key\":\"between ops\",\"calls\":1,") != std::string::npos);
+  // one loop between the two decode steps (none before the first, none after the prefill step),
+  // its 0.5 s of sampling taken out: far below 0.5 s
+  const size_t loop = j.find("\"phase\":\"decode\",\"op\":\"loop\",\"key\":\"between steps\",\"calls\":1,\"total_ms\":");
+  EXPECT(loop != std::string::npos);
+  if (loop != std::string::npos) EXPECT(std::atof(j.c_str() + j.find("total_ms", loop) + 10) < 100.0);
   profile_reset();
   profile_set_enabled(was);
 }

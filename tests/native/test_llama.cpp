@@ -9,11 +9,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <sys/stat.h>
@@ -538,6 +541,51 @@ TEST(llama_tied_and_half_precision_weights) {
 }
 
 // ---------------------------------------------------------------- sampler
+
+// Greedy sampling (the lane-parallel argmax, with and without the penalty's copy) against the
+// scalar reference `best = 0; if (x[i] > x[best]) best = i`: vocabularies around the 16 lanes,
+// ties (the lowest id wins), NaN (never wins past id 0; a NaN at id 0 stays), -inf, all equal.
+TEST(llama_sampler_greedy_matches_scalar_argmax) {
+  std::mt19937 rng(4242);
+  auto reference = [](const std::vector<float>& x) {
+    size_t best = 0;
+    for (size_t i = 1; i < x.size(); ++i)
+      if (x[i] > x[best]) best = i;
+    return int32_t(best);
+  };
+  SamplerParams g;
+  g.temperature = 0;
+  SamplerParams gp = g;  // a penalty on an id that is not the maximum: the copying path, same pick
+  gp.repetition_penalty = 1.3f;
+  gp.repeat_last_n = 1;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  int checked = 0;
+  for (int64_t V : {1, 2, 15, 16, 17, 31, 33, 100, 32000, 32001}) {
+    for (int trial = 0; trial < 12; ++trial) {
+      std::vector<float> x(static_cast<size_t>(V));
+      std::uniform_int_distribution<int> small(-3, 3);  // few distinct values: many ties
+      std::normal_distribution<float> nd(0.0f, 4.0f);
+      for (float& v : x) v = trial % 2 ? float(small(rng)) : nd(rng);
+      if (trial == 2) std::fill(x.begin(), x.end(), -inf);
+      if (trial == 3) std::fill(x.begin(), x.end(), 1.0f);
+      if (trial == 4 || trial == 5)
+        for (size_t i = 0; i < x.size(); i += 7) x[i] = nan;  // NaN at id 0 too
+      if (trial == 6 && V > 3) x[size_t(V - 1)] = nan, x[1] = inf, x[size_t(V / 2)] = inf;
+      if (trial == 7) x[0] = -inf;
+      const int32_t want = reference(x);
+      EXPECT(Sampler(g, V).sample(x.data(), nullptr, 0) == want);
+      // penalise an id that cannot change the pick: a different id holding a value below x[want]
+      int32_t other = -1;
+      for (int64_t i = 0; i < V && other < 0; ++i)
+        if (i != want && x[size_t(i)] < x[size_t(want)]) other = int32_t(i);
+      if (other >= 0 && !std::isnan(x[size_t(want)])) {
+        EXPECT(Sampler(gp, V).sample(x.data(), &other, 1) == want);
+      }
+      ++checked;
+    }
+  }
+  EXPECT(checked == 120);
+}
 
 TEST(llama_sampler_semantics) {
   const std::vector<float> logits{1.0f, 3.0f, -2.0f, 2.9f, 0.5f, -1.0f};
