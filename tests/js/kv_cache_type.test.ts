@@ -66,7 +66,7 @@ describe.skipIf(!haveStories)('kvCacheType on stories260K', () => {
       ).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 
-  it.skipIf(!existsSync(cli))('emollm generate --kv-type f16 prints run.c\'s text; a bad type is a usage error', () => {
+  it.skipIf(!existsSync(cli))('emollm generate --kv-type f16 prints run.c\'s text; a bad type is a usage error (generate, serve)', () => {
     const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, HF_HUB_OFFLINE: '1' } });
     const f32 = run('generate', stories, '--max-tokens', '60', '--context', '512', '--threads', '1');
     const f16 = run('generate', stories, '--max-tokens', '60', '--context', '512', '--threads', '1', '--kv-type', 'f16');
@@ -77,5 +77,8 @@ describe.skipIf(!haveStories)('kvCacheType on stories260K', () => {
     const bad = run('generate', stories, '--kv-type', 'q4_0');
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/--kv-type must be one of f32, f16, bf16/);
+    const serveBad = run('serve', '--model', stories, '--kv-type', 'f8');
+    expect(serveBad.status).toBe(2);
+    expect(serveBad.stderr).toMatch(/--kv-type must be one of f32, f16, bf16/);
   });
 });
