@@ -55,7 +55,7 @@ async function emollmChild(spec) {
     try { out.info.cpu = b.cpuInfo?.(); } catch {}
     const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch };
     const t0 = performance.now();
-    const model = use(await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx }));
+    const model = use(await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx, kvCacheType: spec.kvCacheType }));
     let ctx = use(model.createContext(ctxOpts));
     out.load_s = (performance.now() - t0) / 1000;
     const prompt = Int32Array.from(spec.prompt);
@@ -114,7 +114,7 @@ async function emollmChild(spec) {
 function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
-    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null,
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32',
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
   };
   const val = (i, name) => {
@@ -138,6 +138,7 @@ function parseArgs(argv) {
       case '--budget': o.budgetS = Number(val(i, a)); i++; break;
       case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
+      case '--kv-type': o.emollmKv = val(i, a); i++; break;
       case '--no-anchor': o.anchor = false; break;
       case '--no-node-llama-cpp': o.nlc = false; break;
       case '--no-emollm': o.emollm = false; break;
@@ -158,6 +159,7 @@ function parseArgs(argv) {
   for (const f of o.formats) if (f !== 'gguf' && f !== 'hf') throw new Error(`--formats: gguf and/or hf, not '${f}'`);
   if (o.prompt + o.gen > o.nCtx) throw new Error(`--prompt ${o.prompt} + --gen ${o.gen} exceeds --ctx ${o.nCtx}`);
   if (o.gen < 2) throw new Error('--gen must be at least 2');
+  if (!['f32', 'f16', 'bf16'].includes(o.emollmKv)) throw new Error(`--kv-type: f32, f16 or bf16, not '${o.emollmKv}'`);
   return o;
 }
 
@@ -172,7 +174,8 @@ const HELP = `usage: npm run bench:decode -- [options]
   --ctx N, --batch N    context positions (default 1024) and batch (default 512), both engines
   --budget S            per model and side: runs until S seconds are spent and one run was undisturbed
                         (at most 3 x S; default 20), --runs N at most (default 4), at least 1
-  --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16; emollm's cache is f32)
+  --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16)
+  --kv-type f32|f16|bf16  emollm's KV cache type (default f32; f16 = llama.cpp's default), the table's kv column
   --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
   --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
@@ -459,9 +462,14 @@ function summarize(res, promptLen) {
 // cores' worth of other processes' work during the runs (worst run of either side); '!' from 0.25
 const busyMark = (c) => `${c.toFixed(2)}${c >= 0.25 ? '!' : ''}`;
 
+// KV cache types of a row: emollm's / llama.cpp's.
+function kvLabel(o) {
+  return `${o.emollmKv}/${o.kvType ? o.kvType.toLowerCase() : 'f16'}`;
+}
+
 function table(rows, probe, o, out) {
   const bw = probe?.read_bw_gbs;
-  const head = ['model', 'dtype', 'fmt', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
+  const head = ['model', 'dtype', 'fmt', 'kv', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
     'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
     'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
   const lines = [head];
@@ -470,7 +478,7 @@ function table(rows, probe, o, out) {
     const gbE = e ? (r.weightBytes * e.decode_tok_s) / 1e9 : NaN;
     const gbA = a ? (r.weightBytes * a.decode_tok_s) / 1e9 : NaN;
     lines.push([
-      SHAPES[r.shape].label, r.dtype, r.format,
+      SHAPES[r.shape].label, r.dtype, r.format, kvLabel(o),
       e ? fmt(e.prefill_tok_s) : r.emollmNote, a ? fmt(a.prefill_tok_s) : r.anchorNote, e && a ? fmt(e.prefill_tok_s / a.prefill_tok_s, 2) : '-',
       e ? fmt(e.decode_tok_s, 2) : '', a ? fmt(a.decode_tok_s, 2) : '', e && a ? fmt(e.decode_tok_s / a.decode_tok_s, 2) : '-',
       fmt(gbE), bw ? fmt((100 * gbE) / bw, 0) : '-', fmt(gbA), bw ? fmt((100 * gbA) / bw, 0) : '-',
@@ -481,7 +489,7 @@ function table(rows, probe, o, out) {
     ]);
   }
   const w = head.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
-  const left = new Set([0, 1, 2]);
+  const left = new Set([0, 1, 2, 3]);
   const pr = (l) => out(l.map((x, c) => (left.has(c) ? String(x).padEnd(w[c]) : String(x).padStart(w[c]))).join('  '));
   pr(lines[0]);
   out(w.map((n) => '-'.repeat(n)).join('  '));
@@ -581,7 +589,7 @@ async function main() {
     for (const j of jobs) {
       log(`bench:decode: ${s.label} ${p.dtype} ${j.format}: ${j.side} ...`);
       await waitQuiet(o.quietWaitS, log);
-      const spec = { ...base, model: j.path };
+      const spec = { ...base, model: j.path, ...(j.side === 'emollm' ? { kvCacheType: o.emollmKv } : {}) };
       const res = j.side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
         : await runEmollmChild(spec, o);
@@ -635,7 +643,7 @@ async function main() {
   out('       decode = 1 / median time between generated tokens (positions prompt..prompt+gen, greedy). Best of the runs.');
   out('ratio = emollm / llama.cpp (> 1: emollm faster). GB/s = weight bytes per token x decode tok/s (KV reads not counted);');
   out(`%bw against max(read-bandwidth probe, best anchor GEMV of the probe run). RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading`);
-  out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm on the`);
+  out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm's KV cache ${o.emollmKv} (kv = emollm/llama.cpp); emollm on the`);
   out('same GGUF (fmt gguf) and on the HF safetensors folder of the same weights (fmt hf, anchor from the GGUF).');
   out('llama-bench = llama.cpp\'s own benchmark built from the source node-llama-cpp pins (sh bench/setup-anchors.sh llama-bench):');
   out('pp = -p prompt into an empty cache, tg = -n gen after -d prompt cached positions, best of its -r samples; ratio = emollm / it.');
@@ -667,9 +675,9 @@ async function main() {
 
   const json = {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
-    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, seed: o.seed },
+    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, seed: o.seed },
     probe,
-    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
+    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
     raw: results,
     emollm_unavailable: emollmWhyNot,
     llama_bench_unavailable: lb.whyNot,

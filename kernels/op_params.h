@@ -32,7 +32,10 @@ struct AttentionParams {
   bool causal = true;
   int64_t q_pos0 = 0;
   // Element type of K and V (the KV cache): f32, or f16 / bf16 on backends that say so
-  // (Backend::supports_kv_dtype). The CPU kernels take f32 only.
+  // (Backend::supports_kv_dtype): then k / v (or the blocks) point at 16-bit elements, typed
+  // float* only to travel, and ldk / ldv count those elements. The CPU kernels take all three
+  // (they widen a half row to f32 exactly as they read it); the bf16 bidirectional path and the
+  // attention backward take f32 only.
   DType kv_dtype = DType::F32;
   // Paged KV cache (optional): with kv_block_size > 0, kv token j's key row is
   // k_blocks[j / kv_block_size] + (j % kv_block_size) * ldk (values likewise through v_blocks),

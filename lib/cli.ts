@@ -53,6 +53,7 @@ const GENERATE = {
     temperature: { type: 'number', value: 'T', description: 'sampling temperature (default 0: greedy)' },
     seed: { type: 'integer', description: 'sampling seed' },
     context: { type: 'integer', description: 'KV cache size in tokens' },
+    'kv-type': { type: 'string', choices: ['f32', 'f16', 'bf16'], description: 'KV cache element type (default f32; llama.cpp uses f16)' },
     threads: { type: 'integer', description: 'compute threads (default: physical cores)' },
     tokenizer: { type: 'string', value: 'PATH', description: 'tokenizer for a folder without tokenizer.json (.gguf, tokenizer.json, llama2.c .bin)' },
   },
@@ -244,6 +245,7 @@ async function generate(argv: readonly string[]): Promise<number> {
   if (v.temperature !== undefined) gen.temperature = v.temperature;
   if (v.seed !== undefined) gen.seed = v.seed;
   if (v.context !== undefined) load.contextSize = v.context;
+  if (v['kv-type'] !== undefined) load.kvCacheType = v['kv-type'];
   if (v.threads !== undefined) load.threads = v.threads;
   if (v.tokenizer !== undefined) load.tokenizer = v.tokenizer;
   const ac = new AbortController();

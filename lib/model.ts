@@ -35,6 +35,10 @@ import { encodeVisuals, type NativeVisualEncoder, type Visual, type VisualFeatur
 
 export type { Device } from './runtime.js';
 
+/** Element types of the KV cache (`LoadModelOptions.kvCacheType`). */
+export type KvCacheType = 'f32' | 'f16' | 'bf16';
+const KV_CACHE_TYPES: readonly KvCacheType[] = ['f32', 'f16', 'bf16'];
+
 /** Options of {@link loadModel}; `device` and `threads` are the runtime configuration (RuntimeOptions). */
 export interface LoadModelOptions extends RuntimeOptions {
   /** Tokens the KV cache holds per sequence; default min(the model's training context, 4096). */
@@ -73,6 +77,14 @@ export interface LoadModelOptions extends RuntimeOptions {
   kvCachePositions?: number;
   /** Positions per KV cache block (a multiple of 16, default 64). */
   kvBlockSize?: number;
+  /**
+   * Element type of the KV cache (default `'f32'`). `'f16'` (llama.cpp's default cache type) or
+   * `'bf16'` halve the cache's memory and the bytes attention reads per token: each key and value
+   * is rounded once, to nearest even, when written, and widened back to f32 when read, so logits
+   * move by the rounding (relative 2^-11 for f16, 2^-8 for bf16). A backend without such a cache
+   * (e.g. the CUDA backend for f16) fails the load with ERR_UNSUPPORTED.
+   */
+  kvCacheType?: KvCacheType;
   /**
    * The tokenizer, when the model does not carry its own: a Tokenizer, or a path to a .gguf, a
    * tokenizer.json (or its folder), or a llama2.c tokenizer.bin. Default: the model's own
@@ -483,6 +495,11 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const kvBlockSize = options.kvBlockSize === undefined ? undefined : limitOption('kvBlockSize', options.kvBlockSize, 0);
   if (kvBlockSize !== undefined && (kvBlockSize % 16 !== 0 || kvBlockSize < 16 || kvBlockSize > 4096))
     throw new EmollmError('ERR_INVALID_ARGUMENT', `kvBlockSize must be a multiple of 16 in [16, 4096], got ${kvBlockSize}`);
+  if (options.kvCacheType !== undefined && !KV_CACHE_TYPES.includes(options.kvCacheType))
+    throw new EmollmError(
+      'ERR_INVALID_ARGUMENT',
+      `kvCacheType must be one of ${KV_CACHE_TYPES.map((t) => `'${t}'`).join(', ')}, got ${JSON.stringify(options.kvCacheType)}`,
+    );
   // Snapshot before mapping, so a change during the load is caught by the first call too.
   const guard = await FileGuard.watch(path, [options.mmproj]);
 
@@ -517,8 +534,12 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     options.onProgress({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: false });
   }
 
-  const nativeOptions: { threads?: number; device?: string; nCtx?: number; mmproj?: string } = { ...runtime };
+  const nativeOptions: { threads?: number; device?: string; nCtx?: number; kvCacheType?: KvCacheType; mmproj?: string } = {
+    ...runtime,
+  };
   if (options.contextSize !== undefined) nativeOptions.nCtx = options.contextSize;
+  // the native model keeps it as the default of every context and sequence batch it creates
+  if (options.kvCacheType !== undefined) nativeOptions.kvCacheType = options.kvCacheType;
   if (options.mmproj !== undefined) nativeOptions.mmproj = options.mmproj;
   const handle = (await (native() as unknown as { loadModel(p: string, o: object): Promise<NativeModel> }).loadModel(
     path,

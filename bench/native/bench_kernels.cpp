@@ -37,6 +37,7 @@
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
 #include "cpu/gemv_kquant_vnni.h"  // set_kquant_gemv: the A/B rows of the q4_K / q6_K GEMV
 #include "cpu/kernels.h"
+#include "cpu/row_ops.h"  // convert: the f16 / bf16 caches of the half-KV decode attention rows
 
 #ifdef EMOLLM_HAVE_OPENBLAS
 #include <cblas.h>
@@ -1849,6 +1850,127 @@ void bench_attention_decode(ThreadPool& pool) {
     }
 }
 
+// Decode attention over a paged f16 / bf16 KV cache (AttentionParams::kv_dtype) beside the f32
+// cache of the same values, interleaved call by call: the same shapes and pages as
+// bench_attention_decode. GB/s = the K + V bytes of each cache type (half for f16 / bf16);
+// ratio = f32 time / this time (>1: the half cache is faster). Checked against ref::attention
+// reading the same half cache.
+void bench_attention_decode_half_kv(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t heads, kv_heads, head_dim;
+    std::vector<int64_t> kvs;
+  };
+  const Shape shapes[] = {{"llama1b", 32, 4, 64, {512, 2048}}, {"llama", 32, 32, 128, {512, 2048}}};
+  constexpr int64_t kPage = 64;
+  const DType types[] = {DType::F32, DType::F16, DType::BF16};
+  bool header = false;
+  for (const Shape& sh : shapes)
+    for (int64_t n_kv : sh.kvs) {
+      const std::string base = std::string("attention/") + sh.name + ".decode.paged.halfkv/kv" + std::to_string(n_kv);
+      if (!selected(base)) continue;
+      if (g_opt.list) {
+        for (DType t : types) std::printf("%s/%s\n", base.c_str(), dtype_name(t));
+        continue;
+      }
+      if (!header) {
+        table_header("decode attention, paged f16 / bf16 KV beside f32 (64-token pages, interleaved; GB/s of each type's K + V bytes; ratio = f32 time / this time)");
+        header = true;
+      }
+      AttentionParams p;
+      p.n_q = 1; p.n_kv = n_kv; p.n_heads = sh.heads; p.n_kv_heads = sh.kv_heads; p.head_dim = sh.head_dim;
+      p.ldq = p.ldo = sh.heads * sh.head_dim;
+      p.ldk = p.ldv = sh.kv_heads * sh.head_dim;
+      p.causal = true;
+      p.q_pos0 = n_kv - 1;
+      p.kv_block_size = kPage;
+      const int64_t n_pages = (n_kv + kPage - 1) / kPage;
+      const size_t elems = size_t(n_pages * kPage * p.ldk);
+      const double bytes_f32 = 2.0 * double(n_kv) * double(p.ldk) * sizeof(float);
+      const int copies = int(std::max<size_t>(2, (3 * l3_bytes() + size_t(bytes_f32) - 1) / size_t(bytes_f32)));
+      Buf<float> q = make_aligned<float>(size_t(p.ldq)), o = make_aligned<float>(size_t(p.ldo));
+      fill_random(q.get(), p.ldq, 3, &pool);
+      // per type and copy: K and V pools (f32 filled at random, the half ones converted from them)
+      struct Cache {
+        std::vector<Buf<float>> k, v;
+        std::vector<std::vector<const float*>> kt, vt;
+      };
+      std::vector<Cache> caches(3);
+      for (int ti = 0; ti < 3; ++ti) {
+        const size_t esz = dtype_row_bytes(types[ti], 1);
+        Cache& c = caches[size_t(ti)];
+        c.kt.resize(size_t(copies));
+        c.vt.resize(size_t(copies));
+        for (int cp = 0; cp < copies; cp++) {
+          c.k.push_back(make_aligned<float>((elems * esz + 3) / 4));
+          c.v.push_back(make_aligned<float>((elems * esz + 3) / 4));
+          if (ti == 0) {
+            fill_random(c.k.back().get(), int64_t(elems), 5, &pool);
+            fill_random(c.v.back().get(), int64_t(elems), 7, &pool);
+          } else {
+            convert(caches[0].k[size_t(cp)].get(), DType::F32, c.k.back().get(), types[ti], int64_t(elems), &pool);
+            convert(caches[0].v[size_t(cp)].get(), DType::F32, c.v.back().get(), types[ti], int64_t(elems), &pool);
+          }
+          for (int64_t b = 0; b < n_pages; b++) {
+            c.kt[size_t(cp)].push_back(reinterpret_cast<const float*>(reinterpret_cast<const char*>(c.k.back().get()) + size_t(b * kPage * p.ldk) * esz));
+            c.vt[size_t(cp)].push_back(reinterpret_cast<const float*>(reinterpret_cast<const char*>(c.v.back().get()) + size_t(b * kPage * p.ldv) * esz));
+          }
+        }
+      }
+      auto params = [&](int ti, int i) {
+        AttentionParams pi = p;
+        pi.kv_dtype = types[ti];
+        pi.k_blocks = caches[size_t(ti)].kt[size_t(i % copies)].data();
+        pi.v_blocks = caches[size_t(ti)].vt[size_t(i % copies)].data();
+        return pi;
+      };
+      auto runner = [&](int ti) {
+        return std::function<void(int)>([&, ti](int i) {
+          const AttentionBatchItem it{q.get(), nullptr, nullptr, o.get(), params(ti, i)};
+          attention_batch(&it, 1, &pool);
+        });
+      };
+      auto check = [&](Result& row, int ti) {
+        runner(ti)(0);
+        std::vector<float> ref(size_t(p.ldo));
+        const AttentionParams p0 = params(ti, 0);
+        ref::attention(q.get(), nullptr, nullptr, ref.data(), p0);
+        double max_diff = 0, sum_sq = 0;
+        for (int64_t d = 0; d < p.ldo; d++) {
+          const double a = o[size_t(d)], b = ref[size_t(d)];
+          max_diff = std::max(max_diff, std::isfinite(a) ? std::fabs(a - b) : INFINITY);
+          sum_sq += b * b;
+        }
+        set_check(row, max_diff / std::max(1e-30, std::sqrt(sum_sq / double(p.ldo))), 1e-3);
+      };
+      std::vector<Stats> st;
+      for (int ti = 0; ti < 3; ++ti) {
+        Result r;
+        r.section = "attention";
+        r.name = base + "/" + dtype_name(types[ti]);
+        r.label = std::string(sh.name) + " decode kv=" + std::to_string(n_kv) + " " + dtype_name(types[ti]) + " KV";
+        r.dtype = dtype_name(types[ti]);
+        r.impl = "emollm";
+        r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
+        r.bytes = bytes_f32 * double(dtype_row_bytes(types[ti], 1)) / sizeof(float);
+        Result* res = run_case(r, [&](Result& rr) {
+          if (ti == 0) st = measure_interleaved({runner(0), runner(1), runner(2)});
+          if (st.size() != 3) throw std::runtime_error("the interleaved f32 / f16 / bf16 measurement did not run");
+          rr.st = st[size_t(ti)];
+          if (ti > 0) {
+            rr.ratio_vs = "f32 KV";
+            rr.ratio = st[0].best / rr.st.best;
+          }
+          check(rr, ti);
+          rr.note = "(" + std::to_string(copies) + " KV copies" + (ti == 0 ? "; f16 / bf16 rows interleaved with it)" : ")");
+        });
+        if (!res) break;
+        table_row(*res);
+      }
+      settle();
+    }
+}
+
 // ============================================================================ elementwise / rows
 void bench_eltwise(ThreadPool& pool) {
   bool header = false;
@@ -2051,6 +2173,7 @@ int main(int argc, char** argv) {
     bench_kquant_gemv(pool);
     bench_attention(pool);
     bench_attention_decode(pool);
+    bench_attention_decode_half_kv(pool);
     bench_eltwise(pool);
     return 0;
   }
@@ -2093,6 +2216,7 @@ int main(int argc, char** argv) {
   bench_kquant_gemv(pool);
   bench_attention(pool);
   bench_attention_decode(pool);
+  bench_attention_decode_half_kv(pool);
   bench_eltwise(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the

@@ -46,6 +46,7 @@
 #include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "attention_internal.h"
+#include "half_rows.h"
 #include "kernels.h"
 
 #if defined(__x86_64__)
@@ -90,17 +91,37 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   EMOLLM_CHECK_ARG(!p.causal || p.n_kv >= p.q_pos0 + p.n_q,
                    "attention: causal attention needs n_kv >= q_pos0 + n_q");
   EMOLLM_CHECK_ARG(std::isfinite(p.scale), "attention: scale must be finite");
+  if (p.kv_dtype != DType::F32 && p.kv_dtype != DType::F16 && p.kv_dtype != DType::BF16)
+    throw Error(ErrorCode::Unsupported, std::string("attention: KV type ") + dtype_name(p.kv_dtype) +
+                                            " is not supported (f32, f16, bf16)");
   Resolved r;
   r.group = p.n_heads / p.n_kv_heads;
   r.scale = p.scale != 0.0f ? p.scale : float(1.0 / std::sqrt(double(p.head_dim)));
   return r;
 }
 
-// Row of kv token j: in the contiguous cache `base`, or through the block table of a paged one.
+// Bytes of one K/V element: 4 (f32) or 2 (f16 / bf16 cache).
+inline size_t kv_elem_bytes(const AttentionParams& p) { return p.kv_dtype == DType::F32 ? 4 : 2; }
+
+// `elems` K/V elements past `row` (f32 or half elements per p.kv_dtype; a half row's pointer is
+// typed float* only to travel through the f32 signatures, and is reinterpreted where it is read).
+inline const float* kv_at(const float* row, int64_t elems, const AttentionParams& p) {
+  return reinterpret_cast<const float*>(reinterpret_cast<const char*>(row) + size_t(elems) * kv_elem_bytes(p));
+}
+
+// Row of kv token j: in the contiguous cache `base`, or through the block table of a paged one
+// (ld in elements of p.kv_dtype).
 inline const float* kv_row(const float* base, const float* const* blocks, const AttentionParams& p, int64_t j,
                            int64_t ld) {
-  if (p.kv_block_size == 0) return base + j * ld;
-  return blocks[j / p.kv_block_size] + (j % p.kv_block_size) * ld;
+  if (p.kv_block_size == 0) return kv_at(base, j * ld, p);
+  return kv_at(blocks[j / p.kv_block_size], (j % p.kv_block_size) * ld, p);
+}
+
+// Element i of a K/V row of type t (scalar reference).
+inline double kv_value(DType t, const float* row, int64_t i) {
+  if (t == DType::F32) return double(row[i]);
+  const uint16_t h = reinterpret_cast<const uint16_t*>(row)[i];
+  return double(t == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h));
 }
 
 // Number of kv tokens query i sees.
@@ -128,9 +149,9 @@ void attention(const float* q, const float* k, const float* v, float* out, const
       const float* qr = q + i * p.ldq + h * D;
       double mx = -INFINITY;
       for (int64_t j = 0; j < nvis; ++j) {
-        const float* kr = kv_row(k, p.k_blocks, p, j, p.ldk) + g * D;
+        const float* kr = kv_at(kv_row(k, p.k_blocks, p, j, p.ldk), g * D, p);
         double d = 0;
-        for (int64_t t = 0; t < D; ++t) d += double(qr[t]) * double(kr[t]);
+        for (int64_t t = 0; t < D; ++t) d += double(qr[t]) * kv_value(p.kv_dtype, kr, t);
         s[size_t(j)] = d * double(rs.scale);
         mx = std::max(mx, s[size_t(j)]);
       }
@@ -139,8 +160,8 @@ void attention(const float* q, const float* k, const float* v, float* out, const
       for (int64_t j = 0; j < nvis; ++j) {
         const double e = std::exp(s[size_t(j)] - mx);
         sum += e;
-        const float* vr = kv_row(v, p.v_blocks, p, j, p.ldv) + g * D;
-        for (int64_t t = 0; t < D; ++t) o[size_t(t)] += e * double(vr[t]);
+        const float* vr = kv_at(kv_row(v, p.v_blocks, p, j, p.ldv), g * D, p);
+        for (int64_t t = 0; t < D; ++t) o[size_t(t)] += e * kv_value(p.kv_dtype, vr, t);
       }
       float* orow = out + i * p.ldo + h * D;
       for (int64_t t = 0; t < D; ++t) orow[t] = float(o[size_t(t)] / sum);
@@ -723,6 +744,7 @@ struct Plan {
   int64_t n_base;      // units without the split
   float* part;         // nsplit > 1: per (base unit, split) partial results
   int64_t part_stride; // floats per partial: kMaxRows * (Dp + 2)
+  half_rows::WidenFn widen;  // half KV cache: its rows widened to f32 scratch as read; null for f32
 };
 
 struct Unit {
@@ -806,17 +828,21 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
   const int sub = u.ng > 1 || (p.kv_block_size > 0 && p.kv_block_size % kBk != 0) ? 16 : kBk;
   // Many rows per kv head (prefill): transpose the K block once and skip the horizontal sums.
   const bool transposed = kern.qk_t != nullptr && rg >= 16 && sub == kBk;
-  const int64_t span = u.ng * D;  // floats of one token row this unit reads
-  auto prefetch_rows = [&](const float* base, int64_t ld, int64_t j_begin, int64_t j_end) {
-    for (int64_t j = j_begin; j < std::min(j_end, kv1); ++j)
-      for (int64_t d = 0; d < span; d += 16) __builtin_prefetch(base + j * ld + u.g0 * D + d);
-  };
+  const int64_t span_bytes = u.ng * D * int64_t(kv_elem_bytes(p));  // of one token row this unit reads
   auto prefetch_paged = [&](const float* base, const float* const* blocks, int64_t ld, int64_t j_begin,
                             int64_t j_end) {
-    if (p.kv_block_size == 0) return prefetch_rows(base, ld, j_begin, j_end);
     for (int64_t j = j_begin; j < std::min(j_end, kv1); ++j) {
-      const float* row = kv_row(base, blocks, p, j, ld);
-      for (int64_t d = 0; d < span; d += 16) __builtin_prefetch(row + u.g0 * D + d);
+      const char* row = reinterpret_cast<const char*>(kv_at(kv_row(base, blocks, p, j, ld), u.g0 * D, p));
+      for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
+    }
+  };
+  // ns rows of a K or V slice from `rows` (stride ld elements of the cache type) into `dst`
+  // (stride Dp floats): copied, or widened from a half cache (exact).
+  auto pack_rows = [&](const float* rows, int64_t ld, int ns, float* dst) {
+    for (int j = 0; j < ns; ++j) {
+      const float* r = kv_at(rows, j * ld, p);
+      if (pl.widen) pl.widen(r, dst + int64_t(j) * Dp, D);
+      else std::memcpy(dst + int64_t(j) * Dp, r, sizeof(float) * size_t(D));
     }
   };
   for (int64_t j0 = kv0; j0 < kv1; j0 += kBk) {
@@ -827,16 +853,20 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
       if (u.ng > 1) prefetch_paged(pl.k, p.k_blocks, p.ldk, j0 + s0 + sub, j0 + s0 + 2 * sub);
       for (int64_t gl = 0; gl < u.ng; ++gl) {
         const int r0 = int(gl) * rg;
-        const float* kb = kv_row(pl.k, p.k_blocks, p, j0 + s0, p.ldk) + (u.g0 + gl) * D;
+        const float* kb = kv_at(kv_row(pl.k, p.k_blocks, p, j0 + s0, p.ldk), (u.g0 + gl) * D, p);
         int64_t ldkb = p.ldk;
         if (transposed) {  // sub == kBk here: one whole block
-          kern.k_transpose(kb, p.ldk, ns, D, sc.kp);
+          if (pl.widen) {  // half cache: widened into the V scratch (free until this block's P V)
+            pack_rows(kb, p.ldk, ns, sc.vp);
+            kb = sc.vp;
+            ldkb = Dp;
+          }
+          kern.k_transpose(kb, ldkb, ns, D, sc.kp);
           kern.qk_t(qrows + r0, rg, sc.kp, D, pl.scale, sc.S + r0 * kBk, kBk);
           continue;
         }
-        if (pack) {
-          for (int j = 0; j < ns; ++j)
-            std::memcpy(sc.kp + int64_t(j) * Dp, kb + j * p.ldk, sizeof(float) * size_t(D));
+        if (pack || pl.widen) {
+          pack_rows(kb, p.ldk, ns, sc.kp);
           kb = sc.kp;
           ldkb = Dp;
         }
@@ -867,11 +897,10 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
       if (u.ng > 1) prefetch_paged(pl.v, p.v_blocks, p.ldv, j0 + s0 + sub, j0 + s0 + 2 * sub);
       for (int64_t gl = 0; gl < u.ng; ++gl) {
         const int r0 = int(gl) * rg;
-        const float* vb = kv_row(pl.v, p.v_blocks, p, j0 + s0, p.ldv) + (u.g0 + gl) * D;
+        const float* vb = kv_at(kv_row(pl.v, p.v_blocks, p, j0 + s0, p.ldv), (u.g0 + gl) * D, p);
         int64_t ldvb = p.ldv;
-        if (pack) {
-          for (int j = 0; j < ns; ++j)
-            std::memcpy(sc.vp + int64_t(j) * Dp, vb + j * p.ldv, sizeof(float) * size_t(D));
+        if (pack || pl.widen) {
+          pack_rows(vb, p.ldv, ns, sc.vp);
           vb = sc.vp;
           ldvb = Dp;
         }
@@ -962,6 +991,7 @@ Plan make_plan(const float* q, const float* k, const float* v, float* out, float
     pl.nsplit = std::max<int64_t>(1, std::min<int64_t>((want + pl.n_base - 1) / pl.n_base, max_blocks / 2));
   pl.part_stride = int64_t(kMaxRows) * (pl.Dp + 2);
   pl.part = nullptr;
+  pl.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   return pl;
 }
 
@@ -1075,7 +1105,14 @@ struct DecodeItem {
   int64_t n_pieces;
   float* part;        // n_pieces > 1: per piece, n_heads x (2 + Dp): m, l, then acc rows
   std::atomic<int64_t>* done;  // pieces finished (the last one merges)
+  half_rows::WidenFn widen;    // half KV cache: token rows widened into the scratch; null for f32
 };
+
+// Floats of a token row the decode driver copies (or widens) into its scratch per token: f32
+// rows up to kDecodePackSpan floats, half rows whatever their width (they are always widened).
+int64_t decode_pack_span(const DecodeItem& it) {
+  return std::max<int64_t>(kDecodePackSpan, it.widen ? it.p->n_kv_heads * it.D : 0);
+}
 
 bool decode_applies(const AttentionParams& p) {
   return p.n_q == 1 && p.n_heads <= attention_detail::kDecodeMaxHeads && attention_detail::decode_split_enabled();
@@ -1099,6 +1136,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   pieces = std::min(pieces, n_sub);
   it.piece_len = (n_sub + pieces - 1) / pieces * 16;
   it.n_pieces = (it.nvis + it.piece_len - 1) / it.piece_len;
+  it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   return it;
 }
 
@@ -1140,7 +1178,7 @@ inline void prefetch_kv_rows(const float* base, const float* const* blocks, cons
 }
 
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
-// 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x kDecodePackSpan floats).
+// 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats).
 void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
                       float* kbuf) {
   const AttentionParams& p = *it.p;
@@ -1153,14 +1191,20 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // the kernels' strided loads (a kv head's slice of 16 rows); the copy needs no software
   // prefetch (measured faster without). Wide rows (7B: 16 KB a token) are read in place with the
   // next 16 rows prefetched.
-  const bool pack = span <= kDecodePackSpan;
-  // The ns token rows from s0 of K or V: in place (row stride ld), or copied into kbuf (stride span).
+  // A half cache is always widened into the scratch, whatever the width: one pass that both
+  // converts and packs (the inner kernels then read f32 from L1 as for narrow f32 rows).
+  const bool pack = span <= kDecodePackSpan || it.widen;
+  // The ns token rows from s0 of K or V: in place (row stride ld), or copied / widened into kbuf
+  // (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
                         int64_t* rows_ld) -> const float* {
     const float* r = kv_row(base, blocks, p, s0, ld);
     *rows_ld = ld;
     if (!pack) return r;
-    for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, r + t * ld, sizeof(float) * size_t(span));
+    if (it.widen)
+      for (int t = 0; t < ns; ++t) it.widen(kv_at(r, t * ld, p), kbuf + t * span, span);
+    else
+      for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, r + t * ld, sizeof(float) * size_t(span));
     *rows_ld = span;
     return kbuf;
   };
@@ -1258,7 +1302,7 @@ float* decode_scratch(size_t floats) {
 // counter; each item's last piece merges it).
 void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool) {
   const int nth = pool ? std::max(1, pool->size()) : 1;
-  int64_t accf = 0, part_floats = 0, n_pieces = 0, S_floats = 0;
+  int64_t accf = 0, part_floats = 0, n_pieces = 0, S_floats = 0, pack_span = kDecodePackSpan;
   std::vector<int64_t> first(size_t(n_items) + 1, 0);
   for (int64_t i = 0; i < n_items; ++i) {
     const DecodeItem& it = items[i];
@@ -1267,6 +1311,7 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     first[size_t(i) + 1] = n_pieces;
     S_floats = std::max(S_floats, it.p->n_heads * kBk);
     accf = std::max(accf, it.p->n_heads * (it.Dp + 3));
+    pack_span = std::max(pack_span, decode_pack_span(it));
   }
   accf = (accf + 15) / 16 * 16;
   std::vector<float> part(static_cast<size_t>(part_floats));
@@ -1280,7 +1325,7 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
   }
   auto piece = [&](int64_t u, int64_t* i) {
     while (u >= first[size_t(*i) + 1]) ++*i;
-    float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * kDecodePackSpan));
+    float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * pack_span));
     run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
                      S + S_floats + 2 * accf);
   };

@@ -234,6 +234,8 @@ void check_attention(const AttentionParams& p) {
   EMOLLM_CHECK_ARG(p.n_q >= 0 && p.n_kv > 0 && p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0,
                    "attention_backward: bad shape");
   EMOLLM_CHECK_ARG(p.n_heads % p.n_kv_heads == 0, "attention_backward: n_heads not a multiple of n_kv_heads");
+  if (p.kv_dtype != DType::F32 || p.kv_block_size != 0)
+    throw Error(ErrorCode::Unsupported, "attention_backward: the K/V must be contiguous f32 (no paged or half KV cache)");
 }
 // Visible kv tokens of query i: [0, end)
 inline int64_t visible(const AttentionParams& p, int64_t i) {

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "half_rows.h"
 #include "row_parallel.h"
 #include "../../base/error.h"
 
@@ -89,11 +90,14 @@ void convert(const void* src, DType st, void* dst, DType dt, int64_t n, ThreadPo
     throw Error(ErrorCode::Unsupported, std::string("convert: ") + dtype_name(st) + " -> " + dtype_name(dt) +
                                             " is not supported (f32 <-> f16 / bf16 only)");
   const size_t sb = dtype_row_bytes(st, 1), db = dtype_row_bytes(dt, 1);
+  // vector conversions (half_rows.h): the same bits as quantize_row / dequantize_row
+  const half_rows::NarrowFn narrow = st == DType::F32 ? half_rows::narrow_fn(dt) : nullptr;
+  const half_rows::WidenFn widen = st == DType::F32 ? nullptr : half_rows::widen_fn(st);
   detail::for_elements(pool, n, [&](int64_t b, int64_t e) {
     const void* s = static_cast<const uint8_t*>(src) + size_t(b) * sb;
     void* d = static_cast<uint8_t*>(dst) + size_t(b) * db;
-    if (st == DType::F32) quantize_row(dt, static_cast<const float*>(s), d, e - b);
-    else dequantize_row(st, s, static_cast<float*>(d), e - b);
+    if (narrow) narrow(static_cast<const float*>(s), d, e - b);
+    else widen(s, static_cast<float*>(d), e - b);
   });
 }
 

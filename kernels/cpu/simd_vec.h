@@ -4,6 +4,9 @@
 // template using them must itself be compiled for that target: gemm_f32_tile.h says how.
 //   mask(c)  lanes [0, c), c clamped to [0, kLanes]
 //   load     an aligned vector (32 / 64 bytes); maskz_load / mask_store: unaligned, masked
+//   load_f16 / load_bf16   kLanes half values (unaligned) widened to f32 (exact)
+//   store_f16 / store_bf16 kLanes f32 rounded to nearest even, stored as halves (unaligned):
+//            f16 by vcvtps2ph; bf16 by integer rounding as f32_to_bf16 (base/dtype.h), NaN kept
 #pragma once
 #include "simd_math.h"
 
@@ -26,6 +29,27 @@ struct F32x8 {
   EMOLLM_SIMD_INLINE_256 Vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   EMOLLM_SIMD_INLINE_256 Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
   EMOLLM_SIMD_INLINE_256 Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  EMOLLM_SIMD_INLINE_256 Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
+  EMOLLM_SIMD_INLINE_256 void storeu(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  EMOLLM_SIMD_INLINE_256 Vec load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  EMOLLM_SIMD_INLINE_256 Vec load_bf16(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  EMOLLM_SIMD_INLINE_256 void store_f16(uint16_t* p, Vec v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  EMOLLM_SIMD_INLINE_256 void store_bf16(uint16_t* p, Vec v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // 16-bit lanes 0-7
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
 };
 
 struct F32x16 {
@@ -42,6 +66,26 @@ struct F32x16 {
   EMOLLM_SIMD_INLINE_512 Vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
   EMOLLM_SIMD_INLINE_512 Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   EMOLLM_SIMD_INLINE_512 Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  EMOLLM_SIMD_INLINE_512 Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
+  EMOLLM_SIMD_INLINE_512 void storeu(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  EMOLLM_SIMD_INLINE_512 Vec load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  EMOLLM_SIMD_INLINE_512 Vec load_bf16(const uint16_t* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  EMOLLM_SIMD_INLINE_512 void store_f16(uint16_t* p, Vec v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  EMOLLM_SIMD_INLINE_512 void store_bf16(uint16_t* p, Vec v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
 };
 
 

@@ -5,7 +5,7 @@
 import { formatUsage, parseCommand, UsageError } from '../cli/args.js';
 import { SERVE_SPEC } from './spec.js';
 import { EmollmError } from '../errors.js';
-import { loadModel } from '../model.js';
+import { loadModel, type KvCacheType } from '../model.js';
 import { loadKeys } from './auth.js';
 import { mediaRoot } from './media.js';
 import { createServer } from './server.js';
@@ -41,6 +41,7 @@ export async function serveCommand(argv: readonly string[]): Promise<number> {
     ...(s('mmproj') ? { mmproj: s('mmproj')! } : {}),
     ...(threads !== undefined ? { threads } : {}),
     ...(context !== undefined ? { contextSize: context } : {}),
+    ...(s('kv-type') ? { kvCacheType: s('kv-type') as KvCacheType } : {}),
     ...(sequences !== undefined ? { maxSequences: sequences } : {}),
     ...(batchTokens !== undefined ? { batchTokens } : {}),
   });

@@ -25,6 +25,7 @@ export const SERVE_SPEC = {
     'shutdown-timeout-ms': { type: 'string', value: 'MS', description: 'drain time on SIGTERM / SIGINT before cancelling (default 30000)' },
     threads: { type: 'string', value: 'N', description: 'compute threads' },
     context: { type: 'string', value: 'N', description: 'KV cache size in tokens (per sequence)' },
+    'kv-type': { type: 'string', choices: ['f32', 'f16', 'bf16'], description: 'KV cache element type (default f32; llama.cpp uses f16)' },
     'max-sequences': { type: 'string', value: 'N', description: 'requests decoded together (default 4; each has its own KV cache)' },
     'batch-tokens': { type: 'string', value: 'N', description: 'token rows per scheduler step (default min(context × max sequences, 512)); long prompts are prefilled in chunks of what decoding leaves' },
     log: { type: 'boolean', description: 'log requests (JSON lines on stdout)' },

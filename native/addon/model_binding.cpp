@@ -1,6 +1,6 @@
 // LLaMA model entry points for JavaScript (lib/model.ts builds the public API on these):
 //
-//   loadModel(path, { threads?, nCtx?, mmproj?, imageTokenId? }) -> Promise<Model>
+//   loadModel(path, { threads?, nCtx?, kvCacheType?, mmproj?, imageTokenId? }) -> Promise<Model>
 //       A LLaVA model is loaded from a Hugging Face folder whose config.json has model_type
 //       "llava", or from a text GGUF with `mmproj` (llama.cpp's CLIP projector GGUF).
 //   model.info() -> { format, arch, nVocab, nEmbd, nLayer, nHead, nHeadKv, nCtxTrain, ropeTheta, bosId?, eosId?,
@@ -20,7 +20,7 @@
 //       Qwen2-VL (model_type "qwen2_vl"): images' / videos' flattened patches and (t, h, w) grids ->
 //       merged features with tokenCounts and grids; eval/generate/score then place them at the
 //       <|image_pad|> / <|video_pad|> tokens with M-RoPE positions.
-//   model.createContext({ nCtx?, nBatch? }) -> Context
+//   model.createContext({ nCtx?, nBatch?, kvCacheType? }) -> Context
 //   model.close() -> Promise<void>
 //   ctx.eval(tokens: Int32Array, { allLogits? }) -> Promise<Float32Array>
 //   ctx.evalMultimodal(tokens: Int32Array, images: Float32Array | null, { allLogits? }) -> Promise<Float32Array>
@@ -131,8 +131,8 @@ using ModelWorker = PromiseWorker;
 
 class LoadWorker final : public ModelWorker {
  public:
-  LoadWorker(Napi::Env env, std::string path, LlavaLoadOptions opts, int64_t n_ctx)
-      : ModelWorker(env), path_(std::move(path)), opts_(std::move(opts)), n_ctx_(n_ctx) {}
+  LoadWorker(Napi::Env env, std::string path, LlavaLoadOptions opts, int64_t n_ctx, DType kv_type)
+      : ModelWorker(env), path_(std::move(path)), opts_(std::move(opts)), n_ctx_(n_ctx), kv_type_(kv_type) {}
 
  protected:
   void Run() override {
@@ -166,6 +166,9 @@ class LoadWorker final : public ModelWorker {
       lo.device = opts_.device;
       model_ = LlamaModel::load(path_, lo);
     }
+    // kvCacheType: refused at the load (ERR_UNSUPPORTED, naming the backend) where the backend
+    // has no such cache, not at the first call
+    model_->backend().require_kv_dtype(kv_type_);
   }
   Napi::Value Resolve(Napi::Env env) override {
     auto h = std::make_shared<ModelHandle>();
@@ -175,6 +178,7 @@ class LoadWorker final : public ModelWorker {
     h->qwen = std::move(qwen_);
     h->emollm_qwen = std::move(emollm_qwen_);
     h->default_n_ctx = n_ctx_;
+    h->default_kv_type = kv_type_;
     tl_new_model = &h;
     Napi::Object obj;
     try {
@@ -191,6 +195,7 @@ class LoadWorker final : public ModelWorker {
   std::string path_;
   LlavaLoadOptions opts_;
   int64_t n_ctx_;
+  DType kv_type_;
   std::shared_ptr<LlamaModel> model_;
   std::shared_ptr<LlavaModel> llava_;
   std::shared_ptr<EmollmModel> emollm_;
@@ -219,7 +224,8 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     lo.mmproj = o.Get("mmproj").As<Napi::String>().Utf8Value();
   }
   lo.image_token_id = int32_t(opt_int(env, o, "imageTokenId", -1, -1, INT32_MAX));
-  auto* w = new LoadWorker(env, std::move(path), lo, n_ctx);
+  const DType kv_type = opt_kv_type(env, o, "kvCacheType", DType::F32);
+  auto* w = new LoadWorker(env, std::move(path), lo, n_ctx, kv_type);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

@@ -33,6 +33,7 @@ struct ModelHandle {
   std::shared_ptr<EmollmQwen2VLModel> emollm_qwen;  // EmoLLM on Qwen2-VL (qwen == emollm_qwen->base())
   std::vector<std::weak_ptr<std::atomic<bool>>> encode_aborts;  // in-flight encodeImages calls
   int64_t default_n_ctx = 0;
+  emollm::DType default_kv_type = emollm::DType::F32;  // loadModel's kvCacheType
   std::vector<std::weak_ptr<ContextState>> contexts;
   std::vector<std::weak_ptr<BatchState>> batches;  // batch_binding.cpp
   int inflight = 0;  // eval/generate calls running on this model

@@ -86,6 +86,17 @@ inline double opt_number(Napi::Env env, const Napi::Object& o, const char* key, 
   if (std::isnan(d)) throw_invalid(env, std::string(key) + " must not be NaN");
   return d;
 }
+// The KV cache element type option ('f32' | 'f16' | 'bf16'); anything else: ERR_INVALID_ARGUMENT.
+inline emollm::DType opt_kv_type(Napi::Env env, const Napi::Object& o, const char* key, emollm::DType def) {
+  if (!has_opt(o, key)) return def;
+  const Napi::Value v = o.Get(key);
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+  if (s == "f32") return emollm::DType::F32;
+  if (s == "f16") return emollm::DType::F16;
+  if (s == "bf16") return emollm::DType::BF16;
+  throw_invalid(env, std::string(key) + " must be 'f32', 'f16' or 'bf16'");
+  return def;
+}
 inline int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
   double d = opt_number(env, o, key, double(def));
   if (d != std::floor(d) || d < double(lo) || d > double(hi))

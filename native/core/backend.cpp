@@ -219,6 +219,8 @@ class CpuBackend final : public Backend {
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   bool uses_host_memory() const override { return true; }
   bool supports_paged_kv() const override { return true; }
+  // f16 / bf16 caches: rounded once as convert() writes them, widened to f32 as attention reads
+  bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {

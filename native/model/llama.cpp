@@ -498,11 +498,13 @@ int64_t device_out_rows(int64_t n_batch, int64_t n_seq) {
 }
 
 // Every byte a context allocates, so its arena is one block allocated once.
-size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_t n_seq, int64_t kv_pool_positions) {
+size_t context_bytes(const LlamaModel& m, int64_t n_ctx, int64_t n_batch, int64_t n_seq, int64_t kv_pool_positions,
+                     size_t kv_esz) {
   const LlamaHparams& h = m.hparams();
   const int64_t kvd = h.n_head_kv * h.head_dim, qd = h.n_head * h.head_dim;
-  size_t b = 2 * floats_bytes(h.n_layer * kv_pool_positions * kvd);                 // K and V block pools
-  if (!m.backend().supports_paged_kv()) b += 2 * floats_bytes(n_ctx * kvd);         // K, V staging
+  auto kv_bytes = [&](int64_t n) { return size_t(n) * kv_esz + kAlign; };
+  size_t b = 2 * kv_bytes(h.n_layer * kv_pool_positions * kvd);                     // K and V block pools
+  if (!m.backend().supports_paged_kv()) b += 2 * kv_bytes(n_ctx * kvd);             // K, V staging
   b += 2 * floats_bytes(n_batch * h.n_embd);                                         // x, xn
   b += 2 * floats_bytes(n_batch * qd);                                               // q, att
   b += floats_bytes(n_batch * std::max(h.n_embd, qd));                               // tmp
@@ -543,12 +545,17 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   EMOLLM_CHECK_ARG(opts.kv_block_size >= 0 && opts.kv_block_size <= 4096 && opts.kv_block_size % 16 == 0,
                    "kv_block_size " + std::to_string(opts.kv_block_size) + " must be 0 (default 64) or a multiple of 16 up to 4096");
   EMOLLM_CHECK_ARG(opts.kv_positions >= 0, "kv_positions must be >= 0");
+  EMOLLM_CHECK_ARG(opts.kv_type == DType::F32 || opts.kv_type == DType::F16 || opts.kv_type == DType::BF16,
+                   std::string("kv_type ") + dtype_name(opts.kv_type) + " must be f32, f16 or bf16");
+  model_->backend().require_kv_dtype(opts.kv_type);  // Unsupported, naming the backend, when it cannot
+  kv_type_ = opts.kv_type;
+  kv_esz_ = dtype_row_bytes(kv_type_, 1);
   kv_bs_ = opts.kv_block_size > 0 ? opts.kv_block_size : 64;
   batched_attention_ = env_enabled("EMOLLM_BATCHED_ATTENTION");
   kvd_ = kvd;
   n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
   EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");
-  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S, n_blocks_ * kv_bs_));
+  buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S, n_blocks_ * kv_bs_, kv_esz_));
   // Carves the backend block (context_bytes counted kAlign of slack per array).
   size_t offset = 0;
   auto carve = [&](size_t bytes) {
@@ -559,11 +566,12 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
     return p;
   };
   auto f32 = [&](int64_t count) { return static_cast<float*>(carve(size_t(count) * sizeof(float))); };
-  k_cache_ = f32(h.n_layer * n_blocks_ * kv_bs_ * kvd);
-  v_cache_ = f32(h.n_layer * n_blocks_ * kv_bs_ * kvd);
+  auto kv = [&](int64_t count) { return static_cast<float*>(carve(size_t(count) * kv_esz_)); };
+  k_cache_ = kv(h.n_layer * n_blocks_ * kv_bs_ * kvd);
+  v_cache_ = kv(h.n_layer * n_blocks_ * kv_bs_ * kvd);
   if (!model_->backend().supports_paged_kv()) {
-    k_stage_ = f32(n_ctx_ * kvd);
-    v_stage_ = f32(n_ctx_ * kvd);
+    k_stage_ = kv(n_ctx_ * kvd);
+    v_stage_ = kv(n_ctx_ * kvd);
   }
   block_refs_.assign(size_t(n_blocks_), 0);
   free_blocks_.resize(size_t(n_blocks_));
@@ -578,6 +586,9 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   k_new_ = f32(n_batch_ * kvd);
   v_new_ = f32(n_batch_ * kvd);
   pos_ = static_cast<int32_t*>(carve(size_t(pos_sections(*model_) * n_batch_) * sizeof(int32_t)));
+  // A half cache is written through Backend::convert: a backend that lacks it refuses here, at
+  // creation, rather than at the first pass (one element of the new-keys scratch into the cache).
+  if (kv_type_ != DType::F32) model_->backend().convert(k_new_, DType::F32, k_cache_, kv_type_, 1);
   if (!model_->backend().uses_host_memory()) {
     ids_ = static_cast<int32_t*>(carve(size_t(n_batch_) * sizeof(int32_t)));
     out_rows_ = device_out_rows(n_batch_, S);
@@ -654,7 +665,7 @@ void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
       int32_t& b = q.blocks[size_t(pos0 / kv_bs_)];
       if (block_refs_[size_t(b)] > 1) {  // shared partial block: copy the filled rows, then write the copy
         const int32_t nb = alloc_block();
-        const size_t bytes = size_t((pos0 % kv_bs_) * kvd_) * sizeof(float);
+        const size_t bytes = size_t((pos0 % kv_bs_) * kvd_) * kv_esz_;
         for (int64_t l = 0; l < L; ++l) {
           be.copy(k_block(l, nb), k_block(l, b), bytes);
           be.copy(v_block(l, nb), v_block(l, b), bytes);
@@ -703,7 +714,8 @@ KvCacheStats LlamaContext::kv_stats() const {
   s.blocks_used = n_blocks_ - kv_blocks_free();
   for (int32_t r : block_refs_) s.blocks_shared += r > 1 ? 1 : 0;
   for (const Seq& q : seqs_) s.block_refs += int64_t(q.blocks.size());
-  s.bytes_per_block = 2 * model_->hparams().n_layer * kv_bs_ * kvd_ * int64_t(sizeof(float));
+  s.bytes_per_block = 2 * model_->hparams().n_layer * kv_bs_ * kvd_ * int64_t(kv_esz_);
+  s.type = kv_type_;
   return s;
 }
 
@@ -1004,8 +1016,13 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       for (int64_t t = 0; t < sg.n;) {
         const int64_t pos = sg.pos0 + t, off = pos % kv_bs_, run = std::min(sg.n - t, kv_bs_ - off);
         const int32_t b = table[size_t(pos / kv_bs_)];
-        be.copy(k_block(l, b) + off * kvd, k_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
-        be.copy(v_block(l, b) + off * kvd, v_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
+        if (kv_type_ == DType::F32) {
+          be.copy(k_block(l, b) + off * kvd, k_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
+          be.copy(v_block(l, b) + off * kvd, v_new_ + (r0 + t) * kvd, size_t(run * kvd) * sizeof(float));
+        } else {  // half cache: each value rounded once (nearest even) as it is written
+          be.convert(k_new_ + (r0 + t) * kvd, DType::F32, kv_elems(k_block(l, b), off * kvd), kv_type_, run * kvd);
+          be.convert(v_new_ + (r0 + t) * kvd, DType::F32, kv_elems(v_block(l, b), off * kvd), kv_type_, run * kvd);
+        }
         t += run;
       }
     }
@@ -1015,12 +1032,14 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;
         const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv);
         for (int64_t j = 0; j < nb; ++j) {
-          const size_t bytes = size_t(std::min(kv_bs_, n_kv - j * kv_bs_) * kvd) * sizeof(float);
-          be.copy(k_stage_ + j * kv_bs_ * kvd, k_block(l, table[size_t(j)]), bytes);
-          be.copy(v_stage_ + j * kv_bs_ * kvd, v_block(l, table[size_t(j)]), bytes);
+          const size_t bytes = size_t(std::min(kv_bs_, n_kv - j * kv_bs_) * kvd) * kv_esz_;
+          be.copy(kv_elems(k_stage_, j * kv_bs_ * kvd), k_block(l, table[size_t(j)]), bytes);
+          be.copy(kv_elems(v_stage_, j * kv_bs_ * kvd), v_block(l, table[size_t(j)]), bytes);
         }
         const int64_t r0 = row0[size_t(i)];
-        be.attention(q_ + r0 * qd, k_stage_, v_stage_, att_ + r0 * qd, m.causal_attention_params(sg.n, n_kv, sg.pos0));
+        AttentionParams ap = m.causal_attention_params(sg.n, n_kv, sg.pos0);
+        ap.kv_dtype = kv_type_;
+        be.attention(q_ + r0 * qd, k_stage_, v_stage_, att_ + r0 * qd, ap);
       }
     } else {  // paged: every segment's attention through its block table, all in one backend call
       int64_t total_blocks = 0;
@@ -1045,6 +1064,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         it.p.k_blocks = k_table_.data() + at;
         it.p.v_blocks = v_table_.data() + at;
         it.p.kv_block_size = kv_bs_;
+        it.p.kv_dtype = kv_type_;
         at += nb;
       }
       if (batched_attention_) {

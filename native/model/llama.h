@@ -160,6 +160,12 @@ struct LlamaContextOptions {
   // held, so every sequence can always fill its context).
   int64_t kv_block_size = 0;
   int64_t kv_positions = 0;
+  // Element type of the KV cache: F32 (default), F16 or BF16 (llama.cpp's default cache is f16).
+  // The new keys and values are rounded once, to nearest even, when written into the cache;
+  // attention reads them widened to f32. Half the cache's bytes and its memory traffic. A backend
+  // without it (Backend::supports_kv_dtype, Backend::convert) refuses with Error(Unsupported);
+  // other types are InvalidArgument.
+  DType kv_type = DType::F32;
 };
 
 // Occupancy of a context's KV block pool (LlamaContext::kv_stats).
@@ -170,6 +176,7 @@ struct KvCacheStats {
   int64_t blocks_shared = 0;  // blocks referenced by more than one sequence (a shared prefix)
   int64_t block_refs = 0;     // sum over sequences of their block-table lengths
   int64_t bytes_per_block = 0;  // K and V of all layers
+  DType type = DType::F32;      // element type (LlamaContextOptions::kv_type)
 };
 
 // log p(id) under softmax(x[0..n)), computed in double (the scoring of options).
@@ -296,6 +303,7 @@ class LlamaContext {
   // ---- the KV block pool
   KvCacheStats kv_stats() const;
   int64_t kv_block_size() const { return kv_bs_; }
+  DType kv_type() const { return kv_type_; }
   int64_t kv_blocks_free() const { return int64_t(free_blocks_.size()); }
   // Blocks a sequence of n positions holds.
   int64_t kv_blocks_for(int64_t n) const { return (n + kv_bs_ - 1) / kv_bs_; }
@@ -376,8 +384,13 @@ class LlamaContext {
   bool forward_reserved(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort);
   void release_blocks_from(Seq& q, size_t keep);  // drops q.blocks[keep..]
   int32_t alloc_block();
-  float* k_block(int64_t layer, int32_t b) const { return k_cache_ + (layer * n_blocks_ + b) * kv_bs_ * kvd_; }
-  float* v_block(int64_t layer, int32_t b) const { return v_cache_ + (layer * n_blocks_ + b) * kv_bs_ * kvd_; }
+  // Block b of a layer, and `elems` cache elements past a cache pointer (f32 or half elements:
+  // the pointers are typed float* for the f32 signatures; a half cache's are reinterpreted).
+  float* kv_elems(float* at, int64_t elems) const {
+    return reinterpret_cast<float*>(reinterpret_cast<char*>(at) + size_t(elems) * kv_esz_);
+  }
+  float* k_block(int64_t layer, int32_t b) const { return kv_elems(k_cache_, (layer * n_blocks_ + b) * kv_bs_ * kvd_); }
+  float* v_block(int64_t layer, int32_t b) const { return kv_elems(v_cache_, (layer * n_blocks_ + b) * kv_bs_ * kvd_); }
 
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
@@ -386,10 +399,12 @@ class LlamaContext {
   // carved at construction. Model code reaches it only through Backend calls (on a device the
   // host never dereferences it: inputs are uploaded, output rows downloaded).
   BackendBuffer buffer_;
-  // KV block pool, per layer [n_blocks, block_size, n_head_kv * head_dim] f32
+  // KV block pool, per layer [n_blocks, block_size, n_head_kv * head_dim] of kv_type_
   float* k_cache_ = nullptr;
   float* v_cache_ = nullptr;
   int64_t kv_bs_ = 64, n_blocks_ = 0, kvd_ = 0;
+  DType kv_type_ = DType::F32;
+  size_t kv_esz_ = sizeof(float);  // bytes of a cache element
   std::vector<int32_t> block_refs_;   // per block: sequences whose table holds it
   std::vector<int32_t> free_blocks_;  // blocks with no reference (a stack)
   std::vector<const float*> k_table_, v_table_;  // the segments' block pointers for attention, one after another
@@ -397,7 +412,7 @@ class LlamaContext {
   // the segments' attentions in one Backend::attention_batch call (EMOLLM_BATCHED_ATTENTION=0 at
   // the context's creation: one attention() per segment, the A/B baseline)
   bool batched_attention_ = true;
-  // Backends without paged attention: a sequence's K/V gathered contiguous, [n_ctx, kvd] each.
+  // Backends without paged attention: a sequence's K/V gathered contiguous, [n_ctx, kvd] each (kv_type_).
   float* k_stage_ = nullptr;
   float* v_stage_ = nullptr;
   // scratch for n_batch rows

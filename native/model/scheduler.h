@@ -96,6 +96,7 @@ struct SchedulerOptions {
   // positions (0 = n_seq x n_ctx: every sequence can always fill its context, nothing waits).
   int64_t kv_block_size = 0;
   int64_t kv_positions = 0;
+  DType kv_type = DType::F32;  // KV cache element type (LlamaContextOptions::kv_type)
 };
 
 struct SeqOutcome {

@@ -764,3 +764,183 @@ TEST(attention_decode_split_batch_of_sequences) {
     }
   }
 }
+
+// ---------------------------------------------------------------- half-precision KV cache
+// AttentionParams::kv_dtype f16 / bf16: the kernels widen the cache's rows to f32 exactly as they
+// read them, so against ref::attention on K/V rounded the same way beforehand the only difference
+// is the f32 kernels' own: atol 1e-5, the vector-vs-ref tolerance. Against the unrounded f32 K/V
+// the difference is the rounding's, bounded (first order, |k|, |v| <= 1 as make_data draws them)
+// per case by
+//   d  = max over query rows and heads of scale * sum_t |q_t| * (u + 2^-25)   (score error)
+//   tol = (e^(2d) - 1) + u + 2^-25 + 1e-5
+// with u = 2^-11 (f16) or 2^-8 (bf16) the unit roundoff of round-to-nearest and 2^-25 the f16
+// subnormal half-spacing: each softmax weight moves by at most a factor e^(+-2d), and the output,
+// a convex combination of the V rows, by that plus the V rows' own rounding.
+namespace {
+
+uint16_t round_half(DType t, float x) { return t == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x); }
+float widen_half(DType t, uint16_t h) { return t == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h); }
+
+// A (non-fused) case's K/V rounded to t by base/dtype.h's scalar conversions (independent of the
+// kernels' vector ones), in the case's layout (NaN padding stays NaN): a contiguous half cache,
+// a paged one (PagedCopy's layout: pages of bs tokens at shuffled slots, a NaN page between used
+// ones), and the rounded values widened back to f32 (the references' K/V).
+struct HalfCopy {
+  std::vector<uint16_t> kh, vh, kpool, vpool;
+  std::vector<float> kr, vr;
+  std::vector<const float*> kt, vt;
+  AttentionParams p, paged;
+  HalfCopy(const Data& d, DType t, int64_t bs, uint64_t seed) : p(d.p), paged(d.p) {
+    const size_t nk = size_t(d.p.n_kv * d.p.ldk), nv = size_t(d.p.n_kv * d.p.ldv);
+    kh.resize(nk); vh.resize(nv); kr.resize(nk); vr.resize(nv);
+    for (size_t i = 0; i < nk; ++i) { kh[i] = round_half(t, d.k[i]); kr[i] = widen_half(t, kh[i]); }
+    for (size_t i = 0; i < nv; ++i) { vh[i] = round_half(t, d.v[i]); vr[i] = widen_half(t, vh[i]); }
+    p.kv_dtype = paged.kv_dtype = t;
+    const int64_t n_pages = (d.p.n_kv + bs - 1) / bs;
+    std::vector<int64_t> slot(static_cast<size_t>(n_pages));
+    for (int64_t i = 0; i < n_pages; ++i) slot[size_t(i)] = i;
+    Rng rng(seed);
+    for (int64_t i = n_pages - 1; i > 0; --i) std::swap(slot[size_t(i)], slot[size_t(rng.next() % uint32_t(i + 1))]);
+    const uint16_t nan_h = round_half(t, kNaN);
+    kpool.assign(size_t(2 * n_pages * bs * d.p.ldk), nan_h);
+    vpool.assign(size_t(2 * n_pages * bs * d.p.ldv), nan_h);
+    for (int64_t i = 0; i < n_pages; ++i) {
+      kt.push_back(reinterpret_cast<const float*>(kpool.data() + 2 * slot[size_t(i)] * bs * d.p.ldk));
+      vt.push_back(reinterpret_cast<const float*>(vpool.data() + 2 * slot[size_t(i)] * bs * d.p.ldv));
+    }
+    for (int64_t j = 0; j < d.p.n_kv; ++j) {
+      auto* kdst = const_cast<uint16_t*>(reinterpret_cast<const uint16_t*>(kt[size_t(j / bs)])) + (j % bs) * d.p.ldk;
+      auto* vdst = const_cast<uint16_t*>(reinterpret_cast<const uint16_t*>(vt[size_t(j / bs)])) + (j % bs) * d.p.ldv;
+      std::copy(kh.begin() + j * d.p.ldk, kh.begin() + (j + 1) * d.p.ldk, kdst);
+      std::copy(vh.begin() + j * d.p.ldv, vh.begin() + (j + 1) * d.p.ldv, vdst);
+    }
+    paged.k_blocks = kt.data();
+    paged.v_blocks = vt.data();
+    paged.kv_block_size = bs;
+  }
+  const float* k() const { return reinterpret_cast<const float*>(kh.data()); }
+  const float* v() const { return reinterpret_cast<const float*>(vh.data()); }
+};
+
+// Decode shapes (GQA 8:1 head 64 as TinyLlama, MHA head 128, MQA head 80, a tail head size with
+// padded rows) at lengths around the 16-token sub-block, the 64-token page and the pieces, and
+// the tiled path's cases (prefill, a chunk over a cache, bidirectional with padding, a group of
+// 80 heads).
+std::vector<Case> half_kv_cases() {
+  std::vector<Case> cs;
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 4, 64, 0}, {4, 4, 128, 0}, {8, 1, 80, 0}, {6, 2, 20, 3}};
+  for (const Shape& sh : shapes)
+    for (int64_t n : {1, 16, 17, 63, 64, 65, 257, 1000}) cs.push_back({1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad});
+  cs.push_back({70, 70, 4, 2, 64, true, 0});
+  cs.push_back({23, 133, 8, 2, 32, true, 105});
+  cs.push_back({19, 90, 4, 4, 20, false, 0, 3});
+  cs.push_back({3, 97, 80, 1, 8, true, 90});
+  return cs;
+}
+
+}  // namespace
+
+TEST(attention_half_kv_matches_ref_on_rounded_kv) {
+  ThreadPool pool2(2);
+  uint64_t seed = 9100;
+  for (DType t : {DType::F16, DType::BF16})
+    for (const Case& c : half_kv_cases()) {
+      Data d = make_data(c, seed++);
+      const std::string what = describe(c) + " kv=" + dtype_name(t);
+      HalfCopy h16(d, t, 16, seed), h64(d, t, 64, seed + 1);
+      std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p); });
+      // the reference reads a half cache itself: the same values, the same double sums, the same bits
+      std::vector<float> ref_half = run_out(h16.p, what, [&](float* o) { ref::attention(d.q, h16.k(), h16.v(), o, h16.p); });
+      EXPECT(ref_half == ref);
+      std::vector<float> ref_paged = run_out(h64.paged, what, [&](float* o) { ref::attention(d.q, nullptr, nullptr, o, h64.paged); });
+      EXPECT(ref_paged == ref);
+      for (const AttentionParams* pp : {&h16.p, &h16.paged, &h64.paged})
+        for (bool split : {true, false}) {
+          if (!split && c.n_q != 1) continue;  // the switch only concerns decode
+          DecodeSplitScope sw(split);
+          for (Isa isa : vector_levels()) {
+            IsaCapScope cap(isa);
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
+              const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " isa=" + isa_name(isa) +
+                                    " pool=" + std::to_string(pl ? pl->size() : 0) + (split ? " split" : " tiled");
+              const float* k = pp->kv_block_size ? nullptr : h16.k();
+              const float* v = pp->kv_block_size ? nullptr : h16.v();
+              std::vector<float> got = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl); });
+              EXPECT_ALL_CLOSE(got.data(), ref.data(), got.size(), 1e-5, 0.0, w);
+            }
+          }
+        }
+    }
+}
+
+TEST(attention_half_kv_within_rounding_bound_of_f32) {
+  ThreadPool pool2(2);
+  uint64_t seed = 9300;
+  for (DType t : {DType::F16, DType::BF16}) {
+    const double u = t == DType::F16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8), sub = std::ldexp(1.0, -25);
+    for (const Case& c : half_kv_cases()) {
+      Data d = make_data(c, seed++);
+      const std::string what = describe(c) + " kv=" + dtype_name(t);
+      HalfCopy h(d, t, 64, seed);
+      const double scale = c.scale != 0.0f ? c.scale : 1.0 / std::sqrt(double(c.D));
+      double dmax = 0;
+      for (int64_t i = 0; i < c.n_q; ++i)
+        for (int64_t hh = 0; hh < c.n_heads; ++hh) {
+          double s = 0;
+          for (int64_t e = 0; e < c.D; ++e) s += std::fabs(double(d.q[i * d.p.ldq + hh * c.D + e]));
+          dmax = std::max(dmax, scale * s * (u + sub));
+        }
+      const double tol = std::expm1(2 * dmax) + u + sub + 1e-5;
+      std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+      std::vector<float> got = run_out(h.paged, what, [&](float* o) { attention(d.q, nullptr, nullptr, o, h.paged, &pool2); });
+      EXPECT_ALL_CLOSE(got.data(), ref.data(), got.size(), tol, 0.0, what + " tol=" + std::to_string(tol));
+      // and the rounding is not a no-op: the half cache's output differs from the f32 one somewhere
+      EXPECT(got != ref);
+    }
+  }
+}
+
+// A batch mixing f32, f16 and bf16 caches (decode and chunks, paged and contiguous): each output
+// bit for bit the call alone.
+TEST(attention_half_kv_batch_equals_calls_one_by_one) {
+  ThreadPool pool2(2);
+  const Case cs[] = {{1, 300, 32, 4, 64, true, 299}, {1, 37, 32, 4, 64, true, 36}, {9, 140, 32, 4, 64, true, 131},
+                     {1, 129, 8, 1, 80, true, 128}};
+  const DType types[] = {DType::F16, DType::BF16, DType::F32, DType::F16};
+  std::vector<Data> ds;
+  std::vector<std::unique_ptr<HalfCopy>> hs;
+  uint64_t seed = 9500;
+  for (const Case& c : cs) {
+    ds.push_back(make_data(c, seed++));
+    hs.push_back(std::make_unique<HalfCopy>(ds.back(), DType::F16, 64, seed));
+  }
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::unique_ptr<HalfCopy>> typed;
+    std::vector<AttentionBatchItem> items;
+    std::vector<std::vector<float>> outs(ds.size()), alone;
+    for (size_t i = 0; i < ds.size(); ++i) {
+      const DType t = types[(i + size_t(round)) % 4];
+      const bool paged = (i + size_t(round)) % 2 == 0;
+      AttentionParams p = ds[i].p;
+      const float *k = ds[i].k, *v = ds[i].v;
+      if (t != DType::F32) {
+        typed.push_back(std::make_unique<HalfCopy>(ds[i], t, 64, seed + i));
+        p = paged ? typed.back()->paged : typed.back()->p;
+        k = paged ? nullptr : typed.back()->k();
+        v = paged ? nullptr : typed.back()->v();
+      }
+      outs[i].assign(size_t(p.n_q * p.ldo), kNaN);
+      items.push_back(AttentionBatchItem{ds[i].q, k, v, outs[i].data(), p});
+      alone.push_back(run_out(p, "alone", [&](float* o) { attention(ds[i].q, k, v, o, p, &pool2); }));
+    }
+    attention_batch(items.data(), int64_t(items.size()), &pool2);
+    for (size_t i = 0; i < ds.size(); ++i) {
+      std::vector<float> dense(alone[i].size());
+      const int64_t qw = ds[i].p.n_heads * ds[i].p.head_dim;
+      for (int64_t r = 0; r < ds[i].p.n_q; ++r)
+        std::copy(outs[i].begin() + r * ds[i].p.ldo, outs[i].begin() + r * ds[i].p.ldo + qw, dense.begin() + r * qw);
+      EXPECT(dense == alone[i]);
+    }
+  }
+}

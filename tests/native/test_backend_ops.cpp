@@ -196,21 +196,33 @@ TEST(backend_defaults_refuse_device_memory) {
 }
 
 TEST(backend_kv_dtype) {
+  // The CPU attention reads f32, f16 and bf16 caches (kernels/cpu/attention.cpp); a backend
+  // without an override (the defaults) takes f32 only and says which types it supports.
   auto cpu = make_cpu_backend(std::make_shared<ThreadPool>(1));
-  EXPECT(cpu->supports_kv_dtype(DType::F32));
-  EXPECT(!cpu->supports_kv_dtype(DType::F16));
-  cpu->require_kv_dtype(DType::F32);
-  EXPECT_THROWS(cpu->require_kv_dtype(DType::BF16), ErrorCode::Unsupported);
+  EXPECT(cpu->supports_kv_dtype(DType::F32) && cpu->supports_kv_dtype(DType::F16) && cpu->supports_kv_dtype(DType::BF16));
+  EXPECT(!cpu->supports_kv_dtype(DType::Q8_0));
+  cpu->require_kv_dtype(DType::F16);
+  EXPECT_THROWS(cpu->require_kv_dtype(DType::Q8_0), ErrorCode::Unsupported);
+  DefaultsBackend def(true);
+  EXPECT(def.supports_kv_dtype(DType::F32) && !def.supports_kv_dtype(DType::F16));
+  bool said = false;
   try {
-    cpu->require_kv_dtype(DType::F16);
+    def.require_kv_dtype(DType::F16);
   } catch (const Error& e) {
-    EXPECT(std::string(e.what()).find("supported: f32") != std::string::npos);
+    said = e.code() == ErrorCode::Unsupported && std::string(e.what()).find("supported: f32") != std::string::npos;
   }
+  EXPECT(said);
   AttentionParams ap;
   ap.n_q = ap.n_kv = 1, ap.n_heads = ap.n_kv_heads = 1, ap.head_dim = 4;
-  ap.kv_dtype = DType::F16;
+  ap.ldq = ap.ldk = ap.ldv = ap.ldo = 4;
+  ap.kv_dtype = DType::Q8_0;
   float q[4] = {}, k[4] = {}, v[4] = {}, o[4];
   EXPECT_THROWS(cpu->attention(q, k, v, o, ap), ErrorCode::Unsupported);
+  // an f16 cache of one token: the output is that token's value row, widened
+  const uint16_t kh[4] = {f32_to_f16(1.0f), 0, 0, 0}, vh[4] = {f32_to_f16(0.5f), f32_to_f16(-2.0f), 0, f32_to_f16(3.0f)};
+  ap.kv_dtype = DType::F16;
+  cpu->attention(q, reinterpret_cast<const float*>(kh), reinterpret_cast<const float*>(vh), o, ap);
+  EXPECT(o[0] == 0.5f && o[1] == -2.0f && o[2] == 0.0f && o[3] == 3.0f);
 }
 
 TEST(backend_context_stream_and_workspace) {

@@ -520,3 +520,16 @@ TEST(emulated_device_emollm_mvp_matches_fixture) {
                 kFeatTol, fr, ld, kLogitTol);
   }
 }
+
+// A half-precision KV cache on a backend without one (the emulated device takes f32 caches
+// only): the context refuses at creation with Unsupported, naming the backend and what it takes.
+TEST(emulated_device_refuses_half_kv_cache) {
+  if (stories_dir().empty()) return;
+  std::shared_ptr<LlamaModel> m = emulated_model();
+  for (DType t : {DType::F16, DType::BF16}) {
+    LlamaContextOptions o{64, 0, 1};
+    o.kv_type = t;
+    const std::string e = error_of([&] { LlamaContext ctx(m, o); }, ErrorCode::Unsupported);
+    EXPECT(has(e, "KV cache type") && has(e, dtype_name(t)) && has(e, "supported: f32"));
+  }
+}
