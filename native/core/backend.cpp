@@ -15,6 +15,7 @@
 #endif
 
 #include "base/arena.h"
+#include "base/env_switch.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu/backward.h"
@@ -99,6 +100,16 @@ void* alloc_packed(size_t bytes) {
   (void)madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
 #endif
   return p;
+}
+
+// The CPU backend's alloc() (a context's KV cache and activation buffers, hundreds of MiB for a 7B
+// prompt): the same huge-page placement as packed weights (EMOLLM_HUGE_ALLOC=0: the previous plain
+// aligned allocation, for A/B). In 4 KiB pages the first prefill paid a fault per page of KV cache
+// and activations it touched (LLaVA-7B, 628 positions: ~1 GiB, ~3 s of CPU in this VM); memory
+// never touched stays uncommitted either way.
+bool huge_alloc_enabled() {
+  static const bool on = env_enabled("EMOLLM_HUGE_ALLOC");
+  return on;
 }
 
 // The CPU backend's packed weights: W (the pointer gemm() is called with) -> its quant_repack copy,
@@ -203,7 +214,7 @@ class CpuBackend final : public Backend {
     return std::string("cpu (") + isa_name(isa_active()) + ", " + std::to_string(pool_.size()) + " threads)";
   }
 
-  void* alloc(size_t bytes) override { return aligned_alloc_bytes(bytes); }
+  void* alloc(size_t bytes) override { return huge_alloc_enabled() ? alloc_packed(bytes) : aligned_alloc_bytes(bytes); }
   void free(void* p) override { aligned_free(p); }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
@@ -233,7 +244,27 @@ class CpuBackend final : public Backend {
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
     if (n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
+    if (M > 1 && n > 1 && n <= kMaxRepackedOutputs && repacked_fused(X, ldx, outs, n, M, K)) return;
     Backend::gemm_multi(X, ldx, outs, n, M, K);
+  }
+  // Many rows on quant_repack's copies (a prefill layer's q/k/v, gate/up): what gemm() runs for
+  // each output, with X rounded and packed once and one dispatch (gemm_repacked_multi), when every
+  // W has a repacked copy of one type.
+  bool repacked_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
+    const DType t = outs[0].wtype;
+    if ((t != DType::Q4_0 && t != DType::Q8_0) || quant_activations() != QuantActivations::Q8 ||
+        isa_active() < Isa::Avx512)
+      return false;
+    RepackedOutput r[kMaxRepackedOutputs];
+    for (int j = 0; j < n; ++j) {
+      if (outs[j].wtype != t) return false;
+      bool panels = false;
+      const void* packed = packed_->find(outs[j].W, t, outs[j].N, K, &panels);
+      if (!packed || panels) return false;
+      r[j] = RepackedOutput{packed, outs[j].bias, outs[j].Y, outs[j].ldy, outs[j].N};
+    }
+    gemm_repacked_multi(X, ldx, t, r, n, M, K, &pool_);
+    return true;
   }
   // Many rows on bf16 GEMM panels (a vision layer's q/k/v): X packed once, one dispatch, when
   // every W has a panel copy (else one gemm() each, which reads the same panels).
