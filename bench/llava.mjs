@@ -21,7 +21,7 @@
 //   npm run bench:llava -- --cases next,qwen2vl --layers 1 --vision-layers 1 --qwen-sizes 224x224 \
 //       --video-frames 4 --video-size 224x224 --runs 1         # smallest smoke run of the VLM cases
 //   npm run -s bench:llava -- --json > llava.json
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -71,6 +71,16 @@ async function child(spec) {
     out.image_token_id = vi.imageTokenId;
     out.n_image_tokens = vi.nImageTokens;
 
+    if (spec.profileOnly) {
+      // --profile: one prefill after the image's vision, no text warm-up, in a child whose backend
+      // ops are timed (EMOLLM_PROFILE=1); the parent reads the table the child writes at exit
+      const wb = await model.imageProcessor.preprocessBatch([spec.image]);
+      const feats = await model.encodePixels(wb.data, 1);
+      const fill = await timed(() => model.logits({ tokens, images: feats }));
+      out.runs.push({ prefill_s: fill.s, other: fill.other });
+      log(`profiled prefill ${fill.s.toFixed(2)} s (other work up to ${fill.other.toFixed(2)} cores)`);
+      return;
+    }
     // ---- warm-up (untimed): sharp's first decode, the vision weights, every text weight page
     // (a 16-token eval that shares no prefix with the prompt: it does not start with BOS)
     const tw = performance.now();
@@ -128,7 +138,7 @@ async function child(spec) {
 
 // ============================================================================ parent
 function parseArgs(argv) {
-  const o = { threads: 0, text: ['q4_0'], vision: ['bf16'], full: false, layers: null, runs: 1, nCtx: 1024, build: true, probe: true,
+  const o = { threads: 0, text: ['q4_0'], vision: ['bf16'], full: false, layers: null, runs: 1, nCtx: 1024, build: true, probe: true, profile: false,
     out: DEFAULT_OUT, json: false, jsonOut: null, timeoutS: 1200, quietWaitS: 30, image: null, tokenizer: undefined, coldScoring: true,
     // the VLM cases, with bench:vision's defaults (bench/vlm-cases.mjs vlmSamples)
     cases: ['llava15', ...VLM_CASES], visionLayers: 0, nextSize: [1024, 1024], qwenSizes: [[448, 448], [1280, 720]], videoFrames: 16,
@@ -170,6 +180,7 @@ function parseArgs(argv) {
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
       case '--no-cold-scoring': o.coldScoring = false; break;
+      case '--profile': o.profile = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
       case '--json': o.json = true; break;
       case '--json-out': o.jsonOut = val(i, a); i++; break;
@@ -203,6 +214,9 @@ const HELP = `usage: npm run bench:llava -- [options]
   --video-size WxH      Qwen2-VL video frames (default 640x360); --vlm-ctx N KV positions for these cases (default 4096)
   --runs N              end-to-end runs per model pair, each from an empty KV cache (default 1)
   --no-cold-scoring     skip the A/B phase: scoreOptions of the same input from an empty KV cache (llava15)
+  --profile             llava15: one more child per model pair with EMOLLM_PROFILE=1 (native/core/profiling_backend.h): one
+                        prefill after load + vision, split by op (GEMM per weight shape with GOP/s, attention, norms, rope,
+                        SwiGLU, residual adds, KV copies, thread-pool hand-offs); printed and in the JSON (rows[].profile)
   --threads N           compute threads (default: physical cores); --ctx N KV positions (default 1024)
   --image FILE          the photo (default ../shared/models/llava-tiny-hf/photo.jpg, else a generated JPEG)
   --tokenizer DIR       tokenizer (default ../shared/tokenizers/llava-1.5-7b-hf when present); --gguf-vocab: the GGUF's own
@@ -317,7 +331,13 @@ async function main() {
     const spec = { text: t.path, mmproj: v.path, threads, nCtx: o.nCtx, image, tokenizer, question: QUESTION, options: OPTIONS, runs: o.runs,
       quietWaitS: o.quietWaitS, coldScoring: o.coldScoring };
     const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)], { timeoutS: o.timeoutS, label });
-    rows.push({ text: t.path.match(/(q4_0|q8_0)\.gguf$/)[1], vision: v.path.match(/-(f32|f16|bf16)\.gguf$/)[1], res });
+    const row = { text: t.path.match(/(q4_0|q8_0)\.gguf$/)[1], vision: v.path.match(/-(f32|f16|bf16)\.gguf$/)[1], res };
+    if (o.profile) {
+      log(`${label}: profiled prefill (EMOLLM_PROFILE=1) ...`);
+      await waitQuiet(o.quietWaitS, log);
+      row.profile = await profiledPrefill({ ...spec, runs: 1, profileOnly: true }, o, `${label} profiled`);
+    }
+    rows.push(row);
   }
   const vlmRows = [];
   for (const x of vlmPairs) {
@@ -396,6 +416,7 @@ async function main() {
     'peak (q4_0 / q8_0 text on the VNNI int8 GEMMs; bf16 dot for bf16 / f16 text) + its attention at the fp32 FMA peak. The int8 floor counts the ' +
     'multiply-adds only: not the per-32-block scale work (int32->f32, d_w*d_x, FMA: 3 vector ops beside 8 vpdpbusd), the q8_0 rounding of the ' +
     'activations or the weights\' unpacking. x floors = total s / (vision floor + prefill floor) (preprocessing and scoring have no floor: they count against it).');
+  for (const r of rows) if (r.profile) printPrefillProfile(r, peaks, out);
   }
   if (vlmRows.length) printVlmTable(vlmRows, peaks, o, out);
   if (peaks && !llava15) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, ` +
@@ -404,11 +425,69 @@ async function main() {
   out(`total wall ${fmt((performance.now() - t0) / 1000, 0)} s`);
 
   const json = { threads, layers, image, tokenizer: tokenizer ?? null, question: QUESTION, options: OPTIONS, peaks,
-    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, floors: r.floors ?? null, raw: r.res })),
+    rows: rows.map((r) => ({ text: r.text, vision: r.vision, best: r.best, floors: r.floors ?? null, profile: r.profile ?? null, raw: r.res })),
     vlm: vlmRows.map((r) => ({ case: r.case, text: r.textDtype, vision: r.visionDtype, raw: r.res })) };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 1) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 1) + '\n');
   process.exitCode = [...rows, ...vlmRows].every((r) => r.res.ok) ? 0 : 1;
+}
+
+// --profile: the child of `spec` (profileOnly) with EMOLLM_PROFILE=1; its table (written at exit)
+// reduced to the text model's prefill: the "prefill"-phase rows of the decoder's ops (the tower's
+// bf16 GEMMs, layer norms, GELUs, patches and its own attention and residual adds have other
+// keys), each with its share and, for the weight GEMMs, GOP/s over the prompt's positions.
+async function profiledPrefill(spec, o, label) {
+  const dir = mkdtempSync(join(os.tmpdir(), 'emollm-llava-profile-'));
+  const file = join(dir, 'profile.json');
+  try {
+    const res = await runChild(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)],
+      { timeoutS: o.timeoutS, label, env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+    if (!res.ok) return { error: String(res.error) };
+    if (!existsSync(file)) return { error: 'the child wrote no profile' };
+    const prof = JSON.parse(readFileSync(file, 'utf8'));
+    const pos = res.positions, E = TEXT.n_embd, layers = o.layers ?? TEXT.n_layer;
+    // (a residual add of the decoder: rows x E elements, once per layer and chunk)
+    const text = (r) => r.phase === 'prefill' && (
+      (r.op === 'gemm' && /^(q4_0|q8_0) /.test(r.key)) || ['rmsnorm', 'rope', 'swiglu', 'copy', 'attention_batch', 'embedding'].includes(r.op) ||
+      (r.op === 'add' && Number(r.key.slice(2)) % E === 0 && r.calls % layers === 0) || ((r.op === 'handoff' || r.op === 'dispatch') && r.key !== 'layernorm' &&
+        !['attention', 'quick_gelu', 'gelu_erf', 'extract_patches', 'copy_2d'].includes(r.key)));
+    const rowsP = prof.ops.filter(text);
+    const timedOps = rowsP.filter((r) => r.op !== 'handoff' && r.op !== 'dispatch');
+    const total = timedOps.reduce((a, r) => a + r.total_ms, 0);
+    for (const r of timedOps) {
+      r.share = total ? r.total_ms / total : null;
+      if (r.op === 'gemm') {  // "q4_0 N=4096+4096+4096 K=4096 repacked": 2 * positions * layers * sum(N) * K ops
+        // (the output projection, N = the vocabulary: the last position's one row, once)
+        const m = /N=([\d+]+) K=(\d+)/.exec(r.key);
+        const sumN = m ? m[1].split('+').reduce((a, n) => a + Number(n), 0) : NaN;
+        const ops = !m ? NaN : sumN === TEXT.n_vocab ? 2 * sumN * Number(m[2]) * r.calls : 2 * pos * layers * sumN * Number(m[2]);
+        r.gops = ops / (r.total_ms * 1e6);
+      }
+    }
+    const handoff = rowsP.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
+    const jobs = rowsP.filter((r) => r.op === 'dispatch').reduce((a, r) => a + r.calls, 0);
+    return { prefill_s: res.runs[0]?.prefill_s ?? null, other: res.runs[0]?.other ?? null, positions: pos, layers,
+      ops_ms: total, handoff_ms: handoff, pool_jobs: jobs, rows: timedOps.sort((a, b) => b.total_ms - a.total_ms),
+      handoff_rows: rowsP.filter((r) => r.op === 'handoff') };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function printPrefillProfile(r, peaks, out) {
+  const p = r.profile;
+  out('');
+  if (p.error) { out(`prefill profile ${r.text} + ${r.vision}: ${p.error}`); return; }
+  out(`prefill profile ${r.text} + ${r.vision} (EMOLLM_PROFILE=1, its own child: load, vision, one prefill of ${p.positions} positions with no ` +
+    `text warm-up, ${p.layers} layers): prefill ${fmt(p.prefill_s, 2)} s wall, ops ${fmt(p.ops_ms / 1000, 2)} s, of which thread-pool ` +
+    `hand-offs ${fmt(p.handoff_ms / 1000, 2)} s (those of gemm and add with the tower's); ${p.pool_jobs} pool jobs (likewise); busy ${busyMark(p.other)}`);
+  const int8 = peaks?.int8_dot_gops;
+  const tbl = p.rows.map((x) => [x.op, x.key, x.calls, fmt(x.total_ms, 0), fmt(100 * x.share, 1),
+    x.gops ? fmt(x.gops, 0) : '-', x.gops && int8 ? fmt((100 * x.gops) / int8, 0) : '-']);
+  printTable(['op', 'key', 'calls', 'ms', '%', 'GOP/s', '%int8'], tbl, out, 2);
+  out('ms = wall time of the op calls (a thread-pool op includes waking the pool and waiting for its slowest thread); % of the ops\' sum; ' +
+    'GOP/s of a weight GEMM = 2 x positions x layers x N x K / its ms; %int8 against the int8 dot probe. The wall time beyond the ops\' sum ' +
+    'is the scheduler, the LM head (one row: a decode-phase GEMV) and the addon.');
 }
 
 // LLaVA-NeXT / Qwen2-VL rows: per sample the fastest undisturbed run (every phase < 0.25 cores of

@@ -640,12 +640,23 @@ std::atomic<bool> g_panels_enabled{true};
 // M > kSmallM on VNNI: X in chunks of panel rows (gemm_q8_xpanel.h), then per thread a range of
 // NV-group weight panels; the X panels are taken ~1.5 MiB at a time, and each of the thread's
 // weight panels (16 * NV * K bytes, in L2) runs against those X panels before the next.
-void gemm_repacked_panels(const float* X, int64_t ldx, const uint8_t* G, bool q8, const float* bias, float* Y,
-                          int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool) {
+// Several outputs of one X (a layer's q/k/v, gate/up; gemm_repacked_multi): X rounded and packed
+// once per chunk and the outputs' weight panels numbered one after another (output j's from
+// first[j]) in one dispatch; every panel computes what it computes alone, so the bits are those
+// of one call per output.
+void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOutput* outs, int n_outs, int64_t M,
+                          int64_t K, ThreadPool* pool) {
   using namespace gemm_detail;
   constexpr int NV = kPanelGroups;
-  const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup, npn = (groups + NV - 1) / NV;
+  const int64_t nb = K / kQK;
   const size_t gstride = size_t(nb) * group_block_bytes(q8);
+  int64_t first[kMaxRepackedOutputs + 1] = {0}, rows = 0;
+  for (int j = 0; j < n_outs; ++j) {
+    const int64_t groups = (outs[j].N + kGroup - 1) / kGroup;
+    first[j + 1] = first[j] + (groups + NV - 1) / NV;
+    rows += outs[j].N;
+  }
+  const int64_t npn = first[n_outs];
   const int64_t mc = XPanels::chunk_rows(K);
   // X panels per pass: ~1.5 MiB of them (L2 + L3). Measured at LLaMA-7B down (K = 11008, q8_0,
   // M = 512): 384 KiB passes (L2-resident X, weights re-read from memory 18 times) 0.75x
@@ -657,23 +668,27 @@ void gemm_repacked_panels(const float* X, int64_t ldx, const uint8_t* G, bool q8
     const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
     const int64_t npm = (mcur + kPanelRows - 1) / kPanelRows;
     auto body = [&](int64_t p0, int64_t p1) {
-      for (int64_t c0 = 0; c0 < npm; c0 += pc)
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t n0 = p * NV * kGroup;
-        const uint8_t* Gp = G + size_t(p * NV) * gstride;
-        const float* bp = bias ? bias + n0 : nullptr;
-        for (int64_t pm = c0; pm < std::min(npm, c0 + pc); ++pm) {
-          const int mr = int(std::min<int64_t>(kPanelRows, mcur - pm * kPanelRows));
-          float* y = Y + (m0 + pm * kPanelRows) * ldy + n0;
-          const int32_t* xpp = xp + pm * nb * XPanels::kBlockDwords;
-          if (q8)
-            panel_groups_avx512<true, NV>(xpp, Gp, gstride, nb, bp, y, ldy, mr, N - n0);
-          else
-            panel_groups_avx512<false, NV>(xpp, Gp, gstride, nb, bp, y, ldy, mr, N - n0);
+      for (int64_t c0 = 0; c0 < npm; c0 += pc) {
+        int j = 0;  // the output of panel p (panels are visited in ascending order)
+        for (int64_t p = p0; p < p1; ++p) {
+          while (p >= first[j + 1]) ++j;
+          const RepackedOutput& o = outs[j];
+          const int64_t lp = p - first[j], n0 = lp * NV * kGroup;
+          const uint8_t* Gp = static_cast<const uint8_t*>(o.W) + size_t(lp * NV) * gstride;
+          const float* bp = o.bias ? o.bias + n0 : nullptr;
+          for (int64_t pm = c0; pm < std::min(npm, c0 + pc); ++pm) {
+            const int mr = int(std::min<int64_t>(kPanelRows, mcur - pm * kPanelRows));
+            float* y = o.Y + (m0 + pm * kPanelRows) * o.ldy + n0;
+            const int32_t* xpp = xp + pm * nb * XPanels::kBlockDwords;
+            if (q8)
+              panel_groups_avx512<true, NV>(xpp, Gp, gstride, nb, bp, y, o.ldy, mr, o.N - n0);
+            else
+              panel_groups_avx512<false, NV>(xpp, Gp, gstride, nb, bp, y, o.ldy, mr, o.N - n0);
+          }
         }
       }
     };
-    parallel_chunks(pool, mcur * N * K >= kParallelMinMacs, npn, std::max<int64_t>(1, npn / (4 * nth)), body);
+    parallel_chunks(pool, mcur * rows * K >= kParallelMinMacs, npn, std::max<int64_t>(1, npn / (4 * nth)), body);
   }
 }
 #endif
@@ -706,8 +721,10 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
 #if defined(__x86_64__)
-  if (M > kSmallM && vnni_kernel() && repacked_panels_enabled())
-    return gemm_repacked_panels(X, ldx, static_cast<const uint8_t*>(Wr), q8, bias, Y, ldy, M, N, K, pool);
+  if (M > kSmallM && vnni_kernel() && repacked_panels_enabled()) {
+    const RepackedOutput o{Wr, bias, Y, ldy, N};
+    return gemm_repacked_panels(X, ldx, q8, &o, 1, M, K, pool);
+  }
 #endif
   const QX q = quantize_rows(X, ldx, M, K, q8 ? 128 : 8);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
@@ -737,6 +754,36 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const int nth = pool ? pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
   parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
+}
+
+namespace {
+EnvSwitch& repacked_multi_flag() {
+  static EnvSwitch on("EMOLLM_REPACKED_MULTI");  // =0: one gemm_repacked per output (whole-run A/B)
+  return on;
+}
+}  // namespace
+namespace gemm_detail {
+void set_repacked_multi(bool on) { repacked_multi_flag().set(on); }
+bool repacked_multi() { return repacked_multi_flag().on(); }
+}  // namespace gemm_detail
+
+void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,
+                         int64_t K, ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(outs && n_outs >= 1 && n_outs <= kMaxRepackedOutputs, "gemm_repacked_multi: 1 to 8 outputs");
+  EMOLLM_CHECK_ARG(M > 0, "gemm_repacked_multi: M must be positive");
+  EMOLLM_CHECK_ARG(X != nullptr && ldx >= K, "gemm_repacked_multi: null X or ldx < K");
+  for (int j = 0; j < n_outs; ++j) {
+    check_repack_args(wtype, outs[j].N, K);
+    EMOLLM_CHECK_ARG(outs[j].W && outs[j].Y, "gemm_repacked_multi: null pointer");
+    EMOLLM_CHECK_ARG(outs[j].ldy >= outs[j].N, "gemm_repacked_multi: ldy must be >= N");
+  }
+  using namespace gemm_detail;
+#if defined(__x86_64__)
+  if (n_outs > 1 && M > kSmallM && vnni_kernel() && repacked_panels_enabled() && repacked_multi())
+    return gemm_repacked_panels(X, ldx, wtype == DType::Q8_0, outs, n_outs, M, K, pool);
+#endif
+  for (int j = 0; j < n_outs; ++j)
+    gemm_repacked(X, ldx, outs[j].W, wtype, outs[j].bias, outs[j].Y, outs[j].ldy, M, outs[j].N, K, pool);
 }
 
 }  // namespace emollm

@@ -95,6 +95,19 @@ bool weight_repacking();
 // X rows taken 4 at a time against each loaded weight group. ldx / ldy: row strides.
 void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y, int64_t ldy,
                    int64_t M, int64_t N, int64_t K, ThreadPool* pool);
+// Several products of one X on quant_repack's copies (a layer's q/k/v, gate/up): each output
+// bit for bit gemm_repacked(X, ldx, W_j, wtype, bias_j, Y_j, ldy_j, M, N_j, K), but at M > 8 on
+// VNNI X is rounded and packed once and one dispatch covers every output's weight panels (else one
+// gemm_repacked per output). n in 1..kMaxRepackedOutputs, every W_j of K columns and type wtype.
+struct RepackedOutput {
+  const void* W;  // quant_repack's output for an N x K matrix
+  const float* bias;
+  float* Y;
+  int64_t ldy, N;
+};
+constexpr int kMaxRepackedOutputs = 8;
+void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,
+                         int64_t K, ThreadPool* pool);
 
 // ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
 // BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged

@@ -15,6 +15,7 @@
 #endif
 
 #include "base/arena.h"
+#include "base/env_switch.h"
 #include "base/error.h"
 #include "base/env_switch.h"
 #include "base/thread_pool.h"
@@ -212,7 +213,8 @@ class CpuBackend final : public Backend {
   // pages, as the packed weights: on 4 KiB pages a decode step's K and V rows reach a fresh page
   // every 4 positions in each layer (1.1B: ~11 page faults a token, tens of us each in a loaded
   // VM; llama.cpp clears its whole KV cache at creation instead); on 2 MiB pages the first touch
-  // of each 2 MiB faults once. EMOLLM_HUGE_BUFFERS=0: 4 KiB pages (the previous behaviour, A/B).
+  // of each 2 MiB faults once (the first LLaVA-7B prefill, 628 positions, touches ~1 GiB of KV cache and
+  // activations: ~186k faults on 4 KiB pages, ~5k on 2 MiB). EMOLLM_HUGE_BUFFERS=0: 4 KiB pages (the previous behaviour, A/B).
   void* alloc(size_t bytes) override { return huge_buffers() ? alloc_packed(bytes) : aligned_alloc_bytes(bytes); }
   void free(void* p) override { aligned_free(p); }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
@@ -245,7 +247,27 @@ class CpuBackend final : public Backend {
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
     if (n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
+    if (M > 1 && n > 1 && n <= kMaxRepackedOutputs && repacked_fused(X, ldx, outs, n, M, K)) return;
     Backend::gemm_multi(X, ldx, outs, n, M, K);
+  }
+  // Many rows on quant_repack's copies (a prefill layer's q/k/v, gate/up): what gemm() runs for
+  // each output, with X rounded and packed once and one dispatch (gemm_repacked_multi), when every
+  // W has a repacked copy of one type.
+  bool repacked_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
+    const DType t = outs[0].wtype;
+    if ((t != DType::Q4_0 && t != DType::Q8_0) || quant_activations() != QuantActivations::Q8 ||
+        isa_active() < Isa::Avx512)
+      return false;
+    RepackedOutput r[kMaxRepackedOutputs];
+    for (int j = 0; j < n; ++j) {
+      if (outs[j].wtype != t) return false;
+      bool panels = false;
+      const void* packed = packed_->find(outs[j].W, t, outs[j].N, K, &panels);
+      if (!packed || panels) return false;
+      r[j] = RepackedOutput{packed, outs[j].bias, outs[j].Y, outs[j].ldy, outs[j].N};
+    }
+    gemm_repacked_multi(X, ldx, t, r, n, M, K, &pool_);
+    return true;
   }
   // Many rows on bf16 GEMM panels (a vision layer's q/k/v): X packed once, one dispatch, when
   // every W has a panel copy (else one gemm() each, which reads the same panels).

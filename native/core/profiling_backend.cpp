@@ -267,7 +267,7 @@ class ProfilingBackend final : public Backend {
     in_->swiglu(gate, up, y, n);
   }
   void add(const float* a, const float* b, float* y, int64_t n) override {
-    Timer t("add", "");
+    Timer t("add", "n=" + std::to_string(n));  // n: a text layer's residual add tells itself from a tower's
     in_->add(a, b, y, n);
   }
   void copy(void* dst, const void* src, size_t bytes) override {

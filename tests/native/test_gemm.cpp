@@ -1310,6 +1310,78 @@ TEST(gemm_repacked_large_m_matches_reference) {
     }
 }
 
+// gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
+// gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
+// to the float64 references), with the fused path (X packed once, one dispatch over all outputs' panels) on and
+// off; outputs of different N (groups of 16 and panels of 32 rows cut across) with their own bias,
+// row stride and padding, which stays unwritten. M of 1..130 covers the GEMV, the 4-row tiles and
+// the X-panel kernel; every ISA level, with and without VNNI and pool.
+TEST(gemm_repacked_multi_equals_per_output) {
+  ThreadPool pool(2);
+  uint32_t seed = 7500;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t K : {64, 1024}) {
+      const int64_t Ns[3] = {40, 17, 96}, pads[3] = {3, 0, 8};
+      std::vector<Weights> w;
+      std::vector<std::vector<uint8_t>> packed;
+      for (int j = 0; j < 3; ++j) {
+        w.push_back(make_weights(t, Ns[j], K, seed++));
+        packed.emplace_back(quant_repack_bytes(t, Ns[j], K));
+        quant_repack(w[size_t(j)].bytes.data(), t, Ns[j], K, packed[size_t(j)].data(), &pool);
+      }
+      std::vector<float> bias1(static_cast<size_t>(Ns[1]));
+      for (int64_t n = 0; n < Ns[1]; ++n) bias1[size_t(n)] = 0.25f * float(n % 7) - 0.5f;
+      for (int64_t M : {1, 5, 9, 47, 130}) {
+        const int64_t ldx = K + 16;
+        Problem p = make_problem(M, 1, K, 0, 0, seed++);
+        std::vector<float> X(size_t(M * ldx), 1e30f);
+        for (int64_t m = 0; m < M; ++m) std::copy(p.X.begin() + m * K, p.X.begin() + (m + 1) * K, X.begin() + m * ldx);
+        for (Isa isa : isa_levels()) {
+          IsaCapScope cap(isa);
+          for (bool vnni : vnni_variants(isa))
+            for (int use_pool = 0; use_pool < 2; ++use_pool)
+              for (int fused = 0; fused < 2; ++fused) {
+                VnniScope vs(vnni);
+                gemm_detail::set_repacked_multi(fused != 0);
+                ThreadPool* pl = use_pool ? &pool : nullptr;
+                std::vector<std::vector<float>> Y(3), A(3);
+                RepackedOutput outs[3];
+                for (int j = 0; j < 3; ++j) {
+                  const int64_t ldy = Ns[j] + pads[j];
+                  Y[size_t(j)].assign(size_t(M * ldy), kSentinel);
+                  A[size_t(j)].assign(size_t(M * ldy), kSentinel);
+                  outs[j] = RepackedOutput{packed[size_t(j)].data(), j == 1 ? bias1.data() : nullptr, Y[size_t(j)].data(), ldy, Ns[j]};
+                  for (int64_t m = 0; m < M; ++m)  // gemv_repacked of each row: the bits gemm_repacked gives at any M
+                    gemv_repacked(X.data() + m * ldx, packed[size_t(j)].data(), t, outs[j].bias,
+                                  A[size_t(j)].data() + m * ldy, Ns[j], K, nullptr);
+                }
+                gemm_repacked_multi(X.data(), ldx, t, outs, 3, M, K, pl);
+                gemm_detail::set_repacked_multi(true);
+                for (int j = 0; j < 3; ++j)
+                  for (size_t i = 0; i < Y[size_t(j)].size(); ++i)
+                    if (!(Y[size_t(j)][i] == A[size_t(j)][i])) {  // bits (the padding: the sentinel in both)
+                      char buf[260];
+                      std::snprintf(buf, sizeof buf, "gemm_repacked_multi %s isa=%s vnni=%d pool=%d fused=%d M=%lld K=%lld output %d [%zu] = %.9g, gemv_repacked %.9g",
+                                    dtype_name(t), isa_name(isa), int(vnni), use_pool, fused, (long long)M, (long long)K, j, i,
+                                    double(Y[size_t(j)][i]), double(A[size_t(j)][i]));
+                      emollm_test::report_failure(__FILE__, __LINE__, buf);
+                      return;
+                    }
+              }
+        }
+      }
+    }
+  std::vector<uint8_t> buf(4096);
+  float x[64] = {}, y[8];
+  RepackedOutput o{buf.data(), nullptr, y, 4, 4};
+  EXPECT_THROWS(gemm_repacked_multi(x, 32, DType::Q8_0, &o, 0, 2, 32, nullptr), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(gemm_repacked_multi(x, 32, DType::Q8_0, &o, 1, 2, 33, nullptr), ErrorCode::InvalidArgument);  // K % 32
+  EXPECT_THROWS(gemm_repacked_multi(x, 16, DType::Q8_0, &o, 1, 2, 32, nullptr), ErrorCode::InvalidArgument);  // ldx < K
+  EXPECT_THROWS(gemm_repacked_multi(x, 32, DType::F32, &o, 1, 2, 32, nullptr), ErrorCode::InvalidArgument);
+  RepackedOutput bad{buf.data(), nullptr, y, 3, 4};  // ldy < N
+  EXPECT_THROWS(gemm_repacked_multi(x, 32, DType::Q8_0, &bad, 1, 2, 32, nullptr), ErrorCode::InvalidArgument);
+}
+
 // The switch: Q8 is the default (unless EMOLLM_QUANT_ACT says otherwise), F32 gives the f32-exact
 // numerics; the two differ at M <= 8 and, on CPUs with AVX512-VNNI (the q8 packed GEMM), at M > 8;
 // without VNNI, M > 8 (prefill) is the same in both modes.
