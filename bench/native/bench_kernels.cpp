@@ -1744,6 +1744,24 @@ void bench_attention(ThreadPool& pool) {
   }
 }
 
+// The two decode attention benchmarks' shapes, and one query's parameters over a paged cache of
+// n_kv tokens in `page`-token pages.
+struct DecodeAttnShape {
+  const char* name;
+  int64_t heads, kv_heads, head_dim;
+  std::vector<int64_t> kvs;
+};
+AttentionParams paged_decode_params(const DecodeAttnShape& sh, int64_t n_kv, int64_t page) {
+  AttentionParams p;
+  p.n_q = 1; p.n_kv = n_kv; p.n_heads = sh.heads; p.n_kv_heads = sh.kv_heads; p.head_dim = sh.head_dim;
+  p.ldq = p.ldo = sh.heads * sh.head_dim;
+  p.ldk = p.ldv = sh.kv_heads * sh.head_dim;
+  p.causal = true;
+  p.q_pos0 = n_kv - 1;
+  p.kv_block_size = page;
+  return p;
+}
+
 // Decode attention over a paged f32 KV cache (what a decode step's attention_batch runs): one
 // query, 64-token pages, the 1.1B shape (32 q heads, 4 kv heads, head_dim 64) and the 7B shape
 // (32 / 32 / 128) over several cache lengths. The split decode path (the default) interleaved call
@@ -1751,15 +1769,10 @@ void bench_attention(ThreadPool& pool) {
 // row (ratio = prev time / emollm time, >1: the split path is faster). GB/s = K + V bytes read;
 // the caches rotate over copies (> 3x L3) so they stream from memory as in a decode step.
 void bench_attention_decode(ThreadPool& pool) {
-  struct Shape {
-    const char* name;
-    int64_t heads, kv_heads, head_dim;
-    std::vector<int64_t> kvs;
-  };
-  const Shape shapes[] = {{"llama1b", 32, 4, 64, {128, 256, 512, 768, 2048}}, {"llama", 32, 32, 128, {128, 512, 2048}}};
+  const DecodeAttnShape shapes[] = {{"llama1b", 32, 4, 64, {128, 256, 512, 768, 2048}}, {"llama", 32, 32, 128, {128, 512, 2048}}};
   constexpr int64_t kPage = 64;
   bool header = false;
-  for (const Shape& sh : shapes)
+  for (const DecodeAttnShape& sh : shapes)
     for (int64_t n_kv : sh.kvs) {
       const std::string name = std::string("attention/") + sh.name + ".decode.paged/kv" + std::to_string(n_kv);
       if (!selected(name)) continue;
@@ -1768,13 +1781,7 @@ void bench_attention_decode(ThreadPool& pool) {
         table_header("decode attention, paged f32 KV (64-token pages; prev = the previous tiled path, interleaved; ratio = prev time / emollm time, >1: split path faster)");
         header = true;
       }
-      AttentionParams p;
-      p.n_q = 1; p.n_kv = n_kv; p.n_heads = sh.heads; p.n_kv_heads = sh.kv_heads; p.head_dim = sh.head_dim;
-      p.ldq = p.ldo = sh.heads * sh.head_dim;
-      p.ldk = p.ldv = sh.kv_heads * sh.head_dim;
-      p.causal = true;
-      p.q_pos0 = n_kv - 1;
-      p.kv_block_size = kPage;
+      AttentionParams p = paged_decode_params(sh, n_kv, kPage);
       const int64_t n_pages = (n_kv + kPage - 1) / kPage;
       const size_t elems = size_t(n_pages * kPage * p.ldk);
       const double bytes = 2.0 * double(n_kv) * double(p.ldk) * sizeof(float);
@@ -1856,16 +1863,11 @@ void bench_attention_decode(ThreadPool& pool) {
 // ratio = f32 time / this time (>1: the half cache is faster). Checked against ref::attention
 // reading the same half cache.
 void bench_attention_decode_half_kv(ThreadPool& pool) {
-  struct Shape {
-    const char* name;
-    int64_t heads, kv_heads, head_dim;
-    std::vector<int64_t> kvs;
-  };
-  const Shape shapes[] = {{"llama1b", 32, 4, 64, {512, 2048}}, {"llama", 32, 32, 128, {512, 2048}}};
+  const DecodeAttnShape shapes[] = {{"llama1b", 32, 4, 64, {512, 2048}}, {"llama", 32, 32, 128, {512, 2048}}};
   constexpr int64_t kPage = 64;
   const DType types[] = {DType::F32, DType::F16, DType::BF16};
   bool header = false;
-  for (const Shape& sh : shapes)
+  for (const DecodeAttnShape& sh : shapes)
     for (int64_t n_kv : sh.kvs) {
       const std::string base = std::string("attention/") + sh.name + ".decode.paged.halfkv/kv" + std::to_string(n_kv);
       if (!selected(base)) continue;
@@ -1877,13 +1879,7 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         table_header("decode attention, paged f16 / bf16 KV beside f32 (64-token pages, interleaved; GB/s of each type's K + V bytes; ratio = f32 time / this time)");
         header = true;
       }
-      AttentionParams p;
-      p.n_q = 1; p.n_kv = n_kv; p.n_heads = sh.heads; p.n_kv_heads = sh.kv_heads; p.head_dim = sh.head_dim;
-      p.ldq = p.ldo = sh.heads * sh.head_dim;
-      p.ldk = p.ldv = sh.kv_heads * sh.head_dim;
-      p.causal = true;
-      p.q_pos0 = n_kv - 1;
-      p.kv_block_size = kPage;
+      AttentionParams p = paged_decode_params(sh, n_kv, kPage);
       const int64_t n_pages = (n_kv + kPage - 1) / kPage;
       const size_t elems = size_t(n_pages * kPage * p.ldk);
       const double bytes_f32 = 2.0 * double(n_kv) * double(p.ldk) * sizeof(float);

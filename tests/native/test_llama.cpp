@@ -126,11 +126,9 @@ double check_oracle(const std::shared_ptr<LlamaModel>& m, const std::string& ora
   return worst;
 }
 
-// Greedy continuation from BOS, 200 tokens, against run.c's tokens.
-void check_greedy(const std::shared_ptr<LlamaModel>& m, const char* what) {
-  auto expected = read_tokens(model_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");
-  EXPECT(expected.size() == 201);
-  LlamaContext ctx(m, ctx512());
+// Greedy continuation from BOS: BOS then 200 tokens, one eval each (the sampler sees the history).
+std::vector<int32_t> greedy_from_bos(const std::shared_ptr<LlamaModel>& m, const LlamaContextOptions& o) {
+  LlamaContext ctx(m, o);
   SamplerParams sp;
   sp.temperature = 0;
   Sampler s(sp, ctx.n_vocab());
@@ -141,6 +139,14 @@ void check_greedy(const std::shared_ptr<LlamaModel>& m, const char* what) {
     out.push_back(t);
     if (i < 199) logits = ctx.eval(&t, 1);
   }
+  return out;
+}
+
+// Greedy continuation from BOS, 200 tokens, against run.c's tokens.
+void check_greedy(const std::shared_ptr<LlamaModel>& m, const char* what) {
+  auto expected = read_tokens(model_dir() + "/oracle/greedy_n200_noprompt.tokens.txt");
+  EXPECT(expected.size() == 201);
+  const std::vector<int32_t> out = greedy_from_bos(m, ctx512());
   EXPECT(out == expected);
   size_t match = 0;
   while (match < out.size() && match < expected.size() && out[match] == expected[match]) ++match;
@@ -428,20 +434,6 @@ TEST(llama_half_kv_cache) {
   std::vector<int32_t> toks;
   for (auto& r : rows) toks.push_back(r.token);
   const int64_t n = int64_t(toks.size());
-  auto greedy = [&](const std::shared_ptr<LlamaModel>& m, const LlamaContextOptions& o) {
-    LlamaContext ctx(m, o);
-    SamplerParams sp;
-    sp.temperature = 0;
-    Sampler s(sp, ctx.n_vocab());
-    std::vector<int32_t> out{1};
-    const float* logits = ctx.eval(out.data(), 1);
-    for (int i = 0; i < 200; ++i) {
-      int32_t t = s.sample(logits, out.data(), int64_t(out.size()));
-      out.push_back(t);
-      if (i < 199) logits = ctx.eval(&t, 1);
-    }
-    return out;
-  };
   for (const char* fmt : {"gguf", "hf"}) {
     auto m = std::string(fmt) == "gguf" ? load_gguf() : load_hf();
     const int64_t V = m->hparams().n_vocab;
@@ -462,7 +454,7 @@ TEST(llama_half_kv_cache) {
         EXPECT_ALL_CLOSE(l, rows[size_t(i)].logits.data(), V, tol, 0.0, what + " decode vs run.c");
         worst = std::max(worst, emollm_test::max_abs_diff(l, rows[size_t(i)].logits.data(), long(V)));
       }
-      const std::vector<int32_t> out = greedy(m, o);
+      const std::vector<int32_t> out = greedy_from_bos(m, o);
       size_t match = 0;
       while (match < out.size() && match < expected.size() && out[match] == expected[match]) ++match;
       std::printf("  %s: max |logit - run.c| %.3g, greedy %zu/%zu tokens match run.c\n", what.c_str(), worst, match,
@@ -483,7 +475,7 @@ TEST(llama_half_kv_cache) {
   for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
     if (int(isa) > int(isa_detected())) continue;
     IsaCapScope cap(isa);
-    EXPECT(greedy(m, o) == expected);
+    EXPECT(greedy_from_bos(m, o) == expected);
   }
 }
 
