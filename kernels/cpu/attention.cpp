@@ -1105,7 +1105,7 @@ struct DecodeItem {
   int64_t n_pieces;
   float* part;        // n_pieces > 1: per piece, n_heads x (2 + Dp): m, l, then acc rows
   std::atomic<int64_t>* done;  // pieces finished (the last one merges)
-  half_rows::WidenFn widen;    // half KV cache: token rows widened into the scratch; null for f32
+  half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
 };
 
 // Floats per token the decode driver's scratch holds: a whole token row up to kDecodePackSpan
