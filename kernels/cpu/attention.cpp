@@ -1089,7 +1089,7 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
 
 // ---------------------------------------------------------------------------- decode driver
 // One decode call (n_q == 1) cut into pieces of kv tokens (attention_internal.h).
-constexpr int64_t kDecodePackSpan = 256;  // floats of a token row (all kv heads) copied per sub-block
+constexpr int64_t kDecodePackSpan = 256;  // floats of a token row (all kv heads) packed whole per sub-block
 struct DecodeItem {
   const AttentionParams* p;
   const float* q;
@@ -1105,13 +1105,13 @@ struct DecodeItem {
   int64_t n_pieces;
   float* part;        // n_pieces > 1: per piece, n_heads x (2 + Dp): m, l, then acc rows
   std::atomic<int64_t>* done;  // pieces finished (the last one merges)
-  half_rows::WidenFn widen;    // half KV cache: token rows widened into the scratch; null for f32
+  half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
 };
 
-// Floats of a token row the decode driver copies (or widens) into its scratch per token: f32
-// rows up to kDecodePackSpan floats, half rows whatever their width (they are always widened).
+// Floats per token the decode driver's scratch holds: a whole token row up to kDecodePackSpan
+// floats (copied or widened), or one kv head's slice (Dp floats) of a wide half row.
 int64_t decode_pack_span(const DecodeItem& it) {
-  return std::max<int64_t>(kDecodePackSpan, it.widen ? it.p->n_kv_heads * it.D : 0);
+  return std::max<int64_t>(kDecodePackSpan, it.widen ? it.Dp : 0);
 }
 
 bool decode_applies(const AttentionParams& p) {
@@ -1168,17 +1168,18 @@ void merge_decode(const DecodeItem& it) {
   }
 }
 
-// Prefetches kv tokens [j0, j1) (all kv heads of each row) of a contiguous or paged cache.
+// Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged cache.
 inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
-                             int64_t j0, int64_t j1, int64_t span) {
+                             int64_t j0, int64_t j1, int64_t span_bytes) {
   for (int64_t j = j0; j < j1; ++j) {
     const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
-    for (int64_t b = 0; b < span * int64_t(sizeof(float)); b += 64) __builtin_prefetch(row + b);
+    for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
   }
 }
 
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
-// 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats).
+// 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
+// aligned).
 void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
                       float* kbuf) {
   const AttentionParams& p = *it.p;
@@ -1189,13 +1190,18 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // Narrow token rows (<= kDecodePackSpan floats): each 16-row sub-block is first copied to
   // contiguous scratch, one sequential read that keeps many cache misses in flight, instead of
   // the kernels' strided loads (a kv head's slice of 16 rows); the copy needs no software
-  // prefetch (measured faster without). Wide rows (7B: 16 KB a token) are read in place with the
-  // next 16 rows prefetched.
-  // A half cache is always widened into the scratch, whatever the width: one pass that both
-  // converts and packs (the inner kernels then read f32 from L1 as for narrow f32 rows).
-  const bool pack = span <= kDecodePackSpan || it.widen;
-  // The ns token rows from s0 of K or V: in place (row stride ld), or copied / widened into kbuf
-  // (stride span).
+  // prefetch (measured faster without). Wide rows (7B: 16 KB a token in f32) are read in place
+  // with the next 16 rows prefetched.
+  // A half cache is widened as it is packed (narrow rows: one pass that both converts and packs).
+  // Wide half rows are widened one kv head's slice at a time (16 x Dp floats, 8 KB for D = 128),
+  // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
+  // 16 rows of 7B) went through L2 and was slower than reading f32 rows in place. The kernels
+  // see the same f32 values either way (widening is exact), so the results are bit for bit equal.
+  const bool pack = span <= kDecodePackSpan;
+  const bool widen_heads = !pack && it.widen;
+  const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
+  // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
+  // copied / widened into kbuf (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
                         int64_t* rows_ld) -> const float* {
     const float* r = kv_row(base, blocks, p, s0, ld);
@@ -1206,6 +1212,15 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     else
       for (int t = 0; t < ns; ++t) std::memcpy(kbuf + t * span, r + t * ld, sizeof(float) * size_t(span));
     *rows_ld = span;
+    return kbuf;
+  };
+  // Kv head g's slice of ns rows from token_rows (stride ld): in place, or for wide half rows
+  // widened into kbuf (stride Dp).
+  auto head_rows = [&](const float* rows, int64_t ld, int64_t g, int ns, int64_t* slice_ld) -> const float* {
+    *slice_ld = ld;
+    if (!widen_heads) return rows + g * D;
+    for (int t = 0; t < ns; ++t) it.widen(kv_at(rows, t * ld + g * D, p), kbuf + int64_t(t) * Dp, D);
+    *slice_ld = Dp;
     return kbuf;
   };
   const float* qrows[kMaxRows];
@@ -1229,25 +1244,30 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span);
+      if (!pack) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
         const float* rows[16];
         for (int64_t g = 0; g < Hkv; ++g) {
-          for (int t = 0; t < 16; ++t) rows[t] = kr + int64_t(std::min(t, ns - 1)) * ldkr + g * D;
+          int64_t ldg;
+          const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
+          for (int t = 0; t < 16; ++t) rows[t] = kg + int64_t(std::min(t, ns - 1)) * ldg;
           kern.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
         }
         continue;
       }
-      for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t g = 0; g < Hkv; ++g) {
+        int64_t ldg;
+        const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
           for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;
-          kern.qk(qrows, R, kr + g * D, ldkr, ns, D, it.scale, S + (g * G + h0) * kBk + (s0 - b0), kBk);
+          kern.qk(qrows, R, kg, ldg, ns, D, it.scale, S + (g * G + h0) * kBk + (s0 - b0), kBk);
         }
+      }
     }
-    if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span);
+    if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
     for (int64_t h = 0; h < H; ++h) {
       float* sr = S + h * kBk;
       const float m_new = std::max(m[h], kern.row_max(sr, nb));
@@ -1257,16 +1277,19 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span);
+      if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
-      for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t g = 0; g < Hkv; ++g) {
+        int64_t ldg;
+        const float* vg = head_rows(vr, ldvr, g, ns, &ldg);
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
           const int64_t r0 = g * G + h0;
-          kern.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vr + g * D,
-                  ldvr, ns, D);
+          kern.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vg, ldg, ns,
+                  D);
         }
+      }
     }
   }
   if (it.n_pieces == 1) {

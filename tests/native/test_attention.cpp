@@ -901,6 +901,46 @@ TEST(attention_half_kv_within_rounding_bound_of_f32) {
   }
 }
 
+// Wide token rows (LLaMA-7B: 32 kv heads x 128; GQA 4:1 with 8 kv heads x 128, the transposed-K
+// kernel; padded rows) on the decode split path, where a half cache is widened one kv head's slice
+// at a time: bit for bit the f32 path on the same values widened beforehand (widening is exact
+// and the kernels see the same floats), contiguous and paged (pages of 16 and 64 at shuffled
+// slots), at lengths crossing the 16-row sub-block and the 64-token block, no pool and 2 threads;
+// and within 1e-5 of ref::attention on the rounded K/V.
+TEST(attention_half_kv_wide_rows_split_equals_f32) {
+  ThreadPool pool2(2);
+  DecodeSplitScope sw(true);
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 32, 128, 0}, {32, 8, 128, 0}, {8, 4, 128, 5}};
+  uint64_t seed = 9400;
+  for (DType t : {DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : {1, 15, 16, 17, 63, 64, 65, 80, 129, 300}) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        HalfCopy h16(d, t, 16, seed), h64(d, t, 64, seed + 1);
+        std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p); });
+        for (Isa isa : vector_levels()) {
+          IsaCapScope cap(isa);
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
+            const std::string w = what + " isa=" + isa_name(isa) + " pool=" + std::to_string(pl ? pl->size() : 0);
+            std::vector<float> f32 = run_out(d.p, w, [&](float* o) { attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p, pl); });
+            EXPECT_ALL_CLOSE(f32.data(), ref.data(), f32.size(), 1e-5, 0.0, w + " f32");
+            for (const AttentionParams* pp : {&h16.p, &h16.paged, &h64.paged}) {
+              const float* k = pp->kv_block_size ? nullptr : h16.k();
+              const float* v = pp->kv_block_size ? nullptr : h16.v();
+              std::vector<float> got = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl); });
+              if (got != f32)
+                ::emollm_test::report_failure(__FILE__, __LINE__,
+                                              "half differs from f32 on widened values: " + w + " block=" +
+                                                  std::to_string(pp->kv_block_size));
+            }
+          }
+        }
+      }
+}
+
 // A batch mixing f32, f16 and bf16 caches (decode and chunks, paged and contiguous): each output
 // bit for bit the call alone.
 TEST(attention_half_kv_batch_equals_calls_one_by_one) {
