@@ -1704,7 +1704,7 @@ void bench_attention(ThreadPool& pool) {
     int copies = 1;
     if (c.decode) {  // KV cache read per token: rotate caches so it streams from memory
       r.bytes = 2.0 * double(kv_elems) * sizeof(float);
-      copies = int(std::max<size_t>(2, (3 * l3_bytes() + size_t(r.bytes) - 1) / size_t(r.bytes)));
+      copies = decode_copies(size_t(r.bytes));
       r.note = "(" + std::to_string(copies) + " KV copies)";
     }
     Buf<float> q = make_aligned<float>(size_t(c.n_q * p.ldq)), o = make_aligned<float>(size_t(c.n_q * p.ldo));
@@ -1785,7 +1785,7 @@ void bench_attention_decode(ThreadPool& pool) {
       const int64_t n_pages = (n_kv + kPage - 1) / kPage;
       const size_t elems = size_t(n_pages * kPage * p.ldk);
       const double bytes = 2.0 * double(n_kv) * double(p.ldk) * sizeof(float);
-      const int copies = int(std::max<size_t>(2, (3 * l3_bytes() + size_t(bytes) - 1) / size_t(bytes)));
+      const int copies = decode_copies(size_t(bytes));
       Buf<float> q = make_aligned<float>(size_t(p.ldq)), o = make_aligned<float>(size_t(p.ldo));
       fill_random(q.get(), p.ldq, 3, &pool);
       std::vector<Buf<float>> ks, vs;
@@ -1883,7 +1883,7 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
       const int64_t n_pages = (n_kv + kPage - 1) / kPage;
       const size_t elems = size_t(n_pages * kPage * p.ldk);
       const double bytes_f32 = 2.0 * double(n_kv) * double(p.ldk) * sizeof(float);
-      const int copies = int(std::max<size_t>(2, (3 * l3_bytes() + size_t(bytes_f32) - 1) / size_t(bytes_f32)));
+      const int copies = decode_copies(size_t(bytes_f32));
       Buf<float> q = make_aligned<float>(size_t(p.ldq)), o = make_aligned<float>(size_t(p.ldo));
       fill_random(q.get(), p.ldq, 3, &pool);
       // per type and copy: K and V pools (f32 filled at random, the half ones converted from them)
