@@ -954,9 +954,22 @@ void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K,
 }
 
 // Weight copies for decode so that GEMV streams from memory, not from L3: enough copies of the
-// matrix to total >= 3x L3 (at least 2), used round-robin.
+// matrix to total >= 3x L3 per thread (at least 2), used round-robin. Per thread because each
+// thread's cores may have an L3 of their own, and each thread of a GEMV reads only its share of
+// the rows: on the 2-vCPU Zen 5 VM the two vCPUs sit on different L3s (a 16 MiB buffer written on
+// one vCPU reads at 45-54 GB/s on it, 28-34 GB/s (= cold) on the other), so the former 3x L3 in
+// all (96 MiB) left 48 MiB a thread against a 32 MiB L3, and part of each call hit L3: one
+// thread over 48 MiB of rotating copies read oneDNN's GEMV 1.4x (ours 1.15x) faster than over
+// 384 MiB (llama1b.o, best of two rounds each), which is how oneDNN "alone" read above the
+// read probe. EMOLLM_BENCH_ROTATE_L3X=x: x L3 per thread instead of 3 (1.5: the former total at
+// 2 threads), to check a figure against the rotation size.
+int g_rotate_threads = 1;  // the run's thread count (main)
 int decode_copies(size_t bytes) {
-  size_t want = 3 * l3_bytes();
+  static const double mult = [] {
+    const char* e = std::getenv("EMOLLM_BENCH_ROTATE_L3X");
+    return e && std::atof(e) > 0 ? std::atof(e) : 3.0;
+  }();
+  size_t want = size_t(mult * double(l3_bytes()) * double(std::max(1, g_rotate_threads)));
   return int(std::max<size_t>(2, (want + bytes - 1) / bytes));
 }
 
@@ -1078,7 +1091,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats one_stream, dnnl_il, pan1;
+      Stats one_stream, dnnl_il, pan1, huge_alone;
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1190,12 +1203,20 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
 #ifdef EMOLLM_HAVE_DNNL
           if (dnnl) fns.push_back([&](int i) { dnnl->run(i); });
 #endif
+          // the read probe's best loop over the same bytes (the huge copies), as the q4_0 rows' one
+          if (avx512_reads) fns.push_back([&](int i) { read_probe_call(pool, (*hcopies)[i], wbytes); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
+          if (avx512_reads) {
+            same_size = st.back();
+            st.pop_back();
+          }
           res.st = cur = st[0];
           prev = st[1];
           one_stream = st[2];
           if (panels_m1) pan1 = st[3];
           if (dnnl_on) dnnl_il = st.back();
+          settle();
+          huge_alone = measure([&](int i) { run_huge((*hcopies)[i]); });
           run_gemm(Wt);  // the checked output is gemm's
         } else if (M == 1) {
           res.st = measure([&](int i) { run_gemm((*copies)[i]); });
@@ -1256,6 +1277,20 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 "gemm_huge_pages on copies in 2 MiB pages (what models run), interleaved; ratio = emollm row's time / its",
                 double(wbytes),
                 [&] { gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+      if (stream_ab && huge_alone.reps > 0)
+        add_row("huge-alone", huge_alone, "huge", huge_alone.best / prev.best,
+                "the huge row's kernel measured alone (calls back to back, as the onednn row), after the interleaved rows",
+                double(wbytes), [&] { gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool); });
+      if (stream_ab && same_size.reps > 0 && prev.reps > 0) {  // no output to check: the probe computes none
+        Result p = make_result(M, dtype_name(t), "probe-same-size");
+        p.bytes = double(wbytes);
+        p.st = same_size;
+        p.ratio_vs = "huge";
+        p.ratio = prev.best / same_size.best;
+        p.note = "read probe (4 streams + 1 KiB prefetch) over the huge row's copies, cold, same pool, interleaved; "
+                 "ratio = the huge row's time / its (< 1: the GEMV reads slower than a plain read of the same size)";
+        g_results.push_back(p);
+      }
       if (stream_ab && one_stream.reps > 0)
         add_row("huge-1stream", one_stream, "huge", one_stream.best / prev.best,
                 "the huge row's kernel with one stream per thread (EMOLLM_GEMV_STREAMS=0), interleaved; ratio = its "
@@ -2132,6 +2167,7 @@ int main(int argc, char** argv) {
     isa_set_cap(cap);
   }
   int threads = g_opt.threads > 0 ? g_opt.threads : std::max(1, f.physical_cores);
+  g_rotate_threads = threads;
 
   const std::vector<GemmShape> shapes = {
       {"llama", "qkvo", 4096, 4096, {512, 1}, true},
