@@ -946,6 +946,16 @@ void with_switch(void (*set)(bool), bool on, Fn&& fn) {
   set(!on);
 }
 
+// gemv_streams' software prefetch hints other than the default (T0), for the bf16 / f16 M = 1 rows
+using GemvPf = gemm_detail::GemvPrefetch;
+constexpr GemvPf kOtherPrefetch[] = {GemvPf::Nta, GemvPf::None};
+template <class Fn>
+void with_prefetch(GemvPf pf, Fn&& fn) {
+  gemm_detail::set_gemv_streams_prefetch(pf);
+  fn();
+  gemm_detail::set_gemv_streams_prefetch(GemvPf::T0);
+}
+
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
   size_t rb = dtype_row_bytes(t, K);
   pool->parallel_for(N, 16, [&](int64_t b, int64_t e) {
@@ -1091,7 +1101,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats one_stream, dnnl_il, pan1, huge_alone;
+      Stats one_stream, dnnl_il, pan1, huge_alone, other_pf[2];
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1199,6 +1209,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
               [&](int i) { run_huge((*hcopies)[i]); },
               [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[i]); }); },
           };
+          // the stream kernel with the other software prefetch hints (set_gemv_streams_prefetch)
+          for (GemvPf pf : kOtherPrefetch)
+            fns.push_back([&, pf](int i) { with_prefetch(pf, [&] { run_huge((*hcopies)[i]); }); });
           if (panels_m1) fns.push_back([&](int i) { run_panels_m1((*pcopies)[i]); });
 #ifdef EMOLLM_HAVE_DNNL
           if (dnnl) fns.push_back([&](int i) { dnnl->run(i); });
@@ -1213,6 +1226,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           res.st = cur = st[0];
           prev = st[1];
           one_stream = st[2];
+          for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[3 + j];
+          st.erase(st.begin() + 3, st.begin() + 3 + std::ptrdiff_t(std::size(kOtherPrefetch)));
           if (panels_m1) pan1 = st[3];
           if (dnnl_on) dnnl_il = st.back();
           settle();
@@ -1291,6 +1306,16 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                  "ratio = the huge row's time / its (< 1: the GEMV reads slower than a plain read of the same size)";
         g_results.push_back(p);
       }
+      for (size_t j = 0; stream_ab && j < std::size(kOtherPrefetch); ++j)
+        if (other_pf[j].reps > 0) {
+          const GemvPf pf = kOtherPrefetch[j];
+          add_row(pf == GemvPf::Nta ? "huge-nta" : "huge-nopf", other_pf[j], "huge", other_pf[j].best / prev.best,
+                  pf == GemvPf::Nta ? "the huge row's kernel with a non-temporal software prefetch (prefetchnta), "
+                                      "interleaved; ratio = its time / the huge row's (>1: the default faster)"
+                                    : "the huge row's kernel without software prefetch (hardware prefetchers alone), "
+                                      "interleaved; ratio = its time / the huge row's (>1: the default faster)",
+                  double(wbytes), [&] { with_prefetch(pf, [&] { run_huge((*hcopies)[0]); }); });
+        }
       if (stream_ab && one_stream.reps > 0)
         add_row("huge-1stream", one_stream, "huge", one_stream.best / prev.best,
                 "the huge row's kernel with one stream per thread (EMOLLM_GEMV_STREAMS=0), interleaved; ratio = its "

@@ -141,6 +141,12 @@ EnvSwitch& gemv_streams_flag() {
 void set_gemv_streams(bool on) { gemv_streams_flag().set(on); }
 bool gemv_streams_enabled() { return gemv_streams_flag().on(); }
 
+namespace {
+std::atomic<int> g_gemv_streams_prefetch{int(GemvPrefetch::T0)};
+}  // namespace
+void set_gemv_streams_prefetch(GemvPrefetch p) { g_gemv_streams_prefetch.store(int(p), std::memory_order_relaxed); }
+GemvPrefetch gemv_streams_prefetch() { return GemvPrefetch(g_gemv_streams_prefetch.load(std::memory_order_relaxed)); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;

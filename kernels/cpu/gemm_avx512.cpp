@@ -473,7 +473,7 @@ constexpr int kStreams = 4;
 #endif
 constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 
-template <DType DT>
+template <DType DT, int Hint = _MM_HINT_T0>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_streams: BF16 or F16 weights");
   constexpr int S = kStreams;
@@ -495,8 +495,10 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 #pragma GCC unroll 4
       for (int q = 0; q < S; ++q) {
         const uint8_t* p = row[q] + 2 * k;
-        _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), _MM_HINT_T0);
+        if constexpr (Hint >= 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
+          _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+        }
         __m512i v[2];
         if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
         s[q][0] = _mm512_fmadd_ps(stream_w<DT>(p, v, 0), x0, s[q][0]);
@@ -518,8 +520,12 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 // (set_gemv_streams(false)); the same bits.
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  if (gemv_streams_enabled()) gemv_streams<DT>(a, x, n0, n1);
-  else gemv_stream<DT>(a, x, n0, n1);
+  if (!gemv_streams_enabled()) return gemv_stream<DT>(a, x, n0, n1);
+  switch (gemv_streams_prefetch()) {
+    case GemvPrefetch::Nta: return gemv_streams<DT, _MM_HINT_NTA>(a, x, n0, n1);
+    case GemvPrefetch::None: return gemv_streams<DT, -1>(a, x, n0, n1);
+    default: return gemv_streams<DT>(a, x, n0, n1);
+  }
 }
 
 // The single-stream GEMV's rows over the pool in guided chunks (base/thread_pool.h

@@ -133,6 +133,12 @@ bool gemv_single_stream();
 // (both must pass) and the A/B rows of bench_kernels / bench:decode; process-wide.
 void set_gemv_streams(bool on);
 bool gemv_streams_enabled();
+// The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
+// non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
+// Same bits. For the A/B rows of bench_kernels; process-wide.
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+void set_gemv_streams_prefetch(GemvPrefetch p);
+GemvPrefetch gemv_streams_prefetch();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);
