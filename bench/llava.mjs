@@ -448,7 +448,7 @@ async function profiledPrefill(spec, o, label) {
     const pos = res.positions, E = TEXT.n_embd, layers = o.layers ?? TEXT.n_layer;
     // (a residual add of the decoder: rows x E elements, once per layer and chunk)
     const text = (r) => r.phase === 'prefill' && (
-      (r.op === 'gemm' && /^(q4_0|q8_0) /.test(r.key)) || ['rmsnorm', 'rope', 'swiglu', 'copy', 'attention_batch', 'embedding'].includes(r.op) ||
+      (r.op === 'gemm' && /^(q4_0|q8_0) /.test(r.key)) || ['rmsnorm', 'add_rmsnorm', 'rope', 'rope_pair', 'swiglu', 'copy', 'attention_batch', 'embedding'].includes(r.op) ||
       (r.op === 'add' && Number(r.key.slice(2)) % E === 0 && r.calls % layers === 0) || ((r.op === 'handoff' || r.op === 'dispatch') && r.key !== 'layernorm' &&
         !['attention', 'quick_gelu', 'gelu_erf', 'extract_patches', 'copy_2d'].includes(r.key)));
     const rowsP = prof.ops.filter(text);

@@ -171,6 +171,10 @@ bool gemv_fusion();
 // Both norms may run in place (y == x).
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
              int64_t rows, int64_t n, float eps, ThreadPool* pool);
+// x += d, then y = rmsnorm(x) * w: a residual add and the RMSNorm after it in one pass over x,
+// bit for bit add(x, d, x) followed by rmsnorm(x, w, y). y may be x; d must not overlap y otherwise.
+void add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, float* y, int64_t ldy,
+                 int64_t rows, int64_t n, float eps, ThreadPool* pool);
 // y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). Biased variance, as torch.
 void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
                int64_t rows, int64_t n, float eps, ThreadPool* pool);
@@ -195,6 +199,11 @@ void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, i
 // (elements). positions[t] is token t's absolute position.
 void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
           const RopeParams& p, ThreadPool* pool);
+// Two tensors at the same positions (a layer's queries and keys) in one call: bit for bit
+// rope(a, lda, n_tokens, heads_a, ...) and rope(b, ldb, n_tokens, heads_b, ...), with each token's
+// cos / sin computed once for both.
+void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b, int64_t n_tokens,
+               const int32_t* positions, const RopeParams& p, ThreadPool* pool);
 
 // ---------------------------------------------------------------- embedding
 // out[i, :] = table[ids[i], :] converted to f32. table has vocab rows of dim elements of dtype.

@@ -174,18 +174,48 @@ EMOLLM_TARGET_AVX2 void rope_head_avx2(float* v, const float* c, const float* s,
 #endif
 
 namespace {
-void rope_tokens(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
+// One tensor rope() rotates: n_heads heads of head_dim per token row, rows ld apart.
+struct RopeTarget {
+  float* x;
+  int64_t ld;
+  int64_t n_heads;
+};
+
+// Rotates each of the n_targets tensors' rows [0, n_tokens) (positions[t] for row t of every
+// one); a token's cos / sin are computed once for all of them.
+void rope_tokens(const RopeTarget* targets, int n_targets, int64_t n_tokens, const int32_t* positions,
                  const RopeParams& p) {
   const detail::EltPath path = detail::elt_path();
-  if (path == detail::EltPath::Scalar) return ref::rope(x, ld, n_tokens, n_heads, positions, p);
+  if (path == detail::EltPath::Scalar) {
+    for (int i = 0; i < n_targets; ++i)
+      ref::rope(targets[i].x, targets[i].ld, n_tokens, targets[i].n_heads, positions, p);
+    return;
+  }
 #if defined(__x86_64__)
   const int64_t rot = detail::rope_rot_dim(p);
-  check_rope(ld, n_tokens, n_heads, positions, p);
   const int64_t half = rot / 2;
   const bool interleaved = p.layout == RopeLayout::Interleaved;
   const int64_t half_pad = (half + 7) / 8 * 8;
-  std::vector<double> invf(half_pad, 0.0);
-  detail::rope_inv_freq(p, rot, invf.data());
+  // inv_freq from theta alone is the same every call (a decoder ropes twice a layer): kept per
+  // thread for the last (theta, rot_dim), so the pow()s run once, not every call.
+  thread_local std::vector<double> cached;
+  thread_local float cached_theta = 0;
+  thread_local int64_t cached_rot = 0;
+  std::vector<double> own;
+  std::vector<double>* invf_v = &own;
+  if (!p.inv_freq) {
+    invf_v = &cached;
+    if (cached_theta != p.theta || cached_rot != rot || int64_t(cached.size()) != half_pad) {
+      cached.assign(size_t(half_pad), 0.0);
+      detail::rope_inv_freq(p, rot, cached.data());
+      cached_theta = p.theta;
+      cached_rot = rot;
+    }
+  } else {
+    own.assign(size_t(half_pad), 0.0);
+    detail::rope_inv_freq(p, rot, own.data());
+  }
+  const std::vector<double>& invf = *invf_v;
   // cos/sin for one token (vectorised sincos in double, the same values as the reference's
   // std::cos/std::sin to ~1e-16 before rounding to f32), then (interleaved) expanded to rot
   // entries with signs baked in.
@@ -209,11 +239,12 @@ void rope_tokens(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const 
       cu = ce;
       su = se;
     }
-    for (int64_t h = 0; h < n_heads; ++h) {
-      float* v = x + t * ld + h * p.head_dim;
-      if (path == detail::EltPath::Avx512) rope_head_avx512(v, cu, su, half, interleaved);
-      else rope_head_avx2(v, cu, su, half, interleaved);
-    }
+    for (int i = 0; i < n_targets; ++i)
+      for (int64_t h = 0; h < targets[i].n_heads; ++h) {
+        float* v = targets[i].x + t * targets[i].ld + h * p.head_dim;
+        if (path == detail::EltPath::Avx512) rope_head_avx512(v, cu, su, half, interleaved);
+        else rope_head_avx2(v, cu, su, half, interleaved);
+      }
   }
 #endif
 }
@@ -225,7 +256,19 @@ void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t
   detail::rope_rot_dim(p);  // argument checks before any split
   check_rope(ld, n_tokens, n_heads, positions, p);
   detail::for_rows(pool, n_tokens, n_heads * p.head_dim, [&](int64_t t0, int64_t t1) {
-    rope_tokens(x + t0 * ld, ld, t1 - t0, n_heads, positions + t0, p);
+    const RopeTarget target{x + t0 * ld, ld, n_heads};
+    rope_tokens(&target, 1, t1 - t0, positions + t0, p);
+  });
+}
+
+void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b, int64_t n_tokens,
+               const int32_t* positions, const RopeParams& p, ThreadPool* pool) {
+  detail::rope_rot_dim(p);
+  check_rope(lda, n_tokens, heads_a, positions, p);
+  check_rope(ldb, n_tokens, heads_b, positions, p);
+  detail::for_rows(pool, n_tokens, (heads_a + heads_b) * p.head_dim, [&](int64_t t0, int64_t t1) {
+    const RopeTarget targets[2] = {{a + t0 * lda, lda, heads_a}, {b + t0 * ldb, ldb, heads_b}};
+    rope_tokens(targets, 2, t1 - t0, positions + t0, p);
   });
 }
 

@@ -380,6 +380,14 @@ class CpuBackend final : public Backend {
   void quick_gelu(const float* x, float* y, int64_t n) override { emollm::quick_gelu(x, y, n, &pool_); }
   void swiglu(const float* gate, const float* up, float* y, int64_t n) override { emollm::swiglu(gate, up, y, n, &pool_); }
   void add(const float* a, const float* b, float* y, int64_t n) override { emollm::add(a, b, y, n, &pool_); }
+  void add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, float* y, int64_t ldy,
+                   int64_t rows, int64_t n, float eps) override {
+    emollm::add_rmsnorm(x, ldx, d, ldd, w, y, ldy, rows, n, eps, &pool_);
+  }
+  void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b, int64_t n_tokens,
+                 const int32_t* positions, const RopeParams& p) override {
+    emollm::rope_pair(a, lda, heads_a, b, ldb, heads_b, n_tokens, positions, p, &pool_);
+  }
   void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
     emollm::softmax(x, ldx, y, ldy, rows, n, &pool_);
@@ -611,6 +619,23 @@ void Backend::mvp_projection(const float* X, const void* W1, const float* b1, co
          b2 ? b2 + h * Do : nullptr, tmp, Do, T, Do, Dh);
     mul_row_add(tmp, Do, G + h * Do, Y, ldy, T, Do, h > 0);
   }
+}
+
+void Backend::add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, float* y, int64_t ldy,
+                          int64_t rows, int64_t n, float eps) {
+  if (rows <= 0) return;
+  if (rows == 1 || (ldx == n && ldd == n)) {
+    add(x, d, x, rows * n);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) add(x + r * ldx, d + r * ldd, x + r * ldx, n);
+  }
+  rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
+}
+
+void Backend::rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b,
+                        int64_t n_tokens, const int32_t* positions, const RopeParams& p) {
+  rope(a, lda, n_tokens, heads_a, positions, p);
+  rope(b, ldb, n_tokens, heads_b, positions, p);
 }
 
 void Backend::copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) {

@@ -262,6 +262,17 @@ class Backend {
     int64_t N;
   };
   virtual void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K);
+  // A residual add and the RMSNorm after it (a decoder's x += sublayer output, then the next norm):
+  // x += d, then y = rmsnorm(x) * w, rows of n (row strides ldx, ldd, ldy; y may be x). Equal bit
+  // for bit to add() then rmsnorm(), which is the default; the CPU backend does both in one pass
+  // over x and one call (kernels.h add_rmsnorm).
+  virtual void add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, float* y, int64_t ldy,
+                           int64_t rows, int64_t n, float eps);
+  // rope() of two tensors at the same positions (a layer's queries and keys): equal bit for bit to
+  // rope(a, lda, n_tokens, heads_a, ...) then rope(b, ldb, n_tokens, heads_b, ...), the default;
+  // the CPU backend computes each token's cos / sin once for both (kernels.h rope_pair).
+  virtual void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b,
+                         int64_t n_tokens, const int32_t* positions, const RopeParams& p);
   // EmoLLM's fused multi-head visual projection (kernels.h mvp_projection). The default composes
   // it from gemm, gelu_erf and mul_row_add with workspace scratch; the CPU backend runs the fused kernel.
   virtual void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,

@@ -552,6 +552,7 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   kv_esz_ = dtype_row_bytes(kv_type_, 1);
   kv_bs_ = opts.kv_block_size > 0 ? opts.kv_block_size : 64;
   batched_attention_ = env_enabled("EMOLLM_BATCHED_ATTENTION");
+  fused_row_ops_ = env_enabled("EMOLLM_FUSED_ROW_OPS");
   kvd_ = kvd;
   n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
   EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");
@@ -986,20 +987,34 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
     }
   }
 
+  // Whether the output rows are all the rows, in order (every segment one row, or all its rows'
+  // logits: a decode step), so the last layer's residual add can take the output norm with it.
+  bool out_all_rows = true;
+  for (int i = 0; i < n_segs; ++i) out_all_rows = out_all_rows && (segs[i].all_logits || segs[i].n == 1);
+  // Fused row ops (EMOLLM_FUSED_ROW_OPS=0 at the context's creation: the separate calls, same bits):
+  // each residual add takes the RMSNorm after it (add_rmsnorm), and q and k are rotated in one call.
+  const bool fused = fused_row_ops_;
+  bool xn_ready = false;  // xn_ = rmsnorm(x_, attn_norm of this layer) already (the previous layer's add)
+
   for (int64_t l = 0; l < h.n_layer; ++l) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;
     const LlamaLayer& L = m.layers[size_t(l)];
 
     // ---- attention: xn = rmsnorm(x); q, k, v projections over all rows
-    be.rmsnorm(x_, E, L.attn_norm, xn_, E, n, E, h.rms_eps);
+    if (!xn_ready) be.rmsnorm(x_, E, L.attn_norm, xn_, E, n, E, h.rms_eps);
+    xn_ready = false;
     // one call for the three products of xn (the CPU backend runs a decode step's as one dispatch)
     const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q_, qd, qd},
                                         {L.wk.data, L.wk.dtype, L.bk, k_new_, kvd, kvd},
                                         {L.wv.data, L.wv.dtype, L.bv, v_new_, kvd, kvd}};
     be.gemm_multi(xn_, E, qkv, 3, n, E);
     if (!mrope) {
-      be.rope(q_, qd, n, H, pos_, rp);
-      be.rope(k_new_, kvd, n, Hkv, pos_, rp);
+      if (fused) {
+        be.rope_pair(q_, qd, H, k_new_, kvd, Hkv, n, pos_, rp);
+      } else {
+        be.rope(q_, qd, n, H, pos_, rp);
+        be.rope(k_new_, kvd, n, Hkv, pos_, rp);
+      }
     } else {  // M-RoPE: one pass per section, each rotating only its frequency bands
       for (size_t s = 0; s < m.mrope_inv_freq.size(); ++s) {
         RopeParams sp = rp;
@@ -1075,22 +1090,36 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
     }
     // output projection, residual
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);
-    be.add(x_, tmp_, x_, n * E);
 
     // ---- MLP: x += down(silu(gate(xn)) * up(xn)), xn = rmsnorm(x)
-    be.rmsnorm(x_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
+    if (fused) {
+      be.add_rmsnorm(x_, E, tmp_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
+    } else {
+      be.add(x_, tmp_, x_, n * E);
+      be.rmsnorm(x_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
+    }
     const Backend::GemmOutput gate_up[2] = {{L.w_gate.data, L.w_gate.dtype, L.b_gate, gate_, F, F},
                                             {L.w_up.data, L.w_up.dtype, L.b_up, up_, F, F}};
     be.gemm_multi(xn_, E, gate_up, 2, n, E);
     be.swiglu(gate_, up_, gate_, n * F);
     be.gemm(gate_, F, L.w_down.data, L.w_down.dtype, L.b_down, tmp_, E, n, E, F);
-    be.add(x_, tmp_, x_, n * E);
+    if (!fused) {
+      be.add(x_, tmp_, x_, n * E);
+    } else if (l + 1 < h.n_layer) {  // the next layer's attention norm with the add
+      be.add_rmsnorm(x_, E, tmp_, E, m.layers[size_t(l + 1)].attn_norm, xn_, E, n, E, h.rms_eps);
+      xn_ready = true;
+    } else if (out_all_rows) {  // the output norm with the add: the output rows are all the rows
+      be.add_rmsnorm(x_, E, tmp_, E, m.output_norm, xn_, E, n, E, h.rms_eps);
+      xn_ready = true;
+    } else {
+      be.add(x_, tmp_, x_, n * E);
+    }
   }
   if (abort && abort->load(std::memory_order_relaxed)) return false;
 
   // ---- final norm and classifier over the output rows only (gathered into xn)
-  int64_t n_out = 0;
-  for (int i = 0; i < n_segs; ++i) {
+  int64_t n_out = xn_ready ? n : 0;
+  for (int i = 0; i < n_segs && !xn_ready; ++i) {
     const Segment& sg = segs[i];
     const int64_t r0 = row0[size_t(i)];
     if (sg.all_logits) {

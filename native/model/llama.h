@@ -412,6 +412,10 @@ class LlamaContext {
   // the segments' attentions in one Backend::attention_batch call (EMOLLM_BATCHED_ATTENTION=0 at
   // the context's creation: one attention() per segment, the A/B baseline)
   bool batched_attention_ = true;
+  // residual adds fused with the RMSNorm after them and q / k rotated in one call (Backend::
+  // add_rmsnorm, rope_pair); EMOLLM_FUSED_ROW_OPS=0 at the context's creation: the separate ops
+  // (same bits), the A/B baseline
+  bool fused_row_ops_ = true;
   // Backends without paged attention: a sequence's K/V gathered contiguous, [n_ctx, kvd] each (kv_type_).
   float* k_stage_ = nullptr;
   float* v_stage_ = nullptr;
