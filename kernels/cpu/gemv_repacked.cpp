@@ -304,13 +304,15 @@ template <bool Q8, int NG>
 EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool has_next = false,
                            int next_ng = 0, bool cold = false) {
-  constexpr bool kAlong = !Q8;  // prefetch along the streams (q4_0)
+  // prefetch along the streams: q4_0; q8_0 on 4-group records (on one-group records it ran best on
+  // the hardware prefetcher alone)
+  const bool kAlong = !Q8 || L.sg > 1;
   // Streams: the super-groups the pass touches (one for a pass of 4 groups on 4-group records,
   // NG on the previous one-group records), each nb records of `rec` bytes; the next pass's the same
   // from g0 + NG. How far ahead along a stream and across a pass edge: 4 one-group records (the
   // previous layout's measured best), 8 four-group ones (9 KiB of q4_0; measured 1.12-1.17x 4
   // ahead in the standalone copy, cold, one thread).
-  const size_t rec = L.rec, stride = L.sgstride, ahead = (L.sg == 1 ? 4 : 8) * rec;
+  const size_t rec = L.rec, stride = L.sgstride, ahead = (L.sg == 1 ? 4 : Q8 ? 4 : 8) * rec;
   const int ns = int((g0 + NG - 1) / L.sg - g0 / L.sg + 1);
   const int nns = has_next ? int((g0 + NG + next_ng - 1) / L.sg - (g0 + NG) / L.sg + 1) : 0;
   const uint8_t* st[NG];
@@ -329,7 +331,7 @@ EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * rec;
     if (off + ahead + 2 * rec <= stride) {
-      if constexpr (kAlong)
+      if (kAlong)
         for (int k = 0; k < ns; ++k)
           for (size_t o = 0; o < 2 * rec; o += 64)
             _mm_prefetch(reinterpret_cast<const char*>(st[k] + off + ahead + o), _MM_HINT_T0);
@@ -343,7 +345,7 @@ EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
             _mm_prefetch(reinterpret_cast<const char*>(st[k] + at), _MM_HINT_T0);
           }
         }
-    } else if constexpr (kAlong) {  // without a next pass: as along the stream (into what follows it)
+    } else if (kAlong) {  // without a next pass: as along the stream (into what follows it)
       for (int k = 0; k < ns; ++k)
         for (size_t o = 0; o < 2 * rec; o += 64)
           _mm_prefetch(reinterpret_cast<const char*>(st[k] + off + ahead + o), _MM_HINT_T0);
