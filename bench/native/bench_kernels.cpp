@@ -1143,9 +1143,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
       }
       auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
-      Stats prev, rep, rep_prev, cur, pan, same_size;
-      std::unique_ptr<Copies> rcopies;
-      Buf<uint8_t> Wr;
+      Stats prev, rep, rep_prev, cur, pan, same_size, rep16;
+      std::unique_ptr<Copies> rcopies, rcopies16;
+      Buf<uint8_t> Wr, Wr16;
       const bool avx512_reads = cpu_features().avx512f;
       size_t rbytes_m1 = 0;
       if (ab) {
@@ -1155,6 +1155,13 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         Wr = make_aligned<uint8_t>(rbytes);
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
+        // the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), for the "repacked-16row" row
+        with_switch(gemm_detail::set_repack_supergroups, false, [&] {
+          const size_t rb16 = quant_repack_bytes(t, N, K);
+          Wr16 = make_aligned<uint8_t>(rb16);
+          quant_repack(Wt, t, N, K, Wr16.get(), &pool);
+          if (M == 1) rcopies16.reset(new Copies(Wr16.get(), rb16, int(copies->ptrs.size()), &pool, true));
+        });
       }
       // the products as the rows below run them (w: a weight copy, cold at M = 1)
       auto run_gemm = [&](const void* w) { gemm(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); };
@@ -1162,6 +1169,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       auto run_small_m_prev = [&] { with_switch(gemm_detail::set_small_m_enabled, false, [&] { run_gemm(Wt); }); };
       auto run_q8_gemv_prev = [&](const void* w) { with_switch(gemm_detail::set_q8_gemv_legacy, true, [&] { run_gemm(w); }); };
       auto run_repacked_prev = [&] { with_switch(gemm_detail::set_repacked_panels_enabled, false, run_repacked); };
+      // gemm_repacked / gemv_repacked on the previous 16-row records (w: a copy of Wr16)
+      auto run_repacked16 = [&](const void* w) {
+        with_switch(gemm_detail::set_repack_supergroups, false,
+                    [&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
+      };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
       };
@@ -1169,7 +1181,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         if (ab && M > 1) {
           std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_repacked(); }};
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_prev(); });
+          fns.push_back([&](int) { run_repacked16(Wr16.get()); });
           auto st = measure_interleaved(fns);
+          rep16 = st.back();
+          st.pop_back();
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 2) rep_prev = st[2];
@@ -1188,12 +1203,15 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           // the read probe's best loop over the same bytes, pages and thread count as the
           // repacked row (another cold copy of the repacked weights, each thread a slice, through
           // the same pool): what one call of this size can read, hand-off and ramp-up included
+          fns.push_back([&](int i) { run_repacked16((*rcopies16)[i]); });
           if (avx512_reads) fns.push_back([&](int i) { read_probe_call(pool, (*rcopies)[i], rbytes_m1); });
           auto st = measure_interleaved(fns);
           if (avx512_reads) {
             same_size = st.back();
             st.pop_back();
           }
+          rep16 = st.back();
+          st.pop_back();
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 3) {
@@ -1357,8 +1375,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 [&] { run_q8_gemv_prev(Wt); });
       if (ab && rep.reps > 0)
         add_row("repacked", rep, "emollm", cur.best / rep.best,
-                M == 1 ? "gemv_repacked (16-row groups), interleaved with the emollm row"
-                       : "gemm_repacked (16-row groups, q8 activations), interleaved with the emollm row",
+                M == 1 ? "gemv_repacked (64-row records of 16-row groups), interleaved with the emollm row"
+                       : "gemm_repacked (64-row records, q8 activations), interleaved with the emollm row",
                 M == 1 ? double(wbytes) : 0, run_repacked);
       if (ab && same_size.reps > 0 && rep.reps > 0) {  // no output to check: the probe computes none
         Result p = make_result(M, dtype_name(t), "probe-same-size");
@@ -1371,6 +1389,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                  "plain read of the same size)";
         g_results.push_back(p);
       }
+      if (ab && rep16.reps > 0)
+        add_row("repacked-16row", rep16, "repacked", rep16.best / rep.best,
+                "the previous layout (16-row records, EMOLLM_REPACK_SUPERGROUPS=0; cold copies at M = 1), interleaved; "
+                "ratio = its time / the repacked row's (>1: 64-row records faster)",
+                M == 1 ? double(wbytes) : 0, [&] { run_repacked16(Wr16.get()); });
       if (ab && rep_prev.reps > 0) {
         if (M == 1)
           add_row("repacked-prev", rep_prev, "repacked", rep_prev.best / rep.best,

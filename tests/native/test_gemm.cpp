@@ -1136,7 +1136,9 @@ TEST(gemv_repacked_matches_reference) {
         Problem pq = p;
         pq.X = q.xq;
         std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
-        EXPECT(packed.size() == size_t((N + 15) / 16 * 16) * dtype_row_bytes(t, K));
+        // 64-row records (4 groups; rows past N zero), 16-row ones under EMOLLM_REPACK_SUPERGROUPS=0
+        const int64_t rows = gemm_detail::repack_supergroups() ? 64 : 16;
+        EXPECT(packed.size() == size_t((N + rows - 1) / rows * rows) * dtype_row_bytes(t, K));
         quant_repack(w.bytes.data(), t, N, K, packed.data(), seed % 2 ? &pool : nullptr);
         for (int use_bias = 0; use_bias < 2; ++use_bias) {
           const float* bias = use_bias ? p.bias.data() : nullptr;
@@ -1185,6 +1187,94 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(quant_repack(buf.data(), DType::BF16, 4, 32, buf.data(), nullptr), ErrorCode::InvalidArgument);
   float x[32] = {}, y[4];
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
+}
+
+// quant_repack's 64-row records (the default) against the previous 16-row ones
+// (set_repack_supergroups(false), EMOLLM_REPACK_SUPERGROUPS=0): the layout moves bytes only, so
+// gemv_repacked (M = 1), gemm_repacked's 4-row tiles (M = 3) and its X-panel kernel (M = 9,
+// 20 > kSmallM) and gemv_repacked_multi give the same bits on both, with N
+// not a multiple of 16 or 64 (partial groups, padded super-groups, passes of 4 groups that start
+// inside a record in the multi-output numbering), K of 1, 3, 9 and 128 blocks, every ISA level,
+// with and without VNNI, on 1, 2 and 3 threads. Sizes: the new one rounds N up to 64 rows, the
+// previous one to 16.
+TEST(repack_records_bit_equal_previous_layout) {
+  struct LayoutScope {
+    explicit LayoutScope(bool on) : prev_(gemm_detail::repack_supergroups()) { gemm_detail::set_repack_supergroups(on); }
+    ~LayoutScope() { gemm_detail::set_repack_supergroups(prev_); }
+    bool prev_;
+  };
+  LayoutScope on(true);  // the new layout whatever EMOLLM_REPACK_SUPERGROUPS says
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  auto same = [](const float* a, const float* b, size_t n, const std::string& what) {
+    if (std::memcmp(a, b, n * sizeof(float)) != 0) emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
+  };
+  std::vector<float> bias2(37);
+  for (int i = 0; i < 37; ++i) bias2[size_t(i)] = float(i % 7 - 3) * 0.125f;
+  uint32_t seed = 7300;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t N : {1, 17, 61, 100, 129, 300})
+      for (int64_t K : {32, 96, 288, 4096}) {
+        if (K == 4096 && N > 100) continue;  // keeps the test short; the chunking does not depend on K
+        Weights w = make_weights(t, N, K, seed);
+        std::vector<uint8_t> cur, prev;
+        {
+          LayoutScope ls(false);
+          prev.resize(quant_repack_bytes(t, N, K));
+          EXPECT(prev.size() == size_t((N + 15) / 16 * 16) * dtype_row_bytes(t, K));
+          quant_repack(w.bytes.data(), t, N, K, prev.data(), &pool2);
+        }
+        cur.resize(quant_repack_bytes(t, N, K));
+        EXPECT(cur.size() == size_t((N + 63) / 64 * 64) * dtype_row_bytes(t, K));
+        quant_repack(w.bytes.data(), t, N, K, cur.data(), seed % 2 ? &pool2 : nullptr);
+        // a second output of 37 rows for gemv_repacked_multi (its groups numbered after this one's)
+        Weights w2 = make_weights(t, 37, K, seed + 5);
+        std::vector<uint8_t> cur2, prev2;
+        {
+          LayoutScope ls(false);
+          prev2.resize(quant_repack_bytes(t, 37, K));
+          quant_repack(w2.bytes.data(), t, 37, K, prev2.data(), nullptr);
+        }
+        cur2.resize(quant_repack_bytes(t, 37, K));
+        quant_repack(w2.bytes.data(), t, 37, K, cur2.data(), nullptr);
+        for (int64_t M : {1, 3, 9, 20}) {
+          Problem p = make_problem(M, N, K, 0, 0, seed + 1);
+          for (Isa isa : isa_levels()) {
+            IsaCapScope cap(isa);
+            for (bool vnni : vnni_variants(isa))
+              for (ThreadPool* pool : pools) {
+                VnniScope vs(vnni);
+                const std::string what = std::string(dtype_name(t)) + " isa=" + isa_name(isa) + " vnni=" + yesno(vnni) +
+                                         " threads=" + std::to_string(pool ? pool->size() : 1) + " M=" +
+                                         std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+                std::vector<float> y_cur(size_t(M * N), kSentinel), y_prev(size_t(M * N), kSentinel);
+                gemm_repacked(p.X.data(), K, cur.data(), t, p.bias.data(), y_cur.data(), N, M, N, K, pool);
+                {
+                  LayoutScope ls(false);
+                  gemm_repacked(p.X.data(), K, prev.data(), t, p.bias.data(), y_prev.data(), N, M, N, K, pool);
+                }
+                same(y_cur.data(), y_prev.data(), y_cur.size(), what);
+                // and not the sentinel: every output written
+                for (float v : y_cur) EXPECT(v != kSentinel);
+                if (M != 1) continue;
+                // two outputs in one call
+                std::vector<float> a_cur(size_t(N), kSentinel), a_prev(size_t(N), kSentinel), b_cur(37, kSentinel),
+                    b_prev(37, kSentinel);
+                GemvOutput oc[2] = {{cur.data(), nullptr, a_cur.data(), N}, {cur2.data(), bias2.data(), b_cur.data(), 37}};
+                GemvOutput op[2] = {{prev.data(), nullptr, a_prev.data(), N}, {prev2.data(), bias2.data(), b_prev.data(), 37}};
+                gemv_repacked_multi(p.X.data(), t, oc, 2, K, pool);
+                {
+                  LayoutScope ls(false);
+                  gemv_repacked_multi(p.X.data(), t, op, 2, K, pool);
+                }
+                same(a_cur.data(), a_prev.data(), size_t(N), what + " multi[0]");
+                same(b_cur.data(), b_prev.data(), 37, what + " multi[1]");
+                for (float v : a_cur) EXPECT(v != kSentinel);
+              }
+          }
+        }
+        ++seed;
+      }
 }
 
 // gemm_repacked (any M, row strides): every row is bit-identical to gemv_repacked of that row
