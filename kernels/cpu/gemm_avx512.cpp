@@ -938,6 +938,23 @@ struct BlockPrefetcher {
   }
 };
 
+// The vdpbf16ps GEMM's long-K driver (K in several blocks: K > 2 * KCP_DEEP, e.g. LLaMA-7B's
+// down projection, K = 11008 in 22 blocks of 256 pairs; or the legacy blocking):
+// - the X micro-panel of a row panel is kc * MR words (6 KiB) taken from a different place for
+//   each row panel (whole-K panels, kunits * MR words apart), and its first lines came from L3 or
+//   memory at each row panel's first tile: compute_range prefetches the next row panel's
+//   micro-panel into L1, a share of its lines before each tile of the current one (1.04-1.06x on
+//   panels at M = 512, N = 4096, K = 11008: one thread, process CPU time, 40 alternated calls,
+//   Zen 5 under load ~11; no change at K = 1024, where X stays in L2). With K in one block the
+//   micro-panels follow one another in memory (the hardware prefetchers' stream) and are larger
+//   than is useful in L1: not done there (-4% at K = 4096 when prefetched whole);
+// - gemm_packed packs X in chunks of up to 24 MiB (as the f32 driver), see there.
+// Same bits either way. EMOLLM_BF16_GEMM_LONG_K=0: the previous driver.
+EnvSwitch& bf16_long_k_flag() {
+  static EnvSwitch on("EMOLLM_BF16_GEMM_LONG_K");
+  return on;
+}
+
 // xp: the packed X chunk (panel-major, see pack_x_*); m_begin is a multiple of MR.
 // kcb: k units (f32 elements or bf16 pairs) per block; ncb: weight rows per block (multiple of NR).
 // prepacked (BF only): a.W holds bf16_pack_panels' panels (word (p * kunits + q) * NR + j), read
@@ -953,6 +970,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   const XT* X = static_cast<const XT*>(xp);
   const uint32_t* panels = static_cast<const uint32_t*>(a.W);
   const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
+  const bool x_prefetch = BF && kcb < kunits && bf16_long_k_flag().on();
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
     const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
@@ -990,11 +1008,18 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
         pf.start(W, a.row_bytes, a.wtype, jc + ncb, std::min(ncb, n_end - jc - ncb), 0, std::min(K, kcb * elem_per_unit));
       }
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
+      const int64_t npn = (nc + NR - 1) / NR;
+      const int64_t x_lines = (kc * MR * 4 + 63) / 64, x_per_tile = (x_lines + npn - 1) / npn;
       for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, m_end - m0));
         const XT* xpanel = X + ((m0 / MR) * kunits + pc) * MR;
         pf.step(slices);
         for (int64_t jp = 0; jp * NR < nc; ++jp) {
+          if (x_prefetch && m0 + MR < m_end) {  // the next row panel's micro-panel, this tile's share
+            const char* xn = reinterpret_cast<const char*>(xpanel + kunits * MR);
+            for (int64_t l = jp * x_per_tile; l < std::min(x_lines, (jp + 1) * x_per_tile); ++l)
+              _mm_prefetch(xn + 64 * l, _MM_HINT_T0);
+          }
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
@@ -1112,7 +1137,12 @@ void gemm_packed(const Args& a, bool prepacked = false) {
   // Every Y element's sum is the same whichever chunk its row is in. The f32 driver reads X one k
   // block (M x KC) at a time, so its chunk need not stay in cache: 24 MiB keeps a 512-row prompt
   // in one chunk up to K = 12288 (LLaMA-7B's down projection, K = 11008, packed W once, not 3x).
-  const int64_t x_budget = int64_t(f32_blocked ? 24 : 8) << 20;
+  // The vdpbf16ps GEMM with K in several blocks (its long-K driver, bf16_long_k_flag) reads X one
+  // k block at a time too: 24 MiB also keeps M = 512 at K = 11008 in one chunk, so W is packed
+  // once, not twice (gemm() on the row-major matrix 1.05-1.06x; panels, which pack nothing, 1.00x).
+  const bool bf_long_k = BF && (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed)) &&
+                         bf16_long_k_flag().on();
+  const int64_t x_budget = int64_t(f32_blocked || bf_long_k ? 24 : 8) << 20;
   const int64_t mc_max = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
   const int64_t chunks = (a.M + mc_max - 1) / mc_max;
   const int64_t mc = ((a.M + chunks - 1) / chunks + MR - 1) / MR * MR;
@@ -1203,6 +1233,9 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
     }
   });
 }
+
+void set_bf16_gemm_long_k(bool on) { bf16_long_k_flag().set(on); }
+bool bf16_gemm_long_k() { return bf16_long_k_flag().on(); }
 
 void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }
 bool f32_gemm_blocked() { return f32_blocked_flag().on(); }

@@ -201,6 +201,13 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
+// The vdpbf16ps packed GEMM's long-K driver (K in several blocks: K > 4096, or the legacy
+// blocking): the next row panel's X micro-panel prefetched into L1 during the current one's tiles,
+// and X packed in row chunks of up to 24 MiB instead of 8 (gemm(): M = 512 at K = 11008 packs W
+// once, not twice). Default on; off: the previous driver. Same bits. For tests and interleaved A/B
+// benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_LONG_K (=0: off).
+void set_bf16_gemm_long_k(bool on);
+bool bf16_gemm_long_k();
 // The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
 // on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
 // or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the

@@ -818,6 +818,79 @@ TEST(gemm_bf16_panels_multi_equals_single) {
   EXPECT_THROWS(gemm_bf16_panels_multi(x.data(), 64, &bad, 1, 64, 64, nullptr), ErrorCode::InvalidArgument);
 }
 
+// The vdpbf16ps packed GEMM's long-K driver (gemm_internal.h set_bf16_gemm_long_k: with K in
+// several blocks, K > 4096 or the legacy blocking, X micro-panels prefetched and X packed in row
+// chunks of up to 24 MiB): gemm() on the row-major matrix, gemm_bf16_panels and
+// gemm_bf16_panels_multi equal bit for bit with it on and off (neither changes a sum), and within
+// the f32 tolerance of ref::gemm on X pre-rounded to bf16.
+// M, N, K not multiples of the 6 x 64 tile or of the 256-pair k block (K odd: a half pair; K =
+// 11008 in 22 blocks of 256 pairs with a 128-pair tail), M = 400 at K = 11008 (two row chunks
+// of 8 MiB with the driver off, one of 24 MiB on), without a pool and with pools of 2 and 3
+// threads; every ISA cap this CPU has up to Avx512 (below it the switch reaches no kernel: still
+// the same bits on and off).
+TEST(gemm_bf16_long_k_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; bool legacy; };
+  for (const Shape sh : {Shape{9, 65, 4099, false}, Shape{65, 130, 8193, false}, Shape{400, 70, 11008, false},
+                          Shape{130, 63, 515, true}, Shape{577, 129, 1031, true}, Shape{13, 1, 600, true}})
+    for (Isa isa : isa_levels()) {
+      if (isa > Isa::Avx512) continue;  // AMX tiles do not run this driver
+      IsaCapScope cap(isa);
+      Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(sh.K + 3 * sh.N));
+      Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 7 * sh.K));
+      const bool hw = cpu_features().avx512bf16 && isa >= Isa::Avx512;
+      Problem pr = p;
+      if (hw)
+        for (auto& v : pr.X)
+          if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+      std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
+      ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
+      const std::vector<double> S = abs_scale(pr, w, p.bias.data());
+      AlignedPtr<uint8_t> pan;
+      if (hw && bf16_panels_usable()) {
+        pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
+        bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
+      }
+      const std::string shape = std::string(" isa=") + isa_name(isa) + " M=" + std::to_string(sh.M) +
+                                " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+        std::vector<float> Y[2], Yp[2], Ym[2];
+        for (int on = 0; on < 2; ++on) {
+          gemm_detail::set_bf16_gemm_long_k(on == 1);
+          gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
+          gemm_detail::set_small_m_enabled(false);
+          Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K,
+               pl);
+          gemm_detail::set_small_m_enabled(true);
+          if (pan && sh.M > gemm_detail::kSmallMMax) {
+            Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
+            Ym[on].assign(size_t(sh.M * p.ldy), kSentinel);
+            gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K,
+                             pl);
+            const PanelOutput po{pan.get(), p.bias.data(), Ym[on].data(), p.ldy, sh.N};
+            gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
+          }
+          gemm_detail::set_bf16_gemm_legacy_blocking(false);
+          gemm_detail::set_bf16_gemm_long_k(true);
+          const std::string what = std::string("long-k driver ") + (on ? "on" : "off") + shape +
+                                   " threads=" + std::to_string(pl ? pl->size() : 1);
+          check_result(Y[on], R, p, S, 0.0, "gemm " + what);
+          if (!Yp[on].empty()) {
+            check_result(Yp[on], R, p, S, 0.0, "panels " + what);
+            EXPECT(std::memcmp(Ym[on].data(), Yp[on].data(), Yp[on].size() * sizeof(float)) == 0);
+          }
+        }
+        EXPECT(std::memcmp(Y[0].data(), Y[1].data(), Y[0].size() * sizeof(float)) == 0);
+        if (!Yp[0].empty()) {
+          EXPECT(std::memcmp(Yp[0].data(), Yp[1].data(), Yp[0].size() * sizeof(float)) == 0);
+          if (sh.M > gemm_detail::kSmallMMax)  // panels == gemm() where gemm() runs the packed GEMM
+            EXPECT(std::memcmp(Yp[1].data(), Y[1].data(), Y[1].size() * sizeof(float)) == 0);
+        }
+      }
+    }
+}
+
 TEST(gemm_amx_path) {
   const CpuFeatures& f = cpu_features();
   if (!(f.amx_usable && f.amx_bf16 && isa_detected() >= Isa::Amx)) {
