@@ -38,6 +38,7 @@
 #include <atomic>
 #include <cassert>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -1173,11 +1174,17 @@ int64_t decode_pack_span(const DecodeItem& it) {
   return it.inplace ? 0 : std::max<int64_t>(kDecodePackSpan, it.widen ? it.Dp : 0);
 }
 
-// The kernels that read K/V rows in place for a cache of type t at this ISA (AVX-512: f32, f16,
-// bf16), or null: rows packed / widened into scratch (AVX2 and EMOLLM_DECODE_ATTN_INPLACE=0).
+// The kernels that read a half cache's K/V rows in place (AVX-512), or null: f32 caches (below),
+// AVX2 and EMOLLM_DECODE_ATTN_INPLACE=0, where half rows are widened into scratch first.
+// An f32 cache keeps its narrow rows packed (wide ones are read in place either way): measured
+// with the cache in memory (1.1B kv=512, one thread, interleaved, load ~11) reading f32 rows in
+// place took 101-115 us against 92-95 packed, the sequential copy streaming better than the
+// kernels' strided loads (no software prefetch distance changed that), though in place was faster
+// with the rows in cache (41 against 49 us). Half rows in place: even at the 1.1B shape, 1.3x at
+// the 7B one, where the widening had gone one kv head's slice at a time.
 const Kern* decode_inplace_kern(Isa isa, DType t) {
-  if (isa < Isa::Avx512 || !attention_detail::decode_inplace_enabled()) return nullptr;
-  return t == DType::F16 ? &kKernAvx512F16 : t == DType::BF16 ? &kKernAvx512BF16 : &kKernAvx512;
+  if (isa < Isa::Avx512 || t == DType::F32 || !attention_detail::decode_inplace_enabled()) return nullptr;
+  return t == DType::F16 ? &kKernAvx512F16 : &kKernAvx512BF16;
 }
 
 bool decode_applies(const AttentionParams& p) {
@@ -1267,10 +1274,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
   // 16 rows of 7B) went through L2 and was slower than reading f32 rows in place. The kernels
   // see the same f32 values either way (widening is exact), so the results are bit for bit equal.
-  // In place (it.inplace, the default on AVX-512): no copy at all; every row is read where it lies,
-  // a half one widened by the kernels' loads, with the next 16 rows (all kv heads) prefetched. The
-  // packing copy cost a quarter of the call with the rows in cache, and as much in memory traffic
-  // (a write and a read back of every row) when they are not.
+  // In place (it.inplace: a half cache on AVX-512): no copy and no widening pass; every row is
+  // read where it lies and widened by the kernels' loads (see decode_inplace_kern).
   const bool inplace = it.inplace != nullptr;
   const Kern& kk = inplace ? *it.inplace : kern;
   const bool pack = !inplace && span <= kDecodePackSpan;
@@ -1316,7 +1321,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // Blocks of kBk tokens, online softmax across them: K and V of a block are read close together.
   // Within a block, 16 tokens at a time across all kv heads (a token row of Hkv * D contiguous
   // floats consumed within a short window), the next 16 rows prefetched.
-  if (inplace) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, j0, std::min(j1, j0 + 16), span_bytes);
   for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
     const int64_t b1 = std::min(j1, b0 + kBk);
     const int nb = int(b1 - b0);
@@ -1356,8 +1360,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
-      if (inplace && s0 + 16 >= b1)  // the next block's first K rows, under this last V sub-block
-        prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, b1, std::min(j1, b1 + 16), span_bytes);
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       for (int64_t g = 0; g < Hkv; ++g) {
