@@ -38,7 +38,6 @@
 #include <atomic>
 #include <cassert>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -1174,17 +1173,20 @@ int64_t decode_pack_span(const DecodeItem& it) {
   return it.inplace ? 0 : std::max<int64_t>(kDecodePackSpan, it.widen ? it.Dp : 0);
 }
 
-// The kernels that read a half cache's K/V rows in place (AVX-512), or null: f32 caches (below),
-// AVX2 and EMOLLM_DECODE_ATTN_INPLACE=0, where half rows are widened into scratch first.
-// An f32 cache keeps its narrow rows packed (wide ones are read in place either way): measured
-// with the cache in memory (1.1B kv=512, one thread, interleaved, load ~11) reading f32 rows in
-// place took 101-115 us against 92-95 packed, the sequential copy streaming better than the
-// kernels' strided loads (no software prefetch distance changed that), though in place was faster
-// with the rows in cache (41 against 49 us). Half rows in place: even at the 1.1B shape, 1.3x at
-// the 7B one, where the widening had gone one kv head's slice at a time.
+// The kernels that read K/V rows in place (AVX-512: f32, f16, bf16 caches), or null: AVX2 and
+// EMOLLM_DECODE_ATTN_INPLACE=0, where narrow rows are packed (half rows widened) into scratch.
+// Measured (TinyLlama shape kv=512, one thread, in place / packed interleaved in one process,
+// load 11-19): narrow rows read in place straight by the kernels were slower from memory than
+// packed (f32 101-115 us against 92-95; software prefetch 0-64 rows ahead, t0 or t1, changed
+// nothing), the copy's sequential stream keeping more misses in flight than the kernels' strided
+// loads; with a load sweep of each 16-row sub-block first (sweep_rows: the copy's access pattern
+// without its stores) f32 in place takes 73 us against 94-95 cold and 47.7 against 51.7 hot,
+// bf16 66 against 83. Wide rows (7B) are read in place with the next rows prefetched either way
+// (a sweep there was slower); a half one is now widened by the kernels' loads instead of one kv
+// head's slice at a time into scratch.
 const Kern* decode_inplace_kern(Isa isa, DType t) {
-  if (isa < Isa::Avx512 || t == DType::F32 || !attention_detail::decode_inplace_enabled()) return nullptr;
-  return t == DType::F16 ? &kKernAvx512F16 : &kKernAvx512BF16;
+  if (isa < Isa::Avx512 || !attention_detail::decode_inplace_enabled()) return nullptr;
+  return t == DType::F16 ? &kKernAvx512F16 : t == DType::BF16 ? &kKernAvx512BF16 : &kKernAvx512;
 }
 
 bool decode_applies(const AttentionParams& p) {
@@ -1242,6 +1244,21 @@ void merge_decode(const DecodeItem& it) {
   }
 }
 
+// One load from every 64-byte line of ns rows (row_bytes apart, span_bytes each), in order: the
+// rows come in as one sequential stream (the hardware prefetchers follow it, many misses in flight)
+// before the kernels read them, across kv heads, with strided loads. What the packing copy did for
+// the access pattern, without its stores (see decode_inplace_kern).
+thread_local uint32_t sweep_sink;  // keeps the loads
+inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t span_bytes) {
+  uint32_t x = 0;
+  const char* r = reinterpret_cast<const char*>(rows);
+  for (int t = 0; t < ns; ++t, r += row_bytes) {
+    for (int64_t b = 0; b < span_bytes; b += 64) x ^= *reinterpret_cast<const uint32_t*>(r + b);
+    x ^= *reinterpret_cast<const uint32_t*>(r + span_bytes - 4);  // the last line of a misaligned row
+  }
+  sweep_sink ^= x;
+}
+
 // Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
 const AttentionParams kF32Rows{};
 
@@ -1274,11 +1291,12 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
   // 16 rows of 7B) went through L2 and was slower than reading f32 rows in place. The kernels
   // see the same f32 values either way (widening is exact), so the results are bit for bit equal.
-  // In place (it.inplace: a half cache on AVX-512): no copy and no widening pass; every row is
-  // read where it lies and widened by the kernels' loads (see decode_inplace_kern).
+  // In place (it.inplace, AVX-512): no copy and no widening pass; every row is read where it lies
+  // (a half one widened by the kernels' loads), narrow rows swept first (see decode_inplace_kern).
   const bool inplace = it.inplace != nullptr;
   const Kern& kk = inplace ? *it.inplace : kern;
   const bool pack = !inplace && span <= kDecodePackSpan;
+  const bool sweep = inplace && span <= kDecodePackSpan;
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
@@ -1287,6 +1305,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
                         int64_t* rows_ld) -> const float* {
     const float* r = kv_row(base, blocks, p, s0, ld);
     *rows_ld = ld;
+    if (sweep) {
+      sweep_rows(r, ld * int64_t(kv_elem_bytes(p)), ns, span_bytes);
+      return r;
+    }
     if (!pack) return r;
     if (it.widen)
       for (int t = 0; t < ns; ++t) it.widen(kv_at(r, t * ld, p), kbuf + t * span, span);
@@ -1326,7 +1348,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
@@ -1349,7 +1371,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         }
       }
     }
-    if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
+    if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
     for (int64_t h = 0; h < H; ++h) {
       float* sr = S + h * kBk;
       const float m_new = std::max(m[h], kk.row_max(sr, nb));
@@ -1359,7 +1381,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       for (int64_t g = 0; g < Hkv; ++g) {

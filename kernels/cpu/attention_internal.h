@@ -34,11 +34,11 @@ constexpr int64_t kDecodePieceMax = 128;
 constexpr int64_t kDecodeMaxHeads = 256;  // more query heads: the tiled path (scratch bound)
 bool decode_split_enabled();
 void set_decode_split(bool on);
-// On AVX-512 the decode driver reads a half (f16 / bf16) cache's rows in place, widened by the
-// kernels' loads; EMOLLM_DECODE_ATTN_INPLACE=0 (read once) or set_decode_inplace(false) widens
-// them into per-thread scratch first as before. The kernels' arithmetic is the same either way:
-// outputs are bit for bit equal. f32 caches are not affected (narrow rows stay packed: faster
-// from memory, see attention.cpp decode_inplace_kern).
+// On AVX-512 the decode driver reads K/V rows in place (f32, or f16 / bf16 widened by the kernels'
+// loads; narrow rows swept by one load a line first, the access pattern of a copy without its
+// stores); EMOLLM_DECODE_ATTN_INPLACE=0 (read once) or set_decode_inplace(false) packs narrow rows
+// (and widens half rows) into per-thread scratch first as before. The kernels' arithmetic is the
+// same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();
 void set_decode_inplace(bool on);
 

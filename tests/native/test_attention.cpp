@@ -995,10 +995,9 @@ struct DecodeInplaceScope {
 };
 }  // namespace
 
-// The decode driver reading a half cache's rows in place (f16 / bf16 widened by the kernels'
-// loads; the AVX-512 default) against the same driver widening rows into scratch first
-// (set_decode_inplace(false); f32 caches take one path either way, checked too): the kernels do
-// the same arithmetic on the same floats, so the
+// The decode driver reading K/V rows in place (f32, or f16 / bf16 widened by the kernels' loads;
+// the AVX-512 default) against the same driver packing / widening rows into scratch first
+// (set_decode_inplace(false)): the kernels do the same arithmetic on the same floats, so the
 // outputs and log-sum-exps are bit for bit equal; and both within 1e-5 of ref::attention on the
 // cache's values. GQA 8:1 head 64 (TinyLlama), MHA head 128 (7B: wide rows), GQA 4:1 head 128,
 // MQA head 80, a tail head size with padded rows; lengths across the 16-row sub-block, the
