@@ -1248,13 +1248,13 @@ void merge_decode(const DecodeItem& it) {
 // rows come in as one sequential stream (the hardware prefetchers follow it, many misses in flight)
 // before the kernels read them, across kv heads, with strided loads. What the packing copy did for
 // the access pattern, without its stores (see decode_inplace_kern).
-thread_local uint32_t sweep_sink;  // keeps the loads
+thread_local unsigned char sweep_sink;  // keeps the loads
 inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t span_bytes) {
-  uint32_t x = 0;
-  const char* r = reinterpret_cast<const char*>(rows);
+  unsigned char x = 0;
+  const unsigned char* r = reinterpret_cast<const unsigned char*>(rows);
   for (int t = 0; t < ns; ++t, r += row_bytes) {
-    for (int64_t b = 0; b < span_bytes; b += 64) x ^= *reinterpret_cast<const uint32_t*>(r + b);
-    x ^= *reinterpret_cast<const uint32_t*>(r + span_bytes - 4);  // the last line of a misaligned row
+    for (int64_t b = 0; b < span_bytes; b += 64) x ^= r[b];
+    x ^= r[span_bytes - 1];  // the last line of a row that does not start on a line
   }
   sweep_sink ^= x;
 }
