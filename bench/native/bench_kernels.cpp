@@ -1897,6 +1897,7 @@ void bench_attention_decode(ThreadPool& pool) {
         attention_batch(&it, 1, &pool);
       };
       auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_split, false, [&] { run(i); }); };
+      auto run_packed = [&](int i) { with_switch(attention_detail::set_decode_inplace, false, [&] { run(i); }); };
       auto check = [&](Result& row) {
         std::vector<float> ref(size_t(p.ldo));
         const AttentionParams p0 = params(0);
@@ -1917,11 +1918,12 @@ void bench_attention_decode(ThreadPool& pool) {
       r.impl = "emollm";
       r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
       r.bytes = bytes;
-      Stats prev;
+      Stats prev, packed;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({run, run_prev});
+        auto st = measure_interleaved({run, run_prev, run_packed});
         rr.st = st[0];
         prev = st[1];
+        packed = st[2];
         rr.ratio_vs = "prev";
         rr.ratio = prev.best / rr.st.best;
         run(0);
@@ -1938,6 +1940,17 @@ void bench_attention_decode(ThreadPool& pool) {
       run_prev(0);
       check(pr);
       g_results.push_back(pr);
+      table_row(g_results.back());
+      Result pk = r;
+      pk.name = name + "/packed";
+      pk.impl = "packed";
+      pk.st = packed;
+      pk.ratio_vs = "packed";
+      pk.ratio = packed.best / res->st.best;
+      pk.note = "rows packed into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / emollm's (>1: in place faster)";
+      run_packed(0);
+      check(pk);
+      g_results.push_back(pk);
       table_row(g_results.back());
       settle();
     }
@@ -2025,6 +2038,11 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         }
         set_check(row, max_diff / std::max(1e-30, std::sqrt(sum_sq / double(p.ldo))), 1e-3);
       };
+      auto packed_runner = [&](int ti) {
+        return std::function<void(int)>([&, ti](int i) {
+          with_switch(attention_detail::set_decode_inplace, false, [&] { runner(ti)(i); });
+        });
+      };
       std::vector<Stats> st;
       for (int ti = 0; ti < 3; ++ti) {
         Result r;
@@ -2036,8 +2054,8 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
         r.bytes = bytes_f32 * double(dtype_row_bytes(types[ti], 1)) / sizeof(float);
         Result* res = run_case(r, [&](Result& rr) {
-          if (ti == 0) st = measure_interleaved({runner(0), runner(1), runner(2)});
-          if (st.size() != 3) throw std::runtime_error("the interleaved f32 / f16 / bf16 measurement did not run");
+          if (ti == 0) st = measure_interleaved({runner(0), runner(1), runner(2), packed_runner(1), packed_runner(2)});
+          if (st.size() != 5) throw std::runtime_error("the interleaved f32 / f16 / bf16 measurement did not run");
           rr.st = st[size_t(ti)];
           if (ti > 0) {
             rr.ratio_vs = "f32 KV";
@@ -2048,6 +2066,19 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         });
         if (!res) break;
         table_row(*res);
+        if (ti == 0) continue;
+        // the same half cache with its rows widened into scratch first (set_decode_inplace(false))
+        Result pk = r;
+        pk.name = r.name + "/packed";
+        pk.label = r.label + " packed";
+        pk.impl = "packed";
+        pk.st = st[size_t(ti + 2)];
+        pk.ratio_vs = "in place";
+        pk.ratio = pk.st.best / res->st.best;
+        pk.note = "rows widened into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / in place (>1: in place faster)";
+        with_switch(attention_detail::set_decode_inplace, false, [&] { check(pk, ti); });
+        g_results.push_back(pk);
+        table_row(g_results.back());
       }
       settle();
     }

@@ -180,6 +180,14 @@ EnvSwitch& decode_split_flag() {
 }  // namespace
 bool decode_split_enabled() { return decode_split_flag().on(); }
 void set_decode_split(bool on) { decode_split_flag().set(on); }
+namespace {
+EnvSwitch& decode_inplace_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_INPLACE");  // =0: rows packed / widened into scratch (A/B)
+  return on;
+}
+}  // namespace
+bool decode_inplace_enabled() { return decode_inplace_flag().on(); }
+void set_decode_inplace(bool on) { decode_inplace_flag().set(on); }
 }  // namespace attention_detail
 
 // ============================================================================ vector kernels
@@ -256,13 +264,43 @@ EMO_T512 static inline __m512 reduce16_512(const __m512* a) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(y0, y1, 0x88), _mm512_shuffle_f32x4(y0, y1, 0xDD));
 }
 
-EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D,
-                               float scale, float* S, int ldS) {
+// K/V element loads of the AVX-512 kernels: 16 elements of the cache's type widened to f32
+// (exact) as they are read, so a half cache (f16 / bf16) needs no widening pass into scratch and
+// the kernels see the same floats either way. T: the element type behind the float* rows.
+struct KvF32 {
+  using T = float;
+  EMO_T512 static inline __m512 load(const T* p) { return _mm512_loadu_ps(p); }
+  EMO_T512 static inline __m512 maskz_load(__mmask16 m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+};
+struct KvF16 {
+  using T = uint16_t;
+  EMO_T512 static inline __m512 load(const T* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  EMO_T512 static inline __m512 maskz_load(__mmask16 m, const T* p) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+struct KvBF16 {
+  using T = uint16_t;
+  EMO_T512 static inline __m512 load(const T* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+  EMO_T512 static inline __m512 maskz_load(__mmask16 m, const T* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  }
+};
+
+template <class E>
+EMO_T512 static void qk_avx512_t(const float* const* qrows, int R, const float* kf, int64_t ldk, int nb, int D,
+                                 float scale, float* S, int ldS) {
+  using T = typename E::T;
+  const T* k = reinterpret_cast<const T*>(kf);
   const int nfull = D / 16, tail = D % 16;
   const __mmask16 tm = __mmask16((1u << tail) - 1);
   const __m512 vs = _mm512_set1_ps(scale);
   for (int j0 = 0; j0 < nb; j0 += 16) {
-    const float* kp[16];
+    const T* kp[16];
     #pragma GCC unroll 16
     for (int t = 0; t < 16; ++t) kp[t] = k + int64_t(std::min(j0 + t, nb - 1)) * ldk;  // clamp: no reads past the cache
     int r = 0;
@@ -270,7 +308,7 @@ EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k,
       const float* q0 = qrows[r];
       const float* q1 = qrows[r + 1];
       for (int half = 0; half < 2 && j0 + 8 * half < nb; ++half) {
-        const float* const* kh = kp + 8 * half;
+        const T* const* kh = kp + 8 * half;
         __m512 acc[16];
         #pragma GCC unroll 16
         for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
@@ -279,7 +317,7 @@ EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k,
           const __m512 a0 = _mm512_loadu_ps(q0 + c), a1 = _mm512_loadu_ps(q1 + c);
           #pragma GCC unroll 8
           for (int t = 0; t < 8; ++t) {
-            const __m512 kv = _mm512_loadu_ps(kh[t] + c);
+            const __m512 kv = E::load(kh[t] + c);
             acc[t] = _mm512_fmadd_ps(a0, kv, acc[t]);
             acc[8 + t] = _mm512_fmadd_ps(a1, kv, acc[8 + t]);
           }
@@ -288,7 +326,7 @@ EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k,
           const __m512 a0 = _mm512_maskz_loadu_ps(tm, q0 + c), a1 = _mm512_maskz_loadu_ps(tm, q1 + c);
           #pragma GCC unroll 8
           for (int t = 0; t < 8; ++t) {
-            const __m512 kv = _mm512_maskz_loadu_ps(tm, kh[t] + c);
+            const __m512 kv = E::maskz_load(tm, kh[t] + c);
             acc[t] = _mm512_fmadd_ps(a0, kv, acc[t]);
             acc[8 + t] = _mm512_fmadd_ps(a1, kv, acc[8 + t]);
           }
@@ -307,16 +345,21 @@ EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k,
       for (; c < nfull * 16; c += 16) {
         const __m512 a0 = _mm512_loadu_ps(q0 + c);
         #pragma GCC unroll 16
-        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(kp[t] + c), acc[t]);
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(a0, E::load(kp[t] + c), acc[t]);
       }
       if (tail) {
         const __m512 a0 = _mm512_maskz_loadu_ps(tm, q0 + c);
         #pragma GCC unroll 16
-        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(tm, kp[t] + c), acc[t]);
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(a0, E::maskz_load(tm, kp[t] + c), acc[t]);
       }
       _mm512_storeu_ps(S + int64_t(r) * ldS + j0, _mm512_mul_ps(reduce16_512(acc), vs));
     }
   }
+}
+
+EMO_T512 static void qk_avx512(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D,
+                               float scale, float* S, int ldS) {
+  qk_avx512_t<KvF32>(qrows, R, k, ldk, nb, D, scale, S, ldS);
 }
 
 EMO_T512 static float row_max_avx512(const float* s, int n) {
@@ -349,9 +392,9 @@ EMO_T512 static float exp_sum_avx512(float* s, int n, float mx) {
 }
 
 // NR rows x NC 16-float chunks of acc kept in registers over the whole kv block.
-template <int NR, int NC>
+template <class E, int NR, int NC>
 EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                           const float* v, int64_t ldv, int nb, __mmask16 lastmask) {
+                                           const typename E::T* v, int64_t ldv, int nb, __mmask16 lastmask) {
   __m512 a[NR][NC];
   #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
@@ -360,11 +403,11 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
     for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
   }
   for (int j = 0; j < nb; ++j) {
-    const float* vj = v + int64_t(j) * ldv;
+    const typename E::T* vj = v + int64_t(j) * ldv;
     __m512 vv[NC];
     #pragma GCC unroll 4
     for (int c = 0; c < NC; ++c)
-      vv[c] = c == NC - 1 ? _mm512_maskz_loadu_ps(lastmask, vj + 16 * c) : _mm512_loadu_ps(vj + 16 * c);
+      vv[c] = c == NC - 1 ? E::maskz_load(lastmask, vj + 16 * c) : E::load(vj + 16 * c);
     #pragma GCC unroll 4
     for (int r = 0; r < NR; ++r) {
       const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
@@ -378,35 +421,41 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
     for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
 }
 
-template <int NR>
+template <class E, int NR>
 EMO_T512 static inline void pv_rows_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                           const float* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
+                                           const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
   switch (nc) {
-    case 1: pv_tile_avx512<NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    case 2: pv_tile_avx512<NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    case 3: pv_tile_avx512<NR, 3>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    default: pv_tile_avx512<NR, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 1: pv_tile_avx512<E, NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 2: pv_tile_avx512<E, NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 3: pv_tile_avx512<E, NR, 3>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    default: pv_tile_avx512<E, NR, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
   }
 }
 
-EMO_T512 static void pv_avx512(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
-                               const float* v, int64_t ldv, int nb, int D) {
+template <class E>
+EMO_T512 static void pv_avx512_t(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
+                                 const float* vf, int64_t ldv, int nb, int D) {
+  const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nchunks = (D + 15) / 16, tail = D % 16;
   for (int c0 = 0; c0 < nchunks; c0 += 4) {
     const int nc = std::min(4, nchunks - c0);
     const __mmask16 lm = (c0 + nc == nchunks && tail) ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
     float* ac = acc + 16 * c0;
-    const float* vc = v + 16 * c0;
+    const typename E::T* vc = v + 16 * c0;
     int r = 0;
     for (; r + 4 <= R; r += 4)
-      pv_rows_avx512<4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm);
+      pv_rows_avx512<E, 4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm);
     switch (R - r) {
-      case 3: pv_rows_avx512<3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
-      case 2: pv_rows_avx512<2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
-      case 1: pv_rows_avx512<1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 3: pv_rows_avx512<E, 3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 2: pv_rows_avx512<E, 2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 1: pv_rows_avx512<E, 1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
       default: break;
     }
   }
+}
+EMO_T512 static void pv_avx512(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
+                               const float* v, int64_t ldv, int nb, int D) {
+  pv_avx512_t<KvF32>(acc, ldacc, alpha, R, P, ldP, v, ldv, nb, D);
 }
 
 // kt[d][j] = k[j][d]: 16x16 tiles transposed in registers; rows past nb repeat row nb-1.
@@ -475,9 +524,10 @@ EMO_T512 static void qk_t_avx512(const float* const* qrows, int R, const float* 
 
 // Up to 8 query rows x 16 keys: each 16-dim chunk of the 16 key rows transposed in registers, then
 // 16 broadcast FMAs per row (no horizontal sums; the K rows are loaded once for all rows).
-template <int NR>
-EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, const float* const* kr, int D,
+template <class E, int NR>
+EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, const float* const* krf, int D,
                                                   __m512 vs, float* S, int64_t ldS) {
+  const typename E::T* const* kr = reinterpret_cast<const typename E::T* const*>(krf);
   __m512 acc[NR];
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
@@ -487,10 +537,10 @@ EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, c
     __m512 t[16];
     if (w == 16) {
       #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(kr[i] + d0);
+      for (int i = 0; i < 16; ++i) t[i] = E::load(kr[i] + d0);
     } else {
       #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) t[i] = _mm512_maskz_loadu_ps(m, kr[i] + d0);
+      for (int i = 0; i < 16; ++i) t[i] = E::maskz_load(m, kr[i] + d0);
     }
     gemm_detail::transpose16_ps(t);  // t[e] = dim d0 + e of the 16 keys (zero past D)
     #pragma GCC unroll 16
@@ -502,25 +552,33 @@ EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, c
   for (int r = 0; r < NR; ++r) _mm512_storeu_ps(S + r * ldS, _mm512_mul_ps(acc[r], vs));
 }
 
+template <class E>
 EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale,
                                       float* S, int64_t ldS) {
   const __m512 vs = _mm512_set1_ps(scale);
   int r = 0;
-  for (; r + 8 <= R; r += 8) qk_decode_rows_avx512<8>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS);
+  for (; r + 8 <= R; r += 8) qk_decode_rows_avx512<E, 8>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS);
   switch (R - r) {
-    case 7: qk_decode_rows_avx512<7>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 6: qk_decode_rows_avx512<6>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 5: qk_decode_rows_avx512<5>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 4: qk_decode_rows_avx512<4>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 3: qk_decode_rows_avx512<3>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 2: qk_decode_rows_avx512<2>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 1: qk_decode_rows_avx512<1>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 7: qk_decode_rows_avx512<E, 7>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 6: qk_decode_rows_avx512<E, 6>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 5: qk_decode_rows_avx512<E, 5>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 4: qk_decode_rows_avx512<E, 4>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 3: qk_decode_rows_avx512<E, 3>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 2: qk_decode_rows_avx512<E, 2>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 1: qk_decode_rows_avx512<E, 1>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
     default: break;
   }
 }
 
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
-                          qk_decode_avx512};
+                          qk_decode_avx512<KvF32>};
+// The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
+// float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
+// scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
+const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvF16>, nullptr, nullptr,
+                             qk_decode_avx512<KvF16>};
+const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
+                              nullptr, qk_decode_avx512<KvBF16>};
 
 // ---------------------------------------------------------------------------- AVX2
 alignas(32) const int32_t kMask8[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -1106,12 +1164,29 @@ struct DecodeItem {
   float* part;        // n_pieces > 1: per piece, n_heads x (2 + Dp): m, l, then acc rows
   std::atomic<int64_t>* done;  // pieces finished (the last one merges)
   half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
+  const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
 };
 
 // Floats per token the decode driver's scratch holds: a whole token row up to kDecodePackSpan
 // floats (copied or widened), or one kv head's slice (Dp floats) of a wide half row.
 int64_t decode_pack_span(const DecodeItem& it) {
-  return std::max<int64_t>(kDecodePackSpan, it.widen ? it.Dp : 0);
+  return it.inplace ? 0 : std::max<int64_t>(kDecodePackSpan, it.widen ? it.Dp : 0);
+}
+
+// The kernels that read K/V rows in place (AVX-512: f32, f16, bf16 caches), or null: AVX2 and
+// EMOLLM_DECODE_ATTN_INPLACE=0, where narrow rows are packed (half rows widened) into scratch.
+// Measured (TinyLlama shape kv=512, one thread, in place / packed interleaved in one process,
+// load 11-19): narrow rows read in place straight by the kernels were slower from memory than
+// packed (f32 101-115 us against 92-95; software prefetch 0-64 rows ahead, t0 or t1, changed
+// nothing), the copy's sequential stream keeping more misses in flight than the kernels' strided
+// loads; with a load sweep of each 16-row sub-block first (sweep_rows: the copy's access pattern
+// without its stores) f32 in place takes 73 us against 94-95 cold and 47.7 against 51.7 hot,
+// bf16 66 against 83. Wide rows (7B) are read in place with the next rows prefetched either way
+// (a sweep there was slower); a half one is now widened by the kernels' loads instead of one kv
+// head's slice at a time into scratch.
+const Kern* decode_inplace_kern(Isa isa, DType t) {
+  if (isa < Isa::Avx512 || !attention_detail::decode_inplace_enabled()) return nullptr;
+  return t == DType::F16 ? &kKernAvx512F16 : t == DType::BF16 ? &kKernAvx512BF16 : &kKernAvx512;
 }
 
 bool decode_applies(const AttentionParams& p) {
@@ -1121,7 +1196,7 @@ bool decode_applies(const AttentionParams& p) {
 // The piece plan depends only on the call and the thread count, never on the rest of a batch: a
 // batch's outputs are bit for bit the calls' alone.
 DecodeItem make_decode_item(const float* q, const float* k, const float* v, float* out, float* lse,
-                            const AttentionParams& p, const Resolved& rs, int nth) {
+                            const AttentionParams& p, const Resolved& rs, int nth, Isa isa) {
   DecodeItem it{};
   it.p = &p;
   it.q = q; it.k = k; it.v = v; it.out = out; it.lse = lse;
@@ -1137,6 +1212,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.piece_len = (n_sub + pieces - 1) / pieces * 16;
   it.n_pieces = (it.nvis + it.piece_len - 1) / it.piece_len;
   it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
+  it.inplace = decode_inplace_kern(isa, p.kv_dtype);
   return it;
 }
 
@@ -1168,6 +1244,24 @@ void merge_decode(const DecodeItem& it) {
   }
 }
 
+// One load from every 64-byte line of ns rows (row_bytes apart, span_bytes each), in order: the
+// rows come in as one sequential stream (the hardware prefetchers follow it, many misses in flight)
+// before the kernels read them, across kv heads, with strided loads. What the packing copy did for
+// the access pattern, without its stores (see decode_inplace_kern).
+thread_local unsigned char sweep_sink;  // keeps the loads
+inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t span_bytes) {
+  unsigned char x = 0;
+  const unsigned char* r = reinterpret_cast<const unsigned char*>(rows);
+  for (int t = 0; t < ns; ++t, r += row_bytes) {
+    for (int64_t b = 0; b < span_bytes; b += 64) x ^= r[b];
+    x ^= r[span_bytes - 1];  // the last line of a row that does not start on a line
+  }
+  sweep_sink ^= x;
+}
+
+// Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
+const AttentionParams kF32Rows{};
+
 // Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged cache.
 inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
                              int64_t j0, int64_t j1, int64_t span_bytes) {
@@ -1197,8 +1291,13 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
   // 16 rows of 7B) went through L2 and was slower than reading f32 rows in place. The kernels
   // see the same f32 values either way (widening is exact), so the results are bit for bit equal.
-  const bool pack = span <= kDecodePackSpan;
-  const bool widen_heads = !pack && it.widen;
+  // In place (it.inplace, AVX-512): no copy and no widening pass; every row is read where it lies
+  // (a half one widened by the kernels' loads), narrow rows swept first (see decode_inplace_kern).
+  const bool inplace = it.inplace != nullptr;
+  const Kern& kk = inplace ? *it.inplace : kern;
+  const bool pack = !inplace && span <= kDecodePackSpan;
+  const bool sweep = inplace && span <= kDecodePackSpan;
+  const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
@@ -1206,6 +1305,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
                         int64_t* rows_ld) -> const float* {
     const float* r = kv_row(base, blocks, p, s0, ld);
     *rows_ld = ld;
+    if (sweep) {
+      sweep_rows(r, ld * int64_t(kv_elem_bytes(p)), ns, span_bytes);
+      return r;
+    }
     if (!pack) return r;
     if (it.widen)
       for (int t = 0; t < ns; ++t) it.widen(kv_at(r, t * ld, p), kbuf + t * span, span);
@@ -1218,6 +1321,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // widened into kbuf (stride Dp).
   auto head_rows = [&](const float* rows, int64_t ld, int64_t g, int ns, int64_t* slice_ld) -> const float* {
     *slice_ld = ld;
+    if (inplace) return kv_at(rows, g * D, p);
     if (!widen_heads) return rows + g * D;
     for (int t = 0; t < ns; ++t) it.widen(kv_at(rows, t * ld + g * D, p), kbuf + int64_t(t) * Dp, D);
     *slice_ld = Dp;
@@ -1225,7 +1329,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   };
   const float* qrows[kMaxRows];
   // Several query heads per kv head: the transposed-K kernel on q rows zero-padded to Dp.
-  const bool transposed = kern.qk_decode != nullptr && G >= 4;
+  const bool transposed = kk.qk_decode != nullptr && G >= 4;
   if (transposed)
     for (int64_t h = 0; h < H; ++h) {
       std::memcpy(qpad + h * Dp, it.q + h * D, sizeof(float) * size_t(D));
@@ -1244,7 +1348,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
@@ -1252,8 +1356,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         for (int64_t g = 0; g < Hkv; ++g) {
           int64_t ldg;
           const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
-          for (int t = 0; t < 16; ++t) rows[t] = kg + int64_t(std::min(t, ns - 1)) * ldg;
-          kern.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+          for (int t = 0; t < 16; ++t) rows[t] = kv_at(kg, int64_t(std::min(t, ns - 1)) * ldg, inplace ? p : kF32Rows);
+          kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
         }
         continue;
       }
@@ -1263,21 +1367,21 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
           for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;
-          kern.qk(qrows, R, kg, ldg, ns, D, it.scale, S + (g * G + h0) * kBk + (s0 - b0), kBk);
+          kk.qk(qrows, R, kg, ldg, ns, D, it.scale, S + (g * G + h0) * kBk + (s0 - b0), kBk);
         }
       }
     }
-    if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
+    if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
     for (int64_t h = 0; h < H; ++h) {
       float* sr = S + h * kBk;
-      const float m_new = std::max(m[h], kern.row_max(sr, nb));
+      const float m_new = std::max(m[h], kk.row_max(sr, nb));
       alpha[h] = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new);
-      l[h] = l[h] * alpha[h] + kern.exp_sum(sr, nb, m_new);
+      l[h] = l[h] * alpha[h] + kk.exp_sum(sr, nb, m_new);
       m[h] = m_new;
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       for (int64_t g = 0; g < Hkv; ++g) {
@@ -1286,7 +1390,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
           const int64_t r0 = g * G + h0;
-          kern.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vg, ldg, ns,
+          kk.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vg, ldg, ns,
                   D);
         }
       }
@@ -1390,7 +1494,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
       return attention_detail::attention_bidir_bf16(q, k, v, out, p, rs.scale, rs.group, pool);
     const Kern& kern = isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2;
     if (decode_applies(p)) {
-      DecodeItem it = make_decode_item(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1);
+      DecodeItem it = make_decode_item(q, k, v, out, lse, p, rs, pool ? std::max(1, pool->size()) : 1, isa);
       return run_decode(kern, &it, 1, pool);
     }
     attention_tiled(kern, q, k, v, out, lse, p, rs, pool);
@@ -1416,7 +1520,7 @@ void attention_batch(const AttentionBatchItem* items, int64_t n, ThreadPool* poo
       if (attention_detail::bidir_bf16_applies(it.p))  // its own kernel, as attention() runs it
         attention_detail::attention_bidir_bf16(it.q, it.k, it.v, it.out, it.p, rs.scale, rs.group, pool);
       else if (decode_applies(it.p))
-        decode.push_back(make_decode_item(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
+        decode.push_back(make_decode_item(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth, isa));
       else
         plans.push_back(make_plan(it.q, it.k, it.v, it.out, nullptr, it.p, rs, nth));
     }

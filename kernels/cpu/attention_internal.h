@@ -34,6 +34,13 @@ constexpr int64_t kDecodePieceMax = 128;
 constexpr int64_t kDecodeMaxHeads = 256;  // more query heads: the tiled path (scratch bound)
 bool decode_split_enabled();
 void set_decode_split(bool on);
+// On AVX-512 the decode driver reads K/V rows in place (f32, or f16 / bf16 widened by the kernels'
+// loads; narrow rows swept by one load a line first, the access pattern of a copy without its
+// stores); EMOLLM_DECODE_ATTN_INPLACE=0 (read once) or set_decode_inplace(false) packs narrow rows
+// (and widens half rows) into per-thread scratch first as before. The kernels' arithmetic is the
+// same either way: outputs are bit for bit equal.
+bool decode_inplace_enabled();
+void set_decode_inplace(bool on);
 
 // Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
 // (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16
