@@ -955,6 +955,27 @@ EnvSwitch& bf16_long_k_flag() {
   return on;
 }
 
+// A last row panel of mr < MR rows (M = 577: 96 panels of 6 and one of 1; M = 512: one of 2)
+// runs kern_bf16_6x64 computing only its mr rows (MRC = mr): the 6-row tile did 6 rows' work for
+// it, ~0.9% of a CLIP M = 577 product. Each row's sums are the same whatever MRC (its own
+// accumulators, the same order): same bits. EMOLLM_BF16_GEMM_SHORT_TILES=0: all tiles 6 rows.
+EnvSwitch& bf16_short_tiles_flag() {
+  static EnvSwitch on("EMOLLM_BF16_GEMM_SHORT_TILES");
+  return on;
+}
+
+EMO_T512BF void bf16_tile(int rows, int64_t kc, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
+                                  int mr, int64_t nr, const float* bias, bool first) {
+  switch (rows) {
+    case 1: return kern_bf16_6x64<false, 4, 1>(kc, xp, wp, y, ldy, mr, nr, bias, first);
+    case 2: return kern_bf16_6x64<false, 4, 2>(kc, xp, wp, y, ldy, mr, nr, bias, first);
+    case 3: return kern_bf16_6x64<false, 4, 3>(kc, xp, wp, y, ldy, mr, nr, bias, first);
+    case 4: return kern_bf16_6x64<false, 4, 4>(kc, xp, wp, y, ldy, mr, nr, bias, first);
+    case 5: return kern_bf16_6x64<false, 4, 5>(kc, xp, wp, y, ldy, mr, nr, bias, first);
+    default: return kern_bf16_6x64(kc, xp, wp, y, ldy, mr, nr, bias, first);
+  }
+}
+
 // xp: the packed X chunk (panel-major, see pack_x_*); m_begin is a multiple of MR.
 // kcb: k units (f32 elements or bf16 pairs) per block; ncb: weight rows per block (multiple of NR).
 // prepacked (BF only): a.W holds bf16_pack_panels' panels (word (p * kunits + q) * NR + j), read
@@ -971,6 +992,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   const uint32_t* panels = static_cast<const uint32_t*>(a.W);
   const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
   const bool x_prefetch = BF && kcb < kunits && bf16_long_k_flag().on();
+  const bool short_tiles = BF && bf16_short_tiles_flag().on();
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
     const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
@@ -1023,7 +1045,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
-            kern_bf16_6x64(kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR, bias, first);
+            bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
+                      bias, first);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
@@ -1235,6 +1258,7 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 }
 
 void set_bf16_gemm_long_k(bool on) { bf16_long_k_flag().set(on); }
+void set_bf16_gemm_short_tiles(bool on) { bf16_short_tiles_flag().set(on); }
 bool bf16_gemm_long_k() { return bf16_long_k_flag().on(); }
 
 void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }

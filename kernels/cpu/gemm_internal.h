@@ -208,6 +208,10 @@ bool bf16_gemm_legacy_blocking();
 // benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_LONG_K (=0: off).
 void set_bf16_gemm_long_k(bool on);
 bool bf16_gemm_long_k();
+// The vdpbf16ps packed GEMM's last row panel of fewer than 6 rows computed for its own rows only
+// (default on) or as a full 6-row tile (off: the previous driver). Same bits. Process-wide,
+// starts as EMOLLM_BF16_GEMM_SHORT_TILES (=0: off).
+void set_bf16_gemm_short_tiles(bool on);
 // The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
 // on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
 // or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the

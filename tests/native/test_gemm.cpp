@@ -827,12 +827,15 @@ TEST(gemm_bf16_panels_multi_equals_single) {
 // 11008 in 22 blocks of 256 pairs with a 128-pair tail), M = 400 at K = 11008 (two row chunks
 // of 8 MiB with the driver off, one of 24 MiB on), without a pool and with pools of 2 and 3
 // threads; every ISA cap this CPU has up to Avx512 (below it the switch reaches no kernel: still
-// the same bits on and off).
-TEST(gemm_bf16_long_k_same_bits) {
+// the same bits on and off). The same for its short last row panels (set_bf16_gemm_short_tiles:
+// a panel of M % 6 rows computed for its rows only; M = 9, 65, 400, 130, 577, 13, 515 leave 3, 5,
+// 4, 4, 1, 1, 5 rows), K = 1030 in one block among the shapes.
+TEST(gemm_bf16_long_k_short_tiles_same_bits) {
   ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; bool legacy; };
   for (const Shape sh : {Shape{9, 65, 4099, false}, Shape{65, 130, 8193, false}, Shape{400, 70, 11008, false},
-                          Shape{130, 63, 515, true}, Shape{577, 129, 1031, true}, Shape{13, 1, 600, true}})
+                          Shape{130, 63, 515, true}, Shape{577, 129, 1031, true}, Shape{13, 1, 600, true},
+                          Shape{515, 77, 1030, false}})
     for (Isa isa : isa_levels()) {
       if (isa > Isa::Avx512) continue;  // AMX tiles do not run this driver
       IsaCapScope cap(isa);
@@ -854,9 +857,11 @@ TEST(gemm_bf16_long_k_same_bits) {
       const std::string shape = std::string(" isa=") + isa_name(isa) + " M=" + std::to_string(sh.M) +
                                 " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
       for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-        std::vector<float> Y[2], Yp[2], Ym[2];
-        for (int on = 0; on < 2; ++on) {
-          gemm_detail::set_bf16_gemm_long_k(on == 1);
+        // variant 0: the previous driver; 1: long-K driver on; 2: and short tiles (the default)
+        std::vector<float> Y[3], Yp[3], Ym[3];
+        for (int on = 0; on < 3; ++on) {
+          gemm_detail::set_bf16_gemm_long_k(on >= 1);
+          gemm_detail::set_bf16_gemm_short_tiles(on >= 2);
           gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
           gemm_detail::set_small_m_enabled(false);
           Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
@@ -873,7 +878,8 @@ TEST(gemm_bf16_long_k_same_bits) {
           }
           gemm_detail::set_bf16_gemm_legacy_blocking(false);
           gemm_detail::set_bf16_gemm_long_k(true);
-          const std::string what = std::string("long-k driver ") + (on ? "on" : "off") + shape +
+          gemm_detail::set_bf16_gemm_short_tiles(true);
+          const std::string what = std::string("variant ") + std::to_string(on) + shape +
                                    " threads=" + std::to_string(pl ? pl->size() : 1);
           check_result(Y[on], R, p, S, 0.0, "gemm " + what);
           if (!Yp[on].empty()) {
@@ -881,12 +887,12 @@ TEST(gemm_bf16_long_k_same_bits) {
             EXPECT(std::memcmp(Ym[on].data(), Yp[on].data(), Yp[on].size() * sizeof(float)) == 0);
           }
         }
-        EXPECT(std::memcmp(Y[0].data(), Y[1].data(), Y[0].size() * sizeof(float)) == 0);
-        if (!Yp[0].empty()) {
-          EXPECT(std::memcmp(Yp[0].data(), Yp[1].data(), Yp[0].size() * sizeof(float)) == 0);
-          if (sh.M > gemm_detail::kSmallMMax)  // panels == gemm() where gemm() runs the packed GEMM
-            EXPECT(std::memcmp(Yp[1].data(), Y[1].data(), Y[1].size() * sizeof(float)) == 0);
+        for (int v = 1; v < 3; ++v) {
+          EXPECT(std::memcmp(Y[0].data(), Y[v].data(), Y[0].size() * sizeof(float)) == 0);
+          if (!Yp[0].empty()) EXPECT(std::memcmp(Yp[0].data(), Yp[v].data(), Yp[0].size() * sizeof(float)) == 0);
         }
+        if (!Yp[0].empty())  // panels == gemm() where gemm() runs the packed GEMM
+          EXPECT(std::memcmp(Yp[2].data(), Y[2].data(), Y[2].size() * sizeof(float)) == 0);
       }
     }
 }
