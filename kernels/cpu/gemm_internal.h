@@ -60,6 +60,10 @@ void gemm_bf16_panels_small_m(const Args* outs, int n);
 #endif
 void set_small_m_panels_enabled(bool enabled);
 bool small_m_panels_enabled();
+// gemm_bf16_panels_small_m at M = 1: 4 panels walked side by side (4 streams a thread; default,
+// EMOLLM_PANELS_M1_STREAMS=0 off) or one panel at a time. Same bits. For tests and A/B rows.
+void set_panels_m1_streams(bool on);
+bool panels_m1_streams();
 void set_small_m_enabled(bool enabled);
 bool small_m_enabled();
 

@@ -57,6 +57,14 @@ EnvSwitch& small_m_panels_flag() {
 }  // namespace
 void set_small_m_panels_enabled(bool enabled) { small_m_panels_flag().set(enabled); }
 bool small_m_panels_enabled() { return small_m_panels_flag().on(); }
+namespace {
+EnvSwitch& panels_m1_streams_flag() {
+  static EnvSwitch on("EMOLLM_PANELS_M1_STREAMS");  // =0: M = 1 on panels one panel at a time
+  return on;
+}
+}  // namespace
+void set_panels_m1_streams(bool on) { panels_m1_streams_flag().set(on); }
+bool panels_m1_streams() { return panels_m1_streams_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -379,6 +387,58 @@ using PanelChunkFn = void (*)(int64_t, const uint32_t*, const uint32_t*, float*,
 constexpr PanelChunkFn kPanelChunk[kBf16MR] = {panel_chunk<1>, panel_chunk<2>, panel_chunk<3>,
                                                panel_chunk<4>, panel_chunk<5>, panel_chunk<6>};
 
+// M = 1 on panels, kPanelStreams panels side by side: each panel is one contiguous stream (its
+// kp pairs x 256 bytes), so walking several at once keeps several streams' misses in flight per
+// thread, as gemv_streams does for the row-major huge-page copies (one panel at a time is one
+// stream, what panel_chunk<1> gives, and oneDNN's brgemm too). Each panel's 4 accumulators take
+// panel_chunk<1>'s operations in its order (per K chunk of kPanelKChunk pairs: bias or 0, one
+// vdpbf16ps a pair and 16 columns, then stored or added to y): the same bits.
+constexpr int kPanelStreams = 4;
+constexpr int kPanelStreamPrefetch = 1024;  // bytes ahead of each stream
+struct PanelRef {
+  const uint32_t* wp;  // the panel's pairs
+  float* y;
+  const float* bias;
+  int64_t nr;
+};
+SM_T512BF void panels_m1_streams(const uint32_t* xp, const PanelRef* pr, int64_t kp) {
+  constexpr int S = kPanelStreams, NR = kBf16NR;
+  __mmask16 mk[S][4];
+  for (int s = 0; s < S; ++s)
+    for (int j = 0; j < 4; ++j) mk[s][j] = mask16(pr[s].nr - 16 * j);
+  for (int64_t c0 = 0; c0 < kp; c0 += kPanelKChunk) {
+    const int64_t kc = std::min(kPanelKChunk, kp - c0);
+    const bool first = c0 == 0;
+    __m512 c[S][4];
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j)
+        c[s][j] = (first && pr[s].bias) ? _mm512_maskz_loadu_ps(mk[s][j], pr[s].bias + 16 * j) : _mm512_setzero_ps();
+    for (int64_t q = c0; q < c0 + kc; ++q) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(xp[q * kBf16MR]));
+#pragma GCC unroll 4
+      for (int s = 0; s < S; ++s) {
+        const uint32_t* w = pr[s].wp + q * NR;
+        const char* pf = reinterpret_cast<const char*>(w) + kPanelStreamPrefetch;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          _mm_prefetch(pf + 64 * j, _MM_HINT_T0);
+          c[s][j] = _mm512_dpbf16_ps(c[s][j], a, (__m512bh)_mm512_load_si512(w + 16 * j));
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m512 v = c[s][j];
+        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[s][j], pr[s].y + 16 * j));
+        _mm512_mask_storeu_ps(pr[s].y + 16 * j, mk[s][j], v);
+      }
+  }
+}
+
 }  // namespace
 
 void gemm_bf16_panels_small_m(const Args* outs, int n) {
@@ -398,8 +458,27 @@ void gemm_bf16_panels_small_m(const Args* outs, int n) {
   // ~8 chunks of panels per thread (parallel_chunks is dynamic: a thread slowed by another
   // process is covered by the others)
   const int64_t chunk = std::max<int64_t>(1, first[n] / (8 * int64_t(nth)));
-  parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, [&](int64_t g0, int64_t g1) {
+  // M = 1: kPanelStreams panels at a time (panels_m1_streams), the rest one by one below
+  const bool streams = a.M == 1 && panels_m1_streams();
+  // chunks of whole stream groups at M = 1, so that each thread walks kPanelStreams streams
+  const int64_t ch = streams ? (chunk + kPanelStreams - 1) / kPanelStreams * kPanelStreams : chunk;
+  parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], ch, [&](int64_t g0, int64_t g1) {
     int j = 0;
+    if (streams) {
+      for (; g0 + kPanelStreams <= g1; g0 += kPanelStreams) {
+        PanelRef pr[kPanelStreams];
+        for (int s = 0; s < kPanelStreams; ++s) {
+          const int64_t g = g0 + s;
+          while (g >= first[j + 1]) ++j;
+          const Args& o = outs[j];
+          const int64_t p = g - first[j];
+          pr[s] = PanelRef{static_cast<const uint32_t*>(o.W) + p * kp * kBf16NR, o.Y + p * kBf16NR,
+                           o.bias ? o.bias + p * kBf16NR : nullptr, std::min<int64_t>(kBf16NR, o.N - p * kBf16NR)};
+        }
+        panels_m1_streams(xp, pr, kp);
+      }
+      j = 0;
+    }
     for (int64_t g = g0; g < g1; ++g) {
       while (g >= first[j + 1]) ++j;
       const Args& o = outs[j];

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -340,4 +341,65 @@ TEST(gemm_bf16_panels_small_m_rows_independent) {
   gemm_bf16_panels_multi(cs[0].X.data(), K, po, 3, M, K, &pool);
   for (int j = 0; j < 3; ++j)
     EXPECT(std::memcmp(Ym[j].data(), Ys[j].data(), Ym[j].size() * 4) == 0);
+}
+
+// M = 1 on panels: 4 panels walked side by side (gemm_detail::set_panels_m1_streams, default on)
+// against one panel at a time (off): the same bits, whatever the panel count (1..10 panels: none,
+// some or all in stream groups of 4, the last one short), K (1, a half pair, one chunk of 256 pairs
+// exactly, one pair past it, several chunks with an odd tail), bias, pool (none, 2, 3 threads:
+// groups split between threads), and for multi-output calls whose outputs' panels share a group.
+TEST(gemm_bf16_panels_m1_streams_bit_equal) {
+  if (!bf16_panels_usable()) {
+    std::printf("  skip gemm_bf16_panels_m1_streams_bit_equal: no AVX512-BF16 at the AVX-512 ISA level\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  uint32_t seed = 7100;
+  auto both = [&](const std::function<void(std::vector<float>&)>& run, size_t n, const std::string& what) {
+    std::vector<float> Ys(n, kSentinel), Y1(n, kSentinel);
+    run(Ys);
+    gemm_detail::set_panels_m1_streams(false);
+    run(Y1);
+    gemm_detail::set_panels_m1_streams(true);
+    if (std::memcmp(Ys.data(), Y1.data(), n * 4) != 0)
+      emollm_test::report_failure(__FILE__, __LINE__, what + ": streams differ from one panel at a time");
+  };
+  for (int64_t N : {1, 64, 65, 200, 256, 257, 520, 640})
+    for (int64_t K : {1, 2, 511, 512, 513, 1100}) {
+      const Case c = make_case(DType::BF16, 1, N, K, 0, 1, seed++);
+      const AlignedPtr<uint8_t> pan = panels_of(c, &pool2);
+      for (int use_bias = 0; use_bias < 2; ++use_bias)
+        for (ThreadPool* pl : pools) {
+          const float* bias = use_bias ? c.bias.data() : nullptr;
+          const std::string what = "M=1 N=" + std::to_string(N) + " K=" + std::to_string(K) + " bias=" +
+                                   std::to_string(use_bias) + " threads=" + std::to_string(pl ? pl->size() : 1);
+          both([&](std::vector<float>& Y) {
+            gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, 1, N, K, pl);
+          }, size_t(c.ldy), what);
+          // and within the bounds of the f64 reference on bf16-rounded x (the streams path is the default)
+          std::vector<float> Y(size_t(c.ldy), kSentinel), Rr(size_t(c.ldy), kSentinel);
+          gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, 1, N, K, pl);
+          ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, 1, N, K);
+          check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
+        }
+    }
+  // multi-output at M = 1: 65 / 1 / 130 / 300 rows = 2 + 1 + 3 + 5 panels, groups across outputs
+  const int64_t K = 777;
+  const int64_t Ns[4] = {65, 1, 130, 300};
+  std::vector<Case> cs;
+  std::vector<AlignedPtr<uint8_t>> pans;
+  for (int j = 0; j < 4; ++j) {
+    cs.push_back(make_case(DType::BF16, 1, Ns[j], K, 0, 0, 7300 + uint32_t(j)));
+    pans.push_back(panels_of(cs.back(), &pool2));
+  }
+  size_t total = 0, off[5] = {0};
+  for (int j = 0; j < 4; ++j) off[j + 1] = total += size_t(Ns[j]);
+  for (ThreadPool* pl : pools)
+    both([&](std::vector<float>& Y) {
+      PanelOutput po[4];
+      for (int j = 0; j < 4; ++j)
+        po[j] = PanelOutput{pans[size_t(j)].get(), j == 1 ? nullptr : cs[size_t(j)].bias.data(), Y.data() + off[j], Ns[j], Ns[j]};
+      gemm_bf16_panels_multi(cs[0].X.data(), K, po, 4, 1, K, pl);
+    }, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
 }
