@@ -86,6 +86,16 @@ export interface LoadModelOptions extends RuntimeOptions {
    */
   kvCacheType?: KvCacheType;
   /**
+   * Fault in the sequences' whole KV cache and activation buffers when they are created (default
+   * true; at the model's first call), as llama.cpp clears its cache when
+   * it creates a context: no prompt then pays the first touch of its memory (a LLaVA-7B prompt of
+   * ~630 positions touches ~700 MiB: ~0.7 s in a VM), and the memory is resident from then on.
+   * `false`: pages are taken as positions are first written, for a large `contextSize` ×
+   * `maxSequences` that is rarely filled (the environment variable EMOLLM_PREFAULT=0 does the
+   * same for every context).
+   */
+  prefaultContext?: boolean;
+  /**
    * The tokenizer, when the model does not carry its own: a Tokenizer, or a path to a .gguf, a
    * tokenizer.json (or its folder), or a llama2.c tokenizer.bin. Default: the model's own
    * (tokenizer.json in the folder, or the GGUF's vocabulary).
@@ -443,6 +453,7 @@ interface NativeModel extends NativeVisualEncoder {
     chunkedPrefill?: boolean;
     kvCachePositions?: number;
     kvBlockSize?: number;
+    prefault?: boolean;
   }): NativeBatch;
   close(): Promise<void>;
 }
@@ -490,6 +501,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     );
   if (options.chunkedPrefill !== undefined && typeof options.chunkedPrefill !== 'boolean')
     throw new EmollmError('ERR_INVALID_ARGUMENT', `chunkedPrefill must be a boolean, got ${typeof options.chunkedPrefill}`);
+  if (options.prefaultContext !== undefined && typeof options.prefaultContext !== 'boolean')
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `prefaultContext must be a boolean, got ${typeof options.prefaultContext}`);
   const kvCachePositions =
     options.kvCachePositions === undefined ? undefined : limitOption('kvCachePositions', options.kvCachePositions, 0);
   const kvBlockSize = options.kvBlockSize === undefined ? undefined : limitOption('kvBlockSize', options.kvBlockSize, 0);
@@ -604,6 +617,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     ...(kvCachePositions === undefined ? {} : { kvCachePositions }),
     ...(kvBlockSize === undefined ? {} : { kvBlockSize }),
     chunkedPrefill: options.chunkedPrefill ?? true,
+    ...(options.prefaultContext === undefined ? {} : { prefault: options.prefaultContext }),
   };
   options.onProgress?.({ phase: 'load', file: basename(path), bytes: weightBytes, total: weightBytes, done: true });
   return model;
@@ -675,7 +689,7 @@ export class Model {
   /** Sequences decoded together (the `maxSequences` load option); later calls wait in arrival order. */
   maxSequences = DEFAULT_MAX_SEQUENCES;
   /** @internal the scheduler's step options (`batchTokens`, `chunkedPrefill` load options). */
-  stepOptions: { batchTokens?: number; kvCachePositions?: number; kvBlockSize?: number; chunkedPrefill: boolean } = {
+  stepOptions: { batchTokens?: number; kvCachePositions?: number; kvBlockSize?: number; chunkedPrefill: boolean; prefault?: boolean } = {
     chunkedPrefill: true,
   };
 

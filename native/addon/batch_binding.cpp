@@ -407,6 +407,10 @@ Napi::Value create_batch(const Napi::CallbackInfo& info, const std::shared_ptr<M
     if (!o.Get("chunkedPrefill").IsBoolean()) throw_invalid(env, "chunkedPrefill must be a boolean");
     so.chunked_prefill = o.Get("chunkedPrefill").As<Napi::Boolean>().Value();
   }
+  if (has_opt(o, "prefault")) {
+    if (!o.Get("prefault").IsBoolean()) throw_invalid(env, "prefault must be a boolean");
+    so.prefault = o.Get("prefault").As<Napi::Boolean>().Value();
+  }
   auto s = std::make_shared<BatchState>();
   s->owner = h;
   s->model = h->model;

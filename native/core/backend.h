@@ -176,6 +176,15 @@ class Backend {
   // ---- memory
   virtual void* alloc(size_t bytes) = 0;
   virtual void free(void* p) = 0;
+  // Makes the pages of [p, p + bytes) (memory from this backend's alloc()) resident and writable
+  // now, contents unchanged, so the first op that writes them pays no page fault: a context's KV
+  // cache and activations at creation (LlamaContextOptions::prefault), as llama.cpp clears its
+  // cache when it creates a context. Throws Error(OutOfMemory) when the kernel refuses the pages.
+  // Default: nothing (a device's alloc() commits its memory).
+  virtual void prefault(void* p, size_t bytes) {
+    (void)p;
+    (void)bytes;
+  }
   // Host -> backend memory. May return before the copy has finished when `src` stays valid until
   // the stream is synchronised; the CPU and a synchronous device implementation simply copy.
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;

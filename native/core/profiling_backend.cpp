@@ -208,6 +208,7 @@ class ProfilingBackend final : public Backend {
   std::string describe() const override { return in_->describe() + " [profiled]"; }
   void* alloc(size_t bytes) override { return in_->alloc(bytes); }
   void free(void* p) override { in_->free(p); }
+  void prefault(void* p, size_t bytes) override { in_->prefault(p, bytes); }
   void upload(void* dst, const void* src, size_t bytes) override { in_->upload(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { in_->download(dst, src, bytes); }
   bool uses_host_memory() const override { return in_->uses_host_memory(); }

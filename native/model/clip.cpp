@@ -4,7 +4,12 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
+#include "base/arena.h"
+#include "base/env_switch.h"
 #include "base/error.h"
 #include "core/device_tensor.h"
 #include "core/tensor.h"
@@ -211,6 +216,22 @@ bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const 
   return true;
 }
 
+namespace {
+// Larger passes (batches of more than ~9 CLIP-L/336 images) allocate per call rather than keep
+// that much memory resident between calls.
+constexpr size_t kMaxKeptActivationBytes = size_t(256) << 20;
+constexpr size_t kHugePage = size_t(2) << 20;
+EnvSwitch& keep_activations_flag() {
+  static EnvSwitch on("EMOLLM_VISION_KEEP_ACTIVATIONS");
+  return on;
+}
+bool keep_activations() { return keep_activations_flag().on(); }
+}  // namespace
+
+void ClipVisionModel::set_keep_activations(bool on) { keep_activations_flag().set(on); }
+
+ClipVisionModel::KeptActivations::~KeptActivations() { aligned_free(data); }
+
 bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& sel,
                                     bool drop_cls, float* out, const std::atomic<bool>* abort) const {
   const ClipHparams& h = hp_;
@@ -227,30 +248,61 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   const int64_t P = h.n_patches(), T = h.n_pos(), N = B * T, K = C * p * p, H = h.n_head, D = h.head_dim();
   const int64_t t0 = drop_cls ? 1 : 0, n_tok = T - t0, n_sel = int64_t(sel.size());
 
+  // ---- the activations: x, att, xn, q, k, v [N, E], ff [N, F], the patches [B*P, K]; in one
+  // block kept between calls (kept_) on a host-memory backend, else allocated for this call
+  const size_t a_ne = size_t(N * E + 15) / 16 * 16, a_cols = size_t(B * P * K + 15) / 16 * 16;
+  const size_t act_bytes = (6 * a_ne + size_t(N * F + 15) / 16 * 16 + a_cols) * sizeof(float);
+  std::unique_lock<std::mutex> kept_lock(kept_.mu, std::defer_lock);
+  BackendBuffer own;
+  float* act = nullptr;
+  if (be.uses_host_memory() && act_bytes <= kMaxKeptActivationBytes && keep_activations() && kept_lock.try_lock()) {
+    if (kept_.bytes < act_bytes) {
+      aligned_free(kept_.data);
+      kept_.data = nullptr;
+      kept_.bytes = 0;
+      const size_t bytes = (act_bytes + kHugePage - 1) / kHugePage * kHugePage;
+      kept_.data = aligned_alloc_bytes(bytes, kHugePage);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+      (void)madvise(kept_.data, bytes, MADV_HUGEPAGE);
+#endif
+      kept_.bytes = bytes;
+      be.prefault(kept_.data, bytes);
+    }
+    act = static_cast<float*>(kept_.data);
+  } else {
+    own.allocate(be, act_bytes);
+    act = static_cast<float*>(own.data());
+  }
+  float* const x = act;
+  float* const att = x + a_ne;
+  float* const xn = att + a_ne;
+  float* const q = xn + a_ne;
+  float* const k = q + a_ne;
+  float* const v = k + a_ne;
+  float* const ff = v + a_ne;
+  float* const cols = ff + size_t(N * F + 15) / 16 * 16;
+
   // ---- patch embedding: im2col [B*P, C*p*p] (c, ky, kx order, as the conv kernel) x W^T
-  DeviceTensor x(be, DType::F32, {N, E}), att(be, DType::F32, {N, E});
   {
-    DeviceTensor img = DeviceTensor::input(be, pixels, B * C * S, S), cols(be, DType::F32, {B * P, K});
+    DeviceTensor img = DeviceTensor::input(be, pixels, B * C * S, S);
     PatchParams pp;
     pp.batch = B, pp.channels = C, pp.height = S, pp.width = S, pp.patch = p;
-    be.extract_patches(img.data(), cols.data(), K, pp);
-    be.gemm(cols.data(), K, patch_embd.data, patch_embd.dtype, patch_bias, att.data(), E, B * P, E, K);
+    be.extract_patches(img.data(), cols, K, pp);
+    be.gemm(cols, K, patch_embd.data, patch_embd.dtype, patch_bias, att, E, B * P, E, K);
   }
   // ---- [CLS + class_embd, patches] + position embeddings, per image
   for (int64_t b = 0; b < B; ++b) {
-    be.add(class_embd, pos_embd, x.row(b * T), E);
-    be.add(att.row(b * P), pos_embd + E, x.row(b * T + 1), P * E);
+    be.add(class_embd, pos_embd, x + b * T * E, E);
+    be.add(att + b * P * E, pos_embd + E, x + (b * T + 1) * E, P * E);
   }
-  be.layernorm(x.data(), E, pre_ln_w, pre_ln_b, x.data(), E, N, E, h.eps);
-  DeviceTensor xn(be, DType::F32, {N, E}), q(be, DType::F32, {N, E}), k(be, DType::F32, {N, E}), v(be, DType::F32, {N, E}),
-      ff(be, DType::F32, {N, F});
+  be.layernorm(x, E, pre_ln_w, pre_ln_b, x, E, N, E, h.eps);
 
   // Hidden state `state` into its slot of `out` ([B, n_tok, n_sel * E]): one strided copy per image.
   auto collect = [&](int64_t state) {
     for (int64_t s = 0; s < n_sel; ++s) {
       if (sel[size_t(s)] != state) continue;
       for (int64_t b = 0; b < B; ++b)
-        be.copy_2d(out + (b * n_tok * n_sel + s) * E, size_t(n_sel * E) * sizeof(float), x.row(b * T + t0),
+        be.copy_2d(out + (b * n_tok * n_sel + s) * E, size_t(n_sel * E) * sizeof(float), x + (b * T + t0) * E,
                    size_t(E) * sizeof(float), n_tok, size_t(E) * sizeof(float));
     }
   };
@@ -273,25 +325,25 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
     if (abort && abort->load(std::memory_order_relaxed)) return false;
     const ClipLayer& L = layers[size_t(il)];
     // ---- self-attention
-    be.layernorm(x.data(), E, L.ln1_w, L.ln1_b, xn.data(), E, N, E, h.eps);
+    be.layernorm(x, E, L.ln1_w, L.ln1_b, xn, E, N, E, h.eps);
     // q, k, v of one input: the CPU runs them as one product on its bf16 panels (X packed once)
-    const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q.data(), E, E},
-                                        {L.wk.data, L.wk.dtype, L.bk, k.data(), E, E},
-                                        {L.wv.data, L.wv.dtype, L.bv, v.data(), E, E}};
-    be.gemm_multi(xn.data(), E, qkv, 3, N, E);
+    const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q, E, E},
+                                        {L.wk.data, L.wk.dtype, L.bk, k, E, E},
+                                        {L.wv.data, L.wv.dtype, L.bv, v, E, E}};
+    be.gemm_multi(xn, E, qkv, 3, N, E);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t o = b * T * E;
-      be.attention(q.data() + o, k.data() + o, v.data() + o, att.data() + o, ap);
+      be.attention(q + o, k + o, v + o, att + o, ap);
     }
-    be.gemm(att.data(), E, L.wo.data, L.wo.dtype, L.bo, xn.data(), E, N, E, E);
-    be.add(x.data(), xn.data(), x.data(), N * E);
+    be.gemm(att, E, L.wo.data, L.wo.dtype, L.bo, xn, E, N, E, E);
+    be.add(x, xn, x, N * E);
     // ---- MLP
-    be.layernorm(x.data(), E, L.ln2_w, L.ln2_b, xn.data(), E, N, E, h.eps);
-    be.gemm(xn.data(), E, L.fc1.data, L.fc1.dtype, L.b1, ff.data(), F, N, F, E);
-    if (h.act == "gelu") be.gelu_erf(ff.data(), ff.data(), N * F);
-    else be.quick_gelu(ff.data(), ff.data(), N * F);
-    be.gemm(ff.data(), F, L.fc2.data, L.fc2.dtype, L.b2, xn.data(), E, N, E, F);
-    be.add(x.data(), xn.data(), x.data(), N * E);
+    be.layernorm(x, E, L.ln2_w, L.ln2_b, xn, E, N, E, h.eps);
+    be.gemm(xn, E, L.fc1.data, L.fc1.dtype, L.b1, ff, F, N, F, E);
+    if (h.act == "gelu") be.gelu_erf(ff, ff, N * F);
+    else be.quick_gelu(ff, ff, N * F);
+    be.gemm(ff, F, L.fc2.data, L.fc2.dtype, L.b2, xn, E, N, E, F);
+    be.add(x, xn, x, N * E);
     collect(il + 1);
   }
   return !(abort && abort->load(std::memory_order_relaxed));

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,10 @@ class ClipVisionModel {
   void place_weights(Backend& be);
   const BackendWeights& placed() const { return weights_; }
 
+  // Whether encode_device keeps its activations between calls (default: on, unless
+  // EMOLLM_VISION_KEEP_ACTIVATIONS=0), for every tower of the process; for A/B in one process.
+  static void set_keep_activations(bool on);
+
   // ---- weights (read-only; in the placed backend's memory, see place_weights)
   LlamaWeight patch_embd;          // [n_embd, n_channels * patch * patch] (the conv kernel, flattened c, ky, kx)
   const float* patch_bias = nullptr;  // absent in CLIP
@@ -120,6 +125,19 @@ class ClipVisionModel {
   ClipHparams hp_;
   std::vector<std::vector<float>> converted_;
   BackendWeights weights_;  // the device copies (empty on the CPU)
+  // The activations of encode_device on a backend that computes on host memory, kept between
+  // calls (up to kMaxKeptActivationBytes): a fresh allocation per call (x, q, k, v, the MLP's
+  // hidden rows: ~26 MiB an image for CLIP-L/336) is faulted in again on every call, thousands of
+  // first-touch faults a pass (~8% of a LLaVA vision pass's CPU time in a VM). One call at a time
+  // uses them (try-lock); a concurrent call allocates its own. EMOLLM_VISION_KEEP_ACTIVATIONS=0:
+  // a fresh allocation per call (A/B).
+  struct KeptActivations {
+    std::mutex mu;
+    void* data = nullptr;
+    size_t bytes = 0;
+    ~KeptActivations();
+  };
+  mutable KeptActivations kept_;
 };
 
 }  // namespace emollm

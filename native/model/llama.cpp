@@ -557,6 +557,8 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
   EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");
   buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S, n_blocks_ * kv_bs_, kv_esz_));
+  static const bool prefault_on = env_enabled("EMOLLM_PREFAULT");
+  if (opts.prefault && prefault_on) model_->backend().prefault(buffer_.data(), buffer_.bytes());
   // Carves the backend block (context_bytes counted kAlign of slack per array).
   size_t offset = 0;
   auto carve = [&](size_t bytes) {

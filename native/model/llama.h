@@ -166,6 +166,13 @@ struct LlamaContextOptions {
   // without it (Backend::supports_kv_dtype, Backend::convert) refuses with Error(Unsupported);
   // other types are InvalidArgument.
   DType kv_type = DType::F32;
+  // Fault in the whole context (KV block pool and activation buffers) at creation
+  // (Backend::prefault), so no request pays a first-touch page fault: llama.cpp clears its cache
+  // when it creates a context, i.e. the same cost at the same time. It makes the context's whole
+  // size resident at once (memory_bytes(): a 7B f32 cache is 512 MiB per 1024 positions): turn it
+  // off for a large n_ctx that is rarely filled, so the pages come as positions are written.
+  // EMOLLM_PREFAULT=0 turns it off for every context (A/B).
+  bool prefault = true;
 };
 
 // Occupancy of a context's KV block pool (LlamaContext::kv_stats).

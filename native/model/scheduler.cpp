@@ -68,6 +68,7 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   co.kv_block_size = opts.kv_block_size;
   co.kv_positions = opts.kv_positions;
   co.kv_type = opts.kv_type;
+  co.prefault = opts.prefault;
   ctx_ = std::make_unique<LlamaContext>(model_, co);
   n_ctx_ = ctx_->n_ctx();
   n_seq_ = opts.n_seq;

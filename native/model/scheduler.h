@@ -97,6 +97,7 @@ struct SchedulerOptions {
   int64_t kv_block_size = 0;
   int64_t kv_positions = 0;
   DType kv_type = DType::F32;  // KV cache element type (LlamaContextOptions::kv_type)
+  bool prefault = true;        // fault the context in at creation (LlamaContextOptions::prefault)
 };
 
 struct SeqOutcome {

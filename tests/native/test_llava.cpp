@@ -19,6 +19,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -321,6 +322,41 @@ TEST(llava_batched_images_equal_single) {
   f12.insert(f12.end(), f2.begin(), f2.end());
   auto l12 = all_logits(m, ids, f12, 2);
   EXPECT_ALL_CLOSE(lb.data(), l12.data(), lb.size(), 1e-4, 0.0, "batched vs single features in a 2-image prompt");
+}
+
+// The tower's activations kept between calls (ClipVisionModel::set_keep_activations): a call
+// that finds the block holding another image's activations, a larger batch that replaces it, a
+// per-call allocation, and two calls at once (one takes the kept block, the other its own) all
+// give the same feature bits.
+TEST(llava_vision_kept_activations_equal_fresh) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  std::vector<float> px2(t->pixels.size());
+  for (size_t i = 0; i < px2.size(); ++i) px2[i] = t->pixels[px2.size() - 1 - i];
+  ClipVisionModel::set_keep_activations(false);
+  const auto fresh = encode(m, t->pixels, 1);
+  ClipVisionModel::set_keep_activations(true);
+  const auto same_bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  const auto a1 = encode(m, t->pixels, 1);
+  const auto b1 = encode(m, px2, 1);  // the kept block now holds image 2's activations
+  const auto a2 = encode(m, t->pixels, 1);
+  EXPECT(same_bits(a1, fresh));
+  EXPECT(same_bits(a2, fresh));
+  EXPECT(!same_bits(b1, fresh));
+  std::vector<float> both(px2);
+  both.insert(both.end(), t->pixels.begin(), t->pixels.end());
+  const auto fb = encode(m, both, 2);  // a larger block replaces the kept one
+  EXPECT(std::memcmp(fb.data() + a1.size(), fresh.data(), fresh.size() * sizeof(float)) == 0);
+  EXPECT(same_bits(encode(m, t->pixels, 1), fresh));
+  // two calls at once
+  std::vector<float> c1, c2;
+  std::thread th([&] { c1 = encode(m, t->pixels, 1); });
+  c2 = encode(m, t->pixels, 1);
+  th.join();
+  EXPECT(same_bits(c1, fresh) && same_bits(c2, fresh));
 }
 
 TEST(llava_prefix_reuse_tells_images_apart) {

@@ -1,0 +1,51 @@
+// loadModel's `prefaultContext` (LlamaContextOptions::prefault): the sequences' KV cache and
+// activations are faulted in when the context is created (default), so the process's resident set
+// grows by the cache's size right then; with `false` it does not (pages come as positions are
+// written). Either way the logits are the same bits: only the memory's state differs. A value
+// that is not a boolean is a typed error.
+import { join } from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { sharedModel } from './helpers/vlm_fixtures.js';
+import { loadModel, type Model } from '../../lib/index.js';
+
+const { dir: storiesDir, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'prefault tests on stories260K');
+const stories = join(storiesDir, 'gguf', 'stories260K.gguf');
+
+// Creates the model's sequences (Model.sequences() is @internal) and returns the resident-set
+// growth it caused and the KV cache's bytes.
+async function createContext(m: Model): Promise<{ grew: number; kvBytes: number }> {
+  const before = process.memoryUsage().rss;
+  await (m as unknown as { sequences(): Promise<unknown> }).sequences();
+  const grew = process.memoryUsage().rss - before;
+  const s = m.stats();
+  return { grew, kvBytes: s.kvBytesPerBlock * s.kvBlocksTotal };
+}
+
+describe.skipIf(!haveStories)('prefaultContext on stories260K', () => {
+  it('rejects a value that is not a boolean', async () => {
+    await expect(loadModel(stories, { prefaultContext: 'no' as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+
+  it('makes the context resident at creation, and the logits do not depend on it', async () => {
+    // 64 sequences x 512 positions: ~40 MiB of f32 KV cache, far above the process's other growth
+    const opts = { contextSize: 512, maxSequences: 64, threads: 1 };
+    const on = await loadModel(stories, { ...opts });
+    const off = await loadModel(stories, { ...opts, prefaultContext: false });
+    try {
+      const a = await createContext(on);
+      const b = await createContext(off);
+      expect(a.kvBytes).toBeGreaterThan(30 * 2 ** 20);
+      expect(a.grew).toBeGreaterThan(0.9 * a.kvBytes);
+      expect(b.grew).toBeLessThan(0.25 * b.kvBytes);
+      const prompt = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
+      const la = await on.logits(prompt);
+      const lb = await off.logits(prompt);
+      expect(Buffer.from(la.buffer, la.byteOffset, la.byteLength).equals(Buffer.from(lb.buffer, lb.byteOffset, lb.byteLength))).toBe(true);
+    } finally {
+      await on.close();
+      await off.close();
+    }
+  });
+});
