@@ -87,7 +87,8 @@ export interface LoadModelOptions extends RuntimeOptions {
   kvCacheType?: KvCacheType;
   /**
    * Fault in the sequences' whole KV cache and activation buffers when they are created (default
-   * true; at the model's first call), as llama.cpp clears its cache when
+   * true; the context is made at the model's first call and faulted in on the model's own
+   * thread before that call runs, never on the event loop), as llama.cpp clears its cache when
    * it creates a context: no prompt then pays the first touch of its memory (a LLaVA-7B prompt of
    * ~630 positions touches ~700 MiB: ~0.7 s in a VM), and the memory is resident from then on.
    * `false`: pages are taken as positions are first written, for a large `contextSize` ×

@@ -529,6 +529,11 @@ double log_softmax_at(const float* x, int64_t n, int64_t id) {
   return double(x[id]) - mx - std::log(sum);
 }
 
+void LlamaContext::prefault_memory() {
+  static const bool prefault_on = env_enabled("EMOLLM_PREFAULT");
+  if (prefault_on) model_->backend().prefault(buffer_.data(), buffer_.bytes());
+}
+
 LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaContextOptions& opts)
     : model_(std::move(model)),
       n_ctx_(default_n_ctx(*model_, opts.n_ctx)),
@@ -557,8 +562,7 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
   n_blocks_ = opts.kv_positions > 0 ? (opts.kv_positions + kv_bs_ - 1) / kv_bs_ : S * kv_blocks_for(n_ctx_);
   EMOLLM_CHECK_ARG(n_blocks_ <= (int64_t(1) << 30), "kv_positions is too large");
   buffer_.allocate(model_->backend(), context_bytes(*model_, n_ctx_, n_batch_, S, n_blocks_ * kv_bs_, kv_esz_));
-  static const bool prefault_on = env_enabled("EMOLLM_PREFAULT");
-  if (opts.prefault && prefault_on) model_->backend().prefault(buffer_.data(), buffer_.bytes());
+  if (opts.prefault) prefault_memory();
   // Carves the backend block (context_bytes counted kAlign of slack per array).
   size_t offset = 0;
   auto carve = [&](size_t bytes) {

@@ -241,6 +241,12 @@ class LlamaContext {
   int n_seq() const { return int(seqs_.size()); }
   int64_t n_vocab() const { return model_->hparams().n_vocab; }
   int64_t n_past() const { return seq_n_past(0); }
+  // Faults in the whole context (KV block pool and activations) now: what the constructor does
+  // when LlamaContextOptions::prefault is set (and EMOLLM_PREFAULT is not 0). For an owner that
+  // creates the context with prefault off on one thread and pays the page faults on another (the
+  // Scheduler, on its own thread, so the JavaScript thread that created it is not blocked).
+  // The contents are unchanged; calling it again only re-reads resident pages.
+  void prefault_memory();
   // The tokens whose keys/values are in the cache, positions 0..n_past-1.
   const std::vector<int32_t>& tokens() const { return seq_tokens(0); }
 

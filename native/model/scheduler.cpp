@@ -68,7 +68,11 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   co.kv_block_size = opts.kv_block_size;
   co.kv_positions = opts.kv_positions;
   co.kv_type = opts.kv_type;
-  co.prefault = opts.prefault;
+  // Faulted in on the scheduler's thread before its first step (loop()), not here: the
+  // constructor runs on the caller's thread (the addon's createBatch, on the JavaScript thread),
+  // and faulting in a large context takes ~1 s per GB in a VM. Requests submitted meanwhile wait.
+  co.prefault = false;
+  prefault_ = opts.prefault;
   ctx_ = std::make_unique<LlamaContext>(model_, co);
   n_ctx_ = ctx_->n_ctx();
   n_seq_ = opts.n_seq;
@@ -271,6 +275,14 @@ void Scheduler::finish(std::unique_ptr<Active>& a) {
 }
 
 void Scheduler::loop() {
+  if (prefault_) {
+    try {
+      ctx_->prefault_memory();
+    } catch (const Error&) {
+      // Out of memory while faulting in (MADV_POPULATE_WRITE reports it): the pages come as
+      // positions are written instead, as with prefault off; a real shortage fails that request.
+    }
+  }
   for (;;) {
     std::vector<std::unique_ptr<Active>> admitted, dropped;
     bool stopping;

@@ -97,7 +97,8 @@ struct SchedulerOptions {
   int64_t kv_block_size = 0;
   int64_t kv_positions = 0;
   DType kv_type = DType::F32;  // KV cache element type (LlamaContextOptions::kv_type)
-  bool prefault = true;        // fault the context in at creation (LlamaContextOptions::prefault)
+  bool prefault = true;        // fault the context in when created, on the scheduler's own thread before its
+                               // first step (LlamaContextOptions::prefault): the creating thread is not blocked
 };
 
 struct SeqOutcome {
@@ -234,6 +235,7 @@ class Scheduler {
   std::atomic<bool> stop_{false};  // aborts the pass in flight at shutdown
   SchedulerStats stats_;           // guarded by mu_
   std::vector<float> step_logits_;
+  bool prefault_ = true;  // SchedulerOptions::prefault, done by loop() on thread_
   std::thread thread_;
 };
 

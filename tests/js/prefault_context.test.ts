@@ -1,6 +1,7 @@
 // loadModel's `prefaultContext` (LlamaContextOptions::prefault): the sequences' KV cache and
 // activations are faulted in when the context is created (default), so the process's resident set
-// grows by the cache's size right then; with `false` it does not (pages come as positions are
+// grows by the cache's size before its first request runs (on the scheduler's thread: creation
+// itself does not block the event loop); with `false` it does not (pages come as positions are
 // written). Either way the logits are the same bits: only the memory's state differs. A value
 // that is not a boolean is a typed error.
 import { join } from 'node:path';
@@ -13,11 +14,14 @@ import { loadModel, type Model } from '../../lib/index.js';
 const { dir: storiesDir, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'prefault tests on stories260K');
 const stories = join(storiesDir, 'gguf', 'stories260K.gguf');
 
-// Creates the model's sequences (Model.sequences() is @internal) and returns the resident-set
-// growth it caused and the KV cache's bytes.
+// Creates the model's sequences (Model.sequences() is @internal) and runs one short request
+// through them (the scheduler faults the context in on its own thread before its first step, so
+// creation returns at once and the request waits for it); returns the resident-set growth and
+// the KV cache's bytes.
 async function createContext(m: Model): Promise<{ grew: number; kvBytes: number }> {
   const before = process.memoryUsage().rss;
   await (m as unknown as { sequences(): Promise<unknown> }).sequences();
+  await m.logits('Once');
   const grew = process.memoryUsage().rss - before;
   const s = m.stats();
   return { grew, kvBytes: s.kvBytesPerBlock * s.kvBlocksTotal };
