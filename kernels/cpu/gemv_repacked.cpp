@@ -281,25 +281,26 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
 }
 
 // NG consecutive groups (g0, g0 + 1, ... of the matrix at W, layout L; `cols` valid outputs from
-// y) against x: per
-// group even and odd blocks go to two f32 accumulators, then their sum, then the bias (the
-// arithmetic group_tile_avx512 and the panel kernel keep per row), so the bits do not depend on
-// NG. Several groups a pass share the x broadcasts and scale math, and read NG streams side by
-// side. Measured on Zen 5 (2 vCPUs, interleaved A/B in bench_kernels): one group a pass with
-// the shift-and-mask unpack ran q4_0 at ~60 GB/s per thread with L3-resident weights (load-port
-// bound: x broadcasts, duplicated weight loads, prefetches); four a pass ~80 GB/s, and from
-// memory at 2 threads 1.1-1.3x. q4_0 prefetches 4 blocks (~1.1 KiB) ahead per stream; q8_0 runs
-// best on the hardware prefetcher alone.
+// y) against x: per group even and odd blocks go to two f32 accumulators, then their sum, then the
+// bias (the arithmetic group_tile_avx512 and the panel kernel keep per row), so the bits do not
+// depend on NG or on the layout. Several groups a pass share the x broadcasts and scale math.
+// Measured on Zen 5 (2 vCPUs, interleaved A/B in bench_kernels): one group a pass with the
+// shift-and-mask unpack ran q4_0 at ~60 GB/s per thread with L3-resident weights (load-port bound:
+// x broadcasts, duplicated weight loads, prefetches); four a pass ~80 GB/s, and from memory at 2
+// threads 1.1-1.3x. On the previous one-group records a pass read NG streams side by side, q4_0
+// prefetching 4 records (~1.1 KiB) ahead per stream and q8_0 on the hardware prefetcher alone; on
+// 4-group records a pass of 4 reads one stream, prefetched ~9 KiB ahead (8 q4_0 / 4 q8_0 records).
 //
 // Pass edges: a stream is one super-group's nb records (72 KiB of q4_0 at K = 2048), so at 1.1B
 // shapes a thread starts a new stream every few microseconds, and each start waited for
 // memory (its first blocks were never prefetched, and the hardware prefetcher needs a few misses
 // to lock on). With `has_next` (a pass after this one in the same thread's chunk, next_ng groups
-// from g0 + NG) the prefetches that would run past the end of stream j go to the start of the next
-// pass's stream instead (q8_0, which has no prefetch along its streams, issues just those), so
-// that pass begins on lines already in flight; a pass that nothing prefetched (`cold`: a chunk's
-// first) prefetches its own first kAhead bytes before starting. Prefetches only: the arithmetic
-// and the bits are unchanged.
+// from g0 + NG) the prefetches that would run past the end of a stream go to the start of the
+// next pass's matching stream instead (on 4-group records: the next super-group, which follows in
+// memory anyway; q8_0 on one-group records, with no prefetch along its streams, issues just
+// those), so that pass begins on lines already in flight; a pass that nothing prefetched (`cold`:
+// a chunk's first) prefetches its own first `ahead` bytes before starting. Prefetches only: the
+// arithmetic and the bits are unchanged.
 template <bool Q8, int NG>
 EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool has_next = false,
