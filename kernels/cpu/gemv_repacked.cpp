@@ -15,8 +15,9 @@
 // and a super-group's records follow each other (nb records, then the next super-group's). So the
 // decode pass over 4 groups (groups_avx512) reads one sequential stream instead of 4, and every
 // 64-byte quant load is line-aligned (q4_0 records are 1152 bytes = 18 lines, q8_0 2176 = 34).
-// Measured before the change on Zen 5 (one thread, 101 MB cold, a standalone copy of the kernel):
-// 1.14-1.20x the 4-stream 16-row layout at the same prefetch distance.
+// Measured on Zen 5 (2 vCPUs, loaded, bench_kernels' repacked-16row rows, cold, interleaved): q4_0
+// GEMV 0.94-1.28x the previous layout over 4 rounds at 2 threads (median ~1.10; K = 11008 ~1.04),
+// q8_0 0.92-1.14x (neutral); prefill tiles and panels the same or faster.
 // The previous layout (EMOLLM_REPACK_SUPERGROUPS=0; set_repack_supergroups): records of one group,
 // 32 bytes of scales then its quants (288 / 544 bytes, most quant loads split across two lines),
 // each group's nb records in a row. Both are "super-groups of sg groups" (sg = 4 or 1), read
