@@ -1464,7 +1464,7 @@ void bench_fused(ThreadPool& pool) {
       size_t total = 0;
       for (int64_t N : sh.Ns) total += repacked ? quant_repack_bytes(t, N, K) : dtype_row_bytes(t, K) * size_t(N);
       const int ncopies = decode_copies(total);
-      std::vector<std::unique_ptr<Copies>> copies;
+      std::vector<std::unique_ptr<Copies>> copies, copies16;  // copies16: the previous 16-row records
       std::vector<Buf<float>> ys, ys2;
       for (int j = 0; j < n; ++j) {
         const int64_t N = sh.Ns[size_t(j)];
@@ -1478,6 +1478,12 @@ void bench_fused(ThreadPool& pool) {
           Buf<uint8_t> r = make_aligned<uint8_t>(rb);
           quant_repack(q.get(), t, N, K, r.get(), &pool);
           copies.emplace_back(new Copies(r.get(), rb, ncopies, &pool, true));
+          with_switch(gemm_detail::set_repack_supergroups, false, [&] {
+            const size_t rb16 = quant_repack_bytes(t, N, K);
+            Buf<uint8_t> r16 = make_aligned<uint8_t>(rb16);
+            quant_repack(q.get(), t, N, K, r16.get(), &pool);
+            copies16.emplace_back(new Copies(r16.get(), rb16, ncopies, &pool, true));
+          });
         } else {
           copies.emplace_back(new Copies(q.get(), wb, ncopies, &pool, true));
         }
@@ -1493,6 +1499,12 @@ void bench_fused(ThreadPool& pool) {
           gemv_repacked_multi(x.get(), t, o, n, K, &pool);
         else
           gemv_huge_pages_multi(x.get(), t, o, n, K, &pool);
+      };
+      // repacked: the fused call on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0)
+      auto fused16 = [&](int i) {
+        GemvOutput o[kMaxGemvOutputs];
+        for (int j = 0; j < n; ++j) o[j] = GemvOutput{(*copies16[size_t(j)])[i], nullptr, ys2[size_t(j)].get(), sh.Ns[size_t(j)]};
+        with_switch(gemm_detail::set_repack_supergroups, false, [&] { gemv_repacked_multi(x.get(), t, o, n, K, &pool); });
       };
       auto separate = [&](int i) {
         for (int j = 0; j < n; ++j) {
@@ -1546,15 +1558,20 @@ void bench_fused(ThreadPool& pool) {
         pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
       }
       auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
-      Stats sep, pf0, eq, other, same_size;
+      Stats sep, pf0, eq, other, same_size, rec16;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {fused, separate};
         if (pf_ab) fns.insert(fns.end(), {fused_pf0, fused_eq});
         fns.push_back(fused_other);
+        if (repacked) fns.push_back(fused16);
         if (probe_ab) fns.push_back(probe);
         auto st = measure_interleaved(fns);
         if (probe_ab) {
           same_size = st.back();
+          st.pop_back();
+        }
+        if (repacked) {
+          rec16 = st.back();
           st.pop_back();
         }
         rr.st = st[0];
@@ -1595,6 +1612,18 @@ void bench_fused(ThreadPool& pool) {
                   : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
                            : "contiguous ranges per thread") +
                  ", interleaved; ratio = its time / the fused row's (>1: fused row faster)";
+        g_results.push_back(q);
+        table_row(g_results.back());
+      }
+      if (rec16.reps > 0) {
+        Result q = r;
+        q.name = name + "/16row";
+        q.impl = "16row";
+        q.st = rec16;
+        q.ratio_vs = "fused";
+        q.ratio = rec16.best / res->st.best;
+        q.note = "fused, on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), interleaved; ratio = its time / "
+                 "the fused row's (>1: 64-row records faster)";
         g_results.push_back(q);
         table_row(g_results.back());
       }
