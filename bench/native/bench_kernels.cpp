@@ -946,6 +946,16 @@ void with_switch(void (*set)(bool), bool on, Fn&& fn) {
   set(!on);
 }
 
+// fn on quant_repack's previous 16-row records (gemm_detail::set_repack_supergroups(false)), the
+// setting restored after (a run under EMOLLM_REPACK_SUPERGROUPS=0 stays on them)
+template <class Fn>
+void on_16row_records(Fn&& fn) {
+  const bool prev = gemm_detail::repack_supergroups();
+  gemm_detail::set_repack_supergroups(false);
+  fn();
+  gemm_detail::set_repack_supergroups(prev);
+}
+
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
   size_t rb = dtype_row_bytes(t, K);
   pool->parallel_for(N, 16, [&](int64_t b, int64_t e) {
@@ -1130,7 +1140,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
         // the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), for the "repacked-16row" row
-        with_switch(gemm_detail::set_repack_supergroups, false, [&] {
+        on_16row_records([&] {
           const size_t rb16 = quant_repack_bytes(t, N, K);
           Wr16 = make_aligned<uint8_t>(rb16);
           quant_repack(Wt, t, N, K, Wr16.get(), &pool);
@@ -1145,8 +1155,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       auto run_repacked_prev = [&] { with_switch(gemm_detail::set_repacked_panels_enabled, false, run_repacked); };
       // gemm_repacked / gemv_repacked on the previous 16-row records (w: a copy of Wr16)
       auto run_repacked16 = [&](const void* w) {
-        with_switch(gemm_detail::set_repack_supergroups, false,
-                    [&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
+        on_16row_records([&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
       };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
@@ -1478,7 +1487,7 @@ void bench_fused(ThreadPool& pool) {
           Buf<uint8_t> r = make_aligned<uint8_t>(rb);
           quant_repack(q.get(), t, N, K, r.get(), &pool);
           copies.emplace_back(new Copies(r.get(), rb, ncopies, &pool, true));
-          with_switch(gemm_detail::set_repack_supergroups, false, [&] {
+          on_16row_records([&] {
             const size_t rb16 = quant_repack_bytes(t, N, K);
             Buf<uint8_t> r16 = make_aligned<uint8_t>(rb16);
             quant_repack(q.get(), t, N, K, r16.get(), &pool);
@@ -1504,7 +1513,7 @@ void bench_fused(ThreadPool& pool) {
       auto fused16 = [&](int i) {
         GemvOutput o[kMaxGemvOutputs];
         for (int j = 0; j < n; ++j) o[j] = GemvOutput{(*copies16[size_t(j)])[i], nullptr, ys2[size_t(j)].get(), sh.Ns[size_t(j)]};
-        with_switch(gemm_detail::set_repack_supergroups, false, [&] { gemv_repacked_multi(x.get(), t, o, n, K, &pool); });
+        on_16row_records([&] { gemv_repacked_multi(x.get(), t, o, n, K, &pool); });
       };
       auto separate = [&](int i) {
         for (int j = 0; j < n; ++j) {
