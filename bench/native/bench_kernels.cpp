@@ -1321,8 +1321,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 [&] { run_q8_gemv_prev(Wt); });
       if (ab && rep.reps > 0)
         add_row("repacked", rep, "emollm", cur.best / rep.best,
-                M == 1 ? "gemv_repacked (64-row records of 16-row groups), interleaved with the emollm row"
-                       : "gemm_repacked (64-row records, q8 activations), interleaved with the emollm row",
+                M == 1 ? "gemv_repacked (q4_0 64-row records, q8_0 16-row ones), interleaved with the emollm row"
+                       : "gemm_repacked (q4_0 64-row records, q8 activations), interleaved with the emollm row",
                 M == 1 ? double(wbytes) : 0, run_repacked);
       if (ab && same_size.reps > 0 && rep.reps > 0) {  // no output to check: the probe computes none
         Result p = make_result(M, dtype_name(t), "probe-same-size");

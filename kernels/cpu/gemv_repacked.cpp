@@ -5,7 +5,8 @@
 // row sums at once, and the 16 results land in the 16 lanes of one register (no horizontal sums,
 // no per-block scale shuffles). The layout ggml's CPU "REPACK" buffers use for the same reason.
 //
-// Records: the groups are stored kSuperGroup (4) at a time, 64 rows. Per block b (32 elements),
+// Records (q4_0; q8_0 keeps the previous one-group records, see repack_layout): the groups are
+// stored kSuperGroup (4) at a time, 64 rows. Per block b (32 elements),
 // one record holds the 4 groups' scales, then their quants:
 //   4 x 16 x fp16 d[g][r]                                            (128 bytes)
 //   per group g of the 4: q8_0: for t in 0..7: for r in 0..15: qs_r[4t .. 4t+3]    (512 bytes)
@@ -15,9 +16,9 @@
 // and a super-group's records follow each other (nb records, then the next super-group's). So the
 // decode pass over 4 groups (groups_avx512) reads one sequential stream instead of 4, and every
 // 64-byte quant load is line-aligned (q4_0 records are 1152 bytes = 18 lines, q8_0 2176 = 34).
-// Measured on Zen 5 (2 vCPUs, loaded, bench_kernels' repacked-16row rows, cold, interleaved): q4_0
-// GEMV 0.94-1.28x the previous layout over 4 rounds at 2 threads (median ~1.10; K = 11008 ~1.04),
-// q8_0 0.92-1.14x (neutral); prefill tiles and panels the same or faster.
+// Measured on Zen 5 (2 vCPUs, bench_kernels' repacked-16row rows, cold, interleaved): q4_0 GEMV
+// quiet 1.05-1.32x the previous layout at 2 threads (median 1.19; loaded 0.94-1.28x), decode
+// end to end 1.01-1.08x; q8_0 on 4-group records 0.76-0.85x quiet, so it keeps one-group ones.
 // The previous layout (EMOLLM_REPACK_SUPERGROUPS=0; set_repack_supergroups): records of one group,
 // 32 bytes of scales then its quants (288 / 544 bytes, most quant loads split across two lines),
 // each group's nb records in a row. Both are "super-groups of sg groups" (sg = 4 or 1), read
@@ -88,8 +89,10 @@ struct RepackLayout {
   }
 };
 
+// q4_0 on 4-group records; q8_0 stays on one-group records: on 4-group ones its GEMV measured
+// 0.76-0.85x (quiet, 2 threads, every 1.1B / 7B shape, with or without a prefetch along the stream).
 RepackLayout repack_layout(bool q8, int64_t nb) {
-  const int sg = supergroups_flag().on() ? kSuperGroup : 1;
+  const int sg = supergroups_flag().on() && !q8 ? kSuperGroup : 1;
   const size_t gbb = group_block_bytes(q8);
   return RepackLayout{sg, gbb - 2 * kGroup, size_t(sg) * gbb, size_t(nb) * size_t(sg) * gbb};
 }
