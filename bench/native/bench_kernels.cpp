@@ -957,6 +957,12 @@ void with_prefetch(GemvPf pf, Fn&& fn) {
   gemm_detail::set_gemv_streams_prefetch(pf);
   fn();
   gemm_detail::set_gemv_streams_prefetch(GemvPf::T0);
+// fn on quant_repack's previous 16-row records (gemm_detail::set_repack_supergroups(false)), the
+// setting restored after (a run under EMOLLM_REPACK_SUPERGROUPS=0 stays on them)
+void on_16row_records(Fn&& fn) {
+  const bool prev = gemm_detail::repack_supergroups();
+  gemm_detail::set_repack_supergroups(false);
+  gemm_detail::set_repack_supergroups(prev);
 }
 
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
@@ -1156,7 +1162,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
         // the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), for the "repacked-16row" row
-        with_switch(gemm_detail::set_repack_supergroups, false, [&] {
+        on_16row_records([&] {
           const size_t rb16 = quant_repack_bytes(t, N, K);
           Wr16 = make_aligned<uint8_t>(rb16);
           quant_repack(Wt, t, N, K, Wr16.get(), &pool);
@@ -1171,8 +1177,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       auto run_repacked_prev = [&] { with_switch(gemm_detail::set_repacked_panels_enabled, false, run_repacked); };
       // gemm_repacked / gemv_repacked on the previous 16-row records (w: a copy of Wr16)
       auto run_repacked16 = [&](const void* w) {
-        with_switch(gemm_detail::set_repack_supergroups, false,
-                    [&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
+        on_16row_records([&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
       };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
@@ -1396,8 +1401,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 [&] { run_q8_gemv_prev(Wt); });
       if (ab && rep.reps > 0)
         add_row("repacked", rep, "emollm", cur.best / rep.best,
-                M == 1 ? "gemv_repacked (64-row records of 16-row groups), interleaved with the emollm row"
-                       : "gemm_repacked (64-row records, q8 activations), interleaved with the emollm row",
+                M == 1 ? "gemv_repacked (q4_0 64-row records, q8_0 16-row ones), interleaved with the emollm row"
+                       : "gemm_repacked (q4_0 64-row records, q8 activations), interleaved with the emollm row",
                 M == 1 ? double(wbytes) : 0, run_repacked);
       if (ab && same_size.reps > 0 && rep.reps > 0) {  // no output to check: the probe computes none
         Result p = make_result(M, dtype_name(t), "probe-same-size");
@@ -1548,7 +1553,7 @@ void bench_fused(ThreadPool& pool) {
       size_t total = 0;
       for (int64_t N : sh.Ns) total += repacked ? quant_repack_bytes(t, N, K) : dtype_row_bytes(t, K) * size_t(N);
       const int ncopies = decode_copies(total);
-      std::vector<std::unique_ptr<Copies>> copies;
+      std::vector<std::unique_ptr<Copies>> copies, copies16;  // copies16: the previous 16-row records
       std::vector<Buf<float>> ys, ys2;
       for (int j = 0; j < n; ++j) {
         const int64_t N = sh.Ns[size_t(j)];
@@ -1562,6 +1567,12 @@ void bench_fused(ThreadPool& pool) {
           Buf<uint8_t> r = make_aligned<uint8_t>(rb);
           quant_repack(q.get(), t, N, K, r.get(), &pool);
           copies.emplace_back(new Copies(r.get(), rb, ncopies, &pool, true));
+          on_16row_records([&] {
+            const size_t rb16 = quant_repack_bytes(t, N, K);
+            Buf<uint8_t> r16 = make_aligned<uint8_t>(rb16);
+            quant_repack(q.get(), t, N, K, r16.get(), &pool);
+            copies16.emplace_back(new Copies(r16.get(), rb16, ncopies, &pool, true));
+          });
         } else {
           copies.emplace_back(new Copies(q.get(), wb, ncopies, &pool, true));
         }
@@ -1577,6 +1588,12 @@ void bench_fused(ThreadPool& pool) {
           gemv_repacked_multi(x.get(), t, o, n, K, &pool);
         else
           gemv_huge_pages_multi(x.get(), t, o, n, K, &pool);
+      };
+      // repacked: the fused call on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0)
+      auto fused16 = [&](int i) {
+        GemvOutput o[kMaxGemvOutputs];
+        for (int j = 0; j < n; ++j) o[j] = GemvOutput{(*copies16[size_t(j)])[i], nullptr, ys2[size_t(j)].get(), sh.Ns[size_t(j)]};
+        on_16row_records([&] { gemv_repacked_multi(x.get(), t, o, n, K, &pool); });
       };
       auto separate = [&](int i) {
         for (int j = 0; j < n; ++j) {
@@ -1630,15 +1647,20 @@ void bench_fused(ThreadPool& pool) {
         pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
       }
       auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
-      Stats sep, pf0, eq, other, same_size;
+      Stats sep, pf0, eq, other, same_size, rec16;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {fused, separate};
         if (pf_ab) fns.insert(fns.end(), {fused_pf0, fused_eq});
         fns.push_back(fused_other);
+        if (repacked) fns.push_back(fused16);
         if (probe_ab) fns.push_back(probe);
         auto st = measure_interleaved(fns);
         if (probe_ab) {
           same_size = st.back();
+          st.pop_back();
+        }
+        if (repacked) {
+          rec16 = st.back();
           st.pop_back();
         }
         rr.st = st[0];
@@ -1679,6 +1701,18 @@ void bench_fused(ThreadPool& pool) {
                   : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
                            : "contiguous ranges per thread") +
                  ", interleaved; ratio = its time / the fused row's (>1: fused row faster)";
+        g_results.push_back(q);
+        table_row(g_results.back());
+      }
+      if (rec16.reps > 0) {
+        Result q = r;
+        q.name = name + "/16row";
+        q.impl = "16row";
+        q.st = rec16;
+        q.ratio_vs = "fused";
+        q.ratio = rec16.best / res->st.best;
+        q.note = "fused, on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), interleaved; ratio = its time / "
+                 "the fused row's (>1: 64-row records faster)";
         g_results.push_back(q);
         table_row(g_results.back());
       }

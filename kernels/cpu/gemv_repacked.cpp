@@ -5,7 +5,8 @@
 // row sums at once, and the 16 results land in the 16 lanes of one register (no horizontal sums,
 // no per-block scale shuffles). The layout ggml's CPU "REPACK" buffers use for the same reason.
 //
-// Records: the groups are stored kSuperGroup (4) at a time, 64 rows. Per block b (32 elements),
+// Records (q4_0; q8_0 keeps the previous one-group records, see repack_layout): the groups are
+// stored kSuperGroup (4) at a time, 64 rows. Per block b (32 elements),
 // one record holds the 4 groups' scales, then their quants:
 //   4 x 16 x fp16 d[g][r]                                            (128 bytes)
 //   per group g of the 4: q8_0: for t in 0..7: for r in 0..15: qs_r[4t .. 4t+3]    (512 bytes)
@@ -15,8 +16,9 @@
 // and a super-group's records follow each other (nb records, then the next super-group's). So the
 // decode pass over 4 groups (groups_avx512) reads one sequential stream instead of 4, and every
 // 64-byte quant load is line-aligned (q4_0 records are 1152 bytes = 18 lines, q8_0 2176 = 34).
-// Measured before the change on Zen 5 (one thread, 101 MB cold, a standalone copy of the kernel):
-// 1.14-1.20x the 4-stream 16-row layout at the same prefetch distance.
+// Measured on Zen 5 (2 vCPUs, bench_kernels' repacked-16row rows, cold, interleaved): q4_0 GEMV
+// quiet 1.05-1.32x the previous layout at 2 threads (median 1.19; loaded 0.94-1.28x), decode
+// end to end 1.01-1.08x; q8_0 on 4-group records 0.76-0.85x quiet, so it keeps one-group ones.
 // The previous layout (EMOLLM_REPACK_SUPERGROUPS=0; set_repack_supergroups): records of one group,
 // 32 bytes of scales then its quants (288 / 544 bytes, most quant loads split across two lines),
 // each group's nb records in a row. Both are "super-groups of sg groups" (sg = 4 or 1), read
@@ -87,8 +89,10 @@ struct RepackLayout {
   }
 };
 
+// q4_0 on 4-group records; q8_0 stays on one-group records: on 4-group ones its GEMV measured
+// 0.76-0.85x (quiet, 2 threads, every 1.1B / 7B shape, with or without a prefetch along the stream).
 RepackLayout repack_layout(bool q8, int64_t nb) {
-  const int sg = supergroups_flag().on() ? kSuperGroup : 1;
+  const int sg = supergroups_flag().on() && !q8 ? kSuperGroup : 1;
   const size_t gbb = group_block_bytes(q8);
   return RepackLayout{sg, gbb - 2 * kGroup, size_t(sg) * gbb, size_t(nb) * size_t(sg) * gbb};
 }
@@ -281,25 +285,26 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
 }
 
 // NG consecutive groups (g0, g0 + 1, ... of the matrix at W, layout L; `cols` valid outputs from
-// y) against x: per
-// group even and odd blocks go to two f32 accumulators, then their sum, then the bias (the
-// arithmetic group_tile_avx512 and the panel kernel keep per row), so the bits do not depend on
-// NG. Several groups a pass share the x broadcasts and scale math, and read NG streams side by
-// side. Measured on Zen 5 (2 vCPUs, interleaved A/B in bench_kernels): one group a pass with
-// the shift-and-mask unpack ran q4_0 at ~60 GB/s per thread with L3-resident weights (load-port
-// bound: x broadcasts, duplicated weight loads, prefetches); four a pass ~80 GB/s, and from
-// memory at 2 threads 1.1-1.3x. q4_0 prefetches 4 blocks (~1.1 KiB) ahead per stream; q8_0 runs
-// best on the hardware prefetcher alone.
+// y) against x: per group even and odd blocks go to two f32 accumulators, then their sum, then the
+// bias (the arithmetic group_tile_avx512 and the panel kernel keep per row), so the bits do not
+// depend on NG or on the layout. Several groups a pass share the x broadcasts and scale math.
+// Measured on Zen 5 (2 vCPUs, interleaved A/B in bench_kernels): one group a pass with the
+// shift-and-mask unpack ran q4_0 at ~60 GB/s per thread with L3-resident weights (load-port bound:
+// x broadcasts, duplicated weight loads, prefetches); four a pass ~80 GB/s, and from memory at 2
+// threads 1.1-1.3x. On the previous one-group records a pass read NG streams side by side, q4_0
+// prefetching 4 records (~1.1 KiB) ahead per stream and q8_0 on the hardware prefetcher alone; on
+// 4-group records a pass of 4 reads one stream, prefetched ~9 KiB ahead (8 q4_0 / 4 q8_0 records).
 //
 // Pass edges: a stream is one super-group's nb records (72 KiB of q4_0 at K = 2048), so at 1.1B
 // shapes a thread starts a new stream every few microseconds, and each start waited for
 // memory (its first blocks were never prefetched, and the hardware prefetcher needs a few misses
 // to lock on). With `has_next` (a pass after this one in the same thread's chunk, next_ng groups
-// from g0 + NG) the prefetches that would run past the end of stream j go to the start of the next
-// pass's stream instead (q8_0, which has no prefetch along its streams, issues just those), so
-// that pass begins on lines already in flight; a pass that nothing prefetched (`cold`: a chunk's
-// first) prefetches its own first kAhead bytes before starting. Prefetches only: the arithmetic
-// and the bits are unchanged.
+// from g0 + NG) the prefetches that would run past the end of a stream go to the start of the
+// next pass's matching stream instead (on 4-group records: the next super-group, which follows in
+// memory anyway; q8_0 on one-group records, with no prefetch along its streams, issues just
+// those), so that pass begins on lines already in flight; a pass that nothing prefetched (`cold`:
+// a chunk's first) prefetches its own first `ahead` bytes before starting. Prefetches only: the
+// arithmetic and the bits are unchanged.
 template <bool Q8, int NG>
 EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool has_next = false,

@@ -1,7 +1,7 @@
 // Repacked q4_0 / q8_0 decoder weights (configure({ repackWeights }), EMOLLM_REPACK): on a CPU with
-// AVX512-VNNI the CPU backend keeps the decoder's matrices in the 16-row interleaved layout made
-// at load (kernels/cpu/gemv_repacked.cpp). Checked on stories260K quantized here: the packing is
-// active (packedWeightBytes); with up to 8 rows its logits equal the standard layout's within
+// AVX512-VNNI the CPU backend keeps the decoder's matrices in the 16-row interleaved layout
+// (64-row records) made at load (kernels/cpu/gemv_repacked.cpp). Checked on stories260K
+// quantized here: the packing is active (packedWeightBytes); with up to 8 rows its logits equal the standard layout's within
 // 1e-3 (logits span about +-19; both round activations to q8_0, only the f32 summation order of
 // the block products differs) but for rare q8 rounding flips; with more rows (prefill) within
 // the q8-activation error (bounds below); and

@@ -1215,8 +1215,8 @@ TEST(gemv_repacked_matches_reference) {
         Problem pq = p;
         pq.X = q.xq;
         std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
-        // 64-row records (4 groups; rows past N zero), 16-row ones under EMOLLM_REPACK_SUPERGROUPS=0
-        const int64_t rows = gemm_detail::repack_supergroups() ? 64 : 16;
+        // q4_0: 64-row records (4 groups; rows past N zero); q8_0 and EMOLLM_REPACK_SUPERGROUPS=0: 16
+        const int64_t rows = gemm_detail::repack_supergroups() && t == DType::Q4_0 ? 64 : 16;
         EXPECT(packed.size() == size_t((N + rows - 1) / rows * rows) * dtype_row_bytes(t, K));
         quant_repack(w.bytes.data(), t, N, K, packed.data(), seed % 2 ? &pool : nullptr);
         for (int use_bias = 0; use_bias < 2; ++use_bias) {
@@ -1268,14 +1268,15 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
 }
 
-// quant_repack's 64-row records (the default) against the previous 16-row ones
+// quant_repack's 64-row q4_0 records (the default) against the previous 16-row ones
 // (set_repack_supergroups(false), EMOLLM_REPACK_SUPERGROUPS=0): the layout moves bytes only, so
 // gemv_repacked (M = 1), gemm_repacked's 4-row tiles (M = 3) and its X-panel kernel (M = 9,
 // 20 > kSmallM) and gemv_repacked_multi give the same bits on both, with N
 // not a multiple of 16 or 64 (partial groups, padded super-groups, passes of 4 groups that start
 // inside a record in the multi-output numbering), K of 1, 3, 9 and 128 blocks, every ISA level,
 // with and without VNNI, on 1, 2 and 3 threads. Sizes: the new one rounds N up to 64 rows, the
-// previous one to 16.
+// previous one to 16. q8_0 keeps the 16-row records under both settings (same bits trivially;
+// checked for its size).
 TEST(repack_records_bit_equal_previous_layout) {
   struct LayoutScope {
     explicit LayoutScope(bool on) : prev_(gemm_detail::repack_supergroups()) { gemm_detail::set_repack_supergroups(on); }
@@ -1304,7 +1305,8 @@ TEST(repack_records_bit_equal_previous_layout) {
           quant_repack(w.bytes.data(), t, N, K, prev.data(), &pool2);
         }
         cur.resize(quant_repack_bytes(t, N, K));
-        EXPECT(cur.size() == size_t((N + 63) / 64 * 64) * dtype_row_bytes(t, K));
+        const int64_t rows = t == DType::Q4_0 ? 64 : 16;  // q8_0 keeps the 16-row records
+        EXPECT(cur.size() == size_t((N + rows - 1) / rows * rows) * dtype_row_bytes(t, K));
         quant_repack(w.bytes.data(), t, N, K, cur.data(), seed % 2 ? &pool2 : nullptr);
         // a second output of 37 rows for gemv_repacked_multi (its groups numbered after this one's)
         Weights w2 = make_weights(t, 37, K, seed + 5);
