@@ -957,11 +957,15 @@ void with_prefetch(GemvPf pf, Fn&& fn) {
   gemm_detail::set_gemv_streams_prefetch(pf);
   fn();
   gemm_detail::set_gemv_streams_prefetch(GemvPf::T0);
+}
+
 // fn on quant_repack's previous 16-row records (gemm_detail::set_repack_supergroups(false)), the
 // setting restored after (a run under EMOLLM_REPACK_SUPERGROUPS=0 stays on them)
+template <class Fn>
 void on_16row_records(Fn&& fn) {
   const bool prev = gemm_detail::repack_supergroups();
   gemm_detail::set_repack_supergroups(false);
+  fn();
   gemm_detail::set_repack_supergroups(prev);
 }
 
