@@ -1057,6 +1057,20 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
     r.flops = 2.0 * double(M) * double(N) * double(K);
     return r;
   };
+  // A probe-same-size row beside the M = 1 row `vs` (its best time vs_best): the read probe's loop
+  // over that row's bytes (`over`), cold, the same pool, interleaved with it; no output to check.
+  auto add_probe_same_size = [&](int64_t M, DType t, double bytes, const Stats& probe, const char* vs, double vs_best,
+                                 const char* over) {
+    Result p = make_result(M, dtype_name(t), "probe-same-size");
+    p.bytes = bytes;
+    p.st = probe;
+    p.ratio_vs = vs;
+    p.ratio = vs_best / probe.best;
+    p.note = std::string("read probe (4 streams + 1 KiB prefetch) over ") + over +
+             ", cold, same pool, interleaved; ratio = the " + vs +
+             " row's time / its (< 1: the GEMV reads slower than a plain read of the same size)";
+    g_results.push_back(p);
+  };
 
   // ---- emollm, every weight dtype
   for (DType t : kDtypes) {
@@ -1334,16 +1348,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         add_row("huge-alone", huge_alone, "huge", huge_alone.best / prev.best,
                 "the huge row's kernel measured alone (calls back to back, as the onednn row), after the interleaved rows",
                 double(wbytes), [&] { gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool); });
-      if (stream_ab && same_size.reps > 0 && prev.reps > 0) {  // no output to check: the probe computes none
-        Result p = make_result(M, dtype_name(t), "probe-same-size");
-        p.bytes = double(wbytes);
-        p.st = same_size;
-        p.ratio_vs = "huge";
-        p.ratio = prev.best / same_size.best;
-        p.note = "read probe (4 streams + 1 KiB prefetch) over the huge row's copies, cold, same pool, interleaved; "
-                 "ratio = the huge row's time / its (< 1: the GEMV reads slower than a plain read of the same size)";
-        g_results.push_back(p);
-      }
+      if (stream_ab && same_size.reps > 0 && prev.reps > 0)
+        add_probe_same_size(M, t, double(wbytes), same_size, "huge", prev.best, "the huge row's copies");
       for (size_t j = 0; stream_ab && j < std::size(kOtherPrefetch); ++j)
         if (other_pf[j].reps > 0) {
           const GemvPf pf = kOtherPrefetch[j];
@@ -1408,17 +1414,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 M == 1 ? "gemv_repacked (q4_0 64-row records, q8_0 16-row ones), interleaved with the emollm row"
                        : "gemm_repacked (q4_0 64-row records, q8 activations), interleaved with the emollm row",
                 M == 1 ? double(wbytes) : 0, run_repacked);
-      if (ab && same_size.reps > 0 && rep.reps > 0) {  // no output to check: the probe computes none
-        Result p = make_result(M, dtype_name(t), "probe-same-size");
-        p.bytes = double(rbytes_m1);
-        p.st = same_size;
-        p.ratio_vs = "repacked";
-        p.ratio = rep.best / same_size.best;
-        p.note = "read probe (4 streams + 1 KiB prefetch) over the repacked row's bytes, cold, same pool, "
-                 "interleaved; ratio = the repacked row's time / its (< 1: the GEMV reads slower than a "
-                 "plain read of the same size)";
-        g_results.push_back(p);
-      }
+      if (ab && same_size.reps > 0 && rep.reps > 0)
+        add_probe_same_size(M, t, double(rbytes_m1), same_size, "repacked", rep.best, "the repacked row's bytes");
       if (ab && rep16.reps > 0)
         add_row("repacked-16row", rep16, "repacked", rep16.best / rep.best,
                 "the previous layout (16-row records, EMOLLM_REPACK_SUPERGROUPS=0; cold copies at M = 1), interleaved; "
