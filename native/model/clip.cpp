@@ -252,10 +252,21 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   // block kept between calls (kept_) on a host-memory backend, else allocated for this call
   const size_t a_ne = size_t(N * E + 15) / 16 * 16, a_cols = size_t(B * P * K + 15) / 16 * 16;
   const size_t act_bytes = (6 * a_ne + size_t(N * F + 15) / 16 * 16 + a_cols) * sizeof(float);
-  std::unique_lock<std::mutex> kept_lock(kept_.mu, std::defer_lock);
+  struct KeptClaim {  // releases kept_ when this call ends, however it ends
+    std::atomic<bool>* busy = nullptr;
+    ~KeptClaim() {
+      if (busy) busy->store(false, std::memory_order_release);
+    }
+  } claim;
+  auto try_claim = [&] {
+    bool idle = false;
+    if (!kept_.busy.compare_exchange_strong(idle, true, std::memory_order_acquire)) return false;
+    claim.busy = &kept_.busy;
+    return true;
+  };
   BackendBuffer own;
   float* act = nullptr;
-  if (be.uses_host_memory() && act_bytes <= kMaxKeptActivationBytes && keep_activations() && kept_lock.try_lock()) {
+  if (be.uses_host_memory() && act_bytes <= kMaxKeptActivationBytes && keep_activations() && try_claim()) {
     if (kept_.bytes < act_bytes) {
       aligned_free(kept_.data);
       kept_.data = nullptr;

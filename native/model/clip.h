@@ -22,7 +22,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -132,7 +131,9 @@ class ClipVisionModel {
   // uses them (try-lock); a concurrent call allocates its own. EMOLLM_VISION_KEEP_ACTIVATIONS=0:
   // a fresh allocation per call (A/B).
   struct KeptActivations {
-    std::mutex mu;
+    // Set by the call using the block. An atomic flag, not std::mutex::try_lock: that needs
+    // pthread_mutex_trylock@GLIBC_2.34, above the prebuilt binary's glibc 2.33 floor.
+    std::atomic<bool> busy{false};
     void* data = nullptr;
     size_t bytes = 0;
     ~KeptActivations();
