@@ -59,9 +59,9 @@ async function child(spec) {
     if (spec.tokenizer) opts.tokenizer = spec.tokenizer;
     const model = use(await loadModel(spec.text, opts));
     out.load_s = (performance.now() - t0) / 1000;
-    // the sequences' context (KV cache and activations, faulted in at creation unless
-    // EMOLLM_PREFAULT=0 / prefaultContext: false), created here so its cost is its own row
-    // rather than a hidden part of the warm-up or the first prefill
+    // the sequences' context, created here as its own row; its KV cache and activations are faulted
+    // in on the scheduler's thread right after (unless EMOLLM_PREFAULT=0 / prefaultContext: false),
+    // i.e. during the untimed warm-up below, never in the first timed prefill
     const tc = performance.now();
     await model.sequences();
     out.context_s = (performance.now() - tc) / 1000;
@@ -420,7 +420,8 @@ async function main() {
     '(found whole with its last logits: only each option\'s tokens after the first are evaluated, one option per pass); pos/rows/passes = prompt ' +
     'positions, option rows and forward passes the scoring evaluated; cold scoring = the same scoreOptions from an empty KV cache (prompt prefilled ' +
     'again: the cost before logits() shared the scheduler\'s cache), cold/warm its ratio. total = the four phases (load, warm-up and cold scoring not included). load s = loadModel (weights mapped and repacked); ' +
-    'context s = creating the sequences\' context (its KV cache and activations faulted in, as llama.cpp clears its cache at creation; ' +
+    'context s = creating the sequences\' context (the call returns at once: the scheduler faults its KV cache and activations in on its own ' +
+    'thread before its first step, as llama.cpp clears its cache at creation, so that cost, ~1 GB/s a core in a VM, lands in the untimed warm-up; ' +
     'EMOLLM_PREFAULT=0: not, and the first prefill pays the first touch instead), each once per process, not in total.');
   if (peaks) out(`peaks (bench_kernels probes, ${threads} threads, highest of ${probes.length}): fp32 FMA ${fmt(peaks.fma_gflops, 0)} GFLOP/s, bf16 dot ${fmt(peaks.bf16_dot_gflops, 0)} GFLOP/s, ` +
     `int8 dot ${fmt(peaks.int8_dot_gops, 0)} GOP/s (vpdpbusd, 2 ops an int8 product; with the q8_0 block scale ops ${fmt(peaks.int8_block_gops, 0)}), ` +

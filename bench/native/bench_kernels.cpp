@@ -1068,7 +1068,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
     p.ratio = vs_best / probe.best;
     p.note = std::string("read probe (4 streams + 1 KiB prefetch) over ") + over +
              ", cold, same pool, interleaved; ratio = the " + vs +
-             " row's time / its (< 1: the GEMV reads slower than a plain read of the same size)";
+             " row's time / its (> 1: the GEMV is slower than a plain read of the same bytes)";
     g_results.push_back(p);
   };
 
@@ -1726,7 +1726,7 @@ void bench_fused(ThreadPool& pool) {
         q.ratio_vs = "fused";
         q.ratio = res->st.best / same_size.best;
         q.note = "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; ratio = "
-                 "the fused row's time / its (< 1: the fused GEMV reads slower than a plain read of the same size)";
+                 "the fused row's time / its (> 1: the fused GEMV is slower than a plain read of the same bytes)";
         g_results.push_back(q);
         table_row(g_results.back());
       }
