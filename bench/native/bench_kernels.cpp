@@ -1680,55 +1680,48 @@ void bench_fused(ThreadPool& pool) {
       });
       if (!res) continue;
       table_row(*res);
-      Result p = r;
-      p.name = name + "/separate";
-      p.impl = "separate";
-      p.st = sep;
-      p.note = "one call per matrix, interleaved";
-      g_results.push_back(p);
-      table_row(g_results.back());
+      // res points into g_results, which the rows below grow (and may move): its time first
+      const double fused_best = res->st.best;
+      // a row beside the fused one: r's case under `impl`, its stats, ratio against "fused" (or none)
+      auto add_variant = [&](const std::string& impl, const std::string& suffix, const Stats& st, double ratio,
+                             const std::string& note) {
+        Result q = r;
+        q.name = name + "/" + suffix;
+        q.impl = impl;
+        q.st = st;
+        if (ratio > 0) {
+          q.ratio_vs = "fused";
+          q.ratio = ratio;
+        }
+        q.note = note;
+        g_results.push_back(q);
+        return &g_results.back();
+      };
+      table_row(*add_variant("separate", "separate", sep, 0, "one call per matrix, interleaved"));
       for (int v = pf_ab ? 0 : 2; v < 3; ++v) {
         const Stats& st = v == 0 ? pf0 : v == 1 ? eq : other;
         if (st.reps == 0) continue;
-        Result q = r;
-        q.name = name + (v == 0 ? "/no-edge-prefetch" : v == 1 ? "/equal-chunks" : ranges ? "/guided" : "/ranges");
-        q.impl = v == 0 ? "no-edge-pf" : v == 1 ? "eq-chunks" : ranges ? "guided" : "ranges";
-        q.st = st;
-        q.ratio_vs = "fused";
-        q.ratio = st.best / res->st.best;
-        q.note = std::string("fused, ") +
-                 (v == 0   ? "without the pass-edge prefetch"
-                  : v == 1 ? "the previous equal chunks"
-                  : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
-                           : "contiguous ranges per thread") +
-                 ", interleaved; ratio = its time / the fused row's (>1: fused row faster)";
-        g_results.push_back(q);
-        table_row(g_results.back());
+        table_row(*add_variant(v == 0 ? "no-edge-pf" : v == 1 ? "eq-chunks" : ranges ? "guided" : "ranges",
+                               v == 0 ? "no-edge-prefetch" : v == 1 ? "equal-chunks" : ranges ? "guided" : "ranges", st,
+                               st.best / fused_best,
+                               std::string("fused, ") +
+                                   (v == 0   ? "without the pass-edge prefetch"
+                                    : v == 1 ? "the previous equal chunks"
+                                    : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
+                                             : "contiguous ranges per thread") +
+                                   ", interleaved; ratio = its time / the fused row's (>1: fused row faster)"));
       }
-      if (rec16.reps > 0) {
-        Result q = r;
-        q.name = name + "/16row";
-        q.impl = "16row";
-        q.st = rec16;
-        q.ratio_vs = "fused";
-        q.ratio = rec16.best / res->st.best;
-        q.note = "fused, on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), interleaved; ratio = its time / "
-                 "the fused row's (>1: 64-row records faster)";
-        g_results.push_back(q);
-        table_row(g_results.back());
-      }
+      if (rec16.reps > 0)
+        table_row(*add_variant("16row", "16row", rec16, rec16.best / fused_best,
+                               "fused, on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), interleaved; ratio = "
+                               "its time / the fused row's (>1: 64-row records faster)"));
       if (same_size.reps > 0) {
-        Result q = r;
-        q.name = name + "/probe-same-size";
-        q.impl = "probe-same-size";
-        q.st = same_size;
-        q.flops = 0;
-        q.ratio_vs = "fused";
-        q.ratio = res->st.best / same_size.best;
-        q.note = "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; ratio = "
-                 "the fused row's time / its (> 1: the fused GEMV is slower than a plain read of the same bytes)";
-        g_results.push_back(q);
-        table_row(g_results.back());
+        Result* q = add_variant("probe-same-size", "probe-same-size", same_size, fused_best / same_size.best,
+                                "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; "
+                                "ratio = the fused row's time / its (> 1: the fused GEMV is slower than a plain read of "
+                                "the same bytes)");
+        q->flops = 0;
+        table_row(*q);
       }
     }
 }
@@ -1988,6 +1981,7 @@ void bench_attention_decode(ThreadPool& pool) {
       });
       if (!res) continue;
       table_row(*res);
+      const double inplace_best = res->st.best;  // res points into g_results, which grows below
       Result pr = r;
       pr.name = name + "/prev";
       pr.impl = "prev";
@@ -2002,7 +1996,7 @@ void bench_attention_decode(ThreadPool& pool) {
       pk.impl = "packed";
       pk.st = packed;
       pk.ratio_vs = "packed";
-      pk.ratio = packed.best / res->st.best;
+      pk.ratio = packed.best / inplace_best;
       pk.note = "rows packed into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / emollm's (>1: in place faster)";
       run_packed(0);
       check(pk);
