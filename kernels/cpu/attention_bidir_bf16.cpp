@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "../../base/arena.h"
 #include "attention_bf16_pack.h"
@@ -82,6 +83,33 @@ struct Buffers {
         px(make_aligned<uint32_t>(size_t(g.R * g.ldp))),
         S(make_aligned<float>(size_t(g.R * g.ldS))),
         inv_l(make_aligned<float>(size_t(g.R))) {}
+};
+
+// A thread's Buffers kept between calls (the tower calls attention once a layer with the same
+// sizes): ~340 KiB at CLIP's 577 x 64, allocated per call before (posix_memalign above the mmap
+// threshold: fresh pages, faulted in every call). Grown when a call needs more of any part; the
+// contents are scratch, written before they are read in every call. EMOLLM_ATTN_BF16_KEEP=0:
+// allocated per call as before.
+struct KeptBuffers {
+  Geometry cap{};  // the sizes the buffers were made for (0: none yet)
+  std::unique_ptr<Buffers> b;
+  Buffers& get(const Geometry& g) {
+    const bool fits = b && g.nkb * g.Dq <= cap.nkb * cap.Dq && g.ndp * g.kvp <= cap.ndp * cap.kvp &&
+                      g.R * g.Dq <= cap.R * cap.Dq && g.R * g.ldp <= cap.R * cap.ldp && g.R * g.ldS <= cap.R * cap.ldS &&
+                      g.R <= cap.R;
+    if (!fits) {
+      Geometry m = g;  // the larger of each part
+      if (b) {
+        m.nkb = std::max(g.nkb, cap.nkb); m.Dq = std::max(g.Dq, cap.Dq); m.ndp = std::max(g.ndp, cap.ndp);
+        m.kvp = std::max(g.kvp, cap.kvp); m.R = std::max(g.R, cap.R); m.ldp = std::max(g.ldp, cap.ldp);
+        m.ldS = std::max(g.ldS, cap.ldS);
+      }
+      b.reset();
+      b = std::make_unique<Buffers>(m);
+      cap = m;
+    }
+    return *b;
+  }
 };
 
 // 2^t for the softmax's t = c (s - m) <= 0 (rounding may leave it a few ulp above): t = n + f,
@@ -141,6 +169,7 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
   const __m512 vc = _mm512_set1_ps(c);
   const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
   const bool legacy_softmax = !bidir_bf16_softmax_split();
+  const bool fast_softmax = !legacy_softmax && bidir_bf16_softmax_unmasked();
   for (int64_t pi = 0; pi < npan; ++pi) {
     for (int ii = 0; ii < MR; ++ii) {
       const int64_t r = pi * MR + ii;
@@ -183,7 +212,22 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
       // the rounded weights summed in two accumulators (the even and the odd tokens' weights of
       // each pair) instead of one chain of two dependent adds per 32 scores
       __m512 sum = _mm512_setzero_ps(), sum_hi = _mm512_setzero_ps();
-      for (int64_t j = 0; j < n; j += 32) {
+      int64_t j0 = 0;
+      if (fast_softmax) {
+        // whole 32-score steps without masks (all lanes live: the masked loop's arithmetic with
+        // all-ones masks, so the same weights and sums), two steps an iteration
+        const int64_t nf = n / 32 * 32;
+#pragma GCC unroll 2
+        for (; j0 < nf; j0 += 32) {
+          const __m512 e0 = exp2_le0(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0), vc, vmc));
+          const __m512 e1 = exp2_le0(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0 + 16), vc, vmc));
+          const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
+          sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+          sum_hi = _mm512_add_ps(sum_hi, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
+          _mm512_storeu_si512(prow + j0 / 2, w);
+        }
+      }
+      for (int64_t j = j0; j < n; j += 32) {
         const __mmask16 m0 = tail_mask16(n - j), m1 = tail_mask16(n - j - 16);
         const __m512 e0 = _mm512_maskz_mov_ps(m0, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m0, s + j), vc, vmc)));
         const __m512 e1 = _mm512_maskz_mov_ps(m1, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m1, s + j + 16), vc, vmc)));
@@ -220,6 +264,22 @@ static EnvSwitch& softmax_split_flag() {
 bool bidir_bf16_softmax_split() { return softmax_split_flag().on(); }
 void set_bidir_bf16_softmax_split(bool on) { softmax_split_flag().set(on); }
 
+// The split softmax's weights over whole 32-score steps without masks (default) or, when off,
+// every step masked as before: the same operations on the same lanes, so the same bits.
+// EMOLLM_ATTN_BF16_UNMASKED=0 for A/B runs.
+static EnvSwitch& softmax_unmasked_flag() {
+  static EnvSwitch on("EMOLLM_ATTN_BF16_UNMASKED");
+  return on;
+}
+bool bidir_bf16_softmax_unmasked() { return softmax_unmasked_flag().on(); }
+static EnvSwitch& keep_buffers_flag() {
+  static EnvSwitch on("EMOLLM_ATTN_BF16_KEEP");
+  return on;
+}
+bool bidir_bf16_keep_buffers() { return keep_buffers_flag().on(); }
+void set_bidir_bf16_keep_buffers(bool on) { keep_buffers_flag().set(on); }
+void set_bidir_bf16_softmax_unmasked(bool on) { softmax_unmasked_flag().set(on); }
+
 bool bidir_bf16_enabled() {
   static const bool on = env_enabled("EMOLLM_ATTN_BF16");  // =0: the f32 tiles (A/B runs)
   return on;
@@ -250,8 +310,12 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
   G.qchunk = (tiles + G.chunks - 1) / G.chunks * G.R;
   const int64_t units = p.n_heads * G.chunks;
 
+  const bool keep = bidir_bf16_keep_buffers();
   auto worker = [&](std::atomic<int64_t>& next) {
-    Buffers B(G);
+    static thread_local KeptBuffers kept;
+    std::unique_ptr<Buffers> own;
+    if (!keep) own = std::make_unique<Buffers>(G);
+    Buffers& B = keep ? kept.get(G) : *own;
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
       const int64_t h = u / G.chunks, c = u % G.chunks;
       const int64_t q0 = c * G.qchunk, q1 = std::min(p.n_q, q0 + G.qchunk);
@@ -277,6 +341,10 @@ namespace attention_detail {
 bool bidir_bf16_enabled() { return false; }
 bool bidir_bf16_softmax_split() { return false; }
 void set_bidir_bf16_softmax_split(bool) {}
+bool bidir_bf16_softmax_unmasked() { return false; }
+bool bidir_bf16_keep_buffers() { return false; }
+void set_bidir_bf16_keep_buffers(bool) {}
+void set_bidir_bf16_softmax_unmasked(bool) {}
 bool bidir_bf16_applies(const AttentionParams&) { return false; }
 void attention_bidir_bf16(const float*, const float*, const float*, float*, const AttentionParams&, float, int64_t,
                           ThreadPool*) {

@@ -21,6 +21,14 @@ bool bidir_bf16_applies(const AttentionParams& p);
 // EMOLLM_ATTN_BF16_SOFTMAX2 (=0: off). For tests (both must pass) and interleaved A/B benchmarks.
 bool bidir_bf16_softmax_split();
 void set_bidir_bf16_softmax_split(bool on);
+// The split softmax's weights over whole 32-score steps without lane masks (default), or every
+// step masked as before: same bits. Starts as EMOLLM_ATTN_BF16_UNMASKED (=0: off).
+bool bidir_bf16_softmax_unmasked();
+void set_bidir_bf16_softmax_unmasked(bool on);
+// Its per-thread buffers kept between calls, grown when a call needs more (default), or allocated
+// per call as before (EMOLLM_ATTN_BF16_KEEP=0): scratch only, same bits.
+bool bidir_bf16_keep_buffers();
+void set_bidir_bf16_keep_buffers(bool on);
 
 // Decode attention (one query per call, f32 KV, contiguous or paged): every call's visible kv
 // range is cut into pieces of at most kDecodePieceMax tokens (a multiple of 16, so a piece's

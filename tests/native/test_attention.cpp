@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -342,6 +343,54 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
       EXPECT(got == direct);
     }
   }
+  attention_detail::set_bidir_bf16_softmax_split(split_was);
+}
+
+// The bf16 bidirectional path's unmasked softmax steps (set_bidir_bf16_softmax_unmasked) and its
+// per-thread buffers kept between calls (set_bidir_bf16_keep_buffers) change no bits: outputs
+// equal to the masked, allocate-per-call path, through calls whose sizes grow and shrink (the kept
+// buffers regrown, then reused by smaller calls with stale contents), n_kv around the 32-score
+// steps (31, 32, 33, 63, 64, 65, 577), head dims 20 / 25 / 64 / 80 / 128, padded and fused rows,
+// a negative scale, no pool / 2 / 3 threads. Fails if the unmasked loop drops or double-counts a
+// step (its tail is left to the masked loop) or a kept buffer is too small.
+TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512 || !attention_detail::bidir_bf16_enabled()) {
+    std::printf("  skip attention_bidir_bf16_unmasked_kept_same_bits: no AVX512-BF16 on this CPU (or EMOLLM_ATTN_BF16=0)\n");
+    return;
+  }
+  IsaCapScope cap(Isa::Avx512);
+  ThreadPool pool2(2), pool3(3);
+  const bool unmasked_was = attention_detail::bidir_bf16_softmax_unmasked();
+  const bool keep_was = attention_detail::bidir_bf16_keep_buffers();
+  const bool split_was = attention_detail::bidir_bf16_softmax_split();
+  attention_detail::set_bidir_bf16_softmax_split(true);
+  const std::vector<Case> cs = {
+      {64, 31, 2, 2, 64, false, 0},   {40, 32, 2, 1, 64, false, 0, 3}, {33, 33, 2, 2, 25, false, 0},
+      {577, 577, 4, 4, 64, false, 0}, {70, 63, 3, 3, 80, false, 0},    {65, 64, 2, 2, 128, false, 0, 0, false, -0.3f},
+      {48, 65, 4, 4, 20, false, 0, 5, true}, {130, 300, 2, 2, 64, false, 0}, {20, 577, 2, 1, 64, false, 0},
+  };
+  for (int pass = 0; pass < 2; ++pass)  // the second pass meets buffers a larger call left behind
+    for (size_t ci = 0; ci < cs.size(); ++ci) {
+      const Case& c = cs[ci];
+      Data d = make_data(c, 2400 + ci);
+      d.p.bf16_products = true;
+      const std::string what = describe(c) + " bf16 pass " + std::to_string(pass);
+      attention_detail::set_bidir_bf16_softmax_unmasked(false);
+      attention_detail::set_bidir_bf16_keep_buffers(false);
+      std::vector<float> prev = run_out(d.p, what + " previous", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr); });
+      for (int variant = 1; variant < 4; ++variant) {
+        attention_detail::set_bidir_bf16_softmax_unmasked(variant & 1);
+        attention_detail::set_bidir_bf16_keep_buffers(variant & 2);
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          std::vector<float> got = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
+          const bool same = got.size() == prev.size() && std::memcmp(got.data(), prev.data(), got.size() * sizeof(float)) == 0;
+          if (!same) std::printf("  differs: %s variant %d threads %d\n", what.c_str(), variant, pl ? pl->size() : 1);
+          EXPECT(same);
+        }
+      }
+    }
+  attention_detail::set_bidir_bf16_softmax_unmasked(unmasked_was);
+  attention_detail::set_bidir_bf16_keep_buffers(keep_was);
   attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
 
