@@ -1879,6 +1879,83 @@ void bench_attention(ThreadPool& pool) {
   }
 }
 
+// The vision towers' attention on the AVX512-BF16 unit (AttentionParams::bf16_products: what a
+// bf16 CLIP tower runs; attention_bidir_bf16.cpp), CLIP-L/14-336's 577 tokens x 16 heads x 64, with
+// its previous softmax loop and per-call buffers (set_bidir_bf16_softmax_unmasked(false),
+// set_bidir_bf16_keep_buffers(false) = EMOLLM_ATTN_BF16_UNMASKED=0 EMOLLM_ATTN_BF16_KEEP=0) as a
+// "prev" row, interleaved call by call; checked against the f32 reference (bf16 products: the
+// path's stated bound ~2^-8 max|v|, here relative to the outputs' rms).
+void bench_attention_bf16(ThreadPool& pool) {
+  Result r;
+  r.section = "attention";
+  r.name = "attention/clip/bf16";
+  r.label = "clip n=577 bidir bf16";
+  r.dtype = "bf16";
+  r.impl = "emollm";
+  r.bf16_math = true;
+  if (!selected(r.name)) return;
+  if (g_opt.list) { run_case(r, nullptr); std::printf("%s/prev\n", r.name.c_str()); return; }
+  const int64_t T = 577, H = 16, D = 64;
+  AttentionParams p;
+  p.n_q = p.n_kv = T; p.n_heads = p.n_kv_heads = H; p.head_dim = D;
+  p.ldq = p.ldk = p.ldv = p.ldo = H * D;
+  p.causal = false; p.q_pos0 = 0; p.bf16_products = true;
+  if (!attention_detail::bidir_bf16_applies(p)) return;  // no AVX512-BF16 here (or EMOLLM_ATTN_BF16=0)
+  r.flops = 4.0 * double(H) * double(D) * double(T) * double(T);
+  Buf<float> q = make_aligned<float>(size_t(T * H * D)), k = make_aligned<float>(size_t(T * H * D)),
+             v = make_aligned<float>(size_t(T * H * D)), o = make_aligned<float>(size_t(T * H * D));
+  fill_random(q.get(), T * H * D, 3, &pool);
+  fill_random(k.get(), T * H * D, 5, &pool);
+  fill_random(v.get(), T * H * D, 7, &pool);
+  const bool um = attention_detail::bidir_bf16_softmax_unmasked(), kb = attention_detail::bidir_bf16_keep_buffers();
+  auto set = [](bool on) {
+    attention_detail::set_bidir_bf16_softmax_unmasked(on);
+    attention_detail::set_bidir_bf16_keep_buffers(on);
+  };
+  Stats prev;
+  Result* res = run_case(r, [&](Result& rr) {
+    auto st = measure_interleaved({[&](int) { set(true); attention(q.get(), k.get(), v.get(), o.get(), p, &pool); },
+                                   [&](int) { set(false); attention(q.get(), k.get(), v.get(), o.get(), p, &pool); }});
+    set(true);
+    rr.st = st[0];
+    prev = st[1];
+    double max_diff = 0, sum_sq = 0, cnt = 0;
+    for (int64_t h : {int64_t(0), H - 1}) {
+      AttentionParams p1 = p;
+      p1.n_heads = p1.n_kv_heads = 1;
+      p1.ldo = D;
+      p1.bf16_products = false;
+      std::vector<float> ref(size_t(T * D));
+      ref::attention(q.get() + h * D, k.get() + h * D, v.get() + h * D, ref.data(), p1);
+      attention(q.get(), k.get(), v.get(), o.get(), p, &pool);
+      for (int64_t i = 0; i < T; i++)
+        for (int64_t d = 0; d < D; d++) {
+          double a = o[size_t(i * p.ldo + h * D + d)], b = ref[size_t(i * D + d)];
+          max_diff = std::max(max_diff, std::isfinite(a) ? std::fabs(a - b) : INFINITY);
+          sum_sq += b * b;
+          cnt++;
+        }
+    }
+    set_check(rr, max_diff / std::max(1e-30, std::sqrt(sum_sq / cnt)), 0.2);
+  });
+  attention_detail::set_bidir_bf16_softmax_unmasked(um);
+  attention_detail::set_bidir_bf16_keep_buffers(kb);
+  if (!res) return;
+  const double t_new = res->st.best;
+  table_row(*res);
+  Result pr = *res;
+  pr.name = r.name + "/prev";
+  pr.impl = "prev";
+  pr.st = prev;
+  pr.ratio_vs = "";
+  pr.note = "previous softmax loop and per-call buffers (EMOLLM_ATTN_BF16_UNMASKED=0 EMOLLM_ATTN_BF16_KEEP=0), "
+            "interleaved; emollm row's ratio = this row's time / its (>1: new faster)";
+  g_results[size_t(res - g_results.data())].ratio = prev.best / t_new;
+  g_results[size_t(res - g_results.data())].ratio_vs = "prev";
+  g_results.push_back(pr);
+  table_row(g_results.back());
+}
+
 // The two decode attention benchmarks' shapes, and one query's parameters over a paged cache of
 // n_kv tokens in `page`-token pages.
 struct DecodeAttnShape {
@@ -2337,6 +2414,7 @@ int main(int argc, char** argv) {
     bench_fused(pool);
     bench_kquant_gemv(pool);
     bench_attention(pool);
+    bench_attention_bf16(pool);
     bench_attention_decode(pool);
     bench_attention_decode_half_kv(pool);
     bench_eltwise(pool);
@@ -2380,6 +2458,7 @@ int main(int argc, char** argv) {
   bench_fused(pool);
   bench_kquant_gemv(pool);
   bench_attention(pool);
+  bench_attention_bf16(pool);
   bench_attention_decode(pool);
   bench_attention_decode_half_kv(pool);
   bench_eltwise(pool);
