@@ -1881,10 +1881,11 @@ void bench_attention(ThreadPool& pool) {
 
 // The vision towers' attention on the AVX512-BF16 unit (AttentionParams::bf16_products: what a
 // bf16 CLIP tower runs; attention_bidir_bf16.cpp), CLIP-L/14-336's 577 tokens x 16 heads x 64, with
-// its previous softmax loop and per-call buffers (set_bidir_bf16_softmax_unmasked(false),
-// set_bidir_bf16_keep_buffers(false) = EMOLLM_ATTN_BF16_UNMASKED=0 EMOLLM_ATTN_BF16_KEEP=0) as a
-// "prev" row, interleaved call by call; checked against the f32 reference (bf16 products: the
-// path's stated bound ~2^-8 max|v|, here relative to the outputs' rms).
+// its previous softmax loop, row-max pass and per-call buffers (set_bidir_bf16_softmax_unmasked,
+// set_bidir_bf16_fused_max, set_bidir_bf16_keep_buffers off = EMOLLM_ATTN_BF16_UNMASKED=0
+// EMOLLM_ATTN_BF16_FUSED_MAX=0 EMOLLM_ATTN_BF16_KEEP=0) as a "prev" row, interleaved call by call;
+// checked against the f32 reference (bf16 products: the path's stated bound ~2^-8 max|v|, here
+// relative to the outputs' rms).
 void bench_attention_bf16(ThreadPool& pool) {
   Result r;
   r.section = "attention";
@@ -1907,10 +1908,12 @@ void bench_attention_bf16(ThreadPool& pool) {
   fill_random(q.get(), T * H * D, 3, &pool);
   fill_random(k.get(), T * H * D, 5, &pool);
   fill_random(v.get(), T * H * D, 7, &pool);
-  const bool um = attention_detail::bidir_bf16_softmax_unmasked(), kb = attention_detail::bidir_bf16_keep_buffers();
+  const bool um = attention_detail::bidir_bf16_softmax_unmasked(), kb = attention_detail::bidir_bf16_keep_buffers(),
+             fm = attention_detail::bidir_bf16_fused_max();
   auto set = [](bool on) {
     attention_detail::set_bidir_bf16_softmax_unmasked(on);
     attention_detail::set_bidir_bf16_keep_buffers(on);
+    attention_detail::set_bidir_bf16_fused_max(on);
   };
   Stats prev;
   Result* res = run_case(r, [&](Result& rr) {
@@ -1940,6 +1943,7 @@ void bench_attention_bf16(ThreadPool& pool) {
   });
   attention_detail::set_bidir_bf16_softmax_unmasked(um);
   attention_detail::set_bidir_bf16_keep_buffers(kb);
+  attention_detail::set_bidir_bf16_fused_max(fm);
   if (!res) return;
   const double t_new = res->st.best;
   table_row(*res);
@@ -1948,7 +1952,8 @@ void bench_attention_bf16(ThreadPool& pool) {
   pr.impl = "prev";
   pr.st = prev;
   pr.ratio_vs = "";
-  pr.note = "previous softmax loop and per-call buffers (EMOLLM_ATTN_BF16_UNMASKED=0 EMOLLM_ATTN_BF16_KEEP=0), "
+  pr.note = "previous softmax loop, row-max pass and per-call buffers (EMOLLM_ATTN_BF16_UNMASKED=0 "
+            "EMOLLM_ATTN_BF16_FUSED_MAX=0 EMOLLM_ATTN_BF16_KEEP=0), "
             "interleaved; emollm row's ratio = this row's time / its (>1: new faster)";
   g_results[size_t(res - g_results.data())].ratio = prev.best / t_new;
   g_results[size_t(res - g_results.data())].ratio_vs = "prev";

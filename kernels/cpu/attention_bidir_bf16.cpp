@@ -141,21 +141,34 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
     pack_x6_bf16pairs(q + (i0 + pi * MR) * p.ldq + h * G.D, p.ldq, int(std::min<int64_t>(MR, rows - pi * MR)), G.D,
                       B.xq.get() + pi * G.Dq * MR);
   }
-  // S = Q K^T (unscaled)
+  // S = Q K^T (unscaled); with the fused max (positive scale), each row's maximum gathered
+  // lane-wise in the kernel's registers as the scores are stored (rmax, 16 lanes a row)
   float* S = B.S.get();
+  const float c = scale * 1.4426950408889634f;
+  const bool fused_max = c >= 0 && bidir_bf16_softmax_split() && bidir_bf16_fused_max();
+  alignas(64) float rmax[MR * 16];
   for (int64_t pi = 0; pi < npan; ++pi) {
     const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
+    if (fused_max)
+      for (int i = 0; i < MR * 16; ++i) rmax[i] = -INFINITY;
     for (int64_t b = 0; b < G.nkb; ++b) {
       const uint32_t* xq = B.xq.get() + pi * G.Dq * MR;
       const uint32_t* kb = B.kpan.get() + b * G.Dq * kBf16NR;
       float* sb = S + pi * MR * G.ldS + b * kBf16NR;
       const int64_t nr = std::min<int64_t>(kBf16NR, p.n_kv - b * kBf16NR);
       // the last block may hold a few keys (577 = 9 x 64 + 1): only its 16-key groups in use
-      if (nr > 48) kern_bf16_6x64(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
+      if (fused_max) {
+        if (nr > 48) kern_bf16_6x64<false, 4, MR, true>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true, 0, nullptr, rmax);
+        else if (nr > 32) kern_bf16_6x64<false, 3, MR, true>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true, 0, nullptr, rmax);
+        else if (nr > 16) kern_bf16_6x64<false, 2, MR, true>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true, 0, nullptr, rmax);
+        else kern_bf16_6x64<false, 1, MR, true>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true, 0, nullptr, rmax);
+      } else if (nr > 48) kern_bf16_6x64(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
       else if (nr > 32) kern_bf16_6x64<false, 3>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
       else if (nr > 16) kern_bf16_6x64<false, 2>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
       else kern_bf16_6x64<false, 1>(G.Dq, xq, kb, sb, G.ldS, mr, nr, nullptr, true);
     }
+    if (fused_max)
+      for (int i = 0; i < mr; ++i) B.inv_l[size_t(pi * MR + i)] = _mm512_reduce_max_ps(_mm512_load_ps(rmax + 16 * i));
   }
   // the tile's output rows (a head's slice of each token's row, a row stride apart) are fetched
   // for writing while the softmax runs, not one miss at a time by the product's stores
@@ -165,7 +178,6 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
   // row's max (its min for a negative scale), one fused multiply-subtract per element; the
   // weights rounded to bf16 pairs, row by row (the X rows of P V): px[r * ldp + t] = (P[r][2t], P[r][2t+1])
   const int64_t n = p.n_kv;
-  const float c = scale * 1.4426950408889634f;
   const __m512 vc = _mm512_set1_ps(c);
   const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
   const bool legacy_softmax = !bidir_bf16_softmax_split();
@@ -191,6 +203,8 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
           mn = _mm512_mask_min_ps(mn, m, mn, x);
         }
         ext = c >= 0 ? _mm512_reduce_max_ps(mx) : _mm512_reduce_min_ps(mn);
+      } else if (fused_max) {
+        ext = B.inv_l[size_t(r)];  // the row's maximum from the product (inv_l is set below)
       } else if (c >= 0) {
         const __m512 lo = _mm512_set1_ps(-INFINITY);
         __m512 a0 = lo, a1 = lo;
@@ -277,6 +291,17 @@ static EnvSwitch& keep_buffers_flag() {
   return on;
 }
 bool bidir_bf16_keep_buffers() { return keep_buffers_flag().on(); }
+
+// The split softmax's row maximum (positive scale) taken in the S = Q K^T kernel's registers as
+// the scores are stored (kern_bf16_6x64's kRowMax) instead of a pass over each score row: the
+// same maximum (a maximum does not depend on its order), so the same bits.
+// EMOLLM_ATTN_BF16_FUSED_MAX=0: the pass.
+static EnvSwitch& fused_max_flag() {
+  static EnvSwitch on("EMOLLM_ATTN_BF16_FUSED_MAX");
+  return on;
+}
+bool bidir_bf16_fused_max() { return fused_max_flag().on(); }
+void set_bidir_bf16_fused_max(bool on) { fused_max_flag().set(on); }
 void set_bidir_bf16_keep_buffers(bool on) { keep_buffers_flag().set(on); }
 void set_bidir_bf16_softmax_unmasked(bool on) { softmax_unmasked_flag().set(on); }
 
@@ -343,6 +368,8 @@ bool bidir_bf16_softmax_split() { return false; }
 void set_bidir_bf16_softmax_split(bool) {}
 bool bidir_bf16_softmax_unmasked() { return false; }
 bool bidir_bf16_keep_buffers() { return false; }
+bool bidir_bf16_fused_max() { return false; }
+void set_bidir_bf16_fused_max(bool) {}
 void set_bidir_bf16_keep_buffers(bool) {}
 void set_bidir_bf16_softmax_unmasked(bool) {}
 bool bidir_bf16_applies(const AttentionParams&) { return false; }

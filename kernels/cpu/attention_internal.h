@@ -29,6 +29,10 @@ void set_bidir_bf16_softmax_unmasked(bool on);
 // per call as before (EMOLLM_ATTN_BF16_KEEP=0): scratch only, same bits.
 bool bidir_bf16_keep_buffers();
 void set_bidir_bf16_keep_buffers(bool on);
+// The split softmax's row maximum (positive scale) gathered by the Q K^T kernel as it stores the
+// scores (default) or by a pass over each row as before (EMOLLM_ATTN_BF16_FUSED_MAX=0): same bits.
+bool bidir_bf16_fused_max();
+void set_bidir_bf16_fused_max(bool on);
 
 // Decode attention (one query per call, f32 KV, contiguous or paged): every call's visible kv
 // range is cut into pieces of at most kDecodePieceMax tokens (a multiple of 16, so a piece's

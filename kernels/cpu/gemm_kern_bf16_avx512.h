@@ -30,10 +30,13 @@ constexpr int kBf16NR = 64;  // output columns per panel (4 zmm)
 // MRC: the rows computed (mr <= MRC <= MR; X keeps its 6-row layout): a short last row panel (M = 16
 // runs 6, 6, 4) or a single row (M = 1 on panels) does only its own rows' multiply-adds. A row's
 // sums do not depend on MRC (each row has its own accumulators, summed in the same order).
-template <bool kRowsX = false, int NJ = 4, int MRC = kBf16MR>
+// kRowMax: rmax[i * 16 + 0:16] = max(itself, row i's results in the columns < nr), lane-wise, for
+// i < mr (attention's softmax takes each score row's maximum from it instead of a pass over the
+// row; a maximum does not depend on the order it is taken in). Only with first, no bias, no rs.
+template <bool kRowsX = false, int NJ = 4, int MRC = kBf16MR, bool kRowMax = false>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void kern_bf16_6x64(
     int64_t kcp, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
-    const float* bias, bool first, int64_t ldxr = 0, const float* rs = nullptr) {
+    const float* bias, bool first, int64_t ldxr = 0, const float* rs = nullptr, float* rmax = nullptr) {
   static_assert(NJ >= 1 && NJ <= 4, "a panel has 4 groups of 16 columns");
   static_assert(MRC >= 1 && MRC <= kBf16MR, "at most kBf16MR rows");
   constexpr int MR = MRC, NR = kBf16NR;
@@ -61,6 +64,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))
 #pragma GCC unroll 4
       for (int j = 0; j < NJ; ++j) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, b[j]);
     }
+  }
+  if constexpr (kRowMax) {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i)
+      if (i < mr) {
+        __m512 m = _mm512_load_ps(rmax + 16 * i);
+#pragma GCC unroll 4
+        for (int j = 0; j < NJ; ++j) m = _mm512_mask_max_ps(m, mk[j], m, c[i][j]);
+        _mm512_store_ps(rmax + 16 * i, m);
+      }
   }
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i)

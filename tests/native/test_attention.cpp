@@ -346,13 +346,16 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
   attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
 
-// The bf16 bidirectional path's unmasked softmax steps (set_bidir_bf16_softmax_unmasked) and its
-// per-thread buffers kept between calls (set_bidir_bf16_keep_buffers) change no bits: outputs
+// The bf16 bidirectional path's unmasked softmax steps (set_bidir_bf16_softmax_unmasked), its
+// per-thread buffers kept between calls (set_bidir_bf16_keep_buffers) and its row maxima taken in
+// the Q K^T kernel (set_bidir_bf16_fused_max), each on or off, change no bits: outputs
 // equal to the masked, allocate-per-call path, through calls whose sizes grow and shrink (the kept
 // buffers regrown, then reused by smaller calls with stale contents), n_kv around the 32-score
 // steps (31, 32, 33, 63, 64, 65, 577), head dims 20 / 25 / 64 / 80 / 128, padded and fused rows,
-// a negative scale, no pool / 2 / 3 threads. Fails if the unmasked loop drops or double-counts a
-// step (its tail is left to the masked loop) or a kept buffer is too small.
+// a negative scale (the fused max is then not used), no pool / 2 / 3 threads. Fails if the
+// unmasked loop drops or double-counts a step (its tail is left to the masked loop), a kept
+// buffer is too small, or the fused max lets a padded key lane (score 0) or a row of the next
+// panel in.
 TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
   if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512 || !attention_detail::bidir_bf16_enabled()) {
     std::printf("  skip attention_bidir_bf16_unmasked_kept_same_bits: no AVX512-BF16 on this CPU (or EMOLLM_ATTN_BF16=0)\n");
@@ -363,24 +366,34 @@ TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
   const bool unmasked_was = attention_detail::bidir_bf16_softmax_unmasked();
   const bool keep_was = attention_detail::bidir_bf16_keep_buffers();
   const bool split_was = attention_detail::bidir_bf16_softmax_split();
+  const bool fused_was = attention_detail::bidir_bf16_fused_max();
   attention_detail::set_bidir_bf16_softmax_split(true);
   const std::vector<Case> cs = {
       {64, 31, 2, 2, 64, false, 0},   {40, 32, 2, 1, 64, false, 0, 3}, {33, 33, 2, 2, 25, false, 0},
       {577, 577, 4, 4, 64, false, 0}, {70, 63, 3, 3, 80, false, 0},    {65, 64, 2, 2, 128, false, 0, 0, false, -0.3f},
       {48, 65, 4, 4, 20, false, 0, 5, true}, {130, 300, 2, 2, 64, false, 0}, {20, 577, 2, 1, 64, false, 0},
+      // the last two: every score negative (q >= 0, k <= 0), so a padded key lane's 0 would win
+      {40, 33, 2, 2, 64, false, 0},   {70, 577, 2, 2, 64, false, 0},
   };
   for (int pass = 0; pass < 2; ++pass)  // the second pass meets buffers a larger call left behind
     for (size_t ci = 0; ci < cs.size(); ++ci) {
       const Case& c = cs[ci];
       Data d = make_data(c, 2400 + ci);
       d.p.bf16_products = true;
-      const std::string what = describe(c) + " bf16 pass " + std::to_string(pass);
+      const bool negative = ci + 2 >= cs.size();
+      if (negative) {
+        for (float& x : d.qb) if (!std::isnan(x)) x = std::fabs(x);
+        for (float& x : d.kb) if (!std::isnan(x)) x = -std::fabs(x) - 0.01f;
+      }
+      const std::string what = describe(c) + " bf16 pass " + std::to_string(pass) + (negative ? " negative scores" : "");
       attention_detail::set_bidir_bf16_softmax_unmasked(false);
       attention_detail::set_bidir_bf16_keep_buffers(false);
+      attention_detail::set_bidir_bf16_fused_max(false);
       std::vector<float> prev = run_out(d.p, what + " previous", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr); });
-      for (int variant = 1; variant < 4; ++variant) {
+      for (int variant = 1; variant < 8; ++variant) {
         attention_detail::set_bidir_bf16_softmax_unmasked(variant & 1);
         attention_detail::set_bidir_bf16_keep_buffers(variant & 2);
+        attention_detail::set_bidir_bf16_fused_max(variant & 4);
         for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
           std::vector<float> got = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
           const bool same = got.size() == prev.size() && std::memcmp(got.data(), prev.data(), got.size() * sizeof(float)) == 0;
@@ -391,6 +404,7 @@ TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
     }
   attention_detail::set_bidir_bf16_softmax_unmasked(unmasked_was);
   attention_detail::set_bidir_bf16_keep_buffers(keep_was);
+  attention_detail::set_bidir_bf16_fused_max(fused_was);
   attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
 
