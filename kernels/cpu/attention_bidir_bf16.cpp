@@ -9,7 +9,8 @@
 // Per work unit (one query head, a range of its queries) K and V of the head's kv head are packed
 // once into those panels (~80 KB each at 577 x 64: they stay in L2 for every query tile); per tile
 // of up to 48 queries the whole score rows are computed (R x n_kv f32, no online rescaling since
-// every key is visible), the softmax runs in f32 (max subtracted, exp2_le0 below), its weights
+// every key is visible; each row's maximum gathered by the Q K^T kernel as it stores the scores),
+// the softmax runs in f32 (max subtracted, exp2_le0 below), its weights
 // are rounded to bf16 row by row (the second product reads X as rows) and each row is normalised by the
 // sum of the rounded weights (so the weights applied sum to one), in the kernel's registers.
 // Q, K and V rows are a head's slice of each token's row (a row stride of all heads apart), so
