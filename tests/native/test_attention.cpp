@@ -25,7 +25,12 @@
 #include <unistd.h>
 #endif
 
+#include "../../base/arena.h"
+#include "../../base/dtype.h"
 #include "../../kernels/cpu/attention_internal.h"
+#if defined(__x86_64__)
+#include "../../kernels/cpu/attention_bf16_pack.h"
+#endif
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/error.h"
 #include "testing.h"
@@ -407,6 +412,51 @@ TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
   attention_detail::set_bidir_bf16_fused_max(fused_was);
   attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
+
+#if defined(__x86_64__)
+// The bf16 attention packers (attention_bf16_pack.h) against their layouts written out in scalar
+// code (f32_to_bf16: round to nearest even, as vcvtne2ps2bf16 for finite values), every word,
+// including the zeros past the rows / columns: K's 64-row panels and V's row-pair panels, odd and
+// even rows / columns around 16 / 32 / 64, a row stride longer than the row. Fails with any pair's
+// halves swapped or a row, column or rounding off.
+TEST(attention_bf16_packers_match_layout) {
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
+    std::printf("  skip attention_bf16_packers_match_layout: no AVX512-BF16 on this CPU\n");
+    return;
+  }
+  Rng rng(77);
+  for (int64_t n_rows : {1, 2, 15, 33, 64, 65, 130})
+    for (int64_t n_cols : {1, 7, 16, 25, 64, 80, 129}) {
+      const int64_t ld = n_cols + 3;
+      std::vector<float> x(size_t(n_rows * ld));
+      for (float& v : x) v = rng.uniform(4.0f);
+      auto word = [&](int64_t r, int64_t c) -> uint32_t {  // bf16 of x[r][c], 0 outside
+        return r < n_rows && c < n_cols ? f32_to_bf16(x[size_t(r * ld + c)]) : 0u;
+      };
+      // V: 64-column blocks of row pairs, one pair more than the rows need (zeros)
+      const int64_t n_pairs = (n_rows + 1) / 2 + 1, ncb = (n_cols + 63) / 64;
+      AlignedPtr<uint32_t> vp = make_aligned<uint32_t>(size_t(ncb * n_pairs * 64));
+      std::fill(vp.get(), vp.get() + ncb * n_pairs * 64, 0xDEADBEEFu);
+      attention_bf16::pack_row_pair_panels(x.data(), ld, n_rows, n_cols, n_pairs, vp.get());
+      int64_t bad = 0;
+      for (int64_t c = 0; c < ncb; ++c)
+        for (int64_t t = 0; t < n_pairs; ++t)
+          for (int64_t j = 0; j < 64; ++j)
+            bad += vp.get()[size_t((c * n_pairs + t) * 64 + j)] != (word(2 * t, 64 * c + j) | word(2 * t + 1, 64 * c + j) << 16);
+      // K: 64-row blocks of column pairs
+      const int64_t np = (n_cols + 1) / 2, nb = (n_rows + 63) / 64;
+      AlignedPtr<uint32_t> kp = make_aligned<uint32_t>(size_t(nb * np * 64));
+      std::fill(kp.get(), kp.get() + nb * np * 64, 0xDEADBEEFu);
+      attention_bf16::pack_row_panels(x.data(), ld, n_rows, n_cols, nb, kp.get());
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t q = 0; q < np; ++q)
+          for (int64_t j = 0; j < 64; ++j)
+            bad += kp.get()[size_t((b * np + q) * 64 + j)] != (word(64 * b + j, 2 * q) | word(64 * b + j, 2 * q + 1) << 16);
+      if (bad) std::printf("  packers: %lld words differ at rows %lld cols %lld\n", (long long)bad, (long long)n_rows, (long long)n_cols);
+      EXPECT(bad == 0);
+    }
+}
+#endif
 
 // Logits around 1e3: exp(1000) overflows even in double, so a softmax without the running max
 // would give inf/NaN. q = e_0 and k_j[0] = integer logit with scale 1 make every logit exact in
