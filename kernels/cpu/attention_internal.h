@@ -41,6 +41,20 @@ void set_decode_split(bool on);
 // same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();
 void set_decode_inplace(bool on);
+// Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in): q rounded to bf16 (nearest even)
+// for QK when a kv head serves >= 4 query heads (vdpbf16ps over head-dim pairs; fewer keep the
+// exact f32 QK), the softmax weights rounded to bf16 per block and each head normalised by the
+// sum of its rounded weights, PV on vdpbf16ps over token pairs; sums in f32. Taken when the call
+// asks (AttentionParams::bf16_products, LlamaContextOptions::attention_bf16_products) and the
+// mode allows: EMOLLM_DECODE_ATTN_BF16DP unset = WhenAsked, "0" / "off" = Never, anything else =
+// Always (every bf16-cache decode call, for A/B runs); needs the in-place kernels (AVX-512,
+// decode_inplace_enabled()). Error: each score carries q's rounding (relative 2^-9 per product),
+// each weight one more (relative 2^-9); the bound the test checks is stated there
+// (attention_decode_bf16dp_within_bound).
+enum class DecodeBf16Dp { Never = 0, WhenAsked = 1, Always = 2 };
+DecodeBf16Dp decode_bf16dp_mode();
+void set_decode_bf16dp_mode(DecodeBf16Dp m);
+bool decode_bf16dp_applies(const AttentionParams& p);
 
 // Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
 // (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16
