@@ -1947,6 +1947,7 @@ void bench_attention_decode(ThreadPool& pool) {
       };
       auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_split, false, [&] { run(i); }); };
       auto run_packed = [&](int i) { with_switch(attention_detail::set_decode_inplace, false, [&] { run(i); }); };
+      auto run_noahead = [&](int i) { with_switch(attention_detail::set_decode_prefetch_ahead, false, [&] { run(i); }); };
       auto check = [&](Result& row) {
         std::vector<float> ref(size_t(p.ldo));
         const AttentionParams p0 = params(0);
@@ -1967,12 +1968,13 @@ void bench_attention_decode(ThreadPool& pool) {
       r.impl = "emollm";
       r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
       r.bytes = bytes;
-      Stats prev, packed;
+      Stats prev, packed, noahead;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({run, run_prev, run_packed});
+        auto st = measure_interleaved({run, run_prev, run_packed, run_noahead});
         rr.st = st[0];
         prev = st[1];
         packed = st[2];
+        noahead = st[3];
         rr.ratio_vs = "prev";
         rr.ratio = prev.best / rr.st.best;
         run(0);
@@ -2001,6 +2003,17 @@ void bench_attention_decode(ThreadPool& pool) {
       run_packed(0);
       check(pk);
       g_results.push_back(pk);
+      table_row(g_results.back());
+      Result na = r;
+      na.name = name + "/noahead";
+      na.impl = "noahead";
+      na.st = noahead;
+      na.ratio_vs = "emollm";
+      na.ratio = noahead.best / inplace_best;
+      na.note = "in place without the next sub-block's prefetch (set_decode_prefetch_ahead(false)), interleaved; ratio = this time / emollm's (>1: prefetch ahead faster)";
+      run_noahead(0);
+      check(na);
+      g_results.push_back(na);
       table_row(g_results.back());
       settle();
     }

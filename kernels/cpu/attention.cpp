@@ -189,6 +189,14 @@ EnvSwitch& decode_inplace_flag() {
 bool decode_inplace_enabled() { return decode_inplace_flag().on(); }
 void set_decode_inplace(bool on) { decode_inplace_flag().set(on); }
 namespace {
+EnvSwitch& decode_prefetch_ahead_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_AHEAD");
+  return on;
+}
+}  // namespace
+bool decode_prefetch_ahead_enabled() { return decode_prefetch_ahead_flag().on(); }
+void set_decode_prefetch_ahead(bool on) { decode_prefetch_ahead_flag().set(on); }
+namespace {
 std::atomic<int>& decode_bf16dp_mode_ref() {
   static std::atomic<int> mode([] {
     const char* v = std::getenv("EMOLLM_DECODE_ATTN_BF16DP");
@@ -1490,6 +1498,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const Kern& kk = inplace ? *it.inplace : kern;
   const bool pack = !inplace && span <= kDecodePackSpan;
   const bool sweep = inplace && span <= kDecodePackSpan;
+  // Narrow rows read in place: the sub-block after the one being swept / computed on is prefetched
+  // too (attention_detail::decode_prefetch_ahead_enabled), so its misses overlap this one's compute.
+  const bool ahead = sweep && attention_detail::decode_prefetch_ahead_enabled();
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
@@ -1550,6 +1561,12 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (ahead) {  // the next sub-block of K, or after the block's last one the block's first V rows
+        if (s0 + 16 < b1)
+          prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+        else
+          prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
+      }
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
@@ -1587,6 +1604,12 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (ahead) {  // the next sub-block of V, or after the block's last one the next block's first K rows
+        if (s0 + 16 < b1)
+          prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+        else if (b1 < j1)
+          prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, b1, std::min(j1, b1 + 16), span_bytes);
+      }
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       for (int64_t g = 0; g < Hkv; ++g) {

@@ -41,6 +41,12 @@ void set_decode_split(bool on);
 // same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();
 void set_decode_inplace(bool on);
+// Narrow rows read in place (swept a sub-block at a time): the next sub-block of the same stream
+// (or the other stream's first one at a block's end) is prefetched while this one is computed on.
+// EMOLLM_DECODE_ATTN_PREFETCH_AHEAD=0 or set_decode_prefetch_ahead(false): the sweep alone (A/B).
+// The arithmetic is unchanged: outputs are bit for bit equal.
+bool decode_prefetch_ahead_enabled();
+void set_decode_prefetch_ahead(bool on);
 // Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in): q rounded to bf16 (nearest even)
 // for QK when a kv head serves >= 4 query heads (vdpbf16ps over head-dim pairs; fewer keep the
 // exact f32 QK), the softmax weights rounded to bf16 per block and each head normalised by the
