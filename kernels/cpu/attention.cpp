@@ -632,9 +632,9 @@ EMO_TBF static void q_to_bf16_pairs(const float* q, int D, uint32_t* qp, int npa
 template <int NR>
 EMO_TBF static inline void qk_decode_bf16dp_rows(const uint32_t* qp, int64_t ldqp, const uint16_t* const* kr, int D,
                                                  __m512 vs, float* S, int64_t ldS) {
-  __m512 acc[NR];
+  __m512 acc[NR], acc2[NR];  // two chains per row: vdpbf16ps' latency (order free: q is rounded anyway)
   #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
   for (int d0 = 0; d0 < D; d0 += 32) {
     const int w = std::min(32, D - d0);
     __m512 t[16];
@@ -649,11 +649,15 @@ EMO_TBF static inline void qk_decode_bf16dp_rows(const uint32_t* qp, int64_t ldq
     gemm_detail::transpose16_ps(t);  // t[e] = the pair of dims d0 + 2e, d0 + 2e + 1 of the 16 keys
     const uint32_t* qd = qp + d0 / 2;
     if (w == 32) {
-      #pragma GCC unroll 16
-      for (int e = 0; e < 16; ++e)
+      #pragma GCC unroll 8
+      for (int e = 0; e < 16; e += 2) {
         #pragma GCC unroll 8
         for (int r = 0; r < NR; ++r)
           acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(int(qd[r * ldqp + e])), (__m512bh)t[e]);
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+          acc2[r] = _mm512_dpbf16_ps(acc2[r], (__m512bh)_mm512_set1_epi32(int(qd[r * ldqp + e + 1])), (__m512bh)t[e + 1]);
+      }
     } else {
       for (int e = 0; e < (w + 1) / 2; ++e)
         #pragma GCC unroll 8
@@ -662,7 +666,7 @@ EMO_TBF static inline void qk_decode_bf16dp_rows(const uint32_t* qp, int64_t ldq
     }
   }
   #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) _mm512_storeu_ps(S + r * ldS, _mm512_mul_ps(acc[r], vs));
+  for (int r = 0; r < NR; ++r) _mm512_storeu_ps(S + r * ldS, _mm512_mul_ps(_mm512_add_ps(acc[r], acc2[r]), vs));
 }
 
 // S[r * ldS + j] = scale * dot(bf16 q pairs of row r, key j) for r < R, j < 16 (kr: 16 bf16 rows;

@@ -51,7 +51,7 @@ void set_decode_prefetch_ahead(bool on);
 // for QK when a kv head serves >= 4 query heads (vdpbf16ps over head-dim pairs; fewer keep the
 // exact f32 QK), the softmax weights rounded to bf16 per block and each head normalised by the
 // sum of its rounded weights, PV on vdpbf16ps over token pairs; sums in f32. Taken when the call
-// asks (AttentionParams::bf16_products, LlamaContextOptions::attention_bf16_products) and the
+// asks (AttentionParams::bf16_products; the LLaMA context does not set it for decode yet) and the
 // mode allows: EMOLLM_DECODE_ATTN_BF16DP unset = WhenAsked, "0" / "off" = Never, anything else =
 // Always (every bf16-cache decode call, for A/B runs); needs the in-place kernels (AVX-512,
 // decode_inplace_enabled()). Error: each score carries q's rounding (relative 2^-9 per product),
