@@ -47,9 +47,9 @@ void set_decode_inplace(bool on);
 // The arithmetic is unchanged: outputs are bit for bit equal.
 bool decode_prefetch_ahead_enabled();
 void set_decode_prefetch_ahead(bool on);
-// Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in): q rounded to bf16 (nearest even)
-// for QK when a kv head serves >= 4 query heads (vdpbf16ps over head-dim pairs; fewer keep the
-// exact f32 QK), the softmax weights rounded to bf16 per block and each head normalised by the
+// Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
+// >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
+// (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the
 // sum of its rounded weights, PV on vdpbf16ps over token pairs; sums in f32. Taken when the call
 // asks (AttentionParams::bf16_products; the LLaMA context does not set it for decode yet) and the
 // mode allows: EMOLLM_DECODE_ATTN_BF16DP unset = WhenAsked, "0" / "off" = Never, anything else =

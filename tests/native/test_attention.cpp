@@ -1070,8 +1070,8 @@ struct DecodeBf16DpScope {
 
 // The opt-in vdpbf16ps decode on a bf16 cache (attention_internal.h, DecodeBf16Dp) against the
 // f64 reference on the cache's values. Stated bound, per head h (A = max_j sum_d |q_d k_jd|, maxv =
-// max |v|, n = visible tokens, rq = 2^-9 when the kv head serves >= 4 query heads (q rounded to
-// bf16), else 0):
+// max |v|, n = visible tokens, rq = 2^-9: q rounded to bf16; kv heads serving < 4 query heads take
+// the exact path, rq = 0, and must equal it bit for bit):
 //   score error  Delta = scale * A * (rq + D * 2^-23)   (q's rounding; f32 sums, generous)
 //   weight error delta = e^Delta * (1 + 2^-8) - 1        (P's bf16 rounding 2^-9, exp's ulps)
 //   |out - ref| <= 2 maxv * delta / (1 - delta) + n * 2^-22 * maxv + 1e-6
@@ -1159,6 +1159,8 @@ TEST(attention_decode_bf16dp_within_bound) {
           const std::vector<float> avx2x = go(*pp0, DecodeBf16Dp::Never, Isa::Avx2, &l_avx2x);
           ++runs;
           if (dp != exact) ++differs;
+          if (!qround && (dp != exact || l_dp != l_exact))  // < 4 query heads per kv head: the exact path
+            ::emollm_test::report_failure(__FILE__, __LINE__, "bf16 products taken below 4 heads per kv head: " + w);
           if (dp != dp_asked || l_dp != l_asked)
             ::emollm_test::report_failure(__FILE__, __LINE__, "Always differs from WhenAsked + bf16_products: " + w);
           if (not_asked != exact || l_notasked != l_exact)
