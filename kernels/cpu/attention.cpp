@@ -28,7 +28,10 @@
 // transposed in registers (qk_decode: no horizontal sums), narrow token rows copied to contiguous
 // scratch per 16 tokens; the pieces merged by whichever thread finishes an item's last one, so a
 // layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
-// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B).
+// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B). On AVX-512 the
+// rows are read in place (narrow ones swept a sub-block at a time, the next sub-block prefetched
+// meanwhile); a bf16 cache may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
+// DecodeBf16Dp in attention_internal.h).
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
