@@ -2029,6 +2029,7 @@ void bench_attention_decode(ThreadPool& pool) {
       };
       auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_split, false, [&] { run(i); }); };
       auto run_packed = [&](int i) { with_switch(attention_detail::set_decode_inplace, false, [&] { run(i); }); };
+      auto run_noahead = [&](int i) { with_switch(attention_detail::set_decode_prefetch_ahead, false, [&] { run(i); }); };
       auto check = [&](Result& row) {
         std::vector<float> ref(size_t(p.ldo));
         const AttentionParams p0 = params(0);
@@ -2049,12 +2050,13 @@ void bench_attention_decode(ThreadPool& pool) {
       r.impl = "emollm";
       r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
       r.bytes = bytes;
-      Stats prev, packed;
+      Stats prev, packed, noahead;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({run, run_prev, run_packed});
+        auto st = measure_interleaved({run, run_prev, run_packed, run_noahead});
         rr.st = st[0];
         prev = st[1];
         packed = st[2];
+        noahead = st[3];
         rr.ratio_vs = "prev";
         rr.ratio = prev.best / rr.st.best;
         run(0);
@@ -2083,6 +2085,17 @@ void bench_attention_decode(ThreadPool& pool) {
       run_packed(0);
       check(pk);
       g_results.push_back(pk);
+      table_row(g_results.back());
+      Result na = r;
+      na.name = name + "/noahead";
+      na.impl = "noahead";
+      na.st = noahead;
+      na.ratio_vs = "emollm";
+      na.ratio = noahead.best / inplace_best;
+      na.note = "in place without the next sub-block's prefetch (set_decode_prefetch_ahead(false)), interleaved; ratio = this time / emollm's (>1: prefetch ahead faster)";
+      run_noahead(0);
+      check(na);
+      g_results.push_back(na);
       table_row(g_results.back());
       settle();
     }
@@ -2157,7 +2170,7 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
           attention_batch(&it, 1, &pool);
         });
       };
-      auto check = [&](Result& row, int ti) {
+      auto check = [&](Result& row, int ti, double tol = 1e-3) {
         runner(ti)(0);
         std::vector<float> ref(size_t(p.ldo));
         const AttentionParams p0 = params(ti, 0);
@@ -2168,13 +2181,21 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
           max_diff = std::max(max_diff, std::isfinite(a) ? std::fabs(a - b) : INFINITY);
           sum_sq += b * b;
         }
-        set_check(row, max_diff / std::max(1e-30, std::sqrt(sum_sq / double(p.ldo))), 1e-3);
+        set_check(row, max_diff / std::max(1e-30, std::sqrt(sum_sq / double(p.ldo))), tol);
       };
       auto packed_runner = [&](int ti) {
         return std::function<void(int)>([&, ti](int i) {
           with_switch(attention_detail::set_decode_inplace, false, [&] { runner(ti)(i); });
         });
       };
+      // the bf16 cache on bf16 products (vdpbf16ps: q and P rounded; attention_internal.h DecodeBf16Dp)
+      auto dp_runner = [&](int i) {
+        const attention_detail::DecodeBf16Dp was = attention_detail::decode_bf16dp_mode();
+        attention_detail::set_decode_bf16dp_mode(attention_detail::DecodeBf16Dp::Always);
+        runner(2)(i);
+        attention_detail::set_decode_bf16dp_mode(was);
+      };
+      const bool dp_hw = cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
       std::vector<Stats> st;
       for (int ti = 0; ti < 3; ++ti) {
         Result r;
@@ -2186,8 +2207,12 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
         r.bytes = bytes_f32 * double(dtype_row_bytes(types[ti], 1)) / sizeof(float);
         Result* res = run_case(r, [&](Result& rr) {
-          if (ti == 0) st = measure_interleaved({runner(0), runner(1), runner(2), packed_runner(1), packed_runner(2)});
-          if (st.size() != 5) throw std::runtime_error("the interleaved f32 / f16 / bf16 measurement did not run");
+          if (ti == 0) {
+            std::vector<std::function<void(int)>> fns = {runner(0), runner(1), runner(2), packed_runner(1), packed_runner(2)};
+            if (dp_hw) fns.push_back(dp_runner);
+            st = measure_interleaved(fns);
+          }
+          if (st.size() < 5) throw std::runtime_error("the interleaved f32 / f16 / bf16 measurement did not run");
           rr.st = st[size_t(ti)];
           if (ti > 0) {
             rr.ratio_vs = "f32 KV";
@@ -2209,7 +2234,25 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         pk.ratio = pk.st.best / res->st.best;
         pk.note = "rows widened into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / in place (>1: in place faster)";
         with_switch(attention_detail::set_decode_inplace, false, [&] { check(pk, ti); });
+        const double in_place_best = res->st.best;  // res points into g_results: read before pushing
         g_results.push_back(pk);
+        table_row(g_results.back());
+        if (ti != 2 || st.size() < 6) continue;
+        Result dp = r;
+        dp.name = r.name + "/bf16dp";
+        dp.label = r.label + " bf16 products";
+        dp.impl = "bf16dp";
+        dp.st = st[5];
+        dp.ratio_vs = "in place";
+        dp.ratio = in_place_best / dp.st.best;
+        dp.note = "q and P rounded to bf16, vdpbf16ps (DecodeBf16Dp::Always), interleaved; ratio = in place time / this (>1: bf16 products faster)";
+        {
+          const attention_detail::DecodeBf16Dp was = attention_detail::decode_bf16dp_mode();
+          attention_detail::set_decode_bf16dp_mode(attention_detail::DecodeBf16Dp::Always);
+          check(dp, ti, 2e-2);  // q and P rounded to bf16 (2^-9 each): ~6e-3 of the rms measured
+          attention_detail::set_decode_bf16dp_mode(was);
+        }
+        g_results.push_back(dp);
         table_row(g_results.back());
       }
       settle();

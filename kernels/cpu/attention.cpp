@@ -28,7 +28,10 @@
 // transposed in registers (qk_decode: no horizontal sums), narrow token rows copied to contiguous
 // scratch per 16 tokens; the pieces merged by whichever thread finishes an item's last one, so a
 // layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
-// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B).
+// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B). On AVX-512 the
+// rows are read in place (narrow ones swept a sub-block at a time, the next sub-block prefetched
+// meanwhile); a bf16 cache may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
+// DecodeBf16Dp in attention_internal.h).
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -188,6 +191,34 @@ EnvSwitch& decode_inplace_flag() {
 }  // namespace
 bool decode_inplace_enabled() { return decode_inplace_flag().on(); }
 void set_decode_inplace(bool on) { decode_inplace_flag().set(on); }
+namespace {
+EnvSwitch& decode_prefetch_ahead_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_AHEAD");
+  return on;
+}
+}  // namespace
+bool decode_prefetch_ahead_enabled() { return decode_prefetch_ahead_flag().on(); }
+void set_decode_prefetch_ahead(bool on) { decode_prefetch_ahead_flag().set(on); }
+namespace {
+std::atomic<int>& decode_bf16dp_mode_ref() {
+  static std::atomic<int> mode([] {
+    const char* v = std::getenv("EMOLLM_DECODE_ATTN_BF16DP");
+    if (!v || !*v) return int(DecodeBf16Dp::WhenAsked);
+    if (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0) return int(DecodeBf16Dp::Never);
+    return int(DecodeBf16Dp::Always);
+  }());
+  return mode;
+}
+}  // namespace
+DecodeBf16Dp decode_bf16dp_mode() { return DecodeBf16Dp(decode_bf16dp_mode_ref().load(std::memory_order_relaxed)); }
+void set_decode_bf16dp_mode(DecodeBf16Dp m) { decode_bf16dp_mode_ref().store(int(m), std::memory_order_relaxed); }
+bool decode_bf16dp_applies(const AttentionParams& p) {
+  const DecodeBf16Dp m = decode_bf16dp_mode();
+  // >= 4 query heads per kv head: with fewer, each V pair interleave feeds too few products (7B MHA
+  // kv 512, cold, 2 threads: 0.57x the exact path, loaded)
+  return p.kv_dtype == DType::BF16 && p.n_heads >= 4 * p.n_kv_heads && (m == DecodeBf16Dp::Always || (m == DecodeBf16Dp::WhenAsked && p.bf16_products)) &&
+         isa_active() >= Isa::Avx512 && cpu_features().avx512bf16 && decode_inplace_enabled();
+}
 }  // namespace attention_detail
 
 // ============================================================================ vector kernels
@@ -579,6 +610,183 @@ const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512,
                              qk_decode_avx512<KvF16>};
 const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
                               nullptr, qk_decode_avx512<KvBF16>};
+
+// ---------------------------------------------------------------------------- AVX512-BF16 decode
+// Opt-in decode kernels on vdpbf16ps for a bf16 cache (attention_internal.h, decode_bf16dp): the
+// cache's K / V are bf16 already (exact), q is rounded to bf16 (nearest even) once per piece and the
+// softmax weights P once per block; each vdpbf16ps does two products per lane, so the FMA work
+// of QK and PV halves, and QK's 16x16 transposes cover 32 head dims instead of 16 (a bf16 pair is
+// one 32-bit element).
+#define EMO_TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+// qp[i] (i < ceil(D / 2)) = bf16 pair (q[2i], q[2i + 1]) rounded to nearest even, a missing odd
+// last element 0; then zeros up to npairs.
+EMO_TBF static void q_to_bf16_pairs(const float* q, int D, uint32_t* qp, int npairs) {
+  uint16_t* w = reinterpret_cast<uint16_t*>(qp);
+  int d = 0;
+  for (; d < D; d += 16) {
+    const int n = std::min(16, D - d);
+    const __m512 x = _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), q + d);
+    _mm256_mask_storeu_epi16(w + d, __mmask16((1u << n) - 1), (__m256i)_mm512_cvtneps_pbh(x));
+  }
+  for (d = D; d < 2 * npairs; ++d) w[d] = 0;
+}
+
+// NR query rows x 16 keys: each 32-dim chunk of the 16 bf16 key rows is a 16x16 transpose of
+// 32-bit pairs, then one vdpbf16ps per (row, pair) with the row's q pair broadcast.
+template <int NR>
+EMO_TBF static inline void qk_decode_bf16dp_rows(const uint32_t* qp, int64_t ldqp, const uint16_t* const* kr, int D,
+                                                 __m512 vs, float* S, int64_t ldS) {
+  __m512 acc[NR], acc2[NR];  // two chains per row: vdpbf16ps' latency (order free: q is rounded anyway)
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = acc2[r] = _mm512_setzero_ps();
+  for (int d0 = 0; d0 < D; d0 += 32) {
+    const int w = std::min(32, D - d0);
+    __m512 t[16];
+    if (w == 32) {
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) t[i] = _mm512_castsi512_ps(_mm512_loadu_si512(kr[i] + d0));
+    } else {
+      const __mmask32 m = __mmask32((uint64_t(1) << w) - 1);
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) t[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, kr[i] + d0));
+    }
+    gemm_detail::transpose16_ps(t);  // t[e] = the pair of dims d0 + 2e, d0 + 2e + 1 of the 16 keys
+    const uint32_t* qd = qp + d0 / 2;
+    if (w == 32) {
+      #pragma GCC unroll 8
+      for (int e = 0; e < 16; e += 2) {
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(int(qd[r * ldqp + e])), (__m512bh)t[e]);
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+          acc2[r] = _mm512_dpbf16_ps(acc2[r], (__m512bh)_mm512_set1_epi32(int(qd[r * ldqp + e + 1])), (__m512bh)t[e + 1]);
+      }
+    } else {
+      for (int e = 0; e < (w + 1) / 2; ++e)
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(int(qd[r * ldqp + e])), (__m512bh)t[e]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) _mm512_storeu_ps(S + r * ldS, _mm512_mul_ps(_mm512_add_ps(acc[r], acc2[r]), vs));
+}
+
+// S[r * ldS + j] = scale * dot(bf16 q pairs of row r, key j) for r < R, j < 16 (kr: 16 bf16 rows;
+// the caller repeats its last row past the tokens it has).
+EMO_TBF static void qk_decode_bf16dp(const uint32_t* qp, int64_t ldqp, int R, const float* const* krf, int D,
+                                     float scale, float* S, int64_t ldS) {
+  const uint16_t* const* kr = reinterpret_cast<const uint16_t* const*>(krf);
+  const __m512 vs = _mm512_set1_ps(scale);
+  int r = 0;
+  for (; r + 8 <= R; r += 8) qk_decode_bf16dp_rows<8>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS);
+  switch (R - r) {
+    case 7: qk_decode_bf16dp_rows<7>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    case 6: qk_decode_bf16dp_rows<6>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    case 5: qk_decode_bf16dp_rows<5>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    case 4: qk_decode_bf16dp_rows<4>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    case 3: qk_decode_bf16dp_rows<3>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    case 2: qk_decode_bf16dp_rows<2>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    case 1: qk_decode_bf16dp_rows<1>(qp + r * ldqp, ldqp, kr, D, vs, S + r * ldS, ldS); break;
+    default: break;
+  }
+}
+
+// s[j] = exp(s[j] - m) for j < n rounded to bf16 (nearest even), written as a bf16 row over the
+// start of s (the weights PV reads; zeros from n up to round_up(n, 32)); returns the sum of the
+// rounded weights (each output is normalised by the weights it was summed with).
+EMO_TBF static float exp_round_bf16(float* s, int n, float mx) {
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  uint16_t* w = reinterpret_cast<uint16_t*>(s);
+  for (int i = 0; i < n; i += 16) {  // bf16 i is written at byte 2i, behind the float read at byte 4i
+    const __mmask16 tm = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(tm, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, s + i), vm)));
+    const __m256i b = (__m256i)_mm512_cvtneps_pbh(e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + i), b);  // lanes past n: 0
+    sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
+  }
+  for (int i = (n + 15) / 16 * 16; i < (n + 31) / 32 * 32; ++i) w[i] = 0;
+  return _mm512_reduce_add_ps(sum);
+}
+
+// NR rows x NC 16-dim chunks of acc in registers; tokens in pairs: V rows j and j + 1 interleaved
+// element by element (vpermt2w) so lane d holds the pair (v[j][d], v[j+1][d]), P's bf16 pair
+// (P[j], P[j+1]) broadcast; an odd last token pairs with a zero row (and P's zero).
+template <int NR, int NC>
+EMO_TBF static inline void pv_bf16dp_tile(float* acc, int ldacc, const float* alpha, const uint16_t* P, int ldP,
+                                          const uint16_t* v, int64_t ldv, int nb, __mmask16 lastmask) {
+  const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                       37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  __m512 a[NR][NC];
+  #pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
+  }
+  for (int j = 0; j < nb; j += 2) {
+    const uint16_t* v0 = v + int64_t(j) * ldv;
+    const uint16_t* v1 = v0 + ldv;
+    const bool pair = j + 1 < nb;
+    __m512i vv[NC];
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      const __mmask16 m = c == NC - 1 ? lastmask : __mmask16(0xFFFF);
+      const __m256i lo = _mm256_maskz_loadu_epi16(m, v0 + 16 * c);
+      const __m256i hi = _mm256_maskz_loadu_epi16(pair ? m : __mmask16(0), v1 + 16 * c);
+      vv[c] = _mm512_permutex2var_epi16(_mm512_castsi256_si512(lo), idx, _mm512_castsi256_si512(hi));
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      uint32_t pw;
+      std::memcpy(&pw, P + int64_t(r) * ldP + j, 4);
+      const __m512bh pr = (__m512bh)_mm512_set1_epi32(int(pw));
+      #pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) a[r][c] = _mm512_dpbf16_ps(a[r][c], pr, (__m512bh)vv[c]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
+}
+
+template <int NR>
+EMO_TBF static inline void pv_bf16dp_rows(float* acc, int ldacc, const float* alpha, const uint16_t* P, int ldP,
+                                          const uint16_t* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
+  switch (nc) {
+    case 1: pv_bf16dp_tile<NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 2: pv_bf16dp_tile<NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 3: pv_bf16dp_tile<NR, 3>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    default: pv_bf16dp_tile<NR, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+  }
+}
+
+// acc[r, :D] = alpha[r] * acc[r, :D] + sum_{j<nb} P[r, j] * v[j, :D] with P a bf16 row (ldP in
+// bf16 elements, even j at a 4-byte step; zero at nb when nb is odd) and v bf16 rows (ld in elements).
+EMO_TBF static void pv_bf16dp(float* acc, int ldacc, const float* alpha, int R, const uint16_t* P, int ldP,
+                              const float* vf, int64_t ldv, int nb, int D) {
+  const uint16_t* v = reinterpret_cast<const uint16_t*>(vf);
+  const int nchunks = (D + 15) / 16, tail = D % 16;
+  for (int c0 = 0; c0 < nchunks; c0 += 4) {
+    const int nc = std::min(4, nchunks - c0);
+    const __mmask16 lm = (c0 + nc == nchunks && tail) ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+    float* ac = acc + 16 * c0;
+    const uint16_t* vc = v + 16 * c0;
+    int r = 0;
+    for (; r + 4 <= R; r += 4)
+      pv_bf16dp_rows<4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm);
+    switch (R - r) {
+      case 3: pv_bf16dp_rows<3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 2: pv_bf16dp_rows<2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 1: pv_bf16dp_rows<1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      default: break;
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------- AVX2
 alignas(32) const int32_t kMask8[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -1165,6 +1373,7 @@ struct DecodeItem {
   std::atomic<int64_t>* done;  // pieces finished (the last one merges)
   half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
+  bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
 };
 
 // Floats per token the decode driver's scratch holds: a whole token row up to kDecodePackSpan
@@ -1213,6 +1422,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.n_pieces = (it.nvis + it.piece_len - 1) / it.piece_len;
   it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   it.inplace = decode_inplace_kern(isa, p.kv_dtype);
+  it.bf16dp = it.inplace != nullptr && p.kv_dtype == DType::BF16 && attention_detail::decode_bf16dp_applies(p);
   return it;
 }
 
@@ -1297,6 +1507,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const Kern& kk = inplace ? *it.inplace : kern;
   const bool pack = !inplace && span <= kDecodePackSpan;
   const bool sweep = inplace && span <= kDecodePackSpan;
+  // Narrow rows read in place: the sub-block after the one being swept / computed on is prefetched
+  // too (attention_detail::decode_prefetch_ahead_enabled), so its misses overlap this one's compute.
+  const bool ahead = sweep && attention_detail::decode_prefetch_ahead_enabled();
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
@@ -1330,7 +1543,15 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const float* qrows[kMaxRows];
   // Several query heads per kv head: the transposed-K kernel on q rows zero-padded to Dp.
   const bool transposed = kk.qk_decode != nullptr && G >= 4;
-  if (transposed)
+  // bf16 products (it.bf16dp, G >= 4): qpad holds each head's q as bf16 pairs (Dp / 2 per head) for the
+  // vdpbf16ps QK, P is rounded to
+  // bf16 in place in S (a bf16 row of 2 * kBk elements per head) and PV runs on token pairs.
+  const bool dp = it.bf16dp;
+  const int64_t ldqp = Dp / 2;
+  if (dp && transposed)
+    for (int64_t h = 0; h < H; ++h)
+      q_to_bf16_pairs(it.q + h * D, D, reinterpret_cast<uint32_t*>(qpad) + h * ldqp, int(ldqp));
+  else if (transposed)
     for (int64_t h = 0; h < H; ++h) {
       std::memcpy(qpad + h * Dp, it.q + h * D, sizeof(float) * size_t(D));
       std::memset(qpad + h * Dp + D, 0, sizeof(float) * size_t(Dp - D));
@@ -1349,6 +1570,12 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (ahead) {  // the next sub-block of K, or after the block's last one the block's first V rows
+        if (s0 + 16 < b1)
+          prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+        else
+          prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
+      }
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
@@ -1357,7 +1584,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           int64_t ldg;
           const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
           for (int t = 0; t < 16; ++t) rows[t] = kv_at(kg, int64_t(std::min(t, ns - 1)) * ldg, inplace ? p : kF32Rows);
-          kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+          if (dp)
+            qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,
+                             S + g * G * kBk + (s0 - b0), kBk);
+          else
+            kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
         }
         continue;
       }
@@ -1376,12 +1607,18 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       float* sr = S + h * kBk;
       const float m_new = std::max(m[h], kk.row_max(sr, nb));
       alpha[h] = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new);
-      l[h] = l[h] * alpha[h] + kk.exp_sum(sr, nb, m_new);
+      l[h] = l[h] * alpha[h] + (dp ? exp_round_bf16(sr, nb, m_new) : kk.exp_sum(sr, nb, m_new));
       m[h] = m_new;
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (ahead) {  // the next sub-block of V, or after the block's last one the next block's first K rows
+        if (s0 + 16 < b1)
+          prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+        else if (b1 < j1)
+          prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, b1, std::min(j1, b1 + 16), span_bytes);
+      }
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       for (int64_t g = 0; g < Hkv; ++g) {
@@ -1390,6 +1627,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
           const int64_t r0 = g * G + h0;
+          if (dp) {
+            pv_bf16dp(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R,
+                      reinterpret_cast<const uint16_t*>(S + r0 * kBk) + (s0 - b0), 2 * kBk, vg, ldg, ns, D);
+            continue;
+          }
           kk.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vg, ldg, ns,
                   D);
         }

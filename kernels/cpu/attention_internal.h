@@ -53,6 +53,26 @@ void set_decode_split(bool on);
 // same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();
 void set_decode_inplace(bool on);
+// Narrow rows read in place (swept a sub-block at a time): the next sub-block of the same stream
+// (or the other stream's first one at a block's end) is prefetched while this one is computed on.
+// EMOLLM_DECODE_ATTN_PREFETCH_AHEAD=0 or set_decode_prefetch_ahead(false): the sweep alone (A/B).
+// The arithmetic is unchanged: outputs are bit for bit equal.
+bool decode_prefetch_ahead_enabled();
+void set_decode_prefetch_ahead(bool on);
+// Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
+// >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
+// (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the
+// sum of its rounded weights, PV on vdpbf16ps over token pairs; sums in f32. Taken when the call
+// asks (AttentionParams::bf16_products; the LLaMA context does not set it for decode yet) and the
+// mode allows: EMOLLM_DECODE_ATTN_BF16DP unset = WhenAsked, "0" / "off" = Never, anything else =
+// Always (every bf16-cache decode call, for A/B runs); needs the in-place kernels (AVX-512,
+// decode_inplace_enabled()). Error: each score carries q's rounding (relative 2^-9 per product),
+// each weight one more (relative 2^-9); the bound the test checks is stated there
+// (attention_decode_bf16dp_within_bound).
+enum class DecodeBf16Dp { Never = 0, WhenAsked = 1, Always = 2 };
+DecodeBf16Dp decode_bf16dp_mode();
+void set_decode_bf16dp_mode(DecodeBf16Dp m);
+bool decode_bf16dp_applies(const AttentionParams& p);
 
 // Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
 // (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16

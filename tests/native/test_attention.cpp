@@ -1171,3 +1171,199 @@ TEST(attention_decode_inplace_equals_packed) {
         }
       }
 }
+
+// ---------------------------------------------------------------- decode on bf16 products
+namespace {
+struct DecodeBf16DpScope {
+  attention_detail::DecodeBf16Dp was = attention_detail::decode_bf16dp_mode();
+  explicit DecodeBf16DpScope(attention_detail::DecodeBf16Dp m) { attention_detail::set_decode_bf16dp_mode(m); }
+  ~DecodeBf16DpScope() { attention_detail::set_decode_bf16dp_mode(was); }
+};
+}  // namespace
+
+// The opt-in vdpbf16ps decode on a bf16 cache (attention_internal.h, DecodeBf16Dp) against the
+// f64 reference on the cache's values. Stated bound, per head h (A = max_j sum_d |q_d k_jd|, maxv =
+// max |v|, n = visible tokens, rq = 2^-9: q rounded to bf16; kv heads serving < 4 query heads take
+// the exact path, rq = 0, and must equal it bit for bit):
+//   score error  Delta = scale * A * (rq + D * 2^-23)   (q's rounding; f32 sums, generous)
+//   weight error delta = e^Delta * (1 + 2^-8) - 1        (P's bf16 rounding 2^-9, exp's ulps)
+//   |out - ref| <= 2 maxv * delta / (1 - delta) + n * 2^-22 * maxv + 1e-6
+//   |lse - ref| <= Delta + 2^-8 + 1e-5 * max(1, |ref|)
+// and, with q rounded to bf16 in the reference too where it is rounded (rq = 0 in Delta), the same
+// bound with the P rounding alone (a wrong pairing of tokens / dims or a dropped pair fails it).
+// Shapes and edges as attention_decode_inplace_equals_packed (GQA 8:1 x 64, MHA 32 x 128, GQA 4:1 x
+// 128, MQA x 80, head 20 with padded rows; kv 1..1000; contiguous and pages of 16 / 64; no pool,
+// 2, 3 threads). Also: Always and WhenAsked with bf16_products give the same bits; WhenAsked
+// without bf16_products, Never, AVX2 and f16 caches give the exact path's bits; the products are
+// taken (some output differs from the exact path).
+TEST(attention_decode_bf16dp_within_bound) {
+  using attention_detail::DecodeBf16Dp;
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
+    std::printf("  skip attention_decode_bf16dp_within_bound: no AVX512-BF16 on this CPU\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope sw(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 4, 64, 0}, {32, 32, 128, 0}, {32, 8, 128, 0}, {8, 1, 80, 0}, {6, 2, 20, 3}, {8, 1, 37, 0}};
+  const int64_t lengths[] = {1, 2, 15, 16, 17, 63, 64, 65, 129, 257, 513, 1000};
+  uint64_t seed = 12100;
+  int differs = 0, runs = 0;
+  for (const Shape& sh : shapes)
+    for (int64_t n : lengths) {
+      if (sh.Hkv == 32 && n > 300) continue;
+      const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+      Data d = make_data(c, seed++);
+      const std::string what = describe(c);
+      HalfCopy h16(d, DType::BF16, 16, seed), h64(d, DType::BF16, 64, seed + 1);
+      const int64_t G = sh.H / sh.Hkv, D = sh.D;
+      const bool qround = G >= 4;
+      const double scale = 1.0 / std::sqrt(double(D));
+      // q rounded to bf16 where the kernel rounds it
+      std::vector<float> qr(d.qb);
+      if (qround)
+        for (int64_t e = 0; e < sh.H * D; ++e) qr[size_t(e)] = widen_half(DType::BF16, round_half(DType::BF16, d.q[e]));
+      std::vector<float> lse_full(size_t(sh.H)), lse_rq(size_t(sh.H));
+      const std::vector<float> ref_full =
+          run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p, lse_full.data()); });
+      const std::vector<float> ref_rq =
+          run_out(d.p, what, [&](float* o) { ref::attention(qr.data(), h16.kr.data(), h16.vr.data(), o, d.p, lse_rq.data()); });
+      std::vector<double> tol_full(size_t(sh.H)), tol_rq(size_t(sh.H)), dl_full(size_t(sh.H)), dl_rq(size_t(sh.H));
+      double maxv = 0;
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t e = 0; e < sh.Hkv * D; ++e) maxv = std::max(maxv, std::fabs(double(h16.vr[size_t(j * d.p.ldv + e)])));
+      for (int64_t h = 0; h < sh.H; ++h) {
+        double A = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int64_t e = 0; e < D; ++e)
+            s += std::fabs(double(d.q[h * D + e]) * double(h16.kr[size_t(j * d.p.ldk + (h / G) * D + e)]));
+          A = std::max(A, s);
+        }
+        for (int pass = 0; pass < 2; ++pass) {
+          const double Delta = scale * A * ((pass == 0 && qround ? std::ldexp(1.0, -9) : 0.0) + double(D) * std::ldexp(1.0, -23));
+          const double delta = std::exp(Delta) * (1.0 + std::ldexp(1.0, -8)) - 1.0;
+          const double tol = 2.0 * maxv * delta / (1.0 - delta) + double(n) * std::ldexp(1.0, -22) * maxv + 1e-6;
+          (pass == 0 ? tol_full : tol_rq)[size_t(h)] = tol;
+          (pass == 0 ? dl_full : dl_rq)[size_t(h)] = Delta + std::ldexp(1.0, -8);
+        }
+      }
+      for (const AttentionParams* pp0 : {&h16.p, &h16.paged, &h64.paged}) {
+        const float* k = pp0->kv_block_size ? nullptr : h16.k();
+        const float* v = pp0->kv_block_size ? nullptr : h16.v();
+        AttentionParams asked = *pp0;
+        asked.bf16_products = true;
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          const std::string w = what + " block=" + std::to_string(pp0->kv_block_size) + " pool=" +
+                                std::to_string(pl ? pl->size() : 0);
+          auto go = [&](const AttentionParams& p, DecodeBf16Dp m, Isa isa, std::vector<float>* lse) {
+            DecodeBf16DpScope ms(m);
+            IsaCapScope cap(isa);
+            lse->assign(size_t(sh.H), kNaN);
+            return run_out(p, w, [&](float* o) { attention(d.q, k, v, o, p, pl, lse->data()); });
+          };
+          std::vector<float> l_dp, l_asked, l_exact, l_notasked, l_avx2, l_avx2x;
+          const std::vector<float> dp = go(*pp0, DecodeBf16Dp::Always, Isa::Avx512, &l_dp);
+          const std::vector<float> dp_asked = go(asked, DecodeBf16Dp::WhenAsked, Isa::Avx512, &l_asked);
+          const std::vector<float> exact = go(*pp0, DecodeBf16Dp::Never, Isa::Avx512, &l_exact);
+          const std::vector<float> not_asked = go(*pp0, DecodeBf16Dp::WhenAsked, Isa::Avx512, &l_notasked);
+          const std::vector<float> avx2 = go(*pp0, DecodeBf16Dp::Always, Isa::Avx2, &l_avx2);
+          const std::vector<float> avx2x = go(*pp0, DecodeBf16Dp::Never, Isa::Avx2, &l_avx2x);
+          ++runs;
+          if (dp != exact) ++differs;
+          if (!qround && (dp != exact || l_dp != l_exact))  // < 4 query heads per kv head: the exact path
+            ::emollm_test::report_failure(__FILE__, __LINE__, "bf16 products taken below 4 heads per kv head: " + w);
+          if (dp != dp_asked || l_dp != l_asked)
+            ::emollm_test::report_failure(__FILE__, __LINE__, "Always differs from WhenAsked + bf16_products: " + w);
+          if (not_asked != exact || l_notasked != l_exact)
+            ::emollm_test::report_failure(__FILE__, __LINE__, "WhenAsked without bf16_products is not exact: " + w);
+          if (avx2 != avx2x || l_avx2 != l_avx2x)
+            ::emollm_test::report_failure(__FILE__, __LINE__, "AVX2 took the bf16 products: " + w);
+          for (int64_t h = 0; h < sh.H; ++h) {
+            const std::string wh = w + " head=" + std::to_string(h);
+            EXPECT_ALL_CLOSE(dp.data() + h * D, ref_full.data() + h * D, size_t(D), tol_full[size_t(h)], 0.0, wh + " vs f64");
+            EXPECT_ALL_CLOSE(dp.data() + h * D, ref_rq.data() + h * D, size_t(D), tol_rq[size_t(h)], 0.0, wh + " vs f64 on rounded q");
+            const double lt = dl_full[size_t(h)] + 1e-5 * std::max(1.0, std::fabs(double(lse_full[size_t(h)])));
+            const double lr = dl_rq[size_t(h)] + 1e-5 * std::max(1.0, std::fabs(double(lse_rq[size_t(h)])));
+            EXPECT_ALL_CLOSE(l_dp.data() + h, lse_full.data() + h, 1, lt, 0.0, wh + " lse vs f64");
+            EXPECT_ALL_CLOSE(l_dp.data() + h, lse_rq.data() + h, 1, lr, 0.0, wh + " lse vs f64 on rounded q");
+          }
+        }
+      }
+    }
+  std::printf("  bf16 products differ from the exact path in %d of %d runs\n", differs, runs);
+  EXPECT(differs > runs / 2);
+  // an f16 cache never takes them
+  const Case c{1, 100, 32, 4, 64, true, 99};
+  Data d = make_data(c, 12999);
+  HalfCopy hf(d, DType::F16, 16, 13000);
+  std::vector<float> a, b;
+  {
+    DecodeBf16DpScope ms(DecodeBf16Dp::Always);
+    a = run_out(hf.p, "f16", [&](float* o) { attention(d.q, hf.k(), hf.v(), o, hf.p, &pool2); });
+  }
+  {
+    DecodeBf16DpScope ms(DecodeBf16Dp::Never);
+    b = run_out(hf.p, "f16", [&](float* o) { attention(d.q, hf.k(), hf.v(), o, hf.p, &pool2); });
+  }
+  EXPECT(a == b);
+}
+
+// The next sub-block's prefetch (attention_detail::decode_prefetch_ahead_enabled) changes no
+// arithmetic: outputs and log-sum-exps bit for bit those without it, f32 / f16 / bf16 caches,
+// narrow rows (the swept ones it applies to) and a wide one, lengths across the sub-block, block
+// and piece edges, contiguous and paged (16 / 64), no pool and 2 / 3 threads; within 1e-5 of
+// ref::attention.
+TEST(attention_decode_prefetch_ahead_bit_equal) {
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope sw(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 4, 64, 0}, {8, 1, 80, 0}, {6, 2, 20, 3}, {32, 8, 128, 0}};
+  const int64_t lengths[] = {1, 16, 17, 64, 65, 129, 300, 1000};
+  uint64_t seed = 12500;
+  int runs = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : lengths) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        std::unique_ptr<HalfCopy> h16, h64;
+        std::unique_ptr<PagedCopy> pg16, pg64;
+        std::vector<const AttentionParams*> ps;
+        std::vector<float> ref;
+        if (t == DType::F32) {
+          pg16 = std::make_unique<PagedCopy>(d, 16, seed);
+          pg64 = std::make_unique<PagedCopy>(d, 64, seed + 1);
+          ps = {&d.p, &pg16->p, &pg64->p};
+          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+        } else {
+          h16 = std::make_unique<HalfCopy>(d, t, 16, seed);
+          h64 = std::make_unique<HalfCopy>(d, t, 64, seed + 1);
+          ps = {&h16->p, &h16->paged, &h64->paged};
+          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16->kr.data(), h16->vr.data(), o, d.p); });
+        }
+        for (const AttentionParams* pp : ps) {
+          const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h16->k();
+          const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h16->v();
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                  std::to_string(pl ? pl->size() : 0);
+            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
+            const bool was = attention_detail::decode_prefetch_ahead_enabled();
+            attention_detail::set_decode_prefetch_ahead(true);
+            a = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, la.data()); });
+            attention_detail::set_decode_prefetch_ahead(false);
+            b = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lb.data()); });
+            attention_detail::set_decode_prefetch_ahead(was);
+            ++runs;
+            EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, w + " prefetch ahead");
+            if (a != b || la != lb)
+              ::emollm_test::report_failure(__FILE__, __LINE__, "prefetch ahead changed the result: " + w);
+          }
+        }
+      }
+  EXPECT(runs > 0);
+}
