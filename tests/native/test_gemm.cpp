@@ -1494,6 +1494,76 @@ TEST(gemm_repacked_large_m_matches_reference) {
     }
 }
 
+// gemm_repacked's X-panel kernel on 6-row X panels in two passes over the blocks (default) and on
+// the previous 4-row panels (set_repacked_panels6(false)): the same bits, and those of
+// gemv_repacked of each row. Three outputs at once (gemm_repacked_multi, N not multiples of the
+// 16-row groups or 32-row panels, one with a bias, row padding that stays unwritten), M around the
+// 6- and 4-row panel edges, K of an odd number of blocks (the even / odd passes differ in length)
+// and of one block (no odd pass), no pool / 2 / 3 threads, q8_0 and q4_0, VNNI only (elsewhere the
+// kernel does not run and both settings take the same path).
+TEST(gemm_repacked_panels6_bit_equal_previous) {
+  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
+    std::printf("  note: no AVX512-VNNI here: the X-panel kernels do not run\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  uint32_t seed = 7700;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t K : {32, 96, 1056}) {
+      const int64_t Ns[3] = {17, 100, 40}, pads[3] = {3, 0, 5};
+      std::vector<std::vector<uint8_t>> packed;
+      for (int j = 0; j < 3; ++j) {
+        Weights w = make_weights(t, Ns[j], K, seed++);
+        packed.emplace_back(quant_repack_bytes(t, Ns[j], K));
+        quant_repack(w.bytes.data(), t, Ns[j], K, packed[size_t(j)].data(), &pool2);
+      }
+      std::vector<float> bias1(static_cast<size_t>(Ns[1]));
+      for (int64_t n = 0; n < Ns[1]; ++n) bias1[size_t(n)] = 0.125f * float(n % 9) - 0.5f;
+      for (int64_t M : {9, 10, 11, 12, 13, 14, 17, 23, 24, 25, 100}) {
+        const int64_t ldx = K + 8;
+        Problem p = make_problem(M, 1, K, 0, 0, seed++);
+        std::vector<float> X(size_t(M * ldx), 1e30f);
+        for (int64_t m = 0; m < M; ++m) std::copy(p.X.begin() + m * K, p.X.begin() + (m + 1) * K, X.begin() + m * ldx);
+        std::vector<std::vector<float>> G(3);  // gemv_repacked of each row
+        for (int j = 0; j < 3; ++j) {
+          const int64_t ldy = Ns[j] + pads[j];
+          G[size_t(j)].assign(size_t(M * ldy), kSentinel);
+          for (int64_t m = 0; m < M; ++m)
+            gemv_repacked(X.data() + m * ldx, packed[size_t(j)].data(), t, j == 1 ? bias1.data() : nullptr,
+                          G[size_t(j)].data() + m * ldy, Ns[j], K, nullptr);
+        }
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
+          for (int six = 0; six < 2; ++six) {
+            gemm_detail::set_repacked_panels6(six != 0);
+            std::vector<std::vector<float>> Y(3);
+            RepackedOutput outs[3];
+            for (int j = 0; j < 3; ++j) {
+              Y[size_t(j)].assign(size_t(M * (Ns[j] + pads[j])), kSentinel);
+              outs[j] = RepackedOutput{packed[size_t(j)].data(), j == 1 ? bias1.data() : nullptr, Y[size_t(j)].data(),
+                                       Ns[j] + pads[j], Ns[j]};
+            }
+            gemm_repacked_multi(X.data(), ldx, t, outs, 3, M, K, pl);
+            // and one output alone (gemm_repacked)
+            std::vector<float> Y1(size_t(M * (Ns[1] + pads[1])), kSentinel);
+            gemm_repacked(X.data(), ldx, packed[1].data(), t, bias1.data(), Y1.data(), Ns[1] + pads[1], M, Ns[1], K, pl);
+            gemm_detail::set_repacked_panels6(true);
+            for (int j = 0; j < 4; ++j) {
+              const std::vector<float>& got = j < 3 ? Y[size_t(j)] : Y1;
+              const std::vector<float>& want = G[size_t(j < 3 ? j : 1)];
+              for (size_t i = 0; i < got.size(); ++i)
+                if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {  // bits (the padding: the sentinel in both)
+                  char buf[260];
+                  std::snprintf(buf, sizeof buf, "gemm_repacked panels6=%d %s threads=%d M=%lld K=%lld output %d [%zu] = %.9g, gemv_repacked %.9g",
+                                six, dtype_name(t), pl ? pl->size() : 1, (long long)M, (long long)K, j, i, double(got[i]), double(want[i]));
+                  emollm_test::report_failure(__FILE__, __LINE__, buf);
+                  return;
+                }
+            }
+          }
+      }
+    }
+}
+
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
 // to the float64 references), with the fused path (X packed once, one dispatch over all outputs' panels) on and
