@@ -1173,7 +1173,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
       }
       auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
-      Stats prev, rep, rep_prev, cur, pan, same_size, rep16, rep_4row;
+      Stats prev, rep, rep_prev, cur, pan, same_size, rep16;
       std::unique_ptr<Copies> rcopies, rcopies16;
       Buf<uint8_t> Wr, Wr16;
       const bool avx512_reads = cpu_features().avx512f;
@@ -1211,15 +1211,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_repacked(); }};
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_prev(); });
           fns.push_back([&](int) { run_repacked16(Wr16.get()); });
-          // the X-panel kernel on its previous 4-row X panels (EMOLLM_REPACKED_PANELS6=0), for the
-          // "repacked-4row" row
-          if (M > gemm_detail::kSmallM)
-            fns.push_back([&](int) { with_switch(gemm_detail::set_repacked_panels6, false, run_repacked); });
           auto st = measure_interleaved(fns);
-          if (M > gemm_detail::kSmallM) {
-            rep_4row = st.back();
-            st.pop_back();
-          }
           rep16 = st.back();
           st.pop_back();
           res.st = cur = st[0];
@@ -1446,11 +1438,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                   "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)",
                   0, run_repacked_prev);
       }
-      if (ab && rep_4row.reps > 0)
-        add_row("repacked-4row", rep_4row, "repacked", rep_4row.best / rep.best,
-                "the X-panel kernel on its previous 4-row X panels (EMOLLM_REPACKED_PANELS6=0; same bits), interleaved; "
-                "ratio = its time / the repacked row's (>1: 6-row panels faster)",
-                0, [&] { with_switch(gemm_detail::set_repacked_panels6, false, run_repacked); });
     }
   }
 

@@ -147,10 +147,6 @@ GemvPrefetch gemv_streams_prefetch();
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);
 bool repacked_panels_enabled();
-// That X-panel kernel on 6-row X panels in two passes over the blocks (default on) or, off
-// (EMOLLM_REPACKED_PANELS6=0), on the previous 4-row panels; the bits are the same. For tests and
-// interleaved A/B benchmarks; process-wide.
-void set_repacked_panels6(bool on);
 // gemm_repacked_multi at M > kSmallM on VNNI: X packed once and one dispatch over every output's
 // panels (default on; EMOLLM_REPACKED_MULTI=0 off: one gemm_repacked per output). Same bits. For
 // tests and interleaved A/B benchmarks; process-wide.

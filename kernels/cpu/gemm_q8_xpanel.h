@@ -36,7 +36,6 @@ enum class Q8XTail { PerBlock, PerHalf };
 
 template <int MR, Q8XTail Tail = Q8XTail::PerBlock>
 struct Q8XPanels {
-  static constexpr int kRows = MR;
   static constexpr int kTailDwords = Tail == Q8XTail::PerBlock ? 2 : 4;  // per row
   static constexpr int64_t kBlockDwords = (8 + kTailDwords) * MR;
 

@@ -440,10 +440,11 @@ constexpr int kPanelRows = 4;
 using XPanels = gemm_detail::Q8XPanels<kPanelRows>;
 constexpr int kPanelGroups = 2;  // NV: groups (of 16 weight rows) per microkernel
 
-// bs[j] / bq[j]: group j's scales / quants of this block; xb: the block of an MR-row X panel.
-template <bool Q8, int NV, int MR = kPanelRows>
+// bs[j] / bq[j]: group j's scales / quants of this block.
+template <bool Q8, int NV>
 __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb, const uint8_t* const* bs,
-                                                               const uint8_t* const* bq, __m512 (&f)[MR][NV]) {
+                                                               const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
+  constexpr int MR = kPanelRows;
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   __m512i acc[MR][NV];
 #pragma GCC unroll 6
@@ -544,70 +545,6 @@ EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const Repa
         _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], r);
       }
     }
-}
-
-// The same products on 6-row X panels, in two passes over the blocks: the even blocks into one
-// set of f32 accumulators, stored to Y; then the odd blocks into the same registers, added to what
-// Y holds, then the bias. Per output that is panel_groups_avx512's arithmetic (f0 over the even
-// blocks in order, f1 over the odd ones, f0 + f1, + bias; the add is commutative), so the bits are
-// the same, and one accumulator set instead of two frees the registers for 6 x 2 tiles (12 int32 +
-// 12 f32 zmm): per block each weight load and unpack feeds 6 rows instead of 4.
-// Why it is worth little more: the kernels are bound by the two vector pipes that run vpdpbusd,
-// which on Zen 5 also run every vmulps / vfmadd231ps (measured: 16 vpdpbusd + 8 of either take 12
-// cycles against 8 alone; vpand, vpsrlw, vcvtdq2ps, broadcasts ride free), and each output block's
-// d_w * d_x multiply and FMA (the numerics above) are 2 such ops per 8 vpdpbusd: a ceiling of 80%
-// of the int8 peak. Measured at 1 thread (CPU time, q4_0, M = 504, N = K = 4096, one W panel pass
-// per X chunk as here): 4 x 2 0.84-0.86 of that ceiling with data from L2 / L3 (0.91 on one hot
-// panel), 6 x 2 1.01-1.06x the 4 x 2 one (0.97 of the ceiling hot).
-constexpr int kPanelRows6 = 6;
-using XPanels6 = gemm_detail::Q8XPanels<kPanelRows6>;
-
-template <bool Q8, int NV>
-EMO_TRP void panel_groups_2pass_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0,
-                                       int64_t nb, const float* bias, float* y, int64_t ldy, int mr, int64_t cols) {
-  constexpr int MR = kPanelRows6;
-  const size_t rec = L.rec;
-  constexpr int64_t XB = XPanels6::kBlockDwords;
-  const uint8_t* s0[NV];
-  const uint8_t* q0[NV];
-  for (int j = 0; j < NV; ++j) {  // groups past the matrix's last read the first one again (masked)
-    const int64_t g = cols > 16 * j ? g0 + j : g0;
-    s0[j] = L.scales(W, g), q0[j] = L.quants(W, g);
-  }
-  __mmask16 mk[NV];
-  for (int j = 0; j < NV; ++j) {
-    const int64_t c = cols - 16 * j;
-    mk[j] = c >= 16 ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
-  }
-  for (int pass = 0; pass < 2; ++pass) {
-    __m512 f[MR][NV];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) f[i][j] = _mm512_setzero_ps();
-    const uint8_t* bs[NV];
-    const uint8_t* bq[NV];
-    for (int j = 0; j < NV; ++j) bs[j] = s0[j] + size_t(pass) * rec, bq[j] = q0[j] + size_t(pass) * rec;
-    for (int64_t b = pass; b < nb; b += 2) {
-      panel_block<Q8, NV, MR>(xp + b * XB, bs, bq, f);
-      for (int j = 0; j < NV; ++j) bs[j] += 2 * rec, bq[j] += 2 * rec;
-    }
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i)
-      if (i < mr) {
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) {
-          float* yy = y + i * ldy + 16 * j;
-          if (pass == 0) {
-            _mm512_mask_storeu_ps(yy, mk[j], f[i][j]);
-          } else {
-            __m512 r = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[j], yy), f[i][j]);
-            if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mk[j], bias + 16 * j));
-            _mm512_mask_storeu_ps(yy, mk[j], r);
-          }
-        }
-      }
-  }
 }
 #endif
 
@@ -782,19 +719,13 @@ namespace {
 #if defined(__x86_64__)
 std::atomic<bool> g_panels_enabled{true};
 
-EnvSwitch& panels6_flag() {
-  static EnvSwitch on("EMOLLM_REPACKED_PANELS6");  // =0: the previous 4-row X panels (A/B, same bits)
-  return on;
-}
-
 // M > kSmallM on VNNI: X in chunks of panel rows (gemm_q8_xpanel.h), then per thread a range of
 // NV-group weight panels; the X panels are taken ~1.5 MiB at a time, and each of the thread's
 // weight panels (16 * NV * K bytes, in L2) runs against those X panels before the next.
 // Several outputs of one X (a layer's q/k/v, gate/up; gemm_repacked_multi): X rounded and packed
 // once per chunk and the outputs' weight panels numbered one after another (output j's from
 // first[j]) in one dispatch; every panel computes what it computes alone, so the bits are those
-// of one call per output. The X panels are 6 rows for panel_groups_2pass_avx512 (default) or 4
-// for panel_groups_avx512 (EMOLLM_REPACKED_PANELS6=0): the same bits.
+// of one call per output.
 void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOutput* outs, int n_outs, int64_t M,
                           int64_t K, ThreadPool* pool) {
   using namespace gemm_detail;
@@ -808,66 +739,44 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
     rows += outs[j].N;
   }
   const int64_t npn = first[n_outs];
+  const int64_t mc = XPanels::chunk_rows(K);
+  // X panels per pass: ~1.5 MiB of them (L2 + L3). Measured at LLaMA-7B down (K = 11008, q8_0,
+  // M = 512): 384 KiB passes (L2-resident X, weights re-read from memory 18 times) 0.75x
+  // gemm_q8_vnni, 768 KiB 0.95x, 1.5 MiB 1.04x, unchunked 0.98x.
+  const int64_t pc = std::max<int64_t>(1, (int64_t(1536) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
-  // XP: the X panels (Q8XPanels<PR>), kern(xp, W, g0, bias, y, ldy, mr, cols): one X panel
-  // against NV groups
-  auto run = [&](auto xpanels, auto kern) {
-    using XP = decltype(xpanels);
-    constexpr int PR = XP::kRows;
-    const int64_t mc = XP::chunk_rows(K);
-    // X panels per pass: ~1.5 MiB of them (L2 + L3). Measured at LLaMA-7B down (K = 11008, q8_0,
-    // M = 512): 384 KiB passes (L2-resident X, weights re-read from memory 18 times) 0.75x
-    // gemm_q8_vnni, 768 KiB 0.95x, 1.5 MiB 1.04x, unchunked 0.98x.
-    const int64_t pc = std::max<int64_t>(1, (int64_t(1536) << 10) / (nb * XP::kBlockDwords * 4));
-    for (int64_t m0 = 0; m0 < M; m0 += mc) {
-      const int64_t mcur = std::min(mc, M - m0);
-      const int32_t* xp = XP::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
-      const int64_t npm = (mcur + PR - 1) / PR;
-      auto body = [&](int64_t p0, int64_t p1) {
-        for (int64_t c0 = 0; c0 < npm; c0 += pc) {
-          int j = 0;  // the output of panel p (panels are visited in ascending order)
-          for (int64_t p = p0; p < p1; ++p) {
-            while (p >= first[j + 1]) ++j;
-            const RepackedOutput& o = outs[j];
-            const int64_t lp = p - first[j], n0 = lp * NV * kGroup;
-            const uint8_t* Wp = static_cast<const uint8_t*>(o.W);
-            const float* bp = o.bias ? o.bias + n0 : nullptr;
-            for (int64_t pm = c0; pm < std::min(npm, c0 + pc); ++pm) {
-              const int mr = int(std::min<int64_t>(PR, mcur - pm * PR));
-              kern(xp + pm * nb * XP::kBlockDwords, Wp, lp * NV, bp, o.Y + (m0 + pm * PR) * o.ldy + n0, o.ldy, mr, o.N - n0);
-            }
+  for (int64_t m0 = 0; m0 < M; m0 += mc) {
+    const int64_t mcur = std::min(mc, M - m0);
+    const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
+    const int64_t npm = (mcur + kPanelRows - 1) / kPanelRows;
+    auto body = [&](int64_t p0, int64_t p1) {
+      for (int64_t c0 = 0; c0 < npm; c0 += pc) {
+        int j = 0;  // the output of panel p (panels are visited in ascending order)
+        for (int64_t p = p0; p < p1; ++p) {
+          while (p >= first[j + 1]) ++j;
+          const RepackedOutput& o = outs[j];
+          const int64_t lp = p - first[j], n0 = lp * NV * kGroup;
+          const uint8_t* Wp = static_cast<const uint8_t*>(o.W);
+          const float* bp = o.bias ? o.bias + n0 : nullptr;
+          for (int64_t pm = c0; pm < std::min(npm, c0 + pc); ++pm) {
+            const int mr = int(std::min<int64_t>(kPanelRows, mcur - pm * kPanelRows));
+            float* y = o.Y + (m0 + pm * kPanelRows) * o.ldy + n0;
+            const int32_t* xpp = xp + pm * nb * XPanels::kBlockDwords;
+            if (q8)
+              panel_groups_avx512<true, NV>(xpp, Wp, L, lp * NV, nb, bp, y, o.ldy, mr, o.N - n0);
+            else
+              panel_groups_avx512<false, NV>(xpp, Wp, L, lp * NV, nb, bp, y, o.ldy, mr, o.N - n0);
           }
         }
-      };
-      parallel_chunks(pool, mcur * rows * K >= kParallelMinMacs, npn, std::max<int64_t>(1, npn / (4 * nth)), body);
-    }
-  };
-  if (panels6_flag().on())
-    return run(XPanels6(), [&](const int32_t* xpp, const uint8_t* Wp, int64_t g0, const float* bp, float* y, int64_t ldy,
-                               int mr, int64_t cols) {
-      if (q8)
-        panel_groups_2pass_avx512<true, NV>(xpp, Wp, L, g0, nb, bp, y, ldy, mr, cols);
-      else
-        panel_groups_2pass_avx512<false, NV>(xpp, Wp, L, g0, nb, bp, y, ldy, mr, cols);
-    });
-  run(XPanels(), [&](const int32_t* xpp, const uint8_t* Wp, int64_t g0, const float* bp, float* y, int64_t ldy, int mr,
-                     int64_t cols) {
-    if (q8)
-      panel_groups_avx512<true, NV>(xpp, Wp, L, g0, nb, bp, y, ldy, mr, cols);
-    else
-      panel_groups_avx512<false, NV>(xpp, Wp, L, g0, nb, bp, y, ldy, mr, cols);
-  });
+      }
+    };
+    parallel_chunks(pool, mcur * rows * K >= kParallelMinMacs, npn, std::max<int64_t>(1, npn / (4 * nth)), body);
+  }
 }
 #endif
 }  // namespace
 
 namespace gemm_detail {
-void set_repacked_panels6(bool on) {
-#if defined(__x86_64__)
-  panels6_flag().set(on);
-#endif
-  (void)on;
-}
 void set_repacked_panels_enabled(bool enabled) {
 #if defined(__x86_64__)
   g_panels_enabled.store(enabled);
