@@ -416,6 +416,14 @@ export interface SequenceStats {
   kvPreemptions: number;
   /** Positions evaluated again for preempted sequences. */
   kvRecomputedTokens: number;
+  /**
+   * Whether the sequences' context is ready: its KV cache and activations faulted in (the
+   * `prefaultContext` load option; done on the scheduler's thread after creation, and calls wait for
+   * it), or no fault-in was asked for. False before the first call creates the context.
+   */
+  contextReady: boolean;
+  /** Seconds that fault-in took (0 before it finished, or without one). */
+  prefaultSeconds: number;
 }
 
 interface NativeSubmission<T> {
@@ -1041,6 +1049,7 @@ export class Model {
       prefillChunks: 0, prefillTokens: 0, mixedSteps: 0, stepRows: 0, lastStepRows: 0, maxStepRows: 0, prefixCopies: 0,
       prefixWaits: 0, reusedTokens: 0, reusedLogits: 0, kvBlockSize: 0, kvBlocksTotal: 0, kvBlocksUsed: 0, kvBlocksShared: 0,
       kvBlocksCached: 0, kvBytesPerBlock: 0, kvWaits: 0, kvPreemptions: 0, kvRecomputedTokens: 0,
+      contextReady: false, prefaultSeconds: 0,
     };
   }
 

@@ -364,6 +364,8 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     o.Set("kvWaits", double(st.kv_waits));
     o.Set("kvPreemptions", double(st.kv_preemptions));
     o.Set("kvRecomputedTokens", double(st.kv_recomputed_tokens));
+    o.Set("contextReady", st.context_ready);
+    o.Set("prefaultSeconds", st.prefault_s);
     return o;
   }
 

@@ -5,7 +5,12 @@
 #include <algorithm>
 #include <cstring>
 #include <sys/stat.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
+#include "base/arena.h"
+#include "base/env_switch.h"
 #include "base/error.h"
 #include "core/device_tensor.h"
 #include "core/tensor.h"
@@ -285,23 +290,80 @@ void LlavaModel::place_weights() {
   weights_.finish();
 }
 
-void LlavaModel::project(const float* feats, int64_t rows, float* out) const {
+namespace {
+// Larger passes (LLaVA-1.5: more than ~5 images; LLaVA-NeXT's 5-tile images: one) allocate per
+// call rather than keep that much memory resident between calls.
+constexpr size_t kMaxKeptScratchBytes = size_t(64) << 20;
+constexpr size_t kHugePage = size_t(2) << 20;
+EnvSwitch& keep_scratch_flag() {
+  static EnvSwitch on("EMOLLM_LLAVA_KEEP_SCRATCH");
+  return on;
+}
+// f32 values rounded up to a 64-byte line (the blocks carved from one allocation stay aligned)
+size_t line_floats(int64_t n) { return size_t(n + 15) / 16 * 16; }
+}  // namespace
+
+void LlavaModel::set_keep_scratch(bool on) { keep_scratch_flag().set(on); }
+bool LlavaModel::keep_scratch() { return keep_scratch_flag().on(); }
+
+LlavaModel::KeptScratch::~KeptScratch() { aligned_free(data); }
+
+float* LlavaModel::claim_scratch(size_t bytes, KeptRelease* release) const {
+  Backend& be = text_->backend();
+  if (!be.uses_host_memory() || bytes > kMaxKeptScratchBytes || !keep_scratch()) return nullptr;
+  bool idle = false;
+  if (!kept_.busy.compare_exchange_strong(idle, true, std::memory_order_acquire)) return nullptr;
+  release->busy = &kept_.busy;
+  if (kept_.bytes < bytes) {
+    aligned_free(kept_.data);
+    kept_.data = nullptr;
+    kept_.bytes = 0;
+    const size_t n = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    kept_.data = aligned_alloc_bytes(n, kHugePage);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    (void)madvise(kept_.data, n, MADV_HUGEPAGE);
+#endif
+    kept_.bytes = n;
+    be.prefault(kept_.data, n);
+  }
+  return static_cast<float*>(kept_.data);
+}
+
+void LlavaModel::project_into(const float* feats, int64_t rows, float* out, float* hid) const {
   Backend& be = text_->backend();
   const int64_t E = n_embd();
+  be.gemm(feats, proj_in_, proj1_.data, proj1_.dtype, proj1_b_, hid, E, rows, E, proj_in_);
+  be.gelu_erf(hid, hid, rows * E);
+  be.gemm(hid, E, proj2_.data, proj2_.dtype, proj2_b_, out, E, rows, E, E);
+}
+
+void LlavaModel::project(const float* feats, int64_t rows, float* out) const {
+  Backend& be = text_->backend();
   weights_.require_usable_on(be, "LLaVA projector");
-  DeviceTensor hid(be, DType::F32, {rows, E});
-  be.gemm(feats, proj_in_, proj1_.data, proj1_.dtype, proj1_b_, hid.data(), E, rows, E, proj_in_);
-  be.gelu_erf(hid.data(), hid.data(), rows * E);
-  be.gemm(hid.data(), E, proj2_.data, proj2_.dtype, proj2_b_, out, E, rows, E, E);
+  KeptRelease release;
+  if (float* kept = claim_scratch(line_floats(rows * n_embd()) * sizeof(float), &release))
+    return project_into(feats, rows, out, kept);
+  DeviceTensor hid(be, DType::F32, {rows, n_embd()});
+  project_into(feats, rows, out, hid.data());
 }
 
 bool LlavaModel::encode_images_device(const float* pixels, int64_t B, float* out, const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
+  Backend& be = text_->backend();
+  weights_.require_usable_on(be, "LLaVA projector");
   const int64_t rows = B * n_image_tokens();
-  DeviceTensor feats(text_->backend(), DType::F32, {rows, proj_in_});
-  if (!vision_->encode_device(text_->backend(), pixels, B, feature_layers_, drop_cls_, feats.data(), abort)) return false;
+  // the tower's features, then the projector's hidden rows: kept between calls, else this call's own
+  const size_t nf = line_floats(rows * proj_in_), nh = line_floats(rows * n_embd());
+  KeptRelease release;
+  float* feats = claim_scratch((nf + nh) * sizeof(float), &release);
+  DeviceTensor own;
+  if (!feats) {
+    own = DeviceTensor(be, DType::F32, {int64_t(nf + nh)});
+    feats = own.data();
+  }
+  if (!vision_->encode_device(be, pixels, B, feature_layers_, drop_cls_, feats, abort)) return false;
   if (abort && abort->load(std::memory_order_relaxed)) return false;
-  project(feats.data(), rows, out);
+  project_into(feats, rows, out, feats + nf);
   return true;
 }
 

@@ -87,6 +87,14 @@ class LlavaModel {
   bool encode_images_device(const float* pixels, int64_t B, float* out_device, const std::atomic<bool>* abort = nullptr) const;
   // The projector alone: feats [rows, d_in] -> out [rows, n_embd()], both in the backend's memory.
   void project(const float* feats, int64_t rows, float* out) const;
+  // Whether encode calls keep their feature / projector scratch between calls (default: on,
+  // unless EMOLLM_LLAVA_KEEP_SCRATCH=0), for every LLaVA model of the process; for A/B in one process.
+  // The addon then also writes an encodeImages result straight into the JavaScript array it
+  // returns (=0: into a vector first, then copied).
+  static void set_keep_scratch(bool on);
+  static bool keep_scratch();
+  // Bytes of the kept block (0: none yet), for tests.
+  size_t kept_scratch_bytes() const { return kept_.bytes; }
   int64_t projector_in() const { return proj_in_; }
 
   // The decoder prompt for `tokens` with `n_images` images whose projected features are
@@ -128,6 +136,31 @@ class LlavaModel {
   const float* image_newline_ = nullptr;
   const float* image_newline_dev_ = nullptr;
   BackendWeights weights_;  // the projector's and image_newline's device copies (empty on the CPU)
+
+  // The tower's output features and the projector's hidden rows (2.25 + 9 MiB a LLaVA-1.5 image)
+  // kept between encode calls on a host-memory backend, as the tower keeps its activations
+  // (ClipVisionModel::kept_): fresh allocations paid their first-touch page faults every vision
+  // pass. One call at a time uses the block (an atomic flag: std::mutex::try_lock would need
+  // pthread_mutex_trylock@GLIBC_2.34, above the prebuilt binary's glibc 2.33 floor); a concurrent
+  // call, a pass above kMaxKeptScratchBytes, or EMOLLM_LLAVA_KEEP_SCRATCH=0 allocates its own.
+  struct KeptScratch {
+    std::atomic<bool> busy{false};
+    void* data = nullptr;
+    size_t bytes = 0;
+    ~KeptScratch();
+  };
+  mutable KeptScratch kept_;
+  // Claims kept_ (grown to `bytes` if needed) for this call and returns it, or null (see above);
+  // the claim ends when `release` is destroyed.
+  struct KeptRelease {
+    std::atomic<bool>* busy = nullptr;
+    ~KeptRelease() {
+      if (busy) busy->store(false, std::memory_order_release);
+    }
+  };
+  float* claim_scratch(size_t bytes, KeptRelease* release) const;
+  // project() with the hidden rows at `hid` ([rows, n_embd()] of backend memory).
+  void project_into(const float* feats, int64_t rows, float* out, float* hid) const;
 
   // Places the tower, the projector and image_newline in the decoder backend's memory (load's last step).
   void place_weights();

@@ -2,6 +2,7 @@
 #include "model/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "base/error.h"
 
@@ -276,12 +277,20 @@ void Scheduler::finish(std::unique_ptr<Active>& a) {
 
 void Scheduler::loop() {
   if (prefault_) {
+    const auto t0 = std::chrono::steady_clock::now();
     try {
       ctx_->prefault_memory();
     } catch (const Error&) {
       // Out of memory while faulting in (MADV_POPULATE_WRITE reports it): the pages come as
       // positions are written instead, as with prefault off; a real shortage fails that request.
     }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.prefault_s = s;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.context_ready = true;
   }
   for (;;) {
     std::vector<std::unique_ptr<Active>> admitted, dropped;

@@ -157,6 +157,10 @@ struct SchedulerStats {
   int64_t kv_recomputed_tokens = 0;  // positions evaluated again after a preemption
   bool chunked_prefill = true;
   int n_seq = 0;
+  // the context's fault-in on the scheduler's thread (SchedulerOptions::prefault): done (or not
+  // asked for: true from the start), and its seconds (0 when not asked for); requests wait for it
+  bool context_ready = false;
+  double prefault_s = 0;
 };
 
 class Scheduler {

@@ -48,6 +48,16 @@ describe.skipIf(!haveStories)('prefaultContext on stories260K', () => {
       expect(a.kvBytes).toBeGreaterThan(30 * 2 ** 20);
       expect(a.grew).toBeGreaterThan(0.9 * a.kvBytes);
       expect(b.grew).toBeLessThan(0.25 * b.kvBytes);
+      // stats say when the fault-in finished and how long it took (bench:llava's context column)
+      for (const deadline = Date.now() + 20_000; !on.stats().contextReady && Date.now() < deadline; )
+        await new Promise((r) => setTimeout(r, 5));
+      expect(on.stats().contextReady).toBe(true);
+      expect(on.stats().prefaultSeconds).toBeGreaterThan(0);
+      // without a fault-in the context is ready at once and no time is reported
+      for (const deadline = Date.now() + 20_000; !off.stats().contextReady && Date.now() < deadline; )
+        await new Promise((r) => setTimeout(r, 5));
+      expect(off.stats().contextReady).toBe(true);
+      expect(off.stats().prefaultSeconds).toBe(0);
       const prompt = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
       const la = await on.logits(prompt);
       const lb = await off.logits(prompt);

@@ -359,6 +359,69 @@ TEST(llava_vision_kept_activations_equal_fresh) {
   EXPECT(same_bits(c1, fresh) && same_bits(c2, fresh));
 }
 
+// The tower's features and the projector's hidden rows kept between calls
+// (LlavaModel::set_keep_scratch): a call that finds the block holding another image's rows, a
+// larger batch that replaces it, the projector alone (its hidden rows in the block), a per-call
+// allocation, and two calls at once (one takes the kept block, the other its own) all give the
+// same feature bits; and the kept block really is reused (the same projector output after another
+// image wrote into it).
+TEST(llava_projector_kept_scratch_equal_fresh) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  std::vector<float> px2(t->pixels.size());
+  for (size_t i = 0; i < px2.size(); ++i) px2[i] = t->pixels[px2.size() - 1 - i];
+  const auto same_bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  LlavaModel::set_keep_scratch(false);
+  const auto fresh = encode(m, t->pixels, 1);
+  const auto fresh2 = encode(m, px2, 1);
+  {  // the reference: the tower into its own buffer, then the projector (not encode's carving)
+    Backend& be = m.text_model()->backend();
+    std::vector<float> tf(size_t(m.n_image_tokens() * m.projector_in())), ref(fresh.size());
+    EXPECT(m.vision().encode(be, t->pixels.data(), 1, m.feature_layers(), m.drop_cls(), tf.data()));
+    m.project(tf.data(), m.n_image_tokens(), ref.data());
+    EXPECT(std::memcmp(ref.data(), fresh.data(), ref.size() * sizeof(float)) == 0);
+  }
+  LlavaModel::set_keep_scratch(true);
+  const size_t kept0 = m.kept_scratch_bytes();  // another test's calls may have made it already
+  const auto a1 = encode(m, t->pixels, 1);
+  const size_t one = (size_t(m.n_image_tokens() * (m.projector_in() + m.n_embd())) * sizeof(float));
+  EXPECT(m.kept_scratch_bytes() >= one);  // the call kept its scratch
+  EXPECT(kept0 == 0 || kept0 == m.kept_scratch_bytes());
+  const auto b1 = encode(m, px2, 1);  // the kept block now holds image 2's rows
+  const auto a2 = encode(m, t->pixels, 1);
+  EXPECT(same_bits(a1, fresh));
+  EXPECT(same_bits(a2, fresh));
+  EXPECT(same_bits(b1, fresh2));
+  EXPECT(!same_bits(b1, fresh));
+  std::vector<float> both(px2);
+  both.insert(both.end(), t->pixels.begin(), t->pixels.end());
+  const auto fb = encode(m, both, 2);  // a larger block replaces the kept one
+  EXPECT(fb.size() == 2 * fresh.size());
+  EXPECT(m.kept_scratch_bytes() >= 2 * one);  // grown for the batch
+  EXPECT(std::memcmp(fb.data(), fresh2.data(), fresh2.size() * sizeof(float)) == 0);
+  EXPECT(std::memcmp(fb.data() + a1.size(), fresh.data(), fresh.size() * sizeof(float)) == 0);
+  EXPECT(same_bits(encode(m, t->pixels, 1), fresh));
+  // the projector alone, kept and fresh, on the same tower features
+  const int64_t rows = m.n_image_tokens(), din = m.projector_in(), E = m.n_embd();
+  std::vector<float> feats(size_t(rows * din));
+  for (size_t i = 0; i < feats.size(); ++i) feats[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+  std::vector<float> pk(size_t(rows * E)), pf(size_t(rows * E));
+  m.project(feats.data(), rows, pk.data());
+  LlavaModel::set_keep_scratch(false);
+  m.project(feats.data(), rows, pf.data());
+  LlavaModel::set_keep_scratch(true);
+  EXPECT(same_bits(pk, pf));
+  // two calls at once
+  std::vector<float> c1, c2;
+  std::thread th([&] { c1 = encode(m, t->pixels, 1); });
+  c2 = encode(m, px2, 1);
+  th.join();
+  EXPECT(same_bits(c1, fresh) && same_bits(c2, fresh2));
+}
+
 TEST(llava_prefix_reuse_tells_images_apart) {
   const Tiny* t = tiny();
   if (!t) return;
