@@ -10,12 +10,15 @@
 // bits of each switch are checked by the native tests.
 //
 //   build-bench/bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N]
-//       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle] [--ab qx-inside]
+//       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]
+//       [--ab qx-inside|prefetch-o]
+// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer)
 //
 // --gap: what the threads do between q/k/v and o (the attention's place): `fma` AVX-512 FMAs only
 // (compute, no memory traffic), `pause` a pause loop, `fma-trickle` FMAs plus one 64-byte read
 // from a 256 MiB buffer every ~100 FMAs (~2-3 GB/s: memory kept busy, as a decode attention reading
-// its KV cache does). Found with it (session 13, 1 thread, load ~11): after >= 50 us without memory
+// its KV cache does), `fma-prefetch-o` FMAs with o's records prefetched meanwhile (each thread a
+// share, 16 lines per ~100 cycles: what a prefetch hook inside decode attention could do). Found with it (session 13, 1 thread, load ~11): after >= 50 us without memory
 // traffic (fma or pause) the next GEMV (o, 2.4 MB) took ~30 us longer (102-108 us against 70-73
 // after a 5-20 us gap or none); with the trickle 80 us. See bench/README.md.
 #include <sys/mman.h>
@@ -80,10 +83,12 @@ Matrix make_matrix(DType t, int64_t N, int64_t K, ThreadPool* pool, std::mt19937
   return {out, N, bytes};
 }
 
-enum class Gap { Fma, Pause, FmaTrickle };
+enum class Gap { Fma, Pause, FmaTrickle, FmaPrefetchO };
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) void gap_work(double us, Gap kind) {
+// pf / pf_bytes (FmaPrefetchO): this thread's share of the next GEMV's weights, prefetched
+// 16 lines per 200 FMAs (~100 cycles) until done.
+__attribute__((target("avx512f"))) void gap_work(double us, Gap kind, const uint8_t* pf = nullptr, size_t pf_bytes = 0) {
   const double t0 = now();
   if (kind == Gap::Pause) {
     while ((now() - t0) * 1e6 < us) _mm_pause();
@@ -100,6 +105,9 @@ __attribute__((target("avx512f"))) void gap_work(double us, Gap kind) {
       c0 = _mm512_fmadd_ps(c0, b, a), c1 = _mm512_fmadd_ps(c1, b, a);
       c2 = _mm512_fmadd_ps(c2, b, a), c3 = _mm512_fmadd_ps(c3, b, a);
       if (big) sum += big[pos], pos = (pos + 64 * 33) % kTrickle;
+      if (i == 0 && pf_bytes)
+        for (int j = 0; j < 16 && pf_bytes; ++j, pf += 64, pf_bytes -= std::min<size_t>(64, pf_bytes))
+          _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
     }
   alignas(64) float f[16];
   _mm512_store_ps(f, _mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)));
@@ -107,7 +115,7 @@ __attribute__((target("avx512f"))) void gap_work(double us, Gap kind) {
   (void)sink;
 }
 #else
-void gap_work(double us, Gap) {
+void gap_work(double us, Gap, const uint8_t* = nullptr, size_t = 0) {
   const double t0 = now();
   while ((now() - t0) * 1e6 < us) {
   }
@@ -117,7 +125,7 @@ void gap_work(double us, Gap) {
 [[noreturn]] void usage(int code) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N] [--shape 1.1b|7b]\n"
-               "                             [--gap-us U] [--gap fma|pause|fma-trickle] [--ab qx-inside]\n");
+               "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o] [--ab qx-inside|prefetch-o]\n");
   std::exit(code);
 }
 
@@ -148,12 +156,16 @@ int main(int argc, char** argv) {
       else if (v != "q4_0") usage(2);
     } else if (a == "--gap") {
       const std::string v = val();
-      gap = v == "pause" ? Gap::Pause : v == "fma-trickle" ? Gap::FmaTrickle : v == "fma" ? Gap::Fma : (usage(2), Gap::Fma);
+      gap = v == "pause"         ? Gap::Pause
+            : v == "fma-trickle" ? Gap::FmaTrickle
+            : v == "fma-prefetch-o" ? Gap::FmaPrefetchO
+            : v == "fma"         ? Gap::Fma
+                                 : (usage(2), Gap::Fma);
     } else {
       usage(2);
     }
   }
-  if (!ab.empty() && ab != "qx-inside") usage(2);
+  if (!ab.empty() && ab != "qx-inside" && ab != "prefetch-o") usage(2);
   const bool big = shape == "7b";
   const int64_t D = big ? 4096 : 2048, F = big ? 11008 : 5632, KV = big ? 4096 : 256, V = 32000;
   const int L = layers > 0 ? layers : big ? 32 : 22;
@@ -190,7 +202,15 @@ int main(int argc, char** argv) {
       const GemvOutput qkv[3] = {{w.q.W, nullptr, y1.data(), D}, {w.k.W, nullptr, y2.data(), KV}, {w.v.W, nullptr, y3.data(), KV}};
       gemv_repacked_multi(x.data(), t, qkv, 3, D, &pool);
       const double t1 = now();
-      if (gap_us > 0) pool.run([&](int, int) { gap_work(gap_us, gap); });
+      const Gap g = ab == "prefetch-o" && v == 1 ? Gap::FmaPrefetchO : gap;
+      if (gap_us > 0)
+        pool.run([&](int ith, int nth) {
+          // FmaPrefetchO: thread ith prefetches the ith share of o's records (the share
+          // parallel_ranges gives the ith arrival: right at 1 thread, a guess at more)
+          const size_t share = w.o.bytes / size_t(nth) / 64 * 64;
+          const uint8_t* base = static_cast<const uint8_t*>(w.o.W) + size_t(ith) * share;
+          gap_work(gap_us, g, g == Gap::FmaPrefetchO ? base : nullptr, g == Gap::FmaPrefetchO ? share : 0);
+        });
       const double t2 = now();
       gemv_repacked(x.data(), w.o.W, t, nullptr, y2.data(), D, D, &pool);
       const double t3 = now();
@@ -210,7 +230,7 @@ int main(int argc, char** argv) {
   }
   std::printf("decode GEMV sequence: %s %s, %d layers, %d steps, %d threads, gap %.0f us (%s)%s\n", shape.c_str(),
               t == DType::Q4_0 ? "q4_0" : "q8_0", L, steps, threads, gap_us,
-              gap == Gap::Pause ? "pause" : gap == Gap::FmaTrickle ? "fma-trickle" : "fma",
+              gap == Gap::Pause ? "pause" : gap == Gap::FmaTrickle ? "fma-trickle" : gap == Gap::FmaPrefetchO ? "fma-prefetch-o" : "fma",
               ab.empty() ? "" : (", A/B " + ab + " off/on alternated per layer").c_str());
   for (int v = 0; v < nvar; ++v) {
     std::printf("%s", nvar > 1 ? (v ? "  on: " : "  off:") : " ");
