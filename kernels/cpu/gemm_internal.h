@@ -175,6 +175,12 @@ bool gemv_guided();
 // above (guided chunks from one shared counter). Same bits. Process-wide.
 void set_gemv_ranges(bool on);
 bool gemv_ranges();
+// The M = 1 repacked GEMV rounds x to q8_0 inside its own dispatch, the threads sharing the work
+// while the first weight lines arrive (gemv_repacked.cpp SharedQx); off: before the dispatch, on
+// the calling thread (the default). Same bits. Opt-in, EMOLLM_GEMV_QX_INSIDE=1: on the loaded Zen 5
+// VM it measured the same as the default (interleaved per call and per layer); for a quiet A/B.
+void set_gemv_qx_inside(bool on);
+bool gemv_qx_inside();
 
 void gemm_q8act_scalar(const Args& a);
 

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -144,6 +145,18 @@ EnvSwitch& ranges_flag() {
 }  // namespace
 void set_gemv_ranges(bool on) { ranges_flag().set(on); }
 bool gemv_ranges() { return ranges_flag().on(); }
+namespace {
+// Off unless EMOLLM_GEMV_QX_INSIDE=1 (opt-in: no gain measured yet, see SharedQx).
+std::atomic<bool>& qx_inside_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_GEMV_QX_INSIDE");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }()};
+  return on;
+}
+}  // namespace
+void set_gemv_qx_inside(bool on) { qx_inside_flag().store(on, std::memory_order_relaxed); }
+bool gemv_qx_inside() { return qx_inside_flag().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 
@@ -613,8 +626,10 @@ void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::f
 }
 
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks, layout L) against x quantised in (qs, s).
+// cold_start: the chunk's first pass prefetches its own first records (false when the caller has).
 void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, const RepackLayout& L, bool q8, bool vec,
-                     const float* bias, float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1) {
+                     const float* bias, float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1,
+                     bool cold_start = true) {
 #if defined(__x86_64__)
   if (vec) {
     int64_t g = g0;
@@ -631,9 +646,11 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         const float* bg = bias ? bias + g * kGroup : nullptr;
         const int nn = edges ? next_ng(g + NG) : 0;
         if (q8)
-          groups_avx512<true, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn, edges && g == g0);
+          groups_avx512<true, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn,
+                                  cold_start && edges && g == g0);
         else
-          groups_avx512<false, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn, edges && g == g0);
+          groups_avx512<false, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn,
+                                   cold_start && edges && g == g0);
       }
     };
     passes(std::integral_constant<int, kPassGroups>());
@@ -648,6 +665,90 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
 }
 }  // namespace
 
+namespace {
+// x rounded to q8_0 inside the GEMV's own dispatch (gemm_detail::gemv_qx_inside()): in pieces of
+// kQxPieceBlocks blocks that the threads claim, each thread first prefetching the first records of
+// its chunk, then rounding pieces, then waiting until every piece is done (it waits only for pieces
+// another running thread has claimed, never for a thread that has not joined: run_dynamic's
+// rule). The default path rounds x on the caller (0.7 us at K = 2048, 1.9 at 5632 on Zen 5) before
+// waking the pool, while the workers idle and no weight line is in flight; here the workers round
+// with it and the first weight lines arrive meanwhile. Each piece is rounded by qx_quantize_row_*
+// and compacted as quantize_rows does (slot b: d_x, the 8 lanes' -off * sums added in int32), so
+// the values, and every bit after them, are quantize_rows'.
+// Measured (Zen 5 VM, load 11-13, session 13): the same as the default within noise: hot
+// N = 256 / 2048, K = 2048 / 5632, 1 and 2 threads, alternated per call, medians 0.98-1.00x; cold
+// in a decode-order sequence of the 1.1B matrices alternated per layer 0.99-1.02x. Expected gain on
+// a quiet machine ~0.5 us a call (half the rounding at 2 threads): hence opt-in until measured.
+constexpr int64_t kQxPieceBlocks = 16;
+
+class SharedQx {
+ public:
+  SharedQx(const float* x, int64_t K, int off)
+      : x_(x), nb_(K / kQK), off_(off), pieces_((nb_ + kQxPieceBlocks - 1) / kQxPieceBlocks) {
+    using namespace gemm_detail;
+    q_ = qx_view(scratch(kQxSlot, qx_bytes(1, K)), 1, K);
+  }
+  const int8_t* qs() const { return q_.qs; }
+  BlockSums sums() const { return BlockSums{q_.dxe, q_.neg}; }
+  bool ready() const { return done_.load(std::memory_order_acquire) == pieces_; }
+  // Rounds unclaimed pieces, then waits for the claimed ones.
+  void complete() {
+    for (int64_t p; (p = next_.fetch_add(1, std::memory_order_relaxed)) < pieces_;) {
+      piece(p);
+      done_.fetch_add(1, std::memory_order_release);
+    }
+    while (!ready()) {
+#if defined(__x86_64__)
+      _mm_pause();
+#endif
+    }
+  }
+
+ private:
+  void piece(int64_t p) const {
+    const int64_t b0 = p * kQxPieceBlocks, n = std::min(kQxPieceBlocks, nb_ - b0);
+    float dxe[kQxPieceBlocks * 8];
+    int32_t neg[kQxPieceBlocks * 8];
+    int8_t* qs = const_cast<int8_t*>(q_.qs) + b0 * kQK;
+#if defined(__x86_64__)
+    if (isa_active() >= Isa::Avx2)
+      gemm_detail::qx_quantize_row_avx2(x_ + b0 * kQK, n * kQK, qs, dxe, neg, off_);
+    else
+#endif
+      gemm_detail::qx_quantize_row_scalar(x_ + b0 * kQK, n * kQK, qs, dxe, neg, off_);
+    float* dx = const_cast<float*>(q_.dxe);
+    int32_t* ng = const_cast<int32_t*>(q_.neg);
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t sum = 0;
+      for (int j = 0; j < 8; ++j) sum += neg[i * 8 + j];
+      dx[b0 + i] = dxe[i * 8];
+      ng[b0 + i] = sum;
+    }
+  }
+  const float* x_;
+  int64_t nb_;
+  int off_;
+  int64_t pieces_;
+  gemm_detail::QX q_;
+  std::atomic<int64_t> next_{0}, done_{0};
+};
+
+// The first records of the streams of a pass from group g0 (what groups_avx512's `cold` start
+// prefetches: one super-group, or a pass's kPassGroups one-group streams).
+void prefetch_first_records(const uint8_t* G, const RepackLayout& L, bool q8, int64_t g0) {
+#if defined(__x86_64__)
+  const size_t ahead = (L.sg == 1 ? 4 : q8 ? 4 : 8) * L.rec;
+  const int streams = L.sg == 1 ? kPassGroups : 1;
+  for (int k = 0; k < streams; ++k) {
+    const uint8_t* p = L.scales(G, (g0 / L.sg + k) * L.sg);
+    for (size_t o = 0; o < ahead && o < L.sgstride; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+  }
+#else
+  (void)G, (void)L, (void)q8, (void)g0;
+#endif
+}
+}  // namespace
+
 void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
                    ThreadPool* pool) {
   check_repack_args(wtype, N, K);
@@ -655,11 +756,23 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   using namespace gemm_detail;
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = (N + kGroup - 1) / kGroup;
-  const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
-  const BlockSums s = row_sums(q, 0);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const bool vec = vnni_kernel();
   const RepackLayout L = repack_layout(q8, nb);
+  if (gemv_qx_inside()) {
+    SharedQx sq(x, K, q8 ? 128 : 8);
+    gemv_dispatch(pool, N * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
+      const bool first = !sq.ready();
+      if (first) {
+        prefetch_first_records(G, L, q8, g0);
+        sq.complete();
+      }
+      repacked_groups(sq.qs(), sq.sums(), G, L, q8, vec, bias, y, N, nb, g0, g1, !first);
+    });
+    return;
+  }
+  const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
+  const BlockSums s = row_sums(q, 0);
   gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
                 [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1); });
 }
@@ -681,17 +794,38 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   using namespace gemm_detail;
   const bool q8 = wtype == DType::Q8_0;
   const int64_t nb = K / kQK, groups = first[n_outs];
-  const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
-  const BlockSums s = row_sums(q, 0);
   const bool vec = vnni_kernel();
   const RepackLayout L = repack_layout(q8, nb);
+  const bool inside = gemv_qx_inside();
+  std::optional<SharedQx> sq;
+  QX q{};
+  BlockSums s{};
+  if (inside) {
+    sq.emplace(x, K, q8 ? 128 : 8);
+  } else {
+    q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
+    s = row_sums(q, 0);
+  }
   gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
+    bool cold = true;
+    if (inside && !sq->ready()) {
+      for (int j = 0; j < n_outs; ++j)
+        if (g0 < first[j + 1]) {
+          prefetch_first_records(static_cast<const uint8_t*>(outs[j].W), L, q8, g0 - first[j]);
+          break;
+        }
+      sq->complete();
+      cold = false;
+    }
+    const int8_t* qs = inside ? sq->qs() : q.qs;
+    const BlockSums bs = inside ? sq->sums() : s;
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);
       const GemvOutput& o = outs[j];
-      repacked_groups(q.qs, s, static_cast<const uint8_t*>(o.W), L, q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
-                      e - first[j]);
+      repacked_groups(qs, bs, static_cast<const uint8_t*>(o.W), L, q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
+                      e - first[j], cold);
+      cold = true;
       g0 = e;
     }
   });

@@ -1358,6 +1358,78 @@ TEST(repack_records_bit_equal_previous_layout) {
       }
 }
 
+// gemv_repacked / gemv_repacked_multi with x rounded inside the dispatch (the threads claim pieces
+// of 16 blocks; gemm_detail::set_gemv_qx_inside) give the bits of the previous path (x rounded on
+// the calling thread before the dispatch): K from one block to several pieces and a partial last
+// piece (544 = 17 blocks, 5632 = 11 pieces), no pool and 2 / 3 threads (3 on fewer cores: workers
+// late or skipping), every ISA with and without VNNI (scalar and AVX2 rounding, scalar and VNNI
+// GEMVs). The scratch x is rounded into is first filled with another x's rounding, so a piece the
+// new path skipped would show.
+TEST(gemv_qx_inside_bit_equal_previous) {
+  struct QxScope {
+    explicit QxScope(bool on) : prev_(gemm_detail::gemv_qx_inside()) { gemm_detail::set_gemv_qx_inside(on); }
+    ~QxScope() { gemm_detail::set_gemv_qx_inside(prev_); }
+    bool prev_;
+  };
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+    if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
+      emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
+  };
+  std::vector<float> bias2(37);
+  for (int i = 0; i < 37; ++i) bias2[size_t(i)] = float(i % 5 - 2) * 0.25f;
+  uint32_t seed = 7700;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t K : {32, 96, 512, 544, 2048, 5632})
+      for (int64_t N : {1, 61, 300}) {
+        if (K == 5632 && N == 300) continue;  // keeps the test short
+        Weights w = make_weights(t, N, K, seed), w2 = make_weights(t, 37, K, seed + 3);
+        std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r2(quant_repack_bytes(t, 37, K));
+        quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
+        quant_repack(w2.bytes.data(), t, 37, K, r2.data(), nullptr);
+        Problem p = make_problem(2, N, K, 0, 0, seed + 1);  // row 0: x; row 1: the other x
+        const float* x = p.X.data();
+        const float* other = p.X.data() + K;
+        for (Isa isa : isa_levels()) {
+          IsaCapScope cap(isa);
+          for (bool vnni : vnni_variants(isa))
+            for (ThreadPool* pool : pools) {
+              VnniScope vs(vnni);
+              const std::string what = std::string(dtype_name(t)) + " isa=" + isa_name(isa) + " vnni=" + yesno(vnni) +
+                                       " threads=" + std::to_string(pool ? pool->size() : 1) + " N=" +
+                                       std::to_string(N) + " K=" + std::to_string(K);
+              std::vector<float> y_prev(size_t(N), kSentinel), y_new(size_t(N), kSentinel), y_junk(size_t(N), 0.0f);
+              std::vector<float> a_prev(size_t(N), kSentinel), b_prev(37, kSentinel), a_new(size_t(N), kSentinel),
+                  b_new(37, kSentinel);
+              {
+                QxScope q(false);
+                gemv_repacked(x, r.data(), t, p.bias.data(), y_prev.data(), N, K, pool);
+                GemvOutput o[2] = {{r.data(), nullptr, a_prev.data(), N}, {r2.data(), bias2.data(), b_prev.data(), 37}};
+                gemv_repacked_multi(x, t, o, 2, K, pool);
+                gemv_repacked(other, r.data(), t, nullptr, y_junk.data(), N, K, pool);  // scratch: the other x
+              }
+              {
+                QxScope q(true);
+                gemv_repacked(x, r.data(), t, p.bias.data(), y_new.data(), N, K, pool);
+                {
+                  QxScope q0(false);
+                  gemv_repacked(other, r.data(), t, nullptr, y_junk.data(), N, K, pool);
+                }
+                GemvOutput o[2] = {{r.data(), nullptr, a_new.data(), N}, {r2.data(), bias2.data(), b_new.data(), 37}};
+                gemv_repacked_multi(x, t, o, 2, K, pool);
+              }
+              same(y_new, y_prev, what);
+              same(a_new, a_prev, what + " multi[0]");
+              same(b_new, b_prev, what + " multi[1]");
+              for (float v : y_new) EXPECT(v != kSentinel);
+              for (float v : b_new) EXPECT(v != kSentinel);
+            }
+        }
+        ++seed;
+      }
+}
+
 // gemm_repacked (any M, row strides): every row is bit-identical to gemv_repacked of that row
 // (same integer block sums, same f32 accumulation order), so a row gives the same logits in a
 // batch as alone; gemv_repacked itself is checked against the references above. M of 2..9 covers
