@@ -69,6 +69,7 @@ bool kquant_vnni_gemm() { return kquant_vnni_flag().on(); }
 #include "gemm_transpose_avx512.h"
 #include "gemm_vnni_packed_driver.h"
 #include "gemm_vnni_quads_avx512.h"
+#include "kquant_records.h"
 
 namespace emollm {
 namespace gemm_detail {
@@ -90,7 +91,35 @@ static_assert(KCB % 8 == 0, "k blocks must hold whole super-blocks");
 
 // Packs W rows [n0, n0+nv) x super-blocks [s0, s0+ns) into panels of NR rows (layout in the
 // header comment; kb = 8 * ns blocks per panel). Rows past nv are zero (codes and scales).
+// Row r (0..15) of a 16-row record (kquant_records.h) decoded as kquant_decode_avx2 decodes the
+// GGUF super-block it came from: the same codes, and A / B from the same fp16 d / dmin and 6-bit
+// (q4_K) or int8 (q6_K) scales by the same f32 products, so the panels are bit for bit the same.
 template <DType DT>
+EMO_TV void decode_record_row(const uint8_t* rec, int r, KquantDecoded* o) {
+  kquant_record_codes(DT, rec, r, o->u);
+  if constexpr (DT == DType::Q6_K) {
+    float d;
+    std::memcpy(&d, rec + 4 * r, 4);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(rec + kQ6KSc);
+    for (int h = 0; h < 16; ++h) {
+      o->A[h] = d * sc[16 * h + r];
+      o->B[h] = 0.0f;
+    }
+  } else {
+    uint16_t dh, mh;
+    std::memcpy(&dh, rec + 2 * r, 2);
+    std::memcpy(&mh, rec + 32 + 2 * r, 2);
+    const float d = _cvtsh_ss(dh), dmin = _cvtsh_ss(mh);
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t s = rec[kQ4KSc + 16 * j + r], m = rec[kQ4KMin + 16 * j + r];
+      o->A[2 * j] = o->A[2 * j + 1] = d * s;
+      o->B[2 * j] = o->B[2 * j + 1] = -(dmin * m);
+    }
+  }
+}
+
+// Records: W = the records, rb = bytes of one 16-row group; else the GGUF rows of rb bytes.
+template <DType DT, bool Records = false>
 EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t s0, int64_t ns, int32_t* out) {
   constexpr bool q6 = DT == DType::Q6_K;
   const size_t gb = dtype_block_bytes(DT);
@@ -102,8 +131,14 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
       const int64_t r0 = pnl * NR + 16 * g;
       const int rows = int(std::max<int64_t>(0, std::min<int64_t>(16, nv - r0)));
       for (int64_t s = 0; s < ns; ++s) {
-        for (int t = 0; t < rows; ++t)
-          kquant_decode_avx2(DT, W + size_t(n0 + r0 + t) * rb + size_t(s0 + s) * gb, &dec[t]);
+        for (int t = 0; t < rows; ++t) {
+          const int64_t n = n0 + r0 + t;
+          if constexpr (Records)
+            decode_record_row<DT>(W + size_t(n / kKqRows) * rb + size_t(s0 + s) * kquant_record_bytes(DT),
+                                  int(n % kKqRows), &dec[t]);
+          else
+            kquant_decode_avx2(DT, W + size_t(n) * rb + size_t(s0 + s) * gb, &dec[t]);
+        }
         for (int t = rows; t < 16; ++t) std::memset(&dec[t], 0, sizeof(KquantDecoded));
         // per block j of the super-block: the two scales of each of the 16 rows
         for (int j = 0; j < 8; ++j) {
@@ -188,13 +223,13 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
 
 // The driver's kernel (gemm_vnni_packed_driver.h). Its L2 blocks of KCB k blocks hold whole
 // super-blocks (KCB % 8 == 0, K % 256 == 0): blocks [b0, b0 + kb) are super-blocks [b0 / 8, (b0 + kb) / 8).
-template <DType DT>
+template <DType DT, bool Records = false>
 struct KquantKernel {
   static constexpr int kMR = MR;
   static constexpr int64_t kNR = NR, kKCB = KCB, kNC = NC, kWBlk = WBLK;
   using XPanels = gemm_detail::XPanels;
   static void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t b0, int64_t kb, int32_t* out) {
-    gemm_detail::pack_w<DT>(W, rb, n0, nv, b0 / 8, kb / 8, out);
+    gemm_detail::pack_w<DT, Records>(W, rb, n0, nv, b0 / 8, kb / 8, out);
   }
   static void kern(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
                    const float* bias, bool first) {
@@ -203,6 +238,16 @@ struct KquantKernel {
 };
 
 }  // namespace
+
+void gemm_kquant_packed_vnni_records(const Args& a) {
+  switch (a.wtype) {
+    case DType::Q4_K: return vnni_packed_gemm<KquantKernel<DType::Q4_K, true>>(a, 32);
+    case DType::Q6_K: return vnni_packed_gemm<KquantKernel<DType::Q6_K, true>>(a, 32);
+    default: break;
+  }
+  throw Error(ErrorCode::Internal, std::string("gemm_kquant_packed_vnni_records: no kernel for weight type ") +
+                                       dtype_name(a.wtype));
+}
 
 void gemm_kquant_packed_vnni(const Args& a) {
   switch (a.wtype) {
