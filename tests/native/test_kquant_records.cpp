@@ -14,6 +14,7 @@
 #include "../../kernels/cpu/gemm_kquant_vnni.h"
 #include "../../kernels/cpu/kernels.h"
 #include "../../kernels/cpu/kquant_records.h"
+#include "core/backend.h"
 #include "kquant_test_weights.h"
 #include "testing.h"
 
@@ -274,5 +275,43 @@ TEST(kquant_records_need_vnni) {
       }
       EXPECT(threw);
     }
+  }
+}
+
+// The CPU backend packs q4_K / q6_K matrices into the records at load (pack_gemm_weight) and its
+// gemm() then runs on them: M <= 8 is gemm_kquant_repacked on the records bit for bit, M > 8 is
+// gemm() on the GGUF bytes bit for bit; the matrix's bytes are not read after packing (they are
+// overwritten here and the results stay). With set_kquant_repacking(false) (EMOLLM_KQUANT_REPACK=0)
+// nothing is packed and gemm() is the GGUF path's. Q5_K is never packed.
+TEST(kquant_records_backend_packs_and_dispatches) {
+  auto be = make_backend(BackendOptions{});
+  const int64_t N = 45, K = 768;
+  for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q5_K}) {
+    const std::vector<uint8_t> w0 = emollm_test::kquant_weights(t, N, K, false, 91u);
+    std::vector<uint8_t> w = w0;
+    const std::vector<uint8_t> r = repacked(t == DType::Q5_K ? DType::Q4_K : t, w0, N, K, nullptr);
+    const std::vector<float> X = normal_floats(size_t(12 * K), 17u, 1.0f);
+    {
+      set_kquant_repacking(false);
+      auto none = be->pack_gemm_weight(w.data(), t, N, K);
+      set_kquant_repacking(true);
+      EXPECT(none == nullptr);
+    }
+    auto packed = be->pack_gemm_weight(w.data(), t, N, K);
+    const bool want = t != DType::Q5_K && kquant_repacked_usable();
+    EXPECT((packed != nullptr) == want);
+    if (!packed) continue;
+    EXPECT(packed->bytes() == kquant_repack_bytes(t, N, K));
+    std::memset(w.data(), 0xFF, w.size());  // the backend must read its records, not these bytes
+    for (int64_t M : {1, 3, 12}) {
+      std::vector<float> yb(size_t(M * N), NAN), yr(size_t(M * N), NAN);
+      be->gemm(X.data(), K, w.data(), t, nullptr, yb.data(), N, M, N, K);
+      if (M <= 8)
+        gemm_kquant_repacked(X.data(), K, aligned(r, t, N, K), t, nullptr, yr.data(), N, M, N, K, nullptr);
+      else
+        gemm(X.data(), K, w0.data(), t, nullptr, yr.data(), N, M, N, K, nullptr);
+      EXPECT(std::memcmp(yb.data(), yr.data(), yb.size() * 4) == 0);
+    }
+    packed.reset();
   }
 }
