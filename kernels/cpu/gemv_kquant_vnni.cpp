@@ -409,6 +409,38 @@ EMO_TK void x_records(const QX& q, int64_t M, int64_t K, bool q6, float* out) {
 
 }  // namespace
 
+void gemv_kquant_records_multi(const Args* outs, int n) {
+  const Args& a = outs[0];
+  const bool q6 = a.wtype == DType::Q6_K;
+  if ((a.wtype != DType::Q4_K && !q6) || a.M != 1 || a.K % kQKK != 0 || n < 1 || n > kMaxGemvOutputs)
+    throw Error(ErrorCode::Internal, "gemv_kquant_records_multi: q4_K / q6_K, M = 1, whole super-blocks");
+  const QX q = quantize_activations(a, false, 0);
+  const int64_t nb = a.K / kQK;
+  thread_local std::vector<float> xstore;
+  xstore.resize(size_t(3 * nb));
+  x_records(q, 1, a.K, q6, xstore.data());
+  const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + nb, reinterpret_cast<const int32_t*>(xstore.data() + nb), nb};
+  const RecFn fn = q6 ? pick_rec<DType::Q6_K>(1) : pick_rec<DType::Q4_K>(1);
+  const int64_t ns = a.K / kQKK;
+  int64_t first[kMaxGemvOutputs + 1] = {0};  // first group of each output in the joint range
+  int64_t macs = 0;
+  for (int j = 0; j < n; ++j) {
+    first[j + 1] = first[j] + (outs[j].N + kKqRows - 1) / kKqRows;
+    macs += outs[j].N * a.K;
+  }
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(1, first[n] / (8 * nth));
+  parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, [&](int64_t g0, int64_t g1) {
+    for (int j = 0; j < n && g0 < g1; ++j) {
+      const int64_t e = std::min(g1, first[j + 1]);
+      if (g0 >= e) continue;
+      const Args& o = outs[j];
+      fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0 - first[j], e - first[j]);
+      g0 = e;
+    }
+  });
+}
+
 void gemv_kquant_records(const Args& a) {
   const bool q6 = a.wtype == DType::Q6_K;
   if ((a.wtype != DType::Q4_K && !q6) || a.M < 1 || a.M > kSmallM || a.K % kQKK != 0)

@@ -183,6 +183,11 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
 // BF16 / F16 single-stream GEMV on AVX-512; other cases one call per output).
 void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
                            ThreadPool* pool);
+// Each output as gemm_kquant_repacked(x, K, W, wtype, bias, y, N, 1, N, K, pool) bit for bit (W:
+// kquant_repack's records, wtype Q4_K or Q6_K), x rounded once and one dispatch over every
+// output's 16-row groups. Needs kquant_repacked_usable().
+void gemv_kquant_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
+                                ThreadPool* pool);
 // Whether the CPU backend fuses such GEMVs (Backend::gemm_multi at M = 1). Process-wide; initial
 // value from EMOLLM_GEMV_FUSE ("0" off: one dispatch per matrix, for whole-run A/B), else on.
 void set_gemv_fusion(bool on);

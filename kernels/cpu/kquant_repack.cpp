@@ -165,4 +165,23 @@ void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wty
 #endif
 }
 
+void gemv_kquant_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
+                                ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(x && outs && n_outs >= 1 && n_outs <= kMaxGemvOutputs, "gemv_kquant_repacked_multi: bad outputs");
+  EMOLLM_CHECK_ARG(kquant_repacked_usable(), "gemv_kquant_repacked_multi: needs AVX-512 VNNI");
+#if defined(__x86_64__)
+  using namespace gemm_detail;
+  Args a[kMaxGemvOutputs];
+  const size_t group_bytes = size_t(K / kQKK) * kquant_record_bytes(wtype);
+  for (int j = 0; j < n_outs; ++j) {
+    check_args(wtype, outs[j].N, K);
+    EMOLLM_CHECK_ARG(outs[j].W && outs[j].y, "gemv_kquant_repacked_multi: null pointer");
+    a[j] = Args{x, K, outs[j].W, wtype, outs[j].bias, outs[j].y, outs[j].N, 1, outs[j].N, K, pool, group_bytes};
+  }
+  gemv_kquant_records_multi(a, n_outs);
+#else
+  (void)wtype, (void)K, (void)pool;
+#endif
+}
+
 }  // namespace emollm

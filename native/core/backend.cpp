@@ -352,7 +352,9 @@ class CpuBackend final : public Backend {
     const bool huge = t == DType::BF16 || t == DType::F16;
     const bool repacked = (t == DType::Q4_0 || t == DType::Q8_0) && quant_activations() == QuantActivations::Q8 &&
                           isa_active() >= Isa::Avx512;
-    if (!huge && !repacked) return false;
+    const bool records = kquant_repack_supported(t) && quant_activations() == QuantActivations::Q8 &&
+                         kquant_repacked_usable();
+    if (!huge && !repacked && !records) return false;
     GemvOutput g[kMaxGemvOutputs];
     for (int j = 0; j < n; ++j) {
       if (outs[j].wtype != t) return false;
@@ -363,6 +365,8 @@ class CpuBackend final : public Backend {
     }
     if (huge)
       gemv_huge_pages_multi(x, t, g, n, K, &pool_);
+    else if (records)
+      gemv_kquant_repacked_multi(x, t, g, n, K, &pool_);
     else
       gemv_repacked_multi(x, t, g, n, K, &pool_);
     return true;

@@ -315,3 +315,56 @@ TEST(kquant_records_backend_packs_and_dispatches) {
     packed.reset();
   }
 }
+
+// A decode step's q/k/v (or gate/up) on records as one dispatch (gemv_kquant_repacked_multi, and
+// the CPU backend's gemm_multi at M = 1): each output bit for bit its own gemm_kquant_repacked,
+// outputs of 1, 16, 45 and 300 rows (groups split across outputs and threads), bias on some,
+// no pool / 2 / 3 threads.
+TEST(kquant_records_multi_equals_separate) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  const int64_t K = 768;
+  const int64_t Ns[] = {45, 1, 300, 16};
+  for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    std::vector<std::vector<uint8_t>> ws, rs;
+    for (int j = 0; j < 4; ++j) {
+      ws.push_back(emollm_test::kquant_weights(t, Ns[j], K, j % 2 == 1, 70u + uint32_t(j)));
+      rs.push_back(repacked(t, ws.back(), Ns[j], K, nullptr));
+    }
+    const std::vector<float> x = normal_floats(size_t(K), 12u, 1.0f);
+    const std::vector<float> bias = normal_floats(300, 13u, 0.5f);
+    std::vector<std::vector<float>> ref(4), got(4);
+    for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      GemvOutput g[4];
+      for (int j = 0; j < 4; ++j) {
+        ref[size_t(j)].assign(size_t(Ns[j]), NAN);
+        got[size_t(j)].assign(size_t(Ns[j]) + 1, NAN);
+        const float* b = j % 2 == 0 ? bias.data() : nullptr;
+        gemm_kquant_repacked(x.data(), K, aligned(rs[size_t(j)], t, Ns[j], K), t, b, ref[size_t(j)].data(), Ns[j], 1,
+                             Ns[j], K, nullptr);
+        g[j] = GemvOutput{aligned(rs[size_t(j)], t, Ns[j], K), b, got[size_t(j)].data(), Ns[j]};
+      }
+      gemv_kquant_repacked_multi(x.data(), t, g, 4, K, p);
+      for (int j = 0; j < 4; ++j) {
+        EXPECT(std::memcmp(ref[size_t(j)].data(), got[size_t(j)].data(), size_t(Ns[j]) * 4) == 0);
+        EXPECT(std::isnan(got[size_t(j)][size_t(Ns[j])]));
+      }
+    }
+    // through the backend: packed at "load", then one gemm_multi of the four at M = 1
+    auto be = make_backend(BackendOptions{});
+    std::vector<std::unique_ptr<PackedGemmWeight>> keep;
+    Backend::GemmOutput go[4];
+    for (int j = 0; j < 4; ++j) {
+      keep.push_back(be->pack_gemm_weight(ws[size_t(j)].data(), t, Ns[j], K));
+      EXPECT(keep.back() != nullptr);
+      got[size_t(j)].assign(size_t(Ns[j]), NAN);
+      go[j] = Backend::GemmOutput{ws[size_t(j)].data(), t, j % 2 == 0 ? bias.data() : nullptr, got[size_t(j)].data(),
+                                  Ns[j], Ns[j]};
+    }
+    be->gemm_multi(x.data(), K, go, 4, 1, K);
+    for (int j = 0; j < 4; ++j) EXPECT(std::memcmp(ref[size_t(j)].data(), got[size_t(j)].data(), size_t(Ns[j]) * 4) == 0);
+  }
+}
