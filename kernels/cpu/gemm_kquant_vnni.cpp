@@ -69,6 +69,7 @@ bool kquant_vnni_gemm() { return kquant_vnni_flag().on(); }
 #include "gemm_transpose_avx512.h"
 #include "gemm_vnni_packed_driver.h"
 #include "gemm_vnni_quads_avx512.h"
+#include "kquant_records.h"
 
 namespace emollm {
 namespace gemm_detail {
@@ -90,7 +91,35 @@ static_assert(KCB % 8 == 0, "k blocks must hold whole super-blocks");
 
 // Packs W rows [n0, n0+nv) x super-blocks [s0, s0+ns) into panels of NR rows (layout in the
 // header comment; kb = 8 * ns blocks per panel). Rows past nv are zero (codes and scales).
+// Row r (0..15) of a 16-row record (kquant_records.h) decoded as kquant_decode_avx2 decodes the
+// GGUF super-block it came from: the same codes, and A / B from the same fp16 d / dmin and 6-bit
+// (q4_K) or int8 (q6_K) scales by the same f32 products, so the panels are bit for bit the same.
 template <DType DT>
+EMO_TV void decode_record_row(const uint8_t* rec, int r, KquantDecoded* o) {
+  kquant_record_codes(DT, rec, r, o->u);
+  if constexpr (DT == DType::Q6_K) {
+    float d;
+    std::memcpy(&d, rec + 4 * r, 4);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(rec + kQ6KSc);
+    for (int h = 0; h < 16; ++h) {
+      o->A[h] = d * sc[16 * h + r];
+      o->B[h] = 0.0f;
+    }
+  } else {
+    uint16_t dh, mh;
+    std::memcpy(&dh, rec + 2 * r, 2);
+    std::memcpy(&mh, rec + 32 + 2 * r, 2);
+    const float d = _cvtsh_ss(dh), dmin = _cvtsh_ss(mh);
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t s = rec[kQ4KSc + 16 * j + r], m = rec[kQ4KMin + 16 * j + r];
+      o->A[2 * j] = o->A[2 * j + 1] = d * s;
+      o->B[2 * j] = o->B[2 * j + 1] = -(dmin * m);
+    }
+  }
+}
+
+// Records: W = the records, rb = bytes of one 16-row group; else the GGUF rows of rb bytes.
+template <DType DT, bool Records = false>
 EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t s0, int64_t ns, int32_t* out) {
   constexpr bool q6 = DT == DType::Q6_K;
   const size_t gb = dtype_block_bytes(DT);
@@ -102,8 +131,14 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
       const int64_t r0 = pnl * NR + 16 * g;
       const int rows = int(std::max<int64_t>(0, std::min<int64_t>(16, nv - r0)));
       for (int64_t s = 0; s < ns; ++s) {
-        for (int t = 0; t < rows; ++t)
-          kquant_decode_avx2(DT, W + size_t(n0 + r0 + t) * rb + size_t(s0 + s) * gb, &dec[t]);
+        for (int t = 0; t < rows; ++t) {
+          const int64_t n = n0 + r0 + t;
+          if constexpr (Records)
+            decode_record_row<DT>(W + size_t(n / kKqRows) * rb + size_t(s0 + s) * kquant_record_bytes(DT),
+                                  int(n % kKqRows), &dec[t]);
+          else
+            kquant_decode_avx2(DT, W + size_t(n) * rb + size_t(s0 + s) * gb, &dec[t]);
+        }
         for (int t = rows; t < 16; ++t) std::memset(&dec[t], 0, sizeof(KquantDecoded));
         // per block j of the super-block: the two scales of each of the 16 rows
         for (int j = 0; j < 8; ++j) {
@@ -128,6 +163,84 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
             _mm512_store_ps(reinterpret_cast<float*>(ob + (q * NV + g) * 16), v[q]);
             _mm512_store_ps(reinterpret_cast<float*>(ob + WBLK + (q * NV + g) * 16), v[8 + q]);
           }
+        }
+      }
+    }
+  }
+}
+
+// The records' rows [n0, n0 + nv), n0 a multiple of 16, into the same panels as pack_w: the
+// records already hold a quad of 16 rows per zmm (kquant_records.h), so no decode, no transpose:
+// per quad a mask (and a shift, and for q6_K an or of the high bits), per block the two scale
+// vectors by the same f32 products as decode_record_row (d * sc, -(dmin * m); d * sc_h).
+// Rows past nv in a group are zeroed, as pack_w's.
+template <DType DT>
+EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t nv, int64_t s0, int64_t ns,
+                           int32_t* out) {
+  constexpr bool q6 = DT == DType::Q6_K;
+  const size_t rec = kquant_record_bytes(DT);
+  const int64_t kb = 8 * ns;
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(int(0x80000000u)));
+  for (int64_t pnl = 0; pnl * NR < nv; ++pnl) {
+    int32_t* op = out + pnl * kb * WBLK;
+    for (int g = 0; g < NV; ++g) {
+      const int64_t r0 = pnl * NR + 16 * g;
+      const int rows = int(std::max<int64_t>(0, std::min<int64_t>(16, nv - r0)));
+      const __mmask16 km = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
+      const uint8_t* gp = rows > 0 ? W + size_t((n0 + r0) / kKqRows) * gstride : nullptr;
+      for (int64_t s = 0; s < ns; ++s) {
+        const uint8_t* p = gp ? gp + size_t(s0 + s) * rec : nullptr;
+        __m512 d = _mm512_setzero_ps(), dm = _mm512_setzero_ps();
+        if (p) {
+          if constexpr (q6) {
+            d = _mm512_maskz_loadu_ps(km, p);
+          } else {
+            d = _mm512_maskz_mov_ps(km, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+            dm = _mm512_maskz_mov_ps(km, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))));
+          }
+        }
+        for (int j = 0; j < 8; ++j) {
+          int32_t* ob = op + (8 * s + j) * WBLK;
+          __m512 sa = _mm512_setzero_ps(), sb = _mm512_setzero_ps();
+          __m512i lo[4], hi[4];
+          if (p) {
+            auto bytes16 = [&](size_t off) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + off)); };
+            if constexpr (q6) {
+              sa = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16(kQ6KSc + 32 * j))));
+              sb = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16(kQ6KSc + 32 * j + 16))));
+            } else {
+              sa = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(kQ4KSc + 16 * j))));
+              sb = _mm512_xor_ps(_mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(kQ4KMin + 16 * j)))),
+                                 sign);
+            }
+            const uint8_t* cl = p + kq_block_offset(q6, j);
+            for (int i = 0; i < 4; ++i) {
+              const __m512i L = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
+              lo[i] = _mm512_and_si512(L, m4);
+              hi[i] = _mm512_and_si512(_mm512_srli_epi16(L, 4), m4);
+            }
+            if constexpr (q6) {
+              const __m512i H0 = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + kQ6KHigh));
+              const __m512i H1 = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + kQ6KHigh + 64));
+              lo[0] = _mm512_ternarylogic_epi32(lo[0], _mm512_slli_epi16(H0, 4), m30, 0xF8);
+              lo[1] = _mm512_ternarylogic_epi32(lo[1], _mm512_slli_epi16(H0, 2), m30, 0xF8);
+              lo[2] = _mm512_ternarylogic_epi32(lo[2], H0, m30, 0xF8);
+              lo[3] = _mm512_ternarylogic_epi32(lo[3], _mm512_srli_epi16(H0, 2), m30, 0xF8);
+              hi[0] = _mm512_ternarylogic_epi32(hi[0], _mm512_slli_epi16(H1, 4), m30, 0xF8);
+              hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
+              hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
+              hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
+            }
+          } else {
+            for (int i = 0; i < 4; ++i) lo[i] = hi[i] = _mm512_setzero_si512();
+          }
+          for (int i = 0; i < 4; ++i) {
+            _mm512_store_si512(ob + (i * NV + g) * 16, lo[i]);
+            _mm512_store_si512(ob + ((4 + i) * NV + g) * 16, hi[i]);
+          }
+          _mm512_store_ps(reinterpret_cast<float*>(ob + 8 * NV * 16 + g * 16), _mm512_maskz_mov_ps(km, sa));
+          _mm512_store_ps(reinterpret_cast<float*>(ob + 9 * NV * 16 + g * 16), _mm512_maskz_mov_ps(km, sb));
         }
       }
     }
@@ -188,13 +301,16 @@ EMO_TV void kern_kq(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, 
 
 // The driver's kernel (gemm_vnni_packed_driver.h). Its L2 blocks of KCB k blocks hold whole
 // super-blocks (KCB % 8 == 0, K % 256 == 0): blocks [b0, b0 + kb) are super-blocks [b0 / 8, (b0 + kb) / 8).
-template <DType DT>
+template <DType DT, bool Records = false>
 struct KquantKernel {
   static constexpr int kMR = MR;
   static constexpr int64_t kNR = NR, kKCB = KCB, kNC = NC, kWBlk = WBLK;
   using XPanels = gemm_detail::XPanels;
   static void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t b0, int64_t kb, int32_t* out) {
-    gemm_detail::pack_w<DT>(W, rb, n0, nv, b0 / 8, kb / 8, out);
+    if constexpr (Records) {
+      if (n0 % kKqRows == 0) return gemm_detail::pack_w_records<DT>(W, rb, n0, nv, b0 / 8, kb / 8, out);
+    }
+    gemm_detail::pack_w<DT, Records>(W, rb, n0, nv, b0 / 8, kb / 8, out);
   }
   static void kern(int64_t kb, const int32_t* xp, const int32_t* wp, float* y, int64_t ldy, int mr, int64_t nr,
                    const float* bias, bool first) {
@@ -203,6 +319,16 @@ struct KquantKernel {
 };
 
 }  // namespace
+
+void gemm_kquant_packed_vnni_records(const Args& a) {
+  switch (a.wtype) {
+    case DType::Q4_K: return vnni_packed_gemm<KquantKernel<DType::Q4_K, true>>(a, 32);
+    case DType::Q6_K: return vnni_packed_gemm<KquantKernel<DType::Q6_K, true>>(a, 32);
+    default: break;
+  }
+  throw Error(ErrorCode::Internal, std::string("gemm_kquant_packed_vnni_records: no kernel for weight type ") +
+                                       dtype_name(a.wtype));
+}
 
 void gemm_kquant_packed_vnni(const Args& a) {
   switch (a.wtype) {

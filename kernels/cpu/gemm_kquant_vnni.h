@@ -28,6 +28,10 @@ void kquant_decode_avx2(DType t, const uint8_t* blk, KquantDecoded* out);
 // Q4_K / Q5_K / Q6_K weights at M > kSmallM in QuantActivations::Q8 mode (gemm_kquant_vnni.cpp):
 // X quantised to q8_0 once, packed cache-blocked GEMM on vpdpbusd. Requires AVX-512 VNNI.
 void gemm_kquant_packed_vnni(const Args& a);
+// The same for q4_K / q6_K weights in kquant_repack's 16-row records (a.W), a.row_bytes = the
+// bytes of one 16-row group (K / 256 records): the W panels are made from the records, bit for
+// bit those of the GGUF layout, so the results are gemm_kquant_packed_vnni's bit for bit.
+void gemm_kquant_packed_vnni_records(const Args& a);
 #endif
 
 // Whether gemm_quant_ext takes gemm_kquant_packed_vnni for M > kSmallM (default on; the

@@ -59,6 +59,7 @@ bool kquant_gemv() { return kquant_gemv_flag().on(); }
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
 #include "gemm_x86_common.h"
+#include "kquant_records.h"
 #include "simd_math.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -236,7 +237,230 @@ RowsFn pick_m(int64_t M) {
   }
 }
 
+// ---------------------------------------------------------------- the 16-row records (kquant_records.h)
+//
+// Per record (16 rows x one super-block) and 32-element sub-block j, per X row: two int32 chains
+// of 4 vpdpbusd (quads 0-3 from the low nibbles, 4-7 from the high ones; activation bytes
+// broadcast from memory) give P_r, the exact sub-block sums of the 16 rows, one per lane; then
+//   q4_K: aA += float(sc_j * P) * dx_j       aM += float(m_j) * (dx_j S_j)    (per lane = row)
+//         and per super-block y += d * aA - dmin * aM
+//   q6_K: P_h starts from -32 S_h (the code offset; one per 16-element half h = 2j, 2j + 1),
+//         aA += float(sc_2j P_2j + sc_2j+1 P_2j+1) * dx_j, per super-block y += d * aA
+// sc * P is exact in int32 and in the f32 conversion (q4_K |sc P| <= 63 * 32 * 15 * 127, q6_K
+// |sc_2j P_2j + sc_2j+1 P_2j+1| <= 2 * 128 * 16 * 32 * 127 < 2^24), so the roundings are one
+// per fused multiply-add: 8 (16 with the mins) per super-block into aA / aM, then 1-2 into y: per
+// output at most K / 32 + 2 K / 256 + 1 deep, inside this file's (2 K / 32 + 8) 2^-24 bound.
+// A different f32 order from kq_rows (lane sums per row there): not bit-equal to it.
+// No horizontal sums, no permutes, scales one vpmovzx per 16 rows.
+
+// Per-call X data for the records: per X row m and sub-block b (index m * nb + b) dx_b, and
+// q4_K: dx_b * S_b (f32, exact) / q6_K: -32 S_h per half (int32, index m * 2 nb + h).
+struct XRec {
+  const int8_t* qs;
+  int64_t ldq;
+  const float* dx;
+  const float* dxs;
+  const int32_t* neg;
+  int64_t nb;
+};
+
+EMO_TK inline __m512i bcast32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// Bytes ahead of the code line being read that each line load prefetches (EMOLLM_KQ_PREFETCH
+// for the bench's A/B; 0: none).
+int64_t rec_prefetch() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("EMOLLM_KQ_PREFETCH");
+    return e ? std::atoll(e) : int64_t(1024);
+  }();
+  return v;
+}
+
+// Groups [g0, g1) of 16 weight rows against the MB rows of X.
+template <DType T, int MB>
+EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
+                       int64_t N, int64_t g0, int64_t g1) {
+  constexpr bool q6 = T == DType::Q6_K;
+  const size_t rec = q6 ? kQ6KRecord : kQ4KRecord;
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const int64_t pf = rec_prefetch();
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* p = Wr + size_t(g * ns) * rec;
+    __m512 y[MB];
+    for (int m = 0; m < MB; ++m) y[m] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; ++s, p += rec) {
+      __m512 aA[MB], aM[MB];
+      for (int m = 0; m < MB; ++m) aA[m] = aM[m] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+      for (int j = 0; j < 8; ++j) {
+        const uint8_t* cl = p + kq_block_offset(q6, j);
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(cl + 64 * i + pf), _MM_HINT_T0);
+          const __m512i L = _mm512_load_si512(cl + 64 * i);
+          lo[i] = _mm512_and_si512(L, m4);
+          hi[i] = _mm512_and_si512(_mm512_srli_epi16(L, 4), m4);
+        }
+        if constexpr (q6) {
+          const uint8_t* hl = cl + kQ6KHigh;
+          _mm_prefetch(reinterpret_cast<const char*>(hl + pf), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(hl + 64 + pf), _MM_HINT_T0);
+          const __m512i H0 = _mm512_load_si512(hl), H1 = _mm512_load_si512(hl + 64);
+          // quad q: low 4 bits lo[q] (q < 4) / hi[q - 4]; high 2 bits in field q % 4 of H[q / 4],
+          // moved to bits 4-5 and or-ed in (vpternlogd 0xF8: a | (b & c))
+          lo[0] = _mm512_ternarylogic_epi32(lo[0], _mm512_slli_epi16(H0, 4), m30, 0xF8);
+          lo[1] = _mm512_ternarylogic_epi32(lo[1], _mm512_slli_epi16(H0, 2), m30, 0xF8);
+          lo[2] = _mm512_ternarylogic_epi32(lo[2], H0, m30, 0xF8);
+          lo[3] = _mm512_ternarylogic_epi32(lo[3], _mm512_srli_epi16(H0, 2), m30, 0xF8);
+          hi[0] = _mm512_ternarylogic_epi32(hi[0], _mm512_slli_epi16(H1, 4), m30, 0xF8);
+          hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
+          hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
+          hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
+          const __m512i sc0 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j)));
+          const __m512i sc1 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j + 16)));
+          for (int m = 0; m < MB; ++m) {
+            const int8_t* x = xr.qs + m * xr.ldq + 256 * s + 32 * j;
+            const int32_t* ng = xr.neg + m * 2 * xr.nb + 16 * s + 2 * j;
+            __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i) {
+              P0 = _mm512_dpbusd_epi32(P0, lo[i], bcast32(x + 4 * i));
+              P1 = _mm512_dpbusd_epi32(P1, hi[i], bcast32(x + 16 + 4 * i));
+            }
+            const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, sc0), _mm512_mullo_epi32(P1, sc1));
+            aA[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[m * xr.nb + 8 * s + j]), aA[m]);
+          }
+        } else {
+          const __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ4KSc + 16 * j)));
+          const __m512 mn = _mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ4KMin + 16 * j))));
+          for (int m = 0; m < MB; ++m) {
+            const int8_t* x = xr.qs + m * xr.ldq + 256 * s + 32 * j;
+            __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i) {
+              P0 = _mm512_dpbusd_epi32(P0, lo[i], bcast32(x + 4 * i));
+              P1 = _mm512_dpbusd_epi32(P1, hi[i], bcast32(x + 16 + 4 * i));
+            }
+            const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, P1), sc);
+            const int64_t b = m * xr.nb + 8 * s + j;
+            aA[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[b]), aA[m]);
+            aM[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xr.dxs[b]), aM[m]);
+          }
+        }
+      }
+      if constexpr (q6) {
+        const __m512 d = _mm512_load_ps(reinterpret_cast<const float*>(p));
+        for (int m = 0; m < MB; ++m) y[m] = _mm512_fmadd_ps(d, aA[m], y[m]);
+      } else {
+        const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
+        for (int m = 0; m < MB; ++m) y[m] = _mm512_fnmadd_ps(dm, aM[m], _mm512_fmadd_ps(d, aA[m], y[m]));
+      }
+    }
+    const int64_t n0 = g * kKqRows;
+    const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
+    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(Y + m * ldy + n0, k, _mm512_add_ps(y[m], bv));
+  }
+}
+
+using RecFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+template <DType T>
+RecFn pick_rec(int64_t M) {
+  switch (M) {
+    case 1: return &kq_records<T, 1>;
+    case 2: return &kq_records<T, 2>;
+    case 3: return &kq_records<T, 3>;
+    case 4: return &kq_records<T, 4>;
+    case 5: return &kq_records<T, 5>;
+    case 6: return &kq_records<T, 6>;
+    case 7: return &kq_records<T, 7>;
+    default: return &kq_records<T, 8>;
+  }
+}
+
+// XRec's per-call arrays for the M rows of q into out: dx (M nb), then q4_K dx S (M nb) or q6_K
+// -32 S_h (2 M nb int32).
+EMO_TK void x_records(const QX& q, int64_t M, int64_t K, bool q6, float* out) {
+  const int64_t nb = K / kQK;
+  const __m512i ones16 = _mm512_set1_epi16(1);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float dx = q.dxe[m * q.ldd + 8 * b];
+      out[m * nb + b] = dx;
+      const int8_t* xb = q.qs + m * q.ldq + 32 * b;
+      const __m512i w = _mm512_madd_epi16(
+          _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb))), ones16);
+      if (q6) {  // w: 16 dwords of pair sums; halves: dwords 0-7, 8-15
+        int32_t* neg = reinterpret_cast<int32_t*>(out + M * nb) + m * 2 * nb + 2 * b;
+        neg[0] = -32 * _mm512_mask_reduce_add_epi32(0x00FF, w);
+        neg[1] = -32 * _mm512_mask_reduce_add_epi32(0xFF00, w);
+      } else {
+        out[M * nb + m * nb + b] = dx * float(_mm512_reduce_add_epi32(w));  // exact: 11-bit scale, |S| <= 4064
+      }
+    }
+}
+
 }  // namespace
+
+void gemv_kquant_records_multi(const Args* outs, int n) {
+  const Args& a = outs[0];
+  const bool q6 = a.wtype == DType::Q6_K;
+  if ((a.wtype != DType::Q4_K && !q6) || a.M != 1 || a.K % kQKK != 0 || n < 1 || n > kMaxGemvOutputs)
+    throw Error(ErrorCode::Internal, "gemv_kquant_records_multi: q4_K / q6_K, M = 1, whole super-blocks");
+  const QX q = quantize_activations(a, false, 0);
+  const int64_t nb = a.K / kQK;
+  thread_local std::vector<float> xstore;
+  xstore.resize(size_t(3 * nb));
+  x_records(q, 1, a.K, q6, xstore.data());
+  const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + nb, reinterpret_cast<const int32_t*>(xstore.data() + nb), nb};
+  const RecFn fn = q6 ? pick_rec<DType::Q6_K>(1) : pick_rec<DType::Q4_K>(1);
+  const int64_t ns = a.K / kQKK;
+  int64_t first[kMaxGemvOutputs + 1] = {0};  // first group of each output in the joint range
+  int64_t macs = 0;
+  for (int j = 0; j < n; ++j) {
+    first[j + 1] = first[j] + (outs[j].N + kKqRows - 1) / kKqRows;
+    macs += outs[j].N * a.K;
+  }
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(1, first[n] / (8 * nth));
+  parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, [&](int64_t g0, int64_t g1) {
+    for (int j = 0; j < n && g0 < g1; ++j) {
+      const int64_t e = std::min(g1, first[j + 1]);
+      if (g0 >= e) continue;
+      const Args& o = outs[j];
+      fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0 - first[j], e - first[j]);
+      g0 = e;
+    }
+  });
+}
+
+void gemv_kquant_records(const Args& a) {
+  const bool q6 = a.wtype == DType::Q6_K;
+  if ((a.wtype != DType::Q4_K && !q6) || a.M < 1 || a.M > kSmallM || a.K % kQKK != 0)
+    throw Error(ErrorCode::Internal, "gemv_kquant_records: q4_K / q6_K, 1 <= M <= 8, whole super-blocks");
+  const QX q = quantize_activations(a, false, 0);
+  const int64_t nb = a.K / kQK;
+  thread_local std::vector<float> xstore;  // the workers read the caller's through xr
+  xstore.resize(size_t((q6 ? 3 : 2) * a.M * nb));
+  x_records(q, a.M, a.K, q6, xstore.data());
+  const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + a.M * nb,
+                reinterpret_cast<const int32_t*>(xstore.data() + a.M * nb), nb};
+  const RecFn fn = q6 ? pick_rec<DType::Q6_K>(a.M) : pick_rec<DType::Q4_K>(a.M);
+  const uint8_t* Wr = static_cast<const uint8_t*>(a.W);
+  const int64_t ns = a.K / kQKK, groups = (a.N + kKqRows - 1) / kKqRows;
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
+  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, groups, chunk, [&](int64_t g0, int64_t g1) {
+    fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1);
+  });
+}
 
 void gemv_kquant_vnni(const Args& a, const QX& q) {
   RowsFn fn = nullptr;

@@ -15,6 +15,13 @@ namespace gemm_detail {
 // Reads the weights in their GGUF layout; splits the weight rows over a.pool. Requires AVX-512
 // VNNI (cpu_features().avx512vnni).
 void gemv_kquant_vnni(const Args& a, const QX& q);
+// The same product for q4_K / q6_K weights in kquant_repack's 16-row records (a.W; a.row_bytes
+// unused), X in f32 (rounded to q8_0 here, as above): one sequential stream per 16 rows, no
+// horizontal sums. 1 <= M <= kSmallM, K % 256 == 0. Requires AVX-512 VNNI.
+void gemv_kquant_records(const Args& a);
+// M = 1 against several outputs' records (Args: W, bias, Y, N of each; the X, K, wtype and pool
+// of outs[0]): each output bit for bit gemv_kquant_records, x rounded once, one dispatch.
+void gemv_kquant_records_multi(const Args* outs, int n);
 #endif
 
 // Whether gemm_quant_ext takes gemv_kquant_vnni for q4_K / q5_K / q6_K at M <= kSmallM (default

@@ -110,6 +110,27 @@ constexpr int kMaxRepackedOutputs = 8;
 void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,
                          int64_t K, ThreadPool* pool);
 
+// ---------------------------------------------------------------- repacked K-quant weights (decode GEMV)
+// Q4_K / Q6_K weights rearranged once (at load) into records of 16 rows x one 256-element
+// super-block, scales unpacked to a byte per row (layout: kquant_records.h), so the decode GEMV
+// reads each 16 rows as one sequential stream, with one int8 dot-product instruction per 4
+// elements of 16 rows and no horizontal sums. The copy costs the weights' bytes plus 2.8% (q4_K)
+// / 1% (q6_K), N rounded up to 16; the original matrix is not read. K % 256 == 0. Q5_K: not.
+bool kquant_repack_supported(DType wtype);
+size_t kquant_repack_bytes(DType wtype, int64_t N, int64_t K);
+void kquant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool);
+// Y[M,N] = X[M,K] W^T (+ bias) from kquant_repack's output, any M: X rows rounded to q8_0 blocks
+// (QuantActivations::Q8 numerics), exact int32 products per 32-element block; M <= 8 on the
+// records' GEMV, M > 8 on the packed VNNI GEMM (bit for bit gemm() on the original weights).
+// Needs AVX-512 VNNI (kquant_repacked_usable()); callers fall back to gemm() on the original.
+bool kquant_repacked_usable();
+void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y,
+                          int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool);
+// Whether backends keep Q4_K / Q6_K model weights in this layout (read when a model is loaded).
+// EMOLLM_KQUANT_REPACK=0: the GGUF layout and its kernels (the previous path).
+void set_kquant_repacking(bool on);
+bool kquant_repacking();
+
 // ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
 // BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged
 // once (at load) into the panels of the vdpbf16ps packed GEMM, so that a call no longer packs W:
@@ -162,6 +183,11 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
 // BF16 / F16 single-stream GEMV on AVX-512; other cases one call per output).
 void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
                            ThreadPool* pool);
+// Each output as gemm_kquant_repacked(x, K, W, wtype, bias, y, N, 1, N, K, pool) bit for bit (W:
+// kquant_repack's records, wtype Q4_K or Q6_K), x rounded once and one dispatch over every
+// output's 16-row groups. Needs kquant_repacked_usable().
+void gemv_kquant_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
+                                ThreadPool* pool);
 // Whether the CPU backend fuses such GEMVs (Backend::gemm_multi at M = 1). Process-wide; initial
 // value from EMOLLM_GEMV_FUSE ("0" off: one dispatch per matrix, for whole-run A/B), else on.
 void set_gemv_fusion(bool on);

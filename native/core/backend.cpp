@@ -296,6 +296,9 @@ class CpuBackend final : public Backend {
       if (bf16_panels_usable()) return gemm_bf16_panels(X, ldx, packed, bias, Y, ldy, M, N, K, &pool_);
     } else if (packed && (wtype == DType::BF16 || wtype == DType::F16)) {
       return gemm_huge_pages(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);  // same layout, 2 MiB pages
+    } else if (packed && kquant_repack_supported(wtype)) {  // kquant_repack's 16-row records
+      if (quant_activations() == QuantActivations::Q8 && kquant_repacked_usable())
+        return gemm_kquant_repacked(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);
     } else if (packed && quant_activations() == QuantActivations::Q8 && isa_active() >= Isa::Avx512) {
       return gemm_repacked(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);
     }
@@ -349,7 +352,9 @@ class CpuBackend final : public Backend {
     const bool huge = t == DType::BF16 || t == DType::F16;
     const bool repacked = (t == DType::Q4_0 || t == DType::Q8_0) && quant_activations() == QuantActivations::Q8 &&
                           isa_active() >= Isa::Avx512;
-    if (!huge && !repacked) return false;
+    const bool records = kquant_repack_supported(t) && quant_activations() == QuantActivations::Q8 &&
+                         kquant_repacked_usable();
+    if (!huge && !repacked && !records) return false;
     GemvOutput g[kMaxGemvOutputs];
     for (int j = 0; j < n; ++j) {
       if (outs[j].wtype != t) return false;
@@ -360,6 +365,8 @@ class CpuBackend final : public Backend {
     }
     if (huge)
       gemv_huge_pages_multi(x, t, g, n, K, &pool_);
+    else if (records)
+      gemv_kquant_repacked_multi(x, t, g, n, K, &pool_);
     else
       gemv_repacked_multi(x, t, g, n, K, &pool_);
     return true;
@@ -405,6 +412,19 @@ class CpuBackend final : public Backend {
           }))
         return nullptr;
       if (made) release_pages(W, bytes);
+      return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
+    }
+    // Q4_K / Q6_K: kquant_repack's 16-row records (EMOLLM_KQUANT_REPACK=0: the GGUF bytes, read in place)
+    if (W && weight_repacking() && kquant_repacking() && kquant_repack_supported(wtype) && N > 0 && K > 0 &&
+        K % 256 == 0 && kquant_repacked_usable()) {
+      const size_t bytes = kquant_repack_bytes(wtype, N, K);
+      bool made = false;
+      if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
+            kquant_repack(W, wtype, N, K, out, &pool_);
+            made = true;
+          }))
+        return nullptr;
+      if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
       return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
     }
     if (!W || !weight_repacking() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) || N <= 0 || K <= 0 || K % 32 != 0)

@@ -1,0 +1,67 @@
+// The repacked q4_K / q6_K layout (kquant_repack.cpp writes it; gemv_kquant_vnni.cpp's decode
+// GEMV and gemm_kquant_vnni.cpp's prefill read it). Not public API.
+//
+// Rows go in groups of 16 (the last group padded with zero rows); group g is ns = K / 256
+// records, one per super-block, back to back: one sequential stream per group. A record holds
+// its super-block of all 16 rows, 64-byte aligned and a whole number of lines, with the scales
+// unpacked to one byte per row per sub-block so that a vector load gives one per lane (row):
+//
+//   q4_K (2368 B = 37 lines):
+//     [0, 32)      d of rows 0..15 (fp16)            [32, 64)  dmin of rows 0..15 (fp16)
+//     [64, 192)    sc: byte 16 j + r = 6-bit scale of sub-block j of row r
+//     [192, 320)   m:  byte 16 j + r = 6-bit min of sub-block j of row r
+//     [320, 2368)  codes: sub-block j = 4 lines at 320 + 256 j; line i, dword r (row r), byte k:
+//                  low nibble = u[r][32 j + 4 i + k], high nibble = u[r][32 j + 16 + 4 i + k]
+//   q6_K (3392 B = 53 lines):
+//     [0, 64)      d of rows 0..15 (f32, exact from the fp16)
+//     [64, 320)    scales: byte 16 h + r = int8 scale of 16-element half h of row r
+//     [320, 3392)  sub-block j = 6 lines at 320 + 384 j: 4 lines of the low 4 bits of the codes
+//                  as q4_K's codes, then 2 lines of their high 2 bits: line t, dword r, byte k,
+//                  bits 2f..2f+1 = u[r][32 j + 4 (4 t + f) + k] >> 4
+//                  (one sub-block after the other: the record is read as one sequential stream;
+//                  with the high bits in a region of their own it read as two, 0.7x as fast)
+// so the 4 code bytes of "quad" q (elements 4q..4q+3 of a sub-block) of the 16 rows are one zmm:
+// a vpdpbusd against 4 activation bytes broadcast gives the 16 rows' sums (no horizontal sums).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "../../base/dtype.h"
+
+namespace emollm {
+namespace gemm_detail {
+
+constexpr int kKqRows = 16;            // rows per group
+constexpr size_t kQ4KRecord = 2368;    // bytes per q4_K record (16 rows x 256 elements)
+constexpr size_t kQ6KRecord = 3392;    // bytes per q6_K record
+constexpr size_t kKqCodes = 320;       // offset of the 4-bit codes (both types)
+constexpr size_t kQ4KSc = 64, kQ4KMin = 192;
+constexpr size_t kQ6KSc = 64, kQ6KHigh = 256;  // high bits: offset in a q6_K sub-block's lines
+// Offset of sub-block j's code lines in a record.
+constexpr size_t kq_block_offset(bool q6, int j) { return kKqCodes + size_t(q6 ? 384 : 256) * size_t(j); }
+
+inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecord : kQ4KRecord; }
+
+// The 256 codes of row r (0..15) of one record (0..15 for q4_K, 0..63 for q6_K; u - 32 is the
+// q6_K value), as gemm_quant_ext.cpp's decoders give them.
+inline void kquant_record_codes(DType t, const uint8_t* rec, int r, uint8_t* u) {
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 4; ++i)
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t b = rec[kq_block_offset(t == DType::Q6_K, j) + 64 * i + 4 * r + k];
+        u[32 * j + 4 * i + k] = b & 0x0F;
+        u[32 * j + 16 + 4 * i + k] = b >> 4;
+      }
+  if (t != DType::Q6_K) return;
+  for (int j = 0; j < 8; ++j)
+    for (int q = 0; q < 8; ++q)
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t b = rec[kq_block_offset(true, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k];
+        u[32 * j + 4 * q + k] |= uint8_t(((b >> (2 * (q % 4))) & 3) << 4);
+      }
+}
+
+}  // namespace gemm_detail
+}  // namespace emollm

@@ -1,0 +1,370 @@
+// q4_K / q6_K weights in kquant_repack's 16-row records (kquant_records.h): the layout against
+// the GGUF bytes it came from, the decode GEMV on it (gemv_kquant_records) against the float64
+// sum with the documented bound, and the prefill on it bit for bit the prefill on the GGUF bytes.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../../base/error.h"
+#include "../../base/quant_formats.h"
+#include "../../base/thread_pool.h"
+#include "../../kernels/cpu/gemm_internal.h"
+#include "../../kernels/cpu/gemm_kquant_vnni.h"
+#include "../../kernels/cpu/kernels.h"
+#include "../../kernels/cpu/kquant_records.h"
+#include "core/backend.h"
+#include "kquant_test_weights.h"
+#include "testing.h"
+
+using namespace emollm;
+using emollm_test::normal_floats;
+
+namespace {
+
+bool have_vnni() {
+#if defined(__x86_64__)
+  return isa_detected() >= Isa::Avx512 && cpu_features().avx512vnni;
+#else
+  return false;
+#endif
+}
+
+std::vector<uint8_t> repacked(DType t, const std::vector<uint8_t>& w, int64_t N, int64_t K, ThreadPool* pool) {
+  std::vector<uint8_t> r(kquant_repack_bytes(t, N, K) + 64);
+  uint8_t* p = r.data() + (64 - reinterpret_cast<uintptr_t>(r.data()) % 64) % 64;  // the kernels' aligned loads
+  kquant_repack(w.data(), t, N, K, p, pool);
+  r.resize(size_t(p - r.data()) + kquant_repack_bytes(t, N, K));
+  return r;
+}
+const uint8_t* aligned(const std::vector<uint8_t>& r, DType t, int64_t N, int64_t K) {
+  return r.data() + (r.size() - kquant_repack_bytes(t, N, K));
+}
+
+}  // namespace
+
+// Every row of every record dequantised from the record (codes, fp16 d / dmin, unpacked scales)
+// equals dequantize_row of the GGUF row bit for bit (the same f32 formula), and the padding rows
+// of the last group are zero. N not a multiple of 16, 1 to 9 super-blocks, quantised rows and
+// random bytes, with and without a pool.
+TEST(kquant_records_layout_matches_gguf) {
+  ThreadPool pool(3);
+  int rows = 0;
+  for (DType t : {DType::Q4_K, DType::Q6_K})
+    for (int64_t N : {1, 16, 17, 45})
+      for (int64_t K : {256, 768, 2304})
+        for (bool random_bytes : {false, true})
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
+            const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 9u + uint32_t(N + K));
+            const std::vector<uint8_t> r = repacked(t, w, N, K, p);
+            const uint8_t* R = aligned(r, t, N, K);
+            const int64_t ns = K / 256, groups = (N + 15) / 16;
+            const size_t rec = gemm_detail::kquant_record_bytes(t);
+            std::vector<float> ref(static_cast<size_t>(K));
+            for (int64_t n = 0; n < groups * 16; ++n) {
+              if (n < N) dequantize_row(t, w.data() + size_t(n) * dtype_row_bytes(t, K), ref.data(), K);
+              int bad = 0;
+              for (int64_t s = 0; s < ns; ++s) {
+                const uint8_t* rp = R + size_t((n / 16) * ns + s) * rec;
+                const int r16 = int(n % 16);
+                uint8_t u[256];
+                gemm_detail::kquant_record_codes(t, rp, r16, u);
+                for (int e = 0; e < 256; ++e) {
+                  float v;
+                  if (t == DType::Q6_K) {
+                    float d;
+                    std::memcpy(&d, rp + 4 * r16, 4);
+                    const int8_t sc = int8_t(rp[gemm_detail::kQ6KSc + 16 * (e / 16) + r16]);
+                    v = d * sc * (int(u[e]) - 32);
+                  } else {
+                    uint16_t dh, mh;
+                    std::memcpy(&dh, rp + 2 * r16, 2);
+                    std::memcpy(&mh, rp + 32 + 2 * r16, 2);
+                    const int j = e / 32;
+                    v = f16_to_f32(dh) * rp[gemm_detail::kQ4KSc + 16 * j + r16] * u[e] -
+                        f16_to_f32(mh) * rp[gemm_detail::kQ4KMin + 16 * j + r16];
+                  }
+                  const float want = n < N ? ref[size_t(256 * s + e)] : 0.0f;
+                  if (!(v == want) && !(n >= N && v == 0.0f) && bad++ < 2)
+                    emollm_test::report_failure(__FILE__, __LINE__,
+                                                std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" +
+                                                    std::to_string(K) + " row " + std::to_string(n) + " element " +
+                                                    std::to_string(256 * s + e) + ": " + std::to_string(v) +
+                                                    " vs " + std::to_string(want));
+                }
+              }
+              ++rows;
+            }
+          }
+  EXPECT(rows > 0);
+}
+
+// The decode GEMV on the records (gemm_kquant_repacked at M <= 8) against the float64 sum of X
+// rounded to q8_0 times the dequantised weights, with the bound of test_kquant_gemv.cpp (the
+// records' kernel is at most K / 32 + 2 K / 256 + 1 roundings deep, gemv_kquant_vnni.cpp):
+//   |y - y64| <= (2 K / 32 + 8) 2^-24 (sum_k |xq_k| (|w_k| + 2 |M_j(k)|) + |bias|).
+// A row's bits do not depend on M (the other X rows), the pool or its thread count: checked bit
+// for bit against M = 1 without a pool. N 1..300 (not multiples of 16), K of 1, 3, 9, 43
+// super-blocks, every M up to 8, an all-zero X row and one of mixed magnitudes, bias on / off.
+TEST(kquant_records_gemv_bound_and_bits) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI (gemm_kquant_repacked needs it)\n");
+    EXPECT(!kquant_repacked_usable());
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{1, 1, 256},  {1, 37, 768},  {1, 300, 2304}, {2, 45, 256}, {3, 70, 768},
+                          {5, 19, 512}, {8, 33, 1280}, {1, 5, 11008},  {7, 129, 256}, {4, 16, 2304}};
+  int checked = 0;
+  for (DType t : {DType::Q4_K, DType::Q6_K})
+    for (const Shape& sh : shapes)
+      for (bool random_bytes : {false, true}) {
+        const int64_t M = sh.M, N = sh.N, K = sh.K;
+        const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 300u + uint32_t(K + 7 * N + M));
+        const std::vector<uint8_t> r = repacked(t, w, N, K, &pool3);
+        const uint8_t* R = aligned(r, t, N, K);
+        std::vector<float> X = normal_floats(size_t(M * K), 41u + uint32_t(M + K), 1.0f);
+        if (M >= 3) {
+          for (int64_t k = 0; k < K; ++k) X[size_t(K + k)] = 0.0f;
+          for (int64_t k = 0; k < K; ++k) X[size_t(2 * K + k)] *= (k % 64 < 32) ? 300.0f : 1e-3f;
+        }
+        const std::vector<float> bias = normal_floats(size_t(N), 3u, 0.5f);
+        const size_t rb = dtype_row_bytes(t, K);
+        std::vector<float> wd(size_t(N * K)), xq(size_t(M * K));
+        for (int64_t n = 0; n < N; ++n) dequantize_row(t, w.data() + size_t(n) * rb, wd.data() + n * K, K);
+        std::vector<uint8_t> tmp(dtype_row_bytes(DType::Q8_0, K));
+        for (int64_t m = 0; m < M; ++m) {
+          quantize_row(DType::Q8_0, X.data() + m * K, tmp.data(), K);
+          dequantize_row(DType::Q8_0, tmp.data(), xq.data() + m * K, K);
+        }
+        const double gamma = double(2 * K / 32 + 8) * std::ldexp(1.0, -24);
+        for (bool with_bias : {true, false}) {
+          const float* b = with_bias ? bias.data() : nullptr;
+          // row m alone, no pool: the reference bits
+          std::vector<float> y1(size_t(M * N));
+          for (int64_t m = 0; m < M; ++m)
+            gemm_kquant_repacked(X.data() + m * K, K, R, t, b, y1.data() + m * N, N, 1, N, K, nullptr);
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            std::vector<float> y(size_t(M * N) + 1, NAN);
+            gemm_kquant_repacked(X.data(), K, R, t, b, y.data(), N, M, N, K, p);
+            const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                     " K=" + std::to_string(K) + (random_bytes ? " random-bytes" : " quantised") +
+                                     (p ? " pool" + std::to_string(p->size()) : "") + (with_bias ? " bias" : "");
+            EXPECT(std::isnan(y[size_t(M * N)]));  // nothing written past the outputs
+            int bad = 0;
+            for (int64_t i = 0; i < M * N && bad < 3; ++i) {
+              const int64_t m = i / N, n = i % N;
+              double s = 0, a = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double x = xq[size_t(m * K + k)], wk = wd[size_t(n * K + k)];
+                const double mn =
+                    emollm_test::kquant_min_magnitude(t, w.data() + size_t(n) * rb + size_t(k / 256) * dtype_block_bytes(t), int((k / 32) % 8));
+                s += x * wk;
+                a += std::fabs(x) * (std::fabs(wk) + 2 * mn);
+              }
+              const double bi = with_bias ? double(bias[size_t(n)]) : 0.0;
+              const double err = std::fabs(double(y[size_t(i)]) - (s + bi));
+              const double bound = gamma * (a + std::fabs(bi));
+              if (!(err <= bound)) {
+                ++bad;
+                emollm_test::report_failure(__FILE__, __LINE__,
+                                            what + ": element " + std::to_string(i) + ": " + std::to_string(y[size_t(i)]) +
+                                                " vs float64 " + std::to_string(s + bi) + ", error " +
+                                                std::to_string(err) + " > bound " + std::to_string(bound));
+              }
+              if (std::memcmp(&y[size_t(i)], &y1[size_t(i)], 4) != 0 && bad++ < 3)
+                emollm_test::report_failure(__FILE__, __LINE__,
+                                            what + ": element " + std::to_string(i) + " differs from row " +
+                                                std::to_string(m) + " alone without a pool");
+            }
+            ++checked;
+          }
+        }
+      }
+  EXPECT(checked > 0);
+}
+
+// The prefill (M > 8) on the records is gemm() on the GGUF bytes (gemm_kquant_packed_vnni) bit
+// for bit: the W panels come out the same. M 9..70, N not multiples of 16 / 32 / 512, odd
+// super-block counts, 1-3 threads, bias on / off. And a code flipped in one record moves only its
+// row's output (the comparison can fail).
+TEST(kquant_records_prefill_bit_equal_gguf) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{9, 17, 256}, {20, 45, 768}, {13, 530, 2304}, {70, 33, 1280}, {9, 1, 512}};
+  int compared = 0;
+  for (DType t : {DType::Q4_K, DType::Q6_K})
+    for (const Shape& sh : shapes) {
+      const int64_t M = sh.M, N = sh.N, K = sh.K;
+      const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 500u + uint32_t(K + N));
+      const std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
+      const uint8_t* R = aligned(r, t, N, K);
+      const std::vector<float> X = normal_floats(size_t(M * K), 61u + uint32_t(M), 1.0f);
+      const std::vector<float> bias = normal_floats(size_t(N), 4u, 0.5f);
+      for (bool with_bias : {true, false})
+        for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          const float* b = with_bias ? bias.data() : nullptr;
+          std::vector<float> y0(size_t(M * N), NAN), y1(size_t(M * N), NAN);
+          gemm(X.data(), K, w.data(), t, b, y0.data(), N, M, N, K, p);
+          gemm_kquant_repacked(X.data(), K, R, t, b, y1.data(), N, M, N, K, p);
+          int bad = 0;
+          for (size_t i = 0; i < y0.size(); ++i)
+            if (std::memcmp(&y0[i], &y1[i], 4) != 0 && bad++ < 3)
+              emollm_test::report_failure(__FILE__, __LINE__,
+                                          std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" +
+                                              std::to_string(N) + " K=" + std::to_string(K) + ": element " +
+                                              std::to_string(i) + ": " + std::to_string(y1[i]) + " vs GGUF " +
+                                              std::to_string(y0[i]));
+          ++compared;
+        }
+    }
+  EXPECT(compared == 60);
+  // a flipped code bit of row 17 (group 1, row 1): only that output changes, at M = 1 and M = 9
+  for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    const int64_t N = 20, K = 512;
+    const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 8u);
+    std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
+    uint8_t* R = const_cast<uint8_t*>(aligned(r, t, N, K));
+    for (int64_t M : {1, 9}) {
+      const std::vector<float> X = normal_floats(size_t(M * K), 7u, 1.0f);
+      std::vector<float> y0(size_t(M * N)), y1(size_t(M * N));
+      gemm_kquant_repacked(X.data(), K, R, t, nullptr, y0.data(), N, M, N, K, nullptr);
+      const size_t off = gemm_detail::kquant_record_bytes(t) * 2 + gemm_detail::kKqCodes + 4 * 1;  // group 1, row 1
+      R[off] ^= 0x02;
+      gemm_kquant_repacked(X.data(), K, R, t, nullptr, y1.data(), N, M, N, K, nullptr);
+      R[off] ^= 0x02;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t m = 0; m < M; ++m) {
+          if (n == 17)
+            EXPECT(y0[size_t(m * N + n)] != y1[size_t(m * N + n)]);
+          else
+            EXPECT(std::memcmp(&y0[size_t(m * N + n)], &y1[size_t(m * N + n)], 4) == 0);
+        }
+    }
+  }
+}
+
+// Below AVX-512 (an ISA cap) the records' kernels are not usable and say so; gemm_kquant_repacked
+// refuses instead of reading the records as something else.
+TEST(kquant_records_need_vnni) {
+  for (int lvl = 0; lvl <= int(isa_detected()); ++lvl) {
+    IsaCapScope cap{Isa(lvl)};
+    const bool usable = kquant_repacked_usable();
+    EXPECT(usable == (have_vnni() && Isa(lvl) >= Isa::Avx512));
+    if (!usable) {
+      const int64_t N = 3, K = 256;
+      const std::vector<uint8_t> w = emollm_test::kquant_weights(DType::Q4_K, N, K, false, 1u);
+      const std::vector<uint8_t> r = repacked(DType::Q4_K, w, N, K, nullptr);
+      std::vector<float> x(static_cast<size_t>(K), 1.0f), y(static_cast<size_t>(N));
+      bool threw = false;
+      try {
+        gemm_kquant_repacked(x.data(), K, aligned(r, DType::Q4_K, N, K), DType::Q4_K, nullptr, y.data(), N, 1, N, K,
+                             nullptr);
+      } catch (const Error&) {
+        threw = true;
+      }
+      EXPECT(threw);
+    }
+  }
+}
+
+// The CPU backend packs q4_K / q6_K matrices into the records at load (pack_gemm_weight) and its
+// gemm() then runs on them: M <= 8 is gemm_kquant_repacked on the records bit for bit, M > 8 is
+// gemm() on the GGUF bytes bit for bit; the matrix's bytes are not read after packing (they are
+// overwritten here and the results stay). With set_kquant_repacking(false) (EMOLLM_KQUANT_REPACK=0)
+// nothing is packed and gemm() is the GGUF path's. Q5_K is never packed.
+TEST(kquant_records_backend_packs_and_dispatches) {
+  auto be = make_backend(BackendOptions{});
+  const int64_t N = 45, K = 768;
+  for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q5_K}) {
+    const std::vector<uint8_t> w0 = emollm_test::kquant_weights(t, N, K, false, 91u);
+    std::vector<uint8_t> w = w0;
+    const std::vector<uint8_t> r = repacked(t == DType::Q5_K ? DType::Q4_K : t, w0, N, K, nullptr);
+    const std::vector<float> X = normal_floats(size_t(12 * K), 17u, 1.0f);
+    {
+      set_kquant_repacking(false);
+      auto none = be->pack_gemm_weight(w.data(), t, N, K);
+      set_kquant_repacking(true);
+      EXPECT(none == nullptr);
+    }
+    auto packed = be->pack_gemm_weight(w.data(), t, N, K);
+    const bool want = t != DType::Q5_K && kquant_repacked_usable();
+    EXPECT((packed != nullptr) == want);
+    if (!packed) continue;
+    EXPECT(packed->bytes() == kquant_repack_bytes(t, N, K));
+    std::memset(w.data(), 0xFF, w.size());  // the backend must read its records, not these bytes
+    for (int64_t M : {1, 3, 12}) {
+      std::vector<float> yb(size_t(M * N), NAN), yr(size_t(M * N), NAN);
+      be->gemm(X.data(), K, w.data(), t, nullptr, yb.data(), N, M, N, K);
+      if (M <= 8)
+        gemm_kquant_repacked(X.data(), K, aligned(r, t, N, K), t, nullptr, yr.data(), N, M, N, K, nullptr);
+      else
+        gemm(X.data(), K, w0.data(), t, nullptr, yr.data(), N, M, N, K, nullptr);
+      EXPECT(std::memcmp(yb.data(), yr.data(), yb.size() * 4) == 0);
+    }
+    packed.reset();
+  }
+}
+
+// A decode step's q/k/v (or gate/up) on records as one dispatch (gemv_kquant_repacked_multi, and
+// the CPU backend's gemm_multi at M = 1): each output bit for bit its own gemm_kquant_repacked,
+// outputs of 1, 16, 45 and 300 rows (groups split across outputs and threads), bias on some,
+// no pool / 2 / 3 threads.
+TEST(kquant_records_multi_equals_separate) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  const int64_t K = 768;
+  const int64_t Ns[] = {45, 1, 300, 16};
+  for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    std::vector<std::vector<uint8_t>> ws, rs;
+    for (int j = 0; j < 4; ++j) {
+      ws.push_back(emollm_test::kquant_weights(t, Ns[j], K, j % 2 == 1, 70u + uint32_t(j)));
+      rs.push_back(repacked(t, ws.back(), Ns[j], K, nullptr));
+    }
+    const std::vector<float> x = normal_floats(size_t(K), 12u, 1.0f);
+    const std::vector<float> bias = normal_floats(300, 13u, 0.5f);
+    std::vector<std::vector<float>> ref(4), got(4);
+    for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      GemvOutput g[4];
+      for (int j = 0; j < 4; ++j) {
+        ref[size_t(j)].assign(size_t(Ns[j]), NAN);
+        got[size_t(j)].assign(size_t(Ns[j]) + 1, NAN);
+        const float* b = j % 2 == 0 ? bias.data() : nullptr;
+        gemm_kquant_repacked(x.data(), K, aligned(rs[size_t(j)], t, Ns[j], K), t, b, ref[size_t(j)].data(), Ns[j], 1,
+                             Ns[j], K, nullptr);
+        g[j] = GemvOutput{aligned(rs[size_t(j)], t, Ns[j], K), b, got[size_t(j)].data(), Ns[j]};
+      }
+      gemv_kquant_repacked_multi(x.data(), t, g, 4, K, p);
+      for (int j = 0; j < 4; ++j) {
+        EXPECT(std::memcmp(ref[size_t(j)].data(), got[size_t(j)].data(), size_t(Ns[j]) * 4) == 0);
+        EXPECT(std::isnan(got[size_t(j)][size_t(Ns[j])]));
+      }
+    }
+    // through the backend: packed at "load", then one gemm_multi of the four at M = 1
+    auto be = make_backend(BackendOptions{});
+    std::vector<std::unique_ptr<PackedGemmWeight>> keep;
+    Backend::GemmOutput go[4];
+    for (int j = 0; j < 4; ++j) {
+      keep.push_back(be->pack_gemm_weight(ws[size_t(j)].data(), t, Ns[j], K));
+      EXPECT(keep.back() != nullptr);
+      got[size_t(j)].assign(size_t(Ns[j]), NAN);
+      go[j] = Backend::GemmOutput{ws[size_t(j)].data(), t, j % 2 == 0 ? bias.data() : nullptr, got[size_t(j)].data(),
+                                  Ns[j], Ns[j]};
+    }
+    be->gemm_multi(x.data(), K, go, 4, 1, K);
+    for (int j = 0; j < 4; ++j) EXPECT(std::memcmp(ref[size_t(j)].data(), got[size_t(j)].data(), size_t(Ns[j]) * 4) == 0);
+  }
+}
