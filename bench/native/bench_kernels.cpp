@@ -1851,6 +1851,132 @@ void bench_kquant_gemv(ThreadPool& pool) {
     }
 }
 
+// Batched decode (2 <= M <= 16, BF16 / F16): gemm_huge_pages on cold copies in 2 MiB pages (what a
+// decoder runs with several sequences a step), interleaved call by call with its previous path
+// (M <= kSmallM: set_small_m_streams(false), the plain dot kernels; "prev" row), oneDNN's bf16
+// matmul at the same M on as many cold copies of its reordered weights (x rounded to bf16;
+// "onednn-il" row) and the read probe's loop over the same bytes ("probe-same-size" row).
+// GB/s = weight bytes / time: what "streams the weights once at the bandwidth" means here.
+void bench_batched_decode(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{"llama1b.o", 2048, 2048}, {"llama1b.gate_up", 5632, 2048}, {"llama1b.down", 2048, 5632}};
+  const int64_t Ms[] = {2, 4, 8, 16};
+  bool header = false;
+  for (const Shape& sh : shapes)
+    for (DType t : {DType::BF16, DType::F16})
+      for (int64_t M : Ms) {
+        const std::string name = std::string("gemm_batched/") + sh.name + "/M" + std::to_string(M) + "/" + dtype_name(t);
+        if (!selected(name)) continue;
+        if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+        if (isa_active() < Isa::Avx512) continue;
+        if (!header) {
+          table_header("Batched decode M = 2..16, cold weights in 2 MiB pages (gemm_huge_pages; prev / onednn-il / "
+                       "probe-same-size interleaved call by call; ratio = that row's time / emollm's, >1: emollm faster)");
+          header = true;
+        }
+        const int64_t N = sh.N, K = sh.K;
+        progress(name + ": preparing weights");
+        Buf<float> w = make_aligned<float>(size_t(N * K));
+        fill_random(w.get(), N * K, 11 + uint64_t(N) * 7 + uint64_t(K), &pool);
+        const size_t wb = dtype_row_bytes(t, K) * size_t(N);
+        Buf<uint8_t> q = make_aligned<uint8_t>(wb);
+        quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+        const int ncopies = decode_copies(wb);
+        Copies copies(q.get(), wb, ncopies, &pool, true);
+        Buf<float> x = make_aligned<float>(size_t(M * K)), y = make_aligned<float>(size_t(M * N));
+        fill_random(x.get(), M * K, 17 + uint64_t(K), &pool);
+        Result r;
+        r.section = "gemm";
+        r.name = name;
+        r.label = std::string(sh.name) + " M=" + std::to_string(M);
+        r.dtype = dtype_name(t);
+        r.impl = "emollm";
+        r.M = M;
+        r.N = N;
+        r.K = K;
+        r.flops = 2.0 * double(M) * double(N) * double(K);
+        r.bytes = double(wb);
+        auto run = [&](const void* wp) { gemm_huge_pages(x.get(), K, wp, t, nullptr, y.get(), N, M, N, K, &pool); };
+        auto run_prev = [&](const void* wp) { with_switch(gemm_detail::set_small_m_streams, false, [&] { run(wp); }); };
+        auto check = [&](Result& row) {
+          set_check(row, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
+        };
+        const bool has_prev = M <= gemm_detail::kSmallM;
+        const bool reads = cpu_features().avx512f;
+        bool dnnl_on = false;
+#ifdef EMOLLM_HAVE_DNNL
+        std::unique_ptr<DnnlGemm> dnnl;
+        Buf<uint8_t> wd;
+        if (g_have_dnnl) {
+          wd = make_aligned<uint8_t>(size_t(N * K) * 2);
+          quantize_matrix(DType::BF16, w.get(), wd.get(), N, K, &pool);
+          dnnl.reset(new DnnlGemm);
+          dnnl->init(M, N, K, x.get(), y.get(), reinterpret_cast<const uint16_t*>(wd.get()), ncopies);
+          dnnl_on = true;
+        }
+#endif
+        Stats prev, dn, probe;
+        Result* res = run_case(r, [&](Result& rr) {
+          std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
+          if (has_prev) fns.push_back([&](int i) { run_prev(copies[i]); });
+#ifdef EMOLLM_HAVE_DNNL
+          if (dnnl_on) fns.push_back([&](int i) { dnnl->run(i); });
+#endif
+          if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
+          auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
+          rr.st = st[0];
+          size_t j = 1;
+          if (has_prev) prev = st[j++];
+          if (dnnl_on) dn = st[j++];
+          if (reads) probe = st[j++];
+          if (dnnl_on) {
+            rr.ratio_vs = "onednn-il";
+            rr.ratio = dn.best / rr.st.best;
+          }
+          run(q.get());
+          check(rr);
+          rr.note = "(" + std::to_string(copies.ptrs.size()) + " weight copies)";
+        });
+        if (!res) continue;
+        const double best = res->st.best;  // before the pushes below (res points into g_results)
+        table_row(*res);
+        auto add = [&](const char* impl, const Stats& st, const std::string& note, bool checked,
+                       const std::function<void()>& again) {
+          Result p = r;
+          p.name = name + "/" + impl;
+          p.impl = impl;
+          p.st = st;
+          p.ratio_vs = impl;
+          p.ratio = st.best / best;
+          p.note = note;
+          if (checked) {
+            again();
+            if (std::strcmp(impl, "onednn-il") == 0)  // x rounded to bf16 (and f16 weights as bf16)
+              set_check(p, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), true), gemm_tolerance(t, true));
+            else
+              check(p);
+          }
+          g_results.push_back(p);
+          table_row(g_results.back());
+        };
+        if (has_prev)
+          add("prev", prev, "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved", true,
+              [&] { run_prev(q.get()); });
+#ifdef EMOLLM_HAVE_DNNL
+        if (dnnl_on)
+          add("onednn-il", dn, "oneDNN bf16 matmul (" + dnnl->impl + ", x rounded to bf16), interleaved", true,
+              [&] { dnnl->run(0); });
+#endif
+        if (reads)
+          add("probe-same-size", probe, "read probe (4 streams + 1 KiB prefetch) over the same copies, interleaved", false,
+              [] {});
+        settle();
+      }
+}
+
 // ============================================================================ attention
 struct AttnCase {
   const char* name;
@@ -2511,6 +2637,7 @@ int main(int argc, char** argv) {
     for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
     bench_fused(pool);
     bench_kquant_gemv(pool);
+    bench_batched_decode(pool);
     bench_attention(pool);
     bench_attention_bf16(pool);
     bench_attention_decode(pool);
@@ -2555,6 +2682,7 @@ int main(int argc, char** argv) {
   }
   bench_fused(pool);
   bench_kquant_gemv(pool);
+  bench_batched_decode(pool);
   bench_attention(pool);
   bench_attention_bf16(pool);
   bench_attention_decode(pool);

@@ -274,6 +274,111 @@ DotRangeFn pick_dot(DType t, int64_t mb) {
   });
 }
 
+// ------------------------------------------------------------------ multi-stream dot kernels (2 <= M <= 8, BF16 / F16)
+// Batched decode on weights in huge pages: dot_block's / dot_block_wide's rows, S at a time from
+// S parts of [n0, n1) walked side by side (gemv_streams' structure at M = 1, generalised), each
+// with a software prefetch kDotStreamsPrefetchBytes ahead; dot_block instead takes R adjacent
+// rows with no prefetch, so a thread reads its chunk as R streams 2K bytes apart that the
+// hardware prefetchers have to find on their own, line by line. Every output keeps the
+// accumulators, the k order, the tail and the reduction of dot_block (MB <= 4: 32 elements a step,
+// 2 accumulators at MB <= 2) or dot_block_wide (MB 5..8: 16 elements a step): the same bits as the
+// previous path (set_small_m_streams(false), EMOLLM_SMALL_M_STREAMS=0), whatever the split. Rows
+// left over when [n0, n1) is not a multiple of S: dot_range's.
+constexpr int kDotStreamsPrefetchBytes = 1024;
+
+template <DType DT, int MB, int S>
+EMO_T512 void dot_streams(const Args& a, int64_t n0, int64_t n1) {
+  static_assert(DT == DType::BF16 || DT == DType::F16, "dot_streams: BF16 or F16 weights");
+  constexpr bool kWide = MB > 4;                      // dot_block_wide's arithmetic
+  constexpr int NA = (!kWide && 4 * MB <= 8) ? 2 : 1;  // dot_block's accumulators per (row, m) at R = 4
+  const int64_t len = (n1 - n0) / S;
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K, ldx = a.ldx;
+  const float* X = a.X;
+  for (int64_t i = 0; i < len; ++i) {
+    const uint8_t* row[S];
+    __m512 acc[S][MB][NA];
+#pragma GCC unroll 4
+    for (int q = 0; q < S; ++q) {
+      row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+        for (int n = 0; n < NA; ++n) acc[q][m][n] = _mm512_setzero_ps();
+    }
+    if constexpr (!kWide) {
+      int64_t k = 0;
+      for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          _mm_prefetch(reinterpret_cast<const char*>(row[q] + 2 * k + kDotStreamsPrefetchBytes), _MM_HINT_T0);
+          __m512 w0, w1;
+          load32<DT>(row[q], k, w0, w1);
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m) {
+            acc[q][m][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(X + m * ldx + k), acc[q][m][0]);
+            acc[q][m][NA - 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(X + m * ldx + k + 16), acc[q][m][NA - 1]);
+          }
+        }
+      }
+      if (k < K) {
+        const int64_t c = K - k;
+        const __mmask16 m0 = tail_mask16(c), m1 = tail_mask16(c - 16);
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          __m512 w0, w1;
+          load32_tail<DT>(row[q], k, c, w0, w1);
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m) {
+            acc[q][m][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m0, X + m * ldx + k), acc[q][m][0]);
+            acc[q][m][NA - 1] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m1, X + m * ldx + k + 16), acc[q][m][NA - 1]);
+          }
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < K; k += 16) {
+        const int64_t c = K - k;
+        const __mmask16 mk = tail_mask16(c);
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          if ((k & 31) == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(row[q] + 2 * k + kDotStreamsPrefetchBytes), _MM_HINT_T0);
+          const __m512 w = load16<DT>(row[q], k, c);
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m)
+            acc[q][m][0] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(mk, X + m * ldx + k), acc[q][m][0]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < S; ++q) {
+      const int64_t n = n0 + q * len + i;
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        __m512 s = acc[q][m][0];
+        if (NA == 2) s = _mm512_add_ps(s, acc[q][m][NA - 1]);
+        float v = _mm512_reduce_add_ps(s);
+        if (a.bias) v += a.bias[n];
+        a.Y[m * a.ldy + n] = v;
+      }
+    }
+  }
+  dot_range<DT, MB>(a, a.X, a.Y, n0 + S * len, n1);
+}
+
+// Streams per thread: 4 as at M = 1 while the accumulators fit (S x MB x NA <= 24 zmm), 3 at MB 7..8.
+constexpr int dot_streams_count(int mb) { return mb <= 6 ? 4 : 3; }
+
+DotRangeFn pick_dot_streams(DType t, int64_t mb) {
+  return with_small_m(mb, [t](auto m) -> DotRangeFn {
+    constexpr int MB = decltype(m)::value;
+    constexpr int S = dot_streams_count(MB);
+    if (t == DType::F16)
+      return [](const Args& a, const float*, float*, int64_t n0, int64_t n1) { dot_streams<DType::F16, MB, S>(a, n0, n1); };
+    return [](const Args& a, const float*, float*, int64_t n0, int64_t n1) { dot_streams<DType::BF16, MB, S>(a, n0, n1); };
+  });
+}
+
 // ------------------------------------------------------------------ BF16 GEMV (M = 1)
 // A bf16 weight is the high half of an f32, so one 64-byte load of 32 weights gives the 16
 // even-indexed ones as f32 by a 16-bit left shift of each dword and the 16 odd-indexed ones by
@@ -560,6 +665,14 @@ void small_m(const Args& a) {
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
     guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                     [&](int64_t n0, int64_t n1) { gemv_rows<DType::F16>(a, a.X, n0, n1); });
+    return;
+  }
+  // 2 <= M <= 8 on huge pages (batched decode): the multi-stream dot kernels over one run of rows
+  // per thread, as the M = 1 GEMV (same bits as the plain dot kernels below)
+  if (a.M >= 2 && a.huge_pages && (a.wtype == DType::BF16 || a.wtype == DType::F16) && small_m_streams()) {
+    const DotRangeFn fn = pick_dot_streams(a.wtype, a.M);
+    guided_rows(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                [&](int64_t n0, int64_t n1) { fn(a, a.X, a.Y, n0, n1); });
     return;
   }
   const DotRangeFn fn = pick_dot(a.wtype, a.M);

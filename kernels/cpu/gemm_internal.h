@@ -64,6 +64,12 @@ bool small_m_panels_enabled();
 // EMOLLM_PANELS_M1_STREAMS=0 off) or one panel at a time. Same bits. For tests and A/B rows.
 void set_panels_m1_streams(bool on);
 bool panels_m1_streams();
+// BF16 / F16 at 2 <= M <= kSmallM on AVX-512 with weights in huge pages (gemm_huge_pages, batched
+// decode): the dot kernels' rows several streams at a time per thread with a software prefetch,
+// over one run of rows per thread (gemm_avx512.cpp dot_streams; default on, EMOLLM_SMALL_M_STREAMS=0
+// off: the plain dot kernels over fixed chunks). Same bits. For tests and A/B; process-wide.
+void set_small_m_streams(bool on);
+bool small_m_streams();
 void set_small_m_enabled(bool enabled);
 bool small_m_enabled();
 

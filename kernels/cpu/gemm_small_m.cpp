@@ -65,6 +65,14 @@ EnvSwitch& panels_m1_streams_flag() {
 }  // namespace
 void set_panels_m1_streams(bool on) { panels_m1_streams_flag().set(on); }
 bool panels_m1_streams() { return panels_m1_streams_flag().on(); }
+namespace {
+EnvSwitch& small_m_streams_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_STREAMS");  // =0: 2 <= M <= 8 on huge pages by the plain dot kernels
+  return on;
+}
+}  // namespace
+void set_small_m_streams(bool on) { small_m_streams_flag().set(on); }
+bool small_m_streams() { return small_m_streams_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 

@@ -94,6 +94,20 @@ std::atomic<bool>& decoder_panels_flag() {
   }()};
   return on;
 }
+// The smallest BF16 / F16 decoder matrix that gets the same-layout copy (or, with decoder panels,
+// the panels): 256 KiB (EMOLLM_SMALL_HALF_COPIES=0: 2 MiB, the previous threshold). A decode
+// step's q / k / v take the fused GEMV dispatch (gemv_huge_pages_multi, or the panels' multi-output
+// call) only when all three have a copy, and TinyLlama-1.1B's k / v (GQA: 256 x 2048 bf16 = 1 MiB)
+// had none: its qkv call ran as three gemm() calls, k and v on the file's 4 KiB pages by the
+// 8-row kernel, at ~0.66x the bytes per second of the other matrices (loaded decode profile).
+// Below 2 MiB the copy stays in 4 KiB pages (alloc_packed); the original pages are released as for
+// the others, so the resident size does not grow. Read when weights are placed (backend.h
+// set_small_half_copies).
+EnvSwitch& small_half_copies_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_HALF_COPIES");
+  return on;
+}
+size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
 // EMOLLM_PREFAULT_THREADS=1: CpuBackend::prefault on the calling thread only (A/B).
 int prefault_threads() {
   static const int n = [] {
@@ -373,7 +387,8 @@ class CpuBackend final : public Backend {
   }
   // Q8_0 / Q4_0 matrices into quant_repack's 16-row layout, where its VNNI kernel runs and
   // weight_repacking() is on; the original bytes' pages are then released (see release_pages).
-  // BF16 / F16 matrices of 2 MiB or more: a copy in the same layout in 2 MiB pages (alloc_packed),
+  // BF16 / F16 matrices of 2 MiB or more (256 KiB or more: half_copy_min_bytes): a copy in the same
+  // layout in 2 MiB pages (alloc_packed; under 2 MiB in 4 KiB pages, for the fused decode dispatch),
   // which gemm_huge_pages streams: the weight file's mapping is in 4 KiB pages, whose TLB misses
   // cost TinyLlama-1.1B bf16 decode ~10% and prefill ~15% (Zen 5, 2 threads; more with the
   // single-stream GEMV that huge pages allow, see kernels.h).
@@ -383,7 +398,7 @@ class CpuBackend final : public Backend {
                                                      GemmRows rows = GemmRows::Any) override {
     // (GemmRows::Any too with bf16_decoder_panels(), instead of the 2 MiB-page copy below)
     const bool decoder_panels = rows == GemmRows::Any && bf16_decoder_panels() &&
-                                size_t(N) * dtype_row_bytes(wtype, K) >= kHugePageBytes;
+                                size_t(N) * dtype_row_bytes(wtype, K) >= half_copy_min_bytes();
     if (W && (rows == GemmRows::Many ? bf16_panels_enabled() : decoder_panels) && wtype == DType::BF16 && N > 0 &&
         K > 0 && weight_repacking() && bf16_panels_usable()) {
       const size_t bytes = bf16_panels_bytes(N, K);
@@ -401,7 +416,7 @@ class CpuBackend final : public Backend {
     }
     if (rows == GemmRows::Many) return nullptr;  // the layouts below serve the decode GEMV
     if (W && weight_repacking() && N > 0 && K > 0 && (wtype == DType::BF16 || wtype == DType::F16) &&
-        size_t(N) * dtype_row_bytes(wtype, K) >= kHugePageBytes) {
+        size_t(N) * dtype_row_bytes(wtype, K) >= half_copy_min_bytes()) {
       const size_t bytes = size_t(N) * dtype_row_bytes(wtype, K);
       bool made = false;
       if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
@@ -575,6 +590,8 @@ class Scratch {
 
 }  // namespace
 
+void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
+bool small_half_copies() { return small_half_copies_flag().on(); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().store(on, std::memory_order_relaxed); }
 bool bf16_decoder_panels() { return decoder_panels_flag().load(std::memory_order_relaxed); }
 

@@ -48,6 +48,13 @@ enum class GemmRows { Any, Many };
 void set_bf16_decoder_panels(bool on);
 bool bf16_decoder_panels();
 
+// The smallest decoder BF16 / F16 matrix (GemmRows::Any) the CPU copies (same layout, or panels
+// with bf16_decoder_panels()): 256 KiB when on (default; EMOLLM_SMALL_HALF_COPIES=0 off: 2 MiB, the
+// previous threshold), so that GQA models' small k / v matrices join the fused q / k / v decode
+// dispatch. Read when weights are placed; process-wide.
+void set_small_half_copies(bool on);
+bool small_half_copies();
+
 // Emulated: the strict test device of core/emulated_device_backend.h (only when enabled there).
 enum class DeviceKind { Cpu, Cuda, Emulated };
 

@@ -415,7 +415,24 @@ TEST(cpu_backend_copies_bf16_f16_weights_to_huge_pages) {
       be->gemm(X.data(), K, wbytes.data(), t, bias.data(), got.data(), N, M, N, K);
       EXPECT(got == want_std);
     }
+    // 1 MiB (a GQA model's k / v): a copy from 256 KiB on (set_small_half_copies, default), none
+    // under it, and none under 2 MiB with the switch off (the previous threshold)
+    {
+      auto h = be->pack_gemm_weight(wbytes.data(), t, 256, K);
+      EXPECT(h != nullptr && h->bytes() == size_t(256) * dtype_row_bytes(t, K));
+      if (h) {
+        const std::vector<float> X = randv(size_t(K), seed++);
+        std::vector<float> want(256), got(256);
+        ThreadPool pool(2);
+        gemm_huge_pages(X.data(), K, wbytes.data(), t, nullptr, want.data(), 256, 1, 256, K, &pool);
+        be->gemm(X.data(), K, wbytes.data(), t, nullptr, got.data(), 256, 1, 256, K);
+        EXPECT(got == want);  // the copy runs through gemm_huge_pages' kernels
+      }
+    }
+    EXPECT(be->pack_gemm_weight(wbytes.data(), t, 63, K) == nullptr);  // 252 KiB: no copy
+    set_small_half_copies(false);
     EXPECT(be->pack_gemm_weight(wbytes.data(), t, 256, K) == nullptr);  // 1 MiB: no copy
+    set_small_half_copies(true);
     set_weight_repacking(false);
     EXPECT(be->pack_gemm_weight(wbytes.data(), t, N, K) == nullptr);
     set_weight_repacking(true);

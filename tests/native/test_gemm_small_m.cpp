@@ -403,3 +403,53 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
       gemm_bf16_panels_multi(cs[0].X.data(), K, po, 4, 1, K, pl);
     }, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
 }
+
+// Batched decode on huge pages (gemm_huge_pages, 2 <= M <= kSmallM, BF16 / F16): the multi-stream
+// dot kernels (gemm_avx512.cpp dot_streams, the default) keep each output's accumulators, k order,
+// tail and reduction of the plain dot kernels, so they must give the previous path's bits
+// (set_small_m_streams(false)), and stay within the f32 bound of the f64 reference: every M of the
+// range (both arithmetic forms: 32-element steps at M <= 4, with 2 accumulators at M <= 2; 16-element
+// steps at M 5..8, 3 streams at M 7..8), N below / at / past multiples of the stream count (rows
+// left over) and a long split (N = 1001), K over every tail of both step sizes, padded X / Y rows,
+// with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 the
+// switch must change nothing).
+TEST(gemm_huge_pages_small_m_streams_bit_equal) {
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  std::vector<Isa> isas;
+  for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
+  uint32_t seed = 8100;
+  int compared = 0;
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t M = 2; M <= gemm_detail::kSmallM; ++M)
+      for (int64_t K : {1, 15, 17, 31, 33, 64, 100, 2061})
+        for (int64_t N : {1, 3, 5, 12, 13, 70}) {
+          const Case c = make_case(t, M, K == 2061 && N == 70 ? 1001 : N, K, 3, 2, seed++);
+          for (int use_bias = 0; use_bias < 2; ++use_bias) {
+            const float* bias = use_bias ? c.bias.data() : nullptr;
+            std::vector<float> R(size_t(c.M * c.ldy), kSentinel);
+            ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
+            for (Isa isa : isas) {
+              if (c.K < 2000 && isa != isa_detected() && isa != Isa::Avx2) continue;  // short rows: top and AVX2 only
+              IsaCapScope cap(isa);
+              for (ThreadPool* pl : pools) {
+                if (!use_bias && pl == &pool3 && c.K < 2000) continue;
+                const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(c.M) + " N=" +
+                                         std::to_string(c.N) + " K=" + std::to_string(c.K) + " bias=" +
+                                         std::to_string(use_bias) + " isa=" + isa_name(isa) +
+                                         " threads=" + std::to_string(pl ? pl->size() : 1);
+                std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
+                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), t, bias, Y.data(), c.ldy, c.M, c.N, c.K, pl);
+                gemm_detail::set_small_m_streams(false);
+                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), t, bias, Y0.data(), c.ldy, c.M, c.N, c.K, pl);
+                gemm_detail::set_small_m_streams(true);
+                if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
+                  emollm_test::report_failure(__FILE__, __LINE__, what + ": streams differ from the previous path's bits");
+                check(Y, R, c, c.X, bias, 0.0, what);
+                ++compared;
+              }
+            }
+          }
+        }
+  EXPECT(compared > 1000);
+}

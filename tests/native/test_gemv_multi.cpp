@@ -211,6 +211,9 @@ TEST(cpu_backend_gemm_multi_equals_gemm_per_output) {
   const std::vector<Case> cases = {{{DType::Q4_0, DType::Q4_0, DType::Q4_0}, {64, 16, 24}},
                                    {{DType::Q8_0, DType::Q8_0}, {48, 40}},
                                    {{DType::BF16, DType::BF16, DType::BF16}, {520, 520, 600}},
+                                   // TinyLlama's q / k / v: k and v of 1 MiB (copies from 256 KiB on)
+                                   {{DType::BF16, DType::BF16, DType::BF16}, {520, 256, 256}},
+                                   {{DType::F16, DType::F16, DType::F16}, {520, 256, 64}},
                                    {{DType::F16, DType::F16}, {520, 530}},
                                    {{DType::F32, DType::F32}, {24, 8}},
                                    {{DType::Q4_0, DType::Q8_0, DType::Q4_0}, {32, 16, 16}}};
