@@ -223,14 +223,7 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
             if constexpr (q6) {
               const __m512i H0 = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + kQ6KHigh));
               const __m512i H1 = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + kQ6KHigh + 64));
-              lo[0] = _mm512_ternarylogic_epi32(lo[0], _mm512_slli_epi16(H0, 4), m30, 0xF8);
-              lo[1] = _mm512_ternarylogic_epi32(lo[1], _mm512_slli_epi16(H0, 2), m30, 0xF8);
-              lo[2] = _mm512_ternarylogic_epi32(lo[2], H0, m30, 0xF8);
-              lo[3] = _mm512_ternarylogic_epi32(lo[3], _mm512_srli_epi16(H0, 2), m30, 0xF8);
-              hi[0] = _mm512_ternarylogic_epi32(hi[0], _mm512_slli_epi16(H1, 4), m30, 0xF8);
-              hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
-              hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
-              hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
+              kq6_merge_high(lo, hi, H0, H1, m30);
             }
           } else {
             for (int i = 0; i < 4; ++i) lo[i] = hi[i] = _mm512_setzero_si512();

@@ -311,16 +311,7 @@ EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const floa
           _mm_prefetch(reinterpret_cast<const char*>(hl + pf), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(hl + 64 + pf), _MM_HINT_T0);
           const __m512i H0 = _mm512_load_si512(hl), H1 = _mm512_load_si512(hl + 64);
-          // quad q: low 4 bits lo[q] (q < 4) / hi[q - 4]; high 2 bits in field q % 4 of H[q / 4],
-          // moved to bits 4-5 and or-ed in (vpternlogd 0xF8: a | (b & c))
-          lo[0] = _mm512_ternarylogic_epi32(lo[0], _mm512_slli_epi16(H0, 4), m30, 0xF8);
-          lo[1] = _mm512_ternarylogic_epi32(lo[1], _mm512_slli_epi16(H0, 2), m30, 0xF8);
-          lo[2] = _mm512_ternarylogic_epi32(lo[2], H0, m30, 0xF8);
-          lo[3] = _mm512_ternarylogic_epi32(lo[3], _mm512_srli_epi16(H0, 2), m30, 0xF8);
-          hi[0] = _mm512_ternarylogic_epi32(hi[0], _mm512_slli_epi16(H1, 4), m30, 0xF8);
-          hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
-          hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
-          hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
+          kq6_merge_high(lo, hi, H0, H1, m30);
           const __m512i sc0 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j)));
           const __m512i sc1 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j + 16)));
           for (int m = 0; m < MB; ++m) {

@@ -29,6 +29,11 @@
 #include <cstring>
 
 #include "../../base/dtype.h"
+#include "simd_math.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace emollm {
 namespace gemm_detail {
@@ -62,6 +67,23 @@ inline void kquant_record_codes(DType t, const uint8_t* rec, int r, uint8_t* u) 
         u[32 * j + 4 * q + k] |= uint8_t(((b >> (2 * (q % 4))) & 3) << 4);
       }
 }
+
+#if defined(__x86_64__)
+// q6_K: the high 2 bits of a sub-block's 8 quads (H0 = quads 0-3, H1 = quads 4-7, field q % 4 of
+// each dword byte) moved to bits 4-5 and or-ed into their low nibbles lo[q] / hi[q - 4]
+// (vpternlogd 0xF8: a | (b & c), m30 = bytes 0x30). Shared by the decode GEMV and the prefill's
+// W panels, which must read the same codes.
+EMOLLM_TARGET_AVX512 inline void kq6_merge_high(__m512i lo[4], __m512i hi[4], __m512i H0, __m512i H1, __m512i m30) {
+  lo[0] = _mm512_ternarylogic_epi32(lo[0], _mm512_slli_epi16(H0, 4), m30, 0xF8);
+  lo[1] = _mm512_ternarylogic_epi32(lo[1], _mm512_slli_epi16(H0, 2), m30, 0xF8);
+  lo[2] = _mm512_ternarylogic_epi32(lo[2], H0, m30, 0xF8);
+  lo[3] = _mm512_ternarylogic_epi32(lo[3], _mm512_srli_epi16(H0, 2), m30, 0xF8);
+  hi[0] = _mm512_ternarylogic_epi32(hi[0], _mm512_slli_epi16(H1, 4), m30, 0xF8);
+  hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
+  hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
+  hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
+}
+#endif
 
 }  // namespace gemm_detail
 }  // namespace emollm
