@@ -711,6 +711,8 @@ double peak_probe(ThreadPool* pool, float (*kernel)(int64_t), double flops_per_i
   return best;
 }
 
+size_t rotate_bytes();  // the decode rows' rotation, all threads (below, with decode_copies)
+
 Probes run_probes(ThreadPool& pool) {
   Probes g_probe;  // shadows the global: this run's values
   const CpuFeatures& f = cpu_features();
@@ -718,9 +720,11 @@ Probes run_probes(ThreadPool& pool) {
   // the cores free, as the (short) kernel calls measured against these ceilings do.
   int reps = g_opt.quick ? 12 : 24;
   // Read bandwidth: each repetition reads the next quarter (>= 2x L3) of the buffer, so no
-  // repetition finds the previous one's data in cache.
+  // repetition finds the previous one's data in cache. The buffer is at least the decode rows'
+  // rotation, so a window comes back no sooner than a GEMV copy does (the L3 keeps part of a
+  // cyclic walk a few times its size: see decode_copies).
   {
-    size_t bytes = std::max<size_t>(size_t(256) << 20, 8 * l3_bytes());
+    size_t bytes = std::max({size_t(256) << 20, 8 * l3_bytes(), rotate_bytes()});
     int64_t n = int64_t(bytes / sizeof(float));
     // Two buffers: 4 KiB pages (a mapped weight file) and 2 MiB transparent huge pages (the CPU
     // backend's packed / repacked weights, which decode streams): the hardware prefetchers stop at
@@ -983,22 +987,36 @@ void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K,
 }
 
 // Weight copies for decode so that GEMV streams from memory, not from L3: enough copies of the
-// matrix to total >= 3x L3 per thread (at least 2), used round-robin. Per thread because each
-// thread's cores may have an L3 of their own, and each thread of a GEMV reads only its share of
+// matrix to total >= rotate_l3x() x L3 per thread (at least 2), used round-robin. Per thread because
+// each thread's cores may have an L3 of their own, and each thread of a GEMV reads only its share of
 // the rows: on the 2-vCPU Zen 5 VM the two vCPUs sit on different L3s (a 16 MiB buffer written on
 // one vCPU reads at 45-54 GB/s on it, 28-34 GB/s (= cold) on the other), so the former 3x L3 in
 // all (96 MiB) left 48 MiB a thread against a 32 MiB L3, and part of each call hit L3: one
 // thread over 48 MiB of rotating copies read oneDNN's GEMV 1.4x (ours 1.15x) faster than over
 // 384 MiB (llama1b.o, best of two rounds each), which is how oneDNN "alone" read above the
-// read probe. EMOLLM_BENCH_ROTATE_L3X=x: x L3 per thread instead of 3 (1.5: the former total at
-// 2 threads), to check a figure against the rotation size.
+// read probe.
+// 8x, not 3x (session 13): a rotation a few times the L3 still hits it. The L3 is not LRU (a
+// cyclic walk over more than its size keeps part of it resident rather than missing every line),
+// and the hypervisor does not keep a vCPU on one CCD, so lines left in another L3 still answer.
+// Measured (one thread pinned, 2.25 MiB a call, blocks of calls per rotation size alternated in one
+// process, load ~7): best GB/s over 48 / 64 / 96 / 192 / 384 / 768 MiB of copies 69.9 / 52.3 /
+// 46.0 / 39.1 / 41.7 / 41.3: the figure stops moving from ~6x L3 (192 MiB); 3x (96 MiB) read
+// 1.1-1.2x faster than cold, which is what bench_kernels' q4_0 rows showed against the
+// decode-order tool (bench_decode_sequence) and how its probe-same-size row read above the read
+// probe. EMOLLM_BENCH_ROTATE_L3X=x: x L3 per thread instead of 8 (3: the session 12 rotation), to
+// check a figure against the rotation size; the header and the JSON print the rotation.
 int g_rotate_threads = 1;  // the run's thread count (main)
-int decode_copies(size_t bytes) {
+double rotate_l3x() {
   static const double mult = [] {
     const char* e = std::getenv("EMOLLM_BENCH_ROTATE_L3X");
-    return e && std::atof(e) > 0 ? std::atof(e) : 3.0;
+    return e && std::atof(e) > 0 ? std::atof(e) : 8.0;
   }();
-  size_t want = size_t(mult * double(l3_bytes()) * double(std::max(1, g_rotate_threads)));
+  return mult;
+}
+// bytes of copies one decode row rotates over, all threads together
+size_t rotate_bytes() { return size_t(rotate_l3x() * double(l3_bytes()) * double(std::max(1, g_rotate_threads))); }
+int decode_copies(size_t bytes) {
+  const size_t want = rotate_bytes();
   return int(std::max<size_t>(2, (want + bytes - 1) / bytes));
 }
 
@@ -2528,6 +2546,10 @@ std::string to_json(int threads, double wall, double rss_mib) {
   j.kv("threads", double(threads));
   j.kv("isa_active", isa_name(isa_active()));
   j.kv("l3_bytes", double(l3_bytes()));
+  // decode rows (GEMV, probe-same-size, anchors, decode attention) rotate over this many bytes of
+  // copies (all threads; rotate_l3x x L3 per thread, EMOLLM_BENCH_ROTATE_L3X)
+  j.kv("rotate_l3x", rotate_l3x());
+  j.kv("rotate_bytes", double(rotate_bytes()));
   j.kvb("avx2", f.avx2); j.kvb("avx512f", f.avx512f); j.kvb("avx512bf16", f.avx512bf16);
   j.kvb("avx512vnni", f.avx512vnni); j.kvb("amx_usable", f.amx_usable);
   j.close('}');
@@ -2651,6 +2673,9 @@ int main(int argc, char** argv) {
   std::fprintf(g_out, "cpu: %s | %d physical cores, %d logical | threads %d | isa %s (detected %s) | L3 %zu MiB\n",
                f.brand.c_str(), f.physical_cores, f.logical_cpus, threads, isa_name(isa_active()),
                isa_name(isa_detected()), l3_bytes() >> 20);
+  std::fprintf(g_out, "decode rotation: %.0f MiB of copies per row (%g x L3 a thread, %d threads; EMOLLM_BENCH_ROTATE_L3X), "
+               "read probe buffer as large\n",
+               double(rotate_bytes()) / 1048576.0, rotate_l3x(), threads);
   std::fprintf(g_out, "features: avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512bf16=%d avx512vnni=%d amx_bf16=%d amx_usable=%d\n",
                f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512bf16, f.avx512vnni, f.amx_bf16, f.amx_usable);
   std::fprintf(g_out, "budget %.2f s per measurement; times are best/median of the repetitions\n", g_opt.budget);
