@@ -997,9 +997,10 @@ void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K,
 // thread over 48 MiB of rotating copies read oneDNN's GEMV 1.4x (ours 1.15x) faster than over
 // 384 MiB (llama1b.o, best of two rounds each), which is how oneDNN "alone" read above the
 // read probe.
-// 8x, not 3x (session 13): a rotation a few times the L3 still hits it. The L3 is not LRU (a
-// cyclic walk over more than its size keeps part of it resident rather than missing every line),
-// and the hypervisor does not keep a vCPU on one CCD, so lines left in another L3 still answer.
+// 8x, not 3x (session 13): a rotation a few times the L3 still hits it. Likely cause: the L3's
+// replacement is not LRU (a cyclic walk over more than its size keeps part of it resident rather
+// than missing every line); a vCPU moved between CCDs by the hypervisor, finding lines in another
+// L3, would add to it (not measured).
 // Measured (one thread pinned, 2.25 MiB a call, blocks of calls per rotation size alternated in one
 // process, load ~7): best GB/s over 48 / 64 / 96 / 192 / 384 / 768 MiB of copies 69.9 / 52.3 /
 // 46.0 / 39.1 / 41.7 / 41.3: the figure stops moving from ~6x L3 (192 MiB); 3x (96 MiB) read
