@@ -711,16 +711,22 @@ double peak_probe(ThreadPool* pool, float (*kernel)(int64_t), double flops_per_i
   return best;
 }
 
+size_t rotate_bytes();  // the decode rows' rotation, all threads (below, with decode_copies)
+
 Probes run_probes(ThreadPool& pool) {
   Probes g_probe;  // shadows the global: this run's values
   const CpuFeatures& f = cpu_features();
   // Many short repetitions, best kept: on a shared machine a short window is more likely to catch
   // the cores free, as the (short) kernel calls measured against these ceilings do.
   int reps = g_opt.quick ? 12 : 24;
-  // Read bandwidth: each repetition reads the next quarter (>= 2x L3) of the buffer, so no
-  // repetition finds the previous one's data in cache.
+  // Read bandwidth: each repetition reads the next window (a quarter of max(256 MiB, 8x L3): >= 2x
+  // L3) of the buffer, so no repetition finds the previous one's data in cache. The buffer holds
+  // at least 4 windows and the decode rows' rotation, so a window comes back no sooner than a GEMV
+  // copy does (the L3 keeps part of a cyclic walk a few times its size: see decode_copies).
   {
-    size_t bytes = std::max<size_t>(size_t(256) << 20, 8 * l3_bytes());
+    const size_t window_bytes = std::max<size_t>(size_t(256) << 20, 8 * l3_bytes()) / 4;
+    const int nwin = int(std::max<size_t>(4, (rotate_bytes() + window_bytes - 1) / window_bytes));
+    size_t bytes = window_bytes * size_t(nwin);
     int64_t n = int64_t(bytes / sizeof(float));
     // Two buffers: 4 KiB pages (a mapped weight file) and 2 MiB transparent huge pages (the CPU
     // backend's packed / repacked weights, which decode streams): the hardware prefetchers stop at
@@ -750,7 +756,7 @@ Probes run_probes(ThreadPool& pool) {
       g_probe.bw_isa = "scalar";
       variants = {{"1 stream x4 adds", read_scalar}};
     }
-    const int64_t nw = n / 4 / 128 * 128;  // window, floats
+    const int64_t nw = n / nwin / 128 * 128;  // window, floats
     const int nth_pool = pool.size();
     g_probe.bw_by_threads.assign(size_t(nth_pool), 0.0);
     // every variant at every thread count; reps tries each (best kept; was reps / 2: the GEMV rows
@@ -762,7 +768,7 @@ Probes run_probes(ThreadPool& pool) {
       for (int t = 1; t <= nth_pool; t++) {
         double best = 0;
         for (int r = 0; r < tries; r++) {
-          const float* p = bufs[page] + (window++ % 4) * nw;
+          const float* p = bufs[page] + (window++ % nwin) * nw;
           double t0 = now_s();
           if (t == 1) {
             sink(v.fn(p, nw));
@@ -983,22 +989,37 @@ void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K,
 }
 
 // Weight copies for decode so that GEMV streams from memory, not from L3: enough copies of the
-// matrix to total >= 3x L3 per thread (at least 2), used round-robin. Per thread because each
-// thread's cores may have an L3 of their own, and each thread of a GEMV reads only its share of
+// matrix to total >= rotate_l3x() x L3 per thread (at least 2), used round-robin. Per thread because
+// each thread's cores may have an L3 of their own, and each thread of a GEMV reads only its share of
 // the rows: on the 2-vCPU Zen 5 VM the two vCPUs sit on different L3s (a 16 MiB buffer written on
 // one vCPU reads at 45-54 GB/s on it, 28-34 GB/s (= cold) on the other), so the former 3x L3 in
 // all (96 MiB) left 48 MiB a thread against a 32 MiB L3, and part of each call hit L3: one
 // thread over 48 MiB of rotating copies read oneDNN's GEMV 1.4x (ours 1.15x) faster than over
 // 384 MiB (llama1b.o, best of two rounds each), which is how oneDNN "alone" read above the
-// read probe. EMOLLM_BENCH_ROTATE_L3X=x: x L3 per thread instead of 3 (1.5: the former total at
-// 2 threads), to check a figure against the rotation size.
+// read probe.
+// 8x, not 3x (session 13): a rotation a few times the L3 still hits it. Likely cause: the L3's
+// replacement is not LRU (a cyclic walk over more than its size keeps part of it resident rather
+// than missing every line); a vCPU moved between CCDs by the hypervisor, finding lines in another
+// L3, would add to it (not measured).
+// Measured (one thread pinned, 2.25 MiB a call, blocks of calls per rotation size alternated in one
+// process, load ~7): best GB/s over 48 / 64 / 96 / 192 / 384 / 768 MiB of copies 69.9 / 52.3 /
+// 46.0 / 39.1 / 41.7 / 41.3: the figure stops moving from ~6x L3 (192 MiB); 3x (96 MiB) read
+// 1.1-1.2x faster than cold, which is what bench_kernels' q4_0 rows showed against the
+// decode-order tool (bench_decode_sequence) and how its probe-same-size row read above the read
+// probe. EMOLLM_BENCH_ROTATE_L3X=x: x L3 per thread instead of 8 (3: the session 12 rotation), to
+// check a figure against the rotation size; the header and the JSON print the rotation.
 int g_rotate_threads = 1;  // the run's thread count (main)
-int decode_copies(size_t bytes) {
+double rotate_l3x() {
   static const double mult = [] {
     const char* e = std::getenv("EMOLLM_BENCH_ROTATE_L3X");
-    return e && std::atof(e) > 0 ? std::atof(e) : 3.0;
+    return e && std::atof(e) > 0 ? std::atof(e) : 8.0;
   }();
-  size_t want = size_t(mult * double(l3_bytes()) * double(std::max(1, g_rotate_threads)));
+  return mult;
+}
+// bytes of copies one decode row rotates over, all threads together
+size_t rotate_bytes() { return size_t(rotate_l3x() * double(l3_bytes()) * double(std::max(1, g_rotate_threads))); }
+int decode_copies(size_t bytes) {
+  const size_t want = rotate_bytes();
   return int(std::max<size_t>(2, (want + bytes - 1) / bytes));
 }
 
@@ -2435,6 +2456,91 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
     }
 }
 
+// ============================================================================ rotation check
+// Is the decode rows' rotation cold? The read probe's loop (read_probe_call, the probe-same-size
+// rows' call) over 2.25 MiB a call (the 1.1B o matrix in q4_0: the smallest decode GEMV, so the
+// most sensitive to a few cached lines), rotating over 1.5 / 3 / 6 x L3 a thread, the rows'
+// rotation (rotate_l3x) and twice it. Blocks of calls per size, alternated over rounds, so a shared
+// machine's busy moments fall on every size: each block walks its copies once untimed (the
+// previous block used other copies' state), then twice timed. The copies are one set, a size
+// uses its first n. Cold means the figure stops moving as the rotation grows: ratio = the
+// largest rotation's time / this row's (> 1: this size reads faster, i.e. partly from cache).
+void bench_rotation_check(ThreadPool& pool) {
+  if (!cpu_features().avx512f) return;  // read_probe_call is the AVX-512 loop
+  std::vector<double> xs = {1.5, 3, 6, rotate_l3x(), 2 * rotate_l3x()};
+  std::sort(xs.begin(), xs.end());
+  xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
+  auto name_of = [](double x) {
+    char b[64];
+    std::snprintf(b, sizeof b, "rotation/l3x%g", x);
+    return std::string(b);
+  };
+  bool any = false;
+  for (double x : xs) any = any || selected(name_of(x));
+  if (!any) return;
+  if (g_opt.list) {
+    for (double x : xs) std::printf("%s\n", name_of(x).c_str());
+    return;
+  }
+  const size_t bytes = size_t(2048) * 2048 / 32 * 18;  // 2.25 MiB
+  const double per_x = double(l3_bytes()) * double(std::max(1, g_rotate_threads));
+  auto copies_of = [&](double x) { return int(std::max<size_t>(2, (size_t(x * per_x) + bytes - 1) / bytes)); };
+  const int nmax = copies_of(xs.back());
+  progress("rotation: copies");
+  std::vector<Buf<uint8_t>> bufs;
+  for (int i = 0; i < nmax; i++) {
+    bufs.push_back(alloc_huge(bytes));
+    uint8_t* d = bufs.back().get();
+    pool.parallel_for(int64_t(bytes), 1 << 20, [&](int64_t b, int64_t e) { std::memset(d + b, 1 + (i & 63), size_t(e - b)); });
+  }
+  std::vector<std::vector<double>> ts(xs.size());
+  const int rounds = g_opt.quick ? 2 : 4;
+  for (int r = 0; r < rounds; r++)
+    for (size_t k = 0; k < xs.size(); k++) {
+      progress(name_of(xs[k]));
+      const int n = copies_of(xs[k]);
+      for (int i = 0; i < n; i++) read_probe_call(pool, bufs[size_t(i)].get(), bytes);
+      for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++) {
+          const double t0 = now_s();
+          read_probe_call(pool, bufs[size_t(i)].get(), bytes);
+          ts[k].push_back(now_s() - t0);
+        }
+    }
+  progress_done();
+  std::vector<Stats> st;
+  for (auto& v : ts) {
+    std::sort(v.begin(), v.end());
+    Stats s;
+    s.best = v.front();
+    s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+    s.reps = int(v.size());
+    st.push_back(s);
+  }
+  table_header("rotation check: the read probe's loop over 2.25 MiB a call, rotating over x L3 a thread (blocks "
+               "alternated; ratio = the largest rotation's time / this row's, > 1: this size still reads from cache)");
+  for (size_t k = 0; k < xs.size(); k++) {
+    Result r;
+    r.section = "rotation";
+    r.name = name_of(xs[k]);
+    char label[64];
+    std::snprintf(label, sizeof label, "rotate %g x L3 %s", xs[k], xs[k] == rotate_l3x() ? "(rows)" : "");
+    r.label = label;
+    r.dtype = "-";
+    r.impl = "probe";
+    r.bytes = double(bytes);
+    r.st = st[k];
+    r.ratio_vs = "largest";
+    r.ratio = st.back().best / st[k].best;
+    char note[160];
+    std::snprintf(note, sizeof note, "%d copies = %.0f MiB; median ratio %.2fx", copies_of(xs[k]),
+                  double(copies_of(xs[k])) * double(bytes) / 1048576.0, st.back().median / st[k].median);
+    r.note = note;
+    g_results.push_back(r);
+    table_row(g_results.back());
+  }
+}
+
 // ============================================================================ elementwise / rows
 void bench_eltwise(ThreadPool& pool) {
   bool header = false;
@@ -2528,6 +2634,10 @@ std::string to_json(int threads, double wall, double rss_mib) {
   j.kv("threads", double(threads));
   j.kv("isa_active", isa_name(isa_active()));
   j.kv("l3_bytes", double(l3_bytes()));
+  // decode rows (GEMV, probe-same-size, anchors, decode attention) rotate over this many bytes of
+  // copies (all threads; rotate_l3x x L3 per thread, EMOLLM_BENCH_ROTATE_L3X)
+  j.kv("rotate_l3x", rotate_l3x());
+  j.kv("rotate_bytes", double(rotate_bytes()));
   j.kvb("avx2", f.avx2); j.kvb("avx512f", f.avx512f); j.kvb("avx512bf16", f.avx512bf16);
   j.kvb("avx512vnni", f.avx512vnni); j.kvb("amx_usable", f.amx_usable);
   j.close('}');
@@ -2643,6 +2753,7 @@ int main(int argc, char** argv) {
     bench_attention_decode(pool);
     bench_attention_decode_half_kv(pool);
     bench_eltwise(pool);
+    bench_rotation_check(pool);
     return 0;
   }
   setup_anchors(threads);
@@ -2651,6 +2762,9 @@ int main(int argc, char** argv) {
   std::fprintf(g_out, "cpu: %s | %d physical cores, %d logical | threads %d | isa %s (detected %s) | L3 %zu MiB\n",
                f.brand.c_str(), f.physical_cores, f.logical_cpus, threads, isa_name(isa_active()),
                isa_name(isa_detected()), l3_bytes() >> 20);
+  std::fprintf(g_out, "decode rotation: %.0f MiB of copies per row (%g x L3 a thread, %d threads; EMOLLM_BENCH_ROTATE_L3X), "
+               "read probe buffer as large\n",
+               double(rotate_bytes()) / 1048576.0, rotate_l3x(), threads);
   std::fprintf(g_out, "features: avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512bf16=%d avx512vnni=%d amx_bf16=%d amx_usable=%d\n",
                f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512bf16, f.avx512vnni, f.amx_bf16, f.amx_usable);
   std::fprintf(g_out, "budget %.2f s per measurement; times are best/median of the repetitions\n", g_opt.budget);
@@ -2688,6 +2802,7 @@ int main(int argc, char** argv) {
   bench_attention_decode(pool);
   bench_attention_decode_half_kv(pool);
   bench_eltwise(pool);
+  bench_rotation_check(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the
   // higher of the two, so a percentage above 100 means the machine really was faster than probed.
@@ -2727,6 +2842,14 @@ int main(int argc, char** argv) {
   if (g_probe.same_size_bw > 0)
     std::fprintf(g_out, "  probe same-size  %8.1f GB/s    (the best loop over GEMV copies, interleaved with them)\n",
                  g_probe.same_size_bw);
+  // the same loop over fewer bytes a call (hand-offs, ramp-up) reading faster than over the probe's
+  // large windows means the copies were partly cached: the ceiling and the GEMV rows are not cold.
+  // 1.10, not 1.00: cold (a rotation from 6 to 16x L3 reading the same), the best of ~1000 short
+  // calls still reads up to ~1.06x the best of the probe's 24 long windows at 1 thread, loaded
+  if (g_probe.same_size_bw > 1.10 * g_probe.bw)
+    std::fprintf(g_out, "  warning: probe same-size %.2fx the read probe: the decode rows' copies were partly in cache "
+                 "(rotation %.0f MiB; see the rotation check rows, EMOLLM_BENCH_ROTATE_L3X)\n",
+                 g_probe.same_size_bw / g_probe.bw, double(rotate_bytes()) / 1048576.0);
   if (g_probe.anchor_gemv_bw > 0 || g_probe.same_size_bw > 0)
     std::fprintf(g_out, "  best anchor GEMV %8.1f GB/s    (%%bw of the GEMV rows uses max(probes, this) = %.1f GB/s)\n",
                  g_probe.anchor_gemv_bw, bw_ceiling());
