@@ -70,6 +70,20 @@ EnvSwitch& release_nohugepage_flag() {
   return on;
 }
 
+// K-quant matrices are packed (kquant_repack) a slice of rows at a time, each slice's original
+// pages released once its records are written (CpuBackend::pack_gemm_weight):
+// EMOLLM_KQUANT_PACK_SLICES=0 packs the whole matrix, then releases it (the previous path).
+EnvSwitch& kquant_pack_slices_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_PACK_SLICES");
+  return on;
+}
+// ~4 MiB of file rows a slice, a multiple of the records' 16 rows (two threads' share of a slice
+// is ~80 records of 16 rows: the pool's hand-off per slice is nothing next to it).
+constexpr size_t kKquantPackSliceBytes = size_t(4) << 20;
+int64_t kquant_pack_slice_rows(size_t row_bytes) {
+  return std::max<int64_t>(16, int64_t(kKquantPackSliceBytes / row_bytes) / 16 * 16);
+}
+
 // Drops the calling process's resident pages of [p, p + bytes) (whole pages inside the range
 // only) once a packed copy replaces them, when they belong to a read-only file mapping (the
 // weight file's mmap): they leave this process's RSS and page back in if anything reads them
@@ -450,14 +464,26 @@ class CpuBackend final : public Backend {
     // Q4_K / Q6_K: kquant_repack's 16-row records (EMOLLM_KQUANT_REPACK=0: the GGUF bytes, read in place)
     if (W && weight_repacking() && kquant_repacking() && kquant_repack_supported(wtype) && N > 0 && K > 0 &&
         K % 256 == 0 && kquant_repacked_usable()) {
-      const size_t bytes = kquant_repack_bytes(wtype, N, K);
+      const size_t bytes = kquant_repack_bytes(wtype, N, K), rb = dtype_row_bytes(wtype, K);
       bool made = false;
       if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
-            kquant_repack(W, wtype, N, K, out, &pool_);
+            // In slices of ~kKquantPackSliceBytes of the file's rows (whole 16-row records), each
+            // slice's pages released once its records are written: a matrix's original pages and
+            // its records are resident together for one slice only, not for the whole matrix
+            // (TinyLlama-1.1B's output, 51 MiB of q6_K: the load's peak was the records so far plus
+            // those 51 MiB). EMOLLM_KQUANT_PACK_SLICES=0: the whole matrix, then released.
+            const int64_t step = kquant_pack_slices() ? kquant_pack_slice_rows(rb) : N;
+            const size_t group_bytes = kquant_repack_bytes(wtype, 1, K);
+            for (int64_t r0 = 0; r0 < N; r0 += step) {
+              const int64_t n = std::min(step, N - r0);
+              const uint8_t* src = static_cast<const uint8_t*>(W) + size_t(r0) * rb;
+              kquant_repack(src, wtype, n, K, static_cast<uint8_t*>(out) + size_t(r0 / 16) * group_bytes, &pool_);
+              if (n < N) release_pages(src, size_t(n) * rb);
+            }
             made = true;
           }))
         return nullptr;
-      if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
+      if (made) release_pages(W, size_t(N) * rb);  // the whole range: pages two slices shared
       return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
     }
     if (!W || !weight_repacking() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) || N <= 0 || K <= 0 || K % 32 != 0)
@@ -609,6 +635,10 @@ class Scratch {
 }  // namespace
 
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
+void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
+bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
+void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
+bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().store(on, std::memory_order_relaxed); }
 bool bf16_decoder_panels() { return decoder_panels_flag().load(std::memory_order_relaxed); }
