@@ -34,14 +34,16 @@ namespace {
 
 std::atomic<size_t> g_packed_bytes{0};
 
-// True when [lo, hi) lies inside one read-only, file-backed mapping of this process (a weight
-// file's mmap): dropping such pages loses nothing, they page back in from the file (or the page
+// True when [lo, hi) lies inside read-only mappings of one file in this process, without gaps (a
+// weight file's mmap, which release_pages' MADV_NOHUGEPAGE splits at released ranges): dropping such pages loses nothing, they page back in from the file (or the page
 // cache, which keeps them for the next load). Linux: /proc/self/maps.
 bool in_read_only_file_mapping(uintptr_t lo, uintptr_t hi) {
 #if defined(__linux__)
   FILE* f = std::fopen("/proc/self/maps", "r");
   if (!f) return false;
   bool ok = false;
+  uintptr_t covered = lo;  // [lo, covered) lies in read-only file mappings
+  unsigned long inode0 = 0;
   char line[512];
   while (std::fgets(line, sizeof line, f)) {
     unsigned long a = 0, b = 0, inode = 0;
@@ -49,8 +51,14 @@ bool in_read_only_file_mapping(uintptr_t lo, uintptr_t hi) {
     unsigned long long off = 0;
     char dev[32] = {0};
     if (std::sscanf(line, "%lx-%lx %7s %llx %31s %lu", &a, &b, perms, &off, dev, &inode) != 6) continue;
-    if (lo >= a && hi <= b) {
-      ok = perms[0] == 'r' && perms[1] == '-' && inode != 0;
+    if (b <= covered || a >= hi) continue;
+    // [lo, hi) may span several mappings of the file: release_pages marks released ranges
+    // MADV_NOHUGEPAGE, which splits the mapping where a range ends
+    if (a > covered || perms[0] != 'r' || perms[1] != '-' || inode == 0 || (inode0 && inode != inode0)) break;
+    inode0 = inode;
+    covered = b;
+    if (covered >= hi) {
+      ok = true;
       break;
     }
   }

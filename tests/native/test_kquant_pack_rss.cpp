@@ -4,6 +4,7 @@
 //     by at most its records' bytes + 8 MiB: the file's pages are released a slice at a time as
 //     the records are written (without the slices the peak held the whole matrix's file pages and
 //     its records together: +27 MiB over the bound for the 27.6 MB matrix here);
+//   - after packing, none of a matrix's pages stays mapped (those two slices shared included);
 //   - after packing, reading an 8 KiB vector that lies in the file between two packed matrices (a
 //     layer's RMSNorm weight) maps at most 256 KiB of the file back in (the vector's pages, the
 //     kernel's 64 KiB fault-around, the two matrices' edge pages the release keeps): the released
@@ -173,6 +174,10 @@ TEST(kquant_pack_peak_rss_and_released_pages) {
   }
   auto pb = be->pack_gemm_weight(B, tb, NB, K);
   EXPECT(pb != nullptr);
+  // A and B start and end on page boundaries here: none of their pages stays mapped, those two
+  // slices shared included (released with the whole range across the split mappings)
+  EXPECT(mapped_pages(A, a_bytes) == 0);
+  EXPECT(mapped_pages(B, b_bytes) == 0);
 
   // the released ranges stay unmapped; reading the vector between them maps little
   const size_t before = mapped_pages(mf.base, mf.bytes);
