@@ -55,7 +55,7 @@ bool bf16_decoder_panels();
 void set_small_half_copies(bool on);
 bool small_half_copies();
 
-// The CPU backend packs a q4_K / q6_K matrix ~4 MiB of its rows at a time, releasing each slice's
+// The CPU backend packs a q4_K / q6_K matrix ~16 MiB of its rows at a time, releasing each slice's
 // file pages once its records are written, so a matrix's original pages and its records are not
 // resident together (on by default; EMOLLM_KQUANT_PACK_SLICES=0: the whole matrix, then released).
 // Process-wide.
