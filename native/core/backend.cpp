@@ -34,14 +34,16 @@ namespace {
 
 std::atomic<size_t> g_packed_bytes{0};
 
-// True when [lo, hi) lies inside one read-only, file-backed mapping of this process (a weight
-// file's mmap): dropping such pages loses nothing, they page back in from the file (or the page
+// True when [lo, hi) lies inside read-only mappings of one file in this process, without gaps (a
+// weight file's mmap, which release_pages' MADV_NOHUGEPAGE splits at released ranges): dropping such pages loses nothing, they page back in from the file (or the page
 // cache, which keeps them for the next load). Linux: /proc/self/maps.
 bool in_read_only_file_mapping(uintptr_t lo, uintptr_t hi) {
 #if defined(__linux__)
   FILE* f = std::fopen("/proc/self/maps", "r");
   if (!f) return false;
   bool ok = false;
+  uintptr_t covered = lo;  // [lo, covered) lies in read-only file mappings
+  unsigned long inode0 = 0;
   char line[512];
   while (std::fgets(line, sizeof line, f)) {
     unsigned long a = 0, b = 0, inode = 0;
@@ -49,8 +51,14 @@ bool in_read_only_file_mapping(uintptr_t lo, uintptr_t hi) {
     unsigned long long off = 0;
     char dev[32] = {0};
     if (std::sscanf(line, "%lx-%lx %7s %llx %31s %lu", &a, &b, perms, &off, dev, &inode) != 6) continue;
-    if (lo >= a && hi <= b) {
-      ok = perms[0] == 'r' && perms[1] == '-' && inode != 0;
+    if (b <= covered || a >= hi) continue;
+    // [lo, hi) may span several mappings of the file: release_pages marks released ranges
+    // MADV_NOHUGEPAGE, which splits the mapping where a range ends
+    if (a > covered || perms[0] != 'r' || perms[1] != '-' || inode == 0 || (inode0 && inode != inode0)) break;
+    inode0 = inode;
+    covered = b;
+    if (covered >= hi) {
+      ok = true;
       break;
     }
   }
@@ -63,18 +71,51 @@ bool in_read_only_file_mapping(uintptr_t lo, uintptr_t hi) {
 #endif
 }
 
+// EMOLLM_RELEASE_NOHUGEPAGE=0: release_pages drops the pages only (the previous path), without
+// marking the range MADV_NOHUGEPAGE.
+EnvSwitch& release_nohugepage_flag() {
+  static EnvSwitch on("EMOLLM_RELEASE_NOHUGEPAGE");
+  return on;
+}
+
+// K-quant matrices are packed (kquant_repack) a slice of rows at a time, each slice's original
+// pages released once its records are written (CpuBackend::pack_gemm_weight):
+// EMOLLM_KQUANT_PACK_SLICES=0 packs the whole matrix, then releases it (the previous path).
+EnvSwitch& kquant_pack_slices_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_PACK_SLICES");
+  return on;
+}
+// ~16 MiB of file rows a slice, a multiple of the records' 16 rows: TinyLlama-1.1B's only larger
+// matrix is its 51 MiB output. 4 MiB slices (every FFN matrix in two) loaded q4_k_m in 2.0-3.6 s
+// against 1.6-2.0 s unsliced (loaded machine, alternated); 16 MiB measured 1.7-3.0 vs 1.7-1.9.
+constexpr size_t kKquantPackSliceBytes = size_t(16) << 20;
+int64_t kquant_pack_slice_rows(size_t row_bytes) {
+  return std::max<int64_t>(16, int64_t(kKquantPackSliceBytes / row_bytes) / 16 * 16);
+}
+
 // Drops the calling process's resident pages of [p, p + bytes) (whole pages inside the range
 // only) once a packed copy replaces them, when they belong to a read-only file mapping (the
 // weight file's mmap): they leave this process's RSS and page back in if anything reads them
 // again (the embedding lookup of a tied matrix, a standard-layout fallback). MADV_DONTNEED keeps
 // the page cache (the next load of the file stays warm). Other memory is left alone.
+// The range is marked MADV_NOHUGEPAGE first: where the page cache holds the file in 2 MiB folios
+// (ext4 large folios, Linux 6.x), a read of any byte of a 2 MiB-aligned span maps the whole
+// folio with one PMD, so a tensor still read in place next to a released matrix (an 8 KiB
+// RMSNorm weight between two layers' matrices) brought 2 MiB of released weight bytes back into
+// RSS: TinyLlama-1.1B q4_k_m, 45 norm vectors, +43 MiB after the first forward. A span that
+// meets a NOHUGEPAGE range is mapped in 4 KiB pages (fault-around: 64 KiB), so only the read
+// pages come back; a 2 MiB span wholly inside a tensor read in place keeps its PMD mapping.
 void release_pages(const void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_DONTNEED)
   const long ps = sysconf(_SC_PAGESIZE);
   if (ps <= 0) return;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p), page = uintptr_t(ps);
   const uintptr_t lo = (a + page - 1) / page * page, hi = (a + bytes) / page * page;
-  if (hi > lo && in_read_only_file_mapping(lo, hi)) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  if (hi <= lo || !in_read_only_file_mapping(lo, hi)) return;
+#if defined(MADV_NOHUGEPAGE)
+  if (release_nohugepage_flag().on()) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_NOHUGEPAGE);
+#endif
+  (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 #else
   (void)p;
   (void)bytes;
@@ -432,14 +473,26 @@ class CpuBackend final : public Backend {
     // Q4_K / Q6_K: kquant_repack's 16-row records (EMOLLM_KQUANT_REPACK=0: the GGUF bytes, read in place)
     if (W && weight_repacking() && kquant_repacking() && kquant_repack_supported(wtype) && N > 0 && K > 0 &&
         K % 256 == 0 && kquant_repacked_usable()) {
-      const size_t bytes = kquant_repack_bytes(wtype, N, K);
+      const size_t bytes = kquant_repack_bytes(wtype, N, K), rb = dtype_row_bytes(wtype, K);
       bool made = false;
       if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
-            kquant_repack(W, wtype, N, K, out, &pool_);
+            // In slices of ~kKquantPackSliceBytes (16 MiB) of the file's rows (whole 16-row records), each
+            // slice's pages released once its records are written: a matrix's original pages and
+            // its records are resident together for one slice only, not for the whole matrix
+            // (TinyLlama-1.1B's output, 51 MiB of q6_K: the load's peak was the records so far plus
+            // those 51 MiB). EMOLLM_KQUANT_PACK_SLICES=0: the whole matrix, then released.
+            const int64_t step = kquant_pack_slices() ? kquant_pack_slice_rows(rb) : N;
+            const size_t group_bytes = kquant_repack_bytes(wtype, 1, K);
+            for (int64_t r0 = 0; r0 < N; r0 += step) {
+              const int64_t n = std::min(step, N - r0);
+              const uint8_t* src = static_cast<const uint8_t*>(W) + size_t(r0) * rb;
+              kquant_repack(src, wtype, n, K, static_cast<uint8_t*>(out) + size_t(r0 / 16) * group_bytes, &pool_);
+              if (n < N) release_pages(src, size_t(n) * rb);
+            }
             made = true;
           }))
         return nullptr;
-      if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
+      if (made) release_pages(W, size_t(N) * rb);  // the whole range: pages two slices shared
       return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
     }
     if (!W || !weight_repacking() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) || N <= 0 || K <= 0 || K % 32 != 0)
@@ -591,6 +644,10 @@ class Scratch {
 }  // namespace
 
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
+void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
+bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
+void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
+bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().store(on, std::memory_order_relaxed); }
 bool bf16_decoder_panels() { return decoder_panels_flag().load(std::memory_order_relaxed); }
