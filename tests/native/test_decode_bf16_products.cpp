@@ -8,13 +8,18 @@
 //     step's logits within kLogitTol of the option off, and some differ (the option reaches the
 //     kernel: a context that never set bf16_products fails this); without AVX512-BF16 everything
 //     is bit-equal (the option has no effect there, as documented);
-//   - f32 and f16 caches: every logit bit-equal (the option has no effect on them).
+//   - f32 and f16 caches: every logit bit-equal (the option has no effect on them);
+//   - through the Scheduler (SchedulerOptions::decode_bf16_products, what the addon's batch and
+//     so generate / chat use): Logits of a prompt (a prompt chunk) bit-equal on and off, then
+//     Logits of that prompt + one token (the cached prompt reused: one decode row) within the
+//     tolerance and, with AVX512-BF16 on a bf16 cache, not bit-equal.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <random>
 #include <string>
@@ -26,6 +31,7 @@
 #include "base/dtype.h"
 #include "../../kernels/cpu/attention_internal.h"
 #include "model/llama.h"
+#include "model/scheduler.h"
 #include "gguf_out.h"
 #include "testing.h"
 
@@ -243,5 +249,59 @@ TEST(decode_bf16_products_option_no_effect_on_f32_f16_caches) {
     EXPECT(c.steps == 1 + 16 + 1 + 8);
     EXPECT(c.steps_differ == 0);
     EXPECT(c.bit_equal_fail == 0);
+  }
+}
+
+namespace {
+
+std::vector<float> sched_logits(Scheduler& s, const std::vector<int32_t>& prompt) {
+  std::promise<SeqOutcome> p;
+  SeqRequest r;
+  r.kind = SeqRequest::Kind::Logits;
+  r.prompt = prompt;
+  r.on_done = [&p](SeqOutcome&& o) { p.set_value(std::move(o)); };
+  s.submit(std::move(r));
+  SeqOutcome o = p.get_future().get();
+  EXPECT(!o.error && !o.aborted);
+  return o.logits;
+}
+
+}  // namespace
+
+TEST(decode_bf16_products_option_through_scheduler) {
+  WhenAskedScope mode;
+  auto m = gqa4_model();
+  EXPECT(m != nullptr);
+  if (!m) return;
+  const bool avail = bf16dp_available();
+  for (DType kv : {DType::BF16, DType::F32}) {
+    SchedulerOptions so;
+    so.n_ctx = 128;
+    so.n_seq = 1;
+    so.kv_type = kv;
+    so.prefault = false;
+    Scheduler off(m, so);
+    so.decode_bf16_products = true;
+    Scheduler on(m, so);
+    std::vector<int32_t> prompt(50);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 29 + 3) % 160);
+    const std::string label = std::string("scheduler kv ") + dtype_name(kv);
+    Compare c;
+    {
+      const std::vector<float> a = sched_logits(off, prompt), b = sched_logits(on, prompt);
+      EXPECT(a.size() == 160 && b.size() == a.size());
+      c.rows(a.data(), b.data(), int64_t(a.size()), true, label + " prompt");
+    }
+    // the prompt + one token at a time: the cached positions reused, the new token one decode row
+    for (int t = 0; t < 6; ++t) {
+      prompt.push_back(int32_t(7 + 11 * t));
+      const std::vector<float> a = sched_logits(off, prompt), b = sched_logits(on, prompt);
+      EXPECT(a.size() == 160 && b.size() == a.size());
+      c.rows(a.data(), b.data(), int64_t(a.size()), !(avail && kv == DType::BF16), label + " + " + std::to_string(t + 1));
+    }
+    EXPECT(c.steps == 7);
+    if (avail && kv == DType::BF16) EXPECT(c.steps_differ >= 4);
+    else EXPECT(c.steps_differ == 0);
+    EXPECT(on.stats().prefill_tokens == off.stats().prefill_tokens);
   }
 }
