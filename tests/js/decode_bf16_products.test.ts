@@ -6,8 +6,9 @@
 // logits({ all }) uses) on a random GQA 4:1 LLaMA with a bf16 cache: prompt logits bit-equal with
 // the option on and off, decode steps within 2e-2 x max|logit| (the native test's tolerance) and,
 // on a CPU with AVX512-BF16, not all bit-equal (the option reaches the kernel); with an f32 cache,
-// bit-equal. The numerical checks are tests/native/test_decode_bf16_products.cpp (both caches,
+// bit-equal. The CLI (emollm generate / serve) takes --bf16-products. The numerical checks are tests/native/test_decode_bf16_products.cpp (both caches,
 // batched decode, the scheduler's prompts) and test_attention.cpp (the kernel's bound).
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -93,6 +94,16 @@ describe.skipIf(!haveStories)('decodeBf16Products', () => {
         await off.close();
       }
     }
+  });
+
+  it.skipIf(!existsSync(join(dist, 'cli.js')))('emollm generate / serve take --bf16-products (a flag: a value is a usage error)', () => {
+    const run = (...args: string[]) =>
+      spawnSync(process.execPath, [join(dist, 'cli.js'), ...args], { encoding: 'utf8', env: { ...process.env, HF_HUB_OFFLINE: '1' } });
+    const on = run('generate', gqa4, '--max-tokens', '8', '--context', '128', '--threads', '1', '--kv-type', 'bf16', '--bf16-products');
+    expect(on.status, on.stderr).toBe(0);
+    for (const cmd of ['generate', 'serve']) expect(run(cmd, '--help').stdout).toMatch(/--bf16-products\s+with --kv-type bf16/);
+    const bad = run('generate', gqa4, '--bf16-products=yes');
+    expect(bad.status).toBe(2);
   });
 
   it('reaches the decode attention of a bf16 cache, within the tolerance; no effect on f32', async () => {
