@@ -6,8 +6,9 @@
 // logits({ all }) uses) on a random GQA 4:1 LLaMA with a bf16 cache: prompt logits bit-equal with
 // the option on and off, decode steps within 2e-2 x max|logit| (the native test's tolerance) and,
 // on a CPU with AVX512-BF16, not all bit-equal (the option reaches the kernel); with an f32 cache,
-// bit-equal. The CLI (emollm generate / serve) takes --bf16-products. The numerical checks are tests/native/test_decode_bf16_products.cpp (both caches,
-// batched decode, the scheduler's prompts) and test_attention.cpp (the kernel's bound).
+// bit-equal. The CLI (emollm generate / serve) takes --bf16-products. The numerical checks are
+// tests/native/test_decode_bf16_products.cpp (both caches, batched decode, the scheduler) and
+// test_attention.cpp (the kernel's bound).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
