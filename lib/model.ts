@@ -105,7 +105,8 @@ export interface LoadModelOptions extends RuntimeOptions {
    * the whole step gains less), at the cost of logits that are no longer bit-equal
    * to the exact path: they stay within the kernel's stated bound (each score carries the query's
    * rounding, relative 2^-9 a product; each weight one more, relative 2^-9). A trade-off like
-   * llama.cpp's cache-type and flash-attention switches. Prompt evaluation is not affected. No
+   * llama.cpp's cache-type and flash-attention switches. Prompts are evaluated exactly (a prompt chunk of a single
+   * token, e.g. a chunked prompt's last, counts as a decode step). No
    * effect with an `'f32'` / `'f16'` cache, on models with fewer than 4 query heads per KV head,
    * on CPUs without AVX512-BF16, on the CUDA backend, or under EMOLLM_DECODE_ATTN_BF16DP=0.
    * Anything but a boolean fails with ERR_INVALID_ARGUMENT.

@@ -1061,7 +1061,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         const int64_t r0 = row0[size_t(i)];
         AttentionParams ap = m.causal_attention_params(sg.n, n_kv, sg.pos0);
         ap.kv_dtype = kv_type_;
-        ap.bf16_products = decode_bf16_products_ && sg.n == 1;  // decode rows only, never a prompt chunk
+        ap.bf16_products = decode_bf16_products_ && sg.n == 1;  // one-token segments (decode) only
         be.attention(q_ + r0 * qd, k_stage_, v_stage_, att_ + r0 * qd, ap);
       }
     } else {  // paged: every segment's attention through its block table, all in one backend call
@@ -1088,7 +1088,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         it.p.v_blocks = v_table_.data() + at;
         it.p.kv_block_size = kv_bs_;
         it.p.kv_dtype = kv_type_;
-        it.p.bf16_products = decode_bf16_products_ && sg.n == 1;  // decode rows only, never a prompt chunk
+        it.p.bf16_products = decode_bf16_products_ && sg.n == 1;  // one-token segments (decode) only
         at += nb;
       }
       if (batched_attention_) {

@@ -174,7 +174,8 @@ struct LlamaContextOptions {
   // EMOLLM_PREFAULT=0 turns it off for every context (A/B).
   bool prefault = true;
   // Decode attention on a bf16 KV cache with bf16 dot products (AttentionParams::bf16_products on
-  // the decode steps' attention only, never on prompt chunks): q rounded to bf16 for Q K^T and the
+  // the attention of one-token segments only: every decode step, and a prompt chunk only when it
+  // is a single token, e.g. a chunked prompt's last; longer chunks keep the exact path): q rounded to bf16 for Q K^T and the
   // softmax weights rounded to bf16 per block for P V, on the CPU's AVX512-BF16 unit (vdpbf16ps),
   // sums in f32. Faster decode attention (1.11-1.13x the exact path at TinyLlama-1.1B's shape),
   // logits within the bound kernels/cpu/attention_internal.h states (each score carries q's
