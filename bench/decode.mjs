@@ -53,7 +53,8 @@ async function emollmChild(spec) {
     const b = await loadBinding();
     if (typeof b.loadModel !== 'function') throw new Error('the addon has no loadModel (decoder binding not built yet)');
     try { out.info.cpu = b.cpuInfo?.(); } catch {}
-    const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch };
+    // decodeBf16Products (--bf16-products): the decode steps' attention on bf16 dot products
+    const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch, ...(spec.decodeBf16Products ? { decodeBf16Products: true } : {}) };
     const t0 = performance.now();
     const model = use(await b.loadModel(spec.model, { threads: spec.threads, nCtx: spec.nCtx, kvCacheType: spec.kvCacheType }));
     let ctx = use(model.createContext(ctxOpts));
@@ -114,7 +115,7 @@ async function emollmChild(spec) {
 function parseArgs(argv) {
   const o = {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
-    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32',
+    budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32', bf16Products: false,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
   };
   const val = (i, name) => {
@@ -139,6 +140,7 @@ function parseArgs(argv) {
       case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--kv-type': o.emollmKv = val(i, a); i++; break;
+      case '--bf16-products': o.bf16Products = true; break;
       case '--no-anchor': o.anchor = false; break;
       case '--no-node-llama-cpp': o.nlc = false; break;
       case '--no-emollm': o.emollm = false; break;
@@ -160,6 +162,7 @@ function parseArgs(argv) {
   if (o.prompt + o.gen > o.nCtx) throw new Error(`--prompt ${o.prompt} + --gen ${o.gen} exceeds --ctx ${o.nCtx}`);
   if (o.gen < 2) throw new Error('--gen must be at least 2');
   if (!['f32', 'f16', 'bf16'].includes(o.emollmKv)) throw new Error(`--kv-type: f32, f16 or bf16, not '${o.emollmKv}'`);
+  if (o.bf16Products && o.emollmKv !== 'bf16') throw new Error('--bf16-products acts on a bf16 KV cache only: add --kv-type bf16');
   return o;
 }
 
@@ -176,6 +179,9 @@ const HELP = `usage: npm run bench:decode -- [options]
                         (at most 3 x S; default 20), --runs N at most (default 4), at least 1
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16)
   --kv-type f32|f16|bf16  emollm's KV cache type (default f32; f16 = llama.cpp's default), the table's kv column
+  --bf16-products       emollm's decode attention on bf16 dot products (the decodeBf16Products context option:
+                        a bf16 KV cache on AVX512-BF16 only, logits within the kernel's bound, not bit-equal;
+                        the kv column shows bf16+dp)
   --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
   --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
@@ -464,7 +470,7 @@ const busyMark = (c) => `${c.toFixed(2)}${c >= 0.25 ? '!' : ''}`;
 
 // KV cache types of a row: emollm's / llama.cpp's.
 function kvLabel(o) {
-  return `${o.emollmKv}/${o.kvType ? o.kvType.toLowerCase() : 'f16'}`;
+  return `${o.emollmKv}${o.bf16Products ? '+dp' : ''}/${o.kvType ? o.kvType.toLowerCase() : 'f16'}`;
 }
 
 function table(rows, probe, o, out) {
@@ -589,7 +595,7 @@ async function main() {
     for (const j of jobs) {
       log(`bench:decode: ${s.label} ${p.dtype} ${j.format}: ${j.side} ...`);
       await waitQuiet(o.quietWaitS, log);
-      const spec = { ...base, model: j.path, ...(j.side === 'emollm' ? { kvCacheType: o.emollmKv } : {}) };
+      const spec = { ...base, model: j.path, ...(j.side === 'emollm' ? { kvCacheType: o.emollmKv, decodeBf16Products: o.bf16Products } : {}) };
       const res = j.side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
         : await runEmollmChild(spec, o);
@@ -675,7 +681,7 @@ async function main() {
 
   const json = {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
-    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, seed: o.seed },
+    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed },
     probe,
     rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
     raw: results,

@@ -54,6 +54,7 @@ const GENERATE = {
     seed: { type: 'integer', description: 'sampling seed' },
     context: { type: 'integer', description: 'KV cache size in tokens' },
     'kv-type': { type: 'string', choices: ['f32', 'f16', 'bf16'], description: 'KV cache element type (default f32; llama.cpp uses f16)' },
+    'bf16-products': { type: 'boolean', description: 'with --kv-type bf16: decode attention on bf16 products (AVX512-BF16); faster, not bit-equal' },
     threads: { type: 'integer', description: 'compute threads (default: physical cores)' },
     tokenizer: { type: 'string', value: 'PATH', description: 'tokenizer for a folder without tokenizer.json (.gguf, tokenizer.json, llama2.c .bin)' },
   },
@@ -246,6 +247,7 @@ async function generate(argv: readonly string[]): Promise<number> {
   if (v.seed !== undefined) gen.seed = v.seed;
   if (v.context !== undefined) load.contextSize = v.context;
   if (v['kv-type'] !== undefined) load.kvCacheType = v['kv-type'];
+  if (v['bf16-products']) load.decodeBf16Products = true;
   if (v.threads !== undefined) load.threads = v.threads;
   if (v.tokenizer !== undefined) load.tokenizer = v.tokenizer;
   const ac = new AbortController();

@@ -42,6 +42,7 @@ export async function serveCommand(argv: readonly string[]): Promise<number> {
     ...(threads !== undefined ? { threads } : {}),
     ...(context !== undefined ? { contextSize: context } : {}),
     ...(s('kv-type') ? { kvCacheType: s('kv-type') as KvCacheType } : {}),
+    ...(values['bf16-products'] === true ? { decodeBf16Products: true } : {}),
     ...(sequences !== undefined ? { maxSequences: sequences } : {}),
     ...(batchTokens !== undefined ? { batchTokens } : {}),
   });

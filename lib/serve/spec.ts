@@ -26,6 +26,7 @@ export const SERVE_SPEC = {
     threads: { type: 'string', value: 'N', description: 'compute threads' },
     context: { type: 'string', value: 'N', description: 'KV cache size in tokens (per sequence)' },
     'kv-type': { type: 'string', choices: ['f32', 'f16', 'bf16'], description: 'KV cache element type (default f32; llama.cpp uses f16)' },
+    'bf16-products': { type: 'boolean', description: 'with --kv-type bf16: decode attention on bf16 products (AVX512-BF16); faster, not bit-equal' },
     'max-sequences': { type: 'string', value: 'N', description: 'requests decoded together (default 4; each has its own KV cache)' },
     'batch-tokens': { type: 'string', value: 'N', description: 'token rows per scheduler step (default min(context × max sequences, 512)); long prompts are prefilled in chunks of what decoding leaves' },
     log: { type: 'boolean', description: 'log requests (JSON lines on stdout)' },

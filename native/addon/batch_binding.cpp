@@ -405,6 +405,7 @@ Napi::Value create_batch(const Napi::CallbackInfo& info, const std::shared_ptr<M
   so.kv_block_size = opt_int(env, o, "kvBlockSize", 0, 0, 4096);
   so.kv_positions = opt_int(env, o, "kvCachePositions", 0, 0, int64_t(1) << 30);
   so.kv_type = opt_kv_type(env, o, "kvCacheType", h->default_kv_type);
+  so.decode_bf16_products = opt_bool(env, o, "decodeBf16Products", false);
   if (has_opt(o, "chunkedPrefill")) {
     if (!o.Get("chunkedPrefill").IsBoolean()) throw_invalid(env, "chunkedPrefill must be a boolean");
     so.chunked_prefill = o.Get("chunkedPrefill").As<Napi::Boolean>().Value();

@@ -437,6 +437,7 @@ Napi::Value create_context(const Napi::CallbackInfo& info, const std::shared_ptr
   co.n_ctx = opt_int(env, o, "nCtx", handle_->default_n_ctx, 0, int64_t(1) << 24);
   co.n_batch = opt_int(env, o, "nBatch", 0, 0, int64_t(1) << 24);
   co.kv_type = opt_kv_type(env, o, "kvCacheType", handle_->default_kv_type);
+  co.decode_bf16_products = opt_bool(env, o, "decodeBf16Products", false);
   auto s = std::make_shared<ContextState>();
   s->owner = handle_;
   s->model = handle_->model;

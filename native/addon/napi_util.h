@@ -97,6 +97,13 @@ inline emollm::DType opt_kv_type(Napi::Env env, const Napi::Object& o, const cha
   throw_invalid(env, std::string(key) + " must be 'f32', 'f16' or 'bf16'");
   return def;
 }
+// A boolean option; anything but true / false (when set): ERR_INVALID_ARGUMENT.
+inline bool opt_bool(Napi::Env env, const Napi::Object& o, const char* key, bool def) {
+  if (!has_opt(o, key)) return def;
+  const Napi::Value v = o.Get(key);
+  if (!v.IsBoolean()) throw_invalid(env, std::string(key) + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
 inline int64_t opt_int(Napi::Env env, const Napi::Object& o, const char* key, int64_t def, int64_t lo, int64_t hi) {
   double d = opt_number(env, o, key, double(def));
   if (d != std::floor(d) || d < double(lo) || d > double(hi))

@@ -554,6 +554,7 @@ LlamaContext::LlamaContext(std::shared_ptr<const LlamaModel> model, const LlamaC
                    std::string("kv_type ") + dtype_name(opts.kv_type) + " must be f32, f16 or bf16");
   model_->backend().require_kv_dtype(opts.kv_type);  // Unsupported, naming the backend, when it cannot
   kv_type_ = opts.kv_type;
+  decode_bf16_products_ = opts.decode_bf16_products;
   kv_esz_ = dtype_row_bytes(kv_type_, 1);
   kv_bs_ = opts.kv_block_size > 0 ? opts.kv_block_size : 64;
   batched_attention_ = env_enabled("EMOLLM_BATCHED_ATTENTION");
@@ -1060,6 +1061,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         const int64_t r0 = row0[size_t(i)];
         AttentionParams ap = m.causal_attention_params(sg.n, n_kv, sg.pos0);
         ap.kv_dtype = kv_type_;
+        ap.bf16_products = decode_bf16_products_ && sg.n == 1;  // one-token segments (decode) only
         be.attention(q_ + r0 * qd, k_stage_, v_stage_, att_ + r0 * qd, ap);
       }
     } else {  // paged: every segment's attention through its block table, all in one backend call
@@ -1086,6 +1088,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         it.p.v_blocks = v_table_.data() + at;
         it.p.kv_block_size = kv_bs_;
         it.p.kv_dtype = kv_type_;
+        it.p.bf16_products = decode_bf16_products_ && sg.n == 1;  // one-token segments (decode) only
         at += nb;
       }
       if (batched_attention_) {

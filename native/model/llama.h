@@ -173,6 +173,17 @@ struct LlamaContextOptions {
   // off for a large n_ctx that is rarely filled, so the pages come as positions are written.
   // EMOLLM_PREFAULT=0 turns it off for every context (A/B).
   bool prefault = true;
+  // Decode attention on a bf16 KV cache with bf16 dot products (AttentionParams::bf16_products on
+  // the attention of one-token segments only: every decode step, and a prompt chunk only when it
+  // is a single token, e.g. a chunked prompt's last; longer chunks keep the exact path): q rounded to bf16 for Q K^T and the
+  // softmax weights rounded to bf16 per block for P V, on the CPU's AVX512-BF16 unit (vdpbf16ps),
+  // sums in f32. Faster decode attention (1.11-1.13x the exact path at TinyLlama-1.1B's shape),
+  // logits within the bound kernels/cpu/attention_internal.h states (each score carries q's
+  // rounding, relative 2^-9 a product; each weight one more, relative 2^-9), not bit-equal to the
+  // exact path. No effect on f32 / f16 caches, on models with fewer than 4 query heads per kv
+  // head, on CPUs without AVX512-BF16, or under EMOLLM_DECODE_ATTN_BF16DP=0; backends without
+  // such a path ignore it. Default off.
+  bool decode_bf16_products = false;
 };
 
 // Occupancy of a context's KV block pool (LlamaContext::kv_stats).
@@ -317,6 +328,9 @@ class LlamaContext {
   KvCacheStats kv_stats() const;
   int64_t kv_block_size() const { return kv_bs_; }
   DType kv_type() const { return kv_type_; }
+  // LlamaContextOptions::decode_bf16_products as given (whether the kernels take it depends on
+  // the cache type, the model's head grouping and the CPU).
+  bool decode_bf16_products() const { return decode_bf16_products_; }
   int64_t kv_blocks_free() const { return int64_t(free_blocks_.size()); }
   // Blocks a sequence of n positions holds.
   int64_t kv_blocks_for(int64_t n) const { return (n + kv_bs_ - 1) / kv_bs_; }
@@ -417,6 +431,7 @@ class LlamaContext {
   float* v_cache_ = nullptr;
   int64_t kv_bs_ = 64, n_blocks_ = 0, kvd_ = 0;
   DType kv_type_ = DType::F32;
+  bool decode_bf16_products_ = false;  // LlamaContextOptions::decode_bf16_products
   size_t kv_esz_ = sizeof(float);  // bytes of a cache element
   std::vector<int32_t> block_refs_;   // per block: sequences whose table holds it
   std::vector<int32_t> free_blocks_;  // blocks with no reference (a stack)

@@ -69,6 +69,7 @@ Scheduler::Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOpt
   co.kv_block_size = opts.kv_block_size;
   co.kv_positions = opts.kv_positions;
   co.kv_type = opts.kv_type;
+  co.decode_bf16_products = opts.decode_bf16_products;
   // Faulted in on the scheduler's thread before its first step (loop()), not here: the
   // constructor runs on the caller's thread (the addon's createBatch, on the JavaScript thread),
   // and faulting in a large context takes ~1 s per GB in a VM. Requests submitted meanwhile wait.

@@ -97,6 +97,7 @@ struct SchedulerOptions {
   int64_t kv_block_size = 0;
   int64_t kv_positions = 0;
   DType kv_type = DType::F32;  // KV cache element type (LlamaContextOptions::kv_type)
+  bool decode_bf16_products = false;  // LlamaContextOptions::decode_bf16_products
   bool prefault = true;        // fault the context in when created, on the scheduler's own thread before its
                                // first step (LlamaContextOptions::prefault): the creating thread is not blocked
 };

@@ -26,6 +26,8 @@ export interface RandomLlamaOptions {
   layers?: number;
   /** Write no output.weight: the token embedding is the classifier (tied embeddings). */
   tied?: boolean;
+  /** KV heads (default 4 of the 8 query heads; 2 = GQA 4:1, what the bf16-products decode path needs). */
+  headsKv?: number;
 }
 
 /** Writes the model to `path`; `source` is the GGUF whose metadata (vocabulary: 512) it reuses. */
@@ -36,7 +38,7 @@ export async function makeRandomLlama(path: string, source: string, opts: Random
   const F = 512;
   const L = opts.layers ?? 2;
   const H = 8;
-  const HKV = 4;
+  const HKV = opts.headsKv ?? 4;
   const override: Record<string, number> = {
     'llama.embedding_length': D,
     'llama.feed_forward_length': F,
