@@ -97,19 +97,19 @@ export interface LoadModelOptions extends RuntimeOptions {
    */
   prefaultContext?: boolean;
   /**
-   * Decode attention on a bf16 KV cache with bf16 dot products (default false). With
-   * `kvCacheType: 'bf16'` on a CPU with AVX512-BF16 (the `vdpbf16ps` instruction), each generated
-   * token's attention rounds the query to bf16 for Q·Kᵀ and the softmax weights to bf16 per block
-   * for P·V, summing in f32: faster decode attention (the kernel 1.11-1.13× the exact path at
-   * TinyLlama-1.1B's shape, kv 512-2048, on a Zen 5; attention is ~10% of such a decode step, so
-   * the whole step gains less), at the cost of logits that are no longer bit-equal
-   * to the exact path: they stay within the kernel's stated bound (each score carries the query's
-   * rounding, relative 2^-9 a product; each weight one more, relative 2^-9). A trade-off like
-   * llama.cpp's cache-type and flash-attention switches. Prompts are evaluated exactly (a prompt chunk of a single
-   * token, e.g. a chunked prompt's last, counts as a decode step). No
-   * effect with an `'f32'` / `'f16'` cache, on models with fewer than 4 query heads per KV head,
-   * on CPUs without AVX512-BF16, on the CUDA backend, or under EMOLLM_DECODE_ATTN_BF16DP=0.
-   * Anything but a boolean fails with ERR_INVALID_ARGUMENT.
+   * Decode attention on a bf16 KV cache with bf16 dot products (default false). With `kvCacheType:
+   * 'bf16'` on a CPU with AVX512-BF16 (the `vdpbf16ps` instruction), each generated token's
+   * attention rounds the query to bf16 for Q·Kᵀ and the softmax weights to bf16 per block for P·V,
+   * summing in f32: faster decode attention (the kernel 1.11-1.13× the exact path at
+   * TinyLlama-1.1B's shape, kv 512-2048, on a Zen 5; attention is ~10% of such a decode step, so the
+   * whole step gains less), at the cost of logits that are no longer bit-equal to the exact path:
+   * they stay within the kernel's stated bound (each score carries the query's rounding, relative
+   * 2^-9 a product; each weight one more, relative 2^-9). A trade-off like llama.cpp's cache-type
+   * and flash-attention switches. Prompts are evaluated exactly (a prompt chunk of a single token,
+   * e.g. a chunked prompt's last, counts as a decode step). No effect with an `'f32'` / `'f16'`
+   * cache, on models with fewer than 4 query heads per KV head, on CPUs without AVX512-BF16, on the
+   * CUDA backend, or under EMOLLM_DECODE_ATTN_BF16DP=0. Anything but a boolean fails with
+   * ERR_INVALID_ARGUMENT.
    */
   decodeBf16Products?: boolean;
   /**
