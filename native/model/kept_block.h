@@ -47,7 +47,9 @@ class KeptBlock {
   // The block, at least `bytes` long, held by `*claim` until it is destroyed; or null when `be`
   // does not compute on host memory, `bytes` is above the cap, or another call holds the block.
   // Growing replaces the block (its old contents are gone) and prefaults the new one on `be`.
+  // A hold `*claim` had already ends first (a Claim holds one block at a time).
   void* claim(Backend& be, size_t bytes, Claim* claim) {
+    claim->release();
     if (!be.uses_host_memory() || bytes > max_bytes_) return nullptr;
     // An atomic flag, not std::mutex::try_lock: that needs pthread_mutex_trylock@GLIBC_2.34,
     // above the prebuilt binary's glibc 2.33 floor.

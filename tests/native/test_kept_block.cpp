@@ -70,6 +70,14 @@ TEST(kept_block_one_claim_at_a_time_and_reused) {
     EXPECT(kb.claim(*cpu, 3 * kPage, &c2) != nullptr);
     EXPECT(kb.bytes() == 3 * kPage);
   }
+  {  // a Claim used again ends its earlier hold first: the block is not left busy
+    KeptBlock::Claim c;
+    EXPECT(kb.claim(*cpu, 16, &c) != nullptr);
+    EXPECT(kb.claim(*cpu, 16, &c) != nullptr);
+    c.release();
+    KeptBlock::Claim c2;
+    EXPECT(kb.claim(*cpu, 16, &c2) != nullptr);
+  }
 }
 
 TEST(kept_block_null_off_host_memory) {
