@@ -387,6 +387,27 @@ Result* run_case(Result r, const std::function<void(Result&)>& body) {
   return &g_results.back();
 }
 
+// A row measured beside `base` (interleaved with it, the same case): base's fields under the name
+// base.name + "/" + suffix, with `impl`, its stats and note, and its ratio column against
+// `ratio_vs` ("": none).
+Result derived_row(const Result& base, const std::string& suffix, const std::string& impl, const Stats& st,
+                   const std::string& ratio_vs, double ratio, const std::string& note) {
+  Result d = base;
+  d.name = base.name + "/" + suffix;
+  d.impl = impl;
+  d.st = st;
+  d.ratio_vs = ratio_vs;
+  d.ratio = ratio_vs.empty() ? NAN : ratio;
+  d.note = note;
+  return d;
+}
+
+// Appends `r` to the results and prints its table row.
+void push_row(const Result& r) {
+  g_results.push_back(r);
+  table_row(g_results.back());
+}
+
 // ============================================================================ probes
 // gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and contiguous ranges
 // per thread (on, the default) or none of the three (the previous kernel's: equal chunks), for
@@ -1712,16 +1733,7 @@ void bench_fused(ThreadPool& pool) {
       // a row beside the fused one: r's case under `impl`, its stats, ratio against "fused" (or none)
       auto add_variant = [&](const std::string& impl, const std::string& suffix, const Stats& st, double ratio,
                              const std::string& note) {
-        Result q = r;
-        q.name = name + "/" + suffix;
-        q.impl = impl;
-        q.st = st;
-        if (ratio > 0) {
-          q.ratio_vs = "fused";
-          q.ratio = ratio;
-        }
-        q.note = note;
-        g_results.push_back(q);
+        g_results.push_back(derived_row(r, suffix, impl, st, ratio > 0 ? "fused" : "", ratio, note));
         return &g_results.back();
       };
       table_row(*add_variant("separate", "separate", sep, 0, "one call per matrix, interleaved"));
@@ -1834,39 +1846,22 @@ void bench_kquant_gemv(ThreadPool& pool) {
       if (!res) continue;
       table_row(*res);
       const double cur_best = res->st.best;  // before the pushes below (res points into g_results)
-      Result p = r;
-      p.name = name + "/prev";
-      p.impl = "prev";
-      p.st = prev;
-      p.note = "previous kernel (set_kquant_gemv(false)), interleaved";
+      Result p = derived_row(r, "prev", "prev", prev, "", 0, "previous kernel (set_kquant_gemv(false)), interleaved");
       run_prev(q.get());
       check(p);
-      g_results.push_back(p);
-      table_row(g_results.back());
+      push_row(p);
       if (rec.reps > 0) {
-        Result c = r;
-        c.name = name + "/records";
-        c.impl = "records";
+        Result c = derived_row(r, "records", "records", rec, "emollm", cur_best / rec.best,
+                               "16-row records (kquant_repack, 2 MiB pages), interleaved; ratio = the GGUF row's time / its (>1: records faster)");
         c.bytes = double(rbytes);
-        c.st = rec;
-        c.ratio_vs = "emollm";
-        c.ratio = cur_best / rec.best;
-        c.note = "16-row records (kquant_repack, 2 MiB pages), interleaved; ratio = the GGUF row's time / its (>1: records faster)";
         run_rec((*rcopies)[0]);
         check(c);
-        g_results.push_back(c);
-        table_row(g_results.back());
-        Result pr = r;
-        pr.name = name + "/probe-same-size";
-        pr.impl = "probe-same-size";
+        push_row(c);
+        Result pr = derived_row(r, "probe-same-size", "probe-same-size", same_size, "records", rec.best / same_size.best,
+                                "read probe over the records' bytes, cold, same pool, interleaved; ratio = the records row's time / its (> 1: slower than a plain read)");
         pr.bytes = double(rbytes);
         pr.flops = 0;
-        pr.st = same_size;
-        pr.ratio_vs = "records";
-        pr.ratio = rec.best / same_size.best;
-        pr.note = "read probe over the records' bytes, cold, same pool, interleaved; ratio = the records row's time / its (> 1: slower than a plain read)";
-        g_results.push_back(pr);
-        table_row(g_results.back());
+        push_row(pr);
       }
       settle();
     }
@@ -1966,13 +1961,7 @@ void bench_batched_decode(ThreadPool& pool) {
         table_row(*res);
         auto add = [&](const char* impl, const Stats& st, const std::string& note, bool checked,
                        const std::function<void()>& again) {
-          Result p = r;
-          p.name = name + "/" + impl;
-          p.impl = impl;
-          p.st = st;
-          p.ratio_vs = impl;
-          p.ratio = st.best / best;
-          p.note = note;
+          Result p = derived_row(r, impl, impl, st, impl, st.best / best, note);
           if (checked) {
             again();
             if (std::strcmp(impl, "onednn-il") == 0)  // x rounded to bf16 (and f16 weights as bf16)
@@ -1980,8 +1969,7 @@ void bench_batched_decode(ThreadPool& pool) {
             else
               check(p);
           }
-          g_results.push_back(p);
-          table_row(g_results.back());
+          push_row(p);
         };
         if (has_prev)
           add("prev", prev, "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved", true,
@@ -2144,18 +2132,13 @@ void bench_attention_bf16(ThreadPool& pool) {
   if (!res) return;
   const double t_new = res->st.best;
   table_row(*res);
-  Result pr = *res;
-  pr.name = r.name + "/prev";
-  pr.impl = "prev";
-  pr.st = prev;
-  pr.ratio_vs = "";
-  pr.note = "previous softmax loop, row-max pass and per-call buffers (EMOLLM_ATTN_BF16_UNMASKED=0 "
-            "EMOLLM_ATTN_BF16_FUSED_MAX=0 EMOLLM_ATTN_BF16_KEEP=0), "
-            "interleaved; emollm row's ratio = this row's time / its (>1: new faster)";
+  const Result pr = derived_row(*res, "prev", "prev", prev, "", 0,
+                                "previous softmax loop, row-max pass and per-call buffers (EMOLLM_ATTN_BF16_UNMASKED=0 "
+                                "EMOLLM_ATTN_BF16_FUSED_MAX=0 EMOLLM_ATTN_BF16_KEEP=0), "
+                                "interleaved; emollm row's ratio = this row's time / its (>1: new faster)");
   g_results[size_t(res - g_results.data())].ratio = prev.best / t_new;
   g_results[size_t(res - g_results.data())].ratio_vs = "prev";
-  g_results.push_back(pr);
-  table_row(g_results.back());
+  push_row(pr);
 }
 
 // The two decode attention benchmarks' shapes, and one query's parameters over a paged cache of
@@ -2263,37 +2246,20 @@ void bench_attention_decode(ThreadPool& pool) {
       if (!res) continue;
       table_row(*res);
       const double inplace_best = res->st.best;  // res points into g_results, which grows below
-      Result pr = r;
-      pr.name = name + "/prev";
-      pr.impl = "prev";
-      pr.st = prev;
-      pr.note = "previous tiled path (set_decode_split(false)), interleaved";
+      Result pr = derived_row(r, "prev", "prev", prev, "", 0, "previous tiled path (set_decode_split(false)), interleaved");
       run_prev(0);
       check(pr);
-      g_results.push_back(pr);
-      table_row(g_results.back());
-      Result pk = r;
-      pk.name = name + "/packed";
-      pk.impl = "packed";
-      pk.st = packed;
-      pk.ratio_vs = "packed";
-      pk.ratio = packed.best / inplace_best;
-      pk.note = "rows packed into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / emollm's (>1: in place faster)";
+      push_row(pr);
+      Result pk = derived_row(r, "packed", "packed", packed, "packed", packed.best / inplace_best,
+                              "rows packed into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / emollm's (>1: in place faster)");
       run_packed(0);
       check(pk);
-      g_results.push_back(pk);
-      table_row(g_results.back());
-      Result na = r;
-      na.name = name + "/noahead";
-      na.impl = "noahead";
-      na.st = noahead;
-      na.ratio_vs = "emollm";
-      na.ratio = noahead.best / inplace_best;
-      na.note = "in place without the next sub-block's prefetch (set_decode_prefetch_ahead(false)), interleaved; ratio = this time / emollm's (>1: prefetch ahead faster)";
+      push_row(pk);
+      Result na = derived_row(r, "noahead", "noahead", noahead, "emollm", noahead.best / inplace_best,
+                              "in place without the next sub-block's prefetch (set_decode_prefetch_ahead(false)), interleaved; ratio = this time / emollm's (>1: prefetch ahead faster)");
       run_noahead(0);
       check(na);
-      g_results.push_back(na);
-      table_row(g_results.back());
+      push_row(na);
       settle();
     }
 }
@@ -2422,35 +2388,23 @@ void bench_attention_decode_half_kv(ThreadPool& pool) {
         table_row(*res);
         if (ti == 0) continue;
         // the same half cache with its rows widened into scratch first (set_decode_inplace(false))
-        Result pk = r;
-        pk.name = r.name + "/packed";
-        pk.label = r.label + " packed";
-        pk.impl = "packed";
-        pk.st = st[size_t(ti + 2)];
-        pk.ratio_vs = "in place";
-        pk.ratio = pk.st.best / res->st.best;
-        pk.note = "rows widened into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / in place (>1: in place faster)";
-        with_switch(attention_detail::set_decode_inplace, false, [&] { check(pk, ti); });
         const double in_place_best = res->st.best;  // res points into g_results: read before pushing
-        g_results.push_back(pk);
-        table_row(g_results.back());
+        Result pk = derived_row(r, "packed", "packed", st[size_t(ti + 2)], "in place", st[size_t(ti + 2)].best / in_place_best,
+                                "rows widened into scratch first (set_decode_inplace(false)), interleaved; ratio = this time / in place (>1: in place faster)");
+        pk.label = r.label + " packed";
+        with_switch(attention_detail::set_decode_inplace, false, [&] { check(pk, ti); });
+        push_row(pk);
         if (ti != 2 || st.size() < 6) continue;
-        Result dp = r;
-        dp.name = r.name + "/bf16dp";
+        Result dp = derived_row(r, "bf16dp", "bf16dp", st[5], "in place", in_place_best / st[5].best,
+                                "q and P rounded to bf16, vdpbf16ps (DecodeBf16Dp::Always), interleaved; ratio = in place time / this (>1: bf16 products faster)");
         dp.label = r.label + " bf16 products";
-        dp.impl = "bf16dp";
-        dp.st = st[5];
-        dp.ratio_vs = "in place";
-        dp.ratio = in_place_best / dp.st.best;
-        dp.note = "q and P rounded to bf16, vdpbf16ps (DecodeBf16Dp::Always), interleaved; ratio = in place time / this (>1: bf16 products faster)";
         {
           const attention_detail::DecodeBf16Dp was = attention_detail::decode_bf16dp_mode();
           attention_detail::set_decode_bf16dp_mode(attention_detail::DecodeBf16Dp::Always);
           check(dp, ti, 2e-2);  // q and P rounded to bf16 (2^-9 each): ~6e-3 of the rms measured
           attention_detail::set_decode_bf16dp_mode(was);
         }
-        g_results.push_back(dp);
-        table_row(g_results.back());
+        push_row(dp);
       }
       settle();
     }
@@ -2470,11 +2424,12 @@ void bench_rotation_check(ThreadPool& pool) {
   std::vector<double> xs = {1.5, 3, 6, rotate_l3x(), 2 * rotate_l3x()};
   std::sort(xs.begin(), xs.end());
   xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
-  auto name_of = [](double x) {
+  auto suffix_of = [](double x) {
     char b[64];
-    std::snprintf(b, sizeof b, "rotation/l3x%g", x);
+    std::snprintf(b, sizeof b, "l3x%g", x);
     return std::string(b);
   };
+  auto name_of = [&](double x) { return "rotation/" + suffix_of(x); };
   bool any = false;
   for (double x : xs) any = any || selected(name_of(x));
   if (!any) return;
@@ -2519,25 +2474,20 @@ void bench_rotation_check(ThreadPool& pool) {
   }
   table_header("rotation check: the read probe's loop over 2.25 MiB a call, rotating over x L3 a thread (blocks "
                "alternated; ratio = the largest rotation's time / this row's, > 1: this size still reads from cache)");
+  Result probe;  // the fields every rotation row shares
+  probe.section = "rotation";
+  probe.name = "rotation";
+  probe.dtype = "-";
+  probe.bytes = double(bytes);
   for (size_t k = 0; k < xs.size(); k++) {
-    Result r;
-    r.section = "rotation";
-    r.name = name_of(xs[k]);
-    char label[64];
-    std::snprintf(label, sizeof label, "rotate %g x L3 %s", xs[k], xs[k] == rotate_l3x() ? "(rows)" : "");
-    r.label = label;
-    r.dtype = "-";
-    r.impl = "probe";
-    r.bytes = double(bytes);
-    r.st = st[k];
-    r.ratio_vs = "largest";
-    r.ratio = st.back().best / st[k].best;
     char note[160];
     std::snprintf(note, sizeof note, "%d copies = %.0f MiB; median ratio %.2fx", copies_of(xs[k]),
                   double(copies_of(xs[k])) * double(bytes) / 1048576.0, st.back().median / st[k].median);
-    r.note = note;
-    g_results.push_back(r);
-    table_row(g_results.back());
+    Result r = derived_row(probe, suffix_of(xs[k]), "probe", st[k], "largest", st.back().best / st[k].best, note);
+    char label[64];
+    std::snprintf(label, sizeof label, "rotate %g x L3 %s", xs[k], xs[k] == rotate_l3x() ? "(rows)" : "");
+    r.label = label;
+    push_row(r);
   }
 }
 

@@ -4,9 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "base/arena.h"
 #include "base/env_switch.h"
@@ -217,10 +214,6 @@ bool ClipVisionModel::encode(Backend& be, const float* pixels, int64_t B, const 
 }
 
 namespace {
-// Larger passes (batches of more than ~9 CLIP-L/336 images) allocate per call rather than keep
-// that much memory resident between calls.
-constexpr size_t kMaxKeptActivationBytes = size_t(256) << 20;
-constexpr size_t kHugePage = size_t(2) << 20;
 EnvSwitch& keep_activations_flag() {
   static EnvSwitch on("EMOLLM_VISION_KEEP_ACTIVATIONS");
   return on;
@@ -229,8 +222,6 @@ bool keep_activations() { return keep_activations_flag().on(); }
 }  // namespace
 
 void ClipVisionModel::set_keep_activations(bool on) { keep_activations_flag().set(on); }
-
-ClipVisionModel::KeptActivations::~KeptActivations() { aligned_free(data); }
 
 bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B, const std::vector<int64_t>& sel,
                                     bool drop_cls, float* out, const std::atomic<bool>* abort) const {
@@ -252,35 +243,10 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   // block kept between calls (kept_) on a host-memory backend, else allocated for this call
   const size_t a_ne = size_t(N * E + 15) / 16 * 16, a_cols = size_t(B * P * K + 15) / 16 * 16;
   const size_t act_bytes = (6 * a_ne + size_t(N * F + 15) / 16 * 16 + a_cols) * sizeof(float);
-  struct KeptClaim {  // releases kept_ when this call ends, however it ends
-    std::atomic<bool>* busy = nullptr;
-    ~KeptClaim() {
-      if (busy) busy->store(false, std::memory_order_release);
-    }
-  } claim;
-  auto try_claim = [&] {
-    bool idle = false;
-    if (!kept_.busy.compare_exchange_strong(idle, true, std::memory_order_acquire)) return false;
-    claim.busy = &kept_.busy;
-    return true;
-  };
+  KeptBlock::Claim claim;  // releases kept_ when this call ends, however it ends
   BackendBuffer own;
-  float* act = nullptr;
-  if (be.uses_host_memory() && act_bytes <= kMaxKeptActivationBytes && keep_activations() && try_claim()) {
-    if (kept_.bytes < act_bytes) {
-      aligned_free(kept_.data);
-      kept_.data = nullptr;
-      kept_.bytes = 0;
-      const size_t bytes = (act_bytes + kHugePage - 1) / kHugePage * kHugePage;
-      kept_.data = aligned_alloc_bytes(bytes, kHugePage);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-      (void)madvise(kept_.data, bytes, MADV_HUGEPAGE);
-#endif
-      kept_.bytes = bytes;
-      be.prefault(kept_.data, bytes);
-    }
-    act = static_cast<float*>(kept_.data);
-  } else {
+  float* act = keep_activations() ? static_cast<float*>(kept_.claim(be, act_bytes, &claim)) : nullptr;
+  if (!act) {
     own.allocate(be, act_bytes);
     act = static_cast<float*>(own.data());
   }

@@ -30,6 +30,7 @@
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/weight_store.h"
+#include "model/kept_block.h"
 #include "model/llama.h"
 
 namespace emollm {
@@ -125,20 +126,14 @@ class ClipVisionModel {
   std::vector<std::vector<float>> converted_;
   BackendWeights weights_;  // the device copies (empty on the CPU)
   // The activations of encode_device on a backend that computes on host memory, kept between
-  // calls (up to kMaxKeptActivationBytes): a fresh allocation per call (x, q, k, v, the MLP's
-  // hidden rows: ~26 MiB an image for CLIP-L/336) is faulted in again on every call, thousands of
-  // first-touch faults a pass (~8% of a LLaVA vision pass's CPU time in a VM). One call at a time
-  // uses them (try-lock); a concurrent call allocates its own. EMOLLM_VISION_KEEP_ACTIVATIONS=0:
-  // a fresh allocation per call (A/B).
-  struct KeptActivations {
-    // Set by the call using the block. An atomic flag, not std::mutex::try_lock: that needs
-    // pthread_mutex_trylock@GLIBC_2.34, above the prebuilt binary's glibc 2.33 floor.
-    std::atomic<bool> busy{false};
-    void* data = nullptr;
-    size_t bytes = 0;
-    ~KeptActivations();
-  };
-  mutable KeptActivations kept_;
+  // calls: a fresh allocation per call (x, q, k, v, the MLP's hidden rows: ~26 MiB an image for
+  // CLIP-L/336) is faulted in again on every call, thousands of first-touch faults a pass (~8% of
+  // a LLaVA vision pass's CPU time in a VM). One call at a time uses them; a concurrent call
+  // allocates its own. EMOLLM_VISION_KEEP_ACTIVATIONS=0: a fresh allocation per call (A/B).
+  // Larger passes (batches of more than ~9 CLIP-L/336 images) allocate per call rather than keep
+  // that much memory resident between calls.
+  static constexpr size_t kMaxKeptActivationBytes = size_t(256) << 20;
+  mutable KeptBlock kept_{kMaxKeptActivationBytes};
 };
 
 }  // namespace emollm

@@ -5,9 +5,6 @@
 #include <algorithm>
 #include <cstring>
 #include <sys/stat.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "base/arena.h"
 #include "base/env_switch.h"
@@ -291,10 +288,6 @@ void LlavaModel::place_weights() {
 }
 
 namespace {
-// Larger passes (LLaVA-1.5: more than ~5 images; LLaVA-NeXT's 5-tile images: one) allocate per
-// call rather than keep that much memory resident between calls.
-constexpr size_t kMaxKeptScratchBytes = size_t(64) << 20;
-constexpr size_t kHugePage = size_t(2) << 20;
 EnvSwitch& keep_scratch_flag() {
   static EnvSwitch on("EMOLLM_LLAVA_KEEP_SCRATCH");
   return on;
@@ -306,27 +299,8 @@ size_t line_floats(int64_t n) { return size_t(n + 15) / 16 * 16; }
 void LlavaModel::set_keep_scratch(bool on) { keep_scratch_flag().set(on); }
 bool LlavaModel::keep_scratch() { return keep_scratch_flag().on(); }
 
-LlavaModel::KeptScratch::~KeptScratch() { aligned_free(data); }
-
-float* LlavaModel::claim_scratch(size_t bytes, KeptRelease* release) const {
-  Backend& be = text_->backend();
-  if (!be.uses_host_memory() || bytes > kMaxKeptScratchBytes || !keep_scratch()) return nullptr;
-  bool idle = false;
-  if (!kept_.busy.compare_exchange_strong(idle, true, std::memory_order_acquire)) return nullptr;
-  release->busy = &kept_.busy;
-  if (kept_.bytes < bytes) {
-    aligned_free(kept_.data);
-    kept_.data = nullptr;
-    kept_.bytes = 0;
-    const size_t n = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    kept_.data = aligned_alloc_bytes(n, kHugePage);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    (void)madvise(kept_.data, n, MADV_HUGEPAGE);
-#endif
-    kept_.bytes = n;
-    be.prefault(kept_.data, n);
-  }
-  return static_cast<float*>(kept_.data);
+float* LlavaModel::claim_scratch(size_t bytes, KeptBlock::Claim* claim) const {
+  return keep_scratch() ? static_cast<float*>(kept_.claim(text_->backend(), bytes, claim)) : nullptr;
 }
 
 void LlavaModel::project_into(const float* feats, int64_t rows, float* out, float* hid) const {
@@ -340,8 +314,8 @@ void LlavaModel::project_into(const float* feats, int64_t rows, float* out, floa
 void LlavaModel::project(const float* feats, int64_t rows, float* out) const {
   Backend& be = text_->backend();
   weights_.require_usable_on(be, "LLaVA projector");
-  KeptRelease release;
-  if (float* kept = claim_scratch(line_floats(rows * n_embd()) * sizeof(float), &release))
+  KeptBlock::Claim claim;
+  if (float* kept = claim_scratch(line_floats(rows * n_embd()) * sizeof(float), &claim))
     return project_into(feats, rows, out, kept);
   DeviceTensor hid(be, DType::F32, {rows, n_embd()});
   project_into(feats, rows, out, hid.data());
@@ -354,8 +328,8 @@ bool LlavaModel::encode_images_device(const float* pixels, int64_t B, float* out
   const int64_t rows = B * n_image_tokens();
   // the tower's features, then the projector's hidden rows: kept between calls, else this call's own
   const size_t nf = line_floats(rows * proj_in_), nh = line_floats(rows * n_embd());
-  KeptRelease release;
-  float* feats = claim_scratch((nf + nh) * sizeof(float), &release);
+  KeptBlock::Claim claim;
+  float* feats = claim_scratch((nf + nh) * sizeof(float), &claim);
   DeviceTensor own;
   if (!feats) {
     own = DeviceTensor(be, DType::F32, {int64_t(nf + nh)});

@@ -37,6 +37,7 @@
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "model/clip.h"
+#include "model/kept_block.h"
 #include "model/llama.h"
 
 namespace emollm {
@@ -94,7 +95,7 @@ class LlavaModel {
   static void set_keep_scratch(bool on);
   static bool keep_scratch();
   // Bytes of the kept block (0: none yet), for tests.
-  size_t kept_scratch_bytes() const { return kept_.bytes; }
+  size_t kept_scratch_bytes() const { return kept_.bytes(); }
   int64_t projector_in() const { return proj_in_; }
 
   // The decoder prompt for `tokens` with `n_images` images whose projected features are
@@ -140,25 +141,15 @@ class LlavaModel {
   // The tower's output features and the projector's hidden rows (2.25 + 9 MiB a LLaVA-1.5 image)
   // kept between encode calls on a host-memory backend, as the tower keeps its activations
   // (ClipVisionModel::kept_): fresh allocations paid their first-touch page faults every vision
-  // pass. One call at a time uses the block (an atomic flag: std::mutex::try_lock would need
-  // pthread_mutex_trylock@GLIBC_2.34, above the prebuilt binary's glibc 2.33 floor); a concurrent
-  // call, a pass above kMaxKeptScratchBytes, or EMOLLM_LLAVA_KEEP_SCRATCH=0 allocates its own.
-  struct KeptScratch {
-    std::atomic<bool> busy{false};
-    void* data = nullptr;
-    size_t bytes = 0;
-    ~KeptScratch();
-  };
-  mutable KeptScratch kept_;
+  // pass. One call at a time uses the block; a concurrent call, a pass above
+  // kMaxKeptScratchBytes, or EMOLLM_LLAVA_KEEP_SCRATCH=0 allocates its own.
+  // Larger passes (LLaVA-1.5: more than ~5 images; LLaVA-NeXT's 5-tile images: one) allocate per
+  // call rather than keep that much memory resident between calls.
+  static constexpr size_t kMaxKeptScratchBytes = size_t(64) << 20;
+  mutable KeptBlock kept_{kMaxKeptScratchBytes};
   // Claims kept_ (grown to `bytes` if needed) for this call and returns it, or null (see above);
-  // the claim ends when `release` is destroyed.
-  struct KeptRelease {
-    std::atomic<bool>* busy = nullptr;
-    ~KeptRelease() {
-      if (busy) busy->store(false, std::memory_order_release);
-    }
-  };
-  float* claim_scratch(size_t bytes, KeptRelease* release) const;
+  // the claim ends when `claim` is destroyed.
+  float* claim_scratch(size_t bytes, KeptBlock::Claim* claim) const;
   // project() with the hidden rows at `hid` ([rows, n_embd()] of backend memory).
   void project_into(const float* feats, int64_t rows, float* out, float* hid) const;
 

@@ -1,5 +1,6 @@
-// A minimal GGUF v3 writer for the native tests (f32 tensors; llama.cpp's key and tensor layouts
-// are up to the caller). Shared by the LLaVA, LLaVA-NeXT and Qwen2-VL tests.
+// A minimal GGUF v3 writer for the native tests (f32 tensors, or rows already in a ggml type;
+// llama.cpp's key and tensor layouts are up to the caller). Shared by the LLaVA, LLaVA-NeXT,
+// Qwen2-VL tests and the random-weight LLaMA models (random_llama.h).
 #pragma once
 #include <cstdint>
 #include <fstream>
@@ -15,6 +16,10 @@ struct GgufOut {
     std::string name;
     std::vector<uint64_t> ne;
     std::vector<float> data;
+    uint32_t type = 0;           // ggml's type: 0 = f32 (`data`), else the rows in `bytes`
+    std::vector<uint8_t> bytes;
+    size_t size() const { return type == 0 ? data.size() * 4 : bytes.size(); }
+    const void* ptr() const { return type == 0 ? static_cast<const void*>(data.data()) : bytes.data(); }
   };
   std::vector<T> tensors;
   void raw(const void* p, size_t n) { kv.insert(kv.end(), (const uint8_t*)p, (const uint8_t*)p + n); }
@@ -35,7 +40,12 @@ struct GgufOut {
   // shape outermost-first, as PyTorch (reversed into ggml's ne)
   void tensor(const std::string& name, std::vector<int64_t> shape, std::vector<float> data) {
     std::vector<uint64_t> ne(shape.rbegin(), shape.rend());
-    tensors.push_back({name, ne, std::move(data)});
+    tensors.push_back({name, ne, std::move(data), 0, {}});
+  }
+  // rows already in ggml type `type` (quantized blocks, f16, bf16, ...)
+  void tensor_bytes(const std::string& name, std::vector<int64_t> shape, uint32_t type, std::vector<uint8_t> bytes) {
+    std::vector<uint64_t> ne(shape.rbegin(), shape.rend());
+    tensors.push_back({name, ne, {}, type, std::move(bytes)});
   }
   void write(const std::string& path) {
     std::vector<uint8_t> b = {'G', 'G', 'U', 'F'};
@@ -51,13 +61,12 @@ struct GgufOut {
       uint32_t nd = uint32_t(t.ne.size());
       put(&nd, 4);
       for (uint64_t d : t.ne) put(&d, 8);
-      uint32_t type = 0;  // f32
-      put(&type, 4); put(&off, 8);
-      off += (t.data.size() * 4 + 31) / 32 * 32;
+      put(&t.type, 4); put(&off, 8);
+      off += (t.size() + 31) / 32 * 32;
     }
     while (b.size() % 32) b.push_back(0);
     for (auto& t : tensors) {
-      put(t.data.data(), t.data.size() * 4);
+      put(t.ptr(), t.size());
       while (b.size() % 32) b.push_back(0);
     }
     std::ofstream f(path, std::ios::binary);

@@ -21,7 +21,6 @@
 #include <cstring>
 #include <future>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -32,7 +31,8 @@
 #include "../../kernels/cpu/attention_internal.h"
 #include "model/llama.h"
 #include "model/scheduler.h"
-#include "gguf_out.h"
+#include "greedy_decode.h"
+#include "random_llama.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -49,66 +49,20 @@ namespace {
 // enough to pass anything.
 constexpr double kLogitTol = 2e-2;
 
-std::vector<float> randv(size_t n, uint32_t seed, float scale) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
-
-// A random-weight LLaMA GGUF, f32: 2 layers, E = 256, 8 heads of 32 over 2 kv heads (GQA 4:1),
-// n_ff = 384, vocab 160.
-void write_gqa4_llama(const std::string& path) {
-  const int64_t E = 256, H = 8, Hkv = 2, D = 32, F = 384, V = 160, L = 2;
-  emollm_test::GgufOut g;
-  const std::string a = "llama.";
-  g.kv_str("general.architecture", "llama");
-  g.kv_u32(a + "embedding_length", uint32_t(E));
-  g.kv_u32(a + "block_count", uint32_t(L));
-  g.kv_u32(a + "feed_forward_length", uint32_t(F));
-  g.kv_u32(a + "attention.head_count", uint32_t(H));
-  g.kv_u32(a + "attention.head_count_kv", uint32_t(Hkv));
-  g.kv_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  g.kv_f32(a + "rope.freq_base", 10000.0f);
-  g.kv_u32(a + "context_length", 256);
-  g.kv_u32(a + "rope.dimension_count", uint32_t(D));
-  uint32_t seed = 7;
-  auto mat = [&](const std::string& name, int64_t rows, int64_t cols, float scale) {
-    g.tensor(name, {rows, cols}, randv(size_t(rows * cols), seed++, scale));
-  };
-  auto norm = [&](const std::string& name) {
-    std::vector<float> f = randv(size_t(E), seed++, 0.1f);
-    for (float& v : f) v += 1.0f;
-    g.tensor(name, {E}, std::move(f));
-  };
-  mat("token_embd.weight", V, E, 1.0f);
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string b = "blk." + std::to_string(l) + ".";
-    norm(b + "attn_norm.weight");
-    // q / k at scale 0.1: q and k entries ~1.6, scores q.k / sqrt(D) of std ~2.6 (a softmax
-    // neither flat nor one-hot, as in a trained model)
-    mat(b + "attn_q.weight", H * D, E, 0.1f);
-    mat(b + "attn_k.weight", Hkv * D, E, 0.1f);
-    mat(b + "attn_v.weight", Hkv * D, E, 0.1f);
-    mat(b + "attn_output.weight", E, H * D, 0.1f);
-    norm(b + "ffn_norm.weight");
-    mat(b + "ffn_gate.weight", F, E, 0.1f);
-    mat(b + "ffn_up.weight", F, E, 0.1f);
-    mat(b + "ffn_down.weight", E, F, 0.1f);
-  }
-  norm("output_norm.weight");
-  mat("output.weight", V, E, 0.1f);
-  g.write(path);
-}
-
 std::shared_ptr<LlamaModel> gqa4_model() {
   static std::shared_ptr<LlamaModel> m = [] {
     char tmpl[] = "/tmp/emollm_bf16dp_XXXXXX";
     const char* dir = mkdtemp(tmpl);
     if (!dir) return std::shared_ptr<LlamaModel>();
     const std::string path = std::string(dir) + "/gqa4.gguf";
-    write_gqa4_llama(path);
+    // a random-weight LLaMA GGUF, f32: 2 layers, E = 256, 8 heads of 32 over 2 kv heads (GQA
+    // 4:1), n_ff = 384, vocab 160; q / k entries ~1.6, scores of std ~2.6
+    emollm_test::RandomLlamaShape shape;  // the rest: RandomLlamaShape's defaults
+    shape.n_embd = 256;
+    shape.n_head = 8;
+    shape.n_ff = 384;
+    shape.first_seed = 7;
+    emollm_test::write_random_llama(path, shape);
     std::shared_ptr<LlamaModel> r = LlamaModel::load(path);
     std::remove(path.c_str());
     ::rmdir(dir);
@@ -124,13 +78,6 @@ struct WhenAskedScope {
   WhenAskedScope() { attention_detail::set_decode_bf16dp_mode(attention_detail::DecodeBf16Dp::WhenAsked); }
   ~WhenAskedScope() { attention_detail::set_decode_bf16dp_mode(prev); }
 };
-
-int32_t argmax(const float* x, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = i;
-  return int32_t(best);
-}
 
 struct Compare {
   int steps = 0, steps_differ = 0, bit_equal_fail = 0, tol_fail = 0;
@@ -176,40 +123,28 @@ Compare run_script(const std::shared_ptr<LlamaModel>& m, DType kv, bool decode_e
   const std::string label = std::string("kv ") + dtype_name(kv);
   const int64_t V = off.n_vocab();
   Compare c;
-  // a prompt of 70 tokens (more than one 64-position block), every row's logits: prefill
-  std::vector<int32_t> prompt(70);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 37 + 11) % size_t(V));
-  std::vector<float> la(prompt.size() * size_t(V)), lb(la.size());
-  off.seq_eval(0, prompt.data(), int64_t(prompt.size()), la.data());
-  on.seq_eval(0, prompt.data(), int64_t(prompt.size()), lb.data());
-  c.rows(la.data(), lb.data(), int64_t(la.size()), true, label + " prompt");
-  // decode steps, both fed the off context's greedy tokens (same inputs: only attention differs)
-  int32_t tok = argmax(la.data() + (prompt.size() - 1) * size_t(V), V);
-  for (int s = 0; s < 16; ++s) {
-    std::vector<float> a(static_cast<size_t>(V));
-    std::memcpy(a.data(), off.seq_eval(0, &tok, 1), size_t(V) * sizeof(float));
-    const float* b = on.seq_eval(0, &tok, 1);
-    c.rows(a.data(), b, V, decode_equal, label + " decode step " + std::to_string(s));
-    tok = argmax(a.data(), V);
-  }
-  // a second sequence's prompt after those steps: a prompt chunk, never on bf16 products
-  const std::vector<int32_t> p1 = {2, 8, 150, 33, 5, 71, 19, 4, 90, 12, 6, 44, 100, 3, 58, 27, 81};
-  std::vector<float> pa(p1.size() * size_t(V)), pb(pa.size());
-  off.seq_eval(1, p1.data(), int64_t(p1.size()), pa.data());
-  on.seq_eval(1, p1.data(), int64_t(p1.size()), pb.data());
-  c.rows(pa.data(), pb.data(), int64_t(pa.size()), true, label + " second prompt");
-  // batched decode of both sequences (one pass, two one-token segments)
-  int32_t t1 = argmax(pa.data() + (p1.size() - 1) * size_t(V), V);
-  std::vector<float> oa(2 * size_t(V)), ob(oa.size());
-  for (int s = 0; s < 4; ++s) {
-    const LlamaBatchRow br[2] = {{0, tok}, {1, t1}};
-    EXPECT(off.decode(br, 2, oa.data()));
-    EXPECT(on.decode(br, 2, ob.data()));
-    c.rows(oa.data(), ob.data(), V, decode_equal, label + " batched decode seq 0 step " + std::to_string(s));
-    c.rows(oa.data() + V, ob.data() + V, V, decode_equal, label + " batched decode seq 1 step " + std::to_string(s));
-    tok = argmax(oa.data(), V);
-    t1 = argmax(oa.data() + V, V);
-  }
+  // a prompt of 70 tokens (more than one 64-position block), every row's logits: prefill; decode
+  // steps, both fed the off context's greedy tokens (same inputs: only attention differs); a
+  // second sequence's prompt after those steps (a prompt chunk, never on bf16 products); batched
+  // decode of both sequences (one pass, two one-token segments)
+  emollm_test::PairedScript script;
+  script.prompt.resize(70);
+  for (size_t i = 0; i < script.prompt.size(); ++i) script.prompt[i] = int32_t((i * 37 + 11) % size_t(V));
+  script.decode_steps = 16;
+  script.prompt1 = {2, 8, 150, 33, 5, 71, 19, 4, 90, 12, 6, 44, 100, 3, 58, 27, 81};
+  script.prompt1_logits = true;
+  script.batched_steps = 4;
+  emollm_test::paired_decode_script(
+      off, on, script, label, [&](const float* a, const float* b, int64_t n, emollm_test::PairedStep step, const std::string& what) {
+        switch (step) {
+          case emollm_test::PairedStep::Prompt:
+          case emollm_test::PairedStep::Prompt1: return c.rows(a, b, n, true, what);
+          case emollm_test::PairedStep::Decode: return c.rows(a, b, n, decode_equal, what);
+          case emollm_test::PairedStep::Batched:  // one row a sequence
+            c.rows(a, b, V, decode_equal, what + " seq 0");
+            return c.rows(a + V, b + V, V, decode_equal, what + " seq 1");
+        }
+      });
   return c;
 }
 

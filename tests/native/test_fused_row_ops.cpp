@@ -20,7 +20,6 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -33,7 +32,8 @@
 #include "../../kernels/cpu/kernels.h"
 #include "core/backend.h"
 #include "model/llama.h"
-#include "gguf_out.h"
+#include "greedy_decode.h"
+#include "random_llama.h"
 #include "stories_helpers.h"
 #include "testing.h"
 
@@ -41,13 +41,7 @@ using namespace emollm;
 
 namespace {
 
-std::vector<float> randv(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
+using emollm_test::normal_floats;
 
 bool same_bits(const float* a, const float* b, size_t n, const std::string& what) {
   for (size_t i = 0; i < n; ++i)
@@ -79,9 +73,9 @@ TEST(add_rmsnorm_equals_add_then_rmsnorm) {
         for (int variant = 0; variant < 4; ++variant) {
           const bool with_w = variant != 1, in_place = variant == 2, use_pool = variant == 3;
           const int64_t ld = rows > 1 ? n + 5 : n, ldd = rows > 1 ? n + 3 : n;
-          std::vector<float> x0 = randv(size_t(rows * ld), uint32_t(n * 7 + rows), 2.0f);
-          const std::vector<float> d = randv(size_t(rows * ldd), uint32_t(n * 11 + rows));
-          const std::vector<float> w = randv(size_t(n), uint32_t(n + 3), 0.5f);
+          std::vector<float> x0 = normal_floats(size_t(rows * ld), uint32_t(n * 7 + rows), 2.0f);
+          const std::vector<float> d = normal_floats(size_t(rows * ldd), uint32_t(n * 11 + rows));
+          const std::vector<float> w = normal_floats(size_t(n), uint32_t(n + 3), 0.5f);
           std::vector<float> xa = x0, xb = x0, ya(size_t(rows * ld), -7.0f), yb = ya;
           float* y_a = in_place ? xa.data() : ya.data();
           float* y_b = in_place ? xb.data() : yb.data();
@@ -126,7 +120,8 @@ TEST(rope_pair_equals_two_ropes) {
           const int64_t ha = 8, hb = 2, lda = ha * p.head_dim + 3, ldb = hb * p.head_dim + 1;
           std::vector<int32_t> pos(static_cast<size_t>(tokens));
           for (int64_t t = 0; t < tokens; ++t) pos[size_t(t)] = int32_t(t * 37 + variant * 1000);
-          std::vector<float> a = randv(size_t(tokens * lda), uint32_t(tokens + variant)), b = randv(size_t(tokens * ldb), 99);
+          std::vector<float> a = normal_floats(size_t(tokens * lda), uint32_t(tokens + variant));
+          std::vector<float> b = normal_floats(size_t(tokens * ldb), 99);
           std::vector<float> a2 = a, b2 = b;
           ThreadPool* pl = tokens == 300 ? &pool : nullptr;
           rope_pair(a.data(), lda, ha, b.data(), ldb, hb, tokens, pos.data(), p, pl);
@@ -149,7 +144,7 @@ TEST(rope_pair_equals_two_ropes) {
   const int32_t pos = 7;
   for (float theta : {10000.0f, 2.0f, 10000.0f}) {
     p.theta = theta;
-    std::vector<float> u = randv(64, 5), v = u;
+    std::vector<float> u = normal_floats(64, 5), v = u;
     rope(u.data(), 64, 1, 1, &pos, p, nullptr);
     ref::rope(v.data(), 64, 1, 1, &pos, p);
     float worst = 0;
@@ -162,7 +157,8 @@ TEST(backend_add_rmsnorm_and_rope_pair) {
   // the CPU backend's fused ops and the defaults (what the emulated device and CUDA inherit)
   auto be = make_backend(BackendOptions{});
   const int64_t rows = 3, n = 96;
-  std::vector<float> x = randv(size_t(rows * n), 1), d = randv(size_t(rows * n), 2), w = randv(size_t(n), 3), y(size_t(rows * n));
+  std::vector<float> x = normal_floats(size_t(rows * n), 1), d = normal_floats(size_t(rows * n), 2);
+  std::vector<float> w = normal_floats(size_t(n), 3), y(size_t(rows * n));
   std::vector<float> x2 = x, y2 = y;
   be->add_rmsnorm(x.data(), n, d.data(), n, w.data(), y.data(), n, rows, n, 1e-6f);
   be->add(x2.data(), d.data(), x2.data(), rows * n);
@@ -170,14 +166,14 @@ TEST(backend_add_rmsnorm_and_rope_pair) {
   EXPECT(same_bits(x.data(), x2.data(), x.size(), "backend add_rmsnorm x"));
   EXPECT(same_bits(y.data(), y2.data(), y.size(), "backend add_rmsnorm y"));
   // the base class's default: add() and rmsnorm() through the virtuals
-  std::vector<float> x3 = randv(size_t(rows * n), 1), y3(size_t(rows * n));
+  std::vector<float> x3 = normal_floats(size_t(rows * n), 1), y3(size_t(rows * n));
   be->Backend::add_rmsnorm(x3.data(), n, d.data(), n, w.data(), y3.data(), n, rows, n, 1e-6f);
   EXPECT(same_bits(x3.data(), x2.data(), x3.size(), "default add_rmsnorm x"));
   EXPECT(same_bits(y3.data(), y2.data(), y3.size(), "default add_rmsnorm y"));
   RopeParams p;
   p.head_dim = 16;
   std::vector<int32_t> pos = {4, 9};
-  std::vector<float> a = randv(2 * 64, 5), b = randv(2 * 32, 6), a2 = a, b2 = b, a3 = a, b3 = b;
+  std::vector<float> a = normal_floats(2 * 64, 5), b = normal_floats(2 * 32, 6), a2 = a, b2 = b, a3 = a, b3 = b;
   be->rope_pair(a.data(), 64, 4, b.data(), 32, 2, 2, pos.data(), p);
   be->Backend::rope_pair(a3.data(), 64, 4, b3.data(), 32, 2, 2, pos.data(), p);
   be->rope(a2.data(), 64, 2, 4, pos.data(), p);
@@ -190,113 +186,10 @@ TEST(backend_add_rmsnorm_and_rope_pair) {
 
 namespace {
 
-// A random-weight LLaMA GGUF (llama.cpp's keys; matrices in `wt`, norms f32): 2 layers, E = 128,
-// 4 heads of 32 (2 KV heads: GQA), n_ff = 256, vocab 160.
-void write_random_llama(const std::string& path, DType wt) {
-  const int64_t E = 128, H = 4, Hkv = 2, D = 32, F = 256, V = 160, L = 2;
-  emollm_test::GgufOut g;
-  const std::string a = "llama.";
-  g.kv_str("general.architecture", "llama");
-  g.kv_u32(a + "embedding_length", uint32_t(E));
-  g.kv_u32(a + "block_count", uint32_t(L));
-  g.kv_u32(a + "feed_forward_length", uint32_t(F));
-  g.kv_u32(a + "attention.head_count", uint32_t(H));
-  g.kv_u32(a + "attention.head_count_kv", uint32_t(Hkv));
-  g.kv_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  g.kv_f32(a + "rope.freq_base", 10000.0f);
-  g.kv_u32(a + "context_length", 256);
-  g.kv_u32(a + "rope.dimension_count", uint32_t(D));
-  struct T {
-    std::string name;
-    int64_t rows, cols;
-    DType type;
-    std::vector<uint8_t> bytes;
-  };
-  std::vector<T> ts;
-  uint32_t seed = 1;
-  auto mat = [&](const std::string& name, int64_t rows, int64_t cols, DType t, float scale) {
-    const std::vector<float> f = randv(size_t(rows * cols), seed++, scale);
-    const size_t rb = dtype_row_bytes(t, cols);
-    std::vector<uint8_t> b(size_t(rows) * rb);
-    for (int64_t r = 0; r < rows; ++r) quantize_row(t, f.data() + r * cols, b.data() + size_t(r) * rb, cols);
-    ts.push_back({name, rows, cols, t, std::move(b)});
-  };
-  auto norm = [&](const std::string& name) {
-    std::vector<float> f = randv(size_t(E), seed++, 0.1f);
-    for (float& v : f) v += 1.0f;
-    std::vector<uint8_t> b(size_t(E) * 4);
-    std::memcpy(b.data(), f.data(), b.size());
-    ts.push_back({name, 1, E, DType::F32, std::move(b)});
-  };
-  mat("token_embd.weight", V, E, wt, 1.0f);
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string b = "blk." + std::to_string(l) + ".";
-    norm(b + "attn_norm.weight");
-    mat(b + "attn_q.weight", H * D, E, wt, 0.1f);
-    mat(b + "attn_k.weight", Hkv * D, E, wt, 0.1f);
-    mat(b + "attn_v.weight", Hkv * D, E, wt, 0.1f);
-    mat(b + "attn_output.weight", E, H * D, wt, 0.1f);
-    norm(b + "ffn_norm.weight");
-    mat(b + "ffn_gate.weight", F, E, wt, 0.1f);
-    mat(b + "ffn_up.weight", F, E, wt, 0.1f);
-    mat(b + "ffn_down.weight", E, F, wt, 0.1f);
-  }
-  norm("output_norm.weight");
-  mat("output.weight", V, E, wt, 0.1f);
-
-  auto ggml_type = [](DType t) -> uint32_t {
-    switch (t) {
-      case DType::F32: return 0;
-      case DType::F16: return 1;
-      case DType::Q4_0: return 2;
-      case DType::Q8_0: return 8;
-      case DType::BF16: return 30;
-      default: return 0;
-    }
-  };
-  std::vector<uint8_t> out = {'G', 'G', 'U', 'F'};
-  auto put = [&](const void* p, size_t n) { out.insert(out.end(), (const uint8_t*)p, (const uint8_t*)p + n); };
-  const uint32_t ver = 3;
-  const uint64_t nt = ts.size();
-  put(&ver, 4);
-  put(&nt, 8);
-  put(&g.n_kv, 8);
-  put(g.kv.data(), g.kv.size());
-  uint64_t off = 0;
-  for (const T& t : ts) {
-    const uint64_t len = t.name.size();
-    put(&len, 8);
-    put(t.name.data(), len);
-    const uint32_t nd = t.rows == 1 ? 1 : 2;
-    put(&nd, 4);
-    const uint64_t ne0 = uint64_t(t.cols), ne1 = uint64_t(t.rows);
-    put(&ne0, 8);
-    if (nd == 2) put(&ne1, 8);
-    const uint32_t type = ggml_type(t.type);
-    put(&type, 4);
-    put(&off, 8);
-    off += (t.bytes.size() + 31) / 32 * 32;
-  }
-  while (out.size() % 32) out.push_back(0);
-  for (const T& t : ts) {
-    put(t.bytes.data(), t.bytes.size());
-    while (out.size() % 32) out.push_back(0);
-  }
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(out.data()), std::streamsize(out.size()));
-}
-
 struct FusedOff {
   FusedOff() { ::setenv("EMOLLM_FUSED_ROW_OPS", "0", 1); }
   ~FusedOff() { ::unsetenv("EMOLLM_FUSED_ROW_OPS"); }
 };
-
-int32_t argmax(const float* x, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = i;
-  return int32_t(best);
-}
 
 // The same script on two contexts of `m`, fused (default) and EMOLLM_FUSED_ROW_OPS=0: every
 // logit must have the same bits. Returns the number of logit rows compared.
@@ -313,39 +206,24 @@ int compare_contexts(const std::shared_ptr<LlamaModel>& m, const std::string& la
   }
   const int64_t V = fused.n_vocab();
   int rows = 0;
-  // prompt of 9 tokens, every row's logits (prefill: M = 9 GEMMs)
-  const std::vector<int32_t> prompt = {1, 17, 40, 3, 99, 12, 5, 77, 31};
-  std::vector<float> la(prompt.size() * size_t(V)), lb(la.size());
-  fused.seq_eval(0, prompt.data(), int64_t(prompt.size()), la.data());
-  sep->seq_eval(0, prompt.data(), int64_t(prompt.size()), lb.data());
-  EXPECT(same_bits(la.data(), lb.data(), la.size(), label + " prompt"));
-  rows += int(prompt.size());
-  // greedy decode, one token a step (the decode path: M = 1 GEMVs)
-  int32_t tok = argmax(la.data() + (prompt.size() - 1) * size_t(V), V);
-  for (int s = 0; s < 12; ++s) {
-    const float* a = fused.seq_eval(0, &tok, 1);
-    const float* b = sep->seq_eval(0, &tok, 1);
-    EXPECT(same_bits(a, b, size_t(V), label + " decode step " + std::to_string(s)));
-    EXPECT(argmax(a, V) == argmax(b, V));
-    tok = argmax(a, V);
-    ++rows;
-  }
-  // a second sequence, then batched decode steps of both (one forward pass, M = 2)
-  const std::vector<int32_t> p1 = {2, 8, 150};
-  fused.seq_eval(1, p1.data(), 3);
-  sep->seq_eval(1, p1.data(), 3);
-  int32_t t1 = 4;
-  std::vector<float> oa(2 * size_t(V)), ob(oa.size());
-  for (int s = 0; s < 4; ++s) {
-    const LlamaBatchRow br[2] = {{0, tok}, {1, t1}};
-    EXPECT(fused.decode(br, 2, oa.data()));
-    EXPECT(sep->decode(br, 2, ob.data()));
-    EXPECT(same_bits(oa.data(), ob.data(), oa.size(), label + " batched decode " + std::to_string(s)));
-    tok = argmax(oa.data(), V);
-    t1 = argmax(oa.data() + V, V);
-    rows += 2;
-  }
+  // prompt of 9 tokens, every row's logits (prefill: M = 9 GEMMs); greedy decode, one token a
+  // step (the decode path: M = 1 GEMVs); a second sequence, then batched decode steps of both
+  // (one forward pass, M = 2)
+  emollm_test::PairedScript script;
+  script.prompt = {1, 17, 40, 3, 99, 12, 5, 77, 31};
+  script.decode_steps = 12;
+  script.prompt1 = {2, 8, 150};
+  script.first_t1 = 4;
+  script.batched_steps = 4;
+  const auto compare = [&](const float* a, const float* b, int64_t n, emollm_test::PairedStep step, const std::string& what) {
+    EXPECT(same_bits(a, b, size_t(n), what));
+    if (step == emollm_test::PairedStep::Decode) EXPECT(emollm_test::argmax(a, V) == emollm_test::argmax(b, V));
+    rows += int(n / V);
+  };
+  const emollm_test::PairedEnd end = emollm_test::paired_decode_script(fused, *sep, script, label, compare);
+  const int32_t tok = end.tok, t1 = end.t1;
   // a step whose output rows are not all its rows: 3 tokens of seq 0 (last row only) + 1 of seq 1
+  std::vector<float> oa(2 * size_t(V)), ob(oa.size());
   const int32_t three[3] = {tok, 6, 7};
   LlamaBatchSegment segs[2];
   segs[0].seq = 0;
@@ -376,7 +254,9 @@ TEST(fused_row_ops_bit_equal_random_weights_all_dtypes) {
   if (!dir) return;
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
     const std::string path = std::string(dir) + "/random-" + dtype_name(t) + ".gguf";
-    write_random_llama(path, t);
+    emollm_test::RandomLlamaShape shape;  // 2 layers, E = 128, 4 heads of 32 (2 KV heads: GQA), n_ff = 256, vocab 160
+    shape.weights = t;                     // norms f32
+    emollm_test::write_random_llama(path, shape);
     auto m = LlamaModel::load(path);
     EXPECT(m->layers.size() == 2);
     EXPECT(m->layers[0].wq.dtype == t);
