@@ -15,6 +15,7 @@
 
 #include "elementwise_ref.h"
 #include "row_parallel.h"
+#include "simd_vec.h"
 
 #include "../../base/error.h"
 
@@ -273,73 +274,21 @@ EMOLLM_TARGET_AVX2 void rms_scale_row_avx2(const float* x, float* y, int64_t n, 
   }
 }
 
-// ------------------------------------------------------------------ residual add + RMSNorm
-// x = x + d stored while its squares are summed (add_rmsnorm): the same chunks, accumulators and
-// order as row_sums_*<1>, and f32 adds as add(), so x and the sum are bit for bit those of add()
-// followed by rmsnorm(); one pass over x instead of three (add, sum, scale read x again from L1).
-EMOLLM_TARGET_AVX512 double add_row_sumsq_avx512(float* x, const float* d, int64_t n) {
-  __m512d q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
-  int64_t j = 0;
-  while (j < n) {
-    const int64_t chunk_end = (n - j > 512) ? j + 512 : n;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-           a3 = _mm512_setzero_ps();
-    for (; j + 64 <= chunk_end; j += 64) {
-      const __m512 v0 = _mm512_add_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(d + j));
-      const __m512 v1 = _mm512_add_ps(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(d + j + 16));
-      const __m512 v2 = _mm512_add_ps(_mm512_loadu_ps(x + j + 32), _mm512_loadu_ps(d + j + 32));
-      const __m512 v3 = _mm512_add_ps(_mm512_loadu_ps(x + j + 48), _mm512_loadu_ps(d + j + 48));
-      _mm512_storeu_ps(x + j, v0);
-      _mm512_storeu_ps(x + j + 16, v1);
-      _mm512_storeu_ps(x + j + 32, v2);
-      _mm512_storeu_ps(x + j + 48, v3);
-      a0 = _mm512_fmadd_ps(v0, v0, a0); a1 = _mm512_fmadd_ps(v1, v1, a1);
-      a2 = _mm512_fmadd_ps(v2, v2, a2); a3 = _mm512_fmadd_ps(v3, v3, a3);
-    }
-    for (; j < chunk_end; j += 16) {
-      const __mmask16 m = simd::tail_mask16(chunk_end - j);
-      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, d + j));
-      _mm512_mask_storeu_ps(x + j, m, v);
-      a0 = _mm512_fmadd_ps(v, v, a0);
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    q0 = _mm512_add_pd(q0, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
-    q1 = _mm512_add_pd(q1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
-  }
-  return _mm512_reduce_add_pd(_mm512_add_pd(q0, q1));
-}
-
-EMOLLM_TARGET_AVX2 double add_row_sumsq_avx2(float* x, const float* d, int64_t n) {
-  __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
-  int64_t j = 0;
-  while (j < n) {
-    const int64_t chunk_end = (n - j > 256) ? j + 256 : n;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-           a3 = _mm256_setzero_ps();
-    for (; j + 32 <= chunk_end; j += 32) {
-      const __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(d + j));
-      const __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(d + j + 8));
-      const __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + j + 16), _mm256_loadu_ps(d + j + 16));
-      const __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + j + 24), _mm256_loadu_ps(d + j + 24));
-      _mm256_storeu_ps(x + j, v0);
-      _mm256_storeu_ps(x + j + 8, v1);
-      _mm256_storeu_ps(x + j + 16, v2);
-      _mm256_storeu_ps(x + j + 24, v3);
-      a0 = _mm256_fmadd_ps(v0, v0, a0); a1 = _mm256_fmadd_ps(v1, v1, a1);
-      a2 = _mm256_fmadd_ps(v2, v2, a2); a3 = _mm256_fmadd_ps(v3, v3, a3);
-    }
-    for (; j < chunk_end; j += 8) {
-      const __m256i m = simd::tail_mask8(chunk_end - j);
-      const __m256 v = _mm256_add_ps(_mm256_maskload_ps(x + j, m), _mm256_maskload_ps(d + j, m));
-      _mm256_maskstore_ps(x + j, m, v);
-      a0 = _mm256_fmadd_ps(v, v, a0);
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    q0 = _mm256_add_pd(q0, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
-    q1 = _mm256_add_pd(q1, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
-  }
-  return hsum_pd(_mm256_add_pd(q0, q1));
-}
+// ------------------------------------------------------------------ written once over the vector type
+#define EMO_NR_TARGET EMOLLM_TARGET_AVX512
+#define EMO_NR_V simd::F32x16
+#define EMO_NR_NS nr_avx512
+#include "norm_rows.inc"
+#undef EMO_NR_TARGET
+#undef EMO_NR_V
+#undef EMO_NR_NS
+#define EMO_NR_TARGET EMOLLM_TARGET_AVX2
+#define EMO_NR_V simd::F32x8
+#define EMO_NR_NS nr_avx2
+#include "norm_rows.inc"
+#undef EMO_NR_TARGET
+#undef EMO_NR_V
+#undef EMO_NR_NS
 
 }  // namespace
 #endif  // __x86_64__
@@ -380,8 +329,8 @@ void add_rmsnorm_rows(float* x, int64_t ldx, const float* d, int64_t ldd, const 
   for (int64_t r = 0; r < rows; ++r) {
     float* xr = x + r * ldx;
     float* yr = y + r * ldy;
-    const double ss = path == detail::EltPath::Avx512 ? add_row_sumsq_avx512(xr, d + r * ldd, n)
-                                                      : add_row_sumsq_avx2(xr, d + r * ldd, n);
+    const double ss = path == detail::EltPath::Avx512 ? nr_avx512::add_row_sumsq(xr, d + r * ldd, n)
+                                                      : nr_avx2::add_row_sumsq(xr, d + r * ldd, n);
     const float inv = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
     if (path == detail::EltPath::Avx512) rms_scale_row_avx512(xr, yr, n, inv, w);
     else rms_scale_row_avx2(xr, yr, n, inv, w);
