@@ -14,9 +14,11 @@
 #include <cstring>
 
 #include "elementwise_ref.h"
+#include "norm_internal.h"
 #include "row_parallel.h"
 #include "simd_vec.h"
 
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 
 namespace emollm {
@@ -149,8 +151,12 @@ EMOLLM_TARGET_AVX512 void scale_row_avx512(const float* x, float* y, int64_t n, 
     __mmask16 k = simd::tail_mask16(n - j);
     __m512 v = _mm512_maskz_loadu_ps(k, x + j);
     v = _mm512_fmadd_ps(_mm512_sub_ps(v, m), s, c);
-    if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + j));
-    if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b + j));
+    if (w && b) {  // the FMA GCC made of the multiply and add (-ffp-contract=fast), written out
+      v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w + j), _mm512_maskz_loadu_ps(k, b + j));
+    } else {
+      if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + j));
+      if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b + j));
+    }
     _mm512_mask_storeu_ps(y + j, k, v);
   }
 }
@@ -245,8 +251,12 @@ EMOLLM_TARGET_AVX2 void scale_row_avx2(const float* x, float* y, int64_t n, floa
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m), s, c);
-    if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + j));
-    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+    if (w && b) {  // the FMA GCC made of the multiply and add (-ffp-contract=fast), written out
+      v = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j));
+    } else {
+      if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + j));
+      if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+    }
     _mm256_storeu_ps(y + j, v);
   }
   if (j < n) {
@@ -346,6 +356,11 @@ void layernorm_rows(const float* x, int64_t ldx, const float* w, const float* b,
   check_rows(ldx, ldy, rows, n);
   if (n == 0) return;
   const bool v512 = path == detail::EltPath::Avx512;
+  if (layernorm_row_blocks()) {
+    if (v512) nr_avx512::layernorm_blocks<false>(nullptr, x, ldx, nullptr, 0, w, b, y, ldy, rows, n, eps);
+    else nr_avx2::layernorm_blocks<false>(nullptr, x, ldx, nullptr, 0, w, b, y, ldy, rows, n, eps);
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     float* yr = y + r * ldy;
@@ -363,7 +378,29 @@ void layernorm_rows(const float* x, int64_t ldx, const float* w, const float* b,
 #endif
 }
 
+// The fused add on the blocked path (layernorm_row_blocks); callers take add() + layernorm()
+// otherwise.
+void add_layernorm_rows(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                        int64_t ldy, int64_t rows, int64_t n, float eps) {
+#if defined(__x86_64__)
+  if (n == 0) return;
+  if (detail::elt_path() == detail::EltPath::Avx512)
+    nr_avx512::layernorm_blocks<true>(x, x, ldx, d, ldd, w, b, y, ldy, rows, n, eps);
+  else
+    nr_avx2::layernorm_blocks<true>(x, x, ldx, d, ldd, w, b, y, ldy, rows, n, eps);
+#else
+  (void)x, (void)ldx, (void)d, (void)ldd, (void)w, (void)b, (void)y, (void)ldy, (void)rows, (void)n, (void)eps;
+#endif
+}
+
 }  // namespace
+
+static EnvSwitch& layernorm_row_blocks_flag() {
+  static EnvSwitch on("EMOLLM_LAYERNORM_ROW_BLOCKS");
+  return on;
+}
+bool layernorm_row_blocks() { return layernorm_row_blocks_flag().on(); }
+void set_layernorm_row_blocks(bool on) { layernorm_row_blocks_flag().set(on); }
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
              int64_t rows, int64_t n, float eps, ThreadPool* pool) {
@@ -387,6 +424,27 @@ void layernorm(const float* x, int64_t ldx, const float* w, const float* b, floa
   check_rows(ldx, ldy, rows, n);
   detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
     layernorm_rows(x + r0 * ldx, ldx, w, b, y + r0 * ldy, ldy, r1 - r0, n, eps);
+  });
+}
+
+void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                   int64_t ldy, int64_t rows, int64_t n, float eps, ThreadPool* pool) {
+  check_rows(ldx, ldy, rows, n);
+  EMOLLM_CHECK_ARG(rows <= 1 || ldd >= n, "add_layernorm: leading dimension of d smaller than n");
+  if (detail::elt_path() == detail::EltPath::Scalar || !layernorm_row_blocks()) {
+    // the separate ops (one add over dense rows, as a caller's add() then layernorm(); row by row
+    // where a leading dimension exceeds n, so that the padding is kept)
+    if ((ldx == n && ldd == n) || rows <= 1) {
+      add(x, d, x, rows * n, pool);
+    } else {
+      detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) add(x + r * ldx, d + r * ldd, x + r * ldx, n, nullptr);
+      });
+    }
+    return layernorm(x, ldx, w, b, y, ldy, rows, n, eps, pool);
+  }
+  detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+    add_layernorm_rows(x + r0 * ldx, ldx, d + r0 * ldd, ldd, w, b, y + r0 * ldy, ldy, r1 - r0, n, eps);
   });
 }
 

@@ -4,6 +4,7 @@
 // template using them must itself be compiled for that target: gemm_f32_tile.h says how.
 //   mask(c)  lanes [0, c), c clamped to [0, kLanes]
 //   load     an aligned vector (32 / 64 bytes); maskz_load / mask_store: unaligned, masked
+//   maskz(m, v)  v with the lanes outside m set to +0
 //   load_f16 / load_bf16   kLanes half values (unaligned) widened to f32 (exact)
 //   store_f16 / store_bf16 kLanes f32 rounded to nearest even, stored as halves (unaligned):
 //            f16 by vcvtps2ph; bf16 by integer rounding as f32_to_bf16 (base/dtype.h), NaN kept
@@ -36,6 +37,7 @@ struct F32x8 {
   EMOLLM_SIMD_INLINE_256 Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
   EMOLLM_SIMD_INLINE_256 Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
   EMOLLM_SIMD_INLINE_256 Vec set1(float v) { return _mm256_set1_ps(v); }
+  EMOLLM_SIMD_INLINE_256 Vec maskz(Mask m, Vec v) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
   EMOLLM_SIMD_INLINE_256 Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
   EMOLLM_SIMD_INLINE_256 void storeu(float* p, Vec v) { _mm256_storeu_ps(p, v); }
   EMOLLM_SIMD_INLINE_256 Vec load_f16(const uint16_t* p) {
@@ -86,6 +88,7 @@ struct F32x16 {
   EMOLLM_SIMD_INLINE_512 Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
   EMOLLM_SIMD_INLINE_512 Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   EMOLLM_SIMD_INLINE_512 Vec set1(float v) { return _mm512_set1_ps(v); }
+  EMOLLM_SIMD_INLINE_512 Vec maskz(Mask m, Vec v) { return _mm512_maskz_mov_ps(m, v); }
   EMOLLM_SIMD_INLINE_512 Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
   EMOLLM_SIMD_INLINE_512 void storeu(float* p, Vec v) { _mm512_storeu_ps(p, v); }
   EMOLLM_SIMD_INLINE_512 Vec load_f16(const uint16_t* p) {
