@@ -8,6 +8,9 @@
 // (x - m) * rstd - (s1/n) * rstd, which corrects for m's rounding: rows with a large mean
 // (e.g. 1e4 + N(0,1)) keep full f32 accuracy instead of losing ulp(mean) * rstd.
 // In place (y == x, ldy == ldx) is allowed: each element is read before it is written.
+// LayerNorm and add_layernorm run on row blocks by default (norm_rows.inc layernorm_blocks, written
+// once over simd_vec.h: the same arithmetic per row, so the same bits; EMOLLM_LAYERNORM_ROW_BLOCKS=0
+// for the row-by-row per-ISA path below, and add() then layernorm() for add_layernorm).
 #include "simd_math.h"  // first: see the note on GCC 12 warnings there
 
 #include <cmath>
