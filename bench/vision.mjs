@@ -560,6 +560,7 @@ export function annotateProfile(pr, peaks, v = VISION) {
     } else if (x.op === 'attention') gflop = (calls * 4 * T * T * E) / 1e9;  // QK^T and PV, all heads
     else if (x.op === 'add') mbytes = x.phase === 'decode' ? (calls * 3 * E * 4) / 1e6 : (calls * 3 * T * E * 4) / 1e6;
     else if (x.op === 'layernorm') mbytes = (calls * 2 * T * E * 4) / 1e6;
+    else if (x.op === 'add_layernorm') mbytes = (calls * 4 * T * E * 4) / 1e6;  // x, d read; x, y written
     else if (x.op === 'quick_gelu' || x.op === 'gelu_erf') mbytes = (calls * 2 * (x.op === 'gelu_erf' ? P * v.mm_hidden : T * F) * 4) / 1e6;
     else if (x.op === 'copy_2d') mbytes = (calls * 2 * P * E * 4) / 1e6;
     else if (x.op === 'extract_patches') mbytes = (calls * 2 * v.n_channels * v.image_size ** 2 * 4) / 1e6;

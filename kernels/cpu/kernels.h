@@ -205,6 +205,12 @@ void add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float
 // y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null). Biased variance, as torch.
 void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
                int64_t rows, int64_t n, float eps, ThreadPool* pool);
+// x += d, then y = layernorm(x) * w + b: a residual add and the LayerNorm after it (a pre-norm
+// transformer's x += sublayer output, then the next norm) in one call, x read once from memory;
+// bit for bit add(x, d, x) followed by layernorm(x, w, b, y). y may be x or d (then ldy == ldx or
+// ldd); otherwise no two of x, d, y overlap.
+void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                   int64_t ldy, int64_t rows, int64_t n, float eps, ThreadPool* pool);
 
 // ---------------------------------------------------------------- activations (elementwise, in place allowed)
 void silu(const float* x, float* y, int64_t n, ThreadPool* pool);        // x * sigmoid(x)

@@ -8,14 +8,20 @@
 // (x - m) * rstd - (s1/n) * rstd, which corrects for m's rounding: rows with a large mean
 // (e.g. 1e4 + N(0,1)) keep full f32 accuracy instead of losing ulp(mean) * rstd.
 // In place (y == x, ldy == ldx) is allowed: each element is read before it is written.
+// LayerNorm and add_layernorm run on row blocks by default (norm_rows.inc layernorm_blocks, written
+// once over simd_vec.h: the same arithmetic per row, so the same bits; EMOLLM_LAYERNORM_ROW_BLOCKS=0
+// for the row-by-row per-ISA path below, and add() then layernorm() for add_layernorm).
 #include "simd_math.h"  // first: see the note on GCC 12 warnings there
 
 #include <cmath>
 #include <cstring>
 
 #include "elementwise_ref.h"
+#include "norm_internal.h"
 #include "row_parallel.h"
+#include "simd_vec.h"
 
+#include "../../base/env_switch.h"
 #include "../../base/error.h"
 
 namespace emollm {
@@ -148,8 +154,12 @@ EMOLLM_TARGET_AVX512 void scale_row_avx512(const float* x, float* y, int64_t n, 
     __mmask16 k = simd::tail_mask16(n - j);
     __m512 v = _mm512_maskz_loadu_ps(k, x + j);
     v = _mm512_fmadd_ps(_mm512_sub_ps(v, m), s, c);
-    if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + j));
-    if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b + j));
+    if (w && b) {  // the FMA GCC made of the multiply and add (-ffp-contract=fast), written out
+      v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w + j), _mm512_maskz_loadu_ps(k, b + j));
+    } else {
+      if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + j));
+      if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, b + j));
+    }
     _mm512_mask_storeu_ps(y + j, k, v);
   }
 }
@@ -244,8 +254,12 @@ EMOLLM_TARGET_AVX2 void scale_row_avx2(const float* x, float* y, int64_t n, floa
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 v = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m), s, c);
-    if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + j));
-    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+    if (w && b) {  // the FMA GCC made of the multiply and add (-ffp-contract=fast), written out
+      v = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j));
+    } else {
+      if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + j));
+      if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+    }
     _mm256_storeu_ps(y + j, v);
   }
   if (j < n) {
@@ -273,73 +287,21 @@ EMOLLM_TARGET_AVX2 void rms_scale_row_avx2(const float* x, float* y, int64_t n, 
   }
 }
 
-// ------------------------------------------------------------------ residual add + RMSNorm
-// x = x + d stored while its squares are summed (add_rmsnorm): the same chunks, accumulators and
-// order as row_sums_*<1>, and f32 adds as add(), so x and the sum are bit for bit those of add()
-// followed by rmsnorm(); one pass over x instead of three (add, sum, scale read x again from L1).
-EMOLLM_TARGET_AVX512 double add_row_sumsq_avx512(float* x, const float* d, int64_t n) {
-  __m512d q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
-  int64_t j = 0;
-  while (j < n) {
-    const int64_t chunk_end = (n - j > 512) ? j + 512 : n;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-           a3 = _mm512_setzero_ps();
-    for (; j + 64 <= chunk_end; j += 64) {
-      const __m512 v0 = _mm512_add_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(d + j));
-      const __m512 v1 = _mm512_add_ps(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(d + j + 16));
-      const __m512 v2 = _mm512_add_ps(_mm512_loadu_ps(x + j + 32), _mm512_loadu_ps(d + j + 32));
-      const __m512 v3 = _mm512_add_ps(_mm512_loadu_ps(x + j + 48), _mm512_loadu_ps(d + j + 48));
-      _mm512_storeu_ps(x + j, v0);
-      _mm512_storeu_ps(x + j + 16, v1);
-      _mm512_storeu_ps(x + j + 32, v2);
-      _mm512_storeu_ps(x + j + 48, v3);
-      a0 = _mm512_fmadd_ps(v0, v0, a0); a1 = _mm512_fmadd_ps(v1, v1, a1);
-      a2 = _mm512_fmadd_ps(v2, v2, a2); a3 = _mm512_fmadd_ps(v3, v3, a3);
-    }
-    for (; j < chunk_end; j += 16) {
-      const __mmask16 m = simd::tail_mask16(chunk_end - j);
-      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, d + j));
-      _mm512_mask_storeu_ps(x + j, m, v);
-      a0 = _mm512_fmadd_ps(v, v, a0);
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    q0 = _mm512_add_pd(q0, _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
-    q1 = _mm512_add_pd(q1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
-  }
-  return _mm512_reduce_add_pd(_mm512_add_pd(q0, q1));
-}
-
-EMOLLM_TARGET_AVX2 double add_row_sumsq_avx2(float* x, const float* d, int64_t n) {
-  __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
-  int64_t j = 0;
-  while (j < n) {
-    const int64_t chunk_end = (n - j > 256) ? j + 256 : n;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-           a3 = _mm256_setzero_ps();
-    for (; j + 32 <= chunk_end; j += 32) {
-      const __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(d + j));
-      const __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(d + j + 8));
-      const __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + j + 16), _mm256_loadu_ps(d + j + 16));
-      const __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + j + 24), _mm256_loadu_ps(d + j + 24));
-      _mm256_storeu_ps(x + j, v0);
-      _mm256_storeu_ps(x + j + 8, v1);
-      _mm256_storeu_ps(x + j + 16, v2);
-      _mm256_storeu_ps(x + j + 24, v3);
-      a0 = _mm256_fmadd_ps(v0, v0, a0); a1 = _mm256_fmadd_ps(v1, v1, a1);
-      a2 = _mm256_fmadd_ps(v2, v2, a2); a3 = _mm256_fmadd_ps(v3, v3, a3);
-    }
-    for (; j < chunk_end; j += 8) {
-      const __m256i m = simd::tail_mask8(chunk_end - j);
-      const __m256 v = _mm256_add_ps(_mm256_maskload_ps(x + j, m), _mm256_maskload_ps(d + j, m));
-      _mm256_maskstore_ps(x + j, m, v);
-      a0 = _mm256_fmadd_ps(v, v, a0);
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    q0 = _mm256_add_pd(q0, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
-    q1 = _mm256_add_pd(q1, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
-  }
-  return hsum_pd(_mm256_add_pd(q0, q1));
-}
+// ------------------------------------------------------------------ written once over the vector type
+#define EMO_NR_TARGET EMOLLM_TARGET_AVX512
+#define EMO_NR_V simd::F32x16
+#define EMO_NR_NS nr_avx512
+#include "norm_rows.inc"
+#undef EMO_NR_TARGET
+#undef EMO_NR_V
+#undef EMO_NR_NS
+#define EMO_NR_TARGET EMOLLM_TARGET_AVX2
+#define EMO_NR_V simd::F32x8
+#define EMO_NR_NS nr_avx2
+#include "norm_rows.inc"
+#undef EMO_NR_TARGET
+#undef EMO_NR_V
+#undef EMO_NR_NS
 
 }  // namespace
 #endif  // __x86_64__
@@ -380,8 +342,8 @@ void add_rmsnorm_rows(float* x, int64_t ldx, const float* d, int64_t ldd, const 
   for (int64_t r = 0; r < rows; ++r) {
     float* xr = x + r * ldx;
     float* yr = y + r * ldy;
-    const double ss = path == detail::EltPath::Avx512 ? add_row_sumsq_avx512(xr, d + r * ldd, n)
-                                                      : add_row_sumsq_avx2(xr, d + r * ldd, n);
+    const double ss = path == detail::EltPath::Avx512 ? nr_avx512::add_row_sumsq(xr, d + r * ldd, n)
+                                                      : nr_avx2::add_row_sumsq(xr, d + r * ldd, n);
     const float inv = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
     if (path == detail::EltPath::Avx512) rms_scale_row_avx512(xr, yr, n, inv, w);
     else rms_scale_row_avx2(xr, yr, n, inv, w);
@@ -397,6 +359,11 @@ void layernorm_rows(const float* x, int64_t ldx, const float* w, const float* b,
   check_rows(ldx, ldy, rows, n);
   if (n == 0) return;
   const bool v512 = path == detail::EltPath::Avx512;
+  if (layernorm_row_blocks()) {
+    if (v512) nr_avx512::layernorm_blocks<false>(nullptr, x, ldx, nullptr, 0, w, b, y, ldy, rows, n, eps);
+    else nr_avx2::layernorm_blocks<false>(nullptr, x, ldx, nullptr, 0, w, b, y, ldy, rows, n, eps);
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     float* yr = y + r * ldy;
@@ -414,7 +381,29 @@ void layernorm_rows(const float* x, int64_t ldx, const float* w, const float* b,
 #endif
 }
 
+// The fused add on the blocked path (layernorm_row_blocks); callers take add() + layernorm()
+// otherwise.
+void add_layernorm_rows(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                        int64_t ldy, int64_t rows, int64_t n, float eps) {
+#if defined(__x86_64__)
+  if (n == 0) return;
+  if (detail::elt_path() == detail::EltPath::Avx512)
+    nr_avx512::layernorm_blocks<true>(x, x, ldx, d, ldd, w, b, y, ldy, rows, n, eps);
+  else
+    nr_avx2::layernorm_blocks<true>(x, x, ldx, d, ldd, w, b, y, ldy, rows, n, eps);
+#else
+  (void)x, (void)ldx, (void)d, (void)ldd, (void)w, (void)b, (void)y, (void)ldy, (void)rows, (void)n, (void)eps;
+#endif
+}
+
 }  // namespace
+
+static EnvSwitch& layernorm_row_blocks_flag() {
+  static EnvSwitch on("EMOLLM_LAYERNORM_ROW_BLOCKS");
+  return on;
+}
+bool layernorm_row_blocks() { return layernorm_row_blocks_flag().on(); }
+void set_layernorm_row_blocks(bool on) { layernorm_row_blocks_flag().set(on); }
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
              int64_t rows, int64_t n, float eps, ThreadPool* pool) {
@@ -438,6 +427,27 @@ void layernorm(const float* x, int64_t ldx, const float* w, const float* b, floa
   check_rows(ldx, ldy, rows, n);
   detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
     layernorm_rows(x + r0 * ldx, ldx, w, b, y + r0 * ldy, ldy, r1 - r0, n, eps);
+  });
+}
+
+void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                   int64_t ldy, int64_t rows, int64_t n, float eps, ThreadPool* pool) {
+  check_rows(ldx, ldy, rows, n);
+  EMOLLM_CHECK_ARG(rows <= 1 || ldd >= n, "add_layernorm: leading dimension of d smaller than n");
+  if (detail::elt_path() == detail::EltPath::Scalar || !layernorm_row_blocks()) {
+    // the separate ops (one add over dense rows, as a caller's add() then layernorm(); row by row
+    // where a leading dimension exceeds n, so that the padding is kept)
+    if ((ldx == n && ldd == n) || rows <= 1) {
+      add(x, d, x, rows * n, pool);
+    } else {
+      detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) add(x + r * ldx, d + r * ldd, x + r * ldx, n, nullptr);
+      });
+    }
+    return layernorm(x, ldx, w, b, y, ldy, rows, n, eps, pool);
+  }
+  detail::for_rows(pool, rows, n, [&](int64_t r0, int64_t r1) {
+    add_layernorm_rows(x + r0 * ldx, ldx, d + r0 * ldd, ldd, w, b, y + r0 * ldy, ldy, r1 - r0, n, eps);
   });
 }
 

@@ -4,9 +4,14 @@
 // template using them must itself be compiled for that target: gemm_f32_tile.h says how.
 //   mask(c)  lanes [0, c), c clamped to [0, kLanes]
 //   load     an aligned vector (32 / 64 bytes); maskz_load / mask_store: unaligned, masked
+//   maskz(m, v)  v with the lanes outside m set to +0
 //   load_f16 / load_bf16   kLanes half values (unaligned) widened to f32 (exact)
 //   store_f16 / store_bf16 kLanes f32 rounded to nearest even, stored as halves (unaligned):
 //            f16 by vcvtps2ph; bf16 by integer rounding as f32_to_bf16 (base/dtype.h), NaN kept
+//   F64      kLanes / 2 doubles: widen_lo / widen_hi (the low / high half of an f32 vector, exact),
+//            add_f64, reduce_add_f64 (halves added pairwise down to one: the order of
+//            _mm512_reduce_add_pd, and of the AVX2 128-bit halves then the pair) for sums that
+//            flush f32 partial sums into f64 (norm_rows.inc)
 #pragma once
 #include "simd_math.h"
 
@@ -29,6 +34,10 @@ struct F32x8 {
   EMOLLM_SIMD_INLINE_256 Vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   EMOLLM_SIMD_INLINE_256 Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
   EMOLLM_SIMD_INLINE_256 Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  EMOLLM_SIMD_INLINE_256 Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  EMOLLM_SIMD_INLINE_256 Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+  EMOLLM_SIMD_INLINE_256 Vec set1(float v) { return _mm256_set1_ps(v); }
+  EMOLLM_SIMD_INLINE_256 Vec maskz(Mask m, Vec v) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
   EMOLLM_SIMD_INLINE_256 Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
   EMOLLM_SIMD_INLINE_256 void storeu(float* p, Vec v) { _mm256_storeu_ps(p, v); }
   EMOLLM_SIMD_INLINE_256 Vec load_f16(const uint16_t* p) {
@@ -50,6 +59,16 @@ struct F32x8 {
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // 16-bit lanes 0-7
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
   }
+
+  using F64 = __m256d;
+  EMOLLM_SIMD_INLINE_256 F64 zero_f64() { return _mm256_setzero_pd(); }
+  EMOLLM_SIMD_INLINE_256 F64 add_f64(F64 a, F64 b) { return _mm256_add_pd(a, b); }
+  EMOLLM_SIMD_INLINE_256 F64 widen_lo(Vec v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+  EMOLLM_SIMD_INLINE_256 F64 widen_hi(Vec v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+  EMOLLM_SIMD_INLINE_256 double reduce_add_f64(F64 v) {
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
 };
 
 struct F32x16 {
@@ -66,6 +85,10 @@ struct F32x16 {
   EMOLLM_SIMD_INLINE_512 Vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
   EMOLLM_SIMD_INLINE_512 Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   EMOLLM_SIMD_INLINE_512 Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  EMOLLM_SIMD_INLINE_512 Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  EMOLLM_SIMD_INLINE_512 Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  EMOLLM_SIMD_INLINE_512 Vec set1(float v) { return _mm512_set1_ps(v); }
+  EMOLLM_SIMD_INLINE_512 Vec maskz(Mask m, Vec v) { return _mm512_maskz_mov_ps(m, v); }
   EMOLLM_SIMD_INLINE_512 Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
   EMOLLM_SIMD_INLINE_512 void storeu(float* p, Vec v) { _mm512_storeu_ps(p, v); }
   EMOLLM_SIMD_INLINE_512 Vec load_f16(const uint16_t* p) {
@@ -86,6 +109,15 @@ struct F32x16 {
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
   }
+
+  using F64 = __m512d;
+  EMOLLM_SIMD_INLINE_512 F64 zero_f64() { return _mm512_setzero_pd(); }
+  EMOLLM_SIMD_INLINE_512 F64 add_f64(F64 a, F64 b) { return _mm512_add_pd(a, b); }
+  EMOLLM_SIMD_INLINE_512 F64 widen_lo(Vec v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+  EMOLLM_SIMD_INLINE_512 F64 widen_hi(Vec v) {
+    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  }
+  EMOLLM_SIMD_INLINE_512 double reduce_add_f64(F64 v) { return _mm512_reduce_add_pd(v); }
 };
 
 

@@ -532,6 +532,10 @@ class CpuBackend final : public Backend {
                    int64_t rows, int64_t n, float eps) override {
     emollm::add_rmsnorm(x, ldx, d, ldd, w, y, ldy, rows, n, eps, &pool_);
   }
+  void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                     int64_t ldy, int64_t rows, int64_t n, float eps) override {
+    emollm::add_layernorm(x, ldx, d, ldd, w, b, y, ldy, rows, n, eps, &pool_);
+  }
   void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b, int64_t n_tokens,
                  const int32_t* positions, const RopeParams& p) override {
     emollm::rope_pair(a, lda, heads_a, b, ldb, heads_b, n_tokens, positions, p, &pool_);
@@ -784,6 +788,17 @@ void Backend::add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, co
     for (int64_t r = 0; r < rows; ++r) add(x + r * ldx, d + r * ldd, x + r * ldx, n);
   }
   rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
+}
+
+void Backend::add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b,
+                            float* y, int64_t ldy, int64_t rows, int64_t n, float eps) {
+  if (rows <= 0) return;
+  if (rows == 1 || (ldx == n && ldd == n)) {
+    add(x, d, x, rows * n);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) add(x + r * ldx, d + r * ldd, x + r * ldx, n);
+  }
+  layernorm(x, ldx, w, b, y, ldy, rows, n, eps);
 }
 
 void Backend::rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b,

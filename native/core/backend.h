@@ -297,6 +297,12 @@ class Backend {
   // over x and one call (kernels.h add_rmsnorm).
   virtual void add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, float* y, int64_t ldy,
                            int64_t rows, int64_t n, float eps);
+  // A residual add and the LayerNorm after it (a pre-norm encoder's x += sublayer output, then the
+  // next norm): x += d, then y = layernorm(x) * w + b (y may be x or d). Equal bit for bit to add()
+  // then layernorm(), which is the default; the CPU backend does both in one call, x read once
+  // (kernels.h add_layernorm).
+  virtual void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b,
+                             float* y, int64_t ldy, int64_t rows, int64_t n, float eps);
   // rope() of two tensors at the same positions (a layer's queries and keys): equal bit for bit to
   // rope(a, lda, n_tokens, heads_a, ...) then rope(b, ldb, n_tokens, heads_b, ...), the default;
   // the CPU backend computes each token's cos / sin once for both (kernels.h rope_pair).

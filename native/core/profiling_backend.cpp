@@ -276,6 +276,11 @@ class ProfilingBackend final : public Backend {
     Timer t("add_rmsnorm", "n=" + std::to_string(n));
     in_->add_rmsnorm(x, ldx, d, ldd, w, y, ldy, rows, n, eps);
   }
+  void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
+                     int64_t ldy, int64_t rows, int64_t n, float eps) override {
+    Timer t("add_layernorm", "n=" + std::to_string(n));
+    in_->add_layernorm(x, ldx, d, ldd, w, b, y, ldy, rows, n, eps);
+  }
   void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b, int64_t n_tokens,
                  const int32_t* positions, const RopeParams& p) override {
     Timer t("rope_pair", "heads=" + std::to_string(heads_a) + "+" + std::to_string(heads_b));

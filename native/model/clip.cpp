@@ -298,11 +298,13 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
   // products in bf16 too, where the backend has such a path (kernels.h AttentionParams).
   ap.bf16_products = !layers.empty() && layers[0].wq.dtype == DType::BF16;
 
+  // A residual add and the LayerNorm after it run as one op (Backend::add_layernorm: the same bits
+  // as add() then layernorm()): layer il's first norm is done by the previous layer's last add.
   for (int64_t il = 0; il < deepest; ++il) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;
     const ClipLayer& L = layers[size_t(il)];
     // ---- self-attention
-    be.layernorm(x, E, L.ln1_w, L.ln1_b, xn, E, N, E, h.eps);
+    if (il == 0) be.layernorm(x, E, L.ln1_w, L.ln1_b, xn, E, N, E, h.eps);
     // q, k, v of one input: the CPU runs them as one product on its bf16 panels (X packed once)
     const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q, E, E},
                                         {L.wk.data, L.wk.dtype, L.bk, k, E, E},
@@ -313,14 +315,18 @@ bool ClipVisionModel::encode_device(Backend& be, const float* pixels, int64_t B,
       be.attention(q + o, k + o, v + o, att + o, ap);
     }
     be.gemm(att, E, L.wo.data, L.wo.dtype, L.bo, xn, E, N, E, E);
-    be.add(x, xn, x, N * E);
-    // ---- MLP
-    be.layernorm(x, E, L.ln2_w, L.ln2_b, xn, E, N, E, h.eps);
+    // ---- MLP (x += attention output, xn = its norm)
+    be.add_layernorm(x, E, xn, E, L.ln2_w, L.ln2_b, xn, E, N, E, h.eps);
     be.gemm(xn, E, L.fc1.data, L.fc1.dtype, L.b1, ff, F, N, F, E);
     if (h.act == "gelu") be.gelu_erf(ff, ff, N * F);
     else be.quick_gelu(ff, ff, N * F);
     be.gemm(ff, F, L.fc2.data, L.fc2.dtype, L.b2, xn, E, N, E, F);
-    be.add(x, xn, x, N * E);
+    if (il + 1 < deepest) {
+      const ClipLayer& next = layers[size_t(il + 1)];
+      be.add_layernorm(x, E, xn, E, next.ln1_w, next.ln1_b, xn, E, N, E, h.eps);  // the next layer's first norm
+    } else {
+      be.add(x, xn, x, N * E);
+    }
     collect(il + 1);
   }
   return !(abort && abort->load(std::memory_order_relaxed));

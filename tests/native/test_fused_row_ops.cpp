@@ -6,7 +6,12 @@
 //     untouched), n around the vector widths and the 512 / 256-element sum chunks;
 //   - rope_pair(a, b) against rope(a) then rope(b): both layouts, rot_dim < head_dim, given
 //     inv_freq, several tokens, with and without pool, every ISA level;
-//   - Backend::add_rmsnorm / rope_pair (CPU and the defaults a device backend inherits);
+//   - layernorm on row blocks (EMOLLM_LAYERNORM_ROW_BLOCKS) against the row-by-row path, and
+//     add_layernorm(x, d, w, b, y) against add(x, d, x) then layernorm(x, w, b, y) on either path:
+//     every ISA level, w / b present or not, in place (y == x, y == d), ld > n, 1-3 threads, n
+//     around the vector widths and the sum chunks, row counts odd and even (the blocks of 2);
+//   - Backend::add_rmsnorm / add_layernorm / rope_pair (CPU and the defaults a device backend
+//     inherits);
 //   - whole models, a context with the fused ops (default) against one created under
 //     EMOLLM_FUSED_ROW_OPS=0 in the same process: prompt logits (all rows), greedy decode
 //     (tokens and logits), a batched two-sequence decode() and an eval_batch() whose output rows
@@ -30,6 +35,7 @@
 #include "base/thread_pool.h"
 #include "../../kernels/cpu/elementwise_ref.h"
 #include "../../kernels/cpu/kernels.h"
+#include "../../kernels/cpu/norm_internal.h"
 #include "core/backend.h"
 #include "model/llama.h"
 #include "greedy_decode.h"
@@ -98,6 +104,106 @@ TEST(add_rmsnorm_equals_add_then_rmsnorm) {
   add_rmsnorm(x.data(), 4, d.data(), 4, nullptr, y.data(), 4, 1, 4, 0.0f, nullptr);
   EXPECT(x[0] == 2 && x[3] == 5);
   EXPECT_NEAR(y[3], 5.0 / std::sqrt((4.0 + 9 + 16 + 25) / 4.0), 1e-6);
+}
+
+namespace {
+// Restores the layernorm path switch on scope exit.
+struct RowBlocksScope {
+  bool saved = layernorm_row_blocks();
+  explicit RowBlocksScope(bool on) { set_layernorm_row_blocks(on); }
+  ~RowBlocksScope() { set_layernorm_row_blocks(saved); }
+};
+}  // namespace
+
+TEST(layernorm_row_blocks_and_add_layernorm_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  int cases = 0, differ = 0;
+  for (Isa isa : isa_levels()) {
+    IsaCapScope cap(isa);
+    for (int64_t n : {1, 7, 8, 15, 16, 17, 63, 64, 65, 100, 255, 256, 257, 511, 512, 513, 1024, 1100}) {
+      for (int64_t rows : {1, 2, 3, 5, 40}) {
+        if (rows == 40 && n < 500) continue;  // the pool splits only rows of enough work
+        for (int variant = 0; variant < 6; ++variant) {
+          // 0: w and b; 1: neither; 2: w only, y == x; 3: b only, y == d; 4: 2 threads; 5: 3 threads
+          const bool with_w = variant != 1 && variant != 3, with_b = variant != 1 && variant != 2;
+          ThreadPool* pool = variant == 4 ? &pool2 : variant == 5 ? &pool3 : nullptr;
+          const int64_t ld = rows > 1 ? n + 5 : n, ldd = variant == 3 ? ld : rows > 1 ? n + 3 : n;
+          const uint32_t seed = uint32_t(n * 13 + rows * 3 + variant);
+          std::vector<float> x0 = randv(size_t(rows * ld), seed, 2.0f);
+          for (int64_t r = 0; r < rows; r += 2)  // a large mean on some rows (the mean's rounding correction)
+            for (int64_t j = 0; j < n; ++j) x0[size_t(r * ld + j)] += 1e3f;
+          const std::vector<float> d0 = randv(size_t(rows * ldd), seed + 1), w = randv(size_t(n), seed + 2, 0.5f),
+                                   b = randv(size_t(n), seed + 3, 0.5f);
+          const float* wp = with_w ? w.data() : nullptr;
+          const float* bp = with_b ? b.data() : nullptr;
+          const std::string what = std::string(isa_name(isa)) + " n=" + std::to_string(n) + " rows=" +
+                                   std::to_string(rows) + " variant " + std::to_string(variant);
+          // the reference: add() row by row (the padding stays), then layernorm() row by row
+          std::vector<float> xr = x0, dr = d0, yr(size_t(rows * ld), -7.0f);
+          float* y_r = variant == 2 ? xr.data() : variant == 3 ? dr.data() : yr.data();
+          std::vector<float> yln(size_t(rows * ld), -7.0f);
+          {
+            RowBlocksScope off(false);
+            layernorm(x0.data(), ld, wp, bp, yln.data(), ld, rows, n, 1e-5f, nullptr);
+            for (int64_t r = 0; r < rows; ++r) add(xr.data() + r * ld, dr.data() + r * ldd, xr.data() + r * ld, n, nullptr);
+            layernorm(xr.data(), ld, wp, bp, y_r, ld, rows, n, 1e-5f, nullptr);
+          }
+          for (bool blocks : {false, true}) {
+            RowBlocksScope sw(blocks);
+            const std::string w2 = what + (blocks ? " blocks" : " rows");
+            // layernorm alone (into y; in place for variant 2)
+            std::vector<float> xl = x0, yl(size_t(rows * ld), -7.0f);
+            float* y_l = variant == 2 ? xl.data() : yl.data();
+            layernorm(xl.data(), ld, wp, bp, y_l, ld, rows, n, 1e-5f, pool);
+            for (int64_t r = 0; r < rows; ++r)  // rows only: in place, y's padding is x's
+              EXPECT(same_bits(y_l + r * ld, yln.data() + r * ld, size_t(n), w2 + " layernorm row " + std::to_string(r)));
+            if (variant != 2) EXPECT(same_bits(yl.data(), yln.data(), yln.size(), w2 + " layernorm padding"));
+            // add + layernorm
+            std::vector<float> xa = x0, da = d0, ya(size_t(rows * ld), -7.0f);
+            float* y_a = variant == 2 ? xa.data() : variant == 3 ? da.data() : ya.data();
+            add_layernorm(xa.data(), ld, da.data(), ldd, wp, bp, y_a, ld, rows, n, 1e-5f, pool);
+            EXPECT(same_bits(xa.data(), xr.data(), xa.size(), w2 + " add_layernorm x"));
+            EXPECT(same_bits(y_a, y_r, yr.size(), w2 + " add_layernorm y"));
+            if (variant != 3) EXPECT(same_bits(da.data(), d0.data(), da.size(), w2 + " add_layernorm d untouched"));
+            ++cases;
+          }
+          if (std::memcmp(xr.data(), x0.data(), x0.size() * sizeof(float)) != 0) ++differ;
+        }
+      }
+    }
+  }
+  EXPECT(cases > 500);
+  EXPECT(differ > 100);  // the add really changed x
+  // the output is the norm of the sum: 1, 2, 3 + 1 each -> mean 3, var 2/3
+  for (bool blocks : {false, true}) {
+    RowBlocksScope sw(blocks);
+    std::vector<float> x = {1, 2, 3}, d = {1, 1, 1}, y(3);
+    add_layernorm(x.data(), 3, d.data(), 3, nullptr, nullptr, y.data(), 3, 1, 3, 0.0f, nullptr);
+    EXPECT(x[0] == 2 && x[2] == 4);
+    EXPECT_NEAR(y[2], 1.0 / std::sqrt(2.0 / 3.0), 1e-6);
+  }
+}
+
+TEST(backend_add_layernorm) {
+  // the CPU backend's fused op on both paths, and the default (what the emulated device and CUDA inherit)
+  auto be = make_backend(BackendOptions{});
+  const int64_t rows = 5, n = 96;
+  const std::vector<float> x0 = randv(size_t(rows * n), 11), d = randv(size_t(rows * n), 12),
+                           w = randv(size_t(n), 13), b = randv(size_t(n), 14);
+  std::vector<float> x2 = x0, y2(size_t(rows * n));
+  be->add(x2.data(), d.data(), x2.data(), rows * n);
+  be->layernorm(x2.data(), n, w.data(), b.data(), y2.data(), n, rows, n, 1e-5f);
+  for (bool blocks : {false, true}) {
+    RowBlocksScope sw(blocks);
+    std::vector<float> x = x0, y(size_t(rows * n));
+    be->add_layernorm(x.data(), n, d.data(), n, w.data(), b.data(), y.data(), n, rows, n, 1e-5f);
+    EXPECT(same_bits(x.data(), x2.data(), x.size(), "backend add_layernorm x"));
+    EXPECT(same_bits(y.data(), y2.data(), y.size(), "backend add_layernorm y"));
+    std::vector<float> x3 = x0, dd = d;  // the default, with y == d as the CLIP tower calls it
+    be->Backend::add_layernorm(x3.data(), n, dd.data(), n, w.data(), b.data(), dd.data(), n, rows, n, 1e-5f);
+    EXPECT(same_bits(x3.data(), x2.data(), x3.size(), "default add_layernorm x"));
+    EXPECT(same_bits(dd.data(), y2.data(), dd.size(), "default add_layernorm y == d"));
+  }
 }
 
 TEST(rope_pair_equals_two_ropes) {

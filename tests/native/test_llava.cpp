@@ -23,7 +23,9 @@
 #include <unistd.h>
 #include <vector>
 
+#include "../../base/cpu_features.h"
 #include "../../base/error.h"
+#include "../../kernels/cpu/norm_internal.h"
 #include "../../native/loaders/json.h"
 #include "../../native/loaders/safetensors.h"
 #include "../../native/model/llava.h"
@@ -704,4 +706,26 @@ TEST(llava_fixtures_parity) {
                  std::string("fixture ") + name + ", unexpanded ids");
     EXPECT(greedy(*m, ints(ids.find("input_ids_unexpanded")), feats, B, 16) == ints(gt.find("greedy_new_tokens")));
   }
+}
+
+// The CLIP tower's residual adds fused with the LayerNorm after them (Backend::add_layernorm,
+// norm rows in blocks: EMOLLM_LAYERNORM_ROW_BLOCKS) give the bits of the separate ops (the
+// switch off: add() then the row-by-row layernorm), at the detected ISA and at AVX2 (the features
+// against the Hugging Face fixtures: llava_fixtures_parity).
+TEST(llava_vision_add_layernorm_same_bits) {
+  const Tiny* t = tiny();
+  if (!t) return;
+  const LlavaModel& m = *t->model;
+  const bool saved = layernorm_row_blocks();
+  for (Isa isa : {isa_detected(), Isa::Avx2}) {
+    if (isa > isa_detected()) continue;
+    IsaCapScope cap(isa);
+    set_layernorm_row_blocks(false);
+    const auto separate = encode(m, t->pixels, 1);
+    set_layernorm_row_blocks(true);
+    const auto fused = encode(m, t->pixels, 1);
+    EXPECT(!separate.empty() && separate.size() == fused.size());
+    EXPECT(std::memcmp(separate.data(), fused.data(), separate.size() * sizeof(float)) == 0);
+  }
+  set_layernorm_row_blocks(saved);
 }
