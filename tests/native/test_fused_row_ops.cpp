@@ -129,11 +129,11 @@ TEST(layernorm_row_blocks_and_add_layernorm_same_bits) {
           ThreadPool* pool = variant == 4 ? &pool2 : variant == 5 ? &pool3 : nullptr;
           const int64_t ld = rows > 1 ? n + 5 : n, ldd = variant == 3 ? ld : rows > 1 ? n + 3 : n;
           const uint32_t seed = uint32_t(n * 13 + rows * 3 + variant);
-          std::vector<float> x0 = randv(size_t(rows * ld), seed, 2.0f);
+          std::vector<float> x0 = normal_floats(size_t(rows * ld), seed, 2.0f);
           for (int64_t r = 0; r < rows; r += 2)  // a large mean on some rows (the mean's rounding correction)
             for (int64_t j = 0; j < n; ++j) x0[size_t(r * ld + j)] += 1e3f;
-          const std::vector<float> d0 = randv(size_t(rows * ldd), seed + 1), w = randv(size_t(n), seed + 2, 0.5f),
-                                   b = randv(size_t(n), seed + 3, 0.5f);
+          const std::vector<float> d0 = normal_floats(size_t(rows * ldd), seed + 1), w = normal_floats(size_t(n), seed + 2, 0.5f),
+                                   b = normal_floats(size_t(n), seed + 3, 0.5f);
           const float* wp = with_w ? w.data() : nullptr;
           const float* bp = with_b ? b.data() : nullptr;
           const std::string what = std::string(isa_name(isa)) + " n=" + std::to_string(n) + " rows=" +
@@ -188,8 +188,8 @@ TEST(backend_add_layernorm) {
   // the CPU backend's fused op on both paths, and the default (what the emulated device and CUDA inherit)
   auto be = make_backend(BackendOptions{});
   const int64_t rows = 5, n = 96;
-  const std::vector<float> x0 = randv(size_t(rows * n), 11), d = randv(size_t(rows * n), 12),
-                           w = randv(size_t(n), 13), b = randv(size_t(n), 14);
+  const std::vector<float> x0 = normal_floats(size_t(rows * n), 11), d = normal_floats(size_t(rows * n), 12),
+                           w = normal_floats(size_t(n), 13), b = normal_floats(size_t(n), 14);
   std::vector<float> x2 = x0, y2(size_t(rows * n));
   be->add(x2.data(), d.data(), x2.data(), rows * n);
   be->layernorm(x2.data(), n, w.data(), b.data(), y2.data(), n, rows, n, 1e-5f);
