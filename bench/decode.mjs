@@ -353,8 +353,14 @@ async function runEmollmChild(spec, o) {
       if (r.op === 'gemm') {  // weight bytes per call / mean time: how close each GEMV runs to the bandwidth
         const bytes = gemmKeyBytes(r.key);
         r.gb_s = bytes && r.mean_us ? bytes / (r.mean_us * 1e3) : null;
+      } else if (r.bytes && r.calls && r.mean_us) {  // attention: the K and V rows it read (the profile's bytes)
+        r.gb_s = r.bytes / r.calls / (r.mean_us * 1e3);
       }
     }
+    // KV bytes the decode steps' attention read (K and V rows once each), per step
+    const kvRows = dec.filter((r) => timed(r) && r.bytes > 0);
+    prof.decode_kv_bytes_per_step = steps ? kvRows.reduce((a, r) => a + r.bytes, 0) / steps : null;
+    prof.decode_attention_ms_per_step = perStep(kvRows);
     prof.decode_ops_ms_per_step = perStep(dec.filter((r) => timed(r) && !NOT_OPS.has(r.op)));
     prof.decode_forward_other_ms_per_step = perStep(dec.filter((r) => r.op === 'forward'));
     prof.decode_profiler_ms_per_step = perStep(dec.filter((r) => r.op === 'profiler'));
@@ -420,6 +426,14 @@ function printProfile(r, out, ceilingGbs) {
     out(`  gap: step ${fmt(prof.decode_step_ms, 3)} ms = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
       `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
       `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} everything else (other ops, forward, sample, loop)`);
+    const kv = prof.decode_kv_bytes_per_step, att = prof.decode_attention_ms_per_step;
+    if (kv && att) {
+      prof.decode_gb_s_with_kv = (bytes + kv) / (prof.decode_step_ms * 1e6);
+      out(`  with the KV cache: attention read ${fmt(kv / 1e6, 1)} MB/step of K and V in ${fmt(att, 3)} ms = ${fmt(kv / (att * 1e6), 1)} GB/s ` +
+        `(${fmt((100 * kv) / (att * 1e6) / ceilingGbs, 0)}% of the ceiling; its floor ${fmt(kv / (ceilingGbs * 1e6), 3)} ms); weights + KV ` +
+        `${fmt((bytes + kv) / 1e6, 1)} MB/step / step ${fmt(prof.decode_step_ms, 3)} ms = ${fmt(prof.decode_gb_s_with_kv, 1)} GB/s = ` +
+        `${fmt((100 * prof.decode_gb_s_with_kv) / ceilingGbs, 0)}% of the ceiling`);
+    }
   }
 }
 
@@ -500,6 +514,29 @@ function table(rows, probe, o, out) {
   pr(lines[0]);
   out(w.map((n) => '-'.repeat(n)).join('  '));
   lines.slice(1).forEach(pr);
+}
+
+// KV bytes a decode token's attention reads (K and V of every layer, once each) at the mean cache
+// length of the generated positions (prompt .. prompt + gen - 1 tokens before each one).
+const KV_ELEM_BYTES = { f32: 4, f16: 2, bf16: 2 };
+function decodeKvBytes(shape, o) {
+  const s = SHAPES[shape], kvd = s.n_head_kv * (s.n_embd / s.n_head);
+  return 2 * s.n_layer * kvd * KV_ELEM_BYTES[o.emollmKv] * (o.prompt + (o.gen + 1) / 2);
+}
+
+// The table's GB/s count weights only; a decode token also reads the KV cache (f32 7B MHA at ~550
+// positions: ~0.58 GB against 3.7 GB of q4_0 weights). The same figure with the KV bytes added.
+function printWithKv(rows, probe, o, out) {
+  const bw = probe?.read_bw_gbs;
+  for (const r of rows) {
+    const e = r.emollmS;
+    if (!e || !r.weightBytes) continue;
+    const kv = decodeKvBytes(r.shape, o), gb = ((r.weightBytes + kv) * e.decode_tok_s) / 1e9;
+    r.kvBytes = kv;
+    out(`with KV: emollm ${SHAPES[r.shape].label} ${r.dtype} ${r.format}: (weights ${fmt(r.weightBytes / 1e9, 3)} + KV ${o.emollmKv} ` +
+      `${fmt(kv / 1e9, 3)} GB a token at ${fmt(o.prompt + (o.gen + 1) / 2, 0)} positions on average) x ${fmt(e.decode_tok_s, 2)} tok/s = ` +
+      `${fmt(gb)} GB/s${bw ? ` = ${fmt((100 * gb) / bw, 0)}% of the ceiling` : ''}`);
+  }
 }
 
 // emollm's q4_0 / q8_0 prefill against the int8 dot peak probed in the same run (bench_kernels'
@@ -657,6 +694,7 @@ async function main() {
   out('(worst run, either side); "!" marks >= 0.25: no undisturbed run, the row is unreliable, rerun it on a quiet machine.');
   out('');
   table(rows, probe, o, out);
+  printWithKv(rows, probe, o, out);
   out('');
   if (probe) {
     out(`bandwidth ceiling ${fmt(probe.read_bw_gbs)} GB/s = max(read probe ${fmt(probe.probe_gbs)} (${probeStart?.variant ?? probeEnd?.variant ?? '?'}), ` +
@@ -683,7 +721,7 @@ async function main() {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
     settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed },
     probe,
-    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
+    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, kv_bytes_per_token: r.kvBytes ?? null, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
     raw: results,
     emollm_unavailable: emollmWhyNot,
     llama_bench_unavailable: lb.whyNot,

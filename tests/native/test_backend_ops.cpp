@@ -572,7 +572,8 @@ TEST(cpu_backend_bf16_decoder_panels_opt_in) {
 // one the core gives (ProfileStep), whatever the op's size: a one-query attention batch outside
 // any step is "other", inside a decode step "decode", inside a prefill step "prefill"; each step
 // adds its "forward" row (its time less its ops) and two decode steps on a thread the "loop" row
-// between them, less the sampling recorded in between.
+// between them, less the sampling recorded in between. Attention rows carry the K and V bytes
+// their calls read ("bytes"; bench:decode's attention GB/s and its figure with the KV cache).
 TEST(profiling_backend_rows) {
   const bool was = profile_enabled();
   profile_set_enabled(true);
@@ -637,6 +638,18 @@ TEST(profiling_backend_rows) {
   EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"prefill\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
+  // each attention row's bytes: the K and V rows its calls read, 2 x n_kv x kv heads x head_dim x 4
+  // (f32) an item: the decode row of two 2-item calls 4 items, the 1-item rows one; gemm rows none
+  auto row_bytes = [&](const std::string& head) {
+    const size_t at = j.find(head);
+    if (at == std::string::npos) return -1.0;
+    return std::atof(j.c_str() + j.find("\"bytes\":", at) + 8);
+  };
+  const double item_bytes = 2.0 * 8 * 2 * 16 * 4;
+  EXPECT(row_bytes("\"phase\":\"other\",\"op\":\"attention_batch\",\"key\":\"2 x") == 2 * item_bytes);
+  EXPECT(row_bytes("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x") == 2 * item_bytes);
+  EXPECT(row_bytes("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"1 x") == item_bytes);
+  EXPECT(row_bytes("\"key\":\"q4_0 N=256 K=512\"") == 0.0);
   EXPECT(j.find("\"phase\":\"decode\",\"op\":\"forward\",\"key\":\"between ops\",\"calls\":2,") != std::string::npos);
   EXPECT(j.find("\"phase\":\"prefill\",\"op\":\"forward\",\"key\":\"between ops\",\"calls\":1,") != std::string::npos);
   // one loop between the two decode steps (none before the first, none after the prefill step),
