@@ -147,6 +147,7 @@ function parseArgs(argv) {
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
       case '--profile': o.profile = true; break;
+      case '--profile-cpu': o.profile = true; o.profileCpu = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
       case '--gguf': o.gguf = val(i, a); i++; break;
       case '--json': o.json = true; break;
@@ -186,6 +187,8 @@ const HELP = `usage: npm run bench:decode -- [options]
   --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
                         norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
+  --profile-cpu         --profile with each op's CPU time (EMOLLM_PROFILE_CPU=1: the calling thread's; with
+                        --threads 1 the op's own running time, so its GB/s holds on a loaded machine)
   llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
   --models-dir DIR      where the random models are (default bench/models)
   --gguf FILE           measure this GGUF instead of a generated model (no HF folder), as the one --shapes and
@@ -328,7 +331,7 @@ async function runEmollmChild(spec, o) {
   const file = join(dir, 'profile.json');
   try {
     const res = await runChild(args, { timeoutS: o.timeoutS, label: 'emollm',
-      env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+      env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file, ...(o.profileCpu ? { EMOLLM_PROFILE_CPU: '1' } : {}) } });
     if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
     const prof = JSON.parse(readFileSync(file, 'utf8'));
     // decode rows: the ops of the forward passes the core marked as decode steps (ProfileStep in
@@ -342,6 +345,7 @@ async function runEmollmChild(spec, o) {
     const NOT_OPS = new Set(['forward', 'profiler', 'sample', 'loop']);
     const perStep = (rows) => (steps ? rows.reduce((a, r) => a + r.total_ms, 0) / steps : null);
     const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
+    const cpuPerOp = !!o.profileCpu || process.env.EMOLLM_PROFILE_CPU === '1';
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
     prof.decode_handoff_ms_per_step = steps ? handoff / steps : null;
     const jobs = dec.filter((r) => r.op === 'dispatch').reduce((a, r) => a + r.calls, 0);
@@ -355,6 +359,13 @@ async function runEmollmChild(spec, o) {
         r.gb_s = bytes && r.mean_us ? bytes / (r.mean_us * 1e3) : null;
       } else if (r.bytes && r.calls && r.mean_us) {  // attention: the K and V rows it read (the profile's bytes)
         r.gb_s = r.bytes / r.calls / (r.mean_us * 1e3);
+      }
+      // the same over the calling thread's CPU time (EMOLLM_PROFILE_CPU=1; with --threads 1 the op's
+      // own running time: a loaded machine's descheduled time left out)
+      if (cpuPerOp && r.cpu_ms > 0 && r.op !== 'loop') {
+        const b = r.op === 'gemm' ? gemmKeyBytes(r.key) * r.calls : r.bytes;
+        r.cpu_ms_per_step = r.cpu_ms / steps;
+        r.gb_s_cpu = b ? b / (r.cpu_ms * 1e6) : null;
       }
     }
     // KV bytes the decode steps' attention read (K and V rows once each), per step
@@ -409,7 +420,8 @@ function printProfile(r, out, ceilingGbs) {
   for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
       `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
-      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
+      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') +
+      (x.cpu_ms_per_step !== undefined ? `  cpu ${fmt(x.cpu_ms_per_step, 3)} ms/step${x.gb_s_cpu ? ` ${fmt(x.gb_s_cpu, 1)} GB/s` : ''}` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
   }
   out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
     `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
