@@ -147,6 +147,7 @@ function parseArgs(argv) {
       case '--no-build': o.build = false; break;
       case '--no-probe': o.probe = false; break;
       case '--profile': o.profile = true; break;
+      case '--profile-cpu': o.profile = true; o.profileCpu = true; break;
       case '--models-dir': o.out = val(i, a); i++; break;
       case '--gguf': o.gguf = val(i, a); i++; break;
       case '--json': o.json = true; break;
@@ -186,6 +187,8 @@ const HELP = `usage: npm run bench:decode -- [options]
   --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
                         norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
+  --profile-cpu         --profile with each op's CPU time (EMOLLM_PROFILE_CPU=1: the calling thread's; with
+                        --threads 1 the op's own running time, so its GB/s holds on a loaded machine)
   llama-bench anchor: measured when bench/anchors/llama.cpp/build/bin/llama-bench exists (sh bench/setup-anchors.sh llama-bench)
   --models-dir DIR      where the random models are (default bench/models)
   --gguf FILE           measure this GGUF instead of a generated model (no HF folder), as the one --shapes and
@@ -328,7 +331,7 @@ async function runEmollmChild(spec, o) {
   const file = join(dir, 'profile.json');
   try {
     const res = await runChild(args, { timeoutS: o.timeoutS, label: 'emollm',
-      env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file } });
+      env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file, ...(o.profileCpu ? { EMOLLM_PROFILE_CPU: '1' } : {}) } });
     if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
     const prof = JSON.parse(readFileSync(file, 'utf8'));
     // decode rows: the ops of the forward passes the core marked as decode steps (ProfileStep in
@@ -342,6 +345,7 @@ async function runEmollmChild(spec, o) {
     const NOT_OPS = new Set(['forward', 'profiler', 'sample', 'loop']);
     const perStep = (rows) => (steps ? rows.reduce((a, r) => a + r.total_ms, 0) / steps : null);
     const total = dec.filter(timed).reduce((a, r) => a + r.total_ms, 0);
+    const cpuPerOp = !!o.profileCpu || process.env.EMOLLM_PROFILE_CPU === '1';
     const handoff = dec.filter((r) => r.op === 'handoff').reduce((a, r) => a + r.total_ms, 0);
     prof.decode_handoff_ms_per_step = steps ? handoff / steps : null;
     const jobs = dec.filter((r) => r.op === 'dispatch').reduce((a, r) => a + r.calls, 0);
@@ -353,8 +357,21 @@ async function runEmollmChild(spec, o) {
       if (r.op === 'gemm') {  // weight bytes per call / mean time: how close each GEMV runs to the bandwidth
         const bytes = gemmKeyBytes(r.key);
         r.gb_s = bytes && r.mean_us ? bytes / (r.mean_us * 1e3) : null;
+      } else if (r.bytes && r.calls && r.mean_us) {  // attention: the K and V rows it read (the profile's bytes)
+        r.gb_s = r.bytes / r.calls / (r.mean_us * 1e3);
+      }
+      // the same over the calling thread's CPU time (EMOLLM_PROFILE_CPU=1; with --threads 1 the op's
+      // own running time: a loaded machine's descheduled time left out)
+      if (cpuPerOp && r.cpu_ms > 0 && r.op !== 'loop') {
+        const b = r.op === 'gemm' ? gemmKeyBytes(r.key) * r.calls : r.bytes;
+        r.cpu_ms_per_step = r.cpu_ms / steps;
+        r.gb_s_cpu = b ? b / (r.cpu_ms * 1e6) : null;
       }
     }
+    // KV bytes the decode steps' attention read (K and V rows once each), per step
+    const kvRows = dec.filter((r) => timed(r) && r.bytes > 0);
+    prof.decode_kv_bytes_per_step = steps ? kvRows.reduce((a, r) => a + r.bytes, 0) / steps : null;
+    prof.decode_attention_ms_per_step = perStep(kvRows);
     prof.decode_ops_ms_per_step = perStep(dec.filter((r) => timed(r) && !NOT_OPS.has(r.op)));
     prof.decode_forward_other_ms_per_step = perStep(dec.filter((r) => r.op === 'forward'));
     prof.decode_profiler_ms_per_step = perStep(dec.filter((r) => r.op === 'profiler'));
@@ -403,7 +420,8 @@ function printProfile(r, out, ceilingGbs) {
   for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
       `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
-      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
+      (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') +
+      (x.cpu_ms_per_step !== undefined ? `  cpu ${fmt(x.cpu_ms_per_step, 3)} ms/step${x.gb_s_cpu ? ` ${fmt(x.gb_s_cpu, 1)} GB/s` : ''}` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
   }
   out(`  thread-pool hand-offs inside those ops: ${fmt(prof.decode_handoff_ms_per_step, 3)} ms/step; thread-pool jobs per step: ` +
     `${fmt(prof.decode_dispatches_per_step, 1)} (${Object.entries(prof.decode_dispatches_by_op ?? {}).map(([k, v]) => `${k} ${fmt(v, 1)}`).join(', ') || 'none'})`);
@@ -420,6 +438,14 @@ function printProfile(r, out, ceilingGbs) {
     out(`  gap: step ${fmt(prof.decode_step_ms, 3)} ms = ${fmt(ideal, 3)} weight bytes (${fmt(bytes / 1e6, 1)} MB) at the ${fmt(ceilingGbs)} GB/s ceiling ` +
       `+ ${fmt(gemv - hand - ideal, 3)} GEMV streaming below it (the GEMVs less their hand-offs at ${fmt((100 * ideal) / (gemv - hand), 0)}% of the ceiling) ` +
       `+ ${fmt(hand, 3)} GEMV hand-offs + ${fmt(others, 3)} everything else (other ops, forward, sample, loop)`);
+    const kv = prof.decode_kv_bytes_per_step, att = prof.decode_attention_ms_per_step;
+    if (kv && att) {
+      prof.decode_gb_s_with_kv = (bytes + kv) / (prof.decode_step_ms * 1e6);
+      out(`  with the KV cache: attention read ${fmt(kv / 1e6, 1)} MB/step of K and V in ${fmt(att, 3)} ms = ${fmt(kv / (att * 1e6), 1)} GB/s ` +
+        `(${fmt((100 * kv) / (att * 1e6) / ceilingGbs, 0)}% of the ceiling; its floor ${fmt(kv / (ceilingGbs * 1e6), 3)} ms); weights + KV ` +
+        `${fmt((bytes + kv) / 1e6, 1)} MB/step / step ${fmt(prof.decode_step_ms, 3)} ms = ${fmt(prof.decode_gb_s_with_kv, 1)} GB/s = ` +
+        `${fmt((100 * prof.decode_gb_s_with_kv) / ceilingGbs, 0)}% of the ceiling`);
+    }
   }
 }
 
@@ -500,6 +526,29 @@ function table(rows, probe, o, out) {
   pr(lines[0]);
   out(w.map((n) => '-'.repeat(n)).join('  '));
   lines.slice(1).forEach(pr);
+}
+
+// KV bytes a decode token's attention reads (K and V of every layer, once each) at the mean cache
+// length of the generated positions (prompt .. prompt + gen - 1 tokens before each one).
+const KV_ELEM_BYTES = { f32: 4, f16: 2, bf16: 2 };
+function decodeKvBytes(shape, o) {
+  const s = SHAPES[shape], kvd = s.n_head_kv * (s.n_embd / s.n_head);
+  return 2 * s.n_layer * kvd * KV_ELEM_BYTES[o.emollmKv] * (o.prompt + (o.gen + 1) / 2);
+}
+
+// The table's GB/s count weights only; a decode token also reads the KV cache (f32 7B MHA at ~550
+// positions: ~0.58 GB against 3.7 GB of q4_0 weights). The same figure with the KV bytes added.
+function printWithKv(rows, probe, o, out) {
+  const bw = probe?.read_bw_gbs;
+  for (const r of rows) {
+    const e = r.emollmS;
+    if (!e || !r.weightBytes) continue;
+    const kv = decodeKvBytes(r.shape, o), gb = ((r.weightBytes + kv) * e.decode_tok_s) / 1e9;
+    r.kvBytes = kv;
+    out(`with KV: emollm ${SHAPES[r.shape].label} ${r.dtype} ${r.format}: (weights ${fmt(r.weightBytes / 1e9, 3)} + KV ${o.emollmKv} ` +
+      `${fmt(kv / 1e9, 3)} GB a token at ${fmt(o.prompt + (o.gen + 1) / 2, 0)} positions on average) x ${fmt(e.decode_tok_s, 2)} tok/s = ` +
+      `${fmt(gb)} GB/s${bw ? ` = ${fmt((100 * gb) / bw, 0)}% of the ceiling` : ''}`);
+  }
 }
 
 // emollm's q4_0 / q8_0 prefill against the int8 dot peak probed in the same run (bench_kernels'
@@ -657,6 +706,7 @@ async function main() {
   out('(worst run, either side); "!" marks >= 0.25: no undisturbed run, the row is unreliable, rerun it on a quiet machine.');
   out('');
   table(rows, probe, o, out);
+  printWithKv(rows, probe, o, out);
   out('');
   if (probe) {
     out(`bandwidth ceiling ${fmt(probe.read_bw_gbs)} GB/s = max(read probe ${fmt(probe.probe_gbs)} (${probeStart?.variant ?? probeEnd?.variant ?? '?'}), ` +
@@ -683,7 +733,7 @@ async function main() {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
     settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed },
     probe,
-    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
+    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, kv_bytes_per_token: r.kvBytes ?? null, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
     raw: results,
     emollm_unavailable: emollmWhyNot,
     llama_bench_unavailable: lb.whyNot,

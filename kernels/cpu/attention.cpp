@@ -200,6 +200,14 @@ EnvSwitch& decode_prefetch_ahead_flag() {
 bool decode_prefetch_ahead_enabled() { return decode_prefetch_ahead_flag().on(); }
 void set_decode_prefetch_ahead(bool on) { decode_prefetch_ahead_flag().set(on); }
 namespace {
+EnvSwitch& decode_pv_wide_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PV_WIDE");
+  return on;
+}
+}  // namespace
+bool decode_pv_wide() { return decode_pv_wide_flag().on(); }
+void set_decode_pv_wide(bool on) { decode_pv_wide_flag().set(on); }
+namespace {
 std::atomic<int>& decode_bf16dp_mode_ref() {
   static std::atomic<int> mode([] {
     const char* v = std::getenv("EMOLLM_DECODE_ATTN_BF16DP");
@@ -430,25 +438,25 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
   #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
     const __m512 al = _mm512_set1_ps(alpha[r]);
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
   }
   for (int j = 0; j < nb; ++j) {
     const typename E::T* vj = v + int64_t(j) * ldv;
     __m512 vv[NC];
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c)
       vv[c] = c == NC - 1 ? E::maskz_load(lastmask, vj + 16 * c) : E::load(vj + 16 * c);
     #pragma GCC unroll 4
     for (int r = 0; r < NR; ++r) {
       const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
-      #pragma GCC unroll 4
+      #pragma GCC unroll 8
       for (int c = 0; c < NC; ++c) a[r][c] = _mm512_fmadd_ps(pr, vv[c], a[r][c]);
     }
   }
   #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r)
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
 }
 
@@ -463,11 +471,33 @@ EMO_T512 static inline void pv_rows_avx512(float* acc, int ldacc, const float* a
   }
 }
 
+// One or two rows with 5-8 chunks (head_dim 65-128) in one tile: 8-16 independent FMA chains
+// instead of two passes of 4-8 over the block (attention_detail::decode_pv_wide).
+template <class E, int NR>
+EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                                const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
+  switch (nc) {
+    case 5: pv_tile_avx512<E, NR, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 6: pv_tile_avx512<E, NR, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 7: pv_tile_avx512<E, NR, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    default: pv_tile_avx512<E, NR, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+  }
+}
+
 template <class E>
 EMO_T512 static void pv_avx512_t(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
                                  const float* vf, int64_t ldv, int nb, int D) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nchunks = (D + 15) / 16, tail = D % 16;
+  // Each output element's sum runs over the tokens in the same order either way: same bits.
+  if (R <= 2 && nchunks > 4 && nchunks <= 8 && attention_detail::decode_pv_wide()) {
+    const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+    if (R == 1)
+      pv_rows_wide_avx512<E, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nchunks, lm);
+    else
+      pv_rows_wide_avx512<E, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nchunks, lm);
+    return;
+  }
   for (int c0 = 0; c0 < nchunks; c0 += 4) {
     const int nc = std::min(4, nchunks - c0);
     const __mmask16 lm = (c0 + nc == nchunks && tail) ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);

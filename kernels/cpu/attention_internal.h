@@ -59,6 +59,14 @@ void set_decode_inplace(bool on);
 // The arithmetic is unchanged: outputs are bit for bit equal.
 bool decode_prefetch_ahead_enabled();
 void set_decode_prefetch_ahead(bool on);
+// P V on AVX-512 for one or two query rows per kv head (MHA decode: 7B's 32 / 32 heads) with a
+// head_dim of 65-128: the whole row (5-8 chunks of 16) in one register tile, one pass over the
+// block's V rows with 8-16 independent FMA chains, instead of two passes of 4 chunks (4-8 chains:
+// each token's FMAs waited on the previous token's). EMOLLM_DECODE_ATTN_PV_WIDE=0 (read once) or
+// set_decode_pv_wide(false): the two passes. Every output element sums its tokens in the same
+// order either way: outputs are bit for bit equal.
+bool decode_pv_wide();
+void set_decode_pv_wide(bool on);
 // Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
 // >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
 // (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the

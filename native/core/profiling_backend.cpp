@@ -24,6 +24,7 @@ struct Stat {
   double seconds = 0;
   int64_t faults = 0;  // page faults (minor + major) of the thread inside the rows' calls
   double cpu_seconds = 0;  // thread CPU time (the "loop" row only; else 0)
+  double bytes = 0;        // bytes the calls read beyond their weights (attention: the K and V rows), or 0
 };
 
 // CPU time of the calling thread: what the single-threaded parts cost under load, where their
@@ -62,6 +63,19 @@ bool faults_per_op() {
   }();
   return on;
 }
+
+// Thread CPU time per op (CLOCK_THREAD_CPUTIME_ID around each op, the row's cpu_ms) only with
+// EMOLLM_PROFILE_CPU=1: a syscall each side in a VM. What makes a profile readable on a shared
+// machine: with one thread (the pool runs the op on the calling thread) an op's CPU time is its
+// own running time, without the time other processes held the core (wall time counts both).
+std::atomic<bool>& cpu_per_op_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("EMOLLM_PROFILE_CPU");
+    return e && *e && std::string(e) != "0";
+  }()};
+  return on;
+}
+bool cpu_per_op() { return cpu_per_op_flag().load(std::memory_order_relaxed); }
 
 enum Phase : int { kOther = 0, kPrefill = 1, kDecode = 2 };
 const char* phase_name(int p) { return p == kDecode ? "decode" : p == kPrefill ? "prefill" : "other"; }
@@ -113,12 +127,19 @@ void register_exit_hook() {
   (void)once;
 }
 
+// The K and V rows one attention call reads once: n_kv tokens x n_kv_heads x head_dim elements of
+// the cache's type, each (what a decode step's attention must stream; a prefill chunk reads them
+// once per query tile, so this is its floor).
+double kv_read_bytes(const AttentionParams& p) {
+  return 2.0 * double(p.n_kv) * double(p.n_kv_heads) * double(p.head_dim) * double(dtype_row_bytes(p.kv_dtype, 1));
+}
+
 std::string shape_key(DType t, int64_t N, int64_t K) {
   return std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
 void record_row(int phase, const std::string& op, const std::string& key, double seconds, int64_t calls = 1,
-                int64_t faults = 0, double cpu_seconds = 0) {
+                int64_t faults = 0, double cpu_seconds = 0, double bytes = 0) {
   Table& t = table();
   std::lock_guard<std::mutex> lk(t.mu);
   Stat& st = t.ops[std::make_tuple(std::string(phase_name(phase)), op, key)];
@@ -126,6 +147,7 @@ void record_row(int phase, const std::string& op, const std::string& key, double
   st.seconds += seconds;
   st.faults += faults;
   st.cpu_seconds += cpu_seconds;
+  st.bytes += bytes;
 }
 
 // Times one op, in the phase of the step its thread is in (ProfileStep); the thread-pool
@@ -134,17 +156,19 @@ void record_row(int phase, const std::string& op, const std::string& key, double
 // (calls = jobs, no time).
 class Timer {
  public:
-  Timer(const char* op, std::string key)
-      : op_(op), phase_(tls.phase), key_(std::move(key)), enter_(std::chrono::steady_clock::now()),
+  // bytes: what the call reads besides weights (the row's "bytes": attention's K and V rows), or 0
+  Timer(const char* op, std::string key, double bytes = 0)
+      : op_(op), bytes_(bytes), phase_(tls.phase), key_(std::move(key)), enter_(std::chrono::steady_clock::now()),
         h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()), f0_(faults_per_op() ? thread_faults() : 0),
-        t0_(std::chrono::steady_clock::now()) {}
+        c0_(cpu_per_op() ? thread_cpu_seconds() : 0), t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
     const auto t1 = std::chrono::steady_clock::now();
     const double s = std::chrono::duration<double>(t1 - t0_).count();
     const int64_t f = faults_per_op() ? thread_faults() - f0_ : 0;
+    const double c = cpu_per_op() ? thread_cpu_seconds() - c0_ : 0;
     const double h = pool_handoff_seconds_this_thread() - h0_;
     const uint64_t d = pool_dispatches_this_thread() - d0_;
-    record_row(phase_, op_, key_, s, 1, f);
+    record_row(phase_, op_, key_, s, 1, f, c, bytes_);
     if (h > 0) record_row(phase_, "handoff", op_, h);
     if (d > 0) record_row(phase_, "dispatch", op_, 0.0, int64_t(d));
     // the bookkeeping around the timed call, so the step's "forward" row does not carry it
@@ -158,12 +182,14 @@ class Timer {
 
  private:
   const char* op_;
+  double bytes_;
   int phase_;
   std::string key_;
   std::chrono::steady_clock::time_point enter_;
   double h0_;
   uint64_t d0_;
   int64_t f0_;
+  double c0_;
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -306,19 +332,25 @@ class ProfilingBackend final : public Backend {
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     // kv length in buckets of 256 so a decode run's rows stay few
-    Timer t("attention", "heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) +
-                                         " d=" + std::to_string(p.head_dim) + " kv<=" +
-                                         std::to_string((p.n_kv + 255) / 256 * 256));
+    Timer t("attention",
+            "heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) + " d=" +
+                std::to_string(p.head_dim) + " kv<=" + std::to_string((p.n_kv + 255) / 256 * 256),
+            kv_read_bytes(p));
     in_->attention(q, k, v, out, p);
   }
   void attention_batch(const AttentionBatchItem* items, int64_t n) override {
     if (n == 0) return;
     int64_t n_kv = 0;
-    for (int64_t i = 0; i < n; ++i) n_kv = std::max(n_kv, items[i].p.n_kv);
+    double bytes = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      n_kv = std::max(n_kv, items[i].p.n_kv);
+      bytes += kv_read_bytes(items[i].p);
+    }
     const AttentionParams& p = items[0].p;
-    Timer t("attention_batch", std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
-                                          std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
-                                          " kv<=" + std::to_string((n_kv + 255) / 256 * 256));
+    Timer t("attention_batch",
+            std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) +
+                " d=" + std::to_string(p.head_dim) + " kv<=" + std::to_string((n_kv + 255) / 256 * 256),
+            bytes);
     in_->attention_batch(items, n);
   }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
@@ -471,6 +503,8 @@ void profile_reset() {
   t.decode_faults = 0;
 }
 
+void profile_set_cpu_per_op(bool on) { cpu_per_op_flag().store(on, std::memory_order_relaxed); }
+
 std::string profile_json() {
   Table& t = table();
   std::vector<std::pair<std::tuple<std::string, std::string, std::string>, Stat>> rows;
@@ -498,9 +532,10 @@ std::string profile_json() {
     s += ",\"key\":";
     json_str(s, std::get<2>(rows[i].first));
     const Stat& st = rows[i].second;
-    std::snprintf(buf, sizeof buf, ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f,\"faults\":%lld,\"cpu_ms\":%.4f}",
+    std::snprintf(buf, sizeof buf,
+                  ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f,\"faults\":%lld,\"cpu_ms\":%.4f,\"bytes\":%.0f}",
                   (long long)st.calls, st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0,
-                  (long long)st.faults, st.cpu_seconds * 1e3);
+                  (long long)st.faults, st.cpu_seconds * 1e3, st.bytes);
     s += buf;
   }
   s += "]}";

@@ -23,13 +23,17 @@ void profile_set_enabled(bool on);
 // Clears the accumulated table.
 void profile_reset();
 // The table as JSON: {"decode_steps":N,"decode_tokens":T,"decode_faults":F,"ops":[{"phase","op",
-// "key","calls","total_ms","mean_us","faults","cpu_ms"}...]} sorted by phase then total time.
+// "key","calls","total_ms","mean_us","faults","cpu_ms","bytes"}...]} sorted by phase then total time.
 // decode_steps = forward passes the core marked as decode steps, decode_tokens = their token rows
 // (= steps for one sequence), decode_faults = page faults of the stepping thread inside them
 // (getrusage RUSAGE_THREAD: not the pool workers'). A row's faults: the same inside its calls,
 // counted only with EMOLLM_PROFILE_FAULTS=1 (two syscalls an op), else 0. cpu_ms: the thread's
-// CPU time, in the "loop" row only (its wall time less the time it waited for a core).
+// CPU time, in the "loop" row (its wall time less the time it waited for a core), and with
+// EMOLLM_PROFILE_CPU=1 in every op's row (the calling thread's: the whole op with one thread).
+// bytes: what the calls read besides weights (attention: K and V rows), else 0.
 std::string profile_json();
+// Every op row's cpu_ms (EMOLLM_PROFILE_CPU=1 at the first profiled op, or this); off: the "loop" row only.
+void profile_set_cpu_per_op(bool on);
 // Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
 // nothing unless profiling is on. Thread-pool hand-offs inside ops are rows of op "handoff",
 // keyed by the op they happened in (already part of that op's time); their thread-pool jobs are

@@ -1310,6 +1310,65 @@ TEST(attention_decode_bf16dp_within_bound) {
   EXPECT(a == b);
 }
 
+// P V in one register tile for one or two query rows per kv head with head_dim 65-128
+// (attention_detail::decode_pv_wide: MHA decode, 7B's 32 x 128) sums every output element over
+// its tokens in the order of the previous two passes of 4 chunks: outputs and log-sum-exps bit for
+// bit equal with it off, f32 / f16 / bf16 caches, head_dim 80 / 100 (a tail chunk) / 128 / 64 (not
+// taken), 1 and 2 rows per kv head (and 4: not taken), decode and 3-query chunks (the tiled path's
+// units), contiguous and paged (64), no pool and 2 / 3 threads; within 1e-5 of ref::attention.
+TEST(attention_decode_pv_wide_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope sw(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 32, 128, 0}, {8, 8, 80, 0}, {6, 3, 100, 3}, {4, 4, 64, 0}, {8, 2, 128, 0}};
+  const int64_t lengths[] = {1, 17, 64, 129, 300};
+  uint64_t seed = 12700;
+  int runs = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t nq : {int64_t(1), int64_t(3)})
+        for (int64_t n : lengths) {
+          if (nq > n) continue;
+          const Case c{nq, n, sh.H, sh.Hkv, sh.D, true, n - nq, sh.pad};
+          Data d = make_data(c, seed++);
+          const std::string what = describe(c) + " kv=" + dtype_name(t);
+          std::unique_ptr<HalfCopy> h64;
+          std::unique_ptr<PagedCopy> pg64;
+          std::vector<const AttentionParams*> ps;
+          std::vector<float> ref;
+          if (t == DType::F32) {
+            pg64 = std::make_unique<PagedCopy>(d, 64, seed);
+            ps = {&d.p, &pg64->p};
+            ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+          } else {
+            h64 = std::make_unique<HalfCopy>(d, t, 64, seed);
+            ps = {&h64->p, &h64->paged};
+            ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h64->kr.data(), h64->vr.data(), o, d.p); });
+          }
+          for (const AttentionParams* pp : ps) {
+            const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h64->k();
+            const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h64->v();
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+              const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                    std::to_string(pl ? pl->size() : 0);
+              std::vector<float> la(size_t(nq * sh.H), kNaN), lb(size_t(nq * sh.H), kNaN), a, b;
+              const bool was = attention_detail::decode_pv_wide();
+              attention_detail::set_decode_pv_wide(true);
+              a = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, la.data()); });
+              attention_detail::set_decode_pv_wide(false);
+              b = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lb.data()); });
+              attention_detail::set_decode_pv_wide(was);
+              ++runs;
+              EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, w + " pv wide");
+              if (a != b || la != lb)
+                ::emollm_test::report_failure(__FILE__, __LINE__, "the one-tile P V changed the result: " + w);
+            }
+          }
+        }
+  EXPECT(runs > 0);
+}
+
 // The next sub-block's prefetch (attention_detail::decode_prefetch_ahead_enabled) changes no
 // arithmetic: outputs and log-sum-exps bit for bit those without it, f32 / f16 / bf16 caches,
 // narrow rows (the swept ones it applies to) and a wide one, lengths across the sub-block, block

@@ -572,7 +572,8 @@ TEST(cpu_backend_bf16_decoder_panels_opt_in) {
 // one the core gives (ProfileStep), whatever the op's size: a one-query attention batch outside
 // any step is "other", inside a decode step "decode", inside a prefill step "prefill"; each step
 // adds its "forward" row (its time less its ops) and two decode steps on a thread the "loop" row
-// between them, less the sampling recorded in between.
+// between them, less the sampling recorded in between. Attention rows carry the K and V bytes
+// their calls read ("bytes"; bench:decode's attention GB/s and its figure with the KV cache).
 TEST(profiling_backend_rows) {
   const bool was = profile_enabled();
   profile_set_enabled(true);
@@ -637,6 +638,21 @@ TEST(profiling_backend_rows) {
   EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
   EXPECT(count("\"phase\":\"prefill\",\"op\":\"attention_batch\",\"key\":\"1 x heads=2/2") == 1);
+  // each attention row's bytes: the K and V rows its calls read, 2 x n_kv x kv heads x head_dim x 4
+  // (f32) an item: the decode row of two 2-item calls 4 items, the 1-item rows one; gemm rows none
+  auto row_bytes = [&](const std::string& head) {
+    const size_t at = j.find(head);
+    if (at == std::string::npos) return -1.0;
+    return std::atof(j.c_str() + j.find("\"bytes\":", at) + 8);
+  };
+  const double item_bytes = 2.0 * 8 * 2 * 16 * 4;
+  EXPECT(row_bytes("\"phase\":\"other\",\"op\":\"attention_batch\",\"key\":\"2 x") == 2 * item_bytes);
+  EXPECT(row_bytes("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"2 x") == 2 * item_bytes);
+  EXPECT(row_bytes("\"phase\":\"decode\",\"op\":\"attention_batch\",\"key\":\"1 x") == item_bytes);
+  EXPECT(row_bytes("\"key\":\"q4_0 N=256 K=512\"") == 0.0);
+  // without EMOLLM_PROFILE_CPU the op rows carry no CPU time
+  const size_t g0 = j.find("\"key\":\"q4_0 N=256 K=512\"");
+  if (g0 != std::string::npos) EXPECT(std::atof(j.c_str() + j.find("\"cpu_ms\":", g0) + 9) == 0.0);
   EXPECT(j.find("\"phase\":\"decode\",\"op\":\"forward\",\"key\":\"between ops\",\"calls\":2,") != std::string::npos);
   EXPECT(j.find("\"phase\":\"prefill\",\"op\":\"forward\",\"key\":\"between ops\",\"calls\":1,") != std::string::npos);
   // one loop between the two decode steps (none before the first, none after the prefill step),
@@ -644,6 +660,33 @@ TEST(profiling_backend_rows) {
   const size_t loop = j.find("\"phase\":\"decode\",\"op\":\"loop\",\"key\":\"between steps\",\"calls\":1,\"total_ms\":");
   EXPECT(loop != std::string::npos);
   if (loop != std::string::npos) EXPECT(std::atof(j.c_str() + j.find("total_ms", loop) + 10) < 100.0);
+  profile_reset();
+  profile_set_enabled(was);
+}
+
+// EMOLLM_PROFILE_CPU / profile_set_cpu_per_op: each op row also gets the calling thread's CPU time
+// (one thread: the whole op ran there), > 0 for a gemm that computes for milliseconds and at most
+// its wall time (plus the clocks' granularity).
+TEST(profiling_backend_cpu_per_op) {
+  const bool was = profile_enabled();
+  profile_set_enabled(true);
+  profile_set_cpu_per_op(true);
+  profile_reset();
+  auto prof = make_profiling_backend(std::shared_ptr<Backend>(make_cpu_backend(std::make_shared<ThreadPool>(1))));
+  const int64_t M = 64, N = 256, K = 512;
+  const std::vector<float> w = randv(size_t(N * K), 7310), x = randv(size_t(M * K), 7311);
+  std::vector<float> y(size_t(M * N));
+  for (int r = 0; r < 20; ++r) prof->gemm(x.data(), K, w.data(), DType::F32, nullptr, y.data(), N, M, N, K);
+  profile_set_cpu_per_op(false);
+  const std::string j = profile_json();
+  const size_t at = j.find("\"key\":\"f32 N=256 K=512\"");
+  EXPECT(at != std::string::npos);
+  if (at != std::string::npos) {
+    const double total = std::atof(j.c_str() + j.find("\"total_ms\":", at) + 11);
+    const double cpu = std::atof(j.c_str() + j.find("\"cpu_ms\":", at) + 9);
+    EXPECT(cpu > 0.0);
+    EXPECT(cpu <= total + 1.0);
+  }
   profile_reset();
   profile_set_enabled(was);
 }
