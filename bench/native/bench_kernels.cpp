@@ -2338,15 +2338,8 @@ void bench_attention_decode_pv_wide(ThreadPool& pool) {
       });
       if (!res) continue;
       table_row(*res);
-      Result pr = r;
-      pr.name = name + "/pv2pass";
-      pr.impl = "pv2pass";
-      pr.st = prev;
-      pr.ratio_vs = "emollm";
-      pr.ratio = prev.best / res->st.best;
-      pr.note = "P V in two passes of 4 chunks (set_decode_pv_wide(false)), interleaved; ratio = its time / the default's";
-      g_results.push_back(pr);
-      table_row(g_results.back());
+      push_row(derived_row(*res, "pv2pass", "pv2pass", prev, "emollm", prev.best / res->st.best,
+                           "P V in two passes of 4 chunks (set_decode_pv_wide(false)), interleaved; ratio = its time / the default's"));
       settle();
     }
 }
