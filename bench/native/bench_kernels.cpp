@@ -1921,11 +1921,16 @@ void bench_batched_decode(ThreadPool& pool) {
         r.flops = 2.0 * double(M) * double(N) * double(K);
         r.bytes = double(wb);
         auto run = [&](const void* wp) { gemm_huge_pages(x.get(), K, wp, t, nullptr, y.get(), N, M, N, K, &pool); };
-        auto run_prev = [&](const void* wp) { with_switch(gemm_detail::set_small_m_streams, false, [&] { run(wp); }); };
+        // 9 <= M <= 16 (bf16): the previous path is run_range_bf16's row-block passes (EMOLLM_SMALL_M_ONEPASS=0)
+        const bool onepass_prev = M > gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16;
+        auto run_prev = [&](const void* wp) {
+          with_switch(onepass_prev ? gemm_detail::set_small_m_onepass : gemm_detail::set_small_m_streams, false,
+                      [&] { run(wp); });
+        };
         auto check = [&](Result& row) {
           set_check(row, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
         };
-        const bool has_prev = M <= gemm_detail::kSmallM;
+        const bool has_prev = M <= gemm_detail::kSmallM || onepass_prev;
         const bool reads = cpu_features().avx512f;
         bool dnnl_on = false;
 #ifdef EMOLLM_HAVE_DNNL
@@ -1984,8 +1989,10 @@ void bench_batched_decode(ThreadPool& pool) {
           table_row(g_results.back());
         };
         if (has_prev)
-          add("prev", prev, "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved", true,
-              [&] { run_prev(q.get()); });
+          add("prev", prev,
+              onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
+                           : "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved",
+              true, [&] { run_prev(q.get()); });
 #ifdef EMOLLM_HAVE_DNNL
         if (dnnl_on)
           add("onednn-il", dn, "oneDNN bf16 matmul (" + dnnl->impl + ", x rounded to bf16), interleaved", true,

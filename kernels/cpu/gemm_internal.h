@@ -70,6 +70,17 @@ bool panels_m1_streams();
 // off: the plain dot kernels over fixed chunks). Same bits. For tests and A/B; process-wide.
 void set_small_m_streams(bool on);
 bool small_m_streams();
+// BF16 on AVX512-BF16 at kSmallMMin <= M <= 16 (gemm_small_m.cpp): one pass over the weights, each
+// line feeding every row of X (onepass_bf16; default on, EMOLLM_SMALL_M_ONEPASS=0 off: the
+// row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
+void set_small_m_onepass(bool on);
+bool small_m_onepass();
+// The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level) take vdpbf16ps with X rounded to
+// bf16: kSmallMMin = 9 by default (M <= 8 on the exact-X dot kernels); EMOLLM_BF16_DOT_MIN_M=m or
+// set_bf16_dot_min_m(m) with 2 <= m <= 8 moves M = m..8 onto the one-pass kernel (numerics: those
+// rows then round X as M >= 9 does; opt-in). Out-of-range values mean 9.
+void set_bf16_dot_min_m(int m);
+int bf16_dot_min_m();
 void set_small_m_enabled(bool enabled);
 bool small_m_enabled();
 
