@@ -1944,6 +1944,17 @@ void bench_batched_decode(ThreadPool& pool) {
           dnnl_on = true;
         }
 #endif
+        // M <= 8 bf16 on AVX512-BF16: the opt-in rounded-X one-pass kernel (EMOLLM_BF16_DOT_MIN_M=2) as a
+        // "rounded-x" row
+        const bool rounded_x = M <= gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16 &&
+                               isa_active() >= Isa::Avx512;
+        auto run_rounded_x = [&](const void* wp) {
+          const int prev_min = gemm_detail::bf16_dot_min_m();
+          gemm_detail::set_bf16_dot_min_m(2);
+          run(wp);
+          gemm_detail::set_bf16_dot_min_m(prev_min);
+        };
+        Stats rounded;
         Stats prev, dn, probe;
         Result* res = run_case(r, [&](Result& rr) {
           std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
@@ -1952,7 +1963,9 @@ void bench_batched_decode(ThreadPool& pool) {
           if (dnnl_on) fns.push_back([&](int i) { dnnl->run(i); });
 #endif
           if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
+          if (rounded_x) fns.push_back([&](int i) { run_rounded_x(copies[i]); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
+          if (rounded_x) rounded = st.back();
           rr.st = st[0];
           size_t j = 1;
           if (has_prev) prev = st[j++];
@@ -1980,7 +1993,7 @@ void bench_batched_decode(ThreadPool& pool) {
           p.note = note;
           if (checked) {
             again();
-            if (std::strcmp(impl, "onednn-il") == 0)  // x rounded to bf16 (and f16 weights as bf16)
+            if (std::strcmp(impl, "onednn-il") == 0 || std::strcmp(impl, "rounded-x") == 0)  // x rounded to bf16
               set_check(p, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), true), gemm_tolerance(t, true));
             else
               check(p);
@@ -2001,6 +2014,9 @@ void bench_batched_decode(ThreadPool& pool) {
         if (reads)
           add("probe-same-size", probe, "read probe (4 streams + 1 KiB prefetch) over the same copies, interleaved", false,
               [] {});
+        if (rounded_x)
+          add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, one-pass vdpbf16ps, interleaved",
+              true, [&] { run_rounded_x(q.get()); });
         settle();
       }
 }

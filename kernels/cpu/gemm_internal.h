@@ -77,7 +77,7 @@ void set_small_m_onepass(bool on);
 bool small_m_onepass();
 // The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level) take vdpbf16ps with X rounded to
 // bf16: kSmallMMin = 9 by default (M <= 8 on the exact-X dot kernels); EMOLLM_BF16_DOT_MIN_M=m or
-// set_bf16_dot_min_m(m) with 2 <= m <= 8 moves M = m..8 onto the one-pass kernel (numerics: those
+// set_bf16_dot_min_m(m) with 2 <= m <= 8 moves M = m..8 onto streams_bf16 (numerics: those
 // rows then round X as M >= 9 does; opt-in). Out-of-range values mean 9.
 void set_bf16_dot_min_m(int m);
 int bf16_dot_min_m();

@@ -530,6 +530,110 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   }
 }
 
+// ------------------------------------------------------------------ BF16, rounded X, M <= 8 (opt-in)
+// At M <= 8 the vdpbf16ps products need 8 instructions or fewer per 64-byte weight line: the call
+// is memory-bound, so the weights are walked as dot_streams walks them at M = 1..8 (gemm_avx512.cpp):
+// S parts of the rows side by side, each a long run with a software prefetch kStreamsPrefetchBytes
+// ahead, every row over the whole K with its M accumulators in registers (S x M <= 24), X (step-major)
+// shared by the S rows of a step. Per output the arithmetic is bf16_block's (the lanes add their k
+// in order, 32 a step, the K % 32 tail masked), and so is the reduction: rows of a whole group of 4
+// by reduce4 (each lane of reduce4 sums its own input by the same tree, so reduce4(a, a, a, a)'s
+// lane 0 is a's sum as in its group), the rest by _mm512_reduce_add_ps, then the bias. A row's
+// result is the one it gets at any M of 9..64: the same in every batch from bf16_dot_min_m up.
+constexpr int kStreamsPrefetchBytes = 1024;
+using RangeFn = void (*)(const Args&, const Plan&, int64_t, int64_t);
+
+template <int MB>
+SM_T512BF SM_AI void store_row_bf16(__m512 acc, const Args& a, int64_t m, int64_t n, int64_t n4) {
+  float v;
+  if (n < n4) {
+    const __m128 b = _mm_set_ss(a.bias ? a.bias[n] : 0.0f);
+    v = _mm_cvtss_f32(_mm_add_ps(reduce4(acc, acc, acc, acc), b));
+  } else {
+    v = _mm512_reduce_add_ps(acc);
+    if (a.bias) v += a.bias[n];
+  }
+  a.Y[m * a.ldy + n] = v;
+}
+
+// K in blocks of kb columns when M x K bf16 of X exceeds kStreamsXBytes (1.1B down at M = 8: three
+// blocks of 1888), so that X's block stays in L1; a row's partial sums wait in io between blocks
+// (exactly), and the prefetch then runs one row ahead in each stream (the next row's slice of the
+// block) rather than along the row.
+constexpr size_t kStreamsXBytes = size_t(32) << 10;
+
+template <int MB, int S>
+SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float* io, int64_t n0, int64_t n1) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K, n4 = a.N / kR * kR, len = (n1 - n0) / S;
+  const __mmask32 mk = __mmask32((1ull << (K % 32)) - 1);
+  const size_t pf_off = kb >= K ? size_t(kStreamsPrefetchBytes) : a.row_bytes;
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t k1 = std::min(K, k0 + kb);
+    for (int64_t i = 0; i < len; ++i) {
+      const uint8_t* row[S];
+      __m512 acc[S][MB];
+#pragma GCC unroll 4
+      for (int q = 0; q < S; ++q) {
+        row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
+        const float* src = io + (q * len + i) * MB * 16;
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) acc[q][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(src + m * 16);
+      }
+      const uint16_t* xp = xs + (k0 / 32) * MB * 32;
+      int64_t k = k0;
+      for (; k + 32 <= k1; k += 32, xp += MB * 32) {
+        __m512bh w[S];
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          _mm_prefetch(reinterpret_cast<const char*>(row[q] + pf_off + 2 * k), _MM_HINT_T0);
+          w[q] = (__m512bh)_mm512_loadu_si512(row[q] + 2 * k);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) {
+          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
+#pragma GCC unroll 4
+          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
+        }
+      }
+      if (k < k1) {  // the K % 32 tail, only in the last block
+        __m512bh w[S];
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) w[q] = (__m512bh)_mm512_maskz_loadu_epi16(mk, row[q] + 2 * k);
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) {
+          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
+#pragma GCC unroll 4
+          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < S; ++q) {
+        if (k1 < K) {
+          float* dst = io + (q * len + i) * MB * 16;
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m) _mm512_store_ps(dst + m * 16, acc[q][m]);
+        } else {
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m) store_row_bf16<MB>(acc[q][m], a, m, n0 + q * len + i, n4);
+        }
+      }
+    }
+  }
+  if constexpr (S > 1) {
+    if (n0 + S * len < n1) streams_bf16<MB, 1>(a, xs, kb, io + S * len * MB * 16, n0 + S * len, n1);
+  }
+}
+
+template <int MB>
+void streams_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
+  float* io = p.kblock < a.K ? static_cast<float*>(scratch(0, size_t(n1 - n0) * MB * 64)) : nullptr;
+  streams_bf16<MB, (MB <= 6 ? 4 : 3)>(a, p.xb, p.kblock, io, n0, n1);
+}
+constexpr RangeFn kStreamsBf16[kSmallM] = {streams_range_bf16<1>, streams_range_bf16<2>, streams_range_bf16<3>,
+                                           streams_range_bf16<4>, streams_range_bf16<5>, streams_range_bf16<6>,
+                                           streams_range_bf16<7>, streams_range_bf16<8>};
+
 // ------------------------------------------------------------------ BF16 on pre-packed panels
 // W in bf16_pack_panels' layout (64 weight rows per panel, pair-major: one contiguous stream per
 // panel). A panel is taken in K chunks of kPanelKChunk pairs (64 KiB of weights); every 6-row
@@ -667,9 +771,9 @@ void gemm_bf16_panels_small_m(const Args* outs, int n) {
 
 bool gemm_small_m(const Args& a, Isa isa) {
   const CpuFeatures& f = cpu_features();
-  // M below kSmallMMin: only BF16 with the opt-in rounded-X threshold (bf16_dot_min_m), one pass
-  const bool bf16dot_low = a.M < kSmallMMin && a.M >= bf16_dot_min_m() && a.wtype == DType::BF16 &&
-                           f.avx512bf16 && small_m_onepass();
+  // M below kSmallMMin: only BF16 from the opt-in rounded-X threshold (bf16_dot_min_m) up, by streams_bf16
+  const bool bf16dot_low =
+      a.M < kSmallMMin && a.M >= bf16_dot_min_m() && a.wtype == DType::BF16 && f.avx512bf16;
   if ((a.M < kSmallMMin && !bf16dot_low) || a.M > kSmallMMax || isa < Isa::Avx512 || !small_m_enabled()) return false;
   if (!f.avx512f || !f.avx512bw || !f.avx512vl || !f.avx512dq) return false;
   Plan p{false, a.X, a.ldx, nullptr, 0, 0};
@@ -679,7 +783,12 @@ bool gemm_small_m(const Args& a, Isa isa) {
     p.ldb = (a.K + 31) / 32 * 32;
     uint16_t* xb = static_cast<uint16_t*>(scratch(2, size_t(a.M) * size_t(p.ldb) * 2));
     p.xb = xb;
-    if (a.M <= kOnePassMaxM && small_m_onepass()) {
+    if (a.M <= kSmallM) {  // bf16dot_low: memory-bound, the streams kernel
+      round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
+      const int64_t nkb = (int64_t(a.M) * p.ldb * 2 + int64_t(kStreamsXBytes) - 1) / int64_t(kStreamsXBytes);
+      p.kblock = ((p.ldb / 32 + nkb - 1) / nkb) * 32;  // balanced blocks of whole steps
+      range = kStreamsBf16[a.M - 1];
+    } else if (a.M <= kOnePassMaxM && small_m_onepass()) {
       round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
       // X's K block in L1: M rows x kblock bf16 <= kOnePassXBytes (M = 16: 768 columns)
       p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(kOnePassXBytes / (size_t(a.M) * 2)) / 32 * 32));
@@ -704,7 +813,7 @@ bool gemm_small_m(const Args& a, Isa isa) {
   const size_t slice = p.bf16dot ? std::min(a.row_bytes, size_t(p.kblock) * 2) : a.row_bytes;
   const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(slice, 1));
   // (one pass: nothing is read twice, so no L2 cap)
-  const bool onepass = range != run_range_bf16 && p.bf16dot;
+  const bool onepass = range != run_range_bf16 && p.bf16dot;  // (or the streams kernel)
   const int64_t chunk = std::max<int64_t>(kR, std::min(onepass ? a.N : by_bytes, a.N / (8 * nth)) / kR * kR);
   // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
   // row blocks' passes must still see at most `chunk` rows of weights at a time
