@@ -1923,7 +1923,18 @@ void bench_batched_decode(ThreadPool& pool) {
         auto run = [&](const void* wp) { gemm_huge_pages(x.get(), K, wp, t, nullptr, y.get(), N, M, N, K, &pool); };
         // 9 <= M <= 16 (bf16): the previous path is run_range_bf16's row-block passes (EMOLLM_SMALL_M_ONEPASS=0)
         const bool onepass_prev = M > gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16;
+        // bf16 at bf16_dot_min_m() <= M <= 8 (M = 8 by default): the previous path is the exact-X
+        // dot_streams (EMOLLM_BF16_DOT_MIN_M=0)
+        const bool exact_prev = M <= gemm_detail::kSmallM && M >= gemm_detail::bf16_dot_min_m() && t == DType::BF16 &&
+                                cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
         auto run_prev = [&](const void* wp) {
+          if (exact_prev) {
+            const int prev_min = gemm_detail::bf16_dot_min_m();
+            gemm_detail::set_bf16_dot_min_m(int(gemm_detail::kSmallMMin));
+            run(wp);
+            gemm_detail::set_bf16_dot_min_m(prev_min);
+            return;
+          }
           with_switch(onepass_prev ? gemm_detail::set_small_m_onepass : gemm_detail::set_small_m_streams, false,
                       [&] { run(wp); });
         };
@@ -1944,9 +1955,9 @@ void bench_batched_decode(ThreadPool& pool) {
           dnnl_on = true;
         }
 #endif
-        // M <= 8 bf16 on AVX512-BF16: the opt-in rounded-X one-pass kernel (EMOLLM_BF16_DOT_MIN_M=2) as a
+        // bf16 below bf16_dot_min_m() on AVX512-BF16: the rounded-X streams kernel (EMOLLM_BF16_DOT_MIN_M=2) as a
         // "rounded-x" row
-        const bool rounded_x = M <= gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16 &&
+        const bool rounded_x = M < gemm_detail::bf16_dot_min_m() && t == DType::BF16 && cpu_features().avx512bf16 &&
                                isa_active() >= Isa::Avx512;
         auto run_rounded_x = [&](const void* wp) {
           const int prev_min = gemm_detail::bf16_dot_min_m();
@@ -2004,6 +2015,7 @@ void bench_batched_decode(ThreadPool& pool) {
         if (has_prev)
           add("prev", prev,
               onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
+              : exact_prev ? "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved"
                            : "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved",
               true, [&] { run_prev(q.get()); });
 #ifdef EMOLLM_HAVE_DNNL
@@ -2015,7 +2027,7 @@ void bench_batched_decode(ThreadPool& pool) {
           add("probe-same-size", probe, "read probe (4 streams + 1 KiB prefetch) over the same copies, interleaved", false,
               [] {});
         if (rounded_x)
-          add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, one-pass vdpbf16ps, interleaved",
+          add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, streams_bf16, interleaved",
               true, [&] { run_rounded_x(q.get()); });
         settle();
       }

@@ -75,10 +75,11 @@ bool small_m_streams();
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
 void set_small_m_onepass(bool on);
 bool small_m_onepass();
-// The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level) take vdpbf16ps with X rounded to
-// bf16: kSmallMMin = 9 by default (M <= 8 on the exact-X dot kernels); EMOLLM_BF16_DOT_MIN_M=m or
-// set_bf16_dot_min_m(m) with 2 <= m <= 8 moves M = m..8 onto streams_bf16 (numerics: those
-// rows then round X as M >= 9 does; opt-in). Out-of-range values mean 9.
+// The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
+// with X rounded to bf16 (gemm_small_m.cpp streams_bf16 below M = 9): 8 by default, so a row of a
+// batch of 8..64 gets the same bits in all of them (M = 8 measured 1.2-1.5x the exact-X dot_streams,
+// which is FMA-bound there). EMOLLM_BF16_DOT_MIN_M=0 (or 9): M <= 8 on the exact-X dot kernels (the
+// previous numerics); =m (2..8): from m up. set_bf16_dot_min_m(m): m in 2..9, else 9.
 void set_bf16_dot_min_m(int m);
 int bf16_dot_min_m();
 void set_small_m_enabled(bool enabled);

@@ -74,13 +74,17 @@ EnvSwitch& small_m_onepass_flag() {
 void set_small_m_onepass(bool on) { small_m_onepass_flag().set(on); }
 bool small_m_onepass() { return small_m_onepass_flag().on(); }
 namespace {
-// EMOLLM_BF16_DOT_MIN_M=m (2..8): BF16 weights at m <= M <= 8 also take the vdpbf16ps kernel (X
-// rounded to bf16, as at M >= 9) instead of the exact-X dot kernels; unset or out of range: 9.
+// EMOLLM_BF16_DOT_MIN_M=m (2..9): BF16 weights at m <= M <= 8 take the vdpbf16ps kernel (X rounded
+// to bf16, as at M >= 9) instead of the exact-X dot kernels. Default kBf16DotMinMDefault = 8;
+// "0" / "off" / 9: 9 (M <= 8 exact, the previous path); other values: the default.
+constexpr int kBf16DotMinMDefault = 8;
 std::atomic<int>& bf16_dot_min_m_value() {
   static std::atomic<int> v([] {
     const char* e = std::getenv("EMOLLM_BF16_DOT_MIN_M");
-    const int m = e ? std::atoi(e) : int(kSmallMMin);
-    return m >= 2 && m <= int(kSmallMMin) ? m : int(kSmallMMin);
+    if (!e) return kBf16DotMinMDefault;
+    if (std::strcmp(e, "0") == 0 || std::strcmp(e, "off") == 0) return int(kSmallMMin);
+    const int m = std::atoi(e);
+    return m >= 2 && m <= int(kSmallMMin) ? m : kBf16DotMinMDefault;
   }());
   return v;
 }

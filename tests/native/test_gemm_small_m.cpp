@@ -2,10 +2,11 @@
 // kSmallMMin <= M <= kSmallMMax rows, through the public emollm::gemm.
 //
 // References and tolerances, per output y[m,n] with S = sum_k |x[m,k] w[n,k]| + |bias[n]|:
-//   - f32-FMA kernels (F16 at every M of the range, BF16 at M <= 8, BF16 without AVX512-BF16):
+//   - f32-FMA kernels (F16 at every M of the range, BF16 at M < bf16_dot_min_m() (8 by default) or
+//     with the small-M path off, BF16 without AVX512-BF16):
 //     weights widen exactly to f32, products and sums in f32, so against ref::gemm (double
 //     accumulation) |y - ref| <= 1e-5 * S / sqrt(K) + 1e-6 (the f32 tolerance of test_gemm.cpp).
-//   - vdpbf16ps kernel (BF16, M > 8, AVX512-BF16): X is rounded to bf16 (nearest even), the
+//   - vdpbf16ps kernels (BF16, M >= bf16_dot_min_m(), AVX512-BF16): X is rounded to bf16 (nearest even), the
 //     products of bf16 values are exact in f32, so against ref::gemm on X pre-rounded to bf16 the
 //     same f32 tolerance holds; against the f32 X, 2^-8 * S more (bf16 rounding, 2^-9 per element).
 //   - The previous paths (set_small_m_enabled(false)) meet the same bounds on the same problems.
@@ -80,9 +81,17 @@ Case make_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t y
   return c;
 }
 
-bool uses_bf16_dot(const Case& c) {
-  return c.t == DType::BF16 && c.M > gemm_detail::kSmallM && cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
+// (M <= 8: from bf16_dot_min_m() up, with the small-M path on)
+bool uses_bf16_dot(const Case& c, bool small_m_on) {
+  const bool rounded = c.M > gemm_detail::kSmallM || (small_m_on && c.M >= gemm_detail::bf16_dot_min_m());
+  return c.t == DType::BF16 && rounded && cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
 }
+
+struct Bf16DotMinScope {
+  explicit Bf16DotMinScope(int m) : prev_(gemm_detail::bf16_dot_min_m()) { gemm_detail::set_bf16_dot_min_m(m); }
+  ~Bf16DotMinScope() { gemm_detail::set_bf16_dot_min_m(prev_); }
+  int prev_;
+};
 
 // |Y - R| <= 1e-5 * S / sqrt(K) + 1e-6 + rel * S; Y padding untouched.
 bool check(const std::vector<float>& Y, const std::vector<float>& R, const Case& c, const std::vector<float>& X,
@@ -127,7 +136,7 @@ void run(const Case& c, ThreadPool* pool) {
                                  " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
                                  std::to_string(c.K) + " ldx=" + std::to_string(c.ldx) + " ldy=" + std::to_string(c.ldy) +
                                  " bias=" + std::to_string(use_bias) + " pool=" + std::to_string(use_pool);
-        if (uses_bf16_dot(c)) {  // both paths use bf16 hardware at M > 8 (see gemm_avx512.cpp)
+        if (uses_bf16_dot(c, enabled != 0)) {  // both paths use bf16 hardware at M > 8 (see gemm_avx512.cpp)
           check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
           check(Y, R, c, c.X, bias, 1.0 / 256, what + " [vs f32 ref]");
         } else {
@@ -414,6 +423,7 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
 // with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 the
 // switch must change nothing).
 TEST(gemm_huge_pages_small_m_streams_bit_equal) {
+  Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));  // BF16 at M <= 8 on the exact-X dot kernels
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
   std::vector<Isa> isas;
@@ -460,11 +470,6 @@ struct OnePassScope {
   explicit OnePassScope(bool on) : prev_(gemm_detail::small_m_onepass()) { gemm_detail::set_small_m_onepass(on); }
   ~OnePassScope() { gemm_detail::set_small_m_onepass(prev_); }
   bool prev_;
-};
-struct Bf16DotMinScope {
-  explicit Bf16DotMinScope(int m) : prev_(gemm_detail::bf16_dot_min_m()) { gemm_detail::set_bf16_dot_min_m(m); }
-  ~Bf16DotMinScope() { gemm_detail::set_bf16_dot_min_m(prev_); }
-  int prev_;
 };
 bool bf16_dot_usable() { return cpu_features().avx512bf16 && isa_active() >= Isa::Avx512; }
 }  // namespace
@@ -523,16 +528,16 @@ TEST(gemm_small_m_onepass_bit_equal) {
   (void)differs_from_exact;
 }
 
-// Opt-in rounded X below M = 9 (set_bf16_dot_min_m / EMOLLM_BF16_DOT_MIN_M): BF16 at
-// min <= M <= 8 takes the one-pass vdpbf16ps kernel. Stated bound, per output with
+// Rounded X below M = 9 (set_bf16_dot_min_m / EMOLLM_BF16_DOT_MIN_M; 8 by default): BF16 at
+// min <= M <= 8 takes streams_bf16 (vdpbf16ps). Stated bound, per output with
 // S = sum_k |x w| + |bias|: against ref::gemm (f64 sums) on X pre-rounded to bf16 (nearest even),
 // the f32 bound 1e-5 S / sqrt(K) + 1e-6 (bf16 x bf16 products are exact in f32); against the f32
 // X, 2^-8 S more (each x rounds by <= 2^-9 relative). The rows must really take the new path (some
 // outputs differ from the exact-X kernels' bits), M below the threshold must keep the exact
 // kernels' bits, and a row's result must not depend on the rows beside it for min <= M <= 64 (so a
-// sequence's logits are the same in any batch of that range). Default: 9 (off).
+// sequence's logits are the same in any batch of that range). EMOLLM_BF16_DOT_MIN_M=0: 9 (exact).
 TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
-  if (std::getenv("EMOLLM_BF16_DOT_MIN_M") == nullptr) EXPECT(gemm_detail::bf16_dot_min_m() == gemm_detail::kSmallMMin);
+  if (std::getenv("EMOLLM_BF16_DOT_MIN_M") == nullptr) EXPECT(gemm_detail::bf16_dot_min_m() == 8);
   {
     Bf16DotMinScope bad(1);  // out of range: 9
     EXPECT(gemm_detail::bf16_dot_min_m() == gemm_detail::kSmallMMin);
@@ -555,7 +560,10 @@ TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
           ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
           ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, c.M, c.N, c.K);
           std::vector<float> Ye(size_t(c.M * c.ldy), kSentinel);
-          gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Ye.data(), c.ldy, c.M, c.N, c.K, &pool2);
+          {
+            Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));
+            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Ye.data(), c.ldy, c.M, c.N, c.K, &pool2);
+          }
           for (ThreadPool* pl : pools) {
             const std::string what = "min_m=" + std::to_string(min_m) + " M=" + std::to_string(M) + " N=" +
                                      std::to_string(N) + " K=" + std::to_string(K) +
