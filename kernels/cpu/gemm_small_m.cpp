@@ -580,9 +580,9 @@ SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float
 #pragma GCC unroll 4
       for (int q = 0; q < S; ++q) {
         row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
-        const float* src = io + (q * len + i) * MB * 16;
 #pragma GCC unroll 8
-        for (int m = 0; m < MB; ++m) acc[q][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(src + m * 16);
+        for (int m = 0; m < MB; ++m)
+          acc[q][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(io + ((q * len + i) * MB + m) * 16);
       }
       const uint16_t* xp = xs + (k0 / 32) * MB * 32;
       int64_t k = k0;
@@ -625,7 +625,7 @@ SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float
     }
   }
   if constexpr (S > 1) {
-    if (n0 + S * len < n1) streams_bf16<MB, 1>(a, xs, kb, io + S * len * MB * 16, n0 + S * len, n1);
+    if (n0 + S * len < n1) streams_bf16<MB, 1>(a, xs, kb, io ? io + S * len * MB * 16 : nullptr, n0 + S * len, n1);
   }
 }
 
