@@ -1916,11 +1916,27 @@ void bench_batched_decode(ThreadPool& pool) {
         r.flops = 2.0 * double(M) * double(N) * double(K);
         r.bytes = double(wb);
         auto run = [&](const void* wp) { gemm_huge_pages(x.get(), K, wp, t, nullptr, y.get(), N, M, N, K, &pool); };
-        auto run_prev = [&](const void* wp) { with_switch(gemm_detail::set_small_m_streams, false, [&] { run(wp); }); };
+        // 9 <= M <= 16 (bf16): the previous path is run_range_bf16's row-block passes (EMOLLM_SMALL_M_ONEPASS=0)
+        const bool onepass_prev = M > gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16;
+        // bf16 at bf16_dot_min_m() <= M <= 8 (M = 8 by default): the previous path is the exact-X
+        // dot_streams (EMOLLM_BF16_DOT_MIN_M=0)
+        const bool exact_prev = M <= gemm_detail::kSmallM && M >= gemm_detail::bf16_dot_min_m() && t == DType::BF16 &&
+                                cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
+        auto run_prev = [&](const void* wp) {
+          if (exact_prev) {
+            const int prev_min = gemm_detail::bf16_dot_min_m();
+            gemm_detail::set_bf16_dot_min_m(int(gemm_detail::kSmallMMin));
+            run(wp);
+            gemm_detail::set_bf16_dot_min_m(prev_min);
+            return;
+          }
+          with_switch(onepass_prev ? gemm_detail::set_small_m_onepass : gemm_detail::set_small_m_streams, false,
+                      [&] { run(wp); });
+        };
         auto check = [&](Result& row) {
           set_check(row, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
         };
-        const bool has_prev = M <= gemm_detail::kSmallM;
+        const bool has_prev = M <= gemm_detail::kSmallM || onepass_prev;
         const bool reads = cpu_features().avx512f;
         bool dnnl_on = false;
 #ifdef EMOLLM_HAVE_DNNL
@@ -1934,6 +1950,17 @@ void bench_batched_decode(ThreadPool& pool) {
           dnnl_on = true;
         }
 #endif
+        // bf16 below bf16_dot_min_m() on AVX512-BF16: the rounded-X streams kernel (EMOLLM_BF16_DOT_MIN_M=2) as a
+        // "rounded-x" row
+        const bool rounded_x = M < gemm_detail::bf16_dot_min_m() && t == DType::BF16 && cpu_features().avx512bf16 &&
+                               isa_active() >= Isa::Avx512;
+        auto run_rounded_x = [&](const void* wp) {
+          const int prev_min = gemm_detail::bf16_dot_min_m();
+          gemm_detail::set_bf16_dot_min_m(2);
+          run(wp);
+          gemm_detail::set_bf16_dot_min_m(prev_min);
+        };
+        Stats rounded;
         Stats prev, dn, probe;
         Result* res = run_case(r, [&](Result& rr) {
           std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
@@ -1942,7 +1969,9 @@ void bench_batched_decode(ThreadPool& pool) {
           if (dnnl_on) fns.push_back([&](int i) { dnnl->run(i); });
 #endif
           if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
+          if (rounded_x) fns.push_back([&](int i) { run_rounded_x(copies[i]); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
+          if (rounded_x) rounded = st.back();
           rr.st = st[0];
           size_t j = 1;
           if (has_prev) prev = st[j++];
@@ -1964,7 +1993,7 @@ void bench_batched_decode(ThreadPool& pool) {
           Result p = derived_row(r, impl, impl, st, impl, st.best / best, note);
           if (checked) {
             again();
-            if (std::strcmp(impl, "onednn-il") == 0)  // x rounded to bf16 (and f16 weights as bf16)
+            if (std::strcmp(impl, "onednn-il") == 0 || std::strcmp(impl, "rounded-x") == 0)  // x rounded to bf16
               set_check(p, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), true), gemm_tolerance(t, true));
             else
               check(p);
@@ -1972,8 +2001,11 @@ void bench_batched_decode(ThreadPool& pool) {
           push_row(p);
         };
         if (has_prev)
-          add("prev", prev, "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved", true,
-              [&] { run_prev(q.get()); });
+          add("prev", prev,
+              onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
+              : exact_prev ? "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved"
+                           : "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved",
+              true, [&] { run_prev(q.get()); });
 #ifdef EMOLLM_HAVE_DNNL
         if (dnnl_on)
           add("onednn-il", dn, "oneDNN bf16 matmul (" + dnnl->impl + ", x rounded to bf16), interleaved", true,
@@ -1982,6 +2014,9 @@ void bench_batched_decode(ThreadPool& pool) {
         if (reads)
           add("probe-same-size", probe, "read probe (4 streams + 1 KiB prefetch) over the same copies, interleaved", false,
               [] {});
+        if (rounded_x)
+          add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, streams_bf16, interleaved",
+              true, [&] { run_rounded_x(q.get()); });
         settle();
       }
 }

@@ -70,6 +70,18 @@ bool panels_m1_streams();
 // off: the plain dot kernels over fixed chunks). Same bits. For tests and A/B; process-wide.
 void set_small_m_streams(bool on);
 bool small_m_streams();
+// BF16 on AVX512-BF16 at kSmallMMin <= M <= 16 (gemm_small_m.cpp): one pass over the weights, each
+// line feeding every row of X (onepass_bf16; default on, EMOLLM_SMALL_M_ONEPASS=0 off: the
+// row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
+void set_small_m_onepass(bool on);
+bool small_m_onepass();
+// The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
+// with X rounded to bf16 (gemm_small_m.cpp streams_bf16 below M = 9): 8 by default, so a row of a
+// batch of 8..64 gets the same bits in all of them (M = 8 measured 1.2-1.5x the exact-X dot_streams,
+// which is FMA-bound there). EMOLLM_BF16_DOT_MIN_M=0 (or 9): M <= 8 on the exact-X dot kernels (the
+// previous numerics); =m (2..8): from m up. set_bf16_dot_min_m(m): m in 2..9, else 9.
+void set_bf16_dot_min_m(int m);
+int bf16_dot_min_m();
 void set_small_m_enabled(bool enabled);
 bool small_m_enabled();
 

@@ -66,6 +66,34 @@ EnvSwitch& panels_m1_streams_flag() {
 void set_panels_m1_streams(bool on) { panels_m1_streams_flag().set(on); }
 bool panels_m1_streams() { return panels_m1_streams_flag().on(); }
 namespace {
+EnvSwitch& small_m_onepass_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS");  // =0: BF16 at 9 <= M <= 16 by run_range_bf16's passes
+  return on;
+}
+}  // namespace
+void set_small_m_onepass(bool on) { small_m_onepass_flag().set(on); }
+bool small_m_onepass() { return small_m_onepass_flag().on(); }
+namespace {
+// EMOLLM_BF16_DOT_MIN_M=m (2..9): BF16 weights at m <= M <= 8 take the vdpbf16ps kernel (X rounded
+// to bf16, as at M >= 9) instead of the exact-X dot kernels. Default kBf16DotMinMDefault = 8;
+// "0" / "off" / 9: 9 (M <= 8 exact, the previous path); other values: the default.
+constexpr int kBf16DotMinMDefault = 8;
+std::atomic<int>& bf16_dot_min_m_value() {
+  static std::atomic<int> v([] {
+    const char* e = std::getenv("EMOLLM_BF16_DOT_MIN_M");
+    if (!e) return kBf16DotMinMDefault;
+    if (std::strcmp(e, "0") == 0 || std::strcmp(e, "off") == 0) return int(kSmallMMin);
+    const int m = std::atoi(e);
+    return m >= 2 && m <= int(kSmallMMin) ? m : kBf16DotMinMDefault;
+  }());
+  return v;
+}
+}  // namespace
+void set_bf16_dot_min_m(int m) {
+  bf16_dot_min_m_value().store(m >= 2 && m <= int(kSmallMMin) ? m : int(kSmallMMin), std::memory_order_relaxed);
+}
+int bf16_dot_min_m() { return bf16_dot_min_m_value().load(std::memory_order_relaxed); }
+namespace {
 EnvSwitch& small_m_streams_flag() {
   static EnvSwitch on("EMOLLM_SMALL_M_STREAMS");  // =0: 2 <= M <= 8 on huge pages by the plain dot kernels
   return on;
@@ -203,6 +231,20 @@ SM_T512BF void round_x_bf16(const float* X, int64_t ldx, int64_t M, int64_t K, i
       _mm512_store_si512(o + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   }
+}
+
+// X rows [0, M) -> bf16 as round_x_bf16 (the same bits), step-major for onepass_bf16: the 32
+// columns [32 s, 32 s + 32) of row m at xs + (s * M + m) * 32 (zero past K), so that one step's M
+// vectors lie side by side (rows K apart would fall in the same L1 sets at K = 2048: 4 KiB apart).
+SM_T512BF void round_x_bf16_steps(const float* X, int64_t ldx, int64_t M, int64_t K, uint16_t* xs) {
+  for (int64_t k = 0, s = 0; k < K; k += 32, ++s)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = X + m * ldx;
+      const int64_t c = K - k;
+      const __m512 lo = _mm512_maskz_loadu_ps(mask16(c), x + k);
+      const __m512 hi = _mm512_maskz_loadu_ps(mask16(c - 16), x + k + 16);
+      _mm512_store_si512(xs + (s * M + m) * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
 }
 
 // ------------------------------------------------------------------ f32 FMAs (F16 / BF16 widened)
@@ -370,6 +412,232 @@ void run_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   }
 }
 
+// ------------------------------------------------------------------ BF16, one pass (M <= 16)
+// run_range_bf16 reads a chunk of weights (up to 256 KiB) from memory during the first row
+// block's pass only and from L2 during the others (M = 16: rows 6, 5, 5), so memory idles for
+// two thirds of a product that is compute-bound on the whole (16 rows x 2 flop per 2-byte weight)
+// and the chunk's first pass runs at the memory's pace. Here the passes are over one group of 4
+// weight rows at a time, within a K block of p.kblock columns: the first pass brings the group's
+// slices in from memory, the others find them in L1, and every pass prefetches part of the next
+// group's slices (kOnePassAhead = one group ahead), so the weights stream without pause while the
+// products run. X is laid out step-major (round_x_bf16_steps) and its K block (M x kblock bf16
+// <= kOnePassXBytes) stays in L1 for all the groups. The partial sums of a K block that is not the
+// last wait in acc_io (exactly). Register blocks, accumulators and their k order, the K % 32 tail
+// and the reduction (store_block: reduce4 over aligned groups of 4 rows, rows past N / 4 * 4 one
+// by one, then the bias) are bf16_block's: the same bits as run_range_bf16
+// (EMOLLM_SMALL_M_ONEPASS=0).
+// (Refuted first: one weight row at a time with all M accumulators in registers, X as memory
+// operands: 17 loads per 16 vdpbf16ps ran at ~55% of the dot peak hot, 0.66x run_range_bf16.)
+constexpr int64_t kOnePassMaxM = 16;
+constexpr int64_t kOnePassRows = 16;  // rows per sub-range: acc_io holds rows x M x 64 bytes
+constexpr size_t kOnePassXBytes = size_t(24) << 10;
+
+// One register block: X rows [m0, m0 + MB) against weight rows [n, n + R), K block [k0, k1).
+// pf[0..npf): lines to prefetch, one per step each (the next group's slices).
+template <int R, int MB>
+SM_T512BF void pass_bf16(const Args& a, const uint16_t* xs, int64_t m0, int64_t n, int64_t k0, int64_t k1, float* io,
+                         const char* const* pf, int npf) {
+  const int64_t K = a.K, M = a.M;
+  const uint8_t* wr[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) wr[r] = static_cast<const uint8_t*>(a.W) + size_t(n + r) * a.row_bytes;
+  __m512 acc[R][MB];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(io + (r * MB + m) * 16);
+  const uint16_t* xp = xs + ((k0 / 32) * M + m0) * 32;
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32, xp += M * 32) {
+    for (int j = 0; j < npf; ++j) _mm_prefetch(pf[j] + 2 * (k - k0), _MM_HINT_T0);
+    __m512bh w[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
+    }
+  }
+  if (k < k1) {  // K % 32 weights, masked (X is zero there too); only in the last K block
+    const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
+    __m512bh w[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
+    }
+  }
+  if (k1 < K) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) _mm512_store_ps(io + (r * MB + m) * 16, acc[r][m]);
+    return;
+  }
+  store_block<R, MB>(acc, a.bias, a.Y + m0 * a.ldy, a.ldy, n);
+}
+
+using PassFn = void (*)(const Args&, const uint16_t*, int64_t, int64_t, int64_t, int64_t, float*, const char* const*,
+                        int);
+template <int R>
+struct PassTable {
+  static constexpr PassFn fns[kMB] = {pass_bf16<R, 1>, pass_bf16<R, 2>, pass_bf16<R, 3>,
+                                      pass_bf16<R, 4>, pass_bf16<R, 5>, pass_bf16<R, 6>};
+};
+
+// Weight rows [n0, n0 + ...) with n0 % 4 == 0 (parallel_chunks' chunks are whole groups).
+void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K, M = a.M, kb = p.kblock, n4 = a.N / kR * kR;
+  const int64_t nblk = (M + kMB - 1) / kMB, base = M / nblk, extra = M % nblk;
+  float* acc_io = K > kb ? static_cast<float*>(scratch(0, size_t(kOnePassRows) * size_t(M) * 64)) : nullptr;
+  for (int64_t s0 = n0; s0 < n1; s0 += kOnePassRows) {
+    const int64_t s1 = std::min(n1, s0 + kOnePassRows);
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+      const int64_t k1 = std::min(K, k0 + kb);
+      for (int64_t n = s0; n < s1;) {
+        const int R = n < n4 && n + kR <= s1 ? int(kR) : 1;
+        // the next visit: the next rows of this K block, else this sub-range's first rows in the
+        // next block, else the next sub-range's in the first (a prefetch past the range is harmless)
+        int64_t tn = n + kR, tk = k0;
+        if (tn >= s1) {
+          tn = s0;
+          tk = k0 + kb;
+          if (tk >= K) {
+            tn = s1;
+            tk = 0;
+          }
+        }
+        float* io = acc_io ? acc_io + (n - s0) * M * 16 : nullptr;
+        int64_t m0 = 0;
+        for (int64_t b = 0; b < nblk; ++b) {
+          const int64_t mb = base + (b < extra ? 1 : 0);
+          // this pass prefetches the next group's rows q with q % nblk == b
+          const char* pf[kR];
+          int npf = 0;
+          for (int64_t q = b; q < R; q += nblk)
+            pf[npf++] = reinterpret_cast<const char*>(W + size_t(tn + q) * a.row_bytes + 2 * tk);
+          if (R == kR)
+            PassTable<kR>::fns[mb - 1](a, p.xb, m0, n, k0, k1, io ? io + m0 * kR * 16 : nullptr, pf, npf);
+          else
+            PassTable<1>::fns[mb - 1](a, p.xb, m0, n, k0, k1, io ? io + m0 * 16 : nullptr, pf, npf);
+          m0 += mb;
+        }
+        n += R;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ BF16, rounded X, M <= 8 (opt-in)
+// At M <= 8 the vdpbf16ps products need 8 instructions or fewer per 64-byte weight line: the call
+// is memory-bound, so the weights are walked as dot_streams walks them at M = 1..8 (gemm_avx512.cpp):
+// S parts of the rows side by side, each a long run with a software prefetch kStreamsPrefetchBytes
+// ahead, every row over the whole K with its M accumulators in registers (S x M <= 24), X (step-major)
+// shared by the S rows of a step. Per output the arithmetic is bf16_block's (the lanes add their k
+// in order, 32 a step, the K % 32 tail masked), and so is the reduction: rows of a whole group of 4
+// by reduce4 (each lane of reduce4 sums its own input by the same tree, so reduce4(a, a, a, a)'s
+// lane 0 is a's sum as in its group), the rest by _mm512_reduce_add_ps, then the bias. A row's
+// result is the one it gets at any M of 9..64: the same in every batch from bf16_dot_min_m up.
+constexpr int kStreamsPrefetchBytes = 1024;
+using RangeFn = void (*)(const Args&, const Plan&, int64_t, int64_t);
+
+template <int MB>
+SM_T512BF SM_AI void store_row_bf16(__m512 acc, const Args& a, int64_t m, int64_t n, int64_t n4) {
+  float v;
+  if (n < n4) {
+    const __m128 b = _mm_set_ss(a.bias ? a.bias[n] : 0.0f);
+    v = _mm_cvtss_f32(_mm_add_ps(reduce4(acc, acc, acc, acc), b));
+  } else {
+    v = _mm512_reduce_add_ps(acc);
+    if (a.bias) v += a.bias[n];
+  }
+  a.Y[m * a.ldy + n] = v;
+}
+
+// K in blocks of kb columns when M x K bf16 of X exceeds kStreamsXBytes (1.1B down at M = 8: three
+// blocks of 1888), so that X's block stays in L1; a row's partial sums wait in io between blocks
+// (exactly), and the prefetch then runs one row ahead in each stream (the next row's slice of the
+// block) rather than along the row.
+constexpr size_t kStreamsXBytes = size_t(32) << 10;
+
+template <int MB, int S>
+SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float* io, int64_t n0, int64_t n1) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t K = a.K, n4 = a.N / kR * kR, len = (n1 - n0) / S;
+  const __mmask32 mk = __mmask32((1ull << (K % 32)) - 1);
+  const size_t pf_off = kb >= K ? size_t(kStreamsPrefetchBytes) : a.row_bytes;
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t k1 = std::min(K, k0 + kb);
+    for (int64_t i = 0; i < len; ++i) {
+      const uint8_t* row[S];
+      __m512 acc[S][MB];
+#pragma GCC unroll 4
+      for (int q = 0; q < S; ++q) {
+        row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m)
+          acc[q][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(io + ((q * len + i) * MB + m) * 16);
+      }
+      const uint16_t* xp = xs + (k0 / 32) * MB * 32;
+      int64_t k = k0;
+      for (; k + 32 <= k1; k += 32, xp += MB * 32) {
+        __m512bh w[S];
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          _mm_prefetch(reinterpret_cast<const char*>(row[q] + pf_off + 2 * k), _MM_HINT_T0);
+          w[q] = (__m512bh)_mm512_loadu_si512(row[q] + 2 * k);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) {
+          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
+#pragma GCC unroll 4
+          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
+        }
+      }
+      if (k < k1) {  // the K % 32 tail, only in the last block
+        __m512bh w[S];
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) w[q] = (__m512bh)_mm512_maskz_loadu_epi16(mk, row[q] + 2 * k);
+#pragma GCC unroll 8
+        for (int m = 0; m < MB; ++m) {
+          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
+#pragma GCC unroll 4
+          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < S; ++q) {
+        if (k1 < K) {
+          float* dst = io + (q * len + i) * MB * 16;
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m) _mm512_store_ps(dst + m * 16, acc[q][m]);
+        } else {
+#pragma GCC unroll 8
+          for (int m = 0; m < MB; ++m) store_row_bf16<MB>(acc[q][m], a, m, n0 + q * len + i, n4);
+        }
+      }
+    }
+  }
+  if constexpr (S > 1) {
+    if (n0 + S * len < n1) streams_bf16<MB, 1>(a, xs, kb, io ? io + S * len * MB * 16 : nullptr, n0 + S * len, n1);
+  }
+}
+
+template <int MB>
+void streams_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
+  float* io = p.kblock < a.K ? static_cast<float*>(scratch(0, size_t(n1 - n0) * MB * 64)) : nullptr;
+  streams_bf16<MB, (MB <= 6 ? 4 : 3)>(a, p.xb, p.kblock, io, n0, n1);
+}
+constexpr RangeFn kStreamsBf16[kSmallM] = {streams_range_bf16<1>, streams_range_bf16<2>, streams_range_bf16<3>,
+                                           streams_range_bf16<4>, streams_range_bf16<5>, streams_range_bf16<6>,
+                                           streams_range_bf16<7>, streams_range_bf16<8>};
+
 // ------------------------------------------------------------------ BF16 on pre-packed panels
 // W in bf16_pack_panels' layout (64 weight rows per panel, pair-major: one contiguous stream per
 // panel). A panel is taken in K chunks of kPanelKChunk pairs (64 KiB of weights); every 6-row
@@ -506,19 +774,34 @@ void gemm_bf16_panels_small_m(const Args* outs, int n) {
 }
 
 bool gemm_small_m(const Args& a, Isa isa) {
-  if (a.M < kSmallMMin || a.M > kSmallMMax || isa < Isa::Avx512 || !small_m_enabled()) return false;
   const CpuFeatures& f = cpu_features();
+  // M below kSmallMMin: only BF16 from the opt-in rounded-X threshold (bf16_dot_min_m) up, by streams_bf16
+  const bool bf16dot_low =
+      a.M < kSmallMMin && a.M >= bf16_dot_min_m() && a.wtype == DType::BF16 && f.avx512bf16;
+  if ((a.M < kSmallMMin && !bf16dot_low) || a.M > kSmallMMax || isa < Isa::Avx512 || !small_m_enabled()) return false;
   if (!f.avx512f || !f.avx512bw || !f.avx512vl || !f.avx512dq) return false;
   Plan p{false, a.X, a.ldx, nullptr, 0, 0};
   void (*range)(const Args&, const Plan&, int64_t, int64_t) = nullptr;
-  if (a.wtype == DType::BF16 && f.avx512bf16 && a.M > kSmallM) {
+  if (a.wtype == DType::BF16 && f.avx512bf16 && a.M >= std::min<int64_t>(kSmallMMin, bf16_dot_min_m())) {
     p.bf16dot = true;
     p.ldb = (a.K + 31) / 32 * 32;
     uint16_t* xb = static_cast<uint16_t*>(scratch(2, size_t(a.M) * size_t(p.ldb) * 2));
-    round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);
     p.xb = xb;
-    p.kblock = std::min<int64_t>(p.ldb, kBf16KBlock);
-    range = run_range_bf16;
+    if (a.M <= kSmallM) {  // bf16dot_low: memory-bound, the streams kernel
+      round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
+      const int64_t nkb = (int64_t(a.M) * p.ldb * 2 + int64_t(kStreamsXBytes) - 1) / int64_t(kStreamsXBytes);
+      p.kblock = ((p.ldb / 32 + nkb - 1) / nkb) * 32;  // balanced blocks of whole steps
+      range = kStreamsBf16[a.M - 1];
+    } else if (a.M <= kOnePassMaxM && small_m_onepass()) {
+      round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
+      // X's K block in L1: M rows x kblock bf16 <= kOnePassXBytes (M = 16: 768 columns)
+      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(kOnePassXBytes / (size_t(a.M) * 2)) / 32 * 32));
+      range = onepass_bf16;
+    } else {
+      round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);
+      p.kblock = std::min<int64_t>(p.ldb, kBf16KBlock);
+      range = run_range_bf16;
+    }
   } else if (a.wtype == DType::BF16) {
     range = run_range<KBf16Fma>;
   } else if (a.wtype == DType::F16) {
@@ -533,7 +816,9 @@ bool gemm_small_m(const Args& a, Isa isa) {
   // (bf16: the rows' slices of one K block are what must stay in L2)
   const size_t slice = p.bf16dot ? std::min(a.row_bytes, size_t(p.kblock) * 2) : a.row_bytes;
   const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(slice, 1));
-  const int64_t chunk = std::max<int64_t>(kR, std::min(by_bytes, a.N / (8 * nth)) / kR * kR);
+  // (one pass: nothing is read twice, so no L2 cap)
+  const bool onepass = range != run_range_bf16 && p.bf16dot;  // (or the streams kernel)
+  const int64_t chunk = std::max<int64_t>(kR, std::min(onepass ? a.N : by_bytes, a.N / (8 * nth)) / kR * kR);
   // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
   // row blocks' passes must still see at most `chunk` rows of weights at a time
   parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk, [&](int64_t n0, int64_t n1) {

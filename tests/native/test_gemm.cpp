@@ -141,10 +141,12 @@ bool check_result(const std::vector<float>& Y, const std::vector<float>& R, cons
   return true;
 }
 
-// The BF16 dot-product hardware is used for BF16 weights at M > 8 (see gemm_internal.h kSmallM)
-// when the level allows it: AVX512-BF16 at Avx512+, AMX at Amx above the small-M range (M > 64).
+// The BF16 dot-product hardware is used for BF16 weights at M > 8 (see gemm_internal.h kSmallM) and,
+// with the small-M path on, from bf16_dot_min_m() up (8 by default), when the level allows it:
+// AVX512-BF16 at Avx512+, AMX at Amx above the small-M range (M > 64).
 bool uses_bf16_hw(Isa isa, DType t, int64_t M) {
-  if (t != DType::BF16 || M <= 8 || isa < Isa::Avx512) return false;
+  if (t != DType::BF16 || isa < Isa::Avx512) return false;
+  if (M <= 8 && (M < gemm_detail::bf16_dot_min_m() || !gemm_detail::small_m_enabled())) return false;
   const CpuFeatures& f = cpu_features();
   if (isa >= Isa::Amx && f.amx_usable && f.amx_bf16 && M > 64) return true;
   return f.avx512bf16;

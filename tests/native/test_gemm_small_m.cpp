@@ -2,10 +2,11 @@
 // kSmallMMin <= M <= kSmallMMax rows, through the public emollm::gemm.
 //
 // References and tolerances, per output y[m,n] with S = sum_k |x[m,k] w[n,k]| + |bias[n]|:
-//   - f32-FMA kernels (F16 at every M of the range, BF16 at M <= 8, BF16 without AVX512-BF16):
+//   - f32-FMA kernels (F16 at every M of the range, BF16 at M < bf16_dot_min_m() (8 by default) or
+//     with the small-M path off, BF16 without AVX512-BF16):
 //     weights widen exactly to f32, products and sums in f32, so against ref::gemm (double
 //     accumulation) |y - ref| <= 1e-5 * S / sqrt(K) + 1e-6 (the f32 tolerance of test_gemm.cpp).
-//   - vdpbf16ps kernel (BF16, M > 8, AVX512-BF16): X is rounded to bf16 (nearest even), the
+//   - vdpbf16ps kernels (BF16, M >= bf16_dot_min_m(), AVX512-BF16): X is rounded to bf16 (nearest even), the
 //     products of bf16 values are exact in f32, so against ref::gemm on X pre-rounded to bf16 the
 //     same f32 tolerance holds; against the f32 X, 2^-8 * S more (bf16 rounding, 2^-9 per element).
 //   - The previous paths (set_small_m_enabled(false)) meet the same bounds on the same problems.
@@ -80,9 +81,17 @@ Case make_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t y
   return c;
 }
 
-bool uses_bf16_dot(const Case& c) {
-  return c.t == DType::BF16 && c.M > gemm_detail::kSmallM && cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
+// (M <= 8: from bf16_dot_min_m() up, with the small-M path on)
+bool uses_bf16_dot(const Case& c, bool small_m_on) {
+  const bool rounded = c.M > gemm_detail::kSmallM || (small_m_on && c.M >= gemm_detail::bf16_dot_min_m());
+  return c.t == DType::BF16 && rounded && cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
 }
+
+struct Bf16DotMinScope {
+  explicit Bf16DotMinScope(int m) : prev_(gemm_detail::bf16_dot_min_m()) { gemm_detail::set_bf16_dot_min_m(m); }
+  ~Bf16DotMinScope() { gemm_detail::set_bf16_dot_min_m(prev_); }
+  int prev_;
+};
 
 // |Y - R| <= 1e-5 * S / sqrt(K) + 1e-6 + rel * S; Y padding untouched.
 bool check(const std::vector<float>& Y, const std::vector<float>& R, const Case& c, const std::vector<float>& X,
@@ -127,7 +136,7 @@ void run(const Case& c, ThreadPool* pool) {
                                  " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
                                  std::to_string(c.K) + " ldx=" + std::to_string(c.ldx) + " ldy=" + std::to_string(c.ldy) +
                                  " bias=" + std::to_string(use_bias) + " pool=" + std::to_string(use_pool);
-        if (uses_bf16_dot(c)) {  // both paths use bf16 hardware at M > 8 (see gemm_avx512.cpp)
+        if (uses_bf16_dot(c, enabled != 0)) {  // both paths use bf16 hardware at M > 8 (see gemm_avx512.cpp)
           check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
           check(Y, R, c, c.X, bias, 1.0 / 256, what + " [vs f32 ref]");
         } else {
@@ -414,6 +423,7 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
 // with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 the
 // switch must change nothing).
 TEST(gemm_huge_pages_small_m_streams_bit_equal) {
+  Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));  // BF16 at M <= 8 on the exact-X dot kernels
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
   std::vector<Isa> isas;
@@ -452,4 +462,147 @@ TEST(gemm_huge_pages_small_m_streams_bit_equal) {
           }
         }
   EXPECT(compared > 1000);
+}
+
+// ---------------------------------------------------------------- BF16 one pass (9 <= M <= 16)
+namespace {
+struct OnePassScope {
+  explicit OnePassScope(bool on) : prev_(gemm_detail::small_m_onepass()) { gemm_detail::set_small_m_onepass(on); }
+  ~OnePassScope() { gemm_detail::set_small_m_onepass(prev_); }
+  bool prev_;
+};
+bool bf16_dot_usable() { return cpu_features().avx512bf16 && isa_active() >= Isa::Avx512; }
+}  // namespace
+
+// The one-pass vdpbf16ps kernel (gemm_small_m.cpp onepass_bf16, default at 9 <= M <= 16) keeps
+// bf16_block's register blocks, accumulators, k order, K % 32 tail and reduction (reduce4 over
+// aligned groups of 4 weight rows, the rest one by one, then the bias), only the loop order and
+// the K blocks (p.kblock = 24 KiB of X: 768 columns at M = 16, 1344 at M = 9, partial sums kept
+// exactly between blocks) differ: it must give run_range_bf16's bits (set_small_m_onepass(false)).
+// Every M of its range, N with single rows left over (1, 3, 5, 37) and a long split (203), K
+// tails (1, 31, 33), one K block exactly (768) and past it (769, 1400: two blocks at M = 9, 2085:
+// three at M = 16), padded X / Y, bias or not, 1-3 threads, every ISA cap (below AVX-512 neither
+// path runs: the switch must change nothing); and the bound of the rounded-X reference.
+TEST(gemm_small_m_onepass_bit_equal) {
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  std::vector<Isa> isas;
+  for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
+  uint32_t seed = 9100;
+  int compared = 0, differs_from_exact = 0;
+  for (int64_t M = gemm_detail::kSmallMMin; M <= 16; ++M)
+    for (int64_t K : {1, 31, 33, 100, 768, 769, 1400, 2085})
+      for (int64_t N : {1, 3, 5, 37, 203}) {
+        if (N == 203 && K > 800) continue;
+        const Case c = make_case(DType::BF16, M, N, K, (M + K) % 3, N % 3, seed++);
+        for (int use_bias = 0; use_bias < 2; ++use_bias) {
+          const float* bias = use_bias ? c.bias.data() : nullptr;
+          std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
+          ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, c.M, c.N, c.K);
+          for (Isa isa : isas) {
+            if (isa != isa_detected() && !(isa == Isa::Avx2 && K == 769)) continue;
+            IsaCapScope cap(isa);
+            for (ThreadPool* pl : pools) {
+              if (pl == &pool3 && !(use_bias && (K == 33 || K == 2085))) continue;
+              const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
+                                       std::to_string(c.K) + " bias=" + std::to_string(use_bias) +
+                                       " isa=" + isa_name(isa) + " threads=" + std::to_string(pl ? pl->size() : 1);
+              std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
+              {
+                OnePassScope on(true);
+                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Y.data(), c.ldy, c.M, c.N, c.K, pl);
+              }
+              {
+                OnePassScope off(false);
+                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Y0.data(), c.ldy, c.M, c.N, c.K, pl);
+              }
+              if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
+                emollm_test::report_failure(__FILE__, __LINE__, what + ": one pass differs from run_range_bf16's bits");
+              if (bf16_dot_usable()) check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
+              ++compared;
+            }
+          }
+        }
+      }
+  EXPECT(compared > 500);
+  (void)differs_from_exact;
+}
+
+// Rounded X below M = 9 (set_bf16_dot_min_m / EMOLLM_BF16_DOT_MIN_M; 8 by default): BF16 at
+// min <= M <= 8 takes streams_bf16 (vdpbf16ps). Stated bound, per output with
+// S = sum_k |x w| + |bias|: against ref::gemm (f64 sums) on X pre-rounded to bf16 (nearest even),
+// the f32 bound 1e-5 S / sqrt(K) + 1e-6 (bf16 x bf16 products are exact in f32); against the f32
+// X, 2^-8 S more (each x rounds by <= 2^-9 relative). The rows must really take the new path (some
+// outputs differ from the exact-X kernels' bits), M below the threshold must keep the exact
+// kernels' bits, and a row's result must not depend on the rows beside it for min <= M <= 64 (so a
+// sequence's logits are the same in any batch of that range). EMOLLM_BF16_DOT_MIN_M=0: 9 (exact).
+TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
+  if (std::getenv("EMOLLM_BF16_DOT_MIN_M") == nullptr) EXPECT(gemm_detail::bf16_dot_min_m() == 8);
+  {
+    Bf16DotMinScope bad(1);  // out of range: 9
+    EXPECT(gemm_detail::bf16_dot_min_m() == gemm_detail::kSmallMMin);
+  }
+  if (!bf16_dot_usable()) {
+    std::printf("  skip gemm_small_m_bf16_dot_min_m_within_bound: no AVX512-BF16\n");
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  uint32_t seed = 9500;
+  int differ = 0, compared = 0;
+  for (int min_m : {2, 5, 8})
+    for (int64_t M = 2; M <= gemm_detail::kSmallM; ++M)
+      for (int64_t K : {1, 33, 100, 2085})
+        for (int64_t N : {3, 37}) {
+          const Case c = make_case(DType::BF16, M, N, K, 1, 2, seed++);
+          const float* bias = (M + K) % 2 ? c.bias.data() : nullptr;
+          std::vector<float> R(size_t(c.M * c.ldy), kSentinel), Rr(size_t(c.M * c.ldy), kSentinel);
+          ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
+          ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, c.M, c.N, c.K);
+          std::vector<float> Ye(size_t(c.M * c.ldy), kSentinel);
+          {
+            Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));
+            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Ye.data(), c.ldy, c.M, c.N, c.K, &pool2);
+          }
+          for (ThreadPool* pl : pools) {
+            const std::string what = "min_m=" + std::to_string(min_m) + " M=" + std::to_string(M) + " N=" +
+                                     std::to_string(N) + " K=" + std::to_string(K) +
+                                     " threads=" + std::to_string(pl ? pl->size() : 1);
+            std::vector<float> Y(size_t(c.M * c.ldy), kSentinel);
+            {
+              Bf16DotMinScope on(min_m);
+              gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Y.data(), c.ldy, c.M, c.N, c.K, pl);
+            }
+            ++compared;
+            if (M < min_m) {
+              if (std::memcmp(Y.data(), Ye.data(), Y.size() * sizeof(float)) != 0)
+                emollm_test::report_failure(__FILE__, __LINE__, what + ": below the threshold, not the exact kernels' bits");
+              continue;
+            }
+            check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
+            check(Y, R, c, c.X, bias, 1.0 / 256, what + " [vs f32 ref]");
+            if (std::memcmp(Y.data(), Ye.data(), Y.size() * sizeof(float)) != 0) ++differ;
+          }
+        }
+  EXPECT(compared > 400);
+  EXPECT(differ > 100);  // the rounded-X path really ran
+  // rows independent of the batch, min_m = 2: every M of 2..64 against the batch of 64
+  Bf16DotMinScope on(2);
+  const int64_t N = 37, Mmax = 64;
+  for (int64_t K : {333, 2085}) {
+    const Case c = make_case(DType::BF16, Mmax, N, K, 0, 0, 9900 + uint32_t(K));
+    std::vector<float> full(size_t(Mmax * N));
+    gemm_huge_pages(c.X.data(), K, c.W.data(), DType::BF16, c.bias.data(), full.data(), N, Mmax, N, K, &pool2);
+    for (int64_t M : {2, 3, 5, 8, 9, 16, 17, 63}) {
+      for (int64_t m0 : {int64_t(0), int64_t(1), Mmax - M}) {
+        std::vector<float> y(size_t(M * N));
+        gemm_huge_pages(c.X.data() + m0 * K, K, c.W.data(), DType::BF16, c.bias.data(), y.data(), N, M, N, K, &pool3);
+        if (std::memcmp(y.data(), full.data() + m0 * N, y.size() * 4) != 0)
+          emollm_test::report_failure(__FILE__, __LINE__,
+                                      "K=" + std::to_string(K) + ": rows " + std::to_string(m0) + ".." +
+                                          std::to_string(m0 + M - 1) + " with M=" + std::to_string(M) +
+                                          " differ from the same rows in the batch of 64");
+      }
+    }
+  }
 }
