@@ -1818,23 +1818,41 @@ void bench_kquant_gemv(ThreadPool& pool) {
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies;
+      std::unique_ptr<Copies> rcopies, pcopies, r16copies;
+      // the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), when the default is not them
+      const int rec_rows = int(kquant_record_rows());
+      const bool rec16_ab = rec_ab && rec_rows != 16;
+      auto with_rec16 = [&](auto&& fn) {
+        set_kquant_record_rows(16);
+        fn();
+        set_kquant_record_rows(rec_rows);
+      };
+      size_t r16bytes = 0;
       if (rec_ab) {
         Buf<uint8_t> rsrc = alloc_huge(rbytes);
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
         rcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
         pcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
+      if (rec16_ab)
+        with_rec16([&] {
+          r16bytes = kquant_repack_bytes(t, N, K);
+          Buf<uint8_t> rsrc = alloc_huge(r16bytes);
+          kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
+          r16copies.reset(new Copies(rsrc.get(), r16bytes, decode_copies(r16bytes), &pool, true));
+        });
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size;
+      Stats prev, rec, same_size, rec16;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
         if (rec_ab) {
           fns.push_back([&](int i) { run_rec((*rcopies)[i]); });
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
         }
+        if (rec16_ab) fns.push_back([&](int i) { with_rec16([&] { run_rec((*r16copies)[i]); }); });
         auto st = measure_interleaved(fns);
         if (rec_ab) rec = st[2], same_size = st[3];
+        if (rec16_ab) rec16 = st[4];
         rr.st = st[0];
         prev = st[1];
         rr.ratio_vs = "prev";
@@ -1852,7 +1870,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
       push_row(p);
       if (rec.reps > 0) {
         Result c = derived_row(r, "records", "records", rec, "emollm", cur_best / rec.best,
-                               "16-row records (kquant_repack, 2 MiB pages), interleaved; ratio = the GGUF row's time / its (>1: records faster)");
+                               std::to_string(kquant_record_rows()) +
+                                   "-row records (kquant_repack, 2 MiB pages), interleaved; ratio = the GGUF row's time / its (>1: records faster)");
         c.bytes = double(rbytes);
         run_rec((*rcopies)[0]);
         check(c);
@@ -1862,6 +1881,15 @@ void bench_kquant_gemv(ThreadPool& pool) {
         pr.bytes = double(rbytes);
         pr.flops = 0;
         push_row(pr);
+        if (rec16.reps > 0) {
+          Result c16 = derived_row(r, "records16", "records16", rec16, "records", rec16.best / rec.best,
+                                   "the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), interleaved; ratio = its time / the " +
+                                       std::to_string(rec_rows) + "-row records' (>1: those faster)");
+          c16.bytes = double(r16bytes);
+          with_rec16([&] { run_rec((*r16copies)[0]); });
+          check(c16);
+          push_row(c16);
+        }
       }
       settle();
     }

@@ -91,40 +91,42 @@ static_assert(KCB % 8 == 0, "k blocks must hold whole super-blocks");
 
 // Packs W rows [n0, n0+nv) x super-blocks [s0, s0+ns) into panels of NR rows (layout in the
 // header comment; kb = 8 * ns blocks per panel). Rows past nv are zero (codes and scales).
-// Row r (0..15) of a 16-row record (kquant_records.h) decoded as kquant_decode_avx2 decodes the
-// GGUF super-block it came from: the same codes, and A / B from the same fp16 d / dmin and 6-bit
-// (q4_K) or int8 (q6_K) scales by the same f32 products, so the panels are bit for bit the same.
+// Row r (0..15) of group gi of a record of layout L (kquant_records.h) decoded as
+// kquant_decode_avx2 decodes the GGUF super-block it came from: the same codes, and A / B from
+// the same fp16 d / dmin and 6-bit (q4_K) or int8 (q6_K) scales by the same f32 products, so the
+// panels are bit for bit the same.
 template <DType DT>
-EMO_TV void decode_record_row(const uint8_t* rec, int r, KquantDecoded* o) {
-  kquant_record_codes(DT, rec, r, o->u);
+EMO_TV void decode_record_row(const KqLayout& L, const uint8_t* rec, int gi, int r, KquantDecoded* o) {
+  kquant_record_codes(DT, L.G, rec, kKqRows * gi + r, o->u);
   if constexpr (DT == DType::Q6_K) {
     float d;
-    std::memcpy(&d, rec + 4 * r, 4);
-    const int8_t* sc = reinterpret_cast<const int8_t*>(rec + kQ6KSc);
+    std::memcpy(&d, rec + L.d(gi) + 4 * r, 4);
     for (int h = 0; h < 16; ++h) {
-      o->A[h] = d * sc[16 * h + r];
+      o->A[h] = d * int8_t(rec[L.sc(gi, h) + r]);
       o->B[h] = 0.0f;
     }
   } else {
     uint16_t dh, mh;
-    std::memcpy(&dh, rec + 2 * r, 2);
-    std::memcpy(&mh, rec + 32 + 2 * r, 2);
+    std::memcpy(&dh, rec + L.d(gi) + 2 * r, 2);
+    std::memcpy(&mh, rec + L.dmin(gi) + 2 * r, 2);
     const float d = _cvtsh_ss(dh), dmin = _cvtsh_ss(mh);
     for (int j = 0; j < 8; ++j) {
-      const uint8_t s = rec[kQ4KSc + 16 * j + r], m = rec[kQ4KMin + 16 * j + r];
+      const uint8_t s = rec[L.sc(gi, j) + r], m = rec[L.mn(gi, j) + r];
       o->A[2 * j] = o->A[2 * j + 1] = d * s;
       o->B[2 * j] = o->B[2 * j + 1] = -(dmin * m);
     }
   }
 }
 
-// Records: W = the records, rb = bytes of one 16-row group; else the GGUF rows of rb bytes.
+// Records: W = the records, rb = bytes of one super-group (KqLayout::sg_bytes, the layout of
+// kquant_record_groups()); else the GGUF rows of rb bytes.
 template <DType DT, bool Records = false>
 EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t s0, int64_t ns, int32_t* out) {
   constexpr bool q6 = DT == DType::Q6_K;
   const size_t gb = dtype_block_bytes(DT);
   const int64_t kb = 8 * ns;
   KquantDecoded dec[16];
+  const KqLayout L{q6, kquant_record_groups(), 0};
   for (int64_t pnl = 0; pnl * NR < nv; ++pnl) {
     int32_t* op = out + pnl * kb * WBLK;
     for (int g = 0; g < NV; ++g) {
@@ -134,8 +136,8 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
         for (int t = 0; t < rows; ++t) {
           const int64_t n = n0 + r0 + t;
           if constexpr (Records)
-            decode_record_row<DT>(W + size_t(n / kKqRows) * rb + size_t(s0 + s) * kquant_record_bytes(DT),
-                                  int(n % kKqRows), &dec[t]);
+            decode_record_row<DT>(L, W + size_t(n / (kKqRows * L.G)) * rb + size_t(s0 + s) * L.rec(),
+                                  int(n / kKqRows % L.G), int(n % kKqRows), &dec[t]);
           else
             kquant_decode_avx2(DT, W + size_t(n) * rb + size_t(s0 + s) * gb, &dec[t]);
         }
@@ -169,7 +171,7 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
   }
 }
 
-// The records' rows [n0, n0 + nv), n0 a multiple of 16, into the same panels as pack_w: the
+// The records' rows [n0, n0 + nv), n0 a multiple of 16 (gstride: bytes of a super-group), into the same panels as pack_w: the
 // records already hold a quad of 16 rows per zmm (kquant_records.h), so no decode, no transpose:
 // per quad a mask (and a shift, and for q6_K an or of the high bits), per block the two scale
 // vectors by the same f32 products as decode_record_row (d * sc, -(dmin * m); d * sc_h).
@@ -178,7 +180,8 @@ template <DType DT>
 EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t nv, int64_t s0, int64_t ns,
                            int32_t* out) {
   constexpr bool q6 = DT == DType::Q6_K;
-  const size_t rec = kquant_record_bytes(DT);
+  const KqLayout L{q6, kquant_record_groups(), 0};
+  const size_t rec = L.rec();
   const int64_t kb = 8 * ns;
   const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(int(0x80000000u)));
@@ -188,16 +191,18 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
       const int64_t r0 = pnl * NR + 16 * g;
       const int rows = int(std::max<int64_t>(0, std::min<int64_t>(16, nv - r0)));
       const __mmask16 km = rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1);
-      const uint8_t* gp = rows > 0 ? W + size_t((n0 + r0) / kKqRows) * gstride : nullptr;
+      const int64_t grp = (n0 + r0) / kKqRows;
+      const int gi = int(grp % L.G);
+      const uint8_t* gp = rows > 0 ? W + size_t(grp / L.G) * gstride : nullptr;
       for (int64_t s = 0; s < ns; ++s) {
         const uint8_t* p = gp ? gp + size_t(s0 + s) * rec : nullptr;
         __m512 d = _mm512_setzero_ps(), dm = _mm512_setzero_ps();
         if (p) {
           if constexpr (q6) {
-            d = _mm512_maskz_loadu_ps(km, p);
+            d = _mm512_maskz_loadu_ps(km, p + L.d(gi));
           } else {
-            d = _mm512_maskz_mov_ps(km, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
-            dm = _mm512_maskz_mov_ps(km, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))));
+            d = _mm512_maskz_mov_ps(km, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + L.d(gi)))));
+            dm = _mm512_maskz_mov_ps(km, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + L.dmin(gi)))));
           }
         }
         for (int j = 0; j < 8; ++j) {
@@ -207,18 +212,18 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
           if (p) {
             auto bytes16 = [&](size_t off) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + off)); };
             if constexpr (q6) {
-              sa = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16(kQ6KSc + 32 * j))));
-              sb = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16(kQ6KSc + 32 * j + 16))));
+              sa = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)))));
+              sb = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)))));
             } else {
-              sa = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(kQ4KSc + 16 * j))));
-              sb = _mm512_xor_ps(_mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(kQ4KMin + 16 * j)))),
+              sa = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.sc(gi, j)))));
+              sb = _mm512_xor_ps(_mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j))))),
                                  sign);
             }
-            const uint8_t* cl = p + kq_block_offset(q6, j);
+            const uint8_t* cl = p + L.codes(gi, j);
             for (int i = 0; i < 4; ++i) {
-              const __m512i L = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
-              lo[i] = _mm512_and_si512(L, m4);
-              hi[i] = _mm512_and_si512(_mm512_srli_epi16(L, 4), m4);
+              const __m512i v = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
+              lo[i] = _mm512_and_si512(v, m4);
+              hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             }
             if constexpr (q6) {
               const __m512i H0 = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + kQ6KHigh));

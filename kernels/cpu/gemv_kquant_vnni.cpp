@@ -31,6 +31,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <cstring>
 #include <string>
 
@@ -58,6 +59,7 @@ bool kquant_gemv() { return kquant_gemv_flag().on(); }
 
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
+#include "../../base/thread_pool.h"
 #include "gemm_x86_common.h"
 #include "kquant_records.h"
 #include "simd_math.h"
@@ -361,6 +363,200 @@ EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const floa
   }
 }
 
+// ---------------------------------------------------------------- records of G = 2 or 4 groups (32 or 64 rows)
+//
+// Per row the arithmetic of kq_records above, step for step (the same int32 chains, the same
+// fused multiply-adds into aA / aM over the sub-blocks in order, the same update of y per
+// super-block): every output is bit for bit what the 16-row records give; only the order in
+// which the groups' independent chains are interleaved differs. At M = 1 a sub-block is done for
+// the G groups of a record together, against one set of activation broadcasts (the q4_0
+// records' pass of 4 groups, gemv_repacked.cpp groups_avx512): 16 G code lines read in a row,
+// 8 broadcasts per 4 G lines instead of per 4. At M > 1 (MB G accumulators would not fit the
+// registers) the groups of a record go one after the other, their y kept in memory between
+// super-blocks.
+
+// One group's sub-block j of a record: the codes unpacked to lo (quads 0-3) / hi (4-7) and the
+// scales, as kq_records reads them.
+template <bool Q6>
+struct KqSub {
+  __m512i lo[4], hi[4];
+  __m512i sc0, sc1;  // q4_K: sc0 = the sub-block's scales; q6_K: halves 2j, 2j + 1
+  __m512 mn;         // q4_K: the mins
+};
+
+template <bool Q6, int G>
+__attribute__((always_inline)) EMO_TK inline void kq_load_sub(const uint8_t* p, int gi, int j, KqSub<Q6>& b) {
+  const KqLayout L{Q6, G, 0};
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  const uint8_t* cl = p + L.codes(gi, j);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const __m512i v = _mm512_load_si512(cl + 64 * i);
+    b.lo[i] = _mm512_and_si512(v, m4);
+    b.hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+  }
+  auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p + off)); };
+  if constexpr (Q6) {
+    const __m512i H0 = _mm512_load_si512(cl + kQ6KHigh), H1 = _mm512_load_si512(cl + kQ6KHigh + 64);
+    kq6_merge_high(b.lo, b.hi, H0, H1, _mm512_set1_epi8(0x30));
+    b.sc0 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)));
+    b.sc1 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)));
+  } else {
+    b.sc0 = _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j)));
+    b.mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j))));
+  }
+}
+
+// The 8 activation broadcasts of X row m's sub-block j of super-block s (x[0..3]: bytes 4i..,
+// x[4..7]: 16 + 4i..).
+__attribute__((always_inline)) EMO_TK inline void kq_load_x(const XRec& xr, int m, int64_t s, int j, __m512i (&x)[8]) {
+  const int8_t* xp = xr.qs + m * xr.ldq + 256 * s + 32 * j;
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) x[i] = bcast32(xp + 4 * i), x[4 + i] = bcast32(xp + 16 + 4 * i);
+}
+
+// kq_records' per-row step for one group's sub-block against X row m.
+template <bool Q6>
+__attribute__((always_inline)) EMO_TK inline void kq_dot_sub(const KqSub<Q6>& b, const __m512i (&x)[8], const XRec& xr,
+                                                             int m, int64_t s, int j, __m512& aA, __m512& aM) {
+  const int64_t bi = m * xr.nb + 8 * s + j;
+  __m512i P0, P1;
+  if constexpr (Q6) {
+    const int32_t* ng = xr.neg + m * 2 * xr.nb + 16 * s + 2 * j;
+    P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
+  } else {
+    P0 = P1 = _mm512_setzero_si512();
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    P0 = _mm512_dpbusd_epi32(P0, b.lo[i], x[i]);
+    P1 = _mm512_dpbusd_epi32(P1, b.hi[i], x[4 + i]);
+  }
+  if constexpr (Q6) {
+    const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, b.sc0), _mm512_mullo_epi32(P1, b.sc1));
+    aA = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[bi]), aA);
+  } else {
+    const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, P1), b.sc0);
+    aA = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[bi]), aA);
+    aM = _mm512_fmadd_ps(b.mn, _mm512_set1_ps(xr.dxs[bi]), aM);
+  }
+}
+
+// kq_records' update of y at the end of a super-block, group gi.
+template <bool Q6, int G>
+__attribute__((always_inline)) EMO_TK inline __m512 kq_y_update(const uint8_t* p, int gi, __m512 y, __m512 aA, __m512 aM) {
+  const KqLayout L{Q6, G, 0};
+  if constexpr (Q6) {
+    return _mm512_fmadd_ps(_mm512_load_ps(reinterpret_cast<const float*>(p + L.d(gi))), aA, y);
+  } else {
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + L.d(gi))));
+    const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + L.dmin(gi))));
+    return _mm512_fnmadd_ps(dm, aM, _mm512_fmadd_ps(d, aA, y));
+  }
+}
+
+// Bytes ahead along a super-group's stream that the G > 1 kernel prefetches
+// (EMOLLM_KQ_SG_PREFETCH, for the bench's A/B; default 8 KiB, about the q4_0 records' 9 KiB).
+int64_t sg_prefetch() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("EMOLLM_KQ_SG_PREFETCH");
+    return e ? std::atoll(e) : int64_t(8192);
+  }();
+  return v;
+}
+
+// Super-groups [q0, q1) (G groups of 16 rows each) against the MB rows of X. The stream is
+// prefetched pf bytes ahead, the record's lines spread over its 8 sub-block steps (every line,
+// scales included: the 16-row kernel prefetched the code lines only); `cold`: the range's first
+// pf bytes are prefetched before starting (nothing earlier did).
+template <DType T, int MB, int G>
+EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
+                          int64_t N, int64_t q0, int64_t q1, bool cold) {
+  constexpr bool q6 = T == DType::Q6_K;
+  constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
+  constexpr int lines = int(rec / 64);
+  const int64_t pf = sg_prefetch();
+  const size_t sgb = size_t(ns) * rec;
+  if (cold && pf > 0)
+    for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(Wr + size_t(q0) * sgb + size_t(o)), _MM_HINT_T0);
+  for (int64_t q = q0; q < q1; ++q) {
+    const uint8_t* p = Wr + size_t(q) * sgb;
+    __m512 y[G][MB];
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; ++gi)
+      for (int m = 0; m < MB; ++m) y[gi][m] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; ++s, p += rec) {
+      auto prefetch_step = [&](int j) {
+        if (pf <= 0) return;
+        const char* a = reinterpret_cast<const char*>(p + pf);
+        for (int l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+      };
+      if constexpr (MB == 1) {
+        __m512 aA[G], aM[G];
+#pragma GCC unroll 4
+        for (int gi = 0; gi < G; ++gi) aA[gi] = aM[gi] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+        for (int j = 0; j < 8; ++j) {
+          prefetch_step(j);
+          __m512i x[8];
+          kq_load_x(xr, 0, s, j, x);
+#pragma GCC unroll 4
+          for (int gi = 0; gi < G; ++gi) {
+            KqSub<q6> b;
+            kq_load_sub<q6, G>(p, gi, j, b);
+            kq_dot_sub<q6>(b, x, xr, 0, s, j, aA[gi], aM[gi]);
+          }
+        }
+#pragma GCC unroll 4
+        for (int gi = 0; gi < G; ++gi) y[gi][0] = kq_y_update<q6, G>(p, gi, y[gi][0], aA[gi], aM[gi]);
+      } else {
+        for (int gi = 0; gi < G; ++gi) {
+          __m512 aA[MB], aM[MB];
+          for (int m = 0; m < MB; ++m) aA[m] = aM[m] = _mm512_setzero_ps();
+          for (int j = 0; j < 8; ++j) {
+            if (gi == 0) prefetch_step(j);
+            KqSub<q6> b;
+            kq_load_sub<q6, G>(p, gi, j, b);
+            for (int m = 0; m < MB; ++m) {
+              __m512i x[8];
+              kq_load_x(xr, m, s, j, x);
+              kq_dot_sub<q6>(b, x, xr, m, s, j, aA[m], aM[m]);
+            }
+          }
+          for (int m = 0; m < MB; ++m) y[gi][m] = kq_y_update<q6, G>(p, gi, y[gi][m], aA[m], aM[m]);
+        }
+      }
+    }
+    for (int gi = 0; gi < G; ++gi) {
+      const int64_t n0 = (q * G + gi) * kKqRows;
+      if (n0 >= N) break;
+      const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
+      const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
+      for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(Y + m * ldy + n0, k, _mm512_add_ps(y[gi][m], bv));
+    }
+  }
+}
+
+using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                      bool);
+template <DType T, int G>
+SgFn pick_sg_m(int64_t M) {
+  switch (M) {
+    case 1: return &kq_records_sg<T, 1, G>;
+    case 2: return &kq_records_sg<T, 2, G>;
+    case 3: return &kq_records_sg<T, 3, G>;
+    case 4: return &kq_records_sg<T, 4, G>;
+    case 5: return &kq_records_sg<T, 5, G>;
+    case 6: return &kq_records_sg<T, 6, G>;
+    case 7: return &kq_records_sg<T, 7, G>;
+    default: return &kq_records_sg<T, 8, G>;
+  }
+}
+SgFn pick_sg(bool q6, int G, int64_t M) {
+  if (G == 2) return q6 ? pick_sg_m<DType::Q6_K, 2>(M) : pick_sg_m<DType::Q4_K, 2>(M);
+  return q6 ? pick_sg_m<DType::Q6_K, 4>(M) : pick_sg_m<DType::Q4_K, 4>(M);
+}
+
 using RecFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t);
 template <DType T>
 RecFn pick_rec(int64_t M) {
@@ -398,6 +594,15 @@ EMO_TK void x_records(const QX& q, int64_t M, int64_t K, bool q6, float* out) {
     }
 }
 
+// The super-groups of the G > 1 records over the pool: contiguous ranges with stealing, one long
+// stream per thread (base/thread_pool.h parallel_ranges, as gemv_repacked's M = 1 dispatch) when
+// gemv_ranges() (EMOLLM_GEMV_RANGES), else chunks from a shared counter. Same bits either way.
+void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
+                 const std::function<void(int64_t, int64_t)>& fn) {
+  if (parallel && gemv_ranges()) return parallel_ranges(pool, n, 1, chunk, fn);
+  parallel_chunks(pool, parallel, n, chunk, fn);
+}
+
 }  // namespace
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
@@ -411,25 +616,39 @@ void gemv_kquant_records_multi(const Args* outs, int n) {
   xstore.resize(size_t(3 * nb));
   x_records(q, 1, a.K, q6, xstore.data());
   const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + nb, reinterpret_cast<const int32_t*>(xstore.data() + nb), nb};
-  const RecFn fn = q6 ? pick_rec<DType::Q6_K>(1) : pick_rec<DType::Q4_K>(1);
   const int64_t ns = a.K / kQKK;
-  int64_t first[kMaxGemvOutputs + 1] = {0};  // first group of each output in the joint range
+  const int G = kquant_record_groups();
+  const int64_t R = int64_t(kKqRows) * G;  // rows per record
+  int64_t first[kMaxGemvOutputs + 1] = {0};  // first super-group of each output in the joint range
   int64_t macs = 0;
   for (int j = 0; j < n; ++j) {
-    first[j + 1] = first[j] + (outs[j].N + kKqRows - 1) / kKqRows;
+    first[j + 1] = first[j] + (outs[j].N + R - 1) / R;
     macs += outs[j].N * a.K;
   }
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(1, first[n] / (8 * nth));
-  parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, [&](int64_t g0, int64_t g1) {
-    for (int j = 0; j < n && g0 < g1; ++j) {
-      const int64_t e = std::min(g1, first[j + 1]);
-      if (g0 >= e) continue;
-      const Args& o = outs[j];
-      fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0 - first[j], e - first[j]);
-      g0 = e;
-    }
-  });
+  auto run = [&](auto&& fn) {
+    return [&, fn](int64_t g0, int64_t g1) {
+      for (int j = 0; j < n && g0 < g1; ++j) {
+        const int64_t e = std::min(g1, first[j + 1]);
+        if (g0 >= e) continue;
+        const Args& o = outs[j];
+        fn(o, g0 - first[j], e - first[j]);
+        g0 = e;
+      }
+    };
+  };
+  if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
+    const RecFn fn = q6 ? pick_rec<DType::Q6_K>(1) : pick_rec<DType::Q4_K>(1);
+    parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
+                      fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1);
+                    }));
+    return;
+  }
+  const SgFn fn = pick_sg(q6, G, 1);
+  sg_dispatch(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
+                fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1, true);
+              }));
 }
 
 void gemv_kquant_records(const Args& a) {
@@ -443,14 +662,21 @@ void gemv_kquant_records(const Args& a) {
   x_records(q, a.M, a.K, q6, xstore.data());
   const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + a.M * nb,
                 reinterpret_cast<const int32_t*>(xstore.data() + a.M * nb), nb};
-  const RecFn fn = q6 ? pick_rec<DType::Q6_K>(a.M) : pick_rec<DType::Q4_K>(a.M);
   const uint8_t* Wr = static_cast<const uint8_t*>(a.W);
-  const int64_t ns = a.K / kQKK, groups = (a.N + kKqRows - 1) / kKqRows;
+  const int64_t ns = a.K / kQKK;
+  const int G = kquant_record_groups();
+  const int64_t groups = (a.N + kKqRows * G - 1) / (kKqRows * G);  // super-groups
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
-  parallel_chunks(a.pool, a.M * a.N * a.K >= kParallelMinMacs, groups, chunk, [&](int64_t g0, int64_t g1) {
-    fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1);
-  });
+  const bool par = a.M * a.N * a.K >= kParallelMinMacs;
+  if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
+    const RecFn fn = q6 ? pick_rec<DType::Q6_K>(a.M) : pick_rec<DType::Q4_K>(a.M);
+    parallel_chunks(a.pool, par, groups, chunk, [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1); });
+    return;
+  }
+  const SgFn fn = pick_sg(q6, G, a.M);
+  sg_dispatch(a.pool, par, groups, chunk,
+              [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1, true); });
 }
 
 void gemv_kquant_vnni(const Args& a, const QX& q) {

@@ -111,12 +111,16 @@ void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const Repacke
                          int64_t K, ThreadPool* pool);
 
 // ---------------------------------------------------------------- repacked K-quant weights (decode GEMV)
-// Q4_K / Q6_K weights rearranged once (at load) into records of 16 rows x one 256-element
-// super-block, scales unpacked to a byte per row (layout: kquant_records.h), so the decode GEMV
-// reads each 16 rows as one sequential stream, with one int8 dot-product instruction per 4
-// elements of 16 rows and no horizontal sums. The copy costs the weights' bytes plus 2.8% (q4_K)
-// / 1% (q6_K), N rounded up to 16; the original matrix is not read. K % 256 == 0. Q5_K: not.
+// Q4_K / Q6_K weights rearranged once (at load) into records of 64 rows (16 or 32 with
+// EMOLLM_KQUANT_RECORD_ROWS) x one 256-element super-block, scales unpacked to a byte per row
+// (layout: kquant_records.h), so the decode GEMV reads each 64 rows as one sequential stream,
+// with one int8 dot-product instruction per 4 elements of 16 rows and no horizontal sums. The
+// copy costs the weights' bytes plus 2.8% (q4_K) / 1% (q6_K), N rounded up to kquant_record_rows();
+// the original matrix is not read. K % 256 == 0. Q5_K: not. Rows [r0, r0 + n) of a matrix, r0 a
+// multiple of kquant_record_rows(), repack on their own to the bytes from
+// (r0 / kquant_record_rows()) * kquant_repack_bytes(wtype, 1, K) of the whole matrix's.
 bool kquant_repack_supported(DType wtype);
+int64_t kquant_record_rows();
 size_t kquant_repack_bytes(DType wtype, int64_t N, int64_t K);
 void kquant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool);
 // Y[M,N] = X[M,K] W^T (+ bias) from kquant_repack's output, any M: X rows rounded to q8_0 blocks
@@ -130,6 +134,10 @@ void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wty
 // EMOLLM_KQUANT_REPACK=0: the GGUF layout and its kernels (the previous path).
 void set_kquant_repacking(bool on);
 bool kquant_repacking();
+// Rows per record of kquant_repack (16, 32 or 64; default 64; EMOLLM_KQUANT_RECORD_ROWS=16: the
+// previous 16-row records). Read when packing and when computing: process-wide, set it before
+// packing and keep it while the records are in use (tests, the bench's A/B rows).
+void set_kquant_record_rows(int rows);
 
 // ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
 // BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged

@@ -1,18 +1,22 @@
 // The repacked q4_K / q6_K layout (kquant_repack.cpp writes it; gemv_kquant_vnni.cpp's decode
 // GEMV and gemm_kquant_vnni.cpp's prefill read it). Not public API.
 //
-// Rows go in groups of 16 (the last group padded with zero rows); group g is ns = K / 256
-// records, one per super-block, back to back: one sequential stream per group. A record holds
-// its super-block of all 16 rows, 64-byte aligned and a whole number of lines, with the scales
-// unpacked to one byte per row per sub-block so that a vector load gives one per lane (row):
+// Rows go in groups of 16 (kKqRows) and groups in super-groups of G (1, 2 or 4: 16, 32 or 64
+// rows; kquant_record_groups(), EMOLLM_KQUANT_RECORD_ROWS, default 64; the last super-group padded
+// with zero rows); super-group q is ns = K / 256 records, one per super-block, back to back: one
+// sequential stream per super-group. A record holds its super-block of all 16 G rows, 64-byte
+// aligned and a whole number of lines, with the scales unpacked to one byte per row per
+// sub-block so that a vector load gives one per lane (row). Offsets for G = 1 (KqLayout gives
+// them for any G: every region G times as long, a group's 16 entries at 16 gi within each row
+// of 16 G, its code lines the gi-th of G after each other per sub-block):
 //
-//   q4_K (2368 B = 37 lines):
+//   q4_K (2368 G B = 37 G lines):
 //     [0, 32)      d of rows 0..15 (fp16)            [32, 64)  dmin of rows 0..15 (fp16)
 //     [64, 192)    sc: byte 16 j + r = 6-bit scale of sub-block j of row r
 //     [192, 320)   m:  byte 16 j + r = 6-bit min of sub-block j of row r
 //     [320, 2368)  codes: sub-block j = 4 lines at 320 + 256 j; line i, dword r (row r), byte k:
 //                  low nibble = u[r][32 j + 4 i + k], high nibble = u[r][32 j + 16 + 4 i + k]
-//   q6_K (3392 B = 53 lines):
+//   q6_K (3392 G B = 53 G lines):
 //     [0, 64)      d of rows 0..15 (f32, exact from the fp16)
 //     [64, 320)    scales: byte 16 h + r = int8 scale of 16-element half h of row r
 //     [320, 3392)  sub-block j = 6 lines at 320 + 384 j: 4 lines of the low 4 bits of the codes
@@ -20,8 +24,11 @@
 //                  bits 2f..2f+1 = u[r][32 j + 4 (4 t + f) + k] >> 4
 //                  (one sub-block after the other: the record is read as one sequential stream;
 //                  with the high bits in a region of their own it read as two, 0.7x as fast)
-// so the 4 code bytes of "quad" q (elements 4q..4q+3 of a sub-block) of the 16 rows are one zmm:
-// a vpdpbusd against 4 activation bytes broadcast gives the 16 rows' sums (no horizontal sums).
+// so the 4 code bytes of "quad" q (elements 4q..4q+3 of a sub-block) of a group's 16 rows are one
+// zmm: a vpdpbusd against 4 activation bytes broadcast gives the 16 rows' sums (no horizontal
+// sums). With G = 4 the decode GEMV at M = 1 reads a sub-block of 64 rows (16 lines in a row)
+// against one set of activation broadcasts, and a thread's range is one stream of 9-13 KiB
+// records (the q4_0 records' design, gemv_repacked.cpp).
 #pragma once
 
 #include <cstddef>
@@ -49,13 +56,38 @@ constexpr size_t kq_block_offset(bool q6, int j) { return kKqCodes + size_t(q6 ?
 
 inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecord : kQ4KRecord; }
 
-// The 256 codes of row r (0..15) of one record (0..15 for q4_K, 0..63 for q6_K; u - 32 is the
-// q6_K value), as gemm_quant_ext.cpp's decoders give them.
-inline void kquant_record_codes(DType t, const uint8_t* rec, int r, uint8_t* u) {
+// Groups of 16 rows per record of kquant_repack's output: 4 (64-row records, the default), or 1
+// (the previous 16-row ones) or 2 (kernels.h set_kquant_record_rows, EMOLLM_KQUANT_RECORD_ROWS).
+int kquant_record_groups();
+
+// Where a group's data lie in a matrix of records of G groups (ns super-blocks a row).
+struct KqLayout {
+  bool q6;
+  int G;
+  int64_t ns;
+  size_t rec() const { return size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord); }  // bytes of a record
+  size_t sg_bytes() const { return size_t(ns) * rec(); }                       // of a super-group
+  // record s of the super-group of group g; gi = g % G is the group's place in it
+  const uint8_t* record(const uint8_t* W, int64_t g, int64_t s) const {
+    return W + size_t(g / G) * sg_bytes() + size_t(s) * rec();
+  }
+  // offsets in a record, group gi
+  size_t d(int gi) const { return size_t(q6 ? 64 : 32) * size_t(gi); }          // 16 fp16 (q4_K) / f32 (q6_K)
+  size_t dmin(int gi) const { return 32 * size_t(G) + 32 * size_t(gi); }         // q4_K: 16 fp16
+  size_t sc(int gi, int i) const { return 64 * size_t(G) + 16 * size_t(G * i + gi); }  // q4_K sub-block i, q6_K half i
+  size_t mn(int gi, int j) const { return 192 * size_t(G) + 16 * size_t(G * j + gi); }  // q4_K
+  size_t codes(int gi, int j) const { return kKqCodes * size_t(G) + size_t(q6 ? 384 : 256) * size_t(G * j + gi); }
+};
+
+// The 256 codes of row r (0..16 G - 1) of one record of G groups (0..15 for q4_K, 0..63 for
+// q6_K; u - 32 is the q6_K value), as gemm_quant_ext.cpp's decoders give them.
+inline void kquant_record_codes(DType t, int G, const uint8_t* rec, int r, uint8_t* u) {
+  const KqLayout L{t == DType::Q6_K, G, 1};
+  const int gi = r / kKqRows, rr = r % kKqRows;
   for (int j = 0; j < 8; ++j)
     for (int i = 0; i < 4; ++i)
       for (int k = 0; k < 4; ++k) {
-        const uint8_t b = rec[kq_block_offset(t == DType::Q6_K, j) + 64 * i + 4 * r + k];
+        const uint8_t b = rec[L.codes(gi, j) + 64 * i + 4 * rr + k];
         u[32 * j + 4 * i + k] = b & 0x0F;
         u[32 * j + 16 + 4 * i + k] = b >> 4;
       }
@@ -63,7 +95,7 @@ inline void kquant_record_codes(DType t, const uint8_t* rec, int r, uint8_t* u) 
   for (int j = 0; j < 8; ++j)
     for (int q = 0; q < 8; ++q)
       for (int k = 0; k < 4; ++k) {
-        const uint8_t b = rec[kq_block_offset(true, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k];
+        const uint8_t b = rec[L.codes(gi, j) + kQ6KHigh + 64 * (q / 4) + 4 * rr + k];
         u[32 * j + 4 * q + k] |= uint8_t(((b >> (2 * (q % 4))) & 3) << 4);
       }
 }

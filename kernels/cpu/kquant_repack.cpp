@@ -5,6 +5,8 @@
 // unpack each row's 12 scale bytes with scalar code, permute the scales over the lanes once per
 // 64 weights and sum 16 lanes per row: ~60 instructions per 144 bytes, compute-bound below the
 // memory's rate at 2 threads; the records take ~10 B an instruction.
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -55,8 +57,9 @@ void codes_scalar(DType t, const uint8_t* blk, uint8_t* u) {
   }
 }
 
-// Row r's part of one record from its GGUF super-block `blk` (the record zeroed before).
-void fill_row(DType t, const uint8_t* blk, int r, uint8_t* rec, bool avx2) {
+// Row r's (0..16 G - 1) part of one record of layout L from its GGUF super-block `blk` (the
+// record zeroed before).
+void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r, uint8_t* rec, bool avx2) {
   alignas(64) uint8_t u[256];
 #if defined(__x86_64__)
   if (avx2) {
@@ -70,50 +73,73 @@ void fill_row(DType t, const uint8_t* blk, int r, uint8_t* rec, bool avx2) {
     codes_scalar(t, blk, u);
   }
   using namespace gemm_detail;
+  const int gi = r / kKqRows;
+  r %= kKqRows;
   for (int j = 0; j < 8; ++j)
     for (int i = 0; i < 4; ++i)
       for (int k = 0; k < 4; ++k)
-        rec[kq_block_offset(t == DType::Q6_K, j) + 64 * i + 4 * r + k] =
+        rec[L.codes(gi, j) + 64 * i + 4 * r + k] =
             uint8_t((u[32 * j + 4 * i + k] & 0x0F) | ((u[32 * j + 16 + 4 * i + k] & 0x0F) << 4));
   if (t == DType::Q4_K) {
-    std::memcpy(rec + 2 * r, blk, 2);       // d
-    std::memcpy(rec + 32 + 2 * r, blk + 2, 2);  // dmin
+    std::memcpy(rec + L.d(gi) + 2 * r, blk, 2);         // d
+    std::memcpy(rec + L.dmin(gi) + 2 * r, blk + 2, 2);  // dmin
     for (int j = 0; j < 8; ++j) {
       uint8_t s, m;
       kquant_scale_min(j, blk + 4, &s, &m);
-      rec[kQ4KSc + 16 * j + r] = s;
-      rec[kQ4KMin + 16 * j + r] = m;
+      rec[L.sc(gi, j) + r] = s;
+      rec[L.mn(gi, j) + r] = m;
     }
     return;
   }
   uint16_t dh;
   std::memcpy(&dh, blk + 208, 2);
   const float d = f16_to_f32(dh);
-  std::memcpy(rec + 4 * r, &d, 4);
-  for (int h = 0; h < 16; ++h) rec[kQ6KSc + 16 * h + r] = blk[192 + h];
+  std::memcpy(rec + L.d(gi) + 4 * r, &d, 4);
+  for (int h = 0; h < 16; ++h) rec[L.sc(gi, h) + r] = blk[192 + h];
   for (int j = 0; j < 8; ++j)
     for (int q = 0; q < 8; ++q)
       for (int k = 0; k < 4; ++k)
-        rec[kq_block_offset(true, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k] |= uint8_t((u[32 * j + 4 * q + k] >> 4) << (2 * (q % 4)));
+        rec[L.codes(gi, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k] |= uint8_t((u[32 * j + 4 * q + k] >> 4) << (2 * (q % 4)));
+}
+
+// Groups per record (kquant_records.h): EMOLLM_KQUANT_RECORD_ROWS = 16, 32 or 64 (default).
+std::atomic<int>& record_groups() {
+  static std::atomic<int> g{[] {
+    const char* e = std::getenv("EMOLLM_KQUANT_RECORD_ROWS");
+    const int rows = e ? std::atoi(e) : 64;
+    return rows == 16 ? 1 : rows == 32 ? 2 : 4;
+  }()};
+  return g;
 }
 }  // namespace
 
+namespace gemm_detail {
+int kquant_record_groups() { return record_groups().load(std::memory_order_relaxed); }
+}  // namespace gemm_detail
+void set_kquant_record_rows(int rows) {
+  EMOLLM_CHECK_ARG(rows == 16 || rows == 32 || rows == 64, "set_kquant_record_rows: 16, 32 or 64");
+  record_groups().store(rows / gemm_detail::kKqRows, std::memory_order_relaxed);
+}
+
 void set_kquant_repacking(bool on) { kquant_repack_flag().set(on); }
 bool kquant_repacking() { return kquant_repack_flag().on(); }
+int64_t kquant_record_rows() { return int64_t(gemm_detail::kKqRows) * gemm_detail::kquant_record_groups(); }
 bool kquant_repack_supported(DType wtype) { return wtype == DType::Q4_K || wtype == DType::Q6_K; }
 
 size_t kquant_repack_bytes(DType wtype, int64_t N, int64_t K) {
   check_args(wtype, N, K);
-  const int64_t groups = (N + gemm_detail::kKqRows - 1) / gemm_detail::kKqRows;
-  return size_t(groups) * size_t(K / kQKK) * gemm_detail::kquant_record_bytes(wtype);
+  const int64_t rows = int64_t(gemm_detail::kKqRows) * gemm_detail::kquant_record_groups();
+  return size_t((N + rows - 1) / rows) * size_t(K / kQKK) * gemm_detail::kquant_record_groups() *
+         gemm_detail::kquant_record_bytes(wtype);
 }
 
 void kquant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool) {
   check_args(wtype, N, K);
   EMOLLM_CHECK_ARG(W && out, "kquant_repack: null pointer");
   using namespace gemm_detail;
-  const int64_t ns = K / kQKK, groups = (N + kKqRows - 1) / kKqRows;
-  const size_t rb = dtype_row_bytes(wtype, K), bb = dtype_block_bytes(wtype), rec = kquant_record_bytes(wtype);
+  const KqLayout L{wtype == DType::Q6_K, kquant_record_groups(), K / kQKK};
+  const int64_t ns = L.ns, R = int64_t(kKqRows) * L.G, groups = (N + R - 1) / R;  // super-groups
+  const size_t rb = dtype_row_bytes(wtype, K), bb = dtype_block_bytes(wtype), rec = L.rec();
   const CpuFeatures& cf = cpu_features();
   const bool avx2 = cf.avx2 && cf.f16c;
   uint8_t* const O = static_cast<uint8_t*>(out);
@@ -122,8 +148,8 @@ void kquant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, 
       for (int64_t s = 0; s < ns; ++s) {
         uint8_t* rp = O + size_t(g * ns + s) * rec;
         std::memset(rp, 0, rec);  // padding rows: zero codes, scales and d (their outputs are not written)
-        for (int r = 0; r < kKqRows && g * kKqRows + r < N; ++r)
-          fill_row(wtype, static_cast<const uint8_t*>(W) + size_t(g * kKqRows + r) * rb + size_t(s) * bb, r, rp, avx2);
+        for (int r = 0; r < R && g * R + r < N; ++r)
+          fill_row(wtype, L, static_cast<const uint8_t*>(W) + size_t(g * R + r) * rb + size_t(s) * bb, r, rp, avx2);
       }
   };
   if (pool && pool->size() > 1 && groups > 1)
@@ -156,7 +182,7 @@ void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wty
   EMOLLM_CHECK_ARG(kquant_repacked_usable(), "gemm_kquant_repacked: needs AVX-512 VNNI");
 #if defined(__x86_64__)
   using namespace gemm_detail;
-  const size_t group_bytes = size_t(K / kQKK) * kquant_record_bytes(wtype);
+  const size_t group_bytes = KqLayout{wtype == DType::Q6_K, kquant_record_groups(), K / kQKK}.sg_bytes();
   const Args a{X, ldx, Wr, wtype, bias, Y, ldy, M, N, K, pool, group_bytes};
   if (M <= kSmallM) return gemv_kquant_records(a);
   return gemm_kquant_packed_vnni_records(a);
@@ -172,7 +198,7 @@ void gemv_kquant_repacked_multi(const float* x, DType wtype, const GemvOutput* o
 #if defined(__x86_64__)
   using namespace gemm_detail;
   Args a[kMaxGemvOutputs];
-  const size_t group_bytes = size_t(K / kQKK) * kquant_record_bytes(wtype);
+  const size_t group_bytes = KqLayout{wtype == DType::Q6_K, kquant_record_groups(), K / kQKK}.sg_bytes();
   for (int j = 0; j < n_outs; ++j) {
     check_args(wtype, outs[j].N, K);
     EMOLLM_CHECK_ARG(outs[j].W && outs[j].y, "gemv_kquant_repacked_multi: null pointer");

@@ -85,12 +85,13 @@ EnvSwitch& kquant_pack_slices_flag() {
   static EnvSwitch on("EMOLLM_KQUANT_PACK_SLICES");
   return on;
 }
-// ~16 MiB of file rows a slice, a multiple of the records' 16 rows: TinyLlama-1.1B's only larger
-// matrix is its 51 MiB output. 4 MiB slices (every FFN matrix in two) loaded q4_k_m in 2.0-3.6 s
-// against 1.6-2.0 s unsliced (loaded machine, alternated); 16 MiB measured 1.7-3.0 vs 1.7-1.9.
+// ~16 MiB of file rows a slice, a multiple of the records' 64 rows (kquant_record_rows(): 16, 32
+// or 64): TinyLlama-1.1B's only larger matrix is its 51 MiB output. 4 MiB slices (every FFN
+// matrix in two) loaded q4_k_m in 2.0-3.6 s against 1.6-2.0 s unsliced (loaded machine,
+// alternated); 16 MiB measured 1.7-3.0 vs 1.7-1.9.
 constexpr size_t kKquantPackSliceBytes = size_t(16) << 20;
 int64_t kquant_pack_slice_rows(size_t row_bytes) {
-  return std::max<int64_t>(16, int64_t(kKquantPackSliceBytes / row_bytes) / 16 * 16);
+  return std::max<int64_t>(64, int64_t(kKquantPackSliceBytes / row_bytes) / 64 * 64);
 }
 
 // Drops the calling process's resident pages of [p, p + bytes) (whole pages inside the range
@@ -486,7 +487,8 @@ class CpuBackend final : public Backend {
             for (int64_t r0 = 0; r0 < N; r0 += step) {
               const int64_t n = std::min(step, N - r0);
               const uint8_t* src = static_cast<const uint8_t*>(W) + size_t(r0) * rb;
-              kquant_repack(src, wtype, n, K, static_cast<uint8_t*>(out) + size_t(r0 / 16) * group_bytes, &pool_);
+              kquant_repack(src, wtype, n, K, static_cast<uint8_t*>(out) + size_t(r0 / kquant_record_rows()) * group_bytes,
+                            &pool_);
               if (n < N) release_pages(src, size_t(n) * rb);
             }
             made = true;

@@ -1,6 +1,7 @@
-// q4_K / q6_K weights in kquant_repack's 16-row records (kquant_records.h): the layout against
-// the GGUF bytes it came from, the decode GEMV on it (gemv_kquant_records) against the float64
-// sum with the documented bound, and the prefill on it bit for bit the prefill on the GGUF bytes.
+// q4_K / q6_K weights in kquant_repack's records of 16, 32 or 64 rows (kquant_records.h): the
+// layout against the GGUF bytes it came from, the decode GEMV on it (gemv_kquant_records) against
+// the float64 sum with the documented bound and bit for bit the same on every record size, and
+// the prefill on it bit for bit the prefill on the GGUF bytes.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -42,53 +43,63 @@ const uint8_t* aligned(const std::vector<uint8_t>& r, DType t, int64_t N, int64_
   return r.data() + (r.size() - kquant_repack_bytes(t, N, K));
 }
 
+// Records of `rows` rows (set_kquant_record_rows) for the scope's life, then the previous size.
+struct RecordRows {
+  int prev;
+  explicit RecordRows(int rows) : prev(int(kquant_record_rows())) { set_kquant_record_rows(rows); }
+  ~RecordRows() { set_kquant_record_rows(prev); }
+};
+constexpr int kRecordRows[] = {16, 32, 64};
+
 }  // namespace
 
 // Every row of every record dequantised from the record (codes, fp16 d / dmin, unpacked scales)
 // equals dequantize_row of the GGUF row bit for bit (the same f32 formula), and the padding rows
-// of the last group are zero. N not a multiple of 16, 1 to 9 super-blocks, quantised rows and
-// random bytes, with and without a pool.
+// of the last record are zero. Records of 16, 32 and 64 rows, N not a multiple of them, 1 to 9
+// super-blocks, quantised rows and random bytes, with and without a pool.
 TEST(kquant_records_layout_matches_gguf) {
   ThreadPool pool(3);
   int rows = 0;
+  for (int rr : kRecordRows)
   for (DType t : {DType::Q4_K, DType::Q6_K})
-    for (int64_t N : {1, 16, 17, 45})
+    for (int64_t N : {1, 16, 17, 45, 100})
       for (int64_t K : {256, 768, 2304})
         for (bool random_bytes : {false, true})
           for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
+            const RecordRows rows_scope(rr);
             const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 9u + uint32_t(N + K));
             const std::vector<uint8_t> r = repacked(t, w, N, K, p);
             const uint8_t* R = aligned(r, t, N, K);
-            const int64_t ns = K / 256, groups = (N + 15) / 16;
-            const size_t rec = gemm_detail::kquant_record_bytes(t);
+            const int64_t ns = K / 256, records = (N + rr - 1) / rr;
+            const gemm_detail::KqLayout L{t == DType::Q6_K, rr / 16, ns};
+            EXPECT(kquant_repack_bytes(t, N, K) == size_t(records) * L.sg_bytes());
             std::vector<float> ref(static_cast<size_t>(K));
-            for (int64_t n = 0; n < groups * 16; ++n) {
+            for (int64_t n = 0; n < records * rr; ++n) {
               if (n < N) dequantize_row(t, w.data() + size_t(n) * dtype_row_bytes(t, K), ref.data(), K);
               int bad = 0;
               for (int64_t s = 0; s < ns; ++s) {
-                const uint8_t* rp = R + size_t((n / 16) * ns + s) * rec;
-                const int r16 = int(n % 16);
+                const uint8_t* rp = L.record(R, n / 16, s);
+                const int gi = int(n / 16 % L.G), r16 = int(n % 16);
                 uint8_t u[256];
-                gemm_detail::kquant_record_codes(t, rp, r16, u);
+                gemm_detail::kquant_record_codes(t, L.G, rp, int(n % rr), u);
                 for (int e = 0; e < 256; ++e) {
                   float v;
                   if (t == DType::Q6_K) {
                     float d;
-                    std::memcpy(&d, rp + 4 * r16, 4);
-                    const int8_t sc = int8_t(rp[gemm_detail::kQ6KSc + 16 * (e / 16) + r16]);
+                    std::memcpy(&d, rp + L.d(gi) + 4 * r16, 4);
+                    const int8_t sc = int8_t(rp[L.sc(gi, e / 16) + r16]);
                     v = d * sc * (int(u[e]) - 32);
                   } else {
                     uint16_t dh, mh;
-                    std::memcpy(&dh, rp + 2 * r16, 2);
-                    std::memcpy(&mh, rp + 32 + 2 * r16, 2);
+                    std::memcpy(&dh, rp + L.d(gi) + 2 * r16, 2);
+                    std::memcpy(&mh, rp + L.dmin(gi) + 2 * r16, 2);
                     const int j = e / 32;
-                    v = f16_to_f32(dh) * rp[gemm_detail::kQ4KSc + 16 * j + r16] * u[e] -
-                        f16_to_f32(mh) * rp[gemm_detail::kQ4KMin + 16 * j + r16];
+                    v = f16_to_f32(dh) * rp[L.sc(gi, j) + r16] * u[e] - f16_to_f32(mh) * rp[L.mn(gi, j) + r16];
                   }
                   const float want = n < N ? ref[size_t(256 * s + e)] : 0.0f;
                   if (!(v == want) && !(n >= N && v == 0.0f) && bad++ < 2)
                     emollm_test::report_failure(__FILE__, __LINE__,
-                                                std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" +
+                                                std::string(dtype_name(t)) + " rows " + std::to_string(rr) + " N=" + std::to_string(N) + " K=" +
                                                     std::to_string(K) + " row " + std::to_string(n) + " element " +
                                                     std::to_string(256 * s + e) + ": " + std::to_string(v) +
                                                     " vs " + std::to_string(want));
@@ -105,8 +116,10 @@ TEST(kquant_records_layout_matches_gguf) {
 // records' kernel is at most K / 32 + 2 K / 256 + 1 roundings deep, gemv_kquant_vnni.cpp):
 //   |y - y64| <= (2 K / 32 + 8) 2^-24 (sum_k |xq_k| (|w_k| + 2 |M_j(k)|) + |bias|).
 // A row's bits do not depend on M (the other X rows), the pool or its thread count: checked bit
-// for bit against M = 1 without a pool. N 1..300 (not multiples of 16), K of 1, 3, 9, 43
-// super-blocks, every M up to 8, an all-zero X row and one of mixed magnitudes, bias on / off.
+// for bit against M = 1 without a pool; nor on the record size: records of 32 and 64 rows give the
+// bits of the 16-row ones (each row's arithmetic is the same, gemv_kquant_vnni.cpp). N 1..300 (not
+// multiples of 16 / 64), K of 1, 3, 9, 43 super-blocks, every M up to 8, an all-zero X row and one
+// of mixed magnitudes, bias on / off.
 TEST(kquant_records_gemv_bound_and_bits) {
   if (!have_vnni()) {
     std::printf("  skip: no AVX-512 VNNI (gemm_kquant_repacked needs it)\n");
@@ -125,8 +138,6 @@ TEST(kquant_records_gemv_bound_and_bits) {
       for (bool random_bytes : {false, true}) {
         const int64_t M = sh.M, N = sh.N, K = sh.K;
         const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 300u + uint32_t(K + 7 * N + M));
-        const std::vector<uint8_t> r = repacked(t, w, N, K, &pool3);
-        const uint8_t* R = aligned(r, t, N, K);
         std::vector<float> X = normal_floats(size_t(M * K), 41u + uint32_t(M + K), 1.0f);
         if (M >= 3) {
           for (int64_t k = 0; k < K; ++k) X[size_t(K + k)] = 0.0f;
@@ -142,16 +153,25 @@ TEST(kquant_records_gemv_bound_and_bits) {
           dequantize_row(DType::Q8_0, tmp.data(), xq.data() + m * K, K);
         }
         const double gamma = double(2 * K / 32 + 8) * std::ldexp(1.0, -24);
+        std::vector<float> y16[2];  // the 16-row records' bits (without / with bias)
+        for (int rr : kRecordRows)
         for (bool with_bias : {true, false}) {
+          const RecordRows rows_scope(rr);
+          const std::vector<uint8_t> r = repacked(t, w, N, K, &pool3);
+          const uint8_t* R = aligned(r, t, N, K);
           const float* b = with_bias ? bias.data() : nullptr;
           // row m alone, no pool: the reference bits
           std::vector<float> y1(size_t(M * N));
           for (int64_t m = 0; m < M; ++m)
             gemm_kquant_repacked(X.data() + m * K, K, R, t, b, y1.data() + m * N, N, 1, N, K, nullptr);
+          if (rr == 16)
+            y16[with_bias] = y1;
+          else
+            EXPECT(std::memcmp(y1.data(), y16[with_bias].data(), y1.size() * 4) == 0);
           for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
             std::vector<float> y(size_t(M * N) + 1, NAN);
             gemm_kquant_repacked(X.data(), K, R, t, b, y.data(), N, M, N, K, p);
-            const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+            const std::string what = std::string(dtype_name(t)) + " rows " + std::to_string(rr) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
                                      " K=" + std::to_string(K) + (random_bytes ? " random-bytes" : " quantised") +
                                      (p ? " pool" + std::to_string(p->size()) : "") + (with_bias ? " bias" : "");
             EXPECT(std::isnan(y[size_t(M * N)]));  // nothing written past the outputs
@@ -189,9 +209,9 @@ TEST(kquant_records_gemv_bound_and_bits) {
 }
 
 // The prefill (M > 8) on the records is gemm() on the GGUF bytes (gemm_kquant_packed_vnni) bit
-// for bit: the W panels come out the same. M 9..70, N not multiples of 16 / 32 / 512, odd
-// super-block counts, 1-3 threads, bias on / off. And a code flipped in one record moves only its
-// row's output (the comparison can fail).
+// for bit: the W panels come out the same. Records of 16, 32 and 64 rows, M 9..70, N not multiples
+// of 16 / 32 / 64 / 512, odd super-block counts, 1-3 threads, bias on / off. And a code flipped in
+// one record moves only its row's output (the comparison can fail).
 TEST(kquant_records_prefill_bit_equal_gguf) {
   if (!have_vnni()) {
     std::printf("  skip: no AVX-512 VNNI\n");
@@ -203,8 +223,10 @@ TEST(kquant_records_prefill_bit_equal_gguf) {
   };
   const Shape shapes[] = {{9, 17, 256}, {20, 45, 768}, {13, 530, 2304}, {70, 33, 1280}, {9, 1, 512}};
   int compared = 0;
+  for (int rr : kRecordRows)
   for (DType t : {DType::Q4_K, DType::Q6_K})
     for (const Shape& sh : shapes) {
+      const RecordRows rows_scope(rr);
       const int64_t M = sh.M, N = sh.N, K = sh.K;
       const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 500u + uint32_t(K + N));
       const std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
@@ -221,17 +243,20 @@ TEST(kquant_records_prefill_bit_equal_gguf) {
           for (size_t i = 0; i < y0.size(); ++i)
             if (std::memcmp(&y0[i], &y1[i], 4) != 0 && bad++ < 3)
               emollm_test::report_failure(__FILE__, __LINE__,
-                                          std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" +
+                                          std::string(dtype_name(t)) + " rows " + std::to_string(rr) + " M=" + std::to_string(M) + " N=" +
                                               std::to_string(N) + " K=" + std::to_string(K) + ": element " +
                                               std::to_string(i) + ": " + std::to_string(y1[i]) + " vs GGUF " +
                                               std::to_string(y0[i]));
           ++compared;
         }
     }
-  EXPECT(compared == 60);
+  EXPECT(compared == 180);
   // a flipped code bit of row 17 (group 1, row 1): only that output changes, at M = 1 and M = 9
+  for (int rr : kRecordRows)
   for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    const RecordRows rows_scope(rr);
     const int64_t N = 20, K = 512;
+    const gemm_detail::KqLayout L{t == DType::Q6_K, rr / 16, K / 256};
     const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 8u);
     std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
     uint8_t* R = const_cast<uint8_t*>(aligned(r, t, N, K));
@@ -239,7 +264,7 @@ TEST(kquant_records_prefill_bit_equal_gguf) {
       const std::vector<float> X = normal_floats(size_t(M * K), 7u, 1.0f);
       std::vector<float> y0(size_t(M * N)), y1(size_t(M * N));
       gemm_kquant_repacked(X.data(), K, R, t, nullptr, y0.data(), N, M, N, K, nullptr);
-      const size_t off = gemm_detail::kquant_record_bytes(t) * 2 + gemm_detail::kKqCodes + 4 * 1;  // group 1, row 1
+      const size_t off = size_t(L.record(R, 1, 0) - R) + L.codes(1 % L.G, 0) + 4 * 1;  // group 1, row 1
       R[off] ^= 0x02;
       gemm_kquant_repacked(X.data(), K, R, t, nullptr, y1.data(), N, M, N, K, nullptr);
       R[off] ^= 0x02;
@@ -286,7 +311,9 @@ TEST(kquant_records_need_vnni) {
 TEST(kquant_records_backend_packs_and_dispatches) {
   auto be = make_backend(BackendOptions{});
   const int64_t N = 45, K = 768;
+  for (int rr : {16, 64})
   for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q5_K}) {
+    const RecordRows rows_scope(rr);
     const std::vector<uint8_t> w0 = emollm_test::kquant_weights(t, N, K, false, 91u);
     std::vector<uint8_t> w = w0;
     const std::vector<uint8_t> r = repacked(t == DType::Q5_K ? DType::Q4_K : t, w0, N, K, nullptr);
@@ -328,7 +355,9 @@ TEST(kquant_records_multi_equals_separate) {
   ThreadPool pool2(2), pool3(3);
   const int64_t K = 768;
   const int64_t Ns[] = {45, 1, 300, 16};
+  for (int rr : kRecordRows)
   for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    const RecordRows rows_scope(rr);
     std::vector<std::vector<uint8_t>> ws, rs;
     for (int j = 0; j < 4; ++j) {
       ws.push_back(emollm_test::kquant_weights(t, Ns[j], K, j % 2 == 1, 70u + uint32_t(j)));
