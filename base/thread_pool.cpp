@@ -13,6 +13,8 @@ namespace {
 // Set while a thread executes pool work, so nested run() calls execute inline instead of
 // deadlocking on run_mutex_.
 thread_local bool t_in_pool = false;
+// The pool index of this thread: i on worker i, 0 on every other thread (pool_thread_index()).
+thread_local int t_pool_index = 0;
 
 // Workers spin this many polls before sleeping: kernels are called back to back (one GEMV per
 // layer during decode), and a futex wake costs tens of microseconds.
@@ -54,6 +56,7 @@ inline void cpu_relax() {
 void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
 double pool_handoff_seconds_this_thread() { return t_handoff_s; }
 uint64_t pool_dispatches_this_thread() { return t_dispatches; }
+int pool_thread_index() { return t_pool_index; }
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
@@ -184,6 +187,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
 
 void ThreadPool::worker_loop(int ith) {
   t_in_pool = true;
+  t_pool_index = ith;
   uint64_t seen = 0;
   for (;;) {
     uint64_t gen = generation_atomic_.load(std::memory_order_acquire);
@@ -281,8 +285,31 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   });
 }
 
+namespace {
+constexpr int kMaxRanges = 64;
+// parallel_ranges' cut: the number of ranges and range r's [b, e) in units of `step`.
+int ranges_count(int64_t units, int nth) { return int(std::min<int64_t>({int64_t(nth), units, int64_t(kMaxRanges)})); }
+}  // namespace
+
+void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* begin, int64_t* end) {
+  if (step < 1) step = 1;
+  *begin = *end = 0;
+  if (n <= 0) return;
+  if (nth <= 1 || n <= step) {
+    if (ith == 0) *end = n;
+    return;
+  }
+  const int64_t units = (n + step - 1) / step;
+  const int nr = ranges_count(units, nth);
+  if (ith < 0 || ith >= nr) return;
+  int64_t b, e;
+  split_range(units, ith, nr, 1, &b, &e);
+  *begin = std::min(n, b * step);
+  *end = std::min(n, e * step);
+}
+
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
-                     const std::function<void(int64_t, int64_t)>& fn) {
+                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner) {
   if (n <= 0) return;
   if (step < 1) step = 1;
   if (!pool || pool->size() <= 1 || n <= step) {
@@ -291,10 +318,9 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   }
   // Ranges in units of `step`; each range's state is one word, front (low half) and back (high
   // half), so an owner's claim from the front and a thief's from the back never overlap.
-  constexpr int kMaxRanges = 64;
   const int64_t units = (n + step - 1) / step;
   if (units >= (int64_t(1) << 31)) return parallel_guided(pool, n, step, max_chunk, fn);
-  const int nr = int(std::min<int64_t>({int64_t(pool->size()), units, int64_t(kMaxRanges)}));
+  const int nr = ranges_count(units, pool->size());
   const int64_t max_units = std::max<int64_t>(1, max_chunk / step);
   auto pack = [](int64_t front, int64_t back) { return uint64_t(front) | (uint64_t(back) << 32); };
   std::atomic<uint64_t> ranges[kMaxRanges];
@@ -320,7 +346,10 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   };
   auto run = [&](int64_t b, int64_t e) { fn(b * step, std::min(n, e * step)); };
   pool->run_dynamic([&] {
-    const int me = arrivals.fetch_add(1, std::memory_order_relaxed);
+    // The range this thread walks from the front: its arrival's, or its pool index's (a nested
+    // call runs inline on one thread, which then owns that thread's range and steals the rest).
+    const int me = owner == RangeOwner::Thread ? std::min(pool_thread_index(), pool->size() - 1)
+                                               : arrivals.fetch_add(1, std::memory_order_relaxed);
     int64_t b, e;
     if (me < nr)
       while (take(me, true, &b, &e)) run(b, e);

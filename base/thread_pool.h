@@ -90,8 +90,25 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 // Chunks never exceed max_chunk, for the same reason as parallel_guided's. fn(begin, end) runs
 // once per chunk, on whichever thread claimed it. Without a pool, with one thread or n <= step:
 // fn(0, n).
+// owner: which thread walks range r from the front. Arrival (the default): the r-th thread to join
+// the job, so the part of [0, n) a given thread reads changes from call to call. Thread: the pool's
+// thread r (the caller is 0, worker i is i: pool_thread_index()), so a thread knows before the
+// call which part it will read first (parallel_ranges_own) and can prefetch it meanwhile (the next
+// GEMV's start while it finishes attention or a norm). Stealing is the same either way: a range
+// whose thread has not joined is taken from the back by the others. The chunks' boundaries are
+// the same (only who runs them changes).
+enum class RangeOwner { Arrival, Thread };
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
-                     const std::function<void(int64_t, int64_t)>& fn);
+                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner = RangeOwner::Arrival);
+
+// The range [*begin, *end) of [0, n) that parallel_ranges(pool of nth threads, n, step, ...,
+// RangeOwner::Thread) gives thread ith to walk from the front (empty when ith owns none: fewer
+// steps than threads). With nth <= 1 or n <= step: all of [0, n) for thread 0.
+void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* begin, int64_t* end);
+
+// The calling thread's index in the pool whose job it runs: worker i returns i; any other thread
+// (a pool's caller, which runs index 0) returns 0.
+int pool_thread_index();
 
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {
