@@ -15,6 +15,19 @@ namespace {
 thread_local bool t_in_pool = false;
 // The pool index of this thread: i on worker i, 0 on every other thread (pool_thread_index()).
 thread_local int t_pool_index = 0;
+// The pool whose job this thread runs (its own pool on a worker; during run / run_dynamic on the
+// caller), for side_prefetch_tick; null elsewhere.
+thread_local ThreadPool* t_pool = nullptr;
+// The pool whose set_side_prefetch this thread called last: a caller's own span (index 0) is
+// also consumed by kernels it runs without a pool job (one thread, or work below a kernel's
+// parallel threshold).
+thread_local ThreadPool* t_side_pool = nullptr;
+// Sets t_pool for the caller's share of a job, restoring the previous value after.
+struct CurrentPool {
+  explicit CurrentPool(ThreadPool* p) : prev(t_pool) { t_pool = p; }
+  ~CurrentPool() { t_pool = prev; }
+  ThreadPool* prev;
+};
 
 // Workers spin this many polls before sleeping: kernels are called back to back (one GEMV per
 // layer during decode), and a futex wake costs tens of microseconds.
@@ -63,12 +76,14 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
   claimed_.reset(new std::atomic<uint64_t>[size_t(n_threads_)]);
+  side_.reset(new SideSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
   for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
   workers_.reserve(size_t(n_threads_ - 1));
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
+  if (t_side_pool == this) t_side_pool = nullptr;
   {
     std::lock_guard<std::mutex> lk(mutex_);
     stop_ = true;
@@ -87,6 +102,7 @@ bool ThreadPool::claim(int i, uint64_t gen) {
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
     fn(0, 1);
     return;
   }
@@ -106,6 +122,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
   clock.own_share_begins();
   t_in_pool = true;
+  CurrentPool current(this);
   auto run_index = [&](int i) {
     try {
       fn(i, n_threads_);
@@ -141,6 +158,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
 void ThreadPool::run_dynamic(const std::function<void()>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
     fn();
     return;
   }
@@ -159,6 +177,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
 
   clock.own_share_begins();
   t_in_pool = true;
+  CurrentPool current(this);
   try {
     fn();
   } catch (...) {
@@ -188,6 +207,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
 void ThreadPool::worker_loop(int ith) {
   t_in_pool = true;
   t_pool_index = ith;
+  t_pool = this;
   uint64_t seen = 0;
   for (;;) {
     uint64_t gen = generation_atomic_.load(std::memory_order_acquire);
@@ -245,6 +265,33 @@ void ThreadPool::worker_loop(int ith) {
       done_.notify_one();
     }
   }
+}
+
+void ThreadPool::set_side_prefetch(int ith, const void* p, size_t bytes) {
+  if (ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads)) return;
+  side_[ith].p = static_cast<const char*>(p);
+  side_[ith].left = p ? bytes : 0;
+  side_pending_ = side_pending_ || (p && bytes);
+  t_side_pool = this;
+}
+
+void ThreadPool::clear_side_prefetch() {
+  if (t_side_pool == this) t_side_pool = nullptr;
+  if (!side_pending_) return;
+  for (int i = 0; i < std::min(n_threads_, kMaxSideThreads); ++i) side_[i] = SideSpan{};
+  side_pending_ = false;
+}
+
+void side_prefetch_tick(int lines) {
+  ThreadPool* pool = t_pool ? t_pool : t_side_pool;
+  const int i = t_pool ? t_pool_index : 0;
+  if (!pool || i >= ThreadPool::kMaxSideThreads || !pool->side_pending_) return;
+  ThreadPool::SideSpan& s = pool->side_[i];
+  if (s.left == 0) return;
+  const size_t n = std::min(s.left, size_t(lines) * 64);
+  for (size_t o = 0; o < n; o += 64) __builtin_prefetch(s.p + o, 0, 3);
+  s.p += n;
+  s.left -= n;
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
