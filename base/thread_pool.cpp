@@ -13,6 +13,21 @@ namespace {
 // Set while a thread executes pool work, so nested run() calls execute inline instead of
 // deadlocking on run_mutex_.
 thread_local bool t_in_pool = false;
+// The pool index of this thread: i on worker i, 0 on every other thread (pool_thread_index()).
+thread_local int t_pool_index = 0;
+// The pool whose job this thread runs (its own pool on a worker; during run / run_dynamic on the
+// caller), for side_prefetch_tick; null elsewhere.
+thread_local ThreadPool* t_pool = nullptr;
+// The pool whose set_side_prefetch this thread called last: a caller's own span (index 0) is
+// also consumed by kernels it runs without a pool job (one thread, or work below a kernel's
+// parallel threshold).
+thread_local ThreadPool* t_side_pool = nullptr;
+// Sets t_pool for the caller's share of a job, restoring the previous value after.
+struct CurrentPool {
+  explicit CurrentPool(ThreadPool* p) : prev(t_pool) { t_pool = p; }
+  ~CurrentPool() { t_pool = prev; }
+  ThreadPool* prev;
+};
 
 // Workers spin this many polls before sleeping: kernels are called back to back (one GEMV per
 // layer during decode), and a futex wake costs tens of microseconds.
@@ -54,18 +69,21 @@ inline void cpu_relax() {
 void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
 double pool_handoff_seconds_this_thread() { return t_handoff_s; }
 uint64_t pool_dispatches_this_thread() { return t_dispatches; }
+int pool_thread_index() { return t_pool_index; }
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
   claimed_.reset(new std::atomic<uint64_t>[size_t(n_threads_)]);
+  side_.reset(new SideSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
   for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
   workers_.reserve(size_t(n_threads_ - 1));
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
+  if (t_side_pool == this) t_side_pool = nullptr;
   {
     std::lock_guard<std::mutex> lk(mutex_);
     stop_ = true;
@@ -84,6 +102,7 @@ bool ThreadPool::claim(int i, uint64_t gen) {
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
     fn(0, 1);
     return;
   }
@@ -103,6 +122,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
   clock.own_share_begins();
   t_in_pool = true;
+  CurrentPool current(this);
   auto run_index = [&](int i) {
     try {
       fn(i, n_threads_);
@@ -138,6 +158,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
 void ThreadPool::run_dynamic(const std::function<void()>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
     fn();
     return;
   }
@@ -156,6 +177,7 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
 
   clock.own_share_begins();
   t_in_pool = true;
+  CurrentPool current(this);
   try {
     fn();
   } catch (...) {
@@ -184,6 +206,8 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
 
 void ThreadPool::worker_loop(int ith) {
   t_in_pool = true;
+  t_pool_index = ith;
+  t_pool = this;
   uint64_t seen = 0;
   for (;;) {
     uint64_t gen = generation_atomic_.load(std::memory_order_acquire);
@@ -243,6 +267,33 @@ void ThreadPool::worker_loop(int ith) {
   }
 }
 
+void ThreadPool::set_side_prefetch(int ith, const void* p, size_t bytes) {
+  if (ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads)) return;
+  side_[ith].p = static_cast<const char*>(p);
+  side_[ith].left = p ? bytes : 0;
+  side_pending_ = side_pending_ || (p && bytes);
+  t_side_pool = this;
+}
+
+void ThreadPool::clear_side_prefetch() {
+  if (t_side_pool == this) t_side_pool = nullptr;
+  if (!side_pending_) return;
+  for (int i = 0; i < std::min(n_threads_, kMaxSideThreads); ++i) side_[i] = SideSpan{};
+  side_pending_ = false;
+}
+
+void side_prefetch_tick(int lines) {
+  ThreadPool* pool = t_pool ? t_pool : t_side_pool;
+  const int i = t_pool ? t_pool_index : 0;
+  if (!pool || i >= ThreadPool::kMaxSideThreads || !pool->side_pending_) return;
+  ThreadPool::SideSpan& s = pool->side_[i];
+  if (s.left == 0) return;
+  const size_t n = std::min(s.left, size_t(lines) * 64);
+  for (size_t o = 0; o < n; o += 64) __builtin_prefetch(s.p + o, 0, 3);
+  s.p += n;
+  s.left -= n;
+}
+
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
@@ -281,8 +332,31 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   });
 }
 
+namespace {
+constexpr int kMaxRanges = 64;
+// parallel_ranges' cut: the number of ranges and range r's [b, e) in units of `step`.
+int ranges_count(int64_t units, int nth) { return int(std::min<int64_t>({int64_t(nth), units, int64_t(kMaxRanges)})); }
+}  // namespace
+
+void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* begin, int64_t* end) {
+  if (step < 1) step = 1;
+  *begin = *end = 0;
+  if (n <= 0) return;
+  if (nth <= 1 || n <= step) {
+    if (ith == 0) *end = n;
+    return;
+  }
+  const int64_t units = (n + step - 1) / step;
+  const int nr = ranges_count(units, nth);
+  if (ith < 0 || ith >= nr) return;
+  int64_t b, e;
+  split_range(units, ith, nr, 1, &b, &e);
+  *begin = std::min(n, b * step);
+  *end = std::min(n, e * step);
+}
+
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
-                     const std::function<void(int64_t, int64_t)>& fn) {
+                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner) {
   if (n <= 0) return;
   if (step < 1) step = 1;
   if (!pool || pool->size() <= 1 || n <= step) {
@@ -291,10 +365,9 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   }
   // Ranges in units of `step`; each range's state is one word, front (low half) and back (high
   // half), so an owner's claim from the front and a thief's from the back never overlap.
-  constexpr int kMaxRanges = 64;
   const int64_t units = (n + step - 1) / step;
   if (units >= (int64_t(1) << 31)) return parallel_guided(pool, n, step, max_chunk, fn);
-  const int nr = int(std::min<int64_t>({int64_t(pool->size()), units, int64_t(kMaxRanges)}));
+  const int nr = ranges_count(units, pool->size());
   const int64_t max_units = std::max<int64_t>(1, max_chunk / step);
   auto pack = [](int64_t front, int64_t back) { return uint64_t(front) | (uint64_t(back) << 32); };
   std::atomic<uint64_t> ranges[kMaxRanges];
@@ -320,7 +393,10 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   };
   auto run = [&](int64_t b, int64_t e) { fn(b * step, std::min(n, e * step)); };
   pool->run_dynamic([&] {
-    const int me = arrivals.fetch_add(1, std::memory_order_relaxed);
+    // The range this thread walks from the front: its arrival's, or its pool index's (a nested
+    // call runs inline on one thread, which then owns that thread's range and steals the rest).
+    const int me = owner == RangeOwner::Thread ? std::min(pool_thread_index(), pool->size() - 1)
+                                               : arrivals.fetch_add(1, std::memory_order_relaxed);
     int64_t b, e;
     if (me < nr)
       while (take(me, true, &b, &e)) run(b, e);

@@ -2,6 +2,7 @@
 // The calling thread takes part as worker 0, so a pool of n threads starts n-1 OS threads;
 // that matters on 2-core machines where an idle extra thread would steal a core.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
@@ -41,7 +42,29 @@ class ThreadPool {
   // Splits [0, n) into contiguous chunks of at least `grain` items, one range per call.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
+  // Side prefetch: bytes that pool thread ith brings into its caches a few lines at a time, from
+  // side_prefetch_tick() calls inside the jobs it runs (a kernel that leaves the memory mostly
+  // idle, as decode attention at short contexts: the start of the thread's own part of the GEMV
+  // that follows). Set by the pool's caller between jobs (the next job's start publishes it),
+  // consumed by thread ith only, dropped by clear_side_prefetch(). Prefetches never fault, so a
+  // span whose memory went away costs nothing but the wasted lines.
+  void set_side_prefetch(int ith, const void* p, size_t bytes);
+  void clear_side_prefetch();
+  bool side_prefetch_pending() const { return side_pending_; }
+  size_t side_prefetch_left(int ith) const {
+    return ith >= 0 && ith < std::min(n_threads_, kMaxSideThreads) ? side_[ith].left : 0;
+  }
+
  private:
+  friend void side_prefetch_tick(int lines);
+  static constexpr int kMaxSideThreads = 64;
+  struct alignas(64) SideSpan {
+    const char* p = nullptr;
+    size_t left = 0;
+  };
+  std::unique_ptr<SideSpan[]> side_;
+  bool side_pending_ = false;
+
   void worker_loop(int ith);
 
   int n_threads_;
@@ -90,8 +113,30 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 // Chunks never exceed max_chunk, for the same reason as parallel_guided's. fn(begin, end) runs
 // once per chunk, on whichever thread claimed it. Without a pool, with one thread or n <= step:
 // fn(0, n).
+// owner: which thread walks range r from the front. Arrival (the default): the r-th thread to join
+// the job, so the part of [0, n) a given thread reads changes from call to call. Thread: the pool's
+// thread r (the caller is 0, worker i is i: pool_thread_index()), so a thread knows before the
+// call which part it will read first (parallel_ranges_own) and can prefetch it meanwhile (the next
+// GEMV's start while it finishes attention or a norm). Stealing is the same either way: a range
+// whose thread has not joined is taken from the back by the others. The chunks' boundaries are
+// the same (only who runs them changes).
+enum class RangeOwner { Arrival, Thread };
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
-                     const std::function<void(int64_t, int64_t)>& fn);
+                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner = RangeOwner::Arrival);
+
+// The range [*begin, *end) of [0, n) that parallel_ranges(pool of nth threads, n, step, ...,
+// RangeOwner::Thread) gives thread ith to walk from the front (empty when ith owns none: fewer
+// steps than threads). With nth <= 1 or n <= step: all of [0, n) for thread 0.
+void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* begin, int64_t* end);
+
+// The calling thread's index in the pool whose job it runs: worker i returns i; any other thread
+// (a pool's caller, which runs index 0) returns 0.
+int pool_thread_index();
+
+// Prefetches (into L1/L2) up to `lines` 64-byte lines of the calling thread's side-prefetch span
+// (ThreadPool::set_side_prefetch) of the pool whose job it runs, and advances it; nothing when
+// none is set or outside a pool job. Cheap when empty: a thread-local load and a branch.
+void side_prefetch_tick(int lines = 16);
 
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {

@@ -11,8 +11,10 @@
 //
 //   build-bench/bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N]
 //       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]
-//       [--ab qx-inside|prefetch-o]
-// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer)
+//       [--ab qx-inside|prefetch-o|owned] [--pf-kib K]
+// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --ab owned: GEMV
+// ranges by order of arrival / by pool thread index; --pf-kib: fma-prefetch-o prefetches at most
+// K KiB of a thread's part, 0 = all of it)
 //
 // --gap: what the threads do between q/k/v and o (the attention's place): `fma` AVX-512 FMAs only
 // (compute, no memory traffic), `pause` a pause loop, `fma-trickle` FMAs plus one 64-byte read
@@ -125,14 +127,15 @@ void gap_work(double us, Gap, const uint8_t* = nullptr, size_t = 0) {
 [[noreturn]] void usage(int code) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N] [--shape 1.1b|7b]\n"
-               "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o] [--ab qx-inside|prefetch-o]\n");
+               "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]\n"
+               "                             [--ab qx-inside|prefetch-o|owned] [--pf-kib K]\n");
   std::exit(code);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, steps = 20, layers = -1;
+  int threads = 2, steps = 20, layers = -1, pf_kib = 0;
   double gap_us = 50;
   Gap gap = Gap::Fma;
   DType t = DType::Q4_0;
@@ -148,6 +151,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::atoi(val().c_str());
     else if (a == "--layers") layers = std::atoi(val().c_str());
     else if (a == "--gap-us") gap_us = std::atof(val().c_str());
+    else if (a == "--pf-kib") pf_kib = std::atoi(val().c_str());
     else if (a == "--shape") shape = val();
     else if (a == "--ab") ab = val();
     else if (a == "--dtype") {
@@ -165,13 +169,14 @@ int main(int argc, char** argv) {
       usage(2);
     }
   }
-  if (!ab.empty() && ab != "qx-inside" && ab != "prefetch-o") usage(2);
+  if (!ab.empty() && ab != "qx-inside" && ab != "prefetch-o" && ab != "owned") usage(2);
   const bool big = shape == "7b";
   const int64_t D = big ? 4096 : 2048, F = big ? 11008 : 5632, KV = big ? 4096 : 256, V = 32000;
   const int L = layers > 0 ? layers : big ? 32 : 22;
   const int nvar = ab.empty() ? 1 : 2;
   auto set_variant = [&](int v) {
     if (ab == "qx-inside") gemm_detail::set_gemv_qx_inside(v == 1);
+    if (ab == "owned") gemm_detail::set_gemv_owned_ranges(v == 1);
   };
 
   ThreadPool pool(threads);
@@ -205,10 +210,14 @@ int main(int argc, char** argv) {
       const Gap g = ab == "prefetch-o" && v == 1 ? Gap::FmaPrefetchO : gap;
       if (gap_us > 0)
         pool.run([&](int ith, int nth) {
-          // FmaPrefetchO: thread ith prefetches the ith share of o's records (the share
-          // parallel_ranges gives the ith arrival: right at 1 thread, a guess at more)
-          const size_t share = w.o.bytes / size_t(nth) / 64 * 64;
-          const uint8_t* base = static_cast<const uint8_t*>(w.o.W) + size_t(ith) * share;
+          // FmaPrefetchO: thread ith prefetches the start of its own part of o (the part
+          // gemv_repacked gives pool thread ith while its ranges are owned by thread; with
+          // EMOLLM_GEMV_OWNED_RANGES=0 the part of the ith arrival: right at 1 thread, a guess at more),
+          // at most --pf-kib KiB of it (0: all)
+          const uint8_t* base = nullptr;
+          size_t share = 0;
+          gemv_repacked_own_part(w.o.W, t, D, D, ith, nth, &base, &share);
+          if (pf_kib > 0) share = std::min(share, size_t(pf_kib) << 10);
           gap_work(gap_us, g, g == Gap::FmaPrefetchO ? base : nullptr, g == Gap::FmaPrefetchO ? share : 0);
         });
       const double t2 = now();

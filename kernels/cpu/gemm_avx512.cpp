@@ -644,7 +644,7 @@ constexpr int64_t kGuidedMinRows = 8;
 void guided_rows(ThreadPool* pool, bool parallel, int64_t n, int64_t max_rows,
                  const std::function<void(int64_t, int64_t)>& fn) {
   if (!parallel) return fn(0, n);
-  if (gemv_ranges()) return parallel_ranges(pool, n, kGuidedMinRows, max_rows, fn);  // one run of rows per thread
+  if (gemv_ranges()) return parallel_ranges(pool, n, kGuidedMinRows, max_rows, fn, gemv_range_owner());  // one run per thread
   parallel_guided(pool, n, kGuidedMinRows, max_rows, fn);
 }
 

@@ -193,6 +193,13 @@ bool gemv_guided();
 // above (guided chunks from one shared counter). Same bits. Process-wide.
 void set_gemv_ranges(bool on);
 bool gemv_ranges();
+// Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; default on,
+// EMOLLM_GEMV_OWNED_RANGES) rather than by order of arrival, so a thread can prefetch its own part
+// of the next GEMV before the call (gemv_repacked_own_part). Same chunks, same stealing, same
+// bits. Process-wide.
+void set_gemv_owned_ranges(bool on);
+bool gemv_owned_ranges();
+inline RangeOwner gemv_range_owner() { return gemv_owned_ranges() ? RangeOwner::Thread : RangeOwner::Arrival; }
 // The M = 1 repacked GEMV rounds x to q8_0 inside its own dispatch, the threads sharing the work
 // while the first weight lines arrive (gemv_repacked.cpp SharedQx); off: before the dispatch, on
 // the calling thread (the default). Same bits. Opt-in, EMOLLM_GEMV_QX_INSIDE=1: on the loaded Zen 5

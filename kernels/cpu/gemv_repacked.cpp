@@ -146,6 +146,14 @@ EnvSwitch& ranges_flag() {
 void set_gemv_ranges(bool on) { ranges_flag().set(on); }
 bool gemv_ranges() { return ranges_flag().on(); }
 namespace {
+EnvSwitch& owned_ranges_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_OWNED_RANGES");  // =0: ranges by order of arrival (whole-run A/B)
+  return on;
+}
+}  // namespace
+void set_gemv_owned_ranges(bool on) { owned_ranges_flag().set(on); }
+bool gemv_owned_ranges() { return owned_ranges_flag().on(); }
+namespace {
 // Off unless EMOLLM_GEMV_QX_INSIDE=1 (opt-in: no gain measured yet, see SharedQx).
 std::atomic<bool>& qx_inside_flag() {
   static std::atomic<bool> on{[] {
@@ -620,11 +628,33 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 // equal chunks' size. The bits do not depend on the chunking.
 void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
-  if (parallel && gemm_detail::gemv_ranges()) return parallel_ranges(pool, groups, kPassGroups, chunk, fn);
+  if (parallel && gemm_detail::gemv_ranges())
+    return parallel_ranges(pool, groups, kPassGroups, chunk, fn, gemm_detail::gemv_range_owner());
   if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
   gemm_detail::parallel_chunks(pool, parallel, groups, chunk, fn);
 }
 
+}  // namespace
+
+void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, int ith, int nth,
+                            const uint8_t** begin, size_t* bytes) {
+  check_repack_args(wtype, N, K);
+  const bool q8 = wtype == DType::Q8_0;
+  const RepackLayout L = repack_layout(q8, K / kQK);
+  const int64_t groups = (N + kGroup - 1) / kGroup;
+  // gemv_dispatch's split: one thread below kParallelMinMacs, else parallel_ranges' own range
+  const bool parallel = nth > 1 && N * K >= gemm_detail::kParallelMinMacs;
+  int64_t g0, g1;
+  parallel_ranges_own(groups, kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
+  const uint8_t* G = static_cast<const uint8_t*>(Wr);
+  const size_t total = quant_repack_bytes(wtype, N, K);
+  const size_t b0 = std::min(total, size_t(g0 / L.sg) * L.sgstride);
+  const size_t b1 = std::min(total, size_t((g1 + L.sg - 1) / L.sg) * L.sgstride);
+  *begin = G + b0;
+  *bytes = g1 > g0 ? b1 - b0 : 0;
+}
+
+namespace {
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks, layout L) against x quantised in (qs, s).
 // cold_start: the chunk's first pass prefetches its own first records (false when the caller has).
 void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, const RepackLayout& L, bool q8, bool vec,

@@ -85,6 +85,13 @@ void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, T
 // quant_activations() says.
 void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
                    ThreadPool* pool);
+// The part of Wr that pool thread ith of nth reads first in gemv_repacked(..., N, K, pool of nth)
+// while the GEMV ranges are owned by thread index (gemm_internal.h gemv_owned_ranges(), the
+// default): its own range of rows, *bytes bytes from *begin (contiguous in this layout; walked
+// from the front unless another thread steals its end). *bytes = 0 when ith owns none. So a
+// thread can prefetch the start of its part of the next matrix while it does something else.
+void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, int ith, int nth,
+                            const uint8_t** begin, size_t* bytes);
 // Whether backends keep Q8_0 / Q4_0 model weights in this layout (Backend::pack_gemm_weight, at
 // load): process-wide, read when a model is loaded (models loaded earlier keep theirs). Initial
 // value from the EMOLLM_REPACK environment variable ("0" off), else on. The CPU packs only where

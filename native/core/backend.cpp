@@ -149,6 +149,15 @@ EnvSwitch& small_half_copies_flag() {
   static EnvSwitch on("EMOLLM_SMALL_HALF_COPIES");
   return on;
 }
+// Decode attention prefetches the start of each thread's part of the next GEMV (prefetch_next_gemv):
+// opt-in, EMOLLM_DECODE_SIDE_PREFETCH=1.
+std::atomic<bool>& side_prefetch_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_DECODE_SIDE_PREFETCH");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }()};
+  return on;
+}
 size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
 // EMOLLM_PREFAULT_THREADS=1: CpuBackend::prefault on the calling thread only (A/B).
 int prefault_threads() {
@@ -340,8 +349,29 @@ class CpuBackend final : public Backend {
   // f16 / bf16 caches: rounded once as convert() writes them, widened to f32 as attention reads
   bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
+  // Each pool thread's own part of the repacked W (gemv_repacked_own_part: the range it walks
+  // first while the GEMV ranges are owned by thread index), at most 1 MiB of it (the L2), as its
+  // side prefetch (ThreadPool::set_side_prefetch): decode attention issues a few lines of it per
+  // sub-block (attention.cpp side_prefetch_tick). Opt-in (EMOLLM_DECODE_SIDE_PREFETCH=1).
+  void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) override {
+    if (!decode_side_prefetch() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) ||
+        quant_activations() != QuantActivations::Q8 || isa_active() < Isa::Avx512)
+      return;
+    bool panels = false;
+    const void* packed = packed_->find(W, wtype, N, K, &panels);
+    if (!packed || panels) return;
+    const int nth = pool_.size();
+    for (int i = 0; i < nth; ++i) {
+      const uint8_t* b = nullptr;
+      size_t bytes = 0;
+      gemv_repacked_own_part(packed, wtype, N, K, i, nth, &b, &bytes);
+      pool_.set_side_prefetch(i, b, std::min(bytes, size_t(1) << 20));
+    }
+  }
+
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
+    pool_.clear_side_prefetch();  // a hint's span is for the work before this call only
     // Packed weights serve every M with q8_0 activations. With f32 activations asked for
     // (QuantActivations::F32), or the ISA capped below the VNNI kernel after the packing
     // (configure({ isa })), the standard layout's kernels run on the original bytes instead.
@@ -363,6 +393,7 @@ class CpuBackend final : public Backend {
   // A decode step's GEMVs of one x as one pool dispatch, when every W has a packed copy of the
   // kind gemm() would use and all share a type (the usual q/k/v, gate/up); else one gemm() each.
   void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
+    pool_.clear_side_prefetch();
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
     if (n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
@@ -655,6 +686,8 @@ bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
 void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
 bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
+void set_decode_side_prefetch(bool on) { side_prefetch_flag().store(on, std::memory_order_relaxed); }
+bool decode_side_prefetch() { return side_prefetch_flag().load(std::memory_order_relaxed); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().store(on, std::memory_order_relaxed); }
 bool bf16_decoder_panels() { return decoder_panels_flag().load(std::memory_order_relaxed); }
 

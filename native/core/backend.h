@@ -54,6 +54,11 @@ bool bf16_decoder_panels();
 // dispatch. Read when weights are placed; process-wide.
 void set_small_half_copies(bool on);
 bool small_half_copies();
+// Backend::prefetch_next_gemv on the CPU: decode attention brings the start of each thread's part
+// of o's repacked q4_0 / q8_0 weights into its caches (off unless EMOLLM_DECODE_SIDE_PREFETCH=1).
+// Same bits either way. Process-wide.
+void set_decode_side_prefetch(bool on);
+bool decode_side_prefetch();
 
 // The CPU backend packs a q4_K / q6_K matrix ~16 MiB of its rows at a time, releasing each slice's
 // file pages once its records are written, so a matrix's original pages and its records are not
@@ -278,6 +283,13 @@ class Backend {
   }
 
   // ---- ops with default implementations (a new backend compiles without them; override for speed)
+  // A hint, no result changes: a one-row gemm (a GEMV) on W (N x K) is next, after work that
+  // leaves the memory mostly idle (decode attention). The CPU backend has each pool thread bring
+  // the start of its own part of W into its caches during that work (EMOLLM_DECODE_SIDE_PREFETCH=1;
+  // ThreadPool::set_side_prefetch); dropped at the next gemm. Default: nothing.
+  virtual void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) {
+    (void)W, (void)wtype, (void)N, (void)K;
+  }
   // Several products of one X: Y_j[M, N_j] = X W_j^T (+ bias_j) for each of the n outputs (a
   // layer's q/k/v or gate/up projections), each as gemm(X, ldx, W_j, wtype_j, bias_j, Y_j, ldy_j,
   // M, N_j, K) gives it, bit for bit. Default: one gemm() per output. The CPU backend runs a decode

@@ -248,6 +248,9 @@ class ProfilingBackend final : public Backend {
     return std::make_unique<ProfiledPacked>(std::move(p), W);
   }
 
+  void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) override {
+    in_->prefetch_next_gemv(W, wtype, N, K);
+  }
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
     Timer t("gemm", shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -319,6 +320,121 @@ TEST(parallel_ranges_covers_range_in_contiguous_runs) {
   for (const auto& c : chunks) EXPECT(c.second - c.first <= 8 && c.second > c.first);
 }
 
+
+// RangeOwner::Thread: pool thread i walks range i (parallel_ranges_own) from its front, whoever
+// arrives first; every item still exactly once with chunks as in the test above. The parts of
+// parallel_ranges_own partition [0, n) in thread order. One thread alone (a nested call, inline
+// on worker 1): it starts at the front of range 1, not range 0 as the first arrival would.
+// Side prefetch: a tick inside a pool job advances only the span of the ticking thread's pool
+// index, by `lines` lines (less at the span's end); outside a job only the span of the thread that
+// set it (the caller: index 0); nothing after clear or without a span.
+TEST(side_prefetch_tick_consumes_own_span) {
+  std::vector<char> buf(size_t(1) << 16);
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int i = 0; i < threads; ++i) pool.set_side_prefetch(i, buf.data() + i * 8192, 8192 - 64 * i);
+    EXPECT(pool.side_prefetch_pending());
+    std::atomic<int> bad{0}, ticks{0};
+    std::mutex mu;
+    pool.run([&](int, int) {
+      std::lock_guard<std::mutex> lk(mu);  // one tick at a time: the spans are read before and after
+      const int me = pool_thread_index();
+      std::vector<size_t> before(static_cast<size_t>(threads));
+      for (int i = 0; i < threads; ++i) before[size_t(i)] = pool.side_prefetch_left(i);
+      side_prefetch_tick(2);
+      ticks++;
+      for (int i = 0; i < threads; ++i)
+        if (pool.side_prefetch_left(i) != before[size_t(i)] - (i == me ? std::min<size_t>(128, before[size_t(i)]) : 0))
+          bad++;
+    });
+    EXPECT(bad.load() == 0 && ticks.load() == threads);
+    size_t left = 0, set = 0;
+    for (int i = 0; i < threads; ++i) left += pool.side_prefetch_left(i), set += 8192 - 64 * i;
+    EXPECT(left == set - 128 * size_t(threads));
+    // outside a job: the caller's own span (index 0)
+    const size_t l0 = pool.side_prefetch_left(0);
+    side_prefetch_tick(1000);
+    EXPECT(pool.side_prefetch_left(0) == 0 && l0 > 0);
+    pool.clear_side_prefetch();
+    EXPECT(!pool.side_prefetch_pending());
+    for (int i = 0; i < threads; ++i) EXPECT(pool.side_prefetch_left(i) == 0);
+    side_prefetch_tick(4);  // nothing set: no effect, no fault
+  }
+}
+
+TEST(parallel_ranges_thread_owner_walks_own_range) {
+  for (int nth : {1, 2, 3, 5})
+    for (int64_t n : {1, 3, 4, 5, 9, 64, 1001})
+      for (int64_t step : {1, 4}) {
+        int64_t at = 0;
+        for (int i = 0; i < nth; ++i) {
+          int64_t b = -1, e = -1;
+          parallel_ranges_own(n, step, nth, i, &b, &e);
+          if (b == e) continue;  // owns none (fewer steps than threads)
+          EXPECT(b == at && e > b && (b % step == 0));
+          at = e;
+        }
+        EXPECT(at == n);
+      }
+  for (int threads : {2, 3, 5}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {5, 64, 1001})
+      for (int64_t max_chunk : {int64_t(4), int64_t(33), int64_t(1) << 40})
+        for (int rep = 0; rep < 3; ++rep) {
+          const int64_t step = 4;
+          std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+          std::mutex mu;
+          std::vector<std::vector<std::pair<int64_t, int64_t>>> by_thread(static_cast<size_t>(threads));
+          parallel_ranges(
+              &pool, n, step, max_chunk,
+              [&](int64_t b, int64_t e) {
+                for (int64_t i = b; i < e; ++i) seen[size_t(i)]++;
+                std::lock_guard<std::mutex> lk(mu);
+                by_thread[size_t(pool_thread_index())].emplace_back(b, e);
+              },
+              RangeOwner::Thread);
+          int bad = 0;
+          for (auto& s : seen) bad += s.load() != 1;
+          EXPECT(bad == 0);
+          // each thread's chunks inside its own range: consecutive from the range's front
+          for (int t = 0; t < threads; ++t) {
+            int64_t ob, oe;
+            parallel_ranges_own(n, step, threads, t, &ob, &oe);
+            int64_t next = ob;
+            for (const auto& c : by_thread[size_t(t)])
+              if (c.first >= ob && c.second <= oe) {  // only the owner claims a range from its front
+                EXPECT(c.first == next);
+                next = c.second;
+              }
+          }
+        }
+  }
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    std::atomic<bool> nested_done{false};
+    std::vector<std::pair<int64_t, int64_t>> arrival, owned;
+    int idx = -1;
+    pool.run([&](int ith, int) {
+      if (ith == 0) {  // index 1 must run on worker 1 (the caller claims it only after this returns)
+        while (!nested_done.load()) std::this_thread::yield();
+        return;
+      }
+      if (ith != 1) return;
+      idx = pool_thread_index();
+      parallel_ranges(&pool, 100, 4, 8, [&](int64_t b, int64_t e) { owned.emplace_back(b, e); }, RangeOwner::Thread);
+      parallel_ranges(&pool, 100, 4, 8, [&](int64_t b, int64_t e) { arrival.emplace_back(b, e); });
+      nested_done.store(true);
+    });
+    EXPECT(idx == 1);
+    int64_t ob, oe;
+    parallel_ranges_own(100, 4, threads, 1, &ob, &oe);
+    EXPECT(ob > 0 && !owned.empty() && owned.front().first == ob);
+    EXPECT(!arrival.empty() && arrival.front().first == 0);  // the first arrival walks range 0
+    int64_t sum = 0;
+    for (const auto& c : owned) sum += c.second - c.first;
+    EXPECT(sum == 100);
+  }
+}
 TEST(isa_cap_limits_active_level) {
   const Isa detected = isa_detected();
   {

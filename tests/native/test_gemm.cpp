@@ -1367,6 +1367,80 @@ TEST(repack_records_bit_equal_previous_layout) {
 // late or skipping), every ISA with and without VNNI (scalar and AVX2 rounding, scalar and VNNI
 // GEMVs). The scratch x is rounded into is first filled with another x's rounding, so a piece the
 // new path skipped would show.
+// GEMV ranges owned by pool thread index (EMOLLM_GEMV_OWNED_RANGES, default) against ranges by
+// arrival: the split changes which thread computes a row, never its arithmetic: gemv_repacked,
+// gemv_repacked_multi and the bf16 / f16 huge-page GEMV bit-equal, 1-3 threads. And
+// gemv_repacked_own_part: the threads' parts partition the repacked bytes in thread order (one
+// thread: all of them; below the parallel threshold thread 0 has all).
+TEST(gemv_owned_ranges_bit_equal_arrival) {
+  struct OwnedScope {
+    explicit OwnedScope(bool on) : prev_(gemm_detail::gemv_owned_ranges()) { gemm_detail::set_gemv_owned_ranges(on); }
+    ~OwnedScope() { gemm_detail::set_gemv_owned_ranges(prev_); }
+    bool prev_;
+  };
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+    if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
+      emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
+  };
+  uint32_t seed = 9100;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (int64_t K : {32, 544, 2048})
+      for (int64_t N : {1, 61, 300, 1000}) {
+        Weights w = make_weights(t, N, K, seed), w2 = make_weights(t, 37, K, seed + 3);
+        std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r2(quant_repack_bytes(t, 37, K));
+        quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
+        quant_repack(w2.bytes.data(), t, 37, K, r2.data(), nullptr);
+        Problem p = make_problem(1, N, K, 0, 0, seed + 1);
+        for (int nth = 1; nth <= 3; ++nth) {
+          size_t at = 0;
+          for (int i = 0; i < nth; ++i) {
+            const uint8_t* b = nullptr;
+            size_t bytes = 0;
+            gemv_repacked_own_part(r.data(), t, N, K, i, nth, &b, &bytes);
+            if (bytes == 0) continue;
+            EXPECT(b == r.data() + at);
+            at += bytes;
+          }
+          EXPECT(at == r.size());
+        }
+        for (ThreadPool* pool : pools) {
+          const std::string what = std::string(dtype_name(t)) + " threads=" + std::to_string(pool ? pool->size() : 1) +
+                                   " N=" + std::to_string(N) + " K=" + std::to_string(K);
+          std::vector<float> y[2], a[2], b[2];
+          for (int owned = 0; owned < 2; ++owned) {
+            OwnedScope o(owned == 1);
+            y[owned].assign(size_t(N), kSentinel);
+            a[owned].assign(size_t(N), kSentinel);
+            b[owned].assign(37, kSentinel);
+            gemv_repacked(p.X.data(), r.data(), t, p.bias.data(), y[owned].data(), N, K, pool);
+            GemvOutput g[2] = {{r.data(), nullptr, a[owned].data(), N}, {r2.data(), nullptr, b[owned].data(), 37}};
+            gemv_repacked_multi(p.X.data(), t, g, 2, K, pool);
+          }
+          same(y[1], y[0], what);
+          same(a[1], a[0], what + " multi[0]");
+          same(b[1], b[0], what + " multi[1]");
+          for (float v : y[1]) EXPECT(v != kSentinel);
+        }
+      }
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t N : {61, 1000})
+      for (ThreadPool* pool : pools) {
+        const int64_t K = 2048;
+        Weights w = make_weights(t, N, K, seed + 7);
+        Problem p = make_problem(1, N, K, 0, 0, seed + 8);
+        std::vector<float> y[2];
+        for (int owned = 0; owned < 2; ++owned) {
+          OwnedScope o(owned == 1);
+          y[owned].assign(size_t(N), kSentinel);
+          gemm_huge_pages(p.X.data(), K, w.bytes.data(), t, p.bias.data(), y[owned].data(), N, 1, N, K, pool);
+        }
+        same(y[1], y[0], std::string(dtype_name(t)) + " huge pages N=" + std::to_string(N));
+        for (float v : y[1]) EXPECT(v != kSentinel);
+      }
+}
+
 TEST(gemv_qx_inside_bit_equal_previous) {
   struct QxScope {
     explicit QxScope(bool on) : prev_(gemm_detail::gemv_qx_inside()) { gemm_detail::set_gemv_qx_inside(on); }
