@@ -44,6 +44,7 @@
 #include "greedy_decode.h"
 #include "shared_data.h"
 #include "stories_helpers.h"
+#include "submit_together.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -264,16 +265,16 @@ TEST(emulated_device_scheduler_greedy_matches_runc) {
   Scheduler sched(m, so);
   const size_t ks[4] = {1, 4, 9, 15};  // prompts: the oracle's first k tokens
   const int64_t max_tokens = 40;
-  std::vector<std::promise<SeqOutcome>> done(4);
+  std::vector<SeqRequest> reqs(4);
   for (size_t i = 0; i < 4; ++i) {
-    SeqRequest r;
-    r.prompt.assign(want.begin(), want.begin() + long(ks[i]));
-    r.params = greedy(max_tokens);
-    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
-    sched.submit(std::move(r));
+    reqs[i].prompt.assign(want.begin(), want.begin() + long(ks[i]));
+    reqs[i].params = greedy(max_tokens);
   }
+  // all queued before the first decodes past its first token (a loaded machine could otherwise
+  // finish one request before the next is submitted, and no step would be batched)
+  const emollm_test::TogetherRun run = emollm_test::submit_together(sched, std::move(reqs));
   for (size_t i = 0; i < 4; ++i) {
-    SeqOutcome o = done[i].get_future().get();
+    const SeqOutcome& o = run.got[i];
     EXPECT(!o.error);
     if (o.error) continue;
     expect_oracle_continuation(want, ks[i], o.generated, max_tokens, *m);

@@ -546,11 +546,6 @@ TEST(scheduler_abort_during_chunked_prefill_leaves_the_others_exact) {
   Scheduler sched(stories_model(), so);
   std::atomic<uint64_t> victim{0};
   std::atomic<int64_t> chunks_seen{0};
-  std::promise<SeqOutcome> pa, pb;
-  SeqRequest b;
-  b.prompt = longp;
-  b.params = greedy(10);
-  b.on_done = [&](SeqOutcome&& o) { pb.set_value(std::move(o)); };
   SeqRequest a;
   a.prompt = dec;
   a.params = greedy(60);
@@ -563,11 +558,16 @@ TEST(scheduler_abort_during_chunked_prefill_leaves_the_others_exact) {
       sched.abort(v);  // idempotent: the request ends at the next step
     }
   };
-  a.on_done = [&](SeqOutcome&& o) { pa.set_value(std::move(o)); };
-  sched.submit(std::move(a));
-  victim.store(sched.submit(std::move(b)));
-  const SeqOutcome ob = pb.get_future().get();
-  const SeqOutcome oa = pa.get_future().get();
+  SeqRequest b;
+  b.prompt = longp;
+  b.params = greedy(10);
+  // a's first token holds the scheduler thread until b is queued and its id known: otherwise a
+  // loaded machine could let a decode all 60 tokens before b arrives (nothing left to abort it)
+  const emollm_test::TogetherRun run = emollm_test::submit_together(sched, {std::move(a), std::move(b)}, [&](size_t i, uint64_t id) {
+    if (i == 1) victim.store(id);
+  });
+  const SeqOutcome& oa = run.got[0];
+  const SeqOutcome& ob = run.got[1];
   EXPECT(chunks_seen.load() >= 5);
   EXPECT(ob.generated.reason == StopReason::Aborted && ob.generated.tokens.empty() && !ob.error);
   EXPECT(oa.generated.tokens == want.tokens);
