@@ -315,6 +315,15 @@ void run_case(DType t, int64_t M, int64_t N, int64_t K, int64_t xpad, int64_t yp
   }
 }
 
+// Reports a failure named `what` unless a and b hold the same floats bit for bit.
+void same(const float* a, const float* b, size_t n, const std::string& what) {
+  if (std::memcmp(a, b, n * sizeof(float)) != 0) emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
+}
+void same(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  if (a.size() != b.size()) emollm_test::report_failure(__FILE__, __LINE__, (what + ": sizes differ").c_str());
+  else same(a.data(), b.data(), a.size(), what);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- the reference itself
@@ -1288,9 +1297,6 @@ TEST(repack_records_bit_equal_previous_layout) {
   LayoutScope on(true);  // the new layout whatever EMOLLM_REPACK_SUPERGROUPS says
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
-  auto same = [](const float* a, const float* b, size_t n, const std::string& what) {
-    if (std::memcmp(a, b, n * sizeof(float)) != 0) emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
-  };
   std::vector<float> bias2(37);
   for (int i = 0; i < 37; ++i) bias2[size_t(i)] = float(i % 7 - 3) * 0.125f;
   uint32_t seed = 7300;
@@ -1380,10 +1386,6 @@ TEST(gemv_owned_ranges_bit_equal_arrival) {
   };
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
-  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
-    if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
-      emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
-  };
   uint32_t seed = 9100;
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (int64_t K : {32, 544, 2048})
@@ -1449,10 +1451,6 @@ TEST(gemv_qx_inside_bit_equal_previous) {
   };
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
-  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
-    if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
-      emollm_test::report_failure(__FILE__, __LINE__, what.c_str());
-  };
   std::vector<float> bias2(37);
   for (int i = 0; i < 37; ++i) bias2[size_t(i)] = float(i % 5 - 2) * 0.25f;
   uint32_t seed = 7700;
