@@ -210,6 +210,14 @@ EnvSwitch& decode_pv_wide_flag() {
 bool decode_pv_wide() { return decode_pv_wide_flag().on(); }
 void set_decode_pv_wide(bool on) { decode_pv_wide_flag().set(on); }
 namespace {
+EnvSwitch& decode_qk_wide_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_QK_WIDE");
+  return on;
+}
+}  // namespace
+bool decode_qk_wide() { return decode_qk_wide_flag().on(); }
+void set_decode_qk_wide(bool on) { decode_qk_wide_flag().set(on); }
+namespace {
 std::atomic<int>& decode_bf16dp_mode_ref() {
   static std::atomic<int> mode([] {
     const char* v = std::getenv("EMOLLM_DECODE_ATTN_BF16DP");
@@ -259,6 +267,9 @@ struct Kern {
   // row past the tokens it has); q rows zero-padded to Dp = round_up(D, 16) floats.
   void (*qk_decode)(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale, float* S,
                     int64_t ldS);
+  // Optional (null: use qk), for decode with one or two query heads per kv head (MHA) and
+  // 65 <= D <= 128: qk's S for R <= 2 rows and exactly 16 keys ldk apart, with the same bits.
+  void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
 };
 
 // Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
@@ -633,15 +644,107 @@ EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const 
   }
 }
 
+// Q K^T of one or two query rows against 16 key rows ldk apart (a full sub-block of one kv head,
+// in place) for head_dim 65-128 (NC = 5-8 chunks of 16, the last one masked by lm): MHA decode
+// (7B's 32 / 32 heads). The arithmetic of qk_avx512_t's step for step (each key's 8 chunk FMAs
+// into its own accumulator in chunk order, reduce16_512's tree, then * scale), so the scores are
+// bit for bit equal; what differs is the addressing: the 16 rows are 4 base pointers plus 0 / 1 /
+// 2 / 3 row strides (base + index * scale operands, all in registers) with every chunk unrolled,
+// where the generic kernel's 16 row pointers did not fit in the registers (a reload from the stack
+// or a vmovq before most loads). attention_detail::decode_qk_wide.
+template <class E, int NR, int NC>
+EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, const typename E::T* k, int64_t ldk,
+                                              __mmask16 lm, __m512 vs, float* S0, float* S1) {
+  using T = typename E::T;
+  const int64_t l1 = ldk, l3 = 3 * ldk;
+  const T* kb[4] = {k, k + 4 * ldk, k + 8 * ldk, k + 12 * ldk};
+  auto row = [&](int t) -> const T* {
+    const T* b = kb[t >> 2];
+    switch (t & 3) {
+      case 0: return b;
+      case 1: return b + l1;
+      case 2: return b + 2 * l1;
+      default: return b + l3;
+    }
+  };
+  if (NR == 1) {  // 1 row x 16 keys (qk_avx512_t's last odd row)
+    __m512 acc[16];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      const bool last = c == NC - 1;
+      const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
+      #pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t)
+        acc[t] = _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, row(t) + 16 * c) : E::load(row(t) + 16 * c), acc[t]);
+    }
+    _mm512_storeu_ps(S0, _mm512_mul_ps(reduce16_512(acc), vs));
+    return;
+  }
+  // 2 rows x 8 keys per reduction (qk_avx512_t's row pairs): lanes 0-7 row 0, 8-15 row 1
+  #pragma GCC unroll 2
+  for (int half = 0; half < 2; ++half) {
+    __m512 acc[16];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      const bool last = c == NC - 1;
+      const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
+      const __m512 a1 = last ? _mm512_maskz_loadu_ps(lm, q1 + 16 * c) : _mm512_loadu_ps(q1 + 16 * c);
+      #pragma GCC unroll 8
+      for (int t = 0; t < 8; ++t) {
+        const T* kr = row(8 * half + t) + 16 * c;
+        const __m512 kv = last ? E::maskz_load(lm, kr) : E::load(kr);
+        acc[t] = _mm512_fmadd_ps(a0, kv, acc[t]);
+        acc[8 + t] = _mm512_fmadd_ps(a1, kv, acc[8 + t]);
+      }
+    }
+    const __m512 z = _mm512_mul_ps(reduce16_512(acc), vs);
+    _mm256_storeu_ps(S0 + 8 * half, _mm512_castps512_ps256(z));
+    _mm256_storeu_ps(S1 + 8 * half, _mm512_extractf32x8_ps(z, 1));
+  }
+}
+
+// S[r * ldS + j] = scale * dot(qrows[r], k + j * ldk) for r < R <= 2, j < 16, 65 <= D <= 128.
+template <class E>
+EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const float* kf, int64_t ldk, int D,
+                                         float scale, float* S, int ldS) {
+  const typename E::T* k = reinterpret_cast<const typename E::T*>(kf);
+  const int nc = (D + 15) / 16, tail = D % 16;
+  const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+  const __m512 vs = _mm512_set1_ps(scale);
+  const float* q1 = R > 1 ? qrows[1] : qrows[0];
+  float* S1 = S + (R > 1 ? ldS : 0);
+#define EMO_QK16(NR, NC) qk16_strided_tile<E, NR, NC>(qrows[0], q1, k, ldk, lm, vs, S, S1)
+  if (R == 1) {
+    switch (nc) {
+      case 5: EMO_QK16(1, 5); break;
+      case 6: EMO_QK16(1, 6); break;
+      case 7: EMO_QK16(1, 7); break;
+      default: EMO_QK16(1, 8); break;
+    }
+  } else {
+    switch (nc) {
+      case 5: EMO_QK16(2, 5); break;
+      case 6: EMO_QK16(2, 6); break;
+      case 7: EMO_QK16(2, 7); break;
+      default: EMO_QK16(2, 8); break;
+    }
+  }
+#undef EMO_QK16
+}
+
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
-                          qk_decode_avx512<KvF32>};
+                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>};
 // The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
 // float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
 // scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
 const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvF16>, nullptr, nullptr,
-                             qk_decode_avx512<KvF16>};
+                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>};
 const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
-                              nullptr, qk_decode_avx512<KvBF16>};
+                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>};
 
 // ---------------------------------------------------------------------------- AVX512-BF16 decode
 // Opt-in decode kernels on vdpbf16ps for a bf16 cache (attention_internal.h, decode_bf16dp): the
@@ -1014,7 +1117,7 @@ EMO_T256 static void pv_avx2(float* acc, int ldacc, const float* alpha, int R, c
   }
 }
 
-const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr, nullptr};
+const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr, nullptr, nullptr};
 
 // ---------------------------------------------------------------------------- tiled driver
 // A work unit covers kv heads [g0, g0 + ng), queries [i0, i1) and, within each kv head's group,
@@ -1430,6 +1533,16 @@ const Kern* decode_inplace_kern(Isa isa, DType t) {
   return t == DType::F16 ? &kKernAvx512F16 : t == DType::BF16 ? &kKernAvx512BF16 : &kKernAvx512;
 }
 
+}  // namespace
+namespace attention_detail {
+bool decode_qk16_applies(const AttentionParams& p) {
+  const int64_t G = p.n_heads / p.n_kv_heads;
+  return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim > kDecodePackSpan &&
+         G <= 2 && p.head_dim > 64 && p.head_dim <= 128 && decode_qk_wide();
+}
+}  // namespace attention_detail
+namespace {
+
 bool decode_applies(const AttentionParams& p) {
   return p.n_q == 1 && p.n_heads <= attention_detail::kDecodeMaxHeads && attention_detail::decode_split_enabled();
 }
@@ -1558,6 +1671,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const int side_lines = side_prefetch_lines();
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
+  // Wide rows read in place (7B): one or two query heads per kv head take qk16 on full sub-blocks
+  // (attention_detail::decode_qk_wide).
+  const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
@@ -1642,6 +1758,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       for (int64_t g = 0; g < Hkv; ++g) {
         int64_t ldg;
         const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
+        if (use_qk16 && ns == 16) {
+          for (int r = 0; r < G; ++r) qrows[r] = it.q + (g * G + r) * D;
+          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+          continue;
+        }
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
           const int R = int(std::min<int64_t>(kMaxRows, G - h0));
           for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;

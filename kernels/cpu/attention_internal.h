@@ -67,6 +67,18 @@ void set_decode_prefetch_ahead(bool on);
 // order either way: outputs are bit for bit equal.
 bool decode_pv_wide();
 void set_decode_pv_wide(bool on);
+// Q K^T on AVX-512 for one or two query rows per kv head with a head_dim of 65-128 (MHA decode,
+// wide token rows read in place): a full 16-token sub-block of one kv head through qk16 (the 16 key
+// rows addressed as 4 bases plus row strides, every chunk unrolled) instead of the generic qk's 16
+// row pointers that did not fit in the registers. Same FMAs in the same order and the same
+// reduction tree: scores bit for bit equal. EMOLLM_DECODE_ATTN_QK_WIDE=0 (read once) or
+// set_decode_qk_wide(false): the generic kernel.
+bool decode_qk_wide();
+void set_decode_qk_wide(bool on);
+// Whether a decode call's full sub-blocks take qk16 (the driver asks this too): AVX-512 with
+// in-place rows (decode_inplace_enabled), wide token rows (n_kv_heads * head_dim > 256 elements),
+// one or two query heads per kv head, 65 <= head_dim <= 128 and decode_qk_wide().
+bool decode_qk16_applies(const AttentionParams& p);
 // Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
 // >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
 // (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the

@@ -1447,3 +1447,71 @@ TEST(attention_decode_side_prefetch_consumed_same_bits) {
     EXPECT(left < size_t(sp.size()) << 19);  // some lines were prefetched
   }
 }
+
+// Q K^T of full 16-token sub-blocks through qk16 (attention_detail::decode_qk_wide: one or two
+// query rows per kv head, head_dim 65-128, wide token rows read in place: MHA decode, 7B's 32 x
+// 128) keeps each score's chunk FMAs and reduction tree: outputs and log-sum-exps bit for bit
+// equal with it off, f32 / f16 / bf16 caches, head_dim 80 / 100 (a tail chunk) / 128 (and 64, 4
+// query rows per kv head, narrow rows: not taken), lengths with and without a partial last
+// sub-block (the generic kernel there, the new one on the full ones), contiguous and paged (16 /
+// 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention. decode_qk16_applies must hold
+// for the shapes meant to take it (on AVX-512), so the comparison is not vacuous.
+TEST(attention_decode_qk_wide_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope sw(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; bool taken; };
+  const Shape shapes[] = {{32, 32, 128, 0, true}, {8, 8, 80, 0, true},  {6, 3, 100, 3, true}, {16, 8, 128, 0, true},
+                          {4, 4, 64, 0, false},   {8, 2, 128, 0, false}, {4, 2, 72, 0, false}};
+  const int64_t lengths[] = {1, 16, 17, 64, 129, 300};
+  const bool avx512 = isa_active() >= Isa::Avx512;
+  uint64_t seed = 15700;
+  int runs = 0, taken = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : lengths) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        EXPECT(attention_detail::decode_qk16_applies(d.p) == (avx512 && sh.taken));
+        std::unique_ptr<HalfCopy> h16, h64;
+        std::unique_ptr<PagedCopy> pg16, pg64;
+        std::vector<const AttentionParams*> ps;
+        std::vector<float> ref;
+        if (t == DType::F32) {
+          pg16 = std::make_unique<PagedCopy>(d, 16, seed);
+          pg64 = std::make_unique<PagedCopy>(d, 64, seed + 1);
+          ps = {&d.p, &pg16->p, &pg64->p};
+          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+        } else {
+          h16 = std::make_unique<HalfCopy>(d, t, 16, seed);
+          h64 = std::make_unique<HalfCopy>(d, t, 64, seed + 1);
+          ps = {&h16->p, &h16->paged, &h64->paged};
+          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16->kr.data(), h16->vr.data(), o, d.p); });
+        }
+        for (const AttentionParams* pp : ps) {
+          const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h16->k();
+          const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h16->v();
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                  std::to_string(pl ? pl->size() : 0);
+            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
+            const bool was = attention_detail::decode_qk_wide();
+            attention_detail::set_decode_qk_wide(true);
+            taken += attention_detail::decode_qk16_applies(*pp) && n >= 16 ? 1 : 0;
+            a = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, la.data()); });
+            attention_detail::set_decode_qk_wide(false);
+            EXPECT(!attention_detail::decode_qk16_applies(*pp));
+            b = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lb.data()); });
+            attention_detail::set_decode_qk_wide(was);
+            ++runs;
+            EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, w + " qk wide");
+            if (a != b || la != lb)
+              ::emollm_test::report_failure(__FILE__, __LINE__, "qk16 changed the result: " + w);
+          }
+        }
+      }
+  std::printf("  qk16 taken in %d of %d runs\n", taken, runs);
+  EXPECT(runs > 0);
+  EXPECT(!avx512 || taken > runs / 4);
+}
