@@ -30,7 +30,9 @@
 // layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
 // the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B). On AVX-512 the
 // rows are read in place (narrow ones swept a sub-block at a time, the next sub-block prefetched
-// meanwhile); a bf16 cache may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
+// meanwhile; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
+// through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
+// may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
 // DecodeBf16Dp in attention_internal.h).
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
