@@ -166,6 +166,26 @@ SM_T512 SM_AI void store_block(__m512 (&acc)[R][MB], const float* bias, float* Y
 }
 
 // ------------------------------------------------------------------ BF16, vdpbf16ps
+// One 32-column step of an R x MB register block, shared by bf16_block, pass_bf16 and
+// streams_bf16 (they differ only in where X's rows lie and what they prefetch): R weight rows'
+// 32 bf16 at byte offset 2 k (Tail: the first K - k of them, masked; X is zero there too), then
+// acc[r][m] += X row m . weight row r by vdpbf16ps (each lane adds its pair of k in order), X row
+// m's 32 bf16 at x + m * xstride (64-byte aligned).
+template <int R, int MB, bool Tail = false>
+SM_T512BF SM_AI void dot_step_bf16(__m512 (&acc)[R][MB], const uint8_t* const (&wr)[R], int64_t k, const uint16_t* x,
+                                   int64_t xstride, __mmask32 mk = 0) {
+  __m512bh w[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+    w[r] = Tail ? (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k) : (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) {
+    const __m512bh xv = (__m512bh)_mm512_load_si512(x + m * xstride);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv, w[r]);
+  }
+}
+
 // xb: X rounded to bf16, row m at xb + m * ldb (ldb = K rounded up to 32, zero past K).
 // Y rows m0..m0+MB-1 (already offset by the caller), weight rows n0..n0+R-1, k in [k0, k1).
 // acc: where the partial sums of a K block that is not the first / last come from / go to (the
@@ -184,31 +204,15 @@ SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, siz
     for (int m = 0; m < MB; ++m) acc[r][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc_io + (r * MB + m) * 16);
   int64_t k = k0;
   for (; k + 32 <= k1; k += 32) {
-    __m512bh w[R];
+    if constexpr (PF) {
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
-      w[r] = (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
     }
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xb + m * ldb + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
+    dot_step_bf16<R, MB>(acc, wr, k, xb + k, ldb);
   }
-  if (k < k1) {  // K % 32 weights, masked (X is zero there too); only in the last K block
-    const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
-    __m512bh w[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k);
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xb + m * ldb + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
-  }
+  if (k < k1)  // K % 32 weights, masked (X is zero there too); only in the last K block
+    dot_step_bf16<R, MB, true>(acc, wr, k, xb + k, ldb, __mmask32((1ull << (K - k)) - 1));
   if (k1 < K) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -450,28 +454,10 @@ SM_T512BF void pass_bf16(const Args& a, const uint16_t* xs, int64_t m0, int64_t 
   int64_t k = k0;
   for (; k + 32 <= k1; k += 32, xp += M * 32) {
     for (int j = 0; j < npf; ++j) _mm_prefetch(pf[j] + 2 * (k - k0), _MM_HINT_T0);
-    __m512bh w[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
+    dot_step_bf16<R, MB>(acc, wr, k, xp, 32);
   }
-  if (k < k1) {  // K % 32 weights, masked (X is zero there too); only in the last K block
-    const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
-    __m512bh w[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k);
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
-  }
+  if (k < k1)  // K % 32 weights, masked (X is zero there too); only in the last K block
+    dot_step_bf16<R, MB, true>(acc, wr, k, xp, 32, __mmask32((1ull << (K - k)) - 1));
   if (k1 < K) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -587,30 +573,11 @@ SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float
       const uint16_t* xp = xs + (k0 / 32) * MB * 32;
       int64_t k = k0;
       for (; k + 32 <= k1; k += 32, xp += MB * 32) {
-        __m512bh w[S];
 #pragma GCC unroll 4
-        for (int q = 0; q < S; ++q) {
-          _mm_prefetch(reinterpret_cast<const char*>(row[q] + pf_off + 2 * k), _MM_HINT_T0);
-          w[q] = (__m512bh)_mm512_loadu_si512(row[q] + 2 * k);
-        }
-#pragma GCC unroll 8
-        for (int m = 0; m < MB; ++m) {
-          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
-        }
+        for (int q = 0; q < S; ++q) _mm_prefetch(reinterpret_cast<const char*>(row[q] + pf_off + 2 * k), _MM_HINT_T0);
+        dot_step_bf16<S, MB>(acc, row, k, xp, 32);
       }
-      if (k < k1) {  // the K % 32 tail, only in the last block
-        __m512bh w[S];
-#pragma GCC unroll 4
-        for (int q = 0; q < S; ++q) w[q] = (__m512bh)_mm512_maskz_loadu_epi16(mk, row[q] + 2 * k);
-#pragma GCC unroll 8
-        for (int m = 0; m < MB; ++m) {
-          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
-        }
-      }
+      if (k < k1) dot_step_bf16<S, MB, true>(acc, row, k, xp, 32, mk);  // the K % 32 tail, only in the last block
 #pragma GCC unroll 4
       for (int q = 0; q < S; ++q) {
         if (k1 < K) {
