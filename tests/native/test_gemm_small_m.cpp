@@ -606,3 +606,54 @@ TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
     }
   }
 }
+
+// onepass_bf16's far prefetch (default; EMOLLM_SMALL_M_FAR_PREFETCH=0 off): prefetches only, plus
+// sub-ranges of 16..64 rows (about 128 KiB of weights) instead of 16, so per output the same
+// accumulators, k order, K blocks and reduction: the same bits as with it off, and both within the
+// rounded-X bound of ref::gemm. Shapes with several sub-ranges per thread at each sub-range size
+// (K = 1000: 64 rows, 1500: 40, 2085: 28, 5000: 16) and with K blocks (partial sums in acc_io),
+// ragged N (a single-row tail), K tails, bias, 1-3 threads.
+TEST(gemm_small_m_far_prefetch_bit_equal) {
+  if (!bf16_dot_usable()) {
+    std::printf("  skip gemm_small_m_far_prefetch_bit_equal: no AVX512-BF16\n");
+    return;
+  }
+  struct FarScope {
+    explicit FarScope(bool on) : prev_(gemm_detail::small_m_far_prefetch()) { gemm_detail::set_small_m_far_prefetch(on); }
+    ~FarScope() { gemm_detail::set_small_m_far_prefetch(prev_); }
+    bool prev_;
+  };
+  OnePassScope onepass(true);
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  uint32_t seed = 9700;
+  int compared = 0;
+  for (int64_t M : {9, 12, 16})
+    for (int64_t K : {1000, 1500, 2085, 5000})
+      for (int64_t N : {301, 530}) {
+        if (N == 530 && K > 2000) continue;
+        const Case c = make_case(DType::BF16, M, N, K, K % 3, N % 3, seed++);
+        std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
+        ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, c.bias.data(), Rr.data(), c.ldy, c.M, c.N, c.K);
+        for (ThreadPool* pl : pools) {
+          const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
+                                   " K=" + std::to_string(c.K) + " threads=" + std::to_string(pl ? pl->size() : 1);
+          std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
+          {
+            FarScope on(true);
+            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y.data(), c.ldy, c.M, c.N,
+                            c.K, pl);
+          }
+          {
+            FarScope off(false);
+            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y0.data(), c.ldy, c.M, c.N,
+                            c.K, pl);
+          }
+          if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
+            emollm_test::report_failure(__FILE__, __LINE__, what + ": far prefetch changed the bits");
+          check(Y, Rr, c, c.Xr, c.bias.data(), 0.0, what + " [vs rounded-x ref]");
+          ++compared;
+        }
+      }
+  EXPECT(compared == 3 * (4 * 2 - 2) * 3);
+}
