@@ -1989,10 +1989,6 @@ void bench_batched_decode(ThreadPool& pool) {
           gemm_detail::set_bf16_dot_min_m(prev_min);
         };
         Stats rounded;
-        // 9 <= M <= 16 bf16: onepass_bf16 without its far prefetch (EMOLLM_SMALL_M_FAR_PREFETCH=0) as a "near-pf" row
-        const bool near_pf = onepass_prev;
-        auto run_near_pf = [&](const void* wp) { with_switch(gemm_detail::set_small_m_far_prefetch, false, [&] { run(wp); }); };
-        Stats near;
         Stats prev, dn, probe;
         Result* res = run_case(r, [&](Result& rr) {
           std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
@@ -2002,10 +1998,8 @@ void bench_batched_decode(ThreadPool& pool) {
 #endif
           if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
           if (rounded_x) fns.push_back([&](int i) { run_rounded_x(copies[i]); });
-          if (near_pf) fns.push_back([&](int i) { run_near_pf(copies[i]); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
-          if (near_pf) near = st.back();
-          if (rounded_x) rounded = st[st.size() - 1 - (near_pf ? 1 : 0)];
+          if (rounded_x) rounded = st.back();
           rr.st = st[0];
           size_t j = 1;
           if (has_prev) prev = st[j++];
@@ -2051,9 +2045,6 @@ void bench_batched_decode(ThreadPool& pool) {
         if (rounded_x)
           add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, streams_bf16, interleaved",
               true, [&] { run_rounded_x(q.get()); });
-        if (near_pf)
-          add("near-pf", near, "onepass_bf16 without its far prefetch (EMOLLM_SMALL_M_FAR_PREFETCH=0), interleaved", true,
-              [&] { run_near_pf(q.get()); });
         settle();
       }
 }

@@ -75,9 +75,6 @@ bool small_m_streams();
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
 void set_small_m_onepass(bool on);
 bool small_m_onepass();
-// EMOLLM_SMALL_M_FAR_PREFETCH=0: onepass_bf16 prefetches only the next group (see gemm_small_m.cpp)
-void set_small_m_far_prefetch(bool on);
-bool small_m_far_prefetch();
 // The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
 // with X rounded to bf16 (gemm_small_m.cpp streams_bf16 below M = 9): 8 by default, so a row of a
 // batch of 8..64 gets the same bits in all of them (M = 8 measured 1.2-1.5x the exact-X dot_streams,

@@ -74,14 +74,6 @@ EnvSwitch& small_m_onepass_flag() {
 void set_small_m_onepass(bool on) { small_m_onepass_flag().set(on); }
 bool small_m_onepass() { return small_m_onepass_flag().on(); }
 namespace {
-EnvSwitch& small_m_far_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_FAR_PREFETCH");  // =0: onepass_bf16 with the next group's prefetch only
-  return on;
-}
-}  // namespace
-void set_small_m_far_prefetch(bool on) { small_m_far_prefetch_flag().set(on); }
-bool small_m_far_prefetch() { return small_m_far_prefetch_flag().on(); }
-namespace {
 // EMOLLM_BF16_DOT_MIN_M=m (2..9): BF16 weights at m <= M <= 8 take the vdpbf16ps kernel (X rounded
 // to bf16, as at M >= 9) instead of the exact-X dot kernels. Default kBf16DotMinMDefault = 8;
 // "0" / "off" / 9: 9 (M <= 8 exact, the previous path); other values: the default.
@@ -443,25 +435,12 @@ void run_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 constexpr int64_t kOnePassMaxM = 16;
 constexpr int64_t kOnePassRows = 16;  // rows per sub-range: acc_io holds rows x M x 64 bytes
 constexpr size_t kOnePassXBytes = size_t(24) << 10;
-// Far prefetch (small_m_far_prefetch, default): each sub-range's passes also bring the next
-// sub-range's rows (contiguous in W) into L2, spread evenly over their steps, so that the weights
-// are requested a whole sub-range ahead (tens of microseconds) and from many lines at once rather
-// than only one group ahead into L1 (the next group's slices: ~1 KiB a row, too short a run for
-// the hardware prefetcher to follow, and too little ahead to cover the memory's latency); the
-// sub-range then grows to about kOnePassFarBytes of weights (16..64 rows: 32 at K = 2048, 16 at
-// K = 5632) so the distance ahead is the same at any K. Loaded (Zen 5, 1 thread, cold weights,
-// interleaved call by call): M = 16 o 1.29x, gate_up 1.10-1.20x, down 1.00-1.09x the near
-// prefetch alone; near + far beat far alone (o 1.25 vs 1.18x, down 1.06 vs 0.93x). Prefetches
-// only: the same bits.
-constexpr size_t kOnePassFarBytes = size_t(128) << 10;
-constexpr int64_t kOnePassMaxRows = 64;
 
 // One register block: X rows [m0, m0 + MB) against weight rows [n, n + R), K block [k0, k1).
-// pf[0..npf): lines to prefetch into L1, one per step each (the next group's slices); far: far_lines
-// consecutive lines a step into L2 (the next sub-range's rows, see kOnePassFarBytes).
+// pf[0..npf): lines to prefetch, one per step each (the next group's slices).
 template <int R, int MB>
 SM_T512BF void pass_bf16(const Args& a, const uint16_t* xs, int64_t m0, int64_t n, int64_t k0, int64_t k1, float* io,
-                         const char* const* pf, int npf, const char* far, int far_lines) {
+                         const char* const* pf, int npf) {
   const int64_t K = a.K, M = a.M;
   const uint8_t* wr[R];
 #pragma GCC unroll 4
@@ -475,8 +454,6 @@ SM_T512BF void pass_bf16(const Args& a, const uint16_t* xs, int64_t m0, int64_t 
   int64_t k = k0;
   for (; k + 32 <= k1; k += 32, xp += M * 32) {
     for (int j = 0; j < npf; ++j) _mm_prefetch(pf[j] + 2 * (k - k0), _MM_HINT_T0);
-    for (int j = 0; j < far_lines; ++j) _mm_prefetch(far + 64 * j, _MM_HINT_T1);
-    far += 64 * far_lines;
     dot_step_bf16<R, MB>(acc, wr, k, xp, 32);
   }
   if (k < k1)  // K % 32 weights, masked (X is zero there too); only in the last K block
@@ -492,7 +469,7 @@ SM_T512BF void pass_bf16(const Args& a, const uint16_t* xs, int64_t m0, int64_t 
 }
 
 using PassFn = void (*)(const Args&, const uint16_t*, int64_t, int64_t, int64_t, int64_t, float*, const char* const*,
-                        int, const char*, int);
+                        int);
 template <int R>
 struct PassTable {
   static constexpr PassFn fns[kMB] = {pass_bf16<R, 1>, pass_bf16<R, 2>, pass_bf16<R, 3>,
@@ -504,19 +481,9 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K, M = a.M, kb = p.kblock, n4 = a.N / kR * kR;
   const int64_t nblk = (M + kMB - 1) / kMB, base = M / nblk, extra = M % nblk;
-  const bool far_on = small_m_far_prefetch();
-  const int64_t rows =
-      far_on ? std::clamp<int64_t>(int64_t(kOnePassFarBytes / a.row_bytes) / kR * kR, kOnePassRows, kOnePassMaxRows)
-             : kOnePassRows;
-  float* acc_io = K > kb ? static_cast<float*>(scratch(0, size_t(rows) * size_t(M) * 64)) : nullptr;
-  const int64_t steps_k = (K + 31) / 32;
-  for (int64_t s0 = n0; s0 < n1; s0 += rows) {
-    const int64_t s1 = std::min(n1, s0 + rows);
-    // far prefetch: the next sub-range's rows (within this range), far_lines lines a step into L2
-    const char* far = reinterpret_cast<const char*>(W + size_t(s1) * a.row_bytes);
-    const char* far_end = reinterpret_cast<const char*>(W + size_t(std::min(n1, s1 + rows)) * a.row_bytes);
-    const int64_t far_total = (far_end - far) / 64, steps_total = (s1 - s0 + kR - 1) / kR * nblk * steps_k;
-    const int far_lines = far_on ? int((far_total + steps_total - 1) / std::max<int64_t>(1, steps_total)) : 0;
+  float* acc_io = K > kb ? static_cast<float*>(scratch(0, size_t(kOnePassRows) * size_t(M) * 64)) : nullptr;
+  for (int64_t s0 = n0; s0 < n1; s0 += kOnePassRows) {
+    const int64_t s1 = std::min(n1, s0 + kOnePassRows);
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       const int64_t k1 = std::min(K, k0 + kb);
       for (int64_t n = s0; n < s1;) {
@@ -540,13 +507,11 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
           const char* pf[kR];
           int npf = 0;
           for (int64_t q = b; q < R; q += nblk)
-              pf[npf++] = reinterpret_cast<const char*>(W + size_t(tn + q) * a.row_bytes + 2 * tk);
-          const int fl = far < far_end ? far_lines : 0;
+            pf[npf++] = reinterpret_cast<const char*>(W + size_t(tn + q) * a.row_bytes + 2 * tk);
           if (R == kR)
-            PassTable<kR>::fns[mb - 1](a, p.xb, m0, n, k0, k1, io ? io + m0 * kR * 16 : nullptr, pf, npf, far, fl);
+            PassTable<kR>::fns[mb - 1](a, p.xb, m0, n, k0, k1, io ? io + m0 * kR * 16 : nullptr, pf, npf);
           else
-            PassTable<1>::fns[mb - 1](a, p.xb, m0, n, k0, k1, io ? io + m0 * 16 : nullptr, pf, npf, far, fl);
-          far += 64 * fl * ((k1 - k0 + 31) / 32);
+            PassTable<1>::fns[mb - 1](a, p.xb, m0, n, k0, k1, io ? io + m0 * 16 : nullptr, pf, npf);
           m0 += mb;
         }
         n += R;
