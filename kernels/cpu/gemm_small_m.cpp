@@ -101,6 +101,14 @@ EnvSwitch& small_m_streams_flag() {
 }  // namespace
 void set_small_m_streams(bool on) { small_m_streams_flag().set(on); }
 bool small_m_streams() { return small_m_streams_flag().on(); }
+namespace {
+EnvSwitch& small_m_streams_whole_k_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_STREAMS_WHOLE_K");  // =0: streams_bf16 in K blocks of 32 KiB of X
+  return on;
+}
+}  // namespace
+void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(on); }
+bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -546,11 +554,18 @@ SM_T512BF SM_AI void store_row_bf16(__m512 acc, const Args& a, int64_t m, int64_
   a.Y[m * a.ldy + n] = v;
 }
 
-// K in blocks of kb columns when M x K bf16 of X exceeds kStreamsXBytes (1.1B down at M = 8: three
-// blocks of 1888), so that X's block stays in L1; a row's partial sums wait in io between blocks
-// (exactly), and the prefetch then runs one row ahead in each stream (the next row's slice of the
-// block) rather than along the row.
+// K in blocks of kb columns when M x K bf16 of X exceeds kStreamsXBytes; a row's partial sums wait
+// in io between blocks (exactly), and the prefetch then runs one row ahead in each stream (the next
+// row's slice of the block) rather than along the row.
+// The limit is kStreamsXBytesL2 (256 KiB: X from L2, M = 8 up to K = 16384 in one block) by default
+// and was kStreamsXBytes (32 KiB: X in L1; 1.1B down at M = 8 in three blocks of 1888) before
+// (small_m_streams_whole_k, EMOLLM_SMALL_M_STREAMS_WHOLE_K=0). The call is memory-bound: with the
+// K blocks each stream reads a row in slices a third of it long, 11 KiB apart, and the hardware
+// prefetcher loses them; whole rows are long sequential runs, and X's 8 step-major loads a step come
+// from L2 in order. Loaded (Zen 5, cold weights, a fresh copy a call, interleaved): M = 8 down
+// (N 2048, K 5632) 1.15-1.22x at 2 threads, 1.07x at 1 thread. Same bits (K blocks are exact).
 constexpr size_t kStreamsXBytes = size_t(32) << 10;
+constexpr size_t kStreamsXBytesL2 = size_t(256) << 10;
 
 template <int MB, int S>
 SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float* io, int64_t n0, int64_t n1) {
@@ -756,7 +771,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
     p.xb = xb;
     if (a.M <= kSmallM) {  // bf16dot_low: memory-bound, the streams kernel
       round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
-      const int64_t nkb = (int64_t(a.M) * p.ldb * 2 + int64_t(kStreamsXBytes) - 1) / int64_t(kStreamsXBytes);
+      const int64_t sxb = int64_t(small_m_streams_whole_k() ? kStreamsXBytesL2 : kStreamsXBytes);
+      const int64_t nkb = (int64_t(a.M) * p.ldb * 2 + sxb - 1) / sxb;
       p.kblock = ((p.ldb / 32 + nkb - 1) / nkb) * 32;  // balanced blocks of whole steps
       range = kStreamsBf16[a.M - 1];
     } else if (a.M <= kOnePassMaxM && small_m_onepass()) {
