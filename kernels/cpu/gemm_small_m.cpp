@@ -74,6 +74,14 @@ EnvSwitch& small_m_onepass_flag() {
 void set_small_m_onepass(bool on) { small_m_onepass_flag().set(on); }
 bool small_m_onepass() { return small_m_onepass_flag().on(); }
 namespace {
+EnvSwitch& small_m_onepass_x16k_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS_X16K");  // =0: onepass_bf16's X blocks of 24 KiB
+  return on;
+}
+}  // namespace
+void set_small_m_onepass_x16k(bool on) { small_m_onepass_x16k_flag().set(on); }
+bool small_m_onepass_x16k() { return small_m_onepass_x16k_flag().on(); }
+namespace {
 // EMOLLM_BF16_DOT_MIN_M=m (2..9): BF16 weights at m <= M <= 8 take the vdpbf16ps kernel (X rounded
 // to bf16, as at M >= 9) instead of the exact-X dot kernels. Default kBf16DotMinMDefault = 8;
 // "0" / "off" / 9: 9 (M <= 8 exact, the previous path); other values: the default.
@@ -442,7 +450,15 @@ void run_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // operands: 17 loads per 16 vdpbf16ps ran at ~55% of the dot peak hot, 0.66x run_range_bf16.)
 constexpr int64_t kOnePassMaxM = 16;
 constexpr int64_t kOnePassRows = 16;  // rows per sub-range: acc_io holds rows x M x 64 bytes
+// X's K block: kOnePassXBytes16 (16 KiB: M = 16 512 columns) by default, kOnePassXBytes (24 KiB:
+// 768) before (small_m_onepass_x16k, EMOLLM_SMALL_M_ONEPASS_X16K=0). In L1 (48 KiB on Zen 5) beside
+// X's block sit acc_io (16 rows x M x 64 B = 16 KiB at M = 16), the group's weight slices and the
+// next group's prefetched ones (2 x 4 rows x 2 kblock B): 48 KiB at 24 KiB of X, 40 at 16.
+// Loaded (Zen 5, cold weights, a fresh copy a call, interleaved, 4 rounds): M = 16 o 0.99-1.09x,
+// gate_up 1.01-1.08x, down 1.07-1.10x (1 and 2 threads); 12 KiB 0.94-1.03x, 32 KiB 0.85-1.00x,
+// whole K (X from L2) 0.72-0.94x. Same bits (K blocks are exact).
 constexpr size_t kOnePassXBytes = size_t(24) << 10;
+constexpr size_t kOnePassXBytes16 = size_t(16) << 10;
 
 // One register block: X rows [m0, m0 + MB) against weight rows [n, n + R), K block [k0, k1).
 // pf[0..npf): lines to prefetch, one per step each (the next group's slices).
@@ -777,8 +793,9 @@ bool gemm_small_m(const Args& a, Isa isa) {
       range = kStreamsBf16[a.M - 1];
     } else if (a.M <= kOnePassMaxM && small_m_onepass()) {
       round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
-      // X's K block in L1: M rows x kblock bf16 <= kOnePassXBytes (M = 16: 768 columns)
-      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(kOnePassXBytes / (size_t(a.M) * 2)) / 32 * 32));
+      // X's K block in L1: M rows x kblock bf16 <= 16 KiB (M = 16: 512 columns; see kOnePassXBytes16)
+      const size_t xbytes = small_m_onepass_x16k() ? kOnePassXBytes16 : kOnePassXBytes;
+      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(xbytes / (size_t(a.M) * 2)) / 32 * 32));
       range = onepass_bf16;
     } else {
       round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);
