@@ -1996,6 +1996,10 @@ void bench_batched_decode(ThreadPool& pool) {
           with_switch(gemm_detail::set_small_m_streams_whole_k, false, [&] { run(wp); });
         };
         Stats xbl1;
+        // bf16 on onepass_bf16 (9 <= M <= 16): X blocks of 24 KiB (EMOLLM_SMALL_M_ONEPASS_X16K=0) as an "x24k" row
+        const bool x24k = onepass_prev;
+        auto run_x24k = [&](const void* wp) { with_switch(gemm_detail::set_small_m_onepass_x16k, false, [&] { run(wp); }); };
+        Stats x24;
         Stats prev, dn, probe;
         Result* res = run_case(r, [&](Result& rr) {
           std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
@@ -2006,9 +2010,11 @@ void bench_batched_decode(ThreadPool& pool) {
           if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
           if (rounded_x) fns.push_back([&](int i) { run_rounded_x(copies[i]); });
           if (xblock_l1) fns.push_back([&](int i) { run_xblock_l1(copies[i]); });
+          if (x24k) fns.push_back([&](int i) { run_x24k(copies[i]); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
-          if (xblock_l1) xbl1 = st.back();
-          if (rounded_x) rounded = st[st.size() - 1 - (xblock_l1 ? 1 : 0)];
+          if (x24k) x24 = st.back();
+          if (xblock_l1) xbl1 = st[st.size() - 1 - (x24k ? 1 : 0)];
+          if (rounded_x) rounded = st[st.size() - 1 - (xblock_l1 ? 1 : 0) - (x24k ? 1 : 0)];
           rr.st = st[0];
           size_t j = 1;
           if (has_prev) prev = st[j++];
@@ -2057,6 +2063,9 @@ void bench_batched_decode(ThreadPool& pool) {
         if (xblock_l1)
           add("xblock-l1", xbl1, "streams_bf16 in K blocks of 32 KiB of x (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0), interleaved",
               true, [&] { run_xblock_l1(q.get()); });
+        if (x24k)
+          add("x24k", x24, "onepass_bf16 with x in K blocks of 24 KiB (EMOLLM_SMALL_M_ONEPASS_X16K=0), interleaved", true,
+              [&] { run_x24k(q.get()); });
         settle();
       }
 }
