@@ -578,8 +578,10 @@ SM_T512BF SM_AI void store_row_bf16(__m512 acc, const Args& a, int64_t m, int64_
 // (small_m_streams_whole_k, EMOLLM_SMALL_M_STREAMS_WHOLE_K=0). The call is memory-bound: with the
 // K blocks each stream reads a row in slices a third of it long, 11 KiB apart, and the hardware
 // prefetcher loses them; whole rows are long sequential runs, and X's 8 step-major loads a step come
-// from L2 in order. Loaded (Zen 5, cold weights, a fresh copy a call, interleaved): M = 8 down
-// (N 2048, K 5632) 1.15-1.22x at 2 threads, 1.07x at 1 thread. Same bits (K blocks are exact).
+// from L2 in order. Loaded (Zen 5, load 7-11, cold weights, a fresh copy a call, interleaved), M = 8
+// down (N 2048, K 5632) against the 32 KiB blocks: 2 threads 0.96-1.22x (5 runs, mean 1.09x), 1
+// thread 0.93-1.07x (mean 1.01x): a small gain at best, within the loaded machine's noise; wants a
+// quiet run. Same bits (K blocks are exact).
 constexpr size_t kStreamsXBytes = size_t(32) << 10;
 constexpr size_t kStreamsXBytesL2 = size_t(256) << 10;
 
