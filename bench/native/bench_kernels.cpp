@@ -1989,6 +1989,17 @@ void bench_batched_decode(ThreadPool& pool) {
           gemm_detail::set_bf16_dot_min_m(prev_min);
         };
         Stats rounded;
+        // bf16 on streams_bf16 (bf16_dot_min_m() <= M <= 8): X's K blocks of 32 KiB (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0) as
+        // an "xblock-l1" row
+        const bool xblock_l1 = exact_prev;
+        auto run_xblock_l1 = [&](const void* wp) {
+          with_switch(gemm_detail::set_small_m_streams_whole_k, false, [&] { run(wp); });
+        };
+        Stats xbl1;
+        // bf16 on onepass_bf16 (9 <= M <= 16): X blocks of 24 KiB (EMOLLM_SMALL_M_ONEPASS_X16K=0) as an "x24k" row
+        const bool x24k = onepass_prev;
+        auto run_x24k = [&](const void* wp) { with_switch(gemm_detail::set_small_m_onepass_x16k, false, [&] { run(wp); }); };
+        Stats x24;
         Stats prev, dn, probe;
         Result* res = run_case(r, [&](Result& rr) {
           std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
@@ -1998,8 +2009,12 @@ void bench_batched_decode(ThreadPool& pool) {
 #endif
           if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
           if (rounded_x) fns.push_back([&](int i) { run_rounded_x(copies[i]); });
+          if (xblock_l1) fns.push_back([&](int i) { run_xblock_l1(copies[i]); });
+          if (x24k) fns.push_back([&](int i) { run_x24k(copies[i]); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
-          if (rounded_x) rounded = st.back();
+          if (x24k) x24 = st.back();
+          if (xblock_l1) xbl1 = st[st.size() - 1 - (x24k ? 1 : 0)];
+          if (rounded_x) rounded = st[st.size() - 1 - (xblock_l1 ? 1 : 0) - (x24k ? 1 : 0)];
           rr.st = st[0];
           size_t j = 1;
           if (has_prev) prev = st[j++];
@@ -2045,6 +2060,12 @@ void bench_batched_decode(ThreadPool& pool) {
         if (rounded_x)
           add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, streams_bf16, interleaved",
               true, [&] { run_rounded_x(q.get()); });
+        if (xblock_l1)
+          add("xblock-l1", xbl1, "streams_bf16 in K blocks of 32 KiB of x (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0), interleaved",
+              true, [&] { run_xblock_l1(q.get()); });
+        if (x24k)
+          add("x24k", x24, "onepass_bf16 with x in K blocks of 24 KiB (EMOLLM_SMALL_M_ONEPASS_X16K=0), interleaved", true,
+              [&] { run_x24k(q.get()); });
         settle();
       }
 }

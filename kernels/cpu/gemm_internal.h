@@ -75,6 +75,14 @@ bool small_m_streams();
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
 void set_small_m_onepass(bool on);
 bool small_m_onepass();
+// EMOLLM_SMALL_M_ONEPASS_X16K=0: onepass_bf16 takes X in K blocks of 24 KiB instead of 16 KiB (see
+// gemm_small_m.cpp kOnePassXBytes16). Same bits.
+void set_small_m_onepass_x16k(bool on);
+bool small_m_onepass_x16k();
+// EMOLLM_SMALL_M_STREAMS_WHOLE_K=0: streams_bf16 (BF16, rounded X, M <= 8) splits K so that X's
+// block is 32 KiB (L1) instead of 256 KiB (L2; see gemm_small_m.cpp). Same bits.
+void set_small_m_streams_whole_k(bool on);
+bool small_m_streams_whole_k();
 // The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
 // with X rounded to bf16 (gemm_small_m.cpp streams_bf16 below M = 9): 8 by default, so a row of a
 // batch of 8..64 gets the same bits in all of them (M = 8 measured 1.2-1.5x the exact-X dot_streams,

@@ -74,6 +74,14 @@ EnvSwitch& small_m_onepass_flag() {
 void set_small_m_onepass(bool on) { small_m_onepass_flag().set(on); }
 bool small_m_onepass() { return small_m_onepass_flag().on(); }
 namespace {
+EnvSwitch& small_m_onepass_x16k_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS_X16K");  // =0: onepass_bf16's X blocks of 24 KiB
+  return on;
+}
+}  // namespace
+void set_small_m_onepass_x16k(bool on) { small_m_onepass_x16k_flag().set(on); }
+bool small_m_onepass_x16k() { return small_m_onepass_x16k_flag().on(); }
+namespace {
 // EMOLLM_BF16_DOT_MIN_M=m (2..9): BF16 weights at m <= M <= 8 take the vdpbf16ps kernel (X rounded
 // to bf16, as at M >= 9) instead of the exact-X dot kernels. Default kBf16DotMinMDefault = 8;
 // "0" / "off" / 9: 9 (M <= 8 exact, the previous path); other values: the default.
@@ -101,6 +109,14 @@ EnvSwitch& small_m_streams_flag() {
 }  // namespace
 void set_small_m_streams(bool on) { small_m_streams_flag().set(on); }
 bool small_m_streams() { return small_m_streams_flag().on(); }
+namespace {
+EnvSwitch& small_m_streams_whole_k_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_STREAMS_WHOLE_K");  // =0: streams_bf16 in K blocks of 32 KiB of X
+  return on;
+}
+}  // namespace
+void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(on); }
+bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -166,6 +182,26 @@ SM_T512 SM_AI void store_block(__m512 (&acc)[R][MB], const float* bias, float* Y
 }
 
 // ------------------------------------------------------------------ BF16, vdpbf16ps
+// One 32-column step of an R x MB register block, shared by bf16_block, pass_bf16 and
+// streams_bf16 (they differ only in where X's rows lie and what they prefetch): R weight rows'
+// 32 bf16 at byte offset 2 k (Tail: the first K - k of them, masked; X is zero there too), then
+// acc[r][m] += X row m . weight row r by vdpbf16ps (each lane adds its pair of k in order), X row
+// m's 32 bf16 at x + m * xstride (64-byte aligned).
+template <int R, int MB, bool Tail = false>
+SM_T512BF SM_AI void dot_step_bf16(__m512 (&acc)[R][MB], const uint8_t* const (&wr)[R], int64_t k, const uint16_t* x,
+                                   int64_t xstride, __mmask32 mk = 0) {
+  __m512bh w[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+    w[r] = Tail ? (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k) : (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) {
+    const __m512bh xv = (__m512bh)_mm512_load_si512(x + m * xstride);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv, w[r]);
+  }
+}
+
 // xb: X rounded to bf16, row m at xb + m * ldb (ldb = K rounded up to 32, zero past K).
 // Y rows m0..m0+MB-1 (already offset by the caller), weight rows n0..n0+R-1, k in [k0, k1).
 // acc: where the partial sums of a K block that is not the first / last come from / go to (the
@@ -184,31 +220,15 @@ SM_T512BF void bf16_block(const uint16_t* xb, int64_t ldb, const uint8_t* W, siz
     for (int m = 0; m < MB; ++m) acc[r][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc_io + (r * MB + m) * 16);
   int64_t k = k0;
   for (; k + 32 <= k1; k += 32) {
-    __m512bh w[R];
+    if constexpr (PF) {
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
-      w[r] = (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
     }
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xb + m * ldb + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
+    dot_step_bf16<R, MB>(acc, wr, k, xb + k, ldb);
   }
-  if (k < k1) {  // K % 32 weights, masked (X is zero there too); only in the last K block
-    const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
-    __m512bh w[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k);
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xb + m * ldb + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
-  }
+  if (k < k1)  // K % 32 weights, masked (X is zero there too); only in the last K block
+    dot_step_bf16<R, MB, true>(acc, wr, k, xb + k, ldb, __mmask32((1ull << (K - k)) - 1));
   if (k1 < K) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -430,7 +450,15 @@ void run_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // operands: 17 loads per 16 vdpbf16ps ran at ~55% of the dot peak hot, 0.66x run_range_bf16.)
 constexpr int64_t kOnePassMaxM = 16;
 constexpr int64_t kOnePassRows = 16;  // rows per sub-range: acc_io holds rows x M x 64 bytes
+// X's K block: kOnePassXBytes16 (16 KiB: M = 16 512 columns) by default, kOnePassXBytes (24 KiB:
+// 768) before (small_m_onepass_x16k, EMOLLM_SMALL_M_ONEPASS_X16K=0). In L1 (48 KiB on Zen 5) beside
+// X's block sit acc_io (16 rows x M x 64 B = 16 KiB at M = 16), the group's weight slices and the
+// next group's prefetched ones (2 x 4 rows x 2 kblock B): 48 KiB at 24 KiB of X, 40 at 16.
+// Loaded (Zen 5, cold weights, a fresh copy a call, interleaved, 4 rounds): M = 16 o 0.99-1.09x,
+// gate_up 1.01-1.08x, down 1.07-1.10x (1 and 2 threads); 12 KiB 0.94-1.03x, 32 KiB 0.85-1.00x,
+// whole K (X from L2) 0.72-0.94x. Same bits (K blocks are exact).
 constexpr size_t kOnePassXBytes = size_t(24) << 10;
+constexpr size_t kOnePassXBytes16 = size_t(16) << 10;
 
 // One register block: X rows [m0, m0 + MB) against weight rows [n, n + R), K block [k0, k1).
 // pf[0..npf): lines to prefetch, one per step each (the next group's slices).
@@ -450,28 +478,10 @@ SM_T512BF void pass_bf16(const Args& a, const uint16_t* xs, int64_t m0, int64_t 
   int64_t k = k0;
   for (; k + 32 <= k1; k += 32, xp += M * 32) {
     for (int j = 0; j < npf; ++j) _mm_prefetch(pf[j] + 2 * (k - k0), _MM_HINT_T0);
-    __m512bh w[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_loadu_si512(wr[r] + 2 * k);
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
+    dot_step_bf16<R, MB>(acc, wr, k, xp, 32);
   }
-  if (k < k1) {  // K % 32 weights, masked (X is zero there too); only in the last K block
-    const __mmask32 mk = __mmask32((1ull << (K - k)) - 1);
-    __m512bh w[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[r] + 2 * k);
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) {
-      const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x, w[r]);
-    }
-  }
+  if (k < k1)  // K % 32 weights, masked (X is zero there too); only in the last K block
+    dot_step_bf16<R, MB, true>(acc, wr, k, xp, 32, __mmask32((1ull << (K - k)) - 1));
   if (k1 < K) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -560,11 +570,20 @@ SM_T512BF SM_AI void store_row_bf16(__m512 acc, const Args& a, int64_t m, int64_
   a.Y[m * a.ldy + n] = v;
 }
 
-// K in blocks of kb columns when M x K bf16 of X exceeds kStreamsXBytes (1.1B down at M = 8: three
-// blocks of 1888), so that X's block stays in L1; a row's partial sums wait in io between blocks
-// (exactly), and the prefetch then runs one row ahead in each stream (the next row's slice of the
-// block) rather than along the row.
+// K in blocks of kb columns when M x K bf16 of X exceeds kStreamsXBytes; a row's partial sums wait
+// in io between blocks (exactly), and the prefetch then runs one row ahead in each stream (the next
+// row's slice of the block) rather than along the row.
+// The limit is kStreamsXBytesL2 (256 KiB: X from L2, M = 8 up to K = 16384 in one block) by default
+// and was kStreamsXBytes (32 KiB: X in L1; 1.1B down at M = 8 in three blocks of 1888) before
+// (small_m_streams_whole_k, EMOLLM_SMALL_M_STREAMS_WHOLE_K=0). The call is memory-bound: with the
+// K blocks each stream reads a row in slices a third of it long, 11 KiB apart, and the hardware
+// prefetcher loses them; whole rows are long sequential runs, and X's 8 step-major loads a step come
+// from L2 in order. Loaded (Zen 5, load 7-11, cold weights, a fresh copy a call, interleaved), M = 8
+// down (N 2048, K 5632) against the 32 KiB blocks: 2 threads 0.96-1.22x (5 runs, mean 1.09x), 1
+// thread 0.93-1.07x (mean 1.01x): a small gain at best, within the loaded machine's noise; wants a
+// quiet run. Same bits (K blocks are exact).
 constexpr size_t kStreamsXBytes = size_t(32) << 10;
+constexpr size_t kStreamsXBytesL2 = size_t(256) << 10;
 
 template <int MB, int S>
 SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float* io, int64_t n0, int64_t n1) {
@@ -587,30 +606,11 @@ SM_T512BF void streams_bf16(const Args& a, const uint16_t* xs, int64_t kb, float
       const uint16_t* xp = xs + (k0 / 32) * MB * 32;
       int64_t k = k0;
       for (; k + 32 <= k1; k += 32, xp += MB * 32) {
-        __m512bh w[S];
 #pragma GCC unroll 4
-        for (int q = 0; q < S; ++q) {
-          _mm_prefetch(reinterpret_cast<const char*>(row[q] + pf_off + 2 * k), _MM_HINT_T0);
-          w[q] = (__m512bh)_mm512_loadu_si512(row[q] + 2 * k);
-        }
-#pragma GCC unroll 8
-        for (int m = 0; m < MB; ++m) {
-          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
-        }
+        for (int q = 0; q < S; ++q) _mm_prefetch(reinterpret_cast<const char*>(row[q] + pf_off + 2 * k), _MM_HINT_T0);
+        dot_step_bf16<S, MB>(acc, row, k, xp, 32);
       }
-      if (k < k1) {  // the K % 32 tail, only in the last block
-        __m512bh w[S];
-#pragma GCC unroll 4
-        for (int q = 0; q < S; ++q) w[q] = (__m512bh)_mm512_maskz_loadu_epi16(mk, row[q] + 2 * k);
-#pragma GCC unroll 8
-        for (int m = 0; m < MB; ++m) {
-          const __m512bh x = (__m512bh)_mm512_load_si512(xp + m * 32);
-#pragma GCC unroll 4
-          for (int q = 0; q < S; ++q) acc[q][m] = _mm512_dpbf16_ps(acc[q][m], x, w[q]);
-        }
-      }
+      if (k < k1) dot_step_bf16<S, MB, true>(acc, row, k, xp, 32, mk);  // the K % 32 tail, only in the last block
 #pragma GCC unroll 4
       for (int q = 0; q < S; ++q) {
         if (k1 < K) {
@@ -789,13 +789,15 @@ bool gemm_small_m(const Args& a, Isa isa) {
     p.xb = xb;
     if (a.M <= kSmallM) {  // bf16dot_low: memory-bound, the streams kernel
       round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
-      const int64_t nkb = (int64_t(a.M) * p.ldb * 2 + int64_t(kStreamsXBytes) - 1) / int64_t(kStreamsXBytes);
+      const int64_t sxb = int64_t(small_m_streams_whole_k() ? kStreamsXBytesL2 : kStreamsXBytes);
+      const int64_t nkb = (int64_t(a.M) * p.ldb * 2 + sxb - 1) / sxb;
       p.kblock = ((p.ldb / 32 + nkb - 1) / nkb) * 32;  // balanced blocks of whole steps
       range = kStreamsBf16[a.M - 1];
     } else if (a.M <= kOnePassMaxM && small_m_onepass()) {
       round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
-      // X's K block in L1: M rows x kblock bf16 <= kOnePassXBytes (M = 16: 768 columns)
-      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(kOnePassXBytes / (size_t(a.M) * 2)) / 32 * 32));
+      // X's K block in L1: M rows x kblock bf16 <= 16 KiB (M = 16: 512 columns; see kOnePassXBytes16)
+      const size_t xbytes = small_m_onepass_x16k() ? kOnePassXBytes16 : kOnePassXBytes;
+      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(xbytes / (size_t(a.M) * 2)) / 32 * 32));
       range = onepass_bf16;
     } else {
       round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);
