@@ -190,6 +190,10 @@ void set_gemv_pass_prefetch(bool on);
 void set_repack_supergroups(bool on);
 bool repack_supergroups();
 bool gemv_pass_prefetch();
+// gemv_repacked on q4_0 4-group records: n super-groups a pass, one read stream each (n = 2..4;
+// default 1, one a pass; EMOLLM_Q40_STREAMS=n). Same bits. Opt-in; process-wide.
+void set_q40_streams(int n);
+int q40_streams();
 // gemv_repacked / gemv_repacked_multi on a pool: guided chunks (base/thread_pool.h
 // parallel_guided; default on) or, when off, the previous ~8 equal chunks per thread. Same bits.
 // For the A/B rows of bench_kernels; process-wide.

@@ -130,6 +130,21 @@ EnvSwitch& pass_prefetch_flag() {
 void set_gemv_pass_prefetch(bool on) { pass_prefetch_flag().set(on); }
 bool gemv_pass_prefetch() { return pass_prefetch_flag().on(); }
 namespace {
+// Streams a thread reads at once in the q4_0 M = 1 GEMV (supergroups_avx512): 1 (default, the
+// previous path) to 4; EMOLLM_Q40_STREAMS=2..4 (opt-in: no gain measured at 1 thread on a loaded
+// machine, see supergroups_avx512; a quiet 2-thread A/B has not been run).
+std::atomic<int>& q40_streams_value() {
+  static std::atomic<int> n{[] {
+    const char* v = std::getenv("EMOLLM_Q40_STREAMS");
+    const int k = v ? std::atoi(v) : 1;
+    return k >= 2 && k <= 4 ? k : 1;
+  }()};
+  return n;
+}
+}  // namespace
+void set_q40_streams(int n) { q40_streams_value().store(n >= 2 && n <= 4 ? n : 1, std::memory_order_relaxed); }
+int q40_streams() { return q40_streams_value().load(std::memory_order_relaxed); }
+namespace {
 EnvSwitch& guided_flag() {
   static EnvSwitch on("EMOLLM_GEMV_GUIDED");  // =0: the previous equal chunks (whole-run A/B)
   return on;
@@ -388,6 +403,106 @@ EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
     if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + kGroup * j));
     _mm512_mask_storeu_ps(y + kGroup * j, m, r);
   }
+}
+
+// groups_block<false, kSuperGroup> on one q4_0 4-group record at r (scales of group j at r + 32j,
+// its quants at r + 128 + 256j: RepackLayout at sg = 4): the same operations in the same order
+// (the same bits), from one base pointer instead of eight.
+__attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t* xb, float dx, int32_t neg,
+                                                                    const uint8_t* r, __m512 (&f)[kSuperGroup]) {
+  constexpr int NG = kSuperGroup;
+  const __m512i m0f = _mm512_set1_epi8(0x0F);
+  const __m512i n = _mm512_set1_epi32(neg);
+  __m512i a[NG], c[NG];
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j) a[j] = n, c[j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (int t = 0; t < 4; ++t) {
+    const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
+#pragma GCC unroll 4
+    for (int j = 0; j < NG; ++j) {
+      __m512i v = _mm512_loadu_si512(r + 2 * kGroup * NG + 256 * j + 64 * t);
+      __asm__("" : "+v"(v));
+      a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
+      c[j] = _mm512_dpbusd_epi32(c[j], _mm512_andnot_si512(m0f, v), xh);
+    }
+  }
+  const __m512 d = _mm512_set1_ps(dx);
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j) {
+    const __m512i sum = _mm512_add_epi32(a[j], _mm512_srai_epi32(c[j], 4));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 2 * kGroup * j)));
+    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
+  }
+}
+
+// q4_0 on 4-group records: S super-groups (4S groups, 64S rows) from g0 (a multiple of 4) side by
+// side, so that a thread reads S sequential streams at once instead of one. On this Zen 5 VM one
+// thread reads one stream at 35-40 GB/s whatever the software prefetch distance (1 KiB to 9 KiB
+// ahead), two at 41-43 and four (the read probe's loop) at 46 (cold, interleaved, session 15): the
+// hardware prefetchers follow several streams at once, and the one-stream pass had reached the
+// one-stream read rate. Each block of each super-group is groups_block<false, 4>, as in
+// groups_avx512<false, 4> (the x broadcasts are loaded once per super-group), and every group keeps
+// its even / odd f32 accumulators, block order, final sum and bias: the same bits as one pass per
+// super-group. Prefetch: each stream `ahead` bytes along itself, two records at a time; past a
+// stream's end (its last blocks) the next pass's matching stream when there is one (`next_s`
+// streams from g0 + 4S), else on along memory; a chunk's first pass (`cold`) prefetches its own
+// first `ahead` bytes of every stream.
+template <int S>
+EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L,
+                                int64_t g0, int64_t nb, const float* bias, float* y, int64_t cols, int next_s,
+                                bool cold, size_t ahead) {
+  constexpr int NG = kSuperGroup;
+  const size_t rec = L.rec, stride = L.sgstride;
+  const uint8_t* st[S];
+  __m512 f0[S][NG], f1[S][NG];
+#pragma GCC unroll 4
+  for (int k = 0; k < S; ++k) {
+    st[k] = W + size_t(g0 / NG + k) * stride;
+#pragma GCC unroll 4
+    for (int j = 0; j < NG; ++j) f0[k][j] = f1[k][j] = _mm512_setzero_ps();
+  }
+  if (cold)
+    for (int k = 0; k < S; ++k)
+      for (size_t o = 0; o < ahead && o < stride; o += 64) _mm_prefetch(reinterpret_cast<const char*>(st[k] + o), _MM_HINT_T0);
+  const uint8_t* nx = W + size_t(g0 / NG + S) * stride;  // the next pass's first stream
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    const size_t off = size_t(b) * rec;
+    if (off + ahead + 2 * rec <= stride) {
+#pragma GCC unroll 4
+      for (int k = 0; k < S; ++k)
+        for (size_t o = 0; o < 2 * rec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(st[k] + off + ahead + o), _MM_HINT_T0);
+    } else {
+      for (int k = 0; k < S; ++k)
+        for (size_t o = 0; o < 2 * rec; o += 64) {
+          const size_t at = off + ahead + o;
+          if (at < stride)
+            _mm_prefetch(reinterpret_cast<const char*>(st[k] + at), _MM_HINT_T0);
+          else if (k < next_s)
+            _mm_prefetch(reinterpret_cast<const char*>(nx + size_t(k) * stride + (at - stride)), _MM_HINT_T0);
+          else if (next_s == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(st[k] + at), _MM_HINT_T0);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < S; ++k) record_block_q40(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k]);
+#pragma GCC unroll 4
+    for (int k = 0; k < S; ++k) record_block_q40(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + rec, f1[k]);
+  }
+  if (b < nb)
+#pragma GCC unroll 4
+    for (int k = 0; k < S; ++k) record_block_q40(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * rec, f0[k]);
+#pragma GCC unroll 4
+  for (int k = 0; k < S; ++k)
+#pragma GCC unroll 4
+    for (int j = 0; j < NG; ++j) {
+      const int64_t c = cols - kGroup * (NG * k + j);
+      const __mmask16 m = c >= kGroup ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
+      __m512 r = _mm512_add_ps(f0[k][j], f1[k][j]);
+      if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + kGroup * (NG * k + j)));
+      _mm512_mask_storeu_ps(y + kGroup * (NG * k + j), m, r);
+    }
 }
 
 // MR rows of X (row i: xq + i*ldq, block sums s[i]) against one group: each weight block is loaded
@@ -683,6 +798,25 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                    cold_start && edges && g == g0);
       }
     };
+    // q4_0 on 4-group records with EMOLLM_Q40_STREAMS=S > 1: S super-groups a pass
+    // (supergroups_avx512) while S whole ones are left, then fewer, then the passes below
+    const int S = gemm_detail::q40_streams();
+    if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0) {
+      auto spasses = [&](auto sc) {
+        constexpr int SS = decltype(sc)::value;
+        for (; g + SS * kSuperGroup <= g1; g += SS * kSuperGroup) {
+          const float* bg = bias ? bias + g * kGroup : nullptr;
+          const int64_t left = (g1 - g) / kSuperGroup - SS;  // whole super-groups after this pass
+          const int ns = edges ? int(std::min<int64_t>(left, SS)) : 0;
+          // ~9 KiB ahead in all, as the one-stream pass (8 records): 4 records a stream at S = 2, 2 at 3 or 4
+          supergroups_avx512<SS>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, ns, cold_start && edges && g == g0,
+                                 size_t(SS == 2 ? 4 : 2) * L.rec);
+        }
+      };
+      if (S >= 4) spasses(std::integral_constant<int, 4>());
+      if (S >= 3) spasses(std::integral_constant<int, 3>());
+      spasses(std::integral_constant<int, 2>());
+    }
     passes(std::integral_constant<int, kPassGroups>());
     passes(std::integral_constant<int, 2>());
     passes(std::integral_constant<int, 1>());

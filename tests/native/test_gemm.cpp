@@ -1747,3 +1747,77 @@ TEST(gemm_quant_activations_switch) {
     }
   }
 }
+
+// gemv_repacked's q4_0 passes over several super-groups at once (gemm_detail::set_q40_streams(S),
+// EMOLLM_Q40_STREAMS = 2..4: one read stream per super-group) give the bits of one super-group a
+// pass (S = 1, the default): each group keeps its blocks' order and its even / odd accumulators.
+// N around multiples of 64 and of 64 S (passes of S, then fewer, then the 4 / 2 / 1-group passes of
+// a partial last super-group), K of 1, 3 and 64 blocks (an odd block count leaves one block after
+// the pairs), with and without bias, the pass-edge prefetch on and off, 1-3 threads, and
+// gemv_repacked_multi with a first output of 37 rows (the second's groups start mid super-group in
+// the shared numbering). q8_0 ignores the setting (checked too).
+TEST(gemv_q40_streams_bit_equal_one_stream) {
+  struct StreamsScope {
+    explicit StreamsScope(int n) : prev_(gemm_detail::q40_streams()) { gemm_detail::set_q40_streams(n); }
+    ~StreamsScope() { gemm_detail::set_q40_streams(prev_); }
+    int prev_;
+  };
+  struct EdgesScope {
+    explicit EdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
+    ~EdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
+    bool prev_;
+  };
+  {
+    StreamsScope s(3);
+    EXPECT(gemm_detail::q40_streams() == 3);
+    gemm_detail::set_q40_streams(7);  // out of range: one stream
+    EXPECT(gemm_detail::q40_streams() == 1);
+  }
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  std::vector<float> bias(1100), bias37(37);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(int(i % 7) - 3) * 0.125f;
+  for (size_t i = 0; i < bias37.size(); ++i) bias37[i] = float(int(i % 5) - 2) * 0.25f;
+  uint32_t seed = 8100;
+  for (DType t : {DType::Q4_0, DType::Q8_0})
+    for (int64_t K : {32, 96, 2048})
+      for (int64_t N : {64, 100, 128, 192, 250, 256, 320, 448, 1000, 1088}) {
+        if (t == DType::Q8_0 && N > 256) continue;  // q8_0: only that the setting changes nothing
+        Weights w = make_weights(t, N, K, seed), w37 = make_weights(t, 37, K, seed + 5);
+        std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r37(quant_repack_bytes(t, 37, K));
+        quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
+        quant_repack(w37.bytes.data(), t, 37, K, r37.data(), nullptr);
+        Problem p = make_problem(1, N, K, 0, 0, seed + 1);
+        for (bool vnni : vnni_variants(isa_active()))
+          for (ThreadPool* pool : pools)
+            for (int edges = 0; edges < 2; ++edges)
+              for (int use_bias = 0; use_bias < 2; ++use_bias) {
+                VnniScope vs(vnni);
+                EdgesScope es(edges != 0);
+                const float* b = use_bias ? bias.data() : nullptr;
+                std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
+                {
+                  StreamsScope s(1);
+                  gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
+                  GemvOutput o[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
+                  gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+                }
+                for (float v : y1) EXPECT(v != kSentinel);
+                for (int S = 2; S <= 4; ++S) {
+                  const std::string what = std::string(dtype_name(t)) + " S=" + std::to_string(S) + " vnni=" +
+                                           yesno(vnni) + " threads=" + std::to_string(pool ? pool->size() : 1) +
+                                           " edges=" + yesno(edges) + " bias=" + yesno(use_bias) + " N=" +
+                                           std::to_string(N) + " K=" + std::to_string(K);
+                  std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
+                  StreamsScope s(S);
+                  gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
+                  GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
+                  gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+                  same(y, y1, what);
+                  same(ma, m1a, what + " multi[0]");
+                  same(mb, m1b, what + " multi[1]");
+                }
+              }
+        ++seed;
+      }
+}
