@@ -3,8 +3,9 @@
 //  - parallel_ranges still runs every item exactly once, the prefetched memory (a canary) is left
 //    as it was, and the spans are really issued (the process-wide issued-bytes counter moves);
 //  - a random-weight q4_0 / q8_0 LLaMA decodes with the same bits (every logit of the prompt and
-//    of each greedy step) with the switch on and off, at 1, 2 and 3 threads, while the hint really
-//    reaches the GEMVs (the counter moves with it on, stays put with it off).
+//    of each greedy step) with the switch on and off, and as a reference run with it off before
+//    any prefetch ran (a write through a span would change the shared weights), at 1, 2 and 3
+//    threads, while the hint really reaches the GEMVs (the counter moves with it on only).
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -137,10 +138,25 @@ TEST(decode_next_prefetch_bit_equal_on_and_off) {
       EXPECT(m->layers[0].wo.dtype == t);
       LlamaContextOptions o;
       o.n_ctx = 64;
+      const std::vector<int32_t> prompt = {1, 17, 40, 3, 99, 12, 5};
+      const std::string label = std::string(dtype_name(t)) + " " + std::to_string(threads) + " threads";
+      // the reference: the whole script with the switch off before any prefetch ran (the contexts
+      // share the weights, so a write through a span would reach both contexts below alike)
+      std::vector<std::vector<float>> ref;
+      {
+        NextPrefetchSwitch s(false);
+        LlamaContext r(m, o);
+        const int64_t V = r.n_vocab();
+        const float* l = r.eval(prompt.data(), int64_t(prompt.size()));
+        ref.emplace_back(l, l + V);
+        for (int step = 0; step < 10; ++step) {
+          const int32_t tok = emollm_test::argmax(ref.back().data(), V);
+          l = r.eval(&tok, 1);
+          ref.emplace_back(l, l + V);
+        }
+      }
       LlamaContext on(m, o), off(m, o);
       const int64_t V = on.n_vocab();
-      const std::string label = std::string(dtype_name(t)) + " " + std::to_string(threads) + " threads";
-      const std::vector<int32_t> prompt = {1, 17, 40, 3, 99, 12, 5};
       std::vector<float> la(static_cast<size_t>(V)), lb(la.size());
       {
         NextPrefetchSwitch s(true);
@@ -151,6 +167,7 @@ TEST(decode_next_prefetch_bit_equal_on_and_off) {
         std::memcpy(lb.data(), off.eval(prompt.data(), int64_t(prompt.size())), size_t(V) * sizeof(float));
       }
       EXPECT(same_bits(la.data(), lb.data(), la.size(), label + " prompt"));
+      EXPECT(same_bits(la.data(), ref[0].data(), la.size(), label + " prompt vs reference"));
       uint64_t issued_on = 0, issued_off = 0;
       int32_t tok = emollm_test::argmax(la.data(), V);
       for (int step = 0; step < 10; ++step) {
@@ -167,6 +184,7 @@ TEST(decode_next_prefetch_bit_equal_on_and_off) {
         }
         issued_off += next_prefetch_bytes_issued() - c0;
         EXPECT(same_bits(la.data(), lb.data(), la.size(), label + " decode step " + std::to_string(step)));
+        EXPECT(same_bits(la.data(), ref[size_t(step) + 1].data(), la.size(), label + " vs reference step " + std::to_string(step)));
         EXPECT(emollm_test::argmax(la.data(), V) == emollm_test::argmax(lb.data(), V));
         tok = emollm_test::argmax(la.data(), V);
       }
