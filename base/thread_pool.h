@@ -55,7 +55,28 @@ class ThreadPool {
     return ith >= 0 && ith < std::min(n_threads_, kMaxSideThreads) ? side_[ith].left : 0;
   }
 
+  // Next-matrix prefetch: `bytes` from p that pool thread ith reads first in the call AFTER the
+  // next parallel_ranges(..., RangeOwner::Thread) job (the start of its own range of the next
+  // GEMV's matrix). That job's thread ith issues them while it walks the last `units` steps of its
+  // own range (parallel_ranges), a slice before each step, so the next matrix's first lines are
+  // on their way when its own stream ends (instead of starting cold after the hand-off). Set by
+  // the pool's caller before the job, read by thread ith inside it (atomics: the caller writes,
+  // the workers read), dropped by clear_next_prefetch(). Prefetches never fault and write nothing.
+  void set_next_prefetch(int ith, const void* p, size_t bytes, int units);
+  void clear_next_prefetch();
+  bool next_prefetch_pending() const { return next_pending_.load(std::memory_order_relaxed); }
+  // Thread ith's span (bytes; 0 when none), its start in *p and the tail's steps in *units.
+  size_t next_prefetch(int ith, const char** p, int* units) const;
+
  private:
+  struct alignas(64) NextSpan {
+    std::atomic<const char*> p{nullptr};
+    std::atomic<size_t> bytes{0};
+    std::atomic<int> units{0};
+  };
+  std::unique_ptr<NextSpan[]> next_;
+  std::atomic<bool> next_pending_{false};
+
   friend void side_prefetch_tick(int lines);
   static constexpr int kMaxSideThreads = 64;
   struct alignas(64) SideSpan {
@@ -112,7 +133,9 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 // (kept off its core by another process) is still covered: its range is taken from the back.
 // Chunks never exceed max_chunk, for the same reason as parallel_guided's. fn(begin, end) runs
 // once per chunk, on whichever thread claimed it. Without a pool, with one thread or n <= step:
-// fn(0, n).
+// fn(0, n) (with a next-matrix prefetch set, ThreadPool::set_next_prefetch: the range's last
+// steps one at a time, as for every owner's range's tail; callers' bits must not depend on the
+// chunking, which they already must not).
 // owner: which thread walks range r from the front. Arrival (the default): the r-th thread to join
 // the job, so the part of [0, n) a given thread reads changes from call to call. Thread: the pool's
 // thread r (the caller is 0, worker i is i: pool_thread_index()), so a thread knows before the
@@ -137,6 +160,10 @@ int pool_thread_index();
 // (ThreadPool::set_side_prefetch) of the pool whose job it runs, and advances it; nothing when
 // none is set or outside a pool job. Cheap when empty: a thread-local load and a branch.
 void side_prefetch_tick(int lines = 16);
+
+// Bytes of next-matrix prefetch (ThreadPool::set_next_prefetch) issued by parallel_ranges in this
+// process so far (every pool): for tests that the hint reaches the GEMVs' tails.
+uint64_t next_prefetch_bytes_issued();
 
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {

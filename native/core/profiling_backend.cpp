@@ -251,6 +251,10 @@ class ProfilingBackend final : public Backend {
   void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) override {
     in_->prefetch_next_gemv(W, wtype, N, K);
   }
+  void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) override {
+    // the inner backend's GemmOutput: the W pointers are the model's either way
+    in_->next_gemv_hint(outs, n, K);
+  }
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
     Timer t("gemm", shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));

@@ -1,0 +1,70 @@
+// In-process A/B of the next-matrix prefetch (backend.h set_gemv_next_prefetch) in a real decode:
+// blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
+// tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
+// loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
+// (base/pool_stats.h: dispatches a token, us each). Not built by CMake (a scratch tool kept for a
+// quiet rerun); from the repository root after building build-native:
+//   g++ -O2 -std=c++17 -I. -Inative -Ibase bench/native/decode_switch_ab.cpp build-native/libemollm_core.a \
+//       -lpthread -ldl -o /tmp/decode_switch_ab
+//   /tmp/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
+#include <chrono>
+#include <algorithm>
+#include <time.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include "core/backend.h"
+#include "base/pool_stats.h"
+#include "model/llama.h"
+using namespace emollm;
+int main(int argc, char** argv) {
+  if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
+  const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
+            block = argc > 4 ? std::atoi(argv[4]) : 16;
+  LlamaLoadOptions lo; lo.threads = threads;
+  auto m = LlamaModel::load(argv[1], lo);
+  LlamaContextOptions o; o.n_ctx = 16 + 2 * rounds * block + 8 * block + 64;
+  LlamaContext ctx(m, o);
+  std::vector<int32_t> prompt(16); for (int i = 0; i < 16; ++i) prompt[i] = 300 + 37 * i;
+  ctx.eval(prompt.data(), 16);
+  int32_t tok = 1000;
+  const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
+  auto run = [&](bool on) {
+    set_gemv_next_prefetch(on);
+    timespec c0, c1;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < block; ++i) { ctx.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double cpu = (c1.tv_sec - c0.tv_sec) + 1e-9 * (c1.tv_nsec - c0.tv_nsec);
+    return use_cpu ? cpu : wall;
+  };
+  run(false);  // warm
+  if (std::getenv("AB_HANDOFF")) {
+    pool_handoff_timing(true);
+    const double h0 = pool_handoff_seconds_this_thread();
+    const uint64_t d0 = pool_dispatches_this_thread();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 4 * block; ++i) { ctx.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double h = pool_handoff_seconds_this_thread() - h0;
+    const double d = double(pool_dispatches_this_thread() - d0);
+    std::printf("handoff: %.1f dispatches a token, %.2f us each, %.3f ms a token = %.1f%% of the step (%.2f ms)\n",
+                d / (4 * block), 1e6 * h / d, 1e3 * h / (4 * block), 100 * h / wall, 1e3 * wall / (4 * block));
+    pool_handoff_timing(false);
+  }
+  double ta = 0, tb = 0;
+  std::vector<double> ratios;
+  for (int r = 0; r < rounds; ++r) {
+    double a, b;
+    if (r % 2 == 0) { a = run(false); b = run(true); } else { b = run(true); a = run(false); }
+    ta += a; tb += b; ratios.push_back(a / b);
+    std::printf("round %d: off %.2f tok/s, on %.2f tok/s, on/off speed %.3f\n", r, block / a, block / b, a / b);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  std::printf("TOTAL off %.2f tok/s on %.2f tok/s speed on/off %.3f (median round %.3f, min %.3f max %.3f)\n",
+              rounds * block / ta, rounds * block / tb, ta / tb, ratios[ratios.size() / 2], ratios.front(), ratios.back());
+}
