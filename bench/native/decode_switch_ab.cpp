@@ -2,11 +2,9 @@
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
-// (base/pool_stats.h: dispatches a token, us each). Not built by CMake (a scratch tool kept for a
-// quiet rerun); from the repository root after building build-native:
-//   g++ -O2 -std=c++17 -I. -Inative -Ibase bench/native/decode_switch_ab.cpp build-native/libemollm_core.a \
-//       -lpthread -ldl -o /tmp/decode_switch_ab
-//   /tmp/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
+// (base/pool_stats.h: dispatches a token, us each). Built with the benchmarks (EMOLLM_BUILD_BENCH,
+// target decode_switch_ab); from the repository root:
+//   ./build-bench/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
 #include <chrono>
 #include <algorithm>
 #include <time.h>
