@@ -1806,3 +1806,44 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
   EXPECT(compared == 21);
   EXPECT(gemm_detail::bf16_gemm_x_kblocks());
 }
+
+// pack_w_bf16pairs walks each group of 16 rows over its whole k range (set_bf16_pack_row_groups,
+// default on) instead of a panel's 64 rows 16 pairs at a time: the packed words must be the same.
+// bf16_pack_panels' bytes (N not a multiple of 64 or 16, K odd, K not a multiple of 32, one pool
+// and none) and gemm()'s results (which pack W block by block: short-K blocks of all of K and
+// 256-pair blocks at K = 11008, the legacy blocking) equal bit for bit with it on and off.
+TEST(gemm_bf16_pack_row_groups_same_bits) {
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; bool legacy; };
+  int compared = 0;
+  for (const Shape sh : {Shape{70, 130, 11008, false}, Shape{65, 77, 1031, false}, Shape{97, 64, 4096, false},
+                          Shape{66, 9, 530, true}, Shape{130, 200, 37, false}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(3 * sh.K + 7 * sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 1, 3, uint32_t(sh.M + 5 * sh.K));
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const size_t pb = bf16_panels_bytes(sh.N, sh.K);
+    std::vector<uint8_t> pan[2];
+    for (int on = 0; on < 2; ++on) {
+      gemm_detail::set_bf16_pack_row_groups(on == 1);
+      AlignedPtr<uint8_t> pk = make_aligned<uint8_t>(pb);
+      bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pk.get(), on ? &pool2 : nullptr);
+      pan[on].assign(pk.get(), pk.get() + pb);
+    }
+    EXPECT(pan[0] == pan[1]);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<float> Y[2];
+      for (int on = 0; on < 2; ++on) {
+        gemm_detail::set_bf16_pack_row_groups(on == 1);
+        gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
+        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_detail::set_bf16_gemm_legacy_blocking(false);
+      }
+      same(Y[0], Y[1], "gemm pack row groups vs previous" + shape);
+      ++compared;
+    }
+  }
+  gemm_detail::set_bf16_pack_row_groups(true);
+  EXPECT(compared == 15);
+}
