@@ -1134,18 +1134,6 @@ EnvSwitch& bf16_x_kblocks_flag() {
   return on;
 }
 
-// The vdpbf16ps GEMM with the row panels outer (K in one block: K <= 4096): the next W block
-// (the raw rows gemm() packs next, or the next panels) is prefetched into L2 during the last
-// quarter of the current block's row panels instead of spread over all of them. Spread, its first
-// lines arrive a whole block early and the X micro-panels streaming through L2 in the meantime
-// (M x K x 2 bytes, 4.6 MiB at M = 577, K = 4096) evict them before the packing reads them.
-// gemm() 1.01-1.05x at M = 512 / 577, K = 1024 / 4096 (one thread, 16 rounds interleaved, loaded
-// Zen 5). Prefetches only: same bits. EMOLLM_BF16_GEMM_LATE_PREFETCH=0: spread as before.
-EnvSwitch& bf16_late_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_LATE_PREFETCH");
-  return on;
-}
-
 EMO_T512BF void bf16_tile(int rows, int64_t kc, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
                                   int mr, int64_t nr, const float* bias, bool first) {
   switch (rows) {
@@ -1175,7 +1163,6 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
   const bool x_prefetch = BF && kcb < kunits && bf16_long_k_flag().on() && xnpm == 0;
   const bool short_tiles = BF && bf16_short_tiles_flag().on();
-  const bool late_pf = BF && bf16_late_prefetch_flag().on();
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
     const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
@@ -1237,12 +1224,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
         const int mr = int(std::min<int64_t>(MR, m_end - m0));
         const XT* xpanel = X + ((m0 / MR) * kunits + pc) * MR;
-        if (late_pf) {  // the next block in the last quarter of the row panels (bf16_late_prefetch_flag)
-          const int64_t from = slices - std::max<int64_t>(1, slices / 4);
-          if ((m0 - m_begin) / MR >= from) pf.step(slices - from);
-        } else {
-          pf.step(slices);
-        }
+        pf.step(slices);
         for (int64_t jp = 0; jp * NR < nc; ++jp) {
           if (x_prefetch && m0 + MR < m_end) {  // the next row panel's micro-panel, this tile's share
             const char* xn = reinterpret_cast<const char*>(xpanel + kunits * MR);
@@ -1468,7 +1450,6 @@ void set_bf16_gemm_x_kblocks(bool on) { bf16_x_kblocks_flag().set(on); }
 bool bf16_gemm_x_kblocks() { return bf16_x_kblocks_flag().on(); }
 void set_bf16_pack_row_groups(bool on) { bf16_pack_row_groups_flag().set(on); }
 bool bf16_pack_row_groups() { return bf16_pack_row_groups_flag().on(); }
-void set_bf16_gemm_late_prefetch(bool on) { bf16_late_prefetch_flag().set(on); }
 
 void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }
 bool f32_gemm_blocked() { return f32_blocked_flag().on(); }

@@ -260,10 +260,6 @@ bool bf16_gemm_x_kblocks();
 // EMOLLM_BF16_PACK_ROW_GROUPS (=0: off).
 void set_bf16_pack_row_groups(bool on);
 bool bf16_pack_row_groups();
-// The vdpbf16ps GEMM (row panels outer) prefetches the next W block during the last quarter of
-// the current block's row panels (default on) or spread over all of them (off: as before). Same
-// bits. Process-wide, starts as EMOLLM_BF16_GEMM_LATE_PREFETCH (=0: off).
-void set_bf16_gemm_late_prefetch(bool on);
 // The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
 // on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
 // or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the

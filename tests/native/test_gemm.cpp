@@ -1847,38 +1847,3 @@ TEST(gemm_bf16_pack_row_groups_same_bits) {
   gemm_detail::set_bf16_pack_row_groups(true);
   EXPECT(compared == 15);
 }
-
-// The vdpbf16ps GEMM's next-block prefetch in the last quarter of the row panels
-// (set_bf16_gemm_late_prefetch, default on) only moves prefetches: gemm() and gemm_bf16_panels
-// give the same bits on and off (K in one block and in several, M with a short last row panel,
-// N not a multiple of 64, 1-3 threads); the other gemm_bf16 tests hold these paths to ref::gemm.
-TEST(gemm_bf16_late_prefetch_same_bits) {
-  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
-  ThreadPool pool2(2), pool3(3);
-  int compared = 0;
-  struct Shape { int64_t M, N, K; };
-  for (const Shape sh : {Shape{577, 130, 4096}, Shape{97, 200, 1031}, Shape{70, 65, 11008}}) {
-    const int64_t M = sh.M, N = sh.N, K = sh.K;
-    Weights w = make_weights(DType::BF16, N, K, uint32_t(K + 13 * N));
-    Problem p = make_problem(M, N, K, 2, 1, uint32_t(M + 3 * K));
-    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
-    bf16_pack_panels(w.bytes.data(), N, K, pan.get(), nullptr);
-    const std::string shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y[2], Yp[2];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_bf16_gemm_late_prefetch(on == 1);
-        Y[on].assign(size_t(M * p.ldy), kSentinel);
-        Yp[on].assign(size_t(M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, M, N, K, pl);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, M, N, K, pl);
-      }
-      gemm_detail::set_bf16_gemm_late_prefetch(true);
-      same(Y[0], Y[1], "gemm late prefetch on vs off" + shape);
-      same(Yp[0], Yp[1], "panels late prefetch on vs off" + shape);
-      same(Yp[1], Y[1], "panels vs gemm" + shape);
-      ++compared;
-    }
-  }
-  EXPECT(compared == 9);
-}
