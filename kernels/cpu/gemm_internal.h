@@ -259,6 +259,19 @@ bool bf16_gemm_long_k();
 // (default on) or as a full 6-row tile (off: the previous driver). Same bits. Process-wide,
 // starts as EMOLLM_BF16_GEMM_SHORT_TILES (=0: off).
 void set_bf16_gemm_short_tiles(bool on);
+// The vdpbf16ps packed GEMM with K in several k blocks (K > 4096, or the legacy blocking): X
+// packed k block by k block and each W panel's tiles run down the row panels, with the next
+// tile's Y rows prefetched (default on), or the previous order (off). Same k blocks, same bits.
+// For tests and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_X_KBLOCKS
+// (=0: off).
+void set_bf16_gemm_x_kblocks(bool on);
+bool bf16_gemm_x_kblocks();
+// The bf16 (k, k+1)-pair packing of W (gemm()'s vdpbf16ps GEMM, bf16_pack_panels) walks each
+// group of 16 rows over its whole k range (default on) or, off, all 64 rows of a panel 16 pairs at
+// a time (the previous order). The same packed words. Process-wide, starts as
+// EMOLLM_BF16_PACK_ROW_GROUPS (=0: off).
+void set_bf16_pack_row_groups(bool on);
+bool bf16_pack_row_groups();
 // The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
 // on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
 // or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the

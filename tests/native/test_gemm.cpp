@@ -1821,3 +1821,103 @@ TEST(gemv_q40_streams_bit_equal_one_stream) {
         ++seed;
       }
 }
+
+// The vdpbf16ps GEMM with K in several k blocks runs X packed k block by k block, each W panel's
+// tiles down the row panels (set_bf16_gemm_x_kblocks, default on): the same k blocks, so the same
+// bits as the previous order (off), for gemm() on the row-major matrix and gemm_bf16_panels.
+// Shapes: K = 11008 (22 blocks of 256 pairs, a 128-pair tail), K odd (a half pair) and K not a
+// multiple of 512 in several blocks, the legacy blocking (256-pair blocks at short K), M with a
+// short last row panel (M % 6 = 1..5) and M = 1300 at K = 11008 (two row chunks), N not a multiple
+// of 64, 1-3 threads; also within the f32 tolerance of ref::gemm on X rounded to bf16. Fails if
+// the new order's X offsets, tile order or k blocks change a sum (or read a wrong micro-panel).
+TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512) return;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; bool legacy; };
+  int compared = 0;
+  for (const Shape sh : {Shape{97, 130, 11008, false}, Shape{1300, 65, 11008, false}, Shape{65, 70, 8193, false},
+                          Shape{16, 200, 4099, false}, Shape{130, 63, 515, true}, Shape{20, 129, 1031, true},
+                          Shape{71, 64, 9000, false}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(5 * sh.K + sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 11 * sh.K));
+    Problem pr = p;
+    for (auto& v : pr.X)
+      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
+    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
+    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
+    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
+    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<float> Y[2], Yp[2];
+      for (int on = 0; on < 2; ++on) {
+        gemm_detail::set_bf16_gemm_x_kblocks(on == 1);
+        gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
+        gemm_detail::set_small_m_enabled(false);
+        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_detail::set_small_m_enabled(true);
+        if (sh.M > gemm_detail::kSmallMMax) {
+          Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
+          gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        }
+        gemm_detail::set_bf16_gemm_legacy_blocking(false);
+        gemm_detail::set_bf16_gemm_x_kblocks(true);
+        const std::string what = std::string(on ? "x k blocks" : "previous order") + shape +
+                                 " threads=" + std::to_string(pl ? pl->size() : 1);
+        check_result(Y[on], R, p, S, 0.0, "gemm " + what);
+        if (!Yp[on].empty()) check_result(Yp[on], R, p, S, 0.0, "panels " + what);
+      }
+      same(Y[0], Y[1], "gemm x k blocks vs previous" + shape);
+      ++compared;
+      if (!Yp[0].empty()) {
+        same(Yp[0], Yp[1], "panels x k blocks vs previous" + shape);
+        same(Yp[1], Y[1], "panels vs gemm, x k blocks" + shape);
+      }
+    }
+  }
+  EXPECT(compared == 21);
+  EXPECT(gemm_detail::bf16_gemm_x_kblocks());
+}
+
+// pack_w_bf16pairs walks each group of 16 rows over its whole k range (set_bf16_pack_row_groups,
+// default on) instead of a panel's 64 rows 16 pairs at a time: the packed words must be the same.
+// bf16_pack_panels' bytes (N not a multiple of 64 or 16, K odd, K not a multiple of 32, one pool
+// and none) and gemm()'s results (which pack W block by block: short-K blocks of all of K and
+// 256-pair blocks at K = 11008, the legacy blocking) equal bit for bit with it on and off.
+TEST(gemm_bf16_pack_row_groups_same_bits) {
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; bool legacy; };
+  int compared = 0;
+  for (const Shape sh : {Shape{70, 130, 11008, false}, Shape{65, 77, 1031, false}, Shape{97, 64, 4096, false},
+                          Shape{66, 9, 530, true}, Shape{130, 200, 37, false}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(3 * sh.K + 7 * sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 1, 3, uint32_t(sh.M + 5 * sh.K));
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const size_t pb = bf16_panels_bytes(sh.N, sh.K);
+    std::vector<uint8_t> pan[2];
+    for (int on = 0; on < 2; ++on) {
+      gemm_detail::set_bf16_pack_row_groups(on == 1);
+      AlignedPtr<uint8_t> pk = make_aligned<uint8_t>(pb);
+      bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pk.get(), on ? &pool2 : nullptr);
+      pan[on].assign(pk.get(), pk.get() + pb);
+    }
+    EXPECT(pan[0] == pan[1]);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<float> Y[2];
+      for (int on = 0; on < 2; ++on) {
+        gemm_detail::set_bf16_pack_row_groups(on == 1);
+        gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
+        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_detail::set_bf16_gemm_legacy_blocking(false);
+      }
+      same(Y[0], Y[1], "gemm pack row groups vs previous" + shape);
+      ++compared;
+    }
+  }
+  gemm_detail::set_bf16_pack_row_groups(true);
+  EXPECT(compared == 15);
+}
