@@ -48,6 +48,16 @@ EnvSwitch& kquant_gemv_flag() {
 void set_kquant_gemv(bool enabled) { kquant_gemv_flag().set(enabled); }
 bool kquant_gemv() { return kquant_gemv_flag().on(); }
 
+namespace {
+EnvSwitch& kquant_lean_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_LEAN");
+  return on;
+}
+}  // namespace
+
+void set_kquant_lean(bool enabled) { kquant_lean_flag().set(enabled); }
+bool kquant_lean() { return kquant_lean_flag().on(); }
+
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -537,12 +547,118 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
   }
 }
 
+// ---------------------------------------------------------------- the lean M = 1 pass (default)
+//
+// kq_records_sg<T, 1, G> with less work per 64-byte line, the same integers and the same f32
+// operations in the same order (so the same bits; EMOLLM_KQUANT_LEAN=0 / set_kquant_lean(false)
+// runs the previous pass for the A/B). The previous pass, measured with the records in L2 at 1
+// thread, ran ~3 cycles a line (~63 GB/s), close to the ~4.4 a line of memory at one core's
+// ~44 GB/s, so compute and memory did not overlap enough. Per line it did 2 loads of the same
+// 64 bytes (GCC folded the load into both the mask and the shift), and, mask, shift, mask, 2
+// vpdpbusd, and a prefetch from a loop whose bounds were computed per sub-block. Now:
+//  - q4_K: one load per code line (an empty asm keeps GCC from folding it into both users);
+//  - q4_K: the high nibbles stay in place, v & 0xF0 = 16 x the nibble (one logic op, no shift),
+//    their chain's int32 sum is then an exact multiple of 16 (|sum| <= 16 * 15 * 128 * 16 < 2^31)
+//    and is shifted back once a sub-block: P0 + (P1' >> 4) is the previous P0 + P1 exactly (the
+//    q4_0 records' trick, gemv_repacked.cpp groups_block); q6_K keeps the shift (its codes' bits
+//    4-5 come from the high-bit lines);
+//  - the prefetches as before (a slice of the record's lines a sub-block step, 8 KiB ahead): a
+//    straight-line version (a fixed 27 lines a step) ran q6_K 0.87-0.90x cold, q4_K the same.
+// Measured (1 thread, thread CPU time, interleaved, loaded machine): q4_K cold 1.06-1.22x, in L2
+// ~1.15-1.20x mean; q6_K (the load only) ~1.0x.
+template <DType T, int G>
+EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
+                               int64_t N, int64_t q0, int64_t q1, bool cold) {
+  constexpr bool q6 = T == DType::Q6_K;
+  constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
+  constexpr int lines = int(rec / 64);
+  const KqLayout L{q6, G, 0};
+  const int64_t pf = sg_prefetch();
+  const size_t sgb = size_t(ns) * rec;
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  if (cold && pf > 0)
+    for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(Wr + size_t(q0) * sgb + size_t(o)), _MM_HINT_T0);
+  for (int64_t q = q0; q < q1; ++q) {
+    const uint8_t* p = Wr + size_t(q) * sgb;
+    __m512 y[G];
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; ++gi) y[gi] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; ++s, p += rec) {
+      __m512 aA[G], aM[G];
+#pragma GCC unroll 4
+      for (int gi = 0; gi < G; ++gi) aA[gi] = aM[gi] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+      for (int j = 0; j < 8; ++j) {
+        if (pf > 0) {  // the previous pass's slices (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
+          const char* a = reinterpret_cast<const char*>(p + pf);
+          for (int l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+        }
+        __m512i x[8];
+        kq_load_x(xr, 0, s, j, x);
+        const int64_t bi = 8 * s + j;
+        const __m512 dx = _mm512_set1_ps(xr.dx[bi]);
+#pragma GCC unroll 4
+        for (int gi = 0; gi < G; ++gi) {
+          const uint8_t* cl = p + L.codes(gi, j);
+          __m512i v[4];
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            v[i] = _mm512_load_si512(cl + 64 * i);
+            if constexpr (!q6) __asm__("" : "+v"(v[i]));
+          }
+          auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p + off)); };
+          if constexpr (q6) {
+            __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i) {
+              lo[i] = _mm512_and_si512(v[i], m4);
+              hi[i] = _mm512_and_si512(_mm512_srli_epi16(v[i], 4), m4);
+            }
+            kq6_merge_high(lo, hi, _mm512_load_si512(cl + kQ6KHigh), _mm512_load_si512(cl + kQ6KHigh + 64), m30);
+            const int32_t* ng = xr.neg + 16 * s + 2 * j;
+            __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i) {
+              P0 = _mm512_dpbusd_epi32(P0, lo[i], x[i]);
+              P1 = _mm512_dpbusd_epi32(P1, hi[i], x[4 + i]);
+            }
+            const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)))),
+                                               _mm512_mullo_epi32(P1, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)))));
+            aA[gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[gi]);
+          } else {
+            __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i) {
+              P0 = _mm512_dpbusd_epi32(P0, _mm512_and_si512(v[i], m4), x[i]);
+              P1 = _mm512_dpbusd_epi32(P1, _mm512_andnot_si512(m4, v[i]), x[4 + i]);  // 16 x the high nibbles' sum
+            }
+            const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, _mm512_srai_epi32(P1, 4)),
+                                                 _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j))));
+            aA[gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[gi]);
+            aM[gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j)))),
+                                     _mm512_set1_ps(xr.dxs[bi]), aM[gi]);
+          }
+        }
+      }
+#pragma GCC unroll 4
+      for (int gi = 0; gi < G; ++gi) y[gi] = kq_y_update<q6, G>(p, gi, y[gi], aA[gi], aM[gi]);
+    }
+    for (int gi = 0; gi < G; ++gi) {
+      const int64_t n0 = (q * G + gi) * kKqRows;
+      if (n0 >= N) break;
+      const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
+      const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(Y + n0, k, _mm512_add_ps(y[gi], bv));
+    }
+  }
+}
+
 using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       bool);
 template <DType T, int G>
 SgFn pick_sg_m(int64_t M) {
   switch (M) {
-    case 1: return &kq_records_sg<T, 1, G>;
+    case 1: return kquant_lean() ? &kq_records_sg_lean<T, G> : &kq_records_sg<T, 1, G>;
     case 2: return &kq_records_sg<T, 2, G>;
     case 3: return &kq_records_sg<T, 3, G>;
     case 4: return &kq_records_sg<T, 4, G>;

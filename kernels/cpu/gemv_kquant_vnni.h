@@ -31,5 +31,11 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 void set_kquant_gemv(bool enabled);
 bool kquant_gemv();
 
+// Whether the M = 1 pass over the 32 / 64-row records is the lean one (default on: one load per
+// code line, q4_K's high nibbles unshifted, straight-line prefetches; same bits) or the previous
+// one (EMOLLM_KQUANT_LEAN=0). Process-wide, for the tests and bench_kernels' interleaved A/B.
+void set_kquant_lean(bool enabled);
+bool kquant_lean();
+
 }  // namespace gemm_detail
 }  // namespace emollm
