@@ -36,6 +36,11 @@ bool kquant_gemv();
 // one (EMOLLM_KQUANT_LEAN=0). Process-wide, for the tests and bench_kernels' interleaved A/B.
 void set_kquant_lean(bool enabled);
 bool kquant_lean();
+#if defined(__x86_64__)
+// Super-groups the lean pass walks side by side: 1 (default), 2 or 4 (EMOLLM_KQ_STREAMS; other
+// values round down to one of them). Same bits at any; for the tests and A/B runs.
+void set_kquant_streams(int streams);
+#endif
 
 }  // namespace gemm_detail
 }  // namespace emollm

@@ -407,7 +407,8 @@ TEST(kquant_records_multi_equals_separate) {
 // and the same f32 operations in the same order. Random bytes (every nibble and 6-bit scale,
 // min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
 // +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
-// and multi-output dispatch, no pool / 2 / 3 threads. A flipped code byte moves the lean output
+// and multi-output dispatch, no pool / 2 / 3 threads, 1 / 2 / 4 super-groups side by side
+// (set_kquant_streams). A flipped code byte moves the lean output
 // of its row only (the comparison can fail).
 TEST(kquant_records_lean_same_bits_as_previous) {
   if (!have_vnni()) {
@@ -433,7 +434,9 @@ TEST(kquant_records_lean_same_bits_as_previous) {
           for (int64_t k = 64; k < std::min<int64_t>(K, 96); ++k) x[size_t(k)] = 0.0f;
           const std::vector<float> bias = normal_floats(size_t(N), 5u, 0.5f);
           std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
-          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
+          for (int streams : {1, 2, 4}) {  // the lean pass over 1, 2 or 4 super-groups side by side
+            gemm_detail::set_kquant_streams(streams);
             std::vector<float> y[2];
             for (int lean : {0, 1}) {
               gemm_detail::set_kquant_lean(lean == 1);
@@ -467,7 +470,8 @@ TEST(kquant_records_lean_same_bits_as_previous) {
           }
         }
   gemm_detail::set_kquant_lean(lean0);
-  EXPECT(compared == 2 * 2 * 6 * 2 * 3);
+  gemm_detail::set_kquant_streams(1);
+  EXPECT(compared == 2 * 2 * 6 * 2 * 3 * 3);
   EXPECT(moved >= 40);  // of 48: an x block of zeros or a tiny one can hide a flip
 }
 #endif
