@@ -416,6 +416,8 @@ TEST(kquant_records_lean_same_bits_as_previous) {
     return;
   }
   const bool lean0 = gemm_detail::kquant_lean();
+  const bool lean_q60 = gemm_detail::kquant_lean_q6();
+  gemm_detail::set_kquant_lean_q6(true);  // q6_K's lean pass is an opt-in: compare it as well
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t N, K;
@@ -470,6 +472,7 @@ TEST(kquant_records_lean_same_bits_as_previous) {
           }
         }
   gemm_detail::set_kquant_lean(lean0);
+  gemm_detail::set_kquant_lean_q6(lean_q60);
   gemm_detail::set_kquant_streams(1);
   EXPECT(compared == 2 * 2 * 6 * 2 * 3 * 3);
   EXPECT(moved >= 40);  // of 48: an x block of zeros or a tiny one can hide a flip
