@@ -580,8 +580,11 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 //    4-5 come from the high-bit lines);
 //  - the prefetches as before (a slice of the record's lines a sub-block step, 8 KiB ahead): a
 //    straight-line version (a fixed 27 lines a step) ran q6_K 0.87-0.90x cold, q4_K the same.
-// Measured (1 thread, thread CPU time, interleaved, loaded machine): q4_K cold 1.06-1.22x, in L2
-// ~1.15-1.20x mean; q6_K (the load only) ~1.0x.
+//  - the min terms (which do not depend on the codes) after a record's codes, per group in
+//    sub-block order: the same fused multiply-adds, fewer registers live in the code loop.
+// Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
+// 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
+// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1.
 // Super-groups a lean pass walks side by side (EMOLLM_KQ_STREAMS: 1, 2 or 4; default 1) and how
 // far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes; default 2 KiB with
 // several streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Tried because one thread's
