@@ -1818,7 +1818,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies, r16copies;
+      std::unique_ptr<Copies> rcopies, pcopies, r16copies, rprevcopies;
       // the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), when the default is not them
       const int rec_rows = int(kquant_record_rows());
       const bool rec16_ab = rec_ab && rec_rows != 16;
@@ -1833,6 +1833,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
         rcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
         pcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
+        // the previous M = 1 pass over the same records (set_kquant_lean(false)), its own cold copies
+        rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
       if (rec16_ab)
         with_rec16([&] {
@@ -1842,7 +1844,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
           r16copies.reset(new Copies(rsrc.get(), r16bytes, decode_copies(r16bytes), &pool, true));
         });
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, rec16;
+      Stats prev, rec, same_size, rec16, recprev;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
         if (rec_ab) {
@@ -1850,8 +1852,11 @@ void bench_kquant_gemv(ThreadPool& pool) {
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
         }
         if (rec16_ab) fns.push_back([&](int i) { with_rec16([&] { run_rec((*r16copies)[i]); }); });
+        const size_t at_recprev = fns.size();
+        if (rec_ab)
+          fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
         auto st = measure_interleaved(fns);
-        if (rec_ab) rec = st[2], same_size = st[3];
+        if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
         if (rec16_ab) rec16 = st[4];
         rr.st = st[0];
         prev = st[1];
@@ -1889,6 +1894,14 @@ void bench_kquant_gemv(ThreadPool& pool) {
           with_rec16([&] { run_rec((*r16copies)[0]); });
           check(c16);
           push_row(c16);
+        }
+        if (recprev.reps > 0) {
+          Result cp = derived_row(r, "records-prevpass", "records-prevpass", recprev, "records", recprev.best / rec.best,
+                                  "the same records, the previous M = 1 pass (EMOLLM_KQUANT_LEAN=0), interleaved; ratio = its time / the lean pass's (>1: lean faster)");
+          cp.bytes = double(rbytes);
+          with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[0]); });
+          check(cp);
+          push_row(cp);
         }
       }
       settle();

@@ -48,6 +48,32 @@ EnvSwitch& kquant_gemv_flag() {
 void set_kquant_gemv(bool enabled) { kquant_gemv_flag().set(enabled); }
 bool kquant_gemv() { return kquant_gemv_flag().on(); }
 
+namespace {
+EnvSwitch& kquant_lean_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_LEAN");
+  return on;
+}
+}  // namespace
+
+void set_kquant_lean(bool enabled) { kquant_lean_flag().set(enabled); }
+bool kquant_lean() { return kquant_lean_flag().on(); }
+
+namespace {
+// q6_K on the lean pass too: off by default (EMOLLM_KQUANT_LEAN_Q6=1 turns it on): for q6_K only
+// the loads and the min-term placement change, and it measured 0.92-1.00x the previous pass
+// (bench_kernels 1.1B rows at load 3, 1 and 2 threads; 0.96-1.10x in the model's CPU time).
+std::atomic<bool>& kquant_lean_q6_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("EMOLLM_KQUANT_LEAN_Q6");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_kquant_lean_q6(bool enabled) { kquant_lean_q6_flag().store(enabled); }
+bool kquant_lean_q6() { return kquant_lean_q6_flag().load(); }
+
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -537,12 +563,190 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
   }
 }
 
+// ---------------------------------------------------------------- the lean M = 1 pass (default)
+//
+// kq_records_sg<T, 1, G> with less work per 64-byte line, the same integers and the same f32
+// operations in the same order (so the same bits; EMOLLM_KQUANT_LEAN=0 / set_kquant_lean(false)
+// runs the previous pass for the A/B). The previous pass, measured with the records in L2 at 1
+// thread, ran ~3 cycles a line (~63 GB/s), close to the ~4.4 a line of memory at one core's
+// ~44 GB/s, so compute and memory did not overlap enough. Per line it did 2 loads of the same
+// 64 bytes (GCC folded the load into both the mask and the shift), and, mask, shift, mask, 2
+// vpdpbusd, and a prefetch from a loop whose bounds were computed per sub-block. Now:
+//  - q4_K: one load per code line (an empty asm keeps GCC from folding it into both users);
+//  - q4_K: the high nibbles stay in place, v & 0xF0 = 16 x the nibble (one logic op, no shift),
+//    their chain's int32 sum is then an exact multiple of 16 (|sum| <= 16 * 15 * 128 * 16 < 2^31)
+//    and is shifted back once a sub-block: P0 + (P1' >> 4) is the previous P0 + P1 exactly (the
+//    q4_0 records' trick, gemv_repacked.cpp groups_block); q6_K keeps the shift (its codes' bits
+//    4-5 come from the high-bit lines);
+//  - the prefetches as before (a slice of the record's lines a sub-block step, 8 KiB ahead): a
+//    straight-line version (a fixed 27 lines a step) ran q6_K 0.87-0.90x cold, q4_K the same.
+//  - the min terms (which do not depend on the codes) after a record's codes, per group in
+//    sub-block order: the same fused multiply-adds, fewer registers live in the code loop.
+// Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
+// 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
+// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1.
+// Super-groups a lean pass walks side by side (EMOLLM_KQ_STREAMS: 1, 2 or 4; default 1) and how
+// far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes; default 2 KiB with
+// several streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Tried because one thread's
+// single stream of plain loads read ~21-29 GB/s cold here and 4 streams interleaved 128 bytes at a
+// time 37-40 GB/s (bench_kernels' read probe walks 4), also with 4 vpdpbusd a line. But in this
+// pass 4 streams (taking turns a group's sub-block, 4 lines, at a time) ran 0.80-0.92x the single
+// stream, 2 streams ~0.88x (loaded, 1 thread, thread CPU time, median of 40 interleaved rounds;
+// taking turns a whole 9 KiB record at a time was no better): an opt-in for a quiet machine's A/B.
+std::atomic<int>& kq_streams_var() {
+  static std::atomic<int> v{[] {
+    const char* e = std::getenv("EMOLLM_KQ_STREAMS");
+    const int s = e ? std::atoi(e) : 1;
+    return s >= 4 ? 4 : s >= 2 ? 2 : 1;
+  }()};
+  return v;
+}
+int kq_streams() { return kq_streams_var().load(std::memory_order_relaxed); }
+int64_t kq_stream_prefetch(int streams) {
+  static const int64_t v = [] {
+    const char* e = std::getenv("EMOLLM_KQ_STREAM_PREFETCH");
+    return e ? std::atoll(e) : int64_t(-1);
+  }();
+  return v >= 0 ? v : streams > 1 ? int64_t(2048) : sg_prefetch();
+}
+
+// S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
+// of each stream in turn, against one set of activation broadcasts; the min terms (which do not
+// depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
+template <DType T, int G, int S>
+__attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
+                                                                  int64_t pf, __m512 (&y)[S][G]) {
+  constexpr bool q6 = T == DType::Q6_K;
+  constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
+  constexpr int lines = int(rec / 64);
+  const KqLayout L{q6, G, 0};
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  __m512 aA[S][G];
+#pragma GCC unroll 16
+  for (int k = 0; k < S; ++k)
+    for (int gi = 0; gi < G; ++gi) aA[k][gi] = _mm512_setzero_ps();
+#pragma GCC unroll 1
+  for (int j = 0; j < 8; ++j) {
+    if (pf > 0)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
+      for (int k = 0; k < S; ++k) {
+        const char* a = reinterpret_cast<const char*>(p[k] + pf);
+        for (int l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+      }
+    __m512i x[8];
+    kq_load_x(xr, 0, s, j, x);
+    const __m512 dx = _mm512_set1_ps(xr.dx[8 * s + j]);
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; ++gi)
+#pragma GCC unroll 4
+      for (int k = 0; k < S; ++k) {
+        const uint8_t* cl = p[k] + L.codes(gi, j);
+        __m512i v[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          v[i] = _mm512_load_si512(cl + 64 * i);
+          if constexpr (!q6) __asm__("" : "+v"(v[i]));
+        }
+        auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + off)); };
+        if constexpr (q6) {
+          __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            lo[i] = _mm512_and_si512(v[i], m4);
+            hi[i] = _mm512_and_si512(_mm512_srli_epi16(v[i], 4), m4);
+          }
+          kq6_merge_high(lo, hi, _mm512_load_si512(cl + kQ6KHigh), _mm512_load_si512(cl + kQ6KHigh + 64), m30);
+          const int32_t* ng = xr.neg + 16 * s + 2 * j;
+          __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            P0 = _mm512_dpbusd_epi32(P0, lo[i], x[i]);
+            P1 = _mm512_dpbusd_epi32(P1, hi[i], x[4 + i]);
+          }
+          const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)))),
+                                             _mm512_mullo_epi32(P1, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)))));
+          aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
+        } else {
+          __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            P0 = _mm512_dpbusd_epi32(P0, _mm512_and_si512(v[i], m4), x[i]);
+            P1 = _mm512_dpbusd_epi32(P1, _mm512_andnot_si512(m4, v[i]), x[4 + i]);  // 16 x the high nibbles' sum
+          }
+          const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, _mm512_srai_epi32(P1, 4)),
+                                               _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j))));
+          aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
+        }
+      }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < S; ++k)
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; ++gi) {
+      __m512 aM = _mm512_setzero_ps();
+      if constexpr (!q6)  // the same fused multiply-adds in sub-block order as the previous pass
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j)
+          aM = _mm512_fmadd_ps(
+              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + L.mn(gi, j))))),
+              _mm512_set1_ps(xr.dxs[8 * s + j]), aM);
+      y[k][gi] = kq_y_update<q6, G>(p[k], gi, y[k][gi], aA[k][gi], aM);
+    }
+}
+
+// Super-groups [q0, q0 + S) side by side (each prefetched pf bytes ahead along itself; `cold`: the
+// first pf bytes of each before starting). Each output's arithmetic is kq_records_sg<T, 1, G>'s.
+template <DType T, int G, int S>
+EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
+                            int64_t q0, int64_t pf, bool cold) {
+  constexpr bool q6 = T == DType::Q6_K;
+  constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
+  const size_t sgb = size_t(ns) * rec;
+  const uint8_t* p[S];
+  for (int k = 0; k < S; ++k) p[k] = Wr + size_t(q0 + k) * sgb;
+  if (cold && pf > 0)
+    for (int k = 0; k < S; ++k)
+      for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
+  __m512 y[S][G];
+  for (int k = 0; k < S; ++k)
+    for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
+  for (int64_t s = 0; s < ns; ++s) {
+    kq_lean_records<T, G, S>(p, s, xr, pf, y);
+    for (int k = 0; k < S; ++k) p[k] += rec;
+  }
+  for (int k = 0; k < S; ++k)
+    for (int gi = 0; gi < G; ++gi) {
+      const int64_t n0 = ((q0 + k) * G + gi) * kKqRows;
+      if (n0 >= N) break;
+      const __mmask16 m = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
+      const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + n0) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(Y + n0, m, _mm512_add_ps(y[k][gi], bv));
+    }
+}
+
+// Super-groups [q0, q1): kq_streams() at a time, the rest fewer. With several streams every batch
+// prefetches its own starts (a stream's prefetch runs into the next super-group, which the next
+// batch reads as another stream's middle, not its start).
+template <DType T, int G>
+EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
+                               int64_t N, int64_t q0, int64_t q1, bool cold) {
+  const int S = kq_streams();
+  const int64_t pf = kq_stream_prefetch(S);
+  int64_t q = q0;
+  if (S == 4)
+    for (; q + 4 <= q1; q += 4) kq_lean_streams<T, G, 4>(Wr, ns, xr, bias, Y, N, q, pf, true);
+  if (S >= 2)
+    for (; q + 2 <= q1; q += 2) kq_lean_streams<T, G, 2>(Wr, ns, xr, bias, Y, N, q, pf, true);
+  // one stream: only the range's start is cold (each super-group's prefetch runs into the next)
+  for (; q < q1; ++q) kq_lean_streams<T, G, 1>(Wr, ns, xr, bias, Y, N, q, S == 1 ? pf : sg_prefetch(), S > 1 || (cold && q == q0));
+}
+
 using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       bool);
 template <DType T, int G>
 SgFn pick_sg_m(int64_t M) {
   switch (M) {
-    case 1: return &kq_records_sg<T, 1, G>;
+    case 1:
+      return kquant_lean() && (T != DType::Q6_K || kquant_lean_q6()) ? &kq_records_sg_lean<T, G> : &kq_records_sg<T, 1, G>;
     case 2: return &kq_records_sg<T, 2, G>;
     case 3: return &kq_records_sg<T, 3, G>;
     case 4: return &kq_records_sg<T, 4, G>;
@@ -594,6 +798,15 @@ EMO_TK void x_records(const QX& q, int64_t M, int64_t K, bool q6, float* out) {
     }
 }
 
+// Super-groups per chunk of the dispatch: about 8 a thread; with the lean pass a multiple of its
+// streams, so that a chunk walks them side by side (the outputs do not depend on it).
+int64_t sg_chunk(int64_t groups, int nth) {
+  const int64_t c = std::max<int64_t>(1, groups / (8 * nth));
+  const int64_t S = kq_streams();
+  if (!kquant_lean() || S == 1) return c;
+  return (c + S - 1) / S * S;
+}
+
 // The super-groups of the G > 1 records over the pool: contiguous ranges with stealing, one long
 // stream per thread (base/thread_pool.h parallel_ranges, as gemv_repacked's M = 1 dispatch) when
 // gemv_ranges() (EMOLLM_GEMV_RANGES), else chunks from a shared counter. Same bits either way.
@@ -604,6 +817,8 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 }
 
 }  // namespace
+
+void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 4 ? 4 : streams >= 2 ? 2 : 1); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
   const Args& a = outs[0];
@@ -626,7 +841,7 @@ void gemv_kquant_records_multi(const Args* outs, int n) {
     macs += outs[j].N * a.K;
   }
   const int nth = a.pool ? a.pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(1, first[n] / (8 * nth));
+  const int64_t chunk = sg_chunk(first[n], nth);
   auto run = [&](auto&& fn) {
     return [&, fn](int64_t g0, int64_t g1) {
       for (int j = 0; j < n && g0 < g1; ++j) {
@@ -667,7 +882,7 @@ void gemv_kquant_records(const Args& a) {
   const int G = kquant_record_groups();
   const int64_t groups = (a.N + kKqRows * G - 1) / (kKqRows * G);  // super-groups
   const int nth = a.pool ? a.pool->size() : 1;
-  const int64_t chunk = std::max<int64_t>(1, groups / (8 * nth));
+  const int64_t chunk = sg_chunk(groups, nth);
   const bool par = a.M * a.N * a.K >= kParallelMinMacs;
   if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
     const RecFn fn = q6 ? pick_rec<DType::Q6_K>(a.M) : pick_rec<DType::Q4_K>(a.M);

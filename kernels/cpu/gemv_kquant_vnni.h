@@ -31,5 +31,19 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 void set_kquant_gemv(bool enabled);
 bool kquant_gemv();
 
+// Whether the M = 1 pass over q4_K's 32 / 64-row records is the lean one (default on: one load
+// per code line, the high nibbles unshifted, the min terms after the codes; same bits) or the
+// previous one (EMOLLM_KQUANT_LEAN=0); q6_K takes it only with set_kquant_lean_q6. Process-wide, for the tests and bench_kernels' interleaved A/B.
+void set_kquant_lean(bool enabled);
+bool kquant_lean();
+// q6_K on the lean pass as well (default off; EMOLLM_KQUANT_LEAN_Q6=1): measured 0.92-1.00x.
+void set_kquant_lean_q6(bool enabled);
+bool kquant_lean_q6();
+#if defined(__x86_64__)
+// Super-groups the lean pass walks side by side: 1 (default), 2 or 4 (EMOLLM_KQ_STREAMS; other
+// values round down to one of them). Same bits at any; for the tests and A/B runs.
+void set_kquant_streams(int streams);
+#endif
+
 }  // namespace gemm_detail
 }  // namespace emollm

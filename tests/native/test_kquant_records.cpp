@@ -397,3 +397,84 @@ TEST(kquant_records_multi_equals_separate) {
     for (int j = 0; j < 4; ++j) EXPECT(std::memcmp(ref[size_t(j)].data(), got[size_t(j)].data(), size_t(Ns[j]) * 4) == 0);
   }
 }
+
+#if defined(__x86_64__)
+#include "../../kernels/cpu/gemv_kquant_vnni.h"
+
+// The lean M = 1 pass over 32 / 64-row records (default; gemv_kquant_vnni.cpp kq_records_sg_lean:
+// one load per code line, q4_K's high nibbles left in place as 16 x the nibble and shifted back
+// once a sub-block) gives the previous pass's bits (set_kquant_lean(false)): the same int32 sums
+// and the same f32 operations in the same order. Random bytes (every nibble and 6-bit scale,
+// min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
+// +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
+// and multi-output dispatch, no pool / 2 / 3 threads, 1 / 2 / 4 super-groups side by side
+// (set_kquant_streams). A flipped code byte moves the lean output
+// of its row only (the comparison can fail).
+TEST(kquant_records_lean_same_bits_as_previous) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  const bool lean0 = gemm_detail::kquant_lean();
+  const bool lean_q60 = gemm_detail::kquant_lean_q6();
+  gemm_detail::set_kquant_lean_q6(true);  // q6_K's lean pass is an opt-in: compare it as well
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{1, 256}, {37, 768}, {64, 2048}, {130, 2304}, {300, 512}, {70, 11008}};
+  int compared = 0, moved = 0;
+  for (int rr : {32, 64})
+    for (DType t : {DType::Q4_K, DType::Q6_K})
+      for (const Shape& sh : shapes)
+        for (bool random_bytes : {true, false}) {
+          const RecordRows rows_scope(rr);
+          const int64_t N = sh.N, K = sh.K;
+          std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 900u + uint32_t(N + K));
+          std::vector<float> x = normal_floats(size_t(K), 17u + uint32_t(K), 1.0f);
+          for (int64_t k = 0; k < K; ++k) x[size_t(k)] *= (k % 96 < 32) ? 300.0f : (k % 96 < 64 ? 1e-3f : 1.0f);
+          for (int64_t k = 64; k < std::min<int64_t>(K, 96); ++k) x[size_t(k)] = 0.0f;
+          const std::vector<float> bias = normal_floats(size_t(N), 5u, 0.5f);
+          std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
+          for (int streams : {1, 2, 4}) {  // the lean pass over 1, 2 or 4 super-groups side by side
+            gemm_detail::set_kquant_streams(streams);
+            std::vector<float> y[2];
+            for (int lean : {0, 1}) {
+              gemm_detail::set_kquant_lean(lean == 1);
+              y[lean].assign(size_t(N) + 1, NAN);
+              gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y[lean].data(), N, 1, N, K, p);
+              EXPECT(std::isnan(y[lean][size_t(N)]));
+              // the multi-output dispatch (the decode's q / k / v): the same bits as the single call
+              std::vector<float> ym(size_t(N), NAN);
+              GemvOutput g{aligned(r, t, N, K), bias.data(), ym.data(), N};
+              gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
+              EXPECT(std::memcmp(ym.data(), y[lean].data(), size_t(N) * 4) == 0);
+            }
+            EXPECT(std::memcmp(y[0].data(), y[1].data(), size_t(N) * 4) == 0);
+            ++compared;
+          }
+          // flip one code byte of the last row's group (record 0): the lean output of that row moves
+          {
+            const int64_t n = N - 1;
+            const gemm_detail::KqLayout L{t == DType::Q6_K, rr / 16, K / 256};
+            // the first code byte of row n in its super-group's first record (sub-block 0, line 0)
+            uint8_t* byte = const_cast<uint8_t*>(L.record(aligned(r, t, N, K), n / 16, 0)) +
+                            L.codes(int((n / 16) % (rr / 16)), 0) + 4 * size_t(n % 16);
+            *byte ^= 0x11;
+            gemm_detail::set_kquant_lean(true);
+            std::vector<float> y2(size_t(N), NAN), y1(size_t(N), NAN);
+            gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y2.data(), N, 1, N, K, nullptr);
+            *byte ^= 0x11;
+            gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y1.data(), N, 1, N, K, nullptr);
+            EXPECT(std::memcmp(y1.data(), y2.data(), size_t(N - 1) * 4) == 0);
+            if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
+          }
+        }
+  gemm_detail::set_kquant_lean(lean0);
+  gemm_detail::set_kquant_lean_q6(lean_q60);
+  gemm_detail::set_kquant_streams(1);
+  EXPECT(compared == 2 * 2 * 6 * 2 * 3 * 3);
+  EXPECT(moved >= 40);  // of 48: an x block of zeros or a tiny one can hide a flip
+}
+#endif
