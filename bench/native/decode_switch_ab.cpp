@@ -1,4 +1,6 @@
-// In-process A/B of the next-matrix prefetch (backend.h set_gemv_next_prefetch) in a real decode:
+// In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
+// backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass;
+// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -15,12 +17,27 @@
 #include <vector>
 #include "core/backend.h"
 #include "base/pool_stats.h"
+#include "cpu/attention_internal.h"  // set_decode_qk_wide
+#include "cpu/gemm_internal.h"       // set_q40_streams
+#include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
 #include "model/llama.h"
 using namespace emollm;
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
             block = argc > 4 ? std::atoi(argv[4]) : 16;
+  const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "next_prefetch";
+  void (*set)(bool) = nullptr;
+  if (!std::strcmp(sw, "next_prefetch")) set = [](bool on) { set_gemv_next_prefetch(on); };
+  else if (!std::strcmp(sw, "q40_streams2")) set = [](bool on) { gemm_detail::set_q40_streams(on ? 2 : 1); };
+  else if (!std::strcmp(sw, "kquant_lean")) set = [](bool on) { gemm_detail::set_kquant_lean(on); };
+  else if (!std::strcmp(sw, "kquant_lean_q6")) set = [](bool on) { gemm_detail::set_kquant_lean_q6(on); };
+  else if (!std::strcmp(sw, "qk_wide")) set = [](bool on) { attention_detail::set_decode_qk_wide(on); };
+  if (!set) {
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
+    return 2;
+  }
+  std::printf("switch %s\n", sw);
   LlamaLoadOptions lo; lo.threads = threads;
   auto m = LlamaModel::load(argv[1], lo);
   LlamaContextOptions o; o.n_ctx = 16 + 2 * rounds * block + 8 * block + 64;
@@ -30,7 +47,7 @@ int main(int argc, char** argv) {
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
   auto run = [&](bool on) {
-    set_gemv_next_prefetch(on);
+    set(on);
     timespec c0, c1;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     auto t0 = std::chrono::steady_clock::now();
