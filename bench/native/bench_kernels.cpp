@@ -2362,23 +2362,33 @@ void bench_attention_decode(ThreadPool& pool) {
 }
 
 // Decode attention at the 7B shape (32 / 32 heads x 128: one query row per kv head) over paged
-// f32 and f16 caches in 2 MiB pages (as a context keeps them): the default P V (the whole head row
-// in one register tile) interleaved call by call with the previous two passes of 4 chunks
-// (attention_detail::set_decode_pv_wide(false)), "pv2pass" row, ratio = its time / the default's
-// (>1: the one-pass tile faster). Same bits (test attention_decode_pv_wide_same_bits). Hot too
-// with EMOLLM_BENCH_ROTATE_L3X small (the K/V then come from L3).
-void bench_attention_decode_pv_wide(ThreadPool& pool) {
+// f32 and f16 caches in 2 MiB pages (as a context keeps them): the default path interleaved call
+// by call with the previous one (a switch of attention_internal.h set false), a derived row,
+// ratio = its time / the default's (>1: the default faster). Hot too with EMOLLM_BENCH_ROTATE_L3X
+// small (the K/V then come from L3). Two switches (bench_attention_decode_pv_wide / _qk_wide):
+//  - pv_wide: P V's whole head row in one register tile vs two passes of 4 chunks ("pv2pass";
+//    same bits, test attention_decode_pv_wide_same_bits);
+//  - qk_wide: Q K^T of full sub-blocks through qk16 (the 16 key rows as 4 bases plus strides, all
+//    in registers) vs the generic kernel ("qkprev"; same bits, test attention_decode_qk_wide_same_bits).
+struct DecodeSwitchAb {
+  const char* section;  // attention/llama.decode.<section>/...
+  const char* header;
+  void (*set)(bool);
+  const char* row;
+  const char* note;
+};
+void bench_attention_decode_7b_switch(ThreadPool& pool, const DecodeSwitchAb& ab) {
   const DecodeAttnShape sh{"llama", 32, 32, 128, {128, 544, 2048}};
   const DType types[] = {DType::F32, DType::F16};
   constexpr int64_t kPage = 64;
   bool header = false;
   for (int64_t n_kv : sh.kvs)
     for (DType t : types) {
-      const std::string name = std::string("attention/") + sh.name + ".decode.pv_wide/" + dtype_name(t) + "/kv" + std::to_string(n_kv);
+      const std::string name = std::string("attention/") + sh.name + ".decode." + ab.section + "/" + dtype_name(t) + "/kv" + std::to_string(n_kv);
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
       if (!header) {
-        table_header("decode attention, 7B shape (one query row per kv head): P V in one tile vs two passes (interleaved; ratio = two passes' time / the default's)");
+        table_header(ab.header);
         header = true;
       }
       AttentionParams p = paged_decode_params(sh, n_kv, kPage);
@@ -2417,7 +2427,7 @@ void bench_attention_decode_pv_wide(ThreadPool& pool) {
         const AttentionBatchItem it{q.get(), nullptr, nullptr, o.get(), pi};
         attention_batch(&it, 1, &pool);
       };
-      auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_pv_wide, false, [&] { run(i); }); };
+      auto run_prev = [&](int i) { with_switch(ab.set, false, [&] { run(i); }); };
       Result r;
       r.section = "attention";
       r.name = name;
@@ -2435,90 +2445,25 @@ void bench_attention_decode_pv_wide(ThreadPool& pool) {
       });
       if (!res) continue;
       table_row(*res);
-      push_row(derived_row(*res, "pv2pass", "pv2pass", prev, "emollm", prev.best / res->st.best,
-                           "P V in two passes of 4 chunks (set_decode_pv_wide(false)), interleaved; ratio = its time / the default's"));
+      push_row(derived_row(*res, ab.row, ab.row, prev, "emollm", prev.best / res->st.best, ab.note));
       settle();
     }
 }
 
-// Decode attention at the 7B shape (32 / 32 heads x 128: one query row per kv head) over paged
-// f32 and f16 caches in 2 MiB pages: the default Q K^T of full sub-blocks (qk16: the 16 key rows
-// as 4 bases plus strides, all in registers) interleaved call by call with the generic kernel
-// (attention_detail::set_decode_qk_wide(false)), "qkprev" row, ratio = its time / the default's
-// (>1: qk16 faster). Same bits (test attention_decode_qk_wide_same_bits). Hot too with
-// EMOLLM_BENCH_ROTATE_L3X small (the K/V then come from L3).
+void bench_attention_decode_pv_wide(ThreadPool& pool) {
+  bench_attention_decode_7b_switch(
+      pool, {"pv_wide",
+             "decode attention, 7B shape (one query row per kv head): P V in one tile vs two passes (interleaved; ratio = two passes' time / the default's)",
+             attention_detail::set_decode_pv_wide, "pv2pass",
+             "P V in two passes of 4 chunks (set_decode_pv_wide(false)), interleaved; ratio = its time / the default's"});
+}
+
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
-  const DecodeAttnShape sh{"llama", 32, 32, 128, {128, 544, 2048}};
-  const DType types[] = {DType::F32, DType::F16};
-  constexpr int64_t kPage = 64;
-  bool header = false;
-  for (int64_t n_kv : sh.kvs)
-    for (DType t : types) {
-      const std::string name = std::string("attention/") + sh.name + ".decode.qk_wide/" + dtype_name(t) + "/kv" + std::to_string(n_kv);
-      if (!selected(name)) continue;
-      if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
-      if (!header) {
-        table_header("decode attention, 7B shape (one query row per kv head): Q K^T through qk16 vs the generic kernel (interleaved; ratio = generic time / the default's)");
-        header = true;
-      }
-      AttentionParams p = paged_decode_params(sh, n_kv, kPage);
-      p.kv_dtype = t;
-      const size_t esz = t == DType::F32 ? 4 : 2;
-      const int64_t n_pages = (n_kv + kPage - 1) / kPage;
-      const size_t elems = size_t(n_pages * kPage * p.ldk);
-      const double bytes = 2.0 * double(n_kv) * double(p.ldk) * double(esz);
-      const int copies = decode_copies(size_t(bytes));
-      Buf<float> q = make_aligned<float>(size_t(p.ldq)), o = make_aligned<float>(size_t(p.ldo));
-      fill_random(q.get(), p.ldq, 3, &pool);
-      Buf<float> tmp = make_aligned<float>(elems);
-      std::vector<Buf<uint8_t>> bufs;
-      std::vector<std::vector<const float*>> kt(static_cast<size_t>(copies)), vt(static_cast<size_t>(copies));
-      for (int c = 0; c < copies; c++) {
-        const uint8_t* kv_base[2];
-        for (int kv = 0; kv < 2; ++kv) {
-          Buf<uint8_t> b = alloc_huge(elems * esz);
-          fill_random(tmp.get(), int64_t(elems), kv ? 7 : 5, &pool);
-          if (t == DType::F32)
-            std::memcpy(b.get(), tmp.get(), elems * esz);
-          else
-            convert(tmp.get(), DType::F32, b.get(), t, int64_t(elems), &pool);
-          kv_base[kv] = b.get();
-          bufs.push_back(std::move(b));
-        }
-        for (int64_t bl = 0; bl < n_pages; bl++) {
-          kt[size_t(c)].push_back(reinterpret_cast<const float*>(kv_base[0] + size_t(bl * kPage * p.ldk) * esz));
-          vt[size_t(c)].push_back(reinterpret_cast<const float*>(kv_base[1] + size_t(bl * kPage * p.ldv) * esz));
-        }
-      }
-      auto run = [&](int i) {
-        AttentionParams pi = p;
-        pi.k_blocks = kt[size_t(i % copies)].data();
-        pi.v_blocks = vt[size_t(i % copies)].data();
-        const AttentionBatchItem it{q.get(), nullptr, nullptr, o.get(), pi};
-        attention_batch(&it, 1, &pool);
-      };
-      auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_qk_wide, false, [&] { run(i); }); };
-      Result r;
-      r.section = "attention";
-      r.name = name;
-      r.label = std::string(sh.name) + " decode kv=" + std::to_string(n_kv) + " " + dtype_name(t) + " KV";
-      r.dtype = dtype_name(t);
-      r.impl = "emollm";
-      r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
-      r.bytes = bytes;
-      Stats prev;
-      Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({run, run_prev});
-        rr.st = st[0];
-        prev = st[1];
-        rr.note = "(" + std::to_string(copies) + " KV copies, 2 MiB pages)";
-      });
-      if (!res) continue;
-      table_row(*res);
-      push_row(derived_row(*res, "qkprev", "qkprev", prev, "emollm", prev.best / res->st.best,
-                           "Q K^T by the generic kernel (set_decode_qk_wide(false)), interleaved; ratio = its time / the default's"));
-      settle();
-    }
+  bench_attention_decode_7b_switch(
+      pool, {"qk_wide",
+             "decode attention, 7B shape (one query row per kv head): Q K^T through qk16 vs the generic kernel (interleaved; ratio = generic time / the default's)",
+             attention_detail::set_decode_qk_wide, "qkprev",
+             "Q K^T by the generic kernel (set_decode_qk_wide(false)), interleaved; ratio = its time / the default's"});
 }
 
 // Decode attention over a paged f16 / bf16 KV cache (AttentionParams::kv_dtype) beside the f32
