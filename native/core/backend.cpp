@@ -180,6 +180,16 @@ int next_prefetch_steps() {
   static const int s = int(env_size("EMOLLM_GEMV_NEXT_PREFETCH_STEPS", 2, 1, 64));
   return s;
 }
+// EMOLLM_F32_HUGE_COPIES=1 (opt-in; backend.h set_f32_huge_copies): decoder F32 matrices of
+// 256 KiB or more get the BF16 / F16 treatment, a copy in the same layout in 2 MiB pages (the
+// weight file's mapping is in 4 KiB pages), read by the same kernels: same bits.
+std::atomic<bool>& f32_huge_copies_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_F32_HUGE_COPIES");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }()};
+  return on;
+}
 size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
 // EMOLLM_PREFAULT_THREADS=1: CpuBackend::prefault on the calling thread only (A/B).
 int prefault_threads() {
@@ -435,7 +445,7 @@ class CpuBackend final : public Backend {
     const void* packed = packed_->find(W, wtype, N, K, &panels);
     if (packed && panels) {
       if (bf16_panels_usable()) return gemm_bf16_panels(X, ldx, packed, bias, Y, ldy, M, N, K, &pool_);
-    } else if (packed && (wtype == DType::BF16 || wtype == DType::F16)) {
+    } else if (packed && (wtype == DType::BF16 || wtype == DType::F16 || wtype == DType::F32)) {
       return gemm_huge_pages(X, ldx, packed, wtype, bias, Y, ldy, M, N, K, &pool_);  // same layout, 2 MiB pages
     } else if (packed && kquant_repack_supported(wtype)) {  // kquant_repack's 16-row records
       if (quant_activations() == QuantActivations::Q8 && kquant_repacked_usable())
@@ -492,7 +502,7 @@ class CpuBackend final : public Backend {
   }
   bool gemv_fused(const float* x, const GemmOutput* outs, int n, int64_t K) {
     const DType t = outs[0].wtype;
-    const bool huge = t == DType::BF16 || t == DType::F16;
+    const bool huge = t == DType::BF16 || t == DType::F16 || t == DType::F32;  // F32: copies only when asked
     const bool repacked = (t == DType::Q4_0 || t == DType::Q8_0) && quant_activations() == QuantActivations::Q8 &&
                           isa_active() >= Isa::Avx512;
     const bool records = kquant_repack_supported(t) && quant_activations() == QuantActivations::Q8 &&
@@ -544,7 +554,8 @@ class CpuBackend final : public Backend {
       return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
     }
     if (rows == GemmRows::Many) return nullptr;  // the layouts below serve the decode GEMV
-    if (W && weight_repacking() && N > 0 && K > 0 && (wtype == DType::BF16 || wtype == DType::F16) &&
+    if (W && weight_repacking() && N > 0 && K > 0 &&
+        (wtype == DType::BF16 || wtype == DType::F16 || (wtype == DType::F32 && f32_huge_copies())) &&
         size_t(N) * dtype_row_bytes(wtype, K) >= half_copy_min_bytes()) {
       const size_t bytes = size_t(N) * dtype_row_bytes(wtype, K);
       bool made = false;
@@ -600,7 +611,7 @@ class CpuBackend final : public Backend {
   const void* gemm_weight_bytes(const void* W, DType wtype, int64_t N, int64_t K) const override {
     // the 2 MiB-page copy has W's layout; a bf16 panel copy (GemmRows::Many) does not
     bool panels = false;
-    if (wtype == DType::BF16 || wtype == DType::F16)
+    if (wtype == DType::BF16 || wtype == DType::F16 || wtype == DType::F32)
       if (const void* packed = packed_->find(W, wtype, N, K, &panels); packed && !panels) return packed;
     return W;
   }
@@ -737,6 +748,8 @@ class Scratch {
 }  // namespace
 
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
+void set_f32_huge_copies(bool on) { f32_huge_copies_flag().store(on, std::memory_order_relaxed); }
+bool f32_huge_copies() { return f32_huge_copies_flag().load(std::memory_order_relaxed); }
 void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
 bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
 void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }

@@ -54,6 +54,12 @@ bool bf16_decoder_panels();
 // dispatch. Read when weights are placed; process-wide.
 void set_small_half_copies(bool on);
 bool small_half_copies();
+// Decoder F32 matrices (GemmRows::Any, from half_copy_min_bytes) copied into 2 MiB pages as the
+// BF16 / F16 ones are (same layout, the same kernels read it: same bits), the file's pages
+// released: EMOLLM_F32_HUGE_COPIES=1 or set_f32_huge_copies(true) before the weights are placed
+// (opt-in until a quiet A/B and a CI run make it the default). Process-wide.
+void set_f32_huge_copies(bool on);
+bool f32_huge_copies();
 // Backend::prefetch_next_gemv on the CPU: decode attention brings the start of each thread's part
 // of o's repacked q4_0 / q8_0 weights into its caches (off unless EMOLLM_DECODE_SIDE_PREFETCH=1).
 // Same bits either way. Process-wide.

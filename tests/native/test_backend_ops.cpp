@@ -690,3 +690,50 @@ TEST(profiling_backend_cpu_per_op) {
   profile_reset();
   profile_set_enabled(was);
 }
+
+// F32 decoder matrices get the 2 MiB-page copy only when asked (set_f32_huge_copies, opt-in):
+// then gemm() at M = 1 and 3 and the fused multi-output GEMV read the copy (other memory, the same
+// bytes) with the same kernels, so every output has the bits of plain gemm() on the file's bytes;
+// under 256 KiB, with the switch off or with repacking off, no copy.
+TEST(cpu_backend_copies_f32_weights_to_huge_pages_when_asked) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking(), f32_was = f32_huge_copies();
+  set_weight_repacking(true);
+  const int64_t N = 520, K = 1024;  // 2.03 MiB of f32 weights
+  const std::vector<float> w = randv(size_t(N * K), 7400);
+  set_f32_huge_copies(false);
+  EXPECT(be->pack_gemm_weight(w.data(), DType::F32, N, K) == nullptr);  // off: no copy
+  set_f32_huge_copies(true);
+  for (int64_t M : {1, 3}) {
+    const std::vector<float> X = randv(size_t(M * K), 7401 + uint32_t(M)), bias = randv(size_t(N), 7405);
+    std::vector<float> want(size_t(M * N)), got(size_t(M * N), -1.f);
+    ThreadPool pool(2);
+    gemm(X.data(), K, w.data(), DType::F32, bias.data(), want.data(), N, M, N, K, &pool);
+    const size_t before = packed_gemm_weight_bytes();
+    auto h = be->pack_gemm_weight(w.data(), DType::F32, N, K);
+    EXPECT(h != nullptr);
+    if (!h) continue;
+    EXPECT(h->bytes() == w.size() * sizeof(float));
+    EXPECT(packed_gemm_weight_bytes() == before + w.size() * sizeof(float));
+    const void* view = be->gemm_weight_bytes(w.data(), DType::F32, N, K);
+    EXPECT(view != static_cast<const void*>(w.data()) && std::memcmp(view, w.data(), w.size() * sizeof(float)) == 0);
+    be->gemm(X.data(), K, w.data(), DType::F32, bias.data(), got.data(), N, M, N, K);
+    EXPECT(got == want);
+    if (M == 1) {  // q / k / v style: the same W twice through the fused dispatch
+      std::vector<float> y0(size_t(N), -1.f), y1(size_t(N), -1.f);
+      const Backend::GemmOutput outs[2] = {{w.data(), DType::F32, bias.data(), y0.data(), N, N},
+                                           {w.data(), DType::F32, nullptr, y1.data(), N, N}};
+      be->gemm_multi(X.data(), K, outs, 2, 1, K);
+      std::vector<float> want1(static_cast<size_t>(N), 0.f);
+      gemm(X.data(), K, w.data(), DType::F32, nullptr, want1.data(), N, 1, N, K, &pool);
+      EXPECT(y0 == want);
+      EXPECT(y1 == want1);
+    }
+  }
+  EXPECT(packed_gemm_weight_bytes() == 0);
+  EXPECT(be->pack_gemm_weight(w.data(), DType::F32, 63, K) == nullptr);  // 252 KiB: no copy
+  set_weight_repacking(false);
+  EXPECT(be->pack_gemm_weight(w.data(), DType::F32, N, K) == nullptr);
+  set_weight_repacking(repack_was);
+  set_f32_huge_copies(f32_was);
+}
