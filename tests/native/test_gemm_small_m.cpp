@@ -607,6 +607,31 @@ TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
   }
 }
 
+// One BF16 case through gemm_huge_pages with a blocking switch (set / get) on and off, on each
+// pool: the same bits both ways (`change` names the switch in the failure), and within the
+// rounded-X bound of ref::gemm. The switch is left as found.
+void expect_blocking_switch_same_bits(const Case& c, ThreadPool* const* pools, int n_pools, void (*set)(bool),
+                                      bool (*get)(), const std::string& change, int* compared) {
+  std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
+  ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, c.bias.data(), Rr.data(), c.ldy, c.M, c.N, c.K);
+  const bool prev = get();
+  for (int i = 0; i < n_pools; ++i) {
+    ThreadPool* pl = pools[i];
+    const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
+                             " K=" + std::to_string(c.K) + " threads=" + std::to_string(pl ? pl->size() : 1);
+    std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
+    set(true);
+    gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y.data(), c.ldy, c.M, c.N, c.K, pl);
+    set(false);
+    gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y0.data(), c.ldy, c.M, c.N, c.K, pl);
+    set(prev);
+    if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
+      emollm_test::report_failure(__FILE__, __LINE__, what + ": " + change + " changed the bits");
+    check(Y, Rr, c, c.Xr, c.bias.data(), 0.0, what + " [vs rounded-x ref]");
+    ++*compared;
+  }
+}
+
 // streams_bf16 (BF16 on vdpbf16ps at bf16_dot_min_m() <= M <= 8, rounded X) over whole rows, X's
 // K block up to 256 KiB in L2 (default), against its previous K blocks of 32 KiB of X
 // (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0): K blocks only change when a row's partial sums wait in
@@ -619,13 +644,6 @@ TEST(gemm_small_m_streams_whole_k_bit_equal) {
     std::printf("  skip gemm_small_m_streams_whole_k_bit_equal: no AVX512-BF16\n");
     return;
   }
-  struct WholeKScope {
-    explicit WholeKScope(bool on) : prev_(gemm_detail::small_m_streams_whole_k()) {
-      gemm_detail::set_small_m_streams_whole_k(on);
-    }
-    ~WholeKScope() { gemm_detail::set_small_m_streams_whole_k(prev_); }
-    bool prev_;
-  };
   const int prev_min = gemm_detail::bf16_dot_min_m();
   gemm_detail::set_bf16_dot_min_m(2);
   ThreadPool pool2(2), pool3(3);
@@ -637,27 +655,8 @@ TEST(gemm_small_m_streams_whole_k_bit_equal) {
       for (int64_t N : {37, 130}) {
         if (K == 17000 && (M != 8 || N != 37)) continue;
         const Case c = make_case(DType::BF16, M, N, K, K % 3, N % 3, seed++);
-        std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
-        ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, c.bias.data(), Rr.data(), c.ldy, c.M, c.N, c.K);
-        for (ThreadPool* pl : pools) {
-          const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
-                                   " K=" + std::to_string(c.K) + " threads=" + std::to_string(pl ? pl->size() : 1);
-          std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-          {
-            WholeKScope on(true);
-            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y.data(), c.ldy, c.M, c.N,
-                            c.K, pl);
-          }
-          {
-            WholeKScope off(false);
-            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y0.data(), c.ldy, c.M, c.N,
-                            c.K, pl);
-          }
-          if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-            emollm_test::report_failure(__FILE__, __LINE__, what + ": whole-K streams changed the bits");
-          check(Y, Rr, c, c.Xr, c.bias.data(), 0.0, what + " [vs rounded-x ref]");
-          ++compared;
-        }
+        expect_blocking_switch_same_bits(c, pools, 3, gemm_detail::set_small_m_streams_whole_k, gemm_detail::small_m_streams_whole_k, "whole-K streams",
+                                         &compared);
       }
   gemm_detail::set_bf16_dot_min_m(prev_min);
   EXPECT(compared == (4 * 3 * 2 + 1) * 3);
@@ -672,11 +671,6 @@ TEST(gemm_small_m_onepass_x16k_bit_equal) {
     std::printf("  skip gemm_small_m_onepass_x16k_bit_equal: no AVX512-BF16\n");
     return;
   }
-  struct X16kScope {
-    explicit X16kScope(bool on) : prev_(gemm_detail::small_m_onepass_x16k()) { gemm_detail::set_small_m_onepass_x16k(on); }
-    ~X16kScope() { gemm_detail::set_small_m_onepass_x16k(prev_); }
-    bool prev_;
-  };
   OnePassScope onepass(true);
   ThreadPool pool2(2);
   ThreadPool* pools[] = {nullptr, &pool2};
@@ -686,27 +680,8 @@ TEST(gemm_small_m_onepass_x16k_bit_equal) {
     for (int64_t K : {300, 700, 1400, 2085, 5632})
       for (int64_t N : {37, 130}) {
         const Case c = make_case(DType::BF16, M, N, K, K % 3, N % 3, seed++);
-        std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
-        ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, c.bias.data(), Rr.data(), c.ldy, c.M, c.N, c.K);
-        for (ThreadPool* pl : pools) {
-          const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
-                                   " K=" + std::to_string(c.K) + " threads=" + std::to_string(pl ? pl->size() : 1);
-          std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-          {
-            X16kScope on(true);
-            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y.data(), c.ldy, c.M, c.N,
-                            c.K, pl);
-          }
-          {
-            X16kScope off(false);
-            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y0.data(), c.ldy, c.M, c.N,
-                            c.K, pl);
-          }
-          if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-            emollm_test::report_failure(__FILE__, __LINE__, what + ": 16 KiB X blocks changed the bits");
-          check(Y, Rr, c, c.Xr, c.bias.data(), 0.0, what + " [vs rounded-x ref]");
-          ++compared;
-        }
+        expect_blocking_switch_same_bits(c, pools, 2, gemm_detail::set_small_m_onepass_x16k, gemm_detail::small_m_onepass_x16k, "16 KiB X blocks",
+                                         &compared);
       }
   EXPECT(compared == 3 * 5 * 2 * 2);
 }
