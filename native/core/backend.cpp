@@ -180,13 +180,14 @@ int next_prefetch_steps() {
   static const int s = int(env_size("EMOLLM_GEMV_NEXT_PREFETCH_STEPS", 2, 1, 64));
   return s;
 }
-// EMOLLM_F32_HUGE_COPIES=1 (opt-in; backend.h set_f32_huge_copies): decoder F32 matrices of
-// 256 KiB or more get the BF16 / F16 treatment, a copy in the same layout in 2 MiB pages (the
-// weight file's mapping is in 4 KiB pages), read by the same kernels: same bits.
+// Default on (backend.h set_f32_huge_copies; EMOLLM_F32_HUGE_COPIES=0 off): decoder F32 matrices
+// of 256 KiB or more get the BF16 / F16 treatment, a copy in the same layout in 2 MiB pages (the
+// weight file's mapping is in 4 KiB pages), read by the same kernels: same bits. Quiet A/B on
+// TinyLlama-1.1B f32 (Zen 5, 2 threads): decode 1.14-1.25x, prefill 1.10-1.15x, +105 MiB peak RSS.
 std::atomic<bool>& f32_huge_copies_flag() {
   static std::atomic<bool> on{[] {
     const char* v = std::getenv("EMOLLM_F32_HUGE_COPIES");
-    return v != nullptr && std::strcmp(v, "1") == 0;
+    return !(v != nullptr && std::strcmp(v, "0") == 0);
   }()};
   return on;
 }

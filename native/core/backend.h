@@ -56,8 +56,8 @@ void set_small_half_copies(bool on);
 bool small_half_copies();
 // Decoder F32 matrices (GemmRows::Any, from half_copy_min_bytes) copied into 2 MiB pages as the
 // BF16 / F16 ones are (same layout, the same kernels read it: same bits), the file's pages
-// released: EMOLLM_F32_HUGE_COPIES=1 or set_f32_huge_copies(true) before the weights are placed
-// (opt-in until a quiet A/B and a CI run make it the default). Process-wide.
+// released. Default on (quiet A/B: decode 1.14-1.25x); EMOLLM_F32_HUGE_COPIES=0 or
+// set_f32_huge_copies(false) before the weights are placed reads the file's pages. Process-wide.
 void set_f32_huge_copies(bool on);
 bool f32_huge_copies();
 // Backend::prefetch_next_gemv on the CPU: decode attention brings the start of each thread's part

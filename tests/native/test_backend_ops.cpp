@@ -691,11 +691,12 @@ TEST(profiling_backend_cpu_per_op) {
   profile_set_enabled(was);
 }
 
-// F32 decoder matrices get the 2 MiB-page copy only when asked (set_f32_huge_copies, opt-in):
+// F32 decoder matrices get the 2 MiB-page copy when set_f32_huge_copies is on (the default):
 // then gemm() at M = 1 and 3 and the fused multi-output GEMV read the copy (other memory, the same
 // bytes) with the same kernels, so every output has the bits of plain gemm() on the file's bytes;
 // under 256 KiB, with the switch off or with repacking off, no copy.
-TEST(cpu_backend_copies_f32_weights_to_huge_pages_when_asked) {
+TEST(cpu_backend_copies_f32_weights_to_huge_pages_by_default) {
+  EXPECT(std::getenv("EMOLLM_F32_HUGE_COPIES") != nullptr || f32_huge_copies());  // on unless the env says 0
   auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
   const bool repack_was = weight_repacking(), f32_was = f32_huge_copies();
   set_weight_repacking(true);
