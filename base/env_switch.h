@@ -1,7 +1,8 @@
 // Switches of alternative code paths (a new kernel and the one it replaced, a fusion, a packing),
 // read once from the environment so whole runs can be compared (A/B benchmarks) without a
-// rebuild. A switch is on unless its variable is "0" or "off"; tests and benchmarks flip it at run
-// time through the setter the owning file exports.
+// rebuild. A default-on switch is on unless its variable is "0" or "off"; an opt-in one (a path
+// kept for A/B that lost or is not yet decided) is off unless it is "1" or "on". Tests and
+// benchmarks flip it at run time through the setter the owning file exports.
 #pragma once
 #include <atomic>
 #include <cstdlib>
@@ -15,11 +16,21 @@ inline bool env_enabled(const char* name) {
   return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
 }
 
-// A run-time switch that starts as env_enabled(name). Define it as a function-local static so it
+// True only if the environment variable `name` is set to "1" or "on".
+inline bool env_opted_in(const char* name) {
+  const char* v = std::getenv(name);
+  return v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "on") == 0);
+}
+
+enum class EnvDefault { On, Off };
+
+// A run-time switch that starts as env_enabled(name) (EnvDefault::On) or env_opted_in(name)
+// (EnvDefault::Off). Define it as a function-local static so it
 // is read on first use, whatever the order of static initialisation.
 class EnvSwitch {
  public:
-  explicit EnvSwitch(const char* name) : on_(env_enabled(name)) {}
+  explicit EnvSwitch(const char* name, EnvDefault d = EnvDefault::On)
+      : on_(d == EnvDefault::On ? env_enabled(name) : env_opted_in(name)) {}
   bool on() const { return on_.load(std::memory_order_relaxed); }
   void set(bool on) { on_.store(on, std::memory_order_relaxed); }
 

@@ -18,7 +18,6 @@
 #include "base/arena.h"
 #include "base/env_switch.h"
 #include "base/error.h"
-#include "base/env_switch.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu/backward.h"
 #include "kernels/cpu/kernels.h"
@@ -129,11 +128,8 @@ void release_pages(const void* p, size_t bytes) {
 // the decode GEMV streams it with fewer TLB misses.
 constexpr size_t kHugePageBytes = size_t(2) << 20;
 // backend.h set_bf16_decoder_panels: off unless EMOLLM_BF16_DECODER_PANELS is "1" or "on".
-std::atomic<bool>& decoder_panels_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_BF16_DECODER_PANELS");
-    return v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "on") == 0);
-  }()};
+EnvSwitch& decoder_panels_flag() {
+  static EnvSwitch on("EMOLLM_BF16_DECODER_PANELS", EnvDefault::Off);
   return on;
 }
 // The smallest BF16 / F16 decoder matrix that gets the same-layout copy (or, with decoder panels,
@@ -151,19 +147,13 @@ EnvSwitch& small_half_copies_flag() {
 }
 // Decode attention prefetches the start of each thread's part of the next GEMV (prefetch_next_gemv):
 // opt-in, EMOLLM_DECODE_SIDE_PREFETCH=1.
-std::atomic<bool>& side_prefetch_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_DECODE_SIDE_PREFETCH");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }()};
+EnvSwitch& side_prefetch_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_SIDE_PREFETCH", EnvDefault::Off);
   return on;
 }
-// Backend::next_gemv_hint on the CPU (backend.h set_gemv_next_prefetch).
-std::atomic<bool>& next_prefetch_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_GEMV_NEXT_PREFETCH");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }()};
+// Backend::next_gemv_hint on the CPU (backend.h set_gemv_next_prefetch; opt-in).
+EnvSwitch& next_prefetch_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_NEXT_PREFETCH", EnvDefault::Off);
   return on;
 }
 size_t env_size(const char* name, size_t dflt, size_t lo, size_t hi) {
@@ -184,11 +174,8 @@ int next_prefetch_steps() {
 // of 256 KiB or more get the BF16 / F16 treatment, a copy in the same layout in 2 MiB pages (the
 // weight file's mapping is in 4 KiB pages), read by the same kernels: same bits. Quiet A/B on
 // TinyLlama-1.1B f32 (Zen 5, 2 threads): decode 1.14-1.25x, prefill 1.10-1.15x, +105 MiB peak RSS.
-std::atomic<bool>& f32_huge_copies_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_F32_HUGE_COPIES");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }()};
+EnvSwitch& f32_huge_copies_flag() {
+  static EnvSwitch on("EMOLLM_F32_HUGE_COPIES");
   return on;
 }
 size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
@@ -749,19 +736,19 @@ class Scratch {
 }  // namespace
 
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
-void set_f32_huge_copies(bool on) { f32_huge_copies_flag().store(on, std::memory_order_relaxed); }
-bool f32_huge_copies() { return f32_huge_copies_flag().load(std::memory_order_relaxed); }
+void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
+bool f32_huge_copies() { return f32_huge_copies_flag().on(); }
 void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
 bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
 void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
 bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
-void set_gemv_next_prefetch(bool on) { next_prefetch_flag().store(on, std::memory_order_relaxed); }
-bool gemv_next_prefetch() { return next_prefetch_flag().load(std::memory_order_relaxed); }
-void set_decode_side_prefetch(bool on) { side_prefetch_flag().store(on, std::memory_order_relaxed); }
-bool decode_side_prefetch() { return side_prefetch_flag().load(std::memory_order_relaxed); }
-void set_bf16_decoder_panels(bool on) { decoder_panels_flag().store(on, std::memory_order_relaxed); }
-bool bf16_decoder_panels() { return decoder_panels_flag().load(std::memory_order_relaxed); }
+void set_gemv_next_prefetch(bool on) { next_prefetch_flag().set(on); }
+bool gemv_next_prefetch() { return next_prefetch_flag().on(); }
+void set_decode_side_prefetch(bool on) { side_prefetch_flag().set(on); }
+bool decode_side_prefetch() { return side_prefetch_flag().on(); }
+void set_bf16_decoder_panels(bool on) { decoder_panels_flag().set(on); }
+bool bf16_decoder_panels() { return decoder_panels_flag().on(); }
 
 // ---------------------------------------------------------------- buffers, workspace, contexts
 BackendBuffer& BackendBuffer::operator=(BackendBuffer&& o) noexcept {

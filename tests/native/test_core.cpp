@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -13,6 +14,7 @@
 #include "core/backend.h"
 #include "base/cpu_features.h"
 #include "base/dtype.h"
+#include "base/env_switch.h"
 #include "base/error.h"
 #include "core/tensor.h"
 #include "base/thread_pool.h"
@@ -469,4 +471,23 @@ TEST(backend_cpu_and_missing_cuda) {
 #if !defined(EMOLLM_WITH_CUDA)
   EXPECT_THROWS(make_backend({DeviceKind::Cuda, 0}), ErrorCode::Unsupported);
 #endif
+}
+
+// EnvSwitch: a default-on switch is off only for "0" / "off", an opt-in one on only for "1" / "on";
+// anything else (unset, empty, "yes", "2") leaves each at its default.
+TEST(env_switch_defaults_on_and_opt_in) {
+  const char* name = "EMOLLM_TEST_ENV_SWITCH_DEFAULTS";
+  struct Case { const char* value; bool on_default; bool opt_in; };
+  const Case cases[] = {{nullptr, true, false}, {"", true, false}, {"0", false, false}, {"off", false, false},
+                        {"1", true, true},      {"on", true, true}, {"yes", true, false}, {"2", true, false}};
+  for (const Case& c : cases) {
+    if (c.value) ::setenv(name, c.value, 1); else ::unsetenv(name);
+    EXPECT(EnvSwitch(name).on() == c.on_default);
+    EXPECT(EnvSwitch(name, EnvDefault::Off).on() == c.opt_in);
+    EXPECT(env_opted_in(name) == c.opt_in);
+  }
+  ::unsetenv(name);
+  EnvSwitch s(name, EnvDefault::Off);
+  s.set(true);
+  EXPECT(s.on());  // the setter overrides the environment
 }
