@@ -264,21 +264,23 @@ inline int32_t ld32(const int8_t* p) {
   return v;
 }
 
-// One block of NG consecutive groups (weights at g[j] + off): per group the exact int32 block sum
-// of its 16 rows, times fp16(d_w) * d_x, FMA'd into f[j]. x bytes 4t..4t+3 are broadcast to every
-// lane and, with d_x and -off * sum(x_b), shared by the NG groups. The weights are made unsigned
-// for vpdpbusd and the offset comes back as -off * sum(x_b), which starts a chain: q8_0 quants
-// + 128 (two chains per group, even / odd quads: one chain of 8 would serialise on vpdpbusd's
-// latency); q4_0 the raw nibble (q + 8): the low nibbles as v & 0x0F and the high ones left in
-// place as v & 0xF0 = 16 x the nibble, one logic op per operand (no shift per 64 bytes), whose
-// chain sum is an exact multiple of 16, shifted back once per block. So the int32 sum, and every
-// bit after it, is what one chain over the plain nibbles would give.
+// One block of NG consecutive groups: per group the exact int32 block sum of its 16 rows, times
+// fp16(d_w) * d_x, FMA'd into f[j]. x bytes 4t..4t+3 are broadcast to every lane and, with d_x and
+// -off * sum(x_b), shared by the NG groups. The weights are made unsigned for vpdpbusd and the
+// offset comes back as -off * sum(x_b), which starts a chain: q8_0 quants + 128 (two chains per
+// group, even / odd quads: one chain of 8 would serialise on vpdpbusd's latency); q4_0 the raw
+// nibble (q + 8): the low nibbles as v & 0x0F and the high ones left in place as v & 0xF0 = 16 x
+// the nibble, one logic op per operand (no shift per 64 bytes), whose chain sum is an exact
+// multiple of 16, shifted back once per block. So the int32 sum, and every bit after it, is what
+// one chain over the plain nibbles would give.
 //
-// gs[j] / gq[j]: group j's scales / quants of block 0 (RepackLayout), off: the block's record offset.
-template <bool Q8, int NG>
-__attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb, float dx, int32_t neg,
-                                                                const uint8_t* const* gs, const uint8_t* const* gq,
-                                                                size_t off, __m512 (&f)[NG]) {
+// Where the block's bytes are is the caller's: quant(j, t) = group j's 64-byte quant line t,
+// scale(j) = its 16 fp16 scales. groups_block (a pass's groups through RepackLayout) and
+// record_block_q40 (one 4-group q4_0 record from one base pointer, the opt-in multi-stream pass)
+// are this step with two addressings: the same operations in the same order, the same bits.
+template <bool Q8, int NG, class QuantAt, class ScaleAt>
+__attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, float dx, int32_t neg, QuantAt quant,
+                                                              ScaleAt scale, __m512 (&f)[NG]) {
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   const __m512i n = _mm512_set1_epi32(neg);
   __m512i a[NG], c[NG];
@@ -290,7 +292,7 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
       const __m512i x = _mm512_set1_epi32(ld32(xb + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
-        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(gq[j] + off + 64 * t), m80);
+        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(quant(j, t)), m80);
         if (t & 1)
           c[j] = _mm512_dpbusd_epi32(c[j], w, x);
         else
@@ -303,7 +305,7 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
       const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
-        __m512i v = _mm512_loadu_si512(gq[j] + off + 64 * t);
+        __m512i v = _mm512_loadu_si512(quant(j, t));
         // one load for both operands (left to itself GCC folds the load into both and reads twice)
         __asm__("" : "+v"(v));
         a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
@@ -315,9 +317,19 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
 #pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
     const __m512i sum = _mm512_add_epi32(a[j], Q8 ? c[j] : _mm512_srai_epi32(c[j], 4));
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[j] + off)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale(j))));
     f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
   }
+}
+
+// block_step on NG consecutive groups of a pass: gs[j] / gq[j]: group j's scales / quants of
+// block 0 (RepackLayout), off: the block's record offset.
+template <bool Q8, int NG>
+__attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb, float dx, int32_t neg,
+                                                                const uint8_t* const* gs, const uint8_t* const* gq,
+                                                                size_t off, __m512 (&f)[NG]) {
+  block_step<Q8, NG>(
+      xb, dx, neg, [&](int j, int t) { return gq[j] + off + 64 * t; }, [&](int j) { return gs[j] + off; }, f);
 }
 
 // NG consecutive groups (g0, g0 + 1, ... of the matrix at W, layout L; `cols` valid outputs from
@@ -405,35 +417,15 @@ EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   }
 }
 
-// groups_block<false, kSuperGroup> on one q4_0 4-group record at r (scales of group j at r + 32j,
-// its quants at r + 128 + 256j: RepackLayout at sg = 4): the same operations in the same order
-// (the same bits), from one base pointer instead of eight.
+// block_step<false, kSuperGroup> on one q4_0 4-group record at r (scales of group j at r + 32j,
+// its quants at r + 128 + 256j: RepackLayout at sg = 4): groups_block's step (the same bits) from
+// one base pointer instead of eight.
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t* xb, float dx, int32_t neg,
                                                                     const uint8_t* r, __m512 (&f)[kSuperGroup]) {
   constexpr int NG = kSuperGroup;
-  const __m512i m0f = _mm512_set1_epi8(0x0F);
-  const __m512i n = _mm512_set1_epi32(neg);
-  __m512i a[NG], c[NG];
-#pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j) a[j] = n, c[j] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-  for (int t = 0; t < 4; ++t) {
-    const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
-#pragma GCC unroll 4
-    for (int j = 0; j < NG; ++j) {
-      __m512i v = _mm512_loadu_si512(r + 2 * kGroup * NG + 256 * j + 64 * t);
-      __asm__("" : "+v"(v));
-      a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
-      c[j] = _mm512_dpbusd_epi32(c[j], _mm512_andnot_si512(m0f, v), xh);
-    }
-  }
-  const __m512 d = _mm512_set1_ps(dx);
-#pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j) {
-    const __m512i sum = _mm512_add_epi32(a[j], _mm512_srai_epi32(c[j], 4));
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 2 * kGroup * j)));
-    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
-  }
+  block_step<false, NG>(
+      xb, dx, neg, [&](int j, int t) { return r + 2 * kGroup * NG + 256 * j + 64 * t; },
+      [&](int j) { return r + 2 * kGroup * j; }, f);
 }
 
 // q4_0 on 4-group records: S super-groups (4S groups, 64S rows) from g0 (a multiple of 4) side by
