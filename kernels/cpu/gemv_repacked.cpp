@@ -142,6 +142,17 @@ std::atomic<int>& q40_streams_value() {
   return n;
 }
 }  // namespace
+namespace {
+std::atomic<bool>& q40_stream_parts_flag() {  // off unless EMOLLM_Q40_STREAM_PARTS=1
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_Q40_STREAM_PARTS");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }()};
+  return on;
+}
+}  // namespace
+void set_q40_stream_parts(bool on) { q40_stream_parts_flag().store(on, std::memory_order_relaxed); }
+bool q40_stream_parts() { return q40_stream_parts_flag().load(std::memory_order_relaxed); }
 void set_q40_streams(int n) { q40_streams_value().store(n >= 2 && n <= 4 ? n : 1, std::memory_order_relaxed); }
 int q40_streams() { return q40_streams_value().load(std::memory_order_relaxed); }
 namespace {
@@ -440,17 +451,24 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
 // stream's end (its last blocks) the next pass's matching stream when there is one (`next_s`
 // streams from g0 + 4S), else on along memory; a chunk's first pass (`cold`) prefetches its own
 // first `ahead` bytes of every stream.
+//
+// `part` (groups, a multiple of 4): stream k reads the super-group of groups g0 + k * part (4: the
+// S adjacent ones above). With the thread's chunk cut into S contiguous parts (part = its length /
+// S, next_s = 0), each stream runs on through its part pass after pass (a part's super-groups
+// follow each other in memory), instead of S streams 72 KiB long (K = 2048) that all restart at
+// every pass: the opt-in EMOLLM_Q40_STREAM_PARTS=1. y, bias and cols are those of group g0; the
+// groups of stream k are written at y + 16 * (k * part + j).
 template <int S>
 EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L,
                                 int64_t g0, int64_t nb, const float* bias, float* y, int64_t cols, int next_s,
-                                bool cold, size_t ahead) {
+                                bool cold, size_t ahead, int64_t part = kSuperGroup) {
   constexpr int NG = kSuperGroup;
   const size_t rec = L.rec, stride = L.sgstride;
   const uint8_t* st[S];
   __m512 f0[S][NG], f1[S][NG];
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k) {
-    st[k] = W + size_t(g0 / NG + k) * stride;
+    st[k] = W + size_t((g0 + k * part) / NG) * stride;
 #pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) f0[k][j] = f1[k][j] = _mm512_setzero_ps();
   }
@@ -489,11 +507,12 @@ EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) {
-      const int64_t c = cols - kGroup * (NG * k + j);
+      const int64_t at = kGroup * (part * k + j);  // this group's first output, from group g0's
+      const int64_t c = cols - at;
       const __mmask16 m = c >= kGroup ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
       __m512 r = _mm512_add_ps(f0[k][j], f1[k][j]);
-      if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + kGroup * (NG * k + j)));
-      _mm512_mask_storeu_ps(y + kGroup * (NG * k + j), m, r);
+      if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + at));
+      _mm512_mask_storeu_ps(y + at, m, r);
     }
 }
 
@@ -821,6 +840,25 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     // q4_0 on 4-group records with EMOLLM_Q40_STREAMS=S > 1: S super-groups a pass
     // (supergroups_avx512) while S whole ones are left, then fewer, then the passes below
     const int S = gemm_detail::q40_streams();
+    // EMOLLM_Q40_STREAM_PARTS=1: the chunk's whole super-groups cut into S contiguous parts, one
+    // long stream each (supergroups_avx512's `part`); what is left over goes to the passes below
+    if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0 && gemm_detail::q40_stream_parts()) {
+      auto ppasses = [&](auto sc) {
+        constexpr int SS = decltype(sc)::value;
+        const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
+        if (per < 1) return;
+        const int64_t part = per * kSuperGroup;
+        for (int64_t i = 0; i < per; ++i) {
+          const int64_t gi = g + i * kSuperGroup;
+          supergroups_avx512<SS>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
+                                 N - gi * kGroup, 0, cold_start && edges && i == 0, size_t(SS == 2 ? 4 : 2) * L.rec, part);
+        }
+        g += SS * part;
+      };
+      if (S >= 4) ppasses(std::integral_constant<int, 4>());
+      else if (S == 3) ppasses(std::integral_constant<int, 3>());
+      else ppasses(std::integral_constant<int, 2>());
+    }
     if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0) {
       auto spasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
