@@ -1,5 +1,6 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
-// backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass;
+// backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass; q40_parts2:
+// the same on two contiguous parts of each thread's chunk (set_q40_stream_parts);
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
@@ -33,8 +34,13 @@ int main(int argc, char** argv) {
   else if (!std::strcmp(sw, "kquant_lean")) set = [](bool on) { gemm_detail::set_kquant_lean(on); };
   else if (!std::strcmp(sw, "kquant_lean_q6")) set = [](bool on) { gemm_detail::set_kquant_lean_q6(on); };
   else if (!std::strcmp(sw, "qk_wide")) set = [](bool on) { attention_detail::set_decode_qk_wide(on); };
+  // gemv_repacked's q4_0 pass on two long streams (two contiguous parts of each thread's chunk)
+  else if (!std::strcmp(sw, "q40_parts2")) set = [](bool on) {
+    gemm_detail::set_q40_streams(on ? 2 : 1);
+    gemm_detail::set_q40_stream_parts(on);
+  };
   if (!set) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, q40_parts2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
     return 2;
   }
   std::printf("switch %s\n", sw);

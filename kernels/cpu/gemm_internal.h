@@ -194,6 +194,11 @@ bool gemv_pass_prefetch();
 // default 1, one a pass; EMOLLM_Q40_STREAMS=n). Same bits. Opt-in; process-wide.
 void set_q40_streams(int n);
 int q40_streams();
+// With q40_streams() = S > 1: the S streams are S contiguous parts of each thread's chunk, each
+// read on through its part pass after pass (on), instead of S adjacent super-groups a pass (off,
+// the default; EMOLLM_Q40_STREAM_PARTS=1). Same bits either way. Opt-in; process-wide.
+void set_q40_stream_parts(bool on);
+bool q40_stream_parts();
 // gemv_repacked / gemv_repacked_multi on a pool: guided chunks (base/thread_pool.h
 // parallel_guided; default on) or, when off, the previous ~8 equal chunks per thread. Same bits.
 // For the A/B rows of bench_kernels; process-wide.

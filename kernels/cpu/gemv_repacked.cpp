@@ -142,6 +142,17 @@ std::atomic<int>& q40_streams_value() {
   return n;
 }
 }  // namespace
+namespace {
+std::atomic<bool>& q40_stream_parts_flag() {  // off unless EMOLLM_Q40_STREAM_PARTS=1
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("EMOLLM_Q40_STREAM_PARTS");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }()};
+  return on;
+}
+}  // namespace
+void set_q40_stream_parts(bool on) { q40_stream_parts_flag().store(on, std::memory_order_relaxed); }
+bool q40_stream_parts() { return q40_stream_parts_flag().load(std::memory_order_relaxed); }
 void set_q40_streams(int n) { q40_streams_value().store(n >= 2 && n <= 4 ? n : 1, std::memory_order_relaxed); }
 int q40_streams() { return q40_streams_value().load(std::memory_order_relaxed); }
 namespace {
@@ -264,21 +275,23 @@ inline int32_t ld32(const int8_t* p) {
   return v;
 }
 
-// One block of NG consecutive groups (weights at g[j] + off): per group the exact int32 block sum
-// of its 16 rows, times fp16(d_w) * d_x, FMA'd into f[j]. x bytes 4t..4t+3 are broadcast to every
-// lane and, with d_x and -off * sum(x_b), shared by the NG groups. The weights are made unsigned
-// for vpdpbusd and the offset comes back as -off * sum(x_b), which starts a chain: q8_0 quants
-// + 128 (two chains per group, even / odd quads: one chain of 8 would serialise on vpdpbusd's
-// latency); q4_0 the raw nibble (q + 8): the low nibbles as v & 0x0F and the high ones left in
-// place as v & 0xF0 = 16 x the nibble, one logic op per operand (no shift per 64 bytes), whose
-// chain sum is an exact multiple of 16, shifted back once per block. So the int32 sum, and every
-// bit after it, is what one chain over the plain nibbles would give.
+// One block of NG consecutive groups: per group the exact int32 block sum of its 16 rows, times
+// fp16(d_w) * d_x, FMA'd into f[j]. x bytes 4t..4t+3 are broadcast to every lane and, with d_x and
+// -off * sum(x_b), shared by the NG groups. The weights are made unsigned for vpdpbusd and the
+// offset comes back as -off * sum(x_b), which starts a chain: q8_0 quants + 128 (two chains per
+// group, even / odd quads: one chain of 8 would serialise on vpdpbusd's latency); q4_0 the raw
+// nibble (q + 8): the low nibbles as v & 0x0F and the high ones left in place as v & 0xF0 = 16 x
+// the nibble, one logic op per operand (no shift per 64 bytes), whose chain sum is an exact
+// multiple of 16, shifted back once per block. So the int32 sum, and every bit after it, is what
+// one chain over the plain nibbles would give.
 //
-// gs[j] / gq[j]: group j's scales / quants of block 0 (RepackLayout), off: the block's record offset.
-template <bool Q8, int NG>
-__attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb, float dx, int32_t neg,
-                                                                const uint8_t* const* gs, const uint8_t* const* gq,
-                                                                size_t off, __m512 (&f)[NG]) {
+// Where the block's bytes are is the caller's: quant(j, t) = group j's 64-byte quant line t,
+// scale(j) = its 16 fp16 scales. groups_block (a pass's groups through RepackLayout) and
+// record_block_q40 (one 4-group q4_0 record from one base pointer, the opt-in multi-stream pass)
+// are this step with two addressings: the same operations in the same order, the same bits.
+template <bool Q8, int NG, class QuantAt, class ScaleAt>
+__attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, float dx, int32_t neg, QuantAt quant,
+                                                              ScaleAt scale, __m512 (&f)[NG]) {
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   const __m512i n = _mm512_set1_epi32(neg);
   __m512i a[NG], c[NG];
@@ -290,7 +303,7 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
       const __m512i x = _mm512_set1_epi32(ld32(xb + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
-        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(gq[j] + off + 64 * t), m80);
+        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(quant(j, t)), m80);
         if (t & 1)
           c[j] = _mm512_dpbusd_epi32(c[j], w, x);
         else
@@ -303,7 +316,7 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
       const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
-        __m512i v = _mm512_loadu_si512(gq[j] + off + 64 * t);
+        __m512i v = _mm512_loadu_si512(quant(j, t));
         // one load for both operands (left to itself GCC folds the load into both and reads twice)
         __asm__("" : "+v"(v));
         a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
@@ -315,9 +328,19 @@ __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb
 #pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
     const __m512i sum = _mm512_add_epi32(a[j], Q8 ? c[j] : _mm512_srai_epi32(c[j], 4));
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[j] + off)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale(j))));
     f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
   }
+}
+
+// block_step on NG consecutive groups of a pass: gs[j] / gq[j]: group j's scales / quants of
+// block 0 (RepackLayout), off: the block's record offset.
+template <bool Q8, int NG>
+__attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb, float dx, int32_t neg,
+                                                                const uint8_t* const* gs, const uint8_t* const* gq,
+                                                                size_t off, __m512 (&f)[NG]) {
+  block_step<Q8, NG>(
+      xb, dx, neg, [&](int j, int t) { return gq[j] + off + 64 * t; }, [&](int j) { return gs[j] + off; }, f);
 }
 
 // NG consecutive groups (g0, g0 + 1, ... of the matrix at W, layout L; `cols` valid outputs from
@@ -405,35 +428,15 @@ EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   }
 }
 
-// groups_block<false, kSuperGroup> on one q4_0 4-group record at r (scales of group j at r + 32j,
-// its quants at r + 128 + 256j: RepackLayout at sg = 4): the same operations in the same order
-// (the same bits), from one base pointer instead of eight.
+// block_step<false, kSuperGroup> on one q4_0 4-group record at r (scales of group j at r + 32j,
+// its quants at r + 128 + 256j: RepackLayout at sg = 4): groups_block's step (the same bits) from
+// one base pointer instead of eight.
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t* xb, float dx, int32_t neg,
                                                                     const uint8_t* r, __m512 (&f)[kSuperGroup]) {
   constexpr int NG = kSuperGroup;
-  const __m512i m0f = _mm512_set1_epi8(0x0F);
-  const __m512i n = _mm512_set1_epi32(neg);
-  __m512i a[NG], c[NG];
-#pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j) a[j] = n, c[j] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-  for (int t = 0; t < 4; ++t) {
-    const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
-#pragma GCC unroll 4
-    for (int j = 0; j < NG; ++j) {
-      __m512i v = _mm512_loadu_si512(r + 2 * kGroup * NG + 256 * j + 64 * t);
-      __asm__("" : "+v"(v));
-      a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
-      c[j] = _mm512_dpbusd_epi32(c[j], _mm512_andnot_si512(m0f, v), xh);
-    }
-  }
-  const __m512 d = _mm512_set1_ps(dx);
-#pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j) {
-    const __m512i sum = _mm512_add_epi32(a[j], _mm512_srai_epi32(c[j], 4));
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 2 * kGroup * j)));
-    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
-  }
+  block_step<false, NG>(
+      xb, dx, neg, [&](int j, int t) { return r + 2 * kGroup * NG + 256 * j + 64 * t; },
+      [&](int j) { return r + 2 * kGroup * j; }, f);
 }
 
 // q4_0 on 4-group records: S super-groups (4S groups, 64S rows) from g0 (a multiple of 4) side by
@@ -448,17 +451,24 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
 // stream's end (its last blocks) the next pass's matching stream when there is one (`next_s`
 // streams from g0 + 4S), else on along memory; a chunk's first pass (`cold`) prefetches its own
 // first `ahead` bytes of every stream.
+//
+// `part` (groups, a multiple of 4): stream k reads the super-group of groups g0 + k * part (4: the
+// S adjacent ones above). With the thread's chunk cut into S contiguous parts (part = its length /
+// S, next_s = 0), each stream runs on through its part pass after pass (a part's super-groups
+// follow each other in memory), instead of S streams 72 KiB long (K = 2048) that all restart at
+// every pass: the opt-in EMOLLM_Q40_STREAM_PARTS=1. y, bias and cols are those of group g0; the
+// groups of stream k are written at y + 16 * (k * part + j).
 template <int S>
 EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L,
                                 int64_t g0, int64_t nb, const float* bias, float* y, int64_t cols, int next_s,
-                                bool cold, size_t ahead) {
+                                bool cold, size_t ahead, int64_t part = kSuperGroup) {
   constexpr int NG = kSuperGroup;
   const size_t rec = L.rec, stride = L.sgstride;
   const uint8_t* st[S];
   __m512 f0[S][NG], f1[S][NG];
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k) {
-    st[k] = W + size_t(g0 / NG + k) * stride;
+    st[k] = W + size_t((g0 + k * part) / NG) * stride;
 #pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) f0[k][j] = f1[k][j] = _mm512_setzero_ps();
   }
@@ -497,11 +507,12 @@ EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) {
-      const int64_t c = cols - kGroup * (NG * k + j);
+      const int64_t at = kGroup * (part * k + j);  // this group's first output, from group g0's
+      const int64_t c = cols - at;
       const __mmask16 m = c >= kGroup ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
       __m512 r = _mm512_add_ps(f0[k][j], f1[k][j]);
-      if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + kGroup * (NG * k + j)));
-      _mm512_mask_storeu_ps(y + kGroup * (NG * k + j), m, r);
+      if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + at));
+      _mm512_mask_storeu_ps(y + at, m, r);
     }
 }
 
@@ -829,6 +840,25 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     // q4_0 on 4-group records with EMOLLM_Q40_STREAMS=S > 1: S super-groups a pass
     // (supergroups_avx512) while S whole ones are left, then fewer, then the passes below
     const int S = gemm_detail::q40_streams();
+    // EMOLLM_Q40_STREAM_PARTS=1: the chunk's whole super-groups cut into S contiguous parts, one
+    // long stream each (supergroups_avx512's `part`); what is left over goes to the passes below
+    if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0 && gemm_detail::q40_stream_parts()) {
+      auto ppasses = [&](auto sc) {
+        constexpr int SS = decltype(sc)::value;
+        const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
+        if (per < 1) return;
+        const int64_t part = per * kSuperGroup;
+        for (int64_t i = 0; i < per; ++i) {
+          const int64_t gi = g + i * kSuperGroup;
+          supergroups_avx512<SS>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
+                                 N - gi * kGroup, 0, cold_start && edges && i == 0, size_t(SS == 2 ? 4 : 2) * L.rec, part);
+        }
+        g += SS * part;
+      };
+      if (S >= 4) ppasses(std::integral_constant<int, 4>());
+      else if (S == 3) ppasses(std::integral_constant<int, 3>());
+      else ppasses(std::integral_constant<int, 2>());
+    }
     if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0) {
       auto spasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;

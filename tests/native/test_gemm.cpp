@@ -1921,3 +1921,82 @@ TEST(gemm_bf16_pack_row_groups_same_bits) {
   gemm_detail::set_bf16_pack_row_groups(true);
   EXPECT(compared == 15);
 }
+
+// The opt-in q4_0 stream parts (set_q40_stream_parts, EMOLLM_Q40_STREAM_PARTS=1): with S streams
+// each thread's chunk is cut into S contiguous parts read side by side, one super-group of each a
+// pass; every super-group is still computed by the one-stream block step in its block order with
+// its own accumulators, so the bits are those of one stream (S = 1). Shapes: N with whole and
+// padded last super-groups (1000, 1088: 16 / 17 super-groups), N = 4096 (64: parts of several
+// super-groups at 1-3 threads), a 37-row output beside it in the multi-output call, K 96 / 2048,
+// bias or none, pass-edge prefetch on / off, 1-3 threads. Fails if a stream's outputs, bias or
+// cols are taken at the adjacent streams' offsets (16 * (4k + j)) instead of the part's.
+TEST(gemv_q40_stream_parts_bit_equal_one_stream) {
+  if (!cpu_features().avx512vnni || isa_active() < Isa::Avx512) return;
+  struct Scope {
+    Scope(int n, bool parts) : n_(gemm_detail::q40_streams()), parts_(gemm_detail::q40_stream_parts()) {
+      gemm_detail::set_q40_streams(n);
+      gemm_detail::set_q40_stream_parts(parts);
+    }
+    ~Scope() {
+      gemm_detail::set_q40_streams(n_);
+      gemm_detail::set_q40_stream_parts(parts_);
+    }
+    int n_;
+    bool parts_;
+  };
+  struct EdgesScope {
+    explicit EdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
+    ~EdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
+    bool prev_;
+  };
+  {
+    Scope s(2, true);
+    EXPECT(gemm_detail::q40_stream_parts());
+  }
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  std::vector<float> bias(4096), bias37(37);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(int(i % 7) - 3) * 0.125f;
+  for (size_t i = 0; i < bias37.size(); ++i) bias37[i] = float(int(i % 5) - 2) * 0.25f;
+  uint32_t seed = 8300;
+  const DType t = DType::Q4_0;
+  int compared = 0;
+  for (int64_t K : {96, 2048})
+    for (int64_t N : {1000, 1088, 4096}) {
+      Weights w = make_weights(t, N, K, seed), w37 = make_weights(t, 37, K, seed + 5);
+      std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r37(quant_repack_bytes(t, 37, K));
+      quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
+      quant_repack(w37.bytes.data(), t, 37, K, r37.data(), nullptr);
+      Problem p = make_problem(1, N, K, 0, 0, seed + 1);
+      for (ThreadPool* pool : pools)
+        for (int edges = 0; edges < 2; ++edges)
+          for (int use_bias = 0; use_bias < 2; ++use_bias) {
+            EdgesScope es(edges != 0);
+            const float* b = use_bias ? bias.data() : nullptr;
+            std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
+            {
+              Scope s(1, false);
+              gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
+              GemvOutput o[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
+              gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+            }
+            for (float v : y1) EXPECT(v != kSentinel);
+            for (int S = 2; S <= 4; ++S) {
+              const std::string what = "parts S=" + std::to_string(S) + " threads=" + std::to_string(pool ? pool->size() : 1) +
+                                       " edges=" + yesno(edges) + " bias=" + yesno(use_bias) + " N=" + std::to_string(N) +
+                                       " K=" + std::to_string(K);
+              std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
+              Scope s(S, true);
+              gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
+              GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
+              gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+              same(y, y1, what);
+              same(ma, m1a, what + " multi[0]");
+              same(mb, m1b, what + " multi[1]");
+              ++compared;
+            }
+          }
+      ++seed;
+    }
+  EXPECT(compared == 2 * 3 * 3 * 2 * 2 * 3);
+}

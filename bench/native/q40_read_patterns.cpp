@@ -1,0 +1,184 @@
+// Where the repacked q4_0 M = 1 GEMV's time goes against the read probe: the GEMV and load-only
+// walks of the same cold bytes, interleaved call by call (shuffled order each round), so that the
+// rows differ only in how they read. Rows (ratio = the gemv row's time / this row's; > 1: faster):
+//   gemv            gemv_repacked, the default pass (one stream a thread, 8 records prefetched ahead)
+//   gemv-streams2   EMOLLM_Q40_STREAMS=2: two adjacent super-groups a pass (opt-in)
+//   gemv-parts2     EMOLLM_Q40_STREAMS=2 EMOLLM_Q40_STREAM_PARTS=1: two contiguous parts of the chunk (opt-in)
+//   loads-kernel    the GEMV's loads alone, in its order (per record the 2 scale lines, then quant
+//                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
+//                   records ahead, T0): no arithmetic
+//   read-1          one sequential stream, 128 bytes a step, prefetch 1 KiB ahead (T0)
+//   read-4          four streams (the thread's part cut in 4), 128 bytes a step each, prefetch 1 KiB
+//                   ahead: bench_kernels' read probe loop
+//   read-4-nopf     four streams, two records (36 lines) a step each, no software prefetch
+// Each thread reads its contiguous share of the super-groups (the GEMV: its own dispatch).
+// Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores).
+// Usage (repository root): ./build-bench/q40_read_patterns [threads 1] [rounds 60] [N 5632] [K 2048]
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "cpu/gemm_internal.h"  // set_q40_streams, set_q40_stream_parts
+#include "cpu/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+using namespace emollm;
+
+namespace {
+constexpr size_t kRec = 1152;  // one q4_0 64-row record (4 groups x (32 B scales + 256 B quants))
+std::atomic<uint64_t> g_sink{0};
+
+#if defined(__x86_64__)
+#define RP_AVX512 __attribute__((target("avx512f")))
+uint64_t fold(__m512i v) RP_AVX512;
+uint64_t fold(__m512i v) {
+  alignas(64) uint64_t u[8];
+  _mm512_store_si512(u, v);
+  return u[0] ^ u[3] ^ u[7];
+}
+
+// The GEMV's loads alone over nrec records.
+RP_AVX512 uint64_t loads_kernel(const uint8_t* p, size_t nrec) {
+  __m512i a = _mm512_setzero_si512();
+  const size_t ahead = 8 * kRec;
+  for (size_t r = 0; r + 1 < nrec; r += 2) {
+    const uint8_t* q = p + r * kRec;
+    for (size_t o = 0; o < 2 * kRec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(q + ahead + o), _MM_HINT_T0);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* rr = q + h * kRec;
+      a = _mm512_xor_si512(a, _mm512_loadu_si512(rr));
+      a = _mm512_xor_si512(a, _mm512_loadu_si512(rr + 64));
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) a = _mm512_xor_si512(a, _mm512_loadu_si512(rr + 128 + 256 * j + 64 * t));
+    }
+  }
+  return fold(a);
+}
+
+// S streams over `bytes` at p, `step` bytes a stream a step, software prefetch PF bytes ahead (0: none).
+template <int S>
+RP_AVX512 uint64_t read_streams(const uint8_t* p, size_t bytes, size_t step, size_t pf) {
+  const size_t per = bytes / S / step * step;
+  __m512i a[S];
+  for (int k = 0; k < S; ++k) a[k] = _mm512_setzero_si512();
+  for (size_t o = 0; o < per; o += step)
+#pragma GCC unroll 4
+    for (int k = 0; k < S; ++k) {
+      const uint8_t* q = p + k * per + o;
+      if (pf)
+        for (size_t l = 0; l < step; l += 64) _mm_prefetch(reinterpret_cast<const char*>(q + pf + l), _MM_HINT_T0);
+      for (size_t l = 0; l < step; l += 64) a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512(q + l));
+    }
+  uint64_t r = 0;
+  for (int k = 0; k < S; ++k) r ^= fold(a[k]);
+  return r;
+}
+#endif
+
+uint8_t* huge_alloc(size_t n) {
+  const size_t h = size_t(2) << 20, a = (n + h - 1) / h * h;
+  auto* p = static_cast<uint8_t*>(std::aligned_alloc(h, a));
+  if (!p) std::abort();
+#if defined(MADV_HUGEPAGE)
+  (void)madvise(p, a, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+#if !defined(__x86_64__)
+  std::printf("q40_read_patterns: x86-64 only\n");
+  return 0;
+#else
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 60;
+  const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
+  if (!gemm_detail::repack_supergroups() || N % 64 != 0 || K % 64 != 0) {
+    std::fprintf(stderr, "q40_read_patterns: needs 64-row q4_0 records (EMOLLM_REPACK_SUPERGROUPS on), N and K multiples of 64\n");
+    return 2;
+  }
+  ThreadPool pool(threads);
+  const size_t bytes = quant_repack_bytes(DType::Q4_0, N, K);
+  const int64_t nsg = N / 64, nb = K / 32;
+  const int copies = int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  std::vector<uint8_t> w(dtype_row_bytes(DType::Q4_0, K) * size_t(N));
+  std::mt19937 rng(7);
+  for (auto& b : w) b = uint8_t(rng());
+  for (size_t i = 0; i < w.size(); i += 18) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
+  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
+  cp[0] = huge_alloc(bytes);
+  quant_repack(w.data(), DType::Q4_0, N, K, cp[0], &pool);
+  for (int c = 1; c < copies; ++c) cp[size_t(c)] = huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
+  // each thread's share: whole super-groups
+  auto share = [&](const std::function<uint64_t(const uint8_t*, size_t)>& f, const uint8_t* W) {
+    pool.run([&](int ith, int nth) {
+      const int64_t s0 = nsg * ith / nth, s1 = nsg * (ith + 1) / nth;
+      g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, size_t((s1 - s0) * nb) * kRec), std::memory_order_relaxed);
+    });
+  };
+  auto gemv = [&](int streams, bool parts) {
+    return [&, streams, parts](const uint8_t* W) {
+      gemm_detail::set_q40_streams(streams);
+      gemm_detail::set_q40_stream_parts(parts);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q40_streams(1);
+      gemm_detail::set_q40_stream_parts(false);
+    };
+  };
+  struct Row {
+    const char* name;
+    std::function<void(const uint8_t*)> run;
+    std::vector<double> t;
+  };
+  std::vector<Row> rows = {
+      {"gemv", gemv(1, false), {}},
+      {"gemv-streams2", gemv(2, false), {}},
+      {"gemv-parts2", gemv(2, true), {}},
+      {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel(p, n / kRec); }, W); }, {}},
+      {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<1>(p, n, 128, 1024); }, W); }, {}},
+      {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 128, 1024); }, W); }, {}},
+      {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
+  };
+  std::vector<size_t> order(rows.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  int c = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i : order) {
+      const uint8_t* W = cp[size_t(c++ % copies)];
+      const auto t0 = std::chrono::steady_clock::now();
+      rows[i].run(W);
+      rows[i].t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d cold copies in 2 MiB pages; ratio = gemv time / row time\n",
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies);
+  std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
+  double gb = 0, gm = 0;
+  for (auto& row : rows) {
+    std::sort(row.t.begin(), row.t.end());
+    const double b = row.t.front(), m = row.t[row.t.size() / 2];
+    if (gb == 0) gb = b, gm = m;
+    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name, b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
+                double(bytes) / m * 1e-9, gb / b, gm / m);
+  }
+  return g_sink.load() == 42 ? 1 : 0;
+#endif
+}
