@@ -143,16 +143,13 @@ std::atomic<int>& q40_streams_value() {
 }
 }  // namespace
 namespace {
-std::atomic<bool>& q40_stream_parts_flag() {  // off unless EMOLLM_Q40_STREAM_PARTS=1
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_Q40_STREAM_PARTS");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }()};
+EnvSwitch& q40_stream_parts_flag() {  // opt-in: EMOLLM_Q40_STREAM_PARTS=1
+  static EnvSwitch on("EMOLLM_Q40_STREAM_PARTS", EnvDefault::Off);
   return on;
 }
 }  // namespace
-void set_q40_stream_parts(bool on) { q40_stream_parts_flag().store(on, std::memory_order_relaxed); }
-bool q40_stream_parts() { return q40_stream_parts_flag().load(std::memory_order_relaxed); }
+void set_q40_stream_parts(bool on) { q40_stream_parts_flag().set(on); }
+bool q40_stream_parts() { return q40_stream_parts_flag().on(); }
 void set_q40_streams(int n) { q40_streams_value().store(n >= 2 && n <= 4 ? n : 1, std::memory_order_relaxed); }
 int q40_streams() { return q40_streams_value().load(std::memory_order_relaxed); }
 namespace {
