@@ -1,6 +1,6 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
 // backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass;
-// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16):
+// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16; gemv_stream_f32: f32 M = 1 on the stream kernels, fused):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -33,8 +33,9 @@ int main(int argc, char** argv) {
   else if (!std::strcmp(sw, "kquant_lean")) set = [](bool on) { gemm_detail::set_kquant_lean(on); };
   else if (!std::strcmp(sw, "kquant_lean_q6")) set = [](bool on) { gemm_detail::set_kquant_lean_q6(on); };
   else if (!std::strcmp(sw, "qk_wide")) set = [](bool on) { attention_detail::set_decode_qk_wide(on); };
+  else if (!std::strcmp(sw, "gemv_stream_f32")) set = [](bool on) { gemm_detail::set_gemv_stream_f32(on); };
   if (!set) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide, gemv_stream_f32)\n", sw);
     return 2;
   }
   std::printf("switch %s\n", sw);
