@@ -1583,7 +1583,7 @@ void bench_fused(ThreadPool& pool) {
     int64_t K;
   };
   const FusedShape shapes[] = {{"llama1b.qkv", {2048, 256, 256}, 2048}, {"llama1b.gate_up", {5632, 5632}, 2048}};
-  const DType types[] = {DType::Q4_0, DType::Q8_0, DType::BF16, DType::F16};
+  const DType types[] = {DType::Q4_0, DType::Q8_0, DType::BF16, DType::F16, DType::F32};  // F32: the 2 MiB-page copies
   bool header = false;
   for (const FusedShape& sh : shapes)
     for (DType t : types) {
