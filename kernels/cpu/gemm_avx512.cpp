@@ -456,7 +456,7 @@ EMO_T512 void bf16_gemv_range(const Args& a, const float* xeo, int64_t n0, int64
   for (; n < n1; ++n) bf16_gemv_block<1>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
 }
 
-// ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16)
+// ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16 / F32)
 // One weight row at a time: the rows of a chunk are contiguous in memory, so the thread reads
 // its chunk as ONE sequential stream (the software prefetch runs straight on into the next row)
 // instead of R interleaved streams 2K bytes apart. Only for weights in 2 MiB pages (Args::
@@ -514,7 +514,7 @@ EMO_T512 EMO_AI void f32_stream_step(const uint8_t* p, const float* x, __m512 (&
   s[1] = _mm512_fmadd_ps(_mm512_loadu_ps(reinterpret_cast<const float*>(p + 64)), _mm512_loadu_ps(x + 16), s[1]);
 }
 
-// One row's end, from column k (a multiple of 64, the 128-byte steps done) with the 4 accumulators
+// One row's end, from column k (the 128-byte steps done: a multiple of 64, F32 32) with the 4 accumulators
 // s: the tail (BF16: 32 at a time, the last one masked, xeo zero past K; F16: 16 at a time,
 // masked), the reduction and the bias. One function for the single- and multi-stream kernels, so
 // their rows are the same bits.
@@ -554,8 +554,8 @@ EMO_T512 EMO_AI float stream_row_end(const Args& a, const float* x, const uint8_
   return y;
 }
 
-// Rows [n0, n1) of a BF16 (x = xeo, bf16_reorder_x's order, zero past K) or F16 (x = a.X) matrix,
-// one row at a time, 128 bytes of weights per step into 4 accumulators.
+// Rows [n0, n1) of a BF16 (x = xeo, bf16_reorder_x's order, zero past K), F16 or F32 (x = a.X)
+// matrix, one row at a time, 128 bytes of weights per step into 4 accumulators (F32: 2, dot_block's).
 template <DType DT>
 EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_stream: BF16, F16 or F32 weights");
@@ -592,7 +592,7 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
   }
 }
 
-// ------------------------------------------------------------------ multi-stream GEMV (M = 1, BF16 / F16)
+// ------------------------------------------------------------------ multi-stream GEMV (M = 1, BF16 / F16 / F32)
 // gemv_stream's rows, kStreams at a time from as many parts of [n0, n1) walked side by side: each
 // 128-byte step reads one step of each part's current row, i.e. kStreams sequential streams per
 // thread (each with the software prefetch kStreamsPrefetchBytes ahead), and one x load serves
