@@ -1583,7 +1583,7 @@ void bench_fused(ThreadPool& pool) {
     int64_t K;
   };
   const FusedShape shapes[] = {{"llama1b.qkv", {2048, 256, 256}, 2048}, {"llama1b.gate_up", {5632, 5632}, 2048}};
-  const DType types[] = {DType::Q4_0, DType::Q8_0, DType::BF16, DType::F16};
+  const DType types[] = {DType::Q4_0, DType::Q8_0, DType::BF16, DType::F16, DType::F32};  // F32: the 2 MiB-page copies
   bool header = false;
   for (const FusedShape& sh : shapes)
     for (DType t : types) {
@@ -2693,6 +2693,145 @@ void bench_rotation_check(ThreadPool& pool) {
   }
 }
 
+
+// ============================================================================ f32 GEMV (M = 1)
+#ifdef EMOLLM_HAVE_DNNL
+// f32 x f32 -> f32 matmul (oneDNN's f32 GEMV at M = 1), Y = X W^T with W given as f32 [N, K] rows,
+// reordered once per copy into oneDNN's preferred layout (as an engine would at load time).
+struct DnnlGemmF32 {
+  dnnl::matmul mm;
+  dnnl::memory x, y;
+  std::vector<dnnl::memory> w;
+  std::string impl;
+  void init(int64_t M, int64_t N, int64_t K, float* X, float* Y, const float* W, int copies) {
+    using namespace dnnl;
+    using dt = memory::data_type;
+    using tag = memory::format_tag;
+    DnnlCtx& c = dnnl_ctx();
+    memory::desc xd({M, K}, dt::f32, tag::ab), yd({M, N}, dt::f32, tag::ab);
+    memory::desc wany({K, N}, dt::f32, tag::any), wuser({K, N}, dt::f32, tag::ba);
+#if DNNL_VERSION_MAJOR >= 3
+    matmul::primitive_desc pd(c.eng, xd, wany, yd);
+#else
+    matmul::primitive_desc pd(matmul::desc(xd, wany, yd), c.eng);
+#endif
+    impl = pd.impl_info_str();
+    mm = matmul(pd);
+    x = memory(xd, c.eng, X);
+    y = memory(yd, c.eng, Y);
+    memory wu(wuser, c.eng, const_cast<float*>(W));
+    for (int i = 0; i < copies; i++) {
+      memory wp(pd.weights_desc(), c.eng);
+      reorder(wu, wp).execute(c.strm, wu, wp);
+      w.push_back(wp);
+    }
+    c.strm.wait();
+  }
+  void run(int i) {
+    DnnlCtx& c = dnnl_ctx();
+    mm.execute(c.strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w[size_t(i) % w.size()]}, {DNNL_ARG_DST, y}});
+    c.strm.wait();
+  }
+};
+#endif
+
+// F32 decode GEMVs (M = 1) as a model runs them: gemm_huge_pages on cold copies in 2 MiB pages (the
+// CPU backend's f32 copies), the stream kernels (default) interleaved call by call with the previous
+// path (set_gemv_stream_f32(false): dot_block's 4-row kernel), the stream kernel with one stream a
+// thread (set_gemv_streams(false)), the read probe's loop over the same copies and oneDNN's f32
+// matmul on its own reordered copies (as many): ratios from the same moments of a shared machine.
+// 1.1B o / gate / down and 7B qkvo / down (K 2048 / 5632 / 4096 / 11008).
+void bench_f32_gemv(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{"llama1b.o", 2048, 2048},   {"llama1b.gate", 5632, 2048}, {"llama1b.down", 2048, 5632},
+                          {"llama.qkvo", 4096, 4096}, {"llama.down", 4096, 11008}};
+  bool header = false;
+  for (const Shape& sh : shapes) {
+    const std::string name = std::string("f32gemv/") + sh.name;
+    if (!selected(name)) continue;
+    if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+    if (isa_active() < Isa::Avx512 || !cpu_features().avx512f) continue;  // the stream kernels are AVX-512
+    if (!header) {
+      table_header("F32 GEMV M=1, cold copies in 2 MiB pages, interleaved (ratio: see each row's note)");
+      header = true;
+    }
+    progress(name + ": preparing weights");
+    const int64_t N = sh.N, K = sh.K;
+    const size_t wbytes = size_t(N * K) * 4;
+    Buf<float> W = make_aligned<float>(size_t(N * K)), X = make_aligned<float>(size_t(K)),
+               Y = make_aligned<float>(size_t(N));
+    fill_random(W.get(), N * K, 91 + uint64_t(N) * 7 + uint64_t(K), &pool);
+    fill_random(X.get(), K, 93 + uint64_t(K), &pool);
+    Copies hc(W.get(), wbytes, decode_copies(wbytes), &pool, true);
+    auto run = [&](const void* w) { gemm_huge_pages(X.get(), K, w, DType::F32, nullptr, Y.get(), N, 1, N, K, &pool); };
+    std::vector<std::function<void(int)>> fns = {
+        [&](int i) { run(hc[i]); },
+        [&](int i) { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[i]); }); },
+        [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run(hc[i]); }); },
+        [&](int i) { read_probe_call(pool, hc[i], wbytes); },
+    };
+    bool dnnl_on = false;
+#ifdef EMOLLM_HAVE_DNNL
+    std::unique_ptr<DnnlGemmF32> dnnl;
+    Buf<float> Yd = make_aligned<float>(size_t(N));
+    if (g_have_dnnl) {
+      dnnl.reset(new DnnlGemmF32);
+      dnnl->init(1, N, K, X.get(), Yd.get(), W.get(), int(hc.ptrs.size()));
+      fns.push_back([&](int i) { dnnl->run(i); });
+      dnnl_on = true;
+    }
+#endif
+    progress(name);
+    const std::vector<Stats> st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
+    Result r;
+    r.section = "gemm";
+    r.name = name;
+    r.label = std::string(sh.name) + " M=1";
+    r.dtype = "f32";
+    r.impl = "emollm";
+    r.M = 1; r.N = N; r.K = K;
+    r.flops = 2.0 * double(N) * double(K);
+    r.bytes = double(wbytes);
+    r.st = st[0];
+    r.ratio_vs = "prev";
+    r.ratio = st[1].best / st[0].best;
+    r.note = "stream kernels (" + std::to_string(hc.ptrs.size()) + " copies); ratio = prev time / this (>1: new faster)";
+    run(hc[0]);
+    set_check(r, gemm_check(X.get(), 1, K, W.get(), DType::F32, N, Y.get(), false), gemm_tolerance(DType::F32, false));
+    std::vector<float> y_new(Y.get(), Y.get() + N);
+    push_row(r);
+    auto checked = [&](Result d, const std::function<void()>& again) {
+      again();
+      d.check = std::memcmp(y_new.data(), Y.get(), size_t(N) * 4) == 0 ? "ok" : "BAD";  // same bits as the new path
+      d.note += d.check == "ok" ? "; same bits" : "; bits differ";
+      push_row(d);
+    };
+    checked(derived_row(r, "prev", "prev", st[1], "new/prev", st[1].best / st[0].best,
+                        "EMOLLM_GEMV_STREAM_F32=0 (dot_block, 4 rows); ratio = its time / the new row's"),
+            [&] { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[0]); }); });
+    checked(derived_row(r, "1stream", "1stream", st[2], "new", st[2].best / st[0].best,
+                        "one stream a thread (EMOLLM_GEMV_STREAMS=0); ratio = its time / the new row's"),
+            [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run(hc[0]); }); });
+    Result p = derived_row(r, "probe", "probe-same-size", st[3], "new", st[0].best / st[3].best,
+                           "read probe (4 streams + 1 KiB prefetch) over the same copies; ratio = the new row's time / "
+                           "its (>1: the GEMV is slower than a plain read)");
+    p.check = "";
+    push_row(p);
+#ifdef EMOLLM_HAVE_DNNL
+    if (dnnl_on) {
+      Result d = derived_row(r, "onednn", "onednn", st[4], "onednn", st[4].best / st[0].best,
+                             "oneDNN f32 matmul (" + dnnl->impl + ") on its reordered copies; ratio = its time / the new row's (>1: emollm faster)");
+      dnnl->run(0);
+      set_check(d, gemm_check(X.get(), 1, K, W.get(), DType::F32, N, Yd.get(), false), gemm_tolerance(DType::F32, false));
+      push_row(d);
+    }
+#endif
+  }
+}
+
 // ============================================================================ elementwise / rows
 void bench_eltwise(ThreadPool& pool) {
   bool header = false;
@@ -2908,6 +3047,7 @@ int main(int argc, char** argv) {
     bench_attention_decode_qk_wide(pool);
     bench_eltwise(pool);
     bench_rotation_check(pool);
+    bench_f32_gemv(pool);
     return 0;
   }
   setup_anchors(threads);
@@ -2958,6 +3098,7 @@ int main(int argc, char** argv) {
   bench_attention_decode_pv_wide(pool);
   bench_attention_decode_qk_wide(pool);
   bench_eltwise(pool);
+  bench_f32_gemv(pool);
   bench_rotation_check(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the

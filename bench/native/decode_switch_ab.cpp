@@ -1,7 +1,8 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
 // backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass; q40_parts2:
 // the same on two contiguous parts of each thread's chunk (set_q40_stream_parts);
-// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16):
+// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16;
+// gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -39,8 +40,9 @@ int main(int argc, char** argv) {
     gemm_detail::set_q40_streams(on ? 2 : 1);
     gemm_detail::set_q40_stream_parts(on);
   };
+  else if (!std::strcmp(sw, "gemv_stream_f32")) set = [](bool on) { gemm_detail::set_gemv_stream_f32(on); };
   if (!set) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, q40_parts2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, q40_parts2, kquant_lean, kquant_lean_q6, qk_wide, gemv_stream_f32)\n", sw);
     return 2;
   }
   std::printf("switch %s\n", sw);

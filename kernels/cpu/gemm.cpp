@@ -133,6 +133,15 @@ void set_gemv_single_stream(bool on) { gemv_single_stream_flag().set(on); }
 bool gemv_single_stream() { return gemv_single_stream_flag().on(); }
 
 namespace {
+EnvSwitch& gemv_stream_f32_flag() {
+  static EnvSwitch on("EMOLLM_GEMV_STREAM_F32");  // =0: f32 M = 1 on dot_block's 4-row kernel, unfused
+  return on;
+}
+}  // namespace
+void set_gemv_stream_f32(bool on) { gemv_stream_f32_flag().set(on); }
+bool gemv_stream_f32() { return gemv_stream_f32_flag().on(); }
+
+namespace {
 EnvSwitch& gemv_streams_flag() {
   static EnvSwitch on("EMOLLM_GEMV_STREAMS");  // =0: one stream per thread, for whole-run A/B
   return on;
@@ -481,7 +490,8 @@ void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, 
   // the case small_m() runs gemv_stream for (gemm_impl reaches it at M = 1 for these types)
   bool rows = true;  // an empty output goes the loop's way (gemm_impl returns at once)
   for (int j = 0; j < n_outs; ++j) rows = rows && outs[j].N > 0;
-  if (n_outs > 1 && rows && K > 0 && (wtype == DType::BF16 || wtype == DType::F16) &&
+  if (n_outs > 1 && rows && K > 0 &&
+      (wtype == DType::BF16 || wtype == DType::F16 || (wtype == DType::F32 && gemm_detail::gemv_stream_f32())) &&
       isa_active() >= Isa::Avx512 && gemm_detail::gemv_single_stream())
     return gemm_detail::gemv_stream_multi(x, wtype, outs, n_outs, K, pool);
 #endif

@@ -456,7 +456,7 @@ EMO_T512 void bf16_gemv_range(const Args& a, const float* xeo, int64_t n0, int64
   for (; n < n1; ++n) bf16_gemv_block<1>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
 }
 
-// ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16)
+// ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16 / F32)
 // One weight row at a time: the rows of a chunk are contiguous in memory, so the thread reads
 // its chunk as ONE sequential stream (the software prefetch runs straight on into the next row)
 // instead of R interleaved streams 2K bytes apart. Only for weights in 2 MiB pages (Args::
@@ -506,7 +506,15 @@ EMO_T512 EMO_AI __m512 stream_w(const uint8_t* p, const __m512i (&v)[2], int j) 
   }
 }
 
-// One row's end, from column k (a multiple of 64, the 128-byte steps done) with the 4 accumulators
+// F32: one 128-byte step (32 weights at p, x at x) into the two accumulators dot_block<F32, R, 1>
+// (the previous f32 M = 1 kernel) uses: s[0] the first 16 of each 32, s[1] the second 16, in k
+// order. So an f32 row through the stream kernels is the same FMAs in the same order: the same bits.
+EMO_T512 EMO_AI void f32_stream_step(const uint8_t* p, const float* x, __m512 (&s)[4]) {
+  s[0] = _mm512_fmadd_ps(_mm512_loadu_ps(reinterpret_cast<const float*>(p)), _mm512_loadu_ps(x), s[0]);
+  s[1] = _mm512_fmadd_ps(_mm512_loadu_ps(reinterpret_cast<const float*>(p + 64)), _mm512_loadu_ps(x + 16), s[1]);
+}
+
+// One row's end, from column k (the 128-byte steps done: a multiple of 64, F32 32) with the 4 accumulators
 // s: the tail (BF16: 32 at a time, the last one masked, xeo zero past K; F16: 16 at a time,
 // masked), the reduction and the bias. One function for the single- and multi-stream kernels, so
 // their rows are the same bits.
@@ -514,6 +522,20 @@ template <DType DT>
 EMO_T512 EMO_AI float stream_row_end(const Args& a, const float* x, const uint8_t* row, int64_t k, __m512 (&s)[4],
                                      int64_t n) {
   const int64_t K = a.K;
+  if constexpr (DT == DType::F32) {
+    // dot_block<F32, R, 1>'s end (its 32-wide steps, then one masked step on both accumulators),
+    // its reduction (s[0] + s[1], reduce, + bias): the bits of the previous f32 M = 1 kernel
+    for (; k + 32 <= K; k += 32) f32_stream_step(row + 4 * k, x + k, s);
+    if (k < K) {
+      const __mmask16 m0 = tail_mask16(K - k), m1 = tail_mask16(K - k - 16);
+      const float* p = reinterpret_cast<const float*>(row) + k;
+      s[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, p), _mm512_maskz_loadu_ps(m0, x + k), s[0]);
+      s[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, p + 16), _mm512_maskz_loadu_ps(m1, x + k + 16), s[1]);
+    }
+    float y = _mm512_reduce_add_ps(_mm512_add_ps(s[0], s[1]));
+    if (a.bias) y += a.bias[n];
+    return y;
+  }
   if constexpr (DT == DType::BF16) {
     for (; k < K; k += 32) {
       const int64_t c = std::min<int64_t>(32, K - k);
@@ -532,17 +554,26 @@ EMO_T512 EMO_AI float stream_row_end(const Args& a, const float* x, const uint8_
   return y;
 }
 
-// Rows [n0, n1) of a BF16 (x = xeo, bf16_reorder_x's order, zero past K) or F16 (x = a.X) matrix,
-// one row at a time, 128 bytes of weights per step into 4 accumulators.
+// Rows [n0, n1) of a BF16 (x = xeo, bf16_reorder_x's order, zero past K), F16 or F32 (x = a.X)
+// matrix, one row at a time, 128 bytes of weights per step into 4 accumulators (F32: 2, dot_block's).
 template <DType DT>
 EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_stream: BF16 or F16 weights");
+  static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_stream: BF16, F16 or F32 weights");
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = W + size_t(n) * a.row_bytes;
     __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t k = 0;
+    if constexpr (DT == DType::F32) {  // 128 bytes = 32 weights a step, dot_block's two accumulators
+      for (; k + 32 <= K; k += 32) {
+        const uint8_t* p = row + 4 * k;
+        prefetch_line(p);
+        prefetch_line(p + 64);
+        f32_stream_step(p, x + k, s);
+      }
+    }
+    if constexpr (DT != DType::F32)
     for (; k + 64 <= K; k += 64) {
       const uint8_t* p = row + 2 * k;
       prefetch_line(p);
@@ -561,7 +592,7 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
   }
 }
 
-// ------------------------------------------------------------------ multi-stream GEMV (M = 1, BF16 / F16)
+// ------------------------------------------------------------------ multi-stream GEMV (M = 1, BF16 / F16 / F32)
 // gemv_stream's rows, kStreams at a time from as many parts of [n0, n1) walked side by side: each
 // 128-byte step reads one step of each part's current row, i.e. kStreams sequential streams per
 // thread (each with the software prefetch kStreamsPrefetchBytes ahead), and one x load serves
@@ -580,7 +611,7 @@ constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 
 template <DType DT, int Hint = _MM_HINT_T0>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_streams: BF16 or F16 weights");
+  static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_streams: BF16, F16 or F32 weights");
   constexpr int S = kStreams;
   const int64_t len = (n1 - n0) / S;  // rows per stream
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
@@ -594,6 +625,20 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
       for (int j = 0; j < 4; ++j) s[q][j] = _mm512_setzero_ps();
     }
     int64_t k = 0;
+    if constexpr (DT == DType::F32) {  // 128 bytes = 32 weights of each stream a step (f32_stream_step)
+      for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          const uint8_t* p = row[q] + 4 * k;
+          if constexpr (Hint >= 0) {
+            _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
+            _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+          }
+          f32_stream_step(p, x + k, s[q]);
+        }
+      }
+    }
+    if constexpr (DT != DType::F32)
     for (; k + 64 <= K; k += 64) {
       const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
       const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
@@ -665,6 +710,13 @@ void small_m(const Args& a) {
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
     guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                     [&](int64_t n0, int64_t n1) { gemv_rows<DType::F16>(a, a.X, n0, n1); });
+    return;
+  }
+  // F32 at M = 1 on huge pages: the same stream kernels, dot_block's sums (same bits as below);
+  // set_gemv_stream_f32(false) / EMOLLM_GEMV_STREAM_F32=0: dot_block's 4-row kernel as before
+  if (a.wtype == DType::F32 && a.M == 1 && stream && gemv_stream_f32()) {
+    guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                [&](int64_t n0, int64_t n1) { gemv_rows<DType::F32>(a, a.X, n0, n1); });
     return;
   }
   // 2 <= M <= 8 on huge pages (batched decode): the multi-stream dot kernels over one run of rows
@@ -1412,7 +1464,8 @@ void gemm_q8act_avx512vnni(const Args& a) {
 
 // gemv_huge_pages_multi's fused case: the outputs' rows numbered one after another, one guided
 // split over all of them (a grab is cut at the outputs' edges); each row is gemv_stream's, as in
-// small_m, so the bits are those of one call per output. x reordered once for BF16.
+// small_m, so the bits are those of one call per output. x reordered once for BF16. F32 too
+// (the f32 stream rows, dot_block's bits) while gemv_stream_f32() is on.
 void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool) {
   Args args[kMaxGemvOutputs];
   int64_t first[kMaxGemvOutputs + 1] = {0};
@@ -1436,6 +1489,8 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
       const int64_t end = std::min(e, first[j + 1]);
       if (wtype == DType::BF16)
         gemv_rows<DType::BF16>(args[j], xs, b - first[j], end - first[j]);
+      else if (wtype == DType::F32)
+        gemv_rows<DType::F32>(args[j], xs, b - first[j], end - first[j]);
       else
         gemv_rows<DType::F16>(args[j], xs, b - first[j], end - first[j]);
       b = end;

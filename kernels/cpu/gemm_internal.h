@@ -158,6 +158,12 @@ bool q8_gemv_legacy();
 // bench_kernels; process-wide.
 void set_gemv_single_stream(bool on);
 bool gemv_single_stream();
+// F32 at M = 1 on AVX-512 with weights in huge pages: the stream kernels above too (default on;
+// their f32 rows are dot_block<F32>'s FMAs in its order: the same bits) and gemv_huge_pages_multi
+// fuses F32 outputs; off (EMOLLM_GEMV_STREAM_F32=0): dot_block's 4-row kernel, one call per output.
+// For tests and A/B runs; process-wide.
+void set_gemv_stream_f32(bool on);
+bool gemv_stream_f32();
 // The stream kernels above: several rows' streams per thread side by side (gemm_avx512.cpp
 // gemv_streams; default on, EMOLLM_GEMV_STREAMS=0 off) or one row at a time. Same bits. For tests
 // (both must pass) and the A/B rows of bench_kernels / bench:decode; process-wide.
