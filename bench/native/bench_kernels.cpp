@@ -2458,6 +2458,16 @@ void bench_attention_decode_pv_wide(ThreadPool& pool) {
              "P V in two passes of 4 chunks (set_decode_pv_wide(false)), interleaved; ratio = its time / the default's"});
 }
 
+// pv_pairs: P V of two adjacent kv heads a call vs one head a call ("pv1head"; same bits, test
+// attention_decode_pv_pairs_same_bits).
+void bench_attention_decode_pv_pairs(ThreadPool& pool) {
+  bench_attention_decode_7b_switch(
+      pool, {"pv_pairs",
+             "decode attention, 7B shape (one query row per kv head): P V two kv heads a call vs one (interleaved; ratio = one head's time / the default's)",
+             attention_detail::set_decode_pv_pairs, "pv1head",
+             "P V one kv head a call (set_decode_pv_pairs(false)), interleaved; ratio = its time / the default's"});
+}
+
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
   bench_attention_decode_7b_switch(
       pool, {"qk_wide",
@@ -2906,6 +2916,7 @@ int main(int argc, char** argv) {
     bench_attention_decode_half_kv(pool);
     bench_attention_decode_pv_wide(pool);
     bench_attention_decode_qk_wide(pool);
+    bench_attention_decode_pv_pairs(pool);
     bench_eltwise(pool);
     bench_rotation_check(pool);
     return 0;
@@ -2957,6 +2968,7 @@ int main(int argc, char** argv) {
   bench_attention_decode_half_kv(pool);
   bench_attention_decode_pv_wide(pool);
   bench_attention_decode_qk_wide(pool);
+  bench_attention_decode_pv_pairs(pool);
   bench_eltwise(pool);
   bench_rotation_check(pool);
 

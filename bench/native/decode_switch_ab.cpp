@@ -33,8 +33,9 @@ int main(int argc, char** argv) {
   else if (!std::strcmp(sw, "kquant_lean")) set = [](bool on) { gemm_detail::set_kquant_lean(on); };
   else if (!std::strcmp(sw, "kquant_lean_q6")) set = [](bool on) { gemm_detail::set_kquant_lean_q6(on); };
   else if (!std::strcmp(sw, "qk_wide")) set = [](bool on) { attention_detail::set_decode_qk_wide(on); };
+  else if (!std::strcmp(sw, "pv_pairs")) set = [](bool on) { attention_detail::set_decode_pv_pairs(on); };
   if (!set) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide, pv_pairs)\n", sw);
     return 2;
   }
   std::printf("switch %s\n", sw);

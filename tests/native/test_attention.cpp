@@ -1512,3 +1512,56 @@ TEST(attention_decode_qk_wide_same_bits) {
   EXPECT(runs > 0);
   EXPECT(!avx512 || taken > runs / 4);
 }
+
+// P V of two adjacent kv heads a call (attention_detail::decode_pv_pairs: MHA decode with head_dim
+// 65-128 and wide rows read in place, 7B's 32 x 128) sums every output element over its tokens in
+// the order of one head a call: outputs and log-sum-exps bit for bit equal with it off, f32 / f16 /
+// bf16 caches, head_dim 80 / 100 (a tail chunk, padded rows) / 128, an odd kv head count (the last
+// head alone), and shapes that must not take it (2 query rows per kv head, head_dim 64); lengths
+// with and without a partial last sub-block and across the 64-token block, contiguous and paged
+// (16 / 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention. decode_pv2_applies must hold
+// for the shapes meant to take it (on AVX-512), so the comparison is not vacuous.
+TEST(attention_decode_pv_pairs_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope sw(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; bool taken; };
+  const Shape shapes[] = {{32, 32, 128, 0, true}, {8, 8, 80, 0, true}, {6, 6, 100, 3, true}, {5, 5, 128, 0, true},
+                          {16, 8, 128, 0, false}, {8, 8, 64, 0, false}};
+  const int64_t lengths[] = {1, 16, 17, 64, 129, 300};
+  const bool avx512 = isa_active() >= Isa::Avx512;
+  uint64_t seed = 16900;
+  int runs = 0, taken = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : lengths) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        EXPECT(attention_detail::decode_pv2_applies(d.p) == (avx512 && sh.taken));
+        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
+        for (const AttentionParams* pp : L.ps) {
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                  std::to_string(pl ? pl->size() : 0);
+            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
+            const bool was = attention_detail::decode_pv_pairs();
+            attention_detail::set_decode_pv_pairs(true);
+            taken += attention_detail::decode_pv2_applies(*pp) ? 1 : 0;
+            a = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, la.data()); });
+            attention_detail::set_decode_pv_pairs(false);
+            EXPECT(!attention_detail::decode_pv2_applies(*pp));
+            b = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, lb.data()); });
+            attention_detail::set_decode_pv_pairs(was);
+            ++runs;
+            EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w + " pv pairs");
+            EXPECT_ALL_CLOSE(la.data(), L.ref_lse.data(), la.size(), 1e-5, 0.0, w + " pv pairs lse");
+            if (a != b || la != lb)
+              ::emollm_test::report_failure(__FILE__, __LINE__, "P V in pairs changed the result: " + w);
+          }
+        }
+      }
+  std::printf("  P V in pairs taken in %d of %d runs\n", taken, runs);
+  EXPECT(runs > 0);
+  EXPECT(!avx512 || taken > runs / 3);
+}
