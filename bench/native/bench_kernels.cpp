@@ -2365,7 +2365,8 @@ void bench_attention_decode(ThreadPool& pool) {
 // f32 and f16 caches in 2 MiB pages (as a context keeps them): the default path interleaved call
 // by call with the previous one (a switch of attention_internal.h set false), a derived row,
 // ratio = its time / the default's (>1: the default faster). Hot too with EMOLLM_BENCH_ROTATE_L3X
-// small (the K/V then come from L3). Two switches (bench_attention_decode_pv_wide / _qk_wide):
+// small (the K/V then come from L3). Three switches (bench_attention_decode_pv_wide / _qk_wide /
+// _pv_pairs; pv_pairs is described at its function):
 //  - pv_wide: P V's whole head row in one register tile vs two passes of 4 chunks ("pv2pass";
 //    same bits, test attention_decode_pv_wide_same_bits);
 //  - qk_wide: Q K^T of full sub-blocks through qk16 (the 16 key rows as 4 bases plus strides, all
