@@ -953,6 +953,51 @@ std::vector<Case> half_kv_cases() {
   return cs;
 }
 
+// The layouts a decode bit-equality test runs a case in, with ref::attention on the cache's values
+// (outputs and log-sum-exps): an f32 case in its contiguous cache and a PagedCopy per page size in
+// f32_pages (seeds seed, seed + 1, ...); a half type (f16 / bf16) in a HalfCopy per page size in
+// half_pages (same seeds): the first one's contiguous layout, then each one's pages. k(pp) / v(pp):
+// the contiguous cache for a contiguous layout, null for a paged one.
+struct DecodeLayouts {
+  std::unique_ptr<PagedCopy> pg[2];
+  std::unique_ptr<HalfCopy> hc[2];
+  std::vector<const AttentionParams*> ps;
+  std::vector<float> ref, ref_lse;
+  const float* kc = nullptr;
+  const float* vc = nullptr;
+  DecodeLayouts(const Data& d, DType t, uint64_t seed, std::initializer_list<int64_t> f32_pages,
+                std::initializer_list<int64_t> half_pages, const std::string& what)
+      : ref_lse(size_t(d.p.n_q * d.p.n_heads)) {
+    const float* kr = d.k;
+    const float* vr = d.v;
+    int i = 0;
+    if (t == DType::F32) {
+      kc = d.k;
+      vc = d.v;
+      ps.push_back(&d.p);
+      for (int64_t bs : f32_pages) {
+        pg[i] = std::make_unique<PagedCopy>(d, bs, seed + uint64_t(i));
+        ps.push_back(&pg[i]->p);
+        ++i;
+      }
+    } else {
+      for (int64_t bs : half_pages) {
+        hc[i] = std::make_unique<HalfCopy>(d, t, bs, seed + uint64_t(i));
+        if (i == 0) ps.push_back(&hc[0]->p);
+        ps.push_back(&hc[i]->paged);
+        ++i;
+      }
+      kc = hc[0]->k();
+      vc = hc[0]->v();
+      kr = hc[0]->kr.data();
+      vr = hc[0]->vr.data();
+    }
+    ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, kr, vr, o, d.p, ref_lse.data()); });
+  }
+  const float* k(const AttentionParams* pp) const { return pp->kv_block_size ? nullptr : kc; }
+  const float* v(const AttentionParams* pp) const { return pp->kv_block_size ? nullptr : vc; }
+};
+
 }  // namespace
 
 TEST(attention_half_kv_matches_ref_on_rounded_kv) {
@@ -1033,17 +1078,18 @@ TEST(attention_half_kv_wide_rows_split_equals_f32) {
         const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
         Data d = make_data(c, seed++);
         const std::string what = describe(c) + " kv=" + dtype_name(t);
-        HalfCopy h16(d, t, 16, seed), h64(d, t, 64, seed + 1);
-        std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p); });
+        const DecodeLayouts L(d, t, seed, {}, {16, 64}, what);
+        const HalfCopy& h16 = *L.hc[0];
+        const std::vector<float>& ref = L.ref;
         for (Isa isa : vector_levels()) {
           IsaCapScope cap(isa);
           for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
             const std::string w = what + " isa=" + isa_name(isa) + " pool=" + std::to_string(pl ? pl->size() : 0);
             std::vector<float> f32 = run_out(d.p, w, [&](float* o) { attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p, pl); });
             EXPECT_ALL_CLOSE(f32.data(), ref.data(), f32.size(), 1e-5, 0.0, w + " f32");
-            for (const AttentionParams* pp : {&h16.p, &h16.paged, &h64.paged}) {
-              const float* k = pp->kv_block_size ? nullptr : h16.k();
-              const float* v = pp->kv_block_size ? nullptr : h16.v();
+            for (const AttentionParams* pp : L.ps) {
+              const float* k = L.k(pp);
+              const float* v = L.v(pp);
               std::vector<float> got = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl); });
               if (got != f32)
                 ::emollm_test::report_failure(__FILE__, __LINE__,
@@ -1108,50 +1154,6 @@ struct DecodeInplaceScope {
   ~DecodeInplaceScope() { attention_detail::set_decode_inplace(was); }
 };
 
-// The layouts a decode bit-equality test runs a case in, with ref::attention on the cache's values
-// (outputs and log-sum-exps): an f32 case in its contiguous cache and a PagedCopy per page size in
-// f32_pages (seeds seed, seed + 1, ...); a half type (f16 / bf16) in a HalfCopy per page size in
-// half_pages (same seeds): the first one's contiguous layout, then each one's pages. k(pp) / v(pp):
-// the contiguous cache for a contiguous layout, null for a paged one.
-struct DecodeLayouts {
-  std::unique_ptr<PagedCopy> pg[2];
-  std::unique_ptr<HalfCopy> hc[2];
-  std::vector<const AttentionParams*> ps;
-  std::vector<float> ref, ref_lse;
-  const float* kc = nullptr;
-  const float* vc = nullptr;
-  DecodeLayouts(const Data& d, DType t, uint64_t seed, std::initializer_list<int64_t> f32_pages,
-                std::initializer_list<int64_t> half_pages, const std::string& what)
-      : ref_lse(size_t(d.p.n_q * d.p.n_heads)) {
-    const float* kr = d.k;
-    const float* vr = d.v;
-    int i = 0;
-    if (t == DType::F32) {
-      kc = d.k;
-      vc = d.v;
-      ps.push_back(&d.p);
-      for (int64_t bs : f32_pages) {
-        pg[i] = std::make_unique<PagedCopy>(d, bs, seed + uint64_t(i));
-        ps.push_back(&pg[i]->p);
-        ++i;
-      }
-    } else {
-      for (int64_t bs : half_pages) {
-        hc[i] = std::make_unique<HalfCopy>(d, t, bs, seed + uint64_t(i));
-        if (i == 0) ps.push_back(&hc[0]->p);
-        ps.push_back(&hc[i]->paged);
-        ++i;
-      }
-      kc = hc[0]->k();
-      vc = hc[0]->v();
-      kr = hc[0]->kr.data();
-      vr = hc[0]->vr.data();
-    }
-    ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, kr, vr, o, d.p, ref_lse.data()); });
-  }
-  const float* k(const AttentionParams* pp) const { return pp->kv_block_size ? nullptr : kc; }
-  const float* v(const AttentionParams* pp) const { return pp->kv_block_size ? nullptr : vc; }
-};
 }  // namespace
 
 // The decode driver reading K/V rows in place (f32, or f16 / bf16 widened by the kernels' loads;
