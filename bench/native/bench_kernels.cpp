@@ -2365,7 +2365,8 @@ void bench_attention_decode(ThreadPool& pool) {
 // f32 and f16 caches in 2 MiB pages (as a context keeps them): the default path interleaved call
 // by call with the previous one (a switch of attention_internal.h set false), a derived row,
 // ratio = its time / the default's (>1: the default faster). Hot too with EMOLLM_BENCH_ROTATE_L3X
-// small (the K/V then come from L3). Two switches (bench_attention_decode_pv_wide / _qk_wide):
+// small (the K/V then come from L3). Three switches (bench_attention_decode_pv_wide / _qk_wide /
+// _pv_pairs; pv_pairs is described at its function):
 //  - pv_wide: P V's whole head row in one register tile vs two passes of 4 chunks ("pv2pass";
 //    same bits, test attention_decode_pv_wide_same_bits);
 //  - qk_wide: Q K^T of full sub-blocks through qk16 (the 16 key rows as 4 bases plus strides, all
@@ -2456,6 +2457,16 @@ void bench_attention_decode_pv_wide(ThreadPool& pool) {
              "decode attention, 7B shape (one query row per kv head): P V in one tile vs two passes (interleaved; ratio = two passes' time / the default's)",
              attention_detail::set_decode_pv_wide, "pv2pass",
              "P V in two passes of 4 chunks (set_decode_pv_wide(false)), interleaved; ratio = its time / the default's"});
+}
+
+// pv_pairs: P V of two adjacent kv heads a call vs one head a call ("pv1head"; same bits, test
+// attention_decode_pv_pairs_same_bits).
+void bench_attention_decode_pv_pairs(ThreadPool& pool) {
+  bench_attention_decode_7b_switch(
+      pool, {"pv_pairs",
+             "decode attention, 7B shape (one query row per kv head): P V two kv heads a call vs one (interleaved; ratio = one head's time / the default's)",
+             attention_detail::set_decode_pv_pairs, "pv1head",
+             "P V one kv head a call (set_decode_pv_pairs(false)), interleaved; ratio = its time / the default's"});
 }
 
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
@@ -3045,6 +3056,7 @@ int main(int argc, char** argv) {
     bench_attention_decode_half_kv(pool);
     bench_attention_decode_pv_wide(pool);
     bench_attention_decode_qk_wide(pool);
+    bench_attention_decode_pv_pairs(pool);
     bench_eltwise(pool);
     bench_rotation_check(pool);
     bench_f32_gemv(pool);
@@ -3097,6 +3109,7 @@ int main(int argc, char** argv) {
   bench_attention_decode_half_kv(pool);
   bench_attention_decode_pv_wide(pool);
   bench_attention_decode_qk_wide(pool);
+  bench_attention_decode_pv_pairs(pool);
   bench_eltwise(pool);
   bench_f32_gemv(pool);
   bench_rotation_check(pool);

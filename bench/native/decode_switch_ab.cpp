@@ -2,7 +2,9 @@
 // backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass; q40_parts2:
 // the same on two contiguous parts of each thread's chunk (set_q40_stream_parts);
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16;
-// gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32):
+// gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
+// pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
+// AB_PROMPT=n prompt tokens first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -11,6 +13,7 @@
 //   ./build-bench/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
 #include <chrono>
 #include <algorithm>
+#include <memory>
 #include <time.h>
 #include <cstdio>
 #include <cstdlib>
@@ -24,34 +27,60 @@
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
 #include "model/llama.h"
 using namespace emollm;
+// AB_SWITCH=kv_f16: "on" decodes in a second context whose KV cache is f16 (the same prompt first)
+static bool g_kv_half = false;
+// The switches AB_SWITCH names: each sets the path off (false) or on (true).
+struct AbSwitch {
+  const char* name;
+  void (*set)(bool);
+};
+const AbSwitch kSwitches[] = {
+    {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
+    {"q40_streams2", [](bool on) { gemm_detail::set_q40_streams(on ? 2 : 1); }},
+    // gemv_repacked's q4_0 pass on two long streams (two contiguous parts of each thread's chunk)
+    {"q40_parts2",
+     [](bool on) {
+       gemm_detail::set_q40_streams(on ? 2 : 1);
+       gemm_detail::set_q40_stream_parts(on);
+     }},
+    {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
+    {"kquant_lean_q6", [](bool on) { gemm_detail::set_kquant_lean_q6(on); }},
+    {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
+    {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
+    {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
+    {"kv_f16", [](bool on) { g_kv_half = on; }},
+};
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
             block = argc > 4 ? std::atoi(argv[4]) : 16;
   const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "next_prefetch";
   void (*set)(bool) = nullptr;
-  if (!std::strcmp(sw, "next_prefetch")) set = [](bool on) { set_gemv_next_prefetch(on); };
-  else if (!std::strcmp(sw, "q40_streams2")) set = [](bool on) { gemm_detail::set_q40_streams(on ? 2 : 1); };
-  else if (!std::strcmp(sw, "kquant_lean")) set = [](bool on) { gemm_detail::set_kquant_lean(on); };
-  else if (!std::strcmp(sw, "kquant_lean_q6")) set = [](bool on) { gemm_detail::set_kquant_lean_q6(on); };
-  else if (!std::strcmp(sw, "qk_wide")) set = [](bool on) { attention_detail::set_decode_qk_wide(on); };
-  // gemv_repacked's q4_0 pass on two long streams (two contiguous parts of each thread's chunk)
-  else if (!std::strcmp(sw, "q40_parts2")) set = [](bool on) {
-    gemm_detail::set_q40_streams(on ? 2 : 1);
-    gemm_detail::set_q40_stream_parts(on);
-  };
-  else if (!std::strcmp(sw, "gemv_stream_f32")) set = [](bool on) { gemm_detail::set_gemv_stream_f32(on); };
+  for (const AbSwitch& k : kSwitches)
+    if (!std::strcmp(sw, k.name)) set = k.set;
   if (!set) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, q40_parts2, kquant_lean, kquant_lean_q6, qk_wide, gemv_stream_f32)\n", sw);
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (", sw);
+    for (const AbSwitch& k : kSwitches) std::fprintf(stderr, "%s%s", &k == kSwitches ? "" : ", ", k.name);
+    std::fprintf(stderr, ")\n");
     return 2;
   }
   std::printf("switch %s\n", sw);
   LlamaLoadOptions lo; lo.threads = threads;
   auto m = LlamaModel::load(argv[1], lo);
-  LlamaContextOptions o; o.n_ctx = 16 + 2 * rounds * block + 8 * block + 64;
+  // AB_PROMPT=n: n prompt tokens first (default 16), so the decode attention reads a longer cache
+  const int n_prompt = std::getenv("AB_PROMPT") ? std::max(1, std::atoi(std::getenv("AB_PROMPT"))) : 16;
+  LlamaContextOptions o; o.n_ctx = n_prompt + 2 * rounds * block + 8 * block + 64;
   LlamaContext ctx(m, o);
-  std::vector<int32_t> prompt(16); for (int i = 0; i < 16; ++i) prompt[i] = 300 + 37 * i;
-  ctx.eval(prompt.data(), 16);
+  std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
+  for (int i = 0; i < n_prompt; ++i) prompt[size_t(i)] = 300 + (37 * i) % 20000;
+  ctx.eval(prompt.data(), n_prompt);
+  std::unique_ptr<LlamaContext> ctx_half;
+  if (!std::strcmp(sw, "kv_f16")) {
+    LlamaContextOptions oh = o;
+    oh.kv_type = DType::F16;
+    ctx_half = std::make_unique<LlamaContext>(m, oh);
+    ctx_half->eval(prompt.data(), n_prompt);
+  }
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
   auto run = [&](bool on) {
@@ -59,7 +88,8 @@ int main(int argc, char** argv) {
     timespec c0, c1;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < block; ++i) { ctx.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
+    LlamaContext& c = g_kv_half && ctx_half ? *ctx_half : ctx;
+    for (int i = 0; i < block; ++i) { c.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double cpu = (c1.tv_sec - c0.tv_sec) + 1e-9 * (c1.tv_nsec - c0.tv_nsec);

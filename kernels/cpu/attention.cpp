@@ -220,6 +220,14 @@ EnvSwitch& decode_qk_wide_flag() {
 bool decode_qk_wide() { return decode_qk_wide_flag().on(); }
 void set_decode_qk_wide(bool on) { decode_qk_wide_flag().set(on); }
 namespace {
+EnvSwitch& decode_pv_pairs_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PV_PAIRS");
+  return on;
+}
+}  // namespace
+bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
+void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
+namespace {
 std::atomic<int>& decode_bf16dp_mode_ref() {
   static std::atomic<int> mode([] {
     const char* v = std::getenv("EMOLLM_DECODE_ATTN_BF16DP");
@@ -272,6 +280,11 @@ struct Kern {
   // Optional (null: use qk), for decode with one or two query heads per kv head (MHA) and
   // 65 <= D <= 128: qk's S for R <= 2 rows and exactly 16 keys ldk apart, with the same bits.
   void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
+  // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
+  // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
+  // rows), with the same bits as two pv calls.
+  void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
+              int D);
 };
 
 // Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
@@ -496,6 +509,51 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
     case 6: pv_tile_avx512<E, NR, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
     case 7: pv_tile_avx512<E, NR, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
     default: pv_tile_avx512<E, NR, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+  }
+}
+
+// Two rows x NC chunks, row r reading V at v + r * vstep (two adjacent kv heads of MHA decode): the
+// two heads' tiles of pv_tile_avx512<E, 1, NC> side by side, each output element's FMAs in the
+// same order.
+template <class E, int NC>
+EMO_T512 static inline void pv2_tile_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                            const typename E::T* v, int64_t ldv, int64_t vstep, int nb,
+                                            __mmask16 lastmask) {
+  __m512 a[2][NC];
+  #pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
+  }
+  for (int j = 0; j < nb; ++j) {
+    #pragma GCC unroll 2
+    for (int r = 0; r < 2; ++r) {
+      const typename E::T* vj = v + int64_t(j) * ldv + r * vstep;
+      const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
+      #pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c)
+        a[r][c] = _mm512_fmadd_ps(pr, c == NC - 1 ? E::maskz_load(lastmask, vj + 16 * c) : E::load(vj + 16 * c),
+                                  a[r][c]);
+    }
+  }
+  #pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r)
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
+}
+
+template <class E>
+EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
+                                int64_t ldv, int nb, int D) {
+  const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
+  const int nc = (D + 15) / 16, tail = D % 16;
+  const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+  switch (nc) {
+    case 5: pv2_tile_avx512<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
+    case 6: pv2_tile_avx512<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
+    case 7: pv2_tile_avx512<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
+    default: pv2_tile_avx512<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
   }
 }
 
@@ -739,14 +797,14 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 }
 
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
-                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>};
+                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>};
 // The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
 // float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
 // scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
 const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvF16>, nullptr, nullptr,
-                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>};
+                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, pv2_avx512<KvF16>};
 const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
-                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>};
+                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>, pv2_avx512<KvBF16>};
 
 // ---------------------------------------------------------------------------- AVX512-BF16 decode
 // Opt-in decode kernels on vdpbf16ps for a bf16 cache (attention_internal.h, decode_bf16dp): the
@@ -1542,6 +1600,9 @@ bool decode_qk16_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim > kDecodePackSpan &&
          G <= 2 && p.head_dim > 64 && p.head_dim <= 128 && decode_qk_wide();
 }
+bool decode_pv2_applies(const AttentionParams& p) {
+  return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
+}
 }  // namespace attention_detail
 namespace {
 
@@ -1676,6 +1737,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // Wide rows read in place (7B): one or two query heads per kv head take qk16 on full sub-blocks
   // (attention_detail::decode_qk_wide).
   const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
+  // ... and P V two adjacent kv heads a call (attention_detail::decode_pv_pairs; MHA, one query row per kv head).
+  const bool use_pv2 = use_qk16 && !it.bf16dp && kk.pv2 != nullptr && attention_detail::decode_pv2_applies(p);
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
@@ -1792,7 +1855,12 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       side_prefetch_tick(side_lines);
-      for (int64_t g = 0; g < Hkv; ++g) {
+      int64_t g0 = 0;
+      if (use_pv2)
+        for (; g0 + 2 <= Hkv; g0 += 2)
+          kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
+                 kv_at(vr, g0 * D, p), ldvr, ns, D);
+      for (int64_t g = g0; g < Hkv; ++g) {
         int64_t ldg;
         const float* vg = head_rows(vr, ldvr, g, ns, &ldg);
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {

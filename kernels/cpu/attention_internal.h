@@ -79,6 +79,16 @@ void set_decode_qk_wide(bool on);
 // in-place rows (decode_inplace_enabled), wide token rows (n_kv_heads * head_dim > 256 elements),
 // one or two query heads per kv head, 65 <= head_dim <= 128 and decode_qk_wide().
 bool decode_qk16_applies(const AttentionParams& p);
+// P V on AVX-512 for one query row per kv head (MHA decode, 7B's 32 x 128) with a head_dim of
+// 65-128 and wide token rows read in place: two adjacent kv heads in one register tile (their
+// slices lie side by side in each V row), 10-16 independent FMA chains and half the calls, instead
+// of one head a call. Every output element sums its tokens in the same order: bit for bit equal.
+// EMOLLM_DECODE_ATTN_PV_PAIRS=0 (read once) or set_decode_pv_pairs(false): one head a call.
+bool decode_pv_pairs();
+void set_decode_pv_pairs(bool on);
+// Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
+// per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
+bool decode_pv2_applies(const AttentionParams& p);
 // Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
 // >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
 // (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -952,6 +953,51 @@ std::vector<Case> half_kv_cases() {
   return cs;
 }
 
+// The layouts a decode bit-equality test runs a case in, with ref::attention on the cache's values
+// (outputs and log-sum-exps): an f32 case in its contiguous cache and a PagedCopy per page size in
+// f32_pages (seeds seed, seed + 1, ...); a half type (f16 / bf16) in a HalfCopy per page size in
+// half_pages (same seeds): the first one's contiguous layout, then each one's pages. k(pp) / v(pp):
+// the contiguous cache for a contiguous layout, null for a paged one.
+struct DecodeLayouts {
+  std::unique_ptr<PagedCopy> pg[2];
+  std::unique_ptr<HalfCopy> hc[2];
+  std::vector<const AttentionParams*> ps;
+  std::vector<float> ref, ref_lse;
+  const float* kc = nullptr;
+  const float* vc = nullptr;
+  DecodeLayouts(const Data& d, DType t, uint64_t seed, std::initializer_list<int64_t> f32_pages,
+                std::initializer_list<int64_t> half_pages, const std::string& what)
+      : ref_lse(size_t(d.p.n_q * d.p.n_heads)) {
+    const float* kr = d.k;
+    const float* vr = d.v;
+    int i = 0;
+    if (t == DType::F32) {
+      kc = d.k;
+      vc = d.v;
+      ps.push_back(&d.p);
+      for (int64_t bs : f32_pages) {
+        pg[i] = std::make_unique<PagedCopy>(d, bs, seed + uint64_t(i));
+        ps.push_back(&pg[i]->p);
+        ++i;
+      }
+    } else {
+      for (int64_t bs : half_pages) {
+        hc[i] = std::make_unique<HalfCopy>(d, t, bs, seed + uint64_t(i));
+        if (i == 0) ps.push_back(&hc[0]->p);
+        ps.push_back(&hc[i]->paged);
+        ++i;
+      }
+      kc = hc[0]->k();
+      vc = hc[0]->v();
+      kr = hc[0]->kr.data();
+      vr = hc[0]->vr.data();
+    }
+    ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, kr, vr, o, d.p, ref_lse.data()); });
+  }
+  const float* k(const AttentionParams* pp) const { return pp->kv_block_size ? nullptr : kc; }
+  const float* v(const AttentionParams* pp) const { return pp->kv_block_size ? nullptr : vc; }
+};
+
 }  // namespace
 
 TEST(attention_half_kv_matches_ref_on_rounded_kv) {
@@ -1032,17 +1078,18 @@ TEST(attention_half_kv_wide_rows_split_equals_f32) {
         const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
         Data d = make_data(c, seed++);
         const std::string what = describe(c) + " kv=" + dtype_name(t);
-        HalfCopy h16(d, t, 16, seed), h64(d, t, 64, seed + 1);
-        std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p); });
+        const DecodeLayouts L(d, t, seed, {}, {16, 64}, what);
+        const HalfCopy& h16 = *L.hc[0];
+        const std::vector<float>& ref = L.ref;
         for (Isa isa : vector_levels()) {
           IsaCapScope cap(isa);
           for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
             const std::string w = what + " isa=" + isa_name(isa) + " pool=" + std::to_string(pl ? pl->size() : 0);
             std::vector<float> f32 = run_out(d.p, w, [&](float* o) { attention(d.q, h16.kr.data(), h16.vr.data(), o, d.p, pl); });
             EXPECT_ALL_CLOSE(f32.data(), ref.data(), f32.size(), 1e-5, 0.0, w + " f32");
-            for (const AttentionParams* pp : {&h16.p, &h16.paged, &h64.paged}) {
-              const float* k = pp->kv_block_size ? nullptr : h16.k();
-              const float* v = pp->kv_block_size ? nullptr : h16.v();
+            for (const AttentionParams* pp : L.ps) {
+              const float* k = L.k(pp);
+              const float* v = L.v(pp);
               std::vector<float> got = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl); });
               if (got != f32)
                 ::emollm_test::report_failure(__FILE__, __LINE__,
@@ -1106,6 +1153,7 @@ struct DecodeInplaceScope {
   explicit DecodeInplaceScope(bool on) { attention_detail::set_decode_inplace(on); }
   ~DecodeInplaceScope() { attention_detail::set_decode_inplace(was); }
 };
+
 }  // namespace
 
 // The decode driver reading K/V rows in place (f32, or f16 / bf16 widened by the kernels' loads;
@@ -1130,24 +1178,12 @@ TEST(attention_decode_inplace_equals_packed) {
         const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
         Data d = make_data(c, seed++);
         const std::string what = describe(c) + " kv=" + dtype_name(t);
-        std::unique_ptr<HalfCopy> h;
-        std::unique_ptr<PagedCopy> pg16, pg64;
-        std::vector<const AttentionParams*> ps;
-        std::vector<float> ref_lse(size_t(sh.H));
-        std::vector<float> ref;
-        if (t == DType::F32) {
-          pg16 = std::make_unique<PagedCopy>(d, 16, seed);
-          pg64 = std::make_unique<PagedCopy>(d, 64, seed + 1);
-          ps = {&d.p, &pg16->p, &pg64->p};
-          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p, ref_lse.data()); });
-        } else {
-          h = std::make_unique<HalfCopy>(d, t, 16, seed);
-          ps = {&h->p, &h->paged};
-          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h->kr.data(), h->vr.data(), o, d.p, ref_lse.data()); });
-        }
-        for (const AttentionParams* pp : ps) {
-          const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h->k();
-          const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h->v();
+        const DecodeLayouts L(d, t, seed, {16, 64}, {16}, what);
+        const std::vector<float>& ref = L.ref;
+        const std::vector<float>& ref_lse = L.ref_lse;
+        for (const AttentionParams* pp : L.ps) {
+          const float* k = L.k(pp);
+          const float* v = L.v(pp);
           for (Isa isa : vector_levels()) {
             IsaCapScope cap(isa);
             for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
@@ -1333,22 +1369,11 @@ TEST(attention_decode_pv_wide_same_bits) {
           const Case c{nq, n, sh.H, sh.Hkv, sh.D, true, n - nq, sh.pad};
           Data d = make_data(c, seed++);
           const std::string what = describe(c) + " kv=" + dtype_name(t);
-          std::unique_ptr<HalfCopy> h64;
-          std::unique_ptr<PagedCopy> pg64;
-          std::vector<const AttentionParams*> ps;
-          std::vector<float> ref;
-          if (t == DType::F32) {
-            pg64 = std::make_unique<PagedCopy>(d, 64, seed);
-            ps = {&d.p, &pg64->p};
-            ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
-          } else {
-            h64 = std::make_unique<HalfCopy>(d, t, 64, seed);
-            ps = {&h64->p, &h64->paged};
-            ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h64->kr.data(), h64->vr.data(), o, d.p); });
-          }
-          for (const AttentionParams* pp : ps) {
-            const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h64->k();
-            const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h64->v();
+          const DecodeLayouts L(d, t, seed, {64}, {64}, what);
+          const std::vector<float>& ref = L.ref;
+          for (const AttentionParams* pp : L.ps) {
+            const float* k = L.k(pp);
+            const float* v = L.v(pp);
             for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
               const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
                                     std::to_string(pl ? pl->size() : 0);
@@ -1389,24 +1414,11 @@ TEST(attention_decode_prefetch_ahead_bit_equal) {
         const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
         Data d = make_data(c, seed++);
         const std::string what = describe(c) + " kv=" + dtype_name(t);
-        std::unique_ptr<HalfCopy> h16, h64;
-        std::unique_ptr<PagedCopy> pg16, pg64;
-        std::vector<const AttentionParams*> ps;
-        std::vector<float> ref;
-        if (t == DType::F32) {
-          pg16 = std::make_unique<PagedCopy>(d, 16, seed);
-          pg64 = std::make_unique<PagedCopy>(d, 64, seed + 1);
-          ps = {&d.p, &pg16->p, &pg64->p};
-          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
-        } else {
-          h16 = std::make_unique<HalfCopy>(d, t, 16, seed);
-          h64 = std::make_unique<HalfCopy>(d, t, 64, seed + 1);
-          ps = {&h16->p, &h16->paged, &h64->paged};
-          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16->kr.data(), h16->vr.data(), o, d.p); });
-        }
-        for (const AttentionParams* pp : ps) {
-          const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h16->k();
-          const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h16->v();
+        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
+        const std::vector<float>& ref = L.ref;
+        for (const AttentionParams* pp : L.ps) {
+          const float* k = L.k(pp);
+          const float* v = L.v(pp);
           for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
             const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
                                   std::to_string(pl ? pl->size() : 0);
@@ -1474,24 +1486,11 @@ TEST(attention_decode_qk_wide_same_bits) {
         Data d = make_data(c, seed++);
         const std::string what = describe(c) + " kv=" + dtype_name(t);
         EXPECT(attention_detail::decode_qk16_applies(d.p) == (avx512 && sh.taken));
-        std::unique_ptr<HalfCopy> h16, h64;
-        std::unique_ptr<PagedCopy> pg16, pg64;
-        std::vector<const AttentionParams*> ps;
-        std::vector<float> ref;
-        if (t == DType::F32) {
-          pg16 = std::make_unique<PagedCopy>(d, 16, seed);
-          pg64 = std::make_unique<PagedCopy>(d, 64, seed + 1);
-          ps = {&d.p, &pg16->p, &pg64->p};
-          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
-        } else {
-          h16 = std::make_unique<HalfCopy>(d, t, 16, seed);
-          h64 = std::make_unique<HalfCopy>(d, t, 64, seed + 1);
-          ps = {&h16->p, &h16->paged, &h64->paged};
-          ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, h16->kr.data(), h16->vr.data(), o, d.p); });
-        }
-        for (const AttentionParams* pp : ps) {
-          const float* k = pp->kv_block_size ? nullptr : t == DType::F32 ? d.k : h16->k();
-          const float* v = pp->kv_block_size ? nullptr : t == DType::F32 ? d.v : h16->v();
+        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
+        const std::vector<float>& ref = L.ref;
+        for (const AttentionParams* pp : L.ps) {
+          const float* k = L.k(pp);
+          const float* v = L.v(pp);
           for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
             const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
                                   std::to_string(pl ? pl->size() : 0);
@@ -1514,4 +1513,57 @@ TEST(attention_decode_qk_wide_same_bits) {
   std::printf("  qk16 taken in %d of %d runs\n", taken, runs);
   EXPECT(runs > 0);
   EXPECT(!avx512 || taken > runs / 4);
+}
+
+// P V of two adjacent kv heads a call (attention_detail::decode_pv_pairs: MHA decode with head_dim
+// 65-128 and wide rows read in place, 7B's 32 x 128) sums every output element over its tokens in
+// the order of one head a call: outputs and log-sum-exps bit for bit equal with it off, f32 / f16 /
+// bf16 caches, head_dim 80 / 100 (a tail chunk, padded rows) / 128, an odd kv head count (the last
+// head alone), and shapes that must not take it (2 query rows per kv head, head_dim 64); lengths
+// with and without a partial last sub-block and across the 64-token block, contiguous and paged
+// (16 / 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention. decode_pv2_applies must hold
+// for the shapes meant to take it (on AVX-512), so the comparison is not vacuous.
+TEST(attention_decode_pv_pairs_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope sw(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; bool taken; };
+  const Shape shapes[] = {{32, 32, 128, 0, true}, {8, 8, 80, 0, true}, {6, 6, 100, 3, true}, {5, 5, 128, 0, true},
+                          {16, 8, 128, 0, false}, {8, 8, 64, 0, false}};
+  const int64_t lengths[] = {1, 16, 17, 64, 129, 300};
+  const bool avx512 = isa_active() >= Isa::Avx512;
+  uint64_t seed = 16900;
+  int runs = 0, taken = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : lengths) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        EXPECT(attention_detail::decode_pv2_applies(d.p) == (avx512 && sh.taken));
+        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
+        for (const AttentionParams* pp : L.ps) {
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                  std::to_string(pl ? pl->size() : 0);
+            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
+            const bool was = attention_detail::decode_pv_pairs();
+            attention_detail::set_decode_pv_pairs(true);
+            taken += attention_detail::decode_pv2_applies(*pp) ? 1 : 0;
+            a = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, la.data()); });
+            attention_detail::set_decode_pv_pairs(false);
+            EXPECT(!attention_detail::decode_pv2_applies(*pp));
+            b = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, lb.data()); });
+            attention_detail::set_decode_pv_pairs(was);
+            ++runs;
+            EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w + " pv pairs");
+            EXPECT_ALL_CLOSE(la.data(), L.ref_lse.data(), la.size(), 1e-5, 0.0, w + " pv pairs lse");
+            if (a != b || la != lb)
+              ::emollm_test::report_failure(__FILE__, __LINE__, "P V in pairs changed the result: " + w);
+          }
+        }
+      }
+  std::printf("  P V in pairs taken in %d of %d runs\n", taken, runs);
+  EXPECT(runs > 0);
+  EXPECT(!avx512 || taken > runs / 3);
 }
