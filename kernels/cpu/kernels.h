@@ -145,6 +145,10 @@ bool kquant_repacking();
 // previous 16-row records). Read when packing and when computing: process-wide, set it before
 // packing and keep it while the records are in use (tests, the bench's A/B rows).
 void set_kquant_record_rows(int rows);
+// q6_K records' code layout (kquant_records.h): the packed high bits (default) or the previous
+// one (false; EMOLLM_KQ6_PACKED=0). Process-wide like the record rows: set it before packing and
+// keep it while the records are in use. Same codes, same integer dot products: same bits.
+void set_kq6_packed(bool on);
 
 // ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
 // BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged

@@ -75,11 +75,19 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
   using namespace gemm_detail;
   const int gi = r / kKqRows;
   r %= kKqRows;
+  const bool packed6 = t == DType::Q6_K && kq6_packed();
   for (int j = 0; j < 8; ++j)
     for (int i = 0; i < 4; ++i)
-      for (int k = 0; k < 4; ++k)
-        rec[L.codes(gi, j) + 64 * i + 4 * r + k] =
-            uint8_t((u[32 * j + 4 * i + k] & 0x0F) | ((u[32 * j + 16 + 4 * i + k] & 0x0F) << 4));
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t a = u[32 * j + 4 * i + k], b = u[32 * j + 16 + 4 * i + k];  // quads i, 4 + i
+        uint8_t* c = rec + L.codes(gi, j) + 4 * r + k;
+        if (!packed6) {
+          c[64 * i] = uint8_t((a & 0x0F) | ((b & 0x0F) << 4));
+          continue;
+        }
+        c[64 * i] = uint8_t(a | ((b >> 4) << 6));                      // quad i whole, quad 4 + i's bits 4-5
+        c[64 * (4 + i / 2)] |= uint8_t((b & 0x0F) << (4 * (i % 2)));  // quad 4 + i's low 4 bits
+      }
   if (t == DType::Q4_K) {
     std::memcpy(rec + L.d(gi) + 2 * r, blk, 2);         // d
     std::memcpy(rec + L.dmin(gi) + 2 * r, blk + 2, 2);  // dmin
@@ -96,6 +104,7 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
   const float d = f16_to_f32(dh);
   std::memcpy(rec + L.d(gi) + 4 * r, &d, 4);
   for (int h = 0; h < 16; ++h) rec[L.sc(gi, h) + r] = blk[192 + h];
+  if (packed6) return;
   for (int j = 0; j < 8; ++j)
     for (int q = 0; q < 8; ++q)
       for (int k = 0; k < 4; ++k)
@@ -111,9 +120,17 @@ std::atomic<int>& record_groups() {
   }()};
   return g;
 }
+
+EnvSwitch& kq6_packed_flag() {
+  static EnvSwitch on("EMOLLM_KQ6_PACKED");
+  return on;
+}
 }  // namespace
 
+void set_kq6_packed(bool on) { kq6_packed_flag().set(on); }
+
 namespace gemm_detail {
+bool kq6_packed() { return kq6_packed_flag().on(); }
 int kquant_record_groups() { return record_groups().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 void set_kquant_record_rows(int rows) {

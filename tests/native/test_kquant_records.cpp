@@ -477,4 +477,97 @@ TEST(kquant_records_lean_same_bits_as_previous) {
   EXPECT(compared == 2 * 2 * 6 * 2 * 3 * 3);
   EXPECT(moved >= 40);  // of 48: an x block of zeros or a tiny one can hide a flip
 }
+
+// q6_K's packed code layout (kquant_records.h, the default) against the previous one
+// (set_kq6_packed(false)): the same codes (kquant_record_codes of both), different bytes, and
+// every output of the decode passes (M 1..8: the 16-row kernel, the 32 / 64-row pass, q6_K's
+// opt-in lean pass at M = 1, the multi-output dispatch) and of the prefill (M 9, 20) bit for bit
+// the previous layout's, with 0 / 2 / 3 threads; flipping bit 6 of a line-0 byte (the high bits
+// of quad 4 in the packed layout) moves that row's output and no other.
+TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  struct Packed {  // the layout for the scope's life, then the previous setting
+    bool prev = gemm_detail::kq6_packed();
+    ~Packed() { set_kq6_packed(prev); }
+  } packed_scope;
+  const bool lean_q60 = gemm_detail::kquant_lean_q6();
+  const DType t = DType::Q6_K;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{1, 256}, {37, 768}, {64, 2048}, {130, 2304}, {70, 11008}};
+  int compared = 0, moved = 0, flips = 0;
+  for (int rr : kRecordRows)
+    for (const Shape& sh : shapes)
+      for (bool random_bytes : {true, false}) {
+        const RecordRows rows_scope(rr);
+        const int64_t N = sh.N, K = sh.K;
+        const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 700u + uint32_t(N + K));
+        set_kq6_packed(false);
+        const std::vector<uint8_t> r0 = repacked(t, w, N, K, nullptr);
+        set_kq6_packed(true);
+        std::vector<uint8_t> r1 = repacked(t, w, N, K, &pool3);
+        const size_t nbytes = kquant_repack_bytes(t, N, K);
+        EXPECT(std::memcmp(aligned(r0, t, N, K), aligned(r1, t, N, K), nbytes) != 0);
+        const gemm_detail::KqLayout L{true, rr / 16, K / 256};
+        for (int64_t n = 0; n < N; n += 7)
+          for (int64_t s = 0; s < L.ns; ++s) {
+            uint8_t u0[256], u1[256];
+            set_kq6_packed(false);
+            gemm_detail::kquant_record_codes(t, L.G, L.record(aligned(r0, t, N, K), n / 16, s), int(n % rr), u0);
+            set_kq6_packed(true);
+            gemm_detail::kquant_record_codes(t, L.G, L.record(aligned(r1, t, N, K), n / 16, s), int(n % rr), u1);
+            EXPECT(std::memcmp(u0, u1, 256) == 0);
+          }
+        const std::vector<float> bias = normal_floats(size_t(N), 6u, 0.5f);
+        for (int64_t M : {1, 2, 3, 8, 9, 20}) {
+          std::vector<float> x = normal_floats(size_t(M * K), 23u + uint32_t(K + M), 1.0f);
+          for (int64_t k = 0; k < M * K; ++k) x[size_t(k)] *= (k % 96 < 32) ? 300.0f : (k % 96 < 64 ? 1e-3f : 1.0f);
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
+            for (int lean : {0, 1}) {
+              if (lean == 1 && M > 1) continue;
+              gemm_detail::set_kquant_lean_q6(lean == 1);
+              std::vector<float> y[2];
+              for (int packed : {0, 1}) {
+                set_kq6_packed(packed == 1);
+                const std::vector<uint8_t>& r = packed ? r1 : r0;
+                y[packed].assign(size_t(M * N) + 1, NAN);
+                gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y[packed].data(), N, M, N, K, p);
+                EXPECT(std::isnan(y[packed][size_t(M * N)]));
+                if (M == 1) {  // the multi-output dispatch (the decode's q / k / v)
+                  std::vector<float> ym(size_t(N), NAN);
+                  GemvOutput g{aligned(r, t, N, K), bias.data(), ym.data(), N};
+                  gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
+                  EXPECT(std::memcmp(ym.data(), y[packed].data(), size_t(N) * 4) == 0);
+                }
+              }
+              EXPECT(std::memcmp(y[0].data(), y[1].data(), size_t(M * N) * 4) == 0);
+              ++compared;
+            }
+        }
+        gemm_detail::set_kquant_lean_q6(lean_q60);
+        // bit 6 of row n's first byte of line 0 in the packed records: bit 4 of a quad-4 code
+        set_kq6_packed(true);
+        const std::vector<float> x = normal_floats(size_t(K), 31u + uint32_t(K), 1.0f);
+        for (int64_t n : {int64_t(0), N - 1}) {
+          uint8_t* byte = const_cast<uint8_t*>(L.record(aligned(r1, t, N, K), n / 16, L.ns - 1)) +
+                          L.codes(int((n / 16) % L.G), 7) + 4 * size_t(n % 16);
+          std::vector<float> y1(size_t(N), NAN), y2(size_t(N), NAN);
+          gemm_kquant_repacked(x.data(), K, aligned(r1, t, N, K), t, bias.data(), y1.data(), N, 1, N, K, &pool2);
+          *byte ^= 0x40;
+          gemm_kquant_repacked(x.data(), K, aligned(r1, t, N, K), t, bias.data(), y2.data(), N, 1, N, K, &pool2);
+          *byte ^= 0x40;
+          for (int64_t o = 0; o < N; ++o)
+            if (o != n) EXPECT(std::memcmp(&y1[size_t(o)], &y2[size_t(o)], 4) == 0);
+          ++flips;
+          if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
+        }
+      }
+  EXPECT(compared == 3 * 5 * 2 * (6 + 1) * 3);
+  EXPECT(moved >= flips - 4);  // a tiny scale or x block can hide a flip
+}
 #endif
