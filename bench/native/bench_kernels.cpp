@@ -1908,6 +1908,111 @@ void bench_kquant_gemv(ThreadPool& pool) {
     }
 }
 
+// q6_K's packed record layout (kquant_records.h, the default) against the previous one
+// (set_kq6_packed(false)) on the same weights, interleaved call by call: 64-row records cold
+// (rotated copies in 2 MiB pages), the same with q6_K's lean pass (EMOLLM_KQUANT_LEAN_Q6), the
+// 16-row records, and the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
+// runs on one copy, hot from L2 (where the unpacking's cost shows without the memory's).
+// Ratio = that row's time / the packed 64-row records' (>1: packed faster).
+void bench_kq6_packed(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+    bool hot;
+  };
+  const Shape shapes[] = {{"l2", 256, 2048, true},           {"llama1b.qkvo", 2048, 2048, false},
+                          {"llama1b.gate_up", 5632, 2048, false}, {"llama1b.down", 2048, 5632, false},
+                          {"llama.qkvo", 4096, 4096, false},      {"llama.gate_up", 11008, 4096, false},
+                          {"llama.down", 4096, 11008, false}};
+  const DType t = DType::Q6_K;
+  bool header = false;
+  for (const Shape& sh : shapes) {
+    const std::string name = std::string("gemv_kq6_packed/") + sh.name + "/q6_K";
+    if (!selected(name)) continue;
+    if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+    if (!kquant_repacked_usable()) continue;
+    if (!header) {
+      table_header("q6_K records M=1: packed high-bit layout vs the previous (interleaved; ratio = row time / packed 64-row time, >1: packed faster)");
+      header = true;
+    }
+    const int64_t N = sh.N, K = sh.K;
+    progress(name + ": preparing weights");
+    Buf<float> w = make_aligned<float>(size_t(N * K));
+    fill_random(w.get(), N * K, 41 + uint64_t(N) + uint64_t(K), &pool);
+    const size_t wb = dtype_row_bytes(t, K) * size_t(N);
+    Buf<uint8_t> q = make_aligned<uint8_t>(wb);
+    quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+    Buf<float> x = make_aligned<float>(size_t(K)), y = make_aligned<float>(size_t(N));
+    fill_random(x.get(), K, 79, &pool);
+    const int rows0 = int(kquant_record_rows());
+    // copies of the records packed with `rows` rows a record and the layout `packed`
+    auto records = [&](int rows, bool packed, size_t* bytes) {
+      set_kquant_record_rows(rows);
+      set_kq6_packed(packed);
+      *bytes = kquant_repack_bytes(t, N, K);
+      Buf<uint8_t> src = alloc_huge(*bytes);
+      kquant_repack(q.get(), t, N, K, src.get(), &pool);
+      std::unique_ptr<Copies> c(new Copies(src.get(), *bytes, sh.hot ? 1 : decode_copies(*bytes), &pool, true));
+      set_kquant_record_rows(rows0);
+      set_kq6_packed(true);
+      return c;
+    };
+    size_t rb = 0, rb16 = 0;
+    auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_lean = records(64, true, &rb),
+         c_lean_prev = records(64, false, &rb), c_probe = records(64, true, &rb), c16 = records(16, true, &rb16),
+         c16_prev = records(16, false, &rb16);
+    // one call on records of `rows` rows, layout `packed`, q6_K lean pass `lean`
+    auto call = [&](const void* wp, int rows, bool packed, bool lean) {
+      set_kquant_record_rows(rows);
+      set_kq6_packed(packed);
+      gemm_detail::set_kquant_lean_q6(lean);
+      gemm_kquant_repacked(x.get(), K, wp, t, nullptr, y.get(), N, 1, N, K, &pool);
+      set_kquant_record_rows(rows0);
+      set_kq6_packed(true);
+      gemm_detail::set_kquant_lean_q6(false);
+    };
+    Result r;
+    r.section = "gemm";
+    r.name = name;
+    r.label = std::string(sh.name) + " M=1";
+    r.dtype = dtype_name(t);
+    r.impl = "emollm";
+    r.M = 1;
+    r.N = N;
+    r.K = K;
+    r.flops = 2.0 * double(N) * double(K);
+    r.bytes = double(rb);
+    std::vector<Stats> st;
+    Result* res = run_case(r, [&](Result& rr) {
+      st = measure_interleaved({[&](int i) { call((*c_new)[i], 64, true, false); },
+                                [&](int i) { call((*c_prev)[i], 64, false, false); },
+                                [&](int i) { call((*c_lean)[i], 64, true, true); },
+                                [&](int i) { call((*c_lean_prev)[i], 64, false, true); },
+                                [&](int i) { read_probe_call(pool, (*c_probe)[i], rb); },
+                                [&](int i) { call((*c16)[i], 16, true, false); },
+                                [&](int i) { call((*c16_prev)[i], 16, false, false); }});
+      rr.st = st[0];
+      rr.ratio_vs = "prevlayout";
+      rr.ratio = st[1].best / st[0].best;
+      rr.note = std::string(sh.hot ? "hot (1 copy, L2)" : "cold") + ", 64-row records, packed layout";
+    });
+    if (!res) continue;
+    table_row(*res);
+    const Result base = *res;
+    const char* suffix[] = {"", "prevlayout", "lean", "lean-prevlayout", "probe-same-size", "records16", "records16-prevlayout"};
+    const char* notes[] = {"", "the previous layout (EMOLLM_KQ6_PACKED=0)", "packed, q6_K lean pass (EMOLLM_KQUANT_LEAN_Q6=1)",
+                           "previous layout, lean pass", "read probe over the records' bytes", "16-row records, packed",
+                           "16-row records, previous layout"};
+    for (int k = 1; k < 7; ++k) {
+      Result d = derived_row(base, suffix[k], suffix[k], st[size_t(k)], "emollm", st[size_t(k)].best / st[0].best, notes[k]);
+      if (k == 4) d.flops = 0;
+      if (k >= 5) d.bytes = double(rb16);
+      push_row(d);
+    }
+    settle();
+  }
+}
+
 // Batched decode (2 <= M <= 16, BF16 / F16): gemm_huge_pages on cold copies in 2 MiB pages (what a
 // decoder runs with several sequences a step), interleaved call by call with its previous path
 // (M <= kSmallM: set_small_m_streams(false), the plain dot kernels; "prev" row), oneDNN's bf16
@@ -2899,6 +3004,7 @@ int main(int argc, char** argv) {
     for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
     bench_fused(pool);
     bench_kquant_gemv(pool);
+    bench_kq6_packed(pool);
     bench_batched_decode(pool);
     bench_attention(pool);
     bench_attention_bf16(pool);
@@ -2950,6 +3056,7 @@ int main(int argc, char** argv) {
   }
   bench_fused(pool);
   bench_kquant_gemv(pool);
+  bench_kq6_packed(pool);
   bench_batched_decode(pool);
   bench_attention(pool);
   bench_attention_bf16(pool);

@@ -1,6 +1,8 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
 // backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass;
-// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16):
+// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16;
+// kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
+// loaded twice, off and on, and the blocks alternate between the two):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -20,6 +22,8 @@
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_streams
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
+#include "cpu/kernels.h"             // set_kq6_packed
+#include <memory>
 #include "model/llama.h"
 using namespace emollm;
 int main(int argc, char** argv) {
@@ -33,17 +37,28 @@ int main(int argc, char** argv) {
   else if (!std::strcmp(sw, "kquant_lean")) set = [](bool on) { gemm_detail::set_kquant_lean(on); };
   else if (!std::strcmp(sw, "kquant_lean_q6")) set = [](bool on) { gemm_detail::set_kquant_lean_q6(on); };
   else if (!std::strcmp(sw, "qk_wide")) set = [](bool on) { attention_detail::set_decode_qk_wide(on); };
+  const bool per_model = !std::strcmp(sw, "kq6_packed");  // a load-time switch: one model per mode
+  if (per_model) set = [](bool on) { set_kq6_packed(on); };
   if (!set) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide)\n", sw);
+    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (next_prefetch, q40_streams2, kquant_lean, kquant_lean_q6, qk_wide, kq6_packed)\n", sw);
     return 2;
   }
   std::printf("switch %s\n", sw);
   LlamaLoadOptions lo; lo.threads = threads;
+  if (per_model) set(false);
   auto m = LlamaModel::load(argv[1], lo);
   LlamaContextOptions o; o.n_ctx = 16 + 2 * rounds * block + 8 * block + 64;
   LlamaContext ctx(m, o);
   std::vector<int32_t> prompt(16); for (int i = 0; i < 16; ++i) prompt[i] = 300 + 37 * i;
   ctx.eval(prompt.data(), 16);
+  decltype(m) m_on;
+  std::unique_ptr<LlamaContext> ctx_on;  // per_model: the model loaded with the switch on
+  if (per_model) {
+    set(true);
+    m_on = LlamaModel::load(argv[1], lo);
+    ctx_on.reset(new LlamaContext(m_on, o));
+    ctx_on->eval(prompt.data(), 16);
+  }
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
   auto run = [&](bool on) {
@@ -51,7 +66,8 @@ int main(int argc, char** argv) {
     timespec c0, c1;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < block; ++i) { ctx.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
+    LlamaContext& c = per_model && on ? *ctx_on : ctx;
+    for (int i = 0; i < block; ++i) { c.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double cpu = (c1.tv_sec - c0.tv_sec) + 1e-9 * (c1.tv_nsec - c0.tv_nsec);
