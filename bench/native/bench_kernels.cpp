@@ -1818,16 +1818,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies, r16copies, rprevcopies;
-      // the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), when the default is not them
-      const int rec_rows = int(kquant_record_rows());
-      const bool rec16_ab = rec_ab && rec_rows != 16;
-      auto with_rec16 = [&](auto&& fn) {
-        set_kquant_record_rows(16);
-        fn();
-        set_kquant_record_rows(rec_rows);
-      };
-      size_t r16bytes = 0;
+      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies;
       if (rec_ab) {
         Buf<uint8_t> rsrc = alloc_huge(rbytes);
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
@@ -1836,28 +1827,19 @@ void bench_kquant_gemv(ThreadPool& pool) {
         // the previous M = 1 pass over the same records (set_kquant_lean(false)), its own cold copies
         rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
-      if (rec16_ab)
-        with_rec16([&] {
-          r16bytes = kquant_repack_bytes(t, N, K);
-          Buf<uint8_t> rsrc = alloc_huge(r16bytes);
-          kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
-          r16copies.reset(new Copies(rsrc.get(), r16bytes, decode_copies(r16bytes), &pool, true));
-        });
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, rec16, recprev;
+      Stats prev, rec, same_size, recprev;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
         if (rec_ab) {
           fns.push_back([&](int i) { run_rec((*rcopies)[i]); });
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
         }
-        if (rec16_ab) fns.push_back([&](int i) { with_rec16([&] { run_rec((*r16copies)[i]); }); });
         const size_t at_recprev = fns.size();
         if (rec_ab)
           fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
         auto st = measure_interleaved(fns);
         if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
-        if (rec16_ab) rec16 = st[4];
         rr.st = st[0];
         prev = st[1];
         rr.ratio_vs = "prev";
@@ -1886,15 +1868,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
         pr.bytes = double(rbytes);
         pr.flops = 0;
         push_row(pr);
-        if (rec16.reps > 0) {
-          Result c16 = derived_row(r, "records16", "records16", rec16, "records", rec16.best / rec.best,
-                                   "the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), interleaved; ratio = its time / the " +
-                                       std::to_string(rec_rows) + "-row records' (>1: those faster)");
-          c16.bytes = double(r16bytes);
-          with_rec16([&] { run_rec((*r16copies)[0]); });
-          check(c16);
-          push_row(c16);
-        }
         if (recprev.reps > 0) {
           Result cp = derived_row(r, "records-prevpass", "records-prevpass", recprev, "records", recprev.best / rec.best,
                                   "the same records, the previous M = 1 pass (EMOLLM_KQUANT_LEAN=0), interleaved; ratio = its time / the lean pass's (>1: lean faster)");
@@ -1910,8 +1883,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
 
 // q6_K's packed record layout (kquant_records.h, the default) against the previous one
 // (set_kq6_packed(false)) on the same weights, interleaved call by call: 64-row records cold
-// (rotated copies in 2 MiB pages), the same with q6_K's lean pass (EMOLLM_KQUANT_LEAN_Q6), the
-// 16-row records, and the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
+// (rotated copies in 2 MiB pages), the same with q6_K's lean pass (EMOLLM_KQUANT_LEAN_Q6) and
+// the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
 // runs on one copy, hot from L2 (where the unpacking's cost shows without the memory's).
 // Ratio = that row's time / the packed 64-row records' (>1: packed faster).
 void bench_kq6_packed(ThreadPool& pool) {
@@ -1957,10 +1930,9 @@ void bench_kq6_packed(ThreadPool& pool) {
       set_kq6_packed(true);
       return c;
     };
-    size_t rb = 0, rb16 = 0;
+    size_t rb = 0;
     auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_lean = records(64, true, &rb),
-         c_lean_prev = records(64, false, &rb), c_probe = records(64, true, &rb), c16 = records(16, true, &rb16),
-         c16_prev = records(16, false, &rb16);
+         c_lean_prev = records(64, false, &rb), c_probe = records(64, true, &rb);
     // one call on records of `rows` rows, layout `packed`, q6_K lean pass `lean`
     auto call = [&](const void* wp, int rows, bool packed, bool lean) {
       set_kquant_record_rows(rows);
@@ -1988,9 +1960,7 @@ void bench_kq6_packed(ThreadPool& pool) {
                                 [&](int i) { call((*c_prev)[i], 64, false, false); },
                                 [&](int i) { call((*c_lean)[i], 64, true, true); },
                                 [&](int i) { call((*c_lean_prev)[i], 64, false, true); },
-                                [&](int i) { read_probe_call(pool, (*c_probe)[i], rb); },
-                                [&](int i) { call((*c16)[i], 16, true, false); },
-                                [&](int i) { call((*c16_prev)[i], 16, false, false); }});
+                                [&](int i) { read_probe_call(pool, (*c_probe)[i], rb); }});
       rr.st = st[0];
       rr.ratio_vs = "prevlayout";
       rr.ratio = st[1].best / st[0].best;
@@ -1999,14 +1969,12 @@ void bench_kq6_packed(ThreadPool& pool) {
     if (!res) continue;
     table_row(*res);
     const Result base = *res;
-    const char* suffix[] = {"", "prevlayout", "lean", "lean-prevlayout", "probe-same-size", "records16", "records16-prevlayout"};
+    const char* suffix[] = {"", "prevlayout", "lean", "lean-prevlayout", "probe-same-size"};
     const char* notes[] = {"", "the previous layout (EMOLLM_KQ6_PACKED=0)", "packed, q6_K lean pass (EMOLLM_KQUANT_LEAN_Q6=1)",
-                           "previous layout, lean pass", "read probe over the records' bytes", "16-row records, packed",
-                           "16-row records, previous layout"};
-    for (int k = 1; k < 7; ++k) {
+                           "previous layout, lean pass", "read probe over the records' bytes"};
+    for (int k = 1; k < 5; ++k) {
       Result d = derived_row(base, suffix[k], suffix[k], st[size_t(k)], "emollm", st[size_t(k)].best / st[0].best, notes[k]);
       if (k == 4) d.flops = 0;
-      if (k >= 5) d.bytes = double(rb16);
       push_row(d);
     }
     settle();

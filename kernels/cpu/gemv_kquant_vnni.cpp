@@ -265,9 +265,9 @@ RowsFn pick_m(int64_t M) {
   }
 }
 
-// ---------------------------------------------------------------- the 16-row records (kquant_records.h)
+// ---------------------------------------------------------------- the records (kquant_records.h)
 //
-// Per record (16 rows x one super-block) and 32-element sub-block j, per X row: two int32 chains
+// Per group of 16 rows of a record (one super-block) and 32-element sub-block j, per X row: two int32 chains
 // of 4 vpdpbusd (quads 0-3 from the low nibbles, 4-7 from the high ones; activation bytes
 // broadcast from memory) give P_r, the exact sub-block sums of the 16 rows, one per lane; then
 //   q4_K: aA += float(sc_j * P) * dx_j       aM += float(m_j) * (dx_j S_j)    (per lane = row)
@@ -279,7 +279,9 @@ RowsFn pick_m(int64_t M) {
 // per fused multiply-add: 8 (16 with the mins) per super-block into aA / aM, then 1-2 into y: per
 // output at most K / 32 + 2 K / 256 + 1 deep, inside this file's (2 K / 32 + 8) 2^-24 bound.
 // A different f32 order from kq_rows (lane sums per row there): not bit-equal to it.
-// No horizontal sums, no permutes, scales one vpmovzx per 16 rows.
+// No horizontal sums, no permutes, scales one vpmovzx per 16 rows. (The 16-row records, G = 1,
+// and their own kernel are gone: 64-row records were 1.1-1.6x faster on q4_K (session 15) and
+// 0.92-1.33x, mostly >= 1.1x, on q6_K (session 16, bench_kernels gemv_kq6_packed's records16 rows).)
 
 // Per-call X data for the records: per X row m and sub-block b (index m * nb + b) dx_b, and
 // q4_K: dx_b * S_b (f32, exact) / q6_K: -32 S_h per half (int32, index m * 2 nb + h).
@@ -298,108 +300,12 @@ EMO_TK inline __m512i bcast32(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// Bytes ahead of the code line being read that each line load prefetches (EMOLLM_KQ_PREFETCH
-// for the bench's A/B; 0: none).
-int64_t rec_prefetch() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("EMOLLM_KQ_PREFETCH");
-    return e ? std::atoll(e) : int64_t(1024);
-  }();
-  return v;
-}
-
-// Groups [g0, g1) of 16 weight rows against the MB rows of X (P: q6_K's packed layout).
-template <DType T, int MB, bool P>
-EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
-                       int64_t N, int64_t g0, int64_t g1) {
-  constexpr bool q6 = T == DType::Q6_K;
-  const size_t rec = q6 ? kQ6KRecord : kQ4KRecord;
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  const int64_t pf = rec_prefetch();
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* p = Wr + size_t(g * ns) * rec;
-    __m512 y[MB];
-    for (int m = 0; m < MB; ++m) y[m] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < ns; ++s, p += rec) {
-      __m512 aA[MB], aM[MB];
-      for (int m = 0; m < MB; ++m) aA[m] = aM[m] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-      for (int j = 0; j < 8; ++j) {
-        const uint8_t* cl = p + kq_block_offset(q6, j);
-        __m512i lo[4], hi[4];
-        if constexpr (!q6) {
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            _mm_prefetch(reinterpret_cast<const char*>(cl + 64 * i + pf), _MM_HINT_T0);
-            const __m512i L = _mm512_load_si512(cl + 64 * i);
-            lo[i] = _mm512_and_si512(L, m4);
-            hi[i] = _mm512_and_si512(_mm512_srli_epi16(L, 4), m4);
-          }
-        } else {
-          __m512i v[6];
-#pragma GCC unroll 6
-          for (int i = 0; i < 6; ++i) {
-            _mm_prefetch(reinterpret_cast<const char*>(cl + 64 * i + pf), _MM_HINT_T0);
-            v[i] = _mm512_load_si512(cl + 64 * i);
-          }
-          kq6_codes<P>(v, lo, hi);
-        }
-        if constexpr (q6) {
-          const __m512i sc0 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j)));
-          const __m512i sc1 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j + 16)));
-          for (int m = 0; m < MB; ++m) {
-            const int8_t* x = xr.qs + m * xr.ldq + 256 * s + 32 * j;
-            const int32_t* ng = xr.neg + m * 2 * xr.nb + 16 * s + 2 * j;
-            __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; ++i) {
-              P0 = _mm512_dpbusd_epi32(P0, lo[i], bcast32(x + 4 * i));
-              P1 = _mm512_dpbusd_epi32(P1, hi[i], bcast32(x + 16 + 4 * i));
-            }
-            const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, sc0), _mm512_mullo_epi32(P1, sc1));
-            aA[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[m * xr.nb + 8 * s + j]), aA[m]);
-          }
-        } else {
-          const __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ4KSc + 16 * j)));
-          const __m512 mn = _mm512_cvtepi32_ps(
-              _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ4KMin + 16 * j))));
-          for (int m = 0; m < MB; ++m) {
-            const int8_t* x = xr.qs + m * xr.ldq + 256 * s + 32 * j;
-            __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; ++i) {
-              P0 = _mm512_dpbusd_epi32(P0, lo[i], bcast32(x + 4 * i));
-              P1 = _mm512_dpbusd_epi32(P1, hi[i], bcast32(x + 16 + 4 * i));
-            }
-            const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, P1), sc);
-            const int64_t b = m * xr.nb + 8 * s + j;
-            aA[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[b]), aA[m]);
-            aM[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xr.dxs[b]), aM[m]);
-          }
-        }
-      }
-      if constexpr (q6) {
-        const __m512 d = _mm512_load_ps(reinterpret_cast<const float*>(p));
-        for (int m = 0; m < MB; ++m) y[m] = _mm512_fmadd_ps(d, aA[m], y[m]);
-      } else {
-        const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
-        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
-        for (int m = 0; m < MB; ++m) y[m] = _mm512_fnmadd_ps(dm, aM[m], _mm512_fmadd_ps(d, aA[m], y[m]));
-      }
-    }
-    const int64_t n0 = g * kKqRows;
-    const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
-    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(Y + m * ldy + n0, k, _mm512_add_ps(y[m], bv));
-  }
-}
-
 // ---------------------------------------------------------------- records of G = 2 or 4 groups (32 or 64 rows)
 //
-// Per row the arithmetic of kq_records above, step for step (the same int32 chains, the same
-// fused multiply-adds into aA / aM over the sub-blocks in order, the same update of y per
-// super-block): every output is bit for bit what the 16-row records give; only the order in
-// which the groups' independent chains are interleaved differs. At M = 1 a sub-block is done for
+// Per group of 16 rows the arithmetic above, step for step (the same int32 chains, the same fused
+// multiply-adds into aA / aM over the sub-blocks in order, the same update of y per super-block):
+// every output is bit for bit the same for 32 and 64-row records (and the 16-row ones this
+// replaced); only the order in which the groups' independent chains are interleaved differs. At M = 1 a sub-block is done for
 // the G groups of a record together, against one set of activation broadcasts (the q4_0
 // records' pass of 4 groups, gemv_repacked.cpp groups_avx512): 16 G code lines read in a row,
 // 8 broadcasts per 4 G lines instead of per 4. At M > 1 (MB G accumulators would not fit the
@@ -407,7 +313,7 @@ EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const floa
 // super-blocks.
 
 // One group's sub-block j of a record: the codes unpacked to lo (quads 0-3) / hi (4-7) and the
-// scales, as kq_records reads them.
+// scales.
 template <bool Q6>
 struct KqSub {
   __m512i lo[4], hi[4];
@@ -450,7 +356,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_load_x(const XRec& xr, int 
   for (int i = 0; i < 4; ++i) x[i] = bcast32(xp + 4 * i), x[4 + i] = bcast32(xp + 16 + 4 * i);
 }
 
-// kq_records' per-row step for one group's sub-block against X row m.
+// The per-group step (above) for one group's sub-block against X row m.
 template <bool Q6>
 __attribute__((always_inline)) EMO_TK inline void kq_dot_sub(const KqSub<Q6>& b, const __m512i (&x)[8], const XRec& xr,
                                                              int m, int64_t s, int j, __m512& aA, __m512& aM) {
@@ -477,7 +383,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_dot_sub(const KqSub<Q6>& b,
   }
 }
 
-// kq_records' update of y at the end of a super-block, group gi.
+// The update of y at the end of a super-block (above), group gi.
 template <bool Q6, int G>
 __attribute__((always_inline)) EMO_TK inline __m512 kq_y_update(const uint8_t* p, int gi, __m512 y, __m512 aA, __m512 aM) {
   const KqLayout L{Q6, G, 0};
@@ -768,25 +674,6 @@ SgFn pick_sg_g(bool q6, int64_t M) {
 }
 SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : pick_sg_g<4>(q6, M); }
 
-using RecFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t);
-template <DType T, bool P>
-RecFn pick_rec_m(int64_t M) {
-  switch (M) {
-    case 1: return &kq_records<T, 1, P>;
-    case 2: return &kq_records<T, 2, P>;
-    case 3: return &kq_records<T, 3, P>;
-    case 4: return &kq_records<T, 4, P>;
-    case 5: return &kq_records<T, 5, P>;
-    case 6: return &kq_records<T, 6, P>;
-    case 7: return &kq_records<T, 7, P>;
-    default: return &kq_records<T, 8, P>;
-  }
-}
-RecFn pick_rec(bool q6, int64_t M) {
-  if (!q6) return pick_rec_m<DType::Q4_K, false>(M);
-  return kq6_packed() ? pick_rec_m<DType::Q6_K, true>(M) : pick_rec_m<DType::Q6_K, false>(M);
-}
-
 // XRec's per-call arrays for the M rows of q into out: dx (M nb), then q4_K dx S (M nb) or q6_K
 // -32 S_h (2 M nb int32).
 EMO_TK void x_records(const QX& q, int64_t M, int64_t K, bool q6, float* out) {
@@ -864,13 +751,6 @@ void gemv_kquant_records_multi(const Args* outs, int n) {
       }
     };
   };
-  if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
-    const RecFn fn = pick_rec(q6, 1);
-    parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
-                      fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1);
-                    }));
-    return;
-  }
   const SgFn fn = pick_sg(q6, G, 1);
   sg_dispatch(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
                 fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1, true);
@@ -895,11 +775,6 @@ void gemv_kquant_records(const Args& a) {
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = sg_chunk(groups, nth);
   const bool par = a.M * a.N * a.K >= kParallelMinMacs;
-  if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
-    const RecFn fn = pick_rec(q6, a.M);
-    parallel_chunks(a.pool, par, groups, chunk, [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1); });
-    return;
-  }
   const SgFn fn = pick_sg(q6, G, a.M);
   sg_dispatch(a.pool, par, groups, chunk,
               [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1, true); });

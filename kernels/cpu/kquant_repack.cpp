@@ -1,5 +1,5 @@
-// q4_K / q6_K weights rearranged once (at load) into kquant_records.h's 16-row records, which the
-// decode GEMV streams as one sequential read per 16 rows with one vpdpbusd per 4 elements of 16
+// q4_K / q6_K weights rearranged once (at load) into kquant_records.h's 32 / 64-row records, which the
+// decode GEMV streams as one sequential read per record row range with one vpdpbusd per 4 elements of 16
 // rows and the scales already one byte per lane (gemv_kquant_vnni.cpp), and which the prefill
 // GEMM reads as well (gemm_kquant_vnni.cpp). The GGUF layout made the previous decode kernel
 // unpack each row's 12 scale bytes with scalar code, permute the scales over the lanes once per
@@ -111,12 +111,13 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
         rec[L.codes(gi, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k] |= uint8_t((u[32 * j + 4 * q + k] >> 4) << (2 * (q % 4)));
 }
 
-// Groups per record (kquant_records.h): EMOLLM_KQUANT_RECORD_ROWS = 16, 32 or 64 (default).
+// Groups per record (kquant_records.h): EMOLLM_KQUANT_RECORD_ROWS = 32 or 64 (default; anything
+// else, the removed 16 included, reads as 64).
 std::atomic<int>& record_groups() {
   static std::atomic<int> g{[] {
     const char* e = std::getenv("EMOLLM_KQUANT_RECORD_ROWS");
     const int rows = e ? std::atoi(e) : 64;
-    return rows == 16 ? 1 : rows == 32 ? 2 : 4;
+    return rows == 32 ? 2 : 4;
   }()};
   return g;
 }
@@ -134,7 +135,7 @@ bool kq6_packed() { return kq6_packed_flag().on(); }
 int kquant_record_groups() { return record_groups().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 void set_kquant_record_rows(int rows) {
-  EMOLLM_CHECK_ARG(rows == 16 || rows == 32 || rows == 64, "set_kquant_record_rows: 16, 32 or 64");
+  EMOLLM_CHECK_ARG(rows == 32 || rows == 64, "set_kquant_record_rows: 32 or 64");
   record_groups().store(rows / gemm_detail::kKqRows, std::memory_order_relaxed);
 }
 
