@@ -499,7 +499,10 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 //    sub-block order: the same fused multiply-adds, fewer registers live in the code loop.
 // Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
 // 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
-// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1.
+// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1. (Session 16: q6_K's lines are
+// now loaded once here too (the empty asm), and with the packed layout the lean pass read
+// 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
+// left opt-in for a quiet A/B.)
 // Super-groups a lean pass walks side by side (EMOLLM_KQ_STREAMS: 1, 2 or 4; default 1) and how
 // far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes; default 2 KiB with
 // several streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Tried because one thread's
