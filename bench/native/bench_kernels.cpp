@@ -1814,7 +1814,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       auto check = [&](Result& row) {
         set_check(row, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
       };
-      // kquant_repack's 16-row records (what a loaded model decodes on, in 2 MiB pages) and the
+      // kquant_repack's records (what a loaded model decodes on, in 2 MiB pages) and the
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
