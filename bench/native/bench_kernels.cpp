@@ -1814,20 +1814,11 @@ void bench_kquant_gemv(ThreadPool& pool) {
       auto check = [&](Result& row) {
         set_check(row, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
       };
-      // kquant_repack's 16-row records (what a loaded model decodes on, in 2 MiB pages) and the
+      // kquant_repack's records (what a loaded model decodes on, in 2 MiB pages) and the
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies, r16copies, rprevcopies;
-      // the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), when the default is not them
-      const int rec_rows = int(kquant_record_rows());
-      const bool rec16_ab = rec_ab && rec_rows != 16;
-      auto with_rec16 = [&](auto&& fn) {
-        set_kquant_record_rows(16);
-        fn();
-        set_kquant_record_rows(rec_rows);
-      };
-      size_t r16bytes = 0;
+      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies;
       if (rec_ab) {
         Buf<uint8_t> rsrc = alloc_huge(rbytes);
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
@@ -1836,28 +1827,19 @@ void bench_kquant_gemv(ThreadPool& pool) {
         // the previous M = 1 pass over the same records (set_kquant_lean(false)), its own cold copies
         rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
-      if (rec16_ab)
-        with_rec16([&] {
-          r16bytes = kquant_repack_bytes(t, N, K);
-          Buf<uint8_t> rsrc = alloc_huge(r16bytes);
-          kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
-          r16copies.reset(new Copies(rsrc.get(), r16bytes, decode_copies(r16bytes), &pool, true));
-        });
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, rec16, recprev;
+      Stats prev, rec, same_size, recprev;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
         if (rec_ab) {
           fns.push_back([&](int i) { run_rec((*rcopies)[i]); });
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
         }
-        if (rec16_ab) fns.push_back([&](int i) { with_rec16([&] { run_rec((*r16copies)[i]); }); });
         const size_t at_recprev = fns.size();
         if (rec_ab)
           fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
         auto st = measure_interleaved(fns);
         if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
-        if (rec16_ab) rec16 = st[4];
         rr.st = st[0];
         prev = st[1];
         rr.ratio_vs = "prev";
@@ -1886,15 +1868,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
         pr.bytes = double(rbytes);
         pr.flops = 0;
         push_row(pr);
-        if (rec16.reps > 0) {
-          Result c16 = derived_row(r, "records16", "records16", rec16, "records", rec16.best / rec.best,
-                                   "the previous 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16), interleaved; ratio = its time / the " +
-                                       std::to_string(rec_rows) + "-row records' (>1: those faster)");
-          c16.bytes = double(r16bytes);
-          with_rec16([&] { run_rec((*r16copies)[0]); });
-          check(c16);
-          push_row(c16);
-        }
         if (recprev.reps > 0) {
           Result cp = derived_row(r, "records-prevpass", "records-prevpass", recprev, "records", recprev.best / rec.best,
                                   "the same records, the previous M = 1 pass (EMOLLM_KQUANT_LEAN=0), interleaved; ratio = its time / the lean pass's (>1: lean faster)");
@@ -1906,6 +1879,106 @@ void bench_kquant_gemv(ThreadPool& pool) {
       }
       settle();
     }
+}
+
+// q6_K's packed record layout (kquant_records.h, the default) against the previous one
+// (set_kq6_packed(false)) on the same weights, interleaved call by call: 64-row records cold
+// (rotated copies in 2 MiB pages), the same with q6_K's lean pass (EMOLLM_KQUANT_LEAN_Q6) and
+// the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
+// runs on one copy, hot from L2 (where the unpacking's cost shows without the memory's).
+// Ratio = that row's time / the packed 64-row records' (>1: packed faster).
+void bench_kq6_packed(ThreadPool& pool) {
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+    bool hot;
+  };
+  const Shape shapes[] = {{"l2", 256, 2048, true},           {"llama1b.qkvo", 2048, 2048, false},
+                          {"llama1b.gate_up", 5632, 2048, false}, {"llama1b.down", 2048, 5632, false},
+                          {"llama.qkvo", 4096, 4096, false},      {"llama.gate_up", 11008, 4096, false},
+                          {"llama.down", 4096, 11008, false}};
+  const DType t = DType::Q6_K;
+  bool header = false;
+  for (const Shape& sh : shapes) {
+    const std::string name = std::string("gemv_kq6_packed/") + sh.name + "/q6_K";
+    if (!selected(name)) continue;
+    if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+    if (!kquant_repacked_usable()) continue;
+    if (!header) {
+      table_header("q6_K records M=1: packed high-bit layout vs the previous (interleaved; ratio = row time / packed 64-row time, >1: packed faster)");
+      header = true;
+    }
+    const int64_t N = sh.N, K = sh.K;
+    progress(name + ": preparing weights");
+    Buf<float> w = make_aligned<float>(size_t(N * K));
+    fill_random(w.get(), N * K, 41 + uint64_t(N) + uint64_t(K), &pool);
+    const size_t wb = dtype_row_bytes(t, K) * size_t(N);
+    Buf<uint8_t> q = make_aligned<uint8_t>(wb);
+    quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+    Buf<float> x = make_aligned<float>(size_t(K)), y = make_aligned<float>(size_t(N));
+    fill_random(x.get(), K, 79, &pool);
+    const int rows0 = int(kquant_record_rows());
+    // copies of the records packed with `rows` rows a record and the layout `packed`
+    auto records = [&](int rows, bool packed, size_t* bytes) {
+      set_kquant_record_rows(rows);
+      set_kq6_packed(packed);
+      *bytes = kquant_repack_bytes(t, N, K);
+      Buf<uint8_t> src = alloc_huge(*bytes);
+      kquant_repack(q.get(), t, N, K, src.get(), &pool);
+      std::unique_ptr<Copies> c(new Copies(src.get(), *bytes, sh.hot ? 1 : decode_copies(*bytes), &pool, true));
+      set_kquant_record_rows(rows0);
+      set_kq6_packed(true);
+      return c;
+    };
+    size_t rb = 0;
+    auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_lean = records(64, true, &rb),
+         c_lean_prev = records(64, false, &rb), c_probe = records(64, true, &rb);
+    // one call on records of `rows` rows, layout `packed`, q6_K lean pass `lean`
+    auto call = [&](const void* wp, int rows, bool packed, bool lean) {
+      set_kquant_record_rows(rows);
+      set_kq6_packed(packed);
+      gemm_detail::set_kquant_lean_q6(lean);
+      gemm_kquant_repacked(x.get(), K, wp, t, nullptr, y.get(), N, 1, N, K, &pool);
+      set_kquant_record_rows(rows0);
+      set_kq6_packed(true);
+      gemm_detail::set_kquant_lean_q6(false);
+    };
+    Result r;
+    r.section = "gemm";
+    r.name = name;
+    r.label = std::string(sh.name) + " M=1";
+    r.dtype = dtype_name(t);
+    r.impl = "emollm";
+    r.M = 1;
+    r.N = N;
+    r.K = K;
+    r.flops = 2.0 * double(N) * double(K);
+    r.bytes = double(rb);
+    std::vector<Stats> st;
+    Result* res = run_case(r, [&](Result& rr) {
+      st = measure_interleaved({[&](int i) { call((*c_new)[i], 64, true, false); },
+                                [&](int i) { call((*c_prev)[i], 64, false, false); },
+                                [&](int i) { call((*c_lean)[i], 64, true, true); },
+                                [&](int i) { call((*c_lean_prev)[i], 64, false, true); },
+                                [&](int i) { read_probe_call(pool, (*c_probe)[i], rb); }});
+      rr.st = st[0];
+      rr.ratio_vs = "prevlayout";
+      rr.ratio = st[1].best / st[0].best;
+      rr.note = std::string(sh.hot ? "hot (1 copy, L2)" : "cold") + ", 64-row records, packed layout";
+    });
+    if (!res) continue;
+    table_row(*res);
+    const Result base = *res;
+    const char* suffix[] = {"", "prevlayout", "lean", "lean-prevlayout", "probe-same-size"};
+    const char* notes[] = {"", "the previous layout (EMOLLM_KQ6_PACKED=0)", "packed, q6_K lean pass (EMOLLM_KQUANT_LEAN_Q6=1)",
+                           "previous layout, lean pass", "read probe over the records' bytes"};
+    for (int k = 1; k < 5; ++k) {
+      Result d = derived_row(base, suffix[k], suffix[k], st[size_t(k)], "emollm", st[size_t(k)].best / st[0].best, notes[k]);
+      if (k == 4) d.flops = 0;
+      push_row(d);
+    }
+    settle();
+  }
 }
 
 // Batched decode (2 <= M <= 16, BF16 / F16): gemm_huge_pages on cold copies in 2 MiB pages (what a
@@ -3049,6 +3122,7 @@ int main(int argc, char** argv) {
     for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
     bench_fused(pool);
     bench_kquant_gemv(pool);
+    bench_kq6_packed(pool);
     bench_batched_decode(pool);
     bench_attention(pool);
     bench_attention_bf16(pool);
@@ -3102,6 +3176,7 @@ int main(int argc, char** argv) {
   }
   bench_fused(pool);
   bench_kquant_gemv(pool);
+  bench_kq6_packed(pool);
   bench_batched_decode(pool);
   bench_attention(pool);
   bench_attention_bf16(pool);

@@ -4,7 +4,9 @@
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
-// AB_PROMPT=n prompt tokens first, default 16):
+// kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
+// loaded twice, off and on, and the blocks alternate between the two; AB_PROMPT=n prompt tokens
+// first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -25,14 +27,18 @@
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_streams
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
+#include "cpu/kernels.h"             // set_kq6_packed
 #include "model/llama.h"
 using namespace emollm;
-// AB_SWITCH=kv_f16: "on" decodes in a second context whose KV cache is f16 (the same prompt first)
-static bool g_kv_half = false;
+// Where the "on" blocks decode: the same context; a second context on the same model whose KV
+// cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
+// the weights are packed). The second context gets the same prompt first.
+enum class OnContext { Same, KvF16, ReloadedModel };
 // The switches AB_SWITCH names: each sets the path off (false) or on (true).
 struct AbSwitch {
   const char* name;
   void (*set)(bool);
+  OnContext on_context = OnContext::Same;
 };
 const AbSwitch kSwitches[] = {
     {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
@@ -48,23 +54,26 @@ const AbSwitch kSwitches[] = {
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
-    {"kv_f16", [](bool on) { g_kv_half = on; }},
+    {"kv_f16", [](bool) {}, OnContext::KvF16},
+    {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
             block = argc > 4 ? std::atoi(argv[4]) : 16;
   const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "next_prefetch";
-  void (*set)(bool) = nullptr;
+  const AbSwitch* chosen = nullptr;
   for (const AbSwitch& k : kSwitches)
-    if (!std::strcmp(sw, k.name)) set = k.set;
-  if (!set) {
+    if (!std::strcmp(sw, k.name)) chosen = &k;
+  if (!chosen) {
     std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (", sw);
     for (const AbSwitch& k : kSwitches) std::fprintf(stderr, "%s%s", &k == kSwitches ? "" : ", ", k.name);
     std::fprintf(stderr, ")\n");
     return 2;
   }
   std::printf("switch %s\n", sw);
+  void (*const set)(bool) = chosen->set;
+  if (chosen->on_context == OnContext::ReloadedModel) set(false);
   LlamaLoadOptions lo; lo.threads = threads;
   auto m = LlamaModel::load(argv[1], lo);
   // AB_PROMPT=n: n prompt tokens first (default 16), so the decode attention reads a longer cache
@@ -74,13 +83,18 @@ int main(int argc, char** argv) {
   std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
   for (int i = 0; i < n_prompt; ++i) prompt[size_t(i)] = 300 + (37 * i) % 20000;
   ctx.eval(prompt.data(), n_prompt);
-  std::unique_ptr<LlamaContext> ctx_half;
-  if (!std::strcmp(sw, "kv_f16")) {
+  decltype(m) m_on;
+  std::unique_ptr<LlamaContext> ctx_on;
+  if (chosen->on_context == OnContext::KvF16) {
     LlamaContextOptions oh = o;
     oh.kv_type = DType::F16;
-    ctx_half = std::make_unique<LlamaContext>(m, oh);
-    ctx_half->eval(prompt.data(), n_prompt);
+    ctx_on = std::make_unique<LlamaContext>(m, oh);
+  } else if (chosen->on_context == OnContext::ReloadedModel) {
+    set(true);
+    m_on = LlamaModel::load(argv[1], lo);
+    ctx_on = std::make_unique<LlamaContext>(m_on, o);
   }
+  if (ctx_on) ctx_on->eval(prompt.data(), n_prompt);
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
   auto run = [&](bool on) {
@@ -88,7 +102,7 @@ int main(int argc, char** argv) {
     timespec c0, c1;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     auto t0 = std::chrono::steady_clock::now();
-    LlamaContext& c = g_kv_half && ctx_half ? *ctx_half : ctx;
+    LlamaContext& c = on && ctx_on ? *ctx_on : ctx;
     for (int i = 0; i < block; ++i) { c.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

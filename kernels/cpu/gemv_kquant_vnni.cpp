@@ -265,9 +265,9 @@ RowsFn pick_m(int64_t M) {
   }
 }
 
-// ---------------------------------------------------------------- the 16-row records (kquant_records.h)
+// ---------------------------------------------------------------- the records (kquant_records.h)
 //
-// Per record (16 rows x one super-block) and 32-element sub-block j, per X row: two int32 chains
+// Per group of 16 rows of a record (one super-block) and 32-element sub-block j, per X row: two int32 chains
 // of 4 vpdpbusd (quads 0-3 from the low nibbles, 4-7 from the high ones; activation bytes
 // broadcast from memory) give P_r, the exact sub-block sums of the 16 rows, one per lane; then
 //   q4_K: aA += float(sc_j * P) * dx_j       aM += float(m_j) * (dx_j S_j)    (per lane = row)
@@ -279,7 +279,9 @@ RowsFn pick_m(int64_t M) {
 // per fused multiply-add: 8 (16 with the mins) per super-block into aA / aM, then 1-2 into y: per
 // output at most K / 32 + 2 K / 256 + 1 deep, inside this file's (2 K / 32 + 8) 2^-24 bound.
 // A different f32 order from kq_rows (lane sums per row there): not bit-equal to it.
-// No horizontal sums, no permutes, scales one vpmovzx per 16 rows.
+// No horizontal sums, no permutes, scales one vpmovzx per 16 rows. (The 16-row records, G = 1,
+// and their own kernel are gone: 64-row records were 1.1-1.6x faster on q4_K (session 15) and
+// 0.92-1.33x, mostly >= 1.1x, on q6_K (session 16, bench_kernels gemv_kq6_packed's records16 rows).)
 
 // Per-call X data for the records: per X row m and sub-block b (index m * nb + b) dx_b, and
 // q4_K: dx_b * S_b (f32, exact) / q6_K: -32 S_h per half (int32, index m * 2 nb + h).
@@ -298,103 +300,12 @@ EMO_TK inline __m512i bcast32(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// Bytes ahead of the code line being read that each line load prefetches (EMOLLM_KQ_PREFETCH
-// for the bench's A/B; 0: none).
-int64_t rec_prefetch() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("EMOLLM_KQ_PREFETCH");
-    return e ? std::atoll(e) : int64_t(1024);
-  }();
-  return v;
-}
-
-// Groups [g0, g1) of 16 weight rows against the MB rows of X.
-template <DType T, int MB>
-EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
-                       int64_t N, int64_t g0, int64_t g1) {
-  constexpr bool q6 = T == DType::Q6_K;
-  const size_t rec = q6 ? kQ6KRecord : kQ4KRecord;
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-  const int64_t pf = rec_prefetch();
-  for (int64_t g = g0; g < g1; ++g) {
-    const uint8_t* p = Wr + size_t(g * ns) * rec;
-    __m512 y[MB];
-    for (int m = 0; m < MB; ++m) y[m] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < ns; ++s, p += rec) {
-      __m512 aA[MB], aM[MB];
-      for (int m = 0; m < MB; ++m) aA[m] = aM[m] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-      for (int j = 0; j < 8; ++j) {
-        const uint8_t* cl = p + kq_block_offset(q6, j);
-        __m512i lo[4], hi[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          _mm_prefetch(reinterpret_cast<const char*>(cl + 64 * i + pf), _MM_HINT_T0);
-          const __m512i L = _mm512_load_si512(cl + 64 * i);
-          lo[i] = _mm512_and_si512(L, m4);
-          hi[i] = _mm512_and_si512(_mm512_srli_epi16(L, 4), m4);
-        }
-        if constexpr (q6) {
-          const uint8_t* hl = cl + kQ6KHigh;
-          _mm_prefetch(reinterpret_cast<const char*>(hl + pf), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(hl + 64 + pf), _MM_HINT_T0);
-          const __m512i H0 = _mm512_load_si512(hl), H1 = _mm512_load_si512(hl + 64);
-          kq6_merge_high(lo, hi, H0, H1, m30);
-          const __m512i sc0 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j)));
-          const __m512i sc1 = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ6KSc + 32 * j + 16)));
-          for (int m = 0; m < MB; ++m) {
-            const int8_t* x = xr.qs + m * xr.ldq + 256 * s + 32 * j;
-            const int32_t* ng = xr.neg + m * 2 * xr.nb + 16 * s + 2 * j;
-            __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; ++i) {
-              P0 = _mm512_dpbusd_epi32(P0, lo[i], bcast32(x + 4 * i));
-              P1 = _mm512_dpbusd_epi32(P1, hi[i], bcast32(x + 16 + 4 * i));
-            }
-            const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, sc0), _mm512_mullo_epi32(P1, sc1));
-            aA[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[m * xr.nb + 8 * s + j]), aA[m]);
-          }
-        } else {
-          const __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ4KSc + 16 * j)));
-          const __m512 mn = _mm512_cvtepi32_ps(
-              _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p + kQ4KMin + 16 * j))));
-          for (int m = 0; m < MB; ++m) {
-            const int8_t* x = xr.qs + m * xr.ldq + 256 * s + 32 * j;
-            __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; ++i) {
-              P0 = _mm512_dpbusd_epi32(P0, lo[i], bcast32(x + 4 * i));
-              P1 = _mm512_dpbusd_epi32(P1, hi[i], bcast32(x + 16 + 4 * i));
-            }
-            const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, P1), sc);
-            const int64_t b = m * xr.nb + 8 * s + j;
-            aA[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(xr.dx[b]), aA[m]);
-            aM[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xr.dxs[b]), aM[m]);
-          }
-        }
-      }
-      if constexpr (q6) {
-        const __m512 d = _mm512_load_ps(reinterpret_cast<const float*>(p));
-        for (int m = 0; m < MB; ++m) y[m] = _mm512_fmadd_ps(d, aA[m], y[m]);
-      } else {
-        const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
-        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
-        for (int m = 0; m < MB; ++m) y[m] = _mm512_fnmadd_ps(dm, aM[m], _mm512_fmadd_ps(d, aA[m], y[m]));
-      }
-    }
-    const int64_t n0 = g * kKqRows;
-    const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
-    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(Y + m * ldy + n0, k, _mm512_add_ps(y[m], bv));
-  }
-}
-
 // ---------------------------------------------------------------- records of G = 2 or 4 groups (32 or 64 rows)
 //
-// Per row the arithmetic of kq_records above, step for step (the same int32 chains, the same
-// fused multiply-adds into aA / aM over the sub-blocks in order, the same update of y per
-// super-block): every output is bit for bit what the 16-row records give; only the order in
-// which the groups' independent chains are interleaved differs. At M = 1 a sub-block is done for
+// Per group of 16 rows the arithmetic above, step for step (the same int32 chains, the same fused
+// multiply-adds into aA / aM over the sub-blocks in order, the same update of y per super-block):
+// every output is bit for bit the same for 32 and 64-row records (and the 16-row ones this
+// replaced); only the order in which the groups' independent chains are interleaved differs. At M = 1 a sub-block is done for
 // the G groups of a record together, against one set of activation broadcasts (the q4_0
 // records' pass of 4 groups, gemv_repacked.cpp groups_avx512): 16 G code lines read in a row,
 // 8 broadcasts per 4 G lines instead of per 4. At M > 1 (MB G accumulators would not fit the
@@ -402,7 +313,7 @@ EMO_TK void kq_records(const uint8_t* Wr, int64_t ns, const XRec& xr, const floa
 // super-blocks.
 
 // One group's sub-block j of a record: the codes unpacked to lo (quads 0-3) / hi (4-7) and the
-// scales, as kq_records reads them.
+// scales.
 template <bool Q6>
 struct KqSub {
   __m512i lo[4], hi[4];
@@ -410,21 +321,25 @@ struct KqSub {
   __m512 mn;         // q4_K: the mins
 };
 
-template <bool Q6, int G>
+template <bool Q6, int G, bool P>
 __attribute__((always_inline)) EMO_TK inline void kq_load_sub(const uint8_t* p, int gi, int j, KqSub<Q6>& b) {
   const KqLayout L{Q6, G, 0};
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   const uint8_t* cl = p + L.codes(gi, j);
+  if constexpr (!Q6) {
 #pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    const __m512i v = _mm512_load_si512(cl + 64 * i);
-    b.lo[i] = _mm512_and_si512(v, m4);
-    b.hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    for (int i = 0; i < 4; ++i) {
+      const __m512i v = _mm512_load_si512(cl + 64 * i);
+      b.lo[i] = _mm512_and_si512(v, m4);
+      b.hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    }
   }
   auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p + off)); };
   if constexpr (Q6) {
-    const __m512i H0 = _mm512_load_si512(cl + kQ6KHigh), H1 = _mm512_load_si512(cl + kQ6KHigh + 64);
-    kq6_merge_high(b.lo, b.hi, H0, H1, _mm512_set1_epi8(0x30));
+    __m512i v[6];
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i) v[i] = _mm512_load_si512(cl + 64 * i);
+    kq6_codes<P>(v, b.lo, b.hi);
     b.sc0 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)));
     b.sc1 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)));
   } else {
@@ -441,7 +356,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_load_x(const XRec& xr, int 
   for (int i = 0; i < 4; ++i) x[i] = bcast32(xp + 4 * i), x[4 + i] = bcast32(xp + 16 + 4 * i);
 }
 
-// kq_records' per-row step for one group's sub-block against X row m.
+// The per-group step (above) for one group's sub-block against X row m.
 template <bool Q6>
 __attribute__((always_inline)) EMO_TK inline void kq_dot_sub(const KqSub<Q6>& b, const __m512i (&x)[8], const XRec& xr,
                                                              int m, int64_t s, int j, __m512& aA, __m512& aM) {
@@ -468,7 +383,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_dot_sub(const KqSub<Q6>& b,
   }
 }
 
-// kq_records' update of y at the end of a super-block, group gi.
+// The update of y at the end of a super-block (above), group gi.
 template <bool Q6, int G>
 __attribute__((always_inline)) EMO_TK inline __m512 kq_y_update(const uint8_t* p, int gi, __m512 y, __m512 aA, __m512 aM) {
   const KqLayout L{Q6, G, 0};
@@ -495,7 +410,7 @@ int64_t sg_prefetch() {
 // prefetched pf bytes ahead, the record's lines spread over its 8 sub-block steps (every line,
 // scales included: the 16-row kernel prefetched the code lines only); `cold`: the range's first
 // pf bytes are prefetched before starting (nothing earlier did).
-template <DType T, int MB, int G>
+template <DType T, int MB, int G, bool P>
 EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
                           int64_t N, int64_t q0, int64_t q1, bool cold) {
   constexpr bool q6 = T == DType::Q6_K;
@@ -529,7 +444,7 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 #pragma GCC unroll 4
           for (int gi = 0; gi < G; ++gi) {
             KqSub<q6> b;
-            kq_load_sub<q6, G>(p, gi, j, b);
+            kq_load_sub<q6, G, P>(p, gi, j, b);
             kq_dot_sub<q6>(b, x, xr, 0, s, j, aA[gi], aM[gi]);
           }
         }
@@ -542,7 +457,7 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
           for (int j = 0; j < 8; ++j) {
             if (gi == 0) prefetch_step(j);
             KqSub<q6> b;
-            kq_load_sub<q6, G>(p, gi, j, b);
+            kq_load_sub<q6, G, P>(p, gi, j, b);
             for (int m = 0; m < MB; ++m) {
               __m512i x[8];
               kq_load_x(xr, m, s, j, x);
@@ -584,7 +499,10 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 //    sub-block order: the same fused multiply-adds, fewer registers live in the code loop.
 // Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
 // 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
-// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1.
+// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1. (Session 16: q6_K's lines are
+// now loaded once here too (the empty asm), and with the packed layout the lean pass read
+// 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
+// left opt-in for a quiet A/B.)
 // Super-groups a lean pass walks side by side (EMOLLM_KQ_STREAMS: 1, 2 or 4; default 1) and how
 // far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes; default 2 KiB with
 // several streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Tried because one thread's
@@ -613,14 +531,14 @@ int64_t kq_stream_prefetch(int streams) {
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; the min terms (which do not
 // depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
-template <DType T, int G, int S>
+template <DType T, int G, int S, bool P>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
                                                                   int64_t pf, __m512 (&y)[S][G]) {
   constexpr bool q6 = T == DType::Q6_K;
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const KqLayout L{q6, G, 0};
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
   __m512 aA[S][G];
 #pragma GCC unroll 16
   for (int k = 0; k < S; ++k)
@@ -640,21 +558,16 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
 #pragma GCC unroll 4
       for (int k = 0; k < S; ++k) {
         const uint8_t* cl = p[k] + L.codes(gi, j);
-        __m512i v[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
+        __m512i v[6];
+#pragma GCC unroll 6
+        for (int i = 0; i < (q6 ? 6 : 4); ++i) {
           v[i] = _mm512_load_si512(cl + 64 * i);
-          if constexpr (!q6) __asm__("" : "+v"(v[i]));
+          __asm__("" : "+v"(v[i]));
         }
         auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + off)); };
         if constexpr (q6) {
           __m512i lo[4], hi[4];
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            lo[i] = _mm512_and_si512(v[i], m4);
-            hi[i] = _mm512_and_si512(_mm512_srli_epi16(v[i], 4), m4);
-          }
-          kq6_merge_high(lo, hi, _mm512_load_si512(cl + kQ6KHigh), _mm512_load_si512(cl + kQ6KHigh + 64), m30);
+          kq6_codes<P>(v, lo, hi);
           const int32_t* ng = xr.neg + 16 * s + 2 * j;
           __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
 #pragma GCC unroll 4
@@ -695,7 +608,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
 
 // Super-groups [q0, q0 + S) side by side (each prefetched pf bytes ahead along itself; `cold`: the
 // first pf bytes of each before starting). Each output's arithmetic is kq_records_sg<T, 1, G>'s.
-template <DType T, int G, int S>
+template <DType T, int G, int S, bool P>
 EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
                             int64_t q0, int64_t pf, bool cold) {
   constexpr bool q6 = T == DType::Q6_K;
@@ -710,7 +623,7 @@ EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const
   for (int k = 0; k < S; ++k)
     for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
   for (int64_t s = 0; s < ns; ++s) {
-    kq_lean_records<T, G, S>(p, s, xr, pf, y);
+    kq_lean_records<T, G, S, P>(p, s, xr, pf, y);
     for (int k = 0; k < S; ++k) p[k] += rec;
   }
   for (int k = 0; k < S; ++k)
@@ -726,55 +639,43 @@ EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const
 // Super-groups [q0, q1): kq_streams() at a time, the rest fewer. With several streams every batch
 // prefetches its own starts (a stream's prefetch runs into the next super-group, which the next
 // batch reads as another stream's middle, not its start).
-template <DType T, int G>
+template <DType T, int G, bool P>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
   const int S = kq_streams();
   const int64_t pf = kq_stream_prefetch(S);
   int64_t q = q0;
   if (S == 4)
-    for (; q + 4 <= q1; q += 4) kq_lean_streams<T, G, 4>(Wr, ns, xr, bias, Y, N, q, pf, true);
+    for (; q + 4 <= q1; q += 4) kq_lean_streams<T, G, 4, P>(Wr, ns, xr, bias, Y, N, q, pf, true);
   if (S >= 2)
-    for (; q + 2 <= q1; q += 2) kq_lean_streams<T, G, 2>(Wr, ns, xr, bias, Y, N, q, pf, true);
+    for (; q + 2 <= q1; q += 2) kq_lean_streams<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, pf, true);
   // one stream: only the range's start is cold (each super-group's prefetch runs into the next)
-  for (; q < q1; ++q) kq_lean_streams<T, G, 1>(Wr, ns, xr, bias, Y, N, q, S == 1 ? pf : sg_prefetch(), S > 1 || (cold && q == q0));
+  for (; q < q1; ++q) kq_lean_streams<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, S == 1 ? pf : sg_prefetch(), S > 1 || (cold && q == q0));
 }
 
 using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       bool);
-template <DType T, int G>
+template <DType T, int G, bool P>
 SgFn pick_sg_m(int64_t M) {
   switch (M) {
     case 1:
-      return kquant_lean() && (T != DType::Q6_K || kquant_lean_q6()) ? &kq_records_sg_lean<T, G> : &kq_records_sg<T, 1, G>;
-    case 2: return &kq_records_sg<T, 2, G>;
-    case 3: return &kq_records_sg<T, 3, G>;
-    case 4: return &kq_records_sg<T, 4, G>;
-    case 5: return &kq_records_sg<T, 5, G>;
-    case 6: return &kq_records_sg<T, 6, G>;
-    case 7: return &kq_records_sg<T, 7, G>;
-    default: return &kq_records_sg<T, 8, G>;
+      return kquant_lean() && (T != DType::Q6_K || kquant_lean_q6()) ? &kq_records_sg_lean<T, G, P>
+                                                                     : &kq_records_sg<T, 1, G, P>;
+    case 2: return &kq_records_sg<T, 2, G, P>;
+    case 3: return &kq_records_sg<T, 3, G, P>;
+    case 4: return &kq_records_sg<T, 4, G, P>;
+    case 5: return &kq_records_sg<T, 5, G, P>;
+    case 6: return &kq_records_sg<T, 6, G, P>;
+    case 7: return &kq_records_sg<T, 7, G, P>;
+    default: return &kq_records_sg<T, 8, G, P>;
   }
 }
-SgFn pick_sg(bool q6, int G, int64_t M) {
-  if (G == 2) return q6 ? pick_sg_m<DType::Q6_K, 2>(M) : pick_sg_m<DType::Q4_K, 2>(M);
-  return q6 ? pick_sg_m<DType::Q6_K, 4>(M) : pick_sg_m<DType::Q4_K, 4>(M);
+template <int G>
+SgFn pick_sg_g(bool q6, int64_t M) {
+  if (!q6) return pick_sg_m<DType::Q4_K, G, false>(M);
+  return kq6_packed() ? pick_sg_m<DType::Q6_K, G, true>(M) : pick_sg_m<DType::Q6_K, G, false>(M);
 }
-
-using RecFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t);
-template <DType T>
-RecFn pick_rec(int64_t M) {
-  switch (M) {
-    case 1: return &kq_records<T, 1>;
-    case 2: return &kq_records<T, 2>;
-    case 3: return &kq_records<T, 3>;
-    case 4: return &kq_records<T, 4>;
-    case 5: return &kq_records<T, 5>;
-    case 6: return &kq_records<T, 6>;
-    case 7: return &kq_records<T, 7>;
-    default: return &kq_records<T, 8>;
-  }
-}
+SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : pick_sg_g<4>(q6, M); }
 
 // XRec's per-call arrays for the M rows of q into out: dx (M nb), then q4_K dx S (M nb) or q6_K
 // -32 S_h (2 M nb int32).
@@ -853,13 +754,6 @@ void gemv_kquant_records_multi(const Args* outs, int n) {
       }
     };
   };
-  if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
-    const RecFn fn = q6 ? pick_rec<DType::Q6_K>(1) : pick_rec<DType::Q4_K>(1);
-    parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
-                      fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1);
-                    }));
-    return;
-  }
   const SgFn fn = pick_sg(q6, G, 1);
   sg_dispatch(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
                 fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1, true);
@@ -884,11 +778,6 @@ void gemv_kquant_records(const Args& a) {
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = sg_chunk(groups, nth);
   const bool par = a.M * a.N * a.K >= kParallelMinMacs;
-  if (G == 1) {  // the 16-row records (EMOLLM_KQUANT_RECORD_ROWS=16): the previous kernel and dispatch
-    const RecFn fn = q6 ? pick_rec<DType::Q6_K>(a.M) : pick_rec<DType::Q4_K>(a.M);
-    parallel_chunks(a.pool, par, groups, chunk, [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1); });
-    return;
-  }
   const SgFn fn = pick_sg(q6, G, a.M);
   sg_dispatch(a.pool, par, groups, chunk,
               [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1, true); });

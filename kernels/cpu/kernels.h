@@ -141,10 +141,14 @@ void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wty
 // EMOLLM_KQUANT_REPACK=0: the GGUF layout and its kernels (the previous path).
 void set_kquant_repacking(bool on);
 bool kquant_repacking();
-// Rows per record of kquant_repack (16, 32 or 64; default 64; EMOLLM_KQUANT_RECORD_ROWS=16: the
-// previous 16-row records). Read when packing and when computing: process-wide, set it before
+// Rows per record of kquant_repack (32 or 64; default 64; EMOLLM_KQUANT_RECORD_ROWS=32; the 16-row
+// records are gone: 64 rows were faster on q4_K and q6_K). Read when packing and when computing: process-wide, set it before
 // packing and keep it while the records are in use (tests, the bench's A/B rows).
 void set_kquant_record_rows(int rows);
+// q6_K records' code layout (kquant_records.h): the packed high bits (default) or the previous
+// one (false; EMOLLM_KQ6_PACKED=0). Process-wide like the record rows: set it before packing and
+// keep it while the records are in use. Same codes, same integer dot products: same bits.
+void set_kq6_packed(bool on);
 
 // ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
 // BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged

@@ -1,7 +1,7 @@
 // The repacked q4_K / q6_K layout (kquant_repack.cpp writes it; gemv_kquant_vnni.cpp's decode
 // GEMV and gemm_kquant_vnni.cpp's prefill read it). Not public API.
 //
-// Rows go in groups of 16 (kKqRows) and groups in super-groups of G (1, 2 or 4: 16, 32 or 64
+// Rows go in groups of 16 (kKqRows) and groups in super-groups of G (2 or 4: 32 or 64
 // rows; kquant_record_groups(), EMOLLM_KQUANT_RECORD_ROWS, default 64; the last super-group padded
 // with zero rows); super-group q is ns = K / 256 records, one per super-block, back to back: one
 // sequential stream per super-group. A record holds its super-block of all 16 G rows, 64-byte
@@ -24,6 +24,18 @@
 //                  bits 2f..2f+1 = u[r][32 j + 4 (4 t + f) + k] >> 4
 //                  (one sub-block after the other: the record is read as one sequential stream;
 //                  with the high bits in a region of their own it read as two, 0.7x as fast)
+//                  That is the previous q6_K code layout (EMOLLM_KQ6_PACKED=0). The default one
+//                  (kq6_packed()) keeps the offsets and the 6 lines a sub-block, with the bits
+//                  placed so that fewer ops unpack them (14-18 a sub-block instead of 26):
+//                  lines 0-3: byte = u[quad i] (bits 0-5) | (u[quad 4 + i] >> 4) << 6
+//                  line 4: low nibble = u[quad 4] & 15, high nibble = u[quad 5] & 15
+//                  line 5: low nibble = u[quad 6] & 15, high nibble = u[quad 7] & 15
+//                  (quad q = elements 4q..4q+3 of the sub-block, byte k of dword r as above):
+//                  quads 0-3 are one and-mask each, quads 4-7 their nibble or-ed with bits 6-7
+//                  of line q - 4 moved to bits 4-5 (kq6_codes). Measured (session 16, loaded,
+//                  interleaved): 1.12-1.37x the previous layout with the records in L2, 0.97-1.07x
+//                  cold (memory-side), decode 1.02-1.03x; a GFNI affine for the bits-6-7 move
+//                  would save 4 more ops a sub-block (not tried: the cold pass is not ALU-bound).
 // so the 4 code bytes of "quad" q (elements 4q..4q+3 of a sub-block) of a group's 16 rows are one
 // zmm: a vpdpbusd against 4 activation bytes broadcast gives the 16 rows' sums (no horizontal
 // sums). With G = 4 the decode GEMV at M = 1 reads a sub-block of 64 rows (16 lines in a row)
@@ -56,8 +68,14 @@ constexpr size_t kq_block_offset(bool q6, int j) { return kKqCodes + size_t(q6 ?
 
 inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecord : kQ4KRecord; }
 
-// Groups of 16 rows per record of kquant_repack's output: 4 (64-row records, the default), or 1
-// (the previous 16-row ones) or 2 (kernels.h set_kquant_record_rows, EMOLLM_KQUANT_RECORD_ROWS).
+// The q6_K code layout kquant_repack writes and the kernels read: true (default) the packed high
+// bits above, false the previous one (EMOLLM_KQ6_PACKED=0, kernels.h set_kq6_packed). Like the
+// record rows, it must not change between a matrix's repack and its use.
+bool kq6_packed();
+
+// Groups of 16 rows per record of kquant_repack's output: 4 (64-row records, the default) or 2
+// (kernels.h set_kquant_record_rows, EMOLLM_KQUANT_RECORD_ROWS). The layout itself is defined for
+// any G (G = 1: the removed 16-row records).
 int kquant_record_groups();
 
 // Where a group's data lie in a matrix of records of G groups (ns super-blocks a row).
@@ -92,6 +110,17 @@ inline void kquant_record_codes(DType t, int G, const uint8_t* rec, int r, uint8
         u[32 * j + 16 + 4 * i + k] = b >> 4;
       }
   if (t != DType::Q6_K) return;
+  if (kq6_packed()) {
+    for (int j = 0; j < 8; ++j)
+      for (int i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k) {
+          const uint8_t* c = rec + L.codes(gi, j) + 4 * rr + k;
+          const uint8_t b = c[64 * i], nib = c[64 * (4 + i / 2)];
+          u[32 * j + 4 * i + k] = b & 0x3F;
+          u[32 * j + 16 + 4 * i + k] = uint8_t(((i % 2 ? nib >> 4 : nib) & 0x0F) | ((b >> 6) << 4));
+        }
+    return;
+  }
   for (int j = 0; j < 8; ++j)
     for (int q = 0; q < 8; ++q)
       for (int k = 0; k < 4; ++k) {
@@ -114,6 +143,32 @@ EMOLLM_TARGET_AVX512 inline void kq6_merge_high(__m512i lo[4], __m512i hi[4], __
   hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
   hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
   hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
+}
+
+// q6_K: the 8 code vectors of a sub-block (lo = quads 0-3, hi = quads 4-7, as kq6_merge_high
+// leaves them) from its 6 lines v[0..5] in layout P (true: packed, false: previous). Shared by the
+// decode passes and the prefill's W panels, which must read the same codes.
+template <bool P>
+__attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq6_codes(const __m512i v[6], __m512i lo[4], __m512i hi[4]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  if constexpr (P) {
+    const __m512i m3f = _mm512_set1_epi8(0x3F), m30 = _mm512_set1_epi8(0x30);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      lo[i] = _mm512_and_si512(v[i], m3f);
+      // bits 6-7 to 4-5 (the bits a 16-bit shift brings in from the next byte are masked off)
+      const __m512i h = _mm512_and_si512(_mm512_srli_epi16(v[i], 2), m30);
+      const __m512i n = i % 2 ? _mm512_srli_epi16(v[4 + i / 2], 4) : v[4 + i / 2];
+      hi[i] = _mm512_ternarylogic_epi32(n, m4, h, 0xEA);  // (n & m4) | h
+    }
+  } else {
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      lo[i] = _mm512_and_si512(v[i], m4);
+      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v[i], 4), m4);
+    }
+    kq6_merge_high(lo, hi, v[4], v[5], _mm512_set1_epi8(0x30));
+  }
 }
 #endif
 

@@ -1,5 +1,5 @@
-// q4_K / q6_K weights rearranged once (at load) into kquant_records.h's 16-row records, which the
-// decode GEMV streams as one sequential read per 16 rows with one vpdpbusd per 4 elements of 16
+// q4_K / q6_K weights rearranged once (at load) into kquant_records.h's 32 / 64-row records, which the
+// decode GEMV streams as one sequential read per record row range with one vpdpbusd per 4 elements of 16
 // rows and the scales already one byte per lane (gemv_kquant_vnni.cpp), and which the prefill
 // GEMM reads as well (gemm_kquant_vnni.cpp). The GGUF layout made the previous decode kernel
 // unpack each row's 12 scale bytes with scalar code, permute the scales over the lanes once per
@@ -75,11 +75,19 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
   using namespace gemm_detail;
   const int gi = r / kKqRows;
   r %= kKqRows;
+  const bool packed6 = t == DType::Q6_K && kq6_packed();
   for (int j = 0; j < 8; ++j)
     for (int i = 0; i < 4; ++i)
-      for (int k = 0; k < 4; ++k)
-        rec[L.codes(gi, j) + 64 * i + 4 * r + k] =
-            uint8_t((u[32 * j + 4 * i + k] & 0x0F) | ((u[32 * j + 16 + 4 * i + k] & 0x0F) << 4));
+      for (int k = 0; k < 4; ++k) {
+        const uint8_t a = u[32 * j + 4 * i + k], b = u[32 * j + 16 + 4 * i + k];  // quads i, 4 + i
+        uint8_t* c = rec + L.codes(gi, j) + 4 * r + k;
+        if (!packed6) {
+          c[64 * i] = uint8_t((a & 0x0F) | ((b & 0x0F) << 4));
+          continue;
+        }
+        c[64 * i] = uint8_t(a | ((b >> 4) << 6));                      // quad i whole, quad 4 + i's bits 4-5
+        c[64 * (4 + i / 2)] |= uint8_t((b & 0x0F) << (4 * (i % 2)));  // quad 4 + i's low 4 bits
+      }
   if (t == DType::Q4_K) {
     std::memcpy(rec + L.d(gi) + 2 * r, blk, 2);         // d
     std::memcpy(rec + L.dmin(gi) + 2 * r, blk + 2, 2);  // dmin
@@ -96,28 +104,38 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
   const float d = f16_to_f32(dh);
   std::memcpy(rec + L.d(gi) + 4 * r, &d, 4);
   for (int h = 0; h < 16; ++h) rec[L.sc(gi, h) + r] = blk[192 + h];
+  if (packed6) return;
   for (int j = 0; j < 8; ++j)
     for (int q = 0; q < 8; ++q)
       for (int k = 0; k < 4; ++k)
         rec[L.codes(gi, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k] |= uint8_t((u[32 * j + 4 * q + k] >> 4) << (2 * (q % 4)));
 }
 
-// Groups per record (kquant_records.h): EMOLLM_KQUANT_RECORD_ROWS = 16, 32 or 64 (default).
+// Groups per record (kquant_records.h): EMOLLM_KQUANT_RECORD_ROWS = 32 or 64 (default; anything
+// else, the removed 16 included, reads as 64).
 std::atomic<int>& record_groups() {
   static std::atomic<int> g{[] {
     const char* e = std::getenv("EMOLLM_KQUANT_RECORD_ROWS");
     const int rows = e ? std::atoi(e) : 64;
-    return rows == 16 ? 1 : rows == 32 ? 2 : 4;
+    return rows == 32 ? 2 : 4;
   }()};
   return g;
 }
+
+EnvSwitch& kq6_packed_flag() {
+  static EnvSwitch on("EMOLLM_KQ6_PACKED");
+  return on;
+}
 }  // namespace
 
+void set_kq6_packed(bool on) { kq6_packed_flag().set(on); }
+
 namespace gemm_detail {
+bool kq6_packed() { return kq6_packed_flag().on(); }
 int kquant_record_groups() { return record_groups().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 void set_kquant_record_rows(int rows) {
-  EMOLLM_CHECK_ARG(rows == 16 || rows == 32 || rows == 64, "set_kquant_record_rows: 16, 32 or 64");
+  EMOLLM_CHECK_ARG(rows == 32 || rows == 64, "set_kquant_record_rows: 32 or 64");
   record_groups().store(rows / gemm_detail::kKqRows, std::memory_order_relaxed);
 }
 

@@ -1,4 +1,4 @@
-// q4_K / q6_K weights in kquant_repack's records of 16, 32 or 64 rows (kquant_records.h): the
+// q4_K / q6_K weights in kquant_repack's records of 32 or 64 rows (kquant_records.h): the
 // layout against the GGUF bytes it came from, the decode GEMV on it (gemv_kquant_records) against
 // the float64 sum with the documented bound and bit for bit the same on every record size, and
 // the prefill on it bit for bit the prefill on the GGUF bytes.
@@ -49,13 +49,13 @@ struct RecordRows {
   explicit RecordRows(int rows) : prev(int(kquant_record_rows())) { set_kquant_record_rows(rows); }
   ~RecordRows() { set_kquant_record_rows(prev); }
 };
-constexpr int kRecordRows[] = {16, 32, 64};
+constexpr int kRecordRows[] = {32, 64};  // the 16-row records are gone (kquant_records.h)
 
 }  // namespace
 
 // Every row of every record dequantised from the record (codes, fp16 d / dmin, unpacked scales)
 // equals dequantize_row of the GGUF row bit for bit (the same f32 formula), and the padding rows
-// of the last record are zero. Records of 16, 32 and 64 rows, N not a multiple of them, 1 to 9
+// of the last record are zero. Records of 32 and 64 rows, N not a multiple of them, 1 to 9
 // super-blocks, quantised rows and random bytes, with and without a pool.
 TEST(kquant_records_layout_matches_gguf) {
   ThreadPool pool(3);
@@ -116,8 +116,8 @@ TEST(kquant_records_layout_matches_gguf) {
 // records' kernel is at most K / 32 + 2 K / 256 + 1 roundings deep, gemv_kquant_vnni.cpp):
 //   |y - y64| <= (2 K / 32 + 8) 2^-24 (sum_k |xq_k| (|w_k| + 2 |M_j(k)|) + |bias|).
 // A row's bits do not depend on M (the other X rows), the pool or its thread count: checked bit
-// for bit against M = 1 without a pool; nor on the record size: records of 32 and 64 rows give the
-// bits of the 16-row ones (each row's arithmetic is the same, gemv_kquant_vnni.cpp). N 1..300 (not
+// for bit against M = 1 without a pool; nor on the record size: records of 64 rows give the bits
+// of the 32-row ones (each row's arithmetic is the same, gemv_kquant_vnni.cpp). N 1..300 (not
 // multiples of 16 / 64), K of 1, 3, 9, 43 super-blocks, every M up to 8, an all-zero X row and one
 // of mixed magnitudes, bias on / off.
 TEST(kquant_records_gemv_bound_and_bits) {
@@ -153,7 +153,7 @@ TEST(kquant_records_gemv_bound_and_bits) {
           dequantize_row(DType::Q8_0, tmp.data(), xq.data() + m * K, K);
         }
         const double gamma = double(2 * K / 32 + 8) * std::ldexp(1.0, -24);
-        std::vector<float> y16[2];  // the 16-row records' bits (without / with bias)
+        std::vector<float> y16[2];  // the first record size's bits (without / with bias)
         for (int rr : kRecordRows)
         for (bool with_bias : {true, false}) {
           const RecordRows rows_scope(rr);
@@ -164,7 +164,7 @@ TEST(kquant_records_gemv_bound_and_bits) {
           std::vector<float> y1(size_t(M * N));
           for (int64_t m = 0; m < M; ++m)
             gemm_kquant_repacked(X.data() + m * K, K, R, t, b, y1.data() + m * N, N, 1, N, K, nullptr);
-          if (rr == 16)
+          if (rr == kRecordRows[0])
             y16[with_bias] = y1;
           else
             EXPECT(std::memcmp(y1.data(), y16[with_bias].data(), y1.size() * 4) == 0);
@@ -209,7 +209,7 @@ TEST(kquant_records_gemv_bound_and_bits) {
 }
 
 // The prefill (M > 8) on the records is gemm() on the GGUF bytes (gemm_kquant_packed_vnni) bit
-// for bit: the W panels come out the same. Records of 16, 32 and 64 rows, M 9..70, N not multiples
+// for bit: the W panels come out the same. Records of 32 and 64 rows, M 9..70, N not multiples
 // of 16 / 32 / 64 / 512, odd super-block counts, 1-3 threads, bias on / off. And a code flipped in
 // one record moves only its row's output (the comparison can fail).
 TEST(kquant_records_prefill_bit_equal_gguf) {
@@ -250,7 +250,7 @@ TEST(kquant_records_prefill_bit_equal_gguf) {
           ++compared;
         }
     }
-  EXPECT(compared == 180);
+  EXPECT(compared == 120);  // 2 record sizes x 2 types x 5 shapes x 6
   // a flipped code bit of row 17 (group 1, row 1): only that output changes, at M = 1 and M = 9
   for (int rr : kRecordRows)
   for (DType t : {DType::Q4_K, DType::Q6_K}) {
@@ -311,7 +311,7 @@ TEST(kquant_records_need_vnni) {
 TEST(kquant_records_backend_packs_and_dispatches) {
   auto be = make_backend(BackendOptions{});
   const int64_t N = 45, K = 768;
-  for (int rr : {16, 64})
+  for (int rr : {32, 64})
   for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q5_K}) {
     const RecordRows rows_scope(rr);
     const std::vector<uint8_t> w0 = emollm_test::kquant_weights(t, N, K, false, 91u);
@@ -477,4 +477,107 @@ TEST(kquant_records_lean_same_bits_as_previous) {
   EXPECT(compared == 2 * 2 * 6 * 2 * 3 * 3);
   EXPECT(moved >= 40);  // of 48: an x block of zeros or a tiny one can hide a flip
 }
+
+// q6_K's packed code layout (kquant_records.h, the default) against the previous one
+// (set_kq6_packed(false)): the same codes (kquant_record_codes of both), different bytes, and
+// every output of the decode passes (M 1..8: the 32 / 64-row pass, q6_K's
+// opt-in lean pass at M = 1, the multi-output dispatch) and of the prefill (M 9, 20) bit for bit
+// the previous layout's, with 0 / 2 / 3 threads; flipping bit 6 of a line-0 byte (the high bits
+// of quad 4 in the packed layout) moves that row's output and no other.
+TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  struct Packed {  // the layout for the scope's life, then the previous setting
+    bool prev = gemm_detail::kq6_packed();
+    ~Packed() { set_kq6_packed(prev); }
+  } packed_scope;
+  const bool lean_q60 = gemm_detail::kquant_lean_q6();
+  const DType t = DType::Q6_K;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{1, 256}, {37, 768}, {64, 2048}, {130, 2304}, {70, 11008}};
+  int compared = 0, moved = 0, flips = 0;
+  for (int rr : kRecordRows)
+    for (const Shape& sh : shapes)
+      for (bool random_bytes : {true, false}) {
+        const RecordRows rows_scope(rr);
+        const int64_t N = sh.N, K = sh.K;
+        const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 700u + uint32_t(N + K));
+        set_kq6_packed(false);
+        const std::vector<uint8_t> r0 = repacked(t, w, N, K, nullptr);
+        set_kq6_packed(true);
+        std::vector<uint8_t> r1 = repacked(t, w, N, K, &pool3);
+        const size_t nbytes = kquant_repack_bytes(t, N, K);
+        EXPECT(std::memcmp(aligned(r0, t, N, K), aligned(r1, t, N, K), nbytes) != 0);
+        const gemm_detail::KqLayout L{true, rr / 16, K / 256};
+        for (int64_t n = 0; n < N; n += 7)
+          for (int64_t s = 0; s < L.ns; ++s) {
+            uint8_t u0[256], u1[256];
+            set_kq6_packed(false);
+            gemm_detail::kquant_record_codes(t, L.G, L.record(aligned(r0, t, N, K), n / 16, s), int(n % rr), u0);
+            set_kq6_packed(true);
+            gemm_detail::kquant_record_codes(t, L.G, L.record(aligned(r1, t, N, K), n / 16, s), int(n % rr), u1);
+            EXPECT(std::memcmp(u0, u1, 256) == 0);
+          }
+        const std::vector<float> bias = normal_floats(size_t(N), 6u, 0.5f);
+        for (int64_t M : {1, 2, 3, 8, 9, 20}) {
+          std::vector<float> x = normal_floats(size_t(M * K), 23u + uint32_t(K + M), 1.0f);
+          for (int64_t k = 0; k < M * K; ++k) x[size_t(k)] *= (k % 96 < 32) ? 300.0f : (k % 96 < 64 ? 1e-3f : 1.0f);
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
+            for (int lean : {0, 1}) {
+              if (lean == 1 && M > 1) continue;
+              gemm_detail::set_kquant_lean_q6(lean == 1);
+              std::vector<float> y[2];
+              for (int packed : {0, 1}) {
+                set_kq6_packed(packed == 1);
+                const std::vector<uint8_t>& r = packed ? r1 : r0;
+                y[packed].assign(size_t(M * N) + 1, NAN);
+                gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y[packed].data(), N, M, N, K, p);
+                EXPECT(std::isnan(y[packed][size_t(M * N)]));
+                if (M == 1) {  // the multi-output dispatch (the decode's q / k / v)
+                  std::vector<float> ym(size_t(N), NAN);
+                  GemvOutput g{aligned(r, t, N, K), bias.data(), ym.data(), N};
+                  gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
+                  EXPECT(std::memcmp(ym.data(), y[packed].data(), size_t(N) * 4) == 0);
+                }
+              }
+              EXPECT(std::memcmp(y[0].data(), y[1].data(), size_t(M * N) * 4) == 0);
+              ++compared;
+            }
+        }
+        gemm_detail::set_kquant_lean_q6(lean_q60);
+        // bit 6 of row n's first byte of line 0 in the packed records: bit 4 of a quad-4 code
+        set_kq6_packed(true);
+        const std::vector<float> x = normal_floats(size_t(K), 31u + uint32_t(K), 1.0f);
+        for (int64_t n : {int64_t(0), N - 1}) {
+          uint8_t* byte = const_cast<uint8_t*>(L.record(aligned(r1, t, N, K), n / 16, L.ns - 1)) +
+                          L.codes(int((n / 16) % L.G), 7) + 4 * size_t(n % 16);
+          std::vector<float> y1(size_t(N), NAN), y2(size_t(N), NAN);
+          gemm_kquant_repacked(x.data(), K, aligned(r1, t, N, K), t, bias.data(), y1.data(), N, 1, N, K, &pool2);
+          *byte ^= 0x40;
+          gemm_kquant_repacked(x.data(), K, aligned(r1, t, N, K), t, bias.data(), y2.data(), N, 1, N, K, &pool2);
+          *byte ^= 0x40;
+          for (int64_t o = 0; o < N; ++o)
+            if (o != n) EXPECT(std::memcmp(&y1[size_t(o)], &y2[size_t(o)], 4) == 0);
+          ++flips;
+          if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
+        }
+      }
+  EXPECT(compared == 2 * 5 * 2 * (6 + 1) * 3);
+  EXPECT(moved >= flips - 4);  // a tiny scale or x block can hide a flip
+}
 #endif
+
+// The 16-row records are gone: asking for them is an error, 32 and 64 rows stay.
+TEST(kquant_record_rows_16_rejected) {
+  const int prev = int(kquant_record_rows());
+  EXPECT_THROWS(set_kquant_record_rows(16), ErrorCode::InvalidArgument);
+  EXPECT(kquant_record_rows() == prev);
+  set_kquant_record_rows(32);
+  EXPECT(kquant_record_rows() == 32);
+  set_kquant_record_rows(prev);
+}
