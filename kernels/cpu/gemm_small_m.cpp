@@ -118,13 +118,13 @@ EnvSwitch& small_m_streams_whole_k_flag() {
 void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(on); }
 bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
 namespace {
-EnvSwitch& small_m_onepass_f16_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS_F16");  // =0: F16 at 9 <= M <= 16 by run_range<KF16>
+EnvSwitch& small_m_f16_groups_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_F16_GROUPS");  // =0: F16 at 9 <= M <= 16 by run_range<KF16>
   return on;
 }
 }  // namespace
-void set_small_m_onepass_f16(bool on) { small_m_onepass_f16_flag().set(on); }
-bool small_m_onepass_f16() { return small_m_onepass_f16_flag().on(); }
+void set_small_m_f16_groups(bool on) { small_m_f16_groups_flag().set(on); }
+bool small_m_f16_groups() { return small_m_f16_groups_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -285,9 +285,11 @@ SM_T512 SM_AI __m512 load_w16(const uint8_t* row, int64_t k, __mmask16 mk) {
   }
 }
 
-template <DType DT, int R, int MB, bool PF>
+// PF: a software prefetch kPrefetchBytes ahead along the rows; NPF > 0 (groups_f16): instead, the
+// lines of the NPF rows nxt[] (another group's, prefetched at the same column: one line per 32 k).
+template <DType DT, int R, int MB, bool PF, int NPF = 0>
 SM_T512 void fma_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb, int64_t K, const float* bias,
-                       float* Y, int64_t ldy, int64_t n0) {
+                       float* Y, int64_t ldy, int64_t n0, const uint8_t* const* nxt = nullptr) {
   const uint8_t* wr[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
@@ -304,6 +306,12 @@ SM_T512 void fma_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb,
       if constexpr (PF)
         if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
       w[r] = load_w16<DT>(wr[r], k, mk);
+    }
+    if constexpr (NPF > 0) {
+      if ((k & 31) == 0) {
+#pragma GCC unroll 2
+        for (int q = 0; q < NPF; ++q) _mm_prefetch(reinterpret_cast<const char*>(nxt[q] + 2 * k), _MM_HINT_T0);
+      }
     }
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
@@ -323,8 +331,7 @@ struct Plan {
   int64_t ldx;
   const uint16_t* xb;
   int64_t ldb;
-  int64_t kblock;  // bf16dot: columns of X per K block (see run_range_bf16); onepass_f16: its K block
-  const float* xf = nullptr;  // onepass_f16: X step-major in f32 (layout_x_f32_steps)
+  int64_t kblock;  // bf16dot: columns of X per K block (see run_range_bf16)
 };
 
 // K block [k0, k1) of a register block; acc: its R x MB partial sums (K split in blocks)
@@ -553,212 +560,71 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   }
 }
 
-// ------------------------------------------------------------------ F16, one pass (M 9..16)
-// F16 weights have no dot-product instruction here (no AVX512-FP16): every weight is widened to
-// f32 (vcvtph2ps, exact) and multiplied by the exact f32 X with FMAs; at M = 16 that is 16 FMA
-// lanes per weight, compute-bound (2 flop per 2-byte weight per row: 16 flop/byte against the f32
-// FMA balance of ~5.6 flop/byte, 450 GFLOP/s / 80 GB/s, 2 cores). run_range<KF16> (the previous
-// path) passes over a chunk of up to 256 KiB of weights once per row block of X (M = 16: 6, 5, 5),
-// widening every weight again in each pass (3 vcvtph2ps per 16 weights where 1 would do), the
-// first pass from memory, the others from L2: memory idles for two thirds of the call and the
-// first pass runs at its pace. onepass_bf16's structure, for f32 FMAs: one group of kR weight rows
-// (a visit) at a time within a K block of p.kblock columns, its slices widened once into an L1
-// buffer of f32, then every row block of X passes over that buffer (pass_f16, the R x MB register
-// tile of fma_block). The widening is software-pipelined: each pass's steps also widen a chunk of
-// the next visit's slices into the other of two buffers (and prefetch the visit after that), so the
-// conversions and the weight reads run under the FMAs instead of between them (a separate widening
-// phase before the passes cost ~20% of the hot time). X is exact f32, step-major
-// (layout_x_f32_steps: one 16-column step's M vectors side by side), its K block in L1 for all the
-// groups (M x kblock x 4 B <= kOnePassF16XBytes). The partial sums of a K block that is not the
-// last wait in acc_io (exactly).
-// Per output the arithmetic is fma_block's: the same register accumulators, each lane adding its
-// k (k = lane mod 16) in order by one FMA of the exactly widened weight and the exact x, the K % 16
-// tail as one masked step (weight and x zero past K), the same reduction (store_block: reduce4 over
-// aligned groups of 4 rows, the rows past N / 4 * 4 one by one, then the bias): the same bits as
-// run_range<KF16> (EMOLLM_SMALL_M_ONEPASS_F16=0).
-// Measured (Zen 5, 1 thread, thread CPU time, load 6-8, interleaved in one process): M = 16 cold
-// (24 / 12 copies) 1.1B o 1.07-1.13x, gate_up 1.13x, down 1.06x the previous path, and cold = hot
-// (~152 GFLOP/s either way: the weights' reads are hidden), where the previous path loses ~15%
-// cold; hot alone 0.88-1.00x (shorter passes: 16 steps a K block, their partial sums through L1).
-// X blocks of 12 / 24 / 32 KiB: 0.91-1.07x of 16, within the noise or worse.
-constexpr int64_t kOnePassF16MaxM = 16;
-constexpr size_t kOnePassF16XBytes = size_t(16) << 10;  // M = 16: 256 columns of f32 X
+// ------------------------------------------------------------------ F16, groups with the next one prefetched
+// F16 weights have no dot-product instruction here (no AVX512-FP16; oneDNN 2.6 has no f16 matmul on
+// this CPU either): every weight is widened to f32 (vcvtph2ps, exact) and multiplied by the exact
+// f32 X with FMAs; at M = 16 that is compute-bound (2 flop per 2-byte weight per row: 16 flop/byte
+// against the f32 FMA balance of ~5.6, 450 GFLOP/s / 80 GB/s on 2 cores). run_range<KF16> (the
+// previous path) takes a chunk of weight rows group by group (K = 2048, 5632: the group order),
+// every row block of X (M = 16: 6, 5, 5) passing over the group's 4 rows (whole K, X rows from L2),
+// the first pass with a prefetch 1 KiB ahead along the rows: that first pass runs at the memory's
+// pace, and a cold call took ~1.2x its hot time. groups_f16: the same order and the same
+// fma_block, but the passes over a group prefetch the next group's rows (its rows q with
+// q % nblk == b in pass b, one line per 32 k at the column the pass is at), so every group is in
+// L1 / L2 before its first pass and the reads run under the FMAs. Prefetches only: the same bits
+// as run_range<KF16> (EMOLLM_SMALL_M_F16_GROUPS=0).
+// Measured (Zen 5, 1 thread, thread CPU time, load 7-9, interleaved in one process): M = 16 cold
+// 1.1B o 1.20-1.25x, gate_up 1.19-1.34x, down 1.08-1.11x the previous path (cold ~150 GFLOP/s, hot
+// ~170, 1.06x; 1-core f32 FMA peak ~230).
+// Refuted on the way: widening each group's slices once into an L1 buffer of f32 (software-
+// pipelined under the previous group's passes, X step-major in 16 KiB K blocks, so that M = 16
+// converts each weight once instead of 3 times): cold 1.03-1.13x the previous path but hot
+// 0.80-0.92x (passes 16 steps long, their partial sums through L1); X blocks of 12-128 KiB no better.
+// Converting is not what limits: vcvtph2ps does not take the FMA pipes' slots.
+constexpr int64_t kGroupsF16MaxM = 16;
 
-// X rows [0, M) step-major in f32: the 16 columns [16 s, 16 s + 16) of row m at xs + (s * M + m) * 16
-// (zero past K).
-SM_T512 void layout_x_f32_steps(const float* X, int64_t ldx, int64_t M, int64_t K, float* xs) {
-  for (int64_t k = 0, s = 0; k < K; k += 16, ++s)
-    for (int64_t m = 0; m < M; ++m)
-      _mm512_store_ps(xs + (s * M + m) * 16, _mm512_maskz_loadu_ps(mask16(K - k), X + m * ldx + k));
-}
-
-// One weight row's f16 slice -> f32, to be done during a pass (the next visit's rows): 16 weights at
-// src + 2 j (j = 0, 16, ... < len), widened to dst + j, zero past K (mask16(left - j), left = K -
-// the slice's first column); pf: the visit after that, its line at pf + 2 j prefetched every 32.
-struct Widen {
-  const uint8_t* src;  // the row's slice (byte address of its first column)
-  float* dst;
-  const char* pf;
-  int64_t len;   // columns of the slice (the same for every row of a visit)
-  int64_t left;  // K - the slice's first column
-};
-
-SM_T512 SM_AI void widen_chunk(const Widen& w, int64_t j) {
-  _mm512_store_ps(w.dst + j, load_w16<DType::F16>(w.src, j, mask16(w.left - j)));
-  if ((j & 31) == 0) _mm_prefetch(w.pf + 2 * j, _MM_HINT_T0);
-}
-
-// fma_block's step: acc[r][m] += wf row r (16 f32 at + j) * X row m (16 f32 at xp + m * 16).
-template <int R, int MB>
-SM_T512 SM_AI void fma_step_f16(__m512 (&acc)[R][MB], const float* wf, int64_t ldw, int64_t j, const float* xp) {
-  __m512 w[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) w[r] = _mm512_load_ps(wf + r * ldw + j);
-#pragma GCC unroll 8
-  for (int m = 0; m < MB; ++m) {
-    const __m512 x = _mm512_load_ps(xp + m * 16);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], x, acc[r][m]);
-  }
-}
-
-// One register block: X rows [m0, m0 + MB) against the widened rows wf (R of them, ldw apart),
-// K block [k0, k1); fma_block's steps, accumulators and reduction. Each step also widens one chunk
-// of each of the NW rows wv (the next visit's, into the other buffer; whole chunks unmasked, in
-// registers), the chunks left over after the loop.
-template <int R, int MB, int NW>
-SM_T512 void pass_f16(const Args& a, const float* xs, const float* wf, int64_t ldw, int64_t m0, int64_t n, int64_t k0,
-                      int64_t k1, float* io, const Widen* wv) {
-  const int64_t K = a.K, M = a.M;
-  __m512 acc[R][MB];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < MB; ++m) acc[r][m] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(io + (r * MB + m) * 16);
-  const float* xp = xs + ((k0 / 16) * M + m0) * 16;
-  const int64_t len = k1 - k0;
-  int64_t j = 0;
-  if constexpr (NW > 0) {
-    const uint16_t* src[NW];
-    float* dst[NW];
-    const char* pf[NW];
-#pragma GCC unroll 2
-    for (int q = 0; q < NW; ++q) {
-      src[q] = reinterpret_cast<const uint16_t*>(wv[q].src);
-      dst[q] = wv[q].dst;
-      pf[q] = wv[q].pf;
-    }
-    const int64_t whole = std::min((len + 15) & ~int64_t(15), wv[0].len & ~int64_t(15));
-    for (; j < whole; j += 16, xp += M * 16) {
-#pragma GCC unroll 2
-      for (int q = 0; q < NW; ++q) {
-        if ((j & 31) == 0) _mm_prefetch(pf[q] + 2 * j, _MM_HINT_T0);
-        _mm512_store_ps(dst[q] + j, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[q] + j))));
-      }
-      fma_step_f16<R, MB>(acc, wf, ldw, j, xp);
-    }
-  }
-  for (; j < len; j += 16, xp += M * 16) fma_step_f16<R, MB>(acc, wf, ldw, j, xp);
-  if constexpr (NW > 0) {
-    for (int q = 0; q < NW; ++q)
-      for (int64_t i = std::min((len + 15) & ~int64_t(15), wv[0].len & ~int64_t(15)); i < wv[q].len; i += 16)
-        widen_chunk(wv[q], i);
-  }
-  if (k1 < K) {
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int m = 0; m < MB; ++m) _mm512_store_ps(io + (r * MB + m) * 16, acc[r][m]);
-    return;
-  }
-  store_block<R, MB>(acc, a.bias, a.Y + m0 * a.ldy, a.ldy, n);
-}
-
-using PassF16Fn = void (*)(const Args&, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                           float*, const Widen*);
-constexpr int kMaxWidenPerPass = 2;  // R = 4 rows over >= 2 passes (M >= 9)
-template <int R>
-struct PassF16Table {
-  static constexpr PassF16Fn fns[kMaxWidenPerPass + 1][kMB] = {
-      {pass_f16<R, 1, 0>, pass_f16<R, 2, 0>, pass_f16<R, 3, 0>, pass_f16<R, 4, 0>, pass_f16<R, 5, 0>, pass_f16<R, 6, 0>},
-      {pass_f16<R, 1, 1>, pass_f16<R, 2, 1>, pass_f16<R, 3, 1>, pass_f16<R, 4, 1>, pass_f16<R, 5, 1>, pass_f16<R, 6, 1>},
-      {pass_f16<R, 1, 2>, pass_f16<R, 2, 2>, pass_f16<R, 3, 2>, pass_f16<R, 4, 2>, pass_f16<R, 5, 2>, pass_f16<R, 6, 2>}};
-};
-
-// Weight rows [n0, n1) with n0 % 4 == 0; onepass_bf16's visit order: sub-ranges of kOnePassRows
-// rows, K blocks of kb columns, groups of kR rows (single rows past N / 4 * 4). A visit's slices
-// are widened during the previous visit's passes (two f32 buffers, used in turn), and the visit
-// after that is prefetched then, so the conversions and the reads run under the FMAs.
-SM_T512 void onepass_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
-  struct Visit {
-    int64_t n, k0;  // n == n1: none
-    int R;
-  };
+SM_T512 void groups_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t K = a.K, M = a.M, kb = p.kblock, n4 = a.N / kR * kR;
+  const int64_t M = a.M, n4 = a.N / kR * kR;
   const int64_t nblk = (M + kMB - 1) / kMB, base = M / nblk, extra = M % nblk;
-  auto rows_of = [&](int64_t n) {
-    const int64_t s1 = std::min(n1, n0 + ((n - n0) / kOnePassRows + 1) * kOnePassRows);
-    return n < n4 && n + kR <= s1 ? int(kR) : 1;
-  };
-  auto next = [&](const Visit& v) {
-    if (v.n >= n1) return v;
-    const int64_t s0 = n0 + (v.n - n0) / kOnePassRows * kOnePassRows, s1 = std::min(n1, s0 + kOnePassRows);
-    Visit t{v.n + v.R, v.k0, 0};
-    if (t.n >= s1) {
-      t.n = s0;
-      t.k0 = v.k0 + kb;
-      if (t.k0 >= K) {
-        t.n = s1;
-        t.k0 = 0;
-      }
-    }
-    if (t.n < n1) t.R = rows_of(t.n);
-    return t;
-  };
-  float* acc_io = K > kb ? static_cast<float*>(scratch(0, size_t(kOnePassRows) * size_t(M) * 64)) : nullptr;
-  float* wbuf = static_cast<float*>(scratch(1, size_t(2 * kR) * size_t(kb) * 4));
-  // the widening of visit t into buf (its rows q with q % nblk == b go to pass b), prefetching tt
-  auto plan_widen = [&](const Visit& t, const Visit& tt, float* buf, Widen* wv) {
-    for (int q = 0; q < t.R; ++q) {
-      const int64_t ppn = tt.n < n1 ? tt.n + std::min(q, tt.R - 1) : t.n + q;
-      wv[q] = Widen{W + size_t(t.n + q) * a.row_bytes + 2 * t.k0, buf + q * kb,
-                    reinterpret_cast<const char*>(W + size_t(ppn) * a.row_bytes + 2 * (tt.n < n1 ? tt.k0 : t.k0)),
-                    std::min(kb, K - t.k0), K - t.k0};
-    }
-  };
-  Visit v{n0, 0, rows_of(n0)};
-  int cur = 0;
-  {  // the first visit's slices now, the second's prefetched
-    Widen wv[kR];
-    plan_widen(v, next(v), wbuf, wv);
-    for (int q = 0; q < v.R; ++q)
-      for (int64_t j = 0; j < wv[q].len; j += 16) widen_chunk(wv[q], j);
-  }
-  for (; v.n < n1;) {
-    const int64_t s0 = n0 + (v.n - n0) / kOnePassRows * kOnePassRows;
-    const int64_t k1 = std::min(K, v.k0 + kb);
-    const Visit t = next(v);
-    Widen wv[kR];
-    if (t.n < n1) plan_widen(t, next(t), wbuf + (cur ^ 1) * kR * kb, wv);
-    const int nt = t.n < n1 ? t.R : 0;
-    const float* wf = wbuf + cur * kR * kb;
-    float* io = acc_io ? acc_io + (v.n - s0) * M * 16 : nullptr;
+  using Fn = void (*)(const float*, int64_t, const uint8_t*, size_t, int64_t, const float*, float*, int64_t, int64_t,
+                      const uint8_t* const*);
+  static constexpr Fn f4[3][kMB] = {
+      {fma_block<DType::F16, kR, 1, false, 0>, fma_block<DType::F16, kR, 2, false, 0>,
+       fma_block<DType::F16, kR, 3, false, 0>, fma_block<DType::F16, kR, 4, false, 0>,
+       fma_block<DType::F16, kR, 5, false, 0>, fma_block<DType::F16, kR, 6, false, 0>},
+      {fma_block<DType::F16, kR, 1, false, 1>, fma_block<DType::F16, kR, 2, false, 1>,
+       fma_block<DType::F16, kR, 3, false, 1>, fma_block<DType::F16, kR, 4, false, 1>,
+       fma_block<DType::F16, kR, 5, false, 1>, fma_block<DType::F16, kR, 6, false, 1>},
+      {fma_block<DType::F16, kR, 1, false, 2>, fma_block<DType::F16, kR, 2, false, 2>,
+       fma_block<DType::F16, kR, 3, false, 2>, fma_block<DType::F16, kR, 4, false, 2>,
+       fma_block<DType::F16, kR, 5, false, 2>, fma_block<DType::F16, kR, 6, false, 2>}};
+  static constexpr Fn f1[2][kMB] = {
+      {fma_block<DType::F16, 1, 1, false>, fma_block<DType::F16, 1, 2, false>, fma_block<DType::F16, 1, 3, false>,
+       fma_block<DType::F16, 1, 4, false>, fma_block<DType::F16, 1, 5, false>, fma_block<DType::F16, 1, 6, false>},
+      {fma_block<DType::F16, 1, 1, true>, fma_block<DType::F16, 1, 2, true>, fma_block<DType::F16, 1, 3, true>,
+       fma_block<DType::F16, 1, 4, true>, fma_block<DType::F16, 1, 5, true>, fma_block<DType::F16, 1, 6, true>}};
+  for (int64_t n = n0; n < n1;) {
+    const bool four = n < n4 && n + kR <= n1;
+    const int64_t nn = n + (four ? kR : 1);  // the next group (a prefetch past the range is harmless)
     int64_t m0 = 0;
     for (int64_t b = 0; b < nblk; ++b) {
       const int64_t mb = base + (b < extra ? 1 : 0);
-      // this pass widens the next visit's rows q with q % nblk == b
-      Widen mine[kR];
-      int nw = 0;
-      for (int64_t q = b; q < nt; q += nblk) mine[nw++] = wv[q];
-      if (v.R == kR)
-        PassF16Table<kR>::fns[nw][mb - 1](a, p.xf, wf, kb, m0, v.n, v.k0, k1, io ? io + m0 * kR * 16 : nullptr, mine);
-      else
-        PassF16Table<1>::fns[nw][mb - 1](a, p.xf, wf, kb, m0, v.n, v.k0, k1, io ? io + m0 * 16 : nullptr, mine);
+      const float* x = a.X + m0 * a.ldx;
+      float* y = a.Y + m0 * a.ldy;
+      if (four) {
+        const uint8_t* nxt[kR];
+        int npf = 0;
+        for (int64_t q = b; q < kR; q += nblk) nxt[npf++] = W + size_t(nn + q) * a.row_bytes;
+        f4[npf][mb - 1](x, a.ldx, W, a.row_bytes, a.K, a.bias, y, a.ldy, n, nxt);
+      } else {
+        // single rows (past N / 4 * 4): the first pass prefetches along its own row, as run_range's
+        const Fn g = f1[b == 0 ? 1 : 0][mb - 1];
+        g(x, a.ldx, W, a.row_bytes, a.K, a.bias, y, a.ldy, n, nullptr);
+      }
       m0 += mb;
     }
-    v = t;
-    cur ^= 1;
+    n = nn;
   }
 }
 
@@ -1024,14 +890,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
     }
   } else if (a.wtype == DType::BF16) {
     range = run_range<KBf16Fma>;
-  } else if (a.wtype == DType::F16 && a.M <= kOnePassF16MaxM && small_m_onepass_f16()) {
-    const int64_t steps = (a.K + 15) / 16;
-    float* xf = static_cast<float*>(scratch(2, size_t(steps) * size_t(a.M) * 64));
-    layout_x_f32_steps(a.X, a.ldx, a.M, a.K, xf);
-    p.xf = xf;
-    // X's K block in L1: M rows x kblock f32 <= kOnePassF16XBytes, whole 64-byte lines of weights
-    p.kblock = std::min<int64_t>(steps * 16, std::max<int64_t>(32, int64_t(kOnePassF16XBytes / (size_t(a.M) * 4)) / 32 * 32));
-    range = onepass_f16;
+  } else if (a.wtype == DType::F16 && a.M <= kGroupsF16MaxM && small_m_f16_groups()) {
+    range = groups_f16;
   } else if (a.wtype == DType::F16) {
     range = run_range<KF16>;
   } else {
@@ -1045,7 +905,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
   const size_t slice = p.bf16dot ? std::min(a.row_bytes, size_t(p.kblock) * 2) : a.row_bytes;
   const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(slice, 1));
   // (one pass: nothing is read twice, so no L2 cap)
-  const bool onepass = (range != run_range_bf16 && p.bf16dot) || range == onepass_f16;  // (or the streams kernel)
+  // (groups_f16: each group's rows stay in L1 / L2 for its passes, the chunk needs no cap either)
+  const bool onepass = (range != run_range_bf16 && p.bf16dot) || range == groups_f16;  // (or the streams kernel)
   const int64_t chunk = std::max<int64_t>(kR, std::min(onepass ? a.N : by_bytes, a.N / (8 * nth)) / kR * kR);
   // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
   // row blocks' passes must still see at most `chunk` rows of weights at a time

@@ -686,23 +686,23 @@ TEST(gemm_small_m_onepass_x16k_bit_equal) {
   EXPECT(compared == 3 * 5 * 2 * 2);
 }
 
-// ---------------------------------------------------------------- F16 one pass (9 <= M <= 16)
-// onepass_f16 (default for F16 at 9 <= M <= 16 on AVX-512) widens each group's weight slices to
-// f32 once and keeps fma_block's register tile, accumulators, k order, masked K % 16 tail and
-// reduction (reduce4 over aligned groups of 4 weight rows, the rest one by one, then the bias):
-// it must give run_range<KF16>'s bits (set_small_m_onepass_f16(false)), and both must be within the
+// ---------------------------------------------------------------- F16 groups, next prefetched (9 <= M <= 16)
+// groups_f16 (default for F16 at 9 <= M <= 16 on AVX-512) runs run_range<KF16>'s group order and
+// fma_block with prefetches of the next group added: it must give run_range<KF16>'s bits
+// (set_small_m_f16_groups(false)) whatever the shape, the split or the order of the x_outer /
+// group loops the previous path picks (K <= 1365 at M 9..16: x_outer), and both must be within the
 // f32 bound of ref::gemm (f16 -> f32 is exact, X exact). Every M of the range, N with single rows
-// left over (1, 3, 5, 37) and a long split (203), K tails (1, 15, 17, 33), one K block exactly
-// (256 at M = 16) and several (257, 1400, 2085, 5632), padded X (NaN there) / Y (a sentinel that
-// must survive), bias or not, 1-3 threads, gemm and gemm_huge_pages, every ISA cap (below AVX-512
-// neither path runs: the switch must change nothing). M = 8 and 17 must not take it (their bits
-// do not move with the switch either way; checked against the bound).
-TEST(gemm_small_m_onepass_f16_bit_equal) {
+// left over (1, 3, 5, 37) and a long split (203), K tails (1, 15, 17, 33), K on both sides of the
+// loop-order limit (1400, 2085, 5632), padded X (NaN there) / Y (a sentinel that must survive),
+// bias or not, 1-3 threads, gemm and gemm_huge_pages, every ISA cap (below AVX-512 neither path
+// runs: the switch must change nothing). M = 8 and 17 must not take it (their bits do not move
+// with the switch; checked against the bound).
+TEST(gemm_small_m_f16_groups_bit_equal) {
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
   std::vector<Isa> isas;
   for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
-  const bool prev = gemm_detail::small_m_onepass_f16();
+  const bool prev = gemm_detail::small_m_f16_groups();
   uint32_t seed = 10100;
   int compared = 0;
   for (int64_t M = gemm_detail::kSmallM; M <= 17; ++M)
@@ -733,14 +733,14 @@ TEST(gemm_small_m_onepass_f16_bit_equal) {
                 else
                   gemm(c.X.data(), c.ldx, c.W.data(), DType::F16, bias, y, c.ldy, c.M, c.N, c.K, pl);
               };
-              gemm_detail::set_small_m_onepass_f16(true);
+              gemm_detail::set_small_m_f16_groups(true);
               call(Y.data());
-              gemm_detail::set_small_m_onepass_f16(false);
+              gemm_detail::set_small_m_f16_groups(false);
               call(Y0.data());
-              gemm_detail::set_small_m_onepass_f16(prev);
+              gemm_detail::set_small_m_f16_groups(prev);
               if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-                emollm_test::report_failure(__FILE__, __LINE__, what + ": one pass differs from run_range<KF16>'s bits");
-              check(Y, R, c, c.X, bias, 0.0, what + " [one pass vs f64 ref]");
+                emollm_test::report_failure(__FILE__, __LINE__, what + ": groups_f16 differs from run_range<KF16>'s bits");
+              check(Y, R, c, c.X, bias, 0.0, what + " [groups_f16 vs f64 ref]");
               check(Y0, R, c, c.X, bias, 0.0, what + " [previous vs f64 ref]");
               ++compared;
             }
