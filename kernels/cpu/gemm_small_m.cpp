@@ -581,7 +581,11 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // converts each weight once instead of 3 times): cold 1.03-1.13x the previous path but hot
 // 0.80-0.92x (passes 16 steps long, their partial sums through L1); X blocks of 12-128 KiB no better.
 // Converting is not what limits: vcvtph2ps does not take the FMA pipes' slots.
+// (M >= kSmallMMin = 9: 2 or 3 row blocks, so a pass prefetches at most 2 rows: the tables below.)
+// F16 at M = 8 through it (4 + 4 rows, instead of dot_streams' 3 rows x 8 accumulators) measured
+// 0.92-0.99x on o and 1.40x once on gate_up (1 thread, cold): not taken.
 constexpr int64_t kGroupsF16MaxM = 16;
+static_assert(kSmallMMin > kMB, "groups_f16 needs at least 2 row blocks (at most 2 prefetched rows a pass)");
 
 SM_T512 void groups_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
