@@ -83,7 +83,7 @@ bool small_m_onepass_x16k();
 // block is 32 KiB (L1) instead of 256 KiB (L2; see gemm_small_m.cpp). Same bits.
 void set_small_m_streams_whole_k(bool on);
 bool small_m_streams_whole_k();
-// F16 at kSmallMMin <= M <= 16 on AVX-512 (gemm_small_m.cpp groups_f16): run_range's group order
+// F16 at kSmallMMin <= M <= kSmallMMax on AVX-512 (gemm_small_m.cpp groups_f16): run_range's group order
 // where the passes over a group of weight rows prefetch the next group (default on;
 // EMOLLM_SMALL_M_F16_GROUPS=0 off: run_range<KF16>). Same bits. For tests and A/B; process-wide.
 void set_small_m_f16_groups(bool on);

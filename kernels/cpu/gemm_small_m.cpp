@@ -119,7 +119,7 @@ void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(o
 bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
 namespace {
 EnvSwitch& small_m_f16_groups_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_F16_GROUPS");  // =0: F16 at 9 <= M <= 16 by run_range<KF16>
+  static EnvSwitch on("EMOLLM_SMALL_M_F16_GROUPS");  // =0: F16 at 9 <= M <= 64 by run_range<KF16>
   return on;
 }
 }  // namespace
@@ -573,9 +573,11 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // q % nblk == b in pass b, one line per 32 k at the column the pass is at), so every group is in
 // L1 / L2 before its first pass and the reads run under the FMAs. Prefetches only: the same bits
 // as run_range<KF16> (EMOLLM_SMALL_M_F16_GROUPS=0).
-// Measured (Zen 5, 1 thread, thread CPU time, load 7-9, interleaved in one process): M = 16 cold
+// Measured (Zen 5, 1 thread, thread CPU time, load 5-9, interleaved in one process): M = 16 cold
 // 1.1B o 1.20-1.25x, gate_up 1.19-1.34x, down 1.08-1.11x the previous path (cold ~150 GFLOP/s, hot
-// ~170, 1.06x; 1-core f32 FMA peak ~230).
+// ~170, 1.06x; 1-core f32 FMA peak ~230); M = 9 / 12 1.15-1.53x; M = 24 / 32 / 64 at K = 2048
+// 1.27 / 1.21 / 1.11x, at K = 5632 1.24 / 1.09 / 1.00x (M = 64 x K = 5632: X's rows, 1.4 MiB, no
+// longer fit L2; both paths ~100 GFLOP/s).
 // Refuted on the way: widening each group's slices once into an L1 buffer of f32 (software-
 // pipelined under the previous group's passes, X step-major in 16 KiB K blocks, so that M = 16
 // converts each weight once instead of 3 times): cold 1.03-1.13x the previous path but hot
@@ -584,7 +586,7 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // (M >= kSmallMMin = 9: 2 or 3 row blocks, so a pass prefetches at most 2 rows: the tables below.)
 // F16 at M = 8 through it (4 + 4 rows, instead of dot_streams' 3 rows x 8 accumulators) measured
 // 0.92-0.99x on o and 1.40x once on gate_up (1 thread, cold): not taken.
-constexpr int64_t kGroupsF16MaxM = 16;
+constexpr int64_t kGroupsF16MaxM = kSmallMMax;
 static_assert(kSmallMMin > kMB, "groups_f16 needs at least 2 row blocks (at most 2 prefetched rows a pass)");
 
 SM_T512 void groups_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
