@@ -2032,6 +2032,8 @@ void bench_batched_decode(ThreadPool& pool) {
         auto run = [&](const void* wp) { gemm_huge_pages(x.get(), K, wp, t, nullptr, y.get(), N, M, N, K, &pool); };
         // 9 <= M <= 16 (bf16): the previous path is run_range_bf16's row-block passes (EMOLLM_SMALL_M_ONEPASS=0)
         const bool onepass_prev = M > gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16;
+        // 9 <= M <= 16 (f16): the previous path is run_range<KF16>'s passes (EMOLLM_SMALL_M_F16_GROUPS=0)
+        const bool f16_groups_prev = M > gemm_detail::kSmallM && M <= 16 && t == DType::F16;
         // bf16 at bf16_dot_min_m() <= M <= 8 (M = 8 by default): the previous path is the exact-X
         // dot_streams (EMOLLM_BF16_DOT_MIN_M=0)
         const bool exact_prev = M <= gemm_detail::kSmallM && M >= gemm_detail::bf16_dot_min_m() && t == DType::BF16 &&
@@ -2044,13 +2046,15 @@ void bench_batched_decode(ThreadPool& pool) {
             gemm_detail::set_bf16_dot_min_m(prev_min);
             return;
           }
-          with_switch(onepass_prev ? gemm_detail::set_small_m_onepass : gemm_detail::set_small_m_streams, false,
-                      [&] { run(wp); });
+          with_switch(onepass_prev       ? gemm_detail::set_small_m_onepass
+                      : f16_groups_prev ? gemm_detail::set_small_m_f16_groups
+                                         : gemm_detail::set_small_m_streams,
+                      false, [&] { run(wp); });
         };
         auto check = [&](Result& row) {
           set_check(row, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
         };
-        const bool has_prev = M <= gemm_detail::kSmallM || onepass_prev;
+        const bool has_prev = M <= gemm_detail::kSmallM || onepass_prev || f16_groups_prev;
         const bool reads = cpu_features().avx512f;
         bool dnnl_on = false;
 #ifdef EMOLLM_HAVE_DNNL
@@ -2132,6 +2136,7 @@ void bench_batched_decode(ThreadPool& pool) {
         if (has_prev)
           add("prev", prev,
               onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
+              : f16_groups_prev ? "previous path (EMOLLM_SMALL_M_F16_GROUPS=0: run_range<KF16>, the next group not prefetched), interleaved"
               : exact_prev ? "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved"
                            : "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved",
               true, [&] { run_prev(q.get()); });

@@ -83,6 +83,11 @@ bool small_m_onepass_x16k();
 // block is 32 KiB (L1) instead of 256 KiB (L2; see gemm_small_m.cpp). Same bits.
 void set_small_m_streams_whole_k(bool on);
 bool small_m_streams_whole_k();
+// F16 at kSmallMMin <= M <= kSmallMMax on AVX-512 (gemm_small_m.cpp groups_f16): run_range's group order
+// where the passes over a group of weight rows prefetch the next group (default on;
+// EMOLLM_SMALL_M_F16_GROUPS=0 off: run_range<KF16>). Same bits. For tests and A/B; process-wide.
+void set_small_m_f16_groups(bool on);
+bool small_m_f16_groups();
 // The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
 // with X rounded to bf16 (gemm_small_m.cpp streams_bf16 below M = 9): 8 by default, so a row of a
 // batch of 8..64 gets the same bits in all of them (M = 8 measured 1.2-1.5x the exact-X dot_streams,

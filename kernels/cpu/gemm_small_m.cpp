@@ -117,6 +117,14 @@ EnvSwitch& small_m_streams_whole_k_flag() {
 }  // namespace
 void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(on); }
 bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
+namespace {
+EnvSwitch& small_m_f16_groups_flag() {
+  static EnvSwitch on("EMOLLM_SMALL_M_F16_GROUPS");  // =0: F16 at 9 <= M <= 64 by run_range<KF16>
+  return on;
+}
+}  // namespace
+void set_small_m_f16_groups(bool on) { small_m_f16_groups_flag().set(on); }
+bool small_m_f16_groups() { return small_m_f16_groups_flag().on(); }
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -277,9 +285,11 @@ SM_T512 SM_AI __m512 load_w16(const uint8_t* row, int64_t k, __mmask16 mk) {
   }
 }
 
-template <DType DT, int R, int MB, bool PF>
+// PF: a software prefetch kPrefetchBytes ahead along the rows; NPF > 0 (groups_f16): instead, the
+// lines of the NPF rows nxt[] (another group's, prefetched at the same column: one line per 32 k).
+template <DType DT, int R, int MB, bool PF, int NPF = 0>
 SM_T512 void fma_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb, int64_t K, const float* bias,
-                       float* Y, int64_t ldy, int64_t n0) {
+                       float* Y, int64_t ldy, int64_t n0, const uint8_t* const* nxt = nullptr) {
   const uint8_t* wr[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) wr[r] = W + size_t(n0 + r) * rb;
@@ -296,6 +306,12 @@ SM_T512 void fma_block(const float* X, int64_t ldx, const uint8_t* W, size_t rb,
       if constexpr (PF)
         if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * k + kPrefetchBytes), _MM_HINT_T0);
       w[r] = load_w16<DT>(wr[r], k, mk);
+    }
+    if constexpr (NPF > 0) {
+      if ((k & 31) == 0) {
+#pragma GCC unroll 2
+        for (int q = 0; q < NPF; ++q) _mm_prefetch(reinterpret_cast<const char*>(nxt[q] + 2 * k), _MM_HINT_T0);
+      }
     }
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
@@ -541,6 +557,80 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
         n += R;
       }
     }
+  }
+}
+
+// ------------------------------------------------------------------ F16, groups with the next one prefetched
+// F16 weights have no dot-product instruction here (no AVX512-FP16; oneDNN 2.6 has no f16 matmul on
+// this CPU either): every weight is widened to f32 (vcvtph2ps, exact) and multiplied by the exact
+// f32 X with FMAs; at M = 16 that is compute-bound (2 flop per 2-byte weight per row: 16 flop/byte
+// against the f32 FMA balance of ~5.6, 450 GFLOP/s / 80 GB/s on 2 cores). run_range<KF16> (the
+// previous path) takes a chunk of weight rows group by group (K = 2048, 5632: the group order),
+// every row block of X (M = 16: 6, 5, 5) passing over the group's 4 rows (whole K, X rows from L2),
+// the first pass with a prefetch 1 KiB ahead along the rows: that first pass runs at the memory's
+// pace, and a cold call took ~1.2x its hot time. groups_f16: the same order and the same
+// fma_block, but the passes over a group prefetch the next group's rows (its rows q with
+// q % nblk == b in pass b, one line per 32 k at the column the pass is at), so every group is in
+// L1 / L2 before its first pass and the reads run under the FMAs. Prefetches only: the same bits
+// as run_range<KF16> (EMOLLM_SMALL_M_F16_GROUPS=0).
+// Measured (Zen 5, 1 thread, thread CPU time, load 5-9, interleaved in one process): M = 16 cold
+// 1.1B o 1.20-1.25x, gate_up 1.19-1.34x, down 1.08-1.11x the previous path (cold ~150 GFLOP/s, hot
+// ~170, 1.06x; 1-core f32 FMA peak ~230); M = 9 / 12 1.15-1.53x; M = 24 / 32 / 64 at K = 2048
+// 1.27 / 1.21 / 1.11x, at K = 5632 1.24 / 1.09 / 1.00x (M = 64 x K = 5632: X's rows, 1.4 MiB, no
+// longer fit L2; both paths ~100 GFLOP/s).
+// Refuted on the way: widening each group's slices once into an L1 buffer of f32 (software-
+// pipelined under the previous group's passes, X step-major in 16 KiB K blocks, so that M = 16
+// converts each weight once instead of 3 times): cold 1.03-1.13x the previous path but hot
+// 0.80-0.92x (passes 16 steps long, their partial sums through L1); X blocks of 12-128 KiB no better.
+// Converting is not what limits: vcvtph2ps does not take the FMA pipes' slots.
+// (M >= kSmallMMin = 9: 2 or 3 row blocks, so a pass prefetches at most 2 rows: the tables below.)
+// F16 at M = 8 through it (4 + 4 rows, instead of dot_streams' 3 rows x 8 accumulators) measured
+// 0.92-0.99x on o and 1.40x once on gate_up (1 thread, cold): not taken.
+constexpr int64_t kGroupsF16MaxM = kSmallMMax;
+static_assert(kSmallMMin > kMB, "groups_f16 needs at least 2 row blocks (at most 2 prefetched rows a pass)");
+
+SM_T512 void groups_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t M = a.M, n4 = a.N / kR * kR;
+  const int64_t nblk = (M + kMB - 1) / kMB, base = M / nblk, extra = M % nblk;
+  using Fn = void (*)(const float*, int64_t, const uint8_t*, size_t, int64_t, const float*, float*, int64_t, int64_t,
+                      const uint8_t* const*);
+  static constexpr Fn f4[3][kMB] = {
+      {fma_block<DType::F16, kR, 1, false, 0>, fma_block<DType::F16, kR, 2, false, 0>,
+       fma_block<DType::F16, kR, 3, false, 0>, fma_block<DType::F16, kR, 4, false, 0>,
+       fma_block<DType::F16, kR, 5, false, 0>, fma_block<DType::F16, kR, 6, false, 0>},
+      {fma_block<DType::F16, kR, 1, false, 1>, fma_block<DType::F16, kR, 2, false, 1>,
+       fma_block<DType::F16, kR, 3, false, 1>, fma_block<DType::F16, kR, 4, false, 1>,
+       fma_block<DType::F16, kR, 5, false, 1>, fma_block<DType::F16, kR, 6, false, 1>},
+      {fma_block<DType::F16, kR, 1, false, 2>, fma_block<DType::F16, kR, 2, false, 2>,
+       fma_block<DType::F16, kR, 3, false, 2>, fma_block<DType::F16, kR, 4, false, 2>,
+       fma_block<DType::F16, kR, 5, false, 2>, fma_block<DType::F16, kR, 6, false, 2>}};
+  static constexpr Fn f1[2][kMB] = {
+      {fma_block<DType::F16, 1, 1, false>, fma_block<DType::F16, 1, 2, false>, fma_block<DType::F16, 1, 3, false>,
+       fma_block<DType::F16, 1, 4, false>, fma_block<DType::F16, 1, 5, false>, fma_block<DType::F16, 1, 6, false>},
+      {fma_block<DType::F16, 1, 1, true>, fma_block<DType::F16, 1, 2, true>, fma_block<DType::F16, 1, 3, true>,
+       fma_block<DType::F16, 1, 4, true>, fma_block<DType::F16, 1, 5, true>, fma_block<DType::F16, 1, 6, true>}};
+  for (int64_t n = n0; n < n1;) {
+    const bool four = n < n4 && n + kR <= n1;
+    const int64_t nn = n + (four ? kR : 1);  // the next group (a prefetch past the range is harmless)
+    int64_t m0 = 0;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t mb = base + (b < extra ? 1 : 0);
+      const float* x = a.X + m0 * a.ldx;
+      float* y = a.Y + m0 * a.ldy;
+      if (four) {
+        const uint8_t* nxt[kR];
+        int npf = 0;
+        for (int64_t q = b; q < kR; q += nblk) nxt[npf++] = W + size_t(nn + q) * a.row_bytes;
+        f4[npf][mb - 1](x, a.ldx, W, a.row_bytes, a.K, a.bias, y, a.ldy, n, nxt);
+      } else {
+        // single rows (past N / 4 * 4): the first pass prefetches along its own row, as run_range's
+        const Fn g = f1[b == 0 ? 1 : 0][mb - 1];
+        g(x, a.ldx, W, a.row_bytes, a.K, a.bias, y, a.ldy, n, nullptr);
+      }
+      m0 += mb;
+    }
+    n = nn;
   }
 }
 
@@ -806,6 +896,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
     }
   } else if (a.wtype == DType::BF16) {
     range = run_range<KBf16Fma>;
+  } else if (a.wtype == DType::F16 && a.M <= kGroupsF16MaxM && small_m_f16_groups()) {
+    range = groups_f16;
   } else if (a.wtype == DType::F16) {
     range = run_range<KF16>;
   } else {
@@ -819,7 +911,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
   const size_t slice = p.bf16dot ? std::min(a.row_bytes, size_t(p.kblock) * 2) : a.row_bytes;
   const int64_t by_bytes = int64_t(kChunkBytes / std::max<size_t>(slice, 1));
   // (one pass: nothing is read twice, so no L2 cap)
-  const bool onepass = range != run_range_bf16 && p.bf16dot;  // (or the streams kernel)
+  // (groups_f16: each group's rows stay in L1 / L2 for its passes, the chunk needs no cap either)
+  const bool onepass = (range != run_range_bf16 && p.bf16dot) || range == groups_f16;  // (or the streams kernel)
   const int64_t chunk = std::max<int64_t>(kR, std::min(onepass ? a.N : by_bytes, a.N / (8 * nth)) / kR * kR);
   // parallel_chunks runs the whole range at once without a pool (or when the call is small): the
   // row blocks' passes must still see at most `chunk` rows of weights at a time

@@ -685,3 +685,68 @@ TEST(gemm_small_m_onepass_x16k_bit_equal) {
       }
   EXPECT(compared == 3 * 5 * 2 * 2);
 }
+
+// ---------------------------------------------------------------- F16 groups, next prefetched (9 <= M <= 16)
+// groups_f16 (default for F16 at 9 <= M <= 64 on AVX-512) runs run_range<KF16>'s group order and
+// fma_block with prefetches of the next group added: it must give run_range<KF16>'s bits
+// (set_small_m_f16_groups(false)) whatever the shape, the split or the order of the x_outer /
+// group loops the previous path picks (K <= 1365 at M 9..16: x_outer), and both must be within the
+// f32 bound of ref::gemm (f16 -> f32 is exact, X exact). Every M of 8..17 (and 24, 33, 64: 4, 6 and
+// 11 row blocks, a pass prefetching 1 row or none), N with single rows
+// left over (1, 3, 5, 37) and a long split (203), K tails (1, 15, 17, 33), K on both sides of the
+// loop-order limit (1400, 2085, 5632), padded X (NaN there) / Y (a sentinel that must survive),
+// bias or not, 1-3 threads, gemm and gemm_huge_pages, every ISA cap (below AVX-512 neither path
+// runs: the switch must change nothing). M = 8 and 65 must not take it (their bits do not move
+// with the switch; checked against the bound).
+TEST(gemm_small_m_f16_groups_bit_equal) {
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  std::vector<Isa> isas;
+  for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
+  const bool prev = gemm_detail::small_m_f16_groups();
+  uint32_t seed = 10100;
+  int compared = 0;
+  for (int64_t M : {8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 33, 64, 65})
+    for (int64_t K : {1, 15, 17, 33, 100, 256, 257, 1400, 2085, 5632})
+      for (int64_t N : {1, 3, 5, 37, 203}) {
+        if (N == 203 && K > 300) continue;
+        if (K == 5632 && N != 37) continue;
+        if ((M == 8 || M > 17) && N != 37) continue;
+        const Case c = make_case(DType::F16, M, N, K, (M + K) % 3, N % 3, seed++);
+        for (int use_bias = 0; use_bias < 2; ++use_bias) {
+          const float* bias = use_bias ? c.bias.data() : nullptr;
+          std::vector<float> R(size_t(c.M * c.ldy), kSentinel);
+          ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
+          for (Isa isa : isas) {
+            if (isa != isa_detected() && !(isa == Isa::Avx2 && K == 257)) continue;
+            IsaCapScope cap(isa);
+            for (ThreadPool* pl : pools) {
+              if (pl == &pool3 && !(use_bias && (K == 33 || K == 2085))) continue;
+              const bool huge = (K + N) % 2 == 0;
+              const std::string what = "F16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
+                                       std::to_string(c.K) + " bias=" + std::to_string(use_bias) +
+                                       " isa=" + isa_name(isa) + " threads=" + std::to_string(pl ? pl->size() : 1) +
+                                       " huge=" + std::to_string(huge);
+              std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
+              auto call = [&](float* y) {
+                if (huge)
+                  gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::F16, bias, y, c.ldy, c.M, c.N, c.K, pl);
+                else
+                  gemm(c.X.data(), c.ldx, c.W.data(), DType::F16, bias, y, c.ldy, c.M, c.N, c.K, pl);
+              };
+              gemm_detail::set_small_m_f16_groups(true);
+              call(Y.data());
+              gemm_detail::set_small_m_f16_groups(false);
+              call(Y0.data());
+              gemm_detail::set_small_m_f16_groups(prev);
+              if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
+                emollm_test::report_failure(__FILE__, __LINE__, what + ": groups_f16 differs from run_range<KF16>'s bits");
+              check(Y, R, c, c.X, bias, 0.0, what + " [groups_f16 vs f64 ref]");
+              check(Y0, R, c, c.X, bias, 0.0, what + " [previous vs f64 ref]");
+              ++compared;
+            }
+          }
+        }
+      }
+  EXPECT(compared > 500);
+}
