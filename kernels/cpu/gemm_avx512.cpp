@@ -1328,6 +1328,47 @@ void compute_range_f32(const Args& a, const float* xp, int64_t npm, int64_t m_be
 // set_bf16_gemm_legacy_blocking (gemm_internal.h)
 std::atomic<bool> g_bf16_legacy_blocking{false};
 
+// The vdpbf16ps GEMM's split of the weight panels between threads: split_packed_gemm's chunk
+// (NC = 512 rows when N >= 4 * NC * threads) left TinyLlama-1.1B's gate / up (N = 5632: 11
+// chunks of 512) at 6 chunks for one thread and 5 for the other, 0.92x of an even split at 2
+// threads. balanced_panel_chunk picks, between half and 1.5x that chunk, the one whose dynamic
+// schedule leaves the busiest thread the fewest panels (the largest on a tie). A chunk only says
+// which thread computes which rows: every output's sum is the same, same bits.
+// EMOLLM_BF16_GEMM_BALANCED_SPLIT=0: split_packed_gemm's chunk.
+EnvSwitch& bf16_balanced_split_flag() {
+  static EnvSwitch on("EMOLLM_BF16_GEMM_BALANCED_SPLIT");
+  return on;
+}
+
+}  // namespace
+
+// Panels per chunk for npn panels over nth threads, around c0 panels a chunk (see above).
+int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0) {
+  int64_t best = c0, best_load = INT64_MAX;
+  for (int64_t c = std::max<int64_t>(1, (c0 + 1) / 2); c <= c0 + c0 / 2; ++c) {
+    const int64_t chunks = (npn + c - 1) / c;
+    const int64_t load = (chunks + nth - 1) / nth * c;  // the busiest thread's panels, at most
+    if (load <= best_load) best = c, best_load = load;
+  }
+  return best;
+}
+
+namespace {
+
+// split_packed_gemm for the vdpbf16ps GEMM: its split by weight panels with a balanced chunk
+// (bf16_balanced_split_flag), else split_packed_gemm itself.
+template <typename Fn>
+void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& fn) {
+  const int64_t npn = (N + NR - 1) / NR, npm = (mcur + MR - 1) / MR;
+  const int nth = pool ? pool->size() : 1;
+  if (!bf16_balanced_split_flag().on() || nth <= 1 || !(npn >= 4 * nth || npn >= npm))
+    return split_packed_gemm(pool, mcur, N, K, MR, NR, NC, fn);
+  const int64_t c0 = (N >= 4 * NC * nth) ? NC / NR : std::max<int64_t>(1, npn / (4 * nth));
+  const int64_t chunk = balanced_panel_chunk(npn, nth, c0) * NR;
+  parallel_chunks(pool, mcur * N * K >= kParallelMinMacs, N, chunk,
+                  [&](int64_t n0, int64_t n1) { fn(int64_t(0), mcur, n0, n1); });
+}
+
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
 // by weight-row panels when there are enough of them (each thread packs only its own part of
 // W), else by row panels of X.
@@ -1390,9 +1431,11 @@ void gemm_packed(const Args& a, bool prepacked = false) {
                                              int64_t n_begin, int64_t n_end) {
       compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb, prepacked, xnpm);
     };
-    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-      range(sub, xp, r0, r1, n0, n1);
-    });
+    auto part = [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) { range(sub, xp, r0, r1, n0, n1); };
+    if constexpr (BF)
+      split_bf16_gemm(a.pool, mcur, a.N, a.K, part);
+    else
+      split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, part);
   }
 }
 
@@ -1449,6 +1492,8 @@ bool bf16_gemm_long_k() { return bf16_long_k_flag().on(); }
 void set_bf16_gemm_x_kblocks(bool on) { bf16_x_kblocks_flag().set(on); }
 bool bf16_gemm_x_kblocks() { return bf16_x_kblocks_flag().on(); }
 void set_bf16_pack_row_groups(bool on) { bf16_pack_row_groups_flag().set(on); }
+void set_bf16_gemm_balanced_split(bool on) { bf16_balanced_split_flag().set(on); }
+bool bf16_gemm_balanced_split() { return bf16_balanced_split_flag().on(); }
 bool bf16_pack_row_groups() { return bf16_pack_row_groups_flag().on(); }
 
 void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }
@@ -1505,7 +1550,8 @@ void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
       if (p1 > p0) pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
     });
     // split_packed_gemm's split by weight panels, over the panels of every output
-    const int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
+    int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
+    if (bf16_balanced_split_flag().on() && nth > 1) chunk = balanced_panel_chunk(panels, nth, chunk);
     int64_t macs = 0;
     for (int j = 0; j < n; ++j) macs += mcur * outs[j].N * a.K;
     parallel_chunks(a.pool, macs >= kParallelMinMacs, panels, chunk, [&](int64_t g0, int64_t g1) {

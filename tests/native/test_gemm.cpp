@@ -1921,3 +1921,60 @@ TEST(gemm_bf16_pack_row_groups_same_bits) {
   gemm_detail::set_bf16_pack_row_groups(true);
   EXPECT(compared == 15);
 }
+
+// The vdpbf16ps GEMM's thread split with a balanced chunk (set_bf16_gemm_balanced_split, default
+// on): TinyLlama-1.1B's gate / up (N = 5632, 88 panels) split in 11 chunks of 8 panels left one of
+// 2 threads 48 panels and the other 40; the balanced chunk leaves each 44. Only which thread
+// computes which rows changes: gemm(), gemm_bf16_panels and gemm_bf16_panels_multi (two outputs) give the same
+// bits with it on and off (whole-K and 256-pair k blocks, N a multiple of 64 or not, 1-3 threads),
+// and every output is written (sentinels).
+TEST(gemm_bf16_balanced_split_same_bits) {
+  // the chunk itself: the busiest of nth threads takes ceil(chunks / nth) chunks
+  auto busiest = [](int64_t npn, int nth, int64_t c) { return ((npn + c - 1) / c + nth - 1) / nth * c; };
+  EXPECT(gemm_detail::balanced_panel_chunk(88, 2, 8) == 11);  // 8 chunks of 11: 44 panels each
+  EXPECT(busiest(88, 2, gemm_detail::balanced_panel_chunk(88, 2, 8)) == 44);
+  EXPECT(busiest(88, 2, 8) == 48);
+  EXPECT(gemm_detail::balanced_panel_chunk(64, 2, 8) == 8);  // already even: unchanged
+  EXPECT(gemm_detail::balanced_panel_chunk(32, 2, 4) == 4);
+  for (int64_t npn : {1, 5, 17, 88, 172, 176})
+    for (int nth : {2, 3})
+      for (int64_t c0 : {1, 2, 4, 8}) {
+        const int64_t c = gemm_detail::balanced_panel_chunk(npn, nth, c0);
+        EXPECT(c >= std::max<int64_t>(1, (c0 + 1) / 2) && c <= c0 + c0 / 2);
+        EXPECT(busiest(npn, nth, c) <= busiest(npn, nth, c0));
+      }
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; };
+  int compared = 0;
+  for (const Shape sh : {Shape{70, 5632, 256}, Shape{66, 2048, 4200}, Shape{80, 1000, 96}, Shape{67, 130, 300}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(5 * sh.K + 3 * sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 1, 3, uint32_t(sh.M + 11 * sh.K));
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
+    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<float> Y[2][4];
+      for (int on = 0; on < 2; ++on) {
+        gemm_detail::set_bf16_gemm_balanced_split(on == 1);
+        for (auto& y : Y[on]) y.assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on][0].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Y[on][1].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        // two outputs on the same panels (one without a bias): the split runs over both's panels
+        const PanelOutput po[2] = {{pan.get(), p.bias.data(), Y[on][2].data(), p.ldy, sh.N},
+                                   {pan.get(), nullptr, Y[on][3].data(), p.ldy, sh.N}};
+        gemm_bf16_panels_multi(p.X.data(), p.ldx, po, 2, sh.M, sh.K, pl);
+      }
+      for (int k = 0; k < 4; ++k) {
+        same(Y[0][k], Y[1][k], "bf16 balanced split vs previous" + shape + " path " + std::to_string(k));
+        bool written = true;
+        for (int64_t m = 0; m < sh.M; ++m)
+          for (int64_t n = 0; n < sh.N; ++n) written = written && Y[1][k][size_t(m * p.ldy + n)] != kSentinel;
+        EXPECT(written);
+        ++compared;
+      }
+    }
+  }
+  gemm_detail::set_bf16_gemm_balanced_split(true);
+  EXPECT(compared == 48);
+}
