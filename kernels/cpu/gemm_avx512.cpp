@@ -1332,7 +1332,10 @@ std::atomic<bool> g_bf16_legacy_blocking{false};
 // (NC = 512 rows when N >= 4 * NC * threads) left TinyLlama-1.1B's gate / up (N = 5632: 11
 // chunks of 512) at 6 chunks for one thread and 5 for the other, 0.92x of an even split at 2
 // threads. balanced_panel_chunk picks, between half and 1.5x that chunk, the one whose dynamic
-// schedule leaves the busiest thread the fewest panels (the largest on a tie). A chunk only says
+// schedule leaves the busiest thread the fewest panels (the largest on a tie: each chunk's first W
+// block comes without the next-block prefetch). The split by row panels of X (few weight panels)
+// gets the same choice: a 1.1B layer's k / v (N = 256) at M = 512 ran 9 chunks of 10 row panels,
+// 5 for one thread and 4 for the other (and each chunk packs all of W). A chunk only says
 // which thread computes which rows: every output's sum is the same, same bits.
 // EMOLLM_BF16_GEMM_BALANCED_SPLIT=0: split_packed_gemm's chunk.
 EnvSwitch& bf16_balanced_split_flag() {
@@ -1361,12 +1364,16 @@ template <typename Fn>
 void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& fn) {
   const int64_t npn = (N + NR - 1) / NR, npm = (mcur + MR - 1) / MR;
   const int nth = pool ? pool->size() : 1;
-  if (!bf16_balanced_split_flag().on() || nth <= 1 || !(npn >= 4 * nth || npn >= npm))
-    return split_packed_gemm(pool, mcur, N, K, MR, NR, NC, fn);
-  const int64_t c0 = (N >= 4 * NC * nth) ? NC / NR : std::max<int64_t>(1, npn / (4 * nth));
-  const int64_t chunk = balanced_panel_chunk(npn, nth, c0) * NR;
-  parallel_chunks(pool, mcur * N * K >= kParallelMinMacs, N, chunk,
-                  [&](int64_t n0, int64_t n1) { fn(int64_t(0), mcur, n0, n1); });
+  if (!bf16_balanced_split_flag().on() || nth <= 1) return split_packed_gemm(pool, mcur, N, K, MR, NR, NC, fn);
+  const bool par = mcur * N * K >= kParallelMinMacs;
+  if (npn >= 4 * nth || npn >= npm) {
+    const int64_t c0 = (N >= 4 * NC * nth) ? NC / NR : std::max<int64_t>(1, npn / (4 * nth));
+    const int64_t chunk = balanced_panel_chunk(npn, nth, c0) * NR;
+    parallel_chunks(pool, par, N, chunk, [&](int64_t n0, int64_t n1) { fn(int64_t(0), mcur, n0, n1); });
+  } else {  // by row panels of X (few weight panels: a 1.1B layer's k / v, N = 256): the same choice
+    const int64_t chunk = balanced_panel_chunk(npm, nth, std::max<int64_t>(1, npm / (4 * nth))) * MR;
+    parallel_chunks(pool, par, mcur, chunk, [&](int64_t r0, int64_t r1) { fn(r0, r1, int64_t(0), N); });
+  }
 }
 
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:

@@ -1926,7 +1926,8 @@ TEST(gemm_bf16_pack_row_groups_same_bits) {
 // on): TinyLlama-1.1B's gate / up (N = 5632, 88 panels) split in 11 chunks of 8 panels left one of
 // 2 threads 48 panels and the other 40; the balanced chunk leaves each 44. Only which thread
 // computes which rows changes: gemm(), gemm_bf16_panels and gemm_bf16_panels_multi (two outputs) give the same
-// bits with it on and off (whole-K and 256-pair k blocks, N a multiple of 64 or not, 1-3 threads),
+// bits with it on and off (whole-K and 256-pair k blocks, N a multiple of 64 or not, the split by
+// row panels at N = 256, M = 512, 1-3 threads),
 // and every output is written (sentinels).
 TEST(gemm_bf16_balanced_split_same_bits) {
   // the chunk itself: the busiest of nth threads takes ceil(chunks / nth) chunks
@@ -1934,6 +1935,8 @@ TEST(gemm_bf16_balanced_split_same_bits) {
   EXPECT(gemm_detail::balanced_panel_chunk(88, 2, 8) == 11);  // 8 chunks of 11: 44 panels each
   EXPECT(busiest(88, 2, gemm_detail::balanced_panel_chunk(88, 2, 8)) == 44);
   EXPECT(busiest(88, 2, 8) == 48);
+  EXPECT(gemm_detail::balanced_panel_chunk(86, 2, 10) == 11);  // M = 512 row panels: 44 / 42, not 50 / 36
+  EXPECT(busiest(86, 2, 10) == 50);
   EXPECT(gemm_detail::balanced_panel_chunk(64, 2, 8) == 8);  // already even: unchanged
   EXPECT(gemm_detail::balanced_panel_chunk(32, 2, 4) == 4);
   for (int64_t npn : {1, 5, 17, 88, 172, 176})
@@ -1947,7 +1950,8 @@ TEST(gemm_bf16_balanced_split_same_bits) {
   ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; };
   int compared = 0;
-  for (const Shape sh : {Shape{70, 5632, 256}, Shape{66, 2048, 4200}, Shape{80, 1000, 96}, Shape{67, 130, 300}}) {
+  for (const Shape sh : {Shape{70, 5632, 256}, Shape{66, 2048, 4200}, Shape{80, 1000, 96}, Shape{67, 130, 300},
+                         Shape{512, 256, 200}}) {  // the last: split by row panels (a 1.1B k / v)
     Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(5 * sh.K + 3 * sh.N));
     Problem p = make_problem(sh.M, sh.N, sh.K, 1, 3, uint32_t(sh.M + 11 * sh.K));
     const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
@@ -1976,5 +1980,5 @@ TEST(gemm_bf16_balanced_split_same_bits) {
     }
   }
   gemm_detail::set_bf16_gemm_balanced_split(true);
-  EXPECT(compared == 48);
+  EXPECT(compared == 60);
 }
