@@ -1531,9 +1531,11 @@ void gemm_bf16_panels_avx512(const Args& a) {
 // As gemm_packed<BF16, true>(a, prepacked) for each output, with the same blocks (so the same
 // sums, bit for bit), but X packed once per row chunk and one split over all outputs' panels:
 // chunks of panels numbered across the outputs, cut at the outputs' edges.
-void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
+namespace {
+// gemm_bf16_panels_multi_avx512 (prepacked: every W is bf16_pack_panels' panels) and
+// gemm_bf16_rows_multi_avx512 (row-major W, packed a W block at a time as gemm() does).
+void bf16_multi(const Args* outs, int n, bool prepacked) {
   const Args& a = outs[0];
-  if (a.M <= kSmallMMax && small_m_panels_enabled()) return gemm_bf16_panels_small_m(outs, n);
   const int64_t kunits = (a.K + 1) / 2;
   const int64_t x_budget = int64_t(8) << 20;
   const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
@@ -1568,10 +1570,27 @@ void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
         Args sub = outs[j];
         sub.Y = outs[j].Y + m0 * outs[j].ldy;
         compute_range<DType::BF16, true>(sub, xp, 0, mcur, (lo - first[j]) * NR, std::min(outs[j].N, (hi - first[j]) * NR),
-                                         kcb, ncb, true);
+                                         kcb, ncb, prepacked);
       }
     });
   }
+}
+}  // namespace
+
+void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
+  if (outs[0].M <= kSmallMMax && small_m_panels_enabled()) return gemm_bf16_panels_small_m(outs, n);
+  bf16_multi(outs, n, true);
+}
+
+// K in one k block (kunits <= KCP_DEEP, not the legacy blocking): the same blocks as gemm()'s
+// gemm_packed<BF16, true> for each output (kcb, ncb, X chunks of <= 8 MiB: the same sums), X
+// packed once, one split over every output's panels. Longer K: gemm_packed for each output.
+void gemm_bf16_rows_multi_avx512(const Args* outs, int n) {
+  if ((outs[0].K + 1) / 2 > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
+    for (int j = 0; j < n; ++j) gemm_packed<DType::BF16, true>(outs[j]);
+    return;
+  }
+  bf16_multi(outs, n, false);
 }
 
 void gemm_avx512(const Args& a, bool bf16_dot) {

@@ -294,6 +294,10 @@ void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, Thr
 void gemm_bf16_panels_avx512(const Args& a);
 // kernels.h gemm_bf16_panels_multi: the outputs share X, ldx, M, K and pool (arguments checked).
 void gemm_bf16_panels_multi_avx512(const Args* outs, int n);
+// The same on row-major BF16 W (a.W, a.row_bytes): bit for bit gemm_packed<BF16, vdpbf16ps> (what
+// gemm() runs at M > kSmallMMax on AVX512-BF16 without AMX) for each output, X packed once and one
+// split over every output's panels when K fits one k block; else one gemm_packed each.
+void gemm_bf16_rows_multi_avx512(const Args* outs, int n);
 // gemv_huge_pages_multi on AVX-512 for BF16 / F16 with the single-stream GEMV on: one guided
 // dispatch over all outputs' rows (arguments checked by the caller).
 void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);

@@ -1982,3 +1982,55 @@ TEST(gemm_bf16_balanced_split_same_bits) {
   gemm_detail::set_bf16_gemm_balanced_split(true);
   EXPECT(compared == 60);
 }
+
+// gemm_bf16_rows_multi (a bf16 decoder's prefill q / k / v, gate / up on their row-major copies):
+// each output bit for bit what gemm() gives it, with X packed once and one split over all the
+// outputs' panels (K in one k block, M > 64), or gemm() itself for each (M <= 64, K > 4096, the
+// legacy blocking): q / k / v-shaped outputs (N 2048 / 256 / 256, one without a bias), N not a
+// multiple of 64, odd K, 1-3 threads; sentinels past N in each row stay.
+TEST(gemm_bf16_rows_multi_equals_gemm) {
+  ThreadPool pool2(2), pool3(3);
+  struct Case { int64_t M, K; std::vector<int64_t> Ns; bool legacy; };
+  int compared = 0;
+  for (const Case& c : {Case{512, 2048, {2048, 256, 256}, false}, Case{100, 301, {700, 70}, false},
+                        Case{70, 9000, {130, 64}, false}, Case{40, 512, {200, 100, 64}, false},
+                        Case{90, 700, {300, 128}, true}}) {
+    const int n = int(c.Ns.size());
+    Problem p = make_problem(c.M, 8, c.K, 1, 3, uint32_t(c.M + 13 * c.K));
+    std::vector<Weights> ws;
+    std::vector<std::vector<float>> bias;
+    for (int j = 0; j < n; ++j) {
+      ws.push_back(make_weights(DType::BF16, c.Ns[size_t(j)], c.K, uint32_t(17 * j + c.K)));
+      bias.emplace_back(size_t(c.Ns[size_t(j)]), 0.5f * float(j + 1));
+    }
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      gemm_detail::set_bf16_gemm_legacy_blocking(c.legacy);
+      std::vector<std::vector<float>> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+      PanelOutput po[kMaxPanelOutputs];
+      for (int j = 0; j < n; ++j) {
+        const int64_t N = c.Ns[size_t(j)], ldy = N + 3;
+        const float* b = j == 1 ? nullptr : bias[size_t(j)].data();
+        want[size_t(j)].assign(size_t(c.M * ldy), kSentinel);
+        got[size_t(j)].assign(size_t(c.M * ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, ws[size_t(j)].bytes.data(), DType::BF16, b, want[size_t(j)].data(), ldy, c.M, N, c.K, pl);
+        po[j] = PanelOutput{ws[size_t(j)].bytes.data(), b, got[size_t(j)].data(), ldy, N};
+      }
+      gemm_bf16_rows_multi(p.X.data(), p.ldx, po, n, c.M, c.K, pl);
+      gemm_detail::set_bf16_gemm_legacy_blocking(false);
+      for (int j = 0; j < n; ++j) {
+        same(got[size_t(j)], want[size_t(j)], "gemm_bf16_rows_multi vs gemm() M=" + std::to_string(c.M) + " K=" +
+                                                  std::to_string(c.K) + " output " + std::to_string(j));
+        bool written = true;  // every output element written (not the sentinel)
+        const int64_t N = c.Ns[size_t(j)], ldy = N + 3;
+        for (int64_t m = 0; m < c.M; ++m)
+          for (int64_t x = 0; x < N; ++x) written = written && got[size_t(j)][size_t(m * ldy + x)] != kSentinel;
+        EXPECT(written);
+        ++compared;
+      }
+    }
+  }
+  EXPECT(compared == 36);
+  PanelOutput none{nullptr, nullptr, nullptr, 8, 8};
+  std::vector<float> x(64);
+  EXPECT_THROWS(gemm_bf16_rows_multi(x.data(), 8, &none, 0, 8, 8, nullptr), ErrorCode::InvalidArgument);
+}
