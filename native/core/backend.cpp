@@ -774,6 +774,8 @@ class Scratch {
 
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
 void set_f32_huge_copies(bool on) { f32_huge_copies_flag().store(on, std::memory_order_relaxed); }
+void set_bf16_prefill_fuse(bool on) { bf16_prefill_fuse_flag().set(on); }
+bool bf16_prefill_fuse() { return bf16_prefill_fuse_flag().on(); }
 bool f32_huge_copies() { return f32_huge_copies_flag().load(std::memory_order_relaxed); }
 void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
 bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
