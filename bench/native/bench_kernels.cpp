@@ -2555,6 +2555,69 @@ void bench_attention_decode_qk_wide(ThreadPool& pool) {
              "Q K^T by the generic kernel (set_decode_qk_wide(false)), interleaved; ratio = its time / the default's"});
 }
 
+// The vdpbf16ps GEMM's thread split (gemm_detail::set_bf16_gemm_balanced_split): TinyLlama-1.1B's
+// gate / up at M = 512 (N = 5632: 88 weight panels, which the previous chunk of 8 panels split 48 /
+// 40 between 2 threads), gemm() on the row-major matrix and gemm_bf16_panels, the balanced split
+// and the previous one interleaved call by call; ratio = the previous split's time / the
+// balanced one's (>1: balanced faster). The two splits' outputs are compared bit for bit.
+void bench_gemm_bf16_split(ThreadPool& pool) {
+  const int64_t M = 512, N = 5632, K = 2048;
+  bool header = false;
+  for (const char* impl : {"gemm", "panels"}) {
+    const bool pan = std::strcmp(impl, "panels") == 0;
+    const std::string name = std::string("gemm/llama1b.gate_up/M512/bf16/split-") + impl;
+    if (!selected(name)) continue;
+    if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+    if (pan && !(bf16_panels_usable() && isa_active() >= Isa::Avx512)) continue;
+    if (!header) {
+      table_header("bf16 GEMM thread split: balanced chunk vs split_packed_gemm's (interleaved; ratio = previous split's time / balanced)");
+      header = true;
+    }
+    Buf<float> X = make_aligned<float>(size_t(M * K)), Y = make_aligned<float>(size_t(M * N)),
+               Y0 = make_aligned<float>(size_t(M * N)), Wf = make_aligned<float>(size_t(N * K));
+    fill_random(X.get(), M * K, 11, &pool);
+    fill_random(Wf.get(), N * K, 13, &pool);
+    Buf<uint8_t> W = make_aligned<uint8_t>(size_t(N * K) * 2);
+    convert(Wf.get(), DType::F32, W.get(), DType::BF16, N * K, &pool);
+    Buf<uint8_t> P;
+    if (pan) {
+      P = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+      bf16_pack_panels(W.get(), N, K, P.get(), &pool);
+    }
+    auto call = [&](float* y) {
+      if (pan)
+        gemm_bf16_panels(X.get(), K, P.get(), nullptr, y, N, M, N, K, &pool);
+      else
+        gemm(X.get(), K, W.get(), DType::BF16, nullptr, y, N, M, N, K, &pool);
+    };
+    auto run = [&](int) { call(Y.get()); };
+    auto run_prev = [&](int) { with_switch(gemm_detail::set_bf16_gemm_balanced_split, false, [&] { call(Y0.get()); }); };
+    Result r;
+    r.section = "gemm";
+    r.name = name;
+    r.label = std::string("llama1b.gate_up M=512 ") + impl;
+    r.dtype = "bf16";
+    r.impl = "emollm";
+    r.M = M, r.N = N, r.K = K;
+    r.flops = 2.0 * double(M) * double(N) * double(K);
+    r.bf16_math = true;
+    Stats prev;
+    Result* res = run_case(r, [&](Result& rr) {
+      auto st = measure_interleaved({run, run_prev});
+      rr.st = st[0];
+      prev = st[1];
+      const bool same = std::memcmp(Y.get(), Y0.get(), size_t(M * N) * sizeof(float)) == 0;
+      rr.check = same ? "ok" : "BAD";
+      rr.note = same ? "balanced and previous split: same bits" : "balanced and previous split DIFFER";
+    });
+    if (!res) continue;
+    table_row(*res);
+    push_row(derived_row(*res, "prev", "split-prev", prev, "emollm", prev.best / res->st.best,
+                         "split_packed_gemm's chunk (set_bf16_gemm_balanced_split(false)), interleaved; ratio = its time / the balanced split's"));
+    settle();
+  }
+}
+
 // Decode attention over a paged f16 / bf16 KV cache (AttentionParams::kv_dtype) beside the f32
 // cache of the same values, interleaved call by call: the same shapes and pages as
 // bench_attention_decode. GB/s = the K + V bytes of each cache type (half for f16 / bf16);
@@ -3139,6 +3202,7 @@ int main(int argc, char** argv) {
     bench_eltwise(pool);
     bench_rotation_check(pool);
     bench_f32_gemv(pool);
+    bench_gemm_bf16_split(pool);
     return 0;
   }
   setup_anchors(threads);
@@ -3193,6 +3257,7 @@ int main(int argc, char** argv) {
   bench_eltwise(pool);
   bench_f32_gemv(pool);
   bench_rotation_check(pool);
+  bench_gemm_bf16_split(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the
   // higher of the two, so a percentage above 100 means the machine really was faster than probed.

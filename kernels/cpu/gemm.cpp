@@ -468,6 +468,28 @@ void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs
 #endif
 }
 
+void gemm_bf16_rows_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
+                          ThreadPool* pool) {
+  EMOLLM_CHECK_ARG(outs != nullptr && n >= 1 && n <= kMaxPanelOutputs,
+                   "gemm_bf16_rows_multi: 1.." + std::to_string(kMaxPanelOutputs) + " outputs");
+  for (int j = 0; j < n; ++j) check_args(X, ldx, outs[j].Wp, DType::BF16, outs[j].Y, outs[j].ldy, M, outs[j].N, K);
+#if defined(__x86_64__)
+  // where gemm_impl runs gemm_avx512's vdpbf16ps packed GEMM (no small-M path, no AMX)
+  const bool amx = isa_active() >= Isa::Amx && cpu_features().amx_usable && cpu_features().amx_bf16;
+  bool rows = M > gemm_detail::kSmallMMax && K > 0 && bf16_panels_usable() && !amx;
+  for (int j = 0; j < n; ++j) rows = rows && outs[j].N > 0;
+  if (rows) {
+    gemm_detail::Args a[kMaxPanelOutputs];
+    for (int j = 0; j < n; ++j)
+      a[j] = gemm_detail::Args{X, ldx, outs[j].Wp, DType::BF16, outs[j].bias, outs[j].Y, outs[j].ldy, M, outs[j].N, K,
+                               pool, dtype_row_bytes(DType::BF16, K), true};
+    return gemm_detail::gemm_bf16_rows_multi_avx512(a, n);
+  }
+#endif
+  for (int j = 0; j < n; ++j)
+    gemm_huge_pages(X, ldx, outs[j].Wp, DType::BF16, outs[j].bias, outs[j].Y, outs[j].ldy, M, outs[j].N, K, pool);
+}
+
 }  // namespace emollm
 
 namespace emollm {

@@ -1380,6 +1380,54 @@ void compute_range_f32(const Args& a, const float* xp, int64_t npm, int64_t m_be
 // set_bf16_gemm_legacy_blocking (gemm_internal.h)
 std::atomic<bool> g_bf16_legacy_blocking{false};
 
+// The vdpbf16ps GEMM's split of the weight panels between threads: split_packed_gemm's chunk
+// (NC = 512 rows when N >= 4 * NC * threads) left TinyLlama-1.1B's gate / up (N = 5632: 11
+// chunks of 512) at 6 chunks for one thread and 5 for the other, 0.92x of an even split at 2
+// threads. balanced_panel_chunk picks, between half and 1.5x that chunk, the one whose dynamic
+// schedule leaves the busiest thread the fewest panels (the largest on a tie: each chunk's first W
+// block comes without the next-block prefetch). The split by row panels of X (few weight panels)
+// gets the same choice: a 1.1B layer's k / v (N = 256) at M = 512 ran 9 chunks of 10 row panels,
+// 5 for one thread and 4 for the other (and each chunk packs all of W). A chunk only says
+// which thread computes which rows: every output's sum is the same, same bits.
+// EMOLLM_BF16_GEMM_BALANCED_SPLIT=0: split_packed_gemm's chunk.
+EnvSwitch& bf16_balanced_split_flag() {
+  static EnvSwitch on("EMOLLM_BF16_GEMM_BALANCED_SPLIT");
+  return on;
+}
+
+}  // namespace
+
+// Panels per chunk for npn panels over nth threads, around c0 panels a chunk (see above).
+int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0) {
+  int64_t best = c0, best_load = INT64_MAX;
+  for (int64_t c = std::max<int64_t>(1, (c0 + 1) / 2); c <= c0 + c0 / 2; ++c) {
+    const int64_t chunks = (npn + c - 1) / c;
+    const int64_t load = (chunks + nth - 1) / nth * c;  // the busiest thread's panels, at most
+    if (load <= best_load) best = c, best_load = load;
+  }
+  return best;
+}
+
+namespace {
+
+// split_packed_gemm for the vdpbf16ps GEMM: its split by weight panels with a balanced chunk
+// (bf16_balanced_split_flag), else split_packed_gemm itself.
+template <typename Fn>
+void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& fn) {
+  const int64_t npn = (N + NR - 1) / NR, npm = (mcur + MR - 1) / MR;
+  const int nth = pool ? pool->size() : 1;
+  if (!bf16_balanced_split_flag().on() || nth <= 1) return split_packed_gemm(pool, mcur, N, K, MR, NR, NC, fn);
+  const bool par = mcur * N * K >= kParallelMinMacs;
+  if (npn >= 4 * nth || npn >= npm) {
+    const int64_t c0 = (N >= 4 * NC * nth) ? NC / NR : std::max<int64_t>(1, npn / (4 * nth));
+    const int64_t chunk = balanced_panel_chunk(npn, nth, c0) * NR;
+    parallel_chunks(pool, par, N, chunk, [&](int64_t n0, int64_t n1) { fn(int64_t(0), mcur, n0, n1); });
+  } else {  // by row panels of X (few weight panels: a 1.1B layer's k / v, N = 256): the same choice
+    const int64_t chunk = balanced_panel_chunk(npm, nth, std::max<int64_t>(1, npm / (4 * nth))) * MR;
+    parallel_chunks(pool, par, mcur, chunk, [&](int64_t r0, int64_t r1) { fn(r0, r1, int64_t(0), N); });
+  }
+}
+
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
 // by weight-row panels when there are enough of them (each thread packs only its own part of
 // W), else by row panels of X.
@@ -1442,9 +1490,11 @@ void gemm_packed(const Args& a, bool prepacked = false) {
                                              int64_t n_begin, int64_t n_end) {
       compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb, prepacked, xnpm);
     };
-    split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-      range(sub, xp, r0, r1, n0, n1);
-    });
+    auto part = [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) { range(sub, xp, r0, r1, n0, n1); };
+    if constexpr (BF)
+      split_bf16_gemm(a.pool, mcur, a.N, a.K, part);
+    else
+      split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, part);
   }
 }
 
@@ -1504,6 +1554,8 @@ bool bf16_gemm_long_k() { return bf16_long_k_flag().on(); }
 void set_bf16_gemm_x_kblocks(bool on) { bf16_x_kblocks_flag().set(on); }
 bool bf16_gemm_x_kblocks() { return bf16_x_kblocks_flag().on(); }
 void set_bf16_pack_row_groups(bool on) { bf16_pack_row_groups_flag().set(on); }
+void set_bf16_gemm_balanced_split(bool on) { bf16_balanced_split_flag().set(on); }
+bool bf16_gemm_balanced_split() { return bf16_balanced_split_flag().on(); }
 bool bf16_pack_row_groups() { return bf16_pack_row_groups_flag().on(); }
 
 void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }
@@ -1534,9 +1586,11 @@ void gemm_bf16_panels_avx512(const Args& a) {
 // As gemm_packed<BF16, true>(a, prepacked) for each output, with the same blocks (so the same
 // sums, bit for bit), but X packed once per row chunk and one split over all outputs' panels:
 // chunks of panels numbered across the outputs, cut at the outputs' edges.
-void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
+namespace {
+// gemm_bf16_panels_multi_avx512 (prepacked: every W is bf16_pack_panels' panels) and
+// gemm_bf16_rows_multi_avx512 (row-major W, packed a W block at a time as gemm() does).
+void bf16_multi(const Args* outs, int n, bool prepacked) {
   const Args& a = outs[0];
-  if (a.M <= kSmallMMax && small_m_panels_enabled()) return gemm_bf16_panels_small_m(outs, n);
   const int64_t kunits = (a.K + 1) / 2;
   const int64_t x_budget = int64_t(8) << 20;
   const int64_t mc = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
@@ -1560,7 +1614,8 @@ void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
       if (p1 > p0) pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
     });
     // split_packed_gemm's split by weight panels, over the panels of every output
-    const int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
+    int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
+    if (bf16_balanced_split_flag().on() && nth > 1) chunk = balanced_panel_chunk(panels, nth, chunk);
     int64_t macs = 0;
     for (int j = 0; j < n; ++j) macs += mcur * outs[j].N * a.K;
     parallel_chunks(a.pool, macs >= kParallelMinMacs, panels, chunk, [&](int64_t g0, int64_t g1) {
@@ -1570,10 +1625,27 @@ void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
         Args sub = outs[j];
         sub.Y = outs[j].Y + m0 * outs[j].ldy;
         compute_range<DType::BF16, true>(sub, xp, 0, mcur, (lo - first[j]) * NR, std::min(outs[j].N, (hi - first[j]) * NR),
-                                         kcb, ncb, true);
+                                         kcb, ncb, prepacked);
       }
     });
   }
+}
+}  // namespace
+
+void gemm_bf16_panels_multi_avx512(const Args* outs, int n) {
+  if (outs[0].M <= kSmallMMax && small_m_panels_enabled()) return gemm_bf16_panels_small_m(outs, n);
+  bf16_multi(outs, n, true);
+}
+
+// K in one k block (kunits <= KCP_DEEP, not the legacy blocking): the same blocks as gemm()'s
+// gemm_packed<BF16, true> for each output (kcb, ncb, X chunks of <= 8 MiB: the same sums), X
+// packed once, one split over every output's panels. Longer K: gemm_packed for each output.
+void gemm_bf16_rows_multi_avx512(const Args* outs, int n) {
+  if ((outs[0].K + 1) / 2 > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
+    for (int j = 0; j < n; ++j) gemm_packed<DType::BF16, true>(outs[j]);
+    return;
+  }
+  bf16_multi(outs, n, false);
 }
 
 void gemm_avx512(const Args& a, bool bf16_dot) {

@@ -288,6 +288,16 @@ bool bf16_gemm_x_kblocks();
 // EMOLLM_BF16_PACK_ROW_GROUPS (=0: off).
 void set_bf16_pack_row_groups(bool on);
 bool bf16_pack_row_groups();
+// The vdpbf16ps packed GEMM's (gemm() and the panels) split of the weight panels between threads
+// with a chunk that evens out the threads' shares (default on) or, off, split_packed_gemm's chunk
+// (the previous split). Only which thread computes which rows changes: same bits. Process-wide,
+// starts as EMOLLM_BF16_GEMM_BALANCED_SPLIT (=0: off).
+void set_bf16_gemm_balanced_split(bool on);
+bool bf16_gemm_balanced_split();
+// Its chunk: panels a chunk for npn weight panels over nth threads, chosen in [c0 / 2, 1.5 c0]
+// (c0: split_packed_gemm's) so that the busiest thread's share, ceil(chunks / nth) * chunk, is the
+// smallest (the largest chunk on a tie).
+int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0);
 // The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
 // on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
 // or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the
@@ -300,6 +310,10 @@ void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, Thr
 void gemm_bf16_panels_avx512(const Args& a);
 // kernels.h gemm_bf16_panels_multi: the outputs share X, ldx, M, K and pool (arguments checked).
 void gemm_bf16_panels_multi_avx512(const Args* outs, int n);
+// The same on row-major BF16 W (a.W, a.row_bytes): bit for bit gemm_packed<BF16, vdpbf16ps> (what
+// gemm() runs at M > kSmallMMax on AVX512-BF16 without AMX) for each output, X packed once and one
+// split over every output's panels when K fits one k block; else one gemm_packed each.
+void gemm_bf16_rows_multi_avx512(const Args* outs, int n);
 // gemv_huge_pages_multi on AVX-512 for BF16 / F16 with the single-stream GEMV on: one guided
 // dispatch over all outputs' rows (arguments checked by the caller).
 void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);

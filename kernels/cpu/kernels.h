@@ -178,6 +178,14 @@ struct PanelOutput {
 constexpr int kMaxPanelOutputs = 8;
 void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
                             ThreadPool* pool);
+// The same for row-major bf16 matrices (the weight file's layout or its 2 MiB-page copy; Wp = the
+// N x K matrix): bit for bit gemm() for each output, with X rounded and packed once and one thread
+// split over every output's weight panels where gemm() runs the vdpbf16ps packed GEMM (M > 64,
+// AVX512-BF16 at the AVX-512 level, K <= 4096, no AMX); elsewhere it runs gemm() for each output.
+// A prefill layer's q / k / v and gate / up (CPU backend, EMOLLM_BF16_PREFILL_FUSE=0: one gemm()
+// each).
+void gemm_bf16_rows_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
+                          ThreadPool* pool);
 // Whether backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many):
 // process-wide, read at load. Initial value from EMOLLM_BF16_PANELS ("0" off), else on.
 void set_bf16_panels_enabled(bool on);

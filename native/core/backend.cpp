@@ -178,6 +178,11 @@ EnvSwitch& f32_huge_copies_flag() {
   static EnvSwitch on("EMOLLM_F32_HUGE_COPIES");
   return on;
 }
+// CpuBackend::bf16_rows_fused: on unless EMOLLM_BF16_PREFILL_FUSE is "0" / "off".
+EnvSwitch& bf16_prefill_fuse_flag() {
+  static EnvSwitch on("EMOLLM_BF16_PREFILL_FUSE");
+  return on;
+}
 size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
 // EMOLLM_PREFAULT_THREADS=1: CpuBackend::prefault on the calling thread only (A/B).
 int prefault_threads() {
@@ -452,7 +457,26 @@ class CpuBackend final : public Backend {
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
     if (n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
     if (M > 1 && n > 1 && n <= kMaxRepackedOutputs && repacked_fused(X, ldx, outs, n, M, K)) return;
+    if (M > 1 && n > 1 && n <= kMaxPanelOutputs && bf16_rows_fused(X, ldx, outs, n, M, K)) return;
     Backend::gemm_multi(X, ldx, outs, n, M, K);
+  }
+  // Many rows on bf16 2 MiB-page copies (a bf16 decoder's prefill q / k / v, gate / up):
+  // gemm_bf16_rows_multi, what gemm() gives for each output bit for bit, with X rounded and
+  // packed once and one thread split over all their weight panels (TinyLlama-1.1B's k / v, N =
+  // 256, no longer split by rows; X packing was 13.6% of such a call's samples, M = 512, 1 thread).
+  // EMOLLM_BF16_PREFILL_FUSE=0: one gemm() each.
+  bool bf16_rows_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
+    if (!bf16_prefill_fuse_flag().on()) return false;
+    PanelOutput po[kMaxPanelOutputs];
+    for (int j = 0; j < n; ++j) {
+      if (outs[j].wtype != DType::BF16) return false;
+      bool panels = false;
+      const void* packed = packed_->find(outs[j].W, DType::BF16, outs[j].N, K, &panels);
+      if (!packed || panels) return false;  // what gemm() reads: the 2 MiB-page copy
+      po[j] = PanelOutput{packed, outs[j].bias, outs[j].Y, outs[j].ldy, outs[j].N};
+    }
+    gemm_bf16_rows_multi(X, ldx, po, n, M, K, &pool_);
+    return true;
   }
   // Many rows on quant_repack's copies (a prefill layer's q/k/v, gate/up): what gemm() runs for
   // each output, with X rounded and packed once and one dispatch (gemm_repacked_multi), when every
@@ -738,6 +762,8 @@ class Scratch {
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
 void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
 bool f32_huge_copies() { return f32_huge_copies_flag().on(); }
+void set_bf16_prefill_fuse(bool on) { bf16_prefill_fuse_flag().set(on); }
+bool bf16_prefill_fuse() { return bf16_prefill_fuse_flag().on(); }
 void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
 bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
 void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }

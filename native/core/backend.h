@@ -60,6 +60,12 @@ bool small_half_copies();
 // set_f32_huge_copies(false) before the weights are placed reads the file's pages. Process-wide.
 void set_f32_huge_copies(bool on);
 bool f32_huge_copies();
+// The CPU backend's gemm_multi at M > 1 on bf16 matrices with 2 MiB-page copies (a bf16 decoder's
+// prefill q / k / v, gate / up): one gemm_bf16_rows_multi (X packed once, one thread split; bit
+// for bit one gemm() each), default on; off (EMOLLM_BF16_PREFILL_FUSE=0): one gemm() each.
+// Process-wide, read at each call.
+void set_bf16_prefill_fuse(bool on);
+bool bf16_prefill_fuse();
 // Backend::prefetch_next_gemv on the CPU: decode attention brings the start of each thread's part
 // of o's repacked q4_0 / q8_0 weights into its caches (off unless EMOLLM_DECODE_SIDE_PREFETCH=1).
 // Same bits either way. Process-wide.

@@ -738,3 +738,53 @@ TEST(cpu_backend_copies_f32_weights_to_huge_pages_by_default) {
   set_weight_repacking(repack_was);
   set_f32_huge_copies(f32_was);
 }
+
+// A bf16 decoder's prefill q / k / v through the CPU backend's gemm_multi on their 2 MiB-page
+// copies (set_bf16_prefill_fuse, default on: one gemm_bf16_rows_multi) gives each output what
+// be->gemm() gives it, bit for bit, and the same as with the switch off (one gemm() each); at
+// M = 1 (the fused GEMV) and M = 100 / 512 (the fused GEMM, N = 520 / 256 / 256, one output
+// without a bias).
+TEST(cpu_backend_bf16_prefill_fuse_same_bits) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking();
+  set_weight_repacking(true);
+  const int64_t K = 2048;
+  const int64_t Ns[3] = {520, 256, 256};
+  uint32_t seed = 9100;
+  std::vector<std::vector<uint8_t>> w(3);
+  std::vector<std::vector<float>> bias(3);
+  for (int j = 0; j < 3; ++j) {
+    w[size_t(j)].resize(size_t(Ns[j]) * dtype_row_bytes(DType::BF16, K));
+    const std::vector<float> src = randv(size_t(Ns[j] * K), seed++);
+    for (int64_t n = 0; n < Ns[j]; ++n)
+      quantize_row(DType::BF16, src.data() + n * K, w[size_t(j)].data() + size_t(n) * dtype_row_bytes(DType::BF16, K), K);
+    bias[size_t(j)] = randv(size_t(Ns[j]), seed++);
+  }
+  std::vector<decltype(be->pack_gemm_weight(nullptr, DType::BF16, 1, 1))> handles;
+  for (int j = 0; j < 3; ++j) handles.push_back(be->pack_gemm_weight(w[size_t(j)].data(), DType::BF16, Ns[j], K));
+  for (auto& h : handles) EXPECT(h != nullptr);
+  for (int64_t M : {1, 100, 512}) {
+    const std::vector<float> X = randv(size_t(M * K), seed++);
+    std::vector<float> want[3], got[2][3];
+    for (int j = 0; j < 3; ++j) {
+      const float* b = j == 1 ? nullptr : bias[size_t(j)].data();
+      want[j].assign(size_t(M * Ns[j]), -7.0f);
+      be->gemm(X.data(), K, w[size_t(j)].data(), DType::BF16, b, want[j].data(), Ns[j], M, Ns[j], K);
+    }
+    for (int on = 0; on < 2; ++on) {
+      set_bf16_prefill_fuse(on == 1);
+      Backend::GemmOutput outs[3];
+      for (int j = 0; j < 3; ++j) {
+        got[on][j].assign(size_t(M * Ns[j]), -7.0f);
+        outs[j] = Backend::GemmOutput{w[size_t(j)].data(), DType::BF16, j == 1 ? nullptr : bias[size_t(j)].data(),
+                                      got[on][j].data(), Ns[j], Ns[j]};
+      }
+      be->gemm_multi(X.data(), K, outs, 3, M, K);
+      for (int j = 0; j < 3; ++j) EXPECT(got[on][j] == want[j]);
+    }
+  }
+  set_bf16_prefill_fuse(true);
+  EXPECT(bf16_prefill_fuse());
+  handles.clear();
+  set_weight_repacking(repack_was);
+}

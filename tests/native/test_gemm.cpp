@@ -1999,4 +1999,115 @@ TEST(gemv_q40_stream_parts_bit_equal_one_stream) {
       ++seed;
     }
   EXPECT(compared == 2 * 3 * 3 * 2 * 2 * 3);
+// The vdpbf16ps GEMM's thread split with a balanced chunk (set_bf16_gemm_balanced_split, default
+// on): TinyLlama-1.1B's gate / up (N = 5632, 88 panels) split in 11 chunks of 8 panels left one of
+// 2 threads 48 panels and the other 40; the balanced chunk leaves each 44. Only which thread
+// computes which rows changes: gemm(), gemm_bf16_panels and gemm_bf16_panels_multi (two outputs) give the same
+// bits with it on and off (whole-K and 256-pair k blocks, N a multiple of 64 or not, the split by
+// row panels at N = 256, M = 512, 1-3 threads),
+// and every output is written (sentinels).
+TEST(gemm_bf16_balanced_split_same_bits) {
+  // the chunk itself: the busiest of nth threads takes ceil(chunks / nth) chunks
+  auto busiest = [](int64_t npn, int nth, int64_t c) { return ((npn + c - 1) / c + nth - 1) / nth * c; };
+  EXPECT(gemm_detail::balanced_panel_chunk(88, 2, 8) == 11);  // 8 chunks of 11: 44 panels each
+  EXPECT(busiest(88, 2, gemm_detail::balanced_panel_chunk(88, 2, 8)) == 44);
+  EXPECT(busiest(88, 2, 8) == 48);
+  EXPECT(gemm_detail::balanced_panel_chunk(86, 2, 10) == 11);  // M = 512 row panels: 44 / 42, not 50 / 36
+  EXPECT(busiest(86, 2, 10) == 50);
+  EXPECT(gemm_detail::balanced_panel_chunk(64, 2, 8) == 8);  // already even: unchanged
+  EXPECT(gemm_detail::balanced_panel_chunk(32, 2, 4) == 4);
+  for (int64_t npn : {1, 5, 17, 88, 172, 176})
+    for (int nth : {2, 3})
+      for (int64_t c0 : {1, 2, 4, 8}) {
+        const int64_t c = gemm_detail::balanced_panel_chunk(npn, nth, c0);
+        EXPECT(c >= std::max<int64_t>(1, (c0 + 1) / 2) && c <= c0 + c0 / 2);
+        EXPECT(busiest(npn, nth, c) <= busiest(npn, nth, c0));
+      }
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; };
+  int compared = 0;
+  for (const Shape sh : {Shape{70, 5632, 256}, Shape{66, 2048, 4200}, Shape{80, 1000, 96}, Shape{67, 130, 300},
+                         Shape{512, 256, 200}}) {  // the last: split by row panels (a 1.1B k / v)
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(5 * sh.K + 3 * sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 1, 3, uint32_t(sh.M + 11 * sh.K));
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
+    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<float> Y[2][4];
+      for (int on = 0; on < 2; ++on) {
+        gemm_detail::set_bf16_gemm_balanced_split(on == 1);
+        for (auto& y : Y[on]) y.assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on][0].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Y[on][1].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        // two outputs on the same panels (one without a bias): the split runs over both's panels
+        const PanelOutput po[2] = {{pan.get(), p.bias.data(), Y[on][2].data(), p.ldy, sh.N},
+                                   {pan.get(), nullptr, Y[on][3].data(), p.ldy, sh.N}};
+        gemm_bf16_panels_multi(p.X.data(), p.ldx, po, 2, sh.M, sh.K, pl);
+      }
+      for (int k = 0; k < 4; ++k) {
+        same(Y[0][k], Y[1][k], "bf16 balanced split vs previous" + shape + " path " + std::to_string(k));
+        bool written = true;
+        for (int64_t m = 0; m < sh.M; ++m)
+          for (int64_t n = 0; n < sh.N; ++n) written = written && Y[1][k][size_t(m * p.ldy + n)] != kSentinel;
+        EXPECT(written);
+        ++compared;
+      }
+    }
+  }
+  gemm_detail::set_bf16_gemm_balanced_split(true);
+  EXPECT(compared == 60);
+}
+
+// gemm_bf16_rows_multi (a bf16 decoder's prefill q / k / v, gate / up on their row-major copies):
+// each output bit for bit what gemm() gives it, with X packed once and one split over all the
+// outputs' panels (K in one k block, M > 64), or gemm() itself for each (M <= 64, K > 4096, the
+// legacy blocking): q / k / v-shaped outputs (N 2048 / 256 / 256, one without a bias), N not a
+// multiple of 64, odd K, 1-3 threads; sentinels past N in each row stay.
+TEST(gemm_bf16_rows_multi_equals_gemm) {
+  ThreadPool pool2(2), pool3(3);
+  struct Case { int64_t M, K; std::vector<int64_t> Ns; bool legacy; };
+  int compared = 0;
+  for (const Case& c : {Case{512, 2048, {2048, 256, 256}, false}, Case{100, 301, {700, 70}, false},
+                        Case{70, 9000, {130, 64}, false}, Case{40, 512, {200, 100, 64}, false},
+                        Case{90, 700, {300, 128}, true}}) {
+    const int n = int(c.Ns.size());
+    Problem p = make_problem(c.M, 8, c.K, 1, 3, uint32_t(c.M + 13 * c.K));
+    std::vector<Weights> ws;
+    std::vector<std::vector<float>> bias;
+    for (int j = 0; j < n; ++j) {
+      ws.push_back(make_weights(DType::BF16, c.Ns[size_t(j)], c.K, uint32_t(17 * j + c.K)));
+      bias.emplace_back(size_t(c.Ns[size_t(j)]), 0.5f * float(j + 1));
+    }
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      gemm_detail::set_bf16_gemm_legacy_blocking(c.legacy);
+      std::vector<std::vector<float>> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+      PanelOutput po[kMaxPanelOutputs];
+      for (int j = 0; j < n; ++j) {
+        const int64_t N = c.Ns[size_t(j)], ldy = N + 3;
+        const float* b = j == 1 ? nullptr : bias[size_t(j)].data();
+        want[size_t(j)].assign(size_t(c.M * ldy), kSentinel);
+        got[size_t(j)].assign(size_t(c.M * ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, ws[size_t(j)].bytes.data(), DType::BF16, b, want[size_t(j)].data(), ldy, c.M, N, c.K, pl);
+        po[j] = PanelOutput{ws[size_t(j)].bytes.data(), b, got[size_t(j)].data(), ldy, N};
+      }
+      gemm_bf16_rows_multi(p.X.data(), p.ldx, po, n, c.M, c.K, pl);
+      gemm_detail::set_bf16_gemm_legacy_blocking(false);
+      for (int j = 0; j < n; ++j) {
+        same(got[size_t(j)], want[size_t(j)], "gemm_bf16_rows_multi vs gemm() M=" + std::to_string(c.M) + " K=" +
+                                                  std::to_string(c.K) + " output " + std::to_string(j));
+        bool written = true;  // every output element written (not the sentinel)
+        const int64_t N = c.Ns[size_t(j)], ldy = N + 3;
+        for (int64_t m = 0; m < c.M; ++m)
+          for (int64_t x = 0; x < N; ++x) written = written && got[size_t(j)][size_t(m * ldy + x)] != kSentinel;
+        EXPECT(written);
+        ++compared;
+      }
+    }
+  }
+  EXPECT(compared == 36);
+  PanelOutput none{nullptr, nullptr, nullptr, 8, 8};
+  std::vector<float> x(64);
+  EXPECT_THROWS(gemm_bf16_rows_multi(x.data(), 8, &none, 0, 8, 8, nullptr), ErrorCode::InvalidArgument);
 }
