@@ -1999,6 +1999,8 @@ TEST(gemv_q40_stream_parts_bit_equal_one_stream) {
       ++seed;
     }
   EXPECT(compared == 2 * 3 * 3 * 2 * 2 * 3);
+}
+
 // The vdpbf16ps GEMM's thread split with a balanced chunk (set_bf16_gemm_balanced_split, default
 // on): TinyLlama-1.1B's gate / up (N = 5632, 88 panels) split in 11 chunks of 8 panels left one of
 // 2 threads 48 panels and the other 40; the balanced chunk leaves each 44. Only which thread
