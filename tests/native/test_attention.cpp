@@ -1460,6 +1460,62 @@ TEST(attention_decode_side_prefetch_consumed_same_bits) {
   }
 }
 
+// One decode-path switch's bit-equality sweep (qk16, P V pairs): f32 / f16 / bf16 caches, each shape
+// at lengths with and without a partial last sub-block and across the 64-token block, contiguous
+// and paged (16 / 64), no pool and 2 / 3 threads; with the switch on the outputs and log-sum-exps
+// are within 1e-5 of ref::attention, and bit for bit those with it off; `applies` holds exactly for
+// the shapes marked `taken` (on AVX-512) and never with the switch off, and the path ran in more
+// than runs / taken_divisor of the runs, so the comparison is not vacuous.
+struct DecodeSwitch {
+  const char* label;
+  bool (*applies)(const AttentionParams&);
+  bool (*get)();
+  void (*set)(bool);
+  int64_t min_taken_length;  // the path runs only from this kv length on
+  int taken_divisor;
+};
+struct DecodeSweepShape { int64_t H, Hkv, D, pad; bool taken; };
+void expect_decode_switch_same_bits(const DecodeSwitch& sw, std::initializer_list<DecodeSweepShape> shapes, uint64_t seed) {
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  const int64_t lengths[] = {1, 16, 17, 64, 129, 300};
+  const bool avx512 = isa_active() >= Isa::Avx512;
+  int runs = 0, taken = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const DecodeSweepShape& sh : shapes)
+      for (int64_t n : lengths) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        EXPECT(sw.applies(d.p) == (avx512 && sh.taken));
+        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
+        for (const AttentionParams* pp : L.ps) {
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                  std::to_string(pl ? pl->size() : 0);
+            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
+            const bool was = sw.get();
+            sw.set(true);
+            taken += sw.applies(*pp) && n >= sw.min_taken_length ? 1 : 0;
+            a = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, la.data()); });
+            sw.set(false);
+            EXPECT(!sw.applies(*pp));
+            b = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, lb.data()); });
+            sw.set(was);
+            ++runs;
+            EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w + " " + sw.label);
+            EXPECT_ALL_CLOSE(la.data(), L.ref_lse.data(), la.size(), 1e-5, 0.0, w + " " + sw.label + " lse");
+            if (a != b || la != lb)
+              ::emollm_test::report_failure(__FILE__, __LINE__, std::string(sw.label) + " changed the result: " + w);
+          }
+        }
+      }
+  std::printf("  %s taken in %d of %d runs\n", sw.label, taken, runs);
+  EXPECT(runs > 0);
+  EXPECT(!avx512 || taken > runs / sw.taken_divisor);
+}
+
 // Q K^T of full 16-token sub-blocks through qk16 (attention_detail::decode_qk_wide: one or two
 // query rows per kv head, head_dim 65-128, wide token rows read in place: MHA decode, 7B's 32 x
 // 128) keeps each score's chunk FMAs and reduction tree: outputs and log-sum-exps bit for bit
@@ -1469,50 +1525,17 @@ TEST(attention_decode_side_prefetch_consumed_same_bits) {
 // 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention. decode_qk16_applies must hold
 // for the shapes meant to take it (on AVX-512), so the comparison is not vacuous.
 TEST(attention_decode_qk_wide_same_bits) {
-  ThreadPool pool2(2), pool3(3);
-  DecodeSplitScope sw(true);
-  DecodeInplaceScope ip(true);
-  struct Shape { int64_t H, Hkv, D, pad; bool taken; };
-  const Shape shapes[] = {{32, 32, 128, 0, true}, {8, 8, 80, 0, true},  {6, 3, 100, 3, true}, {16, 8, 128, 0, true},
-                          {4, 4, 64, 0, false},   {8, 2, 128, 0, false}, {4, 2, 72, 0, false}};
-  const int64_t lengths[] = {1, 16, 17, 64, 129, 300};
-  const bool avx512 = isa_active() >= Isa::Avx512;
-  uint64_t seed = 15700;
-  int runs = 0, taken = 0;
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
-    for (const Shape& sh : shapes)
-      for (int64_t n : lengths) {
-        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
-        Data d = make_data(c, seed++);
-        const std::string what = describe(c) + " kv=" + dtype_name(t);
-        EXPECT(attention_detail::decode_qk16_applies(d.p) == (avx512 && sh.taken));
-        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
-        const std::vector<float>& ref = L.ref;
-        for (const AttentionParams* pp : L.ps) {
-          const float* k = L.k(pp);
-          const float* v = L.v(pp);
-          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
-                                  std::to_string(pl ? pl->size() : 0);
-            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
-            const bool was = attention_detail::decode_qk_wide();
-            attention_detail::set_decode_qk_wide(true);
-            taken += attention_detail::decode_qk16_applies(*pp) && n >= 16 ? 1 : 0;
-            a = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, la.data()); });
-            attention_detail::set_decode_qk_wide(false);
-            EXPECT(!attention_detail::decode_qk16_applies(*pp));
-            b = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lb.data()); });
-            attention_detail::set_decode_qk_wide(was);
-            ++runs;
-            EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, w + " qk wide");
-            if (a != b || la != lb)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "qk16 changed the result: " + w);
-          }
-        }
-      }
-  std::printf("  qk16 taken in %d of %d runs\n", taken, runs);
-  EXPECT(runs > 0);
-  EXPECT(!avx512 || taken > runs / 4);
+  const DecodeSwitch sw{"qk16", attention_detail::decode_qk16_applies, attention_detail::decode_qk_wide,
+                        attention_detail::set_decode_qk_wide, 16, 4};
+  expect_decode_switch_same_bits(sw,
+                                 {{32, 32, 128, 0, true},
+                                  {8, 8, 80, 0, true},
+                                  {6, 3, 100, 3, true},
+                                  {16, 8, 128, 0, true},
+                                  {4, 4, 64, 0, false},
+                                  {8, 2, 128, 0, false},
+                                  {4, 2, 72, 0, false}},
+                                 15700);
 }
 
 // P V of two adjacent kv heads a call (attention_detail::decode_pv_pairs: MHA decode with head_dim
@@ -1524,46 +1547,14 @@ TEST(attention_decode_qk_wide_same_bits) {
 // (16 / 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention. decode_pv2_applies must hold
 // for the shapes meant to take it (on AVX-512), so the comparison is not vacuous.
 TEST(attention_decode_pv_pairs_same_bits) {
-  ThreadPool pool2(2), pool3(3);
-  DecodeSplitScope sw(true);
-  DecodeInplaceScope ip(true);
-  struct Shape { int64_t H, Hkv, D, pad; bool taken; };
-  const Shape shapes[] = {{32, 32, 128, 0, true}, {8, 8, 80, 0, true}, {6, 6, 100, 3, true}, {5, 5, 128, 0, true},
-                          {16, 8, 128, 0, false}, {8, 8, 64, 0, false}};
-  const int64_t lengths[] = {1, 16, 17, 64, 129, 300};
-  const bool avx512 = isa_active() >= Isa::Avx512;
-  uint64_t seed = 16900;
-  int runs = 0, taken = 0;
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
-    for (const Shape& sh : shapes)
-      for (int64_t n : lengths) {
-        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
-        Data d = make_data(c, seed++);
-        const std::string what = describe(c) + " kv=" + dtype_name(t);
-        EXPECT(attention_detail::decode_pv2_applies(d.p) == (avx512 && sh.taken));
-        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
-        for (const AttentionParams* pp : L.ps) {
-          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
-                                  std::to_string(pl ? pl->size() : 0);
-            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
-            const bool was = attention_detail::decode_pv_pairs();
-            attention_detail::set_decode_pv_pairs(true);
-            taken += attention_detail::decode_pv2_applies(*pp) ? 1 : 0;
-            a = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, la.data()); });
-            attention_detail::set_decode_pv_pairs(false);
-            EXPECT(!attention_detail::decode_pv2_applies(*pp));
-            b = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, lb.data()); });
-            attention_detail::set_decode_pv_pairs(was);
-            ++runs;
-            EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w + " pv pairs");
-            EXPECT_ALL_CLOSE(la.data(), L.ref_lse.data(), la.size(), 1e-5, 0.0, w + " pv pairs lse");
-            if (a != b || la != lb)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "P V in pairs changed the result: " + w);
-          }
-        }
-      }
-  std::printf("  P V in pairs taken in %d of %d runs\n", taken, runs);
-  EXPECT(runs > 0);
-  EXPECT(!avx512 || taken > runs / 3);
+  const DecodeSwitch sw{"P V in pairs", attention_detail::decode_pv2_applies, attention_detail::decode_pv_pairs,
+                        attention_detail::set_decode_pv_pairs, 1, 3};
+  expect_decode_switch_same_bits(sw,
+                                 {{32, 32, 128, 0, true},
+                                  {8, 8, 80, 0, true},
+                                  {6, 6, 100, 3, true},
+                                  {5, 5, 128, 0, true},
+                                  {16, 8, 128, 0, false},
+                                  {8, 8, 64, 0, false}},
+                                 16900);
 }
