@@ -458,10 +458,13 @@ EMO_T512 static float exp_sum_avx512(float* s, int n, float mx) {
   return _mm512_reduce_add_ps(sum);
 }
 
-// NR rows x NC 16-float chunks of acc kept in registers over the whole kv block.
-template <class E, int NR, int NC>
+// NR rows x NC 16-float chunks of acc kept in registers over the whole kv block. RowV: row r reads
+// its own V at v + r * vstep (adjacent kv heads of MHA decode, pv2_avx512) instead of all rows
+// sharing one V row loaded once; each output element's FMAs are in the same order either way.
+template <class E, int NR, int NC, bool RowV = false>
 EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                           const typename E::T* v, int64_t ldv, int nb, __mmask16 lastmask) {
+                                           const typename E::T* v, int64_t ldv, int nb, __mmask16 lastmask,
+                                           int64_t vstep = 0) {
   __m512 a[NR][NC];
   #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
@@ -471,15 +474,27 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
   }
   for (int j = 0; j < nb; ++j) {
     const typename E::T* vj = v + int64_t(j) * ldv;
-    __m512 vv[NC];
-    #pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c)
-      vv[c] = c == NC - 1 ? E::maskz_load(lastmask, vj + 16 * c) : E::load(vj + 16 * c);
-    #pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) {
-      const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
+    if constexpr (RowV) {
+      #pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const typename E::T* vr = vj + r * vstep;
+        const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
+        #pragma GCC unroll 8
+        for (int c = 0; c < NC; ++c)
+          a[r][c] = _mm512_fmadd_ps(pr, c == NC - 1 ? E::maskz_load(lastmask, vr + 16 * c) : E::load(vr + 16 * c),
+                                    a[r][c]);
+      }
+    } else {
+      __m512 vv[NC];
       #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) a[r][c] = _mm512_fmadd_ps(pr, vv[c], a[r][c]);
+      for (int c = 0; c < NC; ++c)
+        vv[c] = c == NC - 1 ? E::maskz_load(lastmask, vj + 16 * c) : E::load(vj + 16 * c);
+      #pragma GCC unroll 4
+      for (int r = 0; r < NR; ++r) {
+        const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
+        #pragma GCC unroll 8
+        for (int c = 0; c < NC; ++c) a[r][c] = _mm512_fmadd_ps(pr, vv[c], a[r][c]);
+      }
     }
   }
   #pragma GCC unroll 4
@@ -501,60 +516,28 @@ EMO_T512 static inline void pv_rows_avx512(float* acc, int ldacc, const float* a
 
 // One or two rows with 5-8 chunks (head_dim 65-128) in one tile: 8-16 independent FMA chains
 // instead of two passes of 4-8 over the block (attention_detail::decode_pv_wide).
-template <class E, int NR>
+template <class E, int NR, bool RowV = false>
 EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                                const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
+                                                const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask,
+                                                int64_t vstep = 0) {
   switch (nc) {
-    case 5: pv_tile_avx512<E, NR, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    case 6: pv_tile_avx512<E, NR, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    case 7: pv_tile_avx512<E, NR, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    default: pv_tile_avx512<E, NR, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 5: pv_tile_avx512<E, NR, 5, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
+    case 6: pv_tile_avx512<E, NR, 6, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
+    case 7: pv_tile_avx512<E, NR, 7, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
+    default: pv_tile_avx512<E, NR, 8, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
   }
 }
 
-// Two rows x NC chunks, row r reading V at v + r * vstep (two adjacent kv heads of MHA decode): the
-// two heads' tiles of pv_tile_avx512<E, 1, NC> side by side, each output element's FMAs in the
-// same order.
-template <class E, int NC>
-EMO_T512 static inline void pv2_tile_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                            const typename E::T* v, int64_t ldv, int64_t vstep, int nb,
-                                            __mmask16 lastmask) {
-  __m512 a[2][NC];
-  #pragma GCC unroll 2
-  for (int r = 0; r < 2; ++r) {
-    const __m512 al = _mm512_set1_ps(alpha[r]);
-    #pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
-  }
-  for (int j = 0; j < nb; ++j) {
-    #pragma GCC unroll 2
-    for (int r = 0; r < 2; ++r) {
-      const typename E::T* vj = v + int64_t(j) * ldv + r * vstep;
-      const __m512 pr = _mm512_set1_ps(P[r * ldP + j]);
-      #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c)
-        a[r][c] = _mm512_fmadd_ps(pr, c == NC - 1 ? E::maskz_load(lastmask, vj + 16 * c) : E::load(vj + 16 * c),
-                                  a[r][c]);
-    }
-  }
-  #pragma GCC unroll 2
-  for (int r = 0; r < 2; ++r)
-    #pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
-}
-
+// Kern::pv2: two rows, row r reading the V slice of kv head g0 + r (at v + r * D of each token
+// row): pv_tile's RowV tile, each output element's FMAs in pv's order (the same bits as two pv calls).
 template <class E>
 EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
                                 int64_t ldv, int nb, int D) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
-  switch (nc) {
-    case 5: pv2_tile_avx512<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
-    case 6: pv2_tile_avx512<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
-    case 7: pv2_tile_avx512<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
-    default: pv2_tile_avx512<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, D, nb, lm); break;
-  }
+  // two adjacent kv heads: row r's V slice at v + r * D in each token row
+  pv_rows_wide_avx512<E, 2, true>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nc, lm, D);
 }
 
 template <class E>
