@@ -595,6 +595,7 @@ SM_T512 void groups_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
   const int64_t nblk = (M + kMB - 1) / kMB, base = M / nblk, extra = M % nblk;
   using Fn = void (*)(const float*, int64_t, const uint8_t*, size_t, int64_t, const float*, float*, int64_t, int64_t,
                       const uint8_t* const*);
+  // f4[rows of the next group prefetched][mb - 1]
   static constexpr Fn f4[3][kMB] = {
       {fma_block<DType::F16, kR, 1, false, 0>, fma_block<DType::F16, kR, 2, false, 0>,
        fma_block<DType::F16, kR, 3, false, 0>, fma_block<DType::F16, kR, 4, false, 0>,
@@ -605,32 +606,27 @@ SM_T512 void groups_f16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
       {fma_block<DType::F16, kR, 1, false, 2>, fma_block<DType::F16, kR, 2, false, 2>,
        fma_block<DType::F16, kR, 3, false, 2>, fma_block<DType::F16, kR, 4, false, 2>,
        fma_block<DType::F16, kR, 5, false, 2>, fma_block<DType::F16, kR, 6, false, 2>}};
-  static constexpr Fn f1[2][kMB] = {
-      {fma_block<DType::F16, 1, 1, false>, fma_block<DType::F16, 1, 2, false>, fma_block<DType::F16, 1, 3, false>,
-       fma_block<DType::F16, 1, 4, false>, fma_block<DType::F16, 1, 5, false>, fma_block<DType::F16, 1, 6, false>},
-      {fma_block<DType::F16, 1, 1, true>, fma_block<DType::F16, 1, 2, true>, fma_block<DType::F16, 1, 3, true>,
-       fma_block<DType::F16, 1, 4, true>, fma_block<DType::F16, 1, 5, true>, fma_block<DType::F16, 1, 6, true>}};
-  for (int64_t n = n0; n < n1;) {
-    const bool four = n < n4 && n + kR <= n1;
-    const int64_t nn = n + (four ? kR : 1);  // the next group (a prefetch past the range is harmless)
+  int64_t n = n0;
+  for (; n < n4 && n + kR <= n1; n += kR) {
+    const int64_t nn = n + kR;  // the next group (a prefetch past the range is harmless)
     int64_t m0 = 0;
     for (int64_t b = 0; b < nblk; ++b) {
       const int64_t mb = base + (b < extra ? 1 : 0);
-      const float* x = a.X + m0 * a.ldx;
-      float* y = a.Y + m0 * a.ldy;
-      if (four) {
-        const uint8_t* nxt[kR];
-        int npf = 0;
-        for (int64_t q = b; q < kR; q += nblk) nxt[npf++] = W + size_t(nn + q) * a.row_bytes;
-        f4[npf][mb - 1](x, a.ldx, W, a.row_bytes, a.K, a.bias, y, a.ldy, n, nxt);
-      } else {
-        // single rows (past N / 4 * 4): the first pass prefetches along its own row, as run_range's
-        const Fn g = f1[b == 0 ? 1 : 0][mb - 1];
-        g(x, a.ldx, W, a.row_bytes, a.K, a.bias, y, a.ldy, n, nullptr);
-      }
+      const uint8_t* nxt[kR];
+      int npf = 0;
+      for (int64_t q = b; q < kR; q += nblk) nxt[npf++] = W + size_t(nn + q) * a.row_bytes;
+      f4[npf][mb - 1](a.X + m0 * a.ldx, a.ldx, W, a.row_bytes, a.K, a.bias, a.Y + m0 * a.ldy, a.ldy, n, nxt);
       m0 += mb;
     }
-    n = nn;
+  }
+  // single rows (past N / 4 * 4): run_range's, the first pass prefetching along its own row
+  for (; n < n1; ++n) {
+    int64_t m0 = 0;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t mb = base + (b < extra ? 1 : 0);
+      Table<1, KF16>::fns[b == 0 ? 1 : 0][mb - 1](a, p, m0, n);
+      m0 += mb;
+    }
   }
 }
 
