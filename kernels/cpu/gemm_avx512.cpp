@@ -523,9 +523,9 @@ EMO_T512 EMO_AI float stream_row_end(const Args& a, const float* x, const uint8_
                                      int64_t n) {
   const int64_t K = a.K;
   if constexpr (DT == DType::F32) {
-    // dot_block<F32, R, 1>'s end (its 32-wide steps, then one masked step on both accumulators),
-    // its reduction (s[0] + s[1], reduce, + bias): the bits of the previous f32 M = 1 kernel
-    for (; k + 32 <= K; k += 32) f32_stream_step(row + 4 * k, x + k, s);
+    // dot_block<F32, R, 1>'s end (the callers ran its 32-wide steps: fewer than 32 columns are
+    // left; one masked step on both accumulators), its reduction (s[0] + s[1], reduce, + bias):
+    // the bits of the previous f32 M = 1 kernel
     if (k < K) {
       const __mmask16 m0 = tail_mask16(K - k), m1 = tail_mask16(K - k - 16);
       const float* p = reinterpret_cast<const float*>(row) + k;
