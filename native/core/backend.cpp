@@ -178,7 +178,7 @@ EnvSwitch& f32_huge_copies_flag() {
   static EnvSwitch on("EMOLLM_F32_HUGE_COPIES");
   return on;
 }
-// CpuBackend::bf16_rows_fused: on unless EMOLLM_BF16_PREFILL_FUSE is "0" / "off".
+// CpuBackend::bf16_fused on the 2 MiB-page copies: on unless EMOLLM_BF16_PREFILL_FUSE is "0" / "off".
 EnvSwitch& bf16_prefill_fuse_flag() {
   static EnvSwitch on("EMOLLM_BF16_PREFILL_FUSE");
   return on;
@@ -455,28 +455,10 @@ class CpuBackend final : public Backend {
     NextPrefetchScope next_scope{pool_};
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
-    if (n > 1 && n <= kMaxPanelOutputs && panels_fused(X, ldx, outs, n, M, K)) return;
+    if (n > 1 && n <= kMaxPanelOutputs && bf16_fused(X, ldx, outs, n, M, K, true)) return;
     if (M > 1 && n > 1 && n <= kMaxRepackedOutputs && repacked_fused(X, ldx, outs, n, M, K)) return;
-    if (M > 1 && n > 1 && n <= kMaxPanelOutputs && bf16_rows_fused(X, ldx, outs, n, M, K)) return;
+    if (M > 1 && n > 1 && n <= kMaxPanelOutputs && bf16_fused(X, ldx, outs, n, M, K, false)) return;
     Backend::gemm_multi(X, ldx, outs, n, M, K);
-  }
-  // Many rows on bf16 2 MiB-page copies (a bf16 decoder's prefill q / k / v, gate / up):
-  // gemm_bf16_rows_multi, what gemm() gives for each output bit for bit, with X rounded and
-  // packed once and one thread split over all their weight panels (TinyLlama-1.1B's k / v, N =
-  // 256, no longer split by rows; X packing was 13.6% of such a call's samples, M = 512, 1 thread).
-  // EMOLLM_BF16_PREFILL_FUSE=0: one gemm() each.
-  bool bf16_rows_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
-    if (!bf16_prefill_fuse_flag().on()) return false;
-    PanelOutput po[kMaxPanelOutputs];
-    for (int j = 0; j < n; ++j) {
-      if (outs[j].wtype != DType::BF16) return false;
-      bool panels = false;
-      const void* packed = packed_->find(outs[j].W, DType::BF16, outs[j].N, K, &panels);
-      if (!packed || panels) return false;  // what gemm() reads: the 2 MiB-page copy
-      po[j] = PanelOutput{packed, outs[j].bias, outs[j].Y, outs[j].ldy, outs[j].N};
-    }
-    gemm_bf16_rows_multi(X, ldx, po, n, M, K, &pool_);
-    return true;
   }
   // Many rows on quant_repack's copies (a prefill layer's q/k/v, gate/up): what gemm() runs for
   // each output, with X rounded and packed once and one dispatch (gemm_repacked_multi), when every
@@ -497,19 +479,28 @@ class CpuBackend final : public Backend {
     gemm_repacked_multi(X, ldx, t, r, n, M, K, &pool_);
     return true;
   }
-  // Many rows on bf16 GEMM panels (a vision layer's q/k/v): X packed once, one dispatch, when
-  // every W has a panel copy (else one gemm() each, which reads the same panels).
-  bool panels_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) {
-    if (!bf16_panels_usable()) return false;
+  // A layer's bf16 products of one input as one call, when every W has a copy of one kind: on
+  // GEMM panels (a vision layer's q/k/v, or a decoder with bf16_decoder_panels()):
+  // gemm_bf16_panels_multi, X packed once, one dispatch (else one gemm() each, which reads the same
+  // panels); on the 2 MiB-page row-major copies (a bf16 decoder's prefill q / k / v, gate / up, M > 1):
+  // gemm_bf16_rows_multi, what gemm() gives for each output bit for bit, with X rounded and packed
+  // once and one thread split over all their weight panels (TinyLlama-1.1B's k / v, N = 256, no
+  // longer split by rows; X packing was 13.6% of such a call's samples, M = 512, 1 thread;
+  // EMOLLM_BF16_PREFILL_FUSE=0: one gemm() each).
+  bool bf16_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K, bool on_panels) {
+    if (on_panels ? !bf16_panels_usable() : !bf16_prefill_fuse_flag().on()) return false;
     PanelOutput po[kMaxPanelOutputs];
     for (int j = 0; j < n; ++j) {
       if (outs[j].wtype != DType::BF16) return false;
       bool panels = false;
       const void* packed = packed_->find(outs[j].W, DType::BF16, outs[j].N, K, &panels);
-      if (!packed || !panels) return false;
+      if (!packed || panels != on_panels) return false;
       po[j] = PanelOutput{packed, outs[j].bias, outs[j].Y, outs[j].ldy, outs[j].N};
     }
-    gemm_bf16_panels_multi(X, ldx, po, n, M, K, &pool_);
+    if (on_panels)
+      gemm_bf16_panels_multi(X, ldx, po, n, M, K, &pool_);
+    else
+      gemm_bf16_rows_multi(X, ldx, po, n, M, K, &pool_);
     return true;
   }
   bool gemv_fused(const float* x, const GemmOutput* outs, int n, int64_t K) {
