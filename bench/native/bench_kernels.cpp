@@ -1009,6 +1009,15 @@ void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K,
   });
 }
 
+// An N x K matrix of fill_random(seed) weights quantized to t (dtype_row_bytes(t, K) x N bytes).
+Buf<uint8_t> random_quantized_matrix(DType t, int64_t N, int64_t K, uint64_t seed, ThreadPool* pool) {
+  Buf<float> w = make_aligned<float>(size_t(N * K));
+  fill_random(w.get(), N * K, seed, pool);
+  Buf<uint8_t> q = make_aligned<uint8_t>(dtype_row_bytes(t, K) * size_t(N));
+  quantize_matrix(t, w.get(), q.get(), N, K, pool);
+  return q;
+}
+
 // Weight copies for decode so that GEMV streams from memory, not from L3: enough copies of the
 // matrix to total >= rotate_l3x() x L3 per thread (at least 2), used round-robin. Per thread because
 // each thread's cores may have an L3 of their own, and each thread of a GEMV reads only its share of
@@ -1606,11 +1615,8 @@ void bench_fused(ThreadPool& pool) {
       std::vector<Buf<float>> ys, ys2;
       for (int j = 0; j < n; ++j) {
         const int64_t N = sh.Ns[size_t(j)];
-        Buf<float> w = make_aligned<float>(size_t(N * K));
-        fill_random(w.get(), N * K, 31 + uint64_t(j) * 7 + uint64_t(N), &pool);
         const size_t wb = dtype_row_bytes(t, K) * size_t(N);
-        Buf<uint8_t> q = make_aligned<uint8_t>(wb);
-        quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+        Buf<uint8_t> q = random_quantized_matrix(t, N, K, 31 + uint64_t(j) * 7 + uint64_t(N), &pool);
         if (repacked) {
           const size_t rb = quant_repack_bytes(t, N, K);
           Buf<uint8_t> r = make_aligned<uint8_t>(rb);
@@ -1790,11 +1796,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
       }
       const int64_t N = sh.N, K = sh.K;
       progress(name + ": preparing weights");
-      Buf<float> w = make_aligned<float>(size_t(N * K));
-      fill_random(w.get(), N * K, 41 + uint64_t(N) + uint64_t(K), &pool);
       const size_t wb = dtype_row_bytes(t, K) * size_t(N);
-      Buf<uint8_t> q = make_aligned<uint8_t>(wb);
-      quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+      Buf<uint8_t> q = random_quantized_matrix(t, N, K, 41 + uint64_t(N) + uint64_t(K), &pool);
       Copies copies(q.get(), wb, decode_copies(wb), &pool);
       Buf<float> x = make_aligned<float>(size_t(K)), y = make_aligned<float>(size_t(N));
       fill_random(x.get(), K, 79, &pool);
@@ -1910,11 +1913,7 @@ void bench_kq6_packed(ThreadPool& pool) {
     }
     const int64_t N = sh.N, K = sh.K;
     progress(name + ": preparing weights");
-    Buf<float> w = make_aligned<float>(size_t(N * K));
-    fill_random(w.get(), N * K, 41 + uint64_t(N) + uint64_t(K), &pool);
-    const size_t wb = dtype_row_bytes(t, K) * size_t(N);
-    Buf<uint8_t> q = make_aligned<uint8_t>(wb);
-    quantize_matrix(t, w.get(), q.get(), N, K, &pool);
+    Buf<uint8_t> q = random_quantized_matrix(t, N, K, 41 + uint64_t(N) + uint64_t(K), &pool);
     Buf<float> x = make_aligned<float>(size_t(K)), y = make_aligned<float>(size_t(N));
     fill_random(x.get(), K, 79, &pool);
     const int rows0 = int(kquant_record_rows());
