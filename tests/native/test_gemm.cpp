@@ -1748,6 +1748,27 @@ TEST(gemm_quant_activations_switch) {
   }
 }
 
+// gemv_repacked's opt-in q4_0 streams (set_q40_streams, with parts: set_q40_stream_parts) and its
+// pass-edge prefetch (set_gemv_pass_prefetch) for one scope, restored after.
+struct Q40StreamsScope {
+  explicit Q40StreamsScope(int n, bool parts = false)
+      : n_(gemm_detail::q40_streams()), parts_(gemm_detail::q40_stream_parts()) {
+    gemm_detail::set_q40_streams(n);
+    gemm_detail::set_q40_stream_parts(parts);
+  }
+  ~Q40StreamsScope() {
+    gemm_detail::set_q40_streams(n_);
+    gemm_detail::set_q40_stream_parts(parts_);
+  }
+  int n_;
+  bool parts_;
+};
+struct PassEdgesScope {
+  explicit PassEdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
+  ~PassEdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
+  bool prev_;
+};
+
 // gemv_repacked's q4_0 passes over several super-groups at once (gemm_detail::set_q40_streams(S),
 // EMOLLM_Q40_STREAMS = 2..4: one read stream per super-group) give the bits of one super-group a
 // pass (S = 1, the default): each group keeps its blocks' order and its even / odd accumulators.
@@ -1757,18 +1778,8 @@ TEST(gemm_quant_activations_switch) {
 // gemv_repacked_multi with a first output of 37 rows (the second's groups start mid super-group in
 // the shared numbering). q8_0 ignores the setting (checked too).
 TEST(gemv_q40_streams_bit_equal_one_stream) {
-  struct StreamsScope {
-    explicit StreamsScope(int n) : prev_(gemm_detail::q40_streams()) { gemm_detail::set_q40_streams(n); }
-    ~StreamsScope() { gemm_detail::set_q40_streams(prev_); }
-    int prev_;
-  };
-  struct EdgesScope {
-    explicit EdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
-    ~EdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
-    bool prev_;
-  };
   {
-    StreamsScope s(3);
+    Q40StreamsScope s(3);
     EXPECT(gemm_detail::q40_streams() == 3);
     gemm_detail::set_q40_streams(7);  // out of range: one stream
     EXPECT(gemm_detail::q40_streams() == 1);
@@ -1793,11 +1804,11 @@ TEST(gemv_q40_streams_bit_equal_one_stream) {
             for (int edges = 0; edges < 2; ++edges)
               for (int use_bias = 0; use_bias < 2; ++use_bias) {
                 VnniScope vs(vnni);
-                EdgesScope es(edges != 0);
+                PassEdgesScope es(edges != 0);
                 const float* b = use_bias ? bias.data() : nullptr;
                 std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
                 {
-                  StreamsScope s(1);
+                  Q40StreamsScope s(1);
                   gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
                   GemvOutput o[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
                   gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
@@ -1809,7 +1820,7 @@ TEST(gemv_q40_streams_bit_equal_one_stream) {
                                            " edges=" + yesno(edges) + " bias=" + yesno(use_bias) + " N=" +
                                            std::to_string(N) + " K=" + std::to_string(K);
                   std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
-                  StreamsScope s(S);
+                  Q40StreamsScope s(S);
                   gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
                   GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
                   gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
@@ -1932,25 +1943,8 @@ TEST(gemm_bf16_pack_row_groups_same_bits) {
 // cols are taken at the adjacent streams' offsets (16 * (4k + j)) instead of the part's.
 TEST(gemv_q40_stream_parts_bit_equal_one_stream) {
   if (!cpu_features().avx512vnni || isa_active() < Isa::Avx512) return;
-  struct Scope {
-    Scope(int n, bool parts) : n_(gemm_detail::q40_streams()), parts_(gemm_detail::q40_stream_parts()) {
-      gemm_detail::set_q40_streams(n);
-      gemm_detail::set_q40_stream_parts(parts);
-    }
-    ~Scope() {
-      gemm_detail::set_q40_streams(n_);
-      gemm_detail::set_q40_stream_parts(parts_);
-    }
-    int n_;
-    bool parts_;
-  };
-  struct EdgesScope {
-    explicit EdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
-    ~EdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
-    bool prev_;
-  };
   {
-    Scope s(2, true);
+    Q40StreamsScope s(2, true);
     EXPECT(gemm_detail::q40_stream_parts());
   }
   ThreadPool pool2(2), pool3(3);
@@ -1971,11 +1965,11 @@ TEST(gemv_q40_stream_parts_bit_equal_one_stream) {
       for (ThreadPool* pool : pools)
         for (int edges = 0; edges < 2; ++edges)
           for (int use_bias = 0; use_bias < 2; ++use_bias) {
-            EdgesScope es(edges != 0);
+            PassEdgesScope es(edges != 0);
             const float* b = use_bias ? bias.data() : nullptr;
             std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
             {
-              Scope s(1, false);
+              Q40StreamsScope s(1, false);
               gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
               GemvOutput o[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
               gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
@@ -1986,7 +1980,7 @@ TEST(gemv_q40_stream_parts_bit_equal_one_stream) {
                                        " edges=" + yesno(edges) + " bias=" + yesno(use_bias) + " N=" + std::to_string(N) +
                                        " K=" + std::to_string(K);
               std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
-              Scope s(S, true);
+              Q40StreamsScope s(S, true);
               gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
               GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
               gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
