@@ -173,7 +173,7 @@ EMO_TV void pack_w(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t 
 
 // The records' rows [n0, n0 + nv), n0 a multiple of 16 (gstride: bytes of a super-group), into the same panels as pack_w: the
 // records already hold a quad of 16 rows per zmm (kquant_records.h), so no decode, no transpose:
-// per quad a mask (and a shift, and for q6_K an or of the high bits: kq6_codes), per block the two scale
+// per quad a mask (and a shift, and for q6_K an or of the high bits: kq_codes), per block the two scale
 // vectors by the same f32 products as decode_record_row (d * sc, -(dmin * m); d * sc_h).
 // Rows past nv in a group are zeroed, as pack_w's.
 template <DType DT>
@@ -183,7 +183,6 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
   const KqLayout L{q6, kquant_record_groups(), 0};
   const size_t rec = L.rec();
   const int64_t kb = 8 * ns;
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
   const bool packed6 = q6 && kq6_packed();
   const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(int(0x80000000u)));
   for (int64_t pnl = 0; pnl * NR < nv; ++pnl) {
@@ -220,21 +219,15 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
               sb = _mm512_xor_ps(_mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j))))),
                                  sign);
             }
+            // the sub-block's lines (rows past nv zeroed), unpacked as the decode passes do, in the
+            // layout the records were packed in (kq_codes)
             const uint8_t* cl = p + L.codes(gi, j);
-            if constexpr (q6) {  // the 6 lines of the layout the records were packed in (kq6_codes)
-              __m512i v[6];
-              for (int i = 0; i < 6; ++i) v[i] = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
-              if (packed6)
-                kq6_codes<true>(v, lo, hi);
-              else
-                kq6_codes<false>(v, lo, hi);
-            } else {
-              for (int i = 0; i < 4; ++i) {
-                const __m512i v = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
-                lo[i] = _mm512_and_si512(v, m4);
-                hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-              }
-            }
+            __m512i v[6];
+            for (int i = 0; i < kKqLines<q6>; ++i) v[i] = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
+            if (packed6)
+              kq_codes<q6, true>(v, lo, hi);
+            else
+              kq_codes<q6, false>(v, lo, hi);
           } else {
             for (int i = 0; i < 4; ++i) lo[i] = hi[i] = _mm512_setzero_si512();
           }

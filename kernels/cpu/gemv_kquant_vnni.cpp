@@ -324,22 +324,13 @@ struct KqSub {
 template <bool Q6, int G, bool P>
 __attribute__((always_inline)) EMO_TK inline void kq_load_sub(const uint8_t* p, int gi, int j, KqSub<Q6>& b) {
   const KqLayout L{Q6, G, 0};
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
   const uint8_t* cl = p + L.codes(gi, j);
-  if constexpr (!Q6) {
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-      const __m512i v = _mm512_load_si512(cl + 64 * i);
-      b.lo[i] = _mm512_and_si512(v, m4);
-      b.hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-    }
-  }
+  __m512i v[6];
+#pragma GCC unroll 6
+  for (int i = 0; i < kKqLines<Q6>; ++i) v[i] = _mm512_load_si512(cl + 64 * i);
+  kq_codes<Q6, P>(v, b.lo, b.hi);
   auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p + off)); };
   if constexpr (Q6) {
-    __m512i v[6];
-#pragma GCC unroll 6
-    for (int i = 0; i < 6; ++i) v[i] = _mm512_load_si512(cl + 64 * i);
-    kq6_codes<P>(v, b.lo, b.hi);
     b.sc0 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)));
     b.sc1 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)));
   } else {
@@ -538,7 +529,6 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const KqLayout L{q6, G, 0};
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
   __m512 aA[S][G];
 #pragma GCC unroll 16
   for (int k = 0; k < S; ++k)
@@ -560,35 +550,33 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
         const uint8_t* cl = p[k] + L.codes(gi, j);
         __m512i v[6];
 #pragma GCC unroll 6
-        for (int i = 0; i < (q6 ? 6 : 4); ++i) {
+        for (int i = 0; i < kKqLines<q6>; ++i) {
           v[i] = _mm512_load_si512(cl + 64 * i);
           __asm__("" : "+v"(v[i]));
         }
         auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + off)); };
-        if constexpr (q6) {
-          __m512i lo[4], hi[4];
+        __m512i lo[4], hi[4];
+        if constexpr (q6)
           kq6_codes<P>(v, lo, hi);
+        else
+          kq4_codes<true>(v, lo, hi);  // hi: 16 x the high nibbles, their chain's sum shifted back below
+        __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
+        if constexpr (q6) {
           const int32_t* ng = xr.neg + 16 * s + 2 * j;
-          __m512i P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            P0 = _mm512_dpbusd_epi32(P0, lo[i], x[i]);
-            P1 = _mm512_dpbusd_epi32(P1, hi[i], x[4 + i]);
-          }
-          const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(P0, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)))),
-                                             _mm512_mullo_epi32(P1, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)))));
-          aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
-        } else {
-          __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            P0 = _mm512_dpbusd_epi32(P0, _mm512_and_si512(v[i], m4), x[i]);
-            P1 = _mm512_dpbusd_epi32(P1, _mm512_andnot_si512(m4, v[i]), x[4 + i]);  // 16 x the high nibbles' sum
-          }
-          const __m512i t = _mm512_mullo_epi32(_mm512_add_epi32(P0, _mm512_srai_epi32(P1, 4)),
-                                               _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j))));
-          aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
+          P0 = _mm512_set1_epi32(ng[0]), P1 = _mm512_set1_epi32(ng[1]);
         }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          P0 = _mm512_dpbusd_epi32(P0, lo[i], x[i]);
+          P1 = _mm512_dpbusd_epi32(P1, hi[i], x[4 + i]);
+        }
+        __m512i t;
+        if constexpr (q6)
+          t = _mm512_add_epi32(_mm512_mullo_epi32(P0, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)))),
+                               _mm512_mullo_epi32(P1, _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j + 1)))));
+        else
+          t = _mm512_mullo_epi32(_mm512_add_epi32(P0, _mm512_srai_epi32(P1, 4)), _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j))));
+        aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
       }
   }
 #pragma GCC unroll 4

@@ -130,6 +130,22 @@ inline void kquant_record_codes(DType t, int G, const uint8_t* rec, int r, uint8
 }
 
 #if defined(__x86_64__)
+// q4_K: the 8 code vectors of a sub-block (lo = quads 0-3 = the low nibbles of its 4 lines v[0..3],
+// hi = quads 4-7 = their high nibbles). X16: hi = v & 0xF0, 16 x the high nibbles in place (one
+// logic op instead of a shift and a mask): a vpdpbusd chain over them sums to exactly 16 x the
+// plain chain (|sum| <= 16 * 15 * 128 * 16 < 2^31), which the caller shifts back once a sub-block
+// (the lean M = 1 pass; the q4_0 records' trick, gemv_repacked.cpp groups_block). Shared by the
+// decode passes and the prefill's W panels, which must read the same codes.
+template <bool X16 = false>
+__attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq4_codes(const __m512i v[4], __m512i lo[4], __m512i hi[4]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    lo[i] = _mm512_and_si512(v[i], m4);
+    hi[i] = X16 ? _mm512_andnot_si512(m4, v[i]) : _mm512_and_si512(_mm512_srli_epi16(v[i], 4), m4);
+  }
+}
+
 // q6_K: the high 2 bits of a sub-block's 8 quads (H0 = quads 0-3, H1 = quads 4-7, field q % 4 of
 // each dword byte) moved to bits 4-5 and or-ed into their low nibbles lo[q] / hi[q - 4]
 // (vpternlogd 0xF8: a | (b & c), m30 = bytes 0x30). Shared by the decode GEMV and the prefill's
@@ -169,6 +185,19 @@ __attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq6_codes(const 
     }
     kq6_merge_high(lo, hi, v[4], v[5], _mm512_set1_epi8(0x30));
   }
+}
+
+// Either type's sub-block: the lines a sub-block of type Q6 has (kKqLines: 6 or 4) in v, its 8 code
+// vectors out (kq4_codes, or kq6_codes in layout P). What the decode passes and the prefill's
+// W panels both call, so that one unpack serves every reader of the records.
+template <bool Q6>
+constexpr int kKqLines = Q6 ? 6 : 4;
+template <bool Q6, bool P>
+__attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq_codes(const __m512i v[6], __m512i lo[4], __m512i hi[4]) {
+  if constexpr (Q6)
+    kq6_codes<P>(v, lo, hi);
+  else
+    kq4_codes(v, lo, hi);
 }
 #endif
 
