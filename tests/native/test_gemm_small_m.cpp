@@ -413,6 +413,105 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
     }, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
 }
 
+namespace {
+struct OnePassScope {
+  explicit OnePassScope(bool on) : prev_(gemm_detail::small_m_onepass()) { gemm_detail::set_small_m_onepass(on); }
+  ~OnePassScope() { gemm_detail::set_small_m_onepass(prev_); }
+  bool prev_;
+};
+bool bf16_dot_usable() { return cpu_features().avx512bf16 && isa_active() >= Isa::Avx512; }
+// ---------------------------------------------------------------- switch sweeps
+// A switch of the batched paths that must not change the bits (set / get, the name in failures).
+struct Switch {
+  void (*set)(bool);
+  bool (*get)();
+  const char* name;
+};
+
+// The reference a sweep checks against (ref::gemm, f64 sums): the exact X (f32-FMA kernels), X
+// rounded to bf16 (vdpbf16ps kernels), or the rounded X only where the vdpbf16ps kernels run under
+// the ISA cap (bf16_dot_usable()); each within the f32 bound (check, rel = 0).
+enum class Ref { Exact, Rounded, RoundedWhereBf16Dot };
+
+// What one sweep runs of a case: each (bias, ISA cap, pool) its filters keep is one comparison.
+// Null filters keep everything; a null isa_ok runs the active ISA without a cap; a null via_gemm
+// calls gemm_huge_pages (else gemm() where it says so).
+struct SweepPlan {
+  Ref ref = Ref::Exact;
+  bool check_off = false;  // also the switched-off result against the reference
+  std::function<bool(const Case&, bool bias)> bias_ok;
+  std::function<bool(const Case&, Isa)> isa_ok;
+  std::function<bool(const Case&, bool bias, const ThreadPool*)> pool_ok;
+  std::function<bool(const Case&)> via_gemm;
+};
+
+// One case with the switch on and off (in that order, then left as found): the same bits both
+// ways, and within the bound of the plan's reference. Returns the number of comparisons.
+int expect_switch_same_bits(const Case& c, const Switch& sw, const SweepPlan& plan, ThreadPool* const* pools,
+                            int n_pools) {
+  std::vector<Isa> isas;
+  if (plan.isa_ok)
+    for (int i = 0; i <= int(isa_detected()); ++i)
+      if (plan.isa_ok(c, Isa(i))) isas.push_back(Isa(i));
+  const bool prev = sw.get();
+  int compared = 0;
+  for (int use_bias = 0; use_bias < 2; ++use_bias) {
+    if (plan.bias_ok && !plan.bias_ok(c, use_bias != 0)) continue;
+    const float* bias = use_bias ? c.bias.data() : nullptr;
+    std::vector<float> R(size_t(c.M * c.ldy), kSentinel);
+    const bool rounded = plan.ref != Ref::Exact;
+    ref::gemm(rounded ? c.Xr.data() : c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
+    const bool via_gemm = plan.via_gemm && plan.via_gemm(c);
+    auto run_isa = [&](const char* isa) {
+      for (int i = 0; i < n_pools; ++i) {
+        ThreadPool* pl = pools[i];
+        if (plan.pool_ok && !plan.pool_ok(c, use_bias != 0, pl)) continue;
+        const std::string what = std::string(dtype_name(c.t)) + " M=" + std::to_string(c.M) + " N=" +
+                                 std::to_string(c.N) + " K=" + std::to_string(c.K) + " bias=" +
+                                 std::to_string(use_bias) + " isa=" + isa + " threads=" +
+                                 std::to_string(pl ? pl->size() : 1) + (via_gemm ? " gemm()" : " huge pages");
+        std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
+        auto call = [&](float* y) {
+          if (via_gemm)
+            gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, y, c.ldy, c.M, c.N, c.K, pl);
+          else
+            gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), c.t, bias, y, c.ldy, c.M, c.N, c.K, pl);
+        };
+        sw.set(true);
+        call(Y.data());
+        sw.set(false);
+        call(Y0.data());
+        sw.set(prev);
+        if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
+          emollm_test::report_failure(__FILE__, __LINE__, what + ": " + sw.name + " changed the bits");
+        const char* ref_name = rounded ? " [vs rounded-x ref]" : " [vs f64 ref]";
+        if (plan.ref != Ref::RoundedWhereBf16Dot || bf16_dot_usable()) check(Y, R, c, rounded ? c.Xr : c.X, bias, 0.0, what + ref_name);
+        if (plan.check_off) check(Y0, R, c, rounded ? c.Xr : c.X, bias, 0.0, what + " [previous]" + ref_name);
+        ++compared;
+      }
+    };
+    if (!plan.isa_ok) {
+      run_isa(isa_name(isa_active()));
+      continue;
+    }
+    for (Isa isa : isas) {
+      IsaCapScope cap(isa);
+      run_isa(isa_name(isa));
+    }
+  }
+  return compared;
+}
+
+// A blocking switch (where K blocks end, partial sums kept exactly between them): with the bias,
+// on the active ISA, against the rounded-X reference.
+SweepPlan blocking_plan() {
+  SweepPlan plan;
+  plan.ref = Ref::Rounded;
+  plan.bias_ok = [](const Case&, bool bias) { return bias; };
+  return plan;
+}
+}  // namespace
+
 // Batched decode on huge pages (gemm_huge_pages, 2 <= M <= kSmallM, BF16 / F16): the multi-stream
 // dot kernels (gemm_avx512.cpp dot_streams, the default) keep each output's accumulators, k order,
 // tail and reduction of the plain dot kernels, so they must give the previous path's bits
@@ -426,53 +525,22 @@ TEST(gemm_huge_pages_small_m_streams_bit_equal) {
   Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));  // BF16 at M <= 8 on the exact-X dot kernels
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
-  std::vector<Isa> isas;
-  for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
+  SweepPlan plan;  // exact X; short rows: the top ISA and AVX2 only, 3 threads with a bias only
+  plan.isa_ok = [](const Case& c, Isa isa) { return c.K >= 2000 || isa == isa_detected() || isa == Isa::Avx2; };
+  plan.pool_ok = [&](const Case& c, bool bias, const ThreadPool* pl) { return bias || pl != &pool3 || c.K >= 2000; };
+  const Switch sw{gemm_detail::set_small_m_streams, gemm_detail::small_m_streams, "streams"};
   uint32_t seed = 8100;
   int compared = 0;
   for (DType t : {DType::BF16, DType::F16})
     for (int64_t M = 2; M <= gemm_detail::kSmallM; ++M)
       for (int64_t K : {1, 15, 17, 31, 33, 64, 100, 2061})
-        for (int64_t N : {1, 3, 5, 12, 13, 70}) {
-          const Case c = make_case(t, M, K == 2061 && N == 70 ? 1001 : N, K, 3, 2, seed++);
-          for (int use_bias = 0; use_bias < 2; ++use_bias) {
-            const float* bias = use_bias ? c.bias.data() : nullptr;
-            std::vector<float> R(size_t(c.M * c.ldy), kSentinel);
-            ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
-            for (Isa isa : isas) {
-              if (c.K < 2000 && isa != isa_detected() && isa != Isa::Avx2) continue;  // short rows: top and AVX2 only
-              IsaCapScope cap(isa);
-              for (ThreadPool* pl : pools) {
-                if (!use_bias && pl == &pool3 && c.K < 2000) continue;
-                const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(c.M) + " N=" +
-                                         std::to_string(c.N) + " K=" + std::to_string(c.K) + " bias=" +
-                                         std::to_string(use_bias) + " isa=" + isa_name(isa) +
-                                         " threads=" + std::to_string(pl ? pl->size() : 1);
-                std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), t, bias, Y.data(), c.ldy, c.M, c.N, c.K, pl);
-                gemm_detail::set_small_m_streams(false);
-                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), t, bias, Y0.data(), c.ldy, c.M, c.N, c.K, pl);
-                gemm_detail::set_small_m_streams(true);
-                if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-                  emollm_test::report_failure(__FILE__, __LINE__, what + ": streams differ from the previous path's bits");
-                check(Y, R, c, c.X, bias, 0.0, what);
-                ++compared;
-              }
-            }
-          }
-        }
-  EXPECT(compared > 1000);
+        for (int64_t N : {1, 3, 5, 12, 13, 70})
+          compared += expect_switch_same_bits(make_case(t, M, K == 2061 && N == 70 ? 1001 : N, K, 3, 2, seed++), sw, plan,
+                                              pools, 3);
+  EXPECT(compared == 7392);  // the count of the sweep this replaced
 }
 
 // ---------------------------------------------------------------- BF16 one pass (9 <= M <= 16)
-namespace {
-struct OnePassScope {
-  explicit OnePassScope(bool on) : prev_(gemm_detail::small_m_onepass()) { gemm_detail::set_small_m_onepass(on); }
-  ~OnePassScope() { gemm_detail::set_small_m_onepass(prev_); }
-  bool prev_;
-};
-bool bf16_dot_usable() { return cpu_features().avx512bf16 && isa_active() >= Isa::Avx512; }
-}  // namespace
 
 // The one-pass vdpbf16ps kernel (gemm_small_m.cpp onepass_bf16, default at 9 <= M <= 16) keeps
 // bf16_block's register blocks, accumulators, k order, K % 32 tail and reduction (reduce4 over
@@ -486,46 +554,22 @@ bool bf16_dot_usable() { return cpu_features().avx512bf16 && isa_active() >= Isa
 TEST(gemm_small_m_onepass_bit_equal) {
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
-  std::vector<Isa> isas;
-  for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
+  SweepPlan plan;  // the rounded-X bound where vdpbf16ps runs; AVX2 at K = 769 only; 3 threads at K 33 / 2085 with a bias
+  plan.ref = Ref::RoundedWhereBf16Dot;
+  plan.isa_ok = [](const Case& c, Isa isa) { return isa == isa_detected() || (isa == Isa::Avx2 && c.K == 769); };
+  plan.pool_ok = [&](const Case& c, bool bias, const ThreadPool* pl) {
+    return pl != &pool3 || (bias && (c.K == 33 || c.K == 2085));
+  };
+  const Switch sw{gemm_detail::set_small_m_onepass, gemm_detail::small_m_onepass, "one pass"};
   uint32_t seed = 9100;
-  int compared = 0, differs_from_exact = 0;
+  int compared = 0;
   for (int64_t M = gemm_detail::kSmallMMin; M <= 16; ++M)
     for (int64_t K : {1, 31, 33, 100, 768, 769, 1400, 2085})
       for (int64_t N : {1, 3, 5, 37, 203}) {
         if (N == 203 && K > 800) continue;
-        const Case c = make_case(DType::BF16, M, N, K, (M + K) % 3, N % 3, seed++);
-        for (int use_bias = 0; use_bias < 2; ++use_bias) {
-          const float* bias = use_bias ? c.bias.data() : nullptr;
-          std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
-          ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, bias, Rr.data(), c.ldy, c.M, c.N, c.K);
-          for (Isa isa : isas) {
-            if (isa != isa_detected() && !(isa == Isa::Avx2 && K == 769)) continue;
-            IsaCapScope cap(isa);
-            for (ThreadPool* pl : pools) {
-              if (pl == &pool3 && !(use_bias && (K == 33 || K == 2085))) continue;
-              const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
-                                       std::to_string(c.K) + " bias=" + std::to_string(use_bias) +
-                                       " isa=" + isa_name(isa) + " threads=" + std::to_string(pl ? pl->size() : 1);
-              std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-              {
-                OnePassScope on(true);
-                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Y.data(), c.ldy, c.M, c.N, c.K, pl);
-              }
-              {
-                OnePassScope off(false);
-                gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, bias, Y0.data(), c.ldy, c.M, c.N, c.K, pl);
-              }
-              if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-                emollm_test::report_failure(__FILE__, __LINE__, what + ": one pass differs from run_range_bf16's bits");
-              if (bf16_dot_usable()) check(Y, Rr, c, c.Xr, bias, 0.0, what + " [vs rounded-x ref]");
-              ++compared;
-            }
-          }
-        }
+        compared += expect_switch_same_bits(make_case(DType::BF16, M, N, K, (M + K) % 3, N % 3, seed++), sw, plan, pools, 3);
       }
-  EXPECT(compared > 500);
-  (void)differs_from_exact;
+  EXPECT(compared == 1448);  // the count of the sweep this replaced
 }
 
 // Rounded X below M = 9 (set_bf16_dot_min_m / EMOLLM_BF16_DOT_MIN_M; 8 by default): BF16 at
@@ -607,31 +651,6 @@ TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
   }
 }
 
-// One BF16 case through gemm_huge_pages with a blocking switch (set / get) on and off, on each
-// pool: the same bits both ways (`change` names the switch in the failure), and within the
-// rounded-X bound of ref::gemm. The switch is left as found.
-void expect_blocking_switch_same_bits(const Case& c, ThreadPool* const* pools, int n_pools, void (*set)(bool),
-                                      bool (*get)(), const std::string& change, int* compared) {
-  std::vector<float> Rr(size_t(c.M * c.ldy), kSentinel);
-  ref::gemm(c.Xr.data(), c.ldx, c.W.data(), c.t, c.bias.data(), Rr.data(), c.ldy, c.M, c.N, c.K);
-  const bool prev = get();
-  for (int i = 0; i < n_pools; ++i) {
-    ThreadPool* pl = pools[i];
-    const std::string what = "BF16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
-                             " K=" + std::to_string(c.K) + " threads=" + std::to_string(pl ? pl->size() : 1);
-    std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-    set(true);
-    gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y.data(), c.ldy, c.M, c.N, c.K, pl);
-    set(false);
-    gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::BF16, c.bias.data(), Y0.data(), c.ldy, c.M, c.N, c.K, pl);
-    set(prev);
-    if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-      emollm_test::report_failure(__FILE__, __LINE__, what + ": " + change + " changed the bits");
-    check(Y, Rr, c, c.Xr, c.bias.data(), 0.0, what + " [vs rounded-x ref]");
-    ++*compared;
-  }
-}
-
 // streams_bf16 (BF16 on vdpbf16ps at bf16_dot_min_m() <= M <= 8, rounded X) over whole rows, X's
 // K block up to 256 KiB in L2 (default), against its previous K blocks of 32 KiB of X
 // (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0): K blocks only change when a row's partial sums wait in
@@ -655,8 +674,9 @@ TEST(gemm_small_m_streams_whole_k_bit_equal) {
       for (int64_t N : {37, 130}) {
         if (K == 17000 && (M != 8 || N != 37)) continue;
         const Case c = make_case(DType::BF16, M, N, K, K % 3, N % 3, seed++);
-        expect_blocking_switch_same_bits(c, pools, 3, gemm_detail::set_small_m_streams_whole_k, gemm_detail::small_m_streams_whole_k, "whole-K streams",
-                                         &compared);
+        compared += expect_switch_same_bits(
+            c, {gemm_detail::set_small_m_streams_whole_k, gemm_detail::small_m_streams_whole_k, "whole-K streams"},
+            blocking_plan(), pools, 3);
       }
   gemm_detail::set_bf16_dot_min_m(prev_min);
   EXPECT(compared == (4 * 3 * 2 + 1) * 3);
@@ -680,8 +700,9 @@ TEST(gemm_small_m_onepass_x16k_bit_equal) {
     for (int64_t K : {300, 700, 1400, 2085, 5632})
       for (int64_t N : {37, 130}) {
         const Case c = make_case(DType::BF16, M, N, K, K % 3, N % 3, seed++);
-        expect_blocking_switch_same_bits(c, pools, 2, gemm_detail::set_small_m_onepass_x16k, gemm_detail::small_m_onepass_x16k, "16 KiB X blocks",
-                                         &compared);
+        compared += expect_switch_same_bits(
+            c, {gemm_detail::set_small_m_onepass_x16k, gemm_detail::small_m_onepass_x16k, "16 KiB X blocks"},
+            blocking_plan(), pools, 2);
       }
   EXPECT(compared == 3 * 5 * 2 * 2);
 }
@@ -701,9 +722,14 @@ TEST(gemm_small_m_onepass_x16k_bit_equal) {
 TEST(gemm_small_m_f16_groups_bit_equal) {
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
-  std::vector<Isa> isas;
-  for (int i = 0; i <= int(isa_detected()); ++i) isas.push_back(Isa(i));
-  const bool prev = gemm_detail::small_m_f16_groups();
+  SweepPlan plan;  // exact X, both paths checked; AVX2 at K = 257 only; 3 threads at K 33 / 2085 with a bias
+  plan.check_off = true;
+  plan.isa_ok = [](const Case& c, Isa isa) { return isa == isa_detected() || (isa == Isa::Avx2 && c.K == 257); };
+  plan.pool_ok = [&](const Case& c, bool bias, const ThreadPool* pl) {
+    return pl != &pool3 || (bias && (c.K == 33 || c.K == 2085));
+  };
+  plan.via_gemm = [](const Case& c) { return (c.K + c.N) % 2 != 0; };  // else gemm_huge_pages
+  const Switch sw{gemm_detail::set_small_m_f16_groups, gemm_detail::small_m_f16_groups, "groups_f16"};
   uint32_t seed = 10100;
   int compared = 0;
   for (int64_t M : {8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 24, 33, 64, 65})
@@ -712,41 +738,7 @@ TEST(gemm_small_m_f16_groups_bit_equal) {
         if (N == 203 && K > 300) continue;
         if (K == 5632 && N != 37) continue;
         if ((M == 8 || M > 17) && N != 37) continue;
-        const Case c = make_case(DType::F16, M, N, K, (M + K) % 3, N % 3, seed++);
-        for (int use_bias = 0; use_bias < 2; ++use_bias) {
-          const float* bias = use_bias ? c.bias.data() : nullptr;
-          std::vector<float> R(size_t(c.M * c.ldy), kSentinel);
-          ref::gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, R.data(), c.ldy, c.M, c.N, c.K);
-          for (Isa isa : isas) {
-            if (isa != isa_detected() && !(isa == Isa::Avx2 && K == 257)) continue;
-            IsaCapScope cap(isa);
-            for (ThreadPool* pl : pools) {
-              if (pl == &pool3 && !(use_bias && (K == 33 || K == 2085))) continue;
-              const bool huge = (K + N) % 2 == 0;
-              const std::string what = "F16 M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" +
-                                       std::to_string(c.K) + " bias=" + std::to_string(use_bias) +
-                                       " isa=" + isa_name(isa) + " threads=" + std::to_string(pl ? pl->size() : 1) +
-                                       " huge=" + std::to_string(huge);
-              std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-              auto call = [&](float* y) {
-                if (huge)
-                  gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), DType::F16, bias, y, c.ldy, c.M, c.N, c.K, pl);
-                else
-                  gemm(c.X.data(), c.ldx, c.W.data(), DType::F16, bias, y, c.ldy, c.M, c.N, c.K, pl);
-              };
-              gemm_detail::set_small_m_f16_groups(true);
-              call(Y.data());
-              gemm_detail::set_small_m_f16_groups(false);
-              call(Y0.data());
-              gemm_detail::set_small_m_f16_groups(prev);
-              if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
-                emollm_test::report_failure(__FILE__, __LINE__, what + ": groups_f16 differs from run_range<KF16>'s bits");
-              check(Y, R, c, c.X, bias, 0.0, what + " [groups_f16 vs f64 ref]");
-              check(Y0, R, c, c.X, bias, 0.0, what + " [previous vs f64 ref]");
-              ++compared;
-            }
-          }
-        }
+        compared += expect_switch_same_bits(make_case(DType::F16, M, N, K, (M + K) % 3, N % 3, seed++), sw, plan, pools, 3);
       }
-  EXPECT(compared > 500);
+  EXPECT(compared == 2075);  // the count of the sweep this replaced
 }
