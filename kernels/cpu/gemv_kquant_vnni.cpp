@@ -59,20 +59,17 @@ void set_kquant_lean(bool enabled) { kquant_lean_flag().set(enabled); }
 bool kquant_lean() { return kquant_lean_flag().on(); }
 
 namespace {
-// q6_K on the lean pass too: off by default (EMOLLM_KQUANT_LEAN_Q6=1 turns it on): for q6_K only
+// q6_K on the lean pass too: off by default (EMOLLM_KQUANT_LEAN_Q6=1 or on turns it on): for q6_K only
 // the loads and the min-term placement change, and it measured 0.92-1.00x the previous pass
 // (bench_kernels 1.1B rows at load 3, 1 and 2 threads; 0.96-1.10x in the model's CPU time).
-std::atomic<bool>& kquant_lean_q6_flag() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("EMOLLM_KQUANT_LEAN_Q6");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }()};
+EnvSwitch& kquant_lean_q6_flag() {
+  static EnvSwitch on("EMOLLM_KQUANT_LEAN_Q6", EnvDefault::Off);
   return on;
 }
 }  // namespace
 
-void set_kquant_lean_q6(bool enabled) { kquant_lean_q6_flag().store(enabled); }
-bool kquant_lean_q6() { return kquant_lean_q6_flag().load(); }
+void set_kquant_lean_q6(bool enabled) { kquant_lean_q6_flag().set(enabled); }
+bool kquant_lean_q6() { return kquant_lean_q6_flag().on(); }
 
 }  // namespace gemm_detail
 }  // namespace emollm
@@ -235,18 +232,28 @@ EMO_TK void kq_rows(const Args& a, const QX& q, const XBlocks& xb, int64_t n0, i
   }
 }
 
-// dx_b and dx_b * S_b of every block of the M rows of q (XBlocks), into `out` (2 * M * K / 32).
-EMO_TK void x_blocks(const QX& q, int64_t M, int64_t K, bool sums, float* out) {
+// Per-call data of the M rows of q, per 32-element block b, into `out`: dx_b (M nb floats, index
+// m * nb + b), then per XSums nothing (the GGUF q6_K rows), dx_b * S_b (M nb floats, exact: 11-bit
+// scale times |S| <= 4064; XBlocks / XRec's dxs of q4_K / q5_K) or -32 S_h per 16-element half h
+// (2 M nb int32, index m * 2 nb + 2 b + h; XRec's neg of the q6_K records). S = the block's sum of q.
+enum class XSums { None, DxS, Neg32Halves };
+EMO_TK void x_blocks(const QX& q, int64_t M, int64_t K, XSums sums, float* out) {
   const int64_t nb = K / kQK;
   const __m512i ones16 = _mm512_set1_epi16(1);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t b = 0; b < nb; ++b) {
       const float dx = q.dxe[m * q.ldd + 8 * b];
       out[m * nb + b] = dx;
-      if (!sums) continue;
-      const __m256i x8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + 32 * b));
-      const int S = _mm512_reduce_add_epi32(_mm512_madd_epi16(_mm512_cvtepi8_epi16(x8), ones16));
-      out[M * nb + m * nb + b] = dx * float(S);  // exact: 11-bit scale times |S| <= 4064
+      if (sums == XSums::None) continue;
+      const __m512i w = _mm512_madd_epi16(
+          _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + 32 * b))), ones16);
+      if (sums == XSums::Neg32Halves) {  // w: 16 dwords of pair sums; halves: dwords 0-7, 8-15
+        int32_t* neg = reinterpret_cast<int32_t*>(out + M * nb) + m * 2 * nb + 2 * b;
+        neg[0] = -32 * _mm512_mask_reduce_add_epi32(0x00FF, w);
+        neg[1] = -32 * _mm512_mask_reduce_add_epi32(0xFF00, w);
+      } else {
+        out[M * nb + m * nb + b] = dx * float(_mm512_reduce_add_epi32(w));
+      }
     }
 }
 
@@ -387,6 +394,19 @@ __attribute__((always_inline)) EMO_TK inline __m512 kq_y_update(const uint8_t* p
   }
 }
 
+// The MB X rows' outputs of the group of 16 rows from n0 (y[m]: row m's 16 sums), plus the bias,
+// into Y (row m at Y + m * ldy); the rows past N are not written. False if the group starts at or
+// past N (a padded super-group's last groups).
+template <int MB>
+__attribute__((always_inline)) EMO_TK inline bool kq_store_group(const __m512* y, const float* bias, float* Y, int64_t ldy,
+                                                                  int64_t N, int64_t n0) {
+  if (n0 >= N) return false;
+  const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
+  for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(Y + m * ldy + n0, k, _mm512_add_ps(y[m], bv));
+  return true;
+}
+
 // Bytes ahead along a super-group's stream that the G > 1 kernel prefetches
 // (EMOLLM_KQ_SG_PREFETCH, for the bench's A/B; default 8 KiB, about the q4_0 records' 9 KiB).
 int64_t sg_prefetch() {
@@ -459,13 +479,8 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
         }
       }
     }
-    for (int gi = 0; gi < G; ++gi) {
-      const int64_t n0 = (q * G + gi) * kKqRows;
-      if (n0 >= N) break;
-      const __mmask16 k = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
-      const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n0) : _mm512_setzero_ps();
-      for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(Y + m * ldy + n0, k, _mm512_add_ps(y[gi][m], bv));
-    }
+    for (int gi = 0; gi < G; ++gi)
+      if (!kq_store_group<MB>(y[gi], bias, Y, ldy, N, (q * G + gi) * kKqRows)) break;
   }
 }
 
@@ -615,13 +630,8 @@ EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const
     for (int k = 0; k < S; ++k) p[k] += rec;
   }
   for (int k = 0; k < S; ++k)
-    for (int gi = 0; gi < G; ++gi) {
-      const int64_t n0 = ((q0 + k) * G + gi) * kKqRows;
-      if (n0 >= N) break;
-      const __mmask16 m = n0 + kKqRows <= N ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
-      const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + n0) : _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(Y + n0, m, _mm512_add_ps(y[k][gi], bv));
-    }
+    for (int gi = 0; gi < G; ++gi)
+      if (!kq_store_group<1>(&y[k][gi], bias, Y, 0, N, ((q0 + k) * G + gi) * kKqRows)) break;
 }
 
 // Super-groups [q0, q1): kq_streams() at a time, the rest fewer. With several streams every batch
@@ -665,28 +675,6 @@ SgFn pick_sg_g(bool q6, int64_t M) {
 }
 SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : pick_sg_g<4>(q6, M); }
 
-// XRec's per-call arrays for the M rows of q into out: dx (M nb), then q4_K dx S (M nb) or q6_K
-// -32 S_h (2 M nb int32).
-EMO_TK void x_records(const QX& q, int64_t M, int64_t K, bool q6, float* out) {
-  const int64_t nb = K / kQK;
-  const __m512i ones16 = _mm512_set1_epi16(1);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t b = 0; b < nb; ++b) {
-      const float dx = q.dxe[m * q.ldd + 8 * b];
-      out[m * nb + b] = dx;
-      const int8_t* xb = q.qs + m * q.ldq + 32 * b;
-      const __m512i w = _mm512_madd_epi16(
-          _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb))), ones16);
-      if (q6) {  // w: 16 dwords of pair sums; halves: dwords 0-7, 8-15
-        int32_t* neg = reinterpret_cast<int32_t*>(out + M * nb) + m * 2 * nb + 2 * b;
-        neg[0] = -32 * _mm512_mask_reduce_add_epi32(0x00FF, w);
-        neg[1] = -32 * _mm512_mask_reduce_add_epi32(0xFF00, w);
-      } else {
-        out[M * nb + m * nb + b] = dx * float(_mm512_reduce_add_epi32(w));  // exact: 11-bit scale, |S| <= 4064
-      }
-    }
-}
-
 // Super-groups per chunk of the dispatch: about 8 a thread; with the lean pass a multiple of its
 // streams, so that a chunk walks them side by side (the outputs do not depend on it).
 int64_t sg_chunk(int64_t groups, int nth) {
@@ -718,7 +706,7 @@ void gemv_kquant_records_multi(const Args* outs, int n) {
   const int64_t nb = a.K / kQK;
   thread_local std::vector<float> xstore;
   xstore.resize(size_t(3 * nb));
-  x_records(q, 1, a.K, q6, xstore.data());
+  x_blocks(q, 1, a.K, q6 ? XSums::Neg32Halves : XSums::DxS, xstore.data());
   const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + nb, reinterpret_cast<const int32_t*>(xstore.data() + nb), nb};
   const int64_t ns = a.K / kQKK;
   const int G = kquant_record_groups();
@@ -756,7 +744,7 @@ void gemv_kquant_records(const Args& a) {
   const int64_t nb = a.K / kQK;
   thread_local std::vector<float> xstore;  // the workers read the caller's through xr
   xstore.resize(size_t((q6 ? 3 : 2) * a.M * nb));
-  x_records(q, a.M, a.K, q6, xstore.data());
+  x_blocks(q, a.M, a.K, q6 ? XSums::Neg32Halves : XSums::DxS, xstore.data());
   const XRec xr{q.qs, q.ldq, xstore.data(), xstore.data() + a.M * nb,
                 reinterpret_cast<const int32_t*>(xstore.data() + a.M * nb), nb};
   const uint8_t* Wr = static_cast<const uint8_t*>(a.W);
@@ -786,7 +774,7 @@ void gemv_kquant_vnni(const Args& a, const QX& q) {
   const int64_t nb = a.K / kQK;
   thread_local std::vector<float> xstore;
   xstore.resize(size_t(2 * a.M * nb));
-  x_blocks(q, a.M, a.K, a.wtype != DType::Q6_K, xstore.data());
+  x_blocks(q, a.M, a.K, a.wtype == DType::Q6_K ? XSums::None : XSums::DxS, xstore.data());
   const XBlocks xb{xstore.data(), xstore.data() + a.M * nb, nb};
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t chunk = std::max<int64_t>(4, (a.N / (8 * nth)) / 4 * 4);
