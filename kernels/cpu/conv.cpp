@@ -4,12 +4,17 @@
 // paths vectorise over channels (the contiguous NHWC axis): a dense conv keeps up to 4 vectors
 // of output channels in registers and broadcasts one input value per FMA; depthwise conv and
 // pooling load a vector of channels per tap. Tails use masks. Work is split over output rows.
+// The dense conv pixels, the pooling rows and the activation pass are written once over the
+// vector width (conv_rows.inc, compiled here for AVX-512 and AVX2, each ISA's own instructions for
+// tails, activation and max in ConvOps512 / ConvOps256); depthwise conv keeps a kernel per ISA
+// (AVX-512 walks interior pixels 4 at a time, AVX2 one at a time).
 // The 1x1 (pointwise) convolution is a GEMM (kernels/cpu/gemm*.cpp) plus an activation pass.
 //
 // Summation order: bias first, then taps in (ky, kx, ic) order, as the reference does, so the
 // vector paths differ from the reference only by FMA rounding (one rounding per tap instead of
 // two). Pooling is bit-exact across paths.
 #include "simd_math.h"  // first: see the note on GCC 12 warnings there
+#include "simd_vec.h"
 
 #include <algorithm>
 #include <cmath>
@@ -168,59 +173,89 @@ void avg_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p) { pool_ref
 #if defined(__x86_64__)
 namespace {
 
-// ---- AVX-512
-EMOLLM_TARGET_AVX512 inline __m512 act512(__m512 v, ConvActivation act, float alpha) {
-  if (act == ConvActivation::Relu) return _mm512_max_ps(v, _mm512_setzero_ps());
-  if (act == ConvActivation::LeakyRelu) {
-    __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
-    return _mm512_mask_blend_ps(pos, _mm512_mul_ps(v, _mm512_set1_ps(alpha)), v);
+// The operations of the vector paths whose instructions differ by ISA (conv_rows.inc):
+//   Tail / tail(n)  the lanes [0, n) of a vector of channels (n clamped to the lanes): AVX-512 a
+//                   mask register; AVX2 a lane mask, used only when n < 8 (whole vectors take
+//                   plain loads and stores)
+//   load / store    under a Tail;  act  the activation;  div  a / b
+//   max_nan(acc, v) v if v > acc or v is NaN (NaN propagates, as the reference), else acc
+struct ConvOps512 {
+  struct Tail {
+    int64_t n;
+    __mmask16 m;
+  };
+  EMOLLM_SIMD_INLINE_512 Tail tail(int64_t n) {
+    const int64_t c = std::min<int64_t>(16, n);
+    return Tail{c, simd::tail_mask16(c)};
   }
-  return v;
-}
-
-// Up to NCH vectors of 16 output channels starting at oc0, for the output pixels [ox0, ox1) of
-// one row, PX pixels at a time (independent FMA chains: one pixel's chain is latency-bound when
-// out_c is small, e.g. the 3 -> 16 first layer). Every pixel of a call must have the same tap
-// range in x (interior pixels, or one pixel at a time at the borders).
-template <int NCH, int PX>
-EMOLLM_TARGET_AVX512 void conv2d_px_avx512(const float* x, const float* w, const float* bias, float* y,
-                                           const Conv2dParams& p, int64_t b, int64_t oy, int64_t oc0, int64_t ox0,
-                                           int64_t ox1) {
-  const int64_t C = p.in_c, OC = p.out_c;
-  __mmask16 m[NCH];
-  for (int j = 0; j < NCH; ++j) m[j] = simd::tail_mask16(std::min<int64_t>(16, OC - oc0 - 16 * j));
-  const int64_t iy0 = oy * p.stride_h - p.pad_top;
-  int64_t ky0, ky1;
-  tap_range(iy0, p.k_h, p.in_h, &ky0, &ky1);
-  const int64_t xstep = p.stride_w * C;
-  for (int64_t ox = ox0; ox + PX <= ox1; ox += PX) {
-    const int64_t ix0 = ox * p.stride_w - p.pad_left;
-    int64_t kx0, kx1;
-    tap_range(ix0, p.k_w, p.in_w, &kx0, &kx1);
-    __m512 acc[PX][NCH];
-    for (int q = 0; q < PX; ++q)
-      for (int j = 0; j < NCH; ++j)
-        acc[q][j] = bias ? _mm512_maskz_loadu_ps(m[j], bias + oc0 + 16 * j) : _mm512_setzero_ps();
-    for (int64_t ky = ky0; ky < ky1; ++ky)
-      for (int64_t kx = kx0; kx < kx1; ++kx) {
-        const float* xp = x + ((b * p.in_h + iy0 + ky) * p.in_w + ix0 + kx) * C;
-        const float* wp = w + (ky * p.k_w + kx) * C * OC + oc0;
-        for (int64_t ic = 0; ic < C; ++ic) {
-          __m512 wv[NCH];
-          for (int j = 0; j < NCH; ++j) wv[j] = _mm512_maskz_loadu_ps(m[j], wp + ic * OC + 16 * j);
-          for (int q = 0; q < PX; ++q) {
-            const __m512 xv = _mm512_set1_ps(xp[q * xstep + ic]);
-            for (int j = 0; j < NCH; ++j) acc[q][j] = _mm512_fmadd_ps(xv, wv[j], acc[q][j]);
-          }
-        }
-      }
-    for (int q = 0; q < PX; ++q) {
-      float* yp = y + ((b * p.out_h + oy) * p.out_w + ox + q) * OC + oc0;
-      for (int j = 0; j < NCH; ++j) _mm512_mask_storeu_ps(yp + 16 * j, m[j], act512(acc[q][j], p.act, p.alpha));
+  EMOLLM_SIMD_INLINE_512 __m512 load(const float* p, const Tail& t) { return _mm512_maskz_loadu_ps(t.m, p); }
+  EMOLLM_SIMD_INLINE_512 void store(float* p, __m512 v, const Tail& t) { _mm512_mask_storeu_ps(p, t.m, v); }
+  EMOLLM_SIMD_INLINE_512 __m512 act(__m512 v, ConvActivation a, float alpha) {
+    if (a == ConvActivation::Relu) return _mm512_max_ps(v, _mm512_setzero_ps());
+    if (a == ConvActivation::LeakyRelu) {
+      __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
+      return _mm512_mask_blend_ps(pos, _mm512_mul_ps(v, _mm512_set1_ps(alpha)), v);
     }
+    return v;
   }
-}
+  EMOLLM_SIMD_INLINE_512 __m512 max_nan(__m512 acc, __m512 v) {
+    const __mmask16 take = _mm512_cmp_ps_mask(v, acc, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_mov_ps(acc, take, v);
+  }
+  EMOLLM_SIMD_INLINE_512 __m512 div(__m512 a, __m512 b) { return _mm512_div_ps(a, b); }
+};
 
+struct ConvOps256 {
+  struct Tail {
+    int64_t n;
+    __m256i m;
+  };
+  EMOLLM_SIMD_INLINE_256 Tail tail(int64_t n) {
+    const int64_t c = std::min<int64_t>(8, n);
+    return Tail{c, simd::tail_mask8(c)};
+  }
+  EMOLLM_SIMD_INLINE_256 __m256 load(const float* p, const Tail& t) {
+    return t.n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, t.m);
+  }
+  EMOLLM_SIMD_INLINE_256 void store(float* p, __m256 v, const Tail& t) {
+    if (t.n >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, t.m, v);
+  }
+  EMOLLM_SIMD_INLINE_256 __m256 act(__m256 v, ConvActivation a, float alpha) {
+    if (a == ConvActivation::Relu) return _mm256_max_ps(v, _mm256_setzero_ps());
+    if (a == ConvActivation::LeakyRelu) {
+      const __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+      return _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_set1_ps(alpha)), v, pos);
+    }
+    return v;
+  }
+  EMOLLM_SIMD_INLINE_256 __m256 max_nan(__m256 acc, __m256 v) {
+    return _mm256_blendv_ps(acc, v, _mm256_or_ps(_mm256_cmp_ps(v, acc, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  }
+  EMOLLM_SIMD_INLINE_256 __m256 div(__m256 a, __m256 b) { return _mm256_div_ps(a, b); }
+};
+
+// The dense conv pixels, pooling rows and activation pass, once per ISA (conv_rows.inc).
+#define EMO_CV_TARGET EMOLLM_TARGET_AVX512
+#define EMO_CV_V simd::F32x16
+#define EMO_CV_OPS ConvOps512
+#define EMO_CV_NS avx512
+#include "conv_rows.inc"
+#undef EMO_CV_TARGET
+#undef EMO_CV_V
+#undef EMO_CV_OPS
+#undef EMO_CV_NS
+#define EMO_CV_TARGET EMOLLM_TARGET_AVX2
+#define EMO_CV_V simd::F32x8
+#define EMO_CV_OPS ConvOps256
+#define EMO_CV_NS avx2
+#include "conv_rows.inc"
+#undef EMO_CV_TARGET
+#undef EMO_CV_V
+#undef EMO_CV_OPS
+#undef EMO_CV_NS
+
+// ---- AVX-512 depthwise
 // Output columns whose window lies inside the image in x: [*lo, *hi).
 inline void interior_cols(const Conv2dParams& p, int64_t* lo, int64_t* hi) {
   int64_t a = (p.pad_left + p.stride_w - 1) / p.stride_w;  // first ox with ix0 >= 0
@@ -260,7 +295,7 @@ EMOLLM_TARGET_AVX512 void depthwise_px_avx512(const float* x, const float* w, co
             acc[q] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xrow + q * xstep + kx * C), wv, acc[q]);
         }
       }
-      for (int q = 0; q < PX; ++q) _mm512_mask_storeu_ps(yp + q * C + c, m, act512(acc[q], p.act, p.alpha));
+      for (int q = 0; q < PX; ++q) _mm512_mask_storeu_ps(yp + q * C + c, m, ConvOps512::act(acc[q], p.act, p.alpha));
     }
   }
 }
@@ -279,111 +314,7 @@ EMOLLM_TARGET_AVX512 void depthwise_rows_avx512(const float* x, const float* w, 
   }
 }
 
-template <bool kMax>
-EMOLLM_TARGET_AVX512 void pool_rows_avx512(const float* x, float* y, const Conv2dParams& p, int64_t r0, int64_t r1) {
-  const int64_t C = p.in_c;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / p.out_h, oy = r % p.out_h;
-    const int64_t iy0 = oy * p.stride_h - p.pad_top;
-    int64_t ky0, ky1;
-    tap_range(iy0, p.k_h, p.in_h, &ky0, &ky1);
-    for (int64_t ox = 0; ox < p.out_w; ++ox) {
-      const int64_t ix0 = ox * p.stride_w - p.pad_left;
-      int64_t kx0, kx1;
-      tap_range(ix0, p.k_w, p.in_w, &kx0, &kx1);
-      const __m512 count = _mm512_set1_ps(float((ky1 - ky0) * (kx1 - kx0)));
-      float* yp = y + ((b * p.out_h + oy) * p.out_w + ox) * C;
-      for (int64_t c = 0; c < C; c += 16) {
-        const __mmask16 m = simd::tail_mask16(std::min<int64_t>(16, C - c));
-        __m512 acc = kMax ? _mm512_set1_ps(-std::numeric_limits<float>::infinity()) : _mm512_setzero_ps();
-        for (int64_t ky = ky0; ky < ky1; ++ky) {
-          const float* xrow = x + ((b * p.in_h + iy0 + ky) * p.in_w + ix0) * C + c;
-          for (int64_t kx = kx0; kx < kx1; ++kx) {
-            const __m512 v = _mm512_maskz_loadu_ps(m, xrow + kx * C);
-            if (kMax) {
-              // v > acc or v is NaN -> v (NaN propagates, as the reference)
-              const __mmask16 take = _mm512_cmp_ps_mask(v, acc, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-              acc = _mm512_mask_mov_ps(acc, take, v);
-            } else {
-              acc = _mm512_add_ps(acc, v);
-            }
-          }
-        }
-        _mm512_mask_storeu_ps(yp + c, m, kMax ? acc : _mm512_div_ps(acc, count));
-      }
-    }
-  }
-}
-
-EMOLLM_TARGET_AVX512 void act_avx512(const float* x, float* y, int64_t n, ConvActivation act, float alpha) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, act512(_mm512_loadu_ps(x + i), act, alpha));
-  if (i < n) {
-    const __mmask16 m = simd::tail_mask16(n - i);
-    _mm512_mask_storeu_ps(y + i, m, act512(_mm512_maskz_loadu_ps(m, x + i), act, alpha));
-  }
-}
-
 // ---- AVX2
-EMOLLM_TARGET_AVX2 inline __m256 act256(__m256 v, ConvActivation act, float alpha) {
-  if (act == ConvActivation::Relu) return _mm256_max_ps(v, _mm256_setzero_ps());
-  if (act == ConvActivation::LeakyRelu) {
-    const __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
-    return _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_set1_ps(alpha)), v, pos);
-  }
-  return v;
-}
-
-EMOLLM_TARGET_AVX2 inline __m256 load8(const float* p, int64_t n, __m256i m) {
-  return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
-}
-EMOLLM_TARGET_AVX2 inline void store8(float* p, __m256 v, int64_t n, __m256i m) {
-  if (n >= 8) _mm256_storeu_ps(p, v);
-  else _mm256_maskstore_ps(p, m, v);
-}
-
-template <int NCH, int PX>
-EMOLLM_TARGET_AVX2 void conv2d_px_avx2(const float* x, const float* w, const float* bias, float* y,
-                                       const Conv2dParams& p, int64_t b, int64_t oy, int64_t oc0, int64_t ox0,
-                                       int64_t ox1) {
-  const int64_t C = p.in_c, OC = p.out_c;
-  int64_t nv[NCH];
-  __m256i m[NCH];
-  for (int j = 0; j < NCH; ++j) {
-    nv[j] = std::min<int64_t>(8, OC - oc0 - 8 * j);
-    m[j] = simd::tail_mask8(nv[j]);
-  }
-  const int64_t iy0 = oy * p.stride_h - p.pad_top;
-  int64_t ky0, ky1;
-  tap_range(iy0, p.k_h, p.in_h, &ky0, &ky1);
-  const int64_t xstep = p.stride_w * C;
-  for (int64_t ox = ox0; ox + PX <= ox1; ox += PX) {
-    const int64_t ix0 = ox * p.stride_w - p.pad_left;
-    int64_t kx0, kx1;
-    tap_range(ix0, p.k_w, p.in_w, &kx0, &kx1);
-    __m256 acc[PX][NCH];
-    for (int q = 0; q < PX; ++q)
-      for (int j = 0; j < NCH; ++j) acc[q][j] = bias ? load8(bias + oc0 + 8 * j, nv[j], m[j]) : _mm256_setzero_ps();
-    for (int64_t ky = ky0; ky < ky1; ++ky)
-      for (int64_t kx = kx0; kx < kx1; ++kx) {
-        const float* xp = x + ((b * p.in_h + iy0 + ky) * p.in_w + ix0 + kx) * C;
-        const float* wp = w + (ky * p.k_w + kx) * C * OC + oc0;
-        for (int64_t ic = 0; ic < C; ++ic) {
-          __m256 wv[NCH];
-          for (int j = 0; j < NCH; ++j) wv[j] = load8(wp + ic * OC + 8 * j, nv[j], m[j]);
-          for (int q = 0; q < PX; ++q) {
-            const __m256 xv = _mm256_broadcast_ss(xp + q * xstep + ic);
-            for (int j = 0; j < NCH; ++j) acc[q][j] = _mm256_fmadd_ps(xv, wv[j], acc[q][j]);
-          }
-        }
-      }
-    for (int q = 0; q < PX; ++q) {
-      float* yp = y + ((b * p.out_h + oy) * p.out_w + ox + q) * OC + oc0;
-      for (int j = 0; j < NCH; ++j) store8(yp + 8 * j, act256(acc[q][j], p.act, p.alpha), nv[j], m[j]);
-    }
-  }
-}
-
 // The vector paths' parameter of conv2d_rows: kLanes floats a vector (16: AVX-512, 8: AVX2).
 template <int kLanesPerVector>
 struct ConvIsa {
@@ -395,8 +326,8 @@ struct ConvIsa {
   template <int NCH, int PX>
   static void px(const float* x, const float* w, const float* bias, float* y, const Conv2dParams& p, int64_t b,
                  int64_t oy, int64_t oc0, int64_t ox0, int64_t ox1) {
-    if constexpr (kLanes == 16) conv2d_px_avx512<NCH, PX>(x, w, bias, y, p, b, oy, oc0, ox0, ox1);
-    else conv2d_px_avx2<NCH, PX>(x, w, bias, y, p, b, oy, oc0, ox0, ox1);
+    if constexpr (kLanes == 16) avx512::conv2d_px<NCH, PX>(x, w, bias, y, p, b, oy, oc0, ox0, ox1);
+    else avx2::conv2d_px<NCH, PX>(x, w, bias, y, p, b, oy, oc0, ox0, ox1);
   }
 };
 
@@ -448,60 +379,17 @@ EMOLLM_TARGET_AVX2 void depthwise_rows_avx2(const float* x, const float* w, cons
       tap_range(ix0, p.k_w, p.in_w, &kx0, &kx1);
       float* yp = y + ((b * p.out_h + oy) * p.out_w + ox) * C;
       for (int64_t c = 0; c < C; c += 8) {
-        const int64_t n = std::min<int64_t>(8, C - c);
-        const __m256i m = simd::tail_mask8(n);
-        __m256 acc = bias ? load8(bias + c, n, m) : _mm256_setzero_ps();
+        const ConvOps256::Tail m = ConvOps256::tail(C - c);
+        __m256 acc = bias ? ConvOps256::load(bias + c, m) : _mm256_setzero_ps();
         for (int64_t ky = ky0; ky < ky1; ++ky) {
           const float* xrow = x + ((b * p.in_h + iy0 + ky) * p.in_w + ix0) * C + c;
           const float* wrow = w + ky * p.k_w * C + c;
           for (int64_t kx = kx0; kx < kx1; ++kx)
-            acc = _mm256_fmadd_ps(load8(xrow + kx * C, n, m), load8(wrow + kx * C, n, m), acc);
+            acc = _mm256_fmadd_ps(ConvOps256::load(xrow + kx * C, m), ConvOps256::load(wrow + kx * C, m), acc);
         }
-        store8(yp + c, act256(acc, p.act, p.alpha), n, m);
+        ConvOps256::store(yp + c, ConvOps256::act(acc, p.act, p.alpha), m);
       }
     }
-  }
-}
-
-template <bool kMax>
-EMOLLM_TARGET_AVX2 void pool_rows_avx2(const float* x, float* y, const Conv2dParams& p, int64_t r0, int64_t r1) {
-  const int64_t C = p.in_c;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / p.out_h, oy = r % p.out_h;
-    const int64_t iy0 = oy * p.stride_h - p.pad_top;
-    int64_t ky0, ky1;
-    tap_range(iy0, p.k_h, p.in_h, &ky0, &ky1);
-    for (int64_t ox = 0; ox < p.out_w; ++ox) {
-      const int64_t ix0 = ox * p.stride_w - p.pad_left;
-      int64_t kx0, kx1;
-      tap_range(ix0, p.k_w, p.in_w, &kx0, &kx1);
-      const __m256 count = _mm256_set1_ps(float((ky1 - ky0) * (kx1 - kx0)));
-      float* yp = y + ((b * p.out_h + oy) * p.out_w + ox) * C;
-      for (int64_t c = 0; c < C; c += 8) {
-        const int64_t n = std::min<int64_t>(8, C - c);
-        const __m256i m = simd::tail_mask8(n);
-        __m256 acc = kMax ? _mm256_set1_ps(-std::numeric_limits<float>::infinity()) : _mm256_setzero_ps();
-        for (int64_t ky = ky0; ky < ky1; ++ky) {
-          const float* xrow = x + ((b * p.in_h + iy0 + ky) * p.in_w + ix0) * C + c;
-          for (int64_t kx = kx0; kx < kx1; ++kx) {
-            const __m256 v = load8(xrow + kx * C, n, m);
-            if (kMax)
-              acc = _mm256_blendv_ps(acc, v, _mm256_or_ps(_mm256_cmp_ps(v, acc, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-            else acc = _mm256_add_ps(acc, v);
-          }
-        }
-        store8(yp + c, kMax ? acc : _mm256_div_ps(acc, count), n, m);
-      }
-    }
-  }
-}
-
-EMOLLM_TARGET_AVX2 void act_avx2(const float* x, float* y, int64_t n, ConvActivation act, float alpha) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, act256(_mm256_loadu_ps(x + i), act, alpha));
-  if (i < n) {
-    const __m256i m = simd::tail_mask8(n - i);
-    _mm256_maskstore_ps(y + i, m, act256(_mm256_maskload_ps(x + i, m), act, alpha));
   }
 }
 
@@ -517,8 +405,8 @@ void conv_activation(const float* x, float* y, int64_t n, ConvActivation act, fl
   }
 #if defined(__x86_64__)
   const Isa isa = isa_active();
-  if (isa >= Isa::Avx512) return act_avx512(x, y, n, act, alpha);
-  if (isa >= Isa::Avx2) return act_avx2(x, y, n, act, alpha);
+  if (isa >= Isa::Avx512) return avx512::act_rows(x, y, n, act, alpha);
+  if (isa >= Isa::Avx2) return avx2::act_rows(x, y, n, act, alpha);
 #endif
   ref::conv_activation(x, y, n, act, alpha);
 }
@@ -559,32 +447,25 @@ void pointwise_conv_nhwc(const float* x, int64_t pixels, int64_t in_c, const flo
   if (act != ConvActivation::None) conv_activation(y, y, pixels * out_c, act, alpha);
 }
 
-void max_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool) {
-  check_params(p, "max_pool2d_nhwc", true);
+namespace {
+template <bool kMax>
+void pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool) {
+  check_params(p, kMax ? "max_pool2d_nhwc" : "avg_pool2d_nhwc", true);
 #if defined(__x86_64__)
   const Isa isa = isa_active();
   const int64_t row_cost = p.out_w * p.in_c * p.k_h * p.k_w;
   if (isa >= Isa::Avx512)
-    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { pool_rows_avx512<true>(x, y, p, r0, r1); });
+    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { avx512::pool_rows<kMax>(x, y, p, r0, r1); });
   if (isa >= Isa::Avx2)
-    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { pool_rows_avx2<true>(x, y, p, r0, r1); });
+    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { avx2::pool_rows<kMax>(x, y, p, r0, r1); });
 #endif
   (void)pool;
-  ref::max_pool2d_nhwc(x, y, p);
+  if constexpr (kMax) ref::max_pool2d_nhwc(x, y, p);
+  else ref::avg_pool2d_nhwc(x, y, p);
 }
+}  // namespace
 
-void avg_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool) {
-  check_params(p, "avg_pool2d_nhwc", true);
-#if defined(__x86_64__)
-  const Isa isa = isa_active();
-  const int64_t row_cost = p.out_w * p.in_c * p.k_h * p.k_w;
-  if (isa >= Isa::Avx512)
-    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { pool_rows_avx512<false>(x, y, p, r0, r1); });
-  if (isa >= Isa::Avx2)
-    return for_rows(p, pool, row_cost, [&](int64_t r0, int64_t r1) { pool_rows_avx2<false>(x, y, p, r0, r1); });
-#endif
-  (void)pool;
-  ref::avg_pool2d_nhwc(x, y, p);
-}
+void max_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool) { pool2d_nhwc<true>(x, y, p, pool); }
+void avg_pool2d_nhwc(const float* x, float* y, const Conv2dParams& p, ThreadPool* pool) { pool2d_nhwc<false>(x, y, p, pool); }
 
 }  // namespace emollm
