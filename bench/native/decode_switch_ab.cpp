@@ -4,7 +4,8 @@
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
-// kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
+// kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
+// set_norm_prefetch; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; AB_PROMPT=n prompt tokens
 // first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
@@ -56,6 +57,15 @@ const AbSwitch kSwitches[] = {
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
+    // the forward pass's per-token work outside the GEMVs (model/llama.h): k / v written into the
+    // KV cache block in place, the norm prefetch, and both
+    {"kv_direct", [](bool on) { set_kv_direct_write(on); }},
+    {"norm_prefetch", [](bool on) { set_norm_prefetch(on); }},
+    {"decode_overheads",
+     [](bool on) {
+       set_kv_direct_write(on);
+       set_norm_prefetch(on);
+     }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }

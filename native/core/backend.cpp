@@ -394,6 +394,11 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void prefetch(const void* p, size_t bytes) override {
+    const char* c = static_cast<const char*>(p);
+    for (size_t o = 0; c && o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+  }
+
   // Each pool thread's own first bytes of the GEMV over outs (gemv_repacked_multi_own_part: what
   // it reads first there while ranges are owned by thread index), at most
   // EMOLLM_GEMV_NEXT_PREFETCH_KB, as its next-matrix prefetch (ThreadPool::set_next_prefetch):

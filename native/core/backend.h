@@ -310,6 +310,12 @@ class Backend {
   virtual void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) {
     (void)W, (void)wtype, (void)N, (void)K;
   }
+  // A hint, no result changes: [p, p + bytes) of this backend's memory is read by the calling
+  // thread soon, after the next call or two (a decode step's norm weights and residual row, which
+  // the weight stream in between leaves in the last-level cache when they were fetched before it:
+  // each layer's norm weights are otherwise read from DRAM once a token). The CPU backend issues
+  // one prefetch a cache line. Default: nothing.
+  virtual void prefetch(const void* p, size_t bytes) { (void)p, (void)bytes; }
   // Several products of one X: Y_j[M, N_j] = X W_j^T (+ bias_j) for each of the n outputs (a
   // layer's q/k/v or gate/up projections), each as gemm(X, ldx, W_j, wtype_j, bias_j, Y_j, ldy_j,
   // M, N_j, K) gives it, bit for bit. Default: one gemm() per output. The CPU backend runs a decode

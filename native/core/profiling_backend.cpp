@@ -154,11 +154,18 @@ void record_row(int phase, const std::string& op, const std::string& key, double
 // hand-offs inside it (base/pool_stats.h) also go to a "handoff" row keyed by the op (part of the
 // op's time, not in addition to it), and its thread-pool jobs to a "dispatch" row keyed by the op
 // (calls = jobs, no time).
+// When the call began, before its row's key was built: the key (shape strings, the packed-set
+// lookup) is the profiler's bookkeeping, not the forward pass's time between ops. Taken as the
+// first clause of a braced Timer{Enter(), op, key...} (evaluated left to right, before the key) or
+// as a statement before a key built over several.
+struct Enter {
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+};
 class Timer {
  public:
   // bytes: what the call reads besides weights (the row's "bytes": attention's K and V rows), or 0
-  Timer(const char* op, std::string key, double bytes = 0)
-      : op_(op), bytes_(bytes), phase_(tls.phase), key_(std::move(key)), enter_(std::chrono::steady_clock::now()),
+  Timer(Enter enter, const char* op, std::string key, double bytes = 0)
+      : op_(op), bytes_(bytes), phase_(tls.phase), key_(std::move(key)), enter_(enter.t),
         h0_(pool_handoff_seconds_this_thread()), d0_(pool_dispatches_this_thread()), f0_(faults_per_op() ? thread_faults() : 0),
         c0_(cpu_per_op() ? thread_cpu_seconds() : 0), t0_(std::chrono::steady_clock::now()) {}
   ~Timer() {
@@ -251,18 +258,20 @@ class ProfilingBackend final : public Backend {
   void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) override {
     in_->prefetch_next_gemv(W, wtype, N, K);
   }
+  void prefetch(const void* p, size_t bytes) override { in_->prefetch(p, bytes); }
   void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) override {
     // the inner backend's GemmOutput: the W pointers are the model's either way
     in_->next_gemv_hint(outs, n, K);
   }
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
-    Timer t("gemm", shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : ""));
+    Timer t{Enter(), "gemm", shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : "")};
     in_->gemm(X, ldx, W, wtype, bias, Y, ldy, M, N, K);
   }
   // One row, keyed by the outputs' shapes together ("q4_0 N=2048+256+256 K=2048"): the inner
   // backend may run them as one dispatch, so they are timed as one op.
   void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
+    const Enter enter;
     std::string key = n > 0 ? std::string(dtype_name(outs[0].wtype)) + " N=" : std::string("N=");
     bool packed = n > 0;
     for (int j = 0; j < n; ++j) {
@@ -271,82 +280,83 @@ class ProfilingBackend final : public Backend {
       key += std::to_string(outs[j].N);
       packed = packed && is_packed(outs[j].W);
     }
-    Timer t("gemm", key + " K=" + std::to_string(K) + (packed ? " repacked" : ""));
+    Timer t{enter, "gemm", key + " K=" + std::to_string(K) + (packed ? " repacked" : "")};
     in_->gemm_multi(X, ldx, outs, n, M, K);
   }
   void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t rows, int64_t n,
                float eps) override {
-    Timer t("rmsnorm", "n=" + std::to_string(n));
+    Timer t{Enter(), "rmsnorm", "n=" + std::to_string(n)};
     in_->rmsnorm(x, ldx, w, y, ldy, rows, n, eps);
   }
   void layernorm(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, int64_t rows,
                  int64_t n, float eps) override {
-    Timer t("layernorm", "n=" + std::to_string(n));
+    Timer t{Enter(), "layernorm", "n=" + std::to_string(n)};
     in_->layernorm(x, ldx, w, b, y, ldy, rows, n, eps);
   }
   void silu(const float* x, float* y, int64_t n) override {
-    Timer t("silu", "");
+    Timer t{Enter(), "silu", ""};
     in_->silu(x, y, n);
   }
   void gelu_erf(const float* x, float* y, int64_t n) override {
-    Timer t("gelu_erf", "");
+    Timer t{Enter(), "gelu_erf", ""};
     in_->gelu_erf(x, y, n);
   }
   void quick_gelu(const float* x, float* y, int64_t n) override {
-    Timer t("quick_gelu", "");
+    Timer t{Enter(), "quick_gelu", ""};
     in_->quick_gelu(x, y, n);
   }
   void swiglu(const float* gate, const float* up, float* y, int64_t n) override {
-    Timer t("swiglu", "");
+    Timer t{Enter(), "swiglu", ""};
     in_->swiglu(gate, up, y, n);
   }
   void add(const float* a, const float* b, float* y, int64_t n) override {
-    Timer t("add", "n=" + std::to_string(n));  // n: a text layer's residual add tells itself from a tower's
+    Timer t{Enter(), "add", "n=" + std::to_string(n)};  // n: a text layer's residual add tells itself from a tower's
     in_->add(a, b, y, n);
   }
   void add_rmsnorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, float* y, int64_t ldy,
                    int64_t rows, int64_t n, float eps) override {
-    Timer t("add_rmsnorm", "n=" + std::to_string(n));
+    Timer t{Enter(), "add_rmsnorm", "n=" + std::to_string(n)};
     in_->add_rmsnorm(x, ldx, d, ldd, w, y, ldy, rows, n, eps);
   }
   void add_layernorm(float* x, int64_t ldx, const float* d, int64_t ldd, const float* w, const float* b, float* y,
                      int64_t ldy, int64_t rows, int64_t n, float eps) override {
-    Timer t("add_layernorm", "n=" + std::to_string(n));
+    Timer t{Enter(), "add_layernorm", "n=" + std::to_string(n)};
     in_->add_layernorm(x, ldx, d, ldd, w, b, y, ldy, rows, n, eps);
   }
   void rope_pair(float* a, int64_t lda, int64_t heads_a, float* b, int64_t ldb, int64_t heads_b, int64_t n_tokens,
                  const int32_t* positions, const RopeParams& p) override {
-    Timer t("rope_pair", "heads=" + std::to_string(heads_a) + "+" + std::to_string(heads_b));
+    Timer t{Enter(), "rope_pair", "heads=" + std::to_string(heads_a) + "+" + std::to_string(heads_b)};
     in_->rope_pair(a, lda, heads_a, b, ldb, heads_b, n_tokens, positions, p);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
-    Timer t("copy", "");
+    Timer t{Enter(), "copy", ""};
     in_->copy(dst, src, bytes);
   }
   void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    Timer t("softmax", "n=" + std::to_string(n));
+    Timer t{Enter(), "softmax", "n=" + std::to_string(n)};
     in_->softmax(x, ldx, y, ldy, rows, n);
   }
   void rope(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
             const RopeParams& p) override {
-    Timer t("rope", "heads=" + std::to_string(n_heads));
+    Timer t{Enter(), "rope", "heads=" + std::to_string(n_heads)};
     in_->rope(x, ld, n_tokens, n_heads, positions, p);
   }
   void embedding_lookup(const void* table_, DType dtype, int64_t vocab, int64_t dim, const int32_t* ids, int64_t n,
                         float* out, int64_t ld_out) override {
-    Timer t("embedding", dtype_name(dtype));
+    Timer t{Enter(), "embedding", dtype_name(dtype)};
     in_->embedding_lookup(table_, dtype, vocab, dim, ids, n, out, ld_out);
   }
   void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p) override {
     // kv length in buckets of 256 so a decode run's rows stay few
-    Timer t("attention",
+    Timer t{Enter(), "attention",
             "heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) + " d=" +
                 std::to_string(p.head_dim) + " kv<=" + std::to_string((p.n_kv + 255) / 256 * 256),
-            kv_read_bytes(p));
+            kv_read_bytes(p)};
     in_->attention(q, k, v, out, p);
   }
   void attention_batch(const AttentionBatchItem* items, int64_t n) override {
     if (n == 0) return;
+    const Enter enter;
     int64_t n_kv = 0;
     double bytes = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -354,15 +364,15 @@ class ProfilingBackend final : public Backend {
       bytes += kv_read_bytes(items[i].p);
     }
     const AttentionParams& p = items[0].p;
-    Timer t("attention_batch",
+    Timer t{enter, "attention_batch",
             std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) +
                 " d=" + std::to_string(p.head_dim) + " kv<=" + std::to_string((n_kv + 255) / 256 * 256),
-            bytes);
+            bytes};
     in_->attention_batch(items, n);
   }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
                       const float* G, DType wtype, float* Y, const MvpProjectionParams& p) override {
-    Timer t("mvp_projection", dtype_name(wtype));
+    Timer t{Enter(), "mvp_projection", dtype_name(wtype)};
     in_->mvp_projection(X, W1, b1, W2, b2, G, wtype, Y, p);
   }
 
@@ -371,64 +381,64 @@ class ProfilingBackend final : public Backend {
   bool supports_kv_dtype(DType t) const override { return in_->supports_kv_dtype(t); }
   bool supports_paged_kv() const override { return in_->supports_paged_kv(); }
   void copy_2d(void* dst, size_t ld_dst, const void* src, size_t ld_src, int64_t rows, size_t row_bytes) override {
-    Timer t("copy_2d", "");
+    Timer t{Enter(), "copy_2d", ""};
     in_->copy_2d(dst, ld_dst, src, ld_src, rows, row_bytes);
   }
   void extract_patches(const float* images, float* cols, int64_t ld_cols, const PatchParams& p) override {
-    Timer t("extract_patches", "");
+    Timer t{Enter(), "extract_patches", ""};
     in_->extract_patches(images, cols, ld_cols, p);
   }
   void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t n) override {
-    Timer t("convert", std::string(dtype_name(src_type)) + "->" + dtype_name(dst_type));
+    Timer t{Enter(), "convert", std::string(dtype_name(src_type)) + "->" + dtype_name(dst_type)};
     in_->convert(src, src_type, dst, dst_type, n);
   }
   void add_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    Timer t("add_row", "n=" + std::to_string(n));
+    Timer t{Enter(), "add_row", "n=" + std::to_string(n)};
     in_->add_row(x, ldx, v, y, ldy, rows, n);
   }
   void mul_row(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n) override {
-    Timer t("mul_row", "n=" + std::to_string(n));
+    Timer t{Enter(), "mul_row", "n=" + std::to_string(n)};
     in_->mul_row(x, ldx, v, y, ldy, rows, n);
   }
   void mul_row_add(const float* x, int64_t ldx, const float* v, float* y, int64_t ldy, int64_t rows, int64_t n,
                    bool accumulate) override {
-    Timer t("mul_row_add", "n=" + std::to_string(n));
+    Timer t{Enter(), "mul_row_add", "n=" + std::to_string(n)};
     in_->mul_row_add(x, ldx, v, y, ldy, rows, n, accumulate);
   }
   void scale(const float* x, float s, float* y, int64_t n) override {
-    Timer t("scale", "");
+    Timer t{Enter(), "scale", ""};
     in_->scale(x, s, y, n);
   }
 
   // ---- training (the trainer's backward ops)
   void gemm_backward_x(const float* dY, int64_t lddy, const void* W, DType wtype, float* dX, int64_t lddx, int64_t M,
                        int64_t N, int64_t K, bool accumulate) override {
-    Timer t("gemm_backward_x", std::string(dtype_name(wtype)) + " " + std::to_string(N) + "x" + std::to_string(K));
+    Timer t{Enter(), "gemm_backward_x", std::string(dtype_name(wtype)) + " " + std::to_string(N) + "x" + std::to_string(K)};
     in_->gemm_backward_x(dY, lddy, W, wtype, dX, lddx, M, N, K, accumulate);
   }
   void rmsnorm_backward(const float* x, int64_t ldx, const float* w, const float* dy, int64_t lddy, float* dx,
                         int64_t lddx, int64_t rows, int64_t n, float eps, bool accumulate) override {
-    Timer t("rmsnorm_backward", "n=" + std::to_string(n));
+    Timer t{Enter(), "rmsnorm_backward", "n=" + std::to_string(n)};
     in_->rmsnorm_backward(x, ldx, w, dy, lddy, dx, lddx, rows, n, eps, accumulate);
   }
   void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
                        int64_t n) override {
-    Timer t("swiglu_backward", "");
+    Timer t{Enter(), "swiglu_backward", ""};
     in_->swiglu_backward(gate, up, dy, dgate, dup, n);
   }
   void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, const int32_t* positions,
                      const RopeParams& p) override {
-    Timer t("rope_backward", "");
+    Timer t{Enter(), "rope_backward", ""};
     in_->rope_backward(dx, ld, n_tokens, n_heads, positions, p);
   }
   void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
                           const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p) override {
-    Timer t("attention_backward", "");
+    Timer t{Enter(), "attention_backward", ""};
     in_->attention_backward(q, k, v, out, dout, lse, dq, dk, dv, p);
   }
   double cross_entropy(const float* logits, int64_t ld, const int32_t* targets, int64_t rows, int64_t V, float scale,
                        float* dlogits) override {
-    Timer t("cross_entropy", "V=" + std::to_string(V));
+    Timer t{Enter(), "cross_entropy", "V=" + std::to_string(V)};
     return in_->cross_entropy(logits, ld, targets, rows, V, scale, dlogits);
   }
 

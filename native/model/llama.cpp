@@ -3,6 +3,7 @@
 #include "model/llama.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -929,6 +930,24 @@ bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
 }
 
 // ---------------------------------------------------------------- the forward pass
+namespace {
+EnvSwitch& kv_direct_flag() {
+  static EnvSwitch on("EMOLLM_KV_DIRECT_WRITE");
+  return on;
+}
+EnvSwitch& norm_prefetch_flag() {
+  static EnvSwitch on("EMOLLM_NORM_PREFETCH");
+  return on;
+}
+std::atomic<uint64_t> g_kv_direct_passes{0}, g_norm_prefetch_calls{0};
+}  // namespace
+uint64_t kv_direct_passes() { return g_kv_direct_passes.load(std::memory_order_relaxed); }
+uint64_t norm_prefetch_calls() { return g_norm_prefetch_calls.load(std::memory_order_relaxed); }
+void set_kv_direct_write(bool on) { kv_direct_flag().set(on); }
+bool kv_direct_write() { return kv_direct_flag().on(); }
+void set_norm_prefetch(bool on) { norm_prefetch_flag().set(on); }
+bool norm_prefetch() { return norm_prefetch_flag().on(); }
+
 // The segments' rows (sum of n <= n_batch) stacked into one pass: every weight GEMM runs over all
 // rows (M = rows); each segment's new keys/values go to its sequence's slot at pos0.., and its
 // queries attend to that slot only. `out` receives the output rows (see Segment::all_logits).
@@ -1002,6 +1021,17 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   // each residual add takes the RMSNorm after it (add_rmsnorm), and q and k are rotated in one call.
   const bool fused = fused_row_ops_;
   bool xn_ready = false;  // xn_ = rmsnorm(x_, attn_norm of this layer) already (the previous layer's add)
+  // One segment whose new positions lie in one block of an f32 cache: k / v straight into that
+  // block (kv_direct_write), at block kv_blk, row kv_off of it, in every layer.
+  int32_t kv_blk = -1;
+  int64_t kv_off = 0;
+  if (n_segs == 1 && kv_type_ == DType::F32 && kv_direct_write()) {
+    kv_off = segs[0].pos0 % kv_bs_;
+    if (kv_off + segs[0].n <= kv_bs_) kv_blk = seqs_[size_t(segs[0].seq)].blocks[size_t(segs[0].pos0 / kv_bs_)];
+  }
+  if (kv_blk >= 0) g_kv_direct_passes.fetch_add(1, std::memory_order_relaxed);
+  const bool prefetch_norms = n == 1 && norm_prefetch();
+  if (prefetch_norms) g_norm_prefetch_calls.fetch_add(uint64_t(h.n_layer) * (fused ? 4 : 2), std::memory_order_relaxed);
 
   for (int64_t l = 0; l < h.n_layer; ++l) {
     if (abort && abort->load(std::memory_order_relaxed)) return false;
@@ -1011,29 +1041,32 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
     if (!xn_ready) be.rmsnorm(x_, E, L.attn_norm, xn_, E, n, E, h.rms_eps);
     xn_ready = false;
     // one call for the three products of xn (the CPU backend runs a decode step's as one dispatch)
+    // (k / v into the cache block itself when kv_blk >= 0: the copies below are then skipped)
+    float* const k_rows = kv_blk >= 0 ? k_block(l, kv_blk) + kv_off * kvd : k_new_;
+    float* const v_rows = kv_blk >= 0 ? v_block(l, kv_blk) + kv_off * kvd : v_new_;
     const Backend::GemmOutput qkv[3] = {{L.wq.data, L.wq.dtype, L.bq, q_, qd, qd},
-                                        {L.wk.data, L.wk.dtype, L.bk, k_new_, kvd, kvd},
-                                        {L.wv.data, L.wv.dtype, L.bv, v_new_, kvd, kvd}};
+                                        {L.wk.data, L.wk.dtype, L.bk, k_rows, kvd, kvd},
+                                        {L.wv.data, L.wv.dtype, L.bv, v_rows, kvd, kvd}};
     be.gemm_multi(xn_, E, qkv, 3, n, E);
     if (!mrope) {
       if (fused) {
-        be.rope_pair(q_, qd, H, k_new_, kvd, Hkv, n, pos_, rp);
+        be.rope_pair(q_, qd, H, k_rows, kvd, Hkv, n, pos_, rp);
       } else {
         be.rope(q_, qd, n, H, pos_, rp);
-        be.rope(k_new_, kvd, n, Hkv, pos_, rp);
+        be.rope(k_rows, kvd, n, Hkv, pos_, rp);
       }
     } else {  // M-RoPE: one pass per section, each rotating only its frequency bands
       for (size_t s = 0; s < m.mrope_inv_freq.size(); ++s) {
         RopeParams sp = rp;
         sp.inv_freq = m.mrope_inv_freq[s].data();
         be.rope(q_, qd, n, H, pos_ + int64_t(s) * n, sp);
-        be.rope(k_new_, kvd, n, Hkv, pos_ + int64_t(s) * n, sp);
+        be.rope(k_rows, kvd, n, Hkv, pos_ + int64_t(s) * n, sp);
       }
     }
     // one row (a decode step): o's GEMV comes after the attention; its start can be fetched meanwhile
     if (n == 1) be.prefetch_next_gemv(L.wo.data, L.wo.dtype, E, qd);
     // per segment: new keys/values into its blocks, causal GQA attention over positions 0..pos0+n-1
-    for (int i = 0; i < n_segs; ++i) {
+    for (int i = 0; i < n_segs && kv_blk < 0; ++i) {
       const Segment& sg = segs[i];
       const int64_t r0 = row0[size_t(i)];
       const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;  // reserve_blocks made them writable
@@ -1103,6 +1136,10 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
                                             {L.w_up.data, L.w_up.dtype, L.b_up, up_, F, F}};
     // output projection, residual (a decode step: its threads start on gate / up's at its end)
     if (n == 1) be.next_gemv_hint(gate_up, 2, E);
+    if (prefetch_norms) {  // what the add_rmsnorm after o reads besides o's output
+      be.prefetch(L.ffn_norm, size_t(E) * sizeof(float));
+      be.prefetch(x_, size_t(E) * sizeof(float));
+    }
     be.gemm(att_, qd, L.wo.data, L.wo.dtype, L.bo, tmp_, E, n, E, qd);
 
     // ---- MLP: x += down(silu(gate(xn)) * up(xn)), xn = rmsnorm(x)
@@ -1124,6 +1161,11 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
                                                {N1.wk.data, N1.wk.dtype, N1.bk, k_new_, kvd, kvd},
                                                {N1.wv.data, N1.wv.dtype, N1.bv, v_new_, kvd, kvd}};
       be.next_gemv_hint(next_qkv, 3, E);
+    }
+    if (prefetch_norms && fused) {  // what the add_rmsnorm after down reads besides down's output
+      const float* next_norm = l + 1 < h.n_layer ? m.layers[size_t(l + 1)].attn_norm : m.output_norm;
+      be.prefetch(next_norm, size_t(E) * sizeof(float));
+      be.prefetch(x_, size_t(E) * sizeof(float));
     }
     be.gemm(gate_, F, L.w_down.data, L.w_down.dtype, L.b_down, tmp_, E, n, E, F);
     if (!fused) {

@@ -460,4 +460,22 @@ class LlamaContext {
   std::vector<float> logits_;
 };
 
+// Per-token work of the forward pass outside the weight products; neither changes a bit
+// (process-wide, read at each forward pass, so an A/B alternates in one context):
+// - KV rows written in place (EMOLLM_KV_DIRECT_WRITE=0: off): a pass of one segment whose new
+//   positions lie in one block of an f32 cache has its k / v projections write straight into that
+//   block's rows (RoPE then rotates k there), instead of into k_new_ / v_new_ and a copy after.
+// - Norm prefetch (EMOLLM_NORM_PREFETCH=0: off): a decode step (one row) issues Backend::prefetch
+//   of the next RMSNorm's weights and of the residual row before the GEMV that precedes it (o's,
+//   down's), so the add_rmsnorm after it finds them in cache (each layer's norm weights otherwise
+//   come from DRAM once a token, the weight stream in between having evicted them).
+void set_kv_direct_write(bool on);
+bool kv_direct_write();
+void set_norm_prefetch(bool on);
+bool norm_prefetch();
+// Forward passes (of every context in this process) that took the in-place KV write, and
+// Backend::prefetch calls the norm prefetch issued: for tests that the paths run.
+uint64_t kv_direct_passes();
+uint64_t norm_prefetch_calls();
+
 }  // namespace emollm
