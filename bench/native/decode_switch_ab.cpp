@@ -4,7 +4,7 @@
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; attn_pf_sparse: its prefetch of the
-// next rows one line in 16; kv_f16: an f16 KV cache against f32;
+// next rows one line in 16 (opt-in); kv_f16: an f16 KV cache against f32;
 // kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; AB_PROMPT=n prompt tokens
 // first, default 16):

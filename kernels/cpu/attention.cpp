@@ -229,7 +229,7 @@ bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
 EnvSwitch& decode_prefetch_sparse_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_SPARSE");  // =0: every line of the next rows (A/B)
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_SPARSE", EnvDefault::Off);  // opt-in (=1): one line in n
   return on;
 }
 }  // namespace

@@ -89,14 +89,14 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// Wide token rows (n_kv_heads * head_dim > 256 elements: 7B's 16 KB f32 rows) on AVX-512: the driver's
-// prefetch of the next 16 rows (K, or V) touches the first line of every kDecodeSparsePrefetchLines
-// (1 KiB) instead of every line (4096 prefetches a 16-row sub-block of 7B, which took the core's
-// miss buffers until most of the rows had arrived, so reading and computing took turns); the
-// hardware prefetchers fetch the lines between without holding the core. Measured (7B shape,
-// cold, interleaved, load 7-10): 1.23-1.37x at 1 thread. Prefetches only: outputs are bit for
-// bit equal. EMOLLM_DECODE_ATTN_PREFETCH_SPARSE=0 (read once) or set_decode_prefetch_sparse(false):
-// every line; EMOLLM_DECODE_ATTN_PREFETCH_LINES=n: one line in n (A/B of the step).
+// Wide token rows (n_kv_heads * head_dim > 256 elements: 7B's 16 KB f32 rows) on AVX-512, opt-in:
+// the driver's prefetch of the next 16 rows (K, or V) touches the first line of every
+// kDecodeSparsePrefetchLines (1 KiB) instead of every line (4096 prefetches a 16-row sub-block of
+// 7B); the hardware prefetchers fetch the lines between. Measured (7B shape, cold, interleaved,
+// load 7-10): kernel 1.23-1.37x at 1 thread in one machine state, 1.00-1.02x in another; in the
+// 7B model (AB_CPU=1, 1 thread, prompt 512) 0.966x: not the default. Prefetches only: outputs are
+// bit for bit equal. EMOLLM_DECODE_ATTN_PREFETCH_SPARSE=1 (read once) or
+// set_decode_prefetch_sparse(true): on; EMOLLM_DECODE_ATTN_PREFETCH_LINES=n: one line in n.
 constexpr int64_t kDecodeSparsePrefetchLines = 16;
 bool decode_prefetch_sparse();
 void set_decode_prefetch_sparse(bool on);
