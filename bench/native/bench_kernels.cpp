@@ -2546,6 +2546,17 @@ void bench_attention_decode_pv_pairs(ThreadPool& pool) {
              "P V one kv head a call (set_decode_pv_pairs(false)), interleaved; ratio = its time / the default's"});
 }
 
+// prefetch_sparse (opt-in): the driver's prefetch of the next 16 rows one line in 16 (the hardware
+// prefetchers fetch the rest; "sparse" row) vs every line, the default (same bits, test
+// attention_decode_prefetch_sparse_same_bits).
+void bench_attention_decode_prefetch_sparse(ThreadPool& pool) {
+  bench_attention_decode_7b_switch(
+      pool, {"prefetch_sparse",
+             "decode attention, 7B shape (one query row per kv head): next rows prefetched one line in 16 (opt-in) vs every line (interleaved; ratio = sparse time / the default's)",
+             [](bool dense) { attention_detail::set_decode_prefetch_sparse(!dense); }, "sparse",
+             "next 16 rows prefetched one line in 16 (set_decode_prefetch_sparse(true)), interleaved; ratio = its time / the default's (<1: sparse faster)"});
+}
+
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
   bench_attention_decode_7b_switch(
       pool, {"qk_wide",
@@ -3198,6 +3209,7 @@ int main(int argc, char** argv) {
     bench_attention_decode_pv_wide(pool);
     bench_attention_decode_qk_wide(pool);
     bench_attention_decode_pv_pairs(pool);
+    bench_attention_decode_prefetch_sparse(pool);
     bench_eltwise(pool);
     bench_rotation_check(pool);
     bench_f32_gemv(pool);
@@ -3253,6 +3265,7 @@ int main(int argc, char** argv) {
   bench_attention_decode_pv_wide(pool);
   bench_attention_decode_qk_wide(pool);
   bench_attention_decode_pv_pairs(pool);
+  bench_attention_decode_prefetch_sparse(pool);
   bench_eltwise(pool);
   bench_f32_gemv(pool);
   bench_rotation_check(pool);

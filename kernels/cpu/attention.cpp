@@ -228,6 +228,22 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
+EnvSwitch& decode_prefetch_sparse_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_SPARSE", EnvDefault::Off);  // opt-in (=1): one line in n
+  return on;
+}
+}  // namespace
+bool decode_prefetch_sparse() { return decode_prefetch_sparse_flag().on(); }
+void set_decode_prefetch_sparse(bool on) { decode_prefetch_sparse_flag().set(on); }
+int64_t decode_prefetch_sparse_lines() {
+  static const int64_t n = [] {
+    const char* v = std::getenv("EMOLLM_DECODE_ATTN_PREFETCH_LINES");
+    const long x = v ? std::atol(v) : 0;
+    return x > 0 ? int64_t(x) : kDecodeSparsePrefetchLines;
+  }();
+  return n;
+}
+namespace {
 std::atomic<int>& decode_bf16dp_mode_ref() {
   static std::atomic<int> mode([] {
     const char* v = std::getenv("EMOLLM_DECODE_ATTN_BF16DP");
@@ -1583,6 +1599,9 @@ bool decode_qk16_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim > kDecodePackSpan &&
          G <= 2 && p.head_dim > 64 && p.head_dim <= 128 && decode_qk_wide();
 }
+bool decode_prefetch_sparse_applies(const AttentionParams& p) {
+  return isa_active() >= Isa::Avx512 && p.n_kv_heads * p.head_dim > kDecodePackSpan && decode_prefetch_sparse();
+}
 bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
@@ -1663,12 +1682,15 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 // Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
 const AttentionParams kF32Rows{};
 
-// Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged cache.
+// Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged
+// cache: every line, or with step_lines > 1 the first line of every step_lines (sparse: the
+// hardware prefetchers fetch the lines between; attention_detail::decode_prefetch_sparse).
 inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
-                             int64_t j0, int64_t j1, int64_t span_bytes) {
+                             int64_t j0, int64_t j1, int64_t span_bytes, int64_t step_lines = 1) {
+  const int64_t step = 64 * step_lines;
   for (int64_t j = j0; j < j1; ++j) {
     const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
-    for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
+    for (int64_t b = 0; b < span_bytes; b += step) __builtin_prefetch(row + b);
   }
 }
 
@@ -1722,6 +1744,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
   // ... and P V two adjacent kv heads a call (attention_detail::decode_pv_pairs; MHA, one query row per kv head).
   const bool use_pv2 = use_qk16 && !it.bf16dp && kk.pv2 != nullptr && attention_detail::decode_pv2_applies(p);
+  // Wide rows: the next 16 rows prefetched one line in pf_lines (attention_detail::decode_prefetch_sparse).
+  const int64_t pf_lines =
+      attention_detail::decode_prefetch_sparse_applies(p) ? attention_detail::decode_prefetch_sparse_lines() : 1;
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
@@ -1779,7 +1804,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes, pf_lines);
       if (ahead) {  // the next sub-block of K, or after the block's last one the block's first V rows
         if (s0 + 16 < b1)
           prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
@@ -1818,7 +1843,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         }
       }
     }
-    if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
+    if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes, pf_lines);
     for (int64_t h = 0; h < H; ++h) {
       float* sr = S + h * kBk;
       const float m_new = std::max(m[h], kk.row_max(sr, nb));
@@ -1828,7 +1853,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
+      if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes, pf_lines);
       if (ahead) {  // the next sub-block of V, or after the block's last one the next block's first K rows
         if (s0 + 16 < b1)
           prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);

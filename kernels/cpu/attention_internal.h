@@ -89,6 +89,21 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
+// Wide token rows (n_kv_heads * head_dim > 256 elements: 7B's 16 KB f32 rows) on AVX-512, opt-in:
+// the driver's prefetch of the next 16 rows (K, or V) touches the first line of every
+// kDecodeSparsePrefetchLines (1 KiB) instead of every line (4096 prefetches a 16-row sub-block of
+// 7B); the hardware prefetchers fetch the lines between. Measured (7B shape, cold, interleaved,
+// load 7-10): kernel 1.23-1.37x at 1 thread in one machine state, 1.00-1.02x in another; in the
+// 7B model (AB_CPU=1, 1 thread, prompt 512) 0.966x: not the default. Prefetches only: outputs are
+// bit for bit equal. EMOLLM_DECODE_ATTN_PREFETCH_SPARSE=1 (read once) or
+// set_decode_prefetch_sparse(true): on; EMOLLM_DECODE_ATTN_PREFETCH_LINES=n: one line in n.
+constexpr int64_t kDecodeSparsePrefetchLines = 16;
+bool decode_prefetch_sparse();
+void set_decode_prefetch_sparse(bool on);
+int64_t decode_prefetch_sparse_lines();
+// Whether a decode call's driver prefetches sparsely (as above): AVX-512 (where it was measured),
+// wide token rows and decode_prefetch_sparse().
+bool decode_prefetch_sparse_applies(const AttentionParams& p);
 // Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
 // >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
 // (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the

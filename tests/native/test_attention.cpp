@@ -1558,3 +1558,27 @@ TEST(attention_decode_pv_pairs_same_bits) {
                                   {8, 8, 64, 0, false}},
                                  16900);
 }
+
+// The driver's prefetch of the next 16 wide token rows one line in kDecodeSparsePrefetchLines
+// (attention_detail::decode_prefetch_sparse, opt-in, switched on here: rows of more than 256 elements, 7B's 32 x 128) only
+// changes which lines are prefetched: outputs and log-sum-exps bit for bit those of the dense
+// prefetch, f32 / f16 / bf16 caches, MHA and grouped shapes with wide rows (head_dim 80 / 100 with a
+// tail and padded rows / 128), narrow rows that must not take it, lengths with and without a
+// partial last sub-block and across the 64-token block, contiguous and paged (16 / 64), no pool and
+// 2 / 3 threads; within 1e-5 of ref::attention. decode_prefetch_sparse_applies must hold for the
+// wide shapes (on AVX-512) and never with the switch off, so the comparison is not vacuous.
+TEST(attention_decode_prefetch_sparse_same_bits) {
+  const DecodeSwitch sw{"sparse prefetch", attention_detail::decode_prefetch_sparse_applies,
+                        attention_detail::decode_prefetch_sparse, attention_detail::set_decode_prefetch_sparse, 17, 3};
+  const bool was = attention_detail::decode_prefetch_sparse();  // opt-in: on for the sweep's applies checks
+  attention_detail::set_decode_prefetch_sparse(true);
+  expect_decode_switch_same_bits(sw,
+                                 {{32, 32, 128, 0, true},
+                                  {8, 8, 80, 0, true},
+                                  {6, 6, 100, 3, true},
+                                  {16, 8, 128, 0, true},
+                                  {4, 4, 64, 0, false},
+                                  {8, 2, 128, 0, false}},
+                                 17300);
+  attention_detail::set_decode_prefetch_sparse(was);
+}
