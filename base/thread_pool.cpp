@@ -84,8 +84,13 @@ std::atomic<bool> g_late_arrival{[] {
   const char* v = std::getenv("EMOLLM_POOL_LATE_AT");
   return v && std::strcmp(v, "arrival") == 0;
 }()};
+// Busy-waits (the core taken, as by another process's thread on it), or with
+// EMOLLM_POOL_LATE_SLEEP=1 sleeps (the thread descheduled, its core free for others: on a
+// machine loaded beyond its cores a busy-wait also spends the process's share of CPU time).
 void late_wait() {
+  static const bool sleep = env_opted_in("EMOLLM_POOL_LATE_SLEEP");
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(g_late_us.load());
+  if (sleep) return std::this_thread::sleep_until(until);
   while (std::chrono::steady_clock::now() < until) cpu_relax();
 }
 // Armed on the late worker at the start of each job it takes; pool_late_point() disarms it.
