@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 
 #include "cpu_features.h"
+#include "env_switch.h"
 #include "pool_stats.h"
 
 namespace emollm {
@@ -64,7 +67,58 @@ inline void cpu_relax() {
   __builtin_ia32_pause();
 #endif
 }
+
+EnvSwitch& dynamic_split_flag() {
+  static EnvSwitch on("EMOLLM_POOL_DYNAMIC_SPLIT");
+  return on;
+}
+
+// Late-thread injection (pool_set_late_worker): microseconds and worker index (-1: the last).
+int env_int(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : dflt;
+}
+std::atomic<int> g_late_us{env_int("EMOLLM_POOL_LATE_US", 0)};
+std::atomic<int> g_late_worker{env_int("EMOLLM_POOL_LATE_WORKER", -1)};
+std::atomic<bool> g_late_arrival{[] {
+  const char* v = std::getenv("EMOLLM_POOL_LATE_AT");
+  return v && std::strcmp(v, "arrival") == 0;
+}()};
+// Busy-waits (the core taken, as by another process's thread on it), or with
+// EMOLLM_POOL_LATE_SLEEP=1 sleeps (the thread descheduled, its core free for others: on a
+// machine loaded beyond its cores a busy-wait also spends the process's share of CPU time).
+void late_wait() {
+  static const bool sleep = env_opted_in("EMOLLM_POOL_LATE_SLEEP");
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(g_late_us.load());
+  if (sleep) return std::this_thread::sleep_until(until);
+  while (std::chrono::steady_clock::now() < until) cpu_relax();
+}
+// Armed on the late worker at the start of each job it takes; pool_late_point() disarms it.
+thread_local bool t_late_armed = false;
+std::atomic<uint64_t> g_late_delays{0};
+void arm_late(int ith, int nth) {
+  const int us = g_late_us.load(std::memory_order_relaxed);
+  if (us <= 0) return;
+  const int w = g_late_worker.load(std::memory_order_relaxed);
+  t_late_armed = ith == (w < 0 ? nth - 1 : w);
+}
 }  // namespace
+
+void pool_dynamic_split(bool on) { dynamic_split_flag().set(on); }
+bool pool_dynamic_split() { return dynamic_split_flag().on(); }
+void pool_set_late_worker(int us, int worker, LateAt at) {
+  g_late_worker.store(worker, std::memory_order_relaxed);
+  g_late_arrival.store(at == LateAt::Arrival, std::memory_order_relaxed);
+  g_late_us.store(us, std::memory_order_relaxed);
+}
+uint64_t pool_late_delays() { return g_late_delays.load(std::memory_order_relaxed); }
+int pool_late_us() { return g_late_us.load(std::memory_order_relaxed); }
+void pool_late_point() {
+  if (!t_late_armed) return;
+  t_late_armed = false;
+  g_late_delays.fetch_add(1, std::memory_order_relaxed);
+  late_wait();
+}
 
 void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
 double pool_handoff_seconds_this_thread() { return t_handoff_s; }
@@ -236,6 +290,12 @@ void ThreadPool::worker_loop(int ith) {
       seen = gen;
       continue;
     }
+    arm_late(ith, n_threads_);
+    if (t_late_armed && g_late_arrival.load(std::memory_order_relaxed)) {  // woken late: before any claim
+      t_late_armed = false;
+      g_late_delays.fetch_add(1, std::memory_order_relaxed);
+      late_wait();
+    }
     if (dyn) {
       // Register, then check the job is still open (seq_cst both sides: either the caller sees
       // us in active_ and waits, or we see it closed and skip; its fn may be gone then).
@@ -248,13 +308,18 @@ void ThreadPool::worker_loop(int ith) {
           if (!error_) error_ = std::current_exception();
         }
       }
+      t_late_armed = false;  // a job without claims (a kernel's own counter) is not delayed
       if (active_.fetch_sub(1) == 1) {
         std::lock_guard<std::mutex> lk(mutex_);
         done_.notify_all();
       }
       continue;
     }
-    if (!job || !claim(ith, job_gen)) continue;  // the caller ran this index already
+    if (!job || !claim(ith, job_gen)) {  // the caller ran this index already
+      t_late_armed = false;
+      continue;
+    }
+    pool_late_point();
     try {
       (*job)(ith, n_threads_);
     } catch (...) {
@@ -331,6 +396,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     fn(0, n);
     return;
   }
+  if (dynamic_split_flag().on()) return parallel_ranges(this, n, grain, n, fn);
   run([&](int ith, int nth) {
     int64_t b, e;
     split_range(n, ith, nth, grain, &b, &e);
@@ -356,6 +422,7 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
         const int64_t want = std::min(max_chunk, (n - b + parts - 1) / parts);
         e = std::min(n, b + std::max<int64_t>(1, (want + step - 1) / step) * step);
       } while (!next.compare_exchange_weak(b, e, std::memory_order_relaxed));
+      pool_late_point();
       fn(b, e);
     }
   });
@@ -461,7 +528,10 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
       }
     }
   };
-  auto run = [&](int64_t b, int64_t e) { fn(b * step, std::min(n, e * step)); };
+  auto run = [&](int64_t b, int64_t e) {
+    pool_late_point();
+    fn(b * step, std::min(n, e * step));
+  };
   pool->run_dynamic([&] {
     // The range this thread walks from the front: its arrival's, or its pool index's (a nested
     // call runs inline on one thread, which then owns that thread's range and steals the rest).
@@ -475,6 +545,7 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
           run(b, e);
           continue;
         }
+        pool_late_point();
         // the range's back now (a thief only lowers it, never below e)
         walk(t, b, e, int64_t(ranges[me].load(std::memory_order_relaxed) >> 32));
       }

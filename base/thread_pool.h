@@ -39,7 +39,14 @@ class ThreadPool {
   // shared counter until none is left): every chunk is done by whoever is there.
   void run_dynamic(const std::function<void()>& fn);
 
-  // Splits [0, n) into contiguous chunks of at least `grain` items, one range per call.
+  // Splits [0, n) into contiguous chunks of at least `grain` items (multiples of grain, but for
+  // the last), one range per call, each item exactly once. By default the chunks are claimed
+  // (parallel_ranges: one contiguous range per thread, walked from its front in shrinking chunks,
+  // a late thread's range taken from the back by the others), so a thread kept off its core
+  // delays the call by about its lateness / threads rather than all of it; callers' results must
+  // not depend on which thread runs a chunk or how [0, n) is cut at multiples of grain (they
+  // already must not depend on the thread count). pool_dynamic_split(false)
+  // (EMOLLM_POOL_DYNAMIC_SPLIT=0): the previous static split, one range per pool index.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
   // Side prefetch: bytes that pool thread ith brings into its caches a few lines at a time, from
@@ -164,6 +171,27 @@ void side_prefetch_tick(int lines = 16);
 // Bytes of next-matrix prefetch (ThreadPool::set_next_prefetch) issued by parallel_ranges in this
 // process so far (every pool): for tests that the hint reaches the GEMVs' tails.
 uint64_t next_prefetch_bytes_issued();
+
+// parallel_for's split (and the GEMM drivers' X packing, gemm_internal.h parallel_pieces): claimed
+// chunks (default) or the previous static one range per thread (EMOLLM_POOL_DYNAMIC_SPLIT=0).
+void pool_dynamic_split(bool on);
+bool pool_dynamic_split();
+
+// Late-thread injection, for tests and benchmarks of a thread that another process keeps off its
+// core: pool worker `worker` (1 .. size-1; -1: the last one) busy-waits `us` microseconds in each
+// job it takes. LateAt::Hold: the first time it reaches pool_late_point() (run(): right after it
+// claims its index; the claiming helpers, parallel_chunks / parallel_guided / parallel_ranges:
+// right after its first chunk is claimed, so it holds that chunk while it waits: preempted
+// mid-job). LateAt::Arrival: as it picks the job up, before it claims anything (woken late).
+// Process-wide, every pool; us = 0 turns it off. EMOLLM_POOL_LATE_US=us (EMOLLM_POOL_LATE_WORKER=w,
+// EMOLLM_POOL_LATE_AT=arrival) set it at start-up.
+enum class LateAt { Hold, Arrival };
+void pool_set_late_worker(int us, int worker = -1, LateAt at = LateAt::Hold);
+int pool_late_us();
+// The injection point (nothing unless this thread is the late worker of a job not yet delayed).
+void pool_late_point();
+// Delays injected so far in this process (tests: the hook reaches the jobs it is meant to).
+uint64_t pool_late_delays();
 
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {

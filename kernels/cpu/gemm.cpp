@@ -52,8 +52,20 @@ void parallel_chunks(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
     for (;;) {
       const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
       if (i >= nchunks) break;
+      pool_late_point();
       fn(i * chunk, std::min(n, (i + 1) * chunk));
     }
+  });
+}
+
+void parallel_pieces(ThreadPool* pool, bool parallel, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (!pool || !parallel || pool->size() <= 1 || n == 1) return fn(0, n);
+  if (pool_dynamic_split()) return parallel_ranges(pool, n, 1, n, fn);
+  pool->run([&](int ith, int nth) {
+    int64_t b, e;
+    split_range(n, ith, nth, 1, &b, &e);
+    if (b < e) fn(b, e);
   });
 }
 

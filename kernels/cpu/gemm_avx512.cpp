@@ -1460,10 +1460,7 @@ void gemm_packed(const Args& a, bool prepacked = false) {
     const int64_t npm = (mcur + MR - 1) / MR;
     void* xp = scratch(2, size_t(npm) * MR * kunits * 4);
     const float* X = a.X + m0 * a.ldx;
-    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth) {
-      int64_t p0, p1;
-      split_range(npm, ith, nth, 1, &p0, &p1);
-      if (p1 <= p0) return;
+    parallel_pieces(a.pool, mcur * a.K >= (1 << 15), npm, [&](int64_t p0, int64_t p1) {
       if constexpr (BF) {
         if (x_kblocks)
           pack_x_bf16_kblocks(X, a.ldx, mcur, a.K, kcb, npm, p0, p1, static_cast<uint32_t*>(xp));
@@ -1608,10 +1605,8 @@ void bf16_multi(const Args* outs, int n, bool prepacked) {
     const int64_t npm = (mcur + MR - 1) / MR;
     void* xp = scratch(2, size_t(npm) * MR * kunits * 4);
     const float* X = a.X + m0 * a.ldx;
-    run_parallel(a.pool, mcur * a.K >= (1 << 15), [&](int ith, int nth_) {
-      int64_t p0, p1;
-      split_range(npm, ith, nth_, 1, &p0, &p1);
-      if (p1 > p0) pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
+    parallel_pieces(a.pool, mcur * a.K >= (1 << 15), npm, [&](int64_t p0, int64_t p1) {
+      pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
     });
     // split_packed_gemm's split by weight panels, over the panels of every output
     int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));

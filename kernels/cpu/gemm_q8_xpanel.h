@@ -94,10 +94,7 @@ struct Q8XPanels {
                                        ThreadPool* pool, int slot, int tmp_slot) {
     const int64_t nb = K / kQK, npm = (rows + MR - 1) / MR;
     int32_t* xp = static_cast<int32_t*>(scratch(slot, size_t(npm * nb * kBlockDwords * 4)));
-    run_parallel(pool, rows * K >= (1 << 15), [&](int ith, int nth) {
-      int64_t p0, p1;
-      split_range(npm, ith, nth, 1, &p0, &p1);
-      if (p1 <= p0) return;
+    parallel_pieces(pool, rows * K >= (1 << 15), npm, [&](int64_t p0, int64_t p1) {
       uint8_t* tmp = static_cast<uint8_t*>(scratch(tmp_slot, size_t(K) * 2 + 64));
       pack(X, ldx, rows, K, p0, p1, off, reinterpret_cast<int8_t*>(tmp),
            reinterpret_cast<float*>(tmp + (K + 63) / 64 * 64), xp);
