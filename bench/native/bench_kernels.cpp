@@ -2628,7 +2628,7 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 // (gemm_check: max |diff| / RMS over 64 samples).
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
   struct Shape { const char* name; int64_t N, K; };
-  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}};
+  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.fc2", 1024, 4096}};
   std::vector<int64_t> pairs = {2816, 5504};
   if (const char* e = std::getenv("EMOLLM_BENCH_LONGK_PAIRS")) {
     pairs.clear();
@@ -2638,12 +2638,12 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       if (*c == ',') ++c;
     }
   }
-  const int64_t M = 512;
   bool header = false;
   for (const Shape& sh : shapes)
     for (const char* impl : {"gemm", "panels"}) {
       const bool pan = std::strcmp(impl, "panels") == 0;
-      const std::string name = std::string("gemm/") + sh.name + "/M512/bf16/longk-" + impl;
+      const int64_t M = sh.N == 1024 ? 577 : 512;  // CLIP's fc2 at its 577 tokens
+      const std::string name = std::string("gemm/") + sh.name + "/M" + std::to_string(M) + "/bf16/longk-" + impl;
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
       if (pan && !(bf16_panels_usable() && isa_active() >= Isa::Avx512)) continue;
@@ -2677,8 +2677,11 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       std::vector<std::function<void(int)>> fns;
       for (size_t v = 0; v < vars.size(); ++v)
         fns.push_back([&, v](int) {
-          gemm_detail::set_bf16_gemm_one_block_pairs(vars[v]);
+          // a negative P: K <= 4096 in even k blocks of at most -P pairs (experimental)
+          if (vars[v] < 0) gemm_detail::set_bf16_gemm_even_k_block(-vars[v]);
+          else gemm_detail::set_bf16_gemm_one_block_pairs(vars[v]);
           call();
+          gemm_detail::set_bf16_gemm_even_k_block(0);
           gemm_detail::set_bf16_gemm_one_block_pairs(cur);
         });
 #ifdef EMOLLM_HAVE_DNNL
@@ -2697,7 +2700,7 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       Result r;
       r.section = "gemm";
       r.name = name;
-      r.label = std::string(sh.name) + " M=512 " + impl;
+      r.label = std::string(sh.name) + " M=" + std::to_string(M) + " " + impl;
       r.dtype = "bf16";
       r.impl = "emollm";
       r.M = M, r.N = N, r.K = K;

@@ -953,6 +953,20 @@ constexpr int64_t WBLOCK_BYTES = 512 << 10;
 // 256-pair blocks keep a 512 KiB X block in L2. K 11008 in one block (1.4 MiB panels, past L2) or
 // 2-6 even blocks of 928-2752 pairs: 1.02-1.15x the time of 256-pair blocks, whichever order the
 // tiles ran in.
+// set_bf16_gemm_even_k_block (gemm_internal.h): K up to the one-block limit but longer than this
+// many pairs in even k blocks of at most this many (0: one block). Opt-in
+// EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024 (session 17, undecided): CLIP's fc2 (M 577, N 1024, K 4096)
+// in 2 blocks of 1024 pairs with 128-row W blocks instead of one block with 64-row W blocks: at
+// 2 threads under load 7-8 0.56-0.88x the time of one block on gemm() and 0.75-0.85x (medians) on
+// panels, the 64-row W block streaming all of X (4.7 MiB, packed by both threads) once a panel;
+// at 1 thread 0.99-1.00x (process CPU time).
+std::atomic<int64_t>& bf16_even_k_block() {
+  static std::atomic<int64_t> pairs{[] {
+    const char* v = std::getenv("EMOLLM_BF16_GEMM_EVEN_KBLOCK");
+    return v ? std::max<int64_t>(0, std::strtoll(v, nullptr, 10)) : int64_t(0);
+  }()};
+  return pairs;
+}
 constexpr int64_t kOneBlockPairsDefault = KCP_DEEP;
 std::atomic<int64_t>& bf16_one_block_pairs() {
   static std::atomic<int64_t> pairs{[] {
@@ -1404,15 +1418,20 @@ std::atomic<bool> g_bf16_legacy_blocking{false};
 
 // The vdpbf16ps GEMM's blocks for K = 2 * kunits (gemm_packed and bf16_multi take the same, so
 // the same sums): kcb pairs a k block, ncb weight rows a W block. K up to bf16_one_block_pairs()
-// pairs: the whole of K in one block, a W block of WBLOCK_BYTES; longer K (or the legacy
-// blocking): KCP x NC.
+// pairs: the whole of K in one block (or, past bf16_even_k_block() > 0 pairs, in even blocks of
+// at most that), a W block of WBLOCK_BYTES; longer K (or the legacy blocking): KCP x NC.
 void bf16_blocking(int64_t kunits, int64_t* kcb, int64_t* ncb) {
   *kcb = KCP, *ncb = NC;
   if (g_bf16_legacy_blocking.load(std::memory_order_relaxed) ||
       kunits > bf16_one_block_pairs().load(std::memory_order_relaxed))
     return;
   *kcb = kunits;
-  *ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kunits * 4)) / NR * NR, NR, NC);
+  const int64_t P = bf16_even_k_block().load(std::memory_order_relaxed);
+  if (P > 0 && kunits > P) {  // even k blocks of at most P pairs, a multiple of 16
+    const int64_t nb = (kunits + P - 1) / P;
+    *kcb = ((kunits + nb - 1) / nb + 15) / 16 * 16;
+  }
+  *ncb = std::clamp<int64_t>((WBLOCK_BYTES / (*kcb * 4)) / NR * NR, NR, NC);
 }
 
 // The vdpbf16ps GEMM's split of the weight panels between threads: split_packed_gemm's chunk
@@ -1597,6 +1616,8 @@ void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(l
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 void set_bf16_gemm_one_block_pairs(int64_t pairs) { bf16_one_block_pairs().store(pairs <= 0 ? KCP_DEEP : pairs); }
 int64_t bf16_gemm_one_block_pairs() { return bf16_one_block_pairs().load(); }
+void set_bf16_gemm_even_k_block(int64_t pairs) { bf16_even_k_block().store(std::max<int64_t>(0, pairs)); }
+int64_t bf16_gemm_even_k_block() { return bf16_even_k_block().load(); }
 
 // ------------------------------------------------------------------ bf16 GEMM panels (kernels.h)
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool) {

@@ -271,6 +271,12 @@ bool bf16_gemm_legacy_blocking();
 // and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS.
 void set_bf16_gemm_one_block_pairs(int64_t pairs);
 int64_t bf16_gemm_one_block_pairs();
+// K up to the one-block limit but past `pairs` pairs in even k blocks of at most `pairs` (a
+// multiple of 16; X packed in k blocks, W blocks of 512 KiB); 0 (default): one block. Opt-in
+// (EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024: CLIP's fc2, K 4096, in 2 blocks). Other summation blocks,
+// other bits (test gemm_bf16_even_k_blocks_f64_tolerance). Process-wide.
+void set_bf16_gemm_even_k_block(int64_t pairs);
+int64_t bf16_gemm_even_k_block();
 // The vdpbf16ps packed GEMM's long-K driver (K in several blocks: K > 4096, or the legacy
 // blocking): the next row panel's X micro-panel prefetched into L1 during the current one's tiles,
 // and X packed in row chunks of up to 24 MiB instead of 8 (gemm(): M = 512 at K = 11008 packs W
