@@ -2628,7 +2628,8 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 // (gemm_check: max |diff| / RMS over 64 samples).
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
   struct Shape { const char* name; int64_t N, K; };
-  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.fc2", 1024, 4096}};
+  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.fc2", 1024, 4096},
+                          {"llama.gate", 11008, 4096}, {"llama.o", 4096, 4096}};
   std::vector<int64_t> pairs = {2816, 5504};
   if (const char* e = std::getenv("EMOLLM_BENCH_LONGK_PAIRS")) {
     pairs.clear();
