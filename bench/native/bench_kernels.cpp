@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <string>
@@ -2628,6 +2629,147 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
   }
 }
 
+// The vdpbf16ps GEMM's one-k-block limit (gemm_detail::set_bf16_gemm_one_block_pairs): the down
+// projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, gemm() on the row-major
+// matrix and gemm_bf16_panels, with the current limit (default 2048 pairs) and the limits in
+// EMOLLM_BENCH_LONGK_PAIRS (default 2816,5504: K 5632, and K 11008, in one block), all
+// interleaved call by call with oneDNN's bf16 matmul; ratio = the row's time / the current
+// limit's (>1: current faster). EMOLLM_BENCH_LONGK_CPU=1: process CPU time, 15 rounds (use at
+// 1 thread on a loaded machine). Each variant's outputs are checked against a double reference
+// (gemm_check: max |diff| / RMS over 64 samples).
+void bench_gemm_bf16_long_k(ThreadPool& pool) {
+  struct Shape { const char* name; int64_t N, K; };
+  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.fc2", 1024, 4096},
+                          {"llama.gate", 11008, 4096}, {"llama.o", 4096, 4096}};
+  std::vector<int64_t> pairs = {2816, 5504};
+  if (const char* e = std::getenv("EMOLLM_BENCH_LONGK_PAIRS")) {
+    pairs.clear();
+    for (const char* c = e; *c;) {
+      pairs.push_back(std::strtoll(c, nullptr, 10));
+      while (*c && *c != ',') ++c;
+      if (*c == ',') ++c;
+    }
+  }
+  bool header = false;
+  for (const Shape& sh : shapes)
+    for (const char* impl : {"gemm", "panels"}) {
+      const bool pan = std::strcmp(impl, "panels") == 0;
+      const int64_t M = sh.N == 1024 ? 577 : 512;  // CLIP's fc2 at its 577 tokens
+      const std::string name = std::string("gemm/") + sh.name + "/M" + std::to_string(M) + "/bf16/longk-" + impl;
+      if (!selected(name)) continue;
+      if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+      if (pan && !(bf16_panels_usable() && isa_active() >= Isa::Avx512)) continue;
+      if (!header) {
+        table_header("bf16 GEMM, K in one k block up to P pairs (else 256-pair blocks): current vs other P vs oneDNN (interleaved; ratio = the row's time / current's)");
+        header = true;
+      }
+      const int64_t N = sh.N, K = sh.K;
+      Buf<float> X = make_aligned<float>(size_t(M * K)), Y = make_aligned<float>(size_t(M * N)),
+                 Wf = make_aligned<float>(size_t(N * K));
+      fill_random(X.get(), M * K, 11, &pool);
+      fill_random(Wf.get(), N * K, 13, &pool);
+      Buf<uint8_t> W = make_aligned<uint8_t>(size_t(N * K) * 2);
+      convert(Wf.get(), DType::F32, W.get(), DType::BF16, N * K, &pool);
+      Buf<uint8_t> P;
+      if (pan) {
+        P = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+        bf16_pack_panels(W.get(), N, K, P.get(), &pool);
+      }
+      auto call = [&] {
+        if (pan)
+          gemm_bf16_panels(X.get(), K, P.get(), nullptr, Y.get(), N, M, N, K, &pool);
+        else
+          gemm(X.get(), K, W.get(), DType::BF16, nullptr, Y.get(), N, M, N, K, &pool);
+      };
+      const int64_t cur = gemm_detail::bf16_gemm_one_block_pairs();
+      std::vector<int64_t> vars = {cur};
+      for (int64_t p : pairs)
+        if (p != cur) vars.push_back(p);
+      std::vector<double> err(vars.size(), 0.0);
+      std::vector<std::function<void(int)>> fns;
+      for (size_t v = 0; v < vars.size(); ++v)
+        fns.push_back([&, v](int) {
+          // a negative P: K <= 4096 in even k blocks of at most -P pairs (experimental)
+          if (vars[v] < 0) gemm_detail::set_bf16_gemm_even_k_block(-vars[v]);
+          else gemm_detail::set_bf16_gemm_one_block_pairs(vars[v]);
+          call();
+          gemm_detail::set_bf16_gemm_even_k_block(0);
+          gemm_detail::set_bf16_gemm_one_block_pairs(cur);
+        });
+#ifdef EMOLLM_HAVE_DNNL
+      std::unique_ptr<DnnlGemm> dnnl;
+      Buf<float> Yd = make_aligned<float>(size_t(M * N));
+      if (g_have_dnnl) {
+        dnnl.reset(new DnnlGemm);
+        dnnl->init(M, N, K, X.get(), Yd.get(), reinterpret_cast<const uint16_t*>(W.get()), 1);
+        fns.push_back([&](int) { dnnl->run(0); });
+      }
+#endif
+      for (size_t v = 0; v < vars.size(); ++v) {
+        fns[v](0);
+        err[v] = gemm_check(X.get(), M, K, W.get(), DType::BF16, N, Y.get(), true);
+      }
+      Result r;
+      r.section = "gemm";
+      r.name = name;
+      r.label = std::string(sh.name) + " M=" + std::to_string(M) + " " + impl;
+      r.dtype = "bf16";
+      r.impl = "emollm";
+      r.M = M, r.N = N, r.K = K;
+      r.flops = 2.0 * double(M) * double(N) * double(K);
+      r.bf16_math = true;
+      std::vector<Stats> st;
+      Result* res = run_case(r, [&](Result& rr) {
+        // EMOLLM_BENCH_LONGK_CPU=1: process CPU time a call (1 thread on a loaded machine: the
+        // time the call ran, not the time it waited for a core), rounds of every variant in turn
+        if (const char* c = std::getenv("EMOLLM_BENCH_LONGK_CPU"); c && std::strcmp(c, "1") == 0) {
+          auto cpu_s = [] {
+            timespec t;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+            return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+          };
+          std::vector<std::vector<double>> ts(fns.size());
+          for (int round = 0; round < 15; ++round)
+            for (size_t k = 0; k < fns.size(); ++k) {
+              const double t0 = cpu_s();
+              fns[k](0);
+              ts[k].push_back(cpu_s() - t0);
+            }
+          st.clear();
+          for (auto& v : ts) {
+            std::sort(v.begin(), v.end());
+            Stats x;
+            x.best = v.front(), x.median = v[v.size() / 2], x.reps = int(v.size());
+            st.push_back(x);
+          }
+        } else {
+          st = measure_interleaved(fns);
+        }
+        rr.st = st[0];
+        char b[160];
+        std::snprintf(b, sizeof b, "K in one k block up to %lld pairs, else 256-pair blocks; err/rms %.2e", (long long)cur, err[0]);
+        rr.note = b;
+        rr.check = err[0] < 2e-2 ? "ok" : "BAD";
+      });
+      if (!res) continue;
+      table_row(*res);
+      const Result base = *res;  // push_row may move the results
+      for (size_t v = 1; v < vars.size(); ++v) {
+        char b[200];
+        std::snprintf(b, sizeof b, "K in one k block up to %lld pairs, interleaved; err/rms %.2e",
+                      (long long)vars[v], err[v]);
+        Result d = derived_row(base, "kb" + std::to_string(vars[v]), "kb" + std::to_string(vars[v]), st[v], "emollm",
+                               st[v].best / base.st.best, b);
+        d.check = err[v] < 2e-2 ? "ok" : "BAD";
+        push_row(d);
+      }
+      if (st.size() > vars.size())
+        push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best,
+                             "oneDNN bf16 matmul, interleaved with the rows above; ratio = its time / current's"));
+      settle();
+    }
+}
+
 // Decode attention over a paged f16 / bf16 KV cache (AttentionParams::kv_dtype) beside the f32
 // cache of the same values, interleaved call by call: the same shapes and pages as
 // bench_attention_decode. GB/s = the K + V bytes of each cache type (half for f16 / bf16);
@@ -3214,6 +3356,7 @@ int main(int argc, char** argv) {
     bench_rotation_check(pool);
     bench_f32_gemv(pool);
     bench_gemm_bf16_split(pool);
+    bench_gemm_bf16_long_k(pool);
     return 0;
   }
   setup_anchors(threads);
@@ -3270,6 +3413,7 @@ int main(int argc, char** argv) {
   bench_f32_gemv(pool);
   bench_rotation_check(pool);
   bench_gemm_bf16_split(pool);
+  bench_gemm_bf16_long_k(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the
   // higher of the two, so a percentage above 100 means the machine really was faster than probed.

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -931,7 +932,8 @@ constexpr int NR = 64;       // weight rows (output columns) per panel: 4 zmm
 constexpr int64_t KC = 256;  // k per block (multiple of 32) - f32 path
 constexpr int64_t NC = 512;  // weight rows per L2 block (multiple of NR): KC*NC*4 = 512 KiB
 constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements), legacy blocking
-// BF16 dot path, default blocking: when K <= 2 * KCP_DEEP the whole of K is one block, so each
+// BF16 dot path, default blocking: when K <= 2 * KCP_DEEP (bf16_one_block_pairs(), below: an
+// opt-in larger limit) the whole of K is one block, so each
 // 6x64 tile of Y is written once from registers instead of being reloaded and stored again per k
 // block (1.06-1.13x the KCP x NC blocking at K = 1024 and 4096, one thread, Zen 5), and
 // the W block is narrowed to WBLOCK_BYTES (ncb = WBLOCK_BYTES / (4 kc) rows, >= NR) to stay in
@@ -940,6 +942,40 @@ constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements)
 // from zero (the f32 tolerance of test_gemm at K = 4096 holds).
 constexpr int64_t KCP_DEEP = 2048;
 constexpr int64_t WBLOCK_BYTES = 512 << 10;
+
+// The longest K, in bf16 pairs, taken in one k block (set_bf16_gemm_one_block_pairs,
+// gemm_internal.h): KCP_DEEP (K <= 4096) by default. Opt-in EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS=2816
+// takes TinyLlama-1.1B's down projection (K 5632, otherwise 11 blocks of 256 pairs each adding
+// its sums to Y) in one block: not a win on Zen 5 under load ~10 (session 17, bench_kernels
+// "longk" rows, M = 512, process CPU time, 15 alternated rounds): gemm() 1.00x at 1 thread (one
+// earlier run 0.93-0.96x the time), 1.03-1.10x the time at 2 threads, panels 1.03-1.04x the time:
+// its 64-row W panel (720 KiB) fills L2 and X (5.8 MiB) streams from L3 once a panel, where the
+// 256-pair blocks keep a 512 KiB X block in L2. K 11008 in one block (1.4 MiB panels, past L2) or
+// 2-6 even blocks of 928-2752 pairs: 1.02-1.15x the time of 256-pair blocks, whichever order the
+// tiles ran in.
+// set_bf16_gemm_even_k_block (gemm_internal.h): K up to the one-block limit but longer than this
+// many pairs in even k blocks of at most this many (0: one block). Opt-in
+// EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024 (session 17, undecided): CLIP's fc2 (M 577, N 1024, K 4096)
+// in 2 blocks of 1024 pairs with 128-row W blocks instead of one block with 64-row W blocks: at
+// 2 threads under load 7-8 0.56-0.88x the time of one block on gemm() and 0.75-0.85x (medians) on
+// panels, the 64-row W block streaming all of X (4.7 MiB, packed by both threads) once a panel;
+// at 1 thread 0.99-1.00x (process CPU time).
+std::atomic<int64_t>& bf16_even_k_block() {
+  static std::atomic<int64_t> pairs{[] {
+    const char* v = std::getenv("EMOLLM_BF16_GEMM_EVEN_KBLOCK");
+    return v ? std::max<int64_t>(0, std::strtoll(v, nullptr, 10)) : int64_t(0);
+  }()};
+  return pairs;
+}
+constexpr int64_t kOneBlockPairsDefault = KCP_DEEP;
+std::atomic<int64_t>& bf16_one_block_pairs() {
+  static std::atomic<int64_t> pairs{[] {
+    const char* v = std::getenv("EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS");
+    const int64_t p = v ? std::max<int64_t>(0, std::strtoll(v, nullptr, 10)) : kOneBlockPairsDefault;
+    return p == 0 ? KCP_DEEP : p;
+  }()};
+  return pairs;
+}
 
 // Packs W rows [n0, n0+nv) x elements [k0, k0+kc) as f32 panels of NR columns:
 // out[p*kc*NR + k*NR + j] = W[n0 + p*NR + j][k0 + k] (zero for j >= nv).
@@ -1380,6 +1416,24 @@ void compute_range_f32(const Args& a, const float* xp, int64_t npm, int64_t m_be
 // set_bf16_gemm_legacy_blocking (gemm_internal.h)
 std::atomic<bool> g_bf16_legacy_blocking{false};
 
+// The vdpbf16ps GEMM's blocks for K = 2 * kunits (gemm_packed and bf16_multi take the same, so
+// the same sums): kcb pairs a k block, ncb weight rows a W block. K up to bf16_one_block_pairs()
+// pairs: the whole of K in one block (or, past bf16_even_k_block() > 0 pairs, in even blocks of
+// at most that), a W block of WBLOCK_BYTES; longer K (or the legacy blocking): KCP x NC.
+void bf16_blocking(int64_t kunits, int64_t* kcb, int64_t* ncb) {
+  *kcb = KCP, *ncb = NC;
+  if (g_bf16_legacy_blocking.load(std::memory_order_relaxed) ||
+      kunits > bf16_one_block_pairs().load(std::memory_order_relaxed))
+    return;
+  *kcb = kunits;
+  const int64_t P = bf16_even_k_block().load(std::memory_order_relaxed);
+  if (P > 0 && kunits > P) {  // even k blocks of at most P pairs, a multiple of 16
+    const int64_t nb = (kunits + P - 1) / P;
+    *kcb = ((kunits + nb - 1) / nb + 15) / 16 * 16;
+  }
+  *ncb = std::clamp<int64_t>((WBLOCK_BYTES / (*kcb * 4)) / NR * NR, NR, NC);
+}
+
 // The vdpbf16ps GEMM's split of the weight panels between threads: split_packed_gemm's chunk
 // (NC = 512 rows when N >= 4 * NC * threads) left TinyLlama-1.1B's gate / up (N = 5632: 11
 // chunks of 512) at 6 chunks for one thread and 5 for the other, 0.92x of an even split at 2
@@ -1447,10 +1501,7 @@ void gemm_packed(const Args& a, bool prepacked = false) {
                          bf16_long_k_flag().on();
   const int64_t x_budget = int64_t(f32_blocked || bf_long_k ? 24 : 8) << 20;
   int64_t kcb = BF ? KCP : KC, ncb = NC;
-  if (BF && kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
-    kcb = kunits;
-    ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
-  }
+  if (BF) bf16_blocking(kunits, &kcb, &ncb);
   const bool x_kblocks = BF && kcb < kunits && bf16_x_kblocks_flag().on();
   const int64_t mc_max = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
   const int64_t chunks = (a.M + mc_max - 1) / mc_max;
@@ -1560,6 +1611,10 @@ bool f32_gemm_blocked() { return f32_blocked_flag().on(); }
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
+void set_bf16_gemm_one_block_pairs(int64_t pairs) { bf16_one_block_pairs().store(pairs <= 0 ? KCP_DEEP : pairs); }
+int64_t bf16_gemm_one_block_pairs() { return bf16_one_block_pairs().load(); }
+void set_bf16_gemm_even_k_block(int64_t pairs) { bf16_even_k_block().store(std::max<int64_t>(0, pairs)); }
+int64_t bf16_gemm_even_k_block() { return bf16_even_k_block().load(); }
 
 // ------------------------------------------------------------------ bf16 GEMM panels (kernels.h)
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool) {
@@ -1595,10 +1650,7 @@ void bf16_multi(const Args* outs, int n, bool prepacked) {
   for (int j = 0; j < n; ++j) first[j + 1] = first[j] + (outs[j].N + NR - 1) / NR;
   const int64_t panels = first[n];
   int64_t kcb = KCP, ncb = NC;
-  if (kunits <= KCP_DEEP && !g_bf16_legacy_blocking.load(std::memory_order_relaxed)) {
-    kcb = kunits;
-    ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
-  }
+  bf16_blocking(kunits, &kcb, &ncb);
   const int nth = a.pool ? a.pool->size() : 1;
   for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
     const int64_t mcur = std::min(mc, a.M - m0);
