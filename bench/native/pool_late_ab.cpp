@@ -57,9 +57,21 @@ struct Op {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
-  const int late_us = argc > 2 ? std::atoi(argv[2]) : 2000;
-  const int rounds = argc > 3 ? std::atoi(argv[3]) : 7;
+  // positional [threads 2] [late_us 2000] [rounds 7] [op]: anything else (a flag, a non-number)
+  // is an error, not a run with 0 threads
+  auto number = [&](int i, int dflt, int lo) {
+    if (argc <= i) return dflt;
+    char* end = nullptr;
+    const long v = std::strtol(argv[i], &end, 10);
+    if (end == argv[i] || *end || v < lo) {
+      std::fprintf(stderr, "pool_late_ab [threads >= 1] [late_us >= 0] [rounds >= 1] [op substring]: bad argument '%s'\n", argv[i]);
+      std::exit(2);
+    }
+    return int(v);
+  };
+  const int threads = number(1, 2, 1);
+  const int late_us = number(2, 2000, 0);
+  const int rounds = number(3, 7, 1);
   const std::string only = argc > 4 ? argv[4] : "";  // run only ops whose name contains this
   ThreadPool pool(threads);
   std::vector<Op> ops;
