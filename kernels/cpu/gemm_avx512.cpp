@@ -955,7 +955,9 @@ constexpr int64_t WBLOCK_BYTES = 512 << 10;
 // tiles ran in.
 // set_bf16_gemm_even_k_block (gemm_internal.h): K up to the one-block limit but longer than this
 // many pairs in even k blocks of at most this many (0: one block). Opt-in
-// EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024 (session 17, undecided): CLIP's fc2 (M 577, N 1024, K 4096)
+// EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024 (session 17): neutral when measured quietly without
+// oneDNN's spinning OpenMP threads before it (OMP_WAIT_POLICY=passive: 0.98-1.01x on CLIP's fc2
+// and LLaMA-7B's o, the tower 0.99x); the loaded figures that suggested it: CLIP's fc2 (M 577, N 1024, K 4096)
 // in 2 blocks of 1024 pairs with 128-row W blocks instead of one block with 64-row W blocks: at
 // 2 threads under load 7-8 0.56-0.88x the time of one block on gemm() and 0.75-0.85x (medians) on
 // panels, the 64-row W block streaming all of X (4.7 MiB, packed by both threads) once a panel;
