@@ -2108,6 +2108,29 @@ TEST(gemm_bf16_rows_multi_equals_gemm) {
   EXPECT_THROWS(gemm_bf16_rows_multi(x.data(), 8, &none, 0, 8, 8, nullptr), ErrorCode::InvalidArgument);
 }
 
+// One shape of the bf16 blocking tests below: its weights and problem, the reference (ref::gemm,
+// double accumulation) on X rounded to bf16, the tolerance scale S and the weights' panels.
+struct Bf16BlockingCase {
+  Weights w;
+  Problem p;
+  std::vector<float> R;
+  std::vector<double> S;
+  AlignedPtr<uint8_t> pan;
+  std::string shape;
+  Bf16BlockingCase(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed)
+      : w(make_weights(DType::BF16, N, K, wseed)), p(make_problem(M, N, K, 3, 2, pseed)) {
+    Problem pr = p;
+    for (auto& v : pr.X)
+      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+    R.assign(size_t(M * p.ldy), kSentinel);
+    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, M, N, K);
+    S = abs_scale(pr, w, p.bias.data());
+    pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+    bf16_pack_panels(w.bytes.data(), N, K, pan.get(), nullptr);
+    shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+  }
+};
+
 // The vdpbf16ps GEMM takes K in one k block up to bf16_gemm_one_block_pairs() pairs (default
 // 2048: K <= 4096; opt-in 2816: K <= 5632, TinyLlama-1.1B's down projection, which otherwise runs
 // 256-pair blocks): a different summation order, so checked against an independent reference:
@@ -2127,17 +2150,13 @@ TEST(gemm_bf16_one_block_long_k_f64_tolerance) {
   int compared = 0, differed = 0;
   for (const Shape sh : {Shape{70, 130, 5632, true}, Shape{515, 64, 5631, true}, Shape{97, 70, 4100, true},
                          Shape{70, 65, 11008, false}}) {
-    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(7 * sh.K + sh.N));
-    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 13 * sh.K));
-    Problem pr = p;
-    for (auto& v : pr.X)
-      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
-    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
-    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
-    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
-    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
-    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
-    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(7 * sh.K + sh.N), uint32_t(sh.M + 13 * sh.K));
+    const Weights& w = c.w;
+    const Problem& p = c.p;
+    const std::vector<float>& R = c.R;
+    const std::vector<double>& S = c.S;
+    const uint8_t* const pan = c.pan.get();
+    const std::string& shape = c.shape;
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
       // variant 0: one block up to 2816 pairs; 1: the default limit (2048); 2: the legacy blocking
       std::vector<float> Y[3], Yp[3], Ym[3];
@@ -2146,8 +2165,8 @@ TEST(gemm_bf16_one_block_long_k_f64_tolerance) {
         gemm_detail::set_bf16_gemm_legacy_blocking(v == 2);
         for (auto* y : {&Y[v], &Yp[v], &Ym[v]}) y->assign(size_t(sh.M * p.ldy), kSentinel);
         gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        const PanelOutput po{pan.get(), p.bias.data(), Ym[v].data(), p.ldy, sh.N};
+        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        const PanelOutput po{pan, p.bias.data(), Ym[v].data(), p.ldy, sh.N};
         gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
         gemm_detail::set_bf16_gemm_legacy_blocking(false);
         gemm_detail::set_bf16_gemm_one_block_pairs(limit0);
@@ -2189,17 +2208,13 @@ TEST(gemm_bf16_even_k_blocks_f64_tolerance) {
   int compared = 0, differed = 0;
   for (const Shape sh : {Shape{97, 130, 4096, true}, Shape{70, 65, 3001, true}, Shape{20 + 65, 64, 2050, true},
                          Shape{70, 70, 2048, false}}) {
-    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(3 * sh.K + sh.N));
-    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 17 * sh.K));
-    Problem pr = p;
-    for (auto& v : pr.X)
-      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
-    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
-    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
-    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
-    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
-    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
-    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(3 * sh.K + sh.N), uint32_t(sh.M + 17 * sh.K));
+    const Weights& w = c.w;
+    const Problem& p = c.p;
+    const std::vector<float>& R = c.R;
+    const std::vector<double>& S = c.S;
+    const uint8_t* const pan = c.pan.get();
+    const std::string& shape = c.shape;
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
       std::vector<float> Y[2];
       for (int v = 0; v < 2; ++v) {  // v = 1: even blocks of <= 1024 pairs; 0: one block
@@ -2207,8 +2222,8 @@ TEST(gemm_bf16_even_k_blocks_f64_tolerance) {
         std::vector<float> Yp(size_t(sh.M * p.ldy), kSentinel), Ym = Yp, Yr = Yp;
         Y[v] = Yp;
         gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        const PanelOutput po{pan.get(), p.bias.data(), Ym.data(), p.ldy, sh.N};
+        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        const PanelOutput po{pan, p.bias.data(), Ym.data(), p.ldy, sh.N};
         gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
         const PanelOutput pw{w.bytes.data(), p.bias.data(), Yr.data(), p.ldy, sh.N};
         gemm_bf16_rows_multi(p.X.data(), p.ldx, &pw, 1, sh.M, sh.K, pl);
