@@ -58,15 +58,12 @@ void parallel_chunks(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
   });
 }
 
+// ThreadPool::parallel_for with grain 1 (its claimed or static split, inline for one piece, one
+// thread or a nested call), or inline when the work is too small to wake the pool.
 void parallel_pieces(ThreadPool* pool, bool parallel, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  if (!pool || !parallel || pool->size() <= 1 || n == 1) return fn(0, n);
-  if (pool_dynamic_split()) return parallel_ranges(pool, n, 1, n, fn);
-  pool->run([&](int ith, int nth) {
-    int64_t b, e;
-    split_range(n, ith, nth, 1, &b, &e);
-    if (b < e) fn(b, e);
-  });
+  if (!pool || !parallel) return fn(0, n);
+  pool->parallel_for(n, 1, fn);
 }
 
 namespace {

@@ -31,9 +31,10 @@ struct Args {
 // work is too small to be worth waking the workers).
 void run_parallel(ThreadPool* pool, bool parallel, const std::function<void(int, int)>& fn);
 // Independent pieces [0, n) (X panels packed or quantised before a GEMM): fn(begin, end) over
-// contiguous ranges claimed by whichever thread is there (parallel_ranges, step 1), so a late
-// thread's share is taken by the others; pool_dynamic_split(false): one static range per thread
-// (split_range), as run_parallel's callers did. fn must not depend on the cut (a copy per piece).
+// contiguous ranges through ThreadPool::parallel_for (grain 1): claimed by whichever thread is
+// there, so a late thread's share is taken by the others; pool_dynamic_split(false): one static
+// range per thread (split_range), as run_parallel's callers did. Inline when !parallel (too small
+// to wake the pool). fn must not depend on the cut (a copy per piece).
 void parallel_pieces(ThreadPool* pool, bool parallel, int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 
 // Dynamic scheduling: workers take chunks [i*chunk, min(n, (i+1)*chunk)) of [0, n) from a shared
