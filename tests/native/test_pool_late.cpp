@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -17,16 +16,9 @@
 #include "testing.h"
 
 using namespace emollm;
+using emollm_test::normal_floats;  // the tests' random inputs (testing.h)
 
 namespace {
-
-std::vector<float> randv(size_t n, uint32_t seed) {
-  std::mt19937 g(seed);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -126,11 +118,11 @@ TEST(late_worker_claimed_splits_same_bits_as_static) {
     for (const Shape sh : {Shape{100, 300, 256}, Shape{577, 1024, 1024}, Shape{70, 96, 4224}}) {
       const size_t rb = dtype_row_bytes(t, sh.K);
       std::vector<uint8_t> W(rb * size_t(sh.N));
-      const std::vector<float> src = randv(size_t(sh.N * sh.K), uint32_t(sh.N + 7 * sh.K));
+      const std::vector<float> src = normal_floats(size_t(sh.N * sh.K), uint32_t(sh.N + 7 * sh.K));
       for (int64_t n = 0; n < sh.N; ++n) quantize_row(t, src.data() + n * sh.K, W.data() + n * rb, sh.K);
-      const std::vector<float> X = randv(size_t(sh.M * sh.K), uint32_t(sh.M * 3 + sh.K));
-      const std::vector<float> bias = randv(size_t(sh.N), 99);
-      const std::vector<float> X2 = randv(size_t(sh.M * sh.K), uint32_t(sh.M * 5 + sh.K));
+      const std::vector<float> X = normal_floats(size_t(sh.M * sh.K), uint32_t(sh.M * 3 + sh.K));
+      const std::vector<float> bias = normal_floats(size_t(sh.N), 99);
+      const std::vector<float> X2 = normal_floats(size_t(sh.M * sh.K), uint32_t(sh.M * 5 + sh.K));
       for (ThreadPool* pl : pools) {
         std::vector<float> ref;
         for (const Mode& md : kModes) {
@@ -158,7 +150,8 @@ TEST(late_worker_claimed_splits_same_bits_as_static) {
   EXPECT(compared == 4 * 3 * 3 * (kNModes - 1));
   // row ops over a CLIP / LLaMA prefill's shape
   const int64_t rows = 577, n = 1024, heads = 16;
-  const std::vector<float> x0 = randv(size_t(rows * n), 5), d = randv(size_t(rows * n), 6), w = randv(size_t(n), 7);
+  const std::vector<float> x0 = normal_floats(size_t(rows * n), 5), d = normal_floats(size_t(rows * n), 6),
+                           w = normal_floats(size_t(n), 7);
   std::vector<int32_t> pos(static_cast<size_t>(rows));
   for (int64_t i = 0; i < rows; ++i) pos[size_t(i)] = int32_t(i);
   RopeParams rp{};
