@@ -2547,15 +2547,15 @@ void bench_attention_decode_pv_pairs(ThreadPool& pool) {
              "P V one kv head a call (set_decode_pv_pairs(false)), interleaved; ratio = its time / the default's"});
 }
 
-// prefetch_sparse (opt-in): the driver's prefetch of the next 16 rows one line in 16 (the hardware
-// prefetchers fetch the rest; "sparse" row) vs every line, the default (same bits, test
-// attention_decode_prefetch_sparse_same_bits).
-void bench_attention_decode_prefetch_sparse(ThreadPool& pool) {
+// claimed: the decode driver's pieces on claimed work (run_dynamic, the default) vs pool->run jobs
+// ("poolrun"; same bits, test attention_claimed_same_bits_late_worker). At one thread both are the
+// same loop.
+void bench_attention_decode_claimed(ThreadPool& pool) {
   bench_attention_decode_7b_switch(
-      pool, {"prefetch_sparse",
-             "decode attention, 7B shape (one query row per kv head): next rows prefetched one line in 16 (opt-in) vs every line (interleaved; ratio = sparse time / the default's)",
-             [](bool dense) { attention_detail::set_decode_prefetch_sparse(!dense); }, "sparse",
-             "next 16 rows prefetched one line in 16 (set_decode_prefetch_sparse(true)), interleaved; ratio = its time / the default's (<1: sparse faster)"});
+      pool, {"claimed",
+             "decode attention, 7B shape (one query row per kv head): pieces on claimed work vs pool->run (interleaved; ratio = pool->run's time / the default's)",
+             attention_detail::set_attention_claimed, "poolrun",
+             "pieces handed out inside pool->run jobs (set_attention_claimed(false)), interleaved; ratio = its time / the default's"});
 }
 
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
@@ -3362,7 +3362,7 @@ int main(int argc, char** argv) {
     bench_attention_decode_pv_wide(pool);
     bench_attention_decode_qk_wide(pool);
     bench_attention_decode_pv_pairs(pool);
-    bench_attention_decode_prefetch_sparse(pool);
+    bench_attention_decode_claimed(pool);
     bench_eltwise(pool);
     bench_rotation_check(pool);
     bench_f32_gemv(pool);
@@ -3419,7 +3419,7 @@ int main(int argc, char** argv) {
   bench_attention_decode_pv_wide(pool);
   bench_attention_decode_qk_wide(pool);
   bench_attention_decode_pv_pairs(pool);
-  bench_attention_decode_prefetch_sparse(pool);
+  bench_attention_decode_claimed(pool);
   bench_eltwise(pool);
   bench_f32_gemv(pool);
   bench_rotation_check(pool);

@@ -228,20 +228,41 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
-EnvSwitch& decode_prefetch_sparse_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_SPARSE", EnvDefault::Off);  // opt-in (=1): one line in n
+EnvSwitch& attention_claimed_flag() {
+  static EnvSwitch on("EMOLLM_ATTN_CLAIMED");  // =0: pool->run jobs (A/B)
   return on;
 }
+// AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
+// that count; relaxed adds: a handful a call).
+struct alignas(64) WorkSlot {
+  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0};
+};
+WorkSlot g_work[kWorkThreads];
+// The calling thread's counters.
+WorkSlot& work_slot() { return g_work[std::min(pool_thread_index(), kWorkThreads - 1)]; }
+inline void count_work(std::atomic<uint64_t> WorkSlot::*c) { (work_slot().*c).fetch_add(1, std::memory_order_relaxed); }
 }  // namespace
-bool decode_prefetch_sparse() { return decode_prefetch_sparse_flag().on(); }
-void set_decode_prefetch_sparse(bool on) { decode_prefetch_sparse_flag().set(on); }
-int64_t decode_prefetch_sparse_lines() {
-  static const int64_t n = [] {
-    const char* v = std::getenv("EMOLLM_DECODE_ATTN_PREFETCH_LINES");
-    const long x = v ? std::atol(v) : 0;
-    return x > 0 ? int64_t(x) : kDecodeSparsePrefetchLines;
-  }();
-  return n;
+namespace {
+std::atomic<int64_t> g_piece_max{kDecodePieceMax};
+}  // namespace
+int64_t decode_piece_max() { return g_piece_max.load(std::memory_order_relaxed); }
+void set_decode_piece_max(int64_t tokens) {
+  g_piece_max.store(std::max<int64_t>(16, tokens / 16 * 16), std::memory_order_relaxed);
+}
+bool attention_claimed() { return attention_claimed_flag().on(); }
+void set_attention_claimed(bool on) { attention_claimed_flag().set(on); }
+AttentionWork attention_work() {
+  AttentionWork w;
+  for (int i = 0; i < kWorkThreads; ++i) {
+    const WorkSlot& s = g_work[i];
+    const uint64_t dp = s.decode_pieces.load(std::memory_order_relaxed), tu = s.tiled_units.load(std::memory_order_relaxed);
+    w.decode_pieces += dp;
+    w.tiled_units += tu;
+    w.decode_merges += s.decode_merges.load(std::memory_order_relaxed);
+    w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
+    w.by_thread[i] = dp + tu;
+  }
+  return w;
 }
 namespace {
 std::atomic<int>& decode_bf16dp_mode_ref() {
@@ -1517,34 +1538,53 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
     for (int64_t i = 0; i < n_plans; ++i) {
       const Plan& pl = plans[i];
       const Scratch sc = scratch_at(base, pl.Dp);
-      for (int64_t u = 0; u < pl.n_base * pl.nsplit; ++u) run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
+      for (int64_t u = 0; u < pl.n_base * pl.nsplit; ++u) {
+        run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
+        attention_detail::count_work(&attention_detail::WorkSlot::tiled_units);
+      }
     }
   } else {
     std::atomic<int64_t> next{0};
-    pool->run([&](int ith, int) {
+    auto units = [&](int ith) {
       float* base = scratch.get() + per_thread * size_t(ith);
       int64_t i = 0;  // the plan of the previous unit: units are taken in ascending order
       for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_units;) {
+        pool_late_point();  // tests: a worker preempted holding its unit
         if (u >= first_unit[size_t(i) + 1]) i = plan_of(first_unit, u);
         const Plan& pl = plans[i];
         const int64_t lu = u - first_unit[size_t(i)];
         run_unit(pl, kern, scratch_at(base, pl.Dp), lu / pl.nsplit, lu % pl.nsplit);
+        attention_detail::count_work(&attention_detail::WorkSlot::tiled_units);
       }
-    });
+    };
+    // Claimed: the scratch of the pool thread running the job (the threads inside one run_dynamic
+    // job have distinct indices; a nested call runs inline on one thread).
+    if (attention_detail::attention_claimed())
+      pool->run_dynamic([&] { units(std::min(pool_thread_index(), nth - 1)); });
+    else
+      pool->run([&](int ith, int) { units(ith); });
   }
   if (n_merges == 0) return;
   auto merge = [&](int64_t g) {
     const int64_t i = plan_of(first_merge, g);
     merge_unit(plans[i], g - first_merge[size_t(i)]);
+    attention_detail::count_work(&attention_detail::WorkSlot::tiled_merges);
   };
   if (nth == 1) {
     for (int64_t g = 0; g < n_merges; ++g) merge(g);
     return;
   }
   std::atomic<int64_t> nb{0};
-  pool->run([&](int, int) {
-    for (int64_t g; (g = nb.fetch_add(1, std::memory_order_relaxed)) < n_merges;) merge(g);
-  });
+  auto merges = [&] {
+    for (int64_t g; (g = nb.fetch_add(1, std::memory_order_relaxed)) < n_merges;) {
+      pool_late_point();
+      merge(g);
+    }
+  };
+  if (attention_detail::attention_claimed())
+    pool->run_dynamic(merges);
+  else
+    pool->run([&](int, int) { merges(); });
 }
 
 // ---------------------------------------------------------------------------- decode driver
@@ -1599,9 +1639,6 @@ bool decode_qk16_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim > kDecodePackSpan &&
          G <= 2 && p.head_dim > 64 && p.head_dim <= 128 && decode_qk_wide();
 }
-bool decode_prefetch_sparse_applies(const AttentionParams& p) {
-  return isa_active() >= Isa::Avx512 && p.n_kv_heads * p.head_dim > kDecodePackSpan && decode_prefetch_sparse();
-}
 bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
@@ -1625,7 +1662,8 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.Dp = int((p.head_dim + 15) / 16 * 16);
   it.nvis = kv_visible(p, 0);
   const int64_t n_sub = (it.nvis + 15) / 16;
-  int64_t pieces = (it.nvis + attention_detail::kDecodePieceMax - 1) / attention_detail::kDecodePieceMax;
+  const int64_t piece_max = attention_detail::decode_piece_max();
+  int64_t pieces = (it.nvis + piece_max - 1) / piece_max;
   pieces = (pieces + nth - 1) / nth * nth;  // whole rounds of the threads
   pieces = std::min(pieces, n_sub);
   it.piece_len = (n_sub + pieces - 1) / pieces * 16;
@@ -1683,14 +1721,12 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 const AttentionParams kF32Rows{};
 
 // Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged
-// cache: every line, or with step_lines > 1 the first line of every step_lines (sparse: the
-// hardware prefetchers fetch the lines between; attention_detail::decode_prefetch_sparse).
+// cache, every line.
 inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
-                             int64_t j0, int64_t j1, int64_t span_bytes, int64_t step_lines = 1) {
-  const int64_t step = 64 * step_lines;
+                             int64_t j0, int64_t j1, int64_t span_bytes) {
   for (int64_t j = j0; j < j1; ++j) {
     const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
-    for (int64_t b = 0; b < span_bytes; b += step) __builtin_prefetch(row + b);
+    for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
   }
 }
 
@@ -1744,9 +1780,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
   // ... and P V two adjacent kv heads a call (attention_detail::decode_pv_pairs; MHA, one query row per kv head).
   const bool use_pv2 = use_qk16 && !it.bf16dp && kk.pv2 != nullptr && attention_detail::decode_pv2_applies(p);
-  // Wide rows: the next 16 rows prefetched one line in pf_lines (attention_detail::decode_prefetch_sparse).
-  const int64_t pf_lines =
-      attention_detail::decode_prefetch_sparse_applies(p) ? attention_detail::decode_prefetch_sparse_lines() : 1;
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
@@ -1804,7 +1837,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes, pf_lines);
+      if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       if (ahead) {  // the next sub-block of K, or after the block's last one the block's first V rows
         if (s0 + 16 < b1)
           prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
@@ -1843,7 +1876,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         }
       }
     }
-    if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes, pf_lines);
+    if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
     for (int64_t h = 0; h < H; ++h) {
       float* sr = S + h * kBk;
       const float m_new = std::max(m[h], kk.row_max(sr, nb));
@@ -1853,7 +1886,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes, pf_lines);
+      if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
       if (ahead) {  // the next sub-block of V, or after the block's last one the next block's first K rows
         if (s0 + 16 < b1)
           prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
@@ -1899,7 +1932,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   std::memcpy(part, m, sizeof(float) * size_t(2 * H));
   std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
   // the last piece to finish (acq_rel: it sees the others' partials) merges
-  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) merge_decode(it);
+  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) {
+    merge_decode(it);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_merges);
+  }
 }
 
 // Per-thread scratch of the decode driver, kept across calls (pool threads live long; a decode
@@ -1944,6 +1980,7 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * pack_span));
     run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
                      S + S_floats + 2 * accf);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_pieces);
   };
   if (nth == 1 || n_pieces == 1) {
     int64_t i = 0;
@@ -1951,10 +1988,19 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     return;
   }
   std::atomic<int64_t> next{0};
-  pool->run([&](int, int) {
+  auto pieces = [&] {
     int64_t i = 0;  // pieces are taken in ascending order
-    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_pieces;) piece(u, &i);
-  });
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_pieces;) {
+      pool_late_point();  // tests: a worker preempted holding its piece
+      piece(u, &i);
+    }
+  };
+  // Claimed (attention_detail::attention_claimed): a worker that arrives after the caller's share
+  // skips the job instead of being waited for; scratch is the running thread's own either way.
+  if (attention_detail::attention_claimed())
+    pool->run_dynamic(pieces);
+  else
+    pool->run([&](int, int) { pieces(); });
 }
 
 void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,
@@ -1964,7 +2010,30 @@ void attention_tiled(const Kern& kern, const float* q, const float* k, const flo
 }
 
 }  // namespace
+namespace attention_detail {
+AttentionWork attention_planned_work(const AttentionParams& p, int nth) {
+  AttentionWork w;
+  if (isa_active() < Isa::Avx2 || bidir_bf16_applies(p)) return w;
+  static const float z = 0.0f;  // validate wants non-null data: the plan reads none
+  const Resolved rs = validate(&z, &z, &z, &z, p);
+  nth = std::max(1, nth);
+  if (decode_applies(p)) {
+    const DecodeItem it = make_decode_item(nullptr, nullptr, nullptr, nullptr, nullptr, p, rs, nth, isa_active());
+    w.decode_pieces = uint64_t(it.n_pieces);
+    w.decode_merges = it.n_pieces > 1 ? 1 : 0;
+    return w;
+  }
+  const Plan pl = make_plan(nullptr, nullptr, nullptr, nullptr, nullptr, p, rs, nth);
+  w.tiled_units = uint64_t(pl.n_base * pl.nsplit);
+  w.tiled_merges = pl.nsplit > 1 ? uint64_t(pl.n_base) : 0;
+  return w;
+}
+}  // namespace attention_detail
 #pragma GCC diagnostic pop
+#else
+namespace attention_detail {
+AttentionWork attention_planned_work(const AttentionParams&, int) { return AttentionWork{}; }
+}  // namespace attention_detail
 #endif  // __x86_64__
 
 // ============================================================================ dispatcher

@@ -43,6 +43,12 @@ void set_bidir_bf16_fused_max(bool on);
 // of a batch run in one thread-pool dispatch. The environment variable
 // EMOLLM_DECODE_ATTN_SPLIT=0 (read once) or set_decode_split(false) runs the previous tiled path.
 constexpr int64_t kDecodePieceMax = 128;
+// The piece length cap in use (kDecodePieceMax unless set; a multiple of 16, >= 16): for
+// benchmarks of the split (attn_decode_threads). Other caps change how a call is cut, so its
+// outputs' rounding (within the 1e-5 of attention_decode_split_matches_ref), never which thread
+// computes what.
+int64_t decode_piece_max();
+void set_decode_piece_max(int64_t tokens);
 constexpr int64_t kDecodeMaxHeads = 256;  // more query heads: the tiled path (scratch bound)
 bool decode_split_enabled();
 void set_decode_split(bool on);
@@ -89,21 +95,29 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// Wide token rows (n_kv_heads * head_dim > 256 elements: 7B's 16 KB f32 rows) on AVX-512, opt-in:
-// the driver's prefetch of the next 16 rows (K, or V) touches the first line of every
-// kDecodeSparsePrefetchLines (1 KiB) instead of every line (4096 prefetches a 16-row sub-block of
-// 7B); the hardware prefetchers fetch the lines between. Measured (7B shape, cold, interleaved,
-// load 7-10): kernel 1.23-1.37x at 1 thread in one machine state, 1.00-1.02x in another; in the
-// 7B model (AB_CPU=1, 1 thread, prompt 512) 0.966x: not the default. Prefetches only: outputs are
-// bit for bit equal. EMOLLM_DECODE_ATTN_PREFETCH_SPARSE=1 (read once) or
-// set_decode_prefetch_sparse(true): on; EMOLLM_DECODE_ATTN_PREFETCH_LINES=n: one line in n.
-constexpr int64_t kDecodeSparsePrefetchLines = 16;
-bool decode_prefetch_sparse();
-void set_decode_prefetch_sparse(bool on);
-int64_t decode_prefetch_sparse_lines();
-// Whether a decode call's driver prefetches sparsely (as above): AVX-512 (where it was measured),
-// wide token rows and decode_prefetch_sparse().
-bool decode_prefetch_sparse_applies(const AttentionParams& p);
+// The decode driver's pieces and the tiled driver's units and split-KV merges handed out from a
+// shared counter inside ThreadPool::run_dynamic (default): a worker that arrives after the caller's
+// share is done skips the job, and one preempted holding a piece costs the call at most that piece;
+// the tiled driver's scratch is indexed by pool_thread_index() (unique among the threads inside a
+// run_dynamic job). EMOLLM_ATTN_CLAIMED=0 or set_attention_claimed(false): pool->run jobs as before
+// (one index a thread, each taking from the same counter). Which thread runs a piece or unit never
+// changes its arithmetic: outputs are bit for bit equal.
+bool attention_claimed();
+void set_attention_claimed(bool on);
+// Work done by the attention drivers in this process (tests: every piece / unit once, the merges
+// once per call; benchmarks: the split between threads). by_thread[i]: decode pieces plus tiled
+// units run by pool thread index i (indices >= kWorkThreads counted in the last slot).
+constexpr int kWorkThreads = 8;
+struct AttentionWork {
+  uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0;
+  uint64_t by_thread[kWorkThreads] = {};
+};
+AttentionWork attention_work();
+// What one attention() call of p on a pool of nth threads plans (its pieces and merges, or its
+// units and split-KV merges; by_thread empty): from the call's plan alone, never from the
+// scheduling, so tests can hold the counts above against it. All zero off x86-64, below AVX2 and
+// for calls the bf16 bidirectional kernel takes.
+AttentionWork attention_planned_work(const AttentionParams& p, int nth);
 // Decode on a bf16 cache with bf16 products (AVX512-BF16, opt-in), for calls whose kv heads serve
 // >= 4 query heads each (fewer: the exact path): q rounded to bf16 (nearest even) for QK
 // (vdpbf16ps over head-dim pairs), the softmax weights rounded to bf16 per block and each head normalised by the

@@ -34,6 +34,7 @@
 #endif
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/error.h"
+#include "../../base/thread_pool.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -1559,26 +1560,179 @@ TEST(attention_decode_pv_pairs_same_bits) {
                                  16900);
 }
 
-// The driver's prefetch of the next 16 wide token rows one line in kDecodeSparsePrefetchLines
-// (attention_detail::decode_prefetch_sparse, opt-in, switched on here: rows of more than 256 elements, 7B's 32 x 128) only
-// changes which lines are prefetched: outputs and log-sum-exps bit for bit those of the dense
-// prefetch, f32 / f16 / bf16 caches, MHA and grouped shapes with wide rows (head_dim 80 / 100 with a
-// tail and padded rows / 128), narrow rows that must not take it, lengths with and without a
-// partial last sub-block and across the 64-token block, contiguous and paged (16 / 64), no pool and
-// 2 / 3 threads; within 1e-5 of ref::attention. decode_prefetch_sparse_applies must hold for the
-// wide shapes (on AVX-512) and never with the switch off, so the comparison is not vacuous.
-TEST(attention_decode_prefetch_sparse_same_bits) {
-  const DecodeSwitch sw{"sparse prefetch", attention_detail::decode_prefetch_sparse_applies,
-                        attention_detail::decode_prefetch_sparse, attention_detail::set_decode_prefetch_sparse, 17, 3};
-  const bool was = attention_detail::decode_prefetch_sparse();  // opt-in: on for the sweep's applies checks
-  attention_detail::set_decode_prefetch_sparse(true);
-  expect_decode_switch_same_bits(sw,
-                                 {{32, 32, 128, 0, true},
-                                  {8, 8, 80, 0, true},
-                                  {6, 6, 100, 3, true},
-                                  {16, 8, 128, 0, true},
-                                  {4, 4, 64, 0, false},
-                                  {8, 2, 128, 0, false}},
-                                 17300);
-  attention_detail::set_decode_prefetch_sparse(was);
+// The attention drivers' work on claimed work (attention_detail::attention_claimed: the decode
+// pieces, the tiled units and split-KV merges taken from a shared counter inside run_dynamic, the
+// tiled scratch indexed by pool_thread_index()) against the same counters inside pool->run jobs
+// (claimed off, no late worker: the reference): outputs and log-sum-exps bit for bit equal with
+// no late worker, the last worker holding its first claim 20 ms (base/thread_pool.h
+// pool_set_late_worker, LateAt::Hold: preempted with a piece in hand) and picking every job up
+// 20 ms late (LateAt::Arrival), at 1 / 2 / 3 threads; decode calls across 16- / 64-token
+// sub-blocks and blocks and several query heads per kv head (8:1, 4:1 with padded rows, MHA with
+// wide rows), contiguous and paged (64), tiled calls (a causal prefill of 70 queries; 5 queries
+// over a 600-token cache: split-KV and merges), and one attention_batch of decode and tiled items.
+// Every piece, unit and merge runs exactly once (attention_detail::attention_work: the same counts
+// as the reference, which must fail if one is skipped or run twice), and the late worker runs at
+// most one piece or unit of a call (the others take the rest while it is held).
+namespace {
+struct LateWorkerScope {
+  ~LateWorkerScope() {
+    pool_set_late_worker(0);
+    attention_detail::set_attention_claimed(true);
+  }
+};
+struct WorkDelta {
+  attention_detail::AttentionWork a = attention_detail::attention_work();
+  attention_detail::AttentionWork since() const {
+    attention_detail::AttentionWork b = attention_detail::attention_work(), d;
+    d.decode_pieces = b.decode_pieces - a.decode_pieces;
+    d.decode_merges = b.decode_merges - a.decode_merges;
+    d.tiled_units = b.tiled_units - a.tiled_units;
+    d.tiled_merges = b.tiled_merges - a.tiled_merges;
+    for (int i = 0; i < attention_detail::kWorkThreads; ++i) d.by_thread[i] = b.by_thread[i] - a.by_thread[i];
+    return d;
+  }
+};
+}  // namespace
+
+TEST(attention_claimed_same_bits_late_worker) {
+  LateWorkerScope scope;
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  struct Mode { bool claimed; int late_us; LateAt at; const char* name; };
+  const Mode modes[] = {{true, 0, LateAt::Hold, "claimed"},
+                        {true, 20000, LateAt::Hold, "claimed, late hold"},
+                        {true, 20000, LateAt::Arrival, "claimed, late arrival"}};
+  const Case cases[] = {{1, 17, 32, 4, 64, true, 16},       {1, 64, 32, 4, 64, true, 63},
+                        {1, 65, 32, 4, 64, true, 64},       {1, 300, 32, 4, 64, true, 299},
+                        {1, 769, 32, 4, 64, true, 768},     {1, 513, 8, 2, 80, true, 512, 3},
+                        {1, 257, 16, 16, 128, true, 256},   {70, 70, 8, 4, 64, true, 0},
+                        {5, 600, 8, 2, 64, true, 595}};
+  uint64_t seed = 18100;
+  int runs = 0, late_runs = 0;
+  for (const Case& c : cases) {
+    Data d = make_data(c, seed++);
+    PagedCopy pg(d, 64, seed++);
+    for (const AttentionParams* pp : {&d.p, &pg.p})
+      for (ThreadPool* pl : {&pool1, &pool2, &pool3}) {
+        const std::string what = describe(c) + " block=" + std::to_string(pp->kv_block_size) +
+                                 " threads=" + std::to_string(pl->size());
+        const float* k = pp->kv_block_size ? nullptr : d.k;
+        const float* v = pp->kv_block_size ? nullptr : d.v;
+        const size_t n_lse = size_t(c.n_q * c.n_heads);
+        auto call = [&](std::vector<float>* lse) {
+          lse->assign(n_lse, kNaN);
+          return run_out(*pp, what, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lse->data()); });
+        };
+        attention_detail::set_attention_claimed(false);
+        std::vector<float> ref_lse, lse;
+        const WorkDelta w_ref;
+        const std::vector<float> ref = call(&ref_lse);
+        const attention_detail::AttentionWork ref_work = w_ref.since();
+        // the counts the call's plan gives (not the scheduling): every mode, the reference too
+        const attention_detail::AttentionWork plan = attention_detail::attention_planned_work(*pp, pl->size());
+        auto same_counts = [](const attention_detail::AttentionWork& a, const attention_detail::AttentionWork& b) {
+          return a.decode_pieces == b.decode_pieces && a.decode_merges == b.decode_merges &&
+                 a.tiled_units == b.tiled_units && a.tiled_merges == b.tiled_merges;
+        };
+        EXPECT(plan.decode_pieces + plan.tiled_units >= 1);
+        if (!same_counts(ref_work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + what + " pool->run");
+        for (const Mode& md : modes) {
+          attention_detail::set_attention_claimed(md.claimed);
+          pool_set_late_worker(md.late_us, -1, md.at);
+          const WorkDelta w;
+          const std::vector<float> got = call(&lse);
+          const attention_detail::AttentionWork work = w.since();
+          pool_set_late_worker(0);
+          ++runs;
+          const std::string wm = what + " " + md.name;
+          if (got != ref || lse != ref_lse) ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ: " + wm);
+          if (!same_counts(work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + wm);
+          uint64_t by_thread = 0;
+          for (uint64_t n : work.by_thread) by_thread += n;
+          EXPECT(by_thread == work.decode_pieces + work.tiled_units);
+          if (md.late_us > 0 && pl->size() > 1) {
+            ++late_runs;
+            if (work.by_thread[pl->size() - 1] > 1)
+              ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran " +
+                                            std::to_string(work.by_thread[pl->size() - 1]) + " pieces: " + wm);
+          }
+        }
+      }
+  }
+  // A batch of decode items (GQA, MHA) and tiled items: the item boundaries inside the shared counters.
+  std::vector<Data> ds;
+  for (const Case& c : {Case{1, 300, 32, 4, 64, true, 299}, Case{1, 65, 16, 16, 128, true, 64},
+                        Case{1, 129, 8, 2, 80, true, 128, 3}, Case{5, 600, 8, 2, 64, true, 595},
+                        Case{70, 70, 8, 4, 64, true, 0}})
+    ds.push_back(make_data(c, seed++));
+  for (ThreadPool* pl : {&pool1, &pool2, &pool3}) {
+    std::vector<std::vector<float>> ref;
+    for (const Mode* md : {static_cast<const Mode*>(nullptr), &modes[0], &modes[1], &modes[2]}) {
+      attention_detail::set_attention_claimed(md != nullptr);
+      pool_set_late_worker(md ? md->late_us : 0, -1, md ? md->at : LateAt::Hold);
+      std::vector<std::vector<float>> outs(ds.size());
+      std::vector<AttentionBatchItem> items;
+      for (size_t i = 0; i < ds.size(); ++i) {
+        outs[i].assign(size_t(ds[i].p.n_q * ds[i].p.ldo), kNaN);
+        items.push_back(AttentionBatchItem{ds[i].q, ds[i].k, ds[i].v, outs[i].data(), ds[i].p});
+      }
+      const WorkDelta w;
+      attention_batch(items.data(), int64_t(items.size()), pl);
+      const attention_detail::AttentionWork work = w.since();
+      pool_set_late_worker(0);
+      attention_detail::AttentionWork plan;  // the items' plans added up
+      for (const Data& dd : ds) {
+        const attention_detail::AttentionWork pw = attention_detail::attention_planned_work(dd.p, pl->size());
+        plan.decode_pieces += pw.decode_pieces;
+        plan.decode_merges += pw.decode_merges;
+        plan.tiled_units += pw.tiled_units;
+        plan.tiled_merges += pw.tiled_merges;
+      }
+      const std::string wm = std::string("batch threads=") + std::to_string(pl->size()) + " " + (md ? md->name : "pool->run");
+      if (work.decode_pieces != plan.decode_pieces || work.decode_merges != plan.decode_merges ||
+          work.tiled_units != plan.tiled_units || work.tiled_merges != plan.tiled_merges)
+        ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + wm);
+      if (!md) {
+        ref = outs;
+        EXPECT(plan.decode_merges >= 1 && plan.tiled_merges >= (pl->size() > 1 ? 1u : 0u));  // not vacuous
+        continue;
+      }
+      for (size_t i = 0; i < ds.size(); ++i)  // bytes: the padding stays NaN on both sides
+        if (std::memcmp(outs[i].data(), ref[i].data(), sizeof(float) * ref[i].size()) != 0)
+          ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ: " + wm + " item " + std::to_string(i));
+      if (md->late_us > 0 && pl->size() > 1 && work.by_thread[pl->size() - 1] > 2)  // one of each job
+        ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran more than its claims: " + wm);
+    }
+  }
+  // The late worker must really hold a piece at least once (above, a short call is often over
+  // before the worker arrives): a 7B-shaped decode call (32 x 128 heads, 769 tokens, 6 pieces at
+  // 2 threads) until the hook fires, each run bit for bit the reference, the pieces once each.
+  {
+    Data d = make_data({1, 769, 32, 32, 128, true, 768}, seed++);
+    attention_detail::set_attention_claimed(false);
+    std::vector<float> ref_lse, lse;
+    const WorkDelta w_ref;
+    ref_lse.assign(32, kNaN);
+    const std::vector<float> ref = run_out(d.p, "7B ref", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, &pool2, ref_lse.data()); });
+    const attention_detail::AttentionWork ref_work = w_ref.since();
+    EXPECT(ref_work.decode_pieces == attention_detail::attention_planned_work(d.p, 2).decode_pieces);
+    EXPECT(ref_work.decode_pieces > 2);
+    attention_detail::set_attention_claimed(true);
+    const uint64_t d0 = pool_late_delays();
+    int tries = 0;
+    for (; tries < 300 && pool_late_delays() == d0; ++tries) {
+      pool_set_late_worker(20000, -1, LateAt::Hold);
+      const WorkDelta w;
+      lse.assign(32, kNaN);
+      const std::vector<float> got = run_out(d.p, "7B late", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, &pool2, lse.data()); });
+      const attention_detail::AttentionWork work = w.since();
+      pool_set_late_worker(0);
+      EXPECT(got == ref && lse == ref_lse);
+      EXPECT(work.decode_pieces == ref_work.decode_pieces && work.decode_merges == 1);
+      EXPECT(work.by_thread[1] <= 1);
+    }
+    std::printf("  %d runs, %d with a late worker; the 7B-shaped call held a piece after %d tries\n", runs, late_runs, tries);
+    EXPECT(pool_late_delays() > d0);
+  }
+  EXPECT(runs > 0 && late_runs > 0);
 }
+

@@ -1,0 +1,173 @@
+// Where decode attention's two-thread time goes, in one process on the same data (7B shape: 32 / 32
+// heads x 128, f32 cache in 64-token pages, copies rotated so every call reads from memory):
+//
+//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b]
+//
+// Per round, in a rotated order: one call on a 1-thread pool ("1t"); on a 2-thread pool with the
+// pieces on claimed work ("2t claimed", attention_internal.h set_attention_claimed) and inside
+// pool->run jobs ("2t run"); and "2t halves": two threads (the 2-thread pool's, one run() job)
+// each run the whole decode driver on its own half of the tokens without a pool, each timing its
+// own half: the best a two-thread split of this kernel can do on this memory (no hand-off, no
+// shared counter, no merge), and how unequal the two cores are on equal work. Printed: the median
+// and best wall of each (us), GB/s (K + V bytes), 2t / 1t speed-ups, the halves' per-thread
+// medians, each thread's CPU time a kv token alone (1t) and side by side (halves: the memory shared
+// by two readers, preemption excluded), and the pieces each pool thread ran (attention_work); "2t pieces64" / "32": claimed with
+// pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128).
+// "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64).
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <time.h>
+#include <vector>
+
+#include "../../base/arena.h"
+#include "../../base/thread_pool.h"
+#include "../../kernels/cpu/attention_internal.h"
+#include "../../kernels/cpu/kernels.h"
+
+using namespace emollm;
+
+namespace {
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+double thread_cpu() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+double best(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (argv[i][0] == '-') {
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b]\n");
+      return 2;
+    }
+  const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
+  const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 21;
+  const int copies = argc > 3 ? std::max(1, std::atoi(argv[3])) : 8;
+  const bool small = argc > 4 && std::strcmp(argv[4], "1b") == 0;
+  constexpr int64_t kPage = 64;
+  AttentionParams p;
+  p.n_q = 1; p.n_kv = n_kv; p.n_heads = 32; p.n_kv_heads = small ? 4 : 32; p.head_dim = small ? 64 : 128;
+  p.ldq = p.ldo = p.n_heads * p.head_dim;
+  p.ldk = p.ldv = p.n_kv_heads * p.head_dim;
+  p.causal = true;
+  p.q_pos0 = n_kv - 1;
+  p.kv_block_size = kPage;
+  const int64_t n_pages = (n_kv + kPage - 1) / kPage;
+  const size_t elems = size_t(n_pages * kPage * p.ldk);
+  std::vector<AlignedPtr<float>> bufs;
+  std::vector<std::vector<const float*>> kt(static_cast<size_t>(copies)), vt(static_cast<size_t>(copies));
+  uint32_t x = 12345;
+  for (int c = 0; c < copies; ++c)
+    for (int kv = 0; kv < 2; ++kv) {
+      AlignedPtr<float> b = make_aligned<float>(elems);
+      for (size_t i = 0; i < elems; ++i) {
+        x = x * 1664525u + 1013904223u;
+        b.get()[i] = float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
+      }
+      for (int64_t pg = 0; pg < n_pages; ++pg) (kv ? vt : kt)[size_t(c)].push_back(b.get() + pg * kPage * p.ldk);
+      bufs.push_back(std::move(b));
+    }
+  std::vector<float> q(size_t(p.ldq)), o(size_t(p.ldo));
+  for (float& v : q) {
+    x = x * 1664525u + 1013904223u;
+    v = float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
+  }
+  ThreadPool pool1(1), pool2(2);
+  int call = 0;
+  auto params = [&](int c, int64_t page0, int64_t len) {
+    AttentionParams pi = p;
+    pi.k_blocks = kt[size_t(c)].data() + page0;
+    pi.v_blocks = vt[size_t(c)].data() + page0;
+    pi.n_kv = len;
+    pi.q_pos0 = len - 1;
+    return pi;
+  };
+  double cpu_1t = 0;  // the calling thread's CPU time of the last call
+  auto timed = [&](ThreadPool* pool) {
+    const AttentionParams pi = params(call++ % copies, 0, n_kv);
+    const AttentionBatchItem it{q.data(), nullptr, nullptr, o.data(), pi};
+    const double c0 = thread_cpu(), t0 = now();
+    attention_batch(&it, 1, pool);
+    const double dt = now() - t0;
+    cpu_1t = thread_cpu() - c0;
+    return dt;
+  };
+  // halves: pages [0, h) and [h, n_pages) on the 2-thread pool's two threads, each without a pool
+  const int64_t h_pages = n_pages / 2;
+  std::vector<float> o1(size_t(p.ldo));
+  double half_t[2], half_cpu[2];
+  auto halves = [&]() {
+    const int c = call++ % copies;
+    std::atomic<int> ready{0};
+    const double t0 = now();
+    pool2.run([&](int ith, int) {
+      ready.fetch_add(1);
+      while (ready.load() < 2) {}  // both start together (a late worker makes this wait: best-of)
+      const double s = now(), c0 = thread_cpu();
+      const AttentionParams pi =
+          ith == 0 ? params(c, 0, h_pages * kPage) : params(c, h_pages, n_kv - h_pages * kPage);
+      attention(q.data(), nullptr, nullptr, ith == 0 ? o.data() : o1.data(), pi, nullptr);
+      half_t[ith] = now() - s;
+      half_cpu[ith] = thread_cpu() - c0;
+    });
+    return now() - t0;
+  };
+  enum { k1t, kClaimed, kRun, kHalves, kPm64, kPm32, kModes };
+  const char* names[kModes] = {"1t", "2t claimed", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
+  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;
+  uint64_t pieces[kModes][2] = {};
+  for (int r = -1; r < rounds; ++r) {  // round -1 warms up
+    for (int k = 0; k < kModes; ++k) {
+      const int m = (k + (r < 0 ? 0 : r)) % kModes;
+      const attention_detail::AttentionWork w0 = attention_detail::attention_work();
+      double dt;
+      if (m == k1t) dt = timed(&pool1);
+      else if (m == kHalves) dt = halves();
+      else if (m == kPm64 || m == kPm32) {
+        attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);
+        dt = timed(&pool2);
+        attention_detail::set_decode_piece_max(attention_detail::kDecodePieceMax);
+      } else {
+        attention_detail::set_attention_claimed(m == kClaimed);
+        dt = timed(&pool2);
+        attention_detail::set_attention_claimed(true);
+      }
+      if (r < 0) continue;
+      t[m].push_back(dt);
+      const attention_detail::AttentionWork w1 = attention_detail::attention_work();
+      for (int i = 0; i < 2; ++i) pieces[m][i] += w1.by_thread[i] - w0.by_thread[i];
+      if (m == kHalves)
+        for (int i = 0; i < 2; ++i) {
+          ht[i].push_back(half_t[i]);
+          hcpu[i].push_back(half_cpu[i]);
+        }
+      if (m == k1t) cpu1.push_back(cpu_1t);
+    }
+  }
+  const double bytes = 2.0 * double(n_kv) * double(p.ldk) * 4.0;
+  std::printf("decode attention %s shape, kv %lld, f32 in %lld-token pages, %d copies (%.1f MiB each), %d rounds\n",
+              small ? "1.1B" : "7B", (long long)n_kv, (long long)kPage, copies, bytes / 1048576.0, rounds);
+  for (int m = 0; m < kModes; ++m)
+    std::printf("  %-11s median %8.1f us  best %8.1f us  %6.1f GB/s (median)  x1t %.2f  pieces t0/t1 %llu/%llu\n",
+                names[m], median(t[m]) * 1e6, best(t[m]) * 1e6, bytes / median(t[m]) / 1e9, median(t[k1t]) / median(t[m]),
+                (unsigned long long)pieces[m][0], (unsigned long long)pieces[m][1]);
+  std::printf("  halves per thread: t0 median %.1f us (pages %lld), t1 median %.1f us (pages %lld)\n", median(ht[0]) * 1e6,
+              (long long)h_pages, median(ht[1]) * 1e6, (long long)(n_pages - h_pages));
+  // thread CPU time a kv token (preemption excluded): one thread alone against two side by side
+  const double tok0 = double(h_pages * kPage), tok1 = double(n_kv - h_pages * kPage);
+  std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
+              median(cpu1) / double(n_kv) * 1e9, best(cpu1) / double(n_kv) * 1e9, median(hcpu[0]) / tok0 * 1e9,
+              best(hcpu[0]) / tok0 * 1e9, median(hcpu[1]) / tok1 * 1e9, best(hcpu[1]) / tok1 * 1e9);
+  return 0;
+}
