@@ -3,7 +3,7 @@
 //
 //   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b]
 //
-// Per round, in a rotated order: one call on a 1-thread pool ("1t"); on a 2-thread pool with the
+// Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool with the
 // pieces on claimed work ("2t claimed", attention_internal.h set_attention_claimed) and inside
 // pool->run jobs ("2t run"); and "2t halves": two threads (the 2-thread pool's, one run() job)
 // each run the whole decode driver on its own half of the tokens without a pool, each timing its
@@ -127,9 +127,19 @@ int main(int argc, char** argv) {
   const char* names[kModes] = {"1t", "2t claimed", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;
   uint64_t pieces[kModes][2] = {};
+  uint32_t order_rng = 99;
   for (int r = -1; r < rounds; ++r) {  // round -1 warms up
+    int order[kModes];
+    for (int k = 0; k < kModes; ++k) order[k] = k;
+    for (int k = kModes - 1; k > 0; --k) {  // a new order every round (a fixed rotation put one mode after another)
+      order_rng = order_rng * 1664525u + 1013904223u;
+      std::swap(order[k], order[(order_rng >> 8) % uint32_t(k + 1)]);
+    }
     for (int k = 0; k < kModes; ++k) {
-      const int m = (k + (r < 0 ? 0 : r)) % kModes;
+      const int m = order[k];
+      // Every call comes right after an (empty) job of the 2-thread pool, as a decode step's
+      // attention comes after its q / k / v GEMV: the worker is spinning, not asleep.
+      pool2.run([](int, int) {});
       const attention_detail::AttentionWork w0 = attention_detail::attention_work();
       double dt;
       if (m == k1t) dt = timed(&pool1);
