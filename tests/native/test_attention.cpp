@@ -1592,6 +1592,10 @@ struct WorkDelta {
     return d;
   }
 };
+bool same_counts(const attention_detail::AttentionWork& a, const attention_detail::AttentionWork& b) {
+  return a.decode_pieces == b.decode_pieces && a.decode_merges == b.decode_merges && a.tiled_units == b.tiled_units &&
+         a.tiled_merges == b.tiled_merges;
+}
 }  // namespace
 
 TEST(attention_claimed_same_bits_late_worker) {
@@ -1629,10 +1633,6 @@ TEST(attention_claimed_same_bits_late_worker) {
         const attention_detail::AttentionWork ref_work = w_ref.since();
         // the counts the call's plan gives (not the scheduling): every mode, the reference too
         const attention_detail::AttentionWork plan = attention_detail::attention_planned_work(*pp, pl->size());
-        auto same_counts = [](const attention_detail::AttentionWork& a, const attention_detail::AttentionWork& b) {
-          return a.decode_pieces == b.decode_pieces && a.decode_merges == b.decode_merges &&
-                 a.tiled_units == b.tiled_units && a.tiled_merges == b.tiled_merges;
-        };
         EXPECT(plan.decode_pieces + plan.tiled_units >= 1);
         if (!same_counts(ref_work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + what + " pool->run");
         for (const Mode& md : modes) {
@@ -1688,9 +1688,7 @@ TEST(attention_claimed_same_bits_late_worker) {
         plan.tiled_merges += pw.tiled_merges;
       }
       const std::string wm = std::string("batch threads=") + std::to_string(pl->size()) + " " + (md ? md->name : "pool->run");
-      if (work.decode_pieces != plan.decode_pieces || work.decode_merges != plan.decode_merges ||
-          work.tiled_units != plan.tiled_units || work.tiled_merges != plan.tiled_merges)
-        ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + wm);
+      if (!same_counts(work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + wm);
       if (!md) {
         ref = outs;
         EXPECT(plan.decode_merges >= 1 && plan.tiled_merges >= (pl->size() > 1 ? 1u : 0u));  // not vacuous
@@ -1727,7 +1725,7 @@ TEST(attention_claimed_same_bits_late_worker) {
       const attention_detail::AttentionWork work = w.since();
       pool_set_late_worker(0);
       EXPECT(got == ref && lse == ref_lse);
-      EXPECT(work.decode_pieces == ref_work.decode_pieces && work.decode_merges == 1);
+      EXPECT(same_counts(work, ref_work) && work.decode_merges == 1);
       EXPECT(work.by_thread[1] <= 1);
     }
     std::printf("  %d runs, %d with a late worker; the 7B-shaped call held a piece after %d tries\n", runs, late_runs, tries);
