@@ -4,6 +4,7 @@
 //   gemv            gemv_repacked, the default pass (one stream a thread, 8 records prefetched ahead)
 //   gemv-streams2   EMOLLM_Q40_STREAMS=2: two adjacent super-groups a pass (opt-in)
 //   gemv-parts2     EMOLLM_Q40_STREAMS=2 EMOLLM_Q40_STREAM_PARTS=1: two contiguous parts of the chunk (opt-in)
+//   gemv-parts4     the same with four parts (EMOLLM_Q40_STREAMS=4), as read-4 walks them
 //   loads-kernel    the GEMV's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
@@ -163,6 +164,7 @@ int main(int argc, char** argv) {
       {"gemv", gemv(1, false), {}},
       {"gemv-streams2", gemv(2, false), {}},
       {"gemv-parts2", gemv(2, true), {}},
+      {"gemv-parts4", gemv(4, true), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<1>(p, n, 128, 1024); }, W); }, {}},
