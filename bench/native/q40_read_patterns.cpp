@@ -4,17 +4,22 @@
 //   gemv            gemv_repacked, the default pass (one stream a thread, 8 records prefetched ahead)
 //   gemv-streams2   EMOLLM_Q40_STREAMS=2: two adjacent super-groups a pass (opt-in)
 //   gemv-parts2     EMOLLM_Q40_STREAMS=2 EMOLLM_Q40_STREAM_PARTS=1: two contiguous parts of the chunk (opt-in)
+//   gemv-parts4     the same with four parts (EMOLLM_Q40_STREAMS=4), as read-4 walks them
 //   loads-kernel    the GEMV's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
-//                   records ahead, T0): no arithmetic
+//                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
+//   loads-burst     the same with the 36 prefetches unrolled into straight-line code
 //   read-1          one sequential stream, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-4          four streams (the thread's part cut in 4), 128 bytes a step each, prefetch 1 KiB
 //                   ahead: bench_kernels' read probe loop
 //   read-4-nopf     four streams, two records (36 lines) a step each, no software prefetch
 // Each thread reads its contiguous share of the super-groups (the GEMV: its own dispatch).
-// Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores).
-// Usage (repository root): ./build-bench/q40_read_patterns [threads 1] [rounds 60] [N 5632] [K 2048]
+// Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores); with `copies` given, that
+// many (1: the same bytes every call, hot in L2 / L3 when they fit: N 512 K 2048 = 576 KiB is in
+// L2, N 5632 K 2048 = 6.2 MiB in L3), to tell the kernel's arithmetic from its reads.
+// Usage (repository root): [RP_CPU=1] ./build-bench/q40_read_patterns [threads 1] [rounds 60] [N 5632] [K 2048] [copies]
 #include <sys/mman.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -50,13 +55,21 @@ uint64_t fold(__m512i v) {
   return u[0] ^ u[3] ^ u[7];
 }
 
-// The GEMV's loads alone over nrec records.
+// The GEMV's loads alone over nrec records. Burst: the 36 prefetches of two records unrolled into
+// straight-line code at constant offsets (else a loop, as GCC leaves it and as the GEMV issues them).
+template <bool Burst>
 RP_AVX512 uint64_t loads_kernel(const uint8_t* p, size_t nrec) {
   __m512i a = _mm512_setzero_si512();
   const size_t ahead = 8 * kRec;
   for (size_t r = 0; r + 1 < nrec; r += 2) {
     const uint8_t* q = p + r * kRec;
-    for (size_t o = 0; o < 2 * kRec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(q + ahead + o), _MM_HINT_T0);
+    if constexpr (Burst) {
+#pragma GCC unroll 36
+      for (size_t o = 0; o < 2 * kRec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(q + ahead + o), _MM_HINT_T0);
+    } else {
+#pragma GCC unroll 1
+      for (size_t o = 0; o < 2 * kRec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(q + ahead + o), _MM_HINT_T0);
+    }
     for (int h = 0; h < 2; ++h) {
       const uint8_t* rr = q + h * kRec;
       a = _mm512_xor_si512(a, _mm512_loadu_si512(rr));
@@ -115,7 +128,7 @@ int main(int argc, char** argv) {
   ThreadPool pool(threads);
   const size_t bytes = quant_repack_bytes(DType::Q4_0, N, K);
   const int64_t nsg = N / 64, nb = K / 32;
-  const int copies = int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
   std::vector<uint8_t> w(dtype_row_bytes(DType::Q4_0, K) * size_t(N));
   std::mt19937 rng(7);
   for (auto& b : w) b = uint8_t(rng());
@@ -151,25 +164,34 @@ int main(int argc, char** argv) {
       {"gemv", gemv(1, false), {}},
       {"gemv-streams2", gemv(2, false), {}},
       {"gemv-parts2", gemv(2, true), {}},
-      {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel(p, n / kRec); }, W); }, {}},
+      {"gemv-parts4", gemv(4, true), {}},
+      {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
+      {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<1>(p, n, 128, 1024); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // RP_CPU=1 at 1 thread: the calling thread's CPU time instead of wall time (preemption excluded on
+  // a loaded machine; the pool of one thread runs the calls on the caller)
+  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
   int c = 0;
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
+      timespec c0, c1;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
       const auto t0 = std::chrono::steady_clock::now();
       rows[i].run(W);
-      rows[i].t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+      rows[i].t.push_back(cpu ? double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec) : wall);
     }
   }
-  std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d cold copies in 2 MiB pages; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies);
+  std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = gemv time / row time\n",
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall");
   std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;
   for (auto& row : rows) {
