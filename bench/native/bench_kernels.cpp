@@ -3664,6 +3664,9 @@ int main(int argc, char** argv) {
     std::fprintf(g_out, "  onednn:   %s\n", g_have_dnnl ? g_dnnl_info.c_str() : kAnchorHint);
   }
   for (auto& fn : g_deferred) fn();
+  // a --filter that matches no case measured the probes only (bench:vision asks for that on purpose)
+  if (!g_opt.filters.empty() && g_results.empty())
+    std::fprintf(stderr, "bench_kernels: no case matched --filter: only the probes ran (--list names the cases)\n");
 
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
