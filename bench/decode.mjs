@@ -740,7 +740,10 @@ async function main() {
   };
   if (o.json) process.stdout.write(JSON.stringify(json, null, 2) + '\n');
   if (o.jsonOut) writeFileSync(o.jsonOut, JSON.stringify(json, null, 2) + '\n');
-  process.exitCode = failures.length ? 1 : 0;
+  // a run that measured no engine on any model (every side disabled, missing or failed) has no figures
+  const measured = rows.some((r) => r.emollmS || r.anchorS || r.benchS);
+  if (!measured) out('error: nothing was measured (no engine gave a figure for any model)');
+  process.exitCode = failures.length || !measured ? 1 : 0;
 }
 
 main().catch((e) => { console.error(`bench:decode: ${e?.message ?? e}`); process.exit(2); });

@@ -11,6 +11,8 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { kernelsEnv } from './anchor-env.mjs';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // Not under build/: node-gyp rebuild deletes that folder.
 const buildDir = join(root, 'build-bench');
@@ -100,17 +102,8 @@ for (let i = 0; i < benchArgs.length; i++) {
   if (a === '--threads' && i + 1 < benchArgs.length) threads = Number(benchArgs[i + 1]) || threads;
   else if (a.startsWith('--threads=')) threads = Number(a.slice('--threads='.length)) || threads;
 }
-// GOMP_SPINCOUNT (unless set): oneDNN's OpenMP team spins ~300000 pauses after each call (several
-// ms here, longer than the interleaved measurements' 3 ms gap), holding the cores the next
-// interleaved row needs: on 2 cores the row after a oneDNN call ran 20-40% slow (session 17: the
-// same blocking 7.5 ms right after oneDNN, 6.0 ms second). 10000 pauses still cover back-to-back
-// calls (oneDNN's own rows within 1-3% of the default spin) and release the cores within ~0.2 ms.
-const env = {
-  ...process.env,
-  OMP_NUM_THREADS: String(threads),
-  OPENBLAS_NUM_THREADS: String(threads),
-  GOMP_SPINCOUNT: process.env.GOMP_SPINCOUNT ?? '10000',
-};
+// thread counts and the anchors' idle spin (GOMP_SPINCOUNT=10000 unless set): bench/anchor-env.mjs
+const env = kernelsEnv(threads);
 if (!benchArgs.some((a) => a === '--threads' || a.startsWith('--threads='))) benchArgs.push('--threads', String(threads));
 const r = spawnSync(exe, benchArgs, { stdio: 'inherit', cwd: root, env });
 if (r.error) throw r.error;

@@ -20,6 +20,7 @@ import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
+import { torchEnv } from './anchor-env.mjs';
 import { childMain, machineBusyS, median, processCpuS, timed, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, VISION, VISION_DTYPES, ensure, mmprojPlan, stubPlan } from './make-random-llava.mjs';
 import { QWEN2VL, VLM_CASES, nextMmprojPlan, qwen2vlGflop, qwen2vlMmprojPlan, qwen2vlStubPlan, vlmChild, vlmSamples } from './vlm-cases.mjs';
@@ -256,8 +257,7 @@ export function torchAvailable() {
 
 // The anchor's "other work" is measured from outside (the parent polls /proc/stat around the child).
 async function runTorch(spec, log) {
-  const env = { ...process.env, OMP_NUM_THREADS: String(spec.threads), MKL_NUM_THREADS: String(spec.threads), OPENBLAS_NUM_THREADS: String(spec.threads) };
-  return runChild(PY, ['-c', TORCH_ANCHOR, JSON.stringify(spec)], { timeoutS: spec.timeoutS, label: 'torch anchor', env });
+  return runChild(PY, ['-c', TORCH_ANCHOR, JSON.stringify(spec)], { timeoutS: spec.timeoutS, label: 'torch anchor', env: torchEnv(spec.threads) });
 }
 
 // ============================================================================ parent

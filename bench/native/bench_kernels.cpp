@@ -25,6 +25,7 @@
 #include <ctime>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,7 +78,8 @@ struct Options {
   std::fprintf(rc ? stderr : stdout,
                "usage: bench_kernels [options]\n"
                "  --quick           ~30 s subset (fewer shapes, shorter time budget)\n"
-               "  --filter A[,B]    run only cases whose name contains A or B (probes always run)\n"
+               "  --filter A[,B]    run only cases whose name contains A or B (probes always run); the\n"
+               "                    order/... cases (anchor / emollm order effects) run only when named\n"
                "  --threads N       threads for emollm and the anchors (default: physical cores)\n"
                "  --budget S        seconds per measurement (default 0.5, quick 0.12)\n"
                "  --isa LEVEL       cap emollm kernels: scalar, avx2, avx512, amx\n"
@@ -841,9 +843,26 @@ Probes run_probes(ThreadPool& pool) {
 bool g_have_openblas = false, g_have_dnnl = false;
 std::string g_openblas_info, g_dnnl_info;
 
-// OpenBLAS pthread threads and libgomp threads spin after a call; let them go to sleep before
-// timing something else so they do not steal the cores.
-[[maybe_unused]] void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(120)); }
+double process_cpu_s() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+// OpenBLAS's pthreads and libgomp's threads spin after a call; let them go to sleep before timing
+// something else so they do not steal the cores: sleeps at least 120 ms and then until no thread
+// of this process used more than 0.5 ms of CPU in a 10 ms window (at most 1 s). OpenBLAS's idle
+// threads spin (sched_yield) for 2^28 TSC cycles (OPENBLAS_THREAD_TIMEOUT): 128 ms at this VM's
+// 2.1 GHz TSC, past the fixed 120 ms this used to sleep (the "order" rows measure it).
+[[maybe_unused]] void settle() {
+  const double t0 = now_s();
+  std::this_thread::sleep_for(std::chrono::milliseconds(110));
+  for (;;) {
+    const double c0 = process_cpu_s();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (process_cpu_s() - c0 < 0.5e-3 || now_s() - t0 > 1.0) break;
+  }
+}
 
 void setup_anchors(int threads) {
 #ifdef EMOLLM_HAVE_OPENBLAS
@@ -2725,17 +2744,12 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         // EMOLLM_BENCH_LONGK_CPU=1: process CPU time a call (1 thread on a loaded machine: the
         // time the call ran, not the time it waited for a core), rounds of every variant in turn
         if (const char* c = std::getenv("EMOLLM_BENCH_LONGK_CPU"); c && std::strcmp(c, "1") == 0) {
-          auto cpu_s = [] {
-            timespec t;
-            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-            return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-          };
           std::vector<std::vector<double>> ts(fns.size());
           for (int round = 0; round < 15; ++round)
             for (size_t k = 0; k < fns.size(); ++k) {
-              const double t0 = cpu_s();
+              const double t0 = process_cpu_s();
               fns[k](0);
-              ts[k].push_back(cpu_s() - t0);
+              ts[k].push_back(process_cpu_s() - t0);
             }
           st.clear();
           for (auto& v : ts) {
@@ -2779,6 +2793,151 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
                              "oneDNN bf16 matmul, interleaved with the rows above; ratio = its time / current's"));
       settle();
     }
+}
+
+// ============================================================================ anchor order
+// Opt-in (a --filter naming order/...; not part of a full run): does an anchor library's idle
+// threads slow the emollm call timed right after it, or emollm's pool the anchor call after it?
+// Per anchor (oneDNN bf16, OpenBLAS f32) on LLaMA-7B's q/k/v/o shape at M = 1 (cold weights, the
+// decode rows' rotation) and M = 512: (1) the CPU time the process burns while the caller sleeps
+// S ms after one call (idle workers spinning: oneDNN's OpenMP team, OpenBLAS's pthreads, our
+// pool), (2) emollm timed right after an anchor call vs after the same call and a 250 ms sleep,
+// (3) the anchor right after an emollm call vs after the sleep; rounds of the four interleaved in
+// one process. The spin settings are read when each library starts (GOMP_SPINCOUNT /
+// OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT): compare them across runs of this section.
+void bench_anchor_order(ThreadPool& pool) {
+  if (g_opt.filters.empty() && !g_opt.list) return;
+  struct Case { const char* dtype; const char* anchor; int64_t M; };
+  const Case cases[] = {{"bf16", "onednn", 1}, {"bf16", "onednn", 512}, {"f32", "openblas", 1}, {"f32", "openblas", 512}};
+  const int64_t N = 4096, K = 4096;
+  const double gap_s = 0.25;  // past OpenBLAS's default 2^28-cycle spin (128 ms at a 2.1 GHz TSC)
+  int rounds = 10;
+  if (const char* e = std::getenv("EMOLLM_BENCH_ORDER_ROUNDS")) rounds = std::max(1, std::atoi(e));
+  bool header = false;
+  for (const Case& c : cases) {
+    const std::string name = std::string("order/llama.qkvo/M") + std::to_string(c.M) + "/" + c.dtype + "/" + c.anchor;
+    if (!selected(name)) continue;
+    if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
+    if (!header) {
+      table_header("Anchor order: emollm right after an anchor call vs after a 250 ms sleep, and the anchor after emollm (rounds interleaved; ratio = after / after the sleep, >1: slowed by the other's idle threads)");
+      header = true;
+    }
+    const bool bf16 = std::strcmp(c.dtype, "bf16") == 0;
+    const int64_t M = c.M;
+    Result r;
+    r.section = "gemm";
+    r.name = name;
+    r.label = "llama.qkvo M=" + std::to_string(M) + " " + (M == 1 ? "gemv" : "gemm");
+    r.dtype = c.dtype;
+    r.impl = "emollm-gap";
+    r.M = M, r.N = N, r.K = K;
+    std::vector<Stats> st;
+    std::string spin_note;
+    Result* res = run_case(r, [&](Result& rr) {
+      if (bf16 ? !g_have_dnnl : !g_have_openblas) throw std::runtime_error(kAnchorHint);
+      Buf<float> Wf = make_aligned<float>(size_t(N * K)), X = make_aligned<float>(size_t(M * K)),
+                 Y = make_aligned<float>(size_t(M * N)), Ya = make_aligned<float>(size_t(M * N));
+      fill_random(Wf.get(), N * K, 21, &pool);
+      fill_random(X.get(), M * K, 23, &pool);
+      const size_t wbytes = size_t(N * K) * (bf16 ? 2 : 4);
+      Buf<uint8_t> Wb;
+      if (bf16) {
+        Wb = make_aligned<uint8_t>(wbytes);
+        convert(Wf.get(), DType::F32, Wb.get(), DType::BF16, N * K, &pool);
+      }
+      const void* W = bf16 ? static_cast<const void*>(Wb.get()) : static_cast<const void*>(Wf.get());
+      const int ncopies = M == 1 ? decode_copies(wbytes) : 1;
+      Copies ours(W, wbytes, ncopies, &pool);
+      std::function<void(int)> emollm = [&](int i) {
+        gemm(X.get(), K, ours[i], bf16 ? DType::BF16 : DType::F32, nullptr, Y.get(), N, M, N, K, &pool);
+      };
+      std::function<void(int)> anchor;
+#ifdef EMOLLM_HAVE_DNNL
+      std::unique_ptr<DnnlGemm> dn;
+      if (bf16) {
+        dn.reset(new DnnlGemm);
+        dn->init(M, N, K, X.get(), Ya.get(), reinterpret_cast<const uint16_t*>(Wb.get()), ncopies);
+        anchor = [&](int i) { dn->run(i); };
+      }
+#endif
+#ifdef EMOLLM_HAVE_OPENBLAS
+      std::unique_ptr<Copies> theirs;
+      if (!bf16) {
+        theirs.reset(new Copies(Wf.get(), wbytes, ncopies, &pool));
+        anchor = [&](int i) {
+          const float* w = static_cast<const float*>((*theirs)[i]);
+          if (M == 1)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, int(N), int(K), 1.0f, w, int(K), X.get(), 1, 0.0f, Ya.get(), 1);
+          else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, X.get(), int(K), w,
+                        int(K), 0.0f, Ya.get(), int(N));
+        };
+      }
+#endif
+      if (!anchor) throw std::runtime_error(kAnchorHint);
+      int call = 0;
+      auto sleep = [](double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); };
+      for (int w = 0; w < 3; ++w) { emollm(call++); anchor(call++); }
+      // (1) CPU burned by idle threads while the caller sleeps S ms after one call (median of 3)
+      auto idle_ms = [&](const std::function<void(int)>& f, double s) {
+        std::vector<double> v;
+        for (int k = 0; k < 3; ++k) {
+          sleep(gap_s);
+          f(call++);
+          const double c0 = process_cpu_s();
+          sleep(s);
+          v.push_back(1e3 * (process_cpu_s() - c0));
+        }
+        std::sort(v.begin(), v.end());
+        return v[1];
+      };
+      const double windows[] = {0.001, 0.003, 0.01, 0.03, 0.1, 0.15, 0.3};
+      std::string a_idle, e_idle;
+      for (double s : windows) {
+        char b[48];
+        std::snprintf(b, sizeof b, "%s%.1f", a_idle.empty() ? "" : "/", idle_ms(anchor, s));
+        a_idle += b;
+        std::snprintf(b, sizeof b, "%s%.1f", e_idle.empty() ? "" : "/", idle_ms(emollm, s));
+        e_idle += b;
+      }
+      spin_note = std::string("idle CPU ms while the caller sleeps 1/3/10/30/100/150/300 ms after one call: ") + c.anchor + " " +
+                  a_idle + ", emollm " + e_idle;
+      // (2), (3): four sequences a round, each after a 250 ms sleep (every pool idle again)
+      std::vector<std::vector<double>> ts(4);
+      auto timed = [&](const std::function<void(int)>& f) {
+        const double t0 = now_s();
+        f(call++);
+        return now_s() - t0;
+      };
+      for (int k = 0; k < rounds; ++k) {
+        sleep(gap_s); anchor(call++); sleep(gap_s); ts[0].push_back(timed(emollm));   // emollm, anchor idle
+        sleep(gap_s); anchor(call++); ts[1].push_back(timed(emollm));                  // emollm right after
+        sleep(gap_s); emollm(call++); sleep(gap_s); ts[2].push_back(timed(anchor));    // anchor, emollm idle
+        sleep(gap_s); emollm(call++); ts[3].push_back(timed(anchor));                  // anchor right after
+      }
+      for (auto& v : ts) {
+        std::sort(v.begin(), v.end());
+        Stats x;
+        x.best = v.front(), x.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+        x.reps = int(v.size());
+        st.push_back(x);
+      }
+      rr.st = st[0];
+      rr.note = "emollm after the anchor's call and a 250 ms sleep; " + spin_note;
+    });
+    if (!res) continue;
+    table_row(*res);
+    if (!res->error.empty()) continue;
+    const Result base = *res;
+    char b[160];
+    std::snprintf(b, sizeof b, "emollm right after the anchor's call; median ratio %.2fx", st[1].median / st[0].median);
+    push_row(derived_row(base, "emollm-after", "emollm-aft", st[1], "emollm-gap", st[1].best / st[0].best, b));
+    push_row(derived_row(base, "anchor-gap", std::string(c.anchor) + "-gap", st[2], "", NAN,
+                         "the anchor after an emollm call and a 250 ms sleep"));
+    std::snprintf(b, sizeof b, "the anchor right after emollm's call; median ratio %.2fx", st[3].median / st[2].median);
+    push_row(derived_row(base, "anchor-after", std::string(c.anchor) + "-aft", st[3], std::string(c.anchor) + "-gap",
+                         st[3].best / st[2].best, b));
+  }
 }
 
 // Decode attention over a paged f16 / bf16 KV cache (AttentionParams::kv_dtype) beside the f32
@@ -3368,6 +3527,7 @@ int main(int argc, char** argv) {
     bench_f32_gemv(pool);
     bench_gemm_bf16_split(pool);
     bench_gemm_bf16_long_k(pool);
+    bench_anchor_order(pool);
     return 0;
   }
   setup_anchors(threads);
@@ -3425,6 +3585,7 @@ int main(int argc, char** argv) {
   bench_rotation_check(pool);
   bench_gemm_bf16_split(pool);
   bench_gemm_bf16_long_k(pool);
+  bench_anchor_order(pool);
 
   // Probes again: on a shared machine a probe can land in a busy moment; the ceilings are the
   // higher of the two, so a percentage above 100 means the machine really was faster than probed.
@@ -3503,6 +3664,9 @@ int main(int argc, char** argv) {
     std::fprintf(g_out, "  onednn:   %s\n", g_have_dnnl ? g_dnnl_info.c_str() : kAnchorHint);
   }
   for (auto& fn : g_deferred) fn();
+  // a --filter that matches no case measured the probes only (bench:vision asks for that on purpose)
+  if (!g_opt.filters.empty() && g_results.empty())
+    std::fprintf(stderr, "bench_kernels: no case matched --filter: only the probes ran (--list names the cases)\n");
 
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
