@@ -12,7 +12,7 @@
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
-// (base/pool_stats.h: dispatches a token, us each). Built with the benchmarks (EMOLLM_BUILD_BENCH,
+// (base/pool_stats.h: dispatches a token, us each) with the switch off, then on. Built with the benchmarks (EMOLLM_BUILD_BENCH,
 // target decode_switch_ab); from the repository root:
 //   ./build-bench/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
 #include <chrono>
@@ -130,7 +130,10 @@ int main(int argc, char** argv) {
     return use_cpu ? cpu : wall;
   };
   run(false);  // warm
-  if (std::getenv("AB_HANDOFF")) {
+  for (int on = 0; on < 2 && std::getenv("AB_HANDOFF"); ++on) {  // off, then on (same context: ctx)
+    set(on != 0);
+    ctx.eval(&tok, 1);  // a switch read at the next job (pool_lean) takes effect here, untimed
+    tok = 300 + (tok * 7 + 13) % 20000;
     pool_handoff_timing(true);
     const double h0 = pool_handoff_seconds_this_thread();
     const uint64_t d0 = pool_dispatches_this_thread();
@@ -139,8 +142,8 @@ int main(int argc, char** argv) {
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double h = pool_handoff_seconds_this_thread() - h0;
     const double d = double(pool_dispatches_this_thread() - d0);
-    std::printf("handoff: %.1f dispatches a token, %.2f us each, %.3f ms a token = %.1f%% of the step (%.2f ms)\n",
-                d / (4 * block), 1e6 * h / d, 1e3 * h / (4 * block), 100 * h / wall, 1e3 * wall / (4 * block));
+    std::printf("handoff (%s): %.1f dispatches a token, %.2f us each, %.3f ms a token = %.1f%% of the step (%.2f ms)\n",
+                on ? "on" : "off", d / (4 * block), 1e6 * h / d, 1e3 * h / (4 * block), 100 * h / wall, 1e3 * wall / (4 * block));
     pool_handoff_timing(false);
   }
   double ta = 0, tb = 0;
