@@ -22,6 +22,14 @@ inline bool env_opted_in(const char* name) {
   return v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "on") == 0);
 }
 
+// The integer in the environment variable `name`, or `dflt` when it is unset or empty. Parsed as
+// std::atoll does (leading blanks, a sign, the digits up to the first other character; 0 when
+// there are none), the callers clamping it to their own range.
+inline long long env_int(const char* name, long long dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoll(v, nullptr, 10) : dflt;
+}
+
 enum class EnvDefault { On, Off };
 
 // A run-time switch that starts as env_enabled(name) (EnvDefault::On) or env_opted_in(name)

@@ -13,5 +13,8 @@ double pool_handoff_seconds_this_thread();
 // ThreadPool jobs (run / run_dynamic calls that reached the workers, not the inline ones) the
 // calling thread started (monotone per thread; always counted).
 uint64_t pool_dispatches_this_thread();
+// The polls (one pause instruction each) a pool thread spins while it waits, before it sleeps on
+// a condition variable (workers between jobs, the caller waiting for them): benchmarks time it.
+int pool_spin_polls();
 
 }  // namespace emollm

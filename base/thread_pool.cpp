@@ -32,8 +32,10 @@ struct CurrentPool {
   ThreadPool* prev;
 };
 
-// Workers spin this many polls before sleeping: kernels are called back to back (one GEMV per
-// layer during decode), and a futex wake costs tens of microseconds.
+// Workers spin this many polls before sleeping (and a caller waiting for them before it sleeps):
+// kernels are called back to back (one GEMV per layer during decode), and a futex wake costs tens
+// of microseconds. 20000 pauses are 0.40-0.42 ms on the Zen 5 VM (build-bench/pool_handoff), so
+// an idle pool's workers give their cores back within half a millisecond.
 constexpr int kSpinPolls = 20000;
 
 std::atomic<bool> g_handoff_timing{false};
@@ -72,14 +74,14 @@ EnvSwitch& dynamic_split_flag() {
   static EnvSwitch on("EMOLLM_POOL_DYNAMIC_SPLIT");
   return on;
 }
+EnvSwitch& lean_flag() {
+  static EnvSwitch on("EMOLLM_POOL_LEAN");
+  return on;
+}
 
 // Late-thread injection (pool_set_late_worker): microseconds and worker index (-1: the last).
-int env_int(const char* name, int dflt) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : dflt;
-}
-std::atomic<int> g_late_us{env_int("EMOLLM_POOL_LATE_US", 0)};
-std::atomic<int> g_late_worker{env_int("EMOLLM_POOL_LATE_WORKER", -1)};
+std::atomic<int> g_late_us{int(env_int("EMOLLM_POOL_LATE_US", 0))};
+std::atomic<int> g_late_worker{int(env_int("EMOLLM_POOL_LATE_WORKER", -1))};
 std::atomic<bool> g_late_arrival{[] {
   const char* v = std::getenv("EMOLLM_POOL_LATE_AT");
   return v && std::strcmp(v, "arrival") == 0;
@@ -106,6 +108,9 @@ void arm_late(int ith, int nth) {
 
 void pool_dynamic_split(bool on) { dynamic_split_flag().set(on); }
 bool pool_dynamic_split() { return dynamic_split_flag().on(); }
+void pool_lean_protocol(bool on) { lean_flag().set(on); }
+bool pool_lean_protocol() { return lean_flag().on(); }
+int pool_spin_polls() { return kSpinPolls; }
 void pool_set_late_worker(int us, int worker, LateAt at) {
   g_late_worker.store(worker, std::memory_order_relaxed);
   g_late_arrival.store(at == LateAt::Arrival, std::memory_order_relaxed);
@@ -133,26 +138,62 @@ ThreadPool::ThreadPool(int n_threads) {
   side_.reset(new SideSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
   next_.reset(new NextSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
   for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
-  workers_.reserve(size_t(n_threads_ - 1));
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  lean_state_.reset(new Lean);
+  slots_.reset(new LeanSlot[size_t(n_threads_)]);
+  lean_ = lean_flag().on();
+  start_workers();
 }
 
 ThreadPool::~ThreadPool() {
   if (t_side_pool == this) t_side_pool = nullptr;
-  {
-    std::lock_guard<std::mutex> lk(mutex_);
-    stop_ = true;
-    generation_atomic_.fetch_add(1, std::memory_order_release);
-  }
-  wake_.notify_all();
-  for (auto& t : workers_) t.join();
+  stop_workers();
 }
 
-bool ThreadPool::claim(int i, uint64_t gen) {
-  uint64_t cur = claimed_[i].load(std::memory_order_acquire);
+// Workers start waiting for the job after the current one (`seen`, read here before they exist,
+// so a stop published right after cannot be missed).
+void ThreadPool::start_workers() {
+  workers_.reserve(size_t(n_threads_ - 1));
+  const uint64_t seen = lean_ ? lean_state_->pub.seq.load(std::memory_order_acquire)
+                              : generation_atomic_.load(std::memory_order_acquire);
+  for (int i = 1; i < n_threads_; ++i)
+    workers_.emplace_back([this, i, seen] { lean_ ? worker_loop_lean(i, seen) : worker_loop(i, seen); });
+}
+
+void ThreadPool::stop_workers() {
+  if (lean_) {
+    publish_lean(nullptr, nullptr, true);
+    { std::lock_guard<std::mutex> lk(mutex_); }
+    wake_.notify_all();
+  } else {
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      stop_ = true;
+      generation_atomic_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+  }
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  stop_ = false;
+  lean_state_->pub.stop.store(false, std::memory_order_relaxed);
+}
+
+void ThreadPool::use_protocol(bool lean) {
+  stop_workers();
+  lean_ = lean;
+  start_workers();
+}
+
+bool ThreadPool::claim(std::atomic<uint64_t>& slot, uint64_t gen) {
+  uint64_t cur = slot.load(std::memory_order_acquire);  // a load first: no write when it is taken
   while (cur < gen)
-    if (claimed_[i].compare_exchange_weak(cur, gen, std::memory_order_acq_rel)) return true;
+    if (slot.compare_exchange_weak(cur, gen, std::memory_order_acq_rel)) return true;
   return false;
+}
+
+void ThreadPool::set_error(std::exception_ptr e) {
+  std::lock_guard<std::mutex> lk(mutex_);
+  if (!error_) error_ = e;
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
@@ -161,9 +202,28 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  if (lean_ != lean_flag().on()) use_protocol(!lean_);
+  if (lean_) return run_lean(fn);
+  run_locked(fn);
+}
+
+void ThreadPool::run_dynamic(const std::function<void()>& fn) {
+  if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
+    fn();
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  if (lean_ != lean_flag().on()) use_protocol(!lean_);
+  if (lean_) return run_dynamic_lean(fn);
+  run_dynamic_locked(fn);
+}
+
+// The locked protocol (EMOLLM_POOL_LEAN=0), as before the lean one.
+void ThreadPool::run_locked(const std::function<void(int, int)>& fn) {
   ++t_dispatches;
   HandoffClock clock;
-  std::lock_guard<std::mutex> run_lock(run_mutex_);
   uint64_t gen;
   {
     std::lock_guard<std::mutex> lk(mutex_);
@@ -189,7 +249,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   run_index(0);
   // The indices no worker has claimed yet: run them here rather than wait for their workers.
   for (int i = 1; i < n_threads_; ++i)
-    if (claim(i, gen)) {
+    if (claim(claimed_[i], gen)) {
       run_index(i);
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
@@ -211,15 +271,9 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
 }
 
-void ThreadPool::run_dynamic(const std::function<void()>& fn) {
-  if (n_threads_ == 1 || t_in_pool) {
-    CurrentPool current(t_in_pool ? t_pool : this);
-    fn();
-    return;
-  }
+void ThreadPool::run_dynamic_locked(const std::function<void()>& fn) {
   ++t_dispatches;
   HandoffClock clock;
-  std::lock_guard<std::mutex> run_lock(run_mutex_);
   {
     std::lock_guard<std::mutex> lk(mutex_);
     job_ = nullptr;
@@ -259,11 +313,10 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
   }
 }
 
-void ThreadPool::worker_loop(int ith) {
+void ThreadPool::worker_loop(int ith, uint64_t seen) {
   t_in_pool = true;
   t_pool_index = ith;
   t_pool = this;
-  uint64_t seen = 0;
   for (;;) {
     uint64_t gen = generation_atomic_.load(std::memory_order_acquire);
     for (int i = 0; i < kSpinPolls && gen == seen; ++i) {
@@ -315,7 +368,7 @@ void ThreadPool::worker_loop(int ith) {
       }
       continue;
     }
-    if (!job || !claim(ith, job_gen)) {  // the caller ran this index already
+    if (!job || !claim(claimed_[ith], job_gen)) {  // the caller ran this index already
       t_late_armed = false;
       continue;
     }
@@ -330,6 +383,195 @@ void ThreadPool::worker_loop(int ith) {
       std::lock_guard<std::mutex> lk(mutex_);
       done_.notify_one();
     }
+  }
+}
+
+// The lean protocol (default). A job costs the workers one read of the caller's publish line (a
+// seqlock, no mutex) and each worker one claim on its own line; the caller reads each worker's
+// line once it is done with its own share. The condition variables are touched only when a
+// thread sleeps: the publisher and a finishing worker check a sleepers flag after a seq_cst
+// fence, and the sleeper sets it (seq_cst) under mutex_ before it re-checks its condition, so
+// either the sleeper sees the new state or the notifier sees the sleeper and notifies under the
+// mutex (no lost wake-up).
+
+// Publishes a job (or the stop) and wakes sleeping workers; returns its generation.
+uint64_t ThreadPool::publish_lean(const std::function<void(int, int)>* job, const std::function<void()>* dyn,
+                                  bool stop) {
+  LeanPublish& p = lean_state_->pub;
+  const uint64_t s = p.seq.load(std::memory_order_relaxed);  // even: only this thread writes it
+  const uint64_t gen = s / 2 + 1;
+  p.seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  p.job.store(job, std::memory_order_relaxed);
+  p.dyn.store(dyn, std::memory_order_relaxed);
+  p.open.store(dyn ? gen : 0, std::memory_order_relaxed);
+  p.stop.store(stop, std::memory_order_relaxed);
+  p.seq.store(s + 2, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (lean_state_->sleep.workers.load(std::memory_order_relaxed) > 0) {
+    { std::lock_guard<std::mutex> lk(mutex_); }
+    wake_.notify_all();
+  }
+  return gen;
+}
+
+// A worker's completion, after its done / active store: wakes the caller if it sleeps.
+void ThreadPool::notify_caller_lean() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (lean_state_->sleep.caller.load(std::memory_order_relaxed)) {
+    { std::lock_guard<std::mutex> lk(mutex_); }
+    done_.notify_all();
+  }
+}
+
+void ThreadPool::run_lean(const std::function<void(int, int)>& fn) {
+  ++t_dispatches;
+  HandoffClock clock;
+  const uint64_t gen = publish_lean(&fn, nullptr, false);
+
+  clock.own_share_begins();
+  t_in_pool = true;
+  CurrentPool current(this);
+  auto run_index = [&](int i) {
+    try {
+      fn(i, n_threads_);
+    } catch (...) {
+      set_error(std::current_exception());
+    }
+  };
+  run_index(0);
+  // The indices no worker has claimed yet: run them here rather than wait for their workers (and
+  // mark them done: the claim's write already brought the slot's line here).
+  for (int i = 1; i < n_threads_; ++i)
+    if (claim(slots_[i].claimed, gen)) {
+      run_index(i);
+      slots_[i].done.store(gen, std::memory_order_relaxed);
+    }
+  t_in_pool = false;
+  clock.own_share_ends();
+
+  // Wait for the workers that claimed theirs: spin first, then sleep.
+  auto all_done = [&] {
+    for (int i = 1; i < n_threads_; ++i)
+      if (slots_[i].done.load(std::memory_order_acquire) != gen) return false;
+    return true;
+  };
+  for (int i = 0; i < kSpinPolls && !all_done(); ++i) cpu_relax();
+  if (!all_done()) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    lean_state_->sleep.caller.store(true, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    done_.wait(lk, all_done);
+    lean_state_->sleep.caller.store(false, std::memory_order_relaxed);
+  }
+  clock.done();
+  if (error_) {  // written under mutex_ before the done store this thread acquired
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+void ThreadPool::run_dynamic_lean(const std::function<void()>& fn) {
+  ++t_dispatches;
+  HandoffClock clock;
+  publish_lean(nullptr, &fn, false);
+
+  clock.own_share_begins();
+  t_in_pool = true;
+  CurrentPool current(this);
+  try {
+    fn();
+  } catch (...) {
+    set_error(std::current_exception());
+  }
+  t_in_pool = false;
+  clock.own_share_ends();
+
+  // Close the job: a worker that has not registered in active yet will see it closed and skip
+  // (seq_cst both sides: either this thread sees it in active and waits, or it sees the job closed).
+  std::atomic<int>& active = lean_state_->active.n;
+  lean_state_->pub.open.store(0, std::memory_order_seq_cst);
+  for (int i = 0; i < kSpinPolls && active.load(std::memory_order_seq_cst) != 0; ++i) cpu_relax();
+  if (active.load(std::memory_order_seq_cst) != 0) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    lean_state_->sleep.caller.store(true, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    done_.wait(lk, [&] { return active.load(std::memory_order_seq_cst) == 0; });
+    lean_state_->sleep.caller.store(false, std::memory_order_relaxed);
+  }
+  clock.done();
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+void ThreadPool::worker_loop_lean(int ith, uint64_t seen) {
+  t_in_pool = true;
+  t_pool_index = ith;
+  t_pool = this;
+  LeanPublish& p = lean_state_->pub;
+  LeanSlot& slot = slots_[ith];
+  for (;;) {
+    uint64_t s = p.seq.load(std::memory_order_acquire);
+    for (int i = 0; i < kSpinPolls && s == seen; ++i) {
+      cpu_relax();
+      s = p.seq.load(std::memory_order_acquire);
+    }
+    if (s == seen) {
+      std::unique_lock<std::mutex> lk(mutex_);
+      lean_state_->sleep.workers.fetch_add(1, std::memory_order_seq_cst);
+      wake_.wait(lk, [&] { return p.seq.load(std::memory_order_seq_cst) != seen; });
+      lean_state_->sleep.workers.fetch_sub(1, std::memory_order_relaxed);
+      continue;
+    }
+    if (s & 1) {  // the caller is rewriting the job: read it again
+      cpu_relax();
+      continue;
+    }
+    const std::function<void(int, int)>* job = p.job.load(std::memory_order_relaxed);
+    const std::function<void()>* dyn = p.dyn.load(std::memory_order_relaxed);
+    const bool stop = p.stop.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (p.seq.load(std::memory_order_relaxed) != s) continue;  // a later job meanwhile: take that one
+    seen = s;
+    if (stop) return;
+    const uint64_t gen = s / 2;
+    arm_late(ith, n_threads_);
+    if (t_late_armed && g_late_arrival.load(std::memory_order_relaxed)) {  // woken late: before any claim
+      t_late_armed = false;
+      g_late_delays.fetch_add(1, std::memory_order_relaxed);
+      late_wait();
+    }
+    if (dyn) {
+      std::atomic<int>& active = lean_state_->active.n;
+      active.fetch_add(1, std::memory_order_seq_cst);
+      if (p.open.load(std::memory_order_seq_cst) == gen) {  // fn is alive while the job is open
+        try {
+          (*dyn)();
+        } catch (...) {
+          set_error(std::current_exception());
+        }
+      }
+      t_late_armed = false;  // a job without claims (a kernel's own counter) is not delayed
+      active.fetch_sub(1, std::memory_order_seq_cst);
+      notify_caller_lean();
+      continue;
+    }
+    if (!job || !claim(slot.claimed, gen)) {  // the caller ran this index already (fn may be gone)
+      t_late_armed = false;
+      continue;
+    }
+    pool_late_point();
+    try {
+      (*job)(ith, n_threads_);
+    } catch (...) {
+      set_error(std::current_exception());
+    }
+    slot.done.store(gen, std::memory_order_release);
+    notify_caller_lean();
   }
 }
 

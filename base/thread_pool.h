@@ -93,7 +93,53 @@ class ThreadPool {
   std::unique_ptr<SideSpan[]> side_;
   bool side_pending_ = false;
 
-  void worker_loop(int ith);
+  // Two hand-off protocols while the lean one is measured (pool_lean_protocol): the locked one
+  // (a mutex around every publish and read of a job, notify_all on every job, completion through
+  // a shared counter) and the lean one (Lean below).
+  void worker_loop(int ith, uint64_t seen);
+  void worker_loop_lean(int ith, uint64_t seen);
+  void run_locked(const std::function<void(int, int)>& fn);
+  void run_dynamic_locked(const std::function<void()>& fn);
+  void run_lean(const std::function<void(int, int)>& fn);
+  void run_dynamic_lean(const std::function<void()>& fn);
+  void start_workers();
+  void stop_workers();
+  void use_protocol(bool lean);  // under run_mutex_: restarts the workers on the other protocol
+  uint64_t publish_lean(const std::function<void(int, int)>* job, const std::function<void()>* dyn, bool stop);
+  void notify_caller_lean();
+  void set_error(std::exception_ptr e);
+
+  // The lean protocol's shared state, one cache line per writer so that a hand-off moves as few
+  // lines between the cores as it can (on this project's 2-vCPU VMs the two cores have separate
+  // L3s: every line that moves costs a cross-die transfer on the job's critical path).
+  struct alignas(64) LeanPublish {
+    // Written by the caller only (a seqlock): seq is 2 * the job's generation, odd while the
+    // caller rewrites the fields, so a worker reads a consistent job or sees that it changed.
+    std::atomic<uint64_t> seq{0};
+    std::atomic<const std::function<void(int, int)>*> job{nullptr};
+    std::atomic<const std::function<void()>*> dyn{nullptr};
+    std::atomic<uint64_t> open{0};  // run_dynamic: the generation while workers may join, 0 once closed
+    std::atomic<bool> stop{false};
+  };
+  struct alignas(64) LeanSlot {  // worker i's run() claims and completions (the caller writes
+    std::atomic<uint64_t> claimed{0};  // it only when it takes index i itself)
+    std::atomic<uint64_t> done{0};
+  };
+  struct alignas(64) LeanSleep {  // rarely written: who sleeps on a condition variable
+    std::atomic<int> workers{0};      // workers inside (or entering) wake_.wait
+    std::atomic<bool> caller{false};  // the caller inside (or entering) done_.wait
+  };
+  struct alignas(64) LeanActive {  // run_dynamic: workers inside (or about to check) the open job
+    std::atomic<int> n{0};
+  };
+  struct Lean {
+    LeanPublish pub;
+    LeanSleep sleep;
+    LeanActive active;
+  };
+  std::unique_ptr<Lean> lean_state_;
+  std::unique_ptr<LeanSlot[]> slots_;
+  bool lean_ = true;
 
   int n_threads_;
   std::vector<std::thread> workers_;
@@ -107,7 +153,7 @@ class ThreadPool {
   // claimed_[i]: the generation of the last run() job whose index i was claimed (by worker i or
   // by the caller); a claim for generation g succeeds once, and never for a job already over.
   std::unique_ptr<std::atomic<uint64_t>[]> claimed_;
-  bool claim(int i, uint64_t gen);
+  static bool claim(std::atomic<uint64_t>& slot, uint64_t gen);
   std::exception_ptr error_;                    // first exception thrown by any worker
   // run_dynamic: the job's generation while workers may still join it, 0 once closed; active_
   // counts workers inside (or about to check) a dynamic job. Both seq_cst (store/load pairs).
@@ -176,6 +222,13 @@ uint64_t next_prefetch_bytes_issued();
 // chunks (default) or the previous static one range per thread (EMOLLM_POOL_DYNAMIC_SPLIT=0).
 void pool_dynamic_split(bool on);
 bool pool_dynamic_split();
+
+// The hand-off protocol of run / run_dynamic / parallel_for: lean (default: the job published
+// with atomics, the condition variables only for a thread that sleeps) or the previous locked one
+// (EMOLLM_POOL_LEAN=0), for A/B while it is measured. Process-wide; a pool switches its workers
+// over at its next job.
+void pool_lean_protocol(bool on);
+bool pool_lean_protocol();
 
 // Late-thread injection, for tests and benchmarks of a thread that another process keeps off its
 // core: pool worker `worker` (1 .. size-1; -1: the last one) busy-waits `us` microseconds in each

@@ -6,13 +6,13 @@
 // pv_pairs: the decode attention's P V two kv heads a call; attn_claimed: the attention drivers'
 // pieces on claimed work (run_dynamic) against pool->run jobs; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
-// set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
+// set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; pool_lean: pool_lean_protocol; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; AB_PROMPT=n prompt tokens
 // first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
-// (base/pool_stats.h: dispatches a token, us each). Built with the benchmarks (EMOLLM_BUILD_BENCH,
+// (base/pool_stats.h: dispatches a token, us each) with the switch off, then on. Built with the benchmarks (EMOLLM_BUILD_BENCH,
 // target decode_switch_ab); from the repository root:
 //   ./build-bench/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
 #include <chrono>
@@ -26,7 +26,7 @@
 #include <vector>
 #include "core/backend.h"
 #include "base/pool_stats.h"
-#include "base/thread_pool.h"  // pool_dynamic_split
+#include "base/thread_pool.h"  // pool_dynamic_split, pool_lean_protocol
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_streams
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
@@ -74,6 +74,9 @@ const AbSwitch kSwitches[] = {
     // the pool's parallel_for and the packed GEMMs' X packing in claimed pieces (vs one static
     // range a thread: base/thread_pool.h pool_dynamic_split)
     {"pool_dynamic", [](bool on) { pool_dynamic_split(on); }},
+    // the pool's lean hand-off protocol (vs the locked one: base/thread_pool.h pool_lean_protocol;
+    // the pool restarts its workers at the first job of a block that changes it, ~0.1 ms a block)
+    {"pool_lean", [](bool on) { pool_lean_protocol(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
@@ -128,7 +131,10 @@ int main(int argc, char** argv) {
     return use_cpu ? cpu : wall;
   };
   run(false);  // warm
-  if (std::getenv("AB_HANDOFF")) {
+  for (int on = 0; on < 2 && std::getenv("AB_HANDOFF"); ++on) {  // off, then on (same context: ctx)
+    set(on != 0);
+    ctx.eval(&tok, 1);  // a switch read at the next job (pool_lean) takes effect here, untimed
+    tok = 300 + (tok * 7 + 13) % 20000;
     pool_handoff_timing(true);
     const double h0 = pool_handoff_seconds_this_thread();
     const uint64_t d0 = pool_dispatches_this_thread();
@@ -137,8 +143,8 @@ int main(int argc, char** argv) {
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double h = pool_handoff_seconds_this_thread() - h0;
     const double d = double(pool_dispatches_this_thread() - d0);
-    std::printf("handoff: %.1f dispatches a token, %.2f us each, %.3f ms a token = %.1f%% of the step (%.2f ms)\n",
-                d / (4 * block), 1e6 * h / d, 1e3 * h / (4 * block), 100 * h / wall, 1e3 * wall / (4 * block));
+    std::printf("handoff (%s): %.1f dispatches a token, %.2f us each, %.3f ms a token = %.1f%% of the step (%.2f ms)\n",
+                on ? "on" : "off", d / (4 * block), 1e6 * h / d, 1e3 * h / (4 * block), 100 * h / wall, 1e3 * wall / (4 * block));
     pool_handoff_timing(false);
   }
   double ta = 0, tb = 0;

@@ -519,8 +519,7 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // taking turns a whole 9 KiB record at a time was no better): an opt-in for a quiet machine's A/B.
 std::atomic<int>& kq_streams_var() {
   static std::atomic<int> v{[] {
-    const char* e = std::getenv("EMOLLM_KQ_STREAMS");
-    const int s = e ? std::atoi(e) : 1;
+    const long long s = env_int("EMOLLM_KQ_STREAMS", 1);
     return s >= 4 ? 4 : s >= 2 ? 2 : 1;
   }()};
   return v;

@@ -115,8 +115,7 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
 // else, the removed 16 included, reads as 64).
 std::atomic<int>& record_groups() {
   static std::atomic<int> g{[] {
-    const char* e = std::getenv("EMOLLM_KQUANT_RECORD_ROWS");
-    const int rows = e ? std::atoi(e) : 64;
+    const long long rows = env_int("EMOLLM_KQUANT_RECORD_ROWS", 64);
     return rows == 32 ? 2 : 4;
   }()};
   return g;

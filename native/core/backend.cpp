@@ -157,9 +157,7 @@ EnvSwitch& next_prefetch_flag() {
   return on;
 }
 size_t env_size(const char* name, size_t dflt, size_t lo, size_t hi) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return dflt;
-  const long long x = std::atoll(v);
+  const long long x = env_int(name, -1);
   return x < 0 ? dflt : std::min(hi, std::max(lo, size_t(x)));
 }
 size_t next_prefetch_bytes() {
