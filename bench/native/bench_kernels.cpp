@@ -2648,43 +2648,33 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
   }
 }
 
-// The vdpbf16ps GEMM's one-k-block limit (gemm_detail::set_bf16_gemm_one_block_pairs): the down
-// projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, gemm() on the row-major
-// matrix and gemm_bf16_panels, with the current limit (default 2048 pairs) and the limits in
-// EMOLLM_BENCH_LONGK_PAIRS (default 2816,5504: K 5632, and K 11008, in one block), all
-// interleaved call by call with oneDNN's bf16 matmul; ratio = the row's time / the current
-// limit's (>1: current faster). EMOLLM_BENCH_LONGK_CPU=1: process CPU time, 15 rounds (use at
-// 1 thread on a loaded machine). Each variant's outputs are checked against a double reference
-// (gemm_check: max |diff| / RMS over 64 samples).
+// The bf16 GEMM at the shapes where it was closest to oneDNN or below it (session 17): the down
+// projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, CLIP's q / k / v / o and
+// fc2 at M = 577, LLaMA-7B's gate and o: gemm() on the row-major matrix (W packed a block at a
+// time) and gemm_bf16_panels (pre-packed W), each interleaved call by call with oneDNN's bf16
+// matmul; ratio = oneDNN's time / ours. EMOLLM_BENCH_LONGK_CPU=1: process CPU time, 15 rounds (use
+// at 1 thread on a loaded machine). Checked against a double reference (gemm_check: max |diff| /
+// RMS over 64 samples). (Session 17's variants here, other one-block limits and even k blocks,
+// were removed with those opt-ins in session 18.)
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
   struct Shape { const char* name; int64_t N, K; };
-  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.fc2", 1024, 4096},
-                          {"llama.gate", 11008, 4096}, {"llama.o", 4096, 4096}};
-  std::vector<int64_t> pairs = {2816, 5504};
-  if (const char* e = std::getenv("EMOLLM_BENCH_LONGK_PAIRS")) {
-    pairs.clear();
-    for (const char* c = e; *c;) {
-      pairs.push_back(std::strtoll(c, nullptr, 10));
-      while (*c && *c != ',') ++c;
-      if (*c == ',') ++c;
-    }
-  }
+  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.qkvo", 1024, 1024},
+                          {"clip.fc2", 1024, 4096}, {"llama.gate", 11008, 4096}, {"llama.o", 4096, 4096}};
   bool header = false;
   for (const Shape& sh : shapes)
     for (const char* impl : {"gemm", "panels"}) {
       const bool pan = std::strcmp(impl, "panels") == 0;
-      const int64_t M = sh.N == 1024 ? 577 : 512;  // CLIP's fc2 at its 577 tokens
+      const int64_t M = sh.N == 1024 ? 577 : 512;  // CLIP's shapes at its 577 tokens
       const std::string name = std::string("gemm/") + sh.name + "/M" + std::to_string(M) + "/bf16/longk-" + impl;
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
       if (pan && !(bf16_panels_usable() && isa_active() >= Isa::Avx512)) continue;
       if (!header) {
-        table_header("bf16 GEMM, K in one k block up to P pairs (else 256-pair blocks): current vs other P vs oneDNN (interleaved; ratio = the row's time / current's)");
+        table_header("bf16 GEMM at the long-K and CLIP shapes, gemm() and panels vs oneDNN (interleaved; ratio = oneDNN's time / ours)");
         header = true;
       }
       const int64_t N = sh.N, K = sh.K;
-      Buf<float> X = make_aligned<float>(size_t(M * K)), Y = make_aligned<float>(size_t(M * N)),
-                 Wf = make_aligned<float>(size_t(N * K));
+      Buf<float> X = make_aligned<float>(size_t(M * K)), Wf = make_aligned<float>(size_t(N * K));
       fill_random(X.get(), M * K, 11, &pool);
       fill_random(Wf.get(), N * K, 13, &pool);
       Buf<uint8_t> W = make_aligned<uint8_t>(size_t(N * K) * 2);
@@ -2694,29 +2684,14 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         P = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
         bf16_pack_panels(W.get(), N, K, P.get(), &pool);
       }
-      auto call = [&] {
+      auto call = [&](float* y) {
         if (pan)
-          gemm_bf16_panels(X.get(), K, P.get(), nullptr, Y.get(), N, M, N, K, &pool);
+          gemm_bf16_panels(X.get(), K, P.get(), nullptr, y, N, M, N, K, &pool);
         else
-          gemm(X.get(), K, W.get(), DType::BF16, nullptr, Y.get(), N, M, N, K, &pool);
+          gemm(X.get(), K, W.get(), DType::BF16, nullptr, y, N, M, N, K, &pool);
       };
-      const int64_t cur = gemm_detail::bf16_gemm_one_block_pairs();
-      const int64_t cur_even = gemm_detail::bf16_gemm_even_k_block();
-      std::vector<int64_t> vars = {cur};
-      for (int64_t p : pairs)
-        if (p != cur) vars.push_back(p);
-      std::vector<double> err(vars.size(), 0.0);
-      std::vector<std::function<void(int)>> fns;
-      for (size_t v = 0; v < vars.size(); ++v)
-        fns.push_back([&, v](int) {
-          // a negative P: K <= 4096 in even k blocks of at most -P pairs (the default: 1024; -4096:
-          // one block, the previous default); v = 0: the current settings
-          if (vars[v] < 0) gemm_detail::set_bf16_gemm_even_k_block(-vars[v]);
-          else gemm_detail::set_bf16_gemm_one_block_pairs(vars[v]);
-          call();
-          gemm_detail::set_bf16_gemm_even_k_block(cur_even);
-          gemm_detail::set_bf16_gemm_one_block_pairs(cur);
-        });
+      Buf<float> Y = make_aligned<float>(size_t(M * N));
+      std::vector<std::function<void(int)>> fns = {[&](int) { call(Y.get()); }};
 #ifdef EMOLLM_HAVE_DNNL
       std::unique_ptr<DnnlGemm> dnnl;
       Buf<float> Yd = make_aligned<float>(size_t(M * N));
@@ -2726,10 +2701,8 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         fns.push_back([&](int) { dnnl->run(0); });
       }
 #endif
-      for (size_t v = 0; v < vars.size(); ++v) {
-        fns[v](0);
-        err[v] = gemm_check(X.get(), M, K, W.get(), DType::BF16, N, Y.get(), true);
-      }
+      fns[0](0);
+      const double err = gemm_check(X.get(), M, K, W.get(), DType::BF16, N, Y.get(), true);
       Result r;
       r.section = "gemm";
       r.name = name;
@@ -2763,34 +2736,21 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
           // OpenMP team still spinning after its call slows the variant after it by 20-40% on 2
           // cores (session 17: whichever blocking came first looked 1.2-1.4x slower); with
           // libgomp's default spin 3 ms is not enough: bench:kernels sets GOMP_SPINCOUNT (kernels.mjs)
-          st = measure_interleaved(fns, fns.size() > vars.size() ? 0.003 : 0.0);
+          st = measure_interleaved(fns, fns.size() > 1 ? 0.003 : 0.0);
         }
         rr.st = st[0];
         char b[160];
-        std::snprintf(b, sizeof b, "K in one k block up to %lld pairs (even blocks of <= %lld pairs past them), else 256-pair blocks; err/rms %.2e",
-                      (long long)cur, (long long)cur_even, err[0]);
+        std::snprintf(b, sizeof b, "%s; err/rms %.2e", pan ? "pre-packed panels" : "row-major W, packed a block at a time",
+                      err);
         rr.note = b;
-        rr.check = err[0] < 2e-2 ? "ok" : "BAD";
+        rr.check = err < 2e-2 ? "ok" : "BAD";
       });
       if (!res) continue;
       table_row(*res);
       const Result base = *res;  // push_row may move the results
-      for (size_t v = 1; v < vars.size(); ++v) {
-        char b[200];
-        if (vars[v] < 0)
-          std::snprintf(b, sizeof b, "K <= 4096 in even k blocks of <= %lld pairs, interleaved; err/rms %.2e",
-                        (long long)-vars[v], err[v]);
-        else
-          std::snprintf(b, sizeof b, "K in one k block up to %lld pairs, interleaved; err/rms %.2e",
-                        (long long)vars[v], err[v]);
-        Result d = derived_row(base, "kb" + std::to_string(vars[v]), "kb" + std::to_string(vars[v]), st[v], "emollm",
-                               st[v].best / base.st.best, b);
-        d.check = err[v] < 2e-2 ? "ok" : "BAD";
-        push_row(d);
-      }
-      if (st.size() > vars.size())
+      if (st.size() > 1)
         push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best,
-                             "oneDNN bf16 matmul, interleaved with the rows above; ratio = its time / current's"));
+                             "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours"));
       settle();
     }
 }

@@ -932,52 +932,23 @@ constexpr int NR = 64;       // weight rows (output columns) per panel: 4 zmm
 constexpr int64_t KC = 256;  // k per block (multiple of 32) - f32 path
 constexpr int64_t NC = 512;  // weight rows per L2 block (multiple of NR): KC*NC*4 = 512 KiB
 constexpr int64_t KCP = 256; // k pairs per block - bf16 dot path (512 elements), legacy blocking
-// BF16 dot path, default blocking: when K <= 2 * KCP_DEEP (bf16_one_block_pairs(), below: an
-// opt-in larger limit) the whole of K is one block, so each
+// BF16 dot path, default blocking: when K <= 2 * KCP_DEEP the whole of K is one block, so each
 // 6x64 tile of Y is written once from registers instead of being reloaded and stored again per k
 // block (1.06-1.13x the KCP x NC blocking at K = 1024 and 4096, one thread, Zen 5), and
 // the W block is narrowed to WBLOCK_BYTES (ncb = WBLOCK_BYTES / (4 kc) rows, >= NR) to stay in
 // L2. Longer K keeps KCP x NC: at K = 11008, 2048-pair blocks and whole-K blocks (64 rows) were
 // no faster (0.89x / 1.02x, best of 5 with ~10% noise). A k block of up to 2048 pairs sums in f32
 // from zero (the f32 tolerance of test_gemm at K = 4096 holds).
+// Measured and removed (session 17, bench/README): K 5632 in one block (its 64-row W panel, 720
+// KiB, fills L2: 1.00-1.10x the time of 256-pair blocks) and K 4096 in two even blocks of 1024
+// pairs (neutral once oneDNN's spinning OpenMP threads no longer disturbed the row after them).
+// Refuted in session 18: packing the next W block during the current block's tiles (into a second
+// buffer, a few 16 x 16 groups before each tile, same words) to hide gemm()'s W packing (~5% of
+// the down projection's time at 1 thread against pre-packed panels): 0.92-0.99x at K 5632 and
+// 11008 and CLIP's K 1024 (1 thread, process CPU time; prefetch into L1 or L2, full or halved W
+// blocks): the pack's loads and transposes slowed the tiles more than they saved.
 constexpr int64_t KCP_DEEP = 2048;
 constexpr int64_t WBLOCK_BYTES = 512 << 10;
-
-// The longest K, in bf16 pairs, taken in one k block (set_bf16_gemm_one_block_pairs,
-// gemm_internal.h): KCP_DEEP (K <= 4096) by default. Opt-in EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS=2816
-// takes TinyLlama-1.1B's down projection (K 5632, otherwise 11 blocks of 256 pairs each adding
-// its sums to Y) in one block: not a win on Zen 5 under load ~10 (session 17, bench_kernels
-// "longk" rows, M = 512, process CPU time, 15 alternated rounds): gemm() 1.00x at 1 thread (one
-// earlier run 0.93-0.96x the time), 1.03-1.10x the time at 2 threads, panels 1.03-1.04x the time:
-// its 64-row W panel (720 KiB) fills L2 and X (5.8 MiB) streams from L3 once a panel, where the
-// 256-pair blocks keep a 512 KiB X block in L2. K 11008 in one block (1.4 MiB panels, past L2) or
-// 2-6 even blocks of 928-2752 pairs: 1.02-1.15x the time of 256-pair blocks, whichever order the
-// tiles ran in.
-// set_bf16_gemm_even_k_block (gemm_internal.h): K up to the one-block limit but longer than this
-// many pairs in even k blocks of at most this many (0: one block). Opt-in
-// EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024 (session 17): neutral when measured quietly without
-// oneDNN's spinning OpenMP threads before it (OMP_WAIT_POLICY=passive: 0.98-1.01x on CLIP's fc2
-// and LLaMA-7B's o, the tower 0.99x); the loaded figures that suggested it: CLIP's fc2 (M 577, N 1024, K 4096)
-// in 2 blocks of 1024 pairs with 128-row W blocks instead of one block with 64-row W blocks: at
-// 2 threads under load 7-8 0.56-0.88x the time of one block on gemm() and 0.75-0.85x (medians) on
-// panels, the 64-row W block streaming all of X (4.7 MiB, packed by both threads) once a panel;
-// at 1 thread 0.99-1.00x (process CPU time).
-std::atomic<int64_t>& bf16_even_k_block() {
-  static std::atomic<int64_t> pairs{[] {
-    const char* v = std::getenv("EMOLLM_BF16_GEMM_EVEN_KBLOCK");
-    return v ? std::max<int64_t>(0, std::strtoll(v, nullptr, 10)) : int64_t(0);
-  }()};
-  return pairs;
-}
-constexpr int64_t kOneBlockPairsDefault = KCP_DEEP;
-std::atomic<int64_t>& bf16_one_block_pairs() {
-  static std::atomic<int64_t> pairs{[] {
-    const char* v = std::getenv("EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS");
-    const int64_t p = v ? std::max<int64_t>(0, std::strtoll(v, nullptr, 10)) : kOneBlockPairsDefault;
-    return p == 0 ? KCP_DEEP : p;
-  }()};
-  return pairs;
-}
 
 // Packs W rows [n0, n0+nv) x elements [k0, k0+kc) as f32 panels of NR columns:
 // out[p*kc*NR + k*NR + j] = W[n0 + p*NR + j][k0 + k] (zero for j >= nv).
@@ -1419,20 +1390,12 @@ void compute_range_f32(const Args& a, const float* xp, int64_t npm, int64_t m_be
 std::atomic<bool> g_bf16_legacy_blocking{false};
 
 // The vdpbf16ps GEMM's blocks for K = 2 * kunits (gemm_packed and bf16_multi take the same, so
-// the same sums): kcb pairs a k block, ncb weight rows a W block. K up to bf16_one_block_pairs()
-// pairs: the whole of K in one block (or, past bf16_even_k_block() > 0 pairs, in even blocks of
-// at most that), a W block of WBLOCK_BYTES; longer K (or the legacy blocking): KCP x NC.
+// the same sums): kcb pairs a k block, ncb weight rows a W block. K up to KCP_DEEP pairs: the
+// whole of K in one block, a W block of WBLOCK_BYTES; longer K (or the legacy blocking): KCP x NC.
 void bf16_blocking(int64_t kunits, int64_t* kcb, int64_t* ncb) {
   *kcb = KCP, *ncb = NC;
-  if (g_bf16_legacy_blocking.load(std::memory_order_relaxed) ||
-      kunits > bf16_one_block_pairs().load(std::memory_order_relaxed))
-    return;
+  if (g_bf16_legacy_blocking.load(std::memory_order_relaxed) || kunits > KCP_DEEP) return;
   *kcb = kunits;
-  const int64_t P = bf16_even_k_block().load(std::memory_order_relaxed);
-  if (P > 0 && kunits > P) {  // even k blocks of at most P pairs, a multiple of 16
-    const int64_t nb = (kunits + P - 1) / P;
-    *kcb = ((kunits + nb - 1) / nb + 15) / 16 * 16;
-  }
   *ncb = std::clamp<int64_t>((WBLOCK_BYTES / (*kcb * 4)) / NR * NR, NR, NC);
 }
 
@@ -1613,10 +1576,6 @@ bool f32_gemm_blocked() { return f32_blocked_flag().on(); }
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
-void set_bf16_gemm_one_block_pairs(int64_t pairs) { bf16_one_block_pairs().store(pairs <= 0 ? KCP_DEEP : pairs); }
-int64_t bf16_gemm_one_block_pairs() { return bf16_one_block_pairs().load(); }
-void set_bf16_gemm_even_k_block(int64_t pairs) { bf16_even_k_block().store(std::max<int64_t>(0, pairs)); }
-int64_t bf16_gemm_even_k_block() { return bf16_even_k_block().load(); }
 
 // ------------------------------------------------------------------ bf16 GEMM panels (kernels.h)
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool) {

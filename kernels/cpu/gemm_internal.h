@@ -270,19 +270,6 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
-// The vdpbf16ps packed GEMM (not the legacy blocking) takes K in one k block (Y written once per
-// tile) up to `pairs` bf16 pairs, longer K in blocks of 256 pairs; default and pairs <= 0: 2048
-// (K <= 4096). A larger limit (2816: K <= 5632, opt-in, not faster on Zen 5) sums 4096 < K <= 2 *
-// pairs in other blocks, other bits (test gemm_bf16_one_block_long_k_f64_tolerance). For tests
-// and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS.
-void set_bf16_gemm_one_block_pairs(int64_t pairs);
-int64_t bf16_gemm_one_block_pairs();
-// K up to the one-block limit but past `pairs` pairs in even k blocks of at most `pairs` (a
-// multiple of 16; X packed in k blocks, W blocks of 512 KiB); 0 (default): one block. Opt-in
-// (EMOLLM_BF16_GEMM_EVEN_KBLOCK=1024: CLIP's fc2, K 4096, in 2 blocks). Other summation blocks,
-// other bits (test gemm_bf16_even_k_blocks_f64_tolerance). Process-wide.
-void set_bf16_gemm_even_k_block(int64_t pairs);
-int64_t bf16_gemm_even_k_block();
 // The vdpbf16ps packed GEMM's long-K driver (K in several blocks: K > 4096, or the legacy
 // blocking): the next row panel's X micro-panel prefetched into L1 during the current one's tiles,
 // and X packed in row chunks of up to 24 MiB instead of 8 (gemm(): M = 512 at K = 11008 packs W

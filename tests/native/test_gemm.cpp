@@ -2108,7 +2108,7 @@ TEST(gemm_bf16_rows_multi_equals_gemm) {
   EXPECT_THROWS(gemm_bf16_rows_multi(x.data(), 8, &none, 0, 8, 8, nullptr), ErrorCode::InvalidArgument);
 }
 
-// One shape of the bf16 blocking tests below: its weights and problem, the reference (ref::gemm,
+// One shape of the bf16 blocking test below: its weights and problem, the reference (ref::gemm,
 // double accumulation) on X rounded to bf16, the tolerance scale S and the weights' panels.
 struct Bf16BlockingCase {
   Weights w;
@@ -2131,119 +2131,46 @@ struct Bf16BlockingCase {
   }
 };
 
-// The vdpbf16ps GEMM takes K in one k block up to bf16_gemm_one_block_pairs() pairs (default
-// 2048: K <= 4096; opt-in 2816: K <= 5632, TinyLlama-1.1B's down projection, which otherwise runs
-// 256-pair blocks): a different summation order, so checked against an independent reference:
-// ref::gemm (double accumulation) on X rounded to bf16, within the f32 tolerance of this file
-// (1e-5 S / sqrt(K) + 1e-6, S = sum |x w| + |bias|), for gemm() on the row-major matrix,
-// gemm_bf16_panels and gemm_bf16_panels_multi (which equal each other bit for bit), without a
-// pool and with 2 threads. The default limit gives exactly the legacy blocking's bits (256-pair
-// blocks) past K 4096, and 2816 differs from them somewhere (so it really took one block); K =
-// 11008 (past both limits) keeps the 256-pair blocks' bits. Shapes: K 5632 and 4100, odd K 5631
-// (a half pair), N not a multiple of 64, M with a short last row panel, M = 515.
-TEST(gemm_bf16_one_block_long_k_f64_tolerance) {
+// The vdpbf16ps GEMM on a row-major W (gemm(), gemm_bf16_rows_multi: each W block packed before
+// its tiles) against ref::gemm (double accumulation) on X rounded to bf16 within the f32
+// tolerance of this file (1e-5 S / sqrt(K) + 1e-6), and bit for bit against gemm_bf16_panels on
+// pre-packed panels (the same k blocks), without a pool and with 2 and 3 threads, in the default
+// and the legacy blocking. Shapes that take every way to the next W block: the next k block (K
+// 5632 and 11008 in 256-pair blocks, odd K 5631 with a half pair), the next W rows at one k block
+// (K 1001: 256-row W blocks, N 600 in three of them, the last of 88 rows), N not a multiple of 64
+// (a panel's rows past N packed as zeros), M with a short last row panel and M = 515. The second
+// output of gemm_bf16_rows_multi (W's first rows again, its own panel chunks) must equal those
+// columns of the first. (Replaces session 17's tests of the one-block and even-k-block opt-ins,
+// removed in session 18 with the opt-ins.)
+TEST(gemm_bf16_long_k_same_bits_f64_tolerance) {
   if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
-  EXPECT(gemm_detail::bf16_gemm_one_block_pairs() == 2048 || std::getenv("EMOLLM_BF16_GEMM_ONE_BLOCK_PAIRS"));
-  const int64_t limit0 = gemm_detail::bf16_gemm_one_block_pairs();
-  ThreadPool pool2(2);
-  struct Shape { int64_t M, N, K; bool one_block; };
-  int compared = 0, differed = 0;
-  for (const Shape sh : {Shape{70, 130, 5632, true}, Shape{515, 64, 5631, true}, Shape{97, 70, 4100, true},
-                         Shape{70, 65, 11008, false}}) {
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; };
+  int compared = 0;
+  for (const Shape sh : {Shape{70, 130, 5632}, Shape{515, 64, 5631}, Shape{97, 600, 1001}, Shape{70, 65, 11008},
+                         Shape{67, 190, 4100}}) {
     const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(7 * sh.K + sh.N), uint32_t(sh.M + 13 * sh.K));
-    const Weights& w = c.w;
     const Problem& p = c.p;
-    const std::vector<float>& R = c.R;
-    const std::vector<double>& S = c.S;
-    const uint8_t* const pan = c.pan.get();
-    const std::string& shape = c.shape;
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
-      // variant 0: one block up to 2816 pairs; 1: the default limit (2048); 2: the legacy blocking
-      std::vector<float> Y[3], Yp[3], Ym[3];
-      for (int v = 0; v < 3; ++v) {
-        gemm_detail::set_bf16_gemm_one_block_pairs(v == 1 ? 0 : 2816);  // 0: the default 2048
-        gemm_detail::set_bf16_gemm_legacy_blocking(v == 2);
-        for (auto* y : {&Y[v], &Yp[v], &Ym[v]}) y->assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        const PanelOutput po{pan, p.bias.data(), Ym[v].data(), p.ldy, sh.N};
-        gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
+    const uint8_t* W = c.w.bytes.data();
+    const int64_t N2 = std::min<int64_t>(70, sh.N);  // rows_multi's second output: W's first N2 rows
+    for (bool legacy : {false, true})
+      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+        gemm_detail::set_bf16_gemm_legacy_blocking(legacy);
+        std::vector<float> Y(size_t(sh.M * p.ldy), kSentinel), Yp = Y, Yr = Y, Y2(size_t(sh.M * N2), kSentinel);
+        gemm_bf16_panels(p.X.data(), p.ldx, c.pan.get(), p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm(p.X.data(), p.ldx, W, DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        const PanelOutput po[2] = {{W, p.bias.data(), Yr.data(), p.ldy, sh.N}, {W, p.bias.data(), Y2.data(), N2, N2}};
+        gemm_bf16_rows_multi(p.X.data(), p.ldx, po, 2, sh.M, sh.K, pl);
         gemm_detail::set_bf16_gemm_legacy_blocking(false);
-        gemm_detail::set_bf16_gemm_one_block_pairs(limit0);
-        const std::string what = " variant " + std::to_string(v) + shape + " threads=" + std::to_string(pl ? pl->size() : 1);
-        EXPECT(check_result(Y[v], R, p, S, 0.0, "gemm" + what));
-        same(Y[v], Yp[v], "gemm vs panels" + what);
-        same(Yp[v], Ym[v], "panels vs panels_multi" + what);
+        const std::string what =
+            " legacy=" + std::to_string(legacy) + c.shape + " threads=" + std::to_string(pl ? pl->size() : 1);
+        EXPECT(check_result(Y, c.R, p, c.S, 0.0, "gemm" + what));
+        same(Y, Yp, "gemm vs panels" + what);
+        same(Y, Yr, "gemm vs rows_multi" + what);
+        for (int64_t m = 0; m < sh.M; ++m)
+          same(&Y2[size_t(m * N2)], &Y[size_t(m * p.ldy)], size_t(N2), "rows_multi's second output vs gemm" + what);
         ++compared;
       }
-      same(Y[1], Y[2], "default limit vs legacy blocking" + shape);
-      if (sh.one_block) {
-        const bool differs = std::memcmp(Y[0].data(), Y[1].data(), Y[0].size() * sizeof(float)) != 0;
-        EXPECT(differs);
-        differed += differs;
-      } else {
-        same(Y[0], Y[1], "K past the limit: 256-pair blocks" + shape);
-      }
-    }
   }
-  EXPECT(compared == 24);
-  EXPECT(differed == 6);
-}
-
-// Opt-in even k blocks (set_bf16_gemm_even_k_block(1024), EMOLLM_BF16_GEMM_EVEN_KBLOCK): K in
-// (2048, 4096] in even k blocks of at most 1024 pairs (a multiple of 16) instead of one block:
-// another summation order, so checked against ref::gemm (double accumulation) on X rounded to
-// bf16 within the f32 tolerance of this file (1e-5 S / sqrt(K) + 1e-6), for gemm() on the
-// row-major matrix, gemm_bf16_panels, gemm_bf16_panels_multi and gemm_bf16_rows_multi (equal to
-// each other bit for bit), without a pool and with 2 threads; it differs from one block somewhere
-// at K > 2048 (so it ran), and K = 2048 (1024 pairs) keeps one block's bits. Shapes: K 4096
-// (CLIP's fc2: 2 blocks of 1024), odd K 3001 (2 blocks of 752 pairs with a half pair), K 2050
-// (2 blocks of 528, the last shorter), N and M not multiples of the tile.
-TEST(gemm_bf16_even_k_blocks_f64_tolerance) {
-  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
-  EXPECT(gemm_detail::bf16_gemm_even_k_block() == 0 || std::getenv("EMOLLM_BF16_GEMM_EVEN_KBLOCK"));
-  const int64_t p0 = gemm_detail::bf16_gemm_even_k_block();
-  ThreadPool pool2(2);
-  struct Shape { int64_t M, N, K; bool split; };
-  int compared = 0, differed = 0;
-  for (const Shape sh : {Shape{97, 130, 4096, true}, Shape{70, 65, 3001, true}, Shape{20 + 65, 64, 2050, true},
-                         Shape{70, 70, 2048, false}}) {
-    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(3 * sh.K + sh.N), uint32_t(sh.M + 17 * sh.K));
-    const Weights& w = c.w;
-    const Problem& p = c.p;
-    const std::vector<float>& R = c.R;
-    const std::vector<double>& S = c.S;
-    const uint8_t* const pan = c.pan.get();
-    const std::string& shape = c.shape;
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
-      std::vector<float> Y[2];
-      for (int v = 0; v < 2; ++v) {  // v = 1: even blocks of <= 1024 pairs; 0: one block
-        gemm_detail::set_bf16_gemm_even_k_block(v == 1 ? 1024 : 0);
-        std::vector<float> Yp(size_t(sh.M * p.ldy), kSentinel), Ym = Yp, Yr = Yp;
-        Y[v] = Yp;
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[v].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        const PanelOutput po{pan, p.bias.data(), Ym.data(), p.ldy, sh.N};
-        gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
-        const PanelOutput pw{w.bytes.data(), p.bias.data(), Yr.data(), p.ldy, sh.N};
-        gemm_bf16_rows_multi(p.X.data(), p.ldx, &pw, 1, sh.M, sh.K, pl);
-        gemm_detail::set_bf16_gemm_even_k_block(p0);
-        const std::string what = " even=" + std::to_string(v) + shape + " threads=" + std::to_string(pl ? pl->size() : 1);
-        EXPECT(check_result(Y[v], R, p, S, 0.0, "gemm" + what));
-        same(Y[v], Yp, "gemm vs panels" + what);
-        same(Yp, Ym, "panels vs panels_multi" + what);
-        same(Y[v], Yr, "gemm vs rows_multi" + what);
-        ++compared;
-      }
-      const bool differs = std::memcmp(Y[0].data(), Y[1].data(), Y[0].size() * sizeof(float)) != 0;
-      if (sh.split) {
-        EXPECT(differs);
-        differed += differs;
-      } else {
-        EXPECT(!differs);
-      }
-    }
-  }
-  EXPECT(compared == 16);
-  EXPECT(differed == 6);
+  EXPECT(compared == 30);
 }
