@@ -74,10 +74,6 @@ EnvSwitch& dynamic_split_flag() {
   static EnvSwitch on("EMOLLM_POOL_DYNAMIC_SPLIT");
   return on;
 }
-EnvSwitch& lean_flag() {
-  static EnvSwitch on("EMOLLM_POOL_LEAN");
-  return on;
-}
 
 // Late-thread injection (pool_set_late_worker): microseconds and worker index (-1: the last).
 std::atomic<int> g_late_us{int(env_int("EMOLLM_POOL_LATE_US", 0))};
@@ -108,8 +104,6 @@ void arm_late(int ith, int nth) {
 
 void pool_dynamic_split(bool on) { dynamic_split_flag().set(on); }
 bool pool_dynamic_split() { return dynamic_split_flag().on(); }
-void pool_lean_protocol(bool on) { lean_flag().set(on); }
-bool pool_lean_protocol() { return lean_flag().on(); }
 int pool_spin_polls() { return kSpinPolls; }
 void pool_set_late_worker(int us, int worker, LateAt at) {
   g_late_worker.store(worker, std::memory_order_relaxed);
@@ -134,54 +128,18 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
-  claimed_.reset(new std::atomic<uint64_t>[size_t(n_threads_)]);
   side_.reset(new SideSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
   next_.reset(new NextSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
-  for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
-  lean_state_.reset(new Lean);
-  slots_.reset(new LeanSlot[size_t(n_threads_)]);
-  lean_ = lean_flag().on();
-  start_workers();
+  shared_.reset(new Shared);
+  slots_.reset(new Slot[size_t(n_threads_)]);
+  workers_.reserve(size_t(n_threads_ - 1));
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i, 0); });
 }
 
 ThreadPool::~ThreadPool() {
   if (t_side_pool == this) t_side_pool = nullptr;
-  stop_workers();
-}
-
-// Workers start waiting for the job after the current one (`seen`, read here before they exist,
-// so a stop published right after cannot be missed).
-void ThreadPool::start_workers() {
-  workers_.reserve(size_t(n_threads_ - 1));
-  const uint64_t seen = lean_ ? lean_state_->pub.seq.load(std::memory_order_acquire)
-                              : generation_atomic_.load(std::memory_order_acquire);
-  for (int i = 1; i < n_threads_; ++i)
-    workers_.emplace_back([this, i, seen] { lean_ ? worker_loop_lean(i, seen) : worker_loop(i, seen); });
-}
-
-void ThreadPool::stop_workers() {
-  if (lean_) {
-    publish_lean(nullptr, nullptr, true);
-    { std::lock_guard<std::mutex> lk(mutex_); }
-    wake_.notify_all();
-  } else {
-    {
-      std::lock_guard<std::mutex> lk(mutex_);
-      stop_ = true;
-      generation_atomic_.fetch_add(1, std::memory_order_release);
-    }
-    wake_.notify_all();
-  }
+  publish(nullptr, nullptr, true);
   for (auto& t : workers_) t.join();
-  workers_.clear();
-  stop_ = false;
-  lean_state_->pub.stop.store(false, std::memory_order_relaxed);
-}
-
-void ThreadPool::use_protocol(bool lean) {
-  stop_workers();
-  lean_ = lean;
-  start_workers();
 }
 
 bool ThreadPool::claim(std::atomic<uint64_t>& slot, uint64_t gen) {
@@ -196,208 +154,15 @@ void ThreadPool::set_error(std::exception_ptr e) {
   if (!error_) error_ = e;
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
-  if (n_threads_ == 1 || t_in_pool) {
-    CurrentPool current(t_in_pool ? t_pool : this);
-    fn(0, 1);
-    return;
-  }
-  std::lock_guard<std::mutex> run_lock(run_mutex_);
-  if (lean_ != lean_flag().on()) use_protocol(!lean_);
-  if (lean_) return run_lean(fn);
-  run_locked(fn);
-}
-
-void ThreadPool::run_dynamic(const std::function<void()>& fn) {
-  if (n_threads_ == 1 || t_in_pool) {
-    CurrentPool current(t_in_pool ? t_pool : this);
-    fn();
-    return;
-  }
-  std::lock_guard<std::mutex> run_lock(run_mutex_);
-  if (lean_ != lean_flag().on()) use_protocol(!lean_);
-  if (lean_) return run_dynamic_lean(fn);
-  run_dynamic_locked(fn);
-}
-
-// The locked protocol (EMOLLM_POOL_LEAN=0), as before the lean one.
-void ThreadPool::run_locked(const std::function<void(int, int)>& fn) {
-  ++t_dispatches;
-  HandoffClock clock;
-  uint64_t gen;
-  {
-    std::lock_guard<std::mutex> lk(mutex_);
-    job_ = &fn;
-    dyn_job_ = nullptr;
-    error_ = nullptr;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    gen = job_gen_ = generation_atomic_.fetch_add(1, std::memory_order_release) + 1;
-  }
-  wake_.notify_all();
-
-  clock.own_share_begins();
-  t_in_pool = true;
-  CurrentPool current(this);
-  auto run_index = [&](int i) {
-    try {
-      fn(i, n_threads_);
-    } catch (...) {
-      std::lock_guard<std::mutex> lk(mutex_);
-      if (!error_) error_ = std::current_exception();
-    }
-  };
-  run_index(0);
-  // The indices no worker has claimed yet: run them here rather than wait for their workers.
-  for (int i = 1; i < n_threads_; ++i)
-    if (claim(claimed_[i], gen)) {
-      run_index(i);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
-    }
-  t_in_pool = false;
-  clock.own_share_ends();
-
-  // Wait for the workers: spin first, then sleep.
-  for (int i = 0; i < kSpinPolls && pending_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
-  if (pending_.load(std::memory_order_acquire) != 0) {
-    std::unique_lock<std::mutex> lk(mutex_);
-    done_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
-  }
-  clock.done();
-  job_ = nullptr;
-  if (error_) {
-    std::exception_ptr e = error_;
-    error_ = nullptr;
-    std::rethrow_exception(e);
-  }
-}
-
-void ThreadPool::run_dynamic_locked(const std::function<void()>& fn) {
-  ++t_dispatches;
-  HandoffClock clock;
-  {
-    std::lock_guard<std::mutex> lk(mutex_);
-    job_ = nullptr;
-    dyn_job_ = &fn;
-    error_ = nullptr;
-    job_gen_ = generation_atomic_.fetch_add(1, std::memory_order_release) + 1;
-    open_gen_.store(job_gen_);
-  }
-  wake_.notify_all();
-
-  clock.own_share_begins();
-  t_in_pool = true;
-  CurrentPool current(this);
-  try {
-    fn();
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    if (!error_) error_ = std::current_exception();
-  }
-  t_in_pool = false;
-  clock.own_share_ends();
-
-  // Close the job: a worker that has not registered in active_ yet will see it closed and skip.
-  open_gen_.store(0);
-  for (int i = 0; i < kSpinPolls && active_.load() != 0; ++i) cpu_relax();
-  if (active_.load() != 0) {
-    std::unique_lock<std::mutex> lk(mutex_);
-    done_.wait(lk, [this] { return active_.load() == 0; });
-  }
-  clock.done();
-  std::lock_guard<std::mutex> lk(mutex_);
-  dyn_job_ = nullptr;
-  if (error_) {
-    std::exception_ptr e = error_;
-    error_ = nullptr;
-    std::rethrow_exception(e);
-  }
-}
-
-void ThreadPool::worker_loop(int ith, uint64_t seen) {
-  t_in_pool = true;
-  t_pool_index = ith;
-  t_pool = this;
-  for (;;) {
-    uint64_t gen = generation_atomic_.load(std::memory_order_acquire);
-    for (int i = 0; i < kSpinPolls && gen == seen; ++i) {
-      cpu_relax();
-      gen = generation_atomic_.load(std::memory_order_acquire);
-    }
-    if (gen == seen) {
-      std::unique_lock<std::mutex> lk(mutex_);
-      wake_.wait(lk, [&] { return generation_atomic_.load(std::memory_order_acquire) != seen; });
-      gen = generation_atomic_.load(std::memory_order_acquire);
-    }
-    seen = gen;
-    const std::function<void(int, int)>* job;
-    const std::function<void()>* dyn;
-    uint64_t job_gen;
-    {
-      std::lock_guard<std::mutex> lk(mutex_);
-      if (stop_) return;
-      job = job_;
-      dyn = dyn_job_;
-      job_gen = job_gen_;
-    }
-    if (job_gen != gen) {  // a later job was published meanwhile: take that one on the next pass
-      seen = gen;
-      continue;
-    }
-    arm_late(ith, n_threads_);
-    if (t_late_armed && g_late_arrival.load(std::memory_order_relaxed)) {  // woken late: before any claim
-      t_late_armed = false;
-      g_late_delays.fetch_add(1, std::memory_order_relaxed);
-      late_wait();
-    }
-    if (dyn) {
-      // Register, then check the job is still open (seq_cst both sides: either the caller sees
-      // us in active_ and waits, or we see it closed and skip; its fn may be gone then).
-      active_.fetch_add(1);
-      if (open_gen_.load() == job_gen) {
-        try {
-          (*dyn)();
-        } catch (...) {
-          std::lock_guard<std::mutex> lk(mutex_);
-          if (!error_) error_ = std::current_exception();
-        }
-      }
-      t_late_armed = false;  // a job without claims (a kernel's own counter) is not delayed
-      if (active_.fetch_sub(1) == 1) {
-        std::lock_guard<std::mutex> lk(mutex_);
-        done_.notify_all();
-      }
-      continue;
-    }
-    if (!job || !claim(claimed_[ith], job_gen)) {  // the caller ran this index already
-      t_late_armed = false;
-      continue;
-    }
-    pool_late_point();
-    try {
-      (*job)(ith, n_threads_);
-    } catch (...) {
-      std::lock_guard<std::mutex> lk(mutex_);
-      if (!error_) error_ = std::current_exception();
-    }
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lk(mutex_);
-      done_.notify_one();
-    }
-  }
-}
-
-// The lean protocol (default). A job costs the workers one read of the caller's publish line (a
-// seqlock, no mutex) and each worker one claim on its own line; the caller reads each worker's
-// line once it is done with its own share. The condition variables are touched only when a
-// thread sleeps: the publisher and a finishing worker check a sleepers flag after a seq_cst
-// fence, and the sleeper sets it (seq_cst) under mutex_ before it re-checks its condition, so
-// either the sleeper sees the new state or the notifier sees the sleeper and notifies under the
-// mutex (no lost wake-up).
+// Sleeping and waking without a lost wake-up: a thread about to sleep announces it (Sleep, seq_cst)
+// and then re-checks its condition under mutex_; the other side writes its state, fences
+// (seq_cst) and reads the announcement: either it sees the sleeper and notifies under mutex_, or
+// the sleeper's re-check sees the new state.
 
 // Publishes a job (or the stop) and wakes sleeping workers; returns its generation.
-uint64_t ThreadPool::publish_lean(const std::function<void(int, int)>* job, const std::function<void()>* dyn,
-                                  bool stop) {
-  LeanPublish& p = lean_state_->pub;
+uint64_t ThreadPool::publish(const std::function<void(int, int)>* job, const std::function<void()>* dyn,
+                             bool stop) {
+  Publish& p = shared_->pub;
   const uint64_t s = p.seq.load(std::memory_order_relaxed);  // even: only this thread writes it
   const uint64_t gen = s / 2 + 1;
   p.seq.store(s + 1, std::memory_order_relaxed);
@@ -408,7 +173,7 @@ uint64_t ThreadPool::publish_lean(const std::function<void(int, int)>* job, cons
   p.stop.store(stop, std::memory_order_relaxed);
   p.seq.store(s + 2, std::memory_order_release);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (lean_state_->sleep.workers.load(std::memory_order_relaxed) > 0) {
+  if (stop || shared_->sleep.workers.load(std::memory_order_relaxed) > 0) {
     { std::lock_guard<std::mutex> lk(mutex_); }
     wake_.notify_all();
   }
@@ -416,18 +181,24 @@ uint64_t ThreadPool::publish_lean(const std::function<void(int, int)>* job, cons
 }
 
 // A worker's completion, after its done / active store: wakes the caller if it sleeps.
-void ThreadPool::notify_caller_lean() {
+void ThreadPool::notify_caller() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (lean_state_->sleep.caller.load(std::memory_order_relaxed)) {
+  if (shared_->sleep.caller.load(std::memory_order_relaxed)) {
     { std::lock_guard<std::mutex> lk(mutex_); }
     done_.notify_all();
   }
 }
 
-void ThreadPool::run_lean(const std::function<void(int, int)>& fn) {
+void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
+    fn(0, 1);
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
   ++t_dispatches;
   HandoffClock clock;
-  const uint64_t gen = publish_lean(&fn, nullptr, false);
+  const uint64_t gen = publish(&fn, nullptr, false);
 
   clock.own_share_begins();
   t_in_pool = true;
@@ -459,23 +230,25 @@ void ThreadPool::run_lean(const std::function<void(int, int)>& fn) {
   for (int i = 0; i < kSpinPolls && !all_done(); ++i) cpu_relax();
   if (!all_done()) {
     std::unique_lock<std::mutex> lk(mutex_);
-    lean_state_->sleep.caller.store(true, std::memory_order_seq_cst);
+    shared_->sleep.caller.store(true, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     done_.wait(lk, all_done);
-    lean_state_->sleep.caller.store(false, std::memory_order_relaxed);
+    shared_->sleep.caller.store(false, std::memory_order_relaxed);
   }
   clock.done();
-  if (error_) {  // written under mutex_ before the done store this thread acquired
-    std::exception_ptr e = error_;
-    error_ = nullptr;
-    std::rethrow_exception(e);
-  }
+  rethrow_error();
 }
 
-void ThreadPool::run_dynamic_lean(const std::function<void()>& fn) {
+void ThreadPool::run_dynamic(const std::function<void()>& fn) {
+  if (n_threads_ == 1 || t_in_pool) {
+    CurrentPool current(t_in_pool ? t_pool : this);
+    fn();
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
   ++t_dispatches;
   HandoffClock clock;
-  publish_lean(nullptr, &fn, false);
+  publish(nullptr, &fn, false);
 
   clock.own_share_begins();
   t_in_pool = true;
@@ -490,30 +263,35 @@ void ThreadPool::run_dynamic_lean(const std::function<void()>& fn) {
 
   // Close the job: a worker that has not registered in active yet will see it closed and skip
   // (seq_cst both sides: either this thread sees it in active and waits, or it sees the job closed).
-  std::atomic<int>& active = lean_state_->active.n;
-  lean_state_->pub.open.store(0, std::memory_order_seq_cst);
+  std::atomic<int>& active = shared_->active.n;
+  shared_->pub.open.store(0, std::memory_order_seq_cst);
   for (int i = 0; i < kSpinPolls && active.load(std::memory_order_seq_cst) != 0; ++i) cpu_relax();
   if (active.load(std::memory_order_seq_cst) != 0) {
     std::unique_lock<std::mutex> lk(mutex_);
-    lean_state_->sleep.caller.store(true, std::memory_order_seq_cst);
+    shared_->sleep.caller.store(true, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     done_.wait(lk, [&] { return active.load(std::memory_order_seq_cst) == 0; });
-    lean_state_->sleep.caller.store(false, std::memory_order_relaxed);
+    shared_->sleep.caller.store(false, std::memory_order_relaxed);
   }
   clock.done();
-  if (error_) {
-    std::exception_ptr e = error_;
-    error_ = nullptr;
-    std::rethrow_exception(e);
-  }
+  rethrow_error();
 }
 
-void ThreadPool::worker_loop_lean(int ith, uint64_t seen) {
+// The first exception of the job that just ended, if any (written under mutex_ before the done /
+// active store that the caller acquired).
+void ThreadPool::rethrow_error() {
+  if (!error_) return;
+  std::exception_ptr e = error_;
+  error_ = nullptr;
+  std::rethrow_exception(e);
+}
+
+void ThreadPool::worker_loop(int ith, uint64_t seen) {
   t_in_pool = true;
   t_pool_index = ith;
   t_pool = this;
-  LeanPublish& p = lean_state_->pub;
-  LeanSlot& slot = slots_[ith];
+  Publish& p = shared_->pub;
+  Slot& slot = slots_[ith];
   for (;;) {
     uint64_t s = p.seq.load(std::memory_order_acquire);
     for (int i = 0; i < kSpinPolls && s == seen; ++i) {
@@ -522,9 +300,9 @@ void ThreadPool::worker_loop_lean(int ith, uint64_t seen) {
     }
     if (s == seen) {
       std::unique_lock<std::mutex> lk(mutex_);
-      lean_state_->sleep.workers.fetch_add(1, std::memory_order_seq_cst);
+      shared_->sleep.workers.fetch_add(1, std::memory_order_seq_cst);
       wake_.wait(lk, [&] { return p.seq.load(std::memory_order_seq_cst) != seen; });
-      lean_state_->sleep.workers.fetch_sub(1, std::memory_order_relaxed);
+      shared_->sleep.workers.fetch_sub(1, std::memory_order_relaxed);
       continue;
     }
     if (s & 1) {  // the caller is rewriting the job: read it again
@@ -546,7 +324,7 @@ void ThreadPool::worker_loop_lean(int ith, uint64_t seen) {
       late_wait();
     }
     if (dyn) {
-      std::atomic<int>& active = lean_state_->active.n;
+      std::atomic<int>& active = shared_->active.n;
       active.fetch_add(1, std::memory_order_seq_cst);
       if (p.open.load(std::memory_order_seq_cst) == gen) {  // fn is alive while the job is open
         try {
@@ -557,7 +335,7 @@ void ThreadPool::worker_loop_lean(int ith, uint64_t seen) {
       }
       t_late_armed = false;  // a job without claims (a kernel's own counter) is not delayed
       active.fetch_sub(1, std::memory_order_seq_cst);
-      notify_caller_lean();
+      notify_caller();
       continue;
     }
     if (!job || !claim(slot.claimed, gen)) {  // the caller ran this index already (fn may be gone)
@@ -571,7 +349,7 @@ void ThreadPool::worker_loop_lean(int ith, uint64_t seen) {
       set_error(std::current_exception());
     }
     slot.done.store(gen, std::memory_order_release);
-    notify_caller_lean();
+    notify_caller();
   }
 }
 

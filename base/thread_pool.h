@@ -93,26 +93,20 @@ class ThreadPool {
   std::unique_ptr<SideSpan[]> side_;
   bool side_pending_ = false;
 
-  // Two hand-off protocols while the lean one is measured (pool_lean_protocol): the locked one
-  // (a mutex around every publish and read of a job, notify_all on every job, completion through
-  // a shared counter) and the lean one (Lean below).
+  // The hand-off: the caller publishes a job with atomics in one cache line that it alone writes
+  // (Publish), each worker claims and completes its run() index on its own line (Slot), and the
+  // condition variables are touched only for a thread that sleeps after its spin (Sleep).
   void worker_loop(int ith, uint64_t seen);
-  void worker_loop_lean(int ith, uint64_t seen);
-  void run_locked(const std::function<void(int, int)>& fn);
-  void run_dynamic_locked(const std::function<void()>& fn);
-  void run_lean(const std::function<void(int, int)>& fn);
-  void run_dynamic_lean(const std::function<void()>& fn);
-  void start_workers();
-  void stop_workers();
-  void use_protocol(bool lean);  // under run_mutex_: restarts the workers on the other protocol
-  uint64_t publish_lean(const std::function<void(int, int)>* job, const std::function<void()>* dyn, bool stop);
-  void notify_caller_lean();
+  uint64_t publish(const std::function<void(int, int)>* job, const std::function<void()>* dyn, bool stop);
+  void notify_caller();
   void set_error(std::exception_ptr e);
+  void rethrow_error();
+  static bool claim(std::atomic<uint64_t>& slot, uint64_t gen);
 
-  // The lean protocol's shared state, one cache line per writer so that a hand-off moves as few
-  // lines between the cores as it can (on this project's 2-vCPU VMs the two cores have separate
-  // L3s: every line that moves costs a cross-die transfer on the job's critical path).
-  struct alignas(64) LeanPublish {
+  // One cache line per writer, so that a hand-off moves as few lines between the cores as it can
+  // (on this project's 2-vCPU VMs the two cores have separate L3s: every line that moves costs a
+  // cross-die transfer on the job's critical path).
+  struct alignas(64) Publish {
     // Written by the caller only (a seqlock): seq is 2 * the job's generation, odd while the
     // caller rewrites the fields, so a worker reads a consistent job or sees that it changed.
     std::atomic<uint64_t> seq{0};
@@ -121,47 +115,35 @@ class ThreadPool {
     std::atomic<uint64_t> open{0};  // run_dynamic: the generation while workers may join, 0 once closed
     std::atomic<bool> stop{false};
   };
-  struct alignas(64) LeanSlot {  // worker i's run() claims and completions (the caller writes
-    std::atomic<uint64_t> claimed{0};  // it only when it takes index i itself)
+  // Worker i's run() claims and completions: claimed holds the generation of the last run() job
+  // whose index i was claimed (by worker i or by the caller, which writes it only when it takes
+  // index i itself); a claim for generation g succeeds once, and never for a job already over.
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> claimed{0};
     std::atomic<uint64_t> done{0};
   };
-  struct alignas(64) LeanSleep {  // rarely written: who sleeps on a condition variable
+  struct alignas(64) Sleep {  // rarely written: who sleeps on a condition variable
     std::atomic<int> workers{0};      // workers inside (or entering) wake_.wait
     std::atomic<bool> caller{false};  // the caller inside (or entering) done_.wait
   };
-  struct alignas(64) LeanActive {  // run_dynamic: workers inside (or about to check) the open job
+  struct alignas(64) Active {  // run_dynamic: workers inside (or about to check) the open job
     std::atomic<int> n{0};
   };
-  struct Lean {
-    LeanPublish pub;
-    LeanSleep sleep;
-    LeanActive active;
+  struct Shared {
+    Publish pub;
+    Sleep sleep;
+    Active active;
   };
-  std::unique_ptr<Lean> lean_state_;
-  std::unique_ptr<LeanSlot[]> slots_;
-  bool lean_ = true;
+  std::unique_ptr<Shared> shared_;
+  std::unique_ptr<Slot[]> slots_;
 
   int n_threads_;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one run() at a time
-  std::mutex mutex_;
+  std::mutex mutex_;      // the condition variables' and error_'s
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(int, int)>* job_ = nullptr;
-  std::atomic<uint64_t> generation_atomic_{0};  // bumped (under mutex_) to publish a job
-  std::atomic<int> pending_{0};                 // indices 1..n-1 of the current job not finished yet
-  // claimed_[i]: the generation of the last run() job whose index i was claimed (by worker i or
-  // by the caller); a claim for generation g succeeds once, and never for a job already over.
-  std::unique_ptr<std::atomic<uint64_t>[]> claimed_;
-  static bool claim(std::atomic<uint64_t>& slot, uint64_t gen);
-  std::exception_ptr error_;                    // first exception thrown by any worker
-  // run_dynamic: the job's generation while workers may still join it, 0 once closed; active_
-  // counts workers inside (or about to check) a dynamic job. Both seq_cst (store/load pairs).
-  const std::function<void()>* dyn_job_ = nullptr;
-  uint64_t job_gen_ = 0;   // generation of job_ / dyn_job_ (under mutex_)
-  std::atomic<uint64_t> open_gen_{0};
-  std::atomic<int> active_{0};
-  bool stop_ = false;
+  std::exception_ptr error_;  // first exception thrown by any index (under mutex_)
 };
 
 // Guided self-scheduling of [0, n) over the pool (run_dynamic): each claim takes
@@ -222,13 +204,6 @@ uint64_t next_prefetch_bytes_issued();
 // chunks (default) or the previous static one range per thread (EMOLLM_POOL_DYNAMIC_SPLIT=0).
 void pool_dynamic_split(bool on);
 bool pool_dynamic_split();
-
-// The hand-off protocol of run / run_dynamic / parallel_for: lean (default: the job published
-// with atomics, the condition variables only for a thread that sleeps) or the previous locked one
-// (EMOLLM_POOL_LEAN=0), for A/B while it is measured. Process-wide; a pool switches its workers
-// over at its next job.
-void pool_lean_protocol(bool on);
-bool pool_lean_protocol();
 
 // Late-thread injection, for tests and benchmarks of a thread that another process keeps off its
 // core: pool worker `worker` (1 .. size-1; -1: the last one) busy-waits `us` microseconds in each

@@ -6,7 +6,7 @@
 // pv_pairs: the decode attention's P V two kv heads a call; attn_claimed: the attention drivers'
 // pieces on claimed work (run_dynamic) against pool->run jobs; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
-// set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; pool_lean: pool_lean_protocol; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
+// set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; AB_PROMPT=n prompt tokens
 // first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
@@ -26,7 +26,7 @@
 #include <vector>
 #include "core/backend.h"
 #include "base/pool_stats.h"
-#include "base/thread_pool.h"  // pool_dynamic_split, pool_lean_protocol
+#include "base/thread_pool.h"  // pool_dynamic_split
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_streams
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
@@ -74,9 +74,6 @@ const AbSwitch kSwitches[] = {
     // the pool's parallel_for and the packed GEMMs' X packing in claimed pieces (vs one static
     // range a thread: base/thread_pool.h pool_dynamic_split)
     {"pool_dynamic", [](bool on) { pool_dynamic_split(on); }},
-    // the pool's lean hand-off protocol (vs the locked one: base/thread_pool.h pool_lean_protocol;
-    // the pool restarts its workers at the first job of a block that changes it, ~0.1 ms a block)
-    {"pool_lean", [](bool on) { pool_lean_protocol(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
@@ -133,7 +130,7 @@ int main(int argc, char** argv) {
   run(false);  // warm
   for (int on = 0; on < 2 && std::getenv("AB_HANDOFF"); ++on) {  // off, then on (same context: ctx)
     set(on != 0);
-    ctx.eval(&tok, 1);  // a switch read at the next job (pool_lean) takes effect here, untimed
+    ctx.eval(&tok, 1);  // untimed: a switch read at the next call takes effect here
     tok = 300 + (tok * 7 + 13) % 20000;
     pool_handoff_timing(true);
     const double h0 = pool_handoff_seconds_this_thread();

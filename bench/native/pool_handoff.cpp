@@ -1,13 +1,13 @@
-// What one ThreadPool hand-off costs, the lean protocol against the locked one (base/thread_pool.h
-// pool_lean_protocol), interleaved in one process on one pool (it restarts its workers when the
-// protocol changes, outside the timed calls).
+// What one ThreadPool hand-off costs (base/thread_pool.h: the job published with atomics, the
+// condition variables only for a thread that sleeps). Session 18 measured this protocol against
+// the previous locked one here (bench/README.md) before the locked one was removed.
 //
 //   build-bench/pool_handoff [threads=2] [rounds=15] [calls=2000]
 //
 // Jobs: run / run_dynamic / parallel_for (n = threads, grain 1) with empty bodies, and run with a
 // tiny body (about 2 us of arithmetic an index). Per round and protocol, `calls` back-to-back calls
 // of each job: the wall time and the calling thread's CPU time a call; printed per job, the best
-// and the median round of each protocol and lean / locked of the medians (< 1: lean faster). Also
+// and the median round. Also
 // the time of the pool's spin before a waiting thread sleeps (pool_spin_polls pauses).
 #include <time.h>
 
@@ -87,29 +87,20 @@ int main(int argc, char** argv) {
     }
     std::printf("spin before sleeping: %d pauses = %.0f us (median of 9)\n", pool_spin_polls(), 1e6 * median(s));
   }
-  // wall[j][lean], cpu[j][lean]: one value a round, in us a call
-  std::vector<std::vector<double>> wall[2], cpu[2];
-  for (int m = 0; m < 2; ++m) wall[m].assign(jobs.size(), {}), cpu[m].assign(jobs.size(), {});
+  // wall[j], cpu[j]: one value a round, in us a call
+  std::vector<std::vector<double>> wall(jobs.size()), cpu(jobs.size());
   for (int r = 0; r < rounds; ++r)
-    for (int k = 0; k < 2; ++k) {
-      const int lean = (r + k) % 2;  // ABBA: the order alternates each round
-      pool_lean_protocol(lean != 0);
-      for (size_t j = 0; j < jobs.size(); ++j) {
-        for (int i = 0; i < calls / 10; ++i) jobs[j].call();  // warm (and the protocol switch)
-        const double c0 = thread_cpu(), t0 = now();
-        for (int i = 0; i < calls; ++i) jobs[j].call();
-        const double t = now() - t0, c = thread_cpu() - c0;
-        wall[lean][j].push_back(1e6 * t / calls);
-        cpu[lean][j].push_back(1e6 * c / calls);
-      }
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      for (int i = 0; i < calls / 10; ++i) jobs[j].call();  // warm
+      const double c0 = thread_cpu(), t0 = now();
+      for (int i = 0; i < calls; ++i) jobs[j].call();
+      const double t = now() - t0, c = thread_cpu() - c0;
+      wall[j].push_back(1e6 * t / calls);
+      cpu[j].push_back(1e6 * c / calls);
     }
-  pool_lean_protocol(true);
   std::printf("%d threads, %d rounds x %d calls; us a call: best / median round\n", threads, rounds, calls);
-  std::printf("%-20s %21s %21s %12s %21s %21s %12s\n", "job", "wall locked", "wall lean", "lean/locked", "cpu locked",
-              "cpu lean", "lean/locked");
+  std::printf("%-20s %21s %21s\n", "job", "wall", "cpu (caller)");
   for (size_t j = 0; j < jobs.size(); ++j)
-    std::printf("%-20s %10.3f / %8.3f %10.3f / %8.3f %12.3f %10.3f / %8.3f %10.3f / %8.3f %12.3f\n", jobs[j].name,
-                best(wall[0][j]), median(wall[0][j]), best(wall[1][j]), median(wall[1][j]),
-                median(wall[1][j]) / median(wall[0][j]), best(cpu[0][j]), median(cpu[0][j]), best(cpu[1][j]),
-                median(cpu[1][j]), median(cpu[1][j]) / median(cpu[0][j]));
+    std::printf("%-20s %10.3f / %8.3f %10.3f / %8.3f\n", jobs[j].name, best(wall[j]), median(wall[j]), best(cpu[j]),
+                median(cpu[j]));
 }

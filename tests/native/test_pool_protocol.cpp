@@ -1,7 +1,7 @@
-// Stress of ThreadPool's hand-off protocols (base/thread_pool.h pool_lean_protocol: the lean one,
-// default, and the locked one, EMOLLM_POOL_LEAN=0): many thousands of tiny jobs of every kind,
-// from several caller threads at once, with exceptions, pools destroyed idle or right after they
-// start, the protocol switched between jobs, 1-4 threads; every item done exactly once. And the
+// Stress of ThreadPool's hand-off (base/thread_pool.h: jobs published with atomics, sleeping
+// threads woken through condition variables): many thousands of tiny jobs of every kind, from
+// several caller threads at once, with exceptions, pools destroyed idle, right after they start
+// or after their workers went to sleep, 1-4 threads; every item done exactly once. And the
 // shared integer env helper (base/env_switch.h env_int).
 #include <atomic>
 #include <chrono>
@@ -17,13 +17,6 @@
 using namespace emollm;
 
 namespace {
-// Sets the protocol for the scope (pools switch at their next job), restoring the previous one.
-struct Protocol {
-  explicit Protocol(bool lean) : prev(pool_lean_protocol()) { pool_lean_protocol(lean); }
-  ~Protocol() { pool_lean_protocol(prev); }
-  bool prev;
-};
-
 void busy_us(int us) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
   while (std::chrono::steady_clock::now() < until) {
@@ -81,26 +74,23 @@ bool all_once(const std::vector<std::atomic<int>>& hits, int64_t n) {
 }
 }  // namespace
 
-// Thousands of back-to-back tiny jobs of every kind on one caller, both protocols, 1-4 threads.
+// Thousands of back-to-back tiny jobs of every kind on one caller, 1-4 threads.
 TEST(pool_protocol_tiny_jobs_each_item_once) {
-  for (bool lean : {true, false})
-    for (int threads = 1; threads <= 4; ++threads) {
-      Protocol p(lean);
-      ThreadPool pool(threads);
-      const int rounds = 1500;
-      std::vector<std::atomic<int>> hits(size_t(rounds * kRoundItems));
-      int64_t at = 0;
-      for (int r = 0; r < rounds; ++r) at += mixed_round(pool, hits, at, r);
-      EXPECT(all_once(hits, at));
-    }
+  for (int threads = 1; threads <= 4; ++threads) {
+    ThreadPool pool(threads);
+    const int rounds = 1500;
+    std::vector<std::atomic<int>> hits(size_t(rounds * kRoundItems));
+    int64_t at = 0;
+    for (int r = 0; r < rounds; ++r) at += mixed_round(pool, hits, at, r);
+    EXPECT(all_once(hits, at));
+  }
 }
 
 // Several caller threads share one pool (calls serialised by the pool) while each also runs
-// nested calls from inside its jobs (inline); the protocol is switched back and forth by one of
-// them between its jobs (the pool restarts its workers then).
+// nested calls from inside its jobs (inline); one of them sleeps now and then between its jobs,
+// so that the workers go to sleep and are woken by the next job.
 TEST(pool_protocol_several_callers_each_item_once) {
   for (int threads = 2; threads <= 4; ++threads) {
-    Protocol keep(true);
     ThreadPool pool(threads);
     const int callers = 3, rounds = 300;
     std::vector<std::vector<std::atomic<int>>> hits(callers);
@@ -112,7 +102,7 @@ TEST(pool_protocol_several_callers_each_item_once) {
       ts.emplace_back([&, c] {
         int64_t at = 0;
         for (int r = 0; r < rounds; ++r) {
-          if (c == 0 && r % 50 == 25) pool_lean_protocol(r % 100 != 25);
+          if (c == 0 && r % 50 == 25) std::this_thread::sleep_for(std::chrono::milliseconds(2));
           at += mixed_round(pool, hits[size_t(c)], at, r + c);
           pool.run([&](int ith, int) {
             if (ith == 0) pool.parallel_for(1, 1, [&](int64_t, int64_t) { nested[size_t(c * rounds + r)]++; });
@@ -130,81 +120,75 @@ TEST(pool_protocol_several_callers_each_item_once) {
 // Exceptions from any index of run() and from any thread of run_dynamic() reach the caller, the
 // first one only; the pool keeps working after each, and every other index still ran once.
 TEST(pool_protocol_exceptions_propagate) {
-  for (bool lean : {true, false})
-    for (int threads = 2; threads <= 4; ++threads) {
-      Protocol p(lean);
-      ThreadPool pool(threads);
-      int caught = 0;
-      for (int r = 0; r < 400; ++r) {
-        const int bad = r % threads;
-        std::vector<std::atomic<int>> hits(static_cast<size_t>(threads));
-        try {
-          pool.run([&](int ith, int) {
-            hits[size_t(ith)]++;
-            if (ith == bad) throw std::runtime_error("run boom");
-          });
-        } catch (const std::runtime_error&) {
-          caught++;
-        }
-        for (int i = 0; i < threads; ++i) EXPECT(hits[size_t(i)].load() == 1);
-        std::atomic<int> next{0};
-        try {
-          pool.run_dynamic([&] {
-            if (next.fetch_add(1) == r % 2) throw std::runtime_error("dyn boom");
-          });
-        } catch (const std::runtime_error&) {
-          caught++;
-        }
-        std::vector<std::atomic<int>> once(static_cast<size_t>(kRoundItems));
-        const int64_t n = mixed_round(pool, once, 0, r);
-        EXPECT(all_once(once, n));
+  for (int threads = 2; threads <= 4; ++threads) {
+    ThreadPool pool(threads);
+    int caught = 0;
+    for (int r = 0; r < 400; ++r) {
+      const int bad = r % threads;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(threads));
+      try {
+        pool.run([&](int ith, int) {
+          hits[size_t(ith)]++;
+          if (ith == bad) throw std::runtime_error("run boom");
+        });
+      } catch (const std::runtime_error&) {
+        caught++;
       }
-      // run(): every round throws; run_dynamic: index r % 2 is reached in every round with r % 2 == 0
-      // (the caller's own call) and whenever a worker joins with r % 2 == 1
-      EXPECT(caught >= 400 + 200);
+      for (int i = 0; i < threads; ++i) EXPECT(hits[size_t(i)].load() == 1);
+      std::atomic<int> next{0};
+      try {
+        pool.run_dynamic([&] {
+          if (next.fetch_add(1) == r % 2) throw std::runtime_error("dyn boom");
+        });
+      } catch (const std::runtime_error&) {
+        caught++;
+      }
+      std::vector<std::atomic<int>> once(static_cast<size_t>(kRoundItems));
+      const int64_t n = mixed_round(pool, once, 0, r);
+      EXPECT(all_once(once, n));
     }
+    // run(): every round throws; run_dynamic: index r % 2 is reached in every round with r % 2 == 0
+    // (the caller's own call) and whenever a worker joins with r % 2 == 1
+    EXPECT(caught >= 400 + 200);
+  }
 }
 
 // Pools created and destroyed idle (workers asleep or spinning), right after construction (the
-// stop published before the workers first look), and right after a job; both protocols.
+// stop published before the workers first look), and right after a job; 1-4 threads.
 TEST(pool_protocol_destruction_idle_and_immediate) {
-  for (bool lean : {true, false})
-    for (int threads = 1; threads <= 4; ++threads) {
-      Protocol p(lean);
-      for (int k = 0; k < 50; ++k) {
-        ThreadPool pool(threads);
-        if (k % 3 == 1) {
-          std::atomic<int> n{0};
-          pool.run([&](int, int) { n++; });
-          EXPECT(n.load() == threads);
-        }
+  for (int threads = 1; threads <= 4; ++threads) {
+    for (int k = 0; k < 50; ++k) {
+      ThreadPool pool(threads);
+      if (k % 3 == 1) {
+        std::atomic<int> n{0};
+        pool.run([&](int, int) { n++; });
+        EXPECT(n.load() == threads);
       }
-      ThreadPool sleeper(threads);
-      std::atomic<int> n{0};
-      sleeper.run([&](int, int) { n++; });
-      // long enough for the workers to pass their spin and sleep on the condition variable
-      std::this_thread::sleep_for(std::chrono::milliseconds(60));
-      sleeper.run([&](int, int) { n++; });
-      sleeper.run_dynamic([&] { n += 0; });
-      EXPECT(n.load() == 2 * threads);
     }
+    ThreadPool sleeper(threads);
+    std::atomic<int> n{0};
+    sleeper.run([&](int, int) { n++; });
+    // long enough for the workers to pass their spin and sleep on the condition variable
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    sleeper.run([&](int, int) { n++; });
+    sleeper.run_dynamic([&] { n += 0; });
+    EXPECT(n.load() == 2 * threads);
+  }
 }
 
-// A late worker (the test hook) in both protocols: run() indices still once, the caller taking
+// A late worker (the test hook): run() indices still once, the caller taking
 // the late worker's index; parallel_for items once.
 TEST(pool_protocol_late_worker_items_once) {
-  for (bool lean : {true, false})
-    for (LateAt at : {LateAt::Hold, LateAt::Arrival}) {
-      Protocol p(lean);
-      ThreadPool pool(3);
-      pool_set_late_worker(3000, -1, at);
-      for (int r = 0; r < 10; ++r) {
-        std::vector<std::atomic<int>> hits(static_cast<size_t>(kRoundItems));
-        const int64_t n = mixed_round(pool, hits, 0, r);
-        EXPECT(all_once(hits, n));
-      }
-      pool_set_late_worker(0);
+  for (LateAt at : {LateAt::Hold, LateAt::Arrival}) {
+    ThreadPool pool(3);
+    pool_set_late_worker(3000, -1, at);
+    for (int r = 0; r < 10; ++r) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(kRoundItems));
+      const int64_t n = mixed_round(pool, hits, 0, r);
+      EXPECT(all_once(hits, n));
     }
+    pool_set_late_worker(0);
+  }
 }
 
 // env_int: unset or empty reads as the default; otherwise as std::atoll (sign, leading blanks,
