@@ -190,6 +190,13 @@ GemvPrefetch gemv_streams_prefetch();
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);
 bool repacked_panels_enabled();
+// That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
+// 0: none, the whole K per kernel call) and X passes of `kib` KiB of panels; -1: the default
+// (EMOLLM_REPACKED_KSLICE / EMOLLM_REPACKED_PASS_KIB, else built in). Same bits at any setting.
+// For tests and the A/B rows of bench_kernels; process-wide.
+void set_repacked_kslice(int blocks);
+void set_repacked_pass_kib(int kib);
+void set_repacked_kgroup(int panels);
 // gemm_repacked_multi at M > kSmallM on VNNI: X packed once and one dispatch over every output's
 // panels (default on; EMOLLM_REPACKED_MULTI=0 off: one gemm_repacked per output). Same bits. For
 // tests and interleaved A/B benchmarks; process-wide.

@@ -1640,6 +1640,87 @@ TEST(gemm_repacked_large_m_matches_reference) {
     }
 }
 
+// gemm_repacked's X-panel kernel in k slices (set_repacked_kslice: each weight panel's slice of
+// kc blocks against a pass of X panels, the two sets of f32 sums kept per panel between slices):
+// every row bit-identical to gemv_repacked of that row at every slice length and pass size, so the
+// sums go on in the order of one call over the whole K. K of 11008 and 4096 (the 7B shapes) and odd
+// block counts (101, 35, 3: the last slice shorter, an odd last block), M across the X chunks (613
+// at K = 11008), passes of one panel to the default; 1-3 threads; gemm_repacked_multi too.
+// Dropping a slice's sums or giving a slice an odd start (even and odd blocks swapped) fails it.
+TEST(gemm_repacked_kslice_same_bits) {
+  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
+    std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
+    return;
+  }
+  struct Restore {
+    ~Restore() {
+      gemm_detail::set_repacked_kslice(-1);
+      gemm_detail::set_repacked_kgroup(-1);
+      gemm_detail::set_repacked_pass_kib(-1);
+    }
+  } restore;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{613, 40, 11008}, {130, 64, 4096}, {47, 33, 3232}, {21, 17, 1120}, {13, 96, 96}};
+  // k slice (blocks), weight panels a group, KiB of X a pass; -1: the default (sliced at K 11008)
+  struct Blocking {
+    int kslice, kgroup, pass_kib;
+  };
+  const Blocking blockings[] = {{0, 1, 1536}, {2, 1, 1},  {2, 3, 64},    {4, 8, 1536}, {6, 1, 64},  {32, 8, 3072},
+                                {32, 3, 1},   {64, 2, 64}, {100, 8, 1536}, {32, 1, 1536}, {-1, -1, -1}};
+  uint32_t seed = 7700;
+  int64_t compared = 0;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const Shape& sh : shapes) {
+      const int64_t M = sh.M, N = sh.N, K = sh.K;
+      Weights w = make_weights(t, N, K, seed);
+      Problem p = make_problem(M, N, K, 8, 3, seed + 1);
+      seed += 2;
+      std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+      quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool2);
+      std::vector<float> G(size_t(M * N));
+      for (int64_t m = 0; m < M; ++m)
+        gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
+      for (const Blocking& bl : blockings)
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          const int kc = bl.kslice, pass = bl.pass_kib;
+          gemm_detail::set_repacked_kslice(kc);
+          gemm_detail::set_repacked_kgroup(bl.kgroup);
+          gemm_detail::set_repacked_pass_kib(pass);
+          std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+          gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
+          // the same product as two outputs of gemm_repacked_multi (the second its last 17 rows)
+          std::vector<float> Y1(size_t(M * p.ldy), kSentinel), Y2(size_t(M * 17), kSentinel);
+          std::vector<uint8_t> packed2(quant_repack_bytes(t, 17, K));
+          quant_repack(w.bytes.data() + size_t(N - 17) * w.rb, t, 17, K, packed2.data(), nullptr);
+          const RepackedOutput outs[2] = {{packed.data(), p.bias.data(), Y1.data(), p.ldy, N},
+                                          {packed2.data(), p.bias.data() + (N - 17), Y2.data(), 17, 17}};
+          gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 2, M, K, pl);
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = 0; n < N; ++n) {
+              const float g = G[size_t(m * N + n)], y = Y[size_t(m * p.ldy + n)], y1 = Y1[size_t(m * p.ldy + n)];
+              const float y2 = n >= N - 17 ? Y2[size_t(m * 17 + n - (N - 17))] : g;
+              if (!(y == g && y1 == g && y2 == g)) {
+                char buf[320];
+                std::snprintf(buf, sizeof buf,
+                              "%s M=%lld N=%lld K=%lld kslice=%d kgroup=%d pass=%d KiB threads=%d: Y[%lld][%lld] = %.9g, "
+                              "multi %.9g / %.9g, gemv_repacked %.9g",
+                              dtype_name(t), (long long)M, (long long)N, (long long)K, kc, bl.kgroup, pass, pl ? pl->size() : 0,
+                              (long long)m, (long long)n, double(y), double(y1), double(y2), double(g));
+                emollm_test::report_failure(__FILE__, __LINE__, buf);
+                return;
+              }
+              ++compared;
+            }
+            for (int64_t n = N; n < p.ldy && m + 1 < M; ++n) EXPECT(Y[size_t(m * p.ldy + n)] == kSentinel);
+          }
+        }
+    }
+  EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
+}
+
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
 // to the float64 references), with the fused path (X packed once, one dispatch over all outputs' panels) on and
