@@ -257,6 +257,16 @@ void gemm_scalar(const Args& a);
 // of `isa`.
 void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
 #if defined(__x86_64__)
+// One X row rounded to q8_0 (qx_quantize_row_avx2's bits) straight into the VNNI GEMMs' X panels
+// (gemm_q8_xpanel.h; gemm_q8_xquant.cpp): row i of a panel of mr rows (mr even) at out, `tail`
+// dwords a row after each block's quads (2: Q8XTail::PerBlock, 4: PerHalf), correction factor off.
+// AVX-512 only. Used by Q8XPanels::pack while qx_pack_fused() (default on; EMOLLM_QX_PACK_FUSED=0
+// or set_qx_pack_fused(false): the row rounding, then the scalar packing; same bits).
+void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tail, int off, int32_t* out);
+void set_qx_pack_fused(bool on);
+bool qx_pack_fused();
+#endif
+#if defined(__x86_64__)
 // AVX2 twin of dequantize_row for those formats (bit-identical; the f32 path's dequantiser).
 void dequantize_row_ext_avx2(DType t, const void* src, float* dst, int64_t K);
 #endif
