@@ -16,7 +16,9 @@
 //   [11*MR + i]   d_x * (S_0 + S_1) (f32 bits; exact: an 11-bit scale times |S| <= 4064), the
 //                 factor of the q4_K / q5_K mins
 // Rows past the end are zero (q = 0, corrections 0, f32 values +0.0f). The rounding is ggml's
-// quantize_row_q8_0 (the small-M path's), so every kernel reading these panels sees the same X.
+// quantize_row_q8_0 (the small-M path's), so every kernel reading these panels sees the same X: on
+// AVX-512 each row is rounded straight into its panels (gemm_q8_xquant.cpp, the same bits), else
+// by qx_quantize_row_avx2 into a row buffer and then packed.
 #pragma once
 
 #include <algorithm>
