@@ -1244,7 +1244,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
       }
       auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
-      Stats prev, rep, rep_prev, cur, pan, same_size, rep16;
+      Stats prev, rep, rep_prev, rep_whole_k, cur, pan, same_size, rep16;
       std::unique_ptr<Copies> rcopies, rcopies16;
       Buf<uint8_t> Wr, Wr16;
       const bool avx512_reads = cpu_features().avx512f;
@@ -1270,6 +1270,13 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       auto run_small_m_prev = [&] { with_switch(gemm_detail::set_small_m_enabled, false, [&] { run_gemm(Wt); }); };
       auto run_q8_gemv_prev = [&](const void* w) { with_switch(gemm_detail::set_q8_gemv_legacy, true, [&] { run_gemm(w); }); };
       auto run_repacked_prev = [&] { with_switch(gemm_detail::set_repacked_panels_enabled, false, run_repacked); };
+      // gemm_repacked's X-panel kernel as in session 17: whole-K calls (no k slices) and X rounded
+      // row by row then packed (set_repacked_kslice(0), set_qx_pack_fused(false)); same bits
+      auto run_repacked_whole_k = [&] {
+        gemm_detail::set_repacked_kslice(0);
+        with_switch(gemm_detail::set_qx_pack_fused, false, run_repacked);
+        gemm_detail::set_repacked_kslice(-1);
+      };
       // gemm_repacked / gemv_repacked on the previous 16-row records (w: a copy of Wr16)
       auto run_repacked16 = [&](const void* w) {
         on_16row_records([&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
@@ -1281,6 +1288,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         if (ab && M > 1) {
           std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_repacked(); }};
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_prev(); });
+          if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_whole_k(); });
           fns.push_back([&](int) { run_repacked16(Wr16.get()); });
           auto st = measure_interleaved(fns);
           rep16 = st.back();
@@ -1288,6 +1296,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 2) rep_prev = st[2];
+          if (st.size() > 3) rep_whole_k = st[3];
         } else if (ab) {
           std::vector<std::function<void(int)>> fns = {
               [&](int i) { run_gemm((*copies)[i]); },
@@ -1509,6 +1518,12 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                   "gemm_repacked's previous 4-row tiles, interleaved; ratio = its time / the repacked row's (>1: new faster)",
                   0, run_repacked_prev);
       }
+      if (ab && rep_whole_k.reps > 0)
+        add_row("repacked-wholek", rep_whole_k, "repacked", rep_whole_k.best / rep.best,
+                "gemm_repacked without k slices and with X rounded row by row then packed (session 17's path: "
+                "EMOLLM_REPACKED_KSLICE=0 EMOLLM_QX_PACK_FUSED=0), interleaved; ratio = its time / the repacked row's "
+                "(>1: new faster)",
+                0, run_repacked_whole_k);
     }
   }
 

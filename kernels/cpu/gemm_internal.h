@@ -190,6 +190,13 @@ GemvPrefetch gemv_streams_prefetch();
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);
 bool repacked_panels_enabled();
+// That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
+// 0: none, the whole K per kernel call) and X passes of `kib` KiB of panels; -1: the default
+// (EMOLLM_REPACKED_KSLICE / EMOLLM_REPACKED_PASS_KIB, else built in). Same bits at any setting.
+// For tests and the A/B rows of bench_kernels; process-wide.
+void set_repacked_kslice(int blocks);
+void set_repacked_pass_kib(int kib);
+void set_repacked_kgroup(int panels);
 // gemm_repacked_multi at M > kSmallM on VNNI: X packed once and one dispatch over every output's
 // panels (default on; EMOLLM_REPACKED_MULTI=0 off: one gemm_repacked per output). Same bits. For
 // tests and interleaved A/B benchmarks; process-wide.
@@ -249,6 +256,16 @@ void gemm_scalar(const Args& a);
 // integer block dot products when q8act, else weight rows dequantised to f32 for the f32 kernels
 // of `isa`.
 void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
+#if defined(__x86_64__)
+// One X row rounded to q8_0 (qx_quantize_row_avx2's bits) straight into the VNNI GEMMs' X panels
+// (gemm_q8_xpanel.h; gemm_q8_xquant.cpp): row i of a panel of mr rows (mr even) at out, `tail`
+// dwords a row after each block's quads (2: Q8XTail::PerBlock, 4: PerHalf), correction factor off.
+// AVX-512 only. Used by Q8XPanels::pack while qx_pack_fused() (default on; EMOLLM_QX_PACK_FUSED=0
+// or set_qx_pack_fused(false): the row rounding, then the scalar packing; same bits).
+void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tail, int off, int32_t* out);
+void set_qx_pack_fused(bool on);
+bool qx_pack_fused();
+#endif
 #if defined(__x86_64__)
 // AVX2 twin of dequantize_row for those formats (bit-identical; the f32 path's dequantiser).
 void dequantize_row_ext_avx2(DType t, const void* src, float* dst, int64_t K);

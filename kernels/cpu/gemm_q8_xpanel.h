@@ -16,7 +16,9 @@
 //   [11*MR + i]   d_x * (S_0 + S_1) (f32 bits; exact: an 11-bit scale times |S| <= 4064), the
 //                 factor of the q4_K / q5_K mins
 // Rows past the end are zero (q = 0, corrections 0, f32 values +0.0f). The rounding is ggml's
-// quantize_row_q8_0 (the small-M path's), so every kernel reading these panels sees the same X.
+// quantize_row_q8_0 (the small-M path's), so every kernel reading these panels sees the same X: on
+// AVX-512 each row is rounded straight into its panels (gemm_q8_xquant.cpp, the same bits), else
+// by qx_quantize_row_avx2 into a row buffer and then packed.
 #pragma once
 
 #include <algorithm>
@@ -36,6 +38,7 @@ enum class Q8XTail { PerBlock, PerHalf };
 
 template <int MR, Q8XTail Tail = Q8XTail::PerBlock>
 struct Q8XPanels {
+  static constexpr int kMR = MR;
   static constexpr int kTailDwords = Tail == Q8XTail::PerBlock ? 2 : 4;  // per row
   static constexpr int64_t kBlockDwords = (8 + kTailDwords) * MR;
 
@@ -50,6 +53,8 @@ struct Q8XPanels {
   static void pack(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, int off,
                    int8_t* qtmp, float* dtmp, int32_t* out) {
     const int64_t nb = K / kQK;
+    static_assert(MR % 2 == 0, "qx_pack_row_avx512 takes panels of an even number of rows");
+    const bool fused = qx_pack_fused() && isa_active() >= Isa::Avx512;
     for (int64_t p = p0; p < p1; ++p) {
       int32_t* o = out + p * nb * kBlockDwords;
       for (int i = 0; i < MR; ++i) {
@@ -59,6 +64,10 @@ struct Q8XPanels {
             int32_t* ob = o + b * kBlockDwords;
             for (int q = 0; q < 8 + kTailDwords; ++q) ob[q * MR + i] = 0;  // f32: +0.0f
           }
+          continue;
+        }
+        if (fused) {
+          qx_pack_row_avx512(X + r * ldx, K, MR, i, kTailDwords, off, o);
           continue;
         }
         qx_quantize_row_avx2(X + r * ldx, K, qtmp, dtmp, nullptr, 0);

@@ -644,34 +644,61 @@ __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb
 }
 
 // One X panel (mr valid rows) against NV consecutive groups (W, L: the matrix; g0: the first;
-// `cols` valid output columns from y; those from 16 * NV on are left alone): Y[i, 0:cols] = the
-// rows' products (+ bias).
+// `cols` valid output columns from y; those from 16 * NV on are left alone), blocks [b0, b1) of
+// the nb: Y[i, 0:cols] = the rows' products (+ bias) when b1 == nb. The even blocks go to one set
+// of f32 sums and the odd ones to the other whatever b0 is (b0 even), so a product split into k
+// slices [b0, b1) adds every block in the order one call over [0, nb) does: a slice that is not
+// the last (b1 < nb, b1 - b0 even) stores its two sets to st (kPanelState floats) and the next
+// slice (b0 > 0) starts from them, exact f32 values, the same bits.
+constexpr int64_t kPanelState = 2 * kPanelRows * kPanelGroups * 16;  // floats of one panel's sums
 template <bool Q8, int NV>
 EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
-                                 const float* bias, float* y, int64_t ldy, int mr, int64_t cols) {
+                                 int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
+                                 int64_t cols) {
+  static_assert(2 * kPanelRows * NV * 16 <= kPanelState, "panel state too small");
   constexpr int MR = kPanelRows;
   const size_t rec = L.rec;
   constexpr int64_t XB = XPanels::kBlockDwords;
   __m512 f0[MR][NV], f1[MR][NV];
+  if (b0 == 0) {
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) f0[i][j] = f1[i][j] = _mm512_setzero_ps();
+      for (int j = 0; j < NV; ++j) f0[i][j] = f1[i][j] = _mm512_setzero_ps();
+  } else {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        f0[i][j] = _mm512_loadu_ps(st + (i * NV + j) * 16);
+        f1[i][j] = _mm512_loadu_ps(st + ((MR + i) * NV + j) * 16);
+      }
+  }
   // groups past the matrix's last (cols <= 16 * j) read the first one again: their lanes are masked
   const uint8_t* bs[NV];
   const uint8_t* bq[NV];
   for (int j = 0; j < NV; ++j) {
     const int64_t g = cols > 16 * j ? g0 + j : g0;
-    bs[j] = L.scales(W, g), bq[j] = L.quants(W, g);
+    bs[j] = L.scales(W, g) + size_t(b0) * rec, bq[j] = L.quants(W, g) + size_t(b0) * rec;
   }
-  int64_t b = 0;
-  for (; b + 1 < nb; b += 2) {
+  int64_t b = b0;
+  for (; b + 1 < b1; b += 2) {
     panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
     panel_block<Q8, NV>(xp + (b + 1) * XB, bs, bq, f1);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
   }
-  if (b < nb) panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
+  if (b < b1) panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
+  if (b1 < nb) {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        _mm512_storeu_ps(st + (i * NV + j) * 16, f0[i][j]);
+        _mm512_storeu_ps(st + ((MR + i) * NV + j) * 16, f1[i][j]);
+      }
+    return;
+  }
   __mmask16 mk[NV];
   __m512 bv[NV];
   for (int j = 0; j < NV; ++j) {
@@ -1071,6 +1098,47 @@ void tile_rows(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, 
 namespace {
 #if defined(__x86_64__)
 std::atomic<bool> g_panels_enabled{true};
+// The X-panel kernel's blocking (gemm_internal.h set_repacked_kslice / _kgroup / _pass_kib; -1:
+// EMOLLM_REPACKED_KSLICE / _KGROUP / _PASS_KIB when set, else the defaults below).
+std::atomic<int> g_kslice{-1}, g_pass_kib{-1}, g_kgroup{-1};
+
+// A non-negative integer from the environment, or -1 when unset or not one.
+int env_count(const char* name) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return -1;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  return end && *end == 0 && v >= 0 && v < (1 << 20) ? int(v) : -1;
+}
+
+int pick(const std::atomic<int>& set, int env, int dflt) {
+  const int v = set.load(std::memory_order_relaxed);
+  return v >= 0 ? v : env >= 0 ? env : dflt;
+}
+
+// Blocks per k slice (even), or 0: one kernel call over the whole K. Default: slices of 32 blocks
+// from K = 8192 on. Measured at the 7B shapes (q4_0, M = 512, 1 thread CPU time, loaded, best of
+// 8-10 interleaved): down (K = 11008) 1.025-1.047x with 8 panels a group and 3 MiB passes; gate /
+// up and qkvo (K = 4096) 0.95-0.99x (their whole-K weight panels, 74 KiB, already sit in L2).
+int64_t panel_kslice(int64_t nb) {
+  static const int env = env_count("EMOLLM_REPACKED_KSLICE");
+  const int64_t kc = pick(g_kslice, env, nb >= 256 ? 32 : 0) & ~1;
+  return kc > 0 && kc < nb ? kc : 0;
+}
+
+// Weight panels that run slice by slice together (each X slice reused by them from L1 / L2) when
+// k-sliced: default 8.
+int64_t panel_kgroup() {
+  static const int env = env_count("EMOLLM_REPACKED_KGROUP");
+  return std::max(1, pick(g_kgroup, env, 8));
+}
+
+// KiB of X panels a pass: default 1.5 MiB, 3 MiB when k-sliced (a pass's X is read a slice at a
+// time, so a longer pass only means fewer reads of the weights).
+int64_t panel_pass_kib(bool sliced) {
+  static const int env = env_count("EMOLLM_REPACKED_PASS_KIB");
+  return std::max(1, pick(g_pass_kib, env, sliced ? 3072 : 1536));
+}
 
 // M > kSmallM on VNNI: X in chunks of panel rows (gemm_q8_xpanel.h), then per thread a range of
 // NV-group weight panels; the X panels are taken ~1.5 MiB at a time, and each of the thread's
@@ -1096,29 +1164,45 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
   // X panels per pass: ~1.5 MiB of them (L2 + L3). Measured at LLaMA-7B down (K = 11008, q8_0,
   // M = 512): 384 KiB passes (L2-resident X, weights re-read from memory 18 times) 0.75x
   // gemm_q8_vnni, 768 KiB 0.95x, 1.5 MiB 1.04x, unchunked 0.98x.
-  const int64_t pc = std::max<int64_t>(1, (int64_t(1536) << 10) / (nb * XPanels::kBlockDwords * 4));
+  // k slices of kc blocks (0: none): per X pass and slice, a group of kg weight panels' slices
+  // (16 * NV rows x kc blocks each) run against the pass's X slice (L1 / L2), the sums of every
+  // (weight panel, X panel) pair kept in scratch between the slices (panel_groups_avx512)
+  const int64_t kc = panel_kslice(nb), kg = kc > 0 ? panel_kgroup() : 1;
+  const int64_t pc = std::max<int64_t>(1, (panel_pass_kib(kc > 0) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
     const int64_t npm = (mcur + kPanelRows - 1) / kPanelRows;
     auto body = [&](int64_t p0, int64_t p1) {
+      float* st = kc > 0 ? static_cast<float*>(scratch(0, size_t(kg * pc * kPanelState) * sizeof(float))) : nullptr;
       for (int64_t c0 = 0; c0 < npm; c0 += pc) {
-        int j = 0;  // the output of panel p (panels are visited in ascending order)
-        for (int64_t p = p0; p < p1; ++p) {
-          while (p >= first[j + 1]) ++j;
-          const RepackedOutput& o = outs[j];
-          const int64_t lp = p - first[j], n0 = lp * NV * kGroup;
-          const uint8_t* Wp = static_cast<const uint8_t*>(o.W);
-          const float* bp = o.bias ? o.bias + n0 : nullptr;
-          for (int64_t pm = c0; pm < std::min(npm, c0 + pc); ++pm) {
+        const int64_t c1 = std::min(npm, c0 + pc);
+        for (int64_t q0 = p0; q0 < p1; q0 += kg) {
+          const int64_t q1 = std::min(p1, q0 + kg);
+          auto run = [&](int64_t p, int64_t pm, int64_t b0, int64_t b1) {
+            int j = 0;  // the output of panel p
+            while (p >= first[j + 1]) ++j;
+            const RepackedOutput& o = outs[j];
+            const int64_t lp = p - first[j], n0 = lp * NV * kGroup;
+            const uint8_t* Wp = static_cast<const uint8_t*>(o.W);
+            const float* bp = o.bias ? o.bias + n0 : nullptr;
             const int mr = int(std::min<int64_t>(kPanelRows, mcur - pm * kPanelRows));
             float* y = o.Y + (m0 + pm * kPanelRows) * o.ldy + n0;
             const int32_t* xpp = xp + pm * nb * XPanels::kBlockDwords;
+            float* s = st ? st + ((p - q0) * pc + pm - c0) * kPanelState : nullptr;
             if (q8)
-              panel_groups_avx512<true, NV>(xpp, Wp, L, lp * NV, nb, bp, y, o.ldy, mr, o.N - n0);
+              panel_groups_avx512<true, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
             else
-              panel_groups_avx512<false, NV>(xpp, Wp, L, lp * NV, nb, bp, y, o.ldy, mr, o.N - n0);
+              panel_groups_avx512<false, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
+          };
+          if (kc == 0) {
+            for (int64_t p = q0; p < q1; ++p)
+              for (int64_t pm = c0; pm < c1; ++pm) run(p, pm, 0, nb);
+          } else {
+            for (int64_t b0 = 0; b0 < nb; b0 += kc)
+              for (int64_t p = q0; p < q1; ++p)
+                for (int64_t pm = c0; pm < c1; ++pm) run(p, pm, b0, std::min(nb, b0 + kc));
           }
         }
       }
@@ -1130,6 +1214,24 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
 }  // namespace
 
 namespace gemm_detail {
+void set_repacked_kslice(int blocks) {
+#if defined(__x86_64__)
+  g_kslice.store(blocks, std::memory_order_relaxed);
+#endif
+  (void)blocks;
+}
+void set_repacked_kgroup(int panels) {
+#if defined(__x86_64__)
+  g_kgroup.store(panels, std::memory_order_relaxed);
+#endif
+  (void)panels;
+}
+void set_repacked_pass_kib(int kib) {
+#if defined(__x86_64__)
+  g_pass_kib.store(kib, std::memory_order_relaxed);
+#endif
+  (void)kib;
+}
 void set_repacked_panels_enabled(bool enabled) {
 #if defined(__x86_64__)
   g_panels_enabled.store(enabled);

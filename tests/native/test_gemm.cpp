@@ -28,11 +28,15 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "../../kernels/cpu/gemm_internal.h"
+#if defined(__x86_64__)
+#include "../../kernels/cpu/gemm_q8_xpanel.h"
+#endif
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/arena.h"
 #include "../../base/error.h"
@@ -1638,6 +1642,170 @@ TEST(gemm_repacked_large_m_matches_reference) {
         }
       }
     }
+}
+
+#if defined(__x86_64__)
+// The fused X rounding (gemm_q8_xquant.cpp: each row rounded to q8_0 straight into the X panels
+// of the VNNI GEMMs) against the row rounding (qx_quantize_row_avx2) followed by the scalar
+// packing: every panel dword the same, for the 4- and 6-row panels with per-block and per-half
+// tails. Blocks of random values at several scales, zeros, signed zeros, denormals, ties at .5
+// (d = 1 and d = 0.5), huge values and FLT_MAX, infinities, NaN at several places (the fused
+// path's fallback: max_ps's order matters then), K of 1, 3, 5, 7, 131 and 344 blocks (groups of 4
+// blocks and their remainders), rows past the panels' last.
+template <class Panels>
+bool qx_panels_same(const std::vector<float>& X, int64_t rows, int64_t K, int off, const char* what) {
+  const int64_t nb = K / kQK, npm = (rows + Panels::kMR - 1) / Panels::kMR;
+  const size_t n = size_t(npm * nb * Panels::kBlockDwords);
+  std::vector<int32_t> a(n, 0x5a5a5a5a), b(n, 0x5a5a5a5a);
+  std::vector<int8_t> qtmp(size_t(K) + 64);
+  std::vector<float> dtmp(size_t(K / 4) + 16);
+  for (int fused = 0; fused < 2; ++fused) {
+    gemm_detail::set_qx_pack_fused(fused != 0);
+    Panels::pack(X.data(), K, rows, K, 0, npm, off, qtmp.data(), dtmp.data(), fused ? a.data() : b.data());
+  }
+  for (size_t j = 0; j < n; ++j)
+    if (a[j] != b[j]) {
+      char buf[240];
+      std::snprintf(buf, sizeof buf, "%s rows=%lld K=%lld off=%d: dword %zu fused 0x%08x, row rounding 0x%08x", what,
+                    (long long)rows, (long long)K, off, j, unsigned(a[j]), unsigned(b[j]));
+      emollm_test::report_failure(__FILE__, __LINE__, buf);
+      return false;
+    }
+  return true;
+}
+
+TEST(qx_pack_fused_same_bits) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  note: no AVX-512 here: the fused X rounding does not run\n");
+    return;
+  }
+  struct Restore {
+    ~Restore() { gemm_detail::set_qx_pack_fused(true); }
+  } restore;
+  std::mt19937 rng(8100);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> ui(-126, 126);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  int checked = 0;
+  for (int64_t K : {32, 96, 160, 224, 4192, 11008})
+    for (int64_t rows : {1, 5, 13}) {
+      std::vector<float> X(size_t(rows * K));
+      for (int64_t blk = 0; blk < rows * K / kQK; ++blk) {
+        float* x = X.data() + blk * kQK;
+        const int kind = int((blk * 7 + rows) % 12), at = int((blk * 13) % kQK);
+        for (int j = 0; j < kQK; ++j) x[j] = nd(rng);
+        switch (kind) {
+          case 0: for (int j = 0; j < kQK; ++j) x[j] *= 1e-3f; break;
+          case 1: for (int j = 0; j < kQK; ++j) x[j] *= 1e3f; break;
+          case 2: for (int j = 0; j < kQK; ++j) x[j] = (j % 3) ? 0.0f : -0.0f; break;  // d = 0
+          case 3: for (int j = 0; j < kQK; ++j) x[j] *= 1e-40f; break;                 // denormals
+          case 4:  // ties at .5 with d = 1 (amax 127)
+            for (int j = 0; j < kQK; ++j) x[j] = float(ui(rng)) + (j % 2 ? 0.5f : -0.5f);
+            x[at] = (at % 2) ? 127.0f : -127.0f;
+            break;
+          case 5:  // ties with d = 0.5 (amax 63.5, id = 2): x = k / 2 + 1 / 4
+            for (int j = 0; j < kQK; ++j) x[j] = float(ui(rng) / 2) * 0.5f + (j % 2 ? 0.25f : -0.25f);
+            x[at] = -63.5f;
+            break;
+          case 6: for (int j = 0; j < kQK; ++j) x[j] *= 1e37f; x[at] = -std::numeric_limits<float>::max(); break;
+          case 7: x[at] = (at % 2) ? inf : -inf; break;
+          case 8: x[at] = nan; break;
+          case 9: x[0] = nan; x[kQK - 1] = -nan; x[17] = 1e30f; break;
+          case 10: x[at] = 1e30f; break;  // the rest rounds to 0
+          default: break;
+        }
+      }
+      for (int off : {8, 128}) {
+        if (!qx_panels_same<gemm_detail::Q8XPanels<4>>(X, rows, K, off, "Q8XPanels<4>")) return;
+        if (!qx_panels_same<gemm_detail::Q8XPanels<6>>(X, rows, K, off, "Q8XPanels<6>")) return;
+      }
+      if (!qx_panels_same<gemm_detail::Q8XPanels<6, gemm_detail::Q8XTail::PerHalf>>(X, rows, K, 32, "Q8XPanels<6, PerHalf>"))
+        return;
+      ++checked;
+    }
+  EXPECT(checked == 18);
+}
+#endif
+
+// gemm_repacked's X-panel kernel in k slices (set_repacked_kslice: each weight panel's slice of
+// kc blocks against a pass of X panels, the two sets of f32 sums kept per panel between slices):
+// every row bit-identical to gemv_repacked of that row at every slice length and pass size, so the
+// sums go on in the order of one call over the whole K. K of 11008 and 4096 (the 7B shapes) and odd
+// block counts (101, 35, 3: the last slice shorter, an odd last block), M across the X chunks (613
+// at K = 11008), passes of one panel to the default; 1-3 threads; gemm_repacked_multi too.
+// Dropping a slice's sums or giving a slice an odd start (even and odd blocks swapped) fails it.
+TEST(gemm_repacked_kslice_same_bits) {
+  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
+    std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
+    return;
+  }
+  struct Restore {
+    ~Restore() {
+      gemm_detail::set_repacked_kslice(-1);
+      gemm_detail::set_repacked_kgroup(-1);
+      gemm_detail::set_repacked_pass_kib(-1);
+    }
+  } restore;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{613, 40, 11008}, {130, 64, 4096}, {47, 33, 3232}, {21, 17, 1120}, {13, 96, 96}};
+  // k slice (blocks), weight panels a group, KiB of X a pass; -1: the default (sliced at K 11008)
+  struct Blocking {
+    int kslice, kgroup, pass_kib;
+  };
+  const Blocking blockings[] = {{0, 1, 1536}, {2, 1, 1},  {2, 3, 64},    {4, 8, 1536}, {6, 1, 64},  {32, 8, 3072},
+                                {32, 3, 1},   {64, 2, 64}, {100, 8, 1536}, {32, 1, 1536}, {-1, -1, -1}};
+  uint32_t seed = 7700;
+  int64_t compared = 0;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const Shape& sh : shapes) {
+      const int64_t M = sh.M, N = sh.N, K = sh.K;
+      Weights w = make_weights(t, N, K, seed);
+      Problem p = make_problem(M, N, K, 8, 3, seed + 1);
+      seed += 2;
+      std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+      quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool2);
+      std::vector<float> G(size_t(M * N));
+      for (int64_t m = 0; m < M; ++m)
+        gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
+      for (const Blocking& bl : blockings)
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          const int kc = bl.kslice, pass = bl.pass_kib;
+          gemm_detail::set_repacked_kslice(kc);
+          gemm_detail::set_repacked_kgroup(bl.kgroup);
+          gemm_detail::set_repacked_pass_kib(pass);
+          std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+          gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
+          // the same product as two outputs of gemm_repacked_multi (the second its last 17 rows)
+          std::vector<float> Y1(size_t(M * p.ldy), kSentinel), Y2(size_t(M * 17), kSentinel);
+          std::vector<uint8_t> packed2(quant_repack_bytes(t, 17, K));
+          quant_repack(w.bytes.data() + size_t(N - 17) * w.rb, t, 17, K, packed2.data(), nullptr);
+          const RepackedOutput outs[2] = {{packed.data(), p.bias.data(), Y1.data(), p.ldy, N},
+                                          {packed2.data(), p.bias.data() + (N - 17), Y2.data(), 17, 17}};
+          gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 2, M, K, pl);
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = 0; n < N; ++n) {
+              const float g = G[size_t(m * N + n)], y = Y[size_t(m * p.ldy + n)], y1 = Y1[size_t(m * p.ldy + n)];
+              const float y2 = n >= N - 17 ? Y2[size_t(m * 17 + n - (N - 17))] : g;
+              if (!(y == g && y1 == g && y2 == g)) {
+                char buf[320];
+                std::snprintf(buf, sizeof buf,
+                              "%s M=%lld N=%lld K=%lld kslice=%d kgroup=%d pass=%d KiB threads=%d: Y[%lld][%lld] = %.9g, "
+                              "multi %.9g / %.9g, gemv_repacked %.9g",
+                              dtype_name(t), (long long)M, (long long)N, (long long)K, kc, bl.kgroup, pass, pl ? pl->size() : 0,
+                              (long long)m, (long long)n, double(y), double(y1), double(y2), double(g));
+                emollm_test::report_failure(__FILE__, __LINE__, buf);
+                return;
+              }
+              ++compared;
+            }
+            for (int64_t n = N; n < p.ldy && m + 1 < M; ++n) EXPECT(Y[size_t(m * p.ldy + n)] == kSentinel);
+          }
+        }
+    }
+  EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
 }
 
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to

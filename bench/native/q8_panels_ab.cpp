@@ -1,0 +1,108 @@
+// In-process A/B of gemm_repacked's X-panel kernel blocking and X rounding (the q4_0 / q8_0
+// prefill GEMM on repacked weights, M > kSmallM on VNNI; gemv_repacked.cpp, gemm_q8_xquant.cpp):
+// one random N x K matrix and M x K X, the configurations run in turn call by call, in ABBA order
+// (so slow drift hits all), timed by the calling thread's CPU time at 1 thread (preemption by a
+// loaded machine's other processes excluded) or by wall time at more; each one's best and median,
+// its ratio to the first configuration's best (>1: faster), and whether its output has the first
+// one's bits. Built with the benchmarks (target q8_panels_ab); from the repository root:
+//   ./build-bench/q8_panels_ab M N K q4_0|q8_0 threads rounds CONFIG...
+//   CONFIG = kslice:pass_kib:kgroup:fused  (set_repacked_kslice / _pass_kib / _kgroup blocks,
+//            KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused)
+//   ./build-bench/q8_panels_ab 512 4096 11008 q4_0 1 10 0:1536:1:0 -1:-1:-1:1   # session 17 vs now
+#include <time.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/arena.h"
+#include "base/dtype.h"
+#include "base/thread_pool.h"
+#include "cpu/gemm_internal.h"
+#include "cpu/kernels.h"
+using namespace emollm;
+
+namespace {
+double now_s(bool cpu) {
+  timespec t;
+  clock_gettime(cpu ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+struct Config {
+  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1;
+};
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 8) {
+    std::fprintf(stderr, "usage: q8_panels_ab M N K q4_0|q8_0 threads rounds kslice:pass_kib:kgroup:fused ...\n");
+    return 2;
+  }
+  const int64_t M = std::atoll(argv[1]), N = std::atoll(argv[2]), K = std::atoll(argv[3]);
+  const std::string ty = argv[4];
+  const int th = std::atoi(argv[5]), rounds = std::atoi(argv[6]);
+  if (M < 1 || N < 1 || K < 32 || K % 32 || (ty != "q4_0" && ty != "q8_0") || th < 1 || rounds < 1) {
+    std::fprintf(stderr, "q8_panels_ab: M, N >= 1, K a multiple of 32, q4_0 or q8_0, threads and rounds >= 1\n");
+    return 2;
+  }
+  const DType t = ty == "q8_0" ? DType::Q8_0 : DType::Q4_0;
+  std::vector<Config> cfg;
+  for (int i = 7; i < argc; ++i) {
+    Config c;
+    if (std::sscanf(argv[i], "%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused) != 4) {
+      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused, got %s\n", argv[i]);
+      return 2;
+    }
+    cfg.push_back(c);
+  }
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> W(size_t(N * K)), X(size_t(M * K));
+  for (float& v : W) v = 0.02f * nd(rng);
+  for (float& v : X) v = nd(rng);
+  const size_t rb = dtype_row_bytes(t, K);
+  std::vector<uint8_t> Wq(rb * size_t(N));
+  for (int64_t n = 0; n < N; ++n) quantize_row(t, W.data() + n * K, Wq.data() + size_t(n) * rb, K);
+  ThreadPool pool(th);
+  AlignedPtr<uint8_t> Wr = make_aligned<uint8_t>(quant_repack_bytes(t, N, K));
+  quant_repack(Wq.data(), t, N, K, Wr.get(), &pool);
+  std::vector<std::vector<float>> Y(cfg.size(), std::vector<float>(size_t(M * N)));
+  std::vector<std::vector<double>> ts(cfg.size());
+  const bool cpu = th == 1;
+  auto run = [&](size_t c) {
+    gemm_detail::set_repacked_kslice(cfg[c].kslice);
+    gemm_detail::set_repacked_pass_kib(cfg[c].pass_kib);
+    gemm_detail::set_repacked_kgroup(cfg[c].kgroup);
+    gemm_detail::set_qx_pack_fused(cfg[c].fused != 0);
+    const double t0 = now_s(cpu);
+    gemm_repacked(X.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, M, N, K, &pool);
+    return now_s(cpu) - t0;
+  };
+  for (size_t c = 0; c < cfg.size(); ++c) run(c);  // warm-up: scratch, page faults
+  for (int r = 0; r < rounds; ++r)
+    for (size_t k = 0; k < cfg.size(); ++k) {
+      const size_t c = r % 2 ? cfg.size() - 1 - k : k;
+      ts[c].push_back(run(c));
+    }
+  std::printf("q8_panels_ab %s M=%lld N=%lld K=%lld threads=%d rounds=%d (%s time)\n", ty.c_str(), (long long)M,
+              (long long)N, (long long)K, th, rounds, cpu ? "thread CPU" : "wall");
+  double best0 = 0;
+  for (size_t c = 0; c < cfg.size(); ++c) {
+    std::vector<double> v = ts[c];
+    std::sort(v.begin(), v.end());
+    if (c == 0) best0 = v[0];
+    const bool same = std::memcmp(Y[c].data(), Y[0].data(), Y[0].size() * sizeof(float)) == 0;
+    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s\n",
+                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, v[0] * 1e3, v[v.size() / 2] * 1e3,
+                2.0 * double(M) * double(N) * double(K) / v[0] * 1e-9, best0 / v[0], same ? "same bits" : "BITS DIFFER");
+  }
+  gemm_detail::set_repacked_kslice(-1);
+  gemm_detail::set_repacked_pass_kib(-1);
+  gemm_detail::set_repacked_kgroup(-1);
+  gemm_detail::set_qx_pack_fused(true);
+  return 0;
+}
