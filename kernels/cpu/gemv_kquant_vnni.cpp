@@ -71,6 +71,28 @@ EnvSwitch& kquant_lean_q6_flag() {
 void set_kquant_lean_q6(bool enabled) { kquant_lean_q6_flag().set(enabled); }
 bool kquant_lean_q6() { return kquant_lean_q6_flag().on(); }
 
+namespace {
+// q6_K's M = 1 passes with their prefetches spread over a sub-block step's groups (a short loop of
+// ~7 lines before each group's loads) instead of one loop of all the step's ~27 lines at its top:
+// the same lines, the same distance ahead (a prefetch never changes results). The default's lines
+// already go out from a loop (objdump: prefetcht0 / add / cmp / jne), not as the straight-line
+// burst that acts as no prefetch on this Zen 5 (q40_read_patterns). Measured in the model (1
+// thread, thread CPU time, loaded): q6_K's lean pass 1.03-1.09x over the lean pass without it,
+// lean + spread 1.03-1.10x over q6_K's default pass; q4_K's lean pass spread (~5 lines a group)
+// 0.87-1.02x in four runs (bench_kernels 1.01-1.11x): refuted, so q4_K keeps one loop a step.
+// Opt-in (EMOLLM_KQ_PF_SPREAD=1) for a quiet A/B of q6_K lean + spread (decode_switch_ab
+// kq6_lean_spread). The spread prefetch is written out inline in the passes: from
+// a lambda GCC 12 emitted none of them in kq_records_sg (that build ran q6_K without software
+// prefetch: 0.58-0.76x in bench_kernels, 0.74x in the model).
+EnvSwitch& kq_pf_spread_flag() {
+  static EnvSwitch on("EMOLLM_KQ_PF_SPREAD", EnvDefault::Off);
+  return on;
+}
+}  // namespace
+
+void set_kq_pf_spread(bool enabled) { kq_pf_spread_flag().set(enabled); }
+bool kq_pf_spread() { return kq_pf_spread_flag().on(); }
+
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -428,6 +450,7 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const int64_t pf = sg_prefetch();
+  const bool spread = q6 && MB == 1 && kq_pf_spread();  // q6_K only (q4_K: refuted, below)
   const size_t sgb = size_t(ns) * rec;
   if (cold && pf > 0)
     for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(Wr + size_t(q0) * sgb + size_t(o)), _MM_HINT_T0);
@@ -449,11 +472,17 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
         for (int gi = 0; gi < G; ++gi) aA[gi] = aM[gi] = _mm512_setzero_ps();
 #pragma GCC unroll 2
         for (int j = 0; j < 8; ++j) {
-          prefetch_step(j);
+          if (!spread) prefetch_step(j);
           __m512i x[8];
           kq_load_x(xr, 0, s, j, x);
 #pragma GCC unroll 4
           for (int gi = 0; gi < G; ++gi) {
+            if (spread && pf > 0) {  // part gi of G of step j's lines, before group gi's loads
+              const char* a = reinterpret_cast<const char*>(p + pf);
+              const int l0 = lines * j / 8, l1 = lines * (j + 1) / 8;
+#pragma GCC unroll 1
+              for (int l = l0 + (l1 - l0) * gi / G; l < l0 + (l1 - l0) * (gi + 1) / G; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+            }
             KqSub<q6> b;
             kq_load_sub<q6, G, P>(p, gi, j, b);
             kq_dot_sub<q6>(b, x, xr, 0, s, j, aA[gi], aM[gi]);
@@ -538,7 +567,7 @@ int64_t kq_stream_prefetch(int streams) {
 // depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
 template <DType T, int G, int S, bool P>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
-                                                                  int64_t pf, __m512 (&y)[S][G]) {
+                                                                  int64_t pf, bool spread, __m512 (&y)[S][G]) {
   constexpr bool q6 = T == DType::Q6_K;
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
@@ -549,7 +578,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     for (int gi = 0; gi < G; ++gi) aA[k][gi] = _mm512_setzero_ps();
 #pragma GCC unroll 1
   for (int j = 0; j < 8; ++j) {
-    if (pf > 0)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
+    if (pf > 0 && !spread)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
       for (int k = 0; k < S; ++k) {
         const char* a = reinterpret_cast<const char*>(p[k] + pf);
         for (int l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
@@ -561,6 +590,12 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     for (int gi = 0; gi < G; ++gi)
 #pragma GCC unroll 4
       for (int k = 0; k < S; ++k) {
+        if (pf > 0 && spread) {  // part gi of G of this step's slice of stream k
+          const char* a = reinterpret_cast<const char*>(p[k] + pf);
+          const int l0 = lines * j / 8, l1 = lines * (j + 1) / 8;
+#pragma GCC unroll 1
+          for (int l = l0 + (l1 - l0) * gi / G; l < l0 + (l1 - l0) * (gi + 1) / G; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+        }
         const uint8_t* cl = p[k] + L.codes(gi, j);
         __m512i v[6];
 #pragma GCC unroll 6
@@ -621,11 +656,12 @@ EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const
   if (cold && pf > 0)
     for (int k = 0; k < S; ++k)
       for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
+  const bool spread = q6 && kq_pf_spread();  // q6_K only (q4_K: refuted, below)
   __m512 y[S][G];
   for (int k = 0; k < S; ++k)
     for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
   for (int64_t s = 0; s < ns; ++s) {
-    kq_lean_records<T, G, S, P>(p, s, xr, pf, y);
+    kq_lean_records<T, G, S, P>(p, s, xr, pf, spread, y);
     for (int k = 0; k < S; ++k) p[k] += rec;
   }
   for (int k = 0; k < S; ++k)
