@@ -96,11 +96,12 @@ void set_decode_pv_pairs(bool on);
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
 // The decode driver's pieces and the tiled driver's units and split-KV merges handed out from a
-// shared counter inside ThreadPool::run_dynamic (default): a worker that arrives after the caller's
+// shared counter inside ThreadPool::run_dynamic (opt-in, EMOLLM_ATTN_CLAIMED=1: 0.97x in the 7B
+// decode, quiet, session 18): a worker that arrives after the caller's
 // share is done skips the job, and one preempted holding a piece costs the call at most that piece;
 // the tiled driver's scratch is indexed by pool_thread_index() (unique among the threads inside a
-// run_dynamic job). EMOLLM_ATTN_CLAIMED=0 or set_attention_claimed(false): pool->run jobs as before
-// (one index a thread, each taking from the same counter). Which thread runs a piece or unit never
+// run_dynamic job). Default (set_attention_claimed(false)): pool->run jobs (one index a thread,
+// each taking from the same counter). Which thread runs a piece or unit never
 // changes its arithmetic: outputs are bit for bit equal.
 bool attention_claimed();
 void set_attention_claimed(bool on);

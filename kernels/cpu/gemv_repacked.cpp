@@ -1102,13 +1102,10 @@ std::atomic<bool> g_panels_enabled{true};
 // EMOLLM_REPACKED_KSLICE / _KGROUP / _PASS_KIB when set, else the defaults below).
 std::atomic<int> g_kslice{-1}, g_pass_kib{-1}, g_kgroup{-1};
 
-// A non-negative integer from the environment, or -1 when unset or not one.
+// A non-negative integer from the environment (env_int), or -1 when unset or out of range.
 int env_count(const char* name) {
-  const char* e = std::getenv(name);
-  if (!e || !*e) return -1;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  return end && *end == 0 && v >= 0 && v < (1 << 20) ? int(v) : -1;
+  const long long v = env_int(name, -1);
+  return v >= 0 && v < (1 << 20) ? int(v) : -1;
 }
 
 int pick(const std::atomic<int>& set, int env, int dflt) {

@@ -1577,7 +1577,7 @@ namespace {
 struct LateWorkerScope {
   ~LateWorkerScope() {
     pool_set_late_worker(0);
-    attention_detail::set_attention_claimed(true);
+    attention_detail::set_attention_claimed(false);  // the default
   }
 };
 struct WorkDelta {
