@@ -2595,15 +2595,18 @@ void bench_attention_decode_pv_pairs(ThreadPool& pool) {
              "P V one kv head a call (set_decode_pv_pairs(false)), interleaved; ratio = its time / the default's"});
 }
 
-// claimed: the decode driver's pieces on claimed work (run_dynamic, the default) vs pool->run jobs
-// ("poolrun"; same bits, test attention_claimed_same_bits_late_worker). At one thread both are the
-// same loop.
+// claimed: the decode driver's pieces on claimed work (run_dynamic, the opt-in EMOLLM_ATTN_CLAIMED)
+// vs pool->run jobs (the default: "poolrun"; same bits, test attention_claimed_same_bits_late_worker).
+// The section's main rows run with claimed work switched on. At one thread both are the same loop.
 void bench_attention_decode_claimed(ThreadPool& pool) {
+  const bool was = attention_detail::attention_claimed();
+  attention_detail::set_attention_claimed(true);
   bench_attention_decode_7b_switch(
       pool, {"claimed",
-             "decode attention, 7B shape (one query row per kv head): pieces on claimed work vs pool->run (interleaved; ratio = pool->run's time / the default's)",
+             "decode attention, 7B shape (one query row per kv head): pieces on claimed work (opt-in) vs pool->run (the default) (interleaved; ratio = pool->run's time / claimed's)",
              attention_detail::set_attention_claimed, "poolrun",
-             "pieces handed out inside pool->run jobs (set_attention_claimed(false)), interleaved; ratio = its time / the default's"});
+             "pieces handed out inside pool->run jobs (set_attention_claimed(false), the default), interleaved; ratio = its time / claimed's"});
+  attention_detail::set_attention_claimed(was);
 }
 
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
