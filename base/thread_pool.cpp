@@ -133,7 +133,7 @@ ThreadPool::ThreadPool(int n_threads) {
   shared_.reset(new Shared);
   slots_.reset(new Slot[size_t(n_threads_)]);
   workers_.reserve(size_t(n_threads_ - 1));
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i, 0); });
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -286,7 +286,8 @@ void ThreadPool::rethrow_error() {
   std::rethrow_exception(e);
 }
 
-void ThreadPool::worker_loop(int ith, uint64_t seen) {
+void ThreadPool::worker_loop(int ith) {
+  uint64_t seen = 0;  // the sequence of the last job (or stop) this worker read: none yet
   t_in_pool = true;
   t_pool_index = ith;
   t_pool = this;

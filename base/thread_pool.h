@@ -96,7 +96,7 @@ class ThreadPool {
   // The hand-off: the caller publishes a job with atomics in one cache line that it alone writes
   // (Publish), each worker claims and completes its run() index on its own line (Slot), and the
   // condition variables are touched only for a thread that sleeps after its spin (Sleep).
-  void worker_loop(int ith, uint64_t seen);
+  void worker_loop(int ith);
   uint64_t publish(const std::function<void(int, int)>* job, const std::function<void()>* dyn, bool stop);
   void notify_caller();
   void set_error(std::exception_ptr e);

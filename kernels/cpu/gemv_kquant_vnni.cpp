@@ -82,9 +82,10 @@ namespace {
 // 0.87-1.02x in four runs (bench_kernels 1.01-1.11x): refuted, so q4_K keeps one loop a step.
 // Opt-in (EMOLLM_KQ_PF_SPREAD=1): the quiet A/B of q6_K lean + spread against the default pass
 // (decode_switch_ab kq6_lean_spread, session 18) read 1.061x at 1 thread (thread CPU time, median
-// round 1.059) but 0.921x at 2 threads (wall, every one of 10 rounds 0.86-0.98), so it stays off. The spread prefetch is written out inline in the passes: from
-// a lambda GCC 12 emitted none of them in kq_records_sg (that build ran q6_K without software
-// prefetch: 0.58-0.76x in bench_kernels, 0.74x in the model).
+// round 1.059) but 0.921x at 2 threads (wall, every one of 10 rounds 0.86-0.98), so it stays
+// off. The spread prefetch is written out inline in the passes: from a lambda GCC 12 emitted none
+// of them in kq_records_sg (that build ran q6_K without software prefetch: 0.58-0.76x in
+// bench_kernels, 0.74x in the model).
 EnvSwitch& kq_pf_spread_flag() {
   static EnvSwitch on("EMOLLM_KQ_PF_SPREAD", EnvDefault::Off);
   return on;
