@@ -28,21 +28,15 @@
 #include "../../base/thread_pool.h"
 #include "../../kernels/cpu/attention_internal.h"
 #include "../../kernels/cpu/kernels.h"
+#include "bench_clock.h"
 
 using namespace emollm;
+using bench::best;
+using bench::median;
+using bench::now;
+using bench::thread_cpu;
 
 namespace {
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-double thread_cpu() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-double best(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -22,21 +22,15 @@
 
 #include "../../base/pool_stats.h"
 #include "../../base/thread_pool.h"
+#include "bench_clock.h"
 
 using namespace emollm;
+using bench::best;
+using bench::median;
+using bench::now;
+using bench::thread_cpu;
 
 namespace {
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-double thread_cpu() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-double best(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 volatile double g_sink = 0;
 // About 2 us of dependent arithmetic on the Zen 5 VM (no memory traffic).
 void tiny_work(int salt) {

@@ -24,8 +24,11 @@
 #include "../../base/pool_stats.h"
 #include "../../base/thread_pool.h"
 #include "../../kernels/cpu/kernels.h"
+#include "bench_clock.h"
 
 using namespace emollm;
+using bench::median;
+using bench::now;
 
 namespace {
 std::vector<float> randv(size_t n, uint32_t seed) {
@@ -44,11 +47,6 @@ std::vector<uint8_t> weights(DType t, int64_t N, int64_t K, uint32_t seed) {
     quantize_row(t, row.data(), W.data() + size_t(n) * rb, K);
   }
   return W;
-}
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 struct Op {
   std::string name;
