@@ -9,9 +9,6 @@
 //   CONFIG = kslice:pass_kib:kgroup:fused  (set_repacked_kslice / _pass_kib / _kgroup blocks,
 //            KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused)
 //   ./build-bench/q8_panels_ab 512 4096 11008 q4_0 1 10 0:1536:1:0 -1:-1:-1:1   # session 17 vs now
-#include <time.h>
-
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,14 +21,12 @@
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"
 #include "cpu/kernels.h"
+#include "bench_clock.h"
 using namespace emollm;
 
 namespace {
-double now_s(bool cpu) {
-  timespec t;
-  clock_gettime(cpu ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
+// The calling thread's CPU time at 1 thread, wall time at more.
+double now_s(bool cpu) { return cpu ? bench::thread_cpu() : bench::now(); }
 struct Config {
   int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1;
 };
@@ -92,13 +87,12 @@ int main(int argc, char** argv) {
               (long long)N, (long long)K, th, rounds, cpu ? "thread CPU" : "wall");
   double best0 = 0;
   for (size_t c = 0; c < cfg.size(); ++c) {
-    std::vector<double> v = ts[c];
-    std::sort(v.begin(), v.end());
-    if (c == 0) best0 = v[0];
+    const double b = bench::best(ts[c]), med = bench::median(ts[c]);
+    if (c == 0) best0 = b;
     const bool same = std::memcmp(Y[c].data(), Y[0].data(), Y[0].size() * sizeof(float)) == 0;
     std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s\n",
-                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, v[0] * 1e3, v[v.size() / 2] * 1e3,
-                2.0 * double(M) * double(N) * double(K) / v[0] * 1e-9, best0 / v[0], same ? "same bits" : "BITS DIFFER");
+                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, b * 1e3, med * 1e3,
+                2.0 * double(M) * double(N) * double(K) / b * 1e-9, best0 / b, same ? "same bits" : "BITS DIFFER");
   }
   gemm_detail::set_repacked_kslice(-1);
   gemm_detail::set_repacked_pass_kib(-1);

@@ -158,24 +158,15 @@ void small_m(const Args& a) {
   });
 }
 
+}  // namespace
+
 // ------------------------------------------------------------------ q8_0 activations (M <= 8)
 // X rows rounded to q8_0 (see QX in gemm_internal.h); per weight block an exact int32 dot
 // product: q8_0 weights with ggml's sign trick (|w| unsigned x sign(w)*x signed; vpmaddubsw
 // cannot saturate: |w| <= 128, |x| <= 127, 2*128*127 < 2^15),
 // q4_0 nibbles (unsigned 0..15) x x then the precomputed -8*sum(x) per int32 lane. The int32
 // lanes are converted and scaled by d_w * d_x in f32 (FMA), summed at the end.
-
-// roundf (half away from zero) on 8 lanes, exactly: truncate, then step away from zero when the
-// (exact) remainder is at least one half.
-EMO_T2 EMO_AI __m256 round_away(__m256 v) {
-  const __m256 sb = _mm256_set1_ps(-0.0f);
-  const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_andnot_ps(sb, _mm256_sub_ps(v, t));
-  const __m256 up = _mm256_cmp_ps(f, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-  return _mm256_add_ps(t, _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sb))));
-}
-
-}  // namespace
+// The rounding is simd_vec.h's round_away (roundf on 8 lanes, exactly).
 
 // Vector twin of qx_quantize_row_scalar (bit-identical: same f32 operations, same rounding).
 EMO_T2 void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* dxe, int32_t* neg, int off) {
@@ -195,7 +186,7 @@ EMO_T2 void qx_quantize_row_avx2(const float* x, int64_t K, int8_t* qs, float* d
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[i], vid)));
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(simd::F32x8::round_away(_mm256_mul_ps(v[i], vid)));
     // packs interleave 128-bit lanes: bytes come out in 4-byte groups 0,2,4,6,1,3,5,7
     __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     p = _mm256_permutevar8x32_epi32(p, perm);

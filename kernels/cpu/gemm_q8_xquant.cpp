@@ -17,21 +17,13 @@
 #include <cstring>
 
 #include "../../base/env_switch.h"
-#include "simd_math.h"
+#include "simd_vec.h"
 
 namespace emollm {
 namespace gemm_detail {
 namespace {
 
 #define EMO_T5 EMOLLM_TARGET_AVX512
-
-EMO_T5 inline __m512 round_away512(__m512 v) {
-  const __m512 sb = _mm512_set1_ps(-0.0f);
-  const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_andnot_ps(sb, _mm512_sub_ps(v, t));
-  const __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
-  return _mm512_add_ps(t, _mm512_maskz_mov_ps(up, _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, sb))));
-}
 
 // Where row i's 8 quads of a block go: dword q*MR + i of the block, i.e. zmm z (dwords 16z ..
 // 16z + 15) takes lane l = q*MR + i - 16z from quad q.
@@ -130,8 +122,8 @@ EMO_T5 void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tai
     const __m512 idz = _mm512_castps128_ps512(id);
     for (int j = 0; j < n; ++j) {
       const __m512 vid = _mm512_permutexvar_ps(_mm512_set1_epi32(j), idz);
-      const __m512i q0 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v[j][0], vid)));
-      const __m512i q1 = _mm512_cvtps_epi32(round_away512(_mm512_mul_ps(v[j][1], vid)));
+      const __m512i q0 = _mm512_cvtps_epi32(simd::F32x16::round_away(_mm512_mul_ps(v[j][0], vid)));
+      const __m512i q1 = _mm512_cvtps_epi32(simd::F32x16::round_away(_mm512_mul_ps(v[j][1], vid)));
       put_block(out + (b0 + j) * bd, narrow(q0, q1), dx[j], mr, i, tail, off, pl);
     }
   }

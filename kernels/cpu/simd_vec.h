@@ -5,6 +5,9 @@
 //   mask(c)  lanes [0, c), c clamped to [0, kLanes]
 //   load     an aligned vector (32 / 64 bytes); maskz_load / mask_store: unaligned, masked
 //   maskz(m, v)  v with the lanes outside m set to +0
+//   round_away   roundf on every lane (half away from zero), exactly: truncate, then step one away
+//            from zero where the (exact) remainder is at least one half; NaN stays NaN. The q8_0
+//            rounding of X (qx_quantize_row_avx2, gemm_q8_xquant.cpp's panels) at either width
 //   load_f16 / load_bf16   kLanes half values (unaligned) widened to f32 (exact)
 //   store_f16 / store_bf16 kLanes f32 rounded to nearest even, stored as halves (unaligned):
 //            f16 by vcvtps2ph; bf16 by integer rounding as f32_to_bf16 (base/dtype.h), NaN kept
@@ -38,6 +41,13 @@ struct F32x8 {
   EMOLLM_SIMD_INLINE_256 Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
   EMOLLM_SIMD_INLINE_256 Vec set1(float v) { return _mm256_set1_ps(v); }
   EMOLLM_SIMD_INLINE_256 Vec maskz(Mask m, Vec v) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
+  EMOLLM_SIMD_INLINE_256 Vec round_away(Vec v) {
+    const __m256 sb = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_andnot_ps(sb, _mm256_sub_ps(v, t));
+    const __m256 up = _mm256_cmp_ps(f, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm256_add_ps(t, _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sb))));
+  }
   EMOLLM_SIMD_INLINE_256 Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
   EMOLLM_SIMD_INLINE_256 void storeu(float* p, Vec v) { _mm256_storeu_ps(p, v); }
   EMOLLM_SIMD_INLINE_256 Vec load_f16(const uint16_t* p) {
@@ -89,6 +99,13 @@ struct F32x16 {
   EMOLLM_SIMD_INLINE_512 Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   EMOLLM_SIMD_INLINE_512 Vec set1(float v) { return _mm512_set1_ps(v); }
   EMOLLM_SIMD_INLINE_512 Vec maskz(Mask m, Vec v) { return _mm512_maskz_mov_ps(m, v); }
+  EMOLLM_SIMD_INLINE_512 Vec round_away(Vec v) {
+    const __m512 sb = _mm512_set1_ps(-0.0f);
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_andnot_ps(sb, _mm512_sub_ps(v, t));
+    const __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm512_add_ps(t, _mm512_maskz_mov_ps(up, _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, sb))));
+  }
   EMOLLM_SIMD_INLINE_512 Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
   EMOLLM_SIMD_INLINE_512 void storeu(float* p, Vec v) { _mm512_storeu_ps(p, v); }
   EMOLLM_SIMD_INLINE_512 Vec load_f16(const uint16_t* p) {
