@@ -8,7 +8,8 @@
 // pieces on claimed work (run_dynamic) against pool->run jobs; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
-// loaded twice, off and on, and the blocks alternate between the two; AB_PROMPT=n prompt tokens
+// loaded twice, off and on, and the blocks alternate between the two (embd_populate: the
+// embedding table's pages mapped at load, likewise); none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens
 // first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
@@ -32,12 +33,26 @@
 #include "cpu/gemm_internal.h"       // set_q40_streams
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
 #include "cpu/kernels.h"             // set_kq6_packed
+#include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
+#include <sys/mman.h>
 using namespace emollm;
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
 // the weights are packed). The second context gets the same prompt first.
 enum class OnContext { Same, KvF16, ReloadedModel };
+// The model's token embedding table (set after the load) and what the embd_populate switch does to it.
+const void* g_embd = nullptr;
+size_t g_embd_bytes = 0;
+void embd_pages(bool on) {
+  if (!g_embd) return;
+  if (on) {
+    populate_read(g_embd, g_embd_bytes);
+    return;
+  }
+  const uintptr_t a = reinterpret_cast<uintptr_t>(g_embd) / 4096 * 4096;
+  madvise(reinterpret_cast<void*>(a), reinterpret_cast<uintptr_t>(g_embd) + g_embd_bytes - a, MADV_DONTNEED);
+}
 // The switches AB_SWITCH names: each sets the path off (false) or on (true).
 struct AbSwitch {
   const char* name;
@@ -45,6 +60,9 @@ struct AbSwitch {
   OnContext on_context = OnContext::Same;
 };
 const AbSwitch kSwitches[] = {
+    // nothing switched: an A/A run (the noise of the method), or a per-op profile of the default
+    // path (EMOLLM_PROFILE=1 EMOLLM_PROFILE_OUT=file, EMOLLM_PROFILE_CPU=1: native/core/profiling_backend.h)
+    {"none", [](bool) {}},
     {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
     {"q40_streams2", [](bool on) { gemm_detail::set_q40_streams(on ? 2 : 1); }},
     // gemv_repacked's q4_0 pass on two long streams (two contiguous parts of each thread's chunk)
@@ -71,6 +89,11 @@ const AbSwitch kSwitches[] = {
     // (attention_internal.h set_attention_claimed)
     {"attn_claimed", [](bool on) { attention_detail::set_attention_claimed(on); }},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
+    // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
+    // (madvise MADV_DONTNEED: the page table entries dropped, the page cache kept, as a fresh
+    // model's untouched rows): a page fault a token in the lookup. Before each block, untimed
+    // (a reload would share the first model's mapping: MappedFile::open)
+    {"embd_populate", [](bool on) { embd_pages(on); }},
     // the forward pass's per-token work outside the GEMVs (model/llama.h): k / v written into the
     // KV cache block in place, the norm prefetch, and both
     {"kv_direct", [](bool on) { set_kv_direct_write(on); }},
@@ -103,6 +126,8 @@ int main(int argc, char** argv) {
   if (chosen->on_context == OnContext::ReloadedModel) set(false);
   LlamaLoadOptions lo; lo.threads = threads;
   auto m = LlamaModel::load(argv[1], lo);
+  g_embd = m->tok_embd.data;
+  g_embd_bytes = size_t(m->tok_embd.rows) * dtype_row_bytes(m->tok_embd.dtype, m->tok_embd.cols);
   // AB_PROMPT=n: n prompt tokens first (default 16), so the decode attention reads a longer cache
   const int n_prompt = std::getenv("AB_PROMPT") ? std::max(1, std::atoi(std::getenv("AB_PROMPT"))) : 16;
   LlamaContextOptions o; o.n_ctx = n_prompt + 2 * rounds * block + 8 * block + 64;

@@ -158,4 +158,18 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
 }
 #endif
 
+bool populate_read(const void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_POPULATE_READ)
+  if (!p || bytes == 0) return false;
+  const long ps = sysconf(_SC_PAGESIZE);
+  const uintptr_t page = uintptr_t(ps > 0 ? ps : 4096);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p) / page * page;
+  return madvise(reinterpret_cast<void*>(a), reinterpret_cast<uintptr_t>(p) + bytes - a, MADV_POPULATE_READ) == 0;
+#else
+  (void)p;
+  (void)bytes;
+  return false;
+#endif
+}
+
 }  // namespace emollm

@@ -19,6 +19,7 @@
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "loaders/json.h"
+#include "loaders/mapped_file.h"
 #include "loaders/safetensors.h"
 #include "loaders/weight_reader.h"
 
@@ -447,6 +448,17 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
   place_weights(*m);
 }
 
+namespace {
+EnvSwitch& embd_populate_flag() {
+  static EnvSwitch on("EMOLLM_EMBD_POPULATE");
+  return on;
+}
+std::atomic<uint64_t> g_embd_populated_bytes{0};
+}  // namespace
+void set_embd_populate(bool on) { embd_populate_flag().set(on); }
+bool embd_populate() { return embd_populate_flag().on(); }
+uint64_t embd_populated_bytes() { return g_embd_populated_bytes.load(std::memory_order_relaxed); }
+
 // Every weight the forward pass uses goes through the model's BackendWeights: on the CPU the
 // pointers stay the mmap's (zero-copy), on a device each is uploaded once (the tied output finds
 // tok_embd's copy) and LlamaWeight::host keeps the mmap. The matrices gemm() streams are offered
@@ -470,6 +482,13 @@ void LlamaLoader::place_weights(LlamaModel& m) {
   m.output_norm = w.place(m.output_norm, E);
   w.place_gemm_matrix(m.output);
   w.finish();  // the mmap pages may be released by the OS once the copies are done
+  // The embedding rows a decode step reads in place (host memory, an untied table: a tied one's
+  // mapped bytes are the packed output's to release): mapped now, not one page fault a token.
+  if (embd_populate() && m.backend_->uses_host_memory() && m.tok_embd.data && m.tok_embd.data == m.tok_embd.host &&
+      m.output.data != m.tok_embd.data) {
+    const size_t bytes = size_t(m.tok_embd.rows) * dtype_row_bytes(m.tok_embd.dtype, m.tok_embd.cols);
+    if (populate_read(m.tok_embd.data, bytes)) g_embd_populated_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
 }
 
 // ================================================================ context

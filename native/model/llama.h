@@ -478,4 +478,13 @@ bool norm_prefetch();
 uint64_t kv_direct_passes();
 uint64_t norm_prefetch_calls();
 
+// The token embedding table's pages mapped when a model is loaded (EMOLLM_EMBD_POPULATE=0: off,
+// the A/B baseline; read at load): on host memory an untied table stays in the weight file's
+// mapping, and a decode step's row is otherwise a page fault a token (loaders/mapped_file.h
+// populate_read). Changes no bit. embd_populated_bytes: the bytes populated so far in this
+// process (tests: that the path runs).
+void set_embd_populate(bool on);
+bool embd_populate();
+uint64_t embd_populated_bytes();
+
 }  // namespace emollm

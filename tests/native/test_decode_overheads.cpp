@@ -6,7 +6,9 @@
 //     positions lie in one block of an f32 cache (a decode step; a prompt inside one block), not
 //     by a prompt across a block edge, a batched multi-sequence step or a half cache;
 //   - the norm prefetch (Backend::prefetch of the next norm's weights and the residual row before
-//     o's and down's GEMVs in a decode step).
+//     o's and down's GEMVs in a decode step);
+//   - the token embedding table's pages mapped at load (set_embd_populate): the table's bytes
+//     counted as populated and every page of it present, the logits the same as without.
 // The same script (a prompt with every row's logits, greedy decode across block edges, a second
 // sequence, batched steps of both) runs on two contexts of one model, one with the switches on
 // and one with them off, switched before each call; on stories260K (../shared) and random-weight
@@ -19,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "base/dtype.h"
@@ -164,6 +167,74 @@ TEST(decode_overheads_same_bits_random_weights) {
       EXPECT(m->layers[0].wq.dtype == t);
       check_model(m, small_opts(DType::F32), std::string("random ") + dtype_name(t) + " threads " + std::to_string(threads));
     }
+    std::remove(path.c_str());
+  }
+  ::rmdir(dir);
+}
+
+namespace {
+// Pages of [p, p + bytes) not present in this process's page tables (/proc/self/pagemap bit 63,
+// readable without privileges); -1 where pagemap cannot be read.
+int64_t pages_not_present(const void* p, size_t bytes) {
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY);
+  if (fd < 0) return -1;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) / 4096, last = (reinterpret_cast<uintptr_t>(p) + bytes - 1) / 4096;
+  int64_t missing = 0;
+  for (uintptr_t pg = first; pg <= last; ++pg) {
+    uint64_t e = 0;
+    if (::pread(fd, &e, sizeof e, off_t(pg * sizeof e)) != ssize_t(sizeof e)) {
+      ::close(fd);
+      return -1;
+    }
+    if (!(e >> 63)) ++missing;
+  }
+  ::close(fd);
+  return missing;
+}
+}  // namespace
+
+TEST(embd_populate_maps_the_table_same_logits) {
+  char tmpl[] = "/tmp/emollm_embd_XXXXXX";
+  const char* dir = mkdtemp(tmpl);
+  EXPECT(dir != nullptr);
+  if (!dir) return;
+  struct Restore {
+    ~Restore() { set_embd_populate(true); }
+  } restore;
+  for (DType t : {DType::F32, DType::Q4_0}) {
+    const std::string path = std::string(dir) + "/random-" + dtype_name(t) + ".gguf";
+    emollm_test::RandomLlamaShape shape;
+    shape.weights = t;
+    shape.n_vocab = 4096;  // a table of many pages (f32: 512, q4_0: 72 KiB a 128-wide row set)
+    emollm_test::write_random_llama(path, shape);
+    std::vector<float> logits[2];
+    for (int on : {0, 1}) {
+      set_embd_populate(on != 0);
+      const uint64_t b0 = embd_populated_bytes();
+      auto m = LlamaModel::load(path, LlamaLoadOptions{});
+      const size_t bytes = size_t(m->tok_embd.rows) * dtype_row_bytes(m->tok_embd.dtype, m->tok_embd.cols);
+      EXPECT(m->tok_embd.dtype == t);
+      EXPECT(embd_populated_bytes() - b0 == (on ? bytes : 0));
+      if (on) {
+        const int64_t missing = pages_not_present(m->tok_embd.data, bytes);
+        if (missing > 0) std::fprintf(stderr, "%s: %lld pages of the table not mapped\n", dtype_name(t), (long long)missing);
+        EXPECT(missing <= 0);  // -1: pagemap unreadable here, nothing to check
+      }
+      LlamaContextOptions o;
+      o.n_ctx = 32;
+      LlamaContext ctx(m, o);
+      const int32_t prompt[5] = {7, 4000, 123, 2048, 9};
+      const float* l = ctx.eval(prompt, 5);
+      logits[on].assign(l, l + ctx.n_vocab());
+      int32_t tok = 3001;
+      for (int s = 0; s < 4; ++s) {
+        l = ctx.eval(&tok, 1);
+        logits[on].insert(logits[on].end(), l, l + ctx.n_vocab());
+        tok = int32_t((tok * 7 + 13) % 4096);
+      }
+    }
+    EXPECT(logits[0].size() == logits[1].size() &&
+           std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)) == 0);
     std::remove(path.c_str());
   }
   ::rmdir(dir);
