@@ -8,9 +8,10 @@
 // pieces on claimed work (run_dynamic) against pool->run jobs; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
-// loaded twice, off and on, and the blocks alternate between the two (embd_populate: the
-// embedding table's pages mapped at load, likewise); none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens
-// first, default 16):
+// loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
+// embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
+// entries dropped before each block; none: nothing switched (A/A, or a profile); AB_PROMPT=n
+// prompt tokens first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
