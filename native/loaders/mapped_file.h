@@ -47,9 +47,9 @@ class MappedFile {
 // Maps the pages of [p, p + bytes) into this process's page tables now, reading them from the file
 // where they are not in the page cache (madvise MADV_POPULATE_READ, Linux >= 5.14), so that reads
 // of rows scattered over the range later take no page fault: a decode step's embedding row, one
-// new 4 KiB page a token, cost ~0.15 ms of CPU in a fault on the Zen 5 VM. Nothing where the
-// kernel lacks it (EINVAL), off Linux, or for memory that is not a mapping (already resident).
-// Returns whether the kernel populated the range.
+// new 4 KiB page a token, cost 56-119 us of CPU in a fault on the Zen 5 VM (a C loop over random
+// pages). Nothing where the kernel lacks it (EINVAL), off Linux, or for memory that is not a
+// mapping (already resident). Returns whether the kernel populated the range.
 bool populate_read(const void* p, size_t bytes);
 
 }  // namespace emollm
