@@ -1,6 +1,6 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
-// backend.h set_gemv_next_prefetch; q40_streams2: gemv_repacked's two-stream q4_0 pass; q40_parts2:
-// the same on two contiguous parts of each thread's chunk (set_q40_stream_parts);
+// backend.h set_gemv_next_prefetch; q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
+// parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; kq_pf_spread: q6_K's prefetches
 // spread over each step's groups; kq6_lean_spread: q6_K's lean pass with them against the default; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
@@ -31,7 +31,7 @@
 #include "base/pool_stats.h"
 #include "base/thread_pool.h"  // pool_dynamic_split
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
-#include "cpu/gemm_internal.h"       // set_q40_streams
+#include "cpu/gemm_internal.h"       // set_q40_ms
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
 #include "cpu/kernels.h"             // set_kq6_packed
 #include "loaders/mapped_file.h"  // populate_read
@@ -65,13 +65,7 @@ const AbSwitch kSwitches[] = {
     // path (EMOLLM_PROFILE=1 EMOLLM_PROFILE_OUT=file, EMOLLM_PROFILE_CPU=1: native/core/profiling_backend.h)
     {"none", [](bool) {}},
     {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
-    {"q40_streams2", [](bool on) { gemm_detail::set_q40_streams(on ? 2 : 1); }},
-    // gemv_repacked's q4_0 pass on two long streams (two contiguous parts of each thread's chunk)
-    {"q40_parts2",
-     [](bool on) {
-       gemm_detail::set_q40_streams(on ? 2 : 1);
-       gemm_detail::set_q40_stream_parts(on);
-     }},
+    {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
     {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
     {"kquant_lean_q6", [](bool on) { gemm_detail::set_kquant_lean_q6(on); }},
     // q6_K's M = 1 passes' prefetches spread over each step's groups (vs one loop a step)

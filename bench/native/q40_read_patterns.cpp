@@ -1,11 +1,11 @@
 // Where the repacked q4_0 M = 1 GEMV's time goes against the read probe: the GEMV and load-only
 // walks of the same cold bytes, interleaved call by call (shuffled order each round), so that the
 // rows differ only in how they read. Rows (ratio = the gemv row's time / this row's; > 1: faster):
-//   gemv            gemv_repacked, the default pass (one stream a thread, 8 records prefetched ahead)
-//   gemv-streams2   EMOLLM_Q40_STREAMS=2: two adjacent super-groups a pass (opt-in)
-//   gemv-parts2     EMOLLM_Q40_STREAMS=2 EMOLLM_Q40_STREAM_PARTS=1: two contiguous parts of the chunk (opt-in)
-//   gemv-parts4     the same with four parts (EMOLLM_Q40_STREAMS=4), as read-4 walks them
-//   loads-kernel    the GEMV's loads alone, in its order (per record the 2 scale lines, then quant
+//   gemv            gemv_repacked, the default pass (two streams a thread: two contiguous parts of its
+//                   super-groups side by side, each record prefetched 4 KiB on along its part)
+//   gemv-one        EMOLLM_Q40_MS=0: the one-stream pass (8 records prefetched ahead, a loop of
+//                   36 prefetches every two records); bits checked against gemv before timing
+//   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
 //   loads-burst     the same with the 36 prefetches unrolled into straight-line code
@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "base/thread_pool.h"
-#include "cpu/gemm_internal.h"  // set_q40_streams, set_q40_stream_parts
+#include "cpu/gemm_internal.h"  // set_q40_ms
 #include "cpu/kernels.h"
 
 #if defined(__x86_64__)
@@ -146,13 +146,12 @@ int main(int argc, char** argv) {
       g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, size_t((s1 - s0) * nb) * kRec), std::memory_order_relaxed);
     });
   };
-  auto gemv = [&](int streams, bool parts) {
-    return [&, streams, parts](const uint8_t* W) {
-      gemm_detail::set_q40_streams(streams);
-      gemm_detail::set_q40_stream_parts(parts);
+  auto gemv = [&](bool ms) {
+    return [&, ms](const uint8_t* W) {
+      const bool prev = gemm_detail::q40_ms();
+      gemm_detail::set_q40_ms(ms);
       gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_q40_streams(1);
-      gemm_detail::set_q40_stream_parts(false);
+      gemm_detail::set_q40_ms(prev);
     };
   };
   struct Row {
@@ -161,16 +160,35 @@ int main(int argc, char** argv) {
     std::vector<double> t;
   };
   std::vector<Row> rows = {
-      {"gemv", gemv(1, false), {}},
-      {"gemv-streams2", gemv(2, false), {}},
-      {"gemv-parts2", gemv(2, true), {}},
-      {"gemv-parts4", gemv(4, true), {}},
+      {"gemv", gemv(true), {}},
+      {"gemv-one", gemv(false), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<1>(p, n, 128, 1024); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
+  // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
+  if (const char* keep = std::getenv("RP_ROWS")) {
+    const std::string list = std::string(",") + keep + ",";
+    std::vector<Row> kept;
+    for (auto& row : rows)
+      if (kept.empty() || list.find(std::string(",") + row.name + ",") != std::string::npos) kept.push_back(row);
+    rows = kept;
+  }
+  // every gemv row gives the default pass's bits (rows named gemv*)
+  std::vector<float> ref(y.size());
+  rows[0].run(cp[0]);
+  ref = y;
+  for (auto& row : rows) {
+    if (std::strncmp(row.name, "gemv", 4) != 0) continue;
+    std::fill(y.begin(), y.end(), -1.f);
+    row.run(cp[0]);
+    if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
+      std::fprintf(stderr, "q40_read_patterns: %s differs from the default pass\n", row.name);
+      return 3;
+    }
+  }
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   // RP_CPU=1 at 1 thread: the calling thread's CPU time instead of wall time (preemption excluded on

@@ -214,15 +214,11 @@ void set_gemv_pass_prefetch(bool on);
 void set_repack_supergroups(bool on);
 bool repack_supergroups();
 bool gemv_pass_prefetch();
-// gemv_repacked on q4_0 4-group records: n super-groups a pass, one read stream each (n = 2..4;
-// default 1, one a pass; EMOLLM_Q40_STREAMS=n). Same bits. Opt-in; process-wide.
-void set_q40_streams(int n);
-int q40_streams();
-// With q40_streams() = S > 1: the S streams are S contiguous parts of each thread's chunk, each
-// read on through its part pass after pass (on), instead of S adjacent super-groups a pass (off,
-// the default; EMOLLM_Q40_STREAM_PARTS=1). Same bits either way. Opt-in; process-wide.
-void set_q40_stream_parts(bool on);
-bool q40_stream_parts();
+// gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
+// side by side, each record prefetched 4 KiB on along its part (default on; off, EMOLLM_Q40_MS=0:
+// one stream, 8 records ahead). Same bits. Process-wide.
+void set_q40_ms(bool on);
+bool q40_ms();
 // gemv_repacked / gemv_repacked_multi on a pool: guided chunks (base/thread_pool.h
 // parallel_guided; default on) or, when off, the previous ~8 equal chunks per thread. Same bits.
 // For the A/B rows of bench_kernels; process-wide.

@@ -55,6 +55,8 @@ namespace {
 constexpr int64_t kGroup = 16;
 // Groups per pass of the M = 1 kernel (groups_avx512); the threads' chunks are multiples of it.
 constexpr int kPassGroups = 4;
+// How far ahead along each of its streams the two-stream q4_0 pass prefetches (ms_q40_avx512).
+constexpr size_t kMsAhead = 4096;
 
 void check_repack_args(DType t, int64_t N, int64_t K) {
   EMOLLM_CHECK_ARG(t == DType::Q8_0 || t == DType::Q4_0, "quant_repack: Q8_0 or Q4_0 weights only");
@@ -130,28 +132,13 @@ EnvSwitch& pass_prefetch_flag() {
 void set_gemv_pass_prefetch(bool on) { pass_prefetch_flag().set(on); }
 bool gemv_pass_prefetch() { return pass_prefetch_flag().on(); }
 namespace {
-// Streams a thread reads at once in the q4_0 M = 1 GEMV (supergroups_avx512): 1 (default, the
-// previous path) to 4; EMOLLM_Q40_STREAMS=2..4 (opt-in: no gain measured at 1 thread on a loaded
-// machine, see supergroups_avx512; a quiet 2-thread A/B has not been run).
-std::atomic<int>& q40_streams_value() {
-  static std::atomic<int> n{[] {
-    const char* v = std::getenv("EMOLLM_Q40_STREAMS");
-    const int k = v ? std::atoi(v) : 1;
-    return k >= 2 && k <= 4 ? k : 1;
-  }()};
-  return n;
-}
-}  // namespace
-namespace {
-EnvSwitch& q40_stream_parts_flag() {  // opt-in: EMOLLM_Q40_STREAM_PARTS=1
-  static EnvSwitch on("EMOLLM_Q40_STREAM_PARTS", EnvDefault::Off);
+EnvSwitch& q40_ms_flag() {  // =0: the one-stream pass (whole-run A/B)
+  static EnvSwitch on("EMOLLM_Q40_MS");
   return on;
 }
 }  // namespace
-void set_q40_stream_parts(bool on) { q40_stream_parts_flag().set(on); }
-bool q40_stream_parts() { return q40_stream_parts_flag().on(); }
-void set_q40_streams(int n) { q40_streams_value().store(n >= 2 && n <= 4 ? n : 1, std::memory_order_relaxed); }
-int q40_streams() { return q40_streams_value().load(std::memory_order_relaxed); }
+void set_q40_ms(bool on) { q40_ms_flag().set(on); }
+bool q40_ms() { return q40_ms_flag().on(); }
 namespace {
 EnvSwitch& guided_flag() {
   static EnvSwitch on("EMOLLM_GEMV_GUIDED");  // =0: the previous equal chunks (whole-run A/B)
@@ -284,7 +271,7 @@ inline int32_t ld32(const int8_t* p) {
 //
 // Where the block's bytes are is the caller's: quant(j, t) = group j's 64-byte quant line t,
 // scale(j) = its 16 fp16 scales. groups_block (a pass's groups through RepackLayout) and
-// record_block_q40 (one 4-group q4_0 record from one base pointer, the opt-in multi-stream pass)
+// record_block_q40 (one 4-group q4_0 record from one base pointer, the two-stream pass)
 // are this step with two addressings: the same operations in the same order, the same bits.
 template <bool Q8, int NG, class QuantAt, class ScaleAt>
 __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, float dx, int32_t neg, QuantAt quant,
@@ -436,31 +423,39 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
       [&](int j) { return r + 2 * kGroup * j; }, f);
 }
 
-// q4_0 on 4-group records: S super-groups (4S groups, 64S rows) from g0 (a multiple of 4) side by
-// side, so that a thread reads S sequential streams at once instead of one. On this Zen 5 VM one
-// thread reads one stream at 35-40 GB/s whatever the software prefetch distance (1 KiB to 9 KiB
-// ahead), two at 41-43 and four (the read probe's loop) at 46 (cold, interleaved, session 15): the
-// hardware prefetchers follow several streams at once, and the one-stream pass had reached the
-// one-stream read rate. Each block of each super-group is groups_block<false, 4>, as in
-// groups_avx512<false, 4> (the x broadcasts are loaded once per super-group), and every group keeps
-// its even / odd f32 accumulators, block order, final sum and bias: the same bits as one pass per
-// super-group. Prefetch: each stream `ahead` bytes along itself, two records at a time; past a
-// stream's end (its last blocks) the next pass's matching stream when there is one (`next_s`
-// streams from g0 + 4S), else on along memory; a chunk's first pass (`cold`) prefetches its own
-// first `ahead` bytes of every stream.
-//
-// `part` (groups, a multiple of 4): stream k reads the super-group of groups g0 + k * part (4: the
-// S adjacent ones above). With the thread's chunk cut into S contiguous parts (part = its length /
-// S, next_s = 0), each stream runs on through its part pass after pass (a part's super-groups
-// follow each other in memory), instead of S streams 72 KiB long (K = 2048) that all restart at
-// every pass: the opt-in EMOLLM_Q40_STREAM_PARTS=1. y, bias and cols are those of group g0; the
-// groups of stream k are written at y + 16 * (k * part + j).
+// record_block_q40 on the record at r after prefetching the 18 lines at p (the same stream's record
+// `ahead` bytes on) from a loop: ms_q40_avx512's prefetch form (measured there).
+__attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
+                                                                       const uint8_t* r, __m512 (&f)[kSuperGroup],
+                                                                       const uint8_t* p) {
+#pragma GCC unroll 1
+  for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), _MM_HINT_T0);
+  record_block_q40(xb, dx, neg, r, f);
+}
+
+// The q4_0 M = 1 pass on 2 streams (EMOLLM_Q40_MS, default on; S = 2, and S = 1 for a
+// left-over super-group). The read probe's 4-stream loop (bench/native/q40_read_patterns read-4:
+// 1.0-1.4x the one-stream pass cold at 1 thread) reads S long streams side by side, prefetching
+// each a short way ahead along itself with small loops among its loads. Here: the streams are S
+// contiguous parts of the thread's super-groups, `part` groups apart (stream k reads the
+// super-group of g0 + k * part), so each runs on through its part pass after pass and its
+// prefetches run into its next super-group without an edge case; before each record of a stream,
+// one loop prefetches that stream's record `ahead` bytes on (18 lines). Measured on Zen 5 (1 thread,
+// cold 2 MiB pages, thread CPU time, loaded; session 19): 2 streams 4 KiB ahead 0.99-1.08x the
+// default pass (best of 150 rounds), 1.05-1.09x in the 1.1B / 7B q4_0 decode; 2 KiB / 9 KiB
+// ahead 0.96-1.02x; 4 streams 0.80-1.06x (32 f32 accumulators: spills); the same prefetches as
+// 4-5-line straight-line slices among the block's loads 0.65-0.89x (GCC bunches them into bursts,
+// which act as no prefetch on this VM), as 4-5-line loops 0.8-1.1x.
+// Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
+// sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
+// written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
 template <int S>
-EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L,
-                                int64_t g0, int64_t nb, const float* bias, float* y, int64_t cols, int next_s,
-                                bool cold, size_t ahead, int64_t part = kSuperGroup) {
+EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
+                           int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
+                           int64_t part) {
   constexpr int NG = kSuperGroup;
-  const size_t rec = L.rec, stride = L.sgstride;
+  constexpr size_t kRec = 2 * kGroup * NG + 256 * NG;  // 1152 bytes, 18 lines
+  const size_t stride = L.sgstride;
   const uint8_t* st[S];
   __m512 f0[S][NG], f1[S][NG];
 #pragma GCC unroll 4
@@ -471,40 +466,26 @@ EMO_TRP void supergroups_avx512(const int8_t* xq, const BlockSums& s, const uint
   }
   if (cold)
     for (int k = 0; k < S; ++k)
-      for (size_t o = 0; o < ahead && o < stride; o += 64) _mm_prefetch(reinterpret_cast<const char*>(st[k] + o), _MM_HINT_T0);
-  const uint8_t* nx = W + size_t(g0 / NG + S) * stride;  // the next pass's first stream
+#pragma GCC unroll 1
+      for (size_t o = 0; o < ahead; o += 64) _mm_prefetch(reinterpret_cast<const char*>(st[k] + o), _MM_HINT_T0);
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
-    const size_t off = size_t(b) * rec;
-    if (off + ahead + 2 * rec <= stride) {
+    const size_t off = size_t(b) * kRec;
 #pragma GCC unroll 4
-      for (int k = 0; k < S; ++k)
-        for (size_t o = 0; o < 2 * rec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(st[k] + off + ahead + o), _MM_HINT_T0);
-    } else {
-      for (int k = 0; k < S; ++k)
-        for (size_t o = 0; o < 2 * rec; o += 64) {
-          const size_t at = off + ahead + o;
-          if (at < stride)
-            _mm_prefetch(reinterpret_cast<const char*>(st[k] + at), _MM_HINT_T0);
-          else if (k < next_s)
-            _mm_prefetch(reinterpret_cast<const char*>(nx + size_t(k) * stride + (at - stride)), _MM_HINT_T0);
-          else if (next_s == 0)
-            _mm_prefetch(reinterpret_cast<const char*>(st[k] + at), _MM_HINT_T0);
-        }
-    }
+    for (int k = 0; k < S; ++k) record_block_q40_pf(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
 #pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k]);
-#pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + rec, f1[k]);
+    for (int k = 0; k < S; ++k)
+      record_block_q40_pf(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
   }
   if (b < nb)
 #pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * rec, f0[k]);
+    for (int k = 0; k < S; ++k)
+      record_block_q40_pf(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
     for (int j = 0; j < NG; ++j) {
-      const int64_t at = kGroup * (part * k + j);  // this group's first output, from group g0's
+      const int64_t at = kGroup * (part * k + j);
       const int64_t c = cols - at;
       const __mmask16 m = c >= kGroup ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
       __m512 r = _mm512_add_ps(f0[k][j], f1[k][j]);
@@ -861,43 +842,24 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                    cold_start && edges && g == g0);
       }
     };
-    // q4_0 on 4-group records with EMOLLM_Q40_STREAMS=S > 1: S super-groups a pass
-    // (supergroups_avx512) while S whole ones are left, then fewer, then the passes below
-    const int S = gemm_detail::q40_streams();
-    // EMOLLM_Q40_STREAM_PARTS=1: the chunk's whole super-groups cut into S contiguous parts, one
-    // long stream each (supergroups_avx512's `part`); what is left over goes to the passes below
-    if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0 && gemm_detail::q40_stream_parts()) {
-      auto ppasses = [&](auto sc) {
+    // q4_0 on 4-group records (EMOLLM_Q40_MS, default on): the chunk's whole super-groups in 2
+    // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
+    // groups of a partial super-group by the passes below
+    if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {
+      auto mpasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
         if (per < 1) return;
         const int64_t part = per * kSuperGroup;
         for (int64_t i = 0; i < per; ++i) {
           const int64_t gi = g + i * kSuperGroup;
-          supergroups_avx512<SS>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
-                                 N - gi * kGroup, 0, cold_start && edges && i == 0, size_t(SS == 2 ? 4 : 2) * L.rec, part);
+          ms_q40_avx512<SS>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup, N - gi * kGroup,
+                            cold_start && gi == g0, kMsAhead, part);
         }
         g += SS * part;
       };
-      if (S >= 4) ppasses(std::integral_constant<int, 4>());
-      else if (S == 3) ppasses(std::integral_constant<int, 3>());
-      else ppasses(std::integral_constant<int, 2>());
-    }
-    if (!q8 && L.sg == kSuperGroup && S > 1 && g % kSuperGroup == 0) {
-      auto spasses = [&](auto sc) {
-        constexpr int SS = decltype(sc)::value;
-        for (; g + SS * kSuperGroup <= g1; g += SS * kSuperGroup) {
-          const float* bg = bias ? bias + g * kGroup : nullptr;
-          const int64_t left = (g1 - g) / kSuperGroup - SS;  // whole super-groups after this pass
-          const int ns = edges ? int(std::min<int64_t>(left, SS)) : 0;
-          // ~9 KiB ahead in all, as the one-stream pass (8 records): 4 records a stream at S = 2, 2 at 3 or 4
-          supergroups_avx512<SS>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, ns, cold_start && edges && g == g0,
-                                 size_t(SS == 2 ? 4 : 2) * L.rec);
-        }
-      };
-      if (S >= 4) spasses(std::integral_constant<int, 4>());
-      if (S >= 3) spasses(std::integral_constant<int, 3>());
-      spasses(std::integral_constant<int, 2>());
+      mpasses(std::integral_constant<int, 2>());
+      mpasses(std::integral_constant<int, 1>());
     }
     passes(std::integral_constant<int, kPassGroups>());
     passes(std::integral_constant<int, 2>());
