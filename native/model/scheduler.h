@@ -164,6 +164,13 @@ struct SchedulerStats {
   double prefault_s = 0;
 };
 
+// Options of one scoring request evaluated side by side in one pass (default on): each option
+// with more than one token as a fork segment of the cached prefix (LlamaBatchSegment::fork), as
+// many as the step's rows and free KV blocks take, instead of one option per pass (the A/B
+// baseline, EMOLLM_SCORE_FORKS=0; process-wide, read at each step).
+void set_score_forks(bool on);
+bool score_forks();
+
 class Scheduler {
  public:
   Scheduler(std::shared_ptr<const LlamaModel> model, const SchedulerOptions& opts);
