@@ -669,7 +669,7 @@ void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
   int64_t need = 0;
   std::vector<int32_t> copied;  // shared blocks already counted for a copy in this step
   for (int i = 0; i < n_segs; ++i) {
-    const Seq& q = seqs_[size_t(segs[i].seq)];
+    const Seq& q = seq_of(segs[i]);
     const int64_t have = int64_t(q.blocks.size());
     need += std::max<int64_t>(0, kv_blocks_for(segs[i].pos0 + segs[i].n) - have);
     if (segs[i].pos0 % kv_bs_ != 0) {  // copy-on-write while others still hold it (the last writer keeps it)
@@ -687,7 +687,7 @@ void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
   Backend& be = model_->backend();
   const int64_t L = model_->hparams().n_layer;
   for (int i = 0; i < n_segs; ++i) {
-    Seq& q = seqs_[size_t(segs[i].seq)];
+    Seq& q = seq_of(segs[i]);
     const int64_t pos0 = segs[i].pos0;
     if (pos0 % kv_bs_ != 0) {
       int32_t& b = q.blocks[size_t(pos0 / kv_bs_)];
@@ -714,7 +714,7 @@ bool LlamaContext::forward_reserved(const Segment* segs, int n_segs, float* out,
   const ProfileStep step(rows == n_segs, rows);
   reserve_blocks(segs, n_segs);
   auto unreserve = [&] {  // the blocks taken for the new positions go back; a copied block stays
-    for (int i = 0; i < n_segs; ++i) release_blocks_from(seqs_[size_t(segs[i].seq)], size_t(kv_blocks_for(segs[i].pos0)));
+    for (int i = 0; i < n_segs; ++i) release_blocks_from(seq_of(segs[i]), size_t(kv_blocks_for(segs[i].pos0)));
   };
   bool ok = false;
   try {
@@ -733,6 +733,12 @@ int64_t LlamaContext::kv_blocks_needed(int seq, int64_t n) const {
   int64_t need = std::max<int64_t>(0, kv_blocks_for(pos0 + n) - have);
   if (n > 0 && pos0 % kv_bs_ != 0 && block_refs_[size_t(q.blocks[size_t(pos0 / kv_bs_)])] > 1) ++need;
   return need;
+}
+
+int64_t LlamaContext::kv_blocks_needed_fork(int seq, int64_t n) const {
+  const int64_t pos0 = seq_n_past(seq);
+  if (n <= 0) return 0;
+  return kv_blocks_for(pos0 + n) - kv_blocks_for(pos0) + (pos0 % kv_bs_ != 0 ? 1 : 0);
 }
 
 KvCacheStats LlamaContext::kv_stats() const {
@@ -779,8 +785,7 @@ void LlamaContext::check_ids(const int32_t* tokens, int64_t n, bool have_embd) c
                                                   (tokens[i] < 0 ? " and no input embeddings were given" : ""));
 }
 
-void LlamaContext::set_mrope_positions(int seq, int64_t start, int64_t n, const int32_t* pos3) {
-  Seq& q = seq_at(seq);
+void LlamaContext::set_mrope_positions(Seq& q, int64_t start, int64_t n, const int32_t* pos3) {
   if (q.pos3.empty()) return;  // plain RoPE: the position is the index
   int32_t next = 0;
   for (int64_t i = 0; i < start * 3; ++i) next = std::max(next, q.pos3[size_t(i)] + 1);
@@ -798,7 +803,7 @@ const float* LlamaContext::seq_eval(int seq, const int32_t* tokens, int64_t n, f
                                                 " cached do not fit the context of " + std::to_string(n_ctx_) + " tokens");
   check_ids(tokens, n, embd != nullptr);
   const int64_t E = model_->hparams().n_embd, V = n_vocab();
-  set_mrope_positions(seq, start, n, pos3);
+  set_mrope_positions(q, start, n, pos3);
   float* seq_logits = logits_.data() + int64_t(seq) * V;
   const float* e = embd;  // the next chunk's first embedding row
   for (int64_t off = 0; off < n; off += n_batch_) {
@@ -854,15 +859,18 @@ int64_t LlamaContext::batch_output_rows(const LlamaBatchSegment* segs, int64_t n
 
 bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, float* out, const std::atomic<bool>* abort) {
   EMOLLM_CHECK_ARG(n_segs > 0 && segs != nullptr && out != nullptr, "eval_batch: no segments");
+  // per sequence: 1 = a segment appends to it, 2 = fork segments read it
   std::vector<uint8_t> seen(seqs_.size(), 0);
   std::vector<Segment> fs(static_cast<size_t>(n_segs));
-  int64_t rows = 0;
+  int64_t rows = 0, n_forks = 0;
   for (int64_t i = 0; i < n_segs; ++i) {
     const LlamaBatchSegment& b = segs[i];
     const Seq& q = seq_at(b.seq);
     EMOLLM_CHECK_ARG(b.n > 0 && b.tokens != nullptr, "eval_batch: segment " + std::to_string(i) + " has no tokens");
-    EMOLLM_CHECK_ARG(!seen[size_t(b.seq)], "eval_batch: sequence " + std::to_string(b.seq) + " appears twice in one step");
-    seen[size_t(b.seq)] = 1;
+    const uint8_t use = b.fork ? 2 : 1;
+    EMOLLM_CHECK_ARG(!seen[size_t(b.seq)] || (use == 2 && seen[size_t(b.seq)] == 2),
+                     "eval_batch: sequence " + std::to_string(b.seq) + " appears twice in one step");
+    seen[size_t(b.seq)] = use;
     if (int64_t(q.tokens.size()) + b.n > n_ctx_)
       throw Error(ErrorCode::InvalidArgument, "eval_batch: sequence " + std::to_string(b.seq) + " cannot take " +
                                                   std::to_string(b.n) + " more tokens (context of " + std::to_string(n_ctx_) + ")");
@@ -875,17 +883,42 @@ bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, flo
     sg.pos0 = int64_t(q.tokens.size());
     sg.all_logits = b.all_logits;
     sg.embd = b.embd;
+    if (b.fork) sg.fork = int(n_forks++);
   }
   EMOLLM_CHECK_ARG(rows <= n_batch_, "eval_batch: " + std::to_string(rows) + " rows exceed n_batch " + std::to_string(n_batch_));
-  for (int64_t i = 0; i < n_segs; ++i) set_mrope_positions(fs[size_t(i)].seq, fs[size_t(i)].pos0, fs[size_t(i)].n, segs[i].pos3);
+  // Each fork: its sequence's cached positions shared by reference (reserve_blocks copies the
+  // partially filled last block before the fork writes into it); all released after the pass.
+  if (forks_.size() < size_t(n_forks)) forks_.resize(size_t(n_forks));
+  struct ForkRelease {
+    LlamaContext& c;
+    int64_t n;
+    ~ForkRelease() {
+      for (int64_t f = 0; f < n; ++f) {
+        c.release_blocks_from(c.forks_[size_t(f)], 0);
+        c.forks_[size_t(f)].tokens.clear();
+      }
+    }
+  } release{*this, n_forks};
+  for (const Segment& sg : fs) {
+    if (sg.fork < 0) continue;
+    const Seq& q = seqs_[size_t(sg.seq)];
+    Seq& f = forks_[size_t(sg.fork)];
+    for (int32_t b : q.blocks) ++block_refs_[size_t(b)];
+    f.blocks = q.blocks;
+    f.tokens = q.tokens;
+    f.pos3 = q.pos3;
+    f.has_logits = false;
+  }
+  for (int64_t i = 0; i < n_segs; ++i) set_mrope_positions(seq_of(fs[size_t(i)]), fs[size_t(i)].pos0, fs[size_t(i)].n, segs[i].pos3);
   if (!forward_reserved(fs.data(), int(n_segs), out, abort)) return false;
   const int64_t V = n_vocab();
   int64_t o = 0;
   for (const Segment& sg : fs) {
+    o += sg.all_logits ? sg.n : 1;
+    if (sg.fork >= 0) continue;  // the sequence is unchanged
     Seq& q = seqs_[size_t(sg.seq)];
     q.tokens.insert(q.tokens.end(), sg.tokens, sg.tokens + sg.n);
     q.has_logits = true;
-    o += sg.all_logits ? sg.n : 1;
     std::memcpy(logits_.data() + int64_t(sg.seq) * V, out + (o - 1) * V, size_t(V) * sizeof(float));
   }
   return true;
@@ -999,7 +1032,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         const Segment& sg = segs[i];
         for (int64_t t = 0; t < sg.n; ++t)
           pos[sec * n + row0[size_t(i)] + t] =
-              mrope ? seqs_[size_t(sg.seq)].pos3[size_t((sg.pos0 + t) * 3 + sec)] : int32_t(sg.pos0 + t);
+              mrope ? seq_of(sg).pos3[size_t((sg.pos0 + t) * 3 + sec)] : int32_t(sg.pos0 + t);
       }
     if (!host_mem) be.upload(pos_, pos, size_t(n_sec * n) * sizeof(int32_t));
   }
@@ -1046,7 +1079,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
   int64_t kv_off = 0;
   if (n_segs == 1 && kv_type_ == DType::F32 && kv_direct_write()) {
     kv_off = segs[0].pos0 % kv_bs_;
-    if (kv_off + segs[0].n <= kv_bs_) kv_blk = seqs_[size_t(segs[0].seq)].blocks[size_t(segs[0].pos0 / kv_bs_)];
+    if (kv_off + segs[0].n <= kv_bs_) kv_blk = seq_of(segs[0]).blocks[size_t(segs[0].pos0 / kv_bs_)];
   }
   if (kv_blk >= 0) g_kv_direct_passes.fetch_add(1, std::memory_order_relaxed);
   const bool prefetch_norms = n == 1 && norm_prefetch();
@@ -1088,7 +1121,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
     for (int i = 0; i < n_segs && kv_blk < 0; ++i) {
       const Segment& sg = segs[i];
       const int64_t r0 = row0[size_t(i)];
-      const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;  // reserve_blocks made them writable
+      const std::vector<int32_t>& table = seq_of(sg).blocks;  // reserve_blocks made them writable
       for (int64_t t = 0; t < sg.n;) {
         const int64_t pos = sg.pos0 + t, off = pos % kv_bs_, run = std::min(sg.n - t, kv_bs_ - off);
         const int32_t b = table[size_t(pos / kv_bs_)];
@@ -1105,7 +1138,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
     if (k_stage_) {  // no paged attention on this backend: each segment's blocks gathered contiguous, one at a time
       for (int i = 0; i < n_segs; ++i) {
         const Segment& sg = segs[i];
-        const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;
+        const std::vector<int32_t>& table = seq_of(sg).blocks;
         const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv);
         for (int64_t j = 0; j < nb; ++j) {
           const size_t bytes = size_t(std::min(kv_bs_, n_kv - j * kv_bs_) * kvd) * kv_esz_;
@@ -1127,7 +1160,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       int64_t at = 0;
       for (int i = 0; i < n_segs; ++i) {
         const Segment& sg = segs[i];
-        const std::vector<int32_t>& table = seqs_[size_t(sg.seq)].blocks;
+        const std::vector<int32_t>& table = seq_of(sg).blocks;
         const int64_t n_kv = sg.pos0 + sg.n, nb = kv_blocks_for(n_kv), r0 = row0[size_t(i)];
         for (int64_t j = 0; j < nb; ++j) {
           k_table_[size_t(at + j)] = k_block(l, table[size_t(j)]);

@@ -213,6 +213,13 @@ struct LlamaBatchRow {
 // input-embedding rows of the segment's negative ids (in order, rows contiguous), and `pos3`, the
 // M-RoPE positions of its n tokens ([n][3]); null: token-table rows only / positions continuing
 // one past the sequence's largest cached position.
+// fork: the n tokens are evaluated after the sequence's cached positions WITHOUT being appended:
+// they attend to its cache and to each other only, and the sequence (tokens, blocks, logits) is
+// unchanged afterwards. Several fork segments of one sequence (e.g. the options scored after one
+// prompt) run side by side in one pass, each on a private copy of the sequence's block table (the
+// blocks shared by reference, its partially filled last block copied): what a pass per option
+// with a truncate after it computes, in one pass. A sequence with fork segments takes no other
+// segment in that pass.
 struct LlamaBatchSegment {
   int seq = 0;
   const int32_t* tokens = nullptr;
@@ -220,6 +227,7 @@ struct LlamaBatchSegment {
   bool all_logits = false;
   const float* embd = nullptr;
   const int32_t* pos3 = nullptr;
+  bool fork = false;
 };
 
 // A paged KV cache and all scratch memory, allocated once here. The cache is a pool of blocks of
@@ -338,6 +346,9 @@ class LlamaContext {
   // partially filled last block is shared (copy-on-write). An upper bound when several sequences
   // sharing one partial block write in the same pass (the last writer keeps it).
   int64_t kv_blocks_needed(int seq, int64_t n) const;
+  // Free blocks a fork segment (LlamaBatchSegment::fork) of n positions after sequence `seq`
+  // takes: its new blocks, plus a copy of the sequence's partially filled last block.
+  int64_t kv_blocks_needed_fork(int seq, int64_t n) const;
   // Sequence `seq`'s block table and the reference count of a block (tests, stats).
   const std::vector<int32_t>& seq_blocks(int seq) const { return seq_at(seq).blocks; }
   int32_t kv_block_refs(int32_t block) const { return block_refs_.at(size_t(block)); }
@@ -389,6 +400,7 @@ class LlamaContext {
     int64_t pos0 = 0;              // position of the first token (== the sequence's n_past)
     const float* embd = nullptr;   // rows for the segment's negative ids, or null
     bool all_logits = false;       // out receives every row's logits, else only the last row's
+    int fork = -1;                 // >= 0: runs on forks_[fork] (a copy of seq's table), see LlamaBatchSegment
   };
   struct Seq {
     std::vector<int32_t> tokens;
@@ -398,8 +410,10 @@ class LlamaContext {
   };
   const Seq& seq_at(int seq) const;
   Seq& seq_at(int seq);
+  // The sequence a segment's rows go to: its fork's private table, else its own.
+  Seq& seq_of(const Segment& sg) { return sg.fork >= 0 ? forks_[size_t(sg.fork)] : seqs_[size_t(sg.seq)]; }
+  void set_mrope_positions(Seq& q, int64_t start, int64_t n, const int32_t* pos3);
   void check_ids(const int32_t* tokens, int64_t n, bool have_embd) const;
-  void set_mrope_positions(int seq, int64_t start, int64_t n, const int32_t* pos3);
   // Runs the segments (sum of n <= n_batch) as one pass; `out` (host memory) receives, in segment
   // order, every row of all_logits segments and the last row of the others.
   bool forward(const Segment* segs, int n_segs, float* out, const std::atomic<bool>* abort);
@@ -422,6 +436,7 @@ class LlamaContext {
   std::shared_ptr<const LlamaModel> model_;
   int64_t n_ctx_ = 0, n_batch_ = 0;
   std::vector<Seq> seqs_;
+  std::vector<Seq> forks_;  // fork segments' block tables, held only during eval_batch
   // The KV cache and all activations: one block of the model backend's memory (backend.alloc),
   // carved at construction. Model code reaches it only through Backend calls (on a device the
   // host never dereferences it: inputs are uploaded, output rows downloaded).

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "base/env_switch.h"
 #include "base/error.h"
 
 namespace emollm {
@@ -24,7 +25,23 @@ int64_t image_rows(const std::vector<int32_t>& p, int64_t n) {
     if (p[size_t(i)] < 0) ++rows;
   return rows;
 }
+EnvSwitch& score_forks_flag() {
+  static EnvSwitch on("EMOLLM_SCORE_FORKS");
+  return on;
+}
+// The score of an option of 0 or 1 token: from the prefix's last logits alone.
+LlamaContext::ContinuationScore prefix_score(const std::vector<float>& prefix_logits, int64_t V, const std::vector<int32_t>& c) {
+  LlamaContext::ContinuationScore sc;
+  if (!c.empty()) {
+    sc.token_logprobs.push_back(log_softmax_at(prefix_logits.data(), V, c[0]));
+    sc.logprob = sc.token_logprobs[0];
+  }
+  return sc;
+}
 }  // namespace
+
+void set_score_forks(bool on) { score_forks_flag().set(on); }
+bool score_forks() { return score_forks_flag().on(); }
 
 struct Scheduler::Active {
   uint64_t id = 0;
@@ -38,6 +55,10 @@ struct Scheduler::Active {
   // Score, an option longer than the step budget: split across steps like a prompt's chunks
   int64_t cont_pos = 0;                        // its rows evaluated so far (cached after the prefix)
   LlamaContext::ContinuationScore cont_score;  // its token logprobs so far
+  // Score with forks (score_forks()): the options of this step's pass from next_cont on, one
+  // entry each: 1 = ran as a fork segment, 0 = 0 or 1 token (scored from the prefix logits)
+  std::vector<uint8_t> fork_opts;
+  size_t fork_at = 0;  // the entry of fork_opts the next output row belongs to
   // chunked prefill: the prompt's evaluation inside the step passes
   bool prefilling = false;  // the prompt is not fully evaluated yet
   bool started = false;     // where it starts (own cache / copied prefix) is settled
@@ -660,6 +681,7 @@ void Scheduler::step() {
     if (!ap->done && !ap->aborted() && !ap->prefilling && ap->req.kind == SeqRequest::Kind::Generate &&
         ap->next_token >= 0)
       ++decode_left;
+  const bool forks = score_forks();
   for (auto& ap : running_) {
     Active* a = ap.get();
     if (a->done) continue;
@@ -683,12 +705,7 @@ void Scheduler::step() {
     // scoring: options of 0 or 1 token are scored from the prefix logits alone
     const auto& conts = a->req.continuations;
     while (a->next_cont < conts.size() && conts[a->next_cont].size() <= 1) {
-      LlamaContext::ContinuationScore sc;
-      if (!conts[a->next_cont].empty()) {
-        sc.token_logprobs.push_back(log_softmax_at(a->prefix_logits.data(), V, conts[a->next_cont][0]));
-        sc.logprob = sc.token_logprobs[0];
-      }
-      a->out.scores.push_back(std::move(sc));
+      a->out.scores.push_back(prefix_score(a->prefix_logits, V, conts[a->next_cont]));
       a->next_cont++;
     }
     if (a->next_cont == conts.size()) {
@@ -706,6 +723,42 @@ void Scheduler::step() {
       continue;
     }
     if (rows + m > budget) continue;
+    if (forks) {
+      // The options from next_cont on that fit this pass side by side, each a fork of the cached
+      // prefix: the first within the rows checked above, the others within the rows the decode
+      // rows still to be placed leave; all within the free blocks beyond the grants (the first
+      // loop granted this sequence its first option's blocks in place: kv_blocks_needed).
+      const int64_t spare = ctx.kv_blocks_free() - granted + ctx.kv_blocks_needed(a->slot, m);
+      std::vector<uint8_t> sel;
+      int64_t frows = 0, fblocks = 0, nf = 0;
+      for (size_t k = a->next_cont; k < conts.size(); ++k) {
+        const int64_t mk = int64_t(conts[k].size()) - 1;
+        if (mk <= 0) {
+          sel.push_back(0);
+          continue;
+        }
+        const int64_t bk = ctx.kv_blocks_needed_fork(a->slot, mk);
+        if ((nf > 0 && rows + frows + mk + decode_left > budget) || mk > budget - rows - frows || fblocks + bk > spare) break;
+        sel.push_back(1);
+        frows += mk;
+        fblocks += bk;
+        ++nf;
+      }
+      if (nf >= 2) {  // one option alone runs in place (no copy of the prefix's last block)
+        while (!sel.empty() && sel.back() == 0) sel.pop_back();  // scored at the next step, with no pass
+        for (size_t k = 0; k < sel.size(); ++k) {
+          if (!sel[k]) continue;
+          const auto& ck = conts[a->next_cont + k];
+          segs.push_back(LlamaBatchSegment{a->slot, ck.data(), int64_t(ck.size()) - 1, true, nullptr, nullptr, true});
+          who.push_back(a);
+        }
+        a->fork_opts = std::move(sel);
+        a->fork_at = 0;
+        rows += frows;
+        granted += fblocks - ctx.kv_blocks_needed(a->slot, m);
+        continue;
+      }
+    }
     segs.push_back(LlamaBatchSegment{a->slot, c.data(), m, true});
     who.push_back(a);
     rows += m;
@@ -812,6 +865,31 @@ void Scheduler::step() {
       a->next_token = a->gen->step(ok ? out : nullptr, a->aborted(), ctx.seq_n_past(a->slot), a->req.on_token);
       a->done = a->next_token < 0;
       out += V;
+      continue;
+    }
+    if (sg.fork) {  // one option of several side by side (fork_opts), in option order
+      out += sg.n * V;
+      if (!ok) {
+        a->done = true;
+        continue;
+      }
+      const auto& conts = a->req.continuations;
+      auto& fo = a->fork_opts;
+      for (; fo[a->fork_at] == 0; ++a->fork_at)  // options of 0 or 1 token before this one
+        a->out.scores.push_back(prefix_score(a->prefix_logits, V, conts[a->next_cont++]));
+      const auto& c = conts[a->next_cont++];
+      ++a->fork_at;
+      const float* rows_out = out - sg.n * V;
+      LlamaContext::ContinuationScore sc;
+      sc.token_logprobs.push_back(log_softmax_at(a->prefix_logits.data(), V, c[0]));
+      for (int64_t j = 1; j < int64_t(c.size()); ++j)
+        sc.token_logprobs.push_back(log_softmax_at(rows_out + (j - 1) * V, V, c[size_t(j)]));
+      for (double lp : sc.token_logprobs) sc.logprob += lp;
+      a->out.scores.push_back(std::move(sc));
+      if (a->fork_at == fo.size()) {  // its last fork (fork_opts ends with one)
+        fo.clear();
+        a->done = a->next_cont == conts.size();
+      }
       continue;
     }
     const auto& c = a->req.continuations[a->next_cont];

@@ -21,8 +21,10 @@
 //      attention per slot) of at most n_batch rows (the step's token budget) carries, in this
 //      order: a row for every generating sequence's next token; for every scoring sequence, the
 //      rows of its next option (evaluated from its cached prefix, then truncated back to it: the
-//      prefix is evaluated once per request and shared by all its options; an option longer than
-//      the budget is split into chunks over several steps, like a prompt); then chunks of the
+//      prefix is evaluated once per request and shared by all its options; with score_forks(),
+//      the default, as many of its next options as the rows and free blocks take, side by side as
+//      fork segments of the prefix (LlamaBatchSegment::fork), so 8 short options cost one pass; an
+//      option longer than the budget is split into chunks over several steps, like a prompt); then chunks of the
 //      prompts still being prefilled, oldest first, up to the budget. Each generating sequence
 //      then samples / delivers / stops exactly as Session::generate (SequenceGenerator); a
 //      prompt whose last chunk ran starts generating (or scoring) from that chunk's logits.
@@ -163,6 +165,13 @@ struct SchedulerStats {
   bool context_ready = false;
   double prefault_s = 0;
 };
+
+// Options of one scoring request evaluated side by side in one pass (default on): each option
+// with more than one token as a fork segment of the cached prefix (LlamaBatchSegment::fork), as
+// many as the step's rows and free KV blocks take, instead of one option per pass (the A/B
+// baseline, EMOLLM_SCORE_FORKS=0; process-wide, read at each step).
+void set_score_forks(bool on);
+bool score_forks();
 
 class Scheduler {
  public:

@@ -524,3 +524,86 @@ TEST(kv_paging_preempted_scoring_resumes_its_options) {
   EXPECT(st.kv_preemptions >= 1 && st.kv_recomputed_tokens >= 1);
   EXPECT(st.kv_blocks_used == st.kv_blocks_cached);
 }
+
+// Fork segments (LlamaBatchSegment::fork): options after a cached prefix side by side in one pass
+// give, bit for bit, the rows of the same options evaluated on real sequences that share the
+// prefix by reference (seq_copy_prefix) in one pass of the same rows; the prefix's sequence is
+// unchanged afterwards (tokens, block table, reference counts, free blocks, its cache: the next
+// token evaluated on it equals a fresh context's), both with the prefix ending inside a block
+// (its last block copied per fork) and on a block boundary; and forks read only the prefix (the
+// other forks' rows are invisible: each equals the same option forked alone, within 1e-4 with
+// the same argmax since the pass's row count differs).
+TEST(kv_paging_fork_segments_equal_copied_prefixes_and_leave_the_sequence) {
+  if (stories_gguf().empty()) return;
+  const int64_t V = stories_model()->hparams().n_vocab;
+  const std::vector<int32_t> text = story(40);
+  const std::vector<std::vector<int32_t>> opts = {{42, 7, 300}, {100, 101}, {9, 12, 13, 14, 15}};
+  for (int64_t n_prefix : {21, 32}) {  // blocks of 16: a partial last block, then none
+    const std::vector<int32_t> prefix(text.begin(), text.begin() + n_prefix);
+    // forks of sequence 0 in one pass
+    LlamaContext ctx(stories_model(), paged(128, 2, 16));
+    EXPECT(ctx.seq_eval(0, prefix.data(), n_prefix) != nullptr);
+    const std::vector<int32_t> blocks_before = ctx.seq_blocks(0);
+    std::vector<int32_t> refs_before;
+    for (int32_t b : blocks_before) refs_before.push_back(ctx.kv_block_refs(b));
+    const int64_t free_before = ctx.kv_blocks_free();
+    const std::vector<float> logits_before(ctx.logits(), ctx.logits() + V);
+    std::vector<LlamaBatchSegment> fsegs;
+    for (const auto& o : opts) fsegs.push_back(LlamaBatchSegment{0, o.data(), int64_t(o.size()), true, nullptr, nullptr, true});
+    std::vector<float> got(size_t(LlamaContext::batch_output_rows(fsegs.data(), int64_t(fsegs.size())) * V));
+    EXPECT(ctx.eval_batch(fsegs.data(), int64_t(fsegs.size()), got.data()));
+    EXPECT(ctx.seq_n_past(0) == n_prefix);
+    EXPECT(ctx.seq_tokens(0) == prefix);
+    EXPECT(ctx.seq_blocks(0) == blocks_before);
+    for (size_t i = 0; i < blocks_before.size(); ++i) EXPECT(ctx.kv_block_refs(blocks_before[i]) == refs_before[i]);
+    EXPECT(ctx.kv_blocks_free() == free_before);
+    EXPECT(std::equal(logits_before.begin(), logits_before.end(), ctx.logits()));
+
+    // the same rows on three real sequences sharing the prefix, one pass
+    LlamaContext ref(stories_model(), paged(128, 3, 16));
+    EXPECT(ref.seq_eval(0, prefix.data(), n_prefix) != nullptr);
+    ref.seq_copy_prefix(0, 1, n_prefix);
+    ref.seq_copy_prefix(0, 2, n_prefix);
+    std::vector<LlamaBatchSegment> rsegs;
+    for (size_t i = 0; i < opts.size(); ++i)
+      rsegs.push_back(LlamaBatchSegment{int(i), opts[i].data(), int64_t(opts[i].size()), true});
+    std::vector<float> want(got.size());
+    EXPECT(ref.eval_batch(rsegs.data(), int64_t(rsegs.size()), want.data()));
+    const bool bitwise = got == want;
+    EXPECT(bitwise);
+
+    // each option forked alone: the other forks' rows were not seen (seeing them moves logits by
+    // 1e-2 or more; the pass of 2-5 rows instead of 10 rounds the GEMMs' last bits differently:
+    // up to 1.3e-5 measured)
+    int64_t row = 0;
+    float worst = 0;
+    for (const auto& o : opts) {
+      LlamaBatchSegment one{0, o.data(), int64_t(o.size()), true, nullptr, nullptr, true};
+      std::vector<float> alone(o.size() * size_t(V));
+      EXPECT(ctx.eval_batch(&one, 1, alone.data()));
+      for (size_t r = 0; r < o.size(); ++r) {
+        bool same = false;
+        const float d = max_diff(alone.data() + r * size_t(V), got.data() + (row + int64_t(r)) * V, V, &same);
+        if (!(d <= 1e-4f)) std::printf("  prefix %lld option row %lld: max |alone - side by side| %.3g\n", (long long)n_prefix, (long long)(row + int64_t(r)), d);
+        worst = std::max(worst, d);
+        EXPECT(d <= 1e-4f);
+        EXPECT(same);
+      }
+      row += int64_t(o.size());
+    }
+    EXPECT(ctx.kv_blocks_free() == free_before);
+    std::printf("  prefix %lld: forks side by side %s copied prefixes bit for bit; max |alone - side by side| %.3g\n",
+                (long long)n_prefix, bitwise ? "==" : "!=", worst);
+
+    // the prefix's cache untouched: its next token's logits equal a fresh context's
+    const int32_t next = text[size_t(n_prefix)];
+    const float* after = ctx.seq_eval(0, &next, 1);
+    LlamaContext fresh(stories_model(), paged(128, 1, 16));
+    std::vector<int32_t> longer = prefix;
+    longer.push_back(next);
+    const float* fl = fresh.seq_eval(0, longer.data(), int64_t(longer.size()));
+    EXPECT(after != nullptr && fl != nullptr);
+    bool same = false;
+    if (after && fl) EXPECT(max_diff(after, fl, V, &same) <= 1e-5f && same);
+  }
+}

@@ -648,3 +648,64 @@ TEST(scheduler_long_options_split_across_steps_equal_unsplit) {
   // plus the generation's decode rows (one per token after its first)
   EXPECT(st.decoded_tokens >= 2 * (29 + 20 + 1 + 29));
 }
+
+// Score forks (set_score_forks, default on): a scoring request's options of two tokens or more
+// run side by side in ONE pass (fork segments of the cached prefix) instead of one pass each;
+// the scores stay within score_tolerance() of score_continuations alone, in option order, with
+// options of 0 or 1 token (scored from the prefix logits) between and after them; with forks off
+// the same request takes a pass per option. A step budget smaller than the options' rows runs
+// them in as many passes as the budget needs. (Forks need a free block each for their copy of the
+// prefix's partial last block; without them the options run one per pass, as with forks off.)
+TEST(scheduler_score_forks_run_the_options_in_one_pass) {
+  if (stories_gguf().empty()) return;
+  const std::vector<int32_t> prefix = prompts()[4];
+  const std::vector<std::vector<int32_t>> conts = {{9}, {42, 7, 300}, {}, {100, 101}, {11}, {5, 6, 7, 8}, {12}};
+  std::vector<LlamaContext::ContinuationScore> want;
+  {
+    LlamaContext ctx(stories_model(), LlamaContextOptions{128, 0, 1});
+    EXPECT(ctx.score_continuations(prefix.data(), int64_t(prefix.size()), conts, &want));
+  }
+  struct Case {
+    bool forks;
+    int64_t n_batch;
+    int64_t option_passes;
+  };
+  // option rows 2 + 1 + 3 = 6: one pass; budget 4: {2, 1} then {3}; forks off: three passes
+  for (const Case c : {Case{true, 0, 1}, Case{true, 4, 2}, Case{false, 0, 3}}) {
+    set_score_forks(c.forks);
+    SchedulerOptions so;
+    so.n_ctx = 128;
+    so.n_seq = 1;
+    so.n_batch = c.n_batch;
+    so.kv_positions = 512;  // the default pool (n_ctx: 2 blocks of 64) has no block for the forks' copies
+    Scheduler sched(stories_model(), so);
+    std::promise<SeqOutcome> lp, sp;
+    SeqRequest l;  // the prompt first (its logits kept), as Model.logits then scoreOptions
+    l.kind = SeqRequest::Kind::Logits;
+    l.prompt = prefix;
+    l.on_done = [&](SeqOutcome&& o) { lp.set_value(std::move(o)); };
+    sched.submit(std::move(l));
+    EXPECT(!lp.get_future().get().error);
+    const int64_t steps0 = sched.stats().steps;
+    SeqRequest r;
+    r.kind = SeqRequest::Kind::Score;
+    r.prompt = prefix;
+    r.continuations = conts;
+    r.on_done = [&](SeqOutcome&& o) { sp.set_value(std::move(o)); };
+    sched.submit(std::move(r));
+    SeqOutcome o = sp.get_future().get();
+    EXPECT(!o.error && !o.aborted);
+    EXPECT(o.scores.size() == want.size());
+    for (size_t i = 0; i < want.size() && i < o.scores.size(); ++i) {
+      EXPECT(score_close(o.scores[i].logprob, want[i].logprob, "option logprob"));
+      EXPECT(o.scores[i].token_logprobs.size() == want[i].token_logprobs.size());
+    }
+    const SchedulerStats st = sched.stats();
+    std::printf("  forks %d, budget %lld: %lld option passes, %lld option rows\n", int(c.forks), (long long)st.n_batch,
+                (long long)(st.steps - steps0), (long long)st.decoded_tokens);
+    EXPECT(st.steps - steps0 == c.option_passes);
+    EXPECT(st.decoded_tokens == 6);
+    EXPECT(st.kv_blocks_used == (int64_t(prefix.size()) + st.kv_block_size - 1) / st.kv_block_size);
+  }
+  set_score_forks(true);
+}

@@ -1,0 +1,97 @@
+// In-process A/B of the scheduler's score forks (model/scheduler.h set_score_forks): a prompt of
+// P token ids evaluated once (a Logits request, as Model.logits), then the same scoring request
+// (LLaVA sample's 8 options: 1+1+1+1+2+3+1+3 tokens, ids fixed) alternated forks off / on in ABBA
+// rounds on that cached prompt, as bench:llava's scoring phase. Per mode: wall and process CPU
+// time per scoring (CPU: readable on a loaded machine at 1 thread), option passes, and whether
+// the scores of both modes agree within 1e-5 relative. From the repository root:
+//   ./build-bench/score_forks_ab bench/models/llava1.5-7b-q4_0.gguf [threads 1] [rounds 6] [prompt 628]
+#include <time.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <vector>
+
+#include "bench_clock.h"
+#include "model/llama.h"
+#include "model/scheduler.h"
+using namespace emollm;
+
+namespace {
+double process_cpu() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+SeqOutcome run(Scheduler& s, SeqRequest r) {
+  std::promise<SeqOutcome> p;
+  r.on_done = [&](SeqOutcome&& o) { p.set_value(std::move(o)); };
+  s.submit(std::move(r));
+  return p.get_future().get();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s MODEL.gguf [threads 1] [rounds 6] [prompt 628]\n", argv[0]);
+    return 2;
+  }
+  const int threads = argc > 2 ? std::atoi(argv[2]) : 1;
+  const int rounds = argc > 3 ? std::atoi(argv[3]) : 6;
+  const int64_t n_prompt = argc > 4 ? std::atoll(argv[4]) : 628;
+  LlamaLoadOptions lo;
+  lo.threads = threads;
+  auto model = LlamaModel::load(argv[1], lo);
+  const int64_t V = model->hparams().n_vocab;
+  SchedulerOptions so;
+  so.n_ctx = 1024;
+  so.n_seq = 1;
+  Scheduler sched(model, so);
+  std::vector<int32_t> prompt{1};
+  for (int64_t i = 1; i < n_prompt; ++i) prompt.push_back(int32_t(100 + (i * 7919) % (V - 200)));
+  SeqRequest lr;
+  lr.kind = SeqRequest::Kind::Logits;
+  lr.prompt = prompt;
+  const double t0 = bench::now();
+  if (run(sched, lr).error) return 1;
+  std::printf("prompt %lld tokens prefilled in %.2f s (%d threads)\n", (long long)n_prompt, bench::now() - t0, threads);
+  const std::vector<std::vector<int32_t>> conts = {{310}, {411}, {512}, {613}, {714, 815}, {916, 1017, 1118}, {1219}, {1320, 1421, 1522}};
+  std::vector<double> wall[2], cpu[2];
+  int64_t passes[2] = {0, 0};
+  std::vector<double> scores[2];
+  double worst = 0;
+  for (int r = 0; r < rounds; ++r)
+    for (int k = 0; k < 2; ++k) {
+      const int on = (r % 2 == 0) ? k : 1 - k;  // off, on, on, off, ...
+      set_score_forks(on != 0);
+      SeqRequest sr;
+      sr.kind = SeqRequest::Kind::Score;
+      sr.prompt = prompt;
+      sr.continuations = conts;
+      const int64_t s0 = sched.stats().steps;
+      const double w0 = bench::now(), c0 = process_cpu();
+      SeqOutcome o = run(sched, sr);
+      const double w = bench::now() - w0, c = process_cpu() - c0;
+      if (o.error || o.scores.size() != conts.size()) return 1;
+      wall[on].push_back(w);
+      cpu[on].push_back(c);
+      passes[on] = sched.stats().steps - s0;
+      std::vector<double> sc;
+      for (const auto& x : o.scores) sc.push_back(x.logprob);
+      if (scores[on].empty()) scores[on] = sc;
+      if (!scores[0].empty() && !scores[1].empty())
+        for (size_t i = 0; i < sc.size(); ++i)
+          worst = std::max(worst, std::fabs(scores[0][i] - scores[1][i]) / std::max(1.0, std::fabs(scores[0][i])));
+      std::printf("round %d forks %s: wall %.3f s, cpu %.3f s, %lld passes\n", r, on ? "on " : "off", w, c,
+                  (long long)passes[on]);
+    }
+  for (int on = 0; on < 2; ++on)
+    std::printf("forks %s: wall median %.3f best %.3f s, process cpu median %.3f best %.3f s, %lld option passes\n",
+                on ? "on " : "off", bench::median(wall[on]), bench::best(wall[on]), bench::median(cpu[on]),
+                bench::best(cpu[on]), (long long)passes[on]);
+  std::printf("on / off: wall median %.3f, cpu median %.3f; scores max relative |on - off| %.3g\n",
+              bench::median(wall[1]) / bench::median(wall[0]), bench::median(cpu[1]) / bench::median(cpu[0]), worst);
+  set_score_forks(true);
+  return 0;
+}
