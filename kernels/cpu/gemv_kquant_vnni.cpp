@@ -62,10 +62,12 @@ namespace {
 // q6_K on the lean pass too, with its prefetches spread over each sub-block step's groups (below,
 // kq_lean_records): off by default (EMOLLM_KQUANT_LEAN_Q6=1 or on turns it on). Measured against
 // q6_K's default pass (kq_records_sg) in the model (decode_switch_ab kquant_lean_q6, before
-// session 19 kq6_lean_spread): 1 thread (thread CPU time) 1.03-1.10x loaded and 1.061x quiet;
-// 2 threads 0.921x quiet (one run, every round 0.86-0.98). The spread belongs to this pass only:
-// on the default pass it was neutral (1.009x, 1 thread, session 19) and q4_K's lean pass spread
-// was refuted (0.87-1.02x in the model, session 18), so the switch EMOLLM_KQ_PF_SPREAD is gone.
+// session 19 kq6_lean_spread): 1 thread (thread CPU time) 1.061x quiet, median ~1.05x over 20
+// loaded runs, but the ratio moves with the process / machine state: runs of 0.90-0.99x with
+// every round below 1 and runs of 1.04-1.14x, on the same binary (session 19); 2 threads 0.921x
+// quiet in its one run. The spread belongs to this pass only: on the default pass it was neutral
+// (1.009x, 1 thread, session 19) and q4_K's lean pass spread was refuted (0.87-1.02x in the
+// model, session 18), so the switch EMOLLM_KQ_PF_SPREAD is gone.
 EnvSwitch& kquant_lean_q6_flag() {
   static EnvSwitch on("EMOLLM_KQUANT_LEAN_Q6", EnvDefault::Off);
   return on;
@@ -561,9 +563,8 @@ int64_t kq_stream_prefetch(int streams) {
 // depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
 template <DType T, int G, int S, bool P>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
-                                                                  int64_t pf, __m512 (&y)[S][G]) {
+                                                                  int64_t pf, bool spread, __m512 (&y)[S][G]) {
   constexpr bool q6 = T == DType::Q6_K;
-  constexpr bool spread = q6;  // q6_K's prefetches spread over the step's groups (q4_K: refuted)
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const KqLayout L{q6, G, 0};
@@ -643,11 +644,15 @@ EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const
   if (cold && pf > 0)
     for (int k = 0; k < S; ++k)
       for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
+  // q6_K's prefetches spread over each step's groups (q4_K: refuted). Read at run time although it
+  // is always true here for q6_K: this form compiles to the instructions of the pass the quiet A/B
+  // measured (objdump, every lean instance identical to session 18's with EMOLLM_KQ_PF_SPREAD).
+  const bool spread = q6 && kquant_lean_q6();
   __m512 y[S][G];
   for (int k = 0; k < S; ++k)
     for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
   for (int64_t s = 0; s < ns; ++s) {
-    kq_lean_records<T, G, S, P>(p, s, xr, pf, y);
+    kq_lean_records<T, G, S, P>(p, s, xr, pf, spread, y);
     for (int k = 0; k < S; ++k) p[k] += rec;
   }
   for (int k = 0; k < S; ++k)
