@@ -427,8 +427,9 @@ int64_t sg_prefetch() {
 // the record at p: of the step's lines [l0, l1) = [Lines j / 8, Lines (j + 1) / 8), those from
 // l0 + (l1 - l0) part / parts to l0 + (l1 - l0) (part + 1) / parts, issued from a loop (a
 // straight-line burst of them acts as no prefetch on this Zen 5: q40_read_patterns). Part 0 of 1
-// is the whole slice at the step's top (q4_K and the default q6_K pass); parts 0..G-1 of G, each
-// before group gi's loads, the spread form of q6_K's lean pass. A function, not a lambda: written
+// is the whole slice at the step's top (q4_K's lean pass; kq_records_sg keeps the same loop in its
+// lambda, see there); parts 0..G-1 of G, each before group gi's loads, the spread form of q6_K's
+// lean pass. A function, not a lambda: written
 // as a lambda in kq_records_sg, GCC 12 emitted none of the spread form's prefetches (objdump; that
 // build ran q6_K without software prefetch, 0.58-0.76x in bench_kernels, 0.74x in the model).
 template <int Lines>
