@@ -1856,7 +1856,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies, rspreadcopies;
+      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies, rleanq6copies;
       if (rec_ab) {
         Buf<uint8_t> rsrc = alloc_huge(rbytes);
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
@@ -1864,11 +1864,11 @@ void bench_kquant_gemv(ThreadPool& pool) {
         pcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
         // the previous M = 1 pass over the same records (set_kquant_lean(false)), its own cold copies
         rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
-        // q6_K: the default pass with its prefetches spread over each step's groups (set_kq_pf_spread)
-        if (t == DType::Q6_K) rspreadcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
+        // q6_K: its lean pass, prefetches spread over each step's groups (set_kquant_lean_q6)
+        if (t == DType::Q6_K) rleanq6copies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, recprev, recspread;
+      Stats prev, rec, same_size, recprev, recleanq6;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
         if (rec_ab) {
@@ -1878,12 +1878,12 @@ void bench_kquant_gemv(ThreadPool& pool) {
         const size_t at_recprev = fns.size();
         if (rec_ab)
           fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
-        const size_t at_spread = fns.size();
-        if (rspreadcopies)
-          fns.push_back([&](int i) { with_switch(gemm_detail::set_kq_pf_spread, true, [&] { run_rec((*rspreadcopies)[i]); }); });
+        const size_t at_leanq6 = fns.size();
+        if (rleanq6copies)
+          fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean_q6, true, [&] { run_rec((*rleanq6copies)[i]); }); });
         auto st = measure_interleaved(fns);
         if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
-        if (rspreadcopies) recspread = st[at_spread];
+        if (rleanq6copies) recleanq6 = st[at_leanq6];
         rr.st = st[0];
         prev = st[1];
         rr.ratio_vs = "prev";
@@ -1920,11 +1920,11 @@ void bench_kquant_gemv(ThreadPool& pool) {
           check(cp);
           push_row(cp);
         }
-        if (recspread.reps > 0) {
-          Result cs = derived_row(r, "records-pfspread", "records-pfspread", recspread, "records", rec.best / recspread.best,
-                                  "the same records and pass, prefetches spread over each step's groups (EMOLLM_KQ_PF_SPREAD=1), interleaved; ratio = the default's time / its (>1: spread faster)");
+        if (recleanq6.reps > 0) {
+          Result cs = derived_row(r, "records-leanq6", "records-leanq6", recleanq6, "records", rec.best / recleanq6.best,
+                                  "the same records, q6_K's lean pass with its prefetches spread over each step's groups (EMOLLM_KQUANT_LEAN_Q6=1), interleaved; ratio = the default's time / its (>1: lean faster)");
           cs.bytes = double(rbytes);
-          with_switch(gemm_detail::set_kq_pf_spread, true, [&] { run_rec((*rspreadcopies)[0]); });
+          with_switch(gemm_detail::set_kquant_lean_q6, true, [&] { run_rec((*rleanq6copies)[0]); });
           check(cs);
           push_row(cs);
         }

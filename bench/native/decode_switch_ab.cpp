@@ -1,8 +1,8 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
 // backend.h set_gemv_next_prefetch; q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
-// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass; kq_pf_spread: q6_K's prefetches
-// spread over each step's groups; kq6_lean_spread: q6_K's lean pass with them against the default; qk_wide: the decode attention's qk16;
+// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
+// over each step's groups); qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; attn_claimed: the attention drivers'
 // pieces on claimed work (run_dynamic) against pool->run jobs; kv_f16: an f16 KV cache against f32;
@@ -67,15 +67,8 @@ const AbSwitch kSwitches[] = {
     {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
     {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
+    // q6_K on the lean pass (its prefetches spread over each step's groups) against the default pass
     {"kquant_lean_q6", [](bool on) { gemm_detail::set_kquant_lean_q6(on); }},
-    // q6_K's M = 1 passes' prefetches spread over each step's groups (vs one loop a step)
-    {"kq_pf_spread", [](bool on) { gemm_detail::set_kq_pf_spread(on); }},
-    // q6_K on the lean pass with its prefetches spread, against the default (previous pass, one loop a step)
-    {"kq6_lean_spread",
-     [](bool on) {
-       gemm_detail::set_kquant_lean_q6(on);
-       gemm_detail::set_kq_pf_spread(on);
-     }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},

@@ -59,9 +59,15 @@ void set_kquant_lean(bool enabled) { kquant_lean_flag().set(enabled); }
 bool kquant_lean() { return kquant_lean_flag().on(); }
 
 namespace {
-// q6_K on the lean pass too: off by default (EMOLLM_KQUANT_LEAN_Q6=1 or on turns it on): for q6_K only
-// the loads and the min-term placement change, and it measured 0.92-1.00x the previous pass
-// (bench_kernels 1.1B rows at load 3, 1 and 2 threads; 0.96-1.10x in the model's CPU time).
+// q6_K on the lean pass too, with its prefetches spread over each sub-block step's groups (below,
+// kq_lean_records): off by default (EMOLLM_KQUANT_LEAN_Q6=1 or on turns it on). Measured against
+// q6_K's default pass (kq_records_sg) in the model (decode_switch_ab kquant_lean_q6, before
+// session 19 kq6_lean_spread): 1 thread (thread CPU time) 1.061x quiet, median ~1.05x over 20
+// loaded runs, but the ratio moves with the process / machine state: runs of 0.90-0.99x with
+// every round below 1 and runs of 1.04-1.14x, on the same binary (session 19); 2 threads 0.921x
+// quiet in its one run. The spread belongs to this pass only: on the default pass it was neutral
+// (1.009x, 1 thread, session 19) and q4_K's lean pass spread was refuted (0.87-1.02x in the
+// model, session 18), so the switch EMOLLM_KQ_PF_SPREAD is gone.
 EnvSwitch& kquant_lean_q6_flag() {
   static EnvSwitch on("EMOLLM_KQUANT_LEAN_Q6", EnvDefault::Off);
   return on;
@@ -70,30 +76,6 @@ EnvSwitch& kquant_lean_q6_flag() {
 
 void set_kquant_lean_q6(bool enabled) { kquant_lean_q6_flag().set(enabled); }
 bool kquant_lean_q6() { return kquant_lean_q6_flag().on(); }
-
-namespace {
-// q6_K's M = 1 passes with their prefetches spread over a sub-block step's groups (a short loop of
-// ~7 lines before each group's loads) instead of one loop of all the step's ~27 lines at its top:
-// the same lines, the same distance ahead (a prefetch never changes results). The default's lines
-// already go out from a loop (objdump: prefetcht0 / add / cmp / jne), not as the straight-line
-// burst that acts as no prefetch on this Zen 5 (q40_read_patterns). Measured in the model (1
-// thread, thread CPU time, loaded): q6_K's lean pass 1.03-1.09x over the lean pass without it,
-// lean + spread 1.03-1.10x over q6_K's default pass; q4_K's lean pass spread (~5 lines a group)
-// 0.87-1.02x in four runs (bench_kernels 1.01-1.11x): refuted, so q4_K keeps one loop a step.
-// Opt-in (EMOLLM_KQ_PF_SPREAD=1): the quiet A/B of q6_K lean + spread against the default pass
-// (decode_switch_ab kq6_lean_spread, session 18) read 1.061x at 1 thread (thread CPU time, median
-// round 1.059) but 0.921x at 2 threads (wall, every one of 10 rounds 0.86-0.98), so it stays
-// off. The spread prefetch is written out inline in the passes: from a lambda GCC 12 emitted none
-// of them in kq_records_sg (that build ran q6_K without software prefetch: 0.58-0.76x in
-// bench_kernels, 0.74x in the model).
-EnvSwitch& kq_pf_spread_flag() {
-  static EnvSwitch on("EMOLLM_KQ_PF_SPREAD", EnvDefault::Off);
-  return on;
-}
-}  // namespace
-
-void set_kq_pf_spread(bool enabled) { kq_pf_spread_flag().set(enabled); }
-bool kq_pf_spread() { return kq_pf_spread_flag().on(); }
 
 }  // namespace gemm_detail
 }  // namespace emollm
@@ -441,6 +423,24 @@ int64_t sg_prefetch() {
   return v;
 }
 
+// Part `part` of `parts` of sub-block step j's slice of a record's Lines lines, pf bytes ahead of
+// the record at p: of the step's lines [l0, l1) = [Lines j / 8, Lines (j + 1) / 8), those from
+// l0 + (l1 - l0) part / parts to l0 + (l1 - l0) (part + 1) / parts, issued from a loop (a
+// straight-line burst of them acts as no prefetch on this Zen 5: q40_read_patterns). Part 0 of 1
+// is the whole slice at the step's top (q4_K's lean pass; kq_records_sg keeps the same loop in its
+// lambda, see there); parts 0..G-1 of G, each before group gi's loads, the spread form of q6_K's
+// lean pass. A function, not a lambda: written
+// as a lambda in kq_records_sg, GCC 12 emitted none of the spread form's prefetches (objdump; that
+// build ran q6_K without software prefetch, 0.58-0.76x in bench_kernels, 0.74x in the model).
+template <int Lines>
+__attribute__((always_inline)) EMO_TK inline void kq_prefetch_step(const uint8_t* p, int64_t pf, int j, int part, int parts) {
+  const char* a = reinterpret_cast<const char*>(p + pf);
+  const int l0 = Lines * j / 8, l1 = Lines * (j + 1) / 8;
+#pragma GCC unroll 1
+  for (int l = l0 + (l1 - l0) * part / parts; l < l0 + (l1 - l0) * (part + 1) / parts; ++l)
+    _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+}
+
 // Super-groups [q0, q1) (G groups of 16 rows each) against the MB rows of X. The stream is
 // prefetched pf bytes ahead, the record's lines spread over its 8 sub-block steps (every line,
 // scales included: the 16-row kernel prefetched the code lines only); `cold`: the range's first
@@ -452,7 +452,6 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const int64_t pf = sg_prefetch();
-  const bool spread = q6 && MB == 1 && kq_pf_spread();  // q6_K only (q4_K: refuted, below)
   const size_t sgb = size_t(ns) * rec;
   if (cold && pf > 0)
     for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(Wr + size_t(q0) * sgb + size_t(o)), _MM_HINT_T0);
@@ -463,6 +462,8 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
     for (int gi = 0; gi < G; ++gi)
       for (int m = 0; m < MB; ++m) y[gi][m] = _mm512_setzero_ps();
     for (int64_t s = 0; s < ns; ++s, p += rec) {
+      // the step's slice at its top (kq_prefetch_step's part 0 of 1; as a lambda this pass compiles
+      // to the instructions measured before the spread form existed, with the helper it did not)
       auto prefetch_step = [&](int j) {
         if (pf <= 0) return;
         const char* a = reinterpret_cast<const char*>(p + pf);
@@ -474,17 +475,11 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
         for (int gi = 0; gi < G; ++gi) aA[gi] = aM[gi] = _mm512_setzero_ps();
 #pragma GCC unroll 2
         for (int j = 0; j < 8; ++j) {
-          if (!spread) prefetch_step(j);
+          prefetch_step(j);
           __m512i x[8];
           kq_load_x(xr, 0, s, j, x);
 #pragma GCC unroll 4
           for (int gi = 0; gi < G; ++gi) {
-            if (spread && pf > 0) {  // part gi of G of step j's lines, before group gi's loads
-              const char* a = reinterpret_cast<const char*>(p + pf);
-              const int l0 = lines * j / 8, l1 = lines * (j + 1) / 8;
-#pragma GCC unroll 1
-              for (int l = l0 + (l1 - l0) * gi / G; l < l0 + (l1 - l0) * (gi + 1) / G; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
-            }
             KqSub<q6> b;
             kq_load_sub<q6, G, P>(p, gi, j, b);
             kq_dot_sub<q6>(b, x, xr, 0, s, j, aA[gi], aM[gi]);
@@ -581,10 +576,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
 #pragma GCC unroll 1
   for (int j = 0; j < 8; ++j) {
     if (pf > 0 && !spread)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
-      for (int k = 0; k < S; ++k) {
-        const char* a = reinterpret_cast<const char*>(p[k] + pf);
-        for (int l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
-      }
+      for (int k = 0; k < S; ++k) kq_prefetch_step<lines>(p[k], pf, j, 0, 1);
     __m512i x[8];
     kq_load_x(xr, 0, s, j, x);
     const __m512 dx = _mm512_set1_ps(xr.dx[8 * s + j]);
@@ -592,12 +584,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     for (int gi = 0; gi < G; ++gi)
 #pragma GCC unroll 4
       for (int k = 0; k < S; ++k) {
-        if (pf > 0 && spread) {  // part gi of G of this step's slice of stream k
-          const char* a = reinterpret_cast<const char*>(p[k] + pf);
-          const int l0 = lines * j / 8, l1 = lines * (j + 1) / 8;
-#pragma GCC unroll 1
-          for (int l = l0 + (l1 - l0) * gi / G; l < l0 + (l1 - l0) * (gi + 1) / G; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
-        }
+        if (pf > 0 && spread) kq_prefetch_step<lines>(p[k], pf, j, gi, G);  // part gi of stream k's slice
         const uint8_t* cl = p[k] + L.codes(gi, j);
         __m512i v[6];
 #pragma GCC unroll 6
@@ -658,7 +645,10 @@ EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const
   if (cold && pf > 0)
     for (int k = 0; k < S; ++k)
       for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
-  const bool spread = q6 && kq_pf_spread();  // q6_K only (q4_K: refuted, below)
+  // q6_K's prefetches spread over each step's groups (q4_K: refuted). Read at run time although it
+  // is always true here for q6_K: this form compiles to the instructions of the pass the quiet A/B
+  // measured (objdump, every lean instance identical to session 18's with EMOLLM_KQ_PF_SPREAD).
+  const bool spread = q6 && kquant_lean_q6();
   __m512 y[S][G];
   for (int k = 0; k < S; ++k)
     for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();

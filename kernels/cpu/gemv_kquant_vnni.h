@@ -36,13 +36,10 @@ bool kquant_gemv();
 // previous one (EMOLLM_KQUANT_LEAN=0); q6_K takes it only with set_kquant_lean_q6. Process-wide, for the tests and bench_kernels' interleaved A/B.
 void set_kquant_lean(bool enabled);
 bool kquant_lean();
-// q6_K on the lean pass as well (default off; EMOLLM_KQUANT_LEAN_Q6=1): measured 0.92-1.00x.
+// q6_K on the lean pass as well, its prefetches spread over each sub-block step's groups (default
+// off; EMOLLM_KQUANT_LEAN_Q6=1; same bits): 1.06x at 1 thread, 0.92x at 2 in quiet model A/Bs.
 void set_kquant_lean_q6(bool enabled);
 bool kquant_lean_q6();
-// q6_K's M = 1 passes with their prefetches spread over each sub-block step's groups
-// (EMOLLM_KQ_PF_SPREAD=1; opt-in while measured; the same lines, so the same bits).
-void set_kq_pf_spread(bool enabled);
-bool kq_pf_spread();
 #if defined(__x86_64__)
 // Super-groups the lean pass walks side by side: 1 (default), 2 or 4 (EMOLLM_KQ_STREAMS; other
 // values round down to one of them). Same bits at any; for the tests and A/B runs.

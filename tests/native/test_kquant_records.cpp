@@ -408,9 +408,9 @@ TEST(kquant_records_multi_equals_separate) {
 // min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
 // +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
 // and multi-output dispatch, no pool / 2 / 3 threads, 1 / 2 / 4 super-groups side by side
-// (set_kquant_streams), q6_K's prefetches in one loop a step or spread over the groups
-// (set_kq_pf_spread, every other case). A flipped code byte moves the lean output
-// of its row only (the comparison can fail).
+// (set_kquant_streams); q6_K's lean pass (set_kquant_lean_q6) spreads its prefetches over each
+// step's groups, the previous pass issues them in one loop a step. A flipped code byte moves the
+// lean output of its row only (the comparison can fail).
 TEST(kquant_records_lean_same_bits_as_previous) {
   if (!have_vnni()) {
     std::printf("  skip: no AVX-512 VNNI\n");
@@ -440,9 +440,6 @@ TEST(kquant_records_lean_same_bits_as_previous) {
           for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
           for (int streams : {1, 2, 4}) {  // the lean pass over 1, 2 or 4 super-groups side by side
             gemm_detail::set_kquant_streams(streams);
-            // q6_K's passes with their prefetches spread over each step's groups (set_kq_pf_spread)
-            // on every other case: only where the hints go changes
-            gemm_detail::set_kq_pf_spread(compared % 2 == 1);
             std::vector<float> y[2];
             for (int lean : {0, 1}) {
               gemm_detail::set_kquant_lean(lean == 1);
@@ -478,7 +475,6 @@ TEST(kquant_records_lean_same_bits_as_previous) {
   gemm_detail::set_kquant_lean(lean0);
   gemm_detail::set_kquant_lean_q6(lean_q60);
   gemm_detail::set_kquant_streams(1);
-  gemm_detail::set_kq_pf_spread(false);
   EXPECT(compared == 2 * 2 * 6 * 2 * 3 * 3);
   EXPECT(moved >= 40);  // of 48: an x block of zeros or a tiny one can hide a flip
 }
