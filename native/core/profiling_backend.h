@@ -40,7 +40,9 @@ void profile_set_cpu_per_op(bool on);
 // read `mib` MiB of its own buffer (rows "attention_batch evict", "attention_batch replay-cold"),
 // so the step's own call (row "attention_batch") can be held against the same call with the K / V
 // rows left in the caches and after an eviction pass. The outputs are written again with the same
-// values; the replays add to each step's time.
+// values; the replays add to each step's time. The eviction reads on the calling thread only: with
+// pool threads on other cores (other L2 / L3), their share of the K / V rows may stay cached, so
+// the replay-cold row means most at 1 thread.
 void profile_set_attn_replay(int64_t mib);
 // Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
 // nothing unless profiling is on. Thread-pool hand-offs inside ops are rows of op "handoff",
