@@ -3,17 +3,17 @@
 //
 //   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b]
 //
-// Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool with the
-// pieces on claimed work ("2t claimed", attention_internal.h set_attention_claimed) and inside
-// pool->run jobs ("2t run"); and "2t halves": two threads (the 2-thread pool's, one run() job)
+// Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool
+// ("2t run": the pieces inside one pool->run job); and "2t halves": two threads (the 2-thread pool's, one run() job)
 // each run the whole decode driver on its own half of the tokens without a pool, each timing its
 // own half: the best a two-thread split of this kernel can do on this memory (no hand-off, no
 // shared counter, no merge), and how unequal the two cores are on equal work. Printed: the median
 // and best wall of each (us), GB/s (K + V bytes), 2t / 1t speed-ups, the halves' per-thread
 // medians, each thread's CPU time a kv token alone (1t) and side by side (halves: the memory shared
-// by two readers, preemption excluded), and the pieces each pool thread ran (attention_work); "2t pieces64" / "32": claimed with
+// by two readers, preemption excluded), and the pieces each pool thread ran (attention_work); "2t pieces64" / "32": 2 threads with
 // pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128).
-// "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64).
+// "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64). "2m": the K / V copies in 2 MiB transparent
+// huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <sys/mman.h>
 #include <time.h>
 #include <vector>
 
@@ -42,13 +43,17 @@ namespace {
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 21;
   const int copies = argc > 3 ? std::max(1, std::atoi(argv[3])) : 8;
-  const bool small = argc > 4 && std::strcmp(argv[4], "1b") == 0;
+  bool small = false, huge = false;
+  for (int i = 4; i < argc; ++i) {
+    small = small || std::strcmp(argv[i], "1b") == 0;
+    huge = huge || std::strcmp(argv[i], "2m") == 0;
+  }
   constexpr int64_t kPage = 64;
   AttentionParams p;
   p.n_q = 1; p.n_kv = n_kv; p.n_heads = 32; p.n_kv_heads = small ? 4 : 32; p.head_dim = small ? 64 : 128;
@@ -64,7 +69,12 @@ int main(int argc, char** argv) {
   uint32_t x = 12345;
   for (int c = 0; c < copies; ++c)
     for (int kv = 0; kv < 2; ++kv) {
-      AlignedPtr<float> b = make_aligned<float>(elems);
+      // "2m": each copy in 2 MiB transparent huge pages (madvise), as the model's KV cache
+      // (the CPU backend's alloc); default: the allocator's 4 KiB pages
+      AlignedPtr<float> b(static_cast<float*>(aligned_alloc_bytes(elems * sizeof(float), huge ? size_t(2) << 20 : kAlign)));
+#if defined(MADV_HUGEPAGE)
+      if (huge) (void)madvise(b.get(), elems * sizeof(float) / (size_t(2) << 20) * (size_t(2) << 20), MADV_HUGEPAGE);
+#endif
       for (size_t i = 0; i < elems; ++i) {
         x = x * 1664525u + 1013904223u;
         b.get()[i] = float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
@@ -117,8 +127,8 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kClaimed, kRun, kHalves, kPm64, kPm32, kModes };
-  const char* names[kModes] = {"1t", "2t claimed", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
+  enum { k1t, kRun, kHalves, kPm64, kPm32, kModes };
+  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -143,9 +153,7 @@ int main(int argc, char** argv) {
         dt = timed(&pool2);
         attention_detail::set_decode_piece_max(attention_detail::kDecodePieceMax);
       } else {
-        attention_detail::set_attention_claimed(m == kClaimed);
         dt = timed(&pool2);
-        attention_detail::set_attention_claimed(true);
       }
       if (r < 0) continue;
       t[m].push_back(dt);
@@ -173,5 +181,11 @@ int main(int argc, char** argv) {
   std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
               median(cpu1) / double(n_kv) * 1e9, best(cpu1) / double(n_kv) * 1e9, median(hcpu[0]) / tok0 * 1e9,
               best(hcpu[0]) / tok0 * 1e9, median(hcpu[1]) / tok1 * 1e9, best(hcpu[1]) / tok1 * 1e9);
+  if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::strncmp(line, "AnonHugePages:", 14) == 0) std::printf("  process %s", line);
+    std::fclose(f);
+  }
   return 0;
 }

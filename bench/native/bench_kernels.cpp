@@ -2595,20 +2595,6 @@ void bench_attention_decode_pv_pairs(ThreadPool& pool) {
              "P V one kv head a call (set_decode_pv_pairs(false)), interleaved; ratio = its time / the default's"});
 }
 
-// claimed: the decode driver's pieces on claimed work (run_dynamic, the opt-in EMOLLM_ATTN_CLAIMED)
-// vs pool->run jobs (the default: "poolrun"; same bits, test attention_claimed_same_bits_late_worker).
-// The section's main rows run with claimed work switched on. At one thread both are the same loop.
-void bench_attention_decode_claimed(ThreadPool& pool) {
-  const bool was = attention_detail::attention_claimed();
-  attention_detail::set_attention_claimed(true);
-  bench_attention_decode_7b_switch(
-      pool, {"claimed",
-             "decode attention, 7B shape (one query row per kv head): pieces on claimed work (opt-in) vs pool->run (the default) (interleaved; ratio = pool->run's time / claimed's)",
-             attention_detail::set_attention_claimed, "poolrun",
-             "pieces handed out inside pool->run jobs (set_attention_claimed(false), the default), interleaved; ratio = its time / claimed's"});
-  attention_detail::set_attention_claimed(was);
-}
-
 void bench_attention_decode_qk_wide(ThreadPool& pool) {
   bench_attention_decode_7b_switch(
       pool, {"qk_wide",
@@ -3513,7 +3499,6 @@ int main(int argc, char** argv) {
     bench_attention_decode_pv_wide(pool);
     bench_attention_decode_qk_wide(pool);
     bench_attention_decode_pv_pairs(pool);
-    bench_attention_decode_claimed(pool);
     bench_eltwise(pool);
     bench_rotation_check(pool);
     bench_f32_gemv(pool);
@@ -3571,7 +3556,6 @@ int main(int argc, char** argv) {
   bench_attention_decode_pv_wide(pool);
   bench_attention_decode_qk_wide(pool);
   bench_attention_decode_pv_pairs(pool);
-  bench_attention_decode_claimed(pool);
   bench_eltwise(pool);
   bench_f32_gemv(pool);
   bench_rotation_check(pool);

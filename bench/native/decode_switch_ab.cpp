@@ -4,8 +4,7 @@
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
 // over each step's groups); qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
-// pv_pairs: the decode attention's P V two kv heads a call; attn_claimed: the attention drivers'
-// pieces on claimed work (run_dynamic) against pool->run jobs; kv_f16: an f16 KV cache against f32;
+// pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
@@ -73,9 +72,6 @@ const AbSwitch kSwitches[] = {
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
-    // the attention drivers' pieces / units on claimed work (run_dynamic) vs pool->run jobs
-    // (attention_internal.h set_attention_claimed)
-    {"attn_claimed", [](bool on) { attention_detail::set_attention_claimed(on); }},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
     // (madvise MADV_DONTNEED: the page table entries dropped, the page cache kept, as a fresh

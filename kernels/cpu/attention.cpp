@@ -228,12 +228,6 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
-EnvSwitch& attention_claimed_flag() {
-  // opt-in (=1): quiet 7B A/B (session 18, prompt 512, 2 threads) 0.975 / 0.966 (median rounds
-  // 0.982 / 0.966), though the kernel alone ran 1.04x; pool->run jobs stay the default
-  static EnvSwitch on("EMOLLM_ATTN_CLAIMED", EnvDefault::Off);
-  return on;
-}
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
@@ -251,8 +245,6 @@ int64_t decode_piece_max() { return g_piece_max.load(std::memory_order_relaxed);
 void set_decode_piece_max(int64_t tokens) {
   g_piece_max.store(std::max<int64_t>(16, tokens / 16 * 16), std::memory_order_relaxed);
 }
-bool attention_claimed() { return attention_claimed_flag().on(); }
-void set_attention_claimed(bool on) { attention_claimed_flag().set(on); }
 AttentionWork attention_work() {
   AttentionWork w;
   for (int i = 0; i < kWorkThreads; ++i) {
@@ -1559,12 +1551,9 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
         attention_detail::count_work(&attention_detail::WorkSlot::tiled_units);
       }
     };
-    // Claimed: the scratch of the pool thread running the job (the threads inside one run_dynamic
-    // job have distinct indices; a nested call runs inline on one thread).
-    if (attention_detail::attention_claimed())
-      pool->run_dynamic([&] { units(std::min(pool_thread_index(), nth - 1)); });
-    else
-      pool->run([&](int ith, int) { units(ith); });
+    // pool->run jobs, not run_dynamic's claimed work: removed after two quiet 7B decode A/Bs
+    // (session 18) at 0.975 / 0.966 (see run_decode)
+    pool->run([&](int ith, int) { units(ith); });
   }
   if (n_merges == 0) return;
   auto merge = [&](int64_t g) {
@@ -1583,10 +1572,7 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
       merge(g);
     }
   };
-  if (attention_detail::attention_claimed())
-    pool->run_dynamic(merges);
-  else
-    pool->run([&](int, int) { merges(); });
+  pool->run([&](int, int) { merges(); });
 }
 
 // ---------------------------------------------------------------------------- decode driver
@@ -1997,12 +1983,12 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
       piece(u, &i);
     }
   };
-  // Claimed (attention_detail::attention_claimed): a worker that arrives after the caller's share
-  // skips the job instead of being waited for; scratch is the running thread's own either way.
-  if (attention_detail::attention_claimed())
-    pool->run_dynamic(pieces);
-  else
-    pool->run([&](int, int) { pieces(); });
+  // One pool->run job: a worker that has not claimed its index when the caller's pieces are done
+  // costs nothing (the caller runs its empty index); one holding a piece is waited for. The pieces
+  // on ThreadPool::run_dynamic's claimed work instead (the opt-in EMOLLM_ATTN_CLAIMED of session
+  // 18) ran the kernel alone 1.04x but the 7B decode 0.975 / 0.966 (quiet, prompt 512, 2 threads):
+  // removed (bench/README.md).
+  pool->run([&](int, int) { pieces(); });
 }
 
 void attention_tiled(const Kern& kern, const float* q, const float* k, const float* v, float* out, float* lse,

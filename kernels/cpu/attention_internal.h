@@ -95,16 +95,14 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// The decode driver's pieces and the tiled driver's units and split-KV merges handed out from a
-// shared counter inside ThreadPool::run_dynamic (opt-in, EMOLLM_ATTN_CLAIMED=1: 0.97x in the 7B
-// decode, quiet, session 18): a worker that arrives after the caller's
-// share is done skips the job, and one preempted holding a piece costs the call at most that piece;
-// the tiled driver's scratch is indexed by pool_thread_index() (unique among the threads inside a
-// run_dynamic job). Default (set_attention_claimed(false)): pool->run jobs (one index a thread,
-// each taking from the same counter). Which thread runs a piece or unit never
-// changes its arithmetic: outputs are bit for bit equal.
-bool attention_claimed();
-void set_attention_claimed(bool on);
+// The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
+// shared counter inside one pool->run job (each thread, the caller included, takes the next item
+// until none is left; a worker that has not claimed its index when the caller is done costs
+// nothing, one preempted holding a piece costs the call at most that piece). Which thread runs a
+// piece or unit never changes its arithmetic: outputs are bit for bit equal at a given thread
+// count. (ThreadPool::run_dynamic's claimed work instead, opt-in EMOLLM_ATTN_CLAIMED in session
+// 18: 1.04x the kernel alone, 0.975 / 0.966 in the quiet 7B decode: removed in session 19.)
+
 // Work done by the attention drivers in this process (tests: every piece / unit once, the merges
 // once per call; benchmarks: the split between threads). by_thread[i]: decode pieces plus tiled
 // units run by pool thread index i (indices >= kWorkThreads counted in the last slot).

@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "base/env_switch.h"  // env_int
 #include "base/pool_stats.h"
 
 namespace emollm {
@@ -76,6 +77,12 @@ std::atomic<bool>& cpu_per_op_flag() {
   return on;
 }
 bool cpu_per_op() { return cpu_per_op_flag().load(std::memory_order_relaxed); }
+// profile_set_attn_replay: starts as EMOLLM_PROFILE_ATTN_REPLAY (MiB; unset / 0: off).
+std::atomic<int64_t>& attn_replay_flag() {
+  static std::atomic<int64_t> m{std::max<int64_t>(0, env_int("EMOLLM_PROFILE_ATTN_REPLAY", 0))};
+  return m;
+}
+int64_t attn_replay_mib() { return attn_replay_flag().load(std::memory_order_relaxed); }
 
 enum Phase : int { kOther = 0, kPrefill = 1, kDecode = 2 };
 const char* phase_name(int p) { return p == kDecode ? "decode" : p == kPrefill ? "prefill" : "other"; }
@@ -364,10 +371,36 @@ class ProfilingBackend final : public Backend {
       bytes += kv_read_bytes(items[i].p);
     }
     const AttentionParams& p = items[0].p;
-    Timer t{enter, "attention_batch",
-            std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" + std::to_string(p.n_kv_heads) +
-                " d=" + std::to_string(p.head_dim) + " kv<=" + std::to_string((n_kv + 255) / 256 * 256),
-            bytes};
+    const std::string key = std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
+                            std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
+                            " kv<=" + std::to_string((n_kv + 255) / 256 * 256);
+    {
+      Timer t{enter, "attention_batch", key, bytes};
+      in_->attention_batch(items, n);
+    }
+    if (tls.phase == kDecode && attn_replay_mib() > 0) attention_replays(items, n, key, bytes);
+  }
+  // profile_set_attn_replay (a diagnostic, decode steps only): every decode attention_batch
+  // call is run twice more with the same items (same pointers, shapes, pool; each writes the same
+  // outputs again): once right away (row "attention_batch replay-warm": the K / V rows as the call
+  // left them in the caches) and once after this thread read `MiB` mebibytes of its own buffer (row
+  // "attention_batch evict", then "attention_batch replay-cold"). Against the "attention_batch" row
+  // (the call as the model makes it, after its q / k / v GEMV): what the step's state costs the
+  // call beside the K / V reads themselves. The replays and the eviction add to each step's time.
+  void attention_replays(const AttentionBatchItem* items, int64_t n, const std::string& key, double bytes) {
+    {
+      Timer t{Enter(), "attention_batch replay-warm", key, bytes};
+      in_->attention_batch(items, n);
+    }
+    {
+      Timer t{Enter(), "attention_batch evict", std::to_string(attn_replay_mib()) + " MiB"};
+      thread_local std::vector<unsigned char> buf;
+      if (buf.size() != size_t(attn_replay_mib()) << 20) buf.assign(size_t(attn_replay_mib()) << 20, 1);
+      unsigned x = 0;
+      for (size_t i = 0; i < buf.size(); i += 64) x += buf[i];
+      evict_sink_.fetch_add(x, std::memory_order_relaxed);
+    }
+    Timer t{Enter(), "attention_batch replay-cold", key, bytes};
     in_->attention_batch(items, n);
   }
   void mvp_projection(const float* X, const void* W1, const float* b1, const void* W2, const float* b2,
@@ -444,6 +477,7 @@ class ProfilingBackend final : public Backend {
 
  private:
   std::shared_ptr<Backend> in_;
+  std::atomic<unsigned> evict_sink_{0};  // keeps attention_replays' eviction reads
 };
 
 void json_str(std::string& s, const std::string& v) {
@@ -520,6 +554,7 @@ void profile_reset() {
   t.decode_faults = 0;
 }
 
+void profile_set_attn_replay(int64_t mib) { attn_replay_flag().store(std::max<int64_t>(0, mib), std::memory_order_relaxed); }
 void profile_set_cpu_per_op(bool on) { cpu_per_op_flag().store(on, std::memory_order_relaxed); }
 
 std::string profile_json() {

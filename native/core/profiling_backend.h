@@ -34,6 +34,16 @@ void profile_reset();
 std::string profile_json();
 // Every op row's cpu_ms (EMOLLM_PROFILE_CPU=1 at the first profiled op, or this); off: the "loop" row only.
 void profile_set_cpu_per_op(bool on);
+// Decode attention replays (a diagnostic; EMOLLM_PROFILE_ATTN_REPLAY=MiB at the first profiled op,
+// or this; 0: off): every attention_batch call of a decode step runs twice more with the same
+// items, once right away (row "attention_batch replay-warm") and once after the calling thread
+// read `mib` MiB of its own buffer (rows "attention_batch evict", "attention_batch replay-cold"),
+// so the step's own call (row "attention_batch") can be held against the same call with the K / V
+// rows left in the caches and after an eviction pass. The outputs are written again with the same
+// values; the replays add to each step's time. The eviction reads on the calling thread only: with
+// pool threads on other cores (other L2 / L3), their share of the K / V rows may stay cached, so
+// the replay-cold row means most at 1 thread.
+void profile_set_attn_replay(int64_t mib);
 // Adds `seconds` of work outside the backend ops (sampling) to the table as (phase, op, key);
 // nothing unless profiling is on. Thread-pool hand-offs inside ops are rows of op "handoff",
 // keyed by the op they happened in (already part of that op's time); their thread-pool jobs are

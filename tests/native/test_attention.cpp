@@ -1560,25 +1560,21 @@ TEST(attention_decode_pv_pairs_same_bits) {
                                  16900);
 }
 
-// The attention drivers' work on claimed work (attention_detail::attention_claimed: the decode
-// pieces, the tiled units and split-KV merges taken from a shared counter inside run_dynamic, the
-// tiled scratch indexed by pool_thread_index()) against the same counters inside pool->run jobs
-// (claimed off, no late worker: the reference): outputs and log-sum-exps bit for bit equal with
-// no late worker, the last worker holding its first claim 20 ms (base/thread_pool.h
-// pool_set_late_worker, LateAt::Hold: preempted with a piece in hand) and picking every job up
-// 20 ms late (LateAt::Arrival), at 1 / 2 / 3 threads; decode calls across 16- / 64-token
+// The attention drivers' scheduling (attention_internal.h: the decode pieces, the tiled units and
+// split-KV merges taken from a shared counter inside one pool->run job) with a late worker against
+// the same calls without one (the reference): outputs and log-sum-exps bit for bit equal with the
+// last worker holding its first claim 20 ms (base/thread_pool.h pool_set_late_worker,
+// LateAt::Hold: preempted with a piece in hand) and picking every job up 20 ms late
+// (LateAt::Arrival), at 1 / 2 / 3 threads; decode calls across 16- / 64-token
 // sub-blocks and blocks and several query heads per kv head (8:1, 4:1 with padded rows, MHA with
 // wide rows), contiguous and paged (64), tiled calls (a causal prefill of 70 queries; 5 queries
 // over a 600-token cache: split-KV and merges), and one attention_batch of decode and tiled items.
-// Every piece, unit and merge runs exactly once (attention_detail::attention_work: the same counts
-// as the reference, which must fail if one is skipped or run twice), and the late worker runs at
-// most one piece or unit of a call (the others take the rest while it is held).
+// Every piece, unit and merge runs exactly once (attention_detail::attention_work: the counts the
+// call's plan gives, attention_planned_work; fails if one is skipped or run twice), and the late
+// worker runs at most one piece or unit of a call (the others take the rest while it is held).
 namespace {
 struct LateWorkerScope {
-  ~LateWorkerScope() {
-    pool_set_late_worker(0);
-    attention_detail::set_attention_claimed(false);  // the default
-  }
+  ~LateWorkerScope() { pool_set_late_worker(0); }
 };
 struct WorkDelta {
   attention_detail::AttentionWork a = attention_detail::attention_work();
@@ -1598,13 +1594,11 @@ bool same_counts(const attention_detail::AttentionWork& a, const attention_detai
 }
 }  // namespace
 
-TEST(attention_claimed_same_bits_late_worker) {
+TEST(attention_late_worker_same_bits) {
   LateWorkerScope scope;
   ThreadPool pool1(1), pool2(2), pool3(3);
-  struct Mode { bool claimed; int late_us; LateAt at; const char* name; };
-  const Mode modes[] = {{true, 0, LateAt::Hold, "claimed"},
-                        {true, 20000, LateAt::Hold, "claimed, late hold"},
-                        {true, 20000, LateAt::Arrival, "claimed, late arrival"}};
+  struct Mode { int late_us; LateAt at; const char* name; };
+  const Mode modes[] = {{0, LateAt::Hold, "again"}, {20000, LateAt::Hold, "late hold"}, {20000, LateAt::Arrival, "late arrival"}};
   const Case cases[] = {{1, 17, 32, 4, 64, true, 16},       {1, 64, 32, 4, 64, true, 63},
                         {1, 65, 32, 4, 64, true, 64},       {1, 300, 32, 4, 64, true, 299},
                         {1, 769, 32, 4, 64, true, 768},     {1, 513, 8, 2, 80, true, 512, 3},
@@ -1626,7 +1620,6 @@ TEST(attention_claimed_same_bits_late_worker) {
           lse->assign(n_lse, kNaN);
           return run_out(*pp, what, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lse->data()); });
         };
-        attention_detail::set_attention_claimed(false);
         std::vector<float> ref_lse, lse;
         const WorkDelta w_ref;
         const std::vector<float> ref = call(&ref_lse);
@@ -1636,7 +1629,6 @@ TEST(attention_claimed_same_bits_late_worker) {
         EXPECT(plan.decode_pieces + plan.tiled_units >= 1);
         if (!same_counts(ref_work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + what + " pool->run");
         for (const Mode& md : modes) {
-          attention_detail::set_attention_claimed(md.claimed);
           pool_set_late_worker(md.late_us, -1, md.at);
           const WorkDelta w;
           const std::vector<float> got = call(&lse);
@@ -1667,7 +1659,6 @@ TEST(attention_claimed_same_bits_late_worker) {
   for (ThreadPool* pl : {&pool1, &pool2, &pool3}) {
     std::vector<std::vector<float>> ref;
     for (const Mode* md : {static_cast<const Mode*>(nullptr), &modes[0], &modes[1], &modes[2]}) {
-      attention_detail::set_attention_claimed(md != nullptr);
       pool_set_late_worker(md ? md->late_us : 0, -1, md ? md->at : LateAt::Hold);
       std::vector<std::vector<float>> outs(ds.size());
       std::vector<AttentionBatchItem> items;
@@ -1706,7 +1697,6 @@ TEST(attention_claimed_same_bits_late_worker) {
   // 2 threads) until the hook fires, each run bit for bit the reference, the pieces once each.
   {
     Data d = make_data({1, 769, 32, 32, 128, true, 768}, seed++);
-    attention_detail::set_attention_claimed(false);
     std::vector<float> ref_lse, lse;
     const WorkDelta w_ref;
     ref_lse.assign(32, kNaN);
@@ -1714,7 +1704,6 @@ TEST(attention_claimed_same_bits_late_worker) {
     const attention_detail::AttentionWork ref_work = w_ref.since();
     EXPECT(ref_work.decode_pieces == attention_detail::attention_planned_work(d.p, 2).decode_pieces);
     EXPECT(ref_work.decode_pieces > 2);
-    attention_detail::set_attention_claimed(true);
     const uint64_t d0 = pool_late_delays();
     int tries = 0;
     for (; tries < 300 && pool_late_delays() == d0; ++tries) {

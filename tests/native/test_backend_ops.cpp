@@ -691,6 +691,60 @@ TEST(profiling_backend_cpu_per_op) {
   profile_set_enabled(was);
 }
 
+// profile_set_attn_replay (EMOLLM_PROFILE_ATTN_REPLAY): a decode step's attention_batch call runs
+// twice more, rows "attention_batch replay-warm", "attention_batch evict" (keyed by the MiB read)
+// and "attention_batch replay-cold", one call each a call of the step, with the step's outputs
+// bit for bit what the backend alone gives; calls outside a decode step (none, prefill) and calls
+// after the switch is set to 0 are not replayed.
+TEST(profiling_backend_attention_replays) {
+  const bool was = profile_enabled();
+  profile_set_enabled(true);
+  profile_reset();
+  profile_set_attn_replay(1);
+  auto pool = std::make_shared<ThreadPool>(2);
+  std::shared_ptr<Backend> inner(make_cpu_backend(pool));
+  auto prof = make_profiling_backend(inner);
+  const int64_t H = 4, D = 32, T = 40;
+  const std::vector<float> q = randv(size_t(H * D), 7320), k = randv(size_t(T * H * D), 7321), v = randv(size_t(T * H * D), 7322);
+  std::vector<float> o(size_t(H * D)), ref(size_t(H * D));
+  AttentionBatchItem it;
+  it.q = q.data(), it.k = k.data(), it.v = v.data(), it.out = ref.data();
+  it.p.n_q = 1, it.p.n_kv = T, it.p.n_heads = it.p.n_kv_heads = H, it.p.head_dim = D;
+  it.p.ldq = it.p.ldk = it.p.ldv = it.p.ldo = H * D;
+  it.p.q_pos0 = T - 1;
+  inner->attention_batch(&it, 1);
+  it.out = o.data();
+  {
+    const ProfileStep step(true, 1);
+    prof->attention_batch(&it, 1);
+  }
+  EXPECT(o == ref);
+  prof->attention_batch(&it, 1);  // outside a step
+  {
+    const ProfileStep step(false, 1);
+    prof->attention_batch(&it, 1);
+  }
+  profile_set_attn_replay(0);
+  {
+    const ProfileStep step(true, 1);
+    prof->attention_batch(&it, 1);
+  }
+  EXPECT(o == ref);
+  profile_set_enabled(false);
+  const std::string j = profile_json();
+  const std::string key = "\"key\":\"1 x heads=4/4 d=32 kv<=256\",";
+  EXPECT(j.find("\"phase\":\"decode\",\"op\":\"attention_batch\"," + key + "\"calls\":2,") != std::string::npos);
+  EXPECT(j.find("\"phase\":\"decode\",\"op\":\"attention_batch replay-warm\"," + key + "\"calls\":1,") != std::string::npos);
+  EXPECT(j.find("\"phase\":\"decode\",\"op\":\"attention_batch replay-cold\"," + key + "\"calls\":1,") != std::string::npos);
+  EXPECT(j.find("\"phase\":\"decode\",\"op\":\"attention_batch evict\",\"key\":\"1 MiB\",\"calls\":1,") != std::string::npos);
+  size_t replays = 0;
+  const std::string op = "\"op\":\"attention_batch replay-";  // (the hand-off / dispatch rows are keyed by it)
+  for (size_t at = j.find(op); at != std::string::npos; at = j.find(op, at + 1)) ++replays;
+  EXPECT(replays == 2);  // the two decode rows only: none in "other" or "prefill"
+  profile_reset();
+  profile_set_enabled(was);
+}
+
 // F32 decoder matrices get the 2 MiB-page copy when set_f32_huge_copies is on (the default):
 // then gemm() at M = 1 and 3 and the fused multi-output GEMV read the copy (other memory, the same
 // bytes) with the same kernels, so every output has the bits of plain gemm() on the file's bytes;
