@@ -2685,10 +2685,13 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 // projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, CLIP's q / k / v / o and
 // fc2 at M = 577, LLaMA-7B's gate and o: gemm() on the row-major matrix (W packed a block at a
 // time) and gemm_bf16_panels (pre-packed W), each interleaved call by call with oneDNN's bf16
-// matmul; ratio = oneDNN's time / ours. EMOLLM_BENCH_LONGK_CPU=1: process CPU time, 15 rounds (use
-// at 1 thread on a loaded machine). Checked against a double reference (gemm_check: max |diff| /
-// RMS over 64 samples). (Session 17's variants here, other one-block limits and even k blocks,
-// were removed with those opt-ins in session 18.)
+// matmul; ratio = oneDNN's time / ours. Row xpf-off: the same call without the microkernel's X
+// prefetch (set_bf16_gemm_x_prefetch(false)), interleaved too, its bits compared with the row's.
+// EMOLLM_BENCH_LONGK_CPU=1: process CPU time, EMOLLM_BENCH_LONGK_ROUNDS rounds (default 15; use at
+// 1 thread on a loaded machine; xpf-off's note gives the median of the per-round ratios). Checked
+// against a double reference (gemm_check: max |diff| / RMS over 64 samples). (Session 17's
+// variants here, other one-block limits and even k blocks, were removed with those opt-ins in
+// session 18.)
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
   struct Shape { const char* name; int64_t N, K; };
   const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.qkvo", 1024, 1024},
