@@ -1196,16 +1196,15 @@ EnvSwitch& bf16_x_kblocks_flag() {
 }
 
 // The microkernel's X prefetch (kern_bf16_6x64's kPfX, measured there): X_PF_PAIRS pairs (768
-// bytes) ahead, where the X micro-panel does not stay in L1: the long-K driver's k-block order (a
-// different micro-panel each tile) or a micro-panel of more than X_PF_MIN_BYTES (K > 2730; CLIP's
-// K = 1024 with its 12 KiB micro-panel reused by the W block's panels: 0.97-1.00x, off there).
+// bytes) ahead in the long-K driver's k-block order, where each tile reads a different micro-panel
+// (down at K 5632 / 11008: 1.02-1.035x at load 3). One whole-K block (K <= 4096) keeps it off: CLIP
+// fc2 and 7B gate at K 4096 0.99-1.01x at load 3 (1.03-1.14x only under load), CLIP K 1024 0.97-1.00x.
 // Same bits. EMOLLM_BF16_GEMM_X_PREFETCH=0: off.
 EnvSwitch& bf16_x_prefetch_flag() {
   static EnvSwitch on("EMOLLM_BF16_GEMM_X_PREFETCH");
   return on;
 }
 constexpr int64_t X_PF_PAIRS = 32;
-constexpr int64_t X_PF_MIN_BYTES = 32 << 10;
 
 // pf_x: kern_bf16_6x64's X prefetch distance in words (0: none); full 6-row tiles only.
 EMO_T512BF void bf16_tile(int rows, int64_t kc, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
@@ -1280,7 +1279,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
       const int64_t npn = (nc + NR - 1) / NR;
       const int64_t x_lines = (kc * MR * 4 + 63) / 64, x_per_tile = (x_lines + npn - 1) / npn;
-      const int64_t pf_x = BF && x_pf_on && (xnpm || kc * MR * 4 > X_PF_MIN_BYTES) ? X_PF_PAIRS * MR : 0;
+      const int64_t pf_x = BF && x_pf_on && xnpm ? X_PF_PAIRS * MR : 0;
       if constexpr (BF) {
         if (xnpm) {  // X in k blocks: a W panel's tiles down the row panels (bf16_x_kblocks_flag)
           for (int64_t jp = 0; jp * NR < nc; ++jp) {

@@ -298,8 +298,8 @@ bool bf16_gemm_long_k();
 // (default on) or as a full 6-row tile (off: the previous driver). Same bits. Process-wide,
 // starts as EMOLLM_BF16_GEMM_SHORT_TILES (=0: off).
 void set_bf16_gemm_short_tiles(bool on);
-// The vdpbf16ps packed GEMM's microkernel prefetches the X micro-panel 32 pairs ahead where it
-// does not stay in L1 (the long-K k-block order, or K > 2730) (default on), or not (off). Same bits.
+// The vdpbf16ps packed GEMM's microkernel prefetches the X micro-panel 32 pairs ahead in the
+// long-K k-block order (K > 4096) (default on), or not (off). Same bits.
 // For tests and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_X_PREFETCH
 // (=0: off).
 void set_bf16_gemm_x_prefetch(bool on);

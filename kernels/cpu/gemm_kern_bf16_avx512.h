@@ -49,12 +49,10 @@ bf16_pair_step(__m512 (&c)[MR][NJ], const uint32_t* w, const uint32_t* x) {
 // i < mr (attention's softmax takes each score row's maximum from it instead of a pass over the
 // row; a maximum does not depend on the order it is taken in). Only with first, no bias, no rs.
 // kPfX (packed X only): prefetcht0 of the X micro-panel pf_x words ahead of the pair being read,
-// one line per two pairs (a pair of 6 rows is 24 bytes). Where the micro-panel does not stay in L1
-// (a whole-K micro-panel of 48 KiB at K = 4096, or the long-K driver's X streamed tile after tile)
-// its lines otherwise came late: 1.01-1.05x at K 5632 / 11008 and LLaMA-7B's gate / o, CLIP fc2
-// (M 577, K 4096) 1.06-1.14x at loads 6-12 but 1.00-1.01x at load 3 (median per-round ratios; one
-// thread, process CPU time, interleaved; not shown in the whole tower: bench/README). Which lines
-// are fetched early is all that changes: same bits. Default on until a quiet A/B decides. (Prefetching the W panel 4 or 8 pairs ahead as oneDNN's
+// one line per two pairs (a pair of 6 rows is 24 bytes), for a micro-panel that is not in L1 (the
+// long-K driver streams X tile after tile): its lines otherwise came late (1.02-1.035x on the down
+// projections at K 5632 / 11008; gemm_avx512.cpp says where it is on). Which lines are fetched
+// early is all that changes: same bits. (Prefetching the W panel 4 or 8 pairs ahead as oneDNN's
 // brgemm does, one prefetcht0 a line: 0.94-0.99x, not kept.)
 template <bool kRowsX = false, int NJ = 4, int MRC = kBf16MR, bool kRowMax = false, bool kPfX = false>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))) inline void kern_bf16_6x64(

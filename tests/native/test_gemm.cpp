@@ -2061,8 +2061,8 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
 }
 
 // The vdpbf16ps microkernel's X prefetch (set_bf16_gemm_x_prefetch, default on) runs the pairs two
-// at a time with a tail pair for an odd k block; on where the X micro-panel leaves L1 (the long-K
-// k-block order; one block of more than 1365 pairs). Same bits with it on and off, and within the
+// at a time with a tail pair for an odd k block; on in the long-K k-block order (K > 4096; off with
+// K in one block, K = 3001 / 4095 / 1024 here). Same bits with it on and off, and within the
 // f32 tolerance of ref::gemm on X rounded to bf16, for gemm() on the row-major matrix,
 // gemm_bf16_panels and gemm_bf16_panels_multi: K = 11008 (22 blocks of 256 pairs, a 128-pair tail),
 // K = 5633 and 4097 (a last k block of one pair), one block of 1501 pairs (odd: the tail pair) and
