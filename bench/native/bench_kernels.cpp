@@ -33,6 +33,7 @@
 #include "base/arena.h"
 #include "base/cpu_features.h"
 #include "base/dtype.h"
+#include "base/env_switch.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "cpu/attention_internal.h"  // set_decode_split: the A/B rows of decode attention
@@ -2670,10 +2671,13 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 // projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, CLIP's q / k / v / o and
 // fc2 at M = 577, LLaMA-7B's gate and o: gemm() on the row-major matrix (W packed a block at a
 // time) and gemm_bf16_panels (pre-packed W), each interleaved call by call with oneDNN's bf16
-// matmul; ratio = oneDNN's time / ours. EMOLLM_BENCH_LONGK_CPU=1: process CPU time, 15 rounds (use
-// at 1 thread on a loaded machine). Checked against a double reference (gemm_check: max |diff| /
-// RMS over 64 samples). (Session 17's variants here, other one-block limits and even k blocks,
-// were removed with those opt-ins in session 18.)
+// matmul; ratio = oneDNN's time / ours. Row xpf-off: the same call without the microkernel's X
+// prefetch (set_bf16_gemm_x_prefetch(false)), interleaved too, its bits compared with the row's.
+// EMOLLM_BENCH_LONGK_CPU=1: process CPU time, EMOLLM_BENCH_LONGK_ROUNDS rounds (default 15; use at
+// 1 thread on a loaded machine; xpf-off's note gives the median of the per-round ratios). Checked
+// against a double reference (gemm_check: max |diff| / RMS over 64 samples). (Session 17's
+// variants here, other one-block limits and even k blocks, were removed with those opt-ins in
+// session 18.)
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
   struct Shape { const char* name; int64_t N, K; };
   const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.qkvo", 1024, 1024},
@@ -2708,8 +2712,11 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         else
           gemm(X.get(), K, W.get(), DType::BF16, nullptr, y, N, M, N, K, &pool);
       };
-      Buf<float> Y = make_aligned<float>(size_t(M * N));
-      std::vector<std::function<void(int)>> fns = {[&](int) { call(Y.get()); }};
+      Buf<float> Y = make_aligned<float>(size_t(M * N)), Yo = make_aligned<float>(size_t(M * N));
+      // second: the microkernel without its X prefetch (set_bf16_gemm_x_prefetch(false)), interleaved
+      std::vector<std::function<void(int)>> fns = {
+          [&](int) { call(Y.get()); },
+          [&](int) { with_switch(gemm_detail::set_bf16_gemm_x_prefetch, false, [&] { call(Yo.get()); }); }};
 #ifdef EMOLLM_HAVE_DNNL
       std::unique_ptr<DnnlGemm> dnnl;
       Buf<float> Yd = make_aligned<float>(size_t(M * N));
@@ -2720,6 +2727,8 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       }
 #endif
       fns[0](0);
+      fns[1](0);
+      const bool same = std::memcmp(Y.get(), Yo.get(), size_t(M * N) * sizeof(float)) == 0;
       const double err = gemm_check(X.get(), M, K, W.get(), DType::BF16, N, Y.get(), true);
       Result r;
       r.section = "gemm";
@@ -2731,18 +2740,24 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       r.flops = 2.0 * double(M) * double(N) * double(K);
       r.bf16_math = true;
       std::vector<Stats> st;
+      double pf_round = NAN;  // CPU-time mode: median over rounds of (time without X prefetch / with)
       Result* res = run_case(r, [&](Result& rr) {
         // EMOLLM_BENCH_LONGK_CPU=1: process CPU time a call (1 thread on a loaded machine: the
         // time the call ran, not the time it waited for a core), rounds of every variant in turn
         if (const char* c = std::getenv("EMOLLM_BENCH_LONGK_CPU"); c && std::strcmp(c, "1") == 0) {
           std::vector<std::vector<double>> ts(fns.size());
-          for (int round = 0; round < 15; ++round)
+          const int rounds = int(std::max<long long>(3, env_int("EMOLLM_BENCH_LONGK_ROUNDS", 15)));
+          for (int round = 0; round < rounds; ++round)
             for (size_t k = 0; k < fns.size(); ++k) {
               const double t0 = process_cpu_s();
               fns[k](0);
               ts[k].push_back(process_cpu_s() - t0);
             }
           st.clear();
+          std::vector<double> rr1;
+          for (size_t i = 0; i < ts[0].size(); ++i) rr1.push_back(ts[1][i] / ts[0][i]);
+          std::sort(rr1.begin(), rr1.end());
+          pf_round = rr1[rr1.size() / 2];
           for (auto& v : ts) {
             std::sort(v.begin(), v.end());
             Stats x;
@@ -2761,12 +2776,17 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         std::snprintf(b, sizeof b, "%s; err/rms %.2e", pan ? "pre-packed panels" : "row-major W, packed a block at a time",
                       err);
         rr.note = b;
-        rr.check = err < 2e-2 ? "ok" : "BAD";
+        rr.check = err < 2e-2 && same ? "ok" : "BAD";
       });
       if (!res) continue;
       table_row(*res);
       const Result base = *res;  // push_row may move the results
-      if (st.size() > 1)
+      char xnote[200];
+      std::snprintf(xnote, sizeof xnote,
+                    "without the microkernel's X prefetch, interleaved; ratio = its time / the row's (median round %.3f); %s",
+                    pf_round, same ? "same bits" : "BITS DIFFER");
+      push_row(derived_row(base, "xpf-off", "xpf-off", st[1], "emollm", st[1].best / base.st.best, xnote));
+      if (st.size() > 2)
         push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best,
                              "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours"));
       settle();

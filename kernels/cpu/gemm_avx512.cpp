@@ -1195,8 +1195,23 @@ EnvSwitch& bf16_x_kblocks_flag() {
   return on;
 }
 
+// The microkernel's X prefetch (kern_bf16_6x64's kPfX, measured there): X_PF_PAIRS pairs (768
+// bytes) ahead in the long-K driver's k-block order, where each tile reads a different micro-panel
+// (down at K 5632 / 11008: 1.02-1.035x at load 3). One whole-K block (K <= 4096) keeps it off: CLIP
+// fc2 and 7B gate at K 4096 0.99-1.01x at load 3 (1.03-1.14x only under load), CLIP K 1024 0.97-1.00x.
+// Same bits. EMOLLM_BF16_GEMM_X_PREFETCH=0: off.
+EnvSwitch& bf16_x_prefetch_flag() {
+  static EnvSwitch on("EMOLLM_BF16_GEMM_X_PREFETCH");
+  return on;
+}
+constexpr int64_t X_PF_PAIRS = 32;
+
+// pf_x: kern_bf16_6x64's X prefetch distance in words (0: none); full 6-row tiles only.
 EMO_T512BF void bf16_tile(int rows, int64_t kc, const uint32_t* xp, const uint32_t* wp, float* y, int64_t ldy,
-                                  int mr, int64_t nr, const float* bias, bool first) {
+                                  int mr, int64_t nr, const float* bias, bool first, int64_t pf_x = 0) {
+  if (pf_x && rows == MR)
+    return kern_bf16_6x64<false, 4, MR, false, true>(kc, xp, wp, y, ldy, mr, nr, bias, first, 0, nullptr, nullptr,
+                                                      pf_x);
   switch (rows) {
     case 1: return kern_bf16_6x64<false, 4, 1>(kc, xp, wp, y, ldy, mr, nr, bias, first);
     case 2: return kern_bf16_6x64<false, 4, 2>(kc, xp, wp, y, ldy, mr, nr, bias, first);
@@ -1224,6 +1239,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
   const bool x_prefetch = BF && kcb < kunits && bf16_long_k_flag().on() && xnpm == 0;
   const bool short_tiles = BF && bf16_short_tiles_flag().on();
+  const bool x_pf_on = BF && bf16_x_prefetch_flag().on();
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
     const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
@@ -1263,6 +1279,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
       const int64_t npn = (nc + NR - 1) / NR;
       const int64_t x_lines = (kc * MR * 4 + 63) / 64, x_per_tile = (x_lines + npn - 1) / npn;
+      const int64_t pf_x = BF && x_pf_on && xnpm ? X_PF_PAIRS * MR : 0;
       if constexpr (BF) {
         if (xnpm) {  // X in k blocks: a W panel's tiles down the row panels (bf16_x_kblocks_flag)
           for (int64_t jp = 0; jp * NR < nc; ++jp) {
@@ -1276,7 +1293,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
                               ncols);
               bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xblk + (m0 / MR) * kc * MR, wblk + jp * pstride,
                         a.Y + m0 * a.ldy + jc + jp * NR, a.ldy, mr, ncols, a.bias ? a.bias + jc + jp * NR : nullptr,
-                        first);
+                        first, pf_x);
             }
           }
           continue;
@@ -1296,7 +1313,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
             bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
-                      bias, first);
+                      bias, first, pf_x);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
@@ -1563,6 +1580,8 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 
 void set_bf16_gemm_long_k(bool on) { bf16_long_k_flag().set(on); }
 void set_bf16_gemm_short_tiles(bool on) { bf16_short_tiles_flag().set(on); }
+void set_bf16_gemm_x_prefetch(bool on) { bf16_x_prefetch_flag().set(on); }
+bool bf16_gemm_x_prefetch() { return bf16_x_prefetch_flag().on(); }
 bool bf16_gemm_long_k() { return bf16_long_k_flag().on(); }
 void set_bf16_gemm_x_kblocks(bool on) { bf16_x_kblocks_flag().set(on); }
 bool bf16_gemm_x_kblocks() { return bf16_x_kblocks_flag().on(); }

@@ -294,6 +294,12 @@ bool bf16_gemm_long_k();
 // (default on) or as a full 6-row tile (off: the previous driver). Same bits. Process-wide,
 // starts as EMOLLM_BF16_GEMM_SHORT_TILES (=0: off).
 void set_bf16_gemm_short_tiles(bool on);
+// The vdpbf16ps packed GEMM's microkernel prefetches the X micro-panel 32 pairs ahead in the
+// long-K k-block order (K > 4096) (default on), or not (off). Same bits.
+// For tests and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_X_PREFETCH
+// (=0: off).
+void set_bf16_gemm_x_prefetch(bool on);
+bool bf16_gemm_x_prefetch();
 // The vdpbf16ps packed GEMM with K in several k blocks (K > 4096, or the legacy blocking): X
 // packed k block by k block and each W panel's tiles run down the row panels, with the next
 // tile's Y rows prefetched (default on), or the previous order (off). Same k blocks, same bits.

@@ -2057,6 +2057,62 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
   EXPECT(gemm_detail::bf16_gemm_x_kblocks());
 }
 
+// The vdpbf16ps microkernel's X prefetch (set_bf16_gemm_x_prefetch, default on) runs the pairs two
+// at a time with a tail pair for an odd k block; on in the long-K k-block order (K > 4096; off with
+// K in one block, K = 3001 / 4095 / 1024 here). Same bits with it on and off, and within the
+// f32 tolerance of ref::gemm on X rounded to bf16, for gemm() on the row-major matrix,
+// gemm_bf16_panels and gemm_bf16_panels_multi: K = 11008 (22 blocks of 256 pairs, a 128-pair tail),
+// K = 5633 and 4097 (a last k block of one pair), one block of 1501 pairs (odd: the tail pair) and
+// of 2048, K = 1024 (off there), M with a short last row panel, N not a multiple of 64, 1-3
+// threads. Fails if the paired loop drops or repeats a pair (e.g. without its tail).
+TEST(gemm_bf16_x_prefetch_same_bits) {
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
+  ThreadPool pool2(2), pool3(3);
+  struct Shape { int64_t M, N, K; };
+  int compared = 0;
+  for (const Shape sh : {Shape{97, 130, 11008}, Shape{70, 70, 5633}, Shape{65, 129, 4097}, Shape{83, 64, 3001},
+                          Shape{131, 100, 4095}, Shape{100, 65, 1024}}) {
+    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(7 * sh.K + sh.N));
+    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 13 * sh.K));
+    Problem pr = p;
+    for (auto& v : pr.X)
+      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
+    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
+    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
+    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
+    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
+    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+      std::vector<float> Y[2], Yp[2], Ym[2];
+      for (int on = 0; on < 2; ++on) {
+        gemm_detail::set_bf16_gemm_x_prefetch(on == 1);
+        gemm_detail::set_small_m_enabled(false);
+        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        Ym[on].assign(size_t(sh.M * p.ldy), kSentinel);
+        const PanelOutput o{pan.get(), p.bias.data(), Ym[on].data(), p.ldy, sh.N};
+        gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, sh.M, sh.K, pl);
+        gemm_detail::set_small_m_enabled(true);
+        gemm_detail::set_bf16_gemm_x_prefetch(true);
+        const std::string what = std::string(on ? "x prefetch" : "no x prefetch") + shape +
+                                 " threads=" + std::to_string(pl ? pl->size() : 1);
+        check_result(Y[on], R, p, S, 0.0, "gemm " + what);
+        check_result(Yp[on], R, p, S, 0.0, "panels " + what);
+        check_result(Ym[on], R, p, S, 0.0, "panels multi " + what);
+      }
+      same(Y[0], Y[1], "gemm x prefetch on / off" + shape);
+      same(Yp[0], Yp[1], "panels x prefetch on / off" + shape);
+      same(Ym[0], Ym[1], "panels multi x prefetch on / off" + shape);
+      ++compared;
+    }
+  }
+  EXPECT(compared == 18);
+  EXPECT(gemm_detail::bf16_gemm_x_prefetch());
+}
+
 // pack_w_bf16pairs walks each group of 16 rows over its whole k range (set_bf16_pack_row_groups,
 // default on) instead of a panel's 64 rows 16 pairs at a time: the packed words must be the same.
 // bf16_pack_panels' bytes (N not a multiple of 64 or 16, K odd, K not a multiple of 32, one pool
