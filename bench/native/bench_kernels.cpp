@@ -1857,7 +1857,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies, rleanq6copies;
+      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies;
       if (rec_ab) {
         Buf<uint8_t> rsrc = alloc_huge(rbytes);
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
@@ -1865,11 +1865,9 @@ void bench_kquant_gemv(ThreadPool& pool) {
         pcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
         // the previous M = 1 pass over the same records (set_kquant_lean(false)), its own cold copies
         rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
-        // q6_K: its lean pass, prefetches spread over each step's groups (set_kquant_lean_q6)
-        if (t == DType::Q6_K) rleanq6copies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, recprev, recleanq6;
+      Stats prev, rec, same_size, recprev;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
         if (rec_ab) {
@@ -1879,12 +1877,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
         const size_t at_recprev = fns.size();
         if (rec_ab)
           fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
-        const size_t at_leanq6 = fns.size();
-        if (rleanq6copies)
-          fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean_q6, true, [&] { run_rec((*rleanq6copies)[i]); }); });
         auto st = measure_interleaved(fns);
         if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
-        if (rleanq6copies) recleanq6 = st[at_leanq6];
         rr.st = st[0];
         prev = st[1];
         rr.ratio_vs = "prev";
@@ -1915,19 +1909,11 @@ void bench_kquant_gemv(ThreadPool& pool) {
         push_row(pr);
         if (recprev.reps > 0) {
           Result cp = derived_row(r, "records-prevpass", "records-prevpass", recprev, "records", recprev.best / rec.best,
-                                  "the same records, the previous M = 1 pass (EMOLLM_KQUANT_LEAN=0), interleaved; ratio = its time / the lean pass's (>1: lean faster)");
+                                  "the same records, the previous M = 1 pass (EMOLLM_KQUANT_LEAN=0; for q6_K the default lean pass with its spread prefetches, EMOLLM_KQUANT_LEAN_Q6, against it), interleaved; ratio = its time / the lean pass's (>1: lean faster)");
           cp.bytes = double(rbytes);
           with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[0]); });
           check(cp);
           push_row(cp);
-        }
-        if (recleanq6.reps > 0) {
-          Result cs = derived_row(r, "records-leanq6", "records-leanq6", recleanq6, "records", rec.best / recleanq6.best,
-                                  "the same records, q6_K's lean pass with its prefetches spread over each step's groups (EMOLLM_KQUANT_LEAN_Q6=1), interleaved; ratio = the default's time / its (>1: lean faster)");
-          cs.bytes = double(rbytes);
-          with_switch(gemm_detail::set_kquant_lean_q6, true, [&] { run_rec((*rleanq6copies)[0]); });
-          check(cs);
-          push_row(cs);
         }
       }
       settle();
@@ -1983,6 +1969,7 @@ void bench_kq6_packed(ThreadPool& pool) {
     auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_lean = records(64, true, &rb),
          c_lean_prev = records(64, false, &rb), c_probe = records(64, true, &rb);
     // one call on records of `rows` rows, layout `packed`, q6_K lean pass `lean`
+    const bool lean_q60 = gemm_detail::kquant_lean_q6();
     auto call = [&](const void* wp, int rows, bool packed, bool lean) {
       set_kquant_record_rows(rows);
       set_kq6_packed(packed);
@@ -1990,7 +1977,7 @@ void bench_kq6_packed(ThreadPool& pool) {
       gemm_kquant_repacked(x.get(), K, wp, t, nullptr, y.get(), N, 1, N, K, &pool);
       set_kquant_record_rows(rows0);
       set_kq6_packed(true);
-      gemm_detail::set_kquant_lean_q6(false);
+      gemm_detail::set_kquant_lean_q6(lean_q60);
     };
     Result r;
     r.section = "gemm";
@@ -2781,10 +2768,10 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       if (!res) continue;
       table_row(*res);
       const Result base = *res;  // push_row may move the results
-      char xnote[200];
-      std::snprintf(xnote, sizeof xnote,
-                    "without the microkernel's X prefetch, interleaved; ratio = its time / the row's (median round %.3f); %s",
-                    pf_round, same ? "same bits" : "BITS DIFFER");
+      char xnote[200], round_note[40] = "";
+      if (!std::isnan(pf_round)) std::snprintf(round_note, sizeof round_note, " (median round %.3f)", pf_round);  // CPU-time mode
+      std::snprintf(xnote, sizeof xnote, "without the microkernel's X prefetch, interleaved; ratio = its time / the row's%s; %s",
+                    round_note, same ? "same bits" : "BITS DIFFER");
       push_row(derived_row(base, "xpf-off", "xpf-off", st[1], "emollm", st[1].best / base.st.best, xnote));
       if (st.size() > 2)
         push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best,

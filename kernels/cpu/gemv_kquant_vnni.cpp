@@ -60,16 +60,15 @@ bool kquant_lean() { return kquant_lean_flag().on(); }
 
 namespace {
 // q6_K on the lean pass too, with its prefetches spread over each sub-block step's groups (below,
-// kq_lean_records): off by default (EMOLLM_KQUANT_LEAN_Q6=1 or on turns it on). Measured against
-// q6_K's default pass (kq_records_sg) in the model (decode_switch_ab kquant_lean_q6, before
-// session 19 kq6_lean_spread): 1 thread (thread CPU time) 1.061x quiet, median ~1.05x over 20
-// loaded runs, but the ratio moves with the process / machine state: runs of 0.90-0.99x with
-// every round below 1 and runs of 1.04-1.14x, on the same binary (session 19); 2 threads 0.921x
-// quiet in its one run. The spread belongs to this pass only: on the default pass it was neutral
-// (1.009x, 1 thread, session 19) and q4_K's lean pass spread was refuted (0.87-1.02x in the
-// model, session 18), so the switch EMOLLM_KQ_PF_SPREAD is gone.
+// kq_lean_records): on by default since session 19 (EMOLLM_KQUANT_LEAN_Q6=0: q6_K's previous pass,
+// kq_records_sg). Quiet model A/Bs against that pass (decode_switch_ab kquant_lean_q6, 1.1B q6_K,
+// session 19, separate processes): 1 thread (thread CPU time) 1.026 / 1.051 / 1.028, 2 threads
+// 0.981 / 1.016 / 1.017 / 1.019 / 0.996 (session 18's single 2-thread run read 0.921; loaded runs
+// swing 0.90-1.14x by process on one binary). The spread belongs to this pass only: on the
+// previous pass it was neutral (1.009x, 1 thread, session 19) and q4_K's lean pass spread was
+// refuted (0.87-1.02x in the model, session 18), so the switch EMOLLM_KQ_PF_SPREAD is gone.
 EnvSwitch& kquant_lean_q6_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_LEAN_Q6", EnvDefault::Off);
+  static EnvSwitch on("EMOLLM_KQUANT_LEAN_Q6");
   return on;
 }
 }  // namespace
@@ -531,7 +530,8 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 //    sub-block order: the same fused multiply-adds, fewer registers live in the code loop.
 // Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
 // 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
-// q6_K stays on the previous pass unless EMOLLM_KQUANT_LEAN_Q6=1. (Session 16: q6_K's lines are
+// q6_K stayed on the previous pass until session 19 (now lean with spread prefetches: above,
+// kquant_lean_q6). (Session 16: q6_K's lines are
 // now loaded once here too (the empty asm), and with the packed layout the lean pass read
 // 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
 // left opt-in for a quiet A/B.)

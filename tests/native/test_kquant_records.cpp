@@ -418,7 +418,7 @@ TEST(kquant_records_lean_same_bits_as_previous) {
   }
   const bool lean0 = gemm_detail::kquant_lean();
   const bool lean_q60 = gemm_detail::kquant_lean_q6();
-  gemm_detail::set_kquant_lean_q6(true);  // q6_K's lean pass is an opt-in: compare it as well
+  gemm_detail::set_kquant_lean_q6(true);  // q6_K's lean pass (the default) compared as well
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t N, K;
