@@ -1998,6 +1998,30 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   EXPECT(compared > 0);
 }
 
+// A bf16 GEMM case of the same-bits tests below: random bf16 W (wseed) and X with padded strides
+// (pseed), ref::gemm on X rounded to bf16 with its f64 scale for the tolerance, W packed as panels.
+struct Bf16Case {
+  Weights w;
+  Problem p;
+  std::vector<float> R;
+  std::vector<double> S;
+  AlignedPtr<uint8_t> pan;
+  std::string shape;
+};
+Bf16Case bf16_case(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed) {
+  Bf16Case c{make_weights(DType::BF16, N, K, wseed), make_problem(M, N, K, 3, 2, pseed), {}, {}, {}, {}};
+  Problem pr = c.p;
+  for (auto& v : pr.X)
+    if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+  c.R.assign(size_t(M * c.p.ldy), kSentinel);
+  ref::gemm(pr.X.data(), c.p.ldx, c.w.bytes.data(), DType::BF16, c.p.bias.data(), c.R.data(), c.p.ldy, M, N, K);
+  c.S = abs_scale(pr, c.w, c.p.bias.data());
+  c.pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+  bf16_pack_panels(c.w.bytes.data(), N, K, c.pan.get(), nullptr);
+  c.shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+  return c;
+}
+
 // The vdpbf16ps GEMM with K in several k blocks runs X packed k block by k block, each W panel's
 // tiles down the row panels (set_bf16_gemm_x_kblocks, default on): the same k blocks, so the same
 // bits as the previous order (off), for gemm() on the row-major matrix and gemm_bf16_panels.
@@ -2014,17 +2038,13 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
   for (const Shape sh : {Shape{97, 130, 11008, false}, Shape{1300, 65, 11008, false}, Shape{65, 70, 8193, false},
                           Shape{16, 200, 4099, false}, Shape{130, 63, 515, true}, Shape{20, 129, 1031, true},
                           Shape{71, 64, 9000, false}}) {
-    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(5 * sh.K + sh.N));
-    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 11 * sh.K));
-    Problem pr = p;
-    for (auto& v : pr.X)
-      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
-    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
-    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
-    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
-    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
-    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
-    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const Bf16Case c = bf16_case(sh.M, sh.N, sh.K, uint32_t(5 * sh.K + sh.N), uint32_t(sh.M + 11 * sh.K));
+    const Weights& w = c.w;
+    const Problem& p = c.p;
+    const std::vector<float>& R = c.R;
+    const std::vector<double>& S = c.S;
+    const uint8_t* const pan = c.pan.get();
+    const std::string& shape = c.shape;
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
       std::vector<float> Y[2], Yp[2];
       for (int on = 0; on < 2; ++on) {
@@ -2036,7 +2056,7 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
         gemm_detail::set_small_m_enabled(true);
         if (sh.M > gemm_detail::kSmallMMax) {
           Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
-          gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+          gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
         }
         gemm_detail::set_bf16_gemm_legacy_blocking(false);
         gemm_detail::set_bf16_gemm_x_kblocks(true);
@@ -2072,17 +2092,13 @@ TEST(gemm_bf16_x_prefetch_same_bits) {
   int compared = 0;
   for (const Shape sh : {Shape{97, 130, 11008}, Shape{70, 70, 5633}, Shape{65, 129, 4097}, Shape{83, 64, 3001},
                           Shape{131, 100, 4095}, Shape{100, 65, 1024}}) {
-    Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(7 * sh.K + sh.N));
-    Problem p = make_problem(sh.M, sh.N, sh.K, 3, 2, uint32_t(sh.M + 13 * sh.K));
-    Problem pr = p;
-    for (auto& v : pr.X)
-      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
-    std::vector<float> R(size_t(sh.M * p.ldy), kSentinel);
-    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, sh.M, sh.N, sh.K);
-    const std::vector<double> S = abs_scale(pr, w, p.bias.data());
-    AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
-    bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
-    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const Bf16Case c = bf16_case(sh.M, sh.N, sh.K, uint32_t(7 * sh.K + sh.N), uint32_t(sh.M + 13 * sh.K));
+    const Weights& w = c.w;
+    const Problem& p = c.p;
+    const std::vector<float>& R = c.R;
+    const std::vector<double>& S = c.S;
+    const uint8_t* const pan = c.pan.get();
+    const std::string& shape = c.shape;
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
       std::vector<float> Y[2], Yp[2], Ym[2];
       for (int on = 0; on < 2; ++on) {
@@ -2091,9 +2107,9 @@ TEST(gemm_bf16_x_prefetch_same_bits) {
         Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
         gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
         Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
         Ym[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        const PanelOutput o{pan.get(), p.bias.data(), Ym[on].data(), p.ldy, sh.N};
+        const PanelOutput o{pan, p.bias.data(), Ym[on].data(), p.ldy, sh.N};
         gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, sh.M, sh.K, pl);
         gemm_detail::set_small_m_enabled(true);
         gemm_detail::set_bf16_gemm_x_prefetch(true);
