@@ -1998,29 +1998,28 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   EXPECT(compared > 0);
 }
 
-// A bf16 GEMM case of the same-bits tests below: random bf16 W (wseed) and X with padded strides
-// (pseed), ref::gemm on X rounded to bf16 with its f64 scale for the tolerance, W packed as panels.
-struct Bf16Case {
+// One shape of the bf16 same-bits / blocking tests below: its weights and problem, the reference (ref::gemm,
+// double accumulation) on X rounded to bf16, the tolerance scale S and the weights' panels.
+struct Bf16BlockingCase {
   Weights w;
   Problem p;
   std::vector<float> R;
   std::vector<double> S;
   AlignedPtr<uint8_t> pan;
   std::string shape;
+  Bf16BlockingCase(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed)
+      : w(make_weights(DType::BF16, N, K, wseed)), p(make_problem(M, N, K, 3, 2, pseed)) {
+    Problem pr = p;
+    for (auto& v : pr.X)
+      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
+    R.assign(size_t(M * p.ldy), kSentinel);
+    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, M, N, K);
+    S = abs_scale(pr, w, p.bias.data());
+    pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
+    bf16_pack_panels(w.bytes.data(), N, K, pan.get(), nullptr);
+    shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+  }
 };
-Bf16Case bf16_case(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed) {
-  Bf16Case c{make_weights(DType::BF16, N, K, wseed), make_problem(M, N, K, 3, 2, pseed), {}, {}, {}, {}};
-  Problem pr = c.p;
-  for (auto& v : pr.X)
-    if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
-  c.R.assign(size_t(M * c.p.ldy), kSentinel);
-  ref::gemm(pr.X.data(), c.p.ldx, c.w.bytes.data(), DType::BF16, c.p.bias.data(), c.R.data(), c.p.ldy, M, N, K);
-  c.S = abs_scale(pr, c.w, c.p.bias.data());
-  c.pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
-  bf16_pack_panels(c.w.bytes.data(), N, K, c.pan.get(), nullptr);
-  c.shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
-  return c;
-}
 
 // The vdpbf16ps GEMM with K in several k blocks runs X packed k block by k block, each W panel's
 // tiles down the row panels (set_bf16_gemm_x_kblocks, default on): the same k blocks, so the same
@@ -2038,7 +2037,7 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
   for (const Shape sh : {Shape{97, 130, 11008, false}, Shape{1300, 65, 11008, false}, Shape{65, 70, 8193, false},
                           Shape{16, 200, 4099, false}, Shape{130, 63, 515, true}, Shape{20, 129, 1031, true},
                           Shape{71, 64, 9000, false}}) {
-    const Bf16Case c = bf16_case(sh.M, sh.N, sh.K, uint32_t(5 * sh.K + sh.N), uint32_t(sh.M + 11 * sh.K));
+    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(5 * sh.K + sh.N), uint32_t(sh.M + 11 * sh.K));
     const Weights& w = c.w;
     const Problem& p = c.p;
     const std::vector<float>& R = c.R;
@@ -2092,7 +2091,7 @@ TEST(gemm_bf16_x_prefetch_same_bits) {
   int compared = 0;
   for (const Shape sh : {Shape{97, 130, 11008}, Shape{70, 70, 5633}, Shape{65, 129, 4097}, Shape{83, 64, 3001},
                           Shape{131, 100, 4095}, Shape{100, 65, 1024}}) {
-    const Bf16Case c = bf16_case(sh.M, sh.N, sh.K, uint32_t(7 * sh.K + sh.N), uint32_t(sh.M + 13 * sh.K));
+    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(7 * sh.K + sh.N), uint32_t(sh.M + 13 * sh.K));
     const Weights& w = c.w;
     const Problem& p = c.p;
     const std::vector<float>& R = c.R;
@@ -2282,29 +2281,6 @@ TEST(gemm_bf16_rows_multi_equals_gemm) {
   std::vector<float> x(64);
   EXPECT_THROWS(gemm_bf16_rows_multi(x.data(), 8, &none, 0, 8, 8, nullptr), ErrorCode::InvalidArgument);
 }
-
-// One shape of the bf16 blocking test below: its weights and problem, the reference (ref::gemm,
-// double accumulation) on X rounded to bf16, the tolerance scale S and the weights' panels.
-struct Bf16BlockingCase {
-  Weights w;
-  Problem p;
-  std::vector<float> R;
-  std::vector<double> S;
-  AlignedPtr<uint8_t> pan;
-  std::string shape;
-  Bf16BlockingCase(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed)
-      : w(make_weights(DType::BF16, N, K, wseed)), p(make_problem(M, N, K, 3, 2, pseed)) {
-    Problem pr = p;
-    for (auto& v : pr.X)
-      if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
-    R.assign(size_t(M * p.ldy), kSentinel);
-    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, M, N, K);
-    S = abs_scale(pr, w, p.bias.data());
-    pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
-    bf16_pack_panels(w.bytes.data(), N, K, pan.get(), nullptr);
-    shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
-  }
-};
 
 // The vdpbf16ps GEMM on a row-major W (gemm(), gemm_bf16_rows_multi: each W block packed before
 // its tiles) against ref::gemm (double accumulation) on X rounded to bf16 within the f32
