@@ -20,7 +20,6 @@
 #include <string>
 #include <vector>
 #if defined(__linux__)
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
@@ -29,9 +28,11 @@
 #include "../../kernels/cpu/kernels.h"
 #include "core/backend.h"
 #include "kquant_test_weights.h"
+#include "page_map.h"
 #include "testing.h"
 
 using namespace emollm;
+using emollm_test::mapped_pages;
 
 #if defined(__linux__)
 namespace {
@@ -60,22 +61,6 @@ bool reset_peak_rss() {
   if (!f) return false;
   const bool ok = std::fputs("5", f) >= 0;
   return std::fclose(f) == 0 && ok;
-}
-
-// Pages of [p, p + bytes) mapped into this process now (/proc/self/pagemap's present bit: the
-// mapping, not the page cache, which mincore would report).
-size_t mapped_pages(const void* p, size_t bytes) {
-  const size_t ps = size_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) / ps, hi = (reinterpret_cast<uintptr_t>(p) + bytes + ps - 1) / ps;
-  const int fd = open("/proc/self/pagemap", O_RDONLY);
-  if (fd < 0) return size_t(-1);
-  std::vector<uint64_t> e(hi - lo);
-  const ssize_t got = pread(fd, e.data(), e.size() * 8, off_t(lo * 8));
-  close(fd);
-  if (got != ssize_t(e.size() * 8)) return size_t(-1);
-  size_t n = 0;
-  for (uint64_t v : e) n += (v >> 63) & 1;
-  return n;
 }
 
 // A file laid out as a model's: [pad][matrix A][8 KiB vector][matrix B], A and B 2 MiB-aligned
