@@ -1279,9 +1279,9 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       const int64_t slices = (m_end - m_begin + MR - 1) / MR;
       const int64_t npn = (nc + NR - 1) / NR;
       const int64_t x_lines = (kc * MR * 4 + 63) / 64, x_per_tile = (x_lines + npn - 1) / npn;
-      const int64_t pf_x = BF && x_pf_on && xnpm ? X_PF_PAIRS * MR : 0;
       if constexpr (BF) {
         if (xnpm) {  // X in k blocks: a W panel's tiles down the row panels (bf16_x_kblocks_flag)
+          const int64_t pf_x = x_pf_on ? X_PF_PAIRS * MR : 0;  // each tile reads another micro-panel
           for (int64_t jp = 0; jp * NR < nc; ++jp) {
             const int64_t ncols = std::min<int64_t>(NR, nc - jp * NR);
             const XT* xblk = X + pc * xnpm * MR;
@@ -1313,7 +1313,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
           if constexpr (BF)
             bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
-                      bias, first, pf_x);
+                      bias, first);
           else
             kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
                      first);
