@@ -37,9 +37,6 @@ using bench::median;
 using bench::now;
 using bench::thread_cpu;
 
-namespace {
-}  // namespace
-
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {

@@ -177,9 +177,8 @@ int main(int argc, char** argv) {
     rows = kept;
   }
   // every gemv row gives the default pass's bits (rows named gemv*)
-  std::vector<float> ref(y.size());
   rows[0].run(cp[0]);
-  ref = y;
+  const std::vector<float> ref = y;
   for (auto& row : rows) {
     if (std::strncmp(row.name, "gemv", 4) != 0) continue;
     std::fill(y.begin(), y.end(), -1.f);
