@@ -6,7 +6,8 @@
 //    llama.cpp layouts: q/k permuted for interleaved RoPE; the tower's last layer dropped; fc1
 //    named ffn_down (legacy) or ffn_up (gguf-py));
 //  - tests/fixtures/llava/* (PyTorch re-implementation, see its README): layer lists, "full",
-//    two batched images, GQA 4 + llama3 RoPE: features, logits and greedy tokens.
+//    two batched images, GQA 4 + llama3 RoPE: features, logits and greedy tokens;
+//  - a random bf16 tower written here: its GEMM panels packed at load give the per-call pack's bits.
 // The shared dir comes from EMOLLM_SHARED_DIR, else ../shared; the fixtures from
 // EMOLLM_LLAVA_FIXTURES, else tests/fixtures/llava next to this file. Missing data is a printed skip.
 #include <algorithm>
@@ -25,6 +26,7 @@
 
 #include "../../base/cpu_features.h"
 #include "../../base/error.h"
+#include "../../kernels/cpu/kernels.h"
 #include "../../kernels/cpu/norm_internal.h"
 #include "../../native/loaders/json.h"
 #include "../../native/loaders/safetensors.h"
@@ -728,4 +730,98 @@ TEST(llava_vision_add_layernorm_same_bits) {
     EXPECT(std::memcmp(separate.data(), fused.data(), separate.size() * sizeof(float)) == 0);
   }
   set_layernorm_row_blocks(saved);
+}
+
+// A bf16 CLIP tower's matrices are packed once at load into the vdpbf16ps GEMM's panels
+// (place_gemm_matrix with GemmRows::Many, where AVX512-BF16 runs): its features equal bit for bit
+// those of the same tower on a backend that keeps the file's layout (set_bf16_panels_enabled(false):
+// every GEMM packs W per call, the path before the load-time packing). 82 tokens (over
+// kSmallMMax, where gemm() runs the packed GEMM), width 96 (a panel and a half), MLP 200 (three
+// panels and one of 8 rows), 2 layers; bf16 patch embedding, q / k / v / o, fc1, fc2. Also: the
+// packed bytes are every bf16 matrix's panels (none with the panels off).
+TEST(clip_bf16_tower_panels_same_bits) {
+  const int64_t S = 126, P = 14, C = 3, E = 96, F = 200, H = 2, L = 2, T = (S / P) * (S / P) + 1;
+  uint32_t seed = 12345;
+  auto rnd = [&](float scale) {
+    seed = seed * 1664525u + 1013904223u;
+    return (float(seed >> 8) / float(1u << 24) - 0.5f) * 2.0f * scale;
+  };
+  auto vec = [&](int64_t n, float scale, float base = 0.0f) {
+    std::vector<float> r(static_cast<size_t>(n));
+    for (auto& x : r) x = base + rnd(scale);
+    return r;
+  };
+  auto bf16 = [&](int64_t rows, int64_t cols, float scale) {
+    std::vector<uint8_t> b(size_t(rows * cols) * 2);
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      const uint16_t h = f32_to_bf16(rnd(scale));
+      std::memcpy(b.data() + 2 * i, &h, 2);
+    }
+    return b;
+  };
+  constexpr uint32_t kBf16Type = 30;  // ggml's BF16
+  emollm_test::GgufOut v;
+  v.kv_str("general.architecture", "clip");
+  v.kv_bool("clip.has_text_encoder", false);
+  v.kv_bool("clip.has_vision_encoder", true);
+  v.kv_u32("clip.vision.image_size", uint32_t(S));
+  v.kv_u32("clip.vision.patch_size", uint32_t(P));
+  v.kv_u32("clip.vision.embedding_length", uint32_t(E));
+  v.kv_u32("clip.vision.feed_forward_length", uint32_t(F));
+  v.kv_u32("clip.vision.attention.head_count", uint32_t(H));
+  v.kv_f32("clip.vision.attention.layer_norm_epsilon", 1e-5f);
+  v.kv_u32("clip.vision.block_count", uint32_t(L));
+  v.kv_bool("clip.use_gelu", false);
+  v.tensor("v.class_embd", {E}, vec(E, 0.5f));
+  v.tensor_bytes("v.patch_embd.weight", {E, C, P, P}, kBf16Type, bf16(E, C * P * P, 0.05f));
+  v.tensor("v.position_embd.weight", {T, E}, vec(T * E, 0.5f));
+  v.tensor("v.pre_ln.weight", {E}, vec(E, 0.1f, 1.0f));
+  v.tensor("v.pre_ln.bias", {E}, vec(E, 0.1f));
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string b = "v.blk." + std::to_string(l) + ".";
+    for (const char* n : {"ln1", "ln2"}) {
+      v.tensor(b + n + ".weight", {E}, vec(E, 0.1f, 1.0f));
+      v.tensor(b + n + ".bias", {E}, vec(E, 0.1f));
+    }
+    for (const char* n : {"attn_q", "attn_k", "attn_v", "attn_out"}) {
+      v.tensor_bytes(b + n + ".weight", {E, E}, kBf16Type, bf16(E, E, 0.2f));
+      v.tensor(b + n + ".bias", {E}, vec(E, 0.1f));
+    }
+    v.tensor_bytes(b + "ffn_up.weight", {F, E}, kBf16Type, bf16(F, E, 0.2f));  // fc1 (gguf-py's name)
+    v.tensor(b + "ffn_up.bias", {F}, vec(F, 0.1f));
+    v.tensor_bytes(b + "ffn_down.weight", {E, F}, kBf16Type, bf16(E, F, 0.1f));
+    v.tensor(b + "ffn_down.bias", {E}, vec(E, 0.1f));
+  }
+  TempDir dir;
+  const std::string path = dir.path + "/clip-bf16.gguf";
+  v.write(path);
+  const std::vector<float> pixels = vec(C * S * S, 1.0f);
+
+  const bool repack_was = weight_repacking(), panels_was = bf16_panels_enabled();
+  set_weight_repacking(true);
+  std::vector<float> feats[2];
+  size_t packed[2] = {0, 0};
+  for (int panels = 0; panels < 2; ++panels) {
+    set_bf16_panels_enabled(panels == 1);
+    GgufFile f = GgufFile::open(path);  // outlives the tower, as the backend does
+    auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+    auto tower = ClipVisionModel::from_gguf(f);
+    tower->place_weights(*be);  // with the panels on: the packing
+    packed[panels] = tower->placed().packed_bytes();
+    EXPECT(tower->layers[0].wq.dtype == DType::BF16 && tower->hparams().n_pos() == T);
+    feats[panels].assign(size_t(T * E * 2), -1.0f);
+    EXPECT(tower->encode(*be, pixels.data(), 1, {1, L}, false, feats[panels].data()));
+  }
+  set_bf16_panels_enabled(panels_was);
+  set_weight_repacking(repack_was);
+  EXPECT(packed[0] == 0);
+  // every bf16 matrix packed (a panel of 64 rows, K in pairs): patch, 4 x E x E and E x F, F x E a layer
+  auto pan = [](int64_t n, int64_t k) { return size_t((n + 63) / 64 * 64) * size_t((k + 1) / 2) * 4; };
+  const size_t want = pan(E, C * P * P) + size_t(L) * (4 * pan(E, E) + pan(F, E) + pan(E, F));
+  if (bf16_panels_usable()) EXPECT(packed[1] == want);
+  else std::printf("  note: no AVX512-BF16 on this CPU: nothing packed, both runs read the file's layout\n");
+  bool finite = true;
+  for (float x : feats[1]) finite = finite && std::isfinite(x);
+  EXPECT(finite);
+  EXPECT(std::memcmp(feats[0].data(), feats[1].data(), feats[0].size() * sizeof(float)) == 0);
 }
