@@ -16,7 +16,9 @@
 //   and at the end out_r = acc_r / l_r. Scratch per thread is O(kMaxRows * (kBk + head_dim)),
 //   allocated once per call. Nothing of size n_q x n_kv exists.
 //   Prefill: one kv head per unit, up to 64 rows; K block transposed in registers (AVX-512) so
-//   S is a broadcast-FMA product without horizontal sums; V block copied contiguous.
+//   S is a broadcast-FMA product without horizontal sums; V block copied contiguous. On AVX-512
+//   up to 8 consecutive query tiles of a kv head form one unit (run_tile_group: each block's K
+//   transposed and V copied once for all of them; the same kernels per tile, the same bits).
 //   Decode / short chunks: many kv heads per unit, walked in 16-token sub-blocks across heads so
 //   the token-major cache is read a row at a time (see run_unit).
 //   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
