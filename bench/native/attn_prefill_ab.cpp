@@ -4,6 +4,7 @@
 //
 //   build-bench/attn_prefill_ab [threads 1] [rounds 15] [n_prompt 628] [chunk 512]
 //   AB_ONLY=on|off build-bench/attn_prefill_ab ...   (one path alone: for perf record)
+//   AB_SHAPE=1b build-bench/attn_prefill_ab ...      (TinyLlama-1.1B: 32 / 4 heads x 64)
 //
 // Per round, ABBA: the default path, then the one with `EMOLLM_...` switched off (the switch under
 // A/B: attention_detail::set_prefill_fast), on the same data in one process. Timed: the calling
@@ -30,19 +31,22 @@ int main(int argc, char** argv) {
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 15;
   const int64_t n_prompt = argc > 3 ? std::max(16L, std::atol(argv[3])) : 628;
   const int64_t chunk = argc > 4 ? std::max(16L, std::atol(argv[4])) : 512;
-  constexpr int64_t H = 32, D = 128, kPage = 64;
-  const int64_t ld = H * D, n_pages = (n_prompt + kPage - 1) / kPage;
+  // AB_SHAPE=1b: TinyLlama-1.1B's 32 query heads over 4 kv heads of 64 (GQA) instead
+  const char* shape = std::getenv("AB_SHAPE");
+  const bool small = shape && std::strcmp(shape, "1b") == 0;
+  const int64_t H = 32, Hkv = small ? 4 : 32, D = small ? 64 : 128, kPage = 64;
+  const int64_t ld = H * D, ldkv = Hkv * D, n_pages = (n_prompt + kPage - 1) / kPage;
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> q(size_t(n_prompt * ld)), k(size_t(n_pages * kPage * ld)), v(k.size());
+  std::vector<float> q(size_t(n_prompt * ld)), k(size_t(n_pages * kPage * ldkv)), v(k.size());
   for (float& x : q) x = nd(rng);
   for (float& x : k) x = nd(rng);
   for (float& x : v) x = nd(rng);
   // pages in reverse order in memory (a block table, as a paged cache has)
   std::vector<const float*> kb(static_cast<size_t>(n_pages)), vb(static_cast<size_t>(n_pages));
   for (int64_t j = 0; j < n_pages; ++j) {
-    kb[size_t(j)] = k.data() + (n_pages - 1 - j) * kPage * ld;
-    vb[size_t(j)] = v.data() + (n_pages - 1 - j) * kPage * ld;
+    kb[size_t(j)] = k.data() + (n_pages - 1 - j) * kPage * ldkv;
+    vb[size_t(j)] = v.data() + (n_pages - 1 - j) * kPage * ldkv;
   }
   std::vector<AttentionBatchItem> items;
   double pairs = 0;
@@ -50,9 +54,11 @@ int main(int argc, char** argv) {
     AttentionBatchItem it;
     it.p.n_q = std::min(chunk, n_prompt - p0);
     it.p.n_kv = p0 + it.p.n_q;
-    it.p.n_heads = it.p.n_kv_heads = H;
+    it.p.n_heads = H;
+    it.p.n_kv_heads = Hkv;
     it.p.head_dim = D;
-    it.p.ldq = it.p.ldo = it.p.ldk = it.p.ldv = ld;
+    it.p.ldq = it.p.ldo = ld;
+    it.p.ldk = it.p.ldv = ldkv;
     it.p.causal = true;
     it.p.q_pos0 = p0;
     it.p.k_blocks = kb.data();
@@ -76,11 +82,11 @@ int main(int argc, char** argv) {
   // accuracy: each path against the double reference, per head
   double err[2] = {0, 0};
   {
-    std::vector<float> contiguous_k(size_t(n_prompt * ld)), contiguous_v(contiguous_k.size());
+    std::vector<float> contiguous_k(size_t(n_prompt * ldkv)), contiguous_v(contiguous_k.size());
     for (int64_t j = 0; j < n_prompt; ++j)
-      for (int64_t e = 0; e < ld; ++e) {
-        contiguous_k[size_t(j * ld + e)] = kb[size_t(j / kPage)][(j % kPage) * ld + e];
-        contiguous_v[size_t(j * ld + e)] = vb[size_t(j / kPage)][(j % kPage) * ld + e];
+      for (int64_t e = 0; e < ldkv; ++e) {
+        contiguous_k[size_t(j * ldkv + e)] = kb[size_t(j / kPage)][(j % kPage) * ldkv + e];
+        contiguous_v[size_t(j * ldkv + e)] = vb[size_t(j / kPage)][(j % kPage) * ldkv + e];
       }
     for (const AttentionBatchItem& it : items) {
       AttentionParams p1 = it.p;
@@ -88,7 +94,7 @@ int main(int argc, char** argv) {
       p1.k_blocks = p1.v_blocks = nullptr;
       p1.kv_block_size = 0;
       for (int64_t h = 0; h < H; ++h)
-        ref::attention(it.q + h * D, contiguous_k.data() + h * D, contiguous_v.data() + h * D,
+        ref::attention(it.q + h * D, contiguous_k.data() + h / (H / Hkv) * D, contiguous_v.data() + h / (H / Hkv) * D,
                        ref.data() + (it.q - q.data()) + h * D, p1);
     }
     std::vector<float> first;
@@ -115,8 +121,8 @@ int main(int argc, char** argv) {
   }
   attention_detail::set_prefill_fast(saved);
   const double flops = 4.0 * double(D) * pairs * double(H);
-  std::printf("prefill attention, 7B shape (32 x 128), %lld positions in chunks of %lld, %d thread(s), %d rounds (%s)\n",
-              (long long)n_prompt, (long long)chunk, nth, rounds, nth == 1 ? "thread CPU time" : "wall");
+  std::printf("prefill attention, %s, %lld positions in chunks of %lld, %d thread(s), %d rounds (%s)\n",
+              small ? "1.1B shape (32 / 4 heads x 64)" : "7B shape (32 x 128)", (long long)n_prompt, (long long)chunk, nth, rounds, nth == 1 ? "thread CPU time" : "wall");
   std::printf("  on : median %.3f ms best %.3f ms  %.1f GFLOP/s (best)  max |err| vs ref %.3g\n", 1e3 * bench::median(t_on),
               1e3 * bench::best(t_on), flops / bench::best(t_on) * 1e-9, err[0]);
   std::printf("  off: median %.3f ms best %.3f ms  %.1f GFLOP/s (best)  max |err| vs ref %.3g\n", 1e3 * bench::median(t_off),

@@ -1728,7 +1728,7 @@ TEST(attention_late_worker_same_bits) {
 // one kv head in one unit, each K block transposed and each V block packed once for the group.
 // Bit for bit equal to the one-tile units (set_prefill_fast(false)), output and log-sum-exp, on
 // MHA and GQA prefills and chunks over a cache (7B-like 128-wide heads, D 80 padded to 96, a last
-// tile under 16 and under 8 rows, a head chunk of fewer heads), contiguous and paged (64 / 128 /
+// tile under 16 and under 8 rows, a head chunk of fewer heads, a bidirectional call), contiguous and paged (64 / 128 /
 // 16-token pages: 16 never groups), 1-3 threads; each within 1e-5 of the naive double attention; the plans
 // group where expected (fewer planned units than one tile a unit) and every unit runs once.
 TEST(attention_prefill_tile_groups_same_bits) {
@@ -1744,7 +1744,8 @@ TEST(attention_prefill_tile_groups_same_bits) {
                         {140, 180, 3, 3, 80, true, 40},    // D 80 (padded to 96), last tile 12 rows
                         {200, 200, 8, 2, 64, true, 0},     // GQA 4 heads a kv head: tiles of 16 queries
                         {90, 150, 12, 1, 64, true, 60},    // MQA 12 heads: head chunks, tiles of 5 queries
-                        {100, 100, 4, 4, 64, true, 0, 3}}; // strided rows
+                        {100, 100, 4, 4, 64, true, 0, 3},  // strided rows
+                        {150, 170, 4, 4, 64, false, 0}};   // bidirectional (an f32 vision tower)
   uint64_t seed = 20600;
   int grouped = 0;
   for (const Case& c : cases) {
@@ -1779,6 +1780,6 @@ TEST(attention_prefill_tile_groups_same_bits) {
         if (!(err <= 1e-5f)) ::emollm_test::report_failure(__FILE__, __LINE__, "vs naive " + std::to_string(err) + ": " + what);
       }
   }
-  // contiguous + 64 + 128 at 1 thread group every case; at 2 / 3 threads the MHA / GQA ones
-  EXPECT(grouped >= 7 * 3);
+  // contiguous + 64 + 128 at 1 thread group every case; at 2 / 3 threads some more
+  EXPECT(grouped >= 8 * 3);
 }
