@@ -16,7 +16,9 @@
 //   and at the end out_r = acc_r / l_r. Scratch per thread is O(kMaxRows * (kBk + head_dim)),
 //   allocated once per call. Nothing of size n_q x n_kv exists.
 //   Prefill: one kv head per unit, up to 64 rows; K block transposed in registers (AVX-512) so
-//   S is a broadcast-FMA product without horizontal sums; V block copied contiguous.
+//   S is a broadcast-FMA product without horizontal sums; V block copied contiguous. On AVX-512
+//   up to 8 consecutive query tiles of a kv head form one unit (run_tile_group: each block's K
+//   transposed and V copied once for all of them; the same kernels per tile, the same bits).
 //   Decode / short chunks: many kv heads per unit, walked in 16-token sub-blocks across heads so
 //   the token-major cache is read a row at a time (see run_unit).
 //   Split-KV: when there are too few units to keep every thread busy (decode), each unit's kv
@@ -72,6 +74,7 @@ namespace {
 
 constexpr int kBk = 64;       // kv tokens per block (multiple of 16)
 constexpr int kMaxRows = 64;  // rows (query x head) per work unit
+constexpr int64_t kPrefillTilesMax = 8;  // query tiles per prefill tile group (run_tile_group)
 
 struct Resolved {
   int64_t group;  // query heads per kv head
@@ -187,6 +190,14 @@ EnvSwitch& decode_split_flag() {
 }  // namespace
 bool decode_split_enabled() { return decode_split_flag().on(); }
 void set_decode_split(bool on) { decode_split_flag().set(on); }
+namespace {
+EnvSwitch& prefill_fast_flag() {
+  static EnvSwitch on("EMOLLM_ATTN_PREFILL_FAST");  // =0: prefill in the tiled driver (A/B)
+  return on;
+}
+}  // namespace
+bool prefill_fast() { return prefill_fast_flag().on(); }
+void set_prefill_fast(bool on) { prefill_fast_flag().set(on); }
 namespace {
 EnvSwitch& decode_inplace_flag() {
   static EnvSwitch on("EMOLLM_DECODE_ATTN_INPLACE");  // =0: rows packed / widened into scratch (A/B)
@@ -1220,6 +1231,11 @@ struct Plan {
   float* part;         // nsplit > 1: per (base unit, split) partial results
   int64_t part_stride; // floats per partial: kMaxRows * (Dp + 2)
   half_rows::WidenFn widen;  // half KV cache: its rows widened to f32 scratch as read; null for f32
+  // Prefill tile groups (attention_detail::prefill_fast): tpu > 1 runs tpu consecutive query tiles
+  // of one (kv head, head chunk) as one unit (run_tile_group); tpu == 1: one tile a unit (run_unit).
+  int64_t tpu = 1;
+  int64_t n_tgroups = 0;  // n_qtiles / tpu rounded up
+  int64_t n_units = 0;    // units of the call: groups, or n_base * nsplit
 };
 
 struct Unit {
@@ -1228,14 +1244,10 @@ struct Unit {
   int R;                              // rows: ng * rg
 };
 
-// Decodes base unit index b (heaviest causal tiles first).
-inline Unit decode_unit(const Plan& pl, int64_t b) {
+// The unit of kv-head unit gu, head chunk hch and query tile `tile`.
+inline Unit tile_unit(const Plan& pl, int64_t gu, int64_t hch, int64_t tile) {
   const AttentionParams& p = *pl.p;
   Unit u;
-  const int64_t hch = b % pl.n_hchunks;
-  b /= pl.n_hchunks;
-  const int64_t gu = b % pl.n_gunits;
-  const int64_t tile = pl.n_qtiles - 1 - b / pl.n_gunits;
   u.g0 = gu * pl.kvh;
   u.ng = std::min(pl.kvh, p.n_kv_heads - u.g0);
   u.i0 = tile * pl.tq;
@@ -1245,6 +1257,13 @@ inline Unit decode_unit(const Plan& pl, int64_t b) {
   u.rg = int((u.i1 - u.i0) * u.nh);
   u.R = int(u.ng) * u.rg;
   return u;
+}
+
+// Decodes base unit index b (heaviest causal tiles first).
+inline Unit decode_unit(const Plan& pl, int64_t b) {
+  const int64_t hch = b % pl.n_hchunks;
+  b /= pl.n_hchunks;
+  return tile_unit(pl, b % pl.n_gunits, hch, pl.n_qtiles - 1 - b / pl.n_gunits);
 }
 
 // Query index and head of row r of unit u.
@@ -1267,6 +1286,46 @@ struct Scratch {
   float* kp;     // kBk * Dp: packed K block
   float* vp;     // kBk * Dp: packed V block
 };
+
+// The online softmax of one kv block [j0, j0 + nb) over the R rows of S (kBk apart; row r sees
+// lim[r] kv tokens): S becomes the block's weights P (zero where masked), m / l the rows' running
+// max and weight sum, alpha the factor the rows' earlier P V sums take.
+void online_softmax(const Kern& kern, float* S, int R, const int64_t* lim, int64_t j0, int nb, float* m, float* l,
+                    float* alpha) {
+  for (int r = 0; r < R; ++r) {
+    float* s = S + r * kBk;
+    const int nv = int(std::max<int64_t>(0, std::min<int64_t>(nb, lim[r] - j0)));
+    if (nv == 0) {  // causally masked for this whole block
+      alpha[r] = 1.0f;
+      std::memset(s, 0, sizeof(float) * size_t(nb));
+      continue;
+    }
+    const float bm = kern.row_max(s, nv);
+    const float m_new = std::max(m[r], bm);
+    const float a = m[r] == -INFINITY ? 0.0f : std::exp(m[r] - m_new);
+    const float sum = kern.exp_sum(s, nv, m_new);
+    if (nv < nb) std::memset(s + nv, 0, sizeof(float) * size_t(nb - nv));
+    l[r] = l[r] * a + sum;
+    m[r] = m_new;
+    alpha[r] = a;
+  }
+}
+
+// out (and lse) of the R rows of unit u from their P V sums acc (Dp apart), max m and sum l.
+void write_rows(const Plan& pl, const Unit& u, const float* acc, const float* m, const float* l) {
+  const AttentionParams& p = *pl.p;
+  for (int r = 0; r < u.R; ++r) {
+    // Every row saw at least its own position (causal) or all keys: l >= 1.
+    assert(l[r] >= 1.0f);
+    int64_t i, h;
+    row_of(pl, u, r, &i, &h);
+    float* o = pl.out + i * p.ldo + h * pl.D;
+    const float inv = 1.0f / l[r];
+    const float* a = acc + int64_t(r) * pl.Dp;
+    for (int d = 0; d < pl.D; ++d) o[d] = a[d] * inv;
+    if (pl.lse) pl.lse[i * p.n_heads + h] = m[r] + std::log(l[r]);
+  }
+}
 
 void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, int64_t split) {
   const AttentionParams& p = *pl.p;
@@ -1348,24 +1407,7 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
         kern.qk(qrows + r0, rg, kb, ldkb, ns, D, pl.scale, sc.S + r0 * kBk + s0, kBk);
       }
     }
-    // online softmax, per row
-    for (int r = 0; r < R; ++r) {
-      float* s = sc.S + r * kBk;
-      const int nv = int(std::max<int64_t>(0, std::min<int64_t>(nb, lim[r] - j0)));
-      if (nv == 0) {  // causally masked for this whole block
-        sc.alpha[r] = 1.0f;
-        std::memset(s, 0, sizeof(float) * size_t(nb));
-        continue;
-      }
-      const float bm = kern.row_max(s, nv);
-      const float m_new = std::max(sc.m[r], bm);
-      const float alpha = sc.m[r] == -INFINITY ? 0.0f : std::exp(sc.m[r] - m_new);
-      const float sum = kern.exp_sum(s, nv, m_new);
-      if (nv < nb) std::memset(s + nv, 0, sizeof(float) * size_t(nb - nv));
-      sc.l[r] = sc.l[r] * alpha + sum;
-      sc.m[r] = m_new;
-      sc.alpha[r] = alpha;
-    }
+    online_softmax(kern, sc.S, R, lim, j0, nb, sc.m, sc.l, sc.alpha);
     // acc = alpha * acc + P V (the rescale rides on the first sub-block)
     for (int s0 = 0; s0 < nb; s0 += sub) {
       const int ns = std::min(sub, nb - s0);
@@ -1386,23 +1428,108 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
   }
 
   if (pl.nsplit == 1) {
-    for (int r = 0; r < R; ++r) {
-      // Every row saw at least its own position (causal) or all keys: l >= 1.
-      assert(sc.l[r] >= 1.0f);
-      int64_t i, h;
-      row_of(pl, u, r, &i, &h);
-      float* o = pl.out + i * p.ldo + h * D;
-      const float inv = 1.0f / sc.l[r];
-      const float* a = sc.acc + r * Dp;
-      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
-      if (pl.lse) pl.lse[i * p.n_heads + h] = sc.m[r] + std::log(sc.l[r]);
-    }
+    write_rows(pl, u, sc.acc, sc.m, sc.l);
   } else {
     float* part = pl.part + (b * pl.nsplit + split) * pl.part_stride;
     std::memcpy(part, sc.m, sizeof(float) * size_t(R));
     std::memcpy(part + kMaxRows, sc.l, sizeof(float) * size_t(R));
     std::memcpy(part + 2 * kMaxRows, sc.acc, sizeof(float) * size_t(R) * size_t(Dp));
   }
+}
+
+// Per-thread scratch of run_tile_group, kept across calls (a prefill calls it once a layer and
+// chunk) and zeroed when grown: the transposed K's columns past a block's tokens then hold zeros
+// or earlier blocks' keys (finite; their scores are never read).
+float* tile_group_scratch(size_t floats) {
+  thread_local AlignedPtr<float> buf;
+  thread_local size_t cap = 0;
+  if (cap < floats) {
+    buf = make_aligned<float>(floats);
+    std::memset(buf.get(), 0, sizeof(float) * floats);
+    cap = floats;
+  }
+  return buf.get();
+}
+size_t tile_group_floats(int64_t tpu, int Dp) {  // a multiple of 16 floats: every part 64-byte aligned
+  return size_t(kMaxRows) * kBk + 2 * size_t(kBk) * size_t(Dp) + size_t(tpu) * size_t(kMaxRows) * (size_t(Dp) + 16);
+}
+
+// Group unit b of a plan with tpu > 1 (make_plan): query tiles [t0, t1) of one kv head (ng == 1,
+// f32 cache, no kv split, 64-token blocks), heaviest groups first. Each kv block's K is transposed
+// and its V packed once for all the group's tiles (run_unit does both once per tile); every tile
+// then runs run_unit's kernels on its own rows with the same arguments (the tile's own block
+// length), so each output row has run_unit's bits.
+void run_tile_group(const Plan& pl, const Kern& kern, int64_t b) {
+  const AttentionParams& p = *pl.p;
+  const int64_t hch = b % pl.n_hchunks;
+  b /= pl.n_hchunks;
+  const int64_t gu = b % pl.n_gunits;
+  const int64_t grp = pl.n_tgroups - 1 - b / pl.n_gunits;
+  const int64_t t0 = grp * pl.tpu, t1 = std::min(pl.n_qtiles, t0 + pl.tpu);
+  const int nt = int(t1 - t0), Dp = pl.Dp, D = pl.D;
+  float* const base = tile_group_scratch(tile_group_floats(pl.tpu, Dp));
+  float* const S = base;
+  float* const kp = S + kMaxRows * kBk;
+  float* const vp = kp + int64_t(kBk) * Dp;
+  float* const tiles = vp + int64_t(kBk) * Dp;
+  const int64_t tile_floats = int64_t(kMaxRows) * (Dp + 16);
+  struct Tile {
+    Unit u;
+    int64_t kv_end;  // kv tokens its last row sees
+    float *acc, *m, *l, *alpha;
+    const float* qrows[kMaxRows];
+    int64_t lim[kMaxRows];
+  };
+  Tile tl[kPrefillTilesMax];
+  int64_t kv_end = 0;
+  for (int t = 0; t < nt; ++t) {
+    Tile& T = tl[t];
+    T.u = tile_unit(pl, gu, hch, t0 + t);
+    assert(T.u.ng == 1 && T.u.R <= kMaxRows);
+    T.acc = tiles + t * tile_floats;
+    T.m = T.acc + int64_t(kMaxRows) * Dp;
+    T.l = T.m + kMaxRows;
+    T.alpha = T.l + kMaxRows;
+    for (int r = 0; r < T.u.R; ++r) {
+      int64_t i, h;
+      row_of(pl, T.u, r, &i, &h);
+      T.qrows[r] = pl.q + i * p.ldq + h * D;
+      T.lim[r] = kv_visible(p, i);
+      T.m[r] = -INFINITY;
+      T.l[r] = 0.0f;
+    }
+    std::memset(T.acc, 0, sizeof(float) * size_t(T.u.R) * size_t(Dp));
+    T.kv_end = kv_visible(p, T.u.i1 - 1);
+    kv_end = std::max(kv_end, T.kv_end);
+  }
+  const int64_t g0 = tl[0].u.g0;
+  // one tile's block: S, its softmax, acc += P V (the tile's own block length nb, as run_unit's)
+  auto tile_block = [&](Tile& T, int64_t j0, bool transposed, const float* kb) {
+    const int nb = int(std::min<int64_t>(kBk, T.kv_end - j0)), rg = T.u.rg;
+    if (transposed) kern.qk_t(T.qrows, rg, kp, D, pl.scale, S, kBk);
+    else kern.qk(T.qrows, rg, kb, p.ldk, nb, D, pl.scale, S, kBk);
+    online_softmax(kern, S, rg, T.lim, j0, nb, T.m, T.l, T.alpha);
+    kern.pv(T.acc, Dp, T.alpha, rg, S, kBk, vp, Dp, nb, D);
+  };
+  for (int64_t j0 = 0; j0 < kv_end; j0 += kBk) {
+    const int nb = int(std::min<int64_t>(kBk, kv_end - j0));
+    const float* kb = kv_row(pl.k, p.k_blocks, p, j0, p.ldk) + g0 * D;
+    const float* vb = kv_row(pl.v, p.v_blocks, p, j0, p.ldv) + g0 * D;
+    for (int j = 0; j < nb; ++j) std::memcpy(vp + int64_t(j) * Dp, vb + j * p.ldv, sizeof(float) * size_t(D));
+    // tiles of fewer than 16 rows take run_unit's untransposed Q K^T (on the cache's rows: the
+    // same arithmetic as on packed ones), before kp holds this block's transpose
+    bool any_wide = false;
+    for (int t = 0; t < nt; ++t) {
+      if (tl[t].kv_end <= j0) continue;
+      if (tl[t].u.rg >= 16) any_wide = true;
+      else tile_block(tl[t], j0, false, kb);
+    }
+    if (!any_wide) continue;
+    kern.k_transpose(kb, p.ldk, nb, D, kp);
+    for (int t = 0; t < nt; ++t)
+      if (tl[t].kv_end > j0 && tl[t].u.rg >= 16) tile_block(tl[t], j0, true, kb);
+  }
+  for (int t = 0; t < nt; ++t) write_rows(pl, tl[t].u, tl[t].acc, tl[t].m, tl[t].l);
 }
 
 // Combines the nsplit partials of base unit b into out.
@@ -1467,6 +1594,17 @@ Plan make_plan(const float* q, const float* k, const float* v, float* out, float
   pl.part_stride = int64_t(kMaxRows) * (pl.Dp + 2);
   pl.part = nullptr;
   pl.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
+  // Prefill: consecutive query tiles of one kv head grouped into a unit (run_tile_group) where
+  // run_unit would transpose every K block (AVX-512, one kv head a unit, whole 64-token blocks, f32
+  // cache, no kv split), as many as leave at least 4 units a thread.
+  pl.tpu = 1;
+  if (attention_detail::prefill_fast() && isa_active() >= Isa::Avx512 && pl.nsplit == 1 && pl.kvh == 1 &&
+      !pl.widen && (p.kv_block_size == 0 || p.kv_block_size % kBk == 0) && pl.n_qtiles > 1 && pl.tq * pl.hc >= 16) {
+    const int64_t per_tile = pl.n_gunits * pl.n_hchunks;
+    pl.tpu = std::max<int64_t>(1, std::min({pl.n_qtiles, kPrefillTilesMax, pl.n_qtiles * per_tile / (4 * int64_t(nth))}));
+  }
+  pl.n_tgroups = (pl.n_qtiles + pl.tpu - 1) / pl.tpu;
+  pl.n_units = pl.tpu > 1 ? pl.n_gunits * pl.n_hchunks * pl.n_tgroups : pl.n_base * pl.nsplit;
   return pl;
 }
 
@@ -1498,7 +1636,7 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
     const Plan& pl = plans[i];
     max_Dp = std::max(max_Dp, pl.Dp);
     if (pl.nsplit > 1) part_floats += pl.n_base * pl.nsplit * pl.part_stride;
-    first_unit[size_t(i) + 1] = first_unit[size_t(i)] + pl.n_base * pl.nsplit;
+    first_unit[size_t(i) + 1] = first_unit[size_t(i)] + pl.n_units;
     first_merge[size_t(i) + 1] = first_merge[size_t(i)] + (pl.nsplit > 1 ? pl.n_base : 0);
   }
   AlignedPtr<float> part;
@@ -1513,11 +1651,13 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
   }
   // Per-thread scratch, allocated once for the call; the packed-K area zeroed once (transposed K:
   // the junk beyond a block's tokens stays finite).
-  // (plans of different head sizes place it differently: then all of the scratch)
-  const size_t per_thread = scratch_floats(max_Dp);
-  AlignedPtr<float> scratch = make_aligned<float>(per_thread * size_t(nth));
+  // (plans of different head sizes place it differently: then all of the scratch). Only tile
+  // groups: none (run_tile_group keeps its own per thread).
+  const bool any_tile_units = std::any_of(plans, plans + n_plans, [](const Plan& pl) { return pl.tpu == 1; });
+  const size_t per_thread = any_tile_units ? scratch_floats(max_Dp) : 0;
+  AlignedPtr<float> scratch = any_tile_units ? make_aligned<float>(per_thread * size_t(nth)) : AlignedPtr<float>();
   const bool one_Dp = std::all_of(plans, plans + n_plans, [&](const Plan& pl) { return pl.Dp == max_Dp; });
-  for (int t = 0; t < nth; ++t) {
+  for (int t = 0; t < nth && any_tile_units; ++t) {
     float* base = scratch.get() + per_thread * size_t(t);
     if (one_Dp) std::memset(scratch_at(base, max_Dp).kp, 0, sizeof(float) * size_t(kBk) * size_t(max_Dp));
     else std::memset(base, 0, sizeof(float) * per_thread);
@@ -1531,23 +1671,25 @@ void run_plans(const Kern& kern, Plan* plans, int64_t n_plans, ThreadPool* pool)
     float* base = scratch.get();
     for (int64_t i = 0; i < n_plans; ++i) {
       const Plan& pl = plans[i];
-      const Scratch sc = scratch_at(base, pl.Dp);
-      for (int64_t u = 0; u < pl.n_base * pl.nsplit; ++u) {
-        run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
+      const Scratch sc = base ? scratch_at(base, pl.Dp) : Scratch{};
+      for (int64_t u = 0; u < pl.n_units; ++u) {
+        if (pl.tpu > 1) run_tile_group(pl, kern, u);
+        else run_unit(pl, kern, sc, u / pl.nsplit, u % pl.nsplit);
         attention_detail::count_work(&attention_detail::WorkSlot::tiled_units);
       }
     }
   } else {
     std::atomic<int64_t> next{0};
     auto units = [&](int ith) {
-      float* base = scratch.get() + per_thread * size_t(ith);
+      float* base = any_tile_units ? scratch.get() + per_thread * size_t(ith) : nullptr;
       int64_t i = 0;  // the plan of the previous unit: units are taken in ascending order
       for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_units;) {
         pool_late_point();  // tests: a worker preempted holding its unit
         if (u >= first_unit[size_t(i) + 1]) i = plan_of(first_unit, u);
         const Plan& pl = plans[i];
         const int64_t lu = u - first_unit[size_t(i)];
-        run_unit(pl, kern, scratch_at(base, pl.Dp), lu / pl.nsplit, lu % pl.nsplit);
+        if (pl.tpu > 1) run_tile_group(pl, kern, lu);
+        else run_unit(pl, kern, scratch_at(base, pl.Dp), lu / pl.nsplit, lu % pl.nsplit);
         attention_detail::count_work(&attention_detail::WorkSlot::tiled_units);
       }
     };
@@ -2012,7 +2154,7 @@ AttentionWork attention_planned_work(const AttentionParams& p, int nth) {
     return w;
   }
   const Plan pl = make_plan(nullptr, nullptr, nullptr, nullptr, nullptr, p, rs, nth);
-  w.tiled_units = uint64_t(pl.n_base * pl.nsplit);
+  w.tiled_units = uint64_t(pl.n_units);
   w.tiled_merges = pl.nsplit > 1 ? uint64_t(pl.n_base) : 0;
   return w;
 }

@@ -132,6 +132,12 @@ DecodeBf16Dp decode_bf16dp_mode();
 void set_decode_bf16dp_mode(DecodeBf16Dp m);
 bool decode_bf16dp_applies(const AttentionParams& p);
 
+// Causal prefill (attention_prefill.cpp): calls the tiled driver would run with many queries per
+// kv head (MHA / GQA prefill chunks, f32 cache, contiguous or paged) on AVX-512.
+// EMOLLM_ATTN_PREFILL_FAST=0 (read once) or set_prefill_fast(false): the tiled driver (A/B).
+bool prefill_fast();
+void set_prefill_fast(bool on);
+
 // Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
 // (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16
 // and normalised by the sum of the rounded weights, O = P V summed in f32. The arguments must be
