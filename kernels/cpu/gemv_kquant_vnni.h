@@ -46,6 +46,10 @@ bool kquant_lean_q6();
 // Super-groups the lean pass walks side by side: 1 (default), 2 or 4 (EMOLLM_KQ_STREAMS; other
 // values round down to one of them). Same bits at any; for the tests and A/B runs.
 void set_kquant_streams(int streams);
+// With several streams: bytes ahead along each (-1: the default, 4 KiB; EMOLLM_KQ_STREAM_PREFETCH)
+// and q6_K's prefetches spread over a step's groups (EMOLLM_KQ_MS_SPREAD). For the A/B.
+void set_kquant_stream_prefetch(int64_t bytes);
+void set_kquant_ms_spread(bool on);
 #endif
 
 }  // namespace gemm_detail
