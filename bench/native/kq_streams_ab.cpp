@@ -1,13 +1,11 @@
-// The K-quant records' M = 1 GEMV (q4_K / q6_K, 64-row records) on one stream (the default lean
-// pass) against the same pass on S streams a thread (gemv_kquant_vnni.cpp kq_lean_parts: the
-// thread's super-groups cut into S contiguous parts read side by side, each prefetched `ahead` on
+// The K-quant records' M = 1 GEMV (q4_K / q6_K, 64-row records) on one stream a thread (the lean
+// pass before session 20) against two (the default: gemv_kquant_vnni.cpp kq_lean_parts, the
+// thread's super-groups cut into 2 contiguous parts read side by side, each prefetched `ahead` on
 // along itself: the q4_0 two-stream pass's form), and a plain read of the same bytes, cold,
 // interleaved call by call (shuffled order each round). Every gemv row's bits are checked against
-// the default pass before timing. Rows (ratio = the lean row's time / this row's; > 1: faster):
-//   lean              the default pass (one stream; q6_K's prefetches spread over each step's groups)
-//   ms2-<a>           2 streams, `a` KiB ahead, one prefetch loop a stream at each sub-block step's top
-//   ms2-<a>-spread    q6_K: the same with the prefetches spread over the step's groups
-//   ms4-4             4 streams, 4 KiB ahead
+// the first row's before timing. Rows (ratio = the one row's time / this row's; > 1: faster):
+//   one               one stream (set_kquant_streams(1); q6_K's prefetches spread over each step's groups)
+//   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
 //   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores).
 // Usage (repository root): [RP_CPU=1] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
@@ -26,7 +24,7 @@
 #include <vector>
 
 #include "base/thread_pool.h"
-#include "cpu/gemv_kquant_vnni.h"  // set_kquant_streams, set_kquant_stream_prefetch, set_kquant_ms_spread
+#include "cpu/gemv_kquant_vnni.h"  // set_kquant_streams, set_kquant_stream_prefetch
 #include "cpu/kernels.h"
 
 #if defined(__x86_64__)
@@ -106,15 +104,13 @@ int main(int argc, char** argv) {
   for (int c = 1; c < copies; ++c) cp[size_t(c)] = huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
-  auto gemv = [&](int streams, int64_t ahead, bool spread) {
-    return [&, streams, ahead, spread](const uint8_t* W) {
+  auto gemv = [&](int streams, int64_t ahead) {
+    return [&, streams, ahead](const uint8_t* W) {
       gemm_detail::set_kquant_streams(streams);
       gemm_detail::set_kquant_stream_prefetch(ahead);
-      gemm_detail::set_kquant_ms_spread(spread);
       gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_kquant_streams(1);
+      gemm_detail::set_kquant_streams(2);
       gemm_detail::set_kquant_stream_prefetch(-1);
-      gemm_detail::set_kquant_ms_spread(false);
     };
   };
   struct Row {
@@ -122,12 +118,8 @@ int main(int argc, char** argv) {
     std::function<void(const uint8_t*)> run;
     std::vector<double> t;
   };
-  std::vector<Row> rows = {{"lean", gemv(1, -1, false), {}},
-                           {"ms2-2", gemv(2, 2048, false), {}},
-                           {"ms2-4", gemv(2, 4096, false), {}},
-                           {"ms2-8", gemv(2, 8192, false), {}},
-                           {"ms4-4", gemv(4, 4096, false), {}}};
-  if (t == DType::Q6_K) rows.push_back({"ms2-4-spread", gemv(2, 4096, true), {}});
+  std::vector<Row> rows = {
+      {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}}};
   const int64_t per_thread = (N + 63) / 64;
   rows.push_back({"read-4", [&](const uint8_t* W) {
                     pool.run([&](int ith, int nth) {
@@ -136,7 +128,7 @@ int main(int argc, char** argv) {
                       g_sink.fetch_xor(read4(W + size_t(s0) * sg, size_t(s1 - s0) * sg), std::memory_order_relaxed);
                     });
                   }, {}});
-  // RP_ROWS=a,b,...: only the rows named (the first row, lean, always)
+  // RP_ROWS=a,b,...: only the rows named (the first row, one, always)
   if (const char* keep = std::getenv("RP_ROWS")) {
     const std::string list = std::string(",") + keep + ",";
     std::vector<Row> kept;
@@ -151,7 +143,7 @@ int main(int argc, char** argv) {
     std::fill(y.begin(), y.end(), -1.f);
     row.run(cp[0]);
     if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
-      std::fprintf(stderr, "kq_streams_ab: %s differs from the default pass\n", row.name.c_str());
+      std::fprintf(stderr, "kq_streams_ab: %s differs from the one-stream pass\n", row.name.c_str());
       return 3;
     }
   }
@@ -160,7 +152,7 @@ int main(int argc, char** argv) {
   // RP_CPU=1 at 1 thread: the calling thread's CPU time (the pool of one runs the calls on the caller)
   const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
   int c = 0;
-  std::vector<std::vector<double>> ratio(rows.size());  // per round: lean / row
+  std::vector<std::vector<double>> ratio(rows.size());  // per round: one / row
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
@@ -175,7 +167,7 @@ int main(int argc, char** argv) {
     }
     for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
   }
-  std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = lean time / row time\n",
+  std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = one-stream time / row time\n",
               dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies,
               cpu ? "thread CPU time" : "wall");
   std::printf("%-14s %9s %9s %9s %9s %8s %8s %9s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)",

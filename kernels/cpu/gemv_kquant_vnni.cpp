@@ -535,17 +535,21 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // now loaded once here too (the empty asm), and with the packed layout the lean pass read
 // 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
 // left opt-in for a quiet A/B.)
-// Super-groups a lean pass walks side by side (EMOLLM_KQ_STREAMS: 1, 2 or 4; default 1) and how
-// far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes; default 4 KiB with
-// several streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Several streams are the q4_0
-// two-stream pass's form (gemv_repacked.cpp ms_q40_avx512): a range's super-groups cut into S
-// contiguous parts read side by side (kq_lean_parts), each stream's prefetches running on into
-// its next super-group. (Session 15's form walked S adjacent super-groups at a time, each batch
-// starting cold: 0.80-0.92x the single stream, loaded.)
+// Streams a thread's lean pass reads side by side (EMOLLM_KQ_STREAMS: 2, the default since
+// session 20, or 1) and how far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes;
+// default 4 KiB with two streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Two streams are
+// the q4_0 two-stream pass's form (gemv_repacked.cpp ms_q40_avx512): a range's super-groups cut
+// into 2 contiguous parts read side by side (kq_lean_parts), each stream's prefetches running on
+// into its next super-group. Measured (session 20, Zen 5, 1 thread, cold 2 MiB pages, thread CPU
+// time, median of the per-round ratios over 60 interleaved rounds, load ~6; bench kq_streams_ab):
+// q4_K 1.10-1.11x the one-stream pass at 4 KiB ahead (2 KiB 1.09-1.12x, 8 KiB 1.09x); q6_K
+// 1.18-1.21x with one prefetch loop a stream at each step's top, 1.22-1.30x with the prefetches
+// spread over the step's groups as its one-stream pass (so q6_K spreads them here too). Four
+// streams: 0.97-1.02x (removed). Session 15's form walked 2 or 4 adjacent super-groups at a time,
+// each batch starting cold: 0.80-0.92x the single stream.
 std::atomic<int>& kq_streams_var() {
   static std::atomic<int> v{[] {
-    const long long s = env_int("EMOLLM_KQ_STREAMS", 1);
-    return s >= 4 ? 4 : s >= 2 ? 2 : 1;
+    return env_int("EMOLLM_KQ_STREAMS", 2) >= 2 ? 2 : 1;
   }()};
   return v;
 }
@@ -561,13 +565,6 @@ int64_t kq_stream_prefetch(int streams) {
   const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
   return v >= 0 ? v : streams > 1 ? int64_t(4096) : sg_prefetch();
 }
-// Several streams: q6_K's prefetches spread over each step's groups as its one-stream pass
-// (EMOLLM_KQ_MS_SPREAD=1) or one loop a stream at the step's top (default; both types). For the A/B.
-std::atomic<bool>& kq_ms_spread_var() {
-  static std::atomic<bool> v{env_int("EMOLLM_KQ_MS_SPREAD", 0) != 0};
-  return v;
-}
-
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; the min terms (which do not
 // depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
@@ -700,21 +697,15 @@ EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
   }
 }
 
-// Super-groups [q0, q1). One stream (default): one after the other. kq_streams() = S > 1: the
-// range in S contiguous parts side by side (kq_lean_parts), a remainder in 2 parts, then 1.
+// Super-groups [q0, q1). kq_streams() = 2 (default): the range in 2 contiguous parts side by side
+// (kq_lean_parts), an odd one left over as one part after them; 1: one after the other.
 template <DType T, int G, bool P>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
-  const int S = kq_streams();
-  if (S > 1) {
-    const int64_t pf = kq_stream_prefetch(S);
-    const bool spread = T == DType::Q6_K && kq_ms_spread_var().load(std::memory_order_relaxed);
+  if (kq_streams() == 2) {
+    const int64_t pf = kq_stream_prefetch(2);
+    const bool spread = T == DType::Q6_K;  // as its one-stream pass (kq_lean_streams)
     int64_t q = q0;
-    if (S == 4 && (q1 - q) / 4 >= 1) {
-      const int64_t per = (q1 - q) / 4;
-      kq_lean_parts<T, G, 4, P>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
-      q += 4 * per;
-    }
     if ((q1 - q) / 2 >= 1) {
       const int64_t per = (q1 - q) / 2;
       kq_lean_parts<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
@@ -754,12 +745,11 @@ SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : 
 // Super-groups per chunk of the dispatch: about 8 a thread; with the lean pass a multiple of its
 // streams, so that a chunk walks them side by side (the outputs do not depend on it).
 int64_t sg_chunk(int64_t groups, int nth) {
-  const int64_t S = kq_streams();
-  if (!kquant_lean() || S == 1) return std::max<int64_t>(1, groups / (8 * nth));
-  // several streams: claims of up to a quarter of a thread's range (parallel_ranges shrinks them
+  if (!kquant_lean() || kq_streams() == 1) return std::max<int64_t>(1, groups / (8 * nth));
+  // two streams: claims of up to a quarter of a thread's range (parallel_ranges shrinks them
   // from there), so that the parts stay several super-groups long
-  const int64_t c = std::max<int64_t>(S, groups / (4 * nth));
-  return (c + S - 1) / S * S;
+  const int64_t c = std::max<int64_t>(2, groups / (4 * nth));
+  return (c + 1) / 2 * 2;
 }
 
 // The super-groups of the G > 1 records over the pool: contiguous ranges with stealing, one long
@@ -773,9 +763,8 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 
 }  // namespace
 
-void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 4 ? 4 : streams >= 2 ? 2 : 1); }
+void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 2 ? 2 : 1); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
-void set_kquant_ms_spread(bool on) { kq_ms_spread_var().store(on); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
   const Args& a = outs[0];
