@@ -9,7 +9,7 @@
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
 // embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
-// entries dropped before each block; none: nothing switched (A/A, or a profile); AB_PROMPT=n
+// entries dropped before each block; AB_THP=0: no transparent huge pages in the process; none: nothing switched (A/A, or a profile); AB_PROMPT=n
 // prompt tokens first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
@@ -36,6 +36,7 @@
 #include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
 #include <sys/mman.h>
+#include <sys/prctl.h>
 using namespace emollm;
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
@@ -137,6 +138,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::printf("switch %s\n", sw);
+  // AB_THP=0: transparent huge pages off for this process before the load (prctl
+  // PR_SET_THP_DISABLE): the weights' records in 4 KiB pages, to see what coverage does to a ratio
+  if (std::getenv("AB_THP") && std::strcmp(std::getenv("AB_THP"), "0") == 0) (void)prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
   void (*const set)(bool) = chosen->set;
   if (chosen->on_context == OnContext::ReloadedModel) set(false);
   LlamaLoadOptions lo; lo.threads = threads;

@@ -167,9 +167,17 @@ int main(int argc, char** argv) {
     }
     for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
   }
-  std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = one-stream time / row time\n",
-              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies,
-              cpu ? "thread CPU time" : "wall");
+  // the copies' huge-page coverage (the process's AnonHugePages against the copies' bytes)
+  double anon_kb = 0;
+  if (FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "AnonHugePages: %lf kB", &anon_kb) == 1) break;
+    std::fclose(f);
+  }
+  std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages (AnonHugePages %.0f of %.0f MiB), %s; ratio = one-stream time / row time\n",
+              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, anon_kb / 1024,
+              double(bytes) * copies / (1 << 20), cpu ? "thread CPU time" : "wall");
   std::printf("%-14s %9s %9s %9s %9s %8s %8s %9s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)",
               "r(med)", "med r/rnd");
   double gb = 0, gm = 0;

@@ -638,39 +638,12 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     }
 }
 
-// Super-groups [q0, q0 + S) side by side (each prefetched pf bytes ahead along itself; `cold`: the
-// first pf bytes of each before starting). Each output's arithmetic is kq_records_sg<T, 1, G>'s.
-template <DType T, int G, int S, bool P>
-EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
-                            int64_t q0, int64_t pf, bool cold) {
-  constexpr bool q6 = T == DType::Q6_K;
-  constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
-  const size_t sgb = size_t(ns) * rec;
-  const uint8_t* p[S];
-  for (int k = 0; k < S; ++k) p[k] = Wr + size_t(q0 + k) * sgb;
-  if (cold && pf > 0)
-    for (int k = 0; k < S; ++k)
-      for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
-  // q6_K's prefetches spread over each step's groups (q4_K: refuted). Read at run time although it
-  // is always true here for q6_K: this form compiles to the instructions of the pass the quiet A/B
-  // measured (objdump, every lean instance identical to session 18's with EMOLLM_KQ_PF_SPREAD).
-  const bool spread = q6 && kquant_lean_q6();
-  __m512 y[S][G];
-  for (int k = 0; k < S; ++k)
-    for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
-  for (int64_t s = 0; s < ns; ++s) {
-    kq_lean_records<T, G, S, P>(p, s, xr, pf, spread, y);
-    for (int k = 0; k < S; ++k) p[k] += rec;
-  }
-  for (int k = 0; k < S; ++k)
-    for (int gi = 0; gi < G; ++gi)
-      if (!kq_store_group<1>(&y[k][gi], bias, Y, 0, N, ((q0 + k) * G + gi) * kKqRows)) break;
-}
-
 // S streams over super-groups [q0, q0 + S per): stream k reads the per super-groups from
 // q0 + k per one after the other (one contiguous run of bytes), all S side by side record by
-// record, each prefetched pf bytes ahead along itself (`cold`: the first pf bytes of each first).
-// Each output's arithmetic is kq_records_sg<T, 1, G>'s (kq_lean_records).
+// record, each prefetched pf bytes ahead along itself, so that a stream's prefetches run on into
+// its next super-group (`cold`: the first pf bytes of each first; nothing earlier did); spread:
+// q6_K's prefetches spread over each step's groups (kq_lean_records). Each output's arithmetic is
+// kq_records_sg<T, 1, G>'s.
 template <DType T, int G, int S, bool P>
 EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
                           int64_t q0, int64_t per, int64_t pf, bool spread, bool cold) {
@@ -702,20 +675,16 @@ EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 template <DType T, int G, bool P>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
-  if (kq_streams() == 2) {
-    const int64_t pf = kq_stream_prefetch(2);
-    const bool spread = T == DType::Q6_K;  // as its one-stream pass (kq_lean_streams)
-    int64_t q = q0;
-    if ((q1 - q) / 2 >= 1) {
-      const int64_t per = (q1 - q) / 2;
-      kq_lean_parts<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
-      q += 2 * per;
-    }
-    if (q < q1) kq_lean_parts<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, q1 - q, pf, spread, cold);
-    return;
+  const int S = kq_streams();
+  const int64_t pf = kq_stream_prefetch(S);
+  const bool spread = T == DType::Q6_K;  // q6_K: spread (two streams 1.22-1.30x, one loop a step 1.18-1.21x)
+  int64_t q = q0;
+  if (S == 2 && q1 - q >= 2) {
+    const int64_t per = (q1 - q) / 2;
+    kq_lean_parts<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
+    q += 2 * per;
   }
-  // one stream: only the range's start is cold (each super-group's prefetch runs into the next)
-  for (int64_t q = q0; q < q1; ++q) kq_lean_streams<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, kq_stream_prefetch(1), cold && q == q0);
+  if (q < q1) kq_lean_parts<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, q1 - q, pf, spread, cold);
 }
 
 using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
