@@ -2,14 +2,14 @@
 // backend.h set_gemv_next_prefetch; q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
-// over each step's groups); qk_wide: the decode attention's qk16;
+// over each step's groups); kq_ms: that pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
 // embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
-// entries dropped before each block; none: nothing switched (A/A, or a profile); AB_PROMPT=n
+// entries dropped before each block; AB_THP=0: no transparent huge pages in the process; none: nothing switched (A/A, or a profile); AB_PROMPT=n
 // prompt tokens first, default 16):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
@@ -31,16 +31,46 @@
 #include "base/thread_pool.h"  // pool_dynamic_split
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_ms
-#include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6
+#include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6, set_kquant_streams
 #include "cpu/kernels.h"             // set_kq6_packed
 #include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
 #include <sys/mman.h>
+#include <sys/prctl.h>
 using namespace emollm;
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
 // the weights are packed). The second context gets the same prompt first.
 enum class OnContext { Same, KvF16, ReloadedModel };
+// The process's huge-page coverage (/proc/self/smaps), printed after the A/B beside its ratio: over
+// the mappings of at least 2 MiB (the weights' records, the mapped file, the KV cache), their
+// size, Rss, AnonHugePages (2 MiB anonymous pages: kquant_repack's records) and FilePmdMapped
+// (2 MiB pages of the file), MiB; the largest such mapping on its own.
+void print_huge_coverage() {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return;
+  char line[512];
+  double size = 0, rss = 0, anon = 0, pmd = 0, cur[4] = {0, 0, 0, 0}, big[4] = {0, 0, 0, 0};
+  auto flush = [&] {
+    if (cur[0] >= 2 * 1024) {
+      size += cur[0], rss += cur[1], anon += cur[2], pmd += cur[3];
+      if (cur[0] > big[0]) std::copy(cur, cur + 4, big);
+    }
+    std::fill(cur, cur + 4, 0.0);
+  };
+  while (std::fgets(line, sizeof line, f)) {
+    double kb = 0;
+    if (std::sscanf(line, "Size: %lf kB", &kb) == 1) flush(), cur[0] = kb;
+    else if (std::sscanf(line, "Rss: %lf kB", &kb) == 1) cur[1] = kb;
+    else if (std::sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) cur[2] = kb;
+    else if (std::sscanf(line, "FilePmdMapped: %lf kB", &kb) == 1) cur[3] = kb;
+  }
+  flush();
+  std::fclose(f);
+  std::printf("smaps (mappings >= 2 MiB): size %.0f rss %.0f AnonHugePages %.0f FilePmdMapped %.0f MiB; largest: size %.0f rss %.0f "
+              "AnonHugePages %.0f FilePmdMapped %.0f MiB\n",
+              size / 1024, rss / 1024, anon / 1024, pmd / 1024, big[0] / 1024, big[1] / 1024, big[2] / 1024, big[3] / 1024);
+}
 // The model's token embedding table (set after the load) and what the embd_populate switch does to it.
 const void* g_embd = nullptr;
 size_t g_embd_bytes = 0;
@@ -68,6 +98,8 @@ const AbSwitch kSwitches[] = {
     {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
     // q6_K on the lean pass (its prefetches spread over each step's groups) against the default pass
     {"kquant_lean_q6", [](bool on) { gemm_detail::set_kquant_lean_q6(on); }},
+    // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
+    {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
@@ -106,6 +138,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::printf("switch %s\n", sw);
+  // AB_THP=0: transparent huge pages off for this process before the load (prctl
+  // PR_SET_THP_DISABLE): the weights' records in 4 KiB pages, to see what coverage does to a ratio
+  if (std::getenv("AB_THP") && std::strcmp(std::getenv("AB_THP"), "0") == 0) (void)prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
   void (*const set)(bool) = chosen->set;
   if (chosen->on_context == OnContext::ReloadedModel) set(false);
   LlamaLoadOptions lo; lo.threads = threads;
@@ -171,6 +206,7 @@ int main(int argc, char** argv) {
     std::printf("round %d: off %.2f tok/s, on %.2f tok/s, on/off speed %.3f\n", r, block / a, block / b, a / b);
   }
   std::sort(ratios.begin(), ratios.end());
+  print_huge_coverage();
   std::printf("TOTAL off %.2f tok/s on %.2f tok/s speed on/off %.3f (median round %.3f, min %.3f max %.3f)\n",
               rounds * block / ta, rounds * block / tb, ta / tb, ratios[ratios.size() / 2], ratios.front(), ratios.back());
 }

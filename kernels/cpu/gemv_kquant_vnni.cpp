@@ -535,30 +535,36 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // now loaded once here too (the empty asm), and with the packed layout the lean pass read
 // 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
 // left opt-in for a quiet A/B.)
-// Super-groups a lean pass walks side by side (EMOLLM_KQ_STREAMS: 1, 2 or 4; default 1) and how
-// far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes; default 2 KiB with
-// several streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Tried because one thread's
-// single stream of plain loads read ~21-29 GB/s cold here and 4 streams interleaved 128 bytes at a
-// time 37-40 GB/s (bench_kernels' read probe walks 4), also with 4 vpdpbusd a line. But in this
-// pass 4 streams (taking turns a group's sub-block, 4 lines, at a time) ran 0.80-0.92x the single
-// stream, 2 streams ~0.88x (loaded, 1 thread, thread CPU time, median of 40 interleaved rounds;
-// taking turns a whole 9 KiB record at a time was no better): an opt-in for a quiet machine's A/B.
+// Streams a thread's lean pass reads side by side (EMOLLM_KQ_STREAMS: 2, the default since
+// session 20, or 1) and how far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes;
+// default 4 KiB with two streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Two streams are
+// the q4_0 two-stream pass's form (gemv_repacked.cpp ms_q40_avx512): a range's super-groups cut
+// into 2 contiguous parts read side by side (kq_lean_parts), each stream's prefetches running on
+// into its next super-group. Measured (session 20, Zen 5, 1 thread, cold 2 MiB pages, thread CPU
+// time, median of the per-round ratios over 60 interleaved rounds, load ~6; bench kq_streams_ab):
+// q4_K 1.10-1.11x the one-stream pass at 4 KiB ahead (2 KiB 1.09-1.12x, 8 KiB 1.09x); q6_K
+// 1.18-1.21x with one prefetch loop a stream at each step's top, 1.22-1.30x with the prefetches
+// spread over the step's groups as its one-stream pass (so q6_K spreads them here too). Four
+// streams: 0.97-1.02x (removed). Session 15's form walked 2 or 4 adjacent super-groups at a time,
+// each batch starting cold: 0.80-0.92x the single stream.
 std::atomic<int>& kq_streams_var() {
   static std::atomic<int> v{[] {
-    const long long s = env_int("EMOLLM_KQ_STREAMS", 1);
-    return s >= 4 ? 4 : s >= 2 ? 2 : 1;
+    return env_int("EMOLLM_KQ_STREAMS", 2) >= 2 ? 2 : 1;
   }()};
   return v;
 }
 int kq_streams() { return kq_streams_var().load(std::memory_order_relaxed); }
-int64_t kq_stream_prefetch(int streams) {
-  static const int64_t v = [] {
+std::atomic<int64_t>& kq_stream_prefetch_var() {
+  static std::atomic<int64_t> v{[] {
     const char* e = std::getenv("EMOLLM_KQ_STREAM_PREFETCH");
-    return e ? std::atoll(e) : int64_t(-1);
-  }();
-  return v >= 0 ? v : streams > 1 ? int64_t(2048) : sg_prefetch();
+    return e ? int64_t(std::atoll(e)) : int64_t(-1);
+  }()};
+  return v;
 }
-
+int64_t kq_stream_prefetch(int streams) {
+  const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
+  return v >= 0 ? v : streams > 1 ? int64_t(4096) : sg_prefetch();
+}
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; the min terms (which do not
 // depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
@@ -632,50 +638,53 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     }
 }
 
-// Super-groups [q0, q0 + S) side by side (each prefetched pf bytes ahead along itself; `cold`: the
-// first pf bytes of each before starting). Each output's arithmetic is kq_records_sg<T, 1, G>'s.
+// S streams over super-groups [q0, q0 + S per): stream k reads the per super-groups from
+// q0 + k per one after the other (one contiguous run of bytes), all S side by side record by
+// record, each prefetched pf bytes ahead along itself, so that a stream's prefetches run on into
+// its next super-group (`cold`: the first pf bytes of each first; nothing earlier did); spread:
+// q6_K's prefetches spread over each step's groups (kq_lean_records). Each output's arithmetic is
+// kq_records_sg<T, 1, G>'s.
 template <DType T, int G, int S, bool P>
-EMO_TK void kq_lean_streams(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
-                            int64_t q0, int64_t pf, bool cold) {
+EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
+                          int64_t q0, int64_t per, int64_t pf, bool spread, bool cold) {
   constexpr bool q6 = T == DType::Q6_K;
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   const size_t sgb = size_t(ns) * rec;
   const uint8_t* p[S];
-  for (int k = 0; k < S; ++k) p[k] = Wr + size_t(q0 + k) * sgb;
+  for (int k = 0; k < S; ++k) p[k] = Wr + size_t(q0 + k * per) * sgb;
   if (cold && pf > 0)
     for (int k = 0; k < S; ++k)
+#pragma GCC unroll 1
       for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
-  // q6_K's prefetches spread over each step's groups (q4_K: refuted). Read at run time although it
-  // is always true here for q6_K: this form compiles to the instructions of the pass the quiet A/B
-  // measured (objdump, every lean instance identical to session 18's with EMOLLM_KQ_PF_SPREAD).
-  const bool spread = q6 && kquant_lean_q6();
-  __m512 y[S][G];
-  for (int k = 0; k < S; ++k)
-    for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
-  for (int64_t s = 0; s < ns; ++s) {
-    kq_lean_records<T, G, S, P>(p, s, xr, pf, spread, y);
-    for (int k = 0; k < S; ++k) p[k] += rec;
+  for (int64_t i = 0; i < per; ++i) {
+    __m512 y[S][G];
+    for (int k = 0; k < S; ++k)
+      for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; ++s) {
+      kq_lean_records<T, G, S, P>(p, s, xr, pf, spread, y);
+      for (int k = 0; k < S; ++k) p[k] += rec;  // the last record's next is the part's next super-group
+    }
+    for (int k = 0; k < S; ++k)
+      for (int gi = 0; gi < G; ++gi)
+        if (!kq_store_group<1>(&y[k][gi], bias, Y, 0, N, ((q0 + k * per + i) * G + gi) * kKqRows)) break;
   }
-  for (int k = 0; k < S; ++k)
-    for (int gi = 0; gi < G; ++gi)
-      if (!kq_store_group<1>(&y[k][gi], bias, Y, 0, N, ((q0 + k) * G + gi) * kKqRows)) break;
 }
 
-// Super-groups [q0, q1): kq_streams() at a time, the rest fewer. With several streams every batch
-// prefetches its own starts (a stream's prefetch runs into the next super-group, which the next
-// batch reads as another stream's middle, not its start).
+// Super-groups [q0, q1). kq_streams() = 2 (default): the range in 2 contiguous parts side by side
+// (kq_lean_parts), an odd one left over as one part after them; 1: one after the other.
 template <DType T, int G, bool P>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
   const int S = kq_streams();
   const int64_t pf = kq_stream_prefetch(S);
+  const bool spread = T == DType::Q6_K;  // q6_K: spread (two streams 1.22-1.30x, one loop a step 1.18-1.21x)
   int64_t q = q0;
-  if (S == 4)
-    for (; q + 4 <= q1; q += 4) kq_lean_streams<T, G, 4, P>(Wr, ns, xr, bias, Y, N, q, pf, true);
-  if (S >= 2)
-    for (; q + 2 <= q1; q += 2) kq_lean_streams<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, pf, true);
-  // one stream: only the range's start is cold (each super-group's prefetch runs into the next)
-  for (; q < q1; ++q) kq_lean_streams<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, S == 1 ? pf : sg_prefetch(), S > 1 || (cold && q == q0));
+  if (S == 2 && q1 - q >= 2) {
+    const int64_t per = (q1 - q) / 2;
+    kq_lean_parts<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
+    q += 2 * per;
+  }
+  if (q < q1) kq_lean_parts<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, q1 - q, pf, spread, cold);
 }
 
 using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
@@ -705,10 +714,11 @@ SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : 
 // Super-groups per chunk of the dispatch: about 8 a thread; with the lean pass a multiple of its
 // streams, so that a chunk walks them side by side (the outputs do not depend on it).
 int64_t sg_chunk(int64_t groups, int nth) {
-  const int64_t c = std::max<int64_t>(1, groups / (8 * nth));
-  const int64_t S = kq_streams();
-  if (!kquant_lean() || S == 1) return c;
-  return (c + S - 1) / S * S;
+  if (!kquant_lean() || kq_streams() == 1) return std::max<int64_t>(1, groups / (8 * nth));
+  // two streams: claims of up to a quarter of a thread's range (parallel_ranges shrinks them
+  // from there), so that the parts stay several super-groups long
+  const int64_t c = std::max<int64_t>(2, groups / (4 * nth));
+  return (c + 1) / 2 * 2;
 }
 
 // The super-groups of the G > 1 records over the pool: contiguous ranges with stealing, one long
@@ -722,7 +732,8 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 
 }  // namespace
 
-void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 4 ? 4 : streams >= 2 ? 2 : 1); }
+void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 2 ? 2 : 1); }
+void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
   const Args& a = outs[0];

@@ -43,9 +43,12 @@ bool kquant_lean();
 void set_kquant_lean_q6(bool enabled);
 bool kquant_lean_q6();
 #if defined(__x86_64__)
-// Super-groups the lean pass walks side by side: 1 (default), 2 or 4 (EMOLLM_KQ_STREAMS; other
-// values round down to one of them). Same bits at any; for the tests and A/B runs.
+// Streams a thread's lean pass reads side by side: 2 (default: its super-groups in two contiguous
+// parts) or 1 (EMOLLM_KQ_STREAMS=1; other values: 2 from 2 up, else 1), and how far ahead along
+// each it prefetches (bytes; -1: the default, 4 KiB with two streams; EMOLLM_KQ_STREAM_PREFETCH).
+// Same bits at any; for the tests and A/B runs.
 void set_kquant_streams(int streams);
+void set_kquant_stream_prefetch(int64_t bytes);
 #endif
 
 }  // namespace gemm_detail

@@ -1,0 +1,195 @@
+// The K-quant records' M = 1 GEMV (q4_K / q6_K, 64-row records) on one stream a thread (the lean
+// pass before session 20) against two (the default: gemv_kquant_vnni.cpp kq_lean_parts, the
+// thread's super-groups cut into 2 contiguous parts read side by side, each prefetched `ahead` on
+// along itself: the q4_0 two-stream pass's form), and a plain read of the same bytes, cold,
+// interleaved call by call (shuffled order each round). Every gemv row's bits are checked against
+// the first row's before timing. Rows (ratio = the one row's time / this row's; > 1: faster):
+//   one               one stream (set_kquant_streams(1); q6_K's prefetches spread over each step's groups)
+//   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
+//   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
+// Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores).
+// Usage (repository root): [RP_CPU=1] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
+#include <sys/mman.h>
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "cpu/gemv_kquant_vnni.h"  // set_kquant_streams, set_kquant_stream_prefetch
+#include "cpu/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+using namespace emollm;
+
+namespace {
+std::atomic<uint64_t> g_sink{0};
+
+#if defined(__x86_64__)
+#define RP_AVX512 __attribute__((target("avx512f")))
+uint64_t fold(__m512i v) RP_AVX512;
+uint64_t fold(__m512i v) {
+  alignas(64) uint64_t u[8];
+  _mm512_store_si512(u, v);
+  return u[0] ^ u[3] ^ u[7];
+}
+// four streams over `bytes` at p, 128 bytes a stream a step, prefetch 1 KiB ahead (bench_kernels' read probe loop)
+RP_AVX512 uint64_t read4(const uint8_t* p, size_t bytes) {
+  const size_t step = 128, per = bytes / 4 / step * step;
+  __m512i a[4];
+  for (auto& v : a) v = _mm512_setzero_si512();
+  for (size_t o = 0; o < per; o += step)
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t* q = p + k * per + o;
+      for (size_t l = 0; l < step; l += 64) _mm_prefetch(reinterpret_cast<const char*>(q + 1024 + l), _MM_HINT_T0);
+      for (size_t l = 0; l < step; l += 64) a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512(q + l));
+    }
+  return fold(a[0]) ^ fold(a[1]) ^ fold(a[2]) ^ fold(a[3]);
+}
+#endif
+
+uint8_t* huge_alloc(size_t n) {
+  const size_t h = size_t(2) << 20, a = (n + h - 1) / h * h;
+  auto* p = static_cast<uint8_t*>(std::aligned_alloc(h, a));
+  if (!p) std::abort();
+#if defined(MADV_HUGEPAGE)
+  (void)madvise(p, a, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+#if !defined(__x86_64__)
+  std::printf("kq_streams_ab: x86-64 only\n");
+  return 0;
+#else
+  const DType t = argc > 1 && std::strcmp(argv[1], "q6_K") == 0 ? DType::Q6_K : DType::Q4_K;
+  const int threads = argc > 2 ? std::atoi(argv[2]) : 1, rounds = argc > 3 ? std::atoi(argv[3]) : 60;
+  const int64_t N = argc > 4 ? std::atoll(argv[4]) : 5632, K = argc > 5 ? std::atoll(argv[5]) : 2048;
+  if (!kquant_repacked_usable() || K % 256 != 0) {
+    std::fprintf(stderr, "kq_streams_ab: needs AVX-512 VNNI and K a multiple of 256\n");
+    return 2;
+  }
+  ThreadPool pool(threads);
+  const size_t bytes = kquant_repack_bytes(t, N, K);
+  const int copies = int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  // random blocks with d (and q4_K's dmin) 2^-7: every code, scale and min pattern
+  const size_t bb = t == DType::Q6_K ? 210 : 144, nblk = size_t(N) * size_t(K / 256);
+  std::vector<uint8_t> w(bb * nblk);
+  std::mt19937 rng(7);
+  for (auto& b : w) b = uint8_t(rng());
+  for (size_t i = 0; i < nblk; ++i) {
+    uint8_t* b = w.data() + i * bb;
+    if (t == DType::Q6_K)
+      b[208] = 0, b[209] = 0x20;
+    else
+      b[0] = 0, b[1] = 0x20, b[2] = 0, b[3] = 0x20;
+  }
+  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
+  cp[0] = huge_alloc(bytes);
+  kquant_repack(w.data(), t, N, K, cp[0], &pool);
+  for (int c = 1; c < copies; ++c) cp[size_t(c)] = huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
+  auto gemv = [&](int streams, int64_t ahead) {
+    return [&, streams, ahead](const uint8_t* W) {
+      gemm_detail::set_kquant_streams(streams);
+      gemm_detail::set_kquant_stream_prefetch(ahead);
+      gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_detail::set_kquant_streams(2);
+      gemm_detail::set_kquant_stream_prefetch(-1);
+    };
+  };
+  struct Row {
+    std::string name;
+    std::function<void(const uint8_t*)> run;
+    std::vector<double> t;
+  };
+  std::vector<Row> rows = {
+      {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}}};
+  const int64_t per_thread = (N + 63) / 64;
+  rows.push_back({"read-4", [&](const uint8_t* W) {
+                    pool.run([&](int ith, int nth) {
+                      const int64_t s0 = per_thread * ith / nth, s1 = per_thread * (ith + 1) / nth;
+                      const size_t sg = bytes / size_t(per_thread);
+                      g_sink.fetch_xor(read4(W + size_t(s0) * sg, size_t(s1 - s0) * sg), std::memory_order_relaxed);
+                    });
+                  }, {}});
+  // RP_ROWS=a,b,...: only the rows named (the first row, one, always)
+  if (const char* keep = std::getenv("RP_ROWS")) {
+    const std::string list = std::string(",") + keep + ",";
+    std::vector<Row> kept;
+    for (auto& row : rows)
+      if (kept.empty() || list.find("," + row.name + ",") != std::string::npos) kept.push_back(row);
+    rows = kept;
+  }
+  rows[0].run(cp[0]);
+  const std::vector<float> ref = y;
+  for (auto& row : rows) {
+    if (row.name.rfind("read", 0) == 0) continue;
+    std::fill(y.begin(), y.end(), -1.f);
+    row.run(cp[0]);
+    if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
+      std::fprintf(stderr, "kq_streams_ab: %s differs from the one-stream pass\n", row.name.c_str());
+      return 3;
+    }
+  }
+  std::vector<size_t> order(rows.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // RP_CPU=1 at 1 thread: the calling thread's CPU time (the pool of one runs the calls on the caller)
+  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
+  int c = 0;
+  std::vector<std::vector<double>> ratio(rows.size());  // per round: one / row
+  for (int r = 0; r < rounds; ++r) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i : order) {
+      const uint8_t* W = cp[size_t(c++ % copies)];
+      timespec c0, c1;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+      const auto t0 = std::chrono::steady_clock::now();
+      rows[i].run(W);
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+      rows[i].t.push_back(cpu ? double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec) : wall);
+    }
+    for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
+  }
+  // the copies' huge-page coverage (the process's AnonHugePages against the copies' bytes)
+  double anon_kb = 0;
+  if (FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "AnonHugePages: %lf kB", &anon_kb) == 1) break;
+    std::fclose(f);
+  }
+  std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages (AnonHugePages %.0f of %.0f MiB), %s; ratio = one-stream time / row time\n",
+              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, anon_kb / 1024,
+              double(bytes) * copies / (1 << 20), cpu ? "thread CPU time" : "wall");
+  std::printf("%-14s %9s %9s %9s %9s %8s %8s %9s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)",
+              "r(med)", "med r/rnd");
+  double gb = 0, gm = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto& row = rows[i];
+    std::sort(row.t.begin(), row.t.end());
+    std::sort(ratio[i].begin(), ratio[i].end());
+    const double b = row.t.front(), m = row.t[row.t.size() / 2];
+    if (gb == 0) gb = b, gm = m;
+    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f %9.3f\n", row.name.c_str(), b * 1e6, m * 1e6,
+                double(bytes) / b * 1e-9, double(bytes) / m * 1e-9, gb / b, gm / m, ratio[i][ratio[i].size() / 2]);
+  }
+  return g_sink.load() == 42 ? 1 : 0;
+#endif
+}
