@@ -610,7 +610,7 @@ constexpr int kStreams = 4;
 #endif
 constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 
-template <DType DT, int Hint = _MM_HINT_T0>
+template <DType DT, int Hint = _MM_HINT_T0, int Lines = 2>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_streams: BF16, F16 or F32 weights");
   constexpr int S = kStreams;
@@ -633,7 +633,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
           const uint8_t* p = row[q] + 4 * k;
           if constexpr (Hint >= 0) {
             _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
-            _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+            if constexpr (Lines == 2) _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
           }
           f32_stream_step(p, x + k, s[q]);
         }
@@ -648,7 +648,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
         const uint8_t* p = row[q] + 2 * k;
         if constexpr (Hint >= 0) {
           _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
-          _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+          if constexpr (Lines == 2) _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
         }
         __m512i v[2];
         if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
@@ -764,6 +764,7 @@ EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
   switch (gemv_streams_prefetch()) {
     case GemvPrefetch::Nta: return gemv_streams<DT, _MM_HINT_NTA>(a, x, n0, n1);
     case GemvPrefetch::None: return gemv_streams<DT, -1>(a, x, n0, n1);
+    case GemvPrefetch::T0Half: return gemv_streams<DT, _MM_HINT_T0, 1>(a, x, n0, n1);
     default: return gemv_streams<DT>(a, x, n0, n1);
   }
 }

@@ -187,7 +187,7 @@ bool gemv_ms2();
 // The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
 // non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
 // Same bits. For the A/B rows of bench_kernels; process-wide.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T0Half = 3 };  // T0Half: the first line of each 128-byte step only (the read probe's form)
 void set_gemv_streams_prefetch(GemvPrefetch p);
 GemvPrefetch gemv_streams_prefetch();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
