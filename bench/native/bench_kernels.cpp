@@ -1005,7 +1005,7 @@ void with_switch(void (*set)(bool), bool on, Fn&& fn) {
 
 // gemv_streams' software prefetch hints other than the default (T0), for the bf16 / f16 M = 1 rows
 using GemvPf = gemm_detail::GemvPrefetch;
-constexpr GemvPf kOtherPrefetch[] = {GemvPf::Nta, GemvPf::None, GemvPf::T0Half};
+constexpr GemvPf kOtherPrefetch[] = {GemvPf::Nta, GemvPf::None};
 template <class Fn>
 void with_prefetch(GemvPf pf, Fn&& fn) {
   gemm_detail::set_gemv_streams_prefetch(pf);
@@ -1206,7 +1206,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats one_stream, ms2, dnnl_il, pan1, pan1_prev, huge_alone, other_pf[3];
+      Stats one_stream, dnnl_il, pan1, pan1_prev, huge_alone, other_pf[2];
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1339,8 +1339,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
               [&](int i) { run_gemm((*copies)[i]); },
               [&](int i) { run_huge((*hcopies)[i]); },
               [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[i]); }); },
-              // two streams with loop prefetches (set_gemv_ms2), the "huge-ms2" row
-              [&](int i) { with_switch(gemm_detail::set_gemv_ms2, true, [&] { run_huge((*hcopies)[i]); }); },
           };
           // the stream kernel with the other software prefetch hints (set_gemv_streams_prefetch)
           for (GemvPf pf : kOtherPrefetch)
@@ -1364,8 +1362,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           res.st = cur = st[0];
           prev = st[1];
           one_stream = st[2];
-          ms2 = st[3];
-          st.erase(st.begin() + 3);
           for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[3 + j];
           st.erase(st.begin() + 3, st.begin() + 3 + std::ptrdiff_t(std::size(kOtherPrefetch)));
           if (panels_m1) {
@@ -1444,13 +1440,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       for (size_t j = 0; stream_ab && j < std::size(kOtherPrefetch); ++j)
         if (other_pf[j].reps > 0) {
           const GemvPf pf = kOtherPrefetch[j];
-          add_row(pf == GemvPf::Nta ? "huge-nta" : pf == GemvPf::None ? "huge-nopf" : "huge-pf1", other_pf[j], "huge", other_pf[j].best / prev.best,
+          add_row(pf == GemvPf::Nta ? "huge-nta" : "huge-nopf", other_pf[j], "huge", other_pf[j].best / prev.best,
                   pf == GemvPf::Nta ? "the huge row's kernel with a non-temporal software prefetch (prefetchnta), "
                                       "interleaved; ratio = its time / the huge row's (>1: the default faster)"
-                  : pf == GemvPf::None ? "the huge row's kernel without software prefetch (hardware prefetchers alone), "
-                                      "interleaved; ratio = its time / the huge row's (>1: the default faster)"
-                                    : "the huge row's kernel prefetching the first line of each 128-byte step only (the "
-                                      "read probe's form), interleaved; ratio = its time / the huge row's (>1: the default faster)",
+                                    : "the huge row's kernel without software prefetch (hardware prefetchers alone), "
+                                      "interleaved; ratio = its time / the huge row's (>1: the default faster)",
                   double(wbytes), [&] { with_prefetch(pf, [&] { run_huge((*hcopies)[0]); }); });
         }
       if (stream_ab && one_stream.reps > 0)
@@ -1458,11 +1452,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 "the huge row's kernel with one stream per thread (EMOLLM_GEMV_STREAMS=0), interleaved; ratio = its "
                 "time / the huge row's (>1: the multi-stream kernel faster)",
                 double(wbytes), [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[0]); }); });
-      if (stream_ab && ms2.reps > 0)
-        add_row("huge-ms2", ms2, "huge", ms2.best / prev.best,
-                "the huge row's kernel as two streams per thread with one prefetch loop per KiB, 4 KiB ahead "
-                "(EMOLLM_GEMV_MS2=1), interleaved; ratio = its time / the huge row's (>1: the default faster)",
-                double(wbytes), [&] { with_switch(gemm_detail::set_gemv_ms2, true, [&] { run_huge((*hcopies)[0]); }); });
       if (panels_m1 && pan1.reps > 0) {
         Result p = make_result(M, dtype_name(t), "panels");
         p.bf16_math = true;

@@ -70,7 +70,6 @@ const AbSwitch kSwitches[] = {
     {"kquant_lean_q6", [](bool on) { gemm_detail::set_kquant_lean_q6(on); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
-    {"gemv_ms2", [](bool on) { gemm_detail::set_gemv_ms2(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},

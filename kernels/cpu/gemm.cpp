@@ -160,15 +160,6 @@ void set_gemv_streams(bool on) { gemv_streams_flag().set(on); }
 bool gemv_streams_enabled() { return gemv_streams_flag().on(); }
 
 namespace {
-EnvSwitch& gemv_ms2_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_MS2", EnvDefault::Off);  // =1: two streams with loop prefetches (measuring)
-  return on;
-}
-}  // namespace
-void set_gemv_ms2(bool on) { gemv_ms2_flag().set(on); }
-bool gemv_ms2() { return gemv_ms2_flag().on(); }
-
-namespace {
 std::atomic<int> g_gemv_streams_prefetch{int(GemvPrefetch::T0)};
 }  // namespace
 void set_gemv_streams_prefetch(GemvPrefetch p) { g_gemv_streams_prefetch.store(int(p), std::memory_order_relaxed); }

@@ -604,13 +604,19 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
 // streams, a 512 B / 2 KiB prefetch or an L2 hint measured lower or within noise). Each row's
 // arithmetic is gemv_stream's (the same accumulators, order and tail): the same bits, whatever
 // the split. Rows left over when [n0, n1) is not a multiple of kStreams: gemv_stream.
+// The prefetches stay among the loads, two a 128-byte step: the q4_0 pass's form (gemv_repacked.cpp
+// ms_q40_avx512: one loop of prefetches a record, 4 KiB ahead, two streams) lost here (Zen 5,
+// 1 thread, cold, interleaved, session 20): 2 streams with one 16-line loop a KiB 4 KiB ahead
+// 1.12-1.48x this kernel's time (the 1.1B bf16 decode 0.83x), 3-4 streams 1.12-1.21x, the same
+// loops with no prefetch at all about the no-prefetch rate: on these light rows a burst of 16-32
+// prefetches costs more than it brings. One prefetch a 128-byte step (the read probe's) 1.09-1.22x.
 constexpr int kStreams = 4;
 #ifndef EMOLLM_GEMV_STREAMS_PF
 #define EMOLLM_GEMV_STREAMS_PF 1024
 #endif
 constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 
-template <DType DT, int Hint = _MM_HINT_T0, int Lines = 2>
+template <DType DT, int Hint = _MM_HINT_T0>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_streams: BF16, F16 or F32 weights");
   constexpr int S = kStreams;
@@ -633,7 +639,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
           const uint8_t* p = row[q] + 4 * k;
           if constexpr (Hint >= 0) {
             _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
-            if constexpr (Lines == 2) _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+            _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
           }
           f32_stream_step(p, x + k, s[q]);
         }
@@ -648,7 +654,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
         const uint8_t* p = row[q] + 2 * k;
         if constexpr (Hint >= 0) {
           _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
-          if constexpr (Lines == 2) _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+          _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
         }
         __m512i v[2];
         if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
@@ -667,104 +673,14 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
   gemv_stream<DT>(a, x, n0 + S * len, n1);
 }
 
-// ------------------------------------------------------------------ two-stream GEMV, loop prefetch (M = 1)
-// gemv_two_streams (EMOLLM_GEMV_MS2): gemv_stream's rows from S contiguous parts of [n0, n1) read side
-// by side, as gemv_streams, but with the prefetch form of the q4_0 two-stream pass
-// (gemv_repacked.cpp ms_q40_avx512): before each kMs2BlockBytes of a stream's row, ONE loop
-// prefetches that stream's lines kMs2AheadBytes further on (rows of a part are contiguous, so the
-// prefetch runs on into the part's next row); none among the loads (written there GCC bunches
-// them, and they act as none). Each row's arithmetic is gemv_stream's (the same accumulators,
-// order and stream_row_end): the same bits. Rows left over when [n0, n1) is not a multiple of S:
-// the same loop on one stream.
-constexpr int kMs2BlockBytes = 1024;  // 16 lines: 8 of the 128-byte steps
-#ifndef EMOLLM_GEMV_MS2_AHEAD
-#define EMOLLM_GEMV_MS2_AHEAD 4096
-#endif
-constexpr int kMs2AheadBytes = EMOLLM_GEMV_MS2_AHEAD;
-
-// `lines` prefetches from p, one loop (unroll 1: GCC keeps it a loop, issued together)
-EMO_T512 EMO_AI void ms2_prefetch(const uint8_t* p, int lines) {
-#pragma GCC unroll 1
-  for (int l = 0; l < lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), _MM_HINT_T0);
-}
-
-// One 128-byte step of a row at p (x at xk) into its accumulators s: gemv_stream's step.
-template <DType DT>
-EMO_T512 EMO_AI void ms2_step(const uint8_t* p, const float* xk, __m512 (&s)[4]) {
-  if constexpr (DT == DType::F32) {
-    f32_stream_step(p, xk, s);
-  } else {
-    __m512i v[2];
-    if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) s[j] = _mm512_fmadd_ps(stream_w<DT>(p, v, j), _mm512_loadu_ps(xk + 16 * j), s[j]);
-  }
-}
-
-template <DType DT, int S>
-EMO_T512 void gemv_ms2_rows(const Args& a, const float* x, int64_t n0, int64_t len, int64_t part, int64_t ahead) {
-  constexpr int64_t kEl = DT == DType::F32 ? 32 : 64;  // elements of a 128-byte step
-  constexpr int kSteps = kMs2BlockBytes / 128;
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t K = a.K;
-  const int64_t steps = K / kEl;  // whole 128-byte steps of a row
-  for (int64_t i = 0; i < len; ++i) {
-    const uint8_t* row[S];
-    __m512 s[S][4];
-#pragma GCC unroll 4
-    for (int q = 0; q < S; ++q) {
-      row[q] = W + size_t(n0 + q * part + i) * a.row_bytes;
-      for (int j = 0; j < 4; ++j) s[q][j] = _mm512_setzero_ps();
-    }
-    int64_t t = 0;
-    for (; t + kSteps <= steps; t += kSteps) {
-#pragma GCC unroll 4
-      for (int q = 0; q < S; ++q) if (ahead >= 0) ms2_prefetch(row[q] + t * 128 + ahead, kSteps * 2);
-#pragma GCC unroll 8
-      for (int u = 0; u < kSteps; ++u)
-#pragma GCC unroll 4
-        for (int q = 0; q < S; ++q) ms2_step<DT>(row[q] + (t + u) * 128, x + (t + u) * kEl, s[q]);
-    }
-    if (t < steps) {
-      const int left = int(steps - t);
-#pragma GCC unroll 4
-      for (int q = 0; q < S; ++q) ms2_prefetch(row[q] + t * 128 + ahead, 2 * left);
-      for (; t < steps; ++t)
-#pragma GCC unroll 4
-        for (int q = 0; q < S; ++q) ms2_step<DT>(row[q] + t * 128, x + t * kEl, s[q]);
-    }
-#pragma GCC unroll 4
-    for (int q = 0; q < S; ++q) {
-      const int64_t n = n0 + q * part + i;
-      a.Y[n] = stream_row_end<DT>(a, x, row[q], steps * kEl, s[q], n);
-    }
-  }
-}
-
-inline int ms2_env(const char* n, int d) { const char* v = std::getenv(n); return v ? std::atoi(v) : d; }
-template <DType DT>
-EMO_T512 void gemv_two_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  static const int S = ms2_env("EMOLLM_MS2_S", 2);
-  static const int64_t ahead = ms2_env("EMOLLM_MS2_AHEAD", kMs2AheadBytes);
-  const int64_t len = (n1 - n0) / S;
-  if (len > 0) {
-    if (S == 2) gemv_ms2_rows<DT, 2>(a, x, n0, len, len, ahead);
-    else if (S == 3) gemv_ms2_rows<DT, 3>(a, x, n0, len, len, ahead);
-    else gemv_ms2_rows<DT, 4>(a, x, n0, len, len, ahead);
-  }
-  if (n0 + S * len < n1) gemv_ms2_rows<DT, 1>(a, x, n0 + S * len, n1 - n0 - S * len, 0, ahead);
-}
-
 // The M = 1 stream kernel for rows [n0, n1): several streams (default) or one
 // (set_gemv_streams(false)); the same bits.
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
   if (!gemv_streams_enabled()) return gemv_stream<DT>(a, x, n0, n1);
-  if (gemv_ms2()) return gemv_two_streams<DT>(a, x, n0, n1);
   switch (gemv_streams_prefetch()) {
     case GemvPrefetch::Nta: return gemv_streams<DT, _MM_HINT_NTA>(a, x, n0, n1);
     case GemvPrefetch::None: return gemv_streams<DT, -1>(a, x, n0, n1);
-    case GemvPrefetch::T0Half: return gemv_streams<DT, _MM_HINT_T0, 1>(a, x, n0, n1);
     default: return gemv_streams<DT>(a, x, n0, n1);
   }
 }

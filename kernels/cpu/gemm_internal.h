@@ -180,14 +180,10 @@ bool gemv_stream_f32();
 // (both must pass) and the A/B rows of bench_kernels / bench:decode; process-wide.
 void set_gemv_streams(bool on);
 bool gemv_streams_enabled();
-// The stream kernels as two streams per thread with one prefetch loop per KiB of each stream, 4 KiB
-// ahead (gemm_avx512.cpp gemv_two_streams; EMOLLM_GEMV_MS2) instead of gemv_streams' 4 streams. Same bits.
-void set_gemv_ms2(bool on);
-bool gemv_ms2();
 // The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
 // non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
 // Same bits. For the A/B rows of bench_kernels; process-wide.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T0Half = 3 };  // T0Half: the first line of each 128-byte step only (the read probe's form)
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
 void set_gemv_streams_prefetch(GemvPrefetch p);
 GemvPrefetch gemv_streams_prefetch();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
