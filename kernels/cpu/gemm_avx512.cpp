@@ -604,6 +604,12 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
 // streams, a 512 B / 2 KiB prefetch or an L2 hint measured lower or within noise). Each row's
 // arithmetic is gemv_stream's (the same accumulators, order and tail): the same bits, whatever
 // the split. Rows left over when [n0, n1) is not a multiple of kStreams: gemv_stream.
+// The prefetches stay among the loads, two a 128-byte step: the q4_0 pass's form (gemv_repacked.cpp
+// ms_q40_avx512: one loop of prefetches a record, 4 KiB ahead, two streams) lost here (Zen 5,
+// 1 thread, cold, interleaved, session 20): 2 streams with one 16-line loop a KiB 4 KiB ahead
+// 1.12-1.48x this kernel's time (the 1.1B bf16 decode 0.83x), 3-4 streams 1.12-1.21x, the same
+// loops with no prefetch at all about the no-prefetch rate: on these light rows a burst of 16-32
+// prefetches costs more than it brings. One prefetch a 128-byte step (the read probe's) 1.09-1.22x.
 constexpr int kStreams = 4;
 #ifndef EMOLLM_GEMV_STREAMS_PF
 #define EMOLLM_GEMV_STREAMS_PF 1024
