@@ -18,19 +18,6 @@ namespace {
 thread_local bool t_in_pool = false;
 // The pool index of this thread: i on worker i, 0 on every other thread (pool_thread_index()).
 thread_local int t_pool_index = 0;
-// The pool whose job this thread runs (its own pool on a worker; during run / run_dynamic on the
-// caller), for side_prefetch_tick; null elsewhere.
-thread_local ThreadPool* t_pool = nullptr;
-// The pool whose set_side_prefetch this thread called last: a caller's own span (index 0) is
-// also consumed by kernels it runs without a pool job (one thread, or work below a kernel's
-// parallel threshold).
-thread_local ThreadPool* t_side_pool = nullptr;
-// Sets t_pool for the caller's share of a job, restoring the previous value after.
-struct CurrentPool {
-  explicit CurrentPool(ThreadPool* p) : prev(t_pool) { t_pool = p; }
-  ~CurrentPool() { t_pool = prev; }
-  ThreadPool* prev;
-};
 
 // Workers spin this many polls before sleeping (and a caller waiting for them before it sleeps):
 // kernels are called back to back (one GEMV per layer during decode), and a futex wake costs tens
@@ -128,8 +115,7 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
-  side_.reset(new SideSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
-  next_.reset(new NextSpan[size_t(std::min(n_threads_, kMaxSideThreads))]);
+  next_.reset(new NextSpan[size_t(std::min(n_threads_, kMaxPrefetchThreads))]);
   shared_.reset(new Shared);
   slots_.reset(new Slot[size_t(n_threads_)]);
   workers_.reserve(size_t(n_threads_ - 1));
@@ -137,7 +123,6 @@ ThreadPool::ThreadPool(int n_threads) {
 }
 
 ThreadPool::~ThreadPool() {
-  if (t_side_pool == this) t_side_pool = nullptr;
   publish(nullptr, nullptr, true);
   for (auto& t : workers_) t.join();
 }
@@ -191,7 +176,6 @@ void ThreadPool::notify_caller() {
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
-    CurrentPool current(t_in_pool ? t_pool : this);
     fn(0, 1);
     return;
   }
@@ -202,7 +186,6 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
   clock.own_share_begins();
   t_in_pool = true;
-  CurrentPool current(this);
   auto run_index = [&](int i) {
     try {
       fn(i, n_threads_);
@@ -241,7 +224,6 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
 void ThreadPool::run_dynamic(const std::function<void()>& fn) {
   if (n_threads_ == 1 || t_in_pool) {
-    CurrentPool current(t_in_pool ? t_pool : this);
     fn();
     return;
   }
@@ -252,7 +234,6 @@ void ThreadPool::run_dynamic(const std::function<void()>& fn) {
 
   clock.own_share_begins();
   t_in_pool = true;
-  CurrentPool current(this);
   try {
     fn();
   } catch (...) {
@@ -290,7 +271,6 @@ void ThreadPool::worker_loop(int ith) {
   uint64_t seen = 0;  // the sequence of the last job (or stop) this worker read: none yet
   t_in_pool = true;
   t_pool_index = ith;
-  t_pool = this;
   Publish& p = shared_->pub;
   Slot& slot = slots_[ith];
   for (;;) {
@@ -354,23 +334,8 @@ void ThreadPool::worker_loop(int ith) {
   }
 }
 
-void ThreadPool::set_side_prefetch(int ith, const void* p, size_t bytes) {
-  if (ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads)) return;
-  side_[ith].p = static_cast<const char*>(p);
-  side_[ith].left = p ? bytes : 0;
-  side_pending_ = side_pending_ || (p && bytes);
-  t_side_pool = this;
-}
-
-void ThreadPool::clear_side_prefetch() {
-  if (t_side_pool == this) t_side_pool = nullptr;
-  if (!side_pending_) return;
-  for (int i = 0; i < std::min(n_threads_, kMaxSideThreads); ++i) side_[i] = SideSpan{};
-  side_pending_ = false;
-}
-
 void ThreadPool::set_next_prefetch(int ith, const void* p, size_t bytes, int units) {
-  if (ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads)) return;
+  if (ith < 0 || ith >= std::min(n_threads_, kMaxPrefetchThreads)) return;
   next_[ith].p.store(static_cast<const char*>(p), std::memory_order_relaxed);
   next_[ith].units.store(std::max(1, units), std::memory_order_relaxed);
   next_[ith].bytes.store(p ? bytes : 0, std::memory_order_relaxed);
@@ -379,7 +344,7 @@ void ThreadPool::set_next_prefetch(int ith, const void* p, size_t bytes, int uni
 
 void ThreadPool::clear_next_prefetch() {
   if (!next_pending_.load(std::memory_order_relaxed)) return;
-  for (int i = 0; i < std::min(n_threads_, kMaxSideThreads); ++i) {
+  for (int i = 0; i < std::min(n_threads_, kMaxPrefetchThreads); ++i) {
     next_[i].bytes.store(0, std::memory_order_relaxed);
     next_[i].p.store(nullptr, std::memory_order_relaxed);
   }
@@ -389,24 +354,12 @@ void ThreadPool::clear_next_prefetch() {
 size_t ThreadPool::next_prefetch(int ith, const char** p, int* units) const {
   *p = nullptr;
   *units = 1;
-  if (!next_pending_.load(std::memory_order_relaxed) || ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads))
+  if (!next_pending_.load(std::memory_order_relaxed) || ith < 0 || ith >= std::min(n_threads_, kMaxPrefetchThreads))
     return 0;
   const size_t bytes = next_[ith].bytes.load(std::memory_order_relaxed);
   *p = next_[ith].p.load(std::memory_order_relaxed);
   *units = next_[ith].units.load(std::memory_order_relaxed);
   return *p ? bytes : 0;
-}
-
-void side_prefetch_tick(int lines) {
-  ThreadPool* pool = t_pool ? t_pool : t_side_pool;
-  const int i = t_pool ? t_pool_index : 0;
-  if (!pool || i >= ThreadPool::kMaxSideThreads || !pool->side_pending_) return;
-  ThreadPool::SideSpan& s = pool->side_[i];
-  if (s.left == 0) return;
-  const size_t n = std::min(s.left, size_t(lines) * 64);
-  for (size_t o = 0; o < n; o += 64) __builtin_prefetch(s.p + o, 0, 3);
-  s.p += n;
-  s.left -= n;
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {

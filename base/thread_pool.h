@@ -49,19 +49,6 @@ class ThreadPool {
   // (EMOLLM_POOL_DYNAMIC_SPLIT=0): the previous static split, one range per pool index.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
-  // Side prefetch: bytes that pool thread ith brings into its caches a few lines at a time, from
-  // side_prefetch_tick() calls inside the jobs it runs (a kernel that leaves the memory mostly
-  // idle, as decode attention at short contexts: the start of the thread's own part of the GEMV
-  // that follows). Set by the pool's caller between jobs (the next job's start publishes it),
-  // consumed by thread ith only, dropped by clear_side_prefetch(). Prefetches never fault, so a
-  // span whose memory went away costs nothing but the wasted lines.
-  void set_side_prefetch(int ith, const void* p, size_t bytes);
-  void clear_side_prefetch();
-  bool side_prefetch_pending() const { return side_pending_; }
-  size_t side_prefetch_left(int ith) const {
-    return ith >= 0 && ith < std::min(n_threads_, kMaxSideThreads) ? side_[ith].left : 0;
-  }
-
   // Next-matrix prefetch: `bytes` from p that pool thread ith reads first in the call AFTER the
   // next parallel_ranges(..., RangeOwner::Thread) job (the start of its own range of the next
   // GEMV's matrix). That job's thread ith issues them while it walks the last `units` steps of its
@@ -84,14 +71,7 @@ class ThreadPool {
   std::unique_ptr<NextSpan[]> next_;
   std::atomic<bool> next_pending_{false};
 
-  friend void side_prefetch_tick(int lines);
-  static constexpr int kMaxSideThreads = 64;
-  struct alignas(64) SideSpan {
-    const char* p = nullptr;
-    size_t left = 0;
-  };
-  std::unique_ptr<SideSpan[]> side_;
-  bool side_pending_ = false;
+  static constexpr int kMaxPrefetchThreads = 64;
 
   // The hand-off: the caller publishes a job with atomics in one cache line that it alone writes
   // (Publish), each worker claims and completes its run() index on its own line (Slot), and the
@@ -190,11 +170,6 @@ void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* beg
 // The calling thread's index in the pool whose job it runs: worker i returns i; any other thread
 // (a pool's caller, which runs index 0) returns 0.
 int pool_thread_index();
-
-// Prefetches (into L1/L2) up to `lines` 64-byte lines of the calling thread's side-prefetch span
-// (ThreadPool::set_side_prefetch) of the pool whose job it runs, and advances it; nothing when
-// none is set or outside a pool job. Cheap when empty: a thread-local load and a branch.
-void side_prefetch_tick(int lines = 16);
 
 // Bytes of next-matrix prefetch (ThreadPool::set_next_prefetch) issued by parallel_ranges in this
 // process so far (every pool): for tests that the hint reaches the GEMVs' tails.

@@ -1860,19 +1860,6 @@ inline void prefetch_kv_rows(const float* base, const float* const* blocks, cons
   }
 }
 
-// Lines of the pool's side prefetch (thread_pool.h: the start of this thread's part of the GEMV
-// after the attention) issued per 16-token sub-block of K and of V: decode attention at short
-// contexts computes more than it reads, so the memory has room for the next weights meanwhile.
-// EMOLLM_SIDE_PREFETCH_LINES (default 32 = 2 KiB); nothing happens unless a span was set.
-int side_prefetch_lines() {
-  static const int n = [] {
-    const char* v = std::getenv("EMOLLM_SIDE_PREFETCH_LINES");
-    const int x = v ? std::atoi(v) : 32;
-    return x > 0 ? x : 32;
-  }();
-  return n;
-}
-
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
 // 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
 // aligned).
@@ -1902,7 +1889,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // Narrow rows read in place: the sub-block after the one being swept / computed on is prefetched
   // too (attention_detail::decode_prefetch_ahead_enabled), so its misses overlap this one's compute.
   const bool ahead = sweep && attention_detail::decode_prefetch_ahead_enabled();
-  const int side_lines = side_prefetch_lines();
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
   // Wide rows read in place (7B): one or two query heads per kv head take qk16 on full sub-blocks
@@ -1976,7 +1962,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       }
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
-      side_prefetch_tick(side_lines);
       if (transposed) {
         const float* rows[16];
         for (int64_t g = 0; g < Hkv; ++g) {
@@ -2025,7 +2010,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       }
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
-      side_prefetch_tick(side_lines);
       int64_t g0 = 0;
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)

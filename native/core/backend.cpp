@@ -145,12 +145,6 @@ EnvSwitch& small_half_copies_flag() {
   static EnvSwitch on("EMOLLM_SMALL_HALF_COPIES");
   return on;
 }
-// Decode attention prefetches the start of each thread's part of the next GEMV (prefetch_next_gemv):
-// opt-in, EMOLLM_DECODE_SIDE_PREFETCH=1.
-EnvSwitch& side_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_SIDE_PREFETCH", EnvDefault::Off);
-  return on;
-}
 // Backend::next_gemv_hint on the CPU (backend.h set_gemv_next_prefetch; opt-in).
 EnvSwitch& next_prefetch_flag() {
   static EnvSwitch on("EMOLLM_GEMV_NEXT_PREFETCH", EnvDefault::Off);
@@ -372,26 +366,6 @@ class CpuBackend final : public Backend {
   // f16 / bf16 caches: rounded once as convert() writes them, widened to f32 as attention reads
   bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
-  // Each pool thread's own part of the repacked W (gemv_repacked_own_part: the range it walks
-  // first while the GEMV ranges are owned by thread index), at most 1 MiB of it (the L2), as its
-  // side prefetch (ThreadPool::set_side_prefetch): decode attention issues a few lines of it per
-  // sub-block (attention.cpp side_prefetch_tick). Opt-in (EMOLLM_DECODE_SIDE_PREFETCH=1).
-  void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) override {
-    if (!decode_side_prefetch() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) ||
-        quant_activations() != QuantActivations::Q8 || isa_active() < Isa::Avx512)
-      return;
-    bool panels = false;
-    const void* packed = packed_->find(W, wtype, N, K, &panels);
-    if (!packed || panels) return;
-    const int nth = pool_.size();
-    for (int i = 0; i < nth; ++i) {
-      const uint8_t* b = nullptr;
-      size_t bytes = 0;
-      gemv_repacked_own_part(packed, wtype, N, K, i, nth, &b, &bytes);
-      pool_.set_side_prefetch(i, b, std::min(bytes, size_t(1) << 20));
-    }
-  }
-
   void prefetch(const void* p, size_t bytes) override {
     const char* c = static_cast<const char*>(p);
     for (size_t o = 0; c && o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
@@ -431,7 +405,6 @@ class CpuBackend final : public Backend {
 
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
-    pool_.clear_side_prefetch();  // a hint's span is for the work before this call only
     NextPrefetchScope next_scope{pool_};
     // Packed weights serve every M with q8_0 activations. With f32 activations asked for
     // (QuantActivations::F32), or the ISA capped below the VNNI kernel after the packing
@@ -454,7 +427,6 @@ class CpuBackend final : public Backend {
   // A decode step's GEMVs of one x as one pool dispatch, when every W has a packed copy of the
   // kind gemm() would use and all share a type (the usual q/k/v, gate/up); else one gemm() each.
   void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
-    pool_.clear_side_prefetch();
     NextPrefetchScope next_scope{pool_};
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
@@ -765,8 +737,6 @@ bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
 void set_gemv_next_prefetch(bool on) { next_prefetch_flag().set(on); }
 bool gemv_next_prefetch() { return next_prefetch_flag().on(); }
-void set_decode_side_prefetch(bool on) { side_prefetch_flag().set(on); }
-bool decode_side_prefetch() { return side_prefetch_flag().on(); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().set(on); }
 bool bf16_decoder_panels() { return decoder_panels_flag().on(); }
 

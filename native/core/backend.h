@@ -66,11 +66,6 @@ bool f32_huge_copies();
 // Process-wide, read at each call.
 void set_bf16_prefill_fuse(bool on);
 bool bf16_prefill_fuse();
-// Backend::prefetch_next_gemv on the CPU: decode attention brings the start of each thread's part
-// of o's repacked q4_0 / q8_0 weights into its caches (off unless EMOLLM_DECODE_SIDE_PREFETCH=1).
-// Same bits either way. Process-wide.
-void set_decode_side_prefetch(bool on);
-bool decode_side_prefetch();
 // Backend::next_gemv_hint on the CPU: while a decode GEMV's pool threads walk the last steps of
 // their own ranges, each prefetches the start of its own range of the GEMV after it (repacked
 // q4_0 / q8_0), so the next matrix does not start cold after the hand-off. EMOLLM_GEMV_NEXT_PREFETCH
@@ -303,13 +298,6 @@ class Backend {
   }
 
   // ---- ops with default implementations (a new backend compiles without them; override for speed)
-  // A hint, no result changes: a one-row gemm (a GEMV) on W (N x K) is next, after work that
-  // leaves the memory mostly idle (decode attention). The CPU backend has each pool thread bring
-  // the start of its own part of W into its caches during that work (EMOLLM_DECODE_SIDE_PREFETCH=1;
-  // ThreadPool::set_side_prefetch); dropped at the next gemm. Default: nothing.
-  virtual void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) {
-    (void)W, (void)wtype, (void)N, (void)K;
-  }
   // A hint, no result changes: [p, p + bytes) of this backend's memory is read by the calling
   // thread soon, after the next call or two (a decode step's norm weights and residual row, which
   // the weight stream in between leaves in the last-level cache when they were fetched before it:

@@ -262,9 +262,6 @@ class ProfilingBackend final : public Backend {
     return std::make_unique<ProfiledPacked>(std::move(p), W);
   }
 
-  void prefetch_next_gemv(const void* W, DType wtype, int64_t N, int64_t K) override {
-    in_->prefetch_next_gemv(W, wtype, N, K);
-  }
   void prefetch(const void* p, size_t bytes) override { in_->prefetch(p, bytes); }
   void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) override {
     // the inner backend's GemmOutput: the W pointers are the model's either way

@@ -1115,8 +1115,6 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
         be.rope(k_rows, kvd, n, Hkv, pos_ + int64_t(s) * n, sp);
       }
     }
-    // one row (a decode step): o's GEMV comes after the attention; its start can be fetched meanwhile
-    if (n == 1) be.prefetch_next_gemv(L.wo.data, L.wo.dtype, E, qd);
     // per segment: new keys/values into its blocks, causal GQA attention over positions 0..pos0+n-1
     for (int i = 0; i < n_segs && kv_blk < 0; ++i) {
       const Segment& sg = segs[i];

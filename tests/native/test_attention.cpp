@@ -1440,27 +1440,6 @@ TEST(attention_decode_prefetch_ahead_bit_equal) {
   EXPECT(runs > 0);
 }
 
-// The pool's side prefetch (thread_pool.h; the CPU backend's prefetch_next_gemv) is consumed by
-// decode attention, a few lines per 16-token sub-block, and changes no output bit: a TinyLlama-like
-// decode step (32 / 4 heads, D 64, 300 positions, contiguous and paged) with spans set against
-// none, no pool and 2 threads.
-TEST(attention_decode_side_prefetch_consumed_same_bits) {
-  ThreadPool pool(2);
-  std::vector<char> weights(size_t(1) << 20);
-  for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
-    Data d = make_data({1, 300, 32, 4, 64, true, 299}, 77);
-    const std::vector<float> plain = run_out(d.p, "side prefetch off", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
-    ThreadPool& sp = pl ? *pl : pool;  // without a pool the caller's own span (set on this thread) is used
-    for (int i = 0; i < sp.size(); ++i) sp.set_side_prefetch(i, weights.data() + i * (size_t(1) << 19), size_t(1) << 19);
-    const std::vector<float> with = run_out(d.p, "side prefetch on", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
-    size_t left = 0;
-    for (int i = 0; i < sp.size(); ++i) left += sp.side_prefetch_left(i);
-    sp.clear_side_prefetch();
-    EXPECT(with == plain);
-    EXPECT(left < size_t(sp.size()) << 19);  // some lines were prefetched
-  }
-}
-
 // One decode-path switch's bit-equality sweep (qk16, P V pairs): f32 / f16 / bf16 caches, each shape
 // at lengths with and without a partial last sub-block and across the 64-token block, contiguous
 // and paged (16 / 64), no pool and 2 / 3 threads; with the switch on the outputs and log-sum-exps

@@ -327,43 +327,6 @@ TEST(parallel_ranges_covers_range_in_contiguous_runs) {
 // arrives first; every item still exactly once with chunks as in the test above. The parts of
 // parallel_ranges_own partition [0, n) in thread order. One thread alone (a nested call, inline
 // on worker 1): it starts at the front of range 1, not range 0 as the first arrival would.
-// Side prefetch: a tick inside a pool job advances only the span of the ticking thread's pool
-// index, by `lines` lines (less at the span's end); outside a job only the span of the thread that
-// set it (the caller: index 0); nothing after clear or without a span.
-TEST(side_prefetch_tick_consumes_own_span) {
-  std::vector<char> buf(size_t(1) << 16);
-  for (int threads : {1, 2, 3}) {
-    ThreadPool pool(threads);
-    for (int i = 0; i < threads; ++i) pool.set_side_prefetch(i, buf.data() + i * 8192, 8192 - 64 * i);
-    EXPECT(pool.side_prefetch_pending());
-    std::atomic<int> bad{0}, ticks{0};
-    std::mutex mu;
-    pool.run([&](int, int) {
-      std::lock_guard<std::mutex> lk(mu);  // one tick at a time: the spans are read before and after
-      const int me = pool_thread_index();
-      std::vector<size_t> before(static_cast<size_t>(threads));
-      for (int i = 0; i < threads; ++i) before[size_t(i)] = pool.side_prefetch_left(i);
-      side_prefetch_tick(2);
-      ticks++;
-      for (int i = 0; i < threads; ++i)
-        if (pool.side_prefetch_left(i) != before[size_t(i)] - (i == me ? std::min<size_t>(128, before[size_t(i)]) : 0))
-          bad++;
-    });
-    EXPECT(bad.load() == 0 && ticks.load() == threads);
-    size_t left = 0, set = 0;
-    for (int i = 0; i < threads; ++i) left += pool.side_prefetch_left(i), set += 8192 - 64 * i;
-    EXPECT(left == set - 128 * size_t(threads));
-    // outside a job: the caller's own span (index 0)
-    const size_t l0 = pool.side_prefetch_left(0);
-    side_prefetch_tick(1000);
-    EXPECT(pool.side_prefetch_left(0) == 0 && l0 > 0);
-    pool.clear_side_prefetch();
-    EXPECT(!pool.side_prefetch_pending());
-    for (int i = 0; i < threads; ++i) EXPECT(pool.side_prefetch_left(i) == 0);
-    side_prefetch_tick(4);  // nothing set: no effect, no fault
-  }
-}
-
 TEST(parallel_ranges_thread_owner_walks_own_range) {
   for (int nth : {1, 2, 3, 5})
     for (int64_t n : {1, 3, 4, 5, 9, 64, 1001})
