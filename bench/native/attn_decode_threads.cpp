@@ -40,7 +40,7 @@ using bench::thread_cpu;
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [rows | rows2]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
@@ -124,55 +124,6 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  // "rows": an in-process A/B of attention_detail::decode_rows (off, 1 / 2 / 4 token rows side by
-  // side) on the 1-thread pool ("rows2": the 2-thread pool), a new order every round, cold copies;
-  // thread CPU time of the caller (1 thread) or wall (2), and every variant's output bits against off.
-  bool rows_ab = false, rows_ab2 = false;
-  for (int i = 4; i < argc; ++i) {
-    rows_ab = rows_ab || std::strcmp(argv[i], "rows") == 0;
-    rows_ab2 = rows_ab2 || std::strcmp(argv[i], "rows2") == 0;
-  }
-  if (rows_ab || rows_ab2) {
-    constexpr int kV = 4;
-    const int nts[kV] = {0, 2, 4, 8};
-    std::vector<double> tv[kV];
-    std::vector<float> ref(o.size());
-    int mismatched = 0;
-    uint32_t rng = 7;
-    for (int r = -1; r < rounds; ++r) {
-      int order[kV] = {0, 1, 2, 3};
-      for (int k = kV - 1; k > 0; --k) {
-        rng = rng * 1664525u + 1013904223u;
-        std::swap(order[k], order[(rng >> 8) % uint32_t(k + 1)]);
-      }
-      for (int k = 0; k < kV; ++k) {
-        const int v = order[k];
-        pool2.run([](int, int) {});
-        attention_detail::set_decode_rows(nts[v]);
-        const int c = call % copies;
-        const double dt = timed(rows_ab2 ? &pool2 : &pool1);
-        attention_detail::set_decode_rows(0);
-        if (r >= 0) tv[v].push_back(rows_ab2 ? dt : cpu_1t);
-        // bits: the same copy's output with rows off
-        std::vector<float> got = o;
-        {
-          const AttentionParams pi = params(c, 0, n_kv);
-          const AttentionBatchItem it{q.data(), nullptr, nullptr, ref.data(), pi};
-          attention_batch(&it, 1, &pool1);
-        }
-        if (std::memcmp(got.data(), ref.data(), sizeof(float) * got.size()) != 0) ++mismatched;
-      }
-    }
-    const double bytes = 2.0 * double(n_kv) * double(p.ldk) * 4.0;
-    std::printf("decode attention rows A/B, %s, kv %lld, %d copies, %d rounds, ahead %lld B, %s; outputs differing from off: %d\n",
-                small ? "1.1B" : "7B", (long long)n_kv, copies, rounds, (long long)attention_detail::decode_rows_ahead(),
-                rows_ab2 ? "2 threads wall" : "1 thread CPU time", mismatched);
-    for (int v = 0; v < kV; ++v)
-      std::printf("  rows %d  median %8.1f us  best %8.1f us  %6.1f GB/s (median)  off/this median %.3f best %.3f\n", nts[v],
-                  median(tv[v]) * 1e6, best(tv[v]) * 1e6, bytes / median(tv[v]) / 1e9, median(tv[0]) / median(tv[v]),
-                  best(tv[0]) / best(tv[v]));
-    return 0;
-  }
   enum { k1t, kRun, kHalves, kPm64, kPm32, kModes };
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;

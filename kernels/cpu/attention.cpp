@@ -228,30 +228,6 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
-std::atomic<int>& decode_rows_ref() {
-  static std::atomic<int> n{[] {
-    const char* v = std::getenv("EMOLLM_DECODE_ATTN_ROWS");  // 0: off; 1 / 2 / 4 token rows side by side
-    const int x = v ? std::atoi(v) : 0;
-    return x >= 8 ? 8 : x >= 4 ? 4 : x >= 2 ? 2 : x == 1 ? 1 : 0;
-  }()};
-  return n;
-}
-std::atomic<int64_t>& decode_rows_ahead_ref() {
-  static std::atomic<int64_t> n{[] {
-    const char* v = std::getenv("EMOLLM_DECODE_ATTN_ROWS_AHEAD");
-    const long x = v ? std::atol(v) : 4096;
-    return int64_t(x >= 0 ? x / 64 * 64 : 4096);
-  }()};
-  return n;
-}
-}  // namespace
-int decode_rows() { return decode_rows_ref().load(std::memory_order_relaxed); }
-void set_decode_rows(int tokens) {
-  decode_rows_ref().store(tokens >= 8 ? 8 : tokens >= 4 ? 4 : tokens >= 2 ? 2 : tokens == 1 ? 1 : 0, std::memory_order_relaxed);
-}
-int64_t decode_rows_ahead() { return decode_rows_ahead_ref().load(std::memory_order_relaxed); }
-void set_decode_rows_ahead(int64_t bytes) { decode_rows_ahead_ref().store(std::max<int64_t>(0, bytes / 64 * 64)); }
-namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
@@ -340,16 +316,6 @@ struct Kern {
   // rows), with the same bits as two pv calls.
   void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
               int D);
-  // Optional (null: qk16 / pv2 per kv head), MHA decode reading whole token rows side by side
-  // (attention_detail::decode_rows): nt <= 4 token rows rows[i] (all H kv heads of a position,
-  // D % 16 == 0, 65 <= D <= 128, H % 16 == 0). qk_rows: S[h * ldS + i] = scale * dot(q + h * D, rows[i] + h * D)
-  // with qk16's bits. pv_rows: acc[h * ldacc + d] += P[h * ldP + i] * rows[i][h * D + d] for i in order,
-  // pv's bits (the caller scales acc by alpha first). Both prefetch each row's lines `ahead` bytes on,
-  // running into next[i] (that stream's next row) past the row's end (row_bytes).
-  void (*qk_rows)(const float* q, int H, int D, const float* const* rows, int nt, float scale, float* S, int64_t ldS,
-                  const float* const* next, int64_t row_bytes, int64_t ahead);
-  void (*pv_rows)(float* acc, int ldacc, const float* P, int64_t ldP, int H, int D, const float* const* rows, int nt,
-                  const float* const* next, int64_t row_bytes, int64_t ahead);
 };
 
 // Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
@@ -844,123 +810,15 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 #undef EMO_QK16
 }
 
-// ---------------------------------------------------------------------------- token rows (decode)
-// MHA decode reading whole token rows (attention_detail::decode_rows): NT rows (positions) side by
-// side, each read front to back (kv head after kv head), so each is one sequential stream; before
-// each kv head's slice, one loop (not unrolled: straight-line prefetches among the loads are
-// bunched by GCC and act as none, session 19's q4_0 finding) prefetches that stream's lines
-// `ahead` bytes on, past the row's end into the stream's next row.
-EMO_T512 static inline const char* rows_ahead(const float* cur, const float* next, int64_t row_bytes, int64_t o) {
-  return o < row_bytes ? reinterpret_cast<const char*>(cur) + o : reinterpret_cast<const char*>(next) + (o - row_bytes);
-}
-EMO_T512 static inline void prefetch_lines(const char* p, int lines) {
-#pragma GCC unroll 1
-  for (int l = 0; l < lines; ++l) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
-}
-
-// NT tokens x 16 / NT kv heads per reduction: acc[t * HG + i] is token t's dot for head g0 + i,
-// each over the chunks in order from zero (qk16's per-key chain), reduced by reduce16_512 (lane j
-// is acc[j]'s sum, the same tree in every lane) then * scale: qk16's bits.
-template <class E, int NT>
-EMO_T512 static void qk_rows_nt(const float* q, int H, int D, const float* const* rowsf, float scale, float* S,
-                                int64_t ldS, const float* const* next, int64_t row_bytes, int64_t ahead) {
-  using T = typename E::T;
-  constexpr int HG = 16 / NT;
-  const T* rows[NT];
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) rows[t] = reinterpret_cast<const T*>(rowsf[t]);
-  const int nc = D / 16;
-  const int64_t hb = int64_t(D) * int64_t(sizeof(T));
-  const int lines = ahead > 0 ? int((hb + 63) / 64) : 0;
-  const __m512 vs = _mm512_set1_ps(scale);
-  for (int g0 = 0; g0 < H; g0 += HG) {
-    __m512 acc[16];
-    #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-    #pragma GCC unroll 16
-    for (int i = 0; i < HG; ++i) {
-      const int h = g0 + i;
-      #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) prefetch_lines(rows_ahead(rowsf[t], next[t], row_bytes, h * hb + ahead), lines);
-      const float* qh = q + int64_t(h) * D;
-      for (int c = 0; c < nc; ++c) {
-        const __m512 qc = _mm512_loadu_ps(qh + 16 * c);
-        #pragma GCC unroll 8
-        for (int t = 0; t < NT; ++t)
-          acc[t * HG + i] = _mm512_fmadd_ps(qc, E::load(rows[t] + int64_t(h) * D + 16 * c), acc[t * HG + i]);
-      }
-    }
-    alignas(64) float z[16];
-    _mm512_store_ps(z, _mm512_mul_ps(reduce16_512(acc), vs));
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t)
-      #pragma GCC unroll 16
-      for (int i = 0; i < HG; ++i) S[int64_t(g0 + i) * ldS + t] = z[t * HG + i];
-  }
-}
-template <class E>
-EMO_T512 static void qk_rows_avx512(const float* q, int H, int D, const float* const* rows, int nt, float scale,
-                                    float* S, int64_t ldS, const float* const* next, int64_t row_bytes, int64_t ahead) {
-  switch (nt) {
-    case 8: qk_rows_nt<E, 8>(q, H, D, rows, scale, S, ldS, next, row_bytes, ahead); break;
-    case 4: qk_rows_nt<E, 4>(q, H, D, rows, scale, S, ldS, next, row_bytes, ahead); break;
-    case 2: qk_rows_nt<E, 2>(q, H, D, rows, scale, S, ldS, next, row_bytes, ahead); break;
-    default: qk_rows_nt<E, 1>(q, H, D, rows, scale, S, ldS, next, row_bytes, ahead); break;
-  }
-}
-
-// Each acc chunk loaded once for the NT tokens, their FMAs in token order: pv's order per element.
-template <class E, int NT>
-EMO_T512 static void pv_rows_nt(float* acc, int ldacc, const float* P, int64_t ldP, int H, int D,
-                                const float* const* rowsf, const float* const* next, int64_t row_bytes, int64_t ahead) {
-  using T = typename E::T;
-  const T* rows[NT];
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) rows[t] = reinterpret_cast<const T*>(rowsf[t]);
-  const int nc = D / 16;
-  const int64_t hb = int64_t(D) * int64_t(sizeof(T));
-  const int lines = ahead > 0 ? int((hb + 63) / 64) : 0;
-  for (int h = 0; h < H; ++h) {
-    if (lines)
-      #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) prefetch_lines(rows_ahead(rowsf[t], next[t], row_bytes, h * hb + ahead), lines);
-    __m512 pr[NT];
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) pr[t] = _mm512_set1_ps(P[int64_t(h) * ldP + t]);
-    float* a = acc + int64_t(h) * ldacc;
-    #pragma GCC unroll 8
-    for (int c = 0; c < nc; ++c) {
-      __m512 x = _mm512_load_ps(a + 16 * c);
-      #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) x = _mm512_fmadd_ps(pr[t], E::load(rows[t] + int64_t(h) * D + 16 * c), x);
-      _mm512_store_ps(a + 16 * c, x);
-    }
-  }
-}
-template <class E>
-EMO_T512 static void pv_rows_avx512(float* acc, int ldacc, const float* P, int64_t ldP, int H, int D,
-                                    const float* const* rows, int nt, const float* const* next, int64_t row_bytes,
-                                    int64_t ahead) {
-  switch (nt) {
-    case 8: pv_rows_nt<E, 8>(acc, ldacc, P, ldP, H, D, rows, next, row_bytes, ahead); break;
-    case 4: pv_rows_nt<E, 4>(acc, ldacc, P, ldP, H, D, rows, next, row_bytes, ahead); break;
-    case 2: pv_rows_nt<E, 2>(acc, ldacc, P, ldP, H, D, rows, next, row_bytes, ahead); break;
-    default: pv_rows_nt<E, 1>(acc, ldacc, P, ldP, H, D, rows, next, row_bytes, ahead); break;
-  }
-}
-
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
-                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>,
-                          qk_rows_avx512<KvF32>, pv_rows_avx512<KvF32>};
+                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>};
 // The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
 // float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
 // scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
 const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvF16>, nullptr, nullptr,
-                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, pv2_avx512<KvF16>,
-                             qk_rows_avx512<KvF16>, pv_rows_avx512<KvF16>};
+                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, pv2_avx512<KvF16>};
 const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
-                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>, pv2_avx512<KvBF16>,
-                              qk_rows_avx512<KvBF16>, pv_rows_avx512<KvBF16>};
+                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>, pv2_avx512<KvBF16>};
 
 // ---------------------------------------------------------------------------- AVX512-BF16 decode
 // Opt-in decode kernels on vdpbf16ps for a bf16 cache (attention_internal.h, decode_bf16dp): the
@@ -1333,7 +1191,7 @@ EMO_T256 static void pv_avx2(float* acc, int ldacc, const float* alpha, int R, c
   }
 }
 
-const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+const Kern kKernAvx2 = {qk_avx2, row_max_avx2, exp_sum_avx2, pv_avx2, nullptr, nullptr, nullptr, nullptr};
 
 // ---------------------------------------------------------------------------- tiled driver
 // A work unit covers kv heads [g0, g0 + ng), queries [i0, i1) and, within each kv head's group,
@@ -1772,10 +1630,6 @@ bool decode_qk16_applies(const AttentionParams& p) {
 bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
-bool decode_rows_applies(const AttentionParams& p) {
-  return decode_rows() > 0 && p.n_heads == p.n_kv_heads && p.n_kv_heads % 16 == 0 && p.head_dim % 16 == 0 &&
-         decode_qk16_applies(p);
-}
 }  // namespace attention_detail
 namespace {
 
@@ -1914,31 +1768,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
   // ... and P V two adjacent kv heads a call (attention_detail::decode_pv_pairs; MHA, one query row per kv head).
   const bool use_pv2 = use_qk16 && !it.bf16dp && kk.pv2 != nullptr && attention_detail::decode_pv2_applies(p);
-  // ... or both on whole token rows, several side by side (attention_detail::decode_rows).
-  const bool use_rows = use_qk16 && !it.bf16dp && kk.qk_rows != nullptr && attention_detail::decode_rows_applies(p);
-  const int rows_nt = use_rows ? attention_detail::decode_rows() : 0;
-  static const int rows_part = [] { const char* v = std::getenv("EMOLLM_DECODE_ATTN_ROWS_PART"); return v ? std::atoi(v) : 3; }();
-  const bool rows_qk = use_rows && (rows_part & 1), rows_pv = use_rows && (rows_part & 2);
-  const int64_t rows_ahead_bytes = std::min(attention_detail::decode_rows_ahead(), span_bytes);
-  const float* trows[8];
-  const float* tnext[8];
-  // Token rows t .. t + nt - 1 of K (or V) into trows, each stream's next row into tnext: the row
-  // nt on, past the block's end the other matrix's rows (K -> this block's V, V -> the next block's
-  // K), past the piece's end the row itself.
-  auto token_streams = [&](bool is_v, int64_t t, int nt, int64_t b0, int64_t b1) {
-    for (int i = 0; i < nt; ++i) {
-      const int64_t n = t + i + nt;
-      if (!is_v) {
-        trows[i] = kv_row(it.k, p.k_blocks, p, t + i, p.ldk);
-        tnext[i] = n < b1 ? kv_row(it.k, p.k_blocks, p, n, p.ldk)
-                          : kv_row(it.v, p.v_blocks, p, std::min(b1 - 1, b0 + (n - b1)), p.ldv);
-      } else {
-        trows[i] = kv_row(it.v, p.v_blocks, p, t + i, p.ldv);
-        tnext[i] = n < b1 ? kv_row(it.v, p.v_blocks, p, n, p.ldv)
-                          : n < j1 ? kv_row(it.k, p.k_blocks, p, n, p.ldk) : trows[i];
-      }
-    }
-  };
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
@@ -1994,16 +1823,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
     const int64_t b1 = std::min(j1, b0 + kBk);
     const int nb = int(b1 - b0);
-    if (rows_qk) {
-      for (int64_t t = b0; t < b1;) {
-        int nt = rows_nt;
-        while (nt > b1 - t) nt /= 2;
-        if ((t - b0) % 16 == 0) side_prefetch_tick(side_lines);
-        token_streams(false, t, nt, b0, b1);
-        kk.qk_rows(it.q, int(H), D, trows, nt, it.scale, S + (t - b0), kBk, tnext, span_bytes, rows_ahead_bytes);
-        t += nt;
-      }
-    } else
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack && !sweep) prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
@@ -2053,22 +1872,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       l[h] = l[h] * alpha[h] + (dp ? exp_round_bf16(sr, nb, m_new) : kk.exp_sum(sr, nb, m_new));
       m[h] = m_new;
     }
-    if (rows_pv) {
-      // pv's alpha step, done once for the block (its later sub-blocks' * 1.0 is exact)
-      for (int64_t h = 0; h < H; ++h) {
-        float* a = acc + h * Dp;
-        const float al = alpha[h];
-        for (int d = 0; d < Dp; ++d) a[d] *= al;
-      }
-      for (int64_t t = b0; t < b1;) {
-        int nt = rows_nt;
-        while (nt > b1 - t) nt /= 2;
-        if ((t - b0) % 16 == 0) side_prefetch_tick(side_lines);
-        token_streams(true, t, nt, b0, b1);
-        kk.pv_rows(acc, Dp, S + (t - b0), kBk, int(H), D, trows, nt, tnext, span_bytes, rows_ahead_bytes);
-        t += nt;
-      }
-    } else
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       if (!pack && !sweep) prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);

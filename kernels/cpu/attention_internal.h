@@ -95,19 +95,6 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// MHA decode reading whole token rows (all kv heads of a position: one contiguous row) instead of
-// 16-row slices of one kv head: Q K^T and P V each walk `decode_rows()` (1, 2 or 4) token rows side
-// by side front to back, every kv head of a row before the next rows, each stream prefetching
-// decode_rows_ahead() bytes on (default 4 KiB) from a small loop before each kv head's slice. Scores
-// with qk16's chains and reduction tree, P V with pv's order per output element: bit for bit the
-// default. EMOLLM_DECODE_ATTN_ROWS=n (read once; 0 / unset: off) or set_decode_rows(n);
-// EMOLLM_DECODE_ATTN_ROWS_AHEAD=bytes. Applies where qk16 does (decode_qk16_applies) with one query
-// head per kv head, n_kv_heads % 16 == 0 and head_dim % 16 == 0.
-int decode_rows();
-void set_decode_rows(int tokens);
-int64_t decode_rows_ahead();
-void set_decode_rows_ahead(int64_t bytes);
-bool decode_rows_applies(const AttentionParams& p);
 // The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
 // shared counter inside one pool->run job (each thread, the caller included, takes the next item
 // until none is left; a worker that has not claimed its index when the caller is done costs
