@@ -1745,7 +1745,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // contiguous scratch, one sequential read that keeps many cache misses in flight, instead of
   // the kernels' strided loads (a kv head's slice of 16 rows); the copy needs no software
   // prefetch (measured faster without). Wide rows (7B: 16 KB a token in f32) are read in place
-  // with the next 16 rows prefetched.
+  // with the next 16 rows prefetched. Reading them instead as whole token rows (every kv head of
+  // 1 / 2 / 4 / 8 positions side by side, front to back, P V's accumulators in scratch, each row
+  // prefetched 1-16 KiB ahead from a small loop per kv head, or not at all; same bits) was slower
+  // in session 20: 0.72-0.95x cold and 0.75-0.88x in cache at 1 thread (bench/README).
   // A half cache is widened as it is packed (narrow rows: one pass that both converts and packs).
   // Wide half rows are widened one kv head's slice at a time (16 x Dp floats, 8 KB for D = 128),
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
