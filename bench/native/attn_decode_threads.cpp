@@ -14,8 +14,6 @@
 // pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128).
 // "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64). "2m": the K / V copies in 2 MiB transparent
 // huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
-// "hwpf" / "hwpf2": instead of the above, the in-process A/B of the wide rows' software prefetch
-// (attention_detail::decode_wide_hw_prefetch) at 1 / 2 threads.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -42,7 +40,7 @@ using bench::thread_cpu;
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [hwpf | hwpf2]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
@@ -126,55 +124,6 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  // "hwpf": an in-process A/B of attention_detail::decode_wide_hw_prefetch (off: the next 16 rows
-  // software-prefetched / on: the hardware prefetchers alone) on the 1-thread pool ("hwpf2": the
-  // 2-thread pool), the order of the two flipped every round (ABBA), cold copies; the caller's
-  // thread CPU time (1 thread) or wall (2); the two outputs on one copy compared bit for bit.
-  bool hwpf_ab = false, hwpf_ab2 = false;
-  for (int i = 4; i < argc; ++i) {
-    hwpf_ab = hwpf_ab || std::strcmp(argv[i], "hwpf") == 0;
-    hwpf_ab2 = hwpf_ab2 || std::strcmp(argv[i], "hwpf2") == 0;
-  }
-  if (hwpf_ab || hwpf_ab2) {
-    std::vector<double> tv[2], ratio;
-    std::vector<float> out[2];
-    int differing = 0;
-    for (int r = -1; r < rounds; ++r) {
-      double dt[2];
-      for (int k = 0; k < 2; ++k) {
-        const int v = (r & 1) ? 1 - k : k;
-        pool2.run([](int, int) {});
-        attention_detail::set_decode_wide_hw_prefetch(v == 1);
-        const double w = timed(hwpf_ab2 ? &pool2 : &pool1);
-        dt[v] = hwpf_ab2 ? w : cpu_1t;
-        out[v] = o;
-      }
-      attention_detail::set_decode_wide_hw_prefetch(true);
-      if (r < 0) continue;  // warm-up
-      // the two calls read different copies: compare on one copy
-      for (int v = 0; v < 2; ++v) {
-        attention_detail::set_decode_wide_hw_prefetch(v == 1);
-        const AttentionParams pi = params(0, 0, n_kv);
-        const AttentionBatchItem it{q.data(), nullptr, nullptr, o.data(), pi};
-        attention_batch(&it, 1, &pool1);
-        out[v] = o;
-      }
-      attention_detail::set_decode_wide_hw_prefetch(true);
-      if (std::memcmp(out[0].data(), out[1].data(), sizeof(float) * o.size()) != 0) ++differing;
-      for (int v = 0; v < 2; ++v) tv[v].push_back(dt[v]);
-      ratio.push_back(dt[0] / dt[1]);
-    }
-    const double bytes = 2.0 * double(n_kv) * double(p.ldk) * 4.0;
-    std::printf("decode attention wide-row hardware-prefetch A/B, %s, kv %lld, %d copies, %d rounds, %s; rounds with differing outputs: %d\n",
-                small ? "1.1B" : "7B", (long long)n_kv, copies, rounds, hwpf_ab2 ? "2 threads wall" : "1 thread CPU time",
-                differing);
-    for (int v = 0; v < 2; ++v)
-      std::printf("  %-4s median %8.1f us  best %8.1f us  %6.1f GB/s (median)\n", v ? "hwpf" : "swpf", median(tv[v]) * 1e6,
-                  best(tv[v]) * 1e6, bytes / median(tv[v]) / 1e9);
-    std::printf("  swpf / hwpf: median %.3f  best %.3f  median round %.3f\n", median(tv[0]) / median(tv[1]),
-                best(tv[0]) / best(tv[1]), median(ratio));
-    return 0;
-  }
   enum { k1t, kRun, kHalves, kPm64, kPm32, kModes };
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;

@@ -4,8 +4,8 @@
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
 // over each step's groups); kq_ms: that pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
-// pv_pairs: the decode attention's P V two kv heads a call; attn_wide_hwpf: the decode attention's
-// wide rows on the hardware prefetchers alone (on) or with the next 16 rows software-prefetched; kv_f16: an f16 KV cache against f32;
+// pv_pairs: the decode attention's P V two kv heads a call; attn_ahead: the decode attention's narrow
+// rows with the next sub-block prefetched (set_decode_prefetch_ahead); kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
@@ -104,7 +104,7 @@ const AbSwitch kSwitches[] = {
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
-    {"attn_wide_hwpf", [](bool on) { attention_detail::set_decode_wide_hw_prefetch(on); }},
+    {"attn_ahead", [](bool on) { attention_detail::set_decode_prefetch_ahead(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped

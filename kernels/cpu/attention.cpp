@@ -239,18 +239,10 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
-EnvSwitch& decode_wide_hw_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_WIDE_HWPF");  // =0: the next 16 wide rows software-prefetched (A/B)
-  return on;
-}
-}  // namespace
-bool decode_wide_hw_prefetch() { return decode_wide_hw_prefetch_flag().on(); }
-void set_decode_wide_hw_prefetch(bool on) { decode_wide_hw_prefetch_flag().set(on); }
-namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
-  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0}, decode_rows_prefetched{0};
+  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -273,7 +265,6 @@ AttentionWork attention_work() {
     w.tiled_units += tu;
     w.decode_merges += s.decode_merges.load(std::memory_order_relaxed);
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
-    w.decode_rows_prefetched += s.decode_rows_prefetched.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
   return w;
@@ -1371,14 +1362,6 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
   const int sub = u.ng > 1 || (p.kv_block_size > 0 && p.kv_block_size % kBk != 0) ? 16 : kBk;
   // Many rows per kv head (prefill): transpose the K block once and skip the horizontal sums.
   const bool transposed = kern.qk_t != nullptr && rg >= 16 && sub == kBk;
-  const int64_t span_bytes = u.ng * D * int64_t(kv_elem_bytes(p));  // of one token row this unit reads
-  auto prefetch_paged = [&](const float* base, const float* const* blocks, int64_t ld, int64_t j_begin,
-                            int64_t j_end) {
-    for (int64_t j = j_begin; j < std::min(j_end, kv1); ++j) {
-      const char* row = reinterpret_cast<const char*>(kv_at(kv_row(base, blocks, p, j, ld), u.g0 * D, p));
-      for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
-    }
-  };
   // ns rows of a K or V slice from `rows` (stride ld elements of the cache type) into `dst`
   // (stride Dp floats): copied, or widened from a half cache (exact).
   auto pack_rows = [&](const float* rows, int64_t ld, int ns, float* dst) {
@@ -1393,7 +1376,6 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
     // S = scale * Q K^T for the block
     for (int s0 = 0; s0 < nb; s0 += sub) {
       const int ns = std::min(sub, nb - s0);
-      if (u.ng > 1) prefetch_paged(pl.k, p.k_blocks, p.ldk, j0 + s0 + sub, j0 + s0 + 2 * sub);
       for (int64_t gl = 0; gl < u.ng; ++gl) {
         const int r0 = int(gl) * rg;
         const float* kb = kv_at(kv_row(pl.k, p.k_blocks, p, j0 + s0, p.ldk), (u.g0 + gl) * D, p);
@@ -1420,7 +1402,6 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
     // acc = alpha * acc + P V (the rescale rides on the first sub-block)
     for (int s0 = 0; s0 < nb; s0 += sub) {
       const int ns = std::min(sub, nb - s0);
-      if (u.ng > 1) prefetch_paged(pl.v, p.v_blocks, p.ldv, j0 + s0 + sub, j0 + s0 + 2 * sub);
       for (int64_t gl = 0; gl < u.ng; ++gl) {
         const int r0 = int(gl) * rg;
         const float* vb = kv_at(kv_row(pl.v, p.v_blocks, p, j0 + s0, p.ldv), (u.g0 + gl) * D, p);
@@ -1764,7 +1745,8 @@ int64_t decode_pack_span(const DecodeItem& it) {
 // loads; with a load sweep of each 16-row sub-block first (sweep_rows: the copy's access pattern
 // without its stores) f32 in place takes 73 us against 94-95 cold and 47.7 against 51.7 hot,
 // bf16 66 against 83. Wide rows (7B) are read in place on the hardware prefetchers (a sweep there
-// was slower; so was an emitted software prefetch of the next rows: decode_wide_hw_prefetch); a half one is now widened by the kernels' loads instead of one kv
+// was slower; so was an emitted software prefetch of the next rows, prefetch_kv_rows); a half one
+// is now widened by the kernels' loads instead of one kv
 // head's slice at a time into scratch.
 const Kern* decode_inplace_kern(Isa isa, DType t) {
   if (isa < Isa::Avx512 || !attention_detail::decode_inplace_enabled()) return nullptr;
@@ -1860,23 +1842,14 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 const AttentionParams kF32Rows{};
 
 // Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged
-// cache, every line.
-inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
+// cache, every line. Forced inline: a function holding nothing but prefetches is found "const" by
+// GCC 12's IPA (__builtin_prefetch counts as no side effect) and its calls are deleted; until
+// session 20 this file's object held no prefetch instruction (the narrow rows' prefetch ahead, the
+// wide rows' next-16-rows burst and the tiled driver's paged prefetch were all dropped so).
+// Emitted, the wide rows' burst (4096 lines a sub-block at 7B) made the call 1.24-1.34x slower
+// cold (session 20): it and the tiled driver's were removed, not turned on.
+__attribute__((always_inline)) inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
                              int64_t j0, int64_t j1, int64_t span_bytes) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
-    for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
-  }
-}
-
-// prefetch_kv_rows' loop for the wide rows' software prefetch (decode_wide_hw_prefetch off), forced
-// inline where it is used: a function holding nothing but prefetches is found "const" by GCC 12's
-// IPA (__builtin_prefetch counts as no side effect) and its calls are deleted. That is what becomes
-// of every prefetch_kv_rows call (the narrow rows' prefetch ahead) and of the tiled driver's
-// prefetch_paged lambda: before session 20 this file's object held no prefetch instruction.
-__attribute__((always_inline)) inline void prefetch_kv_rows_emitted(const float* base, const float* const* blocks,
-                                                                    const AttentionParams& p, int64_t ld, int64_t j0,
-                                                                    int64_t j1, int64_t span_bytes) {
   for (int64_t j = j0; j < j1; ++j) {
     const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
     for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
@@ -1899,8 +1872,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // prefetch (measured faster without). Wide rows (7B: 16 KB a token in f32) are read in place,
   // on the hardware prefetchers alone. Their software prefetch of the next 16 rows a sub-block
   // (4096 lines in one burst at 7B) was in the source from the start but never emitted (see
-  // prefetch_kv_rows_emitted); emitted (attention_detail::decode_wide_hw_prefetch off) it makes the
-  // call 1.24-1.34x slower cold and 1.23-1.36x in cache (session 20). Reading the rows instead as
+  // prefetch_kv_rows); emitted it made the call 1.24-1.34x slower cold and 1.23-1.36x in cache
+  // (session 20), so it went. Reading the rows instead as
   // whole token rows (every kv head of 1 / 2 / 4 / 8 positions side by side, front to back, P V's
   // accumulators in scratch, each row prefetched 1-16 KiB ahead from a small loop per kv head, or
   // not at all; same bits) was slower too: 0.72-0.95x cold, 0.75-0.88x in cache (bench/README).
@@ -1920,15 +1893,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool ahead = sweep && attention_detail::decode_prefetch_ahead_enabled();
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
-  // Wide rows read in place: the next 16 rows software-prefetched (a burst of up to 16 x 256 lines
-  // a sub-block), or left to the hardware prefetchers (attention_detail::decode_wide_hw_prefetch).
-  const bool wide_pf = !pack && !sweep && !attention_detail::decode_wide_hw_prefetch();
-  int64_t wide_pf_rows = 0;  // rows prefetched so (AttentionWork::decode_rows_prefetched)
-  auto prefetch_wide = [&](const float* base, const float* const* blocks, int64_t ld, int64_t r0, int64_t r1) {
-    if (!wide_pf || r0 >= r1) return;
-    prefetch_kv_rows_emitted(base, blocks, p, ld, r0, r1, span_bytes);
-    wide_pf_rows += r1 - r0;
-  };
   // Wide rows read in place (7B): one or two query heads per kv head take qk16 on full sub-blocks
   // (attention_detail::decode_qk_wide).
   const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
@@ -1985,13 +1949,12 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
   // Blocks of kBk tokens, online softmax across them: K and V of a block are read close together.
   // Within a block, 16 tokens at a time across all kv heads (a token row of Hkv * D contiguous
-  // floats consumed within a short window), the next 16 rows prefetched.
+  // floats consumed within a short window).
   for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
     const int64_t b1 = std::min(j1, b0 + kBk);
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      prefetch_wide(it.k, p.k_blocks, p.ldk, s0 + 16, std::min(b1, s0 + 32));
       if (ahead) {  // the next sub-block of K, or after the block's last one the block's first V rows
         if (s0 + 16 < b1)
           prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
@@ -2029,7 +1992,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         }
       }
     }
-    prefetch_wide(it.v, p.v_blocks, p.ldv, b0, std::min(b1, b0 + 16));
     for (int64_t h = 0; h < H; ++h) {
       float* sr = S + h * kBk;
       const float m_new = std::max(m[h], kk.row_max(sr, nb));
@@ -2039,7 +2001,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      prefetch_wide(it.v, p.v_blocks, p.ldv, s0 + 16, std::min(b1, s0 + 32));
       if (ahead) {  // the next sub-block of V, or after the block's last one the next block's first K rows
         if (s0 + 16 < b1)
           prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
@@ -2070,8 +2031,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       }
     }
   }
-  if (wide_pf_rows)
-    attention_detail::work_slot().decode_rows_prefetched.fetch_add(uint64_t(wide_pf_rows), std::memory_order_relaxed);
   if (it.n_pieces == 1) {
     for (int64_t h = 0; h < H; ++h) {
       float* o = it.out + h * D;

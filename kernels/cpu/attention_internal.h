@@ -95,14 +95,6 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// Wide token rows read in place (n_kv_heads * head_dim > 256 elements: 7B) are left to the
-// hardware prefetchers (default), or (EMOLLM_DECODE_ATTN_WIDE_HWPF=0, read once, or
-// set_decode_wide_hw_prefetch(false): the previous form) each 16-row sub-block prefetches the next
-// 16 rows of its matrix, every line, in one burst (up to 4096 prefetches at 7B), and the block's
-// first V rows after its Q K^T. Measured on Zen 5 (session 20, 1 thread, cold, loaded): the burst
-// made the call 1.24-1.34x slower (1.23x in cache). Prefetches only: the same bits either way.
-bool decode_wide_hw_prefetch();
-void set_decode_wide_hw_prefetch(bool on);
 // The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
 // shared counter inside one pool->run job (each thread, the caller included, takes the next item
 // until none is left; a worker that has not claimed its index when the caller is done costs
@@ -115,10 +107,8 @@ void set_decode_wide_hw_prefetch(bool on);
 // once per call; benchmarks: the split between threads). by_thread[i]: decode pieces plus tiled
 // units run by pool thread index i (indices >= kWorkThreads counted in the last slot).
 constexpr int kWorkThreads = 8;
-// decode_rows_prefetched: wide token rows the decode driver software-prefetched (none unless
-// decode_wide_hw_prefetch() is off).
 struct AttentionWork {
-  uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0, decode_rows_prefetched = 0;
+  uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0;
   uint64_t by_thread[kWorkThreads] = {};
 };
 AttentionWork attention_work();

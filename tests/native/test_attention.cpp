@@ -1563,7 +1563,6 @@ struct WorkDelta {
     d.decode_merges = b.decode_merges - a.decode_merges;
     d.tiled_units = b.tiled_units - a.tiled_units;
     d.tiled_merges = b.tiled_merges - a.tiled_merges;
-    d.decode_rows_prefetched = b.decode_rows_prefetched - a.decode_rows_prefetched;
     for (int i = 0; i < attention_detail::kWorkThreads; ++i) d.by_thread[i] = b.by_thread[i] - a.by_thread[i];
     return d;
   }
@@ -1573,64 +1572,6 @@ bool same_counts(const attention_detail::AttentionWork& a, const attention_detai
          a.tiled_merges == b.tiled_merges;
 }
 }  // namespace
-
-// Wide token rows on the hardware prefetchers alone (attention_detail::decode_wide_hw_prefetch,
-// the default) or with the next 16 rows software-prefetched: prefetches only, so bit for bit the
-// same outputs and log-sum-exps, within 1e-5 of ref::attention; and the driver's count of
-// software-prefetched rows is 0 by default and > 0 with the switch off on wide rows wherever the
-// decode driver runs (0 either way on narrow rows, which the sweep reads). Wide MHA (qk16 / pv2),
-// wide GQA and a narrow shape; f32 / f16 / bf16, contiguous and paged (16 / 64), lengths across
-// the sub-block, block and piece edges, no pool and 2 / 3 threads.
-TEST(attention_decode_wide_hw_prefetch_same_bits) {
-  ThreadPool pool2(2), pool3(3);
-  DecodeSplitScope sw(true);
-  struct Shape { int64_t H, Hkv, D; bool wide; };
-  const Shape shapes[] = {{32, 32, 128, true}, {6, 6, 80, true}, {8, 4, 128, true}, {32, 4, 64, false}};
-  const int64_t lengths[] = {1, 16, 17, 64, 65, 129, 300};
-  uint64_t seed = 15100;
-  int runs = 0, counted = 0;
-  const bool was = attention_detail::decode_wide_hw_prefetch();
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
-    for (const Shape& sh : shapes)
-      for (int64_t n : lengths) {
-        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, 0};
-        Data d = make_data(c, seed++);
-        const std::string what = describe(c) + " kv=" + dtype_name(t);
-        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
-        for (const AttentionParams* pp : L.ps) {
-          const float* k = L.k(pp);
-          const float* v = L.v(pp);
-          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
-                                  std::to_string(pl ? pl->size() : 0);
-            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
-            attention_detail::set_decode_wide_hw_prefetch(true);
-            const WorkDelta wa;
-            a = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, la.data()); });
-            const uint64_t pf_on = wa.since().decode_rows_prefetched;
-            attention_detail::set_decode_wide_hw_prefetch(false);
-            const WorkDelta wb;
-            b = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lb.data()); });
-            const uint64_t pf_off = wb.since().decode_rows_prefetched;
-            attention_detail::set_decode_wide_hw_prefetch(was);
-            ++runs;
-            EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w + " hardware prefetch");
-            if (a != b || la != lb)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "the wide rows' prefetch changed the result: " + w);
-            EXPECT(pf_on == 0);
-            const bool driver = attention_detail::attention_planned_work(*pp, pl ? pl->size() : 1).decode_pieces > 0;
-            if (sh.wide && driver) {
-              ++counted;
-              if (pf_off == 0) ::emollm_test::report_failure(__FILE__, __LINE__, "no rows software-prefetched: " + w);
-            } else {
-              EXPECT(pf_off == 0);
-            }
-          }
-        }
-      }
-  EXPECT(runs > 0);
-  EXPECT(counted > 0 || isa_active() < Isa::Avx2);  // the decode driver runs from AVX2 up
-}
 
 TEST(attention_late_worker_same_bits) {
   LateWorkerScope scope;
