@@ -369,13 +369,11 @@ void ThreadPool::clear_side_prefetch() {
   side_pending_ = false;
 }
 
-void ThreadPool::set_next_prefetch(int ith, const void* p, size_t bytes, int units, const void* p2, size_t bytes2) {
+void ThreadPool::set_next_prefetch(int ith, const void* p, size_t bytes, int units) {
   if (ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads)) return;
   next_[ith].p.store(static_cast<const char*>(p), std::memory_order_relaxed);
   next_[ith].units.store(std::max(1, units), std::memory_order_relaxed);
   next_[ith].bytes.store(p ? bytes : 0, std::memory_order_relaxed);
-  next_[ith].p2.store(p ? static_cast<const char*>(p2) : nullptr, std::memory_order_relaxed);
-  next_[ith].bytes2.store(p && p2 ? bytes2 : 0, std::memory_order_relaxed);
   if (p && bytes) next_pending_.store(true, std::memory_order_relaxed);
 }
 
@@ -384,26 +382,18 @@ void ThreadPool::clear_next_prefetch() {
   for (int i = 0; i < std::min(n_threads_, kMaxSideThreads); ++i) {
     next_[i].bytes.store(0, std::memory_order_relaxed);
     next_[i].p.store(nullptr, std::memory_order_relaxed);
-    next_[i].bytes2.store(0, std::memory_order_relaxed);
-    next_[i].p2.store(nullptr, std::memory_order_relaxed);
   }
   next_pending_.store(false, std::memory_order_relaxed);
 }
 
-size_t ThreadPool::next_prefetch(int ith, const char** p, int* units, const char** p2, size_t* bytes2) const {
+size_t ThreadPool::next_prefetch(int ith, const char** p, int* units) const {
   *p = nullptr;
   *units = 1;
-  if (p2) *p2 = nullptr;
-  if (bytes2) *bytes2 = 0;
   if (!next_pending_.load(std::memory_order_relaxed) || ith < 0 || ith >= std::min(n_threads_, kMaxSideThreads))
     return 0;
   const size_t bytes = next_[ith].bytes.load(std::memory_order_relaxed);
   *p = next_[ith].p.load(std::memory_order_relaxed);
   *units = next_[ith].units.load(std::memory_order_relaxed);
-  if (*p && bytes && p2 && bytes2) {
-    *p2 = next_[ith].p2.load(std::memory_order_relaxed);
-    *bytes2 = *p2 ? next_[ith].bytes2.load(std::memory_order_relaxed) : 0;
-  }
   return *p ? bytes : 0;
 }
 
@@ -492,38 +482,21 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   // The next matrix's start (ThreadPool::set_next_prefetch), for the thread that owns its range
   // by pool index: a slice before each of the last `tail` steps it walks of its own range.
   struct NextTail {
-    const char* p[2] = {nullptr, nullptr};
-    size_t left = 0;  // both spans' bytes not issued yet
-    size_t span_left[2] = {0, 0};
+    const char* p = nullptr;
+    size_t left = 0;
     int tail = 1;
-    size_t issue_span(int k, size_t want) {
-      want = std::min(span_left[k], (want + 63) / 64 * 64);
-      if (want == 0) return 0;
-      for (size_t o = 0; o < want; o += 64) __builtin_prefetch(p[k] + o, 0, 3);
-      p[k] += want;
-      span_left[k] -= want;
+    void issue(size_t want) {
+      want = std::min(left, (want + 63) / 64 * 64);
+      if (want == 0) return;
+      for (size_t o = 0; o < want; o += 64) __builtin_prefetch(p + o, 0, 3);
+      p += want;
       left -= want;
       g_next_issued.fetch_add(want, std::memory_order_relaxed);
-      return want;
-    }
-    // a slice: half from each span while both have bytes left (what one cannot give from the
-    // other), else from the one that has; issue(left) issues both spans' rest
-    void issue(size_t want) {
-      if (span_left[0] && span_left[1]) {
-        const size_t a = issue_span(0, (want + 1) / 2);
-        const size_t b = issue_span(1, want > a ? want - a : 0);
-        if (want > a + b) issue_span(0, want - a - b);
-      } else {
-        issue_span(span_left[0] ? 0 : 1, want);
-      }
     }
   };
   auto next_tail = [&](int ith) {
     NextTail t;
-    if (pool && owner == RangeOwner::Thread) {
-      t.span_left[0] = pool->next_prefetch(ith, &t.p[0], &t.tail, &t.p[1], &t.span_left[1]);
-      t.left = t.span_left[0] + t.span_left[1];
-    }
+    if (pool && owner == RangeOwner::Thread) t.left = pool->next_prefetch(ith, &t.p, &t.tail);
     return t;
   };
   // Runs [b, e) (in units of `step`) whose range ends at `back`: the part before the tail at once,

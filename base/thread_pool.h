@@ -69,23 +69,17 @@ class ThreadPool {
   // on their way when its own stream ends (instead of starting cold after the hand-off). Set by
   // the pool's caller before the job, read by thread ith inside it (atomics: the caller writes,
   // the workers read), dropped by clear_next_prefetch(). Prefetches never fault and write nothing.
-  // A second span (p2, bytes2; none by default): where a GEMV that reads two streams side by side
-  // starts its second one; each slice of the tail then takes half from each span.
-  void set_next_prefetch(int ith, const void* p, size_t bytes, int units, const void* p2 = nullptr,
-                         size_t bytes2 = 0);
+  void set_next_prefetch(int ith, const void* p, size_t bytes, int units);
   void clear_next_prefetch();
   bool next_prefetch_pending() const { return next_pending_.load(std::memory_order_relaxed); }
-  // Thread ith's first span (bytes; 0 when none), its start in *p and the tail's steps in *units;
-  // the second span's start and bytes in *p2 / *bytes2 when given (null / 0 when none).
-  size_t next_prefetch(int ith, const char** p, int* units, const char** p2 = nullptr, size_t* bytes2 = nullptr) const;
+  // Thread ith's span (bytes; 0 when none), its start in *p and the tail's steps in *units.
+  size_t next_prefetch(int ith, const char** p, int* units) const;
 
  private:
   struct alignas(64) NextSpan {
     std::atomic<const char*> p{nullptr};
     std::atomic<size_t> bytes{0};
     std::atomic<int> units{0};
-    std::atomic<const char*> p2{nullptr};
-    std::atomic<size_t> bytes2{0};
   };
   std::unique_ptr<NextSpan[]> next_;
   std::atomic<bool> next_pending_{false};

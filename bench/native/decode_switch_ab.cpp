@@ -64,9 +64,6 @@ const AbSwitch kSwitches[] = {
     // path (EMOLLM_PROFILE=1 EMOLLM_PROFILE_OUT=file, EMOLLM_PROFILE_CPU=1: native/core/profiling_backend.h)
     {"none", [](bool) {}},
     {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
-    // with the next-matrix prefetch on: its bytes split over the q4_0 pass's two streams (on) or
-    // all at the first stream's start (off)
-    {"next_prefetch_streams", [](bool on) { set_gemv_next_prefetch(true), set_gemv_next_prefetch_streams(on); }},
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
     {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
     // q6_K on the lean pass (its prefetches spread over each step's groups) against the default pass

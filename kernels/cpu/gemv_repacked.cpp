@@ -771,31 +771,38 @@ void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::f
 
 void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, int ith, int nth,
                             const uint8_t** begin, size_t* bytes) {
-  const GemvOutput o{Wr, nullptr, nullptr, N};
-  gemv_repacked_multi_own_part(wtype, &o, 1, K, ith, nth, begin, bytes);
+  check_repack_args(wtype, N, K);
+  const bool q8 = wtype == DType::Q8_0;
+  const RepackLayout L = repack_layout(q8, K / kQK);
+  const int64_t groups = (N + kGroup - 1) / kGroup;
+  // gemv_dispatch's split: one thread below kParallelMinMacs, else parallel_ranges' own range
+  const bool parallel = nth > 1 && N * K >= gemm_detail::kParallelMinMacs;
+  int64_t g0, g1;
+  parallel_ranges_own(groups, kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
+  const uint8_t* G = static_cast<const uint8_t*>(Wr);
+  const size_t total = quant_repack_bytes(wtype, N, K);
+  const size_t b0 = std::min(total, size_t(g0 / L.sg) * L.sgstride);
+  const size_t b1 = std::min(total, size_t((g1 + L.sg - 1) / L.sg) * L.sgstride);
+  *begin = G + b0;
+  *bytes = g1 > g0 ? b1 - b0 : 0;
 }
 
 void gemv_repacked_multi_own_part(DType wtype, const GemvOutput* outs, int n_outs, int64_t K, int ith, int nth,
-                                  const uint8_t** begin, size_t* bytes, int tail, const uint8_t** begin2,
-                                  size_t* bytes2) {
+                                  const uint8_t** begin, size_t* bytes) {
   *begin = nullptr;
   *bytes = 0;
-  if (begin2) *begin2 = nullptr;
-  if (bytes2) *bytes2 = 0;
   if (!outs || n_outs < 1 || n_outs > kMaxGemvOutputs) return;
+  if (n_outs == 1) return gemv_repacked_own_part(outs[0].W, wtype, outs[0].N, K, ith, nth, begin, bytes);
   int64_t first[kMaxGemvOutputs + 1] = {0}, rows = 0;
   for (int j = 0; j < n_outs; ++j) {
     check_repack_args(wtype, outs[j].N, K);
     first[j + 1] = first[j] + (outs[j].N + kGroup - 1) / kGroup;
     rows += outs[j].N;
   }
-  // gemv_repacked_multi's split (gemv_dispatch over the outputs' groups one after another; one
-  // output: gemv_repacked's)
-  const int64_t groups = first[n_outs];
-  const bool ranged = rows * K >= gemm_detail::kParallelMinMacs;  // through parallel_ranges
-  const bool parallel = nth > 1 && ranged;
+  // gemv_repacked_multi's split (gemv_dispatch over the outputs' groups one after another)
+  const bool parallel = nth > 1 && rows * K >= gemm_detail::kParallelMinMacs;
   int64_t g0, g1;
-  parallel_ranges_own(groups, kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
+  parallel_ranges_own(first[n_outs], kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
   int j = 0;
   while (j < n_outs && g0 >= first[j + 1]) ++j;
   if (g1 <= g0 || j == n_outs) return;
@@ -804,29 +811,8 @@ void gemv_repacked_multi_own_part(DType wtype, const GemvOutput* outs, int n_out
   const size_t total = quant_repack_bytes(wtype, outs[j].N, K);
   const size_t b0 = std::min(total, size_t(l0 / L.sg) * L.sgstride);
   const size_t b1 = std::min(total, size_t((l1 + L.sg - 1) / L.sg) * L.sgstride);
-  const uint8_t* W = static_cast<const uint8_t*>(outs[j].W);
-  *begin = W + b0;
+  *begin = static_cast<const uint8_t*>(outs[j].W) + b0;
   *bytes = b1 - b0;
-  // The second stream of the thread's first chunk (repacked_groups' two-stream q4_0 pass): that
-  // chunk is parallel_ranges' first claim of the own range, or at one thread the part before the
-  // `tail` steps walked one at a time (all of it without a tail or below kParallelMinMacs).
-  if (!begin2 || !bytes2 || wtype != DType::Q4_0 || L.sg != kSuperGroup || !gemm_detail::q40_ms() ||
-      !gemm_detail::gemv_ranges() || l0 % kSuperGroup != 0)
-    return;
-  int64_t f1 = g1;  // end of the first chunk (groups of all outputs)
-  if (parallel) {
-    const int64_t max_units = std::max<int64_t>(1, gemv_chunk(groups, nth) / kPassGroups);
-    const int64_t units = (g1 - g0 + kPassGroups - 1) / kPassGroups;
-    f1 = std::min(g1, g0 + kPassGroups * std::min(max_units, (units + 3) / 4));
-  } else if (ranged && tail > 0 && groups > kPassGroups) {
-    const int64_t units = (groups + kPassGroups - 1) / kPassGroups;
-    f1 = std::min(groups, kPassGroups * std::max<int64_t>(1, units - tail));
-  }
-  const int64_t per = (std::min(f1, first[j + 1]) - first[j] - l0) / kSuperGroup / 2;  // super-groups a stream
-  if (per < 1) return;
-  const size_t s2 = std::min(total, size_t(l0 / kSuperGroup + per) * L.sgstride);
-  *begin2 = W + s2;
-  *bytes2 = b1 > s2 ? b1 - s2 : 0;
 }
 
 namespace {

@@ -209,14 +209,8 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
 // gemv_repacked_own_part for gemv_repacked_multi(x, wtype, outs, n_outs, K, pool of nth): the
 // first contiguous bytes of thread ith's own range (the outputs' groups numbered one after
 // another; cut at the end of the output its range starts in). *bytes = 0 when it owns none.
-// With begin2 / bytes2: where the second stream of the thread's first chunk starts when the q4_0
-// pass reads that chunk as two streams side by side (to the end of the same output's own range;
-// null / 0 when it reads one); tail: the steps the call will walk one at a time at the end of its
-// range (ThreadPool::set_next_prefetch's units when it carries a next-matrix prefetch, else 0),
-// which at one thread ends its first chunk.
 void gemv_repacked_multi_own_part(DType wtype, const GemvOutput* outs, int n_outs, int64_t K, int ith, int nth,
-                                  const uint8_t** begin, size_t* bytes, int tail = 0,
-                                  const uint8_t** begin2 = nullptr, size_t* bytes2 = nullptr);
+                                  const uint8_t** begin, size_t* bytes);
 // Each output as gemm_huge_pages(x, K, W, wtype, bias, y, N, 1, N, K, pool) (one dispatch for the
 // BF16 / F16 single-stream GEMV on AVX-512; other cases one call per output).
 void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,

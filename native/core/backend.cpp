@@ -168,12 +168,6 @@ int next_prefetch_steps() {
   static const int s = int(env_size("EMOLLM_GEMV_NEXT_PREFETCH_STEPS", 2, 1, 64));
   return s;
 }
-// The next-matrix prefetch's bytes split between the two streams the q4_0 pass reads a chunk in
-// (backend.h set_gemv_next_prefetch_streams; A/B hook, =0: all of them at the first stream).
-EnvSwitch& next_prefetch_streams_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_NEXT_PREFETCH_STREAMS");
-  return on;
-}
 // Default on (backend.h set_f32_huge_copies; EMOLLM_F32_HUGE_COPIES=0 off): decoder F32 matrices
 // of 256 KiB or more get the BF16 / F16 treatment, a copy in the same layout in 2 MiB pages (the
 // weight file's mapping is in 4 KiB pages), read by the same kernels: same bits. Quiet A/B on
@@ -405,8 +399,7 @@ class CpuBackend final : public Backend {
 
   // Each pool thread's own first bytes of the GEMV over outs (gemv_repacked_multi_own_part: what
   // it reads first there while ranges are owned by thread index), at most
-  // EMOLLM_GEMV_NEXT_PREFETCH_KB (half at each stream's start where the q4_0 pass reads its first
-  // chunk as two streams), as its next-matrix prefetch (ThreadPool::set_next_prefetch):
+  // EMOLLM_GEMV_NEXT_PREFETCH_KB, as its next-matrix prefetch (ThreadPool::set_next_prefetch):
   // issued over the last steps of its own range in the next call, dropped when that call returns
   // (NextPrefetchScope). Repacked q4_0 / q8_0 only (what gemv_fused / gemm would run them on).
   void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) override {
@@ -426,18 +419,8 @@ class CpuBackend final : public Backend {
     for (int i = 0; i < nth; ++i) {
       const uint8_t* b = nullptr;
       size_t bytes = 0;
-      const uint8_t* b2 = nullptr;
-      size_t bytes2 = 0;
-      const int steps = next_prefetch_steps();
-      gemv_repacked_multi_own_part(t, g, n, K, i, nth, &b, &bytes, steps, gemv_next_prefetch_streams() ? &b2 : nullptr,
-                                   &bytes2);
-      const size_t budget = next_prefetch_bytes();
-      if (b2 && bytes2) {  // two streams: half the bytes at the start of each
-        const size_t half = budget / 2 / 64 * 64;
-        pool_.set_next_prefetch(i, b, std::min(bytes, half), steps, b2, std::min(bytes2, budget - half));
-      } else {
-        pool_.set_next_prefetch(i, b, std::min(bytes, budget), steps);
-      }
+      gemv_repacked_multi_own_part(t, g, n, K, i, nth, &b, &bytes);
+      pool_.set_next_prefetch(i, b, std::min(bytes, next_prefetch_bytes()), next_prefetch_steps());
     }
   }
   // Drops a next_gemv_hint's spans when the call it was for returns.
@@ -782,8 +765,6 @@ bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
 void set_gemv_next_prefetch(bool on) { next_prefetch_flag().set(on); }
 bool gemv_next_prefetch() { return next_prefetch_flag().on(); }
-void set_gemv_next_prefetch_streams(bool on) { next_prefetch_streams_flag().set(on); }
-bool gemv_next_prefetch_streams() { return next_prefetch_streams_flag().on(); }
 void set_decode_side_prefetch(bool on) { side_prefetch_flag().set(on); }
 bool decode_side_prefetch() { return side_prefetch_flag().on(); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().set(on); }

@@ -79,11 +79,6 @@ bool decode_side_prefetch();
 // 64 rows). Same bits either way (prefetches only). Process-wide.
 void set_gemv_next_prefetch(bool on);
 bool gemv_next_prefetch();
-// Where the q4_0 pass reads a thread's first chunk as two streams side by side, the next-matrix
-// prefetch puts half its bytes at the start of each (default on; EMOLLM_GEMV_NEXT_PREFETCH_STREAMS=0:
-// all at the first stream's start, as before). Same bits either way (prefetches only).
-void set_gemv_next_prefetch_streams(bool on);
-bool gemv_next_prefetch_streams();
 
 // The CPU backend packs a q4_K / q6_K matrix ~16 MiB of its rows at a time, releasing each slice's
 // file pages once its records are written, so a matrix's original pages and its records are not

@@ -2,9 +2,6 @@
 // ThreadPool::set_next_prefetch, parallel_ranges' tail walk): prefetches only, so
 //  - parallel_ranges still runs every item exactly once, the prefetched memory (a canary) is left
 //    as it was, and the spans are really issued (the process-wide issued-bytes counter moves);
-//  - two spans a thread (the q4_0 pass's two streams) are both issued whole, at one thread exactly;
-//  - gemv_repacked_multi_own_part's second span starts where the two-stream q4_0 pass starts the
-//    second stream of the thread's first chunk (that chunk taken from parallel_ranges itself);
 //  - a random-weight q4_0 / q8_0 LLaMA decodes with the same bits (every logit of the prompt and
 //    of each greedy step) with the switch on and off, and as a reference run with it off before
 //    any prefetch ran (a write through a span would change the shared weights), at 1, 2 and 3
@@ -25,8 +22,6 @@
 #include "base/dtype.h"
 #include "base/thread_pool.h"
 #include "core/backend.h"
-#include "../../kernels/cpu/gemm_internal.h"
-#include "../../kernels/cpu/kernels.h"
 #include "greedy_decode.h"
 #include "model/llama.h"
 #include "random_llama.h"
@@ -107,111 +102,6 @@ TEST(parallel_ranges_next_prefetch_covers_once_and_writes_nothing) {
         EXPECT(next_prefetch_bytes_issued() == issued1);
       }
   }
-}
-
-TEST(parallel_ranges_next_prefetch_two_spans_issued_whole) {
-  std::vector<uint8_t> canary(size_t(1) << 17, 0x5A);
-  for (int threads : {1, 2}) {
-    ThreadPool pool(threads);
-    for (int64_t n : {3, 64, 1001})
-      for (int units : {1, 2, 5}) {
-        // spans of different sizes, so a slice split in halves runs the smaller one dry first
-        pool.set_next_prefetch(0, canary.data(), 8192, units, canary.data() + 65536, 3072);
-        const uint64_t issued0 = next_prefetch_bytes_issued();
-        parallel_ranges(&pool, n, 4, int64_t(1) << 40, [](int64_t, int64_t) {}, RangeOwner::Thread);
-        const uint64_t issued = next_prefetch_bytes_issued() - issued0;
-        if (issued != 8192 + 3072) std::fprintf(stderr, "  threads %d n %lld units %d: issued %llu\n", threads, (long long)n, units, (unsigned long long)issued);
-        EXPECT(issued == 8192 + 3072);
-        pool.clear_next_prefetch();
-        // cleared: no second span either
-        const char *p = nullptr, *p2 = nullptr;
-        size_t b2 = 1;
-        int u = 0;
-        EXPECT(pool.next_prefetch(0, &p, &u, &p2, &b2) == 0 && p2 == nullptr && b2 == 0);
-      }
-  }
-  for (uint8_t c : canary) EXPECT(c == 0x5A);
-}
-
-TEST(gemv_q40_next_prefetch_second_span_is_the_second_stream) {
-  // gemv_repacked.cpp gemv_chunk: groups / (8 nth) rounded up to whole 4-group passes, at least one
-  auto chunk = [](int64_t groups, int nth) {
-    const int64_t c = groups / (8 * int64_t(nth));
-    return std::max<int64_t>(4, (c + 3) / 4 * 4);
-  };
-  const int64_t K = 2048;
-  const size_t sg_bytes = size_t(K / 32) * 1152;  // one 64-row super-group: nb records of 1152 bytes
-  int checked = 0;
-  for (const std::vector<int64_t>& Ns : {std::vector<int64_t>{2048}, std::vector<int64_t>{5632, 5632},
-                                          std::vector<int64_t>{2048, 256, 256}, std::vector<int64_t>{1000},
-                                          std::vector<int64_t>{64}})
-    for (int nth : {1, 2, 3})
-      for (int tail : {0, 2}) {
-        std::vector<std::vector<uint8_t>> w;
-        std::vector<GemvOutput> outs;
-        std::vector<int64_t> first = {0};
-        int64_t rows = 0;
-        for (int64_t N : Ns) {
-          w.emplace_back(quant_repack_bytes(DType::Q4_0, N, K));
-          outs.push_back(GemvOutput{w.back().data(), nullptr, nullptr, N});
-          first.push_back(first.back() + (N + 15) / 16);
-          rows += N;
-        }
-        const int64_t groups = first.back();
-        // each thread's first chunk as parallel_ranges hands it out (one thread: the tail walk)
-        ThreadPool pool(nth);
-        std::vector<std::pair<int64_t, int64_t>> first_chunk(size_t(nth), {-1, -1});
-        std::mutex mu;
-        if (tail > 0) pool.set_next_prefetch(0, w[0].data(), 64, tail);
-        const bool ranged = rows * K >= gemm_detail::kParallelMinMacs;
-        auto record = [&](int64_t b, int64_t e) {
-          std::lock_guard<std::mutex> lk(mu);
-          auto& f = first_chunk[size_t(pool_thread_index())];
-          if (f.first < 0) f = {b, e};
-        };
-        if (ranged)
-          parallel_ranges(&pool, groups, 4, chunk(groups, nth), record, RangeOwner::Thread);
-        else
-          record(0, groups);
-        pool.clear_next_prefetch();
-        for (int i = 0; i < nth; ++i) {
-          const uint8_t* b = nullptr;
-          const uint8_t* b2 = nullptr;
-          size_t bytes = 0, bytes2 = 0;
-          gemv_repacked_multi_own_part(DType::Q4_0, outs.data(), int(outs.size()), K, i, ranged ? nth : 1, &b, &bytes,
-                                       tail, &b2, &bytes2);
-          int64_t own0, own1;
-          parallel_ranges_own(groups, 4, ranged ? nth : 1, i, &own0, &own1);
-          const auto f = first_chunk[size_t(i)];
-          if (own1 <= own0) {
-            EXPECT(b2 == nullptr && bytes2 == 0);
-            continue;
-          }
-          if (f.first != own0) continue;  // a late worker's range taken by the other threads: nothing to compare
-          size_t j = 0;
-          while (own0 >= first[j + 1]) ++j;
-          // repacked_groups on the first chunk's part in output j: two streams of `per` super-groups
-          const int64_t l0 = own0 - first[j], l1 = std::min(f.second, first[j + 1]) - first[j];
-          const int64_t per = (l1 - l0) / 4 / 2;
-          const std::string label = "outputs " + std::to_string(Ns.size()) + " N0 " + std::to_string(Ns[0]) + " nth " +
-                                    std::to_string(nth) + " tail " + std::to_string(tail) + " thread " + std::to_string(i);
-          if (per < 1) {
-            if (b2 != nullptr) emollm_test::report_failure(__FILE__, __LINE__, label + ": a second span for one stream");
-            EXPECT(b2 == nullptr && bytes2 == 0);
-            continue;
-          }
-          const uint8_t* want = w[j].data() + size_t(l0 / 4 + per) * sg_bytes;
-          if (b2 != want)
-            emollm_test::report_failure(__FILE__, __LINE__,
-                                        label + ": second span at super-group " +
-                                            std::to_string(b2 ? (b2 - w[j].data()) / int64_t(sg_bytes) : -1) +
-                                            ", the pass's second stream at " + std::to_string(l0 / 4 + per));
-          EXPECT(b2 == want);
-          EXPECT(bytes2 > 0 && b2 + bytes2 <= b + bytes);
-          ++checked;
-        }
-      }
-  EXPECT(checked >= 20);
 }
 
 namespace {
