@@ -443,7 +443,10 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // one loop prefetches that stream's record `ahead` bytes on (18 lines). Measured on Zen 5 (1 thread,
 // cold 2 MiB pages, thread CPU time, loaded; session 19): 2 streams 4 KiB ahead 0.99-1.08x the
 // default pass (best of 150 rounds), 1.05-1.09x in the 1.1B / 7B q4_0 decode; 2 KiB / 9 KiB
-// ahead 0.96-1.02x; 4 streams 0.80-1.06x (32 f32 accumulators: spills); the same prefetches as
+// ahead 0.96-1.02x; 4 streams 0.80-1.06x (32 f32 accumulators: spills); 3 streams (session 20)
+// 0.94-0.98x by median on six 1.1B / 7B shapes (24 accumulators: GCC's S = 3 pass has 113 zmm
+// stack accesses against 45 at S = 2); 4 streams with their accumulators in a stack array, loaded
+// and stored once a record, 0.53-0.59x by median; the same prefetches as
 // 4-5-line straight-line slices among the block's loads 0.65-0.89x (GCC bunches them into bursts,
 // which act as no prefetch on this VM), as 4-5-line loops 0.8-1.1x.
 // Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
