@@ -115,7 +115,6 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = cpu_features().physical_cores;
   if (n_threads <= 0) n_threads = 1;
   n_threads_ = n_threads;
-  next_.reset(new NextSpan[size_t(std::min(n_threads_, kMaxPrefetchThreads))]);
   shared_.reset(new Shared);
   slots_.reset(new Slot[size_t(n_threads_)]);
   workers_.reserve(size_t(n_threads_ - 1));
@@ -334,34 +333,6 @@ void ThreadPool::worker_loop(int ith) {
   }
 }
 
-void ThreadPool::set_next_prefetch(int ith, const void* p, size_t bytes, int units) {
-  if (ith < 0 || ith >= std::min(n_threads_, kMaxPrefetchThreads)) return;
-  next_[ith].p.store(static_cast<const char*>(p), std::memory_order_relaxed);
-  next_[ith].units.store(std::max(1, units), std::memory_order_relaxed);
-  next_[ith].bytes.store(p ? bytes : 0, std::memory_order_relaxed);
-  if (p && bytes) next_pending_.store(true, std::memory_order_relaxed);
-}
-
-void ThreadPool::clear_next_prefetch() {
-  if (!next_pending_.load(std::memory_order_relaxed)) return;
-  for (int i = 0; i < std::min(n_threads_, kMaxPrefetchThreads); ++i) {
-    next_[i].bytes.store(0, std::memory_order_relaxed);
-    next_[i].p.store(nullptr, std::memory_order_relaxed);
-  }
-  next_pending_.store(false, std::memory_order_relaxed);
-}
-
-size_t ThreadPool::next_prefetch(int ith, const char** p, int* units) const {
-  *p = nullptr;
-  *units = 1;
-  if (!next_pending_.load(std::memory_order_relaxed) || ith < 0 || ith >= std::min(n_threads_, kMaxPrefetchThreads))
-    return 0;
-  const size_t bytes = next_[ith].bytes.load(std::memory_order_relaxed);
-  *p = next_[ith].p.load(std::memory_order_relaxed);
-  *units = next_[ith].units.load(std::memory_order_relaxed);
-  return *p ? bytes : 0;
-}
-
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
@@ -404,12 +375,9 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 
 namespace {
 constexpr int kMaxRanges = 64;
-std::atomic<uint64_t> g_next_issued{0};
 // parallel_ranges' cut: the number of ranges and range r's [b, e) in units of `step`.
 int ranges_count(int64_t units, int nth) { return int(std::min<int64_t>({int64_t(nth), units, int64_t(kMaxRanges)})); }
 }  // namespace
-
-uint64_t next_prefetch_bytes_issued() { return g_next_issued.load(std::memory_order_relaxed); }
 
 void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* begin, int64_t* end) {
   if (step < 1) step = 1;
@@ -432,46 +400,8 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
                      const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner) {
   if (n <= 0) return;
   if (step < 1) step = 1;
-  // The next matrix's start (ThreadPool::set_next_prefetch), for the thread that owns its range
-  // by pool index: a slice before each of the last `tail` steps it walks of its own range.
-  struct NextTail {
-    const char* p = nullptr;
-    size_t left = 0;
-    int tail = 1;
-    void issue(size_t want) {
-      want = std::min(left, (want + 63) / 64 * 64);
-      if (want == 0) return;
-      for (size_t o = 0; o < want; o += 64) __builtin_prefetch(p + o, 0, 3);
-      p += want;
-      left -= want;
-      g_next_issued.fetch_add(want, std::memory_order_relaxed);
-    }
-  };
-  auto next_tail = [&](int ith) {
-    NextTail t;
-    if (pool && owner == RangeOwner::Thread) t.left = pool->next_prefetch(ith, &t.p, &t.tail);
-    return t;
-  };
-  // Runs [b, e) (in units of `step`) whose range ends at `back`: the part before the tail at once,
-  // the tail one step at a time, each after its slice of the next matrix's prefetch.
-  auto walk = [&](NextTail& t, int64_t b, int64_t e, int64_t back) {
-    const int64_t cut = std::min(e, std::max(b, back - t.tail));
-    if (cut > b) fn(b * step, std::min(n, cut * step));
-    for (int64_t u = cut; u < e; ++u) {
-      const int64_t r = back - u;  // steps of the range left, this one included
-      if (t.left) t.issue((t.left + size_t(r) - 1) / size_t(r));
-      fn(u * step, std::min(n, (u + 1) * step));
-    }
-  };
   if (!pool || pool->size() <= 1 || n <= step) {
-    NextTail t = next_tail(0);
-    if (t.left == 0 || n <= step) {
-      fn(0, n);
-      t.issue(t.left);
-      return;
-    }
-    const int64_t units = (n + step - 1) / step;
-    walk(t, 0, units, units);
+    fn(0, n);
     return;
   }
   // Ranges in units of `step`; each range's state is one word, front (low half) and back (high
@@ -512,18 +442,8 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
     const int me = owner == RangeOwner::Thread ? std::min(pool_thread_index(), pool->size() - 1)
                                                : arrivals.fetch_add(1, std::memory_order_relaxed);
     int64_t b, e;
-    NextTail t = next_tail(pool_thread_index());
     if (me < nr)
-      while (take(me, true, &b, &e)) {
-        if (t.left == 0) {
-          run(b, e);
-          continue;
-        }
-        pool_late_point();
-        // the range's back now (a thief only lowers it, never below e)
-        walk(t, b, e, int64_t(ranges[me].load(std::memory_order_relaxed) >> 32));
-      }
-    t.issue(t.left);  // what a thief's steps left (it took the end of this thread's range)
+      while (take(me, true, &b, &e)) run(b, e);
     for (int i = 1; i <= nr; ++i) {
       const int r = (me + i) % nr;
       while (take(r, false, &b, &e)) run(b, e);

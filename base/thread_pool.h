@@ -49,30 +49,7 @@ class ThreadPool {
   // (EMOLLM_POOL_DYNAMIC_SPLIT=0): the previous static split, one range per pool index.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
-  // Next-matrix prefetch: `bytes` from p that pool thread ith reads first in the call AFTER the
-  // next parallel_ranges(..., RangeOwner::Thread) job (the start of its own range of the next
-  // GEMV's matrix). That job's thread ith issues them while it walks the last `units` steps of its
-  // own range (parallel_ranges), a slice before each step, so the next matrix's first lines are
-  // on their way when its own stream ends (instead of starting cold after the hand-off). Set by
-  // the pool's caller before the job, read by thread ith inside it (atomics: the caller writes,
-  // the workers read), dropped by clear_next_prefetch(). Prefetches never fault and write nothing.
-  void set_next_prefetch(int ith, const void* p, size_t bytes, int units);
-  void clear_next_prefetch();
-  bool next_prefetch_pending() const { return next_pending_.load(std::memory_order_relaxed); }
-  // Thread ith's span (bytes; 0 when none), its start in *p and the tail's steps in *units.
-  size_t next_prefetch(int ith, const char** p, int* units) const;
-
  private:
-  struct alignas(64) NextSpan {
-    std::atomic<const char*> p{nullptr};
-    std::atomic<size_t> bytes{0};
-    std::atomic<int> units{0};
-  };
-  std::unique_ptr<NextSpan[]> next_;
-  std::atomic<bool> next_pending_{false};
-
-  static constexpr int kMaxPrefetchThreads = 64;
-
   // The hand-off: the caller publishes a job with atomics in one cache line that it alone writes
   // (Publish), each worker claims and completes its run() index on its own line (Slot), and the
   // condition variables are touched only for a thread that sleeps after its spin (Sleep).
@@ -148,14 +125,13 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 // (kept off its core by another process) is still covered: its range is taken from the back.
 // Chunks never exceed max_chunk, for the same reason as parallel_guided's. fn(begin, end) runs
 // once per chunk, on whichever thread claimed it. Without a pool, with one thread or n <= step:
-// fn(0, n) (with a next-matrix prefetch set, ThreadPool::set_next_prefetch: the range's last
-// steps one at a time, as for every owner's range's tail; callers' bits must not depend on the
-// chunking, which they already must not).
+// fn(0, n).
 // owner: which thread walks range r from the front. Arrival (the default): the r-th thread to join
 // the job, so the part of [0, n) a given thread reads changes from call to call. Thread: the pool's
 // thread r (the caller is 0, worker i is i: pool_thread_index()), so a thread knows before the
-// call which part it will read first (parallel_ranges_own) and can prefetch it meanwhile (the next
-// GEMV's start while it finishes attention or a norm). Stealing is the same either way: a range
+// call which part it will read first (parallel_ranges_own), and reads the same part of a matrix
+// every call (its next-matrix and side prefetches, which used that, were measured neutral or
+// slower and removed in session 20). Stealing is the same either way: a range
 // whose thread has not joined is taken from the back by the others. The chunks' boundaries are
 // the same (only who runs them changes).
 enum class RangeOwner { Arrival, Thread };
@@ -170,10 +146,6 @@ void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* beg
 // The calling thread's index in the pool whose job it runs: worker i returns i; any other thread
 // (a pool's caller, which runs index 0) returns 0.
 int pool_thread_index();
-
-// Bytes of next-matrix prefetch (ThreadPool::set_next_prefetch) issued by parallel_ranges in this
-// process so far (every pool): for tests that the hint reaches the GEMVs' tails.
-uint64_t next_prefetch_bytes_issued();
 
 // parallel_for's split (and the GEMM drivers' X packing, gemm_internal.h parallel_pieces): claimed
 // chunks (default) or the previous static one range per thread (EMOLLM_POOL_DYNAMIC_SPLIT=0).

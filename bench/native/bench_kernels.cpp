@@ -2420,7 +2420,6 @@ void bench_attention_decode(ThreadPool& pool) {
       };
       auto run_prev = [&](int i) { with_switch(attention_detail::set_decode_split, false, [&] { run(i); }); };
       auto run_packed = [&](int i) { with_switch(attention_detail::set_decode_inplace, false, [&] { run(i); }); };
-      auto run_noahead = [&](int i) { with_switch(attention_detail::set_decode_prefetch_ahead, false, [&] { run(i); }); };
       auto check = [&](Result& row) {
         std::vector<float> ref(size_t(p.ldo));
         const AttentionParams p0 = params(0);
@@ -2441,13 +2440,12 @@ void bench_attention_decode(ThreadPool& pool) {
       r.impl = "emollm";
       r.flops = 4.0 * double(sh.heads) * double(sh.head_dim) * double(n_kv);
       r.bytes = bytes;
-      Stats prev, packed, noahead;
+      Stats prev, packed;
       Result* res = run_case(r, [&](Result& rr) {
-        auto st = measure_interleaved({run, run_prev, run_packed, run_noahead});
+        auto st = measure_interleaved({run, run_prev, run_packed});
         rr.st = st[0];
         prev = st[1];
         packed = st[2];
-        noahead = st[3];
         rr.ratio_vs = "prev";
         rr.ratio = prev.best / rr.st.best;
         run(0);
@@ -2466,11 +2464,6 @@ void bench_attention_decode(ThreadPool& pool) {
       run_packed(0);
       check(pk);
       push_row(pk);
-      Result na = derived_row(r, "noahead", "noahead", noahead, "emollm", noahead.best / inplace_best,
-                              "in place without the next sub-block's prefetch (set_decode_prefetch_ahead(false)), interleaved; ratio = this time / emollm's (>1: prefetch ahead faster)");
-      run_noahead(0);
-      check(na);
-      push_row(na);
       settle();
     }
 }

@@ -1,11 +1,9 @@
-// In-process A/B of a decode-path switch in a real decode (AB_SWITCH: next_prefetch, the default:
-// backend.h set_gemv_next_prefetch; q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
+// In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
 // over each step's groups); kq_ms: that pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
-// pv_pairs: the decode attention's P V two kv heads a call; attn_ahead: the decode attention's narrow
-// rows with the next sub-block prefetched (set_decode_prefetch_ahead); kv_f16: an f16 KV cache against f32;
+// pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
@@ -94,7 +92,6 @@ const AbSwitch kSwitches[] = {
     // nothing switched: an A/A run (the noise of the method), or a per-op profile of the default
     // path (EMOLLM_PROFILE=1 EMOLLM_PROFILE_OUT=file, EMOLLM_PROFILE_CPU=1: native/core/profiling_backend.h)
     {"none", [](bool) {}},
-    {"next_prefetch", [](bool on) { set_gemv_next_prefetch(on); }},
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
     {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
     // q6_K on the lean pass (its prefetches spread over each step's groups) against the default pass
@@ -104,7 +101,6 @@ const AbSwitch kSwitches[] = {
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
-    {"attn_ahead", [](bool on) { attention_detail::set_decode_prefetch_ahead(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
@@ -129,12 +125,12 @@ int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
             block = argc > 4 ? std::atoi(argv[4]) : 16;
-  const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "next_prefetch";
+  const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "";
   const AbSwitch* chosen = nullptr;
   for (const AbSwitch& k : kSwitches)
     if (!std::strcmp(sw, k.name)) chosen = &k;
   if (!chosen) {
-    std::fprintf(stderr, "decode_switch_ab: unknown AB_SWITCH '%s' (", sw);
+    std::fprintf(stderr, "decode_switch_ab: %s AB_SWITCH '%s' (", *sw ? "unknown" : "no", sw);
     for (const AbSwitch& k : kSwitches) std::fprintf(stderr, "%s%s", &k == kSwitches ? "" : ", ", k.name);
     std::fprintf(stderr, ")\n");
     return 2;

@@ -31,8 +31,7 @@
 // scratch per 16 tokens; the pieces merged by whichever thread finishes an item's last one, so a
 // layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
 // the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B). On AVX-512 the
-// rows are read in place (narrow ones swept a sub-block at a time, the next sub-block prefetched
-// meanwhile; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
+// rows are read in place (narrow ones swept a sub-block at a time; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
 // through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
 // DecodeBf16Dp in attention_internal.h).
@@ -206,14 +205,6 @@ EnvSwitch& decode_inplace_flag() {
 }  // namespace
 bool decode_inplace_enabled() { return decode_inplace_flag().on(); }
 void set_decode_inplace(bool on) { decode_inplace_flag().set(on); }
-namespace {
-EnvSwitch& decode_prefetch_ahead_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_PREFETCH_AHEAD");
-  return on;
-}
-}  // namespace
-bool decode_prefetch_ahead_enabled() { return decode_prefetch_ahead_flag().on(); }
-void set_decode_prefetch_ahead(bool on) { decode_prefetch_ahead_flag().set(on); }
 namespace {
 EnvSwitch& decode_pv_wide_flag() {
   static EnvSwitch on("EMOLLM_DECODE_ATTN_PV_WIDE");
@@ -1745,7 +1736,7 @@ int64_t decode_pack_span(const DecodeItem& it) {
 // loads; with a load sweep of each 16-row sub-block first (sweep_rows: the copy's access pattern
 // without its stores) f32 in place takes 73 us against 94-95 cold and 47.7 against 51.7 hot,
 // bf16 66 against 83. Wide rows (7B) are read in place on the hardware prefetchers (a sweep there
-// was slower; so was an emitted software prefetch of the next rows, prefetch_kv_rows); a half one
+// was slower; so was an emitted software prefetch of the next rows); a half one
 // is now widened by the kernels' loads instead of one kv
 // head's slice at a time into scratch.
 const Kern* decode_inplace_kern(Isa isa, DType t) {
@@ -1841,20 +1832,13 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 // Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
 const AttentionParams kF32Rows{};
 
-// Prefetches kv tokens [j0, j1) (span_bytes of each row: all kv heads) of a contiguous or paged
-// cache, every line. Forced inline: a function holding nothing but prefetches is found "const" by
-// GCC 12's IPA (__builtin_prefetch counts as no side effect) and its calls are deleted; until
-// session 20 this file's object held no prefetch instruction (the narrow rows' prefetch ahead, the
-// wide rows' next-16-rows burst and the tiled driver's paged prefetch were all dropped so).
-// Emitted, the wide rows' burst (4096 lines a sub-block at 7B) made the call 1.24-1.34x slower
-// cold (session 20): it and the tiled driver's were removed, not turned on.
-__attribute__((always_inline)) inline void prefetch_kv_rows(const float* base, const float* const* blocks, const AttentionParams& p, int64_t ld,
-                             int64_t j0, int64_t j1, int64_t span_bytes) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const char* row = reinterpret_cast<const char*>(kv_row(base, blocks, p, j, ld));
-    for (int64_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b);
-  }
-}
+// Software prefetches of the kv rows: none. Until session 20 this file held three (the narrow
+// rows' next sub-block, the wide rows' next 16 rows, the tiled driver's next paged sub-block), but
+// each sat in a function or lambda holding nothing but prefetches, which GCC 12's IPA finds
+// "const" (__builtin_prefetch counts as no side effect) and deletes the calls to: the object held
+// no prefetch instruction, and every A/B of them measured nothing. Emitted (forced inline), the
+// wide rows' burst made the 7B call 1.24-1.34x slower cold, the narrow rows' prefetch ahead the
+// 1.1B q4_0 decode 0.975 / 0.984x at 2 threads and 0.952x at 1 (quiet, session 20): all removed.
 
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
 // 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
@@ -1871,9 +1855,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // the kernels' strided loads (a kv head's slice of 16 rows); the copy needs no software
   // prefetch (measured faster without). Wide rows (7B: 16 KB a token in f32) are read in place,
   // on the hardware prefetchers alone. Their software prefetch of the next 16 rows a sub-block
-  // (4096 lines in one burst at 7B) was in the source from the start but never emitted (see
-  // prefetch_kv_rows); emitted it made the call 1.24-1.34x slower cold and 1.23-1.36x in cache
-  // (session 20), so it went. Reading the rows instead as
+  // (4096 lines in one burst at 7B) was in the source from the start but never emitted (see the
+  // note above: "Software prefetches of the kv rows"); emitted it made the call 1.24-1.34x slower
+  // cold and 1.23-1.36x in cache (session 20), so it went. Reading the rows instead as
   // whole token rows (every kv head of 1 / 2 / 4 / 8 positions side by side, front to back, P V's
   // accumulators in scratch, each row prefetched 1-16 KiB ahead from a small loop per kv head, or
   // not at all; same bits) was slower too: 0.72-0.95x cold, 0.75-0.88x in cache (bench/README).
@@ -1888,9 +1872,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const Kern& kk = inplace ? *it.inplace : kern;
   const bool pack = !inplace && span <= kDecodePackSpan;
   const bool sweep = inplace && span <= kDecodePackSpan;
-  // Narrow rows read in place: the sub-block after the one being swept / computed on is prefetched
-  // too (attention_detail::decode_prefetch_ahead_enabled), so its misses overlap this one's compute.
-  const bool ahead = sweep && attention_detail::decode_prefetch_ahead_enabled();
   const bool widen_heads = !inplace && !pack && it.widen;
   const int64_t span_bytes = span * int64_t(kv_elem_bytes(p));
   // Wide rows read in place (7B): one or two query heads per kv head take qk16 on full sub-blocks
@@ -1955,12 +1936,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (ahead) {  // the next sub-block of K, or after the block's last one the block's first V rows
-        if (s0 + 16 < b1)
-          prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, s0 + 16, std::min(b1, s0 + 32), span_bytes);
-        else
-          prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, b0, std::min(b1, b0 + 16), span_bytes);
-      }
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
@@ -2001,12 +1976,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      if (ahead) {  // the next sub-block of V, or after the block's last one the next block's first K rows
-        if (s0 + 16 < b1)
-          prefetch_kv_rows(it.v, p.v_blocks, p, p.ldv, s0 + 16, std::min(b1, s0 + 32), span_bytes);
-        else if (b1 < j1)
-          prefetch_kv_rows(it.k, p.k_blocks, p, p.ldk, b1, std::min(j1, b1 + 16), span_bytes);
-      }
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       int64_t g0 = 0;

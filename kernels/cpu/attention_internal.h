@@ -59,12 +59,6 @@ void set_decode_split(bool on);
 // same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();
 void set_decode_inplace(bool on);
-// Narrow rows read in place (swept a sub-block at a time): the next sub-block of the same stream
-// (or the other stream's first one at a block's end) is prefetched while this one is computed on.
-// EMOLLM_DECODE_ATTN_PREFETCH_AHEAD=0 or set_decode_prefetch_ahead(false): the sweep alone (A/B).
-// The arithmetic is unchanged: outputs are bit for bit equal.
-bool decode_prefetch_ahead_enabled();
-void set_decode_prefetch_ahead(bool on);
 // P V on AVX-512 for one or two query rows per kv head (MHA decode: 7B's 32 / 32 heads) with a
 // head_dim of 65-128: the whole row (5-8 chunks of 16) in one register tile, one pass over the
 // block's V rows with 8-16 independent FMA chains, instead of two passes of 4 chunks (4-8 chains:

@@ -788,34 +788,6 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
   *bytes = g1 > g0 ? b1 - b0 : 0;
 }
 
-void gemv_repacked_multi_own_part(DType wtype, const GemvOutput* outs, int n_outs, int64_t K, int ith, int nth,
-                                  const uint8_t** begin, size_t* bytes) {
-  *begin = nullptr;
-  *bytes = 0;
-  if (!outs || n_outs < 1 || n_outs > kMaxGemvOutputs) return;
-  if (n_outs == 1) return gemv_repacked_own_part(outs[0].W, wtype, outs[0].N, K, ith, nth, begin, bytes);
-  int64_t first[kMaxGemvOutputs + 1] = {0}, rows = 0;
-  for (int j = 0; j < n_outs; ++j) {
-    check_repack_args(wtype, outs[j].N, K);
-    first[j + 1] = first[j] + (outs[j].N + kGroup - 1) / kGroup;
-    rows += outs[j].N;
-  }
-  // gemv_repacked_multi's split (gemv_dispatch over the outputs' groups one after another)
-  const bool parallel = nth > 1 && rows * K >= gemm_detail::kParallelMinMacs;
-  int64_t g0, g1;
-  parallel_ranges_own(first[n_outs], kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
-  int j = 0;
-  while (j < n_outs && g0 >= first[j + 1]) ++j;
-  if (g1 <= g0 || j == n_outs) return;
-  const RepackLayout L = repack_layout(wtype == DType::Q8_0, K / kQK);
-  const int64_t l0 = g0 - first[j], l1 = std::min(g1, first[j + 1]) - first[j];
-  const size_t total = quant_repack_bytes(wtype, outs[j].N, K);
-  const size_t b0 = std::min(total, size_t(l0 / L.sg) * L.sgstride);
-  const size_t b1 = std::min(total, size_t((l1 + L.sg - 1) / L.sg) * L.sgstride);
-  *begin = static_cast<const uint8_t*>(outs[j].W) + b0;
-  *bytes = b1 - b0;
-}
-
 namespace {
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks, layout L) against x quantised in (qs, s).
 // cold_start: the chunk's first pass prefetches its own first records (false when the caller has).

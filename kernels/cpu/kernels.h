@@ -206,11 +206,6 @@ struct GemvOutput {
 constexpr int kMaxGemvOutputs = 8;
 // Each output as gemv_repacked(x, W, wtype, bias, y, N, K, pool).
 void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K, ThreadPool* pool);
-// gemv_repacked_own_part for gemv_repacked_multi(x, wtype, outs, n_outs, K, pool of nth): the
-// first contiguous bytes of thread ith's own range (the outputs' groups numbered one after
-// another; cut at the end of the output its range starts in). *bytes = 0 when it owns none.
-void gemv_repacked_multi_own_part(DType wtype, const GemvOutput* outs, int n_outs, int64_t K, int ith, int nth,
-                                  const uint8_t** begin, size_t* bytes);
 // Each output as gemm_huge_pages(x, K, W, wtype, bias, y, N, 1, N, K, pool) (one dispatch for the
 // BF16 / F16 single-stream GEMV on AVX-512; other cases one call per output).
 void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,

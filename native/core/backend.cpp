@@ -145,23 +145,6 @@ EnvSwitch& small_half_copies_flag() {
   static EnvSwitch on("EMOLLM_SMALL_HALF_COPIES");
   return on;
 }
-// Backend::next_gemv_hint on the CPU (backend.h set_gemv_next_prefetch; opt-in).
-EnvSwitch& next_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_NEXT_PREFETCH", EnvDefault::Off);
-  return on;
-}
-size_t env_size(const char* name, size_t dflt, size_t lo, size_t hi) {
-  const long long x = env_int(name, -1);
-  return x < 0 ? dflt : std::min(hi, std::max(lo, size_t(x)));
-}
-size_t next_prefetch_bytes() {
-  static const size_t b = env_size("EMOLLM_GEMV_NEXT_PREFETCH_KB", 16, 1, 1024) << 10;
-  return b;
-}
-int next_prefetch_steps() {
-  static const int s = int(env_size("EMOLLM_GEMV_NEXT_PREFETCH_STEPS", 2, 1, 64));
-  return s;
-}
 // Default on (backend.h set_f32_huge_copies; EMOLLM_F32_HUGE_COPIES=0 off): decoder F32 matrices
 // of 256 KiB or more get the BF16 / F16 treatment, a copy in the same layout in 2 MiB pages (the
 // weight file's mapping is in 4 KiB pages), read by the same kernels: same bits. Quiet A/B on
@@ -371,41 +354,8 @@ class CpuBackend final : public Backend {
     for (size_t o = 0; c && o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
   }
 
-  // Each pool thread's own first bytes of the GEMV over outs (gemv_repacked_multi_own_part: what
-  // it reads first there while ranges are owned by thread index), at most
-  // EMOLLM_GEMV_NEXT_PREFETCH_KB, as its next-matrix prefetch (ThreadPool::set_next_prefetch):
-  // issued over the last steps of its own range in the next call, dropped when that call returns
-  // (NextPrefetchScope). Repacked q4_0 / q8_0 only (what gemv_fused / gemm would run them on).
-  void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) override {
-    if (!gemv_next_prefetch() || n < 1 || n > kMaxGemvOutputs) return;
-    const DType t = outs[0].wtype;
-    if ((t != DType::Q4_0 && t != DType::Q8_0) || quant_activations() != QuantActivations::Q8 ||
-        isa_active() < Isa::Avx512)
-      return;
-    GemvOutput g[kMaxGemvOutputs];
-    for (int j = 0; j < n; ++j) {
-      bool panels = false;
-      const void* packed = outs[j].wtype == t ? packed_->find(outs[j].W, t, outs[j].N, K, &panels) : nullptr;
-      if (!packed || panels) return;
-      g[j] = GemvOutput{packed, outs[j].bias, outs[j].Y, outs[j].N};
-    }
-    const int nth = pool_.size();
-    for (int i = 0; i < nth; ++i) {
-      const uint8_t* b = nullptr;
-      size_t bytes = 0;
-      gemv_repacked_multi_own_part(t, g, n, K, i, nth, &b, &bytes);
-      pool_.set_next_prefetch(i, b, std::min(bytes, next_prefetch_bytes()), next_prefetch_steps());
-    }
-  }
-  // Drops a next_gemv_hint's spans when the call it was for returns.
-  struct NextPrefetchScope {
-    ThreadPool& pool;
-    ~NextPrefetchScope() { pool.clear_next_prefetch(); }
-  };
-
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
-    NextPrefetchScope next_scope{pool_};
     // Packed weights serve every M with q8_0 activations. With f32 activations asked for
     // (QuantActivations::F32), or the ISA capped below the VNNI kernel after the packing
     // (configure({ isa })), the standard layout's kernels run on the original bytes instead.
@@ -427,7 +377,6 @@ class CpuBackend final : public Backend {
   // A decode step's GEMVs of one x as one pool dispatch, when every W has a packed copy of the
   // kind gemm() would use and all share a type (the usual q/k/v, gate/up); else one gemm() each.
   void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K) override {
-    NextPrefetchScope next_scope{pool_};
     if (M == 1 && n > 1 && n <= kMaxGemvOutputs && gemv_fusion() && gemv_fused(X, outs, n, K)) return;
     // (M = 1 too: a decoder's matrices in panels, bf16_decoder_panels(), are no GEMV layout)
     if (n > 1 && n <= kMaxPanelOutputs && bf16_fused(X, ldx, outs, n, M, K, true)) return;
@@ -735,8 +684,6 @@ bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
 void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
 bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().on(); }
-void set_gemv_next_prefetch(bool on) { next_prefetch_flag().set(on); }
-bool gemv_next_prefetch() { return next_prefetch_flag().on(); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().set(on); }
 bool bf16_decoder_panels() { return decoder_panels_flag().on(); }
 

@@ -66,14 +66,6 @@ bool f32_huge_copies();
 // Process-wide, read at each call.
 void set_bf16_prefill_fuse(bool on);
 bool bf16_prefill_fuse();
-// Backend::next_gemv_hint on the CPU: while a decode GEMV's pool threads walk the last steps of
-// their own ranges, each prefetches the start of its own range of the GEMV after it (repacked
-// q4_0 / q8_0), so the next matrix does not start cold after the hand-off. EMOLLM_GEMV_NEXT_PREFETCH
-// (=1 on; off by default until measured), EMOLLM_GEMV_NEXT_PREFETCH_KB (bytes a thread, default
-// 16 KiB), EMOLLM_GEMV_NEXT_PREFETCH_STEPS (the tail it is spread over, default 2 steps of
-// 64 rows). Same bits either way (prefetches only). Process-wide.
-void set_gemv_next_prefetch(bool on);
-bool gemv_next_prefetch();
 
 // The CPU backend packs a q4_K / q6_K matrix ~16 MiB of its rows at a time, releasing each slice's
 // file pages once its records are written, so a matrix's original pages and its records are not
@@ -317,12 +309,6 @@ class Backend {
     int64_t N;
   };
   virtual void gemm_multi(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K);
-  // A hint, no result changes: the next gemm / gemm_multi call is a GEMV (one row) followed by a
-  // GEMV over outs (n outputs of K columns, as gemm_multi takes them: a decode step's next
-  // matrix). The CPU backend has each pool thread prefetch the start of its own part of the
-  // following matrix while it finishes its part of the next call (EMOLLM_GEMV_NEXT_PREFETCH=1;
-  // ThreadPool::set_next_prefetch); the hint is dropped when that call returns. Default: nothing.
-  virtual void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) { (void)outs, (void)n, (void)K; }
   // A residual add and the RMSNorm after it (a decoder's x += sublayer output, then the next norm):
   // x += d, then y = rmsnorm(x) * w, rows of n (row strides ldx, ldd, ldy; y may be x). Equal bit
   // for bit to add() then rmsnorm(), which is the default; the CPU backend does both in one pass

@@ -263,10 +263,6 @@ class ProfilingBackend final : public Backend {
   }
 
   void prefetch(const void* p, size_t bytes) override { in_->prefetch(p, bytes); }
-  void next_gemv_hint(const GemmOutput* outs, int n, int64_t K) override {
-    // the inner backend's GemmOutput: the W pointers are the model's either way
-    in_->next_gemv_hint(outs, n, K);
-  }
   void gemm(const float* X, int64_t ldx, const void* W, DType wtype, const float* bias, float* Y, int64_t ldy,
             int64_t M, int64_t N, int64_t K) override {
     Timer t{Enter(), "gemm", shape_key(wtype, N, K) + (is_packed(W) ? " repacked" : "")};

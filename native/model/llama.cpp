@@ -1184,8 +1184,7 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
     }
     const Backend::GemmOutput gate_up[2] = {{L.w_gate.data, L.w_gate.dtype, L.b_gate, gate_, F, F},
                                             {L.w_up.data, L.w_up.dtype, L.b_up, up_, F, F}};
-    // output projection, residual (a decode step: its threads start on gate / up's at its end)
-    if (n == 1) be.next_gemv_hint(gate_up, 2, E);
+    // output projection, residual
     if (prefetch_norms) {  // what the add_rmsnorm after o reads besides o's output
       be.prefetch(L.ffn_norm, size_t(E) * sizeof(float));
       be.prefetch(x_, size_t(E) * sizeof(float));
@@ -1199,19 +1198,8 @@ bool LlamaContext::forward(const Segment* segs, int n_segs, float* out, const st
       be.add(x_, tmp_, x_, n * E);
       be.rmsnorm(x_, E, L.ffn_norm, xn_, E, n, E, h.rms_eps);
     }
-    if (n == 1) {  // a decode step: gate / up's threads start on down's at its end
-      const Backend::GemmOutput down{L.w_down.data, L.w_down.dtype, L.b_down, tmp_, E, E};
-      be.next_gemv_hint(&down, 1, F);
-    }
     be.gemm_multi(xn_, E, gate_up, 2, n, E);
     be.swiglu(gate_, up_, gate_, n * F);
-    if (n == 1 && l + 1 < h.n_layer) {  // down's on the next layer's q / k / v
-      const LlamaLayer& N1 = m.layers[size_t(l + 1)];
-      const Backend::GemmOutput next_qkv[3] = {{N1.wq.data, N1.wq.dtype, N1.bq, q_, qd, qd},
-                                               {N1.wk.data, N1.wk.dtype, N1.bk, k_new_, kvd, kvd},
-                                               {N1.wv.data, N1.wv.dtype, N1.bv, v_new_, kvd, kvd}};
-      be.next_gemv_hint(next_qkv, 3, E);
-    }
     if (prefetch_norms && fused) {  // what the add_rmsnorm after down reads besides down's output
       const float* next_norm = l + 1 < h.n_layer ? m.layers[size_t(l + 1)].attn_norm : m.output_norm;
       be.prefetch(next_norm, size_t(E) * sizeof(float));

@@ -1395,51 +1395,6 @@ TEST(attention_decode_pv_wide_same_bits) {
   EXPECT(runs > 0);
 }
 
-// The next sub-block's prefetch (attention_detail::decode_prefetch_ahead_enabled) changes no
-// arithmetic: outputs and log-sum-exps bit for bit those without it, f32 / f16 / bf16 caches,
-// narrow rows (the swept ones it applies to) and a wide one, lengths across the sub-block, block
-// and piece edges, contiguous and paged (16 / 64), no pool and 2 / 3 threads; within 1e-5 of
-// ref::attention.
-TEST(attention_decode_prefetch_ahead_bit_equal) {
-  ThreadPool pool2(2), pool3(3);
-  DecodeSplitScope sw(true);
-  DecodeInplaceScope ip(true);
-  struct Shape { int64_t H, Hkv, D, pad; };
-  const Shape shapes[] = {{32, 4, 64, 0}, {8, 1, 80, 0}, {6, 2, 20, 3}, {32, 8, 128, 0}};
-  const int64_t lengths[] = {1, 16, 17, 64, 65, 129, 300, 1000};
-  uint64_t seed = 12500;
-  int runs = 0;
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
-    for (const Shape& sh : shapes)
-      for (int64_t n : lengths) {
-        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
-        Data d = make_data(c, seed++);
-        const std::string what = describe(c) + " kv=" + dtype_name(t);
-        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
-        const std::vector<float>& ref = L.ref;
-        for (const AttentionParams* pp : L.ps) {
-          const float* k = L.k(pp);
-          const float* v = L.v(pp);
-          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
-                                  std::to_string(pl ? pl->size() : 0);
-            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
-            const bool was = attention_detail::decode_prefetch_ahead_enabled();
-            attention_detail::set_decode_prefetch_ahead(true);
-            a = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, la.data()); });
-            attention_detail::set_decode_prefetch_ahead(false);
-            b = run_out(*pp, w, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lb.data()); });
-            attention_detail::set_decode_prefetch_ahead(was);
-            ++runs;
-            EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, w + " prefetch ahead");
-            if (a != b || la != lb)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "prefetch ahead changed the result: " + w);
-          }
-        }
-      }
-  EXPECT(runs > 0);
-}
-
 // One decode-path switch's bit-equality sweep (qk16, P V pairs): f32 / f16 / bf16 caches, each shape
 // at lengths with and without a partial last sub-block and across the 64-token block, contiguous
 // and paged (16 / 64), no pool and 2 / 3 threads; with the switch on the outputs and log-sum-exps
