@@ -26,6 +26,7 @@
 #include "base/thread_pool.h"
 #include "cpu/gemv_kquant_vnni.h"  // set_kquant_streams, set_kquant_stream_prefetch
 #include "cpu/kernels.h"
+#include "bench_read.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -35,40 +36,6 @@ using namespace emollm;
 
 namespace {
 std::atomic<uint64_t> g_sink{0};
-
-#if defined(__x86_64__)
-#define RP_AVX512 __attribute__((target("avx512f")))
-uint64_t fold(__m512i v) RP_AVX512;
-uint64_t fold(__m512i v) {
-  alignas(64) uint64_t u[8];
-  _mm512_store_si512(u, v);
-  return u[0] ^ u[3] ^ u[7];
-}
-// four streams over `bytes` at p, 128 bytes a stream a step, prefetch 1 KiB ahead (bench_kernels' read probe loop)
-RP_AVX512 uint64_t read4(const uint8_t* p, size_t bytes) {
-  const size_t step = 128, per = bytes / 4 / step * step;
-  __m512i a[4];
-  for (auto& v : a) v = _mm512_setzero_si512();
-  for (size_t o = 0; o < per; o += step)
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-      const uint8_t* q = p + k * per + o;
-      for (size_t l = 0; l < step; l += 64) _mm_prefetch(reinterpret_cast<const char*>(q + 1024 + l), _MM_HINT_T0);
-      for (size_t l = 0; l < step; l += 64) a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512(q + l));
-    }
-  return fold(a[0]) ^ fold(a[1]) ^ fold(a[2]) ^ fold(a[3]);
-}
-#endif
-
-uint8_t* huge_alloc(size_t n) {
-  const size_t h = size_t(2) << 20, a = (n + h - 1) / h * h;
-  auto* p = static_cast<uint8_t*>(std::aligned_alloc(h, a));
-  if (!p) std::abort();
-#if defined(MADV_HUGEPAGE)
-  (void)madvise(p, a, MADV_HUGEPAGE);
-#endif
-  return p;
-}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -99,9 +66,9 @@ int main(int argc, char** argv) {
       b[0] = 0, b[1] = 0x20, b[2] = 0, b[3] = 0x20;
   }
   std::vector<uint8_t*> cp(static_cast<size_t>(copies));
-  cp[0] = huge_alloc(bytes);
+  cp[0] = bench::huge_alloc(bytes);
   kquant_repack(w.data(), t, N, K, cp[0], &pool);
-  for (int c = 1; c < copies; ++c) cp[size_t(c)] = huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   auto gemv = [&](int streams, int64_t ahead) {
@@ -125,7 +92,7 @@ int main(int argc, char** argv) {
                     pool.run([&](int ith, int nth) {
                       const int64_t s0 = per_thread * ith / nth, s1 = per_thread * (ith + 1) / nth;
                       const size_t sg = bytes / size_t(per_thread);
-                      g_sink.fetch_xor(read4(W + size_t(s0) * sg, size_t(s1 - s0) * sg), std::memory_order_relaxed);
+                      g_sink.fetch_xor(bench::read_streams<4>(W + size_t(s0) * sg, size_t(s1 - s0) * sg, 128, 1024), std::memory_order_relaxed);
                     });
                   }, {}});
   // RP_ROWS=a,b,...: only the rows named (the first row, one, always)

@@ -35,6 +35,7 @@
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_q40_ms
 #include "cpu/kernels.h"
+#include "bench_read.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -47,18 +48,12 @@ constexpr size_t kRec = 1152;  // one q4_0 64-row record (4 groups x (32 B scale
 std::atomic<uint64_t> g_sink{0};
 
 #if defined(__x86_64__)
-#define RP_AVX512 __attribute__((target("avx512f")))
-uint64_t fold(__m512i v) RP_AVX512;
-uint64_t fold(__m512i v) {
-  alignas(64) uint64_t u[8];
-  _mm512_store_si512(u, v);
-  return u[0] ^ u[3] ^ u[7];
-}
+using bench::fold;
 
 // The GEMV's loads alone over nrec records. Burst: the 36 prefetches of two records unrolled into
 // straight-line code at constant offsets (else a loop, as GCC leaves it and as the GEMV issues them).
 template <bool Burst>
-RP_AVX512 uint64_t loads_kernel(const uint8_t* p, size_t nrec) {
+BENCH_READ_AVX512 uint64_t loads_kernel(const uint8_t* p, size_t nrec) {
   __m512i a = _mm512_setzero_si512();
   const size_t ahead = 8 * kRec;
   for (size_t r = 0; r + 1 < nrec; r += 2) {
@@ -82,36 +77,7 @@ RP_AVX512 uint64_t loads_kernel(const uint8_t* p, size_t nrec) {
   }
   return fold(a);
 }
-
-// S streams over `bytes` at p, `step` bytes a stream a step, software prefetch PF bytes ahead (0: none).
-template <int S>
-RP_AVX512 uint64_t read_streams(const uint8_t* p, size_t bytes, size_t step, size_t pf) {
-  const size_t per = bytes / S / step * step;
-  __m512i a[S];
-  for (int k = 0; k < S; ++k) a[k] = _mm512_setzero_si512();
-  for (size_t o = 0; o < per; o += step)
-#pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) {
-      const uint8_t* q = p + k * per + o;
-      if (pf)
-        for (size_t l = 0; l < step; l += 64) _mm_prefetch(reinterpret_cast<const char*>(q + pf + l), _MM_HINT_T0);
-      for (size_t l = 0; l < step; l += 64) a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512(q + l));
-    }
-  uint64_t r = 0;
-  for (int k = 0; k < S; ++k) r ^= fold(a[k]);
-  return r;
-}
 #endif
-
-uint8_t* huge_alloc(size_t n) {
-  const size_t h = size_t(2) << 20, a = (n + h - 1) / h * h;
-  auto* p = static_cast<uint8_t*>(std::aligned_alloc(h, a));
-  if (!p) std::abort();
-#if defined(MADV_HUGEPAGE)
-  (void)madvise(p, a, MADV_HUGEPAGE);
-#endif
-  return p;
-}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -134,9 +100,9 @@ int main(int argc, char** argv) {
   for (auto& b : w) b = uint8_t(rng());
   for (size_t i = 0; i < w.size(); i += 18) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
   std::vector<uint8_t*> cp(static_cast<size_t>(copies));
-  cp[0] = huge_alloc(bytes);
+  cp[0] = bench::huge_alloc(bytes);
   quant_repack(w.data(), DType::Q4_0, N, K, cp[0], &pool);
-  for (int c = 1; c < copies; ++c) cp[size_t(c)] = huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   // each thread's share: whole super-groups
@@ -164,9 +130,9 @@ int main(int argc, char** argv) {
       {"gemv-one", gemv(false), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
-      {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<1>(p, n, 128, 1024); }, W); }, {}},
-      {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 128, 1024); }, W); }, {}},
-      {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
+      {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},
+      {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
+      {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
   // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
   if (const char* keep = std::getenv("RP_ROWS")) {
