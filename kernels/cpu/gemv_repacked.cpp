@@ -917,8 +917,12 @@ class SharedQx {
 };
 
 // The first records of the streams of a pass from group g0 (what groups_avx512's `cold` start
-// prefetches: one super-group, or a pass's kPassGroups one-group streams).
-void prefetch_first_records(const uint8_t* G, const RepackLayout& L, bool q8, int64_t g0) {
+// prefetches: one super-group, or a pass's kPassGroups one-group streams). Forced inline: a
+// function holding nothing but prefetches is found side-effect free by GCC 12's IPA (pure-const,
+// modref) and its calls deleted; until session 20 these prefetches were never emitted (found by
+// building the core with -fno-ipa-pure-const -fno-ipa-modref: the only object with more prefetch
+// instructions then was this one, by these two).
+__attribute__((always_inline)) inline void prefetch_first_records(const uint8_t* G, const RepackLayout& L, bool q8, int64_t g0) {
 #if defined(__x86_64__)
   const size_t ahead = (L.sg == 1 ? 4 : q8 ? 4 : 8) * L.rec;
   const int streams = L.sg == 1 ? kPassGroups : 1;
