@@ -26,6 +26,7 @@
 #include "base/thread_pool.h"
 #include "cpu/gemv_kquant_vnni.h"  // set_kquant_streams, set_kquant_stream_prefetch
 #include "cpu/kernels.h"
+#include "bench_clock.h"
 #include "bench_read.h"
 
 #if defined(__x86_64__)
@@ -124,13 +125,10 @@ int main(int argc, char** argv) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
-      timespec c0, c1;
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
-      const auto t0 = std::chrono::steady_clock::now();
+      const double c0 = bench::thread_cpu(), t0 = bench::now();
       rows[i].run(W);
-      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
-      rows[i].t.push_back(cpu ? double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec) : wall);
+      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
+      rows[i].t.push_back(cpu ? cpu_s : wall);
     }
     for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
   }

@@ -35,6 +35,7 @@
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_q40_ms
 #include "cpu/kernels.h"
+#include "bench_clock.h"
 #include "bench_read.h"
 
 #if defined(__x86_64__)
@@ -164,13 +165,10 @@ int main(int argc, char** argv) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
-      timespec c0, c1;
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
-      const auto t0 = std::chrono::steady_clock::now();
+      const double c0 = bench::thread_cpu(), t0 = bench::now();
       rows[i].run(W);
-      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
-      rows[i].t.push_back(cpu ? double(c1.tv_sec - c0.tv_sec) + 1e-9 * double(c1.tv_nsec - c0.tv_nsec) : wall);
+      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
+      rows[i].t.push_back(cpu ? cpu_s : wall);
     }
   }
   std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = gemv time / row time\n",
