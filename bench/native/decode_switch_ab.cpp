@@ -13,7 +13,10 @@
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
-// (base/pool_stats.h: dispatches a token, us each) with the switch off, then on. Built with the benchmarks (EMOLLM_BUILD_BENCH,
+// (base/pool_stats.h: dispatches a token, us each) with the switch off, then on. AB_SCHED=1
+// prints, over the timed rounds, every thread's CPU time, run-queue wait and time slices
+// (/proc/self/task/*/schedstat) and the machine's steal (/proc/stat): whether a thread's wall
+// beyond its CPU time is the guest scheduler's (another process on its core) or the VM's. Built with the benchmarks (EMOLLM_BUILD_BENCH,
 // target decode_switch_ab); from the repository root:
 //   ./build-bench/decode_switch_ab bench/models/tinyllama-1.1b-q4_0.gguf [threads 2] [rounds 8] [block 16]
 #include <chrono>
@@ -35,8 +38,48 @@
 #include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
 #include <sys/mman.h>
+#include <dirent.h>
+#include <unistd.h>
 #include <sys/prctl.h>
 using namespace emollm;
+// AB_SCHED: each thread's (tid, CPU ns, run-queue wait ns, time slices) from
+// /proc/self/task/*/schedstat, and the machine's steal ticks (/proc/stat's 8th cpu column).
+struct TaskSched { long tid; double cpu_ns, wait_ns, slices; };
+std::vector<TaskSched> read_sched() {
+  std::vector<TaskSched> v;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return v;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string path = std::string("/proc/self/task/") + e->d_name + "/schedstat";
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (!f) continue;
+    TaskSched t{std::atol(e->d_name), 0, 0, 0};
+    if (std::fscanf(f, "%lf %lf %lf", &t.cpu_ns, &t.wait_ns, &t.slices) == 3) v.push_back(t);
+    std::fclose(f);
+  }
+  closedir(d);
+  return v;
+}
+double read_steal_ticks() {
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return -1;
+  double c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const int got = std::fscanf(f, "cpu %lf %lf %lf %lf %lf %lf %lf %lf", &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]);
+  std::fclose(f);
+  return got == 8 ? c[7] : -1;
+}
+// Prints each thread that ran at least 1 ms of CPU between the two samples.
+void print_sched(const std::vector<TaskSched>& a, const std::vector<TaskSched>& b, double steal0, double steal1, double wall) {
+  const double tick = double(sysconf(_SC_CLK_TCK));
+  std::printf("sched over %.3f s of rounds: machine steal %.3f s (/proc/stat)\n", wall, (steal1 - steal0) / tick);
+  for (const TaskSched& y : b)
+    for (const TaskSched& x : a)
+      if (x.tid == y.tid && y.cpu_ns - x.cpu_ns >= 1e6)
+        std::printf("  thread %ld: cpu %.3f s, run-queue wait %.3f s, %.0f slices, cpu + wait = %.1f%% of the wall\n", y.tid,
+                    1e-9 * (y.cpu_ns - x.cpu_ns), 1e-9 * (y.wait_ns - x.wait_ns), y.slices - x.slices,
+                    100 * 1e-9 * (y.cpu_ns - x.cpu_ns + y.wait_ns - x.wait_ns) / wall);
+}
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
 // the weights are packed). The second context gets the same prompt first.
@@ -197,12 +240,19 @@ int main(int argc, char** argv) {
   }
   double ta = 0, tb = 0;
   std::vector<double> ratios;
+  const bool sched = std::getenv("AB_SCHED") && std::strcmp(std::getenv("AB_SCHED"), "1") == 0;
+  const std::vector<TaskSched> s0 = sched ? read_sched() : std::vector<TaskSched>();
+  const double steal0 = sched ? read_steal_ticks() : 0;
+  const auto w0 = std::chrono::steady_clock::now();
   for (int r = 0; r < rounds; ++r) {
     double a, b;
     if (r % 2 == 0) { a = run(false); b = run(true); } else { b = run(true); a = run(false); }
     ta += a; tb += b; ratios.push_back(a / b);
     std::printf("round %d: off %.2f tok/s, on %.2f tok/s, on/off speed %.3f\n", r, block / a, block / b, a / b);
   }
+  if (sched)
+    print_sched(s0, read_sched(), steal0, read_steal_ticks(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count());
   std::sort(ratios.begin(), ratios.end());
   print_huge_coverage();
   std::printf("TOTAL off %.2f tok/s on %.2f tok/s speed on/off %.3f (median round %.3f, min %.3f max %.3f)\n",
