@@ -124,9 +124,9 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tQk, kModes };
-  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t qk_decode"};
-  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1qk;
+  enum { k1t, kRun, kHalves, kPm64, kPm32, kModes };
+  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
+  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
   for (int r = -1; r < rounds; ++r) {  // round -1 warms up
@@ -144,11 +144,6 @@ int main(int argc, char** argv) {
       const attention_detail::AttentionWork w0 = attention_detail::attention_work();
       double dt;
       if (m == k1t) dt = timed(&pool1);
-      else if (m == k1tQk) {  // 1.1B: GQA 8's Q K^T on the transposing kernel (decode_gqa_pairs off)
-        attention_detail::set_decode_gqa_pairs(false);
-        dt = timed(&pool1);
-        attention_detail::set_decode_gqa_pairs(true);
-      }
       else if (m == kHalves) dt = halves();
       else if (m == kPm64 || m == kPm32) {
         attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);
@@ -167,7 +162,6 @@ int main(int argc, char** argv) {
           hcpu[i].push_back(half_cpu[i]);
         }
       if (m == k1t) cpu1.push_back(cpu_1t);
-      if (m == k1tQk) cpu1qk.push_back(cpu_1t);
     }
   }
   const double bytes = 2.0 * double(n_kv) * double(p.ldk) * 4.0;
@@ -184,10 +178,6 @@ int main(int argc, char** argv) {
   std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
               median(cpu1) / double(n_kv) * 1e9, best(cpu1) / double(n_kv) * 1e9, median(hcpu[0]) / tok0 * 1e9,
               best(hcpu[0]) / tok0 * 1e9, median(hcpu[1]) / tok1 * 1e9, best(hcpu[1]) / tok1 * 1e9);
-  std::printf("  thread CPU ns a kv token, 1t with Q K^T on qk_decode (decode_gqa_pairs off; 1.1B only): median %.1f (best %.1f); "
-              "1t / this: median %.3f, best %.3f\n",
-              median(cpu1qk) / double(n_kv) * 1e9, best(cpu1qk) / double(n_kv) * 1e9, median(cpu1qk) / median(cpu1),
-              best(cpu1qk) / best(cpu1));
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
     char line[256];
     while (std::fgets(line, sizeof line, f))

@@ -230,14 +230,6 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
-EnvSwitch& decode_gqa_pairs_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_GQA_PAIRS");
-  return on;
-}
-}  // namespace
-bool decode_gqa_pairs() { return decode_gqa_pairs_flag().on(); }
-void set_decode_gqa_pairs(bool on) { decode_gqa_pairs_flag().set(on); }
-namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
@@ -566,70 +558,6 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
     case 6: pv_tile_avx512<E, NR, 6, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
     case 7: pv_tile_avx512<E, NR, 7, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
     default: pv_tile_avx512<E, NR, 8, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
-  }
-}
-
-// GQA decode Q K^T with 8 query heads per kv head (TinyLlama's 32 / 4 x 64), f32 rows, one full
-// 16-token sub-block (attention_detail::decode_gqa_pairs): no K transpose. Lane 2r + e of qq[dp]
-// holds q[r][2 dp + e]; each key's dims (2 dp, 2 dp + 1) are broadcast as one 64-bit element (a
-// load, no shuffle), so one FMA does 8 heads x 2 dims of one key: 16 keys = 16 independent
-// accumulators, 16 FMAs per qq load. The even / odd dim halves are added and the 16 x 8 result
-// turned into 8 score rows once per sub-block (40 shuffles, against qk_decode's 256 for the
-// 4 transposes of a 64-dim sub-block). Other bits than qk_decode (two partial sums per score).
-EMO_T512 static void qk_decode_g8_pairs(const float* qq, const float* k, int64_t ldk, int D, float scale, float* S,
-                                        int64_t ldS) {
-  __m512 acc[16];
-  #pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-  const char* kb = reinterpret_cast<const char*>(k);
-  const int64_t ldb = ldk * int64_t(sizeof(float));
-  const char* b0 = kb;
-  const char* b1 = kb + 4 * ldb;
-  const char* b2 = kb + 8 * ldb;
-  const char* b3 = kb + 12 * ldb;
-  const int np = D / 2;
-  for (int dp = 0; dp < np; ++dp, qq += 16, b0 += 8, b1 += 8, b2 += 8, b3 += 8) {
-    const __m512 qv = _mm512_load_ps(qq);
-    const char* bs[4] = {b0, b1, b2, b3};
-    #pragma GCC unroll 4
-    for (int a = 0; a < 4; ++a)
-      #pragma GCC unroll 4
-      for (int t = 0; t < 4; ++t) {
-        double kd;
-        std::memcpy(&kd, bs[a] + t * ldb, sizeof kd);
-        acc[4 * a + t] = _mm512_fmadd_ps(qv, _mm512_castpd_ps(_mm512_set1_pd(kd)), acc[4 * a + t]);
-      }
-  }
-  // acc[j] lane 2r + e: head r, dims of parity e, key j. Per key pair (2p, 2p + 1), 128-bit lane L:
-  // w[p] = [S(2L, 2p), S(2L+1, 2p), S(2L, 2p+1), S(2L+1, 2p+1)].
-  __m512 w[8];
-  #pragma GCC unroll 8
-  for (int p = 0; p < 8; ++p)
-    w[p] = _mm512_add_ps(_mm512_shuffle_ps(acc[2 * p], acc[2 * p + 1], 0x88),
-                         _mm512_shuffle_ps(acc[2 * p], acc[2 * p + 1], 0xDD));
-  // x[q][a], 128-bit lane L: head 2L + a, keys 4q .. 4q + 3.
-  __m512 x[4][2];
-  #pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) {
-    x[q][0] = _mm512_shuffle_ps(w[2 * q], w[2 * q + 1], 0x88);
-    x[q][1] = _mm512_shuffle_ps(w[2 * q], w[2 * q + 1], 0xDD);
-  }
-  const __m512 vs = _mm512_set1_ps(scale);
-  #pragma GCC unroll 2
-  for (int a = 0; a < 2; ++a) {
-    // 4 x 4 transpose of 128-bit lanes: row L of the result = lane L of x[0..3][a] (head 2L + a)
-    const __m512 u0 = _mm512_shuffle_f32x4(x[0][a], x[1][a], 0x44);  // x0.L0 x0.L1 x1.L0 x1.L1
-    const __m512 u1 = _mm512_shuffle_f32x4(x[0][a], x[1][a], 0xEE);  // x0.L2 x0.L3 x1.L2 x1.L3
-    const __m512 u2 = _mm512_shuffle_f32x4(x[2][a], x[3][a], 0x44);
-    const __m512 u3 = _mm512_shuffle_f32x4(x[2][a], x[3][a], 0xEE);
-    const __m512 r0 = _mm512_shuffle_f32x4(u0, u2, 0x88);  // L0 of x0 x1 x2 x3
-    const __m512 r1 = _mm512_shuffle_f32x4(u0, u2, 0xDD);  // L1
-    const __m512 r2 = _mm512_shuffle_f32x4(u1, u3, 0x88);  // L2
-    const __m512 r3 = _mm512_shuffle_f32x4(u1, u3, 0xDD);  // L3
-    _mm512_storeu_ps(S + (0 + a) * ldS, _mm512_mul_ps(r0, vs));
-    _mm512_storeu_ps(S + (2 + a) * ldS, _mm512_mul_ps(r1, vs));
-    _mm512_storeu_ps(S + (4 + a) * ldS, _mm512_mul_ps(r2, vs));
-    _mm512_storeu_ps(S + (6 + a) * ldS, _mm512_mul_ps(r3, vs));
   }
 }
 
@@ -1826,11 +1754,6 @@ bool decode_qk16_applies(const AttentionParams& p) {
 bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
-bool decode_gqa_pairs_applies(const AttentionParams& p) {
-  return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.kv_dtype == DType::F32 && p.n_kv_heads > 0 &&
-         p.n_heads == 8 * p.n_kv_heads && p.head_dim % 2 == 0 && p.n_heads * p.head_dim <= 16 * kDecodePackSpan &&
-         decode_gqa_pairs();
-}
 }  // namespace attention_detail
 namespace {
 
@@ -1992,13 +1915,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // bf16 in place in S (a bf16 row of 2 * kBk elements per head) and PV runs on token pairs.
   const bool dp = it.bf16dp;
   const int64_t ldqp = Dp / 2;
-  // GQA 8 on f32 rows (attention_detail::decode_gqa_pairs_applies): full sub-blocks through
-  // qk_decode_g8_pairs, its q pair-interleaved into kbuf (unused in place: H * D floats fit);
-  // a piece's last short sub-block still takes qk_decode on qpad.
-  const bool g8 = transposed && !dp && G == 8 && attention_detail::decode_gqa_pairs_applies(p);
-  if (g8)
-    for (int64_t h = 0; h < H; ++h)
-      for (int d = 0; d < D; ++d) kbuf[(h / 8 * (D / 2) + d / 2) * 16 + (h % 8) * 2 + d % 2] = it.q[h * D + d];
   if (dp && transposed)
     for (int64_t h = 0; h < H; ++h)
       q_to_bf16_pairs(it.q + h * D, D, reinterpret_cast<uint32_t*>(qpad) + h * ldqp, int(ldqp));
@@ -2027,10 +1943,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         for (int64_t g = 0; g < Hkv; ++g) {
           int64_t ldg;
           const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
-          if (g8 && ns == 16) {
-            qk_decode_g8_pairs(kbuf + g * 8 * D, kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
-            continue;
-          }
           for (int t = 0; t < 16; ++t) rows[t] = kv_at(kg, int64_t(std::min(t, ns - 1)) * ldg, inplace ? p : kF32Rows);
           if (dp)
             qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,

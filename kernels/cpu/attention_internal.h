@@ -89,18 +89,6 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// Q K^T on AVX-512 for GQA decode with 8 query heads per kv head (TinyLlama-1.1B: 32 / 4 x 64),
-// f32 rows read in place: each full 16-token sub-block of a kv head without transposing K (q held
-// as (head, dim pair) lanes, each key's dim pair broadcast as one 64-bit load: 16 FMAs per q load,
-// 40 shuffles a sub-block instead of 256). Each score is summed as two partial sums (even / odd
-// dims) added at the end: other bits than qk_decode, within attention_decode_gqa_pairs_matches_ref's
-// tolerance of the double-precision reference. EMOLLM_DECODE_ATTN_GQA_PAIRS=0 (read once) or
-// set_decode_gqa_pairs(false): qk_decode (A/B).
-bool decode_gqa_pairs();
-void set_decode_gqa_pairs(bool on);
-// Whether a decode call's full sub-blocks take it: AVX-512, in-place rows, f32 cache, n_heads = 8 *
-// n_kv_heads, even head_dim, n_heads * head_dim <= 4096 and decode_gqa_pairs().
-bool decode_gqa_pairs_applies(const AttentionParams& p);
 // The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
 // shared counter inside one pool->run job (each thread, the caller included, takes the next item
 // until none is left; a worker that has not claimed its index when the caller is done costs
