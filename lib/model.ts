@@ -202,6 +202,29 @@ export interface EmollmInfo {
  */
 export type ImageFeatures = Float32Array & { tokenCounts?: Int32Array; grids?: Int32Array };
 
+/**
+ * Options of {@link Model.encodePixels} / {@link Model.encodeImages}.
+ *
+ * Lifetime of the result: without `out`, every call resolves to a new array that belongs to the
+ * caller; no later call writes into it. With `out`, the call writes the features straight into
+ * `out` (the vision tower's projector writes its rows there: no second array, no copy) and
+ * resolves to `out` itself, so each call given the same array overwrites what the previous one
+ * left there: copy what you need to keep, or pass a different array.
+ */
+export interface ImageEncodeOptions {
+  /**
+   * The result array (LLaVA models with one fixed-size image: not EmoLLM, LLaVA-NeXT or
+   * Qwen2-VL, which throw ERR_UNSUPPORTED): a Float32Array of exactly
+   * `batch * info.vision.nImageTokens * info.nEmbd` floats, over a fixed-length buffer (a resizable
+   * ArrayBuffer or a growable SharedArrayBuffer is refused). Anything else is ERR_INVALID_ARGUMENT,
+   * as is an array whose memory an encode still running writes. Reusing one array for repeated
+   * calls saves the fresh result's first-touch page faults (2304 a LLaVA-1.5 image, 9 MiB).
+   * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
+   * and what it holds meanwhile is unspecified.
+   */
+  out?: Float32Array;
+}
+
 /** The vision side of a multimodal model. */
 export interface VisionInfo {
   /**
@@ -469,7 +492,7 @@ interface NativeBatch {
 
 interface NativeModel extends NativeVisualEncoder {
   info(): ModelInfo;
-  encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
+  encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[], options?: { out?: Float32Array }): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number; decodeBf16Products?: boolean }): NativeContext;
   createBatch(options?: {
     nCtx?: number;
@@ -687,6 +710,21 @@ function facesArg(faces?: readonly (readonly FaceBox[] | null | undefined)[]): [
   return [faces.map((f) => f ?? null)];
 }
 
+// The native arguments after (pixels, batch): faces, then { out } when the caller passed one.
+// out's type and size are checked natively; a buffer that can shrink is refused here (the
+// native side cannot see it, and a shrink while the tower writes would leave it writing freed pages).
+function encodeArgs(
+  faces: readonly (readonly FaceBox[] | null | undefined)[] | undefined,
+  options: ImageEncodeOptions,
+): [faces?: (readonly FaceBox[] | null)[], options?: { out: Float32Array }] {
+  const f = facesArg(faces);
+  if (options.out === undefined) return f;
+  const buf = (options.out as { buffer?: unknown }).buffer as { resizable?: boolean; growable?: boolean } | undefined;
+  if (buf && (buf.resizable === true || buf.growable === true))
+    throw new EmollmError('ERR_INVALID_ARGUMENT', 'encodeImages: out must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)');
+  return [f[0], { out: options.out }];
+}
+
 function isPreparedInput(p: Prompt): p is PreparedInput {
   return typeof p === 'object' && p !== null && !Array.isArray(p) && 'tokens' in p;
 }
@@ -888,14 +926,21 @@ export class Model {
   /**
    * Encodes already-normalised pixel values (`[batch, 3, H, W]`, as the image processor makes
    * them) through the vision tower and projector: `[batch, nImageTokens, nEmbd]` features that
-   * a {@link PreparedInput} prompt can carry.
+   * a {@link PreparedInput} prompt can carry. `options.out`: write them into the caller's array
+   * (see {@link ImageEncodeOptions} for the sizes and the lifetime rule).
    */
-  async encodePixels(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null | undefined)[]): Promise<ImageFeatures> {
+  async encodePixels(
+    pixels: Float32Array,
+    batch: number,
+    faces?: (readonly FaceBox[] | null | undefined)[],
+    options: ImageEncodeOptions = {},
+  ): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     if (!handle.encodeImages) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
+    const args = encodeArgs(faces, options);
     await this.fileGuard?.check();
-    return handle.encodeImages(pixels, batch, ...facesArg(faces));
+    return handle.encodeImages(pixels, batch, ...args);
   }
 
   /**
@@ -958,22 +1003,29 @@ export class Model {
   /**
    * Preprocesses and encodes the images of a prompt (vision tower + projector, or EmoLLM's
    * multi-perspective projection), in order. `faces[i]`: face boxes of image i (EmoLLM).
+   * `options.out`: write the features into the caller's array (LLaVA; see {@link ImageEncodeOptions}).
    */
   async encodeImages(
     images: readonly ImageInput[],
     signal?: AbortSignal,
     faces?: readonly (readonly FaceBox[] | null | undefined)[],
+    options: ImageEncodeOptions = {},
   ): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
-    if (this.visualPreprocessing) return this.encodeVisuals(images.map((input) => ({ kind: 'image', input })), signal);
+    if (this.visualPreprocessing) {
+      if (options.out !== undefined)
+        throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)}: out is supported for LLaVA models with one fixed-size image, not LLaVA-NeXT or Qwen2-VL`);
+      return this.encodeVisuals(images.map((input) => ({ kind: 'image', input })), signal);
+    }
     if (!this.info.vision || !this.imageProcessor || !handle.encodeImages)
       throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
     if (faces !== undefined && faces.length !== images.length)
       throw new EmollmError('ERR_INVALID_ARGUMENT', `faces has ${faces.length} lists for ${images.length} images`);
+    const args = encodeArgs(faces, options);
     const batch = await this.imageProcessor.preprocessBatch(images, signal ? { signal } : {});
     await this.fileGuard?.check();
-    return handle.encodeImages(batch.data, images.length, ...facesArg(faces));
+    return handle.encodeImages(batch.data, images.length, ...args);
   }
 
   /**
