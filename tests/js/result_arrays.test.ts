@@ -1,13 +1,15 @@
-// encodePixels / encodeImages with `out` (lib/model.ts ImageEncodeOptions, native/addon/vision_binding.cpp):
+// The addon's result arrays. encodePixels / encodeImages with `out` (lib/model.ts ImageEncodeOptions,
+// native/addon/vision_binding.cpp):
 // the tower writes the features straight into the caller's array and resolves to that array; the
 // bits equal the fresh-array path; wrong types / sizes / buffers are typed errors before any work;
 // two calls in flight on overlapping memory are refused; results without `out` never alias.
 // On ../shared/models/llava-tiny-hf (9 image tokens x 64).
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { f32, sharedModel } from './helpers/vlm_fixtures.js';
+import { f32, maxAbsDiff, shared, sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError, loadModel, type Model } from '../../lib/index.js';
 
 const { dir, have } = sharedModel('llava-tiny-hf', 'reference/pixel_values.f32', 'encodeImages out tests');
@@ -145,5 +147,32 @@ describe.skipIf(!haveNext)('encodeImages out (llava-next-tiny-hf)', () => {
     } finally {
       await model.close();
     }
+  });
+});
+
+// logits({ all: true }) of a text model: the core writes every row into the result array itself
+// (native/addon/context_binding.cpp EvalWorker), created per call on the JavaScript thread.
+const stories = join(shared, 'models', 'stories260K', 'gguf', 'stories260K.gguf');
+describe.skipIf(!existsSync(stories))('logits({ all: true }) result arrays (stories260K)', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(stories, { threads: 2 });
+  });
+  afterAll(async () => model?.close());
+
+  it('holds the bits of the last-position path in its last row, and a new array every call', async () => {
+    const ids = [1, 403, 407, 261, 378, 291, 276, 286];
+    const all = await model.logits(ids, { all: true });
+    const V = model.info.nVocab;
+    expect(all.length).toBe(ids.length * V);
+    expect(all.every((x) => Number.isFinite(x))).toBe(true);
+    const keep = all.slice();
+    const other = await model.logits(ids.slice(0, 5), { all: true });
+    expect(other.buffer).not.toBe(all.buffer);
+    sameBits(all, keep);  // the first result is unchanged by the second call
+    expect(other.length).toBe(5 * V);
+    // the last-position logits (the sequence scheduler's pass, its own copy) agree with the last
+    // row written directly (not bit for bit: that pass computes only the last row's classifier)
+    expect(maxAbsDiff(await model.logits(ids), all.subarray((ids.length - 1) * V))).toBeLessThanOrEqual(1e-4);
   });
 });
