@@ -1,16 +1,19 @@
-// The addon's result arrays. encodePixels / encodeImages with `out` (lib/model.ts ImageEncodeOptions,
-// native/addon/vision_binding.cpp):
-// the tower writes the features straight into the caller's array and resolves to that array; the
-// bits equal the fresh-array path; wrong types / sizes / buffers are typed errors before any work;
-// two calls in flight on overlapping memory are refused; results without `out` never alias.
-// On ../shared/models/llava-tiny-hf (9 image tokens x 64).
+// The addon's result arrays.
+// - encodePixels / encodeImages with `out` (lib/model.ts ImageEncodeOptions, native/addon/vision_binding.cpp):
+//   the tower writes the features straight into the caller's array and the call resolves to it;
+//   the bits equal the fresh-array path; a wrong type / size / buffer is a typed error before any
+//   work; two calls in flight on overlapping memory are refused; results without `out` never alias;
+//   LLaVA-NeXT and EmoLLM refuse `out` (ERR_UNSUPPORTED). On ../shared/models/llava-tiny-hf.
+// - logits({ all: true }) of a text model (native/addon/context_binding.cpp): rows written into the
+//   result array directly, a new array every call. On ../shared/models/stories260K.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { f32, maxAbsDiff, shared, sharedModel } from './helpers/vlm_fixtures.js';
+import { f32, maxAbsDiff, repoRoot, shared, sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError, loadModel, type Model } from '../../lib/index.js';
+import { native } from '../../lib/native.js';
 
 const { dir, have } = sharedModel('llava-tiny-hf', 'reference/pixel_values.f32', 'encodeImages out tests');
 const { dir: next, have: haveNext } = sharedModel('llava-next-tiny-hf', 'model.safetensors', 'encodeImages out (LLaVA-NeXT) test');
@@ -174,5 +177,36 @@ describe.skipIf(!existsSync(stories))('logits({ all: true }) result arrays (stor
     // the last-position logits (the sequence scheduler's pass, its own copy) agree with the last
     // row written directly (not bit for bit: that pass computes only the last row's classifier)
     expect(maxAbsDiff(await model.logits(ids), all.subarray((ids.length - 1) * V))).toBeLessThanOrEqual(1e-4);
+  });
+});
+
+// EmoLLM: each image's token count follows its face boxes, so no fixed-size out can be checked
+const emoFixture = join(repoRoot, 'tests', 'fixtures', 'emollm', 'gated-sum');
+describe('encodeImages out (EmoLLM fixture, the native binding: the fixture has no tokenizer)', () => {
+  it('is ERR_UNSUPPORTED, before any work', async () => {
+    interface NModel {
+      info(): { nEmbd: number; vision?: { imageSize: number; nImageTokens: number } };
+      encodeImages(px: Float32Array, b: number, faces: undefined, o: { out: Float32Array }): Promise<Float32Array>;
+      close(): Promise<void>;
+    }
+    const model = await (native() as unknown as { loadModel(p: string, o?: object): Promise<NModel> }).loadModel(emoFixture, { nCtx: 128 });
+    try {
+      const px = f32(join(emoFixture, 'pixel_values.f32'));
+      const v = model.info().vision!;
+      const b = px.length / (3 * v.imageSize ** 2);
+      const out = new Float32Array(b * v.nImageTokens * model.info().nEmbd).fill(3);
+      let e: unknown;
+      try {
+        await model.encodeImages(px, b, undefined, { out });
+      } catch (err) {
+        e = err;
+      }
+      expect(e).toBeInstanceOf(EmollmError);
+      expect((e as EmollmError).code).toBe('ERR_UNSUPPORTED');
+      expect((e as EmollmError).message).toMatch(/out is not supported by EmoLLM models/);
+      expect(out.every((x) => x === 3)).toBe(true);
+    } finally {
+      await model.close();
+    }
   });
 });
