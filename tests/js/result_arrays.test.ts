@@ -11,8 +11,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { f32, maxAbsDiff, repoRoot, shared, sharedModel } from './helpers/vlm_fixtures.js';
-import { EmollmError, loadModel, type Model } from '../../lib/index.js';
+import { f32, imageQuestion, maxAbsDiff, repoRoot, shared, sharedModel } from './helpers/vlm_fixtures.js';
+import { EmollmError, loadModel, type ChatMessage, type Model } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
 
 const { dir, have } = sharedModel('llava-tiny-hf', 'reference/pixel_values.f32', 'encodeImages out tests');
@@ -150,6 +150,79 @@ describe.skipIf(!haveNext)('encodeImages out (llava-next-tiny-hf)', () => {
     } finally {
       await model.close();
     }
+  });
+});
+
+// Prompts with image parts (generate / chat / scoreOptions / logits): their features go into a
+// recycled array of the model's pool (LoadModelOptions.recycleImageFeatures), handed back once
+// the native call that copies them has returned.
+describe.skipIf(!have)('recycled image features of prompts (llava-tiny-hf)', () => {
+  const photo = join(dir, 'photo.jpg');
+  const wide = join(next, 'wide.jpg');
+  const ask = (image: string): ChatMessage[] => imageQuestion(image);
+  let model: Model;
+  let plain: Model;
+  const pool = (m: Model): Float32Array[] | null => (m as unknown as { featurePool: Float32Array[] | null }).featurePool;
+  beforeAll(async () => {
+    model = await loadModel(dir, { threads: 2 });
+    plain = await loadModel(dir, { threads: 2, recycleImageFeatures: false });
+  });
+  afterAll(async () => {
+    await model?.close();
+    await plain?.close();
+  });
+
+  it('reuses one array across prompts, never the caller\'s, with the bits of fresh features', async () => {
+    expect(pool(plain)).toBeNull();
+    const refPhoto = await plain.logits(ask(photo));
+    const refWide = await plain.logits(ask(wide));
+    expect(pool(model)).toEqual([]);
+    // at each native submission, the features it is given are out of the pool (held by that prompt)
+    const batch = (await model.sequences()) as unknown as Record<'logits' | 'score' | 'generate', (...a: unknown[]) => unknown>;
+    const inPool: boolean[] = [];
+    for (const [name, at] of [['logits', 1], ['score', 1], ['generate', 3]] as const) {
+      const f = batch[name].bind(batch);
+      Object.defineProperty(batch, name, {
+        configurable: true,
+        value: (...a: unknown[]) => {
+          if (a[at]) inPool.push(pool(model)!.includes(a[at] as Float32Array));
+          return f(...a);
+        },
+      });
+    }
+    sameBits(await model.logits(ask(photo)), refPhoto);
+    expect(pool(model)).toHaveLength(1);
+    const recycled = pool(model)![0]!;
+    expect(recycled.length).toBe(model.info.vision!.nImageTokens * model.info.nEmbd);
+    sameBits(await model.logits(ask(wide)), refWide);
+    expect(pool(model)).toEqual([recycled]);  // the same array again
+    // two prompts at once: each holds its own array while it runs (the second a new one)
+    const [a, b] = await Promise.all([model.logits(ask(photo)), model.logits(ask(wide))]);
+    sameBits(a, refPhoto);
+    sameBits(b, refWide);
+    expect(pool(model)).toHaveLength(2);
+    expect(pool(model)).toContain(recycled);
+    // generate and scoreOptions hand it back too, and give what the unpooled model gives
+    const g = await model.generate(ask(photo), { maxTokens: 4 }).result;
+    expect(g.tokens).toEqual((await plain.generate(ask(photo), { maxTokens: 4 }).result).tokens);
+    const s = await model.scoreOptions(ask(wide), ['happy', 'sad']);
+    expect(s.options.map((o) => o.logprob)).toEqual((await plain.scoreOptions(ask(wide), ['happy', 'sad'])).options.map((o) => o.logprob));
+    const all = await model.logits(ask(photo), { all: true });
+    sameBits(all, await plain.logits(ask(photo), { all: true }));
+    expect(pool(model)).toHaveLength(2);
+    expect(inPool).toHaveLength(6);  // logits x 4, generate, score (logits-all goes through a context)
+    expect(inPool.every((x) => !x)).toBe(true);
+    // features the caller holds (encodeImages / encodePixels results) never enter the pool
+    const mine = await model.encodeImages([photo]);
+    const keep = mine.slice();
+    await model.logits({ tokens: model.promptTokens(ask(photo)), images: mine });
+    await model.logits(ask(wide));
+    expect(pool(model)).not.toContain(mine);
+    sameBits(mine, keep);
+  });
+
+  it('rejects a recycleImageFeatures that is not a boolean', async () => {
+    await expect(loadModel(dir, { recycleImageFeatures: 1 as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });
 
