@@ -1150,6 +1150,7 @@ export class Model {
     leakGuard.unregister(this);
     this.context = undefined;
     this.batch = undefined; // closed with the model
+    this.featurePool?.splice(0);  // the recycled feature arrays go with it
     await h.close();
   }
 
