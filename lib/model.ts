@@ -120,6 +120,17 @@ export interface LoadModelOptions extends RuntimeOptions {
   tokenizer?: Tokenizer | string;
   /** For a LLaVA GGUF: llama.cpp's multimodal projector GGUF (CLIP + projector) beside the text model. */
   mmproj?: string;
+  /**
+   * Recycle the image features that prompts with image parts encode inside generate / chat /
+   * scoreOptions / logits (LLaVA with one fixed-size image; default true). Those features are
+   * copied by the native call that takes the prompt, so their array is free again right after it:
+   * the model keeps up to two such arrays and the next prompt's images are written into one of
+   * them, already faulted in (a fresh 9 MiB LLaVA-1.5 array takes 2304 first-touch page faults
+   * inside the projector). The arrays are never handed to the caller; `false` allocates a new one
+   * for every prompt (and holds none). Arrays that encodeImages / encodePixels return are the
+   * caller's either way (see {@link ImageEncodeOptions}).
+   */
+  recycleImageFeatures?: boolean;
   /** Overrides of the image preprocessing (preprocessor_config.json), e.g. `{ padToSquare: true }`. */
   imageProcessor?: Partial<ImageProcessorConfig>;
   /** Cancels loading (checked before and after the native load, and between chunks of the progress read). */
@@ -201,6 +212,29 @@ export interface EmollmInfo {
  * with face boxes take more); eval/generate/score read it back. Copies (slice, subarray) lose it.
  */
 export type ImageFeatures = Float32Array & { tokenCounts?: Int32Array; grids?: Int32Array };
+
+/**
+ * Options of {@link Model.encodePixels} / {@link Model.encodeImages}.
+ *
+ * Lifetime of the result: without `out`, every call resolves to a new array that belongs to the
+ * caller; no later call writes into it. With `out`, the call writes the features straight into
+ * `out` (the vision tower's projector writes its rows there: no second array, no copy) and
+ * resolves to `out` itself, so each call given the same array overwrites what the previous one
+ * left there: copy what you need to keep, or pass a different array.
+ */
+export interface ImageEncodeOptions {
+  /**
+   * The result array (LLaVA models with one fixed-size image: not EmoLLM, LLaVA-NeXT or
+   * Qwen2-VL, which throw ERR_UNSUPPORTED): a Float32Array of exactly
+   * `batch * info.vision.nImageTokens * info.nEmbd` floats, over a fixed-length buffer (a resizable
+   * ArrayBuffer or a growable SharedArrayBuffer is refused). Anything else is ERR_INVALID_ARGUMENT,
+   * as is an array whose memory an encode still running writes. Reusing one array for repeated
+   * calls saves the fresh result's first-touch page faults (2304 a LLaVA-1.5 image, 9 MiB).
+   * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
+   * and what it holds meanwhile is unspecified.
+   */
+  out?: Float32Array;
+}
 
 /** The vision side of a multimodal model. */
 export interface VisionInfo {
@@ -341,6 +375,12 @@ interface PreparedPrompt {
   ids: number[];
   /** Projected image features, or null. */
   images: Float32Array | null;
+  /**
+   * Set when `images` is a recycled array of the model's pool: hands it back. Call it only once
+   * the native call that takes `images` has returned (it copies them); never call it otherwise
+   * (an array not handed back is simply dropped).
+   */
+  release?: () => void;
 }
 
 interface NativeContext {
@@ -469,7 +509,7 @@ interface NativeBatch {
 
 interface NativeModel extends NativeVisualEncoder {
   info(): ModelInfo;
-  encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[]): Promise<ImageFeatures>;
+  encodeImages?(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null)[], options?: { out?: Float32Array }): Promise<ImageFeatures>;
   createContext(options?: { nCtx?: number; decodeBf16Products?: boolean }): NativeContext;
   createBatch(options?: {
     nCtx?: number;
@@ -531,6 +571,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     throw new EmollmError('ERR_INVALID_ARGUMENT', `prefaultContext must be a boolean, got ${typeof options.prefaultContext}`);
   if (options.decodeBf16Products !== undefined && typeof options.decodeBf16Products !== 'boolean')
     throw new EmollmError('ERR_INVALID_ARGUMENT', `decodeBf16Products must be a boolean, got ${typeof options.decodeBf16Products}`);
+  if (options.recycleImageFeatures !== undefined && typeof options.recycleImageFeatures !== 'boolean')
+    throw new EmollmError('ERR_INVALID_ARGUMENT', `recycleImageFeatures must be a boolean, got ${typeof options.recycleImageFeatures}`);
   const kvCachePositions =
     options.kvCachePositions === undefined ? undefined : limitOption('kvCachePositions', options.kvCachePositions, 0);
   const kvBlockSize = options.kvBlockSize === undefined ? undefined : limitOption('kvBlockSize', options.kvBlockSize, 0);
@@ -638,7 +680,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
       : options.tokenizer === undefined && (st.isDirectory() || path.toLowerCase().endsWith('.gguf'))
         ? { kind: 'file', path }
         : undefined;
-  model.setSafety(guard, maxPromptChars, tokenizerSource);
+  model.setSafety(guard, maxPromptChars, tokenizerSource, options.recycleImageFeatures ?? true);
   model.maxSequences = maxSequences;
   model.stepOptions = {
     ...(batchTokens === undefined ? {} : { batchTokens }),
@@ -685,6 +727,21 @@ function imageProcessorFor(vision: VisionInfo, overrides: Partial<ImageProcessor
 function facesArg(faces?: readonly (readonly FaceBox[] | null | undefined)[]): [] | [(readonly FaceBox[] | null)[]] {
   if (!faces || !faces.some((f) => f && f.length > 0)) return [];
   return [faces.map((f) => f ?? null)];
+}
+
+// The native arguments after (pixels, batch): faces, then { out } when the caller passed one.
+// out's type and size are checked natively; a buffer that can shrink is refused here (the
+// native side cannot see it, and a shrink while the tower writes would leave it writing freed pages).
+function encodeArgs(
+  faces: readonly (readonly FaceBox[] | null | undefined)[] | undefined,
+  options: ImageEncodeOptions,
+): [faces?: (readonly FaceBox[] | null)[], options?: { out: Float32Array }] {
+  const f = facesArg(faces);
+  if (options.out === undefined) return f;
+  const buf = (options.out as { buffer?: unknown }).buffer as { resizable?: boolean; growable?: boolean } | undefined;
+  if (buf && (buf.resizable === true || buf.growable === true))
+    throw new EmollmError('ERR_INVALID_ARGUMENT', 'encodeImages: out must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)');
+  return [f[0], { out: options.out }];
 }
 
 function isPreparedInput(p: Prompt): p is PreparedInput {
@@ -741,6 +798,8 @@ export class Model {
   private maxPromptChars: number;
   /** Set by loadModel: checks the mapped weight files are unchanged before each call. */
   private fileGuard: FileGuard | undefined;
+  /** Free recycled image-feature arrays (LoadModelOptions.recycleImageFeatures); null: off. */
+  private featurePool: Float32Array[] | null = [];
 
   /** @internal use {@link loadModel}. */
   constructor(
@@ -768,7 +827,8 @@ export class Model {
   private tokenizerSource: TokenizerSource | undefined;
 
   /** @internal set by loadModel. */
-  setSafety(guard: FileGuard | undefined, maxPromptChars: number, tokenizerSource?: TokenizerSource): void {
+  setSafety(guard: FileGuard | undefined, maxPromptChars: number, tokenizerSource?: TokenizerSource, recycleImageFeatures = true): void {
+    if (!recycleImageFeatures) this.featurePool = null;
     this.fileGuard = guard;
     this.maxPromptChars = maxPromptChars;
     this.tokenizerSource = tokenizerSource;
@@ -860,15 +920,16 @@ export class Model {
     // fails early (no chat template, a bad image) is not reported as an unhandled rejection
     preparing.catch(() => undefined);
     return this.exclusive(async (ctx) => {
-      const { ids, images } = await preparing;
+      const { ids, images, release } = await preparing;
       if (options.signal?.aborted) throw abortError();
       const onAbort = (): void => ctx.abort();
       options.signal?.addEventListener('abort', onAbort, { once: true });
       try {
         const all = options.all ?? false;
-        return images
-          ? await ctx.evalMultimodal(Int32Array.from(ids), images, { allLogits: all })
-          : await ctx.eval(Int32Array.from(ids), { allLogits: all });
+        if (!images) return await ctx.eval(Int32Array.from(ids), { allLogits: all });
+        const evaluating = ctx.evalMultimodal(Int32Array.from(ids), images, { allLogits: all });
+        release?.();  // the features were copied by the call
+        return await evaluating;
       } finally {
         options.signal?.removeEventListener('abort', onAbort);
       }
@@ -880,6 +941,7 @@ export class Model {
     const batch = await this.sequences();
     if (signal?.aborted) throw abortError();
     const { id, promise } = batch.logits(Int32Array.from(prepared.ids), prepared.images ?? null);
+    prepared.release?.();  // the features were copied by the call
     const onAbort = (): void => batch.abort(id);
     signal?.addEventListener('abort', onAbort, { once: true });
     return promise.finally(() => signal?.removeEventListener('abort', onAbort));
@@ -888,14 +950,21 @@ export class Model {
   /**
    * Encodes already-normalised pixel values (`[batch, 3, H, W]`, as the image processor makes
    * them) through the vision tower and projector: `[batch, nImageTokens, nEmbd]` features that
-   * a {@link PreparedInput} prompt can carry.
+   * a {@link PreparedInput} prompt can carry. `options.out`: write them into the caller's array
+   * (see {@link ImageEncodeOptions} for the sizes and the lifetime rule).
    */
-  async encodePixels(pixels: Float32Array, batch: number, faces?: (readonly FaceBox[] | null | undefined)[]): Promise<ImageFeatures> {
+  async encodePixels(
+    pixels: Float32Array,
+    batch: number,
+    faces?: (readonly FaceBox[] | null | undefined)[],
+    options: ImageEncodeOptions = {},
+  ): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
     if (!handle.encodeImages) throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
+    const args = encodeArgs(faces, options);
     await this.fileGuard?.check();
-    return handle.encodeImages(pixels, batch, ...facesArg(faces));
+    return handle.encodeImages(pixels, batch, ...args);
   }
 
   /**
@@ -931,6 +1000,7 @@ export class Model {
     const batch = await this.sequences();
     if (settings.signal?.aborted) throw abortError();
     const { id, promise } = batch.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
+    prepared.release?.();  // the features were copied by the call
     const onAbort = (): void => batch.abort(id);
     settings.signal?.addEventListener('abort', onAbort, { once: true });
     const r = await promise.finally(() => settings.signal?.removeEventListener('abort', onAbort));
@@ -958,22 +1028,29 @@ export class Model {
   /**
    * Preprocesses and encodes the images of a prompt (vision tower + projector, or EmoLLM's
    * multi-perspective projection), in order. `faces[i]`: face boxes of image i (EmoLLM).
+   * `options.out`: write the features into the caller's array (LLaVA; see {@link ImageEncodeOptions}).
    */
   async encodeImages(
     images: readonly ImageInput[],
     signal?: AbortSignal,
     faces?: readonly (readonly FaceBox[] | null | undefined)[],
+    options: ImageEncodeOptions = {},
   ): Promise<ImageFeatures> {
     const handle = this.handle;
     if (!handle) throw new EmollmError('ERR_INVALID_ARGUMENT', `${basename(this.path)}: the model is closed`);
-    if (this.visualPreprocessing) return this.encodeVisuals(images.map((input) => ({ kind: 'image', input })), signal);
+    if (this.visualPreprocessing) {
+      if (options.out !== undefined)
+        throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)}: out is supported for LLaVA models with one fixed-size image, not LLaVA-NeXT or Qwen2-VL`);
+      return this.encodeVisuals(images.map((input) => ({ kind: 'image', input })), signal);
+    }
     if (!this.info.vision || !this.imageProcessor || !handle.encodeImages)
       throw new EmollmError('ERR_UNSUPPORTED', `${basename(this.path)} has no vision tower: it cannot take images`);
     if (faces !== undefined && faces.length !== images.length)
       throw new EmollmError('ERR_INVALID_ARGUMENT', `faces has ${faces.length} lists for ${images.length} images`);
+    const args = encodeArgs(faces, options);
     const batch = await this.imageProcessor.preprocessBatch(images, signal ? { signal } : {});
     await this.fileGuard?.check();
-    return handle.encodeImages(batch.data, images.length, ...facesArg(faces));
+    return handle.encodeImages(batch.data, images.length, ...args);
   }
 
   /**
@@ -1044,7 +1121,25 @@ export class Model {
     const ids = await this.promptTokensAsync(messages, addSpecialTokens, signal);
     if (this.visualPreprocessing) return { ids, images: visuals.length > 0 ? await this.encodeVisuals(visuals, signal) : null };
     const anyFaces = faces.some((f) => f !== undefined && f.length > 0);
-    return { ids, images: images.length > 0 ? await this.encodeImages(images, signal, anyFaces ? faces : undefined) : null };
+    if (images.length === 0) return { ids, images: null };
+    const pool = this.featurePool;
+    const perImage = (this.info.vision?.nImageTokens ?? 0) * this.info.nEmbd;
+    if (!pool || this.info.emollm || perImage <= 0)
+      return { ids, images: await this.encodeImages(images, signal, anyFaces ? faces : undefined) };
+    // a recycled array (see LoadModelOptions.recycleImageFeatures): taken out of the pool while
+    // this prompt holds it, so no other prompt writes into it meanwhile
+    const n = images.length * perImage;
+    const k = pool.findIndex((a) => a.length === n);
+    const out = k >= 0 ? pool.splice(k, 1)[0]! : new Float32Array(n);
+    const release = (): void => {
+      if (pool.length < 2 && !pool.includes(out)) pool.push(out);
+    };
+    try {
+      return { ids, images: await this.encodeImages(images, signal, anyFaces ? faces : undefined, { out }), release };
+    } catch (e) {
+      release();  // the encode has settled: nothing writes into the array any more
+      throw e;
+    }
   }
 
   /** Frees the native model now. Pending calls finish as aborted. Safe to call twice. */
@@ -1055,6 +1150,7 @@ export class Model {
     leakGuard.unregister(this);
     this.context = undefined;
     this.batch = undefined; // closed with the model
+    this.featurePool?.splice(0);  // the recycled feature arrays go with it
     await h.close();
   }
 
@@ -1196,7 +1292,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
     // A rejection is reported through `result`; keep it from being "unhandled" meanwhile.
     preparing.catch(() => undefined);
     this.result = (async () => {
-      const { ids: prompt, images } = await preparing;
+      const { ids: prompt, images, release } = await preparing;
       const batch = await model.sequences();
       const specials = new Set([model.tokenizer.bosId, model.tokenizer.eosId]);
       if (continuation && prompt.some((id) => !specials.has(id)))
@@ -1217,6 +1313,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
         if (options.seed !== undefined) nativeOptions.seed = options.seed;
         // submitted now: it runs beside the model's other sequences, or waits for a slot (FIFO)
         const { id, promise } = batch.generate(Int32Array.from(prompt), nativeOptions, onTokens, images);
+        release?.();  // the features were copied by the call
         onAbort = (): void => batch.abort(id);
         this.abortNative = onAbort;
         signal?.addEventListener('abort', onAbort, { once: true });

@@ -5,7 +5,11 @@
 //       "llava", or from a text GGUF with `mmproj` (llama.cpp's CLIP projector GGUF).
 //   model.info() -> { format, arch, nVocab, nEmbd, nLayer, nHead, nHeadKv, nCtxTrain, ropeTheta, bosId?, eosId?,
 //                     vision?: { imageSize, patchSize, nImageTokens, imageTokenId, mean?, std? } }
-//   model.encodeImages(pixels: Float32Array [B,3,H,W], B, faces?) -> Promise<Float32Array [B, nImageTokens, nEmbd]>
+//   model.encodeImages(pixels: Float32Array [B,3,H,W], B, faces?, { out? }) -> Promise<Float32Array [B, nImageTokens, nEmbd]>
+//       out (LLaVA): a Float32Array of exactly B * nImageTokens * nEmbd floats that the tower writes
+//       into directly and the promise resolves to (no fresh result array: a reused one is already
+//       faulted in); ERR_INVALID_ARGUMENT for another type or size, or memory that an encodeImages
+//       call still running writes; ERR_UNSUPPORTED on EmoLLM models.
 //       EmoLLM models (config.json with an `emollm` section, native/model/emollm.h): faces is an
 //       optional array (one per image) of [{ x, y, width, height }] boxes in pixels of the tower
 //       input; images then take different token counts, so the result carries `tokenCounts`

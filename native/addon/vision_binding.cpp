@@ -4,8 +4,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model_handle.h"
@@ -15,6 +19,38 @@ namespace emollm::addon {
 namespace {
 
 using ModelWorker = PromiseWorker;
+
+// The caller's `out` arrays that an encodeImages call is writing into right now, as byte ranges
+// (every environment of the process: a SharedArrayBuffer's memory can be passed from two worker
+// threads). A second call given memory that overlaps one in flight is refused up front: two
+// workers would write the same floats at once.
+class OutRanges {
+ public:
+  bool claim(const void* p, size_t bytes) {
+    const auto b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
+    std::lock_guard<std::mutex> lk(mu_);
+    for (const auto& r : busy_)
+      if (b < r.second && r.first < e) return false;
+    busy_.emplace_back(b, e);
+    return true;
+  }
+  void release(const void* p) {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (size_t i = 0; i < busy_.size(); ++i)
+      if (busy_[i].first == reinterpret_cast<uintptr_t>(p)) {
+        busy_.erase(busy_.begin() + std::ptrdiff_t(i));
+        return;
+      }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<uintptr_t, uintptr_t>> busy_;
+};
+OutRanges& out_ranges() {
+  static OutRanges r;
+  return r;
+}
 
 // ---------------------------------------------------------------- encodeImages
 
@@ -56,6 +92,7 @@ class EncodeWorker final : public ModelWorker {
     return a;
   }
   void Finish(Napi::Env env) override {
+    if (caller_out_) out_ranges().release(js_out_data_);
     llava_.reset();
     emollm_.reset();
     h_->inflight--;
@@ -70,17 +107,22 @@ class EncodeWorker final : public ModelWorker {
   std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
   std::vector<float> out_;
-  // LLaVA with LlavaModel::keep_scratch(): the result array, created on the JavaScript thread
-  // before the worker runs and written there directly (its backing store does not move), instead
-  // of a vector of the same size filled, then copied (9 MiB a LLaVA-1.5 image, faulted in each call)
+  // LLaVA: the result array, written by the worker directly (its backing store does not move),
+  // instead of a vector of the same size filled, then copied. Either the caller's `out` array
+  // (already faulted in when it is reused: none of the 2304 first-touch faults a fresh 9 MiB
+  // LLaVA-1.5 result takes inside the projector's last GEMM) or, with LlavaModel::keep_scratch(),
+  // a fresh one created on the JavaScript thread before the worker runs. The reference keeps the
+  // array alive while the worker writes.
   Napi::Reference<Napi::Float32Array> js_out_;
   float* js_out_data_ = nullptr;
+  bool caller_out_ = false;  // js_out_ is the caller's `out` (its range is in out_ranges())
 
  public:
-  void write_into_js_array(Napi::Env env, size_t n) {
-    Napi::Float32Array a = Napi::Float32Array::New(env, n);
+  void write_into_js_array(Napi::Env env, size_t n) { write_into_js_array(Napi::Float32Array::New(env, n), false); }
+  void write_into_js_array(Napi::Float32Array a, bool caller_out) {
     js_out_ = Napi::Persistent(a);
     js_out_data_ = a.Data();
+    caller_out_ = caller_out;
   }
   std::shared_ptr<EmollmModel> emollm_;
   std::vector<std::vector<FaceBox>> faces_;  // EmoLLM: per image (empty: no faces anywhere)
@@ -235,10 +277,28 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
     }
     if (!any) faces.clear();
   }
+  // options.out: the caller's result array (LLaVA: a fixed size), checked before any work starts
+  const Napi::Object opts = opt_object(info, 3, "encodeImages: options");
+  Napi::Float32Array out;
+  const size_t n_out = size_t(B * handle_->llava->n_image_tokens() * handle_->llava->n_embd());
+  if (has_opt(opts, "out")) {
+    const Napi::Value o = opts.Get("out");
+    if (handle_->emollm)
+      throw make_js_error(env, "ERR_UNSUPPORTED", "encodeImages: out is not supported by EmoLLM models (their token counts vary per image)");
+    if (!o.IsTypedArray() || o.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw_invalid(env, "encodeImages: out must be a Float32Array");
+    out = o.As<Napi::Float32Array>();
+    if (out.ElementLength() != n_out)
+      throw_invalid(env, "encodeImages: out has " + std::to_string(out.ElementLength()) + " floats, expected B * nImageTokens * nEmbd = " +
+                             std::to_string(B) + " * " + std::to_string(handle_->llava->n_image_tokens()) + " * " +
+                             std::to_string(handle_->llava->n_embd()) + " = " + std::to_string(n_out));
+    if (!out_ranges().claim(out.Data(), n_out * sizeof(float)))
+      throw_invalid(env, "encodeImages: out overlaps the out array of an encodeImages call still running");
+  }
   auto* w = new EncodeWorker(env, handle_, std::move(px), B);
   w->emollm_ = handle_->emollm;
-  if (!w->emollm_ && LlavaModel::keep_scratch())
-    w->write_into_js_array(env, size_t(B * handle_->llava->n_image_tokens() * handle_->llava->n_embd()));
+  if (!out.IsEmpty()) w->write_into_js_array(out, true);
+  else if (!w->emollm_ && LlavaModel::keep_scratch()) w->write_into_js_array(env, n_out);
   w->faces_ = std::move(faces);
   Napi::Promise p = w->promise();
   w->Queue();

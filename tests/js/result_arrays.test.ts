@@ -1,0 +1,285 @@
+// The addon's result arrays.
+// - encodePixels / encodeImages with `out` (lib/model.ts ImageEncodeOptions, native/addon/vision_binding.cpp):
+//   the tower writes the features straight into the caller's array and the call resolves to it;
+//   the bits equal the fresh-array path; a wrong type / size / buffer is a typed error before any
+//   work; two calls in flight on overlapping memory are refused; results without `out` never alias;
+//   LLaVA-NeXT and EmoLLM refuse `out` (ERR_UNSUPPORTED). On ../shared/models/llava-tiny-hf.
+// - logits({ all: true }) of a text model (native/addon/context_binding.cpp): rows written into the
+//   result array directly, a new array every call. On ../shared/models/stories260K.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { f32, imageQuestion, maxAbsDiff, repoRoot, shared, sharedModel } from './helpers/vlm_fixtures.js';
+import { EmollmError, loadModel, type ChatMessage, type Model } from '../../lib/index.js';
+import { native } from '../../lib/native.js';
+
+const { dir, have } = sharedModel('llava-tiny-hf', 'reference/pixel_values.f32', 'encodeImages out tests');
+const { dir: next, have: haveNext } = sharedModel('llava-next-tiny-hf', 'model.safetensors', 'encodeImages out (LLaVA-NeXT) test');
+
+const bits = (a: Float32Array): Uint32Array => new Uint32Array(a.buffer, a.byteOffset, a.length);
+const sameBits = (a: Float32Array, b: Float32Array): void => {
+  expect(a.length).toBe(b.length);
+  expect(Buffer.from(bits(a).buffer, bits(a).byteOffset, a.byteLength).equals(Buffer.from(bits(b).buffer, bits(b).byteOffset, b.byteLength))).toBe(true);
+};
+async function invalid(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
+  const e = await p.then(() => undefined, (err: unknown) => err);
+  expect(e).toBeInstanceOf(EmollmError);
+  expect((e as EmollmError).code).toBe(code);
+  expect((e as EmollmError).message).toMatch(message);
+}
+
+describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
+  let model: Model;
+  let pixels: Float32Array;
+  let two: Float32Array;
+  let n: number;  // floats of one image's features
+  beforeAll(async () => {
+    model = await loadModel(dir, { threads: 2 });
+    pixels = f32(join(dir, 'reference', 'pixel_values.f32'));
+    two = new Float32Array(pixels.length * 2);
+    two.set(pixels);
+    two.set(pixels.map((x) => -x), pixels.length);
+    n = model.info.vision!.nImageTokens * model.info.nEmbd;
+  });
+  afterAll(async () => model?.close());
+
+  it('writes into the array the caller passed and resolves to it, with the bits of a fresh result', async () => {
+    for (const [px, b] of [[pixels, 1], [two, 2]] as const) {
+      const fresh = await model.encodePixels(px, b);
+      expect(fresh.length).toBe(b * n);
+      const out = new Float32Array(b * n).fill(Number.NaN);  // sentinel: every float must be written
+      const buffer = out.buffer;
+      const r = await model.encodePixels(px, b, undefined, { out });
+      expect(r).toBe(out);
+      expect(r.buffer).toBe(buffer);
+      expect(out.some((x) => Number.isNaN(x))).toBe(false);
+      sameBits(out, fresh);
+      // a view at an offset into a larger buffer: only its floats are written
+      const big = new Float32Array(b * n + 8).fill(-7);
+      const view = big.subarray(3, 3 + b * n);
+      expect(await model.encodePixels(px, b, undefined, { out: view })).toBe(view);
+      sameBits(view, fresh);
+      expect(Array.from(big.subarray(0, 3))).toEqual([-7, -7, -7]);
+      expect(Array.from(big.subarray(3 + b * n))).toEqual([-7, -7, -7, -7, -7]);
+    }
+  });
+
+  it('encodeImages (preprocessing included) takes out too', async () => {
+    const img = join(dir, 'photo.jpg');
+    const fresh = await model.encodeImages([img]);
+    const out = new Float32Array(n);
+    expect(await model.encodeImages([img], undefined, undefined, { out })).toBe(out);
+    sameBits(out, fresh);
+  });
+
+  it('never aliases results without out; with out, each call overwrites the array it is given', async () => {
+    const a = await model.encodePixels(pixels, 1);
+    const keep = a.slice();
+    const b = await model.encodePixels(pixels.map((x) => -x), 1);
+    expect(b).not.toBe(a);
+    expect(b.buffer).not.toBe(a.buffer);
+    sameBits(a, keep);  // the first result is unchanged by the second call
+    expect(bits(b).some((x, i) => x !== bits(keep)[i])).toBe(true);
+
+    const out = new Float32Array(n);
+    await model.encodePixels(pixels, 1, undefined, { out });
+    sameBits(out, keep);
+    const again = await model.encodePixels(pixels.map((x) => -x), 1, undefined, { out });
+    expect(again).toBe(out);
+    sameBits(out, b);  // the documented rule: the same out holds the latest call's features
+  });
+
+  it('rejects a wrong type, size or buffer with typed errors', async () => {
+    const enc = (out: unknown, b = 1): Promise<unknown> =>
+      model.encodePixels(b === 1 ? pixels : two, b, undefined, { out: out as Float32Array });
+    await invalid(enc(new Float64Array(n)), 'ERR_INVALID_ARGUMENT', /out must be a Float32Array/);
+    await invalid(enc(Array.from({ length: n }, () => 0)), 'ERR_INVALID_ARGUMENT', /out must be a Float32Array/);
+    await invalid(enc(new DataView(new ArrayBuffer(n * 4))), 'ERR_INVALID_ARGUMENT', /out must be a Float32Array/);
+    await invalid(enc(new Float32Array(n - 1)), 'ERR_INVALID_ARGUMENT', new RegExp(`out has ${n - 1} floats, expected .* = ${n}$`));
+    await invalid(enc(new Float32Array(n + 1)), 'ERR_INVALID_ARGUMENT', /out has \d+ floats, expected/);
+    await invalid(enc(new Float32Array(n), 2), 'ERR_INVALID_ARGUMENT', new RegExp(`expected .* = ${2 * n}$`));
+    const resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(n * 4, { maxByteLength: n * 8 });
+    await invalid(enc(new Float32Array(resizable)), 'ERR_INVALID_ARGUMENT', /fixed-length buffer/);
+    const detached = new Float32Array(n);
+    structuredClone(detached.buffer, { transfer: [detached.buffer] });
+    await invalid(enc(detached), 'ERR_INVALID_ARGUMENT', /out has 0 floats/);
+    // nothing was written into a refused array
+    const short = new Float32Array(n - 1).fill(5);
+    await enc(short).catch(() => undefined);
+    expect(short.every((x) => x === 5)).toBe(true);
+  });
+
+  it('refuses an out whose memory a call still running writes, and frees it when that call settles', async () => {
+    // the native calls directly: each claims its out before returning, and the claim is given back
+    // on this thread once the work is done, so nothing settles between these synchronous calls
+    type Enc = (px: Float32Array, b: number, faces: undefined, o: { out: Float32Array }) => Promise<Float32Array>;
+    const handle = (model as unknown as { handle: { encodeImages: Enc } }).handle;
+    const enc = (px: Float32Array, out: Float32Array): Promise<Float32Array> => handle.encodeImages(px, 1, undefined, { out });
+    const neg = pixels.map((x) => -x);
+    const out = new Float32Array(2 * n);
+    const first = enc(pixels, out.subarray(0, n));
+    // the same floats, and a view that overlaps them by one float, are refused synchronously
+    expect(() => enc(pixels, out.subarray(0, n))).toThrow(/out overlaps the out array of an encodeImages call still running/);
+    expect(() => enc(pixels, out.subarray(n - 1, 2 * n - 1))).toThrow(/still running/);
+    let code: unknown;
+    try {
+      enc(pixels, out.subarray(1, n + 1));
+    } catch (e) {
+      code = (e as EmollmError).code;
+    }
+    expect(code).toBe('ERR_INVALID_ARGUMENT');
+    // the other half does not overlap: it runs at the same time
+    const second = enc(neg, out.subarray(n));
+    await Promise.all([first, second]);
+    sameBits(out.subarray(0, n), await model.encodePixels(pixels, 1));
+    sameBits(out.subarray(n), await model.encodePixels(neg, 1));
+    // settled: the same memory is free again
+    const view = out.subarray(0, n);
+    expect(await enc(pixels, view)).toBe(view);
+  });
+});
+
+describe.skipIf(!haveNext)('encodeImages out (llava-next-tiny-hf)', () => {
+  it('is ERR_UNSUPPORTED for LLaVA-NeXT (token counts follow the image size)', async () => {
+    const model = await loadModel(next, { threads: 1 });
+    try {
+      await invalid(model.encodeImages([join(dir, 'photo.jpg')], undefined, undefined, { out: new Float32Array(16) }),
+        'ERR_UNSUPPORTED', /out is supported for LLaVA models/);
+    } finally {
+      await model.close();
+    }
+  });
+});
+
+// Prompts with image parts (generate / chat / scoreOptions / logits): their features go into a
+// recycled array of the model's pool (LoadModelOptions.recycleImageFeatures), handed back once
+// the native call that copies them has returned.
+describe.skipIf(!have)('recycled image features of prompts (llava-tiny-hf)', () => {
+  const photo = join(dir, 'photo.jpg');
+  const wide = join(next, 'wide.jpg');
+  const ask = (image: string): ChatMessage[] => imageQuestion(image);
+  let model: Model;
+  let plain: Model;
+  const pool = (m: Model): Float32Array[] | null => (m as unknown as { featurePool: Float32Array[] | null }).featurePool;
+  beforeAll(async () => {
+    model = await loadModel(dir, { threads: 2 });
+    plain = await loadModel(dir, { threads: 2, recycleImageFeatures: false });
+  });
+  afterAll(async () => {
+    await model?.close();
+    await plain?.close();
+  });
+
+  it('reuses one array across prompts, never the caller\'s, with the bits of fresh features', async () => {
+    expect(pool(plain)).toBeNull();
+    const refPhoto = await plain.logits(ask(photo));
+    const refWide = await plain.logits(ask(wide));
+    expect(pool(model)).toEqual([]);
+    // at each native submission, the features it is given are out of the pool (held by that prompt)
+    const batch = (await model.sequences()) as unknown as Record<'logits' | 'score' | 'generate', (...a: unknown[]) => unknown>;
+    const inPool: boolean[] = [];
+    for (const [name, at] of [['logits', 1], ['score', 1], ['generate', 3]] as const) {
+      const f = batch[name].bind(batch);
+      Object.defineProperty(batch, name, {
+        configurable: true,
+        value: (...a: unknown[]) => {
+          if (a[at]) inPool.push(pool(model)!.includes(a[at] as Float32Array));
+          return f(...a);
+        },
+      });
+    }
+    sameBits(await model.logits(ask(photo)), refPhoto);
+    expect(pool(model)).toHaveLength(1);
+    const recycled = pool(model)![0]!;
+    expect(recycled.length).toBe(model.info.vision!.nImageTokens * model.info.nEmbd);
+    sameBits(await model.logits(ask(wide)), refWide);
+    expect(pool(model)).toEqual([recycled]);  // the same array again
+    // two prompts at once: each holds its own array while it runs (the second a new one)
+    const [a, b] = await Promise.all([model.logits(ask(photo)), model.logits(ask(wide))]);
+    sameBits(a, refPhoto);
+    sameBits(b, refWide);
+    expect(pool(model)).toHaveLength(2);
+    expect(pool(model)).toContain(recycled);
+    // generate and scoreOptions hand it back too, and give what the unpooled model gives
+    const g = await model.generate(ask(photo), { maxTokens: 4 }).result;
+    expect(g.tokens).toEqual((await plain.generate(ask(photo), { maxTokens: 4 }).result).tokens);
+    const s = await model.scoreOptions(ask(wide), ['happy', 'sad']);
+    expect(s.options.map((o) => o.logprob)).toEqual((await plain.scoreOptions(ask(wide), ['happy', 'sad'])).options.map((o) => o.logprob));
+    const all = await model.logits(ask(photo), { all: true });
+    sameBits(all, await plain.logits(ask(photo), { all: true }));
+    expect(pool(model)).toHaveLength(2);
+    expect(inPool).toHaveLength(6);  // logits x 4, generate, score (logits-all goes through a context)
+    expect(inPool.every((x) => !x)).toBe(true);
+    // features the caller holds (encodeImages / encodePixels results) never enter the pool
+    const mine = await model.encodeImages([photo]);
+    const keep = mine.slice();
+    await model.logits({ tokens: model.promptTokens(ask(photo)), images: mine });
+    await model.logits(ask(wide));
+    expect(pool(model)).not.toContain(mine);
+    sameBits(mine, keep);
+  });
+
+  it('rejects a recycleImageFeatures that is not a boolean', async () => {
+    await expect(loadModel(dir, { recycleImageFeatures: 1 as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+});
+
+// logits({ all: true }) of a text model: the core writes every row into the result array itself
+// (native/addon/context_binding.cpp EvalWorker), created per call on the JavaScript thread.
+const stories = join(shared, 'models', 'stories260K', 'gguf', 'stories260K.gguf');
+describe.skipIf(!existsSync(stories))('logits({ all: true }) result arrays (stories260K)', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(stories, { threads: 2 });
+  });
+  afterAll(async () => model?.close());
+
+  it('holds the bits of the last-position path in its last row, and a new array every call', async () => {
+    const ids = [1, 403, 407, 261, 378, 291, 276, 286];
+    const all = await model.logits(ids, { all: true });
+    const V = model.info.nVocab;
+    expect(all.length).toBe(ids.length * V);
+    expect(all.every((x) => Number.isFinite(x))).toBe(true);
+    const keep = all.slice();
+    const other = await model.logits(ids.slice(0, 5), { all: true });
+    expect(other.buffer).not.toBe(all.buffer);
+    sameBits(all, keep);  // the first result is unchanged by the second call
+    expect(other.length).toBe(5 * V);
+    // the last-position logits (the sequence scheduler's pass, its own copy) agree with the last
+    // row written directly (not bit for bit: that pass computes only the last row's classifier)
+    expect(maxAbsDiff(await model.logits(ids), all.subarray((ids.length - 1) * V))).toBeLessThanOrEqual(1e-4);
+  });
+});
+
+// EmoLLM: each image's token count follows its face boxes, so no fixed-size out can be checked
+const emoFixture = join(repoRoot, 'tests', 'fixtures', 'emollm', 'gated-sum');
+describe('encodeImages out (EmoLLM fixture, the native binding: the fixture has no tokenizer)', () => {
+  it('is ERR_UNSUPPORTED, before any work', async () => {
+    interface NModel {
+      info(): { nEmbd: number; vision?: { imageSize: number; nImageTokens: number } };
+      encodeImages(px: Float32Array, b: number, faces: undefined, o: { out: Float32Array }): Promise<Float32Array>;
+      close(): Promise<void>;
+    }
+    const model = await (native() as unknown as { loadModel(p: string, o?: object): Promise<NModel> }).loadModel(emoFixture, { nCtx: 128 });
+    try {
+      const px = f32(join(emoFixture, 'pixel_values.f32'));
+      const v = model.info().vision!;
+      const b = px.length / (3 * v.imageSize ** 2);
+      const out = new Float32Array(b * v.nImageTokens * model.info().nEmbd).fill(3);
+      let e: unknown;
+      try {
+        await model.encodeImages(px, b, undefined, { out });
+      } catch (err) {
+        e = err;
+      }
+      expect(e).toBeInstanceOf(EmollmError);
+      expect((e as EmollmError).code).toBe('ERR_UNSUPPORTED');
+      expect((e as EmollmError).message).toMatch(/out is not supported by EmoLLM models/);
+      expect(out.every((x) => x === 3)).toBe(true);
+    } finally {
+      await model.close();
+    }
+  });
+});
