@@ -12,8 +12,6 @@
 // medians, each thread's CPU time a kv token alone (1t) and side by side (halves: the memory shared
 // by two readers, preemption excluded), and the pieces each pool thread ran (attention_work); "2t pieces64" / "32": 2 threads with
 // pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128).
-// "1t single" / "2t single": the 1t / 2t run calls with one piece a claim (attention_detail::
-// set_decode_piece_pairs(false)), the default reading two pieces side by side a thread.
 // "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64). "2m": the K / V copies in 2 MiB transparent
 // huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
 #include <algorithm>
@@ -126,8 +124,8 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSingle, kRunSingle, kModes };
-  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t single", "2t single"};
+  enum { k1t, kRun, kHalves, kPm64, kPm32, kModes };
+  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -145,12 +143,7 @@ int main(int argc, char** argv) {
       pool2.run([](int, int) {});
       const attention_detail::AttentionWork w0 = attention_detail::attention_work();
       double dt;
-      if (m == k1tSingle || m == kRunSingle) {  // one piece a claim (decode_piece_pairs off)
-        const bool was = attention_detail::decode_piece_pairs();
-        attention_detail::set_decode_piece_pairs(false);
-        dt = timed(m == k1tSingle ? &pool1 : &pool2);
-        attention_detail::set_decode_piece_pairs(was);
-      } else if (m == k1t) dt = timed(&pool1);
+      if (m == k1t) dt = timed(&pool1);
       else if (m == kHalves) dt = halves();
       else if (m == kPm64 || m == kPm32) {
         attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);

@@ -3,7 +3,7 @@
 // kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
 // over each step's groups); kq_ms: that pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
-// pv_pairs: the decode attention's P V two kv heads a call; piece_pairs: its pieces two side by side a thread (set_decode_piece_pairs); kv_f16: an f16 KV cache against f32;
+// pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
@@ -101,7 +101,6 @@ const AbSwitch kSwitches[] = {
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
-    {"piece_pairs", [](bool on) { attention_detail::set_decode_piece_pairs(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped

@@ -230,18 +230,10 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
-EnvSwitch& decode_piece_pairs_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_PIECE_PAIRS");
-  return on;
-}
-}  // namespace
-bool decode_piece_pairs() { return decode_piece_pairs_flag().on(); }
-void set_decode_piece_pairs(bool on) { decode_piece_pairs_flag().set(on); }
-namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
-  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, decode_pairs{0}, tiled_units{0}, tiled_merges{0};
+  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -263,7 +255,6 @@ AttentionWork attention_work() {
     w.decode_pieces += dp;
     w.tiled_units += tu;
     w.decode_merges += s.decode_merges.load(std::memory_order_relaxed);
-    w.decode_pairs += s.decode_pairs.load(std::memory_order_relaxed);
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
@@ -1849,25 +1840,15 @@ const AttentionParams kF32Rows{};
 // wide rows' burst made the 7B call 1.24-1.34x slower cold, the narrow rows' prefetch ahead the
 // 1.1B q4_0 decode 0.975 / 0.984x at 2 threads and 0.952x at 1 (quiet, session 20): all removed.
 
-// Pieces piece[0..NP) of item `it`, read side by side (NP = 2: attention_detail::decode_piece_pairs):
-// each 16-token sub-block step and each kv head runs its kernels on piece 0's rows, then piece 1's,
-// so a thread has two independent position ranges of the same kv head in flight. Each piece keeps
-// its own running max, sum and P V accumulators and does exactly the arithmetic it does alone (NP =
-// 1): the partials, the merge and the outputs are bit for bit the same. NP > 1 only for pieces read
-// in place (it.inplace: kbuf unused) of an item with more than one piece.
-// Scratch: S[k] (n_heads x kBk floats), acc[k] (n_heads x (Dp + 3) floats, 64-byte aligned) per
-// piece, qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte aligned).
-template <int NP>
-void run_decode_pieces(const DecodeItem& it, const Kern& kern, const int64_t* piece, float* const* S,
-                       float* const* acc, float* qpad, float* kbuf) {
+// Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
+// 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
+// aligned).
+void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
+                      float* kbuf) {
   const AttentionParams& p = *it.p;
   const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
   const int D = it.D, Dp = it.Dp;
-  int64_t j0[NP], j1[NP];
-  for (int k = 0; k < NP; ++k) {
-    j0[k] = piece[k] * it.piece_len;
-    j1[k] = std::min(it.nvis, j0[k] + it.piece_len);
-  }
+  const int64_t j0 = piece * it.piece_len, j1 = std::min(it.nvis, j0 + it.piece_len);
   const int64_t span = Hkv * D;  // floats of a token row read
   // Narrow token rows (<= kDecodePackSpan floats): each 16-row sub-block is first copied to
   // contiguous scratch, one sequential read that keeps many cache misses in flight, instead of
@@ -1880,6 +1861,11 @@ void run_decode_pieces(const DecodeItem& it, const Kern& kern, const int64_t* pi
   // whole token rows (every kv head of 1 / 2 / 4 / 8 positions side by side, front to back, P V's
   // accumulators in scratch, each row prefetched 1-16 KiB ahead from a small loop per kv head, or
   // not at all; same bits) was slower too: 0.72-0.95x cold, 0.75-0.88x in cache (bench/README).
+  // So was a thread reading two pieces side by side (two adjacent position ranges, each kv head's
+  // 16-row tile of the first piece, then of the second, each piece its own max / sum / P V: same
+  // bits; session 21): 1 thread cold 0.90-0.98x (7B), 0.89-1.01x (1.1B shape) by median; in the
+  // model (1 thread CPU time, prompt 512) 0.988 (1.1B q4_0) and 0.989 (7B) (bench/README). Each
+  // 16-row tile already keeps 16 row streams in flight: a second range adds none that was missing.
   // A half cache is widened as it is packed (narrow rows: one pass that both converts and packs).
   // Wide half rows are widened one kv head's slice at a time (16 x Dp floats, 8 KB for D = 128),
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
@@ -1888,7 +1874,6 @@ void run_decode_pieces(const DecodeItem& it, const Kern& kern, const int64_t* pi
   // In place (it.inplace, AVX-512): no copy and no widening pass; every row is read where it lies
   // (a half one widened by the kernels' loads), narrow rows swept first (see decode_inplace_kern).
   const bool inplace = it.inplace != nullptr;
-  assert(NP == 1 || inplace);
   const Kern& kk = inplace ? *it.inplace : kern;
   const bool pack = !inplace && span <= kDecodePackSpan;
   const bool sweep = inplace && span <= kDecodePackSpan;
@@ -1943,152 +1928,101 @@ void run_decode_pieces(const DecodeItem& it, const Kern& kern, const int64_t* pi
       std::memcpy(qpad + h * Dp, it.q + h * D, sizeof(float) * size_t(D));
       std::memset(qpad + h * Dp + D, 0, sizeof(float) * size_t(Dp - D));
     }
-  float *m[NP], *l[NP], *alpha[NP];  // per piece: n_heads running maxima, sums, and rescales of the block
-  for (int k = 0; k < NP; ++k) {
-    m[k] = acc[k] + H * Dp;
-    l[k] = m[k] + H;
-    alpha[k] = l[k] + H;
-    for (int64_t h = 0; h < H; ++h) { m[k][h] = -INFINITY; l[k][h] = 0.0f; }
-    std::memset(acc[k], 0, sizeof(float) * size_t(H) * size_t(Dp));
-  }
+  float* m = acc + H * Dp;  // n_heads running maxima, sums, and rescales of the block
+  float* l = m + H;
+  float* alpha = l + H;
+  for (int64_t h = 0; h < H; ++h) { m[h] = -INFINITY; l[h] = 0.0f; }
+  std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
   // Blocks of kBk tokens, online softmax across them: K and V of a block are read close together.
   // Within a block, 16 tokens at a time across all kv heads (a token row of Hkv * D contiguous
-  // floats consumed within a short window). Piece k's block and sub-block at offset `off` / `so`
-  // from its start (the last piece may be shorter: it drops out when its tokens end).
-  for (int64_t off = 0; off < it.piece_len; off += kBk) {
-    int64_t b0[NP], b1[NP];
-    int nb[NP];
-    bool any = false;
-    for (int k = 0; k < NP; ++k) {
-      b0[k] = j0[k] + off;
-      b1[k] = std::min(j1[k], b0[k] + kBk);
-      nb[k] = int(std::max<int64_t>(0, b1[k] - b0[k]));
-      any = any || nb[k] > 0;
-    }
-    if (!any) break;
-    for (int64_t so = 0; so < kBk; so += 16) {
-      const float* kr[NP];
-      int64_t ldkr[NP];
-      int ns[NP];
-      bool live = false;
-      for (int k = 0; k < NP; ++k) {
-        ns[k] = int(std::min<int64_t>(16, b1[k] - (b0[k] + so)));
-        if (ns[k] <= 0) continue;
-        live = true;
-        kr[k] = token_rows(it.k, p.k_blocks, p.ldk, b0[k] + so, ns[k], &ldkr[k]);
-      }
-      if (!live) break;
+  // floats consumed within a short window).
+  for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
+    const int64_t b1 = std::min(j1, b0 + kBk);
+    const int nb = int(b1 - b0);
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      int64_t ldkr;
+      const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
       if (transposed) {
         const float* rows[16];
-        for (int64_t g = 0; g < Hkv; ++g)
-          for (int k = 0; k < NP; ++k) {
-            if (ns[k] <= 0) continue;
-            int64_t ldg;
-            const float* kg = head_rows(kr[k], ldkr[k], g, ns[k], &ldg);
-            for (int t = 0; t < 16; ++t)
-              rows[t] = kv_at(kg, int64_t(std::min(t, ns[k] - 1)) * ldg, inplace ? p : kF32Rows);
-            if (dp)
-              qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,
-                               S[k] + g * G * kBk + so, kBk);
-            else
-              kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S[k] + g * G * kBk + so, kBk);
-          }
+        for (int64_t g = 0; g < Hkv; ++g) {
+          int64_t ldg;
+          const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
+          for (int t = 0; t < 16; ++t) rows[t] = kv_at(kg, int64_t(std::min(t, ns - 1)) * ldg, inplace ? p : kF32Rows);
+          if (dp)
+            qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,
+                             S + g * G * kBk + (s0 - b0), kBk);
+          else
+            kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+        }
         continue;
       }
-      for (int64_t g = 0; g < Hkv; ++g)
-        for (int k = 0; k < NP; ++k) {
-          if (ns[k] <= 0) continue;
-          int64_t ldg;
-          const float* kg = head_rows(kr[k], ldkr[k], g, ns[k], &ldg);
-          if (use_qk16 && ns[k] == 16) {
-            for (int r = 0; r < G; ++r) qrows[r] = it.q + (g * G + r) * D;
-            kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S[k] + g * G * kBk + so, kBk);
-            continue;
-          }
-          for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
-            const int R = int(std::min<int64_t>(kMaxRows, G - h0));
-            for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;
-            kk.qk(qrows, R, kg, ldg, ns[k], D, it.scale, S[k] + (g * G + h0) * kBk + so, kBk);
-          }
+      for (int64_t g = 0; g < Hkv; ++g) {
+        int64_t ldg;
+        const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
+        if (use_qk16 && ns == 16) {
+          for (int r = 0; r < G; ++r) qrows[r] = it.q + (g * G + r) * D;
+          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+          continue;
         }
-    }
-    for (int k = 0; k < NP; ++k) {
-      if (nb[k] <= 0) continue;
-      for (int64_t h = 0; h < H; ++h) {
-        float* sr = S[k] + h * kBk;
-        const float m_new = std::max(m[k][h], kk.row_max(sr, nb[k]));
-        alpha[k][h] = m[k][h] == -INFINITY ? 0.0f : std::exp(m[k][h] - m_new);
-        l[k][h] = l[k][h] * alpha[k][h] + (dp ? exp_round_bf16(sr, nb[k], m_new) : kk.exp_sum(sr, nb[k], m_new));
-        m[k][h] = m_new;
+        for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+          const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+          for (int r = 0; r < R; ++r) qrows[r] = it.q + (g * G + h0 + r) * D;
+          kk.qk(qrows, R, kg, ldg, ns, D, it.scale, S + (g * G + h0) * kBk + (s0 - b0), kBk);
+        }
       }
     }
-    for (int64_t so = 0; so < kBk; so += 16) {
-      const float* vr[NP];
-      int64_t ldvr[NP];
-      int ns[NP];
-      bool live = false;
-      for (int k = 0; k < NP; ++k) {
-        ns[k] = int(std::min<int64_t>(16, b1[k] - (b0[k] + so)));
-        if (ns[k] <= 0) continue;
-        live = true;
-        vr[k] = token_rows(it.v, p.v_blocks, p.ldv, b0[k] + so, ns[k], &ldvr[k]);
-      }
-      if (!live) break;
+    for (int64_t h = 0; h < H; ++h) {
+      float* sr = S + h * kBk;
+      const float m_new = std::max(m[h], kk.row_max(sr, nb));
+      alpha[h] = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new);
+      l[h] = l[h] * alpha[h] + (dp ? exp_round_bf16(sr, nb, m_new) : kk.exp_sum(sr, nb, m_new));
+      m[h] = m_new;
+    }
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      int64_t ldvr;
+      const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       int64_t g0 = 0;
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
-          for (int k = 0; k < NP; ++k) {
-            if (ns[k] <= 0) continue;
-            kk.pv2(acc[k] + g0 * Dp, Dp, so == 0 ? alpha[k] + g0 : kOnes, S[k] + g0 * kBk + so, kBk,
-                   kv_at(vr[k], g0 * D, p), ldvr[k], ns[k], D);
+          kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
+                 kv_at(vr, g0 * D, p), ldvr, ns, D);
+      for (int64_t g = g0; g < Hkv; ++g) {
+        int64_t ldg;
+        const float* vg = head_rows(vr, ldvr, g, ns, &ldg);
+        for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+          const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+          const int64_t r0 = g * G + h0;
+          if (dp) {
+            pv_bf16dp(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R,
+                      reinterpret_cast<const uint16_t*>(S + r0 * kBk) + (s0 - b0), 2 * kBk, vg, ldg, ns, D);
+            continue;
           }
-      for (int64_t g = g0; g < Hkv; ++g)
-        for (int k = 0; k < NP; ++k) {
-          if (ns[k] <= 0) continue;
-          int64_t ldg;
-          const float* vg = head_rows(vr[k], ldvr[k], g, ns[k], &ldg);
-          for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
-            const int R = int(std::min<int64_t>(kMaxRows, G - h0));
-            const int64_t r0 = g * G + h0;
-            if (dp) {
-              pv_bf16dp(acc[k] + r0 * Dp, Dp, so == 0 ? alpha[k] + r0 : kOnes, R,
-                        reinterpret_cast<const uint16_t*>(S[k] + r0 * kBk) + so, 2 * kBk, vg, ldg, ns[k], D);
-              continue;
-            }
-            kk.pv(acc[k] + r0 * Dp, Dp, so == 0 ? alpha[k] + r0 : kOnes, R, S[k] + r0 * kBk + so, kBk, vg, ldg, ns[k],
+          kk.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vg, ldg, ns,
                   D);
-          }
         }
-    }
-  }
-  for (int k = 0; k < NP; ++k) {
-    if (it.n_pieces == 1) {
-      for (int64_t h = 0; h < H; ++h) {
-        float* o = it.out + h * D;
-        const float inv = 1.0f / l[k][h];
-        const float* a = acc[k] + h * Dp;
-        for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
-        if (it.lse) it.lse[h] = m[k][h] + std::log(l[k][h]);
       }
-      return;
-    }
-    float* part = it.part + piece[k] * H * (2 + Dp);
-    std::memcpy(part, m[k], sizeof(float) * size_t(2 * H));
-    std::memcpy(part + 2 * H, acc[k], sizeof(float) * size_t(H) * size_t(Dp));
-    // the last piece to finish (acq_rel: it sees the others' partials) merges
-    if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) {
-      merge_decode(it);
-      attention_detail::count_work(&attention_detail::WorkSlot::decode_merges);
     }
   }
-}
-
-// How many pairs of pieces run_decode claims for item `it` on nth threads (see run_decode's claims).
-int64_t decode_pairs(const DecodeItem& it, int nth) {
-  const int64_t n = it.n_pieces;
-  if (!attention_detail::decode_piece_pairs() || !it.inplace || n < 2) return 0;
-  const int64_t c = std::min(n, ((n + 1) / 2 + nth - 1) / nth * nth);
-  return n - c;
+  if (it.n_pieces == 1) {
+    for (int64_t h = 0; h < H; ++h) {
+      float* o = it.out + h * D;
+      const float inv = 1.0f / l[h];
+      const float* a = acc + h * Dp;
+      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
+      if (it.lse) it.lse[h] = m[h] + std::log(l[h]);
+    }
+    return;
+  }
+  float* part = it.part + piece * H * (2 + Dp);
+  std::memcpy(part, m, sizeof(float) * size_t(2 * H));
+  std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
+  // the last piece to finish (acq_rel: it sees the others' partials) merges
+  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) {
+    merge_decode(it);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_merges);
+  }
 }
 
 // Per-thread scratch of the decode driver, kept across calls (pool threads live long; a decode
@@ -2108,10 +2042,12 @@ float* decode_scratch(size_t floats) {
 void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool) {
   const int nth = pool ? std::max(1, pool->size()) : 1;
   int64_t accf = 0, part_floats = 0, n_pieces = 0, S_floats = 0, pack_span = kDecodePackSpan;
+  std::vector<int64_t> first(size_t(n_items) + 1, 0);
   for (int64_t i = 0; i < n_items; ++i) {
     const DecodeItem& it = items[i];
     part_floats += decode_part_floats(it);
     n_pieces += it.n_pieces;
+    first[size_t(i) + 1] = n_pieces;
     S_floats = std::max(S_floats, it.p->n_heads * kBk);
     accf = std::max(accf, it.p->n_heads * (it.Dp + 3));
     pack_span = std::max(pack_span, decode_pack_span(it));
@@ -2126,46 +2062,24 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     items[i].part = at;
     at += decode_part_floats(items[i]);
   }
-  // Claims: an item's pieces taken one at a time, or with pairs on (decode_piece_pairs, pieces
-  // read in place) two adjacent pieces a claim read side by side (run_decode_pieces<2>) as long as
-  // every thread still gets a claim: of an item's n pieces, c = ceil(n / 2) claims rounded up to a
-  // whole round of the threads (at most n), the first n - c of them pairs, then singles.
-  struct Claim {
-    int64_t item, piece;
-    int np;
+  auto piece = [&](int64_t u, int64_t* i) {
+    while (u >= first[size_t(*i) + 1]) ++*i;
+    float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * pack_span));
+    run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
+                     S + S_floats + 2 * accf);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_pieces);
   };
-  std::vector<Claim> claims;
-  claims.reserve(size_t(n_pieces));
-  for (int64_t i = 0; i < n_items; ++i) {
-    const int64_t n = items[i].n_pieces, n_pairs = decode_pairs(items[i], nth);
-    int64_t u = 0;
-    for (int64_t k = 0; k < n_pairs; ++k, u += 2) claims.push_back({i, u, 2});
-    for (; u < n; ++u) claims.push_back({i, u, 1});
-  }
-  const int64_t n_claims = int64_t(claims.size());
-  auto piece = [&](int64_t u) {
-    const Claim& c = claims[size_t(u)];
-    float* S = decode_scratch(size_t(2 * (S_floats + accf) + accf + 16 * pack_span));
-    float* const Sk[2] = {S, S + S_floats};
-    float* const acck[2] = {S + 2 * S_floats, S + 2 * S_floats + accf};
-    float* const qpad = S + 2 * S_floats + 2 * accf;
-    const int64_t pc[2] = {c.piece, c.piece + 1};
-    if (c.np == 2)
-      run_decode_pieces<2>(items[c.item], kern, pc, Sk, acck, qpad, qpad + accf);
-    else
-      run_decode_pieces<1>(items[c.item], kern, pc, Sk, acck, qpad, qpad + accf);
-    for (int k = 0; k < c.np; ++k) attention_detail::count_work(&attention_detail::WorkSlot::decode_pieces);
-    if (c.np == 2) attention_detail::count_work(&attention_detail::WorkSlot::decode_pairs);
-  };
-  if (nth == 1 || n_claims == 1) {
-    for (int64_t u = 0; u < n_claims; ++u) piece(u);
+  if (nth == 1 || n_pieces == 1) {
+    int64_t i = 0;
+    for (int64_t u = 0; u < n_pieces; ++u) piece(u, &i);
     return;
   }
   std::atomic<int64_t> next{0};
   auto pieces = [&] {
-    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_claims;) {
+    int64_t i = 0;  // pieces are taken in ascending order
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_pieces;) {
       pool_late_point();  // tests: a worker preempted holding its piece
-      piece(u);
+      piece(u, &i);
     }
   };
   // One pool->run job: a worker that has not claimed its index when the caller's pieces are done
@@ -2194,7 +2108,6 @@ AttentionWork attention_planned_work(const AttentionParams& p, int nth) {
     const DecodeItem it = make_decode_item(nullptr, nullptr, nullptr, nullptr, nullptr, p, rs, nth, isa_active());
     w.decode_pieces = uint64_t(it.n_pieces);
     w.decode_merges = it.n_pieces > 1 ? 1 : 0;
-    w.decode_pairs = uint64_t(decode_pairs(it, nth));
     return w;
   }
   const Plan pl = make_plan(nullptr, nullptr, nullptr, nullptr, nullptr, p, rs, nth);

@@ -89,15 +89,6 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
-// Two position ranges side by side a thread: a decode call's pieces read in place (AVX-512,
-// decode_inplace_enabled) are claimed two adjacent pieces at a time while every thread still gets
-// a claim, and a pair is read side by side (each 16-token sub-block step and kv head: the first
-// piece's rows, then the second's), each piece keeping its own (max, sum, P V) and its own
-// arithmetic: the partials and the merge are those of the pieces run one at a time, outputs bit
-// for bit equal. EMOLLM_DECODE_ATTN_PIECE_PAIRS=0 (read once) or set_decode_piece_pairs(false):
-// one piece a claim.
-bool decode_piece_pairs();
-void set_decode_piece_pairs(bool on);
 // The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
 // shared counter inside one pool->run job (each thread, the caller included, takes the next item
 // until none is left; a worker that has not claimed its index when the caller is done costs
@@ -112,7 +103,6 @@ void set_decode_piece_pairs(bool on);
 constexpr int kWorkThreads = 8;
 struct AttentionWork {
   uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0;
-  uint64_t decode_pairs = 0;  // claims of two pieces read side by side (decode_piece_pairs)
   uint64_t by_thread[kWorkThreads] = {};
 };
 AttentionWork attention_work();

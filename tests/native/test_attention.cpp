@@ -1516,7 +1516,6 @@ struct WorkDelta {
     attention_detail::AttentionWork b = attention_detail::attention_work(), d;
     d.decode_pieces = b.decode_pieces - a.decode_pieces;
     d.decode_merges = b.decode_merges - a.decode_merges;
-    d.decode_pairs = b.decode_pairs - a.decode_pairs;
     d.tiled_units = b.tiled_units - a.tiled_units;
     d.tiled_merges = b.tiled_merges - a.tiled_merges;
     for (int i = 0; i < attention_detail::kWorkThreads; ++i) d.by_thread[i] = b.by_thread[i] - a.by_thread[i];
@@ -1524,8 +1523,8 @@ struct WorkDelta {
   }
 };
 bool same_counts(const attention_detail::AttentionWork& a, const attention_detail::AttentionWork& b) {
-  return a.decode_pieces == b.decode_pieces && a.decode_merges == b.decode_merges && a.decode_pairs == b.decode_pairs &&
-         a.tiled_units == b.tiled_units && a.tiled_merges == b.tiled_merges;
+  return a.decode_pieces == b.decode_pieces && a.decode_merges == b.decode_merges && a.tiled_units == b.tiled_units &&
+         a.tiled_merges == b.tiled_merges;
 }
 }  // namespace
 
@@ -1578,8 +1577,7 @@ TEST(attention_late_worker_same_bits) {
           EXPECT(by_thread == work.decode_pieces + work.tiled_units);
           if (md.late_us > 0 && pl->size() > 1) {
             ++late_runs;
-            // one claim: a piece or unit, or two pieces read side by side (decode_piece_pairs)
-            if (work.by_thread[pl->size() - 1] > (work.decode_pairs ? 2u : 1u))
+            if (work.by_thread[pl->size() - 1] > 1)
               ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran " +
                                             std::to_string(work.by_thread[pl->size() - 1]) + " pieces: " + wm);
           }
@@ -1611,7 +1609,6 @@ TEST(attention_late_worker_same_bits) {
         const attention_detail::AttentionWork pw = attention_detail::attention_planned_work(dd.p, pl->size());
         plan.decode_pieces += pw.decode_pieces;
         plan.decode_merges += pw.decode_merges;
-        plan.decode_pairs += pw.decode_pairs;
         plan.tiled_units += pw.tiled_units;
         plan.tiled_merges += pw.tiled_merges;
       }
@@ -1625,7 +1622,7 @@ TEST(attention_late_worker_same_bits) {
       for (size_t i = 0; i < ds.size(); ++i)  // bytes: the padding stays NaN on both sides
         if (std::memcmp(outs[i].data(), ref[i].data(), sizeof(float) * ref[i].size()) != 0)
           ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ: " + wm + " item " + std::to_string(i));
-      if (md->late_us > 0 && pl->size() > 1 && work.by_thread[pl->size() - 1] > (work.decode_pairs ? 3u : 2u))  // one of each job
+      if (md->late_us > 0 && pl->size() > 1 && work.by_thread[pl->size() - 1] > 2)  // one of each job
         ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran more than its claims: " + wm);
     }
   }
@@ -1652,70 +1649,12 @@ TEST(attention_late_worker_same_bits) {
       pool_set_late_worker(0);
       EXPECT(got == ref && lse == ref_lse);
       EXPECT(same_counts(work, ref_work) && work.decode_merges == 1);
-      EXPECT(work.by_thread[1] <= (work.decode_pairs ? 2u : 1u));  // one claim (a pair: two pieces)
+      EXPECT(work.by_thread[1] <= 1);
     }
     std::printf("  %d runs, %d with a late worker; the 7B-shaped call held a piece after %d tries\n", runs, late_runs, tries);
     EXPECT(pool_late_delays() > d0);
   }
   EXPECT(runs > 0 && late_runs > 0);
-}
-
-// Two pieces read side by side a thread (attention_detail::decode_piece_pairs): each piece keeps its
-// own running max, sum and P V and its own arithmetic, so outputs and log-sum-exps are bit for bit
-// those with one piece a claim; f32 / f16 / bf16 caches, the 7B's wide MHA rows (qk16, P V in pairs),
-// wide GQA rows (transposed K), narrow GQA rows (swept, 1.1B's 32 / 4 x 64), head_dim 80 with padded
-// rows; lengths whose last piece is shorter than its partner, contiguous and paged (16 / 64), no pool
-// and 1 / 2 / 3 threads; within 1e-5 of ref::attention. The planned pairs must run (attention_work's
-// decode_pairs equals attention_planned_work's) and pairs must be taken in most runs with more than
-// one piece, so the comparison is not vacuous; with the switch off none run.
-TEST(attention_decode_piece_pairs_same_bits) {
-  ThreadPool pool1(1), pool2(2), pool3(3);
-  DecodeSplitScope split(true);
-  DecodeInplaceScope ip(true);
-  const bool avx512 = isa_active() >= Isa::Avx512;
-  struct Shape { int64_t H, Hkv, D, pad; };
-  const Shape shapes[] = {{32, 32, 128, 0}, {16, 4, 128, 0}, {32, 4, 64, 0}, {8, 8, 80, 3}};
-  const int64_t lengths[] = {129, 300, 700, 1000};
-  uint64_t seed = 21100;
-  int runs = 0, paired = 0;
-  for (DType t : {DType::F32, DType::F16, DType::BF16})
-    for (const Shape& sh : shapes)
-      for (int64_t n : lengths) {
-        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
-        Data d = make_data(c, seed++);
-        const std::string what = describe(c) + " kv=" + dtype_name(t);
-        const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
-        for (const AttentionParams* pp : L.ps)
-          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool1, &pool2, &pool3}) {
-            const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
-                                  std::to_string(pl ? pl->size() : 0);
-            const int nth = pl ? pl->size() : 1;
-            std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN), a, b;
-            const bool was = attention_detail::decode_piece_pairs();
-            attention_detail::set_decode_piece_pairs(true);
-            const attention_detail::AttentionWork plan = attention_detail::attention_planned_work(*pp, nth);
-            const WorkDelta wa;
-            a = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, la.data()); });
-            const attention_detail::AttentionWork work_a = wa.since();
-            attention_detail::set_decode_piece_pairs(false);
-            EXPECT(attention_detail::attention_planned_work(*pp, nth).decode_pairs == 0);
-            const WorkDelta wb;
-            b = run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, lb.data()); });
-            const attention_detail::AttentionWork work_b = wb.since();
-            attention_detail::set_decode_piece_pairs(was);
-            ++runs;
-            paired += work_a.decode_pairs > 0 ? 1 : 0;
-            if (!same_counts(work_a, plan) || work_b.decode_pairs != 0 || work_a.decode_pieces != work_b.decode_pieces)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + w);
-            EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w + " pairs");
-            EXPECT_ALL_CLOSE(la.data(), L.ref_lse.data(), la.size(), 1e-5, 0.0, w + " pairs lse");
-            if (a != b || la != lb)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "piece pairs changed the result: " + w);
-          }
-      }
-  std::printf("  pairs taken in %d of %d runs\n", paired, runs);
-  EXPECT(runs > 0);
-  EXPECT(!avx512 || paired > runs / 2);
 }
 
 
