@@ -1861,6 +1861,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // whole token rows (every kv head of 1 / 2 / 4 / 8 positions side by side, front to back, P V's
   // accumulators in scratch, each row prefetched 1-16 KiB ahead from a small loop per kv head, or
   // not at all; same bits) was slower too: 0.72-0.95x cold, 0.75-0.88x in cache (bench/README).
+  // So was a thread reading two pieces side by side (two adjacent position ranges, each kv head's
+  // 16-row tile of the first piece, then of the second, each piece its own max / sum / P V: same
+  // bits; session 21): 1 thread cold 0.90-0.98x (7B), 0.89-1.01x (1.1B shape) by median; in the
+  // model (1 thread CPU time, prompt 512) 0.988 (1.1B q4_0) and 0.989 (7B) (bench/README). Each
+  // 16-row tile already keeps 16 row streams in flight: a second range adds none that was missing.
   // A half cache is widened as it is packed (narrow rows: one pass that both converts and packs).
   // Wide half rows are widened one kv head's slice at a time (16 x Dp floats, 8 KB for D = 128),
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
