@@ -569,11 +569,12 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
 // 8 shifts (or 8 gf2p8affineqb: Gfni); the scale work 8 cvtdq2ps, 8 vmulps (fp16(d_w) * d_x),
 // 8 FMAs; 36 dword broadcasts. Measured at M = 628, N = K = 4096, 1 thread (session 21, loaded):
 // with the vmulps left out (wrong bits, a probe) 1.14x, with every scale op replaced by an int add
-// 1.22x, with the high-nibble unpack left out 1.03x: the vmulps / FMAs share the pipes of the
-// vpdpbusd (64 + 16 of them a block), so the scale work, not the unpack or the loads, holds the
-// kernel at ~68% of the vpdpbusd peak. Tried, same bits, no faster (bench/README): 8-row tiles
+// 1.22x, with the high-nibble unpack left out 1.03x: the vmulps / FMAs appear to share the pipes
+// of the vpdpbusd (64 + 16 of them a block), so the scale work, not the unpack or the loads, holds
+// the kernel at ~68% of the vpdpbusd peak. Tried, same bits, no faster (bench/README): 8-row tiles
 // (two X panels, the f32 sums in L1, 16 accumulator chains) 0.995-1.028x; int -> float by the
-// 1.5 * 2^23 bias trick (an int add and an FADD instead of vcvtdq2ps) 0.98x.
+// 1.5 * 2^23 bias trick (an int add and an FADD instead of vcvtdq2ps) 0.98x; the X dwords as
+// vpdpbusd's embedded {1to16} broadcast 0.95x.
 constexpr int kPanelRows = 4;
 using XPanels = gemm_detail::Q8XPanels<kPanelRows>;
 constexpr int kPanelGroups = 2;  // NV: groups (of 16 weight rows) per microkernel
@@ -581,7 +582,7 @@ constexpr int kPanelGroups = 2;  // NV: groups (of 16 weight rows) per microkern
 // bs[j] / bq[j]: group j's scales / quants of this block.
 template <bool Q8, int NV, bool Gfni>
 __attribute__((always_inline)) EMO_TRPG inline void panel_block(const int32_t* xb, const uint8_t* const* bs,
-                                                               const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
+                                                                const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
   constexpr int MR = kPanelRows;
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   __m512i acc[MR][NV];
@@ -652,8 +653,8 @@ __attribute__((always_inline)) EMO_TRPG inline void panel_block(const int32_t* x
 constexpr int64_t kPanelState = 2 * kPanelRows * kPanelGroups * 16;  // floats of one panel's sums
 template <bool Q8, int NV, bool Gfni = false>
 EMO_TRPG void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
-                                 int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
-                                 int64_t cols) {
+                                  int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
+                                  int64_t cols) {
   static_assert(2 * kPanelRows * NV * 16 <= kPanelState, "panel state too small");
   constexpr int MR = kPanelRows;
   const size_t rec = L.rec;
