@@ -197,6 +197,11 @@ bool repacked_panels_enabled();
 void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
+// That X-panel kernel on q4_0: each block's high nibbles unpacked by one GF(2^8) affine transform
+// (vgf2p8affineqb, a per-byte shift right by 4) instead of a 16-bit shift and a mask, where the
+// CPU has GFNI (default on); off: the shift and mask. Exact byte operations: the same bits. For
+// tests and the A/B rows of q8_panels_ab; process-wide.
+void set_repacked_q40_gfni(bool on);
 // gemm_repacked_multi at M > kSmallM on VNNI: X packed once and one dispatch over every output's
 // panels (default on; EMOLLM_REPACKED_MULTI=0 off: one gemm_repacked per output). Same bits. For
 // tests and interleaved A/B benchmarks; process-wide.

@@ -252,6 +252,7 @@ void gemv_repacked_scalar(const int8_t* xq, const BlockSums& s, const uint8_t* W
 
 #if defined(__x86_64__)
 #define EMO_TRP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define EMO_TRPG __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c,gfni")))
 
 inline int32_t ld32(const int8_t* p) {
   int32_t v;
@@ -564,14 +565,24 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
 // so every row keeps gemv_repacked's bits at any M. That takes two f32 accumulators per output:
 // 4 x 2 tiles (8 int32 + 16 f32 zmm) fit the 32 registers; 6 x 1 measured ~10% slower at M = 512
 // (more loads per vpdpbusd), 6 x 2 would spill.
+// Budget per block of a 4 x 2 q4_0 tile: 64 vpdpbusd; the unpack, 8 weight loads into 8 ands and
+// 8 shifts (or 8 gf2p8affineqb: Gfni); the scale work 8 cvtdq2ps, 8 vmulps (fp16(d_w) * d_x),
+// 8 FMAs; 36 dword broadcasts. Measured at M = 628, N = K = 4096, 1 thread (session 21, loaded):
+// with the vmulps left out (wrong bits, a probe) 1.14x, with every scale op replaced by an int add
+// 1.22x, with the high-nibble unpack left out 1.03x: the vmulps / FMAs appear to share the pipes
+// of the vpdpbusd (64 + 16 of them a block), so the scale work, not the unpack or the loads, holds
+// the kernel at ~68% of the vpdpbusd peak. Tried, same bits, no faster (bench/README): 8-row tiles
+// (two X panels, the f32 sums in L1, 16 accumulator chains) 0.995-1.028x; int -> float by the
+// 1.5 * 2^23 bias trick (an int add and an FADD instead of vcvtdq2ps) 0.98x; the X dwords as
+// vpdpbusd's embedded {1to16} broadcast 0.95x.
 constexpr int kPanelRows = 4;
 using XPanels = gemm_detail::Q8XPanels<kPanelRows>;
 constexpr int kPanelGroups = 2;  // NV: groups (of 16 weight rows) per microkernel
 
 // bs[j] / bq[j]: group j's scales / quants of this block.
-template <bool Q8, int NV>
-__attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb, const uint8_t* const* bs,
-                                                               const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
+template <bool Q8, int NV, bool Gfni>
+__attribute__((always_inline)) EMO_TRPG inline void panel_block(const int32_t* xb, const uint8_t* const* bs,
+                                                                const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
   constexpr int MR = kPanelRows;
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   __m512i acc[MR][NV];
@@ -601,8 +612,13 @@ __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         const __m512i v = _mm512_loadu_si512(bq[j] + 64 * t);
-        lo[j] = _mm512_and_si512(v, m0f);                         // elements 4t..4t+3: quad t
-        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);  // elements 16+4t..: quad 4+t
+        lo[j] = _mm512_and_si512(v, m0f);  // elements 4t..4t+3: quad t
+        // elements 16+4t..: quad 4+t; each byte's bits 4-7 moved to 0-3 (matrix rows: output bit
+        // i <- input bit i + 4 for i < 4, else 0): one op instead of a 16-bit shift and a mask
+        if constexpr (Gfni)
+          hi[j] = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(int64_t(0x1020408000000000ull)), 0);
+        else
+          hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
       }
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
@@ -635,10 +651,10 @@ __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb
 // the last (b1 < nb, b1 - b0 even) stores its two sets to st (kPanelState floats) and the next
 // slice (b0 > 0) starts from them, exact f32 values, the same bits.
 constexpr int64_t kPanelState = 2 * kPanelRows * kPanelGroups * 16;  // floats of one panel's sums
-template <bool Q8, int NV>
-EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
-                                 int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
-                                 int64_t cols) {
+template <bool Q8, int NV, bool Gfni = false>
+EMO_TRPG void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
+                                  int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
+                                  int64_t cols) {
   static_assert(2 * kPanelRows * NV * 16 <= kPanelState, "panel state too small");
   constexpr int MR = kPanelRows;
   const size_t rec = L.rec;
@@ -667,12 +683,12 @@ EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const Repa
   }
   int64_t b = b0;
   for (; b + 1 < b1; b += 2) {
-    panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
+    panel_block<Q8, NV, Gfni>(xp + b * XB, bs, bq, f0);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
-    panel_block<Q8, NV>(xp + (b + 1) * XB, bs, bq, f1);
+    panel_block<Q8, NV, Gfni>(xp + (b + 1) * XB, bs, bq, f1);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
   }
-  if (b < b1) panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
+  if (b < b1) panel_block<Q8, NV, Gfni>(xp + b * XB, bs, bq, f0);
   if (b1 < nb) {
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i)
@@ -1042,6 +1058,7 @@ std::atomic<bool> g_panels_enabled{true};
 // The X-panel kernel's blocking (gemm_internal.h set_repacked_kslice / _kgroup / _pass_kib; -1:
 // EMOLLM_REPACKED_KSLICE / _KGROUP / _PASS_KIB when set, else the defaults below).
 std::atomic<int> g_kslice{-1}, g_pass_kib{-1}, g_kgroup{-1};
+std::atomic<bool> g_q40_gfni{true};  // set_repacked_q40_gfni
 
 // A non-negative integer from the environment (env_int), or -1 when unset or out of range.
 int env_count(const char* name) {
@@ -1108,6 +1125,7 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
   const int64_t kc = panel_kslice(nb), kg = kc > 0 ? panel_kgroup() : 1;
   const int64_t pc = std::max<int64_t>(1, (panel_pass_kib(kc > 0) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
+  const bool gfni = g_q40_gfni.load(std::memory_order_relaxed) && cpu_features().gfni;
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
@@ -1131,6 +1149,8 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
             float* s = st ? st + ((p - q0) * pc + pm - c0) * kPanelState : nullptr;
             if (q8)
               panel_groups_avx512<true, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
+            else if (gfni)
+              panel_groups_avx512<false, NV, true>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
             else
               panel_groups_avx512<false, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
           };
@@ -1152,6 +1172,12 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
 }  // namespace
 
 namespace gemm_detail {
+void set_repacked_q40_gfni(bool on) {
+#if defined(__x86_64__)
+  g_q40_gfni.store(on, std::memory_order_relaxed);
+#endif
+  (void)on;
+}
 void set_repacked_kslice(int blocks) {
 #if defined(__x86_64__)
   g_kslice.store(blocks, std::memory_order_relaxed);
