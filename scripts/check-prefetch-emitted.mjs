@@ -18,7 +18,8 @@
 //                      -DCMAKE_EXPORT_COMPILE_COMMANDS=ON) instead of configuring one in a temp dir
 //     --jobs N         parallel compiles (default 2)
 //     --keep           keep the objects' temp dir (printed)
-//   exit status 1 when an object differs, 2 when the check could not run (no g++ / objdump / cmake)
+//   exit status 1 when an object differs, 2 when the check could not run (no g++ / objdump / cmake,
+//   or a host other than x86-64: the counts read x86-64 code and its relocations)
 //
 // Objects go to a temp dir; sources and include paths are passed relative to the root, and ccache
 // is used when it is on PATH, so a repeated run on an unchanged tree costs little.
@@ -313,6 +314,10 @@ async function main(argv) {
     else if (argv[i] === '--jobs') jobs = Number(argv[++i]);
     else if (argv[i] === '--keep') keep = true;
     else root = resolve(argv[i]);
+  }
+  if (process.arch !== 'x64') {
+    console.error(`check-prefetch-emitted: reads x86-64 objects; this host is ${process.arch}: cannot check`);
+    return 2;
   }
   for (const [tool, pkg] of [['g++', 'g++'], ['objdump', 'binutils'], ...(buildDir ? [] : [['cmake', 'cmake']])]) {
     if (!has(tool)) {
