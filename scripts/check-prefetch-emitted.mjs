@@ -167,15 +167,15 @@ export function splitCommand(command) {
   const out = [];
   let cur = '';
   let inQuote = false;
-  let has = false;
+  let any = false;
   for (let i = 0; i < command.length; i++) {
     const c = command[i];
-    if (c === '\\' && i + 1 < command.length && (command[i + 1] === '"' || command[i + 1] === '\\')) { cur += command[++i]; has = true; }
-    else if (c === '"') { inQuote = !inQuote; has = true; }
-    else if (/\s/.test(c) && !inQuote) { if (has) out.push(cur); cur = ''; has = false; }
-    else { cur += c; has = true; }
+    if (c === '\\' && i + 1 < command.length && (command[i + 1] === '"' || command[i + 1] === '\\')) { cur += command[++i]; any = true; }
+    else if (c === '"') { inQuote = !inQuote; any = true; }
+    else if (/\s/.test(c) && !inQuote) { if (any) out.push(cur); cur = ''; any = false; }
+    else { cur += c; any = true; }
   }
-  if (has) out.push(cur);
+  if (any) out.push(cur);
   return out;
 }
 
