@@ -133,15 +133,6 @@ void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memor
 bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
 
 namespace {
-EnvSwitch& gemv_single_stream_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_STREAM");  // =0: the previous kernels, for whole-run A/B
-  return on;
-}
-}  // namespace
-void set_gemv_single_stream(bool on) { gemv_single_stream_flag().set(on); }
-bool gemv_single_stream() { return gemv_single_stream_flag().on(); }
-
-namespace {
 EnvSwitch& gemv_stream_f32_flag() {
   static EnvSwitch on("EMOLLM_GEMV_STREAM_F32");  // =0: f32 M = 1 on dot_block's 4-row kernel, unfused
   return on;
@@ -523,7 +514,7 @@ void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, 
   for (int j = 0; j < n_outs; ++j) rows = rows && outs[j].N > 0;
   if (n_outs > 1 && rows && K > 0 &&
       (wtype == DType::BF16 || wtype == DType::F16 || (wtype == DType::F32 && gemm_detail::gemv_stream_f32())) &&
-      isa_active() >= Isa::Avx512 && gemm_detail::gemv_single_stream())
+      isa_active() >= Isa::Avx512)
     return gemm_detail::gemv_stream_multi(x, wtype, outs, n_outs, K, pool);
 #endif
   for (int j = 0; j < n_outs; ++j)

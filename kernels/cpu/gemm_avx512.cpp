@@ -702,7 +702,7 @@ void guided_rows(ThreadPool* pool, bool parallel, int64_t n, int64_t max_rows,
 
 void small_m(const Args& a) {
   const int64_t chunk = small_m_chunk(a);
-  const bool stream = a.huge_pages && gemv_single_stream();
+  const bool stream = a.huge_pages;  // huge pages: the stream kernels (4 KiB pages: the multi-row ones)
   if (a.wtype == DType::BF16 && a.M == 1) {
     float* xeo = static_cast<float*>(scratch(2, size_t((a.K + 31) / 32 * 32) * 4));
     bf16_reorder_x(a.X, a.K, xeo);

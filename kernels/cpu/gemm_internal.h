@@ -163,12 +163,10 @@ bool vnni_allowed();
 void set_q8_gemv_legacy(bool legacy);
 bool q8_gemv_legacy();
 
-// BF16 / F16 at M = 1 on AVX-512 with weights in huge pages (gemm_huge_pages): the single-stream
-// kernels (one weight row at a time, so that a thread's chunk is read as one sequential stream;
-// default) or, when off, the multi-row ones that plain gemm() runs (8 bf16 / 4 f16 rows). For tests (both must pass) and the A/B rows of
-// bench_kernels; process-wide.
-void set_gemv_single_stream(bool on);
-bool gemv_single_stream();
+// BF16 / F16 at M = 1 on AVX-512 with weights in huge pages (gemm_huge_pages) always run the
+// stream kernels (gemm_avx512.cpp gemv_rows; the multi-row kernels of plain gemm() are for weights
+// on 4 KiB pages). The A/B switch that ran the multi-row kernels on huge pages too
+// (EMOLLM_GEMV_STREAM=0) is gone: stream 1.08x (bf16) / 1.25x (f16) decode, bench/README 2026-12-04 12:43.
 // F32 at M = 1 on AVX-512 with weights in huge pages: the stream kernels above too (default on;
 // their f32 rows are dot_block<F32>'s FMAs in its order: the same bits) and gemv_huge_pages_multi
 // fuses F32 outputs; off (EMOLLM_GEMV_STREAM_F32=0): dot_block's 4-row kernel, one call per output.

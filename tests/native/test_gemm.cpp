@@ -447,8 +447,8 @@ TEST(gemm_long_rows_k11008) {
 }
 
 // gemm_huge_pages (weights the caller keeps in 2 MiB pages): at M = 1 the BF16 / F16 single-stream
-// GEMV (one row at a time: 64-element steps, then 32 (bf16) / 16 (f16) with a masked tail), and
-// with it off (gemm_internal.h set_gemv_single_stream) the multi-row kernels; at M > 1 gemm()'s
+// GEMV (one row at a time: 64-element steps, then 32 (bf16) / 16 (f16) with a masked tail; the
+// multi-row kernels plain gemm() runs at M = 1 are covered by run_case's shapes); at M > 1 gemm()'s
 // kernels. Against ref::gemm (double accumulation) within the f32 tolerance, every ISA level,
 // with / without pool and bias; K covers every tail of both step sizes; N = 1001 walks the split
 // (chunks of N / 16 shrinking to 8 rows, odd tail). The single stream on the pool also under the
@@ -471,29 +471,26 @@ TEST(gemm_huge_pages_single_stream_gemv) {
           const std::vector<double> S = abs_scale(p, w, bias);
           for (Isa isa : isa_levels()) {
             IsaCapScope cap(isa);
-            for (int stream = 0; stream < 2; ++stream)
-              for (int use_pool = 0; use_pool < 2; ++use_pool) {
-                gemm_detail::set_gemv_single_stream(stream != 0);
-                std::vector<float> Y(size_t(M * p.ldy), kSentinel);
-                gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, M, N, K,
-                                use_pool ? &pool : nullptr);
-                gemm_detail::set_gemv_single_stream(true);
-                const std::string what = std::string("gemm_huge_pages ") + dtype_name(t) + " isa=" + isa_name(isa) +
-                                         " M=" + std::to_string(M) + " K=" + std::to_string(K) +
-                                         " bias=" + yesno(use_bias) + " stream=" + yesno(stream) + " pool=" + yesno(use_pool);
-                check_result(Y, R, p, S, uses_bf16_hw(isa, t, M) ? 1.0 / 256 : 0.0, what);
-                if (stream && use_pool && M == 1) {
-                  const bool ranges = gemm_detail::gemv_ranges();
-                  std::vector<float> Y2(size_t(M * p.ldy), kSentinel), Y3(size_t(M * p.ldy), kSentinel);
-                  gemm_detail::set_gemv_ranges(!ranges);
-                  gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y2.data(), p.ldy, M, N, K, &pool);
-                  gemm_detail::set_gemv_ranges(true);
-                  gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y3.data(), p.ldy, M, N, K, &pool3);
-                  gemm_detail::set_gemv_ranges(ranges);
-                  EXPECT(std::memcmp(Y2.data(), Y.data(), Y.size() * sizeof(float)) == 0);
-                  EXPECT(std::memcmp(Y3.data(), Y.data(), Y.size() * sizeof(float)) == 0);
-                }
+            for (int use_pool = 0; use_pool < 2; ++use_pool) {
+              std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+              gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, M, N, K,
+                              use_pool ? &pool : nullptr);
+              const std::string what = std::string("gemm_huge_pages ") + dtype_name(t) + " isa=" + isa_name(isa) +
+                                       " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                                       " bias=" + yesno(use_bias) + " pool=" + yesno(use_pool);
+              check_result(Y, R, p, S, uses_bf16_hw(isa, t, M) ? 1.0 / 256 : 0.0, what);
+              if (use_pool && M == 1) {
+                const bool ranges = gemm_detail::gemv_ranges();
+                std::vector<float> Y2(size_t(M * p.ldy), kSentinel), Y3(size_t(M * p.ldy), kSentinel);
+                gemm_detail::set_gemv_ranges(!ranges);
+                gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y2.data(), p.ldy, M, N, K, &pool);
+                gemm_detail::set_gemv_ranges(true);
+                gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y3.data(), p.ldy, M, N, K, &pool3);
+                gemm_detail::set_gemv_ranges(ranges);
+                EXPECT(std::memcmp(Y2.data(), Y.data(), Y.size() * sizeof(float)) == 0);
+                EXPECT(std::memcmp(Y3.data(), Y.data(), Y.size() * sizeof(float)) == 0);
               }
+            }
           }
         }
       }
