@@ -1198,15 +1198,14 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // BF16 / F16 GEMV (M = 1): what a model runs, gemm_huge_pages on copies in huge pages (the
       // CPU backend's copies; the single-stream kernel), interleaved call by call with the emollm
       // row (gemm on 4 KiB pages, as a mapped file: the multi-row kernel), as a "huge" row.
-      // Also interleaved: the huge-page GEMV with one stream per thread (set_gemv_streams(false)) as
-      // a "huge-1stream" row, and oneDNN's bf16 GEMV on its own reordered copies (x rounded to
+      // Also interleaved: oneDNN's bf16 GEMV on its own reordered copies (x rounded to
       // bf16; the same number of copies) as an "onednn-il" row, so that the ratios to oneDNN come
       // from the same moments of a shared machine (the separate onednn row below is measured alone).
       const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats one_stream, dnnl_il, pan1, pan1_prev, huge_alone, other_pf[2];
+      Stats dnnl_il, pan1, pan1_prev, huge_alone, other_pf[2];
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1338,7 +1337,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           std::vector<std::function<void(int)>> fns = {
               [&](int i) { run_gemm((*copies)[i]); },
               [&](int i) { run_huge((*hcopies)[i]); },
-              [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[i]); }); },
           };
           // the stream kernel with the other software prefetch hints (set_gemv_streams_prefetch)
           for (GemvPf pf : kOtherPrefetch)
@@ -1361,12 +1359,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           }
           res.st = cur = st[0];
           prev = st[1];
-          one_stream = st[2];
-          for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[3 + j];
-          st.erase(st.begin() + 3, st.begin() + 3 + std::ptrdiff_t(std::size(kOtherPrefetch)));
+          for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[2 + j];
+          st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(std::size(kOtherPrefetch)));
           if (panels_m1) {
-            pan1 = st[3];
-            pan1_prev = st[4];
+            pan1 = st[2];
+            pan1_prev = st[3];
           }
           if (dnnl_on) dnnl_il = st.back();
           settle();
@@ -1447,11 +1444,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                                       "interleaved; ratio = its time / the huge row's (>1: the default faster)",
                   double(wbytes), [&] { with_prefetch(pf, [&] { run_huge((*hcopies)[0]); }); });
         }
-      if (stream_ab && one_stream.reps > 0)
-        add_row("huge-1stream", one_stream, "huge", one_stream.best / prev.best,
-                "the huge row's kernel with one stream per thread (EMOLLM_GEMV_STREAMS=0), interleaved; ratio = its "
-                "time / the huge row's (>1: the multi-stream kernel faster)",
-                double(wbytes), [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[0]); }); });
       if (panels_m1 && pan1.reps > 0) {
         Result p = make_result(M, dtype_name(t), "panels");
         p.bf16_math = true;
@@ -3189,8 +3181,7 @@ struct DnnlGemmF32 {
 
 // F32 decode GEMVs (M = 1) as a model runs them: gemm_huge_pages on cold copies in 2 MiB pages (the
 // CPU backend's f32 copies), the stream kernels (default) interleaved call by call with the previous
-// path (set_gemv_stream_f32(false): dot_block's 4-row kernel), the stream kernel with one stream a
-// thread (set_gemv_streams(false)), the read probe's loop over the same copies and oneDNN's f32
+// path (set_gemv_stream_f32(false): dot_block's 4-row kernel), the read probe's loop over the same copies and oneDNN's f32
 // matmul on its own reordered copies (as many): ratios from the same moments of a shared machine.
 // 1.1B o / gate / down and 7B qkvo / down (K 2048 / 5632 / 4096 / 11008).
 void bench_f32_gemv(ThreadPool& pool) {
@@ -3222,7 +3213,6 @@ void bench_f32_gemv(ThreadPool& pool) {
     std::vector<std::function<void(int)>> fns = {
         [&](int i) { run(hc[i]); },
         [&](int i) { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[i]); }); },
-        [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run(hc[i]); }); },
         [&](int i) { read_probe_call(pool, hc[i], wbytes); },
     };
     bool dnnl_on = false;
@@ -3264,17 +3254,14 @@ void bench_f32_gemv(ThreadPool& pool) {
     checked(derived_row(r, "prev", "prev", st[1], "new/prev", st[1].best / st[0].best,
                         "EMOLLM_GEMV_STREAM_F32=0 (dot_block, 4 rows); ratio = its time / the new row's"),
             [&] { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[0]); }); });
-    checked(derived_row(r, "1stream", "1stream", st[2], "new", st[2].best / st[0].best,
-                        "one stream a thread (EMOLLM_GEMV_STREAMS=0); ratio = its time / the new row's"),
-            [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run(hc[0]); }); });
-    Result p = derived_row(r, "probe", "probe-same-size", st[3], "new", st[0].best / st[3].best,
+    Result p = derived_row(r, "probe", "probe-same-size", st[2], "new", st[0].best / st[2].best,
                            "read probe (4 streams + 1 KiB prefetch) over the same copies; ratio = the new row's time / "
                            "its (>1: the GEMV is slower than a plain read)");
     p.check = "";
     push_row(p);
 #ifdef EMOLLM_HAVE_DNNL
     if (dnnl_on) {
-      Result d = derived_row(r, "onednn", "onednn", st[4], "onednn", st[4].best / st[0].best,
+      Result d = derived_row(r, "onednn", "onednn", st[3], "onednn", st[3].best / st[0].best,
                              "oneDNN f32 matmul (" + dnnl->impl + ") on its reordered copies; ratio = its time / the new row's (>1: emollm faster)");
       dnnl->run(0);
       set_check(d, gemm_check(X.get(), 1, K, W.get(), DType::F32, N, Yd.get(), false), gemm_tolerance(DType::F32, false));

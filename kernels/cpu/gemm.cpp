@@ -142,15 +142,6 @@ void set_gemv_stream_f32(bool on) { gemv_stream_f32_flag().set(on); }
 bool gemv_stream_f32() { return gemv_stream_f32_flag().on(); }
 
 namespace {
-EnvSwitch& gemv_streams_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_STREAMS");  // =0: one stream per thread, for whole-run A/B
-  return on;
-}
-}  // namespace
-void set_gemv_streams(bool on) { gemv_streams_flag().set(on); }
-bool gemv_streams_enabled() { return gemv_streams_flag().on(); }
-
-namespace {
 std::atomic<int> g_gemv_streams_prefetch{int(GemvPrefetch::T0)};
 }  // namespace
 void set_gemv_streams_prefetch(GemvPrefetch p) { g_gemv_streams_prefetch.store(int(p), std::memory_order_relaxed); }

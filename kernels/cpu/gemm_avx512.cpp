@@ -673,11 +673,10 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
   gemv_stream<DT>(a, x, n0 + S * len, n1);
 }
 
-// The M = 1 stream kernel for rows [n0, n1): several streams (default) or one
-// (set_gemv_streams(false)); the same bits.
+// The M = 1 stream kernel for rows [n0, n1): several streams a thread, with the software prefetch
+// hint of set_gemv_streams_prefetch (the same bits).
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  if (!gemv_streams_enabled()) return gemv_stream<DT>(a, x, n0, n1);
   switch (gemv_streams_prefetch()) {
     case GemvPrefetch::Nta: return gemv_streams<DT, _MM_HINT_NTA>(a, x, n0, n1);
     case GemvPrefetch::None: return gemv_streams<DT, -1>(a, x, n0, n1);

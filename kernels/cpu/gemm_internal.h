@@ -173,11 +173,9 @@ bool q8_gemv_legacy();
 // For tests and A/B runs; process-wide.
 void set_gemv_stream_f32(bool on);
 bool gemv_stream_f32();
-// The stream kernels above: several rows' streams per thread side by side (gemm_avx512.cpp
-// gemv_streams; default on, EMOLLM_GEMV_STREAMS=0 off) or one row at a time. Same bits. For tests
-// (both must pass) and the A/B rows of bench_kernels / bench:decode; process-wide.
-void set_gemv_streams(bool on);
-bool gemv_streams_enabled();
+// The stream kernels above read 4 rows' streams per thread side by side (gemm_avx512.cpp
+// gemv_streams; one stream a thread, the A/B switch EMOLLM_GEMV_STREAMS=0, is gone: 4 streams
+// 1.10-1.54x, bench/README 2026-12-05 04:29); rows left over run one at a time (gemv_stream).
 // The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
 // non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
 // Same bits. For the A/B rows of bench_kernels; process-wide.

@@ -499,8 +499,9 @@ TEST(gemm_huge_pages_single_stream_gemv) {
 // gemm_huge_pages' M = 1 GEMV with several streams per thread (gemm_avx512.cpp gemv_streams: rows
 // from 4 parts of a thread's range side by side; the default) against ref::gemm (float64
 // accumulation) within the f32 tolerance (f32_tol: 1e-5 * sum|x w| / sqrt(K) + 1e-6), and the same
-// bits as one stream (set_gemv_streams(false), gemv_stream: each row's sums are that kernel's) and
-// as the stream kernel with a non-temporal or no software prefetch (set_gemv_streams_prefetch):
+// bits as each row computed alone (an N = 1 call: the one-stream kernel gemv_stream, which runs the
+// rows left over after the streams; each row's sums are that kernel's) and as the stream kernel
+// with a non-temporal or no software prefetch (set_gemv_streams_prefetch):
 // N below, at and past multiples of 4 (rows left over after the streams), K over every tail of the
 // 64-element step, without a pool, on 2 and 3 threads, with and without bias. AVX-512 only (the
 // only ISA that runs these kernels).
@@ -531,12 +532,13 @@ TEST(gemm_huge_pages_multi_stream_gemv) {
                                      " threads=" + std::to_string(pool ? pool->size() : 1);
             std::vector<float> Y(size_t(p.ldy), kSentinel), Y1(size_t(p.ldy), kSentinel);
             gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, 1, N, K, pool);
-            gemm_detail::set_gemv_streams(false);
-            gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y1.data(), p.ldy, 1, N, K, pool);
-            gemm_detail::set_gemv_streams(true);
+            const size_t row_bytes = size_t(K) * 2;  // bf16 / f16
+            for (int64_t n = 0; n < N; ++n)  // each row alone: one stream (gemv_stream)
+              gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data() + size_t(n) * row_bytes, t, bias ? bias + n : nullptr,
+                              Y1.data() + n, 1, 1, 1, K, pool);
             check_result(Y, R, p, S, 0.0, what);
-            if (std::memcmp(Y.data(), Y1.data(), Y.size() * sizeof(float)) != 0)
-              emollm_test::report_failure(__FILE__, __LINE__, what + ": not the single stream's bits");
+            if (std::memcmp(Y.data(), Y1.data(), size_t(N) * sizeof(float)) != 0)
+              emollm_test::report_failure(__FILE__, __LINE__, what + ": not the one-stream kernel's bits (rows alone)");
             // the other software prefetch hints (set_gemv_streams_prefetch): only the prefetch
             // instructions differ, so the same bits again
             for (gemm_detail::GemvPrefetch pf : {gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
