@@ -1205,7 +1205,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats dnnl_il, pan1, pan1_prev, huge_alone, other_pf[2];
+      Stats dnnl_il, pan1, huge_alone, other_pf[2];
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1342,11 +1342,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           for (GemvPf pf : kOtherPrefetch)
             fns.push_back([&, pf](int i) { with_prefetch(pf, [&] { run_huge((*hcopies)[i]); }); });
           if (panels_m1) fns.push_back([&](int i) { run_panels_m1((*pcopies)[i]); });
-          // the panels one at a time (set_panels_m1_streams(false): the previous M = 1 panel path)
-          if (panels_m1)
-            fns.push_back([&](int i) {
-              with_switch(gemm_detail::set_panels_m1_streams, false, [&] { run_panels_m1((*pcopies)[i]); });
-            });
 #ifdef EMOLLM_HAVE_DNNL
           if (dnnl) fns.push_back([&](int i) { dnnl->run(i); });
 #endif
@@ -1363,7 +1358,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(std::size(kOtherPrefetch)));
           if (panels_m1) {
             pan1 = st[2];
-            pan1_prev = st[3];
           }
           if (dnnl_on) dnnl_il = st.back();
           settle();
@@ -1456,19 +1450,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         run_panels_m1((*pcopies)[0]);
         set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), true), gemm_tolerance(t, true));
         g_results.push_back(p);
-        if (pan1_prev.reps > 0) {
-          Result q = p;
-          q.name = make_result(M, dtype_name(t), "panels-1stream").name;
-          q.impl = "panels-1stream";
-          q.st = pan1_prev;
-          q.ratio_vs = "panels";
-          q.ratio = pan1_prev.best / pan1.best;
-          q.note = "the panels one at a time (EMOLLM_PANELS_M1_STREAMS=0, the previous M=1 panel path; same bits), "
-                   "interleaved; ratio = its time / the panels row's (>1: 4 streams faster)";
-          with_switch(gemm_detail::set_panels_m1_streams, false, [&] { run_panels_m1((*pcopies)[0]); });
-          set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), true), gemm_tolerance(t, true));
-          g_results.push_back(q);
-        }
       }
 #ifdef EMOLLM_HAVE_DNNL
       if (stream_ab && dnnl && dnnl_il.reps > 0) {

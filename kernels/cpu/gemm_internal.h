@@ -66,10 +66,8 @@ void gemm_bf16_panels_small_m(const Args* outs, int n);
 #endif
 void set_small_m_panels_enabled(bool enabled);
 bool small_m_panels_enabled();
-// gemm_bf16_panels_small_m at M = 1: 4 panels walked side by side (4 streams a thread; default,
-// EMOLLM_PANELS_M1_STREAMS=0 off) or one panel at a time. Same bits. For tests and A/B rows.
-void set_panels_m1_streams(bool on);
-bool panels_m1_streams();
+// gemm_bf16_panels_small_m at M = 1: 4 panels walked side by side (4 streams a thread), the
+// panels left over one at a time; the same bits as row 0 of any M.
 // BF16 / F16 at 2 <= M <= kSmallM on AVX-512 with weights in huge pages (gemm_huge_pages, batched
 // decode): the dot kernels' rows several streams at a time per thread with a software prefetch,
 // over one run of rows per thread (gemm_avx512.cpp dot_streams; default on, EMOLLM_SMALL_M_STREAMS=0

@@ -352,8 +352,9 @@ TEST(gemm_bf16_panels_small_m_rows_independent) {
     EXPECT(std::memcmp(Ym[j].data(), Ys[j].data(), Ym[j].size() * 4) == 0);
 }
 
-// M = 1 on panels: 4 panels walked side by side (gemm_detail::set_panels_m1_streams, default on)
-// against one panel at a time (off): the same bits, whatever the panel count (1..10 panels: none,
+// M = 1 on panels: 4 panels walked side by side (panels_m1_streams) against the same x as both rows
+// of an M = 2 call (one panel at a time, panel_chunk<2>: row m's result is the same bits at any M)
+// and within the bound of the f64 reference: the same bits, whatever the panel count (1..10 panels: none,
 // some or all in stream groups of 4, the last one short), K (1, a half pair, one chunk of 256 pairs
 // exactly, one pair past it, several chunks with an odd tail), bias, pool (none, 2, 3 threads:
 // groups split between threads), and for multi-output calls whose outputs' panels share a group.
@@ -365,14 +366,16 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
   uint32_t seed = 7100;
-  auto both = [&](const std::function<void(std::vector<float>&)>& run, size_t n, const std::string& what) {
-    std::vector<float> Ys(n, kSentinel), Y1(n, kSentinel);
-    run(Ys);
-    gemm_detail::set_panels_m1_streams(false);
-    run(Y1);
-    gemm_detail::set_panels_m1_streams(true);
-    if (std::memcmp(Ys.data(), Y1.data(), n * 4) != 0)
-      emollm_test::report_failure(__FILE__, __LINE__, what + ": streams differ from one panel at a time");
+  // run(Y, M, X, ld): M rows of X (ldx K) into Y with row stride ld; M = 1 against both rows of M = 2
+  auto both = [&](const std::function<void(std::vector<float>&, int64_t, const float*, int64_t)>& run, const float* x,
+                  int64_t K, size_t n, const std::string& what) {
+    std::vector<float> Ys(n, kSentinel), Y2(2 * n, kSentinel), X2(size_t(2 * K));
+    std::memcpy(X2.data(), x, size_t(K) * 4);
+    std::memcpy(X2.data() + K, x, size_t(K) * 4);
+    run(Ys, 1, x, int64_t(n));
+    run(Y2, 2, X2.data(), int64_t(n));
+    if (std::memcmp(Ys.data(), Y2.data(), n * 4) != 0 || std::memcmp(Ys.data(), Y2.data() + n, n * 4) != 0)
+      emollm_test::report_failure(__FILE__, __LINE__, what + ": M = 1's streams differ from the rows of M = 2");
   };
   for (int64_t N : {1, 64, 65, 200, 256, 257, 520, 640})
     for (int64_t K : {1, 2, 511, 512, 513, 1100}) {
@@ -383,9 +386,9 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
           const float* bias = use_bias ? c.bias.data() : nullptr;
           const std::string what = "M=1 N=" + std::to_string(N) + " K=" + std::to_string(K) + " bias=" +
                                    std::to_string(use_bias) + " threads=" + std::to_string(pl ? pl->size() : 1);
-          both([&](std::vector<float>& Y) {
-            gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, 1, N, K, pl);
-          }, size_t(c.ldy), what);
+          both([&](std::vector<float>& Y, int64_t M, const float* X, int64_t ld) {
+            gemm_bf16_panels(X, K, pan.get(), bias, Y.data(), ld, M, N, K, pl);
+          }, c.X.data(), K, size_t(c.ldy), what);
           // and within the bounds of the f64 reference on bf16-rounded x (the streams path is the default)
           std::vector<float> Y(size_t(c.ldy), kSentinel), Rr(size_t(c.ldy), kSentinel);
           gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, 1, N, K, pl);
@@ -405,12 +408,12 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
   size_t total = 0, off[5] = {0};
   for (int j = 0; j < 4; ++j) off[j + 1] = total += size_t(Ns[j]);
   for (ThreadPool* pl : pools)
-    both([&](std::vector<float>& Y) {
+    both([&](std::vector<float>& Y, int64_t M, const float* X, int64_t ld) {
       PanelOutput po[4];
       for (int j = 0; j < 4; ++j)
-        po[j] = PanelOutput{pans[size_t(j)].get(), j == 1 ? nullptr : cs[size_t(j)].bias.data(), Y.data() + off[j], Ns[j], Ns[j]};
-      gemm_bf16_panels_multi(cs[0].X.data(), K, po, 4, 1, K, pl);
-    }, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
+        po[j] = PanelOutput{pans[size_t(j)].get(), j == 1 ? nullptr : cs[size_t(j)].bias.data(), Y.data() + off[j], ld, Ns[j]};
+      gemm_bf16_panels_multi(X, K, po, 4, M, K, pl);
+    }, cs[0].X.data(), K, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
 }
 
 namespace {
