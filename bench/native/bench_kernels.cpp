@@ -1992,7 +1992,7 @@ void bench_kq6_packed(ThreadPool& pool) {
 
 // Batched decode (2 <= M <= 16, BF16 / F16): gemm_huge_pages on cold copies in 2 MiB pages (what a
 // decoder runs with several sequences a step), interleaved call by call with its previous path
-// (M <= kSmallM: set_small_m_streams(false), the plain dot kernels; "prev" row), oneDNN's bf16
+// (where one is kept; "prev" row), oneDNN's bf16
 // matmul at the same M on as many cold copies of its reordered weights (x rounded to bf16;
 // "onednn-il" row) and the read probe's loop over the same bytes ("probe-same-size" row).
 // GB/s = weight bytes / time: what "streams the weights once at the bandwidth" means here.
@@ -2055,15 +2055,13 @@ void bench_batched_decode(ThreadPool& pool) {
             gemm_detail::set_bf16_dot_min_m(prev_min);
             return;
           }
-          with_switch(onepass_prev       ? gemm_detail::set_small_m_onepass
-                      : f16_groups_prev ? gemm_detail::set_small_m_f16_groups
-                                         : gemm_detail::set_small_m_streams,
-                      false, [&] { run(wp); });
+          with_switch(onepass_prev ? gemm_detail::set_small_m_onepass : gemm_detail::set_small_m_f16_groups, false,
+                      [&] { run(wp); });
         };
         auto check = [&](Result& row) {
           set_check(row, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
         };
-        const bool has_prev = M <= gemm_detail::kSmallM || onepass_prev || f16_groups_prev;
+        const bool has_prev = exact_prev || onepass_prev || f16_groups_prev;
         const bool reads = cpu_features().avx512f;
         bool dnnl_on = false;
 #ifdef EMOLLM_HAVE_DNNL
@@ -2146,8 +2144,7 @@ void bench_batched_decode(ThreadPool& pool) {
           add("prev", prev,
               onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
               : f16_groups_prev ? "previous path (EMOLLM_SMALL_M_F16_GROUPS=0: run_range<KF16>, the next group not prefetched), interleaved"
-              : exact_prev ? "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved"
-                           : "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved",
+                                : "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved",
               true, [&] { run_prev(q.get()); });
 #ifdef EMOLLM_HAVE_DNNL
         if (dnnl_on)

@@ -283,7 +283,7 @@ DotRangeFn pick_dot(DType t, int64_t mb) {
 // hardware prefetchers have to find on their own, line by line. Every output keeps the
 // accumulators, the k order, the tail and the reduction of dot_block (MB <= 4: 32 elements a step,
 // 2 accumulators at MB <= 2) or dot_block_wide (MB 5..8: 16 elements a step): the same bits as the
-// previous path (set_small_m_streams(false), EMOLLM_SMALL_M_STREAMS=0), whatever the split. Rows
+// plain dot kernels (what weights on 4 KiB pages take), whatever the split. Rows
 // left over when [n0, n1) is not a multiple of S: dot_range's.
 constexpr int kDotStreamsPrefetchBytes = 1024;
 
@@ -727,7 +727,7 @@ void small_m(const Args& a) {
   }
   // 2 <= M <= 8 on huge pages (batched decode): the multi-stream dot kernels over one run of rows
   // per thread, as the M = 1 GEMV (same bits as the plain dot kernels below)
-  if (a.M >= 2 && a.huge_pages && (a.wtype == DType::BF16 || a.wtype == DType::F16) && small_m_streams()) {
+  if (a.M >= 2 && a.huge_pages && (a.wtype == DType::BF16 || a.wtype == DType::F16)) {
     const DotRangeFn fn = pick_dot_streams(a.wtype, a.M);
     guided_rows(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
                 [&](int64_t n0, int64_t n1) { fn(a, a.X, a.Y, n0, n1); });

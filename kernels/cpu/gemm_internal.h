@@ -69,11 +69,10 @@ bool small_m_panels_enabled();
 // gemm_bf16_panels_small_m at M = 1: 4 panels walked side by side (4 streams a thread), the
 // panels left over one at a time; the same bits as row 0 of any M.
 // BF16 / F16 at 2 <= M <= kSmallM on AVX-512 with weights in huge pages (gemm_huge_pages, batched
-// decode): the dot kernels' rows several streams at a time per thread with a software prefetch,
-// over one run of rows per thread (gemm_avx512.cpp dot_streams; default on, EMOLLM_SMALL_M_STREAMS=0
-// off: the plain dot kernels over fixed chunks). Same bits. For tests and A/B; process-wide.
-void set_small_m_streams(bool on);
-bool small_m_streams();
+// decode) always take the dot kernels' rows several streams at a time per thread with a software
+// prefetch, over one run of rows per thread (gemm_avx512.cpp dot_streams): the bits of the plain dot
+// kernels that weights on 4 KiB pages take. (The A/B switch EMOLLM_SMALL_M_STREAMS=0, the plain dot
+// kernels on huge pages too, is gone: 1.30-1.93x bf16, 1.17-2.05x f16, bench/README 2026-12-05 11:44.)
 // BF16 on AVX512-BF16 at kSmallMMin <= M <= 16 (gemm_small_m.cpp): one pass over the weights, each
 // line feeding every row of X (onepass_bf16; default on, EMOLLM_SMALL_M_ONEPASS=0 off: the
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.

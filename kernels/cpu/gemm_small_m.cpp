@@ -94,14 +94,6 @@ void set_bf16_dot_min_m(int m) {
 }
 int bf16_dot_min_m() { return bf16_dot_min_m_value().load(std::memory_order_relaxed); }
 namespace {
-EnvSwitch& small_m_streams_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_STREAMS");  // =0: 2 <= M <= 8 on huge pages by the plain dot kernels
-  return on;
-}
-}  // namespace
-void set_small_m_streams(bool on) { small_m_streams_flag().set(on); }
-bool small_m_streams() { return small_m_streams_flag().on(); }
-namespace {
 EnvSwitch& small_m_streams_whole_k_flag() {
   static EnvSwitch on("EMOLLM_SMALL_M_STREAMS_WHOLE_K");  // =0: streams_bf16 in K blocks of 32 KiB of X
   return on;

@@ -446,6 +446,7 @@ struct SweepPlan {
   std::function<bool(const Case&, Isa)> isa_ok;
   std::function<bool(const Case&, bool bias, const ThreadPool*)> pool_ok;
   std::function<bool(const Case&)> via_gemm;
+  bool off_via_gemm = false;  // the "off" call is plain gemm() (4 KiB pages), whatever via_gemm says
 };
 
 // One case with the switch on and off (in that order, then left as found): the same bits both
@@ -474,16 +475,16 @@ int expect_switch_same_bits(const Case& c, const Switch& sw, const SweepPlan& pl
                                  std::to_string(use_bias) + " isa=" + isa + " threads=" +
                                  std::to_string(pl ? pl->size() : 1) + (via_gemm ? " gemm()" : " huge pages");
         std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-        auto call = [&](float* y) {
-          if (via_gemm)
+        auto call = [&](float* y, bool on) {
+          if (via_gemm || (!on && plan.off_via_gemm))
             gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, y, c.ldy, c.M, c.N, c.K, pl);
           else
             gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), c.t, bias, y, c.ldy, c.M, c.N, c.K, pl);
         };
         sw.set(true);
-        call(Y.data());
+        call(Y.data(), true);
         sw.set(false);
-        call(Y0.data());
+        call(Y0.data(), false);
         sw.set(prev);
         if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
           emollm_test::report_failure(__FILE__, __LINE__, what + ": " + sw.name + " changed the bits");
@@ -516,14 +517,14 @@ SweepPlan blocking_plan() {
 }  // namespace
 
 // Batched decode on huge pages (gemm_huge_pages, 2 <= M <= kSmallM, BF16 / F16): the multi-stream
-// dot kernels (gemm_avx512.cpp dot_streams, the default) keep each output's accumulators, k order,
-// tail and reduction of the plain dot kernels, so they must give the previous path's bits
-// (set_small_m_streams(false)), and stay within the f32 bound of the f64 reference: every M of the
+// dot kernels (gemm_avx512.cpp dot_streams) keep each output's accumulators, k order, tail and
+// reduction of the plain dot kernels, so they must give the bits of plain gemm() on the same
+// weights (4 KiB pages: the plain dot kernels), and stay within the f32 bound of the f64 reference: every M of the
 // range (both arithmetic forms: 32-element steps at M <= 4, with 2 accumulators at M <= 2; 16-element
 // steps at M 5..8, 3 streams at M 7..8), N below / at / past multiples of the stream count (rows
 // left over) and a long split (N = 1001), K over every tail of both step sizes, padded X / Y rows,
-// with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 the
-// switch must change nothing).
+// with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 both
+// calls take the same kernels).
 TEST(gemm_huge_pages_small_m_streams_bit_equal) {
   Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));  // BF16 at M <= 8 on the exact-X dot kernels
   ThreadPool pool2(2), pool3(3);
@@ -531,7 +532,8 @@ TEST(gemm_huge_pages_small_m_streams_bit_equal) {
   SweepPlan plan;  // exact X; short rows: the top ISA and AVX2 only, 3 threads with a bias only
   plan.isa_ok = [](const Case& c, Isa isa) { return c.K >= 2000 || isa == isa_detected() || isa == Isa::Avx2; };
   plan.pool_ok = [&](const Case& c, bool bias, const ThreadPool* pl) { return bias || pl != &pool3 || c.K >= 2000; };
-  const Switch sw{gemm_detail::set_small_m_streams, gemm_detail::small_m_streams, "streams"};
+  plan.off_via_gemm = true;  // "off": plain gemm(), the plain dot kernels
+  const Switch sw{[](bool) {}, [] { return true; }, "huge pages' streams (vs gemm() on 4 KiB pages)"};
   uint32_t seed = 8100;
   int compared = 0;
   for (DType t : {DType::BF16, DType::F16})
