@@ -38,7 +38,7 @@
 #include "base/thread_pool.h"
 #include "cpu/attention_internal.h"  // set_decode_split: the A/B rows of decode attention
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
-#include "cpu/gemv_kquant_vnni.h"  // set_kquant_gemv: the A/B rows of the q4_K / q6_K GEMV
+#include "cpu/gemv_kquant_vnni.h"  // set_kquant_lean: the A/B rows of the K-quant records
 #include "cpu/kernels.h"
 #include "cpu/row_ops.h"  // convert: the f16 / bf16 caches of the half-KV decode attention rows
 
@@ -1781,10 +1781,8 @@ void bench_fused(ThreadPool& pool) {
 }
 
 // ============================================================================ K-quant GEMV
-// q4_K / q6_K decode GEMV (M = 1, gemm on the GGUF layout, what models run for these types): the
-// current kernel (gemv_kquant_vnni on VNNI) interleaved call by call with the previous one
-// (set_kquant_gemv(false): gemm_quant_ext's range kernels), as an "emollm" row and a "prev" row
-// (ratio = prev time / emollm time, >1: the current kernel is faster). Cold weights (copies
+// q4_K / q6_K decode GEMV (M = 1, gemm on the GGUF layout: gemv_kquant_vnni on VNNI) as an
+// "emollm" row, interleaved call by call with the records rows below. Cold weights (copies
 // rotated as the M = 1 GEMM rows). 1.1B and 7B layer shapes.
 void bench_kquant_gemv(ThreadPool& pool) {
   struct Shape {
@@ -1800,7 +1798,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
       if (!header) {
-        table_header("K-quant GEMV M=1 (GGUF layout; prev = the previous kernel, interleaved; ratio = prev time / emollm time, >1: current faster)");
+        table_header("K-quant GEMV M=1 (GGUF layout and records, interleaved; ratio: see each row's note)");
         header = true;
       }
       const int64_t N = sh.N, K = sh.K;
@@ -1822,7 +1820,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
       r.flops = 2.0 * double(N) * double(K);
       r.bytes = double(wb);
       auto run = [&](const void* w) { gemm(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      auto run_prev = [&](const void* w) { with_switch(gemm_detail::set_kquant_gemv, false, [&] { run(w); }); };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
       };
@@ -1840,9 +1837,9 @@ void bench_kquant_gemv(ThreadPool& pool) {
         rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, recprev;
+      Stats rec, same_size, recprev;
       Result* res = run_case(r, [&](Result& rr) {
-        std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
+        std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
         if (rec_ab) {
           fns.push_back([&](int i) { run_rec((*rcopies)[i]); });
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
@@ -1851,11 +1848,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
         if (rec_ab)
           fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
         auto st = measure_interleaved(fns);
-        if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
+        if (rec_ab) rec = st[1], same_size = st[2], recprev = st[at_recprev];
         rr.st = st[0];
-        prev = st[1];
-        rr.ratio_vs = "prev";
-        rr.ratio = prev.best / rr.st.best;
         run(q.get());
         check(rr);
         rr.note = "(" + std::to_string(copies.ptrs.size()) + " weight copies)";
@@ -1863,10 +1857,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
       if (!res) continue;
       table_row(*res);
       const double cur_best = res->st.best;  // before the pushes below (res points into g_results)
-      Result p = derived_row(r, "prev", "prev", prev, "", 0, "previous kernel (set_kquant_gemv(false)), interleaved");
-      run_prev(q.get());
-      check(p);
-      push_row(p);
       if (rec.reps > 0) {
         Result c = derived_row(r, "records", "records", rec, "emollm", cur_best / rec.best,
                                std::to_string(kquant_record_rows()) +
