@@ -474,7 +474,7 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act) {
 #if defined(__x86_64__)
     const bool kq = a.wtype == DType::Q4_K || a.wtype == DType::Q5_K || a.wtype == DType::Q6_K;
     if (kq && a.M > kSmallM && quant_activations() == QuantActivations::Q8 && isa >= Isa::Avx512 &&
-        cpu_features().avx512vnni && vnni_allowed() && kquant_vnni_gemm())
+        cpu_features().avx512vnni && vnni_allowed())
       return gemm_kquant_packed_vnni(a);
 #endif
     return gemm_dequant_f32(a, isa);
