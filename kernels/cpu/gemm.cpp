@@ -380,15 +380,6 @@ void gemv(const float* x, const void* W, DType wtype, const float* bias, float* 
 }
 
 // ---------------------------------------------------------------- bf16 GEMM panels
-namespace {
-EnvSwitch& bf16_panels_flag() {
-  static EnvSwitch on("EMOLLM_BF16_PANELS");  // =0: matrices stay in the standard layout (A/B runs)
-  return on;
-}
-}  // namespace
-void set_bf16_panels_enabled(bool on) { bf16_panels_flag().set(on); }
-bool bf16_panels_enabled() { return bf16_panels_flag().on(); }
-
 bool bf16_panels_usable() {
 #if defined(__x86_64__)
   return isa_active() >= Isa::Avx512 && cpu_features().avx512bf16;

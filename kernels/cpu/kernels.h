@@ -186,10 +186,10 @@ void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs
 // each).
 void gemm_bf16_rows_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
                           ThreadPool* pool);
-// Whether backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many):
-// process-wide, read at load. Initial value from EMOLLM_BF16_PANELS ("0" off), else on.
-void set_bf16_panels_enabled(bool on);
-bool bf16_panels_enabled();
+// Backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many) whenever
+// weight_repacking() is on and bf16_panels_usable(); with repacking off they stay in the file's
+// layout and every GEMM packs W per call. (The switch of the panels alone, EMOLLM_BF16_PANELS=0,
+// is gone: the CLIP-L/336 tower 0.650 vs 0.770 s/image, bench/README 2026-12-04 17:25.)
 
 // ---------------------------------------------------------------- GEMVs of one input, one dispatch
 // A decode step's projections of one x (q, k, v; gate, up): y_j = W_j x (+ bias_j) for every
