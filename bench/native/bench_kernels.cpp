@@ -2257,7 +2257,7 @@ void bench_attention_bf16(ThreadPool& pool) {
   p.n_q = p.n_kv = T; p.n_heads = p.n_kv_heads = H; p.head_dim = D;
   p.ldq = p.ldk = p.ldv = p.ldo = H * D;
   p.causal = false; p.q_pos0 = 0; p.bf16_products = true;
-  if (!attention_detail::bidir_bf16_applies(p)) return;  // no AVX512-BF16 here (or EMOLLM_ATTN_BF16=0)
+  if (!attention_detail::bidir_bf16_applies(p)) return;  // no AVX512-BF16 here
   r.flops = 4.0 * double(H) * double(D) * double(T) * double(T);
   Buf<float> q = make_aligned<float>(size_t(T * H * D)), k = make_aligned<float>(size_t(T * H * D)),
              v = make_aligned<float>(size_t(T * H * D)), o = make_aligned<float>(size_t(T * H * D));
