@@ -316,13 +316,6 @@ bool bf16_gemm_balanced_split();
 // (c0: split_packed_gemm's) so that the busiest thread's share, ceil(chunks / nth) * chunk, is the
 // smallest (the largest chunk on a tie).
 int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0);
-// The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
-// on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
-// or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the
-// same bits. For tests and interleaved A/B benchmarks; process-wide, starts as
-// EMOLLM_F32_GEMM_BLOCKED (=0: off).
-void set_f32_gemm_blocked(bool on);
-bool f32_gemm_blocked();
 // kernels.h bf16_pack_panels / gemm_bf16_panels (a.W: the panels; wtype BF16). AVX512-BF16 only.
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
 void gemm_bf16_panels_avx512(const Args& a);
