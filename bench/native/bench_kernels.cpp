@@ -1013,16 +1013,6 @@ void with_prefetch(GemvPf pf, Fn&& fn) {
   gemm_detail::set_gemv_streams_prefetch(GemvPf::T0);
 }
 
-// fn on quant_repack's previous 16-row records (gemm_detail::set_repack_supergroups(false)), the
-// setting restored after (a run under EMOLLM_REPACK_SUPERGROUPS=0 stays on them)
-template <class Fn>
-void on_16row_records(Fn&& fn) {
-  const bool prev = gemm_detail::repack_supergroups();
-  gemm_detail::set_repack_supergroups(false);
-  fn();
-  gemm_detail::set_repack_supergroups(prev);
-}
-
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
   size_t rb = dtype_row_bytes(t, K);
   pool->parallel_for(N, 16, [&](int64_t b, int64_t e) {
@@ -1244,9 +1234,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
       }
       auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
-      Stats prev, rep, rep_prev, rep_whole_k, cur, pan, same_size, rep16;
-      std::unique_ptr<Copies> rcopies, rcopies16;
-      Buf<uint8_t> Wr, Wr16;
+      Stats prev, rep, rep_prev, rep_whole_k, cur, pan, same_size;
+      std::unique_ptr<Copies> rcopies;
+      Buf<uint8_t> Wr;
       const bool avx512_reads = cpu_features().avx512f;
       size_t rbytes_m1 = 0;
       if (ab) {
@@ -1256,13 +1246,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         Wr = make_aligned<uint8_t>(rbytes);
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
-        // the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), for the "repacked-16row" row
-        on_16row_records([&] {
-          const size_t rb16 = quant_repack_bytes(t, N, K);
-          Wr16 = make_aligned<uint8_t>(rb16);
-          quant_repack(Wt, t, N, K, Wr16.get(), &pool);
-          if (M == 1) rcopies16.reset(new Copies(Wr16.get(), rb16, int(copies->ptrs.size()), &pool, true));
-        });
       }
       // the products as the rows below run them (w: a weight copy, cold at M = 1)
       auto run_gemm = [&](const void* w) { gemm(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); };
@@ -1277,10 +1260,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         with_switch(gemm_detail::set_qx_pack_fused, false, run_repacked);
         gemm_detail::set_repacked_kslice(-1);
       };
-      // gemm_repacked / gemv_repacked on the previous 16-row records (w: a copy of Wr16)
-      auto run_repacked16 = [&](const void* w) {
-        on_16row_records([&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
-      };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
       };
@@ -1289,10 +1268,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_repacked(); }};
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_prev(); });
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_whole_k(); });
-          fns.push_back([&](int) { run_repacked16(Wr16.get()); });
           auto st = measure_interleaved(fns);
-          rep16 = st.back();
-          st.pop_back();
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 2) rep_prev = st[2];
@@ -1312,15 +1288,12 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           // the read probe's best loop over the same bytes, pages and thread count as the
           // repacked row (another cold copy of the repacked weights, each thread a slice, through
           // the same pool): what one call of this size can read, hand-off and ramp-up included
-          fns.push_back([&](int i) { run_repacked16((*rcopies16)[i]); });
           if (avx512_reads) fns.push_back([&](int i) { read_probe_call(pool, (*rcopies)[i], rbytes_m1); });
           auto st = measure_interleaved(fns);
           if (avx512_reads) {
             same_size = st.back();
             st.pop_back();
           }
-          rep16 = st.back();
-          st.pop_back();
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 3) {
@@ -1476,11 +1449,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 M == 1 ? double(wbytes) : 0, run_repacked);
       if (ab && same_size.reps > 0 && rep.reps > 0)
         add_probe_same_size(M, t, double(rbytes_m1), same_size, "repacked", rep.best, "the repacked row's bytes");
-      if (ab && rep16.reps > 0)
-        add_row("repacked-16row", rep16, "repacked", rep16.best / rep.best,
-                "the previous layout (16-row records, EMOLLM_REPACK_SUPERGROUPS=0; cold copies at M = 1), interleaved; "
-                "ratio = its time / the repacked row's (>1: 64-row records faster)",
-                M == 1 ? double(wbytes) : 0, [&] { run_repacked16(Wr16.get()); });
       if (ab && rep_prev.reps > 0) {
         if (M == 1)
           add_row("repacked-prev", rep_prev, "repacked", rep_prev.best / rep.best,
@@ -1620,7 +1588,7 @@ void bench_fused(ThreadPool& pool) {
       size_t total = 0;
       for (int64_t N : sh.Ns) total += repacked ? quant_repack_bytes(t, N, K) : dtype_row_bytes(t, K) * size_t(N);
       const int ncopies = decode_copies(total);
-      std::vector<std::unique_ptr<Copies>> copies, copies16;  // copies16: the previous 16-row records
+      std::vector<std::unique_ptr<Copies>> copies;
       std::vector<Buf<float>> ys, ys2;
       for (int j = 0; j < n; ++j) {
         const int64_t N = sh.Ns[size_t(j)];
@@ -1631,12 +1599,6 @@ void bench_fused(ThreadPool& pool) {
           Buf<uint8_t> r = make_aligned<uint8_t>(rb);
           quant_repack(q.get(), t, N, K, r.get(), &pool);
           copies.emplace_back(new Copies(r.get(), rb, ncopies, &pool, true));
-          on_16row_records([&] {
-            const size_t rb16 = quant_repack_bytes(t, N, K);
-            Buf<uint8_t> r16 = make_aligned<uint8_t>(rb16);
-            quant_repack(q.get(), t, N, K, r16.get(), &pool);
-            copies16.emplace_back(new Copies(r16.get(), rb16, ncopies, &pool, true));
-          });
         } else {
           copies.emplace_back(new Copies(q.get(), wb, ncopies, &pool, true));
         }
@@ -1652,12 +1614,6 @@ void bench_fused(ThreadPool& pool) {
           gemv_repacked_multi(x.get(), t, o, n, K, &pool);
         else
           gemv_huge_pages_multi(x.get(), t, o, n, K, &pool);
-      };
-      // repacked: the fused call on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0)
-      auto fused16 = [&](int i) {
-        GemvOutput o[kMaxGemvOutputs];
-        for (int j = 0; j < n; ++j) o[j] = GemvOutput{(*copies16[size_t(j)])[i], nullptr, ys2[size_t(j)].get(), sh.Ns[size_t(j)]};
-        on_16row_records([&] { gemv_repacked_multi(x.get(), t, o, n, K, &pool); });
       };
       auto separate = [&](int i) {
         for (int j = 0; j < n; ++j) {
@@ -1711,20 +1667,15 @@ void bench_fused(ThreadPool& pool) {
         pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
       }
       auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
-      Stats sep, pf0, eq, other, same_size, rec16;
+      Stats sep, pf0, eq, other, same_size;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {fused, separate};
         if (pf_ab) fns.insert(fns.end(), {fused_pf0, fused_eq});
         fns.push_back(fused_other);
-        if (repacked) fns.push_back(fused16);
         if (probe_ab) fns.push_back(probe);
         auto st = measure_interleaved(fns);
         if (probe_ab) {
           same_size = st.back();
-          st.pop_back();
-        }
-        if (repacked) {
-          rec16 = st.back();
           st.pop_back();
         }
         rr.st = st[0];
@@ -1765,10 +1716,6 @@ void bench_fused(ThreadPool& pool) {
                                              : "contiguous ranges per thread") +
                                    ", interleaved; ratio = its time / the fused row's (>1: fused row faster)"));
       }
-      if (rec16.reps > 0)
-        table_row(*add_variant("16row", "16row", rec16, rec16.best / fused_best,
-                               "fused, on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), interleaved; ratio = "
-                               "its time / the fused row's (>1: 64-row records faster)"));
       if (same_size.reps > 0) {
         Result* q = add_variant("probe-same-size", "probe-same-size", same_size, fused_best / same_size.best,
                                 "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; "

@@ -199,13 +199,6 @@ bool repacked_multi();
 // first pass prefetches its own (default on); off: the previous prefetch (q4_0 along the streams
 // only, q8_0 none). Bits are the same. For the A/B rows of bench_kernels; process-wide.
 void set_gemv_pass_prefetch(bool on);
-// quant_repack's q4_0 layout (gemv_repacked.cpp): records of 4 groups (64 rows; default on) or, when
-// off (EMOLLM_REPACK_SUPERGROUPS=0), the previous one-group records (q8_0 always). Read by quant_repack_bytes,
-// quant_repack and every reader of the repacked bytes at each call: weights repacked under one
-// setting must be read under the same one. Same bits either way. For tests and the A/B rows of
-// bench_kernels; process-wide.
-void set_repack_supergroups(bool on);
-bool repack_supergroups();
 bool gemv_pass_prefetch();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
 // side by side, each record prefetched 4 KiB on along its part (default on; off, EMOLLM_Q40_MS=0:

@@ -76,7 +76,7 @@ struct QuantActivationsScope {
 // quants are interleaved, q4_0 4 groups a record (layout: gemv_repacked.cpp), so the decode GEMV
 // does one int8 dot-product instruction per 4 elements of 16 rows, needs no horizontal sums and
 // reads q4_0 as one sequential stream per 64 rows. The copy costs the weights' bytes again (rounded
-// up to 64 rows for q4_0, 16 for q8_0 or under EMOLLM_REPACK_SUPERGROUPS=0) in anonymous memory; the original (e.g. memory-mapped)
+// up to 64 rows for q4_0, 16 for q8_0) in anonymous memory; the original (e.g. memory-mapped)
 // matrix is not read by gemv_repacked and its pages can be dropped. K % 32 == 0.
 size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K);
 void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool);

@@ -1223,8 +1223,8 @@ TEST(gemv_repacked_matches_reference) {
         Problem pq = p;
         pq.X = q.xq;
         std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
-        // q4_0: 64-row records (4 groups; rows past N zero); q8_0 and EMOLLM_REPACK_SUPERGROUPS=0: 16
-        const int64_t rows = gemm_detail::repack_supergroups() && t == DType::Q4_0 ? 64 : 16;
+        // q4_0: 64-row records (4 groups; rows past N zero); q8_0: 16
+        const int64_t rows = t == DType::Q4_0 ? 64 : 16;
         EXPECT(packed.size() == size_t((N + rows - 1) / rows * rows) * dtype_row_bytes(t, K));
         quant_repack(w.bytes.data(), t, N, K, packed.data(), seed % 2 ? &pool : nullptr);
         for (int use_bias = 0; use_bias < 2; ++use_bias) {
@@ -1276,22 +1276,16 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
 }
 
-// quant_repack's 64-row q4_0 records (the default) against the previous 16-row ones
-// (set_repack_supergroups(false), EMOLLM_REPACK_SUPERGROUPS=0): the layout moves bytes only, so
-// gemv_repacked (M = 1), gemm_repacked's 4-row tiles (M = 3) and its X-panel kernel (M = 9,
-// 20 > kSmallM) and gemv_repacked_multi give the same bits on both, with N
-// not a multiple of 16 or 64 (partial groups, padded super-groups, passes of 4 groups that start
-// inside a record in the multi-output numbering), K of 1, 3, 9 and 128 blocks, every ISA level,
-// with and without VNNI, on 1, 2 and 3 threads. Sizes: the new one rounds N up to 64 rows, the
-// previous one to 16. q8_0 keeps the 16-row records under both settings (same bits trivially;
-// checked for its size).
-TEST(repack_records_bit_equal_previous_layout) {
-  struct LayoutScope {
-    explicit LayoutScope(bool on) : prev_(gemm_detail::repack_supergroups()) { gemm_detail::set_repack_supergroups(on); }
-    ~LayoutScope() { gemm_detail::set_repack_supergroups(prev_); }
-    bool prev_;
-  };
-  LayoutScope on(true);  // the new layout whatever EMOLLM_REPACK_SUPERGROUPS says
+// quant_repack's records (q4_0: 64 rows, 4 groups; q8_0: 16 rows) read by gemv_repacked (M = 1),
+// gemm_repacked's 4-row tiles (M = 3) and its X-panel kernel (M = 9, 20 > kSmallM) and
+// gemv_repacked_multi, with N not a multiple of 16 or 64 (partial groups, padded super-groups,
+// passes of 4 groups that start inside a record in the multi-output numbering), K of 1, 3, 9 and
+// 128 blocks, every ISA level, with and without VNNI, on 1, 2 and 3 threads: within the q8 bounds
+// of the references (check_q8: the double product on X rounded to q8_0, and the f32 product), and
+// gemv_repacked_multi's outputs the bits of one gemv_repacked per output. Sizes: N rounded up to 64
+// rows (q4_0) / 16 (q8_0). (It compared the 64-row records with the previous 16-row ones bit for bit
+// until that layout's switch, EMOLLM_REPACK_SUPERGROUPS, was removed.)
+TEST(repack_records_match_reference) {
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
   std::vector<float> bias2(37);
@@ -1302,29 +1296,23 @@ TEST(repack_records_bit_equal_previous_layout) {
       for (int64_t K : {32, 96, 288, 4096}) {
         if (K == 4096 && N > 100) continue;  // keeps the test short; the chunking does not depend on K
         Weights w = make_weights(t, N, K, seed);
-        std::vector<uint8_t> cur, prev;
-        {
-          LayoutScope ls(false);
-          prev.resize(quant_repack_bytes(t, N, K));
-          EXPECT(prev.size() == size_t((N + 15) / 16 * 16) * dtype_row_bytes(t, K));
-          quant_repack(w.bytes.data(), t, N, K, prev.data(), &pool2);
-        }
-        cur.resize(quant_repack_bytes(t, N, K));
-        const int64_t rows = t == DType::Q4_0 ? 64 : 16;  // q8_0 keeps the 16-row records
+        std::vector<uint8_t> cur(quant_repack_bytes(t, N, K));
+        const int64_t rows = t == DType::Q4_0 ? 64 : 16;
         EXPECT(cur.size() == size_t((N + rows - 1) / rows * rows) * dtype_row_bytes(t, K));
         quant_repack(w.bytes.data(), t, N, K, cur.data(), seed % 2 ? &pool2 : nullptr);
         // a second output of 37 rows for gemv_repacked_multi (its groups numbered after this one's)
         Weights w2 = make_weights(t, 37, K, seed + 5);
-        std::vector<uint8_t> cur2, prev2;
-        {
-          LayoutScope ls(false);
-          prev2.resize(quant_repack_bytes(t, 37, K));
-          quant_repack(w2.bytes.data(), t, 37, K, prev2.data(), nullptr);
-        }
-        cur2.resize(quant_repack_bytes(t, 37, K));
+        std::vector<uint8_t> cur2(quant_repack_bytes(t, 37, K));
         quant_repack(w2.bytes.data(), t, 37, K, cur2.data(), nullptr);
         for (int64_t M : {1, 3, 9, 20}) {
           Problem p = make_problem(M, N, K, 0, 0, seed + 1);
+          const QuantX q = quantize_x(p);
+          Problem pq = p;
+          pq.X = q.xq;
+          std::vector<float> R(size_t(M * N)), Rq(size_t(M * N));
+          ref::gemm(p.X.data(), K, w.bytes.data(), t, p.bias.data(), R.data(), N, M, N, K);
+          ref::gemm(pq.X.data(), K, w.bytes.data(), t, p.bias.data(), Rq.data(), N, M, N, K);
+          const std::vector<double> S = abs_scale(p, w, p.bias.data()), Sq = abs_scale(pq, w, p.bias.data());
           for (Isa isa : isa_levels()) {
             IsaCapScope cap(isa);
             for (bool vnni : vnni_variants(isa))
@@ -1333,28 +1321,19 @@ TEST(repack_records_bit_equal_previous_layout) {
                 const std::string what = std::string(dtype_name(t)) + " isa=" + isa_name(isa) + " vnni=" + yesno(vnni) +
                                          " threads=" + std::to_string(pool ? pool->size() : 1) + " M=" +
                                          std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
-                std::vector<float> y_cur(size_t(M * N), kSentinel), y_prev(size_t(M * N), kSentinel);
+                std::vector<float> y_cur(size_t(M * N), kSentinel);
                 gemm_repacked(p.X.data(), K, cur.data(), t, p.bias.data(), y_cur.data(), N, M, N, K, pool);
-                {
-                  LayoutScope ls(false);
-                  gemm_repacked(p.X.data(), K, prev.data(), t, p.bias.data(), y_prev.data(), N, M, N, K, pool);
-                }
-                same(y_cur.data(), y_prev.data(), y_cur.size(), what);
-                // and not the sentinel: every output written
-                for (float v : y_cur) EXPECT(v != kSentinel);
+                check_q8(y_cur, Rq, Sq, R, S, q, p, w, what);
                 if (M != 1) continue;
-                // two outputs in one call
-                std::vector<float> a_cur(size_t(N), kSentinel), a_prev(size_t(N), kSentinel), b_cur(37, kSentinel),
-                    b_prev(37, kSentinel);
+                // two outputs in one call: the bits of one call per output
+                std::vector<float> a_cur(size_t(N), kSentinel), a_one(size_t(N), kSentinel), b_cur(37, kSentinel),
+                    b_one(37, kSentinel);
                 GemvOutput oc[2] = {{cur.data(), nullptr, a_cur.data(), N}, {cur2.data(), bias2.data(), b_cur.data(), 37}};
-                GemvOutput op[2] = {{prev.data(), nullptr, a_prev.data(), N}, {prev2.data(), bias2.data(), b_prev.data(), 37}};
                 gemv_repacked_multi(p.X.data(), t, oc, 2, K, pool);
-                {
-                  LayoutScope ls(false);
-                  gemv_repacked_multi(p.X.data(), t, op, 2, K, pool);
-                }
-                same(a_cur.data(), a_prev.data(), size_t(N), what + " multi[0]");
-                same(b_cur.data(), b_prev.data(), 37, what + " multi[1]");
+                gemv_repacked(p.X.data(), cur.data(), t, nullptr, a_one.data(), N, K, pool);
+                gemv_repacked(p.X.data(), cur2.data(), t, bias2.data(), b_one.data(), 37, K, pool);
+                same(a_cur.data(), a_one.data(), size_t(N), what + " multi[0]");
+                same(b_cur.data(), b_one.data(), 37, what + " multi[1]");
                 for (float v : a_cur) EXPECT(v != kSentinel);
               }
           }
