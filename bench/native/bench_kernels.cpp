@@ -38,7 +38,7 @@
 #include "base/thread_pool.h"
 #include "cpu/attention_internal.h"  // set_decode_split: the A/B rows of decode attention
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
-#include "cpu/gemv_kquant_vnni.h"  // set_kquant_gemv: the A/B rows of the q4_K / q6_K GEMV
+#include "cpu/gemv_kquant_vnni.h"  // set_kquant_lean: the A/B rows of the K-quant records
 #include "cpu/kernels.h"
 #include "cpu/row_ops.h"  // convert: the f16 / bf16 caches of the half-KV decode attention rows
 
@@ -1013,16 +1013,6 @@ void with_prefetch(GemvPf pf, Fn&& fn) {
   gemm_detail::set_gemv_streams_prefetch(GemvPf::T0);
 }
 
-// fn on quant_repack's previous 16-row records (gemm_detail::set_repack_supergroups(false)), the
-// setting restored after (a run under EMOLLM_REPACK_SUPERGROUPS=0 stays on them)
-template <class Fn>
-void on_16row_records(Fn&& fn) {
-  const bool prev = gemm_detail::repack_supergroups();
-  gemm_detail::set_repack_supergroups(false);
-  fn();
-  gemm_detail::set_repack_supergroups(prev);
-}
-
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
   size_t rb = dtype_row_bytes(t, K);
   pool->parallel_for(N, 16, [&](int64_t b, int64_t e) {
@@ -1198,15 +1188,14 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       // BF16 / F16 GEMV (M = 1): what a model runs, gemm_huge_pages on copies in huge pages (the
       // CPU backend's copies; the single-stream kernel), interleaved call by call with the emollm
       // row (gemm on 4 KiB pages, as a mapped file: the multi-row kernel), as a "huge" row.
-      // Also interleaved: the huge-page GEMV with one stream per thread (set_gemv_streams(false)) as
-      // a "huge-1stream" row, and oneDNN's bf16 GEMV on its own reordered copies (x rounded to
+      // Also interleaved: oneDNN's bf16 GEMV on its own reordered copies (x rounded to
       // bf16; the same number of copies) as an "onednn-il" row, so that the ratios to oneDNN come
       // from the same moments of a shared machine (the separate onednn row below is measured alone).
       const bool stream_ab = M == 1 && (t == DType::BF16 || t == DType::F16);
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats one_stream, dnnl_il, pan1, pan1_prev, huge_alone, other_pf[2];
+      Stats dnnl_il, pan1, huge_alone, other_pf[2];
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1245,9 +1234,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         bf16_pack_panels(Wt, N, K, Wpan.get(), &pool);
       }
       auto run_panels = [&] { gemm_bf16_panels(X.get(), K, Wpan.get(), nullptr, Y.get(), N, M, N, K, &pool); };
-      Stats prev, rep, rep_prev, rep_whole_k, cur, pan, same_size, rep16;
-      std::unique_ptr<Copies> rcopies, rcopies16;
-      Buf<uint8_t> Wr, Wr16;
+      Stats prev, rep, rep_prev, rep_whole_k, cur, pan, same_size;
+      std::unique_ptr<Copies> rcopies;
+      Buf<uint8_t> Wr;
       const bool avx512_reads = cpu_features().avx512f;
       size_t rbytes_m1 = 0;
       if (ab) {
@@ -1257,13 +1246,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         Wr = make_aligned<uint8_t>(rbytes);
         quant_repack(Wt, t, N, K, Wr.get(), &pool);
         if (M == 1) rcopies.reset(new Copies(Wr.get(), rbytes, int(copies->ptrs.size()), &pool, true));
-        // the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), for the "repacked-16row" row
-        on_16row_records([&] {
-          const size_t rb16 = quant_repack_bytes(t, N, K);
-          Wr16 = make_aligned<uint8_t>(rb16);
-          quant_repack(Wt, t, N, K, Wr16.get(), &pool);
-          if (M == 1) rcopies16.reset(new Copies(Wr16.get(), rb16, int(copies->ptrs.size()), &pool, true));
-        });
       }
       // the products as the rows below run them (w: a weight copy, cold at M = 1)
       auto run_gemm = [&](const void* w) { gemm(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); };
@@ -1278,10 +1260,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         with_switch(gemm_detail::set_qx_pack_fused, false, run_repacked);
         gemm_detail::set_repacked_kslice(-1);
       };
-      // gemm_repacked / gemv_repacked on the previous 16-row records (w: a copy of Wr16)
-      auto run_repacked16 = [&](const void* w) {
-        on_16row_records([&] { gemm_repacked(X.get(), K, w, t, nullptr, Y.get(), N, M, N, K, &pool); });
-      };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), false), gemm_tolerance(t, false));
       };
@@ -1290,10 +1268,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           std::vector<std::function<void(int)>> fns = {[&](int) { run_gemm(Wt); }, [&](int) { run_repacked(); }};
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_prev(); });
           if (M > gemm_detail::kSmallM) fns.push_back([&](int) { run_repacked_whole_k(); });
-          fns.push_back([&](int) { run_repacked16(Wr16.get()); });
           auto st = measure_interleaved(fns);
-          rep16 = st.back();
-          st.pop_back();
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 2) rep_prev = st[2];
@@ -1313,15 +1288,12 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           // the read probe's best loop over the same bytes, pages and thread count as the
           // repacked row (another cold copy of the repacked weights, each thread a slice, through
           // the same pool): what one call of this size can read, hand-off and ramp-up included
-          fns.push_back([&](int i) { run_repacked16((*rcopies16)[i]); });
           if (avx512_reads) fns.push_back([&](int i) { read_probe_call(pool, (*rcopies)[i], rbytes_m1); });
           auto st = measure_interleaved(fns);
           if (avx512_reads) {
             same_size = st.back();
             st.pop_back();
           }
-          rep16 = st.back();
-          st.pop_back();
           res.st = cur = st[0];
           rep = st[1];
           if (st.size() > 3) {
@@ -1338,17 +1310,11 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           std::vector<std::function<void(int)>> fns = {
               [&](int i) { run_gemm((*copies)[i]); },
               [&](int i) { run_huge((*hcopies)[i]); },
-              [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[i]); }); },
           };
           // the stream kernel with the other software prefetch hints (set_gemv_streams_prefetch)
           for (GemvPf pf : kOtherPrefetch)
             fns.push_back([&, pf](int i) { with_prefetch(pf, [&] { run_huge((*hcopies)[i]); }); });
           if (panels_m1) fns.push_back([&](int i) { run_panels_m1((*pcopies)[i]); });
-          // the panels one at a time (set_panels_m1_streams(false): the previous M = 1 panel path)
-          if (panels_m1)
-            fns.push_back([&](int i) {
-              with_switch(gemm_detail::set_panels_m1_streams, false, [&] { run_panels_m1((*pcopies)[i]); });
-            });
 #ifdef EMOLLM_HAVE_DNNL
           if (dnnl) fns.push_back([&](int i) { dnnl->run(i); });
 #endif
@@ -1361,12 +1327,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           }
           res.st = cur = st[0];
           prev = st[1];
-          one_stream = st[2];
-          for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[3 + j];
-          st.erase(st.begin() + 3, st.begin() + 3 + std::ptrdiff_t(std::size(kOtherPrefetch)));
+          for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[2 + j];
+          st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(std::size(kOtherPrefetch)));
           if (panels_m1) {
-            pan1 = st[3];
-            pan1_prev = st[4];
+            pan1 = st[2];
           }
           if (dnnl_on) dnnl_il = st.back();
           settle();
@@ -1447,11 +1411,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                                       "interleaved; ratio = its time / the huge row's (>1: the default faster)",
                   double(wbytes), [&] { with_prefetch(pf, [&] { run_huge((*hcopies)[0]); }); });
         }
-      if (stream_ab && one_stream.reps > 0)
-        add_row("huge-1stream", one_stream, "huge", one_stream.best / prev.best,
-                "the huge row's kernel with one stream per thread (EMOLLM_GEMV_STREAMS=0), interleaved; ratio = its "
-                "time / the huge row's (>1: the multi-stream kernel faster)",
-                double(wbytes), [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run_huge((*hcopies)[0]); }); });
       if (panels_m1 && pan1.reps > 0) {
         Result p = make_result(M, dtype_name(t), "panels");
         p.bf16_math = true;
@@ -1464,19 +1423,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
         run_panels_m1((*pcopies)[0]);
         set_check(p, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), true), gemm_tolerance(t, true));
         g_results.push_back(p);
-        if (pan1_prev.reps > 0) {
-          Result q = p;
-          q.name = make_result(M, dtype_name(t), "panels-1stream").name;
-          q.impl = "panels-1stream";
-          q.st = pan1_prev;
-          q.ratio_vs = "panels";
-          q.ratio = pan1_prev.best / pan1.best;
-          q.note = "the panels one at a time (EMOLLM_PANELS_M1_STREAMS=0, the previous M=1 panel path; same bits), "
-                   "interleaved; ratio = its time / the panels row's (>1: 4 streams faster)";
-          with_switch(gemm_detail::set_panels_m1_streams, false, [&] { run_panels_m1((*pcopies)[0]); });
-          set_check(q, gemm_check(X.get(), M, K, Wt, t, N, Y.get(), true), gemm_tolerance(t, true));
-          g_results.push_back(q);
-        }
       }
 #ifdef EMOLLM_HAVE_DNNL
       if (stream_ab && dnnl && dnnl_il.reps > 0) {
@@ -1503,11 +1449,6 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 M == 1 ? double(wbytes) : 0, run_repacked);
       if (ab && same_size.reps > 0 && rep.reps > 0)
         add_probe_same_size(M, t, double(rbytes_m1), same_size, "repacked", rep.best, "the repacked row's bytes");
-      if (ab && rep16.reps > 0)
-        add_row("repacked-16row", rep16, "repacked", rep16.best / rep.best,
-                "the previous layout (16-row records, EMOLLM_REPACK_SUPERGROUPS=0; cold copies at M = 1), interleaved; "
-                "ratio = its time / the repacked row's (>1: 64-row records faster)",
-                M == 1 ? double(wbytes) : 0, [&] { run_repacked16(Wr16.get()); });
       if (ab && rep_prev.reps > 0) {
         if (M == 1)
           add_row("repacked-prev", rep_prev, "repacked", rep_prev.best / rep.best,
@@ -1647,7 +1588,7 @@ void bench_fused(ThreadPool& pool) {
       size_t total = 0;
       for (int64_t N : sh.Ns) total += repacked ? quant_repack_bytes(t, N, K) : dtype_row_bytes(t, K) * size_t(N);
       const int ncopies = decode_copies(total);
-      std::vector<std::unique_ptr<Copies>> copies, copies16;  // copies16: the previous 16-row records
+      std::vector<std::unique_ptr<Copies>> copies;
       std::vector<Buf<float>> ys, ys2;
       for (int j = 0; j < n; ++j) {
         const int64_t N = sh.Ns[size_t(j)];
@@ -1658,12 +1599,6 @@ void bench_fused(ThreadPool& pool) {
           Buf<uint8_t> r = make_aligned<uint8_t>(rb);
           quant_repack(q.get(), t, N, K, r.get(), &pool);
           copies.emplace_back(new Copies(r.get(), rb, ncopies, &pool, true));
-          on_16row_records([&] {
-            const size_t rb16 = quant_repack_bytes(t, N, K);
-            Buf<uint8_t> r16 = make_aligned<uint8_t>(rb16);
-            quant_repack(q.get(), t, N, K, r16.get(), &pool);
-            copies16.emplace_back(new Copies(r16.get(), rb16, ncopies, &pool, true));
-          });
         } else {
           copies.emplace_back(new Copies(q.get(), wb, ncopies, &pool, true));
         }
@@ -1679,12 +1614,6 @@ void bench_fused(ThreadPool& pool) {
           gemv_repacked_multi(x.get(), t, o, n, K, &pool);
         else
           gemv_huge_pages_multi(x.get(), t, o, n, K, &pool);
-      };
-      // repacked: the fused call on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0)
-      auto fused16 = [&](int i) {
-        GemvOutput o[kMaxGemvOutputs];
-        for (int j = 0; j < n; ++j) o[j] = GemvOutput{(*copies16[size_t(j)])[i], nullptr, ys2[size_t(j)].get(), sh.Ns[size_t(j)]};
-        on_16row_records([&] { gemv_repacked_multi(x.get(), t, o, n, K, &pool); });
       };
       auto separate = [&](int i) {
         for (int j = 0; j < n; ++j) {
@@ -1738,20 +1667,15 @@ void bench_fused(ThreadPool& pool) {
         pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
       }
       auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
-      Stats sep, pf0, eq, other, same_size, rec16;
+      Stats sep, pf0, eq, other, same_size;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {fused, separate};
         if (pf_ab) fns.insert(fns.end(), {fused_pf0, fused_eq});
         fns.push_back(fused_other);
-        if (repacked) fns.push_back(fused16);
         if (probe_ab) fns.push_back(probe);
         auto st = measure_interleaved(fns);
         if (probe_ab) {
           same_size = st.back();
-          st.pop_back();
-        }
-        if (repacked) {
-          rec16 = st.back();
           st.pop_back();
         }
         rr.st = st[0];
@@ -1792,10 +1716,6 @@ void bench_fused(ThreadPool& pool) {
                                              : "contiguous ranges per thread") +
                                    ", interleaved; ratio = its time / the fused row's (>1: fused row faster)"));
       }
-      if (rec16.reps > 0)
-        table_row(*add_variant("16row", "16row", rec16, rec16.best / fused_best,
-                               "fused, on the previous 16-row records (EMOLLM_REPACK_SUPERGROUPS=0), interleaved; ratio = "
-                               "its time / the fused row's (>1: 64-row records faster)"));
       if (same_size.reps > 0) {
         Result* q = add_variant("probe-same-size", "probe-same-size", same_size, fused_best / same_size.best,
                                 "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; "
@@ -1808,10 +1728,8 @@ void bench_fused(ThreadPool& pool) {
 }
 
 // ============================================================================ K-quant GEMV
-// q4_K / q6_K decode GEMV (M = 1, gemm on the GGUF layout, what models run for these types): the
-// current kernel (gemv_kquant_vnni on VNNI) interleaved call by call with the previous one
-// (set_kquant_gemv(false): gemm_quant_ext's range kernels), as an "emollm" row and a "prev" row
-// (ratio = prev time / emollm time, >1: the current kernel is faster). Cold weights (copies
+// q4_K / q6_K decode GEMV (M = 1, gemm on the GGUF layout: gemv_kquant_vnni on VNNI) as an
+// "emollm" row, interleaved call by call with the records rows below. Cold weights (copies
 // rotated as the M = 1 GEMM rows). 1.1B and 7B layer shapes.
 void bench_kquant_gemv(ThreadPool& pool) {
   struct Shape {
@@ -1827,7 +1745,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
       if (!header) {
-        table_header("K-quant GEMV M=1 (GGUF layout; prev = the previous kernel, interleaved; ratio = prev time / emollm time, >1: current faster)");
+        table_header("K-quant GEMV M=1 (GGUF layout and records, interleaved; ratio: see each row's note)");
         header = true;
       }
       const int64_t N = sh.N, K = sh.K;
@@ -1849,7 +1767,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
       r.flops = 2.0 * double(N) * double(K);
       r.bytes = double(wb);
       auto run = [&](const void* w) { gemm(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      auto run_prev = [&](const void* w) { with_switch(gemm_detail::set_kquant_gemv, false, [&] { run(w); }); };
       auto check = [&](Result& row) {
         set_check(row, gemm_check(x.get(), 1, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
       };
@@ -1867,9 +1784,9 @@ void bench_kquant_gemv(ThreadPool& pool) {
         rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats prev, rec, same_size, recprev;
+      Stats rec, same_size, recprev;
       Result* res = run_case(r, [&](Result& rr) {
-        std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }, [&](int i) { run_prev(copies[i]); }};
+        std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
         if (rec_ab) {
           fns.push_back([&](int i) { run_rec((*rcopies)[i]); });
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
@@ -1878,11 +1795,8 @@ void bench_kquant_gemv(ThreadPool& pool) {
         if (rec_ab)
           fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
         auto st = measure_interleaved(fns);
-        if (rec_ab) rec = st[2], same_size = st[3], recprev = st[at_recprev];
+        if (rec_ab) rec = st[1], same_size = st[2], recprev = st[at_recprev];
         rr.st = st[0];
-        prev = st[1];
-        rr.ratio_vs = "prev";
-        rr.ratio = prev.best / rr.st.best;
         run(q.get());
         check(rr);
         rr.note = "(" + std::to_string(copies.ptrs.size()) + " weight copies)";
@@ -1890,10 +1804,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
       if (!res) continue;
       table_row(*res);
       const double cur_best = res->st.best;  // before the pushes below (res points into g_results)
-      Result p = derived_row(r, "prev", "prev", prev, "", 0, "previous kernel (set_kquant_gemv(false)), interleaved");
-      run_prev(q.get());
-      check(p);
-      push_row(p);
       if (rec.reps > 0) {
         Result c = derived_row(r, "records", "records", rec, "emollm", cur_best / rec.best,
                                std::to_string(kquant_record_rows()) +
@@ -2019,7 +1929,7 @@ void bench_kq6_packed(ThreadPool& pool) {
 
 // Batched decode (2 <= M <= 16, BF16 / F16): gemm_huge_pages on cold copies in 2 MiB pages (what a
 // decoder runs with several sequences a step), interleaved call by call with its previous path
-// (M <= kSmallM: set_small_m_streams(false), the plain dot kernels; "prev" row), oneDNN's bf16
+// (where one is kept; "prev" row), oneDNN's bf16
 // matmul at the same M on as many cold copies of its reordered weights (x rounded to bf16;
 // "onednn-il" row) and the read probe's loop over the same bytes ("probe-same-size" row).
 // GB/s = weight bytes / time: what "streams the weights once at the bandwidth" means here.
@@ -2082,15 +1992,13 @@ void bench_batched_decode(ThreadPool& pool) {
             gemm_detail::set_bf16_dot_min_m(prev_min);
             return;
           }
-          with_switch(onepass_prev       ? gemm_detail::set_small_m_onepass
-                      : f16_groups_prev ? gemm_detail::set_small_m_f16_groups
-                                         : gemm_detail::set_small_m_streams,
-                      false, [&] { run(wp); });
+          with_switch(onepass_prev ? gemm_detail::set_small_m_onepass : gemm_detail::set_small_m_f16_groups, false,
+                      [&] { run(wp); });
         };
         auto check = [&](Result& row) {
           set_check(row, gemm_check(x.get(), M, K, q.get(), t, N, y.get(), false), gemm_tolerance(t, false));
         };
-        const bool has_prev = M <= gemm_detail::kSmallM || onepass_prev || f16_groups_prev;
+        const bool has_prev = exact_prev || onepass_prev || f16_groups_prev;
         const bool reads = cpu_features().avx512f;
         bool dnnl_on = false;
 #ifdef EMOLLM_HAVE_DNNL
@@ -2173,8 +2081,7 @@ void bench_batched_decode(ThreadPool& pool) {
           add("prev", prev,
               onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
               : f16_groups_prev ? "previous path (EMOLLM_SMALL_M_F16_GROUPS=0: run_range<KF16>, the next group not prefetched), interleaved"
-              : exact_prev ? "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved"
-                           : "previous path (EMOLLM_SMALL_M_STREAMS=0: the plain dot kernels), interleaved",
+                                : "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved",
               true, [&] { run_prev(q.get()); });
 #ifdef EMOLLM_HAVE_DNNL
         if (dnnl_on)
@@ -2297,7 +2204,7 @@ void bench_attention_bf16(ThreadPool& pool) {
   p.n_q = p.n_kv = T; p.n_heads = p.n_kv_heads = H; p.head_dim = D;
   p.ldq = p.ldk = p.ldv = p.ldo = H * D;
   p.causal = false; p.q_pos0 = 0; p.bf16_products = true;
-  if (!attention_detail::bidir_bf16_applies(p)) return;  // no AVX512-BF16 here (or EMOLLM_ATTN_BF16=0)
+  if (!attention_detail::bidir_bf16_applies(p)) return;  // no AVX512-BF16 here
   r.flops = 4.0 * double(H) * double(D) * double(T) * double(T);
   Buf<float> q = make_aligned<float>(size_t(T * H * D)), k = make_aligned<float>(size_t(T * H * D)),
              v = make_aligned<float>(size_t(T * H * D)), o = make_aligned<float>(size_t(T * H * D));
@@ -3189,8 +3096,7 @@ struct DnnlGemmF32 {
 
 // F32 decode GEMVs (M = 1) as a model runs them: gemm_huge_pages on cold copies in 2 MiB pages (the
 // CPU backend's f32 copies), the stream kernels (default) interleaved call by call with the previous
-// path (set_gemv_stream_f32(false): dot_block's 4-row kernel), the stream kernel with one stream a
-// thread (set_gemv_streams(false)), the read probe's loop over the same copies and oneDNN's f32
+// path (set_gemv_stream_f32(false): dot_block's 4-row kernel), the read probe's loop over the same copies and oneDNN's f32
 // matmul on its own reordered copies (as many): ratios from the same moments of a shared machine.
 // 1.1B o / gate / down and 7B qkvo / down (K 2048 / 5632 / 4096 / 11008).
 void bench_f32_gemv(ThreadPool& pool) {
@@ -3222,7 +3128,6 @@ void bench_f32_gemv(ThreadPool& pool) {
     std::vector<std::function<void(int)>> fns = {
         [&](int i) { run(hc[i]); },
         [&](int i) { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[i]); }); },
-        [&](int i) { with_switch(gemm_detail::set_gemv_streams, false, [&] { run(hc[i]); }); },
         [&](int i) { read_probe_call(pool, hc[i], wbytes); },
     };
     bool dnnl_on = false;
@@ -3264,17 +3169,14 @@ void bench_f32_gemv(ThreadPool& pool) {
     checked(derived_row(r, "prev", "prev", st[1], "new/prev", st[1].best / st[0].best,
                         "EMOLLM_GEMV_STREAM_F32=0 (dot_block, 4 rows); ratio = its time / the new row's"),
             [&] { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[0]); }); });
-    checked(derived_row(r, "1stream", "1stream", st[2], "new", st[2].best / st[0].best,
-                        "one stream a thread (EMOLLM_GEMV_STREAMS=0); ratio = its time / the new row's"),
-            [&] { with_switch(gemm_detail::set_gemv_streams, false, [&] { run(hc[0]); }); });
-    Result p = derived_row(r, "probe", "probe-same-size", st[3], "new", st[0].best / st[3].best,
+    Result p = derived_row(r, "probe", "probe-same-size", st[2], "new", st[0].best / st[2].best,
                            "read probe (4 streams + 1 KiB prefetch) over the same copies; ratio = the new row's time / "
                            "its (>1: the GEMV is slower than a plain read)");
     p.check = "";
     push_row(p);
 #ifdef EMOLLM_HAVE_DNNL
     if (dnnl_on) {
-      Result d = derived_row(r, "onednn", "onednn", st[4], "onednn", st[4].best / st[0].best,
+      Result d = derived_row(r, "onednn", "onednn", st[3], "onednn", st[3].best / st[0].best,
                              "oneDNN f32 matmul (" + dnnl->impl + ") on its reordered copies; ratio = its time / the new row's (>1: emollm faster)");
       dnnl->run(0);
       set_check(d, gemm_check(X.get(), 1, K, W.get(), DType::F32, N, Yd.get(), false), gemm_tolerance(DType::F32, false));

@@ -88,8 +88,8 @@ int main(int argc, char** argv) {
 #else
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 60;
   const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
-  if (!gemm_detail::repack_supergroups() || N % 64 != 0 || K % 64 != 0) {
-    std::fprintf(stderr, "q40_read_patterns: needs 64-row q4_0 records (EMOLLM_REPACK_SUPERGROUPS on), N and K multiples of 64\n");
+  if (N % 64 != 0 || K % 64 != 0) {
+    std::fprintf(stderr, "q40_read_patterns: needs 64-row q4_0 records, N and K multiples of 64\n");
     return 2;
   }
   ThreadPool pool(threads);

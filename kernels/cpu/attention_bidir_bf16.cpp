@@ -306,13 +306,11 @@ void set_bidir_bf16_fused_max(bool on) { fused_max_flag().set(on); }
 void set_bidir_bf16_keep_buffers(bool on) { keep_buffers_flag().set(on); }
 void set_bidir_bf16_softmax_unmasked(bool on) { softmax_unmasked_flag().set(on); }
 
-bool bidir_bf16_enabled() {
-  static const bool on = env_enabled("EMOLLM_ATTN_BF16");  // =0: the f32 tiles (A/B runs)
-  return on;
-}
-
+// (The switch EMOLLM_ATTN_BF16=0, the f32 tiles for these calls too, is gone: the CLIP-L/336 tower
+// 0.650 vs 0.770 s/image with the load-time panels, bench/README 2026-12-04 17:25. The f32 tiles stay:
+// every call this path does not take, and CPUs without AVX512-BF16.)
 bool bidir_bf16_applies(const AttentionParams& p) {
-  return p.bf16_products && bidir_bf16_enabled() && !p.causal && p.kv_block_size == 0 && p.kv_dtype == DType::F32 &&
+  return p.bf16_products && !p.causal && p.kv_block_size == 0 && p.kv_dtype == DType::F32 &&
          p.n_q >= kBidirBf16MinRows && isa_active() >= Isa::Avx512 && cpu_features().avx512bf16;
 }
 
@@ -364,7 +362,6 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
 
 namespace emollm {
 namespace attention_detail {
-bool bidir_bf16_enabled() { return false; }
 bool bidir_bf16_softmax_split() { return false; }
 void set_bidir_bf16_softmax_split(bool) {}
 bool bidir_bf16_softmax_unmasked() { return false; }

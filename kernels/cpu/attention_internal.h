@@ -9,11 +9,8 @@ namespace emollm {
 namespace attention_detail {
 
 // Whether attention_bidir_bf16 takes this call: p.bf16_products, bidirectional, contiguous f32
-// K/V, at least kBidirBf16MinRows queries, AVX512-BF16 present, isa_active() >= Avx512 and
-// bidir_bf16_enabled() (the environment variable EMOLLM_ATTN_BF16=0, read once, turns the path
-// off for whole-run A/B comparisons).
+// K/V, at least kBidirBf16MinRows queries, AVX512-BF16 present and isa_active() >= Avx512.
 constexpr int64_t kBidirBf16MinRows = 16;
-bool bidir_bf16_enabled();
 bool bidir_bf16_applies(const AttentionParams& p);
 // Its softmax: the row max (min for a negative scale) and the weights' sum each over two
 // independent accumulators (default), or when off the single dependent chains of before (the

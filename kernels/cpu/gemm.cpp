@@ -133,15 +133,6 @@ void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memor
 bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
 
 namespace {
-EnvSwitch& gemv_single_stream_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_STREAM");  // =0: the previous kernels, for whole-run A/B
-  return on;
-}
-}  // namespace
-void set_gemv_single_stream(bool on) { gemv_single_stream_flag().set(on); }
-bool gemv_single_stream() { return gemv_single_stream_flag().on(); }
-
-namespace {
 EnvSwitch& gemv_stream_f32_flag() {
   static EnvSwitch on("EMOLLM_GEMV_STREAM_F32");  // =0: f32 M = 1 on dot_block's 4-row kernel, unfused
   return on;
@@ -149,15 +140,6 @@ EnvSwitch& gemv_stream_f32_flag() {
 }  // namespace
 void set_gemv_stream_f32(bool on) { gemv_stream_f32_flag().set(on); }
 bool gemv_stream_f32() { return gemv_stream_f32_flag().on(); }
-
-namespace {
-EnvSwitch& gemv_streams_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_STREAMS");  // =0: one stream per thread, for whole-run A/B
-  return on;
-}
-}  // namespace
-void set_gemv_streams(bool on) { gemv_streams_flag().set(on); }
-bool gemv_streams_enabled() { return gemv_streams_flag().on(); }
 
 namespace {
 std::atomic<int> g_gemv_streams_prefetch{int(GemvPrefetch::T0)};
@@ -398,15 +380,6 @@ void gemv(const float* x, const void* W, DType wtype, const float* bias, float* 
 }
 
 // ---------------------------------------------------------------- bf16 GEMM panels
-namespace {
-EnvSwitch& bf16_panels_flag() {
-  static EnvSwitch on("EMOLLM_BF16_PANELS");  // =0: matrices stay in the standard layout (A/B runs)
-  return on;
-}
-}  // namespace
-void set_bf16_panels_enabled(bool on) { bf16_panels_flag().set(on); }
-bool bf16_panels_enabled() { return bf16_panels_flag().on(); }
-
 bool bf16_panels_usable() {
 #if defined(__x86_64__)
   return isa_active() >= Isa::Avx512 && cpu_features().avx512bf16;
@@ -523,7 +496,7 @@ void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, 
   for (int j = 0; j < n_outs; ++j) rows = rows && outs[j].N > 0;
   if (n_outs > 1 && rows && K > 0 &&
       (wtype == DType::BF16 || wtype == DType::F16 || (wtype == DType::F32 && gemm_detail::gemv_stream_f32())) &&
-      isa_active() >= Isa::Avx512 && gemm_detail::gemv_single_stream())
+      isa_active() >= Isa::Avx512)
     return gemm_detail::gemv_stream_multi(x, wtype, outs, n_outs, K, pool);
 #endif
   for (int j = 0; j < n_outs; ++j)

@@ -283,7 +283,7 @@ DotRangeFn pick_dot(DType t, int64_t mb) {
 // hardware prefetchers have to find on their own, line by line. Every output keeps the
 // accumulators, the k order, the tail and the reduction of dot_block (MB <= 4: 32 elements a step,
 // 2 accumulators at MB <= 2) or dot_block_wide (MB 5..8: 16 elements a step): the same bits as the
-// previous path (set_small_m_streams(false), EMOLLM_SMALL_M_STREAMS=0), whatever the split. Rows
+// plain dot kernels (what weights on 4 KiB pages take), whatever the split. Rows
 // left over when [n0, n1) is not a multiple of S: dot_range's.
 constexpr int kDotStreamsPrefetchBytes = 1024;
 
@@ -673,11 +673,10 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
   gemv_stream<DT>(a, x, n0 + S * len, n1);
 }
 
-// The M = 1 stream kernel for rows [n0, n1): several streams (default) or one
-// (set_gemv_streams(false)); the same bits.
+// The M = 1 stream kernel for rows [n0, n1): several streams a thread, with the software prefetch
+// hint of set_gemv_streams_prefetch (the same bits).
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  if (!gemv_streams_enabled()) return gemv_stream<DT>(a, x, n0, n1);
   switch (gemv_streams_prefetch()) {
     case GemvPrefetch::Nta: return gemv_streams<DT, _MM_HINT_NTA>(a, x, n0, n1);
     case GemvPrefetch::None: return gemv_streams<DT, -1>(a, x, n0, n1);
@@ -702,7 +701,7 @@ void guided_rows(ThreadPool* pool, bool parallel, int64_t n, int64_t max_rows,
 
 void small_m(const Args& a) {
   const int64_t chunk = small_m_chunk(a);
-  const bool stream = a.huge_pages && gemv_single_stream();
+  const bool stream = a.huge_pages;  // huge pages: the stream kernels (4 KiB pages: the multi-row ones)
   if (a.wtype == DType::BF16 && a.M == 1) {
     float* xeo = static_cast<float*>(scratch(2, size_t((a.K + 31) / 32 * 32) * 4));
     bf16_reorder_x(a.X, a.K, xeo);
@@ -728,7 +727,7 @@ void small_m(const Args& a) {
   }
   // 2 <= M <= 8 on huge pages (batched decode): the multi-stream dot kernels over one run of rows
   // per thread, as the M = 1 GEMV (same bits as the plain dot kernels below)
-  if (a.M >= 2 && a.huge_pages && (a.wtype == DType::BF16 || a.wtype == DType::F16) && small_m_streams()) {
+  if (a.M >= 2 && a.huge_pages && (a.wtype == DType::BF16 || a.wtype == DType::F16)) {
     const DotRangeFn fn = pick_dot_streams(a.wtype, a.M);
     guided_rows(a.pool, a.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
                 [&](int64_t n0, int64_t n1) { fn(a, a.X, a.Y, n0, n1); });
@@ -1057,24 +1056,6 @@ EMO_T512 void kern_f32(int64_t kc, const float* xp, const float* wp, float* y, i
 // with the backward input-gradient GEMM.
 static_assert(MR == kBf16MR && NR == kBf16NR, "the bf16 panels are packed for kern_bf16_6x64");
 
-// X rows [0, rows) -> panel-major interleaved: out[(p*kunits + k)*MR + i] = row p*MR+i, element k
-// (f32), zero rows past `rows`. Contiguous per panel, so the kernels' 6 rows never alias in L1.
-void pack_x_f32(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1, float* out) {
-  for (int64_t p = p0; p < p1; ++p) {
-    float* o = out + p * K * MR;
-    const float* xr[MR];
-    for (int i = 0; i < MR; ++i) xr[i] = p * MR + i < rows ? X + (p * MR + i) * ldx : nullptr;
-    for (int i = 0; i < MR; ++i) {
-      if (xr[i]) {
-        const float* s = xr[i];
-        for (int64_t k = 0; k < K; ++k) o[k * MR + i] = s[k];
-      } else {
-        for (int64_t k = 0; k < K; ++k) o[k * MR + i] = 0.0f;
-      }
-    }
-  }
-}
-
 // Same for BF16 pairs: out[(p*kp + q)*MR + i] = bf16(x[2q]) | bf16(x[2q+1]) << 16.
 EMO_T512BF void pack_x_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t p0, int64_t p1,
                             uint32_t* out) {
@@ -1232,9 +1213,11 @@ EMO_T512BF void bf16_tile(int rows, int64_t kc, const uint32_t* xp, const uint32
 // kcb: k units (f32 elements or bf16 pairs) per block; ncb: weight rows per block (multiple of NR).
 // prepacked (BF only): a.W holds bf16_pack_panels' panels (word (p * kunits + q) * NR + j), read
 // in place instead of packing each block into scratch; n_begin is then a multiple of NR.
+// The vdpbf16ps GEMM only (BF): f32 weights take compute_range_f32 below.
 template <DType DT, bool BF>
 void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end, int64_t n_begin, int64_t n_end,
                    int64_t kcb, int64_t ncb, bool prepacked, int64_t xnpm = 0) {
+  static_assert(BF, "compute_range: the bf16-pair GEMM (f32 products: compute_range_f32)");
   using XT = typename std::conditional<BF, uint32_t, float>::type;
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
@@ -1260,8 +1243,6 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           pack_w_bf16pairs(W, a.row_bytes, jc, nc, pc, kc, K, static_cast<uint32_t*>(wpack));
           wblk = static_cast<const uint32_t*>(wpack);
         }
-      } else {
-        pack_w_f32<DT>(W, a.row_bytes, jc, nc, pc, kc, static_cast<float*>(wpack));
       }
       const bool first = pc == 0;
       // the block after this one: next k block of these rows, else first k block of the next rows
@@ -1317,12 +1298,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           }
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          if constexpr (BF)
-            bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
-                      bias, first);
-          else
-            kern_f32(kc, xpanel, static_cast<const float*>(wpack) + jp * kc * NR, y, a.ldy, mr, nc - jp * NR, bias,
-                     first);
+          bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
+                    bias, first);
         }
       }
     }
@@ -1334,16 +1311,14 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
 // bits; what differs is where X lies and what is fetched ahead. On Zen 5 the tile runs at ~99% of
 // the FMA peak with its operands in L1 but the GEMM ran at 65-69%: a tile's first X lines and the
 // Y rows it adds its partial sums to (after a pass over the whole block, in L3 or memory) arrived
-// late. set_f32_gemm_blocked(false) (EMOLLM_F32_GEMM_BLOCKED=0) runs the previous driver.
-EnvSwitch& f32_blocked_flag() {
-  static EnvSwitch on("EMOLLM_F32_GEMM_BLOCKED");
-  return on;
-}
+// late. (The previous driver, X packed over the whole of K and compute_range's f32 tiles, and
+// its switch EMOLLM_F32_GEMM_BLOCKED=0 are gone: this one 1.02-1.17x on 18 shapes, bench/README
+// 2026-12-05 01:45.)
 
 // X rows [0, rows) packed k block by k block: block k0 (a multiple of kcb, kc = min(kcb, K - k0))
 // at out + k0 * npm * MR, its panel p at + p * kc * MR, out[... + k * MR + i] = row p*MR+i,
 // element k0+k (zero rows past `rows`). The tiles of one k block read one contiguous stream, which
-// the hardware prefetchers follow (pack_x_f32's whole-K panels put K * MR floats between tiles).
+// the hardware prefetchers follow (whole-K panels put K * MR floats between tiles).
 void pack_x_f32_kblocks(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t kcb, int64_t npm, int64_t p0,
                         int64_t p1, float* out) {
   for (int64_t p = p0; p < p1; ++p)
@@ -1476,7 +1451,7 @@ void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& 
 template <DType DT, bool BF>
 void gemm_packed(const Args& a, bool prepacked = false) {
   const int64_t kunits = BF ? (a.K + 1) / 2 : a.K;
-  const bool f32_blocked = !BF && f32_blocked_flag().on();
+  constexpr bool f32_blocked = !BF;  // the f32 driver: X one k block at a time (compute_range_f32)
   // Chunks of at most x_budget bytes of packed X, of even size: each chunk packs all of W again,
   // so M = 784 at mc_max = 744 runs two chunks of 396 / 388 rows, not 744 and a 40-row tail.
   // Every Y element's sum is the same whichever chunk its row is in. The f32 driver reads X one k
@@ -1506,31 +1481,24 @@ void gemm_packed(const Args& a, bool prepacked = false) {
         else
           pack_x_bf16(X, a.ldx, mcur, a.K, p0, p1, static_cast<uint32_t*>(xp));
       }
-      else if (f32_blocked)
-        pack_x_f32_kblocks(X, a.ldx, mcur, a.K, KC, npm, p0, p1, static_cast<float*>(xp));
       else
-        pack_x_f32(X, a.ldx, mcur, a.K, p0, p1, static_cast<float*>(xp));
+        pack_x_f32_kblocks(X, a.ldx, mcur, a.K, KC, npm, p0, p1, static_cast<float*>(xp));
     });
     Args sub = a;
     sub.Y = a.Y + m0 * a.ldy;
     if constexpr (!BF) {
-      if (f32_blocked) {
-        split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-          compute_range_f32<DT>(sub, static_cast<const float*>(xp), npm, r0, r1, n0, n1);
-        });
-        continue;
-      }
-    }
-    const int64_t xnpm = x_kblocks ? npm : 0;
-    auto range = [kcb, ncb, prepacked, xnpm](const Args& s, const void* x, int64_t m_begin, int64_t m_end,
-                                             int64_t n_begin, int64_t n_end) {
-      compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb, prepacked, xnpm);
-    };
-    auto part = [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) { range(sub, xp, r0, r1, n0, n1); };
-    if constexpr (BF)
+      split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+        compute_range_f32<DT>(sub, static_cast<const float*>(xp), npm, r0, r1, n0, n1);
+      });
+    } else {
+      const int64_t xnpm = x_kblocks ? npm : 0;
+      auto range = [kcb, ncb, prepacked, xnpm](const Args& s, const void* x, int64_t m_begin, int64_t m_end,
+                                               int64_t n_begin, int64_t n_end) {
+        compute_range<DT, BF>(s, x, m_begin, m_end, n_begin, n_end, kcb, ncb, prepacked, xnpm);
+      };
+      auto part = [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) { range(sub, xp, r0, r1, n0, n1); };
       split_bf16_gemm(a.pool, mcur, a.N, a.K, part);
-    else
-      split_packed_gemm(a.pool, mcur, a.N, a.K, MR, NR, NC, part);
+    }
   }
 }
 
@@ -1596,8 +1564,6 @@ void set_bf16_gemm_balanced_split(bool on) { bf16_balanced_split_flag().set(on);
 bool bf16_gemm_balanced_split() { return bf16_balanced_split_flag().on(); }
 bool bf16_pack_row_groups() { return bf16_pack_row_groups_flag().on(); }
 
-void set_f32_gemm_blocked(bool on) { f32_blocked_flag().set(on); }
-bool f32_gemm_blocked() { return f32_blocked_flag().on(); }
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }

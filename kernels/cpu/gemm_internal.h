@@ -66,16 +66,13 @@ void gemm_bf16_panels_small_m(const Args* outs, int n);
 #endif
 void set_small_m_panels_enabled(bool enabled);
 bool small_m_panels_enabled();
-// gemm_bf16_panels_small_m at M = 1: 4 panels walked side by side (4 streams a thread; default,
-// EMOLLM_PANELS_M1_STREAMS=0 off) or one panel at a time. Same bits. For tests and A/B rows.
-void set_panels_m1_streams(bool on);
-bool panels_m1_streams();
+// gemm_bf16_panels_small_m at M = 1: 4 panels walked side by side (4 streams a thread), the
+// panels left over one at a time; the same bits as row 0 of any M.
 // BF16 / F16 at 2 <= M <= kSmallM on AVX-512 with weights in huge pages (gemm_huge_pages, batched
-// decode): the dot kernels' rows several streams at a time per thread with a software prefetch,
-// over one run of rows per thread (gemm_avx512.cpp dot_streams; default on, EMOLLM_SMALL_M_STREAMS=0
-// off: the plain dot kernels over fixed chunks). Same bits. For tests and A/B; process-wide.
-void set_small_m_streams(bool on);
-bool small_m_streams();
+// decode) always take the dot kernels' rows several streams at a time per thread with a software
+// prefetch, over one run of rows per thread (gemm_avx512.cpp dot_streams): the bits of the plain dot
+// kernels that weights on 4 KiB pages take. (The A/B switch EMOLLM_SMALL_M_STREAMS=0, the plain dot
+// kernels on huge pages too, is gone: 1.30-1.93x bf16, 1.17-2.05x f16, bench/README 2026-12-05 11:44.)
 // BF16 on AVX512-BF16 at kSmallMMin <= M <= 16 (gemm_small_m.cpp): one pass over the weights, each
 // line feeding every row of X (onepass_bf16; default on, EMOLLM_SMALL_M_ONEPASS=0 off: the
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
@@ -163,23 +160,19 @@ bool vnni_allowed();
 void set_q8_gemv_legacy(bool legacy);
 bool q8_gemv_legacy();
 
-// BF16 / F16 at M = 1 on AVX-512 with weights in huge pages (gemm_huge_pages): the single-stream
-// kernels (one weight row at a time, so that a thread's chunk is read as one sequential stream;
-// default) or, when off, the multi-row ones that plain gemm() runs (8 bf16 / 4 f16 rows). For tests (both must pass) and the A/B rows of
-// bench_kernels; process-wide.
-void set_gemv_single_stream(bool on);
-bool gemv_single_stream();
+// BF16 / F16 at M = 1 on AVX-512 with weights in huge pages (gemm_huge_pages) always run the
+// stream kernels (gemm_avx512.cpp gemv_rows; the multi-row kernels of plain gemm() are for weights
+// on 4 KiB pages). The A/B switch that ran the multi-row kernels on huge pages too
+// (EMOLLM_GEMV_STREAM=0) is gone: stream 1.08x (bf16) / 1.25x (f16) decode, bench/README 2026-12-04 12:43.
 // F32 at M = 1 on AVX-512 with weights in huge pages: the stream kernels above too (default on;
 // their f32 rows are dot_block<F32>'s FMAs in its order: the same bits) and gemv_huge_pages_multi
 // fuses F32 outputs; off (EMOLLM_GEMV_STREAM_F32=0): dot_block's 4-row kernel, one call per output.
 // For tests and A/B runs; process-wide.
 void set_gemv_stream_f32(bool on);
 bool gemv_stream_f32();
-// The stream kernels above: several rows' streams per thread side by side (gemm_avx512.cpp
-// gemv_streams; default on, EMOLLM_GEMV_STREAMS=0 off) or one row at a time. Same bits. For tests
-// (both must pass) and the A/B rows of bench_kernels / bench:decode; process-wide.
-void set_gemv_streams(bool on);
-bool gemv_streams_enabled();
+// The stream kernels above read 4 rows' streams per thread side by side (gemm_avx512.cpp
+// gemv_streams; one stream a thread, the A/B switch EMOLLM_GEMV_STREAMS=0, is gone: 4 streams
+// 1.10-1.54x, bench/README 2026-12-05 04:29); rows left over run one at a time (gemv_stream).
 // The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
 // non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
 // Same bits. For the A/B rows of bench_kernels; process-wide.
@@ -211,13 +204,6 @@ bool repacked_multi();
 // first pass prefetches its own (default on); off: the previous prefetch (q4_0 along the streams
 // only, q8_0 none). Bits are the same. For the A/B rows of bench_kernels; process-wide.
 void set_gemv_pass_prefetch(bool on);
-// quant_repack's q4_0 layout (gemv_repacked.cpp): records of 4 groups (64 rows; default on) or, when
-// off (EMOLLM_REPACK_SUPERGROUPS=0), the previous one-group records (q8_0 always). Read by quant_repack_bytes,
-// quant_repack and every reader of the repacked bytes at each call: weights repacked under one
-// setting must be read under the same one. Same bits either way. For tests and the A/B rows of
-// bench_kernels; process-wide.
-void set_repack_supergroups(bool on);
-bool repack_supergroups();
 bool gemv_pass_prefetch();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
 // side by side, each record prefetched 4 KiB on along its part (default on; off, EMOLLM_Q40_MS=0:
@@ -328,13 +314,6 @@ bool bf16_gemm_balanced_split();
 // (c0: split_packed_gemm's) so that the busiest thread's share, ceil(chunks / nth) * chunk, is the
 // smallest (the largest chunk on a tie).
 int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0);
-// The f32 packed GEMM (F32 / F16 / Q8_0 / Q4_0 weights, and BF16 without vdpbf16ps, M > kSmallM)
-// on AVX-512: X packed per k block with the next tile's Y rows and X lines prefetched (default on)
-// or, when off, the previous driver (X packed over the whole of K). Same tiles and blocks, so the
-// same bits. For tests and interleaved A/B benchmarks; process-wide, starts as
-// EMOLLM_F32_GEMM_BLOCKED (=0: off).
-void set_f32_gemm_blocked(bool on);
-bool f32_gemm_blocked();
 // kernels.h bf16_pack_panels / gemm_bf16_panels (a.W: the panels; wtype BF16). AVX512-BF16 only.
 void bf16_pack_panels_avx512(const void* W, int64_t N, int64_t K, void* out, ThreadPool* pool);
 void gemm_bf16_panels_avx512(const Args& a);

@@ -29,31 +29,12 @@
 //     s0, NV zmm of s1: q4_K / q5_K: s0 = A_j, s1 = B_j; q6_K: s0 = A_h0, s1 = A_h1.
 #include "gemm_kquant_vnni.h"
 
-#include "../../base/env_switch.h"
-
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
-
-namespace emollm {
-namespace gemm_detail {
-
-namespace {
-EnvSwitch& kquant_vnni_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_VNNI");
-  return on;
-}
-}  // namespace
-
-void set_kquant_vnni_gemm(bool enabled) { kquant_vnni_flag().set(enabled); }
-bool kquant_vnni_gemm() { return kquant_vnni_flag().on(); }
-
-}  // namespace gemm_detail
-}  // namespace emollm
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -34,11 +34,11 @@ void gemm_kquant_packed_vnni(const Args& a);
 void gemm_kquant_packed_vnni_records(const Args& a);
 #endif
 
-// Whether gemm_quant_ext takes gemm_kquant_packed_vnni for M > kSmallM (default on; the
-// dequantise-to-f32 path when off). Process-wide, for the tests of both paths and interleaved
-// A/B benchmarks; EMOLLM_KQUANT_VNNI=0 in the environment starts it off.
-void set_kquant_vnni_gemm(bool enabled);
-bool kquant_vnni_gemm();
+// gemm_quant_ext takes gemm_kquant_packed_vnni for every q4_K / q5_K / q6_K product at M > kSmallM
+// with q8_0 activations on AVX-512 VNNI. The dequantise-to-f32 path (gemm_quant_ext.cpp) stays for
+// CPUs without VNNI and for QuantActivations::F32; tests reach it here with set_vnni_allowed(false)
+// or an ISA cap. (The A/B switch EMOLLM_KQUANT_VNNI=0 is gone: the kernel 2.1-3.2x, bench/README
+// 2026-12-04 16:14.)
 
 }  // namespace gemm_detail
 }  // namespace emollm

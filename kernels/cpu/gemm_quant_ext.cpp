@@ -17,8 +17,9 @@
 //
 // q4_K / q5_K / q6_K at M <= kSmallM on CPUs with AVX-512 VNNI (Isa Avx512+): gemv_kquant_vnni.cpp
 // (same q8_0 activations and integer sub-block products, the codes unpacked in registers and the
-// scales with vector ops; the range kernels here are its fallback without VNNI, and its A/B
-// reference with set_kquant_gemv(false)).
+// scales with vector ops; the AVX2 range kernels here are its fallback without VNNI. The VNNI
+// range kernels' K-quant form, the A/B switch EMOLLM_KQUANT_GEMV=0, is gone: the new kernel
+// 1.83-2.84x, bench/README 2026-12-04 19:00).
 // q4_K / q5_K / q6_K at M > kSmallM in QuantActivations::Q8 mode on CPUs with AVX-512 VNNI (Isa
 // Avx512+): the packed int8 GEMM of gemm_kquant_vnni.cpp (same q8_0 activations, same per-block
 // integer dot products, cache-blocked).
@@ -336,13 +337,13 @@ EMO_T5 __attribute__((always_inline)) inline void zmm_step(__m512* acc, const QX
   }
 }
 
-// AVX-512 VNNI, 512-bit: two 32-element blocks (or sub-blocks) per vpdpbusd. A row's odd last
-// 32-element block goes through the 256-bit form.
+// AVX-512 VNNI, 512-bit: two 32-element blocks per vpdpbusd (q4_1 / q5_0 / q5_1; the K-quants
+// take gemv_kquant_vnni.cpp on VNNI). A row's odd last 32-element block goes through the 256-bit form.
 template <DType T, int MB>
 EMO_T5 void q8_range_zmm(const Args& a, const QX& q, const HalfSums& hs, int64_t n0, int64_t n1) {
-  constexpr bool k = T == DType::Q4_K || T == DType::Q5_K || T == DType::Q6_K;
-  constexpr int G = k ? kQKK : 32;
-  constexpr bool neg = T == DType::Q5_0 || T == DType::Q6_K;
+  static_assert(T == DType::Q4_1 || T == DType::Q5_0 || T == DType::Q5_1, "q8_range_zmm: 32-element blocks only");
+  constexpr int G = 32;
+  constexpr bool neg = T == DType::Q5_0;
   constexpr bool mins = !neg;
   const size_t gb = a.row_bytes / size_t(a.K / G);
   const int64_t ng = a.K / G;
@@ -350,57 +351,35 @@ EMO_T5 void q8_range_zmm(const Args& a, const QX& q, const HalfSums& hs, int64_t
   thread_local std::vector<float> bcol_storage;
   if (mins && int64_t(bcol_storage.size()) < nh) bcol_storage.resize(size_t(nh));
   float* bcol = bcol_storage.data();
-  Decoded dec;
-  // lane l of a 2-sub-block vector belongs to half l / 4
-  const __m512i half_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = static_cast<const uint8_t*>(a.W) + size_t(n) * a.row_bytes;
     __m512 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
-    if constexpr (G == 32) {
-      int64_t g = 0;
-      for (; g + 2 <= ng; g += 2) {
-        const uint8_t* b0 = row + size_t(g) * gb;
-        const uint8_t* b1 = b0 + gb;
-        _mm_prefetch(reinterpret_cast<const char*>(b0 + 1024), _MM_HINT_T0);
-        const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(decode32_avx2(T, b0)), decode32_avx2(T, b1), 1);
-        const __m512 A = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(rd16(b0)))),
-                                            _mm256_set1_ps(_cvtsh_ss(rd16(b1))), 1);
-        if (mins) {
-          bcol[2 * g] = bcol[2 * g + 1] = _cvtsh_ss(rd16(b0 + 2));
-          bcol[2 * g + 2] = bcol[2 * g + 3] = _cvtsh_ss(rd16(b1 + 2));
-        }
-        zmm_step<MB, neg>(acc, q, u, A, g);
+    int64_t g = 0;
+    for (; g + 2 <= ng; g += 2) {
+      const uint8_t* b0 = row + size_t(g) * gb;
+      const uint8_t* b1 = b0 + gb;
+      _mm_prefetch(reinterpret_cast<const char*>(b0 + 1024), _MM_HINT_T0);
+      const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(decode32_avx2(T, b0)), decode32_avx2(T, b1), 1);
+      const __m512 A = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(rd16(b0)))),
+                                          _mm256_set1_ps(_cvtsh_ss(rd16(b1))), 1);
+      if (mins) {
+        bcol[2 * g] = bcol[2 * g + 1] = _cvtsh_ss(rd16(b0 + 2));
+        bcol[2 * g + 2] = bcol[2 * g + 3] = _cvtsh_ss(rd16(b1 + 2));
       }
-      if (g < ng) {  // odd tail block: 256-bit
-        const uint8_t* b0 = row + size_t(g) * gb;
-        const __m256i u = decode32_avx2(T, b0);
-        const __m256 A = _mm256_set1_ps(_cvtsh_ss(rd16(b0)));
-        if (mins) bcol[2 * g] = bcol[2 * g + 1] = _cvtsh_ss(rd16(b0 + 2));
-        for (int m = 0; m < MB; ++m) {
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + g * 32));
-          __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-          if (neg) p = _mm256_add_epi32(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.neg + m * q.ldd + g * 8)));
-          const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(A, _mm256_loadu_ps(q.dxe + m * q.ldd + g * 8)));
-          acc[m] = _mm512_add_ps(acc[m], _mm512_zextps256_ps512(f));
-        }
-      }
-    } else {
-      for (int64_t g = 0; g < ng; ++g) {
-        const uint8_t* blk = row + size_t(g) * gb;
-        _mm_prefetch(reinterpret_cast<const char*>(blk + 1024), _MM_HINT_T0);
-        decode_avx2(T, blk, &dec, mins ? bcol + 16 * g : nullptr);
-        // q6_K's 16 scales come from one vector store (a vector load forwards from it); q4_K /
-        // q5_K's are scalar stores, read back as scalars (a wide load of them would stall)
-        const __m512 A16 = T == DType::Q6_K ? _mm512_loadu_ps(dec.A) : _mm512_setzero_ps();
-        for (int pr = 0; pr < 4; ++pr) {
-          const __m512i u = _mm512_load_si512(dec.u + 64 * pr);
-          const __m512 A = T == DType::Q6_K
-                               ? _mm512_permutexvar_ps(_mm512_add_epi32(half_of_lane, _mm512_set1_epi32(4 * pr)), A16)
-                               : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(dec.A[4 * pr])),
-                                                    _mm256_set1_ps(dec.A[4 * pr + 2]), 1);
-          zmm_step<MB, neg>(acc, q, u, A, g * 8 + 2 * pr);
-        }
+      zmm_step<MB, neg>(acc, q, u, A, g);
+    }
+    if (g < ng) {  // odd tail block: 256-bit
+      const uint8_t* b0 = row + size_t(g) * gb;
+      const __m256i u = decode32_avx2(T, b0);
+      const __m256 A = _mm256_set1_ps(_cvtsh_ss(rd16(b0)));
+      if (mins) bcol[2 * g] = bcol[2 * g + 1] = _cvtsh_ss(rd16(b0 + 2));
+      for (int m = 0; m < MB; ++m) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.qs + m * q.ldq + g * 32));
+        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+        if (neg) p = _mm256_add_epi32(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.neg + m * q.ldd + g * 8)));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(A, _mm256_loadu_ps(q.dxe + m * q.ldd + g * 8)));
+        acc[m] = _mm512_add_ps(acc[m], _mm512_zextps256_ps512(f));
       }
     }
     for (int m = 0; m < MB; ++m) {
@@ -445,9 +424,16 @@ RangeFn pick(DType t, int64_t M) {
     case DType::Q4_1: return pick_m<VNNI, DType::Q4_1>(M);
     case DType::Q5_0: return pick_m<VNNI, DType::Q5_0>(M);
     case DType::Q5_1: return pick_m<VNNI, DType::Q5_1>(M);
-    case DType::Q4_K: return pick_m<VNNI, DType::Q4_K>(M);
-    case DType::Q5_K: return pick_m<VNNI, DType::Q5_K>(M);
-    default: return pick_m<VNNI, DType::Q6_K>(M);
+    default: break;
+  }
+  if constexpr (VNNI) {
+    return nullptr;  // q4_K / q5_K / q6_K with VNNI: gemv_kquant_vnni (gemm_q8act_ext returned before)
+  } else {
+    switch (t) {
+      case DType::Q4_K: return pick_m<false, DType::Q4_K>(M);
+      case DType::Q5_K: return pick_m<false, DType::Q5_K>(M);
+      default: return pick_m<false, DType::Q6_K>(M);
+    }
   }
 }
 #endif  // __x86_64__
@@ -488,7 +474,7 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act) {
 #if defined(__x86_64__)
     const bool kq = a.wtype == DType::Q4_K || a.wtype == DType::Q5_K || a.wtype == DType::Q6_K;
     if (kq && a.M > kSmallM && quant_activations() == QuantActivations::Q8 && isa >= Isa::Avx512 &&
-        cpu_features().avx512vnni && vnni_allowed() && kquant_vnni_gemm())
+        cpu_features().avx512vnni && vnni_allowed())
       return gemm_kquant_packed_vnni(a);
 #endif
     return gemm_dequant_f32(a, isa);
@@ -509,7 +495,7 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act) {
   }
 #if defined(__x86_64__)
   const bool kquant = a.wtype == DType::Q4_K || a.wtype == DType::Q5_K || a.wtype == DType::Q6_K;
-  if (kquant && isa >= Isa::Avx512 && cpu_features().avx512vnni && vnni_allowed() && kquant_gemv())
+  if (kquant && isa >= Isa::Avx512 && cpu_features().avx512vnni && vnni_allowed())
     return gemv_kquant_vnni(a, q);
 #endif
   // Thread-local storage of the calling thread: the workers get it by reference (a lambda naming

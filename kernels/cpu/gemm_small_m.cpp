@@ -58,14 +58,6 @@ EnvSwitch& small_m_panels_flag() {
 void set_small_m_panels_enabled(bool enabled) { small_m_panels_flag().set(enabled); }
 bool small_m_panels_enabled() { return small_m_panels_flag().on(); }
 namespace {
-EnvSwitch& panels_m1_streams_flag() {
-  static EnvSwitch on("EMOLLM_PANELS_M1_STREAMS");  // =0: M = 1 on panels one panel at a time
-  return on;
-}
-}  // namespace
-void set_panels_m1_streams(bool on) { panels_m1_streams_flag().set(on); }
-bool panels_m1_streams() { return panels_m1_streams_flag().on(); }
-namespace {
 EnvSwitch& small_m_onepass_flag() {
   static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS");  // =0: BF16 at 9 <= M <= 16 by run_range_bf16's passes
   return on;
@@ -101,14 +93,6 @@ void set_bf16_dot_min_m(int m) {
   bf16_dot_min_m_value().store(m >= 2 && m <= int(kSmallMMin) ? m : int(kSmallMMin), std::memory_order_relaxed);
 }
 int bf16_dot_min_m() { return bf16_dot_min_m_value().load(std::memory_order_relaxed); }
-namespace {
-EnvSwitch& small_m_streams_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_STREAMS");  // =0: 2 <= M <= 8 on huge pages by the plain dot kernels
-  return on;
-}
-}  // namespace
-void set_small_m_streams(bool on) { small_m_streams_flag().set(on); }
-bool small_m_streams() { return small_m_streams_flag().on(); }
 namespace {
 EnvSwitch& small_m_streams_whole_k_flag() {
   static EnvSwitch on("EMOLLM_SMALL_M_STREAMS_WHOLE_K");  // =0: streams_bf16 in K blocks of 32 KiB of X
@@ -754,7 +738,9 @@ constexpr PanelChunkFn kPanelChunk[kBf16MR] = {panel_chunk<1>, panel_chunk<2>, p
 // thread, as gemv_streams does for the row-major huge-page copies (one panel at a time is one
 // stream, what panel_chunk<1> gives, and oneDNN's brgemm too). Each panel's 4 accumulators take
 // panel_chunk<1>'s operations in its order (per K chunk of kPanelKChunk pairs: bias or 0, one
-// vdpbf16ps a pair and 16 columns, then stored or added to y): the same bits.
+// vdpbf16ps a pair and 16 columns, then stored or added to y): the same bits. (One panel at a time,
+// the A/B switch EMOLLM_PANELS_M1_STREAMS=0, is gone: 4 panels 1.10-1.27x, bench/README
+// 2026-12-05 08:34; the panels left over after the groups and M > 1 still run panel_chunk.)
 constexpr int kPanelStreams = 4;
 constexpr int kPanelStreamPrefetch = 1024;  // bytes ahead of each stream
 struct PanelRef {
@@ -821,7 +807,7 @@ void gemm_bf16_panels_small_m(const Args* outs, int n) {
   // process is covered by the others)
   const int64_t chunk = std::max<int64_t>(1, first[n] / (8 * int64_t(nth)));
   // M = 1: kPanelStreams panels at a time (panels_m1_streams), the rest one by one below
-  const bool streams = a.M == 1 && panels_m1_streams();
+  const bool streams = a.M == 1;
   // chunks of whole stream groups at M = 1, so that each thread walks kPanelStreams streams
   const int64_t ch = streams ? (chunk + kPanelStreams - 1) / kPanelStreams * kPanelStreams : chunk;
   parallel_chunks(a.pool, macs >= kParallelMinMacs, first[n], ch, [&](int64_t g0, int64_t g1) {

@@ -39,16 +39,6 @@ namespace emollm {
 namespace gemm_detail {
 
 namespace {
-EnvSwitch& kquant_gemv_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_GEMV");
-  return on;
-}
-}  // namespace
-
-void set_kquant_gemv(bool enabled) { kquant_gemv_flag().set(enabled); }
-bool kquant_gemv() { return kquant_gemv_flag().on(); }
-
-namespace {
 EnvSwitch& kquant_lean_flag() {
   static EnvSwitch on("EMOLLM_KQUANT_LEAN");
   return on;

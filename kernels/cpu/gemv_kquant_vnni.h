@@ -24,13 +24,6 @@ void gemv_kquant_records(const Args& a);
 void gemv_kquant_records_multi(const Args* outs, int n);
 #endif
 
-// Whether gemm_quant_ext takes gemv_kquant_vnni for q4_K / q5_K / q6_K at M <= kSmallM (default
-// on; when off, the previous per-row decode-to-bytes kernel of gemm_quant_ext.cpp). Same integer
-// products, other f32 summation order. Process-wide, for the tests of both paths and the
-// interleaved A/B rows of bench_kernels; EMOLLM_KQUANT_GEMV=0 in the environment starts it off.
-void set_kquant_gemv(bool enabled);
-bool kquant_gemv();
-
 // Whether the M = 1 pass over q4_K's 32 / 64-row records is the lean one (default on: one load
 // per code line, the high nibbles unshifted, the min terms after the codes; same bits) or the
 // previous one (EMOLLM_KQUANT_LEAN=0); q6_K takes it when set_kquant_lean_q6 is on as well (the

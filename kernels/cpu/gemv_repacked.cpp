@@ -19,10 +19,9 @@
 // Measured on Zen 5 (2 vCPUs, bench_kernels' repacked-16row rows, cold, interleaved): q4_0 GEMV
 // quiet 1.05-1.32x the previous layout at 2 threads (median 1.19; loaded 0.94-1.28x), decode
 // end to end 1.01-1.08x; q8_0 on 4-group records 0.76-0.85x quiet, so it keeps one-group ones.
-// The previous layout (EMOLLM_REPACK_SUPERGROUPS=0; set_repack_supergroups): records of one group,
-// 32 bytes of scales then its quants (288 / 544 bytes, most quant loads split across two lines),
-// each group's nb records in a row. Both are "super-groups of sg groups" (sg = 4 or 1), read
-// through RepackLayout. Rows past N are zero (scale 0), and so are the groups that pad the last
+// q8_0's layout: records of one group, 32 bytes of scales then its quants (544 bytes), each
+// group's nb records in a row (q4_0 on it, the A/B switch EMOLLM_REPACK_SUPERGROUPS=0, is gone).
+// Both are "super-groups of sg groups" (sg = 4 or 1), read through RepackLayout. Rows past N are zero (scale 0), and so are the groups that pad the last
 // super-group, so every record is full.
 //
 // Numerics: those of the QuantActivations::Q8 gemv (X rounded to q8_0 blocks, exact int32 block
@@ -72,11 +71,6 @@ constexpr size_t group_block_bytes(bool q8) { return 2 * kGroup + (q8 ? 32 : 16)
 // Groups per record (layout above).
 constexpr int kSuperGroup = 4;
 
-EnvSwitch& supergroups_flag() {
-  static EnvSwitch on("EMOLLM_REPACK_SUPERGROUPS");  // =0: the previous one-group records (A/B)
-  return on;
-}
-
 // Where group g's block b lives in a repacked matrix of nb blocks a row: scales at
 // scales(G, g) + b * rec, quants at quants(G, g) + b * rec.
 struct RepackLayout {
@@ -95,7 +89,7 @@ struct RepackLayout {
 // q4_0 on 4-group records; q8_0 stays on one-group records: on 4-group ones its GEMV measured
 // 0.76-0.85x (quiet, 2 threads, every 1.1B / 7B shape, with or without a prefetch along the stream).
 RepackLayout repack_layout(bool q8, int64_t nb) {
-  const int sg = supergroups_flag().on() && !q8 ? kSuperGroup : 1;
+  const int sg = q8 ? 1 : kSuperGroup;
   const size_t gbb = group_block_bytes(q8);
   return RepackLayout{sg, gbb - 2 * kGroup, size_t(sg) * gbb, size_t(nb) * size_t(sg) * gbb};
 }
@@ -116,11 +110,6 @@ EnvSwitch& repacking_flag() {
 }  // namespace
 
 void set_weight_repacking(bool on) { repacking_flag().set(on); }
-
-namespace gemm_detail {
-void set_repack_supergroups(bool on) { supergroups_flag().set(on); }
-bool repack_supergroups() { return supergroups_flag().on(); }
-}  // namespace gemm_detail
 
 namespace gemm_detail {
 namespace {

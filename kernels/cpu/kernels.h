@@ -76,7 +76,7 @@ struct QuantActivationsScope {
 // quants are interleaved, q4_0 4 groups a record (layout: gemv_repacked.cpp), so the decode GEMV
 // does one int8 dot-product instruction per 4 elements of 16 rows, needs no horizontal sums and
 // reads q4_0 as one sequential stream per 64 rows. The copy costs the weights' bytes again (rounded
-// up to 64 rows for q4_0, 16 for q8_0 or under EMOLLM_REPACK_SUPERGROUPS=0) in anonymous memory; the original (e.g. memory-mapped)
+// up to 64 rows for q4_0, 16 for q8_0) in anonymous memory; the original (e.g. memory-mapped)
 // matrix is not read by gemv_repacked and its pages can be dropped. K % 32 == 0.
 size_t quant_repack_bytes(DType wtype, int64_t N, int64_t K);
 void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, ThreadPool* pool);
@@ -186,10 +186,10 @@ void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs
 // each).
 void gemm_bf16_rows_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
                           ThreadPool* pool);
-// Whether backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many):
-// process-wide, read at load. Initial value from EMOLLM_BF16_PANELS ("0" off), else on.
-void set_bf16_panels_enabled(bool on);
-bool bf16_panels_enabled();
+// Backends keep such matrices in panels (Backend::pack_gemm_weight with GemmRows::Many) whenever
+// weight_repacking() is on and bf16_panels_usable(); with repacking off they stay in the file's
+// layout and every GEMM packs W per call. (The switch of the panels alone, EMOLLM_BF16_PANELS=0,
+// is gone: the CLIP-L/336 tower 0.650 vs 0.770 s/image, bench/README 2026-12-04 17:25.)
 
 // ---------------------------------------------------------------- GEMVs of one input, one dispatch
 // A decode step's projections of one x (q, k, v; gate, up): y_j = W_j x (+ bias_j) for every

@@ -459,13 +459,13 @@ class CpuBackend final : public Backend {
   // cost TinyLlama-1.1B bf16 decode ~10% and prefill ~15% (Zen 5, 2 threads; more with the
   // single-stream GEMV that huge pages allow, see kernels.h).
   // BF16 matrices of GemmRows::Many (vision towers, projectors) where AVX512-BF16 runs: the
-  // vdpbf16ps GEMM's panels (bf16_pack_panels), so no call packs W again (bf16_panels_enabled()).
+  // vdpbf16ps GEMM's panels (bf16_pack_panels), so no call packs W again.
   std::unique_ptr<PackedGemmWeight> pack_gemm_weight(const void* W, DType wtype, int64_t N, int64_t K,
                                                      GemmRows rows = GemmRows::Any) override {
     // (GemmRows::Any too with bf16_decoder_panels(), instead of the 2 MiB-page copy below)
     const bool decoder_panels = rows == GemmRows::Any && bf16_decoder_panels() &&
                                 size_t(N) * dtype_row_bytes(wtype, K) >= half_copy_min_bytes();
-    if (W && (rows == GemmRows::Many ? bf16_panels_enabled() : decoder_panels) && wtype == DType::BF16 && N > 0 &&
+    if (W && (rows == GemmRows::Many || decoder_panels) && wtype == DType::BF16 && N > 0 &&
         K > 0 && weight_repacking() && bf16_panels_usable()) {
       const size_t bytes = bf16_panels_bytes(N, K);
       bool made = false;

@@ -294,7 +294,7 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
     AttentionParams p;
     p.n_q = p.n_kv = 100; p.n_heads = p.n_kv_heads = 2; p.head_dim = 64; p.causal = false;
     p.bf16_products = true;
-    const bool hw = cpu_features().avx512bf16 && isa_active() >= Isa::Avx512 && attention_detail::bidir_bf16_enabled();
+    const bool hw = cpu_features().avx512bf16 && isa_active() >= Isa::Avx512;
     EXPECT(attention_detail::bidir_bf16_applies(p) == hw);
     AttentionParams c = p; c.causal = true;
     AttentionParams f = p; f.bf16_products = false;
@@ -302,8 +302,8 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
     AttentionParams g = p; g.kv_block_size = 16;
     for (const AttentionParams& x : {c, f, s, g}) EXPECT(!attention_detail::bidir_bf16_applies(x));
   }
-  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512 || !attention_detail::bidir_bf16_enabled()) {
-    std::printf("  skip attention_bidir_bf16_matches_rounded_ref: no AVX512-BF16 on this CPU (or EMOLLM_ATTN_BF16=0)\n");
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
+    std::printf("  skip attention_bidir_bf16_matches_rounded_ref: no AVX512-BF16 on this CPU\n");
     return;
   }
   IsaCapScope cap(Isa::Avx512);
@@ -364,8 +364,8 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
 // buffer is too small, or the fused max lets a padded key lane (score 0) or a row of the next
 // panel in.
 TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
-  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512 || !attention_detail::bidir_bf16_enabled()) {
-    std::printf("  skip attention_bidir_bf16_unmasked_kept_same_bits: no AVX512-BF16 on this CPU (or EMOLLM_ATTN_BF16=0)\n");
+  if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
+    std::printf("  skip attention_bidir_bf16_unmasked_kept_same_bits: no AVX512-BF16 on this CPU\n");
     return;
   }
   IsaCapScope cap(Isa::Avx512);

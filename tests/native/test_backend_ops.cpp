@@ -443,12 +443,11 @@ TEST(cpu_backend_copies_bf16_f16_weights_to_huge_pages) {
 // BF16 matrices offered with GemmRows::Many (vision towers) on AVX512-BF16: the GEMM's panels
 // (kernels.h bf16_pack_panels), which gemm() on the same W then reads for every M (the bits of
 // gemm_bf16_panels; at M > 64 those of plain gemm()); an ISA cap below AVX-512, a dropped handle,
-// the panels switched off or another type: plain gemm() on W. GemmRows::Many offers no other layout.
+// weight repacking off or another type: plain gemm() on W. GemmRows::Many offers no other layout.
 TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
   auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
-  const bool repack_was = weight_repacking(), panels_was = bf16_panels_enabled();
+  const bool repack_was = weight_repacking();
   set_weight_repacking(true);
-  set_bf16_panels_enabled(true);
   const bool usable = bf16_panels_usable();
   if (!usable) std::printf("  skip: no AVX512-BF16 on this CPU: nothing is packed (checked below)\n");
   const int64_t N = 130, K = 200;
@@ -496,12 +495,11 @@ TEST(cpu_backend_packs_bf16_panels_for_many_rows) {
     be->gemm(X.data(), K, wbytes.data(), DType::BF16, bias.data(), got.data(), N, M, N, K);
     EXPECT(got == want_std);
   }
-  set_bf16_panels_enabled(false);
+  set_weight_repacking(false);
   EXPECT(be->pack_gemm_weight(wbytes.data(), DType::BF16, N, K, GemmRows::Many) == nullptr);
-  set_bf16_panels_enabled(true);
+  set_weight_repacking(true);
   std::vector<uint16_t> f16(size_t(520 * 2048));  // 2 MiB of f16: a huge-page copy for Any, nothing for Many
   EXPECT(be->pack_gemm_weight(f16.data(), DType::F16, 520, 2048, GemmRows::Many) == nullptr);
-  set_bf16_panels_enabled(panels_was);
   set_weight_repacking(repack_was);
 }
 

@@ -352,8 +352,9 @@ TEST(gemm_bf16_panels_small_m_rows_independent) {
     EXPECT(std::memcmp(Ym[j].data(), Ys[j].data(), Ym[j].size() * 4) == 0);
 }
 
-// M = 1 on panels: 4 panels walked side by side (gemm_detail::set_panels_m1_streams, default on)
-// against one panel at a time (off): the same bits, whatever the panel count (1..10 panels: none,
+// M = 1 on panels: 4 panels walked side by side (panels_m1_streams) against the same x as both rows
+// of an M = 2 call (one panel at a time, panel_chunk<2>: row m's result is the same bits at any M)
+// and within the bound of the f64 reference: the same bits, whatever the panel count (1..10 panels: none,
 // some or all in stream groups of 4, the last one short), K (1, a half pair, one chunk of 256 pairs
 // exactly, one pair past it, several chunks with an odd tail), bias, pool (none, 2, 3 threads:
 // groups split between threads), and for multi-output calls whose outputs' panels share a group.
@@ -365,14 +366,16 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
   uint32_t seed = 7100;
-  auto both = [&](const std::function<void(std::vector<float>&)>& run, size_t n, const std::string& what) {
-    std::vector<float> Ys(n, kSentinel), Y1(n, kSentinel);
-    run(Ys);
-    gemm_detail::set_panels_m1_streams(false);
-    run(Y1);
-    gemm_detail::set_panels_m1_streams(true);
-    if (std::memcmp(Ys.data(), Y1.data(), n * 4) != 0)
-      emollm_test::report_failure(__FILE__, __LINE__, what + ": streams differ from one panel at a time");
+  // run(Y, M, X, ld): M rows of X (ldx K) into Y with row stride ld; M = 1 against both rows of M = 2
+  auto both = [&](const std::function<void(std::vector<float>&, int64_t, const float*, int64_t)>& run, const float* x,
+                  int64_t K, size_t n, const std::string& what) {
+    std::vector<float> Ys(n, kSentinel), Y2(2 * n, kSentinel), X2(size_t(2 * K));
+    std::memcpy(X2.data(), x, size_t(K) * 4);
+    std::memcpy(X2.data() + K, x, size_t(K) * 4);
+    run(Ys, 1, x, int64_t(n));
+    run(Y2, 2, X2.data(), int64_t(n));
+    if (std::memcmp(Ys.data(), Y2.data(), n * 4) != 0 || std::memcmp(Ys.data(), Y2.data() + n, n * 4) != 0)
+      emollm_test::report_failure(__FILE__, __LINE__, what + ": M = 1's streams differ from the rows of M = 2");
   };
   for (int64_t N : {1, 64, 65, 200, 256, 257, 520, 640})
     for (int64_t K : {1, 2, 511, 512, 513, 1100}) {
@@ -383,9 +386,9 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
           const float* bias = use_bias ? c.bias.data() : nullptr;
           const std::string what = "M=1 N=" + std::to_string(N) + " K=" + std::to_string(K) + " bias=" +
                                    std::to_string(use_bias) + " threads=" + std::to_string(pl ? pl->size() : 1);
-          both([&](std::vector<float>& Y) {
-            gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, 1, N, K, pl);
-          }, size_t(c.ldy), what);
+          both([&](std::vector<float>& Y, int64_t M, const float* X, int64_t ld) {
+            gemm_bf16_panels(X, K, pan.get(), bias, Y.data(), ld, M, N, K, pl);
+          }, c.X.data(), K, size_t(c.ldy), what);
           // and within the bounds of the f64 reference on bf16-rounded x (the streams path is the default)
           std::vector<float> Y(size_t(c.ldy), kSentinel), Rr(size_t(c.ldy), kSentinel);
           gemm_bf16_panels(c.X.data(), c.ldx, pan.get(), bias, Y.data(), c.ldy, 1, N, K, pl);
@@ -405,12 +408,12 @@ TEST(gemm_bf16_panels_m1_streams_bit_equal) {
   size_t total = 0, off[5] = {0};
   for (int j = 0; j < 4; ++j) off[j + 1] = total += size_t(Ns[j]);
   for (ThreadPool* pl : pools)
-    both([&](std::vector<float>& Y) {
+    both([&](std::vector<float>& Y, int64_t M, const float* X, int64_t ld) {
       PanelOutput po[4];
       for (int j = 0; j < 4; ++j)
-        po[j] = PanelOutput{pans[size_t(j)].get(), j == 1 ? nullptr : cs[size_t(j)].bias.data(), Y.data() + off[j], Ns[j], Ns[j]};
-      gemm_bf16_panels_multi(cs[0].X.data(), K, po, 4, 1, K, pl);
-    }, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
+        po[j] = PanelOutput{pans[size_t(j)].get(), j == 1 ? nullptr : cs[size_t(j)].bias.data(), Y.data() + off[j], ld, Ns[j]};
+      gemm_bf16_panels_multi(X, K, po, 4, M, K, pl);
+    }, cs[0].X.data(), K, total, "M=1 multi-output threads=" + std::to_string(pl ? pl->size() : 1));
 }
 
 namespace {
@@ -443,6 +446,7 @@ struct SweepPlan {
   std::function<bool(const Case&, Isa)> isa_ok;
   std::function<bool(const Case&, bool bias, const ThreadPool*)> pool_ok;
   std::function<bool(const Case&)> via_gemm;
+  bool off_via_gemm = false;  // the "off" call is plain gemm() (4 KiB pages), whatever via_gemm says
 };
 
 // One case with the switch on and off (in that order, then left as found): the same bits both
@@ -471,16 +475,16 @@ int expect_switch_same_bits(const Case& c, const Switch& sw, const SweepPlan& pl
                                  std::to_string(use_bias) + " isa=" + isa + " threads=" +
                                  std::to_string(pl ? pl->size() : 1) + (via_gemm ? " gemm()" : " huge pages");
         std::vector<float> Y(size_t(c.M * c.ldy), kSentinel), Y0(size_t(c.M * c.ldy), kSentinel);
-        auto call = [&](float* y) {
-          if (via_gemm)
+        auto call = [&](float* y, bool on) {
+          if (via_gemm || (!on && plan.off_via_gemm))
             gemm(c.X.data(), c.ldx, c.W.data(), c.t, bias, y, c.ldy, c.M, c.N, c.K, pl);
           else
             gemm_huge_pages(c.X.data(), c.ldx, c.W.data(), c.t, bias, y, c.ldy, c.M, c.N, c.K, pl);
         };
         sw.set(true);
-        call(Y.data());
+        call(Y.data(), true);
         sw.set(false);
-        call(Y0.data());
+        call(Y0.data(), false);
         sw.set(prev);
         if (std::memcmp(Y.data(), Y0.data(), Y.size() * sizeof(float)) != 0)
           emollm_test::report_failure(__FILE__, __LINE__, what + ": " + sw.name + " changed the bits");
@@ -513,14 +517,14 @@ SweepPlan blocking_plan() {
 }  // namespace
 
 // Batched decode on huge pages (gemm_huge_pages, 2 <= M <= kSmallM, BF16 / F16): the multi-stream
-// dot kernels (gemm_avx512.cpp dot_streams, the default) keep each output's accumulators, k order,
-// tail and reduction of the plain dot kernels, so they must give the previous path's bits
-// (set_small_m_streams(false)), and stay within the f32 bound of the f64 reference: every M of the
+// dot kernels (gemm_avx512.cpp dot_streams) keep each output's accumulators, k order, tail and
+// reduction of the plain dot kernels, so they must give the bits of plain gemm() on the same
+// weights (4 KiB pages: the plain dot kernels), and stay within the f32 bound of the f64 reference: every M of the
 // range (both arithmetic forms: 32-element steps at M <= 4, with 2 accumulators at M <= 2; 16-element
 // steps at M 5..8, 3 streams at M 7..8), N below / at / past multiples of the stream count (rows
 // left over) and a long split (N = 1001), K over every tail of both step sizes, padded X / Y rows,
-// with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 the
-// switch must change nothing).
+// with and without bias, without a pool and on 2 and 3 threads, at every ISA cap (below AVX-512 both
+// calls take the same kernels).
 TEST(gemm_huge_pages_small_m_streams_bit_equal) {
   Bf16DotMinScope exact(int(gemm_detail::kSmallMMin));  // BF16 at M <= 8 on the exact-X dot kernels
   ThreadPool pool2(2), pool3(3);
@@ -528,7 +532,8 @@ TEST(gemm_huge_pages_small_m_streams_bit_equal) {
   SweepPlan plan;  // exact X; short rows: the top ISA and AVX2 only, 3 threads with a bias only
   plan.isa_ok = [](const Case& c, Isa isa) { return c.K >= 2000 || isa == isa_detected() || isa == Isa::Avx2; };
   plan.pool_ok = [&](const Case& c, bool bias, const ThreadPool* pl) { return bias || pl != &pool3 || c.K >= 2000; };
-  const Switch sw{gemm_detail::set_small_m_streams, gemm_detail::small_m_streams, "streams"};
+  plan.off_via_gemm = true;  // "off": plain gemm(), the plain dot kernels
+  const Switch sw{[](bool) {}, [] { return true; }, "huge pages' streams (vs gemm() on 4 KiB pages)"};
   uint32_t seed = 8100;
   int compared = 0;
   for (DType t : {DType::BF16, DType::F16})

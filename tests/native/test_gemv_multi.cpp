@@ -55,9 +55,9 @@ struct VnniScope {
   bool prev_;
 };
 
-struct StreamScope {
-  explicit StreamScope(bool on) : prev_(gemm_detail::gemv_single_stream()) { gemm_detail::set_gemv_single_stream(on); }
-  ~StreamScope() { gemm_detail::set_gemv_single_stream(prev_); }
+struct F32StreamScope {  // f32 outputs on the stream kernels, fused (default), or one dot_block call each
+  explicit F32StreamScope(bool on) : prev_(gemm_detail::gemv_stream_f32()) { gemm_detail::set_gemv_stream_f32(on); }
+  ~F32StreamScope() { gemm_detail::set_gemv_stream_f32(prev_); }
   bool prev_;
 };
 
@@ -82,7 +82,7 @@ void expect_bits(const std::vector<float>& got, const std::vector<float>& want, 
 // and a set whose total crosses many chunk edges.
 const std::vector<std::vector<int64_t>> kShapes = {{40, 8, 8}, {1, 17}, {1000, 1000}, {16, 37, 5, 64}};
 
-// For each bias on / off, ISA level, Toggle (a scope: VNNI, single stream) on / off and pool
+// For each bias on / off, ISA level, Toggle (a scope: VNNI, the f32 stream kernels) on / off and pool
 // on / off: the outputs of multi(outs, n, pool), one call over the matrices W[j] of
 // shape[j] rows, equal bit for bit those of single(W[j], bias, y, N, pool), one call per matrix.
 template <typename Toggle, typename Single, typename Multi>
@@ -176,8 +176,8 @@ TEST(gemv_huge_pages_multi_equals_one_call_per_matrix) {
         const std::vector<float> x = randv(size_t(K), seed++);
         std::vector<const void*> W;
         for (const auto& m : w) W.push_back(m.data());
-        expect_multi_equals_single<StreamScope>(
-            std::string("gemv_huge_pages_multi ") + dtype_name(t) + " K=" + std::to_string(K), "stream", W, shape, bias,
+        expect_multi_equals_single<F32StreamScope>(
+            std::string("gemv_huge_pages_multi ") + dtype_name(t) + " K=" + std::to_string(K), "f32_stream", W, shape, bias,
             pool,
             [&](const void* wj, const float* b, float* y, int64_t N, ThreadPool* p) {
               gemm_huge_pages(x.data(), K, wj, t, b, y, N, 1, N, K, p);

@@ -1,6 +1,6 @@
 // q4_K / q5_K / q6_K decode-shaped products (M <= 8, q8_0 activations): gemv_kquant_vnni.cpp and
-// the paths it sits beside (the previous range kernels with set_kquant_gemv(false), the AVX2 and
-// scalar levels), against the float64 sum of the same products with the documented bound.
+// the paths it sits beside (the AVX2 range kernels, also reached with VNNI disallowed, and the
+// scalar level), against the float64 sum of the same products with the documented bound.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -86,21 +86,17 @@ TEST(kquant_gemv_vnni_per_block_bound) {
           const float* b = with_bias ? bias.data() : nullptr;
           for (int lvl = 0; lvl <= int(isa_detected()); ++lvl) {
             IsaCapScope cap{Isa(lvl)};
-            for (bool vnni : {true, false})
-              for (bool kernel_on : {true, false}) {
-                if (!vnni && !kernel_on) continue;
+            for (bool vnni : {true, false}) {
                 gemm_detail::set_vnni_allowed(vnni);
-                gemm_detail::set_kquant_gemv(kernel_on);
                 for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
                   std::fill(y.begin(), y.end(), NAN);
                   gemm(X.data(), K, w.data(), t, b, y.data(), N, M, N, K, p);
-                  const bool kernel = have_vnni && Isa(lvl) >= Isa::Avx512 && vnni && kernel_on;
+                  const bool kernel = have_vnni && Isa(lvl) >= Isa::Avx512 && vnni;
                   if (kernel) ++checked_kernel;
                   const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" +
                                            std::to_string(N) + " K=" + std::to_string(K) +
                                            (random_bytes ? " random-bytes" : " quantised") + " isa=" +
-                                           isa_name(Isa(lvl)) + (vnni ? " vnni" : "") +
-                                           (kernel_on ? "" : " kernel-off") + (p ? " pool" : "") +
+                                           isa_name(Isa(lvl)) + (vnni ? " vnni" : "") + (p ? " pool" : "") +
                                            (with_bias ? " bias" : "") + (kernel ? " [gemv_kquant_vnni]" : "");
                   int bad = 0;
                   for (int64_t i = 0; i < M * N && bad < 3; ++i) {
@@ -121,7 +117,6 @@ TEST(kquant_gemv_vnni_per_block_bound) {
               }
           }
           gemm_detail::set_vnni_allowed(true);
-          gemm_detail::set_kquant_gemv(true);
         }
       }
     }

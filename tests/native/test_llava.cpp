@@ -734,7 +734,7 @@ TEST(llava_vision_add_layernorm_same_bits) {
 
 // A bf16 CLIP tower's matrices are packed once at load into the vdpbf16ps GEMM's panels
 // (place_gemm_matrix with GemmRows::Many, where AVX512-BF16 runs): its features equal bit for bit
-// those of the same tower on a backend that keeps the file's layout (set_bf16_panels_enabled(false):
+// those of the same tower on a backend that keeps the file's layout (set_weight_repacking(false):
 // every GEMM packs W per call, the path before the load-time packing). 82 tokens (over
 // kSmallMMax, where gemm() runs the packed GEMM), width 96 (a panel and a half), MLP 200 (three
 // panels and one of 8 rows), 2 layers; bf16 patch embedding, q / k / v / o, fc1, fc2. Also: the
@@ -797,12 +797,11 @@ TEST(clip_bf16_tower_panels_same_bits) {
   v.write(path);
   const std::vector<float> pixels = vec(C * S * S, 1.0f);
 
-  const bool repack_was = weight_repacking(), panels_was = bf16_panels_enabled();
-  set_weight_repacking(true);
+  const bool repack_was = weight_repacking();
   std::vector<float> feats[2];
   size_t packed[2] = {0, 0};
   for (int panels = 0; panels < 2; ++panels) {
-    set_bf16_panels_enabled(panels == 1);
+    set_weight_repacking(panels == 1);  // off: the file's layout, W packed by every GEMM call
     GgufFile f = GgufFile::open(path);  // outlives the tower, as the backend does
     auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
     auto tower = ClipVisionModel::from_gguf(f);
@@ -812,7 +811,6 @@ TEST(clip_bf16_tower_panels_same_bits) {
     feats[panels].assign(size_t(T * E * 2), -1.0f);
     EXPECT(tower->encode(*be, pixels.data(), 1, {1, L}, false, feats[panels].data()));
   }
-  set_bf16_panels_enabled(panels_was);
   set_weight_repacking(repack_was);
   EXPECT(packed[0] == 0);
   // every bf16 matrix packed (a panel of 64 rows, K in pairs): patch, 4 x E x E and E x F, F x E a layer

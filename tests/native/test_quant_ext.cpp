@@ -238,7 +238,7 @@ TEST(quant_ext_gemm_all_paths) {
                 gemm(X.data(), K, w.data(), t, bias.data(), y.data(), N, M, N, K, p);
                 // M > 8: q4_K / q5_K / q6_K on VNNI take the int8 prefill GEMM (q8 activations)
                 const bool kvnni = is_kquant(t) && M > 8 && Isa(lvl) >= Isa::Avx512 && vnni &&
-                                   cpu_features().avx512vnni && gemm_detail::kquant_vnni_gemm();
+                                   cpu_features().avx512vnni;
                 const bool q8 = mode == QuantActivations::Q8 && (M <= 8 || kvnni);
                 const std::string what = std::string(dtype_name(t)) + " K=" + std::to_string(K) + " M=" +
                                          std::to_string(M) + " isa=" + isa_name(Isa(lvl)) + (vnni ? " vnni" : "") +
@@ -319,20 +319,17 @@ TEST(quant_ext_kquant_vnni_per_block_bound) {
           ref::gemm(X.data(), K, w.data(), t, b, ref_f.data(), N, M, N, K);
           for (int lvl = 0; lvl <= int(isa_detected()); ++lvl) {
             IsaCapScope cap{Isa(lvl)};
-            for (bool vnni : {true, false})
-              for (bool kernel_on : {true, false}) {
-                if (!vnni && !kernel_on) continue;
+            for (bool vnni : {true, false}) {  // false: the dequantise-to-f32 path (CPUs without VNNI)
                 gemm_detail::set_vnni_allowed(vnni);
-                gemm_detail::set_kquant_vnni_gemm(kernel_on);
                 for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
                   std::fill(y.begin(), y.end(), NAN);
                   gemm(X.data(), K, w.data(), t, b, y.data(), N, M, N, K, p);
-                  const bool kernel = Isa(lvl) >= Isa::Avx512 && vnni && kernel_on && cpu_features().avx512vnni;
+                  const bool kernel = Isa(lvl) >= Isa::Avx512 && vnni && cpu_features().avx512vnni;
                   const std::string what = std::string(dtype_name(t)) + " M=" + std::to_string(M) + " N=" +
                                            std::to_string(N) + " K=" + std::to_string(K) +
                                            (random_bytes ? " random-bytes" : " quantised") + " isa=" +
-                                           isa_name(Isa(lvl)) + (vnni ? " vnni" : "") + (kernel_on ? "" : " kernel-off") +
-                                           (p ? " pool" : "") + (with_bias ? " bias" : "");
+                                           isa_name(Isa(lvl)) + (vnni ? " vnni" : "") + (p ? " pool" : "") +
+                                           (with_bias ? " bias" : "");
                   if (kernel) ++checked_vnni;
                   int bad = 0;
                   for (int64_t i = 0; i < M * N && bad < 3; ++i) {
@@ -353,7 +350,6 @@ TEST(quant_ext_kquant_vnni_per_block_bound) {
               }
           }
           gemm_detail::set_vnni_allowed(true);
-          gemm_detail::set_kquant_vnni_gemm(true);
         }
       }
     }
