@@ -8,8 +8,23 @@
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
 // embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
-// entries dropped before each block; AB_THP=0: no transparent huge pages in the process; none: nothing switched (A/A, or a profile); AB_PROMPT=n
-// prompt tokens first, default 16):
+// entries dropped before each block; qx_inside: the repacked q4_0 / q8_0 GEMV rounding x inside its
+// dispatch (gemm_internal.h set_gemv_qx_inside) against on the caller; owned_ranges: the decode
+// GEMV ranges by pool thread index (set_gemv_owned_ranges) against by order of arrival;
+// kq_record_rows: K-quant records of 32 rows (on) against 64 (set_kquant_record_rows, fixed when the
+// weights are packed: model loaded twice); small_half_copies: bf16 / f16 copies from 256 KiB (on)
+// against 2 MiB (core/backend.h set_small_half_copies, read when weights are placed: loaded twice);
+// bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
+// with AB_PREFILL); batched_attention: a step's segments' attentions in one attention_batch call
+// (EMOLLM_BATCHED_ATTENTION at a context's creation: two contexts; with AB_SEQS);
+// prefault_threads: a context's prefault on the calling thread (on) against split over the pool
+// (set_prefault_one_thread; with AB_CREATE); AB_THP=0: no transparent huge pages in the process;
+// none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
+// Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
+// prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s);
+// AB_SEQS=s: `block` decode steps of s sequences at once (eval_batch, one token each; rates in
+// tokens/s of all sequences); AB_CREATE=n: `block` contexts of n positions created (prefaulted) and
+// destroyed (rates in contexts/s)):
 // blocks of `block` greedy-free tokens alternated off/on, on/off (ABBA, so slow drift hits both),
 // tok/s per mode by wall time, or by the calling thread's CPU time with AB_CPU=1 (readable on a
 // loaded machine at 1 thread: preemption excluded). AB_HANDOFF=1 first prints the pool hand-off
@@ -83,7 +98,8 @@ void print_sched(const std::vector<TaskSched>& a, const std::vector<TaskSched>& 
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
 // the weights are packed). The second context gets the same prompt first.
-enum class OnContext { Same, KvF16, ReloadedModel };
+// (a switch read at a context's creation: NewContext, both contexts made with set(false) / set(true) first).
+enum class OnContext { Same, KvF16, ReloadedModel, NewContext };
 // The process's huge-page coverage (/proc/self/smaps), printed after the A/B beside its ratio: over
 // the mappings of at least 2 MiB (the weights' records, the mapped file, the KV cache), their
 // size, Rss, AnonHugePages (2 MiB anonymous pages: kquant_repack's records) and FilePmdMapped
@@ -163,6 +179,13 @@ const AbSwitch kSwitches[] = {
     // the pool's parallel_for and the packed GEMMs' X packing in claimed pieces (vs one static
     // range a thread: base/thread_pool.h pool_dynamic_split)
     {"pool_dynamic", [](bool on) { pool_dynamic_split(on); }},
+    {"qx_inside", [](bool on) { gemm_detail::set_gemv_qx_inside(on); }},
+    {"owned_ranges", [](bool on) { gemm_detail::set_gemv_owned_ranges(on); }},
+    {"kq_record_rows", [](bool on) { set_kquant_record_rows(on ? 32 : 64); }, OnContext::ReloadedModel},
+    {"small_half_copies", [](bool on) { set_small_half_copies(on); }, OnContext::ReloadedModel},
+    {"bf16_prefill_fuse", [](bool on) { set_bf16_prefill_fuse(on); }},
+    {"batched_attention", [](bool on) { setenv("EMOLLM_BATCHED_ATTENTION", on ? "1" : "0", 1); }, OnContext::NewContext},
+    {"prefault_threads", [](bool on) { set_prefault_one_thread(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
@@ -190,11 +213,16 @@ int main(int argc, char** argv) {
   g_embd_bytes = size_t(m->tok_embd.rows) * dtype_row_bytes(m->tok_embd.dtype, m->tok_embd.cols);
   // AB_PROMPT=n: n prompt tokens first (default 16), so the decode attention reads a longer cache
   const int n_prompt = std::getenv("AB_PROMPT") ? std::max(1, std::atoi(std::getenv("AB_PROMPT"))) : 16;
-  LlamaContextOptions o; o.n_ctx = n_prompt + 2 * rounds * block + 8 * block + 64;
+  auto env_n = [](const char* name) { return std::getenv(name) ? std::max(0, std::atoi(std::getenv(name))) : 0; };
+  const int n_prefill = env_n("AB_PREFILL"), n_seqs = std::max(1, env_n("AB_SEQS")), n_create = env_n("AB_CREATE");
+  LlamaContextOptions o; o.n_ctx = n_prompt + std::max(2 * rounds * block + 8 * block, n_prefill) + 64;
+  o.n_seq = n_seqs;
+  if (n_prefill) o.n_batch = std::max(n_prefill, n_prompt);
+  if (chosen->on_context == OnContext::NewContext) set(false);
   LlamaContext ctx(m, o);
-  std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
-  for (int i = 0; i < n_prompt; ++i) prompt[size_t(i)] = 300 + (37 * i) % 20000;
-  ctx.eval(prompt.data(), n_prompt);
+  std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, n_prefill)));
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 300 + (37 * int(i)) % 20000;
+  for (int q = 0; q < n_seqs; ++q) ctx.seq_eval(q, prompt.data(), n_prompt);
   decltype(m) m_on;
   std::unique_ptr<LlamaContext> ctx_on;
   if (chosen->on_context == OnContext::KvF16) {
@@ -205,8 +233,17 @@ int main(int argc, char** argv) {
     set(true);
     m_on = LlamaModel::load(argv[1], lo);
     ctx_on = std::make_unique<LlamaContext>(m_on, o);
+  } else if (chosen->on_context == OnContext::NewContext) {
+    set(true);
+    ctx_on = std::make_unique<LlamaContext>(m, o);
   }
-  if (ctx_on) ctx_on->eval(prompt.data(), n_prompt);
+  if (ctx_on)
+    for (int q = 0; q < n_seqs; ++q) ctx_on->seq_eval(q, prompt.data(), n_prompt);
+  // a block's work in its mode (see the top), and the tokens (or contexts) it counts
+  const double per_block = n_create ? 1.0 : n_prefill ? n_prefill : n_seqs;
+  std::vector<LlamaBatchSegment> segs(static_cast<size_t>(n_seqs));
+  std::vector<int32_t> seq_tok(static_cast<size_t>(n_seqs));
+  std::vector<float> batch_out;
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
   auto run = [&](bool on) {
@@ -215,7 +252,30 @@ int main(int argc, char** argv) {
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     auto t0 = std::chrono::steady_clock::now();
     LlamaContext& c = on && ctx_on ? *ctx_on : ctx;
-    for (int i = 0; i < block; ++i) { c.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
+    if (n_create) {
+      LlamaContextOptions oc;
+      oc.n_ctx = n_create;
+      for (int i = 0; i < block; ++i) LlamaContext fresh(m, oc);
+    } else if (n_prefill) {
+      for (int i = 0; i < block; ++i) {
+        c.truncate(n_prompt);
+        c.eval(prompt.data(), n_prefill);
+      }
+    } else if (n_seqs > 1) {
+      for (int i = 0; i < block; ++i) {
+        for (int q = 0; q < n_seqs; ++q) {
+          seq_tok[size_t(q)] = 300 + (tok + 101 * q) % 20000;
+          segs[size_t(q)].seq = q;
+          segs[size_t(q)].tokens = &seq_tok[size_t(q)];
+          segs[size_t(q)].n = 1;
+        }
+        batch_out.resize(size_t(LlamaContext::batch_output_rows(segs.data(), n_seqs) * c.n_vocab()));
+        c.eval_batch(segs.data(), n_seqs, batch_out.data());
+        tok = 300 + (tok * 7 + 13) % 20000;
+      }
+    } else {
+      for (int i = 0; i < block; ++i) { c.eval(&tok, 1); tok = 300 + (tok * 7 + 13) % 20000; }
+    }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double cpu = (c1.tv_sec - c0.tv_sec) + 1e-9 * (c1.tv_nsec - c0.tv_nsec);
@@ -248,7 +308,7 @@ int main(int argc, char** argv) {
     double a, b;
     if (r % 2 == 0) { a = run(false); b = run(true); } else { b = run(true); a = run(false); }
     ta += a; tb += b; ratios.push_back(a / b);
-    std::printf("round %d: off %.2f tok/s, on %.2f tok/s, on/off speed %.3f\n", r, block / a, block / b, a / b);
+    std::printf("round %d: off %.2f tok/s, on %.2f tok/s, on/off speed %.3f\n", r, block * per_block / a, block * per_block / b, a / b);
   }
   if (sched)
     print_sched(s0, read_sched(), steal0, read_steal_ticks(),
@@ -256,5 +316,5 @@ int main(int argc, char** argv) {
   std::sort(ratios.begin(), ratios.end());
   print_huge_coverage();
   std::printf("TOTAL off %.2f tok/s on %.2f tok/s speed on/off %.3f (median round %.3f, min %.3f max %.3f)\n",
-              rounds * block / ta, rounds * block / tb, ta / tb, ratios[ratios.size() / 2], ratios.front(), ratios.back());
+              rounds * block * per_block / ta, rounds * block * per_block / tb, ta / tb, ratios[ratios.size() / 2], ratios.front(), ratios.back());
 }

@@ -210,15 +210,10 @@ bool gemv_pass_prefetch();
 // one stream, 8 records ahead). Same bits. Process-wide.
 void set_q40_ms(bool on);
 bool q40_ms();
-// gemv_repacked / gemv_repacked_multi on a pool: guided chunks (base/thread_pool.h
-// parallel_guided; default on) or, when off, the previous ~8 equal chunks per thread. Same bits.
-// For the A/B rows of bench_kernels; process-wide.
-void set_gemv_guided(bool on);
-bool gemv_guided();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
 // GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:
-// one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else the schedule
-// above (guided chunks from one shared counter). Same bits. Process-wide.
+// one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else guided chunks
+// from one shared counter (base/thread_pool.h parallel_guided). Same bits. Process-wide.
 void set_gemv_ranges(bool on);
 bool gemv_ranges();
 // Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; default on,

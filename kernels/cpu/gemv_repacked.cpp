@@ -129,16 +129,8 @@ EnvSwitch& q40_ms_flag() {  // =0: the one-stream pass (whole-run A/B)
 void set_q40_ms(bool on) { q40_ms_flag().set(on); }
 bool q40_ms() { return q40_ms_flag().on(); }
 namespace {
-EnvSwitch& guided_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_GUIDED");  // =0: the previous equal chunks (whole-run A/B)
-  return on;
-}
-}  // namespace
-void set_gemv_guided(bool on) { guided_flag().set(on); }
-bool gemv_guided() { return guided_flag().on(); }
-namespace {
 EnvSwitch& ranges_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_RANGES");  // =0: the guided / equal chunks above (whole-run A/B)
+  static EnvSwitch on("EMOLLM_GEMV_RANGES");  // =0: guided chunks (whole-run A/B)
   return on;
 }
 }  // namespace
@@ -752,8 +744,8 @@ bool vnni_kernel() {
 }  // namespace
 
 namespace {
-// Groups per task of the M = 1 dispatch without guided chunks: ~8 tasks per thread (dynamic
-// scheduling absorbs a preempted worker), whole passes of kPassGroups.
+// The most groups a claim of the M = 1 dispatch takes: ~8 per thread's share (dynamic scheduling
+// absorbs a preempted worker), whole passes of kPassGroups.
 int64_t gemv_chunk(int64_t groups, int nth) {
   const int64_t c = groups / (8 * int64_t(nth));
   return std::max<int64_t>(kPassGroups, (c + kPassGroups - 1) / kPassGroups * kPassGroups);
@@ -761,16 +753,17 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 
 // The M = 1 dispatch over `groups` groups: by default one contiguous range per thread with
 // stealing (thread_pool.h parallel_ranges: each thread one long stream of passes); with
-// set_gemv_ranges(false) guided chunks (thread_pool.h parallel_guided: at most the equal chunks'
-// size, then shorter down to one pass, so that the threads finish within about a pass of each
-// other) or, with set_gemv_guided(false) too, the previous equal chunks. Claims never exceed the
-// equal chunks' size. The bits do not depend on the chunking.
+// set_gemv_ranges(false) guided chunks (thread_pool.h parallel_guided: at most gemv_chunk's size,
+// then shorter down to one pass, so that the threads finish within about a pass of each other).
+// The previous equal chunks (EMOLLM_GEMV_GUIDED=0) were removed in session 21: only reachable
+// with the ranges off, so they could not matter to the default path. The bits do not depend on
+// the chunking.
 void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
   if (parallel && gemm_detail::gemv_ranges())
     return parallel_ranges(pool, groups, kPassGroups, chunk, fn, gemm_detail::gemv_range_owner());
-  if (parallel && gemm_detail::gemv_guided()) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
-  gemm_detail::parallel_chunks(pool, parallel, groups, chunk, fn);
+  if (parallel) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
+  gemm_detail::parallel_chunks(pool, false, groups, chunk, fn);  // one call on the caller
 }
 
 }  // namespace

@@ -159,13 +159,11 @@ EnvSwitch& bf16_prefill_fuse_flag() {
   return on;
 }
 size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
-// EMOLLM_PREFAULT_THREADS=1: CpuBackend::prefault on the calling thread only (A/B).
-int prefault_threads() {
-  static const int n = [] {
-    const char* v = std::getenv("EMOLLM_PREFAULT_THREADS");
-    return v && std::strcmp(v, "1") == 0 ? 1 : 0;
-  }();
-  return n == 1 ? 1 : 1 << 20;
+// backend.h set_prefault_one_thread: CpuBackend::prefault on the calling thread only when
+// EMOLLM_PREFAULT_THREADS is "1" or "on" (A/B hook); by default split over the pool.
+EnvSwitch& prefault_one_thread_flag() {
+  static EnvSwitch on("EMOLLM_PREFAULT_THREADS", EnvDefault::Off);
+  return on;
 }
 bool huge_buffers() {
   static const bool on = env_enabled("EMOLLM_HUGE_BUFFERS");
@@ -334,7 +332,7 @@ class CpuBackend final : public Backend {
       uint8_t* hi = base + std::min(bytes, size_t(e) * kHugePageBytes);
       if (!prefault_range(lo, hi)) refused.store(true);
     };
-    if (prefault_threads() > 1 && pool_.size() > 1 && units > 1)
+    if (!prefault_one_thread_flag().on() && pool_.size() > 1 && units > 1)
       pool_.run(part);
     else
       part(0, 1);
@@ -675,6 +673,7 @@ class Scratch {
 }  // namespace
 
 void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
+void set_prefault_one_thread(bool on) { prefault_one_thread_flag().set(on); }
 void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
 bool f32_huge_copies() { return f32_huge_copies_flag().on(); }
 void set_bf16_prefill_fuse(bool on) { bf16_prefill_fuse_flag().set(on); }

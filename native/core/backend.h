@@ -54,6 +54,10 @@ bool bf16_decoder_panels();
 // dispatch. Read when weights are placed; process-wide.
 void set_small_half_copies(bool on);
 bool small_half_copies();
+// CpuBackend::prefault (a context's KV cache and activations at creation) on the calling thread
+// only (EMOLLM_PREFAULT_THREADS=1 or this setter) instead of split over the pool's threads in
+// whole 2 MiB units (the default). Process-wide, read at each prefault.
+void set_prefault_one_thread(bool on);
 // Decoder F32 matrices (GemmRows::Any, from half_copy_min_bytes) copied into 2 MiB pages as the
 // BF16 / F16 ones are (same layout, the same kernels read it: same bits), the file's pages
 // released. Default on (quiet A/B: decode 1.14-1.25x); EMOLLM_F32_HUGE_COPIES=0 or

@@ -1190,28 +1190,25 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 // kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups;
 // 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, under each schedule:
 // the pass-edge prefetch with contiguous ranges per thread (the default), with guided chunks
-// (set_gemv_ranges(false)), and neither (the previous kernel's: set_gemv_pass_prefetch,
-// set_gemv_guided off), the ranges also on 3 threads (more threads than groups for N <= 37):
+// (set_gemv_ranges(false)), and neither (set_gemv_pass_prefetch and set_gemv_ranges off: guided
+// chunks without the pass-edge prefetch), the ranges also on 3 threads (more threads than groups for N <= 37):
 // the same bits every way; and quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
   ThreadPool pool(2), pool3(3);
   uint32_t seed = 7000;
-  // the pass-edge prefetch and the contiguous ranges (on), or both off with the guided chunks
-  // (guided), or all three off (the previous kernel's schedule)
+  // the pass-edge prefetch and the contiguous ranges (on), or the prefetch with guided chunks
+  // (guided), or both off (guided chunks without the pass-edge prefetch)
   struct EdgeScope {
     explicit EdgeScope(bool on, bool guided = false)
-        : prev_(gemm_detail::gemv_pass_prefetch()), prev_guided_(gemm_detail::gemv_guided()),
-          prev_ranges_(gemm_detail::gemv_ranges()) {
+        : prev_(gemm_detail::gemv_pass_prefetch()), prev_ranges_(gemm_detail::gemv_ranges()) {
       gemm_detail::set_gemv_pass_prefetch(on || guided);
-      gemm_detail::set_gemv_guided(on || guided);
       gemm_detail::set_gemv_ranges(on);
     }
     ~EdgeScope() {
       gemm_detail::set_gemv_pass_prefetch(prev_);
-      gemm_detail::set_gemv_guided(prev_guided_);
       gemm_detail::set_gemv_ranges(prev_ranges_);
     }
-    bool prev_, prev_guided_, prev_ranges_;
+    bool prev_, prev_ranges_;
   };
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (int64_t N : {1, 15, 16, 17, 37, 61, 100, 2100})
