@@ -195,11 +195,6 @@ void set_repacked_kgroup(int panels);
 // CPU has GFNI (default on); off: the shift and mask. Exact byte operations: the same bits. For
 // tests and the A/B rows of q8_panels_ab; process-wide.
 void set_repacked_q40_gfni(bool on);
-// gemm_repacked_multi at M > kSmallM on VNNI: X packed once and one dispatch over every output's
-// panels (default on; EMOLLM_REPACKED_MULTI=0 off: one gemm_repacked per output). Same bits. For
-// tests and interleaved A/B benchmarks; process-wide.
-void set_repacked_multi(bool on);
-bool repacked_multi();
 // gemv_repacked (M = 1): a pass's last blocks prefetch the next pass's first ones, and a chunk's
 // first pass prefetches its own (default on); off: the previous prefetch (q4_0 along the streams
 // only, q8_0 none). Bits are the same. For the A/B rows of bench_kernels; process-wide.

@@ -1250,17 +1250,6 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
 }
 
-namespace {
-EnvSwitch& repacked_multi_flag() {
-  static EnvSwitch on("EMOLLM_REPACKED_MULTI");  // =0: one gemm_repacked per output (whole-run A/B)
-  return on;
-}
-}  // namespace
-namespace gemm_detail {
-void set_repacked_multi(bool on) { repacked_multi_flag().set(on); }
-bool repacked_multi() { return repacked_multi_flag().on(); }
-}  // namespace gemm_detail
-
 void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,
                          int64_t K, ThreadPool* pool) {
   EMOLLM_CHECK_ARG(outs && n_outs >= 1 && n_outs <= kMaxRepackedOutputs, "gemm_repacked_multi: 1 to 8 outputs");
@@ -1273,7 +1262,7 @@ void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const Repacke
   }
   using namespace gemm_detail;
 #if defined(__x86_64__)
-  if (n_outs > 1 && M > kSmallM && vnni_kernel() && repacked_panels_enabled() && repacked_multi())
+  if (n_outs > 1 && M > kSmallM && vnni_kernel() && repacked_panels_enabled())
     return gemm_repacked_panels(X, ldx, wtype == DType::Q8_0, outs, n_outs, M, K, pool);
 #endif
   for (int j = 0; j < n_outs; ++j)

@@ -1855,8 +1855,8 @@ TEST(gemm_repacked_q40_gfni_same_bits) {
 
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
-// to the float64 references), with the fused path (X packed once, one dispatch over all outputs' panels) on and
-// off; outputs of different N (groups of 16 and panels of 32 rows cut across) with their own bias,
+// to the float64 references; at M > 8 on VNNI the fused path: X packed once, one dispatch over all
+// outputs' panels); outputs of different N (groups of 16 and panels of 32 rows cut across) with their own bias,
 // row stride and padding, which stays unwritten. M of 1..130 covers the GEMV, the 4-row tiles and
 // the X-panel kernel; every ISA level, with and without VNNI and pool.
 TEST(gemm_repacked_multi_equals_per_output) {
@@ -1882,10 +1882,8 @@ TEST(gemm_repacked_multi_equals_per_output) {
         for (Isa isa : isa_levels()) {
           IsaCapScope cap(isa);
           for (bool vnni : vnni_variants(isa))
-            for (int use_pool = 0; use_pool < 2; ++use_pool)
-              for (int fused = 0; fused < 2; ++fused) {
+            for (int use_pool = 0; use_pool < 2; ++use_pool) {
                 VnniScope vs(vnni);
-                gemm_detail::set_repacked_multi(fused != 0);
                 ThreadPool* pl = use_pool ? &pool : nullptr;
                 std::vector<std::vector<float>> Y(3), A(3);
                 RepackedOutput outs[3];
@@ -1899,13 +1897,12 @@ TEST(gemm_repacked_multi_equals_per_output) {
                                   A[size_t(j)].data() + m * ldy, Ns[j], K, nullptr);
                 }
                 gemm_repacked_multi(X.data(), ldx, t, outs, 3, M, K, pl);
-                gemm_detail::set_repacked_multi(true);
                 for (int j = 0; j < 3; ++j)
                   for (size_t i = 0; i < Y[size_t(j)].size(); ++i)
                     if (!(Y[size_t(j)][i] == A[size_t(j)][i])) {  // bits (the padding: the sentinel in both)
                       char buf[260];
-                      std::snprintf(buf, sizeof buf, "gemm_repacked_multi %s isa=%s vnni=%d pool=%d fused=%d M=%lld K=%lld output %d [%zu] = %.9g, gemv_repacked %.9g",
-                                    dtype_name(t), isa_name(isa), int(vnni), use_pool, fused, (long long)M, (long long)K, j, i,
+                      std::snprintf(buf, sizeof buf, "gemm_repacked_multi %s isa=%s vnni=%d pool=%d M=%lld K=%lld output %d [%zu] = %.9g, gemv_repacked %.9g",
+                                    dtype_name(t), isa_name(isa), int(vnni), use_pool, (long long)M, (long long)K, j, i,
                                     double(Y[size_t(j)][i]), double(A[size_t(j)][i]));
                       emollm_test::report_failure(__FILE__, __LINE__, buf);
                       return;
