@@ -413,11 +413,9 @@ void push_row(const Result& r) {
 }
 
 // ============================================================================ probes
-// gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and contiguous ranges
-// per thread (on, the default) or none of the three (the previous kernel's: equal chunks), for
-// the A/B rows.
+// gemv_repacked's decode schedule (gemm_internal.h): contiguous ranges per thread (on, the
+// default) or equal chunks (the previous kernel's), for the A/B rows.
 void set_gemv_schedule(bool on) {
-  gemm_detail::set_gemv_pass_prefetch(on);
   gemm_detail::set_gemv_guided(on);
   gemm_detail::set_gemv_ranges(on);
 }
@@ -1280,8 +1278,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           };
           if (t == DType::Q4_0)  // q8_0 has no previous kernel: it kept q8v_block
             fns.push_back([&](int i) { run_q8_gemv_prev((*copies)[i]); });
-          // gemv_repacked as before the pass-edge prefetch and guided chunks (gemm_internal.h
-          // set_gemv_pass_prefetch / set_gemv_guided)
+          // gemv_repacked on the previous equal chunks (gemm_internal.h set_gemv_ranges /
+          // set_gemv_guided)
           fns.push_back([&](int i) {
             with_switch(set_gemv_schedule, false, [&] { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); });
           });
@@ -1635,13 +1633,7 @@ void bench_fused(ThreadPool& pool) {
       for (int64_t N : sh.Ns) r.N += N;
       r.flops = 2.0 * double(r.N) * double(K);
       r.bytes = double(total);
-      // repacked: also the fused call without the pass-edge prefetch (set_gemv_pass_prefetch) and
-      // without the guided chunks (set_gemv_guided)
-      auto fused_pf0 = [&](int i) {
-        gemm_detail::set_gemv_pass_prefetch(false);
-        fused(i);
-        gemm_detail::set_gemv_pass_prefetch(true);
-      };
+      // repacked: also the fused call on equal chunks (set_gemv_guided, set_gemv_ranges off)
       const bool ranges = gemm_detail::gemv_ranges();  // EMOLLM_GEMV_RANGES
       auto fused_eq = [&](int i) {
         gemm_detail::set_gemv_guided(false);
@@ -1667,10 +1659,10 @@ void bench_fused(ThreadPool& pool) {
         pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
       }
       auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
-      Stats sep, pf0, eq, other, same_size;
+      Stats sep, eq, other, same_size;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {fused, separate};
-        if (pf_ab) fns.insert(fns.end(), {fused_pf0, fused_eq});
+        if (pf_ab) fns.push_back(fused_eq);
         fns.push_back(fused_other);
         if (probe_ab) fns.push_back(probe);
         auto st = measure_interleaved(fns);
@@ -1680,7 +1672,7 @@ void bench_fused(ThreadPool& pool) {
         }
         rr.st = st[0];
         sep = st[1];
-        if (pf_ab) pf0 = st[2], eq = st[3], other = st[4];
+        if (pf_ab) eq = st[2], other = st[3];
         else other = st[2];
         rr.ratio_vs = "separate";
         rr.ratio = sep.best / rr.st.best;
@@ -1703,15 +1695,14 @@ void bench_fused(ThreadPool& pool) {
         return &g_results.back();
       };
       table_row(*add_variant("separate", "separate", sep, 0, "one call per matrix, interleaved"));
-      for (int v = pf_ab ? 0 : 2; v < 3; ++v) {
-        const Stats& st = v == 0 ? pf0 : v == 1 ? eq : other;
+      for (int v = pf_ab ? 1 : 2; v < 3; ++v) {
+        const Stats& st = v == 1 ? eq : other;
         if (st.reps == 0) continue;
-        table_row(*add_variant(v == 0 ? "no-edge-pf" : v == 1 ? "eq-chunks" : ranges ? "guided" : "ranges",
-                               v == 0 ? "no-edge-prefetch" : v == 1 ? "equal-chunks" : ranges ? "guided" : "ranges", st,
+        table_row(*add_variant(v == 1 ? "eq-chunks" : ranges ? "guided" : "ranges",
+                               v == 1 ? "equal-chunks" : ranges ? "guided" : "ranges", st,
                                st.best / fused_best,
                                std::string("fused, ") +
-                                   (v == 0   ? "without the pass-edge prefetch"
-                                    : v == 1 ? "the previous equal chunks"
+                                   (v == 1 ? "the previous equal chunks"
                                     : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
                                              : "contiguous ranges per thread") +
                                    ", interleaved; ratio = its time / the fused row's (>1: fused row faster)"));

@@ -113,14 +113,6 @@ void set_weight_repacking(bool on) { repacking_flag().set(on); }
 
 namespace gemm_detail {
 namespace {
-EnvSwitch& pass_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_PASS_PREFETCH");  // =0: the previous prefetch (whole-run A/B)
-  return on;
-}
-}  // namespace
-void set_gemv_pass_prefetch(bool on) { pass_prefetch_flag().set(on); }
-bool gemv_pass_prefetch() { return pass_prefetch_flag().on(); }
-namespace {
 EnvSwitch& q40_ms_flag() {  // =0: the one-stream pass (whole-run A/B)
   static EnvSwitch on("EMOLLM_Q40_MS");
   return on;
@@ -802,7 +794,6 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
 #if defined(__x86_64__)
   if (vec) {
     int64_t g = g0;
-    const bool edges = gemm_detail::gemv_pass_prefetch();
     // groups in the pass that follows one of NG starting at g: four a pass, then two, then one
     auto next_ng = [&](int64_t at) -> int {
       const int64_t left = g1 - at;
@@ -813,13 +804,13 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
       constexpr int NG = decltype(ng)::value;
       for (; g + NG <= g1; g += NG) {
         const float* bg = bias ? bias + g * kGroup : nullptr;
-        const int nn = edges ? next_ng(g + NG) : 0;
+        const int nn = next_ng(g + NG);
         if (q8)
           groups_avx512<true, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn,
-                                  cold_start && edges && g == g0);
+                                  cold_start && g == g0);
         else
           groups_avx512<false, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn,
-                                   cold_start && edges && g == g0);
+                                   cold_start && g == g0);
       }
     };
     // q4_0 on 4-group records (EMOLLM_Q40_MS, default on): the chunk's whole super-groups in 2

@@ -1189,29 +1189,24 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 // without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37) and the VNNI
 // kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups;
 // 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, under each schedule:
-// the pass-edge prefetch with contiguous ranges per thread (the default), with guided chunks
-// (set_gemv_ranges(false)), and neither (the previous kernel's: set_gemv_pass_prefetch,
-// set_gemv_guided off), the ranges also on 3 threads (more threads than groups for N <= 37):
-// the same bits every way; and quant_repack's argument checks.
+// contiguous ranges per thread (the default), guided chunks (set_gemv_ranges(false)), and equal
+// chunks (set_gemv_guided off too), the ranges also on 3 threads (more threads than groups for
+// N <= 37): the same bits every way; and quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
   ThreadPool pool(2), pool3(3);
   uint32_t seed = 7000;
-  // the pass-edge prefetch and the contiguous ranges (on), or both off with the guided chunks
-  // (guided), or all three off (the previous kernel's schedule)
+  // the contiguous ranges (on), or the guided chunks (guided), or equal chunks (neither)
   struct EdgeScope {
     explicit EdgeScope(bool on, bool guided = false)
-        : prev_(gemm_detail::gemv_pass_prefetch()), prev_guided_(gemm_detail::gemv_guided()),
-          prev_ranges_(gemm_detail::gemv_ranges()) {
-      gemm_detail::set_gemv_pass_prefetch(on || guided);
+        : prev_guided_(gemm_detail::gemv_guided()), prev_ranges_(gemm_detail::gemv_ranges()) {
       gemm_detail::set_gemv_guided(on || guided);
       gemm_detail::set_gemv_ranges(on);
     }
     ~EdgeScope() {
-      gemm_detail::set_gemv_pass_prefetch(prev_);
       gemm_detail::set_gemv_guided(prev_guided_);
       gemm_detail::set_gemv_ranges(prev_ranges_);
     }
-    bool prev_, prev_guided_, prev_ranges_;
+    bool prev_guided_, prev_ranges_;
   };
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (int64_t N : {1, 15, 16, 17, 37, 61, 100, 2100})
@@ -1958,16 +1953,10 @@ TEST(gemm_quant_activations_switch) {
   }
 }
 
-// gemv_repacked's two-stream q4_0 pass (set_q40_ms) and its pass-edge prefetch
-// (set_gemv_pass_prefetch) for one scope, restored after.
+// gemv_repacked's two-stream q4_0 pass (set_q40_ms) for one scope, restored after.
 struct Q40MsScope {
   explicit Q40MsScope(bool on) : prev_(gemm_detail::q40_ms()) { gemm_detail::set_q40_ms(on); }
   ~Q40MsScope() { gemm_detail::set_q40_ms(prev_); }
-  bool prev_;
-};
-struct PassEdgesScope {
-  explicit PassEdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
-  ~PassEdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
   bool prev_;
 };
 
@@ -2006,10 +1995,8 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
         Problem p = make_problem(1, N, K, 0, 0, seed + 1);
         for (bool vnni : vnni_variants(isa_active()))
           for (ThreadPool* pool : pools)
-            for (int edges = 0; edges < 2; ++edges)
               for (int use_bias = 0; use_bias < 2; ++use_bias) {
                 VnniScope vs(vnni);
-                PassEdgesScope es(edges != 0);
                 const float* b = use_bias ? bias.data() : nullptr;
                 std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
                 {
@@ -2022,7 +2009,7 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
                 {
                   const std::string what = std::string(dtype_name(t)) + " two streams vnni=" +
                                            yesno(vnni) + " threads=" + std::to_string(pool ? pool->size() : 1) +
-                                           " edges=" + yesno(edges) + " bias=" + yesno(use_bias) + " N=" +
+                                           " bias=" + yesno(use_bias) + " N=" +
                                            std::to_string(N) + " K=" + std::to_string(K);
                   std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
                   Q40MsScope s(true);
