@@ -51,7 +51,7 @@ bool decode_split_enabled();
 void set_decode_split(bool on);
 // On AVX-512 the decode driver reads K/V rows in place (f32, or f16 / bf16 widened by the kernels'
 // loads; narrow rows swept by one load a line first, the access pattern of a copy without its
-// stores); EMOLLM_DECODE_ATTN_INPLACE=0 (read once) or set_decode_inplace(false) packs narrow rows
+// stores); set_decode_inplace(false) (tests, bench_kernels' A/B rows) packs narrow rows
 // (and widens half rows) into per-thread scratch first as before. The kernels' arithmetic is the
 // same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();
