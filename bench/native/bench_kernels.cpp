@@ -413,10 +413,9 @@ void push_row(const Result& r) {
 }
 
 // ============================================================================ probes
-// gemv_repacked's decode schedule (gemm_internal.h): the pass-edge prefetch and contiguous ranges
-// per thread (on, the default) or neither (guided chunks, no pass-edge prefetch), for the A/B rows.
+// gemv_repacked's decode schedule (gemm_internal.h): contiguous ranges per thread (on, the
+// default) or guided chunks, for the A/B rows.
 void set_gemv_schedule(bool on) {
-  gemm_detail::set_gemv_pass_prefetch(on);
   gemm_detail::set_gemv_ranges(on);
 }
 
@@ -1278,8 +1277,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           };
           if (t == DType::Q4_0)  // q8_0 has no previous kernel: it kept q8v_block
             fns.push_back([&](int i) { run_q8_gemv_prev((*copies)[i]); });
-          // gemv_repacked without the pass-edge prefetch and the contiguous ranges (gemm_internal.h
-          // set_gemv_pass_prefetch / set_gemv_ranges)
+          // gemv_repacked on guided chunks (gemm_internal.h set_gemv_ranges)
           fns.push_back([&](int i) {
             with_switch(set_gemv_schedule, false, [&] { gemv_repacked(X.get(), (*rcopies)[i], t, nullptr, Y.get(), N, K, &pool); });
           });
@@ -1633,12 +1631,6 @@ void bench_fused(ThreadPool& pool) {
       for (int64_t N : sh.Ns) r.N += N;
       r.flops = 2.0 * double(r.N) * double(K);
       r.bytes = double(total);
-      // repacked: also the fused call without the pass-edge prefetch (set_gemv_pass_prefetch)
-      auto fused_pf0 = [&](int i) {
-        gemm_detail::set_gemv_pass_prefetch(false);
-        fused(i);
-        gemm_detail::set_gemv_pass_prefetch(true);
-      };
       const bool ranges = gemm_detail::gemv_ranges();  // EMOLLM_GEMV_RANGES
       // and, for every type, with the other of guided chunks / contiguous ranges per thread
       auto fused_other = [&](int i) {
@@ -1646,7 +1638,6 @@ void bench_fused(ThreadPool& pool) {
         fused(i);
         gemm_detail::set_gemv_ranges(ranges);
       };
-      const bool pf_ab = repacked;
       // repacked on AVX-512: the read probe over as many bytes (the M = 1 rows' probe-same-size),
       // on copies of its own in 2 MiB pages, rotated as the weights
       const bool probe_ab = repacked && cpu_features().avx512f;
@@ -1657,10 +1648,9 @@ void bench_fused(ThreadPool& pool) {
         pcopies.reset(new Copies(src.get(), total, ncopies, &pool, true));
       }
       auto probe = [&](int i) { read_probe_call(pool, (*pcopies)[i], total); };
-      Stats sep, pf0, other, same_size;
+      Stats sep, other, same_size;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {fused, separate};
-        if (pf_ab) fns.push_back(fused_pf0);
         fns.push_back(fused_other);
         if (probe_ab) fns.push_back(probe);
         auto st = measure_interleaved(fns);
@@ -1670,8 +1660,7 @@ void bench_fused(ThreadPool& pool) {
         }
         rr.st = st[0];
         sep = st[1];
-        if (pf_ab) pf0 = st[2], other = st[3];
-        else other = st[2];
+        other = st[2];
         rr.ratio_vs = "separate";
         rr.ratio = sep.best / rr.st.best;
         bool same = true;  // fused and separate outputs, bit for bit (same copy)
@@ -1693,18 +1682,12 @@ void bench_fused(ThreadPool& pool) {
         return &g_results.back();
       };
       table_row(*add_variant("separate", "separate", sep, 0, "one call per matrix, interleaved"));
-      for (int v = pf_ab ? 0 : 1; v < 2; ++v) {
-        const Stats& st = v == 0 ? pf0 : other;
-        if (st.reps == 0) continue;
-        table_row(*add_variant(v == 0 ? "no-edge-pf" : ranges ? "guided" : "ranges",
-                               v == 0 ? "no-edge-prefetch" : ranges ? "guided" : "ranges", st,
-                               st.best / fused_best,
+      if (other.reps > 0)
+        table_row(*add_variant(ranges ? "guided" : "ranges", ranges ? "guided" : "ranges", other,
+                               other.best / fused_best,
                                std::string("fused, ") +
-                                   (v == 0   ? "without the pass-edge prefetch"
-                                    : ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)"
-                                             : "contiguous ranges per thread") +
+                                   (ranges ? "guided chunks (EMOLLM_GEMV_RANGES=0)" : "contiguous ranges per thread") +
                                    ", interleaved; ratio = its time / the fused row's (>1: fused row faster)"));
-      }
       if (same_size.reps > 0) {
         Result* q = add_variant("probe-same-size", "probe-same-size", same_size, fused_best / same_size.best,
                                 "read probe (4 streams + 1 KiB prefetch) over as many bytes, cold, same pool, interleaved; "

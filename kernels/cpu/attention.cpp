@@ -30,7 +30,7 @@
 // transposed in registers (qk_decode: no horizontal sums), narrow token rows copied to contiguous
 // scratch per 16 tokens; the pieces merged by whichever thread finishes an item's last one, so a
 // layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
-// the merges. EMOLLM_DECODE_ATTN_SPLIT=0 keeps decode in the tiled driver (A/B). On AVX-512 the
+// the merges (set_decode_split(false) keeps decode in the tiled driver: tests, A/B rows). On AVX-512 the
 // rows are read in place (narrow ones swept a sub-block at a time; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
 // through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
@@ -182,13 +182,12 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 
 namespace attention_detail {
 namespace {
-EnvSwitch& decode_split_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_SPLIT");  // =0: decode in the tiled driver (whole-run A/B)
-  return on;
-}
+// On at start, no environment variable (default since 2026-12-05 01:26); off: decode in the tiled
+// driver, for the tests and bench_kernels' interleaved prev row.
+std::atomic<bool> decode_split_on{true};
 }  // namespace
-bool decode_split_enabled() { return decode_split_flag().on(); }
-void set_decode_split(bool on) { decode_split_flag().set(on); }
+bool decode_split_enabled() { return decode_split_on.load(std::memory_order_relaxed); }
+void set_decode_split(bool on) { decode_split_on.store(on, std::memory_order_relaxed); }
 namespace {
 EnvSwitch& prefill_fast_flag() {
   static EnvSwitch on("EMOLLM_ATTN_PREFILL_FAST");  // =0: prefill in the tiled driver (A/B)
@@ -198,13 +197,13 @@ EnvSwitch& prefill_fast_flag() {
 bool prefill_fast() { return prefill_fast_flag().on(); }
 void set_prefill_fast(bool on) { prefill_fast_flag().set(on); }
 namespace {
-EnvSwitch& decode_inplace_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_INPLACE");  // =0: rows packed / widened into scratch (A/B)
-  return on;
-}
+// On at start, no environment variable (default since 2026-12-05 09:44); off: rows packed /
+// widened into scratch on AVX-512 too (what CPUs below AVX-512 run), for the bit-equality test
+// and bench_kernels' interleaved packed rows.
+std::atomic<bool> decode_inplace_on{true};
 }  // namespace
-bool decode_inplace_enabled() { return decode_inplace_flag().on(); }
-void set_decode_inplace(bool on) { decode_inplace_flag().set(on); }
+bool decode_inplace_enabled() { return decode_inplace_on.load(std::memory_order_relaxed); }
+void set_decode_inplace(bool on) { decode_inplace_on.store(on, std::memory_order_relaxed); }
 namespace {
 EnvSwitch& decode_pv_wide_flag() {
   static EnvSwitch on("EMOLLM_DECODE_ATTN_PV_WIDE");
@@ -1728,7 +1727,7 @@ int64_t decode_pack_span(const DecodeItem& it) {
 }
 
 // The kernels that read K/V rows in place (AVX-512: f32, f16, bf16 caches), or null: AVX2 and
-// EMOLLM_DECODE_ATTN_INPLACE=0, where narrow rows are packed (half rows widened) into scratch.
+// set_decode_inplace(false), where narrow rows are packed (half rows widened) into scratch.
 // Measured (TinyLlama shape kv=512, one thread, in place / packed interleaved in one process,
 // load 11-19): narrow rows read in place straight by the kernels were slower from memory than
 // packed (f32 101-115 us against 92-95; software prefetch 0-64 rows ahead, t0 or t1, changed

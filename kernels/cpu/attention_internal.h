@@ -37,8 +37,8 @@ void set_bidir_bf16_fused_max(bool on);
 // thread count; each piece reads its tokens' K and V rows once for all query heads (all kv heads
 // of a token row are contiguous: one stream) and keeps its own (max, sum, P V) per head; the
 // thread that finishes an item's last piece merges the pieces exactly (log-sum-exp). All pieces
-// of a batch run in one thread-pool dispatch. The environment variable
-// EMOLLM_DECODE_ATTN_SPLIT=0 (read once) or set_decode_split(false) runs the previous tiled path.
+// of a batch run in one thread-pool dispatch. set_decode_split(false) runs the previous tiled path
+// (the tests' and bench_kernels' comparison; it still runs calls of more than kDecodeMaxHeads heads).
 constexpr int64_t kDecodePieceMax = 128;
 // The piece length cap in use (kDecodePieceMax unless set; a multiple of 16, >= 16): for
 // benchmarks of the split (attn_decode_threads). Other caps change how a call is cut, so its
@@ -51,7 +51,7 @@ bool decode_split_enabled();
 void set_decode_split(bool on);
 // On AVX-512 the decode driver reads K/V rows in place (f32, or f16 / bf16 widened by the kernels'
 // loads; narrow rows swept by one load a line first, the access pattern of a copy without its
-// stores); EMOLLM_DECODE_ATTN_INPLACE=0 (read once) or set_decode_inplace(false) packs narrow rows
+// stores); set_decode_inplace(false) (tests, bench_kernels' A/B rows) packs narrow rows
 // (and widens half rows) into per-thread scratch first as before. The kernels' arithmetic is the
 // same either way: outputs are bit for bit equal.
 bool decode_inplace_enabled();

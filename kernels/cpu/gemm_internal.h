@@ -195,16 +195,6 @@ void set_repacked_kgroup(int panels);
 // CPU has GFNI (default on); off: the shift and mask. Exact byte operations: the same bits. For
 // tests and the A/B rows of q8_panels_ab; process-wide.
 void set_repacked_q40_gfni(bool on);
-// gemm_repacked_multi at M > kSmallM on VNNI: X packed once and one dispatch over every output's
-// panels (default on; EMOLLM_REPACKED_MULTI=0 off: one gemm_repacked per output). Same bits. For
-// tests and interleaved A/B benchmarks; process-wide.
-void set_repacked_multi(bool on);
-bool repacked_multi();
-// gemv_repacked (M = 1): a pass's last blocks prefetch the next pass's first ones, and a chunk's
-// first pass prefetches its own (default on); off: the previous prefetch (q4_0 along the streams
-// only, q8_0 none). Bits are the same. For the A/B rows of bench_kernels; process-wide.
-void set_gemv_pass_prefetch(bool on);
-bool gemv_pass_prefetch();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
 // side by side, each record prefetched 4 KiB on along its part (default on; off, EMOLLM_Q40_MS=0:
 // one stream, 8 records ahead). Same bits. Process-wide.

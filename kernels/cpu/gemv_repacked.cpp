@@ -113,14 +113,6 @@ void set_weight_repacking(bool on) { repacking_flag().set(on); }
 
 namespace gemm_detail {
 namespace {
-EnvSwitch& pass_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_PASS_PREFETCH");  // =0: the previous prefetch (whole-run A/B)
-  return on;
-}
-}  // namespace
-void set_gemv_pass_prefetch(bool on) { pass_prefetch_flag().set(on); }
-bool gemv_pass_prefetch() { return pass_prefetch_flag().on(); }
-namespace {
 EnvSwitch& q40_ms_flag() {  // =0: the one-stream pass (whole-run A/B)
   static EnvSwitch on("EMOLLM_Q40_MS");
   return on;
@@ -795,7 +787,6 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
 #if defined(__x86_64__)
   if (vec) {
     int64_t g = g0;
-    const bool edges = gemm_detail::gemv_pass_prefetch();
     // groups in the pass that follows one of NG starting at g: four a pass, then two, then one
     auto next_ng = [&](int64_t at) -> int {
       const int64_t left = g1 - at;
@@ -806,13 +797,13 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
       constexpr int NG = decltype(ng)::value;
       for (; g + NG <= g1; g += NG) {
         const float* bg = bias ? bias + g * kGroup : nullptr;
-        const int nn = edges ? next_ng(g + NG) : 0;
+        const int nn = next_ng(g + NG);
         if (q8)
           groups_avx512<true, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn,
-                                  cold_start && edges && g == g0);
+                                  cold_start && g == g0);
         else
           groups_avx512<false, NG>(qs, s, G, L, g, nb, bg, y + g * kGroup, N - g * kGroup, nn > 0, nn,
-                                   cold_start && edges && g == g0);
+                                   cold_start && g == g0);
       }
     };
     // q4_0 on 4-group records (EMOLLM_Q40_MS, default on): the chunk's whole super-groups in 2
@@ -1243,17 +1234,6 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
 }
 
-namespace {
-EnvSwitch& repacked_multi_flag() {
-  static EnvSwitch on("EMOLLM_REPACKED_MULTI");  // =0: one gemm_repacked per output (whole-run A/B)
-  return on;
-}
-}  // namespace
-namespace gemm_detail {
-void set_repacked_multi(bool on) { repacked_multi_flag().set(on); }
-bool repacked_multi() { return repacked_multi_flag().on(); }
-}  // namespace gemm_detail
-
 void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,
                          int64_t K, ThreadPool* pool) {
   EMOLLM_CHECK_ARG(outs && n_outs >= 1 && n_outs <= kMaxRepackedOutputs, "gemm_repacked_multi: 1 to 8 outputs");
@@ -1266,7 +1246,7 @@ void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const Repacke
   }
   using namespace gemm_detail;
 #if defined(__x86_64__)
-  if (n_outs > 1 && M > kSmallM && vnni_kernel() && repacked_panels_enabled() && repacked_multi())
+  if (n_outs > 1 && M > kSmallM && vnni_kernel() && repacked_panels_enabled())
     return gemm_repacked_panels(X, ldx, wtype == DType::Q8_0, outs, n_outs, M, K, pool);
 #endif
   for (int j = 0; j < n_outs; ++j)

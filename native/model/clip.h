@@ -129,7 +129,8 @@ class ClipVisionModel {
   // calls: a fresh allocation per call (x, q, k, v, the MLP's hidden rows: ~26 MiB an image for
   // CLIP-L/336) is faulted in again on every call, thousands of first-touch faults a pass (~8% of
   // a LLaVA vision pass's CPU time in a VM). One call at a time uses them; a concurrent call
-  // allocates its own. EMOLLM_VISION_KEEP_ACTIVATIONS=0: a fresh allocation per call (A/B).
+  // allocates its own. EMOLLM_VISION_KEEP_ACTIVATIONS=0: a fresh allocation per call (a user
+  // setting, docs/environment.md: the memory is given back after every call).
   // Larger passes (batches of more than ~9 CLIP-L/336 images) allocate per call rather than keep
   // that much memory resident between calls.
   static constexpr size_t kMaxKeptActivationBytes = size_t(256) << 20;

@@ -142,7 +142,8 @@ class LlavaModel {
   // kept between encode calls on a host-memory backend, as the tower keeps its activations
   // (ClipVisionModel::kept_): fresh allocations paid their first-touch page faults every vision
   // pass. One call at a time uses the block; a concurrent call, a pass above
-  // kMaxKeptScratchBytes, or EMOLLM_LLAVA_KEEP_SCRATCH=0 allocates its own.
+  // kMaxKeptScratchBytes, or EMOLLM_LLAVA_KEEP_SCRATCH=0 (a user setting, docs/environment.md:
+  // nothing kept resident between calls) allocates its own.
   // Larger passes (LLaVA-1.5: more than ~5 images; LLaVA-NeXT's 5-tile images: one) allocate per
   // call rather than keep that much memory resident between calls.
   static constexpr size_t kMaxKeptScratchBytes = size_t(64) << 20;

@@ -1189,26 +1189,17 @@ TEST(gemm_q8act_m1_by_hand_block_scales) {
 // without VNNI and pool: row counts around the 16-row group (1, 15, 16, 17, 37) and the VNNI
 // kernel's passes of 4 groups (61: one pass with a partial last group; 100: 4 + 2 + 1 groups;
 // 2100: chunks of several passes on the pool), K of 1, 3 and 128 blocks, under each schedule:
-// the pass-edge prefetch with contiguous ranges per thread (the default), with guided chunks
-// (set_gemv_ranges(false)), and neither (set_gemv_pass_prefetch and set_gemv_ranges off: guided
-// chunks without the pass-edge prefetch), the ranges also on 3 threads (more threads than groups for N <= 37):
-// the same bits every way; and quant_repack's argument checks.
+// contiguous ranges per thread (the default) and guided chunks (set_gemv_ranges(false)), the
+// ranges also on 3 threads (more threads than groups for N <= 37): the same bits every way; and
+// quant_repack's argument checks.
 TEST(gemv_repacked_matches_reference) {
   ThreadPool pool(2), pool3(3);
   uint32_t seed = 7000;
-  // the pass-edge prefetch and the contiguous ranges (on), or the prefetch with guided chunks
-  // (guided), or both off (guided chunks without the pass-edge prefetch)
-  struct EdgeScope {
-    explicit EdgeScope(bool on, bool guided = false)
-        : prev_(gemm_detail::gemv_pass_prefetch()), prev_ranges_(gemm_detail::gemv_ranges()) {
-      gemm_detail::set_gemv_pass_prefetch(on || guided);
-      gemm_detail::set_gemv_ranges(on);
-    }
-    ~EdgeScope() {
-      gemm_detail::set_gemv_pass_prefetch(prev_);
-      gemm_detail::set_gemv_ranges(prev_ranges_);
-    }
-    bool prev_, prev_ranges_;
+  // the contiguous ranges (on) or the guided chunks (off)
+  struct RangesScope {
+    explicit RangesScope(bool on) : prev_ranges_(gemm_detail::gemv_ranges()) { gemm_detail::set_gemv_ranges(on); }
+    ~RangesScope() { gemm_detail::set_gemv_ranges(prev_ranges_); }
+    bool prev_ranges_;
   };
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (int64_t N : {1, 15, 16, 17, 37, 61, 100, 2100})
@@ -1237,22 +1228,17 @@ TEST(gemv_repacked_matches_reference) {
                 VnniScope vs(vnni);
                 std::vector<float> y(size_t(N), kSentinel), y_edges(size_t(N), kSentinel);
                 {
-                  EdgeScope es(false);
+                  RangesScope rs(false);
                   gemv_repacked(p.X.data(), packed.data(), t, bias, y.data(), N, K, use_pool ? &pool : nullptr);
                 }
                 {
-                  EdgeScope es(true);
+                  RangesScope rs(true);
                   gemv_repacked(p.X.data(), packed.data(), t, bias, y_edges.data(), N, K, use_pool ? &pool : nullptr);
                 }
-                std::vector<float> y_guided(size_t(N), kSentinel), y_three(size_t(N), kSentinel);
                 if (use_pool) {
-                  {
-                    EdgeScope es(false, true);
-                    gemv_repacked(p.X.data(), packed.data(), t, bias, y_guided.data(), N, K, &pool);
-                  }
-                  EdgeScope es(true);
+                  std::vector<float> y_three(size_t(N), kSentinel);
+                  RangesScope rs(true);
                   gemv_repacked(p.X.data(), packed.data(), t, bias, y_three.data(), N, K, &pool3);
-                  EXPECT(std::memcmp(y_guided.data(), y_edges.data(), size_t(N) * sizeof(float)) == 0);
                   EXPECT(std::memcmp(y_three.data(), y_edges.data(), size_t(N) * sizeof(float)) == 0);
                 }
                 const std::string what = std::string("repacked ") + dtype_name(t) + " isa=" + isa_name(isa) +
@@ -1852,8 +1838,8 @@ TEST(gemm_repacked_q40_gfni_same_bits) {
 
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
-// to the float64 references), with the fused path (X packed once, one dispatch over all outputs' panels) on and
-// off; outputs of different N (groups of 16 and panels of 32 rows cut across) with their own bias,
+// to the float64 references; at M > 8 on VNNI the fused path: X packed once, one dispatch over all
+// outputs' panels); outputs of different N (groups of 16 and panels of 32 rows cut across) with their own bias,
 // row stride and padding, which stays unwritten. M of 1..130 covers the GEMV, the 4-row tiles and
 // the X-panel kernel; every ISA level, with and without VNNI and pool.
 TEST(gemm_repacked_multi_equals_per_output) {
@@ -1879,10 +1865,8 @@ TEST(gemm_repacked_multi_equals_per_output) {
         for (Isa isa : isa_levels()) {
           IsaCapScope cap(isa);
           for (bool vnni : vnni_variants(isa))
-            for (int use_pool = 0; use_pool < 2; ++use_pool)
-              for (int fused = 0; fused < 2; ++fused) {
+            for (int use_pool = 0; use_pool < 2; ++use_pool) {
                 VnniScope vs(vnni);
-                gemm_detail::set_repacked_multi(fused != 0);
                 ThreadPool* pl = use_pool ? &pool : nullptr;
                 std::vector<std::vector<float>> Y(3), A(3);
                 RepackedOutput outs[3];
@@ -1896,13 +1880,12 @@ TEST(gemm_repacked_multi_equals_per_output) {
                                   A[size_t(j)].data() + m * ldy, Ns[j], K, nullptr);
                 }
                 gemm_repacked_multi(X.data(), ldx, t, outs, 3, M, K, pl);
-                gemm_detail::set_repacked_multi(true);
                 for (int j = 0; j < 3; ++j)
                   for (size_t i = 0; i < Y[size_t(j)].size(); ++i)
                     if (!(Y[size_t(j)][i] == A[size_t(j)][i])) {  // bits (the padding: the sentinel in both)
                       char buf[260];
-                      std::snprintf(buf, sizeof buf, "gemm_repacked_multi %s isa=%s vnni=%d pool=%d fused=%d M=%lld K=%lld output %d [%zu] = %.9g, gemv_repacked %.9g",
-                                    dtype_name(t), isa_name(isa), int(vnni), use_pool, fused, (long long)M, (long long)K, j, i,
+                      std::snprintf(buf, sizeof buf, "gemm_repacked_multi %s isa=%s vnni=%d pool=%d M=%lld K=%lld output %d [%zu] = %.9g, gemv_repacked %.9g",
+                                    dtype_name(t), isa_name(isa), int(vnni), use_pool, (long long)M, (long long)K, j, i,
                                     double(Y[size_t(j)][i]), double(A[size_t(j)][i]));
                       emollm_test::report_failure(__FILE__, __LINE__, buf);
                       return;
@@ -1958,16 +1941,10 @@ TEST(gemm_quant_activations_switch) {
   }
 }
 
-// gemv_repacked's two-stream q4_0 pass (set_q40_ms) and its pass-edge prefetch
-// (set_gemv_pass_prefetch) for one scope, restored after.
+// gemv_repacked's two-stream q4_0 pass (set_q40_ms) for one scope, restored after.
 struct Q40MsScope {
   explicit Q40MsScope(bool on) : prev_(gemm_detail::q40_ms()) { gemm_detail::set_q40_ms(on); }
   ~Q40MsScope() { gemm_detail::set_q40_ms(prev_); }
-  bool prev_;
-};
-struct PassEdgesScope {
-  explicit PassEdgesScope(bool on) : prev_(gemm_detail::gemv_pass_prefetch()) { gemm_detail::set_gemv_pass_prefetch(on); }
-  ~PassEdgesScope() { gemm_detail::set_gemv_pass_prefetch(prev_); }
   bool prev_;
 };
 
@@ -2006,10 +1983,8 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
         Problem p = make_problem(1, N, K, 0, 0, seed + 1);
         for (bool vnni : vnni_variants(isa_active()))
           for (ThreadPool* pool : pools)
-            for (int edges = 0; edges < 2; ++edges)
               for (int use_bias = 0; use_bias < 2; ++use_bias) {
                 VnniScope vs(vnni);
-                PassEdgesScope es(edges != 0);
                 const float* b = use_bias ? bias.data() : nullptr;
                 std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
                 {
@@ -2022,7 +1997,7 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
                 {
                   const std::string what = std::string(dtype_name(t)) + " two streams vnni=" +
                                            yesno(vnni) + " threads=" + std::to_string(pool ? pool->size() : 1) +
-                                           " edges=" + yesno(edges) + " bias=" + yesno(use_bias) + " N=" +
+                                           " bias=" + yesno(use_bias) + " N=" +
                                            std::to_string(N) + " K=" + std::to_string(K);
                   std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
                   Q40MsScope s(true);

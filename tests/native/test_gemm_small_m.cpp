@@ -219,15 +219,13 @@ TEST(gemm_small_m_rows_independent_of_batch) {
 
 // The path turns off (previous kernels) and back on; types it does not take are unaffected.
 TEST(gemm_small_m_switch_and_other_types) {
-  // on unless EMOLLM_SMALL_M_GEMM=0 / off is set
-  const char* env = std::getenv("EMOLLM_SMALL_M_GEMM");
-  const bool env_off = env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "off") == 0);
-  EXPECT(gemm_detail::small_m_enabled() == !env_off);
+  // on from the start (no environment variable turns it off)
+  EXPECT(gemm_detail::small_m_enabled());
   {
-    SmallMScope flip(env_off);
-    EXPECT(gemm_detail::small_m_enabled() == env_off);
+    SmallMScope flip(false);
+    EXPECT(!gemm_detail::small_m_enabled());
   }
-  EXPECT(gemm_detail::small_m_enabled() == !env_off);
+  EXPECT(gemm_detail::small_m_enabled());
   ThreadPool pool(2);
   // F32 and quantised weights are not taken by the small-M path: the usual checks still hold.
   // Quantised weights at M > 8 otherwise quantise X to q8_0 on VNNI CPUs (gemm_q8_vnni.cpp, its own
