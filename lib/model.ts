@@ -231,7 +231,8 @@ export interface ImageEncodeOptions {
    * as is an array whose memory an encode still running writes. Reusing one array for repeated
    * calls saves the fresh result's first-touch page faults (2304 a LLaVA-1.5 image, 9 MiB).
    * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
-   * and what it holds meanwhile is unspecified.
+   * and what it holds meanwhile is unspecified. Passed on as a prompt's `images`, it is read in
+   * place by that call until the call settles: encode into it again only after that.
    */
   out?: Float32Array;
 }
@@ -334,9 +335,10 @@ export interface PreparedInput {
   /**
    * The features, read in place by the call that takes the prompt (never copied on the event
    * loop): like `fs.write`'s buffer, the array must not be changed, transferred or detached until
-   * that call's promise (or a generation's `result`) settles. A detached array rejects with
-   * `ERR_INVALID_ARGUMENT`, when submitted or, detached while the call read it, when the call
-   * settles unaborted (what it read then is undefined).
+   * that call's promise (or a generation's `result`) settles; it must be over a fixed-length
+   * buffer (a resizable ArrayBuffer or a growable SharedArrayBuffer is ERR_INVALID_ARGUMENT). A
+   * detached array rejects with `ERR_INVALID_ARGUMENT`, when submitted or, detached while the call
+   * read it, when the call settles unaborted (what it read then is undefined).
    */
   images?: Float32Array | null;
 }

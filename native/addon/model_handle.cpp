@@ -84,8 +84,13 @@ int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const Llava
   if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
     throw_invalid(env, "images must be a Float32Array");
   auto fa = info[i].As<Napi::Float32Array>();
-  if (fa.ArrayBuffer().IsDetached())
+  Napi::ArrayBuffer buf = fa.ArrayBuffer();
+  if (buf.IsDetached())
     throw_invalid(env, "images is detached (its ArrayBuffer was transferred): pass features the call can read");
+  // read in place until the request settles: its memory must not shrink meanwhile
+  if (buf.Get("resizable").StrictEquals(Napi::Boolean::New(env, true)) ||
+      buf.Get("growable").StrictEquals(Napi::Boolean::New(env, true)))
+    throw_invalid(env, "images must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
   if (fa.ElementLength() == 0) return 0;
   out->data = fa.Data();
   out->n = fa.ElementLength();

@@ -300,6 +300,10 @@ describe.skipIf(!have)('recycled image features of prompts (llava-tiny-hf)', () 
     expect(refs()).toBe(0);
     // detached before the call: refused at once, nothing held
     expect(() => one.logits(ids, doomed)).toThrow(/detached/);
+    // over a buffer that could shrink under the reading thread: refused too
+    const resizable = new Float32Array(new ArrayBuffer(feats.byteLength, { maxByteLength: feats.byteLength }));
+    resizable.set(feats);
+    expect(() => one.logits(ids, resizable)).toThrow(/fixed-length/);
     await expect(model.logits({ tokens: [...ids], images: doomed })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     expect(refs()).toBe(0);
     // closed with requests queued: each settles and lets its array go
