@@ -122,9 +122,9 @@ export interface LoadModelOptions extends RuntimeOptions {
   mmproj?: string;
   /**
    * Recycle the image features that prompts with image parts encode inside generate / chat /
-   * scoreOptions / logits (LLaVA with one fixed-size image; default true). Those features are
-   * copied by the native call that takes the prompt, so their array is free again right after it:
-   * the model keeps up to two such arrays and the next prompt's images are written into one of
+   * scoreOptions / logits (LLaVA with one fixed-size image; default true). The native call that
+   * takes the prompt reads those features in place (off the event loop, no copy), so their array is
+   * free again once that call settles: the model keeps up to two such arrays and the next prompt's images are written into one of
    * them, already faulted in (a fresh 9 MiB LLaVA-1.5 array takes 2304 first-touch page faults
    * inside the projector). The arrays are never handed to the caller; `false` allocates a new one
    * for every prompt (and holds none). Arrays that encodeImages / encodePixels return are the
@@ -231,7 +231,8 @@ export interface ImageEncodeOptions {
    * as is an array whose memory an encode still running writes. Reusing one array for repeated
    * calls saves the fresh result's first-touch page faults (2304 a LLaVA-1.5 image, 9 MiB).
    * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
-   * and what it holds meanwhile is unspecified.
+   * and what it holds meanwhile is unspecified. Passed on as a prompt's `images`, it is read in
+   * place by that call until the call settles: encode into it again only after that.
    */
   out?: Float32Array;
 }
@@ -331,6 +332,14 @@ export type Prompt = string | readonly ChatMessage[] | readonly number[] | Prepa
  */
 export interface PreparedInput {
   tokens: readonly number[];
+  /**
+   * The features, read in place by the call that takes the prompt (never copied on the event
+   * loop): like `fs.write`'s buffer, the array must not be changed, transferred or detached until
+   * that call's promise (or a generation's `result`) settles; it must be over a fixed-length
+   * buffer (a resizable ArrayBuffer or a growable SharedArrayBuffer is ERR_INVALID_ARGUMENT). A
+   * detached array rejects with `ERR_INVALID_ARGUMENT`, when submitted or, detached while the call
+   * read it, when the call settles unaborted (what it read then is undefined).
+   */
   images?: Float32Array | null;
 }
 
@@ -377,8 +386,9 @@ interface PreparedPrompt {
   images: Float32Array | null;
   /**
    * Set when `images` is a recycled array of the model's pool: hands it back. Call it only once
-   * the native call that takes `images` has returned (it copies them); never call it otherwise
-   * (an array not handed back is simply dropped).
+   * the native call that takes `images` has settled (it reads them in place, off the event loop,
+   * until then), or when no native call took them; never otherwise (an array not handed back is
+   * simply dropped).
    */
   release?: () => void;
 }
@@ -927,10 +937,9 @@ export class Model {
       try {
         const all = options.all ?? false;
         if (!images) return await ctx.eval(Int32Array.from(ids), { allLogits: all });
-        const evaluating = ctx.evalMultimodal(Int32Array.from(ids), images, { allLogits: all });
-        release?.();  // the features were copied by the call
-        return await evaluating;
+        return await ctx.evalMultimodal(Int32Array.from(ids), images, { allLogits: all });
       } finally {
+        release?.();  // the call has settled (or never started): it reads the features no more
         options.signal?.removeEventListener('abort', onAbort);
       }
     });
@@ -938,13 +947,24 @@ export class Model {
 
   private async lastLogits(preparing: Promise<PreparedPrompt>, signal: AbortSignal | undefined): Promise<Float32Array> {
     const prepared = await preparing;
-    const batch = await this.sequences();
-    if (signal?.aborted) throw abortError();
-    const { id, promise } = batch.logits(Int32Array.from(prepared.ids), prepared.images ?? null);
-    prepared.release?.();  // the features were copied by the call
+    let batch: NativeBatch;
+    let submitted: { id: number; promise: Promise<Float32Array> };
+    try {
+      batch = await this.sequences();
+      if (signal?.aborted) throw abortError();
+      submitted = batch.logits(Int32Array.from(prepared.ids), prepared.images ?? null);
+    } catch (e) {
+      prepared.release?.();  // no request took the features
+      throw e;
+    }
+    const { id, promise } = submitted;
     const onAbort = (): void => batch.abort(id);
     signal?.addEventListener('abort', onAbort, { once: true });
-    return promise.finally(() => signal?.removeEventListener('abort', onAbort));
+    // the request reads the features in place until it settles: only then back to the pool
+    return promise.finally(() => {
+      prepared.release?.();
+      signal?.removeEventListener('abort', onAbort);
+    });
   }
 
   /**
@@ -997,13 +1017,24 @@ export class Model {
       return this.tokenizer.encode(o, { addSpecialTokens: false });
     });
     const prepared = await this.prepare(prompt, true, settings.signal);
-    const batch = await this.sequences();
-    if (settings.signal?.aborted) throw abortError();
-    const { id, promise } = batch.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
-    prepared.release?.();  // the features were copied by the call
+    let batch: NativeBatch;
+    let submitted: NativeSubmission<{ logprobs: number[]; tokenLogprobs: Float64Array[] }>;
+    try {
+      batch = await this.sequences();
+      if (settings.signal?.aborted) throw abortError();
+      submitted = batch.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
+    } catch (e) {
+      prepared.release?.();  // no request took the features
+      throw e;
+    }
+    const { id, promise } = submitted;
     const onAbort = (): void => batch.abort(id);
     settings.signal?.addEventListener('abort', onAbort, { once: true });
-    const r = await promise.finally(() => settings.signal?.removeEventListener('abort', onAbort));
+    // the request reads the features in place until it settles: only then back to the pool
+    const r = await promise.finally(() => {
+      prepared.release?.();
+      settings.signal?.removeEventListener('abort', onAbort);
+    });
     const scored: ScoredOption[] = options.map((option, i) => {
       const tokenLogprobs = Array.from(r.tokenLogprobs[i] ?? []);
       const logprob = r.logprobs[i] ?? -Infinity;
@@ -1300,6 +1331,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
       const signal = options.signal;
       if (signal?.aborted) throw abortError();
       let onAbort: (() => void) | undefined;
+      let submitted = false;
       try {
         const nativeOptions: Record<string, unknown> = {
           maxTokens: options.maxTokens ?? 256,
@@ -1313,12 +1345,14 @@ export class Generation implements AsyncIterable<GenerationChunk> {
         if (options.seed !== undefined) nativeOptions.seed = options.seed;
         // submitted now: it runs beside the model's other sequences, or waits for a slot (FIFO)
         const { id, promise } = batch.generate(Int32Array.from(prompt), nativeOptions, onTokens, images);
-        release?.();  // the features were copied by the call
+        submitted = true;
+        // the request reads the features in place until it settles: only then back to the pool
+        const settled = release ? promise.finally(release) : promise;
         onAbort = (): void => batch.abort(id);
         this.abortNative = onAbort;
         signal?.addEventListener('abort', onAbort, { once: true });
         if (this.stopRequested) onAbort();
-        const r = await promise;
+        const r = await settled;
         if (signal?.aborted) throw abortError();
         if (!stopString) {
           // Tokens not yet delivered through the callback (the native side may finish first).
@@ -1333,6 +1367,7 @@ export class Generation implements AsyncIterable<GenerationChunk> {
         const stopReason: StopReason = stopString ? 'stop-string' : r.stopReason;
         return { text: emitted, tokens, promptTokens: prompt.length, stopReason };
       } finally {
+        if (!submitted) release?.();  // no request took the features
         if (onAbort) signal?.removeEventListener('abort', onAbort);
       }
     })();

@@ -16,6 +16,8 @@ export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 export interface NativeBinding {
   abiVersion: number;
   setErrorClass(ctor: unknown): void;
+  /** Image-feature arrays that calls in flight read in place (held until each settles): for tests. */
+  liveFeatureRefs(): number;
   cpuInfo(): NativeCpuInfo;
   configure(options: { threads?: number; device?: string; isa?: string; quantActivations?: string; repackWeights?: boolean }): void;
   gemm(

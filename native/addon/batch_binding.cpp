@@ -19,8 +19,10 @@
 //   batch.close() -> Promise<void>   aborts everything; resolves once the native memory is released
 //   batch.nCtx, batch.maxSequences
 //
-// Threads: nothing here blocks the event loop. Arguments are copied on the main thread; image
-// splicing runs on the scheduler thread (the request's prepare hook); tokens and the outcome come
+// Threads: nothing here blocks the event loop. Token arguments are copied on the main thread;
+// image features are not: the request reads the caller's Float32Array in place on the scheduler
+// thread (FeatureArg: its bridge holds the reference until the request settles), where the image
+// splicing runs too (the request's prepare hook); tokens and the outcome come
 // back per request through one thread-safe function, batched like ctx.generate's (a delivery
 // hands over everything queued since the last one).
 #include <algorithm>
@@ -82,6 +84,7 @@ struct SeqBridge : std::enable_shared_from_this<SeqBridge> {
   Napi::Promise::Deferred deferred;
   std::shared_ptr<BatchState> state;
   Napi::ThreadSafeFunction tsfn;
+  FeatureArg features;  // the request's image features, read in place until it settles
 
   explicit SeqBridge(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 
@@ -169,6 +172,9 @@ struct SeqBridge : std::enable_shared_from_this<SeqBridge> {
     } catch (const Napi::Error& e) {
       rejection = e.Value();
     }
+    // the scheduler is done with the request (on_done ran): the caller's features are free again
+    if (features.release() && rejection.IsEmpty())
+      rejection = make_js_error(env, "ERR_INVALID_ARGUMENT", "images were detached while the request read them").Value();
     std::shared_ptr<BatchState> s = std::move(state);
     on_tokens.Reset();
     s->inflight--;
@@ -216,9 +222,17 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     if (s_->closed || !s_->sched) throw closed_error(env, "batch");
   }
 
-  // Images of a request: copied here, spliced on the scheduler thread.
+  // Images of a request: referenced here (not copied), spliced and read on the scheduler thread.
   struct Images {
-    std::vector<float> features;
+    FeatureArg features;  // stays on the JavaScript thread: handed to the request's bridge
+    std::vector<int64_t> counts;
+    std::vector<GridThw> grids;
+    int64_t n = 0;
+  };
+  // What the scheduler thread reads of them (no N-API object: the prepare hook dies there).
+  struct ImageRows {
+    const float* data = nullptr;
+    int64_t floats = 0;
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     int64_t n = 0;
@@ -228,23 +242,32 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     im.n = image_features_arg(info, i, s_->llava.get(), &im.features, s_->emollm.get(), &im.counts, s_->qwen.get(), &im.grids);
     return im;
   }
-  void set_prepare(SeqRequest& r, Images im) {
+  void set_prepare(SeqRequest& r, Images& im) {
     if (!(s_->llava || s_->qwen)) return;
     auto llava = s_->llava;
     auto emollm = s_->emollm;
     auto qwen = s_->qwen;
-    auto shared = std::make_shared<Images>(std::move(im));
-    r.prepare = [llava, emollm, qwen, shared](SeqRequest& q) {
-      Images& m = *shared;
-      q.prompt = splice_images(llava.get(), emollm.get(), qwen.get(), q.prompt, m.features, m.n, m.counts, m.grids, &q.pos3);
-      if (m.n > 0) q.embd = std::move(m.features);
+    auto rows = std::make_shared<ImageRows>();
+    rows->data = im.features.data;
+    rows->floats = int64_t(im.features.n);
+    rows->counts = std::move(im.counts);
+    rows->grids = std::move(im.grids);
+    rows->n = im.n;
+    r.prepare = [llava, emollm, qwen, rows](SeqRequest& q) {
+      const ImageRows& m = *rows;
+      q.prompt = splice_images(llava.get(), emollm.get(), qwen.get(), q.prompt, m.data, m.n, m.counts, m.grids, &q.pos3);
+      if (m.n > 0) {
+        q.embd_view = m.data;
+        q.embd_view_n = m.floats;
+      }
     };
   }
 
   // Submits r with a new bridge; returns { id, promise }.
-  Napi::Value submit(Napi::Env env, SeqRequest r, Napi::Function on_tokens) {
+  Napi::Value submit(Napi::Env env, SeqRequest r, Napi::Function on_tokens, FeatureArg features = {}) {
     auto b = std::make_shared<SeqBridge>(env);
     b->kind = r.kind;
+    b->features = std::move(features);
     b->state = s_;
     if (!on_tokens.IsEmpty()) b->on_tokens = Napi::Persistent(on_tokens);
     auto noop = Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
@@ -291,8 +314,9 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
       if (!info[2].IsFunction()) throw_invalid(env, "onTokens must be a function");
       cb = info[2].As<Napi::Function>();
     }
-    set_prepare(r, read_images(info, 3));
-    return submit(env, std::move(r), cb);
+    Images im = read_images(info, 3);
+    set_prepare(r, im);
+    return submit(env, std::move(r), cb, std::move(im.features));
   }
 
   Napi::Value Score(const Napi::CallbackInfo& info) {
@@ -307,8 +331,8 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     Napi::Array arr = info[2].As<Napi::Array>();
     for (uint32_t i = 0; i < arr.Length(); ++i)
       r.continuations.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
-    set_prepare(r, std::move(im));
-    return submit(env, std::move(r), Napi::Function());
+    set_prepare(r, im);
+    return submit(env, std::move(r), Napi::Function(), std::move(im.features));
   }
 
   Napi::Value Logits(const Napi::CallbackInfo& info) {
@@ -318,8 +342,9 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     SeqRequest r;
     r.kind = SeqRequest::Kind::Logits;
     r.prompt = read_prompt(env, info[0], "prompt");
-    set_prepare(r, read_images(info, 1));
-    return submit(env, std::move(r), Napi::Function());
+    Images im = read_images(info, 1);
+    set_prepare(r, im);
+    return submit(env, std::move(r), Napi::Function(), std::move(im.features));
   }
 
   Napi::Value Abort(const Napi::CallbackInfo& info) {

@@ -39,6 +39,9 @@ class ContextWorker : public ModelWorker {
 
  protected:
   void Finish(Napi::Env env) override {
+    // the worker has stopped reading the caller's features: drop the reference (JavaScript thread)
+    if (images_.release() && js_error_.IsEmpty())
+      js_error_ = Napi::Persistent(make_js_error(env, "ERR_INVALID_ARGUMENT", "images were detached while the call read them").Value());
     s_->busy = false;
     s_->n_past.store(s_->ctx ? s_->ctx->n_past() : 0);
     ModelHandle& h = *s_->owner;
@@ -47,10 +50,11 @@ class ContextWorker : public ModelWorker {
     maybe_finish_model_close(env, h);
   }
   // Image tokens -> pseudo-ids (and, for Qwen2-VL, pos3_ <- the M-RoPE positions).
-  std::vector<int32_t> splice(const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images) {
-    return splice_images(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, images, n_images, image_counts,
-                         image_grids, &pos3_);
+  std::vector<int32_t> splice(const std::vector<int32_t>& tokens) {
+    return splice_images(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, images_.data, n_images_,
+                         image_counts, image_grids, &pos3_);
   }
+  const float* image_rows() const { return n_images_ > 0 ? images_.data : nullptr; }
   std::shared_ptr<ContextState> s_;
   std::vector<int32_t> pos3_;  // Qwen2-VL: M-RoPE positions of the spliced prompt
   const int32_t* pos3() const { return pos3_.empty() ? nullptr : pos3_.data(); }
@@ -58,22 +62,28 @@ class ContextWorker : public ModelWorker {
  public:
   std::vector<int64_t> image_counts;  // EmoLLM, LLaVA-NeXT, Qwen2-VL: tokens per image
   std::vector<GridThw> image_grids;   // Qwen2-VL: each visual's grid
+  void set_images(FeatureArg images, int64_t n_images) {
+    images_ = std::move(images);
+    n_images_ = n_images;
+  }
+
+ protected:
+  FeatureArg images_;  // the caller's array, read in place on the worker thread until Finish
+  int64_t n_images_ = 0;
 };
 
 class EvalWorker final : public ContextWorker {
  public:
-  EvalWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> tokens, bool all_logits,
-             std::vector<float> images = {}, int64_t n_images = 0)
-      : ContextWorker(env, std::move(s)), tokens_(std::move(tokens)), all_(all_logits), images_(std::move(images)),
-        n_images_(n_images) {}
+  EvalWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> tokens, bool all_logits)
+      : ContextWorker(env, std::move(s)), tokens_(std::move(tokens)), all_(all_logits) {}
 
  protected:
   void Run() override {
     LlamaContext& ctx = *s_->ctx;
     const float* embd = nullptr;
     if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids whose input embeddings are the image features
-      tokens_ = splice(tokens_, images_, n_images_);
-      if (n_images_ > 0) embd = images_.data();
+      tokens_ = splice(tokens_);
+      embd = image_rows();
     }
     const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
     if (all_) {
@@ -117,26 +127,23 @@ class EvalWorker final : public ContextWorker {
   float* js_out_data_ = nullptr;
   std::vector<int32_t> tokens_;
   bool all_;
-  std::vector<float> images_;
-  int64_t n_images_;
   bool aborted_ = false;
   std::vector<float> out_;
 };
 
 class ScoreWorker final : public ContextWorker {
  public:
-  ScoreWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prefix, std::vector<float> images,
-              int64_t n_images, std::vector<std::vector<int32_t>> conts)
-      : ContextWorker(env, std::move(s)), prefix_(std::move(prefix)), images_(std::move(images)), n_images_(n_images),
-        conts_(std::move(conts)) {}
+  ScoreWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prefix,
+              std::vector<std::vector<int32_t>> conts)
+      : ContextWorker(env, std::move(s)), prefix_(std::move(prefix)), conts_(std::move(conts)) {}
 
  protected:
   void Run() override {
     LlamaContext& ctx = *s_->ctx;
     const float* embd = nullptr;
     if (s_->llava || s_->qwen) {
-      prefix_ = splice(prefix_, images_, n_images_);
-      if (n_images_ > 0) embd = images_.data();
+      prefix_ = splice(prefix_);
+      embd = image_rows();
     }
     aborted_ = !ctx.score_continuations(prefix_.data(), int64_t(prefix_.size()), conts_, &out_, &s_->abort, embd, pos3());
     s_->n_past.store(ctx.n_past());
@@ -159,8 +166,6 @@ class ScoreWorker final : public ContextWorker {
 
  private:
   std::vector<int32_t> prefix_;
-  std::vector<float> images_;
-  int64_t n_images_;
   std::vector<std::vector<int32_t>> conts_;
   bool aborted_ = false;
   std::vector<LlamaContext::ContinuationScore> out_;
@@ -208,10 +213,6 @@ using TokenTsfn = Napi::TypedThreadSafeFunction<TokenQueuePtr, void, deliver_tok
 
 class GenerateWorker final : public ContextWorker {
  public:
-  void set_images(std::vector<float> images, int64_t n_images) {
-    images_ = std::move(images);
-    n_images_ = n_images;
-  }
   GenerateWorker(Napi::Env env, std::shared_ptr<ContextState> s, std::vector<int32_t> prompt, GenerateParams gp,
                  Napi::Function on_tokens)
       : ContextWorker(env, std::move(s)), prompt_(std::move(prompt)), gp_(std::move(gp)), queue_(std::make_shared<TokenQueue>()) {
@@ -239,8 +240,8 @@ class GenerateWorker final : public ContextWorker {
   void decode() {
     const float* embd = nullptr;
     if (s_->llava || s_->qwen) {  // image tokens -> pseudo-ids (ignored by the repetition penalty)
-      prompt_ = splice(prompt_, images_, n_images_);
-      if (n_images_ > 0) embd = images_.data();
+      prompt_ = splice(prompt_);
+      embd = image_rows();
     }
     Session session(*s_->ctx, &s_->n_past);
     GenerateResult r = session.generate(prompt_, embd, gp_, &s_->abort, [this](int32_t t) { push(t); }, pos3());
@@ -292,8 +293,6 @@ class GenerateWorker final : public ContextWorker {
   bool has_tsfn_ = false, released_ = false;
   std::vector<int32_t> out_;
   std::string reason_ = "max-tokens";
-  std::vector<float> images_;
-  int64_t n_images_ = 0;
 };
 
 // ---------------------------------------------------------------- Context
@@ -341,7 +340,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (info.Length() < 3) throw_invalid(env, "score expects (prefix: Int32Array, images: Float32Array | null, continuations: Int32Array[])");
     std::vector<int32_t> prefix = int32_array(env, info[0], "prefix");
     if (prefix.empty()) throw_invalid(env, "prefix must not be empty");
-    std::vector<float> images;
+    FeatureArg images;
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     const int64_t n_images =
@@ -351,7 +350,8 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<std::vector<int32_t>> conts;
     for (uint32_t i = 0; i < arr.Length(); ++i)
       conts.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
-    auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(images), n_images, std::move(conts));
+    auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(conts));
+    w->set_images(std::move(images), n_images);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
     Napi::Promise p = w->promise();
@@ -366,7 +366,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (info.Length() < 1) throw_invalid(env, "eval expects tokens (Int32Array)");
     std::vector<int32_t> tokens = int32_array(env, info[0], "tokens");
     if (tokens.empty()) throw_invalid(env, "tokens must not be empty");
-    std::vector<float> images;
+    FeatureArg images;
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     const int64_t n_images =
@@ -380,7 +380,8 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (int64_t(tokens.size()) > s_->n_ctx)
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
     const size_t n_logits = tokens.size() * size_t(s_->ctx->n_vocab());
-    auto* w = new EvalWorker(env, s_, std::move(tokens), all, std::move(images), n_images);
+    auto* w = new EvalWorker(env, s_, std::move(tokens), all);
+    w->set_images(std::move(images), n_images);
     if (all && !s_->llava && !s_->qwen) w->write_into_js_array(env, n_logits);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
@@ -406,7 +407,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       if (!info[2].IsFunction()) throw_invalid(env, "onTokens must be a function");
       cb = info[2].As<Napi::Function>();
     }
-    std::vector<float> images;
+    FeatureArg images;
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     const int64_t n_images =

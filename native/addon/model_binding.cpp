@@ -403,6 +403,11 @@ void register_model(Napi::Env env, Napi::Object exports) {
     }
   });
   exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+  exports.Set("liveFeatureRefs", Napi::Function::New(
+                                     env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                       return Napi::Number::New(info.Env(), double(live_feature_refs()));
+                                     },
+                                     "liveFeatureRefs"));
 }
 
 }  // namespace emollm::addon

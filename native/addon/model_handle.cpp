@@ -1,6 +1,7 @@
 // Shared model state and argument readers of the addon (see model_handle.h).
 #include "model_handle.h"
 
+#include <atomic>
 #include <cmath>
 #include <random>
 
@@ -55,13 +56,47 @@ std::vector<float> float32_array(Napi::Env env, Napi::Value v, const char* what)
   return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
 }
 
-int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out,
+namespace {
+std::atomic<int64_t> g_live_feature_refs{0};
+}  // namespace
+
+int64_t live_feature_refs() { return g_live_feature_refs.load(); }
+
+FeatureArg::~FeatureArg() {
+  if (!ref.IsEmpty()) g_live_feature_refs--;
+}
+
+bool FeatureArg::release() {
+  if (ref.IsEmpty()) return false;
+  const bool detached = ref.Value().ArrayBuffer().IsDetached();
+  g_live_feature_refs--;
+  ref.Reset();
+  data = nullptr;
+  n = 0;
+  return detached;
+}
+
+int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, FeatureArg* out,
                            const EmollmModel* emollm, std::vector<int64_t>* counts,
                            const Qwen2VLModel* qwen, std::vector<GridThw>* grids) {
   Napi::Env env = info.Env();
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
-  *out = float32_array(env, info[i], "images");
-  if (out->empty()) return 0;
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_invalid(env, "images must be a Float32Array");
+  auto fa = info[i].As<Napi::Float32Array>();
+  Napi::ArrayBuffer buf = fa.ArrayBuffer();
+  if (buf.IsDetached())
+    throw_invalid(env, "images is detached (its ArrayBuffer was transferred): pass features the call can read");
+  // read in place until the request settles: its memory must not shrink meanwhile
+  if (buf.Get("resizable").StrictEquals(Napi::Boolean::New(env, true)) ||
+      buf.Get("growable").StrictEquals(Napi::Boolean::New(env, true)))
+    throw_invalid(env, "images must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
+  if (fa.ElementLength() == 0) return 0;
+  out->data = fa.Data();
+  out->n = fa.ElementLength();
+  // held until the request settles (FeatureArg::release): read in place off the event loop
+  out->ref = Napi::Persistent(fa);
+  g_live_feature_refs++;
   if (!llava && !qwen) throw make_js_error(env, "ERR_UNSUPPORTED", "images were given but the model has no vision tower (not a multimodal model)");
   if ((qwen || llava->anyres()) && counts) {  // ---- variable token counts: tokenCounts required
     const int64_t E = qwen ? qwen->n_embd() : llava->n_embd();
@@ -75,8 +110,8 @@ int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const Llava
       counts->push_back(x);
       total += x;
     }
-    if (total * E != int64_t(out->size()))
-      throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, but its tokenCounts sum to " +
+    if (total * E != int64_t(out->n))
+      throw_invalid(env, "images has " + std::to_string(out->n) + " floats, but its tokenCounts sum to " +
                              std::to_string(total) + " tokens of nEmbd = " + std::to_string(E));
     if (qwen && grids) {
       if (!o.Has("grids") || !o.Get("grids").IsTypedArray()) throw_invalid(env, "images must carry grids (from encodePatches)");
@@ -104,43 +139,43 @@ int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const Llava
         counts->push_back(x);
         total += x;
       }
-      if (total * E != int64_t(out->size()))
-        throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, but its tokenCounts sum to " +
+      if (total * E != int64_t(out->n))
+        throw_invalid(env, "images has " + std::to_string(out->n) + " floats, but its tokenCounts sum to " +
                                std::to_string(total) + " tokens of nEmbd = " + std::to_string(E));
       return int64_t(counts->size());
     }
     const int64_t per = emollm->n_image_tokens(0) * E;
-    if (per == 0 || int64_t(out->size()) % per != 0)
-      throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
+    if (per == 0 || int64_t(out->n) % per != 0)
+      throw_invalid(env, "images has " + std::to_string(out->n) + " floats, not a multiple of nImageTokens * nEmbd = " +
                              std::to_string(emollm->n_image_tokens(0)) + " * " + std::to_string(E) +
                              " (pass the features from encodeImages, with their tokenCounts)");
-    counts->assign(size_t(int64_t(out->size()) / per), emollm->n_image_tokens(0));
+    counts->assign(size_t(int64_t(out->n) / per), emollm->n_image_tokens(0));
     return int64_t(counts->size());
   }
   const int64_t per = llava->n_image_tokens() * llava->n_embd();
-  if (int64_t(out->size()) % per != 0)
-    throw_invalid(env, "images has " + std::to_string(out->size()) + " floats, not a multiple of nImageTokens * nEmbd = " +
+  if (int64_t(out->n) % per != 0)
+    throw_invalid(env, "images has " + std::to_string(out->n) + " floats, not a multiple of nImageTokens * nEmbd = " +
                            std::to_string(llava->n_image_tokens()) + " * " + std::to_string(llava->n_embd()) +
                            " (pass the projected features from encodeImages)");
-  return int64_t(out->size()) / per;
+  return int64_t(out->n) / per;
 }
 
 std::vector<int32_t> splice_images(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen,
-                                   const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images,
+                                   const std::vector<int32_t>& tokens, const float* images, int64_t n_images,
                                    const std::vector<int64_t>& counts, const std::vector<GridThw>& grids,
                                    std::vector<int32_t>* pos3) {
   if (qwen) {
-    auto p = qwen->prepare(tokens.data(), int64_t(tokens.size()), images.data(), grids);
+    auto p = qwen->prepare(tokens.data(), int64_t(tokens.size()), images, grids);
     *pos3 = std::move(p.pos3);
     return std::move(p.tokens);
   }
   if (llava && llava->anyres())
-    return splice_prompt_counts(llava->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
+    return splice_prompt_counts(llava->image_token_id(), tokens.data(), int64_t(tokens.size()), images,
                                 llava->n_embd(), counts);
   if (emollm)
-    return splice_prompt_counts(emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images.data(),
+    return splice_prompt_counts(emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images,
                                 emollm->n_embd(), counts);
-  return llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images.data(), n_images);
+  return llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images, n_images);
 }
 
 GenerateParams read_generate_params(Napi::Env env, Napi::Object o) {

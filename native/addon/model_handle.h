@@ -67,13 +67,35 @@ Napi::Error closed_error(Napi::Env env, const char* what);
 std::vector<int32_t> int32_array(Napi::Env env, Napi::Value v, const char* what);
 std::vector<float> float32_array(Napi::Env env, Napi::Value v, const char* what);
 
+// Image features of a request, read in place from the caller's Float32Array: the request holds a
+// reference to it (taken and dropped on the JavaScript thread) and the worker / scheduler thread
+// reads `data` until the request settles. Nothing is copied on the event loop (a LLaVA-1.5 image
+// is 9 MiB: the copy took 0.65-0.74 ms a call, 50-68 ms for each of the first three). The caller
+// must not change, transfer or detach the array before the call settles (as fs.write's buffer);
+// a detached array is ERR_INVALID_ARGUMENT, at submission or (detached meanwhile) at settlement.
+struct FeatureArg {
+  Napi::Reference<Napi::Float32Array> ref;  // JavaScript thread only
+  const float* data = nullptr;
+  size_t n = 0;
+  FeatureArg() = default;
+  FeatureArg(FeatureArg&&) = default;             // the moved-from reference is empty
+  FeatureArg& operator=(FeatureArg&&) = default;  // only into an empty one
+  ~FeatureArg();
+  bool empty() const { return n == 0; }
+  // JavaScript thread: drops the reference; true when the array was detached meanwhile.
+  bool release();
+};
+// Feature arrays referenced by calls in flight (addon.liveFeatureRefs(): the tests' check that a
+// request holds its caller's array until it settles, and not after).
+int64_t live_feature_refs();
+
 // Projected image features (argument i: Float32Array, null or undefined) for a context's model:
-// returns the image count (0 when none) and fills *out. EmoLLM models: images have per-image
+// returns the image count (0 when none) and fills *out (a reference, no copy). EmoLLM models: images have per-image
 // token counts, read from the array's `tokenCounts` (Int32Array, as encodeImages sets it) or,
 // when absent, nImageTokens (no faces) each; *counts receives them.
 // LLaVA-NeXT and Qwen2-VL features always carry tokenCounts (their counts follow the image size);
 // Qwen2-VL's also carry `grids` (Int32Array [3 * visuals]: t, h, w), read into *grids.
-int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, std::vector<float>* out,
+int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const LlavaModel* llava, FeatureArg* out,
                            const EmollmModel* emollm = nullptr, std::vector<int64_t>* counts = nullptr,
                            const Qwen2VLModel* qwen = nullptr, std::vector<GridThw>* grids = nullptr);
 
@@ -81,7 +103,7 @@ int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const Llava
 // per image; LLaVA-NeXT / EmoLLM: `counts`), and for Qwen2-VL the M-RoPE positions into *pos3.
 // Runs off the event loop (it hashes the features).
 std::vector<int32_t> splice_images(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen,
-                                   const std::vector<int32_t>& tokens, const std::vector<float>& images, int64_t n_images,
+                                   const std::vector<int32_t>& tokens, const float* images, int64_t n_images,
                                    const std::vector<int64_t>& counts, const std::vector<GridThw>& grids,
                                    std::vector<int32_t>* pos3);
 

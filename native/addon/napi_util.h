@@ -137,8 +137,9 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
 // worker thread (no N-API calls there) and any exception it throws rejects the promise with a
 // typed error; Resolve() builds the result on the main thread; Finish() (optional) runs on the
 // main thread before the promise settles, whether the work failed or not (handles use it to
-// release busy flags and finish pending close() calls); js_error_, when set, rejects instead of
-// the result (an error thrown by a JavaScript callback during the work).
+// release busy flags, finish pending close() calls and drop references to input arrays read in
+// place); js_error_, when set (also by Finish), rejects instead of the result (an error thrown by
+// a JavaScript callback during the work).
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
@@ -174,8 +175,8 @@ class PromiseWorker : public Napi::AsyncWorker {
         rejection = make_js_error(env, std::current_exception()).Value();
       }
     }
+    Finish(env);  // may set js_error_ (e.g. input read in place was detached meanwhile)
     if (!js_error_.IsEmpty()) rejection = js_error_.Value();
-    Finish(env);
     if (!rejection.IsEmpty()) deferred_.Reject(rejection);
     else deferred_.Resolve(result);
   }

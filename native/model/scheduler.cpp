@@ -391,14 +391,14 @@ bool Scheduler::admit(std::unique_ptr<Active>& a) {
       for (int64_t i = 0; i < n; ++i) {
         const int32_t t = r.prompt[size_t(i)];
         if (t < 0) ++negatives;
-        if (t >= V || (t < 0 && r.embd.empty()))
+        if (t >= V || (t < 0 && r.embd_floats() == 0))
           throw Error(ErrorCode::InvalidArgument, "prompt token id " + std::to_string(t) + " (at index " + std::to_string(i) +
                                                       ") is outside [0, " + std::to_string(V) + ")" +
                                                       (t < 0 ? " and no input embeddings were given" : ""));
       }
-      if (negatives * E > int64_t(r.embd.size()))
+      if (negatives * E > r.embd_floats())
         throw Error(ErrorCode::InvalidArgument, "the prompt has " + std::to_string(negatives) + " embedding positions but " +
-                                                    std::to_string(int64_t(r.embd.size()) / E) + " embedding rows were given");
+                                                    std::to_string(r.embd_floats() / E) + " embedding rows were given");
       if (r.kind == SeqRequest::Kind::Score) ctx.check_continuations(n, r.continuations);
       // A request whose worst case (prompt + max_tokens, or prefix + longest option, capped at
       // n_ctx) exceeds the whole pool could be stuck even alone: it fails now. Every other one,
@@ -473,11 +473,11 @@ bool Scheduler::admit(std::unique_ptr<Active>& a) {
       const int64_t n_pos3 = int64_t(r.pos3.size()) / 3;
       if (n_pos3 > a->prefill_pos && n_pos3 < n) {  // a resumed M-RoPE generation: prompt positions, then its tokens
         logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, n_pos3 - a->prefill_pos, nullptr, a->abort.get(),
-                              r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E, r.pos3.data() + a->prefill_pos * 3);
+                              r.embd_floats() == 0 ? nullptr : r.embd_rows() + a->embd_row * E, r.pos3.data() + a->prefill_pos * 3);
         if (logits) logits = ctx.seq_eval(slot, r.prompt.data() + n_pos3, n - n_pos3, nullptr, a->abort.get());
       } else {
         logits = ctx.seq_eval(slot, r.prompt.data() + a->prefill_pos, rest, nullptr, a->abort.get(),
-                              r.embd.empty() ? nullptr : r.embd.data() + a->embd_row * E,
+                              r.embd_floats() == 0 ? nullptr : r.embd_rows() + a->embd_row * E,
                               n_pos3 > a->prefill_pos ? r.pos3.data() + a->prefill_pos * 3 : nullptr);
       }
       {
@@ -787,7 +787,7 @@ void Scheduler::step() {
     }
     granted += ctx.kv_blocks_needed(a->slot, take);
     LlamaBatchSegment sg{a->slot, r.prompt.data() + a->prefill_pos, take, false};
-    if (!r.embd.empty()) sg.embd = r.embd.data() + a->embd_row * E;
+    if (r.embd_floats() > 0) sg.embd = r.embd_rows() + a->embd_row * E;
     if (a->prefill_pos < n_pos3) sg.pos3 = r.pos3.data() + a->prefill_pos * 3;
     segs.push_back(sg);
     who.push_back(a);

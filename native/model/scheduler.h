@@ -119,6 +119,12 @@ struct SeqRequest {
   Kind kind = Kind::Generate;
   std::vector<int32_t> prompt;     // Generate, Logits: the prompt; Score: the prefix
   std::vector<float> embd;         // input embeddings of the prompt's negative ids (images), or empty
+  // Or the same rows read in place (when embd is empty): the submitter keeps them alive and
+  // unchanged until on_done has run (the addon: the caller's Float32Array, never copied).
+  const float* embd_view = nullptr;
+  int64_t embd_view_n = 0;         // floats at embd_view
+  const float* embd_rows() const { return embd.empty() ? embd_view : embd.data(); }
+  int64_t embd_floats() const { return embd.empty() ? (embd_view ? embd_view_n : 0) : int64_t(embd.size()); }
   std::vector<int32_t> pos3;       // M-RoPE positions of the prompt ([n][3]), or empty
   GenerateParams params;           // Generate
   std::vector<std::vector<int32_t>> continuations;  // Score

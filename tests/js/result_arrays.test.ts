@@ -221,6 +221,103 @@ describe.skipIf(!have)('recycled image features of prompts (llava-tiny-hf)', () 
     sameBits(mine, keep);
   });
 
+  // The native calls read the features in place on their worker / scheduler thread (no copy on
+  // the event loop: native/addon/model_handle.h FeatureArg), so a recycled array goes back to the
+  // pool only when its request settled, and the addon drops its reference exactly then.
+  it('holds a recycled array until its request settles, then reuses it; the addon references it meanwhile', async () => {
+    const refs = (): number => native().liveFeatureRefs();
+    await model.logits(ask(photo));  // the pool holds one array
+    expect(refs()).toBe(0);
+    const batch = (await model.sequences()) as unknown as Record<'logits' | 'score' | 'generate', (...a: unknown[]) => unknown>;
+    const seen: { name: string; held: number; inPoolAtSettle?: boolean; arr: Float32Array }[] = [];
+    const originals: [string, unknown][] = [];
+    for (const [name, at] of [['logits', 1], ['score', 1], ['generate', 3]] as const) {
+      const f = batch[name];
+      originals.push([name, f]);
+      Object.defineProperty(batch, name, {
+        configurable: true,
+        value: (...a: unknown[]) => {
+          const r = (f as (...x: unknown[]) => { id: number; promise: Promise<unknown> }).apply(batch, a);
+          const rec = { name, held: refs(), arr: a[at] as Float32Array } as (typeof seen)[number];
+          seen.push(rec);
+          // runs before the library's own settlement handler (registered after this returns)
+          void r.promise.then(
+            () => (rec.inPoolAtSettle = pool(model)!.includes(rec.arr)),
+            () => (rec.inPoolAtSettle = pool(model)!.includes(rec.arr)),
+          );
+          return r;
+        },
+      });
+    }
+    try {
+      await model.logits(ask(wide));
+      await model.scoreOptions(ask(photo), ['happy', 'sad']);
+      await model.generate(ask(wide), { maxTokens: 3 }).result;
+      expect(seen.map((x) => x.name)).toEqual(['logits', 'score', 'generate']);
+      for (const x of seen) {
+        expect(x.held).toBe(1);                // referenced by the request once submitted
+        expect(x.inPoolAtSettle).toBe(false);  // not handed back before the request settled
+        expect(pool(model)).toContain(x.arr);  // and handed back after it: a recycled array
+      }
+      expect(new Set(seen.map((x) => x.arr)).size).toBeLessThanOrEqual(2);  // the pool's, reused
+      expect(refs()).toBe(0);
+      // the context path (logits all) too: referenced while the call runs, released when it settles
+      const ids = Int32Array.from(model.promptTokens(ask(photo)));
+      const mine = await model.encodeImages([photo]);
+      await model.exclusive(async (ctx) => {
+        const p = ctx.evalMultimodal(ids, mine, { allLogits: true });
+        expect(refs()).toBe(1);
+        await p;
+        expect(refs()).toBe(0);
+      });
+    } finally {
+      for (const [name, f] of originals) Object.defineProperty(batch, name, { configurable: true, value: f });
+    }
+  });
+
+  it('releases the reference of a request aborted or closed while queued; detached features are ERR_INVALID_ARGUMENT', async () => {
+    const refs = (): number => native().liveFeatureRefs();
+    const handle = (model as unknown as { handle: { createBatch(o: object): Awaited<ReturnType<Model['sequences']>> } }).handle;
+    const ids = Int32Array.from(model.promptTokens(ask(photo)));
+    const feats = await model.encodeImages([photo]);
+    const text = Int32Array.from(model.tokenizer.encode('Once upon a time'));
+    const one = handle.createBatch({ maxSequences: 1 });
+    // a long generation holds the only slot: the image requests behind it wait in the queue
+    const busy = one.generate(text, { maxTokens: 100000, temperature: 0 });
+    const queued = one.logits(ids, feats);
+    expect(refs()).toBe(1);
+    one.abort(queued.id);
+    await expect(queued.promise).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    expect(refs()).toBe(0);
+    // detached while the request holds it (here: queued, then run): rejected when it settles
+    const doomed = new Float32Array(feats);
+    const late = one.logits(ids, doomed);
+    const moved = structuredClone(doomed.buffer, { transfer: [doomed.buffer] });  // keeps the bytes alive
+    expect(doomed.length).toBe(0);
+    one.abort(busy.id);  // the slot frees: the detached request runs
+    await expect(late.promise).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/detached/) });
+    expect(moved.byteLength).toBe(feats.byteLength);
+    expect(refs()).toBe(0);
+    // detached before the call: refused at once, nothing held
+    expect(() => one.logits(ids, doomed)).toThrow(/detached/);
+    // over a buffer that could shrink under the reading thread: refused too
+    const resizable = new Float32Array(new ArrayBuffer(feats.byteLength, { maxByteLength: feats.byteLength }));
+    resizable.set(feats);
+    expect(() => one.logits(ids, resizable)).toThrow(/fixed-length/);
+    await expect(model.logits({ tokens: [...ids], images: doomed })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    expect(refs()).toBe(0);
+    // closed with requests queued: each settles and lets its array go
+    const busy2 = one.generate(text, { maxTokens: 100000, temperature: 0 });
+    const a = one.score(ids, feats, [Int32Array.from([1])]);
+    const b = one.generate(ids, { maxTokens: 2 }, undefined, feats);
+    expect(refs()).toBe(2);
+    const closing = one.close();
+    await Promise.allSettled([busy.promise, busy2.promise, a.promise, b.promise]);
+    await closing;
+    expect(refs()).toBe(0);
+    sameBits(feats, await model.encodeImages([photo]));  // never written
+  });
+
   it('rejects a recycleImageFeatures that is not a boolean', async () => {
     await expect(loadModel(dir, { recycleImageFeatures: 1 as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });

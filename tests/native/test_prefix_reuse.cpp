@@ -192,3 +192,33 @@ TEST(prefix_reuse_images_match_by_content) {
   Scheduler empty(stories_model(), options(true, 2));  // nothing cached: the same passes as the Logits' prefill
   EXPECT(max_score_diff(wa, run(empty, score_request(pa, img_a))) == 0.0);
 }
+
+// SeqRequest::embd_view (the addon's caller arrays, read in place instead of copied): the same rows
+// as a view give the bits of the rows copied into embd (chunked and whole prefill, Score and
+// Logits), and a view too short for the prompt's image positions is refused like a short embd.
+TEST(prefix_reuse_embd_view_same_bits_as_embd) {
+  if (stories_gguf().empty()) return;
+  const int64_t E = stories_model()->hparams().n_embd, k = 5;
+  std::vector<float> img(size_t(k * E));
+  for (size_t i = 0; i < img.size(); ++i) img[i] = 0.03f * float(int(i * 104729 % 97) - 48);
+  std::vector<int32_t> p{1, 403, 17};
+  const std::vector<int32_t> ids = image_pseudo_ids(img.data(), k, E);
+  p.insert(p.end(), ids.begin(), ids.end());
+  p.insert(p.end(), {29, 88, 120});
+  auto view = [&](SeqRequest r, int64_t floats) {
+    r.embd_view = img.data();
+    r.embd_view_n = floats;
+    return r;
+  };
+  for (bool chunked : {true, false}) {
+    Scheduler a(stories_model(), options(chunked, 2)), b(stories_model(), options(chunked, 2));
+    const SeqOutcome sa = run(a, score_request(p, img)), sb = run(b, view(score_request(p), int64_t(img.size())));
+    EXPECT(!sa.error && !sb.error && !sa.scores.empty());
+    EXPECT(max_score_diff(sa, sb) == 0.0);
+    Scheduler c(stories_model(), options(chunked, 2)), d(stories_model(), options(chunked, 2));
+    const SeqOutcome la = run(c, logits_request(p, img)), lb = run(d, view(logits_request(p), int64_t(img.size())));
+    EXPECT(!la.error && !lb.error && !la.logits.empty() && la.logits == lb.logits);
+    const SeqOutcome shorter = run(d, view(score_request(p), (k - 1) * E));
+    EXPECT(shorter.error != nullptr);
+  }
+}
