@@ -111,7 +111,6 @@ CpuFeatures detect() {
     f.avx512bw = os_avx512 && (b & (1u << 30));
     f.avx512vl = os_avx512 && (b & (1u << 31));
     f.avx512vnni = os_avx512 && (c & (1u << 11));
-    f.gfni = os_avx && (c & (1u << 8));
     f.avx512fp16 = os_avx512 && (d & (1u << 23));
     f.amx_bf16 = os_amx && (d & (1u << 22));
     f.amx_tile = os_amx && (d & (1u << 24));

@@ -10,7 +10,6 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512bf16 = false, avx512vnni = false, avx512fp16 = false;
-  bool gfni = false;  // GF(2^8) affine byte transforms (gemv_repacked's q4_0 nibble unpack)
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool amx_usable = false;  // the OS granted AMX tile state to this process (Linux arch_prctl)
   int physical_cores = 1;

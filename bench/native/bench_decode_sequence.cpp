@@ -11,9 +11,8 @@
 //
 //   build-bench/bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N]
 //       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]
-//       [--ab qx-inside|prefetch-o|owned] [--pf-kib K]
-// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --ab owned: GEMV
-// ranges by order of arrival / by pool thread index; --pf-kib: fma-prefetch-o prefetches at most
+//       [--ab prefetch-o] [--pf-kib K]
+// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --pf-kib: fma-prefetch-o prefetches at most
 // K KiB of a thread's part, 0 = all of it)
 //
 // --gap: what the threads do between q/k/v and o (the attention's place): `fma` AVX-512 FMAs only
@@ -128,7 +127,7 @@ void gap_work(double us, Gap, const uint8_t* = nullptr, size_t = 0) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N] [--shape 1.1b|7b]\n"
                "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]\n"
-               "                             [--ab qx-inside|prefetch-o|owned] [--pf-kib K]\n");
+               "                             [--ab prefetch-o] [--pf-kib K]\n");
   std::exit(code);
 }
 
@@ -169,15 +168,12 @@ int main(int argc, char** argv) {
       usage(2);
     }
   }
-  if (!ab.empty() && ab != "qx-inside" && ab != "prefetch-o" && ab != "owned") usage(2);
+  if (!ab.empty() && ab != "prefetch-o") usage(2);
   const bool big = shape == "7b";
   const int64_t D = big ? 4096 : 2048, F = big ? 11008 : 5632, KV = big ? 4096 : 256, V = 32000;
   const int L = layers > 0 ? layers : big ? 32 : 22;
   const int nvar = ab.empty() ? 1 : 2;
-  auto set_variant = [&](int v) {
-    if (ab == "qx-inside") gemm_detail::set_gemv_qx_inside(v == 1);
-    if (ab == "owned") gemm_detail::set_gemv_owned_ranges(v == 1);
-  };
+  auto set_variant = [&](int v) { (void)v; };  // prefetch-o: the gap kind alternates (below)
 
   ThreadPool pool(threads);
   std::mt19937 rng(1);

@@ -8,17 +8,11 @@
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
 // loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
 // embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
-// entries dropped before each block; qx_inside: the repacked q4_0 / q8_0 GEMV rounding x inside its
-// dispatch (gemm_internal.h set_gemv_qx_inside) against on the caller; owned_ranges: the decode
-// GEMV ranges by pool thread index (set_gemv_owned_ranges) against by order of arrival;
-// kq_record_rows: K-quant records of 32 rows (on) against 64 (set_kquant_record_rows, fixed when the
-// weights are packed: model loaded twice); small_half_copies: bf16 / f16 copies from 256 KiB (on)
+// entries dropped before each block; kq_record_rows: K-quant records of 32 rows (on) against 64
+// (set_kquant_record_rows, fixed when the weights are packed: model loaded twice); small_half_copies: bf16 / f16 copies from 256 KiB (on)
 // against 2 MiB (core/backend.h set_small_half_copies, read when weights are placed: loaded twice);
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
-// with AB_PREFILL); batched_attention: a step's segments' attentions in one attention_batch call
-// (EMOLLM_BATCHED_ATTENTION at a context's creation: two contexts; with AB_SEQS);
-// prefault_threads: a context's prefault on the calling thread (on) against split over the pool
-// (set_prefault_one_thread; with AB_CREATE); AB_THP=0: no transparent huge pages in the process;
+// with AB_PREFILL); AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
 // prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s);
@@ -179,13 +173,9 @@ const AbSwitch kSwitches[] = {
     // the pool's parallel_for and the packed GEMMs' X packing in claimed pieces (vs one static
     // range a thread: base/thread_pool.h pool_dynamic_split)
     {"pool_dynamic", [](bool on) { pool_dynamic_split(on); }},
-    {"qx_inside", [](bool on) { gemm_detail::set_gemv_qx_inside(on); }},
-    {"owned_ranges", [](bool on) { gemm_detail::set_gemv_owned_ranges(on); }},
     {"kq_record_rows", [](bool on) { set_kquant_record_rows(on ? 32 : 64); }, OnContext::ReloadedModel},
     {"small_half_copies", [](bool on) { set_small_half_copies(on); }, OnContext::ReloadedModel},
     {"bf16_prefill_fuse", [](bool on) { set_bf16_prefill_fuse(on); }},
-    {"batched_attention", [](bool on) { setenv("EMOLLM_BATCHED_ATTENTION", on ? "1" : "0", 1); }, OnContext::NewContext},
-    {"prefault_threads", [](bool on) { set_prefault_one_thread(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }

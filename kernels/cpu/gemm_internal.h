@@ -190,11 +190,6 @@ bool repacked_panels_enabled();
 void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
-// That X-panel kernel on q4_0: each block's high nibbles unpacked by one GF(2^8) affine transform
-// (vgf2p8affineqb, a per-byte shift right by 4) instead of a 16-bit shift and a mask, where the
-// CPU has GFNI (default on); off: the shift and mask. Exact byte operations: the same bits. For
-// tests and the A/B rows of q8_panels_ab; process-wide.
-void set_repacked_q40_gfni(bool on);
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
 // side by side, each record prefetched 4 KiB on along its part (default on; off, EMOLLM_Q40_MS=0:
 // one stream, 8 records ahead). Same bits. Process-wide.
@@ -206,19 +201,11 @@ bool q40_ms();
 // from one shared counter (base/thread_pool.h parallel_guided). Same bits. Process-wide.
 void set_gemv_ranges(bool on);
 bool gemv_ranges();
-// Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; default on,
-// EMOLLM_GEMV_OWNED_RANGES) rather than by order of arrival, so a thread can prefetch its own part
-// of the next GEMV before the call (gemv_repacked_own_part). Same chunks, same stealing, same
-// bits. Process-wide.
-void set_gemv_owned_ranges(bool on);
-bool gemv_owned_ranges();
-inline RangeOwner gemv_range_owner() { return gemv_owned_ranges() ? RangeOwner::Thread : RangeOwner::Arrival; }
-// The M = 1 repacked GEMV rounds x to q8_0 inside its own dispatch, the threads sharing the work
-// while the first weight lines arrive (gemv_repacked.cpp SharedQx); off: before the dispatch, on
-// the calling thread (the default). Same bits. Opt-in, EMOLLM_GEMV_QX_INSIDE=1: on the loaded Zen 5
-// VM it measured the same as the default (interleaved per call and per layer); for a quiet A/B.
-void set_gemv_qx_inside(bool on);
-bool gemv_qx_inside();
+// Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; the same
+// chunks, stealing and bits as by order of arrival). The switch to arrival order
+// (EMOLLM_GEMV_OWNED_RANGES=0) went in session 21: quiet on / off 1.006 (q4_0) and 1.002 (q6_K) at
+// 2 threads, and its reason (a thread prefetching its own part of the next GEMV) went in session 20.
+inline RangeOwner gemv_range_owner() { return RangeOwner::Thread; }
 
 void gemm_q8act_scalar(const Args& a);
 

@@ -128,26 +128,6 @@ EnvSwitch& ranges_flag() {
 }  // namespace
 void set_gemv_ranges(bool on) { ranges_flag().set(on); }
 bool gemv_ranges() { return ranges_flag().on(); }
-namespace {
-EnvSwitch& owned_ranges_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_OWNED_RANGES");  // =0: ranges by order of arrival (whole-run A/B)
-  return on;
-}
-}  // namespace
-void set_gemv_owned_ranges(bool on) { owned_ranges_flag().set(on); }
-bool gemv_owned_ranges() { return owned_ranges_flag().on(); }
-namespace {
-// Off unless EMOLLM_GEMV_QX_INSIDE=1 (opt-in: no gain measured yet, see SharedQx).
-std::atomic<bool>& qx_inside_flag() {
-  static std::atomic<bool> on{[] {
-    const char* v = std::getenv("EMOLLM_GEMV_QX_INSIDE");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }()};
-  return on;
-}
-}  // namespace
-void set_gemv_qx_inside(bool on) { qx_inside_flag().store(on, std::memory_order_relaxed); }
-bool gemv_qx_inside() { return qx_inside_flag().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 
@@ -225,7 +205,6 @@ void gemv_repacked_scalar(const int8_t* xq, const BlockSums& s, const uint8_t* W
 
 #if defined(__x86_64__)
 #define EMO_TRP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
-#define EMO_TRPG __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c,gfni")))
 
 inline int32_t ld32(const int8_t* p) {
   int32_t v;
@@ -539,7 +518,7 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
 // 4 x 2 tiles (8 int32 + 16 f32 zmm) fit the 32 registers; 6 x 1 measured ~10% slower at M = 512
 // (more loads per vpdpbusd), 6 x 2 would spill.
 // Budget per block of a 4 x 2 q4_0 tile: 64 vpdpbusd; the unpack, 8 weight loads into 8 ands and
-// 8 shifts (or 8 gf2p8affineqb: Gfni); the scale work 8 cvtdq2ps, 8 vmulps (fp16(d_w) * d_x),
+// 8 shifts; the scale work 8 cvtdq2ps, 8 vmulps (fp16(d_w) * d_x),
 // 8 FMAs; 36 dword broadcasts. Measured at M = 628, N = K = 4096, 1 thread (session 21, loaded):
 // with the vmulps left out (wrong bits, a probe) 1.14x, with every scale op replaced by an int add
 // 1.22x, with the high-nibble unpack left out 1.03x: the vmulps / FMAs appear to share the pipes
@@ -547,15 +526,17 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
 // the kernel at ~68% of the vpdpbusd peak. Tried, same bits, no faster (bench/README): 8-row tiles
 // (two X panels, the f32 sums in L1, 16 accumulator chains) 0.995-1.028x; int -> float by the
 // 1.5 * 2^23 bias trick (an int add and an FADD instead of vcvtdq2ps) 0.98x; the X dwords as
-// vpdpbusd's embedded {1to16} broadcast 0.95x.
+// vpdpbusd's embedded {1to16} broadcast 0.95x; the high nibbles by one gf2p8affineqb (GFNI) instead
+// of the shift and mask, quiet: 1.002-1.011x at 1 thread, 1.001-1.046x at 2 by best time, medians
+// 0.99-1.01 (session 21: removed).
 constexpr int kPanelRows = 4;
 using XPanels = gemm_detail::Q8XPanels<kPanelRows>;
 constexpr int kPanelGroups = 2;  // NV: groups (of 16 weight rows) per microkernel
 
 // bs[j] / bq[j]: group j's scales / quants of this block.
-template <bool Q8, int NV, bool Gfni>
-__attribute__((always_inline)) EMO_TRPG inline void panel_block(const int32_t* xb, const uint8_t* const* bs,
-                                                                const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
+template <bool Q8, int NV>
+__attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb, const uint8_t* const* bs,
+                                                               const uint8_t* const* bq, __m512 (&f)[kPanelRows][NV]) {
   constexpr int MR = kPanelRows;
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   __m512i acc[MR][NV];
@@ -585,13 +566,8 @@ __attribute__((always_inline)) EMO_TRPG inline void panel_block(const int32_t* x
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         const __m512i v = _mm512_loadu_si512(bq[j] + 64 * t);
-        lo[j] = _mm512_and_si512(v, m0f);  // elements 4t..4t+3: quad t
-        // elements 16+4t..: quad 4+t; each byte's bits 4-7 moved to 0-3 (matrix rows: output bit
-        // i <- input bit i + 4 for i < 4, else 0): one op instead of a 16-bit shift and a mask
-        if constexpr (Gfni)
-          hi[j] = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(int64_t(0x1020408000000000ull)), 0);
-        else
-          hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+        lo[j] = _mm512_and_si512(v, m0f);                         // elements 4t..4t+3: quad t
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);  // elements 16+4t..: quad 4+t
       }
 #pragma GCC unroll 6
       for (int i = 0; i < MR; ++i) {
@@ -624,10 +600,10 @@ __attribute__((always_inline)) EMO_TRPG inline void panel_block(const int32_t* x
 // the last (b1 < nb, b1 - b0 even) stores its two sets to st (kPanelState floats) and the next
 // slice (b0 > 0) starts from them, exact f32 values, the same bits.
 constexpr int64_t kPanelState = 2 * kPanelRows * kPanelGroups * 16;  // floats of one panel's sums
-template <bool Q8, int NV, bool Gfni = false>
-EMO_TRPG void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
-                                  int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
-                                  int64_t cols) {
+template <bool Q8, int NV>
+EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
+                                 int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
+                                 int64_t cols) {
   static_assert(2 * kPanelRows * NV * 16 <= kPanelState, "panel state too small");
   constexpr int MR = kPanelRows;
   const size_t rec = L.rec;
@@ -656,12 +632,12 @@ EMO_TRPG void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const Rep
   }
   int64_t b = b0;
   for (; b + 1 < b1; b += 2) {
-    panel_block<Q8, NV, Gfni>(xp + b * XB, bs, bq, f0);
+    panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
-    panel_block<Q8, NV, Gfni>(xp + (b + 1) * XB, bs, bq, f1);
+    panel_block<Q8, NV>(xp + (b + 1) * XB, bs, bq, f1);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
   }
-  if (b < b1) panel_block<Q8, NV, Gfni>(xp + b * XB, bs, bq, f0);
+  if (b < b1) panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
   if (b1 < nb) {
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i)
@@ -837,93 +813,10 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
 }
 }  // namespace
 
-namespace {
-// x rounded to q8_0 inside the GEMV's own dispatch (gemm_detail::gemv_qx_inside()): in pieces of
-// kQxPieceBlocks blocks that the threads claim, each thread first prefetching the first records of
-// its chunk, then rounding pieces, then waiting until every piece is done (it waits only for pieces
-// another running thread has claimed, never for a thread that has not joined: run_dynamic's
-// rule). The default path rounds x on the caller (0.7 us at K = 2048, 1.9 at 5632 on Zen 5) before
-// waking the pool, while the workers idle and no weight line is in flight; here the workers round
-// with it and the first weight lines arrive meanwhile. Each piece is rounded by qx_quantize_row_*
-// and compacted as quantize_rows does (slot b: d_x, the 8 lanes' -off * sums added in int32), so
-// the values, and every bit after them, are quantize_rows'.
-// Measured (Zen 5 VM, load 11-13, session 13): the same as the default within noise: hot
-// N = 256 / 2048, K = 2048 / 5632, 1 and 2 threads, alternated per call, medians 0.98-1.00x; cold
-// in a decode-order sequence of the 1.1B matrices alternated per layer 0.99-1.02x. Expected gain on
-// a quiet machine ~0.5 us a call (half the rounding at 2 threads): hence opt-in until measured.
-constexpr int64_t kQxPieceBlocks = 16;
-
-class SharedQx {
- public:
-  SharedQx(const float* x, int64_t K, int off)
-      : x_(x), nb_(K / kQK), off_(off), pieces_((nb_ + kQxPieceBlocks - 1) / kQxPieceBlocks) {
-    using namespace gemm_detail;
-    q_ = qx_view(scratch(kQxSlot, qx_bytes(1, K)), 1, K);
-  }
-  const int8_t* qs() const { return q_.qs; }
-  BlockSums sums() const { return BlockSums{q_.dxe, q_.neg}; }
-  bool ready() const { return done_.load(std::memory_order_acquire) == pieces_; }
-  // Rounds unclaimed pieces, then waits for the claimed ones.
-  void complete() {
-    for (int64_t p; (p = next_.fetch_add(1, std::memory_order_relaxed)) < pieces_;) {
-      piece(p);
-      done_.fetch_add(1, std::memory_order_release);
-    }
-    while (!ready()) {
-#if defined(__x86_64__)
-      _mm_pause();
-#endif
-    }
-  }
-
- private:
-  void piece(int64_t p) const {
-    const int64_t b0 = p * kQxPieceBlocks, n = std::min(kQxPieceBlocks, nb_ - b0);
-    float dxe[kQxPieceBlocks * 8];
-    int32_t neg[kQxPieceBlocks * 8];
-    int8_t* qs = const_cast<int8_t*>(q_.qs) + b0 * kQK;
-#if defined(__x86_64__)
-    if (isa_active() >= Isa::Avx2)
-      gemm_detail::qx_quantize_row_avx2(x_ + b0 * kQK, n * kQK, qs, dxe, neg, off_);
-    else
-#endif
-      gemm_detail::qx_quantize_row_scalar(x_ + b0 * kQK, n * kQK, qs, dxe, neg, off_);
-    float* dx = const_cast<float*>(q_.dxe);
-    int32_t* ng = const_cast<int32_t*>(q_.neg);
-    for (int64_t i = 0; i < n; ++i) {
-      int32_t sum = 0;
-      for (int j = 0; j < 8; ++j) sum += neg[i * 8 + j];
-      dx[b0 + i] = dxe[i * 8];
-      ng[b0 + i] = sum;
-    }
-  }
-  const float* x_;
-  int64_t nb_;
-  int off_;
-  int64_t pieces_;
-  gemm_detail::QX q_;
-  std::atomic<int64_t> next_{0}, done_{0};
-};
-
-// The first records of the streams of a pass from group g0 (what groups_avx512's `cold` start
-// prefetches: one super-group, or a pass's kPassGroups one-group streams). Forced inline: a
-// function holding nothing but prefetches is found side-effect free by GCC 12's IPA (pure-const,
-// modref) and its calls deleted; until session 20 these prefetches were never emitted (found by
-// building the core with -fno-ipa-pure-const -fno-ipa-modref: the only object with more prefetch
-// instructions then was this one, by these two).
-__attribute__((always_inline)) inline void prefetch_first_records(const uint8_t* G, const RepackLayout& L, bool q8, int64_t g0) {
-#if defined(__x86_64__)
-  const size_t ahead = (L.sg == 1 ? 4 : q8 ? 4 : 8) * L.rec;
-  const int streams = L.sg == 1 ? kPassGroups : 1;
-  for (int k = 0; k < streams; ++k) {
-    const uint8_t* p = L.scales(G, (g0 / L.sg + k) * L.sg);
-    for (size_t o = 0; o < ahead && o < L.sgstride; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
-  }
-#else
-  (void)G, (void)L, (void)q8, (void)g0;
-#endif
-}
-}  // namespace
+// (Session 21 removed the EMOLLM_GEMV_QX_INSIDE opt-in: x rounded to q8_0 inside the GEMV's
+// dispatch, the threads sharing the pieces while their first records were prefetched. Quiet A/B
+// with its prefetch emitted, on / off: 1 thread CPU time q4_0 0.996, q8_0 0.983; 2 threads 0.982 /
+// 0.991 (bench/README): no gain, so x is rounded on the calling thread before the dispatch.)
 
 void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
                    ThreadPool* pool) {
@@ -935,18 +828,6 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const bool vec = vnni_kernel();
   const RepackLayout L = repack_layout(q8, nb);
-  if (gemv_qx_inside()) {
-    SharedQx sq(x, K, q8 ? 128 : 8);
-    gemv_dispatch(pool, N * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
-      const bool first = !sq.ready();
-      if (first) {
-        prefetch_first_records(G, L, q8, g0);
-        sq.complete();
-      }
-      repacked_groups(sq.qs(), sq.sums(), G, L, q8, vec, bias, y, N, nb, g0, g1, !first);
-    });
-    return;
-  }
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
   gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
@@ -972,36 +853,15 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   const int64_t nb = K / kQK, groups = first[n_outs];
   const bool vec = vnni_kernel();
   const RepackLayout L = repack_layout(q8, nb);
-  const bool inside = gemv_qx_inside();
-  std::optional<SharedQx> sq;
-  QX q{};
-  BlockSums s{};
-  if (inside) {
-    sq.emplace(x, K, q8 ? 128 : 8);
-  } else {
-    q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
-    s = row_sums(q, 0);
-  }
+  const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
+  const BlockSums bs = row_sums(q, 0);
   gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
-    bool cold = true;
-    if (inside && !sq->ready()) {
-      for (int j = 0; j < n_outs; ++j)
-        if (g0 < first[j + 1]) {
-          prefetch_first_records(static_cast<const uint8_t*>(outs[j].W), L, q8, g0 - first[j]);
-          break;
-        }
-      sq->complete();
-      cold = false;
-    }
-    const int8_t* qs = inside ? sq->qs() : q.qs;
-    const BlockSums bs = inside ? sq->sums() : s;
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);
       const GemvOutput& o = outs[j];
-      repacked_groups(qs, bs, static_cast<const uint8_t*>(o.W), L, q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
-                      e - first[j], cold);
-      cold = true;
+      repacked_groups(q.qs, bs, static_cast<const uint8_t*>(o.W), L, q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
+                      e - first[j]);
       g0 = e;
     }
   });
@@ -1031,7 +891,6 @@ std::atomic<bool> g_panels_enabled{true};
 // The X-panel kernel's blocking (gemm_internal.h set_repacked_kslice / _kgroup / _pass_kib; -1:
 // EMOLLM_REPACKED_KSLICE / _KGROUP / _PASS_KIB when set, else the defaults below).
 std::atomic<int> g_kslice{-1}, g_pass_kib{-1}, g_kgroup{-1};
-std::atomic<bool> g_q40_gfni{true};  // set_repacked_q40_gfni
 
 // A non-negative integer from the environment (env_int), or -1 when unset or out of range.
 int env_count(const char* name) {
@@ -1098,7 +957,6 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
   const int64_t kc = panel_kslice(nb), kg = kc > 0 ? panel_kgroup() : 1;
   const int64_t pc = std::max<int64_t>(1, (panel_pass_kib(kc > 0) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
-  const bool gfni = g_q40_gfni.load(std::memory_order_relaxed) && cpu_features().gfni;
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
@@ -1122,8 +980,6 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
             float* s = st ? st + ((p - q0) * pc + pm - c0) * kPanelState : nullptr;
             if (q8)
               panel_groups_avx512<true, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
-            else if (gfni)
-              panel_groups_avx512<false, NV, true>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
             else
               panel_groups_avx512<false, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
           };
@@ -1145,12 +1001,6 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
 }  // namespace
 
 namespace gemm_detail {
-void set_repacked_q40_gfni(bool on) {
-#if defined(__x86_64__)
-  g_q40_gfni.store(on, std::memory_order_relaxed);
-#endif
-  (void)on;
-}
 void set_repacked_kslice(int blocks) {
 #if defined(__x86_64__)
   g_kslice.store(blocks, std::memory_order_relaxed);

@@ -86,9 +86,9 @@ void quant_repack(const void* W, DType wtype, int64_t N, int64_t K, void* out, T
 void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bias, float* y, int64_t N, int64_t K,
                    ThreadPool* pool);
 // The part of Wr that pool thread ith of nth reads first in gemv_repacked(..., N, K, pool of nth)
-// while the GEMV ranges are owned by thread index (gemm_internal.h gemv_owned_ranges(), the
-// default): its own range of rows, *bytes bytes from *begin (contiguous in this layout; walked
-// from the front unless another thread steals its end). *bytes = 0 when ith owns none. So a
+// (the GEMV ranges are owned by thread index: gemm_internal.h gemv_range_owner()): its own range
+// of rows, *bytes bytes from *begin (contiguous in this layout; walked from the front unless
+// another thread steals its end). *bytes = 0 when ith owns none. So a
 // thread can prefetch the start of its part of the next matrix while it does something else.
 void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, int ith, int nth,
                             const uint8_t** begin, size_t* bytes);
@@ -141,8 +141,8 @@ void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wty
 // EMOLLM_KQUANT_REPACK=0: the GGUF layout and its kernels (the previous path).
 void set_kquant_repacking(bool on);
 bool kquant_repacking();
-// Rows per record of kquant_repack (32 or 64; default 64; EMOLLM_KQUANT_RECORD_ROWS=32; the 16-row
-// records are gone: 64 rows were faster on q4_K and q6_K). Read when packing and when computing: process-wide, set it before
+// Rows per record of kquant_repack (32 or 64; default 64: faster than 16 and not slower than 32 on
+// q4_K and q6_K; 32 stays a layout the tests pack and read). Read when packing and when computing: process-wide, set it before
 // packing and keep it while the records are in use (tests, the bench's A/B rows).
 void set_kquant_record_rows(int rows);
 // q6_K records' code layout (kquant_records.h): the packed high bits (default) or the previous
@@ -182,7 +182,7 @@ void gemm_bf16_panels_multi(const float* X, int64_t ldx, const PanelOutput* outs
 // N x K matrix): bit for bit gemm() for each output, with X rounded and packed once and one thread
 // split over every output's weight panels where gemm() runs the vdpbf16ps packed GEMM (M > 64,
 // AVX512-BF16 at the AVX-512 level, K <= 4096, no AMX); elsewhere it runs gemm() for each output.
-// A prefill layer's q / k / v and gate / up (CPU backend, EMOLLM_BF16_PREFILL_FUSE=0: one gemm()
+// A prefill layer's q / k / v and gate / up (CPU backend, set_bf16_prefill_fuse(false): one gemm()
 // each).
 void gemm_bf16_rows_multi(const float* X, int64_t ldx, const PanelOutput* outs, int n, int64_t M, int64_t K,
                           ThreadPool* pool);

@@ -2,7 +2,7 @@
 // GEMV and gemm_kquant_vnni.cpp's prefill read it). Not public API.
 //
 // Rows go in groups of 16 (kKqRows) and groups in super-groups of G (2 or 4: 32 or 64
-// rows; kquant_record_groups(), EMOLLM_KQUANT_RECORD_ROWS, default 64; the last super-group padded
+// rows; kquant_record_groups(), default 64; the last super-group padded
 // with zero rows); super-group q is ns = K / 256 records, one per super-block, back to back: one
 // sequential stream per super-group. A record holds its super-block of all 16 G rows, 64-byte
 // aligned and a whole number of lines, with the scales unpacked to one byte per row per
@@ -74,7 +74,7 @@ inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecor
 bool kq6_packed();
 
 // Groups of 16 rows per record of kquant_repack's output: 4 (64-row records, the default) or 2
-// (kernels.h set_kquant_record_rows, EMOLLM_KQUANT_RECORD_ROWS). The layout itself is defined for
+// (kernels.h set_kquant_record_rows: tests). The layout itself is defined for
 // any G (G = 1: the removed 16-row records).
 int kquant_record_groups();
 

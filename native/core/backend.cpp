@@ -133,7 +133,9 @@ EnvSwitch& decoder_panels_flag() {
   return on;
 }
 // The smallest BF16 / F16 decoder matrix that gets the same-layout copy (or, with decoder panels,
-// the panels): 256 KiB (EMOLLM_SMALL_HALF_COPIES=0: 2 MiB, the previous threshold). A decode
+// the panels): 256 KiB (set_small_half_copies(false), tests only: 2 MiB, the previous threshold;
+// its environment switch EMOLLM_SMALL_HALF_COPIES went in session 21, quiet A/B on / off 0.990 at
+// 1 thread, 1.000 / 0.999 at 2: kept for the fused q / k / v dispatch it gives GQA models). A decode
 // step's q / k / v take the fused GEMV dispatch (gemv_huge_pages_multi, or the panels' multi-output
 // call) only when all three have a copy, and TinyLlama-1.1B's k / v (GQA: 256 x 2048 bf16 = 1 MiB)
 // had none: its qkv call ran as three gemm() calls, k and v on the file's 4 KiB pages by the
@@ -141,8 +143,8 @@ EnvSwitch& decoder_panels_flag() {
 // Below 2 MiB the copy stays in 4 KiB pages (alloc_packed); the original pages are released as for
 // the others, so the resident size does not grow. Read when weights are placed (backend.h
 // set_small_half_copies).
-EnvSwitch& small_half_copies_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_HALF_COPIES");
+std::atomic<bool>& small_half_copies_flag() {
+  static std::atomic<bool> on{true};
   return on;
 }
 // Default on (backend.h set_f32_huge_copies; EMOLLM_F32_HUGE_COPIES=0 off): decoder F32 matrices
@@ -153,18 +155,14 @@ EnvSwitch& f32_huge_copies_flag() {
   static EnvSwitch on("EMOLLM_F32_HUGE_COPIES");
   return on;
 }
-// CpuBackend::bf16_fused on the 2 MiB-page copies: on unless EMOLLM_BF16_PREFILL_FUSE is "0" / "off".
-EnvSwitch& bf16_prefill_fuse_flag() {
-  static EnvSwitch on("EMOLLM_BF16_PREFILL_FUSE");
+// CpuBackend::bf16_fused on the 2 MiB-page copies: on unless set_bf16_prefill_fuse(false) (tests:
+// the reference is one gemm() each). Its environment switch EMOLLM_BF16_PREFILL_FUSE went in
+// session 21: quiet 128-token prefill fused / one gemm() each 1.007 at 1 thread, 1.049 at 2.
+std::atomic<bool>& bf16_prefill_fuse_flag() {
+  static std::atomic<bool> on{true};
   return on;
 }
-size_t half_copy_min_bytes() { return small_half_copies_flag().on() ? (size_t(256) << 10) : kHugePageBytes; }
-// backend.h set_prefault_one_thread: CpuBackend::prefault on the calling thread only when
-// EMOLLM_PREFAULT_THREADS is "1" or "on" (A/B hook); by default split over the pool.
-EnvSwitch& prefault_one_thread_flag() {
-  static EnvSwitch on("EMOLLM_PREFAULT_THREADS", EnvDefault::Off);
-  return on;
-}
+size_t half_copy_min_bytes() { return small_half_copies_flag().load(std::memory_order_relaxed) ? (size_t(256) << 10) : kHugePageBytes; }
 bool huge_buffers() {
   static const bool on = env_enabled("EMOLLM_HUGE_BUFFERS");
   return on;
@@ -332,7 +330,9 @@ class CpuBackend final : public Backend {
       uint8_t* hi = base + std::min(bytes, size_t(e) * kHugePageBytes);
       if (!prefault_range(lo, hi)) refused.store(true);
     };
-    if (!prefault_one_thread_flag().on() && pool_.size() > 1 && units > 1)
+    // split over the pool (session 21 removed EMOLLM_PREFAULT_THREADS=1, the calling thread alone:
+    // no gain, quiet 0.92 at 2 threads)
+    if (pool_.size() > 1 && units > 1)
       pool_.run(part);
     else
       part(0, 1);
@@ -408,9 +408,9 @@ class CpuBackend final : public Backend {
   // gemm_bf16_rows_multi, what gemm() gives for each output bit for bit, with X rounded and packed
   // once and one thread split over all their weight panels (TinyLlama-1.1B's k / v, N = 256, no
   // longer split by rows; X packing was 13.6% of such a call's samples, M = 512, 1 thread;
-  // EMOLLM_BF16_PREFILL_FUSE=0: one gemm() each).
+  // set_bf16_prefill_fuse(false): one gemm() each).
   bool bf16_fused(const float* X, int64_t ldx, const GemmOutput* outs, int n, int64_t M, int64_t K, bool on_panels) {
-    if (on_panels ? !bf16_panels_usable() : !bf16_prefill_fuse_flag().on()) return false;
+    if (on_panels ? !bf16_panels_usable() : !bf16_prefill_fuse_flag().load(std::memory_order_relaxed)) return false;
     PanelOutput po[kMaxPanelOutputs];
     for (int j = 0; j < n; ++j) {
       if (outs[j].wtype != DType::BF16) return false;
@@ -672,17 +672,16 @@ class Scratch {
 
 }  // namespace
 
-void set_small_half_copies(bool on) { small_half_copies_flag().set(on); }
-void set_prefault_one_thread(bool on) { prefault_one_thread_flag().set(on); }
+void set_small_half_copies(bool on) { small_half_copies_flag().store(on, std::memory_order_relaxed); }
 void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
 bool f32_huge_copies() { return f32_huge_copies_flag().on(); }
-void set_bf16_prefill_fuse(bool on) { bf16_prefill_fuse_flag().set(on); }
-bool bf16_prefill_fuse() { return bf16_prefill_fuse_flag().on(); }
+void set_bf16_prefill_fuse(bool on) { bf16_prefill_fuse_flag().store(on, std::memory_order_relaxed); }
+bool bf16_prefill_fuse() { return bf16_prefill_fuse_flag().load(std::memory_order_relaxed); }
 void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
 bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
 void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
 bool release_nohugepage() { return release_nohugepage_flag().on(); }
-bool small_half_copies() { return small_half_copies_flag().on(); }
+bool small_half_copies() { return small_half_copies_flag().load(std::memory_order_relaxed); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().set(on); }
 bool bf16_decoder_panels() { return decoder_panels_flag().on(); }
 

@@ -49,15 +49,11 @@ void set_bf16_decoder_panels(bool on);
 bool bf16_decoder_panels();
 
 // The smallest decoder BF16 / F16 matrix (GemmRows::Any) the CPU copies (same layout, or panels
-// with bf16_decoder_panels()): 256 KiB when on (default; EMOLLM_SMALL_HALF_COPIES=0 off: 2 MiB, the
-// previous threshold), so that GQA models' small k / v matrices join the fused q / k / v decode
-// dispatch. Read when weights are placed; process-wide.
+// with bf16_decoder_panels()): 256 KiB when on (default; off, tests only: 2 MiB, the previous
+// threshold), so that GQA models' small k / v matrices join the fused q / k / v decode dispatch.
+// Read when weights are placed; process-wide.
 void set_small_half_copies(bool on);
 bool small_half_copies();
-// CpuBackend::prefault (a context's KV cache and activations at creation) on the calling thread
-// only (EMOLLM_PREFAULT_THREADS=1 or this setter) instead of split over the pool's threads in
-// whole 2 MiB units (the default). Process-wide, read at each prefault.
-void set_prefault_one_thread(bool on);
 // Decoder F32 matrices (GemmRows::Any, from half_copy_min_bytes) copied into 2 MiB pages as the
 // BF16 / F16 ones are (same layout, the same kernels read it: same bits), the file's pages
 // released. Default on (quiet A/B: decode 1.14-1.25x); EMOLLM_F32_HUGE_COPIES=0 or
@@ -66,7 +62,7 @@ void set_f32_huge_copies(bool on);
 bool f32_huge_copies();
 // The CPU backend's gemm_multi at M > 1 on bf16 matrices with 2 MiB-page copies (a bf16 decoder's
 // prefill q / k / v, gate / up): one gemm_bf16_rows_multi (X packed once, one thread split; bit
-// for bit one gemm() each), default on; off (EMOLLM_BF16_PREFILL_FUSE=0): one gemm() each.
+// for bit one gemm() each), default on; off (tests: the reference): one gemm() each.
 // Process-wide, read at each call.
 void set_bf16_prefill_fuse(bool on);
 bool bf16_prefill_fuse();

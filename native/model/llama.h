@@ -452,9 +452,6 @@ class LlamaContext {
   std::vector<int32_t> free_blocks_;  // blocks with no reference (a stack)
   std::vector<const float*> k_table_, v_table_;  // the segments' block pointers for attention, one after another
   std::vector<AttentionBatchItem> att_items_;     // a pass's attentions, one per segment
-  // the segments' attentions in one Backend::attention_batch call (EMOLLM_BATCHED_ATTENTION=0 at
-  // the context's creation: one attention() per segment, the A/B baseline)
-  bool batched_attention_ = true;
   // residual adds fused with the RMSNorm after them and q / k rotated in one call (Backend::
   // add_rmsnorm, rope_pair); EMOLLM_FUSED_ROW_OPS=0 at the context's creation: the separate ops
   // (same bits), the A/B baseline

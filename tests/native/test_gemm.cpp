@@ -1325,22 +1325,16 @@ TEST(repack_records_match_reference) {
       }
 }
 
-// gemv_repacked / gemv_repacked_multi with x rounded inside the dispatch (the threads claim pieces
-// of 16 blocks; gemm_detail::set_gemv_qx_inside) give the bits of the previous path (x rounded on
-// the calling thread before the dispatch): K from one block to several pieces and a partial last
-// piece (544 = 17 blocks, 5632 = 11 pieces), no pool and 2 / 3 threads (3 on fewer cores: workers
-// late or skipping), every ISA with and without VNNI (scalar and AVX2 rounding, scalar and VNNI
-// GEMVs). The scratch x is rounded into is first filled with another x's rounding, so a piece the
-// new path skipped would show.
-// GEMV ranges owned by pool thread index (EMOLLM_GEMV_OWNED_RANGES, default) against ranges by
-// arrival: the split changes which thread computes a row, never its arithmetic: gemv_repacked,
+// GEMV ranges owned by pool thread index (the default) against guided chunks (set_gemv_ranges off;
+// the arrival-order ranges' switch went in session 21): the split changes which thread computes a
+// row, never its arithmetic: gemv_repacked,
 // gemv_repacked_multi and the bf16 / f16 huge-page GEMV bit-equal, 1-3 threads. And
 // gemv_repacked_own_part: the threads' parts partition the repacked bytes in thread order (one
 // thread: all of them; below the parallel threshold thread 0 has all).
-TEST(gemv_owned_ranges_bit_equal_arrival) {
+TEST(gemv_owned_ranges_bit_equal_guided) {
   struct OwnedScope {
-    explicit OwnedScope(bool on) : prev_(gemm_detail::gemv_owned_ranges()) { gemm_detail::set_gemv_owned_ranges(on); }
-    ~OwnedScope() { gemm_detail::set_gemv_owned_ranges(prev_); }
+    explicit OwnedScope(bool on) : prev_(gemm_detail::gemv_ranges()) { gemm_detail::set_gemv_ranges(on); }
+    ~OwnedScope() { gemm_detail::set_gemv_ranges(prev_); }
     bool prev_;
   };
   ThreadPool pool2(2), pool3(3);
@@ -1402,66 +1396,6 @@ TEST(gemv_owned_ranges_bit_equal_arrival) {
       }
 }
 
-TEST(gemv_qx_inside_bit_equal_previous) {
-  struct QxScope {
-    explicit QxScope(bool on) : prev_(gemm_detail::gemv_qx_inside()) { gemm_detail::set_gemv_qx_inside(on); }
-    ~QxScope() { gemm_detail::set_gemv_qx_inside(prev_); }
-    bool prev_;
-  };
-  ThreadPool pool2(2), pool3(3);
-  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
-  std::vector<float> bias2(37);
-  for (int i = 0; i < 37; ++i) bias2[size_t(i)] = float(i % 5 - 2) * 0.25f;
-  uint32_t seed = 7700;
-  for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (int64_t K : {32, 96, 512, 544, 2048, 5632})
-      for (int64_t N : {1, 61, 300}) {
-        if (K == 5632 && N == 300) continue;  // keeps the test short
-        Weights w = make_weights(t, N, K, seed), w2 = make_weights(t, 37, K, seed + 3);
-        std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r2(quant_repack_bytes(t, 37, K));
-        quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
-        quant_repack(w2.bytes.data(), t, 37, K, r2.data(), nullptr);
-        Problem p = make_problem(2, N, K, 0, 0, seed + 1);  // row 0: x; row 1: the other x
-        const float* x = p.X.data();
-        const float* other = p.X.data() + K;
-        for (Isa isa : isa_levels()) {
-          IsaCapScope cap(isa);
-          for (bool vnni : vnni_variants(isa))
-            for (ThreadPool* pool : pools) {
-              VnniScope vs(vnni);
-              const std::string what = std::string(dtype_name(t)) + " isa=" + isa_name(isa) + " vnni=" + yesno(vnni) +
-                                       " threads=" + std::to_string(pool ? pool->size() : 1) + " N=" +
-                                       std::to_string(N) + " K=" + std::to_string(K);
-              std::vector<float> y_prev(size_t(N), kSentinel), y_new(size_t(N), kSentinel), y_junk(size_t(N), 0.0f);
-              std::vector<float> a_prev(size_t(N), kSentinel), b_prev(37, kSentinel), a_new(size_t(N), kSentinel),
-                  b_new(37, kSentinel);
-              {
-                QxScope q(false);
-                gemv_repacked(x, r.data(), t, p.bias.data(), y_prev.data(), N, K, pool);
-                GemvOutput o[2] = {{r.data(), nullptr, a_prev.data(), N}, {r2.data(), bias2.data(), b_prev.data(), 37}};
-                gemv_repacked_multi(x, t, o, 2, K, pool);
-                gemv_repacked(other, r.data(), t, nullptr, y_junk.data(), N, K, pool);  // scratch: the other x
-              }
-              {
-                QxScope q(true);
-                gemv_repacked(x, r.data(), t, p.bias.data(), y_new.data(), N, K, pool);
-                {
-                  QxScope q0(false);
-                  gemv_repacked(other, r.data(), t, nullptr, y_junk.data(), N, K, pool);
-                }
-                GemvOutput o[2] = {{r.data(), nullptr, a_new.data(), N}, {r2.data(), bias2.data(), b_new.data(), 37}};
-                gemv_repacked_multi(x, t, o, 2, K, pool);
-              }
-              same(y_new, y_prev, what);
-              same(a_new, a_prev, what + " multi[0]");
-              same(b_new, b_prev, what + " multi[1]");
-              for (float v : y_new) EXPECT(v != kSentinel);
-              for (float v : b_new) EXPECT(v != kSentinel);
-            }
-        }
-        ++seed;
-      }
-}
 
 // gemm_repacked (any M, row strides): every row is bit-identical to gemv_repacked of that row
 // (same integer block sums, same f32 accumulation order), so a row gives the same logits in a
@@ -1763,28 +1697,22 @@ TEST(gemm_repacked_kslice_same_bits) {
   EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
 }
 
-// gemm_repacked's q4_0 X-panel kernel with the high nibbles unpacked by gf2p8affineqb (the default
-// where the CPU has GFNI; set_repacked_q40_gfni) against the 16-bit shift and mask it replaced:
-// every output bit-identical, and both equal to gemv_repacked of each row (an independent M = 1
-// path). K of the LLaVA-7B prefill GEMMs (4096: qkv / o / gate / up; 11008: down, in k slices),
-// M = 628 (the sample's prefill) and odd M / N tails (the last X panel 1-3 rows, the last weight
-// group partial), with a bias, 1 and 2 threads, one output and gemm_repacked_multi. A wrong affine
-// matrix (e.g. a rotate instead of a shift) or an unpack of the wrong nibble fails it.
+// gemm_repacked's q4_0 X-panel kernel (one output and gemm_repacked_multi) bit-identical to
+// gemv_repacked of each row (an independent M = 1 path) at the K of the LLaVA-7B prefill GEMMs
+// (4096: qkv / o / gate / up; 11008: down, in k slices), M = 628 (the sample's prefill) and odd
+// M / N tails (the last X panel 1-3 rows, the last weight group partial), with a bias, 1 and 2
+// threads. An unpack of the wrong nibble (or a rotate instead of a shift) fails it.
 static uint32_t f32_bits(float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
   return u;
 }
 
-TEST(gemm_repacked_q40_gfni_same_bits) {
+TEST(gemm_repacked_q40_panels_same_bits_as_gemv) {
   if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
     std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
     return;
   }
-  if (!cpu_features().gfni) std::printf("  note: no GFNI here: both runs take the shift and mask\n");
-  struct Restore {
-    ~Restore() { gemm_detail::set_repacked_q40_gfni(true); }
-  } restore;
   ThreadPool pool2(2);
   struct Shape {
     int64_t M, N, K;
@@ -1804,28 +1732,20 @@ TEST(gemm_repacked_q40_gfni_same_bits) {
     for (int64_t m = 0; m < M; ++m)
       gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
-      std::vector<float> Y[2], Ym[2];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_repacked_q40_gfni(on != 0);
-        Y[on].assign(size_t(M * p.ldy), kSentinel);
-        gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y[on].data(), p.ldy, M, N, K, pl);
-        Ym[on].assign(size_t(M * p.ldy), kSentinel);
-        const RepackedOutput outs[1] = {{packed.data(), p.bias.data(), Ym[on].data(), p.ldy, N}};
-        gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 1, M, K, pl);
-      }
+      std::vector<float> Y(size_t(M * p.ldy), kSentinel), Ym(size_t(M * p.ldy), kSentinel);
+      gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
+      const RepackedOutput outs[1] = {{packed.data(), p.bias.data(), Ym.data(), p.ldy, N}};
+      gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 1, M, K, pl);
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) {
           const size_t i = size_t(m * p.ldy + n);
           const uint32_t want = f32_bits(G[size_t(m * N + n)]);
-          if (!(f32_bits(Y[1][i]) == want && f32_bits(Y[0][i]) == want && f32_bits(Ym[1][i]) == want &&
-                f32_bits(Ym[0][i]) == want)) {
+          if (!(f32_bits(Y[i]) == want && f32_bits(Ym[i]) == want)) {
             char buf[320];
             std::snprintf(buf, sizeof buf,
-                          "q4_0 M=%lld N=%lld K=%lld threads=%d: Y[%lld][%lld] gfni %.9g, shift %.9g, multi %.9g / %.9g, "
-                          "gemv_repacked %.9g",
+                          "q4_0 M=%lld N=%lld K=%lld threads=%d: Y[%lld][%lld] %.9g, multi %.9g, gemv_repacked %.9g",
                           (long long)M, (long long)N, (long long)K, pl ? pl->size() : 0, (long long)m, (long long)n,
-                          double(Y[1][i]), double(Y[0][i]), double(Ym[1][i]), double(Ym[0][i]),
-                          double(G[size_t(m * N + n)]));
+                          double(Y[i]), double(Ym[i]), double(G[size_t(m * N + n)]));
             emollm_test::report_failure(__FILE__, __LINE__, buf);
             return;
           }
