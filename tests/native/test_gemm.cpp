@@ -1697,65 +1697,6 @@ TEST(gemm_repacked_kslice_same_bits) {
   EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
 }
 
-// gemm_repacked's q4_0 X-panel kernel (one output and gemm_repacked_multi) bit-identical to
-// gemv_repacked of each row (an independent M = 1 path) at the K of the LLaVA-7B prefill GEMMs
-// (4096: qkv / o / gate / up; 11008: down, in k slices), M = 628 (the sample's prefill) and odd
-// M / N tails (the last X panel 1-3 rows, the last weight group partial), with a bias, 1 and 2
-// threads. An unpack of the wrong nibble (or a rotate instead of a shift) fails it.
-static uint32_t f32_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u;
-}
-
-TEST(gemm_repacked_q40_panels_same_bits_as_gemv) {
-  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
-    std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
-    return;
-  }
-  ThreadPool pool2(2);
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{628, 48, 4096}, {628, 33, 11008}, {13, 40, 11008}, {23, 17, 4096}, {9, 96, 4096}};
-  uint32_t seed = 9100;
-  int64_t compared = 0;
-  const DType t = DType::Q4_0;
-  for (const Shape& sh : shapes) {
-    const int64_t M = sh.M, N = sh.N, K = sh.K;
-    Weights w = make_weights(t, N, K, seed);
-    Problem p = make_problem(M, N, K, 8, 3, seed + 1);
-    seed += 2;
-    std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
-    quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool2);
-    std::vector<float> G(size_t(M * N));
-    for (int64_t m = 0; m < M; ++m)
-      gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
-      std::vector<float> Y(size_t(M * p.ldy), kSentinel), Ym(size_t(M * p.ldy), kSentinel);
-      gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
-      const RepackedOutput outs[1] = {{packed.data(), p.bias.data(), Ym.data(), p.ldy, N}};
-      gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 1, M, K, pl);
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) {
-          const size_t i = size_t(m * p.ldy + n);
-          const uint32_t want = f32_bits(G[size_t(m * N + n)]);
-          if (!(f32_bits(Y[i]) == want && f32_bits(Ym[i]) == want)) {
-            char buf[320];
-            std::snprintf(buf, sizeof buf,
-                          "q4_0 M=%lld N=%lld K=%lld threads=%d: Y[%lld][%lld] %.9g, multi %.9g, gemv_repacked %.9g",
-                          (long long)M, (long long)N, (long long)K, pl ? pl->size() : 0, (long long)m, (long long)n,
-                          double(Y[i]), double(Ym[i]), double(G[size_t(m * N + n)]));
-            emollm_test::report_failure(__FILE__, __LINE__, buf);
-            return;
-          }
-          ++compared;
-        }
-    }
-  }
-  EXPECT(compared == 2 * (628 * 48 + 628 * 33 + 13 * 40 + 23 * 17 + 9 * 96));
-}
-
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
 // to the float64 references; at M > 8 on VNNI the fused path: X packed once, one dispatch over all
