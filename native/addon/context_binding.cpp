@@ -88,7 +88,7 @@ class EvalWorker final : public ContextWorker {
     const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
     if (all_) {
       // logits for every position: nothing can be reused
-      float* out = js_out_data_;
+      float* out = js_out_.data;
       if (!out) {
         out_.resize(size_t(n * V));
         out = out_.data();
@@ -104,7 +104,7 @@ class EvalWorker final : public ContextWorker {
   }
   Napi::Value Resolve(Napi::Env env) override {
     if (aborted_) throw make_js_error(env, "ERR_ABORTED", "eval was aborted");
-    if (js_out_data_) return js_out_.Value();
+    if (js_out_.data) return js_out_.ref.Value();
     auto a = Napi::Float32Array::New(env, out_.size());
     std::copy(out_.begin(), out_.end(), a.Data());
     return a;
@@ -116,15 +116,10 @@ class EvalWorker final : public ContextWorker {
   // JavaScript thread and written by the worker directly, instead of a vector of the same size
   // filled, then copied into a fresh array on this thread (128 KB a position at a 32000 vocabulary:
   // 8 MB for 64 positions, faulted in twice and copied once on the event loop).
-  void write_into_js_array(Napi::Env env, size_t n) {
-    Napi::Float32Array a = Napi::Float32Array::New(env, n);
-    js_out_ = Napi::Persistent(a);
-    js_out_data_ = a.Data();
-  }
+  void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
 
  private:
-  Napi::Reference<Napi::Float32Array> js_out_;
-  float* js_out_data_ = nullptr;
+  JsResultArray js_out_;
   std::vector<int32_t> tokens_;
   bool all_;
   bool aborted_ = false;

@@ -133,6 +133,20 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
   return r;
 }
 
+// A worker's result array that the worker thread writes straight into (no vector filled, then
+// copied into a fresh array on the event loop): created, or taken from the caller, on the
+// JavaScript thread before the worker runs. The reference keeps it alive while the worker writes;
+// its backing store does not move. data is null until one is set.
+struct JsResultArray {
+  Napi::Reference<Napi::Float32Array> ref;
+  float* data = nullptr;
+  void create(Napi::Env env, size_t n) { adopt(Napi::Float32Array::New(env, n)); }
+  void adopt(Napi::Float32Array a) {
+    ref = Napi::Persistent(a);
+    data = a.Data();
+  }
+};
+
 // The one worker base of the addon: a Promise-returning AsyncWorker. Run() executes on a libuv
 // worker thread (no N-API calls there) and any exception it throws rejects the promise with a
 // typed error; Resolve() builds the result on the main thread; Finish() (optional) runs on the

@@ -72,8 +72,8 @@ class EncodeWorker final : public ModelWorker {
                                          abort_.get());
       return;
     }
-    if (js_out_data_) {
-      aborted_ = !llava_->encode_images(pixels_.data(), B_, js_out_data_, abort_.get());
+    if (js_out_.data) {
+      aborted_ = !llava_->encode_images(pixels_.data(), B_, js_out_.data, abort_.get());
       return;
     }
     out_.resize(size_t(B_ * llava_->n_image_tokens() * llava_->n_embd()));
@@ -81,7 +81,7 @@ class EncodeWorker final : public ModelWorker {
   }
   Napi::Value Resolve(Napi::Env env) override {
     if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encodeImages was aborted");
-    if (js_out_data_) return js_out_.Value();
+    if (js_out_.data) return js_out_.ref.Value();
     auto a = Napi::Float32Array::New(env, out_.size());
     std::copy(out_.begin(), out_.end(), a.Data());
     if (emollm_) {  // EmoLLM: per-image token counts travel with the features
@@ -92,7 +92,7 @@ class EncodeWorker final : public ModelWorker {
     return a;
   }
   void Finish(Napi::Env env) override {
-    if (caller_out_) out_ranges().release(js_out_data_);
+    if (caller_out_) out_ranges().release(js_out_.data);
     llava_.reset();
     emollm_.reset();
     h_->inflight--;
@@ -113,16 +113,14 @@ class EncodeWorker final : public ModelWorker {
   // LLaVA-1.5 result takes inside the projector's last GEMM) or, with LlavaModel::keep_scratch(),
   // a fresh one created on the JavaScript thread before the worker runs. The reference keeps the
   // array alive while the worker writes.
-  Napi::Reference<Napi::Float32Array> js_out_;
-  float* js_out_data_ = nullptr;
+  JsResultArray js_out_;
   bool caller_out_ = false;  // js_out_ is the caller's `out` (its range is in out_ranges())
 
  public:
-  void write_into_js_array(Napi::Env env, size_t n) { write_into_js_array(Napi::Float32Array::New(env, n), false); }
-  void write_into_js_array(Napi::Float32Array a, bool caller_out) {
-    js_out_ = Napi::Persistent(a);
-    js_out_data_ = a.Data();
-    caller_out_ = caller_out;
+  void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
+  void write_into_caller_array(Napi::Float32Array a) {
+    js_out_.adopt(a);
+    caller_out_ = true;
   }
   std::shared_ptr<EmollmModel> emollm_;
   std::vector<std::vector<FaceBox>> faces_;  // EmoLLM: per image (empty: no faces anywhere)
@@ -297,7 +295,7 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
   }
   auto* w = new EncodeWorker(env, handle_, std::move(px), B);
   w->emollm_ = handle_->emollm;
-  if (!out.IsEmpty()) w->write_into_js_array(out, true);
+  if (!out.IsEmpty()) w->write_into_caller_array(out);
   else if (!w->emollm_ && LlavaModel::keep_scratch()) w->write_into_js_array(env, n_out);
   w->faces_ = std::move(faces);
   Napi::Promise p = w->promise();
