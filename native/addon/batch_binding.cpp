@@ -222,14 +222,8 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     if (s_->closed || !s_->sched) throw closed_error(env, "batch");
   }
 
-  // Images of a request: referenced here (not copied), spliced and read on the scheduler thread.
-  struct Images {
-    FeatureArg features;  // stays on the JavaScript thread: handed to the request's bridge
-    std::vector<int64_t> counts;
-    std::vector<GridThw> grids;
-    int64_t n = 0;
-  };
-  // What the scheduler thread reads of them (no N-API object: the prepare hook dies there).
+  // What the scheduler thread reads of a request's images (no N-API object: the prepare hook dies
+  // there): the caller's rows in place, spliced there.
   struct ImageRows {
     const float* data = nullptr;
     int64_t floats = 0;
@@ -237,9 +231,18 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     std::vector<GridThw> grids;
     int64_t n = 0;
   };
+  // Images of a request: referenced here (not copied); the reference stays on the JavaScript
+  // thread, handed to the request's bridge.
+  struct Images {
+    FeatureArg features;
+    ImageRows rows;
+  };
   Images read_images(const Napi::CallbackInfo& info, size_t i) {
     Images im;
-    im.n = image_features_arg(info, i, s_->llava.get(), &im.features, s_->emollm.get(), &im.counts, s_->qwen.get(), &im.grids);
+    im.rows.n = image_features_arg(info, i, s_->llava.get(), &im.features, s_->emollm.get(), &im.rows.counts,
+                                   s_->qwen.get(), &im.rows.grids);
+    im.rows.data = im.features.data;
+    im.rows.floats = int64_t(im.features.n);
     return im;
   }
   void set_prepare(SeqRequest& r, Images& im) {
@@ -247,12 +250,7 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
     auto llava = s_->llava;
     auto emollm = s_->emollm;
     auto qwen = s_->qwen;
-    auto rows = std::make_shared<ImageRows>();
-    rows->data = im.features.data;
-    rows->floats = int64_t(im.features.n);
-    rows->counts = std::move(im.counts);
-    rows->grids = std::move(im.grids);
-    rows->n = im.n;
+    auto rows = std::make_shared<ImageRows>(std::move(im.rows));
     r.prepare = [llava, emollm, qwen, rows](SeqRequest& q) {
       const ImageRows& m = *rows;
       q.prompt = splice_images(llava.get(), emollm.get(), qwen.get(), q.prompt, m.data, m.n, m.counts, m.grids, &q.pos3);
