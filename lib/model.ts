@@ -947,12 +947,25 @@ export class Model {
 
   private async lastLogits(preparing: Promise<PreparedPrompt>, signal: AbortSignal | undefined): Promise<Float32Array> {
     const prepared = await preparing;
+    return this.submitPrepared(prepared, signal, (batch) => batch.logits(Int32Array.from(prepared.ids), prepared.images ?? null));
+  }
+
+  /**
+   * Submits a prepared prompt's request to the sequences (`submit`), aborted with `signal`. The
+   * request reads the prompt's features in place until it settles: only then does a recycled
+   * feature array go back to the pool (at once when no request took it).
+   */
+  private async submitPrepared<T>(
+    prepared: PreparedPrompt,
+    signal: AbortSignal | undefined,
+    submit: (batch: NativeBatch) => NativeSubmission<T>,
+  ): Promise<T> {
     let batch: NativeBatch;
-    let submitted: { id: number; promise: Promise<Float32Array> };
+    let submitted: NativeSubmission<T>;
     try {
       batch = await this.sequences();
       if (signal?.aborted) throw abortError();
-      submitted = batch.logits(Int32Array.from(prepared.ids), prepared.images ?? null);
+      submitted = submit(batch);
     } catch (e) {
       prepared.release?.();  // no request took the features
       throw e;
@@ -960,7 +973,6 @@ export class Model {
     const { id, promise } = submitted;
     const onAbort = (): void => batch.abort(id);
     signal?.addEventListener('abort', onAbort, { once: true });
-    // the request reads the features in place until it settles: only then back to the pool
     return promise.finally(() => {
       prepared.release?.();
       signal?.removeEventListener('abort', onAbort);
@@ -1017,24 +1029,9 @@ export class Model {
       return this.tokenizer.encode(o, { addSpecialTokens: false });
     });
     const prepared = await this.prepare(prompt, true, settings.signal);
-    let batch: NativeBatch;
-    let submitted: NativeSubmission<{ logprobs: number[]; tokenLogprobs: Float64Array[] }>;
-    try {
-      batch = await this.sequences();
-      if (settings.signal?.aborted) throw abortError();
-      submitted = batch.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c)));
-    } catch (e) {
-      prepared.release?.();  // no request took the features
-      throw e;
-    }
-    const { id, promise } = submitted;
-    const onAbort = (): void => batch.abort(id);
-    settings.signal?.addEventListener('abort', onAbort, { once: true });
-    // the request reads the features in place until it settles: only then back to the pool
-    const r = await promise.finally(() => {
-      prepared.release?.();
-      settings.signal?.removeEventListener('abort', onAbort);
-    });
+    const r = await this.submitPrepared(prepared, settings.signal, (batch) =>
+      batch.score(Int32Array.from(prepared.ids), prepared.images, conts.map((c) => Int32Array.from(c))),
+    );
     const scored: ScoredOption[] = options.map((option, i) => {
       const tokenLogprobs = Array.from(r.tokenLogprobs[i] ?? []);
       const logprob = r.logprobs[i] ?? -Infinity;
