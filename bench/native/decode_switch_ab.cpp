@@ -92,8 +92,7 @@ void print_sched(const std::vector<TaskSched>& a, const std::vector<TaskSched>& 
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
 // the weights are packed). The second context gets the same prompt first.
-// (a switch read at a context's creation: NewContext, both contexts made with set(false) / set(true) first).
-enum class OnContext { Same, KvF16, ReloadedModel, NewContext };
+enum class OnContext { Same, KvF16, ReloadedModel };
 // The process's huge-page coverage (/proc/self/smaps), printed after the A/B beside its ratio: over
 // the mappings of at least 2 MiB (the weights' records, the mapped file, the KV cache), their
 // size, Rss, AnonHugePages (2 MiB anonymous pages: kquant_repack's records) and FilePmdMapped
@@ -208,7 +207,6 @@ int main(int argc, char** argv) {
   LlamaContextOptions o; o.n_ctx = n_prompt + std::max(2 * rounds * block + 8 * block, n_prefill) + 64;
   o.n_seq = n_seqs;
   if (n_prefill) o.n_batch = std::max(n_prefill, n_prompt);
-  if (chosen->on_context == OnContext::NewContext) set(false);
   LlamaContext ctx(m, o);
   std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, n_prefill)));
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 300 + (37 * int(i)) % 20000;
@@ -223,9 +221,6 @@ int main(int argc, char** argv) {
     set(true);
     m_on = LlamaModel::load(argv[1], lo);
     ctx_on = std::make_unique<LlamaContext>(m_on, o);
-  } else if (chosen->on_context == OnContext::NewContext) {
-    set(true);
-    ctx_on = std::make_unique<LlamaContext>(m, o);
   }
   if (ctx_on)
     for (int q = 0; q < n_seqs; ++q) ctx_on->seq_eval(q, prompt.data(), n_prompt);
