@@ -7,8 +7,9 @@
 //   one               one stream (set_kquant_streams(1); q6_K's prefetches spread over each step's groups)
 //   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
 //   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
-// Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores).
-// Usage (repository root): [RP_CPU=1] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
+// Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
+// N x K: one copy, hot in L2).
+// Usage (repository root): [RP_CPU=1] [RP_COPIES=n] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
 #include <sys/mman.h>
 #include <time.h>
 
@@ -53,7 +54,10 @@ int main(int argc, char** argv) {
   }
   ThreadPool pool(threads);
   const size_t bytes = kquant_repack_bytes(t, N, K);
-  const int copies = int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  // RP_COPIES=n: n copies instead (RP_COPIES=1 with a small N x K: the records hot in L2, the
+  // pass's compute rate without the memory side)
+  const int copies = std::getenv("RP_COPIES") ? std::max(1, std::atoi(std::getenv("RP_COPIES")))
+                                              : int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
   // random blocks with d (and q4_K's dmin) 2^-7: every code, scale and min pattern
   const size_t bb = t == DType::Q6_K ? 210 : 144, nblk = size_t(N) * size_t(K / 256);
   std::vector<uint8_t> w(bb * nblk);
