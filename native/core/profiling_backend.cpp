@@ -378,14 +378,14 @@ class ProfilingBackend final : public Backend {
     const std::string key = std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
                             std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
                             " kv<=" + std::to_string((n_kv + 255) / 256 * 256);
-    static const char* const kProbeRows[] = {"attention_batch probe-plain", "attention_batch probe-evict",
-                                             "attention_batch probe-lines+evict", "attention_batch probe-pages+evict",
-                                             "attention_batch probe-code+evict", "attention_batch probe-call+evict"};
+    static const char* const kProbeRows[] = {"attention_batch probe-plain", "attention_batch probe-after-2m",
+                                             "attention_batch probe-2m+evict", "attention_batch probe-2mK+evict",
+                                             "attention_batch probe-after-2m-prefetch", "attention_batch probe-plain2"};
     int probe = -1;
     if (tls.phase == kDecode && attn_replay_mib() > 0 && attn_probe_on()) {
       static thread_local uint64_t calls = 0;
       probe = int(calls++ % 6);
-      probe_before(items, n, probe);
+      probe_before(items, n, probe, key);
     }
     {
       Timer t{enter, probe >= 0 ? kProbeRows[probe] : "attention_batch", key, bytes};
@@ -393,47 +393,54 @@ class ProfilingBackend final : public Backend {
     }
     if (tls.phase == kDecode && attn_replay_mib() > 0) attention_replays(items, n, key, bytes);
   }
-  void evict() {
+  void evict(int64_t mib = 0) {
+    if (mib == 0) mib = attn_replay_mib();
     thread_local std::vector<unsigned char> buf;
-    if (buf.size() != size_t(attn_replay_mib()) << 20) buf.assign(size_t(attn_replay_mib()) << 20, 1);
+    if (buf.size() < size_t(mib) << 20) buf.assign(size_t(mib) << 20, 1);
+    const size_t len = size_t(mib) << 20;
     unsigned x = 0;
-    for (size_t i = 0; i < buf.size(); i += 64) x += buf[i];
+    for (size_t i = 0; i < len; i += 64) x += buf[i];
     evict_sink_.fetch_add(x, std::memory_order_relaxed);
   }
   // one load every `stride` bytes of the K and V rows the call reads (whole blocks)
-  void touch_kv(const AttentionBatchItem* items, int64_t n, size_t stride) {
+  void touch_kv(const AttentionBatchItem* items, int64_t n, size_t stride, int which = 3, bool pf = false) {
     unsigned x = 0;
     for (int64_t i = 0; i < n; ++i) {
       const AttentionParams& p = items[i].p;
       const size_t esz = dtype_row_bytes(p.kv_dtype, 1);
       const int64_t ld = p.ldk ? p.ldk : p.n_kv_heads * p.head_dim;
       for (int kv = 0; kv < 2; ++kv) {
+        if (!(which & (1 << kv))) continue;
         const float* const* blocks = kv ? p.v_blocks : p.k_blocks;
         const float* base = kv ? items[i].v : items[i].k;
         const int64_t bs = p.kv_block_size > 0 ? p.kv_block_size : p.n_kv;
         for (int64_t b = 0; b * bs < p.n_kv; ++b) {
           const unsigned char* r = reinterpret_cast<const unsigned char*>(p.kv_block_size > 0 ? blocks[b] : base);
           const size_t len = size_t(std::min(bs, p.n_kv - b * bs) * ld) * esz;
-          for (size_t o = 0; o < len; o += stride) x += r[o];
+          for (size_t o = 0; o < len; o += stride) {
+            if (pf) __builtin_prefetch(r + o, 0, 3); else x += r[o];
+          }
         }
       }
     }
     evict_sink_.fetch_add(x, std::memory_order_relaxed);
   }
-  void probe_before(const AttentionBatchItem* items, int64_t n, int probe) {
+  void probe_before(const AttentionBatchItem* items, int64_t n, int probe, const std::string& key) {
+    const size_t k2m = size_t(2) << 20;
     switch (probe) {
-      case 0: return;
-      case 1: evict(); return;
-      case 2: touch_kv(items, n, 64); evict(); return;
-      case 3: touch_kv(items, n, 4096); evict(); return;
-      case 4: {
-        std::vector<AttentionBatchItem> c(items, items + n);
-        for (auto& it : c) { it.p.n_kv = std::min<int64_t>(16, it.p.n_kv); it.p.q_pos0 = it.p.n_kv - 1; }
-        in_->attention_batch(c.data(), n);
-        evict();
+      case 0: case 5: return;
+      case 1: {
+        Timer t{Enter(), "attention_batch probe-touch-2m", key};
+        touch_kv(items, n, k2m);
         return;
       }
-      case 5: in_->attention_batch(items, n); evict(); return;
+      case 2: touch_kv(items, n, k2m); evict(); return;
+      case 3: touch_kv(items, n, k2m, 1); evict(); return;
+      case 4: {
+        Timer t{Enter(), "attention_batch probe-touch-2m-prefetch", key};
+        touch_kv(items, n, k2m, 3, true);
+        return;
+      }
     }
   }
   // profile_set_attn_replay (a diagnostic, decode steps only): every decode attention_batch
