@@ -20,14 +20,12 @@
 namespace emollm {
 namespace {
 
-bool attn_probe_on();
 struct Stat {
   int64_t calls = 0;
   double seconds = 0;
   int64_t faults = 0;  // page faults (minor + major) of the thread inside the rows' calls
   double cpu_seconds = 0;  // thread CPU time (the "loop" row only; else 0)
   double bytes = 0;        // bytes the calls read beyond their weights (attention: the K and V rows), or 0
-  std::vector<float> cpu_us, wall_us;  // PROBE: per call (attention rows with the probe on)
 };
 
 // CPU time of the calling thread: what the single-threaded parts cost under load, where their
@@ -85,11 +83,6 @@ std::atomic<int64_t>& attn_replay_flag() {
   return m;
 }
 int64_t attn_replay_mib() { return attn_replay_flag().load(std::memory_order_relaxed); }
-// PROBE (uncommitted): EMOLLM_PROFILE_ATTN_PROBE=1 rotates what precedes the step's own call.
-bool attn_probe_on() {
-  static const bool on = env_int("EMOLLM_PROFILE_ATTN_PROBE", 0) > 0;
-  return on;
-}
 
 enum Phase : int { kOther = 0, kPrefill = 1, kDecode = 2 };
 const char* phase_name(int p) { return p == kDecode ? "decode" : p == kPrefill ? "prefill" : "other"; }
@@ -162,10 +155,6 @@ void record_row(int phase, const std::string& op, const std::string& key, double
   st.faults += faults;
   st.cpu_seconds += cpu_seconds;
   st.bytes += bytes;
-  if (calls == 1 && attn_probe_on() && op.rfind("attention_batch", 0) == 0) {
-    st.cpu_us.push_back(float(cpu_seconds * 1e6));
-    st.wall_us.push_back(float(seconds * 1e6));
-  }
 }
 
 // Times one op, in the phase of the step its thread is in (ProfileStep); the thread-pool
@@ -378,70 +367,11 @@ class ProfilingBackend final : public Backend {
     const std::string key = std::to_string(n) + " x heads=" + std::to_string(p.n_heads) + "/" +
                             std::to_string(p.n_kv_heads) + " d=" + std::to_string(p.head_dim) +
                             " kv<=" + std::to_string((n_kv + 255) / 256 * 256);
-    static const char* const kProbeRows[] = {"attention_batch probe-plain", "attention_batch probe-after-2m",
-                                             "attention_batch probe-2m+evict", "attention_batch probe-2mK+evict",
-                                             "attention_batch probe-after-2m-prefetch", "attention_batch probe-plain2"};
-    int probe = -1;
-    if (tls.phase == kDecode && attn_replay_mib() > 0 && attn_probe_on()) {
-      static thread_local uint64_t calls = 0;
-      probe = int(calls++ % 6);
-      probe_before(items, n, probe, key);
-    }
     {
-      Timer t{enter, probe >= 0 ? kProbeRows[probe] : "attention_batch", key, bytes};
+      Timer t{enter, "attention_batch", key, bytes};
       in_->attention_batch(items, n);
     }
     if (tls.phase == kDecode && attn_replay_mib() > 0) attention_replays(items, n, key, bytes);
-  }
-  void evict(int64_t mib = 0) {
-    if (mib == 0) mib = attn_replay_mib();
-    thread_local std::vector<unsigned char> buf;
-    if (buf.size() < size_t(mib) << 20) buf.assign(size_t(mib) << 20, 1);
-    const size_t len = size_t(mib) << 20;
-    unsigned x = 0;
-    for (size_t i = 0; i < len; i += 64) x += buf[i];
-    evict_sink_.fetch_add(x, std::memory_order_relaxed);
-  }
-  // one load every `stride` bytes of the K and V rows the call reads (whole blocks)
-  void touch_kv(const AttentionBatchItem* items, int64_t n, size_t stride, int which = 3, bool pf = false) {
-    unsigned x = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const AttentionParams& p = items[i].p;
-      const size_t esz = dtype_row_bytes(p.kv_dtype, 1);
-      const int64_t ld = p.ldk ? p.ldk : p.n_kv_heads * p.head_dim;
-      for (int kv = 0; kv < 2; ++kv) {
-        if (!(which & (1 << kv))) continue;
-        const float* const* blocks = kv ? p.v_blocks : p.k_blocks;
-        const float* base = kv ? items[i].v : items[i].k;
-        const int64_t bs = p.kv_block_size > 0 ? p.kv_block_size : p.n_kv;
-        for (int64_t b = 0; b * bs < p.n_kv; ++b) {
-          const unsigned char* r = reinterpret_cast<const unsigned char*>(p.kv_block_size > 0 ? blocks[b] : base);
-          const size_t len = size_t(std::min(bs, p.n_kv - b * bs) * ld) * esz;
-          for (size_t o = 0; o < len; o += stride) {
-            if (pf) __builtin_prefetch(r + o, 0, 3); else x += r[o];
-          }
-        }
-      }
-    }
-    evict_sink_.fetch_add(x, std::memory_order_relaxed);
-  }
-  void probe_before(const AttentionBatchItem* items, int64_t n, int probe, const std::string& key) {
-    const size_t k2m = size_t(2) << 20;
-    switch (probe) {
-      case 0: case 5: return;
-      case 1: {
-        Timer t{Enter(), "attention_batch probe-touch-2m", key};
-        touch_kv(items, n, k2m);
-        return;
-      }
-      case 2: touch_kv(items, n, k2m); evict(); return;
-      case 3: touch_kv(items, n, k2m, 1); evict(); return;
-      case 4: {
-        Timer t{Enter(), "attention_batch probe-touch-2m-prefetch", key};
-        touch_kv(items, n, k2m, 3, true);
-        return;
-      }
-    }
   }
   // profile_set_attn_replay (a diagnostic, decode steps only): every decode attention_batch
   // call is run twice more with the same items (same pointers, shapes, pool; each writes the same
@@ -652,15 +582,6 @@ std::string profile_json() {
                   (long long)st.calls, st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0,
                   (long long)st.faults, st.cpu_seconds * 1e3, st.bytes);
     s += buf;
-    if (!st.cpu_us.empty()) {
-      std::vector<float> c = st.cpu_us, w = st.wall_us;
-      std::sort(c.begin(), c.end());
-      std::sort(w.begin(), w.end());
-      std::snprintf(buf, sizeof buf, ",\"cpu_q\":[%.1f,%.1f,%.1f],\"wall_q\":[%.1f,%.1f,%.1f]}", c[c.size() / 10],
-                    c[c.size() / 4], c[c.size() / 2], w[w.size() / 10], w[w.size() / 4], w[w.size() / 2]);
-      s.pop_back();
-      s += buf;
-    }
   }
   s += "]}";
   return s;
