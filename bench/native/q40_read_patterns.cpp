@@ -12,11 +12,15 @@
 //   read-1          one sequential stream, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-4          four streams (the thread's part cut in 4), 128 bytes a step each, prefetch 1 KiB
 //                   ahead: bench_kernels' read probe loop
+//   read-2-4k       the two-stream pass's read pattern without its arithmetic: two streams (the thread's
+//                   part cut in 2), a record (18 lines) a step each, each prefetched 4 KiB ahead from a loop
 //   read-4-nopf     four streams, two records (36 lines) a step each, no software prefetch
 // Each thread reads its contiguous share of the super-groups (the GEMV: its own dispatch).
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores); with `copies` given, that
 // many (1: the same bytes every call, hot in L2 / L3 when they fit: N 512 K 2048 = 576 KiB is in
 // L2, N 5632 K 2048 = 6.2 MiB in L3), to tell the kernel's arithmetic from its reads.
+// Columns: best, median and mean time a call (the mean is what the model's profiler reports a call:
+// EMOLLM_PROFILE_CPU's cpu_ms / calls, so the two compare like for like) and those as GB/s.
 // Usage (repository root): [RP_CPU=1] ./build-bench/q40_read_patterns [threads 1] [rounds 60] [N 5632] [K 2048] [copies]
 #include <sys/mman.h>
 #include <time.h>
@@ -133,6 +137,7 @@ int main(int argc, char** argv) {
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
+      {"read-2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 1152, 4096); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
   // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
@@ -173,14 +178,17 @@ int main(int argc, char** argv) {
   }
   std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = gemv time / row time\n",
               (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall");
-  std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
+  std::printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "mean us", "best GB/s", "med GB/s",
+              "mean GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;
   for (auto& row : rows) {
     std::sort(row.t.begin(), row.t.end());
     const double b = row.t.front(), m = row.t[row.t.size() / 2];
+    double mean = 0;  // the mean: what the model's profiler reports a call (total / calls)
+    for (double t : row.t) mean += t / double(row.t.size());
     if (gb == 0) gb = b, gm = m;
-    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name, b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
-                double(bytes) / m * 1e-9, gb / b, gm / m);
+    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name, b * 1e6, m * 1e6, mean * 1e6,
+                double(bytes) / b * 1e-9, double(bytes) / m * 1e-9, double(bytes) / mean * 1e-9, gb / b, gm / m);
   }
   return g_sink.load() == 42 ? 1 : 0;
 #endif
