@@ -12,11 +12,19 @@
 //   read-1          one sequential stream, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-4          four streams (the thread's part cut in 4), 128 bytes a step each, prefetch 1 KiB
 //                   ahead: bench_kernels' read probe loop
+//   read-2-4k       the two-stream pass's read pattern without its arithmetic: two streams (the thread's
+//                   part cut in 2), a record (18 lines) a step each, each prefetched 4 KiB ahead from a loop
 //   read-4-nopf     four streams, two records (36 lines) a step each, no software prefetch
+//   gemv-alt        gemv on a second set of copies placed as RP_ALT says (only with RP_ALT: model = as
+//                   core/backend.cpp alloc_packed places a packed matrix, its whole 2 MiB pages huge and
+//                   its tail in 4 KiB pages; small = every page 4 KiB): what the pages cost the pass
+//   read-4-alt      read-4 on those copies
 // Each thread reads its contiguous share of the super-groups (the GEMV: its own dispatch).
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores); with `copies` given, that
 // many (1: the same bytes every call, hot in L2 / L3 when they fit: N 512 K 2048 = 576 KiB is in
 // L2, N 5632 K 2048 = 6.2 MiB in L3), to tell the kernel's arithmetic from its reads.
+// Columns: best, median and mean time a call (the mean is what the model's profiler reports a call:
+// EMOLLM_PROFILE_CPU's cpu_ms / calls, so the two compare like for like) and those as GB/s.
 // Usage (repository root): [RP_CPU=1] ./build-bench/q40_read_patterns [threads 1] [rounds 60] [N 5632] [K 2048] [copies]
 #include <sys/mman.h>
 #include <time.h>
@@ -104,6 +112,22 @@ int main(int argc, char** argv) {
   cp[0] = bench::huge_alloc(bytes);
   quant_repack(w.data(), DType::Q4_0, N, K, cp[0], &pool);
   for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  // RP_ALT=model: a second set of copies placed as the model places a packed matrix (core/backend.cpp
+  // alloc_packed: 2 MiB-aligned, only its whole 2 MiB pages asked to be huge, the tail in 4 KiB
+  // pages); RP_ALT=small: every page 4 KiB. Rows named *-alt read those copies.
+  const char* alt_env = std::getenv("RP_ALT");
+  const int alt = !alt_env ? 0 : std::strcmp(alt_env, "model") == 0 ? 1 : std::strcmp(alt_env, "small") == 0 ? 2 : 0;
+  std::vector<uint8_t*> cp2;
+  if (alt) {
+    const size_t h = size_t(2) << 20;
+    for (int c = 0; c < copies; ++c) {
+      auto* p = static_cast<uint8_t*>(std::aligned_alloc(h, (bytes + h - 1) / h * h));
+      if (!p) std::abort();
+      (void)madvise(p, alt == 1 ? bytes / h * h : (bytes + h - 1) / h * h, alt == 1 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+      std::memcpy(p, cp[0], bytes);
+      cp2.push_back(p);
+    }
+  }
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   // each thread's share: whole super-groups
@@ -125,6 +149,7 @@ int main(int argc, char** argv) {
     const char* name;
     std::function<void(const uint8_t*)> run;
     std::vector<double> t;
+    bool alt = false;  // reads the RP_ALT copies
   };
   std::vector<Row> rows = {
       {"gemv", gemv(true), {}},
@@ -133,6 +158,9 @@ int main(int argc, char** argv) {
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
+      {"read-2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 1152, 4096); }, W); }, {}},
+      {"gemv-alt", gemv(true), {}, true},
+      {"read-4-alt", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}, true},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
   // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
@@ -143,6 +171,7 @@ int main(int argc, char** argv) {
       if (kept.empty() || list.find(std::string(",") + row.name + ",") != std::string::npos) kept.push_back(row);
     rows = kept;
   }
+  if (!alt) rows.erase(std::remove_if(rows.begin(), rows.end(), [](const Row& r) { return r.alt; }), rows.end());
   // every gemv row gives the default pass's bits (rows named gemv*)
   rows[0].run(cp[0]);
   const std::vector<float> ref = y;
@@ -164,7 +193,7 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
-      const uint8_t* W = cp[size_t(c++ % copies)];
+      const uint8_t* W = (rows[i].alt ? cp2 : cp)[size_t(c++ % copies)];
       const double c0 = bench::thread_cpu(), t0 = bench::now();
       rows[i].run(W);
       const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
@@ -173,14 +202,17 @@ int main(int argc, char** argv) {
   }
   std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = gemv time / row time\n",
               (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall");
-  std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
+  std::printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "mean us", "best GB/s", "med GB/s",
+              "mean GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;
   for (auto& row : rows) {
     std::sort(row.t.begin(), row.t.end());
     const double b = row.t.front(), m = row.t[row.t.size() / 2];
+    double mean = 0;  // the mean: what the model's profiler reports a call (total / calls)
+    for (double t : row.t) mean += t / double(row.t.size());
     if (gb == 0) gb = b, gm = m;
-    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name, b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
-                double(bytes) / m * 1e-9, gb / b, gm / m);
+    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name, b * 1e6, m * 1e6, mean * 1e6,
+                double(bytes) / b * 1e-9, double(bytes) / m * 1e-9, double(bytes) / mean * 1e-9, gb / b, gm / m);
   }
   return g_sink.load() == 42 ? 1 : 0;
 #endif

@@ -401,7 +401,15 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // stack accesses against 45 at S = 2); 4 streams with their accumulators in a stack array, loaded
 // and stored once a record, 0.53-0.59x by median; the same prefetches as
 // 4-5-line straight-line slices among the block's loads 0.65-0.89x (GCC bunches them into bursts,
-// which act as no prefetch on this VM), as 4-5-line loops 0.8-1.1x.
+// which act as no prefetch on this VM), as 4-5-line loops 0.8-1.1x. Session 22 (1 thread, cold,
+// thread CPU time, loaded): the same loops with prefetcht1 (into L2) 0.70-0.78x by median, with
+// prefetchnta 0.97-1.02x; the pass reads at 0.98-1.0x (median) the read probe's 4-stream loop over
+// the same bytes and 1.09-1.15x its own read pattern without the arithmetic (read-2-4k), and in the
+// model at the rate it reaches alone: its arithmetic is hidden behind the reads. 4 streams with
+// streams 0-1's accumulators in registers and 2-3's in memory (loaded / stored around each record;
+// same bits): 0.77-0.80x by median (GCC's loop: 125 stack accesses besides those). A record's
+// quant lines loaded in address order (block_step's loops group-major, x's 8 broadcasts hoisted;
+// same bits): 0.97-1.04x by median, neutral.
 // Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
 // sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
 // written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
