@@ -740,17 +740,14 @@ function facesArg(faces?: readonly (readonly FaceBox[] | null | undefined)[]): [
 }
 
 // The native arguments after (pixels, batch): faces, then { out } when the caller passed one.
-// out's type and size are checked natively; a buffer that can shrink is refused here (the
-// native side cannot see it, and a shrink while the tower writes would leave it writing freed pages).
+// out is checked natively (type, size, and the one guard a prompt's images also go through: attached,
+// over a fixed-length buffer), before any work.
 function encodeArgs(
   faces: readonly (readonly FaceBox[] | null | undefined)[] | undefined,
   options: ImageEncodeOptions,
 ): [faces?: (readonly FaceBox[] | null)[], options?: { out: Float32Array }] {
   const f = facesArg(faces);
   if (options.out === undefined) return f;
-  const buf = (options.out as { buffer?: unknown }).buffer as { resizable?: boolean; growable?: boolean } | undefined;
-  if (buf && (buf.resizable === true || buf.growable === true))
-    throw new EmollmError('ERR_INVALID_ARGUMENT', 'encodeImages: out must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)');
   return [f[0], { out: options.out }];
 }
 
