@@ -224,11 +224,14 @@ export type ImageFeatures = Float32Array & { tokenCounts?: Int32Array; grids?: I
  */
 export interface ImageEncodeOptions {
   /**
-   * The result array (LLaVA models with one fixed-size image: not EmoLLM, LLaVA-NeXT or
+   * The result array (LLaVA and EmoLLM models with one fixed-size image: not LLaVA-NeXT or
    * Qwen2-VL, which throw ERR_UNSUPPORTED): a Float32Array of exactly
-   * `batch * info.vision.nImageTokens * info.nEmbd` floats, over a fixed-length buffer (a resizable
-   * ArrayBuffer or a growable SharedArrayBuffer is refused). Anything else is ERR_INVALID_ARGUMENT,
-   * as is an array whose memory an encode still running writes. Reusing one array for repeated
+   * `batch * info.vision.nImageTokens * info.nEmbd` floats (EmoLLM: the images' token counts summed,
+   * times `info.nEmbd`; face boxes that fall on an image add positions, as the result's
+   * `tokenCounts` show), attached and over a fixed-length buffer (a resizable ArrayBuffer or a
+   * growable SharedArrayBuffer is refused). Anything else is ERR_INVALID_ARGUMENT, as is an array
+   * whose memory an encode still running writes, and a call whose `out` was detached (transferred)
+   * while it ran rejects with it. Reusing one array for repeated
    * calls saves the fresh result's first-touch page faults (2304 a LLaVA-1.5 image, 9 MiB).
    * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
    * and what it holds meanwhile is unspecified. Passed on as a prompt's `images`, it is read in
@@ -740,17 +743,14 @@ function facesArg(faces?: readonly (readonly FaceBox[] | null | undefined)[]): [
 }
 
 // The native arguments after (pixels, batch): faces, then { out } when the caller passed one.
-// out's type and size are checked natively; a buffer that can shrink is refused here (the
-// native side cannot see it, and a shrink while the tower writes would leave it writing freed pages).
+// out is checked natively (type, size, and the one guard a prompt's images also go through: attached,
+// over a fixed-length buffer), before any work.
 function encodeArgs(
   faces: readonly (readonly FaceBox[] | null | undefined)[] | undefined,
   options: ImageEncodeOptions,
 ): [faces?: (readonly FaceBox[] | null)[], options?: { out: Float32Array }] {
   const f = facesArg(faces);
   if (options.out === undefined) return f;
-  const buf = (options.out as { buffer?: unknown }).buffer as { resizable?: boolean; growable?: boolean } | undefined;
-  if (buf && (buf.resizable === true || buf.growable === true))
-    throw new EmollmError('ERR_INVALID_ARGUMENT', 'encodeImages: out must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)');
   return [f[0], { out: options.out }];
 }
 
@@ -1056,7 +1056,7 @@ export class Model {
   /**
    * Preprocesses and encodes the images of a prompt (vision tower + projector, or EmoLLM's
    * multi-perspective projection), in order. `faces[i]`: face boxes of image i (EmoLLM).
-   * `options.out`: write the features into the caller's array (LLaVA; see {@link ImageEncodeOptions}).
+   * `options.out`: write the features into the caller's array (LLaVA, EmoLLM; see {@link ImageEncodeOptions}).
    */
   async encodeImages(
     images: readonly ImageInput[],

@@ -85,6 +85,9 @@ struct SeqBridge : std::enable_shared_from_this<SeqBridge> {
   std::shared_ptr<BatchState> state;
   Napi::ThreadSafeFunction tsfn;
   FeatureArg features;  // the request's image features, read in place until it settles
+  // Logits: the result array, made at submission; the scheduler thread writes the logits into it
+  // (SeqRequest::logits_out) instead of a vector copied into a fresh array here.
+  JsResultArray logits;
 
   explicit SeqBridge(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 
@@ -152,9 +155,7 @@ struct SeqBridge : std::enable_shared_from_this<SeqBridge> {
       } else if (outcome.aborted) {
         rejection = make_js_error(env, "ERR_ABORTED", kind == SeqRequest::Kind::Logits ? "eval was aborted" : "score was aborted").Value();
       } else if (kind == SeqRequest::Kind::Logits) {
-        auto a = Napi::Float32Array::New(env, outcome.logits.size());
-        std::copy(outcome.logits.begin(), outcome.logits.end(), a.Data());
-        result = a;
+        result = logits.ref.Value();
       } else {
         Napi::Array lp = Napi::Array::New(env, outcome.scores.size());
         Napi::Array tl = Napi::Array::New(env, outcome.scores.size());
@@ -265,6 +266,10 @@ class BatchWrap final : public Napi::ObjectWrap<BatchWrap> {
   Napi::Value submit(Napi::Env env, SeqRequest r, Napi::Function on_tokens, FeatureArg features = {}) {
     auto b = std::make_shared<SeqBridge>(env);
     b->kind = r.kind;
+    if (r.kind == SeqRequest::Kind::Logits) {
+      b->logits.create(env, size_t(s_->model->hparams().n_vocab));
+      r.logits_out = b->logits.data;
+    }
     b->features = std::move(features);
     b->state = s_;
     if (!on_tokens.IsEmpty()) b->on_tokens = Napi::Persistent(on_tokens);

@@ -86,36 +86,33 @@ class EvalWorker final : public ContextWorker {
       embd = image_rows();
     }
     const int64_t n = int64_t(tokens_.size()), V = ctx.n_vocab();
+    // js_out_ was made on the JavaScript thread for the spliced length; a prompt too long for the
+    // context has none (eval below refuses it before writing anything)
+    if (all_ && js_out_.n != size_t(n * V) && n <= ctx.n_ctx())
+      throw Error(ErrorCode::Internal, "eval: the result array holds " + std::to_string(js_out_.n) + " floats for " +
+                                           std::to_string(n) + " positions");
     if (all_) {
       // logits for every position: nothing can be reused
-      float* out = js_out_.data;
-      if (!out) {
-        out_.resize(size_t(n * V));
-        out = out_.data();
-      }
       ctx.reset();
-      aborted_ = ctx.eval(tokens_.data(), n, out, &s_->abort, embd, pos3()) == nullptr;
+      aborted_ = ctx.eval(tokens_.data(), n, js_out_.data, &s_->abort, embd, pos3()) == nullptr;
     } else {
       const float* l = ctx.eval_prompt(tokens_.data(), n, &s_->abort, embd, pos3());
       aborted_ = l == nullptr;
-      if (l) out_.assign(l, l + V);
+      if (l) std::copy(l, l + V, js_out_.data);
     }
     s_->n_past.store(ctx.n_past());
   }
   Napi::Value Resolve(Napi::Env env) override {
     if (aborted_) throw make_js_error(env, "ERR_ABORTED", "eval was aborted");
-    if (js_out_.data) return js_out_.ref.Value();
-    auto a = Napi::Float32Array::New(env, out_.size());
-    std::copy(out_.begin(), out_.end(), a.Data());
-    return a;
+    return js_out_.ref.Value();
   }
 
  public:
-  // allLogits of a text model (its row count is the token count; a multimodal prompt's is known
-  // only once its images are spliced in, on the worker): the result array, created here on the
-  // JavaScript thread and written by the worker directly, instead of a vector of the same size
-  // filled, then copied into a fresh array on this thread (128 KB a position at a 32000 vocabulary:
-  // 8 MB for 64 positions, faulted in twice and copied once on the event loop).
+  // The result array, created here on the JavaScript thread and written by the worker directly,
+  // instead of a vector of the same size filled, then copied into a fresh array on this thread
+  // (allLogits: 128 KB a position at a 32000 vocabulary, 8 MB for 64 positions, faulted in twice
+  // and copied once on the event loop). Its size: the last position's logits, or with allLogits
+  // every position's, of the prompt with its images spliced in (spliced_length).
   void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
 
  private:
@@ -123,7 +120,6 @@ class EvalWorker final : public ContextWorker {
   std::vector<int32_t> tokens_;
   bool all_;
   bool aborted_ = false;
-  std::vector<float> out_;
 };
 
 class ScoreWorker final : public ContextWorker {
@@ -374,10 +370,15 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     }
     if (int64_t(tokens.size()) > s_->n_ctx)
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
-    const size_t n_logits = tokens.size() * size_t(s_->ctx->n_vocab());
+    // rows of the result: the prompt's positions once its images are spliced in (a text model: its tokens)
+    const int64_t rows = !all ? 1
+                         : (s_->llava || s_->qwen) ? spliced_length(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, n_images, counts)
+                                                   : int64_t(tokens.size());
     auto* w = new EvalWorker(env, s_, std::move(tokens), all);
     w->set_images(std::move(images), n_images);
-    if (all && !s_->llava && !s_->qwen) w->write_into_js_array(env, n_logits);
+    // none for a prompt the worker refuses anyway (image tokens that match no rule: the splice
+    // names the counts; longer than the context: eval says so)
+    if (rows >= 0 && rows <= s_->n_ctx) w->write_into_js_array(env, size_t(rows) * size_t(s_->ctx->n_vocab()));
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
     Napi::Promise p = w->promise();

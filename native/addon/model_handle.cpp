@@ -81,16 +81,8 @@ int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const Llava
                            const Qwen2VLModel* qwen, std::vector<GridThw>* grids) {
   Napi::Env env = info.Env();
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
-  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    throw_invalid(env, "images must be a Float32Array");
+  check_fixed_float32_array(env, info[i], "images");  // read in place until the request settles
   auto fa = info[i].As<Napi::Float32Array>();
-  Napi::ArrayBuffer buf = fa.ArrayBuffer();
-  if (buf.IsDetached())
-    throw_invalid(env, "images is detached (its ArrayBuffer was transferred): pass features the call can read");
-  // read in place until the request settles: its memory must not shrink meanwhile
-  if (buf.Get("resizable").StrictEquals(Napi::Boolean::New(env, true)) ||
-      buf.Get("growable").StrictEquals(Napi::Boolean::New(env, true)))
-    throw_invalid(env, "images must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
   if (fa.ElementLength() == 0) return 0;
   out->data = fa.Data();
   out->n = fa.ElementLength();
@@ -176,6 +168,26 @@ std::vector<int32_t> splice_images(const LlavaModel* llava, const EmollmModel* e
     return splice_prompt_counts(emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images,
                                 emollm->n_embd(), counts);
   return llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images, n_images);
+}
+
+int64_t spliced_length(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen,
+                       const std::vector<int32_t>& tokens, int64_t n_images, const std::vector<int64_t>& counts) {
+  // the rules of splice_prompt / splice_prompt_counts: image tokens either once per image
+  // (each becomes its image's rows) or already expanded (the length stays)
+  const bool per_image = qwen || emollm || (llava && llava->anyres());
+  const int32_t id = qwen ? qwen->image_token_id() : llava->image_token_id();
+  const int32_t video = qwen ? qwen->video_token_id() : id;  // Qwen2-VL: video pads count as image pads
+  int64_t total = 0;
+  if (per_image)
+    for (int64_t c : counts) total += c;
+  else
+    total = n_images * llava->n_image_tokens();
+  const int64_t n = int64_t(tokens.size());
+  int64_t count = 0;
+  for (int32_t t : tokens) count += (t == id || t == video) ? 1 : 0;
+  if (count == total) return n;
+  if (count == n_images) return n - count + total;
+  return -1;
 }
 
 GenerateParams read_generate_params(Napi::Env env, Napi::Object o) {

@@ -133,6 +133,20 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
   return r;
 }
 
+// The one guard of a Float32Array that a call keeps and reads or writes in place off the event loop
+// until it settles (a prompt's image features, encodeImages' `out`): a Float32Array, attached, over
+// a fixed-length buffer (a resizable ArrayBuffer or a growable SharedArrayBuffer could shrink under
+// the worker thread, which would then touch freed pages). Each failure is ERR_INVALID_ARGUMENT.
+inline void check_fixed_float32_array(Napi::Env env, const Napi::Value& v, const std::string& what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_invalid(env, what + " must be a Float32Array");
+  Napi::ArrayBuffer buf = v.As<Napi::TypedArray>().ArrayBuffer();
+  if (buf.IsDetached()) throw_invalid(env, what + " is detached (its ArrayBuffer was transferred)");
+  const Napi::Boolean yes = Napi::Boolean::New(env, true);
+  if (buf.Get("resizable").StrictEquals(yes) || buf.Get("growable").StrictEquals(yes))
+    throw_invalid(env, what + " must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
+}
+
 // A worker's result array that the worker thread writes straight into (no vector filled, then
 // copied into a fresh array on the event loop): created, or taken from the caller, on the
 // JavaScript thread before the worker runs. The reference keeps it alive while the worker writes;
@@ -140,11 +154,16 @@ inline RuntimeOptions read_runtime_options(Napi::Env env, const Napi::Object& o)
 struct JsResultArray {
   Napi::Reference<Napi::Float32Array> ref;
   float* data = nullptr;
-  void create(Napi::Env env, size_t n) { adopt(Napi::Float32Array::New(env, n)); }
+  size_t n = 0;  // floats
+  void create(Napi::Env env, size_t count) { adopt(Napi::Float32Array::New(env, count)); }
   void adopt(Napi::Float32Array a) {
     ref = Napi::Persistent(a);
     data = a.Data();
+    n = a.ElementLength();
   }
+  // JavaScript thread, once the worker is done: whether the caller detached (transferred) the
+  // array while the worker wrote into it.
+  bool detached() const { return !ref.IsEmpty() && ref.Value().ArrayBuffer().IsDetached(); }
 };
 
 // The one worker base of the addon: a Promise-returning AsyncWorker. Run() executes on a libuv

@@ -52,6 +52,13 @@ OutRanges& out_ranges() {
   return r;
 }
 
+// Per-visual token counts as the Int32Array a result's tokenCounts holds.
+Napi::Int32Array int32_counts(Napi::Env env, const std::vector<int64_t>& counts) {
+  auto c = Napi::Int32Array::New(env, counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) c[i] = int32_t(counts[i]);
+  return c;
+}
+
 // ---------------------------------------------------------------- encodeImages
 
 class EncodeWorker final : public ModelWorker {
@@ -67,31 +74,22 @@ class EncodeWorker final : public ModelWorker {
 
  protected:
   void Run() override {
-    if (emollm_) {
-      aborted_ = !emollm_->encode_images(pixels_.data(), B_, faces_.empty() ? nullptr : &faces_, &out_, &counts_,
+    // the result array was made (or taken from the caller) on the JavaScript thread at its final size
+    if (emollm_)
+      aborted_ = !emollm_->encode_images(pixels_.data(), B_, faces_.empty() ? nullptr : &faces_, js_out_.data, &counts_,
                                          abort_.get());
-      return;
-    }
-    if (js_out_.data) {
+    else
       aborted_ = !llava_->encode_images(pixels_.data(), B_, js_out_.data, abort_.get());
-      return;
-    }
-    out_.resize(size_t(B_ * llava_->n_image_tokens() * llava_->n_embd()));
-    aborted_ = !llava_->encode_images(pixels_.data(), B_, out_.data(), abort_.get());
   }
   Napi::Value Resolve(Napi::Env env) override {
     if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encodeImages was aborted");
-    if (js_out_.data) return js_out_.ref.Value();
-    auto a = Napi::Float32Array::New(env, out_.size());
-    std::copy(out_.begin(), out_.end(), a.Data());
-    if (emollm_) {  // EmoLLM: per-image token counts travel with the features
-      auto c = Napi::Int32Array::New(env, counts_.size());
-      for (size_t i = 0; i < counts_.size(); ++i) c[i] = int32_t(counts_[i]);
-      a.Set("tokenCounts", c);
-    }
+    Napi::Float32Array a = js_out_.ref.Value();
+    if (emollm_) a.Set("tokenCounts", int32_counts(env, counts_));  // EmoLLM: per-image token counts travel with the features
     return a;
   }
   void Finish(Napi::Env env) override {
+    if (caller_out_ && js_out_.detached() && js_error_.IsEmpty())
+      js_error_ = Napi::Persistent(make_js_error(env, "ERR_INVALID_ARGUMENT", "encodeImages: out was detached while the call wrote it").Value());
     if (caller_out_) out_ranges().release(js_out_.data);
     llava_.reset();
     emollm_.reset();
@@ -106,13 +104,12 @@ class EncodeWorker final : public ModelWorker {
   int64_t B_;
   std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
-  std::vector<float> out_;
-  // LLaVA: the result array, written by the worker directly (its backing store does not move),
-  // instead of a vector of the same size filled, then copied. Either the caller's `out` array
-  // (already faulted in when it is reused: none of the 2304 first-touch faults a fresh 9 MiB
-  // LLaVA-1.5 result takes inside the projector's last GEMM) or, with LlavaModel::keep_scratch(),
-  // a fresh one created on the JavaScript thread before the worker runs. The reference keeps the
-  // array alive while the worker writes.
+  // The result array, written by the worker directly (its backing store does not move) instead
+  // of a vector of the same size filled, then copied on the event loop. Either the caller's `out`
+  // array (already faulted in when it is reused: none of the 2304 first-touch faults a fresh
+  // 9 MiB LLaVA-1.5 result takes inside the projector's last GEMM) or a fresh one created on the
+  // JavaScript thread before the worker runs (EmoLLM: its size from image_token_counts). The
+  // reference keeps the array alive while the worker writes.
   JsResultArray js_out_;
   bool caller_out_ = false;  // js_out_ is the caller's `out` (its range is in out_ranges())
 
@@ -145,20 +142,25 @@ class VisualEncodeWorker final : public ModelWorker {
   }
   std::vector<AnyresLayout> layouts;  // LLaVA-NeXT
   std::vector<GridThw> grids;         // Qwen2-VL
+  std::vector<int64_t> counts;        // each visual's token count
   void set_pixels(std::vector<float> px) { pixels_ = std::move(px); }
+  // The result array of sum(counts) rows, created on the JavaScript thread before the worker runs
+  // and written by it directly (instead of a vector filled, then copied into a fresh array on the
+  // event loop).
+  void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
 
  protected:
   void Run() override {
+    // js_out_ holds every visual's rows (sizes known on the JavaScript thread): written in place
     if (qwen_) {
-      aborted_ = emollm_qwen_ ? !emollm_qwen_->encode(pixels_.data(), grids, &out_, abort_.get())
-                              : !qwen_->encode(pixels_.data(), grids, &out_, abort_.get());
-      for (const GridThw& g : grids) counts_.push_back(qwen_->n_tokens(g));
+      aborted_ = emollm_qwen_ ? !emollm_qwen_->encode(pixels_.data(), grids, js_out_.data, abort_.get())
+                              : !qwen_->encode(pixels_.data(), grids, js_out_.data, abort_.get());
       return;
     }
     const ClipHparams& vh = llava_->vision().hparams();
-    const int64_t per_tile = vh.n_channels * vh.image_size * vh.image_size;
+    const int64_t per_tile = vh.n_channels * vh.image_size * vh.image_size, E = llava_->n_embd();
     int64_t off = 0;
-    std::vector<float> f;
+    float* dst = js_out_.data;
     for (const AnyresLayout& L : layouts) {
       const float* px = pixels_.data() + off * per_tile;
       if (emollm_) {  // EmoLLM on LLaVA-NeXT: the MVP per tile, then the same packing
@@ -174,24 +176,19 @@ class VisualEncodeWorker final : public ModelWorker {
                         "EmoLLM on LLaVA-NeXT tiles only perspectives that keep one token per patch (open mlp / "
                         "multi-layer-mlp heads, gated-sum fusion); this checkpoint gives " + std::to_string(c) +
                             " tokens per tile instead of " + std::to_string(L.side * L.side));
-        f.assign(size_t(L.n_tokens() * llava_->n_embd()), 0.0f);
-        anyres_pack(L, tiles.data(), llava_->n_embd(), llava_->image_newline(), f.data());
-      } else if (!llava_next_encode_image(*llava_, px, L, &f, abort_.get())) {
+        anyres_pack(L, tiles.data(), E, llava_->image_newline(), dst);
+      } else if (!llava_next_encode_image(*llava_, px, L, dst, abort_.get())) {
         aborted_ = true;
         return;
       }
-      out_.insert(out_.end(), f.begin(), f.end());
-      counts_.push_back(L.n_tokens());
+      dst += L.n_tokens() * E;
       off += L.n_tiles();
     }
   }
   Napi::Value Resolve(Napi::Env env) override {
     if (aborted_) throw make_js_error(env, "ERR_ABORTED", "encoding was aborted");
-    auto a = Napi::Float32Array::New(env, out_.size());
-    std::copy(out_.begin(), out_.end(), a.Data());
-    auto c = Napi::Int32Array::New(env, counts_.size());
-    for (size_t i = 0; i < counts_.size(); ++i) c[i] = int32_t(counts_[i]);
-    a.Set("tokenCounts", c);
+    Napi::Float32Array a = js_out_.ref.Value();
+    a.Set("tokenCounts", int32_counts(env, counts));
     if (qwen_) {
       auto g = Napi::Int32Array::New(env, grids.size() * 3);
       for (size_t i = 0; i < grids.size(); ++i) {
@@ -221,8 +218,7 @@ class VisualEncodeWorker final : public ModelWorker {
   std::vector<float> pixels_;
   std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
-  std::vector<float> out_;
-  std::vector<int64_t> counts_;
+  JsResultArray js_out_;
 };
 
 }  // namespace
@@ -275,28 +271,38 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
     }
     if (!any) faces.clear();
   }
-  // options.out: the caller's result array (LLaVA: a fixed size), checked before any work starts
+  // The result's size, known before any work starts: LLaVA a fixed count per image, EmoLLM the
+  // counts its heads give these images with these faces (image_token_counts).
+  size_t n_out = size_t(B * handle_->llava->n_image_tokens() * handle_->llava->n_embd());
+  std::string sizes = "B * nImageTokens * nEmbd = " + std::to_string(B) + " * " +
+                      std::to_string(handle_->llava->n_image_tokens()) + " * " + std::to_string(handle_->llava->n_embd());
+  if (handle_->emollm) {
+    int64_t rows = 0;
+    try {
+      for (int64_t c : handle_->emollm->image_token_counts(B, faces.empty() ? nullptr : &faces)) rows += c;
+    } catch (const emollm::Error& e) {
+      throw make_js_error(env, e);
+    }
+    n_out = size_t(rows * handle_->emollm->n_embd());
+    sizes = "the images' token counts (" + std::to_string(rows) + ") * nEmbd (" + std::to_string(handle_->emollm->n_embd()) + ")";
+  }
+  // options.out: the caller's result array, checked before any work starts
   const Napi::Object opts = opt_object(info, 3, "encodeImages: options");
   Napi::Float32Array out;
-  const size_t n_out = size_t(B * handle_->llava->n_image_tokens() * handle_->llava->n_embd());
   if (has_opt(opts, "out")) {
     const Napi::Value o = opts.Get("out");
-    if (handle_->emollm)
-      throw make_js_error(env, "ERR_UNSUPPORTED", "encodeImages: out is not supported by EmoLLM models (their token counts vary per image)");
-    if (!o.IsTypedArray() || o.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-      throw_invalid(env, "encodeImages: out must be a Float32Array");
+    check_fixed_float32_array(env, o, "encodeImages: out");
     out = o.As<Napi::Float32Array>();
     if (out.ElementLength() != n_out)
-      throw_invalid(env, "encodeImages: out has " + std::to_string(out.ElementLength()) + " floats, expected B * nImageTokens * nEmbd = " +
-                             std::to_string(B) + " * " + std::to_string(handle_->llava->n_image_tokens()) + " * " +
-                             std::to_string(handle_->llava->n_embd()) + " = " + std::to_string(n_out));
+      throw_invalid(env, "encodeImages: out has " + std::to_string(out.ElementLength()) + " floats, expected " + sizes + " = " +
+                             std::to_string(n_out));
     if (!out_ranges().claim(out.Data(), n_out * sizeof(float)))
       throw_invalid(env, "encodeImages: out overlaps the out array of an encodeImages call still running");
   }
   auto* w = new EncodeWorker(env, handle_, std::move(px), B);
   w->emollm_ = handle_->emollm;
   if (!out.IsEmpty()) w->write_into_caller_array(out);
-  else if (!w->emollm_ && LlavaModel::keep_scratch()) w->write_into_js_array(env, n_out);
+  else w->write_into_js_array(env, n_out);
   w->faces_ = std::move(faces);
   Napi::Promise p = w->promise();
   w->Queue();
@@ -329,6 +335,12 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
                            std::to_string(tiles) + " tiles of " + std::to_string(per));
   // constructed only once the arguments are valid: the worker counts as in flight from here
   auto* w = new VisualEncodeWorker(env, handle_, {});
+  int64_t rows = 0;
+  for (const AnyresLayout& L : layouts) {
+    w->counts.push_back(L.n_tokens());
+    rows += L.n_tokens();
+  }
+  w->write_into_js_array(env, size_t(rows * lv->n_embd()));
   w->layouts = std::move(layouts);
   w->set_pixels(std::move(px));
   Napi::Promise p = w->promise();
@@ -362,6 +374,8 @@ Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr
     throw_invalid(env, "encodePatches: patches has " + std::to_string(px.size()) + " floats, the grids need " +
                            std::to_string(n) + " patches of " + std::to_string(qm->vision().patch_dim()));
   auto* w = new VisualEncodeWorker(env, handle_, std::move(px));
+  for (const GridThw& gt : grids) w->counts.push_back(qm->n_tokens(gt));
+  w->write_into_js_array(env, size_t(qm->n_tokens(grids) * qm->n_embd()));
   w->grids = std::move(grids);
   Napi::Promise p = w->promise();
   w->Queue();

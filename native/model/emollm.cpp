@@ -282,13 +282,13 @@ void EmollmModel::project(const float* tf, int64_t B, const std::vector<std::vec
                           std::vector<float>* out, std::vector<int64_t>* counts) const {
   EMOLLM_CHECK_ARG(B > 0 && tf != nullptr && out != nullptr && counts != nullptr, "EmoLLM project: no images");
   const int64_t C = base_->vision().hparams().n_embd;
-  project_device(DeviceTensor::input(backend(), tf, B * n_vision_tokens(), C * int64_t(tower_layers_.size())), B, faces, out,
-                 counts);
+  project_device(DeviceTensor::input(backend(), tf, B * n_vision_tokens(), C * int64_t(tower_layers_.size())), B, faces,
+                 ProjectOut{out}, counts);
 }
 
 void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
-                                 std::vector<float>* out, std::vector<int64_t>* counts) const {
-  EMOLLM_CHECK_ARG(B > 0 && out != nullptr && counts != nullptr, "EmoLLM project: no images");
+                                 ProjectOut out, std::vector<int64_t>* counts) const {
+  EMOLLM_CHECK_ARG(B > 0 && (out.vec != nullptr || out.data != nullptr || out.rows == 0) && counts != nullptr, "EmoLLM project: no images");
   EMOLLM_CHECK_ARG(!faces || int64_t(faces->size()) == B,
                    "EmoLLM project: " + std::to_string(faces ? faces->size() : 0) + " face lists for " + std::to_string(B) +
                        " images");
@@ -371,8 +371,15 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
     for (int64_t b = 0; b < B; ++b) (*counts)[size_t(b)] += bl.counts[size_t(b)];
   int64_t total = 0;
   for (int64_t c : *counts) total += c;
-  out->resize(size_t(total * E));
-  DeviceTensor fused = DeviceTensor::output(be, out->data(), total, E);
+  float* dst = out.data;
+  if (out.vec) {
+    out.vec->resize(size_t(total * E));
+    dst = out.vec->data();
+  } else if (total != out.rows) {
+    throw Error(ErrorCode::Internal, "EmoLLM project: the heads gave " + std::to_string(total) + " rows, " +
+                                         std::to_string(out.rows) + " were expected (image_token_counts)");
+  }
+  DeviceTensor fused = DeviceTensor::output(be, dst, total, E);
   std::vector<int64_t> src_row(blocks.size(), 0);
   int64_t dst_row = 0;
   for (int64_t b = 0; b < B; ++b)
@@ -382,12 +389,24 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
       src_row[k] += n;
       dst_row += n;
     }
-  fused.to_host(out->data());
+  fused.to_host(dst);
 }
 
 bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
                                 std::vector<float>* out, std::vector<int64_t>* counts,
                                 const std::atomic<bool>* abort) const {
+  return encode_into(pixels, B, faces, ProjectOut{out}, counts, abort);
+}
+
+bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, float* out,
+                                std::vector<int64_t>* counts, const std::atomic<bool>* abort) const {
+  int64_t rows = 0;
+  for (int64_t c : image_token_counts(B, faces)) rows += c;
+  return encode_into(pixels, B, faces, ProjectOut{nullptr, out, rows}, counts, abort);
+}
+
+bool EmollmModel::encode_into(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, ProjectOut out,
+                              std::vector<int64_t>* counts, const std::atomic<bool>* abort) const {
   EMOLLM_CHECK_ARG(B > 0, "encode_images: no images");
   const int64_t C = base_->vision().hparams().n_embd;
   DeviceTensor tf(backend(), DType::F32, {B * n_vision_tokens(), C * int64_t(tower_layers_.size())});
@@ -396,6 +415,18 @@ bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vecto
   if (abort && abort->load(std::memory_order_relaxed)) return false;
   project_device(tf, B, faces, out, counts);
   return true;
+}
+
+std::vector<int64_t> EmollmModel::image_token_counts(int64_t B, const std::vector<std::vector<FaceBox>>* faces) const {
+  EMOLLM_CHECK_ARG(!faces || int64_t(faces->size()) == B,
+                   "EmoLLM: " + std::to_string(faces ? faces->size() : 0) + " face lists for " + std::to_string(B) + " images");
+  std::vector<int64_t> counts(size_t(B), n_image_tokens(0));
+  for (int64_t b = 0; faces && b < B; ++b) {
+    int64_t on = 0;  // boxes that fall on the image (face-region keeps only those)
+    for (const FaceBox& box : (*faces)[size_t(b)]) on += face_patches(box).empty() ? 0 : 1;
+    counts[size_t(b)] = n_image_tokens(on);
+  }
+  return counts;
 }
 
 std::vector<int32_t> splice_prompt_counts(int32_t image_token_id, const int32_t* tokens, int64_t n, const float* features,

@@ -79,6 +79,13 @@ class EmollmModel {
   bool encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
                      std::vector<float>* out, std::vector<int64_t>* counts,
                      const std::atomic<bool>* abort = nullptr) const;
+  // The same into the caller's out of sum(image_token_counts(B, faces)) * n_embd() floats (the addon
+  // passes a JavaScript result array: no vector filled, then copied).
+  bool encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, float* out,
+                     std::vector<int64_t>* counts, const std::atomic<bool>* abort = nullptr) const;
+  // The token counts encode_images gives B images with these face boxes (null: none), known before
+  // the tower runs: n_image_tokens() of the boxes that cover some patch (face_patches).
+  std::vector<int64_t> image_token_counts(int64_t B, const std::vector<std::vector<FaceBox>>* faces) const;
   // The MVP alone, on tower features [B, n_vision_tokens(), tower_layers().size() * C] (the
   // encode() output for tower_layers()).
   void project(const float* tower_feats, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
@@ -118,8 +125,18 @@ class EmollmModel {
 
   Backend& backend() const { return base_->text_model()->backend(); }
   // The MVP on tower features already in backend memory ([B * T, tower_layers().size() * C]).
+  // Where project_device writes the images' rows: a vector it resizes, or the caller's memory of
+  // image_token_counts() rows (checked against the counts the heads give).
+  struct ProjectOut {
+    std::vector<float>* vec = nullptr;
+    float* data = nullptr;
+    int64_t rows = 0;
+  };
   void project_device(const DeviceTensor& tower_feats, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
-                      std::vector<float>* out, std::vector<int64_t>* counts) const;
+                      ProjectOut out, std::vector<int64_t>* counts) const;
+  // Tower + MVP (both encode_images).
+  bool encode_into(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, ProjectOut out,
+                   std::vector<int64_t>* counts, const std::atomic<bool>* abort) const;
   // The channels of `layers` from the tower features, concatenated: [rows, layers.size() * C].
   DeviceTensor gather(const DeviceTensor& tower_feats, const std::vector<int64_t>& layers) const;
 };

@@ -126,6 +126,12 @@ std::shared_ptr<EmollmQwen2VLModel> EmollmQwen2VLModel::load(const std::string& 
 
 bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>& grids, std::vector<float>* out,
                                 const std::atomic<bool>* abort) const {
+  out->resize(size_t(base_->n_tokens(grids) * base_->n_embd()));
+  return encode(patches, grids, out->data(), abort);
+}
+
+bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>& grids, float* out,
+                                const std::atomic<bool>* abort) const {
   Backend& be = base_->text_model()->backend();
   weights_.require_usable_on(be, "EmoLLM projection");
   const Qwen2VisionModel& vis = base_->vision();
@@ -136,8 +142,11 @@ bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>
   auto tap = [&](int64_t layer) -> const DeviceTensor& {
     return taps[size_t(std::lower_bound(taps_.begin(), taps_.end(), layer) - taps_.begin())];
   };
-  out->resize(size_t(M * E));
-  DeviceTensor sum = DeviceTensor::output(be, out->data(), M, E);
+  // out holds n_tokens(grids) rows: the merger's row count by construction
+  if (M != base_->n_tokens(grids))
+    throw Error(ErrorCode::Internal, "EmoLLM Qwen2-VL: " + std::to_string(M) + " merged rows for " +
+                                         std::to_string(base_->n_tokens(grids)) + " visual tokens");
+  DeviceTensor sum = DeviceTensor::output(be, out, M, E);
   bool first = true;
   for (const MvpPerspective& p : persp_) {
     if (p.gate == MvpGate::Closed) continue;
@@ -160,7 +169,7 @@ bool EmollmQwen2VLModel::encode(const float* patches, const std::vector<GridThw>
     else be.add(sum.data(), y.data(), sum.data(), M * E);
     first = false;
   }
-  sum.to_host(out->data());
+  sum.to_host(out);
   return true;
 }
 

@@ -43,6 +43,8 @@ class EmollmQwen2VLModel {
   // Same contract as Qwen2VLModel::encode, with the MVP in place of the merger's MLP.
   bool encode(const float* patches, const std::vector<GridThw>& grids, std::vector<float>* out,
               const std::atomic<bool>* abort = nullptr) const;
+  bool encode(const float* patches, const std::vector<GridThw>& grids, float* out,
+              const std::atomic<bool>* abort = nullptr) const;
 
   EmollmQwen2VLModel() = default;
   EmollmQwen2VLModel(const EmollmQwen2VLModel&) = delete;

@@ -90,8 +90,6 @@ class LlavaModel {
   void project(const float* feats, int64_t rows, float* out) const;
   // Whether encode calls keep their feature / projector scratch between calls (default: on,
   // unless EMOLLM_LLAVA_KEEP_SCRATCH=0), for every LLaVA model of the process; for A/B in one process.
-  // The addon then also writes an encodeImages result straight into the JavaScript array it
-  // returns (=0: into a vector first, then copied).
   static void set_keep_scratch(bool on);
   static bool keep_scratch();
   // Bytes of the kept block (0: none yet), for tests.

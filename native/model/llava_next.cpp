@@ -101,7 +101,7 @@ void anyres_pack(Backend& be, const AnyresLayout& L, const float* tile, int64_t 
   });
 }
 
-bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const AnyresLayout& L, std::vector<float>* out,
+bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const AnyresLayout& L, float* out,
                              const std::atomic<bool>* abort) {
   const int64_t E = model.n_embd(), per = model.n_image_tokens();
   if (per != L.side * L.side)
@@ -110,11 +110,16 @@ bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const
   Backend& be = model.text_model()->backend();
   DeviceTensor tiles(be, DType::F32, {L.n_tiles() * per, E});
   if (!model.encode_images_device(pixels, L.n_tiles(), tiles.data(), abort)) return false;
-  out->resize(size_t(L.n_tokens() * E));
-  DeviceTensor packed = DeviceTensor::output(be, out->data(), L.n_tokens(), E);
+  DeviceTensor packed = DeviceTensor::output(be, out, L.n_tokens(), E);
   anyres_pack(be, L, tiles.data(), E, model.image_newline_device(), packed.data());
-  packed.to_host(out->data());
+  packed.to_host(out);
   return true;
+}
+
+bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const AnyresLayout& L, std::vector<float>* out,
+                             const std::atomic<bool>* abort) {
+  out->resize(size_t(L.n_tokens() * model.n_embd()));
+  return llava_next_encode_image(model, pixels, L, out->data(), abort);
 }
 
 }  // namespace emollm

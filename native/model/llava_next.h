@@ -55,7 +55,11 @@ void anyres_pack(Backend& be, const AnyresLayout& layout, const float* tile_feat
                  float* out);
 
 // Tower + projector over one image's tiles (pixels [layout.n_tiles(), C, S, S]) and the packing.
-// out is resized to [layout.n_tokens(), E]. Returns false when aborted.
+// out: [layout.n_tokens(), E] floats of the caller's (the addon passes a JavaScript result array,
+// so no vector is filled and then copied). Returns false when aborted.
+bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const AnyresLayout& layout, float* out,
+                             const std::atomic<bool>* abort = nullptr);
+// The same into a vector, resized to [layout.n_tokens(), E].
 bool llava_next_encode_image(const LlavaModel& model, const float* pixels, const AnyresLayout& layout,
                              std::vector<float>* out, const std::atomic<bool>* abort = nullptr);
 

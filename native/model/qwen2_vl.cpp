@@ -82,10 +82,13 @@ std::shared_ptr<Qwen2VLModel> Qwen2VLModel::load_gguf(const std::string& text, c
 
 bool Qwen2VLModel::encode(const float* patches, const std::vector<GridThw>& grids, std::vector<float>* out,
                           const std::atomic<bool>* abort) const {
-  int64_t rows = 0;
-  for (const GridThw& g : grids) rows += n_tokens(g);
-  out->assign(size_t(rows * n_embd()), 0.0f);
-  return vision_->encode(text_->backend(), patches, grids, out->data(), abort);
+  out->assign(size_t(n_tokens(grids) * n_embd()), 0.0f);
+  return encode(patches, grids, out->data(), abort);
+}
+
+bool Qwen2VLModel::encode(const float* patches, const std::vector<GridThw>& grids, float* out,
+                          const std::atomic<bool>* abort) const {
+  return vision_->encode(text_->backend(), patches, grids, out, abort);
 }
 
 std::vector<int32_t> Qwen2VLModel::mrope_positions(const std::vector<bool>& is_visual, const std::vector<GridThw>& grids,

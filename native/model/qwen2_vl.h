@@ -50,6 +50,16 @@ class Qwen2VLModel {
   // Tower + merger for the visuals' flattened patches (in order); out [sum n_tokens, n_embd()].
   bool encode(const float* patches, const std::vector<GridThw>& grids, std::vector<float>* out,
               const std::atomic<bool>* abort = nullptr) const;
+  // The same into the caller's out [n_tokens(grids), n_embd()] (the addon passes a JavaScript result
+  // array: no vector filled, then copied).
+  bool encode(const float* patches, const std::vector<GridThw>& grids, float* out,
+              const std::atomic<bool>* abort = nullptr) const;
+  // Decoder positions of all the visuals.
+  int64_t n_tokens(const std::vector<GridThw>& grids) const {
+    int64_t n = 0;
+    for (const GridThw& g : grids) n += n_tokens(g);
+    return n;
+  }
 
   struct Prompt {
     std::vector<int32_t> tokens;  // visual positions as pseudo-ids (rows of the features, in order)

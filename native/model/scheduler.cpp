@@ -621,7 +621,8 @@ void Scheduler::begin(Active& a, const float* logits) {
       a.done = !logits || r.continuations.empty();
       break;
     case SeqRequest::Kind::Logits:
-      if (logits) a.out.logits.assign(logits, logits + V);
+      if (logits && r.logits_out) std::copy(logits, logits + V, r.logits_out);
+      else if (logits) a.out.logits.assign(logits, logits + V);
       a.done = true;
       break;
   }

@@ -128,6 +128,9 @@ struct SeqRequest {
   std::vector<int32_t> pos3;       // M-RoPE positions of the prompt ([n][3]), or empty
   GenerateParams params;           // Generate
   std::vector<std::vector<int32_t>> continuations;  // Score
+  // Logits: where the last position's [n_vocab] logits go, when set (instead of SeqOutcome::logits);
+  // the submitter keeps it alive until on_done has run (the addon: the result array it resolves to).
+  float* logits_out = nullptr;
   // Runs on the scheduler thread before the prompt is used (may rewrite prompt/embd/pos3; may throw).
   std::function<void(SeqRequest&)> prepare;
   TokenSink on_token;                          // Generate: each token as it is sampled

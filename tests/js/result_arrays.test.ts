@@ -3,9 +3,11 @@
 //   the tower writes the features straight into the caller's array and the call resolves to it;
 //   the bits equal the fresh-array path; a wrong type / size / buffer is a typed error before any
 //   work; two calls in flight on overlapping memory are refused; results without `out` never alias;
-//   LLaVA-NeXT and EmoLLM refuse `out` (ERR_UNSUPPORTED). On ../shared/models/llava-tiny-hf.
-// - logits({ all: true }) of a text model (native/addon/context_binding.cpp): rows written into the
-//   result array directly, a new array every call. On ../shared/models/stories260K.
+//   LLaVA-NeXT refuses `out` (ERR_UNSUPPORTED); EmoLLM takes one of its images' token counts (faces
+//   included). An out detached while the tower writes it rejects. On ../shared/models/llava-tiny-hf.
+// - logits({ all: true }) of a text model and of a prompt with images (native/addon/context_binding.cpp):
+//   rows written into the result array directly, a new array every call. On ../shared/models/stories260K
+//   and llava-tiny-hf. LLaVA-NeXT / Qwen2-VL encodes: a new array every call, written in place.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -102,9 +104,11 @@ describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
     await invalid(enc(new Float32Array(n), 2), 'ERR_INVALID_ARGUMENT', new RegExp(`expected .* = ${2 * n}$`));
     const resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(n * 4, { maxByteLength: n * 8 });
     await invalid(enc(new Float32Array(resizable)), 'ERR_INVALID_ARGUMENT', /fixed-length buffer/);
+    const growable = new SharedArrayBuffer(n * 4, { maxByteLength: n * 8 });
+    await invalid(enc(new Float32Array(growable)), 'ERR_INVALID_ARGUMENT', /out must be over a fixed-length buffer/);
     const detached = new Float32Array(n);
     structuredClone(detached.buffer, { transfer: [detached.buffer] });
-    await invalid(enc(detached), 'ERR_INVALID_ARGUMENT', /out has 0 floats/);
+    await invalid(enc(detached), 'ERR_INVALID_ARGUMENT', /out is detached/);
     // nothing was written into a refused array
     const short = new Float32Array(n - 1).fill(5);
     await enc(short).catch(() => undefined);
@@ -138,6 +142,67 @@ describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
     // settled: the same memory is free again
     const view = out.subarray(0, n);
     expect(await enc(pixels, view)).toBe(view);
+  });
+
+  it('rejects a call whose out was detached (transferred) while the tower wrote it', async () => {
+    type Enc = (px: Float32Array, b: number, faces: undefined, o: { out: Float32Array }) => Promise<Float32Array>;
+    const handle = (model as unknown as { handle: { encodeImages: Enc } }).handle;
+    const out = new Float32Array(n);
+    const p = handle.encodeImages(pixels, 1, undefined, { out });
+    const moved = structuredClone(out.buffer, { transfer: [out.buffer] });  // keeps the bytes alive
+    await invalid(p, 'ERR_INVALID_ARGUMENT', /out was detached while the call wrote it/);
+    expect(moved.byteLength).toBe(n * 4);
+    // its range was given back: a new array over any memory runs
+    expect((await model.encodePixels(pixels, 1)).length).toBe(n);
+  });
+});
+
+// A prompt with images, all positions' logits (a context's evalMultimodal, as logits({ all: true })
+// runs it): the result array is made on the JavaScript thread at the spliced length (the image
+// tokens once per image or already expanded), and the worker writes the rows into it.
+describe.skipIf(!have)('evalMultimodal allLogits result arrays (llava-tiny-hf)', () => {
+  it('has the spliced length, the same bits for a once-per-image and an expanded prompt, a new array every call', async () => {
+    const model = await loadModel(dir, { threads: 2 });
+    try {
+      const feats = await model.encodeImages([join(dir, 'photo.jpg')]);
+      const ids = model.promptTokens(imageQuestion(join(dir, 'photo.jpg')));
+      const imageId = model.info.vision!.imageTokenId;
+      const nImg = model.info.vision!.nImageTokens;
+      const k = ids.indexOf(imageId);
+      expect(k).toBeGreaterThanOrEqual(0);
+      expect(ids.filter((t) => t === imageId)).toHaveLength(1);
+      const expanded = [...ids.slice(0, k), ...Array.from({ length: nImg }, () => imageId), ...ids.slice(k + 1)];
+      const V = model.info.nVocab;
+      await model.exclusive(async (ctx) => {
+        const once = await ctx.evalMultimodal(Int32Array.from(ids), feats, { allLogits: true });
+        expect(once.length).toBe(expanded.length * V);
+        const full = await ctx.evalMultimodal(Int32Array.from(expanded), feats, { allLogits: true });
+        expect(full.buffer).not.toBe(once.buffer);
+        sameBits(full, once);
+        // image tokens that fit no rule: the splice's typed error (no result array was made)
+        await expect(ctx.evalMultimodal(Int32Array.from([...ids, imageId]), feats, { allLogits: true }))
+          .rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/image tokens/) });
+      });
+      // the last row agrees with the last-position path
+      expect(maxAbsDiff(await model.logits({ tokens: ids, images: feats }), (await model.logits({ tokens: ids, images: feats }, { all: true })).subarray((expanded.length - 1) * V))).toBeLessThanOrEqual(1e-4);
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('refuses a spliced prompt longer than the context with eval\'s typed error', async () => {
+    const model = await loadModel(dir, { threads: 1, contextSize: 64 });
+    try {
+      const feats = await model.encodeImages([join(dir, 'photo.jpg')]);
+      const ids = model.promptTokens(imageQuestion(join(dir, 'photo.jpg')));
+      if (ids.length - 1 + model.info.vision!.nImageTokens <= 64) return;  // the image fits: nothing to refuse
+      await model.exclusive(async (ctx) => {
+        await expect(ctx.evalMultimodal(Int32Array.from(ids), feats, { allLogits: true }))
+          .rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/do not fit the context/) });
+      });
+    } finally {
+      await model.close();
+    }
   });
 });
 
@@ -350,31 +415,61 @@ describe.skipIf(!existsSync(stories))('logits({ all: true }) result arrays (stor
   });
 });
 
-// EmoLLM: each image's token count follows its face boxes, so no fixed-size out can be checked
+// EmoLLM: each image's token count follows its face boxes (those that fall on the image), known
+// before the tower runs (EmollmModel::image_token_counts): out must hold exactly those rows.
 const emoFixture = join(repoRoot, 'tests', 'fixtures', 'emollm', 'gated-sum');
 describe('encodeImages out (EmoLLM fixture, the native binding: the fixture has no tokenizer)', () => {
-  it('is ERR_UNSUPPORTED, before any work', async () => {
+  it('writes its images\' rows (face boxes included) into out with the bits of a fresh result; a wrong size is refused', async () => {
     interface NModel {
       info(): { nEmbd: number; vision?: { imageSize: number; nImageTokens: number } };
-      encodeImages(px: Float32Array, b: number, faces: undefined, o: { out: Float32Array }): Promise<Float32Array>;
+      encodeImages(px: Float32Array, b: number, faces?: unknown, o?: { out: Float32Array }): Promise<Float32Array & { tokenCounts?: Int32Array }>;
       close(): Promise<void>;
     }
     const model = await (native() as unknown as { loadModel(p: string, o?: object): Promise<NModel> }).loadModel(emoFixture, { nCtx: 128 });
     try {
       const px = f32(join(emoFixture, 'pixel_values.f32'));
+      const inputs = JSON.parse((await import('node:fs')).readFileSync(join(emoFixture, 'inputs.json'), 'utf8')) as { faces: unknown[]; token_counts: number[] };
       const v = model.info().vision!;
+      const E = model.info().nEmbd;
       const b = px.length / (3 * v.imageSize ** 2);
-      const out = new Float32Array(b * v.nImageTokens * model.info().nEmbd).fill(3);
-      let e: unknown;
-      try {
-        await model.encodeImages(px, b, undefined, { out });
-      } catch (err) {
-        e = err;
+      for (const faces of [undefined, inputs.faces]) {
+        const fresh = await model.encodeImages(px, b, faces);
+        const out = new Float32Array(fresh.length).fill(Number.NaN);
+        const r = await model.encodeImages(px, b, faces, { out });
+        expect(r).toBe(out);
+        sameBits(out, fresh);
+        expect(Array.from(r.tokenCounts!)).toEqual(Array.from(fresh.tokenCounts!));
+        if (faces) expect(Array.from(r.tokenCounts!)).toEqual(inputs.token_counts);  // one face box falls off the image
+        const again = await model.encodeImages(px, b, faces);
+        expect(again.buffer).not.toBe(fresh.buffer);
+        sameBits(again, fresh);
       }
-      expect(e).toBeInstanceOf(EmollmError);
-      expect((e as EmollmError).code).toBe('ERR_UNSUPPORTED');
-      expect((e as EmollmError).message).toMatch(/out is not supported by EmoLLM models/);
-      expect(out.every((x) => x === 3)).toBe(true);
+      // the size without the face boxes' rows: refused before any work, nothing written
+      const short = new Float32Array(b * v.nImageTokens * E).fill(3);
+      await invalid(Promise.resolve().then(() => model.encodeImages(px, b, inputs.faces, { out: short })), 'ERR_INVALID_ARGUMENT',
+        new RegExp(`out has ${short.length} floats, expected the images' token counts \\(${inputs.token_counts[0]! + inputs.token_counts[1]!}\\)`));
+      expect(short.every((x) => x === 3)).toBe(true);
+    } finally {
+      await model.close();
+    }
+  });
+});
+
+// LLaVA-NeXT: encodeAnyres writes its images' packed rows into a new array each call (made on the
+// JavaScript thread from the layouts' token counts).
+describe.skipIf(!haveNext)('encodeImages results (llava-next-tiny-hf)', () => {
+  it('a new array every call, with tokenCounts and the same bits', async () => {
+    const model = await loadModel(next, { threads: 2 });
+    try {
+      const imgs = [join(dir, 'photo.jpg'), join(next, 'wide.jpg')];
+      const a = await model.encodeImages(imgs);
+      const b = await model.encodeImages(imgs);
+      expect(b.buffer).not.toBe(a.buffer);
+      sameBits(a, b);
+      const counts = Array.from(a.tokenCounts!);
+      expect(counts).toHaveLength(2);
+      expect(a.length).toBe(counts.reduce((x, y) => x + y, 0) * model.info.nEmbd);
+      expect(a.every((x) => Number.isFinite(x))).toBe(true);
     } finally {
       await model.close();
     }

@@ -8,6 +8,7 @@
 // embedding rows) match by content: another image's prompt reuses only the tokens before it.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <future>
 #include <vector>
 
@@ -220,5 +221,30 @@ TEST(prefix_reuse_embd_view_same_bits_as_embd) {
     EXPECT(!la.error && !lb.error && !la.logits.empty() && la.logits == lb.logits);
     const SeqOutcome shorter = run(d, view(score_request(p), (k - 1) * E));
     EXPECT(shorter.error != nullptr);
+  }
+}
+
+// SeqRequest::logits_out (the addon's result array): the scheduler writes the Logits request's
+// logits there, with the bits SeqOutcome::logits gets, whether its prompt runs a pass or its
+// logits are reused from the cache, and leaves SeqOutcome::logits empty.
+TEST(prefix_reuse_logits_out_same_bits_as_outcome) {
+  if (stories_gguf().empty()) return;
+  const std::vector<int32_t> p = story_prompt(24);
+  const size_t V = size_t(stories_model()->hparams().n_vocab);
+  for (bool chunked : {true, false}) {
+    Scheduler ref_sched(stories_model(), options(chunked));
+    const SeqOutcome ref = run(ref_sched, logits_request(p));
+    EXPECT(!ref.error && ref.logits.size() == V);
+    Scheduler sched(stories_model(), options(chunked));
+    for (int pass = 0; pass < 2; ++pass) {  // 0: a prompt pass; 1: the cached prompt's kept logits
+      const int64_t reused = sched.stats().reused_logits;
+      std::vector<float> out(V, std::nanf(""));
+      SeqRequest r = logits_request(p);
+      r.logits_out = out.data();
+      const SeqOutcome o = run(sched, std::move(r));
+      EXPECT(!o.error && !o.aborted && o.logits.empty());
+      EXPECT(sched.stats().reused_logits == reused + pass);
+      EXPECT(std::memcmp(out.data(), ref.logits.data(), V * sizeof(float)) == 0);
+    }
   }
 }
