@@ -2528,7 +2528,8 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 
 // The bf16 GEMM at the shapes where it was closest to oneDNN or below it (session 17): the down
 // projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, CLIP's q / k / v / o and
-// fc2 at M = 577, LLaMA-7B's gate and o: gemm() on the row-major matrix (W packed a block at a
+// fc2 at M = 577, LLaMA-7B's gate and o (and since session 22 the 1.1B q / k / v / o and gate / up and
+// CLIP's fc1, the gemm section's other M >= 512 bf16 shapes): gemm() on the row-major matrix (W packed a block at a
 // time) and gemm_bf16_panels (pre-packed W), each interleaved call by call with oneDNN's bf16
 // matmul; ratio = oneDNN's time / ours. Row xpf-off: the same call without the microkernel's X
 // prefetch (set_bf16_gemm_x_prefetch(false)), interleaved too, its bits compared with the row's.
@@ -2538,14 +2539,19 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 // variants here, other one-block limits and even k blocks, were removed with those opt-ins in
 // session 18.)
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
-  struct Shape { const char* name; int64_t N, K; };
-  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.qkvo", 1024, 1024},
-                          {"clip.fc2", 1024, 4096}, {"llama.gate", 11008, 4096}, {"llama.o", 4096, 4096}};
+  struct Shape { const char* name; int64_t M, N, K; };
+  const Shape shapes[] = {{"llama1b.down", 512, 2048, 5632}, {"llama.down", 512, 4096, 11008},
+                          {"clip.qkvo", 577, 1024, 1024},    {"clip.fc2", 577, 1024, 4096},
+                          {"llama.gate", 512, 11008, 4096},  {"llama.o", 512, 4096, 4096},
+                          // the rest of the gemm section's M >= 512 bf16 shapes, so that one
+                          // EMOLLM_BENCH_LONGK_CPU=1 run gives the whole table interleaved
+                          {"llama1b.qkvo", 512, 2048, 2048}, {"llama1b.gate_up", 512, 5632, 2048},
+                          {"clip.fc1", 577, 4096, 1024}};
   bool header = false;
   for (const Shape& sh : shapes)
     for (const char* impl : {"gemm", "panels"}) {
       const bool pan = std::strcmp(impl, "panels") == 0;
-      const int64_t M = sh.N == 1024 ? 577 : 512;  // CLIP's shapes at its 577 tokens
+      const int64_t M = sh.M;
       const std::string name = std::string("gemm/") + sh.name + "/M" + std::to_string(M) + "/bf16/longk-" + impl;
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
@@ -2600,6 +2606,7 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       r.bf16_math = true;
       std::vector<Stats> st;
       double pf_round = NAN;  // CPU-time mode: median over rounds of (time without X prefetch / with)
+      double dn_round = NAN;  // CPU-time mode: median over rounds of (oneDNN's time / ours)
       Result* res = run_case(r, [&](Result& rr) {
         // EMOLLM_BENCH_LONGK_CPU=1: process CPU time a call (1 thread on a loaded machine: the
         // time the call ran, not the time it waited for a core), rounds of every variant in turn
@@ -2617,6 +2624,12 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
           for (size_t i = 0; i < ts[0].size(); ++i) rr1.push_back(ts[1][i] / ts[0][i]);
           std::sort(rr1.begin(), rr1.end());
           pf_round = rr1[rr1.size() / 2];
+          if (ts.size() > 2) {
+            std::vector<double> rd;
+            for (size_t i = 0; i < ts[0].size(); ++i) rd.push_back(ts.back()[i] / ts[0][i]);
+            std::sort(rd.begin(), rd.end());
+            dn_round = rd[rd.size() / 2];
+          }
           for (auto& v : ts) {
             std::sort(v.begin(), v.end());
             Stats x;
@@ -2645,9 +2658,12 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       std::snprintf(xnote, sizeof xnote, "without the microkernel's X prefetch, interleaved; ratio = its time / the row's%s; %s",
                     round_note, same ? "same bits" : "BITS DIFFER");
       push_row(derived_row(base, "xpf-off", "xpf-off", st[1], "emollm", st[1].best / base.st.best, xnote));
-      if (st.size() > 2)
-        push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best,
-                             "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours"));
+      if (st.size() > 2) {
+        char dnote[160];
+        std::snprintf(dnote, sizeof dnote, "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours%s",
+                      std::isnan(dn_round) ? "" : (" (median round " + std::to_string(dn_round).substr(0, 5) + ")").c_str());
+        push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best, dnote));
+      }
       settle();
     }
 }
