@@ -1138,8 +1138,8 @@ struct BlockPrefetcher {
 // block's tiles: 512 rows x 1 KiB more in the 1 MiB L2 beside the X k block (512 KiB at M = 512)
 // and the packed block (512 KiB) the tiles read. `perf record` put ~5% of gemm()'s samples on
 // those prefetch instructions (1.1B down, M = 512, one thread, Zen 5). Without it, 1.1B down
-// (K = 5632) ran 1.02-1.04x in every reading, LLaMA-7B down 0.98-1.05x (median round; one
-// thread, process CPU time, interleaved, load ~10-11: a quiet A/B decides). With K in one block
+// (K = 5632) ran 1.02-1.04x at load 10-16 but 1.01x at load 6-8, LLaMA-7B down 0.98-1.05x / 1.00x
+// (median round; one thread, process CPU time, interleaved: a quiet A/B decides). With K in one block
 // (K <= 4096) it read 0.97-1.00x: kept there. Panels (contiguous blocks) keep theirs. Prefetch
 // only: same bits. EMOLLM_BF16_GEMM_PACK_UNPREFETCHED=0: the previous prefetch.
 EnvSwitch& bf16_pack_unprefetched_flag() {
