@@ -2528,24 +2528,34 @@ void bench_gemm_bf16_split(ThreadPool& pool) {
 
 // The bf16 GEMM at the shapes where it was closest to oneDNN or below it (session 17): the down
 // projections (TinyLlama-1.1B K = 5632, LLaMA-7B K = 11008) at M = 512, CLIP's q / k / v / o and
-// fc2 at M = 577, LLaMA-7B's gate and o: gemm() on the row-major matrix (W packed a block at a
+// fc2 at M = 577, LLaMA-7B's gate and o (and since session 22 the 1.1B q / k / v / o and gate / up and
+// CLIP's fc1, the gemm section's other M >= 512 bf16 shapes): gemm() on the row-major matrix (W packed a block at a
 // time) and gemm_bf16_panels (pre-packed W), each interleaved call by call with oneDNN's bf16
-// matmul; ratio = oneDNN's time / ours. Row xpf-off: the same call without the microkernel's X
-// prefetch (set_bf16_gemm_x_prefetch(false)), interleaved too, its bits compared with the row's.
+// matmul; ratio = oneDNN's time / ours. Impl huge: gemm_huge_pages on W in 2 MiB pages (what a
+// decoder's prefill runs; gemm() here has W in 4 KiB pages). Row xpf-off: the same call without
+// the microkernel's X prefetch (set_bf16_gemm_x_prefetch(false)), interleaved too, its bits
+// compared with the row's; row wpf-prev (gemm / huge): the previous driver's prefetch of the next
+// W block (set_bf16_gemm_pack_unprefetched(false); the same code where K is in one block).
 // EMOLLM_BENCH_LONGK_CPU=1: process CPU time, EMOLLM_BENCH_LONGK_ROUNDS rounds (default 15; use at
 // 1 thread on a loaded machine; xpf-off's note gives the median of the per-round ratios). Checked
 // against a double reference (gemm_check: max |diff| / RMS over 64 samples). (Session 17's
 // variants here, other one-block limits and even k blocks, were removed with those opt-ins in
 // session 18.)
 void bench_gemm_bf16_long_k(ThreadPool& pool) {
-  struct Shape { const char* name; int64_t N, K; };
-  const Shape shapes[] = {{"llama1b.down", 2048, 5632}, {"llama.down", 4096, 11008}, {"clip.qkvo", 1024, 1024},
-                          {"clip.fc2", 1024, 4096}, {"llama.gate", 11008, 4096}, {"llama.o", 4096, 4096}};
+  struct Shape { const char* name; int64_t M, N, K; };
+  const Shape shapes[] = {{"llama1b.down", 512, 2048, 5632}, {"llama.down", 512, 4096, 11008},
+                          {"clip.qkvo", 577, 1024, 1024},    {"clip.fc2", 577, 1024, 4096},
+                          {"llama.gate", 512, 11008, 4096},  {"llama.o", 512, 4096, 4096},
+                          // the rest of the gemm section's M >= 512 bf16 shapes, so that one
+                          // EMOLLM_BENCH_LONGK_CPU=1 run gives the whole table interleaved
+                          {"llama1b.qkvo", 512, 2048, 2048}, {"llama1b.gate_up", 512, 5632, 2048},
+                          {"clip.fc1", 577, 4096, 1024}};
   bool header = false;
   for (const Shape& sh : shapes)
-    for (const char* impl : {"gemm", "panels"}) {
+    for (const char* impl : {"gemm", "huge", "panels"}) {
       const bool pan = std::strcmp(impl, "panels") == 0;
-      const int64_t M = sh.N == 1024 ? 577 : 512;  // CLIP's shapes at its 577 tokens
+      const bool huge = std::strcmp(impl, "huge") == 0;  // W in 2 MiB pages: what a decoder's prefill runs
+      const int64_t M = sh.M;
       const std::string name = std::string("gemm/") + sh.name + "/M" + std::to_string(M) + "/bf16/longk-" + impl;
       if (!selected(name)) continue;
       if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
@@ -2558,7 +2568,7 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       Buf<float> X = make_aligned<float>(size_t(M * K)), Wf = make_aligned<float>(size_t(N * K));
       fill_random(X.get(), M * K, 11, &pool);
       fill_random(Wf.get(), N * K, 13, &pool);
-      Buf<uint8_t> W = make_aligned<uint8_t>(size_t(N * K) * 2);
+      Buf<uint8_t> W = huge ? alloc_huge(size_t(N * K) * 2) : make_aligned<uint8_t>(size_t(N * K) * 2);
       convert(Wf.get(), DType::F32, W.get(), DType::BF16, N * K, &pool);
       Buf<uint8_t> P;
       if (pan) {
@@ -2568,6 +2578,8 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       auto call = [&](float* y) {
         if (pan)
           gemm_bf16_panels(X.get(), K, P.get(), nullptr, y, N, M, N, K, &pool);
+        else if (huge)
+          gemm_huge_pages(X.get(), K, W.get(), DType::BF16, nullptr, y, N, M, N, K, &pool);
         else
           gemm(X.get(), K, W.get(), DType::BF16, nullptr, y, N, M, N, K, &pool);
       };
@@ -2576,6 +2588,11 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       std::vector<std::function<void(int)>> fns = {
           [&](int) { call(Y.get()); },
           [&](int) { with_switch(gemm_detail::set_bf16_gemm_x_prefetch, false, [&] { call(Yo.get()); }); }};
+      // row-major W (gemm / huge): the previous driver's prefetch of the next W block
+      // (set_bf16_gemm_pack_unprefetched(false)), interleaved, its bits compared with the row's
+      Buf<float> Yw = make_aligned<float>(size_t(M * N));
+      if (!pan)
+        fns.push_back([&](int) { with_switch(gemm_detail::set_bf16_gemm_pack_unprefetched, false, [&] { call(Yw.get()); }); });
 #ifdef EMOLLM_HAVE_DNNL
       std::unique_ptr<DnnlGemm> dnnl;
       Buf<float> Yd = make_aligned<float>(size_t(M * N));
@@ -2587,7 +2604,9 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
 #endif
       fns[0](0);
       fns[1](0);
+      if (!pan) fns[2](0);
       const bool same = std::memcmp(Y.get(), Yo.get(), size_t(M * N) * sizeof(float)) == 0;
+      const bool same_w = pan || std::memcmp(Y.get(), Yw.get(), size_t(M * N) * sizeof(float)) == 0;
       const double err = gemm_check(X.get(), M, K, W.get(), DType::BF16, N, Y.get(), true);
       Result r;
       r.section = "gemm";
@@ -2600,6 +2619,8 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       r.bf16_math = true;
       std::vector<Stats> st;
       double pf_round = NAN;  // CPU-time mode: median over rounds of (time without X prefetch / with)
+      double dn_round = NAN;  // CPU-time mode: median over rounds of (oneDNN's time / ours)
+      double w_round = NAN;   // CPU-time mode: median over rounds of (previous W-block prefetch / ours)
       Result* res = run_case(r, [&](Result& rr) {
         // EMOLLM_BENCH_LONGK_CPU=1: process CPU time a call (1 thread on a loaded machine: the
         // time the call ran, not the time it waited for a core), rounds of every variant in turn
@@ -2617,6 +2638,18 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
           for (size_t i = 0; i < ts[0].size(); ++i) rr1.push_back(ts[1][i] / ts[0][i]);
           std::sort(rr1.begin(), rr1.end());
           pf_round = rr1[rr1.size() / 2];
+          if (!pan) {
+            std::vector<double> rw;
+            for (size_t i = 0; i < ts[0].size(); ++i) rw.push_back(ts[2][i] / ts[0][i]);
+            std::sort(rw.begin(), rw.end());
+            w_round = rw[rw.size() / 2];
+          }
+          if (ts.size() > (pan ? 2u : 3u)) {
+            std::vector<double> rd;
+            for (size_t i = 0; i < ts[0].size(); ++i) rd.push_back(ts.back()[i] / ts[0][i]);
+            std::sort(rd.begin(), rd.end());
+            dn_round = rd[rd.size() / 2];
+          }
           for (auto& v : ts) {
             std::sort(v.begin(), v.end());
             Stats x;
@@ -2632,10 +2665,13 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         }
         rr.st = st[0];
         char b[160];
-        std::snprintf(b, sizeof b, "%s; err/rms %.2e", pan ? "pre-packed panels" : "row-major W, packed a block at a time",
+        std::snprintf(b, sizeof b, "%s; err/rms %.2e",
+                      pan ? "pre-packed panels"
+                          : huge ? "row-major W in 2 MiB pages (gemm_huge_pages, a decoder's prefill), packed a block at a time"
+                                 : "row-major W in 4 KiB pages, packed a block at a time",
                       err);
         rr.note = b;
-        rr.check = err < 2e-2 && same ? "ok" : "BAD";
+        rr.check = err < 2e-2 && same && same_w ? "ok" : "BAD";
       });
       if (!res) continue;
       table_row(*res);
@@ -2645,9 +2681,19 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       std::snprintf(xnote, sizeof xnote, "without the microkernel's X prefetch, interleaved; ratio = its time / the row's%s; %s",
                     round_note, same ? "same bits" : "BITS DIFFER");
       push_row(derived_row(base, "xpf-off", "xpf-off", st[1], "emollm", st[1].best / base.st.best, xnote));
-      if (st.size() > 2)
-        push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best,
-                             "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours"));
+      if (!pan) {
+        char wnote[200], wround[40] = "";
+        if (!std::isnan(w_round)) std::snprintf(wround, sizeof wround, " (median round %.3f)", w_round);
+        std::snprintf(wnote, sizeof wnote, "the next W block prefetched into L2 (the previous driver), interleaved; ratio = its time / the row's%s; %s",
+                      wround, same_w ? "same bits" : "BITS DIFFER");
+        push_row(derived_row(base, "wpf-prev", "wpf-prev", st[2], "emollm", st[2].best / base.st.best, wnote));
+      }
+      if (st.size() > (pan ? 2u : 3u)) {
+        char dnote[160];
+        std::snprintf(dnote, sizeof dnote, "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours%s",
+                      std::isnan(dn_round) ? "" : (" (median round " + std::to_string(dn_round).substr(0, 5) + ")").c_str());
+        push_row(derived_row(base, "onednn", "onednn", st.back(), "emollm", st.back().best / base.st.best, dnote));
+      }
       settle();
     }
 }

@@ -263,6 +263,14 @@ void set_bf16_gemm_short_tiles(bool on);
 // (=0: off).
 void set_bf16_gemm_x_prefetch(bool on);
 bool bf16_gemm_x_prefetch();
+// The vdpbf16ps packed GEMM on a row-major matrix (gemm(), gemm_huge_pages: W packed a block at a
+// time) with K in several k blocks (K > 4096) packs each W block straight from memory (default
+// on), or first prefetches it into L2 while the previous block's tiles run (off: the previous
+// driver; K in one block always prefetches). Panels are unaffected. Same
+// bits. For tests and interleaved A/B benchmarks; process-wide, starts as
+// EMOLLM_BF16_GEMM_PACK_UNPREFETCHED (=0: off).
+void set_bf16_gemm_pack_unprefetched(bool on);
+bool bf16_gemm_pack_unprefetched();
 // The vdpbf16ps packed GEMM with K in several k blocks (K > 4096, or the legacy blocking): X
 // packed k block by k block and each W panel's tiles run down the row panels, with the next
 // tile's Y rows prefetched (default on), or the previous order (off). Same k blocks, same bits.
