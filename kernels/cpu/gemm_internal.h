@@ -74,21 +74,17 @@ bool small_m_panels_enabled();
 // kernels that weights on 4 KiB pages take. (The A/B switch EMOLLM_SMALL_M_STREAMS=0, the plain dot
 // kernels on huge pages too, is gone: 1.30-1.93x bf16, 1.17-2.05x f16, bench/README 2026-12-05 11:44.)
 // BF16 on AVX512-BF16 at kSmallMMin <= M <= 16 (gemm_small_m.cpp): one pass over the weights, each
-// line feeding every row of X (onepass_bf16; default on, EMOLLM_SMALL_M_ONEPASS=0 off: the
+// line feeding every row of X (onepass_bf16; on at start, set_small_m_onepass(false): the
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
 void set_small_m_onepass(bool on);
 bool small_m_onepass();
-// EMOLLM_SMALL_M_ONEPASS_X16K=0: onepass_bf16 takes X in K blocks of 24 KiB instead of 16 KiB (see
-// gemm_small_m.cpp kOnePassXBytes16). Same bits.
-void set_small_m_onepass_x16k(bool on);
-bool small_m_onepass_x16k();
 // EMOLLM_SMALL_M_STREAMS_WHOLE_K=0: streams_bf16 (BF16, rounded X, M <= 8) splits K so that X's
 // block is 32 KiB (L1) instead of 256 KiB (L2; see gemm_small_m.cpp). Same bits.
 void set_small_m_streams_whole_k(bool on);
 bool small_m_streams_whole_k();
 // F16 at kSmallMMin <= M <= kSmallMMax on AVX-512 (gemm_small_m.cpp groups_f16): run_range's group order
-// where the passes over a group of weight rows prefetch the next group (default on;
-// EMOLLM_SMALL_M_F16_GROUPS=0 off: run_range<KF16>). Same bits. For tests and A/B; process-wide.
+// where the passes over a group of weight rows prefetch the next group (on at start;
+// set_small_m_f16_groups(false): run_range<KF16>). Same bits. For tests and A/B; process-wide.
 void set_small_m_f16_groups(bool on);
 bool small_m_f16_groups();
 // The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
