@@ -1459,7 +1459,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       if (ab && rep_whole_k.reps > 0)
         add_row("repacked-wholek", rep_whole_k, "repacked", rep_whole_k.best / rep.best,
                 "gemm_repacked without k slices and with X rounded row by row then packed (session 17's path: "
-                "EMOLLM_REPACKED_KSLICE=0 EMOLLM_QX_PACK_FUSED=0), interleaved; ratio = its time / the repacked row's "
+                "EMOLLM_REPACKED_KSLICE=0, set_qx_pack_fused(false)), interleaved; ratio = its time / the repacked row's "
                 "(>1: new faster)",
                 0, run_repacked_whole_k);
     }
@@ -3130,7 +3130,7 @@ void bench_f32_gemv(ThreadPool& pool) {
       push_row(d);
     };
     checked(derived_row(r, "prev", "prev", st[1], "new/prev", st[1].best / st[0].best,
-                        "EMOLLM_GEMV_STREAM_F32=0 (dot_block, 4 rows); ratio = its time / the new row's"),
+                        "set_gemv_stream_f32(false) (dot_block, 4 rows); ratio = its time / the new row's"),
             [&] { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[0]); }); });
     Result p = derived_row(r, "probe", "probe-same-size", st[2], "new", st[0].best / st[2].best,
                            "read probe (4 streams + 1 KiB prefetch) over the same copies; ratio = the new row's time / "

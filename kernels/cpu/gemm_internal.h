@@ -162,7 +162,7 @@ bool q8_gemv_legacy();
 // (EMOLLM_GEMV_STREAM=0) is gone: stream 1.08x (bf16) / 1.25x (f16) decode, bench/README 2026-12-04 12:43.
 // F32 at M = 1 on AVX-512 with weights in huge pages: the stream kernels above too (default on;
 // their f32 rows are dot_block<F32>'s FMAs in its order: the same bits) and gemv_huge_pages_multi
-// fuses F32 outputs; off (EMOLLM_GEMV_STREAM_F32=0): dot_block's 4-row kernel, one call per output.
+// fuses F32 outputs; off (set_gemv_stream_f32(false)): dot_block's 4-row kernel, one call per output.
 // For tests and A/B runs; process-wide.
 void set_gemv_stream_f32(bool on);
 bool gemv_stream_f32();
@@ -215,8 +215,8 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
 // One X row rounded to q8_0 (qx_quantize_row_avx2's bits) straight into the VNNI GEMMs' X panels
 // (gemm_q8_xpanel.h; gemm_q8_xquant.cpp): row i of a panel of mr rows (mr even) at out, `tail`
 // dwords a row after each block's quads (2: Q8XTail::PerBlock, 4: PerHalf), correction factor off.
-// AVX-512 only. Used by Q8XPanels::pack while qx_pack_fused() (default on; EMOLLM_QX_PACK_FUSED=0
-// or set_qx_pack_fused(false): the row rounding, then the scalar packing; same bits).
+// AVX-512 only. Used by Q8XPanels::pack while qx_pack_fused() (on at start; set_qx_pack_fused(false):
+// the row rounding, then the scalar packing; same bits).
 void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tail, int off, int32_t* out);
 void set_qx_pack_fused(bool on);
 bool qx_pack_fused();
