@@ -57,10 +57,11 @@ inline void cpu_relax() {
 #endif
 }
 
-EnvSwitch& dynamic_split_flag() {
-  static EnvSwitch on("EMOLLM_POOL_DYNAMIC_SPLIT");
-  return on;
-}
+// parallel_for's claimed chunks: on at start; pool_dynamic_split(false), the static split, for
+// test_pool_late, pool_late_ab and decode_switch_ab. No environment variable:
+// EMOLLM_POOL_DYNAMIC_SPLIT went in session 22 (a 4 ms late worker cost static / claimed 0.35 /
+// 0.05 of its lateness, bench/README 2026-12-06 00:24).
+std::atomic<bool> g_dynamic_split{true};
 
 // Late-thread injection (pool_set_late_worker): microseconds and worker index (-1: the last).
 std::atomic<int> g_late_us{int(env_int("EMOLLM_POOL_LATE_US", 0))};
@@ -89,8 +90,8 @@ void arm_late(int ith, int nth) {
 }
 }  // namespace
 
-void pool_dynamic_split(bool on) { dynamic_split_flag().set(on); }
-bool pool_dynamic_split() { return dynamic_split_flag().on(); }
+void pool_dynamic_split(bool on) { g_dynamic_split.store(on, std::memory_order_relaxed); }
+bool pool_dynamic_split() { return g_dynamic_split.load(std::memory_order_relaxed); }
 int pool_spin_polls() { return kSpinPolls; }
 void pool_set_late_worker(int us, int worker, LateAt at) {
   g_late_worker.store(worker, std::memory_order_relaxed);
@@ -341,7 +342,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     fn(0, n);
     return;
   }
-  if (dynamic_split_flag().on()) return parallel_ranges(this, n, grain, n, fn);
+  if (g_dynamic_split.load(std::memory_order_relaxed)) return parallel_ranges(this, n, grain, n, fn);
   run([&](int ith, int nth) {
     int64_t b, e;
     split_range(n, ith, nth, grain, &b, &e);

@@ -45,8 +45,8 @@ class ThreadPool {
   // a late thread's range taken from the back by the others), so a thread kept off its core
   // delays the call by about its lateness / threads rather than all of it; callers' results must
   // not depend on which thread runs a chunk or how [0, n) is cut at multiples of grain (they
-  // already must not depend on the thread count). pool_dynamic_split(false)
-  // (EMOLLM_POOL_DYNAMIC_SPLIT=0): the previous static split, one range per pool index.
+  // already must not depend on the thread count). pool_dynamic_split(false) (tests, A/B tools):
+  // the previous static split, one range per pool index.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& fn);
 
  private:
@@ -148,7 +148,7 @@ void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* beg
 int pool_thread_index();
 
 // parallel_for's split (and the GEMM drivers' X packing, gemm_internal.h parallel_pieces): claimed
-// chunks (default) or the previous static one range per thread (EMOLLM_POOL_DYNAMIC_SPLIT=0).
+// chunks (on at start) or the previous static one range per thread (off; tests and A/B tools).
 void pool_dynamic_split(bool on);
 bool pool_dynamic_split();
 

@@ -427,7 +427,7 @@ async function main() {
   out(`vision = encodePixels (tower ${VISION.n_layer} layers + projector, ${fmt(gv.total, 0)} GFLOP); prefill = logits of the whole prompt with the image ` +
     `into an empty KV cache (${fmt(first ? prefillGflop(first.positions, TEXT, layers) : NaN, 0)} GFLOP); scoring = scoreOptions on the cached prompt ` +
     '(found whole with its last logits: only each option\'s tokens after the first are evaluated, the options side by side in one pass as forks of the cached prompt; ' +
-    'EMOLLM_SCORE_FORKS=0: one option per pass); pos/rows/passes = prompt ' +
+    '); pos/rows/passes = prompt ' +
     'positions, option rows and forward passes the scoring evaluated; cold scoring = the same scoreOptions from an empty KV cache (prompt prefilled ' +
     'again: the cost before logits() shared the scheduler\'s cache), cold/warm its ratio. total = the four phases (load, warm-up and cold scoring not included). load s = loadModel (weights mapped and repacked); ' +
     'context s = creating the sequences\' context up to the end of its fault-in (the call returns at once; the scheduler faults its KV cache and ' +

@@ -344,8 +344,8 @@ const HELP = `usage: npm run bench:vision -- [options]
   --qwen-sizes WxH,...  the Qwen2-VL images (default 448x448,1280x720)
   --video-frames N      Qwen2-VL video frames, even (default 16; 0: no video); --video-size WxH (default 640x360)
   --ab-env A=1,B=0      llava15: per dtype also measure with these environment variables set (a row labelled
-                        with them), alternating with the plain run, e.g. EMOLLM_REPACK=0,EMOLLM_LAYERNORM_ROW_BLOCKS=0
-                        for the previous bf16 paths; --ab-rounds N alternations (default 1), reps pooled per row
+                        with them), alternating with the plain run, e.g. EMOLLM_REPACK=0 for the
+                        previous bf16 paths; --ab-rounds N alternations (default 1), reps pooled per row
   --ab-root DIR         llava15: the A/B variant loads the package at DIR instead (its dist/index.js and the
                         addon beside it, e.g. a checkout or copy of an earlier build): same models, same run,
                         alternating with this checkout; may be combined with --ab-env

@@ -1459,7 +1459,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       if (ab && rep_whole_k.reps > 0)
         add_row("repacked-wholek", rep_whole_k, "repacked", rep_whole_k.best / rep.best,
                 "gemm_repacked without k slices and with X rounded row by row then packed (session 17's path: "
-                "EMOLLM_REPACKED_KSLICE=0 EMOLLM_QX_PACK_FUSED=0), interleaved; ratio = its time / the repacked row's "
+                "EMOLLM_REPACKED_KSLICE=0, set_qx_pack_fused(false)), interleaved; ratio = its time / the repacked row's "
                 "(>1: new faster)",
                 0, run_repacked_whole_k);
     }
@@ -1948,9 +1948,9 @@ void bench_batched_decode(ThreadPool& pool) {
         r.flops = 2.0 * double(M) * double(N) * double(K);
         r.bytes = double(wb);
         auto run = [&](const void* wp) { gemm_huge_pages(x.get(), K, wp, t, nullptr, y.get(), N, M, N, K, &pool); };
-        // 9 <= M <= 16 (bf16): the previous path is run_range_bf16's row-block passes (EMOLLM_SMALL_M_ONEPASS=0)
+        // 9 <= M <= 16 (bf16): the previous path is run_range_bf16's row-block passes (set_small_m_onepass(false))
         const bool onepass_prev = M > gemm_detail::kSmallM && t == DType::BF16 && cpu_features().avx512bf16;
-        // 9 <= M <= 16 (f16): the previous path is run_range<KF16>'s passes (EMOLLM_SMALL_M_F16_GROUPS=0)
+        // 9 <= M <= 16 (f16): the previous path is run_range<KF16>'s passes (set_small_m_f16_groups(false))
         const bool f16_groups_prev = M > gemm_detail::kSmallM && M <= 16 && t == DType::F16;
         // bf16 at bf16_dot_min_m() <= M <= 8 (M = 8 by default): the previous path is the exact-X
         // dot_streams (EMOLLM_BF16_DOT_MIN_M=0)
@@ -2002,10 +2002,6 @@ void bench_batched_decode(ThreadPool& pool) {
           with_switch(gemm_detail::set_small_m_streams_whole_k, false, [&] { run(wp); });
         };
         Stats xbl1;
-        // bf16 on onepass_bf16 (9 <= M <= 16): X blocks of 24 KiB (EMOLLM_SMALL_M_ONEPASS_X16K=0) as an "x24k" row
-        const bool x24k = onepass_prev;
-        auto run_x24k = [&](const void* wp) { with_switch(gemm_detail::set_small_m_onepass_x16k, false, [&] { run(wp); }); };
-        Stats x24;
         Stats prev, dn, probe;
         Result* res = run_case(r, [&](Result& rr) {
           std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
@@ -2016,11 +2012,9 @@ void bench_batched_decode(ThreadPool& pool) {
           if (reads) fns.push_back([&](int i) { read_probe_call(pool, copies[i], wb); });
           if (rounded_x) fns.push_back([&](int i) { run_rounded_x(copies[i]); });
           if (xblock_l1) fns.push_back([&](int i) { run_xblock_l1(copies[i]); });
-          if (x24k) fns.push_back([&](int i) { run_x24k(copies[i]); });
           auto st = measure_interleaved(fns, dnnl_on ? 0.003 : 0.0);
-          if (x24k) x24 = st.back();
-          if (xblock_l1) xbl1 = st[st.size() - 1 - (x24k ? 1 : 0)];
-          if (rounded_x) rounded = st[st.size() - 1 - (xblock_l1 ? 1 : 0) - (x24k ? 1 : 0)];
+          if (xblock_l1) xbl1 = st.back();
+          if (rounded_x) rounded = st[st.size() - 1 - (xblock_l1 ? 1 : 0)];
           rr.st = st[0];
           size_t j = 1;
           if (has_prev) prev = st[j++];
@@ -2051,8 +2045,8 @@ void bench_batched_decode(ThreadPool& pool) {
         };
         if (has_prev)
           add("prev", prev,
-              onepass_prev ? "previous path (EMOLLM_SMALL_M_ONEPASS=0: run_range_bf16's row-block passes), interleaved"
-              : f16_groups_prev ? "previous path (EMOLLM_SMALL_M_F16_GROUPS=0: run_range<KF16>, the next group not prefetched), interleaved"
+              onepass_prev ? "previous path (set_small_m_onepass(false): run_range_bf16's row-block passes), interleaved"
+              : f16_groups_prev ? "previous path (set_small_m_f16_groups(false): run_range<KF16>, the next group not prefetched), interleaved"
                                 : "previous path (EMOLLM_BF16_DOT_MIN_M=0: exact x, dot_streams), interleaved",
               true, [&] { run_prev(q.get()); });
 #ifdef EMOLLM_HAVE_DNNL
@@ -2069,9 +2063,6 @@ void bench_batched_decode(ThreadPool& pool) {
         if (xblock_l1)
           add("xblock-l1", xbl1, "streams_bf16 in K blocks of 32 KiB of x (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0), interleaved",
               true, [&] { run_xblock_l1(q.get()); });
-        if (x24k)
-          add("x24k", x24, "onepass_bf16 with x in K blocks of 24 KiB (EMOLLM_SMALL_M_ONEPASS_X16K=0), interleaved", true,
-              [&] { run_x24k(q.get()); });
         settle();
       }
 }
@@ -3185,7 +3176,7 @@ void bench_f32_gemv(ThreadPool& pool) {
       push_row(d);
     };
     checked(derived_row(r, "prev", "prev", st[1], "new/prev", st[1].best / st[0].best,
-                        "EMOLLM_GEMV_STREAM_F32=0 (dot_block, 4 rows); ratio = its time / the new row's"),
+                        "set_gemv_stream_f32(false) (dot_block, 4 rows); ratio = its time / the new row's"),
             [&] { with_switch(gemm_detail::set_gemv_stream_f32, false, [&] { run(hc[0]); }); });
     Result p = derived_row(r, "probe", "probe-same-size", st[2], "new", st[0].best / st[2].best,
                            "read probe (4 streams + 1 KiB prefetch) over the same copies; ratio = the new row's time / "

@@ -12,7 +12,9 @@
 // (set_kquant_record_rows, fixed when the weights are packed: model loaded twice); small_half_copies: bf16 / f16 copies from 256 KiB (on)
 // against 2 MiB (core/backend.h set_small_half_copies, read when weights are placed: loaded twice);
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
-// with AB_PREFILL); AB_THP=0: no transparent huge pages in the process;
+// with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
+// gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
+// AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
 // prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s);
@@ -175,6 +177,11 @@ const AbSwitch kSwitches[] = {
     {"kq_record_rows", [](bool on) { set_kquant_record_rows(on ? 32 : 64); }, OnContext::ReloadedModel},
     {"small_half_copies", [](bool on) { set_small_half_copies(on); }, OnContext::ReloadedModel},
     {"bf16_prefill_fuse", [](bool on) { set_bf16_prefill_fuse(on); }},
+    // a layer's q/k/v and gate/up at M = 1 as one dispatch (kernels.h set_gemv_fusion) against one a matrix
+    {"gemv_fuse", [](bool on) { set_gemv_fusion(on); }},
+    // the decode GEMVs' rows as one contiguous range a thread (set_gemv_ranges) against guided
+    // chunks; with EMOLLM_POOL_LATE_US / _WORKER, what a thread kept off its core costs each
+    {"gemv_ranges", [](bool on) { gemm_detail::set_gemv_ranges(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }

@@ -133,13 +133,13 @@ void set_q8_gemv_legacy(bool legacy) { g_q8_gemv_legacy.store(legacy, std::memor
 bool q8_gemv_legacy() { return g_q8_gemv_legacy.load(std::memory_order_relaxed); }
 
 namespace {
-EnvSwitch& gemv_stream_f32_flag() {
-  static EnvSwitch on("EMOLLM_GEMV_STREAM_F32");  // =0: f32 M = 1 on dot_block's 4-row kernel, unfused
-  return on;
-}
+// On at start; off (f32 M = 1 on dot_block's 4-row kernel, unfused: the kernel f32 weights on 4 KiB
+// pages run) for the tests' same-bits reference and decode_switch_ab. No environment variable:
+// EMOLLM_GEMV_STREAM_F32 went in session 22 (1.09-1.24x, bench/README 2026-12-05 20:53).
+std::atomic<bool> g_gemv_stream_f32{true};
 }  // namespace
-void set_gemv_stream_f32(bool on) { gemv_stream_f32_flag().set(on); }
-bool gemv_stream_f32() { return gemv_stream_f32_flag().on(); }
+void set_gemv_stream_f32(bool on) { g_gemv_stream_f32.store(on, std::memory_order_relaxed); }
+bool gemv_stream_f32() { return g_gemv_stream_f32.load(std::memory_order_relaxed); }
 
 namespace {
 std::atomic<int> g_gemv_streams_prefetch{int(GemvPrefetch::T0)};

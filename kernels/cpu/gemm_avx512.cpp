@@ -719,7 +719,7 @@ void small_m(const Args& a) {
     return;
   }
   // F32 at M = 1 on huge pages: the same stream kernels, dot_block's sums (same bits as below);
-  // set_gemv_stream_f32(false) / EMOLLM_GEMV_STREAM_F32=0: dot_block's 4-row kernel as before
+  // set_gemv_stream_f32(false): dot_block's 4-row kernel as before
   if (a.wtype == DType::F32 && a.M == 1 && stream && gemv_stream_f32()) {
     guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                 [&](int64_t n0, int64_t n1) { gemv_rows<DType::F32>(a, a.X, n0, n1); });

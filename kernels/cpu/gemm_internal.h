@@ -74,21 +74,17 @@ bool small_m_panels_enabled();
 // kernels that weights on 4 KiB pages take. (The A/B switch EMOLLM_SMALL_M_STREAMS=0, the plain dot
 // kernels on huge pages too, is gone: 1.30-1.93x bf16, 1.17-2.05x f16, bench/README 2026-12-05 11:44.)
 // BF16 on AVX512-BF16 at kSmallMMin <= M <= 16 (gemm_small_m.cpp): one pass over the weights, each
-// line feeding every row of X (onepass_bf16; default on, EMOLLM_SMALL_M_ONEPASS=0 off: the
+// line feeding every row of X (onepass_bf16; on at start, set_small_m_onepass(false): the
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
 void set_small_m_onepass(bool on);
 bool small_m_onepass();
-// EMOLLM_SMALL_M_ONEPASS_X16K=0: onepass_bf16 takes X in K blocks of 24 KiB instead of 16 KiB (see
-// gemm_small_m.cpp kOnePassXBytes16). Same bits.
-void set_small_m_onepass_x16k(bool on);
-bool small_m_onepass_x16k();
 // EMOLLM_SMALL_M_STREAMS_WHOLE_K=0: streams_bf16 (BF16, rounded X, M <= 8) splits K so that X's
 // block is 32 KiB (L1) instead of 256 KiB (L2; see gemm_small_m.cpp). Same bits.
 void set_small_m_streams_whole_k(bool on);
 bool small_m_streams_whole_k();
 // F16 at kSmallMMin <= M <= kSmallMMax on AVX-512 (gemm_small_m.cpp groups_f16): run_range's group order
-// where the passes over a group of weight rows prefetch the next group (default on;
-// EMOLLM_SMALL_M_F16_GROUPS=0 off: run_range<KF16>). Same bits. For tests and A/B; process-wide.
+// where the passes over a group of weight rows prefetch the next group (on at start;
+// set_small_m_f16_groups(false): run_range<KF16>). Same bits. For tests and A/B; process-wide.
 void set_small_m_f16_groups(bool on);
 bool small_m_f16_groups();
 // The smallest M at which BF16 weights (AVX512-BF16, AVX-512 level, small-M path on) take vdpbf16ps
@@ -166,7 +162,7 @@ bool q8_gemv_legacy();
 // (EMOLLM_GEMV_STREAM=0) is gone: stream 1.08x (bf16) / 1.25x (f16) decode, bench/README 2026-12-04 12:43.
 // F32 at M = 1 on AVX-512 with weights in huge pages: the stream kernels above too (default on;
 // their f32 rows are dot_block<F32>'s FMAs in its order: the same bits) and gemv_huge_pages_multi
-// fuses F32 outputs; off (EMOLLM_GEMV_STREAM_F32=0): dot_block's 4-row kernel, one call per output.
+// fuses F32 outputs; off (set_gemv_stream_f32(false)): dot_block's 4-row kernel, one call per output.
 // For tests and A/B runs; process-wide.
 void set_gemv_stream_f32(bool on);
 bool gemv_stream_f32();
@@ -219,8 +215,8 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
 // One X row rounded to q8_0 (qx_quantize_row_avx2's bits) straight into the VNNI GEMMs' X panels
 // (gemm_q8_xpanel.h; gemm_q8_xquant.cpp): row i of a panel of mr rows (mr even) at out, `tail`
 // dwords a row after each block's quads (2: Q8XTail::PerBlock, 4: PerHalf), correction factor off.
-// AVX-512 only. Used by Q8XPanels::pack while qx_pack_fused() (default on; EMOLLM_QX_PACK_FUSED=0
-// or set_qx_pack_fused(false): the row rounding, then the scalar packing; same bits).
+// AVX-512 only. Used by Q8XPanels::pack while qx_pack_fused() (on at start; set_qx_pack_fused(false):
+// the row rounding, then the scalar packing; same bits).
 void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tail, int off, int32_t* out);
 void set_qx_pack_fused(bool on);
 bool qx_pack_fused();

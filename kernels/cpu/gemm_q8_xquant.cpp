@@ -14,9 +14,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
-#include "../../base/env_switch.h"
 #include "simd_vec.h"
 
 namespace emollm {
@@ -72,15 +72,14 @@ EMO_T5 inline __m256i narrow(__m512i a, __m512i b) {
   return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtsepi32_epi8(a)), _mm512_cvtsepi32_epi8(b), 1);
 }
 
-EnvSwitch& fused_flag() {
-  static EnvSwitch on("EMOLLM_QX_PACK_FUSED");  // =0: the row rounding, then the scalar packing (A/B)
-  return on;
-}
+// On at start; off (the row rounding, then the scalar packing: what CPUs below AVX-512 run) for
+// qx_pack_fused_same_bits. No environment variable: EMOLLM_QX_PACK_FUSED went in session 22.
+std::atomic<bool> g_fused{true};
 
 }  // namespace
 
-void set_qx_pack_fused(bool on) { fused_flag().set(on); }
-bool qx_pack_fused() { return fused_flag().on(); }
+void set_qx_pack_fused(bool on) { g_fused.store(on, std::memory_order_relaxed); }
+bool qx_pack_fused() { return g_fused.load(std::memory_order_relaxed); }
 
 EMO_T5 void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tail, int off, int32_t* out) {
   const int64_t nb = K / kQK, bd = int64_t(8 + tail) * mr;

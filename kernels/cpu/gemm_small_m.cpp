@@ -46,31 +46,17 @@ std::atomic<bool> small_m_on{true};
 void set_small_m_enabled(bool enabled) { small_m_on.store(enabled, std::memory_order_relaxed); }
 bool small_m_enabled() { return small_m_on.load(std::memory_order_relaxed); }
 namespace {
-// EMOLLM_SMALL_M_PANELS=0: products on bf16 panels at M <= kSmallMMax take the packed GEMM's
-// blocking (whole-K blocks per 6-row panel) instead of gemm_bf16_panels_small_m's K chunks.
-EnvSwitch& small_m_panels_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_PANELS");
-  return on;
-}
+// Always on in a run; the switched-off paths are live for other shapes (the packed GEMM's whole-K
+// blocking above M = kSmallMMax, run_range_bf16 above M = 16 and below AVX512-BF16, run_range<KF16>
+// below AVX-512), so the tests and bench_kernels' interleaved "prev" rows take them as the
+// reference of the same bits. No environment variable (EMOLLM_SMALL_M_PANELS, EMOLLM_SMALL_M_ONEPASS,
+// EMOLLM_SMALL_M_F16_GROUPS until session 22).
+std::atomic<bool> small_m_panels_on{true}, small_m_onepass_on{true}, small_m_f16_groups_on{true};
 }  // namespace
-void set_small_m_panels_enabled(bool enabled) { small_m_panels_flag().set(enabled); }
-bool small_m_panels_enabled() { return small_m_panels_flag().on(); }
-namespace {
-EnvSwitch& small_m_onepass_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS");  // =0: BF16 at 9 <= M <= 16 by run_range_bf16's passes
-  return on;
-}
-}  // namespace
-void set_small_m_onepass(bool on) { small_m_onepass_flag().set(on); }
-bool small_m_onepass() { return small_m_onepass_flag().on(); }
-namespace {
-EnvSwitch& small_m_onepass_x16k_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_ONEPASS_X16K");  // =0: onepass_bf16's X blocks of 24 KiB
-  return on;
-}
-}  // namespace
-void set_small_m_onepass_x16k(bool on) { small_m_onepass_x16k_flag().set(on); }
-bool small_m_onepass_x16k() { return small_m_onepass_x16k_flag().on(); }
+void set_small_m_panels_enabled(bool enabled) { small_m_panels_on.store(enabled, std::memory_order_relaxed); }
+bool small_m_panels_enabled() { return small_m_panels_on.load(std::memory_order_relaxed); }
+void set_small_m_onepass(bool on) { small_m_onepass_on.store(on, std::memory_order_relaxed); }
+bool small_m_onepass() { return small_m_onepass_on.load(std::memory_order_relaxed); }
 namespace {
 // EMOLLM_BF16_DOT_MIN_M=m (2..9): BF16 weights at m <= M <= 8 take the vdpbf16ps kernel (X rounded
 // to bf16, as at M >= 9) instead of the exact-X dot kernels. Default kBf16DotMinMDefault = 8;
@@ -99,14 +85,8 @@ EnvSwitch& small_m_streams_whole_k_flag() {
 }  // namespace
 void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(on); }
 bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
-namespace {
-EnvSwitch& small_m_f16_groups_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_F16_GROUPS");  // =0: F16 at 9 <= M <= 64 by run_range<KF16>
-  return on;
-}
-}  // namespace
-void set_small_m_f16_groups(bool on) { small_m_f16_groups_flag().set(on); }
-bool small_m_f16_groups() { return small_m_f16_groups_flag().on(); }
+void set_small_m_f16_groups(bool on) { small_m_f16_groups_on.store(on, std::memory_order_relaxed); }
+bool small_m_f16_groups() { return small_m_f16_groups_on.load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -443,20 +423,20 @@ void run_range_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // last wait in acc_io (exactly). Register blocks, accumulators and their k order, the K % 32 tail
 // and the reduction (store_block: reduce4 over aligned groups of 4 rows, rows past N / 4 * 4 one
 // by one, then the bias) are bf16_block's: the same bits as run_range_bf16
-// (EMOLLM_SMALL_M_ONEPASS=0).
+// (set_small_m_onepass(false)).
 // (Refuted first: one weight row at a time with all M accumulators in registers, X as memory
 // operands: 17 loads per 16 vdpbf16ps ran at ~55% of the dot peak hot, 0.66x run_range_bf16.)
 constexpr int64_t kOnePassMaxM = 16;
 constexpr int64_t kOnePassRows = 16;  // rows per sub-range: acc_io holds rows x M x 64 bytes
-// X's K block: kOnePassXBytes16 (16 KiB: M = 16 512 columns) by default, kOnePassXBytes (24 KiB:
-// 768) before (small_m_onepass_x16k, EMOLLM_SMALL_M_ONEPASS_X16K=0). In L1 (48 KiB on Zen 5) beside
-// X's block sit acc_io (16 rows x M x 64 B = 16 KiB at M = 16), the group's weight slices and the
-// next group's prefetched ones (2 x 4 rows x 2 kblock B): 48 KiB at 24 KiB of X, 40 at 16.
-// Loaded (Zen 5, cold weights, a fresh copy a call, interleaved, 4 rounds): M = 16 o 0.99-1.09x,
-// gate_up 1.01-1.08x, down 1.07-1.10x (1 and 2 threads); 12 KiB 0.94-1.03x, 32 KiB 0.85-1.00x,
-// whole K (X from L2) 0.72-0.94x. Same bits (K blocks are exact).
-constexpr size_t kOnePassXBytes = size_t(24) << 10;
-constexpr size_t kOnePassXBytes16 = size_t(16) << 10;
+// X's K block: kOnePassXBytes (16 KiB: M = 16 512 columns). In L1 (48 KiB on Zen 5) beside X's
+// block sit acc_io (16 rows x M x 64 B = 16 KiB at M = 16), the group's weight slices and the next
+// group's prefetched ones (2 x 4 rows x 2 kblock B): 40 KiB at 16 KiB of X, 48 at 24. Against 24 KiB
+// (the previous size; its switch EMOLLM_SMALL_M_ONEPASS_X16K=0 went in session 22), loaded (Zen 5,
+// cold weights, a fresh copy a call, interleaved, 4 rounds): M = 16 o 0.99-1.09x, gate_up
+// 1.01-1.08x, down 1.07-1.10x (1 and 2 threads); bench_kernels x24k / default 1.03-1.08x the time
+// (bench/README 2026-12-05 17:20); 12 KiB 0.94-1.03x, 32 KiB 0.85-1.00x, whole K (X from L2)
+// 0.72-0.94x. Same bits at any size (K blocks are exact).
+constexpr size_t kOnePassXBytes = size_t(16) << 10;
 
 // One register block: X rows [m0, m0 + MB) against weight rows [n, n + R), K block [k0, k1).
 // pf[0..npf): lines to prefetch, one per step each (the next group's slices).
@@ -554,7 +534,7 @@ void onepass_bf16(const Args& a, const Plan& p, int64_t n0, int64_t n1) {
 // fma_block, but the passes over a group prefetch the next group's rows (its rows q with
 // q % nblk == b in pass b, one line per 32 k at the column the pass is at), so every group is in
 // L1 / L2 before its first pass and the reads run under the FMAs. Prefetches only: the same bits
-// as run_range<KF16> (EMOLLM_SMALL_M_F16_GROUPS=0).
+// as run_range<KF16> (set_small_m_f16_groups(false)).
 // Measured (Zen 5, 1 thread, thread CPU time, load 5-9, interleaved in one process): M = 16 cold
 // 1.1B o 1.20-1.25x, gate_up 1.19-1.34x, down 1.08-1.11x the previous path (cold ~150 GFLOP/s, hot
 // ~170, 1.06x; 1-core f32 FMA peak ~230); M = 9 / 12 1.15-1.53x; M = 24 / 32 / 64 at K = 2048
@@ -865,9 +845,8 @@ bool gemm_small_m(const Args& a, Isa isa) {
       range = kStreamsBf16[a.M - 1];
     } else if (a.M <= kOnePassMaxM && small_m_onepass()) {
       round_x_bf16_steps(a.X, a.ldx, a.M, a.K, xb);
-      // X's K block in L1: M rows x kblock bf16 <= 16 KiB (M = 16: 512 columns; see kOnePassXBytes16)
-      const size_t xbytes = small_m_onepass_x16k() ? kOnePassXBytes16 : kOnePassXBytes;
-      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(xbytes / (size_t(a.M) * 2)) / 32 * 32));
+      // X's K block in L1: M rows x kblock bf16 <= 16 KiB (M = 16: 512 columns; see kOnePassXBytes)
+      p.kblock = std::min<int64_t>(p.ldb, std::max<int64_t>(32, int64_t(kOnePassXBytes / (size_t(a.M) * 2)) / 32 * 32));
       range = onepass_bf16;
     } else {
       round_x_bf16(a.X, a.ldx, a.M, a.K, p.ldb, xb);

@@ -9,10 +9,11 @@
 // (e.g. 1e4 + N(0,1)) keep full f32 accuracy instead of losing ulp(mean) * rstd.
 // In place (y == x, ldy == ldx) is allowed: each element is read before it is written.
 // LayerNorm and add_layernorm run on row blocks by default (norm_rows.inc layernorm_blocks, written
-// once over simd_vec.h: the same arithmetic per row, so the same bits; EMOLLM_LAYERNORM_ROW_BLOCKS=0
+// once over simd_vec.h: the same arithmetic per row, so the same bits; set_layernorm_row_blocks(false)
 // for the row-by-row per-ISA path below, and add() then layernorm() for add_layernorm).
 #include "simd_math.h"  // first: see the note on GCC 12 warnings there
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -21,7 +22,6 @@
 #include "row_parallel.h"
 #include "simd_vec.h"
 
-#include "../../base/env_switch.h"
 #include "../../base/error.h"
 
 namespace emollm {
@@ -398,12 +398,12 @@ void add_layernorm_rows(float* x, int64_t ldx, const float* d, int64_t ldd, cons
 
 }  // namespace
 
-static EnvSwitch& layernorm_row_blocks_flag() {
-  static EnvSwitch on("EMOLLM_LAYERNORM_ROW_BLOCKS");
-  return on;
-}
-bool layernorm_row_blocks() { return layernorm_row_blocks_flag().on(); }
-void set_layernorm_row_blocks(bool on) { layernorm_row_blocks_flag().set(on); }
+// On at start; off only for the tests' reference (the row-by-row path, which the scalar level
+// also runs). No environment variable: EMOLLM_LAYERNORM_ROW_BLOCKS went in session 22 (tower
+// 1.05x best, 1.00x median, bench/README 2026-12-05 16:03).
+static std::atomic<bool> g_layernorm_row_blocks{true};
+bool layernorm_row_blocks() { return g_layernorm_row_blocks.load(std::memory_order_relaxed); }
+void set_layernorm_row_blocks(bool on) { g_layernorm_row_blocks.store(on, std::memory_order_relaxed); }
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
              int64_t rows, int64_t n, float eps, ThreadPool* pool) {

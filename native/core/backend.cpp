@@ -70,20 +70,11 @@ bool in_read_only_file_mapping(uintptr_t lo, uintptr_t hi) {
 #endif
 }
 
-// EMOLLM_RELEASE_NOHUGEPAGE=0: release_pages drops the pages only (the previous path), without
-// marking the range MADV_NOHUGEPAGE.
-EnvSwitch& release_nohugepage_flag() {
-  static EnvSwitch on("EMOLLM_RELEASE_NOHUGEPAGE");
-  return on;
-}
-
 // K-quant matrices are packed (kquant_repack) a slice of rows at a time, each slice's original
-// pages released once its records are written (CpuBackend::pack_gemm_weight):
-// EMOLLM_KQUANT_PACK_SLICES=0 packs the whole matrix, then releases it (the previous path).
-EnvSwitch& kquant_pack_slices_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_PACK_SLICES");
-  return on;
-}
+// pages released once its records are written (CpuBackend::pack_gemm_weight). (The switch
+// EMOLLM_KQUANT_PACK_SLICES=0, the whole matrix packed and then released, went in session 22:
+// the repacked load's peak is the GGUF path's + the records' bytes + ~1 MiB, bench/README
+// 2026-12-05 12:08.)
 // ~16 MiB of file rows a slice, a multiple of the records' 64 rows (kquant_record_rows(): 16, 32
 // or 64): TinyLlama-1.1B's only larger matrix is its 51 MiB output. 4 MiB slices (every FFN
 // matrix in two) loaded q4_k_m in 2.0-3.6 s against 1.6-2.0 s unsliced (loaded machine,
@@ -105,6 +96,7 @@ int64_t kquant_pack_slice_rows(size_t row_bytes) {
 // RSS: TinyLlama-1.1B q4_k_m, 45 norm vectors, +43 MiB after the first forward. A span that
 // meets a NOHUGEPAGE range is mapped in 4 KiB pages (fault-around: 64 KiB), so only the read
 // pages come back; a 2 MiB span wholly inside a tensor read in place keeps its PMD mapping.
+// (The switch EMOLLM_RELEASE_NOHUGEPAGE=0, the pages dropped without the mark, went in session 22.)
 void release_pages(const void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_DONTNEED)
   const long ps = sysconf(_SC_PAGESIZE);
@@ -113,7 +105,7 @@ void release_pages(const void* p, size_t bytes) {
   const uintptr_t lo = (a + page - 1) / page * page, hi = (a + bytes) / page * page;
   if (hi <= lo || !in_read_only_file_mapping(lo, hi)) return;
 #if defined(MADV_NOHUGEPAGE)
-  if (release_nohugepage_flag().on()) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_NOHUGEPAGE);
+  (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_NOHUGEPAGE);
 #endif
   (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 #else
@@ -163,10 +155,6 @@ std::atomic<bool>& bf16_prefill_fuse_flag() {
   return on;
 }
 size_t half_copy_min_bytes() { return small_half_copies_flag().load(std::memory_order_relaxed) ? (size_t(256) << 10) : kHugePageBytes; }
-bool huge_buffers() {
-  static const bool on = env_enabled("EMOLLM_HUGE_BUFFERS");
-  return on;
-}
 void* alloc_packed(size_t bytes) {
   constexpr size_t kHuge = kHugePageBytes;
   if (bytes < kHuge) return aligned_alloc_bytes(bytes);
@@ -313,8 +301,9 @@ class CpuBackend final : public Backend {
   // every 4 positions in each layer (1.1B: ~11 page faults a token, tens of us each in a loaded
   // VM; llama.cpp clears its whole KV cache at creation instead); on 2 MiB pages the first touch
   // of each 2 MiB faults once (the first LLaVA-7B prefill, 628 positions, touches ~1 GiB of KV cache and
-  // activations: ~186k faults on 4 KiB pages, ~5k on 2 MiB). EMOLLM_HUGE_BUFFERS=0: 4 KiB pages (the previous behaviour, A/B).
-  void* alloc(size_t bytes) override { return huge_buffers() ? alloc_packed(bytes) : aligned_alloc_bytes(bytes); }
+  // activations: ~186k faults on 4 KiB pages, ~5k on 2 MiB). (The switch EMOLLM_HUGE_BUFFERS=0, 4 KiB
+  // pages, went in session 22: decode 1.05-1.15x q4_0, 1.03-1.36x bf16, bench/README 2026-12-05 05:46.)
+  void* alloc(size_t bytes) override { return alloc_packed(bytes); }
   void free(void* p) override { aligned_free(p); }
   // Split over the pool's threads in whole 2 MiB units: the cost is the kernel clearing (and, in a
   // VM, the host backing) each page, ~1 GB/s a core here, which two cores share.
@@ -504,8 +493,8 @@ class CpuBackend final : public Backend {
             // slice's pages released once its records are written: a matrix's original pages and
             // its records are resident together for one slice only, not for the whole matrix
             // (TinyLlama-1.1B's output, 51 MiB of q6_K: the load's peak was the records so far plus
-            // those 51 MiB). EMOLLM_KQUANT_PACK_SLICES=0: the whole matrix, then released.
-            const int64_t step = kquant_pack_slices() ? kquant_pack_slice_rows(rb) : N;
+            // those 51 MiB).
+            const int64_t step = kquant_pack_slice_rows(rb);
             const size_t group_bytes = kquant_repack_bytes(wtype, 1, K);
             for (int64_t r0 = 0; r0 < N; r0 += step) {
               const int64_t n = std::min(step, N - r0);
@@ -677,10 +666,6 @@ void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
 bool f32_huge_copies() { return f32_huge_copies_flag().on(); }
 void set_bf16_prefill_fuse(bool on) { bf16_prefill_fuse_flag().store(on, std::memory_order_relaxed); }
 bool bf16_prefill_fuse() { return bf16_prefill_fuse_flag().load(std::memory_order_relaxed); }
-void set_kquant_pack_slices(bool on) { kquant_pack_slices_flag().set(on); }
-bool kquant_pack_slices() { return kquant_pack_slices_flag().on(); }
-void set_release_nohugepage(bool on) { release_nohugepage_flag().set(on); }
-bool release_nohugepage() { return release_nohugepage_flag().on(); }
 bool small_half_copies() { return small_half_copies_flag().load(std::memory_order_relaxed); }
 void set_bf16_decoder_panels(bool on) { decoder_panels_flag().set(on); }
 bool bf16_decoder_panels() { return decoder_panels_flag().on(); }

@@ -67,18 +67,6 @@ bool f32_huge_copies();
 void set_bf16_prefill_fuse(bool on);
 bool bf16_prefill_fuse();
 
-// The CPU backend packs a q4_K / q6_K matrix ~16 MiB of its rows at a time, releasing each slice's
-// file pages once its records are written, so a matrix's original pages and its records are not
-// resident together (on by default; EMOLLM_KQUANT_PACK_SLICES=0: the whole matrix, then released).
-// Process-wide.
-void set_kquant_pack_slices(bool on);
-bool kquant_pack_slices();
-// Weight-file pages a packed copy replaced are dropped and their range marked MADV_NOHUGEPAGE (on
-// by default; EMOLLM_RELEASE_NOHUGEPAGE=0: dropped only), so a read of a tensor used in place
-// next to them (a norm vector) maps 4 KiB pages, not the released 2 MiB page-cache folio around
-// it. Process-wide.
-void set_release_nohugepage(bool on);
-bool release_nohugepage();
 
 // Emulated: the strict test device of core/emulated_device_backend.h (only when enabled there).
 enum class DeviceKind { Cpu, Cuda, Emulated };

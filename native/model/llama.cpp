@@ -449,14 +449,13 @@ void LlamaLoader::finish(LlamaModel& mm, const LlamaLoadOptions& opts) {
 }
 
 namespace {
-EnvSwitch& embd_populate_flag() {
-  static EnvSwitch on("EMOLLM_EMBD_POPULATE");
-  return on;
-}
+// On at start; set_embd_populate(false) for the test that the table's bytes are counted only when
+// populated (no environment variable: EMOLLM_EMBD_POPULATE went in session 22, quiet ABBA 1.033).
+std::atomic<bool> g_embd_populate{true};
 std::atomic<uint64_t> g_embd_populated_bytes{0};
 }  // namespace
-void set_embd_populate(bool on) { embd_populate_flag().set(on); }
-bool embd_populate() { return embd_populate_flag().on(); }
+void set_embd_populate(bool on) { g_embd_populate.store(on, std::memory_order_relaxed); }
+bool embd_populate() { return g_embd_populate.load(std::memory_order_relaxed); }
 uint64_t embd_populated_bytes() { return g_embd_populated_bytes.load(std::memory_order_relaxed); }
 
 // Every weight the forward pass uses goes through the model's BackendWeights: on the CPU the
@@ -982,22 +981,18 @@ bool LlamaContext::score_continuations(const int32_t* prefix, int64_t n_prefix,
 
 // ---------------------------------------------------------------- the forward pass
 namespace {
-EnvSwitch& kv_direct_flag() {
-  static EnvSwitch on("EMOLLM_KV_DIRECT_WRITE");
-  return on;
-}
-EnvSwitch& norm_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_NORM_PREFETCH");
-  return on;
-}
+// On at start; the setters are for test_decode_overheads (each path against the other, bit for
+// bit) and decode_switch_ab. No environment variable (EMOLLM_KV_DIRECT_WRITE,
+// EMOLLM_NORM_PREFETCH went in session 22).
+std::atomic<bool> g_kv_direct{true}, g_norm_prefetch{true};
 std::atomic<uint64_t> g_kv_direct_passes{0}, g_norm_prefetch_calls{0};
 }  // namespace
 uint64_t kv_direct_passes() { return g_kv_direct_passes.load(std::memory_order_relaxed); }
 uint64_t norm_prefetch_calls() { return g_norm_prefetch_calls.load(std::memory_order_relaxed); }
-void set_kv_direct_write(bool on) { kv_direct_flag().set(on); }
-bool kv_direct_write() { return kv_direct_flag().on(); }
-void set_norm_prefetch(bool on) { norm_prefetch_flag().set(on); }
-bool norm_prefetch() { return norm_prefetch_flag().on(); }
+void set_kv_direct_write(bool on) { g_kv_direct.store(on, std::memory_order_relaxed); }
+bool kv_direct_write() { return g_kv_direct.load(std::memory_order_relaxed); }
+void set_norm_prefetch(bool on) { g_norm_prefetch.store(on, std::memory_order_relaxed); }
+bool norm_prefetch() { return g_norm_prefetch.load(std::memory_order_relaxed); }
 
 // The segments' rows (sum of n <= n_batch) stacked into one pass: every weight GEMM runs over all
 // rows (M = rows); each segment's new keys/values go to its sequence's slot at pos0.., and its

@@ -474,10 +474,10 @@ class LlamaContext {
 
 // Per-token work of the forward pass outside the weight products; neither changes a bit
 // (process-wide, read at each forward pass, so an A/B alternates in one context):
-// - KV rows written in place (EMOLLM_KV_DIRECT_WRITE=0: off): a pass of one segment whose new
+// - KV rows written in place (set_kv_direct_write(false): off): a pass of one segment whose new
 //   positions lie in one block of an f32 cache has its k / v projections write straight into that
 //   block's rows (RoPE then rotates k there), instead of into k_new_ / v_new_ and a copy after.
-// - Norm prefetch (EMOLLM_NORM_PREFETCH=0: off): a decode step (one row) issues Backend::prefetch
+// - Norm prefetch (set_norm_prefetch(false): off): a decode step (one row) issues Backend::prefetch
 //   of the next RMSNorm's weights and of the residual row before the GEMV that precedes it (o's,
 //   down's), so the add_rmsnorm after it finds them in cache (each layer's norm weights otherwise
 //   come from DRAM once a token, the weight stream in between having evicted them).
@@ -490,8 +490,8 @@ bool norm_prefetch();
 uint64_t kv_direct_passes();
 uint64_t norm_prefetch_calls();
 
-// The token embedding table's pages mapped when a model is loaded (EMOLLM_EMBD_POPULATE=0: off,
-// the A/B baseline; read at load): on host memory an untied table stays in the weight file's
+// The token embedding table's pages mapped when a model is loaded (set_embd_populate(false): off,
+// for the test; read at load): on host memory an untied table stays in the weight file's
 // mapping, and a decode step's row is otherwise a page fault a token (loaders/mapped_file.h
 // populate_read). Changes no bit. embd_populated_bytes: the bytes populated so far in this
 // process (tests: that the path runs).

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 
-#include "base/env_switch.h"
 #include "base/error.h"
 
 namespace emollm {
@@ -25,10 +24,10 @@ int64_t image_rows(const std::vector<int32_t>& p, int64_t n) {
     if (p[size_t(i)] < 0) ++rows;
   return rows;
 }
-EnvSwitch& score_forks_flag() {
-  static EnvSwitch on("EMOLLM_SCORE_FORKS");
-  return on;
-}
+// On at start; set_score_forks(false) (one option per pass) is the test's reference. No
+// environment variable: EMOLLM_SCORE_FORKS went in session 22 (quiet score_forks_ab, 7B, 8 options:
+// scoring 0.400 -> 0.210 s, bench/README 2026-12-06 07:30).
+std::atomic<bool> g_score_forks{true};
 // The score of an option of 0 or 1 token: from the prefix's last logits alone.
 LlamaContext::ContinuationScore prefix_score(const std::vector<float>& prefix_logits, int64_t V, const std::vector<int32_t>& c) {
   LlamaContext::ContinuationScore sc;
@@ -40,8 +39,8 @@ LlamaContext::ContinuationScore prefix_score(const std::vector<float>& prefix_lo
 }
 }  // namespace
 
-void set_score_forks(bool on) { score_forks_flag().set(on); }
-bool score_forks() { return score_forks_flag().on(); }
+void set_score_forks(bool on) { g_score_forks.store(on, std::memory_order_relaxed); }
+bool score_forks() { return g_score_forks.load(std::memory_order_relaxed); }
 
 struct Scheduler::Active {
   uint64_t id = 0;

@@ -177,8 +177,8 @@ struct SchedulerStats {
 
 // Options of one scoring request evaluated side by side in one pass (default on): each option
 // with more than one token as a fork segment of the cached prefix (LlamaBatchSegment::fork), as
-// many as the step's rows and free KV blocks take, instead of one option per pass (the A/B
-// baseline, EMOLLM_SCORE_FORKS=0; process-wide, read at each step).
+// many as the step's rows and free KV blocks take, instead of one option per pass (off: the test's
+// reference and score_forks_ab's baseline; process-wide, read at each step).
 void set_score_forks(bool on);
 bool score_forks();
 

@@ -6,7 +6,7 @@
 //     untouched), n around the vector widths and the 512 / 256-element sum chunks;
 //   - rope_pair(a, b) against rope(a) then rope(b): both layouts, rot_dim < head_dim, given
 //     inv_freq, several tokens, with and without pool, every ISA level;
-//   - layernorm on row blocks (EMOLLM_LAYERNORM_ROW_BLOCKS) against the row-by-row path, and
+//   - layernorm on row blocks (set_layernorm_row_blocks) against the row-by-row path, and
 //     add_layernorm(x, d, w, b, y) against add(x, d, x) then layernorm(x, w, b, y) on either path:
 //     every ISA level, w / b present or not, in place (y == x, y == d), ld > n, 1-3 threads, n
 //     around the vector widths and the sum chunks, row counts odd and even (the blocks of 2);

@@ -711,7 +711,7 @@ TEST(llava_fixtures_parity) {
 }
 
 // The CLIP tower's residual adds fused with the LayerNorm after them (Backend::add_layernorm,
-// norm rows in blocks: EMOLLM_LAYERNORM_ROW_BLOCKS) give the bits of the separate ops (the
+// norm rows in blocks: set_layernorm_row_blocks) give the bits of the separate ops (the
 // switch off: add() then the row-by-row layernorm), at the detected ISA and at AVX2 (the features
 // against the Hugging Face fixtures: llava_fixtures_parity).
 TEST(llava_vision_add_layernorm_same_bits) {
