@@ -1004,12 +1004,7 @@ EMO_T512 void pack_w_f32(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, in
 // rows (K * 2 bytes apart: 8 KiB at K = 4096, the same L1 set) a line at a time; 16 row streams
 // at a time are what the hardware prefetchers follow. Packing was ~20% of the kernel's samples in
 // gemm() at M = 512, N = K = 4096; gemm() 1.03-1.06x at the LLaMA-7B and CLIP shapes (one thread,
-// interleaved, loaded Zen 5). The packed words are the same. EMOLLM_BF16_PACK_ROW_GROUPS=0: the
-// previous order.
-EnvSwitch& bf16_pack_row_groups_flag() {
-  static EnvSwitch on("EMOLLM_BF16_PACK_ROW_GROUPS");
-  return on;
-}
+// interleaved, loaded Zen 5). The packed words are the same.
 
 // Rows p*NR + g*16 .. +15, pairs qq .. qq+15 (fewer past kcp) of pack_w_bf16pairs' panel p.
 EMO_T512 EMO_AI void pack_w_bf16pairs_group(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t q0,
@@ -1033,16 +1028,9 @@ EMO_T512 EMO_AI void pack_w_bf16pairs_group(const uint8_t* W, size_t rb, int64_t
 // elements 2*(q0+q), 2*(q0+q)+1 (zero past K or past nv rows).
 EMO_T512 void pack_w_bf16pairs(const uint8_t* W, size_t rb, int64_t n0, int64_t nv, int64_t q0, int64_t kcp,
                                int64_t K, uint32_t* out) {
-  const bool row_groups = bf16_pack_row_groups_flag().on();
-  for (int64_t p = 0; p * NR < nv; ++p) {
-    if (row_groups) {
-      for (int g = 0; g < NR / 16; ++g)
-        for (int64_t qq = 0; qq < kcp; qq += 16) pack_w_bf16pairs_group(W, rb, n0, nv, q0, kcp, K, out, p, g, qq);
-    } else {
-      for (int64_t qq = 0; qq < kcp; qq += 16)
-        for (int g = 0; g < NR / 16; ++g) pack_w_bf16pairs_group(W, rb, n0, nv, q0, kcp, K, out, p, g, qq);
-    }
-  }
+  for (int64_t p = 0; p * NR < nv; ++p)
+    for (int g = 0; g < NR / 16; ++g)
+      for (int64_t qq = 0; qq < kcp; qq += 16) pack_w_bf16pairs_group(W, rb, n0, nv, q0, kcp, K, out, p, g, qq);
 }
 
 // 6x64 f32 microkernel (four zmm a row): Y[i, 0:nr] (=|+=) sum_k xp[k][i] * wp[k][0:64], i < mr.
@@ -1158,20 +1146,12 @@ EnvSwitch& bf16_pack_unprefetched_flag() {
 //   micro-panels follow one another in memory (the hardware prefetchers' stream) and are larger
 //   than is useful in L1: not done there (-4% at K = 4096 when prefetched whole);
 // - gemm_packed packs X in chunks of up to 24 MiB (as the f32 driver), see there.
-// Same bits either way. EMOLLM_BF16_GEMM_LONG_K=0: the previous driver.
-EnvSwitch& bf16_long_k_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_LONG_K");
-  return on;
-}
+// Same bits as the previous driver (its switch EMOLLM_BF16_GEMM_LONG_K is gone).
 
 // A last row panel of mr < MR rows (M = 577: 96 panels of 6 and one of 1; M = 512: one of 2)
 // runs kern_bf16_6x64 computing only its mr rows (MRC = mr): the 6-row tile did 6 rows' work for
 // it, ~0.9% of a CLIP M = 577 product. Each row's sums are the same whatever MRC (its own
-// accumulators, the same order): same bits. EMOLLM_BF16_GEMM_SHORT_TILES=0: all tiles 6 rows.
-EnvSwitch& bf16_short_tiles_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_SHORT_TILES");
-  return on;
-}
+// accumulators, the same order): same bits.
 
 // Prefetches (into L1) the rows of a tile of Y: rows x cols floats from y, ldy apart.
 EMO_AI void prefetch_tile(const float* y, int64_t ldy, int64_t rows, int64_t cols) {
@@ -1189,23 +1169,15 @@ EMO_AI void prefetch_tile(const float* y, int64_t ldy, int64_t rows, int64_t col
 // contiguous stream (M x kc x 4 bytes, 512 KiB at M = 512) that the hardware prefetchers follow
 // from L2, a W panel (kc x 64 pairs, 64 KiB) is reused by all the row panels back to back, and
 // the next tile's partial sums in Y (swept once a k block, from L3) are prefetched. The X
-// micro-panel prefetch of the long-K driver (bf16_long_k_flag) is not needed there. The k blocks,
-// and so every output's sum, are unchanged: same bits. EMOLLM_BF16_GEMM_X_KBLOCKS=0: the
-// previous order (whole-K X panels, m0 outer).
-EnvSwitch& bf16_x_kblocks_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_X_KBLOCKS");
-  return on;
-}
+// micro-panel prefetch of the long-K driver is not needed there (it stays for
+// gemm_bf16_panels_multi, whose X is whole-K panels). The k blocks, and so every output's sum,
+// are those of the previous order (whole-K X panels, m0 outer): same bits, 7B down 1.03-1.05x.
 
 // The microkernel's X prefetch (kern_bf16_6x64's kPfX, measured there): X_PF_PAIRS pairs (768
 // bytes) ahead in the long-K driver's k-block order, where each tile reads a different micro-panel
 // (down at K 5632 / 11008: 1.02-1.035x at load 3). One whole-K block (K <= 4096) keeps it off: CLIP
 // fc2 and 7B gate at K 4096 0.99-1.01x at load 3 (1.03-1.14x only under load), CLIP K 1024 0.97-1.00x.
-// Same bits. EMOLLM_BF16_GEMM_X_PREFETCH=0: off.
-EnvSwitch& bf16_x_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_X_PREFETCH");
-  return on;
-}
+// Same bits.
 constexpr int64_t X_PF_PAIRS = 32;
 
 // pf_x: kern_bf16_6x64's X prefetch distance in words (0: none); full 6-row tiles only.
@@ -1241,9 +1213,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   const XT* X = static_cast<const XT*>(xp);
   const uint32_t* panels = static_cast<const uint32_t*>(a.W);
   const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
-  const bool x_prefetch = BF && kcb < kunits && bf16_long_k_flag().on() && xnpm == 0;
-  const bool short_tiles = BF && bf16_short_tiles_flag().on();
-  const bool x_pf_on = BF && bf16_x_prefetch_flag().on();
+  const bool x_prefetch = BF && kcb < kunits && xnpm == 0;
   // row-major W with K in several k blocks: packed from memory (bf16_pack_unprefetched_flag)
   const bool w_block_pf = kcb >= kunits || !bf16_pack_unprefetched_flag().on();
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
@@ -1286,8 +1256,8 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
       const int64_t npn = (nc + NR - 1) / NR;
       const int64_t x_lines = (kc * MR * 4 + 63) / 64, x_per_tile = (x_lines + npn - 1) / npn;
       if constexpr (BF) {
-        if (xnpm) {  // X in k blocks: a W panel's tiles down the row panels (bf16_x_kblocks_flag)
-          const int64_t pf_x = x_pf_on ? X_PF_PAIRS * MR : 0;  // each tile reads another micro-panel
+        if (xnpm) {  // X in k blocks: a W panel's tiles down the row panels
+          const int64_t pf_x = X_PF_PAIRS * MR;  // each tile reads another micro-panel
           for (int64_t jp = 0; jp * NR < nc; ++jp) {
             const int64_t ncols = std::min<int64_t>(NR, nc - jp * NR);
             const XT* xblk = X + pc * xnpm * MR;
@@ -1297,7 +1267,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
               if (!first && m0 + MR < m_end)  // the next tile's partial sums, from L3 or memory
                 prefetch_tile(a.Y + (m0 + MR) * a.ldy + jc + jp * NR, a.ldy, std::min<int64_t>(MR, m_end - m0 - MR),
                               ncols);
-              bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xblk + (m0 / MR) * kc * MR, wblk + jp * pstride,
+              bf16_tile(mr, kc, xblk + (m0 / MR) * kc * MR, wblk + jp * pstride,
                         a.Y + m0 * a.ldy + jc + jp * NR, a.ldy, mr, ncols, a.bias ? a.bias + jc + jp * NR : nullptr,
                         first, pf_x);
             }
@@ -1317,7 +1287,7 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           }
           float* y = a.Y + m0 * a.ldy + jc + jp * NR;
           const float* bias = a.bias ? a.bias + jc + jp * NR : nullptr;
-          bf16_tile(mr < MR && short_tiles ? mr : MR, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
+          bf16_tile(mr, kc, xpanel, wblk + jp * pstride, y, a.ldy, mr, nc - jp * NR,
                     bias, first);
         }
       }
@@ -1425,11 +1395,6 @@ void bf16_blocking(int64_t kunits, int64_t* kcb, int64_t* ncb) {
 // gets the same choice: a 1.1B layer's k / v (N = 256) at M = 512 ran 9 chunks of 10 row panels,
 // 5 for one thread and 4 for the other (and each chunk packs all of W). A chunk only says
 // which thread computes which rows: every output's sum is the same, same bits.
-// EMOLLM_BF16_GEMM_BALANCED_SPLIT=0: split_packed_gemm's chunk.
-EnvSwitch& bf16_balanced_split_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_BALANCED_SPLIT");
-  return on;
-}
 
 }  // namespace
 
@@ -1447,12 +1412,12 @@ int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0) {
 namespace {
 
 // split_packed_gemm for the vdpbf16ps GEMM: its split by weight panels with a balanced chunk
-// (bf16_balanced_split_flag), else split_packed_gemm itself.
+// (one thread: split_packed_gemm itself).
 template <typename Fn>
 void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& fn) {
   const int64_t npn = (N + NR - 1) / NR, npm = (mcur + MR - 1) / MR;
   const int nth = pool ? pool->size() : 1;
-  if (!bf16_balanced_split_flag().on() || nth <= 1) return split_packed_gemm(pool, mcur, N, K, MR, NR, NC, fn);
+  if (nth <= 1) return split_packed_gemm(pool, mcur, N, K, MR, NR, NC, fn);
   const bool par = mcur * N * K >= kParallelMinMacs;
   if (npn >= 4 * nth || npn >= npm) {
     const int64_t c0 = (N >= 4 * NC * nth) ? NC / NR : std::max<int64_t>(1, npn / (4 * nth));
@@ -1476,15 +1441,14 @@ void gemm_packed(const Args& a, bool prepacked = false) {
   // Every Y element's sum is the same whichever chunk its row is in. The f32 driver reads X one k
   // block (M x KC) at a time, so its chunk need not stay in cache: 24 MiB keeps a 512-row prompt
   // in one chunk up to K = 12288 (LLaMA-7B's down projection, K = 11008, packed W once, not 3x).
-  // The vdpbf16ps GEMM with K in several blocks (its long-K driver, bf16_long_k_flag) reads X one
+  // The vdpbf16ps GEMM with K in several blocks (its long-K driver) reads X one
   // k block at a time too: 24 MiB also keeps M = 512 at K = 11008 in one chunk, so W is packed
   // once, not twice (gemm() on the row-major matrix 1.05-1.06x; panels, which pack nothing, 1.00x).
-  const bool bf_long_k = BF && (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed)) &&
-                         bf16_long_k_flag().on();
+  const bool bf_long_k = BF && (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
   const int64_t x_budget = int64_t(f32_blocked || bf_long_k ? 24 : 8) << 20;
   int64_t kcb = BF ? KCP : KC, ncb = NC;
   if (BF) bf16_blocking(kunits, &kcb, &ncb);
-  const bool x_kblocks = BF && kcb < kunits && bf16_x_kblocks_flag().on();
+  const bool x_kblocks = BF && kcb < kunits;
   const int64_t mc_max = std::max<int64_t>(MR, (x_budget / (kunits * 4)) / MR * MR);
   const int64_t chunks = (a.M + mc_max - 1) / mc_max;
   const int64_t mc = ((a.M + chunks - 1) / chunks + MR - 1) / MR * MR;
@@ -1571,19 +1535,8 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
   });
 }
 
-void set_bf16_gemm_long_k(bool on) { bf16_long_k_flag().set(on); }
-void set_bf16_gemm_short_tiles(bool on) { bf16_short_tiles_flag().set(on); }
-void set_bf16_gemm_x_prefetch(bool on) { bf16_x_prefetch_flag().set(on); }
 void set_bf16_gemm_pack_unprefetched(bool on) { bf16_pack_unprefetched_flag().set(on); }
 bool bf16_gemm_pack_unprefetched() { return bf16_pack_unprefetched_flag().on(); }
-bool bf16_gemm_x_prefetch() { return bf16_x_prefetch_flag().on(); }
-bool bf16_gemm_long_k() { return bf16_long_k_flag().on(); }
-void set_bf16_gemm_x_kblocks(bool on) { bf16_x_kblocks_flag().set(on); }
-bool bf16_gemm_x_kblocks() { return bf16_x_kblocks_flag().on(); }
-void set_bf16_pack_row_groups(bool on) { bf16_pack_row_groups_flag().set(on); }
-void set_bf16_gemm_balanced_split(bool on) { bf16_balanced_split_flag().set(on); }
-bool bf16_gemm_balanced_split() { return bf16_balanced_split_flag().on(); }
-bool bf16_pack_row_groups() { return bf16_pack_row_groups_flag().on(); }
 
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
@@ -1635,7 +1588,7 @@ void bf16_multi(const Args* outs, int n, bool prepacked) {
     });
     // split_packed_gemm's split by weight panels, over the panels of every output
     int64_t chunk = panels * NR >= 4 * NC * nth ? NC / NR : std::max<int64_t>(1, panels / (4 * int64_t(nth)));
-    if (bf16_balanced_split_flag().on() && nth > 1) chunk = balanced_panel_chunk(panels, nth, chunk);
+    if (nth > 1) chunk = balanced_panel_chunk(panels, nth, chunk);
     int64_t macs = 0;
     for (int j = 0; j < n; ++j) macs += mcur * outs[j].N * a.K;
     parallel_chunks(a.pool, macs >= kParallelMinMacs, panels, chunk, [&](int64_t g0, int64_t g1) {

@@ -242,23 +242,6 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
-// The vdpbf16ps packed GEMM's long-K driver (K in several blocks: K > 4096, or the legacy
-// blocking): the next row panel's X micro-panel prefetched into L1 during the current one's tiles,
-// and X packed in row chunks of up to 24 MiB instead of 8 (gemm(): M = 512 at K = 11008 packs W
-// once, not twice). Default on; off: the previous driver. Same bits. For tests and interleaved A/B
-// benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_LONG_K (=0: off).
-void set_bf16_gemm_long_k(bool on);
-bool bf16_gemm_long_k();
-// The vdpbf16ps packed GEMM's last row panel of fewer than 6 rows computed for its own rows only
-// (default on) or as a full 6-row tile (off: the previous driver). Same bits. Process-wide,
-// starts as EMOLLM_BF16_GEMM_SHORT_TILES (=0: off).
-void set_bf16_gemm_short_tiles(bool on);
-// The vdpbf16ps packed GEMM's microkernel prefetches the X micro-panel 32 pairs ahead in the
-// long-K k-block order (K > 4096) (default on), or not (off). Same bits.
-// For tests and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_X_PREFETCH
-// (=0: off).
-void set_bf16_gemm_x_prefetch(bool on);
-bool bf16_gemm_x_prefetch();
 // The vdpbf16ps packed GEMM on a row-major matrix (gemm(), gemm_huge_pages: W packed a block at a
 // time) with K in several k blocks (K > 4096) packs each W block straight from memory (default
 // on), or first prefetches it into L2 while the previous block's tiles run (off: the previous
@@ -267,26 +250,9 @@ bool bf16_gemm_x_prefetch();
 // EMOLLM_BF16_GEMM_PACK_UNPREFETCHED (=0: off).
 void set_bf16_gemm_pack_unprefetched(bool on);
 bool bf16_gemm_pack_unprefetched();
-// The vdpbf16ps packed GEMM with K in several k blocks (K > 4096, or the legacy blocking): X
-// packed k block by k block and each W panel's tiles run down the row panels, with the next
-// tile's Y rows prefetched (default on), or the previous order (off). Same k blocks, same bits.
-// For tests and interleaved A/B benchmarks; process-wide, starts as EMOLLM_BF16_GEMM_X_KBLOCKS
-// (=0: off).
-void set_bf16_gemm_x_kblocks(bool on);
-bool bf16_gemm_x_kblocks();
-// The bf16 (k, k+1)-pair packing of W (gemm()'s vdpbf16ps GEMM, bf16_pack_panels) walks each
-// group of 16 rows over its whole k range (default on) or, off, all 64 rows of a panel 16 pairs at
-// a time (the previous order). The same packed words. Process-wide, starts as
-// EMOLLM_BF16_PACK_ROW_GROUPS (=0: off).
-void set_bf16_pack_row_groups(bool on);
-bool bf16_pack_row_groups();
 // The vdpbf16ps packed GEMM's (gemm() and the panels) split of the weight panels between threads
-// with a chunk that evens out the threads' shares (default on) or, off, split_packed_gemm's chunk
-// (the previous split). Only which thread computes which rows changes: same bits. Process-wide,
-// starts as EMOLLM_BF16_GEMM_BALANCED_SPLIT (=0: off).
-void set_bf16_gemm_balanced_split(bool on);
-bool bf16_gemm_balanced_split();
-// Its chunk: panels a chunk for npn weight panels over nth threads, chosen in [c0 / 2, 1.5 c0]
+// uses a chunk that evens out the threads' shares: panels a chunk for npn weight panels over nth
+// threads, chosen in [c0 / 2, 1.5 c0]
 // (c0: split_packed_gemm's) so that the busiest thread's share, ceil(chunks / nth) * chunk, is the
 // smallest (the largest chunk on a tie).
 int64_t balanced_panel_chunk(int64_t npn, int nth, int64_t c0);

@@ -826,19 +826,18 @@ TEST(gemm_bf16_panels_multi_equals_single) {
   EXPECT_THROWS(gemm_bf16_panels_multi(x.data(), 64, &bad, 1, 64, 64, nullptr), ErrorCode::InvalidArgument);
 }
 
-// The vdpbf16ps packed GEMM's long-K driver (gemm_internal.h set_bf16_gemm_long_k: with K in
-// several blocks, K > 4096 or the legacy blocking, X micro-panels prefetched and X packed in row
-// chunks of up to 24 MiB): gemm() on the row-major matrix, gemm_bf16_panels and
-// gemm_bf16_panels_multi equal bit for bit with it on and off (neither changes a sum), and within
-// the f32 tolerance of ref::gemm on X pre-rounded to bf16.
+// The vdpbf16ps packed GEMM's long-K driver (K in several blocks, K > 4096 or the legacy
+// blocking: X micro-panels prefetched and X packed in row chunks of up to 24 MiB) and its short
+// last row panels (a panel of M % 6 rows computed for its rows only): gemm() on the row-major
+// matrix, gemm_bf16_panels and gemm_bf16_panels_multi within the f32 tolerance of ref::gemm on X
+// pre-rounded to bf16, panels and panels_multi bit for bit gemm(), and each bit for bit the same
+// without a pool and with pools of 2 and 3 threads (the switches that kept the previous driver,
+// EMOLLM_BF16_GEMM_LONG_K / _SHORT_TILES, went in session 22; they gave these bits too).
 // M, N, K not multiples of the 6 x 64 tile or of the 256-pair k block (K odd: a half pair; K =
-// 11008 in 22 blocks of 256 pairs with a 128-pair tail), M = 400 at K = 11008 (two row chunks
-// of 8 MiB with the driver off, one of 24 MiB on), without a pool and with pools of 2 and 3
-// threads; every ISA cap this CPU has up to Avx512 (below it the switch reaches no kernel: still
-// the same bits on and off). The same for its short last row panels (set_bf16_gemm_short_tiles:
-// a panel of M % 6 rows computed for its rows only; M = 9, 65, 400, 130, 577, 13, 515 leave 3, 5,
-// 4, 4, 1, 1, 5 rows), K = 1030 in one block among the shapes.
-TEST(gemm_bf16_long_k_short_tiles_same_bits) {
+// 11008 in 22 blocks of 256 pairs with a 128-pair tail), M = 400 at K = 11008 (one row chunk of
+// 24 MiB); every ISA cap this CPU has up to Avx512. M = 9, 65, 400, 130, 577, 13, 515 leave 3, 5,
+// 4, 4, 1, 1, 5 rows in the last row panel; K = 1030 in one block among the shapes.
+TEST(gemm_bf16_long_k_short_tiles_bits) {
   ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; bool legacy; };
   for (const Shape sh : {Shape{9, 65, 4099, false}, Shape{65, 130, 8193, false}, Shape{400, 70, 11008, false},
@@ -864,43 +863,35 @@ TEST(gemm_bf16_long_k_short_tiles_same_bits) {
       }
       const std::string shape = std::string(" isa=") + isa_name(isa) + " M=" + std::to_string(sh.M) +
                                 " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+      std::vector<float> Y0, Yp0;  // without a pool
       for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-        // variant 0: the previous driver; 1: long-K driver on; 2: and short tiles (the default)
-        std::vector<float> Y[3], Yp[3], Ym[3];
-        for (int on = 0; on < 3; ++on) {
-          gemm_detail::set_bf16_gemm_long_k(on >= 1);
-          gemm_detail::set_bf16_gemm_short_tiles(on >= 2);
-          gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
-          gemm_detail::set_small_m_enabled(false);
-          Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
-          gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K,
-               pl);
-          gemm_detail::set_small_m_enabled(true);
-          if (pan && sh.M > gemm_detail::kSmallMMax) {
-            Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
-            Ym[on].assign(size_t(sh.M * p.ldy), kSentinel);
-            gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K,
-                             pl);
-            const PanelOutput po{pan.get(), p.bias.data(), Ym[on].data(), p.ldy, sh.N};
-            gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
-          }
-          gemm_detail::set_bf16_gemm_legacy_blocking(false);
-          gemm_detail::set_bf16_gemm_long_k(true);
-          gemm_detail::set_bf16_gemm_short_tiles(true);
-          const std::string what = std::string("variant ") + std::to_string(on) + shape +
-                                   " threads=" + std::to_string(pl ? pl->size() : 1);
-          check_result(Y[on], R, p, S, 0.0, "gemm " + what);
-          if (!Yp[on].empty()) {
-            check_result(Yp[on], R, p, S, 0.0, "panels " + what);
-            EXPECT(std::memcmp(Ym[on].data(), Yp[on].data(), Yp[on].size() * sizeof(float)) == 0);
-          }
+        std::vector<float> Y, Yp, Ym;
+        gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
+        gemm_detail::set_small_m_enabled(false);
+        Y.assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+        gemm_detail::set_small_m_enabled(true);
+        if (pan && sh.M > gemm_detail::kSmallMMax) {
+          Yp.assign(size_t(sh.M * p.ldy), kSentinel);
+          Ym.assign(size_t(sh.M * p.ldy), kSentinel);
+          gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+          const PanelOutput po{pan.get(), p.bias.data(), Ym.data(), p.ldy, sh.N};
+          gemm_bf16_panels_multi(p.X.data(), p.ldx, &po, 1, sh.M, sh.K, pl);
         }
-        for (int v = 1; v < 3; ++v) {
-          EXPECT(std::memcmp(Y[0].data(), Y[v].data(), Y[0].size() * sizeof(float)) == 0);
-          if (!Yp[0].empty()) EXPECT(std::memcmp(Yp[0].data(), Yp[v].data(), Yp[0].size() * sizeof(float)) == 0);
+        gemm_detail::set_bf16_gemm_legacy_blocking(false);
+        const std::string what = shape + " threads=" + std::to_string(pl ? pl->size() : 1);
+        check_result(Y, R, p, S, 0.0, "gemm" + what);
+        if (!Yp.empty()) {
+          check_result(Yp, R, p, S, 0.0, "panels" + what);
+          same(Ym, Yp, "panels multi vs panels" + what);
+          same(Yp, Y, "panels vs gemm" + what);  // gemm() runs the packed GEMM here
         }
-        if (!Yp[0].empty())  // panels == gemm() where gemm() runs the packed GEMM
-          EXPECT(std::memcmp(Yp[2].data(), Y[2].data(), Y[2].size() * sizeof(float)) == 0);
+        if (!pl) {
+          Y0 = Y, Yp0 = Yp;
+        } else {
+          same(Y, Y0, "gemm pool vs none" + what);
+          if (!Yp.empty()) same(Yp, Yp0, "panels pool vs none" + what);
+        }
       }
     }
 }
@@ -1900,14 +1891,16 @@ struct Bf16BlockingCase {
 };
 
 // The vdpbf16ps GEMM with K in several k blocks runs X packed k block by k block, each W panel's
-// tiles down the row panels (set_bf16_gemm_x_kblocks, default on): the same k blocks, so the same
-// bits as the previous order (off), for gemm() on the row-major matrix and gemm_bf16_panels.
+// tiles down the row panels (the previous order, whole-K X panels with row panels outer, and its
+// switch EMOLLM_BF16_GEMM_X_KBLOCKS went in session 22: the same k blocks, the same bits): gemm()
+// on the row-major matrix and gemm_bf16_panels within the f32 tolerance of ref::gemm on X rounded
+// to bf16, panels bit for bit gemm(), and each bit for bit the same at 1-3 threads.
 // Shapes: K = 11008 (22 blocks of 256 pairs, a 128-pair tail), K odd (a half pair) and K not a
 // multiple of 512 in several blocks, the legacy blocking (256-pair blocks at short K), M with a
 // short last row panel (M % 6 = 1..5) and M = 1300 at K = 11008 (two row chunks), N not a multiple
-// of 64, 1-3 threads; also within the f32 tolerance of ref::gemm on X rounded to bf16. Fails if
-// the new order's X offsets, tile order or k blocks change a sum (or read a wrong micro-panel).
-TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
+// of 64. Fails if the order's X offsets, tile order or k blocks change a sum (or read a wrong
+// micro-panel).
+TEST(gemm_bf16_x_kblocks_bits) {
   if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512) return;
   ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; bool legacy; };
@@ -1922,47 +1915,47 @@ TEST(gemm_bf16_x_kblocks_same_bits_as_previous_order) {
     const std::vector<double>& S = c.S;
     const uint8_t* const pan = c.pan.get();
     const std::string& shape = c.shape;
+    std::vector<float> Y0, Yp0;  // without a pool
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y[2], Yp[2];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_bf16_gemm_x_kblocks(on == 1);
-        gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
-        gemm_detail::set_small_m_enabled(false);
-        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_detail::set_small_m_enabled(true);
-        if (sh.M > gemm_detail::kSmallMMax) {
-          Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
-          gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        }
-        gemm_detail::set_bf16_gemm_legacy_blocking(false);
-        gemm_detail::set_bf16_gemm_x_kblocks(true);
-        const std::string what = std::string(on ? "x k blocks" : "previous order") + shape +
-                                 " threads=" + std::to_string(pl ? pl->size() : 1);
-        check_result(Y[on], R, p, S, 0.0, "gemm " + what);
-        if (!Yp[on].empty()) check_result(Yp[on], R, p, S, 0.0, "panels " + what);
+      std::vector<float> Y, Yp;
+      gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
+      gemm_detail::set_small_m_enabled(false);
+      Y.assign(size_t(sh.M * p.ldy), kSentinel);
+      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+      gemm_detail::set_small_m_enabled(true);
+      if (sh.M > gemm_detail::kSmallMMax) {
+        Yp.assign(size_t(sh.M * p.ldy), kSentinel);
+        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
       }
-      same(Y[0], Y[1], "gemm x k blocks vs previous" + shape);
+      gemm_detail::set_bf16_gemm_legacy_blocking(false);
+      const std::string what = shape + " threads=" + std::to_string(pl ? pl->size() : 1);
+      check_result(Y, R, p, S, 0.0, "gemm x k blocks" + what);
+      if (!Yp.empty()) {
+        check_result(Yp, R, p, S, 0.0, "panels x k blocks" + what);
+        same(Yp, Y, "panels vs gemm, x k blocks" + what);
+      }
+      if (!pl) {
+        Y0 = Y, Yp0 = Yp;
+      } else {
+        same(Y, Y0, "gemm x k blocks pool vs none" + what);
+        if (!Yp.empty()) same(Yp, Yp0, "panels x k blocks pool vs none" + what);
+      }
       ++compared;
-      if (!Yp[0].empty()) {
-        same(Yp[0], Yp[1], "panels x k blocks vs previous" + shape);
-        same(Yp[1], Y[1], "panels vs gemm, x k blocks" + shape);
-      }
     }
   }
   EXPECT(compared == 21);
-  EXPECT(gemm_detail::bf16_gemm_x_kblocks());
 }
 
-// The vdpbf16ps microkernel's X prefetch (set_bf16_gemm_x_prefetch, default on) runs the pairs two
-// at a time with a tail pair for an odd k block; on in the long-K k-block order (K > 4096; off with
-// K in one block, K = 3001 / 4095 / 1024 here). Same bits with it on and off, and within the
-// f32 tolerance of ref::gemm on X rounded to bf16, for gemm() on the row-major matrix,
-// gemm_bf16_panels and gemm_bf16_panels_multi: K = 11008 (22 blocks of 256 pairs, a 128-pair tail),
-// K = 5633 and 4097 (a last k block of one pair), one block of 1501 pairs (odd: the tail pair) and
-// of 2048, K = 1024 (off there), M with a short last row panel, N not a multiple of 64, 1-3
-// threads. Fails if the paired loop drops or repeats a pair (e.g. without its tail).
-TEST(gemm_bf16_x_prefetch_same_bits) {
+// The vdpbf16ps microkernel's X prefetch (on in the long-K k-block order, K > 4096; off with K in
+// one block, K = 3001 / 4095 / 1024 here; its switch EMOLLM_BF16_GEMM_X_PREFETCH went in session
+// 22) runs the pairs two at a time with a tail pair for an odd k block. Within the f32 tolerance
+// of ref::gemm on X rounded to bf16, and bit for bit the same across gemm() on the row-major
+// matrix, gemm_bf16_panels and gemm_bf16_panels_multi (whose whole-K X panels run without it) and
+// at 1-3 threads: K = 11008 (22 blocks of 256 pairs, a 128-pair tail), K = 5633 and 4097 (a last k
+// block of one pair), one block of 1501 pairs (odd: the tail pair) and of 2048, K = 1024, M with a
+// short last row panel, N not a multiple of 64. Fails if the paired loop drops or repeats a pair
+// (e.g. without its tail).
+TEST(gemm_bf16_x_prefetch_bits) {
   if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
   ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; };
@@ -1976,34 +1969,30 @@ TEST(gemm_bf16_x_prefetch_same_bits) {
     const std::vector<double>& S = c.S;
     const uint8_t* const pan = c.pan.get();
     const std::string& shape = c.shape;
+    std::vector<float> Y0;  // gemm() without a pool
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y[2], Yp[2], Ym[2];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_bf16_gemm_x_prefetch(on == 1);
-        gemm_detail::set_small_m_enabled(false);
-        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        Yp[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        Ym[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        const PanelOutput o{pan, p.bias.data(), Ym[on].data(), p.ldy, sh.N};
-        gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, sh.M, sh.K, pl);
-        gemm_detail::set_small_m_enabled(true);
-        gemm_detail::set_bf16_gemm_x_prefetch(true);
-        const std::string what = std::string(on ? "x prefetch" : "no x prefetch") + shape +
-                                 " threads=" + std::to_string(pl ? pl->size() : 1);
-        check_result(Y[on], R, p, S, 0.0, "gemm " + what);
-        check_result(Yp[on], R, p, S, 0.0, "panels " + what);
-        check_result(Ym[on], R, p, S, 0.0, "panels multi " + what);
-      }
-      same(Y[0], Y[1], "gemm x prefetch on / off" + shape);
-      same(Yp[0], Yp[1], "panels x prefetch on / off" + shape);
-      same(Ym[0], Ym[1], "panels multi x prefetch on / off" + shape);
+      std::vector<float> Y, Yp, Ym;
+      gemm_detail::set_small_m_enabled(false);
+      Y.assign(size_t(sh.M * p.ldy), kSentinel);
+      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+      Yp.assign(size_t(sh.M * p.ldy), kSentinel);
+      gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
+      Ym.assign(size_t(sh.M * p.ldy), kSentinel);
+      const PanelOutput o{pan, p.bias.data(), Ym.data(), p.ldy, sh.N};
+      gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, sh.M, sh.K, pl);
+      gemm_detail::set_small_m_enabled(true);
+      const std::string what = shape + " threads=" + std::to_string(pl ? pl->size() : 1);
+      check_result(Y, R, p, S, 0.0, "gemm" + what);
+      check_result(Yp, R, p, S, 0.0, "panels" + what);
+      check_result(Ym, R, p, S, 0.0, "panels multi" + what);
+      same(Yp, Y, "panels vs gemm" + what);
+      same(Ym, Y, "panels multi vs gemm" + what);
+      if (!pl) Y0 = Y;
+      else same(Y, Y0, "gemm pool vs none" + what);
       ++compared;
     }
   }
   EXPECT(compared == 18);
-  EXPECT(gemm_detail::bf16_gemm_x_prefetch());
 }
 
 // The vdpbf16ps GEMM on a row-major matrix with K in several k blocks packs each W block straight
@@ -2049,55 +2038,52 @@ TEST(gemm_bf16_pack_unprefetched_same_bits) {
   EXPECT(gemm_detail::bf16_gemm_pack_unprefetched());
 }
 
-// pack_w_bf16pairs walks each group of 16 rows over its whole k range (set_bf16_pack_row_groups,
-// default on) instead of a panel's 64 rows 16 pairs at a time: the packed words must be the same.
-// bf16_pack_panels' bytes (N not a multiple of 64 or 16, K odd, K not a multiple of 32, one pool
-// and none) and gemm()'s results (which pack W block by block: short-K blocks of all of K and
-// 256-pair blocks at K = 11008, the legacy blocking) equal bit for bit with it on and off.
-TEST(gemm_bf16_pack_row_groups_same_bits) {
+// bf16_pack_panels (pack_w_bf16pairs, each group of 16 rows over its whole k range; the previous
+// order and its switch EMOLLM_BF16_PACK_ROW_GROUPS went in session 22) against the layout written
+// out word by word: panel p, pair q, column j holds W[p*64+j]'s elements 2q (low half) and 2q+1
+// (high half), zero past K or past N. N not a multiple of 64 or 16, K odd, K not a multiple of 32,
+// one pool and none. (gemm(), which packs W block by block with the same function, is held to
+// ref::gemm by the tests above.)
+TEST(gemm_bf16_pack_panels_layout) {
   if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
-  ThreadPool pool2(2), pool3(3);
-  struct Shape { int64_t M, N, K; bool legacy; };
+  ThreadPool pool2(2);
+  struct Shape { int64_t N, K; };
   int compared = 0;
-  for (const Shape sh : {Shape{70, 130, 11008, false}, Shape{65, 77, 1031, false}, Shape{97, 64, 4096, false},
-                          Shape{66, 9, 530, true}, Shape{130, 200, 37, false}}) {
+  for (const Shape sh : {Shape{130, 11008}, Shape{77, 1031}, Shape{64, 4096}, Shape{9, 530}, Shape{200, 37}}) {
     Weights w = make_weights(DType::BF16, sh.N, sh.K, uint32_t(3 * sh.K + 7 * sh.N));
-    Problem p = make_problem(sh.M, sh.N, sh.K, 1, 3, uint32_t(sh.M + 5 * sh.K));
-    const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+    const int64_t kp = (sh.K + 1) / 2, npan = (sh.N + 63) / 64;
     const size_t pb = bf16_panels_bytes(sh.N, sh.K);
-    std::vector<uint8_t> pan[2];
-    for (int on = 0; on < 2; ++on) {
-      gemm_detail::set_bf16_pack_row_groups(on == 1);
+    EXPECT(pb >= size_t(npan * kp * 64) * 4);
+    const uint16_t* W = reinterpret_cast<const uint16_t*>(w.bytes.data());
+    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
       AlignedPtr<uint8_t> pk = make_aligned<uint8_t>(pb);
-      bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pk.get(), on ? &pool2 : nullptr);
-      pan[on].assign(pk.get(), pk.get() + pb);
-    }
-    EXPECT(pan[0] == pan[1]);
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y[2];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_bf16_pack_row_groups(on == 1);
-        gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
-        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_detail::set_bf16_gemm_legacy_blocking(false);
-      }
-      same(Y[0], Y[1], "gemm pack row groups vs previous" + shape);
+      bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pk.get(), pl);
+      const uint32_t* o = reinterpret_cast<const uint32_t*>(pk.get());
+      int64_t bad = 0;
+      for (int64_t p = 0; p < npan; ++p)
+        for (int64_t q = 0; q < kp; ++q)
+          for (int64_t j = 0; j < 64; ++j) {
+            const int64_t n = p * 64 + j;
+            auto elem = [&](int64_t k) -> uint32_t { return n < sh.N && k < sh.K ? W[size_t(n * sh.K + k)] : 0u; };
+            const uint32_t want = elem(2 * q) | elem(2 * q + 1) << 16;
+            bad += o[size_t((p * kp + q) * 64 + j)] != want;
+          }
+      EXPECT(bad == 0);
       ++compared;
     }
   }
-  gemm_detail::set_bf16_pack_row_groups(true);
-  EXPECT(compared == 15);
+  EXPECT(compared == 10);
 }
 
-// The vdpbf16ps GEMM's thread split with a balanced chunk (set_bf16_gemm_balanced_split, default
-// on): TinyLlama-1.1B's gate / up (N = 5632, 88 panels) split in 11 chunks of 8 panels left one of
-// 2 threads 48 panels and the other 40; the balanced chunk leaves each 44. Only which thread
-// computes which rows changes: gemm(), gemm_bf16_panels and gemm_bf16_panels_multi (two outputs) give the same
-// bits with it on and off (whole-K and 256-pair k blocks, N a multiple of 64 or not, the split by
-// row panels at N = 256, M = 512, 1-3 threads),
-// and every output is written (sentinels).
-TEST(gemm_bf16_balanced_split_same_bits) {
+// The vdpbf16ps GEMM's thread split with a balanced chunk (its switch
+// EMOLLM_BF16_GEMM_BALANCED_SPLIT went in session 22): TinyLlama-1.1B's gate / up (N = 5632, 88
+// panels) split in 11 chunks of 8 panels left one of 2 threads 48 panels and the other 40; the
+// balanced chunk leaves each 44. Only which thread computes which rows changes: gemm(),
+// gemm_bf16_panels and gemm_bf16_panels_multi (two outputs) give the same bits with 2 and 3
+// threads as without a pool (one chunk, split_packed_gemm), and the same bits as each other
+// (whole-K and 256-pair k blocks, N a multiple of 64 or not, the split by row panels at N = 256,
+// M = 512), and every output is written (sentinels).
+TEST(gemm_bf16_balanced_split_bits) {
   // the chunk itself: the busiest of nth threads takes ceil(chunks / nth) chunks
   auto busiest = [](int64_t npn, int nth, int64_t c) { return ((npn + c - 1) / c + nth - 1) / nth * c; };
   EXPECT(gemm_detail::balanced_panel_chunk(88, 2, 8) == 11);  // 8 chunks of 11: 44 panels each
@@ -2125,30 +2111,29 @@ TEST(gemm_bf16_balanced_split_same_bits) {
     const std::string shape = " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
     AlignedPtr<uint8_t> pan = make_aligned<uint8_t>(bf16_panels_bytes(sh.N, sh.K));
     bf16_pack_panels(w.bytes.data(), sh.N, sh.K, pan.get(), nullptr);
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y[2][4];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_bf16_gemm_balanced_split(on == 1);
-        for (auto& y : Y[on]) y.assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on][0].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Y[on][1].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        // two outputs on the same panels (one without a bias): the split runs over both's panels
-        const PanelOutput po[2] = {{pan.get(), p.bias.data(), Y[on][2].data(), p.ldy, sh.N},
-                                   {pan.get(), nullptr, Y[on][3].data(), p.ldy, sh.N}};
-        gemm_bf16_panels_multi(p.X.data(), p.ldx, po, 2, sh.M, sh.K, pl);
-      }
+    std::vector<float> Y[3][4];  // [no pool, 2, 3 threads][gemm, panels, multi 0, multi 1]
+    for (int t = 0; t < 3; ++t) {
+      ThreadPool* pl = t == 0 ? nullptr : t == 1 ? &pool2 : &pool3;
+      for (auto& y : Y[t]) y.assign(size_t(sh.M * p.ldy), kSentinel);
+      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[t][0].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+      gemm_bf16_panels(p.X.data(), p.ldx, pan.get(), p.bias.data(), Y[t][1].data(), p.ldy, sh.M, sh.N, sh.K, pl);
+      // two outputs on the same panels (one without a bias): the split runs over both's panels
+      const PanelOutput po[2] = {{pan.get(), p.bias.data(), Y[t][2].data(), p.ldy, sh.N},
+                                 {pan.get(), nullptr, Y[t][3].data(), p.ldy, sh.N}};
+      gemm_bf16_panels_multi(p.X.data(), p.ldx, po, 2, sh.M, sh.K, pl);
+      same(Y[t][1], Y[t][0], "bf16 split panels vs gemm" + shape + " t" + std::to_string(t));
+      same(Y[t][2], Y[t][0], "bf16 split multi vs gemm" + shape + " t" + std::to_string(t));
       for (int k = 0; k < 4; ++k) {
-        same(Y[0][k], Y[1][k], "bf16 balanced split vs previous" + shape + " path " + std::to_string(k));
+        if (t > 0) same(Y[t][k], Y[0][k], "bf16 balanced split vs no pool" + shape + " path " + std::to_string(k));
         bool written = true;
         for (int64_t m = 0; m < sh.M; ++m)
-          for (int64_t n = 0; n < sh.N; ++n) written = written && Y[1][k][size_t(m * p.ldy + n)] != kSentinel;
+          for (int64_t n = 0; n < sh.N; ++n) written = written && Y[t][k][size_t(m * p.ldy + n)] != kSentinel;
         EXPECT(written);
-        ++compared;
+        if (t > 0) ++compared;
       }
     }
   }
-  gemm_detail::set_bf16_gemm_balanced_split(true);
-  EXPECT(compared == 60);
+  EXPECT(compared == 40);
 }
 
 // gemm_bf16_rows_multi (a bf16 decoder's prefill q / k / v, gate / up on their row-major copies):
