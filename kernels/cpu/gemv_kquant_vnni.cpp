@@ -402,15 +402,10 @@ __attribute__((always_inline)) EMO_TK inline bool kq_store_group(const __m512* y
   return true;
 }
 
-// Bytes ahead along a super-group's stream that the G > 1 kernel prefetches
-// (EMOLLM_KQ_SG_PREFETCH, for the bench's A/B; default 8 KiB, about the q4_0 records' 9 KiB).
-int64_t sg_prefetch() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("EMOLLM_KQ_SG_PREFETCH");
-    return e ? std::atoll(e) : int64_t(8192);
-  }();
-  return v;
-}
+// Bytes ahead along a super-group's stream that the G > 1 kernel prefetches: 8 KiB, about the
+// q4_0 records' 9 KiB (4 and 16 KiB were not better, 2026-12-05 14:19; the tuning knob
+// EMOLLM_KQ_SG_PREFETCH went in session 22).
+constexpr int64_t sg_prefetch() { return 8192; }
 
 // Part `part` of `parts` of sub-block step j's slice of a record's Lines lines, pf bytes ahead of
 // the record at p: of the step's lines [l0, l1) = [Lines j / 8, Lines (j + 1) / 8), those from
@@ -525,9 +520,11 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // now loaded once here too (the empty asm), and with the packed layout the lean pass read
 // 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
 // left opt-in for a quiet A/B.)
-// Streams a thread's lean pass reads side by side (EMOLLM_KQ_STREAMS: 2, the default since
-// session 20, or 1) and how far ahead along each it prefetches (EMOLLM_KQ_STREAM_PREFETCH, bytes;
-// default 4 KiB with two streams, the 8 KiB of EMOLLM_KQ_SG_PREFETCH with one). Two streams are
+// Streams a thread's lean pass reads side by side (2, the default since session 20, or 1 through
+// set_kquant_streams) and how far ahead along each it prefetches (bytes; 4 KiB with two streams,
+// sg_prefetch's 8 KiB with one; 2 KiB 0.93-1.12x, 8 KiB 0.97-1.09x of 4 KiB; the environment
+// variables EMOLLM_KQ_STREAMS / EMOLLM_KQ_STREAM_PREFETCH went in session 22: h-kqreg found no
+// q4_K regression to look for with them). Two streams are
 // the q4_0 two-stream pass's form (gemv_repacked.cpp ms_q40_avx512): a range's super-groups cut
 // into 2 contiguous parts read side by side (kq_lean_parts), each stream's prefetches running on
 // into its next super-group. Measured (session 20, Zen 5, 1 thread, cold 2 MiB pages, thread CPU
@@ -538,17 +535,12 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // streams: 0.97-1.02x (removed). Session 15's form walked 2 or 4 adjacent super-groups at a time,
 // each batch starting cold: 0.80-0.92x the single stream.
 std::atomic<int>& kq_streams_var() {
-  static std::atomic<int> v{[] {
-    return env_int("EMOLLM_KQ_STREAMS", 2) >= 2 ? 2 : 1;
-  }()};
+  static std::atomic<int> v{2};
   return v;
 }
 int kq_streams() { return kq_streams_var().load(std::memory_order_relaxed); }
-std::atomic<int64_t>& kq_stream_prefetch_var() {
-  static std::atomic<int64_t> v{[] {
-    const char* e = std::getenv("EMOLLM_KQ_STREAM_PREFETCH");
-    return e ? int64_t(std::atoll(e)) : int64_t(-1);
-  }()};
+std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: the default above
+  static std::atomic<int64_t> v{-1};
   return v;
 }
 int64_t kq_stream_prefetch(int streams) {

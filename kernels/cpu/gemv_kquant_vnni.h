@@ -37,9 +37,9 @@ void set_kquant_lean_q6(bool enabled);
 bool kquant_lean_q6();
 #if defined(__x86_64__)
 // Streams a thread's lean pass reads side by side: 2 (default: its super-groups in two contiguous
-// parts) or 1 (EMOLLM_KQ_STREAMS=1; other values: 2 from 2 up, else 1), and how far ahead along
-// each it prefetches (bytes; -1: the default, 4 KiB with two streams; EMOLLM_KQ_STREAM_PREFETCH).
-// Same bits at any; for the tests and A/B runs.
+// parts) or 1 (other values: 2 from 2 up, else 1), and how far ahead along each it prefetches
+// (bytes; -1: the default, 4 KiB with two streams, 8 KiB with one). Same bits at any; for the
+// tests and A/B runs (no environment variable).
 void set_kquant_streams(int streams);
 void set_kquant_stream_prefetch(int64_t bytes);
 #endif
