@@ -138,7 +138,7 @@ bool kquant_repacked_usable();
 void gemm_kquant_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, const float* bias, float* Y,
                           int64_t ldy, int64_t M, int64_t N, int64_t K, ThreadPool* pool);
 // Whether backends keep Q4_K / Q6_K model weights in this layout (read when a model is loaded).
-// EMOLLM_KQUANT_REPACK=0: the GGUF layout and its kernels (the previous path).
+// Off (for tests; EMOLLM_REPACK=0 gives the same): the GGUF layout and its kernels.
 void set_kquant_repacking(bool on);
 bool kquant_repacking();
 // Rows per record of kquant_repack (32 or 64; default 64: faster than 16 and not slower than 32 on

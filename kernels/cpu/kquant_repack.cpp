@@ -22,10 +22,10 @@
 namespace emollm {
 
 namespace {
-EnvSwitch& kquant_repack_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_REPACK");
-  return on;
-}
+// On at start; off (the GGUF bytes read in place by their kernels: what EMOLLM_REPACK=0 also
+// gives, and what a CPU without AVX-512 VNNI runs) for the tests. No environment variable:
+// EMOLLM_KQUANT_REPACK went in session 22 (its off path is EMOLLM_REPACK=0's).
+std::atomic<bool> g_kquant_repack{true};
 
 void check_args(DType t, int64_t N, int64_t K) {
   EMOLLM_CHECK_ARG(kquant_repack_supported(t), std::string("kquant_repack: q4_K or q6_K weights only, got ") + dtype_name(t));
@@ -136,8 +136,8 @@ void set_kquant_record_rows(int rows) {
   record_groups().store(rows / gemm_detail::kKqRows, std::memory_order_relaxed);
 }
 
-void set_kquant_repacking(bool on) { kquant_repack_flag().set(on); }
-bool kquant_repacking() { return kquant_repack_flag().on(); }
+void set_kquant_repacking(bool on) { g_kquant_repack.store(on, std::memory_order_relaxed); }
+bool kquant_repacking() { return g_kquant_repack.load(std::memory_order_relaxed); }
 int64_t kquant_record_rows() { return int64_t(gemm_detail::kKqRows) * gemm_detail::kquant_record_groups(); }
 bool kquant_repack_supported(DType wtype) { return wtype == DType::Q4_K || wtype == DType::Q6_K; }
 

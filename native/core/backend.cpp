@@ -483,7 +483,7 @@ class CpuBackend final : public Backend {
       if (made) release_pages(W, bytes);
       return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
     }
-    // Q4_K / Q6_K: kquant_repack's 16-row records (EMOLLM_KQUANT_REPACK=0: the GGUF bytes, read in place)
+    // Q4_K / Q6_K: kquant_repack's 16-row records (EMOLLM_REPACK=0: the GGUF bytes, read in place)
     if (W && weight_repacking() && kquant_repacking() && kquant_repack_supported(wtype) && N > 0 && K > 0 &&
         K % 256 == 0 && kquant_repacked_usable()) {
       const size_t bytes = kquant_repack_bytes(wtype, N, K), rb = dtype_row_bytes(wtype, K);

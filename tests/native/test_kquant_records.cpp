@@ -306,7 +306,7 @@ TEST(kquant_records_need_vnni) {
 // The CPU backend packs q4_K / q6_K matrices into the records at load (pack_gemm_weight) and its
 // gemm() then runs on them: M <= 8 is gemm_kquant_repacked on the records bit for bit, M > 8 is
 // gemm() on the GGUF bytes bit for bit; the matrix's bytes are not read after packing (they are
-// overwritten here and the results stay). With set_kquant_repacking(false) (EMOLLM_KQUANT_REPACK=0)
+// overwritten here and the results stay). With set_kquant_repacking(false) (what EMOLLM_REPACK=0 gives)
 // nothing is packed and gemm() is the GGUF path's. Q5_K is never packed.
 TEST(kquant_records_backend_packs_and_dispatches) {
   auto be = make_backend(BackendOptions{});
