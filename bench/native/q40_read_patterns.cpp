@@ -3,7 +3,7 @@
 // rows differ only in how they read. Rows (ratio = the gemv row's time / this row's; > 1: faster):
 //   gemv            gemv_repacked, the default pass (two streams a thread: two contiguous parts of its
 //                   super-groups side by side, each record prefetched 4 KiB on along its part)
-//   gemv-one        EMOLLM_Q40_MS=0: the one-stream pass (8 records prefetched ahead, a loop of
+//   gemv-one        set_q40_ms(false): the one-stream pass (8 records prefetched ahead, a loop of
 //                   36 prefetches every two records); bits checked against gemv before timing
 //   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8

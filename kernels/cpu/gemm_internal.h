@@ -187,8 +187,8 @@ void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
-// side by side, each record prefetched 4 KiB on along its part (default on; off, EMOLLM_Q40_MS=0:
-// one stream, 8 records ahead). Same bits. Process-wide.
+// side by side, each record prefetched 4 KiB on along its part (default on; off: one stream, 8
+// records ahead). Same bits. Process-wide, on at start (no environment variable).
 void set_q40_ms(bool on);
 bool q40_ms();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream

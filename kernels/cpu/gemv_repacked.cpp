@@ -113,13 +113,13 @@ void set_weight_repacking(bool on) { repacking_flag().set(on); }
 
 namespace gemm_detail {
 namespace {
-EnvSwitch& q40_ms_flag() {  // =0: the one-stream pass (whole-run A/B)
-  static EnvSwitch on("EMOLLM_Q40_MS");
-  return on;
-}
+// On at start; off (the one-stream pass, 8 records ahead: what a partial last super-group runs)
+// for the tests' same-bits reference and the A/B tools. No environment variable: EMOLLM_Q40_MS
+// went in session 22 (quiet ABBA 1.083 at 1.1B, 1.032 at 7B, bench/README 2026-12-06 07:30).
+std::atomic<bool> g_q40_ms{true};
 }  // namespace
-void set_q40_ms(bool on) { q40_ms_flag().set(on); }
-bool q40_ms() { return q40_ms_flag().on(); }
+void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
+bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
 namespace {
 EnvSwitch& ranges_flag() {
   static EnvSwitch on("EMOLLM_GEMV_RANGES");  // =0: guided chunks (whole-run A/B)
@@ -386,7 +386,7 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
   record_block_q40(xb, dx, neg, r, f);
 }
 
-// The q4_0 M = 1 pass on 2 streams (EMOLLM_Q40_MS, default on; S = 2, and S = 1 for a
+// The q4_0 M = 1 pass on 2 streams (set_q40_ms, default on; S = 2, and S = 1 for a
 // left-over super-group). The read probe's 4-stream loop (bench/native/q40_read_patterns read-4:
 // 1.0-1.4x the one-stream pass cold at 1 thread) reads S long streams side by side, prefetching
 // each a short way ahead along itself with small loops among its loads. Here: the streams are S
@@ -790,7 +790,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                    cold_start && g == g0);
       }
     };
-    // q4_0 on 4-group records (EMOLLM_Q40_MS, default on): the chunk's whole super-groups in 2
+    // q4_0 on 4-group records (set_q40_ms, default on): the chunk's whole super-groups in 2
     // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
     // groups of a partial super-group by the passes below
     if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {

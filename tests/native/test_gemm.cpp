@@ -1800,7 +1800,7 @@ struct Q40MsScope {
   bool prev_;
 };
 
-// gemv_repacked's q4_0 pass on two streams (gemm_detail::set_q40_ms, EMOLLM_Q40_MS, default on:
+// gemv_repacked's q4_0 pass on two streams (gemm_detail::set_q40_ms, default on:
 // each thread's super-groups cut into two contiguous parts read side by side, a left-over one as
 // one part, the groups of a partial last super-group by the one-stream passes) gives the bits of
 // the one-stream pass (off): each group keeps its blocks' order and its even / odd accumulators.
