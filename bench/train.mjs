@@ -207,8 +207,6 @@ async function runOne(name, o, lib, log) {
     const phasesOverForward = {};
     for (const [k, v] of Object.entries(phasesPerSampleS)) phasesOverForward[k] = v / forwardS;
     return { model: name, backwardKernels: switchOff('EMOLLM_BACKWARD_AVX512') ? 'portable loops (EMOLLM_BACKWARD_AVX512=0)' : 'default',
-      backwardGemmBlocking: switchOff('EMOLLM_BACKWARD_GEMM_DEEP') ? '256 pairs x 512 columns (EMOLLM_BACKWARD_GEMM_DEEP=0)' : 'deep (reductions of up to 1024 pairs in one block)',
-      attentionBackward: switchOff('EMOLLM_ATTN_BWD_BF16') ? 'f32 products (EMOLLM_ATTN_BWD_BF16=0)' : 'bf16 products for bf16 / f16 decoders on AVX512-BF16, else f32',
       loadAverage: loadavg().map((x) => Number(x.toFixed(2))), phasesPerSampleS, phasesOverForward, phasesCoverage: phaseSum * sps, layers: name === 'tiny' ? 2 : (o.layers ?? TEXT.num_hidden_layers), threads: o.threads, batch: o.batch, steps: o.steps, samplesPerSecond: sps, tokensPerSecond: (times[times.length - 1].tokens - times[0].tokens) / dt, peakRssMiB: rss, epochHours: o.epochSamples / sps / 3600, forwardMs: forwardS * 1000, trainOverForward: 1 / sps / forwardS, finalLoss: r.finalLoss };
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -235,7 +233,7 @@ async function main() {
       console.log(`${r.model.padEnd(6)} ${String(r.layers).padStart(6)} ${String(r.threads).padStart(7)} ${String(r.batch).padStart(5)} ${r.samplesPerSecond.toFixed(3).padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ${r.peakRssMiB.toFixed(0).padStart(13)} ${(r.trainOverForward.toFixed(1) + 'x').padStart(14)}  ${r.epochHours.toFixed(1)} h`);
     console.log('train/forward: seconds per trained sample over seconds per inference forward pass of the same prompt (same run)');
     for (const r of rows)
-      console.log(`${r.model} per sample, x forward: ` + Object.entries(r.phasesOverForward).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ') + ` (phases cover ${(100 * r.phasesCoverage).toFixed(0)}% of the sample time; load ${r.loadAverage.join(' ')}; attention backward: ${r.attentionBackward}; backward GEMM blocking: ${r.backwardGemmBlocking})`);
+      console.log(`${r.model} per sample, x forward: ` + Object.entries(r.phasesOverForward).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ') + ` (phases cover ${(100 * r.phasesCoverage).toFixed(0)}% of the sample time; load ${r.loadAverage.join(' ')})`);
   }
 }
 

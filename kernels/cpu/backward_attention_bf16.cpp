@@ -46,14 +46,9 @@
 namespace emollm {
 namespace backward_detail {
 
-bool attention_backward_bf16_enabled() {
-  static const bool on = env_enabled("EMOLLM_ATTN_BWD_BF16");  // =0: the f32 tiles (A/B runs)
-  return on;
-}
-
 bool attention_backward_bf16_applies(const AttentionParams& p) {
 #if defined(__x86_64__)
-  return p.bf16_products && attention_backward_bf16_enabled() && vector_paths_enabled() && p.kv_block_size == 0 &&
+  return p.bf16_products && vector_paths_enabled() && p.kv_block_size == 0 &&
          p.kv_dtype == DType::F32 && isa_active() >= Isa::Avx512 && cpu_features().avx512bf16;
 #else
   (void)p;

@@ -42,14 +42,6 @@ EnvSwitch& vector_paths_flag() {
 bool vector_paths_enabled() { return vector_paths_flag().on(); }
 void set_vector_paths_enabled(bool on) { vector_paths_flag().set(on); }
 
-// EMOLLM_BACKWARD_GEMM_DEEP=0: the input-gradient GEMM's previous blocking (256 row pairs x 512
-// columns, no prefetch of the next weight block), for A/B runs.
-EnvSwitch& deep_blocks_flag() {
-  static EnvSwitch s("EMOLLM_BACKWARD_GEMM_DEEP");
-  return s;
-}
-bool gemm_deep_blocks_enabled() { return deep_blocks_flag().on(); }
-void set_gemm_deep_blocks_enabled(bool on) { deep_blocks_flag().set(on); }
 
 #if defined(__x86_64__)
 namespace {
@@ -115,7 +107,7 @@ EMO_T512BF void pack_w_rowpairs(const uint16_t* W, int64_t K, int64_t N, int64_t
 static_assert(MR == gemm_detail::kBf16MR && NR == gemm_detail::kBf16NR,
               "the panels are packed for kern_bf16_6x64");
 
-// Deep blocking (gemm_deep_blocks_enabled), as the forward GEMM's (gemm_avx512.cpp, KCP_DEEP):
+// Deep blocking, as the forward GEMM's (gemm_avx512.cpp, KCP_DEEP):
 // a reduction of up to KCP_DEEP row pairs is one block, so each 6x64 tile of dX is written once
 // from registers instead of being reloaded and stored once per 256 pairs, and the weight block is
 // narrowed to stay in L2 (ncb = WBLOCK_BYTES / (4 kcb) columns: 128 for TinyLlama's 2048-row
@@ -124,9 +116,12 @@ static_assert(MR == gemm_detail::kBf16MR && NR == gemm_detail::kBf16NR,
 // prefetching the next weight block into L2 (1.04-1.1x, at every blocking). Packed dY: up to
 // X_BUDGET_DEEP bytes per chunk of rows, the rows split evenly: 784 rows of 2816 pairs in one
 // chunk (8.8 MB) instead of 744 + 40 at 8 MiB, which packed all of W again for the 40 rows.
+// (The previous blocking, 256 pairs x 512 columns at every N and 8 MiB chunks, and its switch
+// EMOLLM_BACKWARD_GEMM_DEEP went in session 22: the backward GEMMs 1.035x the forward's, 1.12x
+// with it, docs/training.md.)
 constexpr int64_t KCP_DEEP = 1024;
 constexpr int64_t WBLOCK_BYTES = 512 << 10;
-constexpr int64_t X_BUDGET = int64_t(8) << 20, X_BUDGET_DEEP = int64_t(16) << 20;
+constexpr int64_t X_BUDGET_DEEP = int64_t(16) << 20;
 
 // dX columns [c_begin, c_end) of the rows packed in xp (mcur rows from row 0 of Y); blocks of kcb
 // W row pairs x ncb dX columns (ncb a multiple of NR).
@@ -158,20 +153,15 @@ bool gemm_backward_x_nn(const float* dY, int64_t lddy, const uint16_t* W, float*
   if (!avx512_ok() || !cpu_features().avx512bf16) return false;
   const int64_t np = (N + 1) / 2;
   const int nth = pool ? pool->size() : 1;
-  const bool deep = gemm_deep_blocks_enabled();
-  int64_t kcb = KCP, ncb = NC, mc;
-  if (deep) {
-    if (np <= KCP_DEEP) {
-      kcb = np;
-      ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
-    }
-    const int64_t row_bytes = np * MR * 4;  // packed dY bytes per MR rows
-    const int64_t panels = (M + MR - 1) / MR;
-    const int64_t chunks = std::max<int64_t>(1, (panels * row_bytes + X_BUDGET_DEEP - 1) / X_BUDGET_DEEP);
-    mc = ((panels + chunks - 1) / chunks) * MR;
-  } else {
-    mc = std::max<int64_t>(MR, (X_BUDGET / (np * 4)) / MR * MR);
+  int64_t kcb = KCP, ncb = NC;
+  if (np <= KCP_DEEP) {
+    kcb = np;
+    ncb = std::clamp<int64_t>((WBLOCK_BYTES / (kcb * 4)) / NR * NR, NR, NC);
   }
+  const int64_t row_bytes = np * MR * 4;  // packed dY bytes per MR rows
+  const int64_t panels = (M + MR - 1) / MR;
+  const int64_t chunks = std::max<int64_t>(1, (panels * row_bytes + X_BUDGET_DEEP - 1) / X_BUDGET_DEEP);
+  const int64_t mc = ((panels + chunks - 1) / chunks) * MR;
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int64_t npm = (mcur + MR - 1) / MR;

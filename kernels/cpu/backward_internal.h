@@ -31,10 +31,9 @@ bool attention_backward(const float* q, const float* k, const float* v, const fl
 // attention_backward with its five products on the AVX512-BF16 dot-product unit
 // (backward_attention_bf16.cpp: operands rounded to bf16, f32 sums), for calls with
 // p.bf16_products. attention_backward_bf16_applies: whether the dispatcher takes it for p (the
-// flag, the CPU, the EMOLLM_ISA cap, EMOLLM_ATTN_BWD_BF16 != 0, EMOLLM_BACKWARD_AVX512 != 0,
+// flag, the CPU, the EMOLLM_ISA cap, EMOLLM_BACKWARD_AVX512 != 0,
 // contiguous f32 K / V). attention_backward_bf16 itself checks the CPU only (tests call it
 // directly): false without AVX512-BF16.
-bool attention_backward_bf16_enabled();  // EMOLLM_ATTN_BWD_BF16 is not "0" (read once)
 bool attention_backward_bf16_applies(const AttentionParams& p);
 bool attention_backward_bf16(const float* q, const float* k, const float* v, const float* out, const float* dout,
                              const float* lse, float* dq, float* dk, float* dv, const AttentionParams& p,
@@ -44,11 +43,6 @@ bool attention_backward_bf16(const float* q, const float* k, const float* v, con
 // (then the portable loops only: A/B runs against the vector paths); tests flip it at run time.
 bool vector_paths_enabled();
 void set_vector_paths_enabled(bool on);
-// gemm_backward_x_bf16 / _f16's deep blocking (a reduction of up to 1024 row pairs in one block,
-// packed dY in even chunks of up to 16 MiB; backward_avx512.cpp KCP_DEEP): on unless
-// EMOLLM_BACKWARD_GEMM_DEEP is "0" / "off" (then 256-pair x 512-column blocks, 8 MiB chunks).
-bool gemm_deep_blocks_enabled();
-void set_gemm_deep_blocks_enabled(bool on);
 
 // swiglu_backward with a vectorised exp (the forward's Cephes polynomial).
 bool swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n,

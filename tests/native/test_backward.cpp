@@ -131,28 +131,19 @@ TEST(backward_gemm_x_and_w) {
   }
 }
 
-// Sets backward_detail's deep-blocking switch for a scope, then restores it.
-struct DeepBlocksScope {
-  bool was = backward_detail::gemm_deep_blocks_enabled();
-  explicit DeepBlocksScope(bool on) { backward_detail::set_gemm_deep_blocks_enabled(on); }
-  ~DeepBlocksScope() { backward_detail::set_gemm_deep_blocks_enabled(was); }
-};
-
 // The BF16 (and F16, rounded to bf16 while packed) NN product on shapes that cross its blocks
 // and every tail (odd N, K not a multiple of 16 / 64, M not a multiple of 6), with strides, both
-// thread counts, overwrite and accumulate, in both blockings: deep (N = 1031 / 1100: all 516 /
-// 550 row pairs in one block of 192 columns, so K = 1030 crosses column blocks; N = 4101: 2051
-// pairs, more than one deep block holds, in 256-pair blocks) and the 256-pair x 512-column one
-// (EMOLLM_BACKWARD_GEMM_DEEP=0); then the portable path (ISA capped) on one shape.
+// thread counts, overwrite and accumulate: N = 1031 / 1100, all 516 / 550 row pairs in one block
+// of 192 columns, so K = 1030 crosses column blocks; N = 4101: 2051 pairs, more than one deep block
+// holds, in 256-pair blocks (the 256-pair x 512-column blocking at every N and its switch
+// EMOLLM_BACKWARD_GEMM_DEEP went in session 22); then the portable path (ISA capped) on one shape.
 TEST(backward_gemm_x_bf16_blocks) {
   ThreadPool pool(2);
   struct Case {
     int64_t M, N, K;
   };
-  for (bool deep : {true, false})
   for (DType dt : {DType::BF16, DType::F16})
   for (const Case& c : {Case{1, 3, 5}, Case{7, 1031, 70}, Case{37, 130, 600}, Case{13, 1100, 1030}, Case{9, 4101, 150}}) {
-    DeepBlocksScope blocking(deep);
     const int64_t lddy = c.N + 3, lddx = c.K + 5;
     auto wf = normal_floats(size_t(c.N * c.K), 21);
     // wb: the stored weight (bf16 or f16 bits); wdeq: its value; wdeq rounded to bf16 is what the
@@ -174,7 +165,7 @@ TEST(backward_gemm_x_bf16_blocks) {
     ref::gemm_backward_x(dyp.data(), wdeq.data(), exact.data(), c.M, c.N, c.K);
     double emax = 0;
     for (float e : exact) emax = std::max(emax, double(std::fabs(e)));
-    const std::string what = std::string(deep ? "deep " : "256x512 ") + (dt == DType::F16 ? "f16" : "bf16") + " dX M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
+    const std::string what = std::string(dt == DType::F16 ? "f16" : "bf16") + " dX M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K);
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool})
       for (bool acc : {false, true}) {
         std::vector<float> dx(size_t(c.M * lddx), 0.5f), got(want.size());
@@ -186,7 +177,7 @@ TEST(backward_gemm_x_bf16_blocks) {
         EXPECT_ALL_CLOSE(got.data(), want.data(), got.size(), 1e-5 * std::max(1.0, emax), 2e-5, what + " vs reference");
         EXPECT_ALL_CLOSE(got.data(), exact.data(), got.size(), 1e-2 * emax, 0.0, what + " vs the f32 product");
       }
-    if (c.M == 37 && deep) {  // the portable path: the f32 product, tight
+    if (c.M == 37) {  // the portable path: the f32 product, tight
       IsaCapScope cap(Isa::Avx2);
       std::vector<float> dx(size_t(c.M * lddx)), got(want.size());
       gemm_backward_x(dy.data(), lddy, wb.data(), dt, dx.data(), lddx, c.M, c.N, c.K, false, &pool);
@@ -446,7 +437,7 @@ TEST(backward_attention_bf16_vs_double) {
     p.head_dim = 16;
     p.bf16_products = true;
     const bool hw = cpu_features().avx512bf16 && isa_active() >= Isa::Avx512 &&
-                    backward_detail::attention_backward_bf16_enabled() && backward_detail::vector_paths_enabled();
+                    backward_detail::vector_paths_enabled();
     EXPECT(attention_backward_bf16_applies(p) == hw);
     AttentionParams f = p;
     f.bf16_products = false;
