@@ -11,7 +11,8 @@
 // and best wall of each (us), GB/s (K + V bytes), 2t / 1t speed-ups, the halves' per-thread
 // medians, each thread's CPU time a kv token alone (1t) and side by side (halves: the memory shared
 // by two readers, preemption excluded), and the pieces each pool thread ran (attention_work); "2t pieces64" / "32": 2 threads with
-// pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128).
+// pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128); "1t sweep": 1 thread
+// with each sub-block swept before its compute (set_decode_pipeline(false)), its thread CPU time against 1t's.
 // "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64). "2m": the K / V copies in 2 MiB transparent
 // huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
 #include <algorithm>
@@ -124,9 +125,9 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, kModes };
-  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32"};
-  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1;
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, kModes };
+  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep"};
+  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s;
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
   for (int r = -1; r < rounds; ++r) {  // round -1 warms up
@@ -144,6 +145,12 @@ int main(int argc, char** argv) {
       const attention_detail::AttentionWork w0 = attention_detail::attention_work();
       double dt;
       if (m == k1t) dt = timed(&pool1);
+      else if (m == k1tSweep) {
+        attention_detail::set_decode_pipeline(false);
+        dt = timed(&pool1);
+        attention_detail::set_decode_pipeline(true);
+        if (r >= 0) cpu1s.push_back(cpu_1t);
+      }
       else if (m == kHalves) dt = halves();
       else if (m == kPm64 || m == kPm32) {
         attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);
@@ -178,6 +185,9 @@ int main(int argc, char** argv) {
   std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
               median(cpu1) / double(n_kv) * 1e9, best(cpu1) / double(n_kv) * 1e9, median(hcpu[0]) / tok0 * 1e9,
               best(hcpu[0]) / tok0 * 1e9, median(hcpu[1]) / tok1 * 1e9, best(hcpu[1]) / tok1 * 1e9);
+  std::printf("  1t sweep (set_decode_pipeline(false)): thread CPU ns a kv token (median) %.1f (best %.1f); sweep / 1t: median %.3f, best %.3f\n",
+              median(cpu1s) / double(n_kv) * 1e9, best(cpu1s) / double(n_kv) * 1e9, median(cpu1s) / median(cpu1),
+              best(cpu1s) / best(cpu1));
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
     char line[256];
     while (std::fgets(line, sizeof line, f))

@@ -155,6 +155,8 @@ const AbSwitch kSwitches[] = {
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
+    // the decode attention's next sub-block prefetched from inside this one's kernels (set_decode_pipeline)
+    {"attn_pipe", [](bool on) { attention_detail::set_decode_pipeline(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped

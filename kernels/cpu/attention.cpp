@@ -31,7 +31,8 @@
 // scratch per 16 tokens; the pieces merged by whichever thread finishes an item's last one, so a
 // layer's decode attention is one pool dispatch instead of a dispatch for the units and one for
 // the merges (set_decode_split(false) keeps decode in the tiled driver: tests, A/B rows). On AVX-512 the
-// rows are read in place (narrow ones swept a sub-block at a time; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
+// rows are read in place (narrow ones swept a sub-block at a time, or with several query heads per kv
+// head each sub-block's lines prefetched during the previous one's compute; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
 // through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
 // DecodeBf16Dp in attention_internal.h).
@@ -229,6 +230,14 @@ EnvSwitch& decode_pv_pairs_flag() {
 bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
 void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
 namespace {
+EnvSwitch& decode_pipeline_flag() {
+  static EnvSwitch on("EMOLLM_DECODE_ATTN_PIPELINE");
+  return on;
+}
+}  // namespace
+bool decode_pipeline() { return decode_pipeline_flag().on(); }
+void set_decode_pipeline(bool on) { decode_pipeline_flag().set(on); }
+namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
@@ -329,6 +338,50 @@ constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.33345190
                 kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 
 // ---------------------------------------------------------------------------- AVX-512
+// The decode driver's next sub-block of narrow token rows (attention_detail::decode_pipeline),
+// prefetched a few lines per step of the kernels' inner loops, so its reads are in flight while
+// this sub-block's FMAs run. Why inside the loops: a demand load that misses holds up retirement
+// (loads of the next sub-block between the kernel calls: 0.79-0.81x), and a burst of prefetches
+// fills the core's miss buffers and stalls the same way (a quarter of the next sub-block before
+// each kv head's call: 0.96-1.05x, t0 or t1); one or two lines per step keep a few misses in flight
+// all the time instead. Null (every other call): the kernels prefetch nothing.
+struct PfCursor {
+  const char* line = nullptr;  // the next line to prefetch (an address in it)
+  const char* last = nullptr;  // the last byte of the current row's span
+  int64_t row_bytes = 0, span_bytes = 0;
+  int rows_left = 0;           // rows not finished, the current one included
+  int per_qk = 0, per_pv = 0;  // lines per step of qk_decode_rows (two a 16-dim chunk) / pv_tile (one a token)
+  void start(const char* row, int64_t rb, int64_t sb, int ns) {
+    line = row;
+    last = row + sb - 1;
+    row_bytes = rb;
+    span_bytes = sb;
+    rows_left = ns;
+  }
+};
+thread_local PfCursor* g_pf = nullptr;
+// The cursor's next n lines (every line of each row's span, the last one included when a row does
+// not start on a line).
+// Log: decode_pipeline_lines (tests) records each line in `log` too.
+template <bool Log = false>
+__attribute__((always_inline)) inline void pf_step(PfCursor* c, int n, std::vector<uintptr_t>* log = nullptr) {
+  const char* line = c->line;
+  const char* last = c->last;
+  int left = c->rows_left;
+  for (int i = 0; i < n && left > 0; ++i) {
+    _mm_prefetch(line, _MM_HINT_T0);
+    if constexpr (Log) log->push_back(reinterpret_cast<uintptr_t>(line) >> 6 << 6);
+    line += 64;
+    if (reinterpret_cast<uintptr_t>(line) >> 6 > reinterpret_cast<uintptr_t>(last) >> 6) {
+      line = last + 1 - c->span_bytes + c->row_bytes;
+      last += c->row_bytes;
+      --left;
+    }
+  }
+  c->line = line;
+  c->last = last;
+  c->rows_left = left;
+}
 EMO_T512 static inline __m512 exp512(__m512 x) {
   const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLo), _CMP_LT_OQ);
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
@@ -504,7 +557,9 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
     #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
   }
+  PfCursor* const pf = g_pf;
   for (int j = 0; j < nb; ++j) {
+    if (pf) pf_step(pf, pf->per_pv);
     const typename E::T* vj = v + int64_t(j) * ldv;
     if constexpr (RowV) {
       #pragma GCC unroll 4
@@ -680,10 +735,12 @@ EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, c
   __m512 acc[NR];
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  PfCursor* const pf = g_pf;
   for (int d0 = 0; d0 < D; d0 += 16) {
     const int w = std::min(16, D - d0);
     const __mmask16 m = __mmask16(w == 16 ? 0xFFFFu : (1u << w) - 1);
     __m512 t[16];
+    if (pf) pf_step(pf, pf->per_qk);
     if (w == 16) {
       #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) t[i] = E::load(kr[i] + d0);
@@ -692,6 +749,7 @@ EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, c
       for (int i = 0; i < 16; ++i) t[i] = E::maskz_load(m, kr[i] + d0);
     }
     gemm_detail::transpose16_ps(t);  // t[e] = dim d0 + e of the 16 keys (zero past D)
+    if (pf) pf_step(pf, pf->per_qk);
     #pragma GCC unroll 16
     for (int e = 0; e < 16; ++e)
       #pragma GCC unroll 8
@@ -1753,6 +1811,35 @@ bool decode_qk16_applies(const AttentionParams& p) {
 bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
+bool decode_pipeline_applies(const AttentionParams& p) {
+  return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
+         p.n_heads / p.n_kv_heads >= 4 && !decode_bf16dp_applies(p) && decode_pipeline();
+}
+DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t s0, bool is_v) {
+  DecodeSubBlock nx;
+  if (s0 + 16 < b1) {  // the next 16 rows of the same block and tensor
+    nx.s = s0 + 16;
+    nx.ns = int(std::min<int64_t>(16, b1 - nx.s));
+    nx.v = is_v;
+  } else if (!is_v) {  // after the block's last K rows, its first V rows
+    nx.s = b0;
+    nx.ns = int(std::min<int64_t>(16, b1 - b0));
+    nx.v = true;
+  } else if (b1 < j1) {  // after its last V rows, the next block's first K rows
+    nx.s = b1;
+    nx.ns = int(std::min<int64_t>(16, j1 - b1));
+    nx.v = false;
+  }
+  return nx;
+}
+std::vector<uintptr_t> decode_pipeline_lines(const void* row, int64_t row_bytes, int64_t span_bytes, int ns,
+                                             int per_step) {
+  std::vector<uintptr_t> out;
+  PfCursor c;
+  c.start(static_cast<const char*>(row), row_bytes, span_bytes, ns);
+  while (c.rows_left > 0) pf_step<true>(&c, per_step, &out);
+  return out;
+}
 }  // namespace attention_detail
 namespace {
 
@@ -1831,13 +1918,17 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 // Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
 const AttentionParams kF32Rows{};
 
-// Software prefetches of the kv rows: none. Until session 20 this file held three (the narrow
-// rows' next sub-block, the wide rows' next 16 rows, the tiled driver's next paged sub-block), but
-// each sat in a function or lambda holding nothing but prefetches, which GCC 12's IPA finds
-// "const" (__builtin_prefetch counts as no side effect) and deletes the calls to: the object held
-// no prefetch instruction, and every A/B of them measured nothing. Emitted (forced inline), the
-// wide rows' burst made the 7B call 1.24-1.34x slower cold, the narrow rows' prefetch ahead the
-// 1.1B q4_0 decode 0.975 / 0.984x at 2 threads and 0.952x at 1 (quiet, session 20): all removed.
+// Software prefetches of the kv rows: only the narrow rows' next sub-block from inside the kernels'
+// loops (PfCursor, attention_detail::decode_pipeline; session 22). Until session 20 this file held
+// three others (the narrow rows' next sub-block, the wide rows' next 16 rows, the tiled driver's
+// next paged sub-block), but each sat in a function or lambda holding nothing but prefetches, which
+// GCC 12's IPA finds "const" (__builtin_prefetch counts as no side effect) and deletes the calls
+// to: the object held no prefetch instruction, and every A/B of them measured nothing. Emitted
+// (forced inline), the wide rows' burst made the 7B call 1.24-1.34x slower cold, the narrow rows'
+// prefetch ahead the 1.1B q4_0 decode 0.975 / 0.984x at 2 threads and 0.952x at 1 (quiet, session
+// 20): all removed. Wide rows (7B) prefetched from inside qk16 / pv2 as the narrow ones are (the
+// slice of the kv head 1, 2 or 4 calls ahead, or of the next sub-block: session 22) ran 0.66-0.85x
+// cold: the 7B's hardware prefetchers are better left alone.
 
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
 // 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
@@ -1865,6 +1956,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // bits; session 21): 1 thread cold 0.90-0.98x (7B), 0.89-1.01x (1.1B shape) by median; in the
   // model (1 thread CPU time, prompt 512) 0.988 (1.1B q4_0) and 0.989 (7B) (bench/README). Each
   // 16-row tile already keeps 16 row streams in flight: a second range adds none that was missing.
+  // Swept narrow rows with >= 4 query heads per kv head prefetch the next sub-block from inside this
+  // one's kernels instead (decode_pipeline, below): a sub-block's sweep and its compute otherwise
+  // run one after the other (1.1B cold: ~75 ns of reads then ~70 of compute a kv token).
   // A half cache is widened as it is packed (narrow rows: one pass that both converts and packs).
   // Wide half rows are widened one kv head's slice at a time (16 x Dp floats, 8 KB for D = 128),
   // right before the kernel reads it: the slice stays in L1, where widening whole rows (256 KB for
@@ -1885,12 +1979,52 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool use_pv2 = use_qk16 && !it.bf16dp && kk.pv2 != nullptr && attention_detail::decode_pv2_applies(p);
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
+  const float* qrows[kMaxRows];
+  // Several query heads per kv head: the transposed-K kernel on q rows zero-padded to Dp.
+  const bool transposed = kk.qk_decode != nullptr && G >= 4;
+  // bf16 products (it.bf16dp, G >= 4): qpad holds each head's q as bf16 pairs (Dp / 2 per head) for the
+  // vdpbf16ps QK, P is rounded to
+  // bf16 in place in S (a bf16 row of 2 * kBk elements per head) and PV runs on token pairs.
+  const bool dp = it.bf16dp;
+  // Swept narrow rows on the transposed kernels (the 1.1B's GQA 8): the next sub-block's lines
+  // (the next K sub-block; after a block's last K sub-block its first V one; after its last V one
+  // the next block's first K) are prefetched from inside this sub-block's qk_decode / pv loops
+  // (PfCursor, attention_detail::decode_pipeline); only a piece's first sub-block is swept before
+  // its compute. The kernels' arithmetic is untouched: the same bits.
+  const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
+  bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
+  PfCursor cursor;
+  // Points g_pf at the sub-block after [s0, s0 + 16) of K (is_v false) or V in block [b0, b1).
+  auto pipe_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) {
+    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
+    if (nx.ns == 0) return;
+    const int64_t ld = nx.v ? p.ldv : p.ldk;
+    const int ns = nx.ns;
+    cursor.start(reinterpret_cast<const char*>(nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, ld)
+                                                    : kv_row(it.k, p.k_blocks, p, nx.s, ld)),
+                 ld * int64_t(kv_elem_bytes(p)), span_bytes, ns);
+    // spread evenly over this sub-block's steps (front-loaded, twice or four times the lines a
+    // step: 1.06x instead of 1.16-1.19x cold)
+    const int64_t lines = int64_t(ns) * ((span_bytes + 63) / 64 + 1);
+    const int64_t nch = (D + 15) / 16;
+    const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;
+    const int64_t pv_steps = Hkv * ((G + 3) / 4) * ((nch + 3) / 4) * 16;
+    cursor.per_qk = int((lines + qk_steps - 1) / qk_steps);
+    cursor.per_pv = int((lines + pv_steps - 1) / pv_steps);
+    g_pf = &cursor;
+  };
+  // What the kernels left of it (a short sub-block's fewer steps), then nothing.
+  auto pipe_done = [&] {
+    if (g_pf) pf_step(g_pf, 1 << 30);
+    g_pf = nullptr;
+  };
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
                         int64_t* rows_ld) -> const float* {
     const float* r = kv_row(base, blocks, p, s0, ld);
     *rows_ld = ld;
     if (sweep) {
-      sweep_rows(r, ld * int64_t(kv_elem_bytes(p)), ns, span_bytes);
+      if (!swept) sweep_rows(r, ld * int64_t(kv_elem_bytes(p)), ns, span_bytes);
+      swept = pipe;
       return r;
     }
     if (!pack) return r;
@@ -1911,13 +2045,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     *slice_ld = Dp;
     return kbuf;
   };
-  const float* qrows[kMaxRows];
-  // Several query heads per kv head: the transposed-K kernel on q rows zero-padded to Dp.
-  const bool transposed = kk.qk_decode != nullptr && G >= 4;
-  // bf16 products (it.bf16dp, G >= 4): qpad holds each head's q as bf16 pairs (Dp / 2 per head) for the
-  // vdpbf16ps QK, P is rounded to
-  // bf16 in place in S (a bf16 row of 2 * kBk elements per head) and PV runs on token pairs.
-  const bool dp = it.bf16dp;
   const int64_t ldqp = Dp / 2;
   if (dp && transposed)
     for (int64_t h = 0; h < H; ++h)
@@ -1942,6 +2069,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       int64_t ldkr;
       const float* kr = token_rows(it.k, p.k_blocks, p.ldk, s0, ns, &ldkr);
+      if (pipe) pipe_next(b0, b1, s0, false);
       if (transposed) {
         const float* rows[16];
         for (int64_t g = 0; g < Hkv; ++g) {
@@ -1954,6 +2082,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           else
             kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
         }
+        if (pipe) pipe_done();
         continue;
       }
       for (int64_t g = 0; g < Hkv; ++g) {
@@ -1982,6 +2111,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       int64_t ldvr;
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
+      if (pipe) pipe_next(b0, b1, s0, true);
       int64_t g0 = 0;
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
@@ -2002,6 +2132,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
                   D);
         }
       }
+      if (pipe) pipe_done();
     }
   }
   if (it.n_pieces == 1) {

@@ -2,6 +2,7 @@
 // Not part of the public API.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "kernels.h"
 
@@ -86,6 +87,32 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
+// Decode on AVX-512 with narrow token rows swept in place and several query heads per kv head
+// (the 1.1B's 32 / 4 heads x 64): the next 16-token sub-block's lines prefetched a few at a time
+// from inside this sub-block's Q K^T and P V loops (default), instead of each sub-block's lines
+// read in one sweep right before its compute (reads and FMAs one after the other).
+// EMOLLM_DECODE_ATTN_PIPELINE=0 (read once) or set_decode_pipeline(false): the sweep before each
+// sub-block. Prefetches only: outputs are bit for bit equal.
+bool decode_pipeline();
+void set_decode_pipeline(bool on);
+// Whether a decode call's sub-blocks take it (the driver asks this too): AVX-512 with in-place rows
+// (decode_inplace_enabled), narrow token rows (n_kv_heads * head_dim <= 256 elements: swept), at
+// least 4 query heads per kv head (the transposed Q K^T), not on bf16 products, and decode_pipeline().
+bool decode_pipeline_applies(const AttentionParams& p);
+// The sub-block prefetched during [s0, s0 + 16) of K (is_v false) or V of block [b0, b1) in a
+// piece ending at j1: the next 16 rows of the same tensor, or after a block's last K rows its first
+// V rows, or after its last V rows the next block's first K rows; ns = 0: none (the piece's end).
+struct DecodeSubBlock {
+  int64_t s = 0;  // first kv token
+  int ns = 0;     // tokens (<= 16)
+  bool v = false;
+};
+DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t s0, bool is_v);
+// The 64-byte lines (addresses rounded down) the prefetch cursor visits, in order, walking ns rows
+// row_bytes apart (span_bytes each, from `row`) per_step lines a step: every line of each row's
+// span once (for tests).
+std::vector<uintptr_t> decode_pipeline_lines(const void* row, int64_t row_bytes, int64_t span_bytes, int ns,
+                                             int per_step);
 // The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
 // shared counter inside one pool->run job (each thread, the caller included, takes the next item
 // until none is left; a worker that has not claimed its index when the caller is done costs

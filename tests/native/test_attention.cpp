@@ -1494,6 +1494,84 @@ TEST(attention_decode_pv_pairs_same_bits) {
                                  16900);
 }
 
+// The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
+// narrow rows swept in place, >= 4 query heads per kv head: the 1.1B's 32 / 4 x 64) is prefetches
+// only: outputs and log-sum-exps bit for bit equal with it off (each sub-block swept before its
+// compute), f32 / f16 / bf16 caches, GQA 8 x 64, GQA 8 x 64 on two kv heads, MQA x 80 (a tail
+// chunk), 12 query heads a kv head x 20 with padded rows (two qk_decode calls, a tail); not taken:
+// MHA x 128 (wide), 2 query heads a kv head, wide GQA rows; lengths with and without a partial last
+// sub-block, across the 64-token block and the pieces, contiguous and paged (16 / 64), no pool and
+// 2 / 3 threads; within 1e-5 of ref::attention. decode_pipeline_applies must hold for the shapes
+// meant to take it (on AVX-512), so the comparison is not vacuous.
+TEST(attention_decode_pipeline_same_bits) {
+  const DecodeSwitch sw{"pipelined prefetch", attention_detail::decode_pipeline_applies,
+                        attention_detail::decode_pipeline, attention_detail::set_decode_pipeline, 17, 3};
+  expect_decode_switch_same_bits(sw,
+                                 {{32, 4, 64, 0, true},
+                                  {16, 2, 64, 0, true},
+                                  {8, 1, 80, 0, true},
+                                  {12, 1, 20, 3, true},
+                                  {32, 32, 128, 0, false},
+                                  {8, 4, 64, 0, false},
+                                  {32, 8, 64, 0, false}},
+                                 17300);
+}
+
+// What the pipelined prefetch reads: (1) the cursor visits every 64-byte line of each row's span
+// once, rows in order, whatever the rows' alignment, row stride (padded, or closer than a line) and
+// lines a step; (2) the sub-block it prefetches during each sub-block of a piece is the one the
+// driver computes next (K sub-blocks of a block, then its V sub-blocks, then the next block's K),
+// none after the piece's last; pieces of 1-200 tokens from 0 and from 128.
+TEST(attention_decode_pipeline_reads_next_sub_block) {
+  alignas(64) static char buf[64 * 1024];
+  for (int64_t off : {0, 4, 60, 100})
+    for (int64_t rb : {1024, 1028, 200, 40})
+      for (int64_t span : {int64_t(1024), int64_t(80), int64_t(256), int64_t(40), int64_t(1)})
+        for (int ns : {1, 5, 16})
+          for (int per : {1, 3, 8, 1000}) {
+            if (span > rb) continue;
+            const char* row = buf + off;
+            std::vector<uintptr_t> want;
+            for (int t = 0; t < ns; ++t) {
+              const uintptr_t a = reinterpret_cast<uintptr_t>(row + t * rb);
+              for (uintptr_t l = a >> 6; l <= (a + uintptr_t(span) - 1) >> 6; ++l) want.push_back(l << 6);
+            }
+            const std::vector<uintptr_t> got = attention_detail::decode_pipeline_lines(row, rb, span, ns, per);
+            if (got != want)
+              ::emollm_test::report_failure(__FILE__, __LINE__,
+                                            "prefetched lines: off " + std::to_string(off) + " row_bytes " +
+                                                std::to_string(rb) + " span " + std::to_string(span) + " rows " +
+                                                std::to_string(ns) + " per step " + std::to_string(per));
+          }
+  int checked = 0;
+  for (int64_t j0 : {0, 128})
+    for (int64_t len : {1, 15, 16, 17, 63, 64, 65, 100, 128, 129, 200}) {
+      const int64_t j1 = j0 + len;
+      struct Sub { int64_t b0, b1, s; int ns; bool v; };
+      std::vector<Sub> order;  // the driver's compute order
+      for (int64_t b0 = j0; b0 < j1; b0 += 64) {
+        const int64_t b1 = std::min(j1, b0 + 64);
+        for (int v = 0; v < 2; ++v)
+          for (int64_t s = b0; s < b1; s += 16) order.push_back({b0, b1, s, int(std::min<int64_t>(16, b1 - s)), v == 1});
+      }
+      for (size_t i = 0; i < order.size(); ++i) {
+        const Sub& c = order[i];
+        const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, c.b0, c.b1, c.s, c.v);
+        const std::string w = "piece [" + std::to_string(j0) + ", " + std::to_string(j1) + ") sub-block " +
+                              std::to_string(i) + (c.v ? " V" : " K");
+        if (i + 1 == order.size()) {
+          if (nx.ns != 0) ::emollm_test::report_failure(__FILE__, __LINE__, w + ": prefetches past the piece");
+          continue;
+        }
+        const Sub& n = order[i + 1];
+        ++checked;
+        if (nx.s != n.s || nx.ns != n.ns || nx.v != n.v)
+          ::emollm_test::report_failure(__FILE__, __LINE__, w + ": prefetches another sub-block than the next");
+      }
+    }
+  EXPECT(checked > 100);
+}
+
 // The attention drivers' scheduling (attention_internal.h: the decode pieces, the tiled units and
 // split-KV merges taken from a shared counter inside one pool->run job) with a late worker against
 // the same calls without one (the reference): outputs and log-sum-exps bit for bit equal with the
