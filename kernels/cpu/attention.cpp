@@ -190,13 +190,15 @@ std::atomic<bool> decode_split_on{true};
 bool decode_split_enabled() { return decode_split_on.load(std::memory_order_relaxed); }
 void set_decode_split(bool on) { decode_split_on.store(on, std::memory_order_relaxed); }
 namespace {
-EnvSwitch& prefill_fast_flag() {
-  static EnvSwitch on("EMOLLM_ATTN_PREFILL_FAST");  // =0: prefill in the tiled driver (A/B)
-  return on;
-}
+// The four switches below are on at start, without an environment variable (their
+// EMOLLM_ATTN_PREFILL_FAST / EMOLLM_DECODE_ATTN_PV_WIDE / _QK_WIDE / _PV_PAIRS went in session 22:
+// defaults since 2026-12-05, same bits); off: the previous kernels, which stay because the
+// generic ones run at head_dim <= 64 and the tests and A/B tools take them as the same-bits
+// reference. Prefill in the tiled driver when off.
+std::atomic<bool> prefill_fast_on{true};
 }  // namespace
-bool prefill_fast() { return prefill_fast_flag().on(); }
-void set_prefill_fast(bool on) { prefill_fast_flag().set(on); }
+bool prefill_fast() { return prefill_fast_on.load(std::memory_order_relaxed); }
+void set_prefill_fast(bool on) { prefill_fast_on.store(on, std::memory_order_relaxed); }
 namespace {
 // On at start, no environment variable (default since 2026-12-05 09:44); off: rows packed /
 // widened into scratch on AVX-512 too (what CPUs below AVX-512 run), for the bit-equality test
@@ -206,29 +208,14 @@ std::atomic<bool> decode_inplace_on{true};
 bool decode_inplace_enabled() { return decode_inplace_on.load(std::memory_order_relaxed); }
 void set_decode_inplace(bool on) { decode_inplace_on.store(on, std::memory_order_relaxed); }
 namespace {
-EnvSwitch& decode_pv_wide_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_PV_WIDE");
-  return on;
-}
+std::atomic<bool> decode_pv_wide_on{true}, decode_qk_wide_on{true}, decode_pv_pairs_on{true};
 }  // namespace
-bool decode_pv_wide() { return decode_pv_wide_flag().on(); }
-void set_decode_pv_wide(bool on) { decode_pv_wide_flag().set(on); }
-namespace {
-EnvSwitch& decode_qk_wide_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_QK_WIDE");
-  return on;
-}
-}  // namespace
-bool decode_qk_wide() { return decode_qk_wide_flag().on(); }
-void set_decode_qk_wide(bool on) { decode_qk_wide_flag().set(on); }
-namespace {
-EnvSwitch& decode_pv_pairs_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_PV_PAIRS");
-  return on;
-}
-}  // namespace
-bool decode_pv_pairs() { return decode_pv_pairs_flag().on(); }
-void set_decode_pv_pairs(bool on) { decode_pv_pairs_flag().set(on); }
+bool decode_pv_wide() { return decode_pv_wide_on.load(std::memory_order_relaxed); }
+void set_decode_pv_wide(bool on) { decode_pv_wide_on.store(on, std::memory_order_relaxed); }
+bool decode_qk_wide() { return decode_qk_wide_on.load(std::memory_order_relaxed); }
+void set_decode_qk_wide(bool on) { decode_qk_wide_on.store(on, std::memory_order_relaxed); }
+bool decode_pv_pairs() { return decode_pv_pairs_on.load(std::memory_order_relaxed); }
+void set_decode_pv_pairs(bool on) { decode_pv_pairs_on.store(on, std::memory_order_relaxed); }
 namespace {
 EnvSwitch& decode_pipeline_flag() {
   static EnvSwitch on("EMOLLM_DECODE_ATTN_PIPELINE");

@@ -60,8 +60,8 @@ void set_decode_inplace(bool on);
 // P V on AVX-512 for one or two query rows per kv head (MHA decode: 7B's 32 / 32 heads) with a
 // head_dim of 65-128: the whole row (5-8 chunks of 16) in one register tile, one pass over the
 // block's V rows with 8-16 independent FMA chains, instead of two passes of 4 chunks (4-8 chains:
-// each token's FMAs waited on the previous token's). EMOLLM_DECODE_ATTN_PV_WIDE=0 (read once) or
-// set_decode_pv_wide(false): the two passes. Every output element sums its tokens in the same
+// each token's FMAs waited on the previous token's). set_decode_pv_wide(false) (on at start, no
+// environment variable): the two passes. Every output element sums its tokens in the same
 // order either way: outputs are bit for bit equal.
 bool decode_pv_wide();
 void set_decode_pv_wide(bool on);
@@ -69,8 +69,8 @@ void set_decode_pv_wide(bool on);
 // wide token rows read in place): a full 16-token sub-block of one kv head through qk16 (the 16 key
 // rows addressed as 4 bases plus row strides, every chunk unrolled) instead of the generic qk's 16
 // row pointers that did not fit in the registers. Same FMAs in the same order and the same
-// reduction tree: scores bit for bit equal. EMOLLM_DECODE_ATTN_QK_WIDE=0 (read once) or
-// set_decode_qk_wide(false): the generic kernel.
+// reduction tree: scores bit for bit equal. set_decode_qk_wide(false) (on at start, no
+// environment variable): the generic kernel.
 bool decode_qk_wide();
 void set_decode_qk_wide(bool on);
 // Whether a decode call's full sub-blocks take qk16 (the driver asks this too): AVX-512 with
@@ -81,7 +81,7 @@ bool decode_qk16_applies(const AttentionParams& p);
 // 65-128 and wide token rows read in place: two adjacent kv heads in one register tile (their
 // slices lie side by side in each V row), 10-16 independent FMA chains and half the calls, instead
 // of one head a call. Every output element sums its tokens in the same order: bit for bit equal.
-// EMOLLM_DECODE_ATTN_PV_PAIRS=0 (read once) or set_decode_pv_pairs(false): one head a call.
+// set_decode_pv_pairs(false) (on at start, no environment variable): one head a call.
 bool decode_pv_pairs();
 void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
@@ -152,7 +152,7 @@ bool decode_bf16dp_applies(const AttentionParams& p);
 
 // Causal prefill (attention_prefill.cpp): calls the tiled driver would run with many queries per
 // kv head (MHA / GQA prefill chunks, f32 cache, contiguous or paged) on AVX-512.
-// EMOLLM_ATTN_PREFILL_FAST=0 (read once) or set_prefill_fast(false): the tiled driver (A/B).
+// set_prefill_fast(false) (on at start, no environment variable): the tiled driver (A/B).
 bool prefill_fast();
 void set_prefill_fast(bool on);
 
