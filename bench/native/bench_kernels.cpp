@@ -38,7 +38,6 @@
 #include "base/thread_pool.h"
 #include "cpu/attention_internal.h"  // set_decode_split: the A/B rows of decode attention
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
-#include "cpu/gemv_kquant_vnni.h"  // set_kquant_lean: the A/B rows of the K-quant records
 #include "cpu/kernels.h"
 #include "cpu/row_ops.h"  // convert: the f16 / bf16 caches of the half-KV decode attention rows
 
@@ -1746,28 +1745,23 @@ void bench_kquant_gemv(ThreadPool& pool) {
       // read probe over as many bytes (its own cold copies), interleaved with the rows above
       const bool rec_ab = kquant_repacked_usable() && kquant_repack_supported(t);
       const size_t rbytes = rec_ab ? kquant_repack_bytes(t, N, K) : 0;
-      std::unique_ptr<Copies> rcopies, pcopies, rprevcopies;
+      std::unique_ptr<Copies> rcopies, pcopies;
       if (rec_ab) {
         Buf<uint8_t> rsrc = alloc_huge(rbytes);
         kquant_repack(q.get(), t, N, K, rsrc.get(), &pool);
         rcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
         pcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
-        // the previous M = 1 pass over the same records (set_kquant_lean(false)), its own cold copies
-        rprevcopies.reset(new Copies(rsrc.get(), rbytes, decode_copies(rbytes), &pool, true));
       }
       auto run_rec = [&](const void* w) { gemm_kquant_repacked(x.get(), K, w, t, nullptr, y.get(), N, 1, N, K, &pool); };
-      Stats rec, same_size, recprev;
+      Stats rec, same_size;
       Result* res = run_case(r, [&](Result& rr) {
         std::vector<std::function<void(int)>> fns = {[&](int i) { run(copies[i]); }};
         if (rec_ab) {
           fns.push_back([&](int i) { run_rec((*rcopies)[i]); });
           fns.push_back([&](int i) { read_probe_call(pool, (*pcopies)[i], rbytes); });
         }
-        const size_t at_recprev = fns.size();
-        if (rec_ab)
-          fns.push_back([&](int i) { with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[i]); }); });
         auto st = measure_interleaved(fns);
-        if (rec_ab) rec = st[1], same_size = st[2], recprev = st[at_recprev];
+        if (rec_ab) rec = st[1], same_size = st[2];
         rr.st = st[0];
         run(q.get());
         check(rr);
@@ -1789,14 +1783,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
         pr.bytes = double(rbytes);
         pr.flops = 0;
         push_row(pr);
-        if (recprev.reps > 0) {
-          Result cp = derived_row(r, "records-prevpass", "records-prevpass", recprev, "records", recprev.best / rec.best,
-                                  "the same records, the previous M = 1 pass (EMOLLM_KQUANT_LEAN=0; for q6_K the default lean pass with its spread prefetches, EMOLLM_KQUANT_LEAN_Q6, against it), interleaved; ratio = its time / the lean pass's (>1: lean faster)");
-          cp.bytes = double(rbytes);
-          with_switch(gemm_detail::set_kquant_lean, false, [&] { run_rec((*rprevcopies)[0]); });
-          check(cp);
-          push_row(cp);
-        }
       }
       settle();
     }
@@ -1804,8 +1790,7 @@ void bench_kquant_gemv(ThreadPool& pool) {
 
 // q6_K's packed record layout (kquant_records.h, the default) against the previous one
 // (set_kq6_packed(false)) on the same weights, interleaved call by call: 64-row records cold
-// (rotated copies in 2 MiB pages), the same with q6_K's lean pass (EMOLLM_KQUANT_LEAN_Q6) and
-// the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
+// (rotated copies in 2 MiB pages), on the lean M = 1 pass, and the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
 // runs on one copy, hot from L2 (where the unpacking's cost shows without the memory's).
 // Ratio = that row's time / the packed 64-row records' (>1: packed faster).
 void bench_kq6_packed(ThreadPool& pool) {
@@ -1848,18 +1833,15 @@ void bench_kq6_packed(ThreadPool& pool) {
       return c;
     };
     size_t rb = 0;
-    auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_lean = records(64, true, &rb),
-         c_lean_prev = records(64, false, &rb), c_probe = records(64, true, &rb);
-    // one call on records of `rows` rows, layout `packed`, q6_K lean pass `lean`
-    const bool lean_q60 = gemm_detail::kquant_lean_q6();
-    auto call = [&](const void* wp, int rows, bool packed, bool lean) {
+    auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_probe = records(64, true, &rb);
+    // one call on records of `rows` rows, layout `packed` (the lean M = 1 pass: the only one since
+    // session 22)
+    auto call = [&](const void* wp, int rows, bool packed) {
       set_kquant_record_rows(rows);
       set_kq6_packed(packed);
-      gemm_detail::set_kquant_lean_q6(lean);
       gemm_kquant_repacked(x.get(), K, wp, t, nullptr, y.get(), N, 1, N, K, &pool);
       set_kquant_record_rows(rows0);
       set_kq6_packed(true);
-      gemm_detail::set_kquant_lean_q6(lean_q60);
     };
     Result r;
     r.section = "gemm";
@@ -1874,10 +1856,8 @@ void bench_kq6_packed(ThreadPool& pool) {
     r.bytes = double(rb);
     std::vector<Stats> st;
     Result* res = run_case(r, [&](Result& rr) {
-      st = measure_interleaved({[&](int i) { call((*c_new)[i], 64, true, false); },
-                                [&](int i) { call((*c_prev)[i], 64, false, false); },
-                                [&](int i) { call((*c_lean)[i], 64, true, true); },
-                                [&](int i) { call((*c_lean_prev)[i], 64, false, true); },
+      st = measure_interleaved({[&](int i) { call((*c_new)[i], 64, true); },
+                                [&](int i) { call((*c_prev)[i], 64, false); },
                                 [&](int i) { read_probe_call(pool, (*c_probe)[i], rb); }});
       rr.st = st[0];
       rr.ratio_vs = "prevlayout";
@@ -1887,12 +1867,11 @@ void bench_kq6_packed(ThreadPool& pool) {
     if (!res) continue;
     table_row(*res);
     const Result base = *res;
-    const char* suffix[] = {"", "prevlayout", "lean", "lean-prevlayout", "probe-same-size"};
-    const char* notes[] = {"", "the previous layout (EMOLLM_KQ6_PACKED=0)", "packed, q6_K lean pass (EMOLLM_KQUANT_LEAN_Q6=1)",
-                           "previous layout, lean pass", "read probe over the records' bytes"};
-    for (int k = 1; k < 5; ++k) {
+    const char* suffix[] = {"", "prevlayout", "probe-same-size"};
+    const char* notes[] = {"", "the previous layout (EMOLLM_KQ6_PACKED=0)", "read probe over the records' bytes"};
+    for (int k = 1; k < 3; ++k) {
       Result d = derived_row(base, suffix[k], suffix[k], st[size_t(k)], "emollm", st[size_t(k)].best / st[0].best, notes[k]);
-      if (k == 4) d.flops = 0;
+      if (k == 2) d.flops = 0;
       push_row(d);
     }
     settle();

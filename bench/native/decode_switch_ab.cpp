@@ -1,7 +1,6 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
-// kquant_lean / kquant_lean_q6: the K-quant lean M = 1 pass (q6_K's with its prefetches spread
-// over each step's groups); kq_ms: that pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
+// kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
@@ -44,7 +43,7 @@
 #include "base/thread_pool.h"  // pool_dynamic_split
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_ms
-#include "cpu/gemv_kquant_vnni.h"    // set_kquant_lean, set_kquant_lean_q6, set_kquant_streams
+#include "cpu/gemv_kquant_vnni.h"    // set_kquant_streams
 #include "cpu/kernels.h"             // set_kq6_packed
 #include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
@@ -147,9 +146,6 @@ const AbSwitch kSwitches[] = {
     // path (EMOLLM_PROFILE=1 EMOLLM_PROFILE_OUT=file, EMOLLM_PROFILE_CPU=1: native/core/profiling_backend.h)
     {"none", [](bool) {}},
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
-    {"kquant_lean", [](bool on) { gemm_detail::set_kquant_lean(on); }},
-    // q6_K on the lean pass (its prefetches spread over each step's groups) against the default pass
-    {"kquant_lean_q6", [](bool on) { gemm_detail::set_kquant_lean_q6(on); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},

@@ -38,34 +38,13 @@
 namespace emollm {
 namespace gemm_detail {
 
-namespace {
-EnvSwitch& kquant_lean_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_LEAN");
-  return on;
-}
-}  // namespace
-
-void set_kquant_lean(bool enabled) { kquant_lean_flag().set(enabled); }
-bool kquant_lean() { return kquant_lean_flag().on(); }
-
-namespace {
-// q6_K on the lean pass too, with its prefetches spread over each sub-block step's groups (below,
-// kq_lean_records): on by default since session 19 (EMOLLM_KQUANT_LEAN_Q6=0: q6_K's previous pass,
-// kq_records_sg). Quiet model A/Bs against that pass (decode_switch_ab kquant_lean_q6, 1.1B q6_K,
-// session 19, separate processes): 1 thread (thread CPU time) 1.026 / 1.051 / 1.028, 2 threads
-// 0.981 / 1.016 / 1.017 / 1.019 / 0.996 (session 18's single 2-thread run read 0.921; loaded runs
-// swing 0.90-1.14x by process on one binary). The spread belongs to this pass only: on the
-// previous pass it was neutral (1.009x, 1 thread, session 19) and q4_K's lean pass spread was
-// refuted (0.87-1.02x in the model, session 18), so the switch EMOLLM_KQ_PF_SPREAD is gone.
-EnvSwitch& kquant_lean_q6_flag() {
-  static EnvSwitch on("EMOLLM_KQUANT_LEAN_Q6");
-  return on;
-}
-}  // namespace
-
-void set_kquant_lean_q6(bool enabled) { kquant_lean_q6_flag().set(enabled); }
-bool kquant_lean_q6() { return kquant_lean_q6_flag().on(); }
-
+// The M = 1 pass is the lean one (kq_records_sg_lean, below) for q4_K and q6_K; q6_K's with its
+// prefetches spread over each sub-block step's groups (on since session 19; quiet model A/Bs
+// against q6_K's previous pass, decode_switch_ab, 1.1B q6_K, separate processes: 1 thread (thread
+// CPU time) 1.026 / 1.051 / 1.028, 2 threads 0.981 / 1.016 / 1.017 / 1.019 / 0.996). The spread
+// belongs to this pass only: q4_K's lean pass spread was refuted (0.87-1.02x in the model,
+// session 18). The previous M = 1 pass (kq_records_sg at MB = 1) and its switches
+// EMOLLM_KQUANT_LEAN / EMOLLM_KQUANT_LEAN_Q6 went in session 22.
 }  // namespace gemm_detail
 }  // namespace emollm
 
@@ -432,6 +411,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_prefetch_step(const uint8_t
 template <DType T, int MB, int G, bool P>
 EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
                           int64_t N, int64_t q0, int64_t q1, bool cold) {
+  static_assert(MB >= 2, "M = 1: kq_records_sg_lean");
   constexpr bool q6 = T == DType::Q6_K;
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
@@ -453,40 +433,20 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
         const char* a = reinterpret_cast<const char*>(p + pf);
         for (int l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
       };
-      if constexpr (MB == 1) {
-        __m512 aA[G], aM[G];
-#pragma GCC unroll 4
-        for (int gi = 0; gi < G; ++gi) aA[gi] = aM[gi] = _mm512_setzero_ps();
-#pragma GCC unroll 2
+      for (int gi = 0; gi < G; ++gi) {
+        __m512 aA[MB], aM[MB];
+        for (int m = 0; m < MB; ++m) aA[m] = aM[m] = _mm512_setzero_ps();
         for (int j = 0; j < 8; ++j) {
-          prefetch_step(j);
-          __m512i x[8];
-          kq_load_x(xr, 0, s, j, x);
-#pragma GCC unroll 4
-          for (int gi = 0; gi < G; ++gi) {
-            KqSub<q6> b;
-            kq_load_sub<q6, G, P>(p, gi, j, b);
-            kq_dot_sub<q6>(b, x, xr, 0, s, j, aA[gi], aM[gi]);
+          if (gi == 0) prefetch_step(j);
+          KqSub<q6> b;
+          kq_load_sub<q6, G, P>(p, gi, j, b);
+          for (int m = 0; m < MB; ++m) {
+            __m512i x[8];
+            kq_load_x(xr, m, s, j, x);
+            kq_dot_sub<q6>(b, x, xr, m, s, j, aA[m], aM[m]);
           }
         }
-#pragma GCC unroll 4
-        for (int gi = 0; gi < G; ++gi) y[gi][0] = kq_y_update<q6, G>(p, gi, y[gi][0], aA[gi], aM[gi]);
-      } else {
-        for (int gi = 0; gi < G; ++gi) {
-          __m512 aA[MB], aM[MB];
-          for (int m = 0; m < MB; ++m) aA[m] = aM[m] = _mm512_setzero_ps();
-          for (int j = 0; j < 8; ++j) {
-            if (gi == 0) prefetch_step(j);
-            KqSub<q6> b;
-            kq_load_sub<q6, G, P>(p, gi, j, b);
-            for (int m = 0; m < MB; ++m) {
-              __m512i x[8];
-              kq_load_x(xr, m, s, j, x);
-              kq_dot_sub<q6>(b, x, xr, m, s, j, aA[m], aM[m]);
-            }
-          }
-          for (int m = 0; m < MB; ++m) y[gi][m] = kq_y_update<q6, G>(p, gi, y[gi][m], aA[m], aM[m]);
-        }
+        for (int m = 0; m < MB; ++m) y[gi][m] = kq_y_update<q6, G>(p, gi, y[gi][m], aA[m], aM[m]);
       }
     }
     for (int gi = 0; gi < G; ++gi)
@@ -496,9 +456,9 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 
 // ---------------------------------------------------------------- the lean M = 1 pass (default)
 //
-// kq_records_sg<T, 1, G> with less work per 64-byte line, the same integers and the same f32
-// operations in the same order (so the same bits; EMOLLM_KQUANT_LEAN=0 / set_kquant_lean(false)
-// runs the previous pass for the A/B). The previous pass, measured with the records in L2 at 1
+// The previous M = 1 pass (kq_records_sg at MB = 1, gone with EMOLLM_KQUANT_LEAN in session 22)
+// with less work per 64-byte line, the same integers and the same f32 operations in the same
+// order (so the same bits; a row's bits are those of the M >= 2 passes, test_kquant_records). The previous pass, measured with the records in L2 at 1
 // thread, ran ~3 cycles a line (~63 GB/s), close to the ~4.4 a line of memory at one core's
 // ~44 GB/s, so compute and memory did not overlap enough. Per line it did 2 loads of the same
 // 64 bytes (GCC folded the load into both the mask and the shift), and, mask, shift, mask, 2
@@ -516,7 +476,7 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
 // 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
 // q6_K stayed on the previous pass until session 19 (now lean with spread prefetches: above,
-// kquant_lean_q6). (Session 16: q6_K's lines are
+// the top of this file). (Session 16: q6_K's lines are
 // now loaded once here too (the empty asm), and with the packed layout the lean pass read
 // 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
 // left opt-in for a quiet A/B.)
@@ -674,9 +634,7 @@ using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*
 template <DType T, int G, bool P>
 SgFn pick_sg_m(int64_t M) {
   switch (M) {
-    case 1:
-      return kquant_lean() && (T != DType::Q6_K || kquant_lean_q6()) ? &kq_records_sg_lean<T, G, P>
-                                                                     : &kq_records_sg<T, 1, G, P>;
+    case 1: return &kq_records_sg_lean<T, G, P>;
     case 2: return &kq_records_sg<T, 2, G, P>;
     case 3: return &kq_records_sg<T, 3, G, P>;
     case 4: return &kq_records_sg<T, 4, G, P>;
@@ -696,7 +654,7 @@ SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : 
 // Super-groups per chunk of the dispatch: about 8 a thread; with the lean pass a multiple of its
 // streams, so that a chunk walks them side by side (the outputs do not depend on it).
 int64_t sg_chunk(int64_t groups, int nth) {
-  if (!kquant_lean() || kq_streams() == 1) return std::max<int64_t>(1, groups / (8 * nth));
+  if (kq_streams() == 1) return std::max<int64_t>(1, groups / (8 * nth));
   // two streams: claims of up to a quarter of a thread's range (parallel_ranges shrinks them
   // from there), so that the parts stay several super-groups long
   const int64_t c = std::max<int64_t>(2, groups / (4 * nth));

@@ -24,17 +24,6 @@ void gemv_kquant_records(const Args& a);
 void gemv_kquant_records_multi(const Args* outs, int n);
 #endif
 
-// Whether the M = 1 pass over q4_K's 32 / 64-row records is the lean one (default on: one load
-// per code line, the high nibbles unshifted, the min terms after the codes; same bits) or the
-// previous one (EMOLLM_KQUANT_LEAN=0); q6_K takes it when set_kquant_lean_q6 is on as well (the
-// default). Process-wide, for the tests and bench_kernels' interleaved A/B.
-void set_kquant_lean(bool enabled);
-bool kquant_lean();
-// q6_K on the lean pass as well, its prefetches spread over each sub-block step's groups (default
-// on; EMOLLM_KQUANT_LEAN_Q6=0: the previous pass; same bits): quiet model A/Bs 1.03-1.05x at 1
-// thread, 0.98-1.02x at 2 (session 19, five processes).
-void set_kquant_lean_q6(bool enabled);
-bool kquant_lean_q6();
 #if defined(__x86_64__)
 // Streams a thread's lean pass reads side by side: 2 (default: its super-groups in two contiguous
 // parts) or 1 (other values: 2 from 2 up, else 1), and how far ahead along each it prefetches

@@ -401,25 +401,23 @@ TEST(kquant_records_multi_equals_separate) {
 #if defined(__x86_64__)
 #include "../../kernels/cpu/gemv_kquant_vnni.h"
 
-// The lean M = 1 pass over 32 / 64-row records (default; gemv_kquant_vnni.cpp kq_records_sg_lean:
-// one load per code line, q4_K's high nibbles left in place as 16 x the nibble and shifted back
-// once a sub-block) gives the previous pass's bits (set_kquant_lean(false)): the same int32 sums
-// and the same f32 operations in the same order. Random bytes (every nibble and 6-bit scale,
+// The lean M = 1 pass over 32 / 64-row records (gemv_kquant_vnni.cpp kq_records_sg_lean: one load
+// per code line, q4_K's high nibbles left in place as 16 x the nibble and shifted back once a
+// sub-block) gives the bits of the M = 2 pass's first row on the same x (the same int32 sums and
+// the same f32 operations in the same order; the previous M = 1 pass, its former reference, and
+// its switch EMOLLM_KQUANT_LEAN went in session 22). Random bytes (every nibble and 6-bit scale,
 // min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
 // +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
 // and multi-output dispatch, no pool / 2 / 3 threads, one or two streams a thread (set_kquant_streams:
 // the default two read a range's super-groups in two contiguous parts side by side, an odd one
-// after them; N 1000 gives parts of several super-groups); q6_K's lean pass (set_kquant_lean_q6) spreads its prefetches over each
-// step's groups, the previous pass issues them in one loop a step. A flipped code byte moves the
-// lean output of its row only (the comparison can fail).
-TEST(kquant_records_lean_same_bits_as_previous) {
+// after them; N 1000 gives parts of several super-groups); q6_K's lean pass spreads its prefetches
+// over each step's groups. A flipped code byte moves the lean output of its row only (the
+// comparison can fail).
+TEST(kquant_records_lean_same_bits_as_m2) {
   if (!have_vnni()) {
     std::printf("  skip: no AVX-512 VNNI\n");
     return;
   }
-  const bool lean0 = gemm_detail::kquant_lean();
-  const bool lean_q60 = gemm_detail::kquant_lean_q6();
-  gemm_detail::set_kquant_lean_q6(true);  // q6_K's lean pass (the default) compared as well
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t N, K;
@@ -438,22 +436,24 @@ TEST(kquant_records_lean_same_bits_as_previous) {
           for (int64_t k = 64; k < std::min<int64_t>(K, 96); ++k) x[size_t(k)] = 0.0f;
           const std::vector<float> bias = normal_floats(size_t(N), 5u, 0.5f);
           std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
+          // the reference: row 0 of the M = 2 pass on (x, x), no pool
+          std::vector<float> x2(size_t(2 * K)), y2(size_t(2 * N), NAN);
+          std::copy(x.begin(), x.end(), x2.begin());
+          std::copy(x.begin(), x.end(), x2.begin() + K);
+          gemm_kquant_repacked(x2.data(), K, aligned(r, t, N, K), t, bias.data(), y2.data(), N, 2, N, K, nullptr);
+          EXPECT(std::memcmp(y2.data(), y2.data() + N, size_t(N) * 4) == 0);
           for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
           for (int streams : {1, 2}) {  // the lean pass on one or two streams a thread
             gemm_detail::set_kquant_streams(streams);
-            std::vector<float> y[2];
-            for (int lean : {0, 1}) {
-              gemm_detail::set_kquant_lean(lean == 1);
-              y[lean].assign(size_t(N) + 1, NAN);
-              gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y[lean].data(), N, 1, N, K, p);
-              EXPECT(std::isnan(y[lean][size_t(N)]));
-              // the multi-output dispatch (the decode's q / k / v): the same bits as the single call
-              std::vector<float> ym(size_t(N), NAN);
-              GemvOutput g{aligned(r, t, N, K), bias.data(), ym.data(), N};
-              gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
-              EXPECT(std::memcmp(ym.data(), y[lean].data(), size_t(N) * 4) == 0);
-            }
-            EXPECT(std::memcmp(y[0].data(), y[1].data(), size_t(N) * 4) == 0);
+            std::vector<float> y(size_t(N) + 1, NAN);
+            gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y.data(), N, 1, N, K, p);
+            EXPECT(std::isnan(y[size_t(N)]));
+            // the multi-output dispatch (the decode's q / k / v): the same bits as the single call
+            std::vector<float> ym(size_t(N), NAN);
+            GemvOutput g{aligned(r, t, N, K), bias.data(), ym.data(), N};
+            gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
+            EXPECT(std::memcmp(ym.data(), y.data(), size_t(N) * 4) == 0);
+            EXPECT(std::memcmp(y2.data(), y.data(), size_t(N) * 4) == 0);
             ++compared;
           }
           // flip one code byte of the last row's group (record 0): the lean output of that row moves
@@ -464,7 +464,6 @@ TEST(kquant_records_lean_same_bits_as_previous) {
             uint8_t* byte = const_cast<uint8_t*>(L.record(aligned(r, t, N, K), n / 16, 0)) +
                             L.codes(int((n / 16) % (rr / 16)), 0) + 4 * size_t(n % 16);
             *byte ^= 0x11;
-            gemm_detail::set_kquant_lean(true);
             std::vector<float> y2(size_t(N), NAN), y1(size_t(N), NAN);
             gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y2.data(), N, 1, N, K, nullptr);
             *byte ^= 0x11;
@@ -473,8 +472,6 @@ TEST(kquant_records_lean_same_bits_as_previous) {
             if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
           }
         }
-  gemm_detail::set_kquant_lean(lean0);
-  gemm_detail::set_kquant_lean_q6(lean_q60);
   gemm_detail::set_kquant_streams(2);
   EXPECT(compared == 2 * 2 * 7 * 2 * 3 * 2);
   EXPECT(moved >= 47);  // of 56: an x block of zeros or a tiny one can hide a flip
@@ -482,8 +479,8 @@ TEST(kquant_records_lean_same_bits_as_previous) {
 
 // q6_K's packed code layout (kquant_records.h, the default) against the previous one
 // (set_kq6_packed(false)): the same codes (kquant_record_codes of both), different bytes, and
-// every output of the decode passes (M 1..8: the 32 / 64-row pass, q6_K's
-// opt-in lean pass at M = 1, the multi-output dispatch) and of the prefill (M 9, 20) bit for bit
+// every output of the decode passes (M 1..8: the 32 / 64-row pass, the lean pass at M = 1, the
+// multi-output dispatch) and of the prefill (M 9, 20) bit for bit
 // the previous layout's, with 0 / 2 / 3 threads; flipping bit 6 of a line-0 byte (the high bits
 // of quad 4 in the packed layout) moves that row's output and no other.
 TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
@@ -495,7 +492,6 @@ TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
     bool prev = gemm_detail::kq6_packed();
     ~Packed() { set_kq6_packed(prev); }
   } packed_scope;
-  const bool lean_q60 = gemm_detail::kquant_lean_q6();
   const DType t = DType::Q6_K;
   ThreadPool pool2(2), pool3(3);
   struct Shape {
@@ -529,10 +525,7 @@ TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
         for (int64_t M : {1, 2, 3, 8, 9, 20}) {
           std::vector<float> x = normal_floats(size_t(M * K), 23u + uint32_t(K + M), 1.0f);
           for (int64_t k = 0; k < M * K; ++k) x[size_t(k)] *= (k % 96 < 32) ? 300.0f : (k % 96 < 64 ? 1e-3f : 1.0f);
-          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
-            for (int lean : {0, 1}) {
-              if (lean == 1 && M > 1) continue;
-              gemm_detail::set_kquant_lean_q6(lean == 1);
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
               std::vector<float> y[2];
               for (int packed : {0, 1}) {
                 set_kq6_packed(packed == 1);
@@ -551,7 +544,6 @@ TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
               ++compared;
             }
         }
-        gemm_detail::set_kquant_lean_q6(lean_q60);
         // bit 6 of row n's first byte of line 0 in the packed records: bit 4 of a quad-4 code
         set_kq6_packed(true);
         const std::vector<float> x = normal_floats(size_t(K), 31u + uint32_t(K), 1.0f);
@@ -569,7 +561,7 @@ TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
           if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
         }
       }
-  EXPECT(compared == 2 * 5 * 2 * (6 + 1) * 3);
+  EXPECT(compared == 2 * 5 * 2 * 6 * 3);
   EXPECT(moved >= flips - 4);  // a tiny scale or x block can hide a flip
 }
 #endif
