@@ -64,7 +64,7 @@ void rope_backward(float* dx, int64_t ld, int64_t n_tokens, int64_t n_heads, con
 // keys (backward_avx512.cpp); else one query row at a time. p.bf16_products (a model with bf16 /
 // f16 weights) on a CPU with AVX512-BF16: all five products on the vdpbf16ps unit, operands
 // rounded to bf16 and f32 sums, 24-query blocks (backward_attention_bf16.cpp, its error bound
-// there); EMOLLM_ATTN_BWD_BF16=0 keeps f32. `out` is the forward output O. dq is
+// there). `out` is the forward output O. dq is
 // overwritten ([n_q, n_heads, head_dim], stride ldq); dk and dv ([n_kv, n_kv_heads, head_dim],
 // strides ldk / ldv) are overwritten too.
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
