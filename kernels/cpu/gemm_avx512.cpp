@@ -1120,20 +1120,12 @@ struct BlockPrefetcher {
   }
 };
 
-// A row-major W (gemm(), gemm_huge_pages) with K in several k blocks (the long-K driver: K > 4096)
-// is packed a block at a time (pack_w_bf16pairs) from memory, the hardware prefetchers following
-// its 16 row streams; the previous driver prefetched the next block into L2 (T1), spread over this
-// block's tiles: 512 rows x 1 KiB more in the 1 MiB L2 beside the X k block (512 KiB at M = 512)
-// and the packed block (512 KiB) the tiles read. `perf record` put ~5% of gemm()'s samples on
-// those prefetch instructions (1.1B down, M = 512, one thread, Zen 5). Without it, 1.1B down
-// (K = 5632) ran 1.02-1.04x at load 10-16 but 1.01x at load 6-8, LLaMA-7B down 0.98-1.05x / 1.00x
-// (median round; one thread, process CPU time, interleaved: a quiet A/B decides). With K in one block
-// (K <= 4096) it read 0.97-1.00x: kept there. Panels (contiguous blocks) keep theirs. Prefetch
-// only: same bits. EMOLLM_BF16_GEMM_PACK_UNPREFETCHED=0: the previous prefetch.
-EnvSwitch& bf16_pack_unprefetched_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_PACK_UNPREFETCHED");
-  return on;
-}
+// A row-major W (gemm(), gemm_huge_pages) with K in several k blocks has its next block prefetched
+// into L2 (T1) during this block's tiles. Packing it straight from memory instead (session 22:
+// `perf record` put ~5% of gemm()'s samples on those prefetches, 1.1B down, M = 512) read 1.02-1.04x
+// only at load 10-16; at load 3-4 (one thread, process CPU time, interleaved) 1.1B down 1.017 /
+// 0.994 (gemm() / 2 MiB pages) and LLaMA-7B down 0.995 / 0.998 by median round, within the rows'
+// own spread: removed (bench/README).
 
 // The vdpbf16ps GEMM's long-K driver (K in several blocks: K > 2 * KCP_DEEP, e.g. LLaMA-7B's
 // down projection, K = 11008 in 22 blocks of 256 pairs; or the legacy blocking):
@@ -1214,8 +1206,6 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
   const uint32_t* panels = static_cast<const uint32_t*>(a.W);
   const size_t panel_bytes = size_t(kunits) * NR * 4;  // prepacked: one panel, all of K
   const bool x_prefetch = BF && kcb < kunits && xnpm == 0;
-  // row-major W with K in several k blocks: packed from memory (bf16_pack_unprefetched_flag)
-  const bool w_block_pf = kcb >= kunits || !bf16_pack_unprefetched_flag().on();
   for (int64_t jc = n_begin; jc < n_end; jc += ncb) {
     const int64_t nc = std::min(ncb, n_end - jc);
     for (int64_t pc = 0; pc < kunits; pc += kcb) {
@@ -1244,8 +1234,6 @@ void compute_range(const Args& a, const void* xp, int64_t m_begin, int64_t m_end
           span_of(jc, nc, pc + kc, std::min(kcb, kunits - pc - kc));
         else if (jc + ncb < n_end)
           span_of(jc + ncb, std::min(ncb, n_end - jc - ncb), 0, std::min(kcb, kunits));
-      } else if (!w_block_pf) {
-        // row-major W: the next block packed from memory (bf16_pack_unprefetched_flag)
       } else if (pc + kc < kunits) {
         pf.start(W, a.row_bytes, a.wtype, jc, nc, (pc + kc) * elem_per_unit,
                  std::min(K, (pc + kc + kcb) * elem_per_unit));
@@ -1535,8 +1523,6 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
   });
 }
 
-void set_bf16_gemm_pack_unprefetched(bool on) { bf16_pack_unprefetched_flag().set(on); }
-bool bf16_gemm_pack_unprefetched() { return bf16_pack_unprefetched_flag().on(); }
 
 
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }

@@ -242,14 +242,6 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
-// The vdpbf16ps packed GEMM on a row-major matrix (gemm(), gemm_huge_pages: W packed a block at a
-// time) with K in several k blocks (K > 4096) packs each W block straight from memory (default
-// on), or first prefetches it into L2 while the previous block's tiles run (off: the previous
-// driver; K in one block always prefetches). Panels are unaffected. Same
-// bits. For tests and interleaved A/B benchmarks; process-wide, starts as
-// EMOLLM_BF16_GEMM_PACK_UNPREFETCHED (=0: off).
-void set_bf16_gemm_pack_unprefetched(bool on);
-bool bf16_gemm_pack_unprefetched();
 // The vdpbf16ps packed GEMM's (gemm() and the panels) split of the weight panels between threads
 // uses a chunk that evens out the threads' shares: panels a chunk for npn weight panels over nth
 // threads, chosen in [c0 / 2, 1.5 c0]

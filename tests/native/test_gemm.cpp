@@ -1995,49 +1995,6 @@ TEST(gemm_bf16_x_prefetch_bits) {
   EXPECT(compared == 18);
 }
 
-// The vdpbf16ps GEMM on a row-major matrix with K in several k blocks packs each W block straight
-// from memory (set_bf16_gemm_pack_unprefetched, default on) instead of prefetching it during the
-// previous block's tiles: a prefetch only, so the same bits with it on and off, and within the
-// f32 tolerance of ref::gemm on X rounded to bf16, for gemm() and gemm_huge_pages: K = 11008 (22
-// k blocks), K = 5633 (a last block of one pair) with N = 600 (two row blocks of 512: the step to
-// the next row block), one block of 2048 pairs (the prefetch kept), 1-3 threads. Fails if the
-// branch that skips the prefetch skips the block's packing or its tiles too (24 failures).
-TEST(gemm_bf16_pack_unprefetched_same_bits) {
-  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
-  ThreadPool pool2(2), pool3(3);
-  struct Shape { int64_t M, N, K; };
-  int compared = 0;
-  for (const Shape sh : {Shape{97, 130, 11008}, Shape{70, 600, 5633}, Shape{131, 600, 4096}}) {
-    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(5 * sh.K + sh.N), uint32_t(sh.M + 11 * sh.K));
-    const Weights& w = c.w;
-    const Problem& p = c.p;
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y[2], Yh[2];
-      for (int on = 0; on < 2; ++on) {
-        gemm_detail::set_bf16_gemm_pack_unprefetched(on == 1);
-        gemm_detail::set_small_m_enabled(false);
-        Y[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y[on].data(), p.ldy, sh.M, sh.N, sh.K, pl);
-        Yh[on].assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Yh[on].data(), p.ldy, sh.M,
-                        sh.N, sh.K, pl);
-        gemm_detail::set_small_m_enabled(true);
-        gemm_detail::set_bf16_gemm_pack_unprefetched(true);
-        const std::string what = std::string(on ? "unprefetched" : "prefetched") + c.shape +
-                                 " threads=" + std::to_string(pl ? pl->size() : 1);
-        check_result(Y[on], c.R, p, c.S, 0.0, "gemm " + what);
-        check_result(Yh[on], c.R, p, c.S, 0.0, "gemm_huge_pages " + what);
-      }
-      same(Y[0], Y[1], "gemm W-block prefetch on / off" + c.shape);
-      same(Yh[0], Yh[1], "gemm_huge_pages W-block prefetch on / off" + c.shape);
-      same(Y[1], Yh[1], "gemm / gemm_huge_pages" + c.shape);
-      ++compared;
-    }
-  }
-  EXPECT(compared == 9);
-  EXPECT(gemm_detail::bf16_gemm_pack_unprefetched());
-}
-
 // bf16_pack_panels (pack_w_bf16pairs, each group of 16 rows over its whole k range; the previous
 // order and its switch EMOLLM_BF16_PACK_ROW_GROUPS went in session 22) against the layout written
 // out word by word: panel p, pair q, column j holds W[p*64+j]'s elements 2q (low half) and 2q+1
