@@ -1974,7 +1974,7 @@ void bench_batched_decode(ThreadPool& pool) {
           gemm_detail::set_bf16_dot_min_m(prev_min);
         };
         Stats rounded;
-        // bf16 on streams_bf16 (bf16_dot_min_m() <= M <= 8): X's K blocks of 32 KiB (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0) as
+        // bf16 on streams_bf16 (bf16_dot_min_m() <= M <= 8): X's K blocks of 32 KiB (set_small_m_streams_whole_k(false)) as
         // an "xblock-l1" row
         const bool xblock_l1 = exact_prev;
         auto run_xblock_l1 = [&](const void* wp) {
@@ -2040,7 +2040,7 @@ void bench_batched_decode(ThreadPool& pool) {
           add("rounded-x", rounded, "opt-in EMOLLM_BF16_DOT_MIN_M=2: x rounded to bf16, streams_bf16, interleaved",
               true, [&] { run_rounded_x(q.get()); });
         if (xblock_l1)
-          add("xblock-l1", xbl1, "streams_bf16 in K blocks of 32 KiB of x (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0), interleaved",
+          add("xblock-l1", xbl1, "streams_bf16 in K blocks of 32 KiB of x (set_small_m_streams_whole_k(false)), interleaved",
               true, [&] { run_xblock_l1(q.get()); });
         settle();
       }

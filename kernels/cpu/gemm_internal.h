@@ -78,7 +78,7 @@ bool small_m_panels_enabled();
 // row-block passes of run_range_bf16). Same bits. For tests and A/B; process-wide.
 void set_small_m_onepass(bool on);
 bool small_m_onepass();
-// EMOLLM_SMALL_M_STREAMS_WHOLE_K=0: streams_bf16 (BF16, rounded X, M <= 8) splits K so that X's
+// Off (tests, A/B rows): streams_bf16 (BF16, rounded X, M <= 8) splits K so that X's
 // block is 32 KiB (L1) instead of 256 KiB (L2; see gemm_small_m.cpp). Same bits.
 void set_small_m_streams_whole_k(bool on);
 bool small_m_streams_whole_k();

@@ -78,13 +78,10 @@ void set_bf16_dot_min_m(int m) {
 }
 int bf16_dot_min_m() { return bf16_dot_min_m_value().load(std::memory_order_relaxed); }
 namespace {
-EnvSwitch& small_m_streams_whole_k_flag() {
-  static EnvSwitch on("EMOLLM_SMALL_M_STREAMS_WHOLE_K");  // =0: streams_bf16 in K blocks of 32 KiB of X
-  return on;
-}
+std::atomic<bool> small_m_streams_whole_k_on{true};  // off: K blocks of 32 KiB of X (tests, bench_kernels' xblock-l1)
 }  // namespace
-void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_flag().set(on); }
-bool small_m_streams_whole_k() { return small_m_streams_whole_k_flag().on(); }
+void set_small_m_streams_whole_k(bool on) { small_m_streams_whole_k_on.store(on, std::memory_order_relaxed); }
+bool small_m_streams_whole_k() { return small_m_streams_whole_k_on.load(std::memory_order_relaxed); }
 void set_small_m_f16_groups(bool on) { small_m_f16_groups_on.store(on, std::memory_order_relaxed); }
 bool small_m_f16_groups() { return small_m_f16_groups_on.load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
@@ -623,13 +620,14 @@ SM_T512BF SM_AI void store_row_bf16(__m512 acc, const Args& a, int64_t m, int64_
 // row's slice of the block) rather than along the row.
 // The limit is kStreamsXBytesL2 (256 KiB: X from L2, M = 8 up to K = 16384 in one block) by default
 // and was kStreamsXBytes (32 KiB: X in L1; 1.1B down at M = 8 in three blocks of 1888) before
-// (small_m_streams_whole_k, EMOLLM_SMALL_M_STREAMS_WHOLE_K=0). The call is memory-bound: with the
+// (set_small_m_streams_whole_k(false): tests, bench_kernels' xblock-l1 row). The call is memory-bound: with the
 // K blocks each stream reads a row in slices a third of it long, 11 KiB apart, and the hardware
 // prefetcher loses them; whole rows are long sequential runs, and X's 8 step-major loads a step come
 // from L2 in order. Loaded (Zen 5, load 7-11, cold weights, a fresh copy a call, interleaved), M = 8
 // down (N 2048, K 5632) against the 32 KiB blocks: 2 threads 0.96-1.22x (5 runs, mean 1.09x), 1
-// thread 0.93-1.07x (mean 1.01x): a small gain at best, within the loaded machine's noise; wants a
-// quiet run. Same bits (K blocks are exact).
+// thread 0.93-1.07x (mean 1.01x). Session 22 at load 1.8-3 (xblock-l1 / default, best): 1 thread o /
+// gate_up / down 1.00 / 0.99 / 1.12, 2 threads 1.01 / 0.98 / 1.07: the env read went. Same bits
+// (K blocks are exact).
 constexpr size_t kStreamsXBytes = size_t(32) << 10;
 constexpr size_t kStreamsXBytesL2 = size_t(256) << 10;
 

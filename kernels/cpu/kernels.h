@@ -215,8 +215,8 @@ void gemv_huge_pages_multi(const float* x, DType wtype, const GemvOutput* outs, 
 // output's 16-row groups. Needs kquant_repacked_usable().
 void gemv_kquant_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, int n_outs, int64_t K,
                                 ThreadPool* pool);
-// Whether the CPU backend fuses such GEMVs (Backend::gemm_multi at M = 1). Process-wide; initial
-// value from EMOLLM_GEMV_FUSE ("0" off: one dispatch per matrix, for whole-run A/B), else on.
+// Whether the CPU backend fuses such GEMVs (Backend::gemm_multi at M = 1). Process-wide, default on
+// (off: one dispatch per matrix, for tests and decode_switch_ab's gemv_fuse).
 void set_gemv_fusion(bool on);
 bool gemv_fusion();
 

@@ -656,7 +656,7 @@ TEST(gemm_small_m_bf16_dot_min_m_within_bound) {
 
 // streams_bf16 (BF16 on vdpbf16ps at bf16_dot_min_m() <= M <= 8, rounded X) over whole rows, X's
 // K block up to 256 KiB in L2 (default), against its previous K blocks of 32 KiB of X
-// (EMOLLM_SMALL_M_STREAMS_WHOLE_K=0): K blocks only change when a row's partial sums wait in
+// (set_small_m_streams_whole_k(false)): K blocks only change when a row's partial sums wait in
 // memory (stored exactly), so the same bits; both within the rounded-X bound of ref::gemm. Shapes
 // where the old limit splits K and the new one does not (M = 8: K > 2048; M = 3: K > 5461), where
 // both split (M = 8, K = 17000: two blocks of 256 KiB), K tails, ragged N, bias, 1-3 threads, M 2..8
