@@ -1890,58 +1890,70 @@ struct Bf16BlockingCase {
   }
 };
 
+// The bf16 packed GEMM's paths on one case: gemm() on the row-major matrix (with the legacy blocking
+// when asked) and, at M > kSmallMMax, gemm_bf16_panels and gemm_bf16_panels_multi on the case's
+// panels, each within the f32 tolerance of ref::gemm on X rounded to bf16, panels and multi bit for
+// bit gemm(), and gemm() and panels each bit for bit the same without a pool and with pools of 2
+// and 3 threads. Returns the pools compared (3). `what` names the test in failures.
+int expect_bf16_paths_agree(const Bf16BlockingCase& c, int64_t M, int64_t N, int64_t K, bool legacy,
+                            const std::string& what) {
+  ThreadPool pool2(2), pool3(3);
+  const Problem& p = c.p;
+  std::vector<float> Y0, Yp0;  // without a pool
+  int compared = 0;
+  for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+    std::vector<float> Y, Yp, Ym;
+    gemm_detail::set_bf16_gemm_legacy_blocking(legacy);
+    gemm_detail::set_small_m_enabled(false);
+    Y.assign(size_t(M * p.ldy), kSentinel);
+    gemm(p.X.data(), p.ldx, c.w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
+    if (M > gemm_detail::kSmallMMax) {
+      Yp.assign(size_t(M * p.ldy), kSentinel);
+      gemm_bf16_panels(p.X.data(), p.ldx, c.pan.get(), p.bias.data(), Yp.data(), p.ldy, M, N, K, pl);
+      Ym.assign(size_t(M * p.ldy), kSentinel);
+      const PanelOutput o{c.pan.get(), p.bias.data(), Ym.data(), p.ldy, N};
+      gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, M, K, pl);
+    }
+    gemm_detail::set_small_m_enabled(true);
+    gemm_detail::set_bf16_gemm_legacy_blocking(false);
+    const std::string at = what + c.shape + " threads=" + std::to_string(pl ? pl->size() : 1);
+    check_result(Y, c.R, p, c.S, 0.0, "gemm " + at);
+    if (!Yp.empty()) {
+      check_result(Yp, c.R, p, c.S, 0.0, "panels " + at);
+      check_result(Ym, c.R, p, c.S, 0.0, "panels multi " + at);
+      same(Yp, Y, "panels vs gemm " + at);
+      same(Ym, Y, "panels multi vs gemm " + at);
+    }
+    if (!pl) {
+      Y0 = Y, Yp0 = Yp;
+    } else {
+      same(Y, Y0, "gemm pool vs none " + at);
+      if (!Yp.empty()) same(Yp, Yp0, "panels pool vs none " + at);
+    }
+    ++compared;
+  }
+  return compared;
+}
+
 // The vdpbf16ps GEMM with K in several k blocks runs X packed k block by k block, each W panel's
 // tiles down the row panels (the previous order, whole-K X panels with row panels outer, and its
 // switch EMOLLM_BF16_GEMM_X_KBLOCKS went in session 22: the same k blocks, the same bits): gemm()
 // on the row-major matrix and gemm_bf16_panels within the f32 tolerance of ref::gemm on X rounded
-// to bf16, panels bit for bit gemm(), and each bit for bit the same at 1-3 threads.
-// Shapes: K = 11008 (22 blocks of 256 pairs, a 128-pair tail), K odd (a half pair) and K not a
+// to bf16, panels (and panels_multi) bit for bit gemm(), and each bit for bit the same at 1-3
+// threads (expect_bf16_paths_agree). Shapes: K = 11008 (22 blocks of 256 pairs, a 128-pair tail), K odd (a half pair) and K not a
 // multiple of 512 in several blocks, the legacy blocking (256-pair blocks at short K), M with a
 // short last row panel (M % 6 = 1..5) and M = 1300 at K = 11008 (two row chunks), N not a multiple
 // of 64. Fails if the order's X offsets, tile order or k blocks change a sum (or read a wrong
 // micro-panel).
 TEST(gemm_bf16_x_kblocks_bits) {
   if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512) return;
-  ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; bool legacy; };
   int compared = 0;
   for (const Shape sh : {Shape{97, 130, 11008, false}, Shape{1300, 65, 11008, false}, Shape{65, 70, 8193, false},
                           Shape{16, 200, 4099, false}, Shape{130, 63, 515, true}, Shape{20, 129, 1031, true},
                           Shape{71, 64, 9000, false}}) {
     const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(5 * sh.K + sh.N), uint32_t(sh.M + 11 * sh.K));
-    const Weights& w = c.w;
-    const Problem& p = c.p;
-    const std::vector<float>& R = c.R;
-    const std::vector<double>& S = c.S;
-    const uint8_t* const pan = c.pan.get();
-    const std::string& shape = c.shape;
-    std::vector<float> Y0, Yp0;  // without a pool
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y, Yp;
-      gemm_detail::set_bf16_gemm_legacy_blocking(sh.legacy);
-      gemm_detail::set_small_m_enabled(false);
-      Y.assign(size_t(sh.M * p.ldy), kSentinel);
-      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
-      gemm_detail::set_small_m_enabled(true);
-      if (sh.M > gemm_detail::kSmallMMax) {
-        Yp.assign(size_t(sh.M * p.ldy), kSentinel);
-        gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
-      }
-      gemm_detail::set_bf16_gemm_legacy_blocking(false);
-      const std::string what = shape + " threads=" + std::to_string(pl ? pl->size() : 1);
-      check_result(Y, R, p, S, 0.0, "gemm x k blocks" + what);
-      if (!Yp.empty()) {
-        check_result(Yp, R, p, S, 0.0, "panels x k blocks" + what);
-        same(Yp, Y, "panels vs gemm, x k blocks" + what);
-      }
-      if (!pl) {
-        Y0 = Y, Yp0 = Yp;
-      } else {
-        same(Y, Y0, "gemm x k blocks pool vs none" + what);
-        if (!Yp.empty()) same(Yp, Yp0, "panels x k blocks pool vs none" + what);
-      }
-      ++compared;
-    }
+    compared += expect_bf16_paths_agree(c, sh.M, sh.N, sh.K, sh.legacy, "x k blocks");
   }
   EXPECT(compared == 21);
 }
@@ -1957,40 +1969,12 @@ TEST(gemm_bf16_x_kblocks_bits) {
 // (e.g. without its tail).
 TEST(gemm_bf16_x_prefetch_bits) {
   if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
-  ThreadPool pool2(2), pool3(3);
   struct Shape { int64_t M, N, K; };
   int compared = 0;
   for (const Shape sh : {Shape{97, 130, 11008}, Shape{70, 70, 5633}, Shape{65, 129, 4097}, Shape{83, 64, 3001},
                           Shape{131, 100, 4095}, Shape{100, 65, 1024}}) {
     const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(7 * sh.K + sh.N), uint32_t(sh.M + 13 * sh.K));
-    const Weights& w = c.w;
-    const Problem& p = c.p;
-    const std::vector<float>& R = c.R;
-    const std::vector<double>& S = c.S;
-    const uint8_t* const pan = c.pan.get();
-    const std::string& shape = c.shape;
-    std::vector<float> Y0;  // gemm() without a pool
-    for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-      std::vector<float> Y, Yp, Ym;
-      gemm_detail::set_small_m_enabled(false);
-      Y.assign(size_t(sh.M * p.ldy), kSentinel);
-      gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, sh.M, sh.N, sh.K, pl);
-      Yp.assign(size_t(sh.M * p.ldy), kSentinel);
-      gemm_bf16_panels(p.X.data(), p.ldx, pan, p.bias.data(), Yp.data(), p.ldy, sh.M, sh.N, sh.K, pl);
-      Ym.assign(size_t(sh.M * p.ldy), kSentinel);
-      const PanelOutput o{pan, p.bias.data(), Ym.data(), p.ldy, sh.N};
-      gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, sh.M, sh.K, pl);
-      gemm_detail::set_small_m_enabled(true);
-      const std::string what = shape + " threads=" + std::to_string(pl ? pl->size() : 1);
-      check_result(Y, R, p, S, 0.0, "gemm" + what);
-      check_result(Yp, R, p, S, 0.0, "panels" + what);
-      check_result(Ym, R, p, S, 0.0, "panels multi" + what);
-      same(Yp, Y, "panels vs gemm" + what);
-      same(Ym, Y, "panels multi vs gemm" + what);
-      if (!pl) Y0 = Y;
-      else same(Y, Y0, "gemm pool vs none" + what);
-      ++compared;
-    }
+    compared += expect_bf16_paths_agree(c, sh.M, sh.N, sh.K, false, "x prefetch");
   }
   EXPECT(compared == 18);
 }
