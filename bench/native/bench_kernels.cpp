@@ -2125,12 +2125,10 @@ void bench_attention(ThreadPool& pool) {
 }
 
 // The vision towers' attention on the AVX512-BF16 unit (AttentionParams::bf16_products: what a
-// bf16 CLIP tower runs; attention_bidir_bf16.cpp), CLIP-L/14-336's 577 tokens x 16 heads x 64, with
-// its previous softmax loop, row-max pass and per-call buffers (set_bidir_bf16_softmax_unmasked,
-// set_bidir_bf16_fused_max, set_bidir_bf16_keep_buffers off = EMOLLM_ATTN_BF16_UNMASKED=0
-// EMOLLM_ATTN_BF16_FUSED_MAX=0 EMOLLM_ATTN_BF16_KEEP=0) as a "prev" row, interleaved call by call;
+// bf16 CLIP tower runs; attention_bidir_bf16.cpp), CLIP-L/14-336's 577 tokens x 16 heads x 64,
 // checked against the f32 reference (bf16 products: the path's stated bound ~2^-8 max|v|, here
-// relative to the outputs' rms).
+// relative to the outputs' rms). (Its "prev" row, the previous softmax loop, row-max pass and
+// per-call buffers, went with their switches in session 23.)
 void bench_attention_bf16(ThreadPool& pool) {
   Result r;
   r.section = "attention";
@@ -2140,7 +2138,7 @@ void bench_attention_bf16(ThreadPool& pool) {
   r.impl = "emollm";
   r.bf16_math = true;
   if (!selected(r.name)) return;
-  if (g_opt.list) { run_case(r, nullptr); std::printf("%s/prev\n", r.name.c_str()); return; }
+  if (g_opt.list) { run_case(r, nullptr); return; }
   const int64_t T = 577, H = 16, D = 64;
   AttentionParams p;
   p.n_q = p.n_kv = T; p.n_heads = p.n_kv_heads = H; p.head_dim = D;
@@ -2153,20 +2151,8 @@ void bench_attention_bf16(ThreadPool& pool) {
   fill_random(q.get(), T * H * D, 3, &pool);
   fill_random(k.get(), T * H * D, 5, &pool);
   fill_random(v.get(), T * H * D, 7, &pool);
-  const bool um = attention_detail::bidir_bf16_softmax_unmasked(), kb = attention_detail::bidir_bf16_keep_buffers(),
-             fm = attention_detail::bidir_bf16_fused_max();
-  auto set = [](bool on) {
-    attention_detail::set_bidir_bf16_softmax_unmasked(on);
-    attention_detail::set_bidir_bf16_keep_buffers(on);
-    attention_detail::set_bidir_bf16_fused_max(on);
-  };
-  Stats prev;
   Result* res = run_case(r, [&](Result& rr) {
-    auto st = measure_interleaved({[&](int) { set(true); attention(q.get(), k.get(), v.get(), o.get(), p, &pool); },
-                                   [&](int) { set(false); attention(q.get(), k.get(), v.get(), o.get(), p, &pool); }});
-    set(true);
-    rr.st = st[0];
-    prev = st[1];
+    rr.st = measure([&](int) { attention(q.get(), k.get(), v.get(), o.get(), p, &pool); });
     double max_diff = 0, sum_sq = 0, cnt = 0;
     for (int64_t h : {int64_t(0), H - 1}) {
       AttentionParams p1 = p;
@@ -2186,19 +2172,7 @@ void bench_attention_bf16(ThreadPool& pool) {
     }
     set_check(rr, max_diff / std::max(1e-30, std::sqrt(sum_sq / cnt)), 0.2);
   });
-  attention_detail::set_bidir_bf16_softmax_unmasked(um);
-  attention_detail::set_bidir_bf16_keep_buffers(kb);
-  attention_detail::set_bidir_bf16_fused_max(fm);
-  if (!res) return;
-  const double t_new = res->st.best;
-  table_row(*res);
-  const Result pr = derived_row(*res, "prev", "prev", prev, "", 0,
-                                "previous softmax loop, row-max pass and per-call buffers (EMOLLM_ATTN_BF16_UNMASKED=0 "
-                                "EMOLLM_ATTN_BF16_FUSED_MAX=0 EMOLLM_ATTN_BF16_KEEP=0), "
-                                "interleaved; emollm row's ratio = this row's time / its (>1: new faster)");
-  g_results[size_t(res - g_results.data())].ratio = prev.best / t_new;
-  g_results[size_t(res - g_results.data())].ratio_vs = "prev";
-  push_row(pr);
+  if (res) table_row(*res);
 }
 
 // The two decode attention benchmarks' shapes, and one query's parameters over a paged cache of

@@ -24,7 +24,6 @@
 // |o - ref| <= ~2^-8 * max |v| (tests/native/test_attention.cpp states the tolerance it checks).
 #include "attention_internal.h"
 
-#include "../../base/env_switch.h"
 #include "../../base/error.h"
 
 #if defined(__x86_64__)
@@ -89,8 +88,7 @@ struct Buffers {
 // A thread's Buffers kept between calls (the tower calls attention once a layer with the same
 // sizes): ~340 KiB at CLIP's 577 x 64, allocated per call before (posix_memalign above the mmap
 // threshold: fresh pages, faulted in every call). Grown when a call needs more of any part; the
-// contents are scratch, written before they are read in every call. EMOLLM_ATTN_BF16_KEEP=0:
-// allocated per call as before.
+// contents are scratch, written before they are read in every call.
 struct KeptBuffers {
   Geometry cap{};  // the sizes the buffers were made for (0: none yet)
   std::unique_ptr<Buffers> b;
@@ -146,7 +144,7 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
   // lane-wise in the kernel's registers as the scores are stored (rmax, 16 lanes a row)
   float* S = B.S.get();
   const float c = scale * 1.4426950408889634f;
-  const bool fused_max = c >= 0 && bidir_bf16_softmax_split() && bidir_bf16_fused_max();
+  const bool fused_max = c >= 0;
   alignas(64) float rmax[MR * 16];
   for (int64_t pi = 0; pi < npan; ++pi) {
     const int mr = int(std::min<int64_t>(MR, rows - pi * MR));
@@ -181,8 +179,6 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
   const int64_t n = p.n_kv;
   const __m512 vc = _mm512_set1_ps(c);
   const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
-  const bool legacy_softmax = !bidir_bf16_softmax_split();
-  const bool fast_softmax = !legacy_softmax && bidir_bf16_softmax_unmasked();
   for (int64_t pi = 0; pi < npan; ++pi) {
     for (int ii = 0; ii < MR; ++ii) {
       const int64_t r = pi * MR + ii;
@@ -192,28 +188,12 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
         continue;
       }
       const float* s = S + r * G.ldS;
-      // the row's max (its min for c < 0: c flips the order), over two accumulators so the loop is
-      // not one dependent max per 16 scores; lanes past n see -inf (+inf), which never win
+      // the row's max (its min for c < 0: c flips the order): from the product for c >= 0, else a
+      // pass over two accumulators so the loop is not one dependent min per 16 scores; lanes past
+      // n see +inf, which never wins
       float ext;
-      if (legacy_softmax) {
-        __m512 mx = _mm512_set1_ps(-INFINITY), mn = _mm512_set1_ps(INFINITY);
-        for (int64_t j = 0; j < n; j += 16) {
-          const __mmask16 m = tail_mask16(n - j);
-          const __m512 x = _mm512_maskz_loadu_ps(m, s + j);
-          mx = _mm512_mask_max_ps(mx, m, mx, x);
-          mn = _mm512_mask_min_ps(mn, m, mn, x);
-        }
-        ext = c >= 0 ? _mm512_reduce_max_ps(mx) : _mm512_reduce_min_ps(mn);
-      } else if (fused_max) {
+      if (fused_max) {
         ext = B.inv_l[size_t(r)];  // the row's maximum from the product (inv_l is set below)
-      } else if (c >= 0) {
-        const __m512 lo = _mm512_set1_ps(-INFINITY);
-        __m512 a0 = lo, a1 = lo;
-        for (int64_t j = 0; j < n; j += 32) {
-          a0 = _mm512_max_ps(a0, _mm512_mask_loadu_ps(lo, tail_mask16(n - j), s + j));
-          a1 = _mm512_max_ps(a1, _mm512_mask_loadu_ps(lo, tail_mask16(n - j - 16), s + j + 16));
-        }
-        ext = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
       } else {
         const __m512 hi = _mm512_set1_ps(INFINITY);
         __m512 a0 = hi, a1 = hi;
@@ -227,20 +207,18 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
       // the rounded weights summed in two accumulators (the even and the odd tokens' weights of
       // each pair) instead of one chain of two dependent adds per 32 scores
       __m512 sum = _mm512_setzero_ps(), sum_hi = _mm512_setzero_ps();
+      // whole 32-score steps without masks (all lanes live: the masked loop's arithmetic with
+      // all-ones masks, so the same weights and sums), two steps an iteration; the tail masked
+      const int64_t nf = n / 32 * 32;
       int64_t j0 = 0;
-      if (fast_softmax) {
-        // whole 32-score steps without masks (all lanes live: the masked loop's arithmetic with
-        // all-ones masks, so the same weights and sums), two steps an iteration
-        const int64_t nf = n / 32 * 32;
 #pragma GCC unroll 2
-        for (; j0 < nf; j0 += 32) {
-          const __m512 e0 = exp2_le0(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0), vc, vmc));
-          const __m512 e1 = exp2_le0(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0 + 16), vc, vmc));
-          const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
-          sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-          sum_hi = _mm512_add_ps(sum_hi, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
-          _mm512_storeu_si512(prow + j0 / 2, w);
-        }
+      for (; j0 < nf; j0 += 32) {
+        const __m512 e0 = exp2_le0(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0), vc, vmc));
+        const __m512 e1 = exp2_le0(_mm512_fmsub_ps(_mm512_loadu_ps(s + j0 + 16), vc, vmc));
+        const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
+        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+        sum_hi = _mm512_add_ps(sum_hi, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
+        _mm512_storeu_si512(prow + j0 / 2, w);
       }
       for (int64_t j = j0; j < n; j += 32) {
         const __mmask16 m0 = tail_mask16(n - j), m1 = tail_mask16(n - j - 16);
@@ -248,8 +226,7 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
         const __m512 e1 = _mm512_maskz_mov_ps(m1, exp2_le0(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m1, s + j + 16), vc, vmc)));
         const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-        if (legacy_softmax) sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
-        else sum_hi = _mm512_add_ps(sum_hi, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
+        sum_hi = _mm512_add_ps(sum_hi, _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask)));
         _mm512_storeu_si512(prow + j / 2, w);  // j / 2 + 16 <= ldp
       }
       // the row's maximum contributes 2^0 = 1 (exact in bf16): the sum is >= 1
@@ -268,43 +245,6 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
 }
 
 }  // namespace
-
-// The softmax's max over two accumulators (max only, or min only for a negative scale) and its
-// sum over two (default) or, when off, the single chains of before: other bits of each row's
-// normalisation (the sum's order), the same weights. EMOLLM_ATTN_BF16_SOFTMAX2=0 for A/B runs.
-static EnvSwitch& softmax_split_flag() {
-  static EnvSwitch on("EMOLLM_ATTN_BF16_SOFTMAX2");
-  return on;
-}
-bool bidir_bf16_softmax_split() { return softmax_split_flag().on(); }
-void set_bidir_bf16_softmax_split(bool on) { softmax_split_flag().set(on); }
-
-// The split softmax's weights over whole 32-score steps without masks (default) or, when off,
-// every step masked as before: the same operations on the same lanes, so the same bits.
-// EMOLLM_ATTN_BF16_UNMASKED=0 for A/B runs.
-static EnvSwitch& softmax_unmasked_flag() {
-  static EnvSwitch on("EMOLLM_ATTN_BF16_UNMASKED");
-  return on;
-}
-bool bidir_bf16_softmax_unmasked() { return softmax_unmasked_flag().on(); }
-static EnvSwitch& keep_buffers_flag() {
-  static EnvSwitch on("EMOLLM_ATTN_BF16_KEEP");
-  return on;
-}
-bool bidir_bf16_keep_buffers() { return keep_buffers_flag().on(); }
-
-// The split softmax's row maximum (positive scale) taken in the S = Q K^T kernel's registers as
-// the scores are stored (kern_bf16_6x64's kRowMax) instead of a pass over each score row: the
-// same maximum (a maximum does not depend on its order), so the same bits.
-// EMOLLM_ATTN_BF16_FUSED_MAX=0: the pass.
-static EnvSwitch& fused_max_flag() {
-  static EnvSwitch on("EMOLLM_ATTN_BF16_FUSED_MAX");
-  return on;
-}
-bool bidir_bf16_fused_max() { return fused_max_flag().on(); }
-void set_bidir_bf16_fused_max(bool on) { fused_max_flag().set(on); }
-void set_bidir_bf16_keep_buffers(bool on) { keep_buffers_flag().set(on); }
-void set_bidir_bf16_softmax_unmasked(bool on) { softmax_unmasked_flag().set(on); }
 
 // (The switch EMOLLM_ATTN_BF16=0, the f32 tiles for these calls too, is gone: the CLIP-L/336 tower
 // 0.650 vs 0.770 s/image with the load-time panels, bench/README 2026-12-04 17:25. The f32 tiles stay:
@@ -334,12 +274,9 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
   G.qchunk = (tiles + G.chunks - 1) / G.chunks * G.R;
   const int64_t units = p.n_heads * G.chunks;
 
-  const bool keep = bidir_bf16_keep_buffers();
   auto worker = [&](std::atomic<int64_t>& next) {
     static thread_local KeptBuffers kept;
-    std::unique_ptr<Buffers> own;
-    if (!keep) own = std::make_unique<Buffers>(G);
-    Buffers& B = keep ? kept.get(G) : *own;
+    Buffers& B = kept.get(G);
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
       const int64_t h = u / G.chunks, c = u % G.chunks;
       const int64_t q0 = c * G.qchunk, q1 = std::min(p.n_q, q0 + G.qchunk);
@@ -362,14 +299,6 @@ void attention_bidir_bf16(const float* q, const float* k, const float* v, float*
 
 namespace emollm {
 namespace attention_detail {
-bool bidir_bf16_softmax_split() { return false; }
-void set_bidir_bf16_softmax_split(bool) {}
-bool bidir_bf16_softmax_unmasked() { return false; }
-bool bidir_bf16_keep_buffers() { return false; }
-bool bidir_bf16_fused_max() { return false; }
-void set_bidir_bf16_fused_max(bool) {}
-void set_bidir_bf16_keep_buffers(bool) {}
-void set_bidir_bf16_softmax_unmasked(bool) {}
 bool bidir_bf16_applies(const AttentionParams&) { return false; }
 void attention_bidir_bf16(const float*, const float*, const float*, float*, const AttentionParams&, float, int64_t,
                           ThreadPool*) {

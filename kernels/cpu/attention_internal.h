@@ -13,24 +13,6 @@ namespace attention_detail {
 // K/V, at least kBidirBf16MinRows queries, AVX512-BF16 present and isa_active() >= Avx512.
 constexpr int64_t kBidirBf16MinRows = 16;
 bool bidir_bf16_applies(const AttentionParams& p);
-// Its softmax: the row max (min for a negative scale) and the weights' sum each over two
-// independent accumulators (default), or when off the single dependent chains of before (the
-// sum's other order: other bits of each row's 1 / sum). Process-wide; starts as
-// EMOLLM_ATTN_BF16_SOFTMAX2 (=0: off). For tests (both must pass) and interleaved A/B benchmarks.
-bool bidir_bf16_softmax_split();
-void set_bidir_bf16_softmax_split(bool on);
-// The split softmax's weights over whole 32-score steps without lane masks (default), or every
-// step masked as before: same bits. Starts as EMOLLM_ATTN_BF16_UNMASKED (=0: off).
-bool bidir_bf16_softmax_unmasked();
-void set_bidir_bf16_softmax_unmasked(bool on);
-// Its per-thread buffers kept between calls, grown when a call needs more (default), or allocated
-// per call as before (EMOLLM_ATTN_BF16_KEEP=0): scratch only, same bits.
-bool bidir_bf16_keep_buffers();
-void set_bidir_bf16_keep_buffers(bool on);
-// The split softmax's row maximum (positive scale) gathered by the Q K^T kernel as it stores the
-// scores (default) or by a pass over each row as before (EMOLLM_ATTN_BF16_FUSED_MAX=0): same bits.
-bool bidir_bf16_fused_max();
-void set_bidir_bf16_fused_max(bool on);
 
 // Decode attention (one query per call, f32 KV, contiguous or paged): every call's visible kv
 // range is cut into pieces of at most kDecodePieceMax tokens (a multiple of 16, so a piece's

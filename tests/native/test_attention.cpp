@@ -19,6 +19,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if defined(__linux__)
@@ -283,12 +284,30 @@ TEST(attention_vector_paths_match_ref_splits_and_tiles) {
   for (const Case& c : cs) check_vector_vs_ref(c, seed++, &pool);
 }
 
+// ref::attention on the case's q, k, v rounded to bf16 beforehand (NaN padding stays NaN): what
+// the bf16 bidirectional path is held to, within kBidirBf16Tol (|v| <= 1; the header's tolerance).
+const double kBidirBf16Tol = std::ldexp(1.0, -8) * 1.01 * 1.0 + 2e-5;
+std::vector<float> bf16_rounded_ref(const Case& c, const Data& d, const std::string& what) {
+  auto rounded = [](const std::vector<float>& b) {
+    std::vector<float> r(b);
+    for (float& x : r)
+      if (!std::isnan(x)) x = bf16_to_f32(f32_to_bf16(x));
+    return r;
+  };
+  Data r = d;
+  r.qb = rounded(d.qb); r.kb = rounded(d.kb); r.vb = rounded(d.vb);
+  r.q = r.qb.data() + (d.q - d.qb.data());
+  r.k = c.fused ? r.qb.data() + (d.k - d.qb.data()) : r.kb.data();
+  r.v = c.fused ? r.qb.data() + (d.v - d.qb.data()) : r.vb.data();
+  return run_out(r.p, what + " rounded ref", [&](float* o) { ref::attention(r.q, r.k, r.v, o, r.p); });
+}
+
 // The AVX512-BF16 path of long bidirectional attention (attention_bidir_bf16.cpp): against the
 // double reference on bf16-rounded inputs (tolerance in the header), through the dispatcher with
 // and without a pool (bit-identical to the direct call: every row is computed alone, whatever the
 // tiling), over CLIP's length (577 = 9 key blocks + 1), GQA, head dims that need a second 64-wide
 // output panel (80, 128) or a half pair (25), padded and fused layouts, one key, an explicit scale,
-// a negative scale; with the softmax's two-accumulator max / sum and with its previous single chains.
+// a negative scale (the softmax's row min).
 TEST(attention_bidir_bf16_matches_rounded_ref) {
   {  // which calls the path takes
     AttentionParams p;
@@ -317,102 +336,85 @@ TEST(attention_bidir_bf16_matches_rounded_ref) {
       {70, 200, 3, 1, 128, false, 0, 0, false, 0.37f},  // explicit scale, d = 128
       {60, 90, 2, 2, 64, false, 0, 0, false, -0.3f},    // negative scale: the softmax's row min
   };
-  // both softmax variants (attention_internal.h set_bidir_bf16_softmax_split), switch restored
-  const bool split_was = attention_detail::bidir_bf16_softmax_split();
-  for (bool split : {true, false})
   for (size_t ci = 0; ci < cs.size(); ++ci) {
     const Case& c = cs[ci];
-    attention_detail::set_bidir_bf16_softmax_split(split);
     Data d = make_data(c, 1200 + ci);
     d.p.bf16_products = true;
-    const std::string what = describe(c) + " bf16" + (split ? "" : " (single-chain softmax)");
-    // the same inputs rounded to bf16 (NaN padding stays NaN)
-    auto rounded = [](const std::vector<float>& b) {
-      std::vector<float> r(b);
-      for (float& x : r)
-        if (!std::isnan(x)) x = bf16_to_f32(f32_to_bf16(x));
-      return r;
-    };
-    Data r = d;
-    r.qb = rounded(d.qb); r.kb = rounded(d.kb); r.vb = rounded(d.vb);
-    r.q = r.qb.data() + (d.q - d.qb.data());
-    r.k = c.fused ? r.qb.data() + (d.k - d.qb.data()) : r.kb.data();
-    r.v = c.fused ? r.qb.data() + (d.v - d.qb.data()) : r.vb.data();
-    std::vector<float> want = run_out(r.p, what, [&](float* o) { ref::attention(r.q, r.k, r.v, o, r.p); });
-    const double tol = std::ldexp(1.0, -8) * 1.01 * 1.0 + 2e-5;  // |v| <= 1
+    const std::string what = describe(c) + " bf16";
+    std::vector<float> want = bf16_rounded_ref(c, d, what);
     const float scale = d.p.scale != 0.0f ? d.p.scale : float(1.0 / std::sqrt(double(c.D)));
     std::vector<float> direct = run_out(d.p, what + " direct", [&](float* o) {
       attention_detail::attention_bidir_bf16(d.q, d.k, d.v, o, d.p, scale, c.n_heads / c.n_kv_heads, nullptr);
     });
-    EXPECT_ALL_CLOSE(direct.data(), want.data(), direct.size(), tol, 0.0, what + " vs rounded ref");
+    EXPECT_ALL_CLOSE(direct.data(), want.data(), direct.size(), kBidirBf16Tol, 0.0, what + " vs rounded ref");
     for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool}) {
       std::vector<float> got = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
       EXPECT(got == direct);
     }
   }
-  attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
 
-// The bf16 bidirectional path's unmasked softmax steps (set_bidir_bf16_softmax_unmasked), its
-// per-thread buffers kept between calls (set_bidir_bf16_keep_buffers) and its row maxima taken in
-// the Q K^T kernel (set_bidir_bf16_fused_max), each on or off, change no bits: outputs
-// equal to the masked, allocate-per-call path, through calls whose sizes grow and shrink (the kept
-// buffers regrown, then reused by smaller calls with stale contents), n_kv around the 32-score
-// steps (31, 32, 33, 63, 64, 65, 577), head dims 20 / 25 / 64 / 80 / 128, padded and fused rows,
-// a negative scale (the fused max is then not used), no pool / 2 / 3 threads. Fails if the
-// unmasked loop drops or double-counts a step (its tail is left to the masked loop), a kept
-// buffer is too small, or the fused max lets a padded key lane (score 0) or a row of the next
-// panel in.
-TEST(attention_bidir_bf16_unmasked_kept_same_bits) {
+// The bf16 bidirectional path's softmax steps (whole 32-score steps unmasked, the tail masked),
+// its row maxima taken in the Q K^T kernel (positive scale) and its per-thread buffers kept
+// between calls: against the rounded reference (kBidirBf16Tol), and bit for bit across tilings
+// and buffers: the result of a fresh thread (its buffers made for this call alone, no pool) equals
+// the calls without a pool, with 2 and 3 threads (other query ranges per unit) on threads whose
+// kept buffers a larger call left behind (the second pass; stale contents), through calls whose
+// sizes grow and shrink, n_kv around the 32-score steps (31, 32, 33, 63, 64, 65, 577), head dims
+// 20 / 25 / 64 / 80 / 128, padded and fused rows, a negative scale (row min, no fused max). The
+// last cases are built so that a wrong row maximum does not cancel out of the softmax: every score
+// negative with a large scale (a padded key lane's 0 taken for the maximum underflows every weight
+// to 0), and query rows of very different norms (another row's maximum under- or overflows the
+// weights). Fails if the unmasked loop drops or double-counts a step or reads past n_kv, a kept
+// buffer is too small, or the fused max lets a padded key lane or another row in.
+TEST(attention_bidir_bf16_softmax_steps_and_buffers) {
   if (!cpu_features().avx512bf16 || isa_detected() < Isa::Avx512) {
-    std::printf("  skip attention_bidir_bf16_unmasked_kept_same_bits: no AVX512-BF16 on this CPU\n");
+    std::printf("  skip attention_bidir_bf16_softmax_steps_and_buffers: no AVX512-BF16 on this CPU\n");
     return;
   }
   IsaCapScope cap(Isa::Avx512);
   ThreadPool pool2(2), pool3(3);
-  const bool unmasked_was = attention_detail::bidir_bf16_softmax_unmasked();
-  const bool keep_was = attention_detail::bidir_bf16_keep_buffers();
-  const bool split_was = attention_detail::bidir_bf16_softmax_split();
-  const bool fused_was = attention_detail::bidir_bf16_fused_max();
-  attention_detail::set_bidir_bf16_softmax_split(true);
-  const std::vector<Case> cs = {
-      {64, 31, 2, 2, 64, false, 0},   {40, 32, 2, 1, 64, false, 0, 3}, {33, 33, 2, 2, 25, false, 0},
-      {577, 577, 4, 4, 64, false, 0}, {70, 63, 3, 3, 80, false, 0},    {65, 64, 2, 2, 128, false, 0, 0, false, -0.3f},
-      {48, 65, 4, 4, 20, false, 0, 5, true}, {130, 300, 2, 2, 64, false, 0}, {20, 577, 2, 1, 64, false, 0},
-      // the last two: every score negative (q >= 0, k <= 0), so a padded key lane's 0 would win
-      {40, 33, 2, 2, 64, false, 0},   {70, 577, 2, 2, 64, false, 0},
+  enum Kind { kPlain, kNegative, kSpread };
+  struct K { Case c; Kind kind; };
+  const std::vector<K> cs = {
+      {{64, 31, 2, 2, 64, false, 0}, kPlain},   {{40, 32, 2, 1, 64, false, 0, 3}, kPlain},
+      {{33, 33, 2, 2, 25, false, 0}, kPlain},   {{577, 577, 4, 4, 64, false, 0}, kPlain},
+      {{70, 63, 3, 3, 80, false, 0}, kPlain},   {{65, 64, 2, 2, 128, false, 0, 0, false, -0.3f}, kPlain},
+      {{48, 65, 4, 4, 20, false, 0, 5, true}, kPlain}, {{130, 300, 2, 2, 64, false, 0}, kPlain},
+      {{20, 577, 2, 1, 64, false, 0}, kPlain},
+      {{40, 33, 2, 2, 64, false, 0, 0, false, 24.0f}, kNegative}, {{70, 577, 2, 2, 64, false, 0, 0, false, 24.0f}, kNegative},
+      {{50, 95, 2, 2, 64, false, 0, 0, false, 8.0f}, kSpread},   {{64, 577, 2, 1, 64, false, 0, 0, false, 8.0f}, kSpread},
   };
   for (int pass = 0; pass < 2; ++pass)  // the second pass meets buffers a larger call left behind
     for (size_t ci = 0; ci < cs.size(); ++ci) {
-      const Case& c = cs[ci];
-      Data d = make_data(c, 2400 + ci);
+      const Case& c = cs[ci].c;
+      const Kind kind = cs[ci].kind;
+      Data d = make_data(c, 2400 + ci, kind == kPlain ? 6.0f : 1.0f);
       d.p.bf16_products = true;
-      const bool negative = ci + 2 >= cs.size();
-      if (negative) {
+      const int64_t qw = c.n_heads * c.D;
+      if (kind == kNegative) {  // q >= 0, k <= -0.01: every score below 0
         for (float& x : d.qb) if (!std::isnan(x)) x = std::fabs(x);
         for (float& x : d.kb) if (!std::isnan(x)) x = -std::fabs(x) - 0.01f;
+      } else if (kind == kSpread) {  // query rows of norms 1x, 8x, 15x
+        for (int64_t t = 0; t < c.n_q; ++t)
+          for (int64_t e = 0; e < qw; ++e) d.qb[size_t(t * d.p.ldq + e)] *= float(1 + 7 * (t % 3));
       }
-      const std::string what = describe(c) + " bf16 pass " + std::to_string(pass) + (negative ? " negative scores" : "");
-      attention_detail::set_bidir_bf16_softmax_unmasked(false);
-      attention_detail::set_bidir_bf16_keep_buffers(false);
-      attention_detail::set_bidir_bf16_fused_max(false);
-      std::vector<float> prev = run_out(d.p, what + " previous", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr); });
-      for (int variant = 1; variant < 8; ++variant) {
-        attention_detail::set_bidir_bf16_softmax_unmasked(variant & 1);
-        attention_detail::set_bidir_bf16_keep_buffers(variant & 2);
-        attention_detail::set_bidir_bf16_fused_max(variant & 4);
-        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-          std::vector<float> got = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
-          const bool same = got.size() == prev.size() && std::memcmp(got.data(), prev.data(), got.size() * sizeof(float)) == 0;
-          if (!same) std::printf("  differs: %s variant %d threads %d\n", what.c_str(), variant, pl ? pl->size() : 1);
-          EXPECT(same);
-        }
+      const std::string what = describe(c) + " bf16 pass " + std::to_string(pass) +
+                               (kind == kNegative ? " negative scores" : kind == kSpread ? " spread rows" : "");
+      std::vector<float> fresh;
+      std::thread th([&] { fresh = run_out(d.p, what + " fresh thread", [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr); }); });
+      th.join();
+      if (pass == 0) {
+        std::vector<float> want = bf16_rounded_ref(c, d, what);
+        EXPECT_ALL_CLOSE(fresh.data(), want.data(), fresh.size(), kBidirBf16Tol, 0.0, what + " vs rounded ref");
+      }
+      for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+        std::vector<float> got = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, pl); });
+        const bool same = got.size() == fresh.size() && std::memcmp(got.data(), fresh.data(), got.size() * sizeof(float)) == 0;
+        if (!same) std::printf("  differs: %s threads %d\n", what.c_str(), pl ? pl->size() : 1);
+        EXPECT(same);
       }
     }
-  attention_detail::set_bidir_bf16_softmax_unmasked(unmasked_was);
-  attention_detail::set_bidir_bf16_keep_buffers(keep_was);
-  attention_detail::set_bidir_bf16_fused_max(fused_was);
-  attention_detail::set_bidir_bf16_softmax_split(split_was);
 }
 
 #if defined(__x86_64__)
