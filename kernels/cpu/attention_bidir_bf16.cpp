@@ -140,8 +140,10 @@ EMO_TBF void run_tile(const float* q, float* out, const AttentionParams& p, cons
     pack_x6_bf16pairs(q + (i0 + pi * MR) * p.ldq + h * G.D, p.ldq, int(std::min<int64_t>(MR, rows - pi * MR)), G.D,
                       B.xq.get() + pi * G.Dq * MR);
   }
-  // S = Q K^T (unscaled); with the fused max (positive scale), each row's maximum gathered
-  // lane-wise in the kernel's registers as the scores are stored (rmax, 16 lanes a row)
+  // S = Q K^T (unscaled); for a positive scale (fused_max) each row's maximum gathered lane-wise
+  // in the kernel's registers as the scores are stored (rmax, 16 lanes a row), not a pass over the
+  // row (a maximum does not depend on its order: the same value); a negative scale needs the
+  // row's min, a pass below
   float* S = B.S.get();
   const float c = scale * 1.4426950408889634f;
   const bool fused_max = c >= 0;
