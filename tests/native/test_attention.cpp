@@ -1608,6 +1608,10 @@ bool same_counts(const attention_detail::AttentionWork& a, const attention_detai
 }
 }  // namespace
 
+// Scheduling checks (the late worker claims nothing more) get this many extra attempts: on a loaded
+// machine the other workers can be descheduled for the whole 20 ms hold. The bits never get one.
+constexpr int kLateAttempts = 4;
+
 TEST(attention_late_worker_same_bits) {
   LateWorkerScope scope;
   ThreadPool pool1(1), pool2(2), pool3(3);
@@ -1642,26 +1646,32 @@ TEST(attention_late_worker_same_bits) {
         const attention_detail::AttentionWork plan = attention_detail::attention_planned_work(*pp, pl->size());
         EXPECT(plan.decode_pieces + plan.tiled_units >= 1);
         if (!same_counts(ref_work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + what + " pool->run");
-        for (const Mode& md : modes) {
-          pool_set_late_worker(md.late_us, -1, md.at);
-          const WorkDelta w;
-          const std::vector<float> got = call(&lse);
-          const attention_detail::AttentionWork work = w.since();
-          pool_set_late_worker(0);
-          ++runs;
-          const std::string wm = what + " " + md.name;
-          if (got != ref || lse != ref_lse) ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ: " + wm);
-          if (!same_counts(work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + wm);
-          uint64_t by_thread = 0;
-          for (uint64_t n : work.by_thread) by_thread += n;
-          EXPECT(by_thread == work.decode_pieces + work.tiled_units);
-          if (md.late_us > 0 && pl->size() > 1) {
-            ++late_runs;
-            if (work.by_thread[pl->size() - 1] > 1)
-              ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran " +
-                                            std::to_string(work.by_thread[pl->size() - 1]) + " pieces: " + wm);
+        for (const Mode& md : modes)
+          for (int attempt = 0;; ++attempt) {
+            pool_set_late_worker(md.late_us, -1, md.at);
+            const WorkDelta w;
+            const std::vector<float> got = call(&lse);
+            const attention_detail::AttentionWork work = w.since();
+            pool_set_late_worker(0);
+            ++runs;
+            const std::string wm = what + " " + md.name;
+            if (got != ref || lse != ref_lse) ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ: " + wm);
+            if (!same_counts(work, plan)) ::emollm_test::report_failure(__FILE__, __LINE__, "work counts differ: " + wm);
+            uint64_t by_thread = 0;
+            for (uint64_t n : work.by_thread) by_thread += n;
+            EXPECT(by_thread == work.decode_pieces + work.tiled_units);
+            if (md.late_us > 0 && pl->size() > 1) {
+              ++late_runs;
+              if (work.by_thread[pl->size() - 1] > 1) {
+                // The other workers can be descheduled for the whole hold on a loaded machine: a
+                // scheduling check, so it gets more attempts (each one still checked bit for bit).
+                if (attempt < kLateAttempts) continue;
+                ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran " +
+                                              std::to_string(work.by_thread[pl->size() - 1]) + " pieces: " + wm);
+              }
+            }
+            break;
           }
-        }
       }
   }
   // A batch of decode items (GQA, MHA) and tiled items: the item boundaries inside the shared counters.
@@ -1672,7 +1682,8 @@ TEST(attention_late_worker_same_bits) {
     ds.push_back(make_data(c, seed++));
   for (ThreadPool* pl : {&pool1, &pool2, &pool3}) {
     std::vector<std::vector<float>> ref;
-    for (const Mode* md : {static_cast<const Mode*>(nullptr), &modes[0], &modes[1], &modes[2]}) {
+    for (const Mode* md : {static_cast<const Mode*>(nullptr), &modes[0], &modes[1], &modes[2]})
+     for (int attempt = 0;; ++attempt) {
       pool_set_late_worker(md ? md->late_us : 0, -1, md ? md->at : LateAt::Hold);
       std::vector<std::vector<float>> outs(ds.size());
       std::vector<AttentionBatchItem> items;
@@ -1697,13 +1708,16 @@ TEST(attention_late_worker_same_bits) {
       if (!md) {
         ref = outs;
         EXPECT(plan.decode_merges >= 1 && plan.tiled_merges >= (pl->size() > 1 ? 1u : 0u));  // not vacuous
-        continue;
+        break;  // the reference: no attempts
       }
       for (size_t i = 0; i < ds.size(); ++i)  // bytes: the padding stays NaN on both sides
         if (std::memcmp(outs[i].data(), ref[i].data(), sizeof(float) * ref[i].size()) != 0)
           ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ: " + wm + " item " + std::to_string(i));
-      if (md->late_us > 0 && pl->size() > 1 && work.by_thread[pl->size() - 1] > 2)  // one of each job
+      if (md->late_us > 0 && pl->size() > 1 && work.by_thread[pl->size() - 1] > 2) {  // one of each job
+        if (attempt < kLateAttempts) continue;  // descheduled others (see above)
         ::emollm_test::report_failure(__FILE__, __LINE__, "the late worker ran more than its claims: " + wm);
+      }
+      break;
     }
   }
   // The late worker must really hold a piece at least once (above, a short call is often over
@@ -1718,9 +1732,9 @@ TEST(attention_late_worker_same_bits) {
     const attention_detail::AttentionWork ref_work = w_ref.since();
     EXPECT(ref_work.decode_pieces == attention_detail::attention_planned_work(d.p, 2).decode_pieces);
     EXPECT(ref_work.decode_pieces > 2);
-    const uint64_t d0 = pool_late_delays();
-    int tries = 0;
-    for (; tries < 300 && pool_late_delays() == d0; ++tries) {
+    int tries = 0, held = 0, overran = 0;
+    for (; tries < 300 && held == 0; ++tries) {
+      const uint64_t d0 = pool_late_delays();
       pool_set_late_worker(20000, -1, LateAt::Hold);
       const WorkDelta w;
       lse.assign(32, kNaN);
@@ -1729,10 +1743,13 @@ TEST(attention_late_worker_same_bits) {
       pool_set_late_worker(0);
       EXPECT(got == ref && lse == ref_lse);
       EXPECT(same_counts(work, ref_work) && work.decode_merges == 1);
-      EXPECT(work.by_thread[1] <= 1);
+      if (pool_late_delays() == d0) continue;  // over before the worker arrived
+      if (work.by_thread[1] <= 1) ++held;
+      else ++overran;  // the other worker descheduled for the whole hold (a loaded machine): again
     }
-    std::printf("  %d runs, %d with a late worker; the 7B-shaped call held a piece after %d tries\n", runs, late_runs, tries);
-    EXPECT(pool_late_delays() > d0);
+    std::printf("  %d runs, %d with a late worker; the 7B-shaped call held a piece after %d tries (%d overran)\n", runs,
+                late_runs, tries, overran);
+    EXPECT(held == 1 && overran <= kLateAttempts);
   }
   EXPECT(runs > 0 && late_runs > 0);
 }
