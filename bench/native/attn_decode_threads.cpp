@@ -12,8 +12,7 @@
 // medians, each thread's CPU time a kv token alone (1t) and side by side (halves: the memory shared
 // by two readers, preemption excluded), and the pieces each pool thread ran (attention_work); "2t pieces64" / "32": 2 threads with
 // pieces of at most 64 / 32 tokens (attention_detail::set_decode_piece_max; the default 128); "1t sweep": 1 thread
-// with each sub-block swept before its compute (set_decode_pipeline(false)), its thread CPU time against 1t's;
-// "1t nonext" / "2t nonext": each piece's first sub-block swept before its compute (set_decode_next_piece(false)).
+// with each sub-block swept before its compute (set_decode_pipeline(false)), its thread CPU time against 1t's.
 // "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64). "2m": the K / V copies in 2 MiB transparent
 // huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
 #include <algorithm>
@@ -126,9 +125,9 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tNoNext, k2tNoNext, kModes };
-  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep", "1t nonext", "2t nonext"};
-  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1n;
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, kModes };
+  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep"};
+  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s;
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
   for (int r = -1; r < rounds; ++r) {  // round -1 warms up
@@ -151,11 +150,6 @@ int main(int argc, char** argv) {
         dt = timed(&pool1);
         attention_detail::set_decode_pipeline(true);
         if (r >= 0) cpu1s.push_back(cpu_1t);
-      } else if (m == k1tNoNext || m == k2tNoNext) {
-        attention_detail::set_decode_next_piece(false);
-        dt = timed(m == k1tNoNext ? &pool1 : &pool2);
-        attention_detail::set_decode_next_piece(true);
-        if (r >= 0 && m == k1tNoNext) cpu1n.push_back(cpu_1t);
       }
       else if (m == kHalves) dt = halves();
       else if (m == kPm64 || m == kPm32) {
@@ -194,9 +188,6 @@ int main(int argc, char** argv) {
   std::printf("  1t sweep (set_decode_pipeline(false)): thread CPU ns a kv token (median) %.1f (best %.1f); sweep / 1t: median %.3f, best %.3f\n",
               median(cpu1s) / double(n_kv) * 1e9, best(cpu1s) / double(n_kv) * 1e9, median(cpu1s) / median(cpu1),
               best(cpu1s) / best(cpu1));
-  std::printf("  1t nonext (set_decode_next_piece(false)): thread CPU ns a kv token (median) %.1f (best %.1f); nonext / 1t: median %.3f, best %.3f\n",
-              median(cpu1n) / double(n_kv) * 1e9, best(cpu1n) / double(n_kv) * 1e9, median(cpu1n) / median(cpu1),
-              best(cpu1n) / best(cpu1));
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
     char line[256];
     while (std::fgets(line, sizeof line, f))

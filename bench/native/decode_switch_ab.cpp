@@ -153,8 +153,6 @@ const AbSwitch kSwitches[] = {
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
     // the decode attention's next sub-block prefetched from inside this one's kernels (set_decode_pipeline)
     {"attn_pipe", [](bool on) { attention_detail::set_decode_pipeline(on); }},
-    // a decode attention piece's last sub-block prefetching the next piece's first (set_decode_next_piece)
-    {"attn_next_piece", [](bool on) { attention_detail::set_decode_next_piece(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped

@@ -225,14 +225,6 @@ EnvSwitch& decode_pipeline_flag() {
 bool decode_pipeline() { return decode_pipeline_flag().on(); }
 void set_decode_pipeline(bool on) { decode_pipeline_flag().set(on); }
 namespace {
-EnvSwitch& decode_next_piece_flag() {
-  static EnvSwitch on("EMOLLM_DECODE_ATTN_NEXT_PIECE");
-  return on;
-}
-}  // namespace
-bool decode_next_piece() { return decode_next_piece_flag().on(); }
-void set_decode_next_piece(bool on) { decode_next_piece_flag().set(on); }
-namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
@@ -1775,13 +1767,6 @@ struct DecodeItem {
   bool pipe;                   // the next sub-block prefetched from inside the kernels (decode_pipeline)
 };
 
-// The first K sub-block of the piece a thread runs next (attention_detail::decode_next_piece): its
-// rows are prefetched during this piece's last V sub-block, so that piece sweeps nothing first.
-struct DecodeFirstRows {
-  const char* row = nullptr;
-  int64_t row_bytes = 0, span_bytes = 0;
-  int ns = 0;
-};
 
 // Floats per token the decode driver's scratch holds: a whole token row up to kDecodePackSpan
 // floats (copied or widened), or one kv head's slice (Dp floats) of a wide half row.
@@ -1837,7 +1822,6 @@ DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t 
   }
   return nx;
 }
-bool decode_next_piece_applies(const AttentionParams& p) { return decode_pipeline_applies(p) && decode_next_piece(); }
 std::vector<uintptr_t> decode_pipeline_lines(const void* row, int64_t row_bytes, int64_t span_bytes, int ns,
                                              int per_step) {
   std::vector<uintptr_t> out;
@@ -1942,12 +1926,9 @@ const AttentionParams kF32Rows{};
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
 // 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
 // aligned).
-// first_prefetched: the previous piece prefetched this one's first sub-block (its `next`); next:
-// the first sub-block of the piece this thread runs next, prefetched during this one's last (null:
-// none). trace (tests, attention_detail::decode_reads): each sub-block's read, in order.
+// trace (tests, attention_detail::decode_reads): each sub-block's read, in order (null: none).
 void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
-                      float* kbuf, bool first_prefetched, const DecodeFirstRows* next,
-                      std::vector<attention_detail::DecodeRead>* trace) {
+                      float* kbuf, std::vector<attention_detail::DecodeRead>* trace) {
   const AttentionParams& p = *it.p;
   const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
   const int D = it.D, Dp = it.Dp;
@@ -2004,12 +1985,13 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // the next block's first K) are prefetched from inside this sub-block's qk_decode / pv loops
   // (PfCursor, attention_detail::decode_pipeline); only a piece's first sub-block is swept before
   // its compute. The kernels' arithmetic is untouched: the same bits.
-  // After the piece's last V sub-block: the first K sub-block of the piece this thread runs next
-  // (`next`, attention_detail::decode_next_piece), so only a thread's first piece of a call sweeps.
+  // Only a piece's first sub-block is swept: prefetching it during the previous piece's last
+  // sub-block (the next piece a thread runs, claimed one ahead) measured 0.97-1.05x cold and
+  // 0.986x in the model (1.1B q4_0, 1 thread; session 23, bench/README): the hardware
+  // prefetchers already follow the rows across a piece's end.
   const bool pipe = it.pipe;
   assert(pipe == (sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p)));
-  // the current sub-block's lines were prefetched during the previous one's compute
-  bool swept = pipe && first_prefetched;
+  bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched
   // Points pf at ns rows from `row` (rb bytes apart, sb bytes each), spread evenly over this
@@ -2026,14 +2008,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     pf = &cursor;
     if (trace) trace->push_back({reinterpret_cast<uintptr_t>(row), ns, false});
   };
-  // The sub-block after [s0, s0 + 16) of K (is_v false) or V in block [b0, b1), or after the piece's last
-  // the next piece's first.
+  // The sub-block after [s0, s0 + 16) of K (is_v false) or V in block [b0, b1).
   auto pipe_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) {
     const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
-    if (nx.ns == 0) {
-      if (next) pipe_start(next->row, next->row_bytes, next->span_bytes, next->ns);
-      return;
-    }
+    if (nx.ns == 0) return;
     const int64_t ld = nx.v ? p.ldv : p.ldk;
     pipe_start(reinterpret_cast<const char*>(nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, ld)
                                                   : kv_row(it.k, p.k_blocks, p, nx.s, ld)),
@@ -2196,22 +2174,8 @@ float* decode_scratch(size_t floats) {
   return buf.get();
 }
 
-// The first K sub-block of piece `piece` of `it` (its first 16 rows or fewer).
-DecodeFirstRows decode_first_rows(const DecodeItem& it, int64_t piece) {
-  const AttentionParams& p = *it.p;
-  const int64_t j0 = piece * it.piece_len, j1 = std::min(it.nvis, j0 + it.piece_len);
-  DecodeFirstRows r;
-  r.row = reinterpret_cast<const char*>(kv_row(it.k, p.k_blocks, p, j0, p.ldk));
-  r.row_bytes = p.ldk * int64_t(kv_elem_bytes(p));
-  r.span_bytes = p.n_kv_heads * p.head_dim * int64_t(kv_elem_bytes(p));
-  r.ns = int(std::min<int64_t>(16, j1 - j0));
-  return r;
-}
-
 // Runs every piece of the items in one pool dispatch (pieces taken in order from a shared
-// counter; each item's last piece merges it). With attention_detail::decode_next_piece a thread
-// claims its next piece when it starts one, so that this piece's last sub-block can prefetch the
-// next one's first (both pipelined). trace: attention_detail::decode_reads (1 thread).
+// counter; each item's last piece merges it). trace: attention_detail::decode_reads (1 thread).
 void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool,
                 std::vector<attention_detail::DecodeRead>* trace = nullptr) {
   const int nth = pool ? std::max(1, pool->size()) : 1;
@@ -2236,41 +2200,24 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     items[i].part = at;
     at += decode_part_floats(items[i]);
   }
-  const bool ahead = attention_detail::decode_next_piece();
-  // Piece u, then nu (>= n_pieces: none) on this thread; pre: u's first sub-block was prefetched.
-  // Returns whether nu's first sub-block is prefetched.
-  auto piece = [&](int64_t u, int64_t* i, int64_t nu, bool pre) -> bool {
+  auto piece = [&](int64_t u, int64_t* i) {
     while (u >= first[size_t(*i) + 1]) ++*i;
-    const DecodeItem& it = items[*i];
-    DecodeFirstRows nr;
-    bool has_next = false;
-    if (ahead && it.pipe && nu < n_pieces) {
-      int64_t ni = *i;
-      while (nu >= first[size_t(ni) + 1]) ++ni;
-      has_next = items[ni].pipe;
-      if (has_next) nr = decode_first_rows(items[ni], nu - first[size_t(ni)]);
-    }
     float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * pack_span));
-    run_decode_piece(it, kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf, S + S_floats + 2 * accf,
-                     pre, has_next ? &nr : nullptr, trace);
+    run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
+                     S + S_floats + 2 * accf, trace);
     attention_detail::count_work(&attention_detail::WorkSlot::decode_pieces);
-    return has_next;
   };
   if (nth == 1 || n_pieces == 1) {
     int64_t i = 0;
-    bool pre = false;
-    for (int64_t u = 0; u < n_pieces; ++u) pre = piece(u, &i, u + 1, pre);
+    for (int64_t u = 0; u < n_pieces; ++u) piece(u, &i);
     return;
   }
   std::atomic<int64_t> next{0};
   auto pieces = [&] {
     int64_t i = 0;  // pieces are taken in ascending order
-    bool pre = false;
-    for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < n_pieces;) {
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < n_pieces;) {
       pool_late_point();  // tests: a worker preempted holding its piece
-      const int64_t nu = ahead ? next.fetch_add(1, std::memory_order_relaxed) : n_pieces;
-      pre = piece(u, &i, nu, pre);
-      u = ahead ? nu : next.fetch_add(1, std::memory_order_relaxed);
+      piece(u, &i);
     }
   };
   // One pool->run job: a worker that has not claimed its index when the caller's pieces are done

@@ -113,15 +113,6 @@ DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t 
 // span once (for tests).
 std::vector<uintptr_t> decode_pipeline_lines(const void* row, int64_t row_bytes, int64_t span_bytes, int ns,
                                              int per_step);
-// With decode_pipeline: a piece's last sub-block also prefetches the first K sub-block of the piece
-// the same thread runs next (a thread claims its next piece when it starts one), so only a thread's
-// first piece of a call sweeps its first sub-block before its compute (default).
-// EMOLLM_DECODE_ATTN_NEXT_PIECE=0 (read once) or set_decode_next_piece(false): every piece sweeps
-// its first sub-block, pieces claimed one at a time. Prefetches only: outputs are bit for bit equal.
-bool decode_next_piece();
-void set_decode_next_piece(bool on);
-// Whether a decode call's pieces take it: decode_pipeline_applies(p) and decode_next_piece().
-bool decode_next_piece_applies(const AttentionParams& p);
 // How one decode call at 1 thread reads its K / V sub-blocks, in order (tests): each sub-block's
 // first row (an address in the cache) and row count, swept right before its compute or prefetched
 // from inside the previous sub-block's (swept false). Empty when the call does not take the decode

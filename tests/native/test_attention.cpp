@@ -1572,37 +1572,18 @@ TEST(attention_decode_pipeline_reads_next_sub_block) {
   EXPECT(checked > 100);
 }
 
-// A piece's last sub-block prefetching the first K sub-block of the piece the same thread runs next
-// (attention_detail::decode_next_piece; pieces claimed one ahead) is prefetches and scheduling only:
-// outputs and log-sum-exps bit for bit equal with it off, the shapes, caches, layouts and pools of
-// attention_decode_pipeline_same_bits; within 1e-5 of ref::attention; decode_next_piece_applies
-// must hold for the pipelined shapes (on AVX-512), so the comparison is not vacuous.
-TEST(attention_decode_next_piece_same_bits) {
-  const DecodeSwitch sw{"next piece", attention_detail::decode_next_piece_applies,
-                        attention_detail::decode_next_piece, attention_detail::set_decode_next_piece, 17, 3};
-  expect_decode_switch_same_bits(sw,
-                                 {{32, 4, 64, 0, true},
-                                  {16, 2, 64, 0, true},
-                                  {8, 1, 80, 0, true},
-                                  {12, 1, 20, 3, true},
-                                  {32, 32, 128, 0, false},
-                                  {8, 4, 64, 0, false}},
-                                 18100);
-}
-
 // Which rows a 1-thread decode call reads before each sub-block's compute, in order
 // (attention_detail::decode_reads): every K / V sub-block of every piece once, in the order the
 // driver computes them (per piece, per 64-token block, K sub-blocks then V sub-blocks), each by its
-// first row's address and row count; swept right before its compute only for the call's first
-// sub-block with decode_next_piece (the others prefetched during the previous sub-block, the next
-// piece's first during this piece's last), for each piece's first with it off, and for every
-// sub-block with decode_pipeline off. GQA 8 x 64 (f32, contiguous with padded rows, and pages of
-// 64 tokens), lengths of one to six pieces, ends inside a sub-block and a block.
-TEST(attention_decode_next_piece_reads) {
+// first row's address and row count; with decode_pipeline swept right before its compute only for
+// each piece's first sub-block (the others prefetched from inside the previous sub-block's
+// kernels), every sub-block swept with it off. GQA 8 x 64 (f32, contiguous with padded rows, and
+// pages of 64 tokens), lengths of one to six pieces, ends inside a sub-block and a block.
+TEST(attention_decode_pipeline_reads_every_sub_block) {
   if (isa_active() < Isa::Avx512) return;
   DecodeSplitScope split(true);
   DecodeInplaceScope ip(true);
-  const bool was_pipe = attention_detail::decode_pipeline(), was_next = attention_detail::decode_next_piece();
+  const bool was_pipe = attention_detail::decode_pipeline();
   int checked = 0;
   for (int64_t n : {17, 128, 129, 300, 544, 700})
     for (int64_t pad : {0, 8})
@@ -1623,9 +1604,8 @@ TEST(attention_decode_next_piece_reads) {
         // the driver's pieces at 1 thread (make_decode_item)
         const int64_t n_sub = (n + 15) / 16, pieces = std::min((n + 127) / 128, n_sub);
         const int64_t plen = (n_sub + pieces - 1) / pieces * 16;
-        for (int mode = 0; mode < 3; ++mode) {  // next piece on, off, pipeline off
-          attention_detail::set_decode_pipeline(mode != 2);
-          attention_detail::set_decode_next_piece(mode == 0);
+        for (int mode = 0; mode < 2; ++mode) {  // pipeline on, off
+          attention_detail::set_decode_pipeline(mode == 0);
           std::vector<attention_detail::DecodeRead> want;
           for (int64_t j0 = 0; j0 < n; j0 += plen) {
             const int64_t j1 = std::min(n, j0 + plen);
@@ -1634,7 +1614,7 @@ TEST(attention_decode_next_piece_reads) {
               for (int v = 0; v < 2; ++v)
                 for (int64_t s = b0; s < b1; s += 16) {
                   const float* row = (v ? d.v + s * p.ldv : d.k + s * p.ldk);
-                  const bool swept = mode == 2 || want.empty() || (mode == 1 && s == j0 && v == 0);
+                  const bool swept = mode == 1 || (s == j0 && v == 0);
                   want.push_back({reinterpret_cast<uintptr_t>(row), int(std::min<int64_t>(16, b1 - s)), swept});
                 }
             }
@@ -1658,8 +1638,7 @@ TEST(attention_decode_next_piece_reads) {
         }
       }
   attention_detail::set_decode_pipeline(was_pipe);
-  attention_detail::set_decode_next_piece(was_next);
-  EXPECT(checked == 72);
+  EXPECT(checked == 48);
 }
 
 // The attention drivers' scheduling (attention_internal.h: the decode pieces, the tiled units and
