@@ -284,54 +284,14 @@ namespace {
 #define EMO_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define EMO_T256 __attribute__((target("avx2,fma,f16c")))
 
-// Per-ISA inner kernels; the tiling driver below is shared.
-struct Kern {
-  // S[r * ldS + j] = scale * dot(qrows[r], k + j*ldk) for r < R, j < nb (entries up to
-  // round_up(nb, 16) may be written with junk).
-  void (*qk)(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D, float scale,
-             float* S, int ldS);
-  float (*row_max)(const float* s, int n);
-  // s[j] = exp(s[j] - m) for j < n; returns the sum.
-  float (*exp_sum)(float* s, int n, float m);
-  // acc[r, :D] = alpha[r] * acc[r, :D] + sum_{j<nb} P[r, j] * v[j, :D]
-  void (*pv)(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP, const float* v,
-             int64_t ldv, int nb, int D);
-  // Optional (null: use qk): kt[d * kBk + j] = k[j * ldk + d] for j < nb, d < D (columns j >= nb
-  // get finite junk), then the same S as qk from kt; no horizontal sums. Used for many rows.
-  void (*k_transpose)(const float* k, int64_t ldk, int nb, int D, float* kt);
-  void (*qk_t)(const float* const* qrows, int R, const float* kt, int D, float scale, float* S, int ldS);
-  // Optional (null: use qk), for decode with several query heads per kv head: S[r * ldS + j] =
-  // scale * dot(q + r * ldq, kr[j]) for r < R, j < 16 (all 16 written; the caller repeats its last
-  // row past the tokens it has); q rows zero-padded to Dp = round_up(D, 16) floats.
-  void (*qk_decode)(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale, float* S,
-                    int64_t ldS);
-  // Optional (null: use qk), for decode with one or two query heads per kv head (MHA) and
-  // 65 <= D <= 128: qk's S for R <= 2 rows and exactly 16 keys ldk apart, with the same bits.
-  void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
-  // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
-  // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
-  // rows), with the same bits as two pv calls.
-  void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
-              int D);
-};
-
-// Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
-constexpr float kExpHi = 88.0f;
-constexpr float kExpLo = -87.33654475f;  // below: result is flushed to 0 (true value < 1.2e-38)
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693359375f;
-constexpr float kLn2Lo = -2.12194440e-4f;
-constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
-                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
-
-// ---------------------------------------------------------------------------- AVX-512
 // The decode driver's next sub-block of narrow token rows (attention_detail::decode_pipeline),
 // prefetched a few lines per step of the kernels' inner loops, so its reads are in flight while
 // this sub-block's FMAs run. Why inside the loops: a demand load that misses holds up retirement
 // (loads of the next sub-block between the kernel calls: 0.79-0.81x), and a burst of prefetches
 // fills the core's miss buffers and stalls the same way (a quarter of the next sub-block before
 // each kv head's call: 0.96-1.05x, t0 or t1); one or two lines per step keep a few misses in flight
-// all the time instead. Null (every other call): the kernels prefetch nothing.
+// all the time instead. The driver passes it to qk_decode / pv (null: every other call, the tiled
+// driver's included: the kernels prefetch nothing).
 struct PfCursor {
   const char* line = nullptr;  // the next line to prefetch (an address in it)
   const char* last = nullptr;  // the last byte of the current row's span
@@ -346,7 +306,6 @@ struct PfCursor {
     rows_left = ns;
   }
 };
-thread_local PfCursor* g_pf = nullptr;
 // The cursor's next n lines (every line of each row's span, the last one included when a row does
 // not start on a line).
 // Log: decode_pipeline_lines (tests) records each line in `log` too.
@@ -369,6 +328,49 @@ __attribute__((always_inline)) inline void pf_step(PfCursor* c, int n, std::vect
   c->last = last;
   c->rows_left = left;
 }
+// Per-ISA inner kernels; the tiling driver below is shared.
+struct Kern {
+  // S[r * ldS + j] = scale * dot(qrows[r], k + j*ldk) for r < R, j < nb (entries up to
+  // round_up(nb, 16) may be written with junk).
+  void (*qk)(const float* const* qrows, int R, const float* k, int64_t ldk, int nb, int D, float scale,
+             float* S, int ldS);
+  float (*row_max)(const float* s, int n);
+  // s[j] = exp(s[j] - m) for j < n; returns the sum.
+  float (*exp_sum)(float* s, int n, float m);
+  // acc[r, :D] = alpha[r] * acc[r, :D] + sum_{j<nb} P[r, j] * v[j, :D]
+  // pf: the decode pipeline's cursor, stepped once a token (null: no prefetch).
+  void (*pv)(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP, const float* v,
+             int64_t ldv, int nb, int D, PfCursor* pf);
+  // Optional (null: use qk): kt[d * kBk + j] = k[j * ldk + d] for j < nb, d < D (columns j >= nb
+  // get finite junk), then the same S as qk from kt; no horizontal sums. Used for many rows.
+  void (*k_transpose)(const float* k, int64_t ldk, int nb, int D, float* kt);
+  void (*qk_t)(const float* const* qrows, int R, const float* kt, int D, float scale, float* S, int ldS);
+  // Optional (null: use qk), for decode with several query heads per kv head: S[r * ldS + j] =
+  // scale * dot(q + r * ldq, kr[j]) for r < R, j < 16 (all 16 written; the caller repeats its last
+  // row past the tokens it has); q rows zero-padded to Dp = round_up(D, 16) floats.
+  // pf: the decode pipeline's cursor, stepped twice a 16-dim chunk (null: no prefetch).
+  void (*qk_decode)(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale, float* S,
+                    int64_t ldS, PfCursor* pf);
+  // Optional (null: use qk), for decode with one or two query heads per kv head (MHA) and
+  // 65 <= D <= 128: qk's S for R <= 2 rows and exactly 16 keys ldk apart, with the same bits.
+  void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
+  // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
+  // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
+  // rows), with the same bits as two pv calls.
+  void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
+              int D);
+};
+
+// Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
+constexpr float kExpHi = 88.0f;
+constexpr float kExpLo = -87.33654475f;  // below: result is flushed to 0 (true value < 1.2e-38)
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
+                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+// ---------------------------------------------------------------------------- AVX-512
 EMO_T512 static inline __m512 exp512(__m512 x) {
   const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLo), _CMP_LT_OQ);
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
@@ -536,7 +538,7 @@ EMO_T512 static float exp_sum_avx512(float* s, int n, float mx) {
 template <class E, int NR, int NC, bool RowV = false>
 EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                            const typename E::T* v, int64_t ldv, int nb, __mmask16 lastmask,
-                                           int64_t vstep = 0) {
+                                           PfCursor* pf, int64_t vstep = 0) {
   __m512 a[NR][NC];
   #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r) {
@@ -544,7 +546,6 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
     #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
   }
-  PfCursor* const pf = g_pf;
   for (int j = 0; j < nb; ++j) {
     if (pf) pf_step(pf, pf->per_pv);
     const typename E::T* vj = v + int64_t(j) * ldv;
@@ -579,12 +580,13 @@ EMO_T512 static inline void pv_tile_avx512(float* acc, int ldacc, const float* a
 
 template <class E, int NR>
 EMO_T512 static inline void pv_rows_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                           const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask) {
+                                           const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask,
+                                           PfCursor* pf) {
   switch (nc) {
-    case 1: pv_tile_avx512<E, NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    case 2: pv_tile_avx512<E, NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    case 3: pv_tile_avx512<E, NR, 3>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
-    default: pv_tile_avx512<E, NR, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask); break;
+    case 1: pv_tile_avx512<E, NR, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf); break;
+    case 2: pv_tile_avx512<E, NR, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf); break;
+    case 3: pv_tile_avx512<E, NR, 3>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf); break;
+    default: pv_tile_avx512<E, NR, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf); break;
   }
 }
 
@@ -593,12 +595,12 @@ EMO_T512 static inline void pv_rows_avx512(float* acc, int ldacc, const float* a
 template <class E, int NR, bool RowV = false>
 EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                                 const typename E::T* v, int64_t ldv, int nb, int nc, __mmask16 lastmask,
-                                                int64_t vstep = 0) {
+                                                PfCursor* pf, int64_t vstep = 0) {
   switch (nc) {
-    case 5: pv_tile_avx512<E, NR, 5, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
-    case 6: pv_tile_avx512<E, NR, 6, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
-    case 7: pv_tile_avx512<E, NR, 7, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
-    default: pv_tile_avx512<E, NR, 8, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, vstep); break;
+    case 5: pv_tile_avx512<E, NR, 5, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf, vstep); break;
+    case 6: pv_tile_avx512<E, NR, 6, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf, vstep); break;
+    case 7: pv_tile_avx512<E, NR, 7, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf, vstep); break;
+    default: pv_tile_avx512<E, NR, 8, RowV>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lastmask, pf, vstep); break;
   }
 }
 
@@ -611,21 +613,21 @@ EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
   // two adjacent kv heads: row r's V slice at v + r * D in each token row
-  pv_rows_wide_avx512<E, 2, true>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nc, lm, D);
+  pv_rows_wide_avx512<E, 2, true>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nc, lm, nullptr, D);
 }
 
 template <class E>
 EMO_T512 static void pv_avx512_t(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
-                                 const float* vf, int64_t ldv, int nb, int D) {
+                                 const float* vf, int64_t ldv, int nb, int D, PfCursor* pf) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nchunks = (D + 15) / 16, tail = D % 16;
   // Each output element's sum runs over the tokens in the same order either way: same bits.
   if (R <= 2 && nchunks > 4 && nchunks <= 8 && attention_detail::decode_pv_wide()) {
     const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
     if (R == 1)
-      pv_rows_wide_avx512<E, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nchunks, lm);
+      pv_rows_wide_avx512<E, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nchunks, lm, pf);
     else
-      pv_rows_wide_avx512<E, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nchunks, lm);
+      pv_rows_wide_avx512<E, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nchunks, lm, pf);
     return;
   }
   for (int c0 = 0; c0 < nchunks; c0 += 4) {
@@ -635,18 +637,18 @@ EMO_T512 static void pv_avx512_t(float* acc, int ldacc, const float* alpha, int 
     const typename E::T* vc = v + 16 * c0;
     int r = 0;
     for (; r + 4 <= R; r += 4)
-      pv_rows_avx512<E, 4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm);
+      pv_rows_avx512<E, 4>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm, pf);
     switch (R - r) {
-      case 3: pv_rows_avx512<E, 3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
-      case 2: pv_rows_avx512<E, 2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
-      case 1: pv_rows_avx512<E, 1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm); break;
+      case 3: pv_rows_avx512<E, 3>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm, pf); break;
+      case 2: pv_rows_avx512<E, 2>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm, pf); break;
+      case 1: pv_rows_avx512<E, 1>(ac + r * ldacc, ldacc, alpha + r, P + r * ldP, ldP, vc, ldv, nb, nc, lm, pf); break;
       default: break;
     }
   }
 }
 EMO_T512 static void pv_avx512(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
-                               const float* v, int64_t ldv, int nb, int D) {
-  pv_avx512_t<KvF32>(acc, ldacc, alpha, R, P, ldP, v, ldv, nb, D);
+                               const float* v, int64_t ldv, int nb, int D, PfCursor* pf) {
+  pv_avx512_t<KvF32>(acc, ldacc, alpha, R, P, ldP, v, ldv, nb, D, pf);
 }
 
 // kt[d][j] = k[j][d]: 16x16 tiles transposed in registers; rows past nb repeat row nb-1.
@@ -717,12 +719,11 @@ EMO_T512 static void qk_t_avx512(const float* const* qrows, int R, const float* 
 // 16 broadcast FMAs per row (no horizontal sums; the K rows are loaded once for all rows).
 template <class E, int NR>
 EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, const float* const* krf, int D,
-                                                  __m512 vs, float* S, int64_t ldS) {
+                                                  __m512 vs, float* S, int64_t ldS, PfCursor* pf) {
   const typename E::T* const* kr = reinterpret_cast<const typename E::T* const*>(krf);
   __m512 acc[NR];
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
-  PfCursor* const pf = g_pf;
   for (int d0 = 0; d0 < D; d0 += 16) {
     const int w = std::min(16, D - d0);
     const __mmask16 m = __mmask16(w == 16 ? 0xFFFFu : (1u << w) - 1);
@@ -748,18 +749,18 @@ EMO_T512 static inline void qk_decode_rows_avx512(const float* q, int64_t ldq, c
 
 template <class E>
 EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const float* const* kr, int D, float scale,
-                                      float* S, int64_t ldS) {
+                                      float* S, int64_t ldS, PfCursor* pf) {
   const __m512 vs = _mm512_set1_ps(scale);
   int r = 0;
-  for (; r + 8 <= R; r += 8) qk_decode_rows_avx512<E, 8>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS);
+  for (; r + 8 <= R; r += 8) qk_decode_rows_avx512<E, 8>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf);
   switch (R - r) {
-    case 7: qk_decode_rows_avx512<E, 7>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 6: qk_decode_rows_avx512<E, 6>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 5: qk_decode_rows_avx512<E, 5>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 4: qk_decode_rows_avx512<E, 4>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 3: qk_decode_rows_avx512<E, 3>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 2: qk_decode_rows_avx512<E, 2>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
-    case 1: qk_decode_rows_avx512<E, 1>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS); break;
+    case 7: qk_decode_rows_avx512<E, 7>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
+    case 6: qk_decode_rows_avx512<E, 6>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
+    case 5: qk_decode_rows_avx512<E, 5>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
+    case 4: qk_decode_rows_avx512<E, 4>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
+    case 3: qk_decode_rows_avx512<E, 3>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
+    case 2: qk_decode_rows_avx512<E, 2>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
+    case 1: qk_decode_rows_avx512<E, 1>(q + r * ldq, ldq, kr, D, vs, S + r * ldS, ldS, pf); break;
     default: break;
   }
 }
@@ -1218,7 +1219,7 @@ EMO_T256 static inline void pv_rows_avx2(float* acc, int ldacc, const float* alp
 }
 
 EMO_T256 static void pv_avx2(float* acc, int ldacc, const float* alpha, int R, const float* P, int ldP,
-                             const float* v, int64_t ldv, int nb, int D) {
+                             const float* v, int64_t ldv, int nb, int D, PfCursor*) {
   const int nchunks = (D + 7) / 8, tail = D % 8;
   for (int c0 = 0; c0 < nchunks; c0 += 2) {
     const int nc = std::min(2, nchunks - c0);
@@ -1447,7 +1448,7 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
           ldvb = Dp;
         }
         kern.pv(sc.acc + r0 * Dp, Dp, s0 == 0 ? sc.alpha + r0 : kOnes, rg, sc.S + r0 * kBk + s0, kBk, vb,
-                ldvb, ns, D);
+                ldvb, ns, D, nullptr);
       }
     }
   }
@@ -1534,7 +1535,7 @@ void run_tile_group(const Plan& pl, const Kern& kern, int64_t b) {
     if (transposed) kern.qk_t(T.qrows, rg, kp, D, pl.scale, S, kBk);
     else kern.qk(T.qrows, rg, kb, p.ldk, nb, D, pl.scale, S, kBk);
     online_softmax(kern, S, rg, T.lim, j0, nb, T.m, T.l, T.alpha);
-    kern.pv(T.acc, Dp, T.alpha, rg, S, kBk, vp, Dp, nb, D);
+    kern.pv(T.acc, Dp, T.alpha, rg, S, kBk, vp, Dp, nb, D, nullptr);
   };
   for (int64_t j0 = 0; j0 < kv_end; j0 += kBk) {
     const int nb = int(std::min<int64_t>(kBk, kv_end - j0));
@@ -1763,7 +1764,9 @@ struct DecodeItem {
   half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
+  bool pipe;                   // the next sub-block prefetched from inside the kernels (decode_pipeline)
 };
+
 
 // Floats per token the decode driver's scratch holds: a whole token row up to kDecodePackSpan
 // floats (copied or widened), or one kv head's slice (Dp floats) of a wide half row.
@@ -1856,6 +1859,9 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   it.inplace = decode_inplace_kern(isa, p.kv_dtype);
   it.bf16dp = it.inplace != nullptr && p.kv_dtype == DType::BF16 && attention_detail::decode_bf16dp_applies(p);
+  // swept narrow rows on the transposed Q K^T, not on bf16 products (run_decode_piece)
+  it.pipe = it.inplace != nullptr && p.n_kv_heads * p.head_dim <= kDecodePackSpan && it.inplace->qk_decode != nullptr &&
+            rs.group >= 4 && !it.bf16dp && attention_detail::decode_pipeline_applies(p);
   return it;
 }
 
@@ -1920,8 +1926,9 @@ const AttentionParams kF32Rows{};
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
 // 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
 // aligned).
+// trace (tests, attention_detail::decode_reads): each sub-block's read, in order (null: none).
 void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
-                      float* kbuf) {
+                      float* kbuf, std::vector<attention_detail::DecodeRead>* trace) {
   const AttentionParams& p = *it.p;
   const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
   const int D = it.D, Dp = it.Dp;
@@ -1978,39 +1985,52 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // the next block's first K) are prefetched from inside this sub-block's qk_decode / pv loops
   // (PfCursor, attention_detail::decode_pipeline); only a piece's first sub-block is swept before
   // its compute. The kernels' arithmetic is untouched: the same bits.
-  const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
+  // Only a piece's first sub-block is swept: prefetching it during the previous piece's last
+  // sub-block (the next piece a thread runs, claimed one ahead) measured 0.97-1.05x cold and
+  // 0.986x in the model (1.1B q4_0, 1 thread; session 23, bench/README): the hardware
+  // prefetchers already follow the rows across a piece's end.
+  const bool pipe = it.pipe;
+  assert(pipe == (sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p)));
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
-  // Points g_pf at the sub-block after [s0, s0 + 16) of K (is_v false) or V in block [b0, b1).
-  auto pipe_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) {
-    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
-    if (nx.ns == 0) return;
-    const int64_t ld = nx.v ? p.ldv : p.ldk;
-    const int ns = nx.ns;
-    cursor.start(reinterpret_cast<const char*>(nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, ld)
-                                                    : kv_row(it.k, p.k_blocks, p, nx.s, ld)),
-                 ld * int64_t(kv_elem_bytes(p)), span_bytes, ns);
-    // spread evenly over this sub-block's steps (front-loaded, twice or four times the lines a
-    // step: 1.06x instead of 1.16-1.19x cold)
-    const int64_t lines = int64_t(ns) * ((span_bytes + 63) / 64 + 1);
+  PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched
+  // Points pf at ns rows from `row` (rb bytes apart, sb bytes each), spread evenly over this
+  // sub-block's steps (front-loaded, twice or four times the lines a step: 1.06x instead of
+  // 1.16-1.19x cold).
+  auto pipe_start = [&](const char* row, int64_t rb, int64_t sb, int ns) {
+    cursor.start(row, rb, sb, ns);
+    const int64_t lines = int64_t(ns) * ((sb + 63) / 64 + 1);
     const int64_t nch = (D + 15) / 16;
     const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;
     const int64_t pv_steps = Hkv * ((G + 3) / 4) * ((nch + 3) / 4) * 16;
     cursor.per_qk = int((lines + qk_steps - 1) / qk_steps);
     cursor.per_pv = int((lines + pv_steps - 1) / pv_steps);
-    g_pf = &cursor;
+    pf = &cursor;
+    if (trace) trace->push_back({reinterpret_cast<uintptr_t>(row), ns, false});
+  };
+  // The sub-block after [s0, s0 + 16) of K (is_v false) or V in block [b0, b1).
+  auto pipe_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) {
+    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
+    if (nx.ns == 0) return;
+    const int64_t ld = nx.v ? p.ldv : p.ldk;
+    pipe_start(reinterpret_cast<const char*>(nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, ld)
+                                                  : kv_row(it.k, p.k_blocks, p, nx.s, ld)),
+               ld * int64_t(kv_elem_bytes(p)), span_bytes, nx.ns);
   };
   // What the kernels left of it (a short sub-block's fewer steps), then nothing.
   auto pipe_done = [&] {
-    if (g_pf) pf_step(g_pf, 1 << 30);
-    g_pf = nullptr;
+    if (pf) pf_step(pf, 1 << 30);
+    pf = nullptr;
   };
   auto token_rows = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns,
                         int64_t* rows_ld) -> const float* {
     const float* r = kv_row(base, blocks, p, s0, ld);
     *rows_ld = ld;
     if (sweep) {
-      if (!swept) sweep_rows(r, ld * int64_t(kv_elem_bytes(p)), ns, span_bytes);
+      if (!swept) {
+        sweep_rows(r, ld * int64_t(kv_elem_bytes(p)), ns, span_bytes);
+        if (trace) trace->push_back({reinterpret_cast<uintptr_t>(r), ns, true});
+      }
       swept = pipe;
       return r;
     }
@@ -2067,7 +2087,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
             qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,
                              S + g * G * kBk + (s0 - b0), kBk);
           else
-            kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+            kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk, pf);
         }
         if (pipe) pipe_done();
         continue;
@@ -2116,7 +2136,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
             continue;
           }
           kk.pv(acc + r0 * Dp, Dp, s0 == b0 ? alpha + r0 : kOnes, R, S + r0 * kBk + (s0 - b0), kBk, vg, ldg, ns,
-                  D);
+                  D, pf);
         }
       }
       if (pipe) pipe_done();
@@ -2155,8 +2175,9 @@ float* decode_scratch(size_t floats) {
 }
 
 // Runs every piece of the items in one pool dispatch (pieces taken in order from a shared
-// counter; each item's last piece merges it).
-void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool) {
+// counter; each item's last piece merges it). trace: attention_detail::decode_reads (1 thread).
+void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool* pool,
+                std::vector<attention_detail::DecodeRead>* trace = nullptr) {
   const int nth = pool ? std::max(1, pool->size()) : 1;
   int64_t accf = 0, part_floats = 0, n_pieces = 0, S_floats = 0, pack_span = kDecodePackSpan;
   std::vector<int64_t> first(size_t(n_items) + 1, 0);
@@ -2183,7 +2204,7 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     while (u >= first[size_t(*i) + 1]) ++*i;
     float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * pack_span));
     run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
-                     S + S_floats + 2 * accf);
+                     S + S_floats + 2 * accf, trace);
     attention_detail::count_work(&attention_detail::WorkSlot::decode_pieces);
   };
   if (nth == 1 || n_pieces == 1) {
@@ -2232,11 +2253,24 @@ AttentionWork attention_planned_work(const AttentionParams& p, int nth) {
   w.tiled_merges = pl.nsplit > 1 ? uint64_t(pl.n_base) : 0;
   return w;
 }
+std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float* v, float* out,
+                                     const AttentionParams& p) {
+  std::vector<DecodeRead> trace;
+  const Isa isa = isa_active();
+  if (isa < Isa::Avx2 || !decode_applies(p)) return trace;
+  const Resolved rs = validate(q, k, v, out, p);
+  DecodeItem it = make_decode_item(q, k, v, out, nullptr, p, rs, 1, isa);
+  run_decode(isa >= Isa::Avx512 ? kKernAvx512 : kKernAvx2, &it, 1, nullptr, &trace);
+  return trace;
+}
 }  // namespace attention_detail
 #pragma GCC diagnostic pop
 #else
 namespace attention_detail {
 AttentionWork attention_planned_work(const AttentionParams&, int) { return AttentionWork{}; }
+std::vector<DecodeRead> decode_reads(const float*, const float*, const float*, float*, const AttentionParams&) {
+  return {};
+}
 }  // namespace attention_detail
 #endif  // __x86_64__
 

@@ -95,6 +95,18 @@ DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t 
 // span once (for tests).
 std::vector<uintptr_t> decode_pipeline_lines(const void* row, int64_t row_bytes, int64_t span_bytes, int ns,
                                              int per_step);
+// How one decode call at 1 thread reads its K / V sub-blocks, in order (tests): each sub-block's
+// first row (an address in the cache) and row count, swept right before its compute or prefetched
+// from inside the previous sub-block's (swept false). Empty when the call does not take the decode
+// driver.
+struct DecodeRead {
+  uintptr_t row = 0;
+  int ns = 0;
+  bool swept = false;
+  bool operator==(const DecodeRead& o) const { return row == o.row && ns == o.ns && swept == o.swept; }
+};
+std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float* v, float* out,
+                                     const AttentionParams& p);
 // The decode driver's pieces and the tiled driver's units and split-KV merges are taken from a
 // shared counter inside one pool->run job (each thread, the caller included, takes the next item
 // until none is left; a worker that has not claimed its index when the caller is done costs

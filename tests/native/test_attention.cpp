@@ -1574,6 +1574,75 @@ TEST(attention_decode_pipeline_reads_next_sub_block) {
   EXPECT(checked > 100);
 }
 
+// Which rows a 1-thread decode call reads before each sub-block's compute, in order
+// (attention_detail::decode_reads): every K / V sub-block of every piece once, in the order the
+// driver computes them (per piece, per 64-token block, K sub-blocks then V sub-blocks), each by its
+// first row's address and row count; with decode_pipeline swept right before its compute only for
+// each piece's first sub-block (the others prefetched from inside the previous sub-block's
+// kernels), every sub-block swept with it off. GQA 8 x 64 (f32, contiguous with padded rows, and
+// pages of 64 tokens), lengths of one to six pieces, ends inside a sub-block and a block.
+TEST(attention_decode_pipeline_reads_every_sub_block) {
+  if (isa_active() < Isa::Avx512) return;
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  const bool was_pipe = attention_detail::decode_pipeline();
+  int checked = 0;
+  for (int64_t n : {17, 128, 129, 300, 544, 700})
+    for (int64_t pad : {0, 8})
+      for (int64_t page : {0, 64}) {
+        const Case c{1, n, 32, 4, 64, true, n - 1, pad};
+        Data d = make_data(c, 18700 + uint64_t(n + pad + page));
+        AttentionParams p = d.p;
+        std::vector<const float*> kb, vb;
+        if (page) {  // the same rows seen through page tables
+          for (int64_t s = 0; s < n; s += page) {
+            kb.push_back(d.k + s * p.ldk);
+            vb.push_back(d.v + s * p.ldv);
+          }
+          p.k_blocks = kb.data();
+          p.v_blocks = vb.data();
+          p.kv_block_size = page;
+        }
+        // the driver's pieces at 1 thread (make_decode_item)
+        const int64_t n_sub = (n + 15) / 16, pieces = std::min((n + 127) / 128, n_sub);
+        const int64_t plen = (n_sub + pieces - 1) / pieces * 16;
+        for (int mode = 0; mode < 2; ++mode) {  // pipeline on, off
+          attention_detail::set_decode_pipeline(mode == 0);
+          std::vector<attention_detail::DecodeRead> want;
+          for (int64_t j0 = 0; j0 < n; j0 += plen) {
+            const int64_t j1 = std::min(n, j0 + plen);
+            for (int64_t b0 = j0; b0 < j1; b0 += 64) {
+              const int64_t b1 = std::min(j1, b0 + 64);
+              for (int v = 0; v < 2; ++v)
+                for (int64_t s = b0; s < b1; s += 16) {
+                  const float* row = (v ? d.v + s * p.ldv : d.k + s * p.ldk);
+                  const bool swept = mode == 1 || (s == j0 && v == 0);
+                  want.push_back({reinterpret_cast<uintptr_t>(row), int(std::min<int64_t>(16, b1 - s)), swept});
+                }
+            }
+          }
+          std::vector<float> out(size_t(p.n_heads * p.head_dim));
+          const std::vector<attention_detail::DecodeRead> got =
+              attention_detail::decode_reads(d.q, d.k, d.v, out.data(), p);
+          ++checked;
+          const std::string w = describe(c) + " page " + std::to_string(page) + " mode " + std::to_string(mode);
+          if (got.size() != want.size()) {
+            ::emollm_test::report_failure(__FILE__, __LINE__, w + ": " + std::to_string(got.size()) + " reads, want " +
+                                                                 std::to_string(want.size()));
+            continue;
+          }
+          for (size_t i = 0; i < want.size(); ++i)
+            if (!(got[i] == want[i])) {
+              ::emollm_test::report_failure(__FILE__, __LINE__, w + ": read " + std::to_string(i) + (got[i].swept ? " swept" : " prefetched") +
+                                                                   " differs");
+              break;
+            }
+        }
+      }
+  attention_detail::set_decode_pipeline(was_pipe);
+  EXPECT(checked == 48);
+}
+
 // The attention drivers' scheduling (attention_internal.h: the decode pieces, the tiled units and
 // split-KV merges taken from a shared counter inside one pool->run job) with a late worker against
 // the same calls without one (the reference): outputs and log-sum-exps bit for bit equal with the
