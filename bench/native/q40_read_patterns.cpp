@@ -15,6 +15,15 @@
 //   read-2-4k       the two-stream pass's read pattern without its arithmetic: two streams (the thread's
 //                   part cut in 2), a record (18 lines) a step each, each prefetched 4 KiB ahead from a loop
 //   read-4-nopf     four streams, two records (36 lines) a step each, no software prefetch
+//   split<C>x<M>-<a> a record layout the pass could read (read_split, no arithmetic): C compute
+//                   streams (the pass's accumulators allow 2), each record's 18 lines stored in M
+//                   arrays (M = 1: today's records; 2: groups 0-1 and 2-3 apart, so each compute
+//                   stream is fed by two memory streams), a prefetch loop a record a memory stream
+//                   `a` / M bytes on, the lines loaded round-robin over the M arrays; split1x1: one
+//                   memory stream for the thread (the pattern of two compute streams' records
+//                   interleaved in one array: fewer memory streams, not more)
+//   spread<C>x<M>-<a> the same with each line's prefetch issued just before its load (an asm
+//                   statement with a memory clobber keeps it there): read-4's spread form
 //   gemv-alt        gemv on a second set of copies placed as RP_ALT says (only with RP_ALT: model = as
 //                   core/backend.cpp alloc_packed places a packed matrix, its whole 2 MiB pages huge and
 //                   its tail in 4 KiB pages; small = every page 4 KiB): what the pages cost the pass
@@ -85,6 +94,48 @@ BENCH_READ_AVX512 uint64_t loads_kernel(const uint8_t* p, size_t nrec) {
     }
   }
   return fold(a);
+}
+
+// A split record layout's read pattern as the pass would issue it (rows split<C>x<M>-<ahead>): C compute
+// streams (contiguous parts of the share), each record's 18 lines stored in M arrays (18 / M lines of
+// it in each: M = 1 today's records, 2 groups 0-1 / 2-3 apart, 3 six lines each), so a compute stream
+// reads M memory streams: per record, a loop prefetching each memory stream's piece `ahead` * 1 / M
+// bytes on (the same records ahead), then its lines loaded round-robin over the M arrays, one line
+// each in turn (the kernel's t-major order: lines of groups 0-1, then 2-3, ...). Compile-time shapes,
+// the kernel's instruction density, no arithmetic.
+// Spread: each line's prefetch issued just before its load's turn (an asm statement with a memory
+// clobber, so GCC cannot bunch them), instead of one loop a piece before the record.
+template <int C, int M, bool Spread = false>
+BENCH_READ_AVX512 uint64_t read_split(const uint8_t* p, size_t bytes, size_t ahead) {
+  constexpr int L = 18 / M;
+  const size_t recs = bytes / (size_t(C) * kRec), part = recs * L * 64, pf = ahead / M / 64 * 64;
+  const uint8_t* base[C][M];
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < C; ++k) base[k][m] = p + size_t(m) * part * C + size_t(k) * part;
+  __m512i a[C];
+  for (int k = 0; k < C; ++k) a[k] = _mm512_setzero_si512();
+  for (size_t r = 0; r < recs; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < C; ++k) {
+      if constexpr (!Spread) {
+#pragma GCC unroll 3
+        for (int m = 0; m < M; ++m) {
+#pragma GCC unroll 1
+          for (int l = 0; l < L; ++l) _mm_prefetch(reinterpret_cast<const char*>(base[k][m] + r * L * 64 + pf + 64 * l), _MM_HINT_T0);
+        }
+      }
+#pragma GCC unroll 18
+      for (int l = 0; l < L; ++l)
+#pragma GCC unroll 3
+        for (int m = 0; m < M; ++m) {
+          if constexpr (Spread)
+            __asm__ volatile("prefetcht0 %0" : : "m"(*(base[k][m] + r * L * 64 + pf + 64 * l)) : "memory");
+          a[k] = _mm512_xor_si512(a[k], _mm512_loadu_si512(base[k][m] + r * L * 64 + 64 * l));
+        }
+    }
+  uint64_t h = 0;
+  for (int k = 0; k < C; ++k) h ^= fold(a[k]);
+  return h;
 }
 #endif
 }  // namespace
@@ -161,6 +212,16 @@ int main(int argc, char** argv) {
       {"read-2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 1152, 4096); }, W); }, {}},
       {"gemv-alt", gemv(true), {}, true},
       {"read-4-alt", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}, true},
+      {"split1x1-8k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<1, 1>(p, n, 8192); }, W); }, {}},
+      {"split2x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1>(p, n, 4096); }, W); }, {}},
+      {"split2x2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2>(p, n, 4096); }, W); }, {}},
+      {"split2x2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2>(p, n, 2048); }, W); }, {}},
+      {"split2x3-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 3>(p, n, 4096); }, W); }, {}},
+      {"split4x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<4, 1>(p, n, 4096); }, W); }, {}},
+      {"spread2x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 4096); }, W); }, {}},
+      {"spread2x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 1024); }, W); }, {}},
+      {"spread2x2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 2048); }, W); }, {}},
+      {"spread2x2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 4096); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
   // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)

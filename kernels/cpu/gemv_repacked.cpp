@@ -409,7 +409,13 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // streams 0-1's accumulators in registers and 2-3's in memory (loaded / stored around each record;
 // same bits): 0.77-0.80x by median (GCC's loop: 125 stack accesses besides those). A record's
 // quant lines loaded in address order (block_step's loops group-major, x's 8 broadcasts hoisted;
-// same bits): 0.97-1.04x by median, neutral.
+// same bits): 0.97-1.04x by median, neutral. Session 23 (1 thread, cold, thread CPU time, load 2-10;
+// q40_read_patterns): each line's prefetch issued just before its load from an asm statement (GCC
+// cannot bunch them; read-4's spread form) 0.87-0.97x by median with a memory clobber, 0.98-0.99x
+// without; records split in two arrays (groups 0-1 / 2-3: two memory streams a compute stream; a
+// scratch copy of this pass, same bits) 0.99-1.08x by best and 0.95-1.04x by median of the same copy
+// on today's records, with spread prefetches 0.99-1.07x / 0.93-1.06x (0.90-0.97x of read-4 by best,
+// against 0.86-0.93x), halves within each super-group 0.88-1.05x: not built.
 // Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
 // sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
 // written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
