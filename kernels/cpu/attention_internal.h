@@ -73,8 +73,8 @@ bool decode_pv2_applies(const AttentionParams& p);
 // (the 1.1B's 32 / 4 heads x 64): the next 16-token sub-block's lines prefetched a few at a time
 // from inside this sub-block's Q K^T and P V loops (default), instead of each sub-block's lines
 // read in one sweep right before its compute (reads and FMAs one after the other).
-// EMOLLM_DECODE_ATTN_PIPELINE=0 (read once) or set_decode_pipeline(false): the sweep before each
-// sub-block. Prefetches only: outputs are bit for bit equal.
+// set_decode_pipeline(false) (tests, A/B tools): the sweep before each sub-block. Prefetches
+// only: outputs are bit for bit equal.
 bool decode_pipeline();
 void set_decode_pipeline(bool on);
 // Whether a decode call's sub-blocks take it (the driver asks this too): AVX-512 with in-place rows
