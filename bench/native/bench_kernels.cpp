@@ -1788,96 +1788,6 @@ void bench_kquant_gemv(ThreadPool& pool) {
     }
 }
 
-// q6_K's packed record layout (kquant_records.h, the default) against the previous one
-// (set_kq6_packed(false)) on the same weights, interleaved call by call: 64-row records cold
-// (rotated copies in 2 MiB pages), on the lean M = 1 pass, and the read probe over the records' bytes; the "l2" shape (256 x 2048, 430 KB)
-// runs on one copy, hot from L2 (where the unpacking's cost shows without the memory's).
-// Ratio = that row's time / the packed 64-row records' (>1: packed faster).
-void bench_kq6_packed(ThreadPool& pool) {
-  struct Shape {
-    const char* name;
-    int64_t N, K;
-    bool hot;
-  };
-  const Shape shapes[] = {{"l2", 256, 2048, true},           {"llama1b.qkvo", 2048, 2048, false},
-                          {"llama1b.gate_up", 5632, 2048, false}, {"llama1b.down", 2048, 5632, false},
-                          {"llama.qkvo", 4096, 4096, false},      {"llama.gate_up", 11008, 4096, false},
-                          {"llama.down", 4096, 11008, false}};
-  const DType t = DType::Q6_K;
-  bool header = false;
-  for (const Shape& sh : shapes) {
-    const std::string name = std::string("gemv_kq6_packed/") + sh.name + "/q6_K";
-    if (!selected(name)) continue;
-    if (g_opt.list) { std::printf("%s\n", name.c_str()); continue; }
-    if (!kquant_repacked_usable()) continue;
-    if (!header) {
-      table_header("q6_K records M=1: packed high-bit layout vs the previous (interleaved; ratio = row time / packed 64-row time, >1: packed faster)");
-      header = true;
-    }
-    const int64_t N = sh.N, K = sh.K;
-    progress(name + ": preparing weights");
-    Buf<uint8_t> q = random_quantized_matrix(t, N, K, 41 + uint64_t(N) + uint64_t(K), &pool);
-    Buf<float> x = make_aligned<float>(size_t(K)), y = make_aligned<float>(size_t(N));
-    fill_random(x.get(), K, 79, &pool);
-    const int rows0 = int(kquant_record_rows());
-    // copies of the records packed with `rows` rows a record and the layout `packed`
-    auto records = [&](int rows, bool packed, size_t* bytes) {
-      set_kquant_record_rows(rows);
-      set_kq6_packed(packed);
-      *bytes = kquant_repack_bytes(t, N, K);
-      Buf<uint8_t> src = alloc_huge(*bytes);
-      kquant_repack(q.get(), t, N, K, src.get(), &pool);
-      std::unique_ptr<Copies> c(new Copies(src.get(), *bytes, sh.hot ? 1 : decode_copies(*bytes), &pool, true));
-      set_kquant_record_rows(rows0);
-      set_kq6_packed(true);
-      return c;
-    };
-    size_t rb = 0;
-    auto c_new = records(64, true, &rb), c_prev = records(64, false, &rb), c_probe = records(64, true, &rb);
-    // one call on records of `rows` rows, layout `packed` (the lean M = 1 pass: the only one since
-    // session 22)
-    auto call = [&](const void* wp, int rows, bool packed) {
-      set_kquant_record_rows(rows);
-      set_kq6_packed(packed);
-      gemm_kquant_repacked(x.get(), K, wp, t, nullptr, y.get(), N, 1, N, K, &pool);
-      set_kquant_record_rows(rows0);
-      set_kq6_packed(true);
-    };
-    Result r;
-    r.section = "gemm";
-    r.name = name;
-    r.label = std::string(sh.name) + " M=1";
-    r.dtype = dtype_name(t);
-    r.impl = "emollm";
-    r.M = 1;
-    r.N = N;
-    r.K = K;
-    r.flops = 2.0 * double(N) * double(K);
-    r.bytes = double(rb);
-    std::vector<Stats> st;
-    Result* res = run_case(r, [&](Result& rr) {
-      st = measure_interleaved({[&](int i) { call((*c_new)[i], 64, true); },
-                                [&](int i) { call((*c_prev)[i], 64, false); },
-                                [&](int i) { read_probe_call(pool, (*c_probe)[i], rb); }});
-      rr.st = st[0];
-      rr.ratio_vs = "prevlayout";
-      rr.ratio = st[1].best / st[0].best;
-      rr.note = std::string(sh.hot ? "hot (1 copy, L2)" : "cold") + ", 64-row records, packed layout";
-    });
-    if (!res) continue;
-    table_row(*res);
-    const Result base = *res;
-    const char* suffix[] = {"", "prevlayout", "probe-same-size"};
-    const char* notes[] = {"", "the previous layout (EMOLLM_KQ6_PACKED=0)", "read probe over the records' bytes"};
-    for (int k = 1; k < 3; ++k) {
-      Result d = derived_row(base, suffix[k], suffix[k], st[size_t(k)], "emollm", st[size_t(k)].best / st[0].best, notes[k]);
-      if (k == 2) d.flops = 0;
-      push_row(d);
-    }
-    settle();
-  }
-}
-
 // Batched decode (2 <= M <= 16, BF16 / F16): gemm_huge_pages on cold copies in 2 MiB pages (what a
 // decoder runs with several sequences a step), interleaved call by call with its previous path
 // (where one is kept; "prev" row), oneDNN's bf16
@@ -3254,7 +3164,6 @@ int main(int argc, char** argv) {
     for (const GemmShape& s : shapes) bench_gemm_shape(s, pool);
     bench_fused(pool);
     bench_kquant_gemv(pool);
-    bench_kq6_packed(pool);
     bench_batched_decode(pool);
     bench_attention(pool);
     bench_attention_bf16(pool);
@@ -3310,7 +3219,6 @@ int main(int argc, char** argv) {
   }
   bench_fused(pool);
   bench_kquant_gemv(pool);
-  bench_kq6_packed(pool);
   bench_batched_decode(pool);
   bench_attention(pool);
   bench_attention_bf16(pool);

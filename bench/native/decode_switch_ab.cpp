@@ -4,11 +4,11 @@
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
-// set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; kq6_packed: q6_K's packed record layout, fixed when the weights are packed, so the model is
-// loaded twice, off and on, and the blocks alternate between the two; embd_populate: the token
+// set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
 // embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
 // entries dropped before each block; kq_record_rows: K-quant records of 32 rows (on) against 64
-// (set_kquant_record_rows, fixed when the weights are packed: model loaded twice); small_half_copies: bf16 / f16 copies from 256 KiB (on)
+// (set_kquant_record_rows, fixed when the weights are packed, so the model is loaded twice, off and
+// on, and the blocks alternate between the two); small_half_copies: bf16 / f16 copies from 256 KiB (on)
 // against 2 MiB (core/backend.h set_small_half_copies, read when weights are placed: loaded twice);
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
@@ -44,7 +44,7 @@
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
 #include "cpu/gemm_internal.h"       // set_q40_ms
 #include "cpu/gemv_kquant_vnni.h"    // set_kquant_streams
-#include "cpu/kernels.h"             // set_kq6_packed
+#include "cpu/kernels.h"             // set_kquant_record_rows, set_gemv_fusion
 #include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
 #include <sys/mman.h>
@@ -154,7 +154,6 @@ const AbSwitch kSwitches[] = {
     // the decode attention's next sub-block prefetched from inside this one's kernels (set_decode_pipeline)
     {"attn_pipe", [](bool on) { attention_detail::set_decode_pipeline(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
-    {"kq6_packed", [](bool on) { set_kq6_packed(on); }, OnContext::ReloadedModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
     // (madvise MADV_DONTNEED: the page table entries dropped, the page cache kept, as a fresh
     // model's untouched rows): a page fault a token in the lookup. Before each block, untimed

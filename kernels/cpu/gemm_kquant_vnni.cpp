@@ -164,7 +164,6 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
   const KqLayout L{q6, kquant_record_groups(), 0};
   const size_t rec = L.rec();
   const int64_t kb = 8 * ns;
-  const bool packed6 = q6 && kq6_packed();
   const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(int(0x80000000u)));
   for (int64_t pnl = 0; pnl * NR < nv; ++pnl) {
     int32_t* op = out + pnl * kb * WBLK;
@@ -200,15 +199,11 @@ EMO_TV void pack_w_records(const uint8_t* W, size_t gstride, int64_t n0, int64_t
               sb = _mm512_xor_ps(_mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j))))),
                                  sign);
             }
-            // the sub-block's lines (rows past nv zeroed), unpacked as the decode passes do, in the
-            // layout the records were packed in (kq_codes)
+            // the sub-block's lines (rows past nv zeroed), unpacked as the decode passes do (kq_codes)
             const uint8_t* cl = p + L.codes(gi, j);
             __m512i v[6];
             for (int i = 0; i < kKqLines<q6>; ++i) v[i] = _mm512_maskz_mov_epi32(km, _mm512_loadu_si512(cl + 64 * i));
-            if (packed6)
-              kq_codes<q6, true>(v, lo, hi);
-            else
-              kq_codes<q6, false>(v, lo, hi);
+            kq_codes<q6>(v, lo, hi);
           } else {
             for (int i = 0; i < 4; ++i) lo[i] = hi[i] = _mm512_setzero_si512();
           }

@@ -262,7 +262,7 @@ RowsFn pick_m(int64_t M) {
 // A different f32 order from kq_rows (lane sums per row there): not bit-equal to it.
 // No horizontal sums, no permutes, scales one vpmovzx per 16 rows. (The 16-row records, G = 1,
 // and their own kernel are gone: 64-row records were 1.1-1.6x faster on q4_K (session 15) and
-// 0.92-1.33x, mostly >= 1.1x, on q6_K (session 16, bench_kernels gemv_kq6_packed's records16 rows).)
+// 0.92-1.33x, mostly >= 1.1x, on q6_K (session 16, bench_kernels).)
 
 // Per-call X data for the records: per X row m and sub-block b (index m * nb + b) dx_b, and
 // q4_K: dx_b * S_b (f32, exact) / q6_K: -32 S_h per half (int32, index m * 2 nb + h).
@@ -302,14 +302,14 @@ struct KqSub {
   __m512 mn;         // q4_K: the mins
 };
 
-template <bool Q6, int G, bool P>
+template <bool Q6, int G>
 __attribute__((always_inline)) EMO_TK inline void kq_load_sub(const uint8_t* p, int gi, int j, KqSub<Q6>& b) {
   const KqLayout L{Q6, G, 0};
   const uint8_t* cl = p + L.codes(gi, j);
   __m512i v[6];
 #pragma GCC unroll 6
   for (int i = 0; i < kKqLines<Q6>; ++i) v[i] = _mm512_load_si512(cl + 64 * i);
-  kq_codes<Q6, P>(v, b.lo, b.hi);
+  kq_codes<Q6>(v, b.lo, b.hi);
   auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p + off)); };
   if constexpr (Q6) {
     b.sc0 = _mm512_cvtepi8_epi32(bytes16(L.sc(gi, 2 * j)));
@@ -408,7 +408,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_prefetch_step(const uint8_t
 // prefetched pf bytes ahead, the record's lines spread over its 8 sub-block steps (every line,
 // scales included: the 16-row kernel prefetched the code lines only); `cold`: the range's first
 // pf bytes are prefetched before starting (nothing earlier did).
-template <DType T, int MB, int G, bool P>
+template <DType T, int MB, int G>
 EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t ldy,
                           int64_t N, int64_t q0, int64_t q1, bool cold) {
   static_assert(MB >= 2, "M = 1: kq_records_sg_lean");
@@ -439,7 +439,7 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
         for (int j = 0; j < 8; ++j) {
           if (gi == 0) prefetch_step(j);
           KqSub<q6> b;
-          kq_load_sub<q6, G, P>(p, gi, j, b);
+          kq_load_sub<q6, G>(p, gi, j, b);
           for (int m = 0; m < MB; ++m) {
             __m512i x[8];
             kq_load_x(xr, m, s, j, x);
@@ -510,7 +510,7 @@ int64_t kq_stream_prefetch(int streams) {
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; the min terms (which do not
 // depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
-template <DType T, int G, int S, bool P>
+template <DType T, int G, int S>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
                                                                   int64_t pf, bool spread, __m512 (&y)[S][G]) {
   constexpr bool q6 = T == DType::Q6_K;
@@ -543,7 +543,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
         auto bytes16 = [&](size_t off) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + off)); };
         __m512i lo[4], hi[4];
         if constexpr (q6)
-          kq6_codes<P>(v, lo, hi);
+          kq6_codes(v, lo, hi);
         else
           kq4_codes<true>(v, lo, hi);  // hi: 16 x the high nibbles, their chain's sum shifted back below
         __m512i P0 = _mm512_setzero_si512(), P1 = _mm512_setzero_si512();
@@ -586,7 +586,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
 // its next super-group (`cold`: the first pf bytes of each first; nothing earlier did); spread:
 // q6_K's prefetches spread over each step's groups (kq_lean_records). Each output's arithmetic is
 // kq_records_sg<T, 1, G>'s.
-template <DType T, int G, int S, bool P>
+template <DType T, int G, int S>
 EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
                           int64_t q0, int64_t per, int64_t pf, bool spread, bool cold) {
   constexpr bool q6 = T == DType::Q6_K;
@@ -603,7 +603,7 @@ EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
     for (int k = 0; k < S; ++k)
       for (int gi = 0; gi < G; ++gi) y[k][gi] = _mm512_setzero_ps();
     for (int64_t s = 0; s < ns; ++s) {
-      kq_lean_records<T, G, S, P>(p, s, xr, pf, spread, y);
+      kq_lean_records<T, G, S>(p, s, xr, pf, spread, y);
       for (int k = 0; k < S; ++k) p[k] += rec;  // the last record's next is the part's next super-group
     }
     for (int k = 0; k < S; ++k)
@@ -614,7 +614,7 @@ EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 
 // Super-groups [q0, q1). kq_streams() = 2 (default): the range in 2 contiguous parts side by side
 // (kq_lean_parts), an odd one left over as one part after them; 1: one after the other.
-template <DType T, int G, bool P>
+template <DType T, int G>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
   const int S = kq_streams();
@@ -623,31 +623,30 @@ EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, co
   int64_t q = q0;
   if (S == 2 && q1 - q >= 2) {
     const int64_t per = (q1 - q) / 2;
-    kq_lean_parts<T, G, 2, P>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
+    kq_lean_parts<T, G, 2>(Wr, ns, xr, bias, Y, N, q, per, pf, spread, cold);
     q += 2 * per;
   }
-  if (q < q1) kq_lean_parts<T, G, 1, P>(Wr, ns, xr, bias, Y, N, q, q1 - q, pf, spread, cold);
+  if (q < q1) kq_lean_parts<T, G, 1>(Wr, ns, xr, bias, Y, N, q, q1 - q, pf, spread, cold);
 }
 
 using SgFn = void (*)(const uint8_t*, int64_t, const XRec&, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                       bool);
-template <DType T, int G, bool P>
+template <DType T, int G>
 SgFn pick_sg_m(int64_t M) {
   switch (M) {
-    case 1: return &kq_records_sg_lean<T, G, P>;
-    case 2: return &kq_records_sg<T, 2, G, P>;
-    case 3: return &kq_records_sg<T, 3, G, P>;
-    case 4: return &kq_records_sg<T, 4, G, P>;
-    case 5: return &kq_records_sg<T, 5, G, P>;
-    case 6: return &kq_records_sg<T, 6, G, P>;
-    case 7: return &kq_records_sg<T, 7, G, P>;
-    default: return &kq_records_sg<T, 8, G, P>;
+    case 1: return &kq_records_sg_lean<T, G>;
+    case 2: return &kq_records_sg<T, 2, G>;
+    case 3: return &kq_records_sg<T, 3, G>;
+    case 4: return &kq_records_sg<T, 4, G>;
+    case 5: return &kq_records_sg<T, 5, G>;
+    case 6: return &kq_records_sg<T, 6, G>;
+    case 7: return &kq_records_sg<T, 7, G>;
+    default: return &kq_records_sg<T, 8, G>;
   }
 }
 template <int G>
 SgFn pick_sg_g(bool q6, int64_t M) {
-  if (!q6) return pick_sg_m<DType::Q4_K, G, false>(M);
-  return kq6_packed() ? pick_sg_m<DType::Q6_K, G, true>(M) : pick_sg_m<DType::Q6_K, G, false>(M);
+  return q6 ? pick_sg_m<DType::Q6_K, G>(M) : pick_sg_m<DType::Q4_K, G>(M);
 }
 SgFn pick_sg(bool q6, int G, int64_t M) { return G == 2 ? pick_sg_g<2>(q6, M) : pick_sg_g<4>(q6, M); }
 

@@ -145,10 +145,6 @@ bool kquant_repacking();
 // q4_K and q6_K; 32 stays a layout the tests pack and read). Read when packing and when computing: process-wide, set it before
 // packing and keep it while the records are in use (tests, the bench's A/B rows).
 void set_kquant_record_rows(int rows);
-// q6_K records' code layout (kquant_records.h): the packed high bits (default) or the previous
-// one (false; EMOLLM_KQ6_PACKED=0). Process-wide like the record rows: set it before packing and
-// keep it while the records are in use. Same codes, same integer dot products: same bits.
-void set_kq6_packed(bool on);
 
 // ---------------------------------------------------------------- bf16 weights in GEMM panels (many-row products)
 // BF16 matrices that only ever meet many activation rows (vision towers, projectors) rearranged

@@ -19,23 +19,22 @@
 //   q6_K (3392 G B = 53 G lines):
 //     [0, 64)      d of rows 0..15 (f32, exact from the fp16)
 //     [64, 320)    scales: byte 16 h + r = int8 scale of 16-element half h of row r
-//     [320, 3392)  sub-block j = 6 lines at 320 + 384 j: 4 lines of the low 4 bits of the codes
-//                  as q4_K's codes, then 2 lines of their high 2 bits: line t, dword r, byte k,
-//                  bits 2f..2f+1 = u[r][32 j + 4 (4 t + f) + k] >> 4
-//                  (one sub-block after the other: the record is read as one sequential stream;
-//                  with the high bits in a region of their own it read as two, 0.7x as fast)
-//                  That is the previous q6_K code layout (EMOLLM_KQ6_PACKED=0). The default one
-//                  (kq6_packed()) keeps the offsets and the 6 lines a sub-block, with the bits
-//                  placed so that fewer ops unpack them (14-18 a sub-block instead of 26):
+//     [320, 3392)  sub-block j = 6 lines at 320 + 384 j (one sub-block after the other: the
+//                  record is read as one sequential stream; with the high bits in a region of
+//                  their own it read as two, 0.7x as fast), the high bits packed so that few ops
+//                  unpack them (14-18 a sub-block; kq6_codes):
 //                  lines 0-3: byte = u[quad i] (bits 0-5) | (u[quad 4 + i] >> 4) << 6
 //                  line 4: low nibble = u[quad 4] & 15, high nibble = u[quad 5] & 15
 //                  line 5: low nibble = u[quad 6] & 15, high nibble = u[quad 7] & 15
 //                  (quad q = elements 4q..4q+3 of the sub-block, byte k of dword r as above):
 //                  quads 0-3 are one and-mask each, quads 4-7 their nibble or-ed with bits 6-7
-//                  of line q - 4 moved to bits 4-5 (kq6_codes). Measured (session 16, loaded,
-//                  interleaved): 1.12-1.37x the previous layout with the records in L2, 0.97-1.07x
-//                  cold (memory-side), decode 1.02-1.03x; a GFNI affine for the bits-6-7 move
-//                  would save 4 more ops a sub-block (not tried: the cold pass is not ALU-bound).
+//                  of line q - 4 moved to bits 4-5. Against the previous layout (4 lines of low
+//                  nibbles as q4_K's codes, then 2 lines of the high 2 bits: 26 ops a sub-block)
+//                  it measured (session 16, loaded, interleaved) 1.12-1.37x as fast with the
+//                  records in L2, 0.97-1.07x cold, decode 1.02-1.03x; the previous layout and
+//                  its switch EMOLLM_KQ6_PACKED went in session 23. A GFNI affine for the
+//                  bits-6-7 move would save 4 more ops a sub-block (not tried: the cold pass is
+//                  not ALU-bound).
 // so the 4 code bytes of "quad" q (elements 4q..4q+3 of a sub-block) of a group's 16 rows are one
 // zmm: a vpdpbusd against 4 activation bytes broadcast gives the 16 rows' sums (no horizontal
 // sums). With G = 4 the decode GEMV at M = 1 reads a sub-block of 64 rows (16 lines in a row)
@@ -62,16 +61,11 @@ constexpr size_t kQ4KRecord = 2368;    // bytes per q4_K record (16 rows x 256 e
 constexpr size_t kQ6KRecord = 3392;    // bytes per q6_K record
 constexpr size_t kKqCodes = 320;       // offset of the 4-bit codes (both types)
 constexpr size_t kQ4KSc = 64, kQ4KMin = 192;
-constexpr size_t kQ6KSc = 64, kQ6KHigh = 256;  // high bits: offset in a q6_K sub-block's lines
+constexpr size_t kQ6KSc = 64;
 // Offset of sub-block j's code lines in a record.
 constexpr size_t kq_block_offset(bool q6, int j) { return kKqCodes + size_t(q6 ? 384 : 256) * size_t(j); }
 
 inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecord : kQ4KRecord; }
-
-// The q6_K code layout kquant_repack writes and the kernels read: true (default) the packed high
-// bits above, false the previous one (EMOLLM_KQ6_PACKED=0, kernels.h set_kq6_packed). Like the
-// record rows, it must not change between a matrix's repack and its use.
-bool kq6_packed();
 
 // Groups of 16 rows per record of kquant_repack's output: 4 (64-row records, the default) or 2
 // (kernels.h set_kquant_record_rows: tests). The layout itself is defined for
@@ -110,22 +104,13 @@ inline void kquant_record_codes(DType t, int G, const uint8_t* rec, int r, uint8
         u[32 * j + 16 + 4 * i + k] = b >> 4;
       }
   if (t != DType::Q6_K) return;
-  if (kq6_packed()) {
-    for (int j = 0; j < 8; ++j)
-      for (int i = 0; i < 4; ++i)
-        for (int k = 0; k < 4; ++k) {
-          const uint8_t* c = rec + L.codes(gi, j) + 4 * rr + k;
-          const uint8_t b = c[64 * i], nib = c[64 * (4 + i / 2)];
-          u[32 * j + 4 * i + k] = b & 0x3F;
-          u[32 * j + 16 + 4 * i + k] = uint8_t(((i % 2 ? nib >> 4 : nib) & 0x0F) | ((b >> 6) << 4));
-        }
-    return;
-  }
   for (int j = 0; j < 8; ++j)
-    for (int q = 0; q < 8; ++q)
+    for (int i = 0; i < 4; ++i)
       for (int k = 0; k < 4; ++k) {
-        const uint8_t b = rec[L.codes(gi, j) + kQ6KHigh + 64 * (q / 4) + 4 * rr + k];
-        u[32 * j + 4 * q + k] |= uint8_t(((b >> (2 * (q % 4))) & 3) << 4);
+        const uint8_t* c = rec + L.codes(gi, j) + 4 * rr + k;
+        const uint8_t b = c[64 * i], nib = c[64 * (4 + i / 2)];
+        u[32 * j + 4 * i + k] = b & 0x3F;
+        u[32 * j + 16 + 4 * i + k] = uint8_t(((i % 2 ? nib >> 4 : nib) & 0x0F) | ((b >> 6) << 4));
       }
 }
 
@@ -146,56 +131,31 @@ __attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq4_codes(const 
   }
 }
 
-// q6_K: the high 2 bits of a sub-block's 8 quads (H0 = quads 0-3, H1 = quads 4-7, field q % 4 of
-// each dword byte) moved to bits 4-5 and or-ed into their low nibbles lo[q] / hi[q - 4]
-// (vpternlogd 0xF8: a | (b & c), m30 = bytes 0x30). Shared by the decode GEMV and the prefill's
-// W panels, which must read the same codes.
-EMOLLM_TARGET_AVX512 inline void kq6_merge_high(__m512i lo[4], __m512i hi[4], __m512i H0, __m512i H1, __m512i m30) {
-  lo[0] = _mm512_ternarylogic_epi32(lo[0], _mm512_slli_epi16(H0, 4), m30, 0xF8);
-  lo[1] = _mm512_ternarylogic_epi32(lo[1], _mm512_slli_epi16(H0, 2), m30, 0xF8);
-  lo[2] = _mm512_ternarylogic_epi32(lo[2], H0, m30, 0xF8);
-  lo[3] = _mm512_ternarylogic_epi32(lo[3], _mm512_srli_epi16(H0, 2), m30, 0xF8);
-  hi[0] = _mm512_ternarylogic_epi32(hi[0], _mm512_slli_epi16(H1, 4), m30, 0xF8);
-  hi[1] = _mm512_ternarylogic_epi32(hi[1], _mm512_slli_epi16(H1, 2), m30, 0xF8);
-  hi[2] = _mm512_ternarylogic_epi32(hi[2], H1, m30, 0xF8);
-  hi[3] = _mm512_ternarylogic_epi32(hi[3], _mm512_srli_epi16(H1, 2), m30, 0xF8);
-}
-
-// q6_K: the 8 code vectors of a sub-block (lo = quads 0-3, hi = quads 4-7, as kq6_merge_high
-// leaves them) from its 6 lines v[0..5] in layout P (true: packed, false: previous). Shared by the
-// decode passes and the prefill's W panels, which must read the same codes.
-template <bool P>
+// q6_K: the 8 code vectors of a sub-block (lo = quads 0-3, hi = quads 4-7) from its 6 lines
+// v[0..5] in the packed layout above. Shared by the decode passes and the prefill's W panels,
+// which must read the same codes.
 __attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq6_codes(const __m512i v[6], __m512i lo[4], __m512i hi[4]) {
   const __m512i m4 = _mm512_set1_epi8(0x0F);
-  if constexpr (P) {
-    const __m512i m3f = _mm512_set1_epi8(0x3F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i m3f = _mm512_set1_epi8(0x3F), m30 = _mm512_set1_epi8(0x30);
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-      lo[i] = _mm512_and_si512(v[i], m3f);
-      // bits 6-7 to 4-5 (the bits a 16-bit shift brings in from the next byte are masked off)
-      const __m512i h = _mm512_and_si512(_mm512_srli_epi16(v[i], 2), m30);
-      const __m512i n = i % 2 ? _mm512_srli_epi16(v[4 + i / 2], 4) : v[4 + i / 2];
-      hi[i] = _mm512_ternarylogic_epi32(n, m4, h, 0xEA);  // (n & m4) | h
-    }
-  } else {
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-      lo[i] = _mm512_and_si512(v[i], m4);
-      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v[i], 4), m4);
-    }
-    kq6_merge_high(lo, hi, v[4], v[5], _mm512_set1_epi8(0x30));
+  for (int i = 0; i < 4; ++i) {
+    lo[i] = _mm512_and_si512(v[i], m3f);
+    // bits 6-7 to 4-5 (the bits a 16-bit shift brings in from the next byte are masked off)
+    const __m512i h = _mm512_and_si512(_mm512_srli_epi16(v[i], 2), m30);
+    const __m512i n = i % 2 ? _mm512_srli_epi16(v[4 + i / 2], 4) : v[4 + i / 2];
+    hi[i] = _mm512_ternarylogic_epi32(n, m4, h, 0xEA);  // (n & m4) | h
   }
 }
 
 // Either type's sub-block: the lines a sub-block of type Q6 has (kKqLines: 6 or 4) in v, its 8 code
-// vectors out (kq4_codes, or kq6_codes in layout P). What the decode passes and the prefill's
-// W panels both call, so that one unpack serves every reader of the records.
+// vectors out (kq4_codes or kq6_codes). What the decode passes and the prefill's W panels both
+// call, so that one unpack serves every reader of the records.
 template <bool Q6>
 constexpr int kKqLines = Q6 ? 6 : 4;
-template <bool Q6, bool P>
+template <bool Q6>
 __attribute__((always_inline)) EMOLLM_TARGET_AVX512 inline void kq_codes(const __m512i v[6], __m512i lo[4], __m512i hi[4]) {
   if constexpr (Q6)
-    kq6_codes<P>(v, lo, hi);
+    kq6_codes(v, lo, hi);
   else
     kq4_codes(v, lo, hi);
 }

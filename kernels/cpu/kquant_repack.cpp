@@ -10,7 +10,6 @@
 #include <cstring>
 #include <string>
 
-#include "../../base/env_switch.h"
 #include "../../base/cpu_features.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
@@ -75,13 +74,12 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
   using namespace gemm_detail;
   const int gi = r / kKqRows;
   r %= kKqRows;
-  const bool packed6 = t == DType::Q6_K && kq6_packed();
   for (int j = 0; j < 8; ++j)
     for (int i = 0; i < 4; ++i)
       for (int k = 0; k < 4; ++k) {
         const uint8_t a = u[32 * j + 4 * i + k], b = u[32 * j + 16 + 4 * i + k];  // quads i, 4 + i
         uint8_t* c = rec + L.codes(gi, j) + 4 * r + k;
-        if (!packed6) {
+        if (t == DType::Q4_K) {
           c[64 * i] = uint8_t((a & 0x0F) | ((b & 0x0F) << 4));
           continue;
         }
@@ -104,11 +102,6 @@ void fill_row(DType t, const gemm_detail::KqLayout& L, const uint8_t* blk, int r
   const float d = f16_to_f32(dh);
   std::memcpy(rec + L.d(gi) + 4 * r, &d, 4);
   for (int h = 0; h < 16; ++h) rec[L.sc(gi, h) + r] = blk[192 + h];
-  if (packed6) return;
-  for (int j = 0; j < 8; ++j)
-    for (int q = 0; q < 8; ++q)
-      for (int k = 0; k < 4; ++k)
-        rec[L.codes(gi, j) + kQ6KHigh + 64 * (q / 4) + 4 * r + k] |= uint8_t((u[32 * j + 4 * q + k] >> 4) << (2 * (q % 4)));
 }
 
 // Groups per record (kquant_records.h): 4 (64 rows). 32-row records stay a layout the tests pack
@@ -118,17 +111,9 @@ std::atomic<int>& record_groups() {
   static std::atomic<int> g{4};
   return g;
 }
-
-EnvSwitch& kq6_packed_flag() {
-  static EnvSwitch on("EMOLLM_KQ6_PACKED");
-  return on;
-}
 }  // namespace
 
-void set_kq6_packed(bool on) { kq6_packed_flag().set(on); }
-
 namespace gemm_detail {
-bool kq6_packed() { return kq6_packed_flag().on(); }
 int kquant_record_groups() { return record_groups().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 void set_kquant_record_rows(int rows) {

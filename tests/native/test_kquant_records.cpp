@@ -477,90 +477,216 @@ TEST(kquant_records_lean_same_bits_as_m2) {
   EXPECT(moved >= 47);  // of 56: an x block of zeros or a tiny one can hide a flip
 }
 
-// q6_K's packed code layout (kquant_records.h, the default) against the previous one
-// (set_kq6_packed(false)): the same codes (kquant_record_codes of both), different bytes, and
-// every output of the decode passes (M 1..8: the 32 / 64-row pass, the lean pass at M = 1, the
-// multi-output dispatch) and of the prefill (M 9, 20) bit for bit
-// the previous layout's, with 0 / 2 / 3 threads; flipping bit 6 of a line-0 byte (the high bits
-// of quad 4 in the packed layout) moves that row's output and no other.
-TEST(kquant_records_q6_packed_same_bits_as_previous_layout) {
+namespace {
+// q6_K's independent reference (ggml's dequantize_row_q6_K, read from the GGUF bytes, not from
+// the records): per row, the 256 codes u (0..63, w = d scales[e / 16] (u - 32)) of each
+// super-block, its fp16 d as f32 and its 16 int8 scales.
+struct Q6Row {
+  std::vector<uint8_t> u;   // K codes
+  std::vector<float> d;     // K / 256
+  std::vector<int8_t> sc;   // K / 16
+};
+Q6Row q6k_gguf_row(const uint8_t* row, int64_t K) {
+  Q6Row r{std::vector<uint8_t>(size_t(K)), std::vector<float>(size_t(K / 256)), std::vector<int8_t>(size_t(K / 16))};
+  for (int64_t s = 0; s < K / 256; ++s) {
+    const uint8_t* blk = row + size_t(s) * 210;  // ql[128], qh[64], scales[16], d (fp16)
+    uint8_t* u = r.u.data() + 256 * s;
+    for (int n = 0; n < 2; ++n)
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t* ql = blk + 64 * n;
+        const uint8_t qh = blk[128 + 32 * n + l];
+        u[128 * n + l] = uint8_t((ql[l] & 15) | ((qh & 3) << 4));
+        u[128 * n + l + 32] = uint8_t((ql[l + 32] & 15) | (((qh >> 2) & 3) << 4));
+        u[128 * n + l + 64] = uint8_t((ql[l] >> 4) | (((qh >> 4) & 3) << 4));
+        u[128 * n + l + 96] = uint8_t((ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4));
+      }
+    uint16_t dh;
+    std::memcpy(&dh, blk + 208, 2);
+    r.d[size_t(s)] = f16_to_f32(dh);
+    for (int h = 0; h < 16; ++h) r.sc[size_t(16 * s + h)] = int8_t(blk[192 + h]);
+  }
+  return r;
+}
+
+// One output of the q6_K records' passes (gemv_kquant_vnni.cpp: kq_dot_sub / kq_lean_records,
+// kq_y_update, kq_store_group), written out in scalar code from the GGUF codes: X row in q8_0
+// (quantize_row's bytes: fp16 dx, 32 int8 q per block, what qx_quantize_row_avx2 rounds to); per
+// 16-element half h of 32-element block b = 8 s + j the exact int32 P_h = sum u q - 32 sum q, then
+// t = P_0 sc_2j + P_1 sc_2j+1 (int32), aA = fma(float(t), dx_b, aA) over the 8 blocks of a
+// super-block, y = fma(d, aA, y) over the super-blocks, plus the bias (or + 0). Every record
+// size, M, pool and layout of the records must give these bits.
+float q6k_records_model(const Q6Row& w, const uint8_t* xq8, int64_t K, float bias) {
+  float y = 0.0f;
+  for (int64_t s = 0; s < K / 256; ++s) {
+    float aA = 0.0f;
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* xb = xq8 + size_t(8 * s + j) * 34;
+      uint16_t dh;
+      std::memcpy(&dh, xb, 2);
+      const int8_t* q = reinterpret_cast<const int8_t*>(xb + 2);
+      int32_t P[2];
+      for (int h = 0; h < 2; ++h) {
+        int32_t dot = 0, sum = 0;
+        for (int e = 16 * h; e < 16 * h + 16; ++e) dot += int32_t(w.u[size_t(256 * s + 32 * j + e)]) * q[e], sum += q[e];
+        P[h] = dot - 32 * sum;
+      }
+      const int32_t t = P[0] * w.sc[size_t(16 * s + 2 * j)] + P[1] * w.sc[size_t(16 * s + 2 * j + 1)];
+      aA = std::fma(float(t), f16_to_f32(dh), aA);
+    }
+    y = std::fma(w.d[size_t(s)], aA, y);
+  }
+  return y + bias;
+}
+}  // namespace
+
+// q6_K's packed code layout (kquant_records.h) against an independent reference: ggml's q6_K
+// decode of the GGUF bytes (q6k_gguf_row, checked against dequantize_row). Every row's code lines
+// are the bytes kquant_records.h's layout gives for those codes (lines 0-3: the quad's 6 bits and
+// bits 4-5 of quad 4 + i in bits 6-7; lines 4-5: the low nibbles of quads 4-7); the decode passes
+// (M 1..8: the 32 / 64-row pass, the lean pass at M = 1, the multi-output dispatch) give every
+// output bit for bit q6k_records_model and lie within test_kquant_gemv.cpp's float64 bound; the
+// prefill (M 9, 20) is gemm() on the GGUF bytes bit for bit (its W panels come from the GGUF
+// decode, not from the records); 0 / 2 / 3 threads, records of 32 and 64 rows. Flipping bit 6 of
+// a line-0 byte (bit 4 of a quad-4 code) moves that row's output to the model's with that code
+// flipped, and no other output. (The previous layout, EMOLLM_KQ6_PACKED=0, was this test's
+// reference until session 23.)
+TEST(kquant_records_q6_packed_against_gguf_reference) {
   if (!have_vnni()) {
     std::printf("  skip: no AVX-512 VNNI\n");
     return;
   }
-  struct Packed {  // the layout for the scope's life, then the previous setting
-    bool prev = gemm_detail::kq6_packed();
-    ~Packed() { set_kq6_packed(prev); }
-  } packed_scope;
   const DType t = DType::Q6_K;
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t N, K;
   };
   const Shape shapes[] = {{1, 256}, {37, 768}, {64, 2048}, {130, 2304}, {70, 11008}};
-  int compared = 0, moved = 0, flips = 0;
+  int compared = 0, moved = 0, flips = 0, bad = 0;
+  auto fail = [&](const std::string& what) {
+    if (bad++ < 6) emollm_test::report_failure(__FILE__, __LINE__, what);
+  };
   for (int rr : kRecordRows)
     for (const Shape& sh : shapes)
       for (bool random_bytes : {true, false}) {
         const RecordRows rows_scope(rr);
         const int64_t N = sh.N, K = sh.K;
+        const std::string what0 = std::string("rows ") + std::to_string(rr) + " N=" + std::to_string(N) +
+                                  " K=" + std::to_string(K) + (random_bytes ? " random-bytes" : " quantised");
         const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, random_bytes, 700u + uint32_t(N + K));
-        set_kq6_packed(false);
-        const std::vector<uint8_t> r0 = repacked(t, w, N, K, nullptr);
-        set_kq6_packed(true);
+        const size_t rb = dtype_row_bytes(t, K);
+        std::vector<Q6Row> ref;
+        std::vector<float> wd(size_t(N * K));
+        for (int64_t n = 0; n < N; ++n) {
+          ref.push_back(q6k_gguf_row(w.data() + size_t(n) * rb, K));
+          dequantize_row(t, w.data() + size_t(n) * rb, wd.data() + n * K, K);
+          for (int64_t e = 0; e < K; ++e) {  // the reference decode is dequantize_row's
+            const Q6Row& q = ref.back();
+            const float v = q.d[size_t(e / 256)] * q.sc[size_t(e / 16)] * (int(q.u[size_t(e)]) - 32);
+            if (!(v == wd[size_t(n * K + e)])) fail(what0 + ": reference decode of row " + std::to_string(n) + " element " + std::to_string(e));
+          }
+        }
         std::vector<uint8_t> r1 = repacked(t, w, N, K, &pool3);
-        const size_t nbytes = kquant_repack_bytes(t, N, K);
-        EXPECT(std::memcmp(aligned(r0, t, N, K), aligned(r1, t, N, K), nbytes) != 0);
+        const uint8_t* R = aligned(r1, t, N, K);
+        // the code lines of every row are the layout's bytes for the GGUF codes
         const gemm_detail::KqLayout L{true, rr / 16, K / 256};
-        for (int64_t n = 0; n < N; n += 7)
+        for (int64_t n = 0; n < N; ++n)
           for (int64_t s = 0; s < L.ns; ++s) {
-            uint8_t u0[256], u1[256];
-            set_kq6_packed(false);
-            gemm_detail::kquant_record_codes(t, L.G, L.record(aligned(r0, t, N, K), n / 16, s), int(n % rr), u0);
-            set_kq6_packed(true);
-            gemm_detail::kquant_record_codes(t, L.G, L.record(aligned(r1, t, N, K), n / 16, s), int(n % rr), u1);
-            EXPECT(std::memcmp(u0, u1, 256) == 0);
+            const uint8_t* rec = L.record(R, n / 16, s);
+            const int gi = int((n / 16) % L.G), r16 = int(n % 16);
+            for (int j = 0; j < 8; ++j) {
+              const uint8_t* u = ref[size_t(n)].u.data() + 256 * s + 32 * j;
+              const uint8_t* c = rec + L.codes(gi, j) + 4 * r16;
+              for (int i = 0; i < 4; ++i)
+                for (int k = 0; k < 4; ++k) {
+                  const uint8_t a = u[4 * i + k], b = u[16 + 4 * i + k];  // quads i and 4 + i
+                  const uint8_t want_line = uint8_t(a | ((b >> 4) << 6));
+                  const uint8_t nib = uint8_t((c[64 * (4 + i / 2) + k] >> (4 * (i % 2))) & 15);
+                  if (c[64 * i + k] != want_line || nib != (b & 15))
+                    fail(what0 + ": code bytes of row " + std::to_string(n) + " super-block " + std::to_string(s) +
+                         " sub-block " + std::to_string(j) + " quad " + std::to_string(i));
+                }
+            }
           }
         const std::vector<float> bias = normal_floats(size_t(N), 6u, 0.5f);
         for (int64_t M : {1, 2, 3, 8, 9, 20}) {
           std::vector<float> x = normal_floats(size_t(M * K), 23u + uint32_t(K + M), 1.0f);
           for (int64_t k = 0; k < M * K; ++k) x[size_t(k)] *= (k % 96 < 32) ? 300.0f : (k % 96 < 64 ? 1e-3f : 1.0f);
-          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-              std::vector<float> y[2];
-              for (int packed : {0, 1}) {
-                set_kq6_packed(packed == 1);
-                const std::vector<uint8_t>& r = packed ? r1 : r0;
-                y[packed].assign(size_t(M * N) + 1, NAN);
-                gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y[packed].data(), N, M, N, K, p);
-                EXPECT(std::isnan(y[packed][size_t(M * N)]));
-                if (M == 1) {  // the multi-output dispatch (the decode's q / k / v)
-                  std::vector<float> ym(size_t(N), NAN);
-                  GemvOutput g{aligned(r, t, N, K), bias.data(), ym.data(), N};
-                  gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
-                  EXPECT(std::memcmp(ym.data(), y[packed].data(), size_t(N) * 4) == 0);
-                }
+          const size_t xb = dtype_row_bytes(DType::Q8_0, K);
+          std::vector<uint8_t> xq8(size_t(M) * xb);
+          std::vector<float> xq(size_t(M * K));
+          for (int64_t m = 0; m < M; ++m) {
+            quantize_row(DType::Q8_0, x.data() + m * K, xq8.data() + size_t(m) * xb, K);
+            dequantize_row(DType::Q8_0, xq8.data() + size_t(m) * xb, xq.data() + m * K, K);
+          }
+          // the expected outputs: the model's bits (M <= 8), gemm() on the GGUF bytes (M > 8)
+          std::vector<float> want(size_t(M * N));
+          if (M <= 8) {
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n)
+                want[size_t(m * N + n)] = q6k_records_model(ref[size_t(n)], xq8.data() + size_t(m) * xb, K, bias[size_t(n)]);
+            // ... and the model within the float64 bound (the decode tests' tolerance)
+            const double gamma = double(2 * K / 32 + 8) * std::ldexp(1.0, -24);
+            for (int64_t i = 0; i < M * N; ++i) {
+              const int64_t m = i / N, n = i % N;
+              double s = 0, a = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double xv = xq[size_t(m * K + k)], wk = wd[size_t(n * K + k)];
+                s += xv * wk;
+                a += std::fabs(xv) * std::fabs(wk);
               }
-              EXPECT(std::memcmp(y[0].data(), y[1].data(), size_t(M * N) * 4) == 0);
-              ++compared;
+              const double bi = bias[size_t(n)];
+              if (!(std::fabs(double(want[size_t(i)]) - (s + bi)) <= gamma * (a + std::fabs(bi))))
+                fail(what0 + " M=" + std::to_string(M) + ": element " + std::to_string(i) + " outside the float64 bound");
             }
+          } else {
+            gemm(x.data(), K, w.data(), t, bias.data(), want.data(), N, M, N, K, nullptr);
+          }
+          for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            const std::string what = what0 + " M=" + std::to_string(M) + (p ? " pool" + std::to_string(p->size()) : "");
+            std::vector<float> y(size_t(M * N) + 1, NAN);
+            gemm_kquant_repacked(x.data(), K, R, t, bias.data(), y.data(), N, M, N, K, p);
+            EXPECT(std::isnan(y[size_t(M * N)]));
+            for (int64_t i = 0; i < M * N; ++i)
+              if (std::memcmp(&y[size_t(i)], &want[size_t(i)], 4) != 0)
+                fail(what + ": element " + std::to_string(i) + ": " + std::to_string(y[size_t(i)]) + " vs " +
+                     (M <= 8 ? "the model " : "GGUF gemm() ") + std::to_string(want[size_t(i)]));
+            if (M > 8) {  // and the GGUF prefill on this pool: the same bits
+              std::vector<float> yg(size_t(M * N), NAN);
+              gemm(x.data(), K, w.data(), t, bias.data(), yg.data(), N, M, N, K, p);
+              if (std::memcmp(yg.data(), want.data(), yg.size() * 4) != 0) fail(what + ": GGUF gemm() differs across pools");
+            }
+            if (M == 1) {  // the multi-output dispatch (the decode's q / k / v)
+              std::vector<float> ym(size_t(N), NAN);
+              GemvOutput g{R, bias.data(), ym.data(), N};
+              gemv_kquant_repacked_multi(x.data(), t, &g, 1, K, p);
+              if (std::memcmp(ym.data(), want.data(), size_t(N) * 4) != 0) fail(what + ": multi-output dispatch differs");
+            }
+            ++compared;
+          }
         }
-        // bit 6 of row n's first byte of line 0 in the packed records: bit 4 of a quad-4 code
-        set_kq6_packed(true);
+        // bit 6 of row n's byte of line 0 of the last super-block's sub-block 7 in the records: bit 4
+        // of that row's code 256 (ns - 1) + 240 (quad 4, byte 0)
         const std::vector<float> x = normal_floats(size_t(K), 31u + uint32_t(K), 1.0f);
+        std::vector<uint8_t> x8(dtype_row_bytes(DType::Q8_0, K));
+        quantize_row(DType::Q8_0, x.data(), x8.data(), K);
         for (int64_t n : {int64_t(0), N - 1}) {
-          uint8_t* byte = const_cast<uint8_t*>(L.record(aligned(r1, t, N, K), n / 16, L.ns - 1)) +
-                          L.codes(int((n / 16) % L.G), 7) + 4 * size_t(n % 16);
+          uint8_t* byte = const_cast<uint8_t*>(L.record(R, n / 16, L.ns - 1)) + L.codes(int((n / 16) % L.G), 7) + 4 * size_t(n % 16);
           std::vector<float> y1(size_t(N), NAN), y2(size_t(N), NAN);
-          gemm_kquant_repacked(x.data(), K, aligned(r1, t, N, K), t, bias.data(), y1.data(), N, 1, N, K, &pool2);
+          gemm_kquant_repacked(x.data(), K, R, t, bias.data(), y1.data(), N, 1, N, K, &pool2);
           *byte ^= 0x40;
-          gemm_kquant_repacked(x.data(), K, aligned(r1, t, N, K), t, bias.data(), y2.data(), N, 1, N, K, &pool2);
+          gemm_kquant_repacked(x.data(), K, R, t, bias.data(), y2.data(), N, 1, N, K, &pool2);
           *byte ^= 0x40;
+          Q6Row flipped = ref[size_t(n)];
+          flipped.u[size_t(256 * (L.ns - 1) + 240)] ^= 0x10;
+          const float want = q6k_records_model(flipped, x8.data(), K, bias[size_t(n)]);
+          if (std::memcmp(&y2[size_t(n)], &want, 4) != 0) fail(what0 + ": flipped row " + std::to_string(n) + " is not the model's");
           for (int64_t o = 0; o < N; ++o)
             if (o != n) EXPECT(std::memcmp(&y1[size_t(o)], &y2[size_t(o)], 4) == 0);
           ++flips;
           if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
         }
       }
+  if (bad) emollm_test::report_failure(__FILE__, __LINE__, std::to_string(bad) + " checks failed");
   EXPECT(compared == 2 * 5 * 2 * 6 * 3);
   EXPECT(moved >= flips - 4);  // a tiny scale or x block can hide a flip
 }
