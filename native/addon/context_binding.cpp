@@ -372,7 +372,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
     // rows of the result: the prompt's positions once its images are spliced in (a text model: its tokens)
     const int64_t rows = !all ? 1
-                         : (s_->llava || s_->qwen) ? spliced_length(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, n_images, counts)
+                         : (s_->llava || s_->qwen) ? spliced_length(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, n_images, counts, grids)
                                                    : int64_t(tokens.size());
     auto* w = new EvalWorker(env, s_, std::move(tokens), all);
     w->set_images(std::move(images), n_images);

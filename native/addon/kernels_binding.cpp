@@ -51,12 +51,6 @@ std::vector<float> arg_floats(const Napi::CallbackInfo& info, size_t i, const ch
   return std::vector<float>(ta.Data(), ta.Data() + ta.ElementLength());
 }
 
-Napi::Float32Array to_float32_array(Napi::Env env, const std::vector<float>& v) {
-  auto out = Napi::Float32Array::New(env, v.size());
-  std::copy(v.begin(), v.end(), out.Data());
-  return out;
-}
-
 // Host arrays in, host arrays out, computed on any backend: on one with host memory the host
 // pointers are used as they are; on a device the inputs are uploaded to buffers of a private
 // context (its own stream) and the outputs downloaded when done. Used by the kernel bindings
@@ -80,10 +74,11 @@ class Staging {
     be_.upload(bufs_.back().data(), host, bytes);
     return bufs_.back().data();
   }
-  float* out(std::vector<float>& h) {
-    if (be_.uses_host_memory()) return h.data();
-    bufs_.emplace_back(be_, h.size() * 4);
-    outs_.push_back({h.data(), bufs_.back().data(), h.size() * 4});
+  // `n` floats at `host` (the result array): written in place on a backend with host memory
+  float* out(float* host, size_t n) {
+    if (be_.uses_host_memory()) return host;
+    bufs_.emplace_back(be_, n * 4);
+    outs_.push_back({host, bufs_.back().data(), n * 4});
     return static_cast<float*>(bufs_.back().data());
   }
   // Copies the outputs back (download waits for the context's stream).
@@ -126,23 +121,28 @@ class GemmWorker final : public PromiseWorker {
 
  protected:
   void Run() override {
-    y_.resize(size_t(M_ * N_));
     if (!be_) {
-      gemm(x_.data(), K_, w_.data(), wtype_, bias_.empty() ? nullptr : bias_.data(), y_.data(), N_, M_, N_, K_,
+      gemm(x_.data(), K_, w_.data(), wtype_, bias_.empty() ? nullptr : bias_.data(), y_.data, N_, M_, N_, K_,
            shared_pool().get());
       return;
     }
     Staging st(*be_);
     be_->gemm(st.in(x_), K_, st.in_bytes(w_.data(), w_.size()), wtype_, bias_.empty() ? nullptr : st.in(bias_),
-              st.out(y_), N_, M_, N_, K_);
+              st.out(y_.data, y_.n), N_, M_, N_, K_);
     st.finish();
   }
-  Napi::Value Resolve(Napi::Env env) override { return to_float32_array(env, y_); }
+  Napi::Value Resolve(Napi::Env env) override { return y_.ref.Value(); }
+
+ public:
+  // Y, made on the JavaScript thread before the worker is queued and written by it in place (no
+  // vector filled, then copied into a fresh array on the event loop).
+  void write_into_js_array(Napi::Env env) { y_.create(env, size_t(M_ * N_)); }
 
  private:
   std::vector<float> x_;
   std::vector<uint8_t> w_;
-  std::vector<float> bias_, y_;
+  std::vector<float> bias_;
+  JsResultArray y_;
   DType wtype_;
   int64_t M_, N_, K_;
   std::shared_ptr<Backend> be_;
@@ -172,6 +172,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     throw_invalid(env, "bias has " + std::to_string(bias.size()) + " elements, expected N = " + std::to_string(N));
   std::shared_ptr<Backend> be = opt_backend(info, 7);
   auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K, std::move(be));
+  worker->write_into_js_array(env);
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;
@@ -191,24 +192,27 @@ void check_len(Napi::Env env, size_t got, int64_t want, const char* what) {
     throw_invalid(env, std::string(what) + " has " + std::to_string(got) + " elements, expected " + std::to_string(want));
 }
 
-// A backend op over staged host arrays, on a worker thread.
+// A backend op over staged host arrays, on a worker thread. Its result array is made here, on the
+// JavaScript thread, and written by the op in place (Staging::out).
 class BackendOpWorker final : public PromiseWorker {
  public:
-  using Op = std::function<void(Backend&, Staging&, std::vector<float>& out)>;
+  using Op = std::function<void(Backend&, Staging&, float* out, size_t n)>;
   BackendOpWorker(Napi::Env env, std::shared_ptr<Backend> be, size_t out_elems, Op op)
-      : PromiseWorker(env), be_(std::move(be)), out_(out_elems), op_(std::move(op)) {}
+      : PromiseWorker(env), be_(std::move(be)), op_(std::move(op)) {
+    out_.create(env, out_elems);
+  }
 
  protected:
   void Run() override {
     Staging st(*be_);
-    op_(*be_, st, out_);
+    op_(*be_, st, out_.data, out_.n);
     st.finish();
   }
-  Napi::Value Resolve(Napi::Env env) override { return to_float32_array(env, out_); }
+  Napi::Value Resolve(Napi::Env env) override { return out_.ref.Value(); }
 
  private:
   std::shared_ptr<Backend> be_;
-  std::vector<float> out_;
+  JsResultArray out_;
   Op op_;
 };
 
@@ -250,8 +254,8 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   std::shared_ptr<Backend> be = backend_or_default(info, 4);
   auto* worker = new BackendOpWorker(env, be, size_t(p.n_q * p.ldo),
                                      [q = std::move(q), k = std::move(k), v = std::move(v), p](
-                                         Backend& b, Staging& st, std::vector<float>& out) {
-                                       b.attention(st.in(q), st.in(k), st.in(v), st.out(out), p);
+                                         Backend& b, Staging& st, float* out, size_t n) {
+                                       b.attention(st.in(q), st.in(k), st.in(v), st.out(out, n), p);
                                      });
   Napi::Promise pr = worker->promise();
   worker->Queue();
@@ -293,10 +297,10 @@ Napi::Value MvpProjection(const Napi::CallbackInfo& info) {
   auto* worker = new BackendOpWorker(
       env, be, size_t(p.tokens * p.d_out),
       [x = std::move(x), w1 = std::move(w1), b1 = std::move(b1), w2 = std::move(w2), b2 = std::move(b2),
-       g = std::move(g), wt, p](Backend& b, Staging& st, std::vector<float>& out) {
+       g = std::move(g), wt, p](Backend& b, Staging& st, float* out, size_t n) {
         b.mvp_projection(st.in(x), st.in_bytes(w1.data(), w1.size()), b1.empty() ? nullptr : st.in(b1),
                          st.in_bytes(w2.data(), w2.size()), b2.empty() ? nullptr : st.in(b2), st.in(g), wt,
-                         st.out(out), p);
+                         st.out(out, n), p);
       });
   Napi::Promise pr = worker->promise();
   worker->Queue();
@@ -323,9 +327,9 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   const int64_t n = arg_int(info, 2, "n");
   if (n < 0 || n % dtype_block_elems(t) != 0) throw_invalid(env, "n must be a non-negative multiple of the block size");
   if (bytes.size() != dtype_row_bytes(t, n)) throw_invalid(env, "byte length does not match n elements of " + std::string(dtype_name(t)));
-  std::vector<float> out(static_cast<size_t>(n));
-  dequantize_row(t, bytes.data(), out.data(), n);
-  return to_float32_array(env, out);
+  auto out = Napi::Float32Array::New(env, size_t(n));  // written in place
+  dequantize_row(t, bytes.data(), out.Data(), n);
+  return out;
 }
 
 // configure({ device?, threads?, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32',

@@ -152,42 +152,36 @@ int64_t image_features_arg(const Napi::CallbackInfo& info, size_t i, const Llava
   return int64_t(out->n) / per;
 }
 
+namespace {
+// The one place that picks which model's splice applies to a context's prompt (Qwen2-VL, EmoLLM,
+// LLaVA / LLaVA-NeXT): splice_images and spliced_length both ask it.
+ImageSplice model_splice(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen, int64_t n_images,
+                         const std::vector<int64_t>& counts, const std::vector<GridThw>& grids) {
+  if (qwen) return qwen->image_splice(grids);
+  if (emollm) return emollm->image_splice(counts);
+  return llava->image_splice(n_images, counts);
+}
+}  // namespace
+
 std::vector<int32_t> splice_images(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen,
                                    const std::vector<int32_t>& tokens, const float* images, int64_t n_images,
                                    const std::vector<int64_t>& counts, const std::vector<GridThw>& grids,
                                    std::vector<int32_t>* pos3) {
-  if (qwen) {
+  if (qwen) {  // the splice of qwen->image_splice(grids), and the M-RoPE positions
     auto p = qwen->prepare(tokens.data(), int64_t(tokens.size()), images, grids);
     *pos3 = std::move(p.pos3);
     return std::move(p.tokens);
   }
-  if (llava && llava->anyres())
-    return splice_prompt_counts(llava->image_token_id(), tokens.data(), int64_t(tokens.size()), images,
-                                llava->n_embd(), counts);
-  if (emollm)
-    return splice_prompt_counts(emollm->image_token_id(), tokens.data(), int64_t(tokens.size()), images,
-                                emollm->n_embd(), counts);
-  return llava->splice_prompt(tokens.data(), int64_t(tokens.size()), images, n_images);
+  const int64_t E = emollm ? emollm->n_embd() : llava->n_embd();
+  return splice_prompt(model_splice(llava, emollm, qwen, n_images, counts, grids), tokens.data(), int64_t(tokens.size()),
+                       images, E);
 }
 
 int64_t spliced_length(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen,
-                       const std::vector<int32_t>& tokens, int64_t n_images, const std::vector<int64_t>& counts) {
-  // the rules of splice_prompt / splice_prompt_counts: image tokens either once per image
-  // (each becomes its image's rows) or already expanded (the length stays)
-  const bool per_image = qwen || emollm || (llava && llava->anyres());
-  const int32_t id = qwen ? qwen->image_token_id() : llava->image_token_id();
-  const int32_t video = qwen ? qwen->video_token_id() : id;  // Qwen2-VL: video pads count as image pads
-  int64_t total = 0;
-  if (per_image)
-    for (int64_t c : counts) total += c;
-  else
-    total = n_images * llava->n_image_tokens();
-  const int64_t n = int64_t(tokens.size());
-  int64_t count = 0;
-  for (int32_t t : tokens) count += (t == id || t == video) ? 1 : 0;
-  if (count == total) return n;
-  if (count == n_images) return n - count + total;
-  return -1;
+                       const std::vector<int32_t>& tokens, int64_t n_images, const std::vector<int64_t>& counts,
+                       const std::vector<GridThw>& grids) {
+  return ::emollm::spliced_length(model_splice(llava, emollm, qwen, n_images, counts, grids), tokens.data(),
+                                  int64_t(tokens.size()));
 }
 
 GenerateParams read_generate_params(Napi::Env env, Napi::Object o) {

@@ -108,10 +108,11 @@ std::vector<int32_t> splice_images(const LlavaModel* llava, const EmollmModel* e
                                    std::vector<int32_t>* pos3);
 
 // The length splice_images gives (computed on the JavaScript thread, without hashing the features):
-// -1 when the prompt's image tokens are neither one per image nor all expanded (splice_images
-// then throws, naming the counts).
+// the core's rule (model/image_splice.h) for the same model's splice. -1 when the prompt's image
+// tokens are neither one per image nor all expanded (splice_images then throws, naming the counts).
 int64_t spliced_length(const LlavaModel* llava, const EmollmModel* emollm, const Qwen2VLModel* qwen,
-                       const std::vector<int32_t>& tokens, int64_t n_images, const std::vector<int64_t>& counts);
+                       const std::vector<int32_t>& tokens, int64_t n_images, const std::vector<int64_t>& counts,
+                       const std::vector<GridThw>& grids);
 
 // The generate options object (temperature, topK, topP, repetitionPenalty, repeatLastN, seed,
 // maxTokens, stopTokens): one reader for every generation path.

@@ -174,10 +174,13 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     const int64_t S = t.model().llava().vision().hparams().image_size;
     if (B < 1 || int64_t(px->size()) != B * 3 * S * S)
       throw_invalid(env, "pixels must hold batch x 3 x " + std::to_string(S) + " x " + std::to_string(S) + " floats");
-    auto out = std::make_shared<std::vector<float>>();
+    // the result array, made here and written by the worker in place (no vector copied on the event
+    // loop); the lambdas hold it until the worker is deleted, on this thread
+    auto out = std::make_shared<JsResultArray>();
+    out->create(env, size_t(B * t.model().n_vision_tokens() * t.tower_feature_dim()));
     MvpTrainer* tp = &t;
-    return queue(env, [tp, px, B, out]() { tp->tower_features(px->data(), B, out.get()); },
-                 [out](Napi::Env e) -> Napi::Value { return to_js(e, *out); });
+    return queue(env, [tp, px, B, out]() { tp->tower_features(px->data(), B, out->data); },
+                 [out](Napi::Env) -> Napi::Value { return out->ref.Value(); });
   }
   Napi::Value RunSample(const Napi::CallbackInfo& info, bool backward) {
     Napi::Env env = info.Env();

@@ -76,7 +76,7 @@ class EncodeWorker final : public ModelWorker {
   void Run() override {
     // the result array was made (or taken from the caller) on the JavaScript thread at its final size
     if (emollm_)
-      aborted_ = !emollm_->encode_images(pixels_.data(), B_, faces_.empty() ? nullptr : &faces_, js_out_.data, &counts_,
+      aborted_ = !emollm_->encode_images(pixels_.data(), B_, faces_.empty() ? nullptr : &faces_, js_out_.data, counts_,
                                          abort_.get());
     else
       aborted_ = !llava_->encode_images(pixels_.data(), B_, js_out_.data, abort_.get());
@@ -121,6 +121,8 @@ class EncodeWorker final : public ModelWorker {
   }
   std::shared_ptr<EmollmModel> emollm_;
   std::vector<std::vector<FaceBox>> faces_;  // EmoLLM: per image (empty: no faces anywhere)
+  // EmoLLM: image_token_counts, computed once on the JavaScript thread to size the result; the
+  // worker's heads are checked against them
   std::vector<int64_t> counts_;
 };
 
@@ -276,13 +278,15 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
   size_t n_out = size_t(B * handle_->llava->n_image_tokens() * handle_->llava->n_embd());
   std::string sizes = "B * nImageTokens * nEmbd = " + std::to_string(B) + " * " +
                       std::to_string(handle_->llava->n_image_tokens()) + " * " + std::to_string(handle_->llava->n_embd());
+  std::vector<int64_t> counts;
   if (handle_->emollm) {
     int64_t rows = 0;
     try {
-      for (int64_t c : handle_->emollm->image_token_counts(B, faces.empty() ? nullptr : &faces)) rows += c;
+      counts = handle_->emollm->image_token_counts(B, faces.empty() ? nullptr : &faces);
     } catch (const emollm::Error& e) {
       throw make_js_error(env, e);
     }
+    for (int64_t c : counts) rows += c;
     n_out = size_t(rows * handle_->emollm->n_embd());
     sizes = "the images' token counts (" + std::to_string(rows) + ") * nEmbd (" + std::to_string(handle_->emollm->n_embd()) + ")";
   }
@@ -304,6 +308,7 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
   if (!out.IsEmpty()) w->write_into_caller_array(out);
   else w->write_into_js_array(env, n_out);
   w->faces_ = std::move(faces);
+  w->counts_ = std::move(counts);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

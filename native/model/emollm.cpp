@@ -288,7 +288,13 @@ void EmollmModel::project(const float* tf, int64_t B, const std::vector<std::vec
 
 void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
                                  ProjectOut out, std::vector<int64_t>* counts) const {
-  EMOLLM_CHECK_ARG(B > 0 && (out.vec != nullptr || out.data != nullptr || out.rows == 0) && counts != nullptr, "EmoLLM project: no images");
+  int64_t promised_rows = 0;  // the caller's memory: null only when it holds no rows
+  if (out.promised)
+    for (int64_t c : *out.promised) promised_rows += c;
+  EMOLLM_CHECK_ARG(B > 0 && counts != nullptr &&
+                       (out.vec != nullptr || (out.promised != nullptr && int64_t(out.promised->size()) == B &&
+                                               (out.data != nullptr || promised_rows == 0))),
+                   "EmoLLM project: no images");
   EMOLLM_CHECK_ARG(!faces || int64_t(faces->size()) == B,
                    "EmoLLM project: " + std::to_string(faces ? faces->size() : 0) + " face lists for " + std::to_string(B) +
                        " images");
@@ -375,9 +381,13 @@ void EmollmModel::project_device(const DeviceTensor& tf, int64_t B, const std::v
   if (out.vec) {
     out.vec->resize(size_t(total * E));
     dst = out.vec->data();
-  } else if (total != out.rows) {
-    throw Error(ErrorCode::Internal, "EmoLLM project: the heads gave " + std::to_string(total) + " rows, " +
-                                         std::to_string(out.rows) + " were expected (image_token_counts)");
+  } else {
+    for (int64_t b = 0; b < B; ++b)
+      if ((*counts)[size_t(b)] != (*out.promised)[size_t(b)])
+        throw Error(ErrorCode::Internal, "EmoLLM project: the heads gave image " + std::to_string(b) + " " +
+                                             std::to_string((*counts)[size_t(b)]) + " rows, " +
+                                             std::to_string((*out.promised)[size_t(b)]) +
+                                             " were expected (image_token_counts)");
   }
   DeviceTensor fused = DeviceTensor::output(be, dst, total, E);
   std::vector<int64_t> src_row(blocks.size(), 0);
@@ -399,10 +409,11 @@ bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vecto
 }
 
 bool EmollmModel::encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, float* out,
-                                std::vector<int64_t>* counts, const std::atomic<bool>* abort) const {
-  int64_t rows = 0;
-  for (int64_t c : image_token_counts(B, faces)) rows += c;
-  return encode_into(pixels, B, faces, ProjectOut{nullptr, out, rows}, counts, abort);
+                                const std::vector<int64_t>& counts, const std::atomic<bool>* abort) const {
+  EMOLLM_CHECK_ARG(int64_t(counts.size()) == B, "EmoLLM encode_images: " + std::to_string(counts.size()) +
+                                                    " token counts for " + std::to_string(B) + " images");
+  std::vector<int64_t> got;  // the heads' counts, checked against `counts` before anything is written
+  return encode_into(pixels, B, faces, ProjectOut{nullptr, out, &counts}, &got, abort);
 }
 
 bool EmollmModel::encode_into(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, ProjectOut out,
@@ -427,61 +438,6 @@ std::vector<int64_t> EmollmModel::image_token_counts(int64_t B, const std::vecto
     counts[size_t(b)] = n_image_tokens(on);
   }
   return counts;
-}
-
-std::vector<int32_t> splice_prompt_counts(int32_t image_token_id, const int32_t* tokens, int64_t n, const float* features,
-                                          int64_t E, const std::vector<int64_t>& counts) {
-  EMOLLM_CHECK_ARG(n >= 0 && (n == 0 || tokens != nullptr), "splice_prompt: no tokens");
-  const int64_t n_images = int64_t(counts.size());
-  int64_t total = 0;
-  for (int64_t c : counts) {
-    EMOLLM_CHECK_ARG(c >= 0, "splice_prompt: negative image token count");
-    total += c;
-  }
-  EMOLLM_CHECK_ARG(total == 0 || features != nullptr, "splice_prompt: images without features");
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (tokens[i] == image_token_id) ++count;
-    else if (tokens[i] < 0)
-      throw Error(ErrorCode::InvalidArgument, "token id " + std::to_string(tokens[i]) + " (at index " + std::to_string(i) +
-                                                  ") is negative");
-  }
-  const bool once = count == n_images, expanded = count == total;
-  if (!once && !expanded)
-    throw Error(ErrorCode::InvalidArgument,
-                "the prompt has " + std::to_string(count) + " image tokens (id " + std::to_string(image_token_id) + ") for " +
-                    std::to_string(n_images) + " image" + (n_images == 1 ? "" : "s") + ": expected " +
-                    std::to_string(n_images) + " (one per image) or " + std::to_string(total) + " (the images' " +
-                    "token counts summed)");
-  std::vector<std::vector<int32_t>> ids(static_cast<size_t>(n_images));
-  int64_t off = 0;
-  for (int64_t k = 0; k < n_images; ++k) {
-    ids[size_t(k)] = image_pseudo_ids(features + off * E, counts[size_t(k)], E);
-    off += counts[size_t(k)];
-  }
-  std::vector<int32_t> out;
-  out.reserve(size_t(n + total));
-  if (once) {
-    int64_t k = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (tokens[i] != image_token_id) out.push_back(tokens[i]);
-      else {
-        const auto& v = ids[size_t(k++)];
-        out.insert(out.end(), v.begin(), v.end());
-      }
-    }
-  } else {
-    int64_t k = 0, j = 0;  // image k, its j-th token
-    for (int64_t i = 0; i < n; ++i) {
-      if (tokens[i] != image_token_id) {
-        out.push_back(tokens[i]);
-        continue;
-      }
-      while (k < n_images && j >= counts[size_t(k)]) ++k, j = 0;
-      out.push_back(ids[size_t(k)][size_t(j++)]);
-    }
-  }
-  return out;
 }
 
 }  // namespace emollm

@@ -41,6 +41,7 @@
 
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
+#include "model/image_splice.h"
 #include "model/llava.h"
 #include "model/mvp_kind.h"
 
@@ -64,6 +65,9 @@ class EmollmModel {
   const std::vector<MvpPerspective>& perspectives() const { return persp_; }
   int64_t n_embd() const { return base_->n_embd(); }
   int32_t image_token_id() const { return base_->image_token_id(); }
+  // The splice of a prompt with images of these token counts (image_token_counts, or the features'
+  // tokenCounts): splice_prompt / spliced_length (image_splice.h).
+  ImageSplice image_splice(const std::vector<int64_t>& counts) const { return {image_token_id(), image_token_id(), counts}; }
   // Vision tokens each mlp head reads per image (n_patches, + 1 with the "full" strategy).
   int64_t n_vision_tokens() const { return base_->n_image_tokens(); }
   // Decoder positions one image takes when it has `n_faces` face boxes (that fall on the image).
@@ -79,10 +83,12 @@ class EmollmModel {
   bool encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
                      std::vector<float>* out, std::vector<int64_t>* counts,
                      const std::atomic<bool>* abort = nullptr) const;
-  // The same into the caller's out of sum(image_token_counts(B, faces)) * n_embd() floats (the addon
-  // passes a JavaScript result array: no vector filled, then copied).
+  // The same into the caller's out of sum(counts) * n_embd() floats, where counts is what
+  // image_token_counts(B, faces) gave the caller to size `out` (the addon passes a JavaScript result
+  // array: no vector filled, then copied; no counts computed twice). Throws Internal when the heads
+  // give any image another count.
   bool encode_images(const float* pixels, int64_t B, const std::vector<std::vector<FaceBox>>* faces, float* out,
-                     std::vector<int64_t>* counts, const std::atomic<bool>* abort = nullptr) const;
+                     const std::vector<int64_t>& counts, const std::atomic<bool>* abort = nullptr) const;
   // The token counts encode_images gives B images with these face boxes (null: none), known before
   // the tower runs: n_image_tokens() of the boxes that cover some patch (face_patches).
   std::vector<int64_t> image_token_counts(int64_t B, const std::vector<std::vector<FaceBox>>* faces) const;
@@ -126,11 +132,11 @@ class EmollmModel {
   Backend& backend() const { return base_->text_model()->backend(); }
   // The MVP on tower features already in backend memory ([B * T, tower_layers().size() * C]).
   // Where project_device writes the images' rows: a vector it resizes, or the caller's memory of
-  // image_token_counts() rows (checked against the counts the heads give).
+  // the rows of `promised` (image_token_counts(); checked image by image against the heads' counts).
   struct ProjectOut {
     std::vector<float>* vec = nullptr;
     float* data = nullptr;
-    int64_t rows = 0;
+    const std::vector<int64_t>* promised = nullptr;
   };
   void project_device(const DeviceTensor& tower_feats, int64_t B, const std::vector<std::vector<FaceBox>>* faces,
                       ProjectOut out, std::vector<int64_t>* counts) const;
@@ -140,13 +146,5 @@ class EmollmModel {
   // The channels of `layers` from the tower features, concatenated: [rows, layers.size() * C].
   DeviceTensor gather(const DeviceTensor& tower_feats, const std::vector<int64_t>& layers) const;
 };
-
-// The decoder prompt for `tokens` with images of variable token counts: image k's features are
-// rows [sum(counts[0..k)), + counts[k]) of `features` ([sum(counts), n_embd]). The image token
-// stands either once per image (expanded here) or already expanded (sum(counts) times in all).
-// Pseudo-ids are image_pseudo_ids() of each image's rows (so equal to LlavaModel::splice_prompt
-// when all counts equal its n_image_tokens()). Throws InvalidArgument naming the counts.
-std::vector<int32_t> splice_prompt_counts(int32_t image_token_id, const int32_t* tokens, int64_t n, const float* features,
-                                          int64_t n_embd, const std::vector<int64_t>& counts);
 
 }  // namespace emollm

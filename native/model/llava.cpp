@@ -351,41 +351,17 @@ bool LlavaModel::encode_images(const float* pixels, int64_t B, float* out, const
 
 std::vector<int32_t> LlavaModel::splice_prompt(const int32_t* tokens, int64_t n, const float* features,
                                                int64_t n_images) const {
-  EMOLLM_CHECK_ARG(n >= 0 && (n == 0 || tokens != nullptr), "splice_prompt: no tokens");
   EMOLLM_CHECK_ARG(n_images >= 0, "splice_prompt: negative image count");
   EMOLLM_CHECK_ARG(n_images == 0 || features != nullptr, "splice_prompt: images without features");
-  const int64_t nf = n_image_tokens(), E = n_embd();
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (tokens[i] == image_token_id_) ++count;
-    else if (tokens[i] < 0)
-      throw Error(ErrorCode::InvalidArgument, "token id " + std::to_string(tokens[i]) + " (at index " + std::to_string(i) +
-                                                  ") is negative");
-  }
-  const bool once = count == n_images, expanded = count == n_images * nf;
-  if (!once && !expanded)
-    throw Error(ErrorCode::InvalidArgument,
-                "the prompt has " + std::to_string(count) + " image tokens (id " + std::to_string(image_token_id_) + ") for " +
-                    std::to_string(n_images) + " image" + (n_images == 1 ? "" : "s") + ": expected " +
-                    std::to_string(n_images) + " (one per image) or " + std::to_string(n_images * nf) + " (" +
-                    std::to_string(nf) + " per image)");
-  std::vector<std::vector<int32_t>> ids(static_cast<size_t>(n_images));
-  for (int64_t k = 0; k < n_images; ++k) ids[size_t(k)] = image_pseudo_ids(features + k * nf * E, nf, E);
-  std::vector<int32_t> out;
-  out.reserve(size_t(n + (once && nf > 1 ? n_images * (nf - 1) : 0)));
-  int64_t seen = 0;  // image tokens seen so far
-  for (int64_t i = 0; i < n; ++i) {
-    if (tokens[i] != image_token_id_) {
-      out.push_back(tokens[i]);
-    } else if (once && !(expanded && nf == 1)) {
-      const auto& v = ids[size_t(seen++)];
-      out.insert(out.end(), v.begin(), v.end());
-    } else {
-      out.push_back(ids[size_t(seen / nf)][size_t(seen % nf)]);
-      ++seen;
-    }
-  }
-  return out;
+  // n_image_tokens() rows each (for an anyres model too: this entry point takes fixed counts)
+  const std::vector<int64_t> fixed(size_t(n_images), n_image_tokens());
+  return emollm::splice_prompt(image_splice(n_images, fixed), tokens, n, features, n_embd());
+}
+
+ImageSplice LlavaModel::image_splice(int64_t n_images, const std::vector<int64_t>& counts) const {
+  if (anyres_) return {image_token_id_, image_token_id_, counts};
+  EMOLLM_CHECK_ARG(n_images >= 0, "image_splice: negative image count");
+  return {image_token_id_, image_token_id_, std::vector<int64_t>(size_t(n_images), n_image_tokens())};  // fixed
 }
 
 }  // namespace emollm

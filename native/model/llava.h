@@ -37,6 +37,7 @@
 #include "loaders/gguf.h"
 #include "loaders/hf_config.h"
 #include "model/clip.h"
+#include "model/image_splice.h"
 #include "model/kept_block.h"
 #include "model/llama.h"
 
@@ -102,6 +103,10 @@ class LlavaModel {
   // eval_prompt / score_continuations, in order. Throws InvalidArgument naming the counts when
   // the prompt's image tokens are neither one per image nor n_image_tokens() per image.
   std::vector<int32_t> splice_prompt(const int32_t* tokens, int64_t n, const float* features, int64_t n_images) const;
+  // The splice of a prompt with n_images images (splice_prompt / spliced_length, image_splice.h):
+  // n_image_tokens() rows each, or for an anyres model the rows of each image's layout (`counts`,
+  // the features' tokenCounts).
+  ImageSplice image_splice(int64_t n_images, const std::vector<int64_t>& counts) const;
 
   // ---- LLaVA-NeXT (config model_type "llava_next"; see llava_next.h for the tiling and packing)
   bool anyres() const { return anyres_; }

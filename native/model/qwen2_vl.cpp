@@ -9,7 +9,6 @@
 #include "loaders/hf_folder.h"
 #include "loaders/json.h"
 #include "loaders/safetensors.h"
-#include "model/emollm.h"
 #include "model/llava.h"
 
 namespace emollm {
@@ -124,18 +123,18 @@ std::vector<int32_t> Qwen2VLModel::mrope_positions(const std::vector<bool>& is_v
   return pos;
 }
 
+ImageSplice Qwen2VLModel::image_splice(const std::vector<GridThw>& visuals) const {
+  // video pads and image pads are filled in prompt order alike
+  ImageSplice s{image_token_id(), video_token_id(), {}};
+  for (const GridThw& g : visuals) s.counts.push_back(n_tokens(g));
+  return s;
+}
+
 Qwen2VLModel::Prompt Qwen2VLModel::prepare(const int32_t* tokens, int64_t n, const float* features,
                                            const std::vector<GridThw>& visuals) const {
   EMOLLM_CHECK_ARG(n > 0 && tokens != nullptr, "Qwen2VLModel::prepare: no tokens");
-  const int32_t img = image_token_id(), vid = video_token_id();
-  std::vector<int64_t> counts;
-  for (const GridThw& g : visuals) counts.push_back(n_tokens(g));
-  // video pads and image pads are filled in prompt order alike: one placeholder id for the splice
-  std::vector<int32_t> unified(tokens, tokens + n);
-  for (auto& t : unified)
-    if (t == vid) t = img;
   Prompt p;
-  p.tokens = splice_prompt_counts(img, unified.data(), n, features, n_embd(), counts);
+  p.tokens = splice_prompt(image_splice(visuals), tokens, n, features, n_embd());
   std::vector<bool> is_visual(p.tokens.size());
   for (size_t i = 0; i < p.tokens.size(); ++i) is_visual[i] = p.tokens[i] < 0;
   p.pos3 = mrope_positions(is_visual, visuals, vision_->config().spatial_merge_size);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "loaders/hf_config.h"
+#include "model/image_splice.h"
 #include "model/llama.h"
 #include "model/qwen2_vision.h"
 
@@ -69,6 +70,8 @@ class Qwen2VLModel {
   // features: encode()'s output for them. Throws InvalidArgument when the placeholders are
   // neither once per visual nor fully expanded.
   Prompt prepare(const int32_t* tokens, int64_t n, const float* features, const std::vector<GridThw>& visuals) const;
+  // prepare()'s splice (image_splice.h): image and video pads alike, n_tokens(visual) rows each.
+  ImageSplice image_splice(const std::vector<GridThw>& visuals) const;
 
   // transformers' get_rope_index on an EXPANDED prompt: `is_visual[i]` marks the visual
   // positions; each run of visual positions belongs to the next grid (merged by `merge`).

@@ -156,10 +156,15 @@ int64_t MvpTrainer::tower_feature_dim() const {
 }
 
 void MvpTrainer::tower_features(const float* pixels, int64_t B, std::vector<float>* out) const {
-  EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr, "tower_features: no images");
-  const LlavaModel& lv = model_->llava();
+  EMOLLM_CHECK_ARG(B > 0, "tower_features: no images");
   out->resize(size_t(B * model_->n_vision_tokens() * tower_feature_dim()));
-  lv.vision().encode(lv.text_model()->backend(), pixels, B, model_->tower_layers(), lv.drop_cls(), out->data());
+  tower_features(pixels, B, out->data());
+}
+
+void MvpTrainer::tower_features(const float* pixels, int64_t B, float* out) const {
+  EMOLLM_CHECK_ARG(B > 0 && pixels != nullptr && out != nullptr, "tower_features: no images");
+  const LlavaModel& lv = model_->llava();
+  lv.vision().encode(lv.text_model()->backend(), pixels, B, model_->tower_layers(), lv.drop_cls(), out);
 }
 
 void MvpTrainer::zero_grad() {

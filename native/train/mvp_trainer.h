@@ -112,6 +112,9 @@ class MvpTrainer {
   int64_t tower_feature_dim() const;
   // The frozen vision tower on B normalised images [B, 3, S, S] -> [B, n_vision_tokens, dim].
   void tower_features(const float* pixels, int64_t B, std::vector<float>* out) const;
+  // The same into the caller's B * n_vision_tokens() * tower_feature_dim() floats (the addon passes a
+  // JavaScript result array: no vector filled, then copied).
+  void tower_features(const float* pixels, int64_t B, float* out) const;
 
   // Forward + backward of one sample: adds scale * d(mean answer loss) to the gradients.
   // Returns the sample's mean answer cross-entropy.

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { EmollmError, configure, cpuInfo, dequantize, gemm, quantize, type DType } from '../../lib/index.js';
+import { EmollmError, attention, configure, cpuInfo, dequantize, gemm, mvpProjection, quantize, type DType } from '../../lib/index.js';
 
 // Deterministic pseudo-random values in [-1, 1).
 function randn(n: number, seed: number): Float32Array {
@@ -137,6 +137,42 @@ describe('gemm through the addon', () => {
     } finally {
       configure({ isa: 'amx' });
     }
+  });
+
+  // The result arrays are made on the JavaScript thread before the work is queued and written by the
+  // worker in place (no vector copied into a fresh array on the event loop): each call gets its own
+  // whole array of the result's size, with the values of a call made alone.
+  it('writes every result into its own array of the result size, concurrent calls included', async () => {
+    const [m, n, k] = [5, 24, 64];
+    const w = quantize(randn(n * k, 41), 'f32');
+    const xs = [randn(m * k, 42), randn(m * k, 43), randn(m * k, 44)];
+    const alone = [];
+    for (const x of xs) alone.push(await gemm({ x, w, wtype: 'f32', m, n, k }));
+    const together = await Promise.all(xs.map((x) => gemm({ x, w, wtype: 'f32', m, n, k })));
+    const [T, D] = [6, 32];
+    const q = randn(T * 2 * D, 45);
+    const att = await Promise.all([0, 1].map(() => attention({ q, k: q, v: q, nQ: T, nKv: T, nHeads: 2, nKvHeads: 2, headDim: D })));
+    const x = randn(3 * 32, 46);
+    const mvp = await Promise.all([0, 1].map(() =>
+      mvpProjection({ x, w1: quantize(randn(16 * 32, 47), 'f32'), w2: quantize(randn(8 * 16, 48), 'f32'), g: randn(8, 49), wtype: 'f32', tokens: 3, dIn: 32, dHid: 16, dOut: 8, nHeads: 1 }),
+    ));
+    const dq = [dequantize(quantize(x, 'q8_0'), 'q8_0', x.length), dequantize(quantize(x, 'q8_0'), 'q8_0', x.length)];
+    const all = [...alone, ...together, ...att, ...mvp, ...dq];
+    for (const [i, a] of all.entries()) {
+      const want = i < 6 ? m * n : i < 8 ? T * 2 * D : i < 10 ? 3 * 8 : x.length;
+      expect(a.length).toBe(want);
+      expect(a.byteOffset).toBe(0);
+      expect(a.buffer.byteLength).toBe(want * 4); // the whole buffer: not a view of a shared one
+      expect(all.filter((b) => b.buffer === a.buffer).length).toBe(1);
+      expect(a.every(Number.isFinite)).toBe(true);
+    }
+    for (let i = 0; i < 3; i++) expect(Buffer.from(together[i]!.buffer).equals(Buffer.from(alone[i]!.buffer))).toBe(true);
+    expect(Buffer.from(alone[0]!.buffer).equals(Buffer.from(alone[1]!.buffer))).toBe(false);
+    expect(Buffer.from(att[0]!.buffer).equals(Buffer.from(att[1]!.buffer))).toBe(true);
+    expect(att[0]!.some((v) => v !== 0)).toBe(true);
+    expect(Buffer.from(mvp[0]!.buffer).equals(Buffer.from(mvp[1]!.buffer))).toBe(true);
+    expect(mvp[0]!.some((v) => v !== 0)).toBe(true);
+    for (let i = 0; i < x.length; i++) expect(Math.abs(dq[0]![i]! - x[i]!)).toBeLessThanOrEqual(1 / 127 + 1e-6);
   });
 
   it('rejects mismatched sizes with ERR_INVALID_ARGUMENT', async () => {

@@ -243,6 +243,37 @@ TEST(emollm_closed_heads_equal_base) {
   EXPECT(a == b);
 }
 
+// encode_images into the caller's memory takes the counts the caller sized it from
+// (image_token_counts, computed once) and checks the heads' counts against them image by image.
+TEST(emollm_encode_into_promised_counts) {
+  if (mvp_fixtures().empty()) return;
+  const std::string d = mvp_fixtures() + "/gated-sum";
+  auto m = EmollmModel::load(d);
+  JsonValue in = load_json_file(d + "/inputs.json");
+  const auto faces = faces_of(in);
+  const auto px = read_f32(d + "/pixel_values.f32");
+  const int64_t B = int64_t(faces.size());
+  std::vector<float> want;
+  std::vector<int64_t> counts;
+  EXPECT(m->encode_images(px.data(), B, &faces, &want, &counts));
+  const std::vector<int64_t> promised = m->image_token_counts(B, &faces);
+  EXPECT(promised == counts && promised.size() == 2 && promised[0] != promised[1]);
+  std::vector<float> got(want.size(), -1.0f);
+  EXPECT(m->encode_images(px.data(), B, &faces, got.data(), promised));
+  EXPECT(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);  // the same bits
+  // the same total split otherwise: the heads give what was not promised
+  std::vector<int64_t> moved = promised;
+  moved[0] += 1;
+  moved[1] -= 1;
+  std::vector<float> sink(want.size(), -1.0f);
+  EXPECT_THROWS(m->encode_images(px.data(), B, &faces, sink.data(), moved), ErrorCode::Internal);
+  bool untouched = true;  // refused before anything is written
+  for (float x : sink) untouched = untouched && x == -1.0f;
+  EXPECT(untouched);
+  EXPECT_THROWS(m->encode_images(px.data(), B, &faces, sink.data(), std::vector<int64_t>{promised[0]}),
+                ErrorCode::InvalidArgument);
+}
+
 TEST(emollm_splice_counts) {
   const int32_t IMG = 9;
   const int64_t E = 2;
