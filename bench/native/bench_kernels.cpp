@@ -2325,7 +2325,10 @@ void bench_attention_decode_qk_wide(ThreadPool& pool) {
 // matmul; ratio = oneDNN's time / ours. Impl huge: gemm_huge_pages on W in 2 MiB pages (what a
 // decoder's prefill runs; gemm() here has W in 4 KiB pages). (The xpf-off row, without the
 // microkernel's X prefetch, went with its switch in session 22, and the wpf-prev row with the
-// unprefetched W pack it measured: neutral on a quiet machine.)
+// unprefetched W pack it measured: neutral on a quiet machine.) At K > 4096 (the down projections)
+// the gemm / huge rows are followed by wpack-prev: the same call with W packed a block at a time
+// (set_bf16_gemm_wbcast(false)) instead of broadcast from its rows, interleaved; ratio = its time /
+// ours, and whether the two gave the same bits.
 // EMOLLM_BENCH_LONGK_CPU=1: process CPU time, EMOLLM_BENCH_LONGK_ROUNDS rounds (default 15; use at
 // 1 thread on a loaded machine; oneDNN's note gives the median of the per-round ratios). Checked
 // against a double reference (gemm_check: max |diff| / RMS over 64 samples). (Session 17's
@@ -2373,8 +2376,16 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         else
           gemm(X.get(), K, W.get(), DType::BF16, nullptr, y, N, M, N, K, &pool);
       };
-      Buf<float> Y = make_aligned<float>(size_t(M * N));
+      Buf<float> Y = make_aligned<float>(size_t(M * N)), Yp = make_aligned<float>(size_t(M * N));
       std::vector<std::function<void(int)>> fns = {[&](int) { call(Y.get()); }};
+      // gemm() / huge at K > 4096: the packed-W driver (set_bf16_gemm_wbcast(false)) interleaved too
+      const bool prev = !pan && (K + 1) / 2 > 2048 && bf16_panels_usable() && isa_active() >= Isa::Avx512;
+      if (prev)
+        fns.push_back([&](int) {
+          gemm_detail::set_bf16_gemm_wbcast(false);
+          call(Yp.get());
+          gemm_detail::set_bf16_gemm_wbcast(true);
+        });
 #ifdef EMOLLM_HAVE_DNNL
       std::unique_ptr<DnnlGemm> dnnl;
       Buf<float> Yd = make_aligned<float>(size_t(M * N));
@@ -2386,6 +2397,12 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
 #endif
       fns[0](0);
       const double err = gemm_check(X.get(), M, K, W.get(), DType::BF16, N, Y.get(), true);
+      bool same_bits = true;
+      if (prev) {
+        fns[1](0);
+        same_bits = std::memcmp(Y.get(), Yp.get(), size_t(M * N) * 4) == 0;
+      }
+      double prev_round = NAN;
       Result r;
       r.section = "gemm";
       r.name = name;
@@ -2415,6 +2432,12 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
             for (size_t i = 0; i < ts[0].size(); ++i) rd.push_back(ts.back()[i] / ts[0][i]);
             std::sort(rd.begin(), rd.end());
             dn_round = rd[rd.size() / 2];
+            if (prev) {
+              rd.clear();
+              for (size_t i = 0; i < ts[0].size(); ++i) rd.push_back(ts[1][i] / ts[0][i]);
+              std::sort(rd.begin(), rd.end());
+              prev_round = rd[rd.size() / 2];
+            }
           }
           for (auto& v : ts) {
             std::sort(v.begin(), v.end());
@@ -2442,7 +2465,14 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       if (!res) continue;
       table_row(*res);
       const Result base = *res;  // push_row may move the results
-      if (st.size() > 1) {
+      if (prev) {
+        char pnote[200];
+        std::snprintf(pnote, sizeof pnote, "W packed a block at a time (set_bf16_gemm_wbcast(false)), interleaved; ratio = its time / ours%s; %s",
+                      std::isnan(prev_round) ? "" : (" (median round " + std::to_string(prev_round).substr(0, 5) + ")").c_str(),
+                      same_bits ? "same bits" : "BITS DIFFER");
+        push_row(derived_row(base, "emollm", "wpack-prev", st[1], "emollm", st[1].best / base.st.best, pnote));
+      }
+      if (st.size() > (prev ? 2u : 1u)) {
         char dnote[160];
         std::snprintf(dnote, sizeof dnote, "oneDNN bf16 matmul, interleaved with the row above; ratio = its time / ours%s",
                       std::isnan(dn_round) ? "" : (" (median round " + std::to_string(dn_round).substr(0, 5) + ")").c_str());

@@ -1417,6 +1417,141 @@ void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& 
   }
 }
 
+// ---- gemm() on a row-major BF16 W with K in several k blocks, W read in place (no W pack)
+// The long-K driver above packs each W block into pairs before its tiles: on the down
+// projections (K 5632 / 11008, M = 512) that pack was the whole gap to oneDNN (gemm() 0.96-0.98x,
+// the same tiles on pre-packed panels 1.02-1.04x). Here the operands swap roles: X is packed
+// once, transposed into W's panel layout (X^T panels of 64 rows: pack_w_bf16pairs on X rounded
+// to bf16 as pack_x6_bf16pairs rounds it), and each 6 x 64 tile broadcasts the pairs of 6 W rows
+// straight from the row-major matrix (kern_bf16_6x64's kRowsX: row i's pair q at xp[i*ldxr + q])
+// against an X^T panel, accumulating Y^T (W rows x X rows) in a scratch that is transposed into Y
+// after each W block's last k block. Every output's sum is the same: the same k blocks (KCP
+// pairs, the first from zero, each added to the previous sum), the same pairs in the same order,
+// and vdpbf16ps's lane op (c + a.lo * b.lo + a.hi * b.hi) does not depend on which operand is
+// broadcast: same bits as the packed driver. Taken for K even (4-byte W pairs), no bias (the
+// packed driver starts the first block from the bias; a decoder's down projection has none).
+constexpr int64_t WB_ROWS = 6;        // W rows a tile (kern_bf16_6x64's MR)
+constexpr int64_t WB_NCB = 84 * 6;    // W rows a block (504 x 256 pairs x 4 = 504 KiB, in L2)
+
+EnvSwitch& bf16_wbcast_flag() {
+  static EnvSwitch on("EMOLLM_BF16_GEMM_WBCAST");
+  return on;
+}
+
+bool bf16_wbcast_applies(const Args& a, int64_t kunits) {
+  return bf16_wbcast_flag().on() && !a.bias && (a.K % 2) == 0 && (a.row_bytes % 4) == 0 &&
+         (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
+}
+
+// X rows [0, rows) rounded to bf16 (row-major, ldb elements a row) and then packed as
+// pack_w_bf16pairs packs W: panel p (64 rows) of k block pc at out + pc * mp + p * kc * 64.
+EMO_T512BF void pack_xt_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t mp, int64_t p0,
+                             int64_t p1, uint32_t* out) {
+  const int64_t kp = K / 2;
+  uint16_t* xb = static_cast<uint16_t*>(scratch(1, size_t(NR) * K * 2));  // one panel's rows, this thread's
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t r0 = p * NR, nv = std::min<int64_t>(NR, rows - r0);
+    for (int64_t r = r0; r < r0 + nv; ++r)
+      for (int64_t k = 0; k < K; k += 32) {
+        const float* s = X + r * ldx + k;
+        const __m512 lo = _mm512_maskz_loadu_ps(simd::tail_mask16(K - k), s);
+        const __m512 hi = _mm512_maskz_loadu_ps(simd::tail_mask16(K - k - 16), s + 16);
+        const __mmask32 m = K - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (K - k)) - 1);
+        _mm512_mask_storeu_epi16(xb + (r - r0) * K + k, m, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
+    const uint8_t* xr = reinterpret_cast<const uint8_t*>(xb);
+    for (int64_t pc = 0; pc < kp; pc += KCP) {
+      const int64_t kc = std::min(KCP, kp - pc);
+      pack_w_bf16pairs(xr, size_t(K) * 2, 0, nv, pc, kc, K, out + pc * mp + p * kc * NR);
+    }
+  }
+}
+
+EMO_T512BF void wb_tile(int64_t rows, int64_t kc, const uint32_t* w, int64_t ldw, const uint32_t* xt, float* yt,
+                        int64_t ldyt, int64_t nr, bool first) {
+  switch (rows) {
+    case 1: return kern_bf16_6x64<true, 4, 1>(kc, w, xt, yt, ldyt, 1, nr, nullptr, first, ldw);
+    case 2: return kern_bf16_6x64<true, 4, 2>(kc, w, xt, yt, ldyt, 2, nr, nullptr, first, ldw);
+    case 3: return kern_bf16_6x64<true, 4, 3>(kc, w, xt, yt, ldyt, 3, nr, nullptr, first, ldw);
+    case 4: return kern_bf16_6x64<true, 4, 4>(kc, w, xt, yt, ldyt, 4, nr, nullptr, first, ldw);
+    case 5: return kern_bf16_6x64<true, 4, 5>(kc, w, xt, yt, ldyt, 5, nr, nullptr, first, ldw);
+    default: return kern_bf16_6x64<true, 4, 6>(kc, w, xt, yt, ldyt, 6, nr, nullptr, first, ldw);
+  }
+}
+
+// Y[0:M, n0:n1) of a.Y from the packed X^T (mp words a pair: M rounded up to 64). Per W block
+// (WB_NCB rows, KCP pairs: in L2, the next one prefetched into L2 as the packed driver does) the
+// X^T panels are the outer loop and the block's 6-row tiles the inner one, so a 64 KiB X^T panel
+// is reused by every tile back to back. (W tiles outer, each tile's 6 W rows across all X^T panels,
+// with or without the next tile's rows prefetched, W blocks of 96 or 504 rows: 0.93-1.03x the
+// packed driver at 1 thread, load 8-10; this order 1.003-1.036.)
+EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int64_t n0, int64_t n1) {
+  const uint8_t* W = static_cast<const uint8_t*>(a.W);
+  const int64_t kp = a.K / 2, M = a.M, ldw = int64_t(a.row_bytes / 4);
+  const int64_t ldyt = mp, npm = mp / NR;
+  float* yt = static_cast<float*>(scratch(0, size_t(WB_NCB) * mp * 4));
+  for (int64_t jc = n0; jc < n1; jc += WB_NCB) {
+    const int64_t nc = std::min(WB_NCB, n1 - jc);
+    const int64_t tiles = (nc + WB_ROWS - 1) / WB_ROWS;
+    for (int64_t pc = 0; pc < kp; pc += KCP) {
+      const int64_t kc = std::min(KCP, kp - pc);
+      const bool first = pc == 0;
+      BlockPrefetcher pf;  // the next W block into L2
+      if (pc + kc < kp)
+        pf.start(W, a.row_bytes, DType::BF16, jc, nc, 2 * (pc + kc), std::min(a.K, 2 * (pc + kc + KCP)));
+      else if (jc + WB_NCB < n1)
+        pf.start(W, a.row_bytes, DType::BF16, jc + WB_NCB, std::min(WB_NCB, n1 - jc - WB_NCB), 0,
+                 std::min(a.K, 2 * KCP));
+      const uint32_t* xblk = xt + pc * mp;
+      for (int64_t p = 0; p < npm; ++p) {
+        pf.step(npm);
+        for (int64_t t = 0; t < tiles; ++t) {
+          const int64_t r0 = t * WB_ROWS, rows = std::min<int64_t>(WB_ROWS, nc - r0);
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(W + size_t(jc + r0) * a.row_bytes) + pc;
+          float* y = yt + r0 * ldyt + p * NR;
+          if (!first) prefetch_tile(y, ldyt, rows, NR);
+          wb_tile(rows, kc, w, ldw, xblk + p * kc * NR, y, ldyt, std::min<int64_t>(NR, M - p * NR), first);
+        }
+      }
+    }
+    // Y^T block -> Y[:, jc : jc + nc), 16 x 16 at a time
+    for (int64_t m0 = 0; m0 < M; m0 += 16)
+      for (int64_t r0 = 0; r0 < nc; r0 += 16) {
+        const int64_t rr = std::min<int64_t>(16, nc - r0), mm = std::min<int64_t>(16, M - m0);
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i)
+          v[i] = i < rr ? _mm512_load_ps(yt + (r0 + i) * ldyt + m0) : _mm512_setzero_ps();
+        transpose16_ps(v);
+        const __mmask16 mk = simd::tail_mask16(rr);
+        for (int64_t j = 0; j < mm; ++j) _mm512_mask_storeu_ps(a.Y + (m0 + j) * a.ldy + jc + r0, mk, v[j]);
+      }
+  }
+}
+
+void gemm_bf16_wbcast(const Args& a) {
+  // X in chunks of at most ~24 MiB packed (as the packed driver), of even size
+  const int64_t mc_max = std::max<int64_t>(NR, ((int64_t(24) << 20) / (a.K * 2)) / NR * NR);
+  const int64_t chunks = (a.M + mc_max - 1) / mc_max;
+  const int64_t mc = ((a.M + chunks - 1) / chunks + NR - 1) / NR * NR;
+  const int nth = a.pool ? a.pool->size() : 1;
+  const int64_t tiles = (a.N + WB_ROWS - 1) / WB_ROWS;
+  const int64_t c0 = std::max<int64_t>(1, std::min<int64_t>(WB_NCB / WB_ROWS, tiles / (4 * nth)));
+  const int64_t chunk = balanced_panel_chunk(tiles, nth, c0) * WB_ROWS;
+  for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
+    Args s = a;
+    s.M = std::min(mc, a.M - m0);
+    s.X = a.X + m0 * a.ldx;
+    s.Y = a.Y + m0 * a.ldy;
+    const int64_t mp = (s.M + NR - 1) / NR * NR, npm = mp / NR;
+    uint32_t* xt = static_cast<uint32_t*>(scratch(2, size_t(mp) * (a.K / 2) * 4));
+    parallel_pieces(a.pool, s.M * a.K >= (1 << 15), npm,
+                    [&](int64_t p0, int64_t p1) { pack_xt_bf16(s.X, a.ldx, s.M, a.K, mp, p0, p1, xt); });
+    parallel_chunks(a.pool, s.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
+                    [&](int64_t n0, int64_t n1) { wbcast_range(s, xt, mp, n0, n1); });
+  }
+}
+
 // Packs X in chunks of rows (at most ~8 MiB each), then splits the M x N work between threads:
 // by weight-row panels when there are enough of them (each thread packs only its own part of
 // W), else by row panels of X.
@@ -1433,6 +1568,7 @@ void gemm_packed(const Args& a, bool prepacked = false) {
   // k block at a time too: 24 MiB also keeps M = 512 at K = 11008 in one chunk, so W is packed
   // once, not twice (gemm() on the row-major matrix 1.05-1.06x; panels, which pack nothing, 1.00x).
   const bool bf_long_k = BF && (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
+  if (BF && !prepacked && bf16_wbcast_applies(a, kunits)) return gemm_bf16_wbcast(a);
   const int64_t x_budget = int64_t(f32_blocked || bf_long_k ? 24 : 8) << 20;
   int64_t kcb = BF ? KCP : KC, ncb = NC;
   if (BF) bf16_blocking(kunits, &kcb, &ncb);
@@ -1525,6 +1661,8 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 
 
 
+void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_flag().set(on); }
+bool bf16_gemm_wbcast() { return bf16_wbcast_flag().on(); }
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 

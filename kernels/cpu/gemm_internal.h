@@ -242,6 +242,10 @@ void gemm_avx512(const Args& a, bool bf16_dot);
 // must pass) and interleaved A/B benchmarks; process-wide, default off.
 void set_bf16_gemm_legacy_blocking(bool legacy);
 bool bf16_gemm_legacy_blocking();
+// gemm() on a row-major BF16 W with K in several k blocks (no bias, K even): W read in place by
+// broadcast, X packed transposed (gemm_avx512.cpp); false: W packed a block at a time. Same bits.
+void set_bf16_gemm_wbcast(bool on);
+bool bf16_gemm_wbcast();
 // The vdpbf16ps packed GEMM's (gemm() and the panels) split of the weight panels between threads
 // uses a chunk that evens out the threads' shares: panels a chunk for npn weight panels over nth
 // threads, chosen in [c0 / 2, 1.5 c0]

@@ -1876,17 +1876,20 @@ struct Bf16BlockingCase {
   std::vector<double> S;
   AlignedPtr<uint8_t> pan;
   std::string shape;
-  Bf16BlockingCase(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed)
+  const float* bias = nullptr;  // p.bias, or none (with_bias false)
+  Bf16BlockingCase(int64_t M, int64_t N, int64_t K, uint32_t wseed, uint32_t pseed, bool with_bias = true)
       : w(make_weights(DType::BF16, N, K, wseed)), p(make_problem(M, N, K, 3, 2, pseed)) {
+    if (with_bias) bias = p.bias.data();
     Problem pr = p;
     for (auto& v : pr.X)
       if (!std::isnan(v)) v = bf16_to_f32(f32_to_bf16(v));
     R.assign(size_t(M * p.ldy), kSentinel);
-    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, M, N, K);
-    S = abs_scale(pr, w, p.bias.data());
+    ref::gemm(pr.X.data(), p.ldx, w.bytes.data(), DType::BF16, bias, R.data(), p.ldy, M, N, K);
+    S = abs_scale(pr, w, bias);
     pan = make_aligned<uint8_t>(bf16_panels_bytes(N, K));
     bf16_pack_panels(w.bytes.data(), N, K, pan.get(), nullptr);
-    shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+    shape = " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+            (with_bias ? "" : " no bias");
   }
 };
 
@@ -1894,7 +1897,10 @@ struct Bf16BlockingCase {
 // when asked) and, at M > kSmallMMax, gemm_bf16_panels and gemm_bf16_panels_multi on the case's
 // panels, each within the f32 tolerance of ref::gemm on X rounded to bf16, panels and multi bit for
 // bit gemm(), and gemm() and panels each bit for bit the same without a pool and with pools of 2
-// and 3 threads. Returns the pools compared (3). `what` names the test in failures.
+// and 3 threads; gemm() also bit for bit itself with W packed a block at a time
+// (set_bf16_gemm_wbcast(false): where the W-broadcast driver applies, K > 4096 or the legacy
+// blocking, K even, no bias, the other driver). Returns the pools compared (3). `what` names the
+// test in failures.
 int expect_bf16_paths_agree(const Bf16BlockingCase& c, int64_t M, int64_t N, int64_t K, bool legacy,
                             const std::string& what) {
   ThreadPool pool2(2), pool3(3);
@@ -1902,22 +1908,27 @@ int expect_bf16_paths_agree(const Bf16BlockingCase& c, int64_t M, int64_t N, int
   std::vector<float> Y0, Yp0;  // without a pool
   int compared = 0;
   for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-    std::vector<float> Y, Yp, Ym;
+    std::vector<float> Y, Yw, Yp, Ym;
     gemm_detail::set_bf16_gemm_legacy_blocking(legacy);
     gemm_detail::set_small_m_enabled(false);
     Y.assign(size_t(M * p.ldy), kSentinel);
-    gemm(p.X.data(), p.ldx, c.w.bytes.data(), DType::BF16, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
+    gemm(p.X.data(), p.ldx, c.w.bytes.data(), DType::BF16, c.bias, Y.data(), p.ldy, M, N, K, pl);
+    Yw.assign(size_t(M * p.ldy), kSentinel);
+    gemm_detail::set_bf16_gemm_wbcast(false);
+    gemm(p.X.data(), p.ldx, c.w.bytes.data(), DType::BF16, c.bias, Yw.data(), p.ldy, M, N, K, pl);
+    gemm_detail::set_bf16_gemm_wbcast(true);
     if (M > gemm_detail::kSmallMMax) {
       Yp.assign(size_t(M * p.ldy), kSentinel);
-      gemm_bf16_panels(p.X.data(), p.ldx, c.pan.get(), p.bias.data(), Yp.data(), p.ldy, M, N, K, pl);
+      gemm_bf16_panels(p.X.data(), p.ldx, c.pan.get(), c.bias, Yp.data(), p.ldy, M, N, K, pl);
       Ym.assign(size_t(M * p.ldy), kSentinel);
-      const PanelOutput o{c.pan.get(), p.bias.data(), Ym.data(), p.ldy, N};
+      const PanelOutput o{c.pan.get(), c.bias, Ym.data(), p.ldy, N};
       gemm_bf16_panels_multi(p.X.data(), p.ldx, &o, 1, M, K, pl);
     }
     gemm_detail::set_small_m_enabled(true);
     gemm_detail::set_bf16_gemm_legacy_blocking(false);
     const std::string at = what + c.shape + " threads=" + std::to_string(pl ? pl->size() : 1);
     check_result(Y, c.R, p, c.S, 0.0, "gemm " + at);
+    same(Yw, Y, "gemm W packed vs W broadcast " + at);
     if (!Yp.empty()) {
       check_result(Yp, c.R, p, c.S, 0.0, "panels " + at);
       check_result(Ym, c.R, p, c.S, 0.0, "panels multi " + at);
@@ -1956,6 +1967,27 @@ TEST(gemm_bf16_x_kblocks_bits) {
     compared += expect_bf16_paths_agree(c, sh.M, sh.N, sh.K, sh.legacy, "x k blocks");
   }
   EXPECT(compared == 21);
+}
+
+// gemm() on a row-major bf16 W with K in several k blocks, K even and no bias (a decoder's down
+// projection) runs the W-broadcast driver (X packed transposed, W's pairs broadcast from its rows,
+// Y^T in a scratch transposed into Y per W block): bit for bit the packed-W driver
+// (set_bf16_gemm_wbcast(false)) and the panels, within the f32 tolerance of ref::gemm, the same at
+// 1-3 threads (expect_bf16_paths_agree). Shapes: K = 11008 (a 128-pair last k block), 5632 and
+// 4098 (a 1-pair one), the legacy blocking at K = 1030; M = 400 (a last X^T panel of 16 rows), 65
+// (one row past a panel), 1300 at K = 11008 (two X chunks, 704 and 596 rows) and N = 1 / 7 / 20 /
+// 63 / 130 / 509 (W tiles of 1-6 rows; a block of 504 rows and a 5-row rest); ldx / ldy padded. Fails if a tile reads a wrong W row or pair, a block is added to the
+// wrong Y^T rows, or the transpose into Y drops or moves an element.
+TEST(gemm_bf16_wbcast_bits) {
+  if (!cpu_features().avx512bf16 || isa_active() < Isa::Avx512 || !bf16_panels_usable()) return;
+  struct Shape { int64_t M, N, K; bool legacy; };
+  int compared = 0;
+  for (const Shape sh : {Shape{400, 130, 11008, false}, Shape{65, 509, 5632, false}, Shape{97, 7, 4098, false},
+                          Shape{130, 1, 11008, false}, Shape{70, 63, 1030, true}, Shape{1300, 20, 11008, false}}) {
+    const Bf16BlockingCase c(sh.M, sh.N, sh.K, uint32_t(3 * sh.K + sh.N), uint32_t(sh.M + 17 * sh.K), false);
+    compared += expect_bf16_paths_agree(c, sh.M, sh.N, sh.K, sh.legacy, "w broadcast");
+  }
+  EXPECT(compared == 18);
 }
 
 // The vdpbf16ps microkernel's X prefetch (on in the long-K k-block order, K > 4096; off with K in
