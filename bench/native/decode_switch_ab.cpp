@@ -13,6 +13,7 @@
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
+// repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
 // AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
@@ -179,6 +180,9 @@ const AbSwitch kSwitches[] = {
     // the decode GEMVs' rows as one contiguous range a thread (set_gemv_ranges) against guided
     // chunks; with EMOLLM_POOL_LATE_US / _WORKER, what a thread kept off its core costs each
     {"gemv_ranges", [](bool on) { gemm_detail::set_gemv_ranges(on); }},
+    // the q4_0 / q8_0 prefill's X-panel kernel prefetching its X panel on unsliced calls
+    // (set_repacked_x_prefetch; with AB_PREFILL)
+    {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }

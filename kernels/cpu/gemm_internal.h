@@ -186,6 +186,11 @@ bool repacked_panels_enabled();
 void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
+// That kernel's software prefetch of the X panel it streams, 8 blocks ahead into L1, on calls
+// over the whole K (not k-sliced): default on (EMOLLM_REPACKED_X_PREFETCH=0: off while measured).
+// Same bits. For tests and q8_panels_ab; process-wide.
+void set_repacked_x_prefetch(bool on);
+bool repacked_x_prefetch();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
 // side by side, each record prefetched 4 KiB on along its part (default on; off: one stream, 8
 // records ahead). Same bits. Process-wide, on at start (no environment variable).

@@ -612,9 +612,13 @@ __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb
 // of f32 sums and the odd ones to the other whatever b0 is (b0 even), so a product split into k
 // slices [b0, b1) adds every block in the order one call over [0, nb) does: a slice that is not
 // the last (b1 < nb, b1 - b0 even) stores its two sets to st (kPanelState floats) and the next
-// slice (b0 > 0) starts from them, exact f32 values, the same bits.
+// slice (b0 > 0) starts from them, exact f32 values, the same bits. XPF: each block pair first
+// prefetches the X panel's block pair kXPrefetchBlocks on into L1 (past the panel's end, the start
+// of the next panel: the one the caller runs next when unsliced); see x_prefetch_flag.
 constexpr int64_t kPanelState = 2 * kPanelRows * kPanelGroups * 16;  // floats of one panel's sums
-template <bool Q8, int NV>
+constexpr int64_t kXPrefetchBlocks = 8;
+static_assert(2 * XPanels::kBlockDwords * 4 == 5 * 64, "a block pair of X panel is 5 lines");
+template <bool Q8, int NV, bool XPF>
 EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const RepackLayout& L, int64_t g0, int64_t nb,
                                  int64_t b0, int64_t b1, float* st, const float* bias, float* y, int64_t ldy, int mr,
                                  int64_t cols) {
@@ -646,6 +650,11 @@ EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const Repa
   }
   int64_t b = b0;
   for (; b + 1 < b1; b += 2) {
+    if constexpr (XPF) {  // two blocks of X: 2 * XB dwords = 320 bytes, 5 lines (aligned when nb is even)
+      const char* a = reinterpret_cast<const char*>(xp + (b + kXPrefetchBlocks) * XB);
+#pragma GCC unroll 5
+      for (int l = 0; l < 5; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
+    }
     panel_block<Q8, NV>(xp + b * XB, bs, bq, f0);
     for (int j = 0; j < NV; ++j) bs[j] += rec, bq[j] += rec;
     panel_block<Q8, NV>(xp + (b + 1) * XB, bs, bq, f1);
@@ -941,6 +950,21 @@ int64_t panel_pass_kib(bool sliced) {
   return std::max(1, pick(g_pass_kib, env, sliced ? 3072 : 1536));
 }
 
+// The X prefetch of the unsliced kernel calls (gemm_detail::set_repacked_x_prefetch; default on,
+// EMOLLM_REPACKED_X_PREFETCH=0 off while measured). Unsliced, each call streams a 20-55 KiB X
+// panel that a 1.5 MiB pass keeps in L3 rather than L2 (the weight panel stays in L2); the
+// hardware prefetchers alone leave ~3-4% of the time waiting on it (a copy of the kernel's loop:
+// ~690 GOP/s with X in L1 / L2, 657-664 with a pass of X panels in L3). Measured at M = 628, 1
+// thread CPU time, in-process ABBA, load 7-12 (q8_panels_ab; bench/README 2026-12-06 19:20):
+// 4096 x 4096 1.004-1.035, qkv 12288 x 4096 1.025-1.027, gate+up 22016 x 4096 1.017-1.032 by
+// best (medians 1.016-1.044), q8_0 4096 x 4096 1.010; 16 or 32 blocks ahead 1.007-1.023. Sliced
+// (K >= 8192) each X slice is reused by kg weight panels from L1 / L2 and the prefetch measured
+// 0.96-0.99, so it is not used there. Same bits (prefetches only).
+EnvSwitch& x_prefetch_flag() {
+  static EnvSwitch on("EMOLLM_REPACKED_X_PREFETCH");
+  return on;
+}
+
 // M > kSmallM on VNNI: X in chunks of panel rows (gemm_q8_xpanel.h), then per thread a range of
 // NV-group weight panels; the X panels are taken ~1.5 MiB at a time, and each of the thread's
 // weight panels (16 * NV * K bytes, in L2) runs against those X panels before the next.
@@ -971,6 +995,7 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
   const int64_t kc = panel_kslice(nb), kg = kc > 0 ? panel_kgroup() : 1;
   const int64_t pc = std::max<int64_t>(1, (panel_pass_kib(kc > 0) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
+  const bool xpf = kc == 0 && x_prefetch_flag().on();
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
@@ -992,10 +1017,14 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
             float* y = o.Y + (m0 + pm * kPanelRows) * o.ldy + n0;
             const int32_t* xpp = xp + pm * nb * XPanels::kBlockDwords;
             float* s = st ? st + ((p - q0) * pc + pm - c0) * kPanelState : nullptr;
-            if (q8)
-              panel_groups_avx512<true, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
+            if (q8 && xpf)
+              panel_groups_avx512<true, NV, true>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
+            else if (q8)
+              panel_groups_avx512<true, NV, false>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
+            else if (xpf)
+              panel_groups_avx512<false, NV, true>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
             else
-              panel_groups_avx512<false, NV>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
+              panel_groups_avx512<false, NV, false>(xpp, Wp, L, lp * NV, nb, b0, b1, s, bp, y, o.ldy, mr, o.N - n0);
           };
           if (kc == 0) {
             for (int64_t p = q0; p < q1; ++p)
@@ -1032,6 +1061,19 @@ void set_repacked_pass_kib(int kib) {
   g_pass_kib.store(kib, std::memory_order_relaxed);
 #endif
   (void)kib;
+}
+void set_repacked_x_prefetch(bool on) {
+#if defined(__x86_64__)
+  x_prefetch_flag().set(on);
+#endif
+  (void)on;
+}
+bool repacked_x_prefetch() {
+#if defined(__x86_64__)
+  return x_prefetch_flag().on();
+#else
+  return false;
+#endif
 }
 void set_repacked_panels_enabled(bool enabled) {
 #if defined(__x86_64__)

@@ -1688,6 +1688,81 @@ TEST(gemm_repacked_kslice_same_bits) {
   EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
 }
 
+// gemm_repacked's X-panel kernel with and without its X prefetch (set_repacked_x_prefetch: the
+// unsliced calls prefetch the X panel 8 blocks ahead, past a panel's end into the next one and
+// past the last panel's end): every row bit-identical to gemv_repacked of that row either way, on
+// q4_0 and q8_0, K of 4096 / 11008 unsliced (set_repacked_kslice(0)) and the default slicing,
+// odd block counts (101, 35: an odd last block, a last pair shorter than the prefetch distance),
+// M across partial panels (629, 130, 13), passes of one panel and the default, 0-3 threads,
+// gemm_repacked_multi too. A prefetching instance that drops or repeats a block fails it.
+TEST(gemm_repacked_x_prefetch_same_bits) {
+  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
+    std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
+    return;
+  }
+  struct Restore {
+    ~Restore() {
+      gemm_detail::set_repacked_x_prefetch(true);
+      gemm_detail::set_repacked_kslice(-1);
+      gemm_detail::set_repacked_pass_kib(-1);
+    }
+  } restore;
+  EXPECT(gemm_detail::repacked_x_prefetch());  // on by default
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{629, 48, 4096}, {130, 40, 11008}, {47, 33, 3232}, {13, 96, 1120}};
+  uint32_t seed = 7900;
+  int64_t compared = 0;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const Shape& sh : shapes) {
+      const int64_t M = sh.M, N = sh.N, K = sh.K;
+      Weights w = make_weights(t, N, K, seed);
+      Problem p = make_problem(M, N, K, 8, 3, seed + 1);
+      seed += 2;
+      std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+      quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool2);
+      std::vector<uint8_t> packed2(quant_repack_bytes(t, 17, K));
+      quant_repack(w.bytes.data() + size_t(N - 17) * w.rb, t, 17, K, packed2.data(), nullptr);
+      std::vector<float> G(size_t(M * N));
+      for (int64_t m = 0; m < M; ++m)
+        gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
+      for (bool xpf : {true, false})
+        for (int kc : {0, -1})
+          for (int pass : {1, -1})
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+              gemm_detail::set_repacked_x_prefetch(xpf);
+              gemm_detail::set_repacked_kslice(kc);
+              gemm_detail::set_repacked_pass_kib(pass);
+              std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+              gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
+              std::vector<float> Y1(size_t(M * p.ldy), kSentinel), Y2(size_t(M * 17), kSentinel);
+              const RepackedOutput outs[2] = {{packed.data(), p.bias.data(), Y1.data(), p.ldy, N},
+                                              {packed2.data(), p.bias.data() + (N - 17), Y2.data(), 17, 17}};
+              gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 2, M, K, pl);
+              for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = 0; n < N; ++n) {
+                  const float g = G[size_t(m * N + n)], y = Y[size_t(m * p.ldy + n)], y1 = Y1[size_t(m * p.ldy + n)];
+                  const float y2 = n >= N - 17 ? Y2[size_t(m * 17 + n - (N - 17))] : g;
+                  if (!(y == g && y1 == g && y2 == g)) {
+                    char buf[320];
+                    std::snprintf(buf, sizeof buf,
+                                  "%s M=%lld N=%lld K=%lld x_prefetch=%d kslice=%d pass=%d threads=%d: Y[%lld][%lld] = "
+                                  "%.9g, multi %.9g / %.9g, gemv_repacked %.9g",
+                                  dtype_name(t), (long long)M, (long long)N, (long long)K, int(xpf), kc, pass,
+                                  pl ? pl->size() : 0, (long long)m, (long long)n, double(y), double(y1), double(y2),
+                                  double(g));
+                    emollm_test::report_failure(__FILE__, __LINE__, buf);
+                    return;
+                  }
+                  ++compared;
+                }
+            }
+    }
+  EXPECT(compared == int64_t(2 * 2 * 2 * 2 * 3 * (629 * 48 + 130 * 40 + 47 * 33 + 13 * 96)));
+}
+
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
 // to the float64 references; at M > 8 on VNNI the fused path: X packed once, one dispatch over all
