@@ -183,6 +183,8 @@ const AbSwitch kSwitches[] = {
     // the q4_0 / q8_0 prefill's X-panel kernel prefetching its X panel on unsliced calls
     // (set_repacked_x_prefetch; with AB_PREFILL)
     {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},
+    // bf16 gemm() at K > 4096 without the per-call W pack (set_bf16_gemm_wbcast; with AB_PREFILL)
+    {"bf16_wbcast", [](bool on) { gemm_detail::set_bf16_gemm_wbcast(on); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
