@@ -9,7 +9,6 @@
 //   (24 zmm accumulators) broadcasts X and FMAs into 4 zmm columns.
 //   BF16 weights on CPUs with AVX512-BF16 use vdpbf16ps instead: X is rounded to bf16 pairs,
 //   W panels hold (k, k+1) bf16 pairs, doubling the multiply-add rate.
-#include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "gemm_internal.h"
 #include "gemm_x86_common.h"
@@ -1433,13 +1432,13 @@ void split_bf16_gemm(ThreadPool* pool, int64_t mcur, int64_t N, int64_t K, Fn&& 
 constexpr int64_t WB_ROWS = 6;        // W rows a tile (kern_bf16_6x64's MR)
 constexpr int64_t WB_NCB = 84 * 6;    // W rows a block (504 x 256 pairs x 4 = 504 KiB, in L2)
 
-EnvSwitch& bf16_wbcast_flag() {
-  static EnvSwitch on("EMOLLM_BF16_GEMM_WBCAST");
-  return on;
-}
+// On since session 23 (quiet: packed W / this 1.01-1.04x on the down projections at 1 and 2
+// threads, bench_kernels longk; a 1.1B bf16 prefill 0.995 / 1.009x); off (set_bf16_gemm_wbcast,
+// tests and A/B tools) packs W a block at a time, the same bits.
+std::atomic<bool> bf16_wbcast_on{true};
 
 bool bf16_wbcast_applies(const Args& a, int64_t kunits) {
-  return bf16_wbcast_flag().on() && !a.bias && (a.K % 2) == 0 && (a.row_bytes % 4) == 0 &&
+  return bf16_wbcast_on.load(std::memory_order_relaxed) && !a.bias && (a.K % 2) == 0 && (a.row_bytes % 4) == 0 &&
          (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
 }
 
@@ -1661,8 +1660,8 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 
 
 
-void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_flag().set(on); }
-bool bf16_gemm_wbcast() { return bf16_wbcast_flag().on(); }
+void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }
+bool bf16_gemm_wbcast() { return bf16_wbcast_on.load(std::memory_order_relaxed); }
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 

@@ -187,7 +187,7 @@ void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
 // That kernel's software prefetch of the X panel it streams, 8 blocks ahead into L1, on calls
-// over the whole K (not k-sliced): default on (EMOLLM_REPACKED_X_PREFETCH=0: off while measured).
+// over the whole K (not k-sliced): default on (off: tests and A/B tools).
 // Same bits. For tests and q8_panels_ab; process-wide.
 void set_repacked_x_prefetch(bool on);
 bool repacked_x_prefetch();

@@ -614,7 +614,7 @@ __attribute__((always_inline)) EMO_TRP inline void panel_block(const int32_t* xb
 // the last (b1 < nb, b1 - b0 even) stores its two sets to st (kPanelState floats) and the next
 // slice (b0 > 0) starts from them, exact f32 values, the same bits. XPF: each block pair first
 // prefetches the X panel's block pair kXPrefetchBlocks on into L1 (past the panel's end, the start
-// of the next panel: the one the caller runs next when unsliced); see x_prefetch_flag.
+// of the next panel: the one the caller runs next when unsliced); see x_prefetch_on.
 constexpr int64_t kPanelState = 2 * kPanelRows * kPanelGroups * 16;  // floats of one panel's sums
 constexpr int64_t kXPrefetchBlocks = 8;
 static_assert(2 * XPanels::kBlockDwords * 4 == 5 * 64, "a block pair of X panel is 5 lines");
@@ -951,7 +951,7 @@ int64_t panel_pass_kib(bool sliced) {
 }
 
 // The X prefetch of the unsliced kernel calls (gemm_detail::set_repacked_x_prefetch; default on,
-// EMOLLM_REPACKED_X_PREFETCH=0 off while measured). Unsliced, each call streams a 20-55 KiB X
+// set_repacked_x_prefetch(false): off for tests and A/B tools). Unsliced, each call streams a 20-55 KiB X
 // panel that a 1.5 MiB pass keeps in L3 rather than L2 (the weight panel stays in L2); the
 // hardware prefetchers alone leave ~3-4% of the time waiting on it (a copy of the kernel's loop:
 // ~690 GOP/s with X in L1 / L2, 657-664 with a pass of X panels in L3). Measured at M = 628, 1
@@ -960,10 +960,10 @@ int64_t panel_pass_kib(bool sliced) {
 // best (medians 1.016-1.044), q8_0 4096 x 4096 1.010; 16 or 32 blocks ahead 1.007-1.023. Sliced
 // (K >= 8192) each X slice is reused by kg weight panels from L1 / L2 and the prefetch measured
 // 0.96-0.99, so it is not used there. Same bits (prefetches only).
-EnvSwitch& x_prefetch_flag() {
-  static EnvSwitch on("EMOLLM_REPACKED_X_PREFETCH");
-  return on;
-}
+// Quiet (session 23, lead): 1 thread 1.003-1.004x by best, 2 threads 1.002-1.026x (medians
+// 1.009-1.032); a 1.1B q4_0 prefill 0.998 / 1.012x at 1 / 2 threads, the 7B 1.001x at 2: small,
+// never below. On, no longer read from the environment.
+std::atomic<bool> x_prefetch_on{true};
 
 // M > kSmallM on VNNI: X in chunks of panel rows (gemm_q8_xpanel.h), then per thread a range of
 // NV-group weight panels; the X panels are taken ~1.5 MiB at a time, and each of the thread's
@@ -995,7 +995,7 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
   const int64_t kc = panel_kslice(nb), kg = kc > 0 ? panel_kgroup() : 1;
   const int64_t pc = std::max<int64_t>(1, (panel_pass_kib(kc > 0) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
-  const bool xpf = kc == 0 && x_prefetch_flag().on();
+  const bool xpf = kc == 0 && x_prefetch_on.load(std::memory_order_relaxed);
   for (int64_t m0 = 0; m0 < M; m0 += mc) {
     const int64_t mcur = std::min(mc, M - m0);
     const int32_t* xp = XPanels::quantise_chunk(X + m0 * ldx, ldx, mcur, K, q8 ? 128 : 8, pool, 2, 1);
@@ -1064,13 +1064,13 @@ void set_repacked_pass_kib(int kib) {
 }
 void set_repacked_x_prefetch(bool on) {
 #if defined(__x86_64__)
-  x_prefetch_flag().set(on);
+  x_prefetch_on.store(on, std::memory_order_relaxed);
 #endif
   (void)on;
 }
 bool repacked_x_prefetch() {
 #if defined(__x86_64__)
-  return x_prefetch_flag().on();
+  return x_prefetch_on.load(std::memory_order_relaxed);
 #else
   return false;
 #endif
