@@ -2322,7 +2322,9 @@ void bench_attention_decode_qk_wide(ThreadPool& pool) {
 // fc2 at M = 577, LLaMA-7B's gate and o (and since session 22 the 1.1B q / k / v / o and gate / up and
 // CLIP's fc1, the gemm section's other M >= 512 bf16 shapes): gemm() on the row-major matrix (W packed a block at a
 // time) and gemm_bf16_panels (pre-packed W), each interleaved call by call with oneDNN's bf16
-// matmul; ratio = oneDNN's time / ours. Impl huge: gemm_huge_pages on W in 2 MiB pages (what a
+// matmul; ratio = oneDNN's time / ours. At K > 4096 without bias (the down projections) gemm() and
+// huge take the W-broadcast driver (W read in place, X packed transposed; session 23) and the
+// wpack-prev row is the packed-W driver. Impl huge: gemm_huge_pages on W in 2 MiB pages (what a
 // decoder's prefill runs; gemm() here has W in 4 KiB pages). (The xpf-off row, without the
 // microkernel's X prefetch, went with its switch in session 22, and the wpf-prev row with the
 // unprefetched W pack it measured: neutral on a quiet machine.) At K > 4096 (the down projections)
@@ -2456,8 +2458,10 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
         char b[160];
         std::snprintf(b, sizeof b, "%s; err/rms %.2e",
                       pan ? "pre-packed panels"
-                          : huge ? "row-major W in 2 MiB pages (gemm_huge_pages, a decoder's prefill), packed a block at a time"
-                                 : "row-major W in 4 KiB pages, packed a block at a time",
+                          : huge ? (prev ? "row-major W in 2 MiB pages (gemm_huge_pages, a decoder's prefill), read in place (W broadcast)"
+                                         : "row-major W in 2 MiB pages (gemm_huge_pages, a decoder's prefill), packed a block at a time")
+                                 : (prev ? "row-major W in 4 KiB pages, read in place (W broadcast)"
+                                         : "row-major W in 4 KiB pages, packed a block at a time"),
                       err);
         rr.note = b;
         rr.check = err < 2e-2 ? "ok" : "BAD";

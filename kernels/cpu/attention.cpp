@@ -1763,7 +1763,6 @@ struct DecodeItem {
   half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
-  bool pipe;                   // the next sub-block prefetched from inside the kernels (decode_pipeline)
 };
 
 
@@ -1858,9 +1857,6 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   it.inplace = decode_inplace_kern(isa, p.kv_dtype);
   it.bf16dp = it.inplace != nullptr && p.kv_dtype == DType::BF16 && attention_detail::decode_bf16dp_applies(p);
-  // swept narrow rows on the transposed Q K^T, not on bf16 products (run_decode_piece)
-  it.pipe = it.inplace != nullptr && p.n_kv_heads * p.head_dim <= kDecodePackSpan && it.inplace->qk_decode != nullptr &&
-            rs.group >= 4 && !it.bf16dp && attention_detail::decode_pipeline_applies(p);
   return it;
 }
 
@@ -1988,8 +1984,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // sub-block (the next piece a thread runs, claimed one ahead) measured 0.97-1.05x cold and
   // 0.986x in the model (1.1B q4_0, 1 thread; session 23, bench/README): the hardware
   // prefetchers already follow the rows across a piece's end.
-  const bool pipe = it.pipe;
-  assert(pipe == (sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p)));
+  const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched

@@ -1529,7 +1529,7 @@ EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int6
 }
 
 void gemm_bf16_wbcast(const Args& a) {
-  // X in chunks of at most ~24 MiB packed (as the packed driver), of even size
+  // X in chunks of at most ~24 MiB packed (as the packed driver), a multiple of NR rows
   const int64_t mc_max = std::max<int64_t>(NR, ((int64_t(24) << 20) / (a.K * 2)) / NR * NR);
   const int64_t chunks = (a.M + mc_max - 1) / mc_max;
   const int64_t mc = ((a.M + chunks - 1) / chunks + NR - 1) / NR * NR;

@@ -651,7 +651,9 @@ EMO_TRP void panel_groups_avx512(const int32_t* xp, const uint8_t* W, const Repa
   int64_t b = b0;
   for (; b + 1 < b1; b += 2) {
     if constexpr (XPF) {  // two blocks of X: 2 * XB dwords = 320 bytes, 5 lines (aligned when nb is even)
-      const char* a = reinterpret_cast<const char*>(xp + (b + kXPrefetchBlocks) * XB);
+      // integer arithmetic: near the panel's end the address lies past it, where a pointer may not
+      const char* a = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(xp) +
+                                                    uintptr_t((b + kXPrefetchBlocks) * XB) * sizeof(*xp));
 #pragma GCC unroll 5
       for (int l = 0; l < 5; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
     }

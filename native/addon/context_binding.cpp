@@ -113,7 +113,7 @@ class EvalWorker final : public ContextWorker {
   // (allLogits: 128 KB a position at a 32000 vocabulary, 8 MB for 64 positions, faulted in twice
   // and copied once on the event loop). Its size: the last position's logits, or with allLogits
   // every position's, of the prompt with its images spliced in (spliced_length).
-  void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
+  void write_into_js_array(Napi::Float32Array a) { js_out_.adopt(a); }
 
  private:
   JsResultArray js_out_;
@@ -374,11 +374,13 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     const int64_t rows = !all ? 1
                          : (s_->llava || s_->qwen) ? spliced_length(s_->llava.get(), s_->emollm.get(), s_->qwen.get(), tokens, n_images, counts, grids)
                                                    : int64_t(tokens.size());
+    // none for a prompt the worker refuses anyway (image tokens that match no rule: the splice
+    // names the counts; longer than the context: eval says so); made before the worker (napi_util.h)
+    Napi::Float32Array out;
+    if (rows >= 0 && rows <= s_->n_ctx) out = new_result_array(env, size_t(rows) * size_t(s_->ctx->n_vocab()));
     auto* w = new EvalWorker(env, s_, std::move(tokens), all);
     w->set_images(std::move(images), n_images);
-    // none for a prompt the worker refuses anyway (image tokens that match no rule: the splice
-    // names the counts; longer than the context: eval says so)
-    if (rows >= 0 && rows <= s_->n_ctx) w->write_into_js_array(env, size_t(rows) * size_t(s_->ctx->n_vocab()));
+    if (!out.IsEmpty()) w->write_into_js_array(out);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
     Napi::Promise p = w->promise();

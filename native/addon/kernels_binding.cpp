@@ -117,7 +117,12 @@ class GemmWorker final : public PromiseWorker {
   GemmWorker(Napi::Env env, std::vector<float> x, std::vector<uint8_t> w, DType wtype, std::vector<float> bias,
              int64_t M, int64_t N, int64_t K, std::shared_ptr<Backend> be)
       : PromiseWorker(env), x_(std::move(x)), w_(std::move(w)), bias_(std::move(bias)), wtype_(wtype), M_(M), N_(N), K_(K),
-        be_(std::move(be)) {}
+        be_(std::move(be)) {
+    // Y, made here on the JavaScript thread and written by the worker in place (no vector filled,
+    // then copied into a fresh array on the event loop); a failed allocation throws out of the
+    // constructor, so no worker is left unqueued.
+    y_.create(env, size_t(M_ * N_));
+  }
 
  protected:
   void Run() override {
@@ -134,9 +139,6 @@ class GemmWorker final : public PromiseWorker {
   Napi::Value Resolve(Napi::Env env) override { return y_.ref.Value(); }
 
  public:
-  // Y, made on the JavaScript thread before the worker is queued and written by it in place (no
-  // vector filled, then copied into a fresh array on the event loop).
-  void write_into_js_array(Napi::Env env) { y_.create(env, size_t(M_ * N_)); }
 
  private:
   std::vector<float> x_;
@@ -172,7 +174,6 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     throw_invalid(env, "bias has " + std::to_string(bias.size()) + " elements, expected N = " + std::to_string(N));
   std::shared_ptr<Backend> be = opt_backend(info, 7);
   auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K, std::move(be));
-  worker->write_into_js_array(env);
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;

@@ -1,5 +1,8 @@
 // Helpers shared by the addon's binding files: typed errors and argument checks.
 #pragma once
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 #include <napi.h>
 
 #include <cmath>
@@ -151,11 +154,30 @@ inline void check_fixed_float32_array(Napi::Env env, const Napi::Value& v, const
 // copied into a fresh array on the event loop): created, or taken from the caller, on the
 // JavaScript thread before the worker runs. The reference keeps it alive while the worker writes;
 // its backing store does not move. data is null until one is set.
+// A result array of `count` floats. Made on the JavaScript thread before the worker that writes it
+// exists: a worker made first, then abandoned when the allocation throws, would never be queued
+// (its handle counted in flight, its promise pending, forever). Larger than the machine's memory
+// or than V8 allows: ERR_OUT_OF_MEMORY. (V8 ends the process when an ArrayBuffer it agreed to
+// make cannot be allocated, so the size is checked against physical memory first.)
+inline Napi::Float32Array new_result_array(Napi::Env env, size_t count) {
+#if defined(__unix__) || defined(__APPLE__)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0 && count > size_t(pages) / sizeof(float) * size_t(page))
+    throw make_js_error(env, "ERR_OUT_OF_MEMORY",
+                        "a result of " + std::to_string(count) + " floats is larger than this machine's memory");
+#endif
+  try {
+    return Napi::Float32Array::New(env, count);
+  } catch (const Napi::Error&) {
+    throw make_js_error(env, "ERR_OUT_OF_MEMORY", "cannot allocate a result of " + std::to_string(count) + " floats");
+  }
+}
+
 struct JsResultArray {
   Napi::Reference<Napi::Float32Array> ref;
   float* data = nullptr;
   size_t n = 0;  // floats
-  void create(Napi::Env env, size_t count) { adopt(Napi::Float32Array::New(env, count)); }
+  void create(Napi::Env env, size_t count) { adopt(new_result_array(env, count)); }
   void adopt(Napi::Float32Array a) {
     ref = Napi::Persistent(a);
     data = a.Data();

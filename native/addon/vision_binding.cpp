@@ -114,7 +114,7 @@ class EncodeWorker final : public ModelWorker {
   bool caller_out_ = false;  // js_out_ is the caller's `out` (its range is in out_ranges())
 
  public:
-  void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
+  void write_into_js_array(Napi::Float32Array a) { js_out_.adopt(a); }
   void write_into_caller_array(Napi::Float32Array a) {
     js_out_.adopt(a);
     caller_out_ = true;
@@ -149,7 +149,7 @@ class VisualEncodeWorker final : public ModelWorker {
   // The result array of sum(counts) rows, created on the JavaScript thread before the worker runs
   // and written by it directly (instead of a vector filled, then copied into a fresh array on the
   // event loop).
-  void write_into_js_array(Napi::Env env, size_t n) { js_out_.create(env, n); }
+  void write_into_js_array(Napi::Float32Array a) { js_out_.adopt(a); }
 
  protected:
   void Run() override {
@@ -303,10 +303,12 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
     if (!out_ranges().claim(out.Data(), n_out * sizeof(float)))
       throw_invalid(env, "encodeImages: out overlaps the out array of an encodeImages call still running");
   }
+  Napi::Float32Array fresh;  // made before the worker (napi_util.h new_result_array)
+  if (out.IsEmpty()) fresh = new_result_array(env, n_out);
   auto* w = new EncodeWorker(env, handle_, std::move(px), B);
   w->emollm_ = handle_->emollm;
   if (!out.IsEmpty()) w->write_into_caller_array(out);
-  else w->write_into_js_array(env, n_out);
+  else w->write_into_js_array(fresh);
   w->faces_ = std::move(faces);
   w->counts_ = std::move(counts);
   Napi::Promise p = w->promise();
@@ -339,13 +341,12 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
     throw_invalid(env, "encodeAnyres: pixels has " + std::to_string(px.size()) + " floats, the images' layouts need " +
                            std::to_string(tiles) + " tiles of " + std::to_string(per));
   // constructed only once the arguments are valid: the worker counts as in flight from here
-  auto* w = new VisualEncodeWorker(env, handle_, {});
   int64_t rows = 0;
-  for (const AnyresLayout& L : layouts) {
-    w->counts.push_back(L.n_tokens());
-    rows += L.n_tokens();
-  }
-  w->write_into_js_array(env, size_t(rows * lv->n_embd()));
+  for (const AnyresLayout& L : layouts) rows += L.n_tokens();
+  Napi::Float32Array out = new_result_array(env, size_t(rows * lv->n_embd()));
+  auto* w = new VisualEncodeWorker(env, handle_, {});
+  for (const AnyresLayout& L : layouts) w->counts.push_back(L.n_tokens());
+  w->write_into_js_array(out);
   w->layouts = std::move(layouts);
   w->set_pixels(std::move(px));
   Napi::Promise p = w->promise();
@@ -378,9 +379,10 @@ Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr
   if (int64_t(px.size()) != n * qm->vision().patch_dim())
     throw_invalid(env, "encodePatches: patches has " + std::to_string(px.size()) + " floats, the grids need " +
                            std::to_string(n) + " patches of " + std::to_string(qm->vision().patch_dim()));
+  Napi::Float32Array out = new_result_array(env, size_t(qm->n_tokens(grids) * qm->n_embd()));
   auto* w = new VisualEncodeWorker(env, handle_, std::move(px));
   for (const GridThw& gt : grids) w->counts.push_back(qm->n_tokens(gt));
-  w->write_into_js_array(env, size_t(qm->n_tokens(grids) * qm->n_embd()));
+  w->write_into_js_array(out);
   w->grids = std::move(grids);
   Napi::Promise p = w->promise();
   w->Queue();

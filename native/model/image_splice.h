@@ -5,7 +5,9 @@
 //
 // Rule: the prompt's image positions (tokens equal to image_token_id or video_token_id) stand
 // either once per image (each becomes its image's counts[k] rows) or already expanded (sum(counts)
-// of them, in image order; the length stays). Anything else is an error naming the counts.
+// of them, in image order; the length stays). Anything else is an error naming the counts. When
+// both readings fit (as many positions as images and as rows: one row an image, or counts such as
+// {0, 2}), "once per image" wins: the length is the same either way, the rows go image by image.
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -175,6 +175,22 @@ describe('gemm through the addon', () => {
     for (let i = 0; i < x.length; i++) expect(Math.abs(dq[0]![i]! - x[i]!)).toBeLessThanOrEqual(1 / 127 + 1e-6);
   });
 
+  // The result array is made before the worker exists: a failed allocation is a typed error, and
+  // no worker is left behind unqueued (the next call runs).
+  it('a result too large to allocate is ERR_OUT_OF_MEMORY, and the next call still runs', async () => {
+    const [m, n, k] = [1 << 21, 1 << 15, 2]; // m * n = 2^36 floats: more than a typed array holds
+    let err: unknown;
+    try {
+      await gemm({ x: new Float32Array(m * k), w: new Float32Array(n * k), wtype: 'f32', m, n, k });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(EmollmError);
+    expect((err as EmollmError).code).toBe('ERR_OUT_OF_MEMORY');
+    const y = await gemm({ x: new Float32Array(4).fill(1), w: new Float32Array(6).fill(1), wtype: 'f32', m: 2, n: 3, k: 2 });
+    expect(Array.from(y)).toEqual([2, 2, 2, 2, 2, 2]);
+  });
+
   it('rejects mismatched sizes with ERR_INVALID_ARGUMENT', async () => {
     expect(() => gemm({ x: new Float32Array(10), w: new Float32Array(6), wtype: 'f32', m: 2, n: 3, k: 2 })).toThrow(
       /x has 10 elements/,
