@@ -1607,6 +1607,59 @@ TEST(qx_pack_fused_same_bits) {
 }
 #endif
 
+namespace {
+// One product for the X-panel kernel's same-bits tests: q8_0 / q4_0 weights repacked whole and their
+// last 17 rows on their own (the second output of gemm_repacked_multi), and the reference G:
+// gemv_repacked of each row.
+struct RepackedCase {
+  DType t;
+  int64_t M, N, K;
+  Weights w;
+  Problem p;
+  std::vector<uint8_t> packed, packed2;
+  std::vector<float> G;
+  RepackedCase(DType t_, int64_t M_, int64_t N_, int64_t K_, uint32_t seed, ThreadPool* pool)
+      : t(t_), M(M_), N(N_), K(K_), w(make_weights(t_, N_, K_, seed)), p(make_problem(M_, N_, K_, 8, 3, seed + 1)),
+        packed(quant_repack_bytes(t_, N_, K_)), packed2(quant_repack_bytes(t_, 17, K_)), G(size_t(M_ * N_)) {
+    quant_repack(w.bytes.data(), t, N, K, packed.data(), pool);
+    quant_repack(w.bytes.data() + size_t(N - 17) * w.rb, t, 17, K, packed2.data(), nullptr);
+    for (int64_t m = 0; m < M; ++m)
+      gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
+  }
+};
+
+// gemm_repacked and gemm_repacked_multi (the whole matrix and its last 17 rows as two outputs) on pl
+// under the current settings: every value bit for bit G, the row padding unwritten. Reports the
+// first difference with `what` (the settings) and returns false; counts the values compared.
+bool repacked_agree(const RepackedCase& c, ThreadPool* pl, const std::string& what, int64_t* compared) {
+  const Problem& p = c.p;
+  const int64_t M = c.M, N = c.N;
+  std::vector<float> Y(size_t(M * p.ldy), kSentinel);
+  gemm_repacked(p.X.data(), p.ldx, c.packed.data(), c.t, p.bias.data(), Y.data(), p.ldy, M, N, c.K, pl);
+  std::vector<float> Y1(size_t(M * p.ldy), kSentinel), Y2(size_t(M * 17), kSentinel);
+  const RepackedOutput outs[2] = {{c.packed.data(), p.bias.data(), Y1.data(), p.ldy, N},
+                                  {c.packed2.data(), p.bias.data() + (N - 17), Y2.data(), 17, 17}};
+  gemm_repacked_multi(p.X.data(), p.ldx, c.t, outs, 2, M, c.K, pl);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      const float g = c.G[size_t(m * N + n)], y = Y[size_t(m * p.ldy + n)], y1 = Y1[size_t(m * p.ldy + n)];
+      const float y2 = n >= N - 17 ? Y2[size_t(m * 17 + n - (N - 17))] : g;
+      if (!(y == g && y1 == g && y2 == g)) {
+        char buf[320];
+        std::snprintf(buf, sizeof buf, "%s M=%lld N=%lld K=%lld %s threads=%d: Y[%lld][%lld] = %.9g, multi %.9g / %.9g, gemv_repacked %.9g",
+                      dtype_name(c.t), (long long)M, (long long)N, (long long)c.K, what.c_str(), pl ? pl->size() : 0,
+                      (long long)m, (long long)n, double(y), double(y1), double(y2), double(g));
+        emollm_test::report_failure(__FILE__, __LINE__, buf);
+        return false;
+      }
+      ++*compared;
+    }
+    for (int64_t n = N; n < p.ldy && m + 1 < M; ++n) EXPECT(Y[size_t(m * p.ldy + n)] == kSentinel);
+  }
+  return true;
+}
+}  // namespace
+
 // gemm_repacked's X-panel kernel in k slices (set_repacked_kslice: each weight panel's slice of
 // kc blocks against a pass of X panels, the two sets of f32 sums kept per panel between slices):
 // every row bit-identical to gemv_repacked of that row at every slice length and pass size, so the
@@ -1641,48 +1694,16 @@ TEST(gemm_repacked_kslice_same_bits) {
   int64_t compared = 0;
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (const Shape& sh : shapes) {
-      const int64_t M = sh.M, N = sh.N, K = sh.K;
-      Weights w = make_weights(t, N, K, seed);
-      Problem p = make_problem(M, N, K, 8, 3, seed + 1);
+      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
       seed += 2;
-      std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
-      quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool2);
-      std::vector<float> G(size_t(M * N));
-      for (int64_t m = 0; m < M; ++m)
-        gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
       for (const Blocking& bl : blockings)
         for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-          const int kc = bl.kslice, pass = bl.pass_kib;
-          gemm_detail::set_repacked_kslice(kc);
+          gemm_detail::set_repacked_kslice(bl.kslice);
           gemm_detail::set_repacked_kgroup(bl.kgroup);
-          gemm_detail::set_repacked_pass_kib(pass);
-          std::vector<float> Y(size_t(M * p.ldy), kSentinel);
-          gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
-          // the same product as two outputs of gemm_repacked_multi (the second its last 17 rows)
-          std::vector<float> Y1(size_t(M * p.ldy), kSentinel), Y2(size_t(M * 17), kSentinel);
-          std::vector<uint8_t> packed2(quant_repack_bytes(t, 17, K));
-          quant_repack(w.bytes.data() + size_t(N - 17) * w.rb, t, 17, K, packed2.data(), nullptr);
-          const RepackedOutput outs[2] = {{packed.data(), p.bias.data(), Y1.data(), p.ldy, N},
-                                          {packed2.data(), p.bias.data() + (N - 17), Y2.data(), 17, 17}};
-          gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 2, M, K, pl);
-          for (int64_t m = 0; m < M; ++m) {
-            for (int64_t n = 0; n < N; ++n) {
-              const float g = G[size_t(m * N + n)], y = Y[size_t(m * p.ldy + n)], y1 = Y1[size_t(m * p.ldy + n)];
-              const float y2 = n >= N - 17 ? Y2[size_t(m * 17 + n - (N - 17))] : g;
-              if (!(y == g && y1 == g && y2 == g)) {
-                char buf[320];
-                std::snprintf(buf, sizeof buf,
-                              "%s M=%lld N=%lld K=%lld kslice=%d kgroup=%d pass=%d KiB threads=%d: Y[%lld][%lld] = %.9g, "
-                              "multi %.9g / %.9g, gemv_repacked %.9g",
-                              dtype_name(t), (long long)M, (long long)N, (long long)K, kc, bl.kgroup, pass, pl ? pl->size() : 0,
-                              (long long)m, (long long)n, double(y), double(y1), double(y2), double(g));
-                emollm_test::report_failure(__FILE__, __LINE__, buf);
-                return;
-              }
-              ++compared;
-            }
-            for (int64_t n = N; n < p.ldy && m + 1 < M; ++n) EXPECT(Y[size_t(m * p.ldy + n)] == kSentinel);
-          }
+          gemm_detail::set_repacked_pass_kib(bl.pass_kib);
+          const std::string what = "kslice=" + std::to_string(bl.kslice) + " kgroup=" + std::to_string(bl.kgroup) +
+                                   " pass=" + std::to_string(bl.pass_kib) + " KiB";
+          if (!repacked_agree(c, pl, what, &compared)) return;
         }
     }
   EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
@@ -1717,17 +1738,8 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
   int64_t compared = 0;
   for (DType t : {DType::Q8_0, DType::Q4_0})
     for (const Shape& sh : shapes) {
-      const int64_t M = sh.M, N = sh.N, K = sh.K;
-      Weights w = make_weights(t, N, K, seed);
-      Problem p = make_problem(M, N, K, 8, 3, seed + 1);
+      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
       seed += 2;
-      std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
-      quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool2);
-      std::vector<uint8_t> packed2(quant_repack_bytes(t, 17, K));
-      quant_repack(w.bytes.data() + size_t(N - 17) * w.rb, t, 17, K, packed2.data(), nullptr);
-      std::vector<float> G(size_t(M * N));
-      for (int64_t m = 0; m < M; ++m)
-        gemv_repacked(p.X.data() + m * p.ldx, packed.data(), t, p.bias.data(), G.data() + m * N, N, K, nullptr);
       for (bool xpf : {true, false})
         for (int kc : {0, -1})
           for (int pass : {1, -1})
@@ -1735,29 +1747,9 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
               gemm_detail::set_repacked_x_prefetch(xpf);
               gemm_detail::set_repacked_kslice(kc);
               gemm_detail::set_repacked_pass_kib(pass);
-              std::vector<float> Y(size_t(M * p.ldy), kSentinel);
-              gemm_repacked(p.X.data(), p.ldx, packed.data(), t, p.bias.data(), Y.data(), p.ldy, M, N, K, pl);
-              std::vector<float> Y1(size_t(M * p.ldy), kSentinel), Y2(size_t(M * 17), kSentinel);
-              const RepackedOutput outs[2] = {{packed.data(), p.bias.data(), Y1.data(), p.ldy, N},
-                                              {packed2.data(), p.bias.data() + (N - 17), Y2.data(), 17, 17}};
-              gemm_repacked_multi(p.X.data(), p.ldx, t, outs, 2, M, K, pl);
-              for (int64_t m = 0; m < M; ++m)
-                for (int64_t n = 0; n < N; ++n) {
-                  const float g = G[size_t(m * N + n)], y = Y[size_t(m * p.ldy + n)], y1 = Y1[size_t(m * p.ldy + n)];
-                  const float y2 = n >= N - 17 ? Y2[size_t(m * 17 + n - (N - 17))] : g;
-                  if (!(y == g && y1 == g && y2 == g)) {
-                    char buf[320];
-                    std::snprintf(buf, sizeof buf,
-                                  "%s M=%lld N=%lld K=%lld x_prefetch=%d kslice=%d pass=%d threads=%d: Y[%lld][%lld] = "
-                                  "%.9g, multi %.9g / %.9g, gemv_repacked %.9g",
-                                  dtype_name(t), (long long)M, (long long)N, (long long)K, int(xpf), kc, pass,
-                                  pl ? pl->size() : 0, (long long)m, (long long)n, double(y), double(y1), double(y2),
-                                  double(g));
-                    emollm_test::report_failure(__FILE__, __LINE__, buf);
-                    return;
-                  }
-                  ++compared;
-                }
+              const std::string what = "x_prefetch=" + std::to_string(int(xpf)) + " kslice=" + std::to_string(kc) +
+                                       " pass=" + std::to_string(pass);
+              if (!repacked_agree(c, pl, what, &compared)) return;
             }
     }
   EXPECT(compared == int64_t(2 * 2 * 2 * 2 * 3 * (629 * 48 + 130 * 40 + 47 * 33 + 13 * 96)));
