@@ -1658,8 +1658,6 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
   });
 }
 
-
-
 void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }
 bool bf16_gemm_wbcast() { return bf16_wbcast_on.load(std::memory_order_relaxed); }
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }

@@ -138,8 +138,6 @@ class GemmWorker final : public PromiseWorker {
   }
   Napi::Value Resolve(Napi::Env env) override { return y_.ref.Value(); }
 
- public:
-
  private:
   std::vector<float> x_;
   std::vector<uint8_t> w_;

@@ -150,10 +150,6 @@ inline void check_fixed_float32_array(Napi::Env env, const Napi::Value& v, const
     throw_invalid(env, what + " must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
 }
 
-// A worker's result array that the worker thread writes straight into (no vector filled, then
-// copied into a fresh array on the event loop): created, or taken from the caller, on the
-// JavaScript thread before the worker runs. The reference keeps it alive while the worker writes;
-// its backing store does not move. data is null until one is set.
 // A result array of `count` floats. Made on the JavaScript thread before the worker that writes it
 // exists: a worker made first, then abandoned when the allocation throws, would never be queued
 // (its handle counted in flight, its promise pending, forever). Larger than the machine's memory
@@ -173,6 +169,10 @@ inline Napi::Float32Array new_result_array(Napi::Env env, size_t count) {
   }
 }
 
+// A worker's result array that the worker thread writes straight into (no vector filled, then
+// copied into a fresh array on the event loop): created, or taken from the caller, on the
+// JavaScript thread before the worker runs. The reference keeps it alive while the worker writes;
+// its backing store does not move. data is null until one is set.
 struct JsResultArray {
   Napi::Reference<Napi::Float32Array> ref;
   float* data = nullptr;

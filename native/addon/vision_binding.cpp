@@ -340,10 +340,10 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
   if (int64_t(px.size()) != tiles * per)
     throw_invalid(env, "encodeAnyres: pixels has " + std::to_string(px.size()) + " floats, the images' layouts need " +
                            std::to_string(tiles) + " tiles of " + std::to_string(per));
-  // constructed only once the arguments are valid: the worker counts as in flight from here
   int64_t rows = 0;
   for (const AnyresLayout& L : layouts) rows += L.n_tokens();
   Napi::Float32Array out = new_result_array(env, size_t(rows * lv->n_embd()));
+  // constructed only once the arguments are valid: the worker counts as in flight from here
   auto* w = new VisualEncodeWorker(env, handle_, {});
   for (const AnyresLayout& L : layouts) w->counts.push_back(L.n_tokens());
   w->write_into_js_array(out);

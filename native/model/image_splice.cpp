@@ -34,11 +34,12 @@ std::vector<int32_t> splice_prompt(const ImageSplice& s, const int32_t* tokens, 
   const SpliceForm f = splice_form(s, tokens, n);
   EMOLLM_CHECK_ARG(f.total == 0 || features != nullptr, "splice_prompt: images without features");
   const auto is_image = [&](int32_t t) { return t == s.image_token_id || t == s.video_token_id; };
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 && !is_image(tokens[i]))
-      throw Error(ErrorCode::InvalidArgument, "token id " + std::to_string(tokens[i]) + " (at index " + std::to_string(i) +
-                                                  ") is negative");
   if (f.length < 0) {
+    // splice_form gives -1 for a negative token id too: name it first
+    for (int64_t i = 0; i < n; ++i)
+      if (tokens[i] < 0 && !is_image(tokens[i]))
+        throw Error(ErrorCode::InvalidArgument, "token id " + std::to_string(tokens[i]) + " (at index " +
+                                                    std::to_string(i) + ") is negative");
     bool uniform = n_images > 0;  // every image the same count: name it per image
     for (int64_t c : counts) uniform = uniform && c == counts[0];
     throw Error(ErrorCode::InvalidArgument,

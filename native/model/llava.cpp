@@ -354,8 +354,8 @@ std::vector<int32_t> LlavaModel::splice_prompt(const int32_t* tokens, int64_t n,
   EMOLLM_CHECK_ARG(n_images >= 0, "splice_prompt: negative image count");
   EMOLLM_CHECK_ARG(n_images == 0 || features != nullptr, "splice_prompt: images without features");
   // n_image_tokens() rows each (for an anyres model too: this entry point takes fixed counts)
-  const std::vector<int64_t> fixed(size_t(n_images), n_image_tokens());
-  return emollm::splice_prompt(image_splice(n_images, fixed), tokens, n, features, n_embd());
+  const ImageSplice fixed{image_token_id_, image_token_id_, std::vector<int64_t>(size_t(n_images), n_image_tokens())};
+  return emollm::splice_prompt(fixed, tokens, n, features, n_embd());
 }
 
 ImageSplice LlavaModel::image_splice(int64_t n_images, const std::vector<int64_t>& counts) const {

@@ -1658,6 +1658,23 @@ bool repacked_agree(const RepackedCase& c, ThreadPool* pl, const std::string& wh
   }
   return true;
 }
+
+// Whether gemm_repacked runs its X-panel kernel here (AVX-512 VNNI); says so when not.
+bool xpanel_kernel_runs() {
+  if (isa_active() >= Isa::Avx512 && cpu_features().avx512vnni) return true;
+  std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
+  return false;
+}
+
+// The X-panel kernel's settings back to their defaults when a test that changes them ends.
+struct RepackedSettingsRestore {
+  ~RepackedSettingsRestore() {
+    gemm_detail::set_repacked_x_prefetch(true);
+    gemm_detail::set_repacked_kslice(-1);
+    gemm_detail::set_repacked_kgroup(-1);
+    gemm_detail::set_repacked_pass_kib(-1);
+  }
+};
 }  // namespace
 
 // gemm_repacked's X-panel kernel in k slices (set_repacked_kslice: each weight panel's slice of
@@ -1668,17 +1685,8 @@ bool repacked_agree(const RepackedCase& c, ThreadPool* pl, const std::string& wh
 // at K = 11008), passes of one panel to the default; 1-3 threads; gemm_repacked_multi too.
 // Dropping a slice's sums or giving a slice an odd start (even and odd blocks swapped) fails it.
 TEST(gemm_repacked_kslice_same_bits) {
-  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
-    std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
-    return;
-  }
-  struct Restore {
-    ~Restore() {
-      gemm_detail::set_repacked_kslice(-1);
-      gemm_detail::set_repacked_kgroup(-1);
-      gemm_detail::set_repacked_pass_kib(-1);
-    }
-  } restore;
+  if (!xpanel_kernel_runs()) return;
+  RepackedSettingsRestore restore;
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t M, N, K;
@@ -1717,17 +1725,8 @@ TEST(gemm_repacked_kslice_same_bits) {
 // M across partial panels (629, 130, 13), passes of one panel and the default, 0-3 threads,
 // gemm_repacked_multi too. A prefetching instance that drops or repeats a block fails it.
 TEST(gemm_repacked_x_prefetch_same_bits) {
-  if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) {
-    std::printf("  note: no AVX512-VNNI here: the X-panel kernel does not run\n");
-    return;
-  }
-  struct Restore {
-    ~Restore() {
-      gemm_detail::set_repacked_x_prefetch(true);
-      gemm_detail::set_repacked_kslice(-1);
-      gemm_detail::set_repacked_pass_kib(-1);
-    }
-  } restore;
+  if (!xpanel_kernel_runs()) return;
+  RepackedSettingsRestore restore;
   EXPECT(gemm_detail::repacked_x_prefetch());  // on by default
   ThreadPool pool2(2), pool3(3);
   struct Shape {
