@@ -1637,23 +1637,18 @@ EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int6
   for (int64_t jc = n0; jc < n1; jc += ncb) {
     const int64_t nc = std::min(ncb, n1 - jc);
     const int64_t tiles = (nc + WB_ROWS - 1) / WB_ROWS;
-    const int64_t G = (v >> 20) ? (v >> 20) : npm;
-    for (int64_t g0 = 0; g0 < npm; g0 += G) {
-    const int64_t g1 = std::min(npm, g0 + G);
     for (int64_t pc = 0; pc < kp; pc += kcb) {
       const int64_t kc = std::min(kcb, kp - pc);
       const bool first = pc == 0, last = pc + kc >= kp;
       BlockPrefetcher pf;  // the next W block into L2
       if (pc + kc < kp)
         pf.start(W, a.row_bytes, DType::BF16, jc, nc, 2 * (pc + kc), std::min(a.K, 2 * (pc + kc + kcb)));
-      else if (g1 < npm)
-        pf.start(W, a.row_bytes, DType::BF16, jc, nc, 0, std::min(a.K, 2 * kcb));
       else if (jc + ncb < n1)
         pf.start(W, a.row_bytes, DType::BF16, jc + ncb, std::min(ncb, n1 - jc - ncb), 0,
                  std::min(a.K, 2 * kcb));
       const uint32_t* xblk = xt + pc * mp;
-      for (int64_t p = g0; p < g1; ++p) {
-        if (!(v & 32)) pf.step(g1 - g0);
+      for (int64_t p = 0; p < npm; ++p) {
+        if (!(v & 32)) pf.step(npm);
         if (v & 64) {
           const int64_t t12 = (nc + 11) / 12;
           for (int64_t h = 0; h < 2 && h * 32 < M - p * NR; ++h)
@@ -1689,9 +1684,7 @@ EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int6
         if (fuse && last) wb_store_y(a, yt, ldyt, jc, nc, p * NR, std::min<int64_t>(M, p * NR + NR), nt);
       }
     }
-    if (!fuse && G < npm) wb_store_y(a, yt, ldyt, jc, nc, g0 * NR, std::min(M, g1 * NR), nt);
-    }
-    if (!fuse && G >= npm) wb_store_y(a, yt, ldyt, jc, nc, 0, M, nt);
+    if (!fuse) wb_store_y(a, yt, ldyt, jc, nc, 0, M, nt);
   }
   if (nt) _mm_sfence();
 }
