@@ -1442,43 +1442,11 @@ bool bf16_wbcast_applies(const Args& a, int64_t kunits) {
          (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
 }
 
-std::atomic<int> g_wb_variant{0};
-int wbv() { return g_wb_variant.load(std::memory_order_relaxed); }
-
 // X rows [0, rows) rounded to bf16 (row-major, ldb elements a row) and then packed as
 // pack_w_bf16pairs packs W: panel p (64 rows) of k block pc at out + pc * mp + p * kc * 64.
 EMO_T512BF void pack_xt_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t mp, int64_t p0,
-                             int64_t p1, uint32_t* out, int64_t kcb) {
+                             int64_t p1, uint32_t* out) {
   const int64_t kp = K / 2;
-  if (wbv() & 8) {  // one pass: 16 rows x 16 pairs rounded in registers, transposed, stored
-    for (int64_t p = p0; p < p1; ++p)
-      for (int64_t pc = 0; pc < kp; pc += kcb) {
-        const int64_t kc = std::min(kcb, kp - pc);
-        uint32_t* op = out + pc * mp + p * kc * NR;
-        for (int g = 0; g < NR / 16; ++g) {
-          const int64_t r0 = p * NR + g * 16;
-          for (int64_t qq = 0; qq < kc; qq += 16) {
-            const int64_t e0 = 2 * (pc + qq), ce = std::min<int64_t>(32, K - e0);
-            const __mmask16 mlo = simd::tail_mask16(ce), mhi = simd::tail_mask16(ce - 16);
-            __m512 v[16];
-#pragma GCC unroll 16
-            for (int t = 0; t < 16; ++t) {
-              if (r0 + t < rows) {
-                const float* s = X + (r0 + t) * ldx + e0;
-                v[t] = _mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(mhi, s + 16),
-                                                                        _mm512_maskz_loadu_ps(mlo, s)));
-              } else {
-                v[t] = _mm512_setzero_ps();
-              }
-            }
-            transpose16_ps(v);
-            const int64_t c = std::min<int64_t>(16, kc - qq);
-            for (int64_t t = 0; t < c; ++t) _mm512_store_ps(reinterpret_cast<float*>(op + (qq + t) * NR + g * 16), v[t]);
-          }
-        }
-      }
-    return;
-  }
   uint16_t* xb = static_cast<uint16_t*>(scratch(1, size_t(NR) * K * 2));  // one panel's rows, this thread's
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t r0 = p * NR, nv = std::min<int64_t>(NR, rows - r0);
@@ -1491,8 +1459,8 @@ EMO_T512BF void pack_xt_bf16(const float* X, int64_t ldx, int64_t rows, int64_t 
         _mm512_mask_storeu_epi16(xb + (r - r0) * K + k, m, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       }
     const uint8_t* xr = reinterpret_cast<const uint8_t*>(xb);
-    for (int64_t pc = 0; pc < kp; pc += kcb) {
-      const int64_t kc = std::min(kcb, kp - pc);
+    for (int64_t pc = 0; pc < kp; pc += KCP) {
+      const int64_t kc = std::min(KCP, kp - pc);
       pack_w_bf16pairs(xr, size_t(K) * 2, 0, nv, pc, kc, K, out + pc * mp + p * kc * NR);
     }
   }
@@ -1510,196 +1478,64 @@ EMO_T512BF void wb_tile(int64_t rows, int64_t kc, const uint32_t* w, int64_t ldw
   }
 }
 
-// R W rows (broadcast from their rows, ldw words apart) x 32 X^T columns (pair q at xt + q * NR)
-template <int R>
-EMO_T512BF void wb_kern_r32(int64_t kc, const uint32_t* w, int64_t ldw, const uint32_t* xt, float* y, int64_t ldy,
-                            int64_t nr, bool first) {
-  const __mmask16 mk[2] = {simd::tail_mask16(nr), simd::tail_mask16(nr - 16)};
-  __m512 c[R][2];
-#pragma GCC unroll 12
-  for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
-#pragma GCC unroll 2
-  for (int64_t q = 0; q < kc; ++q) {
-    const __m512bh b0 = (__m512bh)_mm512_load_si512(xt + q * NR), b1 = (__m512bh)_mm512_load_si512(xt + q * NR + 16);
-#pragma GCC unroll 12
-    for (int i = 0; i < R; ++i) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(w[i * ldw + q]));
-      c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);
-      c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);
-    }
-  }
-#pragma GCC unroll 12
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
-    for (int j = 0; j < 2; ++j) {
-      __m512 v = c[i][j];
-      if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-      _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-    }
-}
-
-EMO_T512BF void wb_tile12(int64_t rows, int64_t kc, const uint32_t* w, int64_t ldw, const uint32_t* xt, float* y,
-                          int64_t ldy, int64_t nr, bool first) {
-  switch (rows) {
-    case 1: return wb_kern_r32<1>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 2: return wb_kern_r32<2>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 3: return wb_kern_r32<3>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 4: return wb_kern_r32<4>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 5: return wb_kern_r32<5>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 6: return wb_kern_r32<6>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 7: return wb_kern_r32<7>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 8: return wb_kern_r32<8>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 9: return wb_kern_r32<9>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 10: return wb_kern_r32<10>(kc, w, ldw, xt, y, ldy, nr, first);
-    case 11: return wb_kern_r32<11>(kc, w, ldw, xt, y, ldy, nr, first);
-    default: return wb_kern_r32<12>(kc, w, ldw, xt, y, ldy, nr, first);
-  }
-}
-
-// scratch: the 6-row broadcast kernel with the Y^T tile prefetched 32 pairs before the end
-template <int R>
-EMO_T512BF void wb_kern6_late(int64_t kc, const uint32_t* w, int64_t ldw, const uint32_t* xt, float* y, int64_t ldy,
-                              int64_t nr, bool first) {
-  __mmask16 mk[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) mk[j] = simd::tail_mask16(nr - 16 * j);
-  __m512 c[R][4];
-#pragma GCC unroll 6
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) c[i][j] = _mm512_setzero_ps();
-#define WB_STEP(q)                                                                                       \
-  do {                                                                                                   \
-    __m512bh b[4];                                                                                       \
-    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) b[j] = (__m512bh)_mm512_load_si512(xt + (q) * NR + 16 * j); \
-    _Pragma("GCC unroll 6") for (int i = 0; i < R; ++i) {                                                \
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(w[i * ldw + (q)]));                             \
-      _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, b[j]);  \
-    }                                                                                                    \
-  } while (0)
-  const int64_t qe = first ? kc : std::max<int64_t>(0, kc - 48);
-  int64_t q = 0;
-#pragma GCC unroll 2
-  for (; q < qe; ++q) WB_STEP(q);
-  if (!first) {
-#pragma GCC unroll 6
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(y + i * ldy + 16 * j), _MM_HINT_T0);
-#pragma GCC unroll 2
-    for (; q < kc; ++q) WB_STEP(q);
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) {
-      __m512 v = c[i][j];
-      if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk[j], y + i * ldy + 16 * j));
-      _mm512_mask_storeu_ps(y + i * ldy + 16 * j, mk[j], v);
-    }
-}
-
-// Y^T rows [0, nc) x columns [m_lo, m_hi) -> Y[m_lo : m_hi, jc : jc + nc), 16 x 16 at a time
-EMO_T512BF void wb_store_y(const Args& a, const float* yt, int64_t ldyt, int64_t jc, int64_t nc, int64_t m_lo,
-                           int64_t m_hi, bool nt) {
-  for (int64_t m0 = m_lo; m0 < m_hi; m0 += 16)
-    for (int64_t r0 = 0; r0 < nc; r0 += 16) {
-      const int64_t rr = std::min<int64_t>(16, nc - r0), mm = std::min<int64_t>(16, m_hi - m0);
-      __m512 v[16];
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        v[i] = i < rr ? _mm512_load_ps(yt + (r0 + i) * ldyt + m0) : _mm512_setzero_ps();
-      transpose16_ps(v);
-      float* yo = a.Y + m0 * a.ldy + jc + r0;
-      if (nt && rr == 16 && (reinterpret_cast<uintptr_t>(yo) & 63) == 0 && (a.ldy & 15) == 0) {
-        for (int64_t j = 0; j < mm; ++j) _mm512_stream_ps(yo + j * a.ldy, v[j]);
-      } else {
-        const __mmask16 mk = simd::tail_mask16(rr);
-        for (int64_t j = 0; j < mm; ++j) _mm512_mask_storeu_ps(yo + j * a.ldy, mk, v[j]);
-      }
-    }
-}
-
 // Y[0:M, n0:n1) of a.Y from the packed X^T (mp words a pair: M rounded up to 64). Per W block
 // (WB_NCB rows, KCP pairs: in L2, the next one prefetched into L2 as the packed driver does) the
 // X^T panels are the outer loop and the block's 6-row tiles the inner one, so a 64 KiB X^T panel
 // is reused by every tile back to back. (W tiles outer, each tile's 6 W rows across all X^T panels,
 // with or without the next tile's rows prefetched, W blocks of 96 or 504 rows: 0.93-1.03x the
 // packed driver at 1 thread, load 8-10; this order 1.003-1.036.)
-EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int64_t n0, int64_t n1, int64_t kcb,
-                             int64_t ncb) {
+EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int64_t n0, int64_t n1) {
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t kp = a.K / 2, M = a.M, ldw = int64_t(a.row_bytes / 4);
   const int64_t ldyt = mp, npm = mp / NR;
-  const int v = wbv();
-  const bool fuse = v & 1, nt = v & 4;
-  float* yt = static_cast<float*>(scratch(0, size_t(ncb) * mp * 4));
-  for (int64_t jc = n0; jc < n1; jc += ncb) {
-    const int64_t nc = std::min(ncb, n1 - jc);
+  float* yt = static_cast<float*>(scratch(0, size_t(WB_NCB) * mp * 4));
+  for (int64_t jc = n0; jc < n1; jc += WB_NCB) {
+    const int64_t nc = std::min(WB_NCB, n1 - jc);
     const int64_t tiles = (nc + WB_ROWS - 1) / WB_ROWS;
-    for (int64_t pc = 0; pc < kp; pc += kcb) {
-      const int64_t kc = std::min(kcb, kp - pc);
-      const bool first = pc == 0, last = pc + kc >= kp;
+    for (int64_t pc = 0; pc < kp; pc += KCP) {
+      const int64_t kc = std::min(KCP, kp - pc);
+      const bool first = pc == 0;
       BlockPrefetcher pf;  // the next W block into L2
       if (pc + kc < kp)
-        pf.start(W, a.row_bytes, DType::BF16, jc, nc, 2 * (pc + kc), std::min(a.K, 2 * (pc + kc + kcb)));
-      else if (jc + ncb < n1)
-        pf.start(W, a.row_bytes, DType::BF16, jc + ncb, std::min(ncb, n1 - jc - ncb), 0,
-                 std::min(a.K, 2 * kcb));
+        pf.start(W, a.row_bytes, DType::BF16, jc, nc, 2 * (pc + kc), std::min(a.K, 2 * (pc + kc + KCP)));
+      else if (jc + WB_NCB < n1)
+        pf.start(W, a.row_bytes, DType::BF16, jc + WB_NCB, std::min(WB_NCB, n1 - jc - WB_NCB), 0,
+                 std::min(a.K, 2 * KCP));
       const uint32_t* xblk = xt + pc * mp;
       for (int64_t p = 0; p < npm; ++p) {
-        if (!(v & 32)) pf.step(npm);
-        if (v & 64) {
-          const int64_t t12 = (nc + 11) / 12;
-          for (int64_t h = 0; h < 2 && h * 32 < M - p * NR; ++h)
-            for (int64_t t = 0; t < t12; ++t) {
-              if (v & 32) pf.step(npm * t12 * 2);
-              const int64_t r0 = t * 12, rows = std::min<int64_t>(12, nc - r0);
-              const uint32_t* w = reinterpret_cast<const uint32_t*>(W + size_t(jc + r0) * a.row_bytes) + pc;
-              float* y = yt + r0 * ldyt + p * NR + h * 32;
-              if (!first) prefetch_tile(y, ldyt, rows, 32);
-              wb_tile12(rows, kc, w, ldw, xblk + p * kc * NR + h * 32, y, ldyt,
-                        std::min<int64_t>(32, M - p * NR - h * 32), first);
-            }
-        }
-        for (int64_t t = 0; t < ((v & 64) ? 0 : tiles); ++t) {
-          if (v & 32) pf.step(npm * tiles);
+        pf.step(npm);
+        for (int64_t t = 0; t < tiles; ++t) {
           const int64_t r0 = t * WB_ROWS, rows = std::min<int64_t>(WB_ROWS, nc - r0);
           const uint32_t* w = reinterpret_cast<const uint32_t*>(W + size_t(jc + r0) * a.row_bytes) + pc;
           float* y = yt + r0 * ldyt + p * NR;
-          if (!first && !(v & 2048) && !((v & 1024) && rows == 6)) prefetch_tile(y, ldyt, rows, NR);
-          if ((v & 512) && !first) {  // a later tile's Y^T rows into L2
-            const int64_t ta = t + 2 < tiles ? t + 2 : t + 2 - tiles + (p + 1 < npm ? 0 : tiles);
-            if (ta < tiles) {
-              const float* ya = yt + ta * WB_ROWS * ldyt + (t + 2 < tiles ? p : p + 1) * NR;
-              for (int64_t i = 0; i < std::min<int64_t>(WB_ROWS, nc - ta * WB_ROWS); ++i)
-                for (int64_t c = 0; c < NR; c += 16) _mm_prefetch(reinterpret_cast<const char*>(ya + i * ldyt + c), _MM_HINT_T1);
-            }
-          }
-          if ((v & 1024) && rows == 6)
-            wb_kern6_late<6>(kc, w, ldw, xblk + p * kc * NR, y, ldyt, std::min<int64_t>(NR, M - p * NR), first);
-          else
-            wb_tile(rows, kc, w, ldw, xblk + p * kc * NR, y, ldyt, std::min<int64_t>(NR, M - p * NR), first);
+          if (!first) prefetch_tile(y, ldyt, rows, NR);
+          wb_tile(rows, kc, w, ldw, xblk + p * kc * NR, y, ldyt, std::min<int64_t>(NR, M - p * NR), first);
         }
-        if (fuse && last) wb_store_y(a, yt, ldyt, jc, nc, p * NR, std::min<int64_t>(M, p * NR + NR), nt);
       }
     }
-    if (!fuse) wb_store_y(a, yt, ldyt, jc, nc, 0, M, nt);
+    // Y^T block -> Y[:, jc : jc + nc), 16 x 16 at a time
+    for (int64_t m0 = 0; m0 < M; m0 += 16)
+      for (int64_t r0 = 0; r0 < nc; r0 += 16) {
+        const int64_t rr = std::min<int64_t>(16, nc - r0), mm = std::min<int64_t>(16, M - m0);
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i)
+          v[i] = i < rr ? _mm512_load_ps(yt + (r0 + i) * ldyt + m0) : _mm512_setzero_ps();
+        transpose16_ps(v);
+        const __mmask16 mk = simd::tail_mask16(rr);
+        for (int64_t j = 0; j < mm; ++j) _mm512_mask_storeu_ps(a.Y + (m0 + j) * a.ldy + jc + r0, mk, v[j]);
+      }
   }
-  if (nt) _mm_sfence();
 }
 
 void gemm_bf16_wbcast(const Args& a) {
-  const int v = wbv();
-  const int64_t kcb = (v & 16) ? 512 : (v & 128) ? 128 : KCP;
-  const int64_t ncb = (v >> 12) ? (v >> 12) * 48 : (v & 16) ? 240 : (v & 256) ? 1008 : (v & 2) ? 480 : WB_NCB;
   // X in chunks of at most ~24 MiB packed (as the packed driver), a multiple of NR rows
   const int64_t mc_max = std::max<int64_t>(NR, ((int64_t(24) << 20) / (a.K * 2)) / NR * NR);
   const int64_t chunks = (a.M + mc_max - 1) / mc_max;
   const int64_t mc = ((a.M + chunks - 1) / chunks + NR - 1) / NR * NR;
   const int nth = a.pool ? a.pool->size() : 1;
   const int64_t tiles = (a.N + WB_ROWS - 1) / WB_ROWS;
-  const int64_t c0 = std::max<int64_t>(1, std::min<int64_t>(ncb / WB_ROWS, tiles / (4 * nth)));
+  const int64_t c0 = std::max<int64_t>(1, std::min<int64_t>(WB_NCB / WB_ROWS, tiles / (4 * nth)));
   const int64_t chunk = balanced_panel_chunk(tiles, nth, c0) * WB_ROWS;
   for (int64_t m0 = 0; m0 < a.M; m0 += mc) {
     Args s = a;
@@ -1709,9 +1545,9 @@ void gemm_bf16_wbcast(const Args& a) {
     const int64_t mp = (s.M + NR - 1) / NR * NR, npm = mp / NR;
     uint32_t* xt = static_cast<uint32_t*>(scratch(2, size_t(mp) * (a.K / 2) * 4));
     parallel_pieces(a.pool, s.M * a.K >= (1 << 15), npm,
-                    [&](int64_t p0, int64_t p1) { pack_xt_bf16(s.X, a.ldx, s.M, a.K, mp, p0, p1, xt, kcb); });
+                    [&](int64_t p0, int64_t p1) { pack_xt_bf16(s.X, a.ldx, s.M, a.K, mp, p0, p1, xt); });
     parallel_chunks(a.pool, s.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                    [&](int64_t n0, int64_t n1) { wbcast_range(s, xt, mp, n0, n1, kcb, ncb); });
+                    [&](int64_t n0, int64_t n1) { wbcast_range(s, xt, mp, n0, n1); });
   }
 }
 
@@ -1824,7 +1660,6 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 
 void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }
 bool bf16_gemm_wbcast() { return bf16_wbcast_on.load(std::memory_order_relaxed); }
-void set_bf16_wb_variant(int v) { g_wb_variant.store(v, std::memory_order_relaxed); }
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 
