@@ -15,8 +15,6 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#include <sys/mman.h>
-#include <cstdlib>
 
 // GCC 12 reports its own _mm512_undefined_*() helpers (inlined from immintrin.h) as uninitialised.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -1438,23 +1436,6 @@ constexpr int64_t WB_NCB = 84 * 6;    // W rows a block (504 x 256 pairs x 4 = 5
 // threads, bench_kernels longk; a 1.1B bf16 prefill 0.995 / 1.009x); off (set_bf16_gemm_wbcast,
 // tests and A/B tools) packs W a block at a time, the same bits.
 std::atomic<bool> bf16_wbcast_on{true};
-std::atomic<int> g_wb_variant{0};
-// scratch: a thread's buffer in 2 MiB pages (madvise), grown as needed
-void* huge_scratch(int slot, size_t bytes) {
-  struct Buf { void* p = nullptr; size_t cap = 0; ~Buf() { std::free(p); } };
-  thread_local Buf b[3];
-  if (bytes > b[slot].cap) {
-    std::free(b[slot].p);
-    const size_t cap = (bytes + (size_t(2) << 20) - 1) & ~((size_t(2) << 20) - 1);
-    b[slot].p = std::aligned_alloc(size_t(2) << 20, cap);
-    madvise(b[slot].p, cap, MADV_HUGEPAGE);
-    b[slot].cap = cap;
-  }
-  return b[slot].p;
-}
-void* wb_scratch(int slot, size_t bytes, int bit) {
-  return (g_wb_variant.load(std::memory_order_relaxed) & bit) ? huge_scratch(slot, bytes) : scratch(slot, bytes);
-}
 
 bool bf16_wbcast_applies(const Args& a, int64_t kunits) {
   return bf16_wbcast_on.load(std::memory_order_relaxed) && !a.bias && (a.K % 2) == 0 && (a.row_bytes % 4) == 0 &&
@@ -1507,7 +1488,7 @@ EMO_T512BF void wbcast_range(const Args& a, const uint32_t* xt, int64_t mp, int6
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t kp = a.K / 2, M = a.M, ldw = int64_t(a.row_bytes / 4);
   const int64_t ldyt = mp, npm = mp / NR;
-  float* yt = static_cast<float*>(wb_scratch(0, size_t(WB_NCB) * mp * 4, 1));
+  float* yt = static_cast<float*>(scratch(0, size_t(WB_NCB) * mp * 4));
   for (int64_t jc = n0; jc < n1; jc += WB_NCB) {
     const int64_t nc = std::min(WB_NCB, n1 - jc);
     const int64_t tiles = (nc + WB_ROWS - 1) / WB_ROWS;
@@ -1562,7 +1543,7 @@ void gemm_bf16_wbcast(const Args& a) {
     s.X = a.X + m0 * a.ldx;
     s.Y = a.Y + m0 * a.ldy;
     const int64_t mp = (s.M + NR - 1) / NR * NR, npm = mp / NR;
-    uint32_t* xt = static_cast<uint32_t*>(wb_scratch(2, size_t(mp) * (a.K / 2) * 4, 2));
+    uint32_t* xt = static_cast<uint32_t*>(scratch(2, size_t(mp) * (a.K / 2) * 4));
     parallel_pieces(a.pool, s.M * a.K >= (1 << 15), npm,
                     [&](int64_t p0, int64_t p1) { pack_xt_bf16(s.X, a.ldx, s.M, a.K, mp, p0, p1, xt); });
     parallel_chunks(a.pool, s.M * a.N * a.K >= kParallelMinMacs, a.N, chunk,
@@ -1679,7 +1660,6 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 
 void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }
 bool bf16_gemm_wbcast() { return bf16_wbcast_on.load(std::memory_order_relaxed); }
-void set_bf16_wb_variant(int v) { g_wb_variant.store(v, std::memory_order_relaxed); }
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 
