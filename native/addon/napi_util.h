@@ -1,4 +1,5 @@
-// Helpers shared by the addon's binding files: typed errors and argument checks.
+// Helpers shared by the addon's binding files: typed errors, argument checks, result arrays (the
+// caller's `out` arrays and their claims included) and the promise worker base.
 #pragma once
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
