@@ -4,6 +4,10 @@
  * `attention` and `mvpProjection` take a `device` ('cpu', 'cuda', 'cuda:N'): on a GPU the
  * inputs are copied to the device, computed there, and the result copied back (the copies are
  * part of what a JavaScript timing of these calls measures; bench_cuda times the kernels alone).
+ *
+ * Every call that returns a Float32Array (`gemm`, `attention`, `mvpProjection`, `dequantize`)
+ * takes an optional `out`: the caller's array to write the result into, returned instead of a
+ * fresh one (see {@link ResultOut}).
  */
 import { EmollmError } from './errors.js';
 import { native } from './native.js';
@@ -88,7 +92,22 @@ export function configure(options: KernelOptions): void {
   native().configure({ ...options, ...runtimeOptions(options, 'configure options') });
 }
 
-export interface GemmArgs {
+/**
+ * The optional result array of a kernel call: a Float32Array of exactly the result's length
+ * (attached, over a fixed-length buffer: a resizable ArrayBuffer or a growable SharedArrayBuffer
+ * is refused), sharing no memory with the call's inputs, and not the memory of an `out` that a
+ * call still running writes. The result is written into it in place (no fresh array, and no first-
+ * touch page faults when it is reused) and the call returns that same array. Anything else is a
+ * synchronous ERR_INVALID_ARGUMENT, and nothing is written into a refused array. Like `fs.read`'s
+ * buffer, `out` must stay attached (not transferred) until the promise settles, and what it holds
+ * meanwhile is unspecified; a call whose `out` was detached while it ran rejects with
+ * ERR_INVALID_ARGUMENT.
+ */
+export interface ResultOut {
+  out?: Float32Array;
+}
+
+export interface GemmArgs extends ResultOut {
   /** Activations, row-major [m, k]. */
   x: Float32Array;
   /** Weights in `wtype` storage: n rows of k elements (nn.Linear / GGUF layout). */
@@ -109,15 +128,18 @@ export interface GemmArgs {
  * 16-bit operand type (docs/cuda.md); m <= 8 and f32 weights keep f32 products.
  */
 export function gemm(args: GemmArgs): Promise<Float32Array> {
-  return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k, deviceOption(args.device));
+  return native().gemm(args.x, args.w, args.wtype, args.bias ?? null, args.m, args.n, args.k, callOptions(args.device, args.out));
 }
 
-function deviceOption(device: Device | undefined): { device?: Device } | undefined {
-  if (device === undefined) return undefined;
-  return runtimeOptions({ device }, 'options');
+// The native options argument: `device` checked here, `out` by the native side.
+function callOptions(device: Device | undefined, out: Float32Array | undefined): { device?: Device; out?: Float32Array } | undefined {
+  if (device === undefined && out === undefined) return undefined;
+  const o: { device?: Device; out?: Float32Array } = device === undefined ? {} : runtimeOptions({ device }, 'options');
+  if (out !== undefined) o.out = out;
+  return o;
 }
 
-export interface AttentionArgs {
+export interface AttentionArgs extends ResultOut {
   /** Queries [nQ, nHeads * headDim], row-major. */
   q: Float32Array;
   /** Keys and values [nKv, nKvHeads * headDim]. */
@@ -140,10 +162,10 @@ export interface AttentionArgs {
 /** Scaled-dot-product attention (flash attention; no score matrix is stored) -> [nQ, nHeads * headDim]. */
 export function attention(a: AttentionArgs): Promise<Float32Array> {
   const params = { nQ: a.nQ, nKv: a.nKv, nHeads: a.nHeads, nKvHeads: a.nKvHeads, headDim: a.headDim, causal: a.causal ?? true, qPos0: a.qPos0 ?? 0, scale: a.scale ?? 0 };
-  return native().attention(a.q, a.k, a.v, params, deviceOption(a.device));
+  return native().attention(a.q, a.k, a.v, params, callOptions(a.device, a.out));
 }
 
-export interface MvpProjectionArgs {
+export interface MvpProjectionArgs extends ResultOut {
   /** Visual features [tokens, dIn]. */
   x: Float32Array;
   /** First layers of every head, stacked: nHeads * dHid rows of dIn, in `wtype` storage. */
@@ -166,7 +188,7 @@ export interface MvpProjectionArgs {
 /** EmoLLM's multi-perspective visual projection: Y = sum_h g_h * (gelu(X W1_h^T + b1_h) W2_h^T + b2_h) -> [tokens, dOut]. */
 export function mvpProjection(a: MvpProjectionArgs): Promise<Float32Array> {
   const params = { tokens: a.tokens, dIn: a.dIn, dHid: a.dHid, dOut: a.dOut, nHeads: a.nHeads };
-  return native().mvpProjection(a.x, a.w1, a.b1 ?? null, a.w2, a.b2 ?? null, a.g, a.wtype, params, deviceOption(a.device));
+  return native().mvpProjection(a.x, a.w1, a.b1 ?? null, a.w2, a.b2 ?? null, a.g, a.wtype, params, callOptions(a.device, a.out));
 }
 
 /** Converts f32 values to `dtype` storage bytes (ggml's reference quantizers `quantize_row_*_ref`, byte-exact). */
@@ -174,8 +196,8 @@ export function quantize(x: Float32Array, dtype: DType): Uint8Array {
   return native().quantize(x, dtype);
 }
 
-/** Converts `n` elements of `dtype` storage back to f32. */
-export function dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: DType, n: number): Float32Array {
+/** Converts `n` elements of `dtype` storage back to f32 (into `options.out` when given: {@link ResultOut}). */
+export function dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: DType, n: number, options?: ResultOut): Float32Array {
   if (!Number.isInteger(n) || n < 0) throw new EmollmError('ERR_INVALID_ARGUMENT', `n must be a non-negative integer, got ${n}`);
-  return native().dequantize(bytes, dtype, n);
+  return native().dequantize(bytes, dtype, n, options?.out === undefined ? undefined : { out: options.out });
 }

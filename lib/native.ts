@@ -28,14 +28,14 @@ export interface NativeBinding {
     m: number,
     n: number,
     k: number,
-    options?: { device?: string },
+    options?: { device?: string; out?: Float32Array },
   ): Promise<Float32Array>;
   attention(
     q: Float32Array,
     k: Float32Array,
     v: Float32Array,
     params: { nQ: number; nKv: number; nHeads: number; nKvHeads: number; headDim: number; causal: boolean; qPos0: number; scale: number },
-    options?: { device?: string },
+    options?: { device?: string; out?: Float32Array },
   ): Promise<Float32Array>;
   mvpProjection(
     x: Float32Array,
@@ -46,10 +46,10 @@ export interface NativeBinding {
     g: Float32Array,
     wtype: string,
     params: { tokens: number; dIn: number; dHid: number; dOut: number; nHeads: number },
-    options?: { device?: string },
+    options?: { device?: string; out?: Float32Array },
   ): Promise<Float32Array>;
   quantize(x: Float32Array, dtype: string): Uint8Array;
-  dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: string, n: number): Float32Array;
+  dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: string, n: number, options?: { out?: Float32Array }): Float32Array;
   inspectSafetensors(path: string): Promise<unknown>;
   inspectGguf(path: string): Promise<unknown>;
   readConfig(path: string): Promise<unknown>;

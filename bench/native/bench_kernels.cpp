@@ -1458,7 +1458,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       if (ab && rep_whole_k.reps > 0)
         add_row("repacked-wholek", rep_whole_k, "repacked", rep_whole_k.best / rep.best,
                 "gemm_repacked without k slices and with X rounded row by row then packed (session 17's path: "
-                "EMOLLM_REPACKED_KSLICE=0, set_qx_pack_fused(false)), interleaved; ratio = its time / the repacked row's "
+                "set_repacked_kslice(0), set_qx_pack_fused(false)), interleaved; ratio = its time / the repacked row's "
                 "(>1: new faster)",
                 0, run_repacked_whole_k);
     }
@@ -2380,8 +2380,9 @@ void bench_gemm_bf16_long_k(ThreadPool& pool) {
       };
       Buf<float> Y = make_aligned<float>(size_t(M * N)), Yp = make_aligned<float>(size_t(M * N));
       std::vector<std::function<void(int)>> fns = {[&](int) { call(Y.get()); }};
-      // gemm() / huge at K > 4096: the packed-W driver (set_bf16_gemm_wbcast(false)) interleaved too
-      const bool prev = !pan && (K + 1) / 2 > 2048 && bf16_panels_usable() && isa_active() >= Isa::Avx512;
+      // gemm() / huge where they take the W-broadcast driver (the kernels' own condition; no bias
+      // here): the packed-W driver (set_bf16_gemm_wbcast(false)) interleaved too
+      const bool prev = !pan && bf16_panels_usable() && gemm_detail::bf16_gemm_wbcast_applies(K, false);
       if (prev)
         fns.push_back([&](int) {
           gemm_detail::set_bf16_gemm_wbcast(false);

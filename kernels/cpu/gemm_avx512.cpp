@@ -1437,11 +1437,6 @@ constexpr int64_t WB_NCB = 84 * 6;    // W rows a block (504 x 256 pairs x 4 = 5
 // tests and A/B tools) packs W a block at a time, the same bits.
 std::atomic<bool> bf16_wbcast_on{true};
 
-bool bf16_wbcast_applies(const Args& a, int64_t kunits) {
-  return bf16_wbcast_on.load(std::memory_order_relaxed) && !a.bias && (a.K % 2) == 0 && (a.row_bytes % 4) == 0 &&
-         (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
-}
-
 // X rows [0, rows) rounded to bf16 (row-major, ldb elements a row) and then packed as
 // pack_w_bf16pairs packs W: panel p (64 rows) of k block pc at out + pc * mp + p * kc * 64.
 EMO_T512BF void pack_xt_bf16(const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t mp, int64_t p0,
@@ -1567,7 +1562,7 @@ void gemm_packed(const Args& a, bool prepacked = false) {
   // k block at a time too: 24 MiB also keeps M = 512 at K = 11008 in one chunk, so W is packed
   // once, not twice (gemm() on the row-major matrix 1.05-1.06x; panels, which pack nothing, 1.00x).
   const bool bf_long_k = BF && (kunits > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
-  if (BF && !prepacked && bf16_wbcast_applies(a, kunits)) return gemm_bf16_wbcast(a);
+  if (BF && !prepacked && bf16_gemm_wbcast_applies(a.K, a.bias != nullptr)) return gemm_bf16_wbcast(a);
   const int64_t x_budget = int64_t(f32_blocked || bf_long_k ? 24 : 8) << 20;
   int64_t kcb = BF ? KCP : KC, ncb = NC;
   if (BF) bf16_blocking(kunits, &kcb, &ncb);
@@ -1660,6 +1655,12 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
 
 void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }
 bool bf16_gemm_wbcast() { return bf16_wbcast_on.load(std::memory_order_relaxed); }
+// A row-major BF16 W's rows are dtype_row_bytes(BF16, K) = 2K bytes (every Args gemm() and the
+// multi-output drivers build), so K even is what makes its pairs 4-byte aligned.
+bool bf16_gemm_wbcast_applies(int64_t K, bool has_bias) {
+  return bf16_wbcast_on.load(std::memory_order_relaxed) && !has_bias && K % 2 == 0 &&
+         ((K + 1) / 2 > KCP_DEEP || g_bf16_legacy_blocking.load(std::memory_order_relaxed));
+}
 void set_bf16_gemm_legacy_blocking(bool legacy) { g_bf16_legacy_blocking.store(legacy, std::memory_order_relaxed); }
 bool bf16_gemm_legacy_blocking() { return g_bf16_legacy_blocking.load(std::memory_order_relaxed); }
 

@@ -180,9 +180,9 @@ GemvPrefetch gemv_streams_prefetch();
 void set_repacked_panels_enabled(bool enabled);
 bool repacked_panels_enabled();
 // That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
-// 0: none, the whole K per kernel call) and X passes of `kib` KiB of panels; -1: the default
-// (EMOLLM_REPACKED_KSLICE / EMOLLM_REPACKED_PASS_KIB, else built in). Same bits at any setting.
-// For tests and the A/B rows of bench_kernels; process-wide.
+// 0: none, the whole K per kernel call), X passes of `kib` KiB of panels and `panels` weight
+// panels run slice by slice together; -1: the built-in default (no environment variable). Same
+// bits at any setting. For tests, q8_panels_ab and the A/B rows of bench_kernels; process-wide.
 void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
@@ -251,6 +251,11 @@ bool bf16_gemm_legacy_blocking();
 // broadcast, X packed transposed (gemm_avx512.cpp); false: W packed a block at a time. Same bits.
 void set_bf16_gemm_wbcast(bool on);
 bool bf16_gemm_wbcast();
+// Whether the vdpbf16ps packed GEMM on a row-major BF16 W (gemm() / gemm_huge_pages at M > kSmallM
+// on AVX512-BF16, bf16_panels_usable()) takes that driver for this K and bias: the switch on, no
+// bias, K even and K in several k blocks (K > 4096: more than KCP_DEEP = 2048 pairs, or the legacy
+// blocking). gemm_avx512.cpp's dispatch and bench_kernels' wpack-prev rows both ask this.
+bool bf16_gemm_wbcast_applies(int64_t K, bool has_bias);
 // The vdpbf16ps packed GEMM's (gemm() and the panels) split of the weight panels between threads
 // uses a chunk that evens out the threads' shares: panels a chunk for npn weight panels over nth
 // threads, chosen in [c0 / 2, 1.5 c0]

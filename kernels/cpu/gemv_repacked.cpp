@@ -913,19 +913,13 @@ void tile_rows(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, 
 namespace {
 #if defined(__x86_64__)
 std::atomic<bool> g_panels_enabled{true};
-// The X-panel kernel's blocking (gemm_internal.h set_repacked_kslice / _kgroup / _pass_kib; -1:
-// EMOLLM_REPACKED_KSLICE / _KGROUP / _PASS_KIB when set, else the defaults below).
+// The X-panel kernel's blocking (gemm_internal.h set_repacked_kslice / _kgroup / _pass_kib; -1: the
+// defaults below). Process-wide setters only: q8_panels_ab and the same-bits tests set them per run.
 std::atomic<int> g_kslice{-1}, g_pass_kib{-1}, g_kgroup{-1};
 
-// A non-negative integer from the environment (env_int), or -1 when unset or out of range.
-int env_count(const char* name) {
-  const long long v = env_int(name, -1);
-  return v >= 0 && v < (1 << 20) ? int(v) : -1;
-}
-
-int pick(const std::atomic<int>& set, int env, int dflt) {
+int pick(const std::atomic<int>& set, int dflt) {
   const int v = set.load(std::memory_order_relaxed);
-  return v >= 0 ? v : env >= 0 ? env : dflt;
+  return v >= 0 ? v : dflt;
 }
 
 // Blocks per k slice (even), or 0: one kernel call over the whole K. Default: slices of 32 blocks
@@ -933,23 +927,20 @@ int pick(const std::atomic<int>& set, int env, int dflt) {
 // 8-10 interleaved): down (K = 11008) 1.025-1.047x with 8 panels a group and 3 MiB passes; gate /
 // up and qkvo (K = 4096) 0.95-0.99x (their whole-K weight panels, 74 KiB, already sit in L2).
 int64_t panel_kslice(int64_t nb) {
-  static const int env = env_count("EMOLLM_REPACKED_KSLICE");
-  const int64_t kc = pick(g_kslice, env, nb >= 256 ? 32 : 0) & ~1;
+  const int64_t kc = pick(g_kslice, nb >= 256 ? 32 : 0) & ~1;
   return kc > 0 && kc < nb ? kc : 0;
 }
 
 // Weight panels that run slice by slice together (each X slice reused by them from L1 / L2) when
 // k-sliced: default 8.
 int64_t panel_kgroup() {
-  static const int env = env_count("EMOLLM_REPACKED_KGROUP");
-  return std::max(1, pick(g_kgroup, env, 8));
+  return std::max(1, pick(g_kgroup, 8));
 }
 
 // KiB of X panels a pass: default 1.5 MiB, 3 MiB when k-sliced (a pass's X is read a slice at a
 // time, so a longer pass only means fewer reads of the weights).
 int64_t panel_pass_kib(bool sliced) {
-  static const int env = env_count("EMOLLM_REPACKED_PASS_KIB");
-  return std::max(1, pick(g_pass_kib, env, sliced ? 3072 : 1536));
+  return std::max(1, pick(g_pass_kib, sliced ? 3072 : 1536));
 }
 
 // The X prefetch of the unsliced kernel calls (gemm_detail::set_repacked_x_prefetch; default on,

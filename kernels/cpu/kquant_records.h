@@ -99,18 +99,18 @@ inline void kquant_record_codes(DType t, int G, const uint8_t* rec, int r, uint8
   for (int j = 0; j < 8; ++j)
     for (int i = 0; i < 4; ++i)
       for (int k = 0; k < 4; ++k) {
-        const uint8_t b = rec[L.codes(gi, j) + 64 * i + 4 * rr + k];
-        u[32 * j + 4 * i + k] = b & 0x0F;
-        u[32 * j + 16 + 4 * i + k] = b >> 4;
-      }
-  if (t != DType::Q6_K) return;
-  for (int j = 0; j < 8; ++j)
-    for (int i = 0; i < 4; ++i)
-      for (int k = 0; k < 4; ++k) {
-        const uint8_t* c = rec + L.codes(gi, j) + 4 * rr + k;
-        const uint8_t b = c[64 * i], nib = c[64 * (4 + i / 2)];
-        u[32 * j + 4 * i + k] = b & 0x3F;
-        u[32 * j + 16 + 4 * i + k] = uint8_t(((i % 2 ? nib >> 4 : nib) & 0x0F) | ((b >> 6) << 4));
+        const uint8_t* c = rec + L.codes(gi, j) + 4 * rr + k;  // byte k of row rr's dword in line 0
+        const uint8_t b = c[64 * i];                            // line i
+        uint8_t& lo = u[32 * j + 4 * i + k];                    // quad i
+        uint8_t& hi = u[32 * j + 16 + 4 * i + k];               // quad 4 + i
+        if (L.q6) {  // quad 4 + i: a nibble of line 4 + i / 2, bits 4-5 from line i's bits 6-7
+          const uint8_t nib = c[64 * (4 + i / 2)];
+          lo = b & 0x3F;
+          hi = uint8_t(((i % 2 ? nib >> 4 : nib) & 0x0F) | ((b >> 6) << 4));
+        } else {
+          lo = b & 0x0F;
+          hi = b >> 4;
+        }
       }
 }
 

@@ -1,6 +1,8 @@
 // Kernel entry points for JavaScript: used by the JS tests and by users who microbenchmark or
 // compose kernels from Node. Inputs are copied into native memory before the work is queued,
-// so a caller may reuse or transfer its buffers while the promise is pending.
+// so a caller may reuse or transfer its buffers while the promise is pending. Results go into a
+// Float32Array made on the JavaScript thread, or the caller's `options.out` (napi_util.h
+// caller_out: checked, claimed until the call settles), written in place and returned.
 #include <functional>
 #include <list>
 #include <memory>
@@ -112,16 +114,24 @@ std::shared_ptr<Backend> opt_backend(const Napi::CallbackInfo& info, size_t i) {
   }
 }
 
+// The result array of a kernel worker, set on the JavaScript thread in its constructor: the caller's
+// `out` (checked and claimed by caller_out; the claim moves in) or a fresh array. A failed
+// allocation throws out of the constructor, so no worker is left unqueued, and a claim not yet
+// moved in is released by its owner's destructor.
+void set_result(Napi::Env env, JsResultArray& r, size_t count, Napi::Float32Array out, OutClaim& claim) {
+  if (out.IsEmpty()) r.create(env, count);
+  else r.adopt_caller(out, std::move(claim));
+}
+
 class GemmWorker final : public PromiseWorker {
  public:
   GemmWorker(Napi::Env env, std::vector<float> x, std::vector<uint8_t> w, DType wtype, std::vector<float> bias,
-             int64_t M, int64_t N, int64_t K, std::shared_ptr<Backend> be)
+             int64_t M, int64_t N, int64_t K, std::shared_ptr<Backend> be, Napi::Float32Array out, OutClaim& claim)
       : PromiseWorker(env), x_(std::move(x)), w_(std::move(w)), bias_(std::move(bias)), wtype_(wtype), M_(M), N_(N), K_(K),
         be_(std::move(be)) {
-    // Y, made here on the JavaScript thread and written by the worker in place (no vector filled,
-    // then copied into a fresh array on the event loop); a failed allocation throws out of the
-    // constructor, so no worker is left unqueued.
-    y_.create(env, size_t(M_ * N_));
+    // Y, written by the worker in place (no vector filled, then copied into a fresh array on the
+    // event loop)
+    set_result(env, y_, size_t(M_ * N_), out, claim);
   }
 
  protected:
@@ -137,6 +147,7 @@ class GemmWorker final : public PromiseWorker {
     st.finish();
   }
   Napi::Value Resolve(Napi::Env env) override { return y_.ref.Value(); }
+  void Finish(Napi::Env env) override { y_.settle(env, js_error_, "gemm"); }
 
  private:
   std::vector<float> x_;
@@ -149,8 +160,9 @@ class GemmWorker final : public PromiseWorker {
 };
 
 // gemm(x: Float32Array [M*K], w: bytes [N rows of K in wtype], wtype, bias: Float32Array|null, M, N, K,
-//      options?: { device?: 'cpu' | 'cuda' | 'cuda:N' })
-//   -> Promise<Float32Array [M*N]>   (Y = X W^T + bias; on that device's backend when one is named)
+//      options?: { device?: 'cpu' | 'cuda' | 'cuda:N', out?: Float32Array [M*N] })
+//   -> Promise<Float32Array [M*N]>   (Y = X W^T + bias; on that device's backend when one is named;
+//      into `out`, which is returned, when given)
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto x = arg_floats(info, 0, "x");
@@ -170,8 +182,11 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
                            " for " + std::to_string(N) + "x" + std::to_string(K) + " " + dtype_name(wtype));
   if (!bias.empty() && int64_t(bias.size()) != N)
     throw_invalid(env, "bias has " + std::to_string(bias.size()) + " elements, expected N = " + std::to_string(N));
+  OutClaim claim;  // released here if anything below throws before the worker takes it
+  const Napi::Float32Array out = caller_out(env, opt_object(info, 7, "options"), size_t(M * N), "gemm",
+                                            {{"x", info[0]}, {"w", info[1]}, {"bias", info[3]}}, claim, "M * N");
   std::shared_ptr<Backend> be = opt_backend(info, 7);
-  auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K, std::move(be));
+  auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K, std::move(be), out, claim);
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;
@@ -191,14 +206,16 @@ void check_len(Napi::Env env, size_t got, int64_t want, const char* what) {
     throw_invalid(env, std::string(what) + " has " + std::to_string(got) + " elements, expected " + std::to_string(want));
 }
 
-// A backend op over staged host arrays, on a worker thread. Its result array is made here, on the
-// JavaScript thread, and written by the op in place (Staging::out).
+// A backend op over staged host arrays, on a worker thread. Its result array (set_result: the
+// caller's `out` or one made here, on the JavaScript thread) is written by the op in place
+// (Staging::out).
 class BackendOpWorker final : public PromiseWorker {
  public:
   using Op = std::function<void(Backend&, Staging&, float* out, size_t n)>;
-  BackendOpWorker(Napi::Env env, std::shared_ptr<Backend> be, size_t out_elems, Op op)
-      : PromiseWorker(env), be_(std::move(be)), op_(std::move(op)) {
-    out_.create(env, out_elems);
+  BackendOpWorker(Napi::Env env, const char* what, std::shared_ptr<Backend> be, size_t out_elems, Napi::Float32Array out,
+                  OutClaim& claim, Op op)
+      : PromiseWorker(env), what_(what), be_(std::move(be)), op_(std::move(op)) {
+    set_result(env, out_, out_elems, out, claim);
   }
 
  protected:
@@ -208,8 +225,10 @@ class BackendOpWorker final : public PromiseWorker {
     st.finish();
   }
   Napi::Value Resolve(Napi::Env env) override { return out_.ref.Value(); }
+  void Finish(Napi::Env env) override { out_.settle(env, js_error_, what_); }
 
  private:
+  const char* what_;
   std::shared_ptr<Backend> be_;
   JsResultArray out_;
   Op op_;
@@ -226,7 +245,7 @@ std::shared_ptr<Backend> backend_or_default(const Napi::CallbackInfo& info, size
 }
 
 // attention(q, k, v: Float32Array, params: { nQ, nKv, nHeads, nKvHeads, headDim, causal?, qPos0?, scale? },
-//           options?: { device? }) -> Promise<Float32Array [nQ * nHeads * headDim]>
+//           options?: { device?, out?: Float32Array }) -> Promise<Float32Array [nQ * nHeads * headDim]>
 // Dense rows: q/out [nQ, nHeads*headDim], k/v [nKv, nKvHeads*headDim] (kernels.h attention()).
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -250,8 +269,11 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   check_len(env, q.size(), p.n_q * p.ldq, "q");
   check_len(env, k.size(), p.n_kv * p.ldk, "k");
   check_len(env, v.size(), p.n_kv * p.ldv, "v");
+  OutClaim claim;
+  const Napi::Float32Array out = caller_out(env, opt_object(info, 4, "options"), size_t(p.n_q * p.ldo), "attention",
+                                            {{"q", info[0]}, {"k", info[1]}, {"v", info[2]}}, claim, "nQ * nHeads * headDim");
   std::shared_ptr<Backend> be = backend_or_default(info, 4);
-  auto* worker = new BackendOpWorker(env, be, size_t(p.n_q * p.ldo),
+  auto* worker = new BackendOpWorker(env, "attention", be, size_t(p.n_q * p.ldo), out, claim,
                                      [q = std::move(q), k = std::move(k), v = std::move(v), p](
                                          Backend& b, Staging& st, float* out, size_t n) {
                                        b.attention(st.in(q), st.in(k), st.in(v), st.out(out, n), p);
@@ -263,7 +285,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
 
 // mvpProjection(x: Float32Array [tokens*dIn], w1: bytes [nHeads*dHid rows of dIn], b1: Float32Array|null,
 //               w2: bytes [nHeads*dOut rows of dHid], b2: Float32Array|null, g: Float32Array [nHeads*dOut],
-//               wtype, params: { tokens, dIn, dHid, dOut, nHeads }, options?: { device? })
+//               wtype, params: { tokens, dIn, dHid, dOut, nHeads }, options?: { device?, out?: Float32Array })
 //   -> Promise<Float32Array [tokens*dOut]>   (kernels.h mvp_projection)
 Napi::Value MvpProjection(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -292,9 +314,14 @@ Napi::Value MvpProjection(const Napi::CallbackInfo& info) {
   if (!b1.empty()) check_len(env, b1.size(), p.n_heads * p.d_hid, "b1");
   if (!b2.empty()) check_len(env, b2.size(), p.n_heads * p.d_out, "b2");
   check_len(env, g.size(), p.n_heads * p.d_out, "g");
+  OutClaim claim;
+  const Napi::Float32Array out =
+      caller_out(env, opt_object(info, 8, "options"), size_t(p.tokens * p.d_out), "mvpProjection",
+                 {{"x", info[0]}, {"w1", info[1]}, {"b1", info[2]}, {"w2", info[3]}, {"b2", info[4]}, {"g", info[5]}}, claim,
+                 "tokens * dOut");
   std::shared_ptr<Backend> be = backend_or_default(info, 8);
   auto* worker = new BackendOpWorker(
-      env, be, size_t(p.tokens * p.d_out),
+      env, "mvpProjection", be, size_t(p.tokens * p.d_out), out, claim,
       [x = std::move(x), w1 = std::move(w1), b1 = std::move(b1), w2 = std::move(w2), b2 = std::move(b2),
        g = std::move(g), wt, p](Backend& b, Staging& st, float* out, size_t n) {
         b.mvp_projection(st.in(x), st.in_bytes(w1.data(), w1.size()), b1.empty() ? nullptr : st.in(b1),
@@ -318,7 +345,9 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// dequantize(bytes, dtype, n) -> Float32Array
+// dequantize(bytes, dtype, n, options?: { out?: Float32Array [n] }) -> Float32Array (`out` when given)
+// On the JavaScript thread: `out` is claimed only while this call writes it (a call in flight that
+// writes the same memory refuses it, as it refuses another call's).
 Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto bytes = arg_bytes(info, 0, "bytes");
@@ -326,8 +355,10 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   const int64_t n = arg_int(info, 2, "n");
   if (n < 0 || n % dtype_block_elems(t) != 0) throw_invalid(env, "n must be a non-negative multiple of the block size");
   if (bytes.size() != dtype_row_bytes(t, n)) throw_invalid(env, "byte length does not match n elements of " + std::string(dtype_name(t)));
-  auto out = Napi::Float32Array::New(env, size_t(n));  // written in place
-  dequantize_row(t, bytes.data(), out.Data(), n);
+  OutClaim claim;
+  Napi::Float32Array out = caller_out(env, opt_object(info, 3, "options"), size_t(n), "dequantize", {{"bytes", info[0]}}, claim, "n");
+  if (out.IsEmpty()) out = new_result_array(env, size_t(n));
+  dequantize_row(t, bytes.data(), out.Data(), n);  // written in place
   return out;
 }
 

@@ -1,4 +1,5 @@
-// Helpers shared by the addon's binding files: typed errors and argument checks.
+// Helpers shared by the addon's binding files: typed errors, argument checks, result arrays (the
+// caller's `out` arrays and their claims included) and the promise worker base.
 #pragma once
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -6,7 +7,12 @@
 #include <napi.h>
 
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "base/error.h"
 #include "core/runtime.h"
@@ -169,23 +175,145 @@ inline Napi::Float32Array new_result_array(Napi::Env env, size_t count) {
   }
 }
 
+// The caller's `out` arrays that calls in flight (encodeImages, the kernel bindings) are writing
+// into right now, as byte ranges (every environment of the process: a SharedArrayBuffer's memory
+// can be passed from two worker threads). A second call given memory that overlaps one in flight
+// is refused up front: two workers would write the same floats at once.
+class OutRanges {
+ public:
+  bool claim(const void* p, size_t bytes) {
+    const auto b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
+    std::lock_guard<std::mutex> lk(mu_);
+    for (const auto& r : busy_)
+      if (b < r.second && r.first < e) return false;
+    busy_.emplace_back(b, e);
+    return true;
+  }
+  void release(const void* p) {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (size_t i = 0; i < busy_.size(); ++i)
+      if (busy_[i].first == reinterpret_cast<uintptr_t>(p)) {
+        busy_.erase(busy_.begin() + std::ptrdiff_t(i));
+        return;
+      }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<uintptr_t, uintptr_t>> busy_;
+};
+inline OutRanges& out_ranges() {
+  static OutRanges r;
+  return r;
+}
+
+// One claimed range of out_ranges(), owned: released when destroyed unless moved on. A call claims
+// its `out` before its worker exists and moves the claim into the worker (JsResultArray), so a
+// failure in between (the worker's `new` throwing) releases it instead of leaving it claimed.
+// An empty range (a zero-length out) overlaps nothing and is not recorded.
+class OutClaim {
+ public:
+  OutClaim() = default;
+  OutClaim(const OutClaim&) = delete;
+  OutClaim& operator=(const OutClaim&) = delete;
+  OutClaim(OutClaim&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  OutClaim& operator=(OutClaim&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+    }
+    return *this;
+  }
+  ~OutClaim() { release(); }
+  bool claim(const void* p, size_t bytes) {
+    release();
+    if (bytes == 0) return true;
+    if (!out_ranges().claim(p, bytes)) return false;
+    p_ = p;
+    return true;
+  }
+  void release() {
+    if (p_) out_ranges().release(p_);
+    p_ = nullptr;
+  }
+
+ private:
+  const void* p_ = nullptr;
+};
+
+// The bytes of a TypedArray / Buffer or ArrayBuffer argument, as [begin, end); {0, 0} for anything else.
+inline std::pair<uintptr_t, uintptr_t> byte_range(const Napi::Value& v) {
+  if (v.IsTypedArray()) {
+    auto ta = v.As<Napi::TypedArray>();
+    const auto b = reinterpret_cast<uintptr_t>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    return {b, b + ta.ByteLength()};
+  }
+  if (v.IsArrayBuffer()) {
+    auto ab = v.As<Napi::ArrayBuffer>();
+    const auto b = reinterpret_cast<uintptr_t>(ab.Data());
+    return {b, b + ab.ByteLength()};
+  }
+  return {0, 0};
+}
+
+// `opts.out` of a call that writes its result into a caller's array (encodeImages, gemm,
+// attention, mvpProjection, dequantize), checked on the JavaScript thread before any work: a
+// Float32Array (check_fixed_float32_array: attached, over a fixed-length buffer) of exactly
+// `count` floats (`sizes` says how that count is made), sharing no byte with the call's input
+// arrays `inputs`, and not the memory of an `out` that a call in flight writes (claimed into
+// `claim` until the call settles). Each failure is ERR_INVALID_ARGUMENT. Unset: an empty array.
+inline Napi::Float32Array caller_out(Napi::Env env, const Napi::Object& opts, size_t count, const std::string& what,
+                                     std::initializer_list<std::pair<const char*, Napi::Value>> inputs, OutClaim& claim,
+                                     const std::string& sizes = {}) {
+  if (!has_opt(opts, "out")) return Napi::Float32Array();
+  const Napi::Value o = opts.Get("out");
+  check_fixed_float32_array(env, o, what + ": out");
+  Napi::Float32Array out = o.As<Napi::Float32Array>();
+  if (out.ElementLength() != count)
+    throw_invalid(env, what + ": out has " + std::to_string(out.ElementLength()) + " floats, expected " +
+                           (sizes.empty() ? std::string() : sizes + " = ") + std::to_string(count));
+  const auto r = byte_range(out);
+  for (const auto& in : inputs) {
+    const auto q = byte_range(in.second);
+    if (r.first < r.second && q.first < q.second && r.first < q.second && q.first < r.second)
+      throw_invalid(env, what + ": out shares memory with " + in.first);
+  }
+  if (!claim.claim(out.Data(), count * sizeof(float)))
+    throw_invalid(env, what + ": out overlaps the out array of a call still running");
+  return out;
+}
+
 // A worker's result array that the worker thread writes straight into (no vector filled, then
-// copied into a fresh array on the event loop): created, or taken from the caller, on the
-// JavaScript thread before the worker runs. The reference keeps it alive while the worker writes;
-// its backing store does not move. data is null until one is set.
+// copied into a fresh array on the event loop): created, or taken from the caller (its claim moved
+// in), on the JavaScript thread before the worker runs. The reference keeps it alive while the
+// worker writes; its backing store does not move. data is null until one is set.
 struct JsResultArray {
   Napi::Reference<Napi::Float32Array> ref;
   float* data = nullptr;
   size_t n = 0;  // floats
+  bool caller = false;  // the caller's `out` (its range held in claim until settle())
+  OutClaim claim;
   void create(Napi::Env env, size_t count) { adopt(new_result_array(env, count)); }
   void adopt(Napi::Float32Array a) {
     ref = Napi::Persistent(a);
     data = a.Data();
     n = a.ElementLength();
   }
+  void adopt_caller(Napi::Float32Array a, OutClaim c) {
+    claim = std::move(c);
+    adopt(a);
+    caller = true;
+  }
   // JavaScript thread, once the worker is done: whether the caller detached (transferred) the
   // array while the worker wrote into it.
   bool detached() const { return !ref.IsEmpty() && ref.Value().ArrayBuffer().IsDetached(); }
+  // JavaScript thread, in the worker's Finish: a caller's `out` detached meanwhile sets `error`
+  // (ERR_INVALID_ARGUMENT, unless an error is set already); its range released.
+  void settle(Napi::Env env, Napi::ObjectReference& error, const std::string& what) {
+    if (caller && detached() && error.IsEmpty())
+      error = Napi::Persistent(make_js_error(env, "ERR_INVALID_ARGUMENT", what + ": out was detached while the call wrote it").Value());
+    claim.release();
+  }
 };
 
 // The one worker base of the addon: a Promise-returning AsyncWorker. Run() executes on a libuv

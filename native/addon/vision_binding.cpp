@@ -7,7 +7,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,38 +18,6 @@ namespace emollm::addon {
 namespace {
 
 using ModelWorker = PromiseWorker;
-
-// The caller's `out` arrays that an encodeImages call is writing into right now, as byte ranges
-// (every environment of the process: a SharedArrayBuffer's memory can be passed from two worker
-// threads). A second call given memory that overlaps one in flight is refused up front: two
-// workers would write the same floats at once.
-class OutRanges {
- public:
-  bool claim(const void* p, size_t bytes) {
-    const auto b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
-    std::lock_guard<std::mutex> lk(mu_);
-    for (const auto& r : busy_)
-      if (b < r.second && r.first < e) return false;
-    busy_.emplace_back(b, e);
-    return true;
-  }
-  void release(const void* p) {
-    std::lock_guard<std::mutex> lk(mu_);
-    for (size_t i = 0; i < busy_.size(); ++i)
-      if (busy_[i].first == reinterpret_cast<uintptr_t>(p)) {
-        busy_.erase(busy_.begin() + std::ptrdiff_t(i));
-        return;
-      }
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::pair<uintptr_t, uintptr_t>> busy_;
-};
-OutRanges& out_ranges() {
-  static OutRanges r;
-  return r;
-}
 
 // Per-visual token counts as the Int32Array a result's tokenCounts holds.
 Napi::Int32Array int32_counts(Napi::Env env, const std::vector<int64_t>& counts) {
@@ -88,9 +55,7 @@ class EncodeWorker final : public ModelWorker {
     return a;
   }
   void Finish(Napi::Env env) override {
-    if (caller_out_ && js_out_.detached() && js_error_.IsEmpty())
-      js_error_ = Napi::Persistent(make_js_error(env, "ERR_INVALID_ARGUMENT", "encodeImages: out was detached while the call wrote it").Value());
-    if (caller_out_) out_ranges().release(js_out_.data);
+    js_out_.settle(env, js_error_, "encodeImages");
     llava_.reset();
     emollm_.reset();
     h_->inflight--;
@@ -111,14 +76,11 @@ class EncodeWorker final : public ModelWorker {
   // JavaScript thread before the worker runs (EmoLLM: its size from image_token_counts). The
   // reference keeps the array alive while the worker writes.
   JsResultArray js_out_;
-  bool caller_out_ = false;  // js_out_ is the caller's `out` (its range is in out_ranges())
 
  public:
   void write_into_js_array(Napi::Float32Array a) { js_out_.adopt(a); }
-  void write_into_caller_array(Napi::Float32Array a) {
-    js_out_.adopt(a);
-    caller_out_ = true;
-  }
+  // the caller's `out`, its range claimed (released when the call settles)
+  void write_into_caller_array(Napi::Float32Array a, OutClaim claim) { js_out_.adopt_caller(a, std::move(claim)); }
   std::shared_ptr<EmollmModel> emollm_;
   std::vector<std::vector<FaceBox>> faces_;  // EmoLLM: per image (empty: no faces anywhere)
   // EmoLLM: image_token_counts, computed once on the JavaScript thread to size the result; the
@@ -290,24 +252,15 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
     n_out = size_t(rows * handle_->emollm->n_embd());
     sizes = "the images' token counts (" + std::to_string(rows) + ") * nEmbd (" + std::to_string(handle_->emollm->n_embd()) + ")";
   }
-  // options.out: the caller's result array, checked before any work starts
-  const Napi::Object opts = opt_object(info, 3, "encodeImages: options");
-  Napi::Float32Array out;
-  if (has_opt(opts, "out")) {
-    const Napi::Value o = opts.Get("out");
-    check_fixed_float32_array(env, o, "encodeImages: out");
-    out = o.As<Napi::Float32Array>();
-    if (out.ElementLength() != n_out)
-      throw_invalid(env, "encodeImages: out has " + std::to_string(out.ElementLength()) + " floats, expected " + sizes + " = " +
-                             std::to_string(n_out));
-    if (!out_ranges().claim(out.Data(), n_out * sizeof(float)))
-      throw_invalid(env, "encodeImages: out overlaps the out array of an encodeImages call still running");
-  }
+  // options.out: the caller's result array, checked and claimed before any work starts. The claim
+  // is owned here until the worker takes it: if the worker's `new` throws, it is released.
+  OutClaim claim;
+  const Napi::Float32Array out = caller_out(env, opt_object(info, 3, "encodeImages: options"), n_out, "encodeImages", {}, claim, sizes);
   Napi::Float32Array fresh;  // made before the worker (napi_util.h new_result_array)
   if (out.IsEmpty()) fresh = new_result_array(env, n_out);
   auto* w = new EncodeWorker(env, handle_, std::move(px), B);
   w->emollm_ = handle_->emollm;
-  if (!out.IsEmpty()) w->write_into_caller_array(out);
+  if (!out.IsEmpty()) w->write_into_caller_array(out, std::move(claim));
   else w->write_into_js_array(fresh);
   w->faces_ = std::move(faces);
   w->counts_ = std::move(counts);

@@ -175,6 +175,125 @@ describe('gemm through the addon', () => {
     for (let i = 0; i < x.length; i++) expect(Math.abs(dq[0]![i]! - x[i]!)).toBeLessThanOrEqual(1 / 127 + 1e-6);
   });
 
+  // options.out: the caller's array, written in place by the worker (or by dequantize on this
+  // thread) and returned as the result itself; its values are those of a call without it. Filled
+  // with NaN first, so an element left unwritten shows.
+  it('writes into a caller-supplied out and returns that same array', async () => {
+    const [m, n, k] = [5, 24, 64];
+    const x = randn(m * k, 51);
+    const w = quantize(randn(n * k, 52), 'f32');
+    const bias = randn(n, 53);
+    const [T, D] = [6, 32];
+    const q = randn(T * 2 * D, 54);
+    const att = { q, k: q, v: q, nQ: T, nKv: T, nHeads: 2, nKvHeads: 2, headDim: D };
+    const xm = randn(3 * 32, 55);
+    const mvp = { x: xm, w1: quantize(randn(16 * 32, 56), 'f32'), w2: quantize(randn(8 * 16, 57), 'f32'), g: randn(8, 58), wtype: 'f32' as const, tokens: 3, dIn: 32, dHid: 16, dOut: 8, nHeads: 1 };
+    const qb = quantize(xm, 'q8_0');
+    const want = [await gemm({ x, w, wtype: 'f32', bias, m, n, k }), await attention(att), await mvpProjection(mvp), dequantize(qb, 'q8_0', xm.length)];
+    // views into one larger buffer at an offset, as a caller's pool of arrays would hand out
+    const pool = new Float32Array(8 + want.reduce((a, r) => a + r.length, 0)).fill(NaN);
+    const outs: Float32Array[] = [];
+    let at = 8;
+    for (const r of want) {
+      outs.push(pool.subarray(at, at + r.length));
+      at += r.length;
+    }
+    const got = [
+      await gemm({ x, w, wtype: 'f32', bias, m, n, k, out: outs[0] }),
+      await attention({ ...att, out: outs[1] }),
+      await mvpProjection({ ...mvp, out: outs[2] }),
+      dequantize(qb, 'q8_0', xm.length, { out: outs[3] }),
+    ];
+    for (let i = 0; i < 4; i++) {
+      expect(got[i]).toBe(outs[i]);
+      expect(Buffer.from(got[i]!.buffer, got[i]!.byteOffset, got[i]!.byteLength).equals(Buffer.from(want[i]!.buffer))).toBe(true);
+    }
+    expect(pool.subarray(0, 8).every(Number.isNaN)).toBe(true); // nothing written outside out
+    // concurrent calls into disjoint outs of one buffer, then the same out again once they settled
+    const two = new Float32Array(2 * m * n);
+    const [a, b] = await Promise.all([
+      gemm({ x, w, wtype: 'f32', bias, m, n, k, out: two.subarray(0, m * n) }),
+      gemm({ x, w, wtype: 'f32', m, n, k, out: two.subarray(m * n) }),
+    ]);
+    expect(Array.from(a!)).toEqual(Array.from(want[0]!));
+    expect(Array.from(b!)).toEqual(Array.from(await gemm({ x, w, wtype: 'f32', m, n, k })));
+    expect(await gemm({ x, w, wtype: 'f32', bias, m, n, k, out: a })).toBe(a);
+  });
+
+  it('refuses a wrong out with ERR_INVALID_ARGUMENT and writes nothing into it', async () => {
+    const [m, n, k] = [4, 8, 32];
+    const x = randn(m * k, 61);
+    const w = randn(n * k, 62);
+    const call = (out: unknown) => gemm({ x, w, wtype: 'f32', m, n, k, out: out as Float32Array });
+    const refused = (f: () => unknown, msg: RegExp) => {
+      let err: unknown;
+      try {
+        f();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(EmollmError);
+      expect((err as EmollmError).code).toBe('ERR_INVALID_ARGUMENT');
+      expect((err as EmollmError).message).toMatch(msg);
+    };
+    refused(() => call(new Float64Array(m * n)), /gemm: out must be a Float32Array/);
+    refused(() => call(Array.from({ length: m * n }, () => 0)), /out must be a Float32Array/);
+    const short = new Float32Array(m * n - 1).fill(5);
+    refused(() => call(short), /gemm: out has 31 floats, expected M \* N = 32$/);
+    expect(short.every((v) => v === 5)).toBe(true);
+    refused(() => call(new Float32Array(m * n + 1)), /out has \d+ floats/);
+    const detached = new Float32Array(m * n);
+    structuredClone(detached.buffer, { transfer: [detached.buffer] });
+    refused(() => call(detached), /gemm: out is detached/);
+    const resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(m * n * 4, { maxByteLength: m * n * 8 });
+    refused(() => call(new Float32Array(resizable)), /fixed-length buffer/);
+    // sharing memory with an input: the same array, an overlapping view, a byte view of w
+    const both = randn(m * k + m * n, 63);
+    const xv = both.subarray(0, m * k);
+    refused(() => gemm({ x: xv, w, wtype: 'f32', m, n, k, out: both.subarray(m * k - 1, m * k - 1 + m * n) }), /gemm: out shares memory with x/);
+    const wide = new Float32Array(n * k);
+    refused(() => gemm({ x, w: new Uint8Array(wide.buffer), wtype: 'f32', m, n, k, out: wide.subarray(0, m * n) }), /out shares memory with w/);
+    const sq = randn(2 * 2 * 16, 64);
+    refused(() => attention({ q: sq, k: sq, v: sq, nQ: 2, nKv: 2, nHeads: 2, nKvHeads: 2, headDim: 16, out: sq }), /attention: out shares memory with q/);
+    refused(() => dequantize(quantize(sq, 'f32'), 'f32', sq.length, { out: new Float32Array(3) }), /dequantize: out has 3 floats, expected n = 64$/);
+    const raw = quantize(sq, 'f32');
+    refused(() => dequantize(raw, 'f32', sq.length, { out: new Float32Array(raw.buffer, raw.byteOffset, sq.length) }), /dequantize: out shares memory with bytes/);
+    // views of one buffer that do not overlap an input are fine
+    const y = await call(new Float32Array(m * n));
+    expect(y.every(Number.isFinite)).toBe(true);
+  });
+
+  it('refuses an out that a call still running writes, frees it when that call settles, and rejects one detached meanwhile', async () => {
+    const [m, n, k] = [64, 256, 256];
+    const x = randn(m * k, 71);
+    const w = randn(n * k, 72);
+    const out = new Float32Array(2 * m * n);
+    const first = gemm({ x, w, wtype: 'f32', m, n, k, out: out.subarray(0, m * n) });
+    // claimed synchronously, given back on this thread when the work is done: nothing settles in between
+    expect(() => gemm({ x, w, wtype: 'f32', m, n, k, out: out.subarray(0, m * n) })).toThrow(/gemm: out overlaps the out array of a call still running/);
+    expect(() => gemm({ x, w, wtype: 'f32', m, n, k, out: out.subarray(m * n - 1, 2 * m * n - 1) })).toThrow(/still running/);
+    expect(() => dequantize(quantize(x.subarray(0, 64), 'f32'), 'f32', 64, { out: out.subarray(0, 64) })).toThrow(/dequantize: out overlaps/);
+    const second = gemm({ x, w, wtype: 'f32', m, n, k, out: out.subarray(m * n) }); // the other half runs beside it
+    const [r1, r2] = await Promise.all([first, second]);
+    expect(Array.from(r1)).toEqual(Array.from(r2));
+    expect(await gemm({ x, w, wtype: 'f32', m, n, k, out: r1 })).toBe(r1);
+    // detached (transferred) while the worker wrote it: a typed rejection, and its range is free again
+    const gone = new Float32Array(m * n);
+    const p = gemm({ x, w, wtype: 'f32', m, n, k, out: gone });
+    const moved = structuredClone(gone.buffer, { transfer: [gone.buffer] }); // keeps the bytes alive
+    let err: unknown;
+    try {
+      await p;
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(EmollmError);
+    expect((err as EmollmError).code).toBe('ERR_INVALID_ARGUMENT');
+    expect((err as EmollmError).message).toMatch(/gemm: out was detached while the call wrote it/);
+    const again = new Float32Array(moved);
+    expect(await gemm({ x, w, wtype: 'f32', m, n, k, out: again })).toBe(again);
+  });
+
   // The result array is made before the worker exists: a failed allocation is a typed error, and
   // no worker is left behind unqueued (the next call runs).
   it('a result too large to allocate is ERR_OUT_OF_MEMORY, and the next call still runs', async () => {

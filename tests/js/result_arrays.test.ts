@@ -125,7 +125,7 @@ describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
     const out = new Float32Array(2 * n);
     const first = enc(pixels, out.subarray(0, n));
     // the same floats, and a view that overlaps them by one float, are refused synchronously
-    expect(() => enc(pixels, out.subarray(0, n))).toThrow(/out overlaps the out array of an encodeImages call still running/);
+    expect(() => enc(pixels, out.subarray(0, n))).toThrow(/encodeImages: out overlaps the out array of a call still running/);
     expect(() => enc(pixels, out.subarray(n - 1, 2 * n - 1))).toThrow(/still running/);
     let code: unknown;
     try {
