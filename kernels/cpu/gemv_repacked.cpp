@@ -973,7 +973,8 @@ std::atomic<bool> x_prefetch_on{true};
 // only when the threads run at the same speed; when one runs 10-30% slower (the VM's vCPUs), the
 // other finds nothing left while the slow one is inside its last chunk, and waits up to a whole
 // chunk per job. Guided claims start at that chunk and take 1/8 of what is left, down to one
-// panel, so the threads end within about one panel (1/128 to 1/688 of a 7B job) of each other.
+// panel (k-sliced: one group of kg panels), so the threads end within about one panel (1/128 to
+// 1/688 of a 7B job; the k-sliced down projection: 8 of 128, half the old chunk) of each other.
 // Each panel's sums are computed by one thread in one order whatever the cut: same bits.
 std::atomic<bool> g_guided{true};
 
@@ -1051,8 +1052,10 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
     };
     const bool parallel = mcur * rows * K >= kParallelMinMacs;
     const int64_t chunk = std::max<int64_t>(1, npn / (4 * nth));
+    // k-sliced: claims in whole groups of kg panels, so that no group is cut short by a claim's end
+    // (each X slice is read once per group); unsliced: one panel
     if (parallel && g_guided.load(std::memory_order_relaxed))
-      parallel_guided(pool, npn, 1, chunk, body);
+      parallel_guided(pool, npn, kc > 0 ? kg : 1, chunk, body);
     else
       parallel_chunks(pool, parallel, npn, chunk, body);
   }
