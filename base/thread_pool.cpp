@@ -88,6 +88,37 @@ void arm_late(int ith, int nth) {
   const int w = g_late_worker.load(std::memory_order_relaxed);
   t_late_armed = ith == (w < 0 ? nth - 1 : w);
 }
+
+// Slow-thread injection (pool_set_slow_worker): percent and worker index (-1: the last).
+std::atomic<int> g_slow_pct{0};
+std::atomic<int> g_slow_worker{-1};
+std::atomic<uint64_t> g_slow_waits{0};
+// On the slow worker during a job: when its current chunk began (slow_open: one is running).
+thread_local bool t_slow = false;
+thread_local bool t_slow_open = false;
+thread_local std::chrono::steady_clock::time_point t_slow_since{};
+void arm_slow(int ith, int nth) {
+  const int pct = g_slow_pct.load(std::memory_order_relaxed);
+  const int w = g_slow_worker.load(std::memory_order_relaxed);
+  t_slow = pct > 0 && ith == (w < 0 ? nth - 1 : w);
+  t_slow_open = false;
+}
+// The end of the slow worker's chunk (if one is running): busy-wait pct% of its duration.
+void slow_chunk_ends() {
+  if (!t_slow || !t_slow_open) return;
+  t_slow_open = false;
+  g_slow_waits.fetch_add(1, std::memory_order_relaxed);
+  const auto now = std::chrono::steady_clock::now();
+  const auto until = now + (now - t_slow_since) * g_slow_pct.load(std::memory_order_relaxed) / 100;
+  while (std::chrono::steady_clock::now() < until) cpu_relax();
+}
+// A chunk begins on the slow worker (after the previous one's wait).
+void slow_chunk_begins() {
+  if (!t_slow) return;
+  slow_chunk_ends();
+  t_slow_open = true;
+  t_slow_since = std::chrono::steady_clock::now();
+}
 }  // namespace
 
 void pool_dynamic_split(bool on) { g_dynamic_split.store(on, std::memory_order_relaxed); }
@@ -100,7 +131,13 @@ void pool_set_late_worker(int us, int worker, LateAt at) {
 }
 uint64_t pool_late_delays() { return g_late_delays.load(std::memory_order_relaxed); }
 int pool_late_us() { return g_late_us.load(std::memory_order_relaxed); }
+void pool_set_slow_worker(int pct, int worker) {
+  g_slow_worker.store(worker, std::memory_order_relaxed);
+  g_slow_pct.store(std::max(0, pct), std::memory_order_relaxed);
+}
+uint64_t pool_slow_waits() { return g_slow_waits.load(std::memory_order_relaxed); }
 void pool_late_point() {
+  slow_chunk_begins();
   if (!t_late_armed) return;
   t_late_armed = false;
   g_late_delays.fetch_add(1, std::memory_order_relaxed);
@@ -299,6 +336,7 @@ void ThreadPool::worker_loop(int ith) {
     if (stop) return;
     const uint64_t gen = s / 2;
     arm_late(ith, n_threads_);
+    arm_slow(ith, n_threads_);
     if (t_late_armed && g_late_arrival.load(std::memory_order_relaxed)) {  // woken late: before any claim
       t_late_armed = false;
       g_late_delays.fetch_add(1, std::memory_order_relaxed);
@@ -314,6 +352,7 @@ void ThreadPool::worker_loop(int ith) {
           set_error(std::current_exception());
         }
       }
+      slow_chunk_ends();
       t_late_armed = false;  // a job without claims (a kernel's own counter) is not delayed
       active.fetch_sub(1, std::memory_order_seq_cst);
       notify_caller();
@@ -329,6 +368,7 @@ void ThreadPool::worker_loop(int ith) {
     } catch (...) {
       set_error(std::current_exception());
     }
+    slow_chunk_ends();
     slot.done.store(gen, std::memory_order_release);
     notify_caller();
   }

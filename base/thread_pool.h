@@ -168,6 +168,15 @@ void pool_late_point();
 // Delays injected so far in this process (tests: the hook reaches the jobs it is meant to).
 uint64_t pool_late_delays();
 
+// Slow-thread injection, for tests and benchmarks of two vCPUs that run at unequal speed (the VM):
+// pool worker `worker` (-1: the last one) busy-waits `pct` percent of the time each of its chunks
+// took, after the chunk and before it claims the next (at pool_late_point) or leaves the job (run()
+// indices and claiming helpers alike), so it does pct% more wall per unit of work than the others.
+// Process-wide; pct = 0 turns it off. Tests and A/B tools only (no environment variable).
+void pool_set_slow_worker(int pct, int worker = -1);
+// Chunk ends the slow worker has waited after so far in this process (tests: the hook is reached).
+uint64_t pool_slow_waits();
+
 // Static split of [0, n) for worker ith of nth: begin/end rounded to multiples of `align`.
 inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t* begin, int64_t* end) {
   int64_t blocks = (n + align - 1) / align;

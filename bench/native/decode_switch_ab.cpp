@@ -14,6 +14,8 @@
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
+// repacked_guided: that kernel's guided claims of weight panels against equal chunks (set_repacked_guided;
+// with AB_PREFILL);
 // AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
@@ -183,6 +185,8 @@ const AbSwitch kSwitches[] = {
     // the q4_0 / q8_0 prefill's X-panel kernel prefetching its X panel on unsliced calls
     // (set_repacked_x_prefetch; with AB_PREFILL)
     {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},
+    // the X-panel kernel's guided claims of weight panels vs equal chunks (set_repacked_guided; with AB_PREFILL)
+    {"repacked_guided", [](bool on) { gemm_detail::set_repacked_guided(on); }},
     // bf16 gemm() at K > 4096 without the per-call W pack (set_bf16_gemm_wbcast; with AB_PREFILL)
     {"bf16_wbcast", [](bool on) { gemm_detail::set_bf16_gemm_wbcast(on); }},
 };

@@ -6,11 +6,15 @@
 // its ratio to the first configuration's best (>1: faster), and whether its output has the first
 // one's bits. Built with the benchmarks (target q8_panels_ab); from the repository root:
 //   ./build-bench/q8_panels_ab M N K q4_0|q8_0 threads rounds CONFIG...
-//   CONFIG = kslice:pass_kib:kgroup:fused[:xpf]  (set_repacked_kslice / _pass_kib / _kgroup blocks,
-//            KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused; xpf 0/1:
-//            set_repacked_x_prefetch, default 1)
+//   CONFIG = kslice:pass_kib:kgroup:fused[:xpf[:guided]]  (set_repacked_kslice / _pass_kib / _kgroup
+//            blocks, KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused; xpf 0/1:
+//            set_repacked_x_prefetch, default 1; guided 0/1: set_repacked_guided, default 1)
+//   AB_SLOW=pct: the pool's last worker runs pct% slower (pool_set_slow_worker), every configuration
+//   AB_SLOW_ALT=pct: every other call of each configuration with that slowdown, timed apart (the
+//            undisturbed and the slowed walls of one run, interleaved)
 //   ./build-bench/q8_panels_ab 628 4096 4096 q4_0 1 16 -1:-1:-1:1:0 -1:-1:-1:1:1   # X prefetch off / on
 //   ./build-bench/q8_panels_ab 512 4096 11008 q4_0 1 10 0:1536:1:0 -1:-1:-1:1   # session 17 vs now
+//   AB_SLOW_ALT=25 ./build-bench/q8_panels_ab 628 4096 4096 q4_0 2 16 -1:-1:-1:1:1:0 -1:-1:-1:1:1:1  # equal / guided
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +24,7 @@
 
 #include "base/arena.h"
 #include "base/dtype.h"
+#include "base/pool_stats.h"
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"
 #include "cpu/kernels.h"
@@ -30,7 +35,7 @@ namespace {
 // The calling thread's CPU time at 1 thread, wall time at more.
 double now_s(bool cpu) { return cpu ? bench::thread_cpu() : bench::now(); }
 struct Config {
-  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1, xpf = 1;
+  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1, xpf = 1, guided = 1;
 };
 }  // namespace
 
@@ -50,8 +55,8 @@ int main(int argc, char** argv) {
   std::vector<Config> cfg;
   for (int i = 7; i < argc; ++i) {
     Config c;
-    if (std::sscanf(argv[i], "%d:%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused, &c.xpf) < 4) {
-      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused[:xpf], got %s\n", argv[i]);
+    if (std::sscanf(argv[i], "%d:%d:%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused, &c.xpf, &c.guided) < 4) {
+      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused[:xpf[:guided]], got %s\n", argv[i]);
       return 2;
     }
     cfg.push_back(c);
@@ -68,35 +73,65 @@ int main(int argc, char** argv) {
   AlignedPtr<uint8_t> Wr = make_aligned<uint8_t>(quant_repack_bytes(t, N, K));
   quant_repack(Wq.data(), t, N, K, Wr.get(), &pool);
   std::vector<std::vector<float>> Y(cfg.size(), std::vector<float>(size_t(M * N)));
-  std::vector<std::vector<double>> ts(cfg.size());
+  std::vector<std::vector<double>> ts(cfg.size()), ts_slow(cfg.size());
+  // the caller's end-of-job waits (pool_stats.h hand-off seconds) per call, undisturbed and slowed
+  std::vector<std::vector<double>> ho(cfg.size()), ho_slow(cfg.size());
+  double last_ho = 0;
+  pool_handoff_timing(true);
   const bool cpu = th == 1;
+  const char* slow_env = std::getenv("AB_SLOW");
+  const char* alt_env = std::getenv("AB_SLOW_ALT");
+  const int slow = slow_env ? std::atoi(slow_env) : 0, alt = alt_env ? std::atoi(alt_env) : 0;
+  pool_set_slow_worker(slow);
   auto run = [&](size_t c) {
     gemm_detail::set_repacked_kslice(cfg[c].kslice);
     gemm_detail::set_repacked_pass_kib(cfg[c].pass_kib);
     gemm_detail::set_repacked_kgroup(cfg[c].kgroup);
     gemm_detail::set_qx_pack_fused(cfg[c].fused != 0);
     gemm_detail::set_repacked_x_prefetch(cfg[c].xpf != 0);
+    gemm_detail::set_repacked_guided(cfg[c].guided != 0);
+    const double h0 = pool_handoff_seconds_this_thread();
     const double t0 = now_s(cpu);
     gemm_repacked(X.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, M, N, K, &pool);
-    return now_s(cpu) - t0;
+    const double dt = now_s(cpu) - t0;
+    last_ho = pool_handoff_seconds_this_thread() - h0;
+    return dt;
   };
   for (size_t c = 0; c < cfg.size(); ++c) run(c);  // warm-up: scratch, page faults
   for (int r = 0; r < rounds; ++r)
     for (size_t k = 0; k < cfg.size(); ++k) {
       const size_t c = r % 2 ? cfg.size() - 1 - k : k;
       ts[c].push_back(run(c));
+      ho[c].push_back(last_ho);
+      if (alt > 0) {
+        pool_set_slow_worker(alt);
+        ts_slow[c].push_back(run(c));
+        ho_slow[c].push_back(last_ho);
+        pool_set_slow_worker(slow);
+      }
     }
-  std::printf("q8_panels_ab %s M=%lld N=%lld K=%lld threads=%d rounds=%d (%s time)\n", ty.c_str(), (long long)M,
-              (long long)N, (long long)K, th, rounds, cpu ? "thread CPU" : "wall");
+  std::printf("q8_panels_ab %s M=%lld N=%lld K=%lld threads=%d rounds=%d (%s time) slow %d%% alt %d%%\n", ty.c_str(),
+              (long long)M, (long long)N, (long long)K, th, rounds, cpu ? "thread CPU" : "wall", slow, alt);
   double best0 = 0;
   for (size_t c = 0; c < cfg.size(); ++c) {
     const double b = bench::best(ts[c]), med = bench::median(ts[c]);
     if (c == 0) best0 = b;
     const bool same = std::memcmp(Y[c].data(), Y[0].data(), Y[0].size() * sizeof(float)) == 0;
-    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d xpf %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s\n",
-                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, cfg[c].xpf, b * 1e3, med * 1e3,
-                2.0 * double(M) * double(N) * double(K) / b * 1e-9, best0 / b, same ? "same bits" : "BITS DIFFER");
+    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d xpf %d guided %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s"
+                "  hand-off median %.2f ms\n",
+                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, cfg[c].xpf, cfg[c].guided, b * 1e3,
+                med * 1e3, 2.0 * double(M) * double(N) * double(K) / b * 1e-9, best0 / b, same ? "same bits" : "BITS DIFFER",
+                bench::median(ho[c]) * 1e3);
   }
+  for (size_t c = 0; alt > 0 && c < cfg.size(); ++c) {
+    const double b = bench::best(ts_slow[c]), med = bench::median(ts_slow[c]);
+    std::printf("  slowed %d%%, config %zu: best %8.2f ms  median %8.2f ms  x%.3f of config 0 by best, x%.3f by median; "
+                "slowed / undisturbed median %.3f; hand-off median %.2f ms\n",
+                alt, c, b * 1e3, med * 1e3, bench::best(ts_slow[0]) / b, bench::median(ts_slow[0]) / med,
+                med / bench::median(ts[c]), bench::median(ho_slow[c]) * 1e3);
+  }
+  pool_set_slow_worker(0);
+  gemm_detail::set_repacked_guided(true);
   gemm_detail::set_repacked_kslice(-1);
   gemm_detail::set_repacked_pass_kib(-1);
   gemm_detail::set_repacked_kgroup(-1);

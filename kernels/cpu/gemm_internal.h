@@ -191,6 +191,12 @@ void set_repacked_kgroup(int panels);
 // Same bits. For tests and q8_panels_ab; process-wide.
 void set_repacked_x_prefetch(bool on);
 bool repacked_x_prefetch();
+// That kernel's split of its weight panels over the pool: guided claims (default on: 1/8 of what
+// is left, at most npn / (4 * threads) panels, down to one, so threads of unequal speed end within
+// about a panel) or equal chunks of npn / (4 * threads) (off). Same bits. For tests and A/B tools;
+// process-wide.
+void set_repacked_guided(bool on);
+bool repacked_guided();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
 // side by side, each record prefetched 4 KiB on along its part (default on; off: one stream, 8
 // records ahead). Same bits. Process-wide, on at start (no environment variable).

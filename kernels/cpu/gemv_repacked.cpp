@@ -958,6 +958,17 @@ int64_t panel_pass_kib(bool sliced) {
 // never below. On, no longer read from the environment.
 std::atomic<bool> x_prefetch_on{true};
 
+// How the X-panel kernel's weight panels are shared out (gemm_detail::set_repacked_guided): guided
+// claims (on) or equal chunks (off, the previous split; tests and A/B tools). Equal chunks of
+// npn / (4 * threads) panels (a 7B GEMM job's ~8 chunks of 2-6 ms each at 2 threads) end together
+// only when the threads run at the same speed; when one runs 10-30% slower (the VM's vCPUs), the
+// other finds nothing left while the slow one is inside its last chunk, and waits up to a whole
+// chunk per job. Guided claims start at that chunk and take 1/8 of what is left, down to one
+// panel (k-sliced: one group of kg panels), so the threads end within about one panel (1/128 to
+// 1/688 of a 7B job; the k-sliced down projection: 8 of 128, half the old chunk) of each other.
+// Each panel's sums are computed by one thread in one order whatever the cut: same bits.
+std::atomic<bool> g_guided{true};
+
 // M > kSmallM on VNNI: X in chunks of panel rows (gemm_q8_xpanel.h), then per thread a range of
 // NV-group weight panels; the X panels are taken ~1.5 MiB at a time, and each of the thread's
 // weight panels (16 * NV * K bytes, in L2) runs against those X panels before the next.
@@ -1030,7 +1041,14 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
         }
       }
     };
-    parallel_chunks(pool, mcur * rows * K >= kParallelMinMacs, npn, std::max<int64_t>(1, npn / (4 * nth)), body);
+    const bool parallel = mcur * rows * K >= kParallelMinMacs;
+    const int64_t chunk = std::max<int64_t>(1, npn / (4 * nth));
+    // k-sliced: claims in whole groups of kg panels, so that no group is cut short by a claim's end
+    // (each X slice is read once per group); unsliced: one panel
+    if (parallel && g_guided.load(std::memory_order_relaxed))
+      parallel_guided(pool, npn, kc > 0 ? kg : 1, chunk, body);
+    else
+      parallel_chunks(pool, parallel, npn, chunk, body);
   }
 }
 #endif
@@ -1064,6 +1082,19 @@ void set_repacked_x_prefetch(bool on) {
 bool repacked_x_prefetch() {
 #if defined(__x86_64__)
   return x_prefetch_on.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+void set_repacked_guided(bool on) {
+#if defined(__x86_64__)
+  g_guided.store(on, std::memory_order_relaxed);
+#endif
+  (void)on;
+}
+bool repacked_guided() {
+#if defined(__x86_64__)
+  return g_guided.load(std::memory_order_relaxed);
 #else
   return false;
 #endif

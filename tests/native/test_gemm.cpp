@@ -1754,6 +1754,58 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
   EXPECT(compared == int64_t(2 * 2 * 2 * 2 * 3 * (629 * 48 + 130 * 40 + 47 * 33 + 13 * 96)));
 }
 
+// gemm_repacked's X-panel kernel with its weight panels shared out by guided claims (the default,
+// set_repacked_guided: 1/8 of what is left, down to one panel) and by equal chunks (off): every row
+// bit-identical to gemv_repacked of that row either way, unsliced (K = 4096, set_repacked_kslice(0)
+// too) and k-sliced (K = 11008, M across the X chunks: 613 rows), with panels enough for the claims to
+// shrink to one (N = 1040: 33 panels; 1057 with gemm_repacked_multi's 17-row output), 0-3 threads,
+// undisturbed, with the last worker 25% slower (pool_set_slow_worker) and with it holding its first
+// claim 700 us (pool_set_late_worker): the split moves, the bits do not. A claim that skips a panel
+// leaves its outputs unwritten (the sentinel) and fails it; a panel done twice writes the same values
+// again and is invisible here: parallel_guided's each-item-once tests (test_core, test_pool_protocol)
+// hold that.
+TEST(gemm_repacked_guided_same_bits) {
+  if (!xpanel_kernel_runs()) return;
+  RepackedSettingsRestore restore;
+  struct PoolScope {
+    ~PoolScope() {
+      pool_set_slow_worker(0);
+      pool_set_late_worker(0);
+      gemm_detail::set_repacked_guided(true);
+    }
+  } pool_scope;
+  EXPECT(gemm_detail::repacked_guided());  // on by default
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{130, 1040, 4096}, {613, 200, 11008}, {47, 520, 1120}};
+  enum class Disturb { None, Slow, Late };
+  uint32_t seed = 8100;
+  int64_t compared = 0;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const Shape& sh : shapes) {
+      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
+      seed += 2;
+      for (bool guided : {true, false})
+        for (int kc : {-1, 0})
+          for (Disturb d : {Disturb::None, Disturb::Slow, Disturb::Late})
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+              gemm_detail::set_repacked_guided(guided);
+              gemm_detail::set_repacked_kslice(kc);
+              pool_set_slow_worker(d == Disturb::Slow ? 25 : 0);
+              pool_set_late_worker(d == Disturb::Late ? 700 : 0);
+              const std::string what = "guided=" + std::to_string(int(guided)) + " kslice=" + std::to_string(kc) +
+                                       " disturb=" + std::to_string(int(d));
+              const bool ok = repacked_agree(c, pl, what, &compared);
+              pool_set_slow_worker(0);
+              pool_set_late_worker(0);
+              if (!ok) return;
+            }
+    }
+  EXPECT(compared == int64_t(2 * 2 * 2 * 3 * 3 * (130 * 1040 + 613 * 200 + 47 * 520)));
+}
+
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
 // gemv_repacked of each row (what gemm_repacked of that output alone gives; the tests above hold it
 // to the float64 references; at M > 8 on VNNI the fused path: X packed once, one dispatch over all

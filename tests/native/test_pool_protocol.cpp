@@ -191,6 +191,30 @@ TEST(pool_protocol_late_worker_items_once) {
   }
 }
 
+// A slow worker (the test hook pool_set_slow_worker: 25% and 200% more wall per chunk): every
+// item of every job kind still once; the hook's waits reach the worker's chunks (none without it).
+TEST(pool_protocol_slow_worker_items_once) {
+  for (int pct : {25, 200}) {
+    ThreadPool pool(3);
+    const uint64_t w0 = pool_slow_waits();
+    pool_set_slow_worker(pct);
+    for (int r = 0; r < 10; ++r) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(kRoundItems));
+      const int64_t n = mixed_round(pool, hits, 0, r);
+      EXPECT(all_once(hits, n));
+    }
+    // tiny jobs often end before the last worker joins: chunks of 200 us until it has taken one
+    for (int k = 0; k < 400 && pool_slow_waits() == w0; ++k)
+      parallel_guided(&pool, 64, 1, 8, [&](int64_t, int64_t) { busy_us(200); });
+    pool_set_slow_worker(0);
+    EXPECT(pool_slow_waits() > w0);
+    const uint64_t w1 = pool_slow_waits();
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(kRoundItems));
+    EXPECT(all_once(hits, mixed_round(pool, hits, 0, 0)));
+    EXPECT(pool_slow_waits() == w1);
+  }
+}
+
 // env_int: unset or empty reads as the default; otherwise as std::atoll (sign, leading blanks,
 // digits up to the first other character, 0 when none).
 TEST(env_int_parses_like_atoll) {
