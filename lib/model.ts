@@ -232,7 +232,8 @@ export interface ImageEncodeOptions {
    * growable SharedArrayBuffer is refused). Anything else is ERR_INVALID_ARGUMENT, as is an array
    * whose memory an encode still running writes, and a call whose `out` was detached (transferred)
    * while it ran rejects with it. Reusing one array for repeated
-   * calls saves the fresh result's first-touch page faults (2304 a LLaVA-1.5 image, 9 MiB).
+   * calls saves the fresh result's first-touch page faults (a LLaVA-1.5 image's 9 MiB: 2304 at 4 KiB,
+   * ~600 where Linux gives its whole 2 MiB pages as transparent huge pages, which the addon asks for).
    * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
    * and what it holds meanwhile is unspecified. Passed on as a prompt's `images`, it is read in
    * place by that call until the call settles: encode into it again only after that.

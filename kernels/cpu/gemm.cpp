@@ -22,6 +22,9 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../../base/arena.h"
 #include "../../base/env_switch.h"
@@ -74,14 +77,27 @@ struct ScratchBuf {
 constexpr int kScratchSlots = 4;
 }  // namespace
 
+// Each thread's scratch grows once to its largest request. From 1 MiB on it is whole 2 MiB pages,
+// 2 MiB-aligned and asked to be transparent huge pages: a thread's first large call (a libuv
+// thread's first vision encode: the bf16 X panels of K = 4096, 4.7 MiB, and of K = 1024, 1.2 MiB)
+// faults a few huge pages instead of ~1500 4 KiB pages (~12 us each in this project's Zen 5 VM).
 void* scratch(int slot, size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
   thread_local ScratchBuf bufs[kScratchSlots];
   ScratchBuf& b = bufs[slot];
   if (bytes > b.cap) {
     size_t cap = std::max(bytes, b.cap + b.cap / 2);
-    cap = (cap + 4095) & ~size_t(4095);
     b.p.reset();
-    b.p = make_aligned<uint8_t>(cap);
+    if (cap >= kHuge / 2) {
+      cap = (cap + kHuge - 1) / kHuge * kHuge;
+      b.p = AlignedPtr<uint8_t>(static_cast<uint8_t*>(aligned_alloc_bytes(cap, kHuge)));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+      (void)madvise(b.p.get(), cap, MADV_HUGEPAGE);
+#endif
+    } else {
+      cap = (cap + 4095) & ~size_t(4095);
+      b.p = make_aligned<uint8_t>(cap);
+    }
     b.cap = cap;
   }
   return b.p.get();
