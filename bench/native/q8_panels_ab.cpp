@@ -6,15 +6,17 @@
 // its ratio to the first configuration's best (>1: faster), and whether its output has the first
 // one's bits. Built with the benchmarks (target q8_panels_ab); from the repository root:
 //   ./build-bench/q8_panels_ab M N K q4_0|q8_0 threads rounds CONFIG...
-//   CONFIG = kslice:pass_kib:kgroup:fused[:xpf[:guided]]  (set_repacked_kslice / _pass_kib / _kgroup
-//            blocks, KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused; xpf 0/1:
-//            set_repacked_x_prefetch, default 1; guided 0/1: set_repacked_guided, default 1)
+//   CONFIG = kslice:pass_kib:kgroup:fused[:xpf[:guided[:tile]]]  (set_repacked_kslice / _pass_kib /
+//            _kgroup blocks, KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused; xpf 0/1:
+//            set_repacked_x_prefetch, default 1; guided 0/1: set_repacked_guided, default 1; tile 4 / 6:
+//            set_repacked_tile_rows, M <= kSmallM below the X-panel kernel, default 6)
 //   AB_SLOW=pct: the pool's last worker runs pct% slower (pool_set_slow_worker), every configuration
 //   AB_SLOW_ALT=pct: every other call of each configuration with that slowdown, timed apart (the
 //            undisturbed and the slowed walls of one run, interleaved)
 //   ./build-bench/q8_panels_ab 628 4096 4096 q4_0 1 16 -1:-1:-1:1:0 -1:-1:-1:1:1   # X prefetch off / on
 //   ./build-bench/q8_panels_ab 512 4096 11008 q4_0 1 10 0:1536:1:0 -1:-1:-1:1   # session 17 vs now
 //   AB_SLOW_ALT=25 ./build-bench/q8_panels_ab 628 4096 4096 q4_0 2 16 -1:-1:-1:1:1:0 -1:-1:-1:1:1:1  # equal / guided
+//   ./build-bench/q8_panels_ab 5 22016 4096 q4_0 1 10 -1:-1:-1:1:1:1:4 -1:-1:-1:1:1:1:6   # M = 5: 4-row tiles / one tile
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -35,7 +37,7 @@ namespace {
 // The calling thread's CPU time at 1 thread, wall time at more.
 double now_s(bool cpu) { return cpu ? bench::thread_cpu() : bench::now(); }
 struct Config {
-  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1, xpf = 1, guided = 1;
+  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1, xpf = 1, guided = 1, tile = 6;
 };
 }  // namespace
 
@@ -55,8 +57,9 @@ int main(int argc, char** argv) {
   std::vector<Config> cfg;
   for (int i = 7; i < argc; ++i) {
     Config c;
-    if (std::sscanf(argv[i], "%d:%d:%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused, &c.xpf, &c.guided) < 4) {
-      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused[:xpf[:guided]], got %s\n", argv[i]);
+    if (std::sscanf(argv[i], "%d:%d:%d:%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused, &c.xpf, &c.guided,
+                    &c.tile) < 4) {
+      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused[:xpf[:guided[:tile]]], got %s\n", argv[i]);
       return 2;
     }
     cfg.push_back(c);
@@ -90,6 +93,7 @@ int main(int argc, char** argv) {
     gemm_detail::set_qx_pack_fused(cfg[c].fused != 0);
     gemm_detail::set_repacked_x_prefetch(cfg[c].xpf != 0);
     gemm_detail::set_repacked_guided(cfg[c].guided != 0);
+    gemm_detail::set_repacked_tile_rows(cfg[c].tile);
     const double h0 = pool_handoff_seconds_this_thread();
     const double t0 = now_s(cpu);
     gemm_repacked(X.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, M, N, K, &pool);
@@ -117,9 +121,9 @@ int main(int argc, char** argv) {
     const double b = bench::best(ts[c]), med = bench::median(ts[c]);
     if (c == 0) best0 = b;
     const bool same = std::memcmp(Y[c].data(), Y[0].data(), Y[0].size() * sizeof(float)) == 0;
-    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d xpf %d guided %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s"
+    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d xpf %d guided %d tile %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s"
                 "  hand-off median %.2f ms\n",
-                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, cfg[c].xpf, cfg[c].guided, b * 1e3,
+                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, cfg[c].xpf, cfg[c].guided, cfg[c].tile, b * 1e3,
                 med * 1e3, 2.0 * double(M) * double(N) * double(K) / b * 1e-9, best0 / b, same ? "same bits" : "BITS DIFFER",
                 bench::median(ho[c]) * 1e3);
   }
@@ -137,5 +141,6 @@ int main(int argc, char** argv) {
   gemm_detail::set_repacked_kgroup(-1);
   gemm_detail::set_qx_pack_fused(true);
   gemm_detail::set_repacked_x_prefetch(true);
+  gemm_detail::set_repacked_tile_rows(6);
   return 0;
 }

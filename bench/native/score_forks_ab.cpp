@@ -5,15 +5,22 @@
 // time per scoring (CPU: readable on a loaded machine at 1 thread), option passes, and whether
 // the scores of both modes agree within 1e-5 relative. From the repository root:
 //   ./build-bench/score_forks_ab bench/models/llava1.5-7b-q4_0.gguf [threads 1] [rounds 6] [prompt 628]
+// AB_SWITCH=tile_rows: forks on in both modes, "off" = gemm_repacked's 4-row tiles at M <= 6
+// (gemm_detail::set_repacked_tile_rows(4)), "on" = the default one tile for all M rows.
+// AB_SWITCH=fork_in_place: forks on in both modes, "off" = every fork copies the prompt's partial
+// last block (set_fork_in_place(false)), "on" = the last one writes it in place (default).
+// AB_ONLY=on / off: that mode alone (for a profile of one mode, EMOLLM_PROFILE=1).
 #include <time.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <string>
 #include <vector>
 
 #include "bench_clock.h"
+#include "cpu/gemm_internal.h"
 #include "model/llama.h"
 #include "model/scheduler.h"
 using namespace emollm;
@@ -61,10 +68,25 @@ int main(int argc, char** argv) {
   int64_t passes[2] = {0, 0};
   std::vector<double> scores[2];
   double worst = 0;
+  const char* sw = std::getenv("AB_SWITCH");
+  const bool tile_ab = sw && std::string(sw) == "tile_rows", inplace_ab = sw && std::string(sw) == "fork_in_place";
+  if (sw && !tile_ab && !inplace_ab) {
+    std::fprintf(stderr, "score_forks_ab: AB_SWITCH is tile_rows, fork_in_place or unset\n");
+    return 2;
+  }
+  const char* name = tile_ab ? "tile_rows" : inplace_ab ? "fork_in_place" : "forks";
+  const char* only = std::getenv("AB_ONLY");
+  const int only_mode = only ? (std::string(only) == "on" ? 1 : 0) : -1;
   for (int r = 0; r < rounds; ++r)
     for (int k = 0; k < 2; ++k) {
       const int on = (r % 2 == 0) ? k : 1 - k;  // off, on, on, off, ...
-      set_score_forks(on != 0);
+      if (only_mode >= 0 && on != only_mode) continue;
+      if (tile_ab)
+        gemm_detail::set_repacked_tile_rows(on ? 6 : 4);
+      else if (inplace_ab)
+        set_fork_in_place(on != 0);
+      else
+        set_score_forks(on != 0);
       SeqRequest sr;
       sr.kind = SeqRequest::Kind::Score;
       sr.prompt = prompt;
@@ -83,15 +105,17 @@ int main(int argc, char** argv) {
       if (!scores[0].empty() && !scores[1].empty())
         for (size_t i = 0; i < sc.size(); ++i)
           worst = std::max(worst, std::fabs(scores[0][i] - scores[1][i]) / std::max(1.0, std::fabs(scores[0][i])));
-      std::printf("round %d forks %s: wall %.3f s, cpu %.3f s, %lld passes\n", r, on ? "on " : "off", w, c,
+      std::printf("round %d %s %s: wall %.3f s, cpu %.3f s, %lld passes\n", r, name, on ? "on " : "off", w, c,
                   (long long)passes[on]);
     }
   for (int on = 0; on < 2; ++on)
-    std::printf("forks %s: wall median %.3f best %.3f s, process cpu median %.3f best %.3f s, %lld option passes\n",
-                on ? "on " : "off", bench::median(wall[on]), bench::best(wall[on]), bench::median(cpu[on]),
+    std::printf("%s %s: wall median %.3f best %.3f s, process cpu median %.3f best %.3f s, %lld option passes\n",
+                name, on ? "on " : "off", bench::median(wall[on]), bench::best(wall[on]), bench::median(cpu[on]),
                 bench::best(cpu[on]), (long long)passes[on]);
   std::printf("on / off: wall median %.3f, cpu median %.3f; scores max relative |on - off| %.3g\n",
               bench::median(wall[1]) / bench::median(wall[0]), bench::median(cpu[1]) / bench::median(cpu[0]), worst);
   set_score_forks(true);
+  gemm_detail::set_repacked_tile_rows(6);
+  set_fork_in_place(true);
   return 0;
 }

@@ -179,6 +179,10 @@ GemvPrefetch gemv_streams_prefetch();
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);
 bool repacked_panels_enabled();
+// Below that kernel (M <= kSmallM): M <= rows in one group tile (each weight block unpacked once
+// for all M rows), else 4-row tiles; rows 4..6 (default 6, others: 4). Same bits. For
+// q8_panels_ab / score_forks_ab (AB_SWITCH=tile_rows); process-wide.
+void set_repacked_tile_rows(int rows);
 // That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
 // 0: none, the whole K per kernel call), X passes of `kib` KiB of panels and `panels` weight
 // panels run slice by slice together; -1: the built-in default (no environment variable). Same

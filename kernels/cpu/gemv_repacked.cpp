@@ -894,13 +894,26 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
 
 namespace {
 #if defined(__x86_64__)
+// gemm_repacked below the X-panel kernel: M <= g_tile_rows (default kTileRowsMax) in one group
+// tile, each weight block loaded and unpacked once for all M rows (4-row tiles then the rest did
+// it twice at M = 5-6: a scoring pass's option rows, the LLaVA sample's M = 5). Measured (1 thread
+// thread CPU time, load 11-13, q8_panels_ab, same bits): M = 5 at 4096 x 4096 / 22016 x 4096 /
+// 4096 x 11008 1.21 / 1.14 / 1.28x by best, M = 6 at 22016 x 4096 1.12x; M = 7 0.82 / 1.19x and
+// M = 8 0.97 / 1.20x (22016 x 4096 / 4096 x 11008: the 7- and 8-row tiles' 14-16 f32
+// accumulators and 8 weight vectors crowd the 32 registers), so not taken there. The LLaVA
+// sample's scoring pass (score_forks_ab AB_SWITCH=tile_rows, 7B, 1 thread): 1.09x by median.
+// set_repacked_tile_rows(4): the 4-row tiles (A/B).
+constexpr int kTileRowsMax = 6;
+std::atomic<int> g_tile_rows{kTileRowsMax};
 template <bool Q8>
 void tile_rows(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ, size_t rec,
                const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows) {
-  const BlockSums s[4] = {row_sums(q, m0), row_sums(q, m0 + (mr > 1)), row_sums(q, m0 + 2 * (mr > 2)),
-                          row_sums(q, m0 + 3 * (mr > 3))};
+  BlockSums s[kTileRowsMax];
+  for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
   const int8_t* xq = q.qs + m0 * q.ldq;
   switch (mr) {
+    case 6: group_tile_avx512<Q8, 6>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
+    case 5: group_tile_avx512<Q8, 5>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
     case 4: group_tile_avx512<Q8, 4>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
     case 3: group_tile_avx512<Q8, 3>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
     case 2: group_tile_avx512<Q8, 2>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
@@ -1105,6 +1118,12 @@ void set_repacked_panels_enabled(bool enabled) {
 #endif
   (void)enabled;
 }
+void set_repacked_tile_rows(int rows) {
+#if defined(__x86_64__)
+  g_tile_rows.store(rows >= 4 && rows <= kTileRowsMax ? rows : 4, std::memory_order_relaxed);
+#endif
+  (void)rows;
+}
 bool repacked_panels_enabled() {
 #if defined(__x86_64__)
   return g_panels_enabled.load();
@@ -1134,8 +1153,11 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const RepackLayout L = repack_layout(q8, nb);
   const bool vec = vnni_kernel();
-  // Each task: a few groups, all M rows 4 at a time against each group (the group's weights stay
-  // in L2 while the quantised X rows stream past).
+#if defined(__x86_64__)
+  const int64_t tr = M <= g_tile_rows.load(std::memory_order_relaxed) ? M : 4;
+#endif
+  // Each task: a few groups, all M rows against each group, in one tile (M <= g_tile_rows) or 4
+  // at a time (the group's weights stay in L2 while the quantised X rows stream past).
   auto body = [&](int64_t g0, int64_t g1) {
 #if defined(__x86_64__)
     if (vec) {
@@ -1144,8 +1166,8 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
         const float* bg = bias ? bias + g * kGroup : nullptr;
         // the task's first tile on each super-group of several groups prefetches its records
         const uint8_t* pf = L.sg > 1 && (g == g0 || g % L.sg == 0) ? L.scales(G, g / L.sg * L.sg) : nullptr;
-        for (int64_t m0 = 0; m0 < M; m0 += 4) {
-          const int mr = int(std::min<int64_t>(4, M - m0));
+        for (int64_t m0 = 0; m0 < M; m0 += tr) {
+          const int mr = int(std::min<int64_t>(tr, M - m0));
           if (m0 > 0) pf = nullptr;
           if (q8)
             tile_rows<true>(q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);

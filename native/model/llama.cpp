@@ -662,7 +662,25 @@ int32_t LlamaContext::alloc_block() {
   return b;
 }
 
+namespace {
+// On at start; set_fork_in_place(false): every fork copies (test_scheduler's reference,
+// score_forks_ab's AB_SWITCH=fork_in_place).
+std::atomic<bool> g_fork_in_place{true};
+std::atomic<uint64_t> g_fork_in_place_writes{0};
+}  // namespace
+void set_fork_in_place(bool on) { g_fork_in_place.store(on, std::memory_order_relaxed); }
+bool fork_in_place() { return g_fork_in_place.load(std::memory_order_relaxed); }
+uint64_t fork_in_place_writes() { return g_fork_in_place_writes.load(std::memory_order_relaxed); }
+
 void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
+  // A fork's partial block held by nobody but the fork and its own sequence (refs == 2): written
+  // in place, as the sequence's own segment would be: the rows it writes lie past the sequence's
+  // last position (pos0 is its n_past), which nothing reads, and the sequence takes no other
+  // segment in a pass with forks. So of a prompt's forks only the first ones copy that block
+  // (the LLaVA sample's 3 forks: 2 copies of 52 x 4096 x 2 x 32 floats instead of 3).
+  auto fork_in_place = [&](const Segment& sg, int32_t b, int64_t refs) {
+    return g_fork_in_place.load(std::memory_order_relaxed) && sg.fork >= 0 && refs == 2 && seqs_[size_t(sg.seq)].blocks[size_t(sg.pos0 / kv_bs_)] == b;
+  };
   // Count first, so a step that cannot fit changes nothing.
   int64_t need = 0;
   std::vector<int32_t> copied;  // shared blocks already counted for a copy in this step
@@ -672,7 +690,8 @@ void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
     need += std::max<int64_t>(0, kv_blocks_for(segs[i].pos0 + segs[i].n) - have);
     if (segs[i].pos0 % kv_bs_ != 0) {  // copy-on-write while others still hold it (the last writer keeps it)
       const int32_t b = q.blocks[size_t(segs[i].pos0 / kv_bs_)];
-      if (block_refs_[size_t(b)] - std::count(copied.begin(), copied.end(), b) > 1) {
+      const int64_t refs = block_refs_[size_t(b)] - std::count(copied.begin(), copied.end(), b);
+      if (refs > 1 && !fork_in_place(segs[i], b, refs)) {
         ++need;
         copied.push_back(b);
       }
@@ -689,7 +708,9 @@ void LlamaContext::reserve_blocks(const Segment* segs, int n_segs) {
     const int64_t pos0 = segs[i].pos0;
     if (pos0 % kv_bs_ != 0) {
       int32_t& b = q.blocks[size_t(pos0 / kv_bs_)];
-      if (block_refs_[size_t(b)] > 1) {  // shared partial block: copy the filled rows, then write the copy
+      if (block_refs_[size_t(b)] > 1 && fork_in_place(segs[i], b, block_refs_[size_t(b)])) {
+        g_fork_in_place_writes.fetch_add(1, std::memory_order_relaxed);
+      } else if (block_refs_[size_t(b)] > 1) {  // shared partial block: copy the filled rows, then write the copy
         const int32_t nb = alloc_block();
         const size_t bytes = size_t((pos0 % kv_bs_) * kvd_) * kv_esz_;
         for (int64_t l = 0; l < L; ++l) {

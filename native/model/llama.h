@@ -489,6 +489,14 @@ bool norm_prefetch();
 // Backend::prefetch calls the norm prefetch issued: for tests that the paths run.
 uint64_t kv_direct_passes();
 uint64_t norm_prefetch_calls();
+// Forks written in place (set_fork_in_place(false): every fork copies): a fork segment whose
+// sequence's partially filled last block is held by nobody but that sequence and the fork writes
+// its rows there instead of into a copy (LlamaContext::reserve_blocks says why that is safe):
+// one block copy less per scoring pass. Same bits. fork_in_place_writes(): the blocks so written
+// (every context in this process), for tests that the path runs.
+void set_fork_in_place(bool on);
+bool fork_in_place();
+uint64_t fork_in_place_writes();
 
 // The token embedding table's pages mapped when a model is loaded (set_embd_populate(false): off,
 // for the test; read at load): on host memory an untied table stays in the weight file's

@@ -1391,7 +1391,8 @@ TEST(gemv_owned_ranges_bit_equal_guided) {
 // gemm_repacked (any M, row strides): every row is bit-identical to gemv_repacked of that row
 // (same integer block sums, same f32 accumulation order), so a row gives the same logits in a
 // batch as alone; gemv_repacked itself is checked against the references above. M of 2..9 covers
-// the 4-row tiles and every remainder; every ISA level, with and without VNNI and pool.
+// the one-tile rows (M <= 6: the scoring passes' M = 5), the 4-row tiles and every remainder;
+// every ISA level, with and without VNNI and pool.
 TEST(gemm_repacked_rows_equal_gemv_repacked) {
   ThreadPool pool(2);
   uint32_t seed = 7100;
@@ -1401,7 +1402,7 @@ TEST(gemm_repacked_rows_equal_gemv_repacked) {
         Weights w = make_weights(t, N, K, seed);
         std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
         quant_repack(w.bytes.data(), t, N, K, packed.data(), &pool);
-        for (int64_t M : {2, 3, 4, 5, 9}) {
+        for (int64_t M : {2, 3, 4, 5, 6, 7, 9}) {
           const int64_t ldx = K + 32, ldy = N + 3;
           Problem p = make_problem(M, N, K, 0, 0, seed + 1);
           std::vector<float> X(size_t(M * ldx), 1e30f);

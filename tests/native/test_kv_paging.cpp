@@ -551,7 +551,20 @@ TEST(kv_paging_fork_segments_equal_copied_prefixes_and_leave_the_sequence) {
     std::vector<LlamaBatchSegment> fsegs;
     for (const auto& o : opts) fsegs.push_back(LlamaBatchSegment{0, o.data(), int64_t(o.size()), true, nullptr, nullptr, true});
     std::vector<float> got(size_t(LlamaContext::batch_output_rows(fsegs.data(), int64_t(fsegs.size())) * V));
+    const uint64_t in_place0 = fork_in_place_writes();
     EXPECT(ctx.eval_batch(fsegs.data(), int64_t(fsegs.size()), got.data()));
+    // the last fork writes the partial block in place (set_fork_in_place), the others copy it
+    EXPECT(fork_in_place_writes() - in_place0 == (n_prefix % 16 != 0 ? 1u : 0u));
+    {  // every fork copying: the same bits, the same blocks afterwards
+      set_fork_in_place(false);
+      std::vector<float> copied(got.size());
+      const uint64_t w0 = fork_in_place_writes();
+      EXPECT(ctx.eval_batch(fsegs.data(), int64_t(fsegs.size()), copied.data()));
+      set_fork_in_place(true);
+      EXPECT(fork_in_place_writes() == w0);
+      EXPECT(copied == got);
+      EXPECT(ctx.kv_blocks_free() == free_before);
+    }
     EXPECT(ctx.seq_n_past(0) == n_prefix);
     EXPECT(ctx.seq_tokens(0) == prefix);
     EXPECT(ctx.seq_blocks(0) == blocks_before);
@@ -606,4 +619,44 @@ TEST(kv_paging_fork_segments_equal_copied_prefixes_and_leave_the_sequence) {
     bool same = false;
     if (after && fl) EXPECT(max_diff(after, fl, V, &same) <= 1e-5f && same);
   }
+}
+
+// A fork writes its sequence's partial last block in place only when nobody else holds it: here
+// sequence 0 holds 24 positions and sequence 1 shares its first 21 (the block of positions 16-31
+// shared, rows 5-7 sequence 0's own). A fork of sequence 1 must copy that block: sequence 0's
+// next token then equals a fresh context's bit for bit (written in place, the fork's keys would
+// replace rows 5-7 of sequence 0), and the fork's rows equal those of sequence 1 evaluated itself.
+TEST(kv_paging_fork_in_place_only_when_the_block_is_its_own) {
+  if (stories_gguf().empty()) return;
+  const int64_t V = stories_model()->hparams().n_vocab;
+  const std::vector<int32_t> text = story(40);
+  LlamaContext ctx(stories_model(), paged(128, 2, 16));
+  EXPECT(ctx.seq_eval(0, text.data(), 24) != nullptr);
+  ctx.seq_copy_prefix(0, 1, 21);
+  const std::vector<int32_t> opt = {42, 7, 300};
+  const uint64_t w0 = fork_in_place_writes();
+  LlamaBatchSegment f{1, opt.data(), int64_t(opt.size()), true, nullptr, nullptr, true};
+  std::vector<float> got(opt.size() * size_t(V));
+  EXPECT(ctx.eval_batch(&f, 1, got.data()));
+  EXPECT(fork_in_place_writes() == w0);  // three holders (sequences 0, 1, the fork): copied
+  const float* after = ctx.seq_eval(0, &text[24], 1);
+  LlamaContext fresh(stories_model(), paged(128, 1, 16));
+  const float* fl = fresh.seq_eval(0, text.data(), 25);
+  EXPECT(after != nullptr && fl != nullptr);
+  bool same = false;
+  if (after && fl) EXPECT(max_diff(after, fl, V, &same) <= 1e-5f && same);
+  // sequence 0's token 24 copied the shared block on write: sequence 1 now holds its own, and a
+  // fork of it writes there in place; both forks give the rows of sequence 1 itself evaluating
+  // the option (the same passes on another context)
+  std::vector<float> again(got.size());
+  EXPECT(ctx.eval_batch(&f, 1, again.data()));
+  EXPECT(fork_in_place_writes() == w0 + 1);
+  EXPECT(ctx.seq_n_past(1) == 21);
+  LlamaContext ref(stories_model(), paged(128, 2, 16));
+  std::vector<float> rows(got.size());
+  EXPECT(ref.seq_eval(0, text.data(), 24) != nullptr);
+  ref.seq_copy_prefix(0, 1, 21);
+  EXPECT(ref.seq_eval(1, opt.data(), int64_t(opt.size()), rows.data()) != nullptr);
+  EXPECT(rows == got);
+  EXPECT(again == got);
 }
