@@ -1,7 +1,11 @@
 #include "arena.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "error.h"
 
@@ -16,6 +20,23 @@ void* aligned_alloc_bytes(size_t bytes, size_t align) {
 }
 
 void aligned_free(void* p) { std::free(p); }
+
+void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHugePage2M - 1) & ~(kHugePage2M - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHugePage2M - 1);
+  if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+void* aligned_alloc_huge(size_t bytes) {
+  void* p = aligned_alloc_bytes(bytes, kHugePage2M);
+  advise_huge_pages(p, bytes);
+  return p;
+}
 
 Arena::~Arena() {
   for (auto& b : blocks_) aligned_free(b.data);

@@ -170,8 +170,10 @@ uint64_t pool_late_delays();
 
 // Slow-thread injection, for tests and benchmarks of two vCPUs that run at unequal speed (the VM):
 // pool worker `worker` (-1: the last one) busy-waits `pct` percent of the time each of its chunks
-// took, after the chunk and before it claims the next (at pool_late_point) or leaves the job (run()
-// indices and claiming helpers alike), so it does pct% more wall per unit of work than the others.
+// took, after the chunk: at pool_late_point, which the claiming helpers reach just after their next
+// claim (so the slowed worker holds that claim while it waits: a guided claim is sized a little
+// earlier than a uniformly slower thread would size it), or as it leaves the job (run() indices and
+// claiming helpers alike). It does pct% more wall per unit of work than the others.
 // Process-wide; pct = 0 turns it off. Tests and A/B tools only (no environment variable).
 void pool_set_slow_worker(int pct, int worker = -1);
 // Chunk ends the slow worker has waited after so far in this process (tests: the hook is reached).

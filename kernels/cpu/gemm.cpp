@@ -22,9 +22,6 @@
 #include <cstring>
 #include <string>
 #include <vector>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "../../base/arena.h"
 #include "../../base/env_switch.h"
@@ -82,7 +79,7 @@ constexpr int kScratchSlots = 4;
 // thread's first vision encode: the bf16 X panels of K = 4096, 4.7 MiB, and of K = 1024, 1.2 MiB)
 // faults a few huge pages instead of ~1500 4 KiB pages (~12 us each in this project's Zen 5 VM).
 void* scratch(int slot, size_t bytes) {
-  constexpr size_t kHuge = size_t(2) << 20;
+  constexpr size_t kHuge = kHugePage2M;
   thread_local ScratchBuf bufs[kScratchSlots];
   ScratchBuf& b = bufs[slot];
   if (bytes > b.cap) {
@@ -90,10 +87,7 @@ void* scratch(int slot, size_t bytes) {
     b.p.reset();
     if (cap >= kHuge / 2) {
       cap = (cap + kHuge - 1) / kHuge * kHuge;
-      b.p = AlignedPtr<uint8_t>(static_cast<uint8_t*>(aligned_alloc_bytes(cap, kHuge)));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-      (void)madvise(b.p.get(), cap, MADV_HUGEPAGE);
-#endif
+      b.p = AlignedPtr<uint8_t>(static_cast<uint8_t*>(aligned_alloc_huge(cap)));
     } else {
       cap = (cap + 4095) & ~size_t(4095);
       b.p = make_aligned<uint8_t>(cap);

@@ -195,10 +195,11 @@ void set_repacked_kgroup(int panels);
 // Same bits. For tests and q8_panels_ab; process-wide.
 void set_repacked_x_prefetch(bool on);
 bool repacked_x_prefetch();
-// That kernel's split of its weight panels over the pool: guided claims (default on: 1/8 of what
-// is left, at most npn / (4 * threads) panels, down to one, so threads of unequal speed end within
-// about a panel) or equal chunks of npn / (4 * threads) (off). Same bits. For tests and A/B tools;
-// process-wide.
+// That kernel's split of its weight panels over the pool: guided claims (default on: 1 / (4 *
+// threads) of what is left, at most npn / (4 * threads) panels, down to one panel, or one group of
+// set_repacked_kgroup panels when k-sliced with >= 4 such groups a thread, so threads of unequal
+// speed end within about a panel) or equal chunks of npn / (4 * threads) (off). Same bits. For
+// tests and A/B tools; process-wide.
 void set_repacked_guided(bool on);
 bool repacked_guided();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read

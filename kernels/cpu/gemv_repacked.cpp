@@ -976,9 +976,10 @@ std::atomic<bool> x_prefetch_on{true};
 // npn / (4 * threads) panels (a 7B GEMM job's ~8 chunks of 2-6 ms each at 2 threads) end together
 // only when the threads run at the same speed; when one runs 10-30% slower (the VM's vCPUs), the
 // other finds nothing left while the slow one is inside its last chunk, and waits up to a whole
-// chunk per job. Guided claims start at that chunk and take 1/8 of what is left, down to one
-// panel (k-sliced: one group of kg panels), so the threads end within about one panel (1/128 to
-// 1/688 of a 7B job; the k-sliced down projection: 8 of 128, half the old chunk) of each other.
+// chunk per job. Guided claims start at that chunk and take 1 / (4 * threads) of what is left
+// (1/8 at 2 threads), down to one panel (k-sliced with enough panels: one group of kg panels), so
+// the threads end within about one panel (1/128 to 1/688 of a 7B job; the k-sliced down
+// projection: 8 of 128, half the old chunk) of each other.
 // Each panel's sums are computed by one thread in one order whatever the cut: same bits.
 std::atomic<bool> g_guided{true};
 
@@ -1057,9 +1058,12 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
     const bool parallel = mcur * rows * K >= kParallelMinMacs;
     const int64_t chunk = std::max<int64_t>(1, npn / (4 * nth));
     // k-sliced: claims in whole groups of kg panels, so that no group is cut short by a claim's end
-    // (each X slice is read once per group); unsliced: one panel
+    // (each X slice is read once per group), where there are panels for 4 claims a thread of a
+    // group each; otherwise (and unsliced) one panel: with fewer panels, group claims would leave
+    // threads idle (at npn <= kg parallel_guided runs it all on the calling thread)
+    const int64_t claim_step = kc > 0 && npn >= 4 * int64_t(nth) * kg ? kg : 1;
     if (parallel && g_guided.load(std::memory_order_relaxed))
-      parallel_guided(pool, npn, kc > 0 ? kg : 1, chunk, body);
+      parallel_guided(pool, npn, claim_step, chunk, body);
     else
       parallel_chunks(pool, parallel, npn, chunk, body);
   }

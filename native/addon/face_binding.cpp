@@ -45,7 +45,7 @@ std::vector<uint8_t> arg_u8(const Napi::CallbackInfo& info, size_t i, const char
   auto ta = info[i].As<Napi::TypedArray>();
   if (ta.TypedArrayType() != napi_uint8_array && ta.TypedArrayType() != napi_uint8_clamped_array)
     throw_invalid(info.Env(), std::string(what) + " must be a Uint8Array");
-  const uint8_t* p = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  const uint8_t* p = typed_array_data(ta);
   return std::vector<uint8_t>(p, p + ta.ByteLength());
 }
 
@@ -89,7 +89,7 @@ void arg_image_view(const Napi::CallbackInfo& info, ImageView* v) {
   if (int64_t(ta.ByteLength()) != v->w * v->h * 3)
     throw_invalid(info.Env(), "rgb has " + std::to_string(ta.ByteLength()) + " bytes, expected width*height*3 = " +
                                   std::to_string(v->w * v->h * 3));
-  v->data = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  v->data = typed_array_data(ta);
   v->keep = Napi::Persistent(info[0].As<Napi::Object>());
 }
 

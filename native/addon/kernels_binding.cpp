@@ -34,7 +34,7 @@ DType arg_dtype(const Napi::CallbackInfo& info, size_t i) {
 std::vector<uint8_t> arg_bytes(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (info.Length() > i && info[i].IsTypedArray()) {
     auto ta = info[i].As<Napi::TypedArray>();
-    const uint8_t* p = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    const uint8_t* p = typed_array_data(ta);
     return std::vector<uint8_t>(p, p + ta.ByteLength());
   }
   if (info.Length() > i && info[i].IsArrayBuffer()) {
@@ -147,7 +147,7 @@ class GemmWorker final : public PromiseWorker {
     st.finish();
   }
   Napi::Value Resolve(Napi::Env env) override { return y_.ref.Value(); }
-  void Finish(Napi::Env env) override { y_.settle(env, js_error_, "gemm"); }
+  void Finish(Napi::Env env) override { y_.settle(env, js_error_, "gemm", run_failed()); }
 
  private:
   std::vector<float> x_;
@@ -225,7 +225,7 @@ class BackendOpWorker final : public PromiseWorker {
     st.finish();
   }
   Napi::Value Resolve(Napi::Env env) override { return out_.ref.Value(); }
-  void Finish(Napi::Env env) override { out_.settle(env, js_error_, what_); }
+  void Finish(Napi::Env env) override { out_.settle(env, js_error_, what_, run_failed()); }
 
  private:
   const char* what_;

@@ -55,7 +55,7 @@ class EncodeWorker final : public ModelWorker {
     return a;
   }
   void Finish(Napi::Env env) override {
-    js_out_.settle(env, js_error_, "encodeImages");
+    js_out_.settle(env, js_error_, "encodeImages", run_failed());
     llava_.reset();
     emollm_.reset();
     h_->inflight--;

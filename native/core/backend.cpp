@@ -158,11 +158,7 @@ size_t half_copy_min_bytes() { return small_half_copies_flag().load(std::memory_
 void* alloc_packed(size_t bytes) {
   constexpr size_t kHuge = kHugePageBytes;
   if (bytes < kHuge) return aligned_alloc_bytes(bytes);
-  void* p = aligned_alloc_bytes(bytes, kHuge);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  (void)madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
-#endif
-  return p;
+  return aligned_alloc_huge(bytes);
 }
 
 // Faults in [lo, hi) writable, contents unchanged: a locked add of 0 to one byte per 4 KiB (one

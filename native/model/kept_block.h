@@ -7,9 +7,6 @@
 
 #include <atomic>
 #include <cstddef>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "base/arena.h"
 #include "core/backend.h"
@@ -19,7 +16,7 @@ namespace emollm {
 class KeptBlock {
  public:
   // The block grows in 2 MiB steps, aligned to them, so transparent huge pages can back it.
-  static constexpr size_t kHugePage = size_t(2) << 20;
+  static constexpr size_t kHugePage = kHugePage2M;
 
   // A call's hold on the block; destroying it (however the call ends) frees the block for the next.
   class Claim {
@@ -61,10 +58,7 @@ class KeptBlock {
       data_ = nullptr;
       bytes_ = 0;
       const size_t n = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-      data_ = aligned_alloc_bytes(n, kHugePage);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-      (void)madvise(data_, n, MADV_HUGEPAGE);
-#endif
+      data_ = aligned_alloc_huge(n);
       bytes_ = n;
       be.prefault(data_, n);
     }

@@ -906,7 +906,8 @@ bool LlamaContext::eval_batch(const LlamaBatchSegment* segs, int64_t n_segs, flo
   }
   EMOLLM_CHECK_ARG(rows <= n_batch_, "eval_batch: " + std::to_string(rows) + " rows exceed n_batch " + std::to_string(n_batch_));
   // Each fork: its sequence's cached positions shared by reference (reserve_blocks copies the
-  // partially filled last block before the fork writes into it); all released after the pass.
+  // partially filled last block before the fork writes into it, or lets the last fork write it in
+  // place when only the sequence and that fork hold it); all released after the pass.
   if (forks_.size() < size_t(n_forks)) forks_.resize(size_t(n_forks));
   struct ForkRelease {
     LlamaContext& c;

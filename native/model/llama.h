@@ -217,8 +217,10 @@ struct LlamaBatchRow {
 // they attend to its cache and to each other only, and the sequence (tokens, blocks, logits) is
 // unchanged afterwards. Several fork segments of one sequence (e.g. the options scored after one
 // prompt) run side by side in one pass, each on a private copy of the sequence's block table (the
-// blocks shared by reference, its partially filled last block copied): what a pass per option
-// with a truncate after it computes, in one pass. A sequence with fork segments takes no other
+// blocks shared by reference; its partially filled last block copied, except by the last fork to
+// write it when no other sequence holds it: that one writes its rows past the sequence's end in
+// place, rows nothing reads; set_fork_in_place): what a pass per option with a truncate after it
+// computes, in one pass. A sequence with fork segments takes no other
 // segment in that pass.
 struct LlamaBatchSegment {
   int seq = 0;
@@ -347,7 +349,8 @@ class LlamaContext {
   // sharing one partial block write in the same pass (the last writer keeps it).
   int64_t kv_blocks_needed(int seq, int64_t n) const;
   // Free blocks a fork segment (LlamaBatchSegment::fork) of n positions after sequence `seq`
-  // takes: its new blocks, plus a copy of the sequence's partially filled last block.
+  // takes: its new blocks, plus a copy of the sequence's partially filled last block (an upper
+  // bound: the fork that writes that block in place takes no copy).
   int64_t kv_blocks_needed_fork(int seq, int64_t n) const;
   // Sequence `seq`'s block table and the reference count of a block (tests, stats).
   const std::vector<int32_t>& seq_blocks(int seq) const { return seq_at(seq).blocks; }

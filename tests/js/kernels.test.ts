@@ -258,9 +258,38 @@ describe('gemm through the addon', () => {
     refused(() => dequantize(quantize(sq, 'f32'), 'f32', sq.length, { out: new Float32Array(3) }), /dequantize: out has 3 floats, expected n = 64$/);
     const raw = quantize(sq, 'f32');
     refused(() => dequantize(raw, 'f32', sq.length, { out: new Float32Array(raw.buffer, raw.byteOffset, sq.length) }), /dequantize: out shares memory with bytes/);
-    // views of one buffer that do not overlap an input are fine
-    const y = await call(new Float32Array(m * n));
-    expect(y.every(Number.isFinite)).toBe(true);
+    // views of one buffer that do not overlap an input are fine: x and out side by side in `both`
+    const ref = await gemm({ x: xv, w, wtype: 'f32', m, n, k });
+    const outView = both.subarray(m * k, m * k + m * n);
+    const y = await gemm({ x: xv, w, wtype: 'f32', m, n, k, out: outView });
+    expect(y).toBe(outView);
+    expect(Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength))).toBe(true);
+  });
+
+  it('takes SharedArrayBuffer-backed out and input arrays (written in place, the same bits)', async () => {
+    const [m, n, k] = [4, 8, 32];
+    const x = randn(m * k, 81);
+    const w = randn(n * k, 82);
+    const ref = await gemm({ x, w, wtype: 'f32', m, n, k });
+    const bits = (a: Float32Array) => Buffer.from(a.buffer as ArrayBuffer, a.byteOffset, a.byteLength);
+    // out over a SharedArrayBuffer, inputs plain
+    const out = new Float32Array(new SharedArrayBuffer(m * n * 4));
+    const y = await gemm({ x, w, wtype: 'f32', m, n, k, out });
+    expect(y).toBe(out);
+    expect(bits(y).equals(bits(ref))).toBe(true);
+    // x over a SharedArrayBuffer too, out in another part of the same one, then overlapping it
+    const shared = new Float32Array(new SharedArrayBuffer((m * k + m * n) * 4));
+    shared.set(x);
+    const xs = shared.subarray(0, m * k);
+    const ys = shared.subarray(m * k);
+    expect(await gemm({ x: xs, w, wtype: 'f32', m, n, k, out: ys })).toBe(ys);
+    expect(bits(ys).equals(bits(ref))).toBe(true);
+    expect(() => gemm({ x: xs, w, wtype: 'f32', m, n, k, out: shared.subarray(m * k - 1, m * k - 1 + m * n) })).toThrow(/out shares memory with x/);
+    // dequantize into a SharedArrayBuffer-backed out
+    const raw = quantize(x, 'f32');
+    const dq = new Float32Array(new SharedArrayBuffer(x.length * 4));
+    expect(await dequantize(raw, 'f32', x.length, { out: dq })).toBe(dq);
+    expect(bits(dq).equals(bits(x))).toBe(true);
   });
 
   it('refuses an out that a call still running writes, frees it when that call settles, and rejects one detached meanwhile', async () => {

@@ -1756,9 +1756,11 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
 }
 
 // gemm_repacked's X-panel kernel with its weight panels shared out by guided claims (the default,
-// set_repacked_guided: 1/8 of what is left, down to one panel) and by equal chunks (off): every row
-// bit-identical to gemv_repacked of that row either way, unsliced (K = 4096, set_repacked_kslice(0)
-// too) and k-sliced (K = 11008, M across the X chunks: 613 rows), with panels enough for the claims to
+// set_repacked_guided: 1 / (4 * threads) of what is left, down to one panel) and by equal chunks
+// (off): every row bit-identical to gemv_repacked of that row either way, unsliced (K = 4096,
+// set_repacked_kslice(0) too) and k-sliced (K = 11008, M across the X chunks: 613 rows, 7 panels:
+// claims of one panel; K = 8192 with groups of 3 panels: 33 panels, claims of whole groups at 2
+// threads and of one panel at 3, the last group cut short), with panels enough for the claims to
 // shrink to one (N = 1040: 33 panels; 1057 with gemm_repacked_multi's 17-row output), 0-3 threads,
 // undisturbed, with the last worker 25% slower (pool_set_slow_worker) and with it holding its first
 // claim 700 us (pool_set_late_worker): the split moves, the bits do not. A claim that skips a panel
@@ -1779,8 +1781,9 @@ TEST(gemm_repacked_guided_same_bits) {
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t M, N, K;
+    int kgroup;  // set_repacked_kgroup (-1: the default)
   };
-  const Shape shapes[] = {{130, 1040, 4096}, {613, 200, 11008}, {47, 520, 1120}};
+  const Shape shapes[] = {{130, 1040, 4096, -1}, {613, 200, 11008, -1}, {47, 520, 1120, -1}, {70, 1040, 8192, 3}};
   enum class Disturb { None, Slow, Late };
   uint32_t seed = 8100;
   int64_t compared = 0;
@@ -1794,6 +1797,7 @@ TEST(gemm_repacked_guided_same_bits) {
             for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
               gemm_detail::set_repacked_guided(guided);
               gemm_detail::set_repacked_kslice(kc);
+              gemm_detail::set_repacked_kgroup(sh.kgroup);
               pool_set_slow_worker(d == Disturb::Slow ? 25 : 0);
               pool_set_late_worker(d == Disturb::Late ? 700 : 0);
               const std::string what = "guided=" + std::to_string(int(guided)) + " kslice=" + std::to_string(kc) +
@@ -1804,7 +1808,7 @@ TEST(gemm_repacked_guided_same_bits) {
               if (!ok) return;
             }
     }
-  EXPECT(compared == int64_t(2 * 2 * 2 * 3 * 3 * (130 * 1040 + 613 * 200 + 47 * 520)));
+  EXPECT(compared == int64_t(2 * 2 * 2 * 3 * 3 * (130 * 1040 + 613 * 200 + 47 * 520 + 70 * 1040)));
 }
 
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
