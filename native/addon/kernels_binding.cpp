@@ -114,15 +114,6 @@ std::shared_ptr<Backend> opt_backend(const Napi::CallbackInfo& info, size_t i) {
   }
 }
 
-// The result array of a kernel worker, set on the JavaScript thread in its constructor: the caller's
-// `out` (checked and claimed by caller_out; the claim moves in) or a fresh array. A failed
-// allocation throws out of the constructor, so no worker is left unqueued, and a claim not yet
-// moved in is released by its owner's destructor.
-void set_result(Napi::Env env, JsResultArray& r, size_t count, Napi::Float32Array out, OutClaim& claim) {
-  if (out.IsEmpty()) r.create(env, count);
-  else r.adopt_caller(out, std::move(claim));
-}
-
 class GemmWorker final : public PromiseWorker {
  public:
   GemmWorker(Napi::Env env, std::vector<float> x, std::vector<uint8_t> w, DType wtype, std::vector<float> bias,
@@ -131,7 +122,7 @@ class GemmWorker final : public PromiseWorker {
         be_(std::move(be)) {
     // Y, written by the worker in place (no vector filled, then copied into a fresh array on the
     // event loop)
-    set_result(env, y_, size_t(M_ * N_), out, claim);
+    y_.set(env, size_t(M_ * N_), out, claim);
   }
 
  protected:
@@ -206,8 +197,8 @@ void check_len(Napi::Env env, size_t got, int64_t want, const char* what) {
     throw_invalid(env, std::string(what) + " has " + std::to_string(got) + " elements, expected " + std::to_string(want));
 }
 
-// A backend op over staged host arrays, on a worker thread. Its result array (set_result: the
-// caller's `out` or one made here, on the JavaScript thread) is written by the op in place
+// A backend op over staged host arrays, on a worker thread. Its result array (JsResultArray::set:
+// the caller's `out` or one made here, on the JavaScript thread) is written by the op in place
 // (Staging::out).
 class BackendOpWorker final : public PromiseWorker {
  public:
@@ -215,7 +206,7 @@ class BackendOpWorker final : public PromiseWorker {
   BackendOpWorker(Napi::Env env, const char* what, std::shared_ptr<Backend> be, size_t out_elems, Napi::Float32Array out,
                   OutClaim& claim, Op op)
       : PromiseWorker(env), what_(what), be_(std::move(be)), op_(std::move(op)) {
-    set_result(env, out_, out_elems, out, claim);
+    out_.set(env, out_elems, out, claim);
   }
 
  protected:

@@ -157,16 +157,6 @@ inline void check_fixed_float32_array(Napi::Env env, const Napi::Value& v, const
     throw_invalid(env, what + " must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
 }
 
-// A fresh result's whole 2 MiB pages asked to be transparent huge pages (MADV_HUGEPAGE: only the
-// paging policy of memory that nothing has touched yet; the allocator's mapping keeps its owner).
-// A large ArrayBuffer is a fresh mapping (glibc mmaps blocks above its threshold), untouched until
-// the worker writes it: page by page that is one first-touch fault per 4 KiB inside the timed
-// work (2304 for a LLaVA-1.5 image's 9 MiB; ~12 us each in this project's Zen 5 VM), on huge
-// pages one per 2 MiB. Memory the allocator reuses is already backed: the advice changes nothing.
-// Quiet A/B (session 24, a LLaVA-1.5 encode at 2 threads, fresh results alternated in one
-// process): minor faults 3788 -> 374 by median, system time 36 -> 3 ms, wall best 0.598 -> 0.573 s.
-inline void advise_huge_result(void* p, size_t bytes) { advise_huge_pages(p, bytes); }
-
 // A result array of `count` floats. Made on the JavaScript thread before the worker that writes it
 // exists: a worker made first, then abandoned when the allocation throws, would never be queued
 // (its handle counted in flight, its promise pending, forever). Larger than the machine's memory
@@ -185,7 +175,15 @@ inline Napi::Float32Array new_result_array(Napi::Env env, size_t count) {
   } catch (const Napi::Error&) {
     throw make_js_error(env, "ERR_OUT_OF_MEMORY", "cannot allocate a result of " + std::to_string(count) + " floats");
   }
-  advise_huge_result(a.Data(), count * sizeof(float));
+  // Its whole 2 MiB pages asked to be transparent huge pages (advise_huge_pages: only the paging
+  // policy of memory nothing has touched yet; the allocator's mapping keeps its owner). A large
+  // ArrayBuffer is a fresh mapping (glibc mmaps blocks above its threshold), untouched until the
+  // worker writes it: page by page that is one first-touch fault per 4 KiB inside the timed work
+  // (2304 for a LLaVA-1.5 image's 9 MiB; ~12 us each in this project's Zen 5 VM), on huge pages
+  // one per 2 MiB. Memory the allocator reuses is already backed: the advice changes nothing.
+  // Quiet A/B (session 24, a LLaVA-1.5 encode at 2 threads, fresh results alternated in one
+  // process): minor faults 3788 -> 374 by median, system time 36 -> 3 ms, wall best 0.598 -> 0.573 s.
+  advise_huge_pages(a.Data(), count * sizeof(float));
   return a;
 }
 
@@ -331,6 +329,14 @@ struct JsResultArray {
     claim = std::move(c);
     adopt(a);
     caller = true;
+  }
+  // The caller's `out` when caller_out returned one (its claim moved in), else a fresh array of
+  // `count` floats. JavaScript thread, before the worker runs: a failed allocation throws out of
+  // the worker's constructor (no worker left unqueued), and a claim not yet moved in is released by
+  // its owner's destructor.
+  void set(Napi::Env env, size_t count, Napi::Float32Array out, OutClaim& c) {
+    if (out.IsEmpty()) create(env, count);
+    else adopt_caller(out, std::move(c));
   }
   // JavaScript thread, once the worker is done: whether the caller detached (transferred) the
   // array while the worker wrote into it.

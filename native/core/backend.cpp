@@ -118,7 +118,7 @@ void release_pages(const void* p, size_t bytes) {
 // transparent huge pages (MADV_HUGEPAGE; the tail stays in small pages, so nothing is wasted):
 // filling hundreds of MiB page by page costs a fault per 4 KiB (seconds at load in a VM), and
 // the decode GEMV streams it with fewer TLB misses.
-constexpr size_t kHugePageBytes = size_t(2) << 20;
+constexpr size_t kHugePageBytes = kHugePage2M;
 // backend.h set_bf16_decoder_panels: off unless EMOLLM_BF16_DECODER_PANELS is "1" or "on".
 EnvSwitch& decoder_panels_flag() {
   static EnvSwitch on("EMOLLM_BF16_DECODER_PANELS", EnvDefault::Off);
