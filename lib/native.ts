@@ -50,6 +50,17 @@ export interface NativeBinding {
   ): Promise<Float32Array>;
   quantize(x: Float32Array, dtype: string): Uint8Array;
   dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: string, n: number, options?: { out?: Float32Array }): Float32Array;
+  /**
+   * Test hooks (native/addon/testing_binding.cpp), for tests and A/B tools only. An addon-owned
+   * external ArrayBuffer of `bytes` (byte i = i * 7 mod 256) and how many of them were freed; the
+   * environment's next call to encodeImages / gemm / attention / mvpProjection fails as if its worker's
+   * allocation had (ERR_OUT_OF_MEMORY); fresh results written whole by the worker zeroed first
+   * (today's arrays) while on.
+   */
+  testExternalArrayBuffer(bytes: number): ArrayBuffer;
+  testExternalFinalized(): number;
+  testFailNextWorker(): void;
+  testZeroWrittenResults(on: boolean): void;
   inspectSafetensors(path: string): Promise<unknown>;
   inspectGguf(path: string): Promise<unknown>;
   readConfig(path: string): Promise<unknown>;

@@ -28,6 +28,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_model(env, exports);
   register_face(env, exports);
   register_train(env, exports);
+  register_testing(env, exports);
   return exports;
 }
 

@@ -8,4 +8,5 @@ void register_kernels(Napi::Env env, Napi::Object exports);  // kernels_binding.
 void register_model(Napi::Env env, Napi::Object exports);    // model_binding.cpp
 void register_face(Napi::Env env, Napi::Object exports);     // face_binding.cpp
 void register_train(Napi::Env env, Napi::Object exports);    // train_binding.cpp
+void register_testing(Napi::Env env, Napi::Object exports);  // testing_binding.cpp (test hooks)
 }  // namespace emollm::addon

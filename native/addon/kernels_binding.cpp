@@ -121,8 +121,8 @@ class GemmWorker final : public PromiseWorker {
       : PromiseWorker(env), x_(std::move(x)), w_(std::move(w)), bias_(std::move(bias)), wtype_(wtype), M_(M), N_(N), K_(K),
         be_(std::move(be)) {
     // Y, written by the worker in place (no vector filled, then copied into a fresh array on the
-    // event loop)
-    y_.set(env, size_t(M_ * N_), out, claim);
+    // event loop), every float of it (a fresh Y is not zeroed first)
+    y_.set(env, size_t(M_ * N_), out, claim, ResultFill::kWrittenWhole);
   }
 
  protected:
@@ -177,7 +177,8 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   const Napi::Float32Array out = caller_out(env, opt_object(info, 7, "options"), size_t(M * N), "gemm",
                                             {{"x", info[0]}, {"w", info[1]}, {"bias", info[3]}}, claim, "M * N");
   std::shared_ptr<Backend> be = opt_backend(info, 7);
-  auto* worker = new GemmWorker(env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K, std::move(be), out, claim);
+  auto* worker = new_worker<GemmWorker>(env, "gemm", env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K,
+                                        std::move(be), out, claim);
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;
@@ -199,14 +200,14 @@ void check_len(Napi::Env env, size_t got, int64_t want, const char* what) {
 
 // A backend op over staged host arrays, on a worker thread. Its result array (JsResultArray::set:
 // the caller's `out` or one made here, on the JavaScript thread) is written by the op in place
-// (Staging::out).
+// (Staging::out), every float of it (a fresh one is not zeroed first).
 class BackendOpWorker final : public PromiseWorker {
  public:
   using Op = std::function<void(Backend&, Staging&, float* out, size_t n)>;
   BackendOpWorker(Napi::Env env, const char* what, std::shared_ptr<Backend> be, size_t out_elems, Napi::Float32Array out,
                   OutClaim& claim, Op op)
       : PromiseWorker(env), what_(what), be_(std::move(be)), op_(std::move(op)) {
-    out_.set(env, out_elems, out, claim);
+    out_.set(env, out_elems, out, claim, ResultFill::kWrittenWhole);
   }
 
  protected:
@@ -264,11 +265,11 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   const Napi::Float32Array out = caller_out(env, opt_object(info, 4, "options"), size_t(p.n_q * p.ldo), "attention",
                                             {{"q", info[0]}, {"k", info[1]}, {"v", info[2]}}, claim, "nQ * nHeads * headDim");
   std::shared_ptr<Backend> be = backend_or_default(info, 4);
-  auto* worker = new BackendOpWorker(env, "attention", be, size_t(p.n_q * p.ldo), out, claim,
-                                     [q = std::move(q), k = std::move(k), v = std::move(v), p](
-                                         Backend& b, Staging& st, float* out, size_t n) {
-                                       b.attention(st.in(q), st.in(k), st.in(v), st.out(out, n), p);
-                                     });
+  auto* worker = new_worker<BackendOpWorker>(env, "attention", env, "attention", be, size_t(p.n_q * p.ldo), out, claim,
+                                             [q = std::move(q), k = std::move(k), v = std::move(v), p](
+                                                 Backend& b, Staging& st, float* out, size_t n) {
+                                               b.attention(st.in(q), st.in(k), st.in(v), st.out(out, n), p);
+                                             });
   Napi::Promise pr = worker->promise();
   worker->Queue();
   return pr;
@@ -311,8 +312,8 @@ Napi::Value MvpProjection(const Napi::CallbackInfo& info) {
                  {{"x", info[0]}, {"w1", info[1]}, {"b1", info[2]}, {"w2", info[3]}, {"b2", info[4]}, {"g", info[5]}}, claim,
                  "tokens * dOut");
   std::shared_ptr<Backend> be = backend_or_default(info, 8);
-  auto* worker = new BackendOpWorker(
-      env, "mvpProjection", be, size_t(p.tokens * p.d_out), out, claim,
+  auto* worker = new_worker<BackendOpWorker>(
+      env, "mvpProjection", env, "mvpProjection", be, size_t(p.tokens * p.d_out), out, claim,
       [x = std::move(x), w1 = std::move(w1), b1 = std::move(b1), w2 = std::move(w2), b2 = std::move(b2),
        g = std::move(g), wt, p](Backend& b, Staging& st, float* out, size_t n) {
         b.mvp_projection(st.in(x), st.in_bytes(w1.data(), w1.size()), b1.empty() ? nullptr : st.in(b1),
@@ -348,7 +349,7 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   if (bytes.size() != dtype_row_bytes(t, n)) throw_invalid(env, "byte length does not match n elements of " + std::string(dtype_name(t)));
   OutClaim claim;
   Napi::Float32Array out = caller_out(env, opt_object(info, 3, "options"), size_t(n), "dequantize", {{"bytes", info[0]}}, claim, "n");
-  if (out.IsEmpty()) out = new_result_array(env, size_t(n));
+  if (out.IsEmpty()) out = new_result_array(env, size_t(n), ResultFill::kWrittenWhole);
   dequantize_row(t, bytes.data(), out.Data(), n);  // written in place
   return out;
 }

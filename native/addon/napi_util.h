@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <mutex>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +25,12 @@ namespace emollm::addon {
 // thrown here are real EmollmError instances (instanceof works) with .code and .file.
 struct AddonData {
   Napi::FunctionReference error_class;
+  // Test hooks (testing_binding.cpp), per environment so that test files running in parallel
+  // worker threads do not see each other's: the next new_worker call fails as an allocation
+  // would; fresh results the worker writes whole are zeroed first anyway (today's V8 calloc'd
+  // arrays: the A/B of new_result_array's ResultFill).
+  bool fail_next_worker = false;
+  bool zero_written_results = false;
 };
 
 inline Napi::Error make_js_error(Napi::Env env, const std::string& code, const std::string& message,
@@ -157,21 +164,39 @@ inline void check_fixed_float32_array(Napi::Env env, const Napi::Value& v, const
     throw_invalid(env, what + " must be over a fixed-length buffer (not a resizable ArrayBuffer or a growable SharedArrayBuffer)");
 }
 
+// How a fresh result array's memory starts. kZeroed: zero-filled (V8's ArrayBuffer allocator:
+// calloc), for arrays a call may hand out with floats it did not write. kWrittenWhole: the
+// worker writes every float before the array is handed out (a call that fails rejects, and its
+// array is never seen), so the memory is not zeroed first (napi_create_buffer's allocation:
+// malloc). Still an ordinary V8-owned ArrayBuffer: transferable, detachable, cloned like any
+// other (tests/js/result_array_ownership.test.ts), unlike an addon-owned external buffer, which
+// Node marks untransferable. Why it matters: zeroing memory the allocator reuses (after a GC freed
+// an earlier result) touches every page on the JavaScript thread; memory it takes fresh from the
+// kernel is faulted either way, by the worker, on huge pages where advised.
+enum class ResultFill { kZeroed, kWrittenWhole };
+
 // A result array of `count` floats. Made on the JavaScript thread before the worker that writes it
 // exists: a worker made first, then abandoned when the allocation throws, would never be queued
 // (its handle counted in flight, its promise pending, forever). Larger than the machine's memory
 // or than V8 allows: ERR_OUT_OF_MEMORY. (V8 ends the process when an ArrayBuffer it agreed to
 // make cannot be allocated, so the size is checked against physical memory first.)
-inline Napi::Float32Array new_result_array(Napi::Env env, size_t count) {
+inline Napi::Float32Array new_result_array(Napi::Env env, size_t count, ResultFill fill = ResultFill::kZeroed) {
 #if defined(__unix__) || defined(__APPLE__)
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   if (pages > 0 && page > 0 && count > size_t(pages) / sizeof(float) * size_t(page))
     throw make_js_error(env, "ERR_OUT_OF_MEMORY",
                         "a result of " + std::to_string(count) + " floats is larger than this machine's memory");
 #endif
+  const AddonData* data = env.GetInstanceData<AddonData>();
+  if (data && data->zero_written_results) fill = ResultFill::kZeroed;
   Napi::Float32Array a;
   try {
-    a = Napi::Float32Array::New(env, count);
+    if (fill == ResultFill::kZeroed) {
+      a = Napi::Float32Array::New(env, count);
+    } else {
+      const Napi::Buffer<uint8_t> bytes = Napi::Buffer<uint8_t>::New(env, count * sizeof(float));
+      a = Napi::Float32Array::New(env, count, bytes.ArrayBuffer(), 0);
+    }
   } catch (const Napi::Error&) {
     throw make_js_error(env, "ERR_OUT_OF_MEMORY", "cannot allocate a result of " + std::to_string(count) + " floats");
   }
@@ -319,7 +344,7 @@ struct JsResultArray {
   size_t n = 0;  // floats
   bool caller = false;  // the caller's `out` (its range held in claim until settle())
   OutClaim claim;
-  void create(Napi::Env env, size_t count) { adopt(new_result_array(env, count)); }
+  void create(Napi::Env env, size_t count, ResultFill fill = ResultFill::kZeroed) { adopt(new_result_array(env, count, fill)); }
   void adopt(Napi::Float32Array a) {
     ref = Napi::Persistent(a);
     data = a.Data();
@@ -331,11 +356,11 @@ struct JsResultArray {
     caller = true;
   }
   // The caller's `out` when caller_out returned one (its claim moved in), else a fresh array of
-  // `count` floats. JavaScript thread, before the worker runs: a failed allocation throws out of
-  // the worker's constructor (no worker left unqueued), and a claim not yet moved in is released by
-  // its owner's destructor.
-  void set(Napi::Env env, size_t count, Napi::Float32Array out, OutClaim& c) {
-    if (out.IsEmpty()) create(env, count);
+  // `count` floats (`fill`: new_result_array). JavaScript thread, before the worker runs: a failed
+  // allocation throws out of the worker's constructor (no worker left unqueued), and a claim not
+  // yet moved in is released by its owner's destructor.
+  void set(Napi::Env env, size_t count, Napi::Float32Array out, OutClaim& c, ResultFill fill = ResultFill::kZeroed) {
+    if (out.IsEmpty()) create(env, count, fill);
     else adopt_caller(out, std::move(c));
   }
   // JavaScript thread, once the worker is done: whether the caller detached (transferred) the
@@ -410,5 +435,22 @@ class PromiseWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::exception_ptr error_;
 };
+
+// `new W(args...)`: a binding's worker, made on the JavaScript thread. Its allocation failing
+// (std::bad_alloc) is ERR_OUT_OF_MEMORY: node-addon-api turns only a Napi::Error into a
+// JavaScript exception, and any other C++ exception leaving a binding ends the process
+// (std::terminate). What the binding owns until the worker takes it (an OutClaim: its `out`)
+// is released by its destructor as the error unwinds. Test hook (testFailNextWorker,
+// testing_binding.cpp): the environment's next call fails here as that allocation would.
+template <class W, class... A>
+W* new_worker(Napi::Env env, const std::string& what, A&&... args) {
+  try {
+    AddonData* data = env.GetInstanceData<AddonData>();
+    if (data && std::exchange(data->fail_next_worker, false)) throw std::bad_alloc();
+    return new W(std::forward<A>(args)...);
+  } catch (const std::bad_alloc&) {
+    throw make_js_error(env, "ERR_OUT_OF_MEMORY", what + ": out of memory (its worker could not be allocated)");
+  }
+}
 
 }  // namespace emollm::addon

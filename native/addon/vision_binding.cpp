@@ -256,9 +256,9 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
   // is owned here until the worker takes it: if the worker's `new` throws, it is released.
   OutClaim claim;
   const Napi::Float32Array out = caller_out(env, opt_object(info, 3, "encodeImages: options"), n_out, "encodeImages", {}, claim, sizes);
-  Napi::Float32Array fresh;  // made before the worker (napi_util.h new_result_array)
-  if (out.IsEmpty()) fresh = new_result_array(env, n_out);
-  auto* w = new EncodeWorker(env, handle_, std::move(px), B);
+  Napi::Float32Array fresh;  // made before the worker (napi_util.h new_result_array); the tower writes every float
+  if (out.IsEmpty()) fresh = new_result_array(env, n_out, ResultFill::kWrittenWhole);
+  auto* w = new_worker<EncodeWorker>(env, "encodeImages", env, handle_, std::move(px), B);
   w->emollm_ = handle_->emollm;
   if (!out.IsEmpty()) w->write_into_caller_array(out, std::move(claim));
   else w->write_into_js_array(fresh);
@@ -297,7 +297,7 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
   for (const AnyresLayout& L : layouts) rows += L.n_tokens();
   Napi::Float32Array out = new_result_array(env, size_t(rows * lv->n_embd()));
   // constructed only once the arguments are valid: the worker counts as in flight from here
-  auto* w = new VisualEncodeWorker(env, handle_, {});
+  auto* w = new_worker<VisualEncodeWorker>(env, "encodeAnyres", env, handle_, std::vector<float>{});
   for (const AnyresLayout& L : layouts) w->counts.push_back(L.n_tokens());
   w->write_into_js_array(out);
   w->layouts = std::move(layouts);
@@ -333,7 +333,7 @@ Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr
     throw_invalid(env, "encodePatches: patches has " + std::to_string(px.size()) + " floats, the grids need " +
                            std::to_string(n) + " patches of " + std::to_string(qm->vision().patch_dim()));
   Napi::Float32Array out = new_result_array(env, size_t(qm->n_tokens(grids) * qm->n_embd()));
-  auto* w = new VisualEncodeWorker(env, handle_, std::move(px));
+  auto* w = new_worker<VisualEncodeWorker>(env, "encodePatches", env, handle_, std::move(px));
   for (const GridThw& gt : grids) w->counts.push_back(qm->n_tokens(gt));
   w->write_into_js_array(out);
   w->grids = std::move(grids);

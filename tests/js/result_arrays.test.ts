@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { f32, imageQuestion, maxAbsDiff, repoRoot, shared, sharedModel } from './helpers/vlm_fixtures.js';
-import { EmollmError, loadModel, type ChatMessage, type Model } from '../../lib/index.js';
+import { EmollmError, attention, gemm, loadModel, mvpProjection, type ChatMessage, type Model } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
 
 const { dir, have } = sharedModel('llava-tiny-hf', 'reference/pixel_values.f32', 'encodeImages out tests');
@@ -154,6 +154,33 @@ describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
     expect(moved.byteLength).toBe(n * 4);
     // its range was given back: a new array over any memory runs
     expect((await model.encodePixels(pixels, 1)).length).toBe(n);
+  });
+
+  it('releases out\'s claim when its worker cannot be allocated (ERR_OUT_OF_MEMORY), and the model stays usable', async () => {
+    // the native call directly: it claims out, then fails to make its worker (the test hook
+    // testFailNextWorker: the next `new` of a worker fails as an allocation would)
+    type Enc = (px: Float32Array, b: number, faces: undefined, o?: { out: Float32Array }) => Promise<Float32Array>;
+    const handle = (model as unknown as { handle: { encodeImages: Enc } }).handle;
+    const fresh = await model.encodePixels(pixels, 1);
+    const out = new Float32Array(n).fill(Number.NaN);
+    native().testFailNextWorker();
+    let err: unknown;
+    try {
+      await handle.encodeImages(pixels, 1, undefined, { out });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(EmollmError);
+    expect((err as EmollmError).code).toBe('ERR_OUT_OF_MEMORY');
+    expect((err as EmollmError).message).toMatch(/^encodeImages: out of memory/);
+    expect(out.every((x) => Number.isNaN(x))).toBe(true);  // nothing ran
+    // the claim was released: the same out is taken (a claim left behind refuses it: "still running")
+    expect(await handle.encodeImages(pixels, 1, undefined, { out })).toBe(out);
+    sameBits(out, fresh);
+    // a fresh result's call fails the same way; the hook fires once
+    native().testFailNextWorker();
+    await invalid(model.encodePixels(pixels, 1), 'ERR_OUT_OF_MEMORY', /encodeImages: out of memory/);
+    sameBits(await model.encodePixels(pixels, 1), fresh);
   });
 });
 
@@ -473,5 +500,44 @@ describe.skipIf(!haveNext)('encodeImages results (llava-next-tiny-hf)', () => {
     } finally {
       await model.close();
     }
+  });
+});
+
+// The kernel bindings' `out` claim when the worker cannot be allocated (the test hook
+// testFailNextWorker): a typed ERR_OUT_OF_MEMORY, thrown before any work, nothing written, and
+// the claim released (a second call with the same out runs). Without the conversion a
+// std::bad_alloc leaving a binding ends the process.
+describe('the kernel bindings release out when their worker cannot be allocated', () => {
+  const M = 3, N = 8, K = 32;
+  const x = new Float32Array(M * K).map((_, i) => (i % 5) - 2);
+  const w = new Float32Array(N * K).map((_, i) => (i % 3) - 1);
+  const q = new Float32Array(2 * 16).map((_, i) => (i % 7) / 7);
+  const calls: [string, (out?: Float32Array) => Promise<Float32Array>, number][] = [
+    ['gemm', (out) => gemm({ x, w, wtype: 'f32', m: M, n: N, k: K, out }), M * N],
+    ['attention', (out) => attention({ q, k: q, v: q, nQ: 2, nKv: 2, nHeads: 1, nKvHeads: 1, headDim: 16, causal: true, out }), 32],
+    ['mvpProjection', (out) => mvpProjection({
+      x: new Float32Array(2 * 32).fill(0.5), w1: new Float32Array(32 * 32).fill(0.25), w2: new Float32Array(16 * 32).fill(0.125),
+      g: new Float32Array(16).fill(1), wtype: 'f32', tokens: 2, dIn: 32, dHid: 32, dOut: 16, nHeads: 1, out,
+    }), 32],
+  ];
+  it.each(calls)('%s', async (what, call, count) => {
+    const fresh = await call();
+    const out = new Float32Array(count).fill(Number.NaN);
+    native().testFailNextWorker();
+    let err: unknown;
+    try {
+      await call(out);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(EmollmError);
+    expect((err as EmollmError).code).toBe('ERR_OUT_OF_MEMORY');
+    expect((err as EmollmError).message).toMatch(new RegExp(`^${what}: out of memory`));
+    expect(out.every((v) => Number.isNaN(v))).toBe(true);
+    expect(await call(out)).toBe(out);  // the claim was released
+    sameBits(out, fresh);
+    native().testFailNextWorker();  // without out too (thrown synchronously: the kernel calls are not async); the hook fires once
+    expect(() => call()).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_MEMORY' }));
+    sameBits(await call(), fresh);
   });
 });

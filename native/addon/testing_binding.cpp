@@ -1,0 +1,71 @@
+// Test hooks of the addon (tests/js only; no user calls them):
+// - testExternalArrayBuffer(bytes) -> ArrayBuffer: an addon-owned external ArrayBuffer (a 2 MiB-
+//   aligned huge-page block with a finalizer that frees it), byte i holding i * 7 mod 256. The
+//   design question it answers (tests/js/result_array_ownership.test.ts): what such a buffer, as a
+//   result array, would do to users (transfer, structuredClone, workers, Buffer.from) against
+//   today's V8-owned results.
+// - testExternalFinalized() -> number: how many of them the process has freed so far.
+// - testFailNextWorker(): the environment's next new_worker call (napi_util.h) fails as if its
+//   allocation had (encodeImages and the kernel bindings: their `out` claim must be released).
+// - testZeroWrittenResults(on): fresh results the worker writes whole are zeroed first (today's
+//   kZeroed arrays) while on: the A/B of new_result_array's ResultFill (bench/result_faults.mjs).
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "base/arena.h"
+#include "bindings.h"
+#include "napi_util.h"
+
+namespace emollm::addon {
+namespace {
+
+std::atomic<int64_t> g_external_finalized{0};
+
+Napi::Value TestExternalArrayBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t bytes = arg_int(info, 0, "bytes");
+  if (bytes <= 0 || bytes > (int64_t(1) << 30)) throw_invalid(env, "bytes must be in [1, 2^30]");
+  const size_t rounded = (size_t(bytes) + kHugePage2M - 1) & ~(kHugePage2M - 1);
+  uint8_t* p = nullptr;
+  try {
+    p = static_cast<uint8_t*>(aligned_alloc_huge(rounded));
+  } catch (const emollm::Error& e) {
+    throw make_js_error(env, e);
+  }
+  for (size_t i = 0; i < size_t(bytes); ++i) p[i] = uint8_t(i * 7);
+  return Napi::ArrayBuffer::New(env, p, size_t(bytes), [](Napi::Env, void* data) {
+    aligned_free(data);
+    g_external_finalized.fetch_add(1);
+  });
+}
+
+AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
+
+}  // namespace
+
+void register_testing(Napi::Env env, Napi::Object exports) {
+  exports.Set("testExternalArrayBuffer", Napi::Function::New(env, TestExternalArrayBuffer, "testExternalArrayBuffer"));
+  exports.Set("testExternalFinalized", Napi::Function::New(
+                                           env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                             return Napi::Number::New(info.Env(), double(g_external_finalized.load()));
+                                           },
+                                           "testExternalFinalized"));
+  exports.Set("testFailNextWorker", Napi::Function::New(
+                                        env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                          addon_data(info.Env()).fail_next_worker = true;
+                                          return info.Env().Undefined();
+                                        },
+                                        "testFailNextWorker"));
+  exports.Set("testZeroWrittenResults", Napi::Function::New(
+                                            env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                              if (info.Length() < 1 || !info[0].IsBoolean())
+                                                throw_invalid(info.Env(), "testZeroWrittenResults expects a boolean");
+                                              addon_data(info.Env()).zero_written_results = info[0].As<Napi::Boolean>().Value();
+                                              return info.Env().Undefined();
+                                            },
+                                            "testZeroWrittenResults"));
+}
+
+}  // namespace emollm::addon
