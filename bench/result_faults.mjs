@@ -7,7 +7,11 @@
 //
 //   node --expose-gc bench/result_faults.mjs                 # gemm 576 x 4096 (K 32): a 9 MiB result
 //   node --expose-gc bench/result_faults.mjs --case llava    # a LLaVA-1.5 encode (bench/models' stub + bf16 mmproj)
-//   options: --rounds N (12), --threads N (2), --keep (the previous result alive during the next call)
+//   options: --rounds N (12), --threads N (2), --keep (the previous result alive during the next call),
+//            --churn MiB (0): before each call, that many MiB of 4 MiB typed arrays made and dropped (then
+//            the GC): the heap grows past the result's size and is trimmed back, as a program's other
+//            work between encodes does (glibc's calloc zeroes such re-grown memory: its pages faulted on
+//            the JavaScript thread, 4 KiB at a time, before the result's huge-page advice)
 //
 // Prints one line per round and the medians; faults are the whole process's (the JavaScript thread's
 // allocation and zeroing, the worker's first writes), wall and process CPU seconds beside them.
@@ -31,6 +35,13 @@ const kase = arg('case', 'gemm');
 const rounds = Number(arg('rounds', 12));
 const threads = Number(arg('threads', 2));
 const keep = process.argv.includes('--keep');
+const churnMiB = Number(arg('churn', 0));
+const churn = () => {
+  let junk = [];
+  for (let i = 0; i < churnMiB / 4; i++) junk.push(new Float32Array(1 << 20).fill(i));
+  junk = undefined;
+  return junk;
+};
 
 const lib = await import(pathToFileURL(join(root, 'dist', 'index.js')).href);
 const { native } = await import(pathToFileURL(join(root, 'dist', 'native.js')).href);
@@ -64,17 +75,21 @@ for (let r = 0; r < rounds; r++) {
   for (const v of order) {
     native().testZeroWrittenResults(v === 'zeroed');
     if (!keep) held = undefined;
+    churn();
     globalThis.gc();
     const f0 = process.resourceUsage().minorPageFault;
     const c0 = process.cpuUsage();
     const t0 = performance.now();
-    const out = await call();
+    const pending = call();  // the synchronous part: arguments copied, the result array made
+    const syncS = (performance.now() - t0) / 1000;
+    const syncFaults = process.resourceUsage().minorPageFault - f0;
+    const out = await pending;
     const s = (performance.now() - t0) / 1000;
     const c = process.cpuUsage(c0);
     const faults = process.resourceUsage().minorPageFault - f0;
     held = out;
-    rows[v].push({ faults, s, cpu: (c.user + c.system) / 1e6, sys: c.system / 1e6 });
-    line.push(`${v} ${faults} faults ${s.toFixed(3)} s sys ${(c.system / 1e3).toFixed(1)} ms`);
+    rows[v].push({ faults, syncFaults, syncS, s, cpu: (c.user + c.system) / 1e6, sys: c.system / 1e6 });
+    line.push(`${v} ${faults} faults (${syncFaults} on the JS thread's call, ${(syncS * 1e3).toFixed(2)} ms) ${s.toFixed(3)} s sys ${(c.system / 1e3).toFixed(1)} ms`);
   }
   console.log(`round ${r + 1}: ${line.join(' | ')}`);
 }
@@ -82,6 +97,6 @@ native().testZeroWrittenResults(false);
 await close();
 for (const v of variants) {
   const m = (k) => median(rows[v].map((x) => x[k]));
-  console.log(`${v}: faults median ${m('faults')} (min ${Math.min(...rows[v].map((x) => x.faults))}, max ${Math.max(...rows[v].map((x) => x.faults))}), ` +
+  console.log(`${v}: faults median ${m('faults')} (JS thread's call ${m('syncFaults')} faults, ${(m('syncS') * 1e3).toFixed(2)} ms; min ${Math.min(...rows[v].map((x) => x.faults))}, max ${Math.max(...rows[v].map((x) => x.faults))}), ` +
     `wall median ${m('s').toFixed(3)} s best ${Math.min(...rows[v].map((x) => x.s)).toFixed(3)} s, process CPU median ${m('cpu').toFixed(3)} s, sys median ${(m('sys') * 1e3).toFixed(1)} ms`);
 }

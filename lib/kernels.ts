@@ -101,7 +101,9 @@ export function configure(options: KernelOptions): void {
  * synchronous ERR_INVALID_ARGUMENT, and nothing is written into a refused array. Like `fs.read`'s
  * buffer, `out` must stay attached (not transferred) until the promise settles, and what it holds
  * meanwhile is unspecified; a call whose `out` was detached while it ran rejects with
- * ERR_INVALID_ARGUMENT.
+ * ERR_INVALID_ARGUMENT. Without `out`, the result is a fresh Float32Array over its own ordinary
+ * ArrayBuffer (byteOffset 0): the caller's to keep, transfer to a worker without a copy
+ * (`postMessage(r, [r.buffer])`, `structuredClone`) or view (`Buffer.from(r.buffer)`).
  */
 export interface ResultOut {
   out?: Float32Array;

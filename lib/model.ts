@@ -236,7 +236,9 @@ export interface ImageEncodeOptions {
    * ~600 where Linux gives its whole 2 MiB pages as transparent huge pages, which the addon asks for).
    * Like `fs.read`'s buffer, `out` must stay attached (not transferred) until the promise settles,
    * and what it holds meanwhile is unspecified. Passed on as a prompt's `images`, it is read in
-   * place by that call until the call settles: encode into it again only after that.
+   * place by that call until the call settles: encode into it again only after that. Without
+   * `out`, the features are a fresh Float32Array over its own ordinary ArrayBuffer: the caller's
+   * to keep or transfer to a worker without a copy.
    */
   out?: Float32Array;
 }
