@@ -170,8 +170,10 @@ inline void check_fixed_float32_array(Napi::Env env, const Napi::Value& v, const
 // array is never seen), so the memory is not zeroed first (napi_create_buffer's allocation:
 // malloc). Still an ordinary V8-owned ArrayBuffer: transferable, detachable, cloned like any
 // other (tests/js/result_array_ownership.test.ts), unlike an addon-owned external buffer, which
-// Node marks untransferable (Node 20 copies it where a transfer list names it, Node >= 21 throws:
-// why results are not handed out from a pool of the addon's huge-page blocks). What zeroing cost:
+// Node marks untransferable (Node 20 copies it where a transfer list names it, Node 22 throws, and
+// its ArrayBuffer.prototype.transfer() lets the memory leave for another thread, which reads it
+// after the addon freed it once the maker's environment exits: why results are not handed out from
+// a pool of the addon's huge-page blocks). What zeroing cost:
 // calloc clears memory the allocator reuses (after a GC freed an earlier result) on the JavaScript
 // thread, ~1.4 ms of event loop a 9 MiB result (bench/result_faults.mjs, Zen 4: the call's
 // synchronous part 1.59 -> 0.21 ms by median, 30 rounds alternated). Page faults are the same
