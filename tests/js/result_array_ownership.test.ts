@@ -21,7 +21,6 @@
 // behave exactly as the zero-filled ones.
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { describe, expect, it } from 'vitest';
@@ -209,13 +208,14 @@ describe('a worker that made the buffer exits while what it sent lives on', () =
 // as results would give the block to the next result while that thread still holds it.
 describe.skipIf(nodeMajor < 21)('an external buffer moved out of a worker by transfer() outlives its memory', () => {
   it('its bytes do not survive the worker that made it', () => {
-    const addon = join(repoRoot, 'build', 'Release', 'emollm.node');
+    // the addon as lib/native.ts loads it (a prebuilt binary or build/Release)
+    const load = `require(${JSON.stringify(createRequire(import.meta.url).resolve('node-gyp-build'))})(${JSON.stringify(repoRoot)})`;
     const script = `
       const { Worker } = require('node:worker_threads');
-      const b = require(${JSON.stringify(addon)});
+      const b = ${load};
       const w = new Worker(\`
         const { parentPort } = require('node:worker_threads');
-        const b = require(${JSON.stringify(JSON.stringify(addon)).slice(1, -1)});
+        const b = ${JSON.stringify(load).slice(1, -1)};
         const t = b.testExternalArrayBuffer(8 << 20).transfer();
         parentPort.postMessage(t, [t]);\`, { eval: true });
       let got;
