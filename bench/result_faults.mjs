@@ -10,11 +10,14 @@
 //   options: --rounds N (12), --threads N (2), --keep (the previous result alive during the next call),
 //            --churn MiB (0): before each call, that many MiB of 4 MiB typed arrays made and dropped (then
 //            the GC): the heap grows past the result's size and is trimmed back, as a program's other
-//            work between encodes does (glibc's calloc zeroes such re-grown memory: its pages faulted on
-//            the JavaScript thread, 4 KiB at a time, before the result's huge-page advice)
+//            work between encodes does (session 24's suspect: calloc zeroing re-grown memory on the
+//            JavaScript thread, 4 KiB at a time, before the result's huge-page advice; not seen in
+//            session 25's runs: the call's JavaScript-thread part faulted <= 4 pages)
 //
 // Prints one line per round and the medians; faults are the whole process's (the JavaScript thread's
-// allocation and zeroing, the worker's first writes), wall and process CPU seconds beside them.
+// allocation and zeroing, the worker's first writes), with the call's synchronous part (on the
+// JavaScript thread: arguments copied, the result made and, when zeroed, cleared) apart: its faults
+// and milliseconds; wall and process CPU seconds beside them.
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
