@@ -494,8 +494,8 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // spread over the step's groups as its one-stream pass (so q6_K spreads them here too). Four
 // streams: 0.97-1.02x (removed). Session 15's form walked 2 or 4 adjacent super-groups at a time,
 // each batch starting cold: 0.80-0.92x the single stream.
-std::atomic<int>& kq_streams_var() {
-  static std::atomic<int> v{2};
+std::atomic<int>& kq_streams_var() {  // the CPU's default at first use (decode_tuning.h: 1 on double-pumped AVX-512)
+  static std::atomic<int> v{decode_tuning().kquant_streams};
   return v;
 }
 int kq_streams() { return kq_streams_var().load(std::memory_order_relaxed); }
@@ -672,6 +672,7 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 }  // namespace
 
 void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 2 ? 2 : 1); }
+int kquant_streams() { return kq_streams(); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
