@@ -493,7 +493,10 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // 1.18-1.21x with one prefetch loop a stream at each step's top, 1.22-1.30x with the prefetches
 // spread over the step's groups as its one-stream pass (so q6_K spreads them here too). Four
 // streams: 0.97-1.02x (removed). Session 15's form walked 2 or 4 adjacent super-groups at a time,
-// each batch starting cold: 0.80-0.92x the single stream.
+// each batch starting cold: 0.80-0.92x the single stream. Session 25 on Zen 4 (double-pumped
+// AVX-512, one shared L3; same method, load 10-14): one stream 1.5x two for q4_K (0.95-1.08x a
+// plain 4-stream read, two streams 0.60-0.66x), 1.12x for q6_K; either without software prefetch
+// 0.42-0.65x. So the stream count is chosen per CPU (decode_tuning.h): one there, two elsewhere.
 std::atomic<int>& kq_streams_var() {  // the CPU's default at first use (decode_tuning.h: 1 on double-pumped AVX-512)
   static std::atomic<int> v{decode_tuning().kquant_streams};
   return v;
