@@ -8,6 +8,7 @@
 // See bench/README.md. `npm run bench:kernels` builds and runs this through bench/kernels.mjs.
 // No -march flags: like the kernels, the probes use function target attributes and run-time
 // dispatch, so one binary runs everywhere.
+#include <array>
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <sys/mman.h>
@@ -999,14 +1000,22 @@ void with_switch(void (*set)(bool), bool on, Fn&& fn) {
   set(!on);
 }
 
-// gemv_streams' software prefetch hints other than the default (T0), for the bf16 / f16 M = 1 rows
+// gemv_streams' software prefetch hints other than this CPU's default (kernels/cpu/decode_tuning.h:
+// T0, none on double-pumped AVX-512), for the bf16 / f16 M = 1 rows
 using GemvPf = gemm_detail::GemvPrefetch;
-constexpr GemvPf kOtherPrefetch[] = {GemvPf::Nta, GemvPf::None};
+const std::array<GemvPf, 2> kOtherPrefetch = [] {
+  const GemvPf d = gemm_detail::decode_tuning().stream_prefetch;
+  return d == GemvPf::T0 ? std::array<GemvPf, 2>{GemvPf::Nta, GemvPf::None}
+         : d == GemvPf::Nta ? std::array<GemvPf, 2>{GemvPf::T0, GemvPf::None}
+                            : std::array<GemvPf, 2>{GemvPf::T0, GemvPf::Nta};
+}();
+const char* prefetch_row_name(GemvPf pf) { return pf == GemvPf::T0 ? "huge-t0" : pf == GemvPf::Nta ? "huge-nta" : "huge-nopf"; }
 template <class Fn>
 void with_prefetch(GemvPf pf, Fn&& fn) {
+  const GemvPf prev = gemm_detail::gemv_streams_prefetch();
   gemm_detail::set_gemv_streams_prefetch(pf);
   fn();
-  gemm_detail::set_gemv_streams_prefetch(GemvPf::T0);
+  gemm_detail::set_gemv_streams_prefetch(prev);
 }
 
 void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K, ThreadPool* pool) {
@@ -1399,11 +1408,13 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       for (size_t j = 0; stream_ab && j < std::size(kOtherPrefetch); ++j)
         if (other_pf[j].reps > 0) {
           const GemvPf pf = kOtherPrefetch[j];
-          add_row(pf == GemvPf::Nta ? "huge-nta" : "huge-nopf", other_pf[j], "huge", other_pf[j].best / prev.best,
-                  pf == GemvPf::Nta ? "the huge row's kernel with a non-temporal software prefetch (prefetchnta), "
-                                      "interleaved; ratio = its time / the huge row's (>1: the default faster)"
-                                    : "the huge row's kernel without software prefetch (hardware prefetchers alone), "
-                                      "interleaved; ratio = its time / the huge row's (>1: the default faster)",
+          add_row(prefetch_row_name(pf), other_pf[j], "huge", other_pf[j].best / prev.best,
+                  pf == GemvPf::Nta  ? "the huge row's kernel with a non-temporal software prefetch (prefetchnta), "
+                                       "interleaved; ratio = its time / the huge row's (>1: the default faster)"
+                  : pf == GemvPf::T0 ? "the huge row's kernel with a software prefetch into L1 (prefetcht0, Zen 5's "
+                                       "default), interleaved; ratio = its time / the huge row's (>1: the default faster)"
+                                     : "the huge row's kernel without software prefetch (hardware prefetchers alone), "
+                                       "interleaved; ratio = its time / the huge row's (>1: the default faster)",
                   double(wbytes), [&] { with_prefetch(pf, [&] { run_huge((*hcopies)[0]); }); });
         }
       if (panels_m1 && pan1.reps > 0) {

@@ -1,6 +1,9 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
-// kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one; qk_wide: the decode attention's qk16;
+// kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one; kq_one: one against two;
+// q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
+// against T0; decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
+// qk_wide: the decode attention's qk16;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
@@ -42,6 +45,7 @@
 #include <string>
 #include <vector>
 #include "core/backend.h"
+#include "base/cpu_features.h"  // decode_tuning: a CpuFeatures with the trait set
 #include "base/pool_stats.h"
 #include "base/thread_pool.h"  // pool_dynamic_split
 #include "cpu/attention_internal.h"  // set_decode_qk_wide
@@ -149,6 +153,22 @@ const AbSwitch kSwitches[] = {
     // path (EMOLLM_PROFILE=1 EMOLLM_PROFILE_OUT=file, EMOLLM_PROFILE_CPU=1: native/core/profiling_backend.h)
     {"none", [](bool) {}},
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
+    // the q4_0 two-stream pass's software prefetch: none (on) against T0 (off); decode_tuning.h
+    {"q40_nopf", [](bool on) { gemm_detail::set_q40_ms_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
+    // the f32 / f16 / bf16 stream kernels' software prefetch: none (on) against T0 (off)
+    {"stream_nopf", [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
+    // the K-quant lean pass on one stream a thread (on) against two (off)
+    {"kq_one", [](bool on) { gemm_detail::set_kquant_streams(on ? 1 : 2); }},
+    // decode_tuning.h's two rows: its double-pumped AVX-512 entry (on) against the Zen 5 one (off)
+    {"decode_tuning",
+     [](bool on) {
+       CpuFeatures f;
+       f.avx512_double_pumped = on;
+       const gemm_detail::DecodeTuning t = gemm_detail::decode_tuning_for(f);
+       gemm_detail::set_gemv_streams_prefetch(t.stream_prefetch);
+       gemm_detail::set_q40_ms_prefetch(t.q40_prefetch);
+       gemm_detail::set_kquant_streams(t.kquant_streams);
+     }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},

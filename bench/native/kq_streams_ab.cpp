@@ -1,11 +1,12 @@
 // The K-quant records' M = 1 GEMV (q4_K / q6_K, 64-row records) on one stream a thread (the lean
-// pass before session 20) against two (the default: gemv_kquant_vnni.cpp kq_lean_parts, the
+// pass before session 20) against two (Zen 5's default; one on double-pumped AVX-512, decode_tuning.h: gemv_kquant_vnni.cpp kq_lean_parts, the
 // thread's super-groups cut into 2 contiguous parts read side by side, each prefetched `ahead` on
 // along itself: the q4_0 two-stream pass's form), and a plain read of the same bytes, cold,
 // interleaved call by call (shuffled order each round). Every gemv row's bits are checked against
 // the first row's before timing. Rows (ratio = the one row's time / this row's; > 1: faster):
 //   one               one stream (set_kquant_streams(1); q6_K's prefetches spread over each step's groups)
 //   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
+//   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-16: one stream 4 / 16 KiB ahead
 //   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
 // N x K: one copy, hot in L2).
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
       gemm_detail::set_kquant_streams(streams);
       gemm_detail::set_kquant_stream_prefetch(ahead);
       gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_kquant_streams(2);
+      gemm_detail::set_kquant_streams(gemm_detail::decode_tuning().kquant_streams);
       gemm_detail::set_kquant_stream_prefetch(-1);
     };
   };
@@ -91,7 +92,8 @@ int main(int argc, char** argv) {
     std::vector<double> t;
   };
   std::vector<Row> rows = {
-      {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}}};
+      {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
+      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-16", gemv(1, 16384), {}}};
   const int64_t per_thread = (N + 63) / 64;
   rows.push_back({"read-4", [&](const uint8_t* W) {
                     pool.run([&](int ith, int nth) {

@@ -5,6 +5,8 @@
 //                   super-groups side by side, each record prefetched 4 KiB on along its part)
 //   gemv-one        set_q40_ms(false): the one-stream pass (8 records prefetched ahead, a loop of
 //                   36 prefetches every two records); bits checked against gemv before timing
+//   gemv-t0 / -nta / -nopf  the two-stream pass with that software prefetch (set_q40_ms_prefetch;
+//                   the gemv row runs this CPU's default, decode_tuning.h); bits checked as gemv-one's
 //   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
@@ -196,6 +198,15 @@ int main(int argc, char** argv) {
       gemm_detail::set_q40_ms(prev);
     };
   };
+  // the two-stream pass with another software prefetch (set_q40_ms_prefetch; same bits)
+  auto gemv_pf = [&](gemm_detail::GemvPrefetch pf) {
+    return [&, pf](const uint8_t* W) {
+      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch();
+      gemm_detail::set_q40_ms_prefetch(pf);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q40_ms_prefetch(prev);
+    };
+  };
   struct Row {
     const char* name;
     std::function<void(const uint8_t*)> run;
@@ -205,6 +216,9 @@ int main(int argc, char** argv) {
   std::vector<Row> rows = {
       {"gemv", gemv(true), {}},
       {"gemv-one", gemv(false), {}},
+      {"gemv-t0", gemv_pf(gemm_detail::GemvPrefetch::T0), {}},
+      {"gemv-nta", gemv_pf(gemm_detail::GemvPrefetch::Nta), {}},
+      {"gemv-nopf", gemv_pf(gemm_detail::GemvPrefetch::None), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "../../base/thread_pool.h"
+#include "decode_tuning.h"  // GemvPrefetch, the per-CPU defaults
 #include "kernels.h"
 
 namespace emollm {
@@ -169,10 +170,9 @@ bool gemv_stream_f32();
 // The stream kernels above read 4 rows' streams per thread side by side (gemm_avx512.cpp
 // gemv_streams; one stream a thread, the A/B switch EMOLLM_GEMV_STREAMS=0, is gone: 4 streams
 // 1.10-1.54x, bench/README 2026-12-05 04:29); rows left over run one at a time (gemv_stream).
-// The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
-// non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
-// Same bits. For the A/B rows of bench_kernels; process-wide.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+// The stream kernels' software prefetch (1 KiB ahead of each stream, decode_tuning.h GemvPrefetch):
+// default per CPU (decode_tuning(): T0, none on double-pumped AVX-512). Same bits. For the tests
+// and A/B tools; process-wide.
 void set_gemv_streams_prefetch(GemvPrefetch p);
 GemvPrefetch gemv_streams_prefetch();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
@@ -206,6 +206,11 @@ bool repacked_guided();
 // side by side, each record prefetched 4 KiB on along its part (default on; off: one stream, 8
 // records ahead). Same bits. Process-wide, on at start (no environment variable).
 void set_q40_ms(bool on);
+// That pass's software prefetch along its streams (a record 4 KiB ahead, decode_tuning.h
+// GemvPrefetch): default per CPU (decode_tuning(): T0, none on double-pumped AVX-512). Same bits.
+// For the tests and A/B tools; process-wide.
+void set_q40_ms_prefetch(GemvPrefetch p);
+GemvPrefetch q40_ms_prefetch();
 bool q40_ms();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
 // GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:

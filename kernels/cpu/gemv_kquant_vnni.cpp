@@ -493,9 +493,12 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // 1.18-1.21x with one prefetch loop a stream at each step's top, 1.22-1.30x with the prefetches
 // spread over the step's groups as its one-stream pass (so q6_K spreads them here too). Four
 // streams: 0.97-1.02x (removed). Session 15's form walked 2 or 4 adjacent super-groups at a time,
-// each batch starting cold: 0.80-0.92x the single stream.
-std::atomic<int>& kq_streams_var() {
-  static std::atomic<int> v{2};
+// each batch starting cold: 0.80-0.92x the single stream. Session 25 on Zen 4 (double-pumped
+// AVX-512, one shared L3; same method, load 10-14): one stream 1.5x two for q4_K (0.95-1.08x a
+// plain 4-stream read, two streams 0.60-0.66x), 1.12x for q6_K; either without software prefetch
+// 0.42-0.65x. So the stream count is chosen per CPU (decode_tuning.h): one there, two elsewhere.
+std::atomic<int>& kq_streams_var() {  // the CPU's default at first use (decode_tuning.h: 1 on double-pumped AVX-512)
+  static std::atomic<int> v{decode_tuning().kquant_streams};
   return v;
 }
 int kq_streams() { return kq_streams_var().load(std::memory_order_relaxed); }
@@ -672,6 +675,7 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 }  // namespace
 
 void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 2 ? 2 : 1); }
+int kquant_streams() { return kq_streams(); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {

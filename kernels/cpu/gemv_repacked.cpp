@@ -118,6 +118,14 @@ namespace {
 // went in session 22 (quiet ABBA 1.083 at 1.1B, 1.032 at 7B, bench/README 2026-12-06 07:30).
 std::atomic<bool> g_q40_ms{true};
 }  // namespace
+namespace {
+std::atomic<int>& q40_prefetch_var() {  // the CPU's default at first use (decode_tuning.h)
+  static std::atomic<int> v{int(decode_tuning().q40_prefetch)};
+  return v;
+}
+}  // namespace
+void set_q40_ms_prefetch(GemvPrefetch p) { q40_prefetch_var().store(int(p), std::memory_order_relaxed); }
+GemvPrefetch q40_ms_prefetch() { return GemvPrefetch(q40_prefetch_var().load(std::memory_order_relaxed)); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
 namespace {
@@ -378,11 +386,16 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
 
 // record_block_q40 on the record at r after prefetching the 18 lines at p (the same stream's record
 // `ahead` bytes on) from a loop: ms_q40_avx512's prefetch form (measured there).
+// Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA, or -1: no prefetch (double-pumped
+// AVX-512's default, decode_tuning.h).
+template <int Hint>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
                                                                        const uint8_t* r, __m512 (&f)[kSuperGroup],
                                                                        const uint8_t* p) {
+  if constexpr (Hint >= 0) {
 #pragma GCC unroll 1
-  for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), _MM_HINT_T0);
+    for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<_mm_hint>(Hint));
+  }
   record_block_q40(xb, dx, neg, r, f);
 }
 
@@ -416,10 +429,15 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // scratch copy of this pass, same bits) 0.99-1.08x by best and 0.95-1.04x by median of the same copy
 // on today's records, with spread prefetches 0.99-1.07x / 0.93-1.06x (0.90-0.97x of read-4 by best,
 // against 0.86-0.93x), halves within each super-group 0.88-1.05x: not built.
+// Session 25 on Zen 4 (double-pumped AVX-512, one shared L3; 1 thread, cold, thread CPU time, load
+// 10-14, q40_read_patterns on 1.1B and 7B shapes): this pass with its T0 loops read at 0.60-0.67x a
+// plain 4-stream read (the Zen 5 0.98-1.0x); without software prefetch 1.49-1.63x faster (0.93-1.00x
+// the read), T1 1.05-1.31x, NTA 1.0x, 1 / 2 / 8 KiB ahead 1.02-1.10x, one stream without prefetch as
+// two. So the prefetch is chosen per CPU (decode_tuning.h): none there, T0 elsewhere.
 // Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
 // sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
 // written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
-template <int S>
+template <int S, int Hint>
 EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
                            int64_t part) {
@@ -442,15 +460,15 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * kRec;
 #pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40_pf(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
+    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
+      record_block_q40_pf<Hint>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
   }
   if (b < nb)
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
+      record_block_q40_pf<Hint>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
@@ -811,6 +829,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
     // groups of a partial super-group by the passes below
     if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {
+      const gemm_detail::GemvPrefetch pf = gemm_detail::q40_ms_prefetch();
       auto mpasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
@@ -818,8 +837,16 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         const int64_t part = per * kSuperGroup;
         for (int64_t i = 0; i < per; ++i) {
           const int64_t gi = g + i * kSuperGroup;
-          ms_q40_avx512<SS>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup, N - gi * kGroup,
-                            cold_start && gi == g0, kMsAhead, part);
+          auto run = [&](auto hint) {
+            ms_q40_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
+                                                     y + gi * kGroup, N - gi * kGroup, cold_start && gi == g0, kMsAhead,
+                                                     part);
+          };
+          switch (pf) {
+            case gemm_detail::GemvPrefetch::None: run(std::integral_constant<int, -1>()); break;
+            case gemm_detail::GemvPrefetch::Nta: run(std::integral_constant<int, _MM_HINT_NTA>()); break;
+            default: run(std::integral_constant<int, _MM_HINT_T0>()); break;
+          }
         }
         g += SS * part;
       };

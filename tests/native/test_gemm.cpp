@@ -541,14 +541,18 @@ TEST(gemm_huge_pages_multi_stream_gemv) {
               emollm_test::report_failure(__FILE__, __LINE__, what + ": not the one-stream kernel's bits (rows alone)");
             // the other software prefetch hints (set_gemv_streams_prefetch): only the prefetch
             // instructions differ, so the same bits again
-            for (gemm_detail::GemvPrefetch pf : {gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
+            for (gemm_detail::GemvPrefetch pf :
+                 {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
               std::vector<float> Yp(size_t(p.ldy), kSentinel);
+              const gemm_detail::GemvPrefetch prev = gemm_detail::gemv_streams_prefetch();
               gemm_detail::set_gemv_streams_prefetch(pf);
               gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Yp.data(), p.ldy, 1, N, K, pool);
-              gemm_detail::set_gemv_streams_prefetch(gemm_detail::GemvPrefetch::T0);
+              gemm_detail::set_gemv_streams_prefetch(prev);
               if (std::memcmp(Y.data(), Yp.data(), Y.size() * sizeof(float)) != 0)
                 emollm_test::report_failure(__FILE__, __LINE__,
-                                            what + (pf == gemm_detail::GemvPrefetch::Nta ? ": prefetchnta" : ": no prefetch") +
+                                            what + (pf == gemm_detail::GemvPrefetch::Nta  ? ": prefetchnta"
+                                                    : pf == gemm_detail::GemvPrefetch::T0 ? ": prefetcht0"
+                                                                                          : ": no prefetch") +
                                                 " changed the bits");
             }
           }
@@ -1923,6 +1927,15 @@ struct Q40MsScope {
   bool prev_;
 };
 
+// That pass's software prefetch (gemm_detail::set_q40_ms_prefetch) for one scope, restored after.
+struct Q40PrefetchScope {
+  explicit Q40PrefetchScope(gemm_detail::GemvPrefetch p) : prev_(gemm_detail::q40_ms_prefetch()) {
+    gemm_detail::set_q40_ms_prefetch(p);
+  }
+  ~Q40PrefetchScope() { gemm_detail::set_q40_ms_prefetch(prev_); }
+  gemm_detail::GemvPrefetch prev_;
+};
+
 // gemv_repacked's q4_0 pass on two streams (gemm_detail::set_q40_ms, default on:
 // each thread's super-groups cut into two contiguous parts read side by side, a left-over one as
 // one part, the groups of a partial last super-group by the one-stream passes) gives the bits of
@@ -1930,7 +1943,7 @@ struct Q40MsScope {
 // N around multiples of 64 and 128 (whole and padded last super-groups, an odd count of them) and
 // N = 4096 (parts of several super-groups at 1-3 threads), K of 1, 3 and 64 blocks (an odd block
 // count leaves one block after the pairs), with and without bias, the pass-edge prefetch on and
-// off, 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
+// off, the two-stream pass's prefetch T0 / NTA / none, 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
 // start mid super-group in the shared numbering). q8_0 ignores the setting (checked too). Fails if
 // a stream's outputs, bias or cols are taken at the wrong part's offsets, or a part's super-group
 // is skipped or read twice.
@@ -1974,15 +1987,22 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
                                            yesno(vnni) + " threads=" + std::to_string(pool ? pool->size() : 1) +
                                            " bias=" + yesno(use_bias) + " N=" +
                                            std::to_string(N) + " K=" + std::to_string(K);
-                  std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
                   Q40MsScope s(true);
-                  gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
-                  GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
-                  gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
-                  same(y, y1, what);
-                  same(ma, m1a, what + " multi[0]");
-                  same(mb, m1b, what + " multi[1]");
-                  ++compared;
+                  // every software prefetch of the pass (decode_tuning.h: T0 on Zen 5, none on
+                  // double-pumped AVX-512): prefetches only, the same bits
+                  for (gemm_detail::GemvPrefetch pf :
+                       {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
+                    const std::string wp = what + " prefetch=" + std::to_string(int(pf));
+                    Q40PrefetchScope ps(pf);
+                    std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
+                    gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
+                    GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
+                    gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+                    same(y, y1, wp);
+                    same(ma, m1a, wp + " multi[0]");
+                    same(mb, m1b, wp + " multi[1]");
+                    ++compared;
+                  }
                 }
               }
         ++seed;

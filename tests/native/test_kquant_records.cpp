@@ -418,6 +418,7 @@ TEST(kquant_records_lean_same_bits_as_m2) {
     std::printf("  skip: no AVX-512 VNNI\n");
     return;
   }
+  const int streams_before = gemm_detail::kquant_streams();
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t N, K;
@@ -472,7 +473,7 @@ TEST(kquant_records_lean_same_bits_as_m2) {
             if (std::memcmp(&y1[size_t(n)], &y2[size_t(n)], 4) != 0) ++moved;
           }
         }
-  gemm_detail::set_kquant_streams(2);
+  gemm_detail::set_kquant_streams(streams_before);
   EXPECT(compared == 2 * 2 * 7 * 2 * 3 * 2);
   EXPECT(moved >= 47);  // of 56: an x block of zeros or a tiny one can hide a flip
 }

@@ -1,0 +1,34 @@
+// Per-CPU defaults of the decode (M = 1) GEMVs' read patterns: one table keyed on a CPU trait
+// detected once (base/cpu_features.h avx512_double_pumped), read when each setting's process-wide
+// value is first used. The settings keep their setters (gemm_internal.h set_gemv_streams_prefetch,
+// set_q40_ms_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the tests and A/B tools. Every
+// entry changes only how the weights are read (software prefetch, streams a thread), never the
+// arithmetic or its order: the same bits on every CPU.
+#pragma once
+
+namespace emollm {
+struct CpuFeatures;
+namespace gemm_detail {
+
+// A streaming GEMV's software prefetch along its streams: into L1 (T0), non-temporal (NTA:
+// weights are read once a token) or none (the hardware prefetchers alone). Same bits.
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+
+struct DecodeTuning {
+  GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
+  GemvPrefetch q40_prefetch;     // the q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead
+  int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
+};
+
+// The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,
+// T0, 2 streams. Double-pumped AVX-512 (Zen 4; session 25, 1 thread, cold 2 MiB pages, thread CPU
+// time, interleaved, bench/README): without software prefetch the stream kernels decode
+// 1.08-1.30x (f32 / bf16 / f16 1.1B) and the q4_0 pass reads 1.49-1.63x (0.93-1.00x a plain
+// 4-stream read, against 0.60-0.67x with T0; T1 1.05-1.31x, NTA 1.0x); the K-quant lean pass on
+// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams.
+DecodeTuning decode_tuning_for(const CpuFeatures& f);
+// decode_tuning_for(cpu_features()), computed once.
+const DecodeTuning& decode_tuning();
+
+}  // namespace gemm_detail
+}  // namespace emollm
