@@ -183,6 +183,8 @@ bool repacked_panels_enabled();
 // for all M rows), else 4-row tiles; rows 4..6 (default 6, others: 4). Same bits. For
 // q8_panels_ab / score_forks_ab (AB_SWITCH=tile_rows); process-wide.
 void set_repacked_tile_rows(int rows);
+// The few-row path's variant (A/B of small_m_ab; 0: the default). Same bits. Process-wide.
+void set_repacked_small_m_variant(int v);
 // That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
 // 0: none, the whole K per kernel call), X passes of `kib` KiB of panels and `panels` weight
 // panels run slice by slice together; -1: the built-in default (no environment variable). Same

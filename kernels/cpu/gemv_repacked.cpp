@@ -473,16 +473,30 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // its whole records are prefetched 4 ahead, for this group and the ones after it that share them
 // (alone, a group's 288 bytes of every 1152-byte q4_0 record are a strided pattern the hardware
 // prefetchers follow badly: measured 0.78x the 16-row layout at M = 4 without it).
-template <bool Q8, int MR>
+// Spread prefetch (SP, the next super-group's records spread over this one's tiles): NP the
+// next super-group's first record (null: none), at = this tile's place (group within its
+// super-group times nb), seg = rec / groups a record: per block b the bytes
+// [(at + b) * seg, (at + b + 1) * seg) of the next super-group are prefetched, so the sg tiles of
+// a super-group together read the next one's nb * rec bytes once, at an even rate.
+template <bool Q8, int MR, int SP>
 EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s, const uint8_t* GS, const uint8_t* GQ,
                                size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
-                               int64_t rows) {
+                               int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
   __m512 acc0[MR], acc1[MR];
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   for (int64_t b = 0; b < nb; ++b) {
     if (PF != nullptr && b + 4 < nb)
       for (size_t o = 0; o < rec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(PF + size_t(b + 4) * rec + o), _MM_HINT_T0);
+    if (SP != 0 && NP != nullptr) {
+      const uintptr_t a0 = reinterpret_cast<uintptr_t>(NP) + size_t(at + b) * seg, a1 = a0 + seg;
+      for (uintptr_t a = a0 & ~uintptr_t(63); a < a1; a += 64) {
+        if constexpr (SP == 1)
+          _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
+        else
+          _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+      }
+    }
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(GS + size_t(b) * rec)));
     const uint8_t* qp = GQ + size_t(b) * rec;
     // the block's 8 operand vectors: q8_0 quants made unsigned; q4_0 low nibbles (elements
@@ -905,19 +919,33 @@ namespace {
 // set_repacked_tile_rows(4): the 4-row tiles (A/B).
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
-template <bool Q8>
-void tile_rows(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ, size_t rec,
-               const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows) {
+// The few-row path's variant (gemm_detail::set_repacked_small_m_variant; A/B of small_m_ab):
+// 0: as before; 1 / 2: the next super-group prefetched spread over this one's tiles, T0 / T1.
+std::atomic<int> g_small_m_variant{0};
+template <bool Q8, int SP>
+void tile_rows_sp(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ, size_t rec,
+                  const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows,
+                  const uint8_t* NP, int64_t at, size_t seg) {
   BlockSums s[kTileRowsMax];
   for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
   const int8_t* xq = q.qs + m0 * q.ldq;
   switch (mr) {
-    case 6: group_tile_avx512<Q8, 6>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 5: group_tile_avx512<Q8, 5>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 4: group_tile_avx512<Q8, 4>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 3: group_tile_avx512<Q8, 3>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 2: group_tile_avx512<Q8, 2>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    default: group_tile_avx512<Q8, 1>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
+    case 6: group_tile_avx512<Q8, 6, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 5: group_tile_avx512<Q8, 5, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 4: group_tile_avx512<Q8, 4, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 3: group_tile_avx512<Q8, 3, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 2: group_tile_avx512<Q8, 2, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    default: group_tile_avx512<Q8, 1, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+  }
+}
+template <bool Q8>
+void tile_rows(int variant, const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ,
+               size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows,
+               const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
+  switch (variant) {
+    case 1: return tile_rows_sp<Q8, 1>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+    case 2: return tile_rows_sp<Q8, 2>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+    default: return tile_rows_sp<Q8, 0>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
   }
 }
 #endif
@@ -1122,6 +1150,12 @@ void set_repacked_panels_enabled(bool enabled) {
 #endif
   (void)enabled;
 }
+void set_repacked_small_m_variant(int v) {
+#if defined(__x86_64__)
+  g_small_m_variant.store(v, std::memory_order_relaxed);
+#endif
+  (void)v;
+}
 void set_repacked_tile_rows(int rows) {
 #if defined(__x86_64__)
   g_tile_rows.store(rows >= 4 && rows <= kTileRowsMax ? rows : 4, std::memory_order_relaxed);
@@ -1165,18 +1199,26 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   auto body = [&](int64_t g0, int64_t g1) {
 #if defined(__x86_64__)
     if (vec) {
+      const int var = g_small_m_variant.load(std::memory_order_relaxed);
+      const int64_t gend = std::min(g1, groups);
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
         const float* bg = bias ? bias + g * kGroup : nullptr;
         // the task's first tile on each super-group of several groups prefetches its records
-        const uint8_t* pf = L.sg > 1 && (g == g0 || g % L.sg == 0) ? L.scales(G, g / L.sg * L.sg) : nullptr;
+        // (spread variants: the task's first super-group only; the next ones are prefetched
+        // while the one before runs)
+        const uint8_t* pf = L.sg > 1 && (g == g0 || (var == 0 && g % L.sg == 0)) ? L.scales(G, g / L.sg * L.sg) : nullptr;
+        const int64_t sgn = (g / L.sg + 1) * L.sg;  // the next super-group's first group
+        const uint8_t* np = var != 0 && sgn < gend ? L.scales(G, sgn) : nullptr;
         for (int64_t m0 = 0; m0 < M; m0 += tr) {
           const int mr = int(std::min<int64_t>(tr, M - m0));
-          if (m0 > 0) pf = nullptr;
+          if (m0 > 0) pf = np = nullptr;
           if (q8)
-            tile_rows<true>(q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);
+            tile_rows<true>(var, q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup,
+                            ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
           else
-            tile_rows<false>(q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);
+            tile_rows<false>(var, q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
+                             Y + m0 * ldy + g * kGroup, ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
         }
       }
       return;
