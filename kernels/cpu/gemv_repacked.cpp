@@ -478,7 +478,7 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // super-group times nb), seg = rec / groups a record: per block b the bytes
 // [(at + b) * seg, (at + b + 1) * seg) of the next super-group are prefetched, so the sg tiles of
 // a super-group together read the next one's nb * rec bytes once, at an even rate.
-template <bool Q8, int MR, int SP>
+template <bool Q8, int MR, bool SP>
 EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s, const uint8_t* GS, const uint8_t* GQ,
                                size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
                                int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
@@ -488,14 +488,9 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
   for (int64_t b = 0; b < nb; ++b) {
     if (PF != nullptr && b + 4 < nb)
       for (size_t o = 0; o < rec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(PF + size_t(b + 4) * rec + o), _MM_HINT_T0);
-    if (SP != 0 && NP != nullptr) {
+    if (SP && NP != nullptr) {
       const uintptr_t a0 = reinterpret_cast<uintptr_t>(NP) + size_t(at + b) * seg, a1 = a0 + seg;
-      for (uintptr_t a = a0 & ~uintptr_t(63); a < a1; a += 64) {
-        if constexpr (SP == 1)
-          _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
-        else
-          _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
-      }
+      for (uintptr_t a = a0 & ~uintptr_t(63); a < a1; a += 64) _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
     }
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(GS + size_t(b) * rec)));
     const uint8_t* qp = GQ + size_t(b) * rec;
@@ -920,9 +915,10 @@ namespace {
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
 // The few-row path's variant (gemm_detail::set_repacked_small_m_variant; A/B of small_m_ab):
-// 0: as before; 1 / 2: the next super-group prefetched spread over this one's tiles, T0 / T1.
+// 0: as before; 2: the next super-group prefetched (T1) spread over this one's tiles, within the
+// task's chunk; 3: as 2 across chunk ends, the chunks in contiguous ranges per thread.
 std::atomic<int> g_small_m_variant{0};
-template <bool Q8, int SP>
+template <bool Q8, bool SP>
 void tile_rows_sp(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ, size_t rec,
                   const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows,
                   const uint8_t* NP, int64_t at, size_t seg) {
@@ -942,11 +938,9 @@ template <bool Q8>
 void tile_rows(int variant, const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ,
                size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows,
                const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
-  switch (variant) {
-    case 1: return tile_rows_sp<Q8, 1>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
-    case 2: return tile_rows_sp<Q8, 2>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
-    default: return tile_rows_sp<Q8, 0>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
-  }
+  if (variant != 0 && NP != nullptr)
+    return tile_rows_sp<Q8, true>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+  return tile_rows_sp<Q8, false>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
 }
 #endif
 }  // namespace
@@ -1209,7 +1203,7 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
         // while the one before runs)
         const uint8_t* pf = L.sg > 1 && (g == g0 || (var == 0 && g % L.sg == 0)) ? L.scales(G, g / L.sg * L.sg) : nullptr;
         const int64_t sgn = (g / L.sg + 1) * L.sg;  // the next super-group's first group
-        const uint8_t* np = var != 0 && sgn < gend ? L.scales(G, sgn) : nullptr;
+        const uint8_t* np = var != 0 && sgn < (var == 3 ? groups : gend) ? L.scales(G, sgn) : nullptr;
         for (int64_t m0 = 0; m0 < M; m0 += tr) {
           const int mr = int(std::min<int64_t>(tr, M - m0));
           if (m0 > 0) pf = np = nullptr;
@@ -1229,6 +1223,10 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const int nth = pool ? pool->size() : 1;
   // whole super-groups per task (their records are read once, by one thread)
   const int64_t chunk = (std::max<int64_t>(1, groups / (8 * nth)) + L.sg - 1) / L.sg * L.sg;
+#if defined(__x86_64__)
+  if (vec && g_small_m_variant.load(std::memory_order_relaxed) == 3 && M * N * K >= kParallelMinMacs)
+    return parallel_ranges(pool, groups, L.sg, chunk, body, gemv_range_owner());
+#endif
   parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
 }
 
