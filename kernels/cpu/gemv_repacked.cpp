@@ -35,6 +35,7 @@
 #include <string>
 #include <type_traits>
 
+#include "../../base/arena.h"
 #include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
@@ -478,10 +479,14 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // super-group times nb), seg = rec / groups a record: per block b the bytes
 // [(at + b) * seg, (at + b + 1) * seg) of the next super-group are prefetched, so the sg tiles of
 // a super-group together read the next one's nb * rec bytes once, at an even rate.
-template <bool Q8, int MR, bool SP>
+// XI: X in a few-row panel (FewRowPanel: per block the rows' 32 quants, d_x and -off * sum side by
+// side, one pointer for all rows): xq is the panel's block 0 at this tile's first row, ldq its
+// block stride, s[0].dx / s[0].neg the byte offsets (from xq) of that row's d_x / sum.
+template <bool Q8, int MR, bool SP, bool XI = false>
 EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s, const uint8_t* GS, const uint8_t* GQ,
                                size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
                                int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
+  const int64_t xdo = XI ? reinterpret_cast<intptr_t>(s[0].dx) : 0, xno = XI ? reinterpret_cast<intptr_t>(s[0].neg) : 0;
   __m512 acc0[MR], acc1[MR];
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
@@ -506,16 +511,25 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
         w[4 + t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
       }
     }
+    const int8_t* xblk = XI ? xq + b * ldq : nullptr;
     for (int i = 0; i < MR; ++i) {
-      const int8_t* xb = xq + i * ldq + b * kQK;
-      __m512i d0 = _mm512_set1_epi32(s[i].neg[b]), d1 = _mm512_setzero_si512();
+      const int8_t* xb = XI ? xblk + i * kQK : xq + i * ldq + b * kQK;
+      int32_t ng;
+      float dxv;
+      if constexpr (XI) {
+        std::memcpy(&ng, xblk + xno + 4 * i, 4);
+        std::memcpy(&dxv, xblk + xdo + 4 * i, 4);
+      } else {
+        ng = s[i].neg[b], dxv = s[i].dx[b];
+      }
+      __m512i d0 = _mm512_set1_epi32(ng), d1 = _mm512_setzero_si512();
       for (int t = 0; t < 8; t += 2) {
         // q8_0: operand t pairs with x bytes 4t..; q4_0: t < 4 low nibbles with 4t.., t >= 4 high
         // nibbles with 16 + 4(t-4).. = 4t.. as well
         d0 = _mm512_dpbusd_epi32(d0, w[t], _mm512_set1_epi32(ld32(xb + 4 * t)));
         d1 = _mm512_dpbusd_epi32(d1, w[t + 1], _mm512_set1_epi32(ld32(xb + 4 * t + 4)));
       }
-      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(s[i].dx[b]));
+      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(dxv));
       if (b & 1)
         acc1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)), sc, acc1[i]);
       else
@@ -918,29 +932,68 @@ std::atomic<int> g_tile_rows{kTileRowsMax};
 // 0: as before; 2: the next super-group prefetched (T1) spread over this one's tiles, within the
 // task's chunk; 3: as 2 across chunk ends, the chunks in contiguous ranges per thread.
 std::atomic<int> g_small_m_variant{0};
-template <bool Q8, bool SP>
-void tile_rows_sp(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ, size_t rec,
-                  const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows,
-                  const uint8_t* NP, int64_t at, size_t seg) {
+// X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
+// quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
+// at fixed offsets from one pointer.
+struct FewRowPanel {
+  const int8_t* p = nullptr;
+  int64_t pb = 0, M = 0;
+};
+FewRowPanel few_row_panel(const gemm_detail::QX& q, int64_t M, int64_t nb) {
+  struct Buf {
+    AlignedPtr<int8_t> p;
+    size_t cap = 0;
+  };
+  thread_local Buf buf;
+  const int64_t pb = M * (kQK + 8);
+  const size_t bytes = size_t(pb * nb);
+  if (bytes > buf.cap) buf.p = make_aligned<int8_t>(bytes), buf.cap = bytes;
+  int8_t* o = buf.p.get();
+  for (int64_t b = 0; b < nb; ++b, o += pb)
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(o + m * kQK, q.qs + m * q.ldq + b * kQK, kQK);
+      std::memcpy(o + M * kQK + 4 * m, q.dxe + m * q.ldd + b, 4);
+      std::memcpy(o + M * (kQK + 4) + 4 * m, q.neg + m * q.ldd + b, 4);
+    }
+  return FewRowPanel{buf.p.get(), pb, M};
+}
+template <bool Q8, bool SP, bool XI>
+void tile_rows_sp(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
+                  const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y,
+                  int64_t ldy, int64_t rows, const uint8_t* NP, int64_t at, size_t seg) {
   BlockSums s[kTileRowsMax];
-  for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
-  const int8_t* xq = q.qs + m0 * q.ldq;
+  const int8_t* xq;
+  int64_t ld;
+  if (XI) {
+    // offsets from the tile's first row's quants to its d_x and sum (group_tile_avx512's XI)
+    xq = xp.p + m0 * kQK, ld = xp.pb;
+    s[0].dx = reinterpret_cast<const float*>(intptr_t((xp.M - m0) * kQK + 4 * m0));
+    s[0].neg = reinterpret_cast<const int32_t*>(intptr_t((xp.M - m0) * kQK + 4 * xp.M + 4 * m0));
+  } else {
+    for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
+    xq = q.qs + m0 * q.ldq, ld = q.ldq;
+  }
   switch (mr) {
-    case 6: group_tile_avx512<Q8, 6, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 5: group_tile_avx512<Q8, 5, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 4: group_tile_avx512<Q8, 4, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 3: group_tile_avx512<Q8, 3, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 2: group_tile_avx512<Q8, 2, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    default: group_tile_avx512<Q8, 1, SP>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 6: group_tile_avx512<Q8, 6, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 5: group_tile_avx512<Q8, 5, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 4: group_tile_avx512<Q8, 4, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 3: group_tile_avx512<Q8, 3, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 2: group_tile_avx512<Q8, 2, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    default: group_tile_avx512<Q8, 1, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
   }
 }
 template <bool Q8>
-void tile_rows(int variant, const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ,
-               size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows,
-               const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
+void tile_rows(int variant, const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
+               const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
+               int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
+  if (xp.p != nullptr) {
+    if (NP != nullptr)
+      return tile_rows_sp<Q8, true, true>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+    return tile_rows_sp<Q8, false, true>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
+  }
   if (variant != 0 && NP != nullptr)
-    return tile_rows_sp<Q8, true>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
-  return tile_rows_sp<Q8, false>(q, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
+    return tile_rows_sp<Q8, true, false>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+  return tile_rows_sp<Q8, false, false>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
 }
 #endif
 }  // namespace
@@ -1187,6 +1240,7 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const bool vec = vnni_kernel();
 #if defined(__x86_64__)
   const int64_t tr = M <= g_tile_rows.load(std::memory_order_relaxed) ? M : 4;
+  const FewRowPanel xp = vec && g_small_m_variant.load(std::memory_order_relaxed) >= 4 ? few_row_panel(q, M, nb) : FewRowPanel{};
 #endif
   // Each task: a few groups, all M rows against each group, in one tile (M <= g_tile_rows) or 4
   // at a time (the group's weights stay in L2 while the quantised X rows stream past).
@@ -1205,15 +1259,15 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
         // while the one before runs)
         const uint8_t* pf = L.sg > 1 && (g == g0 || (var == 0 && g % L.sg == 0)) ? L.scales(G, g / L.sg * L.sg) : nullptr;
         const int64_t sgn = (g / L.sg + 1) * L.sg;  // the next super-group's first group
-        const uint8_t* np = var != 0 && sgn < (var == 3 ? groups : gend) ? L.scales(G, sgn) : nullptr;
+        const uint8_t* np = var != 0 && sgn < (var >= 3 ? groups : gend) ? L.scales(G, sgn) : nullptr;
         for (int64_t m0 = 0; m0 < M; m0 += tr) {
           const int mr = int(std::min<int64_t>(tr, M - m0));
           if (m0 > 0) pf = np = nullptr;
           if (q8)
-            tile_rows<true>(var, q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup,
-                            ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
+            tile_rows<true>(var, q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
+                            Y + m0 * ldy + g * kGroup, ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
           else
-            tile_rows<false>(var, q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
+            tile_rows<false>(var, q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
                              Y + m0 * ldy + g * kGroup, ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
         }
       }
@@ -1226,7 +1280,7 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   // whole super-groups per task (their records are read once, by one thread)
   const int64_t chunk = (std::max<int64_t>(1, groups / (8 * nth)) + L.sg - 1) / L.sg * L.sg;
 #if defined(__x86_64__)
-  if (vec && g_small_m_variant.load(std::memory_order_relaxed) == 3 && M * N * K >= kParallelMinMacs)
+  if (vec && g_small_m_variant.load(std::memory_order_relaxed) >= 3 && M * N * K >= kParallelMinMacs)
     return parallel_ranges(pool, groups, L.sg, chunk, body, gemv_range_owner());
 #endif
   parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
