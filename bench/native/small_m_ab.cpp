@@ -1,16 +1,17 @@
 // In-process A/B of gemm_repacked's few-row path (M <= kSmallM below the X-panel kernel: the
 // scoring pass's option rows, the LLaVA sample's M = 5) on the LLaMA-7B shapes, q4_0 or q8_0.
-// Each shape has `copies` repacked copies of one random matrix (together > 3x the L3 by default),
-// called in turn, so every call reads its weights from memory as the model's layers do; the
-// variants (gemm_detail::set_repacked_small_m_variant) run call by call in ABBA order, timed by
+// Each shape has repacked copies of one random matrix (together > 3x the L3 by default), called
+// in turn, so every call reads its weights from memory as the model's layers do; the paths
+// (gemm_detail::set_repacked_few_rows_path: 0 Previous, 1 Spread, 2 SpreadPanel; any number of
+// them, repeats allowed for an A/A control) run call by call in ABBA order, timed by
 // the calling thread's CPU time at 1 thread (a loaded machine's preemption excluded) or by wall
-// time at more; per variant and shape its best and median, the ratio to variant 0 (>1: faster)
-// and whether its outputs have variant 0's bits. From the repository root:
-//   ./build-bench/small_m_ab M threads rounds q4_0|q8_0 VARIANT... [SHAPES]
-//   ./build-bench/small_m_ab 5 1 12 q4_0 0 1            # the 7B shapes, variants 0 and 1
-//   SHAPES=4096x4096,11008x4096 ./build-bench/small_m_ab 5 2 12 q4_0 0 1
+// time at more; per path and shape its best and median, the ratio to the first one (>1: faster)
+// and whether its outputs have the first one's bits. From the repository root:
+//   ./build-bench/small_m_ab M threads rounds q4_0|q8_0 PATH...
+//   ./build-bench/small_m_ab 5 1 12 q4_0 0 2            # the 7B shapes, Previous against SpreadPanel
+//   SHAPES=4096x4096,11008x4096 ./build-bench/small_m_ab 5 2 12 q4_0 0 1 2
 // SHAPES: N x K list (default 4096x4096, 11008x4096, 4096x11008, 32000x4096); AB_COPY_MIB: the
-// bytes of weight copies a shape cycles through (default 100 MiB; 0: one copy, L3-warm).
+// bytes of weight copies a shape cycles through (default 100 MiB; 0: one copy, cache-warm).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -37,7 +38,7 @@ struct HugeFree {
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(stderr, "usage: small_m_ab M threads rounds q4_0|q8_0 VARIANT...\n");
+    std::fprintf(stderr, "usage: small_m_ab M threads rounds q4_0|q8_0 PATH...  (0 Previous, 1 Spread, 2 SpreadPanel)\n");
     return 2;
   }
   const int64_t M = std::atoll(argv[1]);
@@ -49,7 +50,13 @@ int main(int argc, char** argv) {
   }
   const DType t = ty == "q8_0" ? DType::Q8_0 : DType::Q4_0;
   std::vector<int> var;
-  for (int i = 5; i < argc; ++i) var.push_back(std::atoi(argv[i]));
+  for (int i = 5; i < argc; ++i) {
+    var.push_back(std::atoi(argv[i]));
+    if (var.back() < 0 || var.back() > 2) {
+      std::fprintf(stderr, "small_m_ab: a path is 0 (Previous), 1 (Spread) or 2 (SpreadPanel)\n");
+      return 2;
+    }
+  }
   std::vector<Shape> shapes;
   const char* se = std::getenv("SHAPES");
   std::string ss = se ? se : "4096x4096,11008x4096,4096x11008,32000x4096";
@@ -91,7 +98,7 @@ int main(int argc, char** argv) {
     std::vector<std::vector<double>> ts(var.size());
     size_t next = 0;
     auto run = [&](size_t v) {
-      gemm_detail::set_repacked_small_m_variant(var[v]);
+      gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath(var[v]));
       const uint8_t* w = Wr[next++ % ncopy].get();
       const double t0 = cpu ? bench::thread_cpu() : bench::now();
       gemm_repacked(X.data(), K, w, t, nullptr, Y[v].data(), N, M, N, K, &pool);
@@ -109,11 +116,11 @@ int main(int argc, char** argv) {
       const double b = bench::best(ts[v]), med = bench::median(ts[v]);
       if (v == 0) best0 = b, med0 = med;
       const bool same = std::memcmp(Y[v].data(), Y[0].data(), Y[0].size() * sizeof(float)) == 0;
-      std::printf("  %5lld x %5lld variant %d: best %7.3f ms  median %7.3f ms  %5.1f GB/s  x%.3f best  x%.3f median  %s\n",
+      std::printf("  %5lld x %5lld path %d: best %7.3f ms  median %7.3f ms  %5.1f GB/s  x%.3f best  x%.3f median  %s\n",
                   (long long)N, (long long)K, var[v], b * 1e3, med * 1e3, double(bytes) / b * 1e-9, best0 / b, med0 / med,
                   same ? "same bits" : "BITS DIFFER");
     }
   }
-  gemm_detail::set_repacked_small_m_variant(0);
+  gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::SpreadPanel);
   return 0;
 }

@@ -928,10 +928,9 @@ namespace {
 // set_repacked_tile_rows(4): the 4-row tiles (A/B).
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
-// The few-row path's variant (gemm_detail::set_repacked_small_m_variant; A/B of small_m_ab):
-// 0: as before; 2: the next super-group prefetched (T1) spread over this one's tiles, within the
-// task's chunk; 3: as 2 across chunk ends, the chunks in contiguous ranges per thread.
-std::atomic<int> g_small_m_variant{0};
+// How the few-row path reads its weights and X (gemm_detail::set_repacked_few_rows_path; default
+// SpreadPanel). See gemm_repacked.
+std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::SpreadPanel};
 // X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
 // quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
 // at fixed offsets from one pointer.
@@ -982,16 +981,18 @@ void tile_rows_sp(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, i
     default: group_tile_avx512<Q8, 1, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
   }
 }
+// One tile of rows m0 .. m0 + mr - 1 against one group: X from the panel when xp has one, else
+// per row from q; NP: spread prefetch of the next super-group (group_tile_avx512), or null.
 template <bool Q8>
-void tile_rows(int variant, const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
+void tile_rows(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
                const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
-               int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
+               int64_t rows, const uint8_t* NP, int64_t at, size_t seg) {
   if (xp.p != nullptr) {
     if (NP != nullptr)
       return tile_rows_sp<Q8, true, true>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
     return tile_rows_sp<Q8, false, true>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
   }
-  if (variant != 0 && NP != nullptr)
+  if (NP != nullptr)
     return tile_rows_sp<Q8, true, false>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
   return tile_rows_sp<Q8, false, false>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
 }
@@ -1197,11 +1198,11 @@ void set_repacked_panels_enabled(bool enabled) {
 #endif
   (void)enabled;
 }
-void set_repacked_small_m_variant(int v) {
+void set_repacked_few_rows_path(FewRowsPath p) {
 #if defined(__x86_64__)
-  g_small_m_variant.store(v, std::memory_order_relaxed);
+  g_few_rows_path.store(p, std::memory_order_relaxed);
 #endif
-  (void)v;
+  (void)p;
 }
 void set_repacked_tile_rows(int rows) {
 #if defined(__x86_64__)
@@ -1240,34 +1241,35 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const bool vec = vnni_kernel();
 #if defined(__x86_64__)
   const int64_t tr = M <= g_tile_rows.load(std::memory_order_relaxed) ? M : 4;
-  const FewRowPanel xp = vec && g_small_m_variant.load(std::memory_order_relaxed) >= 4 ? few_row_panel(q, M, nb) : FewRowPanel{};
+  // q8_0 at M <= 3: its one-group records are one sequential stream that the hardware
+  // prefetchers follow, and the spread prefetch measured 0.84-0.89x there (1.0-1.6x from M = 4)
+  const FewRowsPath path = q8 && M < 4 ? FewRowsPath::Previous : g_few_rows_path.load(std::memory_order_relaxed);
+  const bool spread = vec && path != FewRowsPath::Previous;
+  const FewRowPanel xp = vec && path == FewRowsPath::SpreadPanel ? few_row_panel(q, M, nb) : FewRowPanel{};
 #endif
   // Each task: a few groups, all M rows against each group, in one tile (M <= g_tile_rows) or 4
   // at a time (the group's weights stay in L2 while the quantised X rows stream past).
   auto body = [&](int64_t g0, int64_t g1) {
 #if defined(__x86_64__)
     if (vec) {
-      // q8_0 at M <= 3: its one-group records are one sequential stream the hardware prefetchers
-      // follow (the spread prefetch measured 0.84-0.89x there, 1.0-1.6x from M = 4 on)
-      const int var = q8 && M < 4 ? 0 : g_small_m_variant.load(std::memory_order_relaxed);
-      const int64_t gend = std::min(g1, groups);
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
         const float* bg = bias ? bias + g * kGroup : nullptr;
-        // the task's first tile on each super-group of several groups prefetches its records
-        // (spread variants: the task's first super-group only; the next ones are prefetched
-        // while the one before runs)
-        const uint8_t* pf = L.sg > 1 && (g == g0 || (var == 0 && g % L.sg == 0)) ? L.scales(G, g / L.sg * L.sg) : nullptr;
+        // Previous: the task's first tile on each super-group of several groups prefetches its
+        // records. Spread: the task's first super-group only; every tile on a super-group
+        // prefetches its share of the next one (past the task's end too: with contiguous ranges
+        // a thread's next task usually starts there)
+        const uint8_t* pf = L.sg > 1 && (g == g0 || (!spread && g % L.sg == 0)) ? L.scales(G, g / L.sg * L.sg) : nullptr;
         const int64_t sgn = (g / L.sg + 1) * L.sg;  // the next super-group's first group
-        const uint8_t* np = var != 0 && sgn < (var >= 3 ? groups : gend) ? L.scales(G, sgn) : nullptr;
+        const uint8_t* np = spread && sgn < groups ? L.scales(G, sgn) : nullptr;
         for (int64_t m0 = 0; m0 < M; m0 += tr) {
           const int mr = int(std::min<int64_t>(tr, M - m0));
           if (m0 > 0) pf = np = nullptr;
           if (q8)
-            tile_rows<true>(var, q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
-                            Y + m0 * ldy + g * kGroup, ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
+            tile_rows<true>(q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup,
+                            ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
           else
-            tile_rows<false>(var, q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
+            tile_rows<false>(q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
                              Y + m0 * ldy + g * kGroup, ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
         }
       }
@@ -1279,11 +1281,13 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const int nth = pool ? pool->size() : 1;
   // whole super-groups per task (their records are read once, by one thread)
   const int64_t chunk = (std::max<int64_t>(1, groups / (8 * nth)) + L.sg - 1) / L.sg * L.sg;
+  const bool parallel = M * N * K >= kParallelMinMacs;
 #if defined(__x86_64__)
-  if (vec && g_small_m_variant.load(std::memory_order_relaxed) >= 3 && M * N * K >= kParallelMinMacs)
-    return parallel_ranges(pool, groups, L.sg, chunk, body, gemv_range_owner());
+  // Spread: a contiguous range a thread, walked from its front (stealing at the end), so that
+  // the super-group after a task is usually the same thread's next
+  if (spread && parallel) return parallel_ranges(pool, groups, L.sg, chunk, body, gemv_range_owner());
 #endif
-  parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
+  parallel_chunks(pool, parallel, groups, chunk, body);
 }
 
 void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,
