@@ -480,13 +480,16 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // [(at + b) * seg, (at + b + 1) * seg) of the next super-group are prefetched, so the sg tiles of
 // a super-group together read the next one's nb * rec bytes once, at an even rate.
 // XI: X in a few-row panel (FewRowPanel: per block the rows' 32 quants, d_x and -off * sum side by
-// side, one pointer for all rows): xq is the panel's block 0 at this tile's first row, ldq its
-// block stride, s[0].dx / s[0].neg the byte offsets (from xq) of that row's d_x / sum.
+// side, one pointer for all rows; s unused): xq is the panel's block 0 at this tile's first row,
+// ldq its block stride, xdo / xno the byte offsets from there to that row's d_x / sum. Measured
+// on Zen 4 (1 thread, cache-resident weights): the 6-row tile 81 -> 64 cycles a block of a group,
+// the 5-row one 57 -> 55 (GCC kept the per-row pointers of d_x and the sums in xmm registers
+// and moved them back a block at a time).
 template <bool Q8, int MR, bool SP, bool XI = false>
 EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s, const uint8_t* GS, const uint8_t* GQ,
                                size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
-                               int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0) {
-  const int64_t xdo = XI ? reinterpret_cast<intptr_t>(s[0].dx) : 0, xno = XI ? reinterpret_cast<intptr_t>(s[0].neg) : 0;
+                               int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0,
+                               int64_t xdo = 0, int64_t xno = 0) {
   __m512 acc0[MR], acc1[MR];
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
@@ -929,7 +932,18 @@ namespace {
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
 // How the few-row path reads its weights and X (gemm_detail::set_repacked_few_rows_path; default
-// SpreadPanel). See gemm_repacked.
+// SpreadPanel). Why: at M = 2-8 a thread reads a super-group's records (147 KiB at K = 4096)
+// four times, once per group tile. Previous prefetched them whole, 4 blocks ahead, during the
+// first tile only: that tile waited on memory (the next 3 ran from L2), and the pass read its
+// weights at 9-12 GB/s a thread against ~20-30 for a plain M = 1 pass. Spread asks for the next
+// super-group's records into L2 (prefetcht1) a quarter a tile, at the rate the tiles use them.
+// Measured on Zen 4 (2 vCPUs, small_m_ab, the 7B's q4_0 shapes with cold weights, 1 thread
+// thread CPU time, interleaved, load 11-14; bench/README): M = 5 Spread / Previous 1.70-1.84x,
+// SpreadPanel / Previous 1.80-1.96x (at the arithmetic bound: 40 vpdpbusd + 5 vmulps + 5 FMAs a
+// group block share Zen 4's two 512-bit FP pipes, ~50 cycles; measured ~55 cache-warm, ~57 cold);
+// M = 2-4 2.2-2.5x, M = 6 1.8x, M = 7-8 1.6-1.8x; into L1 (prefetcht0) instead 1.13-1.17x; an
+// L1 prefetch of the tile's own lines besides 0.97x. q8_0 (one-group records, one sequential
+// stream) 1.5-1.6x at M = 5-6, 1.0-1.3x at M = 4, 0.84-0.89x at M = 2-3: not used there.
 std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::SpreadPanel};
 // X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
 // quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
@@ -960,25 +974,24 @@ template <bool Q8, bool SP, bool XI>
 void tile_rows_sp(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
                   const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y,
                   int64_t ldy, int64_t rows, const uint8_t* NP, int64_t at, size_t seg) {
-  BlockSums s[kTileRowsMax];
+  BlockSums s[kTileRowsMax] = {};
   const int8_t* xq;
-  int64_t ld;
+  int64_t ld, xdo = 0, xno = 0;
   if (XI) {
     // offsets from the tile's first row's quants to its d_x and sum (group_tile_avx512's XI)
     xq = xp.p + m0 * kQK, ld = xp.pb;
-    s[0].dx = reinterpret_cast<const float*>(intptr_t((xp.M - m0) * kQK + 4 * m0));
-    s[0].neg = reinterpret_cast<const int32_t*>(intptr_t((xp.M - m0) * kQK + 4 * xp.M + 4 * m0));
+    xdo = (xp.M - m0) * kQK + 4 * m0, xno = xdo + 4 * xp.M;
   } else {
     for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
     xq = q.qs + m0 * q.ldq, ld = q.ldq;
   }
   switch (mr) {
-    case 6: group_tile_avx512<Q8, 6, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 5: group_tile_avx512<Q8, 5, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 4: group_tile_avx512<Q8, 4, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 3: group_tile_avx512<Q8, 3, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    case 2: group_tile_avx512<Q8, 2, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
-    default: group_tile_avx512<Q8, 1, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg); break;
+    case 6: group_tile_avx512<Q8, 6, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 5: group_tile_avx512<Q8, 5, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 4: group_tile_avx512<Q8, 4, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 3: group_tile_avx512<Q8, 3, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 2: group_tile_avx512<Q8, 2, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    default: group_tile_avx512<Q8, 1, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
   }
 }
 // One tile of rows m0 .. m0 + mr - 1 against one group: X from the panel when xp has one, else
