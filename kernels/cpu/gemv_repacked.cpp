@@ -970,6 +970,7 @@ FewRowPanel few_row_panel(const gemm_detail::QX& q, int64_t M, int64_t nb) {
     }
   return FewRowPanel{buf.p.get(), pb, M};
 }
+// tile_rows with its prefetch (SP) and X layout (XI) fixed at compile time.
 template <bool Q8, bool SP, bool XI>
 void tile_rows_sp(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
                   const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y,
