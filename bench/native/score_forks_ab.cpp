@@ -9,6 +9,8 @@
 // (gemm_detail::set_repacked_tile_rows(4)), "on" = the default one tile for all M rows.
 // AB_SWITCH=fork_in_place: forks on in both modes, "off" = every fork copies the prompt's partial
 // last block (set_fork_in_place(false)), "on" = the last one writes it in place (default).
+// AB_SWITCH=few_rows:P: forks on in both modes, "off" = gemm_repacked's few-row path Previous
+// (gemm_detail::set_repacked_few_rows_path), "on" = path P (1 Spread, 2 SpreadPanel).
 // AB_ONLY=on / off: that mode alone (for a profile of one mode, EMOLLM_PROFILE=1).
 #include <time.h>
 
@@ -70,11 +72,13 @@ int main(int argc, char** argv) {
   double worst = 0;
   const char* sw = std::getenv("AB_SWITCH");
   const bool tile_ab = sw && std::string(sw) == "tile_rows", inplace_ab = sw && std::string(sw) == "fork_in_place";
-  if (sw && !tile_ab && !inplace_ab) {
-    std::fprintf(stderr, "score_forks_ab: AB_SWITCH is tile_rows, fork_in_place or unset\n");
+  const bool small_ab = sw && std::string(sw).rfind("few_rows:", 0) == 0;
+  const int small_on = small_ab ? std::atoi(sw + 9) : 0;
+  if (sw && !tile_ab && !inplace_ab && !small_ab) {
+    std::fprintf(stderr, "score_forks_ab: AB_SWITCH is tile_rows, fork_in_place, few_rows:P or unset\n");
     return 2;
   }
-  const char* name = tile_ab ? "tile_rows" : inplace_ab ? "fork_in_place" : "forks";
+  const char* name = tile_ab ? "tile_rows" : inplace_ab ? "fork_in_place" : small_ab ? "few_rows" : "forks";
   const char* only = std::getenv("AB_ONLY");
   const int only_mode = only ? (std::string(only) == "on" ? 1 : 0) : -1;
   for (int r = 0; r < rounds; ++r)
@@ -85,6 +89,8 @@ int main(int argc, char** argv) {
         gemm_detail::set_repacked_tile_rows(on ? 6 : 4);
       else if (inplace_ab)
         set_fork_in_place(on != 0);
+      else if (small_ab)
+        gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath(on ? small_on : 0));
       else
         set_score_forks(on != 0);
       SeqRequest sr;
@@ -117,5 +123,6 @@ int main(int argc, char** argv) {
   set_score_forks(true);
   gemm_detail::set_repacked_tile_rows(6);
   set_fork_in_place(true);
+  gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::SpreadPanel);
   return 0;
 }

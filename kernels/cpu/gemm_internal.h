@@ -183,6 +183,15 @@ bool repacked_panels_enabled();
 // for all M rows), else 4-row tiles; rows 4..6 (default 6, others: 4). Same bits. For
 // q8_panels_ab / score_forks_ab (AB_SWITCH=tile_rows); process-wide.
 void set_repacked_tile_rows(int rows);
+// How that few-row path reads its weights and X. Previous (session 24): each super-group's
+// records prefetched 4 blocks ahead by its first tile (the others read them from L2), X per row
+// from the quantised rows. Spread: the next super-group's records prefetched into L2 spread evenly
+// over the current one's tiles, the groups in a contiguous range a thread. SpreadPanel (default):
+// Spread with X in one panel of the M rows (per block their quants, d_x and sums side by side).
+// q8_0 at M <= 3 always runs Previous. Same bits. For small_m_ab, score_forks_ab and the tests;
+// process-wide.
+enum class FewRowsPath { Previous = 0, Spread = 1, SpreadPanel = 2 };
+void set_repacked_few_rows_path(FewRowsPath p);
 // That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
 // 0: none, the whole K per kernel call), X passes of `kib` KiB of panels and `panels` weight
 // panels run slice by slice together; -1: the built-in default (no environment variable). Same

@@ -35,6 +35,7 @@
 #include <string>
 #include <type_traits>
 
+#include "../../base/arena.h"
 #include "../../base/env_switch.h"
 #include "../../base/error.h"
 #include "../../base/quant_formats.h"
@@ -491,16 +492,32 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // its whole records are prefetched 4 ahead, for this group and the ones after it that share them
 // (alone, a group's 288 bytes of every 1152-byte q4_0 record are a strided pattern the hardware
 // prefetchers follow badly: measured 0.78x the 16-row layout at M = 4 without it).
-template <bool Q8, int MR>
+// Spread prefetch (SP, the next super-group's records spread over this one's tiles): NP the
+// next super-group's first record (null: none), at = this tile's place (group within its
+// super-group times nb), seg = rec / groups a record: per block b the bytes
+// [(at + b) * seg, (at + b + 1) * seg) of the next super-group are prefetched, so the sg tiles of
+// a super-group together read the next one's nb * rec bytes once, at an even rate.
+// XI: X in a few-row panel (FewRowPanel: per block the rows' 32 quants, d_x and -off * sum side by
+// side, one pointer for all rows; s unused): xq is the panel's block 0 at this tile's first row,
+// ldq its block stride, xdo / xno the byte offsets from there to that row's d_x / sum. Measured
+// on Zen 4 (1 thread, cache-resident weights): the 6-row tile 81 -> 64 cycles a block of a group,
+// the 5-row one 57 -> 55 (GCC kept the per-row pointers of d_x and the sums in xmm registers
+// and moved them back a block at a time).
+template <bool Q8, int MR, bool SP, bool XI = false>
 EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s, const uint8_t* GS, const uint8_t* GQ,
                                size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
-                               int64_t rows) {
+                               int64_t rows, const uint8_t* NP = nullptr, int64_t at = 0, size_t seg = 0,
+                               int64_t xdo = 0, int64_t xno = 0) {
   __m512 acc0[MR], acc1[MR];
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   for (int64_t b = 0; b < nb; ++b) {
     if (PF != nullptr && b + 4 < nb)
       for (size_t o = 0; o < rec; o += 64) _mm_prefetch(reinterpret_cast<const char*>(PF + size_t(b + 4) * rec + o), _MM_HINT_T0);
+    if (SP && NP != nullptr) {
+      const uintptr_t a0 = reinterpret_cast<uintptr_t>(NP) + size_t(at + b) * seg, a1 = a0 + seg;
+      for (uintptr_t a = a0 & ~uintptr_t(63); a < a1; a += 64) _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+    }
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(GS + size_t(b) * rec)));
     const uint8_t* qp = GQ + size_t(b) * rec;
     // the block's 8 operand vectors: q8_0 quants made unsigned; q4_0 low nibbles (elements
@@ -515,16 +532,25 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
         w[4 + t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
       }
     }
+    const int8_t* xblk = XI ? xq + b * ldq : nullptr;
     for (int i = 0; i < MR; ++i) {
-      const int8_t* xb = xq + i * ldq + b * kQK;
-      __m512i d0 = _mm512_set1_epi32(s[i].neg[b]), d1 = _mm512_setzero_si512();
+      const int8_t* xb = XI ? xblk + i * kQK : xq + i * ldq + b * kQK;
+      int32_t ng;
+      float dxv;
+      if constexpr (XI) {
+        std::memcpy(&ng, xblk + xno + 4 * i, 4);
+        std::memcpy(&dxv, xblk + xdo + 4 * i, 4);
+      } else {
+        ng = s[i].neg[b], dxv = s[i].dx[b];
+      }
+      __m512i d0 = _mm512_set1_epi32(ng), d1 = _mm512_setzero_si512();
       for (int t = 0; t < 8; t += 2) {
         // q8_0: operand t pairs with x bytes 4t..; q4_0: t < 4 low nibbles with 4t.., t >= 4 high
         // nibbles with 16 + 4(t-4).. = 4t.. as well
         d0 = _mm512_dpbusd_epi32(d0, w[t], _mm512_set1_epi32(ld32(xb + 4 * t)));
         d1 = _mm512_dpbusd_epi32(d1, w[t + 1], _mm512_set1_epi32(ld32(xb + 4 * t + 4)));
       }
-      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(s[i].dx[b]));
+      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(dxv));
       if (b & 1)
         acc1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)), sc, acc1[i]);
       else
@@ -932,20 +958,84 @@ namespace {
 // set_repacked_tile_rows(4): the 4-row tiles (A/B).
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
-template <bool Q8>
-void tile_rows(const gemm_detail::QX& q, int64_t m0, int mr, const uint8_t* GS, const uint8_t* GQ, size_t rec,
-               const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy, int64_t rows) {
-  BlockSums s[kTileRowsMax];
-  for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
-  const int8_t* xq = q.qs + m0 * q.ldq;
-  switch (mr) {
-    case 6: group_tile_avx512<Q8, 6>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 5: group_tile_avx512<Q8, 5>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 4: group_tile_avx512<Q8, 4>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 3: group_tile_avx512<Q8, 3>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    case 2: group_tile_avx512<Q8, 2>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
-    default: group_tile_avx512<Q8, 1>(xq, q.ldq, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows); break;
+// How the few-row path reads its weights and X (gemm_detail::set_repacked_few_rows_path; default
+// SpreadPanel). Why: at M = 2-8 a thread reads a super-group's records (147 KiB at K = 4096)
+// four times, once per group tile. Previous prefetched them whole, 4 blocks ahead, during the
+// first tile only: that tile waited on memory (the next 3 ran from L2), and the pass read its
+// weights at 9-12 GB/s a thread against ~20-30 for a plain M = 1 pass. Spread asks for the next
+// super-group's records into L2 (prefetcht1) a quarter a tile, at the rate the tiles use them.
+// Measured on Zen 4 (2 vCPUs, small_m_ab, the 7B's q4_0 shapes with cold weights, 1 thread
+// thread CPU time, interleaved, load 11-14; bench/README): M = 5 Spread / Previous 1.70-1.84x,
+// SpreadPanel / Previous 1.80-1.96x (at the arithmetic bound: 40 vpdpbusd + 5 vmulps + 5 FMAs a
+// group block share Zen 4's two 512-bit FP pipes, ~50 cycles; measured ~55 cache-warm, ~57 cold);
+// M = 2-4 2.2-2.5x, M = 6 1.8x, M = 7-8 1.6-1.8x; into L1 (prefetcht0) instead 1.13-1.17x; an
+// L1 prefetch of the tile's own lines besides 0.97x. q8_0 (one-group records, one sequential
+// stream) 1.5-1.6x at M = 5-6, 1.0-1.3x at M = 4, 0.84-0.89x at M = 2-3: not used there.
+std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::SpreadPanel};
+// X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
+// quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
+// at fixed offsets from one pointer.
+struct FewRowPanel {
+  const int8_t* p = nullptr;
+  int64_t pb = 0, M = 0;
+};
+FewRowPanel few_row_panel(const gemm_detail::QX& q, int64_t M, int64_t nb) {
+  struct Buf {
+    AlignedPtr<int8_t> p;
+    size_t cap = 0;
+  };
+  thread_local Buf buf;
+  const int64_t pb = M * (kQK + 8);
+  const size_t bytes = size_t(pb * nb);
+  if (bytes > buf.cap) buf.p = make_aligned<int8_t>(bytes), buf.cap = bytes;
+  int8_t* o = buf.p.get();
+  for (int64_t b = 0; b < nb; ++b, o += pb)
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(o + m * kQK, q.qs + m * q.ldq + b * kQK, kQK);
+      std::memcpy(o + M * kQK + 4 * m, q.dxe + m * q.ldd + b, 4);
+      std::memcpy(o + M * (kQK + 4) + 4 * m, q.neg + m * q.ldd + b, 4);
+    }
+  return FewRowPanel{buf.p.get(), pb, M};
+}
+// tile_rows with its prefetch (SP) and X layout (XI) fixed at compile time.
+template <bool Q8, bool SP, bool XI>
+void tile_rows_sp(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
+                  const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y,
+                  int64_t ldy, int64_t rows, const uint8_t* NP, int64_t at, size_t seg) {
+  BlockSums s[kTileRowsMax] = {};
+  const int8_t* xq;
+  int64_t ld, xdo = 0, xno = 0;
+  if (XI) {
+    // offsets from the tile's first row's quants to its d_x and sum (group_tile_avx512's XI)
+    xq = xp.p + m0 * kQK, ld = xp.pb;
+    xdo = (xp.M - m0) * kQK + 4 * m0, xno = xdo + 4 * xp.M;
+  } else {
+    for (int i = 0; i < kTileRowsMax; ++i) s[i] = row_sums(q, m0 + (i < mr ? i : 0));
+    xq = q.qs + m0 * q.ldq, ld = q.ldq;
   }
+  switch (mr) {
+    case 6: group_tile_avx512<Q8, 6, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 5: group_tile_avx512<Q8, 5, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 4: group_tile_avx512<Q8, 4, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 3: group_tile_avx512<Q8, 3, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    case 2: group_tile_avx512<Q8, 2, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+    default: group_tile_avx512<Q8, 1, SP, XI>(xq, ld, s, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg, xdo, xno); break;
+  }
+}
+// One tile of rows m0 .. m0 + mr - 1 against one group: X from the panel when xp has one, else
+// per row from q; NP: spread prefetch of the next super-group (group_tile_avx512), or null.
+template <bool Q8>
+void tile_rows(const gemm_detail::QX& q, const FewRowPanel& xp, int64_t m0, int mr, const uint8_t* GS,
+               const uint8_t* GQ, size_t rec, const uint8_t* PF, int64_t nb, const float* bias, float* y, int64_t ldy,
+               int64_t rows, const uint8_t* NP, int64_t at, size_t seg) {
+  if (xp.p != nullptr) {
+    if (NP != nullptr)
+      return tile_rows_sp<Q8, true, true>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+    return tile_rows_sp<Q8, false, true>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
+  }
+  if (NP != nullptr)
+    return tile_rows_sp<Q8, true, false>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, NP, at, seg);
+  return tile_rows_sp<Q8, false, false>(q, xp, m0, mr, GS, GQ, rec, PF, nb, bias, y, ldy, rows, nullptr, 0, 0);
 }
 #endif
 }  // namespace
@@ -1149,6 +1239,12 @@ void set_repacked_panels_enabled(bool enabled) {
 #endif
   (void)enabled;
 }
+void set_repacked_few_rows_path(FewRowsPath p) {
+#if defined(__x86_64__)
+  g_few_rows_path.store(p, std::memory_order_relaxed);
+#endif
+  (void)p;
+}
 void set_repacked_tile_rows(int rows) {
 #if defined(__x86_64__)
   g_tile_rows.store(rows >= 4 && rows <= kTileRowsMax ? rows : 4, std::memory_order_relaxed);
@@ -1186,6 +1282,11 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const bool vec = vnni_kernel();
 #if defined(__x86_64__)
   const int64_t tr = M <= g_tile_rows.load(std::memory_order_relaxed) ? M : 4;
+  // q8_0 at M <= 3: its one-group records are one sequential stream that the hardware
+  // prefetchers follow, and the spread prefetch measured 0.84-0.89x there (1.0-1.6x from M = 4)
+  const FewRowsPath path = q8 && M < 4 ? FewRowsPath::Previous : g_few_rows_path.load(std::memory_order_relaxed);
+  const bool spread = vec && path != FewRowsPath::Previous;
+  const FewRowPanel xp = vec && path == FewRowsPath::SpreadPanel ? few_row_panel(q, M, nb) : FewRowPanel{};
 #endif
   // Each task: a few groups, all M rows against each group, in one tile (M <= g_tile_rows) or 4
   // at a time (the group's weights stay in L2 while the quantised X rows stream past).
@@ -1195,15 +1296,22 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t rows = std::min<int64_t>(kGroup, N - g * kGroup);
         const float* bg = bias ? bias + g * kGroup : nullptr;
-        // the task's first tile on each super-group of several groups prefetches its records
-        const uint8_t* pf = L.sg > 1 && (g == g0 || g % L.sg == 0) ? L.scales(G, g / L.sg * L.sg) : nullptr;
+        // Previous: the task's first tile on each super-group of several groups prefetches its
+        // records. Spread: the task's first super-group only; every tile on a super-group
+        // prefetches its share of the next one (past the task's end too: with contiguous ranges
+        // a thread's next task usually starts there)
+        const uint8_t* pf = L.sg > 1 && (g == g0 || (!spread && g % L.sg == 0)) ? L.scales(G, g / L.sg * L.sg) : nullptr;
+        const int64_t sgn = (g / L.sg + 1) * L.sg;  // the next super-group's first group
+        const uint8_t* np = spread && sgn < groups ? L.scales(G, sgn) : nullptr;
         for (int64_t m0 = 0; m0 < M; m0 += tr) {
           const int mr = int(std::min<int64_t>(tr, M - m0));
-          if (m0 > 0) pf = nullptr;
+          if (m0 > 0) pf = np = nullptr;
           if (q8)
-            tile_rows<true>(q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);
+            tile_rows<true>(q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup,
+                            ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
           else
-            tile_rows<false>(q, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg, Y + m0 * ldy + g * kGroup, ldy, rows);
+            tile_rows<false>(q, xp, m0, mr, L.scales(G, g), L.quants(G, g), L.rec, pf, nb, bg,
+                             Y + m0 * ldy + g * kGroup, ldy, rows, np, (g % L.sg) * nb, L.rec / size_t(L.sg));
         }
       }
       return;
@@ -1214,7 +1322,13 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const int nth = pool ? pool->size() : 1;
   // whole super-groups per task (their records are read once, by one thread)
   const int64_t chunk = (std::max<int64_t>(1, groups / (8 * nth)) + L.sg - 1) / L.sg * L.sg;
-  parallel_chunks(pool, M * N * K >= kParallelMinMacs, groups, chunk, body);
+  const bool parallel = M * N * K >= kParallelMinMacs;
+#if defined(__x86_64__)
+  // Spread: a contiguous range a thread, walked from its front (stealing at the end), so that
+  // the super-group after a task is usually the same thread's next
+  if (spread && parallel) return parallel_ranges(pool, groups, L.sg, chunk, body, gemv_range_owner());
+#endif
+  parallel_chunks(pool, parallel, groups, chunk, body);
 }
 
 void gemm_repacked_multi(const float* X, int64_t ldx, DType wtype, const RepackedOutput* outs, int n_outs, int64_t M,

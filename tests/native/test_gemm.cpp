@@ -1447,6 +1447,54 @@ TEST(gemm_repacked_rows_equal_gemv_repacked) {
   EXPECT_THROWS(gemm_repacked(x, 16, buf.data(), DType::Q8_0, nullptr, y, 4, 2, 4, 32, nullptr), ErrorCode::InvalidArgument);
 }
 
+// gemm_repacked's few-row path (M <= 8) each way (set_repacked_few_rows_path: Previous, each
+// super-group prefetched 4 blocks ahead by its first tile; Spread, the next super-group spread
+// over the current one's tiles, contiguous ranges a thread; SpreadPanel, Spread with X in one
+// panel), with no pool and 1-3 threads, on matrices of several super-groups (N = 327: 21 groups,
+// the last super-group partial and the last group 7 rows; N = 1040: 65 groups, 17 chunks at 2
+// threads), M in one tile (2-6) and in 4-row tiles (8): every row bit-identical to gemv_repacked of
+// that row, the padding between rows unwritten.
+TEST(gemm_repacked_few_rows_paths_same_bits) {
+  uint32_t seed = 7300;
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool1, &pool2, &pool3};
+  for (DType t : {DType::Q4_0, DType::Q8_0})
+    for (int64_t N : {327, 1040})
+      for (int64_t K : {64, 1024}) {
+        Weights w = make_weights(t, N, K, seed);
+        std::vector<uint8_t> packed(quant_repack_bytes(t, N, K));
+        quant_repack(w.bytes.data(), t, N, K, packed.data(), nullptr);
+        for (int64_t M : {2, 3, 4, 5, 6, 8}) {
+          const int64_t ldx = K + 32, ldy = N + 3;
+          Problem p = make_problem(M, N, K, 0, 0, seed + 1);
+          std::vector<float> X(size_t(M * ldx), 1e30f);
+          for (int64_t m = 0; m < M; ++m) std::copy(p.X.begin() + m * K, p.X.begin() + (m + 1) * K, X.begin() + m * ldx);
+          std::vector<float> ref(size_t(M * N));
+          for (int64_t m = 0; m < M; ++m) gemv_repacked(X.data() + m * ldx, packed.data(), t, p.bias.data(), ref.data() + m * N, N, K, nullptr);
+          for (int path = 0; path < 3; ++path)
+            for (ThreadPool* pool : pools) {
+              gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath(path));
+              std::vector<float> Y(size_t(M * ldy), kSentinel);
+              gemm_repacked(X.data(), ldx, packed.data(), t, p.bias.data(), Y.data(), ldy, M, N, K, pool);
+              gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::SpreadPanel);
+              for (int64_t m = 0; m < M; ++m) {
+                for (int64_t n = 0; n < N; ++n)
+                  if (!(Y[size_t(m * ldy + n)] == ref[size_t(m * N + n)])) {
+                    char buf[240];
+                    std::snprintf(buf, sizeof buf, "gemm_repacked %s path %d threads %d M=%lld N=%lld K=%lld Y[%lld][%lld] = %.9g, gemv_repacked %.9g",
+                                  dtype_name(t), path, pool ? pool->size() : 0, (long long)M, (long long)N, (long long)K,
+                                  (long long)m, (long long)n, double(Y[size_t(m * ldy + n)]), double(ref[size_t(m * N + n)]));
+                    emollm_test::report_failure(__FILE__, __LINE__, buf);
+                    return;
+                  }
+                for (int64_t n = N; n < ldy && m + 1 < M; ++n) EXPECT(Y[size_t(m * ldy + n)] == kSentinel);
+              }
+            }
+        }
+        ++seed;
+      }
+}
+
 // gemm_repacked at M > 8 (prefill; on VNNI the X-panel kernel over the 16-row groups): against
 // the float64 references of run_case_q8 (tight on the q8_0-rounded X, loose against the f32 X),
 // every row bit-identical to gemv_repacked of that row (so also to the previous 4-row tiles), and
