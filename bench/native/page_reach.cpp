@@ -14,8 +14,9 @@
 //
 // Per `other` size and round: read `other` MiB (one load a 64-byte line, 2 MiB pages), then one
 // load per 2 MiB page of the region (thread CPU time per page), then the same again (now cached);
-// then the same with one load per 4 KiB of the region; then with the region's pages first touched
-// by a thread on another CPU. Printed: median / p10 / p90 over the rounds, us a 2 MiB page.
+// then the same with one load per 4 KiB of the region; then, after `other` MiB again, a stream of
+// the region (one load a 64-byte line: what a decode GEMV does to its weights); then one load per
+// 2 MiB page with the region's pages first touched by a thread on another CPU. Printed: median / p10 / p90 over the rounds, us a 2 MiB page.
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -127,13 +128,15 @@ int main(int argc, char** argv) {
               region >> 20, pages, region_1g ? "1 GiB pages" : "2 MiB THP", other_1g ? "1 GiB pages" : "2 MiB THP", rounds);
   print_coverage();
   for (size_t o : others) {
-    std::vector<double> first, again, first4k, other_cpu;
+    std::vector<double> first, again, first4k, other_cpu, stream;
     for (int it = 0; it < rounds; ++it) {
       touch(other, o, 64);
       first.push_back(touch(r, region, kPage2M) / pages * 1e6);
       again.push_back(touch(r, region, kPage2M) / pages * 1e6);
       touch(other, o, 64);
       first4k.push_back(touch(r, region, 4096) / pages * 1e6);
+      touch(other, o, 64);
+      stream.push_back(touch(r, region, 64) / pages * 1e6);
       if (ncpu > 1) {
         touch(other, o, 64);
         std::thread t([&] {
@@ -147,6 +150,7 @@ int main(int argc, char** argv) {
     std::printf("other %5zu MiB: first load %.3f [%.3f, %.3f]  again %.3f  every 4 KiB %.3f [%.3f, %.3f]", o >> 20,
                 pct(first, 0.5), pct(first, 0.1), pct(first, 0.9), pct(again, 0.5), pct(first4k, 0.5),
                 pct(first4k, 0.1), pct(first4k, 0.9));
+    std::printf("  stream (every 64 B) %.2f [%.2f, %.2f]", pct(stream, 0.5), pct(stream, 0.1), pct(stream, 0.9));
     if (!other_cpu.empty())
       std::printf("  after the other CPU's touch %.3f [%.3f, %.3f]", pct(other_cpu, 0.5), pct(other_cpu, 0.1),
                   pct(other_cpu, 0.9));
