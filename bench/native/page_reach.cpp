@@ -6,12 +6,17 @@
 // state outside the guest, shared by its vCPUs. A decode step that streams more than that reach
 // (7B: ~5 GB of weights and K / V a token) pays it on every 2 MiB page it reads, every step.
 //
-//   build-bench/page_reach [region MiB=64] [rounds=20] [other MiB ...=256 1024 2048 3072 4096]
+//   build-bench/page_reach [--region-1g] [--other-1g] [region MiB=64] [rounds=20] [other MiB ...=256 1024 2048 3072 4096]
+//
+// --region-1g / --other-1g: that memory in 1 GiB hugetlb pages (MAP_HUGETLB | MAP_HUGE_1GB, from the
+// pool reserved in /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages; whole GiB each)
+// instead of 2 MiB transparent huge pages. The process's AnonHugePages / Hugetlb are printed.
 //
 // Per `other` size and round: read `other` MiB (one load a 64-byte line, 2 MiB pages), then one
 // load per 2 MiB page of the region (thread CPU time per page), then the same again (now cached);
-// then the same with one load per 4 KiB of the region; then with the region's pages first touched
-// by a thread on another CPU. Printed: median / p10 / p90 over the rounds, us a 2 MiB page.
+// then the same with one load per 4 KiB of the region; then, after `other` MiB again, a stream of
+// the region (one load a 64-byte line: what a decode GEMV does to its weights); then one load per
+// 2 MiB page with the region's pages first touched by a thread on another CPU. Printed: median / p10 / p90 over the rounds, us a 2 MiB page.
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -42,6 +47,37 @@ char* huge_region(size_t n) {
   return a;
 }
 
+constexpr size_t kPage1G = size_t(1) << 30;
+#ifndef MAP_HUGE_1GB
+#define MAP_HUGE_1GB (30 << 26)
+#endif
+// n bytes rounded up to whole 1 GiB hugetlb pages, written once; exits when the pool has too few.
+char* gib_region(size_t n) {
+  const size_t len = (n + kPage1G - 1) / kPage1G * kPage1G;
+  void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_1GB, -1, 0);
+  if (p == MAP_FAILED) {
+    std::fprintf(stderr, "mmap of %zu GiB in 1 GiB pages failed (reserve them: nr_hugepages)\n", len >> 30);
+    std::exit(1);
+  }
+  std::memset(p, 1, n);
+  return static_cast<char*>(p);
+}
+
+// AnonHugePages and Hugetlb of the whole process (/proc/self/smaps_rollup), MiB.
+void print_coverage() {
+  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!f) return;
+  char line[256];
+  double anon = 0, tlb = 0, kb = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) anon = kb;
+    else if (std::sscanf(line, "Private_Hugetlb: %lf kB", &kb) == 1) tlb += kb;
+    else if (std::sscanf(line, "Shared_Hugetlb: %lf kB", &kb) == 1) tlb += kb;
+  }
+  std::fclose(f);
+  std::printf("process: AnonHugePages %.0f MiB, Hugetlb %.0f MiB\n", anon / 1024, tlb / 1024);
+}
+
 unsigned g_sink;
 // One load every `stride` bytes of [a, a + n); seconds of this thread's CPU time.
 double touch(const char* a, size_t n, size_t stride) {
@@ -66,6 +102,16 @@ double pct(std::vector<double> v, double q) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool region_1g = false, other_1g = false;
+  while (argc > 1 && argv[1][0] == '-') {
+    if (!std::strcmp(argv[1], "--region-1g")) region_1g = true;
+    else if (!std::strcmp(argv[1], "--other-1g")) other_1g = true;
+    else {
+      std::fprintf(stderr, "page_reach: unknown option %s\n", argv[1]);
+      return 2;
+    }
+    ++argv, --argc;
+  }
   const size_t region = size_t(argc > 1 ? std::max(2, std::atoi(argv[1])) : 64) << 20;
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 20;
   std::vector<size_t> others;
@@ -75,19 +121,22 @@ int main(int argc, char** argv) {
   for (size_t o : others) max_other = std::max(max_other, o);
   const int ncpu = int(std::thread::hardware_concurrency());
   pin(0);
-  char* r = huge_region(region);
-  char* other = huge_region(std::max(max_other, kPage2M));
+  char* r = region_1g ? gib_region(region) : huge_region(region);
+  char* other = other_1g ? gib_region(std::max(max_other, kPage2M)) : huge_region(std::max(max_other, kPage2M));
   const double pages = double(region / kPage2M);
-  std::printf("region %zu MiB (%.0f pages of 2 MiB), %d rounds; us a 2 MiB page, median [p10, p90]\n", region >> 20,
-              pages, rounds);
+  std::printf("region %zu MiB (%.0f pages of 2 MiB) in %s, other in %s, %d rounds; us a 2 MiB page, median [p10, p90]\n",
+              region >> 20, pages, region_1g ? "1 GiB pages" : "2 MiB THP", other_1g ? "1 GiB pages" : "2 MiB THP", rounds);
+  print_coverage();
   for (size_t o : others) {
-    std::vector<double> first, again, first4k, other_cpu;
+    std::vector<double> first, again, first4k, other_cpu, stream;
     for (int it = 0; it < rounds; ++it) {
       touch(other, o, 64);
       first.push_back(touch(r, region, kPage2M) / pages * 1e6);
       again.push_back(touch(r, region, kPage2M) / pages * 1e6);
       touch(other, o, 64);
       first4k.push_back(touch(r, region, 4096) / pages * 1e6);
+      touch(other, o, 64);
+      stream.push_back(touch(r, region, 64) / pages * 1e6);
       if (ncpu > 1) {
         touch(other, o, 64);
         std::thread t([&] {
@@ -101,6 +150,7 @@ int main(int argc, char** argv) {
     std::printf("other %5zu MiB: first load %.3f [%.3f, %.3f]  again %.3f  every 4 KiB %.3f [%.3f, %.3f]", o >> 20,
                 pct(first, 0.5), pct(first, 0.1), pct(first, 0.9), pct(again, 0.5), pct(first4k, 0.5),
                 pct(first4k, 0.1), pct(first4k, 0.9));
+    std::printf("  stream (every 64 B) %.2f [%.2f, %.2f]", pct(stream, 0.5), pct(stream, 0.1), pct(stream, 0.9));
     if (!other_cpu.empty())
       std::printf("  after the other CPU's touch %.3f [%.3f, %.3f]", pct(other_cpu, 0.5), pct(other_cpu, 0.1),
                   pct(other_cpu, 0.9));
