@@ -95,6 +95,8 @@ CpuFeatures detect() {
     while (!f.brand.empty() && f.brand.back() == ' ') f.brand.pop_back();
   }
   __get_cpuid(1, &a, &b, &c, &d);
+  const unsigned base_family = (a >> 8) & 0xf;
+  const unsigned family = base_family == 0xf ? base_family + ((a >> 20) & 0xff) : base_family;
   const bool osxsave = c & (1u << 27);
   const bool fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
   const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
@@ -119,6 +121,7 @@ CpuFeatures detect() {
     f.avx512bf16 = os_avx512 && (a & (1u << 5));
     if (f.amx_tile && f.amx_bf16) f.amx_usable = request_amx_permission();
   }
+  f.avx512_double_pumped = avx512_double_pumped_cpu(vendor, family, f.avx512f);
 #endif
   return f;
 }
@@ -144,6 +147,10 @@ std::atomic<int>& cap_storage() {
 }
 
 }  // namespace
+
+bool avx512_double_pumped_cpu(const std::string& vendor, unsigned family, bool avx512f) {
+  return avx512f && vendor == "AuthenticAMD" && family == 25;
+}
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures f = detect();

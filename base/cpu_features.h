@@ -12,6 +12,10 @@ struct CpuFeatures {
   bool avx512bf16 = false, avx512vnni = false, avx512fp16 = false;
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool amx_usable = false;  // the OS granted AMX tile state to this process (Linux arch_prctl)
+  // AVX-512 on 256-bit units, each 512-bit op issued as two halves (AMD Zen 4: family 25 with
+  // AVX-512; Zen 5, family 26, has full-width units): half Zen 5's vdpbf16ps / FMA rate a cycle per
+  // core, so kernels tuned on Zen 5 may want other choices here (see avx512_double_pumped_cpu).
+  bool avx512_double_pumped = false;
   int physical_cores = 1;
   int logical_cpus = 1;
   std::string brand;
@@ -24,6 +28,9 @@ struct CpuFeatures {
 enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
 
 const CpuFeatures& cpu_features();
+// The avx512_double_pumped rule, from CPUID's vendor string, display family (base + extended)
+// and AVX-512 F: AMD family 25 (Zen 3 has no AVX-512, Zen 4 has it double-pumped).
+bool avx512_double_pumped_cpu(const std::string& vendor, unsigned family, bool avx512f);
 const char* isa_name(Isa isa);
 bool isa_from_name(const std::string& name, Isa* out);
 

@@ -15,7 +15,8 @@
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
 // repacked_guided: that kernel's guided claims of weight panels against equal chunks (set_repacked_guided;
-// with AB_PREFILL);
+// with AB_PREFILL); gemv_nopf: the bf16 / f16 / f32 stream GEMVs without software prefetch against
+// prefetcht0 (set_gemv_streams_prefetch);
 // AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
@@ -189,6 +190,10 @@ const AbSwitch kSwitches[] = {
     {"repacked_guided", [](bool on) { gemm_detail::set_repacked_guided(on); }},
     // bf16 gemm() at K > 4096 without the per-call W pack (set_bf16_gemm_wbcast; with AB_PREFILL)
     {"bf16_wbcast", [](bool on) { gemm_detail::set_bf16_gemm_wbcast(on); }},
+    // the bf16 / f16 / f32 stream GEMVs without software prefetch (on) against prefetcht0 1 KiB
+    // ahead (off); the default is none where avx512_double_pumped (Zen 4), else T0
+    {"gemv_nopf",
+     [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
 };
 int main(int argc, char** argv) {
   if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }

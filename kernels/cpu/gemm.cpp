@@ -152,10 +152,17 @@ void set_gemv_stream_f32(bool on) { g_gemv_stream_f32.store(on, std::memory_orde
 bool gemv_stream_f32() { return g_gemv_stream_f32.load(std::memory_order_relaxed); }
 
 namespace {
-std::atomic<int> g_gemv_streams_prefetch{int(GemvPrefetch::T0)};
+// -1 until set: this CPU's default (gemv_streams_prefetch_default).
+std::atomic<int> g_gemv_streams_prefetch{-1};
 }  // namespace
+GemvPrefetch gemv_streams_prefetch_default() {
+  return cpu_features().avx512_double_pumped ? GemvPrefetch::None : GemvPrefetch::T0;
+}
 void set_gemv_streams_prefetch(GemvPrefetch p) { g_gemv_streams_prefetch.store(int(p), std::memory_order_relaxed); }
-GemvPrefetch gemv_streams_prefetch() { return GemvPrefetch(g_gemv_streams_prefetch.load(std::memory_order_relaxed)); }
+GemvPrefetch gemv_streams_prefetch() {
+  const int v = g_gemv_streams_prefetch.load(std::memory_order_relaxed);
+  return v < 0 ? gemv_streams_prefetch_default() : GemvPrefetch(v);
+}
 
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {

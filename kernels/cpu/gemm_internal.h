@@ -169,10 +169,12 @@ bool gemv_stream_f32();
 // The stream kernels above read 4 rows' streams per thread side by side (gemm_avx512.cpp
 // gemv_streams; one stream a thread, the A/B switch EMOLLM_GEMV_STREAMS=0, is gone: 4 streams
 // 1.10-1.54x, bench/README 2026-12-05 04:29); rows left over run one at a time (gemv_stream).
-// The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0, default),
-// non-temporal (NTA: weights are read once a token) or none (the hardware prefetchers alone).
-// Same bits. For the A/B rows of bench_kernels; process-wide.
+// The stream kernels' software prefetch (1 KiB ahead of each stream): into L1 (T0), non-temporal
+// (NTA: weights are read once a token) or none (the hardware prefetchers alone). Same bits. The
+// default is T0, and none where cpu_features().avx512_double_pumped (Zen 4: bench/README, session
+// 25). For the tests and the A/B rows of bench_kernels; process-wide.
 enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+GemvPrefetch gemv_streams_prefetch_default();
 void set_gemv_streams_prefetch(GemvPrefetch p);
 GemvPrefetch gemv_streams_prefetch();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,

@@ -417,6 +417,19 @@ TEST(isa_cap_limits_active_level) {
               isa_name(detected), int(f.avx512bf16), int(f.amx_usable));
 }
 
+// avx512_double_pumped (kernels' per-CPU choices, e.g. the stream GEMV's prefetch): Zen 4 only,
+// i.e. AMD family 25 with AVX-512; not Zen 3 (family 25, no AVX-512), Zen 5 (26) or Intel.
+TEST(avx512_double_pumped_is_amd_family_25_with_avx512) {
+  EXPECT(avx512_double_pumped_cpu("AuthenticAMD", 25, true));    // Zen 4
+  EXPECT(!avx512_double_pumped_cpu("AuthenticAMD", 25, false));  // Zen 3
+  EXPECT(!avx512_double_pumped_cpu("AuthenticAMD", 26, true));   // Zen 5
+  EXPECT(!avx512_double_pumped_cpu("AuthenticAMD", 23, false));  // Zen 2
+  EXPECT(!avx512_double_pumped_cpu("GenuineIntel", 6, true));    // Sapphire Rapids
+  const CpuFeatures& f = cpu_features();
+  if (f.avx512_double_pumped) EXPECT(f.avx512f);
+  std::printf("    cpu: %s, avx512_double_pumped %d\n", f.brand.c_str(), int(f.avx512_double_pumped));
+}
+
 TEST(tensor_view_shapes) {
   float buf[24];
   auto t = TensorView::contiguous(buf, DType::F32, {2, 3, 4});

@@ -501,7 +501,7 @@ TEST(gemm_huge_pages_single_stream_gemv) {
 // accumulation) within the f32 tolerance (f32_tol: 1e-5 * sum|x w| / sqrt(K) + 1e-6), and the same
 // bits as each row computed alone (an N = 1 call: the one-stream kernel gemv_stream, which runs the
 // rows left over after the streams; each row's sums are that kernel's) and as the stream kernel
-// with a non-temporal or no software prefetch (set_gemv_streams_prefetch):
+// with each software prefetch hint, T0, non-temporal or none (set_gemv_streams_prefetch):
 // N below, at and past multiples of 4 (rows left over after the streams), K over every tail of the
 // 64-element step, without a pool, on 2 and 3 threads, with and without bias. AVX-512 only (the
 // only ISA that runs these kernels).
@@ -539,16 +539,20 @@ TEST(gemm_huge_pages_multi_stream_gemv) {
             check_result(Y, R, p, S, 0.0, what);
             if (std::memcmp(Y.data(), Y1.data(), size_t(N) * sizeof(float)) != 0)
               emollm_test::report_failure(__FILE__, __LINE__, what + ": not the one-stream kernel's bits (rows alone)");
-            // the other software prefetch hints (set_gemv_streams_prefetch): only the prefetch
-            // instructions differ, so the same bits again
-            for (gemm_detail::GemvPrefetch pf : {gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
+            // every software prefetch hint (set_gemv_streams_prefetch; the default is this CPU's
+            // choice): only the prefetch instructions differ, so the same bits again
+            const gemm_detail::GemvPrefetch prev_pf = gemm_detail::gemv_streams_prefetch();
+            for (gemm_detail::GemvPrefetch pf :
+                 {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
               std::vector<float> Yp(size_t(p.ldy), kSentinel);
               gemm_detail::set_gemv_streams_prefetch(pf);
               gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Yp.data(), p.ldy, 1, N, K, pool);
-              gemm_detail::set_gemv_streams_prefetch(gemm_detail::GemvPrefetch::T0);
+              gemm_detail::set_gemv_streams_prefetch(prev_pf);
               if (std::memcmp(Y.data(), Yp.data(), Y.size() * sizeof(float)) != 0)
                 emollm_test::report_failure(__FILE__, __LINE__,
-                                            what + (pf == gemm_detail::GemvPrefetch::Nta ? ": prefetchnta" : ": no prefetch") +
+                                            what + (pf == gemm_detail::GemvPrefetch::T0    ? ": prefetcht0"
+                                                    : pf == gemm_detail::GemvPrefetch::Nta ? ": prefetchnta"
+                                                                                           : ": no prefetch") +
                                                 " changed the bits");
             }
           }

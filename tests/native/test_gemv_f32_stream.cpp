@@ -115,11 +115,12 @@ TEST(gemv_f32_stream_same_bits_as_dot_block) {
               if (!pool && ranges) continue;  // no schedule without a pool
               SwitchScope s(true);
               const bool prev_ranges = gemm_detail::gemv_ranges();
+              const gemm_detail::GemvPrefetch prev_pf = gemm_detail::gemv_streams_prefetch();
               gemm_detail::set_gemv_streams_prefetch(pf);
               gemm_detail::set_gemv_ranges(ranges == 0);
               std::vector<float> y(size_t(N), kSentinel);
               gemm_huge_pages(x.data(), K, W.data(), DType::F32, b, y.data(), N, 1, N, K, pool);
-              gemm_detail::set_gemv_streams_prefetch(gemm_detail::GemvPrefetch::T0);
+              gemm_detail::set_gemv_streams_prefetch(prev_pf);
               gemm_detail::set_gemv_ranges(prev_ranges);
               bad += compare(y, plain, x.data(), W.data(), b, N, K,
                              "f32 stream GEMV pf=" + std::to_string(int(pf)) + " ranges=" + std::to_string(1 - ranges) +
