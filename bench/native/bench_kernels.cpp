@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
@@ -72,6 +73,7 @@ struct Options {
   std::string json_out;         // also write JSON here
   bool list = false;
   bool anchors = true;
+  bool cpu_clock = false;       // time calls by the process's CPU time (1 thread only)
   std::string isa;
 };
 
@@ -85,6 +87,9 @@ struct Options {
                "  --budget S        seconds per measurement (default 0.5, quick 0.12)\n"
                "  --isa LEVEL       cap emollm kernels: scalar, avx2, avx512, amx\n"
                "  --no-anchors      skip OpenBLAS / oneDNN\n"
+               "  --cpu-clock       time each call by the process's CPU time instead of wall time (needs\n"
+               "                    --threads 1): on a loaded machine the other processes then cost only\n"
+               "                    their cache and memory traffic, not the time slices they take\n"
                "  --json            print JSON on stdout (the table goes to stderr)\n"
                "  --json-out FILE   also write the JSON to FILE\n"
                "  --list            list case names and exit\n");
@@ -110,6 +115,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--json") o.json = true;
     else if (a == "--list") o.list = true;
     else if (a == "--no-anchors") o.anchors = false;
+    else if (a == "--cpu-clock") o.cpu_clock = true;
     else if (is(a, "--threads")) o.threads = std::atoi(value(i, "--threads").c_str());
     else if (is(a, "--budget")) o.budget = std::atof(value(i, "--budget").c_str());
     else if (is(a, "--isa")) o.isa = value(i, "--isa");
@@ -129,6 +135,11 @@ Options parse_args(int argc, char** argv) {
     }
   }
   if (o.budget <= 0) o.budget = o.quick ? 0.12 : 0.5;
+  if (o.cpu_clock && o.threads != 1) {
+    // Several threads' CPU time adds up (and spinning workers count): only one thread's is a time.
+    std::fprintf(stderr, "--cpu-clock needs --threads 1\n");
+    usage(2);
+  }
   return o;
 }
 
@@ -150,6 +161,15 @@ bool selected(const std::string& name) {
 using Clock = std::chrono::steady_clock;
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
+// What measure / measure_interleaved time calls by: wall time, or with --cpu-clock the process's
+// CPU time (at 1 thread emollm's pool and oneDNN's OpenMP team run on the calling thread).
+double call_clock_s() {
+  if (!g_opt.cpu_clock) return now_s();
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
 struct Stats {
   double best = 0, median = 0;
   int reps = 0;
@@ -163,19 +183,19 @@ Stats measure(const std::function<void(int)>& fn, double budget = -1, int min_re
   if (budget < 0) budget = g_opt.budget;
   if (min_reps < 0) min_reps = g_opt.quick ? 2 : 3;
   int call = 0;
-  double t0 = now_s();
+  double t0 = call_clock_s();
   fn(call++);  // warmup: page faults, thread wake-up, packing scratch
-  double first = now_s() - t0;
+  double first = call_clock_s() - t0;
   std::vector<double> ts;
   if (first > 4 * budget) {
     ts.push_back(first);  // far over budget (a scalar fallback?): one call is all we take
   } else {
-    while (now_s() - t0 < std::min(0.05, budget * 0.25) && call < 20) fn(call++);
+    while (call_clock_s() - t0 < std::min(0.05, budget * 0.25) && call < 20) fn(call++);
     double spent = 0;
     while ((int)ts.size() < max_reps) {
-      double a = now_s();
+      double a = call_clock_s();
       fn(call++);
-      double d = now_s() - a;
+      double d = call_clock_s() - a;
       ts.push_back(d);
       spent += d;
       if ((int)ts.size() >= min_reps && spent >= budget) break;
@@ -205,9 +225,9 @@ std::vector<Stats> measure_interleaved(const std::vector<std::function<void(int)
   while (ts[0].size() < 300) {
     for (size_t k = 0; k < fns.size(); ++k) {
       if (gap_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(gap_s));
-      double t0 = now_s();
+      double t0 = call_clock_s();
       fns[k](call++);
-      double d = now_s() - t0;
+      double d = call_clock_s() - t0;
       ts[k].push_back(d);
       spent += d;
     }
@@ -1200,7 +1220,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats dnnl_il, pan1, huge_alone, other_pf[2];
+      Stats dnnl_il, pan1, huge_alone, other_pf[kOtherPrefetch.size()];
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1331,8 +1351,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           }
           res.st = cur = st[0];
           prev = st[1];
-          for (size_t j = 0; j < std::size(kOtherPrefetch); ++j) other_pf[j] = st[2 + j];
-          st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(std::size(kOtherPrefetch)));
+          for (size_t j = 0; j < kOtherPrefetch.size(); ++j) other_pf[j] = st[2 + j];
+          st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(kOtherPrefetch.size()));
           if (panels_m1) {
             pan1 = st[2];
           }
@@ -1405,7 +1425,7 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                 double(wbytes), [&] { gemm_huge_pages(X.get(), K, (*hcopies)[0], t, nullptr, Y.get(), N, 1, N, K, &pool); });
       if (stream_ab && same_size.reps > 0 && prev.reps > 0)
         add_probe_same_size(M, t, double(wbytes), same_size, "huge", prev.best, "the huge row's copies");
-      for (size_t j = 0; stream_ab && j < std::size(kOtherPrefetch); ++j)
+      for (size_t j = 0; stream_ab && j < kOtherPrefetch.size(); ++j)
         if (other_pf[j].reps > 0) {
           const GemvPf pf = kOtherPrefetch[j];
           add_row(prefetch_row_name(pf), other_pf[j], "huge", other_pf[j].best / prev.best,
@@ -3095,6 +3115,7 @@ std::string to_json(int threads, double wall, double rss_mib) {
   j.kv("physical_cores", double(f.physical_cores));
   j.kv("logical_cpus", double(f.logical_cpus));
   j.kv("threads", double(threads));
+  j.kvb("cpu_clock", g_opt.cpu_clock);
   j.kv("isa_active", isa_name(isa_active()));
   j.kv("l3_bytes", double(l3_bytes()));
   // decode rows (GEMV, probe-same-size, anchors, decode attention) rotate over this many bytes of
@@ -3236,7 +3257,8 @@ int main(int argc, char** argv) {
                double(rotate_bytes()) / 1048576.0, rotate_l3x(), threads);
   std::fprintf(g_out, "features: avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512bf16=%d avx512vnni=%d amx_bf16=%d amx_usable=%d\n",
                f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512bf16, f.avx512vnni, f.amx_bf16, f.amx_usable);
-  std::fprintf(g_out, "budget %.2f s per measurement; times are best/median of the repetitions\n", g_opt.budget);
+  std::fprintf(g_out, "budget %.2f s per measurement; times are best/median of the repetitions%s\n", g_opt.budget,
+               g_opt.cpu_clock ? " (process CPU time: --cpu-clock)" : "");
   if (FILE* la = std::fopen("/proc/loadavg", "r")) {
     double load = 0;
     if (std::fscanf(la, "%lf", &load) == 1 && load > 0.5 * f.logical_cpus)
