@@ -83,6 +83,7 @@ CpuFeatures detect() {
   char vendor[13] = {0};
   std::memcpy(vendor, &b, 4); std::memcpy(vendor + 4, &d, 4); std::memcpy(vendor + 8, &c, 4);
   f.brand = vendor;
+  f.amd = std::strcmp(vendor, "AuthenticAMD") == 0;
   unsigned ext = 0;
   if (__get_cpuid(0x80000000, &ext, &b, &c, &d) && ext >= 0x80000004) {
     char brand[49] = {0};
@@ -95,6 +96,11 @@ CpuFeatures detect() {
     while (!f.brand.empty() && f.brand.back() == ' ') f.brand.pop_back();
   }
   __get_cpuid(1, &a, &b, &c, &d);
+  {
+    const int base_family = int((a >> 8) & 0xF), base_model = int((a >> 4) & 0xF);
+    f.family = base_family == 0xF ? base_family + int((a >> 20) & 0xFF) : base_family;
+    f.model = base_family == 0xF || base_family == 0x6 ? (int((a >> 16) & 0xF) << 4) + base_model : base_model;
+  }
   const bool osxsave = c & (1u << 27);
   const bool fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
   const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
@@ -119,6 +125,7 @@ CpuFeatures detect() {
     f.avx512bf16 = os_avx512 && (a & (1u << 5));
     if (f.amx_tile && f.amx_bf16) f.amx_usable = request_amx_permission();
   }
+  f.avx512_double_pumped = avx512_double_pumped_cpu(f.amd, f.family, f.avx512f);
 #endif
   return f;
 }
@@ -144,6 +151,8 @@ std::atomic<int>& cap_storage() {
 }
 
 }  // namespace
+
+bool avx512_double_pumped_cpu(bool amd, int family, bool avx512f) { return amd && family == 25 && avx512f; }
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures f = detect();

@@ -15,7 +15,20 @@ struct CpuFeatures {
   int physical_cores = 1;
   int logical_cpus = 1;
   std::string brand;
+  // x86: AMD's vendor string; the display family and model (cpuid leaf 1, extended fields added)
+  bool amd = false;
+  int family = 0, model = 0;
+  // 512-bit operations run as two 256-bit halves (AMD Zen 4, family 25): a zmm vpdpbusd / FMA
+  // takes the issue slots of two ymm ones, so a kernel's arithmetic is half as fast against the
+  // same memory and caches as on full-width units (Zen 5, Intel). Defaults that depend on that
+  // balance are chosen by it (gemv_repacked.cpp's X-panel kernel: repacked_panel_defaults).
+  bool avx512_double_pumped = false;
 };
+
+// The double-pumped rule from the vendor, family and AVX-512 (detect() applies it; tests too):
+// AMD family 25 (Zen 4) with AVX-512. Zen 5 (family 26) has full-width units; earlier AMD
+// families have no AVX-512.
+bool avx512_double_pumped_cpu(bool amd, int family, bool avx512f);
 
 // Ordered levels: a kernel for level L may use everything below it too.
 //   Avx2   : AVX2 + FMA + F16C

@@ -935,12 +935,36 @@ int pick(const std::atomic<int>& set, int dflt) {
   return v >= 0 ? v : dflt;
 }
 
-// Blocks per k slice (even), or 0: one kernel call over the whole K. Default: slices of 32 blocks
-// from K = 8192 on. Measured at the 7B shapes (q4_0, M = 512, 1 thread CPU time, loaded, best of
-// 8-10 interleaved): down (K = 11008) 1.025-1.047x with 8 panels a group and 3 MiB passes; gate /
-// up and qkvo (K = 4096) 0.95-0.99x (their whole-K weight panels, 74 KiB, already sit in L2).
+// The built-in blocking by CPU trait: row 0 full-width AVX-512 (Zen 5, where sessions 17-24 decided
+// it), row 1 512-bit ops double-pumped (base/cpu_features.h avx512_double_pumped: Zen 4). The trait
+// is read once (cpu_features); set_repacked_double_pumped injects it (tests, A/B tools). Every row
+// gives the same bits (the blockings are same-bits alternatives: gemm_repacked_kslice_same_bits).
+// Per row, measured (q8_panels_ab, M = 628, 1 thread thread CPU time, interleaved; bench/README):
+// - k slices: full-width from K = 8192 (nb >= 256) on, see panel_kslice; double-pumped never:
+//   unsliced on the 7B down projection (4096 x 11008) 1.057-1.069x (q4_0) / 1.086x (q8_0) the
+//   sliced kernel on Zen 4 (session 25), and slices on K = 4096 0.89-0.91x there (0.95-0.99 on Zen 5).
+// - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: Zen 4's
+//   A/Bs of them were within +-1.5% (bench/README, session 25).
+struct PanelDefaults {
+  int64_t kslice_from_blocks;  // k slices from this many blocks of K on; 0: never
+};
+constexpr PanelDefaults kPanelDefaults[2] = {{256}, {0}};
+std::atomic<int> g_double_pumped{-1};  // -1: cpu_features().avx512_double_pumped
+
+const PanelDefaults& panel_defaults() {
+  const int v = g_double_pumped.load(std::memory_order_relaxed);
+  const bool dp = v >= 0 ? v != 0 : cpu_features().avx512_double_pumped;
+  return kPanelDefaults[dp ? 1 : 0];
+}
+
+// Blocks per k slice (even), or 0: one kernel call over the whole K. Default (panel_defaults):
+// slices of 32 blocks from K = 8192 on with full-width units. Measured at the 7B shapes on Zen 5
+// (q4_0, M = 512, 1 thread CPU time, loaded, best of 8-10 interleaved): down (K = 11008)
+// 1.025-1.047x with 8 panels a group and 3 MiB passes; gate / up and qkvo (K = 4096) 0.95-0.99x
+// (their whole-K weight panels, 74 KiB, already sit in L2). Double-pumped (Zen 4): none.
 int64_t panel_kslice(int64_t nb) {
-  const int64_t kc = pick(g_kslice, nb >= 256 ? 32 : 0) & ~1;
+  const int64_t from = panel_defaults().kslice_from_blocks;
+  const int64_t kc = pick(g_kslice, from > 0 && nb >= from ? 32 : 0) & ~1;
   return kc > 0 && kc < nb ? kc : 0;
 }
 
@@ -1077,6 +1101,20 @@ void set_repacked_kslice(int blocks) {
   g_kslice.store(blocks, std::memory_order_relaxed);
 #endif
   (void)blocks;
+}
+int64_t repacked_kslice_for(int64_t nb) {
+#if defined(__x86_64__)
+  return panel_kslice(nb);
+#else
+  (void)nb;
+  return 0;
+#endif
+}
+void set_repacked_double_pumped(int on) {
+#if defined(__x86_64__)
+  g_double_pumped.store(on < 0 ? -1 : on != 0, std::memory_order_relaxed);
+#endif
+  (void)on;
 }
 void set_repacked_kgroup(int panels) {
 #if defined(__x86_64__)
