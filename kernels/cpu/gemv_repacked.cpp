@@ -939,12 +939,13 @@ int pick(const std::atomic<int>& set, int dflt) {
 // it), row 1 512-bit ops double-pumped (base/cpu_features.h avx512_double_pumped: Zen 4). The trait
 // is read once (cpu_features); set_repacked_double_pumped injects it (tests, A/B tools). Every row
 // gives the same bits (the blockings are same-bits alternatives: gemm_repacked_kslice_same_bits).
-// Per row, measured (q8_panels_ab, M = 628, 1 thread thread CPU time, interleaved; bench/README):
-// - k slices: full-width from K = 8192 (nb >= 256) on, see panel_kslice; double-pumped never:
-//   unsliced on the 7B down projection (4096 x 11008) 1.057-1.069x (q4_0) / 1.086x (q8_0) the
-//   sliced kernel on Zen 4 (session 25), and slices on K = 4096 0.89-0.91x there (0.95-0.99 on Zen 5).
-// - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: Zen 4's
-//   A/Bs of them were within +-1.5% (bench/README, session 25).
+// Per row, measured (q8_panels_ab, M = 628, interleaved, loaded; bench/README session 25):
+// - k slices: full-width from K = 8192 (nb >= 256) on, see panel_kslice; double-pumped never: on
+//   Zen 4 the 7B down projection (4096 x 11008) unsliced / sliced is 1.057-1.069x (q4_0) and 1.086x
+//   (q8_0) at 1 thread (thread CPU time), 1.06-1.07x / 1.09x at 2 (process CPU time), and slices on
+//   K = 4096 0.87-0.91x there (0.95-0.99 on Zen 5).
+// - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: on Zen 4
+//   every alternative to them was 0.87-1.016x at 1 and 2 threads.
 struct PanelDefaults {
   int64_t kslice_from_blocks;  // k slices from this many blocks of K on; 0: never
 };
