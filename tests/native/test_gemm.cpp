@@ -1689,6 +1689,7 @@ struct RepackedSettingsRestore {
 TEST(gemm_repacked_kslice_same_bits) {
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
+  gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t M, N, K;
@@ -1729,6 +1730,7 @@ TEST(gemm_repacked_kslice_same_bits) {
 TEST(gemm_repacked_x_prefetch_same_bits) {
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
+  gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   EXPECT(gemm_detail::repacked_x_prefetch());  // on by default
   ThreadPool pool2(2), pool3(3);
   struct Shape {
@@ -1771,6 +1773,7 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
 TEST(gemm_repacked_guided_same_bits) {
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
+  gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   struct PoolScope {
     ~PoolScope() {
       pool_set_slow_worker(0);
