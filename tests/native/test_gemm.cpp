@@ -1817,7 +1817,7 @@ TEST(gemm_repacked_guided_same_bits) {
 
 // The X-panel kernel's built-in blocking is chosen by the CPU trait (base/cpu_features.h
 // avx512_double_pumped, injected here by set_repacked_double_pumped): k slices of 32 blocks from
-// K = 8192 on with full-width AVX-512, none when 512-bit ops are double-pumped (Zen 4); the CPU's own
+// K = 8192 on with full-width AVX-512, none on q8_0 when 512-bit ops are double-pumped (Zen 4); the CPU's own
 // trait when not injected; an explicit set_repacked_kslice wins under either. The detection rule:
 // AMD family 25 with AVX-512 only. And the bits do not depend on the trait: every row of the 7B's
 // down projection shape (K = 11008, M across the X chunks), K = 8192 and K = 4096 bit-identical to
@@ -1835,22 +1835,28 @@ TEST(gemm_repacked_defaults_follow_cpu_trait) {
               f.avx512_double_pumped ? "double-pumped" : "not double-pumped");
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
-  EXPECT(gemm_detail::repacked_kslice_for(344) == (f.avx512_double_pumped ? 0 : 32));  // not injected
+  const DType q4 = DType::Q4_0, q8 = DType::Q8_0;
+  // not injected: the CPU's own row
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
   gemm_detail::set_repacked_double_pumped(0);
-  EXPECT(gemm_detail::repacked_kslice_for(344) == 32);  // K = 11008
-  EXPECT(gemm_detail::repacked_kslice_for(256) == 32);  // K = 8192
-  EXPECT(gemm_detail::repacked_kslice_for(128) == 0);   // K = 4096
+  for (DType t : {q4, q8}) {
+    EXPECT(gemm_detail::repacked_kslice_for(t, 344) == 32);  // K = 11008
+    EXPECT(gemm_detail::repacked_kslice_for(t, 256) == 32);  // K = 8192
+    EXPECT(gemm_detail::repacked_kslice_for(t, 128) == 0);   // K = 4096
+  }
   gemm_detail::set_repacked_double_pumped(1);
-  EXPECT(gemm_detail::repacked_kslice_for(344) == 0);
-  EXPECT(gemm_detail::repacked_kslice_for(256) == 0);
-  EXPECT(gemm_detail::repacked_kslice_for(128) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 256) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 128) == 0);
   gemm_detail::set_repacked_kslice(16);  // an explicit slice wins under either trait
-  EXPECT(gemm_detail::repacked_kslice_for(344) == 16);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 16);
   gemm_detail::set_repacked_double_pumped(0);
-  EXPECT(gemm_detail::repacked_kslice_for(344) == 16);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 16);
   gemm_detail::set_repacked_kslice(-1);
   gemm_detail::set_repacked_double_pumped(-1);
-  EXPECT(gemm_detail::repacked_kslice_for(344) == (f.avx512_double_pumped ? 0 : 32));
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t M, N, K;
