@@ -21,7 +21,7 @@ struct CpuFeatures {
   // 512-bit operations run as two 256-bit halves (AMD Zen 4, family 25): a zmm vpdpbusd / FMA
   // takes the issue slots of two ymm ones, so a kernel's arithmetic is half as fast against the
   // same memory and caches as on full-width units (Zen 5, Intel). Defaults that depend on that
-  // balance are chosen by it (gemv_repacked.cpp's X-panel kernel: repacked_panel_defaults; the
+  // balance are chosen by it (gemv_repacked.cpp's X-panel kernel: kPanelDefaults; the
   // decode GEMVs' prefetch and streams: kernels/cpu/decode_tuning.h).
   bool avx512_double_pumped = false;
 };

@@ -18,7 +18,9 @@
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
 // repacked_guided: that kernel's guided claims of weight panels against equal chunks (set_repacked_guided;
-// with AB_PREFILL);
+// with AB_PREFILL); repacked_double_pumped: that kernel's Zen 4 defaults (no k slices on q8_0) against
+// full-width AVX-512's (set_repacked_double_pumped; with AB_PREFILL); repacked_unsliced: that
+// kernel without k slices against this CPU's default (set_repacked_kslice; with AB_PREFILL);
 // AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
@@ -207,6 +209,12 @@ const AbSwitch kSwitches[] = {
     {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},
     // the X-panel kernel's guided claims of weight panels vs equal chunks (set_repacked_guided; with AB_PREFILL)
     {"repacked_guided", [](bool on) { gemm_detail::set_repacked_guided(on); }},
+    // the X-panel kernel's built-in blocking of double-pumped AVX-512 (Zen 4: no k slices on q8_0) against
+    // full-width's (k slices from K = 8192), whatever this CPU is (set_repacked_double_pumped; with AB_PREFILL)
+    {"repacked_double_pumped", [](bool on) { gemm_detail::set_repacked_double_pumped(on ? 1 : 0); }},
+    // the X-panel kernel unsliced (set_repacked_kslice(0)) against this CPU's default (-1): whether
+    // q4_0 should join q8_0 in the double-pumped row (a q4_0 model; with AB_PREFILL)
+    {"repacked_unsliced", [](bool on) { gemm_detail::set_repacked_kslice(on ? 0 : -1); }},
     // bf16 gemm() at K > 4096 without the per-call W pack (set_bf16_gemm_wbcast; with AB_PREFILL)
     {"bf16_wbcast", [](bool on) { gemm_detail::set_bf16_gemm_wbcast(on); }},
 };

@@ -10,6 +10,10 @@
 //            _kgroup blocks, KiB, panels, -1 = default; fused 0/1: set_qx_pack_fused; xpf 0/1:
 //            set_repacked_x_prefetch, default 1; guided 0/1: set_repacked_guided, default 1; tile 4 / 6:
 //            set_repacked_tile_rows, M <= kSmallM below the X-panel kernel, default 6)
+//   CONFIG:rows (an 8th field, 1..M, default M): the product of X's first `rows` rows only, so that
+//            row counts can be interleaved in one process (per-row times; bits compared on the rows
+//            both configurations computed)
+//   AB_CLOCK=process: every configuration timed by the process's CPU time (all threads; see now_s)
 //   AB_SLOW=pct: the pool's last worker runs pct% slower (pool_set_slow_worker), every configuration
 //   AB_SLOW_ALT=pct: every other call of each configuration with that slowdown, timed apart (the
 //            undisturbed and the slowed walls of one run, interleaved)
@@ -17,6 +21,7 @@
 //   ./build-bench/q8_panels_ab 512 4096 11008 q4_0 1 10 0:1536:1:0 -1:-1:-1:1   # session 17 vs now
 //   AB_SLOW_ALT=25 ./build-bench/q8_panels_ab 628 4096 4096 q4_0 2 16 -1:-1:-1:1:1:0 -1:-1:-1:1:1:1  # equal / guided
 //   ./build-bench/q8_panels_ab 5 22016 4096 q4_0 1 10 -1:-1:-1:1:1:1:4 -1:-1:-1:1:1:1:6   # M = 5: 4-row tiles / one tile
+//   ./build-bench/q8_panels_ab 640 4096 11008 q4_0 1 12 -1:-1:-1:1:1:1:6:608 -1:-1:-1:1:1:1:6:628 -1:-1:-1:1:1:1:6:640
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -34,10 +39,18 @@
 using namespace emollm;
 
 namespace {
-// The calling thread's CPU time at 1 thread, wall time at more.
-double now_s(bool cpu) { return cpu ? bench::thread_cpu() : bench::now(); }
+// The calling thread's CPU time at 1 thread, wall time at more; with AB_CLOCK=process the
+// process's CPU time (all threads: readable at 2 threads on a loaded machine, preemption and the
+// wait for a preempted worker excluded; a pool worker's end-of-job spin, <= ~0.4 ms, included).
+double process_cpu() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+bool g_process_clock = false;
+double now_s(bool cpu) { return g_process_clock ? process_cpu() : cpu ? bench::thread_cpu() : bench::now(); }
 struct Config {
-  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1, xpf = 1, guided = 1, tile = 6;
+  int kslice = -1, pass_kib = -1, kgroup = -1, fused = 1, xpf = 1, guided = 1, tile = 6, rows = 0;
 };
 }  // namespace
 
@@ -57,11 +70,12 @@ int main(int argc, char** argv) {
   std::vector<Config> cfg;
   for (int i = 7; i < argc; ++i) {
     Config c;
-    if (std::sscanf(argv[i], "%d:%d:%d:%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused, &c.xpf, &c.guided,
-                    &c.tile) < 4) {
-      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused[:xpf[:guided[:tile]]], got %s\n", argv[i]);
+    if (std::sscanf(argv[i], "%d:%d:%d:%d:%d:%d:%d:%d", &c.kslice, &c.pass_kib, &c.kgroup, &c.fused, &c.xpf, &c.guided,
+                    &c.tile, &c.rows) < 4) {
+      std::fprintf(stderr, "q8_panels_ab: a configuration is kslice:pass_kib:kgroup:fused[:xpf[:guided[:tile[:rows]]]], got %s\n", argv[i]);
       return 2;
     }
+    if (c.rows <= 0 || c.rows > M) c.rows = int(M);
     cfg.push_back(c);
   }
   std::mt19937 rng(1);
@@ -82,6 +96,7 @@ int main(int argc, char** argv) {
   double last_ho = 0;
   pool_handoff_timing(true);
   const bool cpu = th == 1;
+  g_process_clock = std::getenv("AB_CLOCK") && !std::strcmp(std::getenv("AB_CLOCK"), "process");
   const char* slow_env = std::getenv("AB_SLOW");
   const char* alt_env = std::getenv("AB_SLOW_ALT");
   const int slow = slow_env ? std::atoi(slow_env) : 0, alt = alt_env ? std::atoi(alt_env) : 0;
@@ -96,7 +111,7 @@ int main(int argc, char** argv) {
     gemm_detail::set_repacked_tile_rows(cfg[c].tile);
     const double h0 = pool_handoff_seconds_this_thread();
     const double t0 = now_s(cpu);
-    gemm_repacked(X.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, M, N, K, &pool);
+    gemm_repacked(X.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, cfg[c].rows, N, K, &pool);
     const double dt = now_s(cpu) - t0;
     last_ho = pool_handoff_seconds_this_thread() - h0;
     return dt;
@@ -115,17 +130,20 @@ int main(int argc, char** argv) {
       }
     }
   std::printf("q8_panels_ab %s M=%lld N=%lld K=%lld threads=%d rounds=%d (%s time) slow %d%% alt %d%%\n", ty.c_str(),
-              (long long)M, (long long)N, (long long)K, th, rounds, cpu ? "thread CPU" : "wall", slow, alt);
+              (long long)M, (long long)N, (long long)K, th, rounds, g_process_clock ? "process CPU" : cpu ? "thread CPU" : "wall", slow, alt);
   double best0 = 0;
   for (size_t c = 0; c < cfg.size(); ++c) {
     const double b = bench::best(ts[c]), med = bench::median(ts[c]);
     if (c == 0) best0 = b;
-    const bool same = std::memcmp(Y[c].data(), Y[0].data(), Y[0].size() * sizeof(float)) == 0;
-    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d xpf %d guided %d tile %d: best %8.2f ms  median %8.2f ms  %6.0f GOP/s  x%.3f  %s"
-                "  hand-off median %.2f ms\n",
-                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, cfg[c].xpf, cfg[c].guided, cfg[c].tile, b * 1e3,
-                med * 1e3, 2.0 * double(M) * double(N) * double(K) / b * 1e-9, best0 / b, same ? "same bits" : "BITS DIFFER",
-                bench::median(ho[c]) * 1e3);
+    const int64_t rows = cfg[c].rows, common = std::min<int64_t>(rows, cfg[0].rows);
+    const bool same = std::memcmp(Y[c].data(), Y[0].data(), size_t(common * N) * sizeof(float)) == 0;
+    // per row when the row counts differ: x = config 0's time a row / this one's
+    const double per_row = double(cfg[0].rows) / double(rows);
+    std::printf("  kslice %4d pass %5d KiB kgroup %2d fused %d xpf %d guided %d tile %d rows %4lld: best %8.2f ms  median %8.2f ms  "
+                "%6.0f GOP/s  x%.3f (a row)  %s  hand-off median %.2f ms\n",
+                cfg[c].kslice, cfg[c].pass_kib, cfg[c].kgroup, cfg[c].fused, cfg[c].xpf, cfg[c].guided, cfg[c].tile,
+                (long long)rows, b * 1e3, med * 1e3, 2.0 * double(rows) * double(N) * double(K) / b * 1e-9,
+                best0 / b / per_row, same ? "same bits" : "BITS DIFFER", bench::median(ho[c]) * 1e3);
   }
   for (size_t c = 0; alt > 0 && c < cfg.size(); ++c) {
     const double b = bench::best(ts_slow[c]), med = bench::median(ts_slow[c]);

@@ -199,6 +199,13 @@ void set_repacked_few_rows_path(FewRowsPath p);
 void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
+// Those built-in defaults are chosen once per CPU by a trait, base/cpu_features.h
+// avx512_double_pumped (Zen 4: no k slices on q8_0; gemv_repacked.cpp panel_defaults). 0 / 1 injects
+// the trait, -1 (the start) reads the CPU's. Same bits either way. For tests and A/B tools; process-wide.
+void set_repacked_double_pumped(int on);
+// The k slice (blocks; 0: whole K) the kernel uses now for wtype (q4_0 / q8_0) and K = 32 * nb
+// (the setter's, else the default).
+int64_t repacked_kslice_for(DType wtype, int64_t nb);
 // That kernel's software prefetch of the X panel it streams, 8 blocks ahead into L1, on calls
 // over the whole K (not k-sliced): default on (off: tests and A/B tools).
 // Same bits. For tests and q8_panels_ab; process-wide.

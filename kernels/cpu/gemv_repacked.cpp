@@ -1052,12 +1052,38 @@ int pick(const std::atomic<int>& set, int dflt) {
   return v >= 0 ? v : dflt;
 }
 
-// Blocks per k slice (even), or 0: one kernel call over the whole K. Default: slices of 32 blocks
-// from K = 8192 on. Measured at the 7B shapes (q4_0, M = 512, 1 thread CPU time, loaded, best of
-// 8-10 interleaved): down (K = 11008) 1.025-1.047x with 8 panels a group and 3 MiB passes; gate /
-// up and qkvo (K = 4096) 0.95-0.99x (their whole-K weight panels, 74 KiB, already sit in L2).
-int64_t panel_kslice(int64_t nb) {
-  const int64_t kc = pick(g_kslice, nb >= 256 ? 32 : 0) & ~1;
+// The built-in blocking by CPU trait: row 0 full-width AVX-512 (Zen 5, where sessions 17-24 decided
+// it), row 1 512-bit ops double-pumped (base/cpu_features.h avx512_double_pumped: Zen 4). The trait
+// is read once (cpu_features); set_repacked_double_pumped injects it (tests, A/B tools). Every row
+// gives the same bits (the blockings are same-bits alternatives: gemm_repacked_kslice_same_bits).
+// Per row, measured (q8_panels_ab, M = 628, interleaved; bench/README session 25):
+// - k slices: full-width from K = 8192 (nb >= 256) on for both weight types, see panel_kslice.
+//   Double-pumped, q8_0 never: the 7B down projection (4096 x 11008) unsliced / sliced 1.05-1.09x
+//   at 1 thread, 1.09-1.12x at 2 (Zen 4, load 2-15); q4_0 as full-width: unsliced 1.06x at 1
+//   thread under load 11-15 but 0.97-0.98x at load 2-5, 1.03-1.07x at 2 threads: not >= 3% at both
+//   thread counts. (Slices on K = 4096: 0.87-0.91x on Zen 4, 0.95-0.99 on Zen 5: never there.)
+// - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: on Zen 4
+//   every alternative to them was 0.87-1.016x at 1 and 2 threads.
+struct PanelDefaults {
+  int64_t kslice_from_blocks_q4, kslice_from_blocks_q8;  // k slices from this many blocks of K on; 0: never
+};
+constexpr PanelDefaults kPanelDefaults[2] = {{256, 256}, {256, 0}};
+std::atomic<int> g_double_pumped{-1};  // -1: cpu_features().avx512_double_pumped
+
+const PanelDefaults& panel_defaults() {
+  const int v = g_double_pumped.load(std::memory_order_relaxed);
+  const bool dp = v >= 0 ? v != 0 : cpu_features().avx512_double_pumped;
+  return kPanelDefaults[dp ? 1 : 0];
+}
+
+// Blocks per k slice (even), or 0: one kernel call over the whole K. Default (panel_defaults):
+// slices of 32 blocks from K = 8192 on (double-pumped: q4_0 only). Measured at the 7B shapes on
+// Zen 5 (q4_0, M = 512, 1 thread CPU time, loaded, best of 8-10 interleaved): down (K = 11008)
+// 1.025-1.047x with 8 panels a group and 3 MiB passes; gate / up and qkvo (K = 4096) 0.95-0.99x
+// (their whole-K weight panels, 74 KiB, already sit in L2).
+int64_t panel_kslice(int64_t nb, bool q8) {
+  const int64_t from = q8 ? panel_defaults().kslice_from_blocks_q8 : panel_defaults().kslice_from_blocks_q4;
+  const int64_t kc = pick(g_kslice, from > 0 && nb >= from ? 32 : 0) & ~1;
   return kc > 0 && kc < nb ? kc : 0;
 }
 
@@ -1127,7 +1153,7 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
   // k slices of kc blocks (0: none): per X pass and slice, a group of kg weight panels' slices
   // (16 * NV rows x kc blocks each) run against the pass's X slice (L1 / L2), the sums of every
   // (weight panel, X panel) pair kept in scratch between the slices (panel_groups_avx512)
-  const int64_t kc = panel_kslice(nb), kg = kc > 0 ? panel_kgroup() : 1;
+  const int64_t kc = panel_kslice(nb, q8), kg = kc > 0 ? panel_kgroup() : 1;
   const int64_t pc = std::max<int64_t>(1, (panel_pass_kib(kc > 0) << 10) / (nb * XPanels::kBlockDwords * 4));
   const int nth = pool ? pool->size() : 1;
   const bool xpf = kc == 0 && x_prefetch_on.load(std::memory_order_relaxed);
@@ -1194,6 +1220,20 @@ void set_repacked_kslice(int blocks) {
   g_kslice.store(blocks, std::memory_order_relaxed);
 #endif
   (void)blocks;
+}
+int64_t repacked_kslice_for(DType wtype, int64_t nb) {
+#if defined(__x86_64__)
+  return panel_kslice(nb, wtype == DType::Q8_0);
+#else
+  (void)wtype, (void)nb;
+  return 0;
+#endif
+}
+void set_repacked_double_pumped(int on) {
+#if defined(__x86_64__)
+  g_double_pumped.store(on < 0 ? -1 : on != 0, std::memory_order_relaxed);
+#endif
+  (void)on;
 }
 void set_repacked_kgroup(int panels) {
 #if defined(__x86_64__)

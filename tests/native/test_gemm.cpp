@@ -1722,6 +1722,7 @@ bool xpanel_kernel_runs() {
 // The X-panel kernel's settings back to their defaults when a test that changes them ends.
 struct RepackedSettingsRestore {
   ~RepackedSettingsRestore() {
+    gemm_detail::set_repacked_double_pumped(-1);
     gemm_detail::set_repacked_x_prefetch(true);
     gemm_detail::set_repacked_kslice(-1);
     gemm_detail::set_repacked_kgroup(-1);
@@ -1740,6 +1741,7 @@ struct RepackedSettingsRestore {
 TEST(gemm_repacked_kslice_same_bits) {
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
+  gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   ThreadPool pool2(2), pool3(3);
   struct Shape {
     int64_t M, N, K;
@@ -1780,6 +1782,7 @@ TEST(gemm_repacked_kslice_same_bits) {
 TEST(gemm_repacked_x_prefetch_same_bits) {
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
+  gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   EXPECT(gemm_detail::repacked_x_prefetch());  // on by default
   ThreadPool pool2(2), pool3(3);
   struct Shape {
@@ -1822,6 +1825,7 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
 TEST(gemm_repacked_guided_same_bits) {
   if (!xpanel_kernel_runs()) return;
   RepackedSettingsRestore restore;
+  gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   struct PoolScope {
     ~PoolScope() {
       pool_set_slow_worker(0);
@@ -1861,6 +1865,68 @@ TEST(gemm_repacked_guided_same_bits) {
             }
     }
   EXPECT(compared == int64_t(2 * 2 * 2 * 3 * 3 * (130 * 1040 + 613 * 200 + 47 * 520 + 70 * 1040)));
+}
+
+// The X-panel kernel's built-in blocking is chosen by the CPU trait (base/cpu_features.h
+// avx512_double_pumped, injected here by set_repacked_double_pumped): k slices of 32 blocks from
+// K = 8192 on with full-width AVX-512, none on q8_0 when 512-bit ops are double-pumped (Zen 4); the CPU's own
+// trait when not injected; an explicit set_repacked_kslice wins under either. The detection rule:
+// AMD family 25 with AVX-512 only. And the bits do not depend on the trait: every row of the 7B's
+// down projection shape (K = 11008, M across the X chunks), K = 8192 and K = 4096 bit-identical to
+// gemv_repacked of that row under both, 0-3 threads, gemm_repacked_multi too. A table row that
+// ignores the trait, or a double-pumped path that drops a block, fails it.
+TEST(gemm_repacked_defaults_follow_cpu_trait) {
+  EXPECT(avx512_double_pumped_cpu(true, 25, true));    // Zen 4
+  EXPECT(!avx512_double_pumped_cpu(true, 26, true));   // Zen 5: full width
+  EXPECT(!avx512_double_pumped_cpu(true, 25, false));  // no AVX-512
+  EXPECT(!avx512_double_pumped_cpu(false, 25, true));  // not AMD
+  EXPECT(!avx512_double_pumped_cpu(true, 23, false));  // Zen 2
+  const CpuFeatures& f = cpu_features();
+  EXPECT(f.avx512_double_pumped == avx512_double_pumped_cpu(f.amd, f.family, f.avx512f));
+  std::printf("  note: this CPU: %s family %d model %d, 512-bit ops %s\n", f.amd ? "AMD" : "not AMD", f.family, f.model,
+              f.avx512_double_pumped ? "double-pumped" : "not double-pumped");
+  if (!xpanel_kernel_runs()) return;
+  RepackedSettingsRestore restore;
+  const DType q4 = DType::Q4_0, q8 = DType::Q8_0;
+  // not injected: the CPU's own row
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
+  gemm_detail::set_repacked_double_pumped(0);
+  for (DType t : {q4, q8}) {
+    EXPECT(gemm_detail::repacked_kslice_for(t, 344) == 32);  // K = 11008
+    EXPECT(gemm_detail::repacked_kslice_for(t, 256) == 32);  // K = 8192
+    EXPECT(gemm_detail::repacked_kslice_for(t, 128) == 0);   // K = 4096
+  }
+  gemm_detail::set_repacked_double_pumped(1);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 256) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 128) == 0);
+  gemm_detail::set_repacked_kslice(16);  // an explicit slice wins under either trait
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 16);
+  gemm_detail::set_repacked_double_pumped(0);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 16);
+  gemm_detail::set_repacked_kslice(-1);
+  gemm_detail::set_repacked_double_pumped(-1);
+  EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{613, 40, 11008}, {70, 520, 8192}, {130, 64, 4096}};
+  uint32_t seed = 8300;
+  int64_t compared = 0;
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const Shape& sh : shapes) {
+      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
+      seed += 2;
+      for (int dp : {0, 1})
+        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+          gemm_detail::set_repacked_double_pumped(dp);
+          if (!repacked_agree(c, pl, "double_pumped=" + std::to_string(dp), &compared)) return;
+        }
+    }
+  EXPECT(compared == int64_t(2 * 2 * 3 * (613 * 40 + 70 * 520 + 130 * 64)));
 }
 
 // gemm_repacked_multi (a layer's q/k/v or gate/up of one X): each output bit-identical to
