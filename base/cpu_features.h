@@ -27,8 +27,9 @@ struct CpuFeatures {
 };
 
 // The double-pumped rule from the vendor, family and AVX-512 (detect() applies it; tests too):
-// AMD family 25 (Zen 4) with AVX-512. Zen 5 (family 26) has full-width units; earlier AMD
-// families have no AVX-512.
+// AMD family 25 (Zen 4) with AVX-512. Server / desktop Zen 5 (family 26) has full-width units
+// (mobile Zen 5 parts split 512-bit ops too, but keep Zen 5's defaults under this rule: not
+// measured); earlier AMD families have no AVX-512.
 bool avx512_double_pumped_cpu(bool amd, int family, bool avx512f);
 
 // Ordered levels: a kernel for level L may use everything below it too.

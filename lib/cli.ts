@@ -277,7 +277,8 @@ async function info(argv: readonly string[]): Promise<number> {
   if (p.values.json) console.log(JSON.stringify({ ...i, runtime }, null, 2));
   else {
     const on = Object.entries(i.features).filter(([, v]) => v).map(([k]) => k);
-    console.log(`cpu:      ${i.brand}`);
+    const microarch = i.family > 0 ? ` (family ${i.family} model ${i.model}${i.features.avx512DoublePumped ? ', AVX-512 double-pumped' : ''})` : '';
+    console.log(`cpu:      ${i.brand}${microarch}`);
     console.log(`cores:    ${i.physicalCores} physical, ${i.logicalCpus} logical; kernels use ${i.threads} threads`);
     console.log(
       `runtime:  device ${runtime.device}, ${runtime.threads} threads; devices in this build: ${runtime.devices.join(', ')}` +

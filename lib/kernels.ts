@@ -28,6 +28,15 @@ export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', '
 export interface CpuInfo {
   /** CPU brand string. */
   brand: string;
+  /** `'amd'` for AMD CPUs, `'other'` for other x86 vendors, `'unknown'` where CPUID was not read (not x86). */
+  vendor: 'amd' | 'other' | 'unknown';
+  /**
+   * CPUID display family and model (base plus extended fields, as /proc/cpuinfo prints them; 0 where
+   * not x86): e.g. AMD family 25 model 17 is Zen 4 "Genoa", family 26 Zen 5. Kernels choose some
+   * defaults by them (features.avx512DoublePumped); benchmarks record them beside every figure.
+   */
+  family: number;
+  model: number;
   /** Physical cores this process may run on: the default thread count. */
   physicalCores: number;
   logicalCpus: number;
@@ -45,7 +54,11 @@ export interface CpuInfo {
   repackWeights: boolean;
   /** Bytes of repacked weight copies alive in this process (0 when none). */
   packedWeightBytes: number;
-  /** Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...). */
+  /**
+   * Individual CPU features (avx2, avx512f, avx512bf16, amxBf16, amxUsable, ...), and
+   * `avx512DoublePumped`: 512-bit operations run as two 256-bit halves (AMD Zen 4), for which some
+   * kernel defaults differ (bench/README.md, the Zen 4 section).
+   */
   features: Record<string, boolean>;
 }
 

@@ -61,6 +61,7 @@ export interface NativeBinding {
   testExternalFinalized(): number;
   testFailNextWorker(): void;
   testZeroWrittenResults(on: boolean): void;
+  testPoisonWrittenResults(on: boolean): void;
   inspectSafetensors(path: string): Promise<unknown>;
   inspectGguf(path: string): Promise<unknown>;
   readConfig(path: string): Promise<unknown>;
@@ -68,6 +69,9 @@ export interface NativeBinding {
 
 export interface NativeCpuInfo {
   brand: string;
+  vendor: 'amd' | 'other' | 'unknown';
+  family: number;
+  model: number;
   physicalCores: number;
   logicalCpus: number;
   isaDetected: string;

@@ -1,6 +1,6 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
-// kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one; kq_one: one against two;
+// kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
 // against T0; decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16;
@@ -159,8 +159,6 @@ const AbSwitch kSwitches[] = {
     {"q40_nopf", [](bool on) { gemm_detail::set_q40_ms_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the f32 / f16 / bf16 stream kernels' software prefetch: none (on) against T0 (off)
     {"stream_nopf", [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
-    // the K-quant lean pass on one stream a thread (on) against two (off)
-    {"kq_one", [](bool on) { gemm_detail::set_kquant_streams(on ? 1 : 2); }},
     // decode_tuning.h's two rows: its double-pumped AVX-512 entry (on) against the Zen 5 one (off)
     {"decode_tuning",
      [](bool on) {

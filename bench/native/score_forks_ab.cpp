@@ -123,6 +123,6 @@ int main(int argc, char** argv) {
   set_score_forks(true);
   gemm_detail::set_repacked_tile_rows(6);
   set_fork_in_place(true);
-  gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::SpreadPanel);
+  gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::Default);
   return 0;
 }

@@ -94,6 +94,8 @@ int main(int argc, char** argv) {
       Wr.emplace_back(static_cast<uint8_t*>(aligned_alloc_huge(bytes)));
       quant_repack(Wq.data(), t, N, K, Wr.back().get(), &pool);
     }
+    if (t == DType::Q8_0 && M < 4)
+      std::printf("  note: q8_0 at M < 4 always takes the Previous path (gemm_repacked): every variant below is it\n");
     std::vector<std::vector<float>> Y(var.size(), std::vector<float>(size_t(M * N)));
     std::vector<std::vector<double>> ts(var.size());
     size_t next = 0;
@@ -121,6 +123,6 @@ int main(int argc, char** argv) {
                   same ? "same bits" : "BITS DIFFER");
     }
   }
-  gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::SpreadPanel);
+  gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::Default);
   return 0;
 }

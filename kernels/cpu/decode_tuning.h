@@ -3,7 +3,9 @@
 // value is first used. The settings keep their setters (gemm_internal.h set_gemv_streams_prefetch,
 // set_q40_ms_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the tests and A/B tools. Every
 // entry changes only how the weights are read (software prefetch, streams a thread), never the
-// arithmetic or its order: the same bits on every CPU.
+// arithmetic or its order: the same bits on every CPU. The prefill / few-row kernels' per-CPU
+// choices by the same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by
+// gemm_internal.h set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
 
 namespace emollm {
@@ -11,7 +13,8 @@ struct CpuFeatures;
 namespace gemm_detail {
 
 // A streaming GEMV's software prefetch along its streams: into L1 (T0), non-temporal (NTA:
-// weights are read once a token) or none (the hardware prefetchers alone). Same bits.
+// weights are read once a token) or none along the streams (the hardware prefetchers alone; the
+// q4_0 pass still prefetches each stream's first 4 KiB at a cold start). Same bits.
 enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
 
 struct DecodeTuning {

@@ -186,12 +186,15 @@ void set_repacked_tile_rows(int rows);
 // How that few-row path reads its weights and X. Previous (session 24): each super-group's
 // records prefetched 4 blocks ahead by its first tile (the others read them from L2), X per row
 // from the quantised rows. Spread: the next super-group's records prefetched into L2 spread evenly
-// over the current one's tiles, the groups in a contiguous range a thread. SpreadPanel (default):
-// Spread with X in one panel of the M rows (per block their quants, d_x and sums side by side).
-// q8_0 at M <= 3 always runs Previous. Same bits. For small_m_ab, score_forks_ab and the tests;
-// process-wide.
-enum class FewRowsPath { Previous = 0, Spread = 1, SpreadPanel = 2 };
+// over the current one's tiles, the groups in a contiguous range a thread. SpreadPanel: Spread
+// with X in one panel of the M rows (per block their quants, d_x and sums side by side). Default
+// (the start): by CPU trait like the X-panel kernel's blocking below: SpreadPanel where
+// avx512_double_pumped (Zen 4, measured), Previous elsewhere (Zen 5: not measured yet). q8_0 at
+// M <= 3 always runs Previous. Same bits. For small_m_ab, score_forks_ab and the tests; process-wide.
+enum class FewRowsPath { Default = -1, Previous = 0, Spread = 1, SpreadPanel = 2 };
 void set_repacked_few_rows_path(FewRowsPath p);
+// The path the few-row kernel takes now for wtype and M rows (the setter's, else the CPU's default).
+FewRowsPath repacked_few_rows_path_for(DType wtype, int64_t M);
 // That X-panel kernel's blocking: k slices of `blocks` 32-element blocks (rounded down to even;
 // 0: none, the whole K per kernel call), X passes of `kib` KiB of panels and `panels` weight
 // panels run slice by slice together; -1: the built-in default (no environment variable). Same
@@ -200,7 +203,8 @@ void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
 // Those built-in defaults are chosen once per CPU by a trait, base/cpu_features.h
-// avx512_double_pumped (Zen 4: no k slices on q8_0; gemv_repacked.cpp panel_defaults). 0 / 1 injects
+// avx512_double_pumped (Zen 4: no k slices on q8_0, the few-row path SpreadPanel; gemv_repacked.cpp
+// kPanelDefaults). 0 / 1 injects
 // the trait, -1 (the start) reads the CPU's. Same bits either way. For tests and A/B tools; process-wide.
 void set_repacked_double_pumped(int on);
 // The k slice (blocks; 0: whole K) the kernel uses now for wtype (q4_0 / q8_0) and K = 32 * nb
@@ -219,15 +223,17 @@ bool repacked_x_prefetch();
 void set_repacked_guided(bool on);
 bool repacked_guided();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
-// side by side, each record prefetched 4 KiB on along its part (default on; off: one stream, 8
-// records ahead). Same bits. Process-wide, on at start (no environment variable).
+// side by side, each record prefetched 4 KiB on along its part as set_q40_ms_prefetch says
+// (default on; off: one stream, 8 records ahead). Same bits. Process-wide, on at start (no
+// environment variable).
 void set_q40_ms(bool on);
+bool q40_ms();
 // That pass's software prefetch along its streams (a record 4 KiB ahead, decode_tuning.h
-// GemvPrefetch): default per CPU (decode_tuning(): T0, none on double-pumped AVX-512). Same bits.
-// For the tests and A/B tools; process-wide.
+// GemvPrefetch): default per CPU (decode_tuning(): T0, none on double-pumped AVX-512; none still
+// prefetches each stream's first 4 KiB at a cold start). Same bits. For the tests and A/B tools;
+// process-wide.
 void set_q40_ms_prefetch(GemvPrefetch p);
 GemvPrefetch q40_ms_prefetch();
-bool q40_ms();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
 // GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:
 // one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else guided chunks

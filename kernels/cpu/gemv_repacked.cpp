@@ -395,7 +395,7 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
                                                                        const uint8_t* p) {
   if constexpr (Hint >= 0) {
 #pragma GCC unroll 1
-    for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<_mm_hint>(Hint));
+    for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<decltype(_MM_HINT_T0)>(Hint));
   }
   record_block_q40(xb, dx, neg, r, f);
 }
@@ -959,7 +959,7 @@ namespace {
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
 // How the few-row path reads its weights and X (gemm_detail::set_repacked_few_rows_path; default
-// SpreadPanel). Why: at M = 2-8 a thread reads a super-group's records (147 KiB at K = 4096)
+// by CPU trait, kPanelDefaults: SpreadPanel on Zen 4, Previous on full-width AVX-512). Why: at M = 2-8 a thread reads a super-group's records (147 KiB at K = 4096)
 // four times, once per group tile. Previous prefetched them whole, 4 blocks ahead, during the
 // first tile only: that tile waited on memory (the next 3 ran from L2), and the pass read its
 // weights at 9-12 GB/s a thread against ~20-30 for a plain M = 1 pass. Spread asks for the next
@@ -971,7 +971,7 @@ std::atomic<int> g_tile_rows{kTileRowsMax};
 // M = 2-4 2.2-2.5x, M = 6 1.8x, M = 7-8 1.6-1.8x; into L1 (prefetcht0) instead 1.13-1.17x; an
 // L1 prefetch of the tile's own lines besides 0.97x. q8_0 (one-group records, one sequential
 // stream) 1.5-1.6x at M = 5-6, 1.0-1.3x at M = 4, 0.84-0.89x at M = 2-3: not used there.
-std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::SpreadPanel};
+std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::Default};
 // X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
 // quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
 // at fixed offsets from one pointer.
@@ -1064,10 +1064,15 @@ int pick(const std::atomic<int>& set, int dflt) {
 //   thread counts. (Slices on K = 4096: 0.87-0.91x on Zen 4, 0.95-0.99 on Zen 5: never there.)
 // - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: on Zen 4
 //   every alternative to them was 0.87-1.016x at 1 and 2 threads.
+// - the few-row path (M <= 8, g_few_rows_path above): SpreadPanel double-pumped (Zen 4: 1.8-2.5x at
+//   M = 2-8); full-width keeps Previous, session 24's path, until it is measured on Zen 5 (where
+//   session 24 found the 5-row pass arithmetic-bound, not waiting on memory).
 struct PanelDefaults {
   int64_t kslice_from_blocks_q4, kslice_from_blocks_q8;  // k slices from this many blocks of K on; 0: never
+  gemm_detail::FewRowsPath few_rows;
 };
-constexpr PanelDefaults kPanelDefaults[2] = {{256, 256}, {256, 0}};
+constexpr PanelDefaults kPanelDefaults[2] = {{256, 256, gemm_detail::FewRowsPath::Previous},
+                                             {256, 0, gemm_detail::FewRowsPath::SpreadPanel}};
 std::atomic<int> g_double_pumped{-1};  // -1: cpu_features().avx512_double_pumped
 
 const PanelDefaults& panel_defaults() {
@@ -1229,6 +1234,16 @@ int64_t repacked_kslice_for(DType wtype, int64_t nb) {
   return 0;
 #endif
 }
+FewRowsPath repacked_few_rows_path_for(DType wtype, int64_t M) {
+#if defined(__x86_64__)
+  if (wtype == DType::Q8_0 && M < 4) return FewRowsPath::Previous;
+  const FewRowsPath p = g_few_rows_path.load(std::memory_order_relaxed);
+  return p == FewRowsPath::Default ? panel_defaults().few_rows : p;
+#else
+  (void)wtype, (void)M;
+  return FewRowsPath::Previous;
+#endif
+}
 void set_repacked_double_pumped(int on) {
 #if defined(__x86_64__)
   g_double_pumped.store(on < 0 ? -1 : on != 0, std::memory_order_relaxed);
@@ -1324,7 +1339,7 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const int64_t tr = M <= g_tile_rows.load(std::memory_order_relaxed) ? M : 4;
   // q8_0 at M <= 3: its one-group records are one sequential stream that the hardware
   // prefetchers follow, and the spread prefetch measured 0.84-0.89x there (1.0-1.6x from M = 4)
-  const FewRowsPath path = q8 && M < 4 ? FewRowsPath::Previous : g_few_rows_path.load(std::memory_order_relaxed);
+  const FewRowsPath path = repacked_few_rows_path_for(q8 ? DType::Q8_0 : DType::Q4_0, M);
   const bool spread = vec && path != FewRowsPath::Previous;
   const FewRowPanel xp = vec && path == FewRowsPath::SpreadPanel ? few_row_panel(q, M, nb) : FewRowPanel{};
 #endif

@@ -395,6 +395,9 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   const CpuFeatures& f = cpu_features();
   auto o = Napi::Object::New(env);
   o.Set("brand", f.brand);
+  o.Set("vendor", f.amd ? "amd" : f.brand.empty() ? "unknown" : "other");
+  o.Set("family", f.family);
+  o.Set("model", f.model);
   o.Set("physicalCores", f.physical_cores);
   o.Set("logicalCpus", f.logical_cpus);
   o.Set("isaDetected", isa_name(isa_detected()));
@@ -411,6 +414,7 @@ Napi::Value CpuInfo(const Napi::CallbackInfo& info) {
   feats.Set("avx512dq", f.avx512dq); feats.Set("avx512bf16", f.avx512bf16); feats.Set("avx512vnni", f.avx512vnni);
   feats.Set("avx512fp16", f.avx512fp16); feats.Set("amxTile", f.amx_tile); feats.Set("amxBf16", f.amx_bf16);
   feats.Set("amxInt8", f.amx_int8); feats.Set("amxUsable", f.amx_usable);
+  feats.Set("avx512DoublePumped", f.avx512_double_pumped);
   o.Set("features", feats);
   return o;
 }

@@ -6,9 +6,11 @@
 #endif
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <string>
@@ -31,6 +33,9 @@ struct AddonData {
   // arrays: the A/B of new_result_array's ResultFill).
   bool fail_next_worker = false;
   bool zero_written_results = false;
+  // fresh results the worker writes whole start as quiet NaNs (the test that every float is
+  // written: malloc's memory is often zero, which would hide a kernel that adds into it)
+  bool poison_written_results = false;
 };
 
 inline Napi::Error make_js_error(Napi::Env env, const std::string& code, const std::string& message,
@@ -206,6 +211,8 @@ inline Napi::Float32Array new_result_array(Napi::Env env, size_t count, ResultFi
   } catch (const Napi::Error&) {
     throw make_js_error(env, "ERR_OUT_OF_MEMORY", "cannot allocate a result of " + std::to_string(count) + " floats");
   }
+  if (data && data->poison_written_results && fill == ResultFill::kWrittenWhole)
+    std::fill_n(a.Data(), count, std::numeric_limits<float>::quiet_NaN());
   // Its whole 2 MiB pages asked to be transparent huge pages (advise_huge_pages: only the paging
   // policy of memory nothing has touched yet; the allocator's mapping keeps its owner). A large
   // ArrayBuffer is a fresh mapping (glibc mmaps blocks above its threshold), untouched until the

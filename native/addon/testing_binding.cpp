@@ -9,6 +9,8 @@
 //   allocation had (encodeImages and the kernel bindings: their `out` claim must be released).
 // - testZeroWrittenResults(on): fresh results the worker writes whole are zeroed first (today's
 //   kZeroed arrays) while on: the A/B of new_result_array's ResultFill (bench/result_faults.mjs).
+// - testPoisonWrittenResults(on): those results start as quiet NaNs while on, so a test sees any
+//   float a call leaves unwritten (tests/js/result_arrays_written_whole.test.ts).
 #include <napi.h>
 
 #include <atomic>
@@ -66,6 +68,14 @@ void register_testing(Napi::Env env, Napi::Object exports) {
                                               return info.Env().Undefined();
                                             },
                                             "testZeroWrittenResults"));
+  exports.Set("testPoisonWrittenResults", Napi::Function::New(
+                                              env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                                if (info.Length() < 1 || !info[0].IsBoolean())
+                                                  throw_invalid(info.Env(), "testPoisonWrittenResults expects a boolean");
+                                                addon_data(info.Env()).poison_written_results = info[0].As<Napi::Boolean>().Value();
+                                                return info.Env().Undefined();
+                                              },
+                                              "testPoisonWrittenResults"));
 }
 
 }  // namespace emollm::addon

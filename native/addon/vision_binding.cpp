@@ -297,8 +297,12 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
   for (const AnyresLayout& L : layouts) rows += L.n_tokens();
   Napi::Float32Array out = new_result_array(env, size_t(rows * lv->n_embd()));
   // constructed only once the arguments are valid: the worker counts as in flight from here
+  // (the counts are made first: an allocation failing after the worker exists would leave it
+  // counted in flight and never queued; moving them in cannot throw)
+  std::vector<int64_t> counts;
+  for (const AnyresLayout& L : layouts) counts.push_back(L.n_tokens());
   auto* w = new_worker<VisualEncodeWorker>(env, "encodeAnyres", env, handle_, std::vector<float>{});
-  for (const AnyresLayout& L : layouts) w->counts.push_back(L.n_tokens());
+  w->counts = std::move(counts);
   w->write_into_js_array(out);
   w->layouts = std::move(layouts);
   w->set_pixels(std::move(px));
@@ -333,8 +337,10 @@ Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr
     throw_invalid(env, "encodePatches: patches has " + std::to_string(px.size()) + " floats, the grids need " +
                            std::to_string(n) + " patches of " + std::to_string(qm->vision().patch_dim()));
   Napi::Float32Array out = new_result_array(env, size_t(qm->n_tokens(grids) * qm->n_embd()));
+  std::vector<int64_t> counts;  // made before the worker, as in encodeAnyres
+  for (const GridThw& gt : grids) counts.push_back(qm->n_tokens(gt));
   auto* w = new_worker<VisualEncodeWorker>(env, "encodePatches", env, handle_, std::move(px));
-  for (const GridThw& gt : grids) w->counts.push_back(qm->n_tokens(gt));
+  w->counts = std::move(counts);
   w->write_into_js_array(out);
   w->grids = std::move(grids);
   Napi::Promise p = w->promise();

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { EmollmError, attention, configure, cpuInfo, dequantize, gemm, mvpProjection, quantize, type DType } from '../../lib/index.js';
@@ -31,6 +33,22 @@ describe('cpuInfo', () => {
     expect(info.physicalCores).toBeGreaterThanOrEqual(1);
     expect(['scalar', 'avx2', 'avx512', 'amx']).toContain(info.isaDetected);
     expect(typeof info.features.avx2).toBe('boolean');
+  });
+
+  it('reports the CPUID family and model /proc/cpuinfo prints, and the double-pumped AVX-512 rule', () => {
+    const info = cpuInfo();
+    expect(typeof info.features.avx512DoublePumped).toBe('boolean');
+    // the rule (base/cpu_features.h): AMD family 25 (Zen 4) with AVX-512
+    expect(info.features.avx512DoublePumped).toBe(info.vendor === 'amd' && info.family === 25 && info.features.avx512f === true);
+    if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'ia32')) {
+      expect(info.family).toBe(0);
+      return;
+    }
+    const text = readFileSync('/proc/cpuinfo', 'utf8');
+    const field = (name: string): string | undefined => new RegExp(`^${name}\\s*:\\s*(.+)$`, 'm').exec(text)?.[1]?.trim();
+    expect(info.family).toBe(Number(field('cpu family')));
+    expect(info.model).toBe(Number(field('model')));
+    expect(info.vendor).toBe(field('vendor_id') === 'AuthenticAMD' ? 'amd' : 'other');
   });
 });
 

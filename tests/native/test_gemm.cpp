@@ -501,7 +501,7 @@ TEST(gemm_huge_pages_single_stream_gemv) {
 // accumulation) within the f32 tolerance (f32_tol: 1e-5 * sum|x w| / sqrt(K) + 1e-6), and the same
 // bits as each row computed alone (an N = 1 call: the one-stream kernel gemv_stream, which runs the
 // rows left over after the streams; each row's sums are that kernel's) and as the stream kernel
-// with a non-temporal or no software prefetch (set_gemv_streams_prefetch):
+// with each software prefetch hint, T0, non-temporal or none (set_gemv_streams_prefetch):
 // N below, at and past multiples of 4 (rows left over after the streams), K over every tail of the
 // 64-element step, without a pool, on 2 and 3 threads, with and without bias. AVX-512 only (the
 // only ISA that runs these kernels).
@@ -1476,7 +1476,7 @@ TEST(gemm_repacked_few_rows_paths_same_bits) {
               gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath(path));
               std::vector<float> Y(size_t(M * ldy), kSentinel);
               gemm_repacked(X.data(), ldx, packed.data(), t, p.bias.data(), Y.data(), ldy, M, N, K, pool);
-              gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::SpreadPanel);
+              gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::Default);
               for (int64_t m = 0; m < M; ++m) {
                 for (int64_t n = 0; n < N; ++n)
                   if (!(Y[size_t(m * ldy + n)] == ref[size_t(m * N + n)])) {
@@ -1723,6 +1723,7 @@ bool xpanel_kernel_runs() {
 struct RepackedSettingsRestore {
   ~RepackedSettingsRestore() {
     gemm_detail::set_repacked_double_pumped(-1);
+    gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath::Default);
     gemm_detail::set_repacked_x_prefetch(true);
     gemm_detail::set_repacked_kslice(-1);
     gemm_detail::set_repacked_kgroup(-1);
@@ -1876,13 +1877,8 @@ TEST(gemm_repacked_guided_same_bits) {
 // gemv_repacked of that row under both, 0-3 threads, gemm_repacked_multi too. A table row that
 // ignores the trait, or a double-pumped path that drops a block, fails it.
 TEST(gemm_repacked_defaults_follow_cpu_trait) {
-  EXPECT(avx512_double_pumped_cpu(true, 25, true));    // Zen 4
-  EXPECT(!avx512_double_pumped_cpu(true, 26, true));   // Zen 5: full width
-  EXPECT(!avx512_double_pumped_cpu(true, 25, false));  // no AVX-512
-  EXPECT(!avx512_double_pumped_cpu(false, 25, true));  // not AMD
-  EXPECT(!avx512_double_pumped_cpu(true, 23, false));  // Zen 2
+  // (the trait's rule itself: test_decode_tuning.cpp decode_tuning_double_pumped_trait)
   const CpuFeatures& f = cpu_features();
-  EXPECT(f.avx512_double_pumped == avx512_double_pumped_cpu(f.amd, f.family, f.avx512f));
   std::printf("  note: this CPU: %s family %d model %d, 512-bit ops %s\n", f.amd ? "AMD" : "not AMD", f.family, f.model,
               f.avx512_double_pumped ? "double-pumped" : "not double-pumped");
   if (!xpanel_kernel_runs()) return;
@@ -1891,6 +1887,22 @@ TEST(gemm_repacked_defaults_follow_cpu_trait) {
   // not injected: the CPU's own row
   EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
   EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
+  using FewRows = gemm_detail::FewRowsPath;
+  const FewRows own = f.avx512_double_pumped ? FewRows::SpreadPanel : FewRows::Previous;
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == own);
+  gemm_detail::set_repacked_double_pumped(0);
+  // the few-row path: full-width keeps session 24's; q8_0 below 4 rows always Previous
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::Previous);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 6) == FewRows::Previous);
+  gemm_detail::set_repacked_double_pumped(1);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 2) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 6) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 3) == FewRows::Previous);
+  gemm_detail::set_repacked_few_rows_path(FewRows::Spread);  // an explicit path wins
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::Spread);
+  gemm_detail::set_repacked_double_pumped(0);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::Spread);
+  gemm_detail::set_repacked_few_rows_path(FewRows::Default);
   gemm_detail::set_repacked_double_pumped(0);
   for (DType t : {q4, q8}) {
     EXPECT(gemm_detail::repacked_kslice_for(t, 344) == 32);  // K = 11008

@@ -409,7 +409,7 @@ TEST(kquant_records_multi_equals_separate) {
 // min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
 // +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
 // and multi-output dispatch, no pool / 2 / 3 threads, one or two streams a thread (set_kquant_streams:
-// the default two read a range's super-groups in two contiguous parts side by side, an odd one
+// two (the default on full-width AVX-512; one on Zen 4, decode_tuning.h) read a range's super-groups in two contiguous parts side by side, an odd one
 // after them; N 1000 gives parts of several super-groups); q6_K's lean pass spreads its prefetches
 // over each step's groups. A flipped code byte moves the lean output of its row only (the
 // comparison can fail).
