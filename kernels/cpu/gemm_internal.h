@@ -203,7 +203,7 @@ void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
 // Those built-in defaults are chosen once per CPU by a trait, base/cpu_features.h
-// avx512_double_pumped (Zen 4: no k slices on q8_0, the few-row path SpreadPanel; gemv_repacked.cpp
+// avx512_double_pumped (Zen 4: no k slices, the few-row path SpreadPanel; gemv_repacked.cpp
 // kPanelDefaults). 0 / 1 injects
 // the trait, -1 (the start) reads the CPU's. Same bits either way. For tests and A/B tools; process-wide.
 void set_repacked_double_pumped(int on);

@@ -1058,10 +1058,10 @@ int pick(const std::atomic<int>& set, int dflt) {
 // gives the same bits (the blockings are same-bits alternatives: gemm_repacked_kslice_same_bits).
 // Per row, measured (q8_panels_ab, M = 628, interleaved; bench/README session 25):
 // - k slices: full-width from K = 8192 (nb >= 256) on for both weight types, see panel_kslice.
-//   Double-pumped, q8_0 never: the 7B down projection (4096 x 11008) unsliced / sliced 1.05-1.09x
-//   at 1 thread, 1.09-1.12x at 2 (Zen 4, load 2-15); q4_0 as full-width: unsliced 1.06x at 1
-//   thread under load 11-15 but 0.97-0.98x at load 2-5, 1.03-1.07x at 2 threads: not >= 3% at both
-//   thread counts. (Slices on K = 4096: 0.87-0.91x on Zen 4, 0.95-0.99 on Zen 5: never there.)
+//   Double-pumped, never: the 7B down projection (4096 x 11008) unsliced / sliced, q8_0 1.05-1.09x
+//   at 1 thread, 1.09-1.12x at 2 (Zen 4, load 2-15); q4_0 1.054 / 1.067 by best (medians 1.050 /
+//   1.125) at 1 / 2 threads on the quiet machine (session 25, 03:14; under load it had read
+//   0.97-1.07x). (Slices on K = 4096: 0.87-0.91x on Zen 4, 0.95-0.99 on Zen 5: never there.)
 // - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: on Zen 4
 //   every alternative to them was 0.87-1.016x at 1 and 2 threads.
 // - the few-row path (M <= 8, g_few_rows_path above): SpreadPanel double-pumped (Zen 4: 1.8-2.5x at
@@ -1072,7 +1072,7 @@ struct PanelDefaults {
   gemm_detail::FewRowsPath few_rows;
 };
 constexpr PanelDefaults kPanelDefaults[2] = {{256, 256, gemm_detail::FewRowsPath::Previous},
-                                             {256, 0, gemm_detail::FewRowsPath::SpreadPanel}};
+                                             {0, 0, gemm_detail::FewRowsPath::SpreadPanel}};
 std::atomic<int> g_double_pumped{-1};  // -1: cpu_features().avx512_double_pumped
 
 const PanelDefaults& panel_defaults() {
@@ -1082,7 +1082,7 @@ const PanelDefaults& panel_defaults() {
 }
 
 // Blocks per k slice (even), or 0: one kernel call over the whole K. Default (panel_defaults):
-// slices of 32 blocks from K = 8192 on (double-pumped: q4_0 only). Measured at the 7B shapes on
+// slices of 32 blocks from K = 8192 on (double-pumped: none). Measured at the 7B shapes on
 // Zen 5 (q4_0, M = 512, 1 thread CPU time, loaded, best of 8-10 interleaved): down (K = 11008)
 // 1.025-1.047x with 8 panels a group and 3 MiB passes; gate / up and qkvo (K = 4096) 0.95-0.99x
 // (their whole-K weight panels, 74 KiB, already sit in L2).

@@ -333,6 +333,9 @@ class LlamaContext {
   void truncate(int64_t n) { seq_truncate(0, n); }
   void reset() { truncate(0); }
   size_t memory_bytes() const { return buffer_.bytes() + logits_.size() * sizeof(float); }
+  // The context's one backend buffer (KV cache and scratch): where its memory is, e.g. for the
+  // tests that check a prefaulted context is resident.
+  const BackendBuffer& memory_buffer() const { return buffer_; }
 
   // ---- the KV block pool
   KvCacheStats kv_stats() const;

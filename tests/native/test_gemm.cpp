@@ -1886,7 +1886,7 @@ TEST(gemm_repacked_defaults_follow_cpu_trait) {
   const DType q4 = DType::Q4_0, q8 = DType::Q8_0;
   // not injected: the CPU's own row
   EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
-  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == (f.avx512_double_pumped ? 0 : 32));
   using FewRows = gemm_detail::FewRowsPath;
   const FewRows own = f.avx512_double_pumped ? FewRows::SpreadPanel : FewRows::Previous;
   EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == own);
@@ -1912,8 +1912,8 @@ TEST(gemm_repacked_defaults_follow_cpu_trait) {
   gemm_detail::set_repacked_double_pumped(1);
   EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 0);
   EXPECT(gemm_detail::repacked_kslice_for(q8, 256) == 0);
-  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 32);
-  EXPECT(gemm_detail::repacked_kslice_for(q4, 128) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == 0);
+  EXPECT(gemm_detail::repacked_kslice_for(q4, 256) == 0);
   gemm_detail::set_repacked_kslice(16);  // an explicit slice wins under either trait
   EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == 16);
   gemm_detail::set_repacked_double_pumped(0);
