@@ -45,6 +45,19 @@ Napi::Value TestExternalArrayBuffer(const Napi::CallbackInfo& info) {
 
 AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
 
+// exports[name](on: boolean): sets one of the environment's boolean test switches.
+void set_flag_hook(Napi::Env env, Napi::Object exports, const char* name, bool AddonData::*flag) {
+  exports.Set(name, Napi::Function::New(
+                        env,
+                        [name, flag](const Napi::CallbackInfo& info) -> Napi::Value {
+                          if (info.Length() < 1 || !info[0].IsBoolean())
+                            throw_invalid(info.Env(), std::string(name) + " expects a boolean");
+                          addon_data(info.Env()).*flag = info[0].As<Napi::Boolean>().Value();
+                          return info.Env().Undefined();
+                        },
+                        name));
+}
+
 }  // namespace
 
 void register_testing(Napi::Env env, Napi::Object exports) {
@@ -60,22 +73,8 @@ void register_testing(Napi::Env env, Napi::Object exports) {
                                           return info.Env().Undefined();
                                         },
                                         "testFailNextWorker"));
-  exports.Set("testZeroWrittenResults", Napi::Function::New(
-                                            env, [](const Napi::CallbackInfo& info) -> Napi::Value {
-                                              if (info.Length() < 1 || !info[0].IsBoolean())
-                                                throw_invalid(info.Env(), "testZeroWrittenResults expects a boolean");
-                                              addon_data(info.Env()).zero_written_results = info[0].As<Napi::Boolean>().Value();
-                                              return info.Env().Undefined();
-                                            },
-                                            "testZeroWrittenResults"));
-  exports.Set("testPoisonWrittenResults", Napi::Function::New(
-                                              env, [](const Napi::CallbackInfo& info) -> Napi::Value {
-                                                if (info.Length() < 1 || !info[0].IsBoolean())
-                                                  throw_invalid(info.Env(), "testPoisonWrittenResults expects a boolean");
-                                                addon_data(info.Env()).poison_written_results = info[0].As<Napi::Boolean>().Value();
-                                                return info.Env().Undefined();
-                                              },
-                                              "testPoisonWrittenResults"));
+  set_flag_hook(env, exports, "testZeroWrittenResults", &AddonData::zero_written_results);
+  set_flag_hook(env, exports, "testPoisonWrittenResults", &AddonData::poison_written_results);
 }
 
 }  // namespace emollm::addon
