@@ -53,13 +53,14 @@ export interface NativeBinding {
   /**
    * Test hooks (native/addon/testing_binding.cpp), for tests and A/B tools only. An addon-owned
    * external ArrayBuffer of `bytes` (byte i = i * 7 mod 256) and how many of them were freed; the
-   * environment's next call to encodeImages / gemm / attention / mvpProjection fails as if its worker's
-   * allocation had (ERR_OUT_OF_MEMORY); fresh results written whole by the worker zeroed first
-   * (today's arrays) while on.
+   * environment's next call that makes a worker (napi_util.h new_worker: every call but the
+   * sequence batch's, which runs on its scheduler thread) fails as if the worker's allocation had
+   * (ERR_OUT_OF_MEMORY; `false` disarms it); fresh results written whole by the worker zeroed
+   * first (today's arrays) while on.
    */
   testExternalArrayBuffer(bytes: number): ArrayBuffer;
   testExternalFinalized(): number;
-  testFailNextWorker(): void;
+  testFailNextWorker(on?: boolean): void;
   testZeroWrittenResults(on: boolean): void;
   testPoisonWrittenResults(on: boolean): void;
   inspectSafetensors(path: string): Promise<unknown>;

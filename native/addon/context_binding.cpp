@@ -28,13 +28,23 @@ Napi::FunctionReference& context_ctor(Napi::Env env) {
 
 // ---------------------------------------------------------------- workers on a context
 
-// Marks the context busy for the worker's lifetime and releases it in Finish().
+// Marks the context busy (and the call in flight on its model) from claim_and_queue() until
+// Finish() releases it.
 class ContextWorker : public ModelWorker {
  public:
-  ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelWorker(env), s_(std::move(s)) {
+  ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelWorker(env), s_(std::move(s)) {}
+
+  // Claims the context and queues the worker: a binding's last step, after everything that can
+  // fail (the worker's allocation in new_worker, a derived worker's members, the result array),
+  // so a failure leaves the context free and the model closable (a claim made in the constructor
+  // stayed behind when a derived worker's member initializer threw). Returns the call's promise.
+  Napi::Promise claim_and_queue() {
+    Napi::Promise p = promise();
     s_->busy = true;
     s_->abort.store(false);
     s_->owner->inflight++;
+    Queue();
+    return p;
   }
 
  protected:
@@ -341,13 +351,11 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<std::vector<int32_t>> conts;
     for (uint32_t i = 0; i < arr.Length(); ++i)
       conts.push_back(int32_array(env, arr.Get(i), ("continuations[" + std::to_string(i) + "]").c_str()));
-    auto* w = new ScoreWorker(env, s_, std::move(prefix), std::move(conts));
+    auto* w = new_worker<ScoreWorker>(env, "score", env, s_, std::move(prefix), std::move(conts));
     w->set_images(std::move(images), n_images);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return w->claim_and_queue();
   }
 
   Napi::Value eval_impl(const Napi::CallbackInfo& info, bool multimodal) {
@@ -378,14 +386,12 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     // names the counts; longer than the context: eval says so); made before the worker (napi_util.h)
     Napi::Float32Array out;
     if (rows >= 0 && rows <= s_->n_ctx) out = new_result_array(env, size_t(rows) * size_t(s_->ctx->n_vocab()));
-    auto* w = new EvalWorker(env, s_, std::move(tokens), all);
+    auto* w = new_worker<EvalWorker>(env, multimodal ? "evalMultimodal" : "eval", env, s_, std::move(tokens), all);
     w->set_images(std::move(images), n_images);
     if (!out.IsEmpty()) w->write_into_js_array(out);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return w->claim_and_queue();
   }
 
   Napi::Value Generate(const Napi::CallbackInfo& info) {
@@ -410,13 +416,11 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<GridThw> grids;
     const int64_t n_images =
         image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
-    auto* w = new GenerateWorker(env, s_, std::move(prompt), std::move(gp), cb);
+    auto* w = new_worker<GenerateWorker>(env, "generate", env, s_, std::move(prompt), std::move(gp), cb);
     w->set_images(std::move(images), n_images);
     w->image_counts = std::move(counts);
     w->image_grids = std::move(grids);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    return w->claim_and_queue();
   }
 
   Napi::Value Abort(const Napi::CallbackInfo& info) {

@@ -62,6 +62,7 @@ Napi::Array tensors_array(Napi::Env env, const WeightStore& ws) {
 
 class InspectSafetensorsWorker final : public PromiseWorker {
  public:
+  static constexpr const char* kName = "inspectSafetensors";  // the call, in its out-of-memory error
   InspectSafetensorsWorker(Napi::Env env, std::string path) : PromiseWorker(env), path_(std::move(path)) {}
 
  protected:
@@ -128,6 +129,7 @@ Napi::Value gguf_js_value(Napi::Env env, const GgufValue& v) {
 
 class InspectGgufWorker final : public PromiseWorker {
  public:
+  static constexpr const char* kName = "inspectGguf";  // the call, in its out-of-memory error
   InspectGgufWorker(Napi::Env env, std::string path) : PromiseWorker(env), path_(std::move(path)) {}
 
  protected:
@@ -274,6 +276,7 @@ Napi::Object qwen2_vl_object(Napi::Env env, const Qwen2VLConfig& c) {
 
 class ReadConfigWorker final : public PromiseWorker {
  public:
+  static constexpr const char* kName = "readConfig";  // the call, in its out-of-memory error
   ReadConfigWorker(Napi::Env env, std::string path) : PromiseWorker(env), path_(std::move(path)) {}
 
  protected:
@@ -309,7 +312,7 @@ template <typename Worker>
 Napi::Value queue_path_worker(const Napi::CallbackInfo& info) {
   std::string path = arg_string(info, 0, "path");
   if (path.empty()) throw_invalid(info.Env(), "path must not be empty");
-  auto* w = new Worker(info.Env(), std::move(path));
+  auto* w = new_worker<Worker>(info.Env(), Worker::kName, info.Env(), std::move(path));
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

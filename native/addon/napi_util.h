@@ -453,8 +453,10 @@ class PromiseWorker : public Napi::AsyncWorker {
 // (std::bad_alloc) is ERR_OUT_OF_MEMORY: node-addon-api turns only a Napi::Error into a
 // JavaScript exception, and any other C++ exception leaving a binding ends the process
 // (std::terminate). What the binding owns until the worker takes it (an OutClaim: its `out`)
-// is released by its destructor as the error unwinds. Test hook (testFailNextWorker,
-// testing_binding.cpp): the environment's next call fails here as that allocation would.
+// is released by its destructor as the error unwinds; what the call counts or marks (a context
+// busy, a model's calls in flight, a trainer busy) is claimed only once the worker exists. Every
+// binding that makes a worker makes it here. Test hook (testFailNextWorker, testing_binding.cpp):
+// the environment's next call fails here as that allocation would.
 template <class W, class... A>
 W* new_worker(Napi::Env env, const std::string& what, A&&... args) {
   try {

@@ -5,8 +5,9 @@
 //   result array, would do to users (transfer, structuredClone, workers, Buffer.from) against
 //   today's V8-owned results.
 // - testExternalFinalized() -> number: how many of them the process has freed so far.
-// - testFailNextWorker(): the environment's next new_worker call (napi_util.h) fails as if its
-//   allocation had (encodeImages and the kernel bindings: their `out` claim must be released).
+// - testFailNextWorker(on = true): the environment's next new_worker call (napi_util.h) fails as if its
+//   allocation had (every binding that makes a worker: its `out` claim must be released, its
+//   context / model / trainer left free; tests/js/result_arrays.test.ts, worker_allocation.test.ts).
 // - testZeroWrittenResults(on): fresh results the worker writes whole are zeroed first (today's
 //   kZeroed arrays) while on: the A/B of new_result_array's ResultFill (bench/result_faults.mjs).
 // - testPoisonWrittenResults(on): those results start as quiet NaNs while on, so a test sees any
@@ -69,7 +70,8 @@ void register_testing(Napi::Env env, Napi::Object exports) {
                                            "testExternalFinalized"));
   exports.Set("testFailNextWorker", Napi::Function::New(
                                         env, [](const Napi::CallbackInfo& info) -> Napi::Value {
-                                          addon_data(info.Env()).fail_next_worker = true;
+                                          // (false): disarms it (a test whose call made no worker)
+                                          addon_data(info.Env()).fail_next_worker = info.Length() < 1 || info[0].ToBoolean();
                                           return info.Env().Undefined();
                                         },
                                         "testFailNextWorker"));

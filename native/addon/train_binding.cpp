@@ -139,16 +139,19 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     if (!h_->trainer) throw make_js_error(env, "ERR_INVALID_ARGUMENT", "the trainer is closed");
     return *h_->trainer;
   }
-  void acquire(Napi::Env env) {
-    trainer(env);
-    bool expected = false;
-    if (!h_->busy.compare_exchange_strong(expected, true))
-      throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
+  // The trainer runs one call at a time: ERR_BUSY while another runs (or it is still loading).
+  void check_idle(Napi::Env env) const {
+    if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
   }
-  Napi::Value queue(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done) {
-    acquire(env);
-    auto* w = new FnWorker(env, h_, std::move(work), std::move(done));
+  // Queues `work` as the trainer's call `what`. The trainer is marked busy only once the worker
+  // exists (new_worker: an allocation failure is ERR_OUT_OF_MEMORY and leaves it free), until the
+  // worker's Finish.
+  Napi::Value queue(Napi::Env env, const char* what, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done) {
+    trainer(env);
+    check_idle(env);
+    auto* w = new_worker<FnWorker>(env, what, env, h_, std::move(work), std::move(done));
     Napi::Promise p = w->promise();
+    h_->busy = true;
     w->Queue();
     return p;
   }
@@ -179,7 +182,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     auto out = std::make_shared<JsResultArray>();
     out->create(env, size_t(B * t.model().n_vision_tokens() * t.tower_feature_dim()));
     MvpTrainer* tp = &t;
-    return queue(env, [tp, px, B, out]() { tp->tower_features(px->data(), B, out->data); },
+    return queue(env, "towerFeatures", [tp, px, B, out]() { tp->tower_features(px->data(), B, out->data); },
                  [out](Napi::Env) -> Napi::Value { return out->ref.Value(); });
   }
   Napi::Value RunSample(const Napi::CallbackInfo& info, bool backward) {
@@ -197,7 +200,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     auto loss = std::make_shared<double>(0.0);
     MvpTrainer* tp = &t;
     return queue(
-        env,
+        env, backward ? "accumulate" : "loss",
         [tp, tok, n_answer, feats, n_images, faces, scale, backward, loss]() {
           MvpTrainSample s;
           s.tokens = tok->data();
@@ -216,7 +219,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
     Napi::Env env = info.Env();
     MvpTrainer* tp = &trainer(env);
     auto st = std::make_shared<MvpStepStats>();
-    return queue(env, [tp, st]() { *st = tp->step(); },
+    return queue(env, "step", [tp, st]() { *st = tp->step(); },
                  [st](Napi::Env e) -> Napi::Value {
                    Napi::Object o = Napi::Object::New(e);
                    o.Set("lr", Napi::Number::New(e, st->lr));
@@ -228,7 +231,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   Napi::Value Params(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     MvpTrainer& t = trainer(env);
-    if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
+    check_idle(env);
     const auto& ps = t.params();
     Napi::Array a = Napi::Array::New(env, ps.size());
     for (size_t i = 0; i < ps.size(); ++i) {
@@ -248,7 +251,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   Napi::Value SetState(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     MvpTrainer& t = trainer(env);
-    if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
+    check_idle(env);
     if (info.Length() < 2 || !info[0].IsArray()) throw_invalid(env, "setState(params, steps)");
     const int64_t steps = arg_int(info, 1, "steps");
     auto& ps = t.params();
@@ -290,7 +293,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   }
   Napi::Value PhaseSeconds(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
+    check_idle(env);
     const MvpPhaseTimes& t = trainer(env).phase_times();
     Napi::Object o = Napi::Object::New(env);
     o.Set("mvpForward", Napi::Number::New(env, t.mvp_forward));
@@ -307,7 +310,7 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
+    check_idle(env);
     h_->trainer.reset();
     return env.Undefined();
   }
@@ -361,8 +364,8 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
   auto h = std::make_shared<TrainerHandle>();
   h->busy = true;
   auto* ctor = static_cast<TrainerCtor*>(info.Data());
-  auto* w = new FnWorker(
-      env, h,
+  auto* w = new_worker<FnWorker>(
+      env, "createMvpTrainer", env, h,
       [h, path, lo, opts]() {
         auto m = EmollmModel::load(path, lo);
         h->trainer = std::make_unique<MvpTrainer>(m, opts);

@@ -1,0 +1,184 @@
+// Every native call that makes a worker makes it with new_worker (native/addon/napi_util.h): when
+// the worker cannot be allocated the call throws a typed ERR_OUT_OF_MEMORY naming itself, instead
+// of a std::bad_alloc ending the process, and what the call claims (a context busy, the model's
+// calls in flight, a trainer busy) is claimed only once the worker exists. The test hook
+// testFailNextWorker (native/addon/testing_binding.cpp) makes the environment's next worker
+// allocation fail. For each binding family (loaders, model, context, face, trainer): the call
+// fails with the typed error, nothing is left claimed (the same object runs the next call with the
+// same result, and closes), and the process survives (a vitest worker that died fails the file).
+// The kernel and vision bindings' `out` claims: tests/js/result_arrays.test.ts.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { sharedModel } from './helpers/vlm_fixtures.js';
+import { EmollmError, FaceAnalyzer, initMvp } from '../../lib/index.js';
+import { native } from '../../lib/native.js';
+import { createNativeTrainer } from '../../lib/train/train_mvp.js';
+
+const { dir: stories, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'worker allocation tests (model, context, loaders)');
+const { dir: tiny, have: haveTiny } = sharedModel('llava-tiny-hf', 'model.safetensors', 'worker allocation test (trainer)');
+const gguf = join(stories, 'gguf', 'stories260K.gguf');
+
+// The call fails as the worker's allocation would: a typed error, thrown (or rejected) before any work.
+async function outOfMemory(what: string, call: () => Promise<unknown>): Promise<void> {
+  native().testFailNextWorker();
+  let err: unknown;
+  try {
+    await call();
+  } catch (e) {
+    err = e;
+  } finally {
+    native().testFailNextWorker(false);  // a call that made no worker with new_worker fails here, not the next test
+  }
+  expect(err, `${what} did not fail (does it make its worker with new_worker?)`).toBeInstanceOf(EmollmError);
+  expect((err as EmollmError).code).toBe('ERR_OUT_OF_MEMORY');
+  expect((err as EmollmError).message).toMatch(new RegExp(`^${what}: out of memory`));
+}
+
+// Resolves to 'hung' when `p` has not settled within `ms` (a close waiting on a call counted in
+// flight that never ran would never resolve).
+const settles = <T>(p: Promise<T>, ms = 10_000): Promise<T | 'hung'> =>
+  Promise.race([p, new Promise<'hung'>((r) => setTimeout(() => r('hung'), ms).unref())]);
+
+const bitsEqual = (a: Float32Array, b: Float32Array): boolean =>
+  a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
+type Raw = Record<string, (...args: unknown[]) => Promise<unknown>>;
+interface RawContext {
+  eval(tokens: Int32Array, options?: { allLogits?: boolean }): Promise<Float32Array>;
+  score(prefix: Int32Array, images: null, continuations: Int32Array[]): Promise<{ logprobs: number[] }>;
+  generate(prompt: Int32Array, options: Record<string, unknown>, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array }>;
+  reset(): void;
+  close(): Promise<void>;
+  readonly nPast: number;
+}
+interface RawModel {
+  createContext(options?: { nCtx?: number }): RawContext;
+  close(): Promise<void>;
+}
+const raw = (): Raw => native() as unknown as Raw;
+
+describe.skipIf(!haveStories)('loaders (inspectGguf, inspectSafetensors, readConfig)', () => {
+  it.each([
+    ['inspectGguf', gguf],
+    ['inspectSafetensors', join(stories, 'hf', 'model.safetensors')],
+    ['readConfig', join(stories, 'hf', 'config.json')],
+  ])('%s', async (what, path) => {
+    await outOfMemory(what, () => raw()[what]!(path));
+    // the hook fired once: the same call runs
+    expect(await raw()[what]!(path)).toBeTypeOf('object');
+  });
+});
+
+describe.skipIf(!haveStories)('model and context (stories260K)', () => {
+  it('loadModel fails typed, then loads', async () => {
+    await outOfMemory('loadModel', () => raw().loadModel!(gguf, { threads: 1 }));
+    const m = (await raw().loadModel!(gguf, { threads: 1 })) as RawModel;
+    expect(await settles(m.close())).toBeUndefined();
+  });
+
+  describe('a context\'s calls', () => {
+    let model: RawModel;
+    let ctx: RawContext;
+    const prompt = Int32Array.from([1, 403, 407, 261, 378]);
+    let logits: Float32Array;
+    beforeAll(async () => {
+      model = (await raw().loadModel!(gguf, { threads: 1 })) as RawModel;
+      ctx = model.createContext({ nCtx: 64 });
+      logits = await ctx.eval(prompt);
+    });
+    afterAll(async () => {
+      await model?.close();
+    });
+
+    it('eval', async () => {
+      ctx.reset();
+      await outOfMemory('eval', () => ctx.eval(prompt));
+      // not left busy ("context busy"): the same call, the same logits
+      expect(ctx.nPast).toBe(0);
+      expect(bitsEqual(await ctx.eval(prompt), logits)).toBe(true);
+      expect(ctx.nPast).toBe(prompt.length);
+    });
+
+    it('score', async () => {
+      const conts = [Int32Array.from([300]), Int32Array.from([301, 302])];
+      const before = await ctx.score(prompt, null, conts);
+      await outOfMemory('score', () => ctx.score(prompt, null, conts));
+      expect((await ctx.score(prompt, null, conts)).logprobs).toEqual(before.logprobs);
+    });
+
+    it('generate (with a token callback)', async () => {
+      const greedy = { maxTokens: 6, temperature: 0 };
+      ctx.reset();
+      const before = await ctx.generate(prompt, greedy);
+      const streamed: number[] = [];
+      ctx.reset();
+      await outOfMemory('generate', () => ctx.generate(prompt, greedy, (ids) => streamed.push(...ids)));
+      expect(streamed).toEqual([]);
+      ctx.reset();
+      const after = await ctx.generate(prompt, greedy, (ids) => streamed.push(...ids));
+      expect(Array.from(after.tokens)).toEqual(Array.from(before.tokens));
+      expect(streamed).toEqual(Array.from(before.tokens));
+    });
+
+    it('the context and the model close: no call was left counted in flight', async () => {
+      await outOfMemory('eval', () => ctx.eval(prompt));
+      expect(await settles(ctx.close())).toBeUndefined();
+      expect(await settles(model.close())).toBeUndefined();
+    });
+  });
+});
+
+describe('face models (detect, analyze, expressions, detectorForward)', () => {
+  let analyzer: FaceAnalyzer;
+  beforeAll(async () => {
+    analyzer = await FaceAnalyzer.load({ threads: 1 });
+  });
+  afterAll(async () => {
+    await analyzer?.close();
+  });
+  const W = 64, H = 48;
+  const rgb = new Uint8Array(W * H * 3).map((_, i) => (i * 37) % 251);
+  const crops = new Float32Array(112 * 112 * 3).map((_, i) => ((i * 13) % 255) / 255);
+  const input = new Float32Array(64 * 64 * 3).map((_, i) => ((i * 7) % 255) / 255);
+  const calls: [string, () => Promise<unknown>][] = [
+    ['detect', () => analyzer.models.detect(rgb, W, H, { inputSize: 64, scoreThreshold: 0.5, iouThreshold: 0.4 })],
+    ['analyze', () => analyzer.models.analyze(rgb, W, H, { inputSize: 64, scoreThreshold: 0.5, iouThreshold: 0.4 })],
+    ['expressions', () => analyzer.models.expressions(crops, 1)],
+    ['detectorForward', () => analyzer.models.detectorForward(input, 64)],
+  ];
+  it.each(calls)('%s', async (what, call) => {
+    const before = await call();
+    await outOfMemory(what, call);
+    expect(await call()).toEqual(before);
+  });
+});
+
+describe.skipIf(!haveTiny)('the MVP trainer (tiny LLaVA)', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'emollm-worker-alloc-'));
+  const start = join(tmp, 'start');
+  beforeAll(async () => {
+    await initMvp(tiny, start);
+  }, 60_000);
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('createMvpTrainer, then a call on it: typed, and the trainer is left free (no ERR_BUSY)', async () => {
+    await outOfMemory('createMvpTrainer', () => createNativeTrainer(start, { threads: 1 }));
+    const trainer = await createNativeTrainer(start, { threads: 1 });
+    try {
+      const S = trainer.info().imageSize;
+      const px = new Float32Array(3 * S * S).map((_, i) => ((i % 17) - 8) / 8);
+      const before = await trainer.towerFeatures(px, 1);
+      await outOfMemory('towerFeatures', () => trainer.towerFeatures(px, 1));
+      expect(bitsEqual(await trainer.towerFeatures(px, 1), before)).toBe(true);
+      await outOfMemory('step', () => trainer.step());
+      expect(trainer.stepsDone).toBe(0);
+      expect(trainer.params().length).toBeGreaterThan(0);  // ERR_BUSY if the failed call had left it busy
+    } finally {
+      trainer.close();
+    }
+  }, 60_000);
+});
