@@ -36,6 +36,7 @@
 #include "cpu/gemm_internal.h"
 #include "cpu/kernels.h"
 #include "bench_clock.h"
+#include "bench_weights.h"
 using namespace emollm;
 
 namespace {
@@ -80,15 +81,10 @@ int main(int argc, char** argv) {
   }
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> W(size_t(N * K)), X(size_t(M * K));
-  for (float& v : W) v = 0.02f * nd(rng);
-  for (float& v : X) v = nd(rng);
-  const size_t rb = dtype_row_bytes(t, K);
-  std::vector<uint8_t> Wq(rb * size_t(N));
-  for (int64_t n = 0; n < N; ++n) quantize_row(t, W.data() + n * K, Wq.data() + size_t(n) * rb, K);
+  const bench::QuantizedProblem in = bench::random_quantized(t, M, N, K, rng, nd);
   ThreadPool pool(th);
   AlignedPtr<uint8_t> Wr = make_aligned<uint8_t>(quant_repack_bytes(t, N, K));
-  quant_repack(Wq.data(), t, N, K, Wr.get(), &pool);
+  quant_repack(in.w.data(), t, N, K, Wr.get(), &pool);
   std::vector<std::vector<float>> Y(cfg.size(), std::vector<float>(size_t(M * N)));
   std::vector<std::vector<double>> ts(cfg.size()), ts_slow(cfg.size());
   // the caller's end-of-job waits (pool_stats.h hand-off seconds) per call, undisturbed and slowed
@@ -111,7 +107,7 @@ int main(int argc, char** argv) {
     gemm_detail::set_repacked_tile_rows(cfg[c].tile);
     const double h0 = pool_handoff_seconds_this_thread();
     const double t0 = now_s(cpu);
-    gemm_repacked(X.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, cfg[c].rows, N, K, &pool);
+    gemm_repacked(in.x.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, cfg[c].rows, N, K, &pool);
     const double dt = now_s(cpu) - t0;
     last_ho = pool_handoff_seconds_this_thread() - h0;
     return dt;

@@ -23,6 +23,7 @@
 #include "base/dtype.h"
 #include "base/thread_pool.h"
 #include "bench_clock.h"
+#include "bench_weights.h"
 #include "cpu/gemm_internal.h"
 #include "cpu/kernels.h"
 using namespace emollm;
@@ -81,18 +82,13 @@ int main(int argc, char** argv) {
               cpu ? "thread CPU" : "wall", copy_bytes ? "cold (copies cycled)" : "one copy (cache-warm)");
   for (const Shape& sh : shapes) {
     const int64_t N = sh.N, K = sh.K;
-    std::vector<float> W(size_t(N * K)), X(size_t(M * K));
-    for (float& v : W) v = 0.02f * nd(rng);
-    for (float& v : X) v = nd(rng);
-    const size_t rb = dtype_row_bytes(t, K);
-    std::vector<uint8_t> Wq(rb * size_t(N));
-    for (int64_t n = 0; n < N; ++n) quantize_row(t, W.data() + n * K, Wq.data() + size_t(n) * rb, K);
+    const bench::QuantizedProblem in = bench::random_quantized(t, M, N, K, rng, nd);
     const size_t bytes = quant_repack_bytes(t, N, K);
     const size_t ncopy = std::max<size_t>(1, copy_bytes / bytes + (copy_bytes ? 1 : 0));
     std::vector<std::unique_ptr<uint8_t, HugeFree>> Wr;
     for (size_t c = 0; c < ncopy; ++c) {
       Wr.emplace_back(static_cast<uint8_t*>(aligned_alloc_huge(bytes)));
-      quant_repack(Wq.data(), t, N, K, Wr.back().get(), &pool);
+      quant_repack(in.w.data(), t, N, K, Wr.back().get(), &pool);
     }
     if (t == DType::Q8_0 && M < 4)
       std::printf("  note: q8_0 at M < 4 always takes the Previous path (gemm_repacked): every variant below is it\n");
@@ -103,7 +99,7 @@ int main(int argc, char** argv) {
       gemm_detail::set_repacked_few_rows_path(gemm_detail::FewRowsPath(var[v]));
       const uint8_t* w = Wr[next++ % ncopy].get();
       const double t0 = cpu ? bench::thread_cpu() : bench::now();
-      gemm_repacked(X.data(), K, w, t, nullptr, Y[v].data(), N, M, N, K, &pool);
+      gemm_repacked(in.x.data(), K, w, t, nullptr, Y[v].data(), N, M, N, K, &pool);
       return (cpu ? bench::thread_cpu() : bench::now()) - t0;
     };
     for (size_t c = 0; c < ncopy; ++c)

@@ -7,6 +7,9 @@
 // choices by the same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by
 // gemm_internal.h set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
+#include <atomic>
+#include <type_traits>
+#include <utility>
 
 namespace emollm {
 struct CpuFeatures;
@@ -32,6 +35,21 @@ struct DecodeTuning {
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();
+
+// One entry's process-wide setting: the table's value for this CPU at first use, then what its
+// setter stores (tests, A/B tools; between calls, so relaxed). DecodeSetting<&DecodeTuning::q40_prefetch>.
+template <auto Entry>
+struct DecodeSetting {
+  using Value = std::decay_t<decltype(std::declval<const DecodeTuning&>().*Entry)>;
+  static Value get() { return Value(var().load(std::memory_order_relaxed)); }
+  static void set(Value v) { var().store(int(v), std::memory_order_relaxed); }
+
+ private:
+  static std::atomic<int>& var() {
+    static std::atomic<int> v{int(decode_tuning().*Entry)};
+    return v;
+  }
+};
 
 }  // namespace gemm_detail
 }  // namespace emollm

@@ -151,14 +151,8 @@ std::atomic<bool> g_gemv_stream_f32{true};
 void set_gemv_stream_f32(bool on) { g_gemv_stream_f32.store(on, std::memory_order_relaxed); }
 bool gemv_stream_f32() { return g_gemv_stream_f32.load(std::memory_order_relaxed); }
 
-namespace {
-std::atomic<int>& gemv_streams_prefetch_var() {  // the CPU's default at first use (decode_tuning.h)
-  static std::atomic<int> v{int(decode_tuning().stream_prefetch)};
-  return v;
-}
-}  // namespace
-void set_gemv_streams_prefetch(GemvPrefetch p) { gemv_streams_prefetch_var().store(int(p), std::memory_order_relaxed); }
-GemvPrefetch gemv_streams_prefetch() { return GemvPrefetch(gemv_streams_prefetch_var().load(std::memory_order_relaxed)); }
+void set_gemv_streams_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::stream_prefetch>::set(p); }
+GemvPrefetch gemv_streams_prefetch() { return DecodeSetting<&DecodeTuning::stream_prefetch>::get(); }
 
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {

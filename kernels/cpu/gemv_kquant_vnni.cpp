@@ -497,11 +497,8 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // AVX-512, one shared L3; same method, load 10-14): one stream 1.5x two for q4_K (0.95-1.08x a
 // plain 4-stream read, two streams 0.60-0.66x), 1.12x for q6_K; either without software prefetch
 // 0.42-0.65x. So the stream count is chosen per CPU (decode_tuning.h): one there, two elsewhere.
-std::atomic<int>& kq_streams_var() {  // the CPU's default at first use (decode_tuning.h: 1 on double-pumped AVX-512)
-  static std::atomic<int> v{decode_tuning().kquant_streams};
-  return v;
-}
-int kq_streams() { return kq_streams_var().load(std::memory_order_relaxed); }
+using KqStreams = DecodeSetting<&DecodeTuning::kquant_streams>;  // 1 on double-pumped AVX-512 (decode_tuning.h)
+int kq_streams() { return KqStreams::get(); }
 std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: the default above
   static std::atomic<int64_t> v{-1};
   return v;
@@ -674,7 +671,7 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 
 }  // namespace
 
-void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 2 ? 2 : 1); }
+void set_kquant_streams(int streams) { KqStreams::set(streams >= 2 ? 2 : 1); }
 int kquant_streams() { return kq_streams(); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
 

@@ -119,14 +119,8 @@ namespace {
 // went in session 22 (quiet ABBA 1.083 at 1.1B, 1.032 at 7B, bench/README 2026-12-06 07:30).
 std::atomic<bool> g_q40_ms{true};
 }  // namespace
-namespace {
-std::atomic<int>& q40_prefetch_var() {  // the CPU's default at first use (decode_tuning.h)
-  static std::atomic<int> v{int(decode_tuning().q40_prefetch)};
-  return v;
-}
-}  // namespace
-void set_q40_ms_prefetch(GemvPrefetch p) { q40_prefetch_var().store(int(p), std::memory_order_relaxed); }
-GemvPrefetch q40_ms_prefetch() { return GemvPrefetch(q40_prefetch_var().load(std::memory_order_relaxed)); }
+void set_q40_ms_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q40_prefetch>::set(p); }
+GemvPrefetch q40_ms_prefetch() { return DecodeSetting<&DecodeTuning::q40_prefetch>::get(); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
 namespace {

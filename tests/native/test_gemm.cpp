@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
@@ -1712,6 +1713,24 @@ bool repacked_agree(const RepackedCase& c, ThreadPool* pl, const std::string& wh
   return true;
 }
 
+// The X-panel same-bits tests' loop: a RepackedCase of q8_0 and then of q4_0 at each shape (seeds
+// from `seed` up by 2, repacked on `pool`), each handed to check(case, shape); false as soon as a
+// check returns false (it has reported the difference).
+struct RepackedShape {
+  int64_t M, N, K;
+  int kgroup = -1;  // set_repacked_kgroup, for the tests that vary it by shape (-1: the default)
+};
+template <class Check>
+bool each_repacked_case(std::initializer_list<RepackedShape> shapes, uint32_t seed, ThreadPool* pool, Check check) {
+  for (DType t : {DType::Q8_0, DType::Q4_0})
+    for (const RepackedShape& sh : shapes) {
+      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, pool);
+      seed += 2;
+      if (!check(c, sh)) return false;
+    }
+  return true;
+}
+
 // Whether gemm_repacked runs its X-panel kernel here (AVX-512 VNNI); says so when not.
 bool xpanel_kernel_runs() {
   if (isa_active() >= Isa::Avx512 && cpu_features().avx512vnni) return true;
@@ -1744,32 +1763,28 @@ TEST(gemm_repacked_kslice_same_bits) {
   RepackedSettingsRestore restore;
   gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   ThreadPool pool2(2), pool3(3);
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{613, 40, 11008}, {130, 64, 4096}, {47, 33, 3232}, {21, 17, 1120}, {13, 96, 96}};
   // k slice (blocks), weight panels a group, KiB of X a pass; -1: the default (sliced at K 11008)
   struct Blocking {
     int kslice, kgroup, pass_kib;
   };
   const Blocking blockings[] = {{0, 1, 1536}, {2, 1, 1},  {2, 3, 64},    {4, 8, 1536}, {6, 1, 64},  {32, 8, 3072},
                                 {32, 3, 1},   {64, 2, 64}, {100, 8, 1536}, {32, 1, 1536}, {-1, -1, -1}};
-  uint32_t seed = 7700;
   int64_t compared = 0;
-  for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (const Shape& sh : shapes) {
-      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
-      seed += 2;
-      for (const Blocking& bl : blockings)
-        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-          gemm_detail::set_repacked_kslice(bl.kslice);
-          gemm_detail::set_repacked_kgroup(bl.kgroup);
-          gemm_detail::set_repacked_pass_kib(bl.pass_kib);
-          const std::string what = "kslice=" + std::to_string(bl.kslice) + " kgroup=" + std::to_string(bl.kgroup) +
-                                   " pass=" + std::to_string(bl.pass_kib) + " KiB";
-          if (!repacked_agree(c, pl, what, &compared)) return;
-        }
-    }
+  const bool agree = each_repacked_case(
+      {{613, 40, 11008}, {130, 64, 4096}, {47, 33, 3232}, {21, 17, 1120}, {13, 96, 96}}, 7700, &pool2,
+      [&](const RepackedCase& c, const RepackedShape&) {
+        for (const Blocking& bl : blockings)
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            gemm_detail::set_repacked_kslice(bl.kslice);
+            gemm_detail::set_repacked_kgroup(bl.kgroup);
+            gemm_detail::set_repacked_pass_kib(bl.pass_kib);
+            const std::string what = "kslice=" + std::to_string(bl.kslice) + " kgroup=" + std::to_string(bl.kgroup) +
+                                     " pass=" + std::to_string(bl.pass_kib) + " KiB";
+            if (!repacked_agree(c, pl, what, &compared)) return false;
+          }
+        return true;
+      });
+  if (!agree) return;
   EXPECT(compared == int64_t(2 * 11 * 3 * (613 * 40 + 130 * 64 + 47 * 33 + 21 * 17 + 13 * 96)));
 }
 
@@ -1786,28 +1801,24 @@ TEST(gemm_repacked_x_prefetch_same_bits) {
   gemm_detail::set_repacked_double_pumped(0);  // -1 below: the full-width defaults (k slices from K = 8192) on any CPU
   EXPECT(gemm_detail::repacked_x_prefetch());  // on by default
   ThreadPool pool2(2), pool3(3);
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{629, 48, 4096}, {130, 40, 11008}, {47, 33, 3232}, {13, 96, 1120}};
-  uint32_t seed = 7900;
   int64_t compared = 0;
-  for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (const Shape& sh : shapes) {
-      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
-      seed += 2;
-      for (bool xpf : {true, false})
-        for (int kc : {0, -1})
-          for (int pass : {1, -1})
-            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-              gemm_detail::set_repacked_x_prefetch(xpf);
-              gemm_detail::set_repacked_kslice(kc);
-              gemm_detail::set_repacked_pass_kib(pass);
-              const std::string what = "x_prefetch=" + std::to_string(int(xpf)) + " kslice=" + std::to_string(kc) +
-                                       " pass=" + std::to_string(pass);
-              if (!repacked_agree(c, pl, what, &compared)) return;
-            }
-    }
+  const bool agree = each_repacked_case(
+      {{629, 48, 4096}, {130, 40, 11008}, {47, 33, 3232}, {13, 96, 1120}}, 7900, &pool2,
+      [&](const RepackedCase& c, const RepackedShape&) {
+        for (bool xpf : {true, false})
+          for (int kc : {0, -1})
+            for (int pass : {1, -1})
+              for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+                gemm_detail::set_repacked_x_prefetch(xpf);
+                gemm_detail::set_repacked_kslice(kc);
+                gemm_detail::set_repacked_pass_kib(pass);
+                const std::string what = "x_prefetch=" + std::to_string(int(xpf)) + " kslice=" + std::to_string(kc) +
+                                         " pass=" + std::to_string(pass);
+                if (!repacked_agree(c, pl, what, &compared)) return false;
+              }
+        return true;
+      });
+  if (!agree) return;
   EXPECT(compared == int64_t(2 * 2 * 2 * 2 * 3 * (629 * 48 + 130 * 40 + 47 * 33 + 13 * 96)));
 }
 
@@ -1836,35 +1847,30 @@ TEST(gemm_repacked_guided_same_bits) {
   } pool_scope;
   EXPECT(gemm_detail::repacked_guided());  // on by default
   ThreadPool pool2(2), pool3(3);
-  struct Shape {
-    int64_t M, N, K;
-    int kgroup;  // set_repacked_kgroup (-1: the default)
-  };
-  const Shape shapes[] = {{130, 1040, 4096, -1}, {613, 200, 11008, -1}, {47, 520, 1120, -1}, {70, 1040, 8192, 3}};
   enum class Disturb { None, Slow, Late };
-  uint32_t seed = 8100;
   int64_t compared = 0;
-  for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (const Shape& sh : shapes) {
-      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
-      seed += 2;
-      for (bool guided : {true, false})
-        for (int kc : {-1, 0})
-          for (Disturb d : {Disturb::None, Disturb::Slow, Disturb::Late})
-            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-              gemm_detail::set_repacked_guided(guided);
-              gemm_detail::set_repacked_kslice(kc);
-              gemm_detail::set_repacked_kgroup(sh.kgroup);
-              pool_set_slow_worker(d == Disturb::Slow ? 25 : 0);
-              pool_set_late_worker(d == Disturb::Late ? 700 : 0);
-              const std::string what = "guided=" + std::to_string(int(guided)) + " kslice=" + std::to_string(kc) +
-                                       " disturb=" + std::to_string(int(d));
-              const bool ok = repacked_agree(c, pl, what, &compared);
-              pool_set_slow_worker(0);
-              pool_set_late_worker(0);
-              if (!ok) return;
-            }
-    }
+  const bool agree = each_repacked_case(
+      {{130, 1040, 4096}, {613, 200, 11008}, {47, 520, 1120}, {70, 1040, 8192, 3}}, 8100, &pool2,
+      [&](const RepackedCase& c, const RepackedShape& sh) {
+        for (bool guided : {true, false})
+          for (int kc : {-1, 0})
+            for (Disturb d : {Disturb::None, Disturb::Slow, Disturb::Late})
+              for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+                gemm_detail::set_repacked_guided(guided);
+                gemm_detail::set_repacked_kslice(kc);
+                gemm_detail::set_repacked_kgroup(sh.kgroup);
+                pool_set_slow_worker(d == Disturb::Slow ? 25 : 0);
+                pool_set_late_worker(d == Disturb::Late ? 700 : 0);
+                const std::string what = "guided=" + std::to_string(int(guided)) + " kslice=" + std::to_string(kc) +
+                                         " disturb=" + std::to_string(int(d));
+                const bool ok = repacked_agree(c, pl, what, &compared);
+                pool_set_slow_worker(0);
+                pool_set_late_worker(0);
+                if (!ok) return false;
+              }
+        return true;
+      });
+  if (!agree) return;
   EXPECT(compared == int64_t(2 * 2 * 2 * 3 * 3 * (130 * 1040 + 613 * 200 + 47 * 520 + 70 * 1040)));
 }
 
@@ -1922,22 +1928,17 @@ TEST(gemm_repacked_defaults_follow_cpu_trait) {
   gemm_detail::set_repacked_double_pumped(-1);
   EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
   ThreadPool pool2(2), pool3(3);
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{613, 40, 11008}, {70, 520, 8192}, {130, 64, 4096}};
-  uint32_t seed = 8300;
   int64_t compared = 0;
-  for (DType t : {DType::Q8_0, DType::Q4_0})
-    for (const Shape& sh : shapes) {
-      const RepackedCase c(t, sh.M, sh.N, sh.K, seed, &pool2);
-      seed += 2;
-      for (int dp : {0, 1})
-        for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
-          gemm_detail::set_repacked_double_pumped(dp);
-          if (!repacked_agree(c, pl, "double_pumped=" + std::to_string(dp), &compared)) return;
-        }
-    }
+  const bool agree = each_repacked_case(
+      {{613, 40, 11008}, {70, 520, 8192}, {130, 64, 4096}}, 8300, &pool2, [&](const RepackedCase& c, const RepackedShape&) {
+        for (int dp : {0, 1})
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+            gemm_detail::set_repacked_double_pumped(dp);
+            if (!repacked_agree(c, pl, "double_pumped=" + std::to_string(dp), &compared)) return false;
+          }
+        return true;
+      });
+  if (!agree) return;
   EXPECT(compared == int64_t(2 * 2 * 3 * (613 * 40 + 70 * 520 + 130 * 64)));
 }
 
