@@ -4,7 +4,6 @@
 // q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
 // against T0; decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
-// attn_qk_bcast: its Q K^T by broadcasts for 8 query heads a kv head (on) against transposes;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
@@ -180,8 +179,6 @@ const AbSwitch kSwitches[] = {
     {"attn_pipe", [](bool on) { attention_detail::set_decode_pipeline(on); }},
     // that prefetch into L2 (prefetcht2: on) against L1 (T0; set_decode_pipeline_l2)
     {"attn_l2", [](bool on) { attention_detail::set_decode_pipeline_l2(on); }},
-    // the decode attention's Q K^T of 8 query heads a kv head by broadcasts (set_decode_qk_bcast)
-    {"attn_qk_bcast", [](bool on) { attention_detail::set_decode_qk_bcast(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
     // (madvise MADV_DONTNEED: the page table entries dropped, the page cache kept, as a fresh

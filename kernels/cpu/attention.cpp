@@ -230,13 +230,9 @@ std::atomic<bool>& decode_pipeline_l2_var() {
   static std::atomic<bool> v{gemm_detail::decode_tuning().attn_pipeline_l2};
   return v;
 }
-// Off at start (no measured win: bench/README, session 26); on for the A/B tools and the tests.
-std::atomic<bool> decode_qk_bcast_on{false};
 }  // namespace
 bool decode_pipeline_l2() { return decode_pipeline_l2_var().load(std::memory_order_relaxed); }
 void set_decode_pipeline_l2(bool on) { decode_pipeline_l2_var().store(on, std::memory_order_relaxed); }
-bool decode_qk_bcast() { return decode_qk_bcast_on.load(std::memory_order_relaxed); }
-void set_decode_qk_bcast(bool on) { decode_qk_bcast_on.store(on, std::memory_order_relaxed); }
 namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
@@ -305,9 +301,10 @@ namespace {
 // each kv head's call: 0.96-1.05x, t0 or t1); one or two lines per step keep a few misses in flight
 // all the time instead. The driver passes it to qk_decode / pv (null: every other call, the tiled
 // driver's included: the kernels prefetch nothing). Into L1 (prefetcht0) or, by the CPU's default
-// (attention_detail::decode_pipeline_l2: Zen 4), into L2 (prefetcht2): 1.10-1.18x T0 cold at 1
-// thread there (session 26; why is not measured, no counters on the VM: T0's fills may hold the L1
-// miss buffers the kernels' own loads need).
+// (attention_detail::decode_pipeline_l2: Zen 4), into L2 (prefetcht2): 1.10-1.44x T0 cold at 1
+// thread there (session 26, bench/README; why is not measured, no counters on the VM: T0's fills
+// may hold the L1 miss buffers the kernels' own loads need). With it the 1.1B shape's cold call
+// runs at about its L2-resident speed: compute-bound.
 struct PfCursor {
   const char* line = nullptr;  // the next line to prefetch (an address in it)
   const char* last = nullptr;  // the last byte of the current row's span
@@ -875,76 +872,6 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
     }
   }
 #undef EMO_QK16
-}
-
-// Q K^T of 8 query heads against a full 16-token sub-block of their kv head (rows ld elements
-// apart, read in place) by broadcasts instead of transposes (attention_detail::decode_qk_bcast):
-// the 8 heads' q lie in the lanes of one 256-bit vector per head dim (qt[d * 8 + r], made once a
-// piece), and each key's 8 scores accumulate in its own 256-bit register, one FMA per (key, dim)
-// with the key's element broadcast from memory by the FMA itself. qk_decode_rows instead loads the
-// 16 rows' 16-dim chunk, transposes it in registers (64 shuffles) and broadcasts q: on Zen 4's
-// double-pumped units the shuffles took ~40% of the FMAs' time (1.1B shape in L1, 1 thread:
-// 59-65 ns a token against 42-48 here; FMAs alone 35.6). Each score is the same chain of FMAs
-// over d = 0, 1, ... from zero, then * scale, as there: the scores are bit for bit equal. The
-// 16 x 8 scores are turned into 8 rows of 16 (32 shuffles a sub-block, not 256) and stored as
-// qk_decode stores them. pf: the decode pipeline's cursor, stepped twice a 16-dim chunk as in
-// qk_decode_rows. f32 rows only (a half element cannot be broadcast by the FMA).
-EMO_T512 static inline void qk_bcast_store_rows(const __m256* acc, __m256 vs, float* S, int64_t ldS) {
-  __m512 z[8], t[8], u[8];
-  #pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i)  // z[i]: keys i (low half) and i + 8 (high half), lane r = head r
-    z[i] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_mul_ps(acc[i], vs)), _mm256_mul_ps(acc[i + 8], vs), 1);
-  #pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(z[2 * i], z[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(z[2 * i], z[2 * i + 1]);
-  }
-  #pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i) {
-    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  // u[c] (c < 4), by 128-bit lane: keys 0-3 of head c, 0-3 of head c + 4, 8-11 of head c, 8-11 of
-  // head c + 4; u[4 + c]: the same for keys 4-7 and 12-15
-  #pragma GCC unroll 4
-  for (int c = 0; c < 4; ++c) {
-    const __m512 lo = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);  // head c: keys 0-3, 8-11, 4-7, 12-15
-    const __m512 hi = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);  // head c + 4
-    _mm512_storeu_ps(S + c * ldS, _mm512_shuffle_f32x4(lo, lo, 0xD8));
-    _mm512_storeu_ps(S + (c + 4) * ldS, _mm512_shuffle_f32x4(hi, hi, 0xD8));
-  }
-}
-EMO_T512 static void qk_decode_bcast_avx512(const float* qt, const float* k, int64_t ldk, int D, float scale, float* S,
-                                            int64_t ldS, PfCursor* pf) {
-  __m256 acc[16];
-  #pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) acc[j] = _mm256_setzero_ps();
-  // key 4a + b at base a plus b row strides (b * l1 bytes: 0, l1, 2 * l1, l3): 4 bases and 2
-  // strides in registers, where 16 row pointers would not fit
-  const char* b[4];
-  #pragma GCC unroll 4
-  for (int a = 0; a < 4; ++a) b[a] = reinterpret_cast<const char*>(k + 4 * a * ldk);
-  const int64_t l1 = ldk * int64_t(sizeof(float)), l3 = 3 * l1;
-  for (int d0 = 0; d0 < D; d0 += 8) {
-    if (pf) pf_step(pf, pf->per_qk);
-    const int d1 = std::min(D, d0 + 8);
-    for (int d = d0; d < d1; ++d) {
-      const __m256 qd = _mm256_loadu_ps(qt + d * 8);
-      #pragma GCC unroll 4
-      for (int a = 0; a < 4; ++a) {
-        const float* r0 = reinterpret_cast<const float*>(b[a]);
-        acc[4 * a + 0] = _mm256_fmadd_ps(qd, _mm256_set1_ps(*r0), acc[4 * a + 0]);
-        acc[4 * a + 1] = _mm256_fmadd_ps(qd, _mm256_set1_ps(*reinterpret_cast<const float*>(b[a] + l1)), acc[4 * a + 1]);
-        acc[4 * a + 2] = _mm256_fmadd_ps(qd, _mm256_set1_ps(*reinterpret_cast<const float*>(b[a] + 2 * l1)), acc[4 * a + 2]);
-        acc[4 * a + 3] = _mm256_fmadd_ps(qd, _mm256_set1_ps(*reinterpret_cast<const float*>(b[a] + l3)), acc[4 * a + 3]);
-      }
-      #pragma GCC unroll 4
-      for (int a = 0; a < 4; ++a) b[a] += sizeof(float);
-    }
-  }
-  qk_bcast_store_rows(acc, _mm256_set1_ps(scale), S, ldS);
 }
 
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
@@ -1894,11 +1821,6 @@ bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
          p.n_heads / p.n_kv_heads >= 4 && !decode_bf16dp_applies(p) && decode_pipeline();
 }
-bool decode_qk_bcast_applies(const AttentionParams& p) {
-  const int64_t G = p.n_heads / p.n_kv_heads;
-  return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.kv_dtype == DType::F32 && G % 8 == 0 &&
-         !decode_bf16dp_applies(p) && decode_qk_bcast();
-}
 DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t s0, bool is_v) {
   DecodeSubBlock nx;
   if (s0 + 16 < b1) {  // the next 16 rows of the same block and tensor
@@ -2019,7 +1941,7 @@ const AttentionParams kF32Rows{};
 // aligned).
 // trace (tests, attention_detail::decode_reads): each sub-block's read, in order (null: none).
 void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, float* S, float* acc, float* qpad,
-                      float* kbuf, float* qt, std::vector<attention_detail::DecodeRead>* trace) {
+                      float* kbuf, std::vector<attention_detail::DecodeRead>* trace) {
   const AttentionParams& p = *it.p;
   const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
   const int D = it.D, Dp = it.Dp;
@@ -2081,10 +2003,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // 0.986x in the model (1.1B q4_0, 1 thread; session 23, bench/README): the hardware
   // prefetchers already follow the rows across a piece's end.
   const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
-  // 8 query heads a kv head, f32 rows in place: full sub-blocks' Q K^T by broadcasts
-  // (qk_decode_bcast_avx512, attention_detail::decode_qk_bcast) on q transposed into qt (8 heads'
-  // element d side by side); a short last sub-block keeps qk_decode. Same scores bit for bit.
-  const bool bcast = inplace && transposed && !dp && attention_detail::decode_qk_bcast_applies(p);
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched
@@ -2156,10 +2074,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       std::memcpy(qpad + h * Dp, it.q + h * D, sizeof(float) * size_t(D));
       std::memset(qpad + h * Dp + D, 0, sizeof(float) * size_t(Dp - D));
     }
-  if (bcast)  // heads h0 .. h0 + 7 (h0 a multiple of 8): qt[h0 * D + d * 8 + r] = q of head h0 + r, dim d
-    for (int64_t h0 = 0; h0 < H; h0 += 8)
-      for (int d = 0; d < D; ++d)
-        for (int r = 0; r < 8; ++r) qt[h0 * D + d * 8 + r] = it.q[(h0 + r) * D + d];
   float* m = acc + H * Dp;  // n_heads running maxima, sums, and rescales of the block
   float* l = m + H;
   float* alpha = l + H;
@@ -2185,9 +2099,6 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           if (dp)
             qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,
                              S + g * G * kBk + (s0 - b0), kBk);
-          else if (bcast && ns == 16)
-            for (int64_t h0 = g * G; h0 < (g + 1) * G; h0 += 8)
-              qk_decode_bcast_avx512(qt + h0 * D, kg, ldg, D, it.scale, S + h0 * kBk + (s0 - b0), kBk, pf);
           else
             kk.qk_decode(qpad + g * G * Dp, Dp, int(G), rows, D, it.scale, S + g * G * kBk + (s0 - b0), kBk, pf);
         }
@@ -2304,9 +2215,9 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
   }
   auto piece = [&](int64_t u, int64_t* i) {
     while (u >= first[size_t(*i) + 1]) ++*i;
-    float* S = decode_scratch(size_t(S_floats + 3 * accf + 16 * pack_span));
+    float* S = decode_scratch(size_t(S_floats + 2 * accf + 16 * pack_span));
     run_decode_piece(items[*i], kern, u - first[size_t(*i)], S, S + S_floats, S + S_floats + accf,
-                     S + S_floats + 2 * accf, S + S_floats + 2 * accf + 16 * pack_span, trace);
+                     S + S_floats + 2 * accf, trace);
     attention_detail::count_work(&attention_detail::WorkSlot::decode_pieces);
   };
   if (nth == 1 || n_pieces == 1) {

@@ -86,17 +86,6 @@ void set_decode_pipeline_l2(bool on);
 // (decode_inplace_enabled), narrow token rows (n_kv_heads * head_dim <= 256 elements: swept), at
 // least 4 query heads per kv head (the transposed Q K^T), not on bf16 products, and decode_pipeline().
 bool decode_pipeline_applies(const AttentionParams& p);
-// Q K^T on AVX-512 for 8 (16, ...) query heads per kv head on an f32 cache read in place (the
-// 1.1B's 32 / 4 heads): each full 16-token sub-block by broadcasts (8 heads' q in the lanes of a
-// 256-bit vector per head dim, each key's element broadcast by its FMA) instead of qk_decode's
-// 16 x 16 transposes in registers; a short last sub-block keeps qk_decode. The same FMAs in the
-// same order per score: scores bit for bit equal. set_decode_qk_bcast (off at start).
-bool decode_qk_bcast();
-void set_decode_qk_bcast(bool on);
-// Whether a decode call's full sub-blocks take it: AVX-512 with in-place rows
-// (decode_inplace_enabled), an f32 cache, a multiple of 8 query heads per kv head, not on bf16
-// products, and decode_qk_bcast().
-bool decode_qk_bcast_applies(const AttentionParams& p);
 // The sub-block prefetched during [s0, s0 + 16) of K (is_v false) or V of block [b0, b1) in a
 // piece ending at j1: the next 16 rows of the same tensor, or after a block's last K rows its first
 // V rows, or after its last V rows the next block's first K rows; ns = 0: none (the piece's end).

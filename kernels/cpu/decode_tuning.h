@@ -32,9 +32,10 @@ struct DecodeTuning {
 // 4-stream read, against 0.60-0.67x with T0; T1 1.05-1.31x, NTA 1.0x); the K-quant lean pass on
 // one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. The decode
 // attention's pipelined prefetch (1.1B shape: narrow rows, 8 query heads a kv head) on Zen 4 into
-// L2 (session 26, 1 thread cold, thread CPU time, interleaved): 1.10-1.18x prefetcht0 (T1
-// 1.06-1.09x; the whole sub-block at once 0.96x, twice the lines a step early 1.04-1.07x); in
-// L2-resident data 1.04x. Zen 5 keeps T0 (session 22's measurements).
+// L2 (session 26, 1 thread cold, thread CPU time, interleaved): 1.10-1.44x prefetcht0 by median
+// (T1 1.06-1.09x; the whole sub-block at once 0.96x, twice the lines a step early 1.04-1.07x); in
+// L2-resident data 1.04x; the 1.1B q4_0 decode at 1 thread 1.048 (noisy). Zen 5 keeps T0
+// (session 22's measurements).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();

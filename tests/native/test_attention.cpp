@@ -1535,29 +1535,6 @@ TEST(attention_decode_pipeline_l2_same_bits) {
   attention_detail::set_decode_pipeline_l2(was);
 }
 
-// Q K^T of 8 query heads a kv head by broadcasts (attention_detail::decode_qk_bcast: f32 rows read in
-// place, full 16-token sub-blocks) runs each score's FMAs in qk_decode's order: outputs and
-// log-sum-exps bit for bit equal with it off, GQA 8 x 64 (the 1.1B's), 16 query heads a kv head x 80
-// (two calls a kv head, a head_dim that is no multiple of 16), 8 x 20 with padded rows, wide GQA
-// rows (8 kv heads x 64: not swept); not taken: 4 query heads a kv head, MHA; half caches run the
-// other kernel. Lengths with and without a partial last sub-block (qk_decode there), contiguous and
-// paged (16 / 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention.
-TEST(attention_decode_qk_bcast_same_bits) {
-  const DecodeSwitch sw{"Q K^T by broadcasts", attention_detail::decode_qk_bcast_applies,
-                        attention_detail::decode_qk_bcast, attention_detail::set_decode_qk_bcast, 16, 8};
-  const bool was = attention_detail::decode_qk_bcast();  // on where the sweep starts (off by default)
-  attention_detail::set_decode_qk_bcast(true);
-  expect_decode_switch_same_bits(sw,
-                                 {{32, 4, 64, 0, true},
-                                  {32, 2, 80, 0, true},
-                                  {8, 1, 20, 3, true},
-                                  {64, 8, 64, 0, true},
-                                  {16, 4, 64, 0, false},
-                                  {8, 8, 64, 0, false}},
-                                 17900);
-  attention_detail::set_decode_qk_bcast(was);
-}
-
 // What the pipelined prefetch reads: (1) the cursor visits every 64-byte line of each row's span
 // once, rows in order, whatever the rows' alignment, row stride (padded, or closer than a line) and
 // lines a step; (2) the sub-block it prefetches during each sub-block of a piece is the one the
