@@ -15,6 +15,8 @@
 // with each sub-block swept before its compute (set_decode_pipeline(false)), its thread CPU time against 1t's.
 // "1b": the TinyLlama-1.1B shape (32 / 4 heads x 64). "2m": the K / V copies in 2 MiB transparent
 // huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
+// "1t pf L1" / "pf L2" (and 2t): the
+// pipelined prefetch into the other cache level than this CPU's default (set_decode_pipeline_l2).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -125,9 +127,12 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, kModes };
-  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep"};
-  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s;
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, kModes };
+  // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
+  const bool l2_default = attention_detail::decode_pipeline_l2();
+  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
+                               l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2"};
+  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p;
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
   for (int r = -1; r < rounds; ++r) {  // round -1 warms up
@@ -150,6 +155,12 @@ int main(int argc, char** argv) {
         dt = timed(&pool1);
         attention_detail::set_decode_pipeline(true);
         if (r >= 0) cpu1s.push_back(cpu_1t);
+      }
+      else if (m == k1tPf || m == k2tPf) {
+        attention_detail::set_decode_pipeline_l2(!l2_default);
+        dt = timed(m == k1tPf ? &pool1 : &pool2);
+        attention_detail::set_decode_pipeline_l2(l2_default);
+        if (r >= 0 && m == k1tPf) cpu1p.push_back(cpu_1t);
       }
       else if (m == kHalves) dt = halves();
       else if (m == kPm64 || m == kPm32) {
@@ -188,6 +199,9 @@ int main(int argc, char** argv) {
   std::printf("  1t sweep (set_decode_pipeline(false)): thread CPU ns a kv token (median) %.1f (best %.1f); sweep / 1t: median %.3f, best %.3f\n",
               median(cpu1s) / double(n_kv) * 1e9, best(cpu1s) / double(n_kv) * 1e9, median(cpu1s) / median(cpu1),
               best(cpu1s) / best(cpu1));
+  std::printf("  %s (set_decode_pipeline_l2(%d)): thread CPU ns a kv token (median) %.1f (best %.1f); it / 1t (the default, %s): median %.3f, best %.3f\n",
+              names[k1tPf], int(!l2_default), median(cpu1p) / double(n_kv) * 1e9, best(cpu1p) / double(n_kv) * 1e9,
+              l2_default ? "L2" : "L1", median(cpu1p) / median(cpu1), best(cpu1p) / best(cpu1));
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
     char line[256];
     while (std::fgets(line, sizeof line, f))

@@ -3,7 +3,7 @@
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
 // against T0; decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
-// qk_wide: the decode attention's qk16;
+// qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
@@ -168,6 +168,7 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_gemv_streams_prefetch(t.stream_prefetch);
        gemm_detail::set_q40_ms_prefetch(t.q40_prefetch);
        gemm_detail::set_kquant_streams(t.kquant_streams);
+       attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
      }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
@@ -176,6 +177,8 @@ const AbSwitch kSwitches[] = {
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},
     // the decode attention's next sub-block prefetched from inside this one's kernels (set_decode_pipeline)
     {"attn_pipe", [](bool on) { attention_detail::set_decode_pipeline(on); }},
+    // that prefetch into L2 (prefetcht2: on) against L1 (T0; set_decode_pipeline_l2)
+    {"attn_l2", [](bool on) { attention_detail::set_decode_pipeline_l2(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
     // (madvise MADV_DONTNEED: the page table entries dropped, the page cache kept, as a fresh

@@ -54,6 +54,7 @@
 #include "../../base/error.h"
 #include "../../base/thread_pool.h"
 #include "attention_internal.h"
+#include "decode_tuning.h"
 #include "half_rows.h"
 #include "kernels.h"
 
@@ -224,6 +225,15 @@ std::atomic<bool> decode_pipeline_on{true};
 bool decode_pipeline() { return decode_pipeline_on.load(std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
 namespace {
+// The CPU's default at first use (decode_tuning.h attn_pipeline_l2; session 26).
+std::atomic<bool>& decode_pipeline_l2_var() {
+  static std::atomic<bool> v{gemm_detail::decode_tuning().attn_pipeline_l2};
+  return v;
+}
+}  // namespace
+bool decode_pipeline_l2() { return decode_pipeline_l2_var().load(std::memory_order_relaxed); }
+void set_decode_pipeline_l2(bool on) { decode_pipeline_l2_var().store(on, std::memory_order_relaxed); }
+namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
@@ -290,13 +300,18 @@ namespace {
 // fills the core's miss buffers and stalls the same way (a quarter of the next sub-block before
 // each kv head's call: 0.96-1.05x, t0 or t1); one or two lines per step keep a few misses in flight
 // all the time instead. The driver passes it to qk_decode / pv (null: every other call, the tiled
-// driver's included: the kernels prefetch nothing).
+// driver's included: the kernels prefetch nothing). Into L1 (prefetcht0) or, by the CPU's default
+// (attention_detail::decode_pipeline_l2: Zen 4), into L2 (prefetcht2): 1.10-1.44x T0 cold at 1
+// thread there (session 26, bench/README; why is not measured, no counters on the VM: T0's fills
+// may hold the L1 miss buffers the kernels' own loads need). With it the 1.1B shape's cold call
+// runs at about its L2-resident speed: compute-bound.
 struct PfCursor {
   const char* line = nullptr;  // the next line to prefetch (an address in it)
   const char* last = nullptr;  // the last byte of the current row's span
   int64_t row_bytes = 0, span_bytes = 0;
   int rows_left = 0;           // rows not finished, the current one included
   int per_qk = 0, per_pv = 0;  // lines per step of qk_decode_rows (two a 16-dim chunk) / pv_tile (one a token)
+  bool l2 = false;             // prefetcht2 (into L2) instead of prefetcht0 (attention_detail::decode_pipeline_l2)
   void start(const char* row, int64_t rb, int64_t sb, int ns) {
     line = row;
     last = row + sb - 1;
@@ -314,7 +329,10 @@ __attribute__((always_inline)) inline void pf_step(PfCursor* c, int n, std::vect
   const char* last = c->last;
   int left = c->rows_left;
   for (int i = 0; i < n && left > 0; ++i) {
-    _mm_prefetch(line, _MM_HINT_T0);
+    if (c->l2)
+      _mm_prefetch(line, _MM_HINT_T2);
+    else
+      _mm_prefetch(line, _MM_HINT_T0);
     if constexpr (Log) log->push_back(reinterpret_cast<uintptr_t>(line) >> 6 << 6);
     line += 64;
     if (reinterpret_cast<uintptr_t>(line) >> 6 > reinterpret_cast<uintptr_t>(last) >> 6) {
@@ -1993,6 +2011,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // 1.16-1.19x cold).
   auto pipe_start = [&](const char* row, int64_t rb, int64_t sb, int ns) {
     cursor.start(row, rb, sb, ns);
+    cursor.l2 = attention_detail::decode_pipeline_l2();
     const int64_t lines = int64_t(ns) * ((sb + 63) / 64 + 1);
     const int64_t nch = (D + 15) / 16;
     const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;

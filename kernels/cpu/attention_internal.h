@@ -77,6 +77,11 @@ bool decode_pv2_applies(const AttentionParams& p);
 // only: outputs are bit for bit equal.
 bool decode_pipeline();
 void set_decode_pipeline(bool on);
+// Where the pipelined prefetch puts the next sub-block's lines: L2 (prefetcht2; on) or L1
+// (prefetcht0; off). Default per CPU (decode_tuning.h attn_pipeline_l2: L2 on double-pumped AVX-512,
+// L1 elsewhere). Prefetches only: outputs are bit for bit equal.
+bool decode_pipeline_l2();
+void set_decode_pipeline_l2(bool on);
 // Whether a decode call's sub-blocks take it (the driver asks this too): AVX-512 with in-place rows
 // (decode_inplace_enabled), narrow token rows (n_kv_heads * head_dim <= 256 elements: swept), at
 // least 4 query heads per kv head (the transposed Q K^T), not on bf16 products, and decode_pipeline().

@@ -1519,6 +1519,22 @@ TEST(attention_decode_pipeline_same_bits) {
                                  17300);
 }
 
+// The pipelined prefetch into L2 (prefetcht2) or L1 (prefetcht0; attention_detail::decode_pipeline_l2,
+// the per-CPU default of decode_tuning.h) is prefetches only: outputs and log-sum-exps bit for bit
+// equal either way, on the shapes and layouts of attention_decode_pipeline_same_bits (the shapes
+// that take the pipeline, and some that do not).
+TEST(attention_decode_pipeline_l2_same_bits) {
+  const DecodeSwitch sw{"pipelined prefetch into L2",
+                        [](const AttentionParams& p) {
+                          return attention_detail::decode_pipeline_applies(p) && attention_detail::decode_pipeline_l2();
+                        },
+                        attention_detail::decode_pipeline_l2, attention_detail::set_decode_pipeline_l2, 17, 3};
+  const bool was = attention_detail::decode_pipeline_l2();  // the CPU's default: on where the sweep starts
+  attention_detail::set_decode_pipeline_l2(true);
+  expect_decode_switch_same_bits(sw, {{32, 4, 64, 0, true}, {12, 1, 20, 3, true}, {32, 32, 128, 0, false}}, 17700);
+  attention_detail::set_decode_pipeline_l2(was);
+}
+
 // What the pipelined prefetch reads: (1) the cursor visits every 64-byte line of each row's span
 // once, rows in order, whatever the rows' alignment, row stride (padded, or closer than a line) and
 // lines a step; (2) the sub-block it prefetches during each sub-block of a piece is the one the
