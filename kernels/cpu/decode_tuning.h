@@ -15,12 +15,14 @@ namespace gemm_detail {
 // A streaming GEMV's software prefetch along its streams: into L1 (T0), non-temporal (NTA:
 // weights are read once a token) or none along the streams (the hardware prefetchers alone; the
 // q4_0 pass still prefetches each stream's first 4 KiB at a cold start). Same bits.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };  // T1: into L2 (the q8_0 parts pass only)
 
 struct DecodeTuning {
   GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
   GemvPrefetch q40_prefetch;     // the q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead
   int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
+  int q80_streams;               // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = S contiguous parts (gemv_repacked.cpp parts_q80_avx512)
+  GemvPrefetch q80_prefetch;     // that parts pass's prefetch along its streams, 4 KiB ahead
 };
 
 // The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,

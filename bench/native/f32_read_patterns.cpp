@@ -1,0 +1,118 @@
+// Where the f32 M = 1 stream GEMV's time goes (gemm_avx512.cpp gemv_streams: each thread's rows in
+// 4 parts read side by side, 128 bytes of each a step) against plain reads of the same cold bytes,
+// interleaved call by call (shuffled order each round): whether the f32 decode's gap to the read
+// probe is its read pattern or its per-call work. Rows (ratio = the gemv row's time / this row's):
+//   gemv            gemm_huge_pages at M = 1 (the model's f32 decode path) with this CPU's stream prefetch
+//   gemv-t0 / -none the same with set_gemv_streams_prefetch T0 / none (same bits)
+//   read-4          bench_kernels' read probe loop: 4 streams, 128 bytes a step, prefetch 1 KiB ahead (T0)
+//   read-<S>-nopf   S streams (the thread's rows cut in S parts), 128 bytes a step, no prefetch:
+//                   read-4-nopf is the kernel's read pattern without its arithmetic
+//   read-<S>-nopf-1k the same, 1 KiB a stream a step
+// Each thread reads its contiguous share of the rows (the GEMV: its own dispatch). Copies: 2 MiB
+// pages rotated over >= 384 MiB (beyond L3); with `copies` given, that many.
+// Usage (repository root): [RP_CPU=1] [RP_ROWS=a,b] ./build-bench/f32_read_patterns [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "cpu/gemm_internal.h"  // set_gemv_streams_prefetch
+#include "cpu/kernels.h"
+#include "bench_clock.h"
+#include "bench_read.h"
+
+using namespace emollm;
+
+namespace {
+std::atomic<uint64_t> g_sink{0};
+}
+
+int main(int argc, char** argv) {
+#if !defined(__x86_64__)
+  std::printf("f32_read_patterns: x86-64 only\n");
+  return 0;
+#else
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 40;
+  const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
+  ThreadPool pool(threads);
+  const size_t bytes = size_t(N) * size_t(K) * 4;
+  const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(384) << 20) / bytes + 1));
+  std::mt19937 rng(7);
+  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
+  cp[0] = bench::huge_alloc(bytes);
+  float* w0 = reinterpret_cast<float*>(cp[0]);
+  for (size_t i = 0; i < size_t(N) * size_t(K); ++i) w0[i] = float(int(rng() % 2001) - 1000) / 4096.f;
+  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
+  auto share = [&](const std::function<uint64_t(const uint8_t*, size_t)>& f, const uint8_t* W) {
+    pool.run([&](int ith, int nth) {
+      const int64_t r0 = N * ith / nth, r1 = N * (ith + 1) / nth;
+      g_sink.fetch_xor(f(W + size_t(r0) * size_t(K) * 4, size_t(r1 - r0) * size_t(K) * 4), std::memory_order_relaxed);
+    });
+  };
+  const gemm_detail::GemvPrefetch p_def = gemm_detail::gemv_streams_prefetch();
+  auto gemv = [&](gemm_detail::GemvPrefetch pf) {
+    return [&, pf](const uint8_t* W) {
+      gemm_detail::set_gemv_streams_prefetch(pf);
+      gemm_huge_pages(x.data(), K, W, DType::F32, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_detail::set_gemv_streams_prefetch(p_def);
+    };
+  };
+  struct Row {
+    std::string name;
+    std::function<void(const uint8_t*)> run;
+    std::vector<double> t;
+  };
+  std::vector<Row> rows = {
+      {"gemv", gemv(p_def), {}},
+      {"gemv-t0", gemv(gemm_detail::GemvPrefetch::T0), {}},
+      {"gemv-none", gemv(gemm_detail::GemvPrefetch::None), {}},
+      {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
+      {"read-1-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 0); }, W); }, {}},
+      {"read-2-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 128, 0); }, W); }, {}},
+      {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 0); }, W); }, {}},
+      {"read-8-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<8>(p, n, 128, 0); }, W); }, {}},
+      {"read-2-nopf-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 1024, 0); }, W); }, {}},
+      {"read-4-nopf-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 1024, 0); }, W); }, {}},
+  };
+  if (const char* keep = std::getenv("RP_ROWS")) {
+    const std::string list = std::string(",") + keep + ",";
+    std::vector<Row> kept;
+    for (auto& row : rows)
+      if (kept.empty() || list.find("," + row.name + ",") != std::string::npos) kept.push_back(row);
+    rows = kept;
+  }
+  std::vector<size_t> order(rows.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
+  int c = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i : order) {
+      const uint8_t* W = cp[size_t(c++ % copies)];
+      const double c0 = bench::thread_cpu(), t0 = bench::now();
+      rows[i].run(W);
+      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
+      rows[i].t.push_back(cpu ? cpu_s : wall);
+    }
+  }
+  std::printf("f32 N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; default stream prefetch %d; ratio = gemv time / row time\n",
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall", int(p_def));
+  std::printf("%-15s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
+  double gb = 0, gm = 0;
+  for (auto& row : rows) {
+    const double b = bench::best(row.t), m = bench::median(row.t);
+    if (gb == 0) gb = b, gm = m;
+    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name.c_str(), b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
+                double(bytes) / m * 1e-9, gb / b, gm / m);
+  }
+  return g_sink.load() == 42 ? 1 : 0;
+#endif
+}
