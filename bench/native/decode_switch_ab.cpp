@@ -179,6 +179,8 @@ const AbSwitch kSwitches[] = {
     {"q80_parts", [](bool on) { gemm_detail::set_q80_streams(on ? 2 : 0); }},
     {"q80_parts1", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 0); }},
     {"q80_parts3", [](bool on) { gemm_detail::set_q80_streams(on ? 3 : 0); }},
+    // one part a thread (on) against two (off)
+    {"q80_parts1v2", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 2); }},
     {"q80_t1", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T1 : gemm_detail::GemvPrefetch::None); }},
     {"q80_t0", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T0 : gemm_detail::GemvPrefetch::None); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one

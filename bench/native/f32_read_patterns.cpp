@@ -4,6 +4,8 @@
 // probe is its read pattern or its per-call work. Rows (ratio = the gemv row's time / this row's):
 //   gemv            gemm_huge_pages at M = 1 (the model's f32 decode path) with this CPU's stream prefetch
 //   gemv-t0 / -none the same with set_gemv_streams_prefetch T0 / none (same bits)
+//   copy / copy-x1  a scratch copy of the kernel's loop without prefetch, x loaded per stream (as
+//                   the kernel) / once a step for the four streams (streams_f32)
 //   read-4          bench_kernels' read probe loop: 4 streams, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-<S>-nopf   S streams (the thread's rows cut in S parts), 128 bytes a step, no prefetch:
 //                   read-4-nopf is the kernel's read pattern without its arithmetic
@@ -27,11 +29,54 @@
 #include "bench_clock.h"
 #include "bench_read.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 using namespace emollm;
 
 namespace {
 std::atomic<uint64_t> g_sink{0};
+
+#if defined(__x86_64__)
+// A scratch copy of gemv_streams<F32>'s loop without prefetch (rows `copy` / `copy-x1`): S = 4
+// parts of the rows side by side, 128 bytes of each a step, two FMAs per stream with x loaded
+// per stream (as the kernel's f32_stream_step) or once a step for all four (XOnce: 2 x loads a
+// step instead of 8). Each row's 4 accumulators folded into y[n] (not the kernel's reduction).
+template <bool XOnce>
+__attribute__((target("avx512f"))) uint64_t streams_f32(const uint8_t* W, size_t bytes, const float* x, int64_t K, float* y) {
+  constexpr int S = 4;
+  const size_t rb = size_t(K) * 4;
+  const int64_t rows = int64_t(bytes / rb), len = rows / S;
+  for (int64_t i = 0; i < len; ++i) {
+    const float* row[S];
+    __m512 s[S][2];
+    for (int q = 0; q < S; ++q) {
+      row[q] = reinterpret_cast<const float*>(W + size_t(q * len + i) * rb);
+      s[q][0] = s[q][1] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k + 32 <= K; k += 32) {
+      if constexpr (XOnce) {
+        const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          s[q][0] = _mm512_fmadd_ps(_mm512_loadu_ps(row[q] + k), x0, s[q][0]);
+          s[q][1] = _mm512_fmadd_ps(_mm512_loadu_ps(row[q] + k + 16), x1, s[q][1]);
+        }
+      } else {
+#pragma GCC unroll 4
+        for (int q = 0; q < S; ++q) {
+          s[q][0] = _mm512_fmadd_ps(_mm512_loadu_ps(row[q] + k), _mm512_loadu_ps(x + k), s[q][0]);
+          s[q][1] = _mm512_fmadd_ps(_mm512_loadu_ps(row[q] + k + 16), _mm512_loadu_ps(x + k + 16), s[q][1]);
+        }
+      }
+    }
+    for (int q = 0; q < S; ++q) y[q * len + i] = _mm512_reduce_add_ps(_mm512_add_ps(s[q][0], s[q][1]));
+  }
+  return uint64_t(y[0] != 0);
 }
+#endif
+}  // namespace
 
 int main(int argc, char** argv) {
 #if !defined(__x86_64__)
@@ -74,6 +119,8 @@ int main(int argc, char** argv) {
       {"gemv", gemv(p_def), {}},
       {"gemv-t0", gemv(gemm_detail::GemvPrefetch::T0), {}},
       {"gemv-none", gemv(gemm_detail::GemvPrefetch::None), {}},
+      {"copy", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return streams_f32<false>(p, n, x.data(), K, y.data() + (p - W) / (4 * K)); }, W); }, {}},
+      {"copy-x1", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return streams_f32<true>(p, n, x.data(), K, y.data() + (p - W) / (4 * K)); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-1-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 0); }, W); }, {}},
       {"read-2-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 128, 0); }, W); }, {}},

@@ -14,7 +14,9 @@
 // contiguous share of the groups (the GEMV: its own dispatch). Copies: 2 MiB pages, rotated over
 // >= 512 MiB (beyond L3); with `copies` given, that many (1: the same bytes every call, hot in
 // L2 / L3 when they fit: the kernel's arithmetic rate).
-// Usage (repository root): [RP_CPU=1] [RP_ROWS=a,b] ./build-bench/q8_read_patterns [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
+// Usage (repository root): [RP_CPU=1|process] [RP_ROWS=a,b] ./build-bench/q8_read_patterns [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -144,20 +146,30 @@ int main(int argc, char** argv) {
   }
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
+  // RP_CPU=1 at 1 thread: the calling thread's CPU time; RP_CPU=process: the process's CPU time
+  // (every thread; readable at 2 threads on a loaded machine: preemption excluded, the pool's
+  // waits included) divided by the threads
+  const char* rp_cpu = std::getenv("RP_CPU");
+  const bool cpu = threads == 1 && rp_cpu && std::strcmp(rp_cpu, "1") == 0;
+  const bool pcpu = rp_cpu && std::strcmp(rp_cpu, "process") == 0;
+  auto process_cpu = [] {
+    timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+  };
   int c = 0;
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
-      const double c0 = bench::thread_cpu(), t0 = bench::now();
+      const double c0 = bench::thread_cpu(), p0 = process_cpu(), t0 = bench::now();
       rows[i].run(W);
-      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
-      rows[i].t.push_back(cpu ? cpu_s : wall);
+      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0, pcpu_s = (process_cpu() - p0) / threads;
+      rows[i].t.push_back(pcpu ? pcpu_s : cpu ? cpu_s : wall);
     }
   }
   std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall",
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, pcpu ? "process CPU time / threads" : cpu ? "thread CPU time" : "wall",
               s_def, pfn[int(p_def)]);
   std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;

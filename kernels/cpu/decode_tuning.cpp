@@ -6,7 +6,7 @@ namespace emollm {
 namespace gemm_detail {
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
-  if (f.avx512_double_pumped) return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, 0, GemvPrefetch::None};
+  if (f.avx512_double_pumped) return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, 2, GemvPrefetch::None};
   return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, 0, GemvPrefetch::None};
 }
 

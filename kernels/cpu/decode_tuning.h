@@ -30,7 +30,12 @@ struct DecodeTuning {
 // time, interleaved, bench/README): without software prefetch the stream kernels decode
 // 1.08-1.30x (f32 / bf16 / f16 1.1B) and the q4_0 pass reads 1.49-1.63x (0.93-1.00x a plain
 // 4-stream read, against 0.60-0.67x with T0; T1 1.05-1.31x, NTA 1.0x); the K-quant lean pass on
-// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams.
+// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. Session 26 (Zen 4,
+// 1 thread, cold 2 MiB pages, thread CPU time, load 8-11, q8_read_patterns / decode_switch_ab):
+// the q8_0 pass in 2 contiguous parts a thread without prefetch 1.05-1.15x (median) the
+// four-adjacent-groups pass on the 1.1B / 7B shapes, the 1.1B q8_0 decode 1.10x; 1 / 3 parts
+// alike (1.08-1.15x decode), a T1 prefetch along the parts 0.80x. Zen 5 keeps the previous pass
+// (unmeasured there).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();

@@ -238,7 +238,8 @@ GemvPrefetch q40_ms_prefetch();
 // streams that end and restart together every nb records); S = 1-4: each thread's groups in S
 // contiguous parts read side by side, one group of each a pass (S unbroken streams). Its software
 // prefetch along those streams (4 KiB ahead; T0 / T1 / NTA / none). Defaults per CPU
-// (decode_tuning.h). Same bits. For the tests and A/B tools; process-wide.
+// (decode_tuning.h: 2 parts without prefetch on double-pumped AVX-512, the four-group pass
+// elsewhere). Same bits. For the tests and A/B tools; process-wide.
 void set_q80_streams(int s);
 int q80_streams();
 void set_q80_prefetch(GemvPrefetch p);

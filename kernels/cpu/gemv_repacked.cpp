@@ -503,6 +503,16 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // records are followed by the next group's, so each part is one unbroken run of memory: stream k
 // goes on from one group into the next with no edge, where groups_avx512 (4 adjacent groups a
 // pass) reads 4 streams that end together every nb records and start again 4 * nb records on.
+// Measured on Zen 4 (session 26; 1 thread, cold 2 MiB pages, thread CPU time, interleaved, load
+// 8-11, bench/native/q8_read_patterns at 5632 x 2048, 2048 x 5632, 4096 x 11008, 11008 x 4096):
+// the four-group pass reads at 0.87-0.99x (median) a plain 1-2-stream read of the same bytes and
+// as fast as its own loads without the arithmetic (with the weights in L2 / L3 it runs at ~80
+// GB/s a core, ~3x its cold rate: bound by how it reads, not by its ~3.5 instructions a line);
+// without prefetch 2 parts 1.05-1.15x it, 1 part 1.04-1.17x, 3 1.04-1.20x, 4 0.97-1.11x (the
+// plain-read rate); T0 along the parts 0.82-0.88x, T1 0.86-1.05x (1 part) and 0.76-0.88x (2).
+// The 1.1B q8_0 decode (1 thread CPU time) 2 parts 1.10x, 1 part 1.15x, 3 1.08x; 1 against 2
+// parts 0.99x; 2 parts with T1 0.80x. Default per CPU (decode_tuning.h): 2 parts on Zen 4,
+// the four-group pass elsewhere (Zen 5 unmeasured).
 // Hint: a prefetch along each stream `ahead` bytes on, a block pair's 17 lines before each pair
 // (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone).
 // Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the

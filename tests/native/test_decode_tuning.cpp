@@ -1,7 +1,7 @@
 // The per-CPU defaults of the decode GEMVs' read patterns (kernels/cpu/decode_tuning.h): the trait
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
-// prefetch and the K-quant pass on one stream), and that the process-wide settings start from the
+// prefetch, the K-quant pass on one stream and the q8_0 pass in 2 parts a thread), and that the process-wide settings start from the
 // table's row for this CPU. That every setting gives the same bits is checked where each kernel is
 // tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream, gemv_q80_parts_bit_equal_four_group_pass and gemm_huge_pages_multi_stream_gemv,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2).
@@ -41,7 +41,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.stream_prefetch == GemvPrefetch::None);
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
   EXPECT(b.kquant_streams == 1);
-  EXPECT(b.q80_streams == 0);
+  EXPECT(b.q80_streams == 2);
+  EXPECT(a.q80_prefetch == GemvPrefetch::None && b.q80_prefetch == GemvPrefetch::None);
 }
 
 // Every test that changes one of these settings restores it, so they still hold the start values.
