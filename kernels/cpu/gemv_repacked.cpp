@@ -505,11 +505,11 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // pass) reads 4 streams that end together every nb records and start again 4 * nb records on.
 // Measured on Zen 4 (session 26; 1 thread, cold 2 MiB pages, thread CPU time, interleaved, load
 // 8-11, bench/native/q8_read_patterns at 5632 x 2048, 2048 x 5632, 4096 x 11008, 11008 x 4096):
-// the four-group pass reads at 0.87-0.99x (median) a plain 1-2-stream read of the same bytes and
+// the four-group pass reads at 0.85-1.02x (median) a plain 1-stream read of the same bytes and
 // as fast as its own loads without the arithmetic (with the weights in L2 / L3 it runs at ~80
-// GB/s a core, ~3x its cold rate: bound by how it reads, not by its ~3.5 instructions a line);
-// without prefetch 2 parts 1.05-1.15x it, 1 part 1.04-1.17x, 3 1.04-1.20x, 4 0.97-1.11x (the
-// plain-read rate); T0 along the parts 0.82-0.88x, T1 0.86-1.05x (1 part) and 0.76-0.88x (2).
+// GB/s a core, ~3x its cold rate: bound by how it reads, not by its ~3.4 instructions a line);
+// without prefetch 2 parts 1.05-1.15x it (1.00-1.07x a plain 2-stream read), 1 part 1.04-1.17x,
+// 3 1.04-1.20x, 4 0.97-1.11x; T0 along 2 parts 0.82-0.88x, T1 0.94-1.05x (1 part), 0.76x (2).
 // The 1.1B q8_0 decode (1 thread CPU time) 2 parts 1.10x, 1 part 1.15x, 3 1.08x; 1 against 2
 // parts 0.99x; 2 parts with T1 0.80x. Default per CPU (decode_tuning.h): 2 parts on Zen 4,
 // the four-group pass elsewhere (Zen 5 unmeasured).
