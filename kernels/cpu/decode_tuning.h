@@ -33,7 +33,7 @@ struct DecodeTuning {
 // one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. Session 26 (Zen 4,
 // 1 thread, cold 2 MiB pages, thread CPU time, load 8-11, q8_read_patterns / decode_switch_ab):
 // the q8_0 pass in 2 contiguous parts a thread without prefetch 1.05-1.15x (median) the
-// four-adjacent-groups pass on the 1.1B / 7B shapes, the 1.1B q8_0 decode 1.06-1.10x (three
+// four-adjacent-groups pass on the 1.1B / 7B shapes, the 1.1B q8_0 decode 1.06-1.10x (four
 // runs); 1 / 3 parts alike (1.15x / 1.08x decode, 1 against 2 parts 0.99x), a T1 prefetch along
 // the parts 0.80x. The 2-thread decode A/B was unreadable under load (the lead's quiet run decides:
 // `AB_SWITCH=q80_parts decode_switch_ab tinyllama-1.1b-q8_0.gguf 2 12 16`). Zen 5 keeps the
