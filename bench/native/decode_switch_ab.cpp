@@ -2,7 +2,8 @@
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
-// against T0; decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
+// against T0; q80_parts / q80_parts1 / q80_parts3 / q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
+// decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
@@ -169,7 +170,20 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_q40_ms_prefetch(t.q40_prefetch);
        gemm_detail::set_kquant_streams(t.kquant_streams);
        attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
+       gemm_detail::set_q80_streams(t.q80_streams);
+       gemm_detail::set_q80_prefetch(t.q80_prefetch);
      }},
+    // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3: 1 / 3)
+    // contiguous parts side by side (on) against four adjacent groups a pass (off); q80_t1 / q80_t0:
+    // the 2-part pass with a prefetch along its streams (on) against none (off). gemm_internal.h
+    // set_q80_streams / set_q80_prefetch
+    {"q80_parts", [](bool on) { gemm_detail::set_q80_streams(on ? 2 : 0); }},
+    {"q80_parts1", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 0); }},
+    {"q80_parts3", [](bool on) { gemm_detail::set_q80_streams(on ? 3 : 0); }},
+    // one part a thread (on) against two (off)
+    {"q80_parts1v2", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 2); }},
+    {"q80_t1", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T1 : gemm_detail::GemvPrefetch::None); }},
+    {"q80_t0", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T0 : gemm_detail::GemvPrefetch::None); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},

@@ -224,15 +224,10 @@ std::atomic<bool> decode_pipeline_on{true};
 }  // namespace
 bool decode_pipeline() { return decode_pipeline_on.load(std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
-namespace {
-// The CPU's default at first use (decode_tuning.h attn_pipeline_l2; session 26).
-std::atomic<bool>& decode_pipeline_l2_var() {
-  static std::atomic<bool> v{gemm_detail::decode_tuning().attn_pipeline_l2};
-  return v;
-}
-}  // namespace
-bool decode_pipeline_l2() { return decode_pipeline_l2_var().load(std::memory_order_relaxed); }
-void set_decode_pipeline_l2(bool on) { decode_pipeline_l2_var().store(on, std::memory_order_relaxed); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
+using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
+bool decode_pipeline_l2() { return DecodePipelineL2::get(); }
+void set_decode_pipeline_l2(bool on) { DecodePipelineL2::set(on); }
 namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).

@@ -6,8 +6,9 @@ namespace emollm {
 namespace gemm_detail {
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
-  if (f.avx512_double_pumped) return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, true};
-  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, false};
+  if (f.avx512_double_pumped)
+    return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, true, 2, GemvPrefetch::None};
+  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, false, 0, GemvPrefetch::None};
 }
 
 const DecodeTuning& decode_tuning() {

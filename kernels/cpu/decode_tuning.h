@@ -18,7 +18,7 @@ namespace gemm_detail {
 // A streaming GEMV's software prefetch along its streams: into L1 (T0), non-temporal (NTA:
 // weights are read once a token) or none along the streams (the hardware prefetchers alone; the
 // q4_0 pass still prefetches each stream's first 4 KiB at a cold start). Same bits.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2 };
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };  // T1: into L2 (the q8_0 parts pass only)
 
 struct DecodeTuning {
   GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
@@ -26,6 +26,8 @@ struct DecodeTuning {
   int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
   bool attn_pipeline_l2;         // decode attention's pipelined prefetch of the next sub-block (attention.cpp
                                  // PfCursor, attention_internal.h decode_pipeline_l2): into L2 (prefetcht2), not L1
+  int q80_streams;               // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = S contiguous parts (gemv_repacked.cpp parts_q80_avx512)
+  GemvPrefetch q80_prefetch;     // that parts pass's prefetch along its streams, 4 KiB ahead
 };
 
 // The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,
@@ -38,7 +40,14 @@ struct DecodeTuning {
 // L2 (session 26, 1 thread cold, thread CPU time, interleaved): 1.10-1.44x prefetcht0 by median
 // (T1 1.06-1.09x; the whole sub-block at once 0.96x, twice the lines a step early 1.04-1.07x); in
 // L2-resident data 1.04x; the 1.1B q4_0 decode at 1 thread 1.048 (noisy). Zen 5 keeps T0
-// (session 22's measurements).
+// (session 22's measurements). Session 26 (Zen 4,
+// 1 thread, cold 2 MiB pages, thread CPU time, load 8-11, q8_read_patterns / decode_switch_ab):
+// the q8_0 pass in 2 contiguous parts a thread without prefetch 1.05-1.15x (median) the
+// four-adjacent-groups pass on the 1.1B / 7B shapes, the 1.1B q8_0 decode 1.06-1.10x (four
+// runs); 1 / 3 parts alike (1.15x / 1.08x decode, 1 against 2 parts 0.99x), a T1 prefetch along
+// the parts 0.80x. The 2-thread decode A/B was unreadable under load (the lead's quiet run decides:
+// `AB_SWITCH=q80_parts decode_switch_ab tinyllama-1.1b-q8_0.gguf 2 12 16`). Zen 5 keeps the
+// four-group pass (unmeasured there).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();

@@ -121,6 +121,10 @@ std::atomic<bool> g_q40_ms{true};
 }  // namespace
 void set_q40_ms_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q40_prefetch>::set(p); }
 GemvPrefetch q40_ms_prefetch() { return DecodeSetting<&DecodeTuning::q40_prefetch>::get(); }
+void set_q80_streams(int s) { DecodeSetting<&DecodeTuning::q80_streams>::set(std::clamp(s, 0, 4)); }
+int q80_streams() { return DecodeSetting<&DecodeTuning::q80_streams>::get(); }
+void set_q80_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q80_prefetch>::set(p); }
+GemvPrefetch q80_prefetch() { return DecodeSetting<&DecodeTuning::q80_prefetch>::get(); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
 namespace {
@@ -475,6 +479,67 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
       if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + at));
       _mm512_mask_storeu_ps(y + at, m, r);
     }
+}
+
+// The q8_0 M = 1 pass on S streams (set_q80_streams): the thread's groups cut into S contiguous
+// parts, a pass one group of each part (g0 + k * part, k < S) against x, the S groups sharing x's
+// broadcasts as groups_avx512's NG groups do. q8_0's records are one group's, and a group's nb
+// records are followed by the next group's, so each part is one unbroken run of memory: stream k
+// goes on from one group into the next with no edge, where groups_avx512 (4 adjacent groups a
+// pass) reads 4 streams that end together every nb records and start again 4 * nb records on.
+// Measured on Zen 4 (session 26; 1 thread, cold 2 MiB pages, thread CPU time, interleaved, load
+// 8-11, bench/native/q8_read_patterns at 5632 x 2048, 2048 x 5632, 4096 x 11008, 11008 x 4096):
+// the four-group pass reads at 0.85-1.02x (median) a plain 1-stream read of the same bytes and
+// as fast as its own loads without the arithmetic (with the weights in L2 / L3 it runs at ~80
+// GB/s a core, ~3x its cold rate: bound by how it reads, not by its ~3.4 instructions a line);
+// without prefetch 2 parts 1.05-1.15x it (1.00-1.07x a plain 2-stream read), 1 part 1.04-1.17x,
+// 3 1.04-1.20x, 4 0.97-1.11x; T0 along 2 parts 0.82-0.88x, T1 0.94-1.05x (1 part), 0.76x (2).
+// The 1.1B q8_0 decode (1 thread CPU time) 2 parts 1.10x, 1 part 1.15x, 3 1.08x; 1 against 2
+// parts 0.99x; 2 parts with T1 0.80x. Default per CPU (decode_tuning.h): 2 parts on Zen 4,
+// the four-group pass elsewhere (Zen 5 unmeasured).
+// Hint: a prefetch along each stream `ahead` bytes on, a block pair's 17 lines before each pair
+// (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone).
+// Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the
+// bias): groups_avx512's bits. y, bias and cols are group g0's; part k's group is written at
+// y + 16 * k * part. cold: prefetch each stream's first `ahead` bytes first.
+template <int S, int Hint>
+EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
+                              int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
+                              int64_t part) {
+  const size_t rec = L.rec;
+  __m512 f0[S], f1[S];
+  const uint8_t* gs[S];
+  const uint8_t* gq[S];
+#pragma GCC unroll 4
+  for (int k = 0; k < S; ++k)
+    f0[k] = f1[k] = _mm512_setzero_ps(), gs[k] = L.scales(W, g0 + k * part), gq[k] = L.quants(W, g0 + k * part);
+  if (cold)
+    for (int k = 0; k < S; ++k)
+#pragma GCC unroll 1
+      for (size_t o = 0; o < ahead; o += 64) _mm_prefetch(reinterpret_cast<const char*>(gs[k] + o), _MM_HINT_T0);
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    const size_t off = size_t(b) * rec;
+    if constexpr (Hint >= 0) {
+#pragma GCC unroll 4
+      for (int k = 0; k < S; ++k)
+#pragma GCC unroll 1
+        for (size_t o = 0; o < 2 * rec; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(gs[k] + off + ahead + o), static_cast<decltype(_MM_HINT_T0)>(Hint));
+    }
+    groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0);
+    groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1);
+  }
+  if (b < nb) groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, size_t(b) * rec, f0);
+#pragma GCC unroll 4
+  for (int k = 0; k < S; ++k) {
+    const int64_t at = kGroup * part * k;
+    const int64_t c = cols - at;
+    const __mmask16 m = c >= kGroup ? __mmask16(0xFFFF) : c <= 0 ? __mmask16(0) : __mmask16((1u << c) - 1);
+    __m512 r = _mm512_add_ps(f0[k], f1[k]);
+    if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias + at));
+    _mm512_mask_storeu_ps(y + at, m, r);
+  }
 }
 
 // MR rows of X (row i: xq + i*ldq, block sums s[i]) against one group: each weight block is loaded
@@ -872,6 +937,35 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
       };
       mpasses(std::integral_constant<int, 2>());
       mpasses(std::integral_constant<int, 1>());
+    }
+    // q8_0 on S streams (set_q80_streams > 0): the chunk's groups in S contiguous parts read side
+    // by side (parts_q80_avx512), the groups left over by the passes below
+    const int q80s = q8 && L.sg == 1 ? gemm_detail::q80_streams() : 0;
+    if (q80s > 0) {
+      const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
+      auto ppasses = [&](auto sc) {
+        constexpr int SS = decltype(sc)::value;
+        const int64_t part = (g1 - g) / SS;  // groups a part
+        for (int64_t i = 0; i < part; ++i) {
+          const int64_t gi = g + i;
+          auto run = [&](auto hint) {
+            parts_q80_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
+                                                        y + gi * kGroup, N - gi * kGroup, cold_start && i == 0,
+                                                        kMsAhead, part);
+          };
+          switch (pf) {
+            case gemm_detail::GemvPrefetch::None: run(std::integral_constant<int, -1>()); break;
+            case gemm_detail::GemvPrefetch::Nta: run(std::integral_constant<int, _MM_HINT_NTA>()); break;
+            case gemm_detail::GemvPrefetch::T1: run(std::integral_constant<int, _MM_HINT_T1>()); break;
+            default: run(std::integral_constant<int, _MM_HINT_T0>()); break;
+          }
+        }
+        if (part > 0) g += SS * part;
+      };
+      if (q80s >= 4) ppasses(std::integral_constant<int, 4>());
+      else if (q80s == 3) ppasses(std::integral_constant<int, 3>());
+      else if (q80s == 2) ppasses(std::integral_constant<int, 2>());
+      else ppasses(std::integral_constant<int, 1>());
     }
     passes(std::integral_constant<int, kPassGroups>());
     passes(std::integral_constant<int, 2>());

@@ -2137,6 +2137,72 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   EXPECT(compared > 0);
 }
 
+// gemv_repacked's q8_0 M = 1 pass in S contiguous parts a thread (gemm_detail::set_q80_streams,
+// S = 1-4: one group of each part a pass, parts_q80_avx512; the groups left over by the 4-group
+// passes) with every software prefetch along its streams gives the bits of the four-adjacent-groups
+// pass (S = 0): each group keeps its blocks' order and its even / odd accumulators. N of 1-65
+// groups (part sizes with and without left-over groups, a partial last group), K of 1, 3 and 64
+// blocks (an odd block count leaves one block after the pairs), with and without bias, 1-3
+// threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups start at
+// an odd group of the shared numbering). Fails if a part's outputs, bias or cols are taken at the
+// wrong offset, or a group is skipped or read twice.
+TEST(gemv_q80_parts_bit_equal_four_group_pass) {
+  struct Restore {
+    int s = gemm_detail::q80_streams();
+    gemm_detail::GemvPrefetch p = gemm_detail::q80_prefetch();
+    ~Restore() { gemm_detail::set_q80_streams(s), gemm_detail::set_q80_prefetch(p); }
+  } restore;
+  int compared = 0;
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  std::vector<float> bias(4096), bias37(37);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(int(i % 7) - 3) * 0.125f;
+  for (size_t i = 0; i < bias37.size(); ++i) bias37[i] = float(int(i % 5) - 2) * 0.25f;
+  uint32_t seed = 8300;
+  const DType t = DType::Q8_0;
+  for (int64_t K : {32, 96, 2048})
+    for (int64_t N : {16, 40, 48, 100, 112, 208, 250, 1040}) {
+      Weights w = make_weights(t, N, K, seed), w37 = make_weights(t, 37, K, seed + 5);
+      std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r37(quant_repack_bytes(t, 37, K));
+      quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
+      quant_repack(w37.bytes.data(), t, 37, K, r37.data(), nullptr);
+      Problem p = make_problem(1, N, K, 0, 0, seed + 1);
+      for (bool vnni : vnni_variants(isa_active()))
+        for (ThreadPool* pool : pools)
+          for (int use_bias = 0; use_bias < 2; ++use_bias) {
+            VnniScope vs(vnni);
+            const float* b = use_bias ? bias.data() : nullptr;
+            std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
+            gemm_detail::set_q80_streams(0);
+            gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
+            GemvOutput o1[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
+            gemv_repacked_multi(p.X.data(), t, o1, 2, K, pool);
+            for (float v : y1) EXPECT(v != kSentinel);
+            for (int S = 1; S <= 4; ++S)
+              for (gemm_detail::GemvPrefetch pf : {gemm_detail::GemvPrefetch::None, gemm_detail::GemvPrefetch::T0,
+                                                   gemm_detail::GemvPrefetch::T1, gemm_detail::GemvPrefetch::Nta}) {
+                gemm_detail::set_q80_streams(S);
+                gemm_detail::set_q80_prefetch(pf);
+                EXPECT(gemm_detail::q80_streams() == S);
+                const std::string what = std::string("q8_0 parts=") + std::to_string(S) + " prefetch=" +
+                                         std::to_string(int(pf)) + " vnni=" + yesno(vnni) + " threads=" +
+                                         std::to_string(pool ? pool->size() : 1) + " bias=" + yesno(use_bias) +
+                                         " N=" + std::to_string(N) + " K=" + std::to_string(K);
+                std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
+                gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
+                GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
+                gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+                same(y, y1, what);
+                same(ma, m1a, what + " multi[0]");
+                same(mb, m1b, what + " multi[1]");
+                ++compared;
+              }
+          }
+      ++seed;
+    }
+  EXPECT(compared > 0);
+}
+
 // One shape of the bf16 same-bits / blocking tests below: its weights and problem, the reference (ref::gemm,
 // double accumulation) on X rounded to bf16, the tolerance scale S and the weights' panels.
 struct Bf16BlockingCase {

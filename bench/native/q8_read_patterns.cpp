@@ -1,0 +1,184 @@
+// Where the repacked q8_0 M = 1 GEMV's time goes against the read probe (q40_read_patterns' method
+// for q8_0's one-group records): GEMV variants and load-only walks of the same cold bytes,
+// interleaved call by call (shuffled order each round), so that the rows differ only in how they
+// read. Rows (ratio = the gemv row's time / this row's; > 1: faster):
+//   gemv              gemv_repacked with this CPU's defaults (decode_tuning.h q80_streams / q80_prefetch)
+//   gemv-prev         set_q80_streams(0): four adjacent groups a pass (4 streams that end together
+//                     every nb records and restart 4 * nb records on; no prefetch along them)
+//   gemv-p<S>-<pf>    set_q80_streams(S) with set_q80_prefetch(pf): the thread's groups in S
+//                     contiguous parts read side by side (parts_q80_avx512); pf = t0 / t1 / nta / none
+//   loads-prev        gemv-prev's loads alone, in its order (per block pair 4 groups x 17 lines), no arithmetic
+//   read-4            bench_kernels' read probe loop: 4 streams, 128 bytes a step, prefetch 1 KiB ahead (T0)
+//   read-<S>-nopf     S streams (the thread's part cut in S), 1088 bytes (a q8_0 block pair) a step, no prefetch
+// Every gemv row's bits are checked against gemv-prev's before timing. Each thread reads its
+// contiguous share of the groups (the GEMV: its own dispatch). Copies: 2 MiB pages, rotated over
+// >= 512 MiB (beyond L3); with `copies` given, that many (1: the same bytes every call, hot in
+// L2 / L3 when they fit: the kernel's arithmetic rate).
+// Usage (repository root): [RP_CPU=1|process] [RP_ROWS=a,b] ./build-bench/q8_read_patterns [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "cpu/gemm_internal.h"  // set_q80_streams, set_q80_prefetch
+#include "cpu/kernels.h"
+#include "bench_clock.h"
+#include "bench_read.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+using namespace emollm;
+
+namespace {
+constexpr size_t kRec = 544;  // one q8_0 16-row record (32 B scales + 512 B quants)
+std::atomic<uint64_t> g_sink{0};
+
+#if defined(__x86_64__)
+using bench::fold;
+// gemv-prev's loads over `groups` groups of nb records: 4 adjacent groups a pass, per block the
+// 4 groups' 17 lines (the scales' line shared with the quants' first: records are 8.5 lines).
+BENCH_READ_AVX512 uint64_t loads_prev(const uint8_t* p, int64_t groups, int64_t nb) {
+  __m512i a = _mm512_setzero_si512();
+  for (int64_t g = 0; g + 4 <= groups; g += 4)
+    for (int64_t b = 0; b < nb; ++b)
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const uint8_t* r = p + (size_t(g + j) * size_t(nb) + size_t(b)) * kRec;
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) a = _mm512_xor_si512(a, _mm512_loadu_si512(r + 32 + 64 * t));
+      }
+  return fold(a);
+}
+#endif
+}  // namespace
+
+int main(int argc, char** argv) {
+#if !defined(__x86_64__)
+  std::printf("q8_read_patterns: x86-64 only\n");
+  return 0;
+#else
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 40;
+  const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
+  if (N % 64 != 0 || K % 32 != 0) {
+    std::fprintf(stderr, "q8_read_patterns: N a multiple of 64, K of 32\n");
+    return 2;
+  }
+  ThreadPool pool(threads);
+  const size_t bytes = quant_repack_bytes(DType::Q8_0, N, K);
+  const int64_t ng = N / 16, nb = K / 32;
+  const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  std::vector<uint8_t> w(dtype_row_bytes(DType::Q8_0, K) * size_t(N));
+  std::mt19937 rng(7);
+  for (auto& b : w) b = uint8_t(rng());
+  for (size_t i = 0; i < w.size(); i += 34) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
+  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
+  cp[0] = bench::huge_alloc(bytes);
+  quant_repack(w.data(), DType::Q8_0, N, K, cp[0], &pool);
+  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
+  // each thread's share: whole groups of 4
+  auto share = [&](const std::function<uint64_t(const uint8_t*, int64_t)>& f, const uint8_t* W) {
+    pool.run([&](int ith, int nth) {
+      const int64_t q = ng / 4, s0 = q * ith / nth * 4, s1 = q * (ith + 1) / nth * 4;
+      g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, s1 - s0), std::memory_order_relaxed);
+    });
+  };
+  const int s_def = gemm_detail::q80_streams();
+  const gemm_detail::GemvPrefetch p_def = gemm_detail::q80_prefetch();
+  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf) {
+    return [&, streams, pf](const uint8_t* W) {
+      gemm_detail::set_q80_streams(streams);
+      gemm_detail::set_q80_prefetch(pf);
+      gemv_repacked(x.data(), W, DType::Q8_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q80_streams(s_def);
+      gemm_detail::set_q80_prefetch(p_def);
+    };
+  };
+  using P = gemm_detail::GemvPrefetch;
+  struct Row {
+    std::string name;
+    std::function<void(const uint8_t*)> run;
+    std::vector<double> t;
+  };
+  std::vector<Row> rows = {
+      {"gemv", gemv(s_def, p_def), {}},
+      {"gemv-prev", gemv(0, P::None), {}},
+  };
+  const char* pfn[] = {"t0", "nta", "none", "t1"};
+  for (int S : {1, 2, 3, 4})
+    for (P pf : {P::None, P::T0, P::T1, P::Nta})
+      rows.push_back({std::string("gemv-p") + std::to_string(S) + "-" + pfn[int(pf)], gemv(S, pf), {}});
+  rows.push_back({"loads-prev", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return loads_prev(p, g, nb); }, W); }, {}});
+  rows.push_back({"read-4", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 128, 1024); }, W); }, {}});
+  rows.push_back({"read-1-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<1>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
+  rows.push_back({"read-2-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<2>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
+  rows.push_back({"read-4-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
+  // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
+  if (const char* keep = std::getenv("RP_ROWS")) {
+    const std::string list = std::string(",") + keep + ",";
+    std::vector<Row> kept;
+    for (auto& row : rows)
+      if (kept.empty() || list.find("," + row.name + ",") != std::string::npos) kept.push_back(row);
+    rows = kept;
+  }
+  // every gemv row gives gemv-prev's bits
+  gemv(0, P::None)(cp[0]);
+  const std::vector<float> ref = y;
+  for (auto& row : rows) {
+    if (row.name.compare(0, 4, "gemv") != 0) continue;
+    std::fill(y.begin(), y.end(), -1.f);
+    row.run(cp[0]);
+    if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
+      std::fprintf(stderr, "q8_read_patterns: %s differs from gemv-prev\n", row.name.c_str());
+      return 3;
+    }
+  }
+  std::vector<size_t> order(rows.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // RP_CPU=1 at 1 thread: the calling thread's CPU time; RP_CPU=process: the process's CPU time
+  // (every thread; readable at 2 threads on a loaded machine: preemption excluded, the pool's
+  // waits included) divided by the threads
+  const char* rp_cpu = std::getenv("RP_CPU");
+  const bool cpu = threads == 1 && rp_cpu && std::strcmp(rp_cpu, "1") == 0;
+  const bool pcpu = rp_cpu && std::strcmp(rp_cpu, "process") == 0;
+  auto process_cpu = [] {
+    timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+  };
+  int c = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i : order) {
+      const uint8_t* W = cp[size_t(c++ % copies)];
+      const double c0 = bench::thread_cpu(), p0 = process_cpu(), t0 = bench::now();
+      rows[i].run(W);
+      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0, pcpu_s = (process_cpu() - p0) / threads;
+      rows[i].t.push_back(pcpu ? pcpu_s : cpu ? cpu_s : wall);
+    }
+  }
+  std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s; ratio = gemv time / row time\n",
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, pcpu ? "process CPU time / threads" : cpu ? "thread CPU time" : "wall",
+              s_def, pfn[int(p_def)]);
+  std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
+  double gb = 0, gm = 0;
+  for (auto& row : rows) {
+    const double b = bench::best(row.t), m = bench::median(row.t);
+    if (gb == 0) gb = b, gm = m;
+    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name.c_str(), b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
+                double(bytes) / m * 1e-9, gb / b, gm / m);
+  }
+  return g_sink.load() == 42 ? 1 : 0;
+#endif
+}
