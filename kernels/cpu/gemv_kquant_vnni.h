@@ -33,6 +33,9 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 void set_kquant_streams(int streams);
 int kquant_streams();
 void set_kquant_stream_prefetch(int64_t bytes);
+// The lean pass's prefetch instruction (0: T0, the default; 1: T1, into L2; 2: NTA) and line
+// stride (1: every line; 2: one a 128-byte pair). Same bits at any; for the tests and A/B runs.
+void set_kquant_prefetch_form(int hint, int stride);
 #endif
 
 }  // namespace gemm_detail
