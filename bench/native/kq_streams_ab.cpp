@@ -4,9 +4,10 @@
 // along itself: the q4_0 two-stream pass's form), and a plain read of the same bytes, cold,
 // interleaved call by call (shuffled order each round). Every gemv row's bits are checked against
 // the first row's before timing. Rows (ratio = the one row's time / this row's; > 1: faster):
-//   one               one stream (set_kquant_streams(1); q6_K's prefetches spread over each step's groups)
+//   one               one stream (set_kquant_streams(1)), the CPU's default prefetch (decode_tuning.h: none on
+//                     double-pumped AVX-512, else T0 8 KiB ahead; q6_K's prefetches spread over each step's groups)
 //   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
-//   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-16: one stream 4 / 16 KiB ahead
+//   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-8 / one-16: one stream 4 / 8 / 16 KiB ahead (T0)
 //   one-t1 / one-nta  one stream, prefetcht1 / prefetchnta instead of prefetcht0 (set_kquant_prefetch_form)
 //   one-x2 / one-t1x2 one stream, one prefetch a 128-byte pair (T0 / T1); one-t1-16: T1 16 KiB ahead; one-4x2: T0 4 KiB ahead, pairs
 //   read-kq / read-kq-pf  the lean pass's loads in its order without its arithmetic, no prefetch / 8 KiB ahead (T0)
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
       gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
       gemm_detail::set_kquant_streams(gemm_detail::decode_tuning().kquant_streams);
       gemm_detail::set_kquant_stream_prefetch(-1);
-      gemm_detail::set_kquant_prefetch_form(0, 1);
+      gemm_detail::set_kquant_prefetch_form(-1, 1);
     };
   };
   struct Row {
@@ -126,7 +127,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows = {
       {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
-      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-16", gemv(1, 16384), {}},
+      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-8", gemv(1, 8192), {}}, {"one-16", gemv(1, 16384), {}},
       {"one-t1", gemv(1, -1, 1), {}}, {"one-nta", gemv(1, -1, 2), {}}, {"one-x2", gemv(1, -1, 0, 2), {}},
       {"one-t1x2", gemv(1, -1, 1, 2), {}}, {"one-t1-16", gemv(1, 16384, 1), {}}, {"one-4x2", gemv(1, 4096, 0, 2), {}}};
   const int64_t per_thread = (N + 63) / 64;

@@ -28,13 +28,16 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 // Streams a thread's lean pass reads side by side: 2 (its super-groups in two contiguous parts)
 // or 1 (other values: 2 from 2 up, else 1); the default per CPU (decode_tuning.h: 2, one on
 // double-pumped AVX-512), and how far ahead along each it prefetches
-// (bytes; -1: the default, 4 KiB with two streams, 8 KiB with one). Same bits at any; for the
+// (bytes; 0: none; -1: the CPU's default, decode_tuning.h: 4 KiB with two streams, 8 KiB with one,
+// none on double-pumped AVX-512). Same bits at any; for the
 // tests and A/B runs (no environment variable).
 void set_kquant_streams(int streams);
 int kquant_streams();
 void set_kquant_stream_prefetch(int64_t bytes);
-// The lean pass's prefetch instruction (0: T0, the default; 1: T1, into L2; 2: NTA) and line
-// stride (1: every line; 2: one a 128-byte pair). Same bits at any; for the tests and A/B runs.
+// The lean pass's prefetch instruction (0: T0; 1: T1, into L2; 2: NTA; -1: the CPU's default,
+// decode_tuning.h) and line stride (1: every line, the default; 2: one a 128-byte pair), used
+// where it prefetches at all (set_kquant_stream_prefetch; none by default on double-pumped
+// AVX-512). Same bits at any; for the tests and A/B runs.
 void set_kquant_prefetch_form(int hint, int stride);
 #endif
 

@@ -1,7 +1,7 @@
 // The per-CPU defaults of the decode GEMVs' read patterns (kernels/cpu/decode_tuning.h): the trait
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
-// prefetch and the K-quant pass on one stream), and that the process-wide settings start from the
+// prefetch and the K-quant pass on one stream without software prefetch), and that the process-wide settings start from the
 // table's row for this CPU. That every setting gives the same bits is checked where each kernel is
 // tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream and gemm_huge_pages_multi_stream_gemv,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2).
@@ -37,9 +37,11 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.stream_prefetch == GemvPrefetch::T0);
   EXPECT(a.q40_prefetch == GemvPrefetch::T0);
   EXPECT(a.kquant_streams == 2);
+  EXPECT(a.kquant_prefetch == GemvPrefetch::T0);
   EXPECT(b.stream_prefetch == GemvPrefetch::None);
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
   EXPECT(b.kquant_streams == 1);
+  EXPECT(b.kquant_prefetch == GemvPrefetch::None);
 }
 
 // Every test that changes one of these settings restores it, so they still hold the start values.
@@ -47,7 +49,7 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
   const gemm_detail::DecodeTuning d = gemm_detail::decode_tuning_for(cpu_features());
   EXPECT(t.stream_prefetch == d.stream_prefetch && t.q40_prefetch == d.q40_prefetch &&
-         t.kquant_streams == d.kquant_streams);
+         t.kquant_streams == d.kquant_streams && t.kquant_prefetch == d.kquant_prefetch);
   EXPECT(gemm_detail::gemv_streams_prefetch() == t.stream_prefetch);
   EXPECT(gemm_detail::q40_ms_prefetch() == t.q40_prefetch);
 #if defined(__x86_64__)
