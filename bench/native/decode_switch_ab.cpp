@@ -1,6 +1,7 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
+// kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
 // q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
 // against T0; decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16;
@@ -168,6 +169,16 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_gemv_streams_prefetch(t.stream_prefetch);
        gemm_detail::set_q40_ms_prefetch(t.q40_prefetch);
        gemm_detail::set_kquant_streams(t.kquant_streams);
+       gemm_detail::set_kquant_stream_prefetch(t.kquant_prefetch == gemm_detail::GemvPrefetch::None ? 0
+                                               : t.kquant_streams > 1                             ? 4096
+                                                                                                  : 8192);
+       gemm_detail::set_kquant_prefetch_form(t.kquant_prefetch == gemm_detail::GemvPrefetch::Nta ? 2 : 0, 1);
+     }},
+    // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
+    {"kq_nopf",
+     [](bool on) {
+       gemm_detail::set_kquant_stream_prefetch(on ? 0 : gemm_detail::kquant_streams() > 1 ? 4096 : 8192);
+       gemm_detail::set_kquant_prefetch_form(0, 1);
      }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},

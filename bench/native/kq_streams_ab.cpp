@@ -15,7 +15,7 @@
 //   read-4-nopf / read-1-nopf  four streams 128 B a step / one stream 256 B a step, no software prefetch
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
 // N x K: one copy, hot in L2).
-// Usage (repository root): [RP_CPU=1] [RP_COPIES=n] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
+// Usage (repository root): [RP_CPU=1] [RP_COPIES=n] [RP_M=m] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
 #include <sys/mman.h>
 #include <time.h>
 
@@ -107,14 +107,16 @@ int main(int argc, char** argv) {
   cp[0] = bench::huge_alloc(bytes);
   kquant_repack(w.data(), t, N, K, cp[0], &pool);
   for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
-  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  // RP_M=m: m rows of X (the M = 2-8 passes, the prefill beyond) instead of the decode's one
+  const int64_t M = std::getenv("RP_M") ? std::max(1, std::atoi(std::getenv("RP_M"))) : 1;
+  std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   auto gemv = [&](int streams, int64_t ahead, int hint = 0, int stride = 1) {
     return [&, streams, ahead, hint, stride](const uint8_t* W) {
       gemm_detail::set_kquant_streams(streams);
       gemm_detail::set_kquant_stream_prefetch(ahead);
       gemm_detail::set_kquant_prefetch_form(hint, stride);
-      gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, M, N, K, &pool);
       gemm_detail::set_kquant_streams(gemm_detail::decode_tuning().kquant_streams);
       gemm_detail::set_kquant_stream_prefetch(-1);
       gemm_detail::set_kquant_prefetch_form(-1, 1);
