@@ -172,13 +172,11 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_kquant_stream_prefetch(t.kquant_prefetch == gemm_detail::GemvPrefetch::None ? 0
                                                : t.kquant_streams > 1                             ? 4096
                                                                                                   : 8192);
-       gemm_detail::set_kquant_prefetch_form(t.kquant_prefetch == gemm_detail::GemvPrefetch::Nta ? 2 : 0, 1);
      }},
     // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
     {"kq_nopf",
      [](bool on) {
        gemm_detail::set_kquant_stream_prefetch(on ? 0 : gemm_detail::kquant_streams() > 1 ? 4096 : 8192);
-       gemm_detail::set_kquant_prefetch_form(0, 1);
      }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},

@@ -8,8 +8,6 @@
 //                     double-pumped AVX-512, else T0 8 KiB ahead; q6_K's prefetches spread over each step's groups)
 //   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
 //   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-8 / one-16: one stream 4 / 8 / 16 KiB ahead (T0)
-//   one-t1 / one-nta  one stream, prefetcht1 / prefetchnta instead of prefetcht0 (set_kquant_prefetch_form)
-//   one-x2 / one-t1x2 one stream, one prefetch a 128-byte pair (T0 / T1); one-t1-16: T1 16 KiB ahead; one-4x2: T0 4 KiB ahead, pairs
 //   read-kq / read-kq-pf  the lean pass's loads in its order without its arithmetic, no prefetch / 8 KiB ahead (T0)
 //   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
 //   read-4-nopf / read-1-nopf  four streams 128 B a step / one stream 256 B a step, no software prefetch
@@ -111,15 +109,13 @@ int main(int argc, char** argv) {
   const int64_t M = std::getenv("RP_M") ? std::max(1, std::atoi(std::getenv("RP_M"))) : 1;
   std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
-  auto gemv = [&](int streams, int64_t ahead, int hint = 0, int stride = 1) {
-    return [&, streams, ahead, hint, stride](const uint8_t* W) {
+  auto gemv = [&](int streams, int64_t ahead) {
+    return [&, streams, ahead](const uint8_t* W) {
       gemm_detail::set_kquant_streams(streams);
       gemm_detail::set_kquant_stream_prefetch(ahead);
-      gemm_detail::set_kquant_prefetch_form(hint, stride);
       gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, M, N, K, &pool);
       gemm_detail::set_kquant_streams(gemm_detail::decode_tuning().kquant_streams);
       gemm_detail::set_kquant_stream_prefetch(-1);
-      gemm_detail::set_kquant_prefetch_form(-1, 1);
     };
   };
   struct Row {
@@ -129,9 +125,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows = {
       {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
-      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-8", gemv(1, 8192), {}}, {"one-16", gemv(1, 16384), {}},
-      {"one-t1", gemv(1, -1, 1), {}}, {"one-nta", gemv(1, -1, 2), {}}, {"one-x2", gemv(1, -1, 0, 2), {}},
-      {"one-t1x2", gemv(1, -1, 1, 2), {}}, {"one-t1-16", gemv(1, 16384, 1), {}}, {"one-4x2", gemv(1, 4096, 0, 2), {}}};
+      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-8", gemv(1, 8192), {}}, {"one-16", gemv(1, 16384), {}}};
   const int64_t per_thread = (N + 63) / 64;
   // plain reads of the thread's share: S streams, 128 B a step, pf bytes ahead (0: no software prefetch)
   auto read = [&](auto streams, size_t step, size_t pf) {

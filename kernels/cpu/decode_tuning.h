@@ -21,7 +21,7 @@ struct DecodeTuning {
   GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
   GemvPrefetch q40_prefetch;     // the q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead
   int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
-  GemvPrefetch kquant_prefetch;  // q4_K / q6_K lean pass: every line 8 KiB (two streams 4 KiB) ahead (T0, NTA) or none
+  GemvPrefetch kquant_prefetch;  // q4_K / q6_K lean pass: T0 every line 8 KiB (two streams 4 KiB) ahead, or None (Nta: as T0)
 };
 
 // The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,

@@ -395,46 +395,13 @@ constexpr int64_t sg_prefetch() { return 8192; }
 // lean pass. A function, not a lambda: written
 // as a lambda in kq_records_sg, GCC 12 emitted none of the spread form's prefetches (objdump; that
 // build ran q6_K without software prefetch, 0.58-0.76x in bench_kernels, 0.74x in the model).
-// The lean pass's form of it (kq_lean_records): the hint (KqPrefetchHint) and every line or only
-// those at even 128-byte pairs (stride 2: the L2's adjacent-line prefetcher brings the pair's
-// other line; half the prefetch instructions).
-enum KqPrefetchHint { kKqPfT0 = 0, kKqPfT1 = 1, kKqPfNta = 2 };
-struct KqPf {
-  int64_t ahead;  // bytes; <= 0: none
-  int hint;       // KqPrefetchHint
-  int stride;     // 1 or 2 lines
-};
 template <int Lines>
-__attribute__((always_inline)) EMO_TK inline void kq_prefetch_step(const uint8_t* p, int64_t pf, int j, int part, int parts,
-                                                                    int hint = kKqPfT0, int stride = 1) {
+__attribute__((always_inline)) EMO_TK inline void kq_prefetch_step(const uint8_t* p, int64_t pf, int j, int part, int parts) {
   const char* a = reinterpret_cast<const char*>(p + pf);
   const int l0 = Lines * j / 8, l1 = Lines * (j + 1) / 8;
-  int l = l0 + (l1 - l0) * part / parts;
-  const int le = l0 + (l1 - l0) * (part + 1) / parts;
-  if (stride == 2) {  // the first line of each 128-byte pair the slice touches
-    if ((reinterpret_cast<uintptr_t>(a + 64 * l) & 64) != 0) --l;
-    if (hint == kKqPfT1) {
 #pragma GCC unroll 1
-      for (; l < le; l += 2) _mm_prefetch(a + 64 * l, _MM_HINT_T1);
-    } else if (hint == kKqPfNta) {
-#pragma GCC unroll 1
-      for (; l < le; l += 2) _mm_prefetch(a + 64 * l, _MM_HINT_NTA);
-    } else {
-#pragma GCC unroll 1
-      for (; l < le; l += 2) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
-    }
-    return;
-  }
-  if (hint == kKqPfT1) {
-#pragma GCC unroll 1
-    for (; l < le; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T1);
-  } else if (hint == kKqPfNta) {
-#pragma GCC unroll 1
-    for (; l < le; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_NTA);
-  } else {
-#pragma GCC unroll 1
-    for (; l < le; ++l) _mm_prefetch(a + 64 * l, _MM_HINT_T0);
-  }
+  for (int l = l0 + (l1 - l0) * part / parts; l < l0 + (l1 - l0) * (part + 1) / parts; ++l)
+    _mm_prefetch(a + 64 * l, _MM_HINT_T0);
 }
 
 // Super-groups [q0, q1) (G groups of 16 rows each) against the MB rows of X. The stream is
@@ -536,9 +503,10 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // mins at the front) was the cause: its loads alone, without arithmetic, read 0.6x a plain
 // one-stream read (read-kq); with the records in read order (kquant_records.h) the one-stream
 // pass without software prefetch reads 0.94-1.02x a plain one-stream read without it
-// (read-1-nopf), 1.23-1.29x (q4_K) / 1.11-1.12x (q6_K) the same pass with T0 8 KiB ahead; T1,
-// NTA, one prefetch a 128-byte pair: 0.45-1.0x T0. So on Zen 4 no software prefetch
-// (decode_tuning.h kquant_prefetch; set_kquant_stream_prefetch / set_kquant_prefetch_form for A/Bs).
+// (read-1-nopf), 1.23-1.29x (q4_K) / 1.11-1.12x (q6_K) the same pass with T0 8 KiB ahead; on the
+// previous layout T1, NTA and one prefetch a 128-byte pair read 0.45-1.0x T0 (those forms were
+// not kept). So on Zen 4 no software prefetch (decode_tuning.h kquant_prefetch;
+// set_kquant_stream_prefetch for A/Bs).
 std::atomic<int>& kq_streams_var() {  // the CPU's default at first use (decode_tuning.h: 1 on double-pumped AVX-512)
   static std::atomic<int> v{decode_tuning().kquant_streams};
   return v;
@@ -551,16 +519,8 @@ std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: the default above
 int64_t kq_stream_prefetch(int streams) {
   const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
   if (v >= 0) return v;
-  if (decode_tuning().kquant_prefetch == GemvPrefetch::None) return 0;  // the CPU's default (decode_tuning.h)
+  if (decode_tuning().kquant_prefetch == GemvPrefetch::None) return 0;  // the CPU's default (decode_tuning.h; NTA reads as T0)
   return streams > 1 ? int64_t(4096) : sg_prefetch();
-}
-std::atomic<int>& kq_prefetch_hint_var() {  // KqPrefetchHint; the CPU's default at first use (decode_tuning.h)
-  static std::atomic<int> v{decode_tuning().kquant_prefetch == GemvPrefetch::Nta ? kKqPfNta : kKqPfT0};
-  return v;
-}
-std::atomic<int>& kq_prefetch_stride_var() {  // 1 or 2 lines
-  static std::atomic<int> v{1};
-  return v;
 }
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; q4_K's min terms (which do
@@ -568,7 +528,7 @@ std::atomic<int>& kq_prefetch_stride_var() {  // 1 or 2 lines
 // record's bytes in order. Into y[k][gi].
 template <DType T, int G, int S>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
-                                                                  const KqPf& pf, bool spread, __m512 (&y)[S][G]) {
+                                                                  int64_t pf, bool spread, __m512 (&y)[S][G]) {
   constexpr bool q6 = T == DType::Q6_K;
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
@@ -579,8 +539,8 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     for (int gi = 0; gi < G; ++gi) aA[k][gi] = aM[k][gi] = _mm512_setzero_ps();
 #pragma GCC unroll 1
   for (int j = 0; j < 8; ++j) {
-    if (pf.ahead > 0 && !spread)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
-      for (int k = 0; k < S; ++k) kq_prefetch_step<lines>(p[k], pf.ahead, j, 0, 1, pf.hint, pf.stride);
+    if (pf > 0 && !spread)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
+      for (int k = 0; k < S; ++k) kq_prefetch_step<lines>(p[k], pf, j, 0, 1);
     __m512i x[8];
     kq_load_x(xr, 0, s, j, x);
     const __m512 dx = _mm512_set1_ps(xr.dx[8 * s + j]);
@@ -589,7 +549,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     for (int gi = 0; gi < G; ++gi)
 #pragma GCC unroll 4
       for (int k = 0; k < S; ++k) {
-        if (pf.ahead > 0 && spread) kq_prefetch_step<lines>(p[k], pf.ahead, j, gi, G, pf.hint, pf.stride);  // part gi of stream k's slice
+        if (pf > 0 && spread) kq_prefetch_step<lines>(p[k], pf, j, gi, G);  // part gi of stream k's slice
         const uint8_t* cl = p[k] + L.codes(gi, j);
         __m512i v[6];
 #pragma GCC unroll 6
@@ -638,16 +598,16 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
 // kq_records_sg<T, 1, G>'s.
 template <DType T, int G, int S>
 EMO_TK void kq_lean_parts(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t N,
-                          int64_t q0, int64_t per, const KqPf& pf, bool spread, bool cold) {
+                          int64_t q0, int64_t per, int64_t pf, bool spread, bool cold) {
   constexpr bool q6 = T == DType::Q6_K;
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   const size_t sgb = size_t(ns) * rec;
   const uint8_t* p[S];
   for (int k = 0; k < S; ++k) p[k] = Wr + size_t(q0 + k * per) * sgb;
-  if (cold && pf.ahead > 0)
+  if (cold && pf > 0)
     for (int k = 0; k < S; ++k)
 #pragma GCC unroll 1
-      for (int64_t o = 0; o < pf.ahead; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
+      for (int64_t o = 0; o < pf; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p[k] + o), _MM_HINT_T0);
   for (int64_t i = 0; i < per; ++i) {
     __m512 y[S][G];
     for (int k = 0; k < S; ++k)
@@ -668,8 +628,7 @@ template <DType T, int G>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
   const int S = kq_streams();
-  const KqPf pf{kq_stream_prefetch(S), kq_prefetch_hint_var().load(std::memory_order_relaxed),
-                kq_prefetch_stride_var().load(std::memory_order_relaxed) == 2 ? 2 : 1};
+  const int64_t pf = kq_stream_prefetch(S);
   const bool spread = T == DType::Q6_K;  // q6_K: spread (two streams 1.22-1.30x, one loop a step 1.18-1.21x)
   int64_t q = q0;
   if (S == 2 && q1 - q >= 2) {
@@ -725,11 +684,6 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 void set_kquant_streams(int streams) { kq_streams_var().store(streams >= 2 ? 2 : 1); }
 int kquant_streams() { return kq_streams(); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
-void set_kquant_prefetch_form(int hint, int stride) {
-  const int dflt = decode_tuning().kquant_prefetch == GemvPrefetch::Nta ? kKqPfNta : kKqPfT0;
-  kq_prefetch_hint_var().store(hint == kKqPfT0 || hint == kKqPfT1 || hint == kKqPfNta ? hint : dflt);
-  kq_prefetch_stride_var().store(stride == 2 ? 2 : 1);
-}
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
   const Args& a = outs[0];

@@ -34,11 +34,6 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 void set_kquant_streams(int streams);
 int kquant_streams();
 void set_kquant_stream_prefetch(int64_t bytes);
-// The lean pass's prefetch instruction (0: T0; 1: T1, into L2; 2: NTA; -1: the CPU's default,
-// decode_tuning.h) and line stride (1: every line, the default; 2: one a 128-byte pair), used
-// where it prefetches at all (set_kquant_stream_prefetch; none by default on double-pumped
-// AVX-512). Same bits at any; for the tests and A/B runs.
-void set_kquant_prefetch_form(int hint, int stride);
 #endif
 
 }  // namespace gemm_detail

@@ -409,21 +409,16 @@ TEST(kquant_records_multi_equals_separate) {
 // its switch EMOLLM_KQUANT_LEAN went in session 22). Random bytes (every nibble and 6-bit scale,
 // min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
 // +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
-// and multi-output dispatch, no pool / 2 / 3 threads, every read pattern of kPfForms (the prefetch
+// and multi-output dispatch, no pool / 2 / 3 threads, every prefetch distance of kPfAhead (the prefetch
 // changes no arithmetic), one or two streams a thread (set_kquant_streams:
 // two (the default on full-width AVX-512; one on Zen 4, decode_tuning.h) read a range's super-groups in two contiguous parts side by side, an odd one
 // after them; N 1000 gives parts of several super-groups); q6_K's lean pass spreads its prefetches
 // over each step's groups. A flipped code byte moves the lean output of its row only (the
 // comparison can fail).
 namespace {
-// The lean pass's read patterns the same-bits test runs (set_kquant_stream_prefetch /
-// set_kquant_prefetch_form): the CPU's default, none, T0 8 KiB ahead every line, T1 4 KiB
-// ahead one line a 128-byte pair.
-struct PfForm {
-  int64_t ahead;
-  int hint, stride;
-};
-constexpr PfForm kPfForms[] = {{-1, -1, 1}, {0, -1, 1}, {8192, 0, 1}, {4096, 1, 2}};
+// The lean pass's prefetch distances the same-bits test runs (set_kquant_stream_prefetch, bytes):
+// the CPU's default (decode_tuning.h), none, 8 KiB and 2 KiB ahead.
+constexpr int64_t kPfAhead[] = {-1, 0, 8192, 2048};
 }  // namespace
 
 TEST(kquant_records_lean_same_bits_as_m2) {
@@ -458,10 +453,9 @@ TEST(kquant_records_lean_same_bits_as_m2) {
           EXPECT(std::memcmp(y2.data(), y2.data() + N, size_t(N) * 4) == 0);
           for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
           for (int streams : {1, 2})  // the lean pass on one or two streams a thread
-          for (const PfForm& pf : kPfForms) {
+          for (int64_t ahead : kPfAhead) {
             gemm_detail::set_kquant_streams(streams);
-            gemm_detail::set_kquant_stream_prefetch(pf.ahead);
-            gemm_detail::set_kquant_prefetch_form(pf.hint, pf.stride);
+            gemm_detail::set_kquant_stream_prefetch(ahead);
             std::vector<float> y(size_t(N) + 1, NAN);
             gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y.data(), N, 1, N, K, p);
             EXPECT(std::isnan(y[size_t(N)]));
@@ -491,7 +485,6 @@ TEST(kquant_records_lean_same_bits_as_m2) {
         }
   gemm_detail::set_kquant_streams(streams_before);
   gemm_detail::set_kquant_stream_prefetch(-1);
-  gemm_detail::set_kquant_prefetch_form(-1, 1);
   EXPECT(compared == 2 * 2 * 7 * 2 * 3 * 2 * 4);
   EXPECT(moved >= 47);  // of 56: an x block of zeros or a tiny one can hide a flip
 }
