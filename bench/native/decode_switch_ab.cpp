@@ -1,6 +1,7 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
+// kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
 // q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
 // against T0; q80_parts / q80_parts1 / q80_parts3 / q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
 // decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
@@ -172,6 +173,14 @@ const AbSwitch kSwitches[] = {
        attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
        gemm_detail::set_q80_streams(t.q80_streams);
        gemm_detail::set_q80_prefetch(t.q80_prefetch);
+       gemm_detail::set_kquant_stream_prefetch(t.kquant_prefetch == gemm_detail::GemvPrefetch::None ? 0
+                                               : t.kquant_streams > 1                             ? 4096
+                                                                                                  : 8192);
+     }},
+    // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
+    {"kq_nopf",
+     [](bool on) {
+       gemm_detail::set_kquant_stream_prefetch(on ? 0 : gemm_detail::kquant_streams() > 1 ? 4096 : 8192);
      }},
     // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3: 1 / 3)
     // contiguous parts side by side (on) against four adjacent groups a pass (off); q80_t1 / q80_t0:

@@ -4,13 +4,16 @@
 // along itself: the q4_0 two-stream pass's form), and a plain read of the same bytes, cold,
 // interleaved call by call (shuffled order each round). Every gemv row's bits are checked against
 // the first row's before timing. Rows (ratio = the one row's time / this row's; > 1: faster):
-//   one               one stream (set_kquant_streams(1); q6_K's prefetches spread over each step's groups)
+//   one               one stream (set_kquant_streams(1)), the CPU's default prefetch (decode_tuning.h: none on
+//                     double-pumped AVX-512, else T0 8 KiB ahead; q6_K's prefetches spread over each step's groups)
 //   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
-//   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-16: one stream 4 / 16 KiB ahead
+//   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-8 / one-16: one stream 4 / 8 / 16 KiB ahead (T0)
+//   read-kq / read-kq-pf  the lean pass's loads in its order without its arithmetic, no prefetch / 8 KiB ahead (T0)
 //   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
+//   read-4-nopf / read-1-nopf  four streams 128 B a step / one stream 256 B a step, no software prefetch
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
 // N x K: one copy, hot in L2).
-// Usage (repository root): [RP_CPU=1] [RP_COPIES=n] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
+// Usage (repository root): [RP_CPU=1] [RP_COPIES=n] [RP_M=m] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
 #include <sys/mman.h>
 #include <time.h>
 
@@ -23,6 +26,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -39,6 +43,32 @@ using namespace emollm;
 
 namespace {
 std::atomic<uint64_t> g_sink{0};
+
+#if defined(__x86_64__)
+// The loads of the lean pass (one stream) in its order, without its arithmetic (read_kq below).
+__attribute__((target("avx512f"))) uint64_t kq_order_read(const uint8_t* p, size_t nrec, size_t rec, bool q6, size_t pf) {
+  __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+  const size_t lines = rec / 64, codes = q6 ? 24 : 16;
+  for (size_t r = 0; r < nrec; ++r, p += rec) {
+    for (size_t j = 0; j < 8; ++j) {
+      if (pf)
+        for (size_t l = lines * j / 8; l < lines * (j + 1) / 8; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + pf + 64 * l), _MM_HINT_T0);
+      if (q6)
+        a = _mm512_xor_si512(a, _mm512_load_si512(p + 64 * (4 + 2 * j))), b = _mm512_xor_si512(b, _mm512_load_si512(p + 64 * (5 + 2 * j)));
+      else
+        a = _mm512_xor_si512(a, _mm512_load_si512(p + 64 * (4 + j)));
+      for (size_t l = 0; l < codes; l += 2) {
+        a = _mm512_xor_si512(a, _mm512_load_si512(p + 64 * (20 + codes * j + l)));
+        b = _mm512_xor_si512(b, _mm512_load_si512(p + 64 * (21 + codes * j + l)));
+      }
+    }
+    if (!q6)
+      for (size_t l = 12; l < 20; ++l) a = _mm512_xor_si512(a, _mm512_load_si512(p + 64 * l));
+    for (size_t l = 0; l < 4; ++l) b = _mm512_xor_si512(b, _mm512_load_si512(p + 64 * l));
+  }
+  return bench::fold(_mm512_xor_si512(a, b));
+}
+#endif
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,13 +105,15 @@ int main(int argc, char** argv) {
   cp[0] = bench::huge_alloc(bytes);
   kquant_repack(w.data(), t, N, K, cp[0], &pool);
   for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
-  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  // RP_M=m: m rows of X (the M = 2-8 passes, the prefill beyond) instead of the decode's one
+  const int64_t M = std::getenv("RP_M") ? std::max(1, std::atoi(std::getenv("RP_M"))) : 1;
+  std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   auto gemv = [&](int streams, int64_t ahead) {
     return [&, streams, ahead](const uint8_t* W) {
       gemm_detail::set_kquant_streams(streams);
       gemm_detail::set_kquant_stream_prefetch(ahead);
-      gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_kquant_repacked(x.data(), K, W, t, nullptr, y.data(), N, M, N, K, &pool);
       gemm_detail::set_kquant_streams(gemm_detail::decode_tuning().kquant_streams);
       gemm_detail::set_kquant_stream_prefetch(-1);
     };
@@ -93,15 +125,41 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows = {
       {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
-      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-16", gemv(1, 16384), {}}};
+      {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-8", gemv(1, 8192), {}}, {"one-16", gemv(1, 16384), {}}};
   const int64_t per_thread = (N + 63) / 64;
-  rows.push_back({"read-4", [&](const uint8_t* W) {
-                    pool.run([&](int ith, int nth) {
-                      const int64_t s0 = per_thread * ith / nth, s1 = per_thread * (ith + 1) / nth;
-                      const size_t sg = bytes / size_t(per_thread);
-                      g_sink.fetch_xor(bench::read_streams<4>(W + size_t(s0) * sg, size_t(s1 - s0) * sg, 128, 1024), std::memory_order_relaxed);
-                    });
-                  }, {}});
+  // plain reads of the thread's share: S streams, 128 B a step, pf bytes ahead (0: no software prefetch)
+  auto read = [&](auto streams, size_t step, size_t pf) {
+    return [&, step, pf](const uint8_t* W) {
+      pool.run([&](int ith, int nth) {
+        const int64_t s0 = per_thread * ith / nth, s1 = per_thread * (ith + 1) / nth;
+        const size_t sg = bytes / size_t(per_thread);
+        g_sink.fetch_xor(bench::read_streams<decltype(streams)::value>(W + size_t(s0) * sg, size_t(s1 - s0) * sg, step, pf),
+                         std::memory_order_relaxed);
+      });
+    };
+  };
+  // the lean pass's order of lines over the thread's share, no arithmetic, pf bytes ahead (0: none):
+  // per record and sub-block step j the step's scale line(s), then its code lines; then the min
+  // and d lines (q4_K: sc line 4 + j, codes 20 + 16 j.., mins 12-19, d 0-3; q6_K: sc lines 4 + 2j,
+  // 5 + 2j, codes 20 + 24 j.., d 0-3)
+  const bool q6 = t == DType::Q6_K;
+  const size_t rec = q6 ? 4 * 3392 : 4 * 2368;
+  auto read_kq = [&](size_t pf) {
+    return [&, pf](const uint8_t* W) {
+      pool.run([&](int ith, int nth) {
+        const int64_t s0 = per_thread * ith / nth, s1 = per_thread * (ith + 1) / nth;
+        const size_t sg = bytes / size_t(per_thread);
+        const uint8_t* p = W + size_t(s0) * sg;
+        const size_t nrec = size_t(s1 - s0) * sg / rec;
+        g_sink.fetch_xor(kq_order_read(p, nrec, rec, q6, pf), std::memory_order_relaxed);
+      });
+    };
+  };
+  rows.push_back({"read-kq", read_kq(0), {}});
+  rows.push_back({"read-kq-pf", read_kq(8192), {}});
+  rows.push_back({"read-4", read(std::integral_constant<int, 4>{}, 128, 1024), {}});
+  rows.push_back({"read-4-nopf", read(std::integral_constant<int, 4>{}, 128, 0), {}});
+  rows.push_back({"read-1-nopf", read(std::integral_constant<int, 1>{}, 256, 0), {}});
   // RP_ROWS=a,b,...: only the rows named (the first row, one, always)
   if (const char* keep = std::getenv("RP_ROWS")) {
     const std::string list = std::string(",") + keep + ",";

@@ -7,8 +7,8 @@ namespace gemm_detail {
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
   if (f.avx512_double_pumped)
-    return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, true, 2, GemvPrefetch::None};
-  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, false, 0, GemvPrefetch::None};
+    return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, GemvPrefetch::None, true, 2, GemvPrefetch::None};
+  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, GemvPrefetch::T0, false, 0, GemvPrefetch::None};
 }
 
 const DecodeTuning& decode_tuning() {

@@ -24,6 +24,7 @@ struct DecodeTuning {
   GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
   GemvPrefetch q40_prefetch;     // the q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead
   int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
+  GemvPrefetch kquant_prefetch;  // q4_K / q6_K lean pass: T0 every line 8 KiB (two streams 4 KiB) ahead, or None (Nta: as T0)
   bool attn_pipeline_l2;         // decode attention's pipelined prefetch of the next sub-block (attention.cpp
                                  // PfCursor, attention_internal.h decode_pipeline_l2): into L2 (prefetcht2), not L1
   int q80_streams;               // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = S contiguous parts (gemv_repacked.cpp parts_q80_avx512)
@@ -35,7 +36,9 @@ struct DecodeTuning {
 // time, interleaved, bench/README): without software prefetch the stream kernels decode
 // 1.08-1.30x (f32 / bf16 / f16 1.1B) and the q4_0 pass reads 1.49-1.63x (0.93-1.00x a plain
 // 4-stream read, against 0.60-0.67x with T0; T1 1.05-1.31x, NTA 1.0x); the K-quant lean pass on
-// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. The decode
+// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. Session 26 (Zen 4,
+// records in read order, kquant_records.h): the lean pass without software prefetch 1.23-1.29x
+// (q4_K) / 1.11-1.12x (q6_K) with T0, 0.95-0.99x a plain one-stream read (kq_streams_ab). The decode
 // attention's pipelined prefetch (1.1B shape: narrow rows, 8 query heads a kv head) on Zen 4 into
 // L2 (session 26, 1 thread cold, thread CPU time, interleaved): 1.10-1.44x prefetcht0 by median
 // (T1 1.06-1.09x; the whole sub-block at once 0.96x, twice the lines a step early 1.04-1.07x); in

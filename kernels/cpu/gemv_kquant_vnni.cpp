@@ -471,8 +471,10 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 //    4-5 come from the high-bit lines);
 //  - the prefetches as before (a slice of the record's lines a sub-block step, 8 KiB ahead): a
 //    straight-line version (a fixed 27 lines a step) ran q6_K 0.87-0.90x cold, q4_K the same.
-//  - the min terms (which do not depend on the codes) after a record's codes, per group in
-//    sub-block order: the same fused multiply-adds, fewer registers live in the code loop.
+//  - the min terms (which do not depend on the codes) per group in sub-block order: the same
+//    fused multiply-adds. Until session 26 after a record's codes (fewer registers live in the
+//    code loop); now in each step after its group's codes, so that the pass reads the records
+//    (laid out in read order since then, kquant_records.h) front to back.
 // Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
 // 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
 // q6_K stayed on the previous pass until session 19 (now lean with spread prefetches: above,
@@ -499,17 +501,28 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // 0.42-0.65x. So the stream count is chosen per CPU (decode_tuning.h): one there, two elsewhere.
 using KqStreams = DecodeSetting<&DecodeTuning::kquant_streams>;  // 1 on double-pumped AVX-512 (decode_tuning.h)
 int kq_streams() { return KqStreams::get(); }
+// Session 26 (Zen 4, the same tool and method, load 8-10): the previous record layout (scales and
+// mins at the front) was the cause: its loads alone, without arithmetic, read 0.6x a plain
+// one-stream read (read-kq); with the records in read order (kquant_records.h) the one-stream
+// pass without software prefetch reads 0.94-1.02x a plain one-stream read without it
+// (read-1-nopf), 1.23-1.29x (q4_K) / 1.11-1.12x (q6_K) the same pass with T0 8 KiB ahead; on the
+// previous layout T1, NTA and one prefetch a 128-byte pair read 0.45-1.0x T0 (those forms were
+// not kept). So on Zen 4 no software prefetch (decode_tuning.h kquant_prefetch;
+// set_kquant_stream_prefetch for A/Bs).
 std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: the default above
   static std::atomic<int64_t> v{-1};
   return v;
 }
 int64_t kq_stream_prefetch(int streams) {
   const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
-  return v >= 0 ? v : streams > 1 ? int64_t(4096) : sg_prefetch();
+  if (v >= 0) return v;
+  if (decode_tuning().kquant_prefetch == GemvPrefetch::None) return 0;  // the CPU's default (decode_tuning.h; NTA reads as T0)
+  return streams > 1 ? int64_t(4096) : sg_prefetch();
 }
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
-// of each stream in turn, against one set of activation broadcasts; the min terms (which do not
-// depend on the codes) after the codes, per group in sub-block order as before. Into y[k][gi].
+// of each stream in turn, against one set of activation broadcasts; q4_K's min terms (which do
+// not depend on the codes) after each group's codes, per group in sub-block order as before: the
+// record's bytes in order. Into y[k][gi].
 template <DType T, int G, int S>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
                                                                   int64_t pf, bool spread, __m512 (&y)[S][G]) {
@@ -517,10 +530,10 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const KqLayout L{q6, G, 0};
-  __m512 aA[S][G];
+  __m512 aA[S][G], aM[S][G];
 #pragma GCC unroll 16
   for (int k = 0; k < S; ++k)
-    for (int gi = 0; gi < G; ++gi) aA[k][gi] = _mm512_setzero_ps();
+    for (int gi = 0; gi < G; ++gi) aA[k][gi] = aM[k][gi] = _mm512_setzero_ps();
 #pragma GCC unroll 1
   for (int j = 0; j < 8; ++j) {
     if (pf > 0 && !spread)  // the previous pass's slices of each stream's record (straight-line, 27 a step, ran q6_K 0.87-0.90x cold)
@@ -528,6 +541,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     __m512i x[8];
     kq_load_x(xr, 0, s, j, x);
     const __m512 dx = _mm512_set1_ps(xr.dx[8 * s + j]);
+    const __m512 dxs = _mm512_set1_ps(xr.dxs[8 * s + j]);
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; ++gi)
 #pragma GCC unroll 4
@@ -563,21 +577,14 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
         else
           t = _mm512_mullo_epi32(_mm512_add_epi32(P0, _mm512_srai_epi32(P1, 4)), _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j))));
         aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
+        if constexpr (!q6)  // the min terms: the same fused multiply-adds in sub-block order as the M >= 2 pass
+          aM[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j)))), dxs, aM[k][gi]);
       }
   }
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
-    for (int gi = 0; gi < G; ++gi) {
-      __m512 aM = _mm512_setzero_ps();
-      if constexpr (!q6)  // the same fused multiply-adds in sub-block order as the previous pass
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j)
-          aM = _mm512_fmadd_ps(
-              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + L.mn(gi, j))))),
-              _mm512_set1_ps(xr.dxs[8 * s + j]), aM);
-      y[k][gi] = kq_y_update<q6, G>(p[k], gi, y[k][gi], aA[k][gi], aM);
-    }
+    for (int gi = 0; gi < G; ++gi) y[k][gi] = kq_y_update<q6, G>(p[k], gi, y[k][gi], aA[k][gi], aM[k][gi]);
 }
 
 // S streams over super-groups [q0, q0 + S per): stream k reads the per super-groups from

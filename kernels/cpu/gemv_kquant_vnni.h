@@ -28,7 +28,8 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 // Streams a thread's lean pass reads side by side: 2 (its super-groups in two contiguous parts)
 // or 1 (other values: 2 from 2 up, else 1); the default per CPU (decode_tuning.h: 2, one on
 // double-pumped AVX-512), and how far ahead along each it prefetches
-// (bytes; -1: the default, 4 KiB with two streams, 8 KiB with one). Same bits at any; for the
+// (bytes; 0: none; -1: the CPU's default, decode_tuning.h: 4 KiB with two streams, 8 KiB with one,
+// none on double-pumped AVX-512). Same bits at any; for the
 // tests and A/B runs (no environment variable).
 void set_kquant_streams(int streams);
 int kquant_streams();

@@ -6,20 +6,24 @@
 // with zero rows); super-group q is ns = K / 256 records, one per super-block, back to back: one
 // sequential stream per super-group. A record holds its super-block of all 16 G rows, 64-byte
 // aligned and a whole number of lines, with the scales unpacked to one byte per row per
-// sub-block so that a vector load gives one per lane (row). Offsets for G = 1 (KqLayout gives
-// them for any G: every region G times as long, a group's 16 entries at 16 gi within each row
-// of 16 G, its code lines the gi-th of G after each other per sub-block):
+// sub-block so that a vector load gives one per lane (row). It is laid out in the order the
+// decode pass reads it (session 26): per 32-element sub-block j a step of the G groups' scales
+// (q4_K: and mins), then their code lines; the d (and dmin) of the record last. So one stream a
+// thread reads every record front to back, which Zen 4's hardware prefetchers keep fed without
+// software prefetch: the previous layout (every sub-block's scales, then the mins, at the front,
+// read back and forth) read 0.61-0.80x a plain one-stream read there (kq_streams_ab, read-kq: its
+// loads alone 0.6x). Offsets (KqLayout; a group's 16 entries at 16 gi within each region of 16 G,
+// its code lines the gi-th of G within a step):
 //
-//   q4_K (2368 G B = 37 G lines):
-//     [0, 32)      d of rows 0..15 (fp16)            [32, 64)  dmin of rows 0..15 (fp16)
-//     [64, 192)    sc: byte 16 j + r = 6-bit scale of sub-block j of row r
-//     [192, 320)   m:  byte 16 j + r = 6-bit min of sub-block j of row r
-//     [320, 2368)  codes: sub-block j = 4 lines at 320 + 256 j; line i, dword r (row r), byte k:
-//                  low nibble = u[r][32 j + 4 i + k], high nibble = u[r][32 j + 16 + 4 i + k]
-//   q6_K (3392 G B = 53 G lines):
-//     [0, 64)      d of rows 0..15 (f32, exact from the fp16)
-//     [64, 320)    scales: byte 16 h + r = int8 scale of 16-element half h of row r
-//     [320, 3392)  sub-block j = 6 lines at 320 + 384 j (one sub-block after the other: the
+//   q4_K (2368 G B = 37 G lines): step j at 288 G j:
+//     [0, 16 G)         sc: byte 16 gi + r = 6-bit scale of sub-block j of row r of group gi
+//     [16 G, 32 G)      m:  the same for the 6-bit mins
+//     [32 G, 288 G)     codes: group gi's 4 lines at 32 G + 256 gi; line i, dword r (row r), byte k:
+//                       low nibble = u[r][32 j + 4 i + k], high nibble = u[r][32 j + 16 + 4 i + k]
+//     then at 2304 G: d of rows (fp16, 32 B a group), at 2336 G: dmin (fp16)
+//   q6_K (3392 G B = 53 G lines): step j at 416 G j:
+//     [0, 32 G)         scales: byte 16 G h + 16 gi + r = int8 scale of 16-element half 2 j + h
+//     [32 G, 416 G)     codes: group gi's 6 lines at 32 G + 384 gi (one sub-block after the other: the
 //                  record is read as one sequential stream; with the high bits in a region of
 //                  their own it read as two, 0.7x as fast), the high bits packed so that few ops
 //                  unpack them (14-18 a sub-block; kq6_codes):
@@ -35,9 +39,11 @@
 //                  its switch EMOLLM_KQ6_PACKED went in session 23. A GFNI affine for the
 //                  bits-6-7 move would save 4 more ops a sub-block (not tried: the cold pass is
 //                  not ALU-bound).
+//     then at 3328 G: d of rows (f32, exact from the fp16, 64 B a group)
 // so the 4 code bytes of "quad" q (elements 4q..4q+3 of a sub-block) of a group's 16 rows are one
 // zmm: a vpdpbusd against 4 activation bytes broadcast gives the 16 rows' sums (no horizontal
-// sums). With G = 4 the decode GEMV at M = 1 reads a sub-block of 64 rows (16 lines in a row)
+// sums). With G = 4 the decode GEMV at M = 1 reads a sub-block of 64 rows (its scale lines, then
+// 16 code lines in a row)
 // against one set of activation broadcasts, and a thread's range is one stream of 9-13 KiB
 // records (the q4_0 records' design, gemv_repacked.cpp).
 #pragma once
@@ -59,11 +65,6 @@ namespace gemm_detail {
 constexpr int kKqRows = 16;            // rows per group
 constexpr size_t kQ4KRecord = 2368;    // bytes per q4_K record (16 rows x 256 elements)
 constexpr size_t kQ6KRecord = 3392;    // bytes per q6_K record
-constexpr size_t kKqCodes = 320;       // offset of the 4-bit codes (both types)
-constexpr size_t kQ4KSc = 64, kQ4KMin = 192;
-constexpr size_t kQ6KSc = 64;
-// Offset of sub-block j's code lines in a record.
-constexpr size_t kq_block_offset(bool q6, int j) { return kKqCodes + size_t(q6 ? 384 : 256) * size_t(j); }
 
 inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecord : kQ4KRecord; }
 
@@ -83,12 +84,16 @@ struct KqLayout {
   const uint8_t* record(const uint8_t* W, int64_t g, int64_t s) const {
     return W + size_t(g / G) * sg_bytes() + size_t(s) * rec();
   }
-  // offsets in a record, group gi
-  size_t d(int gi) const { return size_t(q6 ? 64 : 32) * size_t(gi); }          // 16 fp16 (q4_K) / f32 (q6_K)
-  size_t dmin(int gi) const { return 32 * size_t(G) + 32 * size_t(gi); }         // q4_K: 16 fp16
-  size_t sc(int gi, int i) const { return 64 * size_t(G) + 16 * size_t(G * i + gi); }  // q4_K sub-block i, q6_K half i
-  size_t mn(int gi, int j) const { return 192 * size_t(G) + 16 * size_t(G * j + gi); }  // q4_K
-  size_t codes(int gi, int j) const { return kKqCodes * size_t(G) + size_t(q6 ? 384 : 256) * size_t(G * j + gi); }
+  // offsets in a record, group gi: sub-block j's step (its scales, then its code lines) at
+  // step(j), in the order the decode pass reads them, then the d (and dmin) of the record
+  size_t step(int j) const { return size_t(q6 ? 416 : 288) * size_t(G) * size_t(j); }
+  size_t d(int gi) const { return size_t(q6 ? 3328 : 2304) * size_t(G) + size_t(q6 ? 64 : 32) * size_t(gi); }  // 16 fp16 (q4_K) / f32 (q6_K)
+  size_t dmin(int gi) const { return 2336 * size_t(G) + 32 * size_t(gi); }  // q4_K: 16 fp16
+  size_t sc(int gi, int i) const {  // q4_K sub-block i; q6_K half i (sub-block i / 2)
+    return q6 ? step(i / 2) + 16 * size_t(G) * size_t(i % 2) + 16 * size_t(gi) : step(i) + 16 * size_t(gi);
+  }
+  size_t mn(int gi, int j) const { return step(j) + 16 * size_t(G) + 16 * size_t(gi); }  // q4_K
+  size_t codes(int gi, int j) const { return step(j) + 32 * size_t(G) + size_t(q6 ? 384 : 256) * size_t(gi); }
 };
 
 // The 256 codes of row r (0..16 G - 1) of one record of G groups (0..15 for q4_K, 0..63 for

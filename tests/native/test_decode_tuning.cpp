@@ -1,12 +1,13 @@
 // The per-CPU defaults of the decode GEMVs' read patterns (kernels/cpu/decode_tuning.h): the trait
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
-// prefetch, the K-quant pass on one stream, the decode attention's pipelined prefetch into L2 and
-// the q8_0 pass in 2 parts a thread), and that the process-wide settings start from the table's
-// row for this CPU. That every setting gives the same bits is checked where each kernel is tested
-// (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream, gemv_q80_parts_bit_equal_four_group_pass and
-// gemm_huge_pages_multi_stream_gemv, test_gemv_f32_stream.cpp, test_kquant_records.cpp
-// kquant_records_lean_same_bits_as_m2, test_attention.cpp attention_decode_pipeline_l2_same_bits).
+// prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
+// pipelined prefetch into L2 and the q8_0 pass in 2 parts a thread), and that the process-wide
+// settings start from the table's row for this CPU. That every setting gives the same bits is
+// checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
+// gemv_q80_parts_bit_equal_four_group_pass and gemm_huge_pages_multi_stream_gemv,
+// test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
+// test_attention.cpp attention_decode_pipeline_l2_same_bits).
 #include <cstdio>
 
 #include "base/cpu_features.h"
@@ -48,6 +49,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.attn_pipeline_l2);
   EXPECT(b.q80_streams == 2);
   EXPECT(a.q80_prefetch == GemvPrefetch::None && b.q80_prefetch == GemvPrefetch::None);
+  EXPECT(a.kquant_prefetch == GemvPrefetch::T0);
+  EXPECT(b.kquant_prefetch == GemvPrefetch::None);
 }
 
 // Every test that changes one of these settings restores it, so they still hold the start values.
@@ -55,8 +58,9 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
   const gemm_detail::DecodeTuning d = gemm_detail::decode_tuning_for(cpu_features());
   EXPECT(t.stream_prefetch == d.stream_prefetch && t.q40_prefetch == d.q40_prefetch &&
-         t.kquant_streams == d.kquant_streams && t.attn_pipeline_l2 == d.attn_pipeline_l2 &&
-         t.q80_streams == d.q80_streams && t.q80_prefetch == d.q80_prefetch);
+         t.kquant_streams == d.kquant_streams && t.kquant_prefetch == d.kquant_prefetch &&
+         t.attn_pipeline_l2 == d.attn_pipeline_l2 && t.q80_streams == d.q80_streams &&
+         t.q80_prefetch == d.q80_prefetch);
   EXPECT(attention_detail::decode_pipeline_l2() == t.attn_pipeline_l2);
   EXPECT(gemm_detail::q80_streams() == t.q80_streams);
   EXPECT(gemm_detail::q80_prefetch() == t.q80_prefetch);

@@ -2,6 +2,7 @@
 // layout against the GGUF bytes it came from, the decode GEMV on it (gemv_kquant_records) against
 // the float64 sum with the documented bound and bit for bit the same on every record size, and
 // the prefill on it bit for bit the prefill on the GGUF bytes.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -408,11 +409,18 @@ TEST(kquant_records_multi_equals_separate) {
 // its switch EMOLLM_KQUANT_LEAN went in session 22). Random bytes (every nibble and 6-bit scale,
 // min and high-bit pattern) and quantised rows, X with blocks of x300 / x1e-3 (the q8 codes at
 // +-127 on many blocks) and zero blocks, N not a multiple of the record, K 256..11008, single
-// and multi-output dispatch, no pool / 2 / 3 threads, one or two streams a thread (set_kquant_streams:
+// and multi-output dispatch, no pool / 2 / 3 threads, every prefetch distance of kPfAhead (the prefetch
+// changes no arithmetic), one or two streams a thread (set_kquant_streams:
 // two (the default on full-width AVX-512; one on Zen 4, decode_tuning.h) read a range's super-groups in two contiguous parts side by side, an odd one
 // after them; N 1000 gives parts of several super-groups); q6_K's lean pass spreads its prefetches
 // over each step's groups. A flipped code byte moves the lean output of its row only (the
 // comparison can fail).
+namespace {
+// The lean pass's prefetch distances the same-bits test runs (set_kquant_stream_prefetch, bytes):
+// the CPU's default (decode_tuning.h), none, 8 KiB and 2 KiB ahead.
+constexpr int64_t kPfAhead[] = {-1, 0, 8192, 2048};
+}  // namespace
+
 TEST(kquant_records_lean_same_bits_as_m2) {
   if (!have_vnni()) {
     std::printf("  skip: no AVX-512 VNNI\n");
@@ -444,8 +452,10 @@ TEST(kquant_records_lean_same_bits_as_m2) {
           gemm_kquant_repacked(x2.data(), K, aligned(r, t, N, K), t, bias.data(), y2.data(), N, 2, N, K, nullptr);
           EXPECT(std::memcmp(y2.data(), y2.data() + N, size_t(N) * 4) == 0);
           for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3})
-          for (int streams : {1, 2}) {  // the lean pass on one or two streams a thread
+          for (int streams : {1, 2})  // the lean pass on one or two streams a thread
+          for (int64_t ahead : kPfAhead) {
             gemm_detail::set_kquant_streams(streams);
+            gemm_detail::set_kquant_stream_prefetch(ahead);
             std::vector<float> y(size_t(N) + 1, NAN);
             gemm_kquant_repacked(x.data(), K, aligned(r, t, N, K), t, bias.data(), y.data(), N, 1, N, K, p);
             EXPECT(std::isnan(y[size_t(N)]));
@@ -474,7 +484,8 @@ TEST(kquant_records_lean_same_bits_as_m2) {
           }
         }
   gemm_detail::set_kquant_streams(streams_before);
-  EXPECT(compared == 2 * 2 * 7 * 2 * 3 * 2);
+  gemm_detail::set_kquant_stream_prefetch(-1);
+  EXPECT(compared == 2 * 2 * 7 * 2 * 3 * 2 * 4);
   EXPECT(moved >= 47);  // of 56: an x block of zeros or a tiny one can hide a flip
 }
 
@@ -694,6 +705,56 @@ TEST(kquant_records_q6_packed_against_gguf_reference) {
 #endif
 
 // The 16-row records are gone: asking for them is an error, 32 and 64 rows stay.
+// The records are laid out in the order the lean M = 1 pass reads them (kquant_records.h), so that
+// one stream a thread reads each record front to back and the hardware prefetchers keep it fed
+// without software prefetch (decode_tuning.h: none on Zen 4; the previous layout, scales of every
+// sub-block at the front, read 0.61-0.80x a plain one-stream read there): per sub-block step j
+// its scales (and q4_K's mins), then its code lines, every region inside the record, none
+// overlapping, every byte covered, the code lines 64-byte aligned, d (and dmin) last.
+TEST(kquant_record_layout_in_read_order) {
+  for (bool q6 : {false, true})
+    for (int G : {2, 4}) {
+      const gemm_detail::KqLayout L{q6, G, 1};
+      std::vector<int> cover(L.rec(), 0);
+      auto mark = [&](size_t off, size_t n) {
+        EXPECT(off + n <= L.rec());
+        for (size_t i = off; i < off + n && i < L.rec(); ++i) ++cover[i];
+      };
+      size_t last = 0;  // the end of the previous step's regions: each step starts at or after it
+      for (int j = 0; j < 8; ++j) {
+        size_t lo = L.rec(), hi = 0;
+        auto region = [&](size_t off, size_t n) {
+          mark(off, n);
+          lo = std::min(lo, off), hi = std::max(hi, off + n);
+        };
+        for (int gi = 0; gi < G; ++gi) {
+          if (q6) {
+            region(L.sc(gi, 2 * j), 16), region(L.sc(gi, 2 * j + 1), 16);
+          } else {
+            region(L.sc(gi, j), 16), region(L.mn(gi, j), 16);
+          }
+          region(L.codes(gi, j), q6 ? 384 : 256);
+          EXPECT(L.codes(gi, j) % 64 == 0);
+          EXPECT(L.codes(gi, j) > (q6 ? L.sc(gi, 2 * j + 1) : L.mn(gi, j)));  // scales before codes
+        }
+        EXPECT(lo == last);  // step j starts where step j - 1 ended
+        EXPECT(hi - lo == size_t(G) * (q6 ? 416 : 288));
+        last = hi;
+      }
+      for (int gi = 0; gi < G; ++gi) {
+        mark(L.d(gi), q6 ? 64 : 32);
+        EXPECT(L.d(gi) >= last);
+        if (!q6) {
+          mark(L.dmin(gi), 32);
+          EXPECT(L.dmin(gi) >= last);
+        }
+      }
+      int bad = 0;
+      for (int c : cover) bad += c != 1;
+      EXPECT(bad == 0);
+    }
+}
+
 TEST(kquant_record_rows_16_rejected) {
   const int prev = int(kquant_record_rows());
   EXPECT_THROWS(set_kquant_record_rows(16), ErrorCode::InvalidArgument);
