@@ -1,9 +1,9 @@
 // Per-CPU defaults of the decode (M = 1) GEMVs' read patterns: one table keyed on a CPU trait
 // detected once (base/cpu_features.h avx512_double_pumped), read when each setting's process-wide
 // value is first used. The settings keep their setters (gemm_internal.h set_gemv_streams_prefetch,
-// set_q40_ms_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the tests and A/B tools. Every
-// entry changes only how the weights are read (software prefetch, streams a thread), never the
-// arithmetic or its order: the same bits on every CPU. The prefill / few-row kernels' per-CPU
+// set_q40_ms_prefetch, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the
+// tests and A/B tools. Every entry changes only how the weights are read (software prefetch,
+// streams a thread), never the arithmetic or its order: the same bits on every CPU. The prefill / few-row kernels' per-CPU
 // choices by the same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by
 // gemm_internal.h set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
@@ -21,6 +21,7 @@ struct DecodeTuning {
   GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
   GemvPrefetch q40_prefetch;     // the q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead
   int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
+  GemvPrefetch block_prefetch;   // bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block), 1 KiB ahead
 };
 
 // The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,
@@ -28,7 +29,10 @@ struct DecodeTuning {
 // time, interleaved, bench/README): without software prefetch the stream kernels decode
 // 1.08-1.30x (f32 / bf16 / f16 1.1B) and the q4_0 pass reads 1.49-1.63x (0.93-1.00x a plain
 // 4-stream read, against 0.60-0.67x with T0; T1 1.05-1.31x, NTA 1.0x); the K-quant lean pass on
-// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams.
+// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. The bf16 8-row
+// block GEMV on 4 KiB pages (bf16_gemv_block: weights without a 2 MiB-page copy) without its T0
+// prefetch too (session 26, bench_kernels block-nopf rows at the 1.1B / 7B gate_up and down
+// shapes, interleaved: 1 thread CPU time 1.11-1.37x by best, 2 threads at load 11 1.15-1.29x).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();

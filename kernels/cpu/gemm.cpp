@@ -160,6 +160,15 @@ std::atomic<int>& gemv_streams_prefetch_var() {  // the CPU's default at first u
 void set_gemv_streams_prefetch(GemvPrefetch p) { gemv_streams_prefetch_var().store(int(p), std::memory_order_relaxed); }
 GemvPrefetch gemv_streams_prefetch() { return GemvPrefetch(gemv_streams_prefetch_var().load(std::memory_order_relaxed)); }
 
+namespace {
+std::atomic<int>& gemv_block_prefetch_var() {  // the CPU's default at first use (decode_tuning.h)
+  static std::atomic<int> v{int(decode_tuning().block_prefetch)};
+  return v;
+}
+}  // namespace
+void set_gemv_block_prefetch(GemvPrefetch p) { gemv_block_prefetch_var().store(int(p), std::memory_order_relaxed); }
+GemvPrefetch gemv_block_prefetch() { return GemvPrefetch(gemv_block_prefetch_var().load(std::memory_order_relaxed)); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;

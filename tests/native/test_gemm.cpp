@@ -496,6 +496,51 @@ TEST(gemm_huge_pages_single_stream_gemv) {
       }
 }
 
+// BF16 at M = 1 on plain memory (4 KiB pages): the 8-row block kernel (gemm_avx512.cpp
+// bf16_gemv_block; rows past a multiple of 8 one at a time) with each software prefetch hint, T0,
+// non-temporal or none (set_gemv_block_prefetch, decode_tuning.h block_prefetch): the same bits as
+// T0 (the hint only adds or drops prefetch instructions), within the f32 tolerance of ref::gemm;
+// N below, at and past multiples of 8, K over the 32-element step's tails, with and without a pool.
+TEST(gemm_bf16_gemv_block_prefetch_same_bits) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  skip gemm_bf16_gemv_block_prefetch_same_bits: the block kernel needs AVX-512 (active ISA: %s)\n",
+                isa_name(isa_active()));
+    return;
+  }
+  using gemm_detail::GemvPrefetch;
+  ThreadPool pool2(2);
+  ThreadPool* pools[] = {nullptr, &pool2};
+  uint32_t seed = 9300;
+  const GemvPrefetch prev = gemm_detail::gemv_block_prefetch();
+  for (int64_t K : {1, 31, 32, 95, 1024, 2061})
+    for (int64_t N : {1, 7, 8, 9, 70, 515}) {
+      Weights w = make_weights(DType::BF16, N, K, seed);
+      Problem p = make_problem(1, N, K, 0, 0, seed + 11);
+      seed += 17;
+      std::vector<float> R(size_t(p.ldy), kSentinel);
+      ref::gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, 1, N, K);
+      const std::vector<double> S = abs_scale(p, w, p.bias.data());
+      for (ThreadPool* pool : pools) {
+        const std::string what = "bf16 block GEMV N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                                 " threads=" + std::to_string(pool ? pool->size() : 1);
+        std::vector<float> Y0(size_t(p.ldy), kSentinel);
+        gemm_detail::set_gemv_block_prefetch(GemvPrefetch::T0);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y0.data(), p.ldy, 1, N, K, pool);
+        check_result(Y0, R, p, S, 0.0, what);
+        for (GemvPrefetch pf : {GemvPrefetch::Nta, GemvPrefetch::None}) {
+          std::vector<float> Yp(size_t(p.ldy), kSentinel);
+          gemm_detail::set_gemv_block_prefetch(pf);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Yp.data(), p.ldy, 1, N, K, pool);
+          if (std::memcmp(Y0.data(), Yp.data(), Yp.size() * sizeof(float)) != 0)
+            emollm_test::report_failure(__FILE__, __LINE__,
+                                        what + (pf == GemvPrefetch::Nta ? ": prefetchnta" : ": no prefetch") +
+                                            " changed the bits");
+        }
+      }
+    }
+  gemm_detail::set_gemv_block_prefetch(prev);
+}
+
 // gemm_huge_pages' M = 1 GEMV with several streams per thread (gemm_avx512.cpp gemv_streams: rows
 // from 4 parts of a thread's range side by side; the default) against ref::gemm (float64
 // accumulation) within the f32 tolerance (f32_tol: 1e-5 * sum|x w| / sqrt(K) + 1e-6), and the same
