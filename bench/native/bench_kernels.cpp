@@ -1029,6 +1029,24 @@ const std::array<GemvPf, 2> kOtherPrefetch = [] {
                             : std::array<GemvPf, 2>{GemvPf::T0, GemvPf::Nta};
 }();
 const char* prefetch_row_name(GemvPf pf) { return pf == GemvPf::T0 ? "huge-t0" : pf == GemvPf::Nta ? "huge-nta" : "huge-nopf"; }
+// the bf16 8-row block GEMV's (4 KiB pages: the emollm row) hints other than this CPU's default
+// (decode_tuning.h block_prefetch), as rows "block-t0" / "block-nta" / "block-nopf"
+const std::array<GemvPf, 2> kOtherBlockPrefetch = [] {
+  const GemvPf d = gemm_detail::decode_tuning().block_prefetch;
+  return d == GemvPf::T0 ? std::array<GemvPf, 2>{GemvPf::Nta, GemvPf::None}
+         : d == GemvPf::Nta ? std::array<GemvPf, 2>{GemvPf::T0, GemvPf::None}
+                            : std::array<GemvPf, 2>{GemvPf::T0, GemvPf::Nta};
+}();
+const char* block_prefetch_row_name(GemvPf pf) {
+  return pf == GemvPf::T0 ? "block-t0" : pf == GemvPf::Nta ? "block-nta" : "block-nopf";
+}
+template <class Fn>
+void with_block_prefetch(GemvPf pf, Fn&& fn) {
+  const GemvPf prev = gemm_detail::gemv_block_prefetch();
+  gemm_detail::set_gemv_block_prefetch(pf);
+  fn();
+  gemm_detail::set_gemv_block_prefetch(prev);
+}
 template <class Fn>
 void with_prefetch(GemvPf pf, Fn&& fn) {
   const GemvPf prev = gemm_detail::gemv_streams_prefetch();
@@ -1219,7 +1237,8 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
       std::unique_ptr<Copies> hcopies;
       if (stream_ab) hcopies.reset(new Copies(Wt, wbytes, int(copies->ptrs.size()), &pool, true));
       auto run_huge = [&](const void* w) { gemm_huge_pages(X.get(), K, w, t, nullptr, Y.get(), N, 1, N, K, &pool); };
-      Stats dnnl_il, pan1, huge_alone, other_pf[kOtherPrefetch.size()];
+      Stats dnnl_il, pan1, huge_alone, other_pf[kOtherPrefetch.size()], other_block_pf[kOtherBlockPrefetch.size()];
+      const bool block_ab = stream_ab && t == DType::BF16;  // the 4 KiB-page row's kernel with its other hints
       // BF16: gemm_bf16_panels at M = 1 on panel copies in 2 MiB pages (what a decoder runs with
       // EMOLLM_BF16_DECODER_PANELS=1; x rounded to bf16), interleaved too, as a "panels" row.
       const bool panels_m1 = stream_ab && t == DType::BF16 && bf16_panels_usable();
@@ -1337,6 +1356,9 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           // the stream kernel with the other software prefetch hints (set_gemv_streams_prefetch)
           for (GemvPf pf : kOtherPrefetch)
             fns.push_back([&, pf](int i) { with_prefetch(pf, [&] { run_huge((*hcopies)[i]); }); });
+          if (block_ab)
+            for (GemvPf pf : kOtherBlockPrefetch)
+              fns.push_back([&, pf](int i) { with_block_prefetch(pf, [&] { run_gemm((*copies)[i]); }); });
           if (panels_m1) fns.push_back([&](int i) { run_panels_m1((*pcopies)[i]); });
 #ifdef EMOLLM_HAVE_DNNL
           if (dnnl) fns.push_back([&](int i) { dnnl->run(i); });
@@ -1352,6 +1374,10 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
           prev = st[1];
           for (size_t j = 0; j < kOtherPrefetch.size(); ++j) other_pf[j] = st[2 + j];
           st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(kOtherPrefetch.size()));
+          if (block_ab) {
+            for (size_t j = 0; j < kOtherBlockPrefetch.size(); ++j) other_block_pf[j] = st[2 + j];
+            st.erase(st.begin() + 2, st.begin() + 2 + std::ptrdiff_t(kOtherBlockPrefetch.size()));
+          }
           if (panels_m1) {
             pan1 = st[2];
           }
@@ -1435,6 +1461,15 @@ void bench_gemm_shape(const GemmShape& s, ThreadPool& pool) {
                                      : "the huge row's kernel without software prefetch (hardware prefetchers alone), "
                                        "interleaved; ratio = its time / the huge row's (>1: the default faster)",
                   double(wbytes), [&] { with_prefetch(pf, [&] { run_huge((*hcopies)[0]); }); });
+        }
+      for (size_t j = 0; block_ab && j < kOtherBlockPrefetch.size(); ++j)
+        if (other_block_pf[j].reps > 0) {
+          const GemvPf pf = kOtherBlockPrefetch[j];
+          add_row(block_prefetch_row_name(pf), other_block_pf[j], "emollm", other_block_pf[j].best / cur.best,
+                  "the emollm row's kernel (4 KiB pages: the 8-row bf16_gemv_block) with this software prefetch "
+                  "hint instead of the CPU's default (decode_tuning.h block_prefetch), interleaved; ratio = its time / "
+                  "the emollm row's (>1: the default faster)",
+                  double(wbytes), [&] { with_block_prefetch(pf, [&] { run_gemm((*copies)[0]); }); });
         }
       if (panels_m1 && pan1.reps > 0) {
         Result p = make_result(M, dtype_name(t), "panels");

@@ -2,12 +2,14 @@
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
-// q40_nopf / stream_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' software prefetch none (on)
-// against T0; q80_parts / q80_parts1 / q80_parts3 / q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
+// q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
+// 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; q80_parts / q80_parts1 / q80_parts3 /
+// q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
 // decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
+// other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
 // embedding table's pages mapped (model/llama.h set_embd_populate's effect) or their page table
@@ -103,8 +105,9 @@ void print_sched(const std::vector<TaskSched>& a, const std::vector<TaskSched>& 
 }
 // Where the "on" blocks decode: the same context; a second context on the same model whose KV
 // cache is f16 (kv_f16); a second model and context loaded with the switch on (a switch read when
-// the weights are packed). The second context gets the same prompt first.
-enum class OnContext { Same, KvF16, ReloadedModel };
+// the weights are packed); another model file (other_model: the 5th argument, e.g. the same
+// shapes in another weight type). The second context gets the same prompt first.
+enum class OnContext { Same, KvF16, ReloadedModel, OtherModel };
 // The process's huge-page coverage (/proc/self/smaps), printed after the A/B beside its ratio: over
 // the mappings of at least 2 MiB (the weights' records, the mapped file, the KV cache), their
 // size, Rss, AnonHugePages (2 MiB anonymous pages: kquant_repack's records) and FilePmdMapped
@@ -176,6 +179,7 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_kquant_stream_prefetch(t.kquant_prefetch == gemm_detail::GemvPrefetch::None ? 0
                                                : t.kquant_streams > 1                             ? 4096
                                                                                                   : 8192);
+       gemm_detail::set_gemv_block_prefetch(t.block_prefetch);
      }},
     // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
     {"kq_nopf",
@@ -193,6 +197,8 @@ const AbSwitch kSwitches[] = {
     {"q80_parts1v2", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 2); }},
     {"q80_t1", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T1 : gemm_detail::GemvPrefetch::None); }},
     {"q80_t0", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T0 : gemm_detail::GemvPrefetch::None); }},
+    // the bf16 8-row block GEMV's (4 KiB pages) software prefetch: none (on) against T0 (off)
+    {"block_nopf", [](bool on) { gemm_detail::set_gemv_block_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
@@ -203,6 +209,10 @@ const AbSwitch kSwitches[] = {
     // that prefetch into L2 (prefetcht2: on) against L1 (T0; set_decode_pipeline_l2)
     {"attn_l2", [](bool on) { attention_detail::set_decode_pipeline_l2(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
+    // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
+    // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16
+    // decode slower than its bf16 decode, as one end-to-end run read?)
+    {"other_model", [](bool) {}, OnContext::OtherModel},
     // the token embedding table's pages mapped (what set_embd_populate does at load) vs unmapped
     // (madvise MADV_DONTNEED: the page table entries dropped, the page cache kept, as a fresh
     // model's untouched rows): a page fault a token in the lookup. Before each block, untimed
@@ -243,7 +253,7 @@ const AbSwitch kSwitches[] = {
     {"bf16_wbcast", [](bool on) { gemm_detail::set_bf16_gemm_wbcast(on); }},
 };
 int main(int argc, char** argv) {
-  if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block]\n"); return 1; }
+  if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block] [other model (other_model)]\n"); return 1; }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
             block = argc > 4 ? std::atoi(argv[4]) : 16;
   const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "";
@@ -286,6 +296,10 @@ int main(int argc, char** argv) {
   } else if (chosen->on_context == OnContext::ReloadedModel) {
     set(true);
     m_on = LlamaModel::load(argv[1], lo);
+    ctx_on = std::make_unique<LlamaContext>(m_on, o);
+  } else if (chosen->on_context == OnContext::OtherModel) {
+    if (argc < 6) { std::fprintf(stderr, "decode_switch_ab: other_model needs the other model file as the 5th argument\n"); return 2; }
+    m_on = LlamaModel::load(argv[5], lo);
     ctx_on = std::make_unique<LlamaContext>(m_on, o);
   }
   if (ctx_on)

@@ -6,9 +6,28 @@ namespace emollm {
 namespace gemm_detail {
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
-  if (f.avx512_double_pumped)
-    return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, GemvPrefetch::None, true, 2, GemvPrefetch::None};
-  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, GemvPrefetch::T0, false, 0, GemvPrefetch::None};
+  // Named fields, not positional: one row per CPU kind, each entry's reason in decode_tuning.h.
+  DecodeTuning t;
+  if (f.avx512_double_pumped) {  // Zen 4 (sessions 25-26)
+    t.stream_prefetch = GemvPrefetch::None;
+    t.q40_prefetch = GemvPrefetch::None;
+    t.kquant_streams = 1;
+    t.kquant_prefetch = GemvPrefetch::None;
+    t.attn_pipeline_l2 = true;
+    t.q80_streams = 2;
+    t.q80_prefetch = GemvPrefetch::None;
+    t.block_prefetch = GemvPrefetch::None;
+  } else {  // full-width AVX-512 (Zen 5, Intel) and every other CPU: the defaults measured on Zen 5
+    t.stream_prefetch = GemvPrefetch::T0;
+    t.q40_prefetch = GemvPrefetch::T0;
+    t.kquant_streams = 2;
+    t.kquant_prefetch = GemvPrefetch::T0;
+    t.attn_pipeline_l2 = false;
+    t.q80_streams = 0;
+    t.q80_prefetch = GemvPrefetch::None;
+    t.block_prefetch = GemvPrefetch::T0;
+  }
+  return t;
 }
 
 const DecodeTuning& decode_tuning() {

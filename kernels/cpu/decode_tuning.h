@@ -1,9 +1,9 @@
 // Per-CPU defaults of the decode (M = 1) GEMVs' read patterns: one table keyed on a CPU trait
 // detected once (base/cpu_features.h avx512_double_pumped), read when each setting's process-wide
 // value is first used. The settings keep their setters (gemm_internal.h set_gemv_streams_prefetch,
-// set_q40_ms_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the tests and A/B tools. Every
-// entry changes only how the weights are read (software prefetch, streams a thread), never the
-// arithmetic or its order: the same bits on every CPU. The prefill / few-row kernels' per-CPU
+// set_q40_ms_prefetch, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the
+// tests and A/B tools. Every entry changes only how the weights are read (software prefetch,
+// streams a thread), never the arithmetic or its order: the same bits on every CPU. The prefill / few-row kernels' per-CPU
 // choices by the same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by
 // gemm_internal.h set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
@@ -29,6 +29,7 @@ struct DecodeTuning {
                                  // PfCursor, attention_internal.h decode_pipeline_l2): into L2 (prefetcht2), not L1
   int q80_streams;               // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = S contiguous parts (gemv_repacked.cpp parts_q80_avx512)
   GemvPrefetch q80_prefetch;     // that parts pass's prefetch along its streams, 4 KiB ahead
+  GemvPrefetch block_prefetch;   // bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block), 1 KiB ahead
 };
 
 // The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,
@@ -50,7 +51,10 @@ struct DecodeTuning {
 // runs); 1 / 3 parts alike (1.15x / 1.08x decode, 1 against 2 parts 0.99x), a T1 prefetch along
 // the parts 0.80x. The 2-thread decode A/B was unreadable under load (the lead's quiet run decides:
 // `AB_SWITCH=q80_parts decode_switch_ab tinyllama-1.1b-q8_0.gguf 2 12 16`). Zen 5 keeps the
-// four-group pass (unmeasured there).
+// four-group pass (unmeasured there). The bf16 8-row
+// block GEMV on 4 KiB pages (bf16_gemv_block: weights without a 2 MiB-page copy) without its T0
+// prefetch too (session 26, bench_kernels block-nopf rows at the 1.1B / 7B gate_up and down
+// shapes, interleaved: 1 thread CPU time 1.11-1.37x by best, 2 threads at load 11 1.15-1.29x).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();

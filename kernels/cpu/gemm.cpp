@@ -154,6 +154,9 @@ bool gemv_stream_f32() { return g_gemv_stream_f32.load(std::memory_order_relaxed
 void set_gemv_streams_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::stream_prefetch>::set(p); }
 GemvPrefetch gemv_streams_prefetch() { return DecodeSetting<&DecodeTuning::stream_prefetch>::get(); }
 
+void set_gemv_block_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::block_prefetch>::set(p); }
+GemvPrefetch gemv_block_prefetch() { return DecodeSetting<&DecodeTuning::block_prefetch>::get(); }
+
 // Portable q8_0-activation path (Isa::Scalar): int32 block dot products, double accumulation.
 void gemm_q8act_scalar(const Args& a) {
   const int64_t K = a.K, nb = K / kQK;

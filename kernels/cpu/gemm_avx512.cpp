@@ -405,7 +405,9 @@ EMO_T512 void bf16_reorder_x(const float* x, int64_t K, float* xeo) {
   }
 }
 
-template <int R>
+// Hint: the software prefetch kGemvPrefetchBytes ahead of each row (_MM_HINT_T0 / _NTA), or -1 for
+// none (set_gemv_block_prefetch, decode_tuning.h block_prefetch). Same bits.
+template <int R, int Hint = _MM_HINT_T0>
 EMO_T512 void bf16_gemv_block(const float* xeo, const uint8_t* W, size_t rb, const float* bias, float* Y,
                               int64_t n0, int64_t K) {
   const uint8_t* wr[R];
@@ -421,7 +423,8 @@ EMO_T512 void bf16_gemv_block(const float* xeo, const uint8_t* W, size_t rb, con
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = wr[r] + 2 * k;
-      _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetchBytes), _MM_HINT_T0);
+      if constexpr (Hint >= 0)
+        _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
       const __m512i v = _mm512_loadu_si512(p);
       ae[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, ae[r]);
       ao[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), xo, ao[r]);
@@ -445,15 +448,26 @@ EMO_T512 void bf16_gemv_block(const float* xeo, const uint8_t* W, size_t rb, con
   }
 }
 
-EMO_T512 void bf16_gemv_range(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
+template <int Hint>
+EMO_T512 void bf16_gemv_range_hint(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
 #ifndef EMOLLM_GEMV_ROWS
 #define EMOLLM_GEMV_ROWS 8  // 8 rows x 2 accumulators: 0.93-1.05x oneDNN vs 0.87-1.01x with 4 (Zen 5, noisy machine)
 #endif
   constexpr int R = EMOLLM_GEMV_ROWS;
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   int64_t n = n0;
-  for (; n + R <= n1; n += R) bf16_gemv_block<R>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
-  for (; n < n1; ++n) bf16_gemv_block<1>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
+  for (; n + R <= n1; n += R) bf16_gemv_block<R, Hint>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
+  for (; n < n1; ++n) bf16_gemv_block<1, Hint>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
+}
+
+// The 8-row block GEMV (weights on 4 KiB pages) with the software prefetch of
+// set_gemv_block_prefetch (the same bits).
+EMO_T512 void bf16_gemv_range(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
+  switch (gemv_block_prefetch()) {
+    case GemvPrefetch::Nta: return bf16_gemv_range_hint<_MM_HINT_NTA>(a, xeo, n0, n1);
+    case GemvPrefetch::None: return bf16_gemv_range_hint<-1>(a, xeo, n0, n1);
+    default: return bf16_gemv_range_hint<_MM_HINT_T0>(a, xeo, n0, n1);
+  }
 }
 
 // ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16 / F32)

@@ -175,6 +175,11 @@ bool gemv_stream_f32();
 // and A/B tools; process-wide.
 void set_gemv_streams_prefetch(GemvPrefetch p);
 GemvPrefetch gemv_streams_prefetch();
+// BF16 at M = 1 on AVX-512 with weights on 4 KiB pages: the 8-row block kernel (gemm_avx512.cpp
+// bf16_gemv_block) and its software prefetch (1 KiB ahead of each row): default per CPU
+// (decode_tuning() block_prefetch). Same bits. For the tests and A/B tools; process-wide.
+void set_gemv_block_prefetch(GemvPrefetch p);
+GemvPrefetch gemv_block_prefetch();
 // gemm_repacked at M > kSmallM on VNNI: the X-panel kernel (gemv_repacked.cpp, default on) or,
 // when off, the previous 4-row tiles; the bits are the same. For the A/B rows of bench_kernels.
 void set_repacked_panels_enabled(bool enabled);

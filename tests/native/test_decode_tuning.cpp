@@ -51,6 +51,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.q80_prefetch == GemvPrefetch::None && b.q80_prefetch == GemvPrefetch::None);
   EXPECT(a.kquant_prefetch == GemvPrefetch::T0);
   EXPECT(b.kquant_prefetch == GemvPrefetch::None);
+  EXPECT(a.block_prefetch == GemvPrefetch::T0);
+  EXPECT(b.block_prefetch == GemvPrefetch::None);
 }
 
 // Every test that changes one of these settings restores it, so they still hold the start values.
@@ -60,12 +62,13 @@ TEST(decode_tuning_settings_start_from_the_table) {
   EXPECT(t.stream_prefetch == d.stream_prefetch && t.q40_prefetch == d.q40_prefetch &&
          t.kquant_streams == d.kquant_streams && t.kquant_prefetch == d.kquant_prefetch &&
          t.attn_pipeline_l2 == d.attn_pipeline_l2 && t.q80_streams == d.q80_streams &&
-         t.q80_prefetch == d.q80_prefetch);
+         t.q80_prefetch == d.q80_prefetch && t.block_prefetch == d.block_prefetch);
   EXPECT(attention_detail::decode_pipeline_l2() == t.attn_pipeline_l2);
   EXPECT(gemm_detail::q80_streams() == t.q80_streams);
   EXPECT(gemm_detail::q80_prefetch() == t.q80_prefetch);
   EXPECT(gemm_detail::gemv_streams_prefetch() == t.stream_prefetch);
   EXPECT(gemm_detail::q40_ms_prefetch() == t.q40_prefetch);
+  EXPECT(gemm_detail::gemv_block_prefetch() == t.block_prefetch);
 #if defined(__x86_64__)
   EXPECT(gemm_detail::kquant_streams() == t.kquant_streams);
 #endif

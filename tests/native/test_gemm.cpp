@@ -497,6 +497,111 @@ TEST(gemm_huge_pages_single_stream_gemv) {
       }
 }
 
+// F16 at M = 1 (the stream kernels on huge pages, the dot kernels on plain memory) widen every f16
+// class as vcvtph2ps does: an infinite or NaN weight makes its row's output non-finite (an integer
+// shift-and-scale widening of normals alone would turn it into 65536-131008), and rows of only
+// subnormal weights are not flushed (x large so that their products are normal f32s): each within
+// the f32 tolerance of ref::gemm. N past multiples of 4, K with tails. What a cheaper widening on
+// Zen 4 must keep (session 26 measured one: bench/README, h-f16).
+TEST(gemm_f16_gemv_special_values) {
+  ThreadPool pool2(2);
+  ThreadPool* pools[] = {nullptr, &pool2};
+  for (int64_t K : {64, 100, 2061})
+    for (int64_t N : {6, 13}) {
+      std::vector<uint16_t> h(size_t(N * K));
+      uint32_t r = 12345u + uint32_t(K * 7 + N);
+      auto next = [&] { r = r * 1664525u + 1013904223u; return r >> 8; };
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const uint32_t v = next();
+          uint16_t b = uint16_t(0x3000 + v % 0x1000);  // normals around 0.125..1
+          if (n % 3 == 1) b = uint16_t(1 + v % 0x3FF);  // subnormals only
+          if (v & 1) b |= 0x8000;
+          h[size_t(n * K + k)] = b;
+        }
+      // row 0: one +inf, row 2: one NaN, row 3: a -inf late in the row (the tail when K has one)
+      h[size_t(0 * K + K / 3)] = 0x7C00;
+      h[size_t(2 * K + 1)] = 0x7E01;
+      h[size_t(3 * K + K - 1)] = 0xFC00;
+      std::vector<float> x(static_cast<size_t>(K));
+      for (int64_t k = 0; k < K; ++k) x[size_t(k)] = float(int(next() % 2001) - 1000) * 65.0f;  // |x| up to 65000
+      std::vector<float> R(size_t(N), kSentinel);
+      ref::gemm(x.data(), K, h.data(), DType::F16, nullptr, R.data(), N, 1, N, K);
+      for (ThreadPool* pool : pools)
+        for (int huge = 0; huge < 2; ++huge) {
+          const std::string what = std::string(huge ? "gemm_huge_pages" : "gemm") + " f16 special values N=" +
+                                   std::to_string(N) + " K=" + std::to_string(K) +
+                                   " threads=" + std::to_string(pool ? pool->size() : 1);
+          std::vector<float> Y(size_t(N), kSentinel);
+          if (huge)
+            gemm_huge_pages(x.data(), K, h.data(), DType::F16, nullptr, Y.data(), N, 1, N, K, pool);
+          else
+            gemm(x.data(), K, h.data(), DType::F16, nullptr, Y.data(), N, 1, N, K, pool);
+          for (int64_t n = 0; n < N; ++n) {
+            const float y = Y[size_t(n)], ref_y = R[size_t(n)];
+            if (n == 0 || n == 2 || n == 3) {
+              if (std::isfinite(y))
+                emollm_test::report_failure(__FILE__, __LINE__, what + ": row " + std::to_string(n) +
+                                                                    " holds an inf / NaN weight but gave " + std::to_string(y));
+              continue;
+            }
+            double scale = 0;
+            for (int64_t k = 0; k < K; ++k)
+              scale += std::fabs(double(x[size_t(k)]) * double(f16_to_f32(h[size_t(n * K + k)])));
+            const double tol = 1e-5 * scale / std::sqrt(double(K)) + 1e-30;
+            if (!(std::fabs(double(y) - double(ref_y)) <= tol) || (n % 3 == 1 && y == 0.0f && scale > 0))
+              emollm_test::report_failure(__FILE__, __LINE__, what + ": row " + std::to_string(n) + " gave " +
+                                                                  std::to_string(y) + ", reference " + std::to_string(ref_y));
+          }
+        }
+    }
+}
+
+// BF16 at M = 1 on plain memory (4 KiB pages): the 8-row block kernel (gemm_avx512.cpp
+// bf16_gemv_block; rows past a multiple of 8 one at a time) with each software prefetch hint, T0,
+// non-temporal or none (set_gemv_block_prefetch, decode_tuning.h block_prefetch): the same bits as
+// T0 (the hint only adds or drops prefetch instructions), within the f32 tolerance of ref::gemm;
+// N below, at and past multiples of 8, K over the 32-element step's tails, with and without a pool.
+TEST(gemm_bf16_gemv_block_prefetch_same_bits) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  skip gemm_bf16_gemv_block_prefetch_same_bits: the block kernel needs AVX-512 (active ISA: %s)\n",
+                isa_name(isa_active()));
+    return;
+  }
+  using gemm_detail::GemvPrefetch;
+  ThreadPool pool2(2);
+  ThreadPool* pools[] = {nullptr, &pool2};
+  uint32_t seed = 9300;
+  const GemvPrefetch prev = gemm_detail::gemv_block_prefetch();
+  for (int64_t K : {1, 31, 32, 95, 1024, 2061})
+    for (int64_t N : {1, 7, 8, 9, 70, 515}) {
+      Weights w = make_weights(DType::BF16, N, K, seed);
+      Problem p = make_problem(1, N, K, 0, 0, seed + 11);
+      seed += 17;
+      std::vector<float> R(size_t(p.ldy), kSentinel);
+      ref::gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), R.data(), p.ldy, 1, N, K);
+      const std::vector<double> S = abs_scale(p, w, p.bias.data());
+      for (ThreadPool* pool : pools) {
+        const std::string what = "bf16 block GEMV N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                                 " threads=" + std::to_string(pool ? pool->size() : 1);
+        std::vector<float> Y0(size_t(p.ldy), kSentinel);
+        gemm_detail::set_gemv_block_prefetch(GemvPrefetch::T0);
+        gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Y0.data(), p.ldy, 1, N, K, pool);
+        check_result(Y0, R, p, S, 0.0, what);
+        for (GemvPrefetch pf : {GemvPrefetch::Nta, GemvPrefetch::None}) {
+          std::vector<float> Yp(size_t(p.ldy), kSentinel);
+          gemm_detail::set_gemv_block_prefetch(pf);
+          gemm(p.X.data(), p.ldx, w.bytes.data(), DType::BF16, p.bias.data(), Yp.data(), p.ldy, 1, N, K, pool);
+          if (std::memcmp(Y0.data(), Yp.data(), Yp.size() * sizeof(float)) != 0)
+            emollm_test::report_failure(__FILE__, __LINE__,
+                                        what + (pf == GemvPrefetch::Nta ? ": prefetchnta" : ": no prefetch") +
+                                            " changed the bits");
+        }
+      }
+    }
+  gemm_detail::set_gemv_block_prefetch(prev);
+}
+
 // gemm_huge_pages' M = 1 GEMV with several streams per thread (gemm_avx512.cpp gemv_streams: rows
 // from 4 parts of a thread's range side by side; the default) against ref::gemm (float64
 // accumulation) within the f32 tolerance (f32_tol: 1e-5 * sum|x w| / sqrt(K) + 1e-6), and the same
