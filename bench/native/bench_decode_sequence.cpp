@@ -11,8 +11,9 @@
 //
 //   build-bench/bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N]
 //       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]
-//       [--ab prefetch-o] [--pf-kib K]
-// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --pf-kib: fma-prefetch-o prefetches at most
+//       [--ab prefetch-o|even-claims] [--pf-kib K]
+// (--ab even-claims: q4_0's dispatch claiming whole pairs of super-groups, set_gemv_even_claims, off / on;
+// --ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --pf-kib: fma-prefetch-o prefetches at most
 // K KiB of a thread's part, 0 = all of it)
 //
 // --gap: what the threads do between q/k/v and o (the attention's place): `fma` AVX-512 FMAs only
@@ -127,7 +128,7 @@ void gap_work(double us, Gap, const uint8_t* = nullptr, size_t = 0) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N] [--shape 1.1b|7b]\n"
                "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]\n"
-               "                             [--ab prefetch-o] [--pf-kib K]\n");
+               "                             [--ab prefetch-o|even-claims] [--pf-kib K]\n");
   std::exit(code);
 }
 
@@ -168,12 +169,16 @@ int main(int argc, char** argv) {
       usage(2);
     }
   }
-  if (!ab.empty() && ab != "prefetch-o") usage(2);
+  if (!ab.empty() && ab != "prefetch-o" && ab != "even-claims") usage(2);
   const bool big = shape == "7b";
   const int64_t D = big ? 4096 : 2048, F = big ? 11008 : 5632, KV = big ? 4096 : 256, V = 32000;
   const int L = layers > 0 ? layers : big ? 32 : 22;
   const int nvar = ab.empty() ? 1 : 2;
-  auto set_variant = [&](int v) { (void)v; };  // prefetch-o: the gap kind alternates (below)
+  // prefetch-o: the gap kind alternates (below); even-claims: q4_0's claims of whole super-group pairs
+  // (gemm_detail::set_gemv_even_claims) on in variant 1
+  auto set_variant = [&](int v) {
+    if (ab == "even-claims") gemm_detail::set_gemv_even_claims(v == 1);
+  };
 
   ThreadPool pool(threads);
   std::mt19937 rng(1);
@@ -239,16 +244,17 @@ int main(int argc, char** argv) {
               ab.empty() ? "" : (", A/B " + ab + " off/on alternated per layer").c_str());
   for (int v = 0; v < nvar; ++v) {
     std::printf("%s", nvar > 1 ? (v ? "  on: " : "  off:") : " ");
-    double step = 0;
+    double step = 0, step10 = 0;
     for (int i = 0; i < 5; ++i) {
       auto s = sm[size_t(v)][size_t(i)];
       if (s.empty()) continue;
       std::sort(s.begin(), s.end());
-      const double med = s[s.size() / 2];
+      const double med = s[s.size() / 2], p10 = s[s.size() / 10];
       step += med * (i == 4 ? 1 : L);
-      std::printf(" | %s %.1f us %.1f GB/s", names[i], med * 1e6, bytes[i] / med / 1e9);
+      step10 += p10 * (i == 4 ? 1 : L);
+      std::printf(" | %s %.1f us (p10 %.1f) %.1f GB/s", names[i], med * 1e6, p10 * 1e6, bytes[i] / med / 1e9);
     }
-    std::printf(" | GEMVs of a step (medians) %.2f ms\n", step * 1e3);
+    std::printf(" | GEMVs of a step (medians) %.2f ms (p10s %.2f)\n", step * 1e3, step10 * 1e3);
   }
   return 0;
 }

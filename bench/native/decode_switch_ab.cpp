@@ -169,6 +169,7 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_gemv_streams_prefetch(t.stream_prefetch);
        gemm_detail::set_q40_ms_prefetch(t.q40_prefetch);
        gemm_detail::set_kquant_streams(t.kquant_streams);
+       gemm_detail::set_gemv_even_claims(t.q40_even_claims);
      }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},

@@ -30,8 +30,9 @@
 //                   core/backend.cpp alloc_packed places a packed matrix, its whole 2 MiB pages huge and
 //                   its tail in 4 KiB pages; small = every page 4 KiB): what the pages cost the pass
 //   read-4-alt      read-4 on those copies
-//   gemv-even       gemv with the dispatch's claims whole pairs of super-groups (set_gemv_even_claims;
-//                   at 2+ threads: no claim ends on a one-stream super-group); bits checked as gemv's
+//   gemv-even / -single  gemv with the dispatch's claims whole pairs of super-groups / single passes
+//                   (set_gemv_even_claims; at 2+ threads an odd claim ends on a one-stream super-group;
+//                   the gemv row runs this CPU's default, decode_tuning.h); bits checked as gemv's
 //   gemv-slices<S>  gemv on consecutive slices of S super-groups, one call each (a 2-thread dispatch's
 //                   claims: an odd S runs its last super-group on one stream); bits checked as gemv's
 // Each thread reads its contiguous share of the super-groups (the GEMV: its own dispatch).
@@ -223,6 +224,16 @@ int main(int argc, char** argv) {
       }
     };
   };
+  // the pass with the 2+ thread dispatch's claims in whole super-group pairs (on) or single passes
+  // (off), whatever this CPU's default (decode_tuning.h q40_even_claims)
+  auto gemv_claims = [&](bool even) {
+    return [&, even](const uint8_t* W) {
+      const bool prev = gemm_detail::gemv_even_claims();
+      gemm_detail::set_gemv_even_claims(even);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_gemv_even_claims(prev);
+    };
+  };
   struct Row {
     const char* name;
     std::function<void(const uint8_t*)> run;
@@ -252,11 +263,8 @@ int main(int argc, char** argv) {
       {"spread2x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 1024); }, W); }, {}},
       {"spread2x2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 2048); }, W); }, {}},
       {"spread2x2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 4096); }, W); }, {}},
-      {"gemv-even", [&](const uint8_t* W) {
-         gemm_detail::set_gemv_even_claims(true);
-         gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-         gemm_detail::set_gemv_even_claims(false);
-       }, {}},
+      {"gemv-even", gemv_claims(true), {}},
+      {"gemv-single", gemv_claims(false), {}},
       {"gemv-slices1", gemv_slices(1), {}},
       {"gemv-slices2", gemv_slices(2), {}},
       {"gemv-slices3", gemv_slices(3), {}},

@@ -6,8 +6,8 @@ namespace emollm {
 namespace gemm_detail {
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
-  if (f.avx512_double_pumped) return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1};
-  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2};
+  if (f.avx512_double_pumped) return DecodeTuning{GemvPrefetch::None, GemvPrefetch::None, 1, true};
+  return DecodeTuning{GemvPrefetch::T0, GemvPrefetch::T0, 2, false};
 }
 
 const DecodeTuning& decode_tuning() {

@@ -138,10 +138,13 @@ EnvSwitch& ranges_flag() {
 void set_gemv_ranges(bool on) { ranges_flag().set(on); }
 bool gemv_ranges() { return ranges_flag().on(); }
 namespace {
-std::atomic<bool> g_gemv_even_claims{false};
+std::atomic<bool>& even_claims_var() {  // the CPU's default at first use (decode_tuning.h)
+  static std::atomic<bool> v{decode_tuning().q40_even_claims};
+  return v;
+}
 }  // namespace
-void set_gemv_even_claims(bool on) { g_gemv_even_claims.store(on, std::memory_order_relaxed); }
-bool gemv_even_claims() { return g_gemv_even_claims.load(std::memory_order_relaxed); }
+void set_gemv_even_claims(bool on) { even_claims_var().store(on, std::memory_order_relaxed); }
+bool gemv_even_claims() { return even_claims_var().load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 

@@ -37,9 +37,11 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.stream_prefetch == GemvPrefetch::T0);
   EXPECT(a.q40_prefetch == GemvPrefetch::T0);
   EXPECT(a.kquant_streams == 2);
+  EXPECT(!a.q40_even_claims);
   EXPECT(b.stream_prefetch == GemvPrefetch::None);
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
   EXPECT(b.kquant_streams == 1);
+  EXPECT(b.q40_even_claims);
 }
 
 // Every test that changes one of these settings restores it, so they still hold the start values.
@@ -47,7 +49,8 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
   const gemm_detail::DecodeTuning d = gemm_detail::decode_tuning_for(cpu_features());
   EXPECT(t.stream_prefetch == d.stream_prefetch && t.q40_prefetch == d.q40_prefetch &&
-         t.kquant_streams == d.kquant_streams);
+         t.kquant_streams == d.kquant_streams && t.q40_even_claims == d.q40_even_claims);
+  EXPECT(gemm_detail::gemv_even_claims() == t.q40_even_claims);
   EXPECT(gemm_detail::gemv_streams_prefetch() == t.stream_prefetch);
   EXPECT(gemm_detail::q40_ms_prefetch() == t.q40_prefetch);
 #if defined(__x86_64__)
