@@ -830,7 +830,7 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
   // gemv_dispatch's split: one thread below kParallelMinMacs, else parallel_ranges' own range
   const bool parallel = nth > 1 && N * K >= gemm_detail::kParallelMinMacs;
   int64_t g0, g1;
-  parallel_ranges_own(groups, kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
+  parallel_ranges_own(groups, even_claims(q8, L) ? 2 * kSuperGroup : kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const size_t total = quant_repack_bytes(wtype, N, K);
   const size_t b0 = std::min(total, size_t(g0 / L.sg) * L.sgstride);
