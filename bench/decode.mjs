@@ -381,6 +381,19 @@ async function runEmollmChild(spec, o) {
     const loopRow = dec.find((r) => r.op === 'loop');
     prof.decode_loop_cpu_ms_per_step = steps && loopRow ? loopRow.cpu_ms / steps : null;
     prof.decode_step_ms = steps ? total / steps : null;
+    // The typical step by per-call medians (the profile's median_us, p10_us: a histogram of each
+    // row's calls): each row's median call x its calls a step, summed, beside the median forward
+    // pass. On a machine other work shares, the means above carry every call another process
+    // preempted (a 2-thread op whose worker was off its core runs at 1-thread speed); the medians
+    // are the typical call, and the p10 sums what the ops take when both threads have their cores.
+    const quant = (rows, f) => (steps ? rows.reduce((a, r) => a + (r[f] ?? 0) * r.calls, 0) / steps / 1e3 : null);
+    const stepOps = dec.filter((r) => timed(r) && r.op !== 'loop' && r.op !== 'sample');
+    prof.decode_median_ms_per_step = quant(stepOps, 'median_us');
+    prof.decode_p10_ms_per_step = quant(stepOps, 'p10_us');
+    prof.decode_gemv_median_ms_per_step = quant(dec.filter((r) => r.op === 'gemm'), 'median_us');
+    prof.decode_gemv_p10_ms_per_step = quant(dec.filter((r) => r.op === 'gemm'), 'p10_us');
+    prof.decode_attention_median_ms_per_step = quant(dec.filter((r) => timed(r) && r.bytes > 0), 'median_us');
+    prof.decode_handoff_median_ms_per_step = quant(dec.filter((r) => r.op === 'handoff'), 'median_us');
     // the same runs measured from JavaScript: mean ms per delivered token over every run (the
     // profile's basis: it counts every decode step of the child)
     const means = (res.runs ?? []).map((x) => 1000 / x.decode_mean_tok_s).filter(Number.isFinite);
@@ -420,6 +433,7 @@ function printProfile(r, out, ceilingGbs) {
   for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
       `${String(x.calls).padStart(7)} calls  ${fmt(x.mean_us, 1).padStart(8)} us/call` +
+      (x.median_us ? ` (median ${fmt(x.median_us, 1)}, p10 ${fmt(x.p10_us, 1)})` : '') +
       (x.gb_s ? `  ${fmt(x.gb_s, 1).padStart(6)} GB/s` : '') +
       (x.cpu_ms_per_step !== undefined ? `  cpu ${fmt(x.cpu_ms_per_step, 3)} ms/step${x.gb_s_cpu ? ` ${fmt(x.gb_s_cpu, 1)} GB/s` : ''}` : '') + (x.faults ? `  ${fmt(x.faults / prof.decode_steps, 2)} page faults/step` : ''));
   }
@@ -428,6 +442,11 @@ function printProfile(r, out, ceilingGbs) {
   out(`  step ${fmt(prof.decode_step_ms, 3)} ms = backend ops ${fmt(prof.decode_ops_ms_per_step, 3)} + forward pass between ops ` +
     `${fmt(prof.decode_forward_other_ms_per_step, 3)} + profiler's own ${fmt(prof.decode_profiler_ms_per_step, 3)} + sample ${fmt(prof.decode_sample_ms_per_step, 3)} + loop between steps ` +
     `${fmt(prof.decode_loop_ms_per_step, 3)} (CPU ${fmt(prof.decode_loop_cpu_ms_per_step, 3)}); measured from JavaScript over the same runs ${fmt(prof.measured_mean_ms_per_token, 3)} ms/token (mean); ${fmt(prof.decode_faults_per_step, 2)} page faults/step (the decoding thread's)`);
+  if (prof.decode_median_ms_per_step && prof.decode_step_median_us)
+    out(`  by typical calls (each row's median call x its calls; p10 in brackets): ops + forward + profiler ${fmt(prof.decode_median_ms_per_step, 3)} ` +
+      `(${fmt(prof.decode_p10_ms_per_step, 3)}) ms against the median forward pass ${fmt(prof.decode_step_median_us / 1e3, 3)} ` +
+      `(p10 ${fmt(prof.decode_step_p10_us / 1e3, 3)}); GEMVs ${fmt(prof.decode_gemv_median_ms_per_step, 3)} (${fmt(prof.decode_gemv_p10_ms_per_step, 3)}), ` +
+      `attention ${fmt(prof.decode_attention_median_ms_per_step, 3)}, hand-offs inside them ${fmt(prof.decode_handoff_median_ms_per_step, 3)}`);
   // where a profiled decode step's op time goes against its weight bytes at the bandwidth ceiling
   const bytes = prof.decode_gemv_bytes_per_step;
   if (ceilingGbs && bytes && prof.decode_step_ms) {

@@ -11,8 +11,11 @@
 //
 //   build-bench/bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N]
 //       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]
-//       [--ab prefetch-o] [--pf-kib K]
-// (--ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --pf-kib: fma-prefetch-o prefetches at most
+//       [--ab prefetch-o|even-claims|qkv-one] [--pf-kib K]
+// (--ab qkv-one: q+k+v as one matrix of their rows, one gemv_repacked, against the three outputs of
+// gemv_repacked_multi (the model's call): what the multi-output dispatch costs a small layer;
+// --ab even-claims: q4_0's dispatch claiming whole pairs of super-groups, set_gemv_even_claims, off / on;
+// --ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --pf-kib: fma-prefetch-o prefetches at most
 // K KiB of a thread's part, 0 = all of it)
 //
 // --gap: what the threads do between q/k/v and o (the attention's place): `fma` AVX-512 FMAs only
@@ -127,7 +130,7 @@ void gap_work(double us, Gap, const uint8_t* = nullptr, size_t = 0) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N] [--shape 1.1b|7b]\n"
                "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]\n"
-               "                             [--ab prefetch-o] [--pf-kib K]\n");
+               "                             [--ab prefetch-o|even-claims|qkv-one] [--pf-kib K]\n");
   std::exit(code);
 }
 
@@ -168,23 +171,27 @@ int main(int argc, char** argv) {
       usage(2);
     }
   }
-  if (!ab.empty() && ab != "prefetch-o") usage(2);
+  if (!ab.empty() && ab != "prefetch-o" && ab != "even-claims" && ab != "qkv-one") usage(2);
   const bool big = shape == "7b";
   const int64_t D = big ? 4096 : 2048, F = big ? 11008 : 5632, KV = big ? 4096 : 256, V = 32000;
   const int L = layers > 0 ? layers : big ? 32 : 22;
   const int nvar = ab.empty() ? 1 : 2;
-  auto set_variant = [&](int v) { (void)v; };  // prefetch-o: the gap kind alternates (below)
+  // prefetch-o: the gap kind alternates (below); even-claims: q4_0's claims of whole super-group pairs
+  // (gemm_detail::set_gemv_even_claims) on in variant 1
+  auto set_variant = [&](int v) {
+    if (ab == "even-claims") gemm_detail::set_gemv_even_claims(v == 1);
+  };
 
   ThreadPool pool(threads);
   std::mt19937 rng(1);
   struct Layer {
-    Matrix q, k, v, o, g, u, d;
+    Matrix q, k, v, o, g, u, d, qkv;  // qkv: one matrix of q's + k's + v's rows (--ab qkv-one), else empty
   };
   std::vector<Layer> lw;
   for (int l = 0; l < L; ++l)
     lw.push_back({make_matrix(t, D, D, &pool, rng), make_matrix(t, KV, D, &pool, rng), make_matrix(t, KV, D, &pool, rng),
                   make_matrix(t, D, D, &pool, rng), make_matrix(t, F, D, &pool, rng), make_matrix(t, F, D, &pool, rng),
-                  make_matrix(t, D, F, &pool, rng)});
+                  make_matrix(t, D, F, &pool, rng), ab == "qkv-one" ? make_matrix(t, D + 2 * KV, D, &pool, rng) : Matrix{nullptr, 0, 0}});
   const Matrix out = make_matrix(t, V, D, &pool, rng);
   std::vector<float> x(size_t(F), 0.0f), y1(size_t(2 * F), 0.0f), y2(size_t(D), 0.0f), y3(size_t(D), 0.0f), yo(size_t(V), 0.0f);
   for (auto& e : x) e = float(rng() % 1000) / 1000.0f - 0.5f;
@@ -201,7 +208,10 @@ int main(int argc, char** argv) {
       const Layer& w = lw[size_t(l)];
       const double t0 = now();
       const GemvOutput qkv[3] = {{w.q.W, nullptr, y1.data(), D}, {w.k.W, nullptr, y2.data(), KV}, {w.v.W, nullptr, y3.data(), KV}};
-      gemv_repacked_multi(x.data(), t, qkv, 3, D, &pool);
+      if (ab == "qkv-one" && v == 1)
+        gemv_repacked(x.data(), w.qkv.W, t, nullptr, y1.data(), D + 2 * KV, D, &pool);
+      else
+        gemv_repacked_multi(x.data(), t, qkv, 3, D, &pool);
       const double t1 = now();
       const Gap g = ab == "prefetch-o" && v == 1 ? Gap::FmaPrefetchO : gap;
       if (gap_us > 0)
@@ -239,16 +249,17 @@ int main(int argc, char** argv) {
               ab.empty() ? "" : (", A/B " + ab + " off/on alternated per layer").c_str());
   for (int v = 0; v < nvar; ++v) {
     std::printf("%s", nvar > 1 ? (v ? "  on: " : "  off:") : " ");
-    double step = 0;
+    double step = 0, step10 = 0;
     for (int i = 0; i < 5; ++i) {
       auto s = sm[size_t(v)][size_t(i)];
       if (s.empty()) continue;
       std::sort(s.begin(), s.end());
-      const double med = s[s.size() / 2];
+      const double med = s[s.size() / 2], p10 = s[s.size() / 10];
       step += med * (i == 4 ? 1 : L);
-      std::printf(" | %s %.1f us %.1f GB/s", names[i], med * 1e6, bytes[i] / med / 1e9);
+      step10 += p10 * (i == 4 ? 1 : L);
+      std::printf(" | %s %.1f us (p10 %.1f) %.1f GB/s", names[i], med * 1e6, p10 * 1e6, bytes[i] / med / 1e9);
     }
-    std::printf(" | GEMVs of a step (medians) %.2f ms\n", step * 1e3);
+    std::printf(" | GEMVs of a step (medians) %.2f ms (p10s %.2f)\n", step * 1e3, step10 * 1e3);
   }
   return 0;
 }

@@ -20,6 +20,7 @@
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
+// gemv_even_claims: q4_0's decode GEMV claims in whole pairs of super-groups (set_gemv_even_claims);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
 // repacked_guided: that kernel's guided claims of weight panels against equal chunks (set_repacked_guided;
 // with AB_PREFILL); repacked_double_pumped: that kernel's Zen 4 defaults (no k slices on q8_0) against
@@ -180,6 +181,7 @@ const AbSwitch kSwitches[] = {
                                                : t.kquant_streams > 1                             ? 4096
                                                                                                   : 8192);
        gemm_detail::set_gemv_block_prefetch(t.block_prefetch);
+       gemm_detail::set_gemv_even_claims(t.q40_even_claims);
      }},
     // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
     {"kq_nopf",
@@ -238,6 +240,9 @@ const AbSwitch kSwitches[] = {
     // the decode GEMVs' rows as one contiguous range a thread (set_gemv_ranges) against guided
     // chunks; with EMOLLM_POOL_LATE_US / _WORKER, what a thread kept off its core costs each
     {"gemv_ranges", [](bool on) { gemm_detail::set_gemv_ranges(on); }},
+    // q4_0's decode GEMV claims whole pairs of super-groups (set_gemv_even_claims: no claim's last
+    // super-group on one stream) against single passes; at 2+ threads (1 thread: one claim)
+    {"gemv_even_claims", [](bool on) { gemm_detail::set_gemv_even_claims(on); }},
     // the q4_0 / q8_0 prefill's X-panel kernel prefetching its X panel on unsliced calls
     // (set_repacked_x_prefetch; with AB_PREFILL)
     {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},

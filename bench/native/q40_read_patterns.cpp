@@ -30,6 +30,11 @@
 //                   core/backend.cpp alloc_packed places a packed matrix, its whole 2 MiB pages huge and
 //                   its tail in 4 KiB pages; small = every page 4 KiB): what the pages cost the pass
 //   read-4-alt      read-4 on those copies
+//   gemv-even / -single  gemv with the dispatch's claims whole pairs of super-groups / single passes
+//                   (set_gemv_even_claims; at 2+ threads an odd claim ends on a one-stream super-group;
+//                   the gemv row runs this CPU's default, decode_tuning.h); bits checked as gemv's
+//   gemv-slices<S>  gemv on consecutive slices of S super-groups, one call each (a 2-thread dispatch's
+//                   claims: an odd S runs its last super-group on one stream); bits checked as gemv's
 // Each thread reads its contiguous share of the super-groups (the GEMV: its own dispatch).
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores); with `copies` given, that
 // many (1: the same bytes every call, hot in L2 / L3 when they fit: N 512 K 2048 = 576 KiB is in
@@ -207,6 +212,28 @@ int main(int argc, char** argv) {
       gemm_detail::set_q40_ms_prefetch(prev);
     };
   };
+  // the pass called on consecutive slices of `sgs` super-groups (each a repacked matrix of its own):
+  // what a 2-thread dispatch's claims give the kernel (thread_pool.h parallel_ranges: claims of at most
+  // gemv_chunk's groups, a quarter of the range left, down to one super-group), where a slice of an
+  // odd number of super-groups runs its last one on one stream (ms_q40_avx512<1>). Same bits.
+  auto gemv_slices = [&](int64_t sgs) {
+    return [&, sgs](const uint8_t* W) {
+      for (int64_t s0 = 0; s0 < nsg; s0 += sgs) {
+        const int64_t n = std::min(sgs, nsg - s0);
+        gemv_repacked(x.data(), W + size_t(s0 * nb) * kRec, DType::Q4_0, nullptr, y.data() + s0 * 64, n * 64, K, &pool);
+      }
+    };
+  };
+  // the pass with the 2+ thread dispatch's claims in whole super-group pairs (on) or single passes
+  // (off), whatever this CPU's default (decode_tuning.h q40_even_claims)
+  auto gemv_claims = [&](bool even) {
+    return [&, even](const uint8_t* W) {
+      const bool prev = gemm_detail::gemv_even_claims();
+      gemm_detail::set_gemv_even_claims(even);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_gemv_even_claims(prev);
+    };
+  };
   struct Row {
     const char* name;
     std::function<void(const uint8_t*)> run;
@@ -236,6 +263,14 @@ int main(int argc, char** argv) {
       {"spread2x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 1024); }, W); }, {}},
       {"spread2x2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 2048); }, W); }, {}},
       {"spread2x2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 4096); }, W); }, {}},
+      {"gemv-even", gemv_claims(true), {}},
+      {"gemv-single", gemv_claims(false), {}},
+      {"gemv-slices1", gemv_slices(1), {}},
+      {"gemv-slices2", gemv_slices(2), {}},
+      {"gemv-slices3", gemv_slices(3), {}},
+      {"gemv-slices10", gemv_slices(10), {}},
+      {"gemv-slices11", gemv_slices(11), {}},
+      {"gemv-slices12", gemv_slices(12), {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
   // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)

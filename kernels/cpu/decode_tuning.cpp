@@ -17,6 +17,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.q80_streams = 2;
     t.q80_prefetch = GemvPrefetch::None;
     t.block_prefetch = GemvPrefetch::None;
+    t.q40_even_claims = true;
   } else {  // full-width AVX-512 (Zen 5, Intel) and every other CPU: the defaults measured on Zen 5
     t.stream_prefetch = GemvPrefetch::T0;
     t.q40_prefetch = GemvPrefetch::T0;
@@ -26,6 +27,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.q80_streams = 0;
     t.q80_prefetch = GemvPrefetch::None;
     t.block_prefetch = GemvPrefetch::T0;
+    t.q40_even_claims = false;
   }
   return t;
 }

@@ -30,6 +30,7 @@ struct DecodeTuning {
   int q80_streams;               // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = S contiguous parts (gemv_repacked.cpp parts_q80_avx512)
   GemvPrefetch q80_prefetch;     // that parts pass's prefetch along its streams, 4 KiB ahead
   GemvPrefetch block_prefetch;   // bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block), 1 KiB ahead
+  bool q40_even_claims;          // the q4_0 pass's 2+ thread claims in whole super-group pairs (gemv_repacked.cpp gemv_dispatch)
 };
 
 // The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,
@@ -54,7 +55,11 @@ struct DecodeTuning {
 // four-group pass (unmeasured there). The bf16 8-row
 // block GEMV on 4 KiB pages (bf16_gemv_block: weights without a 2 MiB-page copy) without its T0
 // prefetch too (session 26, bench_kernels block-nopf rows at the 1.1B / 7B gate_up and down
-// shapes, interleaved: 1 thread CPU time 1.11-1.37x by best, 2 threads at load 11 1.15-1.29x).
+// shapes, interleaved: 1 thread CPU time 1.11-1.37x by best, 2 threads at load 11 1.15-1.29x). The q4_0 pass's claims (session 26, h-step, Zen 4,
+// 2 threads, bench_decode_sequence --ab even-claims, interleaved per layer, load 10-14): claims of
+// whole super-group pairs read the 1.1B's q+k+v (3-super-group claims before, the last on one
+// stream) 1.07-1.14x by median, the matrices whose claims were already even 0.99-1.02x; Zen 5 keeps
+// single-pass claims (not measured there).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();

@@ -255,6 +255,15 @@ GemvPrefetch q80_prefetch();
 // from one shared counter (base/thread_pool.h parallel_guided). Same bits. Process-wide.
 void set_gemv_ranges(bool on);
 bool gemv_ranges();
+// q4_0's M = 1 dispatch (gemv_repacked / _multi with the two-stream pass, q40_ms()) claiming
+// whole pairs of super-groups (8 groups) when on, instead of single passes (4 groups): a claim of
+// an odd number of super-groups runs its last one on one stream (ms_q40_avx512<1>), which reads
+// slower a byte than the two-stream part; the 1.1B's gate+up claims are 11 super-groups, its
+// q+k+v 3. Same bits (the results do not depend on the chunking). Default per CPU (decode_tuning.h
+// q40_even_claims: on with double-pumped AVX-512, Zen 4; off on full-width). Process-wide; for
+// tests and A/B tools (decode_switch_ab gemv_even_claims).
+void set_gemv_even_claims(bool on);
+bool gemv_even_claims();
 // Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; the same
 // chunks, stealing and bits as by order of arrival). The switch to arrival order
 // (EMOLLM_GEMV_OWNED_RANGES=0) went in session 21: quiet on / off 1.006 (q4_0) and 1.002 (q6_K) at

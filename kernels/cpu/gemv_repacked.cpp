@@ -135,6 +135,8 @@ EnvSwitch& ranges_flag() {
 }  // namespace
 void set_gemv_ranges(bool on) { ranges_flag().set(on); }
 bool gemv_ranges() { return ranges_flag().on(); }
+void set_gemv_even_claims(bool on) { DecodeSetting<&DecodeTuning::q40_even_claims>::set(on); }
+bool gemv_even_claims() { return DecodeSetting<&DecodeTuning::q40_even_claims>::get(); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 
@@ -854,11 +856,19 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 // The previous equal chunks (EMOLLM_GEMV_GUIDED=0) were removed in session 21: only reachable
 // with the ranges off, so they could not matter to the default path. The bits do not depend on
 // the chunking.
-void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn) {
-  const int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
+// even_sg: the claims whole pairs of super-groups (gemm_detail::set_gemv_even_claims; q4_0's
+// two-stream pass only, whose records are 4-group super-groups).
+bool even_claims(bool q8, const RepackLayout& L) {
+  return !q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && gemm_detail::gemv_even_claims();
+}
+void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn,
+                   bool even_sg = false) {
+  const int64_t step = even_sg ? 2 * kSuperGroup : kPassGroups;
+  int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
+  chunk = (chunk + step - 1) / step * step;
   if (parallel && gemm_detail::gemv_ranges())
-    return parallel_ranges(pool, groups, kPassGroups, chunk, fn, gemm_detail::gemv_range_owner());
-  if (parallel) return parallel_guided(pool, groups, kPassGroups, chunk, fn);
+    return parallel_ranges(pool, groups, step, chunk, fn, gemm_detail::gemv_range_owner());
+  if (parallel) return parallel_guided(pool, groups, step, chunk, fn);
   gemm_detail::parallel_chunks(pool, false, groups, chunk, fn);  // one call on the caller
 }
 
@@ -873,7 +883,7 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
   // gemv_dispatch's split: one thread below kParallelMinMacs, else parallel_ranges' own range
   const bool parallel = nth > 1 && N * K >= gemm_detail::kParallelMinMacs;
   int64_t g0, g1;
-  parallel_ranges_own(groups, kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
+  parallel_ranges_own(groups, even_claims(q8, L) ? 2 * kSuperGroup : kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const size_t total = quant_repack_bytes(wtype, N, K);
   const size_t b0 = std::min(total, size_t(g0 / L.sg) * L.sgstride);
@@ -997,7 +1007,8 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
   gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
-                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1); });
+                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1); },
+                even_claims(q8, L));
 }
 
 // The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
@@ -1021,6 +1032,9 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   const RepackLayout L = repack_layout(q8, nb);
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums bs = row_sums(q, 0);
+  // (even claims: every output's groups start on a super-group pair when each output has whole pairs)
+  bool even = even_claims(q8, L);
+  for (int j = 0; j < n_outs; ++j) even = even && first[j] % (2 * kSuperGroup) == 0;
   gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
@@ -1030,7 +1044,7 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
                       e - first[j]);
       g0 = e;
     }
-  });
+  }, even);
 }
 
 namespace {

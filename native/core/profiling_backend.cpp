@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -20,9 +21,35 @@
 namespace emollm {
 namespace {
 
+// Per-call times of a row on a log scale (kHistPerOctave bins an octave from kHistMin seconds):
+// quantiles of a row's calls, so a profile taken on a shared machine can be read by its typical
+// call (the median, p10) where the mean carries every call another process preempted. A bin is
+// 2^(1/16) wide: a quantile is within ~2.2% of a call's time (the bin's geometric centre).
+constexpr int kHistPerOctave = 16, kHistBins = 30 * kHistPerOctave;  // 0.1 us .. ~107 s
+constexpr double kHistMin = 1e-7;
+int hist_bin(double seconds) {
+  if (!(seconds > kHistMin)) return 0;
+  const int b = int(std::log2(seconds / kHistMin) * kHistPerOctave);
+  return std::min(b, kHistBins - 1);
+}
+// The q-quantile (0..1) of the counts in h (kHistBins of them or none), in seconds; 0 when empty.
+double hist_quantile(const std::vector<uint32_t>& h, double q) {
+  uint64_t n = 0;
+  for (uint32_t c : h) n += c;
+  if (n == 0) return 0;
+  const uint64_t rank = std::min<uint64_t>(n - 1, uint64_t(q * double(n)));
+  uint64_t seen = 0;
+  for (size_t b = 0; b < h.size(); ++b) {
+    seen += h[b];
+    if (seen > rank) return kHistMin * std::exp2((double(b) + 0.5) / kHistPerOctave);
+  }
+  return 0;
+}
+
 struct Stat {
   int64_t calls = 0;
   double seconds = 0;
+  std::vector<uint32_t> hist;  // one entry per single-call record (hist_bin), sized on first use
   int64_t faults = 0;  // page faults (minor + major) of the thread inside the rows' calls
   double cpu_seconds = 0;  // thread CPU time (the "loop" row only; else 0)
   double bytes = 0;        // bytes the calls read beyond their weights (attention: the K and V rows), or 0
@@ -53,6 +80,7 @@ struct Table {
   int64_t decode_steps = 0;
   int64_t decode_tokens = 0;
   int64_t decode_faults = 0;  // the stepping thread's page faults inside decode steps, ops included
+  std::vector<uint32_t> decode_step_hist;  // each decode step's wall time (ProfileStep), hist_bin
 };
 
 // Page faults per op (two getrusage calls around each op) only with EMOLLM_PROFILE_FAULTS=1: in a
@@ -152,6 +180,10 @@ void record_row(int phase, const std::string& op, const std::string& key, double
   Stat& st = t.ops[std::make_tuple(std::string(phase_name(phase)), op, key)];
   st.calls += calls;
   st.seconds += seconds;
+  if (calls == 1) {  // one call's time (rows that add many calls at once, dispatch, keep no quantiles)
+    if (st.hist.empty()) st.hist.assign(kHistBins, 0);
+    ++st.hist[size_t(hist_bin(seconds))];
+  }
   st.faults += faults;
   st.cpu_seconds += cpu_seconds;
   st.bytes += bytes;
@@ -525,6 +557,8 @@ ProfileStep::~ProfileStep() {
     Table& t = table();
     std::lock_guard<std::mutex> lk(t.mu);
     t.decode_faults += faults;
+    if (t.decode_step_hist.empty()) t.decode_step_hist.assign(kHistBins, 0);
+    ++t.decode_step_hist[size_t(hist_bin(wall))];
   }
   record_row(tls.phase, "profiler", "bookkeeping", tls.self_s, 1);
   tls.after_decode = tls.phase == kDecode;
@@ -545,6 +579,7 @@ void profile_reset() {
   t.decode_steps = 0;
   t.decode_tokens = 0;
   t.decode_faults = 0;
+  t.decode_step_hist.clear();
 }
 
 void profile_set_attn_replay(int64_t mib) { attn_replay_flag().store(std::max<int64_t>(0, mib), std::memory_order_relaxed); }
@@ -554,20 +589,25 @@ std::string profile_json() {
   Table& t = table();
   std::vector<std::pair<std::tuple<std::string, std::string, std::string>, Stat>> rows;
   int64_t steps, tokens, faults;
+  std::vector<uint32_t> step_hist;
   {
     std::lock_guard<std::mutex> lk(t.mu);
     rows.assign(t.ops.begin(), t.ops.end());
     steps = t.decode_steps;
     tokens = t.decode_tokens;
     faults = t.decode_faults;
+    step_hist = t.decode_step_hist;
   }
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     if (std::get<0>(a.first) != std::get<0>(b.first)) return std::get<0>(a.first) < std::get<0>(b.first);
     return a.second.seconds > b.second.seconds;
   });
   std::string s = "{\"decode_steps\":" + std::to_string(steps) + ",\"decode_tokens\":" + std::to_string(tokens) +
-                  ",\"decode_faults\":" + std::to_string(faults) + ",\"ops\":[";
-  char buf[192];
+                  ",\"decode_faults\":" + std::to_string(faults);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, ",\"decode_step_p10_us\":%.3f,\"decode_step_median_us\":%.3f,\"ops\":[",
+                hist_quantile(step_hist, 0.1) * 1e6, hist_quantile(step_hist, 0.5) * 1e6);
+  s += buf;
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i) s += ',';
     s += "{\"phase\":";
@@ -578,9 +618,11 @@ std::string profile_json() {
     json_str(s, std::get<2>(rows[i].first));
     const Stat& st = rows[i].second;
     std::snprintf(buf, sizeof buf,
-                  ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f,\"faults\":%lld,\"cpu_ms\":%.4f,\"bytes\":%.0f}",
+                  ",\"calls\":%lld,\"total_ms\":%.4f,\"mean_us\":%.3f,\"p10_us\":%.3f,\"median_us\":%.3f,"
+                  "\"faults\":%lld,\"cpu_ms\":%.4f,\"bytes\":%.0f}",
                   (long long)st.calls, st.seconds * 1e3, st.calls ? st.seconds * 1e6 / double(st.calls) : 0.0,
-                  (long long)st.faults, st.cpu_seconds * 1e3, st.bytes);
+                  hist_quantile(st.hist, 0.1) * 1e6, hist_quantile(st.hist, 0.5) * 1e6, (long long)st.faults,
+                  st.cpu_seconds * 1e3, st.bytes);
     s += buf;
   }
   s += "]}";

@@ -2,11 +2,14 @@
 // mul_row_add, scale, convert), each against a plain scalar loop written here; the same ops through
 // the Backend base-class defaults (what a new backend inherits before it overrides them); streams,
 // contexts, workspaces and the KV-cache type.
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/arena.h"
@@ -685,6 +688,43 @@ TEST(profiling_backend_cpu_per_op) {
     EXPECT(cpu > 0.0);
     EXPECT(cpu <= total + 1.0);
   }
+  profile_reset();
+  profile_set_enabled(was);
+}
+
+// Every row's per-call quantiles (p10_us, median_us: a log histogram, bins 2^(1/16) wide) and the
+// decode steps' (decode_step_p10_us, decode_step_median_us): what a profile taken beside other work
+// is read by, where a few preempted calls pull the mean far from the typical call. Ten calls of
+// 1 / 2 / 200 ms (2 / 6 / 2 of them: mean 41.4 ms) give p10 ~1 ms and median ~2 ms, each within
+// half a bin; decode steps that sleep >= 2 ms have a median of at least that.
+TEST(profiling_backend_call_quantiles) {
+  const bool was = profile_enabled();
+  profile_set_enabled(true);
+  profile_reset();
+  const double secs[10] = {2e-3, 0.2, 1e-3, 2e-3, 2e-3, 1e-3, 0.2, 2e-3, 2e-3, 2e-3};
+  for (double s : secs) profile_add(true, "sample", "quantiles", s);
+  for (int i = 0; i < 3; ++i) {
+    const ProfileStep step(true, 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  profile_set_enabled(false);
+  const std::string j = profile_json();
+  auto number_after = [&](const std::string& needle, size_t from) {
+    const size_t at = j.find(needle, from);
+    return at == std::string::npos ? -1.0 : std::atof(j.c_str() + at + needle.size());
+  };
+  const size_t row = j.find("\"key\":\"quantiles\"");
+  EXPECT(row != std::string::npos);
+  if (row != std::string::npos) {
+    const double mean = number_after("\"mean_us\":", row), p10 = number_after("\"p10_us\":", row),
+                 med = number_after("\"median_us\":", row);
+    EXPECT(std::fabs(mean - 41400.0) < 1.0);
+    EXPECT(std::fabs(p10 / 1000.0 - 1.0) < 0.025);
+    EXPECT(std::fabs(med / 2000.0 - 1.0) < 0.025);
+  }
+  const double step_p10 = number_after("\"decode_step_p10_us\":", 0), step_med = number_after("\"decode_step_median_us\":", 0);
+  EXPECT(step_med >= 2000.0 * 0.98);
+  EXPECT(step_p10 > 0.0 && step_p10 <= step_med);
   profile_reset();
   profile_set_enabled(was);
 }

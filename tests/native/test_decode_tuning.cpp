@@ -53,6 +53,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.kquant_prefetch == GemvPrefetch::None);
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
+  EXPECT(!a.q40_even_claims);
+  EXPECT(b.q40_even_claims);
 }
 
 // Every test that changes one of these settings restores it, so they still hold the start values.
@@ -62,10 +64,12 @@ TEST(decode_tuning_settings_start_from_the_table) {
   EXPECT(t.stream_prefetch == d.stream_prefetch && t.q40_prefetch == d.q40_prefetch &&
          t.kquant_streams == d.kquant_streams && t.kquant_prefetch == d.kquant_prefetch &&
          t.attn_pipeline_l2 == d.attn_pipeline_l2 && t.q80_streams == d.q80_streams &&
-         t.q80_prefetch == d.q80_prefetch && t.block_prefetch == d.block_prefetch);
+         t.q80_prefetch == d.q80_prefetch && t.block_prefetch == d.block_prefetch &&
+         t.q40_even_claims == d.q40_even_claims);
   EXPECT(attention_detail::decode_pipeline_l2() == t.attn_pipeline_l2);
   EXPECT(gemm_detail::q80_streams() == t.q80_streams);
   EXPECT(gemm_detail::q80_prefetch() == t.q80_prefetch);
+  EXPECT(gemm_detail::gemv_even_claims() == t.q40_even_claims);
   EXPECT(gemm_detail::gemv_streams_prefetch() == t.stream_prefetch);
   EXPECT(gemm_detail::q40_ms_prefetch() == t.q40_prefetch);
   EXPECT(gemm_detail::gemv_block_prefetch() == t.block_prefetch);

@@ -1360,6 +1360,67 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
 }
 
+// q4_0's M = 1 dispatch with claims of whole super-group pairs (set_gemv_even_claims) gives the
+// bits of one thread, on 2 and 3 threads, called 30 times each (both threads claiming, stealing
+// across the pairs): the decoder's shapes' row counts (2560 = q+k+v, 11264 = gate+up: claims of 3
+// and 11 super-groups by default), an odd count of super-groups with a partial last group (1000
+// rows), and gemv_repacked_multi with an output of an odd count of super-groups first (320 rows:
+// the next output's groups start off a pair, so the claims fall back to single passes) and with
+// the 1.1B's q / k / v (2048 + 256 + 256). K = 256 keeps it short (the chunking does not depend on K).
+TEST(gemv_repacked_even_claims_same_bits) {
+  ThreadPool pool2(2), pool3(3);
+  const int64_t K = 256;
+  const std::vector<float> x = rand_vec(size_t(K), 7600);
+  struct EvenScope {
+    explicit EvenScope(bool on) : prev_(gemm_detail::gemv_even_claims()) { gemm_detail::set_gemv_even_claims(on); }
+    ~EvenScope() { gemm_detail::set_gemv_even_claims(prev_); }
+    bool prev_;
+  };
+  uint32_t seed = 7610;
+  auto packed_q40 = [&](int64_t N) {
+    Weights w = make_weights(DType::Q4_0, N, K, seed++);
+    std::vector<uint8_t> r(quant_repack_bytes(DType::Q4_0, N, K));
+    quant_repack(w.bytes.data(), DType::Q4_0, N, K, r.data(), nullptr);
+    return r;
+  };
+  for (int64_t N : {2560, 11264, 1000}) {
+    const std::vector<uint8_t> W = packed_q40(N);
+    std::vector<float> ref(static_cast<size_t>(N)), y(static_cast<size_t>(N));
+    gemv_repacked(x.data(), W.data(), DType::Q4_0, nullptr, ref.data(), N, K, nullptr);
+    for (ThreadPool* pool : {&pool2, &pool3})
+      for (int on = 0; on < 2; ++on) {
+        EvenScope es(on != 0);
+        for (int rep = 0; rep < 30; ++rep) {
+          std::fill(y.begin(), y.end(), kSentinel);
+          gemv_repacked(x.data(), W.data(), DType::Q4_0, nullptr, y.data(), N, K, pool);
+          EXPECT(std::memcmp(y.data(), ref.data(), size_t(N) * sizeof(float)) == 0);
+        }
+      }
+  }
+  for (const std::vector<int64_t>& ns : {std::vector<int64_t>{320, 2048, 256}, std::vector<int64_t>{2048, 256, 256}}) {
+    std::vector<std::vector<uint8_t>> Ws;
+    std::vector<std::vector<float>> refs, ys;
+    GemvOutput outs[3];
+    for (size_t j = 0; j < ns.size(); ++j) {
+      Ws.push_back(packed_q40(ns[j]));
+      refs.emplace_back(size_t(ns[j]));
+      ys.emplace_back(size_t(ns[j]));
+      gemv_repacked(x.data(), Ws[j].data(), DType::Q4_0, nullptr, refs[j].data(), ns[j], K, nullptr);
+    }
+    for (size_t j = 0; j < ns.size(); ++j) outs[j] = GemvOutput{Ws[j].data(), nullptr, ys[j].data(), ns[j]};
+    for (ThreadPool* pool : {&pool2, &pool3})
+      for (int on = 0; on < 2; ++on) {
+        EvenScope es(on != 0);
+        for (int rep = 0; rep < 30; ++rep) {
+          for (auto& v : ys) std::fill(v.begin(), v.end(), kSentinel);
+          gemv_repacked_multi(x.data(), DType::Q4_0, outs, int(ns.size()), K, pool);
+          for (size_t j = 0; j < ns.size(); ++j)
+            EXPECT(std::memcmp(ys[j].data(), refs[j].data(), size_t(ns[j]) * sizeof(float)) == 0);
+        }
+      }
+  }
+}
+
 // quant_repack's records (q4_0: 64 rows, 4 groups; q8_0: 16 rows) read by gemv_repacked (M = 1),
 // gemm_repacked's 4-row tiles (M = 3) and its X-panel kernel (M = 9, 20 > kSmallM) and
 // gemv_repacked_multi, with N not a multiple of 16 or 64 (partial groups, padded super-groups,
