@@ -170,24 +170,11 @@ const AbSwitch kSwitches[] = {
      [](bool on) {
        CpuFeatures f;
        f.avx512_double_pumped = on;
-       const gemm_detail::DecodeTuning t = gemm_detail::decode_tuning_for(f);
-       gemm_detail::set_gemv_streams_prefetch(t.stream_prefetch);
-       gemm_detail::set_q40_ms_prefetch(t.q40_prefetch);
-       gemm_detail::set_kquant_streams(t.kquant_streams);
-       attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
-       gemm_detail::set_q80_streams(t.q80_streams);
-       gemm_detail::set_q80_prefetch(t.q80_prefetch);
-       gemm_detail::set_kquant_stream_prefetch(t.kquant_prefetch == gemm_detail::GemvPrefetch::None ? 0
-                                               : t.kquant_streams > 1                             ? 4096
-                                                                                                  : 8192);
-       gemm_detail::set_gemv_block_prefetch(t.block_prefetch);
-       gemm_detail::set_gemv_even_claims(t.q40_even_claims);
+       gemm_detail::apply_decode_tuning(gemm_detail::decode_tuning_for(f));
      }},
     // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
     {"kq_nopf",
-     [](bool on) {
-       gemm_detail::set_kquant_stream_prefetch(on ? 0 : gemm_detail::kquant_streams() > 1 ? 4096 : 8192);
-     }},
+     [](bool on) { gemm_detail::set_kquant_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3: 1 / 3)
     // contiguous parts side by side (on) against four adjacent groups a pass (off); q80_t1 / q80_t0:
     // the 2-part pass with a prefetch along its streams (on) against none (off). gemm_internal.h

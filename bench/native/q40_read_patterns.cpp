@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
     };
   };
   // the pass with the 2+ thread dispatch's claims in whole super-group pairs (on) or single passes
-  // (off), whatever this CPU's default (decode_tuning.h q40_even_claims)
+  // (off), whatever the process-wide setting (gemm_internal.h set_gemv_even_claims: off by default)
   auto gemv_claims = [&](bool even) {
     return [&, even](const uint8_t* W) {
       const bool prev = gemm_detail::gemv_even_claims();

@@ -1,33 +1,23 @@
 #include "decode_tuning.h"
 
 #include "../../base/cpu_features.h"
+#include "attention_internal.h"
+#include "gemm_internal.h"
+#include "gemv_kquant_vnni.h"
 
 namespace emollm {
 namespace gemm_detail {
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
-  // Named fields, not positional: one row per CPU kind, each entry's reason in decode_tuning.h.
-  DecodeTuning t;
-  if (f.avx512_double_pumped) {  // Zen 4 (sessions 25-26)
+  DecodeTuning t;  // the full-width row (decode_tuning.h's initializers)
+  if (f.avx512_double_pumped) {  // Zen 4: what differs (sessions 25-26; reasons in decode_tuning.h)
     t.stream_prefetch = GemvPrefetch::None;
     t.q40_prefetch = GemvPrefetch::None;
     t.kquant_streams = 1;
     t.kquant_prefetch = GemvPrefetch::None;
     t.attn_pipeline_l2 = true;
     t.q80_streams = 2;
-    t.q80_prefetch = GemvPrefetch::None;
     t.block_prefetch = GemvPrefetch::None;
-    t.q40_even_claims = true;
-  } else {  // full-width AVX-512 (Zen 5, Intel) and every other CPU: the defaults measured on Zen 5
-    t.stream_prefetch = GemvPrefetch::T0;
-    t.q40_prefetch = GemvPrefetch::T0;
-    t.kquant_streams = 2;
-    t.kquant_prefetch = GemvPrefetch::T0;
-    t.attn_pipeline_l2 = false;
-    t.q80_streams = 0;
-    t.q80_prefetch = GemvPrefetch::None;
-    t.block_prefetch = GemvPrefetch::T0;
-    t.q40_even_claims = false;
   }
   return t;
 }
@@ -35,6 +25,20 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
 const DecodeTuning& decode_tuning() {
   static const DecodeTuning t = decode_tuning_for(cpu_features());
   return t;
+}
+
+void apply_decode_tuning(const DecodeTuning& t) {
+  set_gemv_streams_prefetch(t.stream_prefetch);
+  set_q40_ms_prefetch(t.q40_prefetch);
+#if defined(__x86_64__)
+  set_kquant_streams(t.kquant_streams);
+  set_kquant_prefetch(t.kquant_prefetch);
+  set_kquant_stream_prefetch(-1);  // the distance follows kquant_prefetch and the stream count
+#endif
+  attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
+  set_q80_streams(t.q80_streams);
+  set_q80_prefetch(t.q80_prefetch);
+  set_gemv_block_prefetch(t.block_prefetch);
 }
 
 }  // namespace gemm_detail

@@ -1,11 +1,14 @@
-// Per-CPU defaults of the decode (M = 1) GEMVs' read patterns: one table keyed on a CPU trait
-// detected once (base/cpu_features.h avx512_double_pumped), read when each setting's process-wide
-// value is first used. The settings keep their setters (gemm_internal.h set_gemv_streams_prefetch,
-// set_q40_ms_prefetch, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams) for the
-// tests and A/B tools. Every entry changes only how the weights are read (software prefetch,
-// streams a thread), never the arithmetic or its order: the same bits on every CPU. The prefill / few-row kernels' per-CPU
-// choices by the same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by
-// gemm_internal.h set_repacked_double_pumped): they are blockings of one kernel, read per call.
+// Per-CPU defaults of the decode (M = 1) path: one table keyed on a CPU trait detected once
+// (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
+// first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
+// set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch,
+// set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
+// attention_internal.h set_decode_pipeline_l2) for the tests and A/B tools; apply_decode_tuning sets
+// them all from one row. Every entry changes only how memory is read (software prefetch, streams a
+// thread, the cache level of the attention's KV prefetch), never the arithmetic or its order: the
+// same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
+// their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
+// set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
 #include <atomic>
 #include <type_traits>
@@ -16,53 +19,52 @@ struct CpuFeatures;
 namespace gemm_detail {
 
 // A streaming GEMV's software prefetch along its streams: into L1 (T0), non-temporal (NTA:
-// weights are read once a token) or none along the streams (the hardware prefetchers alone; the
-// q4_0 pass still prefetches each stream's first 4 KiB at a cold start). Same bits.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };  // T1: into L2 (the q8_0 parts pass only)
+// weights are read once a token), none along the streams (the hardware prefetchers alone; the
+// q4_0 pass and the q8_0 parts pass still prefetch each stream's first bytes at a cold start), or
+// into L2 (T1: the q8_0 parts pass only; the other kernels read T1 as T0). Same bits.
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };
 
+// One row of the table. The member initializers are the full-width row (Zen 5, Intel, every CPU
+// without the trait: the defaults measured on Zen 5 before session 25); the double-pumped row
+// (Zen 4) lists only what differs (decode_tuning.cpp), so a new entry keeps Zen 5's behaviour by
+// construction. Figures: bench/README.md, Zen 4 rows of sessions 25-26.
 struct DecodeTuning {
-  GemvPrefetch stream_prefetch;  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead
-  GemvPrefetch q40_prefetch;     // the q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead
-  int kquant_streams;            // q4_K / q6_K lean pass: streams a thread (gemv_kquant_vnni.cpp kq_records_sg_lean)
-  GemvPrefetch kquant_prefetch;  // q4_K / q6_K lean pass: T0 every line 8 KiB (two streams 4 KiB) ahead, or None (Nta: as T0)
-  bool attn_pipeline_l2;         // decode attention's pipelined prefetch of the next sub-block (attention.cpp
-                                 // PfCursor, attention_internal.h decode_pipeline_l2): into L2 (prefetcht2), not L1
-  int q80_streams;               // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = S contiguous parts (gemv_repacked.cpp parts_q80_avx512)
-  GemvPrefetch q80_prefetch;     // that parts pass's prefetch along its streams, 4 KiB ahead
-  GemvPrefetch block_prefetch;   // bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block), 1 KiB ahead
-  bool q40_even_claims;          // the q4_0 pass's 2+ thread claims in whole super-group pairs (gemv_repacked.cpp gemv_dispatch)
+  // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead. Zen 4:
+  // None (session 25: the 1.1B decode 1.08-1.30x at 1 thread).
+  GemvPrefetch stream_prefetch = GemvPrefetch::T0;
+  // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
+  // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0).
+  GemvPrefetch q40_prefetch = GemvPrefetch::T0;
+  // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
+  // (session 25: 1.5x two for q4_K, 1.12x for q6_K).
+  int kquant_streams = 2;
+  // That pass's prefetch: T0 on every line 8 KiB (two streams 4 KiB) ahead, or None (NTA reads as
+  // T0). Zen 4: None, with the records in read order (session 26, kquant_records.h: 1.23-1.29x
+  // q4_K / 1.11-1.12x q6_K at 1 thread; the quiet 1.1B decode at 2 threads 1.27x q4_k_m, 1.06x q6_k).
+  GemvPrefetch kquant_prefetch = GemvPrefetch::T0;
+  // The decode attention's pipelined prefetch of the next sub-block (attention.cpp PfCursor,
+  // attention_internal.h decode_pipeline_l2): into L2 (prefetcht2, true) or L1. Zen 4: L2
+  // (session 26: the 1.1B shape 1.10-1.44x at 1 thread cold; quiet 1.1B q4_0 decode at 1024
+  // tokens of context, 2 threads, 1.07x). Zen 5 keeps T0 (session 22).
+  bool attn_pipeline_l2 = false;
+  // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
+  // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 4: 2 parts (session 26: the
+  // kernel 1.05-1.15x at 1 thread; quiet 1.1B q8_0 decode at 2 threads 1.03-1.09x in three runs;
+  // one part 0.99x two, a T1 prefetch along the parts 0.80x).
+  int q80_streams = 0;
+  // That parts pass's prefetch along its streams, 4 KiB ahead (None on every CPU so far).
+  GemvPrefetch q80_prefetch = GemvPrefetch::None;
+  // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a
+  // 2 MiB-page copy), 1 KiB ahead. Zen 4: None (session 26: 1.11-1.37x at 1 thread; the quiet 7B
+  // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none).
+  GemvPrefetch block_prefetch = GemvPrefetch::T0;
 };
 
-// The table. Zen 5 (full-width AVX-512; every default before session 25, measured there): T0,
-// T0, 2 streams. Double-pumped AVX-512 (Zen 4; session 25, 1 thread, cold 2 MiB pages, thread CPU
-// time, interleaved, bench/README): without software prefetch the stream kernels decode
-// 1.08-1.30x (f32 / bf16 / f16 1.1B) and the q4_0 pass reads 1.49-1.63x (0.93-1.00x a plain
-// 4-stream read, against 0.60-0.67x with T0; T1 1.05-1.31x, NTA 1.0x); the K-quant lean pass on
-// one stream (its 8 KiB prefetch kept) 1.5x (q4_K) / 1.12x (q6_K) two streams. Session 26 (Zen 4,
-// records in read order, kquant_records.h): the lean pass without software prefetch 1.23-1.29x
-// (q4_K) / 1.11-1.12x (q6_K) with T0, 0.95-0.99x a plain one-stream read (kq_streams_ab). The decode
-// attention's pipelined prefetch (1.1B shape: narrow rows, 8 query heads a kv head) on Zen 4 into
-// L2 (session 26, 1 thread cold, thread CPU time, interleaved): 1.10-1.44x prefetcht0 by median
-// (T1 1.06-1.09x; the whole sub-block at once 0.96x, twice the lines a step early 1.04-1.07x); in
-// L2-resident data 1.04x; the 1.1B q4_0 decode at 1 thread 1.048 (noisy). Zen 5 keeps T0
-// (session 22's measurements). Session 26 (Zen 4,
-// 1 thread, cold 2 MiB pages, thread CPU time, load 8-11, q8_read_patterns / decode_switch_ab):
-// the q8_0 pass in 2 contiguous parts a thread without prefetch 1.05-1.15x (median) the
-// four-adjacent-groups pass on the 1.1B / 7B shapes, the 1.1B q8_0 decode 1.06-1.10x (four
-// runs); 1 / 3 parts alike (1.15x / 1.08x decode, 1 against 2 parts 0.99x), a T1 prefetch along
-// the parts 0.80x. The 2-thread decode A/B was unreadable under load (the lead's quiet run decides:
-// `AB_SWITCH=q80_parts decode_switch_ab tinyllama-1.1b-q8_0.gguf 2 12 16`). Zen 5 keeps the
-// four-group pass (unmeasured there). The bf16 8-row
-// block GEMV on 4 KiB pages (bf16_gemv_block: weights without a 2 MiB-page copy) without its T0
-// prefetch too (session 26, bench_kernels block-nopf rows at the 1.1B / 7B gate_up and down
-// shapes, interleaved: 1 thread CPU time 1.11-1.37x by best, 2 threads at load 11 1.15-1.29x). The q4_0 pass's claims (session 26, h-step, Zen 4,
-// 2 threads, bench_decode_sequence --ab even-claims, interleaved per layer, load 10-14): claims of
-// whole super-group pairs read the 1.1B's q+k+v (3-super-group claims before, the last on one
-// stream) 1.07-1.14x by median, the matrices whose claims were already even 0.99-1.02x; Zen 5 keeps
-// single-pass claims (not measured there).
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
 // decode_tuning_for(cpu_features()), computed once.
 const DecodeTuning& decode_tuning();
+// Every setting above set from one row (decode_switch_ab's decode_tuning switch, tests).
+void apply_decode_tuning(const DecodeTuning& t);
 
 // One entry's process-wide setting: the table's value for this CPU at first use, then what its
 // setter stores (tests, A/B tools; between calls, so relaxed). DecodeSetting<&DecodeTuning::q40_prefetch>.

@@ -259,9 +259,9 @@ bool gemv_ranges();
 // whole pairs of super-groups (8 groups) when on, instead of single passes (4 groups): a claim of
 // an odd number of super-groups runs its last one on one stream (ms_q40_avx512<1>), which reads
 // slower a byte than the two-stream part; the 1.1B's gate+up claims are 11 super-groups, its
-// q+k+v 3. Same bits (the results do not depend on the chunking). Default per CPU (decode_tuning.h
-// q40_even_claims: on with double-pumped AVX-512, Zen 4; off on full-width). Process-wide; for
-// tests and A/B tools (decode_switch_ab gemv_even_claims).
+// q+k+v 3. Same bits (the results do not depend on the chunking). Off on every CPU (no quiet win
+// on Zen 4, session 26, gemv_repacked.cpp). Process-wide; for tests and A/B tools
+// (decode_switch_ab gemv_even_claims).
 void set_gemv_even_claims(bool on);
 bool gemv_even_claims();
 // Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; the same

@@ -473,8 +473,8 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 //    straight-line version (a fixed 27 lines a step) ran q6_K 0.87-0.90x cold, q4_K the same.
 //  - the min terms (which do not depend on the codes) per group in sub-block order: the same
 //    fused multiply-adds. Until session 26 after a record's codes (fewer registers live in the
-//    code loop); now in each step after its group's codes, so that the pass reads the records
-//    (laid out in read order since then, kquant_records.h) front to back.
+//    code loop); since then, with one stream a thread, in each step after its group's codes, so
+//    that the pass reads the records (laid out in read order, kquant_records.h) front to back.
 // Measured (interleaved): q4_K cold 1.14-1.29x at 1 thread (thread CPU time, loaded), bench_kernels
 // 1.02-1.29x at 1 and 2 threads, 1.07x on the model's q4_K GEMV CPU time; q6_K 0.92-1.00x, so
 // q6_K stayed on the previous pass until session 19 (now lean with spread prefetches: above,
@@ -509,20 +509,25 @@ int kq_streams() { return KqStreams::get(); }
 // previous layout T1, NTA and one prefetch a 128-byte pair read 0.45-1.0x T0 (those forms were
 // not kept). So on Zen 4 no software prefetch (decode_tuning.h kquant_prefetch;
 // set_kquant_stream_prefetch for A/Bs).
-std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: the default above
+using KqPrefetch = DecodeSetting<&DecodeTuning::kquant_prefetch>;  // None on double-pumped AVX-512
+std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: follow KqPrefetch
   static std::atomic<int64_t> v{-1};
   return v;
 }
 int64_t kq_stream_prefetch(int streams) {
   const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
   if (v >= 0) return v;
-  if (decode_tuning().kquant_prefetch == GemvPrefetch::None) return 0;  // the CPU's default (decode_tuning.h; NTA reads as T0)
+  if (KqPrefetch::get() == GemvPrefetch::None) return 0;  // NTA / T1 read as T0
   return streams > 1 ? int64_t(4096) : sg_prefetch();
 }
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; q4_K's min terms (which do
-// not depend on the codes) after each group's codes, per group in sub-block order as before: the
-// record's bytes in order. Into y[k][gi].
+// not depend on the codes) per group in sub-block order as before: with one stream (Zen 4's
+// default) after each group's codes in the step, so the record's bytes are read in order; with
+// two (Zen 5's) after all the codes as before session 26 (in the step, the second stream's min
+// accumulators spill to the stack: the reviewer read 4 stack FMAs and 4 stores a sub-block step in
+// kq_lean_parts<Q4_K, 4, 2>, not measured on Zen 5). The same fused multiply-adds either way: the
+// same bits. Into y[k][gi].
 template <DType T, int G, int S>
 __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t* const (&p)[S], int64_t s, const XRec& xr,
                                                                   int64_t pf, bool spread, __m512 (&y)[S][G]) {
@@ -530,6 +535,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
   constexpr size_t rec = size_t(G) * (q6 ? kQ6KRecord : kQ4KRecord);
   constexpr int lines = int(rec / 64);
   const KqLayout L{q6, G, 0};
+  constexpr bool mins_in_step = !q6 && S == 1;
   __m512 aA[S][G], aM[S][G];
 #pragma GCC unroll 16
   for (int k = 0; k < S; ++k)
@@ -541,7 +547,7 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
     __m512i x[8];
     kq_load_x(xr, 0, s, j, x);
     const __m512 dx = _mm512_set1_ps(xr.dx[8 * s + j]);
-    const __m512 dxs = _mm512_set1_ps(xr.dxs[8 * s + j]);
+    [[maybe_unused]] const __m512 dxs = _mm512_set1_ps(xr.dxs[8 * s + j]);
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; ++gi)
 #pragma GCC unroll 4
@@ -577,10 +583,20 @@ __attribute__((always_inline)) EMO_TK inline void kq_lean_records(const uint8_t*
         else
           t = _mm512_mullo_epi32(_mm512_add_epi32(P0, _mm512_srai_epi32(P1, 4)), _mm512_cvtepu8_epi32(bytes16(L.sc(gi, j))));
         aA[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dx, aA[k][gi]);
-        if constexpr (!q6)  // the min terms: the same fused multiply-adds in sub-block order as the M >= 2 pass
+        if constexpr (mins_in_step)  // the min terms: the same fused multiply-adds in sub-block order as the M >= 2 pass
           aM[k][gi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes16(L.mn(gi, j)))), dxs, aM[k][gi]);
       }
   }
+  if constexpr (!q6 && !mins_in_step)
+#pragma GCC unroll 4
+    for (int k = 0; k < S; ++k)
+#pragma GCC unroll 4
+      for (int gi = 0; gi < G; ++gi)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j)
+          aM[k][gi] = _mm512_fmadd_ps(
+              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p[k] + L.mn(gi, j))))),
+              _mm512_set1_ps(xr.dxs[8 * s + j]), aM[k][gi]);
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
@@ -680,6 +696,8 @@ void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
 
 void set_kquant_streams(int streams) { KqStreams::set(streams >= 2 ? 2 : 1); }
 int kquant_streams() { return kq_streams(); }
+void set_kquant_prefetch(GemvPrefetch p) { KqPrefetch::set(p); }
+GemvPrefetch kquant_prefetch() { return KqPrefetch::get(); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {

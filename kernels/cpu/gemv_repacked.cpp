@@ -135,8 +135,14 @@ EnvSwitch& ranges_flag() {
 }  // namespace
 void set_gemv_ranges(bool on) { ranges_flag().set(on); }
 bool gemv_ranges() { return ranges_flag().on(); }
-void set_gemv_even_claims(bool on) { DecodeSetting<&DecodeTuning::q40_even_claims>::set(on); }
-bool gemv_even_claims() { return DecodeSetting<&DecodeTuning::q40_even_claims>::get(); }
+namespace {
+// Off on every CPU: session 26's quiet 1.1B q4_0 decode A/B at 2 threads on Zen 4 read 0.975-1.016
+// against A/As of 0.988-1.064, and bench_decode_sequence's q+k+v 97.0 / 97.5 us (h-step's 1.05-1.14x
+// was taken at load 10-14). Kept as a switch for the A/B tools.
+std::atomic<bool> g_even_claims{false};
+}  // namespace
+void set_gemv_even_claims(bool on) { g_even_claims.store(on, std::memory_order_relaxed); }
+bool gemv_even_claims() { return g_even_claims.load(std::memory_order_relaxed); }
 }  // namespace gemm_detail
 bool weight_repacking() { return repacking_flag().on(); }
 

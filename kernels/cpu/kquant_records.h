@@ -69,8 +69,8 @@ constexpr size_t kQ6KRecord = 3392;    // bytes per q6_K record
 inline size_t kquant_record_bytes(DType t) { return t == DType::Q6_K ? kQ6KRecord : kQ4KRecord; }
 
 // Groups of 16 rows per record of kquant_repack's output: 4 (64-row records, the default) or 2
-// (kernels.h set_kquant_record_rows: tests). The layout itself is defined for
-// any G (G = 1: the removed 16-row records).
+// (kernels.h set_kquant_record_rows: tests). The layout needs G even: with an odd G the code
+// lines would sit 32 bytes off a cache line, and the kernels load them with aligned 64-byte loads.
 int kquant_record_groups();
 
 // Where a group's data lie in a matrix of records of G groups (ns super-blocks a row).

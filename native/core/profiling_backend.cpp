@@ -25,7 +25,8 @@ namespace {
 // quantiles of a row's calls, so a profile taken on a shared machine can be read by its typical
 // call (the median, p10) where the mean carries every call another process preempted. A bin is
 // 2^(1/16) wide: a quantile is within ~2.2% of a call's time (the bin's geometric centre).
-constexpr int kHistPerOctave = 16, kHistBins = 30 * kHistPerOctave;  // 0.1 us .. ~107 s
+constexpr int kHistPerOctave = 16, kHistBins = 30 * kHistPerOctave;  // 0.1 us .. ~107 s: calls under
+                                                                     // 0.1 us read 0.1 us, over ~107 s as ~107 s
 constexpr double kHistMin = 1e-7;
 int hist_bin(double seconds) {
   if (!(seconds > kHistMin)) return 0;
@@ -173,14 +174,16 @@ std::string shape_key(DType t, int64_t N, int64_t K) {
   return std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
+// timed: seconds is one call's time (its histogram counts it); false for rows that add counts
+// without a time of their own (dispatch: median and p10 read 0 there, "none").
 void record_row(int phase, const std::string& op, const std::string& key, double seconds, int64_t calls = 1,
-                int64_t faults = 0, double cpu_seconds = 0, double bytes = 0) {
+                int64_t faults = 0, double cpu_seconds = 0, double bytes = 0, bool timed = true) {
   Table& t = table();
   std::lock_guard<std::mutex> lk(t.mu);
   Stat& st = t.ops[std::make_tuple(std::string(phase_name(phase)), op, key)];
   st.calls += calls;
   st.seconds += seconds;
-  if (calls == 1) {  // one call's time (rows that add many calls at once, dispatch, keep no quantiles)
+  if (timed && calls == 1) {  // one call's time (rows that add many calls at once keep no quantiles)
     if (st.hist.empty()) st.hist.assign(kHistBins, 0);
     ++st.hist[size_t(hist_bin(seconds))];
   }
@@ -216,7 +219,7 @@ class Timer {
     const uint64_t d = pool_dispatches_this_thread() - d0_;
     record_row(phase_, op_, key_, s, 1, f, c, bytes_);
     if (h > 0) record_row(phase_, "handoff", op_, h);
-    if (d > 0) record_row(phase_, "dispatch", op_, 0.0, int64_t(d));
+    if (d > 0) record_row(phase_, "dispatch", op_, 0.0, int64_t(d), 0, 0, 0, /*timed=*/false);
     // the bookkeeping around the timed call, so the step's "forward" row does not carry it
     if (tls.in_step) {
       tls.ops_s += s;

@@ -2,8 +2,9 @@
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
-// pipelined prefetch into L2 and the q8_0 pass in 2 parts a thread), and that the process-wide
-// settings start from the table's row for this CPU. That every setting gives the same bits is
+// pipelined prefetch into L2, the q8_0 pass in 2 parts a thread and the bf16 block GEMV without
+// software prefetch), that the process-wide settings start from the table's row for this CPU, and
+// that apply_decode_tuning sets every one of them. That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
 // gemv_q80_parts_bit_equal_four_group_pass and gemm_huge_pages_multi_stream_gemv,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
@@ -53,27 +54,39 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.kquant_prefetch == GemvPrefetch::None);
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
-  EXPECT(!a.q40_even_claims);
-  EXPECT(b.q40_even_claims);
 }
 
-// Every test that changes one of these settings restores it, so they still hold the start values.
+namespace {
+// How many of the process-wide settings differ from row t (0: all equal).
+int settings_differing_from(const gemm_detail::DecodeTuning& t) {
+  int n = 0;
+  n += attention_detail::decode_pipeline_l2() != t.attn_pipeline_l2;
+  n += gemm_detail::q80_streams() != t.q80_streams;
+  n += gemm_detail::q80_prefetch() != t.q80_prefetch;
+  n += gemm_detail::gemv_streams_prefetch() != t.stream_prefetch;
+  n += gemm_detail::q40_ms_prefetch() != t.q40_prefetch;
+  n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
+#if defined(__x86_64__)
+  n += gemm_detail::kquant_streams() != t.kquant_streams;
+  n += gemm_detail::kquant_prefetch() != t.kquant_prefetch;
+#endif
+  return n;
+}
+}  // namespace
+
+// Every test that changes one of these settings restores it, so they still hold the start values:
+// this CPU's row. apply_decode_tuning then sets the other row whole, and this CPU's back.
 TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
-  const gemm_detail::DecodeTuning d = gemm_detail::decode_tuning_for(cpu_features());
-  EXPECT(t.stream_prefetch == d.stream_prefetch && t.q40_prefetch == d.q40_prefetch &&
-         t.kquant_streams == d.kquant_streams && t.kquant_prefetch == d.kquant_prefetch &&
-         t.attn_pipeline_l2 == d.attn_pipeline_l2 && t.q80_streams == d.q80_streams &&
-         t.q80_prefetch == d.q80_prefetch && t.block_prefetch == d.block_prefetch &&
-         t.q40_even_claims == d.q40_even_claims);
-  EXPECT(attention_detail::decode_pipeline_l2() == t.attn_pipeline_l2);
-  EXPECT(gemm_detail::q80_streams() == t.q80_streams);
-  EXPECT(gemm_detail::q80_prefetch() == t.q80_prefetch);
-  EXPECT(gemm_detail::gemv_even_claims() == t.q40_even_claims);
-  EXPECT(gemm_detail::gemv_streams_prefetch() == t.stream_prefetch);
-  EXPECT(gemm_detail::q40_ms_prefetch() == t.q40_prefetch);
-  EXPECT(gemm_detail::gemv_block_prefetch() == t.block_prefetch);
-#if defined(__x86_64__)
-  EXPECT(gemm_detail::kquant_streams() == t.kquant_streams);
-#endif
+  EXPECT(settings_differing_from(t) == 0);
+  CpuFeatures other = cpu_features();
+  other.avx512_double_pumped = !other.avx512_double_pumped;
+  const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
+  gemm_detail::apply_decode_tuning(o);
+  const int after_other = settings_differing_from(o);
+  const int left_as_before = 8 - settings_differing_from(t);  // the entries both rows share (q80_prefetch)
+  gemm_detail::apply_decode_tuning(t);
+  EXPECT(after_other == 0);
+  EXPECT(left_as_before == 1);
+  EXPECT(settings_differing_from(t) == 0);
 }

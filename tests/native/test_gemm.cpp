@@ -1363,8 +1363,8 @@ TEST(gemv_repacked_matches_reference) {
 // q4_0's M = 1 dispatch with claims of whole super-group pairs (set_gemv_even_claims) gives the
 // bits of one thread, on 2 and 3 threads, called 30 times each (both threads claiming, stealing
 // across the pairs): the decoder's shapes' row counts (2560 = q+k+v, 11264 = gate+up: claims of 3
-// and 11 super-groups by default), an odd count of super-groups with a partial last group (1000
-// rows), and gemv_repacked_multi with an output of an odd count of super-groups first (320 rows:
+// and 11 super-groups by default), 15 whole super-groups and a partial one (1000 rows: 63
+// groups), and gemv_repacked_multi with an output of an odd count of super-groups first (320 rows:
 // the next output's groups start off a pair, so the claims fall back to single passes) and with
 // the 1.1B's q / k / v (2048 + 256 + 256). K = 256 keeps it short (the chunking does not depend on K).
 TEST(gemv_repacked_even_claims_same_bits) {

@@ -704,7 +704,6 @@ TEST(kquant_records_q6_packed_against_gguf_reference) {
 }
 #endif
 
-// The 16-row records are gone: asking for them is an error, 32 and 64 rows stay.
 // The records are laid out in the order the lean M = 1 pass reads them (kquant_records.h), so that
 // one stream a thread reads each record front to back and the hardware prefetchers keep it fed
 // without software prefetch (decode_tuning.h: none on Zen 4; the previous layout, scales of every
@@ -755,6 +754,7 @@ TEST(kquant_record_layout_in_read_order) {
     }
 }
 
+// The 16-row records are gone: asking for them is an error, 32 and 64 rows stay.
 TEST(kquant_record_rows_16_rejected) {
   const int prev = int(kquant_record_rows());
   EXPECT_THROWS(set_kquant_record_rows(16), ErrorCode::InvalidArgument);
