@@ -235,6 +235,10 @@ class GenerateWorker final : public ContextWorker {
       has_tsfn_ = true;
     }
   }
+  // A worker deleted without running (claim_and_queue: its claim or Queue() failed; new_worker's
+  // test hook 'after') still holds its thread-safe function: released here, or it would keep the
+  // event loop (the process) alive. After Run() it is released already.
+  ~GenerateWorker() override { release_tsfn(); }
 
  protected:
   void Run() override {

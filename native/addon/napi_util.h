@@ -414,7 +414,8 @@ class PromiseWorker : public Napi::AsyncWorker {
   // taken meanwhile, e.g. by a getter that closed the context) claims nothing; Queue() throwing
   // gives the claim back (unclaim()). Either way the worker, never queued, is deleted here (with
   // it what it owns: an `out` claim, references to input arrays) and the error goes on. Returns
-  // the call's promise.
+  // the call's promise. Every binding queues its worker here (one that claims nothing too: its
+  // worker is then deleted if Queue() fails, with the `out` claim it holds).
   Napi::Promise claim_and_queue() {
     Napi::Promise p = promise();
     try {

@@ -12,13 +12,14 @@
 // 'after' (the worker is made, then deleted, then the same failure: a claim its constructor made
 // would stay behind; claims are made by the binding's last step, claim_and_queue).
 // The kernel and vision bindings' `out` claims: tests/js/result_arrays.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { f32, nextExpected, sharedModel } from './helpers/vlm_fixtures.js';
+import { f32, nextExpected, repoRoot, sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError, FaceAnalyzer, initMvp, loadModel, type Model } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
 import { createNativeTrainer } from '../../lib/train/train_mvp.js';
@@ -230,4 +231,33 @@ describe.each([[true], ['after']] as [HookMode][])('hook mode %s', (mode) => {
       await visionCall(qwen, 'encodePatches', (m) => m.encodePatches(patches, [[1, 4, 8]]), mode);
     }, 60_000);
   });
+});
+
+// generate with a token callback makes a thread-safe function in its worker's constructor: a worker
+// deleted without running (the hook's 'after' mode here; claim_and_queue when its claim or Queue()
+// fails) must release it, or it keeps the event loop alive and the process never exits. In a child
+// process (vitest's own would hide it), through the built dist/native.js.
+describe.skipIf(!haveStories)('a generate worker deleted unrun releases its thread-safe function', () => {
+  it('the process exits once the model is closed', () => {
+    const nativeJs = join(repoRoot, 'dist', 'native.js');
+    if (!existsSync(nativeJs)) {
+      console.warn('thread-safe function exit test skipped: dist/native.js not built (npx tsc -p tsconfig.json)');
+      return;
+    }
+    const script = `
+      import { native } from ${JSON.stringify(nativeJs)};
+      const model = await native().loadModel(${JSON.stringify(gguf)}, { threads: 1 });
+      const ctx = model.createContext({ nCtx: 64 });
+      native().testFailNextWorker('after');
+      let code = 'none';
+      try { await ctx.generate(Int32Array.from([1, 403, 407]), { maxTokens: 2 }, () => {}); } catch (e) { code = e.code; }
+      await ctx.close();
+      await model.close();
+      process.stdout.write(code);`;
+    const p = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(p.stderr).toBe('');
+    expect(p.stdout).toBe('ERR_OUT_OF_MEMORY');
+    expect(p.signal, 'the process did not exit: an unreleased thread-safe function keeps its event loop alive').toBeNull();
+    expect(p.status).toBe(0);
+  }, 30_000);
 });
