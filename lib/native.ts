@@ -55,12 +55,12 @@ export interface NativeBinding {
    * external ArrayBuffer of `bytes` (byte i = i * 7 mod 256) and how many of them were freed; the
    * environment's next call that makes a worker (napi_util.h new_worker: every call but the
    * sequence batch's, which runs on its scheduler thread) fails as if the worker's allocation had
-   * (ERR_OUT_OF_MEMORY; `false` disarms it); fresh results written whole by the worker zeroed
+   * (ERR_OUT_OF_MEMORY; `false` disarms it; `'after'`: the worker is made, deleted, then the same failure); fresh results written whole by the worker zeroed
    * first (today's arrays) while on.
    */
   testExternalArrayBuffer(bytes: number): ArrayBuffer;
   testExternalFinalized(): number;
-  testFailNextWorker(on?: boolean): void;
+  testFailNextWorker(on?: boolean | 'after'): void;
   testZeroWrittenResults(on: boolean): void;
   testPoisonWrittenResults(on: boolean): void;
   inspectSafetensors(path: string): Promise<unknown>;

@@ -28,25 +28,35 @@ Napi::FunctionReference& context_ctor(Napi::Env env) {
 
 // ---------------------------------------------------------------- workers on a context
 
-// Marks the context busy (and the call in flight on its model) from claim_and_queue() until
-// Finish() releases it.
+// A context a call can run on: not closed (ERR_CLOSED ... closed_error), not running another call
+// (ERR_INVALID_ARGUMENT "context busy"). Checked when a call starts and again when it claims the
+// context (ContextWorker::claim: the arguments' getters ran in between).
+constexpr const char* kContextBusy = "context busy: an eval or generate call is still running on it";
+void check_context_usable(Napi::Env env, const ContextState& s) {
+  if (s.closed || !s.ctx) throw closed_error(env, "context");
+  if (s.busy) throw make_js_error(env, "ERR_INVALID_ARGUMENT", kContextBusy);
+}
+
+// Marks the context busy (and the call in flight on its model) from claim_and_queue() (napi_util.h:
+// the binding's last step, after everything that can fail) until Finish() releases it.
 class ContextWorker : public ModelWorker {
  public:
   ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelWorker(env), s_(std::move(s)) {}
 
-  // Claims the context and queues the worker: a binding's last step, after everything that can
-  // fail (the worker's allocation in new_worker, a derived worker's members, the result array),
-  // so a failure leaves the context free and the model closable (a claim made in the constructor
-  // stayed behind when a derived worker's member initializer threw). Returns the call's promise.
-  Napi::Promise claim_and_queue() {
-    Napi::Promise p = promise();
+ protected:
+  // The binding checked the context usable first, but then read its arguments through JavaScript
+  // getters (options, arrays), which can close it or start another call on it: checked again
+  // here, with the same typed errors (check_context_usable), before anything is claimed.
+  void claim() override {
+    check_context_usable(Env(), *s_);
     s_->busy = true;
     s_->abort.store(false);
     s_->owner->inflight++;
-    Queue();
-    return p;
   }
-
+  void unclaim() override {
+    s_->busy = false;
+    s_->owner->inflight--;
+  }
  protected:
   void Finish(Napi::Env env) override {
     // the worker has stopped reading the caller's features: drop the reference (JavaScript thread)
@@ -225,6 +235,10 @@ class GenerateWorker final : public ContextWorker {
       has_tsfn_ = true;
     }
   }
+  // A worker deleted without running (claim_and_queue: its claim or Queue() failed; new_worker's
+  // test hook 'after') still holds its thread-safe function: released here, or it would keep the
+  // event loop (the process) alive. After Run() it is released already.
+  ~GenerateWorker() override { release_tsfn(); }
 
  protected:
   void Run() override {
@@ -324,7 +338,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     if (s_->closed || !s_->ctx) throw closed_error(env, "context");
     if (s_->busy) {
       auto d = Napi::Promise::Deferred::New(env);
-      d.Reject(make_js_error(env, "ERR_INVALID_ARGUMENT", "context busy: an eval or generate call is still running on it").Value());
+      d.Reject(make_js_error(env, "ERR_INVALID_ARGUMENT", kContextBusy).Value());
       *rejected = d.Promise();
       return false;
     }
@@ -376,6 +390,8 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
       if (!o.Get("allLogits").IsBoolean()) throw_invalid(env, "allLogits must be a boolean");
       all = o.Get("allLogits").As<Napi::Boolean>().Value();
     }
+    // the options' getters ran: the context's model state is read below (check_context_usable)
+    check_context_usable(env, *s_);
     if (int64_t(tokens.size()) > s_->n_ctx)
       throw_invalid(env, std::to_string(tokens.size()) + " tokens do not fit the context of " + std::to_string(s_->n_ctx));
     // rows of the result: the prompt's positions once its images are spliced in (a text model: its tokens)

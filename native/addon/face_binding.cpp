@@ -301,9 +301,7 @@ class FaceModelsWrap final : public Napi::ObjectWrap<FaceModelsWrap> {
     arg_image_view(info, &img);
     fc::DetectOptions o = arg_detect_options(info, 3);
     auto* worker = new_worker<DetectWorker>(env, with_expr ? "analyze" : "detect", env, handle_, std::move(img), o, with_expr);
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
+    return worker->claim_and_queue();
   }
 
   Napi::Value Expressions(const Napi::CallbackInfo& info) {
@@ -316,9 +314,7 @@ class FaceModelsWrap final : public Napi::ObjectWrap<FaceModelsWrap> {
       throw_invalid(env, "crops has " + std::to_string(crops.size()) + " values, expected n*112*112*3 = " +
                              std::to_string(n * S * S * 3));
     auto* worker = new_worker<ExpressionsWorker>(env, "expressions", env, handle_, std::move(crops), n);
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
+    return worker->claim_and_queue();
   }
 
   Napi::Value CropFaces(const Napi::CallbackInfo& info) {
@@ -369,9 +365,7 @@ class FaceModelsWrap final : public Napi::ObjectWrap<FaceModelsWrap> {
     if (size < 64 || size > 2048 || size % 32 != 0) throw_invalid(env, "size must be a multiple of 32 in [64, 2048]");
     if (int64_t(input.size()) != size * size * 3) throw_invalid(env, "input must hold size*size*3 values");
     auto* worker = new_worker<ForwardWorker>(env, "detectorForward", env, handle_, std::move(input), size);
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
+    return worker->claim_and_queue();
   }
 
   std::shared_ptr<FaceModelsHandle> handle_;

@@ -179,9 +179,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   std::shared_ptr<Backend> be = opt_backend(info, 7);
   auto* worker = new_worker<GemmWorker>(env, "gemm", env, std::move(x), std::move(w), wtype, std::move(bias), M, N, K,
                                         std::move(be), out, claim);
-  Napi::Promise p = worker->promise();
-  worker->Queue();
-  return p;
+  return worker->claim_and_queue();
 }
 
 // A Float32Array argument that may be null / undefined (empty vector then).
@@ -270,9 +268,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
                                                  Backend& b, Staging& st, float* out, size_t n) {
                                                b.attention(st.in(q), st.in(k), st.in(v), st.out(out, n), p);
                                              });
-  Napi::Promise pr = worker->promise();
-  worker->Queue();
-  return pr;
+  return worker->claim_and_queue();
 }
 
 // mvpProjection(x: Float32Array [tokens*dIn], w1: bytes [nHeads*dHid rows of dIn], b1: Float32Array|null,
@@ -320,9 +316,7 @@ Napi::Value MvpProjection(const Napi::CallbackInfo& info) {
                          st.in_bytes(w2.data(), w2.size()), b2.empty() ? nullptr : st.in(b2), st.in(g), wt,
                          st.out(out, n), p);
       });
-  Napi::Promise pr = worker->promise();
-  worker->Queue();
-  return pr;
+  return worker->claim_and_queue();
 }
 
 // quantize(x: Float32Array, dtype) -> Uint8Array in that dtype's storage layout (ggml blocks).

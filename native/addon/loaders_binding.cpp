@@ -313,9 +313,7 @@ Napi::Value queue_path_worker(const Napi::CallbackInfo& info) {
   std::string path = arg_string(info, 0, "path");
   if (path.empty()) throw_invalid(info.Env(), "path must not be empty");
   auto* w = new_worker<Worker>(info.Env(), Worker::kName, info.Env(), std::move(path));
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return w->claim_and_queue();
 }
 
 }  // namespace

@@ -230,9 +230,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   lo.image_token_id = int32_t(opt_int(env, o, "imageTokenId", -1, -1, INT32_MAX));
   const DType kv_type = opt_kv_type(env, o, "kvCacheType", DType::F32);
   auto* w = new_worker<LoadWorker>(env, "loadModel", env, std::move(path), lo, n_ctx, kv_type);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return w->claim_and_queue();
 }
 
 // ---------------------------------------------------------------- Model

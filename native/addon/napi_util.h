@@ -29,9 +29,12 @@ struct AddonData {
   Napi::FunctionReference error_class;
   // Test hooks (testing_binding.cpp), per environment so that test files running in parallel
   // worker threads do not see each other's: the next new_worker call fails as an allocation
-  // would; fresh results the worker writes whole are zeroed first anyway (today's V8 calloc'd
-  // arrays: the A/B of new_result_array's ResultFill).
-  bool fail_next_worker = false;
+  // would (kBefore: before the worker is made; kAfter: the worker made, then deleted, then the
+  // same failure: a claim made in a worker's constructor would stay behind); fresh results the
+  // worker writes whole are zeroed first anyway (today's V8 calloc'd arrays: the A/B of
+  // new_result_array's ResultFill).
+  enum class FailWorker { kNo, kBefore, kAfter };
+  FailWorker fail_next_worker = FailWorker::kNo;
   bool zero_written_results = false;
   // fresh results the worker writes whole start as quiet NaNs (the test that every float is
   // written: malloc's memory is often zero, which would hide a kernel that adds into it)
@@ -401,7 +404,39 @@ class PromiseWorker : public Napi::AsyncWorker {
   explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
+  // A binding's last step, after everything that can fail (the worker's allocation in new_worker,
+  // its members, the result array, the arguments' getters): claim() marks what the call holds (a
+  // context busy, the model's calls in flight, a trainer busy; Finish() releases it), then the
+  // worker is queued. A worker's constructor claims nothing: a failure between it and this step
+  // would leave the claim behind (model.close() waiting forever, a context or trainer busy). The
+  // claim cannot move after Queue(): the worker thread may start at once and read what claim()
+  // set (a context's abort flag reset). claim() throwing (its typed error: what it holds was
+  // taken meanwhile, e.g. by a getter that closed the context) claims nothing; Queue() throwing
+  // gives the claim back (unclaim()). Either way the worker, never queued, is deleted here (with
+  // it what it owns: an `out` claim, references to input arrays) and the error goes on. Returns
+  // the call's promise. Every binding queues its worker here (one that claims nothing too: its
+  // worker is then deleted if Queue() fails, with the `out` claim it holds).
+  Napi::Promise claim_and_queue() {
+    Napi::Promise p = promise();
+    try {
+      claim();
+    } catch (...) {
+      delete this;
+      throw;
+    }
+    try {
+      Queue();
+    } catch (...) {
+      unclaim();
+      delete this;
+      throw;
+    }
+    return p;
+  }
+
  protected:
+  virtual void claim() {}    // main thread, in claim_and_queue; may throw a Napi::Error
+  virtual void unclaim() {}  // main thread: undoes claim() (Queue() failed); must not throw
   virtual void Run() = 0;                           // worker thread
   virtual Napi::Value Resolve(Napi::Env env) = 0;   // main thread
   virtual void Finish(Napi::Env env) {}             // main thread, before settling
@@ -454,15 +489,24 @@ class PromiseWorker : public Napi::AsyncWorker {
 // JavaScript exception, and any other C++ exception leaving a binding ends the process
 // (std::terminate). What the binding owns until the worker takes it (an OutClaim: its `out`)
 // is released by its destructor as the error unwinds; what the call counts or marks (a context
-// busy, a model's calls in flight, a trainer busy) is claimed only once the worker exists. Every
-// binding that makes a worker makes it here. Test hook (testFailNextWorker, testing_binding.cpp):
-// the environment's next call fails here as that allocation would.
+// busy, a model's calls in flight, a trainer busy) is claimed by the binding's last step,
+// PromiseWorker::claim_and_queue, never by a worker's constructor. Every binding that makes a
+// worker makes it here. Test hook (testFailNextWorker, testing_binding.cpp): the environment's
+// next call fails here as that allocation would, before the worker is made or ('after') with
+// the worker made, then deleted (a claim made in its constructor would stay behind).
 template <class W, class... A>
 W* new_worker(Napi::Env env, const std::string& what, A&&... args) {
   try {
     AddonData* data = env.GetInstanceData<AddonData>();
-    if (data && std::exchange(data->fail_next_worker, false)) throw std::bad_alloc();
-    return new W(std::forward<A>(args)...);
+    const AddonData::FailWorker fail = data ? std::exchange(data->fail_next_worker, AddonData::FailWorker::kNo)
+                                            : AddonData::FailWorker::kNo;
+    if (fail == AddonData::FailWorker::kBefore) throw std::bad_alloc();
+    W* w = new W(std::forward<A>(args)...);
+    if (fail == AddonData::FailWorker::kAfter) {
+      delete w;  // never queued: the AsyncWorker's destructor deletes its napi_async_work
+      throw std::bad_alloc();
+    }
+    return w;
   } catch (const std::bad_alloc&) {
     throw make_js_error(env, "ERR_OUT_OF_MEMORY", what + ": out of memory (its worker could not be allocated)");
   }

@@ -8,6 +8,8 @@
 // - testFailNextWorker(on = true): the environment's next new_worker call (napi_util.h) fails as if its
 //   allocation had (every binding that makes a worker: its `out` claim must be released, its
 //   context / model / trainer left free; tests/js/result_arrays.test.ts, worker_allocation.test.ts).
+//   testFailNextWorker('after'): the worker is made, then deleted, then the same failure: what a
+//   worker's constructor claims (it must claim nothing: claim_and_queue) would stay behind.
 // - testZeroWrittenResults(on): fresh results the worker writes whole are zeroed first (today's
 //   kZeroed arrays) while on: the A/B of new_result_array's ResultFill (bench/result_faults.mjs).
 // - testPoisonWrittenResults(on): those results start as quiet NaNs while on, so a test sees any
@@ -71,7 +73,16 @@ void register_testing(Napi::Env env, Napi::Object exports) {
   exports.Set("testFailNextWorker", Napi::Function::New(
                                         env, [](const Napi::CallbackInfo& info) -> Napi::Value {
                                           // (false): disarms it (a test whose call made no worker)
-                                          addon_data(info.Env()).fail_next_worker = info.Length() < 1 || info[0].ToBoolean();
+                                          using F = AddonData::FailWorker;
+                                          F mode = F::kBefore;
+                                          if (info.Length() >= 1 && info[0].IsString()) {
+                                            if (info[0].As<Napi::String>().Utf8Value() != "after")
+                                              throw_invalid(info.Env(), "testFailNextWorker expects a boolean or 'after'");
+                                            mode = F::kAfter;
+                                          } else if (info.Length() >= 1 && !info[0].ToBoolean()) {
+                                            mode = F::kNo;
+                                          }
+                                          addon_data(info.Env()).fail_next_worker = mode;
                                           return info.Env().Undefined();
                                         },
                                         "testFailNextWorker"));

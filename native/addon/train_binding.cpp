@@ -49,6 +49,14 @@ class FnWorker final : public PromiseWorker {
  protected:
   void Run() override { work_(); }
   Napi::Value Resolve(Napi::Env env) override { return done_(env); }
+  // the trainer runs one call at a time: busy from claim_and_queue (napi_util.h: the binding's
+  // last step) until Finish
+  void claim() override {
+    if (h_) h_->busy = true;
+  }
+  void unclaim() override {
+    if (h_) h_->busy = false;
+  }
   void Finish(Napi::Env) override {
     if (h_) h_->busy = false;
   }
@@ -143,17 +151,14 @@ class TrainerWrap final : public Napi::ObjectWrap<TrainerWrap> {
   void check_idle(Napi::Env env) const {
     if (h_->busy) throw make_js_error(env, "ERR_BUSY", "the trainer is running another call: await it first");
   }
-  // Queues `work` as the trainer's call `what`. The trainer is marked busy only once the worker
-  // exists (new_worker: an allocation failure is ERR_OUT_OF_MEMORY and leaves it free), until the
-  // worker's Finish.
+  // Queues `work` as the trainer's call `what`. The trainer is marked busy by claim_and_queue, the
+  // last step (new_worker: an allocation failure is ERR_OUT_OF_MEMORY and leaves it free; Queue()
+  // failing frees it again), until the worker's Finish.
   Napi::Value queue(Napi::Env env, const char* what, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done) {
     trainer(env);
     check_idle(env);
     auto* w = new_worker<FnWorker>(env, what, env, h_, std::move(work), std::move(done));
-    Napi::Promise p = w->promise();
-    h_->busy = true;
-    w->Queue();
-    return p;
+    return w->claim_and_queue();
   }
 
   Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -362,7 +367,6 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
     lo.device = ro.device;
   }
   auto h = std::make_shared<TrainerHandle>();
-  h->busy = true;
   auto* ctor = static_cast<TrainerCtor*>(info.Data());
   auto* w = new_worker<FnWorker>(
       env, "createMvpTrainer", env, h,
@@ -375,9 +379,7 @@ Napi::Value CreateMvpTrainer(const Napi::CallbackInfo& info) {
             e, new std::shared_ptr<TrainerHandle>(h), [](Napi::Env, std::shared_ptr<TrainerHandle>* p) { delete p; });
         return ctor->ctor.New({ext});
       });
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return w->claim_and_queue();  // its handle is new: nothing else can see it busy
 }
 
 }  // namespace

@@ -19,6 +19,37 @@ namespace {
 
 using ModelWorker = PromiseWorker;
 
+// A call on the model's vision tower: counted in flight on the model (model.close() waits for it)
+// and abortable by it (its flag in encode_aborts), from claim_and_queue() (napi_util.h: the
+// binding's last step) until Finish().
+class VisionWorker : public ModelWorker {
+ public:
+  VisionWorker(Napi::Env env, std::shared_ptr<ModelHandle> h)
+      : ModelWorker(env), h_(std::move(h)), abort_(std::make_shared<std::atomic<bool>>(false)) {}
+
+ protected:
+  void claim() override {
+    auto& a = h_->encode_aborts;
+    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
+    try {
+      a.push_back(abort_);
+    } catch (const std::bad_alloc&) {
+      throw make_js_error(Env(), "ERR_OUT_OF_MEMORY", "out of memory (the call's abort flag could not be registered)");
+    }
+    h_->inflight++;
+  }
+  void unclaim() override {
+    h_->inflight--;  // the flag in encode_aborts expires with the worker
+  }
+  // Derived workers' Finish() calls this last (their references dropped first).
+  void Finish(Napi::Env env) override {
+    h_->inflight--;
+    maybe_finish_model_close(env, *h_);
+  }
+  std::shared_ptr<ModelHandle> h_;
+  std::shared_ptr<std::atomic<bool>> abort_;
+};
+
 // Per-visual token counts as the Int32Array a result's tokenCounts holds.
 Napi::Int32Array int32_counts(Napi::Env env, const std::vector<int64_t>& counts) {
   auto c = Napi::Int32Array::New(env, counts.size());
@@ -28,16 +59,10 @@ Napi::Int32Array int32_counts(Napi::Env env, const std::vector<int64_t>& counts)
 
 // ---------------------------------------------------------------- encodeImages
 
-class EncodeWorker final : public ModelWorker {
+class EncodeWorker final : public VisionWorker {
  public:
   EncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels, int64_t B)
-      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), pixels_(std::move(pixels)), B_(B),
-        abort_(std::make_shared<std::atomic<bool>>(false)) {
-    auto& a = h_->encode_aborts;
-    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
-    a.push_back(abort_);
-    h_->inflight++;
-  }
+      : VisionWorker(env, std::move(h)), llava_(h_->llava), pixels_(std::move(pixels)), B_(B) {}
 
  protected:
   void Run() override {
@@ -58,16 +83,13 @@ class EncodeWorker final : public ModelWorker {
     js_out_.settle(env, js_error_, "encodeImages", run_failed());
     llava_.reset();
     emollm_.reset();
-    h_->inflight--;
-    maybe_finish_model_close(env, *h_);
+    VisionWorker::Finish(env);
   }
 
  private:
-  std::shared_ptr<ModelHandle> h_;
   std::shared_ptr<LlavaModel> llava_;
   std::vector<float> pixels_;
   int64_t B_;
-  std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
   // The result array, written by the worker directly (its backing store does not move) instead
   // of a vector of the same size filled, then copied on the event loop. Either the caller's `out`
@@ -93,17 +115,11 @@ class EncodeWorker final : public ModelWorker {
 // visual's flattened patches -> merged features (qwen2_vl.h). Both resolve a Float32Array with
 // tokenCounts (Int32Array, one per visual); Qwen2-VL's also carries grids (Int32Array [3 * k]).
 
-class VisualEncodeWorker final : public ModelWorker {
+class VisualEncodeWorker final : public VisionWorker {
  public:
   VisualEncodeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::vector<float> pixels)
-      : ModelWorker(env), h_(std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm),
-        emollm_qwen_(h_->emollm_qwen), pixels_(std::move(pixels)),
-        abort_(std::make_shared<std::atomic<bool>>(false)) {
-    auto& a = h_->encode_aborts;
-    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); }), a.end());
-    a.push_back(abort_);
-    h_->inflight++;
-  }
+      : VisionWorker(env, std::move(h)), llava_(h_->llava), qwen_(h_->qwen), emollm_(h_->emollm),
+        emollm_qwen_(h_->emollm_qwen), pixels_(std::move(pixels)) {}
   std::vector<AnyresLayout> layouts;  // LLaVA-NeXT
   std::vector<GridThw> grids;         // Qwen2-VL
   std::vector<int64_t> counts;        // each visual's token count
@@ -169,18 +185,15 @@ class VisualEncodeWorker final : public ModelWorker {
     qwen_.reset();
     emollm_.reset();
     emollm_qwen_.reset();
-    h_->inflight--;
-    maybe_finish_model_close(env, *h_);
+    VisionWorker::Finish(env);
   }
 
  private:
-  std::shared_ptr<ModelHandle> h_;
   std::shared_ptr<LlavaModel> llava_;
   std::shared_ptr<Qwen2VLModel> qwen_;
   std::shared_ptr<EmollmModel> emollm_;
   std::shared_ptr<EmollmQwen2VLModel> emollm_qwen_;
   std::vector<float> pixels_;
-  std::shared_ptr<std::atomic<bool>> abort_;
   bool aborted_ = false;
   JsResultArray js_out_;
 };
@@ -264,9 +277,7 @@ Napi::Value encode_images(const Napi::CallbackInfo& info, const std::shared_ptr<
   else w->write_into_js_array(fresh);
   w->faces_ = std::move(faces);
   w->counts_ = std::move(counts);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return w->claim_and_queue();
 }
 
 // encodeAnyres(pixels: Float32Array [tiles, 3, S, S] for all images, sizes: Int32Array [2 * images]
@@ -296,9 +307,7 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
   int64_t rows = 0;
   for (const AnyresLayout& L : layouts) rows += L.n_tokens();
   Napi::Float32Array out = new_result_array(env, size_t(rows * lv->n_embd()));
-  // constructed only once the arguments are valid: the worker counts as in flight from here
-  // (the counts are made first: an allocation failing after the worker exists would leave it
-  // counted in flight and never queued; moving them in cannot throw)
+  // the worker counts as in flight from claim_and_queue, the last step (napi_util.h)
   std::vector<int64_t> counts;
   for (const AnyresLayout& L : layouts) counts.push_back(L.n_tokens());
   auto* w = new_worker<VisualEncodeWorker>(env, "encodeAnyres", env, handle_, std::vector<float>{});
@@ -306,9 +315,7 @@ Napi::Value encode_anyres(const Napi::CallbackInfo& info, const std::shared_ptr<
   w->write_into_js_array(out);
   w->layouts = std::move(layouts);
   w->set_pixels(std::move(px));
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return w->claim_and_queue();
 }
 
 // encodePatches(patches: Float32Array [N, C * Tp * P * P], grids: Int32Array [3 * visuals] (t, h, w))
@@ -343,9 +350,7 @@ Napi::Value encode_patches(const Napi::CallbackInfo& info, const std::shared_ptr
   w->counts = std::move(counts);
   w->write_into_js_array(out);
   w->grids = std::move(grids);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return w->claim_and_queue();
 }
 
 }  // namespace emollm::addon

@@ -156,14 +156,15 @@ describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
     expect((await model.encodePixels(pixels, 1)).length).toBe(n);
   });
 
-  it('releases out\'s claim when its worker cannot be allocated (ERR_OUT_OF_MEMORY), and the model stays usable', async () => {
+  it.each([[true], ['after']] as [true | 'after'][])('releases out\'s claim when its worker cannot be allocated (ERR_OUT_OF_MEMORY), and the model stays usable (hook mode %s)', async (mode) => {
     // the native call directly: it claims out, then fails to make its worker (the test hook
-    // testFailNextWorker: the next `new` of a worker fails as an allocation would)
+    // testFailNextWorker: the next `new` of a worker fails as an allocation would; 'after': the
+    // worker is made, deleted, then the same failure)
     type Enc = (px: Float32Array, b: number, faces: undefined, o?: { out: Float32Array }) => Promise<Float32Array>;
     const handle = (model as unknown as { handle: { encodeImages: Enc } }).handle;
     const fresh = await model.encodePixels(pixels, 1);
     const out = new Float32Array(n).fill(Number.NaN);
-    native().testFailNextWorker();
+    native().testFailNextWorker(mode);
     let err: unknown;
     try {
       await handle.encodeImages(pixels, 1, undefined, { out });
@@ -178,7 +179,7 @@ describe.skipIf(!have)('encodePixels out (llava-tiny-hf)', () => {
     expect(await handle.encodeImages(pixels, 1, undefined, { out })).toBe(out);
     sameBits(out, fresh);
     // a fresh result's call fails the same way; the hook fires once
-    native().testFailNextWorker();
+    native().testFailNextWorker(mode);
     await invalid(model.encodePixels(pixels, 1), 'ERR_OUT_OF_MEMORY', /encodeImages: out of memory/);
     sameBits(await model.encodePixels(pixels, 1), fresh);
   });
