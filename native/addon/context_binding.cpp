@@ -348,6 +348,17 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
   Napi::Value Eval(const Napi::CallbackInfo& info) { return eval_impl(info, false); }
   Napi::Value EvalMultimodal(const Napi::CallbackInfo& info) { return eval_impl(info, true); }
 
+  // image_features_arg with the models held for the call: a getter on the arguments may close the
+  // context (and its model) while the features are read; the claim (check_context_usable) then
+  // refuses the call.
+  int64_t images_arg(const Napi::CallbackInfo& info, size_t i, FeatureArg* images, std::vector<int64_t>* counts,
+                     std::vector<GridThw>* grids) {
+    const auto llava = s_->llava;
+    const auto emollm = s_->emollm;
+    const auto qwen = s_->qwen;
+    return image_features_arg(info, i, llava.get(), images, emollm.get(), counts, qwen.get(), grids);
+  }
+
   Napi::Value Score(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Napi::Value rejected;
@@ -359,7 +370,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     const int64_t n_images =
-        image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
+        images_arg(info, 1, &images, &counts, &grids);
     if (!info[2].IsArray()) throw_invalid(env, "continuations must be an array of Int32Array");
     Napi::Array arr = info[2].As<Napi::Array>();
     std::vector<std::vector<int32_t>> conts;
@@ -383,7 +394,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     const int64_t n_images =
-        multimodal ? image_features_arg(info, 1, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids) : 0;
+        multimodal ? images_arg(info, 1, &images, &counts, &grids) : 0;
     Napi::Object o = opt_object(info, multimodal ? 2 : 1, "options");
     bool all = false;
     if (has_opt(o, "allLogits")) {
@@ -431,7 +442,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
     std::vector<int64_t> counts;
     std::vector<GridThw> grids;
     const int64_t n_images =
-        image_features_arg(info, 3, s_->llava.get(), &images, s_->emollm.get(), &counts, s_->qwen.get(), &grids);
+        images_arg(info, 3, &images, &counts, &grids);
     auto* w = new_worker<GenerateWorker>(env, "generate", env, s_, std::move(prompt), std::move(gp), cb);
     w->set_images(std::move(images), n_images);
     w->image_counts = std::move(counts);
