@@ -28,6 +28,7 @@
 #include "cpu/kernels.h"
 #include "bench_clock.h"
 #include "bench_read.h"
+#include "read_pattern_rows.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -89,11 +90,10 @@ int main(int argc, char** argv) {
   const size_t bytes = size_t(N) * size_t(K) * 4;
   const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(384) << 20) / bytes + 1));
   std::mt19937 rng(7);
-  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
-  cp[0] = bench::huge_alloc(bytes);
-  float* w0 = reinterpret_cast<float*>(cp[0]);
-  for (size_t i = 0; i < size_t(N) * size_t(K); ++i) w0[i] = float(int(rng() % 2001) - 1000) / 4096.f;
-  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
+    float* w0 = reinterpret_cast<float*>(first);
+    for (size_t i = 0; i < size_t(N) * size_t(K); ++i) w0[i] = float(int(rng() % 2001) - 1000) / 4096.f;
+  });
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   auto share = [&](const std::function<uint64_t(const uint8_t*, size_t)>& f, const uint8_t* W) {
@@ -129,29 +129,20 @@ int main(int argc, char** argv) {
       {"read-2-nopf-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 1024, 0); }, W); }, {}},
       {"read-4-nopf-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 1024, 0); }, W); }, {}},
   };
-  if (const char* keep = std::getenv("RP_ROWS")) {
-    const std::string list = std::string(",") + keep + ",";
-    std::vector<Row> kept;
-    for (auto& row : rows)
-      if (kept.empty() || list.find("," + row.name + ",") != std::string::npos) kept.push_back(row);
-    rows = kept;
-  }
+  bench::keep_named_rows(rows);  // RP_ROWS
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
+  const bench::PatternClock clk = bench::pattern_clock(threads, false);  // RP_CPU=1
   int c = 0;
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
-      const double c0 = bench::thread_cpu(), t0 = bench::now();
-      rows[i].run(W);
-      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
-      rows[i].t.push_back(cpu ? cpu_s : wall);
+      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
     }
   }
   std::printf("f32 N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; default stream prefetch %d; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall", int(p_def));
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, bench::pattern_clock_name(clk), int(p_def));
   std::printf("%-15s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;
   for (auto& row : rows) {

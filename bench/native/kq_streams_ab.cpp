@@ -34,6 +34,7 @@
 #include "cpu/kernels.h"
 #include "bench_clock.h"
 #include "bench_read.h"
+#include "read_pattern_rows.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -101,10 +102,9 @@ int main(int argc, char** argv) {
     else
       b[0] = 0, b[1] = 0x20, b[2] = 0, b[3] = 0x20;
   }
-  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
-  cp[0] = bench::huge_alloc(bytes);
-  kquant_repack(w.data(), t, N, K, cp[0], &pool);
-  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
+    kquant_repack(w.data(), t, N, K, first, &pool);
+  });
   // RP_M=m: m rows of X (the M = 2-8 passes, the prefill beyond) instead of the decode's one
   const int64_t M = std::getenv("RP_M") ? std::max(1, std::atoi(std::getenv("RP_M"))) : 1;
   std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
@@ -160,14 +160,7 @@ int main(int argc, char** argv) {
   rows.push_back({"read-4", read(std::integral_constant<int, 4>{}, 128, 1024), {}});
   rows.push_back({"read-4-nopf", read(std::integral_constant<int, 4>{}, 128, 0), {}});
   rows.push_back({"read-1-nopf", read(std::integral_constant<int, 1>{}, 256, 0), {}});
-  // RP_ROWS=a,b,...: only the rows named (the first row, one, always)
-  if (const char* keep = std::getenv("RP_ROWS")) {
-    const std::string list = std::string(",") + keep + ",";
-    std::vector<Row> kept;
-    for (auto& row : rows)
-      if (kept.empty() || list.find("," + row.name + ",") != std::string::npos) kept.push_back(row);
-    rows = kept;
-  }
+  bench::keep_named_rows(rows);  // RP_ROWS
   rows[0].run(cp[0]);
   const std::vector<float> ref = y;
   for (auto& row : rows) {
@@ -181,18 +174,14 @@ int main(int argc, char** argv) {
   }
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  // RP_CPU=1 at 1 thread: the calling thread's CPU time (the pool of one runs the calls on the caller)
-  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
+  const bench::PatternClock clk = bench::pattern_clock(threads, false);  // RP_CPU=1
   int c = 0;
   std::vector<std::vector<double>> ratio(rows.size());  // per round: one / row
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
-      const double c0 = bench::thread_cpu(), t0 = bench::now();
-      rows[i].run(W);
-      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
-      rows[i].t.push_back(cpu ? cpu_s : wall);
+      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
     }
     for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
   }
@@ -206,7 +195,7 @@ int main(int argc, char** argv) {
   }
   std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages (AnonHugePages %.0f of %.0f MiB), %s; ratio = one-stream time / row time\n",
               dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, anon_kb / 1024,
-              double(bytes) * copies / (1 << 20), cpu ? "thread CPU time" : "wall");
+              double(bytes) * copies / (1 << 20), bench::pattern_clock_name(clk));
   std::printf("%-14s %9s %9s %9s %9s %8s %8s %9s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)",
               "r(med)", "med r/rnd");
   double gb = 0, gm = 0;

@@ -61,6 +61,7 @@
 #include "cpu/kernels.h"
 #include "bench_clock.h"
 #include "bench_read.h"
+#include "read_pattern_rows.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -166,10 +167,9 @@ int main(int argc, char** argv) {
   std::mt19937 rng(7);
   for (auto& b : w) b = uint8_t(rng());
   for (size_t i = 0; i < w.size(); i += 18) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
-  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
-  cp[0] = bench::huge_alloc(bytes);
-  quant_repack(w.data(), DType::Q4_0, N, K, cp[0], &pool);
-  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
+    quant_repack(w.data(), DType::Q4_0, N, K, first, &pool);
+  });
   // RP_ALT=model: a second set of copies placed as the model places a packed matrix (core/backend.cpp
   // alloc_packed: 2 MiB-aligned, only its whole 2 MiB pages asked to be huge, the tail in 4 KiB
   // pages); RP_ALT=small: every page 4 KiB. Rows named *-alt read those copies.
@@ -273,14 +273,7 @@ int main(int argc, char** argv) {
       {"gemv-slices12", gemv_slices(12), {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 2 * kRec, 0); }, W); }, {}},
   };
-  // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
-  if (const char* keep = std::getenv("RP_ROWS")) {
-    const std::string list = std::string(",") + keep + ",";
-    std::vector<Row> kept;
-    for (auto& row : rows)
-      if (kept.empty() || list.find(std::string(",") + row.name + ",") != std::string::npos) kept.push_back(row);
-    rows = kept;
-  }
+  bench::keep_named_rows(rows);  // RP_ROWS
   if (!alt) rows.erase(std::remove_if(rows.begin(), rows.end(), [](const Row& r) { return r.alt; }), rows.end());
   // every gemv row gives the default pass's bits (rows named gemv*)
   rows[0].run(cp[0]);
@@ -296,22 +289,17 @@ int main(int argc, char** argv) {
   }
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  // RP_CPU=1 at 1 thread: the calling thread's CPU time instead of wall time (preemption excluded on
-  // a loaded machine; the pool of one thread runs the calls on the caller)
-  const bool cpu = threads == 1 && std::getenv("RP_CPU") && std::strcmp(std::getenv("RP_CPU"), "1") == 0;
+  const bench::PatternClock clk = bench::pattern_clock(threads, false);  // RP_CPU=1
   int c = 0;
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = (rows[i].alt ? cp2 : cp)[size_t(c++ % copies)];
-      const double c0 = bench::thread_cpu(), t0 = bench::now();
-      rows[i].run(W);
-      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0;
-      rows[i].t.push_back(cpu ? cpu_s : wall);
+      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
     }
   }
   std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, cpu ? "thread CPU time" : "wall");
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, bench::pattern_clock_name(clk));
   std::printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "mean us", "best GB/s", "med GB/s",
               "mean GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;

@@ -32,6 +32,7 @@
 #include "cpu/kernels.h"
 #include "bench_clock.h"
 #include "bench_read.h"
+#include "read_pattern_rows.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -81,10 +82,9 @@ int main(int argc, char** argv) {
   std::mt19937 rng(7);
   for (auto& b : w) b = uint8_t(rng());
   for (size_t i = 0; i < w.size(); i += 34) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
-  std::vector<uint8_t*> cp(static_cast<size_t>(copies));
-  cp[0] = bench::huge_alloc(bytes);
-  quant_repack(w.data(), DType::Q8_0, N, K, cp[0], &pool);
-  for (int c = 1; c < copies; ++c) cp[size_t(c)] = bench::huge_alloc(bytes), std::memcpy(cp[size_t(c)], cp[0], bytes);
+  const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
+    quant_repack(w.data(), DType::Q8_0, N, K, first, &pool);
+  });
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   // each thread's share: whole groups of 4
@@ -124,14 +124,7 @@ int main(int argc, char** argv) {
   rows.push_back({"read-1-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<1>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
   rows.push_back({"read-2-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<2>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
   rows.push_back({"read-4-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
-  // RP_ROWS=a,b,...: only the rows named (the first row, gemv, always)
-  if (const char* keep = std::getenv("RP_ROWS")) {
-    const std::string list = std::string(",") + keep + ",";
-    std::vector<Row> kept;
-    for (auto& row : rows)
-      if (kept.empty() || list.find("," + row.name + ",") != std::string::npos) kept.push_back(row);
-    rows = kept;
-  }
+  bench::keep_named_rows(rows);  // RP_ROWS
   // every gemv row gives gemv-prev's bits
   gemv(0, P::None)(cp[0]);
   const std::vector<float> ref = y;
@@ -146,30 +139,17 @@ int main(int argc, char** argv) {
   }
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  // RP_CPU=1 at 1 thread: the calling thread's CPU time; RP_CPU=process: the process's CPU time
-  // (every thread; readable at 2 threads on a loaded machine: preemption excluded, the pool's
-  // waits included) divided by the threads
-  const char* rp_cpu = std::getenv("RP_CPU");
-  const bool cpu = threads == 1 && rp_cpu && std::strcmp(rp_cpu, "1") == 0;
-  const bool pcpu = rp_cpu && std::strcmp(rp_cpu, "process") == 0;
-  auto process_cpu = [] {
-    timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-  };
+  const bench::PatternClock clk = bench::pattern_clock(threads, true);  // RP_CPU=1 | process
   int c = 0;
   for (int r = 0; r < rounds; ++r) {
     std::shuffle(order.begin(), order.end(), rng);
     for (size_t i : order) {
       const uint8_t* W = cp[size_t(c++ % copies)];
-      const double c0 = bench::thread_cpu(), p0 = process_cpu(), t0 = bench::now();
-      rows[i].run(W);
-      const double wall = bench::now() - t0, cpu_s = bench::thread_cpu() - c0, pcpu_s = (process_cpu() - p0) / threads;
-      rows[i].t.push_back(pcpu ? pcpu_s : cpu ? cpu_s : wall);
+      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
     }
   }
   std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, pcpu ? "process CPU time / threads" : cpu ? "thread CPU time" : "wall",
+              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, bench::pattern_clock_name(clk),
               s_def, pfn[int(p_def)]);
   std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;
