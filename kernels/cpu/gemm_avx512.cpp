@@ -463,11 +463,7 @@ EMO_T512 void bf16_gemv_range_hint(const Args& a, const float* xeo, int64_t n0, 
 // The 8-row block GEMV (weights on 4 KiB pages) with the software prefetch of
 // set_gemv_block_prefetch (the same bits).
 EMO_T512 void bf16_gemv_range(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
-  switch (gemv_block_prefetch()) {
-    case GemvPrefetch::Nta: return bf16_gemv_range_hint<_MM_HINT_NTA>(a, xeo, n0, n1);
-    case GemvPrefetch::None: return bf16_gemv_range_hint<-1>(a, xeo, n0, n1);
-    default: return bf16_gemv_range_hint<_MM_HINT_T0>(a, xeo, n0, n1);
-  }
+  with_prefetch_hint(gemv_block_prefetch(), [&](auto hint) { bf16_gemv_range_hint<decltype(hint)::value>(a, xeo, n0, n1); });
 }
 
 // ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16 / F32)
@@ -690,11 +686,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 // hint of set_gemv_streams_prefetch (the same bits).
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  switch (gemv_streams_prefetch()) {
-    case GemvPrefetch::Nta: return gemv_streams<DT, _MM_HINT_NTA>(a, x, n0, n1);
-    case GemvPrefetch::None: return gemv_streams<DT, -1>(a, x, n0, n1);
-    default: return gemv_streams<DT>(a, x, n0, n1);
-  }
+  with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) { gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1); });
 }
 
 // The single-stream GEMV's rows over the pool in guided chunks (base/thread_pool.h

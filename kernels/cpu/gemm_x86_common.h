@@ -1,6 +1,6 @@
-// What the AVX2 and AVX-512 GEMM files (gemm_avx2.cpp, gemm_avx512.cpp) share outside their
-// vector code: choosing the compiled instance of a kernel template for a weight type and a small
-// M, the row chunks their M <= kSmallM kernels take from the pool, rounding X to q8_0 for the
+// What the AVX2 and AVX-512 GEMM files (gemm_avx2.cpp, gemm_avx512.cpp, gemv_repacked.cpp) share
+// outside their vector code: choosing the compiled instance of a kernel template for a weight
+// type, a small M or a software prefetch setting, the row chunks their M <= kSmallM kernels take from the pool, rounding X to q8_0 for the
 // q8_0-activation kernels, and reading a block's fp16 scale. Internal to kernels/cpu.
 #pragma once
 #include <algorithm>
@@ -11,6 +11,8 @@
 #include "gemm_internal.h"
 
 #if defined(__x86_64__)
+#include <immintrin.h>
+
 namespace emollm {
 namespace gemm_detail {
 
@@ -19,6 +21,23 @@ inline uint16_t rd16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
   return v;
+}
+
+// fn(std::integral_constant<int, H>{}) for the compile-time prefetch hint of setting p (a decode
+// GEMV's GemvPrefetch, decode_tuning.h): -1 for None (no software prefetch along the streams),
+// _MM_HINT_NTA, _MM_HINT_T1 where WithT1 (the q8_0 parts pass; the other kernels read T1 as T0),
+// else _MM_HINT_T0. The kernels are compiled once per hint.
+template <bool WithT1 = false, class Fn>
+decltype(auto) with_prefetch_hint(GemvPrefetch p, Fn&& fn) {
+  switch (p) {
+    case GemvPrefetch::None: return fn(std::integral_constant<int, -1>{});
+    case GemvPrefetch::Nta: return fn(std::integral_constant<int, _MM_HINT_NTA>{});
+    case GemvPrefetch::T1:
+      if constexpr (WithT1) return fn(std::integral_constant<int, _MM_HINT_T1>{});
+      break;
+    default: break;
+  }
+  return fn(std::integral_constant<int, _MM_HINT_T0>{});
 }
 
 // fn(std::integral_constant<int, MB>{}) for MB = mb in [1, kSmallM] (larger: kSmallM): the dot

@@ -41,6 +41,7 @@
 #include "../../base/quant_formats.h"
 #include "gemm_internal.h"
 #include "gemm_q8_xpanel.h"
+#include "gemm_x86_common.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -938,16 +939,11 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         const int64_t part = per * kSuperGroup;
         for (int64_t i = 0; i < per; ++i) {
           const int64_t gi = g + i * kSuperGroup;
-          auto run = [&](auto hint) {
+          gemm_detail::with_prefetch_hint(pf, [&](auto hint) {
             ms_q40_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
                                                      y + gi * kGroup, N - gi * kGroup, cold_start && gi == g0, kMsAhead,
                                                      part);
-          };
-          switch (pf) {
-            case gemm_detail::GemvPrefetch::None: run(std::integral_constant<int, -1>()); break;
-            case gemm_detail::GemvPrefetch::Nta: run(std::integral_constant<int, _MM_HINT_NTA>()); break;
-            default: run(std::integral_constant<int, _MM_HINT_T0>()); break;
-          }
+          });
         }
         g += SS * part;
       };
@@ -964,17 +960,11 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         const int64_t part = (g1 - g) / SS;  // groups a part
         for (int64_t i = 0; i < part; ++i) {
           const int64_t gi = g + i;
-          auto run = [&](auto hint) {
+          gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
             parts_q80_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
                                                         y + gi * kGroup, N - gi * kGroup, cold_start && i == 0,
                                                         kMsAhead, part);
-          };
-          switch (pf) {
-            case gemm_detail::GemvPrefetch::None: run(std::integral_constant<int, -1>()); break;
-            case gemm_detail::GemvPrefetch::Nta: run(std::integral_constant<int, _MM_HINT_NTA>()); break;
-            case gemm_detail::GemvPrefetch::T1: run(std::integral_constant<int, _MM_HINT_T1>()); break;
-            default: run(std::integral_constant<int, _MM_HINT_T0>()); break;
-          }
+          });
         }
         if (part > 0) g += SS * part;
       };
