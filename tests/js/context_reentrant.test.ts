@@ -11,27 +11,10 @@ import { join } from 'node:path';
 import { sharedModel } from './helpers/vlm_fixtures.js';
 import { EmollmError } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
+import { bitsEqual, settles, type RawContext, type RawModel } from './helpers/raw_context.js';
 
 const { dir: stories, have } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'context re-entrancy tests');
 const gguf = join(stories, 'gguf', 'stories260K.gguf');
-
-interface RawContext {
-  eval(tokens: Int32Array, options?: object): Promise<Float32Array>;
-  score(prefix: Int32Array, images: null, continuations: Int32Array[]): Promise<{ logprobs: number[] }>;
-  generate(prompt: Int32Array, options: object): Promise<{ tokens: Int32Array }>;
-  reset(): void;
-  close(): Promise<void>;
-  readonly nPast: number;
-}
-interface RawModel {
-  createContext(options?: { nCtx?: number }): RawContext;
-  close(): Promise<void>;
-}
-
-const settles = <T>(p: Promise<T>, ms = 10_000): Promise<T | 'hung'> =>
-  Promise.race([p, new Promise<'hung'>((r) => setTimeout(() => r('hung'), ms).unref())]);
-const bitsEqual = (a: Float32Array, b: Float32Array): boolean =>
-  a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 // The call fails (thrown or rejected) with ERR_INVALID_ARGUMENT and a message matching `message`.
 async function failsWith(call: () => Promise<unknown>, message: RegExp): Promise<void> {

@@ -23,6 +23,7 @@ import { f32, nextExpected, repoRoot, sharedModel } from './helpers/vlm_fixtures
 import { EmollmError, FaceAnalyzer, initMvp, loadModel, type Model } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
 import { createNativeTrainer } from '../../lib/train/train_mvp.js';
+import { bitsEqual, settles, type RawContext, type RawModel } from './helpers/raw_context.js';
 
 const { dir: stories, have: haveStories } = sharedModel('stories260K', 'gguf/stories260K.gguf', 'worker allocation tests (model, context, loaders)');
 const { dir: tiny, have: haveTiny } = sharedModel('llava-tiny-hf', 'model.safetensors', 'worker allocation test (trainer)');
@@ -48,27 +49,7 @@ async function outOfMemory(what: string, call: () => Promise<unknown>, mode: Hoo
   expect((err as EmollmError).message).toMatch(new RegExp(`^${what}: out of memory`));
 }
 
-// Resolves to 'hung' when `p` has not settled within `ms` (a close waiting on a call counted in
-// flight that never ran would never resolve).
-const settles = <T>(p: Promise<T>, ms = 10_000): Promise<T | 'hung'> =>
-  Promise.race([p, new Promise<'hung'>((r) => setTimeout(() => r('hung'), ms).unref())]);
-
-const bitsEqual = (a: Float32Array, b: Float32Array): boolean =>
-  a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-
 type Raw = Record<string, (...args: unknown[]) => Promise<unknown>>;
-interface RawContext {
-  eval(tokens: Int32Array, options?: { allLogits?: boolean }): Promise<Float32Array>;
-  score(prefix: Int32Array, images: null, continuations: Int32Array[]): Promise<{ logprobs: number[] }>;
-  generate(prompt: Int32Array, options: Record<string, unknown>, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array }>;
-  reset(): void;
-  close(): Promise<void>;
-  readonly nPast: number;
-}
-interface RawModel {
-  createContext(options?: { nCtx?: number }): RawContext;
-  close(): Promise<void>;
-}
 const raw = (): Raw => native() as unknown as Raw;
 
 // A vision call on a freshly loaded model: typed ERR_OUT_OF_MEMORY, then the same call's bits, then
