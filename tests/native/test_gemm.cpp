@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <limits>
 #include <random>
@@ -2220,14 +2221,52 @@ struct Q40MsScope {
   bool prev_;
 };
 
-// That pass's software prefetch (gemm_detail::set_q40_ms_prefetch) for one scope, restored after.
-struct Q40PrefetchScope {
-  explicit Q40PrefetchScope(gemm_detail::GemvPrefetch p) : prev_(gemm_detail::q40_ms_prefetch()) {
-    gemm_detail::set_q40_ms_prefetch(p);
-  }
-  ~Q40PrefetchScope() { gemm_detail::set_q40_ms_prefetch(prev_); }
-  gemm_detail::GemvPrefetch prev_;
-};
+// The M = 1 same-bits loop of the repacked GEMV's path switches: for weights t of N x K, every
+// VNNI variant, 1-3 threads and bias off / on, gemv_repacked and gemv_repacked_multi (a 37-row
+// output first, so the second's groups start mid super-group in the shared numbering) with the
+// reference path (`reference()` sets it), then with each of `variants` paths (`variant(v)` sets it
+// and names it): every output bit for bit the reference's. Returns the comparisons made.
+int m1_paths_same_bits(DType t, int64_t N, int64_t K, uint32_t seed, const std::function<void()>& reference,
+                       int variants, const std::function<std::string(int)>& variant) {
+  int compared = 0;
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
+  std::vector<float> bias(static_cast<size_t>(N)), bias37(37);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(int(i % 7) - 3) * 0.125f;
+  for (size_t i = 0; i < bias37.size(); ++i) bias37[i] = float(int(i % 5) - 2) * 0.25f;
+  Weights w = make_weights(t, N, K, seed), w37 = make_weights(t, 37, K, seed + 5);
+  std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r37(quant_repack_bytes(t, 37, K));
+  quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
+  quant_repack(w37.bytes.data(), t, 37, K, r37.data(), nullptr);
+  Problem p = make_problem(1, N, K, 0, 0, seed + 1);
+  auto run = [&](const float* b, ThreadPool* pool, std::vector<float>& y, std::vector<float>& ma, std::vector<float>& mb) {
+    gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
+    GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
+    gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
+  };
+  for (bool vnni : vnni_variants(isa_active()))
+    for (ThreadPool* pool : pools)
+      for (int use_bias = 0; use_bias < 2; ++use_bias) {
+        VnniScope vs(vnni);
+        const float* b = use_bias ? bias.data() : nullptr;
+        std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
+        reference();
+        run(b, pool, y1, m1a, m1b);
+        for (float v : y1) EXPECT(v != kSentinel);
+        for (int v = 0; v < variants; ++v) {
+          const std::string what = std::string(dtype_name(t)) + " " + variant(v) + " vnni=" + yesno(vnni) +
+                                   " threads=" + std::to_string(pool ? pool->size() : 1) + " bias=" + yesno(use_bias) +
+                                   " N=" + std::to_string(N) + " K=" + std::to_string(K);
+          std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
+          run(b, pool, y, ma, mb);
+          same(y, y1, what);
+          same(ma, m1a, what + " multi[0]");
+          same(mb, m1b, what + " multi[1]");
+          ++compared;
+        }
+      }
+  return compared;
+}
 
 // gemv_repacked's q4_0 pass on two streams (gemm_detail::set_q40_ms, default on:
 // each thread's super-groups cut into two contiguous parts read side by side, a left-over one as
@@ -2245,59 +2284,29 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
     Q40MsScope s(false);
     EXPECT(!gemm_detail::q40_ms());
   }
+  struct Restore {
+    bool ms = gemm_detail::q40_ms();
+    gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch();
+    ~Restore() { gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p); }
+  } restore;
+  // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
+  // double-pumped AVX-512): prefetches only, the same bits
+  const gemm_detail::GemvPrefetch pfs[3] = {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta,
+                                            gemm_detail::GemvPrefetch::None};
   int compared = 0;
-  ThreadPool pool2(2), pool3(3);
-  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
-  std::vector<float> bias(4096), bias37(37);
-  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(int(i % 7) - 3) * 0.125f;
-  for (size_t i = 0; i < bias37.size(); ++i) bias37[i] = float(int(i % 5) - 2) * 0.25f;
   uint32_t seed = 8100;
   for (DType t : {DType::Q4_0, DType::Q8_0})
     for (int64_t K : {32, 96, 2048})
       for (int64_t N : {64, 100, 128, 192, 250, 256, 320, 448, 1000, 1088, 4096}) {
         if (N == 4096 && K == 32) continue;
         if (t == DType::Q8_0 && N > 256) continue;  // q8_0: only that the setting changes nothing
-        Weights w = make_weights(t, N, K, seed), w37 = make_weights(t, 37, K, seed + 5);
-        std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r37(quant_repack_bytes(t, 37, K));
-        quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
-        quant_repack(w37.bytes.data(), t, 37, K, r37.data(), nullptr);
-        Problem p = make_problem(1, N, K, 0, 0, seed + 1);
-        for (bool vnni : vnni_variants(isa_active()))
-          for (ThreadPool* pool : pools)
-              for (int use_bias = 0; use_bias < 2; ++use_bias) {
-                VnniScope vs(vnni);
-                const float* b = use_bias ? bias.data() : nullptr;
-                std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
-                {
-                  Q40MsScope s(false);
-                  gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
-                  GemvOutput o[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
-                  gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
-                }
-                for (float v : y1) EXPECT(v != kSentinel);
-                {
-                  const std::string what = std::string(dtype_name(t)) + " two streams vnni=" +
-                                           yesno(vnni) + " threads=" + std::to_string(pool ? pool->size() : 1) +
-                                           " bias=" + yesno(use_bias) + " N=" +
-                                           std::to_string(N) + " K=" + std::to_string(K);
-                  Q40MsScope s(true);
-                  // every software prefetch of the pass (decode_tuning.h: T0 on Zen 5, none on
-                  // double-pumped AVX-512): prefetches only, the same bits
-                  for (gemm_detail::GemvPrefetch pf :
-                       {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta, gemm_detail::GemvPrefetch::None}) {
-                    const std::string wp = what + " prefetch=" + std::to_string(int(pf));
-                    Q40PrefetchScope ps(pf);
-                    std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
-                    gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
-                    GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
-                    gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
-                    same(y, y1, wp);
-                    same(ma, m1a, wp + " multi[0]");
-                    same(mb, m1b, wp + " multi[1]");
-                    ++compared;
-                  }
-                }
-              }
+        compared += m1_paths_same_bits(
+            t, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, 3,
+            [&](int v) {
+              gemm_detail::set_q40_ms(true);
+              gemm_detail::set_q40_ms_prefetch(pfs[v]);
+              return "two streams prefetch=" + std::to_string(int(pfs[v]));
+            });
         ++seed;
       }
   EXPECT(compared > 0);
@@ -2318,52 +2327,22 @@ TEST(gemv_q80_parts_bit_equal_four_group_pass) {
     gemm_detail::GemvPrefetch p = gemm_detail::q80_prefetch();
     ~Restore() { gemm_detail::set_q80_streams(s), gemm_detail::set_q80_prefetch(p); }
   } restore;
+  const gemm_detail::GemvPrefetch pfs[4] = {gemm_detail::GemvPrefetch::None, gemm_detail::GemvPrefetch::T0,
+                                            gemm_detail::GemvPrefetch::T1, gemm_detail::GemvPrefetch::Nta};
   int compared = 0;
-  ThreadPool pool2(2), pool3(3);
-  ThreadPool* pools[3] = {nullptr, &pool2, &pool3};
-  std::vector<float> bias(4096), bias37(37);
-  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(int(i % 7) - 3) * 0.125f;
-  for (size_t i = 0; i < bias37.size(); ++i) bias37[i] = float(int(i % 5) - 2) * 0.25f;
   uint32_t seed = 8300;
-  const DType t = DType::Q8_0;
   for (int64_t K : {32, 96, 2048})
     for (int64_t N : {16, 40, 48, 100, 112, 208, 250, 1040}) {
-      Weights w = make_weights(t, N, K, seed), w37 = make_weights(t, 37, K, seed + 5);
-      std::vector<uint8_t> r(quant_repack_bytes(t, N, K)), r37(quant_repack_bytes(t, 37, K));
-      quant_repack(w.bytes.data(), t, N, K, r.data(), nullptr);
-      quant_repack(w37.bytes.data(), t, 37, K, r37.data(), nullptr);
-      Problem p = make_problem(1, N, K, 0, 0, seed + 1);
-      for (bool vnni : vnni_variants(isa_active()))
-        for (ThreadPool* pool : pools)
-          for (int use_bias = 0; use_bias < 2; ++use_bias) {
-            VnniScope vs(vnni);
-            const float* b = use_bias ? bias.data() : nullptr;
-            std::vector<float> y1(size_t(N), kSentinel), m1a(37, kSentinel), m1b(size_t(N), kSentinel);
-            gemm_detail::set_q80_streams(0);
-            gemv_repacked(p.X.data(), r.data(), t, b, y1.data(), N, K, pool);
-            GemvOutput o1[2] = {{r37.data(), bias37.data(), m1a.data(), 37}, {r.data(), b, m1b.data(), N}};
-            gemv_repacked_multi(p.X.data(), t, o1, 2, K, pool);
-            for (float v : y1) EXPECT(v != kSentinel);
-            for (int S = 1; S <= 4; ++S)
-              for (gemm_detail::GemvPrefetch pf : {gemm_detail::GemvPrefetch::None, gemm_detail::GemvPrefetch::T0,
-                                                   gemm_detail::GemvPrefetch::T1, gemm_detail::GemvPrefetch::Nta}) {
-                gemm_detail::set_q80_streams(S);
-                gemm_detail::set_q80_prefetch(pf);
-                EXPECT(gemm_detail::q80_streams() == S);
-                const std::string what = std::string("q8_0 parts=") + std::to_string(S) + " prefetch=" +
-                                         std::to_string(int(pf)) + " vnni=" + yesno(vnni) + " threads=" +
-                                         std::to_string(pool ? pool->size() : 1) + " bias=" + yesno(use_bias) +
-                                         " N=" + std::to_string(N) + " K=" + std::to_string(K);
-                std::vector<float> y(size_t(N), kSentinel), ma(37, kSentinel), mb(size_t(N), kSentinel);
-                gemv_repacked(p.X.data(), r.data(), t, b, y.data(), N, K, pool);
-                GemvOutput o[2] = {{r37.data(), bias37.data(), ma.data(), 37}, {r.data(), b, mb.data(), N}};
-                gemv_repacked_multi(p.X.data(), t, o, 2, K, pool);
-                same(y, y1, what);
-                same(ma, m1a, what + " multi[0]");
-                same(mb, m1b, what + " multi[1]");
-                ++compared;
-              }
-          }
+      // variant v: S = 1 + v / 4 parts, prefetch pfs[v % 4]
+      compared += m1_paths_same_bits(
+          DType::Q8_0, N, K, seed, [] { gemm_detail::set_q80_streams(0); }, 16,
+          [&](int v) {
+            const int S = 1 + v / 4;
+            gemm_detail::set_q80_streams(S);
+            gemm_detail::set_q80_prefetch(pfs[v % 4]);
+            EXPECT(gemm_detail::q80_streams() == S);
+            return "parts=" + std::to_string(S) + " prefetch=" + std::to_string(int(pfs[v % 4]));
+          });
       ++seed;
     }
   EXPECT(compared > 0);
