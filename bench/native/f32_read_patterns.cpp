@@ -13,11 +13,7 @@
 // Each thread reads its contiguous share of the rows (the GEMV: its own dispatch). Copies: 2 MiB
 // pages rotated over >= 384 MiB (beyond L3); with `copies` given, that many.
 // Usage (repository root): [RP_CPU=1] [RP_ROWS=a,b] ./build-bench/f32_read_patterns [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
-#include <algorithm>
-#include <atomic>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -26,7 +22,6 @@
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_gemv_streams_prefetch
 #include "cpu/kernels.h"
-#include "bench_clock.h"
 #include "bench_read.h"
 #include "read_pattern_rows.h"
 
@@ -37,8 +32,6 @@
 using namespace emollm;
 
 namespace {
-std::atomic<uint64_t> g_sink{0};
-
 #if defined(__x86_64__)
 // A scratch copy of gemv_streams<F32>'s loop without prefetch (rows `copy` / `copy-x1`): S = 4
 // parts of the rows side by side, 128 bytes of each a step, two FMAs per stream with x loaded
@@ -84,11 +77,11 @@ int main(int argc, char** argv) {
   std::printf("f32_read_patterns: x86-64 only\n");
   return 0;
 #else
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 40;
-  const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
-  ThreadPool pool(threads);
+  const bench::PatternArgs a = bench::pattern_args(argc, argv, 1, 40, false);  // RP_CPU=1
+  const int64_t N = a.N, K = a.K;
+  ThreadPool pool(a.threads);
   const size_t bytes = size_t(N) * size_t(K) * 4;
-  const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(384) << 20) / bytes + 1));
+  const int copies = a.copies(bytes, 384);
   std::mt19937 rng(7);
   const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
     float* w0 = reinterpret_cast<float*>(first);
@@ -99,7 +92,7 @@ int main(int argc, char** argv) {
   auto share = [&](const std::function<uint64_t(const uint8_t*, size_t)>& f, const uint8_t* W) {
     pool.run([&](int ith, int nth) {
       const int64_t r0 = N * ith / nth, r1 = N * (ith + 1) / nth;
-      g_sink.fetch_xor(f(W + size_t(r0) * size_t(K) * 4, size_t(r1 - r0) * size_t(K) * 4), std::memory_order_relaxed);
+      bench::g_sink.fetch_xor(f(W + size_t(r0) * size_t(K) * 4, size_t(r1 - r0) * size_t(K) * 4), std::memory_order_relaxed);
     });
   };
   const gemm_detail::GemvPrefetch p_def = gemm_detail::gemv_streams_prefetch();
@@ -110,12 +103,7 @@ int main(int argc, char** argv) {
       gemm_detail::set_gemv_streams_prefetch(p_def);
     };
   };
-  struct Row {
-    std::string name;
-    std::function<void(const uint8_t*)> run;
-    std::vector<double> t;
-  };
-  std::vector<Row> rows = {
+  std::vector<bench::PatternRow> rows = {
       {"gemv", gemv(p_def), {}},
       {"gemv-t0", gemv(gemm_detail::GemvPrefetch::T0), {}},
       {"gemv-none", gemv(gemm_detail::GemvPrefetch::None), {}},
@@ -130,27 +118,10 @@ int main(int argc, char** argv) {
       {"read-4-nopf-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 1024, 0); }, W); }, {}},
   };
   bench::keep_named_rows(rows);  // RP_ROWS
-  std::vector<size_t> order(rows.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bench::PatternClock clk = bench::pattern_clock(threads, false);  // RP_CPU=1
-  int c = 0;
-  for (int r = 0; r < rounds; ++r) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i : order) {
-      const uint8_t* W = cp[size_t(c++ % copies)];
-      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
-    }
-  }
+  bench::time_rows(rows, a, rng, cp);
   std::printf("f32 N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; default stream prefetch %d; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, bench::pattern_clock_name(clk), int(p_def));
-  std::printf("%-15s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
-  double gb = 0, gm = 0;
-  for (auto& row : rows) {
-    const double b = bench::best(row.t), m = bench::median(row.t);
-    if (gb == 0) gb = b, gm = m;
-    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name.c_str(), b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
-                double(bytes) / m * 1e-9, gb / b, gm / m);
-  }
-  return g_sink.load() == 42 ? 1 : 0;
+              (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, bench::pattern_clock_name(a.clock), int(p_def));
+  bench::print_ratio_table(rows, bytes, 15);
+  return bench::g_sink.load() == 42 ? 1 : 0;
 #endif
 }

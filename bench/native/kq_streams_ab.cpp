@@ -14,14 +14,8 @@
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
 // N x K: one copy, hot in L2).
 // Usage (repository root): [RP_CPU=1] [RP_COPIES=n] [RP_M=m] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
-#include <sys/mman.h>
-#include <time.h>
-
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -32,7 +26,6 @@
 #include "base/thread_pool.h"
 #include "cpu/gemv_kquant_vnni.h"  // set_kquant_streams, set_kquant_stream_prefetch
 #include "cpu/kernels.h"
-#include "bench_clock.h"
 #include "bench_read.h"
 #include "read_pattern_rows.h"
 
@@ -43,8 +36,6 @@
 using namespace emollm;
 
 namespace {
-std::atomic<uint64_t> g_sink{0};
-
 #if defined(__x86_64__)
 // The loads of the lean pass (one stream) in its order, without its arithmetic (read_kq below).
 __attribute__((target("avx512f"))) uint64_t kq_order_read(const uint8_t* p, size_t nrec, size_t rec, bool q6, size_t pf) {
@@ -78,18 +69,17 @@ int main(int argc, char** argv) {
   return 0;
 #else
   const DType t = argc > 1 && std::strcmp(argv[1], "q6_K") == 0 ? DType::Q6_K : DType::Q4_K;
-  const int threads = argc > 2 ? std::atoi(argv[2]) : 1, rounds = argc > 3 ? std::atoi(argv[3]) : 60;
-  const int64_t N = argc > 4 ? std::atoll(argv[4]) : 5632, K = argc > 5 ? std::atoll(argv[5]) : 2048;
+  // RP_COPIES=n: n copies (RP_COPIES=1 with a small N x K: the records hot in L2, the pass's
+  // compute rate without the memory side)
+  const bench::PatternArgs a = bench::pattern_args(argc, argv, 2, 60, false, bench::CopiesFrom::Env);  // RP_CPU=1
+  const int64_t N = a.N, K = a.K;
   if (!kquant_repacked_usable() || K % 256 != 0) {
     std::fprintf(stderr, "kq_streams_ab: needs AVX-512 VNNI and K a multiple of 256\n");
     return 2;
   }
-  ThreadPool pool(threads);
+  ThreadPool pool(a.threads);
   const size_t bytes = kquant_repack_bytes(t, N, K);
-  // RP_COPIES=n: n copies instead (RP_COPIES=1 with a small N x K: the records hot in L2, the
-  // pass's compute rate without the memory side)
-  const int copies = std::getenv("RP_COPIES") ? std::max(1, std::atoi(std::getenv("RP_COPIES")))
-                                              : int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  const int copies = a.copies(bytes, 512);
   // random blocks with d (and q4_K's dmin) 2^-7: every code, scale and min pattern
   const size_t bb = t == DType::Q6_K ? 210 : 144, nblk = size_t(N) * size_t(K / 256);
   std::vector<uint8_t> w(bb * nblk);
@@ -106,7 +96,7 @@ int main(int argc, char** argv) {
     kquant_repack(w.data(), t, N, K, first, &pool);
   });
   // RP_M=m: m rows of X (the M = 2-8 passes, the prefill beyond) instead of the decode's one
-  const int64_t M = std::getenv("RP_M") ? std::max(1, std::atoi(std::getenv("RP_M"))) : 1;
+  const int64_t M = bench::env_count("RP_M", 1);
   std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   auto gemv = [&](int streams, int64_t ahead) {
@@ -118,12 +108,7 @@ int main(int argc, char** argv) {
       gemm_detail::set_kquant_stream_prefetch(-1);
     };
   };
-  struct Row {
-    std::string name;
-    std::function<void(const uint8_t*)> run;
-    std::vector<double> t;
-  };
-  std::vector<Row> rows = {
+  std::vector<bench::PatternRow> rows = {
       {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
       {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-8", gemv(1, 8192), {}}, {"one-16", gemv(1, 16384), {}}};
   const int64_t per_thread = (N + 63) / 64;
@@ -133,7 +118,7 @@ int main(int argc, char** argv) {
       pool.run([&](int ith, int nth) {
         const int64_t s0 = per_thread * ith / nth, s1 = per_thread * (ith + 1) / nth;
         const size_t sg = bytes / size_t(per_thread);
-        g_sink.fetch_xor(bench::read_streams<decltype(streams)::value>(W + size_t(s0) * sg, size_t(s1 - s0) * sg, step, pf),
+        bench::g_sink.fetch_xor(bench::read_streams<decltype(streams)::value>(W + size_t(s0) * sg, size_t(s1 - s0) * sg, step, pf),
                          std::memory_order_relaxed);
       });
     };
@@ -151,7 +136,7 @@ int main(int argc, char** argv) {
         const size_t sg = bytes / size_t(per_thread);
         const uint8_t* p = W + size_t(s0) * sg;
         const size_t nrec = size_t(s1 - s0) * sg / rec;
-        g_sink.fetch_xor(kq_order_read(p, nrec, rec, q6, pf), std::memory_order_relaxed);
+        bench::g_sink.fetch_xor(kq_order_read(p, nrec, rec, q6, pf), std::memory_order_relaxed);
       });
     };
   };
@@ -161,30 +146,15 @@ int main(int argc, char** argv) {
   rows.push_back({"read-4-nopf", read(std::integral_constant<int, 4>{}, 128, 0), {}});
   rows.push_back({"read-1-nopf", read(std::integral_constant<int, 1>{}, 256, 0), {}});
   bench::keep_named_rows(rows);  // RP_ROWS
-  rows[0].run(cp[0]);
-  const std::vector<float> ref = y;
-  for (auto& row : rows) {
-    if (row.name.rfind("read", 0) == 0) continue;
-    std::fill(y.begin(), y.end(), -1.f);
-    row.run(cp[0]);
-    if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
-      std::fprintf(stderr, "kq_streams_ab: %s differs from the one-stream pass\n", row.name.c_str());
-      return 3;
-    }
-  }
-  std::vector<size_t> order(rows.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bench::PatternClock clk = bench::pattern_clock(threads, false);  // RP_CPU=1
-  int c = 0;
+  if (!bench::same_bits("kq_streams_ab", "the one-stream pass", rows, y, cp[0], rows[0].run,
+                        [](const bench::PatternRow& row) { return row.name.rfind("read", 0) != 0; }))
+    return 3;
   std::vector<std::vector<double>> ratio(rows.size());  // per round: one / row
-  for (int r = 0; r < rounds; ++r) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i : order) {
-      const uint8_t* W = cp[size_t(c++ % copies)];
-      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
-    }
-    for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
-  }
+  bench::time_rows(
+      rows, a, rng, [&](const bench::PatternRow&, int c) { return cp[size_t(c % copies)]; },
+      [&] {
+        for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
+      });
   // the copies' huge-page coverage (the process's AnonHugePages against the copies' bytes)
   double anon_kb = 0;
   if (FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {
@@ -194,8 +164,8 @@ int main(int argc, char** argv) {
     std::fclose(f);
   }
   std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages (AnonHugePages %.0f of %.0f MiB), %s; ratio = one-stream time / row time\n",
-              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, anon_kb / 1024,
-              double(bytes) * copies / (1 << 20), bench::pattern_clock_name(clk));
+              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, anon_kb / 1024,
+              double(bytes) * copies / (1 << 20), bench::pattern_clock_name(a.clock));
   std::printf("%-14s %9s %9s %9s %9s %8s %8s %9s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)",
               "r(med)", "med r/rnd");
   double gb = 0, gm = 0;
@@ -208,6 +178,6 @@ int main(int argc, char** argv) {
     std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f %9.3f\n", row.name.c_str(), b * 1e6, m * 1e6,
                 double(bytes) / b * 1e-9, double(bytes) / m * 1e-9, gb / b, gm / m, ratio[i][ratio[i].size() / 2]);
   }
-  return g_sink.load() == 42 ? 1 : 0;
+  return bench::g_sink.load() == 42 ? 1 : 0;
 #endif
 }

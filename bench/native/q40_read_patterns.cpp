@@ -43,23 +43,18 @@
 // EMOLLM_PROFILE_CPU's cpu_ms / calls, so the two compare like for like) and those as GB/s.
 // Usage (repository root): [RP_CPU=1] ./build-bench/q40_read_patterns [threads 1] [rounds 60] [N 5632] [K 2048] [copies]
 #include <sys/mman.h>
-#include <time.h>
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_q40_ms
 #include "cpu/kernels.h"
-#include "bench_clock.h"
 #include "bench_read.h"
 #include "read_pattern_rows.h"
 
@@ -71,7 +66,6 @@ using namespace emollm;
 
 namespace {
 constexpr size_t kRec = 1152;  // one q4_0 64-row record (4 groups x (32 B scales + 256 B quants))
-std::atomic<uint64_t> g_sink{0};
 
 #if defined(__x86_64__)
 using bench::fold;
@@ -153,16 +147,16 @@ int main(int argc, char** argv) {
   std::printf("q40_read_patterns: x86-64 only\n");
   return 0;
 #else
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 60;
-  const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
+  const bench::PatternArgs a = bench::pattern_args(argc, argv, 1, 60, false);  // RP_CPU=1
+  const int64_t N = a.N, K = a.K;
   if (N % 64 != 0 || K % 64 != 0) {
     std::fprintf(stderr, "q40_read_patterns: needs 64-row q4_0 records, N and K multiples of 64\n");
     return 2;
   }
-  ThreadPool pool(threads);
+  ThreadPool pool(a.threads);
   const size_t bytes = quant_repack_bytes(DType::Q4_0, N, K);
   const int64_t nsg = N / 64, nb = K / 32;
-  const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  const int copies = a.copies(bytes, 512);
   std::vector<uint8_t> w(dtype_row_bytes(DType::Q4_0, K) * size_t(N));
   std::mt19937 rng(7);
   for (auto& b : w) b = uint8_t(rng());
@@ -192,7 +186,7 @@ int main(int argc, char** argv) {
   auto share = [&](const std::function<uint64_t(const uint8_t*, size_t)>& f, const uint8_t* W) {
     pool.run([&](int ith, int nth) {
       const int64_t s0 = nsg * ith / nth, s1 = nsg * (ith + 1) / nth;
-      g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, size_t((s1 - s0) * nb) * kRec), std::memory_order_relaxed);
+      bench::g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, size_t((s1 - s0) * nb) * kRec), std::memory_order_relaxed);
     });
   };
   auto gemv = [&](bool ms) {
@@ -276,30 +270,13 @@ int main(int argc, char** argv) {
   bench::keep_named_rows(rows);  // RP_ROWS
   if (!alt) rows.erase(std::remove_if(rows.begin(), rows.end(), [](const Row& r) { return r.alt; }), rows.end());
   // every gemv row gives the default pass's bits (rows named gemv*)
-  rows[0].run(cp[0]);
-  const std::vector<float> ref = y;
-  for (auto& row : rows) {
-    if (std::strncmp(row.name, "gemv", 4) != 0) continue;
-    std::fill(y.begin(), y.end(), -1.f);
-    row.run(cp[0]);
-    if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
-      std::fprintf(stderr, "q40_read_patterns: %s differs from the default pass\n", row.name);
-      return 3;
-    }
-  }
-  std::vector<size_t> order(rows.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bench::PatternClock clk = bench::pattern_clock(threads, false);  // RP_CPU=1
-  int c = 0;
-  for (int r = 0; r < rounds; ++r) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i : order) {
-      const uint8_t* W = (rows[i].alt ? cp2 : cp)[size_t(c++ % copies)];
-      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
-    }
-  }
+  if (!bench::same_bits("q40_read_patterns", "the default pass", rows, y, cp[0], rows[0].run,
+                        [](const Row& row) { return std::strncmp(row.name, "gemv", 4) == 0; }))
+    return 3;
+  bench::time_rows(
+      rows, a, rng, [&](const Row& row, int c) { return (row.alt ? cp2 : cp)[size_t(c % copies)]; }, [] {});
   std::printf("q4_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, bench::pattern_clock_name(clk));
+              (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, bench::pattern_clock_name(a.clock));
   std::printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "mean us", "best GB/s", "med GB/s",
               "mean GB/s", "r(best)", "r(med)");
   double gb = 0, gm = 0;
@@ -312,6 +289,6 @@ int main(int argc, char** argv) {
     std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name, b * 1e6, m * 1e6, mean * 1e6,
                 double(bytes) / b * 1e-9, double(bytes) / m * 1e-9, double(bytes) / mean * 1e-9, gb / b, gm / m);
   }
-  return g_sink.load() == 42 ? 1 : 0;
+  return bench::g_sink.load() == 42 ? 1 : 0;
 #endif
 }

@@ -15,13 +15,7 @@
 // >= 512 MiB (beyond L3); with `copies` given, that many (1: the same bytes every call, hot in
 // L2 / L3 when they fit: the kernel's arithmetic rate).
 // Usage (repository root): [RP_CPU=1|process] [RP_ROWS=a,b] ./build-bench/q8_read_patterns [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
-#include <time.h>
-
-#include <algorithm>
-#include <atomic>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -30,7 +24,6 @@
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_q80_streams, set_q80_prefetch
 #include "cpu/kernels.h"
-#include "bench_clock.h"
 #include "bench_read.h"
 #include "read_pattern_rows.h"
 
@@ -42,7 +35,6 @@ using namespace emollm;
 
 namespace {
 constexpr size_t kRec = 544;  // one q8_0 16-row record (32 B scales + 512 B quants)
-std::atomic<uint64_t> g_sink{0};
 
 #if defined(__x86_64__)
 using bench::fold;
@@ -68,16 +60,16 @@ int main(int argc, char** argv) {
   std::printf("q8_read_patterns: x86-64 only\n");
   return 0;
 #else
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 1, rounds = argc > 2 ? std::atoi(argv[2]) : 40;
-  const int64_t N = argc > 3 ? std::atoll(argv[3]) : 5632, K = argc > 4 ? std::atoll(argv[4]) : 2048;
+  const bench::PatternArgs a = bench::pattern_args(argc, argv, 1, 40, true);  // RP_CPU=1 | process
+  const int64_t N = a.N, K = a.K;
   if (N % 64 != 0 || K % 32 != 0) {
     std::fprintf(stderr, "q8_read_patterns: N a multiple of 64, K of 32\n");
     return 2;
   }
-  ThreadPool pool(threads);
+  ThreadPool pool(a.threads);
   const size_t bytes = quant_repack_bytes(DType::Q8_0, N, K);
   const int64_t ng = N / 16, nb = K / 32;
-  const int copies = argc > 5 ? std::max(1, std::atoi(argv[5])) : int(std::max<size_t>(3, (size_t(512) << 20) / bytes + 1));
+  const int copies = a.copies(bytes, 512);
   std::vector<uint8_t> w(dtype_row_bytes(DType::Q8_0, K) * size_t(N));
   std::mt19937 rng(7);
   for (auto& b : w) b = uint8_t(rng());
@@ -91,7 +83,7 @@ int main(int argc, char** argv) {
   auto share = [&](const std::function<uint64_t(const uint8_t*, int64_t)>& f, const uint8_t* W) {
     pool.run([&](int ith, int nth) {
       const int64_t q = ng / 4, s0 = q * ith / nth * 4, s1 = q * (ith + 1) / nth * 4;
-      g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, s1 - s0), std::memory_order_relaxed);
+      bench::g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, s1 - s0), std::memory_order_relaxed);
     });
   };
   const int s_def = gemm_detail::q80_streams();
@@ -106,12 +98,7 @@ int main(int argc, char** argv) {
     };
   };
   using P = gemm_detail::GemvPrefetch;
-  struct Row {
-    std::string name;
-    std::function<void(const uint8_t*)> run;
-    std::vector<double> t;
-  };
-  std::vector<Row> rows = {
+  std::vector<bench::PatternRow> rows = {
       {"gemv", gemv(s_def, p_def), {}},
       {"gemv-prev", gemv(0, P::None), {}},
   };
@@ -126,39 +113,14 @@ int main(int argc, char** argv) {
   rows.push_back({"read-4-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
   bench::keep_named_rows(rows);  // RP_ROWS
   // every gemv row gives gemv-prev's bits
-  gemv(0, P::None)(cp[0]);
-  const std::vector<float> ref = y;
-  for (auto& row : rows) {
-    if (row.name.compare(0, 4, "gemv") != 0) continue;
-    std::fill(y.begin(), y.end(), -1.f);
-    row.run(cp[0]);
-    if (std::memcmp(y.data(), ref.data(), y.size() * sizeof(float)) != 0) {
-      std::fprintf(stderr, "q8_read_patterns: %s differs from gemv-prev\n", row.name.c_str());
-      return 3;
-    }
-  }
-  std::vector<size_t> order(rows.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bench::PatternClock clk = bench::pattern_clock(threads, true);  // RP_CPU=1 | process
-  int c = 0;
-  for (int r = 0; r < rounds; ++r) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i : order) {
-      const uint8_t* W = cp[size_t(c++ % copies)];
-      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
-    }
-  }
+  if (!bench::same_bits("q8_read_patterns", "gemv-prev", rows, y, cp[0], gemv(0, P::None),
+                        [](const bench::PatternRow& row) { return row.name.compare(0, 4, "gemv") == 0; }))
+    return 3;
+  bench::time_rows(rows, a, rng, cp);
   std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s; ratio = gemv time / row time\n",
-              (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies, bench::pattern_clock_name(clk),
+              (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, bench::pattern_clock_name(a.clock),
               s_def, pfn[int(p_def)]);
-  std::printf("%-14s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
-  double gb = 0, gm = 0;
-  for (auto& row : rows) {
-    const double b = bench::best(row.t), m = bench::median(row.t);
-    if (gb == 0) gb = b, gm = m;
-    std::printf("%-14s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name.c_str(), b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
-                double(bytes) / m * 1e-9, gb / b, gm / m);
-  }
-  return g_sink.load() == 42 ? 1 : 0;
+  bench::print_ratio_table(rows, bytes, 14);
+  return bench::g_sink.load() == 42 ? 1 : 0;
 #endif
 }
