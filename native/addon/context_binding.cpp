@@ -9,13 +9,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "model_call_worker.h"
 #include "model_handle.h"
 #include "napi_util.h"
 
 namespace emollm::addon {
 namespace {
-
-using ModelWorker = PromiseWorker;
 
 std::mutex g_context_ctor_mutex;
 std::unordered_map<napi_env, Napi::FunctionReference*> g_context_ctors;
@@ -37,11 +36,12 @@ void check_context_usable(Napi::Env env, const ContextState& s) {
   if (s.busy) throw make_js_error(env, "ERR_INVALID_ARGUMENT", kContextBusy);
 }
 
-// Marks the context busy (and the call in flight on its model) from claim_and_queue() (napi_util.h:
-// the binding's last step, after everything that can fail) until Finish() releases it.
-class ContextWorker : public ModelWorker {
+// Marks the context busy (and counts the call in flight on its model: ModelCallWorker) from
+// claim_and_queue() (napi_util.h: the binding's last step, after everything that can fail) until
+// Finish() releases it.
+class ContextWorker : public ModelCallWorker {
  public:
-  ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelWorker(env), s_(std::move(s)) {}
+  ContextWorker(Napi::Env env, std::shared_ptr<ContextState> s) : ModelCallWorker(env, s->owner), s_(std::move(s)) {}
 
  protected:
   // The binding checked the context usable first, but then read its arguments through JavaScript
@@ -51,23 +51,21 @@ class ContextWorker : public ModelWorker {
     check_context_usable(Env(), *s_);
     s_->busy = true;
     s_->abort.store(false);
-    s_->owner->inflight++;
+    ModelCallWorker::claim();
   }
   void unclaim() override {
     s_->busy = false;
-    s_->owner->inflight--;
+    ModelCallWorker::unclaim();
   }
- protected:
+  // Derived workers' Finish() calls this last (their references dropped first).
   void Finish(Napi::Env env) override {
     // the worker has stopped reading the caller's features: drop the reference (JavaScript thread)
     if (images_.release() && js_error_.IsEmpty())
       js_error_ = Napi::Persistent(make_js_error(env, "ERR_INVALID_ARGUMENT", "images were detached while the call read them").Value());
     s_->busy = false;
     s_->n_past.store(s_->ctx ? s_->ctx->n_past() : 0);
-    ModelHandle& h = *s_->owner;
-    h.inflight--;
     if (s_->closed) release_context(env, *s_);
-    maybe_finish_model_close(env, h);
+    ModelCallWorker::Finish(env);  // the model's count; a close() waiting for it finishes
   }
   // Image tokens -> pseudo-ids (and, for Qwen2-VL, pos3_ <- the M-RoPE positions).
   std::vector<int32_t> splice(const std::vector<int32_t>& tokens) {

@@ -11,21 +11,21 @@
 #include <utility>
 #include <vector>
 
+#include "model_call_worker.h"
 #include "model_handle.h"
 #include "napi_util.h"
 
 namespace emollm::addon {
 namespace {
 
-using ModelWorker = PromiseWorker;
-
-// A call on the model's vision tower: counted in flight on the model (model.close() waits for it)
-// and abortable by it (its flag in encode_aborts), from claim_and_queue() (napi_util.h: the
-// binding's last step) until Finish().
-class VisionWorker : public ModelWorker {
+// A call on the model's vision tower: counted in flight on the model (ModelCallWorker: model.close()
+// waits for it) and abortable by it (its flag in encode_aborts), from claim_and_queue() (napi_util.h:
+// the binding's last step) until Finish() (ModelCallWorker's, which derived workers' Finish() calls
+// last, their references dropped first).
+class VisionWorker : public ModelCallWorker {
  public:
   VisionWorker(Napi::Env env, std::shared_ptr<ModelHandle> h)
-      : ModelWorker(env), h_(std::move(h)), abort_(std::make_shared<std::atomic<bool>>(false)) {}
+      : ModelCallWorker(env, std::move(h)), abort_(std::make_shared<std::atomic<bool>>(false)) {}
 
  protected:
   void claim() override {
@@ -36,17 +36,9 @@ class VisionWorker : public ModelWorker {
     } catch (const std::bad_alloc&) {
       throw make_js_error(Env(), "ERR_OUT_OF_MEMORY", "out of memory (the call's abort flag could not be registered)");
     }
-    h_->inflight++;
+    ModelCallWorker::claim();
   }
-  void unclaim() override {
-    h_->inflight--;  // the flag in encode_aborts expires with the worker
-  }
-  // Derived workers' Finish() calls this last (their references dropped first).
-  void Finish(Napi::Env env) override {
-    h_->inflight--;
-    maybe_finish_model_close(env, *h_);
-  }
-  std::shared_ptr<ModelHandle> h_;
+  // ModelCallWorker::unclaim as it is: the flag in encode_aborts expires with the worker
   std::shared_ptr<std::atomic<bool>> abort_;
 };
 
