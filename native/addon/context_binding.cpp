@@ -28,11 +28,15 @@ Napi::FunctionReference& context_ctor(Napi::Env env) {
 // ---------------------------------------------------------------- workers on a context
 
 // A context a call can run on: not closed (ERR_CLOSED ... closed_error), not running another call
-// (ERR_INVALID_ARGUMENT "context busy"). Checked when a call starts and again when it claims the
-// context (ContextWorker::claim: the arguments' getters ran in between).
+// (ERR_INVALID_ARGUMENT "context busy"). Checked when a call starts (ContextWrap::check_usable:
+// busy rejects the call's promise instead of throwing) and again when it claims the context
+// (ContextWorker::claim: the arguments' getters ran in between); ctx.reset() throws both.
 constexpr const char* kContextBusy = "context busy: an eval or generate call is still running on it";
-void check_context_usable(Napi::Env env, const ContextState& s) {
+void check_context_open(Napi::Env env, const ContextState& s) {
   if (s.closed || !s.ctx) throw closed_error(env, "context");
+}
+void check_context_usable(Napi::Env env, const ContextState& s) {
+  check_context_open(env, s);
   if (s.busy) throw make_js_error(env, "ERR_INVALID_ARGUMENT", kContextBusy);
 }
 
@@ -331,9 +335,9 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
   }
 
  private:
-  // Throws when closed; returns a rejected promise (in *busy_out) when busy.
+  // Throws when closed (check_context_open); returns a rejected promise (in *rejected) when busy.
   bool check_usable(Napi::Env env, Napi::Value* rejected) {
-    if (s_->closed || !s_->ctx) throw closed_error(env, "context");
+    check_context_open(env, *s_);
     if (s_->busy) {
       auto d = Napi::Promise::Deferred::New(env);
       d.Reject(make_js_error(env, "ERR_INVALID_ARGUMENT", kContextBusy).Value());
@@ -455,8 +459,7 @@ class ContextWrap final : public Napi::ObjectWrap<ContextWrap> {
 
   Napi::Value Reset(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (s_->closed || !s_->ctx) throw closed_error(env, "context");
-    if (s_->busy) throw_invalid(env, "context busy: an eval or generate call is still running on it");
+    check_context_usable(env, *s_);
     s_->ctx->reset();
     s_->n_past.store(0);
     return env.Undefined();
