@@ -157,13 +157,8 @@ int main(int argc, char** argv) {
   const size_t bytes = quant_repack_bytes(DType::Q4_0, N, K);
   const int64_t nsg = N / 64, nb = K / 32;
   const int copies = a.copies(bytes, 512);
-  std::vector<uint8_t> w(dtype_row_bytes(DType::Q4_0, K) * size_t(N));
   std::mt19937 rng(7);
-  for (auto& b : w) b = uint8_t(rng());
-  for (size_t i = 0; i < w.size(); i += 18) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
-  const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
-    quant_repack(w.data(), DType::Q4_0, N, K, first, &pool);
-  });
+  const std::vector<uint8_t*> cp = bench::repacked_copies(DType::Q4_0, N, K, bytes, copies, &pool, rng);
   // RP_ALT=model: a second set of copies placed as the model places a packed matrix (core/backend.cpp
   // alloc_packed: 2 MiB-aligned, only its whole 2 MiB pages asked to be huge, the tail in 4 KiB
   // pages); RP_ALT=small: every page 4 KiB. Rows named *-alt read those copies.

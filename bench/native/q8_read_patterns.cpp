@@ -70,13 +70,8 @@ int main(int argc, char** argv) {
   const size_t bytes = quant_repack_bytes(DType::Q8_0, N, K);
   const int64_t ng = N / 16, nb = K / 32;
   const int copies = a.copies(bytes, 512);
-  std::vector<uint8_t> w(dtype_row_bytes(DType::Q8_0, K) * size_t(N));
   std::mt19937 rng(7);
-  for (auto& b : w) b = uint8_t(rng());
-  for (size_t i = 0; i < w.size(); i += 34) w[i] = 0, w[i + 1] = 0x20;  // fp16 scales 2^-7
-  const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
-    quant_repack(w.data(), DType::Q8_0, N, K, first, &pool);
-  });
+  const std::vector<uint8_t*> cp = bench::repacked_copies(DType::Q8_0, N, K, bytes, copies, &pool, rng);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 1000.f;
   // each thread's share: whole groups of 4

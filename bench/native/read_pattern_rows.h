@@ -1,9 +1,9 @@
 // What the native read-pattern tools share (q40_read_patterns, q8_read_patterns, f32_read_patterns,
 // kq_streams_ab): their command line ([threads] [rounds] [N] [K] [copies], RP_COPIES, RP_CPU), the
-// weight copies in 2 MiB pages that the rows rotate through (cold reads), the RP_ROWS filter, the
-// same-bits check of the GEMV rows, the interleaved timing loop and the plain table. Each tool keeps
-// its own rows (its variants); q40_read_patterns and kq_streams_ab keep their own tables (a mean
-// column; per-round ratios).
+// weight copies in 2 MiB pages that the rows rotate through (cold reads; random q4_0 / q8_0 ones
+// repacked), the RP_ROWS filter, the same-bits check of the GEMV rows, the interleaved timing loop
+// and the plain table. Each tool keeps its own rows (its variants); q40_read_patterns and
+// kq_streams_ab keep their own tables (a mean column; per-round ratios).
 #pragma once
 #include <time.h>
 
@@ -18,6 +18,9 @@
 #include <string>
 #include <vector>
 
+#include "base/dtype.h"
+#include "base/thread_pool.h"
+#include "cpu/kernels.h"  // quant_repack
 #include "bench_clock.h"
 #include "bench_read.h"
 
@@ -43,6 +46,17 @@ struct PatternRow {
   std::function<void(const uint8_t*)> run;
   std::vector<double> t;
 };
+
+// Random q4_0 / q8_0 weights (N x K, every byte from rng, then each block's fp16 scale set to
+// 2^-7), repacked (quant_repack) into `copies` copies of `bytes` (quant_repack_bytes).
+inline std::vector<uint8_t*> repacked_copies(emollm::DType t, int64_t N, int64_t K, size_t bytes, int copies,
+                                             emollm::ThreadPool* pool, std::mt19937& rng) {
+  std::vector<uint8_t> w(emollm::dtype_row_bytes(t, K) * size_t(N));
+  for (auto& b : w) b = uint8_t(rng());
+  const size_t block = emollm::dtype_block_bytes(t);  // 18 (q4_0) / 34 (q8_0) bytes, the scale first
+  for (size_t i = 0; i < w.size(); i += block) w[i] = 0, w[i + 1] = 0x20;
+  return huge_copies(bytes, copies, [&](uint8_t* first) { emollm::quant_repack(w.data(), t, N, K, first, pool); });
+}
 
 // RP_ROWS=a,b,...: only the rows named (the first row, the tool's reference, always kept).
 template <class Row>
