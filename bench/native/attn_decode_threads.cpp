@@ -245,11 +245,11 @@ int main(int argc, char** argv) {
     if (!t[m].empty()) std::printf("  %-11s median %8.1f us  best %8.1f us  %6.1f GB/s (median)  x1t %.2f  pieces t0/t1 %llu/%llu\n",
                 names[m], median(t[m]) * 1e6, best(t[m]) * 1e6, bytes / median(t[m]) / 1e9, median(t[k1t]) / median(t[m]),
                 (unsigned long long)pieces[m][0], (unsigned long long)pieces[m][1]);
-  std::printf("  halves per thread: t0 median %.1f us (pages %lld), t1 median %.1f us (pages %lld)\n", median(ht[0]) * 1e6,
+  if (!only_1t) std::printf("  halves per thread: t0 median %.1f us (pages %lld), t1 median %.1f us (pages %lld)\n", median(ht[0]) * 1e6,
               (long long)h_pages, median(ht[1]) * 1e6, (long long)(n_pages - h_pages));
   // thread CPU time a kv token (preemption excluded): one thread alone against two side by side
   const double tok0 = double(h_pages * kPage), tok1 = double(n_kv - h_pages * kPage);
-  std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
+  if (!only_1t) std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
               median(cpu1) / double(n_kv) * 1e9, best(cpu1) / double(n_kv) * 1e9, median(hcpu[0]) / tok0 * 1e9,
               best(hcpu[0]) / tok0 * 1e9, median(hcpu[1]) / tok1 * 1e9, best(hcpu[1]) / tok1 * 1e9);
   std::printf("  1t sweep (set_decode_pipeline(false)): thread CPU ns a kv token (median) %.1f (best %.1f); sweep / 1t: median %.3f, best %.3f\n",
@@ -262,15 +262,16 @@ int main(int argc, char** argv) {
   const double flops = 4.0 * double(n_kv) * double(p.n_heads) * double(p.head_dim);  // Q K^T + P V
   std::printf("  1 thread, thread CPU time (FMA peak %.1f GFLOP/s a thread: the call's %.0f flops a kv token take %.1f ns there):\n",
               fma_peak, flops / double(n_kv), flops / double(n_kv) / fma_peak);
-  for (int m = 0; m < kModes; ++m)
-    if (one_thread(m) && !cpu_m[m].empty())
-      std::printf("    %-9s ns a kv token median %7.1f best %7.1f  GB/s %5.1f (best %5.1f)  read / it %.3f (best %.3f)%s\n",
-                  names[m], median(cpu_m[m]) / double(n_kv) * 1e9, best(cpu_m[m]) / double(n_kv) * 1e9,
-                  bytes / median(cpu_m[m]) / 1e9, bytes / best(cpu_m[m]) / 1e9, median(cpu_m[k1tRead]) / median(cpu_m[m]),
-                  best(cpu_m[k1tRead]) / best(cpu_m[m]),
-                  m == k1tRead || m == k1tRead4 ? "" : ("  GFLOP/s " + std::to_string(int(flops / median(cpu_m[m]) * 1e-9 + 0.5)) + " (" +
-                                       std::to_string(int(100 * flops / median(cpu_m[m]) * 1e-9 / fma_peak + 0.5)) + "% peak)")
-                                          .c_str());
+  for (int m = 0; m < kModes; ++m) {
+    if (!one_thread(m) || cpu_m[m].empty()) continue;
+    std::printf("    %-9s ns a kv token median %7.1f best %7.1f  GB/s %5.1f (best %5.1f)  read / it %.3f (best %.3f)",
+                names[m], median(cpu_m[m]) / double(n_kv) * 1e9, best(cpu_m[m]) / double(n_kv) * 1e9,
+                bytes / median(cpu_m[m]) / 1e9, bytes / best(cpu_m[m]) / 1e9, median(cpu_m[k1tRead]) / median(cpu_m[m]),
+                best(cpu_m[k1tRead]) / best(cpu_m[m]));
+    const double gflops = flops / median(cpu_m[m]) * 1e-9;  // the reads do no flops
+    if (m != k1tRead && m != k1tRead4) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
+    std::printf("\n");
+  }
   if (read_sink == 1) std::printf(" ");
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
     char line[256];
