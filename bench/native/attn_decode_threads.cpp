@@ -1,7 +1,7 @@
 // Where decode attention's two-thread time goes, in one process on the same data (7B shape: 32 / 32
 // heads x 128, f32 cache in 64-token pages, copies rotated so every call reads from memory):
 //
-//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b]
+//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp]
 //
 // Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool
 // ("2t run": the pieces inside one pool->run job); and "2t halves": two threads (the 2-thread pool's, one run() job)
@@ -17,6 +17,17 @@
 // huge pages (madvise, as the model's KV cache is allocated) instead of the allocator's 4 KiB pages.
 // "1t pf L1" / "pf L2" (and 2t): the
 // pipelined prefetch into the other cache level than this CPU's default (set_decode_pipeline_l2).
+// "1t read": a plain read of the same K and V bytes (one stream, the hardware prefetchers alone:
+// the yardstick of a 1-thread call); "1t read4": the same bytes as 4 streams each prefetched
+// (T0) 1 KiB ahead (the read-bandwidth probe's pattern: the ceiling's); "1t hot": the 1-thread call again on the copy it just read
+// (K and V from the caches: its compute alone). "f16" / "bf16": the cache in that type (the
+// model's kvCacheType; half the bytes, widened by the kernels' loads; GB/s in its own bytes);
+// "bf16dp": the bf16 cache on bf16 products (DecodeBf16Dp::Always, the opt-in decodeBf16Products:
+// not bit-equal; taken with >= 4 query heads per kv head, the 1.1B shape).
+// "1t": only the 1-thread modes (a loaded machine,
+// where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
+// (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
+// share of the FMA peak measured first: bench_fma.h).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -24,15 +35,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <sys/mman.h>
 #include <time.h>
 #include <vector>
 
 #include "../../base/arena.h"
+#include "../../base/dtype.h"
 #include "../../base/thread_pool.h"
 #include "../../kernels/cpu/attention_internal.h"
 #include "../../kernels/cpu/kernels.h"
 #include "bench_clock.h"
+#include "bench_fma.h"
+#include "bench_read.h"
 
 using namespace emollm;
 using bench::best;
@@ -43,17 +56,26 @@ using bench::thread_cpu;
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 21;
   const int copies = argc > 3 ? std::max(1, std::atoi(argv[3])) : 8;
-  bool small = false, huge = false;
+  bool small = false, huge = false, only_1t = false;
+  DType kv_type = DType::F32;
   for (int i = 4; i < argc; ++i) {
     small = small || std::strcmp(argv[i], "1b") == 0;
     huge = huge || std::strcmp(argv[i], "2m") == 0;
+    only_1t = only_1t || std::strcmp(argv[i], "1t") == 0;
+    if (std::strcmp(argv[i], "f16") == 0) kv_type = DType::F16;
+    if (std::strcmp(argv[i], "bf16") == 0) kv_type = DType::BF16;
+    if (std::strcmp(argv[i], "bf16dp") == 0) {
+      kv_type = DType::BF16;
+      attention_detail::set_decode_bf16dp_mode(attention_detail::DecodeBf16Dp::Always);
+    }
   }
+  const size_t esz = kv_type == DType::F32 ? 4 : 2;  // bytes a cache element
   constexpr int64_t kPage = 64;
   AttentionParams p;
   p.n_q = 1; p.n_kv = n_kv; p.n_heads = 32; p.n_kv_heads = small ? 4 : 32; p.head_dim = small ? 64 : 128;
@@ -62,6 +84,7 @@ int main(int argc, char** argv) {
   p.causal = true;
   p.q_pos0 = n_kv - 1;
   p.kv_block_size = kPage;
+  p.kv_dtype = kv_type;
   const int64_t n_pages = (n_kv + kPage - 1) / kPage;
   const size_t elems = size_t(n_pages * kPage * p.ldk);
   std::vector<AlignedPtr<float>> bufs;
@@ -69,17 +92,23 @@ int main(int argc, char** argv) {
   uint32_t x = 12345;
   for (int c = 0; c < copies; ++c)
     for (int kv = 0; kv < 2; ++kv) {
-      // "2m": each copy in 2 MiB transparent huge pages (madvise), as the model's KV cache
-      // (the CPU backend's alloc); default: the allocator's 4 KiB pages
-      AlignedPtr<float> b(static_cast<float*>(aligned_alloc_bytes(elems * sizeof(float), huge ? size_t(2) << 20 : kAlign)));
-#if defined(MADV_HUGEPAGE)
-      if (huge) (void)madvise(b.get(), elems * sizeof(float) / (size_t(2) << 20) * (size_t(2) << 20), MADV_HUGEPAGE);
-#endif
+      // "2m": each copy in 2 MiB transparent huge pages (aligned_alloc_huge), as the model's KV
+      // cache (the CPU backend's alloc), its size rounded up to whole 2 MiB pages (a smaller copy,
+      // the 1.1B shape's at kv 512, got none before); default: the allocator's 4 KiB pages
+      AlignedPtr<float> b(static_cast<float*>(
+          huge ? aligned_alloc_huge((elems * esz + kHugePage2M - 1) / kHugePage2M * kHugePage2M)
+               : aligned_alloc_bytes(elems * esz, kAlign)));
+      auto* h = reinterpret_cast<uint16_t*>(b.get());  // the half cache's elements
       for (size_t i = 0; i < elems; ++i) {
         x = x * 1664525u + 1013904223u;
-        b.get()[i] = float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
+        const float f = float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
+        if (kv_type == DType::F32) b.get()[i] = f;
+        else h[i] = kv_type == DType::F16 ? f32_to_f16(f) : f32_to_bf16(f);
       }
-      for (int64_t pg = 0; pg < n_pages; ++pg) (kv ? vt : kt)[size_t(c)].push_back(b.get() + pg * kPage * p.ldk);
+      // a page's first row (a half page's pointer typed float* only to travel through AttentionParams)
+      for (int64_t pg = 0; pg < n_pages; ++pg)
+        (kv ? vt : kt)[size_t(c)].push_back(kv_type == DType::F32 ? b.get() + pg * kPage * p.ldk
+                                                                 : reinterpret_cast<const float*>(h + pg * kPage * p.ldk));
       bufs.push_back(std::move(b));
     }
   std::vector<float> q(size_t(p.ldq)), o(size_t(p.ldo));
@@ -98,9 +127,11 @@ int main(int argc, char** argv) {
     return pi;
   };
   double cpu_1t = 0;  // the calling thread's CPU time of the last call
-  auto timed = [&](ThreadPool* pool) {
+  // hot: the call once untimed on the same copy first (its K and V then in the caches)
+  auto timed = [&](ThreadPool* pool, bool hot = false) {
     const AttentionParams pi = params(call++ % copies, 0, n_kv);
     const AttentionBatchItem it{q.data(), nullptr, nullptr, o.data(), pi};
+    if (hot) attention_batch(&it, 1, pool);
     const double c0 = thread_cpu(), t0 = now();
     attention_batch(&it, 1, pool);
     const double dt = now() - t0;
@@ -127,12 +158,31 @@ int main(int argc, char** argv) {
     });
     return now() - t0;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, kModes };
+  // 1 thread, a plain read of the next copy's K then V bytes (one stream, no software prefetch)
+  const size_t kv_bytes = size_t(n_kv) * size_t(p.ldk) * esz;
+  uint64_t read_sink = 0;
+  auto read_copy = [&](bool four) {
+    const int c = call++ % copies;
+    const double c0 = thread_cpu(), t0 = now();
+    for (int kv = 0; kv < 2; ++kv) {
+      const auto* b = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c + kv)].get());
+      read_sink ^= four ? bench::read_streams<4>(b, kv_bytes, 64, 1024) : bench::read_streams<1>(b, kv_bytes, 64, 0);
+    }
+    const double dt = now() - t0;
+    cpu_1t = thread_cpu() - c0;
+    return dt;
+  };
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, kModes };
+  auto one_thread = [](int m) {
+    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4;
+  };
+  const double fma_peak = bench::fma_peak_1t_gflops();
   // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
   const bool l2_default = attention_detail::decode_pipeline_l2();
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
-                               l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2"};
-  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p;
+                               l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
+                               "1t read", "1t hot", "1t read4"};
+  std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
   for (int r = -1; r < rounds; ++r) {  // round -1 warms up
@@ -144,6 +194,7 @@ int main(int argc, char** argv) {
     }
     for (int k = 0; k < kModes; ++k) {
       const int m = order[k];
+      if (only_1t && !one_thread(m)) continue;
       // Every call comes right after an (empty) job of the 2-thread pool, as a decode step's
       // attention comes after its q / k / v GEMV: the worker is spinning, not asleep.
       pool2.run([](int, int) {});
@@ -163,6 +214,8 @@ int main(int argc, char** argv) {
         if (r >= 0 && m == k1tPf) cpu1p.push_back(cpu_1t);
       }
       else if (m == kHalves) dt = halves();
+      else if (m == k1tRead || m == k1tRead4) dt = read_copy(m == k1tRead4);
+      else if (m == k1tHot) dt = timed(&pool1, true);
       else if (m == kPm64 || m == kPm32) {
         attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);
         dt = timed(&pool2);
@@ -180,20 +233,23 @@ int main(int argc, char** argv) {
           hcpu[i].push_back(half_cpu[i]);
         }
       if (m == k1t) cpu1.push_back(cpu_1t);
+      if (one_thread(m)) cpu_m[m].push_back(cpu_1t);
     }
   }
-  const double bytes = 2.0 * double(n_kv) * double(p.ldk) * 4.0;
-  std::printf("decode attention %s shape, kv %lld, f32 in %lld-token pages, %d copies (%.1f MiB each), %d rounds\n",
-              small ? "1.1B" : "7B", (long long)n_kv, (long long)kPage, copies, bytes / 1048576.0, rounds);
+  const double bytes = 2.0 * double(n_kv) * double(p.ldk) * double(esz);
+  std::printf("decode attention %s shape, kv %lld, %s%s in %lld-token pages, %d copies (%.1f MiB each), %d rounds\n",
+              small ? "1.1B" : "7B", (long long)n_kv, dtype_name(kv_type),
+              attention_detail::decode_bf16dp_applies(p) ? " (bf16 products)" : "", (long long)kPage, copies,
+              bytes / 1048576.0, rounds);
   for (int m = 0; m < kModes; ++m)
-    std::printf("  %-11s median %8.1f us  best %8.1f us  %6.1f GB/s (median)  x1t %.2f  pieces t0/t1 %llu/%llu\n",
+    if (!t[m].empty()) std::printf("  %-11s median %8.1f us  best %8.1f us  %6.1f GB/s (median)  x1t %.2f  pieces t0/t1 %llu/%llu\n",
                 names[m], median(t[m]) * 1e6, best(t[m]) * 1e6, bytes / median(t[m]) / 1e9, median(t[k1t]) / median(t[m]),
                 (unsigned long long)pieces[m][0], (unsigned long long)pieces[m][1]);
-  std::printf("  halves per thread: t0 median %.1f us (pages %lld), t1 median %.1f us (pages %lld)\n", median(ht[0]) * 1e6,
+  if (!only_1t) std::printf("  halves per thread: t0 median %.1f us (pages %lld), t1 median %.1f us (pages %lld)\n", median(ht[0]) * 1e6,
               (long long)h_pages, median(ht[1]) * 1e6, (long long)(n_pages - h_pages));
   // thread CPU time a kv token (preemption excluded): one thread alone against two side by side
   const double tok0 = double(h_pages * kPage), tok1 = double(n_kv - h_pages * kPage);
-  std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
+  if (!only_1t) std::printf("  thread CPU ns a kv token (median): 1t alone %.1f (best %.1f); halves side by side t0 %.1f (best %.1f), t1 %.1f (best %.1f)\n",
               median(cpu1) / double(n_kv) * 1e9, best(cpu1) / double(n_kv) * 1e9, median(hcpu[0]) / tok0 * 1e9,
               best(hcpu[0]) / tok0 * 1e9, median(hcpu[1]) / tok1 * 1e9, best(hcpu[1]) / tok1 * 1e9);
   std::printf("  1t sweep (set_decode_pipeline(false)): thread CPU ns a kv token (median) %.1f (best %.1f); sweep / 1t: median %.3f, best %.3f\n",
@@ -202,6 +258,21 @@ int main(int argc, char** argv) {
   std::printf("  %s (set_decode_pipeline_l2(%d)): thread CPU ns a kv token (median) %.1f (best %.1f); it / 1t (the default, %s): median %.3f, best %.3f\n",
               names[k1tPf], int(!l2_default), median(cpu1p) / double(n_kv) * 1e9, best(cpu1p) / double(n_kv) * 1e9,
               l2_default ? "L2" : "L1", median(cpu1p) / median(cpu1), best(cpu1p) / best(cpu1));
+  // 1 thread by thread CPU time: GB/s of K + V, over the plain read, and the FMAs' share of the peak
+  const double flops = 4.0 * double(n_kv) * double(p.n_heads) * double(p.head_dim);  // Q K^T + P V
+  std::printf("  1 thread, thread CPU time (FMA peak %.1f GFLOP/s a thread: the call's %.0f flops a kv token take %.1f ns there):\n",
+              fma_peak, flops / double(n_kv), flops / double(n_kv) / fma_peak);
+  for (int m = 0; m < kModes; ++m) {
+    if (!one_thread(m) || cpu_m[m].empty()) continue;
+    std::printf("    %-9s ns a kv token median %7.1f best %7.1f  GB/s %5.1f (best %5.1f)  read / it %.3f (best %.3f)",
+                names[m], median(cpu_m[m]) / double(n_kv) * 1e9, best(cpu_m[m]) / double(n_kv) * 1e9,
+                bytes / median(cpu_m[m]) / 1e9, bytes / best(cpu_m[m]) / 1e9, median(cpu_m[k1tRead]) / median(cpu_m[m]),
+                best(cpu_m[k1tRead]) / best(cpu_m[m]));
+    const double gflops = flops / median(cpu_m[m]) * 1e-9;  // the reads do no flops
+    if (m != k1tRead && m != k1tRead4) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
+    std::printf("\n");
+  }
+  if (read_sink == 1) std::printf(" ");
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
     char line[256];
     while (std::fgets(line, sizeof line, f))

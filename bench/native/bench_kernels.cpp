@@ -40,6 +40,7 @@
 #include "cpu/attention_internal.h"  // set_decode_split: the A/B rows of decode attention
 #include "cpu/gemm_internal.h"  // set_q8_gemv_legacy: the A/B rows of the q8_0 / q4_0 GEMV
 #include "cpu/kernels.h"
+#include "bench_fma.h"
 #include "cpu/row_ops.h"  // convert: the f16 / bf16 caches of the half-KV decode attention rows
 
 #ifdef EMOLLM_HAVE_OPENBLAS
@@ -560,26 +561,9 @@ float read_scalar(const float* p, int64_t n) {
 std::atomic<uint64_t> g_sink{0};
 void sink(float v) { uint32_t u; std::memcpy(&u, &v, 4); g_sink.fetch_add(u, std::memory_order_relaxed); }
 
-// FMA peak: 16 independent accumulator chains of register-only FMAs per thread.
-#define EMOLLM_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
-__attribute__((target("avx512f"))) float fma_avx512(int64_t iters) {
-  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-#define DECL(i) __m512 c##i = _mm512_set1_ps(float(i) * 1e-3f);
-  EMOLLM_REP16(DECL)
-#undef DECL
-  for (int64_t it = 0; it < iters; it++) {
-#define STEP(i) c##i = _mm512_fmadd_ps(c##i, a, b);
-    EMOLLM_REP16(STEP)
-#undef STEP
-    __asm__ volatile("" ::: "memory");
-  }
-  __m512 s = _mm512_setzero_ps();
-#define SUM(i) s = _mm512_add_ps(s, c##i);
-  EMOLLM_REP16(SUM)
-#undef SUM
-  return hsum512(s);
-}
-constexpr double kFmaAvx512FlopsPerIter = 16 * 16 * 2;
+// FMA peak: bench_fma.h (16 independent accumulator chains of register-only FMAs per thread).
+using bench::fma_avx512;
+using bench::kFmaAvx512FlopsPerIter;
 
 __attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) {
   const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);

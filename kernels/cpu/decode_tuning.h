@@ -45,7 +45,9 @@ struct DecodeTuning {
   // The decode attention's pipelined prefetch of the next sub-block (attention.cpp PfCursor,
   // attention_internal.h decode_pipeline_l2): into L2 (prefetcht2, true) or L1. Zen 4: L2
   // (session 26: the 1.1B shape 1.10-1.44x at 1 thread cold; quiet 1.1B q4_0 decode at 1024
-  // tokens of context, 2 threads, 1.07x). Zen 5 keeps T0 (session 22).
+  // tokens of context, 2 threads, 1.07x). Zen 5 keeps T0 (session 22; session 27 measured L2 there:
+  // the 1.1B shape at 1 thread cold 0.79-0.89x T0's speed by median at kv 512 / 2048, the 1.1B q4_0
+  // decode at 1024 tokens of context 0.971 / 0.983 at 1 thread, thread CPU time).
   bool attn_pipeline_l2 = false;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 4: 2 parts (session 26: the
