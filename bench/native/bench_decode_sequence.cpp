@@ -11,8 +11,9 @@
 //
 //   build-bench/bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N]
 //       [--shape 1.1b|7b] [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]
-//       [--ab prefetch-o|even-claims|qkv-one] [--pf-kib K]
-// (--ab qkv-one: q+k+v as one matrix of their rows, one gemv_repacked, against the three outputs of
+//       [--ab prefetch-o|even-claims|qkv-one] [--pf-kib K] [--cpu]
+// (--cpu at 1 thread: each call timed by the thread's CPU time, readable on a loaded machine;
+// --ab qkv-one: q+k+v as one matrix of their rows, one gemv_repacked, against the three outputs of
 // gemv_repacked_multi (the model's call): what the multi-output dispatch costs a small layer;
 // --ab even-claims: q4_0's dispatch claiming whole pairs of super-groups, set_gemv_even_claims, off / on;
 // --ab prefetch-o: the --gap kind against fma-prefetch-o, alternated per layer; --pf-kib: fma-prefetch-o prefetches at most
@@ -44,12 +45,13 @@
 #include "../../base/thread_pool.h"
 #include "../../kernels/cpu/gemm_internal.h"
 #include "../../kernels/cpu/kernels.h"
+#include "bench_clock.h"
 
 using namespace emollm;
 
 namespace {
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+using bench::now;
 
 void* huge_buffer(size_t bytes) {
   const size_t h = size_t(2) << 20;
@@ -130,7 +132,7 @@ void gap_work(double us, Gap, const uint8_t* = nullptr, size_t = 0) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_decode_sequence [--threads N] [--steps N] [--dtype q4_0|q8_0] [--layers N] [--shape 1.1b|7b]\n"
                "                             [--gap-us U] [--gap fma|pause|fma-trickle|fma-prefetch-o]\n"
-               "                             [--ab prefetch-o|even-claims|qkv-one] [--pf-kib K]\n");
+               "                             [--ab prefetch-o|even-claims|qkv-one] [--pf-kib K] [--cpu]\n");
   std::exit(code);
 }
 
@@ -142,6 +144,7 @@ int main(int argc, char** argv) {
   Gap gap = Gap::Fma;
   DType t = DType::Q4_0;
   std::string shape = "1.1b", ab;
+  bool cpu = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -156,6 +159,7 @@ int main(int argc, char** argv) {
     else if (a == "--pf-kib") pf_kib = std::atoi(val().c_str());
     else if (a == "--shape") shape = val();
     else if (a == "--ab") ab = val();
+    else if (a == "--cpu") cpu = true;
     else if (a == "--dtype") {
       const std::string v = val();
       if (v == "q8_0") t = DType::Q8_0;
@@ -183,6 +187,10 @@ int main(int argc, char** argv) {
   };
 
   ThreadPool pool(threads);
+  // --cpu at 1 thread: each call timed by the calling thread's CPU time (preemption excluded on a
+  // loaded machine; a pool of one runs the calls on the caller); else wall time
+  const bool use_cpu = cpu && threads == 1;
+  auto tick = [&] { return use_cpu ? bench::thread_cpu() : now(); };
   std::mt19937 rng(1);
   struct Layer {
     Matrix q, k, v, o, g, u, d, qkv;  // qkv: one matrix of q's + k's + v's rows (--ab qkv-one), else empty
@@ -206,13 +214,13 @@ int main(int argc, char** argv) {
       const int v = (s + l) % nvar;
       set_variant(v);
       const Layer& w = lw[size_t(l)];
-      const double t0 = now();
+      const double t0 = tick();
       const GemvOutput qkv[3] = {{w.q.W, nullptr, y1.data(), D}, {w.k.W, nullptr, y2.data(), KV}, {w.v.W, nullptr, y3.data(), KV}};
       if (ab == "qkv-one" && v == 1)
         gemv_repacked(x.data(), w.qkv.W, t, nullptr, y1.data(), D + 2 * KV, D, &pool);
       else
         gemv_repacked_multi(x.data(), t, qkv, 3, D, &pool);
-      const double t1 = now();
+      const double t1 = tick();
       const Gap g = ab == "prefetch-o" && v == 1 ? Gap::FmaPrefetchO : gap;
       if (gap_us > 0)
         pool.run([&](int ith, int nth) {
@@ -226,25 +234,25 @@ int main(int argc, char** argv) {
           if (pf_kib > 0) share = std::min(share, size_t(pf_kib) << 10);
           gap_work(gap_us, g, g == Gap::FmaPrefetchO ? base : nullptr, g == Gap::FmaPrefetchO ? share : 0);
         });
-      const double t2 = now();
+      const double t2 = tick();
       gemv_repacked(x.data(), w.o.W, t, nullptr, y2.data(), D, D, &pool);
-      const double t3 = now();
+      const double t3 = tick();
       const GemvOutput gu[2] = {{w.g.W, nullptr, y1.data(), F}, {w.u.W, nullptr, y1.data() + F, F}};
       gemv_repacked_multi(x.data(), t, gu, 2, D, &pool);
-      const double t4 = now();
+      const double t4 = tick();
       gemv_repacked(x.data(), w.d.W, t, nullptr, y2.data(), D, F, &pool);
-      const double t5 = now();
+      const double t5 = tick();
       auto& S = sm[size_t(v)];
       S[0].push_back(t1 - t0), S[1].push_back(t3 - t2), S[2].push_back(t4 - t3), S[3].push_back(t5 - t4);
     }
     const int v = s % nvar;
     set_variant(v);
-    const double t6 = now();
+    const double t6 = tick();
     gemv_repacked(x.data(), out.W, t, nullptr, yo.data(), V, D, &pool);
-    sm[size_t(v)][4].push_back(now() - t6);
+    sm[size_t(v)][4].push_back(tick() - t6);
   }
-  std::printf("decode GEMV sequence: %s %s, %d layers, %d steps, %d threads, gap %.0f us (%s)%s\n", shape.c_str(),
-              t == DType::Q4_0 ? "q4_0" : "q8_0", L, steps, threads, gap_us,
+  std::printf("decode GEMV sequence: %s %s, %d layers, %d steps, %d threads, %s, gap %.0f us (%s)%s\n", shape.c_str(),
+              t == DType::Q4_0 ? "q4_0" : "q8_0", L, steps, threads, use_cpu ? "thread CPU time" : "wall", gap_us,
               gap == Gap::Pause ? "pause" : gap == Gap::FmaTrickle ? "fma-trickle" : gap == Gap::FmaPrefetchO ? "fma-prefetch-o" : "fma",
               ab.empty() ? "" : (", A/B " + ab + " off/on alternated per layer").c_str());
   for (int v = 0; v < nvar; ++v) {

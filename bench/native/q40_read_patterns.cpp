@@ -14,6 +14,7 @@
 //   read-1          one sequential stream, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-4          four streams (the thread's part cut in 4), 128 bytes a step each, prefetch 1 KiB
 //                   ahead: bench_kernels' read probe loop
+//   read-2 / read-3 read-4's loop on 2 / 3 streams; read-2-2k / read-4-2k: prefetch 2 KiB ahead
 //   read-2-4k       the two-stream pass's read pattern without its arithmetic: two streams (the thread's
 //                   part cut in 2), a record (18 lines) a step each, each prefetched 4 KiB ahead from a loop
 //   read-4-nopf     four streams, two records (36 lines) a step each, no software prefetch
@@ -24,6 +25,8 @@
 //                   `a` / M bytes on, the lines loaded round-robin over the M arrays; split1x1: one
 //                   memory stream for the thread (the pattern of two compute streams' records
 //                   interleaved in one array: fewer memory streams, not more)
+//                   (split2x1-<a>: the two-stream pass's records at other distances; split3x1 /
+//                   split4x1: 3 / 4 compute streams of today's records)
 //   spread<C>x<M>-<a> the same with each line's prefetch issued just before its load (an asm
 //                   statement with a memory clobber keeps it there): read-4's spread form
 //   gemv-alt        gemv on a second set of copies placed as RP_ALT says (only with RP_ALT: model = as
@@ -239,11 +242,25 @@ int main(int argc, char** argv) {
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
+      {"read-2", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 128, 1024); }, W); }, {}},
+      {"read-2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 128, 2048); }, W); }, {}},
+      {"read-4-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 2048); }, W); }, {}},
+      {"read-3", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<3>(p, n, 128, 1024); }, W); }, {}},
       {"read-2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 1152, 4096); }, W); }, {}},
       {"gemv-alt", gemv(true), {}, true},
       {"read-4-alt", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}, true},
       {"split1x1-8k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<1, 1>(p, n, 8192); }, W); }, {}},
       {"split2x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1>(p, n, 4096); }, W); }, {}},
+      {"split2x1-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1>(p, n, 2048); }, W); }, {}},
+      {"split2x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1>(p, n, 1024); }, W); }, {}},
+      {"split3x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<3, 1>(p, n, 4096); }, W); }, {}},
+      {"split3x1-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<3, 1>(p, n, 2048); }, W); }, {}},
+      {"split4x1-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<4, 1>(p, n, 2048); }, W); }, {}},
+      {"spread3x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<3, 1, true>(p, n, 1024); }, W); }, {}},
+      {"spread3x1-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<3, 1, true>(p, n, 2048); }, W); }, {}},
+      {"spread4x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<4, 1, true>(p, n, 1024); }, W); }, {}},
+      {"spread4x1-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<4, 1, true>(p, n, 2048); }, W); }, {}},
+      {"spread2x1-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 2048); }, W); }, {}},
       {"split2x2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2>(p, n, 4096); }, W); }, {}},
       {"split2x2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2>(p, n, 2048); }, W); }, {}},
       {"split2x3-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 3>(p, n, 4096); }, W); }, {}},

@@ -33,7 +33,9 @@ struct DecodeTuning {
   // None (session 25: the 1.1B decode 1.08-1.30x at 1 thread).
   GemvPrefetch stream_prefetch = GemvPrefetch::T0;
   // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
-  // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0).
+  // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0). Zen 5
+  // keeps T0 (session 27, 1 thread, thread CPU time, load 8-17, eight 1.1B / 7B shapes: None
+  // 0.55-0.67x T0's time, NTA 0.98-1.02x; the 1.1B / 7B q4_0 decode without it 0.64-0.69x).
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
   // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
   // (session 25: 1.5x two for q4_K, 1.12x for q6_K).

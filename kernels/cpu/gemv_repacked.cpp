@@ -442,6 +442,12 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // plain 4-stream read (the Zen 5 0.98-1.0x); without software prefetch 1.49-1.63x faster (0.93-1.00x
 // the read), T1 1.05-1.31x, NTA 1.0x, 1 / 2 / 8 KiB ahead 1.02-1.10x, one stream without prefetch as
 // two. So the prefetch is chosen per CPU (decode_tuning.h): none there, T0 elsewhere.
+// Session 27 on Zen 5 again (1 thread, cold, thread CPU time, load 8-18, eight 1.1B / 7B shapes):
+// none 0.44-0.67x T0, NTA 0.94-1.07x; the pass reads at 0.91-1.14x a plain 2-stream read of its
+// bytes (read-2) and 0.78-0.91x the 4-stream probe (read-4), and every 2-stream read pattern (loop
+// or spread prefetch, 1-4 KiB ahead) reads at read-2's rate: what it lacks is memory streams.
+// 2-group records (4 memory streams a thread with the same 16 accumulators; side branch h-q40-sg2)
+// read 0.91-0.99x these by median, a second prefetcht2 loop 8-32 KiB ahead 0.76-0.99x: not built.
 // Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
 // sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
 // written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
