@@ -51,13 +51,13 @@ struct DecodeTuning {
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
   // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel
   // 1.09-1.17x the four-group pass by median, 0.93-0.99x the read probe over the same bytes, against
-  // 0.80-0.92x; 3 parts 1.07-1.23x, 2 parts 0.98-1.11x; the 1.1B q8_0 decode at 1 thread 1.12x).
+  // 0.80-0.92x; 3 parts 1.07-1.23x, 2 parts 0.98-1.11x; the 1.1B q8_0 decode at 1 thread 1.12-1.19x).
   // Zen 4: 2 parts without prefetch (session 26: the kernel 1.05-1.15x at 1 thread; quiet 1.1B
   // q8_0 decode at 2 threads 1.03-1.09x in three runs; one part 0.99x two, a T1 prefetch along
   // the parts 0.80x).
   int q80_streams = 4;
   // That parts pass's prefetch along its streams (one line before each quant line's load). Zen 5:
-  // T0 (NTA alike; without it 0.90-0.97x the kernel, 0.90x the 1.1B decode). Zen 4: None.
+  // T0 (NTA alike; without it 0.90-0.97x the kernel, 0.90-0.92x the 1.1B decode). Zen 4: None.
   GemvPrefetch q80_prefetch = GemvPrefetch::T0;
   // How far ahead along each stream (bytes; also what a cold start prefetches). Zen 5: 1 KiB (at 4
   // parts 512 bytes 0.91-0.96x, 2 KiB 0.93-0.96x). Zen 4: 4 KiB (where its T0 / T1 forms were

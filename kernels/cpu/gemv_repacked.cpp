@@ -524,7 +524,7 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // at 4 parts 512 bytes ahead 0.91-0.96x 1 KiB, 2 KiB 0.93-0.96x, NTA as T0, no prefetch 0.90-0.97x;
 // the same prefetches as _mm_prefetch (GCC moves a block pair's 32 to its front) 1.05-1.12x the
 // four-group pass. The 1.1B q8_0 decode (1 thread CPU time, bench/README): 4 parts T0 1 KiB
-// against the four-group pass 1.12x, against the same parts without prefetch 1.11x.
+// against the four-group pass 1.12-1.19x, against the same parts without prefetch 1.08-1.11x.
 // Defaults per CPU (decode_tuning.h q80_streams / q80_prefetch / q80_ahead): Zen 4 2 parts
 // without prefetch, Zen 5 (every CPU without the double-pumped trait) 4 parts, T0 1 KiB ahead.
 // Hint: a prefetch along each stream `ahead` bytes on, one before each quant line's load (the line
