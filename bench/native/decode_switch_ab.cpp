@@ -4,7 +4,7 @@
 // kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; q80_parts / q80_parts1 / q80_parts3 /
-// q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
+// q80_parts4 / q80_default / q80_nopf / q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
 // decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
@@ -175,13 +175,32 @@ const AbSwitch kSwitches[] = {
     // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
     {"kq_nopf",
      [](bool on) { gemm_detail::set_kquant_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
-    // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3: 1 / 3)
-    // contiguous parts side by side (on) against four adjacent groups a pass (off); q80_t1 / q80_t0:
-    // the 2-part pass with a prefetch along its streams (on) against none (off). gemm_internal.h
-    // set_q80_streams / set_q80_prefetch
+    // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3 /
+    // q80_parts4: 1 / 3 / 4) contiguous parts side by side, with this CPU's prefetch along them
+    // (on), against four adjacent groups a pass (off); q80_t1 / q80_t0: the 2-part pass with a
+    // prefetch along its streams (on) against none (off). gemm_internal.h set_q80_streams /
+    // set_q80_prefetch / set_q80_ahead
     {"q80_parts", [](bool on) { gemm_detail::set_q80_streams(on ? 2 : 0); }},
     {"q80_parts1", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 0); }},
     {"q80_parts3", [](bool on) { gemm_detail::set_q80_streams(on ? 3 : 0); }},
+    {"q80_parts4", [](bool on) { gemm_detail::set_q80_streams(on ? 4 : 0); }},
+    // this CPU's q8_0 row of decode_tuning.h (on; Zen 5: 4 parts, T0 1 KiB ahead) against the
+    // four-group pass (off)
+    {"q80_default",
+     [](bool on) {
+       const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
+       gemm_detail::set_q80_streams(on ? t.q80_streams : 0);
+       gemm_detail::set_q80_prefetch(t.q80_prefetch);
+       gemm_detail::set_q80_ahead(t.q80_ahead);
+     }},
+    // this CPU's q8_0 parts pass without its prefetch along the streams (on) against with it (off)
+    {"q80_nopf",
+     [](bool on) {
+       const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
+       gemm_detail::set_q80_streams(t.q80_streams > 0 ? t.q80_streams : 2);
+       gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::None : t.q80_prefetch);
+       gemm_detail::set_q80_ahead(t.q80_ahead);
+     }},
     // one part a thread (on) against two (off)
     {"q80_parts1v2", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 2); }},
     {"q80_t1", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T1 : gemm_detail::GemvPrefetch::None); }},

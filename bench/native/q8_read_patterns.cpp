@@ -6,10 +6,13 @@
 //   gemv-prev         set_q80_streams(0): four adjacent groups a pass (4 streams that end together
 //                     every nb records and restart 4 * nb records on; no prefetch along them)
 //   gemv-p<S>-<pf>    set_q80_streams(S) with set_q80_prefetch(pf): the thread's groups in S
-//                     contiguous parts read side by side (parts_q80_avx512); pf = t0 / t1 / nta / none
+//                     contiguous parts read side by side (parts_q80_avx512); pf = t0 / t1 / nta / none,
+//                     one line before each quant line's load, this CPU's q80_ahead on
+//   gemv-p<S>-t0-<a>  the same with T0 `a` bytes ahead (set_q80_ahead; 512, 1k, 2k, 4k but the default)
 //   loads-prev        gemv-prev's loads alone, in its order (per block pair 4 groups x 17 lines), no arithmetic
 //   read-4            bench_kernels' read probe loop: 4 streams, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-<S>-nopf     S streams (the thread's part cut in S), 1088 bytes (a q8_0 block pair) a step, no prefetch
+//   read-<S>-nopf128  the same, 128 bytes a step (read-4's loop without its prefetch)
 // Every gemv row's bits are checked against gemv-prev's before timing. Each thread reads its
 // contiguous share of the groups (the GEMV: its own dispatch). Copies: 2 MiB pages, rotated over
 // >= 512 MiB (beyond L3); with `copies` given, that many (1: the same bytes every call, hot in
@@ -83,38 +86,49 @@ int main(int argc, char** argv) {
   };
   const int s_def = gemm_detail::q80_streams();
   const gemm_detail::GemvPrefetch p_def = gemm_detail::q80_prefetch();
-  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf) {
-    return [&, streams, pf](const uint8_t* W) {
+  const int a_def = gemm_detail::q80_ahead();
+  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf, int ahead) {
+    return [&, streams, pf, ahead](const uint8_t* W) {
       gemm_detail::set_q80_streams(streams);
       gemm_detail::set_q80_prefetch(pf);
+      gemm_detail::set_q80_ahead(ahead);
       gemv_repacked(x.data(), W, DType::Q8_0, nullptr, y.data(), N, K, &pool);
       gemm_detail::set_q80_streams(s_def);
       gemm_detail::set_q80_prefetch(p_def);
+      gemm_detail::set_q80_ahead(a_def);
     };
   };
   using P = gemm_detail::GemvPrefetch;
   std::vector<bench::PatternRow> rows = {
-      {"gemv", gemv(s_def, p_def), {}},
-      {"gemv-prev", gemv(0, P::None), {}},
+      {"gemv", gemv(s_def, p_def, a_def), {}},
+      {"gemv-prev", gemv(0, P::None, a_def), {}},
   };
   const char* pfn[] = {"t0", "nta", "none", "t1"};
   for (int S : {1, 2, 3, 4})
     for (P pf : {P::None, P::T0, P::T1, P::Nta})
-      rows.push_back({std::string("gemv-p") + std::to_string(S) + "-" + pfn[int(pf)], gemv(S, pf), {}});
+      rows.push_back({std::string("gemv-p") + std::to_string(S) + "-" + pfn[int(pf)], gemv(S, pf, a_def), {}});
+  for (int S : {2, 3, 4})
+    for (int ahead : {512, 1024, 2048, 4096})
+      if (ahead != a_def)
+        rows.push_back({std::string("gemv-p") + std::to_string(S) + "-t0-" + (ahead < 1024 ? std::to_string(ahead) : std::to_string(ahead / 1024) + "k"),
+                        gemv(S, P::T0, ahead), {}});
   rows.push_back({"loads-prev", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return loads_prev(p, g, nb); }, W); }, {}});
   rows.push_back({"read-4", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 128, 1024); }, W); }, {}});
   rows.push_back({"read-1-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<1>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
   rows.push_back({"read-2-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<2>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
   rows.push_back({"read-4-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});
+  rows.push_back({"read-1-nopf128", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<1>(p, size_t(g * nb) * kRec, 128, 0); }, W); }, {}});
+  rows.push_back({"read-2-nopf128", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<2>(p, size_t(g * nb) * kRec, 128, 0); }, W); }, {}});
+  rows.push_back({"read-4-nopf128", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 128, 0); }, W); }, {}});
   bench::keep_named_rows(rows);  // RP_ROWS
   // every gemv row gives gemv-prev's bits
-  if (!bench::same_bits("q8_read_patterns", "gemv-prev", rows, y, cp[0], gemv(0, P::None),
+  if (!bench::same_bits("q8_read_patterns", "gemv-prev", rows, y, cp[0], gemv(0, P::None, a_def),
                         [](const bench::PatternRow& row) { return row.name.compare(0, 4, "gemv") == 0; }))
     return 3;
   bench::time_rows(rows, a, rng, cp);
-  std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s; ratio = gemv time / row time\n",
+  std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s ahead=%d; ratio = gemv time / row time\n",
               (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, bench::pattern_clock_name(a.clock),
-              s_def, pfn[int(p_def)]);
+              s_def, pfn[int(p_def)], a_def);
   bench::print_ratio_table(rows, bytes, 14);
   return bench::g_sink.load() == 42 ? 1 : 0;
 #endif

@@ -17,6 +17,8 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.kquant_prefetch = GemvPrefetch::None;
     t.attn_pipeline_l2 = true;
     t.q80_streams = 2;
+    t.q80_prefetch = GemvPrefetch::None;
+    t.q80_ahead = 4096;
     t.block_prefetch = GemvPrefetch::None;
   }
   return t;
@@ -38,6 +40,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
   set_q80_streams(t.q80_streams);
   set_q80_prefetch(t.q80_prefetch);
+  set_q80_ahead(t.q80_ahead);
   set_gemv_block_prefetch(t.block_prefetch);
 }
 

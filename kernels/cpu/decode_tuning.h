@@ -1,7 +1,7 @@
 // Per-CPU defaults of the decode (M = 1) path: one table keyed on a CPU trait detected once
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
-// set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch,
+// set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2) for the tests and A/B tools; apply_decode_tuning sets
 // them all from one row. Every entry changes only how memory is read (software prefetch, streams a
@@ -52,12 +52,21 @@ struct DecodeTuning {
   // decode at 1024 tokens of context 0.971 / 0.983 at 1 thread, thread CPU time).
   bool attn_pipeline_l2 = false;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
-  // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 4: 2 parts (session 26: the
-  // kernel 1.05-1.15x at 1 thread; quiet 1.1B q8_0 decode at 2 threads 1.03-1.09x in three runs;
-  // one part 0.99x two, a T1 prefetch along the parts 0.80x).
-  int q80_streams = 0;
-  // That parts pass's prefetch along its streams, 4 KiB ahead (None on every CPU so far).
-  GemvPrefetch q80_prefetch = GemvPrefetch::None;
+  // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
+  // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel
+  // 1.09-1.17x the four-group pass by median, 0.93-0.99x the read probe over the same bytes, against
+  // 0.80-0.92x; 3 parts 1.07-1.23x, 2 parts 0.98-1.11x; the 1.1B q8_0 decode at 1 thread 1.12-1.19x).
+  // Zen 4: 2 parts without prefetch (session 26: the kernel 1.05-1.15x at 1 thread; quiet 1.1B
+  // q8_0 decode at 2 threads 1.03-1.09x in three runs; one part 0.99x two, a T1 prefetch along
+  // the parts 0.80x).
+  int q80_streams = 4;
+  // That parts pass's prefetch along its streams (one line before each quant line's load). Zen 5:
+  // T0 (NTA alike; without it 0.90-0.97x the kernel, 0.90-0.92x the 1.1B decode). Zen 4: None.
+  GemvPrefetch q80_prefetch = GemvPrefetch::T0;
+  // How far ahead along each stream (bytes; also what a cold start prefetches). Zen 5: 1 KiB (at 4
+  // parts 512 bytes 0.91-0.96x, 2 KiB 0.93-0.96x). Zen 4: 4 KiB (where its T0 / T1 forms were
+  // measured; it reads without them).
+  int q80_ahead = 1024;
   // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a
   // 2 MiB-page copy), 1 KiB ahead. Zen 4: None (session 26: 1.11-1.37x at 1 thread; the quiet 7B
   // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none).

@@ -242,13 +242,17 @@ GemvPrefetch q40_ms_prefetch();
 // gemv_repacked's q8_0 M = 1 pass (one-group records): 0 = four adjacent groups a pass (four
 // streams that end and restart together every nb records); S = 1-4: each thread's groups in S
 // contiguous parts read side by side, one group of each a pass (S unbroken streams). Its software
-// prefetch along those streams (4 KiB ahead; T0 / T1 / NTA / none). Defaults per CPU
-// (decode_tuning.h: 2 parts without prefetch on double-pumped AVX-512, the four-group pass
-// elsewhere). Same bits. For the tests and A/B tools; process-wide.
+// prefetch along those streams (T0 / T1 / NTA / none; one line before each quant line's load),
+// and how far ahead (bytes, a multiple of 64 in [64, 16384]; also what a cold start prefetches of
+// each stream). Defaults per CPU (decode_tuning.h: 2 parts without prefetch on double-pumped
+// AVX-512, 4 parts with T0 1 KiB ahead elsewhere). Same bits. For the tests and A/B tools;
+// process-wide.
 void set_q80_streams(int s);
 int q80_streams();
 void set_q80_prefetch(GemvPrefetch p);
 GemvPrefetch q80_prefetch();
+void set_q80_ahead(int bytes);
+int q80_ahead();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
 // GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:
 // one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else guided chunks

@@ -126,6 +126,8 @@ void set_q80_streams(int s) { DecodeSetting<&DecodeTuning::q80_streams>::set(std
 int q80_streams() { return DecodeSetting<&DecodeTuning::q80_streams>::get(); }
 void set_q80_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q80_prefetch>::set(p); }
 GemvPrefetch q80_prefetch() { return DecodeSetting<&DecodeTuning::q80_prefetch>::get(); }
+void set_q80_ahead(int bytes) { DecodeSetting<&DecodeTuning::q80_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
+int q80_ahead() { return DecodeSetting<&DecodeTuning::q80_ahead>::get(); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
 namespace {
@@ -239,12 +241,16 @@ inline int32_t ld32(const int8_t* p) {
 // one chain over the plain nibbles would give.
 //
 // Where the block's bytes are is the caller's: quant(j, t) = group j's 64-byte quant line t,
-// scale(j) = its 16 fp16 scales. groups_block (a pass's groups through RepackLayout) and
+// scale(j) = its 16 fp16 scales; q8_0 calls pf(j, t) just before loading quant(j, t) (the parts
+// pass's prefetch along its streams; nothing by default). groups_block (a pass's groups through RepackLayout) and
 // record_block_q40 (one 4-group q4_0 record from one base pointer, the two-stream pass)
 // are this step with two addressings: the same operations in the same order, the same bits.
-template <bool Q8, int NG, class QuantAt, class ScaleAt>
+struct NoLinePrefetch {
+  void operator()(int, int) const {}
+};
+template <bool Q8, int NG, class QuantAt, class ScaleAt, class LinePf = NoLinePrefetch>
 __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, float dx, int32_t neg, QuantAt quant,
-                                                              ScaleAt scale, __m512 (&f)[NG]) {
+                                                              ScaleAt scale, __m512 (&f)[NG], LinePf pf = {}) {
   const __m512i m0f = _mm512_set1_epi8(0x0F), m80 = _mm512_set1_epi8(char(0x80));
   const __m512i n = _mm512_set1_epi32(neg);
   __m512i a[NG], c[NG];
@@ -256,6 +262,7 @@ __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, 
       const __m512i x = _mm512_set1_epi32(ld32(xb + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
+        pf(j, t);
         const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(quant(j, t)), m80);
         if (t & 1)
           c[j] = _mm512_dpbusd_epi32(c[j], w, x);
@@ -288,12 +295,12 @@ __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, 
 
 // block_step on NG consecutive groups of a pass: gs[j] / gq[j]: group j's scales / quants of
 // block 0 (RepackLayout), off: the block's record offset.
-template <bool Q8, int NG>
+template <bool Q8, int NG, class LinePf = NoLinePrefetch>
 __attribute__((always_inline)) EMO_TRP inline void groups_block(const int8_t* xb, float dx, int32_t neg,
                                                                 const uint8_t* const* gs, const uint8_t* const* gq,
-                                                                size_t off, __m512 (&f)[NG]) {
+                                                                size_t off, __m512 (&f)[NG], LinePf pf = {}) {
   block_step<Q8, NG>(
-      xb, dx, neg, [&](int j, int t) { return gq[j] + off + 64 * t; }, [&](int j) { return gs[j] + off; }, f);
+      xb, dx, neg, [&](int j, int t) { return gq[j] + off + 64 * t; }, [&](int j) { return gs[j] + off; }, f, pf);
 }
 
 // NG consecutive groups (g0, g0 + 1, ... of the matrix at W, layout L; `cols` valid outputs from
@@ -508,15 +515,39 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // as fast as its own loads without the arithmetic (with the weights in L2 / L3 it runs at ~80
 // GB/s a core, ~3x its cold rate: bound by how it reads, not by its ~3.4 instructions a line);
 // without prefetch 2 parts 1.05-1.15x it (1.00-1.07x a plain 2-stream read), 1 part 1.04-1.17x,
-// 3 1.04-1.20x, 4 0.97-1.11x; T0 along 2 parts 0.82-0.88x, T1 0.94-1.05x (1 part), 0.76x (2).
+// 3 1.04-1.20x, 4 0.97-1.11x; T0 along 2 parts 0.82-0.88x, T1 0.94-1.05x (1 part), 0.76x (2)
+// (those prefetches: a block pair's 17 lines in a loop before each pair, 4 KiB ahead).
 // The 1.1B q8_0 decode (1 thread CPU time) 2 parts 1.10x, 1 part 1.15x, 3 1.08x; 1 against 2
-// parts 0.99x; 2 parts with T1 0.80x. Default per CPU (decode_tuning.h): 2 parts on Zen 4,
-// the four-group pass elsewhere (Zen 5 unmeasured).
-// Hint: a prefetch along each stream `ahead` bytes on, a block pair's 17 lines before each pair
-// (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone).
+// parts 0.99x; 2 parts with T1 0.80x.
+// Measured on Zen 5 (session 27; the same tool and clock, load 8-22, at 5632 x 2048, 2048 x 2048,
+// 256 x 2048, 32000 x 2048, 11008 x 4096, 4096 x 11008, 2048 x 5632): the four-group pass reads at
+// 0.80-0.92x (median) the read probe's loop over the same bytes (read-4: 4 streams, 128 bytes a
+// step, T0 1 KiB ahead); without prefetch 2 parts 1.01-1.09x it, 4 parts 1.01-1.07x (0.80-0.95x
+// read-4); the 17-line loop before each pair 4 KiB ahead 0.86-0.96x the same parts without it (T0,
+// 2 parts), T1 worse; that loop 1 KiB ahead 0.96-1.17x the four-group pass at 2 parts, 0.98-1.08x
+// at 4. One prefetch before each quant line's load (this form), T0 1 KiB ahead: 4 parts
+// 1.09-1.17x the four-group pass (0.93-0.99x read-4), 3 parts 1.07-1.23x, 2 parts 0.98-1.11x;
+// at 4 parts 512 bytes ahead 0.91-0.96x 1 KiB, 2 KiB 0.93-0.96x, NTA as T0, no prefetch 0.90-0.97x;
+// the same prefetches as _mm_prefetch (GCC moves a block pair's 32 to its front) 1.05-1.12x the
+// four-group pass. The 1.1B q8_0 decode (1 thread CPU time, bench/README): 4 parts T0 1 KiB
+// against the four-group pass 1.12-1.19x, against the same parts without prefetch 1.08-1.11x.
+// Defaults per CPU (decode_tuning.h q80_streams / q80_prefetch / q80_ahead): Zen 4 2 parts
+// without prefetch, Zen 5 (every CPU without the double-pumped trait) 4 parts, T0 1 KiB ahead.
+// Hint: a prefetch along each stream `ahead` bytes on, one before each quant line's load (the line
+// `ahead` bytes past it; a record's 32 scale bytes are inside the lines prefetched for the record
+// before it), issued from an asm statement so that it stays beside its load (_MM_HINT_T0 /
+// _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone).
 // Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the
 // bias): groups_avx512's bits. y, bias and cols are group g0's; part k's group is written at
 // y + 16 * k * part. cold: prefetch each stream's first `ahead` bytes first.
+template <int Hint>
+__attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
+  // an asm statement, not _mm_prefetch: GCC schedules the builtin's prefetches of a block pair
+  // together at its front (objdump), and then they read as a burst
+  if constexpr (Hint == _MM_HINT_T0) __asm__ volatile("prefetcht0 %0" : : "m"(*p));
+  else if constexpr (Hint == _MM_HINT_T1) __asm__ volatile("prefetcht1 %0" : : "m"(*p));
+  else __asm__ volatile("prefetchnta %0" : : "m"(*p));
+}
 template <int S, int Hint>
 EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                               int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
@@ -536,14 +567,16 @@ EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * rec;
     if constexpr (Hint >= 0) {
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k)
-#pragma GCC unroll 1
-        for (size_t o = 0; o < 2 * rec; o += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(gs[k] + off + ahead + o), static_cast<decltype(_MM_HINT_T0)>(Hint));
+      // always_inline: as an ordinary lambda GCC finds it free of side effects and drops its
+      // calls before inlining (objdump: no prefetch left in the loop)
+      auto pf0 = [&](int j, int t) __attribute__((always_inline)) { prefetch_here<Hint>(gq[j] + off + ahead + 64 * t); };
+      auto pf1 = [&](int j, int t) __attribute__((always_inline)) { prefetch_here<Hint>(gq[j] + off + rec + ahead + 64 * t); };
+      groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0, pf0);
+      groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1, pf1);
+    } else {
+      groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0);
+      groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1);
     }
-    groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0);
-    groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1);
   }
   if (b < nb) groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, size_t(b) * rec, f0);
 #pragma GCC unroll 4
@@ -961,6 +994,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     const int q80s = q8 && L.sg == 1 ? gemm_detail::q80_streams() : 0;
     if (q80s > 0) {
       const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
+      const size_t ahead = size_t(gemm_detail::q80_ahead());
       auto ppasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t part = (g1 - g) / SS;  // groups a part
@@ -968,8 +1002,8 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
           const int64_t gi = g + i;
           gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
             parts_q80_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
-                                                        y + gi * kGroup, N - gi * kGroup, cold_start && i == 0,
-                                                        kMsAhead, part);
+                                                        y + gi * kGroup, N - gi * kGroup, cold_start && i == 0, ahead,
+                                                        part);
           });
         }
         if (part > 0) g += SS * part;

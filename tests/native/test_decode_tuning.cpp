@@ -2,8 +2,8 @@
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
-// pipelined prefetch into L2, the q8_0 pass in 2 parts a thread and the bf16 block GEMV without
-// software prefetch), that the process-wide settings start from the table's row for this CPU, and
+// pipelined prefetch into L2, the q8_0 pass in 2 parts a thread without software prefetch (Zen 5:
+// 4 parts, T0 1 KiB ahead) and the bf16 block GEMV without software prefetch), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them. That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
 // gemv_q80_parts_bit_equal_four_group_pass and gemm_huge_pages_multi_stream_gemv,
@@ -43,13 +43,14 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.q40_prefetch == GemvPrefetch::T0);
   EXPECT(a.kquant_streams == 2);
   EXPECT(!a.attn_pipeline_l2);
-  EXPECT(a.q80_streams == 0);
+  EXPECT(a.q80_streams == 4);
   EXPECT(b.stream_prefetch == GemvPrefetch::None);
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
   EXPECT(b.kquant_streams == 1);
   EXPECT(b.attn_pipeline_l2);
   EXPECT(b.q80_streams == 2);
-  EXPECT(a.q80_prefetch == GemvPrefetch::None && b.q80_prefetch == GemvPrefetch::None);
+  EXPECT(a.q80_prefetch == GemvPrefetch::T0 && b.q80_prefetch == GemvPrefetch::None);
+  EXPECT(a.q80_ahead == 1024 && b.q80_ahead == 4096);
   EXPECT(a.kquant_prefetch == GemvPrefetch::T0);
   EXPECT(b.kquant_prefetch == GemvPrefetch::None);
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
@@ -63,6 +64,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += attention_detail::decode_pipeline_l2() != t.attn_pipeline_l2;
   n += gemm_detail::q80_streams() != t.q80_streams;
   n += gemm_detail::q80_prefetch() != t.q80_prefetch;
+  n += gemm_detail::q80_ahead() != t.q80_ahead;
   n += gemm_detail::gemv_streams_prefetch() != t.stream_prefetch;
   n += gemm_detail::q40_ms_prefetch() != t.q40_prefetch;
   n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
@@ -84,9 +86,9 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  const int left_as_before = 8 - settings_differing_from(t);  // the entries both rows share (q80_prefetch)
+  const int left_as_before = 9 - settings_differing_from(t);  // the entries both rows share (none)
   gemm_detail::apply_decode_tuning(t);
   EXPECT(after_other == 0);
-  EXPECT(left_as_before == 1);
+  EXPECT(left_as_before == 0);
   EXPECT(settings_differing_from(t) == 0);
 }
