@@ -518,9 +518,9 @@ std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: follow KqPrefetch
 // Two streams' distance by type: q4_K 2 KiB, q6_K 4 KiB. Session 27 (Zen 5, the read-order
 // records, kq_streams_ab, 1 thread, thread CPU time, 300-400 interleaved rounds, load 15-18; med
 // r/rnd against the one-stream pass): q4_K 2 KiB 1.09-1.17x, 4 KiB 1.03-1.15x, ahead of 4 KiB in
-// all 8 shape runs (by 0.3-6%, mean ~2.5%; 1 and 3 KiB as 2), 0.93-0.98x the 4-stream probe
-// (read-4, T0 1 KiB) against 0.93-0.95x at 4 KiB; q6_K 4 KiB best (3 KiB the same, 2 KiB 0.93-1.0x
-// of it, 1 KiB 0.82-0.9x: its lines take more arithmetic each, so a line must be asked for
+// all 11 shape runs (by 0.3-6%, mean ~2.5%; 1 and 3 KiB as 2), 0.93-0.98x the 4-stream probe
+// (read-4, T0 1 KiB) against 0.92-0.95x at 4 KiB; q6_K 4 KiB best (3 KiB the same, 2 KiB 0.92-1.01x
+// of it, 1 KiB 0.81-0.91x: its lines take more arithmetic each, so a line must be asked for
 // earlier). The quiet model A/B: decode_switch_ab AB_SWITCH=kq_pf4k.
 int64_t kq_stream_prefetch(int streams, bool q6) {
   const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
