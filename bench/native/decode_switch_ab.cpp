@@ -2,6 +2,7 @@
 // parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
+// kq_pf4k: that pass's two streams 4 KiB ahead for q4_K too (on) against the default 2 KiB (q6_K 4 KiB either way);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; q80_parts / q80_parts1 / q80_parts3 /
 // q80_parts4 / q80_default / q80_nopf / q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
@@ -172,7 +173,7 @@ const AbSwitch kSwitches[] = {
        f.avx512_double_pumped = on;
        gemm_detail::apply_decode_tuning(gemm_detail::decode_tuning_for(f));
      }},
-    // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams 4 KiB) ahead
+    // the K-quant lean pass without software prefetch (on) against T0 every line 8 KiB (two streams: q4_K 2, q6_K 4 KiB) ahead
     {"kq_nopf",
      [](bool on) { gemm_detail::set_kquant_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3 /
@@ -209,6 +210,9 @@ const AbSwitch kSwitches[] = {
     {"block_nopf", [](bool on) { gemm_detail::set_gemv_block_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
+    // that pass's prefetch 4 KiB ahead for both types (on: two streams' distance before session 27)
+    // against the default (q4_K 2 KiB, q6_K 4 KiB with two streams; gemv_kquant_vnni.cpp kq_stream_prefetch)
+    {"kq_pf4k", [](bool on) { gemm_detail::set_kquant_stream_prefetch(on ? 4096 : -1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},
     {"pv_pairs", [](bool on) { attention_detail::set_decode_pv_pairs(on); }},

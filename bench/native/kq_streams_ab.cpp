@@ -6,9 +6,12 @@
 // the first row's before timing. Rows (ratio = the one row's time / this row's; > 1: faster):
 //   one               one stream (set_kquant_streams(1)), the CPU's default prefetch (decode_tuning.h: none on
 //                     double-pumped AVX-512, else T0 8 KiB ahead; q6_K's prefetches spread over each step's groups)
-//   ms2-<a>           two streams, `a` KiB ahead (4: the default); q6_K spreads its prefetches as above
+//   ms2               two streams, the CPU's default prefetch (T0: q4_K 2 KiB, q6_K 4 KiB ahead; none on double-pumped)
+//   ms2-<a>           two streams, `a` KiB ahead (1, 2, 3, 4, 8); q6_K spreads its prefetches as above
 //   one-nopf / ms2-nopf  one / two streams without software prefetch; one-4 / one-8 / one-16: one stream 4 / 8 / 16 KiB ahead (T0)
-//   read-kq / read-kq-pf  the lean pass's loads in its order without its arithmetic, no prefetch / 8 KiB ahead (T0)
+//   read-kq / read-kq-pf  the lean pass's loads in its order on the previous record layout (before session 26:
+//                     scales and mins at the front) without its arithmetic, no prefetch / 8 KiB ahead (T0); on
+//                     the read-order records the pass reads front to back, as read-1-nopf
 //   read-4            four streams of plain loads over the thread's share, 128 B a step, 1 KiB ahead
 //   read-4-nopf / read-1-nopf  four streams 128 B a step / one stream 256 B a step, no software prefetch
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
@@ -109,7 +112,7 @@ int main(int argc, char** argv) {
     };
   };
   std::vector<bench::PatternRow> rows = {
-      {"one", gemv(1, -1), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
+      {"one", gemv(1, -1), {}}, {"ms2", gemv(2, -1), {}}, {"ms2-1", gemv(2, 1024), {}}, {"ms2-2", gemv(2, 2048), {}}, {"ms2-3", gemv(2, 3072), {}}, {"ms2-4", gemv(2, 4096), {}}, {"ms2-8", gemv(2, 8192), {}},
       {"one-nopf", gemv(1, 0), {}}, {"ms2-nopf", gemv(2, 0), {}}, {"one-4", gemv(1, 4096), {}}, {"one-8", gemv(1, 8192), {}}, {"one-16", gemv(1, 16384), {}}};
   const int64_t per_thread = (N + 63) / 64;
   // plain reads of the thread's share: S streams, 128 B a step, pf bytes ahead (0: no software prefetch)

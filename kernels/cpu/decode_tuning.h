@@ -38,11 +38,18 @@ struct DecodeTuning {
   // 0.55-0.67x T0's time, NTA 0.98-1.02x; the 1.1B / 7B q4_0 decode without it 0.64-0.69x).
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
   // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
-  // (session 25: 1.5x two for q4_K, 1.12x for q6_K).
+  // (session 25: 1.5x two for q4_K, 1.12x for q6_K). Zen 5 keeps 2 on the read-order records
+  // (session 27, kq_streams_ab, 1 thread, thread CPU, load 15-18: two streams 1.10-1.14x (q4_K) /
+  // 1.06-1.11x (q6_K) one, both T0; the 1.1B decode at 1 thread, AB_SWITCH=kq_ms, 3 processes:
+  // q4_k_m 1.09-1.15x, q6_k 1.12-1.19x).
   int kquant_streams = 2;
-  // That pass's prefetch: T0 on every line 8 KiB (two streams 4 KiB) ahead, or None (NTA reads as
-  // T0). Zen 4: None, with the records in read order (session 26, kquant_records.h: 1.23-1.29x
+  // That pass's prefetch: T0 on every line 8 KiB (two streams: q4_K 2 KiB, q6_K 4 KiB) ahead, or
+  // None (NTA reads as T0). Zen 4: None, with the records in read order (session 26, kquant_records.h: 1.23-1.29x
   // q4_K / 1.11-1.12x q6_K at 1 thread; the quiet 1.1B decode at 2 threads 1.27x q4_k_m, 1.06x q6_k).
+  // Zen 5 keeps T0 (session 27, same tool, 1 thread): the read order lets q4_K's one stream go
+  // without it (0.96-1.02x T0 8 KiB; the previous layout 0.56-0.63x), but not q6_K's (0.45-0.75x)
+  // nor two streams (q4_K 0.86-0.93x, q6_K 0.46-0.63x of T0); the 1.1B decode at 1 thread,
+  // AB_SWITCH=kq_nopf, 3 processes: none / T0 q4_k_m 0.71-0.82x, q6_k 0.52-0.69x.
   GemvPrefetch kquant_prefetch = GemvPrefetch::T0;
   // The decode attention's pipelined prefetch of the next sub-block (attention.cpp PfCursor,
   // attention_internal.h decode_pipeline_l2): into L2 (prefetcht2, true) or L1. Zen 4: L2

@@ -483,8 +483,9 @@ EMO_TK void kq_records_sg(const uint8_t* Wr, int64_t ns, const XRec& xr, const f
 // 1.04-1.09x the previous one cold in bench_kernels and 1.02-1.05x in decode_switch_ab, loaded:
 // left opt-in for a quiet A/B.)
 // Streams a thread's lean pass reads side by side (2, the default since session 20, or 1 through
-// set_kquant_streams) and how far ahead along each it prefetches (bytes; 4 KiB with two streams,
-// sg_prefetch's 8 KiB with one; 2 KiB 0.93-1.12x, 8 KiB 0.97-1.09x of 4 KiB; the environment
+// set_kquant_streams) and how far ahead along each it prefetches (bytes; with two streams 4 KiB
+// until session 27, now q4_K 2 KiB (kq_stream_prefetch), sg_prefetch's 8 KiB with one; on the
+// previous layout 2 KiB 0.93-1.12x, 8 KiB 0.97-1.09x of 4 KiB; the environment
 // variables EMOLLM_KQ_STREAMS / EMOLLM_KQ_STREAM_PREFETCH went in session 22: h-kqreg found no
 // q4_K regression to look for with them). Two streams are
 // the q4_0 two-stream pass's form (gemv_repacked.cpp ms_q40_avx512): a range's super-groups cut
@@ -514,11 +515,18 @@ std::atomic<int64_t>& kq_stream_prefetch_var() {  // -1: follow KqPrefetch
   static std::atomic<int64_t> v{-1};
   return v;
 }
-int64_t kq_stream_prefetch(int streams) {
+// Two streams' distance by type: q4_K 2 KiB, q6_K 4 KiB. Session 27 (Zen 5, the read-order
+// records, kq_streams_ab, 1 thread, thread CPU time, 300-400 interleaved rounds, load 15-18; med
+// r/rnd against the one-stream pass): q4_K 2 KiB 1.09-1.17x, 4 KiB 1.03-1.15x, ahead of 4 KiB in
+// all 11 shape runs (by 0.3-6%, mean ~2.5%; 1 and 3 KiB as 2), 0.93-0.98x the 4-stream probe
+// (read-4, T0 1 KiB) against 0.92-0.95x at 4 KiB; q6_K 4 KiB best (3 KiB the same, 2 KiB 0.92-1.01x
+// of it, 1 KiB 0.81-0.91x: its lines take more arithmetic each, so a line must be asked for
+// earlier). The quiet model A/B: decode_switch_ab AB_SWITCH=kq_pf4k.
+int64_t kq_stream_prefetch(int streams, bool q6) {
   const int64_t v = kq_stream_prefetch_var().load(std::memory_order_relaxed);
   if (v >= 0) return v;
   if (KqPrefetch::get() == GemvPrefetch::None) return 0;  // NTA / T1 read as T0
-  return streams > 1 ? int64_t(4096) : sg_prefetch();
+  return streams > 1 ? int64_t(q6 ? 4096 : 2048) : sg_prefetch();
 }
 // S super-groups (the records at p[0..S-1], super-block s) side by side: sub-block j of group gi
 // of each stream in turn, against one set of activation broadcasts; q4_K's min terms (which do
@@ -641,7 +649,7 @@ template <DType T, int G>
 EMO_TK void kq_records_sg_lean(const uint8_t* Wr, int64_t ns, const XRec& xr, const float* bias, float* Y, int64_t,
                                int64_t N, int64_t q0, int64_t q1, bool cold) {
   const int S = kq_streams();
-  const int64_t pf = kq_stream_prefetch(S);
+  const int64_t pf = kq_stream_prefetch(S, T == DType::Q6_K);
   const bool spread = T == DType::Q6_K;  // q6_K: spread (two streams 1.22-1.30x, one loop a step 1.18-1.21x)
   int64_t q = q0;
   if (S == 2 && q1 - q >= 2) {

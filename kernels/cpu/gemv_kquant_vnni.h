@@ -28,7 +28,8 @@ void gemv_kquant_records_multi(const Args* outs, int n);
 // Streams a thread's lean pass reads side by side: 2 (its super-groups in two contiguous parts)
 // or 1 (other values: 2 from 2 up, else 1); the default per CPU (decode_tuning.h: 2, one on
 // double-pumped AVX-512). Its software prefetch (decode_tuning.h kquant_prefetch: T0 every line,
-// 4 KiB ahead with two streams and 8 KiB with one; None: no prefetch, on double-pumped AVX-512),
+// with two streams 2 KiB (q4_K) / 4 KiB (q6_K) ahead, 8 KiB with one; None: no prefetch, on
+// double-pumped AVX-512),
 // and an explicit distance that overrides it (bytes; 0: none; -1: follow kquant_prefetch). Same
 // bits at any; for the tests and A/B runs (no environment variable).
 void set_kquant_streams(int streams);

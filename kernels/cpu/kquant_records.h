@@ -12,7 +12,9 @@
 // thread reads every record front to back, which Zen 4's hardware prefetchers keep fed without
 // software prefetch: the previous layout (every sub-block's scales, then the mins, at the front,
 // read back and forth) read 0.61-0.80x a plain one-stream read there (kq_streams_ab, read-kq: its
-// loads alone 0.6x). Offsets (KqLayout; a group's 16 entries at 16 gi within each region of 16 G,
+// loads alone 0.6x). On Zen 5 (session 27) the order lets q4_K's one stream read without software
+// prefetch too (0.96-1.02x T0; the previous layout 0.56-0.63x), not q6_K's (0.45-0.75x): Zen 5
+// keeps T0 on two streams (decode_tuning.h). Offsets (KqLayout; a group's 16 entries at 16 gi within each region of 16 G,
 // its code lines the gi-th of G within a step):
 //
 //   q4_K (2368 G B = 37 G lines): step j at 288 G j:
