@@ -9,9 +9,11 @@
 //   npm run bench:decode -- --shapes 1.1b --dtypes q4_0,bf16 --threads 2
 //   npm run bench:decode -- --full                # adds 7B bf16 (27 GB of model files)
 //   npm run -s bench:decode -- --json > decode.json
+//   npm run bench:decode -- --shapes 1.1b --dtypes q4_0 --rounds 4 --probe-every round   # 4 alternated rounds, probes between
 //
-// Every measurement runs in its own child process (one per model and side), one at a time, so the
-// two engines never share the cores and each peak RSS is one process's.
+// Every measurement runs in its own child process (one per model, side and round), one at a time, so
+// the two engines never share the cores and each peak RSS is one process's. A model's sides are
+// alternated in rounds with read-bandwidth probes beside its block (bench/decode_rounds.mjs).
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
