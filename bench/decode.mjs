@@ -9,9 +9,11 @@
 //   npm run bench:decode -- --shapes 1.1b --dtypes q4_0,bf16 --threads 2
 //   npm run bench:decode -- --full                # adds 7B bf16 (27 GB of model files)
 //   npm run -s bench:decode -- --json > decode.json
+//   npm run bench:decode -- --shapes 1.1b --dtypes q4_0 --rounds 4 --probe-every round   # 4 alternated rounds, probes between
 //
-// Every measurement runs in its own child process (one per model and side), one at a time, so the
-// two engines never share the cores and each peak RSS is one process's.
+// Every measurement runs in its own child process (one per model, side and round), one at a time, so
+// the two engines never share the cores and each peak RSS is one process's. A model's sides are
+// alternated in rounds with read-bandwidth probes beside its block (bench/decode_rounds.mjs).
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -22,6 +24,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { childMain, machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
+import { PROBE_EVERY, bwPct, ceilingOf, decodeGbs, decodeSchedule, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -117,6 +120,7 @@ function parseArgs(argv) {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
     budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32', bf16Products: false,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
+    rounds: 2, probeEvery: 'block',
   };
   const val = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
@@ -138,6 +142,8 @@ function parseArgs(argv) {
       case '--batch': o.nBatch = Number(val(i, a)); i++; break;
       case '--budget': o.budgetS = Number(val(i, a)); i++; break;
       case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
+      case '--rounds': o.rounds = Number(val(i, a)); i++; break;
+      case '--probe-every': o.probeEvery = val(i, a); i++; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--kv-type': o.emollmKv = val(i, a); i++; break;
       case '--bf16-products': o.bf16Products = true; break;
@@ -162,6 +168,8 @@ function parseArgs(argv) {
   for (const f of o.formats) if (f !== 'gguf' && f !== 'hf') throw new Error(`--formats: gguf and/or hf, not '${f}'`);
   if (o.prompt + o.gen > o.nCtx) throw new Error(`--prompt ${o.prompt} + --gen ${o.gen} exceeds --ctx ${o.nCtx}`);
   if (o.gen < 2) throw new Error('--gen must be at least 2');
+  if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error(`--rounds: a whole number >= 1, not '${o.rounds}'`);
+  if (!PROBE_EVERY.includes(o.probeEvery)) throw new Error(`--probe-every: ${PROBE_EVERY.join(' or ')}, not '${o.probeEvery}'`);
   if (!['f32', 'f16', 'bf16'].includes(o.emollmKv)) throw new Error(`--kv-type: f32, f16 or bf16, not '${o.emollmKv}'`);
   if (o.bf16Products && o.emollmKv !== 'bf16') throw new Error('--bf16-products acts on a bf16 KV cache only: add --kv-type bf16');
   return o;
@@ -177,13 +185,22 @@ const HELP = `usage: npm run bench:decode -- [options]
   --prompt N            prompt tokens (default 512); --gen N generated tokens (default 64)
   --ctx N, --batch N    context positions (default 1024) and batch (default 512), both engines
   --budget S            per model and side: runs until S seconds are spent and one run was undisturbed
-                        (at most 3 x S; default 20), --runs N at most (default 4), at least 1
+                        (at most 3 x S; default 20), --runs N at most (default 4), at least 1; both split
+                        over the rounds (a round: S / rounds seconds, ceil(N / rounds) runs, at least 1)
+  --rounds N            per model, every side (emollm's formats, llama-bench, node-llama-cpp) measured N times,
+                        alternated A B | B A | A B ... (default 2; the next model starts the other way): the
+                        ratio columns are the median of the per-round ratios (each round's two figures
+                        measured seconds apart); 1 = one pass, as before
+  --probe-every block|round  read-bandwidth probe (bench_kernels) before and after each model's block, one
+                        between two models shared (block, default: models + 1 probes), or also between its
+                        rounds (round); a row's %bw is against the highest probe beside its own block, the
+                        table's probes column shows their range
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16)
   --kv-type f32|f16|bf16  emollm's KV cache type (default f32; f16 = llama.cpp's default), the table's kv column
   --bf16-products       emollm's decode attention on bf16 dot products (the decodeBf16Products context option:
                         a bf16 KV cache on AVX512-BF16 only, logits within the kernel's bound, not bit-equal;
                         the kv column shows bf16+dp)
-  --no-anchor, --no-emollm, --no-probe, --no-build (skip building the addon)
+  --no-anchor, --no-emollm, --no-probe (no probes, no %bw), --no-build (skip building the addon)
   --no-node-llama-cpp   llama-bench as the only llama.cpp anchor (node-llama-cpp's child is slow to load a 7B)
   --profile             emollm child with EMOLLM_PROFILE=1: per-op decode profile (GEMV by weight, attention,
                         norms, rope, ...) printed and in the JSON (raw[].result.profile); slows emollm slightly
@@ -428,7 +445,7 @@ function printProfile(r, out, ceilingGbs) {
   if (!prof) return;
   if (prof.error) { out(`profile ${r.model}: ${prof.error}`); return; }
   const dec = prof.ops.filter((x) => x.phase === 'decode' && x.op !== 'handoff' && x.op !== 'dispatch');
-  out(`profile: emollm ${r.model} (${r.format}), ${prof.decode_steps} decode steps (${prof.decode_tokens} tokens; the timed runs' ` +
+  out(`profile: emollm ${r.model} (${r.format}, round ${(r.round ?? 0) + 1}), ${prof.decode_steps} decode steps (${prof.decode_tokens} tokens; the timed runs' ` +
     'forward passes the core marked as decode steps; prefill and warm-up excluded):');
   for (const x of dec.slice(0, 24)) {
     out(`  ${x.op.padEnd(10)} ${x.key.padEnd(34)} ${fmt(x.ms_per_step, 3).padStart(8)} ms/step  ${fmt(100 * x.share, 1).padStart(5)}%  ` +
@@ -510,6 +527,26 @@ function summarize(res, promptLen) {
   };
 }
 
+// One side's results of all rounds as one child's: every run of the rounds that measured (so
+// summarize keeps the best undisturbed run over all rounds), the peak RSS the highest; the first
+// round's failure when no round measured.
+function mergeRounds(list) {
+  const ok = list.filter((x) => x?.ok && x.runs?.length);
+  if (!ok.length) return list.find(Boolean);
+  return { ok: true, runs: ok.flatMap((x) => x.runs), maxrss_mib: Math.max(...ok.map((x) => x.maxrss_mib ?? 0)) || undefined,
+    load_s: Math.min(...ok.map((x) => x.load_s ?? Infinity)), tokens: ok[0].tokens };
+}
+
+// llama-bench's rounds: the best sample of every round's, the averages' mean, the samples summed.
+function mergeBench(list) {
+  const ok = list.filter((x) => x?.ok);
+  if (!ok.length) return null;
+  const mean = (k) => ok.reduce((s, x) => s + x[k], 0) / ok.length;
+  return { ok: true, prefill_tok_s: Math.max(...ok.map((x) => x.prefill_tok_s)), decode_tok_s: Math.max(...ok.map((x) => x.decode_tok_s)),
+    prefill_avg_tok_s: mean('prefill_avg_tok_s'), decode_avg_tok_s: mean('decode_avg_tok_s'), reps: ok.reduce((s, x) => s + x.reps, 0),
+    rounds: ok.length, info: ok[0].info };
+}
+
 // cores' worth of other processes' work during the runs (worst run of either side); '!' from 0.25
 const busyMark = (c) => `${c.toFixed(2)}${c >= 0.25 ? '!' : ''}`;
 
@@ -518,23 +555,25 @@ function kvLabel(o) {
   return `${o.emollmKv}${o.bf16Products ? '+dp' : ''}/${o.kvType ? o.kvType.toLowerCase() : 'f16'}`;
 }
 
-function table(rows, probe, o, out) {
-  const bw = probe?.read_bw_gbs;
+// The table: each engine's best figures over the rounds; ratios the median of the per-round ones;
+// %bw against the highest probe beside the row's block, the probes column their lowest-highest.
+function table(rows, o, out) {
   const head = ['model', 'dtype', 'fmt', 'kv', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
-    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
+    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'probes GB/s', 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
     'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
   const lines = [head];
+  const ratio = (x) => fmt(x?.median, 2);
   for (const r of rows) {
-    const e = r.emollmS, a = r.anchorS, b = r.benchS;
-    const gbE = e ? (r.weightBytes * e.decode_tok_s) / 1e9 : NaN;
-    const gbA = a ? (r.weightBytes * a.decode_tok_s) / 1e9 : NaN;
+    const e = r.emollmS, a = r.anchorS, b = r.benchS, bw = r.block.ceiling_gbs;
     lines.push([
       SHAPES[r.shape].label, r.dtype, r.format, kvLabel(o),
-      e ? fmt(e.prefill_tok_s) : r.emollmNote, a ? fmt(a.prefill_tok_s) : r.anchorNote, e && a ? fmt(e.prefill_tok_s / a.prefill_tok_s, 2) : '-',
-      e ? fmt(e.decode_tok_s, 2) : '', a ? fmt(a.decode_tok_s, 2) : '', e && a ? fmt(e.decode_tok_s / a.decode_tok_s, 2) : '-',
-      fmt(gbE), bw ? fmt((100 * gbE) / bw, 0) : '-', fmt(gbA), bw ? fmt((100 * gbA) / bw, 0) : '-',
+      e ? fmt(e.prefill_tok_s) : r.emollmNote, a ? fmt(a.prefill_tok_s) : r.anchorNote, ratio(r.ratios.prefill_vs_llamacpp),
+      e ? fmt(e.decode_tok_s, 2) : '', a ? fmt(a.decode_tok_s, 2) : '', ratio(r.ratios.decode_vs_llamacpp),
+      fmt(decodeGbs(r.weightBytes, e?.decode_tok_s)), fmt(bwPct(r.weightBytes, e?.decode_tok_s, bw), 0),
+      fmt(decodeGbs(r.weightBytes, a?.decode_tok_s)), fmt(bwPct(r.weightBytes, a?.decode_tok_s, bw), 0),
+      bw ? `${fmt(r.block.min_gbs)}-${fmt(bw)}` : '-',
       b ? fmt(b.prefill_tok_s) : r.benchNote, b ? fmt(b.decode_tok_s, 2) : '',
-      e && b ? fmt(e.prefill_tok_s / b.prefill_tok_s, 2) : '-', e && b ? fmt(e.decode_tok_s / b.decode_tok_s, 2) : '-',
+      ratio(r.ratios.prefill_vs_llama_bench), ratio(r.ratios.decode_vs_llama_bench),
       e ? fmt(e.maxrss_mib, 0) : '-', a ? fmt(a.maxrss_mib, 0) : '-', r.agree ?? '-',
       busyMark(Math.max(e?.other_cores ?? 0, a?.other_cores ?? 0)),
     ]);
@@ -547,6 +586,40 @@ function table(rows, probe, o, out) {
   lines.slice(1).forEach(pr);
 }
 
+// Per row, round by round: the order the sides ran in, each side's decode (and prefill) figures,
+// the per-round ratios and %bw, the probes beside the block and their spread.
+function printRounds(rows, probes, o, out) {
+  if (!rows.length) return;
+  out('');
+  out(`rounds (${o.rounds}; per round: decode tok/s, [ratio], %bw against the probes beside that round) and the probes beside each block:`);
+  const seq = (xs, d = 2) => xs.map((x) => fmt(x ?? NaN, d)).join(' / ');
+  for (const r of rows) {
+    if (!r.rounds.some((x) => x.order.length)) continue;  // nothing ran for this model
+    const name = `${SHAPES[r.shape].label} ${r.dtype} ${r.format}`;
+    const parts = [];
+    const side = (label, key) => {
+      const xs = r.rounds.map((x) => x[key]?.decode_tok_s);
+      if (xs.some((x) => x !== undefined)) parts.push(`${label} ${seq(xs)}`);
+    };
+    side('emollm', 'emollm');
+    side('llama-bench tg', 'llama_bench');
+    side('node-llama-cpp', 'llamacpp');
+    const ratio = (label, x) => {
+      if (x) parts.push(`${label} ${seq(x.per_round)} (median ${fmt(x.median, 2)}, ${fmt(x.min, 2)}-${fmt(x.max, 2)}; of the bests ${fmt(x.of_bests, 2)})`);
+    };
+    ratio('tg ratio', r.ratios.decode_vs_llama_bench);
+    ratio('pp ratio', r.ratios.prefill_vs_llama_bench);
+    ratio('decode ratio vs node-llama-cpp', r.ratios.decode_vs_llamacpp);
+    if (r.rounds.some((x) => x.emollm_bw_pct !== null)) parts.push(`emollm %bw ${seq(r.rounds.map((x) => x.emollm_bw_pct), 0)}`);
+    const b = r.block;
+    parts.push(b.ceiling_gbs
+      ? `probes ${b.probes.map((i) => `#${i} ${fmt(probes[i]?.read_bw_gbs)}`).join(', ')} GB/s: ceiling ${fmt(b.ceiling_gbs)}, the lowest ${fmt(b.spread_pct, 0)}% under it`
+      : 'no probe');
+    out(`  ${name}: ${parts.join('; ')}`);
+    out(`    order: ${r.rounds.map((x) => x.order.join(' ')).join(' | ')}`);
+  }
+}
+
 // KV bytes a decode token's attention reads (K and V of every layer, once each) at the mean cache
 // length of the generated positions (prompt .. prompt + gen - 1 tokens before each one).
 const KV_ELEM_BYTES = { f32: 4, f16: 2, bf16: 2 };
@@ -557,10 +630,9 @@ function decodeKvBytes(shape, o) {
 
 // The table's GB/s count weights only; a decode token also reads the KV cache (f32 7B MHA at ~550
 // positions: ~0.58 GB against 3.7 GB of q4_0 weights). The same figure with the KV bytes added.
-function printWithKv(rows, probe, o, out) {
-  const bw = probe?.read_bw_gbs;
+function printWithKv(rows, o, out) {
   for (const r of rows) {
-    const e = r.emollmS;
+    const e = r.emollmS, bw = r.block.ceiling_gbs;
     if (!e || !r.weightBytes) continue;
     const kv = decodeKvBytes(r.shape, o), gb = ((r.weightBytes + kv) * e.decode_tok_s) / 1e9;
     r.kvBytes = kv;
@@ -636,71 +708,115 @@ async function main() {
     `prompt ${o.prompt} tokens, ${o.gen} generated (greedy), ctx ${o.nCtx}, batch ${o.nBatch}`);
   if (load > 0.5 * ncpu) out(`warning: load average ${load.toFixed(2)} on ${ncpu} cpus: other work is running, timings will be disturbed`);
 
-  // ---- probe (start)
-  let probeStart = null;
-  if (o.probe) { log('bench:decode: read-bandwidth probe (start) ...'); probeStart = probeBandwidth(threads, log); }
-
-  // ---- measurements: per model, the anchor and emollm's formats, each in a child; the side that
-  // goes first alternates from one model to the next so slow drift of the machine hits both.
-  const rows = [];
-  const results = [];
-  let flip = false;
-  for (const p of plans) {
-    const s = SHAPES[p.shape];
-    const prompt = randomPrompt(o.prompt, s.n_vocab, o.seed);
-    const base = { threads, nCtx: o.nCtx, nBatch: o.nBatch, prompt, gen: o.gen, budgetS: o.budgetS, maxRuns: o.maxRuns,
-      warmupTokens: o.warmupTokens, quietWaitS: Math.min(10, o.quietWaitS) };
-    const weightBytes = decodeWeightBytes(p.shape, p.dtype);
-    const jobs = [];
-    if (anchorOk) jobs.push({ side: 'llama.cpp', format: 'gguf', path: p.gguf.path });
+  // ---- the schedule (bench/decode_rounds.mjs): per model, its sides (emollm's formats, the
+  // node-llama-cpp anchor, llama-bench), each measurement in its own child, alternated in rounds
+  // A B | B A | A B ... (the next model starts the other way) so slow drift of the machine hits
+  // every side alike; the read-bandwidth probe before and after each model's block (one between
+  // two models, shared) or also between its rounds (--probe-every round).
+  const sidesOf = (p) => {
+    const sides = [];
     if (!emollmWhyNot) {
-      if (o.formats.includes('gguf')) jobs.push({ side: 'emollm', format: 'gguf', path: p.gguf.path });
-      if (o.formats.includes('hf') && p.hf) jobs.push({ side: 'emollm', format: 'hf', path: p.hf.path });
+      if (o.formats.includes('gguf')) sides.push('emollm/gguf');
+      if (o.formats.includes('hf') && p.hf) sides.push('emollm/hf');
     }
-    if (flip) jobs.reverse();
-    flip = !flip;
-    const got = {};
-    for (const j of jobs) {
-      log(`bench:decode: ${s.label} ${p.dtype} ${j.format}: ${j.side} ...`);
-      await waitQuiet(o.quietWaitS, log);
-      const spec = { ...base, model: j.path, ...(j.side === 'emollm' ? { kvCacheType: o.emollmKv, decodeBf16Products: o.bf16Products } : {}) };
-      const res = j.side === 'llama.cpp'
+    if (anchorOk) sides.push('llama.cpp/gguf');
+    if (lb.path) sides.push('llama-bench/gguf');
+    return sides;
+  };
+  // (no side to measure anywhere: no probes either; the run reports that nothing was measured)
+  const sides = plans.map(sidesOf);
+  const steps = decodeSchedule(sides, { rounds: o.rounds, probeEvery: o.probe && sides.some((x) => x.length) ? o.probeEvery : null });
+  const nProbes = steps.filter((x) => x.kind === 'probe').length;
+  const share = perRound(o, o.rounds);  // one round's --budget and --runs
+  const probes = [];  // by index: bench_kernels' figures with when (s into the run) and the load, null when it failed
+  const got = plans.map(() => ({}));  // got[model]['side/format'][round] = the child's result
+  const results = [];
+  for (const st of steps) {
+    if (st.kind === 'probe') {
+      const which = st.probe === 0 ? 'start' : st.probe === nProbes - 1 ? 'end' : `${st.probe} of ${nProbes - 1}`;
+      log(`bench:decode: read-bandwidth probe (${which}) ...`);
+      const at = (performance.now() - tStart) / 1000, loadAvg = os.loadavg()[0];
+      const r = probeBandwidth(threads, log);
+      probes[st.probe] = r ? { index: st.probe, at_s: at, load_avg: loadAvg, ...r } : null;
+      if (r) log(`    probe ${st.probe}: ${fmt(r.read_bw_gbs)} GB/s (read probe ${fmt(r.probe_gbs)}, best anchor GEMV ${fmt(r.anchor_gemv_gbs)}), load ${loadAvg.toFixed(2)}`);
+      continue;
+    }
+    const p = plans[st.model], s = SHAPES[p.shape];
+    const [side, format] = st.side.split('/');
+    const path = format === 'hf' ? p.hf.path : p.gguf.path;
+    log(`bench:decode: ${s.label} ${p.dtype} ${format}: ${side} (round ${st.round + 1} of ${o.rounds}) ...`);
+    await waitQuiet(o.quietWaitS, log);
+    let res;
+    if (side === 'llama-bench') {
+      res = runLlamaBench(lb.path, path, { ...o, maxRuns: share.maxRuns }, threads, log);
+    } else {
+      const spec = { threads, nCtx: o.nCtx, nBatch: o.nBatch, prompt: randomPrompt(o.prompt, s.n_vocab, o.seed), gen: o.gen,
+        budgetS: share.budgetS, maxRuns: share.maxRuns, warmupTokens: o.warmupTokens, quietWaitS: Math.min(10, o.quietWaitS), model: path,
+        ...(side === 'emollm' ? { kvCacheType: o.emollmKv, decodeBf16Products: o.bf16Products } : {}) };
+      res = side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
         : await runEmollmChild(spec, o);
-      got[`${j.side}/${j.format}`] = res;
-      results.push({ shape: p.shape, dtype: p.dtype, format: j.format, side: j.side, model: relative(root, j.path), result: res });
     }
-    let lbRes = null;
-    if (lb.path) {
-      log(`bench:decode: ${s.label} ${p.dtype} gguf: llama-bench ...`);
-      await waitQuiet(o.quietWaitS, log);
-      lbRes = runLlamaBench(lb.path, p.gguf.path, o, threads, log);
-      results.push({ shape: p.shape, dtype: p.dtype, format: 'gguf', side: 'llama-bench', model: relative(root, p.gguf.path), result: lbRes });
-    }
-    const a = got['llama.cpp/gguf'];
+    (got[st.model][st.side] ??= [])[st.round] = res;
+    results.push({ shape: p.shape, dtype: p.dtype, format, side, model: relative(root, path), round: st.round, model_index: st.model, result: res });
+  }
+
+  // ---- rows: per model and emollm format; figures the best over the rounds, ratios the median of
+  // the per-round ones, %bw against the highest probe beside the model's own block
+  const rows = [];
+  const blocks = plans.map((p, m) => ({ probes: probesBeside(steps, m), ...ceilingOf(probesBeside(steps, m).map((i) => probes[i] ?? null)) }));
+  plans.forEach((p, m) => {
+    const weightBytes = decodeWeightBytes(p.shape, p.dtype);
+    const g = got[m];
+    const a = g['llama.cpp/gguf'] ?? [], lbAll = g['llama-bench/gguf'] ?? [];
+    const aR = a.map((x) => summarize(x, o.prompt)), bR = lbAll.map((x) => (x?.ok ? x : null));
     for (const format of o.formats) {
       if (format === 'hf' && !p.hf) continue;
-      const e = got[`emollm/${format}`];
+      const e = g[`emollm/${format}`] ?? [];
+      const eR = e.map((x) => summarize(x, o.prompt));
+      // agree: the first round where both engines generated
       let agree;
-      if (e?.ok && a?.ok && e.tokens && a.tokens) {
+      const r0 = e.findIndex((x, r) => x?.ok && a[r]?.ok && x.tokens && a[r].tokens);
+      if (r0 >= 0) {
+        const et = e[r0].tokens, at = a[r0].tokens;
         let k = 0;
-        while (k < Math.min(e.tokens.length, a.tokens.length) && e.tokens[k] === a.tokens[k]) k++;
-        agree = `${k}/${a.tokens.length}`;
+        while (k < Math.min(et.length, at.length) && et[k] === at[k]) k++;
+        agree = `${k}/${at.length}`;
       }
+      const per = (xs, k) => Array.from({ length: o.rounds }, (_, r) => xs[r]?.[k] ?? null);
+      const rounds = Array.from({ length: o.rounds }, (_, r) => {
+        const c = ceilingOf(probesBeside(steps, m, r).map((i) => probes[i] ?? null));
+        const fig = (x) => (x ? { prefill_tok_s: x.prefill_tok_s, decode_tok_s: x.decode_tok_s, ...(x.other_cores !== undefined ? { other_cores: x.other_cores } : {}) } : null);
+        return {
+          round: r, order: steps.filter((x) => x.kind === 'side' && x.model === m && x.round === r).map((x) => x.side),
+          probes: probesBeside(steps, m, r), ceiling_gbs: c.ceiling_gbs,
+          emollm: fig(eR[r]), llamacpp: fig(aR[r]), llama_bench: fig(bR[r]),
+          emollm_bw_pct: bwPct(weightBytes, eR[r]?.decode_tok_s, c.ceiling_gbs),
+        };
+      });
+      const ratios = {
+        prefill_vs_llamacpp: roundRatios(per(eR, 'prefill_tok_s'), per(aR, 'prefill_tok_s')),
+        decode_vs_llamacpp: roundRatios(per(eR, 'decode_tok_s'), per(aR, 'decode_tok_s')),
+        prefill_vs_llama_bench: roundRatios(per(eR, 'prefill_tok_s'), per(bR, 'prefill_tok_s')),
+        decode_vs_llama_bench: roundRatios(per(eR, 'decode_tok_s'), per(bR, 'decode_tok_s')),
+      };
+      const failed = (xs) => xs.some((x) => x?.ok === false);
+      const benchS = mergeBench(lbAll);
+      const emollmS = summarize(mergeRounds(e), o.prompt), anchorS = summarize(mergeRounds(a), o.prompt);
       rows.push({
-        shape: p.shape, dtype: p.dtype, format, weightBytes, agree,
-        emollmS: summarize(e, o.prompt), anchorS: summarize(a, o.prompt), benchS: lbRes?.ok ? lbRes : null,
-        benchNote: !lb.path ? 'n/a' : lbRes?.ok === false ? 'error' : '-',
-        emollmNote: emollmWhyNot ? 'n/a' : e?.ok === false ? 'error' : '-',
-        anchorNote: !anchorOk ? 'n/a' : a?.ok === false ? 'error' : '-',
+        shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios,
+        emollmS, anchorS, benchS,
+        benchNote: !lb.path ? 'n/a' : !benchS && failed(lbAll) ? 'error' : '-',
+        emollmNote: emollmWhyNot ? 'n/a' : !emollmS && failed(e) ? 'error' : '-',
+        anchorNote: !anchorOk ? 'n/a' : !anchorS && failed(a) ? 'error' : '-',
       });
       if (!o.emollm || emollmWhyNot) break;  // anchor only: one row per model
     }
-  }
+  });
 
-  // ---- probe (end): the higher of the two is the ceiling
-  let probeEnd = null;
-  if (o.probe) { log('bench:decode: read-bandwidth probe (end) ...'); probeEnd = probeBandwidth(threads, log); }
+  // ---- the run's start and end probes: the summary line's ceiling, the higher of the two (each
+  // row's %bw is against its own block's probes instead)
+  const probeStart = nProbes ? probes[0] : null, probeEnd = nProbes > 1 ? probes[nProbes - 1] : null;
   const probe = probeStart || probeEnd
     ? { read_bw_gbs: Math.max(probeStart?.read_bw_gbs ?? 0, probeEnd?.read_bw_gbs ?? 0),
       probe_gbs: Math.max(probeStart?.probe_gbs ?? 0, probeEnd?.probe_gbs ?? 0),
@@ -714,9 +830,11 @@ async function main() {
   // ---- report
   out('');
   out('tok/s: prefill = prompt tokens / time to evaluate the prompt into an empty cache (batches of --batch);');
-  out('       decode = 1 / median time between generated tokens (positions prompt..prompt+gen, greedy). Best of the runs.');
-  out('ratio = emollm / llama.cpp (> 1: emollm faster). GB/s = weight bytes per token x decode tok/s (KV reads not counted);');
-  out(`%bw against max(read-bandwidth probe, best anchor GEMV of the probe run). RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading`);
+  out(`       decode = 1 / median time between generated tokens (positions prompt..prompt+gen, greedy). Best of the runs of all ${o.rounds} round(s).`);
+  out(`ratio = emollm / llama.cpp (> 1: emollm faster), the median of the per-round ratios (each side measured once a round, alternated A B | B A ...).`);
+  out('GB/s = weight bytes per token x decode tok/s (KV reads not counted); %bw against the highest probe beside the model\'s own block');
+  out(`(probe = max(read-bandwidth probe, best anchor GEMV) of one bench_kernels run, ${o.probe ? `every ${o.probeEvery}` : 'none: --no-probe'}; the probes column: the lowest-highest of them).`);
+  out('RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading');
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm's KV cache ${o.emollmKv} (kv = emollm/llama.cpp); emollm on the`);
   out('same GGUF (fmt gguf) and on the HF safetensors folder of the same weights (fmt hf, anchor from the GGUF).');
   out('llama-bench = llama.cpp\'s own benchmark built from the source node-llama-cpp pins (sh bench/setup-anchors.sh llama-bench):');
@@ -724,19 +842,23 @@ async function main() {
   out('Figures come from the undisturbed runs when there are any. busy = cores of OTHER processes\' work during those runs');
   out('(worst run, either side); "!" marks >= 0.25: no undisturbed run, the row is unreliable, rerun it on a quiet machine.');
   out('');
-  table(rows, probe, o, out);
-  printWithKv(rows, probe, o, out);
+  table(rows, o, out);
+  printRounds(rows, probes, o, out);
+  printWithKv(rows, o, out);
   out('');
   if (probe) {
-    out(`bandwidth ceiling ${fmt(probe.read_bw_gbs)} GB/s = max(read probe ${fmt(probe.probe_gbs)} (${probeStart?.variant ?? probeEnd?.variant ?? '?'}), ` +
-      `best anchor GEMV ${fmt(probe.anchor_gemv_gbs)}) (bench_kernels, ${threads} threads; start ${fmt(probeStart?.read_bw_gbs)} / end ${fmt(probeEnd?.read_bw_gbs)}; the higher is used)`);
+    out(`bandwidth ceiling of the run ${fmt(probe.read_bw_gbs)} GB/s = max(read probe ${fmt(probe.probe_gbs)} (${probeStart?.variant ?? probeEnd?.variant ?? '?'}), ` +
+      `best anchor GEMV ${fmt(probe.anchor_gemv_gbs)}) (bench_kernels, ${threads} threads; start ${fmt(probeStart?.read_bw_gbs)} / end ${fmt(probeEnd?.read_bw_gbs)}, the higher; ` +
+      `the rows' %bw use their own blocks' probes)`);
+    const all = ceilingOf(probes);
+    if (nProbes > 2) out(`all ${nProbes} probes (${probes.map((x) => fmt(x?.read_bw_gbs)).join(', ')} GB/s): ${fmt(all.min_gbs)}-${fmt(all.ceiling_gbs)}, the lowest ${fmt(all.spread_pct, 0)}% under the highest`);
   }
   if (probe) printPrefillFloors(rows, probe, o, out);
   for (const r of results) {
     const short = (r.result?.runs ?? []).filter((x) => x.tokens_out < o.gen);
     if (short.length) out(`note: ${r.side} ${r.model} ${r.format}: a run stopped after ${short[0].tokens_out} of ${o.gen} tokens (${short[0].stop ?? '?'}); its decode figure covers fewer tokens`);
   }
-  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out, probe?.read_bw_gbs);
+  if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out, blocks[r.model_index]?.ceiling_gbs);
   const failures = results.filter((r) => r.result && !r.result.ok);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
@@ -750,9 +872,18 @@ async function main() {
 
   const json = {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
-    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed },
+    settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed,
+      rounds: o.rounds, probe_every: o.probe ? o.probeEvery : null, round_budget_s: share.budgetS, round_max_runs: share.maxRuns },
     probe,
-    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, kv_bytes_per_token: r.kvBytes ?? null, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS })),
+    // every probe in run order (index as in schedule and rows[].probes), and the order things ran in
+    probes,
+    schedule: steps.map((x) => (x.kind === 'probe' ? `probe ${x.probe}` : `${x.model}:${x.side}:${x.round}`)),
+    rows: rows.map((r) => ({ shape: r.shape, dtype: r.dtype, format: r.format, kv: kvLabel(o), weight_bytes_per_token: r.weightBytes, kv_bytes_per_token: r.kvBytes ?? null, agree: r.agree ?? null, emollm: r.emollmS, llamacpp: r.anchorS, llama_bench: r.benchS,
+      // the block's probes and the ceiling of its %bw (their highest), the lowest and the spread
+      probes: r.block.probes, probes_gbs: r.block.probes_gbs, ceiling_gbs: r.block.ceiling_gbs, probe_min_gbs: r.block.min_gbs, probe_spread_pct: r.block.spread_pct,
+      emollm_gbs: decodeGbs(r.weightBytes, r.emollmS?.decode_tok_s), emollm_bw_pct: bwPct(r.weightBytes, r.emollmS?.decode_tok_s, r.block.ceiling_gbs),
+      llama_bench_bw_pct: bwPct(r.weightBytes, r.benchS?.decode_tok_s, r.block.ceiling_gbs),
+      ratios: r.ratios, rounds: r.rounds })),
     raw: results,
     emollm_unavailable: emollmWhyNot,
     llama_bench_unavailable: lb.whyNot,

@@ -1,0 +1,117 @@
+import { describe, expect, it } from 'vitest';
+
+import { bwPct, ceilingOf, decodeGbs, decodeSchedule, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
+
+// bench:decode's schedule (sides alternated in rounds, probes beside each model's block) and the
+// arithmetic on it (bench/decode_rounds.mjs): numbers in, no timings.
+type Step = { kind: 'probe'; probe: number } | { kind: 'side'; model: number; round: number; side: string };
+const compact = (steps: Step[]) => steps.map((s) => (s.kind === 'probe' ? `P${s.probe}` : `${s.model}${s.side}${s.round}`));
+
+describe('bench:decode schedule', () => {
+  it('alternates the sides A B B A within a model and starts the next model the other way', () => {
+    const steps = decodeSchedule([['A', 'B'], ['A', 'B']], { rounds: 4, probeEvery: 'block' });
+    expect(compact(steps)).toEqual([
+      'P0', '0A0', '0B0', '0B1', '0A1', '0A2', '0B2', '0B3', '0A3',
+      'P1', '1B0', '1A0', '1A1', '1B1', '1B2', '1A2', '1A3', '1B3', 'P2',
+    ]);
+  });
+
+  it('puts a probe between the rounds with probeEvery round, none without probes', () => {
+    const three = [['A', 'B', 'C']];
+    expect(compact(decodeSchedule(three, { rounds: 3, probeEvery: 'round' }))).toEqual([
+      'P0', '0A0', '0B0', '0C0', 'P1', '0C1', '0B1', '0A1', 'P2', '0A2', '0B2', '0C2', 'P3',
+    ]);
+    expect(compact(decodeSchedule(three, { rounds: 2, probeEvery: null }))).toEqual(['0A0', '0B0', '0C0', '0C1', '0B1', '0A1']);
+    // one round, one model: the run's start and end probe only (what a run cost before)
+    expect(compact(decodeSchedule([['A']], { rounds: 1 }))).toEqual(['P0', '0A0', 'P1']);
+  });
+
+  it('gives each model its own sides (an HF row only where the model has one)', () => {
+    const steps = decodeSchedule([['e/gguf', 'e/hf', 'lb'], ['e/gguf', 'lb']], { rounds: 1 });
+    expect(compact(steps)).toEqual(['P0', '0e/gguf0', '0e/hf0', '0lb0', 'P1', '1lb0', '1e/gguf0', 'P2']);
+  });
+
+  it('rejects a round count or probe placement it does not know', () => {
+    expect(() => decodeSchedule([['A']], { rounds: 0 })).toThrow(/rounds/);
+    expect(() => decodeSchedule([['A']], { rounds: 1.5 })).toThrow(/rounds/);
+    expect(() => decodeSchedule([['A']], { rounds: 1, probeEvery: 'side' as 'block' })).toThrow(/probeEvery/);
+  });
+
+  it('finds the probes beside a block and beside each of its rounds', () => {
+    const block = decodeSchedule([['A', 'B'], ['A', 'B'], ['A']], { rounds: 2, probeEvery: 'block' });
+    expect(probesBeside(block, 0)).toEqual([0, 1]);
+    expect(probesBeside(block, 1)).toEqual([1, 2]);
+    expect(probesBeside(block, 2)).toEqual([2, 3]);
+    // probes beside the block only: every round of a model gets the block's two
+    expect(probesBeside(block, 1, 0)).toEqual([1, 2]);
+    expect(probesBeside(block, 1, 1)).toEqual([1, 2]);
+    const round = decodeSchedule([['A', 'B'], ['A', 'B']], { rounds: 3, probeEvery: 'round' });
+    // P0 m0r0 P1 m0r1 P2 m0r2 P3 m1r0 P4 m1r1 P5 m1r2 P6
+    expect(probesBeside(round, 0)).toEqual([0, 1, 2, 3]);
+    expect(probesBeside(round, 1)).toEqual([3, 4, 5, 6]);
+    expect(probesBeside(round, 0, 1)).toEqual([1, 2]);
+    expect(probesBeside(round, 1, 2)).toEqual([5, 6]);
+    expect(probesBeside(decodeSchedule([['A']], { rounds: 2, probeEvery: null }), 0)).toEqual([]);
+    expect(probesBeside(block, 7)).toEqual([]);
+  });
+});
+
+describe('bench:decode ceiling and %bw', () => {
+  // Session 26's swing: 35.5 GB/s at the start, 49.3 at the end; a middle probe at 40
+  const probes = [{ read_bw_gbs: 35.5 }, { read_bw_gbs: 40 }, { read_bw_gbs: 49.3 }];
+  const steps = decodeSchedule([['e', 'lb'], ['e', 'lb']], { rounds: 2, probeEvery: 'block' });
+  const ceilingOfModel = (m: number) => ceilingOf(probesBeside(steps, m).map((i) => probes[i] ?? null));
+
+  it("holds each row to the highest probe of its own block, not the run's", () => {
+    const first = ceilingOfModel(0), second = ceilingOfModel(1);
+    expect(first.ceiling_gbs).toBe(40);
+    expect(first.min_gbs).toBe(35.5);
+    expect(first.probes_gbs).toEqual([35.5, 40]);
+    expect(first.spread_pct).toBeCloseTo((100 * 4.5) / 40, 10);
+    expect(second.ceiling_gbs).toBe(49.3);
+    expect(second.spread_pct).toBeCloseTo((100 * 9.3) / 49.3, 10);
+    // 0.6 GB a token at 60 tok/s = 36 GB/s: 90% of the first block's 40, not 73% of the run's 49.3
+    expect(decodeGbs(0.6e9, 60)).toBeCloseTo(36, 10);
+    expect(bwPct(0.6e9, 60, first.ceiling_gbs)).toBeCloseTo(90, 10);
+    expect(bwPct(0.6e9, 60, second.ceiling_gbs)).toBeCloseTo((100 * 36) / 49.3, 10);
+  });
+
+  it('skips failed probes and has no ceiling without one', () => {
+    expect(ceilingOf([null, { read_bw_gbs: 41 }, { read_bw_gbs: NaN }, 0]).ceiling_gbs).toBe(41);
+    expect(ceilingOf([38, 44]).ceiling_gbs).toBe(44);
+    expect(ceilingOf([null, undefined])).toEqual({ ceiling_gbs: null, min_gbs: null, spread_pct: null, probes_gbs: [] });
+    expect(bwPct(0.6e9, 60, null)).toBeNull();
+    expect(bwPct(0.6e9, NaN, 40)).toBeNull();
+    expect(decodeGbs(null, 60)).toBeNull();
+  });
+});
+
+describe('bench:decode ratios from rounds', () => {
+  it('takes the median of the per-round ratios, beside the ratio of the bests', () => {
+    // emollm 40 / 44 / 42 tok/s, llama-bench 50 / 40 / 42 in the same rounds
+    const r = roundRatios([40, 44, 42], [50, 40, 42]);
+    expect(r?.per_round).toEqual([0.8, 1.1, 1]);
+    expect(r?.median).toBeCloseTo(1, 12);
+    expect(r?.min).toBeCloseTo(0.8, 12);
+    expect(r?.max).toBeCloseTo(1.1, 12);
+    expect(r?.rounds).toBe(3);
+    expect(r?.of_bests).toBeCloseTo(44 / 50, 12);
+    // an even count: the mean of the middle two
+    expect(roundRatios([30, 30, 30, 30], [10, 20, 30, 15])?.median).toBeCloseTo((1.5 + 2) / 2, 12);
+  });
+
+  it('leaves out the rounds one side did not measure', () => {
+    const r = roundRatios([40, null, 42], [50, 40, NaN]);
+    expect(r?.per_round).toEqual([0.8, null, null]);
+    expect(r?.median).toBeCloseTo(0.8, 12);
+    expect(r?.rounds).toBe(1);
+    expect(roundRatios([null, null], [1, 2])).toBeNull();
+  });
+
+  it('splits the per-side budget over the rounds, at least one run a round', () => {
+    expect(perRound({ budgetS: 20, maxRuns: 4 }, 2)).toEqual({ budgetS: 10, maxRuns: 2 });
+    expect(perRound({ budgetS: 20, maxRuns: 4 }, 3)).toEqual({ budgetS: 20 / 3, maxRuns: 2 });
+    expect(perRound({ budgetS: 8, maxRuns: 1 }, 4)).toEqual({ budgetS: 2, maxRuns: 1 });
+    expect(perRound({ budgetS: 20, maxRuns: 4 }, 1)).toEqual({ budgetS: 20, maxRuns: 4 });
+  });
+});
