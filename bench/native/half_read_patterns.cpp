@@ -12,6 +12,8 @@
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)
 //   read-4           bench_kernels' read probe loop: 4 streams, 128 bytes a step, T0 1 KiB ahead
 //   read-4-nopf      the same without prefetch: the kernel's read pattern without its arithmetic
+//   part-int / part-fma / part-both  bf16: scratch parts of the kernel's loop (bf16_parts below):
+//                    the shift / mask alone, the FMAs with x alone, both (the kernel's work)
 // Each thread reads its contiguous share of the rows (the GEMV: its own dispatch). Copies: 2 MiB
 // pages rotated over >= 384 MiB (beyond L3); with `copies` given, that many (1 and a small N: hot,
 // the arithmetic's own rate).
@@ -36,9 +38,66 @@
 
 using namespace emollm;
 
-namespace emollm { namespace gemm_detail { void set_stream_exp(int); } }
+// GCC 12 reports its own _mm512_undefined_*() helpers (inlined from immintrin.h) as uninitialised
+// (as in kernels/cpu/gemm_avx512.cpp).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace {
 std::atomic<uint64_t> g_sink{0};
+
+#if defined(__x86_64__)
+// Scratch parts of gemv_streams<BF16>'s loop (4 parts side by side, 128 bytes of each a step, T0
+// 1 KiB ahead, each 64-byte line loaded once into a register), to see which part of its work costs
+// against read-4: Int: the shift / mask of each line folded by xor (no x, no FMA); Fma: the raw
+// lines as f32 into 4 FMAs a step with x (no shift / mask); Both: the kernel's work.
+enum class Part { Int, Fma, Both };
+template <Part P>
+__attribute__((target("avx512f"))) uint64_t bf16_parts(const uint8_t* W, size_t bytes, const float* x, size_t rb) {
+  constexpr int S = 4;
+  const int64_t rows = int64_t(bytes / rb), len = rows / S, K = int64_t(rb / 2);
+  const __m512i hi = _mm512_set1_epi32(int(0xFFFF0000u));
+  __m512 acc = _mm512_setzero_ps();
+  __m512i ai = _mm512_setzero_si512();
+  for (int64_t i = 0; i < len; ++i) {
+    const uint8_t* row[S];
+    __m512 s[S][4];
+    for (int q = 0; q < S; ++q) {
+      row[q] = W + size_t(q * len + i) * rb;
+      for (int j = 0; j < 4; ++j) s[q][j] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k + 64 <= K; k += 64) {
+      const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+      const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
+#pragma GCC unroll 4
+      for (int q = 0; q < S; ++q) {
+        const uint8_t* p = row[q] + 2 * k;
+        _mm_prefetch(reinterpret_cast<const char*>(p + 1024), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 1088), _MM_HINT_T0);
+        __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
+        asm("" : "+v"(v0), "+v"(v1));
+        if constexpr (P == Part::Int) {
+          ai = _mm512_xor_si512(ai, _mm512_xor_si512(_mm512_slli_epi32(v0, 16), _mm512_and_si512(v0, hi)));
+          ai = _mm512_xor_si512(ai, _mm512_xor_si512(_mm512_slli_epi32(v1, 16), _mm512_and_si512(v1, hi)));
+        } else if constexpr (P == Part::Fma) {
+          s[q][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(v0), x0, s[q][0]);
+          s[q][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(v0), x1, s[q][1]);
+          s[q][2] = _mm512_fmadd_ps(_mm512_castsi512_ps(v1), x2, s[q][2]);
+          s[q][3] = _mm512_fmadd_ps(_mm512_castsi512_ps(v1), x3, s[q][3]);
+        } else {
+          s[q][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), x0, s[q][0]);
+          s[q][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), x1, s[q][1]);
+          s[q][2] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), x2, s[q][2]);
+          s[q][3] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), x3, s[q][3]);
+        }
+      }
+    }
+    for (int q = 0; q < S; ++q)
+      acc = _mm512_add_ps(acc, _mm512_add_ps(_mm512_add_ps(s[q][0], s[q][1]), _mm512_add_ps(s[q][2], s[q][3])));
+  }
+  return uint64_t(_mm512_reduce_add_ps(acc) != 0) ^ bench::fold(ai);
+}
+#endif
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,17 +167,14 @@ int main(int argc, char** argv) {
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 0); }, W); }, {}},
   };
-  for (int e = 1; e <= 3; ++e)
-    rows.push_back({"exp" + std::to_string(e), [&, e](const uint8_t* W) {
-      gemm_detail::set_stream_exp(e);
-      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_stream_exp(0);
-      check();
-    }, {}});
+  if (t == DType::BF16) {
+    rows.push_back({"part-int", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return bf16_parts<Part::Int>(p, n, x.data(), rb); }, W); }, {}});
+    rows.push_back({"part-fma", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return bf16_parts<Part::Fma>(p, n, x.data(), rb); }, W); }, {}});
+    rows.push_back({"part-both", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return bf16_parts<Part::Both>(p, n, x.data(), rb); }, W); }, {}});
+  }
   if (t == DType::BF16) {
     rows.push_back({"block", block(b_def), {}});
     rows.push_back({"block-none", block(GemvPrefetch::None), {}});
-    rows.push_back({"block-exp1", [&](const uint8_t* W) { gemm_detail::set_stream_exp(1); block(b_def)(W); gemm_detail::set_stream_exp(0); }, {}});
   }
   bench::keep_named_rows(rows);  // RP_ROWS
   std::vector<size_t> order(rows.size());

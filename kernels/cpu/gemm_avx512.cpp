@@ -407,7 +407,7 @@ EMO_T512 void bf16_reorder_x(const float* x, int64_t K, float* xeo) {
 
 // Hint: the software prefetch kGemvPrefetchBytes ahead of each row (_MM_HINT_T0 / _NTA), or -1 for
 // none (set_gemv_block_prefetch, decode_tuning.h block_prefetch). Same bits.
-template <int R, int Hint = _MM_HINT_T0, int Exp = 0>
+template <int R, int Hint = _MM_HINT_T0>
 EMO_T512 void bf16_gemv_block(const float* xeo, const uint8_t* W, size_t rb, const float* bias, float* Y,
                               int64_t n0, int64_t K) {
   const uint8_t* wr[R];
@@ -425,8 +425,7 @@ EMO_T512 void bf16_gemv_block(const float* xeo, const uint8_t* W, size_t rb, con
       const uint8_t* p = wr[r] + 2 * k;
       if constexpr (Hint >= 0)
         _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
-      __m512i v = _mm512_loadu_si512(p);
-      if constexpr (Exp == 1) asm("" : "+v"(v));
+      const __m512i v = _mm512_loadu_si512(p);
       ae[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, ae[r]);
       ao[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), xo, ao[r]);
     }
@@ -449,8 +448,7 @@ EMO_T512 void bf16_gemv_block(const float* xeo, const uint8_t* W, size_t rb, con
   }
 }
 
-std::atomic<int> g_stream_exp{0};  // EXPERIMENT
-template <int Hint, int Exp = 0>
+template <int Hint>
 EMO_T512 void bf16_gemv_range_hint(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
 #ifndef EMOLLM_GEMV_ROWS
 #define EMOLLM_GEMV_ROWS 8  // 8 rows x 2 accumulators: 0.93-1.05x oneDNN vs 0.87-1.01x with 4 (Zen 5, noisy machine)
@@ -458,17 +456,14 @@ EMO_T512 void bf16_gemv_range_hint(const Args& a, const float* xeo, int64_t n0, 
   constexpr int R = EMOLLM_GEMV_ROWS;
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   int64_t n = n0;
-  for (; n + R <= n1; n += R) bf16_gemv_block<R, Hint, Exp>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
-  for (; n < n1; ++n) bf16_gemv_block<1, Hint, Exp>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
+  for (; n + R <= n1; n += R) bf16_gemv_block<R, Hint>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
+  for (; n < n1; ++n) bf16_gemv_block<1, Hint>(xeo, W, a.row_bytes, a.bias, a.Y, n, a.K);
 }
 
 // The 8-row block GEMV (weights on 4 KiB pages) with the software prefetch of
 // set_gemv_block_prefetch (the same bits).
 EMO_T512 void bf16_gemv_range(const Args& a, const float* xeo, int64_t n0, int64_t n1) {
-  const int e = g_stream_exp.load(std::memory_order_relaxed);
-  with_prefetch_hint(gemv_block_prefetch(), [&](auto hint) {
-    if (e == 1) bf16_gemv_range_hint<decltype(hint)::value, 1>(a, xeo, n0, n1);
-    else bf16_gemv_range_hint<decltype(hint)::value>(a, xeo, n0, n1); });
+  with_prefetch_hint(gemv_block_prefetch(), [&](auto hint) { bf16_gemv_range_hint<decltype(hint)::value>(a, xeo, n0, n1); });
 }
 
 // ------------------------------------------------------------------ single-stream GEMV (M = 1, BF16 / F16 / F32)
@@ -505,6 +500,19 @@ EMO_T512 EMO_AI __m512 stream_hi(__m512i v) {
 // F16 (x as is): 16 f16 at p widened exactly to f32 by vcvtph2ps with its memory operand.
 EMO_T512 EMO_AI __m512 f16x16_at(const uint8_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// BF16: the two 64-byte lines of a 128-byte step at p, each loaded once into a register. Left to
+// itself GCC folds each load into both of its users (vpslld $16, m512 and vpandd m512), so every
+// weight line was loaded twice: 16 loads a 4-stream step instead of 8. The empty asm keeps the
+// values in registers (same values, same bits). Zen 5, 1 thread, thread CPU time, cold 2 MiB-page
+// copies, interleaved call by call with the folded form (half_read_patterns, 150-200 rounds, load
+// 16-19): 1.02-1.07x by best, 1.01-1.05x by median at the 1.1B and 7B shapes (11 runs, one 0.99).
+// The 8-row block GEMV kept its folded loads: the same change there read 0.97-0.98x.
+EMO_T512 EMO_AI void bf16_step_lines(const uint8_t* p, __m512i (&v)[2]) {
+  v[0] = _mm512_loadu_si512(p);
+  v[1] = _mm512_loadu_si512(p + 64);
+  asm("" : "+v"(v[0]), "+v"(v[1]));
 }
 
 // The 16 weights of 32-byte quarter j (0..3) of a 128-byte step at p as f32, in the order of their
@@ -599,7 +607,7 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
       // and new core interleaved in one process: 1.01-1.07x at the 1.1B shapes (bf16 control
       // 0.98-1.03x), i.e. small; the loop alone on 4 KiB pages 1.1-1.3x.
       __m512i v[2];
-      if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
+      if constexpr (DT == DType::BF16) bf16_step_lines(p, v);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) s[j] = _mm512_fmadd_ps(stream_w<DT>(p, v, j), _mm512_loadu_ps(x + k + 16 * j), s[j]);
     }
@@ -625,15 +633,13 @@ EMO_T512 void gemv_stream(const Args& a, const float* x, int64_t n0, int64_t n1)
 // loops with no prefetch at all about the no-prefetch rate: on these light rows a burst of 16-32
 // prefetches costs more than it brings. One prefetch a 128-byte step (the read probe's) 1.09-1.22x.
 constexpr int kStreams = 4;
-
 #ifndef EMOLLM_GEMV_STREAMS_PF
 #define EMOLLM_GEMV_STREAMS_PF 1024
 #endif
 constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 
-template <DType DT, int Hint = _MM_HINT_T0, int Exp = 0>
+template <DType DT, int Hint = _MM_HINT_T0>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  const int64_t pfd = Exp == 2 ? 2048 : Exp == 3 ? 512 : kStreamsPrefetchBytes;
   static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_streams: BF16, F16 or F32 weights");
   constexpr int S = kStreams;
   const int64_t len = (n1 - n0) / S;  // rows per stream
@@ -669,12 +675,11 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
       for (int q = 0; q < S; ++q) {
         const uint8_t* p = row[q] + 2 * k;
         if constexpr (Hint >= 0) {
-          _mm_prefetch(reinterpret_cast<const char*>(p + pfd), static_cast<decltype(_MM_HINT_T0)>(Hint));
-          _mm_prefetch(reinterpret_cast<const char*>(p + pfd + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
+          _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
+          _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
         }
         __m512i v[2];
-        if constexpr (DT == DType::BF16) v[0] = _mm512_loadu_si512(p), v[1] = _mm512_loadu_si512(p + 64);
-        if constexpr (DT == DType::BF16 && Exp == 1) asm("" : "+v"(v[0]), "+v"(v[1]));
+        if constexpr (DT == DType::BF16) bf16_step_lines(p, v);
         s[q][0] = _mm512_fmadd_ps(stream_w<DT>(p, v, 0), x0, s[q][0]);
         s[q][1] = _mm512_fmadd_ps(stream_w<DT>(p, v, 1), x1, s[q][1]);
         s[q][2] = _mm512_fmadd_ps(stream_w<DT>(p, v, 2), x2, s[q][2]);
@@ -694,13 +699,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 // hint of set_gemv_streams_prefetch (the same bits).
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  const int e = g_stream_exp.load(std::memory_order_relaxed);
-  with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) {
-    if (e == 1) gemv_streams<DT, decltype(hint)::value, 1>(a, x, n0, n1);
-    else if (e == 2) gemv_streams<DT, decltype(hint)::value, 2>(a, x, n0, n1);
-    else if (e == 3) gemv_streams<DT, decltype(hint)::value, 3>(a, x, n0, n1);
-    else gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1);
-  });
+  with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) { gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1); });
 }
 
 // The single-stream GEMV's rows over the pool in guided chunks (base/thread_pool.h
@@ -1673,7 +1672,6 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
   });
 }
 
-void set_stream_exp(int e) { g_stream_exp.store(e); }  // EXPERIMENT
 void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }
 bool bf16_gemm_wbcast() { return bf16_wbcast_on.load(std::memory_order_relaxed); }
 // A row-major BF16 W's rows are dtype_row_bytes(BF16, K) = 2K bytes (every Args gemm() and the
