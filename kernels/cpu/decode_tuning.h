@@ -30,7 +30,12 @@ enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };
 // construction. Figures: bench/README.md, Zen 4 rows of sessions 25-26.
 struct DecodeTuning {
   // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead. Zen 4:
-  // None (session 25: the 1.1B decode 1.08-1.30x at 1 thread).
+  // None (session 25: the 1.1B decode 1.08-1.30x at 1 thread). Zen 5 re-measured (session 27, 1
+  // thread, thread CPU time, interleaved, load 14-19): the kernel's speed with none over T0
+  // 0.80-0.95x (bf16), 0.88-1.01x (f16), 0.93-0.98x (f32) at the 1.1B and 7B shapes
+  // (half_read_patterns, f32_read_patterns; bench_kernels' huge-nopf rows 0.90-1.07x); 2 KiB or
+  // 512 B ahead 0.84-0.96x; the 1.1B bf16 decode with none 0.867x (8 rounds, every round below
+  // 0.93), f16 / f32 within the noise (1.06 / 0.98, rounds 0.82-1.32): T0 stays.
   GemvPrefetch stream_prefetch = GemvPrefetch::T0;
   // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
   // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0). Zen 5
@@ -76,7 +81,9 @@ struct DecodeTuning {
   int q80_ahead = 1024;
   // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a
   // 2 MiB-page copy), 1 KiB ahead. Zen 4: None (session 26: 1.11-1.37x at 1 thread; the quiet 7B
-  // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none).
+  // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none). Zen 5 (session 27,
+  // bench_kernels 1 thread, CPU clock, interleaved): the time with none over T0 0.96x / 1.13x
+  // (1.1B gate_up / down), 0.99x / 1.10x (7B gate_up / down): T0 stays.
   GemvPrefetch block_prefetch = GemvPrefetch::T0;
 };
 
