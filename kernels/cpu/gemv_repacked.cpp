@@ -1075,7 +1075,7 @@ std::atomic<int> g_tile_rows{kTileRowsMax};
 // M = 3 1.12-1.32x, M = 5 1.45-1.61x, M = 8 1.15-1.40x: full width waited on memory too; the
 // LLaVA sample's scoring (score_forks_ab few_rows:2, 7B, 1 thread) 0.84x the process CPU by median;
 // at 2 threads (wall, load 1.2-2.3) q4_0 M = 2 / 5 / 8 1.24-1.28 / 1.30-1.42 / 1.11-1.16x, q8_0
-// M = 3 / 5 1.39-1.59 / 1.75-2.00x, the scoring 0.91x by median.
+// M = 3 / 5 1.39-1.59 / 1.75-2.00x.
 std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::Default};
 // X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
 // quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
