@@ -3,7 +3,7 @@
 // Each shape has repacked copies of one random matrix (together > 3x the L3 by default), called
 // in turn, so every call reads its weights from memory as the model's layers do; the paths
 // (gemm_detail::set_repacked_few_rows_path: 0 Previous, 1 Spread, 2 SpreadPanel; any number of
-// them, repeats allowed for an A/A control) run call by call in ABBA order, timed by
+// them, repeats allowed for an A/A control; q8_0 at M <= 3 too) run call by call in ABBA order, timed by
 // the calling thread's CPU time at 1 thread (a loaded machine's preemption excluded) or by wall
 // time at more; per path and shape its best and median, the ratio to the first one (>1: faster)
 // and whether its outputs have the first one's bits. From the repository root:
@@ -90,8 +90,6 @@ int main(int argc, char** argv) {
       Wr.emplace_back(static_cast<uint8_t*>(aligned_alloc_huge(bytes)));
       quant_repack(in.w.data(), t, N, K, Wr.back().get(), &pool);
     }
-    if (t == DType::Q8_0 && M < 4)
-      std::printf("  note: q8_0 at M < 4 always takes the Previous path (gemm_repacked): every variant below is it\n");
     std::vector<std::vector<float>> Y(var.size(), std::vector<float>(size_t(M * N)));
     std::vector<std::vector<double>> ts(var.size());
     size_t next = 0;

@@ -193,9 +193,9 @@ void set_repacked_tile_rows(int rows);
 // from the quantised rows. Spread: the next super-group's records prefetched into L2 spread evenly
 // over the current one's tiles, the groups in a contiguous range a thread. SpreadPanel: Spread
 // with X in one panel of the M rows (per block their quants, d_x and sums side by side). Default
-// (the start): by CPU trait like the X-panel kernel's blocking below: SpreadPanel where
-// avx512_double_pumped (Zen 4, measured), Previous elsewhere (Zen 5: not measured yet). q8_0 at
-// M <= 3 always runs Previous. Same bits. For small_m_ab, score_forks_ab and the tests; process-wide.
+// (the start): by CPU trait like the X-panel kernel's blocking below: SpreadPanel on Zen 4 and 5
+// (measured), but q8_0 at M <= 3 Previous where avx512_double_pumped (Zen 4). An explicit path
+// applies to every type and M. Same bits. For small_m_ab, score_forks_ab and the tests; process-wide.
 enum class FewRowsPath { Default = -1, Previous = 0, Spread = 1, SpreadPanel = 2 };
 void set_repacked_few_rows_path(FewRowsPath p);
 // The path the few-row kernel takes now for wtype and M rows (the setter's, else the CPU's default).
@@ -208,8 +208,8 @@ void set_repacked_kslice(int blocks);
 void set_repacked_pass_kib(int kib);
 void set_repacked_kgroup(int panels);
 // Those built-in defaults are chosen once per CPU by a trait, base/cpu_features.h
-// avx512_double_pumped (Zen 4: no k slices, the few-row path SpreadPanel; gemv_repacked.cpp
-// kPanelDefaults). 0 / 1 injects
+// avx512_double_pumped (Zen 4: no k slices, q8_0's few-row path Previous at M <= 3;
+// gemv_repacked.cpp kPanelDefaults). 0 / 1 injects
 // the trait, -1 (the start) reads the CPU's. Same bits either way. For tests and A/B tools; process-wide.
 void set_repacked_double_pumped(int on);
 // The k slice (blocks; 0: whole K) the kernel uses now for wtype (q4_0 / q8_0) and K = 32 * nb

@@ -1097,7 +1097,7 @@ namespace {
 constexpr int kTileRowsMax = 6;
 std::atomic<int> g_tile_rows{kTileRowsMax};
 // How the few-row path reads its weights and X (gemm_detail::set_repacked_few_rows_path; default
-// by CPU trait, kPanelDefaults: SpreadPanel on Zen 4, Previous on full-width AVX-512). Why: at M = 2-8 a thread reads a super-group's records (147 KiB at K = 4096)
+// by CPU trait, kPanelDefaults: SpreadPanel on both rows, q8_0 at M <= 3 Previous on Zen 4 only). Why: at M = 2-8 a thread reads a super-group's records (147 KiB at K = 4096)
 // four times, once per group tile. Previous prefetched them whole, 4 blocks ahead, during the
 // first tile only: that tile waited on memory (the next 3 ran from L2), and the pass read its
 // weights at 9-12 GB/s a thread against ~20-30 for a plain M = 1 pass. Spread asks for the next
@@ -1109,6 +1109,13 @@ std::atomic<int> g_tile_rows{kTileRowsMax};
 // M = 2-4 2.2-2.5x, M = 6 1.8x, M = 7-8 1.6-1.8x; into L1 (prefetcht0) instead 1.13-1.17x; an
 // L1 prefetch of the tile's own lines besides 0.97x. q8_0 (one-group records, one sequential
 // stream) 1.5-1.6x at M = 5-6, 1.0-1.3x at M = 4, 0.84-0.89x at M = 2-3: not used there.
+// On Zen 5 (session 27, same tool, 1 thread thread CPU time, load 8-22; bench/README's Zen 5
+// table) SpreadPanel / Previous q4_0 by best M = 2 1.06-1.24x (one run 0.88 at 4096 x 4096, median 1.01), M = 3 1.10-1.35x, M = 4 1.05-1.39x,
+// M = 5 1.32-1.47x, M = 6 1.08-1.27x, M = 7 1.08-1.16x, M = 8 1.05-1.24x; q8_0 M = 2 1.06-1.20x,
+// M = 3 1.12-1.32x, M = 5 1.45-1.61x, M = 8 1.15-1.40x: full width waited on memory too; the
+// LLaVA sample's scoring (score_forks_ab few_rows:2, 7B, 1 thread) 0.84x the process CPU by median;
+// at 2 threads (wall, load 1.2-2.3) q4_0 M = 2 / 5 / 8 1.24-1.28 / 1.30-1.42 / 1.11-1.16x, q8_0
+// M = 3 / 5 1.39-1.59 / 1.75-2.00x.
 std::atomic<gemm_detail::FewRowsPath> g_few_rows_path{gemm_detail::FewRowsPath::Default};
 // X for the few-row tiles as one panel: per block b (pb bytes from the last), the M rows' 32 q8_0
 // quants, then their M d_x (f32), then their M -off * sums (int32): every tile row's operands
@@ -1202,15 +1209,16 @@ int pick(const std::atomic<int>& set, int dflt) {
 //   0.97-1.07x). (Slices on K = 4096: 0.87-0.91x on Zen 4, 0.95-0.99 on Zen 5: never there.)
 // - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: on Zen 4
 //   every alternative to them was 0.87-1.016x at 1 and 2 threads.
-// - the few-row path (M <= 8, g_few_rows_path above): SpreadPanel double-pumped (Zen 4: 1.8-2.5x at
-//   M = 2-8); full-width keeps Previous, session 24's path, until it is measured on Zen 5 (where
-//   session 24 found the 5-row pass arithmetic-bound, not waiting on memory).
+// - the few-row path (M <= 8, g_few_rows_path above): SpreadPanel on both (Zen 4: 1.8-2.5x at
+//   M = 2-8; Zen 5: 1.05-1.61x at M = 2-8, q4_0 and q8_0), except q8_0 at M <= 3 on Zen 4, where
+//   its one sequential stream read 0.84-0.89x with the spread prefetch (Zen 5: 1.06-1.32x).
 struct PanelDefaults {
   int64_t kslice_from_blocks_q4, kslice_from_blocks_q8;  // k slices from this many blocks of K on; 0: never
   gemm_detail::FewRowsPath few_rows;
+  int64_t few_rows_q8_from;  // q8_0 takes few_rows from this M on, Previous below
 };
-constexpr PanelDefaults kPanelDefaults[2] = {{256, 256, gemm_detail::FewRowsPath::Previous},
-                                             {0, 0, gemm_detail::FewRowsPath::SpreadPanel}};
+constexpr PanelDefaults kPanelDefaults[2] = {{256, 256, gemm_detail::FewRowsPath::SpreadPanel, 2},
+                                             {0, 0, gemm_detail::FewRowsPath::SpreadPanel, 4}};
 std::atomic<int> g_double_pumped{-1};  // -1: cpu_features().avx512_double_pumped
 
 const PanelDefaults& panel_defaults() {
@@ -1374,9 +1382,10 @@ int64_t repacked_kslice_for(DType wtype, int64_t nb) {
 }
 FewRowsPath repacked_few_rows_path_for(DType wtype, int64_t M) {
 #if defined(__x86_64__)
-  if (wtype == DType::Q8_0 && M < 4) return FewRowsPath::Previous;
   const FewRowsPath p = g_few_rows_path.load(std::memory_order_relaxed);
-  return p == FewRowsPath::Default ? panel_defaults().few_rows : p;
+  if (p != FewRowsPath::Default) return p;  // the setter's, for every type and M (A/B tools, tests)
+  if (wtype == DType::Q8_0 && M < panel_defaults().few_rows_q8_from) return FewRowsPath::Previous;
+  return panel_defaults().few_rows;
 #else
   (void)wtype, (void)M;
   return FewRowsPath::Previous;
@@ -1475,7 +1484,7 @@ void gemm_repacked(const float* X, int64_t ldx, const void* Wr, DType wtype, con
   const bool vec = vnni_kernel();
 #if defined(__x86_64__)
   const int64_t tr = M <= g_tile_rows.load(std::memory_order_relaxed) ? M : 4;
-  // q8_0 at M <= 3: its one-group records are one sequential stream that the hardware
+  // q8_0 at M <= 3 on Zen 4: its one-group records are one sequential stream that the hardware
   // prefetchers follow, and the spread prefetch measured 0.84-0.89x there (1.0-1.6x from M = 4)
   const FewRowsPath path = repacked_few_rows_path_for(q8 ? DType::Q8_0 : DType::Q4_0, M);
   const bool spread = vec && path != FewRowsPath::Previous;

@@ -1621,7 +1621,7 @@ TEST(gemm_repacked_rows_equal_gemv_repacked) {
 // panel), with no pool and 1-3 threads, on matrices of several super-groups (N = 327: 21 groups,
 // the last super-group partial and the last group 7 rows; N = 1040: 65 groups, 17 chunks at 2
 // threads), M in one tile (2-6) and in 4-row tiles (8): every row bit-identical to gemv_repacked of
-// that row, the padding between rows unwritten.
+// that row, the padding between rows unwritten. An explicit path applies to q8_0 at M <= 3 too.
 TEST(gemm_repacked_few_rows_paths_same_bits) {
   uint32_t seed = 7300;
   ThreadPool pool1(1), pool2(2), pool3(3);
@@ -2061,20 +2061,26 @@ TEST(gemm_repacked_defaults_follow_cpu_trait) {
   EXPECT(gemm_detail::repacked_kslice_for(q8, 344) == (f.avx512_double_pumped ? 0 : 32));
   EXPECT(gemm_detail::repacked_kslice_for(q4, 344) == (f.avx512_double_pumped ? 0 : 32));
   using FewRows = gemm_detail::FewRowsPath;
-  const FewRows own = f.avx512_double_pumped ? FewRows::SpreadPanel : FewRows::Previous;
-  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == own);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 3) == (f.avx512_double_pumped ? FewRows::Previous : FewRows::SpreadPanel));
   gemm_detail::set_repacked_double_pumped(0);
-  // the few-row path: full-width keeps session 24's; q8_0 below 4 rows always Previous
-  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::Previous);
-  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 6) == FewRows::Previous);
+  // the few-row path: SpreadPanel on both rows; q8_0 below 4 rows Previous on the double-pumped row only
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 2) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 6) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 2) == FewRows::SpreadPanel);
   gemm_detail::set_repacked_double_pumped(1);
   EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 2) == FewRows::SpreadPanel);
   EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 6) == FewRows::SpreadPanel);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 4) == FewRows::SpreadPanel);
   EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 3) == FewRows::Previous);
-  gemm_detail::set_repacked_few_rows_path(FewRows::Spread);  // an explicit path wins
+  gemm_detail::set_repacked_few_rows_path(FewRows::Spread);  // an explicit path wins, q8_0 below 4 rows too
   EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::Spread);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 3) == FewRows::Spread);
   gemm_detail::set_repacked_double_pumped(0);
   EXPECT(gemm_detail::repacked_few_rows_path_for(q4, 5) == FewRows::Spread);
+  gemm_detail::set_repacked_few_rows_path(FewRows::Previous);
+  EXPECT(gemm_detail::repacked_few_rows_path_for(q8, 6) == FewRows::Previous);
   gemm_detail::set_repacked_few_rows_path(FewRows::Default);
   gemm_detail::set_repacked_double_pumped(0);
   for (DType t : {q4, q8}) {
