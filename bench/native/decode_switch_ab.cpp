@@ -179,8 +179,10 @@ const AbSwitch kSwitches[] = {
     // the q8_0 M = 1 pass: each thread's groups in 2 (q80_parts; q80_parts1 / q80_parts3 /
     // q80_parts4: 1 / 3 / 4) contiguous parts side by side, with this CPU's prefetch along them
     // (on), against four adjacent groups a pass (off); q80_t1 / q80_t0: the 2-part pass with a
-    // prefetch along its streams (on) against none (off). gemm_internal.h set_q80_streams /
-    // set_q80_prefetch / set_q80_ahead
+    // prefetch along its streams (on) against none (off): since session 27 that is one prefetch
+    // beside each quant line's load at this CPU's q80_ahead (Zen 5 1 KiB, Zen 4 4 KiB), not the
+    // 17-line loop before each block pair that session 26's Zen 4 rows measured under these names.
+    // gemm_internal.h set_q80_streams / set_q80_prefetch / set_q80_ahead
     {"q80_parts", [](bool on) { gemm_detail::set_q80_streams(on ? 2 : 0); }},
     {"q80_parts1", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 0); }},
     {"q80_parts3", [](bool on) { gemm_detail::set_q80_streams(on ? 3 : 0); }},
@@ -194,7 +196,8 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_q80_prefetch(t.q80_prefetch);
        gemm_detail::set_q80_ahead(t.q80_ahead);
      }},
-    // this CPU's q8_0 parts pass without its prefetch along the streams (on) against with it (off)
+    // this CPU's q8_0 parts pass without its prefetch along the streams (on) against with it (off);
+    // a Zen 5 switch: on Zen 4 the row has no prefetch, so both sides are the same (an A/A)
     {"q80_nopf",
      [](bool on) {
        const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
@@ -211,7 +214,8 @@ const AbSwitch kSwitches[] = {
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     // that pass's prefetch 4 KiB ahead for both types (on: two streams' distance before session 27)
-    // against the default (q4_K 2 KiB, q6_K 4 KiB with two streams; gemv_kquant_vnni.cpp kq_stream_prefetch)
+    // against the default (q4_K 2 KiB, q6_K 4 KiB with two streams; gemv_kquant_vnni.cpp kq_stream_prefetch).
+    // A two-stream (Zen 5) switch: on Zen 4's row (one stream, no prefetch) "on" turns a 4 KiB prefetch on
     {"kq_pf4k", [](bool on) { gemm_detail::set_kquant_stream_prefetch(on ? 4096 : -1); }},
     {"qk_wide", [](bool on) { attention_detail::set_decode_qk_wide(on); }},
     {"gemv_stream_f32", [](bool on) { gemm_detail::set_gemv_stream_f32(on); }},

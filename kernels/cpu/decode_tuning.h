@@ -32,15 +32,16 @@ struct DecodeTuning {
   // f32 / f16 / bf16 M = 1 stream kernels (gemm_avx512.cpp gemv_streams), 1 KiB ahead. Zen 4:
   // None (session 25: the 1.1B decode 1.08-1.30x at 1 thread). Zen 5 re-measured (session 27, 1
   // thread, thread CPU time, interleaved, load 14-19): the kernel's speed with none over T0
-  // 0.80-0.95x (bf16), 0.88-1.01x (f16), 0.93-0.98x (f32) at the 1.1B and 7B shapes
+  // 0.80-0.95x (bf16), 0.88-1.01x (f16), 0.94-0.98x (f32) at the 1.1B and 7B shapes
   // (half_read_patterns, f32_read_patterns; bench_kernels' huge-nopf rows 0.90-1.07x); 2 KiB or
   // 512 B ahead 0.84-0.96x; the 1.1B bf16 decode with none 0.867x (8 rounds, every round below
   // 0.93), f16 / f32 within the noise (1.06 / 0.98, rounds 0.82-1.32): T0 stays.
   GemvPrefetch stream_prefetch = GemvPrefetch::T0;
   // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
   // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0). Zen 5
-  // keeps T0 (session 27, 1 thread, thread CPU time, load 8-17, eight 1.1B / 7B shapes: None
-  // 0.55-0.67x T0's time, NTA 0.98-1.02x; the 1.1B / 7B q4_0 decode without it 0.64-0.69x).
+  // keeps T0 (session 27, 1 thread, thread CPU time, load 8-18, eight 1.1B / 7B shapes: None
+  // 0.44-0.67x T0's speed (256 x 2048: 0.82-0.91x), NTA 0.94-1.07x; the 1.1B / 7B q4_0 decode
+  // without it 0.64-0.69x).
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
   // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
   // (session 25: 1.5x two for q4_K, 1.12x for q6_K). Zen 5 keeps 2 on the read-order records
@@ -76,7 +77,7 @@ struct DecodeTuning {
   // T0 (NTA alike; without it 0.90-0.97x the kernel, 0.90-0.92x the 1.1B decode). Zen 4: None.
   GemvPrefetch q80_prefetch = GemvPrefetch::T0;
   // How far ahead along each stream (bytes; also what a cold start prefetches). Zen 5: 1 KiB (at 4
-  // parts 512 bytes 0.91-0.96x, 2 KiB 0.93-0.96x). Zen 4: 4 KiB (where its T0 / T1 forms were
+  // parts 512 bytes 0.89-0.96x, 2 KiB 0.93-0.98x). Zen 4: 4 KiB (where its T0 / T1 forms were
   // measured; it reads without them).
   int q80_ahead = 1024;
   // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a

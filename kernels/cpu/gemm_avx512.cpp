@@ -508,8 +508,9 @@ EMO_T512 EMO_AI __m512 f16x16_at(const uint8_t* p) {
 // values in registers (same values, same bits). Zen 5, 1 thread, thread CPU time, cold 2 MiB-page
 // copies, interleaved call by call with the folded form (half_read_patterns, 80-200 rounds, load
 // 16-19) at the 1.1B and 7B shapes: 0.99-1.07x by best (13 runs: 8 at 1.02-1.07x, 5 at
-// 0.99-1.01x), 1.00-1.16x by median (every run >= 1.00). Small: what is left is the FMAs.
-// The 8-row block GEMV kept its folded loads: the same change there read 0.97-0.98x.
+// 0.99-1.01x), 1.00-1.16x by median (every run >= 1.00). Small: what is left is the FMAs. Every
+// CPU takes it (same bits; not measured on Zen 4). The 8-row block GEMV kept its folded loads: the
+// same change there read 0.97-0.98x (half_read_patterns' block rows, same runs).
 EMO_T512 EMO_AI void bf16_step_lines(const uint8_t* p, __m512i (&v)[2]) {
   v[0] = _mm512_loadu_si512(p);
   v[1] = _mm512_loadu_si512(p + 64);

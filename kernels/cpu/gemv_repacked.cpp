@@ -527,16 +527,18 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // 2 parts), T1 worse; that loop 1 KiB ahead 0.96-1.17x the four-group pass at 2 parts, 0.98-1.08x
 // at 4. One prefetch before each quant line's load (this form), T0 1 KiB ahead: 4 parts
 // 1.09-1.17x the four-group pass (0.93-0.99x read-4), 3 parts 1.07-1.23x, 2 parts 0.98-1.11x;
-// at 4 parts 512 bytes ahead 0.91-0.96x 1 KiB, 2 KiB 0.93-0.96x, NTA as T0, no prefetch 0.90-0.97x;
+// at 4 parts 512 bytes ahead 0.89-0.96x 1 KiB, 2 KiB 0.93-0.98x, NTA as T0, no prefetch 0.90-0.97x;
 // the same prefetches as _mm_prefetch (GCC moves a block pair's 32 to its front) 1.05-1.12x the
 // four-group pass. The 1.1B q8_0 decode (1 thread CPU time, bench/README): 4 parts T0 1 KiB
 // against the four-group pass 1.12-1.19x, against the same parts without prefetch 1.08-1.11x.
 // Defaults per CPU (decode_tuning.h q80_streams / q80_prefetch / q80_ahead): Zen 4 2 parts
 // without prefetch, Zen 5 (every CPU without the double-pumped trait) 4 parts, T0 1 KiB ahead.
 // Hint: a prefetch along each stream `ahead` bytes on, one before each quant line's load (the line
-// `ahead` bytes past it; a record's 32 scale bytes are inside the lines prefetched for the record
-// before it), issued from an asm statement so that it stays beside its load (_MM_HINT_T0 /
-// _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone).
+// `ahead` bytes past it), issued from an asm statement so that it stays beside its load
+// (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone). A
+// q8_0 record is 544 bytes (not a multiple of 64), so a block pair's 16 prefetches cover 16 of the
+// 17 lines its loads touch: one line a pair (the even record's last quant bytes and the odd
+// record's scales) is left to the hardware prefetchers (a 17th prefetch is not measured).
 // Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the
 // bias): groups_avx512's bits. y, bias and cols are group g0's; part k's group is written at
 // y + 16 * k * part. cold: prefetch each stream's first `ahead` bytes first.
@@ -546,7 +548,10 @@ __attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
   // together at its front (objdump), and then they read as a burst
   if constexpr (Hint == _MM_HINT_T0) __asm__ volatile("prefetcht0 %0" : : "m"(*p));
   else if constexpr (Hint == _MM_HINT_T1) __asm__ volatile("prefetcht1 %0" : : "m"(*p));
-  else __asm__ volatile("prefetchnta %0" : : "m"(*p));
+  else {
+    static_assert(Hint == _MM_HINT_NTA, "prefetch_here: T0, T1 or NTA");
+    __asm__ volatile("prefetchnta %0" : : "m"(*p));
+  }
 }
 template <int S, int Hint>
 EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
