@@ -18,21 +18,16 @@
 // pages rotated over >= 384 MiB (beyond L3); with `copies` given, that many (1 and a small N: hot,
 // the arithmetic's own rate).
 // Usage (repository root): [RP_CPU=1] [RP_ROWS=a,b] ./build-bench/half_read_patterns bf16|f16 [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
-#include <algorithm>
-#include <atomic>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "base/dtype.h"
 #include "base/thread_pool.h"
 #include "cpu/gemm_internal.h"  // set_gemv_streams_prefetch, set_gemv_block_prefetch
 #include "cpu/kernels.h"
-#include "bench_clock.h"
 #include "bench_read.h"
 #include "read_pattern_rows.h"
 
@@ -44,8 +39,6 @@ using namespace emollm;
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace {
-std::atomic<uint64_t> g_sink{0};
-
 #if defined(__x86_64__)
 // Scratch parts of gemv_streams<BF16>'s loop (4 parts side by side, 128 bytes of each a step, T0
 // 1 KiB ahead, each 64-byte line loaded once into a register), to see which part of its work costs
@@ -110,11 +103,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: half_read_patterns bf16|f16 [threads 1] [rounds 40] [N 5632] [K 2048] [copies]\n");
     return 2;
   }
-  const int threads = argc > 2 ? std::atoi(argv[2]) : 1, rounds = argc > 3 ? std::atoi(argv[3]) : 40;
-  const int64_t N = argc > 4 ? std::atoll(argv[4]) : 5632, K = argc > 5 ? std::atoll(argv[5]) : 2048;
-  ThreadPool pool(threads);
+  const bench::PatternArgs a = bench::pattern_args(argc, argv, 2, 40, true);  // after the dtype; RP_CPU=1 | process
+  const int64_t N = a.N, K = a.K;
+  ThreadPool pool(a.threads);
   const size_t rb = dtype_row_bytes(t, K), bytes = size_t(N) * rb;
-  const int copies = argc > 6 ? std::max(1, std::atoi(argv[6])) : int(std::max<size_t>(3, (size_t(384) << 20) / bytes + 1));
+  const int copies = a.copies(bytes, 384);
   std::mt19937 rng(7);
   const std::vector<uint8_t*> cp = bench::huge_copies(bytes, copies, [&](uint8_t* first) {
     std::vector<float> w(static_cast<size_t>(K));
@@ -128,13 +121,15 @@ int main(int argc, char** argv) {
   auto share = [&](const std::function<uint64_t(const uint8_t*, size_t)>& f, const uint8_t* W) {
     pool.run([&](int ith, int nth) {
       const int64_t r0 = N * ith / nth, r1 = N * (ith + 1) / nth;
-      g_sink.fetch_xor(f(W + size_t(r0) * rb, size_t(r1 - r0) * rb), std::memory_order_relaxed);
+      bench::g_sink.fetch_xor(f(W + size_t(r0) * rb, size_t(r1 - r0) * rb), std::memory_order_relaxed);
     });
   };
   using gemm_detail::GemvPrefetch;
   const GemvPrefetch p_def = gemm_detail::gemv_streams_prefetch(), b_def = gemm_detail::gemv_block_prefetch();
   int mismatches = 0;
-  // every gemv row's outputs bit for bit the first gemv call's (the prefetch changes no bit)
+  // every gemv row's outputs bit for bit the first gemv call's (the prefetch changes no bit), on
+  // every timed call and so on every copy: a count in the header (not bench::same_bits' one call
+  // per row on one copy before the timing)
   auto check = [&] {
     if (y_ref.empty()) y_ref = y;
     else if (std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(float)) != 0) ++mismatches;
@@ -154,12 +149,7 @@ int main(int argc, char** argv) {
       gemm_detail::set_gemv_block_prefetch(b_def);
     };
   };
-  struct Row {
-    std::string name;
-    std::function<void(const uint8_t*)> run;
-    std::vector<double> t;
-  };
-  std::vector<Row> rows = {
+  std::vector<bench::PatternRow> rows = {
       {"gemv", gemv(p_def), {}},
       {"gemv-t0", gemv(GemvPrefetch::T0), {}},
       {"gemv-nta", gemv(GemvPrefetch::Nta), {}},
@@ -177,29 +167,12 @@ int main(int argc, char** argv) {
     rows.push_back({"block-none", block(GemvPrefetch::None), {}});
   }
   bench::keep_named_rows(rows);  // RP_ROWS
-  std::vector<size_t> order(rows.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bench::PatternClock clk = bench::pattern_clock(threads, true);  // RP_CPU=1 / process
-  int c = 0;
-  for (int r = 0; r < rounds; ++r) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i : order) {
-      const uint8_t* W = cp[size_t(c++ % copies)];
-      rows[i].t.push_back(bench::timed_call(clk, threads, [&] { rows[i].run(W); }));
-    }
-  }
+  bench::time_rows(rows, a, rng, cp);
   std::printf("%s N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; default stream / block prefetch %d / %d; "
               "ratio = gemv time / row time; gemv rows differing from the first gemv call: %d\n",
-              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), threads, rounds, copies,
-              bench::pattern_clock_name(clk), int(p_def), int(b_def), mismatches);
-  std::printf("%-15s %9s %9s %9s %9s %8s %8s\n", "row", "best us", "med us", "best GB/s", "med GB/s", "r(best)", "r(med)");
-  double gb = 0, gm = 0;
-  for (auto& row : rows) {
-    const double b = bench::best(row.t), m = bench::median(row.t);
-    if (gb == 0) gb = b, gm = m;
-    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %8.3f %8.3f\n", row.name.c_str(), b * 1e6, m * 1e6, double(bytes) / b * 1e-9,
-                double(bytes) / m * 1e-9, gb / b, gm / m);
-  }
-  return mismatches != 0 || g_sink.load() == 42 ? 1 : 0;
+              dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies,
+              bench::pattern_clock_name(a.clock), int(p_def), int(b_def), mismatches);
+  bench::print_ratio_table(rows, bytes, 15);
+  return mismatches != 0 || bench::g_sink.load() == 42 ? 1 : 0;
 #endif
 }

@@ -1,8 +1,8 @@
 // What the native read-pattern tools share (q40_read_patterns, q8_read_patterns, f32_read_patterns,
-// kq_streams_ab): their command line ([threads] [rounds] [N] [K] [copies], RP_COPIES, RP_CPU), the
-// weight copies in 2 MiB pages that the rows rotate through (cold reads; random q4_0 / q8_0 ones
-// repacked), the RP_ROWS filter, the same-bits check of the GEMV rows, the interleaved timing loop
-// and the plain table. Each tool keeps its own rows (its variants); q40_read_patterns and
+// half_read_patterns, kq_streams_ab): their command line ([threads] [rounds] [N] [K] [copies],
+// RP_COPIES, RP_CPU), the weight copies in 2 MiB pages that the rows rotate through (cold reads;
+// random q4_0 / q8_0 ones repacked), the RP_ROWS filter, the same-bits check of the GEMV rows, the
+// interleaved timing loop and the plain table. Each tool keeps its own rows (its variants); q40_read_patterns and
 // kq_streams_ab keep their own tables (a mean column; per-round ratios).
 #pragma once
 #include <time.h>
