@@ -23,6 +23,7 @@ export const PROBE_EVERY = ['block', 'round'];
  * ...; the next model starts the other way, as the run's earlier one-round flip did).
  * probeEvery 'block': a probe before each model's block and after it, a probe between two models
  * shared by both (models + 1 probes); 'round': also one between a model's rounds; null: none.
+ * A model without sides is skipped: no steps, no probes (each probe costs seconds of CPU).
  */
 export function decodeSchedule(sidesPerModel, { rounds = 1, probeEvery = 'block' } = {}) {
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`rounds: a whole number >= 1, not ${rounds}`);
@@ -30,8 +31,11 @@ export function decodeSchedule(sidesPerModel, { rounds = 1, probeEvery = 'block'
   const steps = [];
   let probes = 0;
   const probe = () => steps.push({ kind: 'probe', probe: probes++ });
+  let started = false;
   sidesPerModel.forEach((sides, model) => {
-    if (probeEvery && model === 0) probe();
+    if (!sides.length) return;  // a model with nothing to measure (no engine for it) gets no probes either
+    if (probeEvery && !started) probe();
+    started = true;
     for (let round = 0; round < rounds; round++) {
       if (probeEvery === 'round' && round > 0) probe();
       const order = (round + model) % 2 ? [...sides].reverse() : sides;

@@ -31,6 +31,13 @@ describe('bench:decode schedule', () => {
     expect(compact(steps)).toEqual(['P0', '0e/gguf0', '0e/hf0', '0lb0', 'P1', '1lb0', '1e/gguf0', 'P2']);
   });
 
+  it('gives a model with no sides neither steps nor probes', () => {
+    expect(compact(decodeSchedule([[], ['A', 'B'], [], ['A']], { rounds: 2, probeEvery: 'round' }))).toEqual([
+      'P0', '1B0', '1A0', 'P1', '1A1', '1B1', 'P2', '3A0', 'P3', '3A1', 'P4',
+    ]);
+    expect(decodeSchedule([[], []], { rounds: 3 })).toEqual([]);
+  });
+
   it('rejects a round count or probe placement it does not know', () => {
     expect(() => decodeSchedule([['A']], { rounds: 0 })).toThrow(/rounds/);
     expect(() => decodeSchedule([['A']], { rounds: 1.5 })).toThrow(/rounds/);
