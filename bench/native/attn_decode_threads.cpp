@@ -1,7 +1,7 @@
 // Where decode attention's two-thread time goes, in one process on the same data (7B shape: 32 / 32
 // heads x 128, f32 cache in 64-token pages, copies rotated so every call reads from memory):
 //
-//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp]
+//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt]
 //
 // Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool
 // ("2t run": the pieces inside one pool->run job); and "2t halves": two threads (the 2-thread pool's, one run() job)
@@ -24,6 +24,9 @@
 // model's kvCacheType; half the bytes, widened by the kernels' loads; GB/s in its own bytes);
 // "bf16dp": the bf16 cache on bf16 products (DecodeBf16Dp::Always, the opt-in decodeBf16Products:
 // not bit-equal; taken with >= 4 query heads per kv head, the 1.1B shape).
+// "kt" (with 1b): "1t ktiles", the 1-thread call on each copy's K laid out in 16-token transposed
+// tiles (attention_detail::set_decode_k_tiles, the prototype: Q K^T without the register
+// transposes), interleaved with the others; its output checked bit for bit against "1t"'s.
 // "1t": only the 1-thread modes (a loaded machine,
 // where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
 // (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
@@ -56,18 +59,19 @@ using bench::thread_cpu;
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
   const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 21;
   const int copies = argc > 3 ? std::max(1, std::atoi(argv[3])) : 8;
-  bool small = false, huge = false, only_1t = false;
+  bool small = false, huge = false, only_1t = false, ktiles = false;
   DType kv_type = DType::F32;
   for (int i = 4; i < argc; ++i) {
     small = small || std::strcmp(argv[i], "1b") == 0;
     huge = huge || std::strcmp(argv[i], "2m") == 0;
     only_1t = only_1t || std::strcmp(argv[i], "1t") == 0;
+    ktiles = ktiles || std::strcmp(argv[i], "kt") == 0;
     if (std::strcmp(argv[i], "f16") == 0) kv_type = DType::F16;
     if (std::strcmp(argv[i], "bf16") == 0) kv_type = DType::BF16;
     if (std::strcmp(argv[i], "bf16dp") == 0) {
@@ -111,6 +115,28 @@ int main(int argc, char** argv) {
                                                                  : reinterpret_cast<const float*>(h + pg * kPage * p.ldk));
       bufs.push_back(std::move(b));
     }
+  // kt: each copy's K again in 16-token tiles (tile of tokens 16 T .. 16 T + 15 where their rows
+  // lie; element (kv head g, dim d, token t) at g * D * 16 + d * 16 + t within it)
+  std::vector<AlignedPtr<float>> tbufs;
+  std::vector<std::vector<const float*>> ktt(static_cast<size_t>(copies));
+  if (ktiles && small)
+    for (int c = 0; c < copies; ++c) {
+      AlignedPtr<float> b(static_cast<float*>(
+          huge ? aligned_alloc_huge((elems * esz + kHugePage2M - 1) / kHugePage2M * kHugePage2M)
+               : aligned_alloc_bytes(elems * esz, kAlign)));
+      const auto* src = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c)].get());
+      auto* dst = reinterpret_cast<uint8_t*>(b.get());
+      const int64_t D = p.head_dim, ld = p.ldk;
+      for (int64_t j = 0; j < n_pages * kPage; ++j)
+        for (int64_t e = 0; e < ld; ++e)  // e = g * D + d
+          std::memcpy(dst + size_t((j / 16 * 16 * ld + e * 16 + j % 16) * int64_t(esz)),
+                      src + size_t((j * ld + e) * int64_t(esz)), esz);
+      (void)D;
+      for (int64_t pg = 0; pg < n_pages; ++pg)
+        ktt[size_t(c)].push_back(reinterpret_cast<const float*>(dst + size_t(pg * kPage * p.ldk) * esz));
+      tbufs.push_back(std::move(b));
+    }
+  bool use_tiles = false;
   std::vector<float> q(size_t(p.ldq)), o(size_t(p.ldo));
   for (float& v : q) {
     x = x * 1664525u + 1013904223u;
@@ -120,7 +146,7 @@ int main(int argc, char** argv) {
   int call = 0;
   auto params = [&](int c, int64_t page0, int64_t len) {
     AttentionParams pi = p;
-    pi.k_blocks = kt[size_t(c)].data() + page0;
+    pi.k_blocks = (use_tiles ? ktt : kt)[size_t(c)].data() + page0;
     pi.v_blocks = vt[size_t(c)].data() + page0;
     pi.n_kv = len;
     pi.q_pos0 = len - 1;
@@ -172,16 +198,16 @@ int main(int argc, char** argv) {
     cpu_1t = thread_cpu() - c0;
     return dt;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, kModes };
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, kModes };
   auto one_thread = [](int m) {
-    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4;
+    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4 || m == k1tKt;
   };
   const double fma_peak = bench::fma_peak_1t_gflops();
   // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
   const bool l2_default = attention_detail::decode_pipeline_l2();
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
-                               "1t read", "1t hot", "1t read4"};
+                               "1t read", "1t hot", "1t read4", "1t ktiles"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -195,6 +221,7 @@ int main(int argc, char** argv) {
     for (int k = 0; k < kModes; ++k) {
       const int m = order[k];
       if (only_1t && !one_thread(m)) continue;
+      if (m == k1tKt && tbufs.empty()) continue;
       // Every call comes right after an (empty) job of the 2-thread pool, as a decode step's
       // attention comes after its q / k / v GEMV: the worker is spinning, not asleep.
       pool2.run([](int, int) {});
@@ -216,6 +243,13 @@ int main(int argc, char** argv) {
       else if (m == kHalves) dt = halves();
       else if (m == k1tRead || m == k1tRead4) dt = read_copy(m == k1tRead4);
       else if (m == k1tHot) dt = timed(&pool1, true);
+      else if (m == k1tKt) {
+        use_tiles = true;
+        attention_detail::set_decode_k_tiles(true);
+        dt = timed(&pool1);
+        attention_detail::set_decode_k_tiles(false);
+        use_tiles = false;
+      }
       else if (m == kPm64 || m == kPm32) {
         attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);
         dt = timed(&pool2);
@@ -271,6 +305,19 @@ int main(int argc, char** argv) {
     const double gflops = flops / median(cpu_m[m]) * 1e-9;  // the reads do no flops
     if (m != k1tRead && m != k1tRead4) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
     std::printf("\n");
+  }
+  if (!tbufs.empty()) {  // the tiles' output against the rows' on the same copy
+    call = 0;
+    timed(&pool1);
+    const std::vector<float> o_rows = o;
+    use_tiles = true;
+    attention_detail::set_decode_k_tiles(true);
+    call = 0;
+    timed(&pool1);
+    attention_detail::set_decode_k_tiles(false);
+    use_tiles = false;
+    std::printf("  1t ktiles output bit for bit that of 1t (K rows): %s\n",
+                std::memcmp(o.data(), o_rows.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");
   if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages

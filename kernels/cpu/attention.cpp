@@ -87,6 +87,8 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   EMOLLM_CHECK_ARG(p.kv_block_size >= 0 && p.kv_block_size % 16 == 0,
                    "attention: kv_block_size must be 0 (contiguous) or a positive multiple of 16");
   EMOLLM_CHECK_ARG(p.n_q > 0 && p.n_kv > 0, "attention: n_q and n_kv must be positive");
+  EMOLLM_CHECK_ARG(!attention_detail::decode_k_tiles() || attention_detail::decode_k_tiles_applies(p),
+                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   EMOLLM_CHECK_ARG(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0,
                    "attention: n_heads, n_kv_heads and head_dim must be positive");
   EMOLLM_CHECK_ARG(p.n_heads % p.n_kv_heads == 0, "attention: n_heads must be a multiple of n_kv_heads");
@@ -148,6 +150,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
 }
 void attention(const float* q, const float* k, const float* v, float* out, const AttentionParams& p, float* lse) {
   const Resolved rs = validate(q, k, v, out, p);
+  EMOLLM_CHECK_ARG(!attention_detail::decode_k_tiles(), "attention: the reference reads K as rows, not tiles");
   const int64_t D = p.head_dim;
   std::vector<double> s(static_cast<size_t>(p.n_kv));
   std::vector<double> o(static_cast<size_t>(D));
@@ -223,6 +226,11 @@ namespace {
 std::atomic<bool> decode_pipeline_on{true};
 }  // namespace
 bool decode_pipeline() { return decode_pipeline_on.load(std::memory_order_relaxed); }
+namespace {
+std::atomic<bool> decode_k_tiles_on{false};  // the K tile prototype: off unless a benchmark or test sets it
+}  // namespace
+bool decode_k_tiles() { return decode_k_tiles_on.load(std::memory_order_relaxed); }
+void set_decode_k_tiles(bool on) { decode_k_tiles_on.store(on, std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
 using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
@@ -371,6 +379,11 @@ struct Kern {
   // rows), with the same bits as two pv calls.
   void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
               int D);
+  // Optional (null: none), the prototype of K kept in 16-token tiles (attention_detail::decode_k_tiles):
+  // qk_decode's S from one kv head's tile kt (kt[d * 16 + t] = dim d of key t, t < 16; D x 16
+  // elements), the same FMAs in the same order without the transposes: the same bits.
+  void (*qk_tiles)(const float* q, int64_t ldq, int R, const float* kt, int D, float scale, float* S, int64_t ldS,
+                   PfCursor* pf) = nullptr;
 };
 
 // Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
@@ -777,6 +790,58 @@ EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const 
   }
 }
 
+// qk_decode_rows_avx512 on a stored transpose (attention_detail::decode_k_tiles): dim d of the 16
+// keys is one load (kt + 16 d) instead of a lane of a 16x16 register transpose; each row's FMAs run
+// over d = 0 .. D-1 in the same order into the same accumulator, and the zero-padded dims past D
+// (q 0 times K 0: + 0, which leaves a sum that is never -0 unchanged) are skipped: the same bits.
+template <class E, int NR>
+EMO_T512 static inline void qk_tiles_rows_avx512(const float* q, int64_t ldq, const typename E::T* kt, int D,
+                                                 __m512 vs, float* S, int64_t ldS, PfCursor* pf) {
+  __m512 acc[NR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  for (int d0 = 0; d0 < D; d0 += 16) {
+    const int w = std::min(16, D - d0);
+    if (pf) pf_step(pf, pf->per_qk);
+    if (w == 16) {
+      #pragma GCC unroll 16
+      for (int e = 0; e < 16; ++e) {
+        const __m512 t = E::load(kt + (d0 + e) * 16);
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d0 + e]), t, acc[r]);
+      }
+    } else {
+      for (int e = 0; e < w; ++e) {
+        const __m512 t = E::load(kt + (d0 + e) * 16);
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d0 + e]), t, acc[r]);
+      }
+    }
+    if (pf) pf_step(pf, pf->per_qk);
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) _mm512_storeu_ps(S + r * ldS, _mm512_mul_ps(acc[r], vs));
+}
+
+template <class E>
+EMO_T512 static void qk_tiles_avx512(const float* q, int64_t ldq, int R, const float* ktf, int D, float scale,
+                                     float* S, int64_t ldS, PfCursor* pf) {
+  const typename E::T* kt = reinterpret_cast<const typename E::T*>(ktf);
+  const __m512 vs = _mm512_set1_ps(scale);
+  int r = 0;
+  for (; r + 8 <= R; r += 8) qk_tiles_rows_avx512<E, 8>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf);
+  switch (R - r) {
+    case 7: qk_tiles_rows_avx512<E, 7>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    case 6: qk_tiles_rows_avx512<E, 6>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    case 5: qk_tiles_rows_avx512<E, 5>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    case 4: qk_tiles_rows_avx512<E, 4>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    case 3: qk_tiles_rows_avx512<E, 3>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    case 2: qk_tiles_rows_avx512<E, 2>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    case 1: qk_tiles_rows_avx512<E, 1>(q + r * ldq, ldq, kt, D, vs, S + r * ldS, ldS, pf); break;
+    default: break;
+  }
+}
+
 // Q K^T of one or two query rows against 16 key rows ldk apart (a full sub-block of one kv head,
 // in place) for head_dim 65-128 (NC = 5-8 chunks of 16, the last one masked by lm): MHA decode
 // (7B's 32 / 32 heads). The arithmetic of qk_avx512_t's step for step (each key's 8 chunk FMAs
@@ -870,14 +935,17 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 }
 
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
-                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>};
+                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>,
+                          qk_tiles_avx512<KvF32>};
 // The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
 // float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
 // scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
 const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvF16>, nullptr, nullptr,
-                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, pv2_avx512<KvF16>};
+                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, pv2_avx512<KvF16>,
+                             qk_tiles_avx512<KvF16>};
 const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
-                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>, pv2_avx512<KvBF16>};
+                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>, pv2_avx512<KvBF16>,
+                              qk_tiles_avx512<KvBF16>};
 
 // ---------------------------------------------------------------------------- AVX512-BF16 decode
 // Opt-in decode kernels on vdpbf16ps for a bf16 cache (attention_internal.h, decode_bf16dp): the
@@ -1816,6 +1884,11 @@ bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
          p.n_heads / p.n_kv_heads >= 4 && !decode_bf16dp_applies(p) && decode_pipeline();
 }
+bool decode_k_tiles_applies(const AttentionParams& p) {
+  return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_q == 1 && p.n_heads <= kDecodeMaxHeads &&
+         p.n_kv_heads * p.head_dim <= kDecodePackSpan && p.ldk == p.n_kv_heads * p.head_dim &&
+         p.n_heads / p.n_kv_heads >= 4 && !decode_bf16dp_applies(p) && decode_split_enabled();
+}
 DecodeSubBlock decode_pipeline_next(int64_t j1, int64_t b0, int64_t b1, int64_t s0, bool is_v) {
   DecodeSubBlock nx;
   if (s0 + 16 < b1) {  // the next 16 rows of the same block and tensor
@@ -1998,6 +2071,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // 0.986x in the model (1.1B q4_0, 1 thread; session 23, bench/README): the hardware
   // prefetchers already follow the rows across a piece's end.
   const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
+  // K in 16-token transposed tiles (attention_detail::decode_k_tiles, a prototype: the caller's K
+  // is laid out so); only the calls decode_k_tiles_applies takes, never silently as rows.
+  const bool ktiles = attention_detail::decode_k_tiles();  // validate() checked decode_k_tiles_applies
+  assert(!ktiles || (sweep && transposed && !dp && kk.qk_tiles != nullptr));
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched
@@ -2091,7 +2168,10 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           int64_t ldg;
           const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
           for (int t = 0; t < 16; ++t) rows[t] = kv_at(kg, int64_t(std::min(t, ns - 1)) * ldg, inplace ? p : kF32Rows);
-          if (dp)
+          if (ktiles)  // kv head g's tile of the 16 tokens from s0 (kr: their first row)
+            kk.qk_tiles(qpad + g * G * Dp, Dp, int(G), kv_at(kr, g * D * 16, p), D, it.scale,
+                        S + g * G * kBk + (s0 - b0), kBk, pf);
+          else if (dp)
             qk_decode_bf16dp(reinterpret_cast<const uint32_t*>(qpad) + g * G * ldqp, ldqp, int(G), rows, D, it.scale,
                              S + g * G * kBk + (s0 - b0), kBk);
           else
@@ -2306,7 +2386,7 @@ void attention(const float* q, const float* k, const float* v, float* out, const
   }
 #endif
   (void)pool;
-  ref::attention(q, k, v, out, p, lse);
+  ref::attention(q, k, v, out, p, lse);  // throws with decode_k_tiles on
 }
 
 void attention_batch(const AttentionBatchItem* items, int64_t n, ThreadPool* pool) {

@@ -86,6 +86,19 @@ void set_decode_pipeline_l2(bool on);
 // (decode_inplace_enabled), narrow token rows (n_kv_heads * head_dim <= 256 elements: swept), at
 // least 4 query heads per kv head (the transposed Q K^T), not on bf16 products, and decode_pipeline().
 bool decode_pipeline_applies(const AttentionParams& p);
+// Prototype (benchmarks and tests only; nothing stores K so yet): K held in 16-token transposed
+// tiles. The 16 tokens from a multiple of 16, t0, occupy the 16 rows t0 .. t0 + 15 would (16 ldk
+// elements from t0's row, in its page), element (kv head g, dim d, token t0 + t) at
+// g * head_dim * 16 + d * 16 + t; a last partial tile is whole storage (lanes past the tokens
+// unread by the results). The decode driver's Q K^T then loads dim d of 16 keys at once instead of
+// transposing 16x16 blocks in registers: the same FMAs in the same order (the same bits). On
+// (set_decode_k_tiles(true)) every call must be one decode_k_tiles_applies takes (else attention
+// throws): AVX-512 in place, one query, narrow unpadded token rows (ldk = n_kv_heads * head_dim
+// <= 256 elements), >= 4 query heads per kv head, not on bf16 products, the decode split on, a
+// paged cache's blocks a multiple of 16 tokens. V and the other paths are untouched.
+bool decode_k_tiles();
+void set_decode_k_tiles(bool on);
+bool decode_k_tiles_applies(const AttentionParams& p);
 // The sub-block prefetched during [s0, s0 + 16) of K (is_v false) or V of block [b0, b1) in a
 // piece ending at j1: the next 16 rows of the same tensor, or after a block's last K rows its first
 // V rows, or after its last V rows the next block's first K rows; ns = 0: none (the piece's end).

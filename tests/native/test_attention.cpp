@@ -1899,3 +1899,120 @@ TEST(attention_prefill_tile_groups_same_bits) {
   // contiguous + 64 + 128 at 1 thread group every case; at 2 / 3 threads some more
   EXPECT(grouped >= 8 * 3);
 }
+
+// The K tile prototype (attention_detail::decode_k_tiles: K held in 16-token transposed tiles, the
+// decode Q K^T without register transposes) keeps each score's FMAs and their order: outputs and
+// log-sum-exps bit for bit those of the same call on K as token rows, f32 / f16 / bf16 caches,
+// GQA 8 x 64 (the 1.1B's 32 / 4), 8 x 64 on two kv heads, MQA x 80 (a tail chunk) and 12 query heads
+// a kv head x 20 (two Q K^T calls, a tail), lengths with and without a partial last tile (its lanes
+// past the tokens hold NaN here: never read into a result), contiguous and paged (16 / 64
+// tokens), no pool and 2 / 3 threads, the pipelined prefetch on and off. A call the prototype does
+// not take (MHA, padded K rows) and the scalar reference throw instead of reading tiles as rows.
+TEST(attention_decode_k_tiles_same_bits) {
+  if (isa_active() < Isa::Avx512) return;  // the prototype is the AVX-512 decode driver's
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D; };
+  const Shape shapes[] = {{32, 4, 64}, {16, 2, 64}, {8, 1, 80}, {12, 1, 20}};
+  uint32_t x = 4242;
+  auto rnd = [&]() {
+    x = x * 1664525u + 1013904223u;
+    return float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
+  };
+  int runs = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : {int64_t(1), int64_t(16), int64_t(17), int64_t(64), int64_t(129), int64_t(300)}) {
+        const int64_t ld = sh.Hkv * sh.D, rows = (n + 63) / 64 * 64;  // whole tiles and 64-token pages
+        const size_t esz = t == DType::F32 ? 4 : 2;
+        std::vector<uint8_t> kr(size_t(rows * ld) * esz), kt(kr.size()), vr(kr.size());
+        auto put = [&](std::vector<uint8_t>& b, int64_t i, float f) {
+          if (t == DType::F32) std::memcpy(&b[size_t(i) * 4], &f, 4);
+          else {
+            const uint16_t h = t == DType::F16 ? f32_to_f16(f) : f32_to_bf16(f);
+            std::memcpy(&b[size_t(i) * 2], &h, 2);
+          }
+        };
+        for (int64_t j = 0; j < rows; ++j)
+          for (int64_t e = 0; e < ld; ++e) {  // e = g * D + d
+            const float kf = j < n ? rnd() : kNaN;
+            put(kr, j * ld + e, kf);
+            put(kt, j / 16 * 16 * ld + e * 16 + j % 16, kf);
+            put(vr, j * ld + e, j < n ? rnd() : kNaN);
+          }
+        std::vector<float> q(size_t(sh.H * sh.D));
+        for (float& f : q) f = rnd();
+        AttentionParams p;
+        p.n_q = 1; p.n_kv = n; p.n_heads = sh.H; p.n_kv_heads = sh.Hkv; p.head_dim = sh.D;
+        p.ldq = p.ldo = sh.H * sh.D;
+        p.ldk = p.ldv = ld;
+        p.q_pos0 = n - 1;
+        p.kv_dtype = t;
+        const std::string what = "H=" + std::to_string(sh.H) + " Hkv=" + std::to_string(sh.Hkv) + " D=" +
+                                 std::to_string(sh.D) + " n=" + std::to_string(n) + " kv=" + dtype_name(t);
+        EXPECT(attention_detail::decode_k_tiles_applies(p));
+        for (int64_t bs : {int64_t(0), int64_t(16), int64_t(64)}) {
+          // pages: each its own copy of bs rows (or tiles) of the contiguous buffers
+          std::vector<std::vector<uint8_t>> pages;
+          std::vector<const float*> tk, tt, tv;
+          if (bs)
+            for (int64_t j = 0; j < rows; j += bs)
+              for (auto* pr : {&kr, &kt, &vr}) {
+                const size_t off = size_t(j * ld) * esz, len = size_t(bs * ld) * esz;
+                pages.emplace_back(pr->begin() + std::ptrdiff_t(off), pr->begin() + std::ptrdiff_t(off + len));
+                (pr == &kr ? tk : pr == &kt ? tt : tv).push_back(reinterpret_cast<const float*>(pages.back().data()));
+              }
+          for (bool pipe : {true, false})
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+              const std::string w = what + " block=" + std::to_string(bs) + " pipe=" + std::to_string(pipe) +
+                                    " pool=" + std::to_string(pl ? pl->size() : 0);
+              AttentionParams pa = p, pb = p;
+              pa.kv_block_size = pb.kv_block_size = bs;
+              if (bs) {
+                pa.k_blocks = tk.data();
+                pb.k_blocks = tt.data();
+                pa.v_blocks = pb.v_blocks = tv.data();
+              }
+              const float* v = bs ? nullptr : reinterpret_cast<const float*>(vr.data());
+              const bool was_pipe = attention_detail::decode_pipeline();
+              attention_detail::set_decode_pipeline(pipe);
+              std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN);
+              const std::vector<float> a = run_out(pa, w, [&](float* o) {
+                attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kr.data()), v, o, pa, pl, la.data());
+              });
+              attention_detail::set_decode_k_tiles(true);
+              const std::vector<float> b = run_out(pb, w, [&](float* o) {
+                attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kt.data()), v, o, pb, pl, lb.data());
+              });
+              attention_detail::set_decode_k_tiles(false);
+              attention_detail::set_decode_pipeline(was_pipe);
+              ++runs;
+              for (float f : a) EXPECT(std::isfinite(f));
+              if (a != b || la != lb)
+                ::emollm_test::report_failure(__FILE__, __LINE__, "K in tiles changed the result: " + w);
+            }
+        }
+      }
+  EXPECT(runs == 3 * 4 * 6 * 3 * 2 * 3);
+  // calls it does not take: MHA (one query head a kv head), padded K rows; and the reference
+  std::vector<float> buf(size_t(64 * 256), 0.5f), out(256);
+  AttentionParams m;
+  m.n_q = 1; m.n_kv = 16; m.n_heads = 4; m.n_kv_heads = 4; m.head_dim = 64;
+  m.ldq = m.ldo = m.ldk = m.ldv = 256;
+  m.q_pos0 = 15;
+  AttentionParams padded = m;
+  padded.n_kv_heads = 1;
+  padded.ldk = padded.ldv = 128;
+  AttentionParams gqa = m;
+  gqa.n_kv_heads = 1;
+  gqa.ldk = gqa.ldv = 64;
+  attention_detail::set_decode_k_tiles(true);
+  EXPECT(!attention_detail::decode_k_tiles_applies(m) && !attention_detail::decode_k_tiles_applies(padded));
+  EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), m, nullptr), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), padded, nullptr), ErrorCode::InvalidArgument);
+  EXPECT_THROWS(ref::attention(buf.data(), buf.data(), buf.data(), out.data(), gqa), ErrorCode::InvalidArgument);
+  attention(buf.data(), buf.data(), buf.data(), out.data(), gqa, nullptr);  // taken: no throw
+  attention_detail::set_decode_k_tiles(false);
+  for (int i = 0; i < 64; ++i) EXPECT_NEAR(out[size_t(i)], 0.5f, 1e-6);
+}
