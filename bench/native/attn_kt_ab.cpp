@@ -17,7 +17,10 @@
 // above L3 (32 MiB; e.g. 1b kv 2048 f32: 2 MiB a copy, 24 copies): K from memory, each copy read
 // once a round, on the hardware prefetchers alone (the driver's own sweep / prefetch not modelled).
 // Not the whole attention: softmax and P V are untouched by the layout; weigh the Q K^T saving
-// against attn_decode_threads' 1t time of the same shape.
+// against attn_decode_threads' 1t time of the same shape, and measure the call itself there
+// (`attn_decode_threads ... 1b 1t kt`): on Zen 4 (session 28) the 1.1B's Q K^T ran 1.48-1.54x
+// faster here on tiles, but the whole call only 1.01-1.04x (f32) / 1.11-1.14x (f16), the tile
+// kernel taking about the row kernel's time inside the driver (perf; cause not found).
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_*() (GCC bug 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
