@@ -5,7 +5,7 @@
 // kq_pf4k: that pass's two streams 4 KiB ahead for q4_K too (on) against the default 2 KiB (q6_K 4 KiB either way);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; q80_parts / q80_parts1 / q80_parts3 /
-// q80_parts4 / q80_default / q80_nopf / q80_t1 / q80_t0: the q8_0 M = 1 pass (below);
+// q80_parts4 / q80_default / q80_nopf / q80_t1 / q80_t0 / q80_line17: the q8_0 M = 1 pass (below);
 // decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
@@ -209,6 +209,10 @@ const AbSwitch kSwitches[] = {
     {"q80_parts1v2", [](bool on) { gemm_detail::set_q80_streams(on ? 1 : 2); }},
     {"q80_t1", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T1 : gemm_detail::GemvPrefetch::None); }},
     {"q80_t0", [](bool on) { gemm_detail::set_q80_streams(2), gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T0 : gemm_detail::GemvPrefetch::None); }},
+    // q80_line17: the q8_0 parts pass's 17th prefetch a block pair (on) against 16 (set_q80_line17), with
+    // this CPU's parts, prefetch and distance (where the pass runs without prefetch, Zen 4, the
+    // switch changes nothing: an A/A)
+    {"q80_line17", [](bool on) { gemm_detail::set_q80_line17(on); }},
     // the bf16 8-row block GEMV's (4 KiB pages) software prefetch: none (on) against T0 (off)
     {"block_nopf", [](bool on) { gemm_detail::set_gemv_block_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one

@@ -9,6 +9,8 @@
 //                     contiguous parts read side by side (parts_q80_avx512); pf = t0 / t1 / nta / none,
 //                     one line before each quant line's load, this CPU's q80_ahead on
 //   gemv-p<S>-t0-<a>  the same with T0 `a` bytes ahead (set_q80_ahead; 512, 1k, 2k, 4k but the default)
+//   gemv-p<S>-t0[-<a>]-l17  those T0 rows with a 17th prefetch a block pair (set_q80_line17: the
+//                     line of a 544-byte record pair's 17 that the 16 per-line prefetches leave out)
 //   loads-prev        gemv-prev's loads alone, in its order (per block pair 4 groups x 17 lines), no arithmetic
 //   read-4            bench_kernels' read probe loop: 4 streams, 128 bytes a step, prefetch 1 KiB ahead (T0)
 //   read-<S>-nopf     S streams (the thread's part cut in S), 1088 bytes (a q8_0 block pair) a step, no prefetch
@@ -87,31 +89,39 @@ int main(int argc, char** argv) {
   const int s_def = gemm_detail::q80_streams();
   const gemm_detail::GemvPrefetch p_def = gemm_detail::q80_prefetch();
   const int a_def = gemm_detail::q80_ahead();
-  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf, int ahead) {
-    return [&, streams, pf, ahead](const uint8_t* W) {
+  const bool l_def = gemm_detail::q80_line17();
+  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf, int ahead, bool line17 = false) {
+    return [&, streams, pf, ahead, line17](const uint8_t* W) {
       gemm_detail::set_q80_streams(streams);
       gemm_detail::set_q80_prefetch(pf);
       gemm_detail::set_q80_ahead(ahead);
+      gemm_detail::set_q80_line17(line17);
       gemv_repacked(x.data(), W, DType::Q8_0, nullptr, y.data(), N, K, &pool);
       gemm_detail::set_q80_streams(s_def);
       gemm_detail::set_q80_prefetch(p_def);
       gemm_detail::set_q80_ahead(a_def);
+      gemm_detail::set_q80_line17(l_def);
     };
   };
   using P = gemm_detail::GemvPrefetch;
   std::vector<bench::PatternRow> rows = {
-      {"gemv", gemv(s_def, p_def, a_def), {}},
+      {"gemv", gemv(s_def, p_def, a_def, l_def), {}},
       {"gemv-prev", gemv(0, P::None, a_def), {}},
   };
   const char* pfn[] = {"t0", "nta", "none", "t1"};
   for (int S : {1, 2, 3, 4})
     for (P pf : {P::None, P::T0, P::T1, P::Nta})
       rows.push_back({std::string("gemv-p") + std::to_string(S) + "-" + pfn[int(pf)], gemv(S, pf, a_def), {}});
+  auto bytes_name = [](int ahead) { return ahead < 1024 ? std::to_string(ahead) : std::to_string(ahead / 1024) + "k"; };
   for (int S : {2, 3, 4})
     for (int ahead : {512, 1024, 2048, 4096})
       if (ahead != a_def)
-        rows.push_back({std::string("gemv-p") + std::to_string(S) + "-t0-" + (ahead < 1024 ? std::to_string(ahead) : std::to_string(ahead / 1024) + "k"),
-                        gemv(S, P::T0, ahead), {}});
+        rows.push_back({std::string("gemv-p") + std::to_string(S) + "-t0-" + bytes_name(ahead), gemv(S, P::T0, ahead), {}});
+  // the same T0 rows with the 17th prefetch a block pair (set_q80_line17)
+  for (int S : {2, 3, 4})
+    for (int ahead : {512, 1024, 2048, 4096})
+      rows.push_back({std::string("gemv-p") + std::to_string(S) + "-t0" + (ahead == a_def ? "" : "-" + bytes_name(ahead)) + "-l17",
+                      gemv(S, P::T0, ahead, true), {}});
   rows.push_back({"loads-prev", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return loads_prev(p, g, nb); }, W); }, {}});
   rows.push_back({"read-4", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 128, 1024); }, W); }, {}});
   rows.push_back({"read-1-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<1>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});

@@ -71,10 +71,17 @@ struct DecodeTuning {
   // 0.80-0.92x; 3 parts 1.07-1.23x, 2 parts 0.98-1.11x; the 1.1B q8_0 decode at 1 thread 1.12-1.19x).
   // Zen 4: 2 parts without prefetch (session 26: the kernel 1.05-1.15x at 1 thread; quiet 1.1B
   // q8_0 decode at 2 threads 1.03-1.09x in three runs; one part 0.99x two, a T1 prefetch along
-  // the parts 0.80x).
+  // the parts 0.80x). Session 28 (Zen 4, 1 thread, cold, thread CPU time, load 10-14, eight 1.1B
+  // / 7B shapes, q8_read_patterns): that pass reads at 0.99-1.17x the read probe (read-4) by
+  // median, 0.93-1.07x a plain 2-stream read; 3 / 4 parts without prefetch 0.85-1.02x /
+  // 0.90-0.99x it.
   int q80_streams = 4;
   // That parts pass's prefetch along its streams (one line before each quant line's load). Zen 5:
-  // T0 (NTA alike; without it 0.90-0.97x the kernel, 0.90-0.92x the 1.1B decode). Zen 4: None.
+  // T0 (NTA alike; without it 0.90-0.97x the kernel, 0.90-0.92x the 1.1B decode). Zen 4: None
+  // (session 28, the same runs: with this per-line form at 2 parts T0 0.79-0.88x none (4 KiB
+  // ahead), 0.85-0.97x (1-2 KiB), T1 0.74-0.84x, NTA 0.66-0.86x; Zen 5's 4 parts T0 1 KiB
+  // 0.80-0.91x; the 1.1B q8_0 decode at 1 thread, AB_SWITCH=q80_t0, two processes: T0 4 KiB
+  // 0.857x / 0.747x none).
   GemvPrefetch q80_prefetch = GemvPrefetch::T0;
   // How far ahead along each stream (bytes; also what a cold start prefetches). Zen 5: 1 KiB (at 4
   // parts 512 bytes 0.89-0.96x, 2 KiB 0.93-0.98x). Zen 4: 4 KiB (where its T0 / T1 forms were

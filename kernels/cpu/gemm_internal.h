@@ -253,6 +253,13 @@ void set_q80_prefetch(GemvPrefetch p);
 GemvPrefetch q80_prefetch();
 void set_q80_ahead(int bytes);
 int q80_ahead();
+// That pass with a software prefetch: a 17th prefetch a block pair (the line its 16 leave to the
+// hardware prefetchers: a q8_0 record is 544 bytes, 8.5 lines), on or off. Off at start on every
+// CPU: on Zen 4 (session 28, 1 thread) 0.97-1.06x the same T0 forms without it, which Zen 4 does
+// not use (its pass runs without prefetch); not measured on Zen 5. Same bits. For the tests and
+// A/B tools; process-wide.
+void set_q80_line17(bool on);
+bool q80_line17();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
 // GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:
 // one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else guided chunks

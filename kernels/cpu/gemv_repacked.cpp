@@ -119,6 +119,8 @@ namespace {
 // for the tests' same-bits reference and the A/B tools. No environment variable: EMOLLM_Q40_MS
 // went in session 22 (quiet ABBA 1.083 at 1.1B, 1.032 at 7B, bench/README 2026-12-06 07:30).
 std::atomic<bool> g_q40_ms{true};
+// Off at start on every CPU (gemm_internal.h set_q80_line17).
+std::atomic<bool> g_q80_line17{false};
 }  // namespace
 void set_q40_ms_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q40_prefetch>::set(p); }
 GemvPrefetch q40_ms_prefetch() { return DecodeSetting<&DecodeTuning::q40_prefetch>::get(); }
@@ -128,6 +130,8 @@ void set_q80_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q80_prefetc
 GemvPrefetch q80_prefetch() { return DecodeSetting<&DecodeTuning::q80_prefetch>::get(); }
 void set_q80_ahead(int bytes) { DecodeSetting<&DecodeTuning::q80_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q80_ahead() { return DecodeSetting<&DecodeTuning::q80_ahead>::get(); }
+void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
+bool q80_line17() { return g_q80_line17.load(std::memory_order_relaxed); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
 namespace {
@@ -519,6 +523,13 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // (those prefetches: a block pair's 17 lines in a loop before each pair, 4 KiB ahead).
 // The 1.1B q8_0 decode (1 thread CPU time) 2 parts 1.10x, 1 part 1.15x, 3 1.08x; 1 against 2
 // parts 0.99x; 2 parts with T1 0.80x.
+// Zen 4 again with this form (session 28; the same tool and clock, load 10-14, 3-6 processes of 30
+// rounds at the 1.1B / 7B shapes 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x
+// 4096, 4096 x 4096, 22016 x 4096, 4096 x 11008): 2 parts without prefetch (Zen 4's default) read
+// at 0.99-1.17x read-4 and 0.93-1.07x read-2-nopf by median, and every prefetching form reads
+// slower: T0 0.79-0.88x (4 KiB ahead), 0.87-0.97x (1 KiB), 0.85-0.92x (2 KiB), 0.80-0.87x (512
+// B); 3 / 4 parts T0 1 KiB 0.85-0.95x / 0.80-0.91x; T1 0.74-0.95x, NTA 0.60-0.86x; the 17th
+// prefetch 0.97-1.06x the same form without it. The 1.1B q8_0 decode: 2 parts T0 4 KiB 0.75-0.86x none.
 // Measured on Zen 5 (session 27; the same tool and clock, load 8-22, at 5632 x 2048, 2048 x 2048,
 // 256 x 2048, 32000 x 2048, 11008 x 4096, 4096 x 11008, 2048 x 5632): the four-group pass reads at
 // 0.80-0.92x (median) the read probe's loop over the same bytes (read-4: 4 streams, 128 bytes a
@@ -538,7 +549,8 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone). A
 // q8_0 record is 544 bytes (not a multiple of 64), so a block pair's 16 prefetches cover 16 of the
 // 17 lines its loads touch: one line a pair (the even record's last quant bytes and the odd
-// record's scales) is left to the hardware prefetchers (a 17th prefetch is not measured).
+// record's scales) is left to the hardware prefetchers, or with Line17 (set_q80_line17; where Hint
+// is not -1) prefetched too, beside the even record's last quant line's load (the first to touch it).
 // Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the
 // bias): groups_avx512's bits. y, bias and cols are group g0's; part k's group is written at
 // y + 16 * k * part. cold: prefetch each stream's first `ahead` bytes first.
@@ -553,7 +565,7 @@ __attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
     __asm__ volatile("prefetchnta %0" : : "m"(*p));
   }
 }
-template <int S, int Hint>
+template <int S, int Hint, bool Line17 = false>
 EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                               int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
                               int64_t part) {
@@ -571,17 +583,22 @@ EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * rec;
-    if constexpr (Hint >= 0) {
-      // always_inline: as an ordinary lambda GCC finds it free of side effects and drops its
-      // calls before inlining (objdump: no prefetch left in the loop)
-      auto pf0 = [&](int j, int t) __attribute__((always_inline)) { prefetch_here<Hint>(gq[j] + off + ahead + 64 * t); };
-      auto pf1 = [&](int j, int t) __attribute__((always_inline)) { prefetch_here<Hint>(gq[j] + off + rec + ahead + 64 * t); };
-      groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0, pf0);
-      groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1, pf1);
-    } else {
-      groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0);
-      groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1);
-    }
+    // the line `ahead` bytes past quant line t of group j's record at o (nothing when Hint is -1:
+    // one spelling for every hint; objdump, session 28: the same instructions in all 16
+    // instantiations as the with / without spellings before). always_inline: as an ordinary
+    // lambda GCC finds it free of side effects and drops its calls before inlining (objdump: no
+    // prefetch left in the loop)
+    auto pf = [&](size_t o, int j, int t) __attribute__((always_inline)) {
+      if constexpr (Hint >= 0) prefetch_here<Hint>(gq[j] + o + ahead + 64 * t);
+    };
+    auto pf0 = [&](int j, int t) __attribute__((always_inline)) {
+      pf(off, j, t);
+      if constexpr (Line17)
+        if (t == 7) pf(off, j, 8);  // the pair's line 8: quants 480-511 of the even record, the odd one's scales
+    };
+    auto pf1 = [&](int j, int t) __attribute__((always_inline)) { pf(off + rec, j, t); };
+    groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0, pf0);
+    groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1, pf1);
   }
   if (b < nb) groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, size_t(b) * rec, f0);
 #pragma GCC unroll 4
@@ -1000,15 +1017,23 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     if (q80s > 0) {
       const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
       const size_t ahead = size_t(gemm_detail::q80_ahead());
+      const bool line17 = gemm_detail::q80_line17();
       auto ppasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t part = (g1 - g) / SS;  // groups a part
         for (int64_t i = 0; i < part; ++i) {
           const int64_t gi = g + i;
           gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
-            parts_q80_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
-                                                        y + gi * kGroup, N - gi * kGroup, cold_start && i == 0, ahead,
-                                                        part);
+            constexpr int H = decltype(hint)::value;
+            auto run = [&](auto l17) {
+              parts_q80_avx512<SS, H, decltype(l17)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
+                                                            y + gi * kGroup, N - gi * kGroup, cold_start && i == 0,
+                                                            ahead, part);
+            };
+            if constexpr (H >= 0) {
+              if (line17) return run(std::true_type());
+            }
+            run(std::false_type());
           });
         }
         if (part > 0) g += SS * part;

@@ -2321,7 +2321,8 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
 // gemv_repacked's q8_0 M = 1 pass in S contiguous parts a thread (gemm_detail::set_q80_streams,
 // S = 1-4: one group of each part a pass, parts_q80_avx512; the groups left over by the 4-group
 // passes) with every software prefetch along its streams, 1 KiB and 4 KiB ahead (set_q80_ahead:
-// where the prefetches and a cold start's point), gives the bits of the four-adjacent-groups
+// where the prefetches and a cold start's point), with and without the 17th prefetch a block
+// pair (set_q80_line17), gives the bits of the four-adjacent-groups
 // pass (S = 0): each group keeps its blocks' order and its even / odd accumulators. N of 1-65
 // groups (part sizes with and without left-over groups, a partial last group), K of 1, 3 and 64
 // blocks (an odd block count leaves one block after the pairs), with and without bias, 1-3
@@ -2333,7 +2334,11 @@ TEST(gemv_q80_parts_bit_equal_four_group_pass) {
     int s = gemm_detail::q80_streams();
     gemm_detail::GemvPrefetch p = gemm_detail::q80_prefetch();
     int a = gemm_detail::q80_ahead();
-    ~Restore() { gemm_detail::set_q80_streams(s), gemm_detail::set_q80_prefetch(p), gemm_detail::set_q80_ahead(a); }
+    bool l = gemm_detail::q80_line17();
+    ~Restore() {
+      gemm_detail::set_q80_streams(s), gemm_detail::set_q80_prefetch(p), gemm_detail::set_q80_ahead(a);
+      gemm_detail::set_q80_line17(l);
+    }
   } restore;
   const gemm_detail::GemvPrefetch pfs[4] = {gemm_detail::GemvPrefetch::None, gemm_detail::GemvPrefetch::T0,
                                             gemm_detail::GemvPrefetch::T1, gemm_detail::GemvPrefetch::Nta};
@@ -2341,17 +2346,21 @@ TEST(gemv_q80_parts_bit_equal_four_group_pass) {
   uint32_t seed = 8300;
   for (int64_t K : {32, 96, 2048})
     for (int64_t N : {16, 40, 48, 100, 112, 208, 250, 1040}) {
-      // variant v: S = 1 + v / 8 parts, prefetch pfs[v % 4], (v / 4) % 2 ? 4 KiB : 1 KiB ahead
+      // variant v: w = v % 32: S = 1 + w / 8 parts, prefetch pfs[w % 4], (w / 4) % 2 ? 4 KiB : 1 KiB
+      // ahead; the 17th prefetch from v = 32 on
       compared += m1_paths_same_bits(
-          DType::Q8_0, N, K, seed, [] { gemm_detail::set_q80_streams(0); }, 32,
+          DType::Q8_0, N, K, seed, [] { gemm_detail::set_q80_streams(0); }, 64,
           [&](int v) {
-            const int S = 1 + v / 8, ahead = (v / 4) % 2 ? 4096 : 1024;
+            const int w = v % 32, S = 1 + w / 8, ahead = (w / 4) % 2 ? 4096 : 1024;
+            const bool line17 = v >= 32;
             gemm_detail::set_q80_streams(S);
-            gemm_detail::set_q80_prefetch(pfs[v % 4]);
+            gemm_detail::set_q80_prefetch(pfs[w % 4]);
             gemm_detail::set_q80_ahead(ahead);
+            gemm_detail::set_q80_line17(line17);
             EXPECT(gemm_detail::q80_streams() == S && gemm_detail::q80_ahead() == ahead);
-            return "parts=" + std::to_string(S) + " prefetch=" + std::to_string(int(pfs[v % 4])) + " ahead=" +
-                   std::to_string(ahead);
+            EXPECT(gemm_detail::q80_line17() == line17);
+            return "parts=" + std::to_string(S) + " prefetch=" + std::to_string(int(pfs[w % 4])) + " ahead=" +
+                   std::to_string(ahead) + " line17=" + (line17 ? "on" : "off");
           });
       ++seed;
     }
