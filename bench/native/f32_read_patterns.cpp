@@ -74,8 +74,7 @@ __attribute__((target("avx512f"))) uint64_t streams_f32(const uint8_t* W, size_t
 
 int main(int argc, char** argv) {
 #if !defined(__x86_64__)
-  std::printf("f32_read_patterns: x86-64 only\n");
-  return 0;
+  return bench::x86_64_only("f32_read_patterns");
 #else
   const bench::PatternArgs a = bench::pattern_args(argc, argv, 1, 40, false);  // RP_CPU=1
   const int64_t N = a.N, K = a.K;

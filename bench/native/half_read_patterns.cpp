@@ -95,8 +95,7 @@ __attribute__((target("avx512f"))) uint64_t bf16_parts(const uint8_t* W, size_t 
 
 int main(int argc, char** argv) {
 #if !defined(__x86_64__)
-  std::printf("half_read_patterns: x86-64 only\n");
-  return 0;
+  return bench::x86_64_only("half_read_patterns");
 #else
   DType t = DType::BF16;
   if (argc < 2 || !dtype_from_name(argv[1], &t) || (t != DType::BF16 && t != DType::F16)) {

@@ -68,8 +68,7 @@ __attribute__((target("avx512f"))) uint64_t kq_order_read(const uint8_t* p, size
 
 int main(int argc, char** argv) {
 #if !defined(__x86_64__)
-  std::printf("kq_streams_ab: x86-64 only\n");
-  return 0;
+  return bench::x86_64_only("kq_streams_ab");
 #else
   const DType t = argc > 1 && std::strcmp(argv[1], "q6_K") == 0 ? DType::Q6_K : DType::Q4_K;
   // RP_COPIES=n: n copies (RP_COPIES=1 with a small N x K: the records hot in L2, the pass's

@@ -147,8 +147,7 @@ BENCH_READ_AVX512 uint64_t read_split(const uint8_t* p, size_t bytes, size_t ahe
 
 int main(int argc, char** argv) {
 #if !defined(__x86_64__)
-  std::printf("q40_read_patterns: x86-64 only\n");
-  return 0;
+  return bench::x86_64_only("q40_read_patterns");
 #else
   const bench::PatternArgs a = bench::pattern_args(argc, argv, 1, 60, false);  // RP_CPU=1
   const int64_t N = a.N, K = a.K;

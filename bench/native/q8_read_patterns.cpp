@@ -62,8 +62,7 @@ BENCH_READ_AVX512 uint64_t loads_prev(const uint8_t* p, int64_t groups, int64_t 
 
 int main(int argc, char** argv) {
 #if !defined(__x86_64__)
-  std::printf("q8_read_patterns: x86-64 only\n");
-  return 0;
+  return bench::x86_64_only("q8_read_patterns");
 #else
   const bench::PatternArgs a = bench::pattern_args(argc, argv, 1, 40, true);  // RP_CPU=1 | process
   const int64_t N = a.N, K = a.K;

@@ -26,6 +26,14 @@
 
 namespace bench {
 
+// What a tool's main returns where it cannot run (its kernels and read loops are x86-64 code): a
+// reason on stderr and a failing status, so that a script running it never reads the absence of a
+// table as a measurement.
+inline int x86_64_only(const char* tool) {
+  std::fprintf(stderr, "%s: x86-64 only (its kernels and read loops are x86-64 code): nothing measured\n", tool);
+  return 2;
+}
+
 // What the load-only rows fold their loads into, so that the compiler keeps the loads (a tool's
 // main returns 1 only if it ends at 42).
 inline std::atomic<uint64_t> g_sink{0};
