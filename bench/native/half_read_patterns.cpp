@@ -7,6 +7,8 @@
 //   gemv             gemm_huge_pages at M = 1 (the model's bf16 / f16 decode path) with this CPU's
 //                    stream prefetch (decode_tuning.h stream_prefetch)
 //   gemv-t0 / -nta / -none  the same with set_gemv_streams_prefetch T0 / NTA / none (same bits: checked)
+//   gemv-s4 / -s6    the same with set_gemv_half_long_streams 4 / 6 (streams a thread for K >= 4096;
+//                    at shorter K both are the 4-stream kernel; same bits: checked)
 //   block / block-none  bf16: gemm() at M = 1 with Args::huge_pages off, the 8-row block GEMV
 //                    (bf16_gemv_block: the path of weights without a 2 MiB-page copy) with this CPU's
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)
@@ -141,6 +143,15 @@ int main(int argc, char** argv) {
       check();
     };
   };
+  const int s_def = gemm_detail::gemv_half_long_streams();
+  auto gemv_streams = [&](int streams) {
+    return [&, streams](const uint8_t* W) {
+      gemm_detail::set_gemv_half_long_streams(streams);
+      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_detail::set_gemv_half_long_streams(s_def);
+      check();
+    };
+  };
   auto block = [&](GemvPrefetch pf) {
     return [&, pf](const uint8_t* W) {
       gemm_detail::set_gemv_block_prefetch(pf);
@@ -153,6 +164,8 @@ int main(int argc, char** argv) {
       {"gemv-t0", gemv(GemvPrefetch::T0), {}},
       {"gemv-nta", gemv(GemvPrefetch::Nta), {}},
       {"gemv-none", gemv(GemvPrefetch::None), {}},
+      {"gemv-s4", gemv_streams(4), {}},
+      {"gemv-s6", gemv_streams(6), {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 0); }, W); }, {}},
   };

@@ -20,6 +20,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.q80_prefetch = GemvPrefetch::None;
     t.q80_ahead = 4096;
     t.block_prefetch = GemvPrefetch::None;
+    t.half_long_streams = 6;
   }
   return t;
 }
@@ -42,6 +43,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_q80_prefetch(t.q80_prefetch);
   set_q80_ahead(t.q80_ahead);
   set_gemv_block_prefetch(t.block_prefetch);
+  set_gemv_half_long_streams(t.half_long_streams);
 }
 
 }  // namespace gemm_detail

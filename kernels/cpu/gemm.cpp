@@ -153,6 +153,8 @@ bool gemv_stream_f32() { return g_gemv_stream_f32.load(std::memory_order_relaxed
 
 void set_gemv_streams_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::stream_prefetch>::set(p); }
 GemvPrefetch gemv_streams_prefetch() { return DecodeSetting<&DecodeTuning::stream_prefetch>::get(); }
+void set_gemv_half_long_streams(int streams) { DecodeSetting<&DecodeTuning::half_long_streams>::set(streams); }
+int gemv_half_long_streams() { return DecodeSetting<&DecodeTuning::half_long_streams>::get(); }
 
 void set_gemv_block_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::block_prefetch>::set(p); }
 GemvPrefetch gemv_block_prefetch() { return DecodeSetting<&DecodeTuning::block_prefetch>::get(); }

@@ -640,17 +640,22 @@ constexpr int kStreams = 4;
 #endif
 constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 
-template <DType DT, int Hint = _MM_HINT_T0>
+// Long BF16 / F16 rows (K >= kHalfLongK) on decode_tuning.h half_long_streams streams instead:
+// each step's 4 x loads serve S rows, and past 2048 columns x (16-44 KiB of f32) no longer stays in
+// L1 among the streaming weight lines (the reason, gemv_half_long_streams in gemm_internal.h).
+constexpr int64_t kHalfLongK = 4096;
+
+template <DType DT, int Hint = _MM_HINT_T0, int S = kStreams>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_streams: BF16, F16 or F32 weights");
-  constexpr int S = kStreams;
+  static_assert(S >= 1 && S <= 8, "gemv_streams: 1-8 streams (each 4 accumulators, 32 zmm registers)");
   const int64_t len = (n1 - n0) / S;  // rows per stream
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
   for (int64_t i = 0; i < len; ++i) {
     const uint8_t* row[S];
     __m512 s[S][4];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int q = 0; q < S; ++q) {
       row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
       for (int j = 0; j < 4; ++j) s[q][j] = _mm512_setzero_ps();
@@ -658,7 +663,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
     int64_t k = 0;
     if constexpr (DT == DType::F32) {  // 128 bytes = 32 weights of each stream a step (f32_stream_step)
       for (; k + 32 <= K; k += 32) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int q = 0; q < S; ++q) {
           const uint8_t* p = row[q] + 4 * k;
           if constexpr (Hint >= 0) {
@@ -673,7 +678,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
     for (; k + 64 <= K; k += 64) {
       const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
       const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int q = 0; q < S; ++q) {
         const uint8_t* p = row[q] + 2 * k;
         if constexpr (Hint >= 0) {
@@ -688,7 +693,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
         s[q][3] = _mm512_fmadd_ps(stream_w<DT>(p, v, 3), x3, s[q][3]);
       }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int q = 0; q < S; ++q) {
       const int64_t n = n0 + q * len + i;
       a.Y[n] = stream_row_end<DT>(a, x, row[q], k, s[q], n);
@@ -699,9 +704,14 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 
 // The M = 1 stream kernel for rows [n0, n1): several streams a thread, with the software prefetch
 // hint of set_gemv_streams_prefetch (the same bits).
+// BF16 / F16 rows of K >= kHalfLongK: gemv_half_long_streams() streams (6, or else 4).
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) { gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1); });
+  const bool six = DT != DType::F32 && a.K >= kHalfLongK && gemv_half_long_streams() == 6;
+  with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) {
+    if (six) gemv_streams<DT, decltype(hint)::value, 6>(a, x, n0, n1);
+    else gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1);
+  });
 }
 
 // The single-stream GEMV's rows over the pool in guided chunks (base/thread_pool.h

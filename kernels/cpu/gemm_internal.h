@@ -175,6 +175,12 @@ bool gemv_stream_f32();
 // and A/B tools; process-wide.
 void set_gemv_streams_prefetch(GemvPrefetch p);
 GemvPrefetch gemv_streams_prefetch();
+// Streams a thread of those kernels for BF16 / F16 rows of K >= 4096 (gemm_avx512.cpp kHalfLongK):
+// 6 or 4 (any other value reads as 4); default per CPU (decode_tuning() half_long_streams: 4, 6 on
+// double-pumped AVX-512). F32 and shorter rows: 4. Same bits (each row's sums are its own). For the
+// tests and A/B tools; process-wide.
+void set_gemv_half_long_streams(int streams);
+int gemv_half_long_streams();
 // BF16 at M = 1 on AVX-512 with weights on 4 KiB pages: the 8-row block kernel (gemm_avx512.cpp
 // bf16_gemv_block) and its software prefetch (1 KiB ahead of each row): default per CPU
 // (decode_tuning() block_prefetch). Same bits. For the tests and A/B tools; process-wide.

@@ -3,10 +3,12 @@
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
 // pipelined prefetch into L2, the q8_0 pass in 2 parts a thread without software prefetch (Zen 5:
-// 4 parts, T0 1 KiB ahead) and the bf16 block GEMV without software prefetch), that the process-wide settings start from the table's row for this CPU, and
+// 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
+// on 6 streams a thread), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them. That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
-// gemv_q80_parts_bit_equal_four_group_pass and gemm_huge_pages_multi_stream_gemv,
+// gemv_q80_parts_bit_equal_four_group_pass, gemm_huge_pages_multi_stream_gemv and
+// gemm_huge_pages_half_long_streams_same_bits,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
 // test_attention.cpp attention_decode_pipeline_l2_same_bits).
 #include <cstdio>
@@ -55,6 +57,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.kquant_prefetch == GemvPrefetch::None);
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
+  EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
 }
 
 namespace {
@@ -68,6 +71,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += gemm_detail::gemv_streams_prefetch() != t.stream_prefetch;
   n += gemm_detail::q40_ms_prefetch() != t.q40_prefetch;
   n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
+  n += gemm_detail::gemv_half_long_streams() != t.half_long_streams;
 #if defined(__x86_64__)
   n += gemm_detail::kquant_streams() != t.kquant_streams;
   n += gemm_detail::kquant_prefetch() != t.kquant_prefetch;
@@ -86,7 +90,7 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  const int left_as_before = 9 - settings_differing_from(t);  // the entries both rows share (none)
+  const int left_as_before = 10 - settings_differing_from(t);  // the entries both rows share (none)
   gemm_detail::apply_decode_tuning(t);
   EXPECT(after_other == 0);
   EXPECT(left_as_before == 0);

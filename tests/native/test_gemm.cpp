@@ -667,6 +667,52 @@ TEST(gemm_huge_pages_multi_stream_gemv) {
       }
 }
 
+// The bf16 / f16 stream kernels' rows of K >= 4096 on 6 streams a thread (set_gemv_half_long_streams,
+// gemm_avx512.cpp kHalfLongK) against 4 streams and against each row alone (the one-stream kernel
+// gemv_stream): the same bits; and within the f32 tolerance of ref::gemm. N below, at and past
+// multiples of 6 and 4 (rows left over after the streams), K at the threshold and past it with a
+// tail, 1-3 threads, with bias. AVX-512 only.
+TEST(gemm_huge_pages_half_long_streams_same_bits) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  skip gemm_huge_pages_half_long_streams_same_bits: the stream kernels need AVX-512 (active ISA: %s)\n",
+                isa_name(isa_active()));
+    return;
+  }
+  ThreadPool pool2(2), pool3(3);
+  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
+  const int prev = gemm_detail::gemv_half_long_streams();
+  uint32_t seed = 9900;
+  for (DType t : {DType::BF16, DType::F16})
+    for (int64_t K : {4096, 4133})
+      for (int64_t N : {5, 6, 7, 13, 24, 61}) {
+        Weights w = make_weights(t, N, K, seed);
+        Problem p = make_problem(1, N, K, 0, 0, seed + 11);
+        seed += 17;
+        const float* bias = p.bias.data();
+        std::vector<float> R(size_t(p.ldy), kSentinel);
+        ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, 1, N, K);
+        const std::vector<double> S = abs_scale(p, w, bias);
+        std::vector<float> Y1(size_t(p.ldy), kSentinel);
+        const size_t row_bytes = size_t(K) * 2;  // bf16 / f16
+        for (int64_t n = 0; n < N; ++n)  // each row alone: one stream (gemv_stream)
+          gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data() + size_t(n) * row_bytes, t, bias + n, Y1.data() + n, 1, 1, 1,
+                          K, nullptr);
+        for (ThreadPool* pool : pools)
+          for (int streams : {4, 6}) {
+            const std::string what = std::string("half long-row GEMV ") + dtype_name(t) + " N=" + std::to_string(N) +
+                                     " K=" + std::to_string(K) + " streams=" + std::to_string(streams) +
+                                     " threads=" + std::to_string(pool ? pool->size() : 1);
+            std::vector<float> Y(size_t(p.ldy), kSentinel);
+            gemm_detail::set_gemv_half_long_streams(streams);
+            gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, 1, N, K, pool);
+            gemm_detail::set_gemv_half_long_streams(prev);
+            check_result(Y, R, p, S, 0.0, what);
+            if (std::memcmp(Y.data(), Y1.data(), size_t(N) * sizeof(float)) != 0)
+              emollm_test::report_failure(__FILE__, __LINE__, what + ": not the one-stream kernel's bits (rows alone)");
+          }
+      }
+}
+
 // Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
 // panels of 64 and 16, 6-row microkernels) with tails everywhere.
 TEST(gemm_blocked_large) {
