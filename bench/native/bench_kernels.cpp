@@ -561,32 +561,13 @@ float read_scalar(const float* p, int64_t n) {
 std::atomic<uint64_t> g_sink{0};
 void sink(float v) { uint32_t u; std::memcpy(&u, &v, 4); g_sink.fetch_add(u, std::memory_order_relaxed); }
 
-// FMA peak: bench_fma.h (16 independent accumulator chains of register-only FMAs per thread).
+// FMA peak: bench_fma.h (16 zmm / 12 ymm independent accumulator chains of register-only FMAs per thread).
 using bench::fma_avx512;
 using bench::kFmaAvx512FlopsPerIter;
+using bench::fma_avx2;
+using bench::kFmaAvx2FlopsPerIter;
 
-__attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) {
-  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-#define REP12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-#define DECL(i) __m256 c##i = _mm256_set1_ps(float(i) * 1e-3f);
-  REP12(DECL)
-#undef DECL
-  for (int64_t it = 0; it < iters; it++) {
-#define STEP(i) c##i = _mm256_fmadd_ps(c##i, a, b);
-    REP12(STEP)
-#undef STEP
-    __asm__ volatile("" ::: "memory");
-  }
-  __m256 s = _mm256_setzero_ps();
-#define SUM(i) s = _mm256_add_ps(s, c##i);
-  REP12(SUM)
-#undef SUM
-#undef REP12
-  float t[8];
-  _mm256_storeu_ps(t, s);
-  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-}
-constexpr double kFmaAvx2FlopsPerIter = 12 * 8 * 2;
+#define EMOLLM_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
 // bf16 dot products: vdpbf16ps does 16 lanes x 2 products x (mul + add) = 64 flops.
 __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {

@@ -19,6 +19,8 @@
 // (set_kquant_record_rows, fixed when the weights are packed, so the model is loaded twice, off and
 // on, and the blocks alternate between the two); small_half_copies: bf16 / f16 copies from 256 KiB (on)
 // against 2 MiB (core/backend.h set_small_half_copies, read when weights are placed: loaded twice);
+// packed_whole_huge: every packed copy in whole 2 MiB pages, tails included (set_packed_whole_huge_pages;
+// loaded twice: give a copy of the model file as the 5th argument, or the reload shares the copies);
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
@@ -255,6 +257,7 @@ const AbSwitch kSwitches[] = {
     {"pool_dynamic", [](bool on) { pool_dynamic_split(on); }},
     {"kq_record_rows", [](bool on) { set_kquant_record_rows(on ? 32 : 64); }, OnContext::ReloadedModel},
     {"small_half_copies", [](bool on) { set_small_half_copies(on); }, OnContext::ReloadedModel},
+    {"packed_whole_huge", [](bool on) { set_packed_whole_huge_pages(on); }, OnContext::ReloadedModel},
     {"bf16_prefill_fuse", [](bool on) { set_bf16_prefill_fuse(on); }},
     // a layer's q/k/v and gate/up at M = 1 as one dispatch (kernels.h set_gemv_fusion) against one a matrix
     {"gemv_fuse", [](bool on) { set_gemv_fusion(on); }},
@@ -321,7 +324,9 @@ int main(int argc, char** argv) {
     ctx_on = std::make_unique<LlamaContext>(m, oh);
   } else if (chosen->on_context == OnContext::ReloadedModel) {
     set(true);
-    m_on = LlamaModel::load(argv[1], lo);
+    // a 5th argument (a copy of the model file): the on model gets packed copies of its own (a
+    // reload of the same file shares the off model's where the layout is the same)
+    m_on = LlamaModel::load(argc >= 6 ? argv[5] : argv[1], lo);
     ctx_on = std::make_unique<LlamaContext>(m_on, o);
   } else if (chosen->on_context == OnContext::OtherModel) {
     if (argc < 6) { std::fprintf(stderr, "decode_switch_ab: other_model needs the other model file as the 5th argument\n"); return 2; }

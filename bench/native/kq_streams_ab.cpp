@@ -16,7 +16,9 @@
 //   read-4-nopf / read-1-nopf  four streams 128 B a step / one stream 256 B a step, no software prefetch
 // Copies: 2 MiB pages, rotated over >= 512 MiB (beyond L3 on both cores; RP_COPIES=1 with a small
 // N x K: one copy, hot in L2).
-// Usage (repository root): [RP_CPU=1] [RP_COPIES=n] [RP_M=m] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
+// RP_CPU=process (more than 1 thread): the process's CPU time over the threads (the pool's waits included;
+// preemption excluded), read as ratios of interleaved rows on a loaded machine.
+// Usage (repository root): [RP_CPU=1|process] [RP_COPIES=n] [RP_M=m] ./build-bench/kq_streams_ab [q4_K|q6_K] [threads 1] [rounds 60] [N 5632] [K 2048]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -73,7 +75,7 @@ int main(int argc, char** argv) {
   const DType t = argc > 1 && std::strcmp(argv[1], "q6_K") == 0 ? DType::Q6_K : DType::Q4_K;
   // RP_COPIES=n: n copies (RP_COPIES=1 with a small N x K: the records hot in L2, the pass's
   // compute rate without the memory side)
-  const bench::PatternArgs a = bench::pattern_args(argc, argv, 2, 60, false, bench::CopiesFrom::Env);  // RP_CPU=1
+  const bench::PatternArgs a = bench::pattern_args(argc, argv, 2, 60, true, bench::CopiesFrom::Env);  // RP_CPU=1 | process
   const int64_t N = a.N, K = a.K;
   if (!kquant_repacked_usable() || K % 256 != 0) {
     std::fprintf(stderr, "kq_streams_ab: needs AVX-512 VNNI and K a multiple of 256\n");

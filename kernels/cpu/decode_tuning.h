@@ -56,6 +56,11 @@ struct DecodeTuning {
   // without it (0.96-1.02x T0 8 KiB; the previous layout 0.56-0.63x), but not q6_K's (0.45-0.75x)
   // nor two streams (q4_K 0.86-0.93x, q6_K 0.46-0.63x of T0); the 1.1B decode at 1 thread,
   // AB_SWITCH=kq_nopf, 3 processes: none / T0 q4_k_m 0.71-0.82x, q6_k 0.52-0.69x.
+  // Zen 4 re-measured (session 28, same tool, 1 thread, thread CPU time, load 10-14, 3 processes x
+  // 100 rounds at the 1.1B and 7B shapes, med r/rnd against the row): one stream without prefetch
+  // stays best, at 0.93-0.99x (q4_K) / 0.89-0.97x (q6_K) a plain one-stream read; two streams
+  // 0.94-0.97x / 0.95-1.00x of it, T0 on one stream 4-16 KiB ahead 0.76-0.89x / 0.85-0.97x, two
+  // streams 1-8 KiB ahead 0.54-0.86x / 0.73-0.91x (at 2 threads, process CPU time, T0 lost alike).
   GemvPrefetch kquant_prefetch = GemvPrefetch::T0;
   // The decode attention's pipelined prefetch of the next sub-block (attention.cpp PfCursor,
   // attention_internal.h decode_pipeline_l2): into L2 (prefetcht2, true) or L1. Zen 4: L2

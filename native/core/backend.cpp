@@ -155,8 +155,16 @@ std::atomic<bool>& bf16_prefill_fuse_flag() {
   return on;
 }
 size_t half_copy_min_bytes() { return small_half_copies_flag().load(std::memory_order_relaxed) ? (size_t(256) << 10) : kHugePageBytes; }
+// backend.h set_packed_whole_huge_pages (A/B only, off): a copy of 256 KiB or more in whole 2 MiB
+// pages, its size rounded up (its tail and a GQA model's small k / v too).
+std::atomic<bool>& packed_whole_huge_flag() {
+  static std::atomic<bool> on{false};
+  return on;
+}
 void* alloc_packed(size_t bytes) {
   constexpr size_t kHuge = kHugePageBytes;
+  if (packed_whole_huge_flag().load(std::memory_order_relaxed) && bytes >= (size_t(256) << 10))
+    return aligned_alloc_huge((bytes + kHuge - 1) / kHuge * kHuge);
   if (bytes < kHuge) return aligned_alloc_bytes(bytes);
   return aligned_alloc_huge(bytes);
 }
@@ -657,6 +665,7 @@ class Scratch {
 
 }  // namespace
 
+void set_packed_whole_huge_pages(bool on) { packed_whole_huge_flag().store(on, std::memory_order_relaxed); }
 void set_small_half_copies(bool on) { small_half_copies_flag().store(on, std::memory_order_relaxed); }
 void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
 bool f32_huge_copies() { return f32_huge_copies_flag().on(); }

@@ -54,6 +54,16 @@ bool bf16_decoder_panels();
 // Read when weights are placed; process-wide.
 void set_small_half_copies(bool on);
 bool small_half_copies();
+// A/B only (decode_switch_ab packed_whole_huge; off, the default): every packed copy of 256 KiB or
+// more (K-quant / q4_0 / q8_0 records, bf16 / f16 / f32 copies) placed in whole 2 MiB pages, its
+// size rounded up to them, where by default only the whole 2 MiB pages of a copy are huge pages
+// and its tail (and any copy under 2 MiB: a GQA model's k / v) stays in 4 KiB pages, on which
+// Zen 4's hardware prefetchers stop at every page edge. Costs up to 2 MiB of memory a matrix
+// (the 1.1B q4_k_m: +249 MiB resident). Session 28 (Zen 4, 1 thread, thread CPU time, load 10-12):
+// the 1.1B q4_k_m decode 1.065-1.077x, q6_k 1.044-1.089x (A/As with a copy of the file
+// 0.969-1.007x), the fused q / k / v at ~0.8x the bytes a second of gate / up without it. Read
+// when weights are placed; process-wide. Same bytes, same outputs.
+void set_packed_whole_huge_pages(bool on);
 // Decoder F32 matrices (GemmRows::Any, from half_copy_min_bytes) copied into 2 MiB pages as the
 // BF16 / F16 ones are (same layout, the same kernels read it: same bits), the file's pages
 // released. Default on (quiet A/B: decode 1.14-1.25x); EMOLLM_F32_HUGE_COPIES=0 or

@@ -831,6 +831,39 @@ TEST(cpu_backend_copies_f32_weights_to_huge_pages_by_default) {
   set_f32_huge_copies(f32_was);
 }
 
+// set_packed_whole_huge_pages (A/B only, off by default): a packed copy of 256 KiB or more is
+// placed in whole 2 MiB pages (2 MiB-aligned, its size rounded up): the same bytes, the same
+// accounting of them, the same outputs.
+TEST(cpu_backend_packed_whole_huge_pages_places_copies_on_2m_boundaries) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const bool repack_was = weight_repacking(), f32_was = f32_huge_copies();
+  set_weight_repacking(true);
+  set_f32_huge_copies(true);
+  const int64_t N = 256, K = 1024;  // 1 MiB of f32: by default a copy in 4 KiB pages
+  const std::vector<float> w = randv(size_t(N * K), 7420), X = randv(size_t(K), 7421);
+  std::vector<float> want(static_cast<size_t>(N)), got(static_cast<size_t>(N), -1.f);
+  ThreadPool pool(2);
+  gemm(X.data(), K, w.data(), DType::F32, nullptr, want.data(), N, 1, N, K, &pool);
+  set_packed_whole_huge_pages(true);
+  {
+    auto h = be->pack_gemm_weight(w.data(), DType::F32, N, K);
+    EXPECT(h != nullptr);
+    if (h) {
+      EXPECT(h->bytes() == w.size() * sizeof(float));
+      EXPECT(packed_gemm_weight_bytes() == w.size() * sizeof(float));
+      const void* view = be->gemm_weight_bytes(w.data(), DType::F32, N, K);
+      EXPECT(view != static_cast<const void*>(w.data()) && reinterpret_cast<uintptr_t>(view) % (size_t(2) << 20) == 0);
+      EXPECT(std::memcmp(view, w.data(), w.size() * sizeof(float)) == 0);
+      be->gemm(X.data(), K, w.data(), DType::F32, nullptr, got.data(), N, 1, N, K);
+      EXPECT(got == want);
+    }
+  }
+  set_packed_whole_huge_pages(false);
+  EXPECT(packed_gemm_weight_bytes() == 0);
+  set_weight_repacking(repack_was);
+  set_f32_huge_copies(f32_was);
+}
+
 // A bf16 decoder's prefill q / k / v through the CPU backend's gemm_multi on their 2 MiB-page
 // copies (set_bf16_prefill_fuse, default on: one gemm_bf16_rows_multi) gives each output what
 // be->gemm() gives it, bit for bit, and the same as with the switch off (one gemm() each); at
