@@ -33,7 +33,8 @@
 // AB_THP=0: no transparent huge pages in the process;
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
-// prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s);
+// prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s; with AB_FRESH=1
+// each into a new context of the first model instead, made untimed, as bench:decode's runs do);
 // AB_SEQS=s: `block` decode steps of s sequences at once (eval_batch, one token each; rates in
 // tokens/s of all sequences); AB_CREATE=n: `block` contexts of n positions created (prefaulted) and
 // destroyed (rates in contexts/s)):
@@ -342,8 +343,16 @@ int main(int argc, char** argv) {
   std::vector<float> batch_out;
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
+  // AB_FRESH=1 (with AB_PREFILL): each prefill into a new context (made untimed, as bench:decode's
+  // runs each make one), not the first context truncated back
+  const bool fresh = n_prefill && std::getenv("AB_FRESH") && std::strcmp(std::getenv("AB_FRESH"), "1") == 0;
+  std::unique_ptr<LlamaContext> ctx_fresh;
   auto run = [&](bool on) {
     set(on);
+    if (fresh) {
+      ctx_fresh.reset();
+      ctx_fresh = std::make_unique<LlamaContext>(m, o);  // the first model (not with a context of its own for on)
+    }
     timespec c0, c1;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     auto t0 = std::chrono::steady_clock::now();
@@ -354,6 +363,10 @@ int main(int argc, char** argv) {
       for (int i = 0; i < block; ++i) LlamaContext fresh(m, oc);
     } else if (n_prefill) {
       for (int i = 0; i < block; ++i) {
+        if (fresh) {
+          ctx_fresh->eval(prompt.data(), n_prefill);
+          continue;
+        }
         c.truncate(n_prompt);
         c.eval(prompt.data(), n_prefill);
       }
@@ -377,7 +390,10 @@ int main(int argc, char** argv) {
     const double cpu = (c1.tv_sec - c0.tv_sec) + 1e-9 * (c1.tv_nsec - c0.tv_nsec);
     return use_cpu ? cpu : wall;
   };
-  run(false);  // warm
+  {  // warm (untimed in the totals; printed: a prefill's first call in the process pays its first-use costs)
+    const double w = run(false);
+    std::printf("warm (off): %.2f tok/s\n", block * per_block / w);
+  }
   for (int on = 0; on < 2 && std::getenv("AB_HANDOFF"); ++on) {  // off, then on (same context: ctx)
     set(on != 0);
     ctx.eval(&tok, 1);  // untimed: a switch read at the next call takes effect here
