@@ -170,8 +170,16 @@ void* alloc_packed(size_t bytes) {
 }
 
 // backend.h set_packed_arena: packed copies back to back in chunks of 2 MiB pages (PackedArena).
+// Default on, every CPU: the 4 KiB page edges stop the hardware prefetchers (an L2 stream does not
+// cross a 4 KiB page on x86 cores generally, Zen 4 the one measured). Session 28, Zen 4 (EPYC
+// Genoa, 2 vCPUs), decode_switch_ab AB_CPU=1 1 thread, 8 x 16 tokens, with a copy of the file,
+// load 2-5: TinyLlama-1.1B decode arena / per-copy placement q4_k_m 1.066 / 1.104, q4_0 1.046 /
+// 1.112, q8_0 0.998 / 1.028, bf16 0.960 / 1.027; arena / whole 2 MiB pages a copy q4_k_m 1.005,
+// q4_0 0.939, q8_0 1.021, bf16 0.987 (A/As arena / arena 0.983-1.016); a load's resident memory
+// +0.8 MiB (q4_k_m, 658.7 against 657.9), +1.4 (q4_0), +6.1 (q8_0), -0.2 (bf16) where whole pages a
+// copy cost +249 / +273 / +164 / +45 MiB (bench/README Zen 4, session 28 h-arena).
 std::atomic<bool>& packed_arena_flag() {
-  static std::atomic<bool> on{false};
+  static std::atomic<bool> on{true};
   return on;
 }
 std::atomic<size_t> g_arena_chunks{0}, g_arena_chunk_bytes{0};
