@@ -21,6 +21,10 @@
 // against 2 MiB (core/backend.h set_small_half_copies, read when weights are placed: loaded twice);
 // packed_whole_huge: every packed copy in whole 2 MiB pages, tails included (set_packed_whole_huge_pages;
 // loaded twice: give a copy of the model file as the 5th argument, or the reload shares the copies);
+// packed_arena: the packed copies back to back in 64 MiB arenas of 2 MiB pages (on) against each copy
+// its own memory (set_packed_arena; loaded twice, a copy of the file as the 5th argument too);
+// arena_vs_whole: the arena (on) against whole 2 MiB pages a copy (off; the same); packed_arena_aa: both
+// loads in the arena (an A/A); (ReloadedModel switches print Rss / AnonHugePages around each load);
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
@@ -143,6 +147,21 @@ void print_huge_coverage() {
               "AnonHugePages %.0f FilePmdMapped %.0f MiB\n",
               size / 1024, rss / 1024, anon / 1024, pmd / 1024, big[0] / 1024, big[1] / 1024, big[2] / 1024, big[3] / 1024);
 }
+// The process's resident memory (/proc/self/smaps_rollup: Rss, Anonymous, AnonHugePages, MiB) at
+// `what`: before and after each load of a ReloadedModel switch (a load's cost: after less before).
+void print_rss(const char* what) {
+  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!f) return;
+  char line[256];
+  double rss = 0, anon = 0, ahp = 0, kb = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::sscanf(line, "Rss: %lf kB", &kb) == 1) rss = kb;
+    else if (std::sscanf(line, "Anonymous: %lf kB", &kb) == 1) anon = kb;
+    else if (std::sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) ahp = kb;
+  }
+  std::fclose(f);
+  std::printf("rss %s: Rss %.1f Anonymous %.1f AnonHugePages %.1f MiB\n", what, rss / 1024, anon / 1024, ahp / 1024);
+}
 // The model's token embedding table (set after the load) and what the embd_populate switch does to it.
 const void* g_embd = nullptr;
 size_t g_embd_bytes = 0;
@@ -259,6 +278,11 @@ const AbSwitch kSwitches[] = {
     {"kq_record_rows", [](bool on) { set_kquant_record_rows(on ? 32 : 64); }, OnContext::ReloadedModel},
     {"small_half_copies", [](bool on) { set_small_half_copies(on); }, OnContext::ReloadedModel},
     {"packed_whole_huge", [](bool on) { set_packed_whole_huge_pages(on); }, OnContext::ReloadedModel},
+    {"packed_arena", [](bool on) { set_packed_arena(on); }, OnContext::ReloadedModel},
+    // whole 2 MiB pages a copy (off) against the arena (on): the arena's share of packed_whole_huge's gain
+    {"arena_vs_whole", [](bool on) { set_packed_arena(on); set_packed_whole_huge_pages(!on); }, OnContext::ReloadedModel},
+    // both loads in the arena (an A/A of the reload with a copy of the file)
+    {"packed_arena_aa", [](bool) { set_packed_arena(true); }, OnContext::ReloadedModel},
     {"bf16_prefill_fuse", [](bool on) { set_bf16_prefill_fuse(on); }},
     // a layer's q/k/v and gate/up at M = 1 as one dispatch (kernels.h set_gemv_fusion) against one a matrix
     {"gemv_fuse", [](bool on) { set_gemv_fusion(on); }},
@@ -303,7 +327,9 @@ int main(int argc, char** argv) {
   void (*const set)(bool) = chosen->set;
   if (chosen->on_context == OnContext::ReloadedModel) set(false);
   LlamaLoadOptions lo; lo.threads = threads;
+  if (chosen->on_context == OnContext::ReloadedModel) print_rss("before the off load");
   auto m = LlamaModel::load(argv[1], lo);
+  if (chosen->on_context == OnContext::ReloadedModel) print_rss("after the off load");
   g_embd = m->tok_embd.data;
   g_embd_bytes = size_t(m->tok_embd.rows) * dtype_row_bytes(m->tok_embd.dtype, m->tok_embd.cols);
   // AB_PROMPT=n: n prompt tokens first (default 16), so the decode attention reads a longer cache
@@ -324,10 +350,12 @@ int main(int argc, char** argv) {
     oh.kv_type = DType::F16;
     ctx_on = std::make_unique<LlamaContext>(m, oh);
   } else if (chosen->on_context == OnContext::ReloadedModel) {
+    print_rss("before the on load");
     set(true);
     // a 5th argument (a copy of the model file): the on model gets packed copies of its own (a
     // reload of the same file shares the off model's where the layout is the same)
     m_on = LlamaModel::load(argc >= 6 ? argv[5] : argv[1], lo);
+    print_rss("after the on load");
     ctx_on = std::make_unique<LlamaContext>(m_on, o);
   } else if (chosen->on_context == OnContext::OtherModel) {
     if (argc < 6) { std::fprintf(stderr, "decode_switch_ab: other_model needs the other model file as the 5th argument\n"); return 2; }

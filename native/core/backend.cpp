@@ -169,6 +169,116 @@ void* alloc_packed(size_t bytes) {
   return aligned_alloc_huge(bytes);
 }
 
+// backend.h set_packed_arena: packed copies back to back in chunks of 2 MiB pages (PackedArena).
+// Default on, every CPU: the 4 KiB page edges stop the hardware prefetchers (an L2 stream does not
+// cross a 4 KiB page on x86 cores generally, Zen 4 the one measured). Session 28, Zen 4 (EPYC
+// Genoa, 2 vCPUs), decode_switch_ab AB_CPU=1 1 thread, 8 x 16 tokens, with a copy of the file,
+// load 2-5: TinyLlama-1.1B decode arena / per-copy placement q4_k_m 1.066 / 1.104, q4_0 1.046 /
+// 1.112, q8_0 0.998 / 1.028, bf16 0.960 / 1.027; arena / whole 2 MiB pages a copy q4_k_m 1.005,
+// q4_0 0.939, q8_0 1.021, bf16 0.987 (A/As arena / arena 0.983-1.016); a load's resident memory
+// +0.8 MiB (q4_k_m, 658.7 against 657.9), +1.4 (q4_0), +6.1 (q8_0), -0.2 (bf16) where whole pages a
+// copy cost +249 / +273 / +164 / +45 MiB (bench/README Zen 4, session 28 h-arena).
+std::atomic<bool>& packed_arena_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+std::atomic<size_t> g_arena_chunks{0}, g_arena_chunk_bytes{0};
+
+// A chunk of transparent huge pages (aligned_alloc_huge: 2 MiB-aligned, a multiple of 2 MiB) that
+// packed copies are bumped into; freed when the last copy in it goes (each copy holds a
+// shared_ptr; the arena only a weak_ptr).
+struct ArenaChunk {
+  uint8_t* base = nullptr;
+  size_t cap = 0, used = 0;  // used: under PackedArena's lock
+  explicit ArenaChunk(size_t c) : base(static_cast<uint8_t*>(aligned_alloc_huge(c))), cap(c) {
+    g_arena_chunks.fetch_add(1);
+    g_arena_chunk_bytes.fetch_add(c);
+  }
+  ~ArenaChunk() {
+    aligned_free(base);
+    g_arena_chunks.fetch_sub(1);
+    g_arena_chunk_bytes.fetch_sub(cap);
+  }
+  ArenaChunk(const ArenaChunk&) = delete;
+  ArenaChunk& operator=(const ArenaChunk&) = delete;
+};
+
+// Where a packed copy lives: its own allocation (chunk null: alloc_packed, aligned_free) or a
+// range of an arena chunk.
+struct PackedBlock {
+  void* data = nullptr;
+  std::shared_ptr<ArenaChunk> chunk;
+  size_t reserved = 0;  // bytes taken in the chunk (a multiple of kArenaAlign)
+};
+
+// The packed copies' arena (set_packed_arena): by default each copy had memory of its own, whose
+// whole 2 MiB pages only were huge pages, its tail (and any copy under 2 MiB: a GQA model's k / v)
+// in 4 KiB pages, where the hardware prefetchers stop at every page edge (Zen 4 session 28: the
+// 1.1B q4_k_m decode 4-9% slower than with whole 2 MiB pages, bench/README); whole pages per copy
+// cost up to 2 MiB a matrix. Here copies go back to back, each at a 4 KiB boundary (the kernels
+// need 64 B; a page keeps each copy's pages its own, so a released copy's pages can be dropped),
+// into 64 MiB chunks (or the copy's size rounded up to 2 MiB when larger), first fit over the chunks
+// still alive: a chunk's unused end is untouched (not resident) but for the huge page the last copy
+// ends in. Nothing is reused inside a chunk: a copy released while its chunk lives (another load's
+// copies beside it) has its pages dropped (MADV_DONTNEED), and the chunk goes with its last copy.
+class PackedArena {
+ public:
+  static constexpr size_t kChunkBytes = size_t(64) << 20;
+  static constexpr size_t kArenaAlign = 4096;
+  PackedBlock alloc(size_t bytes) {
+    PackedBlock b;
+    b.reserved = (std::max<size_t>(bytes, 1) + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
+    std::lock_guard<std::mutex> lk(mu_);
+    for (size_t i = 0; i < open_.size();) {
+      std::shared_ptr<ArenaChunk> c = open_[i].lock();
+      if (!c || c->cap - c->used < kArenaAlign) {  // gone, or full
+        open_.erase(open_.begin() + std::ptrdiff_t(i));
+        continue;
+      }
+      if (c->cap - c->used >= b.reserved) {
+        b.data = c->base + c->used;
+        c->used += b.reserved;
+        b.chunk = std::move(c);
+        return b;
+      }
+      ++i;
+    }
+    const size_t cap = std::max(kChunkBytes, (b.reserved + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes);
+    b.chunk = std::make_shared<ArenaChunk>(cap);
+    b.data = b.chunk->base;
+    b.chunk->used = b.reserved;
+    open_.push_back(b.chunk);
+    return b;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::weak_ptr<ArenaChunk>> open_;
+};
+PackedArena& the_packed_arena() {
+  static PackedArena* a = new PackedArena();  // never destroyed: copies may outlive static destruction order
+  return *a;
+}
+PackedBlock alloc_packed_block(size_t bytes) {
+  if (!packed_whole_huge_flag().load(std::memory_order_relaxed) && packed_arena_flag().load(std::memory_order_relaxed))
+    return the_packed_arena().alloc(bytes);
+  PackedBlock b;
+  b.data = alloc_packed(bytes);
+  return b;
+}
+void free_packed_block(PackedBlock& b) {
+  if (!b.chunk) {
+    aligned_free(b.data);
+  } else {
+#if defined(__linux__) && defined(MADV_DONTNEED)
+    // the chunk lives on (other copies in it): give this copy's pages back (never reused)
+    if (b.chunk.use_count() > 1) (void)madvise(b.data, b.reserved, MADV_DONTNEED);
+#endif
+    b.chunk.reset();
+  }
+  b.data = nullptr;
+}
+
 // Faults in [lo, hi) writable, contents unchanged: a locked add of 0 to one byte per 4 KiB (one
 // write fault per page, none on a page already there; a 2 MiB huge page faults whole on its first
 // byte). EMOLLM_PREFAULT_METHOD=populate (Linux >= 5.14): madvise(MADV_POPULATE_WRITE) first,
@@ -207,11 +317,16 @@ class PackedTable {
   struct Entry {
     DType t;
     int64_t N, K;
-    void* data;
+    PackedBlock block;
     size_t bytes;
     int refs;
     bool panels;
   };
+  // A copy's layout beyond (type, N, K): K-quant records' rows (kquant_record_rows(), fixed when
+  // the records are written and read by the kernels at each call): two loads of one file (one
+  // mapping, one W) with different record rows get a copy each (decode_switch_ab kq_record_rows),
+  // and gemm() finds the one of the rows in force. 0 for the others.
+  static int layout_of(DType t) { return kquant_repack_supported(t) ? int(kquant_record_rows()) : 0; }
   // The packed copy for gemm(W, t, N, K), or null. One lock per gemm call, held for a hash lookup:
   // nothing next to streaming the matrix. A plain mutex, not std::shared_mutex: the latter's
   // pthread_rwlock_* are GLIBC_2.34 symbols on aarch64, above the prebuilds' glibc 2.33 floor
@@ -219,76 +334,89 @@ class PackedTable {
   const void* find(const void* W, DType t, int64_t N, int64_t K, bool* panels) const {
     *panels = false;
     if (count_.load(std::memory_order_relaxed) == 0) return nullptr;
+    const Key key{W, layout_of(t)};
     std::lock_guard<std::mutex> lk(mu_);
-    auto it = map_.find(W);
+    auto it = map_.find(key);
     if (it == map_.end() || it->second.t != t || it->second.N != N || it->second.K != K) return nullptr;
     *panels = it->second.panels;
-    return it->second.data;
+    return it->second.block.data;
   }
   // Takes a reference to W's packed copy, making it with `make` when absent. False when W is
-  // packed for another shape or layout (then nothing is taken).
+  // packed for another shape or layout (then nothing is taken). *layout: the copy's layout key
+  // (CpuPackedWeight's release).
   // The copy is made without the lock held, so gemm() calls of other models on this backend do
   // not wait for a load's repacking.
   template <class Make>
-  bool acquire(const void* W, DType t, int64_t N, int64_t K, size_t bytes, Make&& make, bool panels = false) {
-    if (int r = take_existing(W, t, N, K, panels); r >= 0) return r == 1;
-    void* data = alloc_packed(bytes);
+  bool acquire(const void* W, DType t, int64_t N, int64_t K, size_t bytes, Make&& make, bool panels, int* layout) {
+    const Key key{W, layout_of(t)};
+    *layout = key.layout;
+    if (int r = take_existing(key, t, N, K, panels); r >= 0) return r == 1;
+    PackedBlock block = alloc_packed_block(bytes);
     try {
-      make(data);
+      make(block.data);
     } catch (...) {
-      aligned_free(data);
+      free_packed_block(block);
       throw;
     }
     std::lock_guard<std::mutex> lk(mu_);
-    auto it = map_.find(W);
+    auto it = map_.find(key);
     if (it != map_.end()) {  // packed by another thread meanwhile
-      aligned_free(data);
+      free_packed_block(block);
       if (it->second.t != t || it->second.N != N || it->second.K != K || it->second.panels != panels) return false;
       it->second.refs++;
       return true;
     }
-    map_.emplace(W, Entry{t, N, K, data, bytes, 1, panels});
+    map_.emplace(key, Entry{t, N, K, std::move(block), bytes, 1, panels});
     count_.fetch_add(1);
     g_packed_bytes.fetch_add(bytes);
     return true;
   }
-  // 1: a reference to W's existing copy was taken; 0: W is packed for another shape or layout;
-  // -1: absent.
-  int take_existing(const void* W, DType t, int64_t N, int64_t K, bool panels) {
+  void release(const void* W, int layout) {
     std::lock_guard<std::mutex> lk(mu_);
-    auto it = map_.find(W);
-    if (it == map_.end()) return -1;
-    if (it->second.t != t || it->second.N != N || it->second.K != K || it->second.panels != panels) return 0;
-    it->second.refs++;
-    return 1;
-  }
-  void release(const void* W) {
-    std::lock_guard<std::mutex> lk(mu_);
-    auto it = map_.find(W);
+    auto it = map_.find(Key{W, layout});
     if (it == map_.end() || --it->second.refs > 0) return;
-    aligned_free(it->second.data);
+    free_packed_block(it->second.block);
     g_packed_bytes.fetch_sub(it->second.bytes);
     map_.erase(it);
     count_.fetch_sub(1);
   }
 
  private:
+  struct Key {
+    const void* W;
+    int layout;
+    bool operator==(const Key& o) const { return W == o.W && layout == o.layout; }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return std::hash<const void*>()(k.W) ^ (size_t(k.layout) * 0x9e3779b97f4a7c15ull); }
+  };
+  // 1: a reference to W's existing copy was taken; 0: W is packed for another shape or layout;
+  // -1: absent.
+  int take_existing(const Key& key, DType t, int64_t N, int64_t K, bool panels) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = map_.find(key);
+    if (it == map_.end()) return -1;
+    if (it->second.t != t || it->second.N != N || it->second.K != K || it->second.panels != panels) return 0;
+    it->second.refs++;
+    return 1;
+  }
   mutable std::mutex mu_;
-  std::unordered_map<const void*, Entry> map_;
+  std::unordered_map<Key, Entry, KeyHash> map_;
   std::atomic<size_t> count_{0};
 };
 
 class CpuPackedWeight final : public PackedGemmWeight {
  public:
-  CpuPackedWeight(std::shared_ptr<PackedTable> table, const void* W, size_t bytes)
-      : table_(std::move(table)), W_(W), bytes_(bytes) {}
-  ~CpuPackedWeight() override { table_->release(W_); }
+  CpuPackedWeight(std::shared_ptr<PackedTable> table, const void* W, size_t bytes, int layout)
+      : table_(std::move(table)), W_(W), bytes_(bytes), layout_(layout) {}
+  ~CpuPackedWeight() override { table_->release(W_, layout_); }
   size_t bytes() const override { return bytes_; }
 
  private:
   std::shared_ptr<PackedTable> table_;
   const void* W_;
   size_t bytes_;
+  int layout_;
 };
 
 class CpuBackend final : public Backend {
@@ -460,16 +588,17 @@ class CpuBackend final : public Backend {
         K > 0 && weight_repacking() && bf16_panels_usable()) {
       const size_t bytes = bf16_panels_bytes(N, K);
       bool made = false;
+      int layout = 0;
       if (!packed_->acquire(
               W, wtype, N, K, bytes,
               [&](void* out) {
                 bf16_pack_panels(W, N, K, out, &pool_);
                 made = true;
               },
-              true))
+              true, &layout))
         return nullptr;
       if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
-      return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
+      return std::make_unique<CpuPackedWeight>(packed_, W, bytes, layout);
     }
     if (rows == GemmRows::Many) return nullptr;  // the layouts below serve the decode GEMV
     if (W && weight_repacking() && N > 0 && K > 0 &&
@@ -477,21 +606,23 @@ class CpuBackend final : public Backend {
         size_t(N) * dtype_row_bytes(wtype, K) >= half_copy_min_bytes()) {
       const size_t bytes = size_t(N) * dtype_row_bytes(wtype, K);
       bool made = false;
+      int layout = 0;
       if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
             pool_.parallel_for(int64_t(bytes), 1 << 20, [&](int64_t b, int64_t e) {
               std::memcpy(static_cast<uint8_t*>(out) + b, static_cast<const uint8_t*>(W) + b, size_t(e - b));
             });
             made = true;
-          }))
+          }, false, &layout))
         return nullptr;
       if (made) release_pages(W, bytes);
-      return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
+      return std::make_unique<CpuPackedWeight>(packed_, W, bytes, layout);
     }
     // Q4_K / Q6_K: kquant_repack's 16-row records (EMOLLM_REPACK=0: the GGUF bytes, read in place)
     if (W && weight_repacking() && kquant_repacking() && kquant_repack_supported(wtype) && N > 0 && K > 0 &&
         K % 256 == 0 && kquant_repacked_usable()) {
       const size_t bytes = kquant_repack_bytes(wtype, N, K), rb = dtype_row_bytes(wtype, K);
       bool made = false;
+      int layout = 0;
       if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
             // In slices of ~kKquantPackSliceBytes (16 MiB) of the file's rows (whole 16-row records), each
             // slice's pages released once its records are written: a matrix's original pages and
@@ -508,23 +639,24 @@ class CpuBackend final : public Backend {
               if (n < N) release_pages(src, size_t(n) * rb);
             }
             made = true;
-          }))
+          }, false, &layout))
         return nullptr;
       if (made) release_pages(W, size_t(N) * rb);  // the whole range: pages two slices shared
-      return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
+      return std::make_unique<CpuPackedWeight>(packed_, W, bytes, layout);
     }
     if (!W || !weight_repacking() || (wtype != DType::Q4_0 && wtype != DType::Q8_0) || N <= 0 || K <= 0 || K % 32 != 0)
       return nullptr;
     if (!(isa_active() >= Isa::Avx512 && cpu_features().avx512vnni)) return nullptr;
     const size_t bytes = quant_repack_bytes(wtype, N, K);
     bool made = false;
+    int layout = 0;
     if (!packed_->acquire(W, wtype, N, K, bytes, [&](void* out) {
           quant_repack(W, wtype, N, K, out, &pool_);
           made = true;
-        }))
+        }, false, &layout))
       return nullptr;
     if (made) release_pages(W, size_t(N) * dtype_row_bytes(wtype, K));
-    return std::make_unique<CpuPackedWeight>(packed_, W, bytes);
+    return std::make_unique<CpuPackedWeight>(packed_, W, bytes, layout);
   }
   const void* gemm_weight_bytes(const void* W, DType wtype, int64_t N, int64_t K) const override {
     // the 2 MiB-page copy has W's layout; a bf16 panel copy (GemmRows::Many) does not
@@ -666,6 +798,10 @@ class Scratch {
 }  // namespace
 
 void set_packed_whole_huge_pages(bool on) { packed_whole_huge_flag().store(on, std::memory_order_relaxed); }
+void set_packed_arena(bool on) { packed_arena_flag().store(on, std::memory_order_relaxed); }
+bool packed_arena() { return packed_arena_flag().load(std::memory_order_relaxed); }
+size_t packed_arena_chunks() { return g_arena_chunks.load(); }
+size_t packed_arena_chunk_bytes() { return g_arena_chunk_bytes.load(); }
 void set_small_half_copies(bool on) { small_half_copies_flag().store(on, std::memory_order_relaxed); }
 void set_f32_huge_copies(bool on) { f32_huge_copies_flag().set(on); }
 bool f32_huge_copies() { return f32_huge_copies_flag().on(); }

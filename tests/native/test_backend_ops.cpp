@@ -864,6 +864,161 @@ TEST(cpu_backend_packed_whole_huge_pages_places_copies_on_2m_boundaries) {
   set_f32_huge_copies(f32_was);
 }
 
+// set_packed_arena: packed copies back to back in chunks of 2 MiB pages. The placement's flags for
+// a scope, then the previous ones.
+namespace {
+struct ArenaScope {
+  bool repack, f32, arena;
+  explicit ArenaScope(bool on) : repack(weight_repacking()), f32(f32_huge_copies()), arena(packed_arena()) {
+    set_weight_repacking(true);
+    set_f32_huge_copies(true);
+    set_packed_whole_huge_pages(false);
+    set_packed_arena(on);
+  }
+  ~ArenaScope() {
+    set_packed_arena(arena);
+    set_f32_huge_copies(f32);
+    set_weight_repacking(repack);
+  }
+};
+size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+}  // namespace
+
+// Copies in the arena: each at a 4 KiB boundary, the next right after the previous one's bytes
+// rounded up to 4 KiB (one chunk for them all), the same bytes as the matrix, the same outputs as
+// gemm() on the original bytes (f32 and bf16 copies, 256 KiB to 3 MiB + 4 KiB, M = 1 and 3), the
+// same accounting; the chunk freed (count and bytes back) when the last copy goes.
+TEST(cpu_backend_packed_arena_copies_back_to_back_same_bytes_and_outputs) {
+  auto be = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const ArenaScope scope(true);
+  const size_t chunks0 = packed_arena_chunks(), chunk_bytes0 = packed_arena_chunk_bytes(), packed0 = packed_gemm_weight_bytes();
+  const int64_t K = 1024;
+  const int64_t Ns[] = {64, 257, 768, 129};  // f32 256 KiB, f32 1 MiB + 4 KiB, bf16 1.5 MiB, bf16 258 KiB
+  const DType ts[] = {DType::F32, DType::F32, DType::BF16, DType::BF16};
+  std::vector<std::vector<uint8_t>> w(4);
+  std::vector<std::unique_ptr<PackedGemmWeight>> h;
+  const uint8_t* prev_end = nullptr;
+  size_t total = 0;
+  for (int j = 0; j < 4; ++j) {
+    const std::vector<float> f = randv(size_t(Ns[j] * K), 7500 + uint32_t(j));
+    if (ts[j] == DType::F32) {
+      w[size_t(j)].resize(f.size() * 4);
+      std::memcpy(w[size_t(j)].data(), f.data(), w[size_t(j)].size());
+    } else {
+      w[size_t(j)].resize(f.size() * 2);
+      for (size_t i = 0; i < f.size(); ++i) {
+        const uint16_t b = f32_to_bf16(f[i]);
+        std::memcpy(w[size_t(j)].data() + 2 * i, &b, 2);
+      }
+    }
+    h.push_back(be->pack_gemm_weight(w[size_t(j)].data(), ts[j], Ns[j], K));
+    EXPECT(h.back() != nullptr);
+    if (!h.back()) return;
+    EXPECT(h.back()->bytes() == w[size_t(j)].size());
+    total += w[size_t(j)].size();
+    EXPECT(packed_gemm_weight_bytes() == packed0 + total);
+    const uint8_t* view = static_cast<const uint8_t*>(be->gemm_weight_bytes(w[size_t(j)].data(), ts[j], Ns[j], K));
+    EXPECT(view != w[size_t(j)].data());
+    EXPECT(reinterpret_cast<uintptr_t>(view) % 4096 == 0);
+    if (prev_end) EXPECT(view == prev_end);
+    prev_end = view + round_up(w[size_t(j)].size(), 4096);
+    EXPECT(std::memcmp(view, w[size_t(j)].data(), w[size_t(j)].size()) == 0);
+  }
+  EXPECT(packed_arena_chunks() == chunks0 + 1);
+  EXPECT(packed_arena_chunk_bytes() == chunk_bytes0 + (size_t(64) << 20));
+  // the outputs of today's placement (each copy its own memory; another backend: its own table)
+  // and of the f32 / bf16 kernels on the file's bytes (the same for f32)
+  for (int j = 0; j < 4; ++j)
+    for (int64_t M : {1, 3}) {
+      const std::vector<float> X = randv(size_t(M * K), 7510 + uint32_t(j));
+      std::vector<float> want(size_t(M * Ns[j]), -2.f), got(size_t(M * Ns[j]), -1.f);
+      {
+        set_packed_arena(false);
+        auto ref = make_cpu_backend(std::make_shared<ThreadPool>(2));
+        std::vector<uint8_t> wcopy = w[size_t(j)];  // another W: a copy of its own
+        auto hr = ref->pack_gemm_weight(wcopy.data(), ts[j], Ns[j], K);
+        set_packed_arena(true);
+        EXPECT(hr != nullptr);
+        EXPECT(packed_arena_chunks() == chunks0 + 1);
+        ref->gemm(X.data(), K, wcopy.data(), ts[j], nullptr, want.data(), Ns[j], M, Ns[j], K);
+      }
+      be->gemm(X.data(), K, w[size_t(j)].data(), ts[j], nullptr, got.data(), Ns[j], M, Ns[j], K);
+      EXPECT(got == want);
+      if (ts[j] == DType::F32) {
+        ThreadPool pool(2);
+        gemm(X.data(), K, w[size_t(j)].data(), ts[j], nullptr, want.data(), Ns[j], M, Ns[j], K, &pool);
+        EXPECT(got == want);
+      }
+    }
+  h.clear();
+  EXPECT(packed_gemm_weight_bytes() == packed0);
+  EXPECT(packed_arena_chunks() == chunks0);
+  EXPECT(packed_arena_chunk_bytes() == chunk_bytes0);
+}
+
+// The arena's lifetime: two "models" (two backends, as two loads) whose copies share a chunk; the
+// first closed, the second's copies stay valid (bytes and outputs) and the chunk lives; a copy
+// shared by two loads of one W (one mapping) is one copy (one address, counted once) that lives
+// until its last handle goes; the chunk is freed with the last copy. A copy larger than a chunk gets
+// a chunk of its own, its size rounded up to 2 MiB. With the arena off (today's placement), no chunk.
+TEST(cpu_backend_packed_arena_lifetime_shared_copies_two_models) {
+  const ArenaScope scope(true);
+  const size_t chunks0 = packed_arena_chunks(), chunk_bytes0 = packed_arena_chunk_bytes();
+  auto a = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  auto b = make_cpu_backend(std::make_shared<ThreadPool>(2));
+  const int64_t N = 96, K = 1024;  // f32, 384 KiB
+  const std::vector<float> wa = randv(size_t(N * K), 7600), wb = randv(size_t(N * K), 7601), X = randv(size_t(K), 7602);
+  ThreadPool pool(2);
+  std::vector<float> want_b(static_cast<size_t>(N)), got(static_cast<size_t>(N), -1.f);
+  gemm(X.data(), K, wb.data(), DType::F32, nullptr, want_b.data(), N, 1, N, K, &pool);
+  auto ha = a->pack_gemm_weight(wa.data(), DType::F32, N, K);
+  auto hb = b->pack_gemm_weight(wb.data(), DType::F32, N, K);
+  EXPECT(ha && hb);
+  if (!ha || !hb) return;
+  EXPECT(packed_arena_chunks() == chunks0 + 1);  // one chunk for both
+  const void* vb = b->gemm_weight_bytes(wb.data(), DType::F32, N, K);
+  ha.reset();  // the first model closed
+  EXPECT(packed_arena_chunks() == chunks0 + 1);
+  EXPECT(b->gemm_weight_bytes(wb.data(), DType::F32, N, K) == vb && std::memcmp(vb, wb.data(), wb.size() * 4) == 0);
+  b->gemm(X.data(), K, wb.data(), DType::F32, nullptr, got.data(), N, 1, N, K);
+  EXPECT(got == want_b);
+  {  // the same W loaded again on b: shared, one address, counted once
+    const size_t packed1 = packed_gemm_weight_bytes();
+    auto hb2 = b->pack_gemm_weight(wb.data(), DType::F32, N, K);
+    EXPECT(hb2 != nullptr);
+    EXPECT(packed_gemm_weight_bytes() == packed1);
+    EXPECT(b->gemm_weight_bytes(wb.data(), DType::F32, N, K) == vb);
+    hb.reset();  // the first load of it closed: the second's copy stays
+    EXPECT(packed_arena_chunks() == chunks0 + 1);
+    EXPECT(std::memcmp(b->gemm_weight_bytes(wb.data(), DType::F32, N, K), wb.data(), wb.size() * 4) == 0);
+    std::fill(got.begin(), got.end(), -1.f);
+    b->gemm(X.data(), K, wb.data(), DType::F32, nullptr, got.data(), N, 1, N, K);
+    EXPECT(got == want_b);
+  }
+  EXPECT(packed_arena_chunks() == chunks0);  // the last copy gone, the chunk with it
+  EXPECT(packed_arena_chunk_bytes() == chunk_bytes0);
+  EXPECT(b->gemm_weight_bytes(wb.data(), DType::F32, N, K) == static_cast<const void*>(wb.data()));
+  {  // larger than a chunk: a chunk of its own, 2 MiB pages
+    const int64_t Nl = 8448, Kl = 4096;  // bf16, 66 MiB
+    std::vector<uint16_t> wl(size_t(Nl * Kl));
+    for (size_t i = 0; i < wl.size(); ++i) wl[i] = uint16_t(0x3c00 + (i * 2654435761u >> 20) % 512);
+    auto hl = a->pack_gemm_weight(wl.data(), DType::BF16, Nl, Kl);
+    EXPECT(hl != nullptr);
+    EXPECT(packed_arena_chunks() == chunks0 + 1);
+    EXPECT(packed_arena_chunk_bytes() == chunk_bytes0 + round_up(wl.size() * 2, size_t(2) << 20));
+    const void* vl = a->gemm_weight_bytes(wl.data(), DType::BF16, Nl, Kl);
+    EXPECT(reinterpret_cast<uintptr_t>(vl) % (size_t(2) << 20) == 0 && std::memcmp(vl, wl.data(), wl.size() * 2) == 0);
+  }
+  EXPECT(packed_arena_chunks() == chunks0);
+  {  // the arena off: each copy its own memory, no chunk
+    set_packed_arena(false);
+    auto h = a->pack_gemm_weight(wa.data(), DType::F32, N, K);
+    EXPECT(h != nullptr);
+    EXPECT(packed_arena_chunks() == chunks0);
+    set_packed_arena(true);
+  }
+}
+
 // A bf16 decoder's prefill q / k / v through the CPU backend's gemm_multi on their 2 MiB-page
 // copies (set_bf16_prefill_fuse, default on: one gemm_bf16_rows_multi) gives each output what
 // be->gemm() gives it, bit for bit, and the same as with the switch off (one gemm() each); at

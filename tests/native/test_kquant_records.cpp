@@ -344,6 +344,53 @@ TEST(kquant_records_backend_packs_and_dispatches) {
   }
 }
 
+// Two loads of one W (one file mapping) with different record rows (decode_switch_ab
+// kq_record_rows): each gets a copy of its own layout (the shared-copy lookup is keyed by the rows
+// too), and gemm() reads the copy of the rows in force: bit for bit gemm_kquant_repacked on records
+// of those rows. The same rows twice share one copy (counted once).
+TEST(kquant_records_shared_copy_keyed_by_record_rows) {
+  auto be = make_backend(BackendOptions{});
+  if (!kquant_repacked_usable()) {
+    std::printf("  skip: no K-quant records here\n");
+    return;
+  }
+  const int64_t N = 100, K = 512;
+  const DType t = DType::Q4_K;
+  const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 93u);
+  const std::vector<float> X = normal_floats(size_t(K), 19u, 1.0f);
+  const size_t packed0 = packed_gemm_weight_bytes();
+  std::vector<uint8_t> r64, r32;
+  std::unique_ptr<PackedGemmWeight> h64, h64b, h32;
+  {
+    const RecordRows rows(64);
+    r64 = repacked(t, w, N, K, nullptr);
+    h64 = be->pack_gemm_weight(w.data(), t, N, K);
+    h64b = be->pack_gemm_weight(w.data(), t, N, K);  // the same rows: shared
+    EXPECT(h64 && h64b);
+    EXPECT(packed_gemm_weight_bytes() == packed0 + kquant_repack_bytes(t, N, K));
+  }
+  {
+    const RecordRows rows(32);
+    r32 = repacked(t, w, N, K, nullptr);
+    h32 = be->pack_gemm_weight(w.data(), t, N, K);
+    EXPECT(h32 != nullptr);
+    EXPECT(packed_gemm_weight_bytes() == packed0 + 2 * kquant_repack_bytes(t, N, K));
+  }
+  for (int rr : {32, 64, 32}) {
+    const RecordRows rows(rr);
+    std::vector<float> yb(static_cast<size_t>(N), NAN), yr(static_cast<size_t>(N), NAN);
+    be->gemm(X.data(), K, w.data(), t, nullptr, yb.data(), N, 1, N, K);
+    const std::vector<uint8_t>& r = rr == 32 ? r32 : r64;
+    gemm_kquant_repacked(X.data(), K, aligned(r, t, N, K), t, nullptr, yr.data(), N, 1, N, K, nullptr);
+    EXPECT(std::memcmp(yb.data(), yr.data(), yb.size() * 4) == 0);
+  }
+  h64.reset();
+  EXPECT(packed_gemm_weight_bytes() == packed0 + 2 * kquant_repack_bytes(t, N, K));
+  h64b.reset();
+  h32.reset();
+  EXPECT(packed_gemm_weight_bytes() == packed0);
+}
+
 // A decode step's q/k/v (or gate/up) on records as one dispatch (gemv_kquant_repacked_multi, and
 // the CPU backend's gemm_multi at M = 1): each output bit for bit its own gemm_kquant_repacked,
 // outputs of 1, 16, 45 and 300 rows (groups split across outputs and threads), bias on some,
