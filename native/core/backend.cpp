@@ -271,8 +271,17 @@ void free_packed_block(PackedBlock& b) {
     aligned_free(b.data);
   } else {
 #if defined(__linux__) && defined(MADV_DONTNEED)
-    // the chunk lives on (other copies in it): give this copy's pages back (never reused)
-    if (b.chunk.use_count() > 1) (void)madvise(b.data, b.reserved, MADV_DONTNEED);
+    // The chunk lives on (other copies in it): give this copy's pages back (never reused). Marked
+    // MADV_NOHUGEPAGE first, as release_pages does: in a huge-page range khugepaged may collapse a
+    // 2 MiB span with dropped pages back into a whole (zero-filled) huge page, which would make
+    // the released bytes resident again in a process that loads and closes models for hours; the
+    // split VMA keeps it from doing so (the neighbours' pages in the boundary spans stay 4 KiB).
+    if (b.chunk.use_count() > 1) {
+#if defined(MADV_NOHUGEPAGE)
+      (void)madvise(b.data, b.reserved, MADV_NOHUGEPAGE);
+#endif
+      (void)madvise(b.data, b.reserved, MADV_DONTNEED);
+    }
 #endif
     b.chunk.reset();
   }
