@@ -87,8 +87,6 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   EMOLLM_CHECK_ARG(p.kv_block_size >= 0 && p.kv_block_size % 16 == 0,
                    "attention: kv_block_size must be 0 (contiguous) or a positive multiple of 16");
   EMOLLM_CHECK_ARG(p.n_q > 0 && p.n_kv > 0, "attention: n_q and n_kv must be positive");
-  EMOLLM_CHECK_ARG(!attention_detail::decode_k_tiles() || attention_detail::decode_k_tiles_applies(p),
-                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   EMOLLM_CHECK_ARG(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0,
                    "attention: n_heads, n_kv_heads and head_dim must be positive");
   EMOLLM_CHECK_ARG(p.n_heads % p.n_kv_heads == 0, "attention: n_heads must be a multiple of n_kv_heads");
@@ -106,6 +104,9 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   if (p.kv_dtype != DType::F32 && p.kv_dtype != DType::F16 && p.kv_dtype != DType::BF16)
     throw Error(ErrorCode::Unsupported, std::string("attention: KV type ") + dtype_name(p.kv_dtype) +
                                             " is not supported (f32, f16, bf16)");
+  // After the shape checks: decode_k_tiles_applies divides by n_kv_heads and multiplies sizes.
+  EMOLLM_CHECK_ARG(!attention_detail::decode_k_tiles() || attention_detail::decode_k_tiles_applies(p),
+                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   Resolved r;
   r.group = p.n_heads / p.n_kv_heads;
   r.scale = p.scale != 0.0f ? p.scale : float(1.0 / std::sqrt(double(p.head_dim)));
