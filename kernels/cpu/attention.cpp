@@ -1845,6 +1845,7 @@ struct DecodeItem {
   half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
+  bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
 };
 
 
@@ -1944,6 +1945,11 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   it.inplace = decode_inplace_kern(isa, p.kv_dtype);
   it.bf16dp = it.inplace != nullptr && p.kv_dtype == DType::BF16 && attention_detail::decode_bf16dp_applies(p);
+  // Read once on the caller (the pieces on the pool threads read it.ktiles, never the switch: a
+  // setter between validate() and the pieces would otherwise tear the call) and checked here again.
+  it.ktiles = attention_detail::decode_k_tiles();
+  EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
+                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
 }
 
@@ -2074,7 +2080,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
   // K in 16-token transposed tiles (attention_detail::decode_k_tiles, a prototype: the caller's K
   // is laid out so); only the calls decode_k_tiles_applies takes, never silently as rows.
-  const bool ktiles = attention_detail::decode_k_tiles();  // validate() checked decode_k_tiles_applies
+  const bool ktiles = it.ktiles;  // make_decode_item read the switch once and checked decode_k_tiles_applies
   assert(!ktiles || (sweep && transposed && !dp && kk.qk_tiles != nullptr));
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
