@@ -794,7 +794,8 @@ EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const 
 // qk_decode_rows_avx512 on a stored transpose (attention_detail::decode_k_tiles): dim d of the 16
 // keys is one load (kt + 16 d) instead of a lane of a 16x16 register transpose; each row's FMAs run
 // over d = 0 .. D-1 in the same order into the same accumulator, and the zero-padded dims past D
-// (q 0 times K 0: + 0, which leaves a sum that is never -0 unchanged) are skipped: the same bits.
+// (q +0 times K +0: each adds +0, which turns a -0 sum, an FMA's exact result underflowing to -0,
+// into +0 and leaves any other unchanged) are one add of +0: the same bits, S's signs included.
 template <class E, int NR>
 EMO_T512 static inline void qk_tiles_rows_avx512(const float* q, int64_t ldq, const typename E::T* kt, int D,
                                                  __m512 vs, float* S, int64_t ldS, PfCursor* pf) {
@@ -817,6 +818,10 @@ EMO_T512 static inline void qk_tiles_rows_avx512(const float* q, int64_t ldq, co
         #pragma GCC unroll 8
         for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d0 + e]), t, acc[r]);
       }
+      // the rows path's 16 - w FMAs of +0 * +0 (x + 0 twice is x + 0 once)
+      const __m512 zero = _mm512_setzero_ps();
+      #pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[r] = _mm512_add_ps(acc[r], zero);
     }
     if (pf) pf_step(pf, pf->per_qk);
   }
