@@ -24,7 +24,7 @@
 // model's kvCacheType; half the bytes, widened by the kernels' loads; GB/s in its own bytes);
 // "bf16dp": the bf16 cache on bf16 products (DecodeBf16Dp::Always, the opt-in decodeBf16Products:
 // not bit-equal; taken with >= 4 query heads per kv head, the 1.1B shape).
-// "kt" (with 1b): "1t ktiles", the 1-thread call on each copy's K laid out in 16-token transposed
+// "kt" (needs 1b, not with bf16dp: exit 2 otherwise): "1t ktiles", the 1-thread call on each copy's K laid out in 16-token transposed
 // tiles (attention_detail::set_decode_k_tiles, the prototype: Q K^T without the register
 // transposes), interleaved with the others; its output checked bit for bit against "1t"'s.
 // "1t": only the 1-thread modes (a loaded machine,
@@ -79,6 +79,17 @@ int main(int argc, char** argv) {
       attention_detail::set_decode_bf16dp_mode(attention_detail::DecodeBf16Dp::Always);
     }
   }
+  // an option that would do nothing (or that the prototype refuses) is an error, not a silent no-op
+  if (ktiles && !small) {
+    std::fprintf(stderr, "attn_decode_threads: kt needs 1b (the prototype takes >= 4 query heads a kv head: the 7B "
+                         "shape's 32 / 32 adds no 1t ktiles row)\n");
+    return 2;
+  }
+  if (ktiles && attention_detail::decode_bf16dp_mode() == attention_detail::DecodeBf16Dp::Always) {
+    std::fprintf(stderr, "attn_decode_threads: kt does not take bf16dp (the prototype reads K as f32 / f16 / bf16 rows' "
+                         "values, not bf16 products)\n");
+    return 2;
+  }
   const size_t esz = kv_type == DType::F32 ? 4 : 2;  // bytes a cache element
   constexpr int64_t kPage = 64;
   AttentionParams p;
@@ -126,12 +137,11 @@ int main(int argc, char** argv) {
                : aligned_alloc_bytes(elems * esz, kAlign)));
       const auto* src = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c)].get());
       auto* dst = reinterpret_cast<uint8_t*>(b.get());
-      const int64_t D = p.head_dim, ld = p.ldk;
+      const int64_t ld = p.ldk;
       for (int64_t j = 0; j < n_pages * kPage; ++j)
         for (int64_t e = 0; e < ld; ++e)  // e = g * D + d
           std::memcpy(dst + size_t((j / 16 * 16 * ld + e * 16 + j % 16) * int64_t(esz)),
                       src + size_t((j * ld + e) * int64_t(esz)), esz);
-      (void)D;
       for (int64_t pg = 0; pg < n_pages; ++pg)
         ktt[size_t(c)].push_back(reinterpret_cast<const float*>(dst + size_t(pg * kPage * p.ldk) * esz));
       tbufs.push_back(std::move(b));

@@ -38,7 +38,8 @@
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
 // prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s; with AB_FRESH=1
-// each into a new context of the first model instead, made untimed, as bench:decode's runs do);
+// each into a new context of the block's own model and options instead, all `block` made untimed before
+// the block, as bench:decode's runs do);
 // AB_SEQS=s: `block` decode steps of s sequences at once (eval_batch, one token each; rates in
 // tokens/s of all sequences); AB_CREATE=n: `block` contexts of n positions created (prefaulted) and
 // destroyed (rates in contexts/s)):
@@ -345,10 +346,10 @@ int main(int argc, char** argv) {
   for (int q = 0; q < n_seqs; ++q) ctx.seq_eval(q, prompt.data(), n_prompt);
   decltype(m) m_on;
   std::unique_ptr<LlamaContext> ctx_on;
+  LlamaContextOptions o_on = o;  // the on blocks' context options (kv_f16: an f16 cache)
   if (chosen->on_context == OnContext::KvF16) {
-    LlamaContextOptions oh = o;
-    oh.kv_type = DType::F16;
-    ctx_on = std::make_unique<LlamaContext>(m, oh);
+    o_on.kv_type = DType::F16;
+    ctx_on = std::make_unique<LlamaContext>(m, o_on);
   } else if (chosen->on_context == OnContext::ReloadedModel) {
     print_rss("before the on load");
     set(true);
@@ -371,15 +372,19 @@ int main(int argc, char** argv) {
   std::vector<float> batch_out;
   int32_t tok = 1000;
   const bool use_cpu = std::getenv("AB_CPU") && std::strcmp(std::getenv("AB_CPU"), "1") == 0;
-  // AB_FRESH=1 (with AB_PREFILL): each prefill into a new context (made untimed, as bench:decode's
-  // runs each make one), not the first context truncated back
+  // AB_FRESH=1 (with AB_PREFILL): each prefill into a new context of the block's own model and
+  // options (the on model / an f16 cache where the switch runs its on blocks elsewhere), `block` of
+  // them made before the clock starts (as bench:decode's runs each make one), not the first context
+  // truncated back
   const bool fresh = n_prefill && std::getenv("AB_FRESH") && std::strcmp(std::getenv("AB_FRESH"), "1") == 0;
-  std::unique_ptr<LlamaContext> ctx_fresh;
+  std::vector<std::unique_ptr<LlamaContext>> ctx_fresh;
   auto run = [&](bool on) {
     set(on);
-    if (fresh) {
-      ctx_fresh.reset();
-      ctx_fresh = std::make_unique<LlamaContext>(m, o);  // the first model (not with a context of its own for on)
+    if (fresh) {  // untimed: the last block's contexts freed, this block's made
+      ctx_fresh.clear();
+      const bool own = on && ctx_on;
+      for (int i = 0; i < block; ++i)
+        ctx_fresh.push_back(std::make_unique<LlamaContext>(own && m_on ? m_on : m, own ? o_on : o));
     }
     timespec c0, c1;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
@@ -392,7 +397,7 @@ int main(int argc, char** argv) {
     } else if (n_prefill) {
       for (int i = 0; i < block; ++i) {
         if (fresh) {
-          ctx_fresh->eval(prompt.data(), n_prefill);
+          ctx_fresh[size_t(i)]->eval(prompt.data(), n_prefill);
           continue;
         }
         c.truncate(n_prompt);

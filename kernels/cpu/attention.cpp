@@ -87,8 +87,6 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   EMOLLM_CHECK_ARG(p.kv_block_size >= 0 && p.kv_block_size % 16 == 0,
                    "attention: kv_block_size must be 0 (contiguous) or a positive multiple of 16");
   EMOLLM_CHECK_ARG(p.n_q > 0 && p.n_kv > 0, "attention: n_q and n_kv must be positive");
-  EMOLLM_CHECK_ARG(!attention_detail::decode_k_tiles() || attention_detail::decode_k_tiles_applies(p),
-                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   EMOLLM_CHECK_ARG(p.n_heads > 0 && p.n_kv_heads > 0 && p.head_dim > 0,
                    "attention: n_heads, n_kv_heads and head_dim must be positive");
   EMOLLM_CHECK_ARG(p.n_heads % p.n_kv_heads == 0, "attention: n_heads must be a multiple of n_kv_heads");
@@ -106,6 +104,9 @@ Resolved validate(const float* q, const float* k, const float* v, const float* o
   if (p.kv_dtype != DType::F32 && p.kv_dtype != DType::F16 && p.kv_dtype != DType::BF16)
     throw Error(ErrorCode::Unsupported, std::string("attention: KV type ") + dtype_name(p.kv_dtype) +
                                             " is not supported (f32, f16, bf16)");
+  // After the shape checks: decode_k_tiles_applies divides by n_kv_heads and multiplies sizes.
+  EMOLLM_CHECK_ARG(!attention_detail::decode_k_tiles() || attention_detail::decode_k_tiles_applies(p),
+                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   Resolved r;
   r.group = p.n_heads / p.n_kv_heads;
   r.scale = p.scale != 0.0f ? p.scale : float(1.0 / std::sqrt(double(p.head_dim)));
@@ -793,7 +794,8 @@ EMO_T512 static void qk_decode_avx512(const float* q, int64_t ldq, int R, const 
 // qk_decode_rows_avx512 on a stored transpose (attention_detail::decode_k_tiles): dim d of the 16
 // keys is one load (kt + 16 d) instead of a lane of a 16x16 register transpose; each row's FMAs run
 // over d = 0 .. D-1 in the same order into the same accumulator, and the zero-padded dims past D
-// (q 0 times K 0: + 0, which leaves a sum that is never -0 unchanged) are skipped: the same bits.
+// (q +0 times K +0: each adds +0, which turns a -0 sum, an FMA's exact result underflowing to -0,
+// into +0 and leaves any other unchanged) are one add of +0: the same bits, S's signs included.
 template <class E, int NR>
 EMO_T512 static inline void qk_tiles_rows_avx512(const float* q, int64_t ldq, const typename E::T* kt, int D,
                                                  __m512 vs, float* S, int64_t ldS, PfCursor* pf) {
@@ -816,6 +818,10 @@ EMO_T512 static inline void qk_tiles_rows_avx512(const float* q, int64_t ldq, co
         #pragma GCC unroll 8
         for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d0 + e]), t, acc[r]);
       }
+      // the rows path's 16 - w FMAs of +0 * +0 (x + 0 twice is x + 0 once)
+      const __m512 zero = _mm512_setzero_ps();
+      #pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) acc[r] = _mm512_add_ps(acc[r], zero);
     }
     if (pf) pf_step(pf, pf->per_qk);
   }
@@ -1844,6 +1850,7 @@ struct DecodeItem {
   half_rows::WidenFn widen;    // half KV cache: rows (wide: per kv head slice) widened to scratch; null: f32
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
+  bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
 };
 
 
@@ -1943,6 +1950,11 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.widen = p.kv_dtype == DType::F32 ? nullptr : half_rows::widen_fn(p.kv_dtype);
   it.inplace = decode_inplace_kern(isa, p.kv_dtype);
   it.bf16dp = it.inplace != nullptr && p.kv_dtype == DType::BF16 && attention_detail::decode_bf16dp_applies(p);
+  // Read once on the caller (the pieces on the pool threads read it.ktiles, never the switch: a
+  // setter between validate() and the pieces would otherwise tear the call) and checked here again.
+  it.ktiles = attention_detail::decode_k_tiles();
+  EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
+                   "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
 }
 
@@ -2073,7 +2085,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool pipe = sweep && transposed && !dp && attention_detail::decode_pipeline_applies(p);
   // K in 16-token transposed tiles (attention_detail::decode_k_tiles, a prototype: the caller's K
   // is laid out so); only the calls decode_k_tiles_applies takes, never silently as rows.
-  const bool ktiles = attention_detail::decode_k_tiles();  // validate() checked decode_k_tiles_applies
+  const bool ktiles = it.ktiles;  // make_decode_item read the switch once and checked decode_k_tiles_applies
   assert(!ktiles || (sweep && transposed && !dp && kk.qk_tiles != nullptr));
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;

@@ -101,14 +101,15 @@ struct DecodeTuning {
   // Streams a thread of the bf16 / f16 M = 1 stream kernels (gemv_streams) for rows of K >= 4096:
   // 4 (the kernel's usual count, each step's x loads serving 4 rows) or 6. Zen 4: 6 (session 28,
   // half_read_patterns, 1 thread, thread CPU time, cold 2 MiB-page copies, interleaved call by
-  // call, load 12-15): with 4, x (f32, 16-44 KiB there) leaves L1 between a row group's reads (4
-  // rows of weights, 32-88 KiB, pass through it) and comes from L2 at half the weights' bytes, and
-  // the kernel ran 0.74-0.85x the 4-stream read probe without prefetch (f32, a quarter of the
-  // bytes in x: 0.96-1.04x; at K = 2048 bf16 / f16 0.93-1.04x); 6 streams: 1.03-1.10x (bf16) /
-  // 1.08-1.14x (f16) the 4-stream kernel's speed by best at 2048 x 5632, 4096 x 11008,
-  // 12288 x 4096, 22016 x 4096; at 11264 x 2048 0.94-1.00x (so K >= 4096 only); 8 streams (spills)
-  // 0.92-1.09x, 5 streams 0.99-1.12x; x prefetched T0 1 / 2 KiB ahead 0.80-0.92x. Zen 5 not
-  // measured (48 KiB L1): keeps 4.
+  // call, load 6-15; bench/README's h-half row): with 4, x (f32, 16-44 KiB there) leaves L1
+  // between a row group's reads (4 rows of weights, 32-88 KiB, pass through it) and comes from L2
+  // at half the weights' bytes, and the kernel ran bf16 0.74-0.89x / f16 0.68-0.86x the 4-stream
+  // read probe without prefetch (f32, a quarter of the bytes in x: 0.95-1.00x; at K = 2048 bf16 /
+  // f16 0.94-1.28x); 6 streams: bf16 1.05-1.08x by best (medians 1.03-1.10x), f16 1.12-1.16x by
+  // best (medians 1.06-1.15x) the 4-stream kernel's speed at 2048 x 5632, 4096 x 11008,
+  // 12288 x 4096, 22016 x 4096; at 11264 x 2048 0.98-1.02x (so K >= 4096 only); 8 streams
+  // (spills) 0.73-1.09x, 5 streams 0.94-1.12x; x prefetched T0 512 B / 1 KiB / 2 KiB ahead
+  // 0.78-0.97x. Zen 5 not measured (48 KiB L1): keeps 4.
   int half_long_streams = 4;
 };
 

@@ -709,8 +709,13 @@ template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
   const bool six = DT != DType::F32 && a.K >= kHalfLongK && gemv_half_long_streams() == 6;
   with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) {
-    if (six) gemv_streams<DT, decltype(hint)::value, 6>(a, x, n0, n1);
-    else gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1);
+    if constexpr (DT != DType::F32) {  // no 6-stream f32 instance
+      if (six) {
+        gemv_streams<DT, decltype(hint)::value, 6>(a, x, n0, n1);
+        return;
+      }
+    }
+    gemv_streams<DT, decltype(hint)::value>(a, x, n0, n1);
   });
 }
 

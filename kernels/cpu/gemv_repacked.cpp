@@ -523,12 +523,12 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // (those prefetches: a block pair's 17 lines in a loop before each pair, 4 KiB ahead).
 // The 1.1B q8_0 decode (1 thread CPU time) 2 parts 1.10x, 1 part 1.15x, 3 1.08x; 1 against 2
 // parts 0.99x; 2 parts with T1 0.80x.
-// Zen 4 again with this form (session 28; the same tool and clock, load 10-14, 3-6 processes of 30
-// rounds at the 1.1B / 7B shapes 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x
-// 4096, 4096 x 4096, 22016 x 4096, 4096 x 11008): 2 parts without prefetch (Zen 4's default) read
+// Zen 4 again with this form (session 28; the same tool and clock, load 10-14, 3 processes a shape
+// in each of two sweeps, 30 rounds, at the 1.1B / 7B shapes 2560 x 2048, 2048 x 2048, 11264 x
+// 2048, 2048 x 5632, 12288 x 4096, 4096 x 4096, 22016 x 4096, 4096 x 11008): 2 parts without prefetch (Zen 4's default) read
 // at 0.99-1.17x read-4 and 0.93-1.07x read-2-nopf by median, and every prefetching form reads
 // slower: T0 0.79-0.88x (4 KiB ahead), 0.87-0.97x (1 KiB), 0.85-0.92x (2 KiB), 0.80-0.87x (512
-// B); 3 / 4 parts T0 1 KiB 0.85-0.95x / 0.80-0.91x; T1 0.74-0.95x, NTA 0.60-0.86x; the 17th
+// B); 3 / 4 parts T0 1 KiB 0.85-0.95x / 0.80-0.91x; 2 parts T1 0.74-0.84x, NTA 0.66-0.86x; the 17th
 // prefetch 0.97-1.06x the same form without it. The 1.1B q8_0 decode: 2 parts T0 4 KiB 0.75-0.86x none.
 // Measured on Zen 5 (session 27; the same tool and clock, load 8-22, at 5632 x 2048, 2048 x 2048,
 // 256 x 2048, 32000 x 2048, 11008 x 4096, 4096 x 11008, 2048 x 5632): the four-group pass reads at

@@ -60,7 +60,7 @@ bool small_half_copies();
 // and its tail (and any copy under 2 MiB: a GQA model's k / v) stays in 4 KiB pages, on which
 // Zen 4's hardware prefetchers stop at every page edge. Costs up to 2 MiB of memory a matrix
 // (the 1.1B q4_k_m: +249 MiB resident). Session 28 (Zen 4, 1 thread, thread CPU time, load 10-12):
-// the 1.1B q4_k_m decode 1.065-1.077x, q6_k 1.044-1.089x (A/As with a copy of the file
+// the 1.1B q4_k_m decode 1.063-1.077x, q6_k 1.044-1.089x (A/As with a copy of the file
 // 0.969-1.007x), the fused q / k / v at ~0.8x the bytes a second of gate / up without it. Read
 // when weights are placed; process-wide. Same bytes, same outputs.
 void set_packed_whole_huge_pages(bool on);

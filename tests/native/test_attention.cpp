@@ -801,6 +801,14 @@ struct DecodeSplitScope {
   ~DecodeSplitScope() { attention_detail::set_decode_split(was); }
 };
 
+// Sets the K tile prototype (attention_detail::decode_k_tiles) and restores it at scope exit, a
+// throw included: never left on for the later tests.
+struct DecodeKTilesScope {
+  bool was = attention_detail::decode_k_tiles();
+  explicit DecodeKTilesScope(bool on) { attention_detail::set_decode_k_tiles(on); }
+  ~DecodeKTilesScope() { attention_detail::set_decode_k_tiles(was); }
+};
+
 }  // namespace
 
 // The decode driver (one query; pieces of <= kDecodePieceMax kv tokens, a multiple of the thread
@@ -1907,7 +1915,8 @@ TEST(attention_prefill_tile_groups_same_bits) {
 // a kv head x 20 (two Q K^T calls, a tail), lengths with and without a partial last tile (its lanes
 // past the tokens hold NaN here: never read into a result), contiguous and paged (16 / 64
 // tokens), no pool and 2 / 3 threads, the pipelined prefetch on and off. A call the prototype does
-// not take (MHA, padded K rows) and the scalar reference throw instead of reading tiles as rows.
+// not take (MHA, padded K rows) and the scalar reference throw instead of reading tiles as rows; so
+// does n_kv_heads = 0 (the shape checks run before decode_k_tiles_applies divides by it).
 TEST(attention_decode_k_tiles_same_bits) {
   if (isa_active() < Isa::Avx512) return;  // the prototype is the AVX-512 decode driver's
   ThreadPool pool2(2), pool3(3);
@@ -1981,11 +1990,12 @@ TEST(attention_decode_k_tiles_same_bits) {
               const std::vector<float> a = run_out(pa, w, [&](float* o) {
                 attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kr.data()), v, o, pa, pl, la.data());
               });
-              attention_detail::set_decode_k_tiles(true);
-              const std::vector<float> b = run_out(pb, w, [&](float* o) {
-                attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kt.data()), v, o, pb, pl, lb.data());
-              });
-              attention_detail::set_decode_k_tiles(false);
+              const std::vector<float> b = [&] {
+                DecodeKTilesScope tiles(true);
+                return run_out(pb, w, [&](float* o) {
+                  attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kt.data()), v, o, pb, pl, lb.data());
+                });
+              }();
               attention_detail::set_decode_pipeline(was_pipe);
               ++runs;
               for (float f : a) EXPECT(std::isfinite(f));
@@ -2007,12 +2017,19 @@ TEST(attention_decode_k_tiles_same_bits) {
   AttentionParams gqa = m;
   gqa.n_kv_heads = 1;
   gqa.ldk = gqa.ldv = 64;
-  attention_detail::set_decode_k_tiles(true);
-  EXPECT(!attention_detail::decode_k_tiles_applies(m) && !attention_detail::decode_k_tiles_applies(padded));
-  EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), m, nullptr), ErrorCode::InvalidArgument);
-  EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), padded, nullptr), ErrorCode::InvalidArgument);
-  EXPECT_THROWS(ref::attention(buf.data(), buf.data(), buf.data(), out.data(), gqa), ErrorCode::InvalidArgument);
-  attention(buf.data(), buf.data(), buf.data(), out.data(), gqa, nullptr);  // taken: no throw
-  attention_detail::set_decode_k_tiles(false);
+  {
+    DecodeKTilesScope tiles(true);
+    EXPECT(!attention_detail::decode_k_tiles_applies(m) && !attention_detail::decode_k_tiles_applies(padded));
+    EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), m, nullptr), ErrorCode::InvalidArgument);
+    EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), padded, nullptr), ErrorCode::InvalidArgument);
+    EXPECT_THROWS(ref::attention(buf.data(), buf.data(), buf.data(), out.data(), gqa), ErrorCode::InvalidArgument);
+    attention(buf.data(), buf.data(), buf.data(), out.data(), gqa, nullptr);  // taken: no throw
+    // The shape checks come first: n_kv_heads = 0 (ldk = 0) throws, not divides by zero in
+    // decode_k_tiles_applies (n_heads / n_kv_heads).
+    AttentionParams zero_kv = gqa;
+    zero_kv.n_kv_heads = 0;
+    zero_kv.ldk = zero_kv.ldv = 0;
+    EXPECT_THROWS(attention(buf.data(), buf.data(), buf.data(), out.data(), zero_kv, nullptr), ErrorCode::InvalidArgument);
+  }
   for (int i = 0; i < 64; ++i) EXPECT_NEAR(out[size_t(i)], 0.5f, 1e-6);
 }
