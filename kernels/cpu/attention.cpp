@@ -2367,6 +2367,9 @@ std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float
 #pragma GCC diagnostic pop
 #else
 namespace attention_detail {
+// Without the x86-64 decode driver no call takes the K-tile prototype (validate() asks this
+// everywhere: an arm64 build that lacked it failed to load, found by the musl prebuild check).
+bool decode_k_tiles_applies(const AttentionParams&) { return false; }
 AttentionWork attention_planned_work(const AttentionParams&, int) { return AttentionWork{}; }
 std::vector<DecodeRead> decode_reads(const float*, const float*, const float*, float*, const AttentionParams&) {
   return {};
