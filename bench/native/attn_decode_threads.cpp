@@ -49,6 +49,7 @@
 #include "bench_clock.h"
 #include "bench_fma.h"
 #include "bench_read.h"
+#include "proc_rollup.h"
 
 using namespace emollm;
 using bench::best;
@@ -330,11 +331,7 @@ int main(int argc, char** argv) {
                 std::memcmp(o.data(), o_rows.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");
-  if (std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {  // whether "2m" got its huge pages
-    char line[256];
-    while (std::fgets(line, sizeof line, f))
-      if (std::strncmp(line, "AnonHugePages:", 14) == 0) std::printf("  process %s", line);
-    std::fclose(f);
-  }
+  if (const bench::ProcRollup r = bench::proc_rollup(); r.ok)  // whether "2m" got its huge pages
+    std::printf("  process AnonHugePages: %.0f kB\n", r.anon_huge_kb);
   return 0;
 }

@@ -71,6 +71,7 @@
 #include "cpu/kernels.h"             // set_kquant_record_rows, set_gemv_fusion
 #include "loaders/mapped_file.h"  // populate_read
 #include "model/llama.h"
+#include "proc_rollup.h"
 #include <sys/mman.h>
 #include <dirent.h>
 #include <unistd.h>
@@ -151,17 +152,10 @@ void print_huge_coverage() {
 // The process's resident memory (/proc/self/smaps_rollup: Rss, Anonymous, AnonHugePages, MiB) at
 // `what`: before and after each load of a ReloadedModel switch (a load's cost: after less before).
 void print_rss(const char* what) {
-  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
-  if (!f) return;
-  char line[256];
-  double rss = 0, anon = 0, ahp = 0, kb = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::sscanf(line, "Rss: %lf kB", &kb) == 1) rss = kb;
-    else if (std::sscanf(line, "Anonymous: %lf kB", &kb) == 1) anon = kb;
-    else if (std::sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) ahp = kb;
-  }
-  std::fclose(f);
-  std::printf("rss %s: Rss %.1f Anonymous %.1f AnonHugePages %.1f MiB\n", what, rss / 1024, anon / 1024, ahp / 1024);
+  const bench::ProcRollup r = bench::proc_rollup();
+  if (!r.ok) return;
+  std::printf("rss %s: Rss %.1f Anonymous %.1f AnonHugePages %.1f MiB\n", what, r.rss_kb / 1024, r.anonymous_kb / 1024,
+              r.anon_huge_kb / 1024);
 }
 // The model's token embedding table (set after the load) and what the embd_populate switch does to it.
 const void* g_embd = nullptr;

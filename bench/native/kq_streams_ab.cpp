@@ -33,6 +33,7 @@
 #include "cpu/kernels.h"
 #include "bench_read.h"
 #include "read_pattern_rows.h"
+#include "proc_rollup.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -160,13 +161,7 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < rows.size(); ++i) ratio[i].push_back(rows[0].t.back() / rows[i].t.back());
       });
   // the copies' huge-page coverage (the process's AnonHugePages against the copies' bytes)
-  double anon_kb = 0;
-  if (FILE* f = std::fopen("/proc/self/smaps_rollup", "r")) {
-    char line[256];
-    while (std::fgets(line, sizeof line, f))
-      if (std::sscanf(line, "AnonHugePages: %lf kB", &anon_kb) == 1) break;
-    std::fclose(f);
-  }
+  const double anon_kb = bench::proc_rollup().anon_huge_kb;
   std::printf("%s records N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages (AnonHugePages %.0f of %.0f MiB), %s; ratio = one-stream time / row time\n",
               dtype_name(t), (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, anon_kb / 1024,
               double(bytes) * copies / (1 << 20), bench::pattern_clock_name(a.clock));

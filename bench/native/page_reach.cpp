@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "bench_clock.h"
+#include "proc_rollup.h"
 
 namespace {
 constexpr size_t kPage2M = size_t(2) << 20;
@@ -65,17 +66,9 @@ char* gib_region(size_t n) {
 
 // AnonHugePages and Hugetlb of the whole process (/proc/self/smaps_rollup), MiB.
 void print_coverage() {
-  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
-  if (!f) return;
-  char line[256];
-  double anon = 0, tlb = 0, kb = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::sscanf(line, "AnonHugePages: %lf kB", &kb) == 1) anon = kb;
-    else if (std::sscanf(line, "Private_Hugetlb: %lf kB", &kb) == 1) tlb += kb;
-    else if (std::sscanf(line, "Shared_Hugetlb: %lf kB", &kb) == 1) tlb += kb;
-  }
-  std::fclose(f);
-  std::printf("process: AnonHugePages %.0f MiB, Hugetlb %.0f MiB\n", anon / 1024, tlb / 1024);
+  const bench::ProcRollup r = bench::proc_rollup();
+  if (!r.ok) return;
+  std::printf("process: AnonHugePages %.0f MiB, Hugetlb %.0f MiB\n", r.anon_huge_kb / 1024, r.hugetlb_kb / 1024);
 }
 
 unsigned g_sink;
