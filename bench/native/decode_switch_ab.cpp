@@ -370,7 +370,12 @@ int main(int argc, char** argv) {
   // options (the on model / an f16 cache where the switch runs its on blocks elsewhere), `block` of
   // them made before the clock starts (as bench:decode's runs each make one), not the first context
   // truncated back
-  const bool fresh = n_prefill && std::getenv("AB_FRESH") && std::strcmp(std::getenv("AB_FRESH"), "1") == 0;
+  const bool fresh_asked = std::getenv("AB_FRESH") && std::strcmp(std::getenv("AB_FRESH"), "1") == 0;
+  if (fresh_asked && !n_prefill) {  // it would change nothing: say so rather than run a plain decode A/B
+    std::fprintf(stderr, "decode_switch_ab: AB_FRESH=1 applies to prefills only: set AB_PREFILL=n too\n");
+    return 2;
+  }
+  const bool fresh = n_prefill && fresh_asked;
   std::vector<std::unique_ptr<LlamaContext>> ctx_fresh;
   auto run = [&](bool on) {
     set(on);
