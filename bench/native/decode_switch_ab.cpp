@@ -302,7 +302,7 @@ const AbSwitch kSwitches[] = {
     {"bf16_wbcast", [](bool on) { gemm_detail::set_bf16_gemm_wbcast(on); }},
 };
 int main(int argc, char** argv) {
-  if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block] [other model (other_model)]\n"); return 1; }
+  if (argc < 2) { std::fprintf(stderr, "decode_ab model.gguf [threads] [rounds] [block] [other model (other_model) | a copy of the model (a reloading switch)]\n"); return 1; }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 2, rounds = argc > 3 ? std::atoi(argv[3]) : 8,
             block = argc > 4 ? std::atoi(argv[4]) : 16;
   const char* sw = std::getenv("AB_SWITCH") ? std::getenv("AB_SWITCH") : "";
@@ -341,6 +341,11 @@ int main(int argc, char** argv) {
   decltype(m) m_on;
   std::unique_ptr<LlamaContext> ctx_on;
   LlamaContextOptions o_on = o;  // the on blocks' context options (kv_f16: an f16 cache)
+  if (argc > 6 || (argc == 6 && chosen->on_context != OnContext::ReloadedModel && chosen->on_context != OnContext::OtherModel)) {
+    std::fprintf(stderr, "decode_switch_ab: a 5th argument (a model file) only with other_model or a switch that reloads the model (%s does not); nothing after it\n",
+                 chosen->name);
+    return 2;
+  }
   if (chosen->on_context == OnContext::KvF16) {
     o_on.kv_type = DType::F16;
     ctx_on = std::make_unique<LlamaContext>(m, o_on);
