@@ -12,6 +12,16 @@
 //   block / block-none  bf16: gemm() at M = 1 with Args::huge_pages off, the 8-row block GEMV
 //                    (bf16_gemv_block: the path of weights without a 2 MiB-page copy) with this CPU's
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)
+//   chC-R[-pL][-sS]  RP_CHUNKS=C:R[:L[:S]],...: the kernel with set_gemv_half_chunk({C, R, L}) (K >= 4096
+//                    walked in chunks of C columns across panels of R rows, gemm_avx512.cpp
+//                    gemv_streams_chunked; L lines of each stream's next piece prefetched; S streams,
+//                    default this CPU's half_long_streams; same bits: checked)
+//   rdC-R[-pL][-sS]  the loads of that walk alone (6 or 4 streams, 128 bytes a step, no arithmetic)
+//   cmC-R-sS / rmC-R-sS  RP_REPACK=C:R:S,... (1 thread): a scratch model of the chunked walk (the
+//                    kernel's work a step, not its bits) over a copy of each copy laid out chunk-major
+//                    (within each stream's panel of R / S rows, chunk c of every row next to each
+//                    other: the walk reads each stream sequentially; cm) or over the rows as they are
+//                    (rm); rm0-s4 / rm0-s6: the scratch in today's order (the control)
 //   read-4           bench_kernels' read probe loop: 4 streams, 128 bytes a step, T0 1 KiB ahead
 //   read-4-nopf      the same without prefetch: the kernel's read pattern without its arithmetic
 //   part-int / part-fma / part-both  bf16: scratch parts of the kernel's loop (bf16_parts below):
@@ -19,9 +29,12 @@
 // Each thread reads its contiguous share of the rows (the GEMV: its own dispatch). Copies: 2 MiB
 // pages rotated over >= 384 MiB (beyond L3); with `copies` given, that many (1 and a small N: hot,
 // the arithmetic's own rate).
-// Usage (repository root): [RP_CPU=1] [RP_ROWS=a,b] ./build-bench/half_read_patterns bf16|f16 [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
+// Usage (repository root): [RP_CPU=1] [RP_ROWS=a,b] [RP_CHUNKS=2048:24,...] [RP_REPACK=2048:16:4,...] ./build-bench/half_read_patterns bf16|f16 [threads 1] [rounds 40] [N 5632] [K 2048] [copies]
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <functional>
 #include <random>
 #include <vector>
@@ -92,6 +105,115 @@ __attribute__((target("avx512f"))) uint64_t bf16_parts(const uint8_t* W, size_t 
   }
   return uint64_t(_mm512_reduce_add_ps(acc) != 0) ^ bench::fold(ai);
 }
+
+// The loads of gemv_streams_chunked's order without arithmetic: the rows in 6 parts side by side,
+// cb bytes (a chunk of each row) of each part's rows of a panel of pr groups before the next chunk,
+// 128 bytes a step; the loaded lines folded into the result.
+template <int S>
+__attribute__((target("avx512f"))) uint64_t read_chunked(const uint8_t* W, size_t bytes, size_t rb, size_t cb, int64_t pr,
+                                                         int next_lines) {
+  const int64_t rows = int64_t(bytes / rb), len = rows / S;
+  const size_t steps = rb / 128 * 128;
+  __m512i a[S];
+  for (int q = 0; q < S; ++q) a[q] = _mm512_setzero_si512();
+  for (int64_t i0 = 0; i0 < len; i0 += pr) {
+    const int64_t i1 = std::min(i0 + pr, len);
+    for (size_t c0 = 0; c0 < steps; c0 += cb) {
+      const size_t c1 = std::min(c0 + cb, steps);
+      for (int64_t i = i0; i < i1; ++i)
+        for (size_t o = c0; o < c1; o += 128)
+#pragma GCC unroll 6
+          for (int q = 0; q < S; ++q) {
+            const uint8_t* p = W + size_t(q * len + i) * rb + o;
+            if (next_lines > 0 && o - c0 < size_t(next_lines) * 64 && i + 1 < i1)  // the next row's piece, spread
+              _mm_prefetch(reinterpret_cast<const char*>(p + rb), _MM_HINT_T0), _mm_prefetch(reinterpret_cast<const char*>(p + rb + 64), _MM_HINT_T0);
+            a[q] = _mm512_xor_si512(a[q], _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 64)));
+          }
+    }
+  }
+  uint64_t r = 0;
+  for (int q = 0; q < S; ++q) r ^= bench::fold(a[q]);
+  return r;
+}
+
+// A scratch model of the chunked walk over weights laid out for it (RP_REPACK rows): each stream's
+// rows (the rows in S parts, as gemv_streams) with, within each panel of P rows, chunk c of every
+// row of the panel next to each other (chunk-major: the walk reads each stream sequentially), or
+// over the rows as they are (row-major: gemv_streams_chunked's order; with C >= K today's order).
+// The kernel's work a 128-byte step: bf16 two loads, shift / mask, 4 FMAs; f16 4 vcvtph2ps from
+// memory, 4 FMAs; accumulators kept in a buffer between chunks. Not the kernel's bits (x as given,
+// not bf16_reorder_x's order; no tail: K a multiple of 64 here): a read-rate model only.
+template <DType DT, int S, bool ChunkMajor>
+__attribute__((target("avx512f,f16c"))) uint64_t scratch_chunked(const uint8_t* W, size_t bytes, size_t rb, const float* x,
+                                                                 int64_t C, int64_t P) {
+  constexpr int kMaxPanel = 16;
+  alignas(64) float buf[kMaxPanel][S][4][16];
+  const int64_t rows = int64_t(bytes / rb), len = rows / S, K64 = int64_t(rb / 2) / 64 * 64;
+  const __m512i hi = _mm512_set1_epi32(int(0xFFFF0000u));
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < len; i0 += P) {
+    const int64_t i1 = std::min(i0 + P, len), pp = i1 - i0;
+    for (int64_t c0 = 0; c0 < K64; c0 += C) {
+      const int64_t c1 = std::min(c0 + C, K64);
+      const bool first = c0 == 0, last = c1 == K64;
+      for (int64_t i = i0; i < i1; ++i) {
+        const uint8_t* row[S];
+        __m512 s[S][4];
+#pragma GCC unroll 8
+        for (int q = 0; q < S; ++q) {
+          const uint8_t* base = W + size_t(q * len) * rb;
+          row[q] = ChunkMajor ? base + size_t(i0) * rb + size_t(pp) * 2 * c0 + size_t(i - i0) * 2 * (c1 - c0) - 2 * c0
+                              : base + size_t(i) * rb;
+          for (int j = 0; j < 4; ++j) s[q][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(buf[i - i0][q][j]);
+        }
+        for (int64_t k = c0; k < c1; k += 64) {
+          const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+          const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
+#pragma GCC unroll 8
+          for (int q = 0; q < S; ++q) {
+            const uint8_t* p = row[q] + 2 * k;
+            if constexpr (DT == DType::BF16) {
+              const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
+              s[q][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), x0, s[q][0]);
+              s[q][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), x1, s[q][1]);
+              s[q][2] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), x2, s[q][2]);
+              s[q][3] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), x3, s[q][3]);
+            } else {
+              s[q][0] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), x0, s[q][0]);
+              s[q][1] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))), x1, s[q][1]);
+              s[q][2] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64))), x2, s[q][2]);
+              s[q][3] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 96))), x3, s[q][3]);
+            }
+          }
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < S; ++q) {
+          if (last) acc = _mm512_add_ps(acc, _mm512_add_ps(_mm512_add_ps(s[q][0], s[q][1]), _mm512_add_ps(s[q][2], s[q][3])));
+          else
+            for (int j = 0; j < 4; ++j) _mm512_store_ps(buf[i - i0][q][j], s[q][j]);
+        }
+      }
+    }
+  }
+  return uint64_t(_mm512_reduce_add_ps(acc) != 0);
+}
+// src's rows (rb bytes) in S parts laid out chunk-major as scratch_chunked<..., true> reads them.
+void repack_chunk_major(const uint8_t* src, uint8_t* dst, size_t bytes, size_t rb, int S, int64_t C, int64_t P) {
+  std::memcpy(dst, src, bytes);
+  const int64_t rows = int64_t(bytes / rb), len = rows / S, K64 = int64_t(rb / 2) / 64 * 64;
+  for (int q = 0; q < S; ++q) {
+    const size_t base = size_t(q * len) * rb;
+    for (int64_t i0 = 0; i0 < len; i0 += P) {
+      const int64_t i1 = std::min(i0 + P, len), pp = i1 - i0;
+      for (int64_t c0 = 0; c0 < K64; c0 += C) {
+        const int64_t c1 = std::min(c0 + C, K64);
+        for (int64_t i = i0; i < i1; ++i)
+          std::memcpy(dst + base + size_t(i0) * rb + size_t(pp) * 2 * c0 + size_t(i - i0) * 2 * (c1 - c0),
+                      src + base + size_t(i) * rb + 2 * c0, size_t(c1 - c0) * 2);
+      }
+    }
+  }
+}
 #endif
 }  // namespace
 
@@ -159,6 +281,19 @@ int main(int argc, char** argv) {
       gemm_detail::set_gemv_block_prefetch(b_def);
     };
   };
+  // RP_CHUNKS=C:R[:L],...: rows chC-R[-pL], the kernel with set_gemv_half_chunk({C, R, L}) (K in
+  // chunks of C columns across panels of R rows, L lines of each stream's next piece prefetched)
+  const gemm_detail::HalfChunk c_def = gemm_detail::gemv_half_chunk();
+  auto gemv_chunk = [&](gemm_detail::HalfChunk c, int streams) {
+    return [&, c, streams](const uint8_t* W) {
+      gemm_detail::set_gemv_half_chunk(c);
+      gemm_detail::set_gemv_half_long_streams(streams);
+      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_detail::set_gemv_half_long_streams(s_def);
+      gemm_detail::set_gemv_half_chunk(c_def);
+      check();
+    };
+  };
   std::vector<bench::PatternRow> rows = {
       {"gemv", gemv(p_def), {}},
       {"gemv-t0", gemv(GemvPrefetch::T0), {}},
@@ -169,6 +304,85 @@ int main(int argc, char** argv) {
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 0); }, W); }, {}},
   };
+  if (const char* env = std::getenv("RP_CHUNKS")) {
+    for (const char* p = env; *p;) {
+      gemm_detail::HalfChunk c;
+      char* end = nullptr;
+      c.cols = int(std::strtol(p, &end, 10));
+      if (end == p) break;
+      if (*end == ':') c.rows = int(std::strtol(end + 1, &end, 10));
+      if (*end == ':') c.next_lines = int(std::strtol(end + 1, &end, 10));
+      int streams = s_def;
+      if (*end == ':') streams = int(std::strtol(end + 1, &end, 10));
+      std::string name = "ch" + std::to_string(c.cols) + "-" + std::to_string(c.rows);
+      if (c.next_lines) name += "-p" + std::to_string(c.next_lines);
+      if (streams != s_def) name += "-s" + std::to_string(streams);
+      rows.push_back({name, gemv_chunk(c, streams), {}});
+      const size_t cb = size_t(c.cols) * 2;
+      const int nl = c.next_lines;
+      const int64_t pr = std::max(1, c.rows / (streams == 6 ? 6 : 4));
+      if (streams == 6)
+        rows.push_back({"rd" + name.substr(2), [&, cb, pr, nl](const uint8_t* W) {
+                          share([&](const uint8_t* p, size_t n) { return read_chunked<6>(p, n, rb, cb, pr, nl); }, W);
+                        }, {}});
+      else
+        rows.push_back({"rd" + name.substr(2), [&, cb, pr, nl](const uint8_t* W) {
+                          share([&](const uint8_t* p, size_t n) { return read_chunked<4>(p, n, rb, cb, pr, nl); }, W);
+                        }, {}});
+      if (*end != ',') break;
+      p = end + 1;
+    }
+  }
+  // RP_REPACK=C:R:S,...: rows cm<C>-<R>-s<S> (scratch_chunked over a chunk-major copy of each copy:
+  // sequential streams, x's chunk in L1) and rm<C>-<R>-s<S> (the same scratch over the rows as they
+  // are), and rm0-s<S> (the scratch in today's order: the control of both)
+  std::vector<std::vector<uint8_t*>> repacked;
+  repacked.reserve(16);
+  auto copy_index = [&](const uint8_t* W) { return size_t(std::find(cp.begin(), cp.end(), W) - cp.begin()); };
+  auto scratch = [&](int S, bool cm, int64_t C, int64_t P, const std::vector<uint8_t*>* rp) {
+    return [&, S, cm, C, P, rp](const uint8_t* W) {
+      const uint8_t* use = rp ? (*rp)[copy_index(W)] : W;
+      share([&](const uint8_t* p, size_t n) {
+        const size_t off = size_t(p - W);  // the thread's share
+        const uint8_t* q = use + off;
+        if (t == DType::BF16) {
+          if (S == 6) return cm ? scratch_chunked<DType::BF16, 6, true>(q, n, rb, x.data(), C, P) : scratch_chunked<DType::BF16, 6, false>(q, n, rb, x.data(), C, P);
+          return cm ? scratch_chunked<DType::BF16, 4, true>(q, n, rb, x.data(), C, P) : scratch_chunked<DType::BF16, 4, false>(q, n, rb, x.data(), C, P);
+        }
+        if (S == 6) return cm ? scratch_chunked<DType::F16, 6, true>(q, n, rb, x.data(), C, P) : scratch_chunked<DType::F16, 6, false>(q, n, rb, x.data(), C, P);
+        return cm ? scratch_chunked<DType::F16, 4, true>(q, n, rb, x.data(), C, P) : scratch_chunked<DType::F16, 4, false>(q, n, rb, x.data(), C, P);
+      }, W);
+    };
+  };
+  if (const char* env = std::getenv("RP_REPACK")) {
+    if (a.threads != 1) {
+      std::fprintf(stderr, "RP_REPACK: 1 thread only (the chunk-major copy is laid out over all rows)\n");
+      return 2;
+    }
+    rows.push_back({"rm0-s4", scratch(4, false, 1 << 30, 1, nullptr), {}});
+    rows.push_back({"rm0-s6", scratch(6, false, 1 << 30, 1, nullptr), {}});
+    for (const char* p = env; *p;) {
+      char* end = nullptr;
+      const int64_t C = std::strtol(p, &end, 10) / 64 * 64;
+      if (end == p || C <= 0) break;
+      int R = 16, S = 4;
+      if (*end == ':') R = int(std::strtol(end + 1, &end, 10));
+      if (*end == ':') S = int(std::strtol(end + 1, &end, 10));
+      S = S == 6 ? 6 : 4;
+      const int64_t P = std::max(1, std::min(16, R / S));
+      std::vector<uint8_t*> rp;
+      for (uint8_t* c : cp) {
+        rp.push_back(bench::huge_alloc(bytes));
+        repack_chunk_major(c, rp.back(), bytes, rb, S, C, P);
+      }
+      repacked.push_back(std::move(rp));
+      const std::string tag = std::to_string(C) + "-" + std::to_string(R) + "-s" + std::to_string(S);
+      rows.push_back({"cm" + tag, scratch(S, true, C, P, &repacked.back()), {}});
+      rows.push_back({"rm" + tag, scratch(S, false, C, P, nullptr), {}});
+      if (*end != ',') break;
+      p = end + 1;
+    }
+  }
   if (t == DType::BF16) {
     rows.push_back({"part-int", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return bf16_parts<Part::Int>(p, n, x.data(), rb); }, W); }, {}});
     rows.push_back({"part-fma", [&](const uint8_t* W) { share([&](const uint8_t* p, size_t n) { return bf16_parts<Part::Fma>(p, n, x.data(), rb); }, W); }, {}});
