@@ -321,12 +321,18 @@ struct PfCursor {
   int rows_left = 0;           // rows not finished, the current one included
   int per_qk = 0, per_pv = 0;  // lines per step of qk_decode_rows (two a 16-dim chunk) / pv_tile (one a token)
   bool l2 = false;             // prefetcht2 (into L2) instead of prefetcht0 (attention_detail::decode_pipeline_l2)
+  // A second run of rows (then_ns > 0) the cursor goes on with after this one (decode_lean's whole-block P V:
+  // the block's later V rows, then the next block's first K rows): then_rb apart, span_bytes each.
+  const char* then_row = nullptr;
+  int64_t then_rb = 0;
+  int then_ns = 0;
   void start(const char* row, int64_t rb, int64_t sb, int ns) {
     line = row;
     last = row + sb - 1;
     row_bytes = rb;
     span_bytes = sb;
     rows_left = ns;
+    then_ns = 0;
   }
 };
 // The cursor's next n lines (every line of each row's span, the last one included when a row does
@@ -347,7 +353,13 @@ __attribute__((always_inline)) inline void pf_step(PfCursor* c, int n, std::vect
     if (reinterpret_cast<uintptr_t>(line) >> 6 > reinterpret_cast<uintptr_t>(last) >> 6) {
       line = last + 1 - c->span_bytes + c->row_bytes;
       last += c->row_bytes;
-      --left;
+      if (--left == 0 && c->then_ns > 0) {  // the second run
+        line = c->then_row;
+        last = line + c->span_bytes - 1;
+        c->row_bytes = c->then_rb;
+        left = c->then_ns;
+        c->then_ns = 0;
+      }
     }
   }
   c->line = line;
@@ -2171,13 +2183,36 @@ void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t pie
     }
     rows_exp_sum_avx512(S, kBk, H, nb, m, sums);
     for (int64_t h = 0; h < H; ++h) l[h] = l[h] * alpha[h] + sums[h];
-    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
-      const int ns = int(std::min<int64_t>(16, b1 - s0));
-      const float* vr = rows_at(it.v, p.v_blocks, p.ldv, s0, ns);
-      if (pipe) pipe_next(b0, b1, s0, true);
-      lk.pv(acc, Dp, s0 == b0 ? alpha : nullptr, G, Hkv, S + (s0 - b0), kBk, vr, p.ldv, ns, D, pf);
-      if (pipe) pipe_done();
+    // P V over the whole block a kv head at a time (acc in registers across its sub-blocks: each
+    // output element's FMAs over the block's tokens in the same order, the same bits). Its V rows
+    // past the first sub-block (prefetched during the last K sub-block) and then the next block's
+    // first K sub-block are prefetched from inside it.
+    const float* vr = rows_at(it.v, p.v_blocks, p.ldv, b0, std::min(nb, 16));
+    if (pipe) {
+      const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, (b1 - 1) / 16 * 16, true);
+      const int rest = std::max(0, nb - 16);
+      const int nsx = rest + nx.ns;
+      if (nsx > 0) {
+        const char* k_next = nx.ns ? reinterpret_cast<const char*>(kv_row(it.k, p.k_blocks, p, nx.s, p.ldk)) : nullptr;
+        if (rest > 0) {
+          const char* v1 = reinterpret_cast<const char*>(kv_row(it.v, p.v_blocks, p, b0 + 16, p.ldv));
+          cursor.start(v1, p.ldv * esz, span_bytes, rest);
+          if (nx.ns) { cursor.then_row = k_next; cursor.then_rb = p.ldk * esz; cursor.then_ns = nx.ns; }
+          if (trace) trace->push_back({reinterpret_cast<uintptr_t>(v1), rest, false});
+        } else {
+          cursor.start(k_next, p.ldk * esz, span_bytes, nx.ns);
+        }
+        if (trace && nx.ns) trace->push_back({reinterpret_cast<uintptr_t>(k_next), nx.ns, false});
+        cursor.l2 = attention_detail::decode_pipeline_l2();
+        const int64_t lines = int64_t(nsx) * ((span_bytes + 63) / 64 + 1);
+        const int64_t pv_steps = Hkv * ((G + 3) / 4) * ((D + 63) / 64) * nb;
+        cursor.per_pv = int((lines + pv_steps - 1) / pv_steps);
+        cursor.per_qk = 0;
+        pf = &cursor;
+      }
     }
+    lk.pv(acc, Dp, alpha, G, Hkv, S, kBk, vr, p.ldv, nb, D, pf);
+    if (pipe) pipe_done();
   }
   finish_piece(it, piece, acc, m, l);
 }
