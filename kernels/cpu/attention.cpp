@@ -321,18 +321,22 @@ struct PfCursor {
   int rows_left = 0;           // rows not finished, the current one included
   int per_qk = 0, per_pv = 0;  // lines per step of qk_decode_rows (two a 16-dim chunk) / pv_tile (one a token)
   bool l2 = false;             // prefetcht2 (into L2) instead of prefetcht0 (attention_detail::decode_pipeline_l2)
-  // A second run of rows (then_ns > 0) the cursor goes on with after this one (decode_lean's whole-block P V:
-  // the block's later V rows, then the next block's first K rows): then_rb apart, span_bytes each.
-  const char* then_row = nullptr;
-  int64_t then_rb = 0;
-  int then_ns = 0;
+  // Further runs of rows (span_bytes each) the cursor goes on with, in order, after this one
+  // (decode_lean: a block's V sub-blocks during its Q K^T, the next block's K sub-blocks during its P V).
+  struct Run {
+    const char* row;
+    int64_t row_bytes;
+    int ns;
+  };
+  Run then[4];
+  int n_then = 0, i_then = 0;
   void start(const char* row, int64_t rb, int64_t sb, int ns) {
     line = row;
     last = row + sb - 1;
     row_bytes = rb;
     span_bytes = sb;
     rows_left = ns;
-    then_ns = 0;
+    n_then = i_then = 0;
   }
 };
 // The cursor's next n lines (every line of each row's span, the last one included when a row does
@@ -353,12 +357,12 @@ __attribute__((always_inline)) inline void pf_step(PfCursor* c, int n, std::vect
     if (reinterpret_cast<uintptr_t>(line) >> 6 > reinterpret_cast<uintptr_t>(last) >> 6) {
       line = last + 1 - c->span_bytes + c->row_bytes;
       last += c->row_bytes;
-      if (--left == 0 && c->then_ns > 0) {  // the second run
-        line = c->then_row;
+      if (--left == 0 && c->i_then < c->n_then) {  // the next run
+        const PfCursor::Run& r = c->then[c->i_then++];
+        line = r.row;
         last = line + c->span_bytes - 1;
-        c->row_bytes = c->then_rb;
-        left = c->then_ns;
-        c->then_ns = 0;
+        c->row_bytes = r.row_bytes;
+        left = r.ns;
       }
     }
   }
@@ -2128,50 +2132,64 @@ void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t pie
   }
   PfCursor cursor;
   PfCursor* pf = nullptr;
-  auto pipe_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) {  // run_decode_piece's pipe_next / pipe_start
-    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
-    if (nx.ns == 0) return;
-    const int64_t ld = nx.v ? p.ldv : p.ldk;
-    const char* row = reinterpret_cast<const char*>(nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, ld)
-                                                         : kv_row(it.k, p.k_blocks, p, nx.s, ld));
-    cursor.start(row, ld * esz, span_bytes, nx.ns);
+  // The cursor over up to 5 sub-blocks (runs of <= 16 rows: each inside one page), its lines spread
+  // over `steps` kernel steps (per_qk for Q K^T's, per_pv for P V's).
+  PfCursor::Run runs[5];
+  int n_runs = 0;
+  auto add_run = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s, int ns) {
+    if (ns <= 0) return;
+    runs[n_runs++] = {reinterpret_cast<const char*>(kv_row(base, blocks, p, s, ld)), ld * esz, ns};
+  };
+  auto pipe_start = [&](int64_t steps, bool qk) {
+    if (n_runs == 0) return;
+    cursor.start(runs[0].row, runs[0].row_bytes, span_bytes, runs[0].ns);
+    int64_t rows = 0;
+    for (int i = 0; i < n_runs; ++i) {
+      if (i > 0) cursor.then[cursor.n_then++] = runs[i];
+      rows += runs[i].ns;
+      if (trace) trace->push_back({reinterpret_cast<uintptr_t>(runs[i].row), runs[i].ns, false});
+    }
     cursor.l2 = attention_detail::decode_pipeline_l2();
-    const int64_t lines = int64_t(nx.ns) * ((span_bytes + 63) / 64 + 1);
-    const int64_t nch = (D + 15) / 16;
-    const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;
-    const int64_t pv_steps = Hkv * ((G + 3) / 4) * ((nch + 3) / 4) * 16;
-    cursor.per_qk = int((lines + qk_steps - 1) / qk_steps);
-    cursor.per_pv = int((lines + pv_steps - 1) / pv_steps);
+    const int per = int((rows * ((span_bytes + 63) / 64 + 1) + steps - 1) / steps);
+    cursor.per_qk = qk ? per : 0;
+    cursor.per_pv = qk ? 0 : per;
     pf = &cursor;
-    if (trace) trace->push_back({reinterpret_cast<uintptr_t>(row), nx.ns, false});
+    n_runs = 0;
   };
   auto pipe_done = [&] {
     if (pf) pf_step(pf, 1 << 30);
     pf = nullptr;
   };
-  bool swept = false;
-  auto rows_at = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns) {
+  // every K sub-block swept right before its compute without the pipeline; with it only the piece's first
+  auto sweep_at = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns) {
     const float* r = kv_row(base, blocks, p, s0, ld);
-    if (!swept) {
-      sweep_rows(r, ld * esz, ns, span_bytes);
-      if (trace) trace->push_back({reinterpret_cast<uintptr_t>(r), ns, true});
-    }
-    swept = pipe;
+    sweep_rows(r, ld * esz, ns, span_bytes);
+    if (trace) trace->push_back({reinterpret_cast<uintptr_t>(r), ns, true});
     return r;
   };
+  const int64_t nch = (D + 15) / 16;
+  const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;           // a sub-block's Q K^T
+  const int64_t pv_steps_tok = Hkv * ((G + 3) / 4) * ((nch + 3) / 4);  // P V's, a token
   float* m = acc + H * Dp;
   float* l = m + H;
   float* alpha = l + H;
   float bm[attention_detail::kDecodeMaxHeads], sums[attention_detail::kDecodeMaxHeads];
   for (int64_t h = 0; h < H; ++h) { m[h] = -INFINITY; l[h] = 0.0f; }
   std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
+  // With the pipeline: the piece's first K sub-block swept; during each K sub-block's Q K^T the
+  // block's V sub-block of the same index prefetched (in the piece's first block after the next K
+  // sub-block); during a block's P V the next block's K sub-blocks.
   for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
     const int64_t b1 = std::min(j1, b0 + kBk);
     const int nb = int(b1 - b0);
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
-      const float* kr = rows_at(it.k, p.k_blocks, p.ldk, s0, ns);
-      if (pipe) pipe_next(b0, b1, s0, false);
+      const float* kr = !pipe || s0 == j0 ? sweep_at(it.k, p.k_blocks, p.ldk, s0, ns) : kv_row(it.k, p.k_blocks, p, s0, p.ldk);
+      if (pipe) {
+        if (b0 == j0) add_run(it.k, p.k_blocks, p.ldk, s0 + 16, int(std::min<int64_t>(16, b1 - s0 - 16)));
+        add_run(it.v, p.v_blocks, p.ldv, s0, ns);
+        pipe_start(qk_steps, true);
+      }
       lk.qk(qt, qt == it.q ? D : Dp, int(G), Hkv, kr, p.ldk, ns, D, it.scale, S + (s0 - b0), kBk, it.ktiles, pf);
       if (pipe) pipe_done();
     }
@@ -2183,35 +2201,23 @@ void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t pie
     }
     rows_exp_sum_avx512(S, kBk, H, nb, m, sums);
     for (int64_t h = 0; h < H; ++h) l[h] = l[h] * alpha[h] + sums[h];
-    // P V over the whole block a kv head at a time (acc in registers across its sub-blocks: each
-    // output element's FMAs over the block's tokens in the same order, the same bits). Its V rows
-    // past the first sub-block (prefetched during the last K sub-block) and then the next block's
-    // first K sub-block are prefetched from inside it.
-    const float* vr = rows_at(it.v, p.v_blocks, p.ldv, b0, std::min(nb, 16));
-    if (pipe) {
-      const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, (b1 - 1) / 16 * 16, true);
-      const int rest = std::max(0, nb - 16);
-      const int nsx = rest + nx.ns;
-      if (nsx > 0) {
-        const char* k_next = nx.ns ? reinterpret_cast<const char*>(kv_row(it.k, p.k_blocks, p, nx.s, p.ldk)) : nullptr;
-        if (rest > 0) {
-          const char* v1 = reinterpret_cast<const char*>(kv_row(it.v, p.v_blocks, p, b0 + 16, p.ldv));
-          cursor.start(v1, p.ldv * esz, span_bytes, rest);
-          if (nx.ns) { cursor.then_row = k_next; cursor.then_rb = p.ldk * esz; cursor.then_ns = nx.ns; }
-          if (trace) trace->push_back({reinterpret_cast<uintptr_t>(v1), rest, false});
-        } else {
-          cursor.start(k_next, p.ldk * esz, span_bytes, nx.ns);
-        }
-        if (trace && nx.ns) trace->push_back({reinterpret_cast<uintptr_t>(k_next), nx.ns, false});
-        cursor.l2 = attention_detail::decode_pipeline_l2();
-        const int64_t lines = int64_t(nsx) * ((span_bytes + 63) / 64 + 1);
-        const int64_t pv_steps = Hkv * ((G + 3) / 4) * ((D + 63) / 64) * nb;
-        cursor.per_pv = int((lines + pv_steps - 1) / pv_steps);
-        cursor.per_qk = 0;
-        pf = &cursor;
-      }
+    if (!pipe)
+      for (int64_t s0 = b0; s0 < b1; s0 += 16) sweep_at(it.v, p.v_blocks, p.ldv, s0, int(std::min<int64_t>(16, b1 - s0)));
+    else {
+      const int64_t n1 = std::min(j1, b1 + kBk);
+      for (int64_t s0 = b1; s0 < n1; s0 += 16) add_run(it.k, p.k_blocks, p.ldk, s0, int(std::min<int64_t>(16, n1 - s0)));
+      pipe_start(pv_steps_tok * nb, false);
     }
-    lk.pv(acc, Dp, alpha, G, Hkv, S, kBk, vr, p.ldv, nb, D, pf);
+    // P V over the whole block a kv head at a time where its V rows lie in one page (acc in
+    // registers across the sub-blocks: each output element's FMAs over the block's tokens in the
+    // same order, the same bits), else a sub-block at a time as run_decode_piece.
+    const float* vr = kv_row(it.v, p.v_blocks, p, b0, p.ldv);
+    if (p.kv_block_size == 0 || b0 / p.kv_block_size == (b1 - 1) / p.kv_block_size)
+      lk.pv(acc, Dp, alpha, G, Hkv, S, kBk, vr, p.ldv, nb, D, pf);
+    else
+      for (int64_t s0 = b0; s0 < b1; s0 += 16)
+        lk.pv(acc, Dp, s0 == b0 ? alpha : nullptr, G, Hkv, S + (s0 - b0), kBk, kv_row(it.v, p.v_blocks, p, s0, p.ldv),
+              p.ldv, int(std::min<int64_t>(16, b1 - s0)), D, pf);
     if (pipe) pipe_done();
   }
   finish_piece(it, piece, acc, m, l);
