@@ -231,11 +231,10 @@ namespace {
 std::atomic<bool> decode_k_tiles_on{false};  // the K tile prototype: off unless a benchmark or test sets it
 }  // namespace
 bool decode_k_tiles() { return decode_k_tiles_on.load(std::memory_order_relaxed); }
-namespace {
-std::atomic<bool> decode_lean_on{false};
-}  // namespace
-bool decode_lean() { return decode_lean_on.load(std::memory_order_relaxed); }
-void set_decode_lean(bool on) { decode_lean_on.store(on, std::memory_order_relaxed); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_decode_lean; session 29).
+using DecodeLean = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_decode_lean>;
+bool decode_lean() { return DecodeLean::get(); }
+void set_decode_lean(bool on) { DecodeLean::set(on); }
 void set_decode_k_tiles(bool on) { decode_k_tiles_on.store(on, std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
@@ -2027,6 +2026,39 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 // Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
 const AttentionParams kF32Rows{};
 
+// merge_decode's vector part for one head (decode_lean, D a multiple of 16): o = (((0 + w0 a0) + w1 a1) ...) * inv,
+// each product and sum rounded on its own as the scalar loop's (the _round forms: GCC cannot contract them into FMAs).
+EMO_T512 static void merge_head_avx512(float* o, const float* a0, int64_t stride, int64_t n, const float* w, float inv,
+                                       int D) {
+  for (int d = 0; d < D; d += 16) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < n; ++s)
+      acc = _mm512_add_round_ps(acc, _mm512_mul_round_ps(_mm512_set1_ps(w[s]), _mm512_loadu_ps(a0 + s * stride + d),
+                                                         _MM_FROUND_CUR_DIRECTION),
+                                _MM_FROUND_CUR_DIRECTION);
+    _mm512_storeu_ps(o + d, _mm512_mul_round_ps(acc, _mm512_set1_ps(inv), _MM_FROUND_CUR_DIRECTION));
+  }
+}
+// merge_decode with merge_head_avx512 (decode_lean): the same weights, sums and products in the same order.
+void merge_decode_lean(const DecodeItem& it) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, stride = H * (2 + it.Dp);
+  float w[64];
+  for (int64_t h = 0; h < H; ++h) {
+    float M = -INFINITY;
+    for (int64_t s = 0; s < it.n_pieces; ++s) M = std::max(M, it.part[s * stride + h]);
+    float L = 0;
+    for (int64_t s = 0; s < it.n_pieces; ++s) {
+      const float* ps = it.part + s * stride;
+      w[s] = std::exp(ps[h] - M);
+      L += w[s] * ps[H + h];
+    }
+    assert(L >= 1.0f);
+    merge_head_avx512(it.out + h * it.D, it.part + 2 * H + h * it.Dp, stride, it.n_pieces, w, 1.0f / L, it.D);
+    if (it.lse) it.lse[h] = M + std::log(L);
+  }
+}
+
 // The end of piece `piece` of item `it` (acc: its heads' P V sums, Dp apart; m / l: maxima and
 // sums, l right after m): out (and lse) when it is the only piece, else its partial, and the last
 // piece to finish merges.
@@ -2048,7 +2080,8 @@ void finish_piece(const DecodeItem& it, int64_t piece, const float* acc, const f
   std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
   // the last piece to finish (acq_rel: it sees the others' partials) merges
   if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) {
-    merge_decode(it);
+    if (it.lean && it.D % 16 == 0 && it.n_pieces <= 64 && isa_active() >= Isa::Avx512) merge_decode_lean(it);
+    else merge_decode(it);
     attention_detail::count_work(&attention_detail::WorkSlot::decode_merges);
   }
 }

@@ -105,7 +105,13 @@ bool decode_k_tiles_applies(const AttentionParams& p);
 // base and a stride), one for their P V, two a block for the softmax's row maxima and exp sums
 // (the scalar max / exp / sum updates stay in the driver), q read in place where head_dim is a
 // multiple of 16 (no padded copy a piece), and run_decode's partials in reused scratch. The same
-// kernels on the same operands in the same order: outputs bit for bit equal. set_decode_lean.
+// kernels on the same operands in the same order: outputs bit for bit equal. P V runs a whole 64-token
+// block a kv head (acc in registers across its sub-blocks; a sub-block at a time where the block's V
+// rows cross a page), and the pipelined prefetch (decode_pipeline) follows it: each K sub-block's
+// Q K^T prefetches the block's V sub-block of the same index (in a piece's first block after the next
+// K sub-block), each block's P V the next block's K sub-blocks. Default per CPU (decode_tuning.h
+// attn_decode_lean: on for Zen 4); set_decode_lean (tests, A/B tools: decode_switch_ab attn_lean,
+// attn_decode_threads' "1t lean").
 bool decode_lean();
 void set_decode_lean(bool on);
 // The sub-block prefetched during [s0, s0 + 16) of K (is_v false) or V of block [b0, b1) in a
