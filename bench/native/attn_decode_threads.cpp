@@ -1,7 +1,7 @@
 // Where decode attention's two-thread time goes, in one process on the same data (7B shape: 32 / 32
 // heads x 128, f32 cache in 64-token pages, copies rotated so every call reads from memory):
 //
-//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt]
+//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt] [lean]
 //
 // Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool
 // ("2t run": the pieces inside one pool->run job); and "2t halves": two threads (the 2-thread pool's, one run() job)
@@ -27,6 +27,8 @@
 // "kt" (needs 1b, not with bf16dp: exit 2 otherwise): "1t ktiles", the 1-thread call on each copy's K laid out in 16-token transposed
 // tiles (attention_detail::set_decode_k_tiles, the prototype: Q K^T without the register
 // transposes), interleaved with the others; its output checked bit for bit against "1t"'s.
+// "1t lean" (or, with "lean": every mode on attention_detail::set_decode_lean(true), "1t nolean"): the
+// 1-thread call with the lean narrow piece switched the other way, its output checked bit for bit too.
 // "1t": only the 1-thread modes (a loaded machine,
 // where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
 // (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
@@ -60,7 +62,7 @@ using bench::thread_cpu;
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt] [lean]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
@@ -73,6 +75,7 @@ int main(int argc, char** argv) {
     huge = huge || std::strcmp(argv[i], "2m") == 0;
     only_1t = only_1t || std::strcmp(argv[i], "1t") == 0;
     ktiles = ktiles || std::strcmp(argv[i], "kt") == 0;
+    if (std::strcmp(argv[i], "lean") == 0) attention_detail::set_decode_lean(true);
     if (std::strcmp(argv[i], "f16") == 0) kv_type = DType::F16;
     if (std::strcmp(argv[i], "bf16") == 0) kv_type = DType::BF16;
     if (std::strcmp(argv[i], "bf16dp") == 0) {
@@ -209,16 +212,17 @@ int main(int argc, char** argv) {
     cpu_1t = thread_cpu() - c0;
     return dt;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, kModes };
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tLean, kModes };
   auto one_thread = [](int m) {
-    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4 || m == k1tKt;
+    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4 || m == k1tKt || m == k1tLean;
   };
   const double fma_peak = bench::fma_peak_1t_gflops();
   // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
   const bool l2_default = attention_detail::decode_pipeline_l2();
+  const bool lean_default = attention_detail::decode_lean();
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
-                               "1t read", "1t hot", "1t read4", "1t ktiles"};
+                               "1t read", "1t hot", "1t read4", "1t ktiles", lean_default ? "1t nolean" : "1t lean"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -260,6 +264,11 @@ int main(int argc, char** argv) {
         dt = timed(&pool1);
         attention_detail::set_decode_k_tiles(false);
         use_tiles = false;
+      }
+      else if (m == k1tLean) {
+        attention_detail::set_decode_lean(!lean_default);
+        dt = timed(&pool1);
+        attention_detail::set_decode_lean(lean_default);
       }
       else if (m == kPm64 || m == kPm32) {
         attention_detail::set_decode_piece_max(m == kPm64 ? 64 : 32);
@@ -329,6 +338,17 @@ int main(int argc, char** argv) {
     use_tiles = false;
     std::printf("  1t ktiles output bit for bit that of 1t (K rows): %s\n",
                 std::memcmp(o.data(), o_rows.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
+  }
+  {  // the other lean setting's output against the default's on the same copy
+    call = 0;
+    timed(&pool1);
+    const std::vector<float> o_def = o;
+    attention_detail::set_decode_lean(!lean_default);
+    call = 0;
+    timed(&pool1);
+    attention_detail::set_decode_lean(lean_default);
+    std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tLean],
+                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");
   if (const bench::ProcRollup r = bench::proc_rollup(); r.ok)  // whether "2m" got its huge pages

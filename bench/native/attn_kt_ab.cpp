@@ -20,7 +20,9 @@
 // against attn_decode_threads' 1t time of the same shape, and measure the call itself there
 // (`attn_decode_threads ... 1b 1t kt`): on Zen 4 (session 28) the 1.1B's Q K^T ran 1.48-1.54x
 // faster here on tiles, but the whole call only 1.01-1.04x (f32) / 1.11-1.14x (f16), the tile
-// kernel taking about the row kernel's time inside the driver (perf; cause not found).
+// kernel taking about the row kernel's time inside the driver (perf; cause not found). Session 29, on the
+// lean driver (attention_detail::decode_lean, its per-call / per-kv-head overhead removed): the whole
+// call on tiles 0.97-1.03x the lean rows' in cache with f32, 1.13-1.15x with f16: still below 1.15x.
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_*() (GCC bug 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

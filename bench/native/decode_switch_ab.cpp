@@ -8,7 +8,7 @@
 // kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; q80_parts / q80_parts1 / q80_parts3 /
 // q80_parts4 / q80_default / q80_nopf / q80_t1 / q80_t0 / q80_line17: the q8_0 M = 1 pass (below);
 // decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
-// qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1;
+// qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1; attn_lean: its narrow rows' lean piece (set_decode_lean);
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
@@ -248,6 +248,8 @@ const AbSwitch kSwitches[] = {
     {"attn_pipe", [](bool on) { attention_detail::set_decode_pipeline(on); }},
     // that prefetch into L2 (prefetcht2: on) against L1 (T0; set_decode_pipeline_l2)
     {"attn_l2", [](bool on) { attention_detail::set_decode_pipeline_l2(on); }},
+    // the narrow rows' lean decode piece (set_decode_lean: one kernel call a sub-block for all kv heads)
+    {"attn_lean", [](bool on) { attention_detail::set_decode_lean(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16

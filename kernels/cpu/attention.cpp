@@ -231,6 +231,10 @@ namespace {
 std::atomic<bool> decode_k_tiles_on{false};  // the K tile prototype: off unless a benchmark or test sets it
 }  // namespace
 bool decode_k_tiles() { return decode_k_tiles_on.load(std::memory_order_relaxed); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_decode_lean; session 29).
+using DecodeLean = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_decode_lean>;
+bool decode_lean() { return DecodeLean::get(); }
+void set_decode_lean(bool on) { DecodeLean::set(on); }
 void set_decode_k_tiles(bool on) { decode_k_tiles_on.store(on, std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
@@ -316,12 +320,22 @@ struct PfCursor {
   int rows_left = 0;           // rows not finished, the current one included
   int per_qk = 0, per_pv = 0;  // lines per step of qk_decode_rows (two a 16-dim chunk) / pv_tile (one a token)
   bool l2 = false;             // prefetcht2 (into L2) instead of prefetcht0 (attention_detail::decode_pipeline_l2)
+  // Further runs of rows (span_bytes each) the cursor goes on with, in order, after this one
+  // (decode_lean: a block's V sub-blocks during its Q K^T, the next block's K sub-blocks during its P V).
+  struct Run {
+    const char* row;
+    int64_t row_bytes;
+    int ns;
+  };
+  Run then[4];
+  int n_then = 0, i_then = 0;
   void start(const char* row, int64_t rb, int64_t sb, int ns) {
     line = row;
     last = row + sb - 1;
     row_bytes = rb;
     span_bytes = sb;
     rows_left = ns;
+    n_then = i_then = 0;
   }
 };
 // The cursor's next n lines (every line of each row's span, the last one included when a row does
@@ -342,7 +356,13 @@ __attribute__((always_inline)) inline void pf_step(PfCursor* c, int n, std::vect
     if (reinterpret_cast<uintptr_t>(line) >> 6 > reinterpret_cast<uintptr_t>(last) >> 6) {
       line = last + 1 - c->span_bytes + c->row_bytes;
       last += c->row_bytes;
-      --left;
+      if (--left == 0 && c->i_then < c->n_then) {  // the next run
+        const PfCursor::Run& r = c->then[c->i_then++];
+        line = r.row;
+        last = line + c->span_bytes - 1;
+        c->row_bytes = r.row_bytes;
+        left = r.ns;
+      }
     }
   }
   c->line = line;
@@ -1851,6 +1871,7 @@ struct DecodeItem {
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
   bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
+  bool lean;                   // the narrow rows' lean piece (decode_lean): read once here, for every piece
 };
 
 
@@ -1953,6 +1974,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   // Read once on the caller (the pieces on the pool threads read it.ktiles, never the switch: a
   // setter between validate() and the pieces would otherwise tear the call) and checked here again.
   it.ktiles = attention_detail::decode_k_tiles();
+  it.lean = attention_detail::decode_lean();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
@@ -2003,6 +2025,236 @@ inline void sweep_rows(const float* rows, int64_t row_bytes, int ns, int64_t spa
 
 // Element type f32 for kv_at on rows that are f32 whatever the cache's type (packed / widened scratch).
 const AttentionParams kF32Rows{};
+
+// merge_decode's vector part for one head (decode_lean, D a multiple of 16): o = (((0 + w0 a0) + w1 a1) ...) * inv,
+// each product and sum rounded on its own as the scalar loop's (the _round forms: GCC cannot contract them into FMAs).
+EMO_T512 static void merge_head_avx512(float* o, const float* a0, int64_t stride, int64_t n, const float* w, float inv,
+                                       int D) {
+  for (int d = 0; d < D; d += 16) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < n; ++s)
+      acc = _mm512_add_round_ps(acc, _mm512_mul_round_ps(_mm512_set1_ps(w[s]), _mm512_loadu_ps(a0 + s * stride + d),
+                                                         _MM_FROUND_CUR_DIRECTION),
+                                _MM_FROUND_CUR_DIRECTION);
+    _mm512_storeu_ps(o + d, _mm512_mul_round_ps(acc, _mm512_set1_ps(inv), _MM_FROUND_CUR_DIRECTION));
+  }
+}
+// merge_decode with merge_head_avx512 (decode_lean): the same weights, sums and products in the same order.
+void merge_decode_lean(const DecodeItem& it) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, stride = H * (2 + it.Dp);
+  float w[64];
+  for (int64_t h = 0; h < H; ++h) {
+    float M = -INFINITY;
+    for (int64_t s = 0; s < it.n_pieces; ++s) M = std::max(M, it.part[s * stride + h]);
+    float L = 0;
+    for (int64_t s = 0; s < it.n_pieces; ++s) {
+      const float* ps = it.part + s * stride;
+      w[s] = std::exp(ps[h] - M);
+      L += w[s] * ps[H + h];
+    }
+    assert(L >= 1.0f);
+    merge_head_avx512(it.out + h * it.D, it.part + 2 * H + h * it.Dp, stride, it.n_pieces, w, 1.0f / L, it.D);
+    if (it.lse) it.lse[h] = M + std::log(L);
+  }
+}
+
+// The end of piece `piece` of item `it` (acc: its heads' P V sums, Dp apart; m / l: maxima and
+// sums, l right after m): out (and lse) when it is the only piece, else its partial, and the last
+// piece to finish merges.
+void finish_piece(const DecodeItem& it, int64_t piece, const float* acc, const float* m, const float* l) {
+  const int64_t H = it.p->n_heads;
+  const int D = it.D, Dp = it.Dp;
+  if (it.n_pieces == 1) {
+    for (int64_t h = 0; h < H; ++h) {
+      float* o = it.out + h * D;
+      const float inv = 1.0f / l[h];
+      const float* a = acc + h * Dp;
+      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
+      if (it.lse) it.lse[h] = m[h] + std::log(l[h]);
+    }
+    return;
+  }
+  float* part = it.part + piece * H * (2 + Dp);
+  std::memcpy(part, m, sizeof(float) * size_t(2 * H));
+  std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
+  // the last piece to finish (acq_rel: it sees the others' partials) merges
+  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) {
+    if (it.lean && it.D % 16 == 0 && it.n_pieces <= 64 && isa_active() >= Isa::Avx512) merge_decode_lean(it);
+    else merge_decode(it);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_merges);
+  }
+}
+
+// ---------------------------------------------------------------------------- the lean narrow piece
+// attention_detail::decode_lean: narrow token rows swept in place with >= 4 query heads per kv head
+// (AVX-512). The calls run_decode_piece makes a kv head (or a head) at a time through the kernel
+// table, here one a sub-block (all kv heads) or two a block (the softmax's vector parts): the same
+// kernel templates on the same operands in the same order, so the same bits. No scalar float
+// arithmetic inside these target functions (GCC would contract a multiply and add into an FMA):
+// the softmax's max / exp / sum updates stay in the driver's code, as in run_decode_piece.
+// Q K^T of the ns token rows from kr (ld elements apart) for every kv head: qk_decode on 16 row
+// pointers (the last row repeated past ns), or qk_tiles on each kv head's tile (ktiles).
+template <class E>
+EMO_T512 static void qk_decode_all_heads(const float* q, int64_t ldq, int G, int64_t Hkv, const float* krf, int64_t ld,
+                                         int ns, int D, float scale, float* S, int64_t ldS, bool ktiles, PfCursor* pf) {
+  const typename E::T* kr = reinterpret_cast<const typename E::T*>(krf);
+  for (int64_t g = 0; g < Hkv; ++g) {
+    const typename E::T* kg = kr + g * D;
+    if (ktiles) {  // kv head g's tile of the 16 tokens (kr: their first row)
+      qk_tiles_avx512<E>(q + g * G * ldq, ldq, G, reinterpret_cast<const float*>(kr + g * D * 16), D, scale,
+                         S + g * G * ldS, ldS, pf);
+      continue;
+    }
+    const float* rows[16];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) rows[t] = reinterpret_cast<const float*>(kg + int64_t(std::min(t, ns - 1)) * ld);
+    qk_decode_avx512<E>(q + g * G * ldq, ldq, G, rows, D, scale, S + g * G * ldS, ldS, pf);
+  }
+}
+// P V of the ns token rows from vr (ld elements apart) for every kv head: acc rows Dp apart,
+// alpha (per head) or kOnes, P in S (ldS apart, already at the sub-block's column).
+template <class E>
+EMO_T512 static void pv_all_heads(float* acc, int Dp, const float* alpha, int64_t G, int64_t Hkv, const float* S, int ldS,
+                                  const float* vrf, int64_t ld, int ns, int D, PfCursor* pf) {
+  const typename E::T* vr = reinterpret_cast<const typename E::T*>(vrf);
+  for (int64_t g = 0; g < Hkv; ++g)
+    for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
+      const int R = int(std::min<int64_t>(kMaxRows, G - h0));
+      const int64_t r0 = g * G + h0;
+      pv_avx512_t<E>(acc + r0 * Dp, Dp, alpha ? alpha + r0 : kOnes, R, S + r0 * ldS, ldS,
+                     reinterpret_cast<const float*>(vr + g * D), ld, ns, D, pf);
+    }
+}
+// out[h] = the max of S's row h over nb columns; exp_sum: S's row h exponentiated against mx[h], out[h] its sum.
+EMO_T512 static void rows_max_avx512(const float* S, int ldS, int64_t H, int nb, float* out) {
+  for (int64_t h = 0; h < H; ++h) out[h] = row_max_avx512(S + h * ldS, nb);
+}
+EMO_T512 static void rows_exp_sum_avx512(float* S, int ldS, int64_t H, int nb, const float* mx, float* out) {
+  for (int64_t h = 0; h < H; ++h) out[h] = exp_sum_avx512(S + h * ldS, nb, mx[h]);
+}
+struct LeanKern {
+  void (*qk)(const float* q, int64_t ldq, int G, int64_t Hkv, const float* kr, int64_t ld, int ns, int D, float scale,
+             float* S, int64_t ldS, bool ktiles, PfCursor* pf);
+  void (*pv)(float* acc, int Dp, const float* alpha, int64_t G, int64_t Hkv, const float* S, int ldS, const float* vr,
+             int64_t ld, int ns, int D, PfCursor* pf);
+};
+const LeanKern kLeanF32 = {qk_decode_all_heads<KvF32>, pv_all_heads<KvF32>};
+const LeanKern kLeanF16 = {qk_decode_all_heads<KvF16>, pv_all_heads<KvF16>};
+const LeanKern kLeanBF16 = {qk_decode_all_heads<KvBF16>, pv_all_heads<KvBF16>};
+
+// run_decode_piece's path for the calls decode_lean takes (it.lean, in place, narrow rows swept,
+// >= 4 query heads per kv head, not bf16 products): the same reads, prefetches, kernels and
+// softmax, in the same order, with the calls above. pipe: decode_pipeline_applies.
+void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t piece, float* S,
+                           float* acc, float* qpad, bool pipe, std::vector<attention_detail::DecodeRead>* trace) {
+  const AttentionParams& p = *it.p;
+  const int64_t H = p.n_heads, G = it.group, Hkv = p.n_kv_heads;
+  const int D = it.D, Dp = it.Dp;
+  const int64_t j0 = piece * it.piece_len, j1 = std::min(it.nvis, j0 + it.piece_len);
+  const int64_t esz = int64_t(kv_elem_bytes(p));
+  const int64_t span_bytes = Hkv * D * esz;
+  // q in place where its rows need no padding (the kernels read Dp = D dims of each)
+  const float* qt = it.q;
+  if (D != Dp) {
+    for (int64_t h = 0; h < H; ++h) {
+      std::memcpy(qpad + h * Dp, it.q + h * D, sizeof(float) * size_t(D));
+      std::memset(qpad + h * Dp + D, 0, sizeof(float) * size_t(Dp - D));
+    }
+    qt = qpad;
+  }
+  PfCursor cursor;
+  PfCursor* pf = nullptr;
+  // The cursor over up to 5 sub-blocks (runs of <= 16 rows: each inside one page), its lines spread
+  // over `steps` kernel steps (per_qk for Q K^T's, per_pv for P V's).
+  PfCursor::Run runs[5];
+  int n_runs = 0;
+  auto add_run = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s, int ns) {
+    if (ns <= 0) return;
+    runs[n_runs++] = {reinterpret_cast<const char*>(kv_row(base, blocks, p, s, ld)), ld * esz, ns};
+  };
+  auto pipe_start = [&](int64_t steps, bool qk) {
+    if (n_runs == 0) return;
+    cursor.start(runs[0].row, runs[0].row_bytes, span_bytes, runs[0].ns);
+    int64_t rows = 0;
+    for (int i = 0; i < n_runs; ++i) {
+      if (i > 0) cursor.then[cursor.n_then++] = runs[i];
+      rows += runs[i].ns;
+      if (trace) trace->push_back({reinterpret_cast<uintptr_t>(runs[i].row), runs[i].ns, false});
+    }
+    cursor.l2 = attention_detail::decode_pipeline_l2();
+    const int per = int((rows * ((span_bytes + 63) / 64 + 1) + steps - 1) / steps);
+    cursor.per_qk = qk ? per : 0;
+    cursor.per_pv = qk ? 0 : per;
+    pf = &cursor;
+    n_runs = 0;
+  };
+  auto pipe_done = [&] {
+    if (pf) pf_step(pf, 1 << 30);
+    pf = nullptr;
+  };
+  // every K sub-block swept right before its compute without the pipeline; with it only the piece's first
+  auto sweep_at = [&](const float* base, const float* const* blocks, int64_t ld, int64_t s0, int ns) {
+    const float* r = kv_row(base, blocks, p, s0, ld);
+    sweep_rows(r, ld * esz, ns, span_bytes);
+    if (trace) trace->push_back({reinterpret_cast<uintptr_t>(r), ns, true});
+    return r;
+  };
+  const int64_t nch = (D + 15) / 16;
+  const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;           // a sub-block's Q K^T
+  const int64_t pv_steps_tok = Hkv * ((G + 3) / 4) * ((nch + 3) / 4);  // P V's, a token
+  float* m = acc + H * Dp;
+  float* l = m + H;
+  float* alpha = l + H;
+  float bm[attention_detail::kDecodeMaxHeads], sums[attention_detail::kDecodeMaxHeads];
+  for (int64_t h = 0; h < H; ++h) { m[h] = -INFINITY; l[h] = 0.0f; }
+  std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
+  // With the pipeline: the piece's first K sub-block swept; during each K sub-block's Q K^T the
+  // block's V sub-block of the same index prefetched (in the piece's first block after the next K
+  // sub-block); during a block's P V the next block's K sub-blocks.
+  for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
+    const int64_t b1 = std::min(j1, b0 + kBk);
+    const int nb = int(b1 - b0);
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      const float* kr = !pipe || s0 == j0 ? sweep_at(it.k, p.k_blocks, p.ldk, s0, ns) : kv_row(it.k, p.k_blocks, p, s0, p.ldk);
+      if (pipe) {
+        if (b0 == j0) add_run(it.k, p.k_blocks, p.ldk, s0 + 16, int(std::min<int64_t>(16, b1 - s0 - 16)));
+        add_run(it.v, p.v_blocks, p.ldv, s0, ns);
+        pipe_start(qk_steps, true);
+      }
+      lk.qk(qt, qt == it.q ? D : Dp, int(G), Hkv, kr, p.ldk, ns, D, it.scale, S + (s0 - b0), kBk, it.ktiles, pf);
+      if (pipe) pipe_done();
+    }
+    rows_max_avx512(S, kBk, H, nb, bm);
+    for (int64_t h = 0; h < H; ++h) {
+      const float m_new = std::max(m[h], bm[h]);
+      alpha[h] = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new);
+      m[h] = m_new;
+    }
+    rows_exp_sum_avx512(S, kBk, H, nb, m, sums);
+    for (int64_t h = 0; h < H; ++h) l[h] = l[h] * alpha[h] + sums[h];
+    if (!pipe)
+      for (int64_t s0 = b0; s0 < b1; s0 += 16) sweep_at(it.v, p.v_blocks, p.ldv, s0, int(std::min<int64_t>(16, b1 - s0)));
+    else {
+      const int64_t n1 = std::min(j1, b1 + kBk);
+      for (int64_t s0 = b1; s0 < n1; s0 += 16) add_run(it.k, p.k_blocks, p.ldk, s0, int(std::min<int64_t>(16, n1 - s0)));
+      pipe_start(pv_steps_tok * nb, false);
+    }
+    // P V over the whole block a kv head at a time where its V rows lie in one page (acc in
+    // registers across the sub-blocks: each output element's FMAs over the block's tokens in the
+    // same order, the same bits), else a sub-block at a time as run_decode_piece.
+    const float* vr = kv_row(it.v, p.v_blocks, p, b0, p.ldv);
+    if (p.kv_block_size == 0 || b0 / p.kv_block_size == (b1 - 1) / p.kv_block_size)
+      lk.pv(acc, Dp, alpha, G, Hkv, S, kBk, vr, p.ldv, nb, D, pf);
+    else
+      for (int64_t s0 = b0; s0 < b1; s0 += 16)
+        lk.pv(acc, Dp, s0 == b0 ? alpha : nullptr, G, Hkv, S + (s0 - b0), kBk, kv_row(it.v, p.v_blocks, p, s0, p.ldv),
+              p.ldv, int(std::min<int64_t>(16, b1 - s0)), D, pf);
+    if (pipe) pipe_done();
+  }
+  finish_piece(it, piece, acc, m, l);
+}
 
 // Software prefetches of the kv rows: only the narrow rows' next sub-block from inside the kernels'
 // loops (PfCursor, attention_detail::decode_pipeline; session 22). Until session 20 this file held
@@ -2087,6 +2339,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // is laid out so); only the calls decode_k_tiles_applies takes, never silently as rows.
   const bool ktiles = it.ktiles;  // make_decode_item read the switch once and checked decode_k_tiles_applies
   assert(!ktiles || (sweep && transposed && !dp && kk.qk_tiles != nullptr));
+  if (it.lean && sweep && transposed && !dp) {
+    const LeanKern& lk = p.kv_dtype == DType::F16 ? kLeanF16 : p.kv_dtype == DType::BF16 ? kLeanBF16 : kLeanF32;
+    run_decode_piece_lean(it, lk, piece, S, acc, qpad, pipe, trace);
+    return;
+  }
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched
@@ -2242,29 +2499,23 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       if (pipe) pipe_done();
     }
   }
-  if (it.n_pieces == 1) {
-    for (int64_t h = 0; h < H; ++h) {
-      float* o = it.out + h * D;
-      const float inv = 1.0f / l[h];
-      const float* a = acc + h * Dp;
-      for (int d = 0; d < D; ++d) o[d] = a[d] * inv;
-      if (it.lse) it.lse[h] = m[h] + std::log(l[h]);
-    }
-    return;
-  }
-  float* part = it.part + piece * H * (2 + Dp);
-  std::memcpy(part, m, sizeof(float) * size_t(2 * H));
-  std::memcpy(part + 2 * H, acc, sizeof(float) * size_t(H) * size_t(Dp));
-  // the last piece to finish (acq_rel: it sees the others' partials) merges
-  if (it.done->fetch_add(1, std::memory_order_acq_rel) == it.n_pieces - 1) {
-    merge_decode(it);
-    attention_detail::count_work(&attention_detail::WorkSlot::decode_merges);
-  }
+  finish_piece(it, piece, acc, m, l);
 }
 
 // Per-thread scratch of the decode driver, kept across calls (pool threads live long; a decode
 // step calls this once a layer).
 float* decode_scratch(size_t floats) {
+  thread_local AlignedPtr<float> buf;
+  thread_local size_t cap = 0;
+  if (cap < floats) {
+    buf = make_aligned<float>(floats);
+    cap = floats;
+  }
+  return buf.get();
+}
+
+// The caller's scratch for run_decode's partials (decode_lean), kept across calls.
+float* decode_part_scratch(size_t floats) {
   thread_local AlignedPtr<float> buf;
   thread_local size_t cap = 0;
   if (cap < floats) {
@@ -2291,9 +2542,12 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
     pack_span = std::max(pack_span, decode_pack_span(it));
   }
   accf = (accf + 15) / 16 * 16;
-  std::vector<float> part(static_cast<size_t>(part_floats));
+  // decode_lean: the partials in the caller's reused scratch (every float written before it is read)
+  // instead of a zeroed vector a call
+  const bool lean = n_items > 0 && items[0].lean;
+  std::vector<float> part(lean ? 0 : static_cast<size_t>(part_floats));
   std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[size_t(n_items)]);
-  float* at = part.data();
+  float* at = lean ? decode_part_scratch(size_t(part_floats)) : part.data();
   for (int64_t i = 0; i < n_items; ++i) {
     done[size_t(i)].store(0, std::memory_order_relaxed);
     items[i].done = &done[size_t(i)];

@@ -99,6 +99,21 @@ bool decode_pipeline_applies(const AttentionParams& p);
 bool decode_k_tiles();
 void set_decode_k_tiles(bool on);
 bool decode_k_tiles_applies(const AttentionParams& p);
+// The decode driver's piece on narrow token rows swept in place with >= 4 query heads per kv head
+// (the 1.1B's GQA 8, AVX-512; K rows or K tiles), without the per-kv-head and per-head calls
+// through the kernel table: one call a sub-block for all kv heads' Q K^T (16 row pointers from a
+// base and a stride), one for their P V, two a block for the softmax's row maxima and exp sums
+// (the scalar max / exp / sum updates stay in the driver), q read in place where head_dim is a
+// multiple of 16 (no padded copy a piece), and run_decode's partials in reused scratch. The same
+// kernels on the same operands in the same order: outputs bit for bit equal. P V runs a whole 64-token
+// block a kv head (acc in registers across its sub-blocks; a sub-block at a time where the block's V
+// rows cross a page), and the pipelined prefetch (decode_pipeline) follows it: each K sub-block's
+// Q K^T prefetches the block's V sub-block of the same index (in a piece's first block after the next
+// K sub-block), each block's P V the next block's K sub-blocks. Default per CPU (decode_tuning.h
+// attn_decode_lean: on for Zen 4); set_decode_lean (tests, A/B tools: decode_switch_ab attn_lean,
+// attn_decode_threads' "1t lean").
+bool decode_lean();
+void set_decode_lean(bool on);
 // The sub-block prefetched during [s0, s0 + 16) of K (is_v false) or V of block [b0, b1) in a
 // piece ending at j1: the next 16 rows of the same tensor, or after a block's last K rows its first
 // V rows, or after its last V rows the next block's first K rows; ns = 0: none (the piece's end).

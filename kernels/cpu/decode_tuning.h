@@ -3,7 +3,7 @@
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
-// attention_internal.h set_decode_pipeline_l2) for the tests and A/B tools; apply_decode_tuning sets
+// attention_internal.h set_decode_pipeline_l2, set_decode_lean) for the tests and A/B tools; apply_decode_tuning sets
 // them all from one row. Every entry changes only how memory is read (software prefetch, streams a
 // thread, the cache level of the attention's KV prefetch), never the arithmetic or its order: the
 // same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
@@ -69,6 +69,14 @@ struct DecodeTuning {
   // the 1.1B shape at 1 thread cold 0.79-0.89x T0's speed by median at kv 512 / 2048, the 1.1B q4_0
   // decode at 1024 tokens of context 0.971 / 0.983 at 1 thread, thread CPU time).
   bool attn_pipeline_l2 = false;
+  // The decode attention's lean narrow-row piece (attention_internal.h decode_lean: one kernel call a
+  // sub-block for all kv heads, P V a whole 64-token block a kv head with its prefetch schedule; the
+  // same kernels and bits). Zen 4: on (session 29, attn_decode_threads 1b 1t, the 1.1B shape, 1 thread,
+  // thread CPU time, interleaved, load 2-4: 1.09-1.10x with K / V in L3 (kv 512, f32 / f16),
+  // 1.12-1.14x in cache, 0.99-1.05x from DRAM (kv 2048); the 1.1B q4_0 / f16 decode at 1024 tokens of
+  // context, 1 thread, AB_SWITCH=attn_lean: 1.023x / 1.014x (median rounds 1.035 / 1.038)). Zen 5 not
+  // measured: off.
+  bool attn_decode_lean = false;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
   // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel

@@ -809,6 +809,13 @@ struct DecodeKTilesScope {
   ~DecodeKTilesScope() { attention_detail::set_decode_k_tiles(was); }
 };
 
+// Sets the lean narrow piece (attention_detail::decode_lean) and restores it at scope exit.
+struct DecodeLeanScope {
+  bool was = attention_detail::decode_lean();
+  explicit DecodeLeanScope(bool on) { attention_detail::set_decode_lean(on); }
+  ~DecodeLeanScope() { attention_detail::set_decode_lean(was); }
+};
+
 }  // namespace
 
 // The decode driver (one query; pieces of <= kDecodePieceMax kv tokens, a multiple of the thread
@@ -1603,7 +1610,9 @@ TEST(attention_decode_pipeline_reads_next_sub_block) {
 // driver computes them (per piece, per 64-token block, K sub-blocks then V sub-blocks), each by its
 // first row's address and row count; with decode_pipeline swept right before its compute only for
 // each piece's first sub-block (the others prefetched from inside the previous sub-block's
-// kernels), every sub-block swept with it off. GQA 8 x 64 (f32, contiguous with padded rows, and
+// kernels), every sub-block swept with it off; and the lean piece's (decode_lean) order: its Q K^T
+// prefetching the block's V (and in a piece's first block the next K) sub-blocks, its P V the next
+// block's K sub-blocks. GQA 8 x 64 (f32, contiguous with padded rows, and
 // pages of 64 tokens), lengths of one to six pieces, ends inside a sub-block and a block.
 TEST(attention_decode_pipeline_reads_every_sub_block) {
   if (isa_active() < Isa::Avx512) return;
@@ -1630,19 +1639,37 @@ TEST(attention_decode_pipeline_reads_every_sub_block) {
         // the driver's pieces at 1 thread (make_decode_item)
         const int64_t n_sub = (n + 15) / 16, pieces = std::min((n + 127) / 128, n_sub);
         const int64_t plen = (n_sub + pieces - 1) / pieces * 16;
-        for (int mode = 0; mode < 2; ++mode) {  // pipeline on, off
-          attention_detail::set_decode_pipeline(mode == 0);
+        for (int mode = 0; mode < 4; ++mode) {  // pipeline on, off; the lean piece (decode_lean) off, on
+          attention_detail::set_decode_pipeline(mode % 2 == 0);
+          DecodeLeanScope lean(mode >= 2);
           std::vector<attention_detail::DecodeRead> want;
+          auto sub = [&](int v, int64_t s, int64_t end, bool swept) {
+            const float* row = (v ? d.v + s * p.ldv : d.k + s * p.ldk);
+            want.push_back({reinterpret_cast<uintptr_t>(row), int(std::min<int64_t>(16, end - s)), swept});
+          };
           for (int64_t j0 = 0; j0 < n; j0 += plen) {
             const int64_t j1 = std::min(n, j0 + plen);
             for (int64_t b0 = j0; b0 < j1; b0 += 64) {
               const int64_t b1 = std::min(j1, b0 + 64);
-              for (int v = 0; v < 2; ++v)
-                for (int64_t s = b0; s < b1; s += 16) {
-                  const float* row = (v ? d.v + s * p.ldv : d.k + s * p.ldk);
-                  const bool swept = mode == 1 || (s == j0 && v == 0);
-                  want.push_back({reinterpret_cast<uintptr_t>(row), int(std::min<int64_t>(16, b1 - s)), swept});
-                }
+              if (mode < 2) {
+                for (int v = 0; v < 2; ++v)
+                  for (int64_t s = b0; s < b1; s += 16) sub(v, s, b1, mode == 1 || (s == j0 && v == 0));
+                continue;
+              }
+              // lean: each K sub-block (swept: the piece's first, or all without the pipeline), then
+              // what its Q K^T prefetches (the piece's first block: the next K sub-block; the V
+              // sub-block of the same index); after the softmax the V sub-blocks swept (no
+              // pipeline) or the next block's K sub-blocks prefetched during P V
+              for (int64_t s = b0; s < b1; s += 16) {
+                if (mode == 3 || s == j0) sub(0, s, b1, true);
+                if (mode == 3) continue;
+                if (b0 == j0 && s + 16 < b1) sub(0, s + 16, b1, false);
+                sub(1, s, b1, false);
+              }
+              if (mode == 3)
+                for (int64_t s = b0; s < b1; s += 16) sub(1, s, b1, true);
+              else
+                for (int64_t s = b1; s < std::min(j1, b1 + 64); s += 16) sub(0, s, std::min(j1, b1 + 64), false);
             }
           }
           std::vector<float> out(size_t(p.n_heads * p.head_dim));
@@ -1664,7 +1691,7 @@ TEST(attention_decode_pipeline_reads_every_sub_block) {
         }
       }
   attention_detail::set_decode_pipeline(was_pipe);
-  EXPECT(checked == 48);
+  EXPECT(checked == 96);
 }
 
 // The attention drivers' scheduling (attention_internal.h: the decode pieces, the tiled units and
@@ -1908,6 +1935,103 @@ TEST(attention_prefill_tile_groups_same_bits) {
   EXPECT(grouped >= 8 * 3);
 }
 
+// The lean narrow piece (attention_detail::decode_lean: all kv heads' Q K^T a sub-block in one call,
+// P V a whole 64-token block a kv head, q read in place, the vector merge) against run_decode_piece
+// (lean off): outputs and log-sum-exps bit for bit, f32 / f16 / bf16 caches, GQA 8 x 64 (the 1.1B),
+// 8 x 64 on two kv heads, 4 x 64 with padded rows, MQA x 80 (q padded to 96, a tail chunk) and 12 x 20,
+// lengths inside a sub-block, a block and a piece and across them (300: 112-token pieces, blocks
+// crossing 64-token pages: P V a sub-block at a time there), contiguous and paged (16 / 64 tokens),
+// no pool and 2 / 3 threads (merges), the pipelined prefetch on and off. A wrong weight, a rescale
+// applied to a later sub-block or a token read twice changes some output bit, which the tolerance
+// of attention_decode_split_matches_ref would let through.
+TEST(attention_decode_lean_same_bits) {
+  if (isa_active() < Isa::Avx512) return;  // the lean piece is the AVX-512 decode driver's
+  ThreadPool pool2(2), pool3(3);
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  struct Shape { int64_t H, Hkv, D, pad; };
+  const Shape shapes[] = {{32, 4, 64, 0}, {16, 2, 64, 0}, {16, 4, 64, 8}, {8, 1, 80, 0}, {12, 1, 20, 0}};
+  uint32_t x = 5151;
+  auto rnd = [&]() {
+    x = x * 1664525u + 1013904223u;
+    return float(int32_t(x >> 8) - (1 << 23)) / float(1 << 23);
+  };
+  int runs = 0, differing = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : {int64_t(1), int64_t(15), int64_t(17), int64_t(64), int64_t(65), int64_t(129), int64_t(300),
+                        int64_t(700)}) {
+        const int64_t ld = sh.Hkv * sh.D + sh.pad, rows = (n + 63) / 64 * 64;
+        const size_t esz = t == DType::F32 ? 4 : 2;
+        std::vector<uint8_t> kr(size_t(rows * ld) * esz), vr(kr.size());
+        auto put = [&](std::vector<uint8_t>& b, int64_t i, float f) {
+          if (t == DType::F32) std::memcpy(&b[size_t(i) * 4], &f, 4);
+          else {
+            const uint16_t h = t == DType::F16 ? f32_to_f16(f) : f32_to_bf16(f);
+            std::memcpy(&b[size_t(i) * 2], &h, 2);
+          }
+        };
+        for (int64_t j = 0; j < rows; ++j)
+          for (int64_t e = 0; e < ld; ++e) {
+            put(kr, j * ld + e, j < n && e < sh.Hkv * sh.D ? 2.0f * rnd() : kNaN);
+            put(vr, j * ld + e, j < n && e < sh.Hkv * sh.D ? rnd() : kNaN);
+          }
+        std::vector<float> q(size_t(sh.H * sh.D));
+        for (float& f : q) f = 3.0f * rnd();
+        AttentionParams p;
+        p.n_q = 1; p.n_kv = n; p.n_heads = sh.H; p.n_kv_heads = sh.Hkv; p.head_dim = sh.D;
+        p.ldq = p.ldo = sh.H * sh.D;
+        p.ldk = p.ldv = ld;
+        p.q_pos0 = n - 1;
+        p.kv_dtype = t;
+        const std::string what = "H=" + std::to_string(sh.H) + " Hkv=" + std::to_string(sh.Hkv) + " D=" +
+                                 std::to_string(sh.D) + " pad=" + std::to_string(sh.pad) + " n=" + std::to_string(n) +
+                                 " kv=" + dtype_name(t);
+        for (int64_t bs : {int64_t(0), int64_t(16), int64_t(64)}) {
+          std::vector<std::vector<uint8_t>> pages;
+          std::vector<const float*> tk, tv;
+          if (bs)
+            for (int64_t j = 0; j < rows; j += bs)
+              for (auto* pr : {&kr, &vr}) {
+                const size_t off = size_t(j * ld) * esz, len = size_t(bs * ld) * esz;
+                pages.emplace_back(pr->begin() + std::ptrdiff_t(off), pr->begin() + std::ptrdiff_t(off + len));
+                (pr == &kr ? tk : tv).push_back(reinterpret_cast<const float*>(pages.back().data()));
+              }
+          AttentionParams pp = p;
+          pp.kv_block_size = bs;
+          if (bs) {
+            pp.k_blocks = tk.data();
+            pp.v_blocks = tv.data();
+          }
+          const float* k = bs ? nullptr : reinterpret_cast<const float*>(kr.data());
+          const float* v = bs ? nullptr : reinterpret_cast<const float*>(vr.data());
+          for (bool pipe : {true, false})
+            for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
+              const std::string w = what + " block=" + std::to_string(bs) + " pipe=" + std::to_string(pipe) +
+                                    " pool=" + std::to_string(pl ? pl->size() : 0);
+              const bool was_pipe = attention_detail::decode_pipeline();
+              attention_detail::set_decode_pipeline(pipe);
+              std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN);
+              auto call = [&](bool lean, std::vector<float>& lse) {
+                DecodeLeanScope ls(lean);
+                return run_out(pp, w, [&](float* o) { attention(q.data(), k, v, o, pp, pl, lse.data()); });
+              };
+              const std::vector<float> a = call(false, la), b = call(true, lb);
+              attention_detail::set_decode_pipeline(was_pipe);
+              ++runs;
+              for (float f : a) EXPECT(std::isfinite(f));
+              for (float f : la) EXPECT(std::isfinite(f));
+              if (a != b || la != lb) {
+                ++differing;
+                ::emollm_test::report_failure(__FILE__, __LINE__, "the lean piece changed the result: " + w);
+              }
+            }
+        }
+      }
+  EXPECT(runs == 3 * 5 * 8 * 3 * 2 * 3);
+  EXPECT(differing == 0);
+}
+
 // The K tile prototype (attention_detail::decode_k_tiles: K held in 16-token transposed tiles, the
 // decode Q K^T without register transposes) keeps each score's FMAs and their order: outputs and
 // log-sum-exps bit for bit those of the same call on K as token rows, f32 / f16 / bf16 caches,
@@ -1987,24 +2111,28 @@ TEST(attention_decode_k_tiles_same_bits) {
               const bool was_pipe = attention_detail::decode_pipeline();
               attention_detail::set_decode_pipeline(pipe);
               std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN);
+              DecodeLeanScope rows_lean(false);  // the reference: K rows on run_decode_piece
               const std::vector<float> a = run_out(pa, w, [&](float* o) {
                 attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kr.data()), v, o, pa, pl, la.data());
               });
-              const std::vector<float> b = [&] {
-                DecodeKTilesScope tiles(true);
-                return run_out(pb, w, [&](float* o) {
-                  attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kt.data()), v, o, pb, pl, lb.data());
-                });
-              }();
+              for (bool lean : {false, true}) {  // the tiles on the lean piece (decode_lean) too
+                const std::vector<float> b = [&] {
+                  DecodeKTilesScope tiles(true);
+                  DecodeLeanScope ls(lean);
+                  return run_out(pb, w, [&](float* o) {
+                    attention(q.data(), bs ? nullptr : reinterpret_cast<const float*>(kt.data()), v, o, pb, pl, lb.data());
+                  });
+                }();
+                ++runs;
+                for (float f : a) EXPECT(std::isfinite(f));
+                if (a != b || la != lb)
+                  ::emollm_test::report_failure(__FILE__, __LINE__, "K in tiles changed the result: " + w + " lean=" + std::to_string(lean));
+              }
               attention_detail::set_decode_pipeline(was_pipe);
-              ++runs;
-              for (float f : a) EXPECT(std::isfinite(f));
-              if (a != b || la != lb)
-                ::emollm_test::report_failure(__FILE__, __LINE__, "K in tiles changed the result: " + w);
             }
         }
       }
-  EXPECT(runs == 3 * 4 * 6 * 3 * 2 * 3);
+  EXPECT(runs == 3 * 4 * 6 * 3 * 2 * 3 * 2);
   // calls it does not take: MHA (one query head a kv head), padded K rows; and the reference
   std::vector<float> buf(size_t(64 * 256), 0.5f), out(256);
   AttentionParams m;

@@ -50,6 +50,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
   EXPECT(b.kquant_streams == 1);
   EXPECT(b.attn_pipeline_l2);
+  EXPECT(!a.attn_decode_lean && b.attn_decode_lean);
   EXPECT(b.q80_streams == 2);
   EXPECT(a.q80_prefetch == GemvPrefetch::T0 && b.q80_prefetch == GemvPrefetch::None);
   EXPECT(a.q80_ahead == 1024 && b.q80_ahead == 4096);
@@ -65,6 +66,7 @@ namespace {
 int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   int n = 0;
   n += attention_detail::decode_pipeline_l2() != t.attn_pipeline_l2;
+  n += attention_detail::decode_lean() != t.attn_decode_lean;
   n += gemm_detail::q80_streams() != t.q80_streams;
   n += gemm_detail::q80_prefetch() != t.q80_prefetch;
   n += gemm_detail::q80_ahead() != t.q80_ahead;
@@ -90,7 +92,7 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  const int left_as_before = 10 - settings_differing_from(t);  // the entries both rows share (none)
+  const int left_as_before = 11 - settings_differing_from(t);  // the entries both rows share (none)
   gemm_detail::apply_decode_tuning(t);
   EXPECT(after_other == 0);
   EXPECT(left_as_before == 0);
