@@ -57,6 +57,53 @@ using bench::median;
 using bench::now;
 using bench::thread_cpu;
 
+// The decode driver's loads on one call's K / V pages (kv tokens [0, n_kv), pages of `page` tokens,
+// rows ld_bytes apart, Hkv kv heads of slice_bytes each), without its arithmetic, in its order:
+// per 64-token block, K in 16-row sub-blocks, kv head by kv head, each head's slice a 64-byte line
+// of the 16 rows at a time (qk16's loads: 16 row streams advancing one slice a kv head, crossing a
+// 4 KiB page every 4096 / slice_bytes heads), then V the same sub-blocks two kv heads a token row
+// at a time (pv2's loads); head_major: one kv head's slice of every token of the block (K then V),
+// then the next head (the walk a head-by-head driver would make: one 512-byte slice every row).
+#if defined(__x86_64__)
+BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, const float* const* vp, int64_t n_kv,
+                                                      int64_t page, int64_t ld_bytes, int64_t Hkv,
+                                                      int64_t slice_bytes, bool head_major) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+  auto row = [&](const float* const* pages, int64_t j) {
+    return reinterpret_cast<const uint8_t*>(pages[j / page]) + (j % page) * ld_bytes;
+  };
+  const int64_t lines = slice_bytes / 64;
+  for (int64_t b0 = 0; b0 < n_kv; b0 += 64) {
+    const int64_t b1 = std::min(n_kv, b0 + 64);
+    if (head_major) {
+      for (int kv = 0; kv < 2; ++kv)
+        for (int64_t g = 0; g < Hkv; ++g)
+          for (int64_t j = b0; j < b1; ++j) {
+            const uint8_t* r = row(kv ? vp : kp, j) + g * slice_bytes;
+            for (int64_t l = 0; l < lines; ++l) a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(r + 64 * l));
+          }
+      continue;
+    }
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      for (int64_t g = 0; g < Hkv; ++g)
+        for (int64_t l = 0; l < lines; ++l)
+          for (int t = 0; t < ns; ++t)
+            a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(row(kp, s0 + t) + g * slice_bytes + 64 * l));
+    }
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      for (int64_t g = 0; g < Hkv; g += 2)
+        for (int t = 0; t < ns; ++t) {
+          const uint8_t* r = row(vp, s0 + t) + g * slice_bytes;
+          for (int64_t l = 0; l < 2 * lines; ++l) a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(r + 64 * l));
+        }
+    }
+  }
+  return bench::fold(a0) ^ bench::fold(a1);
+}
+#endif
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
@@ -148,6 +195,9 @@ int main(int argc, char** argv) {
       tbufs.push_back(std::move(b));
     }
   bool use_tiles = false;
+  attention_detail::set_decode_rows(true);  // whether the token-row walk takes this shape (asked with it on)
+  const bool rows_apply = attention_detail::decode_rows_applies(p);
+  attention_detail::set_decode_rows(false);
   std::vector<float> q(size_t(p.ldq)), o(size_t(p.ldo));
   for (float& v : q) {
     x = x * 1664525u + 1013904223u;
@@ -198,27 +248,42 @@ int main(int argc, char** argv) {
   // 1 thread, a plain read of the next copy's K then V bytes (one stream, no software prefetch)
   const size_t kv_bytes = size_t(n_kv) * size_t(p.ldk) * esz;
   uint64_t read_sink = 0;
-  auto read_copy = [&](bool four) {
+  // pattern 0: one stream, 1: four streams, 2: the driver's loads (read_decode_pattern), 3: one kv
+  // head at a time; hot: the same read once untimed on the same copy first
+  auto read_copy = [&](int pattern, bool hot = false) {
     const int c = call++ % copies;
+    auto once = [&] {
+      if (pattern >= 2) {
+        read_sink ^= read_decode_pattern(kt[size_t(c)].data(), vt[size_t(c)].data(), n_kv, kPage,
+                                         p.ldk * int64_t(esz), p.n_kv_heads, p.head_dim * int64_t(esz), pattern == 3);
+        return;
+      }
+      for (int kv = 0; kv < 2; ++kv) {
+        const auto* b = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c + kv)].get());
+        read_sink ^= pattern == 1 ? bench::read_streams<4>(b, kv_bytes, 64, 1024)
+                                  : bench::read_streams<1>(b, kv_bytes, 64, 0);
+      }
+    };
+    if (hot) once();
     const double c0 = thread_cpu(), t0 = now();
-    for (int kv = 0; kv < 2; ++kv) {
-      const auto* b = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c + kv)].get());
-      read_sink ^= four ? bench::read_streams<4>(b, kv_bytes, 64, 1024) : bench::read_streams<1>(b, kv_bytes, 64, 0);
-    }
+    once();
     const double dt = now() - t0;
     cpu_1t = thread_cpu() - c0;
     return dt;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, kModes };
-  auto one_thread = [](int m) {
-    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4 || m == k1tKt;
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tRdDrv,
+         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tRows, k1tRowsHot, kModes };
+  auto one_thread = [=](int m) { return m != kRun && m != kHalves && m != kPm64 && m != kPm32 && m != k2tPf; };
+  auto is_read = [=](int m) {
+    return m == k1tRead || m == k1tRead4 || m == k1tRdDrv || m == k1tRdHead || m == k1tReadHot || m == k1tRdDrvHot;
   };
   const double fma_peak = bench::fma_peak_1t_gflops();
   // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
   const bool l2_default = attention_detail::decode_pipeline_l2();
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
-                               "1t read", "1t hot", "1t read4", "1t ktiles"};
+                               "1t read", "1t hot", "1t read4", "1t ktiles", "1t rd drv", "1t rd head",
+                               "1t read hot", "1t rd drv hot", "1t rows", "1t rows hot"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -233,6 +298,7 @@ int main(int argc, char** argv) {
       const int m = order[k];
       if (only_1t && !one_thread(m)) continue;
       if (m == k1tKt && tbufs.empty()) continue;
+      if ((m == k1tRows || m == k1tRowsHot) && !rows_apply) continue;
       // Every call comes right after an (empty) job of the 2-thread pool, as a decode step's
       // attention comes after its q / k / v GEMV: the worker is spinning, not asleep.
       pool2.run([](int, int) {});
@@ -252,8 +318,16 @@ int main(int argc, char** argv) {
         if (r >= 0 && m == k1tPf) cpu1p.push_back(cpu_1t);
       }
       else if (m == kHalves) dt = halves();
-      else if (m == k1tRead || m == k1tRead4) dt = read_copy(m == k1tRead4);
+      else if (m == k1tRead || m == k1tRead4 || m == k1tReadHot)
+        dt = read_copy(m == k1tRead4 ? 1 : 0, m == k1tReadHot);
+      else if (m == k1tRdDrv || m == k1tRdDrvHot || m == k1tRdHead)
+        dt = read_copy(m == k1tRdHead ? 3 : 2, m == k1tRdDrvHot);
       else if (m == k1tHot) dt = timed(&pool1, true);
+      else if (m == k1tRows || m == k1tRowsHot) {
+        attention_detail::set_decode_rows(true);
+        dt = timed(&pool1, m == k1tRowsHot);
+        attention_detail::set_decode_rows(false);
+      }
       else if (m == k1tKt) {
         use_tiles = true;
         attention_detail::set_decode_k_tiles(true);
@@ -314,7 +388,7 @@ int main(int argc, char** argv) {
                 bytes / median(cpu_m[m]) / 1e9, bytes / best(cpu_m[m]) / 1e9, median(cpu_m[k1tRead]) / median(cpu_m[m]),
                 best(cpu_m[k1tRead]) / best(cpu_m[m]));
     const double gflops = flops / median(cpu_m[m]) * 1e-9;  // the reads do no flops
-    if (m != k1tRead && m != k1tRead4) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
+    if (!is_read(m)) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
     std::printf("\n");
   }
   if (!tbufs.empty()) {  // the tiles' output against the rows' on the same copy
@@ -329,6 +403,17 @@ int main(int argc, char** argv) {
     use_tiles = false;
     std::printf("  1t ktiles output bit for bit that of 1t (K rows): %s\n",
                 std::memcmp(o.data(), o_rows.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
+  }
+  if (rows_apply) {  // the token-row walk's output against the default walk's on the same copy
+    call = 0;
+    timed(&pool1);
+    const std::vector<float> o_def = o;
+    attention_detail::set_decode_rows(true);
+    call = 0;
+    timed(&pool1);
+    attention_detail::set_decode_rows(false);
+    std::printf("  1t rows output bit for bit that of 1t: %s\n",
+                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");
   if (const bench::ProcRollup r = bench::proc_rollup(); r.ok)  // whether "2m" got its huge pages
