@@ -27,6 +27,15 @@
 // "kt" (needs 1b, not with bf16dp: exit 2 otherwise): "1t ktiles", the 1-thread call on each copy's K laid out in 16-token transposed
 // tiles (attention_detail::set_decode_k_tiles, the prototype: Q K^T without the register
 // transposes), interleaved with the others; its output checked bit for bit against "1t"'s.
+// "1t rd drv": the decode driver's own loads on the same K / V pages without its arithmetic
+// (read_decode_pattern: per 64-token block, K in 16-row sub-blocks a kv head's slice at a time,
+// then V two kv heads a token row: the 7B's wide-row walk); "1t rd head": one kv head's slice of
+// every token of a block, then the next head's (a head-by-head walk); "1t read hot" / "1t rd drv
+// hot": the plain read / the driver's loads again on the copy they just read (warm: L3 when a copy
+// fits). The load rows answer whether the 7B call's access pattern is what holds it (session 29:
+// its loads alone 0.64-0.74x a plain read, the call 0.56-0.62x); a token-row walk of the same
+// arithmetic (whole rows front to back, same bits) was no faster: 0.88-1.02x cold (bench/README,
+// the experiment's commit 65db343).
 // "1t": only the 1-thread modes (a loaded machine,
 // where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
 // (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
@@ -195,9 +204,6 @@ int main(int argc, char** argv) {
       tbufs.push_back(std::move(b));
     }
   bool use_tiles = false;
-  attention_detail::set_decode_rows(true);  // whether the token-row walk takes this shape (asked with it on)
-  const bool rows_apply = attention_detail::decode_rows_applies(p);
-  attention_detail::set_decode_rows(false);
   std::vector<float> q(size_t(p.ldq)), o(size_t(p.ldo));
   for (float& v : q) {
     x = x * 1664525u + 1013904223u;
@@ -272,7 +278,7 @@ int main(int argc, char** argv) {
     return dt;
   };
   enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tRdDrv,
-         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tRows, k1tRowsHot, kModes };
+         k1tRdHead, k1tReadHot, k1tRdDrvHot, kModes };
   auto one_thread = [=](int m) { return m != kRun && m != kHalves && m != kPm64 && m != kPm32 && m != k2tPf; };
   auto is_read = [=](int m) {
     return m == k1tRead || m == k1tRead4 || m == k1tRdDrv || m == k1tRdHead || m == k1tReadHot || m == k1tRdDrvHot;
@@ -283,7 +289,7 @@ int main(int argc, char** argv) {
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
                                "1t read", "1t hot", "1t read4", "1t ktiles", "1t rd drv", "1t rd head",
-                               "1t read hot", "1t rd drv hot", "1t rows", "1t rows hot"};
+                               "1t read hot", "1t rd drv hot"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -298,7 +304,6 @@ int main(int argc, char** argv) {
       const int m = order[k];
       if (only_1t && !one_thread(m)) continue;
       if (m == k1tKt && tbufs.empty()) continue;
-      if ((m == k1tRows || m == k1tRowsHot) && !rows_apply) continue;
       // Every call comes right after an (empty) job of the 2-thread pool, as a decode step's
       // attention comes after its q / k / v GEMV: the worker is spinning, not asleep.
       pool2.run([](int, int) {});
@@ -323,11 +328,6 @@ int main(int argc, char** argv) {
       else if (m == k1tRdDrv || m == k1tRdDrvHot || m == k1tRdHead)
         dt = read_copy(m == k1tRdHead ? 3 : 2, m == k1tRdDrvHot);
       else if (m == k1tHot) dt = timed(&pool1, true);
-      else if (m == k1tRows || m == k1tRowsHot) {
-        attention_detail::set_decode_rows(true);
-        dt = timed(&pool1, m == k1tRowsHot);
-        attention_detail::set_decode_rows(false);
-      }
       else if (m == k1tKt) {
         use_tiles = true;
         attention_detail::set_decode_k_tiles(true);
@@ -403,17 +403,6 @@ int main(int argc, char** argv) {
     use_tiles = false;
     std::printf("  1t ktiles output bit for bit that of 1t (K rows): %s\n",
                 std::memcmp(o.data(), o_rows.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
-  }
-  if (rows_apply) {  // the token-row walk's output against the default walk's on the same copy
-    call = 0;
-    timed(&pool1);
-    const std::vector<float> o_def = o;
-    attention_detail::set_decode_rows(true);
-    call = 0;
-    timed(&pool1);
-    attention_detail::set_decode_rows(false);
-    std::printf("  1t rows output bit for bit that of 1t: %s\n",
-                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");
   if (const bench::ProcRollup r = bench::proc_rollup(); r.ok)  // whether "2m" got its huge pages

@@ -230,11 +230,6 @@ bool decode_pipeline() { return decode_pipeline_on.load(std::memory_order_relaxe
 namespace {
 std::atomic<bool> decode_k_tiles_on{false};  // the K tile prototype: off unless a benchmark or test sets it
 }  // namespace
-namespace {
-std::atomic<bool> decode_rows_on{false};
-}  // namespace
-bool decode_rows() { return decode_rows_on.load(std::memory_order_relaxed); }
-void set_decode_rows(bool on) { decode_rows_on.store(on, std::memory_order_relaxed); }
 bool decode_k_tiles() { return decode_k_tiles_on.load(std::memory_order_relaxed); }
 void set_decode_k_tiles(bool on) { decode_k_tiles_on.store(on, std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
@@ -1856,7 +1851,6 @@ struct DecodeItem {
   const Kern* inplace;         // non-null: the kernels reading the cache's rows in place (its type)
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
   bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
-  bool rows;                   // wide rows walked a whole token row at a time (decode_rows_applies)
 };
 
 
@@ -1896,10 +1890,6 @@ bool decode_pv2_applies(const AttentionParams& p) {
 bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
          p.n_heads / p.n_kv_heads >= 4 && !decode_bf16dp_applies(p) && decode_pipeline();
-}
-bool decode_rows_applies(const AttentionParams& p) {
-  return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim > kDecodePackSpan &&
-         p.n_heads / p.n_kv_heads < 4 && !decode_bf16dp_applies(p) && decode_rows();
 }
 bool decode_k_tiles_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_q == 1 && p.n_heads <= kDecodeMaxHeads &&
@@ -1965,7 +1955,6 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.ktiles = attention_detail::decode_k_tiles();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
-  it.rows = it.inplace != nullptr && !it.bf16dp && attention_detail::decode_rows_applies(p);
   return it;
 }
 
@@ -2026,127 +2015,6 @@ const AttentionParams kF32Rows{};
 // 20): all removed. Wide rows (7B) prefetched from inside qk16 / pv2 as the narrow ones are (the
 // slice of the kv head 1, 2 or 4 calls ahead, or of the next sub-block: session 22) ran 0.66-0.85x
 // cold: the 7B's hardware prefetchers are better left alone.
-
-// ---------------------------------------------------------------------------- token-row walk
-// attention_detail::decode_rows: wide token rows (7B: 16 KiB of K, then of V, a token in f32) read
-// one whole row at a time, front to back (one sequential stream, the hardware prefetchers' best
-// case), instead of 16 rows side by side one kv head's slice at a time. Per 64-token block:
-//   Q K^T, token by token: the row's query heads 16 at a time, each head's score its own chain of
-//     chunk FMAs in chunk order from zero (its slice's lines in address order), reduce16_512's
-//     tree over the 16 accumulators, then * scale, scattered into S (row h, column j - b0);
-//   the online softmax as run_decode_piece's;
-//   P V, token by token: every head's accumulator row in acc (scratch, L1) times alpha once at the
-//     block's start, then one FMA a chunk a token, tokens in order.
-// The arithmetic of every score and every output element is qk16 / qk_avx512_t's and pv_tile's
-// (the same FMAs in the same order, the same reduction tree: reduce16_512 pairs the lanes of each
-// accumulator alike whatever its slot), so the outputs are bit for bit the default walk's.
-#if defined(__x86_64__)
-// S[h * kBk + col] = scale * q_h . (kv head h / G's slice of the K row at krv), h < H.
-template <class E, int NC>  // NC: chunks of 16 (1-8), or 0: (D + 15) / 16 at run time
-EMO_T512 static void rows_qk_avx512(const float* q, int64_t H, int64_t G, int D, const void* krv, float scale,
-                                    float* S, int64_t col, int64_t hb) {
-  const typename E::T* kr = static_cast<const typename E::T*>(krv);
-  const int n = NC ? NC : (D + 15) / 16, tail = D % 16;
-  const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
-  const __m512 vs = _mm512_set1_ps(scale);
-  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                         _mm512_set1_epi32(kBk));
-  for (int64_t h0 = hb; h0 < H; h0 += 16) {
-    const int nh = int(std::min<int64_t>(16, H - h0));
-    __m512 acc[16];
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) {
-      acc[i] = _mm512_setzero_ps();
-      if (i >= nh) continue;
-      const float* qh = q + (h0 + i) * D;
-      const typename E::T* kh = kr + ((h0 + i) / G) * D;
-      #pragma GCC unroll 8
-      for (int c = 0; c < n; ++c) {
-        const bool last = c == n - 1;
-        const __m512 a = last ? _mm512_maskz_loadu_ps(lm, qh + 16 * c) : _mm512_loadu_ps(qh + 16 * c);
-        acc[i] = _mm512_fmadd_ps(a, last ? E::maskz_load(lm, kh + 16 * c) : E::load(kh + 16 * c), acc[i]);
-      }
-    }
-    const __m512 z = _mm512_mul_ps(reduce16_512(acc), vs);
-    _mm512_mask_i32scatter_ps(S + h0 * kBk + col, __mmask16((1u << nh) - 1), idx, z, 4);
-  }
-}
-
-// acc[h, :D] += P[h * kBk] * (kv head h / G's slice of the V row at vrv), h < H.
-template <class E, int NC>
-EMO_T512 static void rows_pv_avx512(float* acc, int Dp, int64_t H, int64_t G, int D, const float* P,
-                                    const void* vrv, int64_t hb) {
-  const typename E::T* vr = static_cast<const typename E::T*>(vrv);
-  const int n = NC ? NC : (D + 15) / 16, tail = D % 16;
-  const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
-  for (int64_t h = hb; h < H; ++h) {
-    const __m512 pr = _mm512_set1_ps(P[h * kBk]);
-    const typename E::T* vh = vr + (h / G) * D;
-    float* a = acc + h * Dp;
-    #pragma GCC unroll 8
-    for (int c = 0; c < n; ++c) {
-      const __m512 v = c == n - 1 ? E::maskz_load(lm, vh + 16 * c) : E::load(vh + 16 * c);
-      _mm512_store_ps(a + 16 * c, _mm512_fmadd_ps(pr, v, _mm512_load_ps(a + 16 * c)));
-    }
-  }
-}
-
-// acc rows [0, H) (Dp floats each, nc chunks) times alpha[h]: pv_tile's first step.
-EMO_T512 static void rows_scale_avx512(float* acc, int Dp, int64_t H, int nc, const float* alpha) {
-  for (int64_t h = 0; h < H; ++h) {
-    const __m512 al = _mm512_set1_ps(alpha[h]);
-    float* a = acc + h * Dp;
-    for (int c = 0; c < nc; ++c) _mm512_store_ps(a + 16 * c, _mm512_mul_ps(_mm512_load_ps(a + 16 * c), al));
-  }
-}
-
-struct RowsKern {
-  // query heads [hb, H) (hb a multiple of 16)
-  void (*qk)(const float* q, int64_t H, int64_t G, int D, const void* kr, float scale, float* S, int64_t col,
-             int64_t hb);
-  void (*pv)(float* acc, int Dp, int64_t H, int64_t G, int D, const float* P, const void* vr, int64_t hb);
-};
-template <class E>
-RowsKern rows_kern(int D) {
-  switch ((D + 15) / 16) {
-    case 8: return {rows_qk_avx512<E, 8>, rows_pv_avx512<E, 8>};
-    case 4: return {rows_qk_avx512<E, 4>, rows_pv_avx512<E, 4>};
-    default: return {rows_qk_avx512<E, 0>, rows_pv_avx512<E, 0>};
-  }
-}
-
-// The blocks of piece range [j0, j1) on the token-row walk (it.rows; kk: the in-place kernels of the
-// cache's type). Deliberately plain (no target attribute), as run_decode_piece: the softmax's
-// scalar arithmetic is then compiled as the default walk's (under an FMA target GCC contracts
-// l * alpha + sum into one rounding).
-void decode_rows_blocks(const DecodeItem& it, const Kern& kk, int64_t j0, int64_t j1, float* S, float* acc, float* m,
-                        float* l, float* alpha) {
-  const AttentionParams& p = *it.p;
-  const int64_t H = p.n_heads, G = it.group;
-  const int D = it.D, Dp = it.Dp;
-  const RowsKern rk = p.kv_dtype == DType::F16    ? rows_kern<KvF16>(D)
-                      : p.kv_dtype == DType::BF16 ? rows_kern<KvBF16>(D)
-                                                  : rows_kern<KvF32>(D);
-  auto softmax = [&](const float* Sb, int nb) {  // run_decode_piece's online softmax, then acc *= alpha
-    for (int64_t h = 0; h < H; ++h) {
-      float* sr = const_cast<float*>(Sb) + h * kBk;
-      const float m_new = std::max(m[h], kk.row_max(sr, nb));
-      alpha[h] = m[h] == -INFINITY ? 0.0f : std::exp(m[h] - m_new);
-      l[h] = l[h] * alpha[h] + kk.exp_sum(sr, nb, m_new);
-      m[h] = m_new;
-    }
-    rows_scale_avx512(acc, Dp, H, (D + 15) / 16, alpha);
-  };
-  auto krow = [&](int64_t j) { return static_cast<const void*>(kv_row(it.k, p.k_blocks, p, j, p.ldk)); };
-  auto vrow = [&](int64_t j) { return static_cast<const void*>(kv_row(it.v, p.v_blocks, p, j, p.ldv)); };
-  for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
-    const int64_t b1 = std::min(j1, b0 + kBk);
-    for (int64_t j = b0; j < b1; ++j) rk.qk(it.q, H, G, D, krow(j), it.scale, S, j - b0, 0);
-    softmax(S, int(b1 - b0));
-    for (int64_t j = b0; j < b1; ++j) rk.pv(acc, Dp, H, G, D, S + (j - b0), vrow(j), 0);
-  }
-}
-#endif
 
 // Piece `piece` of item `it`. Scratch: S (n_heads x kBk floats), acc (n_heads x (Dp + 3) floats,
 // 64-byte aligned), qpad (n_heads x Dp floats) and kbuf (16 x decode_pack_span(it) floats, 64-byte
@@ -2297,11 +2165,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   std::memset(acc, 0, sizeof(float) * size_t(H) * size_t(Dp));
   // Blocks of kBk tokens, online softmax across them: K and V of a block are read close together.
   // Within a block, 16 tokens at a time across all kv heads (a token row of Hkv * D contiguous
-  // floats consumed within a short window); or, on the token-row walk (it.rows), a whole token row
-  // at a time (decode_rows_blocks: the same bits).
-  if (it.rows)
-    decode_rows_blocks(it, kk, j0, j1, S, acc, m, l, alpha);
-  else
+  // floats consumed within a short window).
   for (int64_t b0 = j0; b0 < j1; b0 += kBk) {
     const int64_t b1 = std::min(j1, b0 + kBk);
     const int nb = int(b1 - b0);
@@ -2506,7 +2370,6 @@ namespace attention_detail {
 // Without the x86-64 decode driver no call takes the K-tile prototype (validate() asks this
 // everywhere: an arm64 build that lacked it failed to load, found by the musl prebuild check).
 bool decode_k_tiles_applies(const AttentionParams&) { return false; }
-bool decode_rows_applies(const AttentionParams&) { return false; }
 AttentionWork attention_planned_work(const AttentionParams&, int) { return AttentionWork{}; }
 std::vector<DecodeRead> decode_reads(const float*, const float*, const float*, float*, const AttentionParams&) {
   return {};

@@ -86,18 +86,6 @@ void set_decode_pipeline_l2(bool on);
 // (decode_inplace_enabled), narrow token rows (n_kv_heads * head_dim <= 256 elements: swept), at
 // least 4 query heads per kv head (the transposed Q K^T), not on bf16 products, and decode_pipeline().
 bool decode_pipeline_applies(const AttentionParams& p);
-// Decode on AVX-512 with wide token rows read in place (n_kv_heads * head_dim > 256 elements) and
-// one to three query heads per kv head (the 7B's MHA 32 x 128), not on bf16 products: each 64-token
-// block's K rows, then its V rows, read one whole token row at a time, front to back (one
-// sequential stream), instead of 16 rows side by side one kv head's slice at a time (16 streams,
-// each crossing a 4 KiB page every 4096 / slice bytes). Q K^T token by token (the row's query
-// heads 16 at a time, each score its chunk FMAs in order, reduce16_512's tree, * scale), P V token
-// by token into every head's accumulator row in scratch (times alpha once a block, then one FMA a
-// chunk a token, tokens in order): every score's and output element's arithmetic is the default
-// walk's, so outputs are bit for bit equal. set_decode_rows(true) turns it on (off at start).
-bool decode_rows();
-void set_decode_rows(bool on);
-bool decode_rows_applies(const AttentionParams& p);
 // Prototype (benchmarks and tests only; nothing stores K so yet): K held in 16-token transposed
 // tiles. The 16 tokens from a multiple of 16, t0, occupy the 16 rows t0 .. t0 + 15 would (16 ldk
 // elements from t0's row, in its page), element (kv head g, dim d, token t0 + t) at

@@ -1504,33 +1504,6 @@ TEST(attention_decode_pv_pairs_same_bits) {
                                  16900);
 }
 
-// The token-row walk (attention_detail::decode_rows: wide token rows read in place, one to three
-// query heads per kv head: the 7B's MHA 32 x 128) computes every score with the default walk's
-// chunk FMAs and reduction tree and every output element with its FMAs in token order: outputs and
-// log-sum-exps bit for bit equal with it off, f32 / f16 / bf16 caches, MHA x 128 / 80, two and
-// three query heads a kv head, head_dim 100 with padded rows (a tail chunk), a head count that is
-// not a multiple of 16; not taken: narrow rows (4 x 64), four query heads a kv head; kv lengths 1,
-// 16, 17, 64, 129, 300 (partial sub-blocks and blocks, several pieces), contiguous and paged (16 /
-// 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention. decode_rows_applies must hold for
-// the shapes meant to take it (on AVX-512), so the comparison is not vacuous.
-TEST(attention_decode_rows_same_bits) {
-  const DecodeSwitch sw{"token-row walk", attention_detail::decode_rows_applies, attention_detail::decode_rows,
-                        attention_detail::set_decode_rows, 1, 2};
-  const bool was = attention_detail::decode_rows();  // off at start: applies() is asked of the switch on
-  attention_detail::set_decode_rows(true);
-  expect_decode_switch_same_bits(sw,
-                                 {{32, 32, 128, 0, true},
-                                  {8, 8, 80, 0, true},
-                                  {6, 3, 100, 3, true},
-                                  {16, 8, 128, 0, true},
-                                  {12, 4, 128, 0, true},
-                                  {17, 17, 96, 0, true},
-                                  {4, 4, 64, 0, false},
-                                  {8, 2, 128, 0, false}},
-                                 18100);
-  attention_detail::set_decode_rows(was);
-}
-
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
 // narrow rows swept in place, >= 4 query heads per kv head: the 1.1B's 32 / 4 x 64) is prefetches
 // only: outputs and log-sum-exps bit for bit equal with it off (each sub-block swept before its
