@@ -29,6 +29,18 @@
 // transposes), interleaved with the others; its output checked bit for bit against "1t"'s.
 // "1t lean" (or, with "lean": every mode on attention_detail::set_decode_lean(true), "1t nolean"): the
 // 1-thread call with the lean narrow piece switched the other way, its output checked bit for bit too.
+// "1t rd drv": the decode driver's own loads on the same K / V pages without its arithmetic
+// (read_decode_pattern: per 64-token block, K in 16-row sub-blocks a kv head's slice at a time,
+// then V two kv heads a token row: the 7B's wide-row walk); "1t rd head": one kv head's slice of
+// every token of a block, then the next head's (a head-by-head walk); "1t read hot" / "1t rd drv
+// hot": the plain read / the driver's loads again on the copy they just read (warm: L3 when a copy
+// fits). The load rows answer whether the 7B call's access pattern is what holds it (session 29:
+// its loads alone 0.64-0.74x a plain read, the call 0.56-0.62x); a token-row walk of the same
+// arithmetic (whole rows front to back, same bits) was no faster: 0.88-1.02x cold (bench/README,
+// the experiment's commit 65db343). "1t pv rows" (or "1t pv chunks" where the CPU's default is the
+// row order) and its "hot" twin: the call with the 7B's P V pairs in the other order than this
+// CPU's default (attention_detail::set_decode_pv_chunks: a 16-float chunk across the 16 token rows
+// at a time, the Zen 4 default, or a token row's pair slice at a time), output checked bit for bit.
 // "1t": only the 1-thread modes (a loaded machine,
 // where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
 // (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
@@ -58,6 +70,61 @@ using bench::best;
 using bench::median;
 using bench::now;
 using bench::thread_cpu;
+
+// The decode driver's loads on one call's K / V pages (kv tokens [0, n_kv), pages of `page` tokens,
+// rows ld_bytes apart, Hkv kv heads of slice_bytes each), without its arithmetic, in its order:
+// per 64-token block, K in 16-row sub-blocks, kv head by kv head, each head's slice a 64-byte line
+// of the 16 rows at a time (qk16's loads: 16 row streams advancing one slice a kv head, crossing a
+// 4 KiB page every 4096 / slice_bytes heads), then V the same sub-blocks two kv heads a token row
+// at a time (pv2's loads), or with v_chunks (decode_pv_chunks, the Zen 4 default) a line of the two
+// heads' slices across the 16 rows at a time (pv2 by chunks); head_major: one kv head's slice of every token of the block (K then V),
+// then the next head (the walk a head-by-head driver would make: one 512-byte slice every row).
+#if defined(__x86_64__)
+BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, const float* const* vp, int64_t n_kv,
+                                                      int64_t page, int64_t ld_bytes, int64_t Hkv,
+                                                      int64_t slice_bytes, bool head_major, bool v_chunks) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+  auto row = [&](const float* const* pages, int64_t j) {
+    return reinterpret_cast<const uint8_t*>(pages[j / page]) + (j % page) * ld_bytes;
+  };
+  const int64_t lines = slice_bytes / 64;
+  for (int64_t b0 = 0; b0 < n_kv; b0 += 64) {
+    const int64_t b1 = std::min(n_kv, b0 + 64);
+    if (head_major) {
+      for (int kv = 0; kv < 2; ++kv)
+        for (int64_t g = 0; g < Hkv; ++g)
+          for (int64_t j = b0; j < b1; ++j) {
+            const uint8_t* r = row(kv ? vp : kp, j) + g * slice_bytes;
+            for (int64_t l = 0; l < lines; ++l) a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(r + 64 * l));
+          }
+      continue;
+    }
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      for (int64_t g = 0; g < Hkv; ++g)
+        for (int64_t l = 0; l < lines; ++l)
+          for (int t = 0; t < ns; ++t)
+            a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(row(kp, s0 + t) + g * slice_bytes + 64 * l));
+    }
+    for (int64_t s0 = b0; s0 < b1; s0 += 16) {
+      const int ns = int(std::min<int64_t>(16, b1 - s0));
+      for (int64_t g = 0; g < Hkv; g += 2) {
+        if (v_chunks) {  // decode_pv_chunks: a line of the pair's slice across the rows at a time
+          for (int64_t l = 0; l < 2 * lines; ++l)
+            for (int t = 0; t < ns; ++t)
+              a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(row(vp, s0 + t) + g * slice_bytes + 64 * l));
+          continue;
+        }
+        for (int t = 0; t < ns; ++t) {
+          const uint8_t* r = row(vp, s0 + t) + g * slice_bytes;
+          for (int64_t l = 0; l < 2 * lines; ++l) a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(r + 64 * l));
+        }
+      }
+    }
+  }
+  return bench::fold(a0) ^ bench::fold(a1);
+}
+#endif
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
@@ -201,28 +268,47 @@ int main(int argc, char** argv) {
   // 1 thread, a plain read of the next copy's K then V bytes (one stream, no software prefetch)
   const size_t kv_bytes = size_t(n_kv) * size_t(p.ldk) * esz;
   uint64_t read_sink = 0;
-  auto read_copy = [&](bool four) {
+  // pattern 0: one stream, 1: four streams, 2: the driver's loads (read_decode_pattern), 3: one kv
+  // head at a time; hot: the same read once untimed on the same copy first
+  auto read_copy = [&](int pattern, bool hot = false) {
     const int c = call++ % copies;
+    auto once = [&] {
+      if (pattern >= 2) {
+        read_sink ^= read_decode_pattern(kt[size_t(c)].data(), vt[size_t(c)].data(), n_kv, kPage,
+                                         p.ldk * int64_t(esz), p.n_kv_heads, p.head_dim * int64_t(esz), pattern == 3,
+                                         attention_detail::decode_pv_chunks());
+        return;
+      }
+      for (int kv = 0; kv < 2; ++kv) {
+        const auto* b = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c + kv)].get());
+        read_sink ^= pattern == 1 ? bench::read_streams<4>(b, kv_bytes, 64, 1024)
+                                  : bench::read_streams<1>(b, kv_bytes, 64, 0);
+      }
+    };
+    if (hot) once();
     const double c0 = thread_cpu(), t0 = now();
-    for (int kv = 0; kv < 2; ++kv) {
-      const auto* b = reinterpret_cast<const uint8_t*>(bufs[size_t(2 * c + kv)].get());
-      read_sink ^= four ? bench::read_streams<4>(b, kv_bytes, 64, 1024) : bench::read_streams<1>(b, kv_bytes, 64, 0);
-    }
+    once();
     const double dt = now() - t0;
     cpu_1t = thread_cpu() - c0;
     return dt;
   };
-  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tLean, kModes };
-  auto one_thread = [](int m) {
-    return m == k1t || m == k1tSweep || m == k1tPf || m == k1tRead || m == k1tHot || m == k1tRead4 || m == k1tKt || m == k1tLean;
+  enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tLean, k1tRdDrv,
+         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tPvc, k1tPvcHot, kModes };
+  auto one_thread = [=](int m) { return m != kRun && m != kHalves && m != kPm64 && m != kPm32 && m != k2tPf; };
+  auto is_read = [=](int m) {
+    return m == k1tRead || m == k1tRead4 || m == k1tRdDrv || m == k1tRdHead || m == k1tReadHot || m == k1tRdDrvHot;
   };
   const double fma_peak = bench::fma_peak_1t_gflops();
   // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
   const bool l2_default = attention_detail::decode_pipeline_l2();
   const bool lean_default = attention_detail::decode_lean();
+  // "pv rows" / "pv chunks": the 7B's P V pairs in the other order than this CPU's default (decode_pv_chunks)
+  const bool pvc_default = attention_detail::decode_pv_chunks();
   const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
-                               "1t read", "1t hot", "1t read4", "1t ktiles", lean_default ? "1t nolean" : "1t lean"};
+                               "1t read", "1t hot", "1t read4", "1t ktiles", lean_default ? "1t nolean" : "1t lean",
+                               "1t rd drv", "1t rd head", "1t read hot", "1t rd drv hot",
+                               pvc_default ? "1t pv rows" : "1t pv chunks", pvc_default ? "1t pv rows hot" : "1t pv chunks hot"};
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;
@@ -256,8 +342,16 @@ int main(int argc, char** argv) {
         if (r >= 0 && m == k1tPf) cpu1p.push_back(cpu_1t);
       }
       else if (m == kHalves) dt = halves();
-      else if (m == k1tRead || m == k1tRead4) dt = read_copy(m == k1tRead4);
+      else if (m == k1tRead || m == k1tRead4 || m == k1tReadHot)
+        dt = read_copy(m == k1tRead4 ? 1 : 0, m == k1tReadHot);
+      else if (m == k1tRdDrv || m == k1tRdDrvHot || m == k1tRdHead)
+        dt = read_copy(m == k1tRdHead ? 3 : 2, m == k1tRdDrvHot);
       else if (m == k1tHot) dt = timed(&pool1, true);
+      else if (m == k1tPvc || m == k1tPvcHot) {
+        attention_detail::set_decode_pv_chunks(!pvc_default);
+        dt = timed(&pool1, m == k1tPvcHot);
+        attention_detail::set_decode_pv_chunks(pvc_default);
+      }
       else if (m == k1tKt) {
         use_tiles = true;
         attention_detail::set_decode_k_tiles(true);
@@ -323,7 +417,7 @@ int main(int argc, char** argv) {
                 bytes / median(cpu_m[m]) / 1e9, bytes / best(cpu_m[m]) / 1e9, median(cpu_m[k1tRead]) / median(cpu_m[m]),
                 best(cpu_m[k1tRead]) / best(cpu_m[m]));
     const double gflops = flops / median(cpu_m[m]) * 1e-9;  // the reads do no flops
-    if (m != k1tRead && m != k1tRead4) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
+    if (!is_read(m)) std::printf("  GFLOP/s %.0f (%.0f%% peak)", gflops, 100 * gflops / fma_peak);
     std::printf("\n");
   }
   if (!tbufs.empty()) {  // the tiles' output against the rows' on the same copy
@@ -348,6 +442,17 @@ int main(int argc, char** argv) {
     timed(&pool1);
     attention_detail::set_decode_lean(lean_default);
     std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tLean],
+                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
+  }
+  {  // the other P V order's output against the default's on the same copy
+    call = 0;
+    timed(&pool1);
+    const std::vector<float> o_def = o;
+    attention_detail::set_decode_pv_chunks(!pvc_default);
+    call = 0;
+    timed(&pool1);
+    attention_detail::set_decode_pv_chunks(pvc_default);
+    std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tPvc],
                 std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");

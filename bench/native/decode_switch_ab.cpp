@@ -11,6 +11,7 @@
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1; attn_lean: its narrow rows' lean piece (set_decode_lean);
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
+// attn_pv_chunks: those P V pairs a chunk at a time across the token rows (set_decode_pv_chunks) against a row at a time;
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
@@ -250,6 +251,9 @@ const AbSwitch kSwitches[] = {
     {"attn_l2", [](bool on) { attention_detail::set_decode_pipeline_l2(on); }},
     // the narrow rows' lean decode piece (set_decode_lean: one kernel call a sub-block for all kv heads)
     {"attn_lean", [](bool on) { attention_detail::set_decode_lean(on); }},
+    // the decode attention's P V pairs (7B MHA) walked a 16-float chunk at a time across the
+    // sub-block's token rows (on) against each token row's pair slice at a time (set_decode_pv_chunks)
+    {"attn_pv_chunks", [](bool on) { attention_detail::set_decode_pv_chunks(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16

@@ -33,7 +33,8 @@
 // the merges (set_decode_split(false) keeps decode in the tiled driver: tests, A/B rows). On AVX-512 the
 // rows are read in place (narrow ones swept a sub-block at a time, or with several query heads per kv
 // head each sub-block's lines prefetched during the previous one's compute; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
-// through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
+// through qk16, the same arithmetic with its 16 key rows addressed from registers, and on Zen 4 its P V
+// pairs a 16-float chunk at a time across the 16 rows, V read in K's order: decode_pv_chunks); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
 // DecodeBf16Dp in attention_internal.h).
 //
@@ -237,6 +238,10 @@ bool decode_lean() { return DecodeLean::get(); }
 void set_decode_lean(bool on) { DecodeLean::set(on); }
 void set_decode_k_tiles(bool on) { decode_k_tiles_on.store(on, std::memory_order_relaxed); }
 void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_order_relaxed); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_pv_chunks; session 29).
+using DecodePvChunks = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pv_chunks>;
+bool decode_pv_chunks() { return DecodePvChunks::get(); }
+void set_decode_pv_chunks(bool on) { DecodePvChunks::set(on); }
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
 using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
 bool decode_pipeline_l2() { return DecodePipelineL2::get(); }
@@ -652,12 +657,53 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
 
 // Kern::pv2: two rows, row r reading the V slice of kv head g0 + r (at v + r * D of each token
 // row): pv_tile's RowV tile, each output element's FMAs in pv's order (the same bits as two pv calls).
+// pv2 walked chunk by chunk (attention_detail::decode_pv_chunks): for each row r (kv head g0 + r)
+// and 16-float chunk c, its accumulator times alpha, then over the nb tokens in order (every output
+// element's operations in pv_tile's order: the same bits), so the V loads go one 64-byte line of
+// the head's slice across the sub-block's 16 token rows at a time (the order of qk16's K loads)
+// instead of each token row's whole 1 KiB pair slice in turn. Why it reads faster from memory:
+// bench/README (session 29, h-attn7): the driver's loads alone 1.16-1.17x with V in this order.
+template <class E, int NC, int NB>  // NB: 16 (a full sub-block) or 0 (nb at run time)
+EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                              const typename E::T* v, int64_t ldv, int nb_rt, __mmask16 lm,
+                                              int64_t vstep) {
+  const int nb = NB ? NB : nb_rt;
+  #pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+    const float* pr = P + r * ldP;
+    const typename E::T* vr = v + r * vstep;
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      __m512 a = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
+      #pragma GCC unroll 16
+      for (int j = 0; j < nb; ++j)
+        a = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]),
+                            c == NC - 1 ? E::maskz_load(lm, vr + j * ldv + 16 * c) : E::load(vr + j * ldv + 16 * c), a);
+      _mm512_store_ps(acc + r * ldacc + 16 * c, a);
+    }
+  }
+}
+template <class E, int NC>
+EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                          const typename E::T* v, int64_t ldv, int nb, __mmask16 lm, int64_t vstep) {
+  if (nb == 16) pv2_chunks_avx512<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
+  else pv2_chunks_avx512<E, NC, 0>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
+}
 template <class E>
 EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
                                 int64_t ldv, int nb, int D) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+  if (attention_detail::decode_pv_chunks()) {
+    switch (nc) {
+      case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
+      case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
+      case 7: return pv2_chunks_nb<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
+      default: return pv2_chunks_nb<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
+    }
+  }
   // two adjacent kv heads: row r's V slice at v + r * D in each token row
   pv_rows_wide_avx512<E, 2, true>(acc, ldacc, alpha, P, ldP, v, ldv, nb, nc, lm, nullptr, D);
 }

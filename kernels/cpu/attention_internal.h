@@ -69,6 +69,14 @@ void set_decode_pv_pairs(bool on);
 // Whether a decode call's P V takes two kv heads a call (the driver asks this too): one query head
 // per kv head, at least two kv heads, decode_qk16_applies(p) and decode_pv_pairs().
 bool decode_pv2_applies(const AttentionParams& p);
+// Those P V pairs walked a 16-float chunk at a time: each (kv head, chunk) accumulator times alpha,
+// then over the sub-block's tokens in order (the same operations in the same order for every
+// output element: bit for bit equal), so V is read one 64-byte line of the pair's slice across the
+// 16 token rows at a time, as qk16 reads K, instead of each token row's 1 KiB pair slice in turn
+// (16 rows side by side 1 KiB each: the hardware prefetchers' worst order of the two). Default per
+// CPU (decode_tuning.h attn_pv_chunks); set_decode_pv_chunks for tests and A/B tools.
+bool decode_pv_chunks();
+void set_decode_pv_chunks(bool on);
 // Decode on AVX-512 with narrow token rows swept in place and several query heads per kv head
 // (the 1.1B's 32 / 4 heads x 64): the next 16-token sub-block's lines prefetched a few at a time
 // from inside this sub-block's Q K^T and P V loops (default), instead of each sub-block's lines

@@ -17,6 +17,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.kquant_prefetch = GemvPrefetch::None;
     t.attn_pipeline_l2 = true;
     t.attn_decode_lean = true;
+    t.attn_pv_chunks = true;
     t.q80_streams = 2;
     t.q80_prefetch = GemvPrefetch::None;
     t.q80_ahead = 4096;
@@ -41,6 +42,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
 #endif
   attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
   attention_detail::set_decode_lean(t.attn_decode_lean);
+  attention_detail::set_decode_pv_chunks(t.attn_pv_chunks);
   set_q80_streams(t.q80_streams);
   set_q80_prefetch(t.q80_prefetch);
   set_q80_ahead(t.q80_ahead);

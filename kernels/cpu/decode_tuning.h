@@ -3,9 +3,10 @@
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
-// attention_internal.h set_decode_pipeline_l2, set_decode_lean) for the tests and A/B tools; apply_decode_tuning sets
-// them all from one row. Every entry changes only how memory is read (software prefetch, streams a
-// thread, the cache level of the attention's KV prefetch), never the arithmetic or its order: the
+// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks) for the tests
+// and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes only how memory
+// is read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
+// order of the attention's loads), never the arithmetic or its order: the
 // same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
 // their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
 // set_repacked_double_pumped): they are blockings of one kernel, read per call.
@@ -77,6 +78,15 @@ struct DecodeTuning {
   // context, 1 thread, AB_SWITCH=attn_lean: 1.023x / 1.014x (median rounds 1.035 / 1.038)). Zen 5 not
   // measured: off.
   bool attn_decode_lean = false;
+  // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
+  // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
+  // a token row at a time. Same bits. Zen 4: on (session 29, h-attn7; 1 thread, thread CPU time,
+  // interleaved, load 3-7: attn_decode_threads' 7B shape cold in 2 MiB pages 1.29x (f32 kv 512),
+  // 1.32x (f32 kv 2048), 1.14x (f16 kv 512), in L3 0.88x; the driver's loads alone in this order
+  // 1.16-1.17x; the 7B q4_0 decode at 1024 tokens of context, AB_SWITCH=attn_pv_chunks, 1 thread
+  // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
+  // Zen 5 not measured: off.
+  bool attn_pv_chunks = false;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
   // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel

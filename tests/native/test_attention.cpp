@@ -1511,6 +1511,34 @@ TEST(attention_decode_pv_pairs_same_bits) {
                                  16900);
 }
 
+// P V pairs a 16-float chunk at a time across the sub-block's token rows (attention_detail::
+// decode_pv_chunks: MHA decode with head_dim 65-128 and wide rows read in place, 7B's 32 x 128;
+// the Zen 4 default) keep every output element's operations in the row-at-a-time tile's order:
+// outputs and log-sum-exps bit for bit equal with it off, f32 / f16 / bf16 caches, head_dim 80 /
+// 100 (a tail chunk, padded rows) / 128, an odd kv head count (the last head alone, not paired),
+// and shapes that do not take the pairs (2 query rows per kv head, head_dim 64); lengths with and
+// without a partial last sub-block (the tile's run-time token count) and across the 64-token
+// block, contiguous and paged (16 / 64), no pool and 2 / 3 threads; within 1e-5 of ref::attention.
+// The pairs must run (decode_pv2_applies on AVX-512) for the shapes marked taken.
+TEST(attention_decode_pv_chunks_same_bits) {
+  const DecodeSwitch sw{"P V pairs by chunks",
+                        [](const AttentionParams& p) {
+                          return attention_detail::decode_pv2_applies(p) && attention_detail::decode_pv_chunks();
+                        },
+                        attention_detail::decode_pv_chunks, attention_detail::set_decode_pv_chunks, 1, 3};
+  const bool was = attention_detail::decode_pv_chunks();  // this CPU's default (on on Zen 4)
+  attention_detail::set_decode_pv_chunks(true);
+  expect_decode_switch_same_bits(sw,
+                                 {{32, 32, 128, 0, true},
+                                  {8, 8, 80, 0, true},
+                                  {6, 6, 100, 3, true},
+                                  {5, 5, 128, 0, true},
+                                  {16, 8, 128, 0, false},
+                                  {8, 8, 64, 0, false}},
+                                 18300);
+  attention_detail::set_decode_pv_chunks(was);
+}
+
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
 // narrow rows swept in place, >= 4 query heads per kv head: the 1.1B's 32 / 4 x 64) is prefetches
 // only: outputs and log-sum-exps bit for bit equal with it off (each sub-block swept before its

@@ -2,7 +2,7 @@
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
-// pipelined prefetch into L2, the q8_0 pass in 2 parts a thread without software prefetch (Zen 5:
+// pipelined prefetch into L2 and its P V pairs a chunk at a time across the token rows, the q8_0 pass in 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
 // on 6 streams a thread), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them. That every setting gives the same bits is
@@ -10,7 +10,7 @@
 // gemv_q80_parts_bit_equal_four_group_pass, gemm_huge_pages_multi_stream_gemv and
 // gemm_huge_pages_half_long_streams_same_bits,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
-// test_attention.cpp attention_decode_pipeline_l2_same_bits).
+// test_attention.cpp attention_decode_pipeline_l2_same_bits, attention_decode_pv_chunks_same_bits).
 #include <cstdio>
 
 #include "base/cpu_features.h"
@@ -51,6 +51,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.kquant_streams == 1);
   EXPECT(b.attn_pipeline_l2);
   EXPECT(!a.attn_decode_lean && b.attn_decode_lean);
+  EXPECT(!a.attn_pv_chunks && b.attn_pv_chunks);
   EXPECT(b.q80_streams == 2);
   EXPECT(a.q80_prefetch == GemvPrefetch::T0 && b.q80_prefetch == GemvPrefetch::None);
   EXPECT(a.q80_ahead == 1024 && b.q80_ahead == 4096);
@@ -67,6 +68,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   int n = 0;
   n += attention_detail::decode_pipeline_l2() != t.attn_pipeline_l2;
   n += attention_detail::decode_lean() != t.attn_decode_lean;
+  n += attention_detail::decode_pv_chunks() != t.attn_pv_chunks;
   n += gemm_detail::q80_streams() != t.q80_streams;
   n += gemm_detail::q80_prefetch() != t.q80_prefetch;
   n += gemm_detail::q80_ahead() != t.q80_ahead;
@@ -92,7 +94,7 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  const int left_as_before = 11 - settings_differing_from(t);  // the entries both rows share (none)
+  const int left_as_before = 12 - settings_differing_from(t);  // the entries both rows share (none)
   gemm_detail::apply_decode_tuning(t);
   EXPECT(after_other == 0);
   EXPECT(left_as_before == 0);
