@@ -25,7 +25,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { childMain, machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
-import { PROBE_EVERY, bwPct, ceilingOf, chunkPlan, decodeGbs, decodeSchedule, pairedBw, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
+import { PROBE_EVERY, bwPct, ceilingOf, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairedBw, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -69,14 +69,16 @@ async function emollmChild(spec) {
     const chunked = !!spec.chunk;
     const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads } : null;
     const wins = {};
+    // (one thread: also the best pass by the thread's CPU time, readBandwidth's cpuGbs)
     const probeGbs = async () => {
-      let best = 0, form = null;
+      let best = 0, cpu = null, form = null;
       for (const f of PROBE_FORMS) {
         const r = await b.readBandwidth({ ...probeOpts, ...f });
         if (r.gbs > best) { best = r.gbs; form = `${f.streams}s/${f.prefetch}`; }
+        if (Number.isFinite(r.cpuGbs)) cpu = Math.max(cpu ?? 0, r.cpuGbs);
       }
       wins[form] = (wins[form] ?? 0) + 1;
-      return best;
+      return { gbs: best, cpu };
     };
     if (chunked) {
       if (typeof b.readBandwidth !== 'function') throw new Error('the addon has no readBandwidth (rebuild it: node scripts/build-addon.mjs)');
@@ -114,9 +116,10 @@ async function emollmChild(spec) {
       const per = [];
       let batched = 0;
       const gen = async (from, maxTokens) => {
-        const times = [], counts = [];
+        const times = [], counts = [], cpus = [];
         const res = await ctx.generate(from, { maxTokens, temperature: 0, stopTokens: noStop }, (ids) => {
           times.push(performance.now());
+          if (chunked) cpus.push(processCpuS());
           counts.push(ids?.length ?? 1);
         });
         // The binding delivers the tokens queued since its last delivery (one per call while the
@@ -125,10 +128,10 @@ async function emollmChild(spec) {
         // after the first delivery (of each chunk).
         for (let i = 1; i < times.length; i++) for (let k = 0; k < counts[i]; k++) per.push((times[i] - times[i - 1]) / counts[i]);
         batched += counts.filter((c) => c !== 1).length;
-        return { res, times, counts };
+        return { res, times, counts, cpus };
       };
       let toks, res, first = [], last = [];
-      const chunks = [], probesGbs = [];
+      const chunks = [], probesGbs = [], probesCpuGbs = [];
       if (!chunked) {
         const g = await gen(prompt, spec.gen);
         res = g.res;
@@ -136,7 +139,11 @@ async function emollmChild(spec) {
         if (g.times.length) { first = [g.times[0]]; last = [g.times.at(-1)]; }
       } else {
         toks = [];
-        const probe = async () => probesGbs.push(await probeGbs());
+        const probe = async () => {
+          const x = await probeGbs();
+          probesGbs.push(x.gbs);
+          probesCpuGbs.push(x.cpu);
+        };
         await probe();
         for (const c of spec.chunkPlan) {
           const g = await gen(Int32Array.from([...prompt, ...toks]), c.count);
@@ -147,14 +154,17 @@ async function emollmChild(spec) {
           if (g.times.length) { first.push(g.times[0]); last.push(g.times.at(-1)); }
           // timed: the tokens delivered after the chunk's first delivery, over the gaps between them
           const timed = g.counts.slice(1).reduce((a, x) => a + x, 0);
-          chunks.push({ first: c.first + (g.counts[0] ?? 1), tokens: timed, s: g.times.length > 1 ? (g.times.at(-1) - g.times[0]) / 1000 : null });
+          // cpu_s: the process's CPU time over the same span (with one thread the decoding thread's
+          // running time and the callbacks': time another process held the core left out)
+          chunks.push({ first: c.first + (g.counts[0] ?? 1), tokens: timed, s: g.times.length > 1 ? (g.times.at(-1) - g.times[0]) / 1000 : null,
+            cpu_s: g.cpus.length > 1 ? g.cpus.at(-1) - g.cpus[0] : null });
           if (got.length < c.count) break;
         }
       }
       const tEnd = performance.now();
       const r = { prefill_s: (tPrefill - t) / 1000, tokens_out: toks.length, stop: res?.stopReason,
         other_cores: (machineBusyS() - busy0 - (processCpuS() - cpu0)) / ((tEnd - t) / 1000) };
-      if (chunked) { r.chunks = chunks; r.probes_gbs = probesGbs; }
+      if (chunked) { r.chunks = chunks; r.probes_gbs = probesGbs; r.probes_cpu_gbs = probesCpuGbs; }
       r.first_token_s = first.length ? (first[0] - tPrefill) / 1000 : NaN;
       r.decode_tok_s = per.length ? 1000 / median(per) : NaN;
       // mean: the tokens after each generate call's first delivery over the time between its first
@@ -183,7 +193,7 @@ function parseArgs(argv) {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
     budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32', bf16Products: false,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
-    rounds: 2, probeEvery: 'block', chunk: 8,
+    rounds: 2, probeEvery: 'block', chunk: 8, cpuClock: false,
   };
   const val = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
@@ -208,6 +218,7 @@ function parseArgs(argv) {
       case '--rounds': o.rounds = Number(val(i, a)); i++; break;
       case '--probe-every': o.probeEvery = val(i, a); i++; break;
       case '--chunk': o.chunk = Number(val(i, a)); i++; break;
+      case '--cpu-clock': o.cpuClock = true; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--kv-type': o.emollmKv = val(i, a); i++; break;
       case '--bf16-products': o.bf16Products = true; break;
@@ -235,6 +246,7 @@ function parseArgs(argv) {
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error(`--rounds: a whole number >= 1, not '${o.rounds}'`);
   if (!PROBE_EVERY.includes(o.probeEvery)) throw new Error(`--probe-every: ${PROBE_EVERY.join(' or ')}, not '${o.probeEvery}'`);
   if (o.probeEvery === 'chunk' && (!Number.isInteger(o.chunk) || o.chunk < 2 || o.chunk > o.gen)) throw new Error(`--chunk: a whole number of tokens from 2 to --gen (${o.gen}), not '${o.chunk}'`);
+  if (o.cpuClock && (o.probeEvery !== 'chunk' || o.threads !== 1)) throw new Error('--cpu-clock pairs the chunks by CPU time: it needs --probe-every chunk and --threads 1');
   if (!['f32', 'f16', 'bf16'].includes(o.emollmKv)) throw new Error(`--kv-type: f32, f16 or bf16, not '${o.emollmKv}'`);
   if (o.bf16Products && o.emollmKv !== 'bf16') throw new Error('--bf16-products acts on a bf16 KV cache only: add --kv-type bf16');
   return o;
@@ -267,6 +279,9 @@ const HELP = `usage: npm run bench:decode -- [options]
                         columns (median and range over the chunks) and the chunk probes' range, beside the
                         block %bw (the RSS column leaves the probe buffer out)
   --chunk N             tokens a chunk with --probe-every chunk (default 8; its first token's gap is not timed)
+  --cpu-clock           with --probe-every chunk and --threads 1: the paired columns by CPU time (each chunk's
+                        process CPU seconds, each probe pass's thread CPU seconds: time other processes held
+                        the core left out, readable on a loaded machine); the wall-time pairing stays in the JSON
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16)
   --kv-type f32|f16|bf16  emollm's KV cache type (default f32; f16 = llama.cpp's default), the table's kv column
   --bf16-products       emollm's decode attention on bf16 dot products (the decodeBf16Products context option:
@@ -874,7 +889,8 @@ async function main() {
       // --probe-every chunk: each decode chunk against the probes beside it in the child (the
       // undisturbed runs' chunks when there are any, as summarize's figures)
       const sizes = { weightBytes, kvRowBytes: kvRowBytes(p.shape, o), prompt: o.prompt };
-      const pairedOf = (xs) => (chunked ? pairedBw(quietRuns(xs.flatMap((x) => (x?.ok ? x.runs : [])).filter((x) => x.chunks)), sizes) : null);
+      const chunkRuns = (xs) => quietRuns(xs.flatMap((x) => (x?.ok ? x.runs : [])).filter((x) => x.chunks));
+      const pairedOf = (xs) => (chunked ? pairedBw(o.cpuClock ? chunkRuns(xs).map(chunkRunByCpu) : chunkRuns(xs), sizes) : null);
       // agree: the first round where both engines generated
       let agree;
       const r0 = e.findIndex((x, r) => x?.ok && a[r]?.ok && x.tokens && a[r].tokens);
@@ -907,6 +923,7 @@ async function main() {
       const emollmS = summarize(mergeRounds(e), o.prompt), anchorS = summarize(mergeRounds(a), o.prompt);
       rows.push({
         shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios, paired: pairedOf(e),
+        pairedWall: chunked && o.cpuClock ? pairedBw(chunkRuns(e), sizes) : null,
         emollmS, anchorS, benchS,
         benchNote: !lb.path ? 'n/a' : !benchS && failed(lbAll) ? 'error' : '-',
         emollmNote: emollmWhyNot ? 'n/a' : !emollmS && failed(e) ? 'error' : '-',
@@ -941,6 +958,7 @@ async function main() {
     out('prefetch, 4 and 2 streams without, 2 passes each, the best) before the first chunk and after each; a chunk\'s GB/s = (weights + KV rows read) x its timed tokens (all but its first)');
     out('/ their time, against the higher of its two probes; the median over the chunks of the (undisturbed) runs, their range, and the range of');
     out('the chunks\' probes. The in-process probe is the read loop alone (no anchor GEMV): compare it with the block probes\' read figures.');
+    if (o.cpuClock) out('--cpu-clock: the paired columns by CPU time (chunks: the process\'s CPU seconds; probes: each pass\'s thread CPU seconds); the wall pairing in the JSON (emollm_paired_wall).');
   }
   out('RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading');
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm's KV cache ${o.emollmKv} (kv = emollm/llama.cpp); emollm on the`);
@@ -993,7 +1011,8 @@ async function main() {
       llama_bench_bw_pct: bwPct(r.weightBytes, r.benchS?.decode_tok_s, r.block.ceiling_gbs),
       // --probe-every chunk: the paired %bw (each chunk's weights + KV GB/s against the higher of the
       // child's probes before and after it), per chunk and summarized; null otherwise
-      emollm_paired: r.paired ?? null,
+      emollm_paired: r.paired ?? null, emollm_paired_clock: r.paired ? (o.cpuClock ? 'cpu' : 'wall') : null,
+      ...(r.pairedWall ? { emollm_paired_wall: r.pairedWall } : {}),
       ratios: r.ratios, rounds: r.rounds })),
     raw: results,
     emollm_unavailable: emollmWhyNot,

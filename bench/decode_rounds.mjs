@@ -195,3 +195,13 @@ export function chunkPlan(gen, chunk) {
   for (let first = 1; first <= gen; first += chunk) out.push({ first, count: Math.min(chunk, gen - first + 1) });
   return out;
 }
+
+/**
+ * A chunked run's figures by CPU time (bench:decode --cpu-clock, one thread), for pairedBw: each
+ * chunk's `cpu_s` (the process's CPU seconds over its timed tokens) as its time, and the probes'
+ * CPU-time rates (`probes_cpu_gbs`, readBandwidth's cpuGbs) as its probes; a chunk without a CPU
+ * time, or a probe without a CPU rate, then counts as not measured.
+ */
+export function chunkRunByCpu(run) {
+  return { ...run, chunks: (run?.chunks ?? []).map((c) => ({ ...c, s: c.cpu_s ?? null })), probes_gbs: run?.probes_cpu_gbs ?? [] };
+}

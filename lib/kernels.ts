@@ -244,6 +244,12 @@ export interface ReadBandwidth {
   medianGbs: number;
   /** Every pass's rate in the order they ran, GB/s. */
   repGbs: number[];
+  /**
+   * With one thread: the best pass's rate by the calling thread's CPU time (the pass runs on that
+   * thread alone, so time another process held the core is left out: the figure that stays
+   * readable on a loaded machine); null with more threads or where there is no per-thread clock.
+   */
+  cpuGbs: number | null;
   bytes: number;
   threads: number;
   streams: number;

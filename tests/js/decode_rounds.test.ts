@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { PROBE_EVERY, bwPct, ceilingOf, chunkBytes, chunkPlan, decodeGbs, decodeSchedule, pairProbe, pairedBw, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
+import { PROBE_EVERY, bwPct, ceilingOf, chunkBytes, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairProbe, pairedBw, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
 
 // bench:decode's schedule (sides alternated in rounds, probes beside each model's block) and the
 // arithmetic on it (bench/decode_rounds.mjs): numbers in, no timings.
@@ -195,6 +195,13 @@ describe('bench:decode paired %bw (--probe-every chunk)', () => {
     expect(p.median_pct).toBeCloseTo(80, 6);
     expect([p.probe_min_gbs, p.probe_max_gbs]).toEqual([20, 50]);
     expect(pairedBw([], sizes)).toBeNull();
+    // by CPU time (--cpu-clock): the chunks' cpu_s against the probes' CPU-time rates
+    const cpuRuns = [{ chunks: [{ first: 2, tokens: 3, s: 0.3, cpu_s: 0.1 }, { first: 6, tokens: 3, s: 0.3 }], probes_gbs: [10, 10, 10], probes_cpu_gbs: [25, 30, null] }];
+    const c = pairedBw(cpuRuns.map(chunkRunByCpu), sizes)!;
+    expect(c.chunks).toBe(1);  // the second chunk has no CPU time
+    expect(c.per_chunk[0]!.bw_pct).toBeCloseTo(100, 6);  // 30 GB/s by CPU time against the higher probe, 30
+    expect(pairedBw(cpuRuns, sizes)!.per_chunk[0]!.bw_pct).toBeCloseTo(100, 6);  // by wall: 10 GB/s against 10
+    expect(pairedBw([{ chunks: [{ first: 2, tokens: 3, s: 0.1 }], probes_gbs: [40, 40] }].map(chunkRunByCpu), sizes)).toBeNull();
     expect(pairedBw([{ chunks: [{ first: 2, tokens: 3, s: 0.1 }], probes_gbs: [null, null] }], sizes)).toBeNull();
   });
 });

@@ -378,10 +378,13 @@ describe('readBandwidth', () => {
     expect(r.medianGbs).toBeLessThanOrEqual(r.gbs);
     expect(r).toMatchObject({ bytes: 1 << 20, threads: 1, streams: 2, prefetch: 0 });
     expect(['scalar', 'avx2', 'avx512']).toContain(r.isa);
+    // one thread: the CPU-time figure too (Linux has the per-thread clock)
+    if (process.platform === 'linux') expect(Number.isFinite(r.cpuGbs) && r.cpuGbs! > 0).toBe(true);
     // the defaults (4 streams, 1 KiB ahead), on the runtime's pool of 2 threads; bytes rounded down to whole lines
     const d = await readBandwidth({ bytes: (1 << 20) + 100, reps: 1, threads: 2 });
     expect(d).toMatchObject({ bytes: (1 << 20) + 64, threads: 2, streams: 4, prefetch: 1024 });
     expect(Number.isFinite(d.gbs) && d.gbs > 0).toBe(true);
+    expect(d.cpuGbs).toBeNull();  // two threads: the calling thread's CPU time is not the pass's
   });
 
   it('refuses bad options with ERR_INVALID_ARGUMENT before doing any work', () => {
