@@ -10,6 +10,7 @@
 //   npm run bench:decode -- --full                # adds 7B bf16 (27 GB of model files)
 //   npm run -s bench:decode -- --json > decode.json
 //   npm run bench:decode -- --shapes 1.1b --dtypes q4_0 --rounds 4 --probe-every round   # 4 alternated rounds, probes between
+//   npm run bench:decode -- --shapes 1.1b --dtypes q4_0 --probe-every chunk   # decode chunks paired with in-process probes
 //
 // Every measurement runs in its own child process (one per model, side and round), one at a time, so
 // the two engines never share the cores and each peak RSS is one process's. A model's sides are
@@ -24,7 +25,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { childMain, machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
-import { PROBE_EVERY, bwPct, ceilingOf, decodeGbs, decodeSchedule, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
+import { PROBE_EVERY, bwPct, ceilingOf, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairedBw, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -33,6 +34,8 @@ const anchorScript = join(anchorsDir, 'llamacpp-anchor.mjs');
 const NLC_VERSION = '3.21.1';
 
 // ============================================================================ emollm child
+// The paired probe's read forms (--probe-every chunk): streams a thread, prefetch bytes ahead.
+const PROBE_FORMS = [{ streams: 4, prefetch: 1024 }, { streams: 4, prefetch: 0 }, { streams: 2, prefetch: 0 }];
 // `node bench/decode.mjs --child '<spec>'`: same protocol as bench/anchors/llamacpp-anchor.mjs.
 async function loadBinding() {
   // the compiled TS wrapper when there is one, else the addon itself (what lib/native.ts does)
@@ -56,6 +59,33 @@ async function emollmChild(spec) {
     const b = await loadBinding();
     if (typeof b.loadModel !== 'function') throw new Error('the addon has no loadModel (decoder binding not built yet)');
     try { out.info.cpu = b.cpuInfo?.(); } catch {}
+    // --probe-every chunk: the in-process read probe (lib/kernels.ts readBandwidth) beside each
+    // decode chunk; its buffer is made here, before the model, so the peak RSS holds it whole and
+    // the parent takes it off again (probe_buffer_mib), and no timed probe pays its page faults
+    // A probe: each read form (PROBE_FORMS) spec.probeReps passes, the best pass of all, as
+    // bench_kernels keeps its best variant (which form wins moves with the VM's phase: at 1 thread
+    // in a ~29 GB/s phase 4 streams without prefetch read 1.07x 4 streams + 1 KiB, bench_kernels'
+    // usual winner at 2 threads)
+    const chunked = !!spec.chunk;
+    const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads } : null;
+    const wins = {};
+    // (one thread: also the best pass by the thread's CPU time, readBandwidth's cpuGbs)
+    const probeGbs = async () => {
+      let best = 0, cpu = null, form = null;
+      for (const f of PROBE_FORMS) {
+        const r = await b.readBandwidth({ ...probeOpts, ...f });
+        if (r.gbs > best) { best = r.gbs; form = `${f.streams}s/${f.prefetch}`; }
+        if (Number.isFinite(r.cpuGbs)) cpu = Math.max(cpu ?? 0, r.cpuGbs);
+      }
+      wins[form] = (wins[form] ?? 0) + 1;
+      return { gbs: best, cpu };
+    };
+    if (chunked) {
+      if (typeof b.readBandwidth !== 'function') throw new Error('the addon has no readBandwidth (rebuild it: node scripts/build-addon.mjs)');
+      const w = await b.readBandwidth({ ...probeOpts, reps: 1 });
+      out.probe_buffer_mib = Math.ceil(w.bytes / (2 << 20)) * 2;
+      out.info.probe = { bytes: w.bytes, reps: spec.probeReps, threads: w.threads, forms: PROBE_FORMS, isa: w.isa, wins };
+    }
     // decodeBf16Products (--bf16-products): the decode steps' attention on bf16 dot products
     const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch, ...(spec.decodeBf16Products ? { decodeBf16Products: true } : {}) };
     const t0 = performance.now();
@@ -73,38 +103,81 @@ async function emollmChild(spec) {
     const tStart = performance.now();
     for (let run = 0; run < spec.maxRuns; run++) {
       ctx = use(model.createContext(ctxOpts));
-      const times = [];
-      const counts = [];
       const busy0 = machineBusyS(), cpu0 = processCpuS();
       // prefill: the whole prompt into the empty cache (eval runs it in batches of nBatch)
       const t = performance.now();
       await ctx.eval(prompt);
       const tPrefill = performance.now();
       // decode: generate from the same prompt; the cached prefix is kept and only the last prompt
-      // token is evaluated again, then one token at a time, greedy
-      const res = await ctx.generate(prompt, { maxTokens: spec.gen, temperature: 0, stopTokens: noStop }, (ids) => {
-        times.push(performance.now());
-        counts.push(ids?.length ?? 1);
-      });
+      // token is evaluated again, then one token at a time, greedy. With --probe-every chunk the
+      // same tokens come in chunks of spec.chunk (each a generate call continuing from the tokens
+      // so far: the cache keeps them, the call evaluates the last one), a read probe before the
+      // first chunk and after each one: chunk j's tokens between probes j and j + 1.
+      const per = [];
+      let batched = 0;
+      const gen = async (from, maxTokens) => {
+        const times = [], counts = [], cpus = [];
+        const res = await ctx.generate(from, { maxTokens, temperature: 0, stopTokens: noStop }, (ids) => {
+          times.push(performance.now());
+          if (chunked) cpus.push(processCpuS());
+          counts.push(ids?.length ?? 1);
+        });
+        // The binding delivers the tokens queued since its last delivery (one per call while the
+        // event loop is idle and decoding is slower than a callback): each token of a delivery of k
+        // gets 1/k of the gap since the previous delivery; decode = 1 / median per-token time
+        // after the first delivery (of each chunk).
+        for (let i = 1; i < times.length; i++) for (let k = 0; k < counts[i]; k++) per.push((times[i] - times[i - 1]) / counts[i]);
+        batched += counts.filter((c) => c !== 1).length;
+        return { res, times, counts, cpus };
+      };
+      let toks, res, first = [], last = [];
+      const chunks = [], probesGbs = [], probesCpuGbs = [];
+      if (!chunked) {
+        const g = await gen(prompt, spec.gen);
+        res = g.res;
+        toks = Array.from(res?.tokens ?? []);
+        if (g.times.length) { first = [g.times[0]]; last = [g.times.at(-1)]; }
+      } else {
+        toks = [];
+        const probe = async () => {
+          const x = await probeGbs();
+          probesGbs.push(x.gbs);
+          probesCpuGbs.push(x.cpu);
+        };
+        await probe();
+        for (const c of spec.chunkPlan) {
+          const g = await gen(Int32Array.from([...prompt, ...toks]), c.count);
+          res = g.res;
+          const got = Array.from(res?.tokens ?? []);
+          toks.push(...got);
+          await probe();
+          if (g.times.length) { first.push(g.times[0]); last.push(g.times.at(-1)); }
+          // timed: the tokens delivered after the chunk's first delivery, over the gaps between them
+          const timed = g.counts.slice(1).reduce((a, x) => a + x, 0);
+          // cpu_s: the process's CPU time over the same span (with one thread the decoding thread's
+          // running time and the callbacks': time another process held the core left out)
+          chunks.push({ first: c.first + (g.counts[0] ?? 1), tokens: timed, s: g.times.length > 1 ? (g.times.at(-1) - g.times[0]) / 1000 : null,
+            cpu_s: g.cpus.length > 1 ? g.cpus.at(-1) - g.cpus[0] : null });
+          if (got.length < c.count) break;
+        }
+      }
       const tEnd = performance.now();
-      const toks = Array.from(res?.tokens ?? []);
       const r = { prefill_s: (tPrefill - t) / 1000, tokens_out: toks.length, stop: res?.stopReason,
         other_cores: (machineBusyS() - busy0 - (processCpuS() - cpu0)) / ((tEnd - t) / 1000) };
-      // The binding delivers the tokens queued since its last delivery (one per call while the
-      // event loop is idle and decoding is slower than a callback): each token of a delivery of k
-      // gets 1/k of the gap since the previous delivery; decode = 1 / median per-token time
-      // after the first delivery.
-      const per = [];
-      for (let i = 1; i < times.length; i++) for (let k = 0; k < counts[i]; k++) per.push((times[i] - times[i - 1]) / counts[i]);
-      r.first_token_s = times.length ? (times[0] - tPrefill) / 1000 : NaN;
+      if (chunked) { r.chunks = chunks; r.probes_gbs = probesGbs; r.probes_cpu_gbs = probesCpuGbs; }
+      r.first_token_s = first.length ? (first[0] - tPrefill) / 1000 : NaN;
       r.decode_tok_s = per.length ? 1000 / median(per) : NaN;
-      r.decode_mean_tok_s = per.length ? (1000 * per.length) / (times.at(-1) - times[0]) : NaN;
-      if (counts.some((c) => c !== 1)) r.batched_deliveries = counts.filter((c) => c !== 1).length;
-      if (!per.length) r.note = `no per-token deliveries (${times.length} callbacks, ${toks.length} tokens)`;
+      // mean: the tokens after each generate call's first delivery over the time between its first
+      // and last deliveries (one call without chunks: all of them but the first)
+      const spanMs = first.reduce((a, f, i) => a + (last[i] - f), 0);
+      r.decode_mean_tok_s = per.length ? (1000 * per.length) / spanMs : NaN;
+      if (batched) r.batched_deliveries = batched;
+      if (!per.length) r.note = `no per-token deliveries (${toks.length} tokens)`;
       if (toks.length < spec.gen) r.note = `stopped after ${toks.length} tokens (${res?.stopReason})`;
       out.runs.push(r);
       if (run === 0) out.tokens = toks;
-      log(`run ${run + 1}: prefill ${(prompt.length / r.prefill_s).toFixed(1)} tok/s, decode ${r.decode_tok_s.toFixed(2)} tok/s, other work ${r.other_cores.toFixed(2)} cores`);
+      log(`run ${run + 1}: prefill ${(prompt.length / r.prefill_s).toFixed(1)} tok/s, decode ${r.decode_tok_s.toFixed(2)} tok/s, other work ${r.other_cores.toFixed(2)} cores` +
+        (chunked && probesGbs.length ? `; ${chunks.length} chunks, probes ${Math.min(...probesGbs).toFixed(1)}-${Math.max(...probesGbs).toFixed(1)} GB/s` : ''));
       await ctx.close();
       // enough: the budget is spent and one run was undisturbed (or 3x the budget is spent)
       const spent = (performance.now() - tStart) / 1000;
@@ -120,7 +193,7 @@ function parseArgs(argv) {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
     budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32', bf16Products: false,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
-    rounds: 2, probeEvery: 'block',
+    rounds: 2, probeEvery: 'block', chunk: 8, cpuClock: false,
   };
   const val = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
@@ -144,6 +217,8 @@ function parseArgs(argv) {
       case '--runs': o.maxRuns = Number(val(i, a)); i++; break;
       case '--rounds': o.rounds = Number(val(i, a)); i++; break;
       case '--probe-every': o.probeEvery = val(i, a); i++; break;
+      case '--chunk': o.chunk = Number(val(i, a)); i++; break;
+      case '--cpu-clock': o.cpuClock = true; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--kv-type': o.emollmKv = val(i, a); i++; break;
       case '--bf16-products': o.bf16Products = true; break;
@@ -170,6 +245,8 @@ function parseArgs(argv) {
   if (o.gen < 2) throw new Error('--gen must be at least 2');
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error(`--rounds: a whole number >= 1, not '${o.rounds}'`);
   if (!PROBE_EVERY.includes(o.probeEvery)) throw new Error(`--probe-every: ${PROBE_EVERY.join(' or ')}, not '${o.probeEvery}'`);
+  if (o.probeEvery === 'chunk' && (!Number.isInteger(o.chunk) || o.chunk < 2 || o.chunk > o.gen)) throw new Error(`--chunk: a whole number of tokens from 2 to --gen (${o.gen}), not '${o.chunk}'`);
+  if (o.cpuClock && (o.probeEvery !== 'chunk' || o.threads !== 1)) throw new Error('--cpu-clock pairs the chunks by CPU time: it needs --probe-every chunk and --threads 1');
   if (!['f32', 'f16', 'bf16'].includes(o.emollmKv)) throw new Error(`--kv-type: f32, f16 or bf16, not '${o.emollmKv}'`);
   if (o.bf16Products && o.emollmKv !== 'bf16') throw new Error('--bf16-products acts on a bf16 KV cache only: add --kv-type bf16');
   return o;
@@ -191,10 +268,20 @@ const HELP = `usage: npm run bench:decode -- [options]
                         alternated A B | B A | A B ... (default 2; the next model starts the other way): the
                         ratio columns are the median of the per-round ratios (each round's two figures
                         measured seconds apart); 1 = one pass, as before
-  --probe-every block|round  read-bandwidth probe (bench_kernels) before and after each model's block, one
-                        between two models shared (block, default: models + 1 probes), or also between its
+  --probe-every block|round|chunk  read-bandwidth probe (bench_kernels) before and after each model's block,
+                        one between two models shared (block, default: models + 1 probes), or also between its
                         rounds (round); a row's %bw is against the highest probe beside its own block, the
-                        table's probes column shows their range
+                        table's probes column shows their range. chunk: the block's probes, and emollm's child
+                        decodes in chunks of --chunk tokens with an in-process read probe (readBandwidth: same
+                        threads, 256 MiB in 2 MiB pages; 4 streams a thread + 1 KiB prefetch, 4 and 2 streams
+                        without, 2 passes each, the best pass) before the first chunk and after each; each
+                        chunk's (weights + KV) GB/s against the higher of its two probes: the paired %bw
+                        columns (median and range over the chunks) and the chunk probes' range, beside the
+                        block %bw (the RSS column leaves the probe buffer out)
+  --chunk N             tokens a chunk with --probe-every chunk (default 8; its first token's gap is not timed)
+  --cpu-clock           with --probe-every chunk and --threads 1: the paired columns by CPU time (each chunk's
+                        process CPU seconds, each probe pass's thread CPU seconds: time other processes held
+                        the core left out, readable on a loaded machine); the wall-time pairing stays in the JSON
   --anchor-kv f32|f16   llama.cpp KV cache type (default: llama.cpp's own, f16)
   --kv-type f32|f16|bf16  emollm's KV cache type (default f32; f16 = llama.cpp's default), the table's kv column
   --bf16-products       emollm's decode attention on bf16 dot products (the decodeBf16Products context option:
@@ -342,14 +429,23 @@ function runLlamaBench(bin, model, o, threads, log) {
 // every backend op timed, grouped by op / weight shape / phase) and the table it writes at exit
 // is attached to its result as `profile`, with per-decode-step figures added.
 async function runEmollmChild(spec, o) {
+  // the paired probes' buffer (--probe-every chunk) is made before the model, so the peak RSS holds
+  // all of it: taken off again, the RSS column stays the model's
+  const noProbeBuffer = (res) => {
+    if (res?.probe_buffer_mib && Number.isFinite(res.maxrss_mib)) {
+      res.maxrss_with_probe_mib = res.maxrss_mib;
+      res.maxrss_mib -= res.probe_buffer_mib;
+    }
+    return res;
+  };
   const args = [fileURLToPath(import.meta.url), '--child', JSON.stringify(spec)];
-  if (!o.profile) return runChild(args, { timeoutS: o.timeoutS, label: 'emollm' });
+  if (!o.profile) return noProbeBuffer(await runChild(args, { timeoutS: o.timeoutS, label: 'emollm' }));
   const dir = mkdtempSync(join(os.tmpdir(), 'emollm-profile-'));
   const file = join(dir, 'profile.json');
   try {
     const res = await runChild(args, { timeoutS: o.timeoutS, label: 'emollm',
       env: { ...process.env, EMOLLM_PROFILE: '1', EMOLLM_PROFILE_OUT: file, ...(o.profileCpu ? { EMOLLM_PROFILE_CPU: '1' } : {}) } });
-    if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return res; }
+    if (!existsSync(file)) { res.profile = { error: 'the child wrote no profile (addon built without profiling_backend?)' }; return noProbeBuffer(res); }
     const prof = JSON.parse(readFileSync(file, 'utf8'));
     // decode rows: the ops of the forward passes the core marked as decode steps (ProfileStep in
     // LlamaContext::forward_reserved), the pass's own code between them (`forward`), the sampler
@@ -421,7 +517,7 @@ async function runEmollmChild(spec, o) {
     prof.decode_gemv_bytes_per_step = steps && gemvBytes.every(Number.isFinite) ? gemvBytes.reduce((a, b) => a + b, 0) / steps : null;
     prof.decode_gemv_handoff_ms_per_step = steps ? dec.filter((r) => r.op === 'handoff' && r.key === 'gemm').reduce((a, r) => a + r.total_ms, 0) / steps : null;
     res.profile = prof;
-    return res;
+    return noProbeBuffer(res);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -509,11 +605,17 @@ function probeBandwidth(threads, log) {
 
 const fmt = (v, d = 1) => (v === undefined || v === null || !Number.isFinite(v) ? '-' : v.toFixed(d));
 
+// The undisturbed runs (other work < 0.25 cores), or all runs when none was.
+function quietRuns(runs) {
+  const quiet = runs.filter((r) => r.other_cores < 0.25);
+  return quiet.length ? quiet : runs;
+}
+
 // Best of the undisturbed runs (other work < 0.25 cores), or of all runs when none was.
 function summarize(res, promptLen) {
   if (!res || !res.ok || !res.runs.length) return null;
   const quiet = res.runs.filter((r) => r.other_cores < 0.25);
-  const runs = quiet.length ? quiet : res.runs;
+  const runs = quietRuns(res.runs);
   const best = (k) => Math.max(...runs.map((r) => r[k]).filter(Number.isFinite));
   return {
     prefill_tok_s: Math.max(...runs.map((r) => promptLen / r.prefill_s)),
@@ -558,8 +660,9 @@ function kvLabel(o) {
 // The table: each engine's best figures over the rounds; ratios the median of the per-round ones;
 // %bw against the highest probe beside the row's block, the probes column their lowest-highest.
 function table(rows, o, out) {
+  const paired = o.probe && o.probeEvery === 'chunk';
   const head = ['model', 'dtype', 'fmt', 'kv', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
-    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'probes GB/s', 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
+    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'probes GB/s', ...(paired ? ['paired %bw', 'range', 'chunk probes'] : []), 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
     'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
   const lines = [head];
   const ratio = (x) => fmt(x?.median, 2);
@@ -572,6 +675,8 @@ function table(rows, o, out) {
       fmt(decodeGbs(r.weightBytes, e?.decode_tok_s)), fmt(bwPct(r.weightBytes, e?.decode_tok_s, bw), 0),
       fmt(decodeGbs(r.weightBytes, a?.decode_tok_s)), fmt(bwPct(r.weightBytes, a?.decode_tok_s, bw), 0),
       bw ? `${fmt(r.block.min_gbs)}-${fmt(bw)}` : '-',
+      ...(paired ? (r.paired ? [fmt(r.paired.median_pct, 0), `${fmt(r.paired.min_pct, 0)}-${fmt(r.paired.max_pct, 0)}`,
+        `${fmt(r.paired.probe_min_gbs)}-${fmt(r.paired.probe_max_gbs)}`] : ['-', '-', '-']) : []),
       b ? fmt(b.prefill_tok_s) : r.benchNote, b ? fmt(b.decode_tok_s, 2) : '',
       ratio(r.ratios.prefill_vs_llama_bench), ratio(r.ratios.decode_vs_llama_bench),
       e ? fmt(e.maxrss_mib, 0) : '-', a ? fmt(a.maxrss_mib, 0) : '-', r.agree ?? '-',
@@ -611,6 +716,8 @@ function printRounds(rows, probes, o, out) {
     ratio('pp ratio', r.ratios.prefill_vs_llama_bench);
     ratio('decode ratio vs node-llama-cpp', r.ratios.decode_vs_llamacpp);
     if (r.rounds.some((x) => x.emollm_bw_pct !== null)) parts.push(`emollm %bw ${seq(r.rounds.map((x) => x.emollm_bw_pct), 0)}`);
+    if (r.rounds.some((x) => x.emollm_paired)) parts.push(`paired %bw ${seq(r.rounds.map((x) => x.emollm_paired?.median_pct), 0)} (chunk probes ` +
+      `${r.rounds.map((x) => (x.emollm_paired ? `${fmt(x.emollm_paired.probe_min_gbs)}-${fmt(x.emollm_paired.probe_max_gbs)}` : '-')).join(' / ')} GB/s)`);
     const b = r.block;
     parts.push(b.ceiling_gbs
       ? `probes ${b.probes.map((i) => `#${i} ${fmt(probes[i]?.read_bw_gbs)}`).join(', ')} GB/s: ceiling ${fmt(b.ceiling_gbs)}, the lowest ${fmt(b.spread_pct, 0)}% under it`
@@ -623,9 +730,12 @@ function printRounds(rows, probes, o, out) {
 // KV bytes a decode token's attention reads (K and V of every layer, once each) at the mean cache
 // length of the generated positions (prompt .. prompt + gen - 1 tokens before each one).
 const KV_ELEM_BYTES = { f32: 4, f16: 2, bf16: 2 };
-function decodeKvBytes(shape, o) {
+function kvRowBytes(shape, o) {  // K and V of every layer, one cached position
   const s = SHAPES[shape], kvd = s.n_head_kv * (s.n_embd / s.n_head);
-  return 2 * s.n_layer * kvd * KV_ELEM_BYTES[o.emollmKv] * (o.prompt + (o.gen + 1) / 2);
+  return 2 * s.n_layer * kvd * KV_ELEM_BYTES[o.emollmKv];
+}
+function decodeKvBytes(shape, o) {
+  return kvRowBytes(shape, o) * (o.prompt + (o.gen + 1) / 2);
 }
 
 // The table's GB/s count weights only; a decode token also reads the KV cache (f32 7B MHA at ~550
@@ -727,6 +837,7 @@ async function main() {
   const sides = plans.map(sidesOf);
   const steps = decodeSchedule(sides, { rounds: o.rounds, probeEvery: o.probe && sides.some((x) => x.length) ? o.probeEvery : null });
   const nProbes = steps.filter((x) => x.kind === 'probe').length;
+  const chunked = o.probe && o.probeEvery === 'chunk';  // the emollm child's paired probes
   const share = perRound(o, o.rounds);  // one round's --budget and --runs
   const probes = [];  // by index: bench_kernels' figures with when (s into the run) and the load, null when it failed
   const got = plans.map(() => ({}));  // got[model]['side/format'][round] = the child's result
@@ -752,7 +863,8 @@ async function main() {
     } else {
       const spec = { threads, nCtx: o.nCtx, nBatch: o.nBatch, prompt: randomPrompt(o.prompt, s.n_vocab, o.seed), gen: o.gen,
         budgetS: share.budgetS, maxRuns: share.maxRuns, warmupTokens: o.warmupTokens, quietWaitS: Math.min(10, o.quietWaitS), model: path,
-        ...(side === 'emollm' ? { kvCacheType: o.emollmKv, decodeBf16Products: o.bf16Products } : {}) };
+        ...(side === 'emollm' ? { kvCacheType: o.emollmKv, decodeBf16Products: o.bf16Products } : {}),
+        ...(side === 'emollm' && chunked ? { chunk: o.chunk, chunkPlan: chunkPlan(o.gen, o.chunk), probeBytes: 256 << 20, probeReps: 2 } : {}) };
       res = side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
         : await runEmollmChild(spec, o);
@@ -774,6 +886,11 @@ async function main() {
       if (format === 'hf' && !p.hf) continue;
       const e = g[`emollm/${format}`] ?? [];
       const eR = e.map((x) => summarize(x, o.prompt));
+      // --probe-every chunk: each decode chunk against the probes beside it in the child (the
+      // undisturbed runs' chunks when there are any, as summarize's figures)
+      const sizes = { weightBytes, kvRowBytes: kvRowBytes(p.shape, o), prompt: o.prompt };
+      const chunkRuns = (xs) => quietRuns(xs.flatMap((x) => (x?.ok ? x.runs : [])).filter((x) => x.chunks));
+      const pairedOf = (xs) => (chunked ? pairedBw(o.cpuClock ? chunkRuns(xs).map(chunkRunByCpu) : chunkRuns(xs), sizes) : null);
       // agree: the first round where both engines generated
       let agree;
       const r0 = e.findIndex((x, r) => x?.ok && a[r]?.ok && x.tokens && a[r].tokens);
@@ -792,6 +909,7 @@ async function main() {
           probes: probesBeside(steps, m, r), ceiling_gbs: c.ceiling_gbs,
           emollm: fig(eR[r]), llamacpp: fig(aR[r]), llama_bench: fig(bR[r]),
           emollm_bw_pct: bwPct(weightBytes, eR[r]?.decode_tok_s, c.ceiling_gbs),
+          ...(chunked ? { emollm_paired: pairedOf([e[r]]) } : {}),
         };
       });
       const ratios = {
@@ -804,7 +922,8 @@ async function main() {
       const benchS = mergeBench(lbAll);
       const emollmS = summarize(mergeRounds(e), o.prompt), anchorS = summarize(mergeRounds(a), o.prompt);
       rows.push({
-        shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios,
+        shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios, paired: pairedOf(e),
+        pairedWall: chunked && o.cpuClock ? pairedBw(chunkRuns(e), sizes) : null,
         emollmS, anchorS, benchS,
         benchNote: !lb.path ? 'n/a' : !benchS && failed(lbAll) ? 'error' : '-',
         emollmNote: emollmWhyNot ? 'n/a' : !emollmS && failed(e) ? 'error' : '-',
@@ -833,7 +952,14 @@ async function main() {
   out(`       decode = 1 / median time between generated tokens (positions prompt..prompt+gen, greedy). Best of the runs of all ${o.rounds} round(s).`);
   out(`ratio = emollm / llama.cpp (> 1: emollm faster), the median of the per-round ratios (each side measured once a round, alternated A B | B A ...).`);
   out('GB/s = weight bytes per token x decode tok/s (KV reads not counted); %bw against the highest probe beside the model\'s own block');
-  out(`(probe = max(read-bandwidth probe, best anchor GEMV) of one bench_kernels run, ${o.probe ? `every ${o.probeEvery}` : 'none: --no-probe'}; the probes column: the lowest-highest of them).`);
+  out(`(probe = max(read-bandwidth probe, best anchor GEMV) of one bench_kernels run, ${o.probe ? `every ${o.probeEvery === 'chunk' ? 'block' : o.probeEvery}` : 'none: --no-probe'}; the probes column: the lowest-highest of them).`);
+  if (chunked) {
+    out(`paired %bw (--probe-every chunk): emollm decoded in chunks of ${o.chunk} tokens, an in-process read probe (same ${threads} threads, 256 MiB; 4 streams + 1 KiB`);
+    out('prefetch, 4 and 2 streams without, 2 passes each, the best) before the first chunk and after each; a chunk\'s GB/s = (weights + KV rows read) x its timed tokens (all but its first)');
+    out('/ their time, against the higher of its two probes; the median over the chunks of the (undisturbed) runs, their range, and the range of');
+    out('the chunks\' probes. The in-process probe is the read loop alone (no anchor GEMV): compare it with the block probes\' read figures.');
+    if (o.cpuClock) out('--cpu-clock: the paired columns by CPU time (chunks: the process\'s CPU seconds; probes: each pass\'s thread CPU seconds); the wall pairing in the JSON (emollm_paired_wall).');
+  }
   out('RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading');
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm's KV cache ${o.emollmKv} (kv = emollm/llama.cpp); emollm on the`);
   out('same GGUF (fmt gguf) and on the HF safetensors folder of the same weights (fmt hf, anchor from the GGUF).');
@@ -873,7 +999,7 @@ async function main() {
   const json = {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
     settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed,
-      rounds: o.rounds, probe_every: o.probe ? o.probeEvery : null, round_budget_s: share.budgetS, round_max_runs: share.maxRuns },
+      rounds: o.rounds, probe_every: o.probe ? o.probeEvery : null, chunk_tokens: chunked ? o.chunk : null, round_budget_s: share.budgetS, round_max_runs: share.maxRuns },
     probe,
     // every probe in run order (index as in schedule and rows[].probes), and the order things ran in
     probes,
@@ -883,6 +1009,10 @@ async function main() {
       probes: r.block.probes, probes_gbs: r.block.probes_gbs, ceiling_gbs: r.block.ceiling_gbs, probe_min_gbs: r.block.min_gbs, probe_spread_pct: r.block.spread_pct,
       emollm_gbs: decodeGbs(r.weightBytes, r.emollmS?.decode_tok_s), emollm_bw_pct: bwPct(r.weightBytes, r.emollmS?.decode_tok_s, r.block.ceiling_gbs),
       llama_bench_bw_pct: bwPct(r.weightBytes, r.benchS?.decode_tok_s, r.block.ceiling_gbs),
+      // --probe-every chunk: the paired %bw (each chunk's weights + KV GB/s against the higher of the
+      // child's probes before and after it), per chunk and summarized; null otherwise
+      emollm_paired: r.paired ?? null, emollm_paired_clock: r.paired ? (o.cpuClock ? 'cpu' : 'wall') : null,
+      ...(r.pairedWall ? { emollm_paired_wall: r.pairedWall } : {}),
       ratios: r.ratios, rounds: r.rounds })),
     raw: results,
     emollm_unavailable: emollmWhyNot,

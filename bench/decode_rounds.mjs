@@ -11,9 +11,17 @@
 // Alternating the sides A B B A ... puts slow drift on both sides alike, a ratio taken within a
 // round compares measurements seconds apart, and a ceiling from the probes next to a model's
 // block is that block's machine, not the run's best moment.
+//
+// Even a block's probes are seconds to minutes from its tokens: session 28's quiet Zen 4 run read
+// 36-67 GB/s from one probe to the next and one model's two rounds 1.63x apart, so its per-row
+// %bw ran 47-146%. --probe-every chunk pairs each few decode tokens with an in-process read probe
+// right before and after them (pairedBw below): a %bw per chunk, against the bandwidth of that
+// moment.
 import { median } from './measure.mjs';
 
-export const PROBE_EVERY = ['block', 'round'];
+export const PROBE_EVERY = ['block', 'round', 'chunk'];
+/** How a decode chunk's two probes (before, after) make its ceiling: see pairProbe. */
+export const PAIR = ['max', 'mean'];
 
 /**
  * The steps of a run, in order: `{ kind: 'probe', probe }` (probe = its index, 0 = the run's start
@@ -22,7 +30,8 @@ export const PROBE_EVERY = ['block', 'round'];
  * Round r runs them in the base order when (r + m) is even and reversed otherwise (A B | B A | A B
  * ...; the next model starts the other way, as the run's earlier one-round flip did).
  * probeEvery 'block': a probe before each model's block and after it, a probe between two models
- * shared by both (models + 1 probes); 'round': also one between a model's rounds; null: none.
+ * shared by both (models + 1 probes); 'round': also one between a model's rounds; 'chunk': the
+ * block's probes (the emollm child adds its own beside its decode chunks: pairedBw); null: none.
  * A model without sides is skipped: no steps, no probes (each probe costs seconds of CPU).
  */
 export function decodeSchedule(sidesPerModel, { rounds = 1, probeEvery = 'block' } = {}) {
@@ -112,4 +121,87 @@ export function roundRatios(num, den) {
  */
 export function perRound({ budgetS, maxRuns }, rounds) {
   return { budgetS: budgetS / rounds, maxRuns: Math.max(1, Math.ceil(maxRuns / rounds)) };
+}
+
+/**
+ * Bytes a decode chunk's timed tokens read: weightBytes each, plus the KV cache's rows (K and V of
+ * every layer: kvRowBytes a cached position) up to each token's position. Token i of the
+ * generation (1-based) reads prompt + i positions, as bench:decode's "with KV" line counts them
+ * (its mean over the generated tokens: prompt + (gen + 1) / 2); the chunk's timed tokens are
+ * i = first .. first + tokens - 1.
+ */
+export function chunkBytes({ weightBytes, kvRowBytes = 0, prompt = 0 }, first, tokens) {
+  if (!usable(weightBytes) || !Number.isInteger(first) || first < 1 || !Number.isInteger(tokens) || tokens < 0) return null;
+  const positions = tokens * prompt + (tokens * (2 * first + tokens - 1)) / 2;  // sum of prompt + i over the chunk
+  return tokens * weightBytes + kvRowBytes * positions;
+}
+
+/**
+ * A chunk's ceiling from the probes before and after it (GB/s; a failed probe null): 'max' (the
+ * default) the higher, as every ceiling here (ceilingOf: the %bw is held to the best the machine
+ * gave beside the tokens, so a probe slowed by other work cannot raise the %bw; a chunk the
+ * bandwidth changed in shows as spread, not hidden in an average); 'mean' their mean (the better
+ * estimate when the bandwidth moved during the chunk). One probe alone when the other failed.
+ */
+export function pairProbe(before, after, pair = 'max') {
+  if (!PAIR.includes(pair)) throw new Error(`pair: ${PAIR.join(' or ')}, not ${pair}`);
+  const got = [before, after].filter(usable);
+  if (!got.length) return null;
+  return pair === 'max' ? Math.max(...got) : got.reduce((a, b) => a + b, 0) / got.length;
+}
+
+/**
+ * The paired %bw of decode chunks. runs: the emollm child's runs with chunks, each
+ * { chunks: [{ first, tokens, s }], probes_gbs: [p0, p1, ...] } where probe j ran before chunk j
+ * and probe j + 1 after it (chunks.length + 1 probes); `tokens` timed tokens took `s` seconds
+ * (the gaps between their deliveries). sizes: chunkBytes' { weightBytes, kvRowBytes, prompt }.
+ * Per chunk: GB/s = chunkBytes / s, its ceiling pairProbe(before, after, pair), %bw = 100 x GB/s /
+ * ceiling. Returns the per-chunk figures (every run's, in order), the median %bw and its range,
+ * the range of the chunks' ceilings, and the median %bw by the other pairing too; null when no
+ * chunk has both a time and a probe.
+ */
+export function pairedBw(runs, sizes, { pair = 'max' } = {}) {
+  const other = pair === 'max' ? 'mean' : 'max';
+  const perChunk = [];
+  for (const run of runs ?? []) {
+    const probes = run?.probes_gbs ?? [];
+    (run?.chunks ?? []).forEach((c, j) => {
+      const bytes = chunkBytes(sizes, c.first, c.tokens);
+      const gbs = bytes !== null && c.tokens > 0 && usable(c.s) ? bytes / c.s / 1e9 : null;
+      const ceiling = pairProbe(probes[j], probes[j + 1], pair), alt = pairProbe(probes[j], probes[j + 1], other);
+      perChunk.push({ first: c.first, tokens: c.tokens, gbs, ceiling_gbs: ceiling,
+        bw_pct: gbs !== null && ceiling !== null ? (100 * gbs) / ceiling : null,
+        [`bw_pct_${other}`]: gbs !== null && alt !== null ? (100 * gbs) / alt : null });
+    });
+  }
+  const pct = perChunk.map((c) => c.bw_pct).filter((x) => x !== null);
+  if (!pct.length) return null;
+  const ceilings = perChunk.filter((c) => c.bw_pct !== null).map((c) => c.ceiling_gbs);
+  const gbs = perChunk.filter((c) => c.bw_pct !== null).map((c) => c.gbs);
+  return { pair, chunks: pct.length, median_pct: median(pct), min_pct: Math.min(...pct), max_pct: Math.max(...pct),
+    median_gbs: median(gbs), probe_min_gbs: Math.min(...ceilings), probe_max_gbs: Math.max(...ceilings),
+    [`median_pct_${other}`]: median(perChunk.map((c) => c[`bw_pct_${other}`]).filter((x) => x !== null)),
+    per_chunk: perChunk };
+}
+
+/**
+ * The chunk plan of a paired decode run: gen tokens in chunks of `chunk` (the last one shorter),
+ * as [{ first, count }] with `first` the 1-based index of the chunk's first generated token.
+ */
+export function chunkPlan(gen, chunk) {
+  if (!Number.isInteger(gen) || gen < 1) throw new Error(`gen: a whole number >= 1, not ${gen}`);
+  if (!Number.isInteger(chunk) || chunk < 2) throw new Error(`chunk: a whole number >= 2 (a chunk times the gaps between its tokens), not ${chunk}`);
+  const out = [];
+  for (let first = 1; first <= gen; first += chunk) out.push({ first, count: Math.min(chunk, gen - first + 1) });
+  return out;
+}
+
+/**
+ * A chunked run's figures by CPU time (bench:decode --cpu-clock, one thread), for pairedBw: each
+ * chunk's `cpu_s` (the process's CPU seconds over its timed tokens) as its time, and the probes'
+ * CPU-time rates (`probes_cpu_gbs`, readBandwidth's cpuGbs) as its probes; a chunk without a CPU
+ * time, or a probe without a CPU rate, then counts as not measured.
+ */
+export function chunkRunByCpu(run) {
+  return { ...run, chunks: (run?.chunks ?? []).map((c) => ({ ...c, s: c.cpu_s ?? null })), probes_gbs: run?.probes_cpu_gbs ?? [] };
 }

@@ -5,8 +5,8 @@
  */
 export { EmollmError, isEmollmError } from './errors.js';
 export type { EmollmErrorCode, EmollmErrorOptions } from './errors.js';
-export { cpuInfo, configure, gemm, attention, mvpProjection, quantize, dequantize, DTYPES } from './kernels.js';
-export type { AttentionArgs, CpuInfo, DType, GemmArgs, Isa, KernelOptions, MvpProjectionArgs, ResultOut } from './kernels.js';
+export { cpuInfo, configure, gemm, attention, mvpProjection, quantize, dequantize, readBandwidth, DTYPES } from './kernels.js';
+export type { AttentionArgs, CpuInfo, DType, GemmArgs, Isa, KernelOptions, MvpProjectionArgs, ReadBandwidth, ReadBandwidthOptions, ResultOut } from './kernels.js';
 export * from './loaders.js';
 export * from './config.js';
 export * from './tokenizer.js';

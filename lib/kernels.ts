@@ -216,3 +216,58 @@ export function dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: DType, n
   if (!Number.isInteger(n) || n < 0) throw new EmollmError('ERR_INVALID_ARGUMENT', `n must be a non-negative integer, got ${n}`);
   return native().dequantize(bytes, dtype, n, options?.out === undefined ? undefined : { out: options.out });
 }
+
+export interface ReadBandwidthOptions {
+  /**
+   * Bytes each pass reads (default 256 MiB; 1 MiB to 16 GiB, rounded down to whole 64-byte lines).
+   * Make it well over the last-level cache (a pass that fits the cache measures the cache). The
+   * buffer is the process's one probe buffer, in 2 MiB pages: allocated and written by the first
+   * call (or the first with a larger `bytes`, which replaces it) and kept for later calls.
+   */
+  bytes?: number;
+  /** Passes over the buffer (default 3, 1 to 1000); `gbs` is the best of them. */
+  reps?: number;
+  /** Contiguous parts each thread walks side by side: 1, 2, 4 (default) or 8. */
+  streams?: number;
+  /** Software prefetch distance of each stream in bytes, a multiple of 64 up to 65536 (default 1024; 0: none). */
+  prefetch?: number;
+  /** Threads (the runtime's shared pool of that many; unset or 0: the runtime default, as the other kernel calls). */
+  threads?: number;
+  /** Only 'cpu' (this measures the CPU's reads). */
+  device?: Device;
+}
+
+export interface ReadBandwidth {
+  /** The best pass's read rate, GB/s (1e9 bytes a second). */
+  gbs: number;
+  /** The median pass's read rate, GB/s. */
+  medianGbs: number;
+  /** Every pass's rate in the order they ran, GB/s. */
+  repGbs: number[];
+  /**
+   * With one thread: the best pass's rate by the calling thread's CPU time (the pass runs on that
+   * thread alone, so time another process held the core is left out: the figure that stays
+   * readable on a loaded machine); null with more threads or where there is no per-thread clock.
+   */
+  cpuGbs: number | null;
+  bytes: number;
+  threads: number;
+  streams: number;
+  prefetch: number;
+  /** The instruction-set level of the loads ('avx512', 'avx2' or 'scalar'). */
+  isa: Isa;
+}
+
+/**
+ * Measures the memory read bandwidth the way the fastest streaming kernels read: each thread of
+ * the pool reads its slice of a buffer larger than the caches as `streams` parts side by side with
+ * software prefetch (the loop of bench_kernels' read probe, its best variant 4 streams + 1 KiB
+ * ahead by default), every 64-byte line once, timed per pass. The ceiling a decode's bytes per
+ * second is held to; bench:decode (`--probe-every chunk`) runs it in the decoding process between
+ * decode chunks, so each chunk is held to the bandwidth of its own moment. Runs on a native worker
+ * thread (the event loop stays free); bad options are a synchronous ERR_INVALID_ARGUMENT.
+ */
+export function readBandwidth(options: ReadBandwidthOptions = {}): Promise<ReadBandwidth> {
+  if (options === null || typeof options !== 'object') throw new EmollmError('ERR_INVALID_ARGUMENT', 'readBandwidth expects an options object');
+  return native().readBandwidth(options) as Promise<ReadBandwidth>;
+}

@@ -50,6 +50,7 @@ export interface NativeBinding {
   ): Promise<Float32Array>;
   quantize(x: Float32Array, dtype: string): Uint8Array;
   dequantize(bytes: ArrayBufferView | ArrayBuffer, dtype: string, n: number, options?: { out?: Float32Array }): Float32Array;
+  readBandwidth(options: object): Promise<unknown>;
   /**
    * Test hooks (native/addon/testing_binding.cpp), for tests and A/B tools only. An addon-owned
    * external ArrayBuffer of `bytes` (byte i = i * 7 mod 256) and how many of them were freed; the

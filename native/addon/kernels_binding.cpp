@@ -3,18 +3,25 @@
 // so a caller may reuse or transfer its buffers while the promise is pending. Results go into a
 // Float32Array made on the JavaScript thread, or the caller's `options.out` (napi_util.h
 // caller_out: checked, claimed until the call settles), written in place and returned.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <ctime>
 #include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <vector>
 
+#include "base/arena.h"
 #include "base/cpu_features.h"
 #include "base/dtype.h"
 #include "base/thread_pool.h"
 #include "bindings.h"
 #include "core/backend.h"
 #include "cpu/kernels.h"
+#include "cpu/read_probe.h"
 #include "napi_util.h"
 
 namespace emollm::addon {
@@ -348,6 +355,108 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// ---- readBandwidth: the read probe (kernels/cpu/read_probe.h) over a buffer the addon keeps.
+// One buffer for the process, in 2 MiB pages, allocated and written (first touch on the pool's
+// threads) by the first call, kept for later calls of the same or a smaller size and replaced by a
+// larger one; the mutex also keeps two probes from running at once (they would measure each other).
+std::mutex g_probe_mu;
+AlignedPtr<uint8_t> g_probe_buf;
+size_t g_probe_cap = 0;
+std::atomic<uint64_t> g_probe_sink{0};
+
+class ReadBandwidthWorker final : public PromiseWorker {
+ public:
+  ReadBandwidthWorker(Napi::Env env, size_t bytes, int reps, int streams, size_t prefetch, std::shared_ptr<ThreadPool> pool)
+      : PromiseWorker(env), bytes_(bytes), reps_(reps), streams_(streams), prefetch_(prefetch), pool_(std::move(pool)) {}
+
+ protected:
+  void Run() override {
+    std::lock_guard<std::mutex> lock(g_probe_mu);
+    if (g_probe_cap < bytes_) {
+      g_probe_buf.reset();
+      g_probe_cap = 0;
+      const size_t cap = (bytes_ + kHugePage2M - 1) / kHugePage2M * kHugePage2M;
+      g_probe_buf.reset(static_cast<uint8_t*>(aligned_alloc_huge(cap)));
+      uint8_t* b = g_probe_buf.get();
+      pool_->parallel_for(int64_t(cap / 4096), 64, [&](int64_t p0, int64_t p1) {  // fault the pages in on their thread
+        for (int64_t pg = p0; pg < p1; pg++) std::memset(b + size_t(pg) * 4096, int(1 + (pg & 127)), 4096);
+      });
+      g_probe_cap = cap;
+    }
+    isa_ = isa_name(isa_active());
+    using clock = std::chrono::steady_clock;
+    for (int r = 0; r < reps_; r++) {
+      const double c0 = thread_cpu_s();
+      const auto t0 = clock::now();
+      const uint64_t x = read_lines(g_probe_buf.get(), bytes_, streams_, prefetch_, pool_.get());
+      const double s = std::chrono::duration<double>(clock::now() - t0).count();
+      const double c = thread_cpu_s() - c0;
+      g_probe_sink.fetch_xor(x, std::memory_order_relaxed);
+      gbs_.push_back(double(bytes_) / std::max(s, 1e-9) * 1e-9);
+      // one thread: the pass ran on this thread alone, so its CPU time is the pass's running time
+      // (the time another process held the core left out)
+      if (pool_->size() == 1 && c0 >= 0) cpu_gbs_.push_back(double(bytes_) / std::max(c, 1e-9) * 1e-9);
+    }
+  }
+  // The calling thread's CPU time in seconds; -1 where the platform has no per-thread clock.
+  static double thread_cpu_s() {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+#endif
+    return -1;
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    auto o = Napi::Object::New(env);
+    std::vector<double> sorted = gbs_;
+    std::sort(sorted.begin(), sorted.end());
+    const size_t n = sorted.size();
+    o.Set("gbs", sorted.back());
+    o.Set("medianGbs", n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2);
+    auto reps = Napi::Array::New(env, n);
+    for (size_t i = 0; i < n; i++) reps.Set(uint32_t(i), gbs_[i]);
+    o.Set("repGbs", reps);
+    if (cpu_gbs_.empty()) {
+      o.Set("cpuGbs", env.Null());
+    } else {
+      o.Set("cpuGbs", *std::max_element(cpu_gbs_.begin(), cpu_gbs_.end()));
+    }
+    o.Set("bytes", double(bytes_));
+    o.Set("threads", pool_->size());
+    o.Set("streams", streams_);
+    o.Set("prefetch", double(prefetch_));
+    o.Set("isa", isa_);
+    return o;
+  }
+
+ private:
+  size_t bytes_;
+  int reps_, streams_;
+  size_t prefetch_;
+  std::shared_ptr<ThreadPool> pool_;
+  std::vector<double> gbs_, cpu_gbs_;
+  std::string isa_;
+};
+
+// readBandwidth(options?: { bytes?, reps?, streams?, prefetch?, threads? })
+//   -> Promise<{ gbs, medianGbs, repGbs, cpuGbs, bytes, threads, streams, prefetch, isa }> (lib/kernels.ts)
+Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = opt_object(info, 0, "options");
+  const int64_t bytes = opt_int(env, o, "bytes", int64_t(256) << 20, int64_t(1) << 20, int64_t(16) << 30);
+  const int reps = int(opt_int(env, o, "reps", 3, 1, 1000));
+  const int streams = int(opt_int(env, o, "streams", 4, 1, 8));
+  if (streams != 1 && streams != 2 && streams != 4 && streams != 8) throw_invalid(env, "streams must be 1, 2, 4 or 8");
+  const int64_t prefetch = opt_int(env, o, "prefetch", 1024, 0, 65536);
+  if (prefetch % 64 != 0) throw_invalid(env, "prefetch must be a multiple of 64 (bytes)");
+  const RuntimeOptions ro = read_runtime_options(env, o);
+  if (ro.device_set && ro.device != DeviceKind::Cpu) throw_invalid(env, "readBandwidth measures the CPU's reads: device must be 'cpu'");
+  std::shared_ptr<ThreadPool> pool = Runtime::instance().pool(ro.threads);
+  auto* worker = new_worker<ReadBandwidthWorker>(env, "readBandwidth", env, size_t(bytes) / 64 * 64, reps, streams,
+                                                 size_t(prefetch), std::move(pool));
+  return worker->claim_and_queue();
+}
+
 // configure({ device?, threads?, isa?: 'scalar'|'avx2'|'avx512'|'amx', quantActivations?: 'q8'|'f32',
 //              repackWeights?: boolean }):
 // device and threads are the runtime defaults (Runtime::set_defaults) of every later call.
@@ -467,6 +576,7 @@ void register_kernels(Napi::Env env, Napi::Object exports) {
   exports.Set("mvpProjection", Napi::Function::New(env, MvpProjection, "mvpProjection"));
   exports.Set("quantize", Napi::Function::New(env, Quantize, "quantize"));
   exports.Set("dequantize", Napi::Function::New(env, Dequantize, "dequantize"));
+  exports.Set("readBandwidth", Napi::Function::New(env, ReadBandwidth, "readBandwidth"));
   exports.Set("configure", Napi::Function::New(env, Configure, "configure"));
   exports.Set("cpuInfo", Napi::Function::New(env, CpuInfo, "cpuInfo"));
   exports.Set("runtimeInfo", Napi::Function::New(env, RuntimeInfo, "runtimeInfo"));

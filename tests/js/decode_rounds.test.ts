@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { bwPct, ceilingOf, decodeGbs, decodeSchedule, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
+import { PROBE_EVERY, bwPct, ceilingOf, chunkBytes, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairProbe, pairedBw, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
 
 // bench:decode's schedule (sides alternated in rounds, probes beside each model's block) and the
 // arithmetic on it (bench/decode_rounds.mjs): numbers in, no timings.
@@ -120,5 +120,88 @@ describe('bench:decode ratios from rounds', () => {
     expect(perRound({ budgetS: 20, maxRuns: 4 }, 3)).toEqual({ budgetS: 20 / 3, maxRuns: 2 });
     expect(perRound({ budgetS: 8, maxRuns: 1 }, 4)).toEqual({ budgetS: 2, maxRuns: 1 });
     expect(perRound({ budgetS: 20, maxRuns: 4 }, 1)).toEqual({ budgetS: 20, maxRuns: 4 });
+  });
+});
+
+describe('bench:decode paired %bw (--probe-every chunk)', () => {
+  it('schedules chunk like block (the block probes stay) and still refuses an unknown value', () => {
+    expect(PROBE_EVERY).toContain('chunk');
+    const two = [['A', 'B'], ['A']];
+    expect(compact(decodeSchedule(two, { rounds: 2, probeEvery: 'chunk' }))).toEqual(compact(decodeSchedule(two, { rounds: 2, probeEvery: 'block' })));
+    expect(() => decodeSchedule(two, { probeEvery: 'token' as never })).toThrow(/probeEvery/);
+  });
+
+  it('cuts the generated tokens into chunks, the last one shorter', () => {
+    expect(chunkPlan(10, 4)).toEqual([{ first: 1, count: 4 }, { first: 5, count: 4 }, { first: 9, count: 2 }]);
+    expect(chunkPlan(64, 8)).toHaveLength(8);
+    expect(chunkPlan(8, 8)).toEqual([{ first: 1, count: 8 }]);
+    expect(() => chunkPlan(10, 1)).toThrow(/chunk/);
+    expect(() => chunkPlan(0, 4)).toThrow(/gen/);
+  });
+
+  it("counts a chunk's weight bytes and the KV rows up to each token's position", () => {
+    // tokens 3..5 of a 10-token prompt read 13 + 14 + 15 cached positions of 2 bytes each
+    expect(chunkBytes({ weightBytes: 100, kvRowBytes: 2, prompt: 10 }, 3, 3)).toBe(300 + 2 * (13 + 14 + 15));
+    expect(chunkBytes({ weightBytes: 100 }, 1, 4)).toBe(400);  // weights only
+    // over the whole generation, the same bytes as gen x (weights + KV at the mean position prompt + (gen + 1) / 2)
+    const sizes = { weightBytes: 1e6, kvRowBytes: 1000, prompt: 512 }, gen = 64;
+    const whole = chunkPlan(gen, 8).reduce((a, c) => a + chunkBytes(sizes, c.first, c.count)!, 0);
+    expect(whole).toBeCloseTo(gen * (1e6 + 1000 * (512 + (gen + 1) / 2)), 6);
+    expect(chunkBytes({ weightBytes: 0 }, 1, 4)).toBeNull();
+    expect(chunkBytes({ weightBytes: 100 }, 0, 4)).toBeNull();
+  });
+
+  it("pairs a chunk with the higher of its probes, or their mean, or the one that measured", () => {
+    expect(pairProbe(30, 60)).toBe(60);
+    expect(pairProbe(30, 60, 'mean')).toBe(45);
+    expect(pairProbe(null, 40)).toBe(40);
+    expect(pairProbe(50, NaN, 'mean')).toBe(50);
+    expect(pairProbe(null, null)).toBeNull();
+    expect(() => pairProbe(1, 2, 'min' as never)).toThrow(/pair/);
+  });
+
+  it('holds each chunk to its own probes: a swing between chunks does not move the %bw', () => {
+    // a machine that swings 36 <-> 64 GB/s: each chunk reads at 90% of its moment's bandwidth
+    const sizes = { weightBytes: 0.9e9, kvRowBytes: 0, prompt: 0 };
+    const probes = [36, 36, 64, 64, 36];
+    const chunks = [36, 64, 64, 36].map((bw, j) => ({ first: 2 + 8 * j, tokens: 7, s: (7 * 0.9e9) / (0.9 * bw * 1e9) }));
+    const p = pairedBw([{ chunks, probes_gbs: probes }], sizes)!;
+    expect(p.chunks).toBe(4);
+    // chunks 0 and 3 (36 GB/s) sit next to a 64 GB/s probe: against the higher probe they read 51%
+    expect(p.per_chunk.map((c) => Math.round(c.bw_pct!))).toEqual([90, 90, 90, 51]);
+    expect(p.median_pct).toBeCloseTo(90, 6);
+    expect(p.min_pct).toBeCloseTo(50.625, 6);
+    expect(p.max_pct).toBeCloseTo(90, 6);
+    expect([p.probe_min_gbs, p.probe_max_gbs]).toEqual([36, 64]);
+    // by the mean pairing the straddled chunk reads 100 x 32.4 / 50
+    expect(p.per_chunk[3]!.bw_pct_mean).toBeCloseTo(64.8, 6);
+    expect(p.median_pct_mean).toBeCloseTo(90, 6);
+    // against one ceiling for all (the block's 64) the slow-phase chunks would read 51%
+    expect(bwPct(sizes.weightBytes, 0.9 * 36 / 0.9, 64)).toBeCloseTo(50.625, 6);
+  });
+
+  it("takes every run's chunks, skips untimed chunks and failed probes, and is null with nothing to pair", () => {
+    const sizes = { weightBytes: 1e9 };
+    const runs = [
+      { chunks: [{ first: 2, tokens: 3, s: 0.1 }, { first: 6, tokens: 0, s: null }], probes_gbs: [40, 50, 45] },
+      { chunks: [{ first: 2, tokens: 3, s: 0.15 }], probes_gbs: [null, 20] },
+    ];
+    const p = pairedBw(runs, sizes)!;
+    expect(p.chunks).toBe(2);
+    expect(p.per_chunk[0]!.gbs).toBeCloseTo(30, 6);
+    expect(p.per_chunk[0]!.bw_pct).toBeCloseTo(60, 6);
+    expect(p.per_chunk[1]!.bw_pct).toBeNull();
+    expect(p.per_chunk[2]!.bw_pct).toBeCloseTo(100, 6);
+    expect(p.median_pct).toBeCloseTo(80, 6);
+    expect([p.probe_min_gbs, p.probe_max_gbs]).toEqual([20, 50]);
+    expect(pairedBw([], sizes)).toBeNull();
+    // by CPU time (--cpu-clock): the chunks' cpu_s against the probes' CPU-time rates
+    const cpuRuns = [{ chunks: [{ first: 2, tokens: 3, s: 0.3, cpu_s: 0.1 }, { first: 6, tokens: 3, s: 0.3 }], probes_gbs: [10, 10, 10], probes_cpu_gbs: [25, 30, null] }];
+    const c = pairedBw(cpuRuns.map(chunkRunByCpu), sizes)!;
+    expect(c.chunks).toBe(1);  // the second chunk has no CPU time
+    expect(c.per_chunk[0]!.bw_pct).toBeCloseTo(100, 6);  // 30 GB/s by CPU time against the higher probe, 30
+    expect(pairedBw(cpuRuns, sizes)!.per_chunk[0]!.bw_pct).toBeCloseTo(100, 6);  // by wall: 10 GB/s against 10
+    expect(pairedBw([{ chunks: [{ first: 2, tokens: 3, s: 0.1 }], probes_gbs: [40, 40] }].map(chunkRunByCpu), sizes)).toBeNull();
+    expect(pairedBw([{ chunks: [{ first: 2, tokens: 3, s: 0.1 }], probes_gbs: [null, null] }], sizes)).toBeNull();
   });
 });

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { EmollmError, attention, configure, cpuInfo, dequantize, gemm, mvpProjection, quantize, type DType } from '../../lib/index.js';
+import { EmollmError, attention, configure, cpuInfo, dequantize, gemm, mvpProjection, quantize, readBandwidth, type DType } from '../../lib/index.js';
 
 // Deterministic pseudo-random values in [-1, 1).
 function randn(n: number, seed: number): Float32Array {
@@ -364,5 +364,44 @@ describe('gemm through the addon', () => {
     expect(() => gemm({ x: new Float32Array(4), w: new Float32Array(5), wtype: 'f32', m: 2, n: 3, k: 2 })).toThrow(
       EmollmError,
     );
+  });
+});
+
+describe('readBandwidth', () => {
+  it('reads a buffer off the event loop and returns finite positive rates with the settings it ran', async () => {
+    const p = readBandwidth({ bytes: 1 << 20, reps: 2, threads: 1, streams: 2, prefetch: 0 });
+    expect(p).toBeInstanceOf(Promise);
+    const r = await p;
+    expect(Number.isFinite(r.gbs) && r.gbs > 0).toBe(true);
+    expect(r.repGbs).toHaveLength(2);
+    for (const x of r.repGbs) expect(Number.isFinite(x) && x > 0 && x <= r.gbs).toBe(true);
+    expect(r.medianGbs).toBeLessThanOrEqual(r.gbs);
+    expect(r).toMatchObject({ bytes: 1 << 20, threads: 1, streams: 2, prefetch: 0 });
+    expect(['scalar', 'avx2', 'avx512']).toContain(r.isa);
+    // one thread: the CPU-time figure too (Linux has the per-thread clock)
+    if (process.platform === 'linux') expect(Number.isFinite(r.cpuGbs) && r.cpuGbs! > 0).toBe(true);
+    // the defaults (4 streams, 1 KiB ahead), on the runtime's pool of 2 threads; bytes rounded down to whole lines
+    const d = await readBandwidth({ bytes: (1 << 20) + 100, reps: 1, threads: 2 });
+    expect(d).toMatchObject({ bytes: (1 << 20) + 64, threads: 2, streams: 4, prefetch: 1024 });
+    expect(Number.isFinite(d.gbs) && d.gbs > 0).toBe(true);
+    expect(d.cpuGbs).toBeNull();  // two threads: the calling thread's CPU time is not the pass's
+  });
+
+  it('refuses bad options with ERR_INVALID_ARGUMENT before doing any work', () => {
+    const bad: unknown[] = [
+      { streams: 3 }, { streams: 0 }, { streams: 16 }, { prefetch: 100 }, { prefetch: -64 }, { prefetch: 1 << 17 },
+      { bytes: 1000 }, { bytes: 2 ** 40 }, { bytes: 1.5 * 2 ** 20 + 0.5 }, { reps: 0 }, { reps: 1001 }, { reps: 'x' },
+      { threads: -1 }, { device: 'tpu' }, null, 7,
+    ];
+    for (const o of bad) {
+      let err: unknown;
+      try {
+        void readBandwidth(o as never);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, JSON.stringify(o)).toBeInstanceOf(EmollmError);
+      expect((err as EmollmError).code).toBe('ERR_INVALID_ARGUMENT');
+    }
   });
 });
