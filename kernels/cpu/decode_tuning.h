@@ -72,10 +72,12 @@ struct DecodeTuning {
   bool attn_pipeline_l2 = false;
   // The decode attention's lean narrow-row piece (attention_internal.h decode_lean: one kernel call a
   // sub-block for all kv heads, P V a whole 64-token block a kv head with its prefetch schedule; the
-  // same kernels and bits). Zen 4: on (session 29, attn_decode_threads 1b 1t, the 1.1B shape, 1 thread,
-  // thread CPU time, interleaved, load 2-4: 1.09-1.10x with K / V in L3 (kv 512, f32 / f16),
-  // 1.12-1.14x in cache, 0.99-1.05x from DRAM (kv 2048); the 1.1B q4_0 / f16 decode at 1024 tokens of
-  // context, 1 thread, AB_SWITCH=attn_lean: 1.023x / 1.014x (median rounds 1.035 / 1.038)). Zen 5 not
+  // same kernels and bits). Zen 4: on (session 29, h-attn1; attn_decode_threads 1b 1t, the 1.1B shape,
+  // 1 thread, thread CPU time, interleaved, load 1.7-5.2, f32 / f16: nolean -> lean 1.13-1.15x in
+  // cache / L3-resident (kv 512 one copy, kv 2048 one copy), 1.08-1.14x over 8 copies (kv 512 / 1024),
+  // 0.99-1.08x from DRAM (kv 2048, 16 / 32 copies); the 1.1B decode at 1024 tokens of context, 1
+  // thread CPU time, AB_SWITCH=attn_lean, on / off by total: q4_0 1.023 / 0.999 / 1.020 (median
+  // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 not
   // measured: off.
   bool attn_decode_lean = false;
   // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
