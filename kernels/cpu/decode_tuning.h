@@ -83,8 +83,8 @@ struct DecodeTuning {
   // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
   // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
   // a token row at a time. Same bits. Zen 4: on (session 29, h-attn7; 1 thread, thread CPU time,
-  // interleaved, load 3-7: attn_decode_threads' 7B shape cold in 2 MiB pages 1.29x (f32 kv 512),
-  // 1.32x (f32 kv 2048), 1.14x (f16 kv 512), in L3 0.88x; the driver's loads alone in this order
+  // interleaved, load 2.6-6.9: attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 / 2048, the
+  // call f32 1.29-1.36x, f16 1.01-1.14x, in L3 (kv 128) 0.88x; the driver's loads alone in this order
   // 1.16-1.17x; the 7B q4_0 decode at 1024 tokens of context, AB_SWITCH=attn_pv_chunks, 1 thread
   // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
   // Zen 5 not measured: off.
