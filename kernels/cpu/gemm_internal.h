@@ -191,7 +191,7 @@ int gemv_half_long_streams();
 // pages, load 4-5, 3 processes, 12288 x 4096, 22016 x 4096, 4096 x 11008, 2048 x 5632, bf16 and
 // f16: 2048 columns x 24 rows 0.57-0.84x today's 6-stream speed by best (medians 0.65-0.90x),
 // 1024 x 24 0.58-0.73x, 4 streams 2048 x 16 0.59-0.78x, 4096 x 12 0.69-0.89x; the loads of that
-// order alone, no arithmetic, 0.72-0.95x the kernel in today's order (mostly 0.75-0.79x); next-piece
+// order alone, no arithmetic, 0.72-1.12x the kernel in today's order (mostly 0.75-0.79x); next-piece
 // prefetches lower still). Only a layout whose chunks lie in walk order (a repack, not done; a
 // scratch model in half_read_patterns' RP_REPACK rows) reads it sequentially. Kept for
 // half_read_patterns' ch rows. For the tests and A/B tools; process-wide.
