@@ -1966,7 +1966,7 @@ TEST(attention_prefill_tile_groups_same_bits) {
 // The lean narrow piece (attention_detail::decode_lean: all kv heads' Q K^T a sub-block in one call,
 // P V a whole 64-token block a kv head, q read in place, the vector merge) against run_decode_piece
 // (lean off): outputs and log-sum-exps bit for bit, f32 / f16 / bf16 caches, GQA 8 x 64 (the 1.1B),
-// 8 x 64 on two kv heads, 4 x 64 with padded rows, MQA x 80 (q padded to 96, a tail chunk) and 12 x 20,
+// 8 x 64 on two kv heads, 4 x 64 with padded rows, MQA x 72 (q padded to 80, a tail chunk) and 12 x 20,
 // lengths inside a sub-block, a block and a piece and across them (300: 112-token pieces, blocks
 // crossing 64-token pages: P V a sub-block at a time there), contiguous and paged (16 / 64 tokens),
 // no pool and 2 / 3 threads (merges), the pipelined prefetch on and off. A wrong weight, a rescale
@@ -1978,7 +1978,7 @@ TEST(attention_decode_lean_same_bits) {
   DecodeSplitScope split(true);
   DecodeInplaceScope ip(true);
   struct Shape { int64_t H, Hkv, D, pad; };
-  const Shape shapes[] = {{32, 4, 64, 0}, {16, 2, 64, 0}, {16, 4, 64, 8}, {8, 1, 80, 0}, {12, 1, 20, 0}};
+  const Shape shapes[] = {{32, 4, 64, 0}, {16, 2, 64, 0}, {16, 4, 64, 8}, {8, 1, 72, 0}, {12, 1, 20, 0}};
   uint32_t x = 5151;
   auto rnd = [&]() {
     x = x * 1664525u + 1013904223u;
