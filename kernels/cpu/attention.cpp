@@ -33,10 +33,23 @@
 // the merges (set_decode_split(false) keeps decode in the tiled driver: tests, A/B rows). On AVX-512 the
 // rows are read in place (narrow ones swept a sub-block at a time, or with several query heads per kv
 // head each sub-block's lines prefetched during the previous one's compute; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
-// through qk16, the same arithmetic with its 16 key rows addressed from registers, and on Zen 4 its P V
-// pairs a 16-float chunk at a time across the 16 rows, V read in K's order: decode_pv_chunks); a bf16 cache
+// through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
-// DecodeBf16Dp in attention_internal.h).
+// DecodeBf16Dp in attention_internal.h). Two per-CPU defaults (decode_tuning.h; on for Zen 4) change
+// how the same kernels are called or read, never the bits:
+// - the lean narrow piece (decode_tuning attn_decode_lean, attention_internal.h decode_lean;
+//   run_decode_piece_lean): for narrow rows swept in place with >= 4 query heads per kv head (the
+//   1.1B's GQA 8), one kernel call a 16-token sub-block for all kv heads' Q K^T (16 row pointers
+//   from a base and a stride) instead of one a kv head through the kernel table, two a block for
+//   the softmax's row maxima and exp sums, P V a whole 64-token block a kv head (its accumulators
+//   in registers across the sub-blocks; a sub-block at a time where the block's V rows cross a
+//   page) with the pipelined prefetch rescheduled to fit (each K sub-block's Q K^T prefetches the
+//   block's V sub-block of the same index, each block's P V the next block's K), q read in place
+//   where head_dim is a multiple of 16, the pieces merged with a vector merge (merge_decode_lean:
+//   each product and sum rounded as the scalar merge's) and run_decode's partials in reused scratch;
+// - the 7B's P V pairs by chunks (decode_tuning attn_pv_chunks, decode_pv_chunks): pv2 walks a
+//   16-float chunk of the pair's V slice across the sub-block's 16 token rows at a time (V read in
+//   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
