@@ -67,7 +67,9 @@ async function emollmChild(spec) {
     // in a ~29 GB/s phase 4 streams without prefetch read 1.07x 4 streams + 1 KiB, bench_kernels'
     // usual winner at 2 threads)
     const chunked = !!spec.chunk;
-    const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads } : null;
+    // keep: the probe buffer stays allocated between the probes (readBandwidth frees it after a call
+    // without keep); the process exits after its runs, which frees it
+    const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads, keep: true } : null;
     const wins = {};
     // (one thread: also the best pass by the thread's CPU time, readBandwidth's cpuGbs)
     const probeGbs = async () => {
