@@ -2573,8 +2573,12 @@ float* decode_scratch(size_t floats) {
   return buf.get();
 }
 
-// The caller's scratch for run_decode's partials (decode_lean), kept across calls.
+// The caller's scratch for run_decode's partials (decode_lean), kept across calls: at most
+// kDecodePartScratchMax floats a calling thread (1 MiB: the 1.1B's 32 heads x 66 floats a piece at
+// 2048 tokens of context, 16 pieces, take 132 KiB); a call needing more takes a vector of its own.
+constexpr size_t kDecodePartScratchMax = size_t(1) << 18;
 float* decode_part_scratch(size_t floats) {
+  assert(floats <= kDecodePartScratchMax);
   thread_local AlignedPtr<float> buf;
   thread_local size_t cap = 0;
   if (cap < floats) {
@@ -2602,11 +2606,11 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
   }
   accf = (accf + 15) / 16 * 16;
   // decode_lean: the partials in the caller's reused scratch (every float written before it is read)
-  // instead of a zeroed vector a call
-  const bool lean = n_items > 0 && items[0].lean;
-  std::vector<float> part(lean ? 0 : static_cast<size_t>(part_floats));
+  // instead of a zeroed vector a call, up to its bound (larger: the vector, as without lean)
+  const bool reuse = n_items > 0 && items[0].lean && size_t(part_floats) <= kDecodePartScratchMax;
+  std::vector<float> part(reuse ? 0 : static_cast<size_t>(part_floats));
   std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[size_t(n_items)]);
-  float* at = lean ? decode_part_scratch(size_t(part_floats)) : part.data();
+  float* at = reuse ? decode_part_scratch(size_t(part_floats)) : part.data();
   for (int64_t i = 0; i < n_items; ++i) {
     done[size_t(i)].store(0, std::memory_order_relaxed);
     items[i].done = &done[size_t(i)];

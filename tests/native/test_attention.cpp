@@ -2060,6 +2060,43 @@ TEST(attention_decode_lean_same_bits) {
   EXPECT(differing == 0);
 }
 
+// The lean piece's partials past the bound of run_decode's reused scratch (attention.cpp
+// kDecodePartScratchMax, 1 MiB a calling thread; a call needing more takes a vector of its own):
+// 16-token pieces at 32 / 4 heads x 64, n_kv 2100 (132 pieces x 32 heads x 66 floats, 1.06 MiB: the
+// vector) and 1000 (63 pieces: the scratch), twice in turn (the scratch used again after a larger
+// call): bit for bit the same call with lean off, and within 1e-5 of ref::attention.
+TEST(attention_decode_lean_large_partials_same_bits) {
+  if (isa_active() < Isa::Avx512) return;  // the lean piece is the AVX-512 decode driver's
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  const int64_t piece_was = attention_detail::decode_piece_max();
+  attention_detail::set_decode_piece_max(16);
+  uint64_t seed = 19300;
+  int runs = 0;
+  for (int rep = 0; rep < 2; ++rep)
+    for (int64_t n : {int64_t(2100), int64_t(1000)}) {
+      const Case c{1, n, 32, 4, 64, true, n - 1};
+      Data d = make_data(c, seed++);
+      const std::string what = describe(c) + " pieces of 16, round " + std::to_string(rep);
+      std::vector<float> la(32, kNaN), lb(32, kNaN), a, b;
+      {
+        DecodeLeanScope ls(true);
+        a = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr, la.data()); });
+      }
+      {
+        DecodeLeanScope ls(false);
+        b = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr, lb.data()); });
+      }
+      const std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+      EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, what);
+      if (a != b || la != lb)
+        ::emollm_test::report_failure(__FILE__, __LINE__, "the lean piece changed the result: " + what);
+      ++runs;
+    }
+  attention_detail::set_decode_piece_max(piece_was);
+  EXPECT(runs == 4);
+}
+
 // The K tile prototype (attention_detail::decode_k_tiles: K held in 16-token transposed tiles, the
 // decode Q K^T without register transposes) keeps each score's FMAs and their order: outputs and
 // log-sum-exps bit for bit those of the same call on K as token rows, f32 / f16 / bf16 caches,
