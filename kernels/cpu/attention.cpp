@@ -263,7 +263,7 @@ namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
-  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0};
+  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0}, decode_lean_pieces{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -286,6 +286,7 @@ AttentionWork attention_work() {
     w.tiled_units += tu;
     w.decode_merges += s.decode_merges.load(std::memory_order_relaxed);
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
+    w.decode_lean_pieces += s.decode_lean_pieces.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
   return w;
@@ -2401,6 +2402,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   if (it.lean && sweep && transposed && !dp) {
     const LeanKern& lk = p.kv_dtype == DType::F16 ? kLeanF16 : p.kv_dtype == DType::BF16 ? kLeanBF16 : kLeanF32;
     run_decode_piece_lean(it, lk, piece, S, acc, qpad, pipe, trace);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_lean_pieces);
     return;
   }
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute

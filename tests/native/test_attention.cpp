@@ -1969,7 +1969,8 @@ TEST(attention_prefill_tile_groups_same_bits) {
 // 8 x 64 on two kv heads, 4 x 64 with padded rows, MQA x 72 (q padded to 80, a tail chunk) and 12 x 20,
 // lengths inside a sub-block, a block and a piece and across them (300: 112-token pieces, blocks
 // crossing 64-token pages: P V a sub-block at a time there), contiguous and paged (16 / 64 tokens),
-// no pool and 2 / 3 threads (merges), the pipelined prefetch on and off. A wrong weight, a rescale
+// no pool and 2 / 3 threads (merges), the pipelined prefetch on and off; every run with it on takes
+// the lean piece (attention_work's decode_lean_pieces > 0; 0 with it off). A wrong weight, a rescale
 // applied to a later sub-block or a token read twice changes some output bit, which the tolerance
 // of attention_decode_split_matches_ref would let through.
 TEST(attention_decode_lean_same_bits) {
@@ -2040,9 +2041,16 @@ TEST(attention_decode_lean_same_bits) {
               const bool was_pipe = attention_detail::decode_pipeline();
               attention_detail::set_decode_pipeline(pipe);
               std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN);
+              // the pieces that ran the lean piece (attention_work's decode_lean_pieces): none with it
+              // off, every taken run some, so the comparison is not of run_decode_piece with itself
               auto call = [&](bool lean, std::vector<float>& lse) {
                 DecodeLeanScope ls(lean);
-                return run_out(pp, w, [&](float* o) { attention(q.data(), k, v, o, pp, pl, lse.data()); });
+                const uint64_t n0 = attention_detail::attention_work().decode_lean_pieces;
+                std::vector<float> out = run_out(pp, w, [&](float* o) { attention(q.data(), k, v, o, pp, pl, lse.data()); });
+                const uint64_t lean_pieces = attention_detail::attention_work().decode_lean_pieces - n0;
+                if (lean ? lean_pieces == 0 : lean_pieces != 0)
+                  ::emollm_test::report_failure(__FILE__, __LINE__, std::string(lean ? "lean piece not taken: " : "lean piece taken while off: ") + w);
+                return out;
               };
               const std::vector<float> a = call(false, la), b = call(true, lb);
               attention_detail::set_decode_pipeline(was_pipe);
