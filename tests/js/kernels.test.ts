@@ -369,7 +369,19 @@ describe('gemm through the addon', () => {
 });
 
 describe('readBandwidth', () => {
-  it('reads a buffer off the event loop and returns finite positive rates with the settings it ran', async () => {
+  it('runs off the event loop: setImmediate callbacks run while a 64 MiB x 5 call is pending', async () => {
+    // a call that blocked the JavaScript thread would return a settled promise and no setImmediate
+    // callback would run before the await resumes
+    let ticks = 0, on = true;
+    const tick = () => { if (on) { ticks++; setImmediate(tick); } };
+    setImmediate(tick);
+    const r = await readBandwidth({ bytes: 64 << 20, reps: 5, threads: 1 });
+    on = false;
+    expect(r.repGbs).toHaveLength(5);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  it('returns finite positive rates with the settings it ran', async () => {
     const p = readBandwidth({ bytes: 1 << 20, reps: 2, threads: 1, streams: 2, prefetch: 0 });
     expect(p).toBeInstanceOf(Promise);
     const r = await p;
