@@ -387,7 +387,8 @@ class ReadBandwidthWorker final : public PromiseWorker {
       });
       g_probe_cap = cap;
     }
-    isa_ = isa_name(isa_active());
+    // the loads' level: read_lines' loops are AVX-512 at most (an AMX machine reads with AVX-512)
+    isa_ = isa_name(std::min(isa_active(), Isa::Avx512));
     using clock = std::chrono::steady_clock;
     for (int r = 0; r < reps_; r++) {
       const double c0 = thread_cpu_s();
