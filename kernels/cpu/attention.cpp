@@ -416,9 +416,10 @@ struct Kern {
   void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
   // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
   // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
-  // rows), with the same bits as two pv calls.
+  // rows), with the same bits as two pv calls. chunks: V walked a 16-float chunk at a time across the
+  // nb token rows (DecodeItem::pv_chunks), else a token row at a time; the same bits either way.
   void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
-              int D);
+              int D, bool chunks);
   // Optional (null: none), the prototype of K kept in 16-token tiles (attention_detail::decode_k_tiles):
   // qk_decode's S from one kv head's tile kt (kt[d * 16 + t] = dim d of key t, t < 16; D x 16
   // elements), the same FMAs in the same order without the transposes: the same bits.
@@ -671,7 +672,7 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
 
 // Kern::pv2: two rows, row r reading the V slice of kv head g0 + r (at v + r * D of each token
 // row): pv_tile's RowV tile, each output element's FMAs in pv's order (the same bits as two pv calls).
-// pv2 walked chunk by chunk (attention_detail::decode_pv_chunks): for each row r (kv head g0 + r)
+// pv2 walked chunk by chunk (attention_detail::decode_pv_chunks; DecodeItem::pv_chunks): for each row r (kv head g0 + r)
 // and 16-float chunk c, its accumulator times alpha, then over the nb tokens in order (every output
 // element's operations in pv_tile's order: the same bits), so the V loads go one 64-byte line of
 // the head's slice across the sub-block's 16 token rows at a time (the order of qk16's K loads)
@@ -706,11 +707,11 @@ EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* al
 }
 template <class E>
 EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
-                                int64_t ldv, int nb, int D) {
+                                int64_t ldv, int nb, int D, bool chunks) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
-  if (attention_detail::decode_pv_chunks()) {
+  if (chunks) {  // decode_pv_chunks, read once a call (make_decode_item)
     switch (nc) {
       case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
       case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
@@ -1932,6 +1933,7 @@ struct DecodeItem {
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
   bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
   bool lean;                   // the narrow rows' lean piece (decode_lean): read once here, for every piece
+  bool pv_chunks;              // pv2 by 16-float chunks across the token rows (decode_pv_chunks): read once here
 };
 
 
@@ -2035,6 +2037,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   // setter between validate() and the pieces would otherwise tear the call) and checked here again.
   it.ktiles = attention_detail::decode_k_tiles();
   it.lean = attention_detail::decode_lean();
+  it.pv_chunks = attention_detail::decode_pv_chunks();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
@@ -2541,7 +2544,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
           kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
-                 kv_at(vr, g0 * D, p), ldvr, ns, D);
+                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks);
       for (int64_t g = g0; g < Hkv; ++g) {
         int64_t ldg;
         const float* vg = head_rows(vr, ldvr, g, ns, &ldg);
