@@ -4,10 +4,11 @@
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks) for the tests
-// and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes only how memory
-// is read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
-// order of the attention's loads), never the arithmetic or its order: the
-// same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
+// and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
+// read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
+// order of the attention's loads) or how the same kernels are called (the attention's lean piece:
+// one call a sub-block for all kv heads instead of one a kv head), never the arithmetic or its
+// order: the same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
 // their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
 // set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
