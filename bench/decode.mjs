@@ -61,13 +61,15 @@ async function emollmChild(spec) {
     try { out.info.cpu = b.cpuInfo?.(); } catch {}
     // --probe-every chunk: the in-process read probe (lib/kernels.ts readBandwidth) beside each
     // decode chunk; its buffer is made here, before the model, so the peak RSS holds it whole and
-    // the parent takes it off again (probe_buffer_mib), and no timed probe pays its page faults
+    // the parent takes it off again (probe_buffer_mib), and no timed probe pays its page faults.
     // A probe: each read form (PROBE_FORMS) spec.probeReps passes, the best pass of all, as
-    // bench_kernels keeps its best variant (which form wins moves with the VM's phase: at 1 thread
-    // in a ~29 GB/s phase 4 streams without prefetch read 1.07x 4 streams + 1 KiB, bench_kernels'
-    // usual winner at 2 threads)
+    // bench_kernels keeps its best variant (which form wins moves with the VM's phase; the wins a
+    // run counted are in its JSON, info.probe.wins; bench/README's h-probe row: 4 streams without
+    // prefetch most often, then 2 streams)
     const chunked = !!spec.chunk;
-    const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads } : null;
+    // keep: the probe buffer stays allocated between the probes (readBandwidth frees it after a call
+    // without keep); the process exits after its runs, which frees it
+    const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads, keep: true } : null;
     const wins = {};
     // (one thread: also the best pass by the thread's CPU time, readBandwidth's cpuGbs)
     const probeGbs = async () => {

@@ -221,8 +221,9 @@ export interface ReadBandwidthOptions {
   /**
    * Bytes each pass reads (default 256 MiB; 1 MiB to 16 GiB, rounded down to whole 64-byte lines).
    * Make it well over the last-level cache (a pass that fits the cache measures the cache). The
-   * buffer is the process's one probe buffer, in 2 MiB pages: allocated and written by the first
-   * call (or the first with a larger `bytes`, which replaces it) and kept for later calls.
+   * buffer is the process's one probe buffer, in 2 MiB pages, allocated and written by a call that
+   * finds none of at least `bytes` (a smaller one is replaced) and freed when the call ends, unless
+   * it passes `keep: true`.
    */
   bytes?: number;
   /** Passes over the buffer (default 3, 1 to 1000); `gbs` is the best of them. */
@@ -235,6 +236,14 @@ export interface ReadBandwidthOptions {
   threads?: number;
   /** Only 'cpu' (this measures the CPU's reads). */
   device?: Device;
+  /**
+   * Keep the probe buffer (`bytes`, rounded up to 2 MiB) after the call, for later calls of the
+   * same or a smaller size: no allocation or page faults before their passes (default false: the
+   * call frees it, and the next call allocates and writes it again). For a caller that probes
+   * again and again (bench:decode's decoding process between its decode chunks); the memory stays
+   * held until a call without `keep` ends or the process exits.
+   */
+  keep?: boolean;
 }
 
 export interface ReadBandwidth {
@@ -265,7 +274,9 @@ export interface ReadBandwidth {
  * ahead by default), every 64-byte line once, timed per pass. The ceiling a decode's bytes per
  * second is held to; bench:decode (`--probe-every chunk`) runs it in the decoding process between
  * decode chunks, so each chunk is held to the bandwidth of its own moment. Runs on a native worker
- * thread (the event loop stays free); bad options are a synchronous ERR_INVALID_ARGUMENT.
+ * thread (the event loop stays free); bad options are a synchronous ERR_INVALID_ARGUMENT. The
+ * buffer (`bytes`: 256 MiB by default, up to 16 GiB) is allocated for the call and freed when it
+ * ends unless `keep: true` (then held until a call without it ends, or the process exits).
  */
 export function readBandwidth(options: ReadBandwidthOptions = {}): Promise<ReadBandwidth> {
   if (options === null || typeof options !== 'object') throw new EmollmError('ERR_INVALID_ARGUMENT', 'readBandwidth expects an options object');

@@ -64,6 +64,8 @@ export interface NativeBinding {
   testFailNextWorker(on?: boolean | 'after'): void;
   testZeroWrittenResults(on: boolean): void;
   testPoisonWrittenResults(on: boolean): void;
+  /** The bytes readBandwidth's probe buffer holds now (0: none; kept only by calls with `keep: true`). */
+  testReadProbeHeldBytes(): number;
   inspectSafetensors(path: string): Promise<unknown>;
   inspectGguf(path: string): Promise<unknown>;
   readConfig(path: string): Promise<unknown>;

@@ -109,15 +109,17 @@ BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, co
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
       for (int64_t g = 0; g < Hkv; g += 2) {
+        // the pair's lines (an odd kv head count: the last head alone, as the driver's P V)
+        const int64_t pair_lines = (g + 1 < Hkv ? 2 : 1) * lines;
         if (v_chunks) {  // decode_pv_chunks: a line of the pair's slice across the rows at a time
-          for (int64_t l = 0; l < 2 * lines; ++l)
+          for (int64_t l = 0; l < pair_lines; ++l)
             for (int t = 0; t < ns; ++t)
               a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(row(vp, s0 + t) + g * slice_bytes + 64 * l));
           continue;
         }
         for (int t = 0; t < ns; ++t) {
           const uint8_t* r = row(vp, s0 + t) + g * slice_bytes;
-          for (int64_t l = 0; l < 2 * lines; ++l) a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(r + 64 * l));
+          for (int64_t l = 0; l < pair_lines; ++l) a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(r + 64 * l));
         }
       }
     }
@@ -304,11 +306,12 @@ int main(int argc, char** argv) {
   const bool lean_default = attention_detail::decode_lean();
   // "pv rows" / "pv chunks": the 7B's P V pairs in the other order than this CPU's default (decode_pv_chunks)
   const bool pvc_default = attention_detail::decode_pv_chunks();
-  const char* names[kModes] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
+  const char* names[] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
                                "1t read", "1t hot", "1t read4", "1t ktiles", lean_default ? "1t nolean" : "1t lean",
                                "1t rd drv", "1t rd head", "1t read hot", "1t rd drv hot",
                                pvc_default ? "1t pv rows" : "1t pv chunks", pvc_default ? "1t pv rows hot" : "1t pv chunks hot"};
+  static_assert(sizeof(names) / sizeof(*names) == kModes, "attn_decode_threads: one name a mode");
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
   uint32_t order_rng = 99;

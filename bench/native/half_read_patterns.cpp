@@ -12,11 +12,12 @@
 //   block / block-none  bf16: gemm() at M = 1 with Args::huge_pages off, the 8-row block GEMV
 //                    (bf16_gemv_block: the path of weights without a 2 MiB-page copy) with this CPU's
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)
-//   chC-R[-pL][-sS]  RP_CHUNKS=C:R[:L[:S]],...: the kernel with set_gemv_half_chunk({C, R, L}) (K >= 4096
-//                    walked in chunks of C columns across panels of R rows, gemm_avx512.cpp
-//                    gemv_streams_chunked; L lines of each stream's next piece prefetched; S streams,
-//                    default this CPU's half_long_streams; same bits: checked)
-//   rdC-R[-pL][-sS]  the loads of that walk alone (6 or 4 streams, 128 bytes a step, no arithmetic)
+//   rdC-R[-pL][-sS]  RP_CHUNKS=C:R[:L[:S]],...: the loads alone (6 or 4 streams, 128 bytes a step, no
+//                    arithmetic) of the K-chunked walk: K in chunks of C columns across panels of R
+//                    rows, L lines of each stream's next piece prefetched, S streams (default this
+//                    CPU's half_long_streams). The kernel itself (gemv_streams_chunked,
+//                    set_gemv_half_chunk: refuted on Zen 4, 0.57-0.89x today's) and its chC-R rows
+//                    are in integration commit 2048875 only (bench/README, h-half's session 29 row)
 //   cmC-R-sS / rmC-R-sS  RP_REPACK=C:R:S,... (1 thread): a scratch model of the chunked walk (the
 //                    kernel's work a step, not its bits) over a copy of each copy laid out chunk-major
 //                    (within each stream's panel of R / S rows, chunk c of every row next to each
@@ -106,7 +107,8 @@ __attribute__((target("avx512f"))) uint64_t bf16_parts(const uint8_t* W, size_t 
   return uint64_t(_mm512_reduce_add_ps(acc) != 0) ^ bench::fold(ai);
 }
 
-// The loads of gemv_streams_chunked's order without arithmetic: the rows in 6 parts side by side,
+// The loads of the K-chunked walk's order (gemv_streams_chunked, in integration commit 2048875 only)
+// without arithmetic: the rows in S parts side by side,
 // cb bytes (a chunk of each row) of each part's rows of a panel of pr groups before the next chunk,
 // 128 bytes a step; the loaded lines folded into the result.
 template <int S>
@@ -139,7 +141,7 @@ __attribute__((target("avx512f"))) uint64_t read_chunked(const uint8_t* W, size_
 // A scratch model of the chunked walk over weights laid out for it (RP_REPACK rows): each stream's
 // rows (the rows in S parts, as gemv_streams) with, within each panel of P rows, chunk c of every
 // row of the panel next to each other (chunk-major: the walk reads each stream sequentially), or
-// over the rows as they are (row-major: gemv_streams_chunked's order; with C >= K today's order).
+// over the rows as they are (row-major: the K-chunked walk's order; with C >= K today's order).
 // The kernel's work a 128-byte step: bf16 two loads, shift / mask, 4 FMAs; f16 4 vcvtph2ps from
 // memory, 4 FMAs; accumulators kept in a buffer between chunks. Not the kernel's bits (x as given,
 // not bf16_reorder_x's order; no tail: K a multiple of 64 here): a read-rate model only.
@@ -281,19 +283,6 @@ int main(int argc, char** argv) {
       gemm_detail::set_gemv_block_prefetch(b_def);
     };
   };
-  // RP_CHUNKS=C:R[:L],...: rows chC-R[-pL], the kernel with set_gemv_half_chunk({C, R, L}) (K in
-  // chunks of C columns across panels of R rows, L lines of each stream's next piece prefetched)
-  const gemm_detail::HalfChunk c_def = gemm_detail::gemv_half_chunk();
-  auto gemv_chunk = [&](gemm_detail::HalfChunk c, int streams) {
-    return [&, c, streams](const uint8_t* W) {
-      gemm_detail::set_gemv_half_chunk(c);
-      gemm_detail::set_gemv_half_long_streams(streams);
-      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_gemv_half_long_streams(s_def);
-      gemm_detail::set_gemv_half_chunk(c_def);
-      check();
-    };
-  };
   std::vector<bench::PatternRow> rows = {
       {"gemv", gemv(p_def), {}},
       {"gemv-t0", gemv(GemvPrefetch::T0), {}},
@@ -304,29 +293,29 @@ int main(int argc, char** argv) {
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 0); }, W); }, {}},
   };
+  // RP_CHUNKS=C:R[:L[:S]],...: rows rdC-R[-pL][-sS], the K-chunked walk's loads alone (C columns a
+  // chunk across panels of R rows, L lines of each stream's next piece prefetched, S streams)
   if (const char* env = std::getenv("RP_CHUNKS")) {
     for (const char* p = env; *p;) {
-      gemm_detail::HalfChunk c;
       char* end = nullptr;
-      c.cols = int(std::strtol(p, &end, 10));
+      const int cols = int(std::strtol(p, &end, 10));
       if (end == p) break;
-      if (*end == ':') c.rows = int(std::strtol(end + 1, &end, 10));
-      if (*end == ':') c.next_lines = int(std::strtol(end + 1, &end, 10));
+      int crows = 0, nl = 0;
+      if (*end == ':') crows = int(std::strtol(end + 1, &end, 10));
+      if (*end == ':') nl = int(std::strtol(end + 1, &end, 10));
       int streams = s_def;
       if (*end == ':') streams = int(std::strtol(end + 1, &end, 10));
-      std::string name = "ch" + std::to_string(c.cols) + "-" + std::to_string(c.rows);
-      if (c.next_lines) name += "-p" + std::to_string(c.next_lines);
+      std::string name = std::to_string(cols) + "-" + std::to_string(crows);
+      if (nl) name += "-p" + std::to_string(nl);
       if (streams != s_def) name += "-s" + std::to_string(streams);
-      rows.push_back({name, gemv_chunk(c, streams), {}});
-      const size_t cb = size_t(c.cols) * 2;
-      const int nl = c.next_lines;
-      const int64_t pr = std::max(1, c.rows / (streams == 6 ? 6 : 4));
+      const size_t cb = size_t(std::max(64, cols / 64 * 64)) * 2;
+      const int64_t pr = std::max(1, crows / (streams == 6 ? 6 : 4));
       if (streams == 6)
-        rows.push_back({"rd" + name.substr(2), [&, cb, pr, nl](const uint8_t* W) {
+        rows.push_back({"rd" + name, [&, cb, pr, nl](const uint8_t* W) {
                           share([&](const uint8_t* p, size_t n) { return read_chunked<6>(p, n, rb, cb, pr, nl); }, W);
                         }, {}});
       else
-        rows.push_back({"rd" + name.substr(2), [&, cb, pr, nl](const uint8_t* W) {
+        rows.push_back({"rd" + name, [&, cb, pr, nl](const uint8_t* W) {
                           share([&](const uint8_t* p, size_t n) { return read_chunked<4>(p, n, rb, cb, pr, nl); }, W);
                         }, {}});
       if (*end != ',') break;

@@ -33,10 +33,23 @@
 // the merges (set_decode_split(false) keeps decode in the tiled driver: tests, A/B rows). On AVX-512 the
 // rows are read in place (narrow ones swept a sub-block at a time, or with several query heads per kv
 // head each sub-block's lines prefetched during the previous one's compute; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
-// through qk16, the same arithmetic with its 16 key rows addressed from registers, and on Zen 4 its P V
-// pairs a 16-float chunk at a time across the 16 rows, V read in K's order: decode_pv_chunks); a bf16 cache
+// through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
-// DecodeBf16Dp in attention_internal.h).
+// DecodeBf16Dp in attention_internal.h). Two per-CPU defaults (decode_tuning.h; on for Zen 4) change
+// how the same kernels are called or read, never the bits:
+// - the lean narrow piece (decode_tuning attn_decode_lean, attention_internal.h decode_lean;
+//   run_decode_piece_lean): for narrow rows swept in place with >= 4 query heads per kv head (the
+//   1.1B's GQA 8), one kernel call a 16-token sub-block for all kv heads' Q K^T (16 row pointers
+//   from a base and a stride) instead of one a kv head through the kernel table, two a block for
+//   the softmax's row maxima and exp sums, P V a whole 64-token block a kv head (its accumulators
+//   in registers across the sub-blocks; a sub-block at a time where the block's V rows cross a
+//   page) with the pipelined prefetch rescheduled to fit (each K sub-block's Q K^T prefetches the
+//   block's V sub-block of the same index, each block's P V the next block's K), q read in place
+//   where head_dim is a multiple of 16, the pieces merged with a vector merge (merge_decode_lean:
+//   each product and sum rounded as the scalar merge's) and run_decode's partials in reused scratch;
+// - the 7B's P V pairs by chunks (decode_tuning attn_pv_chunks, decode_pv_chunks): pv2 walks a
+//   16-float chunk of the pair's V slice across the sub-block's 16 token rows at a time (V read in
+//   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -250,7 +263,7 @@ namespace {
 // AttentionWork's counters, one cache line per pool thread index (no sharing between the threads
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
-  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0};
+  std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0}, decode_lean_pieces{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -273,6 +286,7 @@ AttentionWork attention_work() {
     w.tiled_units += tu;
     w.decode_merges += s.decode_merges.load(std::memory_order_relaxed);
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
+    w.decode_lean_pieces += s.decode_lean_pieces.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
   return w;
@@ -402,9 +416,10 @@ struct Kern {
   void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
   // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
   // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
-  // rows), with the same bits as two pv calls.
+  // rows), with the same bits as two pv calls. chunks: V walked a 16-float chunk at a time across the
+  // nb token rows (DecodeItem::pv_chunks), else a token row at a time; the same bits either way.
   void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
-              int D);
+              int D, bool chunks);
   // Optional (null: none), the prototype of K kept in 16-token tiles (attention_detail::decode_k_tiles):
   // qk_decode's S from one kv head's tile kt (kt[d * 16 + t] = dim d of key t, t < 16; D x 16
   // elements), the same FMAs in the same order without the transposes: the same bits.
@@ -657,7 +672,7 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
 
 // Kern::pv2: two rows, row r reading the V slice of kv head g0 + r (at v + r * D of each token
 // row): pv_tile's RowV tile, each output element's FMAs in pv's order (the same bits as two pv calls).
-// pv2 walked chunk by chunk (attention_detail::decode_pv_chunks): for each row r (kv head g0 + r)
+// pv2 walked chunk by chunk (attention_detail::decode_pv_chunks; DecodeItem::pv_chunks): for each row r (kv head g0 + r)
 // and 16-float chunk c, its accumulator times alpha, then over the nb tokens in order (every output
 // element's operations in pv_tile's order: the same bits), so the V loads go one 64-byte line of
 // the head's slice across the sub-block's 16 token rows at a time (the order of qk16's K loads)
@@ -692,11 +707,11 @@ EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* al
 }
 template <class E>
 EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
-                                int64_t ldv, int nb, int D) {
+                                int64_t ldv, int nb, int D, bool chunks) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
-  if (attention_detail::decode_pv_chunks()) {
+  if (chunks) {  // decode_pv_chunks, read once a call (make_decode_item)
     switch (nc) {
       case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
       case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
@@ -1918,6 +1933,7 @@ struct DecodeItem {
   bool bf16dp;                 // bf16 cache on vdpbf16ps: q and P rounded to bf16 (decode_bf16dp)
   bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
   bool lean;                   // the narrow rows' lean piece (decode_lean): read once here, for every piece
+  bool pv_chunks;              // pv2 by 16-float chunks across the token rows (decode_pv_chunks): read once here
 };
 
 
@@ -2021,6 +2037,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   // setter between validate() and the pieces would otherwise tear the call) and checked here again.
   it.ktiles = attention_detail::decode_k_tiles();
   it.lean = attention_detail::decode_lean();
+  it.pv_chunks = attention_detail::decode_pv_chunks();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
@@ -2388,6 +2405,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   if (it.lean && sweep && transposed && !dp) {
     const LeanKern& lk = p.kv_dtype == DType::F16 ? kLeanF16 : p.kv_dtype == DType::BF16 ? kLeanBF16 : kLeanF32;
     run_decode_piece_lean(it, lk, piece, S, acc, qpad, pipe, trace);
+    attention_detail::count_work(&attention_detail::WorkSlot::decode_lean_pieces);
     return;
   }
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
@@ -2526,7 +2544,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
           kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
-                 kv_at(vr, g0 * D, p), ldvr, ns, D);
+                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks);
       for (int64_t g = g0; g < Hkv; ++g) {
         int64_t ldg;
         const float* vg = head_rows(vr, ldvr, g, ns, &ldg);
@@ -2560,8 +2578,12 @@ float* decode_scratch(size_t floats) {
   return buf.get();
 }
 
-// The caller's scratch for run_decode's partials (decode_lean), kept across calls.
+// The caller's scratch for run_decode's partials (decode_lean), kept across calls: at most
+// kDecodePartScratchMax floats a calling thread (1 MiB: the 1.1B's 32 heads x 66 floats a piece at
+// 2048 tokens of context, 16 pieces, take 132 KiB); a call needing more takes a vector of its own.
+constexpr size_t kDecodePartScratchMax = size_t(1) << 18;
 float* decode_part_scratch(size_t floats) {
+  assert(floats <= kDecodePartScratchMax);
   thread_local AlignedPtr<float> buf;
   thread_local size_t cap = 0;
   if (cap < floats) {
@@ -2589,11 +2611,11 @@ void run_decode(const Kern& kern, DecodeItem* items, int64_t n_items, ThreadPool
   }
   accf = (accf + 15) / 16 * 16;
   // decode_lean: the partials in the caller's reused scratch (every float written before it is read)
-  // instead of a zeroed vector a call
-  const bool lean = n_items > 0 && items[0].lean;
-  std::vector<float> part(lean ? 0 : static_cast<size_t>(part_floats));
+  // instead of a zeroed vector a call, up to its bound (larger: the vector, as without lean)
+  const bool reuse = n_items > 0 && items[0].lean && size_t(part_floats) <= kDecodePartScratchMax;
+  std::vector<float> part(reuse ? 0 : static_cast<size_t>(part_floats));
   std::unique_ptr<std::atomic<int64_t>[]> done(new std::atomic<int64_t>[size_t(n_items)]);
-  float* at = lean ? decode_part_scratch(size_t(part_floats)) : part.data();
+  float* at = reuse ? decode_part_scratch(size_t(part_floats)) : part.data();
   for (int64_t i = 0; i < n_items; ++i) {
     done[size_t(i)].store(0, std::memory_order_relaxed);
     items[i].done = &done[size_t(i)];

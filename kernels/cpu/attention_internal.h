@@ -159,9 +159,11 @@ std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float
 // Work done by the attention drivers in this process (tests: every piece / unit once, the merges
 // once per call; benchmarks: the split between threads). by_thread[i]: decode pieces plus tiled
 // units run by pool thread index i (indices >= kWorkThreads counted in the last slot).
+// decode_lean_pieces: the decode pieces that ran the lean narrow piece (decode_lean; also counted in
+// decode_pieces; attention_planned_work leaves it 0).
 constexpr int kWorkThreads = 8;
 struct AttentionWork {
-  uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0;
+  uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0, decode_lean_pieces = 0;
   uint64_t by_thread[kWorkThreads] = {};
 };
 AttentionWork attention_work();

@@ -4,10 +4,11 @@
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks) for the tests
-// and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes only how memory
-// is read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
-// order of the attention's loads), never the arithmetic or its order: the
-// same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
+// and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
+// read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
+// order of the attention's loads) or how the same kernels are called (the attention's lean piece:
+// one call a sub-block for all kv heads instead of one a kv head), never the arithmetic or its
+// order: the same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
 // their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
 // set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
@@ -72,17 +73,19 @@ struct DecodeTuning {
   bool attn_pipeline_l2 = false;
   // The decode attention's lean narrow-row piece (attention_internal.h decode_lean: one kernel call a
   // sub-block for all kv heads, P V a whole 64-token block a kv head with its prefetch schedule; the
-  // same kernels and bits). Zen 4: on (session 29, attn_decode_threads 1b 1t, the 1.1B shape, 1 thread,
-  // thread CPU time, interleaved, load 2-4: 1.09-1.10x with K / V in L3 (kv 512, f32 / f16),
-  // 1.12-1.14x in cache, 0.99-1.05x from DRAM (kv 2048); the 1.1B q4_0 / f16 decode at 1024 tokens of
-  // context, 1 thread, AB_SWITCH=attn_lean: 1.023x / 1.014x (median rounds 1.035 / 1.038)). Zen 5 not
+  // same kernels and bits). Zen 4: on (session 29, h-attn1; attn_decode_threads 1b 1t, the 1.1B shape,
+  // 1 thread, thread CPU time, interleaved, load 1.7-5.2, f32 / f16: nolean -> lean 1.13-1.15x in
+  // cache / L3-resident (kv 512 one copy, kv 2048 one copy), 1.08-1.14x over 8 copies (kv 512 / 1024),
+  // 0.99-1.08x from DRAM (kv 2048, 16 / 32 copies); the 1.1B decode at 1024 tokens of context, 1
+  // thread CPU time, AB_SWITCH=attn_lean, on / off by total: q4_0 1.023 / 0.999 / 1.020 (median
+  // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 not
   // measured: off.
   bool attn_decode_lean = false;
   // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
   // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
   // a token row at a time. Same bits. Zen 4: on (session 29, h-attn7; 1 thread, thread CPU time,
-  // interleaved, load 3-7: attn_decode_threads' 7B shape cold in 2 MiB pages 1.29x (f32 kv 512),
-  // 1.32x (f32 kv 2048), 1.14x (f16 kv 512), in L3 0.88x; the driver's loads alone in this order
+  // interleaved, load 2.6-6.9: attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 / 2048, the
+  // call f32 1.29-1.36x, f16 1.01-1.14x, in L3 (kv 128) 0.88x; the driver's loads alone in this order
   // 1.16-1.17x; the 7B q4_0 decode at 1024 tokens of context, AB_SWITCH=attn_pv_chunks, 1 thread
   // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
   // Zen 5 not measured: off.

@@ -155,21 +155,6 @@ void set_gemv_streams_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::st
 GemvPrefetch gemv_streams_prefetch() { return DecodeSetting<&DecodeTuning::stream_prefetch>::get(); }
 void set_gemv_half_long_streams(int streams) { DecodeSetting<&DecodeTuning::half_long_streams>::set(streams); }
 int gemv_half_long_streams() { return DecodeSetting<&DecodeTuning::half_long_streams>::get(); }
-namespace {
-std::atomic<int> g_half_chunk_cols{0}, g_half_chunk_rows{0}, g_half_chunk_next{0};
-}  // namespace
-void set_gemv_half_chunk(HalfChunk c) {
-  g_half_chunk_cols.store(c.cols, std::memory_order_relaxed);
-  g_half_chunk_rows.store(c.rows, std::memory_order_relaxed);
-  g_half_chunk_next.store(c.next_lines, std::memory_order_relaxed);
-}
-HalfChunk gemv_half_chunk() {
-  HalfChunk c;
-  c.cols = g_half_chunk_cols.load(std::memory_order_relaxed);
-  c.rows = g_half_chunk_rows.load(std::memory_order_relaxed);
-  c.next_lines = g_half_chunk_next.load(std::memory_order_relaxed);
-  return c;
-}
 
 void set_gemv_block_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::block_prefetch>::set(p); }
 GemvPrefetch gemv_block_prefetch() { return DecodeSetting<&DecodeTuning::block_prefetch>::get(); }

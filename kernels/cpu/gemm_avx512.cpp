@@ -702,99 +702,14 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
   gemv_stream<DT>(a, x, n0 + S * len, n1);
 }
 
-// gemv_streams' rows with K walked in chunks of C columns (a multiple of 64) across a panel of P
-// row groups (S rows each, S streams as gemv_streams): for each chunk, every group of the panel runs
-// its 128-byte steps over that chunk, its 4 accumulators a row kept in a small buffer between chunks
-// (stored and reloaded as they are: each accumulator sees the same FMAs in the same order as in
-// gemv_streams, then stream_row_end from the last multiple of 64: the same bits). x's chunk (4C
-// bytes of f32) is read by every group of the panel while it is still in L1, instead of the whole
-// x (16-44 KiB) falling out of L1 between one group's rows and the next (gemv_half_chunk in
-// gemm_internal.h). next_lines: at the start of each row's piece of a chunk, that many 64-byte lines
-// of the next group's piece (the same stream's next row) prefetched T0 (0: none). Off by default:
-// on Zen 4 the pieces a row apart read slower than the x they keep in L1 (figures: gemm_internal.h
-// set_gemv_half_chunk).
-template <DType DT, int Hint, int S>
-EMO_T512 void gemv_streams_chunked(const Args& a, const float* x, int64_t n0, int64_t n1, int64_t C, int64_t P,
-                                   int next_lines) {
-  static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_streams_chunked: BF16 or F16 weights");
-  constexpr int kMaxPanel = 16;  // groups: the buffer holds 16 x S rows of 4 zmm (S = 6: 24 KiB)
-  alignas(64) float buf[kMaxPanel][S][4][16];
-  const int64_t len = (n1 - n0) / S;  // rows per stream
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t K64 = a.K / 64 * 64;  // the 128-byte steps; the tail: stream_row_end
-  P = std::max<int64_t>(1, std::min<int64_t>(P, kMaxPanel));
-  C = std::max<int64_t>(64, C / 64 * 64);
-  for (int64_t i0 = 0; i0 < len; i0 += P) {
-    const int64_t i1 = std::min(i0 + P, len);
-    for (int64_t c0 = 0;; c0 += C) {
-      const int64_t c1 = std::min(c0 + C, K64);
-      const bool first = c0 == 0, last = c1 == K64;
-      for (int64_t i = i0; i < i1; ++i) {
-        const uint8_t* row[S];
-        __m512 s[S][4];
-        float (*b)[4][16] = buf[i - i0];
-#pragma GCC unroll 8
-        for (int q = 0; q < S; ++q) {
-          row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
-          for (int j = 0; j < 4; ++j) s[q][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(b[q][j]);
-        }
-        if (next_lines > 0 && i + 1 < i1) {
-          for (int q = 0; q < S; ++q) {
-            const uint8_t* p = row[q] + a.row_bytes + 2 * c0;
-            for (int l = 0; l < next_lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), _MM_HINT_T0);
-          }
-        }
-        for (int64_t k = c0; k < c1; k += 64) {
-          const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-          const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
-#pragma GCC unroll 8
-          for (int q = 0; q < S; ++q) {
-            const uint8_t* p = row[q] + 2 * k;
-            if constexpr (Hint >= 0) {
-              _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes), static_cast<decltype(_MM_HINT_T0)>(Hint));
-              _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
-            }
-            __m512i v[2];
-            if constexpr (DT == DType::BF16) bf16_step_lines(p, v);
-            s[q][0] = _mm512_fmadd_ps(stream_w<DT>(p, v, 0), x0, s[q][0]);
-            s[q][1] = _mm512_fmadd_ps(stream_w<DT>(p, v, 1), x1, s[q][1]);
-            s[q][2] = _mm512_fmadd_ps(stream_w<DT>(p, v, 2), x2, s[q][2]);
-            s[q][3] = _mm512_fmadd_ps(stream_w<DT>(p, v, 3), x3, s[q][3]);
-          }
-        }
-#pragma GCC unroll 8
-        for (int q = 0; q < S; ++q) {
-          if (last) {
-            const int64_t n = n0 + q * len + i;
-            a.Y[n] = stream_row_end<DT>(a, x, row[q], K64, s[q], n);
-          } else {
-            for (int j = 0; j < 4; ++j) _mm512_store_ps(b[q][j], s[q][j]);
-          }
-        }
-      }
-      if (last) break;
-    }
-  }
-  gemv_stream<DT>(a, x, n0 + S * len, n1);
-}
-
 // The M = 1 stream kernel for rows [n0, n1): several streams a thread, with the software prefetch
 // hint of set_gemv_streams_prefetch (the same bits).
-// BF16 / F16 rows of K >= kHalfLongK: gemv_half_long_streams() streams (6, or else 4), and with
-// gemv_half_chunk() on, K in chunks across a panel of row groups (gemv_streams_chunked).
+// BF16 / F16 rows of K >= kHalfLongK: gemv_half_long_streams() streams (6, or else 4).
 template <DType DT>
 EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  const bool longk = DT != DType::F32 && a.K >= kHalfLongK;
-  const bool six = longk && gemv_half_long_streams() == 6;
-  const HalfChunk hc = gemv_half_chunk();
-  const bool chunked = longk && hc.cols > 0;
+  const bool six = DT != DType::F32 && a.K >= kHalfLongK && gemv_half_long_streams() == 6;
   with_prefetch_hint(gemv_streams_prefetch(), [&](auto hint) {
-    if constexpr (DT != DType::F32) {  // no 6-stream or chunked f32 instance
-      if (chunked) {
-        if (six) gemv_streams_chunked<DT, decltype(hint)::value, 6>(a, x, n0, n1, hc.cols, std::max(1, hc.rows / 6), hc.next_lines);
-        else gemv_streams_chunked<DT, decltype(hint)::value, kStreams>(a, x, n0, n1, hc.cols, std::max(1, hc.rows / kStreams), hc.next_lines);
-        return;
-      }
+    if constexpr (DT != DType::F32) {  // no 6-stream f32 instance
       if (six) {
         gemv_streams<DT, decltype(hint)::value, 6>(a, x, n0, n1);
         return;

@@ -181,27 +181,6 @@ GemvPrefetch gemv_streams_prefetch();
 // tests and A/B tools; process-wide.
 void set_gemv_half_long_streams(int streams);
 int gemv_half_long_streams();
-// Those long rows with K walked in chunks across a panel of rows (gemm_avx512.cpp
-// gemv_streams_chunked): cols columns a chunk (rounded down to a multiple of 64; 0: off, the whole
-// row at once), rows rows a panel (rounded down to whole groups of the stream count, at most 16
-// groups), next_lines lines of each stream's next row piece prefetched at a piece's start. Same
-// bits (each row's accumulators see the same FMAs in the same order). Off on every CPU: it keeps x's
-// chunk in L1 but breaks each stream into C-column pieces a row apart, and Zen 4 reads that order
-// slower than the x it saves (session 29, half_read_patterns, 1 thread, thread CPU time, cold 2 MiB
-// pages, load 4-5, 3 processes, 12288 x 4096, 22016 x 4096, 4096 x 11008, 2048 x 5632, bf16 and
-// f16: 2048 columns x 24 rows 0.57-0.84x today's 6-stream speed by best (medians 0.65-0.90x),
-// 1024 x 24 0.58-0.73x, 4 streams 2048 x 16 0.59-0.78x, 4096 x 12 0.69-0.89x; the loads of that
-// order alone, no arithmetic, 0.72-0.95x the kernel in today's order (mostly 0.75-0.79x); next-piece
-// prefetches lower still). Only a layout whose chunks lie in walk order (a repack, not done; a
-// scratch model in half_read_patterns' RP_REPACK rows) reads it sequentially. Kept for
-// half_read_patterns' ch rows. For the tests and A/B tools; process-wide.
-struct HalfChunk {
-  int cols = 0;
-  int rows = 0;
-  int next_lines = 0;
-};
-void set_gemv_half_chunk(HalfChunk c);
-HalfChunk gemv_half_chunk();
 // BF16 at M = 1 on AVX-512 with weights on 4 KiB pages: the 8-row block kernel (gemm_avx512.cpp
 // bf16_gemv_block) and its software prefetch (1 KiB ahead of each row): default per CPU
 // (decode_tuning() block_prefetch). Same bits. For the tests and A/B tools; process-wide.

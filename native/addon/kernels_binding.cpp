@@ -355,10 +355,12 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// ---- readBandwidth: the read probe (kernels/cpu/read_probe.h) over a buffer the addon keeps.
+// ---- readBandwidth: the read probe (kernels/cpu/read_probe.h) over the addon's probe buffer.
 // One buffer for the process, in 2 MiB pages, allocated and written (first touch on the pool's
-// threads) by the first call, kept for later calls of the same or a smaller size and replaced by a
-// larger one; the mutex also keeps two probes from running at once (they would measure each other).
+// threads) by a call that finds none as large as it needs (a smaller one is replaced) and freed at
+// the call's end unless the call passed keep: true (a caller probing again and again: bench:decode's
+// child), which leaves it for later calls of the same or a smaller size until a call without keep
+// frees it; the mutex also keeps two probes from running at once (they would measure each other).
 std::mutex g_probe_mu;
 AlignedPtr<uint8_t> g_probe_buf;
 size_t g_probe_cap = 0;
@@ -366,8 +368,10 @@ std::atomic<uint64_t> g_probe_sink{0};
 
 class ReadBandwidthWorker final : public PromiseWorker {
  public:
-  ReadBandwidthWorker(Napi::Env env, size_t bytes, int reps, int streams, size_t prefetch, std::shared_ptr<ThreadPool> pool)
-      : PromiseWorker(env), bytes_(bytes), reps_(reps), streams_(streams), prefetch_(prefetch), pool_(std::move(pool)) {}
+  ReadBandwidthWorker(Napi::Env env, size_t bytes, int reps, int streams, size_t prefetch, bool keep,
+                      std::shared_ptr<ThreadPool> pool)
+      : PromiseWorker(env), bytes_(bytes), reps_(reps), streams_(streams), prefetch_(prefetch), keep_(keep),
+        pool_(std::move(pool)) {}
 
  protected:
   void Run() override {
@@ -383,7 +387,8 @@ class ReadBandwidthWorker final : public PromiseWorker {
       });
       g_probe_cap = cap;
     }
-    isa_ = isa_name(isa_active());
+    // the loads' level: read_lines' loops are AVX-512 at most (an AMX machine reads with AVX-512)
+    isa_ = isa_name(std::min(isa_active(), Isa::Avx512));
     using clock = std::chrono::steady_clock;
     for (int r = 0; r < reps_; r++) {
       const double c0 = thread_cpu_s();
@@ -396,6 +401,10 @@ class ReadBandwidthWorker final : public PromiseWorker {
       // one thread: the pass ran on this thread alone, so its CPU time is the pass's running time
       // (the time another process held the core left out)
       if (pool_->size() == 1 && c0 >= 0) cpu_gbs_.push_back(double(bytes_) / std::max(c, 1e-9) * 1e-9);
+    }
+    if (!keep_) {  // nothing held once the call is done (256 MiB by default, up to 16 GiB)
+      g_probe_buf.reset();
+      g_probe_cap = 0;
     }
   }
   // The calling thread's CPU time in seconds; -1 where the platform has no per-thread clock.
@@ -433,12 +442,13 @@ class ReadBandwidthWorker final : public PromiseWorker {
   size_t bytes_;
   int reps_, streams_;
   size_t prefetch_;
+  bool keep_;
   std::shared_ptr<ThreadPool> pool_;
   std::vector<double> gbs_, cpu_gbs_;
   std::string isa_;
 };
 
-// readBandwidth(options?: { bytes?, reps?, streams?, prefetch?, threads? })
+// readBandwidth(options?: { bytes?, reps?, streams?, prefetch?, threads?, keep? })
 //   -> Promise<{ gbs, medianGbs, repGbs, cpuGbs, bytes, threads, streams, prefetch, isa }> (lib/kernels.ts)
 Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -449,11 +459,12 @@ Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
   if (streams != 1 && streams != 2 && streams != 4 && streams != 8) throw_invalid(env, "streams must be 1, 2, 4 or 8");
   const int64_t prefetch = opt_int(env, o, "prefetch", 1024, 0, 65536);
   if (prefetch % 64 != 0) throw_invalid(env, "prefetch must be a multiple of 64 (bytes)");
+  const bool keep = opt_bool(env, o, "keep", false);
   const RuntimeOptions ro = read_runtime_options(env, o);
   if (ro.device_set && ro.device != DeviceKind::Cpu) throw_invalid(env, "readBandwidth measures the CPU's reads: device must be 'cpu'");
   std::shared_ptr<ThreadPool> pool = Runtime::instance().pool(ro.threads);
   auto* worker = new_worker<ReadBandwidthWorker>(env, "readBandwidth", env, size_t(bytes) / 64 * 64, reps, streams,
-                                                 size_t(prefetch), std::move(pool));
+                                                 size_t(prefetch), keep, std::move(pool));
   return worker->claim_and_queue();
 }
 
@@ -569,6 +580,12 @@ Napi::Value RequireDevice(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+// The bytes the probe buffer holds now (0: none): testing_binding.cpp testReadProbeHeldBytes.
+size_t read_probe_held_bytes() {
+  std::lock_guard<std::mutex> lock(g_probe_mu);
+  return g_probe_cap;
+}
 
 void register_kernels(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New(env, Gemm, "gemm"));

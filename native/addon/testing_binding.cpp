@@ -14,6 +14,8 @@
 //   kZeroed arrays) while on: the A/B of new_result_array's ResultFill (bench/result_faults.mjs).
 // - testPoisonWrittenResults(on): those results start as quiet NaNs while on, so a test sees any
 //   float a call leaves unwritten (tests/js/result_arrays_written_whole.test.ts).
+// - testReadProbeHeldBytes() -> number: the bytes readBandwidth's probe buffer holds now (0 once a
+//   call without keep: true has finished; tests/js/kernels.test.ts).
 #include <napi.h>
 
 #include <atomic>
@@ -86,6 +88,11 @@ void register_testing(Napi::Env env, Napi::Object exports) {
                                           return info.Env().Undefined();
                                         },
                                         "testFailNextWorker"));
+  exports.Set("testReadProbeHeldBytes", Napi::Function::New(
+                                            env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                              return Napi::Number::New(info.Env(), double(read_probe_held_bytes()));
+                                            },
+                                            "testReadProbeHeldBytes"));
   set_flag_hook(env, exports, "testZeroWrittenResults", &AddonData::zero_written_results);
   set_flag_hook(env, exports, "testPoisonWrittenResults", &AddonData::poison_written_results);
 }

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { EmollmError, attention, configure, cpuInfo, dequantize, gemm, mvpProjection, quantize, readBandwidth, type DType } from '../../lib/index.js';
+import { native } from '../../lib/native.js';
 
 // Deterministic pseudo-random values in [-1, 1).
 function randn(n: number, seed: number): Float32Array {
@@ -368,7 +369,19 @@ describe('gemm through the addon', () => {
 });
 
 describe('readBandwidth', () => {
-  it('reads a buffer off the event loop and returns finite positive rates with the settings it ran', async () => {
+  it('runs off the event loop: setImmediate callbacks run while a 64 MiB x 5 call is pending', async () => {
+    // a call that blocked the JavaScript thread would return a settled promise and no setImmediate
+    // callback would run before the await resumes
+    let ticks = 0, on = true;
+    const tick = () => { if (on) { ticks++; setImmediate(tick); } };
+    setImmediate(tick);
+    const r = await readBandwidth({ bytes: 64 << 20, reps: 5, threads: 1 });
+    on = false;
+    expect(r.repGbs).toHaveLength(5);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  it('returns finite positive rates with the settings it ran', async () => {
     const p = readBandwidth({ bytes: 1 << 20, reps: 2, threads: 1, streams: 2, prefetch: 0 });
     expect(p).toBeInstanceOf(Promise);
     const r = await p;
@@ -387,11 +400,25 @@ describe('readBandwidth', () => {
     expect(d.cpuGbs).toBeNull();  // two threads: the calling thread's CPU time is not the pass's
   });
 
+  it('frees its buffer after a call unless the call passes keep: true', async () => {
+    const held = () => native().testReadProbeHeldBytes();
+    await readBandwidth({ bytes: 4 << 20, reps: 1, threads: 1 });
+    expect(held()).toBe(0);
+    // keep: the buffer (rounded up to 2 MiB pages) stays for the next calls, which reuse it
+    await readBandwidth({ bytes: (4 << 20) + 64, reps: 1, threads: 1, keep: true });
+    expect(held()).toBe(6 << 20);
+    await readBandwidth({ bytes: 2 << 20, reps: 1, threads: 1, keep: true });
+    expect(held()).toBe(6 << 20);
+    // a call without keep frees it, the kept buffer included
+    await readBandwidth({ bytes: 1 << 20, reps: 1, threads: 1 });
+    expect(held()).toBe(0);
+  });
+
   it('refuses bad options with ERR_INVALID_ARGUMENT before doing any work', () => {
     const bad: unknown[] = [
       { streams: 3 }, { streams: 0 }, { streams: 16 }, { prefetch: 100 }, { prefetch: -64 }, { prefetch: 1 << 17 },
       { bytes: 1000 }, { bytes: 2 ** 40 }, { bytes: 1.5 * 2 ** 20 + 0.5 }, { reps: 0 }, { reps: 1001 }, { reps: 'x' },
-      { threads: -1 }, { device: 'tpu' }, null, 7,
+      { threads: -1 }, { device: 'tpu' }, { keep: 'yes' }, null, 7,
     ];
     for (const o of bad) {
       let err: unknown;

@@ -1966,10 +1966,11 @@ TEST(attention_prefill_tile_groups_same_bits) {
 // The lean narrow piece (attention_detail::decode_lean: all kv heads' Q K^T a sub-block in one call,
 // P V a whole 64-token block a kv head, q read in place, the vector merge) against run_decode_piece
 // (lean off): outputs and log-sum-exps bit for bit, f32 / f16 / bf16 caches, GQA 8 x 64 (the 1.1B),
-// 8 x 64 on two kv heads, 4 x 64 with padded rows, MQA x 80 (q padded to 96, a tail chunk) and 12 x 20,
+// 8 x 64 on two kv heads, 4 x 64 with padded rows, MQA x 72 (q padded to 80, a tail chunk) and 12 x 20,
 // lengths inside a sub-block, a block and a piece and across them (300: 112-token pieces, blocks
 // crossing 64-token pages: P V a sub-block at a time there), contiguous and paged (16 / 64 tokens),
-// no pool and 2 / 3 threads (merges), the pipelined prefetch on and off. A wrong weight, a rescale
+// no pool and 2 / 3 threads (merges), the pipelined prefetch on and off; every run with it on takes
+// the lean piece (attention_work's decode_lean_pieces > 0; 0 with it off). A wrong weight, a rescale
 // applied to a later sub-block or a token read twice changes some output bit, which the tolerance
 // of attention_decode_split_matches_ref would let through.
 TEST(attention_decode_lean_same_bits) {
@@ -1978,7 +1979,7 @@ TEST(attention_decode_lean_same_bits) {
   DecodeSplitScope split(true);
   DecodeInplaceScope ip(true);
   struct Shape { int64_t H, Hkv, D, pad; };
-  const Shape shapes[] = {{32, 4, 64, 0}, {16, 2, 64, 0}, {16, 4, 64, 8}, {8, 1, 80, 0}, {12, 1, 20, 0}};
+  const Shape shapes[] = {{32, 4, 64, 0}, {16, 2, 64, 0}, {16, 4, 64, 8}, {8, 1, 72, 0}, {12, 1, 20, 0}};
   uint32_t x = 5151;
   auto rnd = [&]() {
     x = x * 1664525u + 1013904223u;
@@ -2040,9 +2041,16 @@ TEST(attention_decode_lean_same_bits) {
               const bool was_pipe = attention_detail::decode_pipeline();
               attention_detail::set_decode_pipeline(pipe);
               std::vector<float> la(size_t(sh.H), kNaN), lb(size_t(sh.H), kNaN);
+              // the pieces that ran the lean piece (attention_work's decode_lean_pieces): none with it
+              // off, every taken run some, so the comparison is not of run_decode_piece with itself
               auto call = [&](bool lean, std::vector<float>& lse) {
                 DecodeLeanScope ls(lean);
-                return run_out(pp, w, [&](float* o) { attention(q.data(), k, v, o, pp, pl, lse.data()); });
+                const uint64_t n0 = attention_detail::attention_work().decode_lean_pieces;
+                std::vector<float> out = run_out(pp, w, [&](float* o) { attention(q.data(), k, v, o, pp, pl, lse.data()); });
+                const uint64_t lean_pieces = attention_detail::attention_work().decode_lean_pieces - n0;
+                if (lean ? lean_pieces == 0 : lean_pieces != 0)
+                  ::emollm_test::report_failure(__FILE__, __LINE__, std::string(lean ? "lean piece not taken: " : "lean piece taken while off: ") + w);
+                return out;
               };
               const std::vector<float> a = call(false, la), b = call(true, lb);
               attention_detail::set_decode_pipeline(was_pipe);
@@ -2058,6 +2066,43 @@ TEST(attention_decode_lean_same_bits) {
       }
   EXPECT(runs == 3 * 5 * 8 * 3 * 2 * 3);
   EXPECT(differing == 0);
+}
+
+// The lean piece's partials past the bound of run_decode's reused scratch (attention.cpp
+// kDecodePartScratchMax, 1 MiB a calling thread; a call needing more takes a vector of its own):
+// 16-token pieces at 32 / 4 heads x 64, n_kv 2100 (132 pieces x 32 heads x 66 floats, 1.06 MiB: the
+// vector) and 1000 (63 pieces: the scratch), twice in turn (the scratch used again after a larger
+// call): bit for bit the same call with lean off, and within 1e-5 of ref::attention.
+TEST(attention_decode_lean_large_partials_same_bits) {
+  if (isa_active() < Isa::Avx512) return;  // the lean piece is the AVX-512 decode driver's
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  const int64_t piece_was = attention_detail::decode_piece_max();
+  attention_detail::set_decode_piece_max(16);
+  uint64_t seed = 19300;
+  int runs = 0;
+  for (int rep = 0; rep < 2; ++rep)
+    for (int64_t n : {int64_t(2100), int64_t(1000)}) {
+      const Case c{1, n, 32, 4, 64, true, n - 1};
+      Data d = make_data(c, seed++);
+      const std::string what = describe(c) + " pieces of 16, round " + std::to_string(rep);
+      std::vector<float> la(32, kNaN), lb(32, kNaN), a, b;
+      {
+        DecodeLeanScope ls(true);
+        a = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr, la.data()); });
+      }
+      {
+        DecodeLeanScope ls(false);
+        b = run_out(d.p, what, [&](float* o) { attention(d.q, d.k, d.v, o, d.p, nullptr, lb.data()); });
+      }
+      const std::vector<float> ref = run_out(d.p, what, [&](float* o) { ref::attention(d.q, d.k, d.v, o, d.p); });
+      EXPECT_ALL_CLOSE(a.data(), ref.data(), a.size(), 1e-5, 0.0, what);
+      if (a != b || la != lb)
+        ::emollm_test::report_failure(__FILE__, __LINE__, "the lean piece changed the result: " + what);
+      ++runs;
+    }
+  attention_detail::set_decode_piece_max(piece_was);
+  EXPECT(runs == 4);
 }
 
 // The K tile prototype (attention_detail::decode_k_tiles: K held in 16-token transposed tiles, the

@@ -2,7 +2,7 @@
 // they key on (base/cpu_features.h avx512_double_pumped: AMD family 25 with AVX-512), the table's
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
-// pipelined prefetch into L2 and its P V pairs a chunk at a time across the token rows, the q8_0 pass in 2 parts a thread without software prefetch (Zen 5:
+// pipelined prefetch into L2, its lean narrow-row piece and its P V pairs a chunk at a time across the token rows, the q8_0 pass in 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
 // on 6 streams a thread), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them. That every setting gives the same bits is
@@ -10,7 +10,8 @@
 // gemv_q80_parts_bit_equal_four_group_pass, gemm_huge_pages_multi_stream_gemv and
 // gemm_huge_pages_half_long_streams_same_bits,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
-// test_attention.cpp attention_decode_pipeline_l2_same_bits, attention_decode_pv_chunks_same_bits).
+// test_attention.cpp attention_decode_pipeline_l2_same_bits, attention_decode_lean_same_bits,
+// attention_decode_lean_large_partials_same_bits, attention_decode_pv_chunks_same_bits).
 #include <cstdio>
 
 #include "base/cpu_features.h"

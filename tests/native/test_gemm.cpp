@@ -713,65 +713,6 @@ TEST(gemm_huge_pages_half_long_streams_same_bits) {
       }
 }
 
-// The bf16 / f16 stream kernels' rows of K >= 4096 with K walked in chunks across a panel of rows
-// (set_gemv_half_chunk, gemm_avx512.cpp gemv_streams_chunked): bit for bit the same kernel without
-// chunks (each row's accumulators stored between chunks and reloaded: the same FMAs in the same
-// order), and within the f32 tolerance of ref::gemm. Chunks of 64 columns (every step a boundary),
-// 1000 (rounded down to 960), 1024 and 2048; K a multiple of the chunks, K with a short last chunk
-// (4160 = 4 x 1024 + 64), a tail of 32 (4128: bf16's masked 32-step, f16's 16-steps) and an odd tail
-// (4133); panels of 1 group, 4 groups and more than the 16-group cap (rows left over after the last
-// full panel, and after the streams); 4 and 6 streams; 1-3 threads; with bias. AVX-512 only.
-TEST(gemm_huge_pages_half_chunked_same_bits) {
-  if (isa_active() < Isa::Avx512) {
-    std::printf("  skip gemm_huge_pages_half_chunked_same_bits: the stream kernels need AVX-512 (active ISA: %s)\n",
-                isa_name(isa_active()));
-    return;
-  }
-  ThreadPool pool2(2), pool3(3);
-  ThreadPool* pools[] = {nullptr, &pool2, &pool3};
-  const int prev_streams = gemm_detail::gemv_half_long_streams();
-  const gemm_detail::HalfChunk prev_chunk = gemm_detail::gemv_half_chunk();
-  const gemm_detail::HalfChunk chunks[] = {{64, 6, 0}, {1000, 7, 0}, {1024, 24, 2}, {2048, 200, 0}};
-  uint32_t seed = 7100;
-  for (DType t : {DType::BF16, DType::F16})
-    for (int64_t K : {4096, 4128, 4133, 4160})
-      for (int64_t N : {7, 13, 61, 130}) {
-        Weights w = make_weights(t, N, K, seed);
-        Problem p = make_problem(1, N, K, 0, 0, seed + 11);
-        seed += 17;
-        const float* bias = p.bias.data();
-        std::vector<float> R(size_t(p.ldy), kSentinel);
-        ref::gemm(p.X.data(), p.ldx, w.bytes.data(), t, bias, R.data(), p.ldy, 1, N, K);
-        const std::vector<double> S = abs_scale(p, w, bias);
-        for (int streams : {4, 6}) {
-          gemm_detail::set_gemv_half_long_streams(streams);
-          gemm_detail::set_gemv_half_chunk({});
-          std::vector<float> Y0(size_t(p.ldy), kSentinel);  // the whole rows at once
-          gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y0.data(), p.ldy, 1, N, K, nullptr);
-          for (const gemm_detail::HalfChunk& c : chunks)
-            for (ThreadPool* pool : pools) {
-              const std::string what = std::string("half chunked GEMV ") + dtype_name(t) + " N=" + std::to_string(N) +
-                                       " K=" + std::to_string(K) + " streams=" + std::to_string(streams) +
-                                       " chunk=" + std::to_string(c.cols) + "x" + std::to_string(c.rows) +
-                                       " threads=" + std::to_string(pool ? pool->size() : 1);
-              std::vector<float> Y(size_t(p.ldy), kSentinel);
-              gemm_detail::set_gemv_half_chunk(c);
-              gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, 1, N, K, pool);
-              gemm_detail::set_gemv_half_chunk({});
-              check_result(Y, R, p, S, 0.0, what);
-              for (int64_t n = 0; n < N; ++n)
-                if (std::memcmp(&Y[size_t(n)], &Y0[size_t(n)], sizeof(float)) != 0) {
-                  emollm_test::report_failure(__FILE__, __LINE__,
-                                              what + ": row " + std::to_string(n) + " not the unchunked kernel's bits");
-                  break;
-                }
-            }
-        }
-        gemm_detail::set_gemv_half_long_streams(prev_streams);
-        gemm_detail::set_gemv_half_chunk(prev_chunk);
-      }
-}
-
 // Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
 // panels of 64 and 16, 6-row microkernels) with tails everywhere.
 TEST(gemm_blocked_large) {
