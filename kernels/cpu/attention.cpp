@@ -1633,16 +1633,21 @@ void run_unit(const Plan& pl, const Kern& kern, const Scratch& sc, int64_t b, in
 // Per-thread scratch of run_tile_group, kept across calls (a prefill calls it once a layer and
 // chunk) and zeroed when grown: the transposed K's columns past a block's tokens then hold zeros
 // or earlier blocks' keys (finite; their scores are never read).
-float* tile_group_scratch(size_t floats) {
+// A thread's grow-only scratch of floats, kept across calls (the pool's threads and a model's
+// calling thread live long): one buffer per Tag, so scratches in use at once never share one;
+// Zero: zero-filled when grown.
+template <class Tag, bool Zero = false>
+float* thread_scratch(size_t floats) {
   thread_local AlignedPtr<float> buf;
   thread_local size_t cap = 0;
   if (cap < floats) {
     buf = make_aligned<float>(floats);
-    std::memset(buf.get(), 0, sizeof(float) * floats);
+    if constexpr (Zero) std::memset(buf.get(), 0, sizeof(float) * floats);
     cap = floats;
   }
   return buf.get();
 }
+float* tile_group_scratch(size_t floats) { return thread_scratch<struct TileGroupScratch, true>(floats); }
 size_t tile_group_floats(int64_t tpu, int Dp) {  // a multiple of 16 floats: every part 64-byte aligned
   return size_t(kMaxRows) * kBk + 2 * size_t(kBk) * size_t(Dp) + size_t(tpu) * size_t(kMaxRows) * (size_t(Dp) + 16);
 }
@@ -2149,6 +2154,17 @@ void finish_piece(const DecodeItem& it, int64_t piece, const float* acc, const f
   }
 }
 
+// The kernel steps the pipelined prefetch spreads a sub-block's lines over (PfCursor per_qk /
+// per_pv): a 16-token sub-block's Q K^T (qk_decode_rows: 8 query rows at a time, two steps a 16-dim
+// chunk) and P V's, a token (pv_tile: 4 rows x 4 chunks at a time), over all kv heads.
+struct DecodeSteps {
+  int64_t qk_subblock, pv_token;
+};
+inline DecodeSteps decode_steps(int64_t Hkv, int64_t G, int D) {
+  const int64_t nch = (D + 15) / 16;
+  return {Hkv * ((G + 7) / 8) * nch * 2, Hkv * ((G + 3) / 4) * ((nch + 3) / 4)};
+}
+
 // ---------------------------------------------------------------------------- the lean narrow piece
 // attention_detail::decode_lean: narrow token rows swept in place with >= 4 query heads per kv head
 // (AVX-512). The calls run_decode_piece makes a kv head (or a head) at a time through the kernel
@@ -2263,9 +2279,7 @@ void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t pie
     if (trace) trace->push_back({reinterpret_cast<uintptr_t>(r), ns, true});
     return r;
   };
-  const int64_t nch = (D + 15) / 16;
-  const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;           // a sub-block's Q K^T
-  const int64_t pv_steps_tok = Hkv * ((G + 3) / 4) * ((nch + 3) / 4);  // P V's, a token
+  const DecodeSteps steps = decode_steps(Hkv, G, D);
   float* m = acc + H * Dp;
   float* l = m + H;
   float* alpha = l + H;
@@ -2284,7 +2298,7 @@ void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t pie
       if (pipe) {
         if (b0 == j0) add_run(it.k, p.k_blocks, p.ldk, s0 + 16, int(std::min<int64_t>(16, b1 - s0 - 16)));
         add_run(it.v, p.v_blocks, p.ldv, s0, ns);
-        pipe_start(qk_steps, true);
+        pipe_start(steps.qk_subblock, true);
       }
       lk.qk(qt, qt == it.q ? D : Dp, int(G), Hkv, kr, p.ldk, ns, D, it.scale, S + (s0 - b0), kBk, it.ktiles, pf);
       if (pipe) pipe_done();
@@ -2302,7 +2316,7 @@ void run_decode_piece_lean(const DecodeItem& it, const LeanKern& lk, int64_t pie
     else {
       const int64_t n1 = std::min(j1, b1 + kBk);
       for (int64_t s0 = b1; s0 < n1; s0 += 16) add_run(it.k, p.k_blocks, p.ldk, s0, int(std::min<int64_t>(16, n1 - s0)));
-      pipe_start(pv_steps_tok * nb, false);
+      pipe_start(steps.pv_token * nb, false);
     }
     // P V over the whole block a kv head at a time where its V rows lie in one page (acc in
     // registers across the sub-blocks: each output element's FMAs over the block's tokens in the
@@ -2418,9 +2432,8 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     cursor.start(row, rb, sb, ns);
     cursor.l2 = attention_detail::decode_pipeline_l2();
     const int64_t lines = int64_t(ns) * ((sb + 63) / 64 + 1);
-    const int64_t nch = (D + 15) / 16;
-    const int64_t qk_steps = Hkv * ((G + 7) / 8) * nch * 2;
-    const int64_t pv_steps = Hkv * ((G + 3) / 4) * ((nch + 3) / 4) * 16;
+    const DecodeSteps st = decode_steps(Hkv, G, D);
+    const int64_t qk_steps = st.qk_subblock, pv_steps = st.pv_token * 16;
     cursor.per_qk = int((lines + qk_steps - 1) / qk_steps);
     cursor.per_pv = int((lines + pv_steps - 1) / pv_steps);
     pf = &cursor;
@@ -2568,15 +2581,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
 
 // Per-thread scratch of the decode driver, kept across calls (pool threads live long; a decode
 // step calls this once a layer).
-float* decode_scratch(size_t floats) {
-  thread_local AlignedPtr<float> buf;
-  thread_local size_t cap = 0;
-  if (cap < floats) {
-    buf = make_aligned<float>(floats);
-    cap = floats;
-  }
-  return buf.get();
-}
+float* decode_scratch(size_t floats) { return thread_scratch<struct DecodeScratch>(floats); }
 
 // The caller's scratch for run_decode's partials (decode_lean), kept across calls: at most
 // kDecodePartScratchMax floats a calling thread (1 MiB: the 1.1B's 32 heads x 66 floats a piece at
@@ -2584,13 +2589,7 @@ float* decode_scratch(size_t floats) {
 constexpr size_t kDecodePartScratchMax = size_t(1) << 18;
 float* decode_part_scratch(size_t floats) {
   assert(floats <= kDecodePartScratchMax);
-  thread_local AlignedPtr<float> buf;
-  thread_local size_t cap = 0;
-  if (cap < floats) {
-    buf = make_aligned<float>(floats);
-    cap = floats;
-  }
-  return buf.get();
+  return thread_scratch<struct DecodePartScratch>(floats);
 }
 
 // Runs every piece of the items in one pool dispatch (pieces taken in order from a shared
