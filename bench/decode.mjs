@@ -36,6 +36,13 @@ const NLC_VERSION = '3.21.1';
 // ============================================================================ emollm child
 // The paired probe's read forms (--probe-every chunk): streams a thread, prefetch bytes ahead.
 const PROBE_FORMS = [{ streams: 4, prefetch: 1024 }, { streams: 4, prefetch: 0 }, { streams: 2, prefetch: 0 }];
+// Its buffer and passes a form (the child's spec.probeBytes / probeReps), and the words every
+// description of the probe uses (--help and the run's notes), made from these constants.
+const PROBE_BYTES = 256 << 20, PROBE_REPS = 2;
+const probeFormsText = () => `streams a thread ${PROBE_FORMS.map((f) => `${f.streams}${f.prefetch ? ` + ${f.prefetch / 1024} KiB prefetch` : ''}`).join(', ')}` +
+  ` (no prefetch where none is named), ${PROBE_REPS} passes each, the best pass`;
+// Whether a run pairs the emollm child's decode chunks with in-process probes (--probe-every chunk).
+const pairsChunks = (o) => o.probe && o.probeEvery === 'chunk';
 // `node bench/decode.mjs --child '<spec>'`: same protocol as bench/anchors/llamacpp-anchor.mjs.
 async function loadBinding() {
   // the compiled TS wrapper when there is one, else the addon itself (what lib/native.ts does)
@@ -274,10 +281,10 @@ const HELP = `usage: npm run bench:decode -- [options]
                         one between two models shared (block, default: models + 1 probes), or also between its
                         rounds (round); a row's %bw is against the highest probe beside its own block, the
                         table's probes column shows their range. chunk: the block's probes, and emollm's child
-                        decodes in chunks of --chunk tokens with an in-process read probe (readBandwidth: same
-                        threads, 256 MiB in 2 MiB pages; 4 streams a thread + 1 KiB prefetch, 4 and 2 streams
-                        without, 2 passes each, the best pass) before the first chunk and after each; each
-                        chunk's (weights + KV) GB/s against the higher of its two probes: the paired %bw
+                        decodes in chunks of --chunk tokens with an in-process read probe before the first
+                        chunk and after each (readBandwidth: same threads, ${PROBE_BYTES >> 20} MiB in 2 MiB pages;
+                        ${probeFormsText()});
+                        each chunk's (weights + KV) GB/s against the higher of its two probes: the paired %bw
                         columns (median and range over the chunks) and the chunk probes' range, beside the
                         block %bw (the RSS column leaves the probe buffer out)
   --chunk N             tokens a chunk with --probe-every chunk (default 8; its first token's gap is not timed)
@@ -662,7 +669,7 @@ function kvLabel(o) {
 // The table: each engine's best figures over the rounds; ratios the median of the per-round ones;
 // %bw against the highest probe beside the row's block, the probes column their lowest-highest.
 function table(rows, o, out) {
-  const paired = o.probe && o.probeEvery === 'chunk';
+  const paired = pairsChunks(o);
   const head = ['model', 'dtype', 'fmt', 'kv', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
     'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'probes GB/s', ...(paired ? ['paired %bw', 'range', 'chunk probes'] : []), 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
     'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
@@ -839,7 +846,7 @@ async function main() {
   const sides = plans.map(sidesOf);
   const steps = decodeSchedule(sides, { rounds: o.rounds, probeEvery: o.probe && sides.some((x) => x.length) ? o.probeEvery : null });
   const nProbes = steps.filter((x) => x.kind === 'probe').length;
-  const chunked = o.probe && o.probeEvery === 'chunk';  // the emollm child's paired probes
+  const chunked = pairsChunks(o);  // the emollm child's paired probes
   const share = perRound(o, o.rounds);  // one round's --budget and --runs
   const probes = [];  // by index: bench_kernels' figures with when (s into the run) and the load, null when it failed
   const got = plans.map(() => ({}));  // got[model]['side/format'][round] = the child's result
@@ -866,7 +873,7 @@ async function main() {
       const spec = { threads, nCtx: o.nCtx, nBatch: o.nBatch, prompt: randomPrompt(o.prompt, s.n_vocab, o.seed), gen: o.gen,
         budgetS: share.budgetS, maxRuns: share.maxRuns, warmupTokens: o.warmupTokens, quietWaitS: Math.min(10, o.quietWaitS), model: path,
         ...(side === 'emollm' ? { kvCacheType: o.emollmKv, decodeBf16Products: o.bf16Products } : {}),
-        ...(side === 'emollm' && chunked ? { chunk: o.chunk, chunkPlan: chunkPlan(o.gen, o.chunk), probeBytes: 256 << 20, probeReps: 2 } : {}) };
+        ...(side === 'emollm' && chunked ? { chunk: o.chunk, chunkPlan: chunkPlan(o.gen, o.chunk), probeBytes: PROBE_BYTES, probeReps: PROBE_REPS } : {}) };
       res = side === 'llama.cpp'
         ? await runChild([anchorScript, JSON.stringify({ ...spec, kvType: o.kvType })], { timeoutS: o.timeoutS, label: 'llama.cpp' })
         : await runEmollmChild(spec, o);
@@ -956,8 +963,8 @@ async function main() {
   out('GB/s = weight bytes per token x decode tok/s (KV reads not counted); %bw against the highest probe beside the model\'s own block');
   out(`(probe = max(read-bandwidth probe, best anchor GEMV) of one bench_kernels run, ${o.probe ? `every ${o.probeEvery === 'chunk' ? 'block' : o.probeEvery}` : 'none: --no-probe'}; the probes column: the lowest-highest of them).`);
   if (chunked) {
-    out(`paired %bw (--probe-every chunk): emollm decoded in chunks of ${o.chunk} tokens, an in-process read probe (same ${threads} threads, 256 MiB; 4 streams + 1 KiB`);
-    out('prefetch, 4 and 2 streams without, 2 passes each, the best) before the first chunk and after each; a chunk\'s GB/s = (weights + KV rows read) x its timed tokens (all but its first)');
+    out(`paired %bw (--probe-every chunk): emollm decoded in chunks of ${o.chunk} tokens, an in-process read probe (same ${threads} threads, ${PROBE_BYTES >> 20} MiB;`);
+    out(`${probeFormsText()}) before the first chunk and after each; a chunk's GB/s = (weights + KV rows read) x its timed tokens (all but its first)`);
     out('/ their time, against the higher of its two probes; the median over the chunks of the (undisturbed) runs, their range, and the range of');
     out('the chunks\' probes. The in-process probe is the read loop alone (no anchor GEMV): compare it with the block probes\' read figures.');
     if (o.cpuClock) out('--cpu-clock: the paired columns by CPU time (chunks: the process\'s CPU seconds; probes: each pass\'s thread CPU seconds); the wall pairing in the JSON (emollm_paired_wall).');
