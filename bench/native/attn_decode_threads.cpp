@@ -436,28 +436,20 @@ int main(int argc, char** argv) {
     std::printf("  1t ktiles output bit for bit that of 1t (K rows): %s\n",
                 std::memcmp(o.data(), o_rows.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
-  {  // the other lean setting's output against the default's on the same copy
+  // A switch's other setting's output against the default's on the same copy, bit for bit.
+  auto other_setting_same_bits = [&](const char* name, void (*set)(bool), bool on_by_default) {
     call = 0;
     timed(&pool1);
     const std::vector<float> o_def = o;
-    attention_detail::set_decode_lean(!lean_default);
+    set(!on_by_default);
     call = 0;
     timed(&pool1);
-    attention_detail::set_decode_lean(lean_default);
-    std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tLean],
+    set(on_by_default);
+    std::printf("  %s output bit for bit that of 1t: %s\n", name,
                 std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
-  }
-  {  // the other P V order's output against the default's on the same copy
-    call = 0;
-    timed(&pool1);
-    const std::vector<float> o_def = o;
-    attention_detail::set_decode_pv_chunks(!pvc_default);
-    call = 0;
-    timed(&pool1);
-    attention_detail::set_decode_pv_chunks(pvc_default);
-    std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tPvc],
-                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
-  }
+  };
+  other_setting_same_bits(names[k1tLean], attention_detail::set_decode_lean, lean_default);
+  other_setting_same_bits(names[k1tPvc], attention_detail::set_decode_pv_chunks, pvc_default);
   if (read_sink == 1) std::printf(" ");
   if (const bench::ProcRollup r = bench::proc_rollup(); r.ok)  // whether "2m" got its huge pages
     std::printf("  process AnonHugePages: %.0f kB\n", r.anon_huge_kb);
