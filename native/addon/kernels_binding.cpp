@@ -7,7 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <ctime>
 #include <functional>
 #include <list>
 #include <memory>
@@ -17,6 +16,7 @@
 #include "base/arena.h"
 #include "base/cpu_features.h"
 #include "base/dtype.h"
+#include "base/thread_clock.h"
 #include "base/thread_pool.h"
 #include "bindings.h"
 #include "core/backend.h"
@@ -391,11 +391,11 @@ class ReadBandwidthWorker final : public PromiseWorker {
     isa_ = isa_name(std::min(isa_active(), Isa::Avx512));
     using clock = std::chrono::steady_clock;
     for (int r = 0; r < reps_; r++) {
-      const double c0 = thread_cpu_s();
+      const double c0 = thread_cpu_seconds();
       const auto t0 = clock::now();
       const uint64_t x = read_lines(g_probe_buf.get(), bytes_, streams_, prefetch_, pool_.get());
       const double s = std::chrono::duration<double>(clock::now() - t0).count();
-      const double c = thread_cpu_s() - c0;
+      const double c = thread_cpu_seconds() - c0;
       g_probe_sink.fetch_xor(x, std::memory_order_relaxed);
       gbs_.push_back(double(bytes_) / std::max(s, 1e-9) * 1e-9);
       // one thread: the pass ran on this thread alone, so its CPU time is the pass's running time
@@ -406,14 +406,6 @@ class ReadBandwidthWorker final : public PromiseWorker {
       g_probe_buf.reset();
       g_probe_cap = 0;
     }
-  }
-  // The calling thread's CPU time in seconds; -1 where the platform has no per-thread clock.
-  static double thread_cpu_s() {
-#if defined(CLOCK_THREAD_CPUTIME_ID)
-    timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-#endif
-    return -1;
   }
   Napi::Value Resolve(Napi::Env env) override {
     auto o = Napi::Object::New(env);

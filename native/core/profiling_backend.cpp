@@ -13,10 +13,10 @@
 #include <vector>
 
 #include <sys/resource.h>
-#include <time.h>
 
 #include "base/env_switch.h"  // env_int
 #include "base/pool_stats.h"
+#include "base/thread_clock.h"  // thread_cpu_seconds
 
 namespace emollm {
 namespace {
@@ -55,14 +55,6 @@ struct Stat {
   double cpu_seconds = 0;  // thread CPU time (the "loop" row only; else 0)
   double bytes = 0;        // bytes the calls read beyond their weights (attention: the K and V rows), or 0
 };
-
-// CPU time of the calling thread: what the single-threaded parts cost under load, where their
-// wall time also counts the time the thread waited for a core.
-double thread_cpu_seconds() {
-  timespec ts;
-  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
 
 // Page faults the calling thread has taken so far (getrusage RUSAGE_THREAD; 0 where missing).
 int64_t thread_faults() {
