@@ -254,6 +254,9 @@ const AbSwitch kSwitches[] = {
     // the decode attention's P V pairs (7B MHA) walked a 16-float chunk at a time across the
     // sub-block's token rows (on) against each token row's pair slice at a time (set_decode_pv_chunks)
     {"attn_pv_chunks", [](bool on) { attention_detail::set_decode_pv_chunks(on); }},
+    // the prefill tile groups' causal diagonal blocks without their fully masked 16-key columns
+    // (Q K^T) and keys (P V) of each row group (set_prefill_causal_skip; with AB_PREFILL)
+    {"attn_causal_skip", [](bool on) { attention_detail::set_prefill_causal_skip(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16
