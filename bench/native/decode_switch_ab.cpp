@@ -299,6 +299,9 @@ const AbSwitch kSwitches[] = {
     // the q4_0 / q8_0 prefill's X-panel kernel prefetching its X panel on unsliced calls
     // (set_repacked_x_prefetch; with AB_PREFILL)
     {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},
+    // the q4_0 / q8_0 prefill's X rounding: a 4-row X panel's rows at once, full stores (on),
+    // against row by row, masked stores (set_qx_pack_panel4; with AB_PREFILL)
+    {"qx_panel4", [](bool on) { gemm_detail::set_qx_pack_panel4(on); }},
     // the X-panel kernel's guided claims of weight panels vs equal chunks (set_repacked_guided; with AB_PREFILL)
     {"repacked_guided", [](bool on) { gemm_detail::set_repacked_guided(on); }},
     // the X-panel kernel's built-in blocking of double-pumped AVX-512 (Zen 4: no k slices on q8_0) against
