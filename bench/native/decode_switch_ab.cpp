@@ -12,6 +12,7 @@
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // attn_pv_chunks: those P V pairs a chunk at a time across the token rows (set_decode_pv_chunks) against a row at a time;
+// attn_causal_skip: the prefill tile groups' causal diagonal blocks without their fully masked parts (set_prefill_causal_skip; with AB_PREFILL);
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
@@ -31,6 +32,7 @@
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
 // gemv_even_claims: q4_0's decode GEMV claims in whole pairs of super-groups (set_gemv_even_claims);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
+// qx_panel4: the prefill's X rounding a whole 4-row panel at once, full stores, against row by row (set_qx_pack_panel4; with AB_PREFILL);
 // repacked_guided: that kernel's guided claims of weight panels against equal chunks (set_repacked_guided;
 // with AB_PREFILL); repacked_double_pumped: that kernel's Zen 4 defaults (no k slices on q8_0) against
 // full-width AVX-512's (set_repacked_double_pumped; with AB_PREFILL); repacked_unsliced: that
