@@ -6,8 +6,10 @@
 //   AB_ONLY=on|off build-bench/attn_prefill_ab ...   (one path alone: for perf record)
 //   AB_SHAPE=1b build-bench/attn_prefill_ab ...      (TinyLlama-1.1B: 32 / 4 heads x 64)
 //
-// Per round, ABBA: the default path, then the one with `EMOLLM_...` switched off (the switch under
-// A/B: attention_detail::set_prefill_fast), on the same data in one process. Timed: the calling
+// Per round, ABBA: the default path, then the one with the switch under A/B off, on the same data
+// in one process. AB_SWITCH picks it: prefill_fast (default: attention_detail::set_prefill_fast,
+// the tile groups) or causal_skip (set_prefill_causal_skip: the tile groups' diagonal blocks
+// without their fully masked parts). Timed: the calling
 // thread's CPU time at 1 thread (readable under load), wall at more. Printed: the median / best of
 // each, GFLOP/s (4 * head_dim * visible pairs * heads), the ratio off / on, and the largest
 // difference of either path's output from ref::attention (double accumulation) on the first call.
@@ -72,9 +74,16 @@ int main(int argc, char** argv) {
   std::vector<float> out(q.size()), ref(q.size());
   for (size_t i = 0; i < items.size(); ++i) items[i].out = out.data() + (items[i].q - q.data());
   ThreadPool pool(nth);
-  const bool saved = attention_detail::prefill_fast();
+  const char* sw = std::getenv("AB_SWITCH");
+  const bool skip_ab = sw && std::strcmp(sw, "causal_skip") == 0;
+  if (sw && !skip_ab && std::strcmp(sw, "prefill_fast") != 0) {
+    std::fprintf(stderr, "attn_prefill_ab: unknown AB_SWITCH '%s' (prefill_fast, causal_skip)\n", sw);
+    return 2;
+  }
+  const bool saved = attention_detail::prefill_fast(), saved_skip = attention_detail::prefill_causal_skip();
   auto run = [&](bool on) {
-    attention_detail::set_prefill_fast(on);
+    if (skip_ab) attention_detail::set_prefill_causal_skip(on);
+    else attention_detail::set_prefill_fast(on);
     const double w0 = bench::now(), c0 = bench::thread_cpu();
     attention_batch(items.data(), int64_t(items.size()), &pool);
     return nth == 1 ? bench::thread_cpu() - c0 : bench::now() - w0;
@@ -120,6 +129,8 @@ int main(int argc, char** argv) {
     else { t_off.push_back(run(false)); t_on.push_back(run(true)); }
   }
   attention_detail::set_prefill_fast(saved);
+  attention_detail::set_prefill_causal_skip(saved_skip);
+  std::printf("switch under A/B: %s\n", skip_ab ? "causal_skip" : "prefill_fast");
   const double flops = 4.0 * double(D) * pairs * double(H);
   std::printf("prefill attention, %s, %lld positions in chunks of %lld, %d thread(s), %d rounds (%s)\n",
               small ? "1.1B shape (32 / 4 heads x 64)" : "7B shape (32 x 128)", (long long)n_prompt, (long long)chunk, nth, rounds, nth == 1 ? "thread CPU time" : "wall");

@@ -12,6 +12,7 @@
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // attn_pv_chunks: those P V pairs a chunk at a time across the token rows (set_decode_pv_chunks) against a row at a time;
+// attn_causal_skip: the prefill tile groups' causal diagonal blocks without their fully masked parts (set_prefill_causal_skip; with AB_PREFILL);
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
@@ -31,6 +32,7 @@
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
 // gemv_even_claims: q4_0's decode GEMV claims in whole pairs of super-groups (set_gemv_even_claims);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
+// qx_panel4: the prefill's X rounding a whole 4-row panel at once, full stores, against row by row (set_qx_pack_panel4; with AB_PREFILL);
 // repacked_guided: that kernel's guided claims of weight panels against equal chunks (set_repacked_guided;
 // with AB_PREFILL); repacked_double_pumped: that kernel's Zen 4 defaults (no k slices on q8_0) against
 // full-width AVX-512's (set_repacked_double_pumped; with AB_PREFILL); repacked_unsliced: that
@@ -254,6 +256,9 @@ const AbSwitch kSwitches[] = {
     // the decode attention's P V pairs (7B MHA) walked a 16-float chunk at a time across the
     // sub-block's token rows (on) against each token row's pair slice at a time (set_decode_pv_chunks)
     {"attn_pv_chunks", [](bool on) { attention_detail::set_decode_pv_chunks(on); }},
+    // the prefill tile groups' causal diagonal blocks without their fully masked 16-key columns
+    // (Q K^T) and keys (P V) of each row group (set_prefill_causal_skip; with AB_PREFILL)
+    {"attn_causal_skip", [](bool on) { attention_detail::set_prefill_causal_skip(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16
@@ -296,6 +301,9 @@ const AbSwitch kSwitches[] = {
     // the q4_0 / q8_0 prefill's X-panel kernel prefetching its X panel on unsliced calls
     // (set_repacked_x_prefetch; with AB_PREFILL)
     {"repacked_x_prefetch", [](bool on) { gemm_detail::set_repacked_x_prefetch(on); }},
+    // the q4_0 / q8_0 prefill's X rounding: a 4-row X panel's rows at once, full stores (on),
+    // against row by row, masked stores (set_qx_pack_panel4; with AB_PREFILL)
+    {"qx_panel4", [](bool on) { gemm_detail::set_qx_pack_panel4(on); }},
     // the X-panel kernel's guided claims of weight panels vs equal chunks (set_repacked_guided; with AB_PREFILL)
     {"repacked_guided", [](bool on) { gemm_detail::set_repacked_guided(on); }},
     // the X-panel kernel's built-in blocking of double-pumped AVX-512 (Zen 4: no k slices on q8_0) against

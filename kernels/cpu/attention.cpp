@@ -218,6 +218,11 @@ std::atomic<bool> prefill_fast_on{true};
 bool prefill_fast() { return prefill_fast_on.load(std::memory_order_relaxed); }
 void set_prefill_fast(bool on) { prefill_fast_on.store(on, std::memory_order_relaxed); }
 namespace {
+std::atomic<bool> prefill_causal_skip_on{true};
+}  // namespace
+bool prefill_causal_skip() { return prefill_causal_skip_on.load(std::memory_order_relaxed); }
+void set_prefill_causal_skip(bool on) { prefill_causal_skip_on.store(on, std::memory_order_relaxed); }
+namespace {
 // On at start, no environment variable (default since 2026-12-05 09:44); off: rows packed /
 // widened into scratch on AVX-512 too (what CPUs below AVX-512 run), for the bit-equality test
 // and bench_kernels' interleaved packed rows.
@@ -264,6 +269,7 @@ namespace {
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
   std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0}, decode_lean_pieces{0};
+  std::atomic<uint64_t> causal_skip_blocks{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -287,6 +293,7 @@ AttentionWork attention_work() {
     w.decode_merges += s.decode_merges.load(std::memory_order_relaxed);
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
     w.decode_lean_pieces += s.decode_lean_pieces.load(std::memory_order_relaxed);
+    w.causal_skip_blocks += s.causal_skip_blocks.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
   return w;
@@ -425,6 +432,11 @@ struct Kern {
   // elements), the same FMAs in the same order without the transposes: the same bits.
   void (*qk_tiles)(const float* q, int64_t ldq, int R, const float* kt, int D, float scale, float* S, int64_t ldS,
                    PfCursor* pf) = nullptr;
+  // Optional (null: qk_t), qk_t on a causal diagonal block: row r needs only columns j < nv[r]
+  // (nv non-decreasing in r); the columns a row group needs are qk_t's (each S element is one FMA
+  // chain over d whatever the grouping: the same bits), those past them are left unwritten.
+  void (*qk_t_tri)(const float* const* qrows, int R, const float* kt, int D, float scale, float* S, int ldS,
+                   const int* nv) = nullptr;
 };
 
 // Cephes-style expf constants (range reduction x = n ln2 + r, degree-5 polynomial for e^r).
@@ -779,32 +791,41 @@ EMO_T512 static void k_transpose_avx512(const float* k, int64_t ldk, int nb, int
   }
 }
 
-// NR rows x 64 keys in registers; q broadcast per (row, d).
-template <int NR>
+// NR rows x 16 * NC keys in registers (NC = 4: the whole 64-key block); q broadcast per (row, d).
+template <int NR, int NC = 4>
 EMO_T512 static inline void qk_t_rows_avx512(const float* const* qrows, const float* kt, int D, __m512 vs,
                                              float* S, int ldS) {
-  __m512 acc[NR][4];
+  __m512 acc[NR][NC];
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
     #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int d = 0; d < D; ++d) {
     const float* kd = kt + int64_t(d) * kBk;
-    const __m512 k0 = _mm512_load_ps(kd), k1 = _mm512_load_ps(kd + 16), k2 = _mm512_load_ps(kd + 32),
-                 k3 = _mm512_load_ps(kd + 48);
+    __m512 kc[NC];
+    #pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) kc[c] = _mm512_load_ps(kd + 16 * c);
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const __m512 qb = _mm512_set1_ps(qrows[r][d]);
-      acc[r][0] = _mm512_fmadd_ps(qb, k0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(qb, k1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(qb, k2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(qb, k3, acc[r][3]);
+      #pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(qb, kc[c], acc[r][c]);
     }
   }
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
     #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + int64_t(r) * ldS + 16 * c, _mm512_mul_ps(acc[r][c], vs));
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(S + int64_t(r) * ldS + 16 * c, _mm512_mul_ps(acc[r][c], vs));
+}
+template <int NR>
+EMO_T512 static inline void qk_t_rows_nc_avx512(const float* const* qrows, const float* kt, int D, __m512 vs,
+                                                float* S, int ldS, int nc) {
+  switch (nc) {
+    case 1: qk_t_rows_avx512<NR, 1>(qrows, kt, D, vs, S, ldS); break;
+    case 2: qk_t_rows_avx512<NR, 2>(qrows, kt, D, vs, S, ldS); break;
+    case 3: qk_t_rows_avx512<NR, 3>(qrows, kt, D, vs, S, ldS); break;
+    default: qk_t_rows_avx512<NR, 4>(qrows, kt, D, vs, S, ldS); break;
+  }
 }
 
 EMO_T512 static void qk_t_avx512(const float* const* qrows, int R, const float* kt, int D, float scale, float* S,
@@ -819,6 +840,29 @@ EMO_T512 static void qk_t_avx512(const float* const* qrows, int R, const float* 
     case 2: qk_t_rows_avx512<2>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
     case 1: qk_t_rows_avx512<1>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS); break;
     default: break;
+  }
+}
+
+// Kern::qk_t_tri: qk_t's row groups, each over the 16-key columns its last row needs (nv
+// non-decreasing: the group's largest); a group whose rows need none is skipped.
+EMO_T512 static void qk_t_tri_avx512(const float* const* qrows, int R, const float* kt, int D, float scale, float* S,
+                                     int ldS, const int* nv) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  auto cols = [&](int r, int n) { return std::min(4, (nv[r + n - 1] + 15) / 16); };
+  int r = 0;
+  for (; r + 6 <= R; r += 6) {
+    const int nc = cols(r, 6);
+    if (nc > 0) qk_t_rows_nc_avx512<6>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS, nc);
+  }
+  if (r == R) return;
+  const int nc = cols(r, R - r);
+  if (nc == 0) return;
+  switch (R - r) {
+    case 5: qk_t_rows_nc_avx512<5>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS, nc); break;
+    case 4: qk_t_rows_nc_avx512<4>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS, nc); break;
+    case 3: qk_t_rows_nc_avx512<3>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS, nc); break;
+    case 2: qk_t_rows_nc_avx512<2>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS, nc); break;
+    default: qk_t_rows_nc_avx512<1>(qrows + r, kt, D, vs, S + int64_t(r) * ldS, ldS, nc); break;
   }
 }
 
@@ -1023,7 +1067,7 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
                           qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>,
-                          qk_tiles_avx512<KvF32>};
+                          qk_tiles_avx512<KvF32>, qk_t_tri_avx512};
 // The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
 // float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
 // scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
@@ -1701,9 +1745,38 @@ void run_tile_group(const Plan& pl, const Kern& kern, int64_t b) {
     kv_end = std::max(kv_end, T.kv_end);
   }
   const int64_t g0 = tl[0].u.g0;
+  // Causal diagonal blocks (attention_detail::prefill_causal_skip): row r of a tile sees
+  // nv[r] = clamp(lim[r] - j0, 0, nb) of the block's keys (non-decreasing in r: rows run by query).
+  // Q K^T: qk_t_tri computes only the 16-key columns a 6-row group's last row sees; the scores it
+  // leaves out are at j >= nv[r], which online_softmax never reads (row_max / exp_sum take s[0, nv),
+  // then s[nv, nb) is set to 0). P V: each 4-row group (pv's own tile; its rows' sums are pv's
+  // element for element: every acc element is alpha * acc, then one FMA a key in key order, which
+  // no row grouping changes) runs over the keys j < nbg = its last row's nv only. What is left out
+  // is, for every row of the group, the tail j >= nbg of its FMA chain, where P[r][j] = +0 (set by
+  // online_softmax); the FMAs kept are the same operations in the same order. fma(+0, v, a) = a for
+  // finite v unless a = -0 (then +0 where v >= 0): a running sum is -0 only when every product so
+  // far rounded to zero and the last nonzero one was negative and under 2^-150, which a row's own
+  // max key (weight exactly 1) rules out unless its V row is zero or tiny. So the same bits for
+  // finite V (a V entry of inf / NaN under the mask gave NaN before, and nothing now).
+  const bool tri = attention_detail::prefill_causal_skip() && kern.qk_t_tri != nullptr && p.causal;
   // one tile's block: S, its softmax, acc += P V (the tile's own block length nb, as run_unit's)
   auto tile_block = [&](Tile& T, int64_t j0, bool transposed, const float* kb) {
     const int nb = int(std::min<int64_t>(kBk, T.kv_end - j0)), rg = T.u.rg;
+    // diagonal: its first row sees fewer than nb keys
+    if (tri && T.lim[0] - j0 < nb) {
+      int nv[kMaxRows];
+      for (int r = 0; r < rg; ++r) nv[r] = int(std::max<int64_t>(0, std::min<int64_t>(nb, T.lim[r] - j0)));
+      if (transposed) kern.qk_t_tri(T.qrows, rg, kp, D, pl.scale, S, kBk, nv);
+      else kern.qk(T.qrows, rg, kb, p.ldk, nb, D, pl.scale, S, kBk);
+      online_softmax(kern, S, rg, T.lim, j0, nb, T.m, T.l, T.alpha);
+      for (int r = 0; r < rg; r += 4) {
+        const int n = std::min(4, rg - r);
+        kern.pv(T.acc + int64_t(r) * Dp, Dp, T.alpha + r, n, S + int64_t(r) * kBk, kBk, vp, Dp, nv[r + n - 1], D,
+                nullptr);
+      }
+      attention_detail::count_work(&attention_detail::WorkSlot::causal_skip_blocks);
+      return;
+    }
     if (transposed) kern.qk_t(T.qrows, rg, kp, D, pl.scale, S, kBk);
     else kern.qk(T.qrows, rg, kb, p.ldk, nb, D, pl.scale, S, kBk);
     online_softmax(kern, S, rg, T.lim, j0, nb, T.m, T.l, T.alpha);

@@ -160,10 +160,12 @@ std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float
 // once per call; benchmarks: the split between threads). by_thread[i]: decode pieces plus tiled
 // units run by pool thread index i (indices >= kWorkThreads counted in the last slot).
 // decode_lean_pieces: the decode pieces that ran the lean narrow piece (decode_lean; also counted in
-// decode_pieces; attention_planned_work leaves it 0).
+// decode_pieces; attention_planned_work leaves it 0). causal_skip_blocks: the tile groups' causal
+// diagonal blocks run without their fully masked parts (prefill_causal_skip; planned: 0).
 constexpr int kWorkThreads = 8;
 struct AttentionWork {
   uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0, decode_lean_pieces = 0;
+  uint64_t causal_skip_blocks = 0;
   uint64_t by_thread[kWorkThreads] = {};
 };
 AttentionWork attention_work();
@@ -192,6 +194,12 @@ bool decode_bf16dp_applies(const AttentionParams& p);
 // set_prefill_fast(false) (on at start, no environment variable): the tiled driver (A/B).
 bool prefill_fast();
 void set_prefill_fast(bool on);
+// The tile groups' causal diagonal blocks (run_tile_group; on at start, no environment variable):
+// Q K^T only over the 16-key columns some row of a 6-row group sees, P V only over the keys some
+// row of a 4-row group sees. The same bits (attention.cpp run_tile_group says why; the test
+// attention_prefill_causal_skip_same_bits); off: every block whole (A/B, the reference).
+bool prefill_causal_skip();
+void set_prefill_causal_skip(bool on);
 
 // Bidirectional attention on vdpbf16ps (attention_bidir_bf16.cpp): q, k, v rounded to bf16
 // (round to nearest even), S = Q K^T summed in f32, softmax in f32, the weights P rounded to bf16

@@ -304,6 +304,14 @@ void gemm_quant_ext(const Args& a, Isa isa, bool q8act);
 void qx_pack_row_avx512(const float* x, int64_t K, int mr, int i, int tail, int off, int32_t* out);
 void set_qx_pack_fused(bool on);
 bool qx_pack_fused();
+// A whole 4-row panel's rows at once (rows x, x + ldx, x + 2 ldx, x + 3 ldx): each row's blocks
+// rounded as qx_pack_row_avx512 rounds them, the quads of the 4 rows interleaved in registers and
+// stored with full stores (2 a block) instead of 8 masked ones; the same dwords. Used by
+// Q8XPanels<4>::pack for its whole panels while qx_pack_fused() and qx_pack_panel4() (on at start;
+// set_qx_pack_panel4(false): row by row).
+void qx_pack_panel4_avx512(const float* x, int64_t ldx, int64_t K, int tail, int off, int32_t* out);
+void set_qx_pack_panel4(bool on);
+bool qx_pack_panel4();
 #endif
 #if defined(__x86_64__)
 // AVX2 twin of dequantize_row for those formats (bit-identical; the f32 path's dequantiser).

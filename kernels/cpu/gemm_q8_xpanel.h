@@ -55,8 +55,13 @@ struct Q8XPanels {
     const int64_t nb = K / kQK;
     static_assert(MR % 2 == 0, "qx_pack_row_avx512 takes panels of an even number of rows");
     const bool fused = qx_pack_fused() && isa_active() >= Isa::Avx512;
+    const bool panel4 = MR == 4 && fused && qx_pack_panel4();
     for (int64_t p = p0; p < p1; ++p) {
       int32_t* o = out + p * nb * kBlockDwords;
+      if (panel4 && p * MR + MR <= rows) {  // a whole panel: its 4 rows at once (the same dwords)
+        qx_pack_panel4_avx512(X + p * MR * ldx, ldx, K, kTailDwords, off, o);
+        continue;
+      }
       for (int i = 0; i < MR; ++i) {
         const int64_t r = p * MR + i;
         if (r >= rows) {

@@ -1963,6 +1963,78 @@ TEST(attention_prefill_tile_groups_same_bits) {
   EXPECT(grouped >= 8 * 3);
 }
 
+// The tile groups' causal diagonal blocks without their fully masked parts
+// (attention_detail::prefill_causal_skip: Q K^T over the 16-key columns a 6-row group sees, P V over
+// the keys a 4-row group sees) against the whole blocks (off): outputs and log-sum-exps bit for
+// bit, on the sample's two chunks (512 at 0 in 8 tiles, 116 at 512: 64 + 52 rows), tiles of 44,
+// 12 and 7 rows (7: the untransposed Q K^T), D 80 (padded), GQA tiles of 16 queries x 4 heads (a
+// row group of one query's heads) and MQA head chunks, pages of 64 / 128 tokens, 1-3 threads; every
+// causal call planned in tile groups runs diagonal blocks so (attention_work's causal_skip_blocks > 0;
+// 0 with it off, in one tile a unit (run_unit, unchanged) and on a bidirectional call). A key a row sees left out, or a row group's columns cut short, changes
+// output bits (and the error against the naive double attention, held within 1e-5).
+TEST(attention_prefill_causal_skip_same_bits) {
+  if (isa_detected() < Isa::Avx512) return;
+  struct Restore {
+    bool fast = attention_detail::prefill_fast(), skip = attention_detail::prefill_causal_skip();
+    ~Restore() {
+      attention_detail::set_prefill_fast(fast);
+      attention_detail::set_prefill_causal_skip(skip);
+    }
+  } restore;
+  attention_detail::set_prefill_fast(true);
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  const Case cases[] = {{512, 512, 2, 2, 128, true, 0},    // the sample's first chunk
+                        {116, 628, 2, 2, 128, true, 512},  // its second (52 + 64 rows)
+                        {300, 300, 3, 3, 128, true, 0},    // last tile 44 rows
+                        {140, 180, 3, 3, 80, true, 40},    // D 80, last tile 12 rows
+                        {263, 263, 2, 2, 64, true, 0},     // last tile of 7 rows
+                        {200, 200, 8, 2, 64, true, 0},     // GQA 4 heads a kv head
+                        {90, 150, 12, 1, 64, true, 60},    // MQA 12 heads: head chunks
+                        {150, 170, 4, 4, 64, false, 0}};   // bidirectional: nothing skipped
+  uint64_t seed = 20900;
+  int grouped = 0;
+  for (const Case& c : cases) {
+    Data d = make_data(c, seed++);
+    PagedCopy pg64(d, 64, seed++), pg128(d, 128, seed++);
+    const std::vector<float> naive = naive_attention(d.q, d.k, d.v, d.p);
+    for (const AttentionParams* pp : {&d.p, &pg64.p, &pg128.p})
+      for (ThreadPool* pl : {&pool1, &pool2, &pool3}) {
+        const std::string what = describe(c) + " block=" + std::to_string(pp->kv_block_size) +
+                                 " threads=" + std::to_string(pl->size());
+        const float* k = pp->kv_block_size ? nullptr : d.k;
+        const float* v = pp->kv_block_size ? nullptr : d.v;
+        const size_t n_lse = size_t(c.n_q * c.n_heads);
+        std::vector<float> lse_on(n_lse, kNaN), lse_off(n_lse, kNaN);
+        // tile groups planned (fewer units than one tile a unit): only they skip
+        attention_detail::set_prefill_fast(false);
+        const uint64_t units_tiles = attention_detail::attention_planned_work(*pp, pl->size()).tiled_units;
+        attention_detail::set_prefill_fast(true);
+        const bool groups = attention_detail::attention_planned_work(*pp, pl->size()).tiled_units < units_tiles;
+        grouped += groups && c.causal;
+        attention_detail::set_prefill_causal_skip(false);
+        uint64_t before = attention_detail::attention_work().causal_skip_blocks;
+        const std::vector<float> off =
+            run_out(*pp, what, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lse_off.data()); });
+        if (attention_detail::attention_work().causal_skip_blocks != before)
+          ::emollm_test::report_failure(__FILE__, __LINE__, "skipped with the switch off: " + what);
+        attention_detail::set_prefill_causal_skip(true);
+        before = attention_detail::attention_work().causal_skip_blocks;
+        const std::vector<float> on = run_out(*pp, what, [&](float* o) { attention(d.q, k, v, o, *pp, pl, lse_on.data()); });
+        const uint64_t skipped = attention_detail::attention_work().causal_skip_blocks - before;
+        if (groups && c.causal ? skipped == 0 : skipped != 0)
+          ::emollm_test::report_failure(__FILE__, __LINE__, "diagonal blocks skipped: " + std::to_string(skipped) + ": " + what);
+        if (std::memcmp(on.data(), off.data(), sizeof(float) * on.size()) != 0 ||
+            std::memcmp(lse_on.data(), lse_off.data(), sizeof(float) * n_lse) != 0)
+          ::emollm_test::report_failure(__FILE__, __LINE__, "bits differ from whole diagonal blocks: " + what);
+        float err = 0;
+        for (size_t i = 0; i < on.size(); ++i) err = std::max(err, std::fabs(on[i] - naive[i]));
+        if (!(err <= 1e-5f)) ::emollm_test::report_failure(__FILE__, __LINE__, "vs naive " + std::to_string(err) + ": " + what);
+      }
+  }
+  // every causal case groups at 1 thread (contiguous, 64 and 128-token pages), some at 2 / 3
+  EXPECT(grouped >= 7 * 3);
+}
+
 // The lean narrow piece (attention_detail::decode_lean: all kv heads' Q K^T a sub-block in one call,
 // P V a whole 64-token block a kv head, q read in place, the vector merge) against run_decode_piece
 // (lean off): outputs and log-sum-exps bit for bit, f32 / f16 / bf16 caches, GQA 8 x 64 (the 1.1B),

@@ -1798,26 +1798,36 @@ TEST(gemm_repacked_large_m_matches_reference) {
 // tails. Blocks of random values at several scales, zeros, signed zeros, denormals, ties at .5
 // (d = 1 and d = 0.5), huge values and FLT_MAX, infinities, NaN at several places (the fused
 // path's fallback: max_ps's order matters then), K of 1, 3, 5, 7, 131 and 344 blocks (groups of 4
-// blocks and their remainders), rows past the panels' last.
+// blocks and their remainders), rows past the panels' last. The 4-row panels also whole panel at a
+// time (qx_pack_panel4: the 4 rows' quads interleaved in registers, full stores), byte for byte
+// against both (M of 1, 5, 8 and 13: no whole panel, whole ones and a partial last, whole only).
 template <class Panels>
 bool qx_panels_same(const std::vector<float>& X, int64_t rows, int64_t K, int off, const char* what) {
   const int64_t nb = K / kQK, npm = (rows + Panels::kMR - 1) / Panels::kMR;
   const size_t n = size_t(npm * nb * Panels::kBlockDwords);
-  std::vector<int32_t> a(n, 0x5a5a5a5a), b(n, 0x5a5a5a5a);
+  std::vector<int32_t> a(n, 0x5a5a5a5a), b(n, 0x5a5a5a5a), c(n, 0x5a5a5a5a);
   std::vector<int8_t> qtmp(size_t(K) + 64);
   std::vector<float> dtmp(size_t(K / 4) + 16);
-  for (int fused = 0; fused < 2; ++fused) {
-    gemm_detail::set_qx_pack_fused(fused != 0);
-    Panels::pack(X.data(), K, rows, K, 0, npm, off, qtmp.data(), dtmp.data(), fused ? a.data() : b.data());
+  // 0: the row rounding and the scalar packing; 1: fused row by row; 2: fused, 4-row panels whole
+  const int ways = Panels::kMR == 4 ? 3 : 2;
+  for (int way = 0; way < ways; ++way) {
+    gemm_detail::set_qx_pack_fused(way != 0);
+    gemm_detail::set_qx_pack_panel4(way == 2);
+    Panels::pack(X.data(), K, rows, K, 0, npm, off, qtmp.data(), dtmp.data(), way == 0 ? b.data() : way == 1 ? a.data() : c.data());
   }
-  for (size_t j = 0; j < n; ++j)
-    if (a[j] != b[j]) {
-      char buf[240];
-      std::snprintf(buf, sizeof buf, "%s rows=%lld K=%lld off=%d: dword %zu fused 0x%08x, row rounding 0x%08x", what,
-                    (long long)rows, (long long)K, off, j, unsigned(a[j]), unsigned(b[j]));
-      emollm_test::report_failure(__FILE__, __LINE__, buf);
-      return false;
-    }
+  gemm_detail::set_qx_pack_panel4(true);
+  for (int way = 1; way < ways; ++way) {
+    const std::vector<int32_t>& x = way == 1 ? a : c;
+    for (size_t j = 0; j < n; ++j)
+      if (x[j] != b[j]) {
+        char buf[240];
+        std::snprintf(buf, sizeof buf, "%s rows=%lld K=%lld off=%d: dword %zu %s 0x%08x, row rounding 0x%08x", what,
+                      (long long)rows, (long long)K, off, j, way == 1 ? "fused" : "fused 4-row panel", unsigned(x[j]),
+                      unsigned(b[j]));
+        emollm_test::report_failure(__FILE__, __LINE__, buf);
+        return false;
+      }
+  }
   return true;
 }
 
@@ -1827,7 +1837,10 @@ TEST(qx_pack_fused_same_bits) {
     return;
   }
   struct Restore {
-    ~Restore() { gemm_detail::set_qx_pack_fused(true); }
+    ~Restore() {
+      gemm_detail::set_qx_pack_fused(true);
+      gemm_detail::set_qx_pack_panel4(true);
+    }
   } restore;
   std::mt19937 rng(8100);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -1835,7 +1848,7 @@ TEST(qx_pack_fused_same_bits) {
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
   int checked = 0;
   for (int64_t K : {32, 96, 160, 224, 4192, 11008})
-    for (int64_t rows : {1, 5, 13}) {
+    for (int64_t rows : {1, 5, 8, 13}) {
       std::vector<float> X(size_t(rows * K));
       for (int64_t blk = 0; blk < rows * K / kQK; ++blk) {
         float* x = X.data() + blk * kQK;
@@ -1870,7 +1883,7 @@ TEST(qx_pack_fused_same_bits) {
         return;
       ++checked;
     }
-  EXPECT(checked == 18);
+  EXPECT(checked == 24);
 }
 #endif
 
