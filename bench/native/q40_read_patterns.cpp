@@ -7,6 +7,13 @@
 //                   36 prefetches every two records); bits checked against gemv before timing
 //   gemv-t0 / -nta / -nopf  the two-stream pass with that software prefetch (set_q40_ms_prefetch;
 //                   the gemv row runs this CPU's default, decode_tuning.h); bits checked as gemv-one's
+//   gemv-spread-<a> / gemv-spreadnta-<a>  the two-stream pass with its spread prefetch (set_q40_ms_spread:
+//                   one T0 / NTA prefetch beside each quant / scale line's load, `a` bytes on along the
+//                   stream; 512, 1k, 2k, 4k); gemv-t0-1k: its loop form (a record's 18 prefetches before
+//                   it) 1 KiB ahead. The gemv-t0 / -nta / -nopf / -spread* rows set the 1-thread entries
+//                   and the >= 2-thread ones to follow them (set_q40_ms_*_mt), so at any thread count they
+//                   run that form; the gemv row runs this CPU's defaults for the thread count (decode_tuning.h
+//                   q40_*_mt at >= 2). Bits checked as gemv-one's
 //   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
@@ -194,13 +201,22 @@ int main(int argc, char** argv) {
       gemm_detail::set_q40_ms(prev);
     };
   };
-  // the two-stream pass with another software prefetch (set_q40_ms_prefetch; same bits)
-  auto gemv_pf = [&](gemm_detail::GemvPrefetch pf) {
-    return [&, pf](const uint8_t* W) {
-      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch();
-      gemm_detail::set_q40_ms_prefetch(pf);
+  // the two-stream pass with another software prefetch (set_q40_ms_prefetch), its form (loop or
+  // spread: set_q40_ms_spread) and distance (set_q40_ms_ahead), at any thread count: the >= 2-thread
+  // entries set to follow those for the call (set_q40_ms_*_mt). Same bits
+  auto gemv_pf = [&](gemm_detail::GemvPrefetch pf, bool spread = false, int ahead = 4096) {
+    return [&, pf, spread, ahead](const uint8_t* W) {
+      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch(), prev_mt = gemm_detail::q40_ms_prefetch_mt();
+      const bool prev_sp = gemm_detail::q40_ms_spread();
+      const int prev_a = gemm_detail::q40_ms_ahead(), prev_spm = gemm_detail::q40_ms_spread_mt(),
+                prev_am = gemm_detail::q40_ms_ahead_mt();
+      gemm_detail::set_q40_ms_prefetch(pf), gemm_detail::set_q40_ms_spread(spread), gemm_detail::set_q40_ms_ahead(ahead);
+      gemm_detail::set_q40_ms_prefetch_mt(gemm_detail::GemvPrefetch::AsOneThread);
+      gemm_detail::set_q40_ms_spread_mt(-1), gemm_detail::set_q40_ms_ahead_mt(-1);
       gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_q40_ms_prefetch(prev);
+      gemm_detail::set_q40_ms_prefetch(prev), gemm_detail::set_q40_ms_spread(prev_sp), gemm_detail::set_q40_ms_ahead(prev_a);
+      gemm_detail::set_q40_ms_prefetch_mt(prev_mt), gemm_detail::set_q40_ms_spread_mt(prev_spm);
+      gemm_detail::set_q40_ms_ahead_mt(prev_am);
     };
   };
   // the pass called on consecutive slices of `sgs` super-groups (each a repacked matrix of its own):
@@ -237,6 +253,13 @@ int main(int argc, char** argv) {
       {"gemv-t0", gemv_pf(gemm_detail::GemvPrefetch::T0), {}},
       {"gemv-nta", gemv_pf(gemm_detail::GemvPrefetch::Nta), {}},
       {"gemv-nopf", gemv_pf(gemm_detail::GemvPrefetch::None), {}},
+      {"gemv-spread-512", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 512), {}},
+      {"gemv-spread-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 1024), {}},
+      {"gemv-spread-2k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 2048), {}},
+      {"gemv-spread-4k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 4096), {}},
+      {"gemv-spreadnta-1k", gemv_pf(gemm_detail::GemvPrefetch::Nta, true, 1024), {}},
+      {"gemv-spreadnta-2k", gemv_pf(gemm_detail::GemvPrefetch::Nta, true, 2048), {}},
+      {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, false, 1024), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},

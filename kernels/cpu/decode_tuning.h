@@ -2,7 +2,8 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
+// set_q40_ms_spread, set_q40_ms_ahead, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
+// _ahead_mt and set_q80_prefetch_mt / _ahead_mt, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
@@ -24,7 +25,9 @@ namespace gemm_detail {
 // weights are read once a token), none along the streams (the hardware prefetchers alone; the
 // q4_0 pass and the q8_0 parts pass still prefetch each stream's first bytes at a cold start), or
 // into L2 (T1: the q8_0 parts pass only; the other kernels read T1 as T0). Same bits.
-enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };
+// AsOneThread: only in the entries for GEMVs dispatched on >= 2 threads (q40_prefetch_mt,
+// q80_prefetch_mt below): that call takes the 1-thread entry's value (the kernels never see it).
+enum class GemvPrefetch { AsOneThread = -1, T0 = 0, Nta = 1, None = 2, T1 = 3 };
 
 // One row of the table. The member initializers are the full-width row (Zen 5, Intel, every CPU
 // without the trait: the defaults measured on Zen 5 before session 25); the double-pumped row
@@ -45,6 +48,19 @@ struct DecodeTuning {
   // 0.44-0.67x T0's speed (256 x 2048: 0.82-0.91x), NTA 0.94-1.07x; the 1.1B / 7B q4_0 decode
   // without it 0.64-0.69x).
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
+  // That pass's prefetch form (with q40_prefetch T0 / NTA; none reads no prefetch either way):
+  // false: a loop of the record's 18 prefetches before each record (the form measured above);
+  // true (spread): one prefetch beside each quant / scale line's load, issued from an asm
+  // statement (gemv_repacked.cpp prefetch_here: the q8_0 parts pass's form), `q40_ahead` bytes on
+  // along its stream. Session 30 (h-q4pf): built to follow the VM's high-bandwidth phase at 2
+  // threads (the records' read pattern with each line's prefetch 1 KiB ahead beside its load,
+  // q40_read_patterns spread2x1-1k, read 1.04-1.09x the pass there; gemv-t0's loop 0.82-0.89x);
+  // at 1 thread the same per-line asm form measured 0.87-0.99x none's speed on Zen 5 (session 23)
+  // and the loop T0 0.60-0.67x none's on Zen 4 (session 25). Not chosen on any row yet.
+  bool q40_spread = false;
+  // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
+  // start prefetches of each stream): 4 KiB (the loop form's measured distance, every row).
+  int q40_ahead = 4096;
   // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
   // (session 25: 1.5x two for q4_K, 1.12x for q6_K). Zen 5 keeps 2 on the read-order records
   // (session 27, kq_streams_ab, 1 thread, thread CPU, load 15-18: two streams 1.10-1.14x (q4_K) /
@@ -113,6 +129,18 @@ struct DecodeTuning {
   // parts 512 bytes 0.89-0.96x, 2 KiB 0.93-0.98x). Zen 4: 4 KiB (where its T0 / T1 forms were
   // measured; it reads without them).
   int q80_ahead = 1024;
+  // The same passes' read entries where the GEMV's dispatch runs on >= 2 threads (gemv_repacked /
+  // gemv_repacked_multi with a pool of 2+ threads and a matrix at least kParallelMinMacs: the
+  // parallel path): in this VM's high-bandwidth phase a thread's share of the read bandwidth at 2
+  // threads is what 1 thread alone gets in the low phase, and the 1-thread entries above were
+  // chosen at 1 thread (session 29: every dtype's 2-thread decode 85-93% of a low phase's read
+  // bandwidth, q4_0 62% / q8_0 78% of a high phase's). AsOneThread / -1 (every row, until measured
+  // at 2 threads): the 1-thread entry's value. Session 30 (h-q4pf).
+  GemvPrefetch q40_prefetch_mt = GemvPrefetch::AsOneThread;
+  int q40_spread_mt = -1;  // -1, 0 (loop) or 1 (spread)
+  int q40_ahead_mt = -1;   // -1 or bytes
+  GemvPrefetch q80_prefetch_mt = GemvPrefetch::AsOneThread;
+  int q80_ahead_mt = -1;   // -1 or bytes
   // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a
   // 2 MiB-page copy), 1 KiB ahead. Zen 4: None (session 26: 1.11-1.37x at 1 thread; the quiet 7B
   // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none). Zen 5 (session 27,
