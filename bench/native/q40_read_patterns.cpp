@@ -7,13 +7,14 @@
 //                   36 prefetches every two records); bits checked against gemv before timing
 //   gemv-t0 / -nta / -nopf  the two-stream pass with that software prefetch (set_q40_ms_prefetch;
 //                   the gemv row runs this CPU's default, decode_tuning.h); bits checked as gemv-one's
-//   gemv-spread-<a> / gemv-spreadnta-<a>  the two-stream pass with its spread prefetch (set_q40_ms_spread:
-//                   one T0 / NTA prefetch beside each quant / scale line's load, `a` bytes on along the
-//                   stream; 512, 1k, 2k, 4k); gemv-t0-1k: its loop form (a record's 18 prefetches before
-//                   it) 1 KiB ahead. The gemv-t0 / -nta / -nopf / -spread* rows set the 1-thread entries
-//                   and the >= 2-thread ones to follow them (set_q40_ms_*_mt), so at any thread count they
-//                   run that form; the gemv row runs this CPU's defaults for the thread count (decode_tuning.h
-//                   q40_*_mt at >= 2). Bits checked as gemv-one's
+//   gemv-spread-<a> / gemv-spreadnta-<a> / gemv-spreadt1-<a>  the two-stream pass with its spread
+//                   prefetch (set_q40_ms_spread: one T0 / NTA / T1 prefetch beside each quant / scale line's
+//                   load, `a` bytes on along the stream; 512, 1k, 2k, 4k); gemv-t0-1k: its loop form (a
+//                   record's 18 prefetches before it) 1 KiB ahead; gemv-t1: the loop form into L2
+//                   (prefetcht1), 4 KiB ahead. The gemv-t0 / -nta / -nopf / -t1 / -spread* rows set the
+//                   1-thread entries and the >= 2-thread ones to follow them (set_q40_ms_*_mt), so they run
+//                   that form at any thread count; the gemv row runs this CPU's defaults for the thread
+//                   count (decode_tuning.h q40_*_mt at >= 2). Bits checked as gemv-one's
 //   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
@@ -259,6 +260,9 @@ int main(int argc, char** argv) {
       {"gemv-spread-4k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 4096), {}},
       {"gemv-spreadnta-1k", gemv_pf(gemm_detail::GemvPrefetch::Nta, true, 1024), {}},
       {"gemv-spreadnta-2k", gemv_pf(gemm_detail::GemvPrefetch::Nta, true, 2048), {}},
+      {"gemv-spreadt1-1k", gemv_pf(gemm_detail::GemvPrefetch::T1, true, 1024), {}},
+      {"gemv-spreadt1-2k", gemv_pf(gemm_detail::GemvPrefetch::T1, true, 2048), {}},
+      {"gemv-t1", gemv_pf(gemm_detail::GemvPrefetch::T1), {}},
       {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, false, 1024), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
@@ -288,6 +292,7 @@ int main(int argc, char** argv) {
       {"split2x3-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 3>(p, n, 4096); }, W); }, {}},
       {"split4x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<4, 1>(p, n, 4096); }, W); }, {}},
       {"spread2x1-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 4096); }, W); }, {}},
+      {"spread2x1-512", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 512); }, W); }, {}},
       {"spread2x1-1k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 1, true>(p, n, 1024); }, W); }, {}},
       {"spread2x2-2k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 2048); }, W); }, {}},
       {"spread2x2-4k", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return read_split<2, 2, true>(p, n, 4096); }, W); }, {}},

@@ -9,7 +9,7 @@
 //                     contiguous parts read side by side (parts_q80_avx512); pf = t0 / t1 / nta / none,
 //                     one line before each quant line's load, this CPU's q80_ahead on
 //   gemv-p<S>-t0-<a>  the same with T0 `a` bytes ahead (set_q80_ahead; 512, 1k, 2k, 4k but the default)
-//   gemv-p2-nta-<a>   2 parts with NTA `a` bytes ahead (512, 1k, 2k but the default)
+//   gemv-p2-nta-<a> / gemv-p2-t1-<a>  2 parts with NTA / T1 `a` bytes ahead (512, 1k, 2k but the default)
 //                     (every gemv-* row sets the >= 2-thread entries, set_q80_prefetch_mt / _ahead_mt, to
 //                     follow the 1-thread ones: the row's form at any thread count; the gemv row runs this
 //                     CPU's defaults for the thread count, decode_tuning.h q80_*_mt at >= 2)
@@ -127,9 +127,12 @@ int main(int argc, char** argv) {
     for (int ahead : {512, 1024, 2048, 4096})
       if (ahead != a_def)
         rows.push_back({std::string("gemv-p") + std::to_string(S) + "-t0-" + bytes_name(ahead), gemv(S, P::T0, ahead), {}});
-  // NTA along 2 parts nearer than the default distance (the per-line form beside each load)
+  // NTA / T1 along 2 parts nearer than the default distance (the per-line form beside each load)
   for (int ahead : {512, 1024, 2048})
-    if (ahead != a_def) rows.push_back({std::string("gemv-p2-nta-") + bytes_name(ahead), gemv(2, P::Nta, ahead), {}});
+    if (ahead != a_def) {
+      rows.push_back({std::string("gemv-p2-nta-") + bytes_name(ahead), gemv(2, P::Nta, ahead), {}});
+      rows.push_back({std::string("gemv-p2-t1-") + bytes_name(ahead), gemv(2, P::T1, ahead), {}});
+    }
   // the same T0 rows with the 17th prefetch a block pair (set_q80_line17)
   for (int S : {2, 3, 4})
     for (int ahead : {512, 1024, 2048, 4096})

@@ -24,7 +24,8 @@ namespace gemm_detail {
 // A streaming GEMV's software prefetch along its streams: into L1 (T0), non-temporal (NTA:
 // weights are read once a token), none along the streams (the hardware prefetchers alone; the
 // q4_0 pass and the q8_0 parts pass still prefetch each stream's first bytes at a cold start), or
-// into L2 (T1: the q8_0 parts pass only; the other kernels read T1 as T0). Same bits.
+// into L2 (T1: the q8_0 parts pass and, since session 30, the q4_0 two-stream pass; the other
+// kernels read T1 as T0). Same bits.
 // AsOneThread: only in the entries for GEMVs dispatched on >= 2 threads (q40_prefetch_mt,
 // q80_prefetch_mt below): that call takes the 1-thread entry's value (the kernels never see it).
 enum class GemvPrefetch { AsOneThread = -1, T0 = 0, Nta = 1, None = 2, T1 = 3 };

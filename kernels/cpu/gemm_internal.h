@@ -267,7 +267,7 @@ int q40_ms_ahead_mt();
 // settings above with the >= 2-thread ones' AsOneThread / -1 resolved. What gemv_repacked reads
 // once a call.
 struct Q40ReadForm {
-  GemvPrefetch prefetch;  // T0 / Nta / None (T1 reads as T0)
+  GemvPrefetch prefetch;  // T0 / T1 / Nta / None
   bool spread;
   int ahead;
 };

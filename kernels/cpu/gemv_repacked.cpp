@@ -469,8 +469,8 @@ __attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
 // measured there), or each line beside the load of the line at the same offset in r (Spread:
 // prefetch_here before each quant line's load, and before the loads of groups 0 and 2's scales
 // the scale line each starts; the asm keeps each beside its load, where _mm_prefetch's would be
-// bunched by GCC). Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA, or -1: no prefetch
-// (double-pumped AVX-512's default, decode_tuning.h).
+// bunched by GCC). Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA / _MM_HINT_T1 (into L2;
+// session 30), or -1: no prefetch (double-pumped AVX-512's default, decode_tuning.h).
 template <int Hint, bool Spread = false>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
                                                                        const uint8_t* r, __m512 (&f)[kSuperGroup],
@@ -1076,7 +1076,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         const int64_t part = per * kSuperGroup;
         for (int64_t i = 0; i < per; ++i) {
           const int64_t gi = g + i * kSuperGroup;
-          gemm_detail::with_prefetch_hint(rf.prefetch, [&](auto hint) {
+          gemm_detail::with_prefetch_hint</*WithT1=*/true>(rf.prefetch, [&](auto hint) {
             constexpr int H = decltype(hint)::value;
             auto run = [&](auto spread) {
               ms_q40_avx512<SS, H, decltype(spread)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,

@@ -2381,7 +2381,8 @@ struct Q40ReadScope {
 // scale line's load, `ahead` bytes on; block_step's line hook on q4_0) and the >= 2-thread read
 // settings (set_q40_ms_*_mt, taken where the dispatch runs on 2+ threads: a pool of 2-3 threads
 // and N x K >= kParallelMinMacs, here every K = 2048 shape and K = 96 from N = 1000) give the
-// one-stream pass's bits: at 512 / 1024 / 2048 bytes ahead, T0 and NTA, at 1 thread and in the
+// one-stream pass's bits: at 512 / 1024 / 2048 bytes ahead, T0, NTA and T1 (and the loop form into
+// L2), at 1 thread and in the
 // >= 2-thread entries alone, and the 1-thread and >= 2-thread entries set apart (each form on one
 // side, the other on the other). Shapes: one super-group (N = 64), odd counts of them (192, 320,
 // 1088: a thread's claim or part left with one super-group, ms_q40_avx512<1>), a partial last
@@ -2405,7 +2406,8 @@ TEST(gemv_q40_ms_spread_and_mt_bit_equal_one_stream) {
       {P::None, false, 4096, P::T0, 1, 1024},       {P::None, false, 4096, P::T0, 1, 512},
       {P::None, false, 4096, P::Nta, 1, 2048},      {P::T0, false, 4096, P::T0, 1, 1024},
       {P::T0, true, 1024, P::None, -1, -1},         {P::None, true, 1024, P::T0, 0, 1024},
-      {P::T0, true, 2048, P::AsOneThread, 0, 4096},
+      {P::T0, true, 2048, P::AsOneThread, 0, 4096}, {P::T1, true, 1024, P::AsOneThread, -1, -1},
+      {P::None, false, 4096, P::T1, 1, 2048},       {P::T1, false, 4096, P::AsOneThread, -1, -1},
   };
   const int nforms = int(sizeof forms / sizeof forms[0]);
   int compared = 0;
