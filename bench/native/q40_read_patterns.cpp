@@ -15,6 +15,9 @@
 //                   1-thread entries and the >= 2-thread ones to follow them (set_q40_ms_*_mt), so they run
 //                   that form at any thread count; the gemv row runs this CPU's defaults for the thread
 //                   count (decode_tuning.h q40_*_mt at >= 2). Bits checked as gemv-one's
+//   gemv-mt-spread-<a> / gemv-mt-spreadt1-<a>  only the >= 2-thread entries set to that spread form (T0 /
+//                   T1, 1k / 2k; set_q40_ms_*_mt): at 1 thread the gemv row, at 2+ the form as a
+//                   >= 2-thread row of decode_tuning.h would run it (decode_switch_ab q40_mt_*)
 //   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
@@ -220,6 +223,18 @@ int main(int argc, char** argv) {
       gemm_detail::set_q40_ms_ahead_mt(prev_am);
     };
   };
+  // the >= 2-thread entries alone set to a form (set_q40_ms_*_mt), the 1-thread ones this CPU's:
+  // at 1 thread the gemv row again, at 2+ the form (what decode_switch_ab's q40_mt_* switches set)
+  auto gemv_mt = [&](gemm_detail::GemvPrefetch pf, int ahead) {
+    return [&, pf, ahead](const uint8_t* W) {
+      const gemm_detail::GemvPrefetch prev_mt = gemm_detail::q40_ms_prefetch_mt();
+      const int prev_spm = gemm_detail::q40_ms_spread_mt(), prev_am = gemm_detail::q40_ms_ahead_mt();
+      gemm_detail::set_q40_ms_prefetch_mt(pf), gemm_detail::set_q40_ms_spread_mt(1), gemm_detail::set_q40_ms_ahead_mt(ahead);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q40_ms_prefetch_mt(prev_mt), gemm_detail::set_q40_ms_spread_mt(prev_spm);
+      gemm_detail::set_q40_ms_ahead_mt(prev_am);
+    };
+  };
   // the pass called on consecutive slices of `sgs` super-groups (each a repacked matrix of its own):
   // what a 2-thread dispatch's claims give the kernel (thread_pool.h parallel_ranges: claims of at most
   // gemv_chunk's groups, a quarter of the range left, down to one super-group), where a slice of an
@@ -263,6 +278,10 @@ int main(int argc, char** argv) {
       {"gemv-spreadt1-1k", gemv_pf(gemm_detail::GemvPrefetch::T1, true, 1024), {}},
       {"gemv-spreadt1-2k", gemv_pf(gemm_detail::GemvPrefetch::T1, true, 2048), {}},
       {"gemv-t1", gemv_pf(gemm_detail::GemvPrefetch::T1), {}},
+      {"gemv-mt-spread-1k", gemv_mt(gemm_detail::GemvPrefetch::T0, 1024), {}},
+      {"gemv-mt-spread-2k", gemv_mt(gemm_detail::GemvPrefetch::T0, 2048), {}},
+      {"gemv-mt-spreadt1-1k", gemv_mt(gemm_detail::GemvPrefetch::T1, 1024), {}},
+      {"gemv-mt-spreadt1-2k", gemv_mt(gemm_detail::GemvPrefetch::T1, 2048), {}},
       {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, false, 1024), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
