@@ -542,7 +542,12 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // pass without prefetch read ~46-50 GB/s against 61-65 for read-2 (2 streams, T0 1 KiB ahead),
 // its own loop-prefetch record walk (read-2-4k) 53-54; in a low phase the records' walk with each
 // line's prefetch 1 KiB ahead beside its load (q40_read_patterns spread2x1-1k) read 1.04-1.09x
-// the pass, the T0 loop 0.82-0.89x (session 29-30, quiet, 2 threads, wall).
+// the pass, the T0 loop 0.82-0.89x (session 29-30, quiet, 2 threads, wall). Zen 4 at 1 thread
+// (session 30, thread CPU time, six 1.1B / 7B shapes): spread T0 512 B - 2 KiB 0.51-0.97x none's
+// speed (the farther, the slower), NTA 1 KiB 0.73-0.79x, T1 (into L2) 1 KiB 0.97-1.05x; the
+// records' walk with the same T0 prefetches and no arithmetic (q40_read_patterns spread2x1-1k)
+// 1.19-1.42x the pass: the T0 prefetches cost with the arithmetic beside them, not alone. Figures
+// and the >= 2-thread entries: decode_tuning.h q40_spread, q40_*_mt.
 template <int S, int Hint, bool Spread = false>
 EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
