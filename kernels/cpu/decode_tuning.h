@@ -61,8 +61,10 @@ struct DecodeTuning {
   // 4096 x 11008; median r(med) against none): spread T0 512 B 0.78-0.97x, 1 KiB 0.68-0.92x, 2 KiB
   // 0.51-0.62x, NTA 1 KiB 0.73-0.79x, T1 (into L2) 1 KiB 0.97-1.05x, 2 KiB 0.88-1.03x; the loop T0
   // 4 KiB 0.66-0.76x, 1 KiB 0.70-0.79x, T1 4 KiB 0.71-0.93x. The 1.1B q4_0 decode at 1 thread
-  // (decode_switch_ab, AB_CPU=1, 3 processes x 12 rounds): spread T1 1 KiB 0.94 / 0.94 / 1.00 by
-  // total, T0 512 B 0.82-0.86, T0 1 KiB 0.78-0.90 (its A/A 0.91, median round 0.97). Not chosen
+  // (decode_switch_ab, AB_CPU=1, 3-4 processes x 12 rounds): spread T1 1 KiB 0.94 / 0.94 / 1.00 /
+  // 0.99 by total, T1 2 KiB 0.91, T0 512 B 0.82-0.86, T0 1 KiB 0.78-0.90 (an A/A 0.91, median
+  // round 0.97); the 7B q4_0 decode (8 rounds x 4 tokens): T1 1 KiB 1.075 / 1.033 / 1.062, T1 2
+  // KiB 0.954 / 0.889 (its A/A 0.983). Not chosen
   // on any row: 1 thread keeps none; 2 threads to be measured quietly (q40_*_mt below).
   bool q40_spread = false;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
