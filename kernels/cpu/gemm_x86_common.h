@@ -25,7 +25,8 @@ inline uint16_t rd16(const uint8_t* p) {
 
 // fn(std::integral_constant<int, H>{}) for the compile-time prefetch hint of setting p (a decode
 // GEMV's GemvPrefetch, decode_tuning.h): -1 for None (no software prefetch along the streams),
-// _MM_HINT_NTA, _MM_HINT_T1 where WithT1 (the q8_0 parts pass; the other kernels read T1 as T0),
+// _MM_HINT_NTA, _MM_HINT_T1 where WithT1 (the q8_0 parts pass and the q4_0 two-stream pass; the other
+// kernels read T1 as T0),
 // else _MM_HINT_T0. The kernels are compiled once per hint.
 template <bool WithT1 = false, class Fn>
 decltype(auto) with_prefetch_hint(GemvPrefetch p, Fn&& fn) {

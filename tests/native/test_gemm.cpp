@@ -2377,6 +2377,124 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   EXPECT(compared > 0);
 }
 
+// The two-stream q4_0 pass's read settings (gemm_internal.h set_q40_ms_prefetch / _spread /
+// _ahead and their >= 2-thread _mt entries) for one scope, restored after.
+struct Q40ReadScope {
+  gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch(), pm = gemm_detail::q40_ms_prefetch_mt();
+  bool sp = gemm_detail::q40_ms_spread(), ms = gemm_detail::q40_ms();
+  int a = gemm_detail::q40_ms_ahead(), spm = gemm_detail::q40_ms_spread_mt(), am = gemm_detail::q40_ms_ahead_mt();
+  ~Q40ReadScope() {
+    gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_spread(sp);
+    gemm_detail::set_q40_ms_ahead(a), gemm_detail::set_q40_ms_prefetch_mt(pm), gemm_detail::set_q40_ms_spread_mt(spm);
+    gemm_detail::set_q40_ms_ahead_mt(am);
+  }
+};
+
+// The two-stream q4_0 pass's spread prefetch (set_q40_ms_spread: one prefetch beside each quant /
+// scale line's load, `ahead` bytes on; block_step's line hook on q4_0) and the >= 2-thread read
+// settings (set_q40_ms_*_mt, taken where the dispatch runs on 2+ threads: a pool of 2-3 threads
+// and N x K >= kParallelMinMacs, here every K = 2048 shape and K = 96 from N = 1000) give the
+// one-stream pass's bits: at 512 / 1024 / 2048 bytes ahead, T0, NTA and T1 (and the loop form into
+// L2), at 1 thread and in the
+// >= 2-thread entries alone, and the 1-thread and >= 2-thread entries set apart (each form on one
+// side, the other on the other). Shapes: one super-group (N = 64), odd counts of them (192, 320,
+// 1088: a thread's claim or part left with one super-group, ms_q40_avx512<1>), a partial last
+// super-group (N = 100, 1000: its groups by the one-stream passes) and a partial last group (250),
+// many super-groups a thread (4096); K of 1, 3 and 64 blocks (an odd count leaves one block after
+// the pairs); bias off / on, gemv_repacked_multi (m1_paths_same_bits). Fails if the hook reaches
+// the arithmetic (a scale or quant load moved or changed) or a form misreads its records.
+TEST(gemv_q40_ms_spread_and_mt_bit_equal_one_stream) {
+  using P = gemm_detail::GemvPrefetch;
+  Q40ReadScope restore;
+  struct Form {
+    P p;
+    bool spread;
+    int ahead;
+    P pm;
+    int spm, am;
+  };
+  const Form forms[] = {
+      {P::T0, true, 512, P::AsOneThread, -1, -1},   {P::T0, true, 1024, P::AsOneThread, -1, -1},
+      {P::T0, true, 2048, P::AsOneThread, -1, -1},  {P::Nta, true, 1024, P::AsOneThread, -1, -1},
+      {P::None, false, 4096, P::T0, 1, 1024},       {P::None, false, 4096, P::T0, 1, 512},
+      {P::None, false, 4096, P::Nta, 1, 2048},      {P::T0, false, 4096, P::T0, 1, 1024},
+      {P::T0, true, 1024, P::None, -1, -1},         {P::None, true, 1024, P::T0, 0, 1024},
+      {P::T0, true, 2048, P::AsOneThread, 0, 4096}, {P::T1, true, 1024, P::AsOneThread, -1, -1},
+      {P::None, false, 4096, P::T1, 1, 2048},       {P::T1, false, 4096, P::AsOneThread, -1, -1},
+  };
+  const int nforms = int(sizeof forms / sizeof forms[0]);
+  int compared = 0;
+  uint32_t seed = 8200;
+  for (int64_t K : {32, 96, 2048})
+    for (int64_t N : {64, 100, 192, 250, 320, 1000, 1088, 4096}) {
+      if (N == 4096 && K == 32) continue;
+      compared += m1_paths_same_bits(
+          DType::Q4_0, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, nforms,
+          [&](int v) {
+            const Form& f = forms[v];
+            gemm_detail::set_q40_ms(true);
+            gemm_detail::set_q40_ms_prefetch(f.p), gemm_detail::set_q40_ms_spread(f.spread);
+            gemm_detail::set_q40_ms_ahead(f.ahead), gemm_detail::set_q40_ms_prefetch_mt(f.pm);
+            gemm_detail::set_q40_ms_spread_mt(f.spm), gemm_detail::set_q40_ms_ahead_mt(f.am);
+            EXPECT(gemm_detail::q40_ms_ahead() == f.ahead && gemm_detail::q40_ms_spread() == f.spread);
+            EXPECT(gemm_detail::q40_ms_spread_mt() == f.spm && gemm_detail::q40_ms_ahead_mt() == f.am);
+            return "prefetch=" + std::to_string(int(f.p)) + " spread=" + std::to_string(int(f.spread)) + " ahead=" +
+                   std::to_string(f.ahead) + " mt: prefetch=" + std::to_string(int(f.pm)) + " spread=" +
+                   std::to_string(f.spm) + " ahead=" + std::to_string(f.am);
+          });
+      ++seed;
+    }
+  EXPECT(compared > 0);
+}
+
+// The q8_0 parts pass's >= 2-thread prefetch and distance (set_q80_prefetch_mt / set_q80_ahead_mt,
+// taken where the dispatch runs on 2+ threads) give the four-group pass's bits, with the 1-thread
+// entries set apart: none at 1 thread and T0 / T1 / NTA 512 B - 2 KiB at 2+, and the reverse, at
+// 2 and 4 parts. Shapes as gemv_q80_parts_bit_equal_four_group_pass's (2-3 threads take the
+// >= 2-thread entries at K = 2048 and at K = 96 from N = 1040).
+TEST(gemv_q80_parts_mt_bit_equal_four_group_pass) {
+  using P = gemm_detail::GemvPrefetch;
+  struct Restore {
+    int s = gemm_detail::q80_streams(), a = gemm_detail::q80_ahead(), am = gemm_detail::q80_ahead_mt();
+    P p = gemm_detail::q80_prefetch(), pm = gemm_detail::q80_prefetch_mt();
+    ~Restore() {
+      gemm_detail::set_q80_streams(s), gemm_detail::set_q80_prefetch(p), gemm_detail::set_q80_ahead(a);
+      gemm_detail::set_q80_prefetch_mt(pm), gemm_detail::set_q80_ahead_mt(am);
+    }
+  } restore;
+  struct Form {
+    int S;
+    P p;
+    int ahead;
+    P pm;
+    int am;
+  };
+  const Form forms[] = {
+      {2, P::None, 4096, P::T0, 512}, {2, P::None, 4096, P::T0, 1024}, {2, P::None, 4096, P::T0, 2048},
+      {2, P::None, 4096, P::Nta, 1024}, {2, P::None, 4096, P::T1, 1024}, {4, P::None, 4096, P::T0, 1024},
+      {2, P::T0, 1024, P::None, -1}, {4, P::T0, 1024, P::AsOneThread, 512},
+  };
+  const int nforms = int(sizeof forms / sizeof forms[0]);
+  int compared = 0;
+  uint32_t seed = 8400;
+  for (int64_t K : {32, 96, 2048})
+    for (int64_t N : {16, 40, 100, 208, 1040}) {
+      compared += m1_paths_same_bits(
+          DType::Q8_0, N, K, seed, [] { gemm_detail::set_q80_streams(0); }, nforms,
+          [&](int v) {
+            const Form& f = forms[v];
+            gemm_detail::set_q80_streams(f.S), gemm_detail::set_q80_prefetch(f.p), gemm_detail::set_q80_ahead(f.ahead);
+            gemm_detail::set_q80_prefetch_mt(f.pm), gemm_detail::set_q80_ahead_mt(f.am);
+            EXPECT(gemm_detail::q80_prefetch_mt() == f.pm && gemm_detail::q80_ahead_mt() == f.am);
+            return "parts=" + std::to_string(f.S) + " prefetch=" + std::to_string(int(f.p)) + " ahead=" +
+                   std::to_string(f.ahead) + " mt: prefetch=" + std::to_string(int(f.pm)) + " ahead=" +
+                   std::to_string(f.am);
+          });
+      ++seed;
+    }
+  EXPECT(compared > 0);
+}
+
 // gemv_repacked's q8_0 M = 1 pass in S contiguous parts a thread (gemm_detail::set_q80_streams,
 // S = 1-4: one group of each part a pass, parts_q80_avx512; the groups left over by the 4-group
 // passes) with every software prefetch along its streams, 1 KiB and 4 KiB ahead (set_q80_ahead:
