@@ -12,6 +12,8 @@
 // gemv_stream_f32: f32 M = 1 on the stream kernels and fused, gemm_internal.h set_gemv_stream_f32;
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // attn_pv_chunks: those P V pairs a chunk at a time across the token rows (set_decode_pv_chunks) against a row at a time;
+// attn_wide_pf: those 7B sub-blocks 8 rows at a time, the next one prefetched into L2 (set_decode_wide_pf);
+// attn_wide8: as two sub-blocks of 8 rows (set_decode_wide8); attn_wide8_pf: both;
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
@@ -254,6 +256,12 @@ const AbSwitch kSwitches[] = {
     // the decode attention's P V pairs (7B MHA) walked a 16-float chunk at a time across the
     // sub-block's token rows (on) against each token row's pair slice at a time (set_decode_pv_chunks)
     {"attn_pv_chunks", [](bool on) { attention_detail::set_decode_pv_chunks(on); }},
+    // those 7B sub-blocks (qk16, pv2 by chunks) 8 token rows at a time with the next sub-block prefetched
+    // into L2 (on) against 16 rows at a time on the hardware prefetchers alone (set_decode_wide_pf)
+    {"attn_wide_pf", [](bool on) { attention_detail::set_decode_wide_pf(on); }},
+    // those sub-blocks as two of 8 rows (set_decode_wide8), and with the next 8 rows prefetched (both on)
+    {"attn_wide8", [](bool on) { attention_detail::set_decode_wide8(on); }},
+    {"attn_wide8_pf", [](bool on) { attention_detail::set_decode_wide8(on); attention_detail::set_decode_wide_pf(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16

@@ -43,6 +43,8 @@ void apply_decode_tuning(const DecodeTuning& t) {
   attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
   attention_detail::set_decode_lean(t.attn_decode_lean);
   attention_detail::set_decode_pv_chunks(t.attn_pv_chunks);
+  attention_detail::set_decode_wide_pf(t.attn_wide_pf);
+  attention_detail::set_decode_wide8(t.attn_wide8);
   set_q80_streams(t.q80_streams);
   set_q80_prefetch(t.q80_prefetch);
   set_q80_ahead(t.q80_ahead);

@@ -3,7 +3,8 @@
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
-// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks) for the tests
+// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks, set_decode_wide_pf,
+// set_decode_wide8) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
@@ -90,6 +91,11 @@ struct DecodeTuning {
   // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
   // Zen 5 not measured: off.
   bool attn_pv_chunks = false;
+  // The 7B's wide-row sub-blocks read 8 token rows at a time with the next sub-block prefetched into L2
+  // (attention_internal.h decode_wide_pf). Same bits. Not a default yet (session 30, h-attn7b).
+  bool attn_wide_pf = false;
+  // Those sub-blocks cut in two of 8 token rows (attention_internal.h decode_wide8). Same bits.
+  bool attn_wide8 = false;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
   // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel
