@@ -38,6 +38,7 @@
 // full-width AVX-512's (set_repacked_double_pumped; with AB_PREFILL); repacked_unsliced: that
 // kernel without k slices against this CPU's default (set_repacked_kslice; with AB_PREFILL);
 // AB_THP=0: no transparent huge pages in the process;
+// AB_KV=f16 / bf16: the KV cache of both modes in that type (default f32; kv_f16 switches it instead);
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
 // prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s; with AB_FRESH=1
@@ -347,6 +348,12 @@ int main(int argc, char** argv) {
   const int n_prefill = env_n("AB_PREFILL"), n_seqs = std::max(1, env_n("AB_SEQS")), n_create = env_n("AB_CREATE");
   LlamaContextOptions o; o.n_ctx = n_prompt + std::max(2 * rounds * block + 8 * block, n_prefill) + 64;
   o.n_seq = n_seqs;
+  // AB_KV=f16 / bf16: both modes' KV cache in that type (the context option kvCacheType; default f32)
+  if (const char* kv = std::getenv("AB_KV")) {
+    if (std::strcmp(kv, "f16") == 0) o.kv_type = DType::F16;
+    else if (std::strcmp(kv, "bf16") == 0) o.kv_type = DType::BF16;
+    else if (std::strcmp(kv, "f32") != 0) { std::fprintf(stderr, "decode_switch_ab: AB_KV is f32, f16 or bf16\n"); return 2; }
+  }
   if (n_prefill) o.n_batch = std::max(n_prefill, n_prompt);
   LlamaContext ctx(m, o);
   std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, n_prefill)));

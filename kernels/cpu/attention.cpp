@@ -35,7 +35,7 @@
 // head each sub-block's lines prefetched during the previous one's compute; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
 // through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
-// DecodeBf16Dp in attention_internal.h). Two per-CPU defaults (decode_tuning.h; on for Zen 4) change
+// DecodeBf16Dp in attention_internal.h). Per-CPU defaults (decode_tuning.h; on for Zen 4) change
 // how the same kernels are called or read, never the bits:
 // - the lean narrow piece (decode_tuning attn_decode_lean, attention_internal.h decode_lean;
 //   run_decode_piece_lean): for narrow rows swept in place with >= 4 query heads per kv head (the
@@ -50,6 +50,9 @@
 // - the 7B's P V pairs by chunks (decode_tuning attn_pv_chunks, decode_pv_chunks): pv2 walks a
 //   16-float chunk of the pair's V slice across the sub-block's 16 token rows at a time (V read in
 //   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
+// - the 7B's wide-row sub-blocks on f16 / bf16 caches (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::Half;
+//   decode_wide_pf, decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction
+//   lanes for 8 keys; pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2 one line a load.
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -257,12 +260,19 @@ bool decode_pv_chunks() { return DecodePvChunks::get(); }
 void set_decode_pv_chunks(bool on) { DecodePvChunks::set(on); }
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_wide_pf; session 30).
 using DecodeWidePf = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide_pf>;
-bool decode_wide_pf() { return DecodeWidePf::get(); }
-void set_decode_wide_pf(bool on) { DecodeWidePf::set(on); }
+DecodeWide decode_wide_pf_mode() { return DecodeWide(DecodeWidePf::get()); }
+void set_decode_wide_pf_mode(DecodeWide m) { DecodeWidePf::set(int(m)); }
+bool decode_wide_pf() { return decode_wide_pf_mode() != DecodeWide::Off; }
+void set_decode_wide_pf(bool on) { set_decode_wide_pf_mode(on ? DecodeWide::All : DecodeWide::Off); }
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_wide8; session 30).
 using DecodeWide8 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide8>;
-bool decode_wide8() { return DecodeWide8::get(); }
-void set_decode_wide8(bool on) { DecodeWide8::set(on); }
+DecodeWide decode_wide8_mode() { return DecodeWide(DecodeWide8::get()); }
+void set_decode_wide8_mode(DecodeWide m) { DecodeWide8::set(int(m)); }
+bool decode_wide8() { return decode_wide8_mode() != DecodeWide::Off; }
+void set_decode_wide8(bool on) { set_decode_wide8_mode(on ? DecodeWide::All : DecodeWide::Off); }
+namespace {
+bool wide_takes(DecodeWide m, DType t) { return m == DecodeWide::All || (m == DecodeWide::Half && t != DType::F32); }
+}  // namespace
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
 using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
 bool decode_pipeline_l2() { return DecodePipelineL2::get(); }
@@ -2133,10 +2143,10 @@ bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
 bool decode_wide_pf_applies(const AttentionParams& p) {
-  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && decode_wide_pf();
+  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && wide_takes(decode_wide_pf_mode(), p.kv_dtype);
 }
 bool decode_wide8_applies(const AttentionParams& p) {
-  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && decode_wide8();
+  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p.kv_dtype);
 }
 bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
@@ -2206,8 +2216,8 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.ktiles = attention_detail::decode_k_tiles();
   it.lean = attention_detail::decode_lean();
   it.pv_chunks = attention_detail::decode_pv_chunks();
-  it.wide_pf = attention_detail::decode_wide_pf();
-  it.wide8 = attention_detail::decode_wide8();
+  it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p.kv_dtype);
+  it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p.kv_dtype);
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;

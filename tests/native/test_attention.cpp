@@ -1551,7 +1551,8 @@ TEST(attention_decode_pv_chunks_same_bits) {
 TEST(attention_decode_wide_pf_same_bits) {
   const DecodeSwitch sw{"wide rows 8 at a time, next prefetched", attention_detail::decode_wide_pf_applies,
                         attention_detail::decode_wide_pf, attention_detail::set_decode_wide_pf, 16, 3};
-  const bool was = attention_detail::decode_pv_chunks(), was_pf = attention_detail::decode_wide_pf();
+  const bool was = attention_detail::decode_pv_chunks();
+  const attention_detail::DecodeWide was_pf = attention_detail::decode_wide_pf_mode();  // this CPU's default
   attention_detail::set_decode_wide_pf(true);  // the sweep checks applies with the switch as it finds it
   for (bool chunks : {true, false}) {
     attention_detail::set_decode_pv_chunks(chunks);
@@ -1565,7 +1566,7 @@ TEST(attention_decode_wide_pf_same_bits) {
                                    chunks ? 19700 : 20900);
   }
   attention_detail::set_decode_pv_chunks(was);
-  attention_detail::set_decode_wide_pf(was_pf);
+  attention_detail::set_decode_wide_pf_mode(was_pf);
 }
 
 // Those sub-blocks cut in two of 8 token rows (attention_detail::decode_wide8: every kv head's Q K^T of rows 0-7
@@ -1576,8 +1577,9 @@ TEST(attention_decode_wide_pf_same_bits) {
 TEST(attention_decode_wide8_same_bits) {
   const DecodeSwitch sw{"wide rows as two sub-blocks of 8", attention_detail::decode_wide8_applies,
                         attention_detail::decode_wide8, attention_detail::set_decode_wide8, 16, 3};
-  const bool was = attention_detail::decode_pv_chunks(), was_pf = attention_detail::decode_wide_pf(),
-             was8 = attention_detail::decode_wide8();
+  const bool was = attention_detail::decode_pv_chunks();
+  const attention_detail::DecodeWide was_pf = attention_detail::decode_wide_pf_mode(),
+                                     was8 = attention_detail::decode_wide8_mode();
   attention_detail::set_decode_wide8(true);  // the sweep checks applies with the switch as it finds it
   for (int mode = 0; mode < 3; ++mode) {  // chunks / chunks + prefetch / rows + prefetch
     attention_detail::set_decode_pv_chunks(mode < 2);
@@ -1592,8 +1594,8 @@ TEST(attention_decode_wide8_same_bits) {
                                    21700 + 1000 * uint64_t(mode));
   }
   attention_detail::set_decode_pv_chunks(was);
-  attention_detail::set_decode_wide_pf(was_pf);
-  attention_detail::set_decode_wide8(was8);
+  attention_detail::set_decode_wide_pf_mode(was_pf);
+  attention_detail::set_decode_wide8_mode(was8);
 }
 
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
