@@ -41,6 +41,10 @@
 // row order) and its "hot" twin: the call with the 7B's P V pairs in the other order than this
 // CPU's default (attention_detail::set_decode_pv_chunks: a 16-float chunk across the 16 token rows
 // at a time, the Zen 4 default, or a token row's pair slice at a time), output checked bit for bit.
+// "1t 16 rows" / "1t widepf" / "1t wide8" / "1t w8 pf" and their "hot" twins: the call with the 7B's sub-blocks
+// read each way on every cache type (attention_detail::set_decode_wide_pf / set_decode_wide8: 16 rows on the
+// hardware prefetchers, the order before session 30; 8 rows at a time with the next sub-block prefetched into L2;
+// two sub-blocks of 8 rows; both), outputs checked bit for bit against "1t" (this CPU's default for the type).
 // "1t": only the 1-thread modes (a loaded machine,
 // where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
 // (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
@@ -295,7 +299,7 @@ int main(int argc, char** argv) {
     return dt;
   };
   enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tLean, k1tRdDrv,
-         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tPvc, k1tPvcHot, kModes };
+         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tPvc, k1tPvcHot, k1tW16, k1tW16Hot, k1tWpf, k1tWpfHot, k1tW8, k1tW8Hot, k1tW8Pf, k1tW8PfHot, kModes };
   auto one_thread = [=](int m) { return m != kRun && m != kHalves && m != kPm64 && m != kPm32 && m != k2tPf; };
   auto is_read = [=](int m) {
     return m == k1tRead || m == k1tRead4 || m == k1tRdDrv || m == k1tRdHead || m == k1tReadHot || m == k1tRdDrvHot;
@@ -306,11 +310,26 @@ int main(int argc, char** argv) {
   const bool lean_default = attention_detail::decode_lean();
   // "pv rows" / "pv chunks": the 7B's P V pairs in the other order than this CPU's default (decode_pv_chunks)
   const bool pvc_default = attention_detail::decode_pv_chunks();
+  // the 7B's wide-row sub-blocks, each setting on every cache type whatever this CPU's default (DecodeWide per type):
+  // "16 rows" (decode_wide_pf and decode_wide8 off: the order before session 30), "widepf" (8 rows at a time, the
+  // next sub-block prefetched), "wide8" (two sub-blocks of 8 rows), "w8 pf" (both)
+  const attention_detail::DecodeWide wpf_mode = attention_detail::decode_wide_pf_mode(),
+                                     w8_mode = attention_detail::decode_wide8_mode();
+  auto set_wide = [](bool pf, bool w8) {
+    attention_detail::set_decode_wide_pf(pf);
+    attention_detail::set_decode_wide8(w8);
+  };
+  auto restore_wide = [=] {
+    attention_detail::set_decode_wide_pf_mode(wpf_mode);
+    attention_detail::set_decode_wide8_mode(w8_mode);
+  };
   const char* names[] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
                                "1t read", "1t hot", "1t read4", "1t ktiles", lean_default ? "1t nolean" : "1t lean",
                                "1t rd drv", "1t rd head", "1t read hot", "1t rd drv hot",
-                               pvc_default ? "1t pv rows" : "1t pv chunks", pvc_default ? "1t pv rows hot" : "1t pv chunks hot"};
+                               pvc_default ? "1t pv rows" : "1t pv chunks", pvc_default ? "1t pv rows hot" : "1t pv chunks hot",
+                               "1t 16 rows", "1t 16 rows hot", "1t widepf", "1t widepf hot", "1t wide8", "1t wide8 hot",
+                               "1t w8 pf", "1t w8 pf hot"};
   static_assert(sizeof(names) / sizeof(*names) == kModes, "attn_decode_threads: one name a mode");
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
@@ -354,6 +373,12 @@ int main(int argc, char** argv) {
         attention_detail::set_decode_pv_chunks(!pvc_default);
         dt = timed(&pool1, m == k1tPvcHot);
         attention_detail::set_decode_pv_chunks(pvc_default);
+      }
+      else if (m >= k1tW16 && m <= k1tW8PfHot) {
+        const int w = (m - k1tW16) / 2;  // 16 rows, widepf, wide8, w8 pf
+        set_wide(w == 1 || w == 3, w >= 2);
+        dt = timed(&pool1, (m - k1tW16) % 2 == 1);
+        restore_wide();
       }
       else if (m == k1tKt) {
         use_tiles = true;
@@ -450,6 +475,17 @@ int main(int argc, char** argv) {
   };
   other_setting_same_bits(names[k1tLean], attention_detail::set_decode_lean, lean_default);
   other_setting_same_bits(names[k1tPvc], attention_detail::set_decode_pv_chunks, pvc_default);
+  for (int w = 0; w < 4; ++w) {  // each wide-row setting's output against the default's
+    call = 0;
+    timed(&pool1);
+    const std::vector<float> o_def = o;
+    set_wide(w == 1 || w == 3, w >= 2);
+    call = 0;
+    timed(&pool1);
+    restore_wide();
+    std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tW16 + 2 * w],
+                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
+  }
   if (read_sink == 1) std::printf(" ");
   if (const bench::ProcRollup r = bench::proc_rollup(); r.ok)  // whether "2m" got its huge pages
     std::printf("  process AnonHugePages: %.0f kB\n", r.anon_huge_kb);

@@ -18,6 +18,8 @@
 // pv_pairs: the decode attention's P V two kv heads a call; kv_f16: an f16 KV cache against f32;
 // attn_pv_chunks: those P V pairs a chunk at a time across the token rows (set_decode_pv_chunks) against a row at a time;
 // attn_causal_skip: the prefill tile groups' causal diagonal blocks without their fully masked parts (set_prefill_causal_skip; with AB_PREFILL);
+// attn_wide_pf: the 7B (MHA) decode sub-blocks 8 rows at a time, the next one prefetched into L2 (set_decode_wide_pf);
+// attn_wide8: as two sub-blocks of 8 rows (set_decode_wide8); attn_wide8_pf: both;
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
@@ -43,6 +45,7 @@
 // full-width AVX-512's (set_repacked_double_pumped; with AB_PREFILL); repacked_unsliced: that
 // kernel without k slices against this CPU's default (set_repacked_kslice; with AB_PREFILL);
 // AB_THP=0: no transparent huge pages in the process;
+// AB_KV=f16 / bf16: the KV cache of both modes in that type (default f32; kv_f16 switches it instead);
 // none: nothing switched (A/A, or a profile); AB_PROMPT=n prompt tokens first, default 16.
 // Other modes of a block (default: `block` decode tokens of one sequence): AB_PREFILL=n: `block`
 // prefills of n tokens after the prompt (truncated back each time; rates in prompt tokens/s; with AB_FRESH=1
@@ -315,6 +318,12 @@ const AbSwitch kSwitches[] = {
     // the prefill tile groups' causal diagonal blocks without their fully masked 16-key columns
     // (Q K^T) and keys (P V) of each row group (set_prefill_causal_skip; with AB_PREFILL)
     {"attn_causal_skip", [](bool on) { attention_detail::set_prefill_causal_skip(on); }},
+    // those 7B sub-blocks (qk16, pv2 by chunks) 8 token rows at a time with the next sub-block prefetched
+    // into L2 (on) against 16 rows at a time on the hardware prefetchers alone (set_decode_wide_pf)
+    {"attn_wide_pf", [](bool on) { attention_detail::set_decode_wide_pf(on); }},
+    // those sub-blocks as two of 8 rows (set_decode_wide8), and with the next 8 rows prefetched (both on)
+    {"attn_wide8", [](bool on) { attention_detail::set_decode_wide8(on); }},
+    {"attn_wide8_pf", [](bool on) { attention_detail::set_decode_wide8(on); attention_detail::set_decode_wide_pf(on); }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16
@@ -403,6 +412,12 @@ int main(int argc, char** argv) {
   const int n_prefill = env_n("AB_PREFILL"), n_seqs = std::max(1, env_n("AB_SEQS")), n_create = env_n("AB_CREATE");
   LlamaContextOptions o; o.n_ctx = n_prompt + std::max(2 * rounds * block + 8 * block, n_prefill) + 64;
   o.n_seq = n_seqs;
+  // AB_KV=f16 / bf16: both modes' KV cache in that type (the context option kvCacheType; default f32)
+  if (const char* kv = std::getenv("AB_KV")) {
+    if (std::strcmp(kv, "f16") == 0) o.kv_type = DType::F16;
+    else if (std::strcmp(kv, "bf16") == 0) o.kv_type = DType::BF16;
+    else if (std::strcmp(kv, "f32") != 0) { std::fprintf(stderr, "decode_switch_ab: AB_KV is f32, f16 or bf16\n"); return 2; }
+  }
   if (n_prefill) o.n_batch = std::max(n_prefill, n_prompt);
   LlamaContext ctx(m, o);
   std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, n_prefill)));

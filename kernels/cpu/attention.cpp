@@ -35,7 +35,7 @@
 // head each sub-block's lines prefetched during the previous one's compute; with one or two query heads per kv head, the 7B's MHA, a full sub-block's Q K^T goes
 // through qk16, the same arithmetic with its 16 key rows addressed from registers); a bf16 cache
 // may opt into bf16 products (vdpbf16ps for QK and PV: q and P rounded,
-// DecodeBf16Dp in attention_internal.h). Two per-CPU defaults (decode_tuning.h; on for Zen 4) change
+// DecodeBf16Dp in attention_internal.h). Per-CPU defaults (decode_tuning.h; on for Zen 4) change
 // how the same kernels are called or read, never the bits:
 // - the lean narrow piece (decode_tuning attn_decode_lean, attention_internal.h decode_lean;
 //   run_decode_piece_lean): for narrow rows swept in place with >= 4 query heads per kv head (the
@@ -50,6 +50,9 @@
 // - the 7B's P V pairs by chunks (decode_tuning attn_pv_chunks, decode_pv_chunks): pv2 walks a
 //   16-float chunk of the pair's V slice across the sub-block's 16 token rows at a time (V read in
 //   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
+// - the 7B's wide-row sub-blocks on f16 / bf16 caches (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::Half;
+//   decode_wide_pf, decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction
+//   lanes for 8 keys; pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2 one line a load.
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -260,6 +263,21 @@ void set_decode_pipeline(bool on) { decode_pipeline_on.store(on, std::memory_ord
 using DecodePvChunks = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pv_chunks>;
 bool decode_pv_chunks() { return DecodePvChunks::get(); }
 void set_decode_pv_chunks(bool on) { DecodePvChunks::set(on); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_wide_pf; session 30).
+using DecodeWidePf = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide_pf>;
+DecodeWide decode_wide_pf_mode() { return DecodeWide(DecodeWidePf::get()); }
+void set_decode_wide_pf_mode(DecodeWide m) { DecodeWidePf::set(int(m)); }
+bool decode_wide_pf() { return decode_wide_pf_mode() != DecodeWide::Off; }
+void set_decode_wide_pf(bool on) { set_decode_wide_pf_mode(on ? DecodeWide::All : DecodeWide::Off); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_wide8; session 30).
+using DecodeWide8 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide8>;
+DecodeWide decode_wide8_mode() { return DecodeWide(DecodeWide8::get()); }
+void set_decode_wide8_mode(DecodeWide m) { DecodeWide8::set(int(m)); }
+bool decode_wide8() { return decode_wide8_mode() != DecodeWide::Off; }
+void set_decode_wide8(bool on) { set_decode_wide8_mode(on ? DecodeWide::All : DecodeWide::Off); }
+namespace {
+bool wide_takes(DecodeWide m, DType t) { return m == DecodeWide::All || (m == DecodeWide::Half && t != DType::F32); }
+}  // namespace
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
 using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
 bool decode_pipeline_l2() { return DecodePipelineL2::get(); }
@@ -339,6 +357,10 @@ namespace {
 // thread there (session 26, bench/README; why is not measured, no counters on the VM: T0's fills
 // may hold the L1 miss buffers the kernels' own loads need). With it the 1.1B shape's cold call
 // runs at about its L2-resident speed: compute-bound.
+// Kern::qk16's knext / pv2's vnext when decode_wide_pf is on and there is no next full sub-block: the 8-row
+// halves without prefetch (null: decode_wide_pf off, the 16-row order).
+alignas(64) const float wide_pf_none_storage[16] = {};
+const float* const wide_pf_none = wide_pf_none_storage;
 struct PfCursor {
   const char* line = nullptr;  // the next line to prefetch (an address in it)
   const char* last = nullptr;  // the last byte of the current row's span
@@ -420,13 +442,24 @@ struct Kern {
                     int64_t ldS, PfCursor* pf);
   // Optional (null: use qk), for decode with one or two query heads per kv head (MHA) and
   // 65 <= D <= 128: qk's S for R <= 2 rows and exactly 16 keys ldk apart, with the same bits.
-  void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS);
+  // knext (decode_wide_pf, DecodeItem::wide_pf; null: off): the 16 rows of the next sub-block's same slice (ldk
+  // apart, or nullptr where there is none); non-null, the 16 rows are read 8 at a time (rows 0-7 every chunk, then
+  // rows 8-15: the same FMAs on each key's accumulator in the same order) and knext's lines prefetched into L2 as
+  // they go (wide_pf_none: the halves without prefetch).
+  void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS,
+               const float* knext);
+  // Optional (null: none), decode_wide8: qk16's scores of keys 8 * half .. 8 * half + 7 alone for one query row (R 1),
+  // k: the 16-row sub-block's first row, written to S[8 * half ..] (8 floats), the same bits as qk16's; knext
+  // non-null (not wide_pf_none): the next 8-row sub-block's same slice (8 rows ldk apart) prefetched into L2.
+  void (*qk8)(const float* q, const float* k, int64_t ldk, int D, float scale, float* S, int half, const float* knext);
   // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
   // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
   // rows), with the same bits as two pv calls. chunks: V walked a 16-float chunk at a time across the
   // nb token rows (DecodeItem::pv_chunks), else a token row at a time; the same bits either way.
+  // vnext: as qk16's knext (a full chunked sub-block only: nb 16, chunks): 8 token rows at a time across both
+  // heads' chunks, every output element's FMAs in the same order, vnext's lines prefetched into L2.
   void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
-              int D, bool chunks);
+              int D, bool chunks, const float* vnext);
   // Optional (null: none), the prototype of K kept in 16-token tiles (attention_detail::decode_k_tiles):
   // qk_decode's S from one kv head's tile kt (kt[d * 16 + t] = dim d of key t, t < 16; D x 16
   // elements), the same FMAs in the same order without the transposes: the same bits.
@@ -690,10 +723,10 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
 // the head's slice across the sub-block's 16 token rows at a time (the order of qk16's K loads)
 // instead of each token row's whole 1 KiB pair slice in turn. Why it reads faster from memory:
 // bench/README (session 29, h-attn7): the driver's loads alone 1.16-1.17x with V in this order.
-template <class E, int NC, int NB>  // NB: 16 (a full sub-block) or 0 (nb at run time)
+template <class E, int NC, int NB>  // NB: 16 (a full sub-block), 8 (decode_wide8's) or 0 (nb at run time)
 EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                               const typename E::T* v, int64_t ldv, int nb_rt, __mmask16 lm,
-                                              int64_t vstep) {
+                                              int64_t vstep, const typename E::T* vn = nullptr) {
   const int nb = NB ? NB : nb_rt;
   #pragma GCC unroll 2
   for (int r = 0; r < 2; ++r) {
@@ -704,31 +737,83 @@ EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float
     for (int c = 0; c < NC; ++c) {
       __m512 a = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
       #pragma GCC unroll 16
-      for (int j = 0; j < nb; ++j)
+      for (int j = 0; j < nb; ++j) {
         a = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]),
                             c == NC - 1 ? E::maskz_load(lm, vr + j * ldv + 16 * c) : E::load(vr + j * ldv + 16 * c), a);
+        if (NB == 8 && vn && (sizeof(typename E::T) == 4 || (c & 1) == 0))  // decode_wide8 with decode_wide_pf
+          _mm_prefetch(reinterpret_cast<const char*>(vn + r * vstep + j * ldv + 16 * c), _MM_HINT_T2);
+      }
       _mm512_store_ps(acc + r * ldacc + 16 * c, a);
     }
   }
 }
+// pv2 by chunks on a full sub-block read 8 token rows at a time (attention_detail::decode_wide_pf): all 2 x NC
+// accumulators in registers, tokens 0-7 of every (row, chunk), then tokens 8-15 (each output element's FMAs in
+// token order, as pv2_chunks_avx512: the same bits); the next sub-block's lines (vn: its same pair slice, null:
+// none) prefetched into L2 one a load as the same line of this one is read.
+template <class E, int NC>
+EMO_T512 static inline void pv2_chunks_h8(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
+                                          const typename E::T* v, int64_t ldv, __mmask16 lm, int64_t vstep,
+                                          const typename E::T* vn) {
+  __m512 a[2][NC];
+  #pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc + r * ldacc + 16 * c), al);
+  }
+  #pragma GCC unroll 1
+  for (int half = 0; half < 2; ++half) {
+    #pragma GCC unroll 2
+    for (int r = 0; r < 2; ++r) {
+      const float* pr = P + r * ldP + 8 * half;
+      const typename E::T* vr = v + r * vstep + 8 * half * ldv;
+      const typename E::T* nr = vn ? vn + r * vstep + 8 * half * ldv : nullptr;
+      #pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) {
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          a[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]),
+                                    c == NC - 1 ? E::maskz_load(lm, vr + j * ldv + 16 * c) : E::load(vr + j * ldv + 16 * c),
+                                    a[r][c]);
+          if (nr && (sizeof(typename E::T) == 4 || (c & 1) == 0))
+            _mm_prefetch(reinterpret_cast<const char*>(nr + j * ldv + 16 * c), _MM_HINT_T2);
+        }
+      }
+    }
+  }
+  #pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r)
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + r * ldacc + 16 * c, a[r][c]);
+}
 template <class E, int NC>
 EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
-                                          const typename E::T* v, int64_t ldv, int nb, __mmask16 lm, int64_t vstep) {
+                                          const typename E::T* v, int64_t ldv, int nb, __mmask16 lm, int64_t vstep,
+                                          const float* vnext) {
+  if (nb == 16 && vnext) {
+    const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
+    return pv2_chunks_h8<E, NC>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+  }
+  if (nb == 8 && vnext) {  // decode_wide8's sub-block (vnext wide_pf_none: no prefetch)
+    const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
+    return pv2_chunks_avx512<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+  }
   if (nb == 16) pv2_chunks_avx512<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
   else pv2_chunks_avx512<E, NC, 0>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
 }
 template <class E>
 EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
-                                int64_t ldv, int nb, int D, bool chunks) {
+                                int64_t ldv, int nb, int D, bool chunks, const float* vnext) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
   if (chunks) {  // decode_pv_chunks, read once a call (make_decode_item)
     switch (nc) {
-      case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
-      case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
-      case 7: return pv2_chunks_nb<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
-      default: return pv2_chunks_nb<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D);
+      case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
+      case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
+      case 7: return pv2_chunks_nb<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
+      default: return pv2_chunks_nb<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
     }
   }
   // two adjacent kv heads: row r's V slice at v + r * D in each token row
@@ -981,9 +1066,10 @@ EMO_T512 static void qk_tiles_avx512(const float* q, int64_t ldq, int R, const f
 // 2 / 3 row strides (base + index * scale operands, all in registers) with every chunk unrolled,
 // where the generic kernel's 16 row pointers did not fit in the registers (a reload from the stack
 // or a vmovq before most loads). attention_detail::decode_qk_wide.
-template <class E, int NR, int NC>
+template <class E, int NR, int NC, bool H8 = false>
 EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, const typename E::T* k, int64_t ldk,
-                                              __mmask16 lm, __m512 vs, float* S0, float* S1) {
+                                              __mmask16 lm, __m512 vs, float* S0, float* S1,
+                                              const typename E::T* kn = nullptr) {
   using T = typename E::T;
   const int64_t l1 = ldk, l3 = 3 * ldk;
   const T* kb[4] = {k, k + 4 * ldk, k + 8 * ldk, k + 12 * ldk};
@@ -996,6 +1082,28 @@ EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, 
       default: return b + l3;
     }
   };
+  if (NR == 1 && H8) {  // decode_wide_pf: keys 0-7 every chunk, then keys 8-15 (each key's FMAs in chunk order)
+    __m512 acc[16];
+    #pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+    #pragma GCC unroll 1
+    for (int half = 0; half < 2; ++half) {
+      #pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) {
+        const bool last = c == NC - 1;
+        const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) {
+          const int tt = 8 * half + t;
+          acc[tt] = _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, row(tt) + 16 * c) : E::load(row(tt) + 16 * c), acc[tt]);
+          if (kn && (sizeof(T) == 4 || (c & 1) == 0))
+            _mm_prefetch(reinterpret_cast<const char*>(kn + tt * ldk + 16 * c), _MM_HINT_T2);
+        }
+      }
+    }
+    _mm512_storeu_ps(S0, _mm512_mul_ps(reduce16_512(acc), vs));
+    return;
+  }
   if (NR == 1) {  // 1 row x 16 keys (qk_avx512_t's last odd row)
     __m512 acc[16];
     #pragma GCC unroll 16
@@ -1039,7 +1147,7 @@ EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, 
 // S[r * ldS + j] = scale * dot(qrows[r], k + j * ldk) for r < R <= 2, j < 16, 65 <= D <= 128.
 template <class E>
 EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const float* kf, int64_t ldk, int D,
-                                         float scale, float* S, int ldS) {
+                                         float scale, float* S, int ldS, const float* knext) {
   const typename E::T* k = reinterpret_cast<const typename E::T*>(kf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
@@ -1047,6 +1155,18 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
   const float* q1 = R > 1 ? qrows[1] : qrows[0];
   float* S1 = S + (R > 1 ? ldS : 0);
 #define EMO_QK16(NR, NC) qk16_strided_tile<E, NR, NC>(qrows[0], q1, k, ldk, lm, vs, S, S1)
+  if (R == 1 && knext) {  // decode_wide_pf
+    const typename E::T* kn = knext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(knext);
+#define EMO_QK16H(NC) qk16_strided_tile<E, 1, NC, true>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
+    switch (nc) {
+      case 5: EMO_QK16H(5); break;
+      case 6: EMO_QK16H(6); break;
+      case 7: EMO_QK16H(7); break;
+      default: EMO_QK16H(8); break;
+    }
+#undef EMO_QK16H
+    return;
+  }
   if (R == 1) {
     switch (nc) {
       case 5: EMO_QK16(1, 5); break;
@@ -1065,18 +1185,63 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 #undef EMO_QK16
 }
 
+// Kern::qk8 (decode_wide8): keys 8 * HALF .. + 7 of a 16-row sub-block, each in qk16_strided_tile's NR 1 accumulator
+// of the same index (the others zero: reduce16_512's lane i is a sum of a[i]'s lanes alone, the same tree for every
+// i), so each score is bit for bit qk16's; its 8 lanes stored.
+template <class E, int NC, int HALF>
+EMO_T512 static inline void qk8_tile(const float* q0, const typename E::T* k, int64_t ldk, __mmask16 lm, __m512 vs,
+                                     float* S, const typename E::T* kn) {
+  using T = typename E::T;
+  __m512 acc[16];
+  #pragma GCC unroll 16
+  for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+  const T* kh = k + 8 * HALF * ldk;
+  #pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) {
+    const bool last = c == NC - 1;
+    const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
+    #pragma GCC unroll 8
+    for (int t = 0; t < 8; ++t) {
+      acc[8 * HALF + t] =
+          _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, kh + t * ldk + 16 * c) : E::load(kh + t * ldk + 16 * c),
+                          acc[8 * HALF + t]);
+      if (kn && (sizeof(T) == 4 || (c & 1) == 0))
+        _mm_prefetch(reinterpret_cast<const char*>(kn + t * ldk + 16 * c), _MM_HINT_T2);
+    }
+  }
+  _mm512_mask_storeu_ps(S - 8 * HALF, __mmask16(0xFFu << (8 * HALF)), _mm512_mul_ps(reduce16_512(acc), vs));
+}
+template <class E>
+EMO_T512 static void qk8_avx512(const float* q, const float* kf, int64_t ldk, int D, float scale, float* S, int half,
+                                const float* knext) {
+  const typename E::T* k = reinterpret_cast<const typename E::T*>(kf);
+  const typename E::T* kn = knext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(knext);
+  const int nc = (D + 15) / 16, tail = D % 16;
+  const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
+  const __m512 vs = _mm512_set1_ps(scale);
+#define EMO_QK8(NC) \
+  (half ? qk8_tile<E, NC, 1>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, NC, 0>(q, k, ldk, lm, vs, S, kn))
+  switch (nc) {
+    case 5: EMO_QK8(5); break;
+    case 6: EMO_QK8(6); break;
+    case 7: EMO_QK8(7); break;
+    default: EMO_QK8(8); break;
+  }
+#undef EMO_QK8
+}
+
 const Kern kKernAvx512 = {qk_avx512, row_max_avx512, exp_sum_avx512, pv_avx512, k_transpose_avx512, qk_t_avx512,
-                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, pv2_avx512<KvF32>,
-                          qk_tiles_avx512<KvF32>, qk_t_tri_avx512};
+                          qk_decode_avx512<KvF32>, qk16_strided_avx512<KvF32>, qk8_avx512<KvF32>,
+                          pv2_avx512<KvF32>, qk_tiles_avx512<KvF32>, qk_t_tri_avx512};
 // The decode driver's kernels reading a half cache in place (rows of 16-bit elements behind the
 // float* rows; ld in elements): qk, qk_decode and pv widen as they load; the rest is f32 work on
 // scratch. k_transpose / qk_t (the tiled path's, on f32 rows) are not used on half rows.
 const Kern kKernAvx512F16 = {qk_avx512_t<KvF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvF16>, nullptr, nullptr,
-                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, pv2_avx512<KvF16>,
-                             qk_tiles_avx512<KvF16>};
+                             qk_decode_avx512<KvF16>, qk16_strided_avx512<KvF16>, qk8_avx512<KvF16>,
+                             pv2_avx512<KvF16>, qk_tiles_avx512<KvF16>};
 const Kern kKernAvx512BF16 = {qk_avx512_t<KvBF16>, row_max_avx512, exp_sum_avx512, pv_avx512_t<KvBF16>, nullptr,
-                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>, pv2_avx512<KvBF16>,
-                              qk_tiles_avx512<KvBF16>};
+                              nullptr, qk_decode_avx512<KvBF16>, qk16_strided_avx512<KvBF16>,
+                              qk8_avx512<KvBF16>, pv2_avx512<KvBF16>, qk_tiles_avx512<KvBF16>};
 
 // ---------------------------------------------------------------------------- AVX512-BF16 decode
 // Opt-in decode kernels on vdpbf16ps for a bf16 cache (attention_internal.h, decode_bf16dp): the
@@ -2012,6 +2177,8 @@ struct DecodeItem {
   bool ktiles;                 // K in 16-token tiles (decode_k_tiles): read once here, for every piece
   bool lean;                   // the narrow rows' lean piece (decode_lean): read once here, for every piece
   bool pv_chunks;              // pv2 by 16-float chunks across the token rows (decode_pv_chunks): read once here
+  bool wide_pf;                // qk16 / pv2 8 rows at a time, the next sub-block prefetched (decode_wide_pf): read once here
+  bool wide8;                  // the wide rows' sub-blocks of 8 rows (decode_wide8): read once here
 };
 
 
@@ -2047,6 +2214,12 @@ bool decode_qk16_applies(const AttentionParams& p) {
 }
 bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
+}
+bool decode_wide_pf_applies(const AttentionParams& p) {
+  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && wide_takes(decode_wide_pf_mode(), p.kv_dtype);
+}
+bool decode_wide8_applies(const AttentionParams& p) {
+  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p.kv_dtype);
 }
 bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
@@ -2116,6 +2289,8 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.ktiles = attention_detail::decode_k_tiles();
   it.lean = attention_detail::decode_lean();
   it.pv_chunks = attention_detail::decode_pv_chunks();
+  it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p.kv_dtype);
+  it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p.kv_dtype);
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
@@ -2466,6 +2641,30 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool use_qk16 = inplace && !sweep && kk.qk16 != nullptr && attention_detail::decode_qk16_applies(p);
   // ... and P V two adjacent kv heads a call (attention_detail::decode_pv_pairs; MHA, one query row per kv head).
   const bool use_pv2 = use_qk16 && !it.bf16dp && kk.pv2 != nullptr && attention_detail::decode_pv2_applies(p);
+  // decode_wide_pf (it.wide_pf): qk16 / pv2 read a full sub-block 8 rows at a time and prefetch into L2 the next
+  // full sub-block's same slice (decode_pipeline_next's order: the next K sub-block, after a block's last its first
+  // V one, after its last V one the next block's first K; wide_pf_none where the next is short or none): the
+  // first row of that sub-block, or wide_pf_none / null (off).
+  const bool wide_pf = use_qk16 && it.wide_pf;
+  auto wide_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) -> const float* {
+    if (!wide_pf) return nullptr;
+    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
+    if (nx.ns != 16) return wide_pf_none;
+    return nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, p.ldv) : kv_row(it.k, p.k_blocks, p, nx.s, p.ldk);
+  };
+  // decode_wide8 (it.wide8; one query head per kv head, an even kv head count): a full 16-row sub-block as two
+  // sub-blocks of 8 rows, every kv head's Q K^T (qk8) or P V pair (pv2 on 8 tokens) of rows 0-7, then of rows
+  // 8-15: 8 row streams at a time instead of 16. With decode_wide_pf the next 8 rows prefetched into L2 (rows
+  // 8-15 during rows 0-7, then the first 8 rows of the sub-block wide_next names), else wide_pf_none.
+  const bool wide8 = use_pv2 && it.wide8 && kk.qk8 != nullptr && Hkv % 2 == 0;
+  auto wide_next8 = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v, int half) -> const float* {
+    if (!wide_pf) return wide_pf_none;
+    if (half == 0)
+      return is_v ? kv_row(it.v, p.v_blocks, p, s0 + 8, p.ldv) : kv_row(it.k, p.k_blocks, p, s0 + 8, p.ldk);
+    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
+    if (nx.ns < 8) return wide_pf_none;
+    return nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, p.ldv) : kv_row(it.k, p.k_blocks, p, nx.s, p.ldk);
+  };
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
   const float* qrows[kMaxRows];
@@ -2599,12 +2798,23 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         if (pipe) pipe_done();
         continue;
       }
+      if (wide8 && ns == 16) {
+        for (int half = 0; half < 2; ++half) {
+          const float* kn8 = wide_next8(b0, b1, s0, false, half);
+          for (int64_t g = 0; g < Hkv; ++g)
+            kk.qk8(it.q + g * D, kv_at(kr, g * D, p), ldkr, D, it.scale, S + g * kBk + (s0 - b0) + 8 * half, half,
+                   kn8 == wide_pf_none ? kn8 : kv_at(kn8, g * D, p));
+        }
+        continue;
+      }
+      const float* knx = wide_next(b0, b1, s0, false);
       for (int64_t g = 0; g < Hkv; ++g) {
         int64_t ldg;
         const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
         if (use_qk16 && ns == 16) {
           for (int r = 0; r < G; ++r) qrows[r] = it.q + (g * G + r) * D;
-          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk);
+          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk,
+                  knx == nullptr || knx == wide_pf_none ? knx : kv_at(knx, g * D, p));
           continue;
         }
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
@@ -2627,10 +2837,22 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       const float* vr = token_rows(it.v, p.v_blocks, p.ldv, s0, ns, &ldvr);
       if (pipe) pipe_next(b0, b1, s0, true);
       int64_t g0 = 0;
+      if (wide8 && ns == 16) {
+        for (int half = 0; half < 2; ++half) {
+          const float* vn8 = wide_next8(b0, b1, s0, true, half);
+          for (int64_t g = 0; g < Hkv; g += 2)
+            kk.pv2(acc + g * Dp, Dp, s0 == b0 && half == 0 ? alpha + g : kOnes, S + g * kBk + (s0 - b0) + 8 * half,
+                   kBk, kv_at(vr, 8 * half * ldvr + g * D, p), ldvr, 8, D, it.pv_chunks,
+                   vn8 == wide_pf_none ? vn8 : kv_at(vn8, g * D, p));
+        }
+        continue;
+      }
+      const float* vnx = wide_next(b0, b1, s0, true);
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
           kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
-                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks);
+                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks,
+                 vnx == nullptr || vnx == wide_pf_none ? vnx : kv_at(vnx, g0 * D, p));
       for (int64_t g = g0; g < Hkv; ++g) {
         int64_t ldg;
         const float* vg = head_rows(vr, ldvr, g, ns, &ldg);

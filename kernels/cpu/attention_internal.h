@@ -77,6 +77,33 @@ bool decode_pv2_applies(const AttentionParams& p);
 // CPU (decode_tuning.h attn_pv_chunks); set_decode_pv_chunks for tests and A/B tools.
 bool decode_pv_chunks();
 void set_decode_pv_chunks(bool on);
+// Those 7B sub-blocks (qk16 with one query head per kv head; pv2 by chunks) read 8 token rows at a time
+// (rows 0-7 of the kv head's slice, every 64-byte line, then rows 8-15: at most 8 lines of one L1 set in flight,
+// the 16 rows lying a multiple of 4 KiB apart) with the next full sub-block's same slice prefetched into L2
+// (prefetcht2) one line a load, in decode_pipeline_next's order (the next K sub-block, a block's first V after its
+// last K, the next block's first K after its last V). Each key's and each output element's FMAs in the same order:
+// bit for bit equal. Default per CPU and cache type (decode_tuning.h attn_wide_pf: which caches take it, DecodeWide);
+// set_decode_wide_pf (on: every cache type) / set_decode_wide_pf_mode for tests and A/B tools.
+enum class DecodeWide { Off = 0, Half = 1, All = 2 };  // the caches that take it: none, f16 / bf16, every type
+DecodeWide decode_wide_pf_mode();
+void set_decode_wide_pf_mode(DecodeWide m);
+bool decode_wide_pf();  // mode != Off
+void set_decode_wide_pf(bool on);  // All / Off
+// Those 7B sub-blocks (one query head per kv head, an even kv head count, P V in pairs) cut in two of 8 token
+// rows: every kv head's Q K^T of rows 0-7 (each score through qk16's accumulator and reduction tree), then of
+// rows 8-15, and P V the same (its accumulators stored between the halves): 8 row streams at a time instead of
+// 16. With decode_wide_pf the next 8 rows are prefetched into L2 during each half. The same operations in the
+// same order: bit for bit equal. Default per CPU and cache type (decode_tuning.h attn_wide8, DecodeWide);
+// set_decode_wide8 (on: every cache type) / set_decode_wide8_mode for tests and A/B tools.
+DecodeWide decode_wide8_mode();
+void set_decode_wide8_mode(DecodeWide m);
+bool decode_wide8();  // mode != Off
+void set_decode_wide8(bool on);  // All / Off
+// Whether a decode call takes them (tests): decode_wide_pf: decode_qk16_applies with one query head per kv head
+// and its mode taking the call's cache type (qk16's scores; P V's when it runs in pairs by chunks); decode_wide8:
+// decode_pv2_applies with an even kv head count and its mode taking the cache type.
+bool decode_wide_pf_applies(const AttentionParams& p);
+bool decode_wide8_applies(const AttentionParams& p);
 // Decode on AVX-512 with narrow token rows swept in place and several query heads per kv head
 // (the 1.1B's 32 / 4 heads x 64): the next 16-token sub-block's lines prefetched a few at a time
 // from inside this sub-block's Q K^T and P V loops (default), instead of each sub-block's lines

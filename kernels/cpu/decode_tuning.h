@@ -4,7 +4,8 @@
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_q40_ms_spread, set_q40_ms_ahead, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
 // _ahead_mt and set_q80_prefetch_mt / _ahead_mt, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
-// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks) for the tests
+// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks, set_decode_wide_pf,
+// set_decode_wide8) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
@@ -115,6 +116,18 @@ struct DecodeTuning {
   // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
   // Zen 5 not measured: off.
   bool attn_pv_chunks = false;
+  // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
+  // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
+  // DecodeWide (0 none, 1 f16 / bf16, 2 every type). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
+  // h-attn7b; attn_decode_threads' 7B shape cold in 2 MiB pages, 1 thread, thread CPU time, interleaved, load 4-6:
+  // both against neither, by median, f16 1.35-1.43x (kv 512 / 2048; 0.70-0.75x a plain read of the bytes against
+  // 0.49-0.55x), bf16 1.48x (kv 512: 0.84x the read against 0.56x), the prefetch alone f16 1.12-1.32x, the 8 rows
+  // alone 0.99-1.26x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
+  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031). f32 caches keep 16
+  // rows without it: both 0.99-1.03x there, the prefetch alone 1.01-1.07x (model: within its A/A's noise).
+  // Zen 5 not measured: 0.
+  int attn_wide_pf = 0;
+  int attn_wide8 = 0;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
   // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel

@@ -1539,6 +1539,65 @@ TEST(attention_decode_pv_chunks_same_bits) {
   attention_detail::set_decode_pv_chunks(was);
 }
 
+// The 7B's wide-row sub-blocks read 8 token rows at a time with the next sub-block prefetched into L2
+// (attention_detail::decode_wide_pf: qk16's keys 0-7 every chunk, then 8-15; P V pairs by chunks on tokens 0-7,
+// then 8-15, all accumulators in registers) keep every score's and every output element's operations in order:
+// outputs and log-sum-exps bit for bit equal with it off, f32 / f16 / bf16 caches, head_dim 80 / 100 (a tail chunk,
+// padded rows) / 128, an odd kv head count (the last head's P V alone), the P V pairs by chunks (this CPU's default
+// or not: set on here) and by rows; not taken: 2 query heads a kv head (qk16's two-row tile), head_dim 64 (no
+// qk16); lengths with and without a partial last sub-block (a next sub-block short of 16 rows: no prefetch), across
+// the 64-token block and the pieces, contiguous and paged (16 / 64: the next sub-block in another page), no pool
+// and 2 / 3 threads; within 1e-5 of ref::attention.
+TEST(attention_decode_wide_pf_same_bits) {
+  const DecodeSwitch sw{"wide rows 8 at a time, next prefetched", attention_detail::decode_wide_pf_applies,
+                        attention_detail::decode_wide_pf, attention_detail::set_decode_wide_pf, 16, 3};
+  const bool was = attention_detail::decode_pv_chunks();
+  const attention_detail::DecodeWide was_pf = attention_detail::decode_wide_pf_mode();  // this CPU's default
+  attention_detail::set_decode_wide_pf(true);  // the sweep checks applies with the switch as it finds it
+  for (bool chunks : {true, false}) {
+    attention_detail::set_decode_pv_chunks(chunks);
+    expect_decode_switch_same_bits(sw,
+                                   {{32, 32, 128, 0, true},
+                                    {8, 8, 80, 0, true},
+                                    {6, 6, 100, 3, true},
+                                    {5, 5, 128, 0, true},
+                                    {16, 8, 128, 0, false},
+                                    {8, 8, 64, 0, false}},
+                                   chunks ? 19700 : 20900);
+  }
+  attention_detail::set_decode_pv_chunks(was);
+  attention_detail::set_decode_wide_pf_mode(was_pf);
+}
+
+// Those sub-blocks cut in two of 8 token rows (attention_detail::decode_wide8: every kv head's Q K^T of rows 0-7
+// through qk8, qk16's accumulator and reduction lane for each key, then rows 8-15; P V pairs on 8 tokens at a time,
+// the accumulators stored between) and with the next 8 rows prefetched too (decode_wide_pf on): the same bits as
+// with it off, the shapes, caches, lengths, layouts and pools of attention_decode_wide_pf_same_bits (an odd kv head
+// count does not take it: P V pairs only); within 1e-5 of ref::attention.
+TEST(attention_decode_wide8_same_bits) {
+  const DecodeSwitch sw{"wide rows as two sub-blocks of 8", attention_detail::decode_wide8_applies,
+                        attention_detail::decode_wide8, attention_detail::set_decode_wide8, 16, 3};
+  const bool was = attention_detail::decode_pv_chunks();
+  const attention_detail::DecodeWide was_pf = attention_detail::decode_wide_pf_mode(),
+                                     was8 = attention_detail::decode_wide8_mode();
+  attention_detail::set_decode_wide8(true);  // the sweep checks applies with the switch as it finds it
+  for (int mode = 0; mode < 3; ++mode) {  // chunks / chunks + prefetch / rows + prefetch
+    attention_detail::set_decode_pv_chunks(mode < 2);
+    attention_detail::set_decode_wide_pf(mode > 0);
+    expect_decode_switch_same_bits(sw,
+                                   {{32, 32, 128, 0, true},
+                                    {8, 8, 80, 0, true},
+                                    {6, 6, 100, 3, true},
+                                    {5, 5, 128, 0, false},
+                                    {16, 8, 128, 0, false},
+                                    {8, 8, 64, 0, false}},
+                                   21700 + 1000 * uint64_t(mode));
+  }
+  attention_detail::set_decode_pv_chunks(was);
+  attention_detail::set_decode_wide_pf_mode(was_pf);
+  attention_detail::set_decode_wide8_mode(was8);
+}
+
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
 // narrow rows swept in place, >= 4 query heads per kv head: the 1.1B's 32 / 4 x 64) is prefetches
 // only: outputs and log-sum-exps bit for bit equal with it off (each sub-block swept before its
