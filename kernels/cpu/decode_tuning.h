@@ -119,13 +119,14 @@ struct DecodeTuning {
   // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
   // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
   // DecodeWide (0 none, 1 f16 / bf16, 2 every type). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
-  // h-attn7b; attn_decode_threads' 7B shape cold in 2 MiB pages, 1 thread, thread CPU time, interleaved, load 4-6:
-  // both against neither, by median, f16 1.35-1.43x (kv 512 / 2048; 0.70-0.75x a plain read of the bytes against
-  // 0.49-0.55x), bf16 1.48x (kv 512: 0.84x the read against 0.56x), the prefetch alone f16 1.12-1.32x, the 8 rows
-  // alone 0.99-1.26x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
-  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031). f32 caches keep 16
-  // rows without it: both 0.99-1.03x there, the prefetch alone 1.01-1.07x (model: within its A/A's noise).
-  // Zen 5 not measured: 0.
+  // h-attn7b, bench/README's Zen 4 row of 17:07-17:50; attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 /
+  // 2048, 1 thread, thread CPU time, interleaved call by call, load 0.04-0.4 then 3-6; against the 16-row order
+  // without prefetch, by median): f16 both 1.35-1.50x (the call 0.70-0.75x a plain read of its bytes, 0.48-0.55x
+  // before), bf16 both 1.48x (kv 512: 0.84x the read, 0.56x before); f16 the prefetch alone 1.12-1.35x, the 8 rows
+  // alone 1.24-1.28x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
+  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031. f32 caches
+  // keep 16 rows without it: both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone 0.79-0.90x
+  // (the f32 model: within its A/A's noise). Zen 5 not measured: 0.
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
