@@ -55,8 +55,11 @@ struct DecodeTuning {
   // true (spread): one prefetch beside each quant / scale line's load, issued from an asm
   // statement (gemv_repacked.cpp prefetch_here: the q8_0 parts pass's form), `q40_ahead` bytes on
   // along its stream. Session 30 (h-q4pf), built to follow the VM's high-bandwidth phase at 2
-  // threads (the records' read pattern with each line's prefetch 1 KiB ahead beside its load,
-  // q40_read_patterns spread2x1-1k, read 1.04-1.09x the pass there; the T0 loop 0.82-0.89x).
+  // threads (session 29: there the pass read ~46-50 GB/s against a plain 2-stream read's 61-65);
+  // measured at 2 threads in a quiet low phase only (~35 GB/s, 17:04, wall, 6 runs x 30 rounds of
+  // `q40_read_patterns 2 30 11264 2048`; the lead's session 30 quiet row): the records' read
+  // pattern with each line's prefetch 1 KiB ahead beside its load (spread2x1-1k) read 1.04-1.09x
+  // the pass, the T0 loop 0.82-0.89x.
   // Zen 4 at 1 thread (q40_read_patterns, thread CPU time, cold, interleaved, load 4-6, 3
   // processes x 40-60 rounds at 2048 x 2048, 11264 x 2048, 2048 x 5632, 4096 x 4096, 22016 x 4096,
   // 4096 x 11008; median r(med) against none): spread T0 512 B 0.78-0.97x, 1 KiB 0.68-0.92x, 2 KiB
