@@ -160,9 +160,9 @@ struct DecodeTuning {
   // measured; it reads without them).
   int q80_ahead = 1024;
   // The same passes' read entries where the GEMV's dispatch runs on >= 2 threads (gemv_repacked /
-  // gemv_repacked_multi with a pool of 2+ threads and a matrix of at least kParallelMinMacs: the
-  // parallel path): in this VM's high-bandwidth phase each of 2 threads needs about what 1 thread
-  // alone reads in the low phase, and the 1-thread entries above were chosen at 1 thread (session
+  // gemv_repacked_multi with a pool of 2+ threads, a matrix of at least kParallelMinMacs and more
+  // than one claim of groups: gemv_repacked.cpp gemv_mt): in this VM's high-bandwidth phase each
+  // of 2 threads needs about what 1 thread alone reads in the low phase, and the 1-thread entries above were chosen at 1 thread (session
   // 29: every dtype's 2-thread decode 85-93% of a low phase's read bandwidth, q4_0 62% / q8_0 78%
   // of a high phase's; the q4_0 pass in L2 runs ~50 GB/s a thread against q8_0's ~73 and a plain
   // 2-stream read's ~72, session 30: at ~60 GB/s for 2 threads its arithmetic fills ~60% of the

@@ -299,6 +299,14 @@ struct Q80ReadForm {
   int ahead;
 };
 Q80ReadForm q80_read_form(bool mt);
+// How many gemv_repacked / gemv_repacked_multi calls since the start had their dispatch split over
+// >= 2 threads, so that their passes read the >= 2-thread entries (q40_read_form(true) /
+// q80_read_form(true)), and how many ran on one thread (the 1-thread entries): counted on the
+// calling thread, once a call (tests: the bits cannot tell the two apart).
+struct GemvRepackedCalls {
+  uint64_t mt = 0, one_thread = 0;
+};
+GemvRepackedCalls gemv_repacked_calls();
 // That pass with a software prefetch: a 17th prefetch a block pair (the line its 16 leave to the
 // hardware prefetchers: a q8_0 record is 544 bytes, 8.5 lines), on or off. Off at start on every
 // CPU: on Zen 4 (session 28, 1 thread) 0.97-1.06x the same T0 forms without it, which Zen 4 does
