@@ -264,8 +264,9 @@ int q40_ms_spread_mt();
 void set_q40_ms_ahead_mt(int bytes);
 int q40_ms_ahead_mt();
 // How the two-stream q4_0 pass reads in a GEMV dispatched on >= 2 threads (mt) or one: the
-// settings above with the >= 2-thread ones' AsOneThread / -1 resolved. What gemv_repacked reads
-// once a call.
+// settings above with the >= 2-thread ones' AsOneThread / -1 resolved. gemv_repacked's chunks
+// (repacked_groups) resolve it on each call, reading the settings then; only mt is fixed once a
+// GEMV call (gemv_repacked.cpp gemv_mt).
 struct Q40ReadForm {
   GemvPrefetch prefetch;  // T0 / T1 / Nta / None
   bool spread;
@@ -293,7 +294,8 @@ void set_q80_prefetch_mt(GemvPrefetch p);
 GemvPrefetch q80_prefetch_mt();
 void set_q80_ahead_mt(int bytes);
 int q80_ahead_mt();
-// That pass's prefetch and distance in a GEMV dispatched on >= 2 threads (mt) or one, resolved.
+// That pass's prefetch and distance in a GEMV dispatched on >= 2 threads (mt) or one, resolved
+// (as q40_read_form: on each repacked_groups call, mt fixed once a GEMV call).
 struct Q80ReadForm {
   GemvPrefetch prefetch;  // T0 / T1 / Nta / None
   int ahead;
