@@ -1922,7 +1922,8 @@ void run_tile_group(const Plan& pl, const Kern& kern, int64_t b) {
   // finite v unless a = -0 (then +0 where v >= 0): a running sum is -0 only when every product so
   // far rounded to zero and the last nonzero one was negative and under 2^-150, which a row's own
   // max key (weight exactly 1) rules out unless its V row is zero or tiny. So the same bits for
-  // finite V (a V entry of inf / NaN under the mask gave NaN before, and nothing now).
+  // finite V except the sign of a zero (a V entry of inf / NaN under the mask gave NaN before, and
+  // nothing now).
   const bool tri = attention_detail::prefill_causal_skip() && kern.qk_t_tri != nullptr && p.causal;
   // one tile's block: S, its softmax, acc += P V (the tile's own block length nb, as run_unit's)
   auto tile_block = [&](Tile& T, int64_t j0, bool transposed, const float* kb) {
