@@ -4,8 +4,8 @@
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_q40_ms_spread, set_q40_ms_ahead, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
 // _ahead_mt and set_q80_prefetch_mt / _ahead_mt, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
-// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks, set_decode_wide_pf,
-// set_decode_wide8) for the tests
+// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
+// set_decode_wide_pf_mode, set_decode_wide8_mode) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
