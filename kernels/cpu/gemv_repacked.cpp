@@ -150,26 +150,24 @@ namespace {
 // A 1-thread prefetch setting never holds AsOneThread (the setters take any value): read it as T0,
 // as with_prefetch_hint would
 GemvPrefetch one_thread_prefetch(GemvPrefetch p) { return p == GemvPrefetch::AsOneThread ? GemvPrefetch::T0 : p; }
+// One entry as a pass reads it: the >= 2-thread entry where mt and it is set (a prefetch other than
+// AsOneThread; a spread / distance >= 0: their setters store -1 or a valid value), else the 1-thread one.
+GemvPrefetch resolve_entry(bool mt, GemvPrefetch one, GemvPrefetch multi) {
+  return mt && multi != GemvPrefetch::AsOneThread ? multi : one_thread_prefetch(one);
+}
+int resolve_entry(bool mt, int one, int multi) { return mt && multi >= 0 ? multi : one; }
 }  // namespace
 Q40ReadForm q40_read_form(bool mt) {
-  Q40ReadForm f{one_thread_prefetch(q40_ms_prefetch()), q40_ms_spread(), q40_ms_ahead()};
-  if (mt) {
-    const GemvPrefetch p = q40_ms_prefetch_mt();
-    const int s = q40_ms_spread_mt(), a = q40_ms_ahead_mt();
-    if (p != GemvPrefetch::AsOneThread) f.prefetch = p;
-    if (s >= 0) f.spread = s > 0;
-    if (a > 0) f.ahead = a;
-  }
+  Q40ReadForm f;
+  f.prefetch = resolve_entry(mt, q40_ms_prefetch(), q40_ms_prefetch_mt());
+  f.spread = resolve_entry(mt, int(q40_ms_spread()), q40_ms_spread_mt()) > 0;
+  f.ahead = resolve_entry(mt, q40_ms_ahead(), q40_ms_ahead_mt());
   return f;
 }
 Q80ReadForm q80_read_form(bool mt) {
-  Q80ReadForm f{one_thread_prefetch(q80_prefetch()), q80_ahead()};
-  if (mt) {
-    const GemvPrefetch p = q80_prefetch_mt();
-    const int a = q80_ahead_mt();
-    if (p != GemvPrefetch::AsOneThread) f.prefetch = p;
-    if (a > 0) f.ahead = a;
-  }
+  Q80ReadForm f;
+  f.prefetch = resolve_entry(mt, q80_prefetch(), q80_prefetch_mt());
+  f.ahead = resolve_entry(mt, q80_ahead(), q80_ahead_mt());
   return f;
 }
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
