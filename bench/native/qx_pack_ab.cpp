@@ -1,11 +1,12 @@
 // The X rounding to q8_0 into the VNNI GEMMs' 4-row X panels (Q8XPanels<4>::pack, what the q4_0 /
 // q8_0 prefill GEMMs on repacked weights run before their kernel; gemm_q8_xquant.cpp) alone: each
 // 4-row panel rounded row by row (qx_pack_row_avx512: 8 masked stores a block) against its 4 rows at
-// once (qx_pack_panel4_avx512: 2 full stores a block; attention_detail-style switch
+// once (qx_pack_panel4_avx512: 2 full stores a block; switched by
 // gemm_detail::set_qx_pack_panel4), interleaved call by call in ABBA order, timed by the calling
 // thread's CPU time (1 thread: Q8XPanels::pack on the caller). Prints each path's median / best
 // and the ratio row / panel (> 1: the panel path faster), and whether the two wrote the same bytes.
 //   ./build-bench/qx_pack_ab [M 628] [K 4096] [rounds 200]
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

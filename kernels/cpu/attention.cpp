@@ -1922,7 +1922,8 @@ void run_tile_group(const Plan& pl, const Kern& kern, int64_t b) {
   // finite v unless a = -0 (then +0 where v >= 0): a running sum is -0 only when every product so
   // far rounded to zero and the last nonzero one was negative and under 2^-150, which a row's own
   // max key (weight exactly 1) rules out unless its V row is zero or tiny. So the same bits for
-  // finite V (a V entry of inf / NaN under the mask gave NaN before, and nothing now).
+  // finite V except the sign of a zero (a V entry of inf / NaN under the mask gave NaN before, and
+  // nothing now).
   const bool tri = attention_detail::prefill_causal_skip() && kern.qk_t_tri != nullptr && p.causal;
   // one tile's block: S, its softmax, acc += P V (the tile's own block length nb, as run_unit's)
   auto tile_block = [&](Tile& T, int64_t j0, bool transposed, const float* kb) {
@@ -2646,11 +2647,23 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // V one, after its last V one the next block's first K; wide_pf_none where the next is short or none): the
   // first row of that sub-block, or wide_pf_none / null (off).
   const bool wide_pf = use_qk16 && it.wide_pf;
-  auto wide_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) -> const float* {
-    if (!wide_pf) return nullptr;
+  // Token row s of V (is_v) or K.
+  auto kv_token = [&](bool is_v, int64_t s) -> const float* {
+    return is_v ? kv_row(it.v, p.v_blocks, p, s, p.ldv) : kv_row(it.k, p.k_blocks, p, s, p.ldk);
+  };
+  // The first row of the sub-block decode_pipeline_next names after (b0, b1, s0, is_v) if it has at
+  // least `rows` token rows, else wide_pf_none.
+  auto next_rows = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v, int rows) -> const float* {
     const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
-    if (nx.ns != 16) return wide_pf_none;
-    return nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, p.ldv) : kv_row(it.k, p.k_blocks, p, nx.s, p.ldk);
+    return nx.ns >= rows ? kv_token(nx.v, nx.s) : wide_pf_none;
+  };
+  auto wide_next = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v) -> const float* {
+    return wide_pf ? next_rows(b0, b1, s0, is_v, 16) : nullptr;
+  };
+  // A kernel's knext / vnext for kv head slice `off` (elements) of wide_next's / wide_next8's row:
+  // null and wide_pf_none pass through.
+  auto head_next = [&](const float* row, int64_t off) -> const float* {
+    return row == nullptr || row == wide_pf_none ? row : kv_at(row, off, p);
   };
   // decode_wide8 (it.wide8; one query head per kv head, an even kv head count): a full 16-row sub-block as two
   // sub-blocks of 8 rows, every kv head's Q K^T (qk8) or P V pair (pv2 on 8 tokens) of rows 0-7, then of rows
@@ -2659,11 +2672,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   const bool wide8 = use_pv2 && it.wide8 && kk.qk8 != nullptr && Hkv % 2 == 0;
   auto wide_next8 = [&](int64_t b0, int64_t b1, int64_t s0, bool is_v, int half) -> const float* {
     if (!wide_pf) return wide_pf_none;
-    if (half == 0)
-      return is_v ? kv_row(it.v, p.v_blocks, p, s0 + 8, p.ldv) : kv_row(it.k, p.k_blocks, p, s0 + 8, p.ldk);
-    const attention_detail::DecodeSubBlock nx = attention_detail::decode_pipeline_next(j1, b0, b1, s0, is_v);
-    if (nx.ns < 8) return wide_pf_none;
-    return nx.v ? kv_row(it.v, p.v_blocks, p, nx.s, p.ldv) : kv_row(it.k, p.k_blocks, p, nx.s, p.ldk);
+    return half == 0 ? kv_token(is_v, s0 + 8) : next_rows(b0, b1, s0, is_v, 8);
   };
   // The ns token rows from s0 of K or V: in place (row stride ld, elements of the cache type), or
   // copied / widened into kbuf (stride span).
@@ -2803,7 +2812,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           const float* kn8 = wide_next8(b0, b1, s0, false, half);
           for (int64_t g = 0; g < Hkv; ++g)
             kk.qk8(it.q + g * D, kv_at(kr, g * D, p), ldkr, D, it.scale, S + g * kBk + (s0 - b0) + 8 * half, half,
-                   kn8 == wide_pf_none ? kn8 : kv_at(kn8, g * D, p));
+                   head_next(kn8, g * D));
         }
         continue;
       }
@@ -2813,8 +2822,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
         if (use_qk16 && ns == 16) {
           for (int r = 0; r < G; ++r) qrows[r] = it.q + (g * G + r) * D;
-          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk,
-                  knx == nullptr || knx == wide_pf_none ? knx : kv_at(knx, g * D, p));
+          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk, head_next(knx, g * D));
           continue;
         }
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
@@ -2842,8 +2850,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           const float* vn8 = wide_next8(b0, b1, s0, true, half);
           for (int64_t g = 0; g < Hkv; g += 2)
             kk.pv2(acc + g * Dp, Dp, s0 == b0 && half == 0 ? alpha + g : kOnes, S + g * kBk + (s0 - b0) + 8 * half,
-                   kBk, kv_at(vr, 8 * half * ldvr + g * D, p), ldvr, 8, D, it.pv_chunks,
-                   vn8 == wide_pf_none ? vn8 : kv_at(vn8, g * D, p));
+                   kBk, kv_at(vr, 8 * half * ldvr + g * D, p), ldvr, 8, D, it.pv_chunks, head_next(vn8, g * D));
         }
         continue;
       }
@@ -2851,8 +2858,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
           kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
-                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks,
-                 vnx == nullptr || vnx == wide_pf_none ? vnx : kv_at(vnx, g0 * D, p));
+                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks, head_next(vnx, g0 * D));
       for (int64_t g = g0; g < Hkv; ++g) {
         int64_t ldg;
         const float* vg = head_rows(vr, ldvr, g, ns, &ldg);

@@ -4,8 +4,8 @@
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_q40_ms_spread, set_q40_ms_ahead, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
 // _ahead_mt and set_q80_prefetch_mt / _ahead_mt, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
-// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks, set_decode_wide_pf,
-// set_decode_wide8) for the tests
+// attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
+// set_decode_wide_pf_mode, set_decode_wide8_mode) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
@@ -55,8 +55,11 @@ struct DecodeTuning {
   // true (spread): one prefetch beside each quant / scale line's load, issued from an asm
   // statement (gemv_repacked.cpp prefetch_here: the q8_0 parts pass's form), `q40_ahead` bytes on
   // along its stream. Session 30 (h-q4pf), built to follow the VM's high-bandwidth phase at 2
-  // threads (the records' read pattern with each line's prefetch 1 KiB ahead beside its load,
-  // q40_read_patterns spread2x1-1k, read 1.04-1.09x the pass there; the T0 loop 0.82-0.89x).
+  // threads (session 29: there the pass read ~46-50 GB/s against a plain 2-stream read's 61-65);
+  // measured at 2 threads in a quiet low phase only (~35 GB/s, 17:04, wall, 6 runs x 30 rounds of
+  // `q40_read_patterns 2 30 11264 2048`; the lead's session 30 quiet row): the records' read
+  // pattern with each line's prefetch 1 KiB ahead beside its load (spread2x1-1k) read 1.04-1.09x
+  // the pass, the T0 loop 0.82-0.89x.
   // Zen 4 at 1 thread (q40_read_patterns, thread CPU time, cold, interleaved, load 4-6, 3
   // processes x 40-60 rounds at 2048 x 2048, 11264 x 2048, 2048 x 5632, 4096 x 4096, 22016 x 4096,
   // 4096 x 11008; median r(med) against none): spread T0 512 B 0.78-0.97x, 1 KiB 0.68-0.92x, 2 KiB
@@ -119,13 +122,14 @@ struct DecodeTuning {
   // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
   // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
   // DecodeWide (0 none, 1 f16 / bf16, 2 every type). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
-  // h-attn7b; attn_decode_threads' 7B shape cold in 2 MiB pages, 1 thread, thread CPU time, interleaved, load 4-6:
-  // both against neither, by median, f16 1.35-1.43x (kv 512 / 2048; 0.70-0.75x a plain read of the bytes against
-  // 0.49-0.55x), bf16 1.48x (kv 512: 0.84x the read against 0.56x), the prefetch alone f16 1.12-1.32x, the 8 rows
-  // alone 0.99-1.26x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
-  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031). f32 caches keep 16
-  // rows without it: both 0.99-1.03x there, the prefetch alone 1.01-1.07x (model: within its A/A's noise).
-  // Zen 5 not measured: 0.
+  // h-attn7b, bench/README's Zen 4 row of 17:07-17:50; attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 /
+  // 2048, 1 thread, thread CPU time, interleaved call by call, load 0.04-0.4 then 3-6; against the 16-row order
+  // without prefetch, by median): f16 both 1.35-1.50x (the call 0.70-0.75x a plain read of its bytes, 0.48-0.55x
+  // before), bf16 both 1.48x (kv 512: 0.84x the read, 0.56x before); f16 the prefetch alone 1.12-1.35x, the 8 rows
+  // alone 1.24-1.28x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
+  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031. f32 caches
+  // keep 16 rows without it: both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone 0.79-0.90x
+  // (the f32 model: within its A/A's noise). Zen 5 not measured: 0.
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
@@ -156,9 +160,9 @@ struct DecodeTuning {
   // measured; it reads without them).
   int q80_ahead = 1024;
   // The same passes' read entries where the GEMV's dispatch runs on >= 2 threads (gemv_repacked /
-  // gemv_repacked_multi with a pool of 2+ threads and a matrix of at least kParallelMinMacs: the
-  // parallel path): in this VM's high-bandwidth phase each of 2 threads needs about what 1 thread
-  // alone reads in the low phase, and the 1-thread entries above were chosen at 1 thread (session
+  // gemv_repacked_multi with a pool of 2+ threads, a matrix of at least kParallelMinMacs and more
+  // than one claim of groups: gemv_repacked.cpp gemv_mt): in this VM's high-bandwidth phase each
+  // of 2 threads needs about what 1 thread alone reads in the low phase, and the 1-thread entries above were chosen at 1 thread (session
   // 29: every dtype's 2-thread decode 85-93% of a low phase's read bandwidth, q4_0 62% / q8_0 78%
   // of a high phase's; the q4_0 pass in L2 runs ~50 GB/s a thread against q8_0's ~73 and a plain
   // 2-stream read's ~72, session 30: at ~60 GB/s for 2 threads its arithmetic fills ~60% of the

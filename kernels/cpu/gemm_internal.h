@@ -264,8 +264,9 @@ int q40_ms_spread_mt();
 void set_q40_ms_ahead_mt(int bytes);
 int q40_ms_ahead_mt();
 // How the two-stream q4_0 pass reads in a GEMV dispatched on >= 2 threads (mt) or one: the
-// settings above with the >= 2-thread ones' AsOneThread / -1 resolved. What gemv_repacked reads
-// once a call.
+// settings above with the >= 2-thread ones' AsOneThread / -1 resolved. gemv_repacked's chunks
+// (repacked_groups) resolve it on each call, reading the settings then; only mt is fixed once a
+// GEMV call (gemv_repacked.cpp gemv_mt).
 struct Q40ReadForm {
   GemvPrefetch prefetch;  // T0 / T1 / Nta / None
   bool spread;
@@ -293,12 +294,21 @@ void set_q80_prefetch_mt(GemvPrefetch p);
 GemvPrefetch q80_prefetch_mt();
 void set_q80_ahead_mt(int bytes);
 int q80_ahead_mt();
-// That pass's prefetch and distance in a GEMV dispatched on >= 2 threads (mt) or one, resolved.
+// That pass's prefetch and distance in a GEMV dispatched on >= 2 threads (mt) or one, resolved
+// (as q40_read_form: on each repacked_groups call, mt fixed once a GEMV call).
 struct Q80ReadForm {
   GemvPrefetch prefetch;  // T0 / T1 / Nta / None
   int ahead;
 };
 Q80ReadForm q80_read_form(bool mt);
+// How many gemv_repacked / gemv_repacked_multi calls since the start had their dispatch split over
+// >= 2 threads, so that their passes read the >= 2-thread entries (q40_read_form(true) /
+// q80_read_form(true)), and how many ran on one thread (the 1-thread entries): counted on the
+// calling thread, once a call (tests: the bits cannot tell the two apart).
+struct GemvRepackedCalls {
+  uint64_t mt = 0, one_thread = 0;
+};
+GemvRepackedCalls gemv_repacked_calls();
 // That pass with a software prefetch: a 17th prefetch a block pair (the line its 16 leave to the
 // hardware prefetchers: a q8_0 record is 544 bytes, 8.5 lines), on or off. Off at start on every
 // CPU: on Zen 4 (session 28, 1 thread) 0.97-1.06x the same T0 forms without it, which Zen 4 does

@@ -150,26 +150,24 @@ namespace {
 // A 1-thread prefetch setting never holds AsOneThread (the setters take any value): read it as T0,
 // as with_prefetch_hint would
 GemvPrefetch one_thread_prefetch(GemvPrefetch p) { return p == GemvPrefetch::AsOneThread ? GemvPrefetch::T0 : p; }
+// One entry as a pass reads it: the >= 2-thread entry where mt and it is set (a prefetch other than
+// AsOneThread; a spread / distance >= 0: their setters store -1 or a valid value), else the 1-thread one.
+GemvPrefetch resolve_entry(bool mt, GemvPrefetch one, GemvPrefetch multi) {
+  return mt && multi != GemvPrefetch::AsOneThread ? multi : one_thread_prefetch(one);
+}
+int resolve_entry(bool mt, int one, int multi) { return mt && multi >= 0 ? multi : one; }
 }  // namespace
 Q40ReadForm q40_read_form(bool mt) {
-  Q40ReadForm f{one_thread_prefetch(q40_ms_prefetch()), q40_ms_spread(), q40_ms_ahead()};
-  if (mt) {
-    const GemvPrefetch p = q40_ms_prefetch_mt();
-    const int s = q40_ms_spread_mt(), a = q40_ms_ahead_mt();
-    if (p != GemvPrefetch::AsOneThread) f.prefetch = p;
-    if (s >= 0) f.spread = s > 0;
-    if (a > 0) f.ahead = a;
-  }
+  Q40ReadForm f;
+  f.prefetch = resolve_entry(mt, q40_ms_prefetch(), q40_ms_prefetch_mt());
+  f.spread = resolve_entry(mt, int(q40_ms_spread()), q40_ms_spread_mt()) > 0;
+  f.ahead = resolve_entry(mt, q40_ms_ahead(), q40_ms_ahead_mt());
   return f;
 }
 Q80ReadForm q80_read_form(bool mt) {
-  Q80ReadForm f{one_thread_prefetch(q80_prefetch()), q80_ahead()};
-  if (mt) {
-    const GemvPrefetch p = q80_prefetch_mt();
-    const int a = q80_ahead_mt();
-    if (p != GemvPrefetch::AsOneThread) f.prefetch = p;
-    if (a > 0) f.ahead = a;
-  }
+  Q80ReadForm f;
+  f.prefetch = resolve_entry(mt, q80_prefetch(), q80_prefetch_mt());
+  f.ahead = resolve_entry(mt, q80_ahead(), q80_ahead_mt());
   return f;
 }
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
@@ -1005,12 +1003,26 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 bool even_claims(bool q8, const RepackLayout& L) {
   return !q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && gemm_detail::gemv_even_claims();
 }
-// Whether gemv_dispatch(pool, parallel, ...) runs its calls on >= 2 threads: what picks the
-// passes' >= 2-thread read settings (decode_tuning.h q40_*_mt / q80_*_mt).
-bool gemv_mt(const ThreadPool* pool, bool parallel) { return parallel && pool && pool->size() > 1; }
+// The dispatch's claim unit in groups: a pass, or (even_sg) a pair of super-groups.
+int64_t gemv_step(bool even_sg) { return even_sg ? 2 * kSuperGroup : kPassGroups; }
+// Whether gemv_dispatch(pool, parallel, groups, ..., even_sg) splits the groups over >= 2 threads:
+// what picks the passes' >= 2-thread read settings (decode_tuning.h q40_*_mt / q80_*_mt). Not with
+// one thread in the pool, below kParallelMinMacs (parallel false), nor with at most one step of
+// groups: parallel_ranges / parallel_guided then run fn(0, groups) inline on the caller. Not seen
+// here: a call nested in a pool job (a GEMV issued from inside ThreadPool work) also runs inline on
+// that one thread (ThreadPool runs nested jobs so), yet reads the >= 2-thread settings.
+bool gemv_mt(const ThreadPool* pool, bool parallel, int64_t groups, bool even_sg) {
+  return parallel && pool && pool->size() > 1 && groups > gemv_step(even_sg);
+}
+// gemm_detail::gemv_repacked_calls' counts (the caller's relaxed add, once a GEMV call).
+struct alignas(64) GemvCallCounts {
+  std::atomic<uint64_t> mt{0}, one_thread{0};
+};
+GemvCallCounts g_gemv_calls;
+void count_gemv_call(bool mt) { (mt ? g_gemv_calls.mt : g_gemv_calls.one_thread).fetch_add(1, std::memory_order_relaxed); }
 void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn,
                    bool even_sg = false) {
-  const int64_t step = even_sg ? 2 * kSuperGroup : kPassGroups;
+  const int64_t step = gemv_step(even_sg);
   int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
   chunk = (chunk + step - 1) / step * step;
   if (parallel && gemm_detail::gemv_ranges())
@@ -1030,7 +1042,7 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
   // gemv_dispatch's split: one thread below kParallelMinMacs, else parallel_ranges' own range
   const bool parallel = nth > 1 && N * K >= gemm_detail::kParallelMinMacs;
   int64_t g0, g1;
-  parallel_ranges_own(groups, even_claims(q8, L) ? 2 * kSuperGroup : kPassGroups, parallel ? nth : 1, ith, &g0, &g1);
+  parallel_ranges_own(groups, gemv_step(even_claims(q8, L)), parallel ? nth : 1, ith, &g0, &g1);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const size_t total = quant_repack_bytes(wtype, N, K);
   const size_t b0 = std::min(total, size_t(g0 / L.sg) * L.sgstride);
@@ -1042,7 +1054,7 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
 namespace {
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks, layout L) against x quantised in (qs, s).
 // cold_start: the chunk's first pass prefetches its own first records (false when the caller has).
-// mt: the call's dispatch runs on >= 2 threads (gemv_mt): the two-stream q4_0 and the q8_0 parts
+// mt: the call's dispatch splits its groups over >= 2 threads (gemv_mt): the two-stream q4_0 and the q8_0 parts
 // passes read as their >= 2-thread settings say (gemm_internal.h q40_read_form / q80_read_form).
 void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, const RepackLayout& L, bool q8, bool vec,
                      const float* bias, float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1, bool mt,
@@ -1161,10 +1173,12 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const RepackLayout L = repack_layout(q8, nb);
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
-  const bool parallel = N * K >= kParallelMinMacs, mt = gemv_mt(pool, parallel);
+  const bool parallel = N * K >= kParallelMinMacs, even = even_claims(q8, L);
+  const bool mt = gemv_mt(pool, parallel, groups, even);
+  count_gemv_call(mt);
   gemv_dispatch(pool, parallel, groups,
                 [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1, mt); },
-                even_claims(q8, L));
+                even);
 }
 
 // The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
@@ -1191,7 +1205,8 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   // (even claims: every output's groups start on a super-group pair when each output has whole pairs)
   bool even = even_claims(q8, L);
   for (int j = 0; j < n_outs; ++j) even = even && first[j] % (2 * kSuperGroup) == 0;
-  const bool parallel = rows * K >= kParallelMinMacs, mt = gemv_mt(pool, parallel);
+  const bool parallel = rows * K >= kParallelMinMacs, mt = gemv_mt(pool, parallel, groups, even);
+  count_gemv_call(mt);
   gemv_dispatch(pool, parallel, groups, [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
@@ -1487,6 +1502,12 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
 }  // namespace
 
 namespace gemm_detail {
+GemvRepackedCalls gemv_repacked_calls() {
+  GemvRepackedCalls c;
+  c.mt = g_gemv_calls.mt.load(std::memory_order_relaxed);
+  c.one_thread = g_gemv_calls.one_thread.load(std::memory_order_relaxed);
+  return c;
+}
 void set_repacked_kslice(int blocks) {
 #if defined(__x86_64__)
   g_kslice.store(blocks, std::memory_order_relaxed);

@@ -2392,8 +2392,9 @@ struct Q40ReadScope {
 
 // The two-stream q4_0 pass's spread prefetch (set_q40_ms_spread: one prefetch beside each quant /
 // scale line's load, `ahead` bytes on; block_step's line hook on q4_0) and the >= 2-thread read
-// settings (set_q40_ms_*_mt, taken where the dispatch runs on 2+ threads: a pool of 2-3 threads
-// and N x K >= kParallelMinMacs, here every K = 2048 shape and K = 96 from N = 1000) give the
+// settings (set_q40_ms_*_mt, taken where the dispatch splits the groups over 2+ threads: a pool of
+// 2-3 threads, N x K >= kParallelMinMacs and more than one claim of groups, here gemv_repacked at
+// K = 2048 from N = 100, gemv_repacked_multi at K = 2048, and K = 96 from N = 1000) give the
 // one-stream pass's bits: at 512 / 1024 / 2048 bytes ahead, T0, NTA and T1 (and the loop form into
 // L2), at 1 thread and in the
 // >= 2-thread entries alone, and the 1-thread and >= 2-thread entries set apart (each form on one
@@ -2451,7 +2452,8 @@ TEST(gemv_q40_ms_spread_and_mt_bit_equal_one_stream) {
 // taken where the dispatch runs on 2+ threads) give the four-group pass's bits, with the 1-thread
 // entries set apart: none at 1 thread and T0 / T1 / NTA 512 B - 2 KiB at 2+, and the reverse, at
 // 2 and 4 parts. Shapes as gemv_q80_parts_bit_equal_four_group_pass's (2-3 threads take the
-// >= 2-thread entries at K = 2048 and at K = 96 from N = 1040).
+// >= 2-thread entries at K = 2048 from N = 100 (gemv_repacked_multi, with its 37-row output, from
+// N = 40) and at K = 96 from N = 1040).
 TEST(gemv_q80_parts_mt_bit_equal_four_group_pass) {
   using P = gemm_detail::GemvPrefetch;
   struct Restore {
@@ -2493,6 +2495,84 @@ TEST(gemv_q80_parts_mt_bit_equal_four_group_pass) {
       ++seed;
     }
   EXPECT(compared > 0);
+}
+
+// gemv_repacked / gemv_repacked_multi read the passes' >= 2-thread entries (q40_read_form(true) /
+// q80_read_form(true); gemv_repacked.cpp gemv_mt) exactly where their dispatch splits the groups
+// over >= 2 threads: a pool of 2 or 3 threads, N x K >= kParallelMinMacs and more groups than one
+// claim (a pass of 4, or 8 with q4_0's even claims: parallel_ranges runs fn(0, groups) inline on the
+// caller otherwise); not without a pool, on a pool of one, below kParallelMinMacs, nor with one
+// claim's groups. Counted by gemm_detail::gemv_repacked_calls, once a call (the bits cannot tell).
+// Fails if gemv_mt follows the pool's size alone (the 64- and 128-row cases, the multi of 4 groups)
+// or a call stops resolving its read form by it.
+TEST(gemv_repacked_mt_entries_only_when_split) {
+  struct Restore {
+    bool even = gemm_detail::gemv_even_claims(), ms = gemm_detail::q40_ms();
+    ~Restore() { gemm_detail::set_gemv_even_claims(even), gemm_detail::set_q40_ms(ms); }
+  } restore;
+  gemm_detail::set_q40_ms(true);
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  struct Case {
+    DType t;
+    int64_t N, K;
+    bool even;   // set_gemv_even_claims
+    bool split;  // at 2-3 threads
+  };
+  const Case cases[] = {
+      {DType::Q4_0, 4096, 2048, false, true}, {DType::Q8_0, 4096, 2048, false, true},
+      {DType::Q4_0, 100, 2048, false, true},   // 7 groups
+      {DType::Q8_0, 100, 2048, false, true},
+      {DType::Q4_0, 64, 2048, false, false},   // 4 groups: one claim
+      {DType::Q8_0, 64, 2048, false, false},
+      {DType::Q4_0, 128, 2048, false, true},   // 8 groups: two claims of a pass
+      {DType::Q4_0, 128, 2048, true, false},   // even claims: one claim of 8 groups
+      {DType::Q4_0, 256, 2048, true, true},    // even claims: two
+      {DType::Q8_0, 128, 2048, true, true},    // q8_0 never claims in pairs
+      {DType::Q8_0, 1000, 32, false, false},   // 32000 MACs: below kParallelMinMacs
+  };
+  uint32_t seed = 8600;
+  auto check = [&](const std::string& what, bool mt, const std::function<void()>& call) {
+    const gemm_detail::GemvRepackedCalls before = gemm_detail::gemv_repacked_calls();
+    call();
+    const gemm_detail::GemvRepackedCalls after = gemm_detail::gemv_repacked_calls();
+    if (after.mt - before.mt != (mt ? 1u : 0u) || after.one_thread - before.one_thread != (mt ? 0u : 1u))
+      ::emollm_test::report_failure(__FILE__, __LINE__,
+                                    "calls with the >= 2-thread entries " + std::to_string(after.mt - before.mt) +
+                                        ", with the 1-thread ones " +
+                                        std::to_string(after.one_thread - before.one_thread) + ": " + what);
+  };
+  for (const Case& c : cases) {
+    gemm_detail::set_gemv_even_claims(c.even);
+    const Weights w = make_weights(c.t, c.N, c.K, seed++);
+    std::vector<uint8_t> r(quant_repack_bytes(c.t, c.N, c.K));
+    quant_repack(w.bytes.data(), c.t, c.N, c.K, r.data(), nullptr);
+    const Problem p = make_problem(1, c.N, c.K, 0, 0, seed++);
+    std::vector<float> y(size_t(c.N));
+    for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool1, &pool2, &pool3}) {
+      const int nth = pool ? pool->size() : 0;
+      const std::string what = std::string(dtype_name(c.t)) + " N=" + std::to_string(c.N) + " K=" +
+                               std::to_string(c.K) + " even=" + yesno(c.even) + " pool=" + std::to_string(nth);
+      check(what, c.split && nth > 1, [&] { gemv_repacked(p.X.data(), r.data(), c.t, nullptr, y.data(), c.N, c.K, pool); });
+    }
+  }
+  // gemv_repacked_multi: its outputs' groups counted together (two 32-row q8_0 outputs at K = 2048:
+  // 2 + 2 groups, one claim, though each alone and both together pass kParallelMinMacs; two of
+  // 2048 rows: 256 groups)
+  gemm_detail::set_gemv_even_claims(false);
+  for (int64_t N : {32, 2048}) {
+    const int64_t K = 2048;
+    const Weights w = make_weights(DType::Q8_0, N, K, seed++);
+    std::vector<uint8_t> r(quant_repack_bytes(DType::Q8_0, N, K));
+    quant_repack(w.bytes.data(), DType::Q8_0, N, K, r.data(), nullptr);
+    const Problem p = make_problem(1, N, K, 0, 0, seed++);
+    std::vector<float> ya(static_cast<size_t>(N)), yb(static_cast<size_t>(N));
+    const GemvOutput o[2] = {{r.data(), nullptr, ya.data(), N}, {r.data(), nullptr, yb.data(), N}};
+    for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool1, &pool2, &pool3}) {
+      const int nth = pool ? pool->size() : 0;
+      check("multi q8_0 2 x N=" + std::to_string(N) + " pool=" + std::to_string(nth), N == 2048 && nth > 1,
+            [&] { gemv_repacked_multi(p.X.data(), DType::Q8_0, o, 2, K, pool); });
+    }
+  }
 }
 
 // gemv_repacked's q8_0 M = 1 pass in S contiguous parts a thread (gemm_detail::set_q80_streams,
