@@ -166,12 +166,17 @@ struct DecodeTuning {
   // 29: every dtype's 2-thread decode 85-93% of a low phase's read bandwidth, q4_0 62% / q8_0 78%
   // of a high phase's; the q4_0 pass in L2 runs ~50 GB/s a thread against q8_0's ~73 and a plain
   // 2-stream read's ~72, session 30: at ~60 GB/s for 2 threads its arithmetic fills ~60% of the
-  // time). AsOneThread / -1 (every row, until measured at 2 threads quietly): the 1-thread entry's
-  // value. Session 30 (h-q4pf) under load 5-6 (2 threads, wall: unreadable, not a decision):
-  // q40_read_patterns 2 threads spread T1 1-2 KiB 0.98-1.27x none, spread T0 512 B - 2 KiB
-  // 0.67-0.97x; decode_switch_ab 2 threads q40_mt_spreadt1_1k 1.10 (rounds 0.80-1.39),
-  // q40_mt_spread1k 0.84, q80_mt_t1_1k 1.06, q80_mt_t0_1k 0.89. Candidates: q4_0 spread T1 1 KiB
-  // (neutral at 1 thread), q8_0 T1 1 KiB (0.95-0.99x none at 1 thread, q8_read_patterns).
+  // time). AsOneThread / -1 on every row: the 1-thread entry's value. Session 30 (h-q4pf) under
+  // load 5-6 (2 threads, wall: unreadable, not a decision): q40_read_patterns spread T1 1-2 KiB
+  // 0.98-1.27x none, spread T0 512 B - 2 KiB 0.67-0.97x; decode_switch_ab q40_mt_spreadt1_1k 1.10
+  // (rounds 0.80-1.39), q40_mt_spread1k 0.84, q80_mt_t1_1k 1.06, q80_mt_t0_1k 0.89. Then quietly
+  // (the lead's session 30 rows: 2 threads, wall, 233 short interleaved runs over 8 minutes, each
+  // classed by its read-4 row): q4_0 spread T1 1 KiB 1.02-1.04x none in a low phase, 0.87-0.98x in a
+  // high one, T1 2 KiB 1.03-1.06x / 0.80-0.88x, T0 0.51-0.89x in both; q8_0 T1 1 KiB 0.98-1.00x, T0
+  // 0.84-0.96x; the 1.1B q4_0 decode with q40_mt_spreadt1_2k 1.047 at ~47 tok/s, then 0.872 at ~62
+  // (the 7B 0.833), q40_mt_spreadt1_1k 0.998, q80_mt_t1_1k 1.005: no form wins in both phases, so
+  // none is set. (q4_0's pass still lags a plain 2-stream read, 1.09-1.44x, where no other pass
+  // does: its arithmetic between the loads, not its prefetch.)
   GemvPrefetch q40_prefetch_mt = GemvPrefetch::AsOneThread;
   int q40_spread_mt = -1;  // -1, 0 (loop) or 1 (spread)
   int q40_ahead_mt = -1;   // -1 or bytes
