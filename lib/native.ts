@@ -59,8 +59,8 @@ export interface NativeBinding {
    * (ERR_OUT_OF_MEMORY; `false` disarms it; `'after'`: the worker is made, deleted, then the same failure); fresh results written whole by the worker zeroed
    * first (today's arrays) while on.
    */
-  testExternalArrayBuffer(bytes: number): ArrayBuffer;
-  testExternalFinalized(): number;
+  testExternalArrayBuffer(bytes: number, tag?: number): ArrayBuffer;
+  testExternalFinalized(tag?: number): number;
   testFailNextWorker(on?: boolean | 'after'): void;
   testZeroWrittenResults(on: boolean): void;
   testPoisonWrittenResults(on: boolean): void;

@@ -1,10 +1,12 @@
 // Test hooks of the addon (tests/js only; no user calls them):
-// - testExternalArrayBuffer(bytes) -> ArrayBuffer: an addon-owned external ArrayBuffer (a 2 MiB-
-//   aligned huge-page block with a finalizer that frees it), byte i holding i * 7 mod 256. The
+// - testExternalArrayBuffer(bytes, tag = 0) -> ArrayBuffer: an addon-owned external ArrayBuffer (a
+//   2 MiB-aligned huge-page block with a finalizer that frees it), byte i holding i * 7 mod 256. The
 //   design question it answers (tests/js/result_array_ownership.test.ts): what such a buffer, as a
 //   result array, would do to users (transfer, structuredClone, workers, Buffer.from) against
 //   today's V8-owned results.
-// - testExternalFinalized() -> number: how many of them the process has freed so far.
+// - testExternalFinalized(tag = 0) -> number: how many of them made with that tag (0-7) the process
+//   has freed so far. A test that counts one worker's frees gives its buffers a tag of its own: the
+//   main thread's GC may finalize another test's untagged buffers at any moment in between.
 // - testFailNextWorker(on = true): the environment's next new_worker call (napi_util.h) fails as if its
 //   allocation had (every binding that makes a worker: its `out` claim must be released, its
 //   context / model / trainer left free; tests/js/result_arrays.test.ts, worker_allocation.test.ts).
@@ -28,12 +30,22 @@
 namespace emollm::addon {
 namespace {
 
-std::atomic<int64_t> g_external_finalized{0};
+constexpr int kExternalTags = 8;
+std::atomic<int64_t> g_external_finalized[kExternalTags];
+
+// info[index] as a tag in [0, kExternalTags); 0 where absent.
+int external_tag(const Napi::CallbackInfo& info, size_t index) {
+  if (info.Length() <= index || info[index].IsUndefined()) return 0;
+  const int64_t tag = arg_int(info, index, "tag");
+  if (tag < 0 || tag >= kExternalTags) throw_invalid(info.Env(), "tag must be in [0, 7]");
+  return int(tag);
+}
 
 Napi::Value TestExternalArrayBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t bytes = arg_int(info, 0, "bytes");
   if (bytes <= 0 || bytes > (int64_t(1) << 30)) throw_invalid(env, "bytes must be in [1, 2^30]");
+  std::atomic<int64_t>* finalized = &g_external_finalized[external_tag(info, 1)];
   const size_t rounded = (size_t(bytes) + kHugePage2M - 1) & ~(kHugePage2M - 1);
   uint8_t* p = nullptr;
   try {
@@ -42,10 +54,13 @@ Napi::Value TestExternalArrayBuffer(const Napi::CallbackInfo& info) {
     throw make_js_error(env, e);
   }
   for (size_t i = 0; i < size_t(bytes); ++i) p[i] = uint8_t(i * 7);
-  return Napi::ArrayBuffer::New(env, p, size_t(bytes), [](Napi::Env, void* data) {
-    aligned_free(data);
-    g_external_finalized.fetch_add(1);
-  });
+  return Napi::ArrayBuffer::New(
+      env, p, size_t(bytes),
+      [](Napi::Env, void* data, std::atomic<int64_t>* count) {
+        aligned_free(data);
+        count->fetch_add(1);
+      },
+      finalized);
 }
 
 AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
@@ -69,7 +84,7 @@ void register_testing(Napi::Env env, Napi::Object exports) {
   exports.Set("testExternalArrayBuffer", Napi::Function::New(env, TestExternalArrayBuffer, "testExternalArrayBuffer"));
   exports.Set("testExternalFinalized", Napi::Function::New(
                                            env, [](const Napi::CallbackInfo& info) -> Napi::Value {
-                                             return Napi::Number::New(info.Env(), double(g_external_finalized.load()));
+                                             return Napi::Number::New(info.Env(), double(g_external_finalized[external_tag(info, 0)].load()));
                                            },
                                            "testExternalFinalized"));
   exports.Set("testFailNextWorker", Napi::Function::New(
