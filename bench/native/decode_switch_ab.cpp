@@ -3,11 +3,7 @@
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
 // kq_pf4k: that pass's two streams 4 KiB ahead for q4_K too (on) against the default 2 KiB (q6_K 4 KiB either way);
-// q40_spread512 / q40_spread1k / q40_spread2k / q40_spreadnta1k / q40_spreadt1_1k / q40_spreadt1_2k /
-// q40_mt_spread512 / q40_mt_spread1k / q40_mt_spread2k / q40_mt_spreadnta1k / q40_mt_spreadt1_1k /
-// q40_mt_spreadt1_2k: the q4_0 two-stream pass's spread prefetch (below); q80_t0_1k / q80_mt_t0_512 /
-// q80_mt_t0_1k / q80_mt_t0_2k / q80_mt_nta_1k / q80_mt_t1_1k: the q8_0 parts pass's per-line
-// prefetch at 1 KiB, and in >= 2-thread GEMVs only (below);
+// q80_t0_1k: the q8_0 parts pass's per-line prefetch at 1 KiB (below);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; half_long6: the bf16 / f16 stream
 // kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; q80_parts / q80_parts1 / q80_parts3 /
@@ -180,27 +176,6 @@ void embd_pages(bool on) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(g_embd) / 4096 * 4096;
   madvise(reinterpret_cast<void*>(a), reinterpret_cast<uintptr_t>(g_embd) + g_embd_bytes - a, MADV_DONTNEED);
 }
-// The q4_0 two-stream pass's spread prefetch (gemm_internal.h set_q40_ms_spread: one prefetch
-// beside each line's load, `ahead` bytes on) with hint pf: the 1-thread entries (on) against this
-// CPU's row (off), the >= 2-thread entries following them; and the >= 2-thread entries alone (on)
-// against following the 1-thread ones (off: the row's, AsOneThread). The q8_0 parts pass's
-// >= 2-thread prefetch and distance likewise.
-void q40_spread_1t(bool on, gemm_detail::GemvPrefetch pf, int ahead) {
-  const gemm_detail::DecodeTuning& t = gemm_detail::decode_tuning();
-  gemm_detail::set_q40_ms_prefetch(on ? pf : t.q40_prefetch);
-  gemm_detail::set_q40_ms_spread(on ? true : t.q40_spread);
-  gemm_detail::set_q40_ms_ahead(on ? ahead : t.q40_ahead);
-  gemm_detail::set_q40_ms_prefetch_mt(gemm_detail::GemvPrefetch::AsOneThread);
-  gemm_detail::set_q40_ms_spread_mt(-1), gemm_detail::set_q40_ms_ahead_mt(-1);
-}
-void q40_spread_mt(bool on, gemm_detail::GemvPrefetch pf, int ahead) {
-  gemm_detail::set_q40_ms_prefetch_mt(on ? pf : gemm_detail::GemvPrefetch::AsOneThread);
-  gemm_detail::set_q40_ms_spread_mt(on ? 1 : -1), gemm_detail::set_q40_ms_ahead_mt(on ? ahead : -1);
-}
-void q80_pf_mt(bool on, gemm_detail::GemvPrefetch pf, int ahead) {
-  gemm_detail::set_q80_prefetch_mt(on ? pf : gemm_detail::GemvPrefetch::AsOneThread);
-  gemm_detail::set_q80_ahead_mt(on ? ahead : -1);
-}
 // The switches AB_SWITCH names: each sets the path off (false) or on (true).
 struct AbSwitch {
   const char* name;
@@ -214,22 +189,6 @@ const AbSwitch kSwitches[] = {
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
     // the q4_0 two-stream pass's software prefetch: none (on) against T0 (off); decode_tuning.h
     {"q40_nopf", [](bool on) { gemm_detail::set_q40_ms_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
-    // the q4_0 two-stream pass's spread prefetch, T0 512 B / 1 / 2 KiB, NTA 1 KiB or T1 (into L2) 1 / 2 KiB ahead, at
-    // every thread count (on) against this CPU's row (off; Zen 4: none): q40_spread*; in GEMVs
-    // dispatched on >= 2 threads only (the >= 2-thread entries, on) against as at 1 thread (off):
-    // q40_mt_* (at 1 thread an A/A). decode_tuning.h q40_spread / q40_*_mt
-    {"q40_spread512", [](bool on) { q40_spread_1t(on, gemm_detail::GemvPrefetch::T0, 512); }},
-    {"q40_spread1k", [](bool on) { q40_spread_1t(on, gemm_detail::GemvPrefetch::T0, 1024); }},
-    {"q40_spread2k", [](bool on) { q40_spread_1t(on, gemm_detail::GemvPrefetch::T0, 2048); }},
-    {"q40_spreadnta1k", [](bool on) { q40_spread_1t(on, gemm_detail::GemvPrefetch::Nta, 1024); }},
-    {"q40_spreadt1_1k", [](bool on) { q40_spread_1t(on, gemm_detail::GemvPrefetch::T1, 1024); }},
-    {"q40_spreadt1_2k", [](bool on) { q40_spread_1t(on, gemm_detail::GemvPrefetch::T1, 2048); }},
-    {"q40_mt_spread512", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T0, 512); }},
-    {"q40_mt_spread1k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T0, 1024); }},
-    {"q40_mt_spread2k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T0, 2048); }},
-    {"q40_mt_spreadnta1k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::Nta, 1024); }},
-    {"q40_mt_spreadt1_1k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T1, 1024); }},
-    {"q40_mt_spreadt1_2k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T1, 2048); }},
     // the f32 / f16 / bf16 stream kernels' software prefetch: none (on) against T0 (off)
     {"stream_nopf", [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // decode_tuning.h's two rows: its double-pumped AVX-512 entry (on) against the Zen 5 one (off)
@@ -281,14 +240,6 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_q80_prefetch(on ? gemm_detail::GemvPrefetch::T0 : gemm_detail::decode_tuning().q80_prefetch);
        gemm_detail::set_q80_ahead(on ? 1024 : gemm_detail::decode_tuning().q80_ahead);
      }},
-    // the q8_0 parts pass's per-line prefetch in GEMVs dispatched on >= 2 threads only
-    // (set_q80_prefetch_mt / set_q80_ahead_mt: T0 512 B / 1 / 2 KiB, NTA / T1 1 KiB ahead, on) against as
-    // at 1 thread (off; Zen 4: none). At 1 thread an A/A. decode_tuning.h q80_*_mt
-    {"q80_mt_t0_512", [](bool on) { q80_pf_mt(on, gemm_detail::GemvPrefetch::T0, 512); }},
-    {"q80_mt_t0_1k", [](bool on) { q80_pf_mt(on, gemm_detail::GemvPrefetch::T0, 1024); }},
-    {"q80_mt_t0_2k", [](bool on) { q80_pf_mt(on, gemm_detail::GemvPrefetch::T0, 2048); }},
-    {"q80_mt_nta_1k", [](bool on) { q80_pf_mt(on, gemm_detail::GemvPrefetch::Nta, 1024); }},
-    {"q80_mt_t1_1k", [](bool on) { q80_pf_mt(on, gemm_detail::GemvPrefetch::T1, 1024); }},
     // q80_line17: the q8_0 parts pass's 17th prefetch a block pair (on) against 16 (set_q80_line17), with
     // this CPU's parts, prefetch and distance (where the pass runs without prefetch, Zen 4, the
     // switch changes nothing: an A/A)

@@ -5,19 +5,11 @@
 //                   super-groups side by side, each record prefetched 4 KiB on along its part)
 //   gemv-one        set_q40_ms(false): the one-stream pass (8 records prefetched ahead, a loop of
 //                   36 prefetches every two records); bits checked against gemv before timing
-//   gemv-t0 / -nta / -nopf  the two-stream pass with that software prefetch (set_q40_ms_prefetch;
-//                   the gemv row runs this CPU's default, decode_tuning.h); bits checked as gemv-one's
-//   gemv-spread-<a> / gemv-spreadnta-<a> / gemv-spreadt1-<a>  the two-stream pass with its spread
-//                   prefetch (set_q40_ms_spread: one T0 / NTA / T1 prefetch beside each quant / scale line's
-//                   load, `a` bytes on along the stream; 512, 1k, 2k, 4k); gemv-t0-1k: its loop form (a
-//                   record's 18 prefetches before it) 1 KiB ahead; gemv-t1: the loop form into L2
-//                   (prefetcht1), 4 KiB ahead. The gemv-t0 / -nta / -nopf / -t1 / -spread* rows set the
-//                   1-thread entries and the >= 2-thread ones to follow them (set_q40_ms_*_mt), so they run
-//                   that form at any thread count; the gemv row runs this CPU's defaults for the thread
-//                   count (decode_tuning.h q40_*_mt at >= 2). Bits checked as gemv-one's
-//   gemv-mt-spread-<a> / gemv-mt-spreadt1-<a>  only the >= 2-thread entries set to that spread form (T0 /
-//                   T1, 1k / 2k; set_q40_ms_*_mt): at 1 thread the gemv row, at 2+ the form as a
-//                   >= 2-thread row of decode_tuning.h would run it (decode_switch_ab q40_mt_*)
+//   gemv-t0 / -nta / -nopf / -t1  the two-stream pass with that software prefetch (set_q40_ms_prefetch:
+//                   a loop of a record's 18 prefetches before it, 4 KiB ahead; t1: prefetcht1, into L2);
+//                   gemv-t0-1k: T0 1 KiB ahead (set_q40_ms_ahead). The gemv row runs this CPU's default,
+//                   decode_tuning.h. Bits checked as gemv-one's. (Session 30's gemv-spread* / gemv-mt-*
+//                   rows went with the spread form and the >= 2-thread entries in session 31.)
 //   loads-kernel    the one-stream pass's loads alone, in its order (per record the 2 scale lines, then quant
 //                   line t of groups 0..3 for t = 0..3, two records a step) with its prefetch (8
 //                   records ahead, T0, a loop of 36 prefetches every two records): no arithmetic
@@ -205,34 +197,15 @@ int main(int argc, char** argv) {
       gemm_detail::set_q40_ms(prev);
     };
   };
-  // the two-stream pass with another software prefetch (set_q40_ms_prefetch), its form (loop or
-  // spread: set_q40_ms_spread) and distance (set_q40_ms_ahead), at any thread count: the >= 2-thread
-  // entries set to follow those for the call (set_q40_ms_*_mt). Same bits
-  auto gemv_pf = [&](gemm_detail::GemvPrefetch pf, bool spread = false, int ahead = 4096) {
-    return [&, pf, spread, ahead](const uint8_t* W) {
-      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch(), prev_mt = gemm_detail::q40_ms_prefetch_mt();
-      const bool prev_sp = gemm_detail::q40_ms_spread();
-      const int prev_a = gemm_detail::q40_ms_ahead(), prev_spm = gemm_detail::q40_ms_spread_mt(),
-                prev_am = gemm_detail::q40_ms_ahead_mt();
-      gemm_detail::set_q40_ms_prefetch(pf), gemm_detail::set_q40_ms_spread(spread), gemm_detail::set_q40_ms_ahead(ahead);
-      gemm_detail::set_q40_ms_prefetch_mt(gemm_detail::GemvPrefetch::AsOneThread);
-      gemm_detail::set_q40_ms_spread_mt(-1), gemm_detail::set_q40_ms_ahead_mt(-1);
-      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_q40_ms_prefetch(prev), gemm_detail::set_q40_ms_spread(prev_sp), gemm_detail::set_q40_ms_ahead(prev_a);
-      gemm_detail::set_q40_ms_prefetch_mt(prev_mt), gemm_detail::set_q40_ms_spread_mt(prev_spm);
-      gemm_detail::set_q40_ms_ahead_mt(prev_am);
-    };
-  };
-  // the >= 2-thread entries alone set to a form (set_q40_ms_*_mt), the 1-thread ones this CPU's:
-  // at 1 thread the gemv row again, at 2+ the form (what decode_switch_ab's q40_mt_* switches set)
-  auto gemv_mt = [&](gemm_detail::GemvPrefetch pf, int ahead) {
+  // the two-stream pass with another software prefetch (set_q40_ms_prefetch) and distance
+  // (set_q40_ms_ahead). Same bits
+  auto gemv_pf = [&](gemm_detail::GemvPrefetch pf, int ahead = 4096) {
     return [&, pf, ahead](const uint8_t* W) {
-      const gemm_detail::GemvPrefetch prev_mt = gemm_detail::q40_ms_prefetch_mt();
-      const int prev_spm = gemm_detail::q40_ms_spread_mt(), prev_am = gemm_detail::q40_ms_ahead_mt();
-      gemm_detail::set_q40_ms_prefetch_mt(pf), gemm_detail::set_q40_ms_spread_mt(1), gemm_detail::set_q40_ms_ahead_mt(ahead);
+      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch();
+      const int prev_a = gemm_detail::q40_ms_ahead();
+      gemm_detail::set_q40_ms_prefetch(pf), gemm_detail::set_q40_ms_ahead(ahead);
       gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_q40_ms_prefetch_mt(prev_mt), gemm_detail::set_q40_ms_spread_mt(prev_spm);
-      gemm_detail::set_q40_ms_ahead_mt(prev_am);
+      gemm_detail::set_q40_ms_prefetch(prev), gemm_detail::set_q40_ms_ahead(prev_a);
     };
   };
   // the pass called on consecutive slices of `sgs` super-groups (each a repacked matrix of its own):
@@ -269,20 +242,8 @@ int main(int argc, char** argv) {
       {"gemv-t0", gemv_pf(gemm_detail::GemvPrefetch::T0), {}},
       {"gemv-nta", gemv_pf(gemm_detail::GemvPrefetch::Nta), {}},
       {"gemv-nopf", gemv_pf(gemm_detail::GemvPrefetch::None), {}},
-      {"gemv-spread-512", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 512), {}},
-      {"gemv-spread-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 1024), {}},
-      {"gemv-spread-2k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 2048), {}},
-      {"gemv-spread-4k", gemv_pf(gemm_detail::GemvPrefetch::T0, true, 4096), {}},
-      {"gemv-spreadnta-1k", gemv_pf(gemm_detail::GemvPrefetch::Nta, true, 1024), {}},
-      {"gemv-spreadnta-2k", gemv_pf(gemm_detail::GemvPrefetch::Nta, true, 2048), {}},
-      {"gemv-spreadt1-1k", gemv_pf(gemm_detail::GemvPrefetch::T1, true, 1024), {}},
-      {"gemv-spreadt1-2k", gemv_pf(gemm_detail::GemvPrefetch::T1, true, 2048), {}},
       {"gemv-t1", gemv_pf(gemm_detail::GemvPrefetch::T1), {}},
-      {"gemv-mt-spread-1k", gemv_mt(gemm_detail::GemvPrefetch::T0, 1024), {}},
-      {"gemv-mt-spread-2k", gemv_mt(gemm_detail::GemvPrefetch::T0, 2048), {}},
-      {"gemv-mt-spreadt1-1k", gemv_mt(gemm_detail::GemvPrefetch::T1, 1024), {}},
-      {"gemv-mt-spreadt1-2k", gemv_mt(gemm_detail::GemvPrefetch::T1, 2048), {}},
-      {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, false, 1024), {}},
+      {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, 1024), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},

@@ -10,9 +10,6 @@
 //                     one line before each quant line's load, this CPU's q80_ahead on
 //   gemv-p<S>-t0-<a>  the same with T0 `a` bytes ahead (set_q80_ahead; 512, 1k, 2k, 4k but the default)
 //   gemv-p2-nta-<a> / gemv-p2-t1-<a>  2 parts with NTA / T1 `a` bytes ahead (512, 1k, 2k but the default)
-//                     (every gemv-* row sets the >= 2-thread entries, set_q80_prefetch_mt / _ahead_mt, to
-//                     follow the 1-thread ones: the row's form at any thread count; the gemv row runs this
-//                     CPU's defaults for the thread count, decode_tuning.h q80_*_mt at >= 2)
 //   gemv-p<S>-t0[-<a>]-l17  those T0 rows with a 17th prefetch a block pair (set_q80_line17: the
 //                     line of a 544-byte record pair's 17 that the 16 per-line prefetches leave out)
 //   loads-prev        gemv-prev's loads alone, in its order (per block pair 4 groups x 17 lines), no arithmetic
@@ -93,28 +90,23 @@ int main(int argc, char** argv) {
   const gemm_detail::GemvPrefetch p_def = gemm_detail::q80_prefetch();
   const int a_def = gemm_detail::q80_ahead();
   const bool l_def = gemm_detail::q80_line17();
-  const gemm_detail::GemvPrefetch pm_def = gemm_detail::q80_prefetch_mt();
-  const int am_def = gemm_detail::q80_ahead_mt();
-  // a row's settings for the call, at any thread count: the >= 2-thread entries (set_q80_prefetch_mt /
-  // _ahead_mt) set to follow the 1-thread ones
+  // a row's settings for the call
   auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf, int ahead, bool line17 = false) {
     return [&, streams, pf, ahead, line17](const uint8_t* W) {
       gemm_detail::set_q80_streams(streams);
       gemm_detail::set_q80_prefetch(pf);
       gemm_detail::set_q80_ahead(ahead);
       gemm_detail::set_q80_line17(line17);
-      gemm_detail::set_q80_prefetch_mt(gemm_detail::GemvPrefetch::AsOneThread), gemm_detail::set_q80_ahead_mt(-1);
       gemv_repacked(x.data(), W, DType::Q8_0, nullptr, y.data(), N, K, &pool);
       gemm_detail::set_q80_streams(s_def);
       gemm_detail::set_q80_prefetch(p_def);
       gemm_detail::set_q80_ahead(a_def);
       gemm_detail::set_q80_line17(l_def);
-      gemm_detail::set_q80_prefetch_mt(pm_def), gemm_detail::set_q80_ahead_mt(am_def);
     };
   };
   using P = gemm_detail::GemvPrefetch;
   std::vector<bench::PatternRow> rows = {
-      // this CPU's defaults for the thread count (decode_tuning.h, q80_*_mt at >= 2 threads)
+      // this CPU's defaults (decode_tuning.h)
       {"gemv", [&](const uint8_t* W) { gemv_repacked(x.data(), W, DType::Q8_0, nullptr, y.data(), N, K, &pool); }, {}},
       {"gemv-prev", gemv(0, P::None, a_def), {}},
   };
@@ -152,9 +144,9 @@ int main(int argc, char** argv) {
                         [](const bench::PatternRow& row) { return row.name.compare(0, 4, "gemv") == 0; }))
     return 3;
   bench::time_rows(rows, a, rng, cp);
-  std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s ahead=%d (>= 2 threads: prefetch=%s ahead=%d); ratio = gemv time / row time\n",
+  std::printf("q8_0 repacked N=%lld K=%lld (%.2f MiB), %d thread(s), %d rounds, %d copies in 2 MiB pages, %s; defaults streams=%d prefetch=%s ahead=%d; ratio = gemv time / row time\n",
               (long long)N, (long long)K, double(bytes) / (1 << 20), a.threads, a.rounds, copies, bench::pattern_clock_name(a.clock),
-              s_def, pfn[int(p_def)], a_def, pfn[int(gemm_detail::q80_read_form(true).prefetch)], gemm_detail::q80_read_form(true).ahead);
+              s_def, pfn[int(p_def)], a_def);
   bench::print_ratio_table(rows, bytes, 14);
   return bench::g_sink.load() == 42 ? 1 : 0;
 #endif

@@ -1058,6 +1058,28 @@ EMO_T512 static void qk_tiles_avx512(const float* q, int64_t ldq, int R, const f
   }
 }
 
+// One query row against 8 keys of a 16-row sub-block (decode_wide_pf / decode_wide8: qk16_strided_tile's H8 form,
+// qk8_tile): key t's row at key(t), its dot product into acc[at + t], one FMA a chunk in chunk order (qk16's NR 1
+// arithmetic); where kn is set, the line of row pf_at + t of kn (the next sub-block, ldk apart) at the same offset
+// prefetched into L2 beside each load (f16 / bf16: every other chunk, one line for two loads).
+template <class E, int NC, class KeyAt>
+EMO_T512 __attribute__((always_inline)) static inline void qk8_accumulate(const float* q0, __mmask16 lm, KeyAt key,
+                                                                          int at, const typename E::T* kn, int pf_at,
+                                                                          int64_t ldk, __m512 (&acc)[16]) {
+  using T = typename E::T;
+  #pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) {
+    const bool last = c == NC - 1;
+    const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
+    #pragma GCC unroll 8
+    for (int t = 0; t < 8; ++t) {
+      acc[at + t] = _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, key(t) + 16 * c) : E::load(key(t) + 16 * c), acc[at + t]);
+      if (kn && (sizeof(T) == 4 || (c & 1) == 0))
+        _mm_prefetch(reinterpret_cast<const char*>(kn + (pf_at + t) * ldk + 16 * c), _MM_HINT_T2);
+    }
+  }
+}
+
 // Q K^T of one or two query rows against 16 key rows ldk apart (a full sub-block of one kv head,
 // in place) for head_dim 65-128 (NC = 5-8 chunks of 16, the last one masked by lm): MHA decode
 // (7B's 32 / 32 heads). The arithmetic of qk_avx512_t's step for step (each key's 8 chunk FMAs
@@ -1087,20 +1109,8 @@ EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, 
     #pragma GCC unroll 16
     for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
     #pragma GCC unroll 1
-    for (int half = 0; half < 2; ++half) {
-      #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) {
-        const bool last = c == NC - 1;
-        const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
-        #pragma GCC unroll 8
-        for (int t = 0; t < 8; ++t) {
-          const int tt = 8 * half + t;
-          acc[tt] = _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, row(tt) + 16 * c) : E::load(row(tt) + 16 * c), acc[tt]);
-          if (kn && (sizeof(T) == 4 || (c & 1) == 0))
-            _mm_prefetch(reinterpret_cast<const char*>(kn + tt * ldk + 16 * c), _MM_HINT_T2);
-        }
-      }
-    }
+    for (int half = 0; half < 2; ++half)
+      qk8_accumulate<E, NC>(q0, lm, [&](int t) { return row(8 * half + t); }, 8 * half, kn, 8 * half, ldk, acc);
     _mm512_storeu_ps(S0, _mm512_mul_ps(reduce16_512(acc), vs));
     return;
   }
@@ -1196,19 +1206,7 @@ EMO_T512 static inline void qk8_tile(const float* q0, const typename E::T* k, in
   #pragma GCC unroll 16
   for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
   const T* kh = k + 8 * HALF * ldk;
-  #pragma GCC unroll 8
-  for (int c = 0; c < NC; ++c) {
-    const bool last = c == NC - 1;
-    const __m512 a0 = last ? _mm512_maskz_loadu_ps(lm, q0 + 16 * c) : _mm512_loadu_ps(q0 + 16 * c);
-    #pragma GCC unroll 8
-    for (int t = 0; t < 8; ++t) {
-      acc[8 * HALF + t] =
-          _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, kh + t * ldk + 16 * c) : E::load(kh + t * ldk + 16 * c),
-                          acc[8 * HALF + t]);
-      if (kn && (sizeof(T) == 4 || (c & 1) == 0))
-        _mm_prefetch(reinterpret_cast<const char*>(kn + t * ldk + 16 * c), _MM_HINT_T2);
-    }
-  }
+  qk8_accumulate<E, NC>(q0, lm, [&](int t) { return kh + t * ldk; }, 8 * HALF, kn, 0, ldk, acc);
   _mm512_mask_storeu_ps(S - 8 * HALF, __mmask16(0xFFu << (8 * HALF)), _mm512_mul_ps(reduce16_512(acc), vs));
 }
 template <class E>

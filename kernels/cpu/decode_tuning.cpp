@@ -23,8 +23,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.q80_streams = 2;
     t.q80_prefetch = GemvPrefetch::None;
     t.q80_ahead = 4096;
-    // q40_spread / q40_ahead and the >= 2-thread entries (q40_*_mt, q80_*_mt): as the full-width
-    // row (the loop form 4 KiB ahead; >= 2 threads as 1 thread) until measured at 2 threads quietly
+    // q40_ahead: as the full-width row (4 KiB)
     t.block_prefetch = GemvPrefetch::None;
     t.half_long_streams = 6;
   }
@@ -39,11 +38,7 @@ const DecodeTuning& decode_tuning() {
 void apply_decode_tuning(const DecodeTuning& t) {
   set_gemv_streams_prefetch(t.stream_prefetch);
   set_q40_ms_prefetch(t.q40_prefetch);
-  set_q40_ms_spread(t.q40_spread);
   set_q40_ms_ahead(t.q40_ahead);
-  set_q40_ms_prefetch_mt(t.q40_prefetch_mt);
-  set_q40_ms_spread_mt(t.q40_spread_mt);
-  set_q40_ms_ahead_mt(t.q40_ahead_mt);
 #if defined(__x86_64__)
   set_kquant_streams(t.kquant_streams);
   set_kquant_prefetch(t.kquant_prefetch);
@@ -57,8 +52,6 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_q80_streams(t.q80_streams);
   set_q80_prefetch(t.q80_prefetch);
   set_q80_ahead(t.q80_ahead);
-  set_q80_prefetch_mt(t.q80_prefetch_mt);
-  set_q80_ahead_mt(t.q80_ahead_mt);
   set_gemv_block_prefetch(t.block_prefetch);
   set_gemv_half_long_streams(t.half_long_streams);
 }

@@ -2,8 +2,7 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_q40_ms_spread, set_q40_ms_ahead, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
-// _ahead_mt and set_q80_prefetch_mt / _ahead_mt, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
+// set_q40_ms_ahead, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
@@ -27,9 +26,7 @@ namespace gemm_detail {
 // q4_0 pass and the q8_0 parts pass still prefetch each stream's first bytes at a cold start), or
 // into L2 (T1: the q8_0 parts pass and, since session 30, the q4_0 two-stream pass; the other
 // kernels read T1 as T0). Same bits.
-// AsOneThread: only in the entries for GEMVs dispatched on >= 2 threads (q40_prefetch_mt,
-// q80_prefetch_mt below): that call takes the 1-thread entry's value (the kernels never see it).
-enum class GemvPrefetch { AsOneThread = -1, T0 = 0, Nta = 1, None = 2, T1 = 3 };
+enum class GemvPrefetch { T0 = 0, Nta = 1, None = 2, T1 = 3 };
 
 // One row of the table. The member initializers are the full-width row (Zen 5, Intel, every CPU
 // without the trait: the defaults measured on Zen 5 before session 25); the double-pumped row
@@ -50,29 +47,21 @@ struct DecodeTuning {
   // 0.44-0.67x T0's speed (256 x 2048: 0.82-0.91x), NTA 0.94-1.07x; the 1.1B / 7B q4_0 decode
   // without it 0.64-0.69x).
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
-  // That pass's prefetch form (with q40_prefetch T0 / T1 / NTA; none reads no prefetch either
-  // way): false: a loop of the record's 18 prefetches before each record (the form measured above);
-  // true (spread): one prefetch beside each quant / scale line's load, issued from an asm
-  // statement (gemv_repacked.cpp prefetch_here: the q8_0 parts pass's form), `q40_ahead` bytes on
-  // along its stream. Session 30 (h-q4pf), built to follow the VM's high-bandwidth phase at 2
-  // threads (session 29: there the pass read ~46-50 GB/s against a plain 2-stream read's 61-65);
-  // measured at 2 threads in a quiet low phase only (~35 GB/s, 17:04, wall, 6 runs x 30 rounds of
-  // `q40_read_patterns 2 30 11264 2048`; the lead's session 30 quiet row): the records' read
-  // pattern with each line's prefetch 1 KiB ahead beside its load (spread2x1-1k) read 1.04-1.09x
-  // the pass, the T0 loop 0.82-0.89x.
-  // Zen 4 at 1 thread (q40_read_patterns, thread CPU time, cold, interleaved, load 4-6, 3
-  // processes x 40-60 rounds at 2048 x 2048, 11264 x 2048, 2048 x 5632, 4096 x 4096, 22016 x 4096,
-  // 4096 x 11008; median r(med) against none): spread T0 512 B 0.78-0.97x, 1 KiB 0.68-0.92x, 2 KiB
-  // 0.51-0.62x, NTA 1 KiB 0.73-0.79x, T1 (into L2) 1 KiB 0.97-1.05x, 2 KiB 0.88-1.03x; the loop T0
-  // 4 KiB 0.66-0.76x, 1 KiB 0.70-0.79x, T1 4 KiB 0.71-0.93x. The 1.1B q4_0 decode at 1 thread
-  // (decode_switch_ab, AB_CPU=1, 3-4 processes x 12 rounds): spread T1 1 KiB 0.94 / 0.94 / 1.00 /
-  // 0.99 by total, T1 2 KiB 0.91, T0 512 B 0.82-0.86, T0 1 KiB 0.78-0.90 (an A/A 0.91, median
-  // round 0.97); the 7B q4_0 decode (8 rounds x 4 tokens): T1 1 KiB 1.075 / 1.033 / 1.062, T1 2
-  // KiB 0.954 / 0.889 (its A/A 0.983). Not chosen
-  // on any row: 1 thread keeps none; 2 threads to be measured quietly (q40_*_mt below).
-  bool q40_spread = false;
+  // Session 30 (h-q4pf) built a spread form of that prefetch (one prefetch beside each quant /
+  // scale line's load) and >= 2-thread twins of the q4_0 / q8_0 read entries (q40_spread,
+  // q40_prefetch_mt / _spread_mt / _ahead_mt, q80_prefetch_mt / _ahead_mt). Zen 4 at 1 thread
+  // (q40_read_patterns, thread CPU time, cold, six 1.1B / 7B shapes, median r(med) against none):
+  // spread T0 512 B - 2 KiB 0.51-0.97x, NTA 1 KiB 0.73-0.79x, T1 1 KiB 0.97-1.05x; the 1.1B q4_0
+  // decode with spread T1 1 KiB 0.94-1.00, the 7B 1.03-1.08. At 2 threads, quietly (the lead's
+  // session 30 rows: wall, 233 short interleaved runs classed by bandwidth phase), no form won in
+  // both phases (q4_0 spread T1 1-2 KiB 1.02-1.06x none in a low one, 0.80-0.98x in a high one, T0
+  // 0.51-0.89x in both; q8_0 T1 1 KiB 0.98-1.00x; the 1.1B q4_0 decode with spread T1 2 KiB 1.047,
+  // then 0.872): never set on a row, removed in session 31 (bench/README's Zen 4 rows keep them).
+  // (q4_0's pass lags a plain 2-stream read at 2 threads, 1.09-1.44x, where no other pass does:
+  // its arithmetic between the loads, not its prefetch.)
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
-  // start prefetches of each stream): 4 KiB (the loop form's measured distance, every row).
+  // start prefetches of each stream): 4 KiB (the measured distance, every row; Zen 4 at 1 thread,
+  // session 30: T0 1 KiB 0.70-0.79x none, 4 KiB 0.66-0.76x, T1 4 KiB 0.71-0.93x).
   int q40_ahead = 4096;
   // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
   // (session 25: 1.5x two for q4_K, 1.12x for q6_K). Zen 5 keeps 2 on the read-order records
@@ -159,29 +148,6 @@ struct DecodeTuning {
   // parts 512 bytes 0.89-0.96x, 2 KiB 0.93-0.98x). Zen 4: 4 KiB (where its T0 / T1 forms were
   // measured; it reads without them).
   int q80_ahead = 1024;
-  // The same passes' read entries where the GEMV's dispatch runs on >= 2 threads (gemv_repacked /
-  // gemv_repacked_multi with a pool of 2+ threads, a matrix of at least kParallelMinMacs and more
-  // than one claim of groups: gemv_repacked.cpp gemv_mt): in this VM's high-bandwidth phase each
-  // of 2 threads needs about what 1 thread alone reads in the low phase, and the 1-thread entries above were chosen at 1 thread (session
-  // 29: every dtype's 2-thread decode 85-93% of a low phase's read bandwidth, q4_0 62% / q8_0 78%
-  // of a high phase's; the q4_0 pass in L2 runs ~50 GB/s a thread against q8_0's ~73 and a plain
-  // 2-stream read's ~72, session 30: at ~60 GB/s for 2 threads its arithmetic fills ~60% of the
-  // time). AsOneThread / -1 on every row: the 1-thread entry's value. Session 30 (h-q4pf) under
-  // load 5-6 (2 threads, wall: unreadable, not a decision): q40_read_patterns spread T1 1-2 KiB
-  // 0.98-1.27x none, spread T0 512 B - 2 KiB 0.67-0.97x; decode_switch_ab q40_mt_spreadt1_1k 1.10
-  // (rounds 0.80-1.39), q40_mt_spread1k 0.84, q80_mt_t1_1k 1.06, q80_mt_t0_1k 0.89. Then quietly
-  // (the lead's session 30 rows: 2 threads, wall, 233 short interleaved runs over 8 minutes, each
-  // classed by its read-4 row): q4_0 spread T1 1 KiB 1.02-1.04x none in a low phase, 0.87-0.98x in a
-  // high one, T1 2 KiB 1.03-1.06x / 0.80-0.88x, T0 0.51-0.89x in both; q8_0 T1 1 KiB 0.98-1.00x, T0
-  // 0.84-0.96x; the 1.1B q4_0 decode with q40_mt_spreadt1_2k 1.047 at ~47 tok/s, then 0.872 at ~62
-  // (the 7B 0.833), q40_mt_spreadt1_1k 0.998, q80_mt_t1_1k 1.005: no form wins in both phases, so
-  // none is set. (q4_0's pass still lags a plain 2-stream read, 1.09-1.44x, where no other pass
-  // does: its arithmetic between the loads, not its prefetch.)
-  GemvPrefetch q40_prefetch_mt = GemvPrefetch::AsOneThread;
-  int q40_spread_mt = -1;  // -1, 0 (loop) or 1 (spread)
-  int q40_ahead_mt = -1;   // -1 or bytes
-  GemvPrefetch q80_prefetch_mt = GemvPrefetch::AsOneThread;
-  int q80_ahead_mt = -1;   // -1 or bytes
   // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a
   // 2 MiB-page copy), 1 KiB ahead. Zen 4: None (session 26: 1.11-1.37x at 1 thread; the quiet 7B
   // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none). Zen 5 (session 27,

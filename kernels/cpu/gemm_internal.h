@@ -245,34 +245,11 @@ bool q40_ms();
 // process-wide.
 void set_q40_ms_prefetch(GemvPrefetch p);
 GemvPrefetch q40_ms_prefetch();
-// That prefetch's form (decode_tuning.h q40_spread): a loop of a record's 18 prefetches before
-// each record (false) or one beside each line's load (true, spread), and how far ahead along each
-// stream (bytes, a multiple of 64 in [64, 16384]; also what a cold start prefetches of each
-// stream; decode_tuning.h q40_ahead). Same bits. For the tests and A/B tools; process-wide.
-void set_q40_ms_spread(bool on);
-bool q40_ms_spread();
+// How far ahead that prefetch reads along each stream (bytes, a multiple of 64 in [64, 16384];
+// also what a cold start prefetches of each stream; decode_tuning.h q40_ahead). Same bits. For the
+// tests and A/B tools; process-wide.
 void set_q40_ms_ahead(int bytes);
 int q40_ms_ahead();
-// The three as used where the GEMV's dispatch runs on >= 2 threads (decode_tuning.h
-// q40_prefetch_mt / q40_spread_mt / q40_ahead_mt): GemvPrefetch::AsOneThread / -1 (the default
-// on every CPU) takes the 1-thread setting's value; spread 0 / 1, ahead as set_q40_ms_ahead. Same
-// bits. For the tests and A/B tools; process-wide.
-void set_q40_ms_prefetch_mt(GemvPrefetch p);
-GemvPrefetch q40_ms_prefetch_mt();
-void set_q40_ms_spread_mt(int spread);
-int q40_ms_spread_mt();
-void set_q40_ms_ahead_mt(int bytes);
-int q40_ms_ahead_mt();
-// How the two-stream q4_0 pass reads in a GEMV dispatched on >= 2 threads (mt) or one: the
-// settings above with the >= 2-thread ones' AsOneThread / -1 resolved. gemv_repacked's chunks
-// (repacked_groups) resolve it on each call, reading the settings then; only mt is fixed once a
-// GEMV call (gemv_repacked.cpp gemv_mt).
-struct Q40ReadForm {
-  GemvPrefetch prefetch;  // T0 / T1 / Nta / None
-  bool spread;
-  int ahead;
-};
-Q40ReadForm q40_read_form(bool mt);
 // gemv_repacked's q8_0 M = 1 pass (one-group records): 0 = four adjacent groups a pass (four
 // streams that end and restart together every nb records); S = 1-4: each thread's groups in S
 // contiguous parts read side by side, one group of each a pass (S unbroken streams). Its software
@@ -287,28 +264,6 @@ void set_q80_prefetch(GemvPrefetch p);
 GemvPrefetch q80_prefetch();
 void set_q80_ahead(int bytes);
 int q80_ahead();
-// The prefetch and distance as used where the GEMV's dispatch runs on >= 2 threads
-// (decode_tuning.h q80_prefetch_mt / q80_ahead_mt): AsOneThread / -1 (default) takes the
-// 1-thread setting's value. Same bits. For the tests and A/B tools; process-wide.
-void set_q80_prefetch_mt(GemvPrefetch p);
-GemvPrefetch q80_prefetch_mt();
-void set_q80_ahead_mt(int bytes);
-int q80_ahead_mt();
-// That pass's prefetch and distance in a GEMV dispatched on >= 2 threads (mt) or one, resolved
-// (as q40_read_form: on each repacked_groups call, mt fixed once a GEMV call).
-struct Q80ReadForm {
-  GemvPrefetch prefetch;  // T0 / T1 / Nta / None
-  int ahead;
-};
-Q80ReadForm q80_read_form(bool mt);
-// How many gemv_repacked / gemv_repacked_multi calls since the start had their dispatch split over
-// >= 2 threads, so that their passes read the >= 2-thread entries (q40_read_form(true) /
-// q80_read_form(true)), and how many ran on one thread (the 1-thread entries): counted on the
-// calling thread, once a call (tests: the bits cannot tell the two apart).
-struct GemvRepackedCalls {
-  uint64_t mt = 0, one_thread = 0;
-};
-GemvRepackedCalls gemv_repacked_calls();
 // That pass with a software prefetch: a 17th prefetch a block pair (the line its 16 leave to the
 // hardware prefetchers: a q8_0 record is 544 bytes, 8.5 lines), on or off. Off at start on every
 // CPU: on Zen 4 (session 28, 1 thread) 0.97-1.06x the same T0 forms without it, which Zen 4 does

@@ -128,48 +128,8 @@ void set_q80_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q80_prefetc
 GemvPrefetch q80_prefetch() { return DecodeSetting<&DecodeTuning::q80_prefetch>::get(); }
 void set_q80_ahead(int bytes) { DecodeSetting<&DecodeTuning::q80_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q80_ahead() { return DecodeSetting<&DecodeTuning::q80_ahead>::get(); }
-void set_q40_ms_spread(bool on) { DecodeSetting<&DecodeTuning::q40_spread>::set(on); }
-bool q40_ms_spread() { return DecodeSetting<&DecodeTuning::q40_spread>::get(); }
 void set_q40_ms_ahead(int bytes) { DecodeSetting<&DecodeTuning::q40_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q40_ms_ahead() { return DecodeSetting<&DecodeTuning::q40_ahead>::get(); }
-void set_q40_ms_prefetch_mt(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q40_prefetch_mt>::set(p); }
-GemvPrefetch q40_ms_prefetch_mt() { return DecodeSetting<&DecodeTuning::q40_prefetch_mt>::get(); }
-void set_q40_ms_spread_mt(int spread) { DecodeSetting<&DecodeTuning::q40_spread_mt>::set(spread < 0 ? -1 : spread > 0); }
-int q40_ms_spread_mt() { return DecodeSetting<&DecodeTuning::q40_spread_mt>::get(); }
-void set_q40_ms_ahead_mt(int bytes) {
-  DecodeSetting<&DecodeTuning::q40_ahead_mt>::set(bytes < 0 ? -1 : std::clamp(bytes / 64 * 64, 64, 16384));
-}
-int q40_ms_ahead_mt() { return DecodeSetting<&DecodeTuning::q40_ahead_mt>::get(); }
-void set_q80_prefetch_mt(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q80_prefetch_mt>::set(p); }
-GemvPrefetch q80_prefetch_mt() { return DecodeSetting<&DecodeTuning::q80_prefetch_mt>::get(); }
-void set_q80_ahead_mt(int bytes) {
-  DecodeSetting<&DecodeTuning::q80_ahead_mt>::set(bytes < 0 ? -1 : std::clamp(bytes / 64 * 64, 64, 16384));
-}
-int q80_ahead_mt() { return DecodeSetting<&DecodeTuning::q80_ahead_mt>::get(); }
-namespace {
-// A 1-thread prefetch setting never holds AsOneThread (the setters take any value): read it as T0,
-// as with_prefetch_hint would
-GemvPrefetch one_thread_prefetch(GemvPrefetch p) { return p == GemvPrefetch::AsOneThread ? GemvPrefetch::T0 : p; }
-// One entry as a pass reads it: the >= 2-thread entry where mt and it is set (a prefetch other than
-// AsOneThread; a spread / distance >= 0: their setters store -1 or a valid value), else the 1-thread one.
-GemvPrefetch resolve_entry(bool mt, GemvPrefetch one, GemvPrefetch multi) {
-  return mt && multi != GemvPrefetch::AsOneThread ? multi : one_thread_prefetch(one);
-}
-int resolve_entry(bool mt, int one, int multi) { return mt && multi >= 0 ? multi : one; }
-}  // namespace
-Q40ReadForm q40_read_form(bool mt) {
-  Q40ReadForm f;
-  f.prefetch = resolve_entry(mt, q40_ms_prefetch(), q40_ms_prefetch_mt());
-  f.spread = resolve_entry(mt, int(q40_ms_spread()), q40_ms_spread_mt()) > 0;
-  f.ahead = resolve_entry(mt, q40_ms_ahead(), q40_ms_ahead_mt());
-  return f;
-}
-Q80ReadForm q80_read_form(bool mt) {
-  Q80ReadForm f;
-  f.prefetch = resolve_entry(mt, q80_prefetch(), q80_prefetch_mt());
-  f.ahead = resolve_entry(mt, q80_ahead(), q80_ahead_mt());
-  return f;
-}
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
 bool q80_line17() { return g_q80_line17.load(std::memory_order_relaxed); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
@@ -285,9 +245,8 @@ inline int32_t ld32(const int8_t* p) {
 // one chain over the plain nibbles would give.
 //
 // Where the block's bytes are is the caller's: quant(j, t) = group j's 64-byte quant line t,
-// scale(j) = its 16 fp16 scales; pf(j, t) is called just before loading quant(j, t) (the q8_0
-// parts pass's and the q4_0 two-stream pass's spread prefetch along their streams; nothing by
-// default), and on q4_0 pf(j, -1) just before loading scale(j). groups_block (a pass's groups through RepackLayout) and
+// scale(j) = its 16 fp16 scales; q8_0 calls pf(j, t) just before loading quant(j, t) (the parts
+// pass's prefetch along its streams; nothing by default). groups_block (a pass's groups through RepackLayout) and
 // record_block_q40 (one 4-group q4_0 record from one base pointer, the two-stream pass)
 // are this step with two addressings: the same operations in the same order, the same bits.
 struct NoLinePrefetch {
@@ -321,7 +280,6 @@ __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, 
       const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
-        pf(j, t);
         __m512i v = _mm512_loadu_si512(quant(j, t));
         // one load for both operands (left to itself GCC folds the load into both and reads twice)
         __asm__("" : "+v"(v));
@@ -334,7 +292,6 @@ __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, 
 #pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
     const __m512i sum = _mm512_add_epi32(a[j], Q8 ? c[j] : _mm512_srai_epi32(c[j], 4));
-    if constexpr (!Q8) pf(j, -1);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale(j))));
     f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
   }
@@ -438,55 +395,27 @@ EMO_TRP void groups_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // block_step<false, kSuperGroup> on one q4_0 4-group record at r (scales of group j at r + 32j,
 // its quants at r + 128 + 256j: RepackLayout at sg = 4): groups_block's step (the same bits) from
 // one base pointer instead of eight.
-// pf: block_step's line hook (the spread prefetch; nothing by default).
-template <class LinePf = NoLinePrefetch>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t* xb, float dx, int32_t neg,
-                                                                    const uint8_t* r, __m512 (&f)[kSuperGroup],
-                                                                    LinePf pf = {}) {
+                                                                    const uint8_t* r, __m512 (&f)[kSuperGroup]) {
   constexpr int NG = kSuperGroup;
   block_step<false, NG>(
       xb, dx, neg, [&](int j, int t) { return r + 2 * kGroup * NG + 256 * j + 64 * t; },
-      [&](int j) { return r + 2 * kGroup * j; }, f, pf);
+      [&](int j) { return r + 2 * kGroup * j; }, f);
 }
 
-// One software prefetch of the line at p with hint Hint, where the statement stands: the q8_0
-// parts pass's per-line prefetch and the q4_0 two-stream pass's spread form.
+// record_block_q40 on the record at r after prefetching the 18 lines at p (the same stream's record
+// `ahead` bytes on) from a loop: ms_q40_avx512's prefetch form (measured there).
+// Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA / _MM_HINT_T1 (into L2; session 30), or -1:
+// no prefetch (double-pumped AVX-512's default, decode_tuning.h).
 template <int Hint>
-__attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
-  // an asm statement, not _mm_prefetch: GCC schedules the builtin's prefetches of a block pair
-  // together at its front (objdump), and then they read as a burst
-  if constexpr (Hint == _MM_HINT_T0) __asm__ volatile("prefetcht0 %0" : : "m"(*p));
-  else if constexpr (Hint == _MM_HINT_T1) __asm__ volatile("prefetcht1 %0" : : "m"(*p));
-  else {
-    static_assert(Hint == _MM_HINT_NTA, "prefetch_here: T0, T1 or NTA");
-    __asm__ volatile("prefetchnta %0" : : "m"(*p));
-  }
-}
-// record_block_q40 on the record at r with the 18 lines at p (the same stream's record `ahead`
-// bytes on) prefetched: from a loop before the record (Spread false: ms_q40_avx512's loop form,
-// measured there), or each line beside the load of the line at the same offset in r (Spread:
-// prefetch_here before each quant line's load, and before the loads of groups 0 and 2's scales
-// the scale line each starts; the asm keeps each beside its load, where _mm_prefetch's would be
-// bunched by GCC). Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA / _MM_HINT_T1 (into L2;
-// session 30), or -1: no prefetch (double-pumped AVX-512's default, decode_tuning.h).
-template <int Hint, bool Spread = false>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
                                                                        const uint8_t* r, __m512 (&f)[kSuperGroup],
                                                                        const uint8_t* p) {
-  if constexpr (Hint >= 0 && Spread) {
-    // always_inline: see parts_q80_avx512's pf
-    auto pf = [&](int j, int t) __attribute__((always_inline)) {
-      if (t >= 0) prefetch_here<Hint>(p + 2 * kGroup * kSuperGroup + 256 * j + 64 * t);
-      else if ((j & 1) == 0) prefetch_here<Hint>(p + 2 * kGroup * j);  // scales of groups j, j + 1: one line
-    };
-    record_block_q40(xb, dx, neg, r, f, pf);
-  } else {
-    if constexpr (Hint >= 0) {
+  if constexpr (Hint >= 0) {
 #pragma GCC unroll 1
-      for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<decltype(_MM_HINT_T0)>(Hint));
-    }
-    record_block_q40(xb, dx, neg, r, f);
+    for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<decltype(_MM_HINT_T0)>(Hint));
   }
+  record_block_q40(xb, dx, neg, r, f);
 }
 
 // The q4_0 M = 1 pass on 2 streams (set_q40_ms, default on; S = 2, and S = 1 for a
@@ -533,20 +462,14 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
 // sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
 // written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
-// Spread (session 30, h-q4pf; decode_tuning.h q40_spread, and q40_spread_mt for GEMVs dispatched
-// on >= 2 threads): each line's prefetch issued beside the load of the line `ahead` bytes behind
-// it (record_block_q40_pf), instead of the 18-prefetch loop before each record; with Hint -1 the
-// same pass as without. Why: at 2 threads in this VM's high-bandwidth phase (~50-67 GB/s) the
-// pass without prefetch read ~46-50 GB/s against 61-65 for read-2 (2 streams, T0 1 KiB ahead),
-// its own loop-prefetch record walk (read-2-4k) 53-54; in a low phase the records' walk with each
-// line's prefetch 1 KiB ahead beside its load (q40_read_patterns spread2x1-1k) read 1.04-1.09x
-// the pass, the T0 loop 0.82-0.89x (session 29-30, quiet, 2 threads, wall). Zen 4 at 1 thread
-// (session 30, thread CPU time, six 1.1B / 7B shapes): spread T0 512 B - 2 KiB 0.51-0.97x none's
-// speed (the farther, the slower), NTA 1 KiB 0.73-0.79x, T1 (into L2) 1 KiB 0.97-1.05x; the
-// records' walk with the same T0 prefetches and no arithmetic (q40_read_patterns spread2x1-1k)
-// 1.19-1.42x the pass: the T0 prefetches cost with the arithmetic beside them, not alone. Figures
-// and the >= 2-thread entries: decode_tuning.h q40_spread, q40_*_mt.
-template <int S, int Hint, bool Spread = false>
+// Session 30 (h-q4pf) built a spread form (each line's prefetch beside the load of the line `ahead`
+// bytes behind it, from an asm statement) and >= 2-thread twins of the read entries: Zen 4 at 1
+// thread (thread CPU time, six 1.1B / 7B shapes) spread T0 512 B - 2 KiB 0.51-0.97x none's speed,
+// NTA 1 KiB 0.73-0.79x, T1 1 KiB 0.97-1.05x (the records' walk with those T0 prefetches and no
+// arithmetic, spread2x1-1k, 1.19-1.42x the pass); at 2 threads, quietly, no form won in both of
+// the VM's bandwidth phases (spread T1 +2-6% in a low one, -2-20% in a high one; bench/README's
+// Zen 4 rows of session 30). Both removed in session 31.
+template <int S, int Hint>
 EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
                            int64_t part) {
@@ -569,15 +492,15 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * kRec;
 #pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint, Spread>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
+    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf<Hint, Spread>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
+      record_block_q40_pf<Hint>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
   }
   if (b < nb)
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf<Hint, Spread>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
+      record_block_q40_pf<Hint>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
@@ -627,8 +550,10 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // four-group pass. The 1.1B q8_0 decode (1 thread CPU time, bench/README): 4 parts T0 1 KiB
 // against the four-group pass 1.12-1.19x, against the same parts without prefetch 1.08-1.11x.
 // Defaults per CPU (decode_tuning.h q80_streams / q80_prefetch / q80_ahead): Zen 4 2 parts
-// without prefetch, Zen 5 (every CPU without the double-pumped trait) 4 parts, T0 1 KiB ahead;
-// in GEMVs dispatched on >= 2 threads q80_prefetch_mt / q80_ahead_mt where set (none yet).
+// without prefetch, Zen 5 (every CPU without the double-pumped trait) 4 parts, T0 1 KiB ahead.
+// Session 30's >= 2-thread entries for this prefetch (q80_prefetch_mt / q80_ahead_mt; quietly at 2
+// threads T1 1 KiB 0.98-1.00x none, T0 0.84-0.96x, the 1.1B q8_0 decode with T1 1 KiB 1.005) were
+// never set on a row and went in session 31.
 // Hint: a prefetch along each stream `ahead` bytes on, one before each quant line's load (the line
 // `ahead` bytes past it), issued from an asm statement so that it stays beside its load
 // (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), or -1: none (the hardware prefetchers alone). A
@@ -639,6 +564,17 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the
 // bias): groups_avx512's bits. y, bias and cols are group g0's; part k's group is written at
 // y + 16 * k * part. cold: prefetch each stream's first `ahead` bytes first.
+template <int Hint>
+__attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
+  // an asm statement, not _mm_prefetch: GCC schedules the builtin's prefetches of a block pair
+  // together at its front (objdump), and then they read as a burst
+  if constexpr (Hint == _MM_HINT_T0) __asm__ volatile("prefetcht0 %0" : : "m"(*p));
+  else if constexpr (Hint == _MM_HINT_T1) __asm__ volatile("prefetcht1 %0" : : "m"(*p));
+  else {
+    static_assert(Hint == _MM_HINT_NTA, "prefetch_here: T0, T1 or NTA");
+    __asm__ volatile("prefetchnta %0" : : "m"(*p));
+  }
+}
 template <int S, int Hint, bool Line17 = false>
 EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                               int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
@@ -1005,21 +941,6 @@ bool even_claims(bool q8, const RepackLayout& L) {
 }
 // The dispatch's claim unit in groups: a pass, or (even_sg) a pair of super-groups.
 int64_t gemv_step(bool even_sg) { return even_sg ? 2 * kSuperGroup : kPassGroups; }
-// Whether gemv_dispatch(pool, parallel, groups, ..., even_sg) splits the groups over >= 2 threads:
-// what picks the passes' >= 2-thread read settings (decode_tuning.h q40_*_mt / q80_*_mt). Not with
-// one thread in the pool, below kParallelMinMacs (parallel false), nor with at most one step of
-// groups: parallel_ranges / parallel_guided then run fn(0, groups) inline on the caller. Not seen
-// here: a call nested in a pool job (a GEMV issued from inside ThreadPool work) also runs inline on
-// that one thread (ThreadPool runs nested jobs so), yet reads the >= 2-thread settings.
-bool gemv_mt(const ThreadPool* pool, bool parallel, int64_t groups, bool even_sg) {
-  return parallel && pool && pool->size() > 1 && groups > gemv_step(even_sg);
-}
-// gemm_detail::gemv_repacked_calls' counts (the caller's relaxed add, once a GEMV call).
-struct alignas(64) GemvCallCounts {
-  std::atomic<uint64_t> mt{0}, one_thread{0};
-};
-GemvCallCounts g_gemv_calls;
-void count_gemv_call(bool mt) { (mt ? g_gemv_calls.mt : g_gemv_calls.one_thread).fetch_add(1, std::memory_order_relaxed); }
 void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::function<void(int64_t, int64_t)>& fn,
                    bool even_sg = false) {
   const int64_t step = gemv_step(even_sg);
@@ -1054,10 +975,8 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
 namespace {
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks, layout L) against x quantised in (qs, s).
 // cold_start: the chunk's first pass prefetches its own first records (false when the caller has).
-// mt: the call's dispatch splits its groups over >= 2 threads (gemv_mt): the two-stream q4_0 and the q8_0 parts
-// passes read as their >= 2-thread settings say (gemm_internal.h q40_read_form / q80_read_form).
 void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, const RepackLayout& L, bool q8, bool vec,
-                     const float* bias, float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1, bool mt,
+                     const float* bias, float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1,
                      bool cold_start = true) {
 #if defined(__x86_64__)
   if (vec) {
@@ -1085,7 +1004,8 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
     // groups of a partial super-group by the passes below
     if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {
-      const gemm_detail::Q40ReadForm rf = gemm_detail::q40_read_form(mt);
+      const gemm_detail::GemvPrefetch pf = gemm_detail::q40_ms_prefetch();
+      const size_t ahead = size_t(gemm_detail::q40_ms_ahead());
       auto mpasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
@@ -1093,17 +1013,10 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         const int64_t part = per * kSuperGroup;
         for (int64_t i = 0; i < per; ++i) {
           const int64_t gi = g + i * kSuperGroup;
-          gemm_detail::with_prefetch_hint</*WithT1=*/true>(rf.prefetch, [&](auto hint) {
-            constexpr int H = decltype(hint)::value;
-            auto run = [&](auto spread) {
-              ms_q40_avx512<SS, H, decltype(spread)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
-                                                            y + gi * kGroup, N - gi * kGroup, cold_start && gi == g0,
-                                                            size_t(rf.ahead), part);
-            };
-            if constexpr (H >= 0) {
-              if (rf.spread) return run(std::true_type());
-            }
-            run(std::false_type());
+          gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
+            ms_q40_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
+                                                     y + gi * kGroup, N - gi * kGroup, cold_start && gi == g0, ahead,
+                                                     part);
           });
         }
         g += SS * part;
@@ -1115,9 +1028,8 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     // by side (parts_q80_avx512), the groups left over by the passes below
     const int q80s = q8 && L.sg == 1 ? gemm_detail::q80_streams() : 0;
     if (q80s > 0) {
-      const gemm_detail::Q80ReadForm rf = gemm_detail::q80_read_form(mt);
-      const gemm_detail::GemvPrefetch pf = rf.prefetch;
-      const size_t ahead = size_t(rf.ahead);
+      const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
+      const size_t ahead = size_t(gemm_detail::q80_ahead());
       const bool line17 = gemm_detail::q80_line17();
       auto ppasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
@@ -1173,12 +1085,9 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const RepackLayout L = repack_layout(q8, nb);
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
-  const bool parallel = N * K >= kParallelMinMacs, even = even_claims(q8, L);
-  const bool mt = gemv_mt(pool, parallel, groups, even);
-  count_gemv_call(mt);
-  gemv_dispatch(pool, parallel, groups,
-                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1, mt); },
-                even);
+  gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
+                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1); },
+                even_claims(q8, L));
 }
 
 // The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
@@ -1205,15 +1114,13 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   // (even claims: every output's groups start on a super-group pair when each output has whole pairs)
   bool even = even_claims(q8, L);
   for (int j = 0; j < n_outs; ++j) even = even && first[j] % (2 * kSuperGroup) == 0;
-  const bool parallel = rows * K >= kParallelMinMacs, mt = gemv_mt(pool, parallel, groups, even);
-  count_gemv_call(mt);
-  gemv_dispatch(pool, parallel, groups, [&](int64_t g0, int64_t g1) {
+  gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);
       const GemvOutput& o = outs[j];
       repacked_groups(q.qs, bs, static_cast<const uint8_t*>(o.W), L, q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
-                      e - first[j], mt);
+                      e - first[j]);
       g0 = e;
     }
   }, even);
@@ -1502,12 +1409,6 @@ void gemm_repacked_panels(const float* X, int64_t ldx, bool q8, const RepackedOu
 }  // namespace
 
 namespace gemm_detail {
-GemvRepackedCalls gemv_repacked_calls() {
-  GemvRepackedCalls c;
-  c.mt = g_gemv_calls.mt.load(std::memory_order_relaxed);
-  c.one_thread = g_gemv_calls.one_thread.load(std::memory_order_relaxed);
-  return c;
-}
 void set_repacked_kslice(int blocks) {
 #if defined(__x86_64__)
   g_kslice.store(blocks, std::memory_order_relaxed);

@@ -8,10 +8,9 @@
 // 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
 // on 6 streams a thread), that the process-wide settings start from the table's row for this CPU, and
-// that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch form and distance and
-// the >= 2-thread entries of the q4_0 / q8_0 passes, the same on both rows, too). That every setting gives the same bits is
+// that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch distance, the same on
+// both rows, too). That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
-// gemv_q40_ms_spread_and_mt_bit_equal_one_stream, gemv_q80_parts_mt_bit_equal_four_group_pass,
 // gemv_q80_parts_bit_equal_four_group_pass, gemm_huge_pages_multi_stream_gemv and
 // gemm_huge_pages_half_long_streams_same_bits,
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
@@ -71,13 +70,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
   EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
-  // the q4_0 pass's prefetch form and distance, and every >= 2-thread entry: the same on both rows
-  // (the loop form 4 KiB ahead; >= 2 threads as 1 thread) until measured at 2 threads
-  for (const gemm_detail::DecodeTuning* t : {&a, &b}) {
-    EXPECT(!t->q40_spread && t->q40_ahead == 4096);
-    EXPECT(t->q40_prefetch_mt == GemvPrefetch::AsOneThread && t->q40_spread_mt == -1 && t->q40_ahead_mt == -1);
-    EXPECT(t->q80_prefetch_mt == GemvPrefetch::AsOneThread && t->q80_ahead_mt == -1);
-  }
+  // the q4_0 pass's prefetch distance: the same on both rows (4 KiB)
+  EXPECT(a.q40_ahead == 4096 && b.q40_ahead == 4096);
 }
 
 namespace {
@@ -94,13 +88,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += gemm_detail::q80_ahead() != t.q80_ahead;
   n += gemm_detail::gemv_streams_prefetch() != t.stream_prefetch;
   n += gemm_detail::q40_ms_prefetch() != t.q40_prefetch;
-  n += gemm_detail::q40_ms_spread() != t.q40_spread;
   n += gemm_detail::q40_ms_ahead() != t.q40_ahead;
-  n += gemm_detail::q40_ms_prefetch_mt() != t.q40_prefetch_mt;
-  n += gemm_detail::q40_ms_spread_mt() != t.q40_spread_mt;
-  n += gemm_detail::q40_ms_ahead_mt() != t.q40_ahead_mt;
-  n += gemm_detail::q80_prefetch_mt() != t.q80_prefetch_mt;
-  n += gemm_detail::q80_ahead_mt() != t.q80_ahead_mt;
   n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
   n += gemm_detail::gemv_half_long_streams() != t.half_long_streams;
 #if defined(__x86_64__)
@@ -123,8 +111,8 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const int after_other = settings_differing_from(o);
   // the entries the two rows differ in: 14 (stream, q4_0, K-quant streams and prefetch, block
   // prefetch, half_long_streams, the q8_0 parts / prefetch / distance, the attention's L2 pipeline,
-  // lean piece, P V chunks, wide_pf and wide8; the q4_0 pass's form and distance and the >= 2-thread
-  // entries, 7, are the same on both), 12 off x86-64 (no K-quant entries there)
+  // lean piece, P V chunks, wide_pf and wide8; the q4_0 pass's distance is the same on both), 12 off
+  // x86-64 (no K-quant entries there)
 #if defined(__x86_64__)
   const int differing = 14;
 #else
@@ -135,53 +123,4 @@ TEST(decode_tuning_settings_start_from_the_table) {
   EXPECT(after_other == 0);
   EXPECT(moved == differing);
   EXPECT(settings_differing_from(t) == 0);
-}
-
-// The >= 2-thread read entries of the q4_0 two-stream and q8_0 parts passes (decode_tuning.h
-// q40_*_mt / q80_*_mt): AsOneThread / -1 takes the 1-thread setting, anything else replaces it, and
-// only where the GEMV's dispatch runs on >= 2 threads (q40_read_form(true) / q80_read_form(true));
-// the 1-thread form never reads them. Settings restored after.
-TEST(decode_tuning_mt_entries_follow_or_replace) {
-  using gemm_detail::GemvPrefetch;
-  const gemm_detail::DecodeTuning t0 = [] {
-    gemm_detail::DecodeTuning t;
-    t.q40_prefetch = gemm_detail::q40_ms_prefetch(), t.q40_spread = gemm_detail::q40_ms_spread();
-    t.q40_ahead = gemm_detail::q40_ms_ahead(), t.q40_prefetch_mt = gemm_detail::q40_ms_prefetch_mt();
-    t.q40_spread_mt = gemm_detail::q40_ms_spread_mt(), t.q40_ahead_mt = gemm_detail::q40_ms_ahead_mt();
-    t.q80_prefetch = gemm_detail::q80_prefetch(), t.q80_ahead = gemm_detail::q80_ahead();
-    t.q80_prefetch_mt = gemm_detail::q80_prefetch_mt(), t.q80_ahead_mt = gemm_detail::q80_ahead_mt();
-    return t;
-  }();
-  gemm_detail::set_q40_ms_prefetch(GemvPrefetch::None), gemm_detail::set_q40_ms_spread(false);
-  gemm_detail::set_q40_ms_ahead(4096);
-  gemm_detail::set_q80_prefetch(GemvPrefetch::None), gemm_detail::set_q80_ahead(4096);
-  gemm_detail::set_q40_ms_prefetch_mt(GemvPrefetch::AsOneThread), gemm_detail::set_q40_ms_spread_mt(-1);
-  gemm_detail::set_q40_ms_ahead_mt(-1);
-  gemm_detail::set_q80_prefetch_mt(GemvPrefetch::AsOneThread), gemm_detail::set_q80_ahead_mt(-1);
-  for (bool mt : {false, true}) {  // following: both thread counts read the 1-thread settings
-    const gemm_detail::Q40ReadForm q = gemm_detail::q40_read_form(mt);
-    EXPECT(q.prefetch == GemvPrefetch::None && !q.spread && q.ahead == 4096);
-    const gemm_detail::Q80ReadForm r = gemm_detail::q80_read_form(mt);
-    EXPECT(r.prefetch == GemvPrefetch::None && r.ahead == 4096);
-  }
-  gemm_detail::set_q40_ms_prefetch_mt(GemvPrefetch::T0), gemm_detail::set_q40_ms_spread_mt(1);
-  gemm_detail::set_q40_ms_ahead_mt(1000);  // a multiple of 64: 960
-  gemm_detail::set_q80_prefetch_mt(GemvPrefetch::Nta), gemm_detail::set_q80_ahead_mt(512);
-  const gemm_detail::Q40ReadForm q1 = gemm_detail::q40_read_form(false), q2 = gemm_detail::q40_read_form(true);
-  EXPECT(q1.prefetch == GemvPrefetch::None && !q1.spread && q1.ahead == 4096);
-  EXPECT(q2.prefetch == GemvPrefetch::T0 && q2.spread && q2.ahead == 960);
-  const gemm_detail::Q80ReadForm r1 = gemm_detail::q80_read_form(false), r2 = gemm_detail::q80_read_form(true);
-  EXPECT(r1.prefetch == GemvPrefetch::None && r1.ahead == 4096);
-  EXPECT(r2.prefetch == GemvPrefetch::Nta && r2.ahead == 512);
-  // one entry replaced, the others following; the mt spread back to the loop form (0)
-  gemm_detail::set_q40_ms_prefetch_mt(GemvPrefetch::AsOneThread), gemm_detail::set_q40_ms_spread_mt(0);
-  gemm_detail::set_q40_ms_spread(true), gemm_detail::set_q40_ms_prefetch(GemvPrefetch::Nta);
-  const gemm_detail::Q40ReadForm q3 = gemm_detail::q40_read_form(true), q4 = gemm_detail::q40_read_form(false);
-  EXPECT(q3.prefetch == GemvPrefetch::Nta && !q3.spread && q3.ahead == 960);
-  EXPECT(q4.prefetch == GemvPrefetch::Nta && q4.spread && q4.ahead == 4096);
-  gemm_detail::set_q40_ms_prefetch(t0.q40_prefetch), gemm_detail::set_q40_ms_spread(t0.q40_spread);
-  gemm_detail::set_q40_ms_ahead(t0.q40_ahead), gemm_detail::set_q40_ms_prefetch_mt(t0.q40_prefetch_mt);
-  gemm_detail::set_q40_ms_spread_mt(t0.q40_spread_mt), gemm_detail::set_q40_ms_ahead_mt(t0.q40_ahead_mt);
-  gemm_detail::set_q80_prefetch(t0.q80_prefetch), gemm_detail::set_q80_ahead(t0.q80_ahead);
-  gemm_detail::set_q80_prefetch_mt(t0.q80_prefetch_mt), gemm_detail::set_q80_ahead_mt(t0.q80_ahead_mt);
 }

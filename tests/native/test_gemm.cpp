@@ -2340,7 +2340,8 @@ int m1_paths_same_bits(DType t, int64_t N, int64_t K, uint32_t seed, const std::
 // N around multiples of 64 and 128 (whole and padded last super-groups, an odd count of them) and
 // N = 4096 (parts of several super-groups at 1-3 threads), K of 1, 3 and 64 blocks (an odd block
 // count leaves one block after the pairs), with and without bias, the pass-edge prefetch on and
-// off, the two-stream pass's prefetch T0 / NTA / none, 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
+// off, the two-stream pass's prefetch T0 / NTA / T1 / none 4 KiB ahead and T0 1 KiB, NTA 512 B,
+// T1 2 KiB ahead (set_q40_ms_ahead), 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
 // start mid super-group in the shared numbering). q8_0 ignores the setting (checked too). Fails if
 // a stream's outputs, bias or cols are taken at the wrong part's offsets, or a part's super-group
 // is skipped or read twice.
@@ -2352,12 +2353,17 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   struct Restore {
     bool ms = gemm_detail::q40_ms();
     gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch();
-    ~Restore() { gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p); }
+    int a = gemm_detail::q40_ms_ahead();
+    ~Restore() { gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_ahead(a); }
   } restore;
   // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
-  // double-pumped AVX-512): prefetches only, the same bits
-  const gemm_detail::GemvPrefetch pfs[3] = {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta,
-                                            gemm_detail::GemvPrefetch::None};
+  // double-pumped AVX-512) and some distances: prefetches only, the same bits
+  using P = gemm_detail::GemvPrefetch;
+  const struct {
+    P p;
+    int ahead;
+  } forms[] = {{P::T0, 4096}, {P::Nta, 4096}, {P::None, 4096}, {P::T1, 4096}, {P::T0, 1024}, {P::Nta, 512}, {P::T1, 2048}};
+  const int nforms = int(sizeof forms / sizeof forms[0]);
   int compared = 0;
   uint32_t seed = 8100;
   for (DType t : {DType::Q4_0, DType::Q8_0})
@@ -2366,213 +2372,17 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
         if (N == 4096 && K == 32) continue;
         if (t == DType::Q8_0 && N > 256) continue;  // q8_0: only that the setting changes nothing
         compared += m1_paths_same_bits(
-            t, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, 3,
+            t, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, nforms,
             [&](int v) {
               gemm_detail::set_q40_ms(true);
-              gemm_detail::set_q40_ms_prefetch(pfs[v]);
-              return "two streams prefetch=" + std::to_string(int(pfs[v]));
+              gemm_detail::set_q40_ms_prefetch(forms[v].p), gemm_detail::set_q40_ms_ahead(forms[v].ahead);
+              EXPECT(gemm_detail::q40_ms_ahead() == forms[v].ahead);
+              return "two streams prefetch=" + std::to_string(int(forms[v].p)) + " ahead=" +
+                     std::to_string(forms[v].ahead);
             });
         ++seed;
       }
   EXPECT(compared > 0);
-}
-
-// The two-stream q4_0 pass's read settings (gemm_internal.h set_q40_ms_prefetch / _spread /
-// _ahead and their >= 2-thread _mt entries) for one scope, restored after.
-struct Q40ReadScope {
-  gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch(), pm = gemm_detail::q40_ms_prefetch_mt();
-  bool sp = gemm_detail::q40_ms_spread(), ms = gemm_detail::q40_ms();
-  int a = gemm_detail::q40_ms_ahead(), spm = gemm_detail::q40_ms_spread_mt(), am = gemm_detail::q40_ms_ahead_mt();
-  ~Q40ReadScope() {
-    gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_spread(sp);
-    gemm_detail::set_q40_ms_ahead(a), gemm_detail::set_q40_ms_prefetch_mt(pm), gemm_detail::set_q40_ms_spread_mt(spm);
-    gemm_detail::set_q40_ms_ahead_mt(am);
-  }
-};
-
-// The two-stream q4_0 pass's spread prefetch (set_q40_ms_spread: one prefetch beside each quant /
-// scale line's load, `ahead` bytes on; block_step's line hook on q4_0) and the >= 2-thread read
-// settings (set_q40_ms_*_mt, taken where the dispatch splits the groups over 2+ threads: a pool of
-// 2-3 threads, N x K >= kParallelMinMacs and more than one claim of groups, here gemv_repacked at
-// K = 2048 from N = 100, gemv_repacked_multi at K = 2048, and K = 96 from N = 1000) give the
-// one-stream pass's bits: at 512 / 1024 / 2048 bytes ahead, T0, NTA and T1 (and the loop form into
-// L2), at 1 thread and in the
-// >= 2-thread entries alone, and the 1-thread and >= 2-thread entries set apart (each form on one
-// side, the other on the other). Shapes: one super-group (N = 64), odd counts of them (192, 320,
-// 1088: a thread's claim or part left with one super-group, ms_q40_avx512<1>), a partial last
-// super-group (N = 100, 1000: its groups by the one-stream passes) and a partial last group (250),
-// many super-groups a thread (4096); K of 1, 3 and 64 blocks (an odd count leaves one block after
-// the pairs); bias off / on, gemv_repacked_multi (m1_paths_same_bits). Fails if the hook reaches
-// the arithmetic (a scale or quant load moved or changed) or a form misreads its records.
-TEST(gemv_q40_ms_spread_and_mt_bit_equal_one_stream) {
-  using P = gemm_detail::GemvPrefetch;
-  Q40ReadScope restore;
-  struct Form {
-    P p;
-    bool spread;
-    int ahead;
-    P pm;
-    int spm, am;
-  };
-  const Form forms[] = {
-      {P::T0, true, 512, P::AsOneThread, -1, -1},   {P::T0, true, 1024, P::AsOneThread, -1, -1},
-      {P::T0, true, 2048, P::AsOneThread, -1, -1},  {P::Nta, true, 1024, P::AsOneThread, -1, -1},
-      {P::None, false, 4096, P::T0, 1, 1024},       {P::None, false, 4096, P::T0, 1, 512},
-      {P::None, false, 4096, P::Nta, 1, 2048},      {P::T0, false, 4096, P::T0, 1, 1024},
-      {P::T0, true, 1024, P::None, -1, -1},         {P::None, true, 1024, P::T0, 0, 1024},
-      {P::T0, true, 2048, P::AsOneThread, 0, 4096}, {P::T1, true, 1024, P::AsOneThread, -1, -1},
-      {P::None, false, 4096, P::T1, 1, 2048},       {P::T1, false, 4096, P::AsOneThread, -1, -1},
-  };
-  const int nforms = int(sizeof forms / sizeof forms[0]);
-  int compared = 0;
-  uint32_t seed = 8200;
-  for (int64_t K : {32, 96, 2048})
-    for (int64_t N : {64, 100, 192, 250, 320, 1000, 1088, 4096}) {
-      if (N == 4096 && K == 32) continue;
-      compared += m1_paths_same_bits(
-          DType::Q4_0, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, nforms,
-          [&](int v) {
-            const Form& f = forms[v];
-            gemm_detail::set_q40_ms(true);
-            gemm_detail::set_q40_ms_prefetch(f.p), gemm_detail::set_q40_ms_spread(f.spread);
-            gemm_detail::set_q40_ms_ahead(f.ahead), gemm_detail::set_q40_ms_prefetch_mt(f.pm);
-            gemm_detail::set_q40_ms_spread_mt(f.spm), gemm_detail::set_q40_ms_ahead_mt(f.am);
-            EXPECT(gemm_detail::q40_ms_ahead() == f.ahead && gemm_detail::q40_ms_spread() == f.spread);
-            EXPECT(gemm_detail::q40_ms_spread_mt() == f.spm && gemm_detail::q40_ms_ahead_mt() == f.am);
-            return "prefetch=" + std::to_string(int(f.p)) + " spread=" + std::to_string(int(f.spread)) + " ahead=" +
-                   std::to_string(f.ahead) + " mt: prefetch=" + std::to_string(int(f.pm)) + " spread=" +
-                   std::to_string(f.spm) + " ahead=" + std::to_string(f.am);
-          });
-      ++seed;
-    }
-  EXPECT(compared > 0);
-}
-
-// The q8_0 parts pass's >= 2-thread prefetch and distance (set_q80_prefetch_mt / set_q80_ahead_mt,
-// taken where the dispatch runs on 2+ threads) give the four-group pass's bits, with the 1-thread
-// entries set apart: none at 1 thread and T0 / T1 / NTA 512 B - 2 KiB at 2+, and the reverse, at
-// 2 and 4 parts. Shapes as gemv_q80_parts_bit_equal_four_group_pass's (2-3 threads take the
-// >= 2-thread entries at K = 2048 from N = 100 (gemv_repacked_multi, with its 37-row output, from
-// N = 40) and at K = 96 from N = 1040).
-TEST(gemv_q80_parts_mt_bit_equal_four_group_pass) {
-  using P = gemm_detail::GemvPrefetch;
-  struct Restore {
-    int s = gemm_detail::q80_streams(), a = gemm_detail::q80_ahead(), am = gemm_detail::q80_ahead_mt();
-    P p = gemm_detail::q80_prefetch(), pm = gemm_detail::q80_prefetch_mt();
-    ~Restore() {
-      gemm_detail::set_q80_streams(s), gemm_detail::set_q80_prefetch(p), gemm_detail::set_q80_ahead(a);
-      gemm_detail::set_q80_prefetch_mt(pm), gemm_detail::set_q80_ahead_mt(am);
-    }
-  } restore;
-  struct Form {
-    int S;
-    P p;
-    int ahead;
-    P pm;
-    int am;
-  };
-  const Form forms[] = {
-      {2, P::None, 4096, P::T0, 512}, {2, P::None, 4096, P::T0, 1024}, {2, P::None, 4096, P::T0, 2048},
-      {2, P::None, 4096, P::Nta, 1024}, {2, P::None, 4096, P::T1, 1024}, {4, P::None, 4096, P::T0, 1024},
-      {2, P::T0, 1024, P::None, -1}, {4, P::T0, 1024, P::AsOneThread, 512},
-  };
-  const int nforms = int(sizeof forms / sizeof forms[0]);
-  int compared = 0;
-  uint32_t seed = 8400;
-  for (int64_t K : {32, 96, 2048})
-    for (int64_t N : {16, 40, 100, 208, 1040}) {
-      compared += m1_paths_same_bits(
-          DType::Q8_0, N, K, seed, [] { gemm_detail::set_q80_streams(0); }, nforms,
-          [&](int v) {
-            const Form& f = forms[v];
-            gemm_detail::set_q80_streams(f.S), gemm_detail::set_q80_prefetch(f.p), gemm_detail::set_q80_ahead(f.ahead);
-            gemm_detail::set_q80_prefetch_mt(f.pm), gemm_detail::set_q80_ahead_mt(f.am);
-            EXPECT(gemm_detail::q80_prefetch_mt() == f.pm && gemm_detail::q80_ahead_mt() == f.am);
-            return "parts=" + std::to_string(f.S) + " prefetch=" + std::to_string(int(f.p)) + " ahead=" +
-                   std::to_string(f.ahead) + " mt: prefetch=" + std::to_string(int(f.pm)) + " ahead=" +
-                   std::to_string(f.am);
-          });
-      ++seed;
-    }
-  EXPECT(compared > 0);
-}
-
-// gemv_repacked / gemv_repacked_multi read the passes' >= 2-thread entries (q40_read_form(true) /
-// q80_read_form(true); gemv_repacked.cpp gemv_mt) exactly where their dispatch splits the groups
-// over >= 2 threads: a pool of 2 or 3 threads, N x K >= kParallelMinMacs and more groups than one
-// claim (a pass of 4, or 8 with q4_0's even claims: parallel_ranges runs fn(0, groups) inline on the
-// caller otherwise); not without a pool, on a pool of one, below kParallelMinMacs, nor with one
-// claim's groups. Counted by gemm_detail::gemv_repacked_calls, once a call (the bits cannot tell).
-// Fails if gemv_mt follows the pool's size alone (the 64- and 128-row cases, the multi of 4 groups)
-// or a call stops resolving its read form by it.
-TEST(gemv_repacked_mt_entries_only_when_split) {
-  struct Restore {
-    bool even = gemm_detail::gemv_even_claims(), ms = gemm_detail::q40_ms();
-    ~Restore() { gemm_detail::set_gemv_even_claims(even), gemm_detail::set_q40_ms(ms); }
-  } restore;
-  gemm_detail::set_q40_ms(true);
-  ThreadPool pool1(1), pool2(2), pool3(3);
-  struct Case {
-    DType t;
-    int64_t N, K;
-    bool even;   // set_gemv_even_claims
-    bool split;  // at 2-3 threads
-  };
-  const Case cases[] = {
-      {DType::Q4_0, 4096, 2048, false, true}, {DType::Q8_0, 4096, 2048, false, true},
-      {DType::Q4_0, 100, 2048, false, true},   // 7 groups
-      {DType::Q8_0, 100, 2048, false, true},
-      {DType::Q4_0, 64, 2048, false, false},   // 4 groups: one claim
-      {DType::Q8_0, 64, 2048, false, false},
-      {DType::Q4_0, 128, 2048, false, true},   // 8 groups: two claims of a pass
-      {DType::Q4_0, 128, 2048, true, false},   // even claims: one claim of 8 groups
-      {DType::Q4_0, 256, 2048, true, true},    // even claims: two
-      {DType::Q8_0, 128, 2048, true, true},    // q8_0 never claims in pairs
-      {DType::Q8_0, 1000, 32, false, false},   // 32000 MACs: below kParallelMinMacs
-  };
-  uint32_t seed = 8600;
-  auto check = [&](const std::string& what, bool mt, const std::function<void()>& call) {
-    const gemm_detail::GemvRepackedCalls before = gemm_detail::gemv_repacked_calls();
-    call();
-    const gemm_detail::GemvRepackedCalls after = gemm_detail::gemv_repacked_calls();
-    if (after.mt - before.mt != (mt ? 1u : 0u) || after.one_thread - before.one_thread != (mt ? 0u : 1u))
-      ::emollm_test::report_failure(__FILE__, __LINE__,
-                                    "calls with the >= 2-thread entries " + std::to_string(after.mt - before.mt) +
-                                        ", with the 1-thread ones " +
-                                        std::to_string(after.one_thread - before.one_thread) + ": " + what);
-  };
-  for (const Case& c : cases) {
-    gemm_detail::set_gemv_even_claims(c.even);
-    const Weights w = make_weights(c.t, c.N, c.K, seed++);
-    std::vector<uint8_t> r(quant_repack_bytes(c.t, c.N, c.K));
-    quant_repack(w.bytes.data(), c.t, c.N, c.K, r.data(), nullptr);
-    const Problem p = make_problem(1, c.N, c.K, 0, 0, seed++);
-    std::vector<float> y(size_t(c.N));
-    for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool1, &pool2, &pool3}) {
-      const int nth = pool ? pool->size() : 0;
-      const std::string what = std::string(dtype_name(c.t)) + " N=" + std::to_string(c.N) + " K=" +
-                               std::to_string(c.K) + " even=" + yesno(c.even) + " pool=" + std::to_string(nth);
-      check(what, c.split && nth > 1, [&] { gemv_repacked(p.X.data(), r.data(), c.t, nullptr, y.data(), c.N, c.K, pool); });
-    }
-  }
-  // gemv_repacked_multi: its outputs' groups counted together (two 32-row q8_0 outputs at K = 2048:
-  // 2 + 2 groups, one claim, though each alone and both together pass kParallelMinMacs; two of
-  // 2048 rows: 256 groups)
-  gemm_detail::set_gemv_even_claims(false);
-  for (int64_t N : {32, 2048}) {
-    const int64_t K = 2048;
-    const Weights w = make_weights(DType::Q8_0, N, K, seed++);
-    std::vector<uint8_t> r(quant_repack_bytes(DType::Q8_0, N, K));
-    quant_repack(w.bytes.data(), DType::Q8_0, N, K, r.data(), nullptr);
-    const Problem p = make_problem(1, N, K, 0, 0, seed++);
-    std::vector<float> ya(static_cast<size_t>(N)), yb(static_cast<size_t>(N));
-    const GemvOutput o[2] = {{r.data(), nullptr, ya.data(), N}, {r.data(), nullptr, yb.data(), N}};
-    for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool1, &pool2, &pool3}) {
-      const int nth = pool ? pool->size() : 0;
-      check("multi q8_0 2 x N=" + std::to_string(N) + " pool=" + std::to_string(nth), N == 2048 && nth > 1,
-            [&] { gemv_repacked_multi(p.X.data(), DType::Q8_0, o, 2, K, pool); });
-    }
-  }
 }
 
 // gemv_repacked's q8_0 M = 1 pass in S contiguous parts a thread (gemm_detail::set_q80_streams,
