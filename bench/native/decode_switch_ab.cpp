@@ -8,6 +8,8 @@
 // q40_mt_spreadt1_2k: the q4_0 two-stream pass's spread prefetch (below); q80_t0_1k / q80_mt_t0_512 /
 // q80_mt_t0_1k / q80_mt_t0_2k / q80_mt_nta_1k / q80_mt_t1_1k: the q8_0 parts pass's per-line
 // prefetch at 1 KiB, and in >= 2-thread GEMVs only (below);
+// q40_addr: the q4_0 two-stream pass without software prefetch, a record's loads in address order (on) against
+// t-major (off; decode_tuning.h q40_addr_order);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; half_long6: the bf16 / f16 stream
 // kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; q80_parts / q80_parts1 / q80_parts3 /
@@ -230,6 +232,13 @@ const AbSwitch kSwitches[] = {
     {"q40_mt_spreadnta1k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::Nta, 1024); }},
     {"q40_mt_spreadt1_1k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T1, 1024); }},
     {"q40_mt_spreadt1_2k", [](bool on) { q40_spread_mt(on, gemm_detail::GemvPrefetch::T1, 2048); }},
+    // the q4_0 two-stream pass without software prefetch (on and off), a record's loads in address
+    // order (on) against t-major (off): decode_tuning.h q40_addr_order
+    {"q40_addr",
+     [](bool on) {
+       gemm_detail::set_q40_ms_prefetch(gemm_detail::GemvPrefetch::None);
+       gemm_detail::set_q40_ms_addr_order(on);
+     }},
     // the f32 / f16 / bf16 stream kernels' software prefetch: none (on) against T0 (off)
     {"stream_nopf", [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // decode_tuning.h's two rows: its double-pumped AVX-512 entry (on) against the Zen 5 one (off)

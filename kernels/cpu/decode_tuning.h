@@ -2,7 +2,7 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_q40_ms_spread, set_q40_ms_ahead, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
+// set_q40_ms_spread, set_q40_ms_ahead, set_q40_ms_addr_order, the >= 2-thread set_q40_ms_prefetch_mt / _spread_mt /
 // _ahead_mt and set_q80_prefetch_mt / _ahead_mt, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode) for the tests
@@ -71,6 +71,22 @@ struct DecodeTuning {
   // KiB 0.954 / 0.889 (its A/A 0.983). Not chosen
   // on any row: 1 thread keeps none; 2 threads to be measured quietly (q40_*_mt below).
   bool q40_spread = false;
+  // That pass's order of a record's loads where it runs without software prefetch (q40_prefetch
+  // None; gemv_repacked.cpp record_block_q40_addr): true: the record's 18 lines in address order
+  // (the 4 groups' scales, then group by group its 4 quant lines), false: block_step's t-major
+  // order (line t of the 4 groups, then t + 1: 256-byte strides back and forth across the record,
+  // the scales last). Same bits (the same operations on each value in the same order). Zen 4: true
+  // (session 31, h-q4code; q40_read_patterns, 1 thread, thread CPU time, cold 2 MiB-page copies,
+  // interleaved call by call, load 4.5-8.4, 4 processes x 60 rounds at 2560 x 2048, 2048 x 2048,
+  // 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape): 1.19-1.24x the
+  // t-major pass, at a plain 2-stream read's rate (read-2 0.98-1.02x the pass; t-major 0.80-0.85x
+  // read-2); with the weights in L2 0.97-0.98x (~64 GB/s a thread either way). The 1.1B q4_0 decode
+  // at 1 thread (decode_switch_ab AB_SWITCH=q40_addr, AB_CPU=1, 12 rounds x 16 tokens, load 7-8):
+  // on / off 1.489 / 1.337 / 1.228 by total (median rounds 1.470 / 1.268 / 1.178; the t-major side
+  // 28-35 tok/s, erratic under the load, address order 41-45), an A/A 1.036. Zen 5 not measured in
+  // this form (session 22 there, with its T0 loop: the quant lines group by group, the scales last,
+  // 0.97-1.04x): false.
+  bool q40_addr_order = false;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
   // start prefetches of each stream): 4 KiB (the loop form's measured distance, every row).
   int q40_ahead = 4096;

@@ -251,6 +251,12 @@ GemvPrefetch q40_ms_prefetch();
 // stream; decode_tuning.h q40_ahead). Same bits. For the tests and A/B tools; process-wide.
 void set_q40_ms_spread(bool on);
 bool q40_ms_spread();
+// That pass's order of a record's loads where it runs without software prefetch (decode_tuning.h
+// q40_addr_order; gemv_repacked.cpp record_block_q40_addr): the record's lines in address order,
+// group by group (true), or line t of the 4 groups at a time (false). Same bits. For the tests and
+// A/B tools; process-wide.
+void set_q40_ms_addr_order(bool on);
+bool q40_ms_addr_order();
 void set_q40_ms_ahead(int bytes);
 int q40_ms_ahead();
 // The three as used where the GEMV's dispatch runs on >= 2 threads (decode_tuning.h

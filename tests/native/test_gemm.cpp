@@ -2340,7 +2340,8 @@ int m1_paths_same_bits(DType t, int64_t N, int64_t K, uint32_t seed, const std::
 // N around multiples of 64 and 128 (whole and padded last super-groups, an odd count of them) and
 // N = 4096 (parts of several super-groups at 1-3 threads), K of 1, 3 and 64 blocks (an odd block
 // count leaves one block after the pairs), with and without bias, the pass-edge prefetch on and
-// off, the two-stream pass's prefetch T0 / NTA / none, 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
+// off, the two-stream pass's prefetch T0 / NTA / none (without it a record's loads t-major and in
+// address order: set_q40_ms_addr_order), 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
 // start mid super-group in the shared numbering). q8_0 ignores the setting (checked too). Fails if
 // a stream's outputs, bias or cols are taken at the wrong part's offsets, or a part's super-group
 // is skipped or read twice.
@@ -2350,14 +2351,20 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
     EXPECT(!gemm_detail::q40_ms());
   }
   struct Restore {
-    bool ms = gemm_detail::q40_ms();
+    bool ms = gemm_detail::q40_ms(), addr = gemm_detail::q40_ms_addr_order();
     gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch();
-    ~Restore() { gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p); }
+    ~Restore() {
+      gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_addr_order(addr);
+    }
   } restore;
   // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
-  // double-pumped AVX-512): prefetches only, the same bits
-  const gemm_detail::GemvPrefetch pfs[3] = {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta,
-                                            gemm_detail::GemvPrefetch::None};
+  // double-pumped AVX-512): prefetches only, the same bits; without prefetch a record's loads in
+  // t-major and in address order (set_q40_ms_addr_order: record_block_q40_addr, the same operations
+  // in another order), and with T0 the address-order setting (read only without prefetch) on
+  const gemm_detail::GemvPrefetch pfs[5] = {gemm_detail::GemvPrefetch::T0, gemm_detail::GemvPrefetch::Nta,
+                                            gemm_detail::GemvPrefetch::None, gemm_detail::GemvPrefetch::None,
+                                            gemm_detail::GemvPrefetch::T0};
+  const bool addrs[5] = {false, false, false, true, true};
   int compared = 0;
   uint32_t seed = 8100;
   for (DType t : {DType::Q4_0, DType::Q8_0})
@@ -2366,11 +2373,13 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
         if (N == 4096 && K == 32) continue;
         if (t == DType::Q8_0 && N > 256) continue;  // q8_0: only that the setting changes nothing
         compared += m1_paths_same_bits(
-            t, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, 3,
+            t, N, K, seed, [] { gemm_detail::set_q40_ms(false); }, 5,
             [&](int v) {
               gemm_detail::set_q40_ms(true);
               gemm_detail::set_q40_ms_prefetch(pfs[v]);
-              return "two streams prefetch=" + std::to_string(int(pfs[v]));
+              gemm_detail::set_q40_ms_addr_order(addrs[v]);
+              EXPECT(gemm_detail::q40_ms_addr_order() == addrs[v]);
+              return "two streams prefetch=" + std::to_string(int(pfs[v])) + " addr_order=" + std::to_string(int(addrs[v]));
             });
         ++seed;
       }
