@@ -585,15 +585,15 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // each record's lines in address order (record_block_q40_addr: the scales' dw * d first, then group
 // by group), not block_step's t-major order. Zen 4, 1 thread, thread CPU time, cold 2 MiB-page
 // copies, interleaved call by call (q40_read_patterns' gemv-addr / gemv-tmajor and scratch rows),
-// load 4.5-8.4, 3-4 processes x 50-60 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
+// load 4.3-8.4, 3-6 processes x 50-200 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
 // 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape against the t-major pass: address order
-// 1.19-1.24x (the pass at 0.98-1.02x a plain 2-stream read of its bytes, read-2, where the t-major
+// 1.19-1.30x (the pass at 0.96-1.02x a plain 2-stream read of its bytes, read-2, where the t-major
 // one reads at 0.80-0.85x); the quant lines group by group with the scales last 1.16-1.22x; the
 // scales first but t-major 1.10-1.13x. Instruction forms (scratch, same bits; objdump, per 1152-byte
 // record: the t-major pass 119 instructions, 16 loads, 32 vpdpbusd, 32 vpandd / vpandnd, 7.5
 // vmovdqa32 chain starts, 4.5 vpbroadcastd, 10 stack accesses per 4 records: 5 of its 16 f32
 // accumulators spilled): x's quads as vpdpbusd's {1to16} memory operand (no broadcast registers,
-// no spills, 114 instructions) 1.01-1.11x t-major, group by group 1.18-1.24x, as address order
+// no spills, 114 instructions) 1.01-1.14x t-major, group by group 1.18-1.28x, as address order
 // alone; the chains started from zero idioms with -off * sum(x_b) added after 1.02-1.05x; from a
 // vpbroadcastd load and a zero idiom (no copies) 1.05-1.12x; each line loaded 2 lines before its
 // use (asm volatile) 0.94-1.00x. The address-order pass is 119 instructions a record as t-major:
