@@ -4,6 +4,8 @@
 // kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
 // kq_pf4k: that pass's two streams 4 KiB ahead for q4_K too (on) against the default 2 KiB (q6_K 4 KiB either way);
 // q80_t0_1k: the q8_0 parts pass's per-line prefetch at 1 KiB (below);
+// q40_addr: the q4_0 two-stream pass without software prefetch, a record's loads in address order (on) against
+// t-major (off; decode_tuning.h q40_addr_order);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; half_long6: the bf16 / f16 stream
 // kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; q80_parts / q80_parts1 / q80_parts3 /
@@ -189,6 +191,13 @@ const AbSwitch kSwitches[] = {
     {"q40_ms", [](bool on) { gemm_detail::set_q40_ms(on); }},
     // the q4_0 two-stream pass's software prefetch: none (on) against T0 (off); decode_tuning.h
     {"q40_nopf", [](bool on) { gemm_detail::set_q40_ms_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
+    // the q4_0 two-stream pass without software prefetch (on and off), a record's loads in address
+    // order (on) against t-major (off): decode_tuning.h q40_addr_order
+    {"q40_addr",
+     [](bool on) {
+       gemm_detail::set_q40_ms_prefetch(gemm_detail::GemvPrefetch::None);
+       gemm_detail::set_q40_ms_addr_order(on);
+     }},
     // the f32 / f16 / bf16 stream kernels' software prefetch: none (on) against T0 (off)
     {"stream_nopf", [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // decode_tuning.h's two rows: its double-pumped AVX-512 entry (on) against the Zen 5 one (off)

@@ -3,6 +3,9 @@
 // rows differ only in how they read. Rows (ratio = the gemv row's time / this row's; > 1: faster):
 //   gemv            gemv_repacked, the default pass (two streams a thread: two contiguous parts of its
 //                   super-groups side by side, each record prefetched 4 KiB on along its part)
+//   gemv-addr / gemv-tmajor  the two-stream pass with a record's loads in address order / t-major
+//                   (set_q40_ms_addr_order on / off; where the pass runs without software prefetch:
+//                   decode_tuning.h q40_addr_order); bits checked as gemv-one's
 //   gemv-one        set_q40_ms(false): the one-stream pass (8 records prefetched ahead, a loop of
 //                   36 prefetches every two records); bits checked against gemv before timing
 //   gemv-t0 / -nta / -nopf / -t1  the two-stream pass with that software prefetch (set_q40_ms_prefetch:
@@ -230,6 +233,16 @@ int main(int argc, char** argv) {
       gemm_detail::set_gemv_even_claims(prev);
     };
   };
+  // the two-stream pass with a record's loads in address order (on) or t-major (off), this CPU's
+  // prefetch (set_q40_ms_addr_order: where the pass runs without software prefetch). Same bits
+  auto gemv_addr = [&](bool on) {
+    return [&, on](const uint8_t* W) {
+      const bool prev = gemm_detail::q40_ms_addr_order();
+      gemm_detail::set_q40_ms_addr_order(on);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q40_ms_addr_order(prev);
+    };
+  };
   struct Row {
     const char* name;
     std::function<void(const uint8_t*)> run;
@@ -239,6 +252,8 @@ int main(int argc, char** argv) {
   std::vector<Row> rows = {
       {"gemv", gemv(true), {}},
       {"gemv-one", gemv(false), {}},
+      {"gemv-addr", gemv_addr(true), {}},
+      {"gemv-tmajor", gemv_addr(false), {}},
       {"gemv-t0", gemv_pf(gemm_detail::GemvPrefetch::T0), {}},
       {"gemv-nta", gemv_pf(gemm_detail::GemvPrefetch::Nta), {}},
       {"gemv-nopf", gemv_pf(gemm_detail::GemvPrefetch::None), {}},

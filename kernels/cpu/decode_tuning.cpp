@@ -13,6 +13,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
   if (f.avx512_double_pumped) {  // Zen 4: what differs (sessions 25-26; reasons in decode_tuning.h)
     t.stream_prefetch = GemvPrefetch::None;
     t.q40_prefetch = GemvPrefetch::None;
+    t.q40_addr_order = true;
     t.kquant_streams = 1;
     t.kquant_prefetch = GemvPrefetch::None;
     t.attn_pipeline_l2 = true;
@@ -38,6 +39,7 @@ const DecodeTuning& decode_tuning() {
 void apply_decode_tuning(const DecodeTuning& t) {
   set_gemv_streams_prefetch(t.stream_prefetch);
   set_q40_ms_prefetch(t.q40_prefetch);
+  set_q40_ms_addr_order(t.q40_addr_order);
   set_q40_ms_ahead(t.q40_ahead);
 #if defined(__x86_64__)
   set_kquant_streams(t.kquant_streams);

@@ -128,6 +128,8 @@ void set_q80_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q80_prefetc
 GemvPrefetch q80_prefetch() { return DecodeSetting<&DecodeTuning::q80_prefetch>::get(); }
 void set_q80_ahead(int bytes) { DecodeSetting<&DecodeTuning::q80_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q80_ahead() { return DecodeSetting<&DecodeTuning::q80_ahead>::get(); }
+void set_q40_ms_addr_order(bool on) { DecodeSetting<&DecodeTuning::q40_addr_order>::set(on); }
+bool q40_ms_addr_order() { return DecodeSetting<&DecodeTuning::q40_addr_order>::get(); }
 void set_q40_ms_ahead(int bytes) { DecodeSetting<&DecodeTuning::q40_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q40_ms_ahead() { return DecodeSetting<&DecodeTuning::q40_ahead>::get(); }
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
@@ -403,11 +405,44 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
       [&](int j) { return r + 2 * kGroup * j; }, f);
 }
 
+// record_block_q40 with the record's 18 lines loaded in address order (set_q40_ms_addr_order;
+// decode_tuning.h q40_addr_order): the 4 groups' scale products dw * d first (lines 0-1), then
+// group by group its 4 quant lines (t = 0..3) into its two int32 chains, and its sum into f[j];
+// block_step's q4_0 order is t-major (line t of groups 0..3, then t + 1: strides of 256 bytes back
+// and forth across the record, the scales last). The same operations on each value in the same
+// order (the chains, the int32 sum, cvt, dw * d, the FMA): the same bits. x's 8 broadcasts are
+// shared as before (GCC hoists them; objdump: 119 instructions a record, as the t-major form).
+__attribute__((always_inline)) EMO_TRP inline void record_block_q40_addr(const int8_t* xb, float dx, int32_t neg,
+                                                                         const uint8_t* r, __m512 (&f)[kSuperGroup]) {
+  constexpr int NG = kSuperGroup;
+  const __m512i m0f = _mm512_set1_epi8(0x0F);
+  const __m512i n = _mm512_set1_epi32(neg);
+  const __m512 d = _mm512_set1_ps(dx);
+  __m512 sc[NG];
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j)
+    sc[j] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 2 * kGroup * j))), d);
+#pragma GCC unroll 4
+  for (int j = 0; j < NG; ++j) {
+    __m512i a = n, c = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) {
+      const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
+      __m512i v = _mm512_loadu_si512(r + 2 * kGroup * NG + 256 * j + 64 * t);
+      __asm__("" : "+v"(v));  // one load for both operands (block_step)
+      a = _mm512_dpbusd_epi32(a, _mm512_and_si512(v, m0f), xl);
+      c = _mm512_dpbusd_epi32(c, _mm512_andnot_si512(m0f, v), xh);
+    }
+    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, _mm512_srai_epi32(c, 4))), sc[j], f[j]);
+  }
+}
+
 // record_block_q40 on the record at r after prefetching the 18 lines at p (the same stream's record
 // `ahead` bytes on) from a loop: ms_q40_avx512's prefetch form (measured there).
 // Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA / _MM_HINT_T1 (into L2; session 30), or -1:
-// no prefetch (double-pumped AVX-512's default, decode_tuning.h).
-template <int Hint>
+// no prefetch (double-pumped AVX-512's default, decode_tuning.h). Addr: record_block_q40_addr's
+// order of the record's loads (decode_tuning.h q40_addr_order), else block_step's.
+template <int Hint, bool Addr = false>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
                                                                        const uint8_t* r, __m512 (&f)[kSuperGroup],
                                                                        const uint8_t* p) {
@@ -415,7 +450,8 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 #pragma GCC unroll 1
     for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<decltype(_MM_HINT_T0)>(Hint));
   }
-  record_block_q40(xb, dx, neg, r, f);
+  if constexpr (Addr) record_block_q40_addr(xb, dx, neg, r, f);
+  else record_block_q40(xb, dx, neg, r, f);
 }
 
 // The q4_0 M = 1 pass on 2 streams (set_q40_ms, default on; S = 2, and S = 1 for a
@@ -469,7 +505,25 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // arithmetic, spread2x1-1k, 1.19-1.42x the pass); at 2 threads, quietly, no form won in both of
 // the VM's bandwidth phases (spread T1 +2-6% in a low one, -2-20% in a high one; bench/README's
 // Zen 4 rows of session 30). Both removed in session 31.
-template <int S, int Hint>
+// Addr (session 31, h-q4code; decode_tuning.h q40_addr_order, Zen 4's row; only where Hint is -1):
+// each record's lines in address order (record_block_q40_addr: the scales' dw * d first, then group
+// by group), not block_step's t-major order. Zen 4, 1 thread, thread CPU time, cold 2 MiB-page
+// copies, interleaved call by call (q40_read_patterns' gemv-addr / gemv-tmajor and scratch rows),
+// load 4.3-8.4, 3-6 processes x 50-200 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
+// 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape against the t-major pass: address order
+// 1.19-1.30x (the pass at 0.96-1.02x a plain 2-stream read of its bytes, read-2, where the t-major
+// one reads at 0.80-0.85x); the quant lines group by group with the scales last 1.16-1.22x; the
+// scales first but t-major 1.10-1.13x. Instruction forms (scratch, same bits; objdump, per 1152-byte
+// record: the t-major pass 119 instructions, 16 loads, 32 vpdpbusd, 32 vpandd / vpandnd, 7.5
+// vmovdqa32 chain starts, 4.5 vpbroadcastd, 10 stack accesses per 4 records: 5 of its 16 f32
+// accumulators spilled): x's quads as vpdpbusd's {1to16} memory operand (no broadcast registers,
+// no spills, 114 instructions) 1.01-1.14x t-major, group by group 1.18-1.28x, as address order
+// alone; the chains started from zero idioms with -off * sum(x_b) added after 1.02-1.05x; from a
+// vpbroadcastd load and a zero idiom (no copies) 1.05-1.12x; each line loaded 2 lines before its
+// use (asm volatile) 0.94-1.00x. The address-order pass is 119 instructions a record as t-major:
+// the order is the gain, not the count. With the weights in L2 (512 x 2048, one copy) every form
+// runs ~64-66 GB/s a thread, address order 0.97-0.98x t-major.
+template <int S, int Hint, bool Addr = false>
 EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
                            int64_t part) {
@@ -492,15 +546,15 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * kRec;
 #pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
+    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint, Addr>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf<Hint>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
+      record_block_q40_pf<Hint, Addr>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
   }
   if (b < nb)
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf<Hint>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
+      record_block_q40_pf<Hint, Addr>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
@@ -1006,6 +1060,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {
       const gemm_detail::GemvPrefetch pf = gemm_detail::q40_ms_prefetch();
       const size_t ahead = size_t(gemm_detail::q40_ms_ahead());
+      const bool addr = gemm_detail::q40_ms_addr_order();
       auto mpasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
@@ -1014,9 +1069,17 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
         for (int64_t i = 0; i < per; ++i) {
           const int64_t gi = g + i * kSuperGroup;
           gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
-            ms_q40_avx512<SS, decltype(hint)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
-                                                     y + gi * kGroup, N - gi * kGroup, cold_start && gi == g0, ahead,
-                                                     part);
+            constexpr int H = decltype(hint)::value;
+            auto run = [&](auto addr_order) {
+              ms_q40_avx512<SS, H, decltype(addr_order)::value>(qs, s, G, L, gi, nb,
+                                                                bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
+                                                                N - gi * kGroup, cold_start && gi == g0, ahead, part);
+            };
+            // the address-order form: without software prefetch only (q40_addr_order)
+            if constexpr (H < 0) {
+              if (addr) return run(std::true_type());
+            }
+            run(std::false_type());
           });
         }
         g += SS * part;

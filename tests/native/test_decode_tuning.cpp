@@ -54,6 +54,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.q80_streams == 4);
   EXPECT(b.stream_prefetch == GemvPrefetch::None);
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
+  EXPECT(!a.q40_addr_order && b.q40_addr_order);
   EXPECT(b.kquant_streams == 1);
   EXPECT(b.attn_pipeline_l2);
   EXPECT(!a.attn_decode_lean && b.attn_decode_lean);
@@ -88,6 +89,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += gemm_detail::q80_ahead() != t.q80_ahead;
   n += gemm_detail::gemv_streams_prefetch() != t.stream_prefetch;
   n += gemm_detail::q40_ms_prefetch() != t.q40_prefetch;
+  n += gemm_detail::q40_ms_addr_order() != t.q40_addr_order;
   n += gemm_detail::q40_ms_ahead() != t.q40_ahead;
   n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
   n += gemm_detail::gemv_half_long_streams() != t.half_long_streams;
@@ -109,14 +111,14 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  // the entries the two rows differ in: 14 (stream, q4_0, K-quant streams and prefetch, block
-  // prefetch, half_long_streams, the q8_0 parts / prefetch / distance, the attention's L2 pipeline,
-  // lean piece, P V chunks, wide_pf and wide8; the q4_0 pass's distance is the same on both), 12 off
-  // x86-64 (no K-quant entries there)
+  // the entries the two rows differ in: 15 (stream, q4_0 prefetch and address order, K-quant streams
+  // and prefetch, block prefetch, half_long_streams, the q8_0 parts / prefetch / distance, the
+  // attention's L2 pipeline, lean piece, P V chunks, wide_pf and wide8; the q4_0 pass's distance is
+  // the same on both), 13 off x86-64 (no K-quant entries there)
 #if defined(__x86_64__)
-  const int differing = 14;
+  const int differing = 15;
 #else
-  const int differing = 12;
+  const int differing = 13;
 #endif
   const int moved = settings_differing_from(t);
   gemm_detail::apply_decode_tuning(t);

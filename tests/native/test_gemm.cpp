@@ -2341,7 +2341,8 @@ int m1_paths_same_bits(DType t, int64_t N, int64_t K, uint32_t seed, const std::
 // N = 4096 (parts of several super-groups at 1-3 threads), K of 1, 3 and 64 blocks (an odd block
 // count leaves one block after the pairs), with and without bias, the pass-edge prefetch on and
 // off, the two-stream pass's prefetch T0 / NTA / T1 / none 4 KiB ahead and T0 1 KiB, NTA 512 B,
-// T1 2 KiB ahead (set_q40_ms_ahead), 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
+// T1 2 KiB ahead (set_q40_ms_ahead), without prefetch a record's loads t-major and in address order
+// (set_q40_ms_addr_order), 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
 // start mid super-group in the shared numbering). q8_0 ignores the setting (checked too). Fails if
 // a stream's outputs, bias or cols are taken at the wrong part's offsets, or a part's super-group
 // is skipped or read twice.
@@ -2351,18 +2352,26 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
     EXPECT(!gemm_detail::q40_ms());
   }
   struct Restore {
-    bool ms = gemm_detail::q40_ms();
+    bool ms = gemm_detail::q40_ms(), addr = gemm_detail::q40_ms_addr_order();
     gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch();
     int a = gemm_detail::q40_ms_ahead();
-    ~Restore() { gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_ahead(a); }
+    ~Restore() {
+      gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_ahead(a);
+      gemm_detail::set_q40_ms_addr_order(addr);
+    }
   } restore;
   // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
-  // double-pumped AVX-512) and some distances: prefetches only, the same bits
+  // double-pumped AVX-512) and some distances: prefetches only, the same bits; without prefetch a
+  // record's loads in t-major and in address order (set_q40_ms_addr_order: record_block_q40_addr,
+  // the same operations in another order), and with T0 the address-order setting (read only
+  // without prefetch) on
   using P = gemm_detail::GemvPrefetch;
   const struct {
     P p;
     int ahead;
-  } forms[] = {{P::T0, 4096}, {P::Nta, 4096}, {P::None, 4096}, {P::T1, 4096}, {P::T0, 1024}, {P::Nta, 512}, {P::T1, 2048}};
+    bool addr;
+  } forms[] = {{P::T0, 4096, false}, {P::Nta, 4096, false}, {P::None, 4096, false}, {P::None, 4096, true},
+               {P::T1, 4096, false}, {P::T0, 1024, true}, {P::Nta, 512, false}, {P::T1, 2048, false}};
   const int nforms = int(sizeof forms / sizeof forms[0]);
   int compared = 0;
   uint32_t seed = 8100;
@@ -2376,9 +2385,11 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
             [&](int v) {
               gemm_detail::set_q40_ms(true);
               gemm_detail::set_q40_ms_prefetch(forms[v].p), gemm_detail::set_q40_ms_ahead(forms[v].ahead);
+              gemm_detail::set_q40_ms_addr_order(forms[v].addr);
               EXPECT(gemm_detail::q40_ms_ahead() == forms[v].ahead);
+              EXPECT(gemm_detail::q40_ms_addr_order() == forms[v].addr);
               return "two streams prefetch=" + std::to_string(int(forms[v].p)) + " ahead=" +
-                     std::to_string(forms[v].ahead);
+                     std::to_string(forms[v].ahead) + " addr_order=" + std::to_string(int(forms[v].addr));
             });
         ++seed;
       }
