@@ -101,10 +101,14 @@ describe.skipIf(!haveStories)('concurrent sequences on stories260K', () => {
 
   it('aborting one call leaves the others exact', async () => {
     const want = await sequential();
-    const m = await loadModel(stories, { contextSize: 256, maxSequences: 4, threads: 1 });
+    // the victim's loop does not wait for its consumer: on a 256-position context it could end
+    // (max-tokens, context-full) before a consumer kept off its core reached its first chunk, and
+    // then nothing is aborted; 4096 positions take it seconds (the others' tokens do not depend on
+    // the context's size: they end within 256 positions)
+    const m = await loadModel(stories, { contextSize: 4096, maxSequences: 4, threads: 1 });
     try {
       const ac = new AbortController();
-      const victim = m.generate('Once upon a time there was', { maxTokens: 200, temperature: 0, signal: ac.signal });
+      const victim = m.generate('Once upon a time there was', { maxTokens: 100000, temperature: 0, signal: ac.signal });
       const others = requests.slice(0, 3).map((r) => m.generate(r.prompt, r.options).result);
       const consume = async (): Promise<void> => {
         for await (const c of victim) {

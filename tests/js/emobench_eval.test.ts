@@ -152,16 +152,21 @@ describe('kill and resume (child process)', () => {
     execFileSync(process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(repoRoot, 'tsconfig.json'), '--outDir', dist, '--declaration', 'false', '--sourceMap', 'false'], {
       stdio: 'inherit',
     });
-    // The random backend, slowed down so that the run can be killed in the middle.
+    // The random backend, slowed down, and (with a stall count) stopping for good after that many
+    // predictions have started, so that the run is killed in the middle whatever the machine's load
+    // (with only a delay, a parent descheduled for the rest of the run saw it finish first).
     writeFileSync(
       script,
       `import { runEval } from ${JSON.stringify(join(dist, 'emobench', 'eval.js'))};
 import { randomBackend } from ${JSON.stringify(join(dist, 'emobench', 'backends.js'))};
 import { parseSamples } from ${JSON.stringify(join(dist, 'emobench', 'sample.js'))};
 import { readFileSync } from 'node:fs';
-const [bench, out, delay] = process.argv.slice(2);
+const [bench, out, delay, stallAfter] = process.argv.slice(2);
 const inner = randomBackend(parseSamples(readFileSync(bench, 'utf8')), 0);
+let started = 0;
 const backend = { name: inner.name, maxConcurrency: 4, async predict(s, root, signal) {
+  // a timer keeps the stalled process alive until the test kills it
+  if (stallAfter !== undefined && ++started > Number(stallAfter)) await new Promise(() => setInterval(() => {}, 60_000));
   await new Promise((r) => setTimeout(r, Number(delay)));
   return inner.predict(s, root, signal);
 } };
@@ -171,35 +176,41 @@ await runEval({ bench, model: backend, out, concurrency: 4, resamples: 300, summ
   }, 180_000);
 
   it('a SIGKILLed run resumed with the same command ends with the uninterrupted results', async () => {
-    const run = (out: string, delay: number): ReturnType<typeof spawn> =>
-      spawn(process.execPath, [script, bench, out, String(delay)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const run = (out: string, delay: number, stallAfter?: number): ReturnType<typeof spawn> =>
+      spawn(process.execPath, [script, bench, out, String(delay), ...(stallAfter === undefined ? [] : [String(stallAfter)])], { stdio: ['ignore', 'ignore', 'pipe'] });
     const wait = (p: ReturnType<typeof spawn>): Promise<number | null> =>
-      new Promise((res) => p.on('exit', (code, sig) => res(code ?? (sig ? -1 : null))));
+      p.exitCode !== null || p.signalCode !== null
+        ? Promise.resolve(p.exitCode ?? -1)
+        : new Promise((res) => p.on('exit', (code, sig) => res(code ?? (sig ? -1 : null))));
 
     const full = join(tmp, 'full');
     expect(await wait(run(full, 0))).toBe(0);
 
+    // stalls once 60 predictions have started: killed after at least 40 were written, at most 60
     const killed = join(tmp, 'killed');
-    const child = run(killed, 5);
+    const child = run(killed, 5, 60);
     const log = join(killed, 'predictions.jsonl');
-    await new Promise<void>((res, rej) => {
-      const t = setInterval(() => {
-        const n = existsSync(log) ? readFileSync(log, 'utf8').split('\n').length - 1 : 0;
-        if (n >= 40) {
+    try {
+      await new Promise<void>((res, rej) => {
+        const t = setInterval(() => {
+          const n = existsSync(log) ? readFileSync(log, 'utf8').split('\n').length - 1 : 0;
+          if (n >= 40) {
+            clearInterval(t);
+            res();
+          }
+        }, 5);
+        child.on('exit', () => {
           clearInterval(t);
-          child.kill('SIGKILL');
-          res();
-        }
-      }, 5);
-      child.on('exit', () => {
-        clearInterval(t);
-        rej(new Error('the child finished before it could be killed'));
+          rej(new Error('the child finished before it could be killed'));
+        });
       });
-    });
-    await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(await wait(child)).toBe(-1);  // dead: nothing more is written to the log
     const partial = readPredictions(log).size;
     expect(partial).toBeGreaterThanOrEqual(40);
-    expect(partial).toBeLessThan(300);
+    expect(partial).toBeLessThanOrEqual(60);
     expect(existsSync(join(killed, 'results.json'))).toBe(false);
     appendFileSync(log, '{"id":"Synth/test/0029'); // a torn write, as a kill mid-line leaves
 

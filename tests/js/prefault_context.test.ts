@@ -44,15 +44,18 @@ describe.skipIf(!haveStories)('prefaultContext on stories260K', () => {
     const off = await loadModel(stories, { ...opts, prefaultContext: false });
     try {
       const a = await createContext(on, 0.9);
-      const b = await createContext(off, 0);
       expect(a.kvBytes).toBeGreaterThan(30 * 2 ** 20);
       expect(a.grew).toBeGreaterThan(0.9 * a.kvBytes);
-      expect(b.grew).toBeLessThan(0.25 * b.kvBytes);
       // stats say when the fault-in finished and how long it took (bench:llava's context column)
       for (const deadline = Date.now() + 20_000; !on.stats().contextReady && Date.now() < deadline; )
         await new Promise((r) => setTimeout(r, 5));
       expect(on.stats().contextReady).toBe(true);
       expect(on.stats().prefaultSeconds).toBeGreaterThan(0);
+      // measured once the first context's fault-in has finished: the polling above stops at 90% of
+      // its cache, and on a loaded machine its last pages (up to 10%, 4 MiB) could otherwise land
+      // in this window
+      const b = await createContext(off, 0);
+      expect(b.grew).toBeLessThan(0.25 * b.kvBytes);
       // without a fault-in the context is ready at once and no time is reported
       for (const deadline = Date.now() + 20_000; !off.stats().contextReady && Date.now() < deadline; )
         await new Promise((r) => setTimeout(r, 5));

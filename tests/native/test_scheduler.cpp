@@ -131,12 +131,22 @@ TEST(scheduler_batched_greedy_equals_alone) {
   std::vector<uint64_t> ids(5, 0);
   std::atomic<uint64_t> victim{0};
   const int abort_after = 4;
+  // request 0 holds the scheduler thread at its 1st token until 1 is queued, and at its 5th until
+  // 2-4 are: 1 joins 0 and the others join while 0 decodes, whatever the machine's load (without
+  // the holds, a test thread kept off its core let 0 finish alone first)
+  EXPECT(want[0].tokens.size() >= 5);
+  if (want[0].tokens.size() < 5) return;  // the holds below would wait for tokens that never come
+  emollm_test::TokenGate first(1), fifth(5);
   auto submit = [&](size_t i) {
     SeqRequest r;
     r.prompt = ps[i];
     r.params = greedy(max_tokens[i]);
     r.on_token = [&, i](int32_t t) {
       delivered[i].push_back(t);
+      if (i == 0) {
+        first.on_token();
+        fifth.on_token();
+      }
       if (++count[i] == abort_after && i == 2) sched.abort(victim.load());  // request 2 is aborted mid-way
     };
     r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
@@ -144,12 +154,15 @@ TEST(scheduler_batched_greedy_equals_alone) {
     if (i == 2) victim.store(ids[i]);
   };
   submit(0);
+  first.wait_held();
   submit(1);
+  first.open();
   // the others join later, while 0 and 1 are decoding
-  for (int spin = 0; spin < 20000 && count[0].load() < 5; ++spin) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  fifth.wait_held();
   submit(2);
   submit(3);
   submit(4);
+  fifth.open();
   std::vector<SeqOutcome> got;
   for (auto& d : done) got.push_back(d.get_future().get());
   for (size_t i = 0; i < 5; ++i) {

@@ -20,15 +20,22 @@ async function freePort(): Promise<number> {
   });
 }
 
-function ping(port: number): Promise<boolean> {
+/** The process id of the redis-server answering on `port` (INFO server), or undefined when none answers. */
+function serverPid(port: number): Promise<number | undefined> {
   return new Promise((resolve) => {
     const sock = connect({ host: '127.0.0.1', port });
-    sock.setTimeout(1000, () => (sock.destroy(), resolve(false)));
-    sock.on('error', () => resolve(false));
-    sock.on('connect', () => sock.write('PING\r\n'));
+    let got = '';
+    sock.setTimeout(1000, () => (sock.destroy(), resolve(undefined)));
+    sock.on('error', () => resolve(undefined));
+    sock.on('close', () => resolve(undefined));
+    sock.on('connect', () => sock.write('INFO server\r\n'));
     sock.on('data', (d) => {
-      sock.end();
-      resolve(d.toString().startsWith('+PONG'));
+      got += d.toString();
+      const m = /process_id:(\d+)/.exec(got);
+      if (m) {
+        sock.end();
+        resolve(Number(m[1]));
+      }
     });
   });
 }
@@ -40,19 +47,39 @@ export interface RedisServer {
 }
 
 export async function startRedis(dir: string): Promise<RedisServer> {
-  const port = await freePort();
-  const proc: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
-  proc.stdout!.on('data', (d) => (log += d));
-  proc.stderr!.on('data', (d) => (log += d));
-  for (let i = 0; i < 100; i++) {
-    if (await ping(port)) break;
-    if (proc.exitCode !== null) throw new Error(`redis-server exited: ${log}`);
-    await new Promise((r) => setTimeout(r, 100));
-    if (i === 99) throw new Error(`redis-server did not answer PING: ${log}`);
+  // freePort's port is free when it returns, not when redis-server binds it: another process may
+  // take it in between (tests run beside other programs). redis-server then exits at once with
+  // "Address already in use"; that case alone starts it again on another port.
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const proc: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let log = '';
+    proc.stdout!.on('data', (d) => (log += d));
+    proc.stderr!.on('data', (d) => (log += d));
+    const closed = new Promise((r) => proc.once('close', r));
+    let taken = false;
+    for (let i = 0; i < 100; i++) {
+      // this redis-server, not another program's that took the port first
+      if ((await serverPid(port)) === proc.pid) break;
+      if (proc.exitCode !== null) {
+        await closed;  // its whole log
+        if (attempt < 5 && /Address already in use/.test(log)) {
+          taken = true;
+          break;
+        }
+        throw new Error(`redis-server exited: ${log}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      if (i === 99) throw new Error(`redis-server did not answer PING: ${log}`);
+    }
+    if (taken) continue;
+    return server(proc, port);
   }
+}
+
+function server(proc: ChildProcess, port: number): RedisServer {
   return {
     url: `redis://127.0.0.1:${port}`,
     port,
