@@ -16,7 +16,7 @@
 // the two engines never share the cores and each peak RSS is one process's. A model's sides are
 // alternated in rounds with read-bandwidth probes beside its block (bench/decode_rounds.mjs).
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -475,8 +475,12 @@ function runLlamaBench(bin, model, o, threads, log) {
 // probes j and j + 1, the warm-up token and the state restore (~40 ms) between probe j and the
 // timed tokens. A probe still running when llama-bench prints the next test's "warmup generation
 // run" line is late (probes_late; benchPairedRun leaves that run out); the probe runs on the
-// addon's worker thread, so the main thread timestamps the line while it runs.
-// Returns { ok, runs: [{ tokens, s, tok_s, cached }], probes_gbs, probes_late, probes_ms, ... }.
+// addon's worker thread, so the main thread timestamps the line while it runs. Each run's CPU time
+// too (cpu_s, for --cpu-clock at one thread): llama-bench's threads' running time
+// (/proc/PID/task/*/schedstat, ns) from its "generation run" progress line (printed after its
+// timer starts, right before the tokens) to its result line (printed after them), read as each
+// line arrives; the probes' CPU-time rates as probes_cpu_gbs.
+// Returns { ok, runs: [{ tokens, s, tok_s, cached, cpu_s }], probes_gbs, probes_cpu_gbs, probes_late, probes_ms, ... }.
 function runLlamaBenchPaired(bin, model, o, threads, rp, log) {
   const n = o.lbRuns + 1;
   const args = ['-m', model, '-t', String(threads), '-b', String(o.nBatch), '-ub', String(o.nBatch),
@@ -487,26 +491,30 @@ function runLlamaBenchPaired(bin, model, o, threads, rp, log) {
     const t0 = performance.now();
     const now = () => performance.now() - t0;
     const child = spawn(bin, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    const tests = [], warmAt = [], cached = [], probes = [];
+    const tests = [], warmAt = [], cached = [], probes = [], cpuAtGen = [], cpuAtEnd = [];
+    const cpuNs = () => taskCpuNs(child.pid);
     let stdout = '', stderr = '', errTail = '', chain = Promise.resolve();
     const onStdoutLine = (line) => {
       let j;
+      const cpu = cpuNs();
       try { j = JSON.parse(line); } catch { return; }
       tests.push(j);
+      cpuAtEnd[tests.length] = cpu;
       // the probe after this test (before the next one's warm-up)
       chain = chain.then(async () => {
         const start = now();
-        let gbs = null;
-        try { gbs = (await rp.probe()).gbs; } catch (e) { log(`bench:decode: llama-bench paired probe failed: ${e.message}`); }
-        probes.push({ gbs, start_ms: start, end_ms: now() });
+        let gbs = null, cpu = null;
+        try { ({ gbs, cpu } = await rp.probe()); } catch (e) { log(`bench:decode: llama-bench paired probe failed: ${e.message}`); }
+        probes.push({ gbs, cpu, start_ms: start, end_ms: now() });
       });
     };
     const onStderrLine = (line) => {
-      const m = /benchmark (\d+)\/\d+: (warmup generation run|depth run \d+\/\d+( \(cached\))?)/.exec(line);
+      const m = /benchmark (\d+)\/\d+: (warmup generation run|depth run \d+\/\d+( \(cached\))?|generation run \d+\/\d+)/.exec(line);
       if (m) {
         const t = Number(m[1]);
         if (m[2].startsWith('warmup')) warmAt[t] = now();
-        else cached[t] = !!m[3];
+        else if (m[2].startsWith('depth')) cached[t] = !!m[3];
+        else cpuAtGen[t] = cpuNs();
       } else if (line.trim()) errTail = line;
     };
     const lines = (buf, d, fn) => {
@@ -529,19 +537,32 @@ function runLlamaBenchPaired(bin, model, o, threads, rp, log) {
         resolveP({ ok: false, error, wall_s: wall });
         return;
       }
-      const run = (j) => ({ tokens: j.n_gen, s: j.samples_ns[0] / 1e9, tok_s: j.samples_ts[0] });
       // test t (1-based) = tests[t - 1]; paired run j = test j + 2; probe k ran after test k + 1 and is
       // late when it ended after test k + 2's warm-up began
-      const runs = tests.slice(1).map((j, i) => ({ ...run(j), cached: cached[i + 2] ?? null }));
+      const cpuS = (t) => (Number.isFinite(cpuAtEnd[t]) && Number.isFinite(cpuAtGen[t]) ? (cpuAtEnd[t] - cpuAtGen[t]) / 1e9 : null);
+      const run = (j, t) => ({ tokens: j.n_gen, s: j.samples_ns[0] / 1e9, tok_s: j.samples_ts[0], cpu_s: cpuS(t) });
+      const runs = tests.slice(1).map((j, i) => ({ ...run(j, i + 2), cached: cached[i + 2] ?? null }));
       const late = probes.map((p, k) => (warmAt[k + 2] !== undefined ? p.end_ms > warmAt[k + 2] : false));
-      resolveP({ ok: true, depth: o.prompt, tokens: o.lbTokens, delay_s: LB_DELAY_S, depth_test: { ...run(tests[0]), cached: cached[1] ?? null },
-        runs, probes_gbs: probes.map((p) => p.gbs), probes_late: late,
+      resolveP({ ok: true, depth: o.prompt, tokens: o.lbTokens, delay_s: LB_DELAY_S, depth_test: { ...run(tests[0], 1), cached: cached[1] ?? null },
+        runs, probes_gbs: probes.map((p) => p.gbs), probes_cpu_gbs: probes.map((p) => p.cpu ?? null), probes_late: late,
         probes_ms: probes.map((p) => p.end_ms - p.start_ms),
         // from a test's line to the next test's warm-up: the window a probe has (the sleep and the context)
         windows_ms: probes.map((p, k) => (warmAt[k + 2] !== undefined ? warmAt[k + 2] - p.start_ms : null)),
         wall_s: wall });
     });
   });
+}
+
+// A process's threads' running time so far (ns; /proc/PID/task/*/schedstat's first field), null
+// when unreadable (not Linux, the process gone).
+function taskCpuNs(pid) {
+  try {
+    let ns = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    return Number.isFinite(ns) ? ns : null;
+  } catch {
+    return null;
+  }
 }
 
 // The parent's read probe for llama-bench's paired runs: the addon loaded here, its probe buffer
@@ -1049,7 +1070,9 @@ async function main() {
       // wall pairings of both sides
       const lbKv = (o.kvType ?? 'f16').toLowerCase();  // (a KV type without a size here: weights only)
       const lbSizes = { weightBytes, kvRowBytes: lbKv in KV_ELEM_BYTES ? kvRowBytes(p.shape, { emollmKv: lbKv }) : 0, prompt: o.prompt };
-      const lbPairedOf = (xs) => (chunked ? pairedBw(xs.filter((x) => x?.ok && x.paired?.ok).map((x) => benchPairedRun(x.paired)), lbSizes) : null);
+      const lbRuns = (xs) => xs.filter((x) => x?.ok && x.paired?.ok).map((x) => benchPairedRun(x.paired));
+      const lbPairedOf = (xs) => (chunked ? pairedBw(o.cpuClock ? lbRuns(xs).map(chunkRunByCpu) : lbRuns(xs), lbSizes) : null);
+      const lbPairedWallOf = (xs) => (chunked ? pairedBw(lbRuns(xs), lbSizes) : null);
       // agree: the first round where both engines generated
       let agree;
       const r0 = e.findIndex((x, r) => x?.ok && a[r]?.ok && x.tokens && a[r].tokens);
@@ -1069,7 +1092,7 @@ async function main() {
           emollm: fig(eR[r]), llamacpp: fig(aR[r]), llama_bench: fig(bR[r]),
           emollm_bw_pct: bwPct(weightBytes, eR[r]?.decode_tok_s, c.ceiling_gbs),
           ...(chunked ? { emollm_paired: pairedOf([e[r]]), llama_bench_paired: lbPairedOf([lbAll[r]]),
-            decode_vs_llama_bench_paired: pairedRatio(pairedWallOf([e[r]]), lbPairedOf([lbAll[r]])) } : {}),
+            decode_vs_llama_bench_paired: pairedRatio(pairedOf([e[r]]), lbPairedOf([lbAll[r]])) } : {}),
         };
       });
       const ratios = {
@@ -1078,13 +1101,15 @@ async function main() {
         prefill_vs_llama_bench: roundRatios(per(eR, 'prefill_tok_s'), per(bR, 'prefill_tok_s')),
         decode_vs_llama_bench: roundRatios(per(eR, 'decode_tok_s'), per(bR, 'decode_tok_s')),
         // --probe-every chunk: emollm's chunks and llama-bench's paired runs of all rounds pooled
-        ...(chunked ? { decode_vs_llama_bench_paired: pairedRatio(pairedWallOf(e), lbPairedOf(lbAll)) } : {}),
+        ...(chunked ? { decode_vs_llama_bench_paired: pairedRatio(pairedOf(e), lbPairedOf(lbAll)) } : {}),
+        ...(chunked && o.cpuClock ? { decode_vs_llama_bench_paired_wall: pairedRatio(pairedWallOf(e), lbPairedWallOf(lbAll)) } : {}),
       };
       const failed = (xs) => xs.some((x) => x?.ok === false);
       const benchS = mergeBench(lbAll);
       const emollmS = summarize(mergeRounds(e), o.prompt), anchorS = summarize(mergeRounds(a), o.prompt);
       rows.push({
         shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios, paired: pairedOf(e), lbPaired: lbPairedOf(lbAll),
+        lbPairedWall: chunked && o.cpuClock ? lbPairedWallOf(lbAll) : null,
         pairedWall: chunked && o.cpuClock ? pairedBw(chunkRuns(e), sizes) : null,
         emollmS, anchorS, benchS,
         benchNote: !lb.path ? 'n/a' : !benchS && failed(lbAll) ? 'error' : '-',
@@ -1124,8 +1149,8 @@ async function main() {
     out(`lb paired %bw: llama-bench's decode as ${o.lbRuns} runs a round of ${o.lbTokens} tokens after -d ${o.prompt} (one llama-bench process, -r 1 a test, --delay ${LB_DELAY_S};`);
     out('the first test computes the depth and is not paired), each between two probes taken in this process (the same probe) while llama-bench');
     out('sleeps before its next test; a run\'s (weights + llama.cpp\'s KV rows) GB/s against the higher of its probes. ratio tg paired = emollm\'s');
-    out('median tok/s per GB/s of its chunks\' probes / llama-bench\'s over its runs (wall time both sides): the tg ratio with each rate held to');
-    out('the bandwidth of its moment. The tg column stays llama-bench\'s -n gen -r run (unpaired).');
+    out(`median tok/s per GB/s of its chunks' probes / llama-bench's over its runs (${o.cpuClock ? 'CPU time both sides: llama-bench\'s threads\' running time over its timed tokens' : 'wall time both sides'}): the tg ratio with each rate`);
+    out('held to the bandwidth of its moment. The tg column stays llama-bench\'s -n gen -r run (unpaired).');
   }
   out('RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading');
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm's KV cache ${o.emollmKv} (kv = emollm/llama.cpp); emollm on the`);
@@ -1184,6 +1209,7 @@ async function main() {
       // --probe-every chunk: llama-bench's paired runs (per_chunk: one a run, its tokens from 1 after
       // the prompt's depth), summarized as emollm_paired; null otherwise
       llama_bench_paired: r.lbPaired ?? null,
+      ...(r.lbPairedWall ? { llama_bench_paired_wall: r.lbPairedWall } : {}),
       ratios: r.ratios, rounds: r.rounds })),
     raw: results,
     emollm_unavailable: emollmWhyNot,

@@ -201,13 +201,16 @@ export function pairedBw(runs, sizes, { pair = 'max' } = {}) {
  * depth's prefill ran between its probe and its tokens) and a run whose probe before it was late
  * (probes_late[j]: the probe still ran when llama-bench began the run's warm-up token, so they read
  * beside each other); a late probe's figure is dropped too (null: the run before it pairs with its
- * other probe alone).
+ * other probe alone). With each run's cpu_s and probes_cpu_gbs (one thread) chunkRunByCpu gives the
+ * pairing by CPU time.
  */
 export function benchPairedRun(paired) {
   const late = paired?.probes_late ?? [];
+  const out = (r, j) => r.cached === false || late[j];
   return {
-    chunks: (paired?.runs ?? []).map((r, j) => ({ first: 1, tokens: r.tokens, s: r.cached === false || late[j] ? null : r.s })),
+    chunks: (paired?.runs ?? []).map((r, j) => ({ first: 1, tokens: r.tokens, s: out(r, j) ? null : r.s, cpu_s: out(r, j) ? null : r.cpu_s ?? null })),
     probes_gbs: (paired?.probes_gbs ?? []).map((g, k) => (late[k] ? null : g)),
+    probes_cpu_gbs: (paired?.probes_cpu_gbs ?? []).map((g, k) => (late[k] ? null : g)),
   };
 }
 

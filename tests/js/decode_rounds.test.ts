@@ -255,7 +255,22 @@ describe("bench:decode llama-bench's paired runs and the phase-fair ratio", () =
     expect(p.per_chunk.map((c) => c.ceiling_gbs)).toEqual([60, 60, 60]);
     const uncached = benchPairedRun({ ...bench, runs: bench.runs.map((r, j) => ({ ...r, cached: j !== 2 })) });
     expect(uncached.chunks.map((c) => c.s === null)).toEqual([false, false, true]);
-    expect(benchPairedRun(null)).toEqual({ chunks: [], probes_gbs: [] });
+    expect(benchPairedRun(null)).toEqual({ chunks: [], probes_gbs: [], probes_cpu_gbs: [] });
+  });
+
+  it('pairs the runs by CPU time with their cpu_s and the probes\' CPU-time rates (--cpu-clock)', () => {
+    // wall: 16 tokens in 0.4 s against 40 GB/s probes; by CPU time 0.3 s against 50 GB/s
+    const paired = { runs: [{ tokens: 16, s: 0.4, cpu_s: 0.3, cached: true }, { tokens: 16, s: 0.4, cached: true }],
+      probes_gbs: [40, 40, 40], probes_cpu_gbs: [50, 50, 45], probes_late: [false, false, false] };
+    const cpu = pairedBw([chunkRunByCpu(benchPairedRun(paired))], { weightBytes: 1e9 })!;
+    expect(cpu.chunks).toBe(1);  // the second run has no CPU time
+    expect(cpu.per_chunk[0]!.tok_s).toBeCloseTo(16 / 0.3, 9);
+    expect(cpu.per_chunk[0]!.bw_pct).toBeCloseTo((100 * 16 / 0.3) / 50, 9);
+    const wall = pairedBw([benchPairedRun(paired)], { weightBytes: 1e9 })!;
+    expect(wall.chunks).toBe(2);
+    expect(wall.per_chunk[0]!.bw_pct).toBeCloseTo(100, 9);
+    // a late probe's CPU rate is dropped with its wall rate
+    expect(benchPairedRun({ ...paired, probes_late: [false, true, false] }).probes_cpu_gbs).toEqual([50, null, 45]);
   });
 
   it('checks --lb-tokens and --lb-runs', () => {
