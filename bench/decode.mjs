@@ -315,7 +315,7 @@ const HELP = `usage: npm run bench:decode -- [options]
                         its next test: llama.cpp's paired %bw (weights + its KV rows, against the higher of the
                         two probes) beside emollm's, and 'ratio tg paired' = emollm's median tok/s per GB/s of
                         its chunks' probes / llama-bench's (each side's decode rate held to the bandwidth of its
-                        moment; wall time on both sides, also with --cpu-clock) beside 'ratio tg'. The 'tg'
+                        moment; wall time on both sides, CPU time on both with --cpu-clock) beside 'ratio tg'. The 'tg'
                         column stays llama-bench's -n --gen -r run
   --cpu-clock           with --probe-every chunk and --threads 1: the paired columns by CPU time (each chunk's
                         process CPU seconds, each probe pass's thread CPU seconds: time other processes held
