@@ -25,7 +25,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { childMain, machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
-import { PROBE_EVERY, benchPairedRun, lbPairedOptions, bwPct, ceilingOf, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairedBw, pairedRatio, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
+import { PROBE_EVERY, benchPairedRun, bwPct, ceilingOf, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, lbPairedOptions, pairedBw, pairedRatio, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -496,10 +496,10 @@ function runLlamaBenchPaired(bin, model, o, threads, rp, log) {
     let stdout = '', stderr = '', errTail = '', chain = Promise.resolve();
     const onStdoutLine = (line) => {
       let j;
-      const cpu = cpuNs();
+      const cpuNow = cpuNs();
       try { j = JSON.parse(line); } catch { return; }
       tests.push(j);
-      cpuAtEnd[tests.length] = cpu;
+      cpuAtEnd[tests.length] = cpuNow;
       // the probe after this test (before the next one's warm-up)
       chain = chain.then(async () => {
         const start = now();
@@ -1066,8 +1066,8 @@ async function main() {
       const pairedOf = (xs) => (chunked ? pairedBw(o.cpuClock ? chunkRuns(xs).map(chunkRunByCpu) : chunkRuns(xs), sizes) : null);
       const pairedWallOf = (xs) => (chunked ? pairedBw(chunkRuns(xs), sizes) : null);
       // llama-bench's paired runs: each against the higher of its two probes, its bytes llama.cpp's
-      // own (weights + its KV cache's rows: f16 unless --anchor-kv); the phase-fair ratio from the
-      // wall pairings of both sides
+      // own (weights + its KV cache's rows: f16 unless --anchor-kv), by CPU time with --cpu-clock as
+      // emollm's; the phase-fair ratio from the same clock on both sides (the wall ones in the JSON)
       const lbKv = (o.kvType ?? 'f16').toLowerCase();  // (a KV type without a size here: weights only)
       const lbSizes = { weightBytes, kvRowBytes: lbKv in KV_ELEM_BYTES ? kvRowBytes(p.shape, { emollmKv: lbKv }) : 0, prompt: o.prompt };
       const lbRuns = (xs) => xs.filter((x) => x?.ok && x.paired?.ok).map((x) => benchPairedRun(x.paired));
@@ -1178,6 +1178,7 @@ async function main() {
   }
   if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out, blocks[r.model_index]?.ceiling_gbs);
   const failures = results.filter((r) => r.result && !r.result.ok);
+  for (const r of results) if (r.result?.paired && !r.result.paired.ok) out(`note: llama-bench ${r.model} (round ${r.round + 1}): its paired runs failed: ${r.result.paired.error}`);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
   if (!anchorOk && o.anchor) out(`llama.cpp: not measured: ${o.nlc ? 'node-llama-cpp is not installed' : '--no-node-llama-cpp'}`);
