@@ -16,7 +16,7 @@
 // the two engines never share the cores and each peak RSS is one process's. A model's sides are
 // alternated in rounds with read-bandwidth probes beside its block (bench/decode_rounds.mjs).
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -25,7 +25,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { childMain, machineBusyS, median, processCpuS, waitQuiet } from './measure.mjs';
 import { DEFAULT_OUT, DTYPES, SHAPES, decodeWeightBytes, ensureModels, parseSet } from './make-random-model.mjs';
-import { PROBE_EVERY, bwPct, ceilingOf, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairedBw, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
+import { PROBE_EVERY, benchPairedRun, bwPct, ceilingOf, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, lbPairedOptions, pairedBw, pairedRatio, perRound, probesBeside, roundRatios } from './decode_rounds.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -39,10 +39,40 @@ const PROBE_FORMS = [{ streams: 4, prefetch: 1024 }, { streams: 4, prefetch: 0 }
 // Its buffer and passes a form (the child's spec.probeBytes / probeReps), and the words every
 // description of the probe uses (--help and the run's notes), made from these constants.
 const PROBE_BYTES = 256 << 20, PROBE_REPS = 2;
+// llama-bench's paired decode runs (--probe-every chunk): tokens a run and runs a round (defaults of
+// --lb-tokens / --lb-runs), and the seconds llama-bench sleeps before each test (--delay: the window
+// the parent's probe runs in; whole seconds, 1 the least)
+const LB_TOKENS = 16, LB_RUNS = 8, LB_DELAY_S = 1;
 const probeFormsText = () => `streams a thread ${PROBE_FORMS.map((f) => `${f.streams}${f.prefetch ? ` + ${f.prefetch / 1024} KiB prefetch` : ''}`).join(', ')}` +
   ` (no prefetch where none is named), ${PROBE_REPS} passes each, the best pass`;
 // Whether a run pairs the emollm child's decode chunks with in-process probes (--probe-every chunk).
 const pairsChunks = (o) => o.probe && o.probeEvery === 'chunk';
+// The paired read probe over a binding's readBandwidth: each read form (PROBE_FORMS) `reps` passes,
+// the best pass of all, as bench_kernels keeps its best variant (which form wins moves with the VM's
+// phase; the wins are counted in `wins`; bench/README's h-probe row: 4 streams without prefetch
+// most often, then 2 streams). keep: the buffer stays allocated between the probes (readBandwidth
+// frees it after a call without keep); warm() makes it (page faults) before the first timed probe.
+// The emollm child probes beside its decode chunks with it, the parent beside llama-bench's paired
+// runs (the same forms, buffer and threads). One thread: also the best pass by the thread's CPU
+// time (readBandwidth's cpuGbs).
+function readProbe(b, { bytes, reps, threads }) {
+  const opts = { bytes, reps, threads, keep: true };
+  const wins = {};
+  return {
+    wins,
+    warm: () => b.readBandwidth({ ...opts, reps: 1 }),
+    probe: async () => {
+      let best = 0, cpu = null, form = null;
+      for (const f of PROBE_FORMS) {
+        const r = await b.readBandwidth({ ...opts, ...f });
+        if (r.gbs > best) { best = r.gbs; form = `${f.streams}s/${f.prefetch}`; }
+        if (Number.isFinite(r.cpuGbs)) cpu = Math.max(cpu ?? 0, r.cpuGbs);
+      }
+      wins[form] = (wins[form] ?? 0) + 1;
+      return { gbs: best, cpu };
+    },
+  };
+}
 // `node bench/decode.mjs --child '<spec>'`: same protocol as bench/anchors/llamacpp-anchor.mjs.
 async function loadBinding() {
   // the compiled TS wrapper when there is one, else the addon itself (what lib/native.ts does)
@@ -66,34 +96,19 @@ async function emollmChild(spec) {
     const b = await loadBinding();
     if (typeof b.loadModel !== 'function') throw new Error('the addon has no loadModel (decoder binding not built yet)');
     try { out.info.cpu = b.cpuInfo?.(); } catch {}
-    // --probe-every chunk: the in-process read probe (lib/kernels.ts readBandwidth) beside each
-    // decode chunk; its buffer is made here, before the model, so the peak RSS holds it whole and
-    // the parent takes it off again (probe_buffer_mib), and no timed probe pays its page faults.
-    // A probe: each read form (PROBE_FORMS) spec.probeReps passes, the best pass of all, as
-    // bench_kernels keeps its best variant (which form wins moves with the VM's phase; the wins a
-    // run counted are in its JSON, info.probe.wins; bench/README's h-probe row: 4 streams without
-    // prefetch most often, then 2 streams)
+    // --probe-every chunk: the in-process read probe (lib/kernels.ts readBandwidth, readProbe above)
+    // beside each decode chunk; its buffer is made here, before the model, so the peak RSS holds it
+    // whole and the parent takes it off again (probe_buffer_mib), and no timed probe pays its page
+    // faults (the wins a run counted are in its JSON, info.probe.wins); the process exits after its
+    // runs, which frees it
     const chunked = !!spec.chunk;
-    // keep: the probe buffer stays allocated between the probes (readBandwidth frees it after a call
-    // without keep); the process exits after its runs, which frees it
-    const probeOpts = chunked ? { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads, keep: true } : null;
-    const wins = {};
-    // (one thread: also the best pass by the thread's CPU time, readBandwidth's cpuGbs)
-    const probeGbs = async () => {
-      let best = 0, cpu = null, form = null;
-      for (const f of PROBE_FORMS) {
-        const r = await b.readBandwidth({ ...probeOpts, ...f });
-        if (r.gbs > best) { best = r.gbs; form = `${f.streams}s/${f.prefetch}`; }
-        if (Number.isFinite(r.cpuGbs)) cpu = Math.max(cpu ?? 0, r.cpuGbs);
-      }
-      wins[form] = (wins[form] ?? 0) + 1;
-      return { gbs: best, cpu };
-    };
+    const rp = chunked ? readProbe(b, { bytes: spec.probeBytes, reps: spec.probeReps, threads: spec.threads }) : null;
+    const probeGbs = () => rp.probe();
     if (chunked) {
       if (typeof b.readBandwidth !== 'function') throw new Error('the addon has no readBandwidth (rebuild it: node scripts/build-addon.mjs)');
-      const w = await b.readBandwidth({ ...probeOpts, reps: 1 });
+      const w = await rp.warm();
       out.probe_buffer_mib = Math.ceil(w.bytes / (2 << 20)) * 2;
-      out.info.probe = { bytes: w.bytes, reps: spec.probeReps, threads: w.threads, forms: PROBE_FORMS, isa: w.isa, wins };
+      out.info.probe = { bytes: w.bytes, reps: spec.probeReps, threads: w.threads, forms: PROBE_FORMS, isa: w.isa, wins: rp.wins };
     }
     // decodeBf16Products (--bf16-products): the decode steps' attention on bf16 dot products
     const ctxOpts = { nCtx: spec.nCtx, nBatch: spec.nBatch, ...(spec.decodeBf16Products ? { decodeBf16Products: true } : {}) };
@@ -202,7 +217,7 @@ function parseArgs(argv) {
     quick: false, full: false, threads: 0, formats: ['gguf', 'hf'], prompt: 512, gen: 64, nCtx: 1024, nBatch: 512,
     budgetS: 20, maxRuns: 4, warmupTokens: 16, anchor: true, nlc: true, emollm: true, build: true, probe: true, profile: false, kvType: null, emollmKv: 'f32', bf16Products: false,
     out: DEFAULT_OUT, json: false, jsonOut: null, seed: 1, timeoutS: 1800, quietWaitS: 30, gguf: null,
-    rounds: 2, probeEvery: 'block', chunk: 8, cpuClock: false,
+    rounds: 2, probeEvery: 'block', chunk: 8, cpuClock: false, lbTokens: null, lbRuns: null,
   };
   const val = (i, name) => {
     if (i + 1 >= argv.length) throw new Error(`${name} needs a value`);
@@ -227,6 +242,8 @@ function parseArgs(argv) {
       case '--rounds': o.rounds = Number(val(i, a)); i++; break;
       case '--probe-every': o.probeEvery = val(i, a); i++; break;
       case '--chunk': o.chunk = Number(val(i, a)); i++; break;
+      case '--lb-tokens': o.lbTokens = Number(val(i, a)); i++; break;
+      case '--lb-runs': o.lbRuns = Number(val(i, a)); i++; break;
       case '--cpu-clock': o.cpuClock = true; break;
       case '--anchor-kv': o.kvType = val(i, a).toUpperCase(); i++; break;
       case '--kv-type': o.emollmKv = val(i, a); i++; break;
@@ -256,6 +273,8 @@ function parseArgs(argv) {
   if (!PROBE_EVERY.includes(o.probeEvery)) throw new Error(`--probe-every: ${PROBE_EVERY.join(' or ')}, not '${o.probeEvery}'`);
   if (o.probeEvery === 'chunk' && (!Number.isInteger(o.chunk) || o.chunk < 2 || o.chunk > o.gen)) throw new Error(`--chunk: a whole number of tokens from 2 to --gen (${o.gen}), not '${o.chunk}'`);
   if (o.cpuClock && (o.probeEvery !== 'chunk' || o.threads !== 1)) throw new Error('--cpu-clock pairs the chunks by CPU time: it needs --probe-every chunk and --threads 1');
+  // llama-bench's paired runs (--probe-every chunk): their tokens and how many a round
+  Object.assign(o, lbPairedOptions({ lbTokens: o.lbTokens, lbRuns: o.lbRuns, gen: o.gen, paired: pairsChunks(o) }, { tokens: LB_TOKENS, runs: LB_RUNS }));
   if (!['f32', 'f16', 'bf16'].includes(o.emollmKv)) throw new Error(`--kv-type: f32, f16 or bf16, not '${o.emollmKv}'`);
   if (o.bf16Products && o.emollmKv !== 'bf16') throw new Error('--bf16-products acts on a bf16 KV cache only: add --kv-type bf16');
   return o;
@@ -288,6 +307,16 @@ const HELP = `usage: npm run bench:decode -- [options]
                         columns (median and range over the chunks) and the chunk probes' range, beside the
                         block %bw (the RSS column leaves the probe buffer out)
   --chunk N             tokens a chunk with --probe-every chunk (default 8; its first token's gap is not timed)
+  --lb-tokens N, --lb-runs N  with --probe-every chunk: llama-bench's decode also as N short runs a round
+                        (--lb-runs, default ${LB_RUNS}) of --lb-tokens tokens each (default ${LB_TOKENS}, at most --gen) after
+                        -d prompt, in one llama-bench process (-r 1 a test, --delay ${LB_DELAY_S}: the first test computes
+                        the depth, the others restore it), each run between two read probes taken in this process
+                        (the emollm child's probe: same forms, buffer and threads) while llama-bench sleeps before
+                        its next test: llama.cpp's paired %bw (weights + its KV rows, against the higher of the
+                        two probes) beside emollm's, and 'ratio tg paired' = emollm's median tok/s per GB/s of
+                        its chunks' probes / llama-bench's (each side's decode rate held to the bandwidth of its
+                        moment; wall time on both sides, CPU time on both with --cpu-clock) beside 'ratio tg'. The 'tg'
+                        column stays llama-bench's -n --gen -r run
   --cpu-clock           with --probe-every chunk and --threads 1: the paired columns by CPU time (each chunk's
                         process CPU seconds, each probe pass's thread CPU seconds: time other processes held
                         the core left out, readable on a loaded machine); the wall-time pairing stays in the JSON
@@ -431,6 +460,122 @@ function runLlamaBench(bin, model, o, threads, log) {
   } catch (e) {
     log(`bench:decode: llama-bench failed: ${e.message}`);
     return { ok: false, error: e.message };
+  }
+}
+
+// --probe-every chunk: llama-bench's decode paired with read probes taken in this process (the
+// emollm child's probe: readProbe, same forms, buffer and threads). One llama-bench process runs
+// lbRuns + 1 tests, each `-p 0 -n lbTokens -d prompt -r 1`; llama-bench keeps the model between
+// tests and the depth's state too (its cstate): the first test computes the prompt's positions
+// (~8 s at 1 thread for the 1.1B q4_0) and is not paired, later ones restore them (progress line
+// "depth run 1/1 (cached)"). `-o jsonl` writes each test's line when it ends; `--delay 1` makes
+// llama-bench sleep 1 s after creating each test's context, before the test's warm-up token (one
+// decode, untimed; then the depth restored, then the timed tokens). So a probe started on a test's
+// line runs while llama-bench sleeps: probe k after test k + 1, paired run j = test j + 2 between
+// probes j and j + 1, the warm-up token and the state restore (~40 ms) between probe j and the
+// timed tokens. A probe still running when llama-bench prints the next test's "warmup generation
+// run" line is late (probes_late; benchPairedRun leaves that run out); the probe runs on the
+// addon's worker thread, so the main thread timestamps the line while it runs. Each run's CPU time
+// too (cpu_s, for --cpu-clock at one thread): llama-bench's threads' running time
+// (/proc/PID/task/*/schedstat, ns) from its "generation run" progress line (printed after its
+// timer starts, right before the tokens) to its result line (printed after them), read as each
+// line arrives; the probes' CPU-time rates as probes_cpu_gbs.
+// Returns { ok, runs: [{ tokens, s, tok_s, cached, cpu_s }], probes_gbs, probes_cpu_gbs, probes_late, probes_ms, ... }.
+function runLlamaBenchPaired(bin, model, o, threads, rp, log) {
+  const n = o.lbRuns + 1;
+  const args = ['-m', model, '-t', String(threads), '-b', String(o.nBatch), '-ub', String(o.nBatch),
+    '-p', '0', '-n', Array(n).fill(o.lbTokens).join(','), '-d', String(o.prompt), '-r', '1',
+    '--delay', String(LB_DELAY_S), '--progress', '-o', 'jsonl'];
+  if (o.kvType) args.push('-ctk', o.kvType.toLowerCase(), '-ctv', o.kvType.toLowerCase());
+  return new Promise((resolveP) => {
+    const t0 = performance.now();
+    const now = () => performance.now() - t0;
+    const child = spawn(bin, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    const tests = [], warmAt = [], cached = [], probes = [], cpuAtGen = [], cpuAtEnd = [];
+    const cpuNs = () => taskCpuNs(child.pid);
+    let stdout = '', stderr = '', errTail = '', chain = Promise.resolve();
+    const onStdoutLine = (line) => {
+      let j;
+      const cpuNow = cpuNs();
+      try { j = JSON.parse(line); } catch { return; }
+      tests.push(j);
+      cpuAtEnd[tests.length] = cpuNow;
+      // the probe after this test (before the next one's warm-up)
+      chain = chain.then(async () => {
+        const start = now();
+        let gbs = null, cpu = null;
+        try { ({ gbs, cpu } = await rp.probe()); } catch (e) { log(`bench:decode: llama-bench paired probe failed: ${e.message}`); }
+        probes.push({ gbs, cpu, start_ms: start, end_ms: now() });
+      });
+    };
+    const onStderrLine = (line) => {
+      const m = /benchmark (\d+)\/\d+: (warmup generation run|depth run \d+\/\d+( \(cached\))?|generation run \d+\/\d+)/.exec(line);
+      if (m) {
+        const t = Number(m[1]);
+        if (m[2].startsWith('warmup')) warmAt[t] = now();
+        else if (m[2].startsWith('depth')) cached[t] = !!m[3];
+        else cpuAtGen[t] = cpuNs();
+      } else if (line.trim()) errTail = line;
+    };
+    const lines = (buf, d, fn) => {
+      buf += d;
+      const parts = buf.split('\n');
+      for (const l of parts.slice(0, -1)) fn(l);
+      return parts.at(-1);
+    };
+    child.stdout.on('data', (d) => { stdout = lines(stdout, d, onStdoutLine); });
+    child.stderr.on('data', (d) => { stderr = lines(stderr, d, onStderrLine); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutS * 1000);
+    child.on('close', async (code, signal) => {
+      clearTimeout(timer);
+      if (stdout.trim()) onStdoutLine(stdout);
+      await chain;
+      const wall = (performance.now() - t0) / 1000;
+      if (code !== 0 || tests.length !== n) {
+        const error = `llama-bench paired runs: exit ${code ?? signal}, ${tests.length} of ${n} tests${errTail ? `: ${errTail}` : ''}`;
+        log(`bench:decode: ${error}`);
+        resolveP({ ok: false, error, wall_s: wall });
+        return;
+      }
+      // test t (1-based) = tests[t - 1]; paired run j = test j + 2; probe k ran after test k + 1 and is
+      // late when it ended after test k + 2's warm-up began
+      const cpuS = (t) => (Number.isFinite(cpuAtEnd[t]) && Number.isFinite(cpuAtGen[t]) ? (cpuAtEnd[t] - cpuAtGen[t]) / 1e9 : null);
+      const run = (j, t) => ({ tokens: j.n_gen, s: j.samples_ns[0] / 1e9, tok_s: j.samples_ts[0], cpu_s: cpuS(t) });
+      const runs = tests.slice(1).map((j, i) => ({ ...run(j, i + 2), cached: cached[i + 2] ?? null }));
+      const late = probes.map((p, k) => (warmAt[k + 2] !== undefined ? p.end_ms > warmAt[k + 2] : false));
+      resolveP({ ok: true, depth: o.prompt, tokens: o.lbTokens, delay_s: LB_DELAY_S, depth_test: { ...run(tests[0], 1), cached: cached[1] ?? null },
+        runs, probes_gbs: probes.map((p) => p.gbs), probes_cpu_gbs: probes.map((p) => p.cpu ?? null), probes_late: late,
+        probes_ms: probes.map((p) => p.end_ms - p.start_ms),
+        // from a test's line to the next test's warm-up: the window a probe has (the sleep and the context)
+        windows_ms: probes.map((p, k) => (warmAt[k + 2] !== undefined ? warmAt[k + 2] - p.start_ms : null)),
+        wall_s: wall });
+    });
+  });
+}
+
+// A process's threads' running time so far (ns; /proc/PID/task/*/schedstat's first field), null
+// when unreadable (not Linux, the process gone).
+function taskCpuNs(pid) {
+  try {
+    let ns = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    return Number.isFinite(ns) ? ns : null;
+  } catch {
+    return null;
+  }
+}
+
+// The parent's read probe for llama-bench's paired runs: the addon loaded here, its probe buffer
+// made once (kept until the run ends). null and why when the addon or its readBandwidth is missing.
+async function parentReadProbe(threads) {
+  try {
+    const b = await loadBinding();
+    if (typeof b.readBandwidth !== 'function') return { rp: null, whyNot: 'the addon has no readBandwidth' };
+    const rp = readProbe(b, { bytes: PROBE_BYTES, reps: PROBE_REPS, threads });
+    await rp.warm();
+    return { rp, whyNot: null };
+  } catch (e) {
+    return { rp: null, whyNot: `the addon does not load here: ${String(e?.message ?? e).split('\n')[0]}` };
   }
 }
 
@@ -671,8 +816,9 @@ function kvLabel(o) {
 function table(rows, o, out) {
   const paired = pairsChunks(o);
   const head = ['model', 'dtype', 'fmt', 'kv', 'prefill emollm', 'llama.cpp', 'ratio', 'decode emollm', 'llama.cpp', 'ratio',
-    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'probes GB/s', ...(paired ? ['paired %bw', 'range', 'chunk probes'] : []), 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
-    'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
+    'GB/s emollm', '%bw', 'GB/s llama.cpp', '%bw', 'probes GB/s',
+    ...(paired ? ['paired %bw', 'range', 'chunk probes', 'lb paired %bw', 'range', 'lb probes'] : []), 'llama-bench pp', 'tg', 'ratio pp', 'ratio tg',
+    ...(paired ? ['ratio tg paired'] : []), 'RSS MiB emollm', 'llama.cpp', 'agree', 'busy'];
   const lines = [head];
   const ratio = (x) => fmt(x?.median, 2);
   for (const r of rows) {
@@ -684,10 +830,11 @@ function table(rows, o, out) {
       fmt(decodeGbs(r.weightBytes, e?.decode_tok_s)), fmt(bwPct(r.weightBytes, e?.decode_tok_s, bw), 0),
       fmt(decodeGbs(r.weightBytes, a?.decode_tok_s)), fmt(bwPct(r.weightBytes, a?.decode_tok_s, bw), 0),
       bw ? `${fmt(r.block.min_gbs)}-${fmt(bw)}` : '-',
-      ...(paired ? (r.paired ? [fmt(r.paired.median_pct, 0), `${fmt(r.paired.min_pct, 0)}-${fmt(r.paired.max_pct, 0)}`,
-        `${fmt(r.paired.probe_min_gbs)}-${fmt(r.paired.probe_max_gbs)}`] : ['-', '-', '-']) : []),
+      ...(paired ? [r.paired, r.lbPaired].flatMap((x) => (x ? [fmt(x.median_pct, 0), `${fmt(x.min_pct, 0)}-${fmt(x.max_pct, 0)}`,
+        `${fmt(x.probe_min_gbs)}-${fmt(x.probe_max_gbs)}`] : ['-', '-', '-'])) : []),
       b ? fmt(b.prefill_tok_s) : r.benchNote, b ? fmt(b.decode_tok_s, 2) : '',
       ratio(r.ratios.prefill_vs_llama_bench), ratio(r.ratios.decode_vs_llama_bench),
+      ...(paired ? [fmt(r.ratios.decode_vs_llama_bench_paired?.ratio, 2)] : []),
       e ? fmt(e.maxrss_mib, 0) : '-', a ? fmt(a.maxrss_mib, 0) : '-', r.agree ?? '-',
       busyMark(Math.max(e?.other_cores ?? 0, a?.other_cores ?? 0)),
     ]);
@@ -727,6 +874,10 @@ function printRounds(rows, probes, o, out) {
     if (r.rounds.some((x) => x.emollm_bw_pct !== null)) parts.push(`emollm %bw ${seq(r.rounds.map((x) => x.emollm_bw_pct), 0)}`);
     if (r.rounds.some((x) => x.emollm_paired)) parts.push(`paired %bw ${seq(r.rounds.map((x) => x.emollm_paired?.median_pct), 0)} (chunk probes ` +
       `${r.rounds.map((x) => (x.emollm_paired ? `${fmt(x.emollm_paired.probe_min_gbs)}-${fmt(x.emollm_paired.probe_max_gbs)}` : '-')).join(' / ')} GB/s)`);
+    if (r.rounds.some((x) => x.llama_bench_paired)) parts.push(`llama-bench paired %bw ${seq(r.rounds.map((x) => x.llama_bench_paired?.median_pct), 0)} (probes ` +
+      `${r.rounds.map((x) => (x.llama_bench_paired ? `${fmt(x.llama_bench_paired.probe_min_gbs)}-${fmt(x.llama_bench_paired.probe_max_gbs)}` : '-')).join(' / ')} GB/s)`);
+    const pr = r.ratios.decode_vs_llama_bench_paired;
+    if (pr) parts.push(`tg ratio paired ${seq(r.rounds.map((x) => x.decode_vs_llama_bench_paired?.ratio))} (pooled ${fmt(pr.ratio, 2)}; by the probes' mean ${fmt(pr.ratio_mean, 2)})`);
     const b = r.block;
     parts.push(b.ceiling_gbs
       ? `probes ${b.probes.map((i) => `#${i} ${fmt(probes[i]?.read_bw_gbs)}`).join(', ')} GB/s: ceiling ${fmt(b.ceiling_gbs)}, the lowest ${fmt(b.spread_pct, 0)}% under it`
@@ -851,6 +1002,8 @@ async function main() {
   const probes = [];  // by index: bench_kernels' figures with when (s into the run) and the load, null when it failed
   const got = plans.map(() => ({}));  // got[model]['side/format'][round] = the child's result
   const results = [];
+  // llama-bench's paired runs' probe (--probe-every chunk), made on the first llama-bench step
+  let lbProbe = null;
   for (const st of steps) {
     if (st.kind === 'probe') {
       const which = st.probe === 0 ? 'start' : st.probe === nProbes - 1 ? 'end' : `${st.probe} of ${nProbes - 1}`;
@@ -869,6 +1022,17 @@ async function main() {
     let res;
     if (side === 'llama-bench') {
       res = runLlamaBench(lb.path, path, { ...o, maxRuns: share.maxRuns }, threads, log);
+      if (chunked && res.ok) {
+        lbProbe ??= await parentReadProbe(threads);
+        if (lbProbe.whyNot) log(`bench:decode: llama-bench's paired runs skipped: ${lbProbe.whyNot}`);
+        res.paired = lbProbe.rp ? await runLlamaBenchPaired(lb.path, path, o, threads, lbProbe.rp, log) : { ok: false, error: lbProbe.whyNot };
+        if (res.paired.ok) {
+          const x = res.paired, g = x.probes_gbs.filter(Number.isFinite);
+          log(`    llama-bench paired: ${x.runs.length} runs of ${x.tokens} tokens, ${fmt(Math.min(...x.runs.map((r) => r.tok_s)), 2)}-${fmt(Math.max(...x.runs.map((r) => r.tok_s)), 2)} tok/s, ` +
+            `probes ${fmt(Math.min(...g))}-${fmt(Math.max(...g))} GB/s (${fmt(Math.max(...x.probes_ms), 0)} ms the longest)` +
+            `${x.probes_late.some(Boolean) ? `, ${x.probes_late.filter(Boolean).length} late` : ''}${x.runs.some((r) => r.cached === false) ? ', a depth not cached' : ''}`);
+        }
+      }
     } else {
       const spec = { threads, nCtx: o.nCtx, nBatch: o.nBatch, prompt: randomPrompt(o.prompt, s.n_vocab, o.seed), gen: o.gen,
         budgetS: share.budgetS, maxRuns: share.maxRuns, warmupTokens: o.warmupTokens, quietWaitS: Math.min(10, o.quietWaitS), model: path,
@@ -900,6 +1064,15 @@ async function main() {
       const sizes = { weightBytes, kvRowBytes: kvRowBytes(p.shape, o), prompt: o.prompt };
       const chunkRuns = (xs) => quietRuns(xs.flatMap((x) => (x?.ok ? x.runs : [])).filter((x) => x.chunks));
       const pairedOf = (xs) => (chunked ? pairedBw(o.cpuClock ? chunkRuns(xs).map(chunkRunByCpu) : chunkRuns(xs), sizes) : null);
+      const pairedWallOf = (xs) => (chunked ? pairedBw(chunkRuns(xs), sizes) : null);
+      // llama-bench's paired runs: each against the higher of its two probes, its bytes llama.cpp's
+      // own (weights + its KV cache's rows: f16 unless --anchor-kv), by CPU time with --cpu-clock as
+      // emollm's; the phase-fair ratio from the same clock on both sides (the wall ones in the JSON)
+      const lbKv = (o.kvType ?? 'f16').toLowerCase();  // (a KV type without a size here: weights only)
+      const lbSizes = { weightBytes, kvRowBytes: lbKv in KV_ELEM_BYTES ? kvRowBytes(p.shape, { emollmKv: lbKv }) : 0, prompt: o.prompt };
+      const lbRuns = (xs) => xs.filter((x) => x?.ok && x.paired?.ok).map((x) => benchPairedRun(x.paired));
+      const lbPairedOf = (xs) => (chunked ? pairedBw(o.cpuClock ? lbRuns(xs).map(chunkRunByCpu) : lbRuns(xs), lbSizes) : null);
+      const lbPairedWallOf = (xs) => (chunked ? pairedBw(lbRuns(xs), lbSizes) : null);
       // agree: the first round where both engines generated
       let agree;
       const r0 = e.findIndex((x, r) => x?.ok && a[r]?.ok && x.tokens && a[r].tokens);
@@ -918,7 +1091,8 @@ async function main() {
           probes: probesBeside(steps, m, r), ceiling_gbs: c.ceiling_gbs,
           emollm: fig(eR[r]), llamacpp: fig(aR[r]), llama_bench: fig(bR[r]),
           emollm_bw_pct: bwPct(weightBytes, eR[r]?.decode_tok_s, c.ceiling_gbs),
-          ...(chunked ? { emollm_paired: pairedOf([e[r]]) } : {}),
+          ...(chunked ? { emollm_paired: pairedOf([e[r]]), llama_bench_paired: lbPairedOf([lbAll[r]]),
+            decode_vs_llama_bench_paired: pairedRatio(pairedOf([e[r]]), lbPairedOf([lbAll[r]])) } : {}),
         };
       });
       const ratios = {
@@ -926,12 +1100,16 @@ async function main() {
         decode_vs_llamacpp: roundRatios(per(eR, 'decode_tok_s'), per(aR, 'decode_tok_s')),
         prefill_vs_llama_bench: roundRatios(per(eR, 'prefill_tok_s'), per(bR, 'prefill_tok_s')),
         decode_vs_llama_bench: roundRatios(per(eR, 'decode_tok_s'), per(bR, 'decode_tok_s')),
+        // --probe-every chunk: emollm's chunks and llama-bench's paired runs of all rounds pooled
+        ...(chunked ? { decode_vs_llama_bench_paired: pairedRatio(pairedOf(e), lbPairedOf(lbAll)) } : {}),
+        ...(chunked && o.cpuClock ? { decode_vs_llama_bench_paired_wall: pairedRatio(pairedWallOf(e), lbPairedWallOf(lbAll)) } : {}),
       };
       const failed = (xs) => xs.some((x) => x?.ok === false);
       const benchS = mergeBench(lbAll);
       const emollmS = summarize(mergeRounds(e), o.prompt), anchorS = summarize(mergeRounds(a), o.prompt);
       rows.push({
-        shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios, paired: pairedOf(e),
+        shape: p.shape, dtype: p.dtype, format, weightBytes, agree, block: blocks[m], rounds, ratios, paired: pairedOf(e), lbPaired: lbPairedOf(lbAll),
+        lbPairedWall: chunked && o.cpuClock ? lbPairedWallOf(lbAll) : null,
         pairedWall: chunked && o.cpuClock ? pairedBw(chunkRuns(e), sizes) : null,
         emollmS, anchorS, benchS,
         benchNote: !lb.path ? 'n/a' : !benchS && failed(lbAll) ? 'error' : '-',
@@ -968,6 +1146,11 @@ async function main() {
     out('/ their time, against the higher of its two probes; the median over the chunks of the (undisturbed) runs, their range, and the range of');
     out('the chunks\' probes. The in-process probe is the read loop alone (no anchor GEMV): compare it with the block probes\' read figures.');
     if (o.cpuClock) out('--cpu-clock: the paired columns by CPU time (chunks: the process\'s CPU seconds; probes: each pass\'s thread CPU seconds); the wall pairing in the JSON (emollm_paired_wall).');
+    out(`lb paired %bw: llama-bench's decode as ${o.lbRuns} runs a round of ${o.lbTokens} tokens after -d ${o.prompt} (one llama-bench process, -r 1 a test, --delay ${LB_DELAY_S};`);
+    out('the first test computes the depth and is not paired), each between two probes taken in this process (the same probe) while llama-bench');
+    out('sleeps before its next test; a run\'s (weights + llama.cpp\'s KV rows) GB/s against the higher of its probes. ratio tg paired = emollm\'s');
+    out(`median tok/s per GB/s of its chunks' probes / llama-bench's over its runs (${o.cpuClock ? 'CPU time both sides: llama-bench\'s threads\' running time over its timed tokens' : 'wall time both sides'}): the tg ratio with each rate`);
+    out('held to the bandwidth of its moment. The tg column stays llama-bench\'s -n gen -r run (unpaired).');
   }
   out('RSS = peak RSS of each measuring process (mmap-ed weights included). agree = leading');
   out(`generated tokens equal to llama.cpp's. llama.cpp = node-llama-cpp ${NLC_VERSION} prebuilt CPU binary, KV cache ${o.kvType ?? 'f16 (its default)'}; emollm's KV cache ${o.emollmKv} (kv = emollm/llama.cpp); emollm on the`);
@@ -995,6 +1178,7 @@ async function main() {
   }
   if (o.profile) for (const r of results) if (r.side === 'emollm') printProfile(r, out, blocks[r.model_index]?.ceiling_gbs);
   const failures = results.filter((r) => r.result && !r.result.ok);
+  for (const r of results) if (r.result?.paired && !r.result.paired.ok) out(`note: llama-bench ${r.model} (round ${r.round + 1}): its paired runs failed: ${r.result.paired.error}`);
   for (const f of failures) out(`error: ${f.side} ${f.model}: ${String(f.result.error).split('\n')[0]}`);
   if (emollmWhyNot && o.emollm) out(`emollm: not measured: ${emollmWhyNot}`);
   if (!anchorOk && o.anchor) out(`llama.cpp: not measured: ${o.nlc ? 'node-llama-cpp is not installed' : '--no-node-llama-cpp'}`);
@@ -1008,7 +1192,8 @@ async function main() {
   const json = {
     machine: { cpu: os.cpus()[0]?.model?.trim(), logical_cpus: ncpu, load_avg_start: load },
     settings: { threads, prompt: o.prompt, gen: o.gen, n_ctx: o.nCtx, n_batch: o.nBatch, budget_s: o.budgetS, max_runs: o.maxRuns, anchor_kv: o.kvType, emollm_kv: o.emollmKv, emollm_decode_bf16_products: o.bf16Products, seed: o.seed,
-      rounds: o.rounds, probe_every: o.probe ? o.probeEvery : null, chunk_tokens: chunked ? o.chunk : null, round_budget_s: share.budgetS, round_max_runs: share.maxRuns },
+      rounds: o.rounds, probe_every: o.probe ? o.probeEvery : null, chunk_tokens: chunked ? o.chunk : null,
+      llama_bench_paired_tokens: chunked ? o.lbTokens : null, llama_bench_paired_runs: chunked ? o.lbRuns : null, round_budget_s: share.budgetS, round_max_runs: share.maxRuns },
     probe,
     // every probe in run order (index as in schedule and rows[].probes), and the order things ran in
     probes,
@@ -1022,6 +1207,10 @@ async function main() {
       // child's probes before and after it), per chunk and summarized; null otherwise
       emollm_paired: r.paired ?? null, emollm_paired_clock: r.paired ? (o.cpuClock ? 'cpu' : 'wall') : null,
       ...(r.pairedWall ? { emollm_paired_wall: r.pairedWall } : {}),
+      // --probe-every chunk: llama-bench's paired runs (per_chunk: one a run, its tokens from 1 after
+      // the prompt's depth), summarized as emollm_paired; null otherwise
+      llama_bench_paired: r.lbPaired ?? null,
+      ...(r.lbPairedWall ? { llama_bench_paired_wall: r.lbPairedWall } : {}),
       ratios: r.ratios, rounds: r.rounds })),
     raw: results,
     emollm_unavailable: emollmWhyNot,

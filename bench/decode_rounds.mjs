@@ -169,19 +169,80 @@ export function pairedBw(runs, sizes, { pair = 'max' } = {}) {
       const bytes = chunkBytes(sizes, c.first, c.tokens);
       const gbs = bytes !== null && c.tokens > 0 && usable(c.s) ? bytes / c.s / 1e9 : null;
       const ceiling = pairProbe(probes[j], probes[j + 1], pair), alt = pairProbe(probes[j], probes[j + 1], other);
+      const tokS = gbs !== null ? c.tokens / c.s : null;
       perChunk.push({ first: c.first, tokens: c.tokens, gbs, ceiling_gbs: ceiling,
         bw_pct: gbs !== null && ceiling !== null ? (100 * gbs) / ceiling : null,
-        [`bw_pct_${other}`]: gbs !== null && alt !== null ? (100 * gbs) / alt : null });
+        [`bw_pct_${other}`]: gbs !== null && alt !== null ? (100 * gbs) / alt : null,
+        // the decode rate held to the bandwidth of its moment (tok/s per GB/s of probe): pairedRatio's
+        tok_s: tokS, tok_s_per_gbs: tokS !== null && ceiling !== null ? tokS / ceiling : null,
+        [`tok_s_per_gbs_${other}`]: tokS !== null && alt !== null ? tokS / alt : null });
     });
   }
   const pct = perChunk.map((c) => c.bw_pct).filter((x) => x !== null);
   if (!pct.length) return null;
   const ceilings = perChunk.filter((c) => c.bw_pct !== null).map((c) => c.ceiling_gbs);
   const gbs = perChunk.filter((c) => c.bw_pct !== null).map((c) => c.gbs);
+  const med = (k) => median(perChunk.map((c) => c[k]).filter((x) => x !== null));
   return { pair, chunks: pct.length, median_pct: median(pct), min_pct: Math.min(...pct), max_pct: Math.max(...pct),
     median_gbs: median(gbs), probe_min_gbs: Math.min(...ceilings), probe_max_gbs: Math.max(...ceilings),
-    [`median_pct_${other}`]: median(perChunk.map((c) => c[`bw_pct_${other}`]).filter((x) => x !== null)),
+    [`median_pct_${other}`]: med(`bw_pct_${other}`),
+    median_tok_s_per_gbs: med('tok_s_per_gbs'), [`median_tok_s_per_gbs_${other}`]: med(`tok_s_per_gbs_${other}`),
     per_chunk: perChunk };
+}
+
+/**
+ * llama-bench's paired decode runs (bench:decode --probe-every chunk) as one pairedBw run. paired:
+ * { runs: [{ tokens, s, cached }], probes_gbs: [p0 .. pN], probes_late: [bool ..] } from one
+ * llama-bench process of N + 1 tests (-p 0 -n tokens -d prompt -r 1 each): the first test computes the
+ * depth and is not paired; run j (test j + 2) lies between probe j (taken after test j + 1's result) and
+ * probe j + 1 (after its own). Each run is a chunk from generated token 1 (llama-bench times all its
+ * tokens, after one warm-up token), so chunkBytes with sizes.prompt = the depth counts its KV rows.
+ * Left out (s null): a run whose depth was not restored from the first test's state (cached false: the
+ * depth's prefill ran between its probe and its tokens) and a run whose probe before it was late
+ * (probes_late[j]: the probe still ran when llama-bench began the run's warm-up token, so they read
+ * beside each other); a late probe's figure is dropped too (null: the run before it pairs with its
+ * other probe alone). With each run's cpu_s and probes_cpu_gbs (one thread) chunkRunByCpu gives the
+ * pairing by CPU time.
+ */
+export function benchPairedRun(paired) {
+  const late = paired?.probes_late ?? [];
+  const out = (r, j) => r.cached === false || late[j];
+  return {
+    chunks: (paired?.runs ?? []).map((r, j) => ({ first: 1, tokens: r.tokens, s: out(r, j) ? null : r.s, cpu_s: out(r, j) ? null : r.cpu_s ?? null })),
+    probes_gbs: (paired?.probes_gbs ?? []).map((g, k) => (late[k] ? null : g)),
+    probes_cpu_gbs: (paired?.probes_cpu_gbs ?? []).map((g, k) => (late[k] ? null : g)),
+  };
+}
+
+/**
+ * bench:decode's --lb-tokens / --lb-runs (null: not given) checked and resolved: they need the
+ * paired mode (paired: --probe-every chunk with probes); tokens a whole number from 1 to gen
+ * (default defaults.tokens, at most gen), runs from 1 to 1000 (default defaults.runs). Throws
+ * with the flag's name otherwise.
+ */
+export function lbPairedOptions({ lbTokens = null, lbRuns = null, gen, paired }, defaults) {
+  for (const [flag, v] of [['--lb-tokens', lbTokens], ['--lb-runs', lbRuns]]) {
+    if (v !== null && !paired) throw new Error(`${flag} sets llama-bench's paired runs: it needs --probe-every chunk (and probes: not --no-probe)`);
+  }
+  const tokens = lbTokens ?? Math.min(defaults.tokens, gen), runs = lbRuns ?? defaults.runs;
+  if (!Number.isInteger(tokens) || tokens < 1 || tokens > gen) throw new Error(`--lb-tokens: a whole number of tokens from 1 to --gen (${gen}), not '${tokens}'`);
+  if (!Number.isInteger(runs) || runs < 1 || runs > 1000) throw new Error(`--lb-runs: a whole number of runs from 1 to 1000, not '${runs}'`);
+  return { lbTokens: tokens, lbRuns: runs };
+}
+
+/**
+ * The phase-fair decode ratio of two pairedBw results (emollm's chunks, llama-bench's runs): the
+ * median of emollm's tok/s per GB/s of its probes over llama-bench's: the ratio of the decode
+ * rates, each held to the bandwidth of its own moment (the KV bytes left out: the %bw columns count
+ * each engine's own KV cache). Also by the other pairing of the probes (`ratio_<other>`). null
+ * without both.
+ */
+export function pairedRatio(num, den) {
+  if (!num || !den || num.pair !== den.pair) return null;
+  const other = num.pair === 'max' ? 'mean' : 'max';
+  const r = (k) => (usable(num[k]) && usable(den[k]) ? num[k] / den[k] : null);
+  const ratio = r('median_tok_s_per_gbs');
+  return ratio === null ? null : { pair: num.pair, ratio, [`ratio_${other}`]: r(`median_tok_s_per_gbs_${other}`) };
 }
 
 /**

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { PROBE_EVERY, bwPct, ceilingOf, chunkBytes, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, pairProbe, pairedBw, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
+import { PROBE_EVERY, benchPairedRun, bwPct, ceilingOf, chunkBytes, chunkPlan, chunkRunByCpu, decodeGbs, decodeSchedule, lbPairedOptions, pairProbe, pairedBw, pairedRatio, perRound, probesBeside, roundRatios } from '../../bench/decode_rounds.mjs';
 
 // bench:decode's schedule (sides alternated in rounds, probes beside each model's block) and the
 // arithmetic on it (bench/decode_rounds.mjs): numbers in, no timings.
@@ -203,5 +203,88 @@ describe('bench:decode paired %bw (--probe-every chunk)', () => {
     expect(pairedBw(cpuRuns, sizes)!.per_chunk[0]!.bw_pct).toBeCloseTo(100, 6);  // by wall: 10 GB/s against 10
     expect(pairedBw([{ chunks: [{ first: 2, tokens: 3, s: 0.1 }], probes_gbs: [40, 40] }].map(chunkRunByCpu), sizes)).toBeNull();
     expect(pairedBw([{ chunks: [{ first: 2, tokens: 3, s: 0.1 }], probes_gbs: [null, null] }], sizes)).toBeNull();
+  });
+});
+
+describe("bench:decode llama-bench's paired runs and the phase-fair ratio", () => {
+  // Session 30's f32 row: emollm's blocks in a ~35 GB/s phase, llama-bench's between them at ~43 GB/s
+  // of weights: 0.79x by tok/s, the same code 1.31x a day before. Here each engine reads 90% of its
+  // moment (emollm 4.4 GB a token at 0.9 x 35 GB/s, llama-bench at 0.9 x 60): the tok/s ratio is
+  // 35 / 60 = 0.58, the ratio of the rates held to their probes 1.
+  const w = 4.4e9;
+  const emollm = { chunks: [0, 1, 2].map((j) => ({ first: 2 + 8 * j, tokens: 7, s: (7 * w) / (0.9 * 35e9) })), probes_gbs: [35, 35, 35, 35] };
+  const bench = { runs: [0, 1, 2].map(() => ({ tokens: 16, s: (16 * w) / (0.9 * 60e9), cached: true })), probes_gbs: [60, 60, 60, 60], probes_late: [false, false, false, false] };
+
+  it('pairs each llama-bench run with the probes before and after it, from generated token 1 after the depth', () => {
+    const run = benchPairedRun(bench);
+    expect(run.chunks.map((c) => c.first)).toEqual([1, 1, 1]);
+    expect(run.probes_gbs).toEqual([60, 60, 60, 60]);
+    const kv = { weightBytes: w, kvRowBytes: 1000, prompt: 512 };
+    const p = pairedBw([run], kv)!;
+    expect(p.chunks).toBe(3);
+    // 16 tokens reading 513..528 cached positions of 1000 bytes each beside the weights
+    expect(p.per_chunk[0]!.gbs).toBeCloseTo((16 * w + 1000 * (16 * 512 + (16 * 17) / 2)) / bench.runs[0]!.s / 1e9, 6);
+    expect(p.per_chunk[0]!.tok_s).toBeCloseTo(16 / bench.runs[0]!.s, 9);
+    expect(pairedBw([run], { weightBytes: w })!.median_pct).toBeCloseTo(90, 6);
+  });
+
+  it('gives the ratio of the decode rates each held to its own probes, not the tok/s ratio', () => {
+    const e = pairedBw([emollm], { weightBytes: w })!, b = pairedBw([benchPairedRun(bench)], { weightBytes: w })!;
+    const tokRatio = e.per_chunk[0]!.tok_s! / b.per_chunk[0]!.tok_s!;
+    expect(tokRatio).toBeCloseTo(35 / 60, 9);
+    const r = pairedRatio(e, b)!;
+    expect(r.ratio).toBeCloseTo(1, 9);
+    expect(r.ratio_mean).toBeCloseTo(1, 9);
+    // equal to the ratio of the paired %bw when both count the same bytes a token
+    expect(r.ratio).toBeCloseTo(e.median_pct / b.median_pct, 9);
+    // emollm 10% faster at its moment: 1.1
+    const faster = { ...emollm, chunks: emollm.chunks.map((c) => ({ ...c, s: c.s / 1.1 })) };
+    expect(pairedRatio(pairedBw([faster], { weightBytes: w }), b)!.ratio).toBeCloseTo(1.1, 9);
+    expect(pairedRatio(null, b)).toBeNull();
+    expect(pairedRatio(e, pairedBw([benchPairedRun(bench)], { weightBytes: w }, { pair: 'mean' }))).toBeNull();  // different pairings
+  });
+
+  it('leaves out a run its late probe overlapped, or whose depth was not restored, and the late probe', () => {
+    // probe 1 ran into run 1's warm-up: run 1 and probe 1 out; run 0 pairs with probe 0 alone
+    const late = { ...bench, probes_gbs: [60, 30, 60, 58], probes_late: [false, true, false, false] };
+    const run = benchPairedRun(late);
+    expect(run.probes_gbs).toEqual([60, null, 60, 58]);
+    expect(run.chunks.map((c) => c.s === null)).toEqual([false, true, false]);
+    const p = pairedBw([run], { weightBytes: w })!;
+    expect(p.chunks).toBe(2);
+    expect(p.per_chunk.map((c) => c.ceiling_gbs)).toEqual([60, 60, 60]);
+    const uncached = benchPairedRun({ ...bench, runs: bench.runs.map((r, j) => ({ ...r, cached: j !== 2 })) });
+    expect(uncached.chunks.map((c) => c.s === null)).toEqual([false, false, true]);
+    expect(benchPairedRun(null)).toEqual({ chunks: [], probes_gbs: [], probes_cpu_gbs: [] });
+  });
+
+  it('pairs the runs by CPU time with their cpu_s and the probes\' CPU-time rates (--cpu-clock)', () => {
+    // wall: 16 tokens in 0.4 s against 40 GB/s probes; by CPU time 0.3 s against 50 GB/s
+    const paired = { runs: [{ tokens: 16, s: 0.4, cpu_s: 0.3, cached: true }, { tokens: 16, s: 0.4, cached: true }],
+      probes_gbs: [40, 40, 40], probes_cpu_gbs: [50, 50, 45], probes_late: [false, false, false] };
+    const cpu = pairedBw([chunkRunByCpu(benchPairedRun(paired))], { weightBytes: 1e9 })!;
+    expect(cpu.chunks).toBe(1);  // the second run has no CPU time
+    expect(cpu.per_chunk[0]!.tok_s).toBeCloseTo(16 / 0.3, 9);
+    expect(cpu.per_chunk[0]!.bw_pct).toBeCloseTo((100 * 16 / 0.3) / 50, 9);
+    const wall = pairedBw([benchPairedRun(paired)], { weightBytes: 1e9 })!;
+    expect(wall.chunks).toBe(2);
+    expect(wall.per_chunk[0]!.bw_pct).toBeCloseTo(100, 9);
+    // a late probe's CPU rate is dropped with its wall rate
+    expect(benchPairedRun({ ...paired, probes_late: [false, true, false] }).probes_cpu_gbs).toEqual([50, null, 45]);
+  });
+
+  it('checks --lb-tokens and --lb-runs', () => {
+    const d = { tokens: 16, runs: 8 };
+    expect(lbPairedOptions({ gen: 64, paired: true }, d)).toEqual({ lbTokens: 16, lbRuns: 8 });
+    expect(lbPairedOptions({ gen: 8, paired: true }, d)).toEqual({ lbTokens: 8, lbRuns: 8 });
+    expect(lbPairedOptions({ lbTokens: 32, lbRuns: 3, gen: 64, paired: true }, d)).toEqual({ lbTokens: 32, lbRuns: 3 });
+    expect(lbPairedOptions({ gen: 64, paired: false }, d)).toEqual({ lbTokens: 16, lbRuns: 8 });  // unused defaults
+    expect(() => lbPairedOptions({ lbTokens: 8, gen: 64, paired: false }, d)).toThrow(/--lb-tokens .*--probe-every chunk/);
+    expect(() => lbPairedOptions({ lbRuns: 2, gen: 64, paired: false }, d)).toThrow(/--lb-runs .*--probe-every chunk/);
+    expect(() => lbPairedOptions({ lbTokens: 0, gen: 64, paired: true }, d)).toThrow(/--lb-tokens/);
+    expect(() => lbPairedOptions({ lbTokens: 65, gen: 64, paired: true }, d)).toThrow(/--lb-tokens/);
+    expect(() => lbPairedOptions({ lbTokens: NaN, gen: 64, paired: true }, d)).toThrow(/--lb-tokens/);
+    expect(() => lbPairedOptions({ lbRuns: 1.5, gen: 64, paired: true }, d)).toThrow(/--lb-runs/);
+    expect(() => lbPairedOptions({ lbRuns: 0, gen: 64, paired: true }, d)).toThrow(/--lb-runs/);
   });
 });
