@@ -509,11 +509,11 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // each record's lines in address order (record_block_q40_addr: the scales' dw * d first, then group
 // by group), not block_step's t-major order. Zen 4, 1 thread, thread CPU time, cold 2 MiB-page
 // copies, interleaved call by call (q40_read_patterns' gemv-addr / gemv-tmajor and scratch rows),
-// load 4.3-8.4, 3-6 processes x 50-200 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
+// load 4.1-8.6, 3-6 processes x 50-200 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
 // 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape against the t-major pass: address order
 // 1.19-1.30x (the pass at 0.96-1.02x a plain 2-stream read of its bytes, read-2, where the t-major
-// one reads at 0.80-0.85x); the quant lines group by group with the scales last 1.16-1.22x; the
-// scales first but t-major 1.10-1.13x. Instruction forms (scratch, same bits; objdump, per 1152-byte
+// one reads at 0.79-0.85x / 0.74-0.85x in the 4 x 60 / 6 x 200 sweeps); the quant lines group by
+// group with the scales last 1.16-1.22x; the scales first but t-major 1.10-1.13x. Instruction forms (scratch, same bits; objdump, per 1152-byte
 // record: the t-major pass 119 instructions, 16 loads, 32 vpdpbusd, 32 vpandd / vpandnd, 7.5
 // vmovdqa32 chain starts, 4.5 vpbroadcastd, 10 stack accesses per 4 records: 5 of its 16 f32
 // accumulators spilled): x's quads as vpdpbusd's {1to16} memory operand (no broadcast registers,
