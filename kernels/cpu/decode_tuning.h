@@ -9,8 +9,9 @@
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
 // one call a sub-block for all kv heads instead of one a kv head), never the arithmetic or its
-// order: the same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
-// their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
+// order per value (q40_addr_order reorders the operations across a record's groups, not those on
+// one value): the same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the
+// same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
 // set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
 #include <atomic>

@@ -495,9 +495,10 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // or spread prefetch, 1-4 KiB ahead) reads at read-2's rate: what it lacks is memory streams.
 // 2-group records (4 memory streams a thread with the same 16 accumulators; side branch h-q40-sg2)
 // read 0.91-0.99x these by median, a second prefetcht2 loop 8-32 KiB ahead 0.76-0.99x: not built.
-// Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
-// sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
-// written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
+// Arithmetic: record_block_q40's, or record_block_q40_addr's (the same bits) (every group's even /
+// odd f32 accumulators, block order, final sum, bias): the default pass's bits. y, bias and cols
+// are group g0's; stream k's groups are written at y + 16 * (k * part + j). cold: prefetch each
+// stream's first `ahead` bytes first.
 // Session 30 (h-q4pf) built a spread form (each line's prefetch beside the load of the line `ahead`
 // bytes behind it, from an asm statement) and >= 2-thread twins of the read entries: Zen 4 at 1
 // thread (thread CPU time, six 1.1B / 7B shapes) spread T0 512 B - 2 KiB 0.51-0.97x none's speed,
