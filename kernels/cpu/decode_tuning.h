@@ -9,8 +9,9 @@
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
 // one call a sub-block for all kv heads instead of one a kv head), never the arithmetic or its
-// order: the same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the same trait sit with
-// their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
+// order per value (q40_addr_order reorders the operations across a record's groups, not those on
+// one value): the same bits on every CPU. The prefill / few-row kernels' per-CPU choices by the
+// same trait sit with their kernel (gemv_repacked.cpp kPanelDefaults, injected by gemm_internal.h
 // set_repacked_double_pumped): they are blockings of one kernel, read per call.
 #pragma once
 #include <atomic>
@@ -65,17 +66,17 @@ struct DecodeTuning {
   // order (line t of the 4 groups, then t + 1: 256-byte strides back and forth across the record,
   // the scales last). Same bits (the same operations on each value in the same order). Zen 4: true
   // (session 31, h-q4code; q40_read_patterns, 1 thread, thread CPU time, cold 2 MiB-page copies,
-  // interleaved call by call, load 4.3-8.0, 4 processes x 60 rounds and 6 x 200 at 2560 x 2048,
+  // interleaved call by call, load 4.1-8.6, 4 processes x 60 rounds and 6 x 200 at 2560 x 2048,
   // 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape):
   // 1.19-1.24x / 1.19-1.30x the t-major pass, at a plain 2-stream read's rate (the pass 0.98-1.02x /
-  // 0.96-1.01x read-2's speed, t-major 0.80-0.85x); with the weights in L2 0.97-0.98x (~64 GB/s a
-  // thread either way). The 1.1B q4_0 decode at 1 thread (decode_switch_ab AB_SWITCH=q40_addr,
-  // AB_CPU=1, 12 rounds x 16 tokens, load 4-8): on / off 1.489 / 1.337 / 1.228 / 1.351 by total
-  // (median rounds 1.470 / 1.268 / 1.178 / 1.258, every round but one >= 1.04; the t-major side
-  // 28-36 tok/s, erratic under the load, address order 41-48), A/As 1.036 / 0.975; the 7B q4_0
-  // decode (6 rounds x 4 tokens) 1.220 / 1.172 (median rounds 1.226 / 1.193, 1.09-1.34). Zen 5 not
-  // measured in this form (session 22 there, with its T0 loop: the quant lines group by group, the
-  // scales last, 0.97-1.04x): false.
+  // 0.96-1.01x read-2's speed, t-major 0.79-0.85x / 0.74-0.85x); with the weights in L2 0.97-0.98x
+  // (~64 GB/s a thread either way). The 1.1B q4_0 decode at 1 thread (decode_switch_ab
+  // AB_SWITCH=q40_addr, AB_CPU=1, 12 rounds x 16 tokens, load 4-8): on / off 1.489 / 1.337 /
+  // 1.228 / 1.351 by total (median rounds 1.470 / 1.268 / 1.178 / 1.258, every round but one >=
+  // 1.04; the t-major side 28-36 tok/s, erratic under the load, address order 41-48), A/As 1.036 /
+  // 0.975; the 7B q4_0 decode (6 rounds x 4 tokens) 1.220 / 1.172 (median rounds 1.226 / 1.193,
+  // 1.09-1.34). Zen 5 not measured in this form (session 22 there, with its T0 loop: the quant
+  // lines group by group, the scales last, 0.97-1.04x): false.
   bool q40_addr_order = false;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
   // start prefetches of each stream): 4 KiB (the measured distance, every row; Zen 4 at 1 thread,

@@ -495,9 +495,10 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // or spread prefetch, 1-4 KiB ahead) reads at read-2's rate: what it lacks is memory streams.
 // 2-group records (4 memory streams a thread with the same 16 accumulators; side branch h-q40-sg2)
 // read 0.91-0.99x these by median, a second prefetcht2 loop 8-32 KiB ahead 0.76-0.99x: not built.
-// Arithmetic: record_block_q40's (every group's even / odd f32 accumulators, block order, final
-// sum, bias): the default pass's bits. y, bias and cols are group g0's; stream k's groups are
-// written at y + 16 * (k * part + j). cold: prefetch each stream's first `ahead` bytes first.
+// Arithmetic: record_block_q40's, or record_block_q40_addr's (the same bits) (every group's even /
+// odd f32 accumulators, block order, final sum, bias): the default pass's bits. y, bias and cols
+// are group g0's; stream k's groups are written at y + 16 * (k * part + j). cold: prefetch each
+// stream's first `ahead` bytes first.
 // Session 30 (h-q4pf) built a spread form (each line's prefetch beside the load of the line `ahead`
 // bytes behind it, from an asm statement) and >= 2-thread twins of the read entries: Zen 4 at 1
 // thread (thread CPU time, six 1.1B / 7B shapes) spread T0 512 B - 2 KiB 0.51-0.97x none's speed,
@@ -509,11 +510,11 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // each record's lines in address order (record_block_q40_addr: the scales' dw * d first, then group
 // by group), not block_step's t-major order. Zen 4, 1 thread, thread CPU time, cold 2 MiB-page
 // copies, interleaved call by call (q40_read_patterns' gemv-addr / gemv-tmajor and scratch rows),
-// load 4.3-8.4, 3-6 processes x 50-200 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
+// load 4.1-8.6, 3-6 processes x 50-200 rounds at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x
 // 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape against the t-major pass: address order
 // 1.19-1.30x (the pass at 0.96-1.02x a plain 2-stream read of its bytes, read-2, where the t-major
-// one reads at 0.80-0.85x); the quant lines group by group with the scales last 1.16-1.22x; the
-// scales first but t-major 1.10-1.13x. Instruction forms (scratch, same bits; objdump, per 1152-byte
+// one reads at 0.79-0.85x / 0.74-0.85x in the 4 x 60 / 6 x 200 sweeps); the quant lines group by
+// group with the scales last 1.16-1.22x; the scales first but t-major 1.10-1.13x. Instruction forms (scratch, same bits; objdump, per 1152-byte
 // record: the t-major pass 119 instructions, 16 loads, 32 vpdpbusd, 32 vpandd / vpandnd, 7.5
 // vmovdqa32 chain starts, 4.5 vpbroadcastd, 10 stack accesses per 4 records: 5 of its 16 f32
 // accumulators spilled): x's quads as vpdpbusd's {1to16} memory operand (no broadcast registers,

@@ -16,19 +16,34 @@
 
 namespace emollm_test {
 
-// Holds the scheduler thread in a request's on_token at its `at`-th token until open().
+// Holds the scheduler thread in a request's on_token at its `at`-th token until open(). Neither side
+// waits past kDeadline: wait_held() returns false when the request ended (end(), from its on_done)
+// or failed before its at-th token, or the deadline passed (the test EXPECTs it, then opens the
+// gate and goes on: it fails instead of hanging), and a gate never opened lets the scheduler
+// thread go on after the deadline.
 class TokenGate {
  public:
+  static constexpr std::chrono::seconds kDeadline{30};
   explicit TokenGate(int at = 1) : at_(at) {}
   // From on_token (scheduler thread): counts the token; at the at-th, waits for open().
   void on_token() {
-    if (++seen_ == at_)
-      while (!open_.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (++seen_ != at_) return;
+    const auto until = std::chrono::steady_clock::now() + kDeadline;
+    while (!open_.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
-  // Test thread: waits until the request has reached its at-th token (and is held there).
-  void wait_held() const {
-    while (seen_.load() < at_) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  // Test thread: waits until the request has reached its at-th token (and is held there): true;
+  // false if it ended first (end()) or kDeadline passed.
+  bool wait_held() const {
+    const auto until = std::chrono::steady_clock::now() + kDeadline;
+    while (seen_.load() < at_) {
+      if (ended_.load() || std::chrono::steady_clock::now() >= until) return seen_.load() >= at_;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    return true;
   }
+  // From the request's on_done: no more tokens come (wait_held stops waiting).
+  void end() { ended_.store(true); }
   void open() { open_.store(true); }
   bool is_open() const { return open_.load(); }
 
@@ -36,6 +51,7 @@ class TokenGate {
   const int at_;
   std::atomic<int> seen_{0};
   std::atomic<bool> open_{false};
+  std::atomic<bool> ended_{false};
 };
 
 struct TogetherRun {

@@ -2363,8 +2363,10 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
   // double-pumped AVX-512) and some distances: prefetches only, the same bits; without prefetch a
   // record's loads in t-major and in address order (set_q40_ms_addr_order: record_block_q40_addr,
-  // the same operations in another order), and with T0 the address-order setting (read only
-  // without prefetch) on
+  // the same operations in another order), and with T0 the address-order setting on. Equal bits
+  // cannot show which order ran: the dispatch takes record_block_q40_addr only where the pass runs
+  // without software prefetch (T0 + addr runs block_step's order), and q40_read_patterns' rows
+  // gemv-addr / gemv-tmajor time the two orders
   using P = gemm_detail::GemvPrefetch;
   const struct {
     P p;

@@ -149,16 +149,24 @@ TEST(scheduler_batched_greedy_equals_alone) {
       }
       if (++count[i] == abort_after && i == 2) sched.abort(victim.load());  // request 2 is aborted mid-way
     };
-    r.on_done = [&, i](SeqOutcome&& o) { done[i].set_value(std::move(o)); };
+    r.on_done = [&, i](SeqOutcome&& o) {
+      if (i == 0) {  // no more of 0's tokens: a hold it never reached fails wait_held at once
+        first.end();
+        fifth.end();
+      }
+      done[i].set_value(std::move(o));
+    };
     ids[i] = sched.submit(std::move(r));
     if (i == 2) victim.store(ids[i]);
   };
+  // a hold 0 never reaches (it failed or stopped early) fails here and the test goes on with the
+  // gates open: the checks below fail, nothing hangs
   submit(0);
-  first.wait_held();
+  EXPECT(first.wait_held());
   submit(1);
   first.open();
   // the others join later, while 0 and 1 are decoding
-  fifth.wait_held();
+  EXPECT(fifth.wait_held());
   submit(2);
   submit(3);
   submit(4);
@@ -297,14 +305,17 @@ TEST(scheduler_shutdown_aborts_waiting_and_running) {
   r1.prompt = {1};
   r1.params = greedy(200);
   r1.on_token = [&](int32_t) { gate.on_token(); };
-  r1.on_done = [&](SeqOutcome&& o) { p1.set_value(std::move(o)); };
+  r1.on_done = [&](SeqOutcome&& o) {
+    gate.end();
+    p1.set_value(std::move(o));
+  };
   sched->submit(std::move(r1));
   SeqRequest r2 = {};
   r2.prompt = {1, 2};
   r2.params = greedy(5);
   r2.on_done = [&](SeqOutcome&& o) { p2.set_value(std::move(o)); };
   sched->submit(std::move(r2));
-  gate.wait_held();
+  EXPECT(gate.wait_held());  // false (r1 ended before its 2nd token): fails, then shuts down as usual
   sched->shutdown();
   gate.open();
   sched.reset();  // join
@@ -414,9 +425,12 @@ LongPromptRun long_prompt_beside_decoder(bool chunked, const std::vector<int32_t
     queued.on_token();
     if (queued.is_open() && sched.stats().prefilling > 0) run.tokens_during_prefill++;
   };
-  a.on_done = [&](SeqOutcome&& o) { pa.set_value(std::move(o)); };
+  a.on_done = [&](SeqOutcome&& o) {
+    queued.end();
+    pa.set_value(std::move(o));
+  };
   sched.submit(std::move(a));
-  queued.wait_held();
+  EXPECT(queued.wait_held());  // false (a ended before its 3rd token): fails, the long request still runs
   SeqRequest b;
   b.prompt = long_prompt;
   b.params = greedy(10);

@@ -31,7 +31,7 @@ function serverPid(port: number): Promise<number | undefined> {
     sock.on('connect', () => sock.write('INFO server\r\n'));
     sock.on('data', (d) => {
       got += d.toString();
-      const m = /process_id:(\d+)/.exec(got);
+      const m = /process_id:(\d+)\r\n/.exec(got);  // the whole line, not a chunk's first digits
       if (m) {
         sock.end();
         resolve(Number(m[1]));
@@ -58,11 +58,13 @@ export async function startRedis(dir: string): Promise<RedisServer> {
     let log = '';
     proc.stdout!.on('data', (d) => (log += d));
     proc.stderr!.on('data', (d) => (log += d));
+    proc.once('error', (e) => (log += `${e}\n`));  // could not start: no pid (the loop below fails on it)
     const closed = new Promise((r) => proc.once('close', r));
     let taken = false;
     for (let i = 0; i < 100; i++) {
-      // this redis-server, not another program's that took the port first
-      if ((await serverPid(port)) === proc.pid) break;
+      // this redis-server, not another program's that took the port first (nor, with no pid, none)
+      const pid = await serverPid(port);
+      if (proc.pid !== undefined && pid === proc.pid) break;
       if (proc.exitCode !== null) {
         await closed;  // its whole log
         if (attempt < 5 && /Address already in use/.test(log)) {
@@ -72,7 +74,11 @@ export async function startRedis(dir: string): Promise<RedisServer> {
         throw new Error(`redis-server exited: ${log}`);
       }
       await new Promise((r) => setTimeout(r, 100));
-      if (i === 99) throw new Error(`redis-server did not answer PING: ${log}`);
+      if (i === 99) {
+        proc.kill('SIGKILL');  // not left running after the test
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
+        throw new Error(`redis-server did not answer INFO server: ${log}`);
+      }
     }
     if (taken) continue;
     return server(proc, port);
