@@ -75,7 +75,10 @@ struct DecodeTuning {
   // 1.228 / 1.351 by total (median rounds 1.470 / 1.268 / 1.178 / 1.258, every round but one >=
   // 1.04; the t-major side 28-36 tok/s, erratic under the load, address order 41-48), A/As 1.036 /
   // 0.975; the 7B q4_0 decode (6 rounds x 4 tokens) 1.220 / 1.172 (median rounds 1.226 / 1.193,
-  // 1.09-1.34). Zen 5 not measured in this form (session 22 there, with its T0 loop: the quant
+  // 1.09-1.34). Quiet (the lead's session 31 row, load 0.1-0.9): at 2 threads (wall, 578 short
+  // interleaved cycles, 11264 x 2048 / 4096 x 11008) 1.23-1.29x t-major, 0.97-1.02x read-2's speed
+  // (t-major 0.76-0.83x); the 1.1B q4_0 decode 1.213 at 2 threads (A/A 1.099, the VM changing
+  // phase), 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads. Zen 5 not measured in this form (session 22 there, with its T0 loop: the quant
   // lines group by group, the scales last, 0.97-1.04x): false.
   bool q40_addr_order = false;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
