@@ -2,7 +2,8 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
+// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch; gemv_kquant_vnni.h
+// set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
@@ -78,8 +79,9 @@ struct DecodeTuning {
   // 1.09-1.34). Quiet (the lead's session 31 row, load 0.1-0.9): at 2 threads (wall, 578 short
   // interleaved cycles, 11264 x 2048 / 4096 x 11008) 1.23-1.29x t-major, 0.97-1.02x read-2's speed
   // (t-major 0.76-0.83x); the 1.1B q4_0 decode 1.213 at 2 threads (A/A 1.099, the VM changing
-  // phase), 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads. Zen 5 not measured in this form (session 22 there, with its T0 loop: the quant
-  // lines group by group, the scales last, 0.97-1.04x): false.
+  // phase), 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads. Zen 5 not measured in
+  // this form (session 22 there, with its T0 loop: the quant lines group by group, the scales
+  // last, 0.97-1.04x): false.
   bool q40_addr_order = false;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
   // start prefetches of each stream): 4 KiB (the measured distance, every row; Zen 4 at 1 thread,
