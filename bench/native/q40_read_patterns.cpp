@@ -192,14 +192,16 @@ int main(int argc, char** argv) {
       bench::g_sink.fetch_xor(f(W + size_t(s0 * nb) * kRec, size_t((s1 - s0) * nb) * kRec), std::memory_order_relaxed);
     });
   };
-  auto gemv = [&](bool ms) {
-    return [&, ms](const uint8_t* W) {
-      const bool prev = gemm_detail::q40_ms();
-      gemm_detail::set_q40_ms(ms);
+  // the GEMV with one process-wide boolean setting (get / set) at `on` for the call, restored after
+  auto gemv_with = [&](bool (*get)(), void (*set)(bool), bool on) {
+    return [&, get, set, on](const uint8_t* W) {
+      const bool prev = get();
+      set(on);
       gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_q40_ms(prev);
+      set(prev);
     };
   };
+  auto gemv = [&](bool ms) { return gemv_with(gemm_detail::q40_ms, gemm_detail::set_q40_ms, ms); };
   // the two-stream pass with another software prefetch (set_q40_ms_prefetch) and distance
   // (set_q40_ms_ahead). Same bits
   auto gemv_pf = [&](gemm_detail::GemvPrefetch pf, int ahead = 4096) {
@@ -226,22 +228,12 @@ int main(int argc, char** argv) {
   // the pass with the 2+ thread dispatch's claims in whole super-group pairs (on) or single passes
   // (off), whatever the process-wide setting (gemm_internal.h set_gemv_even_claims: off by default)
   auto gemv_claims = [&](bool even) {
-    return [&, even](const uint8_t* W) {
-      const bool prev = gemm_detail::gemv_even_claims();
-      gemm_detail::set_gemv_even_claims(even);
-      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_gemv_even_claims(prev);
-    };
+    return gemv_with(gemm_detail::gemv_even_claims, gemm_detail::set_gemv_even_claims, even);
   };
   // the two-stream pass with a record's loads in address order (on) or t-major (off), this CPU's
   // prefetch (set_q40_ms_addr_order: where the pass runs without software prefetch). Same bits
   auto gemv_addr = [&](bool on) {
-    return [&, on](const uint8_t* W) {
-      const bool prev = gemm_detail::q40_ms_addr_order();
-      gemm_detail::set_q40_ms_addr_order(on);
-      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
-      gemm_detail::set_q40_ms_addr_order(prev);
-    };
+    return gemv_with(gemm_detail::q40_ms_addr_order, gemm_detail::set_q40_ms_addr_order, on);
   };
   struct Row {
     const char* name;
