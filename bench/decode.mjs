@@ -434,13 +434,19 @@ function llamaBenchAvailable() {
   return { path: null, whyNot: `not built (${relative(root, LLAMA_BENCH)} missing); build it with: sh bench/setup-anchors.sh llama-bench` };
 }
 
+// llama-bench's arguments for the model and the settings both of its runs share with emollm's:
+// threads, batch sizes, KV cache type.
+function llamaBenchModelArgs(model, o, threads) {
+  const args = ['-m', model, '-t', String(threads), '-b', String(o.nBatch), '-ub', String(o.nBatch)];
+  if (o.kvType) args.push('-ctk', o.kvType.toLowerCase(), '-ctv', o.kvType.toLowerCase());
+  return args;
+}
+
 // Two llama-bench tests on the same file and settings: prefill (-p prompt into an empty cache)
 // and decode (-n gen after -d prompt cached positions, the emollm measurement's positions).
 // Best sample of each (the table's figures are best runs too). Runs after the quiet wait.
 function runLlamaBench(bin, model, o, threads, log) {
-  const common = ['-m', model, '-t', String(threads), '-b', String(o.nBatch), '-ub', String(o.nBatch),
-    '-r', String(Math.max(2, o.maxRuns)), '-o', 'json'];
-  if (o.kvType) common.push('-ctk', o.kvType.toLowerCase(), '-ctv', o.kvType.toLowerCase());
+  const common = [...llamaBenchModelArgs(model, o, threads), '-r', String(Math.max(2, o.maxRuns)), '-o', 'json'];
   const one = (extra) => {
     const t0 = performance.now();
     const r = spawnSync(bin, [...common, ...extra], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
@@ -483,10 +489,8 @@ function runLlamaBench(bin, model, o, threads, log) {
 // Returns { ok, runs: [{ tokens, s, tok_s, cached, cpu_s }], probes_gbs, probes_cpu_gbs, probes_late, probes_ms, ... }.
 function runLlamaBenchPaired(bin, model, o, threads, rp, log) {
   const n = o.lbRuns + 1;
-  const args = ['-m', model, '-t', String(threads), '-b', String(o.nBatch), '-ub', String(o.nBatch),
-    '-p', '0', '-n', Array(n).fill(o.lbTokens).join(','), '-d', String(o.prompt), '-r', '1',
-    '--delay', String(LB_DELAY_S), '--progress', '-o', 'jsonl'];
-  if (o.kvType) args.push('-ctk', o.kvType.toLowerCase(), '-ctv', o.kvType.toLowerCase());
+  const args = [...llamaBenchModelArgs(model, o, threads), '-p', '0', '-n', Array(n).fill(o.lbTokens).join(','),
+    '-d', String(o.prompt), '-r', '1', '--delay', String(LB_DELAY_S), '--progress', '-o', 'jsonl'];
   return new Promise((resolveP) => {
     const t0 = performance.now();
     const now = () => performance.now() - t0;
