@@ -253,9 +253,6 @@ const AbSwitch kSwitches[] = {
     // this CPU's parts, prefetch and distance (where the pass runs without prefetch, Zen 4, the
     // switch changes nothing: an A/A)
     {"q80_line17", [](bool on) { gemm_detail::set_q80_line17(on); }},
-    // q80_order1: the q8_0 parts pass without prefetch with each block's scales loaded first (on)
-    // against block_step's order (off; set_q80_order, session 32 scratch)
-    {"q80_order1", [](bool on) { gemm_detail::set_q80_prefetch(gemm_detail::GemvPrefetch::None), gemm_detail::set_q80_order(on ? 1 : 0); }},
     // the bf16 8-row block GEMV's (4 KiB pages) software prefetch: none (on) against T0 (off)
     {"block_nopf", [](bool on) { gemm_detail::set_gemv_block_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the bf16 / f16 stream kernels' rows of K >= 4096 on 6 streams a thread (on) against 4 (set_gemv_half_long_streams)

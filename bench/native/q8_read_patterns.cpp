@@ -91,20 +91,17 @@ int main(int argc, char** argv) {
   const int a_def = gemm_detail::q80_ahead();
   const bool l_def = gemm_detail::q80_line17();
   // a row's settings for the call
-  const int o_def = gemm_detail::q80_order();
-  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf, int ahead, bool line17 = false, int order = 0) {
-    return [&, streams, pf, ahead, line17, order](const uint8_t* W) {
+  auto gemv = [&](int streams, gemm_detail::GemvPrefetch pf, int ahead, bool line17 = false) {
+    return [&, streams, pf, ahead, line17](const uint8_t* W) {
       gemm_detail::set_q80_streams(streams);
       gemm_detail::set_q80_prefetch(pf);
       gemm_detail::set_q80_ahead(ahead);
       gemm_detail::set_q80_line17(line17);
-      gemm_detail::set_q80_order(order);
       gemv_repacked(x.data(), W, DType::Q8_0, nullptr, y.data(), N, K, &pool);
       gemm_detail::set_q80_streams(s_def);
       gemm_detail::set_q80_prefetch(p_def);
       gemm_detail::set_q80_ahead(a_def);
       gemm_detail::set_q80_line17(l_def);
-      gemm_detail::set_q80_order(o_def);
     };
   };
   using P = gemm_detail::GemvPrefetch;
@@ -133,10 +130,6 @@ int main(int argc, char** argv) {
     for (int ahead : {512, 1024, 2048, 4096})
       rows.push_back({std::string("gemv-p") + std::to_string(S) + "-t0" + (ahead == a_def ? "" : "-" + bytes_name(ahead)) + "-l17",
                       gemv(S, P::T0, ahead, true), {}});
-  // the parts pass without prefetch with its loads in order o (set_q80_order)
-  for (int S : {1, 2, 3})
-    for (int o : {0, 1, 2, 3, 4, 5, 6})
-      rows.push_back({std::string("gemv-p") + std::to_string(S) + "-none-o" + std::to_string(o), gemv(S, P::None, a_def, false, o), {}});
   rows.push_back({"loads-prev", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return loads_prev(p, g, nb); }, W); }, {}});
   rows.push_back({"read-4", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<4>(p, size_t(g * nb) * kRec, 128, 1024); }, W); }, {}});
   rows.push_back({"read-1-nopf", [&](const uint8_t* W) { share([&](const uint8_t* p, int64_t g) { return bench::read_streams<1>(p, size_t(g * nb) * kRec, 2 * kRec, 0); }, W); }, {}});

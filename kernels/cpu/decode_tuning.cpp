@@ -54,7 +54,6 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_q80_streams(t.q80_streams);
   set_q80_prefetch(t.q80_prefetch);
   set_q80_ahead(t.q80_ahead);
-  set_q80_order(t.q80_order);
   set_gemv_block_prefetch(t.block_prefetch);
   set_gemv_half_long_streams(t.half_long_streams);
 }

@@ -172,8 +172,6 @@ struct DecodeTuning {
   // parts 512 bytes 0.89-0.96x, 2 KiB 0.93-0.98x). Zen 4: 4 KiB (where its T0 / T1 forms were
   // measured; it reads without them).
   int q80_ahead = 1024;
-  // That parts pass's order of its loads without software prefetch (gemm_internal.h set_q80_order).
-  int q80_order = 0;
   // The bf16 8-row block GEMV on 4 KiB pages (gemm_avx512.cpp bf16_gemv_block: weights without a
   // 2 MiB-page copy), 1 KiB ahead. Zen 4: None (session 26: 1.11-1.37x at 1 thread; the quiet 7B
   // down projection at 2 threads: T0 1.15x, NTA 1.24x the time of none). Zen 5 (session 27,

@@ -277,15 +277,6 @@ int q80_ahead();
 // A/B tools; process-wide.
 void set_q80_line17(bool on);
 bool q80_line17();
-// The order of that pass's loads where it runs without software prefetch (decode_tuning.h
-// q80_order; gemv_repacked.cpp pair_q80_ordered): 0 block_step's (per block line t of the S
-// streams, then t + 1, each record's scales after its quants); 1 each block's scales first; 2
-// per block stream by stream (a record's 8 quant lines, then its scales); 3 per block pair stream
-// by stream (a stream's two records, then the next stream's); 4 / 5 runs of 2 / 4 lines a stream;
-// 6 as 1 with both blocks' scales at the pair's front. Same bits. Session 32 scratch (measured in
-// q8_read_patterns' gemv-p<S>-none-o<k> rows, then reverted). For the tests and A/B tools; process-wide.
-void set_q80_order(int order);
-int q80_order();
 // The M = 1 GEMVs on a pool (gemv_repacked / gemv_repacked_multi, the bf16 / f16 single-stream
 // GEMV of gemm_huge_pages): contiguous ranges with stealing (base/thread_pool.h parallel_ranges:
 // one long run of rows per thread) when on (EMOLLM_GEMV_RANGES, default on), else guided chunks

@@ -132,8 +132,6 @@ void set_q40_ms_addr_order(bool on) { DecodeSetting<&DecodeTuning::q40_addr_orde
 bool q40_ms_addr_order() { return DecodeSetting<&DecodeTuning::q40_addr_order>::get(); }
 void set_q40_ms_ahead(int bytes) { DecodeSetting<&DecodeTuning::q40_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q40_ms_ahead() { return DecodeSetting<&DecodeTuning::q40_ahead>::get(); }
-void set_q80_order(int order) { DecodeSetting<&DecodeTuning::q80_order>::set(std::clamp(order, 0, 6)); }
-int q80_order() { return DecodeSetting<&DecodeTuning::q80_order>::get(); }
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
 bool q80_line17() { return g_q80_line17.load(std::memory_order_relaxed); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
@@ -632,141 +630,7 @@ __attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
     __asm__ volatile("prefetchnta %0" : : "m"(*p));
   }
 }
-// One q8_0 one-group record (scales at sp, quants at qp) against x's 8 broadcast quads xv: block_step's
-// operations on it (the chains a = -off * sum(x_b) + even quads, c = odd quads, their sum, cvt,
-// dw * d, the FMA into f), the scale product first where ScalesFirst, else after the quant lines.
-template <bool ScalesFirst>
-__attribute__((always_inline)) EMO_TRP inline void record_q80(const __m512i (&xv)[8], __m512i n, __m512 d,
-                                                              const uint8_t* sp, const uint8_t* qp, __m512& f) {
-  const __m512i m80 = _mm512_set1_epi8(char(0x80));
-  __m512 sc;
-  if constexpr (ScalesFirst) sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp))), d);
-  __m512i a = n, c = _mm512_setzero_si512();
-#pragma GCC unroll 8
-  for (int t = 0; t < 8; ++t) {
-    const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(qp + 64 * t), m80);
-    if (t & 1)
-      c = _mm512_dpbusd_epi32(c, w, xv[t]);
-    else
-      a = _mm512_dpbusd_epi32(a, w, xv[t]);
-  }
-  if constexpr (!ScalesFirst) sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp))), d);
-  f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, c)), sc, f);
-}
-
-// A block pair (b, b + 1) of the S streams with the loads in another order than block_step's
-// (set_q80_order; Order 1-3, gemm_internal.h): 1 each block's S scale products first, then line t
-// of the S streams as block_step; 2 per block stream by stream, each record's quant lines then its
-// scales (record_q80); 3 stream by stream, each stream's two records (its 17 lines in address
-// order). The operations on each value and their order are block_step's: the same bits.
-template <int S, int Order>
-__attribute__((always_inline)) EMO_TRP inline void pair_q80_ordered(const int8_t* xq, const BlockSums& s, int64_t b,
-                                                                    const uint8_t* const* gs, const uint8_t* const* gq,
-                                                                    size_t off, size_t rec, __m512 (&f0)[S],
-                                                                    __m512 (&f1)[S]) {
-  if constexpr (Order == 4 || Order == 5) {
-    // runs of Run lines a stream: lines t0 .. t0 + Run - 1 of stream 0, the same of stream 1, ...
-    constexpr int Run = Order == 4 ? 2 : 4;
-    const __m512i m80 = _mm512_set1_epi8(char(0x80));
-    for (int h = 0; h < 2; ++h) {
-      const int8_t* xb = xq + (b + h) * kQK;
-      const size_t o = off + size_t(h) * rec;
-      __m512(&f)[S] = h ? f1 : f0;
-      const __m512i n = _mm512_set1_epi32(s.neg[b + h]);
-      __m512i a[S], c[S], xv[8];
-#pragma GCC unroll 8
-      for (int t = 0; t < 8; ++t) xv[t] = _mm512_set1_epi32(ld32(xb + 4 * t));
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k) a[k] = n, c[k] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-      for (int t0 = 0; t0 < 8; t0 += Run)
-#pragma GCC unroll 4
-        for (int k = 0; k < S; ++k)
-#pragma GCC unroll 4
-          for (int t = t0; t < t0 + Run; ++t) {
-            const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(gq[k] + o + 64 * t), m80);
-            if (t & 1)
-              c[k] = _mm512_dpbusd_epi32(c[k], w, xv[t]);
-            else
-              a[k] = _mm512_dpbusd_epi32(a[k], w, xv[t]);
-          }
-      const __m512 d = _mm512_set1_ps(s.dx[b + h]);
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k) {
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[k] + o)));
-        f[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a[k], c[k])), _mm512_mul_ps(dw, d), f[k]);
-      }
-    }
-  } else if constexpr (Order == 1 || Order == 6) {
-    // 6: both blocks' scale products at the pair's front (the odd record's scale line, shared with
-    // the even record's last quant bytes, touched before the even record's quant lines)
-    const __m512i m80 = _mm512_set1_epi8(char(0x80));
-    __m512 sc2[2][S];
-    if constexpr (Order == 6)
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        const __m512 d = _mm512_set1_ps(s.dx[b + h]);
-#pragma GCC unroll 4
-        for (int k = 0; k < S; ++k)
-          sc2[h][k] = _mm512_mul_ps(
-              _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[k] + off + size_t(h) * rec))), d);
-      }
-    for (int h = 0; h < 2; ++h) {
-      const int8_t* xb = xq + (b + h) * kQK;
-      const size_t o = off + size_t(h) * rec;
-      __m512(&f)[S] = h ? f1 : f0;
-      const __m512 d = _mm512_set1_ps(s.dx[b + h]);
-      const __m512i n = _mm512_set1_epi32(s.neg[b + h]);
-      __m512 sc[S];
-      __m512i a[S], c[S];
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k)
-        sc[k] = Order == 6 ? sc2[h][k]
-                           : _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs[k] + o))), d),
-        a[k] = n, c[k] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-      for (int t = 0; t < 8; ++t) {
-        const __m512i x = _mm512_set1_epi32(ld32(xb + 4 * t));
-#pragma GCC unroll 4
-        for (int k = 0; k < S; ++k) {
-          const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(gq[k] + o + 64 * t), m80);
-          if (t & 1)
-            c[k] = _mm512_dpbusd_epi32(c[k], w, x);
-          else
-            a[k] = _mm512_dpbusd_epi32(a[k], w, x);
-        }
-      }
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k) f[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a[k], c[k])), sc[k], f[k]);
-    }
-  } else {
-    __m512i xv[2][8];
-    __m512 d[2];
-    __m512i n[2];
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-#pragma GCC unroll 8
-      for (int t = 0; t < 8; ++t) xv[h][t] = _mm512_set1_epi32(ld32(xq + (b + h) * kQK + 4 * t));
-      d[h] = _mm512_set1_ps(s.dx[b + h]), n[h] = _mm512_set1_epi32(s.neg[b + h]);
-    }
-    if constexpr (Order == 2) {
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h)
-#pragma GCC unroll 4
-        for (int k = 0; k < S; ++k)
-          record_q80<false>(xv[h], n[h], d[h], gs[k] + off + size_t(h) * rec, gq[k] + off + size_t(h) * rec, h ? f1[k] : f0[k]);
-    } else {
-      static_assert(Order == 3, "pair_q80_ordered: Order 1-3");
-#pragma GCC unroll 4
-      for (int k = 0; k < S; ++k)
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; ++h)
-          record_q80<false>(xv[h], n[h], d[h], gs[k] + off + size_t(h) * rec, gq[k] + off + size_t(h) * rec, h ? f1[k] : f0[k]);
-    }
-  }
-}
-
-template <int S, int Hint, bool Line17 = false, int Order = 0>
+template <int S, int Hint, bool Line17 = false>
 EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                               int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
                               int64_t part) {
@@ -798,13 +662,8 @@ EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_
         if (t == 7) pf(off, j, 8);  // the pair's line 8: quants 480-511 of the even record, the odd one's scales
     };
     auto pf1 = [&](int j, int t) __attribute__((always_inline)) { pf(off + rec, j, t); };
-    if constexpr (Order != 0) {
-      static_assert(Hint < 0, "parts_q80_avx512: the load orders without software prefetch only");
-      pair_q80_ordered<S, Order>(xq, s, b, gs, gq, off, rec, f0, f1);
-    } else {
-      groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0, pf0);
-      groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1, pf1);
-    }
+    groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, off, f0, pf0);
+    groups_block<true, S>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], gs, gq, off + rec, f1, pf1);
   }
   if (b < nb) groups_block<true, S>(xq + b * kQK, s.dx[b], s.neg[b], gs, gq, size_t(b) * rec, f0);
 #pragma GCC unroll 4
@@ -1236,7 +1095,6 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
       const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
       const size_t ahead = size_t(gemm_detail::q80_ahead());
       const bool line17 = gemm_detail::q80_line17();
-      const int order = gemm_detail::q80_order();
       auto ppasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t part = (g1 - g) / SS;  // groups a part
@@ -1244,23 +1102,15 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
           const int64_t gi = g + i;
           gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
             constexpr int H = decltype(hint)::value;
-            auto run = [&](auto l17, auto ord) {
-              parts_q80_avx512<SS, H, decltype(l17)::value, decltype(ord)::value>(
-                  qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup, N - gi * kGroup,
-                  cold_start && i == 0, ahead, part);
+            auto run = [&](auto l17) {
+              parts_q80_avx512<SS, H, decltype(l17)::value>(qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr,
+                                                            y + gi * kGroup, N - gi * kGroup, cold_start && i == 0,
+                                                            ahead, part);
             };
-            using O0 = std::integral_constant<int, 0>;
             if constexpr (H >= 0) {
-              if (line17) return run(std::true_type(), O0());
-            } else {  // the load orders (q80_order): without software prefetch only
-              if (order == 1) return run(std::false_type(), std::integral_constant<int, 1>());
-              if (order == 2) return run(std::false_type(), std::integral_constant<int, 2>());
-              if (order == 3) return run(std::false_type(), std::integral_constant<int, 3>());
-              if (order == 4) return run(std::false_type(), std::integral_constant<int, 4>());
-              if (order == 5) return run(std::false_type(), std::integral_constant<int, 5>());
-              if (order == 6) return run(std::false_type(), std::integral_constant<int, 6>());
+              if (line17) return run(std::true_type());
             }
-            run(std::false_type(), O0());
+            run(std::false_type());
           });
         }
         if (part > 0) g += SS * part;
