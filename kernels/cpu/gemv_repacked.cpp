@@ -619,6 +619,28 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // Arithmetic: block_step's per group (even / odd f32 accumulators, block order, their sum, the
 // bias): groups_avx512's bits. y, bias and cols are group g0's; part k's group is written at
 // y + 16 * k * part. cold: prefetch each stream's first `ahead` bytes first.
+// Load order (session 32, h-q8order; scratch forms in commit 6eab425, reverted). The main loop of
+// parts_q80_avx512<2, -1> (objdump) is 118 instructions a block pair of the 2 streams (4 records,
+// 34 lines; 29.5 a record): 32 quant loads (vpxord's memory operand, 8 a record), 4 scale loads
+// (vcvtph2ps), 18 vpbroadcastd (x's 16 quads, shared by the streams, and the 2 chain offsets), 2
+// vbroadcastss (d_x), 32 vpdpbusd, 6 vmovdqa32 chain starts, no stack access. The loads go line t
+// of stream 0, line t of stream 1, then t + 1 (block_step), each record's scales after its quants,
+// so per stream every line is first touched in address order already: the even record's quant
+// line t (bytes 32 + 64t of the pair) straddles lines t and t + 1, so its first load touches its
+// scales' line 0 and its last the shared line 8 (its last 32 quant bytes, the odd record's
+// scales); the odd record's quant lines 9-16 are aligned. The same bits in other orders (the same
+// chains and f32 operations a value), q8_read_patterns, Zen 4, 1 thread, thread CPU time, cold
+// 2 MiB-page copies, interleaved call by call, 2560 x 2048, 11264 x 2048, 2048 x 5632, 12288 x
+// 4096, 22016 x 4096, 4096 x 11008, load 2.5-7.2, median r(med) by shape against this order: each
+// block's scales first 1.011-1.033x (27 processes x 150-200 rounds; 1.026 across the shapes) and
+// the 1.1B q8_0 decode on / off 1.005-1.041 (decode_switch_ab, AB_CPU=1, 4 processes x 12 rounds
+// x 16 tokens; A/As 0.972-1.020): below a 1.03x bar, not built; a block stream by stream (a
+// record's 8 lines and scales, then the other stream's) 0.82-0.91x; a block pair stream by stream
+// (17 lines a stream) 0.85-0.93x; runs of 2 / 4 lines a stream 0.88-0.91x / 0.86-0.90x; both
+// blocks' scales at the pair's front (the odd record's scales, line 8, touched before lines 1-7)
+// 0.88-0.90x. This pass reads at 0.98-1.06x a plain 2-stream read of its bytes in 1088-byte steps
+// (read-2-nopf) and 0.96-1.02x one in 128-byte steps (read-2-nopf128). (The groups a thread's
+// parts leave over, at most one, run groups_avx512<true, 1>: the same block_step order.)
 template <int Hint>
 __attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
   // an asm statement, not _mm_prefetch: GCC schedules the builtin's prefetches of a block pair
