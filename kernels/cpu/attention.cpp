@@ -751,7 +751,8 @@ EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float
         a = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]),
                             c == NC - 1 ? E::maskz_load(lm, vr + j * ldv + 16 * c) : E::load(vr + j * ldv + 16 * c), a);
         if (LIN) {  // decode_wide_lin: the call's lines in address order, every LIN-th
-          if (vn && ((r * NC + c) * 8 + j) % LIN == 0) _mm_prefetch(reinterpret_cast<const char*>(vn) + 64 * ((r * NC + c) * 8 + j), _MM_HINT_T2);
+          if (vn && ((r * NC + c) * 8 + j) % LIN == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(vn) + 64 * ((r * NC + c) * 8 + j), _MM_HINT_T2);
         } else if (NB == 8 && vn && (sizeof(typename E::T) == 4 || (c & 1) == 0))  // decode_wide8 with decode_wide_pf
           _mm_prefetch(reinterpret_cast<const char*>(vn + r * vstep + j * ldv + 16 * c), _MM_HINT_T2);
       }
@@ -2713,8 +2714,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // V one, after its last V one the next block's first K; wide_pf_none where the next is short or none): the
   // first row of that sub-block, or wide_pf_none / null (off).
   const bool wide_pf = use_qk16 && it.wide_pf;
-  // decode_wide_lin: the 16-row sub-blocks' prefetch in address order (f32 rows back to back only; 0: off)
-  // (the kernels take it with 8 chunks of 16 only: head_dim 113-128; attention_detail::decode_wide_lin_applies)
+  // decode_wide_lin: wide_pf's prefetch (16-row sub-blocks and decode_wide8's halves) in address order, every
+  // wide_lin-th line (0: off); f32 rows back to back only, and the kernels take it with 8 chunks of 16 only
+  // (head_dim 113-128): attention_detail::decode_wide_lin_applies
   const int wide_lin =
       wide_pf && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span && Dp == 128 ? it.wide_lin : 0;
   // Token row s of V (is_v) or K.
