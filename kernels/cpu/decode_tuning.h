@@ -156,8 +156,9 @@ struct DecodeTuning {
   // 16th about every 8th; the 16-row widepf 1.03-1.04x, its prefetch in address order every line 0.89-0.91x,
   // every 2nd / 4th / 8th 0.98-1.03x. The 7B q4_0 decode at 1024 tokens of context (f32 cache),
   // AB_SWITCH=attn_f32_w8lin, 1 thread CPU time: 0.976 / 1.054 by total (median rounds 1.015 / 1.026; rounds
-  // 0.78-1.23) against an A/A's 1.003 (1.011), then in a quieter window 1.018 (1.015; all 10 rounds 1.002-1.040):
-  // about the ~1% that 5% of attention's share of a step gives. The 1.1B shape (GQA, narrow rows) does not take it. Zen 5 not measured: 0.
+  // 0.78-1.23) against an A/A's 1.003 (1.011), then in a quieter window 1.018 (1.015; all 10 rounds 1.002-1.040)
+  // against an A/A right after of 1.005 (1.014; 0.967-1.036): at most the ~1% that 5% of attention's share of a
+  // step gives, not resolved from the noise. The 1.1B shape (GQA, narrow rows) does not take it. Zen 5 not measured: 0.
   int attn_wide_lin = 0;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
