@@ -44,7 +44,14 @@
 // "1t 16 rows" / "1t widepf" / "1t wide8" / "1t w8 pf" and their "hot" twins: the call with the 7B's sub-blocks
 // read each way on every cache type (attention_detail::set_decode_wide_pf / set_decode_wide8: 16 rows on the
 // hardware prefetchers, the order before session 30; 8 rows at a time with the next sub-block prefetched into L2;
-// two sub-blocks of 8 rows; both), outputs checked bit for bit against "1t" (this CPU's default for the type).
+// two sub-blocks of 8 rows; both; each prefetch in the loads' order, set_decode_wide_lin(0): session 30's forms),
+// outputs checked bit for bit against "1t" (this CPU's default for the type; Zen 4 f32 since session 32: "w8 lin8").
+// "1t lin1" / "lin2" / "lin4" / "lin8": "widepf" with its prefetch in address order (attention_detail::
+// set_decode_wide_lin(N): kv head g's call the next sub-block's g-th 8 KiB front to back, every N-th line; f32 only,
+// else the same as widepf); "1t w8 lin2" / "lin8" / "lin16" / "lin32": "w8 pf" so (each call the next 8 rows' g-th
+// 4 KiB); outputs checked bit for bit. "1t rd skew1" / "rd skew2": "rd drv"'s loads with row t of a sub-block at kv
+// head (g + t) mod n (V: pair) / rows 8-15 half the heads on (the 16 rows' same-offset lines spread over the low
+// address bits: session 32's probe of whether the rows' common offset is what reads slowly).
 // "1t": only the 1-thread modes (a loaded machine,
 // where 2-thread walls are unreadable). The last table: every 1-thread mode by thread CPU time
 // (GB/s of K + V, its time over the read's, GFLOP/s of the call's Q K^T and P V FMAs and their
@@ -86,12 +93,17 @@ using bench::thread_cpu;
 #if defined(__x86_64__)
 BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, const float* const* vp, int64_t n_kv,
                                                       int64_t page, int64_t ld_bytes, int64_t Hkv,
-                                                      int64_t slice_bytes, bool head_major, bool v_chunks) {
+                                                      int64_t slice_bytes, bool head_major, bool v_chunks,
+                                                      int skew = 0) {
   __m512i a0 = _mm512_setzero_si512(), a1 = a0;
   auto row = [&](const float* const* pages, int64_t j) {
     return reinterpret_cast<const uint8_t*>(pages[j / page]) + (j % page) * ld_bytes;
   };
   const int64_t lines = slice_bytes / 64;
+  // skew 1: row t at kv head (g + t) mod Hkv (V: pair); 2: rows 8-15 at (g + Hkv / 2) mod Hkv (probe)
+  auto sk = [&](int64_t g, int t, int64_t n) {
+    return skew == 1 ? (g + t) % n : skew == 2 ? (g + (t >= 8 ? n / 2 : 0)) % n : g;
+  };
   for (int64_t b0 = 0; b0 < n_kv; b0 += 64) {
     const int64_t b1 = std::min(n_kv, b0 + 64);
     if (head_major) {
@@ -108,7 +120,7 @@ BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, co
       for (int64_t g = 0; g < Hkv; ++g)
         for (int64_t l = 0; l < lines; ++l)
           for (int t = 0; t < ns; ++t)
-            a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(row(kp, s0 + t) + g * slice_bytes + 64 * l));
+            a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(row(kp, s0 + t) + sk(g, t, Hkv) * slice_bytes + 64 * l));
     }
     for (int64_t s0 = b0; s0 < b1; s0 += 16) {
       const int ns = int(std::min<int64_t>(16, b1 - s0));
@@ -118,7 +130,7 @@ BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, co
         if (v_chunks) {  // decode_pv_chunks: a line of the pair's slice across the rows at a time
           for (int64_t l = 0; l < pair_lines; ++l)
             for (int t = 0; t < ns; ++t)
-              a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(row(vp, s0 + t) + g * slice_bytes + 64 * l));
+              a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(row(vp, s0 + t) + 2 * sk(g / 2, t, Hkv / 2) * slice_bytes + 64 * l));
           continue;
         }
         for (int t = 0; t < ns; ++t) {
@@ -282,7 +294,7 @@ int main(int argc, char** argv) {
       if (pattern >= 2) {
         read_sink ^= read_decode_pattern(kt[size_t(c)].data(), vt[size_t(c)].data(), n_kv, kPage,
                                          p.ldk * int64_t(esz), p.n_kv_heads, p.head_dim * int64_t(esz), pattern == 3,
-                                         attention_detail::decode_pv_chunks());
+                                         attention_detail::decode_pv_chunks(), pattern >= 4 ? pattern - 3 : 0);
         return;
       }
       for (int kv = 0; kv < 2; ++kv) {
@@ -299,10 +311,11 @@ int main(int argc, char** argv) {
     return dt;
   };
   enum { k1t, kRun, kHalves, kPm64, kPm32, k1tSweep, k1tPf, k2tPf, k1tRead, k1tHot, k1tRead4, k1tKt, k1tLean, k1tRdDrv,
-         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tPvc, k1tPvcHot, k1tW16, k1tW16Hot, k1tWpf, k1tWpfHot, k1tW8, k1tW8Hot, k1tW8Pf, k1tW8PfHot, kModes };
+         k1tRdHead, k1tReadHot, k1tRdDrvHot, k1tPvc, k1tPvcHot, k1tW16, k1tW16Hot, k1tWpf, k1tWpfHot, k1tW8, k1tW8Hot, k1tW8Pf, k1tW8PfHot,
+         k1tLin1, k1tLin2, k1tLin4, k1tLin8, k1tRdSkew1, k1tRdSkew2, k1tW8Lin2, k1tW8Lin8, k1tW8Lin16, k1tW8Lin32, kModes };
   auto one_thread = [=](int m) { return m != kRun && m != kHalves && m != kPm64 && m != kPm32 && m != k2tPf; };
   auto is_read = [=](int m) {
-    return m == k1tRead || m == k1tRead4 || m == k1tRdDrv || m == k1tRdHead || m == k1tReadHot || m == k1tRdDrvHot;
+    return m == k1tRdSkew1 || m == k1tRdSkew2 || m == k1tRead || m == k1tRead4 || m == k1tRdDrv || m == k1tRdHead || m == k1tReadHot || m == k1tRdDrvHot;
   };
   const double fma_peak = bench::fma_peak_1t_gflops();
   // "pf L1" / "pf L2": the pipelined prefetch into the other level than this CPU's default (decode_pipeline_l2)
@@ -315,13 +328,17 @@ int main(int argc, char** argv) {
   // next sub-block prefetched), "wide8" (two sub-blocks of 8 rows), "w8 pf" (both)
   const attention_detail::DecodeWide wpf_mode = attention_detail::decode_wide_pf_mode(),
                                      w8_mode = attention_detail::decode_wide8_mode();
-  auto set_wide = [](bool pf, bool w8) {
+  const int lin_default = attention_detail::decode_wide_lin();
+  // lin: decode_wide_lin (0: the prefetch in the loads' order, every line: session 30's forms)
+  auto set_wide = [](bool pf, bool w8, int lin = 0) {
     attention_detail::set_decode_wide_pf(pf);
     attention_detail::set_decode_wide8(w8);
+    attention_detail::set_decode_wide_lin(lin);
   };
   auto restore_wide = [=] {
     attention_detail::set_decode_wide_pf_mode(wpf_mode);
     attention_detail::set_decode_wide8_mode(w8_mode);
+    attention_detail::set_decode_wide_lin(lin_default);
   };
   const char* names[] = {"1t", "2t run", "2t halves", "2t pieces64", "2t pieces32", "1t sweep",
                                l2_default ? "1t pf L1" : "1t pf L2", l2_default ? "2t pf L1" : "2t pf L2",
@@ -329,7 +346,7 @@ int main(int argc, char** argv) {
                                "1t rd drv", "1t rd head", "1t read hot", "1t rd drv hot",
                                pvc_default ? "1t pv rows" : "1t pv chunks", pvc_default ? "1t pv rows hot" : "1t pv chunks hot",
                                "1t 16 rows", "1t 16 rows hot", "1t widepf", "1t widepf hot", "1t wide8", "1t wide8 hot",
-                               "1t w8 pf", "1t w8 pf hot"};
+                               "1t w8 pf", "1t w8 pf hot", "1t lin1", "1t lin2", "1t lin4", "1t lin8", "1t rd skew1", "1t rd skew2", "1t w8 lin2", "1t w8 lin8", "1t w8 lin16", "1t w8 lin32"};
   static_assert(sizeof(names) / sizeof(*names) == kModes, "attn_decode_threads: one name a mode");
   std::vector<double> t[kModes], ht[2], hcpu[2], cpu1, cpu1s, cpu1p, cpu_m[kModes];
   uint64_t pieces[kModes][2] = {};
@@ -368,6 +385,7 @@ int main(int argc, char** argv) {
         dt = read_copy(m == k1tRead4 ? 1 : 0, m == k1tReadHot);
       else if (m == k1tRdDrv || m == k1tRdDrvHot || m == k1tRdHead)
         dt = read_copy(m == k1tRdHead ? 3 : 2, m == k1tRdDrvHot);
+      else if (m == k1tRdSkew1 || m == k1tRdSkew2) dt = read_copy(m == k1tRdSkew1 ? 4 : 5);
       else if (m == k1tHot) dt = timed(&pool1, true);
       else if (m == k1tPvc || m == k1tPvcHot) {
         attention_detail::set_decode_pv_chunks(!pvc_default);
@@ -378,6 +396,16 @@ int main(int argc, char** argv) {
         const int w = (m - k1tW16) / 2;  // 16 rows, widepf, wide8, w8 pf
         set_wide(w == 1 || w == 3, w >= 2);
         dt = timed(&pool1, (m - k1tW16) % 2 == 1);
+        restore_wide();
+      }
+      else if (m >= k1tLin1 && m <= k1tLin8) {  // widepf with its prefetch in address order (decode_wide_lin)
+        set_wide(true, false, 1 << (m - k1tLin1));
+        dt = timed(&pool1);
+        restore_wide();
+      }
+      else if (m >= k1tW8Lin2 && m <= k1tW8Lin32) {  // w8 pf with its prefetch in address order
+        set_wide(true, true, m == k1tW8Lin2 ? 2 : 8 << (m - k1tW8Lin8));
+        dt = timed(&pool1);
         restore_wide();
       }
       else if (m == k1tKt) {
@@ -484,6 +512,17 @@ int main(int argc, char** argv) {
     timed(&pool1);
     restore_wide();
     std::printf("  %s output bit for bit that of 1t: %s\n", names[k1tW16 + 2 * w],
+                std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
+  }
+  for (int li = 0; li < 8; ++li) {  // decode_wide_lin's output against the default's (16 rows, then wide8)
+    call = 0;
+    timed(&pool1);
+    const std::vector<float> o_def = o;
+    set_wide(true, li >= 4, li < 4 ? 1 << li : li == 4 ? 2 : 8 << (li - 5));
+    call = 0;
+    timed(&pool1);
+    restore_wide();
+    std::printf("  %s output bit for bit that of 1t: %s\n", names[li < 4 ? k1tLin1 + li : k1tW8Lin2 + li - 4],
                 std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");

@@ -18,6 +18,8 @@
 // attn_causal_skip: the prefill tile groups' causal diagonal blocks without their fully masked parts (set_prefill_causal_skip; with AB_PREFILL);
 // attn_wide_pf: the 7B (MHA) decode sub-blocks 8 rows at a time, the next one prefetched into L2 (set_decode_wide_pf);
 // attn_wide8: as two sub-blocks of 8 rows (set_decode_wide8); attn_wide8_pf: both;
+// attn_f32_w8lin: both on every cache type with the next 8 rows' lines prefetched in address order, every 8th
+// (set_decode_wide_lin(8)), against both on f16 / bf16 only and lin 0 (f32: 16 rows);
 // other_model: the model file of the 5th argument (on) against the first (off), e.g. bf16 against f16;
 // kv_direct / norm_prefetch / decode_overheads (both): model/llama.h set_kv_direct_write,
 // set_norm_prefetch; pool_dynamic: base/thread_pool.h pool_dynamic_split; embd_populate: the token
@@ -284,6 +286,15 @@ const AbSwitch kSwitches[] = {
     // those sub-blocks as two of 8 rows (set_decode_wide8), and with the next 8 rows prefetched (both on)
     {"attn_wide8", [](bool on) { attention_detail::set_decode_wide8(on); }},
     {"attn_wide8_pf", [](bool on) { attention_detail::set_decode_wide8(on); attention_detail::set_decode_wide_pf(on); }},
+    // session 32 (h-attnf32): on an f32 cache too, those sub-blocks as two of 8 rows with the next 8 rows' lines
+    // prefetched in address order, every 8th (on: decode_wide8 / decode_wide_pf on every cache type,
+    // set_decode_wide_lin(8)) against f32's 16 rows on the hardware prefetchers (off: both Half, lin 0)
+    {"attn_f32_w8lin", [](bool on) {
+       const auto m = on ? attention_detail::DecodeWide::All : attention_detail::DecodeWide::Half;
+       attention_detail::set_decode_wide8_mode(m);
+       attention_detail::set_decode_wide_pf_mode(m);
+       attention_detail::set_decode_wide_lin(on ? 8 : 0);
+     }},
     {"kv_f16", [](bool) {}, OnContext::KvF16},
     // the "on" blocks decode another model file (the 5th argument): e.g. the 1.1B in f16 (off)
     // against the same shapes in bf16 (on), interleaved in one process (session 26: is Zen 4's f16

@@ -52,7 +52,9 @@
 //   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
 // - the 7B's wide-row sub-blocks on f16 / bf16 caches (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::Half;
 //   decode_wide_pf, decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction
-//   lanes for 8 keys; pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2 one line a load.
+//   lanes for 8 keys; pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2 one line a load;
+//   on f32 caches too (session 32), their prefetch there in address order, every 8th line (decode_tuning
+//   attn_wide_lin, decode_wide_lin: each call the next 8 rows' g-th 4 KiB, the hardware's streamer the rest).
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -275,6 +277,10 @@ DecodeWide decode_wide8_mode() { return DecodeWide(DecodeWide8::get()); }
 void set_decode_wide8_mode(DecodeWide m) { DecodeWide8::set(int(m)); }
 bool decode_wide8() { return decode_wide8_mode() != DecodeWide::Off; }
 void set_decode_wide8(bool on) { set_decode_wide8_mode(on ? DecodeWide::All : DecodeWide::Off); }
+// The CPU's default at first use, then the setter's (decode_tuning.h attn_wide_lin; session 32).
+using DecodeWideLin = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide_lin>;
+int decode_wide_lin() { return DecodeWideLin::get(); }
+void set_decode_wide_lin(int every) { DecodeWideLin::set(every); }
 namespace {
 bool wide_takes(DecodeWide m, DType t) { return m == DecodeWide::All || (m == DecodeWide::Half && t != DType::F32); }
 }  // namespace
@@ -446,20 +452,24 @@ struct Kern {
   // apart, or nullptr where there is none); non-null, the 16 rows are read 8 at a time (rows 0-7 every chunk, then
   // rows 8-15: the same FMAs on each key's accumulator in the same order) and knext's lines prefetched into L2 as
   // they go (wide_pf_none: the halves without prefetch).
+  // lin (decode_wide_lin; knext set): 0, or knext is the first of this call's 128 lines of the next sub-block in
+  // address order (8 KiB from its first row: kv head g's call the g-th 8 KiB), every lin-th line prefetched.
   void (*qk16)(const float* const* qrows, int R, const float* k, int64_t ldk, int D, float scale, float* S, int ldS,
-               const float* knext);
+               const float* knext, int lin);
   // Optional (null: none), decode_wide8: qk16's scores of keys 8 * half .. 8 * half + 7 alone for one query row (R 1),
   // k: the 16-row sub-block's first row, written to S[8 * half ..] (8 floats), the same bits as qk16's; knext
   // non-null (not wide_pf_none): the next 8-row sub-block's same slice (8 rows ldk apart) prefetched into L2.
-  void (*qk8)(const float* q, const float* k, int64_t ldk, int D, float scale, float* S, int half, const float* knext);
+  void (*qk8)(const float* q, const float* k, int64_t ldk, int D, float scale, float* S, int half, const float* knext,
+              int lin);
   // Optional (null: pv per head), for MHA decode with 65 <= D <= 128: pv for two rows r = 0, 1
   // whose V rows differ, row r reading v + r * D (two adjacent kv heads' slices of the same token
   // rows), with the same bits as two pv calls. chunks: V walked a 16-float chunk at a time across the
   // nb token rows (DecodeItem::pv_chunks), else a token row at a time; the same bits either way.
   // vnext: as qk16's knext (a full chunked sub-block only: nb 16, chunks): 8 token rows at a time across both
   // heads' chunks, every output element's FMAs in the same order, vnext's lines prefetched into L2.
+  // lin: as qk16's (the pair's call g0 the g0-th 8 KiB of the next sub-block, 256 lines).
   void (*pv2)(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* v, int64_t ldv, int nb,
-              int D, bool chunks, const float* vnext);
+              int D, bool chunks, const float* vnext, int lin);
   // Optional (null: none), the prototype of K kept in 16-token tiles (attention_detail::decode_k_tiles):
   // qk_decode's S from one kv head's tile kt (kt[d * 16 + t] = dim d of key t, t < 16; D x 16
   // elements), the same FMAs in the same order without the transposes: the same bits.
@@ -723,7 +733,7 @@ EMO_T512 static inline void pv_rows_wide_avx512(float* acc, int ldacc, const flo
 // the head's slice across the sub-block's 16 token rows at a time (the order of qk16's K loads)
 // instead of each token row's whole 1 KiB pair slice in turn. Why it reads faster from memory:
 // bench/README (session 29, h-attn7): the driver's loads alone 1.16-1.17x with V in this order.
-template <class E, int NC, int NB>  // NB: 16 (a full sub-block), 8 (decode_wide8's) or 0 (nb at run time)
+template <class E, int NC, int NB, int LIN = 0>  // NB: 16 (a full sub-block), 8 (decode_wide8's) or 0 (nb at run time)
 EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                               const typename E::T* v, int64_t ldv, int nb_rt, __mmask16 lm,
                                               int64_t vstep, const typename E::T* vn = nullptr) {
@@ -740,7 +750,10 @@ EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float
       for (int j = 0; j < nb; ++j) {
         a = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]),
                             c == NC - 1 ? E::maskz_load(lm, vr + j * ldv + 16 * c) : E::load(vr + j * ldv + 16 * c), a);
-        if (NB == 8 && vn && (sizeof(typename E::T) == 4 || (c & 1) == 0))  // decode_wide8 with decode_wide_pf
+        if (LIN) {  // decode_wide_lin: the call's lines in address order, every LIN-th
+          if (vn && ((r * NC + c) * 8 + j) % LIN == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(vn) + 64 * ((r * NC + c) * 8 + j), _MM_HINT_T2);
+        } else if (NB == 8 && vn && (sizeof(typename E::T) == 4 || (c & 1) == 0))  // decode_wide8 with decode_wide_pf
           _mm_prefetch(reinterpret_cast<const char*>(vn + r * vstep + j * ldv + 16 * c), _MM_HINT_T2);
       }
       _mm512_store_ps(acc + r * ldacc + 16 * c, a);
@@ -751,7 +764,7 @@ EMO_T512 static inline void pv2_chunks_avx512(float* acc, int ldacc, const float
 // accumulators in registers, tokens 0-7 of every (row, chunk), then tokens 8-15 (each output element's FMAs in
 // token order, as pv2_chunks_avx512: the same bits); the next sub-block's lines (vn: its same pair slice, null:
 // none) prefetched into L2 one a load as the same line of this one is read.
-template <class E, int NC>
+template <class E, int NC, int LIN = 0>
 EMO_T512 static inline void pv2_chunks_h8(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                           const typename E::T* v, int64_t ldv, __mmask16 lm, int64_t vstep,
                                           const typename E::T* vn) {
@@ -776,7 +789,10 @@ EMO_T512 static inline void pv2_chunks_h8(float* acc, int ldacc, const float* al
           a[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]),
                                     c == NC - 1 ? E::maskz_load(lm, vr + j * ldv + 16 * c) : E::load(vr + j * ldv + 16 * c),
                                     a[r][c]);
-          if (nr && (sizeof(typename E::T) == 4 || (c & 1) == 0))
+          if (LIN) {  // decode_wide_lin: the call's lines in address order, every LIN-th
+            if (vn && ((r * NC + c) * 8 + j) % LIN == 0)  // 2 * half * NC * 8: a multiple of 128
+              _mm_prefetch(reinterpret_cast<const char*>(vn) + 64 * (((2 * half + r) * NC + c) * 8 + j), _MM_HINT_T2);
+          } else if (nr && (sizeof(typename E::T) == 4 || (c & 1) == 0))
             _mm_prefetch(reinterpret_cast<const char*>(nr + j * ldv + 16 * c), _MM_HINT_T2);
         }
       }
@@ -790,13 +806,29 @@ EMO_T512 static inline void pv2_chunks_h8(float* acc, int ldacc, const float* al
 template <class E, int NC>
 EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                           const typename E::T* v, int64_t ldv, int nb, __mmask16 lm, int64_t vstep,
-                                          const float* vnext) {
+                                          const float* vnext, int lin) {
   if (nb == 16 && vnext) {
     const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
+    if (sizeof(typename E::T) == 4 && NC == 8 && vn && lin) switch (lin) {  // decode_wide_lin (the driver: f32)
+        case 1: return pv2_chunks_h8<E, NC, 1>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        case 2: return pv2_chunks_h8<E, NC, 2>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        case 4: return pv2_chunks_h8<E, NC, 4>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        case 8: return pv2_chunks_h8<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        case 16: return pv2_chunks_h8<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        default: return pv2_chunks_h8<E, NC, 32>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+      }
     return pv2_chunks_h8<E, NC>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
   }
   if (nb == 8 && vnext) {  // decode_wide8's sub-block (vnext wide_pf_none: no prefetch)
     const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
+    if (sizeof(typename E::T) == 4 && NC == 8 && vn && lin) switch (lin) {  // decode_wide_lin (the driver: f32)
+        case 1: return pv2_chunks_avx512<E, NC, 8, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        case 2: return pv2_chunks_avx512<E, NC, 8, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        case 4: return pv2_chunks_avx512<E, NC, 8, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        case 8: return pv2_chunks_avx512<E, NC, 8, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        case 16: return pv2_chunks_avx512<E, NC, 8, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        default: return pv2_chunks_avx512<E, NC, 8, 32>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+      }
     return pv2_chunks_avx512<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
   }
   if (nb == 16) pv2_chunks_avx512<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
@@ -804,16 +836,16 @@ EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* al
 }
 template <class E>
 EMO_T512 static void pv2_avx512(float* acc, int ldacc, const float* alpha, const float* P, int ldP, const float* vf,
-                                int64_t ldv, int nb, int D, bool chunks, const float* vnext) {
+                                int64_t ldv, int nb, int D, bool chunks, const float* vnext, int lin) {
   const typename E::T* v = reinterpret_cast<const typename E::T*>(vf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
   if (chunks) {  // decode_pv_chunks, read once a call (make_decode_item)
     switch (nc) {
-      case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
-      case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
-      case 7: return pv2_chunks_nb<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
-      default: return pv2_chunks_nb<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext);
+      case 5: return pv2_chunks_nb<E, 5>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext, lin);
+      case 6: return pv2_chunks_nb<E, 6>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext, lin);
+      case 7: return pv2_chunks_nb<E, 7>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext, lin);
+      default: return pv2_chunks_nb<E, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, D, vnext, lin);
     }
   }
   // two adjacent kv heads: row r's V slice at v + r * D in each token row
@@ -1062,7 +1094,7 @@ EMO_T512 static void qk_tiles_avx512(const float* q, int64_t ldq, int R, const f
 // qk8_tile): key t's row at key(t), its dot product into acc[at + t], one FMA a chunk in chunk order (qk16's NR 1
 // arithmetic); where kn is set, the line of row pf_at + t of kn (the next sub-block, ldk apart) at the same offset
 // prefetched into L2 beside each load (f16 / bf16: every other chunk, one line for two loads).
-template <class E, int NC, class KeyAt>
+template <class E, int NC, int LIN = 0, class KeyAt>
 EMO_T512 __attribute__((always_inline)) static inline void qk8_accumulate(const float* q0, __mmask16 lm, KeyAt key,
                                                                           int at, const typename E::T* kn, int pf_at,
                                                                           int64_t ldk, __m512 (&acc)[16]) {
@@ -1074,7 +1106,10 @@ EMO_T512 __attribute__((always_inline)) static inline void qk8_accumulate(const 
     #pragma GCC unroll 8
     for (int t = 0; t < 8; ++t) {
       acc[at + t] = _mm512_fmadd_ps(a0, last ? E::maskz_load(lm, key(t) + 16 * c) : E::load(key(t) + 16 * c), acc[at + t]);
-      if (kn && (sizeof(T) == 4 || (c & 1) == 0))
+      if (LIN) {  // decode_wide_lin: the call's lines in address order, every LIN-th
+        if (kn && (8 * c + t) % LIN == 0)  // pf_at * NC: a multiple of 64
+          _mm_prefetch(reinterpret_cast<const char*>(kn) + 64 * (pf_at * NC + 8 * c + t), _MM_HINT_T2);
+      } else if (kn && (sizeof(T) == 4 || (c & 1) == 0))
         _mm_prefetch(reinterpret_cast<const char*>(kn + (pf_at + t) * ldk + 16 * c), _MM_HINT_T2);
     }
   }
@@ -1088,7 +1123,7 @@ EMO_T512 __attribute__((always_inline)) static inline void qk8_accumulate(const 
 // 2 / 3 row strides (base + index * scale operands, all in registers) with every chunk unrolled,
 // where the generic kernel's 16 row pointers did not fit in the registers (a reload from the stack
 // or a vmovq before most loads). attention_detail::decode_qk_wide.
-template <class E, int NR, int NC, bool H8 = false>
+template <class E, int NR, int NC, bool H8 = false, int LIN = 0>
 EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, const typename E::T* k, int64_t ldk,
                                               __mmask16 lm, __m512 vs, float* S0, float* S1,
                                               const typename E::T* kn = nullptr) {
@@ -1110,7 +1145,7 @@ EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, 
     for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
     #pragma GCC unroll 1
     for (int half = 0; half < 2; ++half)
-      qk8_accumulate<E, NC>(q0, lm, [&](int t) { return row(8 * half + t); }, 8 * half, kn, 8 * half, ldk, acc);
+      qk8_accumulate<E, NC, LIN>(q0, lm, [&](int t) { return row(8 * half + t); }, 8 * half, kn, 8 * half, ldk, acc);
     _mm512_storeu_ps(S0, _mm512_mul_ps(reduce16_512(acc), vs));
     return;
   }
@@ -1157,7 +1192,7 @@ EMO_T512 static inline void qk16_strided_tile(const float* q0, const float* q1, 
 // S[r * ldS + j] = scale * dot(qrows[r], k + j * ldk) for r < R <= 2, j < 16, 65 <= D <= 128.
 template <class E>
 EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const float* kf, int64_t ldk, int D,
-                                         float scale, float* S, int ldS, const float* knext) {
+                                         float scale, float* S, int ldS, const float* knext, int lin) {
   const typename E::T* k = reinterpret_cast<const typename E::T*>(kf);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
@@ -1167,6 +1202,19 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 #define EMO_QK16(NR, NC) qk16_strided_tile<E, NR, NC>(qrows[0], q1, k, ldk, lm, vs, S, S1)
   if (R == 1 && knext) {  // decode_wide_pf
     const typename E::T* kn = knext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(knext);
+    if (sizeof(typename E::T) == 4 && nc == 8 && kn && lin) {  // decode_wide_lin (the driver: f32, D 113-128)
+#define EMO_QK16L(L) qk16_strided_tile<E, 1, 8, true, L>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
+      switch (lin) {
+        case 1: EMO_QK16L(1); break;
+        case 2: EMO_QK16L(2); break;
+        case 4: EMO_QK16L(4); break;
+        case 8: EMO_QK16L(8); break;
+        case 16: EMO_QK16L(16); break;
+        default: EMO_QK16L(32); break;
+      }
+#undef EMO_QK16L
+      return;
+    }
 #define EMO_QK16H(NC) qk16_strided_tile<E, 1, NC, true>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
     switch (nc) {
       case 5: EMO_QK16H(5); break;
@@ -1198,7 +1246,7 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 // Kern::qk8 (decode_wide8): keys 8 * HALF .. + 7 of a 16-row sub-block, each in qk16_strided_tile's NR 1 accumulator
 // of the same index (the others zero: reduce16_512's lane i is a sum of a[i]'s lanes alone, the same tree for every
 // i), so each score is bit for bit qk16's; its 8 lanes stored.
-template <class E, int NC, int HALF>
+template <class E, int NC, int HALF, int LIN = 0>
 EMO_T512 static inline void qk8_tile(const float* q0, const typename E::T* k, int64_t ldk, __mmask16 lm, __m512 vs,
                                      float* S, const typename E::T* kn) {
   using T = typename E::T;
@@ -1206,17 +1254,31 @@ EMO_T512 static inline void qk8_tile(const float* q0, const typename E::T* k, in
   #pragma GCC unroll 16
   for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
   const T* kh = k + 8 * HALF * ldk;
-  qk8_accumulate<E, NC>(q0, lm, [&](int t) { return kh + t * ldk; }, 8 * HALF, kn, 0, ldk, acc);
+  qk8_accumulate<E, NC, LIN>(q0, lm, [&](int t) { return kh + t * ldk; }, 8 * HALF, kn, 0, ldk, acc);
   _mm512_mask_storeu_ps(S - 8 * HALF, __mmask16(0xFFu << (8 * HALF)), _mm512_mul_ps(reduce16_512(acc), vs));
 }
 template <class E>
 EMO_T512 static void qk8_avx512(const float* q, const float* kf, int64_t ldk, int D, float scale, float* S, int half,
-                                const float* knext) {
+                                const float* knext, int lin) {
   const typename E::T* k = reinterpret_cast<const typename E::T*>(kf);
   const typename E::T* kn = knext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(knext);
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
   const __m512 vs = _mm512_set1_ps(scale);
+  if (sizeof(typename E::T) == 4 && nc == 8 && kn && lin) {  // decode_wide_lin (the driver: f32, D 113-128)
+#define EMO_QK8L(L) \
+  (half ? qk8_tile<E, 8, 1, L>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, 8, 0, L>(q, k, ldk, lm, vs, S, kn))
+    switch (lin) {
+      case 1: EMO_QK8L(1); break;
+      case 2: EMO_QK8L(2); break;
+      case 4: EMO_QK8L(4); break;
+      case 8: EMO_QK8L(8); break;
+      case 16: EMO_QK8L(16); break;
+      default: EMO_QK8L(32); break;
+    }
+#undef EMO_QK8L
+    return;
+  }
 #define EMO_QK8(NC) \
   (half ? qk8_tile<E, NC, 1>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, NC, 0>(q, k, ldk, lm, vs, S, kn))
   switch (nc) {
@@ -2178,6 +2240,7 @@ struct DecodeItem {
   bool pv_chunks;              // pv2 by 16-float chunks across the token rows (decode_pv_chunks): read once here
   bool wide_pf;                // qk16 / pv2 8 rows at a time, the next sub-block prefetched (decode_wide_pf): read once here
   bool wide8;                  // the wide rows' sub-blocks of 8 rows (decode_wide8): read once here
+  int wide_lin;                // decode_wide_pf's lines in address order, every wide_lin-th (decode_wide_lin): read once here
 };
 
 
@@ -2219,6 +2282,11 @@ bool decode_wide_pf_applies(const AttentionParams& p) {
 }
 bool decode_wide8_applies(const AttentionParams& p) {
   return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p.kv_dtype);
+}
+bool decode_wide_lin_applies(const AttentionParams& p) {
+  const int64_t span = p.n_kv_heads * p.head_dim;
+  return decode_wide_pf_applies(p) && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span &&
+         (p.head_dim + 15) / 16 == 8 && decode_wide_lin() != 0;
 }
 bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
@@ -2290,6 +2358,7 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.pv_chunks = attention_detail::decode_pv_chunks();
   it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p.kv_dtype);
   it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p.kv_dtype);
+  it.wide_lin = attention_detail::decode_wide_lin();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
   return it;
@@ -2645,6 +2714,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // V one, after its last V one the next block's first K; wide_pf_none where the next is short or none): the
   // first row of that sub-block, or wide_pf_none / null (off).
   const bool wide_pf = use_qk16 && it.wide_pf;
+  // decode_wide_lin: wide_pf's prefetch (16-row sub-blocks and decode_wide8's halves) in address order, every
+  // wide_lin-th line (0: off); f32 rows back to back only, and the kernels take it with 8 chunks of 16 only
+  // (head_dim 113-128): attention_detail::decode_wide_lin_applies
+  const int wide_lin =
+      wide_pf && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span && Dp == 128 ? it.wide_lin : 0;
   // Token row s of V (is_v) or K.
   auto kv_token = [&](bool is_v, int64_t s) -> const float* {
     return is_v ? kv_row(it.v, p.v_blocks, p, s, p.ldv) : kv_row(it.k, p.k_blocks, p, s, p.ldk);
@@ -2662,6 +2736,14 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // null and wide_pf_none pass through.
   auto head_next = [&](const float* row, int64_t off) -> const float* {
     return row == nullptr || row == wide_pf_none ? row : kv_at(row, off, p);
+  };
+  // ... for kv head g's Q K^T call or pair g's P V call: with wide_lin the g-th 16 x D elements from the row
+  auto head_next16 = [&](const float* row, int64_t g) -> const float* {
+    return head_next(row, wide_lin ? g * 16 * D : g * D);
+  };
+  // ... decode_wide8's halves: the g-th 8 x D elements
+  auto head_next8 = [&](const float* row, int64_t g) -> const float* {
+    return head_next(row, wide_lin ? g * 8 * D : g * D);
   };
   // decode_wide8 (it.wide8; one query head per kv head, an even kv head count): a full 16-row sub-block as two
   // sub-blocks of 8 rows, every kv head's Q K^T (qk8) or P V pair (pv2 on 8 tokens) of rows 0-7, then of rows
@@ -2810,7 +2892,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           const float* kn8 = wide_next8(b0, b1, s0, false, half);
           for (int64_t g = 0; g < Hkv; ++g)
             kk.qk8(it.q + g * D, kv_at(kr, g * D, p), ldkr, D, it.scale, S + g * kBk + (s0 - b0) + 8 * half, half,
-                   head_next(kn8, g * D));
+                   head_next8(kn8, g), wide_lin);
         }
         continue;
       }
@@ -2820,7 +2902,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
         const float* kg = head_rows(kr, ldkr, g, ns, &ldg);
         if (use_qk16 && ns == 16) {
           for (int r = 0; r < G; ++r) qrows[r] = it.q + (g * G + r) * D;
-          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk, head_next(knx, g * D));
+          kk.qk16(qrows, int(G), kg, ldg, D, it.scale, S + g * G * kBk + (s0 - b0), kBk, head_next16(knx, g), wide_lin);
           continue;
         }
         for (int64_t h0 = 0; h0 < G; h0 += kMaxRows) {
@@ -2848,7 +2930,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
           const float* vn8 = wide_next8(b0, b1, s0, true, half);
           for (int64_t g = 0; g < Hkv; g += 2)
             kk.pv2(acc + g * Dp, Dp, s0 == b0 && half == 0 ? alpha + g : kOnes, S + g * kBk + (s0 - b0) + 8 * half,
-                   kBk, kv_at(vr, 8 * half * ldvr + g * D, p), ldvr, 8, D, it.pv_chunks, head_next(vn8, g * D));
+                   kBk, kv_at(vr, 8 * half * ldvr + g * D, p), ldvr, 8, D, it.pv_chunks, head_next8(vn8, g), wide_lin);
         }
         continue;
       }
@@ -2856,7 +2938,7 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
       if (use_pv2)
         for (; g0 + 2 <= Hkv; g0 += 2)
           kk.pv2(acc + g0 * Dp, Dp, s0 == b0 ? alpha + g0 : kOnes, S + g0 * kBk + (s0 - b0), kBk,
-                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks, head_next(vnx, g0 * D));
+                 kv_at(vr, g0 * D, p), ldvr, ns, D, it.pv_chunks, head_next16(vnx, g0), wide_lin);
       for (int64_t g = g0; g < Hkv; ++g) {
         int64_t ldg;
         const float* vg = head_rows(vr, ldvr, g, ns, &ldg);

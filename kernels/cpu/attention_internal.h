@@ -104,6 +104,17 @@ void set_decode_wide8(bool on);  // All / Off
 // decode_pv2_applies with an even kv head count and its mode taking the cache type.
 bool decode_wide_pf_applies(const AttentionParams& p);
 bool decode_wide8_applies(const AttentionParams& p);
+// decode_wide_pf's prefetch on an f32 cache whose token rows lie back to back (ldk = ldv = n_kv_heads * head_dim,
+// head_dim 113-128), on 16-row sub-blocks and on decode_wide8's halves: 0 its lines in the loads' order (the next
+// rows' same slice, 16 KiB apart, every line); N = 1 / 2 / 4 / 8 / 16 / 32: in address order instead (kv head g's
+// Q K^T call the next 16 / 8 rows' g-th 8 / 4 KiB, P V pair g0's call the g0-th; each call's lines front to back),
+// every N-th line (the hardware's stream prefetcher the rest). Default per CPU (decode_tuning.h attn_wide_lin: Zen 4
+// 8, with decode_wide_pf / decode_wide8 on every cache type). Prefetches only: the same bits (session 32).
+int decode_wide_lin();
+void set_decode_wide_lin(int every);  // 0, 1, 2, 4, 8, 16, 32 (another value > 0: 32)
+// Whether a decode call takes it (tests): decode_wide_pf_applies, an f32 cache, rows back to back, 8 chunks of 16
+// (head_dim 113-128) and decode_wide_lin() != 0.
+bool decode_wide_lin_applies(const AttentionParams& p);
 // Decode on AVX-512 with narrow token rows swept in place and several query heads per kv head
 // (the 1.1B's 32 / 4 heads x 64): the next 16-token sub-block's lines prefetched a few at a time
 // from inside this sub-block's Q K^T and P V loops (default), instead of each sub-block's lines

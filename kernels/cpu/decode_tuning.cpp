@@ -19,8 +19,9 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.attn_pipeline_l2 = true;
     t.attn_decode_lean = true;
     t.attn_pv_chunks = true;
-    t.attn_wide_pf = 1;  // attention_detail::DecodeWide::Half: f16 / bf16 caches
-    t.attn_wide8 = 1;
+    t.attn_wide_pf = 2;  // attention_detail::DecodeWide::All: f16 / bf16 (session 30), f32 (session 32) caches
+    t.attn_wide8 = 2;
+    t.attn_wide_lin = 8;  // f32: the prefetch in address order, every 8th line (session 32)
     t.q80_streams = 2;
     t.q80_prefetch = GemvPrefetch::None;
     t.q80_ahead = 4096;
@@ -51,6 +52,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   attention_detail::set_decode_pv_chunks(t.attn_pv_chunks);
   attention_detail::set_decode_wide_pf_mode(attention_detail::DecodeWide(t.attn_wide_pf));
   attention_detail::set_decode_wide8_mode(attention_detail::DecodeWide(t.attn_wide8));
+  attention_detail::set_decode_wide_lin(t.attn_wide_lin);
   set_q80_streams(t.q80_streams);
   set_q80_prefetch(t.q80_prefetch);
   set_q80_ahead(t.q80_ahead);

@@ -5,7 +5,7 @@
 // set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch; gemv_kquant_vnni.h
 // set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
-// set_decode_wide_pf_mode, set_decode_wide8_mode) for the tests
+// set_decode_wide_pf_mode, set_decode_wide8_mode, set_decode_wide_lin) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
 // read (software prefetch, streams a thread, the cache level of the attention's KV prefetch, the
 // order of the attention's loads) or how the same kernels are called (the attention's lean piece:
@@ -141,10 +141,25 @@ struct DecodeTuning {
   // before), bf16 both 1.48x (kv 512: 0.84x the read, 0.56x before); f16 the prefetch alone 1.12-1.35x, the 8 rows
   // alone 1.24-1.28x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
   // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031. f32 caches
-  // keep 16 rows without it: both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone 0.79-0.90x
+  // kept 16 rows without it (until session 32, below): both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone 0.79-0.90x
   // (the f32 model: within its A/A's noise). Zen 5 not measured: 0.
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
+  // Session 32 (h-attnf32): Zen 4 takes both on f32 caches too (attn_wide_pf / attn_wide8 = 2, DecodeWide::All),
+  // their prefetch there in address order, every attn_wide_lin-th line (attention_internal.h decode_wide_lin: each
+  // kv head's Q K^T call / P V pair's call the next 8 rows' g-th 4 KiB front to back, the hardware's stream
+  // prefetcher the rest; 0: the loads' order, every line). Same bits. attn_decode_threads' 7B shape (32 / 32 x 128,
+  // f32) cold in 2 MiB pages, 1 thread, thread CPU time, interleaved call by call, load 2.5-7 (NOT quiet), 16
+  // processes at each of kv 512 / 1024 / 2048 (bench/README's Zen 4 row of 23:19-23:50), against the 16-row order
+  // by median: 1.051 / 1.058 / 1.055 (per process 0.87-1.11), 0.76-0.78x a plain read of the bytes (the 16 rows
+  // 0.72-0.74x), short of issue 15's 0.85x; one prefetch a line (w8 pf) 0.95-0.96x, every 2nd 1.03-1.04x, every
+  // 16th about every 8th; the 16-row widepf 1.03-1.04x, its prefetch in address order every line 0.89-0.91x,
+  // every 2nd / 4th / 8th 0.98-1.03x. The 7B q4_0 decode at 1024 tokens of context (f32 cache),
+  // AB_SWITCH=attn_f32_w8lin, 1 thread CPU time: 0.976 / 1.054 by total (median rounds 1.015 / 1.026; rounds
+  // 0.78-1.23) against an A/A's 1.003 (1.011), then in a quieter window 1.018 (1.015; all 10 rounds 1.002-1.040)
+  // against an A/A right after of 1.005 (1.014; 0.967-1.036): at most the ~1% that 5% of attention's share of a
+  // step gives, not resolved from the noise. The 1.1B shape (GQA, narrow rows) does not take it. Zen 5 not measured: 0.
+  int attn_wide_lin = 0;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
   // (session 27, 1 thread, cold, thread CPU time, load 8-22, seven 1.1B / 7B shapes: the kernel

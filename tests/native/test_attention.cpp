@@ -1598,6 +1598,49 @@ TEST(attention_decode_wide8_same_bits) {
   attention_detail::set_decode_wide8_mode(was8);
 }
 
+// decode_wide_pf's prefetch in address order (attention_detail::decode_wide_lin: f32 rows back to back, head_dim
+// 113-128, each Q K^T / P V pair call the next sub-block's or 8-row half's lines front to back, every N-th) is
+// prefetches only: outputs and log-sum-exps bit for bit equal with it off, on the 16-row sub-blocks and on
+// decode_wide8's halves (both on every cache type here), N 1 / 8 / 32; taken on f32 x 128 (MHA 32 / 5 kv heads: an
+// odd count's last P V alone, 16 rows even with decode_wide8) and 8 x 120 (a tail chunk), not on x 100 (7 chunks), padded rows (a gap between them),
+// 2 query heads a kv head; f16 / bf16 run with it on and must match too (their prefetch keeps the loads' order);
+// lengths, layouts (contiguous, 16 / 64-token pages) and pools of expect_decode_switch_same_bits.
+namespace wide_lin_test {
+int every = 8;  // the N the switch sets
+bool on() { return attention_detail::decode_wide_lin() != 0; }
+void set(bool v) { attention_detail::set_decode_wide_lin(v ? every : 0); }
+}  // namespace wide_lin_test
+TEST(attention_decode_wide_lin_same_bits) {
+  const DecodeSwitch sw{"wide rows' prefetch in address order", attention_detail::decode_wide_lin_applies,
+                        wide_lin_test::on, wide_lin_test::set, 16, 8};
+  const attention_detail::DecodeWide was_pf = attention_detail::decode_wide_pf_mode(),
+                                     was8 = attention_detail::decode_wide8_mode();
+  const int was_lin = attention_detail::decode_wide_lin();
+  const bool was_chunks = attention_detail::decode_pv_chunks();
+  attention_detail::set_decode_pv_chunks(true);
+  attention_detail::set_decode_wide_pf(true);
+  uint64_t seed = 24100;
+  for (bool w8 : {false, true})
+    for (int n : {1, 8, 32}) {
+      attention_detail::set_decode_wide8(w8);
+      wide_lin_test::every = n;
+      wide_lin_test::set(true);  // the sweep checks applies with the switch as it finds it
+      expect_decode_switch_same_bits(sw,
+                                     {{32, 32, 128, 0, true},
+                                      {8, 8, 120, 0, true},
+                                      {5, 5, 128, 0, true},
+                                      {8, 8, 100, 0, false},
+                                      {8, 8, 128, 3, false},
+                                      {16, 8, 128, 0, false}},
+                                     seed);
+      seed += 1000;
+    }
+  attention_detail::set_decode_pv_chunks(was_chunks);
+  attention_detail::set_decode_wide_pf_mode(was_pf);
+  attention_detail::set_decode_wide8_mode(was8);
+  attention_detail::set_decode_wide_lin(was_lin);
+}
+
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
 // narrow rows swept in place, >= 4 query heads per kv head: the 1.1B's 32 / 4 x 64) is prefetches
 // only: outputs and log-sum-exps bit for bit equal with it off (each sub-block swept before its

@@ -3,8 +3,9 @@
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
 // pipelined prefetch into L2, its lean narrow-row piece, its P V pairs a chunk at a time across the
-// token rows and its wide-row sub-blocks on f16 / bf16 caches as two of 8 rows with the next 8
-// prefetched into L2 (attn_wide_pf / attn_wide8: DecodeWide::Half; Zen 5: Off), the q8_0 pass in
+// token rows and its wide-row sub-blocks on every cache type as two of 8 rows with the next 8
+// prefetched into L2 (attn_wide_pf / attn_wide8: DecodeWide::All; Zen 5: Off; f32's prefetch in address
+// order, every 8th line: attn_wide_lin 8), the q8_0 pass in
 // 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
 // on 6 streams a thread), that the process-wide settings start from the table's row for this CPU, and
@@ -16,7 +17,7 @@
 // test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
 // test_attention.cpp attention_decode_pipeline_l2_same_bits, attention_decode_lean_same_bits,
 // attention_decode_lean_large_partials_same_bits, attention_decode_pv_chunks_same_bits,
-// attention_decode_wide_pf_same_bits, attention_decode_wide8_same_bits).
+// attention_decode_wide_pf_same_bits, attention_decode_wide8_same_bits, attention_decode_wide_lin_same_bits).
 #include <cstdio>
 
 #include "base/cpu_features.h"
@@ -59,10 +60,12 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.attn_pipeline_l2);
   EXPECT(!a.attn_decode_lean && b.attn_decode_lean);
   EXPECT(!a.attn_pv_chunks && b.attn_pv_chunks);
-  // the 7B's wide-row sub-blocks: off on Zen 5, f16 / bf16 caches only on Zen 4
+  // the 7B's wide-row sub-blocks: off on Zen 5, every cache type on Zen 4 (f32's prefetch in address order,
+  // every 8th line)
   using attention_detail::DecodeWide;
   EXPECT(a.attn_wide_pf == int(DecodeWide::Off) && a.attn_wide8 == int(DecodeWide::Off));
-  EXPECT(b.attn_wide_pf == int(DecodeWide::Half) && b.attn_wide8 == int(DecodeWide::Half));
+  EXPECT(b.attn_wide_pf == int(DecodeWide::All) && b.attn_wide8 == int(DecodeWide::All));
+  EXPECT(a.attn_wide_lin == 0 && b.attn_wide_lin == 8);
   EXPECT(b.q80_streams == 2);
   EXPECT(a.q80_prefetch == GemvPrefetch::T0 && b.q80_prefetch == GemvPrefetch::None);
   EXPECT(a.q80_ahead == 1024 && b.q80_ahead == 4096);
@@ -84,6 +87,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += attention_detail::decode_pv_chunks() != t.attn_pv_chunks;
   n += int(attention_detail::decode_wide_pf_mode()) != t.attn_wide_pf;
   n += int(attention_detail::decode_wide8_mode()) != t.attn_wide8;
+  n += attention_detail::decode_wide_lin() != t.attn_wide_lin;
   n += gemm_detail::q80_streams() != t.q80_streams;
   n += gemm_detail::q80_prefetch() != t.q80_prefetch;
   n += gemm_detail::q80_ahead() != t.q80_ahead;
@@ -111,14 +115,14 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  // the entries the two rows differ in: 15 (stream, q4_0 prefetch and address order, K-quant streams
+  // the entries the two rows differ in: 16 (stream, q4_0 prefetch and address order, K-quant streams
   // and prefetch, block prefetch, half_long_streams, the q8_0 parts / prefetch / distance, the
-  // attention's L2 pipeline, lean piece, P V chunks, wide_pf and wide8; the q4_0 pass's distance is
-  // the same on both), 13 off x86-64 (no K-quant entries there)
+  // attention's L2 pipeline, lean piece, P V chunks, wide_pf, wide8 and wide_lin; the q4_0 pass's
+  // distance is the same on both), 14 off x86-64 (no K-quant entries there)
 #if defined(__x86_64__)
-  const int differing = 15;
+  const int differing = 16;
 #else
-  const int differing = 13;
+  const int differing = 14;
 #endif
   const int moved = settings_differing_from(t);
   gemm_detail::apply_decode_tuning(t);
