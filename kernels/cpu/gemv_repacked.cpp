@@ -136,6 +136,24 @@ void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed)
 bool q80_line17() { return g_q80_line17.load(std::memory_order_relaxed); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
+GemvM1Form gemv_m1_form(bool q8, const GemvM1Settings& s) {
+  GemvM1Form f;
+  if (!q8 && s.q40_ms) {
+    f.pass = GemvPass::Q40Streams, f.streams = 2, f.hint = s.q40_prefetch;
+    // the address-order form is built without software prefetch only (decode_tuning.h q40_addr_order)
+    f.addr_order = s.q40_addr_order && f.hint == GemvPrefetch::None;
+  } else if (q8 && s.q80_streams > 0) {
+    f.pass = GemvPass::Q80Parts, f.streams = std::min(s.q80_streams, 4), f.hint = s.q80_prefetch;
+    f.line17 = s.q80_line17 && f.hint != GemvPrefetch::None;
+  }
+  return f;
+}
+GemvM1Settings gemv_m1_settings() {
+  return GemvM1Settings{q40_ms(), q40_ms_prefetch(), q40_ms_addr_order(), q80_streams(), q80_prefetch(), q80_line17()};
+}
+GemvM1Settings gemv_m1_settings(const DecodeTuning& t) {
+  return GemvM1Settings{true, t.q40_prefetch, t.q40_addr_order, t.q80_streams, t.q80_prefetch, false};
+}
 namespace {
 EnvSwitch& ranges_flag() {
   static EnvSwitch on("EMOLLM_GEMV_RANGES");  // =0: guided chunks (whole-run A/B)
@@ -1088,13 +1106,15 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                    cold_start && g == g0);
       }
     };
+    // the pass's form from the settings, once a call (gemm_internal.h gemv_m1_form)
+    const gemm_detail::GemvM1Form form = gemm_detail::gemv_m1_form(q8, gemm_detail::gemv_m1_settings());
     // q4_0 on 4-group records (set_q40_ms, default on): the chunk's whole super-groups in 2
     // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
     // groups of a partial super-group by the passes below
-    if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {
-      const gemm_detail::GemvPrefetch pf = gemm_detail::q40_ms_prefetch();
+    if (form.pass == gemm_detail::GemvPass::Q40Streams && L.sg == kSuperGroup && g % kSuperGroup == 0) {
+      const gemm_detail::GemvPrefetch pf = form.hint;
       const size_t ahead = size_t(gemm_detail::q40_ms_ahead());
-      const bool addr = gemm_detail::q40_ms_addr_order();
+      const bool addr = form.addr_order;
       auto mpasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
@@ -1109,7 +1129,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                                                 bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
                                                                 N - gi * kGroup, cold_start && gi == g0, ahead, part);
             };
-            // the address-order form: without software prefetch only (q40_addr_order)
+            // the address-order form: without software prefetch only (gemv_m1_form; built for H < 0)
             if constexpr (H < 0) {
               if (addr) return run(std::true_type());
             }
@@ -1123,11 +1143,11 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     }
     // q8_0 on S streams (set_q80_streams > 0): the chunk's groups in S contiguous parts read side
     // by side (parts_q80_avx512), the groups left over by the passes below
-    const int q80s = q8 && L.sg == 1 ? gemm_detail::q80_streams() : 0;
+    const int q80s = form.pass == gemm_detail::GemvPass::Q80Parts && L.sg == 1 ? form.streams : 0;
     if (q80s > 0) {
-      const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
+      const gemm_detail::GemvPrefetch pf = form.hint;
       const size_t ahead = size_t(gemm_detail::q80_ahead());
-      const bool line17 = gemm_detail::q80_line17();
+      const bool line17 = form.line17;
       auto ppasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t part = (g1 - g) / SS;  // groups a part
