@@ -247,8 +247,8 @@ void set_q40_ms_prefetch(GemvPrefetch p);
 GemvPrefetch q40_ms_prefetch();
 // That pass's order of a record's loads where it runs without software prefetch (decode_tuning.h
 // q40_addr_order; gemv_repacked.cpp record_block_q40_addr): the record's lines in address order,
-// group by group (true), or line t of the 4 groups at a time (false). Same bits. For the tests and
-// A/B tools; process-wide.
+// group by group (true), or line t of the 4 groups at a time (false); read through gemv_m1_form
+// below. Same bits. For the tests and A/B tools; process-wide.
 void set_q40_ms_addr_order(bool on);
 bool q40_ms_addr_order();
 // How far ahead that prefetch reads along each stream (bytes, a multiple of 64 in [64, 16384];
