@@ -136,6 +136,24 @@ void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed)
 bool q80_line17() { return g_q80_line17.load(std::memory_order_relaxed); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
 bool q40_ms() { return g_q40_ms.load(std::memory_order_relaxed); }
+GemvM1Form gemv_m1_form(bool q8, const GemvM1Settings& s) {
+  GemvM1Form f;
+  if (!q8 && s.q40_ms) {
+    f.pass = GemvPass::Q40Streams, f.streams = 2, f.hint = s.q40_prefetch;
+    // the address-order form is built without software prefetch only (decode_tuning.h q40_addr_order)
+    f.addr_order = s.q40_addr_order && f.hint == GemvPrefetch::None;
+  } else if (q8 && s.q80_streams > 0) {
+    f.pass = GemvPass::Q80Parts, f.streams = std::min(s.q80_streams, 4), f.hint = s.q80_prefetch;
+    f.line17 = s.q80_line17 && f.hint != GemvPrefetch::None;
+  }
+  return f;
+}
+GemvM1Settings gemv_m1_settings() {
+  return GemvM1Settings{q40_ms(), q40_ms_prefetch(), q40_ms_addr_order(), q80_streams(), q80_prefetch(), q80_line17()};
+}
+GemvM1Settings gemv_m1_settings(const DecodeTuning& t) {
+  return GemvM1Settings{true, t.q40_prefetch, t.q40_addr_order, t.q80_streams, t.q80_prefetch, false};
+}
 namespace {
 EnvSwitch& ranges_flag() {
   static EnvSwitch on("EMOLLM_GEMV_RANGES");  // =0: guided chunks (whole-run A/B)
@@ -236,6 +254,48 @@ inline int32_t ld32(const int8_t* p) {
   return v;
 }
 
+// The q4_0 step's two pieces, shared by block_step's q4_0 branch (t-major: line t of the NG
+// groups, then t + 1) and record_block_q40_addr (address order: group by group), so the two orders
+// run the same operations on each value by construction (the same bits). Session 32 (h-q4fold)
+// folded them here; objdump of every ms_q40_avx512 / groups_avx512 / parts_q80_avx512 /
+// group_tile_avx512 / panel_groups_avx512 instantiation: the same instructions in the same order
+// as the two copies before, but groups_avx512<*, 1>'s two f32 accumulators in swapped registers.
+// Two spellings that changed the code: the chains passed by reference (q40_line(a[j], c[j], ...):
+// groups_avx512<false, 1> +8 instructions, its tail block spilling; scratch N = 16 rows, which run
+// that pass alone, 0.96-0.985x by median, 1 thread thread CPU time) and the scale product passed
+// as a value computed before the sum (the scale loads move ahead of the sum in groups_avx512<false,
+// 4 / 2> and the t-major ms_q40_avx512).
+//
+// One q4_0 quant line at p against x's quads xl (low nibbles) / xh (high ones): the line loaded
+// once for both operands (left to itself GCC folds the load into both and reads twice), its low
+// nibbles' dpbusd into chain a, its high nibbles (16 x the nibble, left in place) into chain c.
+struct Q40Chains {
+  __m512i a, c;
+};
+__attribute__((always_inline)) EMO_TRP inline Q40Chains q40_line(Q40Chains ch, const uint8_t* p, __m512i xl, __m512i xh,
+                                                                 __m512i m0f) {
+  __m512i v = _mm512_loadu_si512(p);
+  __asm__("" : "+v"(v));
+  return {_mm512_dpbusd_epi32(ch.a, _mm512_and_si512(v, m0f), xl), _mm512_dpbusd_epi32(ch.c, _mm512_andnot_si512(m0f, v), xh)};
+}
+// A group's close after its block: the exact int32 block sum (q4_0: a + (c >> 4), the high chain
+// shifted back once; q8_0: a + c), cvt, times fp16(d_w) * d_x, FMA'd into f. sc: that product, or
+// a callable that computes it after the sum (block_step: its scale loads stay after the sum).
+template <bool Q8, class Scale>
+__attribute__((always_inline)) EMO_TRP inline __m512 group_close(__m512i a, __m512i c, Scale sc, __m512 f) {
+  const __m512i sum = _mm512_add_epi32(a, Q8 ? c : _mm512_srai_epi32(c, 4));
+  if constexpr (std::is_invocable_v<Scale>) {
+    const __m512 s = sc();
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, f);
+  } else {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sc, f);
+  }
+}
+// fp16(d_w) * d_x for the group's 16 scales at p.
+__attribute__((always_inline)) EMO_TRP inline __m512 group_scale(const uint8_t* p, __m512 d) {
+  return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), d);
+}
+
 // One block of NG consecutive groups: per group the exact int32 block sum of its 16 rows, times
 // fp16(d_w) * d_x, FMA'd into f[j]. x bytes 4t..4t+3 are broadcast to every lane and, with d_x and
 // -off * sum(x_b), shared by the NG groups. The weights are made unsigned for vpdpbusd and the
@@ -282,21 +342,16 @@ __attribute__((always_inline)) EMO_TRP inline void block_step(const int8_t* xb, 
       const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
 #pragma GCC unroll 4
       for (int j = 0; j < NG; ++j) {
-        __m512i v = _mm512_loadu_si512(quant(j, t));
-        // one load for both operands (left to itself GCC folds the load into both and reads twice)
-        __asm__("" : "+v"(v));
-        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_and_si512(v, m0f), xl);
-        c[j] = _mm512_dpbusd_epi32(c[j], _mm512_andnot_si512(m0f, v), xh);
+        const Q40Chains ch = q40_line({a[j], c[j]}, quant(j, t), xl, xh, m0f);  // by value (see q40_line)
+        a[j] = ch.a, c[j] = ch.c;
       }
     }
   }
   const __m512 d = _mm512_set1_ps(dx);
 #pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j) {
-    const __m512i sum = _mm512_add_epi32(a[j], Q8 ? c[j] : _mm512_srai_epi32(c[j], 4));
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale(j))));
-    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, d), f[j]);
-  }
+  for (int j = 0; j < NG; ++j)
+    f[j] = group_close<Q8>(
+        a[j], c[j], [&]() EMO_TRP __attribute__((always_inline)) { return group_scale(scale(j), d); }, f[j]);
 }
 
 // block_step on NG consecutive groups of a pass: gs[j] / gq[j]: group j's scales / quants of
@@ -410,7 +465,8 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
 // group by group its 4 quant lines (t = 0..3) into its two int32 chains, and its sum into f[j];
 // block_step's q4_0 order is t-major (line t of groups 0..3, then t + 1: strides of 256 bytes back
 // and forth across the record, the scales last). The same operations on each value in the same
-// order (the chains, the int32 sum, cvt, dw * d, the FMA): the same bits. x's 8 broadcasts are
+// order (the chains, the int32 sum, cvt, dw * d, the FMA; block_step's own pieces q40_line,
+// group_close and group_scale): the same bits. x's 8 broadcasts are
 // shared as before (GCC hoists them; objdump: 119 instructions a record, as the t-major form).
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_addr(const int8_t* xb, float dx, int32_t neg,
                                                                          const uint8_t* r, __m512 (&f)[kSuperGroup]) {
@@ -420,20 +476,15 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_addr(const i
   const __m512 d = _mm512_set1_ps(dx);
   __m512 sc[NG];
 #pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j)
-    sc[j] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 2 * kGroup * j))), d);
+  for (int j = 0; j < NG; ++j) sc[j] = group_scale(r + 2 * kGroup * j, d);
 #pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
-    __m512i a = n, c = _mm512_setzero_si512();
+    Q40Chains ch{n, _mm512_setzero_si512()};
 #pragma GCC unroll 4
-    for (int t = 0; t < 4; ++t) {
-      const __m512i xl = _mm512_set1_epi32(ld32(xb + 4 * t)), xh = _mm512_set1_epi32(ld32(xb + 16 + 4 * t));
-      __m512i v = _mm512_loadu_si512(r + 2 * kGroup * NG + 256 * j + 64 * t);
-      __asm__("" : "+v"(v));  // one load for both operands (block_step)
-      a = _mm512_dpbusd_epi32(a, _mm512_and_si512(v, m0f), xl);
-      c = _mm512_dpbusd_epi32(c, _mm512_andnot_si512(m0f, v), xh);
-    }
-    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, _mm512_srai_epi32(c, 4))), sc[j], f[j]);
+    for (int t = 0; t < 4; ++t)
+      ch = q40_line(ch, r + 2 * kGroup * NG + 256 * j + 64 * t, _mm512_set1_epi32(ld32(xb + 4 * t)),
+                    _mm512_set1_epi32(ld32(xb + 16 + 4 * t)), m0f);
+    f[j] = group_close<false>(ch.a, ch.c, sc[j], f[j]);
   }
 }
 
@@ -1077,13 +1128,15 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                    cold_start && g == g0);
       }
     };
+    // the pass's form from the settings, once a call (gemm_internal.h gemv_m1_form)
+    const gemm_detail::GemvM1Form form = gemm_detail::gemv_m1_form(q8, gemm_detail::gemv_m1_settings());
     // q4_0 on 4-group records (set_q40_ms, default on): the chunk's whole super-groups in 2
     // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
     // groups of a partial super-group by the passes below
-    if (!q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && g % kSuperGroup == 0) {
-      const gemm_detail::GemvPrefetch pf = gemm_detail::q40_ms_prefetch();
+    if (form.pass == gemm_detail::GemvPass::Q40Streams && L.sg == kSuperGroup && g % kSuperGroup == 0) {
+      const gemm_detail::GemvPrefetch pf = form.hint;
       const size_t ahead = size_t(gemm_detail::q40_ms_ahead());
-      const bool addr = gemm_detail::q40_ms_addr_order();
+      const bool addr = form.addr_order;
       auto mpasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t per = (g1 - g) / kSuperGroup / SS;  // super-groups a part
@@ -1098,7 +1151,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                                                 bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
                                                                 N - gi * kGroup, cold_start && gi == g0, ahead, part);
             };
-            // the address-order form: without software prefetch only (q40_addr_order)
+            // the address-order form: without software prefetch only (gemv_m1_form; built for H < 0)
             if constexpr (H < 0) {
               if (addr) return run(std::true_type());
             }
@@ -1112,11 +1165,11 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
     }
     // q8_0 on S streams (set_q80_streams > 0): the chunk's groups in S contiguous parts read side
     // by side (parts_q80_avx512), the groups left over by the passes below
-    const int q80s = q8 && L.sg == 1 ? gemm_detail::q80_streams() : 0;
+    const int q80s = form.pass == gemm_detail::GemvPass::Q80Parts && L.sg == 1 ? form.streams : 0;
     if (q80s > 0) {
-      const gemm_detail::GemvPrefetch pf = gemm_detail::q80_prefetch();
+      const gemm_detail::GemvPrefetch pf = form.hint;
       const size_t ahead = size_t(gemm_detail::q80_ahead());
-      const bool line17 = gemm_detail::q80_line17();
+      const bool line17 = form.line17;
       auto ppasses = [&](auto sc) {
         constexpr int SS = decltype(sc)::value;
         const int64_t part = (g1 - g) / SS;  // groups a part

@@ -130,3 +130,69 @@ TEST(decode_tuning_settings_start_from_the_table) {
   EXPECT(moved == differing);
   EXPECT(settings_differing_from(t) == 0);
 }
+
+// gemv_repacked's M = 1 form (gemm_internal.h gemv_m1_form, what repacked_groups dispatches on)
+// from each CPU's row: Zen 4 q4_0 on two streams without software prefetch, a record's loads in
+// address order, q8_0 in 2 parts without prefetch; Zen 5 q4_0 t-major with T0 along the streams,
+// q8_0 in 4 parts with T0. set_q40_ms_addr_order(false) or any prefetch hint gives t-major; the
+// 17th q8_0 prefetch only with a hint; the process-wide settings lead where their setters say.
+TEST(decode_tuning_gemv_m1_forms) {
+  using namespace gemm_detail;
+  CpuFeatures zen5, zen4;
+  zen5.avx512f = zen4.avx512f = true;
+  zen4.avx512_double_pumped = true;
+  const GemvM1Settings s5 = gemv_m1_settings(decode_tuning_for(zen5)), s4 = gemv_m1_settings(decode_tuning_for(zen4));
+  auto form = [](GemvPass pass, int streams, GemvPrefetch hint, bool addr, bool line17) {
+    GemvM1Form f;
+    f.pass = pass, f.streams = streams, f.hint = hint, f.addr_order = addr, f.line17 = line17;
+    return f;
+  };
+  EXPECT(gemv_m1_form(false, s4) == form(GemvPass::Q40Streams, 2, GemvPrefetch::None, true, false));
+  EXPECT(gemv_m1_form(true, s4) == form(GemvPass::Q80Parts, 2, GemvPrefetch::None, false, false));
+  EXPECT(gemv_m1_form(false, s5) == form(GemvPass::Q40Streams, 2, GemvPrefetch::T0, false, false));
+  EXPECT(gemv_m1_form(true, s5) == form(GemvPass::Q80Parts, 4, GemvPrefetch::T0, false, false));
+  // the address order: off by its setting, off under every prefetch hint
+  GemvM1Settings s = s4;
+  s.q40_addr_order = false;
+  EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, GemvPrefetch::None, false, false));
+  for (GemvPrefetch p : {GemvPrefetch::T0, GemvPrefetch::T1, GemvPrefetch::Nta}) {
+    s = s4;
+    s.q40_prefetch = p;
+    EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, p, false, false));
+  }
+  s = s5;
+  s.q40_addr_order = true;  // Zen 5's T0 with the entry on: still t-major
+  EXPECT(!gemv_m1_form(false, s).addr_order);
+  s.q40_prefetch = GemvPrefetch::None;
+  EXPECT(gemv_m1_form(false, s).addr_order);
+  // the passes of adjacent groups: q40_ms off, q80_streams 0
+  s = s4;
+  s.q40_ms = false, s.q80_streams = 0;
+  EXPECT(gemv_m1_form(false, s) == GemvM1Form{});
+  EXPECT(gemv_m1_form(true, s) == GemvM1Form{});
+  EXPECT(GemvM1Form{}.pass == GemvPass::Groups);
+  // the 17th q8_0 prefetch: with a hint only
+  s = s5;
+  s.q80_line17 = true;
+  EXPECT(gemv_m1_form(true, s).line17);
+  s = s4;
+  s.q80_line17 = true;
+  EXPECT(!gemv_m1_form(true, s).line17);
+  // the process-wide settings: this CPU's row at start, then what the setters store (restored after)
+  EXPECT(gemv_m1_form(false, gemv_m1_settings()) == gemv_m1_form(false, gemv_m1_settings(decode_tuning())));
+  EXPECT(gemv_m1_form(true, gemv_m1_settings()) == gemv_m1_form(true, gemv_m1_settings(decode_tuning())));
+  const GemvPrefetch p0 = q40_ms_prefetch();
+  const bool a0 = q40_ms_addr_order();
+  set_q40_ms_prefetch(GemvPrefetch::None);
+  set_q40_ms_addr_order(true);
+  const bool on = gemv_m1_form(false, gemv_m1_settings()).addr_order;
+  set_q40_ms_addr_order(false);
+  const bool off = gemv_m1_form(false, gemv_m1_settings()).addr_order;
+  set_q40_ms_addr_order(true);
+  set_q40_ms_prefetch(GemvPrefetch::T1);
+  const GemvM1Form t1 = gemv_m1_form(false, gemv_m1_settings());
+  set_q40_ms_prefetch(p0);
+  set_q40_ms_addr_order(a0);
+  EXPECT(on && !off);
+  EXPECT(t1 == form(GemvPass::Q40Streams, 2, GemvPrefetch::T1, false, false));
+}

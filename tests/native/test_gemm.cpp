@@ -2364,9 +2364,10 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   // double-pumped AVX-512) and some distances: prefetches only, the same bits; without prefetch a
   // record's loads in t-major and in address order (set_q40_ms_addr_order: record_block_q40_addr,
   // the same operations in another order), and with T0 the address-order setting on. Equal bits
-  // cannot show which order ran: the dispatch takes record_block_q40_addr only where the pass runs
-  // without software prefetch (T0 + addr runs block_step's order), and q40_read_patterns' rows
-  // gemv-addr / gemv-tmajor time the two orders
+  // cannot show which order ran: the dispatch runs the form gemm_detail::gemv_m1_form names
+  // (record_block_q40_addr only without software prefetch: T0 + addr runs block_step's order),
+  // whose choice per setting and per CPU row test_decode_tuning.cpp decode_tuning_gemv_m1_forms
+  // checks; q40_read_patterns' rows gemv-addr / gemv-tmajor time the two orders
   using P = gemm_detail::GemvPrefetch;
   const struct {
     P p;
