@@ -191,6 +191,18 @@ struct DecodeTuning {
   // (spills) 0.73-1.09x, 5 streams 0.94-1.12x; x prefetched T0 512 B / 1 KiB / 2 KiB ahead
   // 0.78-0.97x. Zen 5 not measured (48 KiB L1): keeps 4.
   int half_long_streams = 4;
+  // Those 6-stream rows (K >= 4096) walked in runs of two 128-byte steps of a row (its 4 lines in
+  // address order), x's 128 columns in 8 registers for the 6 rows (gemm_avx512.cpp
+  // gemv_streams_runs; only without stream prefetch): 0 = never, 1 = f16 rows, 2 = bf16 and f16.
+  // Same bits (each row's FMAs in the same order). Zen 4: 1 (session 32, h-half;
+  // half_read_patterns, 1 thread, thread CPU time, cold 2 MiB-page copies, interleaved call by
+  // call, load 3-5, 10 processes x 40-80 rounds at 2048 x 5632, 12288 x 4096, 4096 x 4096,
+  // 22016 x 4096, 4096 x 11008, median over the processes of each one's median ratio): f16 1.04-1.09x
+  // the one-step walk (an A/A of the same code 0.97-1.00x), bf16 0.98-1.03x (not taken); both still
+  // 1.14-1.25x behind a plain 6-stream read without prefetch (read-6-nopf: the kernel's loads
+  // alone); other walks 0.76-1.08x (x reloaded a row, runs of 4-8 steps, 3-5 streams).
+  // Zen 5 not measured: 0.
+  int half_long_runs = 0;
 };
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f);
