@@ -27,7 +27,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     // q40_ahead: as the full-width row (4 KiB)
     t.block_prefetch = GemvPrefetch::None;
     t.half_long_streams = 6;
-    t.half_long_runs = 1;  // f16
+    t.half_long_runs = 2;  // bf16 and f16
   }
   return t;
 }

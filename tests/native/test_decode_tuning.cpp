@@ -7,7 +7,7 @@
 // prefetched into L2 (attn_wide_pf / attn_wide8: DecodeWide::Half; Zen 5: Off), the q8_0 pass in
 // 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
-// on 6 streams a thread, f16's in runs of two steps a row), that the process-wide settings start from the table's row for this CPU, and
+// on 6 streams a thread in runs of two steps a row), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch distance, the same on
 // both rows, too). That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
@@ -71,7 +71,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
   EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
-  EXPECT(a.half_long_runs == 0 && b.half_long_runs == 1);  // the 6-stream rows' two-step runs: f16 on Zen 4
+  EXPECT(a.half_long_runs == 0 && b.half_long_runs == 2);  // the 6-stream rows' two-step runs: bf16 and f16 on Zen 4
   // the q4_0 pass's prefetch distance: the same on both rows (4 KiB)
   EXPECT(a.q40_ahead == 4096 && b.q40_ahead == 4096);
 }
