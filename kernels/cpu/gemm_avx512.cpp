@@ -713,7 +713,7 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 // gemv_stream. Zen 4 (session 32, h-half; half_read_patterns, 1 thread, thread CPU time, cold
 // 2 MiB-page copies, interleaved call by call; median over the processes of each one's median
 // ratio at 2048 x 5632, 12288 x 4096, 4096 x 4096, 22016 x 4096, 4096 x 11008) against
-// gemv_streams<6>: S = 6, R = 2 f16 1.08-1.12x, bf16 1.025-1.087x (1.06-1.09x / 0.99-1.05x built
+// gemv_streams<6>: S = 6, R = 2 f16 1.07-1.11x, bf16 1.025-1.084x (1.06-1.09x / 0.98-1.02x built
 // beside scratch forms); x reloaded for each row (FMA memory operands, no spills) at R = 2 / 4 / 8
 // bf16 0.74-1.01x, f16 0.76-1.06x; R = 4 (more spills) bf16 0.81-0.88x; S = 5 / 4 / 3 with x in
 // registers 0.81-1.04x. The default on Zen 4 (decode_tuning.h half_long_runs).
