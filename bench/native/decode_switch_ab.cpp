@@ -8,7 +8,8 @@
 // t-major (off; decode_tuning.h q40_addr_order);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; half_long6: the bf16 / f16 stream
-// kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; q80_parts / q80_parts1 / q80_parts3 /
+// kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; half_runs: those 6-stream rows in runs of
+// two steps a row with x in registers (bf16 and f16, on) against one step of each stream in turn; q80_parts / q80_parts1 / q80_parts3 /
 // q80_parts4 / q80_default / q80_nopf / q80_t1 / q80_t0 / q80_line17: the q8_0 M = 1 pass (below);
 // decode_tuning: kernels/cpu/decode_tuning.h's double-pumped AVX-512 row (on) against its Zen 5 row;
 // qk_wide: the decode attention's qk16; attn_l2: its pipelined prefetch into L2 (on) against L1; attn_lean: its narrow rows' lean piece (set_decode_lean);
@@ -259,6 +260,14 @@ const AbSwitch kSwitches[] = {
     {"block_nopf", [](bool on) { gemm_detail::set_gemv_block_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},
     // the bf16 / f16 stream kernels' rows of K >= 4096 on 6 streams a thread (on) against 4 (set_gemv_half_long_streams)
     {"half_long6", [](bool on) { gemm_detail::set_gemv_half_long_streams(on ? 6 : 4); }},
+    // those 6-stream rows (6 streams on both sides) in runs of two steps a row, x's 128 columns in
+    // registers, for bf16 and f16 (on: set_gemv_half_long_runs 2) against one step of each stream in
+    // turn (0); no stream prefetch on both sides (the runs' condition)
+    {"half_runs", [](bool on) {
+       gemm_detail::set_gemv_half_long_streams(6);
+       gemm_detail::set_gemv_streams_prefetch(gemm_detail::GemvPrefetch::None);
+       gemm_detail::set_gemv_half_long_runs(on ? 2 : 0);
+     }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     // that pass's prefetch 4 KiB ahead for both types (on: two streams' distance before session 27)

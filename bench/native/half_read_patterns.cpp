@@ -9,6 +9,9 @@
 //   gemv-t0 / -nta / -none  the same with set_gemv_streams_prefetch T0 / NTA / none (same bits: checked)
 //   gemv-s4 / -s6    the same with set_gemv_half_long_streams 4 / 6 (streams a thread for K >= 4096;
 //                    at shorter K both are the 4-stream kernel; same bits: checked)
+//   gemv-runs / -steps  the same with set_gemv_half_long_runs 2 / 0: the 6-stream rows (K >= 4096)
+//                    in runs of two steps a row with x's 128 columns in registers, or one step of each
+//                    stream in turn (Zen 4's default: runs; same bits: checked)
 //   block / block-none  bf16: gemm() at M = 1 with Args::huge_pages off, the 8-row block GEMV
 //                    (bf16_gemv_block: the path of weights without a 2 MiB-page copy) with this CPU's
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)
@@ -25,6 +28,11 @@
 //                    (rm); rm0-s4 / rm0-s6: the scratch in today's order (the control)
 //   read-4           bench_kernels' read probe loop: 4 streams, 128 bytes a step, T0 1 KiB ahead
 //   read-4-nopf      the same without prefetch: the kernel's read pattern without its arithmetic
+//   read-2-nopf / read-6-nopf  2 / 6 streams, 128 bytes a step, no prefetch (read-6-nopf: the
+//                    loads of the 6-stream kernel at K >= 4096 without x and arithmetic)
+//   rm0-s6 / rm0-s6-x8k  (1 thread) the scratch below in today's 6-stream order, and the same with
+//                    x's loads wrapped to its first 2048 columns (8 KiB, L1-resident; not the bits):
+//                    what x's reads beyond L1 cost at K >= 4096
 //   part-int / part-fma / part-both  bf16: scratch parts of the kernel's loop (bf16_parts below):
 //                    the shift / mask alone, the FMAs with x alone, both (the kernel's work)
 // Each thread reads its contiguous share of the rows (the GEMV: its own dispatch). Copies: 2 MiB
@@ -147,7 +155,7 @@ __attribute__((target("avx512f"))) uint64_t read_chunked(const uint8_t* W, size_
 // not bf16_reorder_x's order; no tail: K a multiple of 64 here): a read-rate model only.
 template <DType DT, int S, bool ChunkMajor>
 __attribute__((target("avx512f,f16c"))) uint64_t scratch_chunked(const uint8_t* W, size_t bytes, size_t rb, const float* x,
-                                                                 int64_t C, int64_t P) {
+                                                                 int64_t C, int64_t P, int64_t xmask = -1) {
   constexpr int kMaxPanel = 16;
   alignas(64) float buf[kMaxPanel][S][4][16];
   const int64_t rows = int64_t(bytes / rb), len = rows / S, K64 = int64_t(rb / 2) / 64 * 64;
@@ -169,8 +177,9 @@ __attribute__((target("avx512f,f16c"))) uint64_t scratch_chunked(const uint8_t* 
           for (int j = 0; j < 4; ++j) s[q][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(buf[i - i0][q][j]);
         }
         for (int64_t k = c0; k < c1; k += 64) {
-          const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-          const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
+          const float* xk = x + (k & xmask);
+          const __m512 x0 = _mm512_loadu_ps(xk), x1 = _mm512_loadu_ps(xk + 16);
+          const __m512 x2 = _mm512_loadu_ps(xk + 32), x3 = _mm512_loadu_ps(xk + 48);
 #pragma GCC unroll 8
           for (int q = 0; q < S; ++q) {
             const uint8_t* p = row[q] + 2 * k;
@@ -276,6 +285,16 @@ int main(int argc, char** argv) {
       check();
     };
   };
+  // the two-step runs of the 6-stream rows (set_gemv_half_long_runs: 2 = bf16 and f16, 0 = off)
+  const int r_def = gemm_detail::gemv_half_long_runs();
+  auto gemv_runs = [&](int runs) {
+    return [&, runs](const uint8_t* W) {
+      gemm_detail::set_gemv_half_long_runs(runs);
+      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_detail::set_gemv_half_long_runs(r_def);
+      check();
+    };
+  };
   auto block = [&](GemvPrefetch pf) {
     return [&, pf](const uint8_t* W) {
       gemm_detail::set_gemv_block_prefetch(pf);
@@ -290,6 +309,10 @@ int main(int argc, char** argv) {
       {"gemv-none", gemv(GemvPrefetch::None), {}},
       {"gemv-s4", gemv_streams(4), {}},
       {"gemv-s6", gemv_streams(6), {}},
+      {"gemv-runs", gemv_runs(2), {}},
+      {"gemv-steps", gemv_runs(0), {}},
+      {"read-2-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 128, 0); }, W); }, {}},
+      {"read-6-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<6>(p, n, 128, 0); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},
       {"read-4-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 0); }, W); }, {}},
   };
@@ -343,13 +366,23 @@ int main(int argc, char** argv) {
       }, W);
     };
   };
+  // scratch: today's order (rm0-s6) with x's loads wrapped to its first 2048 columns (8 KiB: L1-resident;
+  // not the bits): what x's reads from L2 cost at K >= 4096
+  if (a.threads == 1) {
+    rows.push_back({"rm0-s6", scratch(6, false, 1 << 30, 1, nullptr), {}});
+    rows.push_back({"rm0-s6-x8k", [&](const uint8_t* W) {
+                      share([&](const uint8_t* p, size_t n) {
+                        return t == DType::BF16 ? scratch_chunked<DType::BF16, 6, false>(p, n, rb, x.data(), 1 << 30, 1, 2047)
+                                                : scratch_chunked<DType::F16, 6, false>(p, n, rb, x.data(), 1 << 30, 1, 2047);
+                      }, W);
+                    }, {}});
+  }
   if (const char* env = std::getenv("RP_REPACK")) {
     if (a.threads != 1) {
       std::fprintf(stderr, "RP_REPACK: 1 thread only (the chunk-major copy is laid out over all rows)\n");
       return 2;
     }
     rows.push_back({"rm0-s4", scratch(4, false, 1 << 30, 1, nullptr), {}});
-    rows.push_back({"rm0-s6", scratch(6, false, 1 << 30, 1, nullptr), {}});
     for (const char* p = env; *p;) {
       char* end = nullptr;
       const int64_t C = std::strtol(p, &end, 10) / 64 * 64;

@@ -28,6 +28,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     // q40_ahead: as the full-width row (4 KiB)
     t.block_prefetch = GemvPrefetch::None;
     t.half_long_streams = 6;
+    t.half_long_runs = 2;  // bf16 and f16
   }
   return t;
 }
@@ -58,6 +59,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_q80_ahead(t.q80_ahead);
   set_gemv_block_prefetch(t.block_prefetch);
   set_gemv_half_long_streams(t.half_long_streams);
+  set_gemv_half_long_runs(t.half_long_runs);
 }
 
 }  // namespace gemm_detail

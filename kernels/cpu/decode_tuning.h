@@ -206,6 +206,25 @@ struct DecodeTuning {
   // (spills) 0.73-1.09x, 5 streams 0.94-1.12x; x prefetched T0 512 B / 1 KiB / 2 KiB ahead
   // 0.78-0.97x. Zen 5 not measured (48 KiB L1): keeps 4.
   int half_long_streams = 4;
+  // Those 6-stream rows (K >= 4096) walked in runs of two 128-byte steps of a row (its 4 lines in
+  // address order), x's 128 columns in 8 registers for the 6 rows (gemm_avx512.cpp
+  // gemv_streams_runs; only without stream prefetch): 0 = never, 1 = f16 rows, 2 = bf16 and f16.
+  // Same bits (each row's FMAs in the same order). Zen 4: 2 (session 32, h-half; half_read_patterns
+  // rows gemv-runs / gemv-steps, 1 thread, thread CPU time, cold 2 MiB-page copies, interleaved
+  // call by call, load 1.5-7.3, at 2048 x 5632, 12288 x 4096, 4096 x 4096, 22016 x 4096, 4096 x
+  // 11008, median over the processes of each one's median ratio), the code as committed: f16
+  // 1.07-1.11x the one-step walk (7 processes x 50-60 rounds), bf16 1.025-1.084x (11 processes,
+  // every process >= 0.98; A/A 0.995-1.003x); the same loop built beside scratch forms, earlier:
+  // f16 1.06-1.09x, bf16 0.98-1.02x (13 processes). Both still 1.09-1.19x behind a plain 6-stream
+  // read without prefetch (read-6-nopf: the kernel's weight loads alone; read-2-nopf 1.03-1.13x,
+  // read-4-nopf 0.96-1.16x): x (16-44 KiB of f32) read from L2 each row group is most of that (a
+  // scratch of the one-step loop with x wrapped to 8 KiB, L1-resident, not the bits: 1.11-1.17x the
+  // same loop with x whole; read-6-nopf 1.14-1.26x it). Other walks 0.74-1.06x (x reloaded a row,
+  // runs of 4-8 steps, 3-5 streams). The 1.1B decode changes only its down projection (2048 x 5632,
+  // a quarter of the bytes): at 1 thread (decode_switch_ab AB_SWITCH=half_runs, AB_CPU=1, 10 x 16
+  // tokens) on / off by total f16 0.988 / 1.096 / 1.026 / 1.023 (A/As 0.977 / 0.996), bf16 0.974 /
+  // 0.983 / 1.028 (A/A 1.007): within the noise. Zen 5 not measured: 0.
+  int half_long_runs = 0;
 };
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f);

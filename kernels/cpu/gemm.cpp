@@ -155,6 +155,8 @@ void set_gemv_streams_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::st
 GemvPrefetch gemv_streams_prefetch() { return DecodeSetting<&DecodeTuning::stream_prefetch>::get(); }
 void set_gemv_half_long_streams(int streams) { DecodeSetting<&DecodeTuning::half_long_streams>::set(streams); }
 int gemv_half_long_streams() { return DecodeSetting<&DecodeTuning::half_long_streams>::get(); }
+void set_gemv_half_long_runs(int runs) { DecodeSetting<&DecodeTuning::half_long_runs>::set(runs); }
+int gemv_half_long_runs() { return DecodeSetting<&DecodeTuning::half_long_runs>::get(); }
 
 void set_gemv_block_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::block_prefetch>::set(p); }
 GemvPrefetch gemv_block_prefetch() { return DecodeSetting<&DecodeTuning::block_prefetch>::get(); }

@@ -181,6 +181,13 @@ GemvPrefetch gemv_streams_prefetch();
 // tests and A/B tools; process-wide.
 void set_gemv_half_long_streams(int streams);
 int gemv_half_long_streams();
+// Those 6-stream rows (K >= 4096, gemv_half_long_streams() 6) walked in runs of two 128-byte
+// steps of a row, x's 128 columns held in registers (gemm_avx512.cpp gemv_streams_runs), where
+// the stream prefetch is None: 0 = never (one step of each stream in turn), 1 = F16 rows, 2 = BF16
+// and F16 rows. Same bits. Default per CPU (decode_tuning() half_long_runs: 0, 2 on double-pumped
+// AVX-512). For the tests and A/B tools; process-wide.
+void set_gemv_half_long_runs(int runs);
+int gemv_half_long_runs();
 // BF16 at M = 1 on AVX-512 with weights on 4 KiB pages: the 8-row block kernel (gemm_avx512.cpp
 // bf16_gemv_block) and its software prefetch (1 KiB ahead of each row): default per CPU
 // (decode_tuning() block_prefetch). Same bits. For the tests and A/B tools; process-wide.

@@ -8,7 +8,7 @@
 // order, every 8th line: attn_wide_lin 8), the q8_0 pass in
 // 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
-// on 6 streams a thread), that the process-wide settings start from the table's row for this CPU, and
+// on 6 streams a thread in runs of two steps a row), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch distance, the same on
 // both rows, too). That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
@@ -74,6 +74,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
   EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
+  EXPECT(a.half_long_runs == 0 && b.half_long_runs == 2);  // the 6-stream rows' two-step runs: bf16 and f16 on Zen 4
   // the q4_0 pass's prefetch distance: the same on both rows (4 KiB)
   EXPECT(a.q40_ahead == 4096 && b.q40_ahead == 4096);
 }
@@ -97,6 +98,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += gemm_detail::q40_ms_ahead() != t.q40_ahead;
   n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
   n += gemm_detail::gemv_half_long_streams() != t.half_long_streams;
+  n += gemm_detail::gemv_half_long_runs() != t.half_long_runs;
 #if defined(__x86_64__)
   n += gemm_detail::kquant_streams() != t.kquant_streams;
   n += gemm_detail::kquant_prefetch() != t.kquant_prefetch;
@@ -115,14 +117,14 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  // the entries the two rows differ in: 16 (stream, q4_0 prefetch and address order, K-quant streams
-  // and prefetch, block prefetch, half_long_streams, the q8_0 parts / prefetch / distance, the
-  // attention's L2 pipeline, lean piece, P V chunks, wide_pf, wide8 and wide_lin; the q4_0 pass's
-  // distance is the same on both), 14 off x86-64 (no K-quant entries there)
+  // the entries the two rows differ in: 17 (stream, q4_0 prefetch and address order, K-quant streams
+  // and prefetch, block prefetch, half_long_streams and half_long_runs, the q8_0 parts / prefetch /
+  // distance, the attention's L2 pipeline, lean piece, P V chunks, wide_pf, wide8 and wide_lin; the
+  // q4_0 pass's distance is the same on both), 15 off x86-64 (no K-quant entries there)
 #if defined(__x86_64__)
-  const int differing = 16;
+  const int differing = 17;
 #else
-  const int differing = 14;
+  const int differing = 15;
 #endif
   const int moved = settings_differing_from(t);
   gemm_detail::apply_decode_tuning(t);

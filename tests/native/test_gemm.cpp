@@ -668,10 +668,12 @@ TEST(gemm_huge_pages_multi_stream_gemv) {
 }
 
 // The bf16 / f16 stream kernels' rows of K >= 4096 on 6 streams a thread (set_gemv_half_long_streams,
-// gemm_avx512.cpp kHalfLongK) against 4 streams and against each row alone (the one-stream kernel
+// gemm_avx512.cpp kHalfLongK), with and without the two-step runs (set_gemv_half_long_runs 2, no
+// stream prefetch), against 4 streams and against each row alone (the one-stream kernel
 // gemv_stream): the same bits; and within the f32 tolerance of ref::gemm. N below, at and past
 // multiples of 6 and 4 (rows left over after the streams), K at the threshold and past it with a
-// tail, 1-3 threads, with bias. AVX-512 only.
+// tail (4133: 37 columns; 4165: one 64-column step after the last run and 5 columns; 4480), 1-3
+// threads, with bias. AVX-512 only. (Session 32: x's two steps swapped in the runs failed 240 checks.)
 TEST(gemm_huge_pages_half_long_streams_same_bits) {
   if (isa_active() < Isa::Avx512) {
     std::printf("  skip gemm_huge_pages_half_long_streams_same_bits: the stream kernels need AVX-512 (active ISA: %s)\n",
@@ -680,10 +682,11 @@ TEST(gemm_huge_pages_half_long_streams_same_bits) {
   }
   ThreadPool pool2(2), pool3(3);
   ThreadPool* pools[] = {nullptr, &pool2, &pool3};
-  const int prev = gemm_detail::gemv_half_long_streams();
+  const int prev = gemm_detail::gemv_half_long_streams(), prev_runs = gemm_detail::gemv_half_long_runs();
+  const gemm_detail::GemvPrefetch prev_pf = gemm_detail::gemv_streams_prefetch();
   uint32_t seed = 9900;
   for (DType t : {DType::BF16, DType::F16})
-    for (int64_t K : {4096, 4133})
+    for (int64_t K : {4096, 4133, 4165, 4480})
       for (int64_t N : {5, 6, 7, 13, 24, 61}) {
         Weights w = make_weights(t, N, K, seed);
         Problem p = make_problem(1, N, K, 0, 0, seed + 11);
@@ -698,14 +701,19 @@ TEST(gemm_huge_pages_half_long_streams_same_bits) {
           gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data() + size_t(n) * row_bytes, t, bias + n, Y1.data() + n, 1, 1, 1,
                           K, nullptr);
         for (ThreadPool* pool : pools)
-          for (int streams : {4, 6}) {
+          for (int streams : {4, 6})
+            for (int runs : {0, 2}) {  // set_gemv_half_long_runs: one step of each stream in turn / two-step runs
             const std::string what = std::string("half long-row GEMV ") + dtype_name(t) + " N=" + std::to_string(N) +
                                      " K=" + std::to_string(K) + " streams=" + std::to_string(streams) +
-                                     " threads=" + std::to_string(pool ? pool->size() : 1);
+                                     " runs=" + std::to_string(runs) + " threads=" + std::to_string(pool ? pool->size() : 1);
             std::vector<float> Y(size_t(p.ldy), kSentinel);
             gemm_detail::set_gemv_half_long_streams(streams);
+            gemm_detail::set_gemv_half_long_runs(runs);
+            if (runs) gemm_detail::set_gemv_streams_prefetch(gemm_detail::GemvPrefetch::None);  // the runs' condition
             gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, Y.data(), p.ldy, 1, N, K, pool);
             gemm_detail::set_gemv_half_long_streams(prev);
+            gemm_detail::set_gemv_half_long_runs(prev_runs);
+            gemm_detail::set_gemv_streams_prefetch(prev_pf);
             check_result(Y, R, p, S, 0.0, what);
             if (std::memcmp(Y.data(), Y1.data(), size_t(N) * sizeof(float)) != 0)
               emollm_test::report_failure(__FILE__, __LINE__, what + ": not the one-stream kernel's bits (rows alone)");
