@@ -438,7 +438,7 @@ void parallel_ranges_own(int64_t n, int64_t step, int nth, int ith, int64_t* beg
 }
 
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
-                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner) {
+                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner, int64_t owner_keep) {
   if (n <= 0) return;
   if (step < 1) step = 1;
   if (!pool || pool->size() <= 1 || n <= step) {
@@ -460,12 +460,14 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   }
   std::atomic<int> arrivals{0};
   // One chunk of range r from its front (owner) or back (thief), in units; false once it is empty.
-  auto take = [&](int r, bool front, int64_t* b, int64_t* e) {
+  // first: the owner's first claim (owner_keep >= 0: all but owner_keep units of what is left).
+  auto take = [&](int r, bool front, int64_t* b, int64_t* e, bool first = false) {
     uint64_t s = ranges[r].load(std::memory_order_relaxed);
     for (;;) {
       const int64_t f = int64_t(s & 0xFFFFFFFFu), k = int64_t(s >> 32);
       if (f >= k) return false;
-      const int64_t c = std::min(max_units, (k - f + 3) / 4);
+      const int64_t c = first && owner_keep >= 0 ? std::max<int64_t>(1, k - f - owner_keep)
+                                                 : std::min(max_units, (k - f + 3) / 4);
       if (ranges[r].compare_exchange_weak(s, front ? pack(f + c, k) : pack(f, k - c), std::memory_order_relaxed)) {
         *b = front ? f : k - c;
         *e = front ? f + c : k;
@@ -484,7 +486,7 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
                                                : arrivals.fetch_add(1, std::memory_order_relaxed);
     int64_t b, e;
     if (me < nr)
-      while (take(me, true, &b, &e)) run(b, e);
+      for (bool first = true; take(me, true, &b, &e, first); first = false) run(b, e);
     for (int i = 1; i <= nr; ++i) {
       const int r = (me + i) % nr;
       while (take(r, false, &b, &e)) run(b, e);

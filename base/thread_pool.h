@@ -135,8 +135,16 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 // whose thread has not joined is taken from the back by the others. The chunks' boundaries are
 // the same (only who runs them changes).
 enum class RangeOwner { Arrival, Thread };
+// owner_keep >= 0: a thread's first claim on the range it walks from the front takes all of what
+// is left there but the last owner_keep steps (at least one step; max_chunk does not bound it),
+// and its later claims and every thief's are as above: one long run for a kernel that reads its
+// claim as a few long streams (gemv_repacked's two-stream pass restarts its streams at every
+// claim), the range's last steps left to a thread that finishes early. A thread kept off its core
+// before its first claim is still covered (its range is taken from the back); one kept off after
+// it delays the call by as long. -1 (the default): every claim as above.
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,
-                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner = RangeOwner::Arrival);
+                     const std::function<void(int64_t, int64_t)>& fn, RangeOwner owner = RangeOwner::Arrival,
+                     int64_t owner_keep = -1);
 
 // The range [*begin, *end) of [0, n) that parallel_ranges(pool of nth threads, n, step, ...,
 // RangeOwner::Thread) gives thread ith to walk from the front (empty when ith owns none: fewer

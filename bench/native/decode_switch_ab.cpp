@@ -269,6 +269,9 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_gemv_half_long_runs(on ? 2 : 0);
      }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
+    // the q4_0 / q8_0 M = 1 dispatch's first claim on a thread's own range all of it but its last
+    // pass (on: set_gemv_owner_keep 1) against claims of at most gemv_chunk's groups (off: -1)
+    {"gemv_owner_keep", [](bool on) { gemm_detail::set_gemv_owner_keep(on ? 1 : -1); }},
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     // that pass's prefetch 4 KiB ahead for both types (on: two streams' distance before session 27)
     // against the default (q4_K 2 KiB, q6_K 4 KiB with two streams; gemv_kquant_vnni.cpp kq_stream_prefetch).

@@ -28,7 +28,8 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     // q40_ahead: as the full-width row (4 KiB)
     t.block_prefetch = GemvPrefetch::None;
     t.half_long_streams = 6;
-    t.half_long_runs = 2;  // bf16 and f16
+    t.half_long_runs = 1;  // f16 (bf16 at 2 threads 0.95-0.99x: session 32)
+    t.gemv_owner_keep = 1;
   }
   return t;
 }
@@ -60,6 +61,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_gemv_block_prefetch(t.block_prefetch);
   set_gemv_half_long_streams(t.half_long_streams);
   set_gemv_half_long_runs(t.half_long_runs);
+  set_gemv_owner_keep(t.gemv_owner_keep);
 }
 
 }  // namespace gemm_detail

@@ -2,7 +2,7 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch; gemv_kquant_vnni.h
+// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch, set_gemv_owner_keep; gemv_kquant_vnni.h
 // set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode, set_decode_wide_lin) for the tests
@@ -223,8 +223,32 @@ struct DecodeTuning {
   // runs of 4-8 steps, 3-5 streams). The 1.1B decode changes only its down projection (2048 x 5632,
   // a quarter of the bytes): at 1 thread (decode_switch_ab AB_SWITCH=half_runs, AB_CPU=1, 10 x 16
   // tokens) on / off by total f16 0.988 / 1.096 / 1.026 / 1.023 (A/As 0.977 / 0.996), bf16 0.974 /
-  // 0.983 / 1.028 (A/A 1.007): within the noise. Zen 5 not measured: 0.
+  // 0.983 / 1.028 (A/A 1.007): within the noise. The lead, quietly (load ~1, 00:09-00:12 UTC, the
+  // same tool and shapes, median of 6 / 4 processes of 60 / 40 rounds, one-step time / runs time,
+  // > 1: runs faster): 1 thread CPU f16 1.065-1.085, bf16 0.997-1.051 (median over the shapes 1.018:
+  // 12288 x 4096 0.997, 4096 x 4096 1.001, 22016 x 4096 1.018, 2048 x 5632 1.046, 4096 x 11008
+  // 1.051); 2 threads wall f16 0.968-1.021 (12288 x 4096 0.968, the rest 1.005-1.021), bf16
+  // 0.951-0.991 (slower at every shape). So Zen 4: 1 (f16 only). Zen 5 not measured: 0.
   int half_long_runs = 0;
+  // The q4_0 / q8_0 M = 1 dispatch's claims (gemv_repacked.cpp gemv_dispatch, base/thread_pool.h
+  // parallel_ranges owner_keep): -1 = every claim at most gemv_chunk's groups (~1/8 of a thread's
+  // range at 2 threads), shrinking to a quarter of what is left; k >= 0 = a thread's first claim on
+  // its own range all of it but its last k passes, one long run for the pass's two streams (which
+  // restart at every claim). Same bits (the results do not depend on the chunking). Zen 4: 1
+  // (session 32, the lead, quiet, load 1.1-1.9, 2 threads, wall). The q4_0 pass against a plain
+  // 2-stream read of its bytes (q40_read_patterns rows gemv / read-2, 663 short cycles over 7
+  // minutes, 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, classed by read-4's rate) read
+  // 0.94-0.98x read-2 in the VM's low phase (~33 GB/s) but 0.82 / 0.87 / 0.94 / 0.95x in its high
+  // one (~55 GB/s; 20-26 cycles): a near-constant 6-10 us a call behind, whatever the size. With
+  // the first claim all but one pass (a scratch switch, 6 processes a form and shape, 30 rounds):
+  // gemv / read-2 0.915 -> 0.972 (2048 x 2048), 0.950 -> 0.994 (2560 x 2048), 0.952 -> 0.999
+  // (11264 x 2048); all but nothing (a late owner's range left to no one) the same by median with
+  // 0.55-0.67x outliers; half the range first 0.96-1.00x. The 1.1B decode (decode_switch_ab
+  // AB_SWITCH=gemv_owner_keep 2 10 16, on / off by total (median round)): q4_0 in the high phase
+  // 1.081 (1.067), 1.038 (1.052), 1.086 (1.072) at 79-93 tok/s, in the low one 1.001 (1.000), 1.043
+  // (1.014); its A/As 0.953 (0.967), 0.990 (0.990), 0.988 (0.993), 1.031 (1.009); q8_0 0.959 (1.020),
+  // 0.982 (0.985), 1.050 (1.002), 1.000 (1.005): neutral. Zen 5 not measured: -1.
+  int gemv_owner_keep = -1;
 };
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f);

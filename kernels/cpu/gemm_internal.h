@@ -331,6 +331,11 @@ bool gemv_ranges();
 // (decode_switch_ab gemv_even_claims).
 void set_gemv_even_claims(bool on);
 bool gemv_even_claims();
+// The q4_0 / q8_0 M = 1 dispatch's first claim on a thread's own range: all of it but the last
+// `passes` claim units (base/thread_pool.h parallel_ranges owner_keep), or -1: claims of at most
+// gemv_chunk's groups as before. Same bits. decode_tuning.h gemv_owner_keep; values below -1 read -1.
+void set_gemv_owner_keep(int passes);
+int gemv_owner_keep();
 // Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; the same
 // chunks, stealing and bits as by order of arrival). The switch to arrival order
 // (EMOLLM_GEMV_OWNED_RANGES=0) went in session 21: quiet on / off 1.006 (q4_0) and 1.002 (q6_K) at

@@ -130,6 +130,8 @@ void set_q80_ahead(int bytes) { DecodeSetting<&DecodeTuning::q80_ahead>::set(std
 int q80_ahead() { return DecodeSetting<&DecodeTuning::q80_ahead>::get(); }
 void set_q40_ms_addr_order(bool on) { DecodeSetting<&DecodeTuning::q40_addr_order>::set(on); }
 bool q40_ms_addr_order() { return DecodeSetting<&DecodeTuning::q40_addr_order>::get(); }
+void set_gemv_owner_keep(int passes) { DecodeSetting<&DecodeTuning::gemv_owner_keep>::set(std::max(passes, -1)); }
+int gemv_owner_keep() { return DecodeSetting<&DecodeTuning::gemv_owner_keep>::get(); }
 void set_q40_ms_ahead(int bytes) { DecodeSetting<&DecodeTuning::q40_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q40_ms_ahead() { return DecodeSetting<&DecodeTuning::q40_ahead>::get(); }
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
@@ -1064,6 +1066,9 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 // the chunking.
 // even_sg: the claims whole pairs of super-groups (gemm_detail::set_gemv_even_claims; q4_0's
 // two-stream pass only, whose records are 4-group super-groups).
+// gemv_owner_keep (decode_tuning.h; Zen 4: 1): each thread's first claim on its own range is all
+// of it but its last pass, so the two-stream pass reads the range as two long streams instead of
+// restarting them every gemv_chunk's groups (~6-10 us a call at 2 threads in the VM's high phase).
 bool even_claims(bool q8, const RepackLayout& L) {
   return !q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && gemm_detail::gemv_even_claims();
 }
@@ -1075,7 +1080,8 @@ void gemv_dispatch(ThreadPool* pool, bool parallel, int64_t groups, const std::f
   int64_t chunk = gemv_chunk(groups, pool ? pool->size() : 1);
   chunk = (chunk + step - 1) / step * step;
   if (parallel && gemm_detail::gemv_ranges())
-    return parallel_ranges(pool, groups, step, chunk, fn, gemm_detail::gemv_range_owner());
+    return parallel_ranges(pool, groups, step, chunk, fn, gemm_detail::gemv_range_owner(),
+                           gemm_detail::gemv_owner_keep());
   if (parallel) return parallel_guided(pool, groups, step, chunk, fn);
   gemm_detail::parallel_chunks(pool, false, groups, chunk, fn);  // one call on the caller
 }

@@ -281,17 +281,19 @@ TEST(parallel_ranges_covers_range_in_contiguous_runs) {
     for (int64_t n : {1, 3, 4, 5, 9, 64, 1001})
       for (int64_t step : {1, 4})
         for (int64_t max_chunk : {step, 8 * step + 1, int64_t(1) << 40})
+          for (int64_t keep : {int64_t(-1), int64_t(0), int64_t(1), int64_t(3)})
           for (int rep = 0; rep < 3; ++rep) {
             std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
             std::atomic<int> calls{0}, bad_chunk{0};
-            const int64_t longest = std::max<int64_t>(1, max_chunk / step) * step;
+            // an owner's first claim (keep >= 0) may be longer: up to its whole range
+            const int64_t longest = keep >= 0 ? n : std::max<int64_t>(1, max_chunk / step) * step;
             parallel_ranges(&pool, n, step, max_chunk, [&](int64_t b, int64_t e) {
               calls++;
               const bool whole = threads == 1 || n <= step;  // one call over everything
               if (whole ? (b != 0 || e != n) : (b % step != 0 || e <= b || e - b > longest || (e - b < step && e != n)))
                 bad_chunk++;
               for (int64_t i = b; i < e; ++i) seen[size_t(i)]++;
-            });
+            }, RangeOwner::Arrival, keep);
             int bad = 0;
             for (auto& s : seen) bad += s.load() != 1;
             EXPECT(bad == 0);
@@ -320,6 +322,32 @@ TEST(parallel_ranges_covers_range_in_contiguous_runs) {
   for (; k < chunks.size() && chunks[k].second == at; ++k) at = chunks[k].first;
   EXPECT(at == 52 && k == chunks.size());
   for (const auto& c : chunks) EXPECT(c.second - c.first <= 8 && c.second > c.first);
+  // owner_keep 1 (gemv_owner_keep): the same thread alone claims its own range (13 steps) as all
+  // but its last step at once (48 items, over max_chunk 8), then that step, then the other range
+  // from the back as before; owner_keep 0 its whole range in one claim
+  for (int64_t keep : {int64_t(1), int64_t(0)}) {
+    std::vector<std::pair<int64_t, int64_t>> kc;
+    two.run([&](int ith, int) {
+      if (ith == 0)
+        parallel_ranges(&two, 100, 4, 8, [&](int64_t b, int64_t e) { kc.emplace_back(b, e); }, RangeOwner::Arrival,
+                        keep);
+    });
+    size_t j = 0;
+    if (keep == 1) {
+      EXPECT(kc.size() >= 2 && kc[0] == std::make_pair(int64_t(0), int64_t(48)));
+      EXPECT(kc.size() >= 2 && kc[1] == std::make_pair(int64_t(48), int64_t(52)));
+      j = 2;
+    } else {
+      EXPECT(!kc.empty() && kc[0] == std::make_pair(int64_t(0), int64_t(52)));
+      j = 1;
+    }
+    int64_t back = 100;
+    for (; j < kc.size() && kc[j].second == back; ++j) {
+      EXPECT(kc[j].second - kc[j].first <= 8);
+      back = kc[j].first;
+    }
+    EXPECT(back == 52 && j == kc.size());
+  }
 }
 
 

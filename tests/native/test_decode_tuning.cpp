@@ -74,7 +74,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.block_prefetch == GemvPrefetch::T0);
   EXPECT(b.block_prefetch == GemvPrefetch::None);
   EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
-  EXPECT(a.half_long_runs == 0 && b.half_long_runs == 2);  // the 6-stream rows' two-step runs: bf16 and f16 on Zen 4
+  EXPECT(a.half_long_runs == 0 && b.half_long_runs == 1);  // the 6-stream rows' two-step runs: f16 on Zen 4
+  EXPECT(a.gemv_owner_keep == -1 && b.gemv_owner_keep == 1);  // the M = 1 dispatch's long first claims on Zen 4
   // the q4_0 pass's prefetch distance: the same on both rows (4 KiB)
   EXPECT(a.q40_ahead == 4096 && b.q40_ahead == 4096);
 }
@@ -99,6 +100,7 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += gemm_detail::gemv_block_prefetch() != t.block_prefetch;
   n += gemm_detail::gemv_half_long_streams() != t.half_long_streams;
   n += gemm_detail::gemv_half_long_runs() != t.half_long_runs;
+  n += gemm_detail::gemv_owner_keep() != t.gemv_owner_keep;
 #if defined(__x86_64__)
   n += gemm_detail::kquant_streams() != t.kquant_streams;
   n += gemm_detail::kquant_prefetch() != t.kquant_prefetch;
@@ -117,14 +119,15 @@ TEST(decode_tuning_settings_start_from_the_table) {
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  // the entries the two rows differ in: 17 (stream, q4_0 prefetch and address order, K-quant streams
+  // the entries the two rows differ in: 18 (stream, q4_0 prefetch and address order, K-quant streams
   // and prefetch, block prefetch, half_long_streams and half_long_runs, the q8_0 parts / prefetch /
-  // distance, the attention's L2 pipeline, lean piece, P V chunks, wide_pf, wide8 and wide_lin; the
-  // q4_0 pass's distance is the same on both), 15 off x86-64 (no K-quant entries there)
+  // distance, the M = 1 dispatch's owner_keep, the attention's L2 pipeline, lean piece, P V chunks,
+  // wide_pf, wide8 and wide_lin; the q4_0 pass's distance is the same on both), 16 off x86-64 (no
+  // K-quant entries there)
 #if defined(__x86_64__)
-  const int differing = 17;
+  const int differing = 18;
 #else
-  const int differing = 15;
+  const int differing = 16;
 #endif
   const int moved = settings_differing_from(t);
   gemm_detail::apply_decode_tuning(t);
