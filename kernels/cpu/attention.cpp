@@ -67,6 +67,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../../base/arena.h"
@@ -367,6 +368,21 @@ namespace {
 // halves without prefetch (null: decode_wide_pf off, the 16-row order).
 alignas(64) const float wide_pf_none_storage[16] = {};
 const float* const wide_pf_none = wide_pf_none_storage;
+// fn(std::integral_constant<int, L>{}) for decode_wide_lin's every-L-th line, L = lin (1, 2, 4, 8, 16 or 32:
+// set_decode_wide_lin's values other than 0): the kernels compiled once per L, as gemm_detail::with_prefetch_hint
+// does per hint. fn: a lambda marked EMO_T512 (the kernels' target, so that the tile inlines into it) and forced
+// inline, as with_lin is: the kernel's body is what it was with the tile called in each case of a switch.
+template <class Fn>
+EMO_T512 __attribute__((always_inline)) inline void with_lin(int lin, Fn&& fn) {
+  switch (lin) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 16: return fn(std::integral_constant<int, 16>{});
+    default: return fn(std::integral_constant<int, 32>{});
+  }
+}
 struct PfCursor {
   const char* line = nullptr;  // the next line to prefetch (an address in it)
   const char* last = nullptr;  // the last byte of the current row's span
@@ -807,28 +823,26 @@ template <class E, int NC>
 EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                           const typename E::T* v, int64_t ldv, int nb, __mmask16 lm, int64_t vstep,
                                           const float* vnext, int lin) {
+  // decode_wide_lin (the driver: f32 rows back to back, head_dim 113-128): built for f32 x 8 chunks only
+  constexpr bool kLin = sizeof(typename E::T) == 4 && NC == 8;
   if (nb == 16 && vnext) {
     const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
-    if (sizeof(typename E::T) == 4 && NC == 8 && vn && lin) switch (lin) {  // decode_wide_lin (the driver: f32)
-        case 1: return pv2_chunks_h8<E, NC, 1>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 2: return pv2_chunks_h8<E, NC, 2>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 4: return pv2_chunks_h8<E, NC, 4>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 8: return pv2_chunks_h8<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 16: return pv2_chunks_h8<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        default: return pv2_chunks_h8<E, NC, 32>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-      }
+    if constexpr (kLin) {
+      if (vn && lin)
+        return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+          pv2_chunks_h8<E, NC, decltype(L)::value>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        });
+    }
     return pv2_chunks_h8<E, NC>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
   }
   if (nb == 8 && vnext) {  // decode_wide8's sub-block (vnext wide_pf_none: no prefetch)
     const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
-    if (sizeof(typename E::T) == 4 && NC == 8 && vn && lin) switch (lin) {  // decode_wide_lin (the driver: f32)
-        case 1: return pv2_chunks_avx512<E, NC, 8, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 2: return pv2_chunks_avx512<E, NC, 8, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 4: return pv2_chunks_avx512<E, NC, 8, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 8: return pv2_chunks_avx512<E, NC, 8, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 16: return pv2_chunks_avx512<E, NC, 8, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        default: return pv2_chunks_avx512<E, NC, 8, 32>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-      }
+    if constexpr (kLin) {
+      if (vn && lin)
+        return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+          pv2_chunks_avx512<E, NC, 8, decltype(L)::value>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        });
+    }
     return pv2_chunks_avx512<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
   }
   if (nb == 16) pv2_chunks_avx512<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
@@ -1202,18 +1216,11 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 #define EMO_QK16(NR, NC) qk16_strided_tile<E, NR, NC>(qrows[0], q1, k, ldk, lm, vs, S, S1)
   if (R == 1 && knext) {  // decode_wide_pf
     const typename E::T* kn = knext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(knext);
-    if (sizeof(typename E::T) == 4 && nc == 8 && kn && lin) {  // decode_wide_lin (the driver: f32, D 113-128)
-#define EMO_QK16L(L) qk16_strided_tile<E, 1, 8, true, L>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
-      switch (lin) {
-        case 1: EMO_QK16L(1); break;
-        case 2: EMO_QK16L(2); break;
-        case 4: EMO_QK16L(4); break;
-        case 8: EMO_QK16L(8); break;
-        case 16: EMO_QK16L(16); break;
-        default: EMO_QK16L(32); break;
-      }
-#undef EMO_QK16L
-      return;
+    if constexpr (sizeof(typename E::T) == 4) {  // decode_wide_lin (the driver: f32, D 113-128): f32 only
+      if (nc == 8 && kn && lin)
+        return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+          qk16_strided_tile<E, 1, 8, true, decltype(L)::value>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn);
+        });
     }
 #define EMO_QK16H(NC) qk16_strided_tile<E, 1, NC, true>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
     switch (nc) {
@@ -1265,19 +1272,12 @@ EMO_T512 static void qk8_avx512(const float* q, const float* kf, int64_t ldk, in
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
   const __m512 vs = _mm512_set1_ps(scale);
-  if (sizeof(typename E::T) == 4 && nc == 8 && kn && lin) {  // decode_wide_lin (the driver: f32, D 113-128)
-#define EMO_QK8L(L) \
-  (half ? qk8_tile<E, 8, 1, L>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, 8, 0, L>(q, k, ldk, lm, vs, S, kn))
-    switch (lin) {
-      case 1: EMO_QK8L(1); break;
-      case 2: EMO_QK8L(2); break;
-      case 4: EMO_QK8L(4); break;
-      case 8: EMO_QK8L(8); break;
-      case 16: EMO_QK8L(16); break;
-      default: EMO_QK8L(32); break;
-    }
-#undef EMO_QK8L
-    return;
+  if constexpr (sizeof(typename E::T) == 4) {  // decode_wide_lin (the driver: f32, D 113-128): f32 only
+    if (nc == 8 && kn && lin)
+      return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+        constexpr int LIN = decltype(L)::value;
+        half ? qk8_tile<E, 8, 1, LIN>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, 8, 0, LIN>(q, k, ldk, lm, vs, S, kn);
+      });
   }
 #define EMO_QK8(NC) \
   (half ? qk8_tile<E, NC, 1>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, NC, 0>(q, k, ldk, lm, vs, S, kn))
