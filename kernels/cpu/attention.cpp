@@ -50,11 +50,12 @@
 // - the 7B's P V pairs by chunks (decode_tuning attn_pv_chunks, decode_pv_chunks): pv2 walks a
 //   16-float chunk of the pair's V slice across the sub-block's 16 token rows at a time (V read in
 //   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
-// - the 7B's wide-row sub-blocks on f16 / bf16 caches (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::Half;
-//   decode_wide_pf, decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction
-//   lanes for 8 keys; pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2 one line a load;
-//   on f32 caches too (session 32), their prefetch there in address order, every 8th line (decode_tuning
-//   attn_wide_lin, decode_wide_lin: each call the next 8 rows' g-th 4 KiB, the hardware's streamer the rest).
+// - the 7B's wide-row sub-blocks (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::All; decode_wide_pf,
+//   decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction lanes for 8 keys;
+//   pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2, on f16 / bf16 caches one line a load (session
+//   30), on f32 caches (session 32) only where their rows lie back to back with head_dim 113-128 (wide_lin_shape),
+//   their prefetch there in address order, every 8th line (attn_wide_lin, decode_wide_lin: each call the next 8
+//   rows' g-th 4 KiB, the hardware's streamer the rest); other f32 shapes keep the 16 rows.
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -283,7 +284,20 @@ using DecodeWideLin = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::att
 int decode_wide_lin() { return DecodeWideLin::get(); }
 void set_decode_wide_lin(int every) { DecodeWideLin::set(every); }
 namespace {
-bool wide_takes(DecodeWide m, DType t) { return m == DecodeWide::All || (m == DecodeWide::Half && t != DType::F32); }
+// decode_wide_lin's shape: an f32 cache whose token rows lie back to back (ldk = ldv = n_kv_heads * head_dim) with
+// 8 chunks of 16 (head_dim 113-128, Dp 128), the only one its kernels' forms take. The driver and
+// decode_wide_lin_applies both ask this.
+bool wide_lin_shape(const AttentionParams& p) {
+  const int64_t span = p.n_kv_heads * p.head_dim;
+  return p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span && (p.head_dim + 15) / 16 == 8;
+}
+// Whether mode m takes call p's cache (decode_wide_pf / decode_wide8): Half and All f16 / bf16; All f32 only on
+// wide_lin_shape (session 32's measured form; elsewhere session 30's halves with a prefetch a line, 0.95-0.96x at
+// the 7B shape and never measured on other f32 shapes: those keep the 16 rows).
+bool wide_takes(DecodeWide m, const AttentionParams& p) {
+  if (p.kv_dtype != DType::F32) return m != DecodeWide::Off;
+  return m == DecodeWide::All && wide_lin_shape(p);
+}
 }  // namespace
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
 using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
@@ -294,7 +308,7 @@ namespace {
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
   std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0}, decode_lean_pieces{0};
-  std::atomic<uint64_t> causal_skip_blocks{0};
+  std::atomic<uint64_t> causal_skip_blocks{0}, decode_wide_pieces{0}, decode_wide_lin_pieces{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -319,6 +333,8 @@ AttentionWork attention_work() {
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
     w.decode_lean_pieces += s.decode_lean_pieces.load(std::memory_order_relaxed);
     w.causal_skip_blocks += s.causal_skip_blocks.load(std::memory_order_relaxed);
+    w.decode_wide_pieces += s.decode_wide_pieces.load(std::memory_order_relaxed);
+    w.decode_wide_lin_pieces += s.decode_wide_lin_pieces.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
   return w;
@@ -2278,15 +2294,13 @@ bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
 bool decode_wide_pf_applies(const AttentionParams& p) {
-  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && wide_takes(decode_wide_pf_mode(), p.kv_dtype);
+  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && wide_takes(decode_wide_pf_mode(), p);
 }
 bool decode_wide8_applies(const AttentionParams& p) {
-  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p.kv_dtype);
+  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p);
 }
 bool decode_wide_lin_applies(const AttentionParams& p) {
-  const int64_t span = p.n_kv_heads * p.head_dim;
-  return decode_wide_pf_applies(p) && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span &&
-         (p.head_dim + 15) / 16 == 8 && decode_wide_lin() != 0;
+  return decode_wide_pf_applies(p) && wide_lin_shape(p) && decode_wide_lin() != 0;
 }
 bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
@@ -2356,8 +2370,8 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.ktiles = attention_detail::decode_k_tiles();
   it.lean = attention_detail::decode_lean();
   it.pv_chunks = attention_detail::decode_pv_chunks();
-  it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p.kv_dtype);
-  it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p.kv_dtype);
+  it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p);
+  it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p);
   it.wide_lin = attention_detail::decode_wide_lin();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
@@ -2715,10 +2729,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // first row of that sub-block, or wide_pf_none / null (off).
   const bool wide_pf = use_qk16 && it.wide_pf;
   // decode_wide_lin: wide_pf's prefetch (16-row sub-blocks and decode_wide8's halves) in address order, every
-  // wide_lin-th line (0: off); f32 rows back to back only, and the kernels take it with 8 chunks of 16 only
-  // (head_dim 113-128): attention_detail::decode_wide_lin_applies
-  const int wide_lin =
-      wide_pf && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span && Dp == 128 ? it.wide_lin : 0;
+  // wide_lin-th line (0: off); f32 rows back to back with 8 chunks of 16 (head_dim 113-128) only, the one shape
+  // an f32 cache takes wide_pf on (attention_detail::wide_lin_shape; decode_wide_lin_applies)
+  const int wide_lin = wide_pf && attention_detail::wide_lin_shape(p) ? it.wide_lin : 0;
   // Token row s of V (is_v) or K.
   auto kv_token = [&](bool is_v, int64_t s) -> const float* {
     return is_v ? kv_row(it.v, p.v_blocks, p, s, p.ldv) : kv_row(it.k, p.k_blocks, p, s, p.ldk);
@@ -2783,6 +2796,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     attention_detail::count_work(&attention_detail::WorkSlot::decode_lean_pieces);
     return;
   }
+  // (tests) a piece whose full sub-blocks take the wide forms (decode_wide_pf / decode_wide8; one query head per kv
+  // head: qk16's two-row tile ignores knext), counted once, with or without decode_wide_lin's order
+  if ((wide_pf || wide8) && G == 1)
+    attention_detail::count_work(wide_lin ? &attention_detail::WorkSlot::decode_wide_lin_pieces
+                                          : &attention_detail::WorkSlot::decode_wide_pieces);
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched

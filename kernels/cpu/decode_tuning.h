@@ -134,7 +134,7 @@ struct DecodeTuning {
   bool attn_pv_chunks = false;
   // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
   // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
-  // DecodeWide (0 none, 1 f16 / bf16, 2 every type). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
+  // DecodeWide (0 none, 1 f16 / bf16, 2 those and f32 on decode_wide_lin's shape). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
   // h-attn7b, bench/README's Zen 4 row of 17:07-17:50; attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 /
   // 2048, 1 thread, thread CPU time, interleaved call by call, load 0.04-0.4 then 3-6; against the 16-row order
   // without prefetch, by median): f16 both 1.35-1.50x (the call 0.70-0.75x a plain read of its bytes, 0.48-0.55x
@@ -146,9 +146,11 @@ struct DecodeTuning {
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
   // Session 32 (h-attnf32): Zen 4 takes both on f32 caches too (attn_wide_pf / attn_wide8 = 2, DecodeWide::All),
-  // their prefetch there in address order, every attn_wide_lin-th line (attention_internal.h decode_wide_lin: each
-  // kv head's Q K^T call / P V pair's call the next 8 rows' g-th 4 KiB front to back, the hardware's stream
-  // prefetcher the rest; 0: the loads' order, every line). Same bits. attn_decode_threads' 7B shape (32 / 32 x 128,
+  // where their rows lie back to back with head_dim 113-128 only (the shape measured; other f32 shapes keep the 16
+  // rows: session 30's f32 halves, one prefetch a line, measured 0.95-0.96x below), their prefetch there in address
+  // order, every attn_wide_lin-th line (attention_internal.h decode_wide_lin: each kv head's Q K^T call / P V
+  // pair's call the next 8 rows' g-th 4 KiB front to back, the hardware's stream prefetcher the rest; 0: the loads'
+  // order, every line). Same bits. attn_decode_threads' 7B shape (32 / 32 x 128,
   // f32) cold in 2 MiB pages, 1 thread, thread CPU time, interleaved call by call, load 2.5-7 (NOT quiet), 16
   // processes at each of kv 512 / 1024 / 2048 (bench/README's Zen 4 row of 23:19-23:50), against the 16-row order
   // by median: 1.051 / 1.058 / 1.055 (per process 0.87-1.11), 0.76-0.78x a plain read of the bytes (the 16 rows
