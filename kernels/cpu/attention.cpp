@@ -282,7 +282,11 @@ void set_decode_wide8(bool on) { set_decode_wide8_mode(on ? DecodeWide::All : De
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_wide_lin; session 32).
 using DecodeWideLin = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide_lin>;
 int decode_wide_lin() { return DecodeWideLin::get(); }
-void set_decode_wide_lin(int every) { DecodeWideLin::set(every); }
+void set_decode_wide_lin(int every) {
+  EMOLLM_CHECK_ARG(every == 0 || (every > 0 && every <= 32 && (every & (every - 1)) == 0),
+                   "attention: decode_wide_lin takes 0, 1, 2, 4, 8, 16 or 32");
+  DecodeWideLin::set(every);
+}
 namespace {
 // decode_wide_lin's shape: an f32 cache whose token rows lie back to back (ldk = ldv = n_kv_heads * head_dim) with
 // 8 chunks of 16 (head_dim 113-128, Dp 128), the only one its kernels' forms take. The driver and

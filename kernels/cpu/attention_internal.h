@@ -113,7 +113,7 @@ bool decode_wide8_applies(const AttentionParams& p);
 // every N-th line (the hardware's stream prefetcher the rest). Default per CPU (decode_tuning.h attn_wide_lin: Zen 4
 // 8, with decode_wide_pf / decode_wide8 DecodeWide::All). Prefetches only: the same bits (session 32).
 int decode_wide_lin();
-void set_decode_wide_lin(int every);  // 0, 1, 2, 4, 8, 16, 32 (another value > 0: 32)
+void set_decode_wide_lin(int every);  // 0, 1, 2, 4, 8, 16 or 32; another value throws InvalidArgument (unchanged)
 // Whether a decode call takes it (tests): decode_wide_pf_applies, an f32 cache, rows back to back, 8 chunks of 16
 // (head_dim 113-128) and decode_wide_lin() != 0.
 bool decode_wide_lin_applies(const AttentionParams& p);

@@ -1734,6 +1734,22 @@ TEST(attention_decode_wide_path_choice) {
   attention_detail::set_decode_wide_lin(was_lin);
 }
 
+// set_decode_wide_lin stores 0, 1, 2, 4, 8, 16 and 32 and rejects any other value (InvalidArgument, the setting
+// unchanged): a negative one ran as 32 before.
+TEST(attention_decode_wide_lin_values) {
+  const int was = attention_detail::decode_wide_lin();
+  for (int v : {0, 1, 2, 4, 8, 16, 32}) {
+    attention_detail::set_decode_wide_lin(v);
+    EXPECT(attention_detail::decode_wide_lin() == v);
+  }
+  attention_detail::set_decode_wide_lin(4);
+  for (int v : {-1, -8, -32, 3, 6, 12, 24, 33, 64, -2147483647 - 1}) {
+    EXPECT_THROWS(attention_detail::set_decode_wide_lin(v), ErrorCode::InvalidArgument);
+    EXPECT(attention_detail::decode_wide_lin() == 4);
+  }
+  attention_detail::set_decode_wide_lin(was);
+}
+
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:
 // narrow rows swept in place, >= 4 query heads per kv head: the 1.1B's 32 / 4 x 64) is prefetches
 // only: outputs and log-sum-exps bit for bit equal with it off (each sub-block swept before its
