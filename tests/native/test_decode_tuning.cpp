@@ -172,7 +172,6 @@ TEST(decode_tuning_gemv_m1_forms) {
   s.q40_ms = false, s.q80_streams = 0;
   EXPECT(gemv_m1_form(false, s) == GemvM1Form{});
   EXPECT(gemv_m1_form(true, s) == GemvM1Form{});
-  EXPECT(GemvM1Form{}.pass == GemvPass::Groups);
   // the 17th q8_0 prefetch: with a hint only
   s = s5;
   s.q80_line17 = true;
