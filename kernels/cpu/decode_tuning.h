@@ -2,8 +2,8 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch; gemv_kquant_vnni.h
-// set_kquant_streams, set_kquant_prefetch;
+// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch, set_gemv_half_long_streams,
+// set_gemv_half_long_runs; gemv_kquant_vnni.h set_kquant_streams, set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode, set_decode_wide_lin) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
