@@ -42,7 +42,8 @@
 // CPU's default (attention_detail::set_decode_pv_chunks: a 16-float chunk across the 16 token rows
 // at a time, the Zen 4 default, or a token row's pair slice at a time), output checked bit for bit.
 // "1t 16 rows" / "1t widepf" / "1t wide8" / "1t w8 pf" and their "hot" twins: the call with the 7B's sub-blocks
-// read each way on every cache type (attention_detail::set_decode_wide_pf / set_decode_wide8: 16 rows on the
+// read each way on every cache type (f32: its rows back to back with head_dim 113-128 only, as the 7B's;
+// attention_detail::set_decode_wide_pf / set_decode_wide8: 16 rows on the
 // hardware prefetchers, the order before session 30; 8 rows at a time with the next sub-block prefetched into L2;
 // two sub-blocks of 8 rows; both; each prefetch in the loads' order, set_decode_wide_lin(0): session 30's forms),
 // outputs checked bit for bit against "1t" (this CPU's default for the type; Zen 4 f32 since session 32: "w8 lin8").

@@ -50,11 +50,12 @@
 // - the 7B's P V pairs by chunks (decode_tuning attn_pv_chunks, decode_pv_chunks): pv2 walks a
 //   16-float chunk of the pair's V slice across the sub-block's 16 token rows at a time (V read in
 //   the order qk16 reads K) instead of each token row's 1 KiB pair slice in turn.
-// - the 7B's wide-row sub-blocks on f16 / bf16 caches (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::Half;
-//   decode_wide_pf, decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction
-//   lanes for 8 keys; pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2 one line a load;
-//   on f32 caches too (session 32), their prefetch there in address order, every 8th line (decode_tuning
-//   attn_wide_lin, decode_wide_lin: each call the next 8 rows' g-th 4 KiB, the hardware's streamer the rest).
+// - the 7B's wide-row sub-blocks (decode_tuning attn_wide_pf / attn_wide8, DecodeWide::All; decode_wide_pf,
+//   decode_wide8): each 16-row sub-block as two of 8 rows (qk8: qk16's accumulators and reduction lanes for 8 keys;
+//   pv2 by chunks on 8 tokens) with the next 8 rows prefetched into L2, on f16 / bf16 caches one line a load (session
+//   30), on f32 caches (session 32) only where their rows lie back to back with head_dim 113-128 (wide_lin_shape),
+//   their prefetch there in address order, every 8th line (attn_wide_lin, decode_wide_lin: each call the next 8
+//   rows' g-th 4 KiB, the hardware's streamer the rest); other f32 shapes keep the 16 rows.
 //
 // Bidirectional calls that allow bf16 products (AttentionParams::bf16_products: vision towers with
 // bf16 weights) with at least 16 queries run on AVX512-BF16 in attention_bidir_bf16.cpp instead.
@@ -67,6 +68,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../../base/arena.h"
@@ -280,9 +282,26 @@ void set_decode_wide8(bool on) { set_decode_wide8_mode(on ? DecodeWide::All : De
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_wide_lin; session 32).
 using DecodeWideLin = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_wide_lin>;
 int decode_wide_lin() { return DecodeWideLin::get(); }
-void set_decode_wide_lin(int every) { DecodeWideLin::set(every); }
+void set_decode_wide_lin(int every) {
+  EMOLLM_CHECK_ARG(every == 0 || (every > 0 && every <= 32 && (every & (every - 1)) == 0),
+                   "attention: decode_wide_lin takes 0, 1, 2, 4, 8, 16 or 32");
+  DecodeWideLin::set(every);
+}
 namespace {
-bool wide_takes(DecodeWide m, DType t) { return m == DecodeWide::All || (m == DecodeWide::Half && t != DType::F32); }
+// decode_wide_lin's shape: an f32 cache whose token rows lie back to back (ldk = ldv = n_kv_heads * head_dim) with
+// 8 chunks of 16 (head_dim 113-128, Dp 128), the only one its kernels' forms take. The driver and
+// decode_wide_lin_applies both ask this.
+bool wide_lin_shape(const AttentionParams& p) {
+  const int64_t span = p.n_kv_heads * p.head_dim;
+  return p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span && (p.head_dim + 15) / 16 == 8;
+}
+// Whether mode m takes call p's cache (decode_wide_pf / decode_wide8): Half and All f16 / bf16; All f32 only on
+// wide_lin_shape (session 32's measured form; elsewhere session 30's halves with a prefetch a line, 0.95-0.96x at
+// the 7B shape and never measured on other f32 shapes: those keep the 16 rows).
+bool wide_takes(DecodeWide m, const AttentionParams& p) {
+  if (p.kv_dtype != DType::F32) return m != DecodeWide::Off;
+  return m == DecodeWide::All && wide_lin_shape(p);
+}
 }  // namespace
 // The CPU's default at first use, then the setter's (decode_tuning.h attn_pipeline_l2; session 26).
 using DecodePipelineL2 = gemm_detail::DecodeSetting<&gemm_detail::DecodeTuning::attn_pipeline_l2>;
@@ -293,7 +312,7 @@ namespace {
 // that count; relaxed adds: a handful a call).
 struct alignas(64) WorkSlot {
   std::atomic<uint64_t> decode_pieces{0}, decode_merges{0}, tiled_units{0}, tiled_merges{0}, decode_lean_pieces{0};
-  std::atomic<uint64_t> causal_skip_blocks{0};
+  std::atomic<uint64_t> causal_skip_blocks{0}, decode_wide_pieces{0}, decode_wide_lin_pieces{0};
 };
 WorkSlot g_work[kWorkThreads];
 // The calling thread's counters.
@@ -318,6 +337,8 @@ AttentionWork attention_work() {
     w.tiled_merges += s.tiled_merges.load(std::memory_order_relaxed);
     w.decode_lean_pieces += s.decode_lean_pieces.load(std::memory_order_relaxed);
     w.causal_skip_blocks += s.causal_skip_blocks.load(std::memory_order_relaxed);
+    w.decode_wide_pieces += s.decode_wide_pieces.load(std::memory_order_relaxed);
+    w.decode_wide_lin_pieces += s.decode_wide_lin_pieces.load(std::memory_order_relaxed);
     w.by_thread[i] = dp + tu;
   }
   return w;
@@ -367,6 +388,21 @@ namespace {
 // halves without prefetch (null: decode_wide_pf off, the 16-row order).
 alignas(64) const float wide_pf_none_storage[16] = {};
 const float* const wide_pf_none = wide_pf_none_storage;
+// fn(std::integral_constant<int, L>{}) for decode_wide_lin's every-L-th line, L = lin (1, 2, 4, 8, 16 or 32:
+// set_decode_wide_lin's values other than 0): the kernels compiled once per L, as gemm_detail::with_prefetch_hint
+// does per hint. fn: a lambda marked EMO_T512 (the kernels' target, so that the tile inlines into it) and forced
+// inline, as with_lin is: the kernel's body is what it was with the tile called in each case of a switch.
+template <class Fn>
+EMO_T512 __attribute__((always_inline)) inline void with_lin(int lin, Fn&& fn) {
+  switch (lin) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 16: return fn(std::integral_constant<int, 16>{});
+    default: return fn(std::integral_constant<int, 32>{});
+  }
+}
 struct PfCursor {
   const char* line = nullptr;  // the next line to prefetch (an address in it)
   const char* last = nullptr;  // the last byte of the current row's span
@@ -807,28 +843,26 @@ template <class E, int NC>
 EMO_T512 static inline void pv2_chunks_nb(float* acc, int ldacc, const float* alpha, const float* P, int ldP,
                                           const typename E::T* v, int64_t ldv, int nb, __mmask16 lm, int64_t vstep,
                                           const float* vnext, int lin) {
+  // decode_wide_lin (the driver: f32 rows back to back, head_dim 113-128): built for f32 x 8 chunks only
+  constexpr bool kLin = sizeof(typename E::T) == 4 && NC == 8;
   if (nb == 16 && vnext) {
     const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
-    if (sizeof(typename E::T) == 4 && NC == 8 && vn && lin) switch (lin) {  // decode_wide_lin (the driver: f32)
-        case 1: return pv2_chunks_h8<E, NC, 1>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 2: return pv2_chunks_h8<E, NC, 2>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 4: return pv2_chunks_h8<E, NC, 4>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 8: return pv2_chunks_h8<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        case 16: return pv2_chunks_h8<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-        default: return pv2_chunks_h8<E, NC, 32>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
-      }
+    if constexpr (kLin) {
+      if (vn && lin)
+        return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+          pv2_chunks_h8<E, NC, decltype(L)::value>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
+        });
+    }
     return pv2_chunks_h8<E, NC>(acc, ldacc, alpha, P, ldP, v, ldv, lm, vstep, vn);
   }
   if (nb == 8 && vnext) {  // decode_wide8's sub-block (vnext wide_pf_none: no prefetch)
     const typename E::T* vn = vnext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(vnext);
-    if (sizeof(typename E::T) == 4 && NC == 8 && vn && lin) switch (lin) {  // decode_wide_lin (the driver: f32)
-        case 1: return pv2_chunks_avx512<E, NC, 8, 1>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 2: return pv2_chunks_avx512<E, NC, 8, 2>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 4: return pv2_chunks_avx512<E, NC, 8, 4>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 8: return pv2_chunks_avx512<E, NC, 8, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        case 16: return pv2_chunks_avx512<E, NC, 8, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-        default: return pv2_chunks_avx512<E, NC, 8, 32>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
-      }
+    if constexpr (kLin) {
+      if (vn && lin)
+        return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+          pv2_chunks_avx512<E, NC, 8, decltype(L)::value>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
+        });
+    }
     return pv2_chunks_avx512<E, NC, 8>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep, vn);
   }
   if (nb == 16) pv2_chunks_avx512<E, NC, 16>(acc, ldacc, alpha, P, ldP, v, ldv, nb, lm, vstep);
@@ -1202,18 +1236,11 @@ EMO_T512 static void qk16_strided_avx512(const float* const* qrows, int R, const
 #define EMO_QK16(NR, NC) qk16_strided_tile<E, NR, NC>(qrows[0], q1, k, ldk, lm, vs, S, S1)
   if (R == 1 && knext) {  // decode_wide_pf
     const typename E::T* kn = knext == wide_pf_none ? nullptr : reinterpret_cast<const typename E::T*>(knext);
-    if (sizeof(typename E::T) == 4 && nc == 8 && kn && lin) {  // decode_wide_lin (the driver: f32, D 113-128)
-#define EMO_QK16L(L) qk16_strided_tile<E, 1, 8, true, L>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
-      switch (lin) {
-        case 1: EMO_QK16L(1); break;
-        case 2: EMO_QK16L(2); break;
-        case 4: EMO_QK16L(4); break;
-        case 8: EMO_QK16L(8); break;
-        case 16: EMO_QK16L(16); break;
-        default: EMO_QK16L(32); break;
-      }
-#undef EMO_QK16L
-      return;
+    if constexpr (sizeof(typename E::T) == 4) {  // decode_wide_lin (the driver: f32, D 113-128): f32 only
+      if (nc == 8 && kn && lin)
+        return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+          qk16_strided_tile<E, 1, 8, true, decltype(L)::value>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn);
+        });
     }
 #define EMO_QK16H(NC) qk16_strided_tile<E, 1, NC, true>(qrows[0], q1, k, ldk, lm, vs, S, S1, kn)
     switch (nc) {
@@ -1265,19 +1292,12 @@ EMO_T512 static void qk8_avx512(const float* q, const float* kf, int64_t ldk, in
   const int nc = (D + 15) / 16, tail = D % 16;
   const __mmask16 lm = tail ? __mmask16((1u << tail) - 1) : __mmask16(0xFFFF);
   const __m512 vs = _mm512_set1_ps(scale);
-  if (sizeof(typename E::T) == 4 && nc == 8 && kn && lin) {  // decode_wide_lin (the driver: f32, D 113-128)
-#define EMO_QK8L(L) \
-  (half ? qk8_tile<E, 8, 1, L>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, 8, 0, L>(q, k, ldk, lm, vs, S, kn))
-    switch (lin) {
-      case 1: EMO_QK8L(1); break;
-      case 2: EMO_QK8L(2); break;
-      case 4: EMO_QK8L(4); break;
-      case 8: EMO_QK8L(8); break;
-      case 16: EMO_QK8L(16); break;
-      default: EMO_QK8L(32); break;
-    }
-#undef EMO_QK8L
-    return;
+  if constexpr (sizeof(typename E::T) == 4) {  // decode_wide_lin (the driver: f32, D 113-128): f32 only
+    if (nc == 8 && kn && lin)
+      return with_lin(lin, [=](auto L) EMO_T512 __attribute__((always_inline)) {
+        constexpr int LIN = decltype(L)::value;
+        half ? qk8_tile<E, 8, 1, LIN>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, 8, 0, LIN>(q, k, ldk, lm, vs, S, kn);
+      });
   }
 #define EMO_QK8(NC) \
   (half ? qk8_tile<E, NC, 1>(q, k, ldk, lm, vs, S, kn) : qk8_tile<E, NC, 0>(q, k, ldk, lm, vs, S, kn))
@@ -2278,15 +2298,13 @@ bool decode_pv2_applies(const AttentionParams& p) {
   return p.n_heads == p.n_kv_heads && p.n_kv_heads >= 2 && decode_qk16_applies(p) && decode_pv_pairs();
 }
 bool decode_wide_pf_applies(const AttentionParams& p) {
-  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && wide_takes(decode_wide_pf_mode(), p.kv_dtype);
+  return decode_qk16_applies(p) && p.n_heads == p.n_kv_heads && wide_takes(decode_wide_pf_mode(), p);
 }
 bool decode_wide8_applies(const AttentionParams& p) {
-  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p.kv_dtype);
+  return decode_pv2_applies(p) && p.n_kv_heads % 2 == 0 && wide_takes(decode_wide8_mode(), p);
 }
 bool decode_wide_lin_applies(const AttentionParams& p) {
-  const int64_t span = p.n_kv_heads * p.head_dim;
-  return decode_wide_pf_applies(p) && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span &&
-         (p.head_dim + 15) / 16 == 8 && decode_wide_lin() != 0;
+  return decode_wide_pf_applies(p) && wide_lin_shape(p) && decode_wide_lin() != 0;
 }
 bool decode_pipeline_applies(const AttentionParams& p) {
   return isa_active() >= Isa::Avx512 && decode_inplace_enabled() && p.n_kv_heads * p.head_dim <= kDecodePackSpan &&
@@ -2356,8 +2374,8 @@ DecodeItem make_decode_item(const float* q, const float* k, const float* v, floa
   it.ktiles = attention_detail::decode_k_tiles();
   it.lean = attention_detail::decode_lean();
   it.pv_chunks = attention_detail::decode_pv_chunks();
-  it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p.kv_dtype);
-  it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p.kv_dtype);
+  it.wide_pf = attention_detail::wide_takes(attention_detail::decode_wide_pf_mode(), p);
+  it.wide8 = attention_detail::wide_takes(attention_detail::decode_wide8_mode(), p);
   it.wide_lin = attention_detail::decode_wide_lin();
   EMOLLM_CHECK_ARG(!it.ktiles || attention_detail::decode_k_tiles_applies(p),
                    "attention: decode_k_tiles (K in 16-token tiles) on a call the prototype does not take");
@@ -2715,10 +2733,9 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
   // first row of that sub-block, or wide_pf_none / null (off).
   const bool wide_pf = use_qk16 && it.wide_pf;
   // decode_wide_lin: wide_pf's prefetch (16-row sub-blocks and decode_wide8's halves) in address order, every
-  // wide_lin-th line (0: off); f32 rows back to back only, and the kernels take it with 8 chunks of 16 only
-  // (head_dim 113-128): attention_detail::decode_wide_lin_applies
-  const int wide_lin =
-      wide_pf && p.kv_dtype == DType::F32 && p.ldk == span && p.ldv == span && Dp == 128 ? it.wide_lin : 0;
+  // wide_lin-th line (0: off); f32 rows back to back with 8 chunks of 16 (head_dim 113-128) only, the one shape
+  // an f32 cache takes wide_pf on (attention_detail::wide_lin_shape; decode_wide_lin_applies)
+  const int wide_lin = wide_pf && attention_detail::wide_lin_shape(p) ? it.wide_lin : 0;
   // Token row s of V (is_v) or K.
   auto kv_token = [&](bool is_v, int64_t s) -> const float* {
     return is_v ? kv_row(it.v, p.v_blocks, p, s, p.ldv) : kv_row(it.k, p.k_blocks, p, s, p.ldk);
@@ -2783,6 +2800,11 @@ void run_decode_piece(const DecodeItem& it, const Kern& kern, int64_t piece, flo
     attention_detail::count_work(&attention_detail::WorkSlot::decode_lean_pieces);
     return;
   }
+  // (tests) a piece whose full sub-blocks take the wide forms (decode_wide_pf / decode_wide8; one query head per kv
+  // head: qk16's two-row tile ignores knext), counted once, with or without decode_wide_lin's order
+  if ((wide_pf || wide8) && G == 1)
+    attention_detail::count_work(wide_lin ? &attention_detail::WorkSlot::decode_wide_lin_pieces
+                                          : &attention_detail::WorkSlot::decode_wide_pieces);
   bool swept = false;  // the current sub-block's lines were prefetched during the previous one's compute
   PfCursor cursor;
   PfCursor* pf = nullptr;  // the kernels' cursor while a sub-block is prefetched

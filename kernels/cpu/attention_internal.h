@@ -83,8 +83,10 @@ void set_decode_pv_chunks(bool on);
 // (prefetcht2) one line a load, in decode_pipeline_next's order (the next K sub-block, a block's first V after its
 // last K, the next block's first K after its last V). Each key's and each output element's FMAs in the same order:
 // bit for bit equal. Default per CPU and cache type (decode_tuning.h attn_wide_pf: which caches take it, DecodeWide);
-// set_decode_wide_pf (on: every cache type) / set_decode_wide_pf_mode for tests and A/B tools.
-enum class DecodeWide { Off = 0, Half = 1, All = 2 };  // the caches that take it: none, f16 / bf16, every type
+// set_decode_wide_pf (on: All) / set_decode_wide_pf_mode for tests and A/B tools.
+// The caches that take it: none; f16 / bf16; those and f32 where decode_wide_lin's shape holds (rows back to back,
+// head_dim 113-128: other f32 shapes keep the 16 rows, session 30's f32 halves measured 0.95-0.96x at the 7B shape).
+enum class DecodeWide { Off = 0, Half = 1, All = 2 };
 DecodeWide decode_wide_pf_mode();
 void set_decode_wide_pf_mode(DecodeWide m);
 bool decode_wide_pf();  // mode != Off
@@ -94,7 +96,7 @@ void set_decode_wide_pf(bool on);  // All / Off
 // rows 8-15, and P V the same (its accumulators stored between the halves): 8 row streams at a time instead of
 // 16. With decode_wide_pf the next 8 rows are prefetched into L2 during each half. The same operations in the
 // same order: bit for bit equal. Default per CPU and cache type (decode_tuning.h attn_wide8, DecodeWide);
-// set_decode_wide8 (on: every cache type) / set_decode_wide8_mode for tests and A/B tools.
+// set_decode_wide8 (on: All) / set_decode_wide8_mode for tests and A/B tools.
 DecodeWide decode_wide8_mode();
 void set_decode_wide8_mode(DecodeWide m);
 bool decode_wide8();  // mode != Off
@@ -109,9 +111,9 @@ bool decode_wide8_applies(const AttentionParams& p);
 // rows' same slice, 16 KiB apart, every line); N = 1 / 2 / 4 / 8 / 16 / 32: in address order instead (kv head g's
 // Q K^T call the next 16 / 8 rows' g-th 8 / 4 KiB, P V pair g0's call the g0-th; each call's lines front to back),
 // every N-th line (the hardware's stream prefetcher the rest). Default per CPU (decode_tuning.h attn_wide_lin: Zen 4
-// 8, with decode_wide_pf / decode_wide8 on every cache type). Prefetches only: the same bits (session 32).
+// 8, with decode_wide_pf / decode_wide8 DecodeWide::All). Prefetches only: the same bits (session 32).
 int decode_wide_lin();
-void set_decode_wide_lin(int every);  // 0, 1, 2, 4, 8, 16, 32 (another value > 0: 32)
+void set_decode_wide_lin(int every);  // 0, 1, 2, 4, 8, 16 or 32; another value throws InvalidArgument (unchanged)
 // Whether a decode call takes it (tests): decode_wide_pf_applies, an f32 cache, rows back to back, 8 chunks of 16
 // (head_dim 113-128) and decode_wide_lin() != 0.
 bool decode_wide_lin_applies(const AttentionParams& p);
@@ -200,10 +202,13 @@ std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float
 // decode_lean_pieces: the decode pieces that ran the lean narrow piece (decode_lean; also counted in
 // decode_pieces; attention_planned_work leaves it 0). causal_skip_blocks: the tile groups' causal
 // diagonal blocks run without their fully masked parts (prefill_causal_skip; planned: 0).
+// decode_wide_pieces / decode_wide_lin_pieces: the decode pieces whose full sub-blocks take the wide forms
+// (decode_wide_pf / decode_wide8), each in one of the two: the second with decode_wide_lin's order (also counted
+// in decode_pieces; planned: 0).
 constexpr int kWorkThreads = 8;
 struct AttentionWork {
   uint64_t decode_pieces = 0, decode_merges = 0, tiled_units = 0, tiled_merges = 0, decode_lean_pieces = 0;
-  uint64_t causal_skip_blocks = 0;
+  uint64_t causal_skip_blocks = 0, decode_wide_pieces = 0, decode_wide_lin_pieces = 0;
   uint64_t by_thread[kWorkThreads] = {};
 };
 AttentionWork attention_work();

@@ -19,7 +19,9 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.attn_pipeline_l2 = true;
     t.attn_decode_lean = true;
     t.attn_pv_chunks = true;
-    t.attn_wide_pf = 2;  // attention_detail::DecodeWide::All: f16 / bf16 (session 30), f32 (session 32) caches
+    // attention_detail::DecodeWide::All: f16 / bf16 (session 30), f32 (session 32: rows back to back, head_dim
+    // 113-128; other f32 shapes keep the 16 rows) caches
+    t.attn_wide_pf = 2;
     t.attn_wide8 = 2;
     t.attn_wide_lin = 8;  // f32: the prefetch in address order, every 8th line (session 32)
     t.q80_streams = 2;

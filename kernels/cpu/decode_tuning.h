@@ -2,8 +2,9 @@
 // (base/cpu_features.h avx512_double_pumped), each entry read when its process-wide setting is
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
-// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch, set_gemv_owner_keep; gemv_kquant_vnni.h
-// set_kquant_streams, set_kquant_prefetch;
+// set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch, set_gemv_half_long_streams,
+// set_gemv_half_long_runs, set_gemv_owner_keep; gemv_kquant_vnni.h set_kquant_streams,
+// set_kquant_prefetch;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode, set_decode_wide_lin) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
@@ -134,7 +135,7 @@ struct DecodeTuning {
   bool attn_pv_chunks = false;
   // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
   // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
-  // DecodeWide (0 none, 1 f16 / bf16, 2 every type). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
+  // DecodeWide (0 none, 1 f16 / bf16, 2 those and f32 on decode_wide_lin's shape). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
   // h-attn7b, bench/README's Zen 4 row of 17:07-17:50; attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 /
   // 2048, 1 thread, thread CPU time, interleaved call by call, load 0.04-0.4 then 3-6; against the 16-row order
   // without prefetch, by median): f16 both 1.35-1.50x (the call 0.70-0.75x a plain read of its bytes, 0.48-0.55x
@@ -146,9 +147,11 @@ struct DecodeTuning {
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
   // Session 32 (h-attnf32): Zen 4 takes both on f32 caches too (attn_wide_pf / attn_wide8 = 2, DecodeWide::All),
-  // their prefetch there in address order, every attn_wide_lin-th line (attention_internal.h decode_wide_lin: each
-  // kv head's Q K^T call / P V pair's call the next 8 rows' g-th 4 KiB front to back, the hardware's stream
-  // prefetcher the rest; 0: the loads' order, every line). Same bits. attn_decode_threads' 7B shape (32 / 32 x 128,
+  // where their rows lie back to back with head_dim 113-128 only (the shape measured; other f32 shapes keep the 16
+  // rows: session 30's f32 halves, one prefetch a line, measured 0.95-0.96x below), their prefetch there in address
+  // order, every attn_wide_lin-th line (attention_internal.h decode_wide_lin: each kv head's Q K^T call / P V
+  // pair's call the next 8 rows' g-th 4 KiB front to back, the hardware's stream prefetcher the rest; 0: the loads'
+  // order, every line). Same bits. attn_decode_threads' 7B shape (32 / 32 x 128,
   // f32) cold in 2 MiB pages, 1 thread, thread CPU time, interleaved call by call, load 2.5-7 (NOT quiet), 16
   // processes at each of kv 512 / 1024 / 2048 (bench/README's Zen 4 row of 23:19-23:50), against the 16-row order
   // by median: 1.051 / 1.058 / 1.055 (per process 0.87-1.11), 0.76-0.78x a plain read of the bytes (the 16 rows
@@ -209,7 +212,7 @@ struct DecodeTuning {
   // Those 6-stream rows (K >= 4096) walked in runs of two 128-byte steps of a row (its 4 lines in
   // address order), x's 128 columns in 8 registers for the 6 rows (gemm_avx512.cpp
   // gemv_streams_runs; only without stream prefetch): 0 = never, 1 = f16 rows, 2 = bf16 and f16.
-  // Same bits (each row's FMAs in the same order). Zen 4: 2 (session 32, h-half; half_read_patterns
+  // Same bits (each row's FMAs in the same order). Zen 4: 1 (session 32; h-half: half_read_patterns
   // rows gemv-runs / gemv-steps, 1 thread, thread CPU time, cold 2 MiB-page copies, interleaved
   // call by call, load 1.5-7.3, at 2048 x 5632, 12288 x 4096, 4096 x 4096, 22016 x 4096, 4096 x
   // 11008, median over the processes of each one's median ratio), the code as committed: f16

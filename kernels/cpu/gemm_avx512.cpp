@@ -716,7 +716,8 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 // gemv_streams<6>: S = 6, R = 2 f16 1.07-1.11x, bf16 1.025-1.084x (1.06-1.09x / 0.98-1.02x built
 // beside scratch forms); x reloaded for each row (FMA memory operands, no spills) at R = 2 / 4 / 8
 // bf16 0.74-1.01x, f16 0.76-1.06x; R = 4 (more spills) bf16 0.81-0.88x; S = 5 / 4 / 3 with x in
-// registers 0.81-1.04x. The default on Zen 4 (decode_tuning.h half_long_runs).
+// registers 0.81-1.04x. At 2 threads (the lead, quiet, wall) f16 0.97-1.02x, bf16 0.95-0.99x: the
+// default on Zen 4 for f16 only (decode_tuning.h half_long_runs 1).
 template <DType DT, int S, int R>
 EMO_T512 void gemv_streams_runs(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_streams_runs: BF16 or F16 weights");

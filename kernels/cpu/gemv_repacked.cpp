@@ -264,8 +264,9 @@ inline int32_t ld32(const int8_t* p) {
 // as the two copies before, but groups_avx512<*, 1>'s two f32 accumulators in swapped registers.
 // Two spellings that changed the code: the chains passed by reference (q40_line(a[j], c[j], ...):
 // groups_avx512<false, 1> +8 instructions, its tail block spilling; scratch N = 16 rows, which run
-// that pass alone, 0.96-0.985x by median, 1 thread thread CPU time) and the scale product passed
-// as a value computed before the sum (the scale loads move ahead of the sum in groups_avx512<false,
+// that pass alone, 0.964x / 0.975x the speed at K = 11008 / 4096: base / by-reference time by
+// median, 1 thread thread CPU time; bench/README's h-q4fold row) and the scale product passed as
+// a value computed before the sum (the scale loads move ahead of the sum in groups_avx512<false,
 // 4 / 2> and the t-major ms_q40_avx512).
 //
 // One q4_0 quant line at p against x's quads xl (low nibbles) / xh (high ones): the line loaded
@@ -1065,12 +1066,14 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 // with the ranges off, so they could not matter to the default path. The bits do not depend on
 // the chunking.
 // even_sg: the claims whole pairs of super-groups (gemm_detail::set_gemv_even_claims; q4_0's
-// two-stream pass only, whose records are 4-group super-groups).
+// two-stream pass only, whose records are 4-group super-groups: the form repacked_groups takes,
+// gemv_m1_form).
 // gemv_owner_keep (decode_tuning.h; Zen 4: 1): each thread's first claim on its own range is all
 // of it but its last pass, so the two-stream pass reads the range as two long streams instead of
 // restarting them every gemv_chunk's groups (~6-10 us a call at 2 threads in the VM's high phase).
 bool even_claims(bool q8, const RepackLayout& L) {
-  return !q8 && L.sg == kSuperGroup && gemm_detail::q40_ms() && gemm_detail::gemv_even_claims();
+  return L.sg == kSuperGroup && gemm_detail::gemv_even_claims() &&
+         gemm_detail::gemv_m1_form(q8, gemm_detail::gemv_m1_settings()).pass == gemm_detail::GemvPass::Q40Streams;
 }
 // The dispatch's claim unit in groups: a pass, or (even_sg) a pair of super-groups.
 int64_t gemv_step(bool even_sg) { return even_sg ? 2 * kSuperGroup : kPassGroups; }

@@ -1416,8 +1416,9 @@ TEST(attention_decode_pv_wide_same_bits) {
 // at lengths with and without a partial last sub-block and across the 64-token block, contiguous
 // and paged (16 / 64), no pool and 2 / 3 threads; with the switch on the outputs and log-sum-exps
 // are within 1e-5 of ref::attention, and bit for bit those with it off; `applies` holds exactly for
-// the shapes marked `taken` (on AVX-512) and never with the switch off, and the path ran in more
-// than runs / taken_divisor of the runs, so the comparison is not vacuous.
+// the shapes marked `taken` (on AVX-512; asked of the f32 contiguous call, and where `half` is 0 / 1
+// of the f16 / bf16 contiguous calls too: whether they take it) and never with the switch off, and the path
+// ran in more than runs / taken_divisor of the runs, so the comparison is not vacuous.
 struct DecodeSwitch {
   const char* label;
   bool (*applies)(const AttentionParams&);
@@ -1426,7 +1427,11 @@ struct DecodeSwitch {
   int64_t min_taken_length;  // the path runs only from this kv length on
   int taken_divisor;
 };
-struct DecodeSweepShape { int64_t H, Hkv, D, pad; bool taken; };
+struct DecodeSweepShape {
+  int64_t H, Hkv, D, pad;
+  bool taken;     // the f32 call
+  int half = -1;  // the f16 / bf16 calls: 1 taken, 0 not, -1 not asked
+};
 void expect_decode_switch_same_bits(const DecodeSwitch& sw, std::initializer_list<DecodeSweepShape> shapes, uint64_t seed) {
   ThreadPool pool2(2), pool3(3);
   DecodeSplitScope split(true);
@@ -1442,6 +1447,7 @@ void expect_decode_switch_same_bits(const DecodeSwitch& sw, std::initializer_lis
         const std::string what = describe(c) + " kv=" + dtype_name(t);
         EXPECT(sw.applies(d.p) == (avx512 && sh.taken));
         const DecodeLayouts L(d, t, seed, {16, 64}, {16, 64}, what);
+        if (t != DType::F32 && sh.half >= 0) EXPECT(sw.applies(*L.ps[0]) == (avx512 && sh.half == 1));
         for (const AttentionParams* pp : L.ps) {
           for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
             const std::string w = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
@@ -1544,8 +1550,8 @@ TEST(attention_decode_pv_chunks_same_bits) {
 // then 8-15, all accumulators in registers) keep every score's and every output element's operations in order:
 // outputs and log-sum-exps bit for bit equal with it off, f32 / f16 / bf16 caches, head_dim 80 / 100 (a tail chunk,
 // padded rows) / 128, an odd kv head count (the last head's P V alone), the P V pairs by chunks (this CPU's default
-// or not: set on here) and by rows; not taken: 2 query heads a kv head (qk16's two-row tile), head_dim 64 (no
-// qk16); lengths with and without a partial last sub-block (a next sub-block short of 16 rows: no prefetch), across
+// or not: set on here) and by rows; f32 caches take it only on rows back to back with head_dim 113-128 (x 80 / 100
+// there: the 16 rows); not taken: 2 query heads a kv head (qk16's two-row tile), head_dim 64 (no qk16); lengths with and without a partial last sub-block (a next sub-block short of 16 rows: no prefetch), across
 // the 64-token block and the pieces, contiguous and paged (16 / 64: the next sub-block in another page), no pool
 // and 2 / 3 threads; within 1e-5 of ref::attention.
 TEST(attention_decode_wide_pf_same_bits) {
@@ -1557,12 +1563,12 @@ TEST(attention_decode_wide_pf_same_bits) {
   for (bool chunks : {true, false}) {
     attention_detail::set_decode_pv_chunks(chunks);
     expect_decode_switch_same_bits(sw,
-                                   {{32, 32, 128, 0, true},
-                                    {8, 8, 80, 0, true},
-                                    {6, 6, 100, 3, true},
-                                    {5, 5, 128, 0, true},
-                                    {16, 8, 128, 0, false},
-                                    {8, 8, 64, 0, false}},
+                                   {{32, 32, 128, 0, true, 1},
+                                    {8, 8, 80, 0, false, 1},
+                                    {6, 6, 100, 3, false, 1},
+                                    {5, 5, 128, 0, true, 1},
+                                    {16, 8, 128, 0, false, 0},
+                                    {8, 8, 64, 0, false, 0}},
                                    chunks ? 19700 : 20900);
   }
   attention_detail::set_decode_pv_chunks(was);
@@ -1573,10 +1579,10 @@ TEST(attention_decode_wide_pf_same_bits) {
 // through qk8, qk16's accumulator and reduction lane for each key, then rows 8-15; P V pairs on 8 tokens at a time,
 // the accumulators stored between) and with the next 8 rows prefetched too (decode_wide_pf on): the same bits as
 // with it off, the shapes, caches, lengths, layouts and pools of attention_decode_wide_pf_same_bits (an odd kv head
-// count does not take it: P V pairs only); within 1e-5 of ref::attention.
+// count does not take it: P V pairs only; f32 x 80 / 100 neither); within 1e-5 of ref::attention.
 TEST(attention_decode_wide8_same_bits) {
   const DecodeSwitch sw{"wide rows as two sub-blocks of 8", attention_detail::decode_wide8_applies,
-                        attention_detail::decode_wide8, attention_detail::set_decode_wide8, 16, 3};
+                        attention_detail::decode_wide8, attention_detail::set_decode_wide8, 16, 4};
   const bool was = attention_detail::decode_pv_chunks();
   const attention_detail::DecodeWide was_pf = attention_detail::decode_wide_pf_mode(),
                                      was8 = attention_detail::decode_wide8_mode();
@@ -1585,12 +1591,12 @@ TEST(attention_decode_wide8_same_bits) {
     attention_detail::set_decode_pv_chunks(mode < 2);
     attention_detail::set_decode_wide_pf(mode > 0);
     expect_decode_switch_same_bits(sw,
-                                   {{32, 32, 128, 0, true},
-                                    {8, 8, 80, 0, true},
-                                    {6, 6, 100, 3, true},
-                                    {5, 5, 128, 0, false},
-                                    {16, 8, 128, 0, false},
-                                    {8, 8, 64, 0, false}},
+                                   {{32, 32, 128, 0, true, 1},
+                                    {8, 8, 80, 0, false, 1},
+                                    {6, 6, 100, 3, false, 1},
+                                    {5, 5, 128, 0, false, 0},
+                                    {16, 8, 128, 0, false, 0},
+                                    {8, 8, 64, 0, false, 0}},
                                    21700 + 1000 * uint64_t(mode));
   }
   attention_detail::set_decode_pv_chunks(was);
@@ -1601,10 +1607,11 @@ TEST(attention_decode_wide8_same_bits) {
 // decode_wide_pf's prefetch in address order (attention_detail::decode_wide_lin: f32 rows back to back, head_dim
 // 113-128, each Q K^T / P V pair call the next sub-block's or 8-row half's lines front to back, every N-th) is
 // prefetches only: outputs and log-sum-exps bit for bit equal with it off, on the 16-row sub-blocks and on
-// decode_wide8's halves (both on every cache type here), N 1 / 8 / 32; taken on f32 x 128 (MHA 32 / 5 kv heads: an
-// odd count's last P V alone, 16 rows even with decode_wide8) and 8 x 120 (a tail chunk), not on x 100 (7 chunks), padded rows (a gap between them),
-// 2 query heads a kv head; f16 / bf16 run with it on and must match too (their prefetch keeps the loads' order);
-// lengths, layouts (contiguous, 16 / 64-token pages) and pools of expect_decode_switch_same_bits.
+// decode_wide8's halves (both DecodeWide::All here), N 1 / 8 / 32; taken on f32 x 128 (MHA 32 / 5 kv heads: an
+// odd count's last P V alone, 16 rows even with decode_wide8) and 8 x 120 (a tail chunk), not on x 100 (7 chunks),
+// padded rows (a gap between them; x 100 and these run the 16 rows on f32), 2 query heads a kv head; f16 / bf16 run
+// with it on and must match too (their prefetch keeps the loads' order; never taken); lengths, layouts (contiguous,
+// 16 / 64-token pages) and pools of expect_decode_switch_same_bits. attention_decode_wide_path_choice: which form ran.
 namespace wide_lin_test {
 int every = 8;  // the N the switch sets
 bool on() { return attention_detail::decode_wide_lin() != 0; }
@@ -1626,12 +1633,12 @@ TEST(attention_decode_wide_lin_same_bits) {
       wide_lin_test::every = n;
       wide_lin_test::set(true);  // the sweep checks applies with the switch as it finds it
       expect_decode_switch_same_bits(sw,
-                                     {{32, 32, 128, 0, true},
-                                      {8, 8, 120, 0, true},
-                                      {5, 5, 128, 0, true},
-                                      {8, 8, 100, 0, false},
-                                      {8, 8, 128, 3, false},
-                                      {16, 8, 128, 0, false}},
+                                     {{32, 32, 128, 0, true, 0},
+                                      {8, 8, 120, 0, true, 0},
+                                      {5, 5, 128, 0, true, 0},
+                                      {8, 8, 100, 0, false, 0},
+                                      {8, 8, 128, 3, false, 0},
+                                      {16, 8, 128, 0, false, 0}},
                                      seed);
       seed += 1000;
     }
@@ -1639,6 +1646,108 @@ TEST(attention_decode_wide_lin_same_bits) {
   attention_detail::set_decode_wide_pf_mode(was_pf);
   attention_detail::set_decode_wide8_mode(was8);
   attention_detail::set_decode_wide_lin(was_lin);
+}
+
+// Which form the 7B's wide-row sub-blocks take (attention_detail::AttentionWork decode_wide_pieces /
+// decode_wide_lin_pieces), with decode_wide_pf and decode_wide8 DecodeWide::All (Zen 4's) or Half and
+// decode_wide_lin 8 or 0: f16 / bf16 caches the 8-row halves at every wide MHA shape (x 128 / 120 / 80 / 100,
+// padded rows), their prefetch in the loads' order; f32 ones only with All and where decode_wide_lin's shape holds
+// (rows back to back, head_dim 113-128: x 128 / 120), in address order with decode_wide_lin on; other f32 shapes
+// (x 80 / 100, padded rows) the 16 rows; 2 query heads a kv head never (0 below AVX-512). decode_wide_pf_applies /
+// decode_wide_lin_applies say the same. Every run's outputs and log-sum-exps bit for bit those with both modes Off
+// (the 16 rows) and within 1e-5 of ref::attention; 64 / 300 tokens, contiguous and 64-token pages, no pool and 2
+// threads.
+TEST(attention_decode_wide_path_choice) {
+  using attention_detail::DecodeWide;
+  ThreadPool pool2(2);
+  DecodeSplitScope split(true);
+  DecodeInplaceScope ip(true);
+  const bool avx512 = isa_active() >= Isa::Avx512;
+  const DecodeWide was_pf = attention_detail::decode_wide_pf_mode(), was8 = attention_detail::decode_wide8_mode();
+  const int was_lin = attention_detail::decode_wide_lin();
+  const bool was_chunks = attention_detail::decode_pv_chunks();
+  attention_detail::set_decode_pv_chunks(true);
+  struct Shape {
+    int64_t H, Hkv, D, pad;
+    bool lin_shape;  // rows back to back, head_dim 113-128
+    bool wide;       // one query head per kv head, head_dim 65-128, wide rows
+  };
+  const Shape shapes[] = {{32, 32, 128, 0, true, true}, {8, 8, 120, 0, true, true},  {8, 8, 80, 0, false, true},
+                          {8, 8, 100, 0, false, true},  {8, 8, 128, 3, false, true}, {16, 8, 128, 0, false, false}};
+  struct Mode {
+    DecodeWide m;
+    int lin;
+  };
+  const Mode modes[] = {{DecodeWide::All, 8}, {DecodeWide::All, 0}, {DecodeWide::Half, 8}};
+  uint64_t seed = 31100;
+  int wide_runs = 0, lin_runs = 0;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t n : {int64_t(64), int64_t(300)}) {
+        const Case c{1, n, sh.H, sh.Hkv, sh.D, true, n - 1, sh.pad};
+        Data d = make_data(c, seed++);
+        const std::string what = describe(c) + " kv=" + dtype_name(t);
+        const DecodeLayouts L(d, t, seed, {64}, {64}, what);
+        for (const AttentionParams* pp : L.ps)
+          for (ThreadPool* pl : {static_cast<ThreadPool*>(nullptr), &pool2}) {
+            const std::string wb = what + " block=" + std::to_string(pp->kv_block_size) + " pool=" +
+                                   std::to_string(pl ? pl->size() : 0);
+            std::vector<float> lb(size_t(sh.H), kNaN);
+            attention_detail::set_decode_wide_pf_mode(DecodeWide::Off);
+            attention_detail::set_decode_wide8_mode(DecodeWide::Off);
+            const std::vector<float> b =
+                run_out(*pp, wb, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, lb.data()); });
+            for (const Mode& md : modes) {
+              const std::string w = wb + " mode=" + std::to_string(int(md.m)) + " lin=" + std::to_string(md.lin);
+              attention_detail::set_decode_wide_pf_mode(md.m);
+              attention_detail::set_decode_wide8_mode(md.m);
+              attention_detail::set_decode_wide_lin(md.lin);
+              const bool takes = avx512 && sh.wide && (t != DType::F32 || (md.m == DecodeWide::All && sh.lin_shape));
+              const bool lin = takes && t == DType::F32 && md.lin != 0;
+              EXPECT(attention_detail::decode_wide_pf_applies(*pp) == takes);
+              EXPECT(attention_detail::decode_wide_lin_applies(*pp) == lin);
+              std::vector<float> la(size_t(sh.H), kNaN);
+              const attention_detail::AttentionWork w0 = attention_detail::attention_work();
+              const std::vector<float> a =
+                  run_out(*pp, w, [&](float* o) { attention(d.q, L.k(pp), L.v(pp), o, *pp, pl, la.data()); });
+              const attention_detail::AttentionWork w1 = attention_detail::attention_work();
+              const uint64_t wide_pieces = w1.decode_wide_pieces - w0.decode_wide_pieces;
+              const uint64_t lin_pieces = w1.decode_wide_lin_pieces - w0.decode_wide_lin_pieces;
+              if ((wide_pieces > 0) != (takes && !lin) || (lin_pieces > 0) != lin)
+                ::emollm_test::report_failure(__FILE__, __LINE__,
+                                              "wide pieces " + std::to_string(wide_pieces) + ", in address order " +
+                                                  std::to_string(lin_pieces) + ": not the form expected: " + w);
+              wide_runs += wide_pieces > 0 ? 1 : 0;
+              lin_runs += lin_pieces > 0 ? 1 : 0;
+              EXPECT_ALL_CLOSE(a.data(), L.ref.data(), a.size(), 1e-5, 0.0, w);
+              EXPECT_ALL_CLOSE(la.data(), L.ref_lse.data(), la.size(), 1e-5, 0.0, w + " lse");
+              if (a != b || la != lb)
+                ::emollm_test::report_failure(__FILE__, __LINE__, "the wide forms changed the result: " + w);
+            }
+          }
+      }
+  std::printf("  wide forms in %d runs, in address order in %d\n", wide_runs, lin_runs);
+  EXPECT(!avx512 || (wide_runs > 0 && lin_runs > 0));
+  attention_detail::set_decode_pv_chunks(was_chunks);
+  attention_detail::set_decode_wide_pf_mode(was_pf);
+  attention_detail::set_decode_wide8_mode(was8);
+  attention_detail::set_decode_wide_lin(was_lin);
+}
+
+// set_decode_wide_lin stores 0, 1, 2, 4, 8, 16 and 32 and rejects any other value (InvalidArgument, the setting
+// unchanged): a negative one ran as 32 before.
+TEST(attention_decode_wide_lin_values) {
+  const int was = attention_detail::decode_wide_lin();
+  for (int v : {0, 1, 2, 4, 8, 16, 32}) {
+    attention_detail::set_decode_wide_lin(v);
+    EXPECT(attention_detail::decode_wide_lin() == v);
+  }
+  attention_detail::set_decode_wide_lin(4);
+  for (int v : {-1, -8, -32, 3, 6, 12, 24, 33, 64, -2147483647 - 1}) {
+    EXPECT_THROWS(attention_detail::set_decode_wide_lin(v), ErrorCode::InvalidArgument);
+    EXPECT(attention_detail::decode_wide_lin() == 4);
+  }
+  attention_detail::set_decode_wide_lin(was);
 }
 
 // The next sub-block prefetched from inside the kernels' loops (attention_detail::decode_pipeline:

@@ -3,9 +3,9 @@
 // two rows (Zen 5 keeps the defaults measured there; double-pumped AVX-512 reads without software
 // prefetch, the K-quant pass on one stream without software prefetch, the decode attention's
 // pipelined prefetch into L2, its lean narrow-row piece, its P V pairs a chunk at a time across the
-// token rows and its wide-row sub-blocks on every cache type as two of 8 rows with the next 8
-// prefetched into L2 (attn_wide_pf / attn_wide8: DecodeWide::All; Zen 5: Off; f32's prefetch in address
-// order, every 8th line: attn_wide_lin 8), the q8_0 pass in
+// token rows and its wide-row sub-blocks as two of 8 rows with the next 8 prefetched into L2 (attn_wide_pf /
+// attn_wide8: DecodeWide::All, f16 / bf16 caches and f32 ones on the 7B's shape; Zen 5: Off; f32's prefetch in
+// address order, every 8th line: attn_wide_lin 8), the q8_0 pass in
 // 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
 // on 6 streams a thread in runs of two steps a row), that the process-wide settings start from the table's row for this CPU, and
@@ -60,8 +60,8 @@ TEST(decode_tuning_table_rows) {
   EXPECT(b.attn_pipeline_l2);
   EXPECT(!a.attn_decode_lean && b.attn_decode_lean);
   EXPECT(!a.attn_pv_chunks && b.attn_pv_chunks);
-  // the 7B's wide-row sub-blocks: off on Zen 5, every cache type on Zen 4 (f32's prefetch in address order,
-  // every 8th line)
+  // the 7B's wide-row sub-blocks: off on Zen 5, All on Zen 4 (f32 caches on the 7B's shape, their prefetch in
+  // address order, every 8th line)
   using attention_detail::DecodeWide;
   EXPECT(a.attn_wide_pf == int(DecodeWide::Off) && a.attn_wide8 == int(DecodeWide::Off));
   EXPECT(b.attn_wide_pf == int(DecodeWide::All) && b.attn_wide8 == int(DecodeWide::All));
@@ -175,7 +175,6 @@ TEST(decode_tuning_gemv_m1_forms) {
   s.q40_ms = false, s.q80_streams = 0;
   EXPECT(gemv_m1_form(false, s) == GemvM1Form{});
   EXPECT(gemv_m1_form(true, s) == GemvM1Form{});
-  EXPECT(GemvM1Form{}.pass == GemvPass::Groups);
   // the 17th q8_0 prefetch: with a hint only
   s = s5;
   s.q80_line17 = true;

@@ -668,8 +668,8 @@ TEST(gemm_huge_pages_multi_stream_gemv) {
 }
 
 // The bf16 / f16 stream kernels' rows of K >= 4096 on 6 streams a thread (set_gemv_half_long_streams,
-// gemm_avx512.cpp kHalfLongK), with and without the two-step runs (set_gemv_half_long_runs 2, no
-// stream prefetch), against 4 streams and against each row alone (the one-stream kernel
+// gemm_avx512.cpp kHalfLongK), with and without the two-step runs (set_gemv_half_long_runs 2, or 1:
+// F16 rows only, bf16 the one-step walk; no stream prefetch), against 4 streams and against each row alone (the one-stream kernel
 // gemv_stream): the same bits; and within the f32 tolerance of ref::gemm. N below, at and past
 // multiples of 6 and 4 (rows left over after the streams), K at the threshold and past it with a
 // tail (4133: 37 columns; 4165: one 64-column step after the last run and 5 columns; 4480), 1-3
@@ -702,7 +702,7 @@ TEST(gemm_huge_pages_half_long_streams_same_bits) {
                           K, nullptr);
         for (ThreadPool* pool : pools)
           for (int streams : {4, 6})
-            for (int runs : {0, 2}) {  // set_gemv_half_long_runs: one step of each stream in turn / two-step runs
+            for (int runs : {0, 1, 2}) {  // set_gemv_half_long_runs: one step of each stream in turn / F16 rows / all
             const std::string what = std::string("half long-row GEMV ") + dtype_name(t) + " N=" + std::to_string(N) +
                                      " K=" + std::to_string(K) + " streams=" + std::to_string(streams) +
                                      " runs=" + std::to_string(runs) + " threads=" + std::to_string(pool ? pool->size() : 1);
