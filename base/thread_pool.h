@@ -123,7 +123,8 @@ void parallel_guided(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
 // consecutive items, as a streaming GEMV wants (one stream per core for the hardware
 // prefetchers and DRAM pages; no chunk edge every few KiB), while a thread that never arrives
 // (kept off its core by another process) is still covered: its range is taken from the back.
-// Chunks never exceed max_chunk, for the same reason as parallel_guided's. fn(begin, end) runs
+// Chunks never exceed max_chunk, for the same reason as parallel_guided's (but an owner's first
+// claim with owner_keep >= 0, below). fn(begin, end) runs
 // once per chunk, on whichever thread claimed it. Without a pool, with one thread or n <= step:
 // fn(0, n).
 // owner: which thread walks range r from the front. Arrival (the default): the r-th thread to join

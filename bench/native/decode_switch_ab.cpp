@@ -38,6 +38,8 @@
 // bf16_prefill_fuse: the prefill's bf16 q/k/v and gate/up as one call (set_bf16_prefill_fuse;
 // with AB_PREFILL); gemv_fuse: q/k/v and gate/up at M = 1 in one dispatch (set_gemv_fusion);
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
+// gemv_owner_keep: the q4_0 / q8_0 M = 1 dispatch's first claim on a thread's own range all of it but its last
+// pass (set_gemv_owner_keep 1) against claims of at most gemv_chunk's groups (-1);
 // gemv_even_claims: q4_0's decode GEMV claims in whole pairs of super-groups (set_gemv_even_claims);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
 // qx_panel4: the prefill's X rounding a whole 4-row panel at once, full stores, against row by row (set_qx_pack_panel4; with AB_PREFILL);
@@ -268,10 +270,10 @@ const AbSwitch kSwitches[] = {
        gemm_detail::set_gemv_streams_prefetch(gemm_detail::GemvPrefetch::None);
        gemm_detail::set_gemv_half_long_runs(on ? 2 : 0);
      }},
-    // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     // the q4_0 / q8_0 M = 1 dispatch's first claim on a thread's own range all of it but its last
     // pass (on: set_gemv_owner_keep 1) against claims of at most gemv_chunk's groups (off: -1)
     {"gemv_owner_keep", [](bool on) { gemm_detail::set_gemv_owner_keep(on ? 1 : -1); }},
+    // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     // that pass's prefetch 4 KiB ahead for both types (on: two streams' distance before session 27)
     // against the default (q4_K 2 KiB, q6_K 4 KiB with two streams; gemv_kquant_vnni.cpp kq_stream_prefetch).

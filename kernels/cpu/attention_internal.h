@@ -202,7 +202,7 @@ std::vector<DecodeRead> decode_reads(const float* q, const float* k, const float
 // decode_lean_pieces: the decode pieces that ran the lean narrow piece (decode_lean; also counted in
 // decode_pieces; attention_planned_work leaves it 0). causal_skip_blocks: the tile groups' causal
 // diagonal blocks run without their fully masked parts (prefill_causal_skip; planned: 0).
-// decode_wide_pieces / decode_wide_lin_pieces: the decode pieces whose full sub-blocks take the wide forms
+// decode_wide_pieces / decode_wide_lin_pieces: the decode pieces run with the wide forms chosen (their full sub-blocks take them)
 // (decode_wide_pf / decode_wide8), each in one of the two: the second with decode_wide_lin's order (also counted
 // in decode_pieces; planned: 0).
 constexpr int kWorkThreads = 8;

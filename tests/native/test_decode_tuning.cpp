@@ -7,8 +7,9 @@
 // attn_wide8: DecodeWide::All, f16 / bf16 caches and f32 ones on the 7B's shape; Zen 5: Off; f32's prefetch in
 // address order, every 8th line: attn_wide_lin 8), the q8_0 pass in
 // 2 parts a thread without software prefetch (Zen 5:
-// 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch and long bf16 / f16 rows
-// on 6 streams a thread in runs of two steps a row), that the process-wide settings start from the table's row for this CPU, and
+// 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch, long bf16 / f16 rows
+// on 6 streams a thread (f16 ones in runs of two steps a row), the M = 1 dispatch's first claims all
+// of a thread's range but its last pass), that the process-wide settings start from the table's row for this CPU, and
 // that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch distance, the same on
 // both rows, too). That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,

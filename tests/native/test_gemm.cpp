@@ -1415,14 +1415,15 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
 }
 
-// q4_0's M = 1 dispatch with claims of whole super-group pairs (set_gemv_even_claims) gives the
-// bits of one thread, on 2 and 3 threads, called 30 times each (both threads claiming, stealing
-// across the pairs): the decoder's shapes' row counts (2560 = q+k+v, 11264 = gate+up: claims of 3
+// q4_0's M = 1 dispatch with claims of whole super-group pairs (set_gemv_even_claims) and with each
+// thread's first claim all of its range but 0 / 1 / 3 passes (set_gemv_owner_keep, Zen 4's default
+// 1; -1 elsewhere) gives the bits of one thread, on 2 and 3 threads, called 30 times each (both
+// threads claiming, stealing across the pairs); q8_0 with each owner_keep too: the decoder's shapes' row counts (2560 = q+k+v, 11264 = gate+up: claims of 3
 // and 11 super-groups by default), 15 whole super-groups and a partial one (1000 rows: 63
 // groups), and gemv_repacked_multi with an output of an odd count of super-groups first (320 rows:
 // the next output's groups start off a pair, so the claims fall back to single passes) and with
 // the 1.1B's q / k / v (2048 + 256 + 256). K = 256 keeps it short (the chunking does not depend on K).
-TEST(gemv_repacked_even_claims_same_bits) {
+TEST(gemv_repacked_claims_same_bits) {
   ThreadPool pool2(2), pool3(3);
   const int64_t K = 256;
   const std::vector<float> x = rand_vec(size_t(K), 7600);
@@ -1431,6 +1432,15 @@ TEST(gemv_repacked_even_claims_same_bits) {
     ~EvenScope() { gemm_detail::set_gemv_even_claims(prev_); }
     bool prev_;
   };
+  struct KeepScope {
+    explicit KeepScope(int k) : prev_(gemm_detail::gemv_owner_keep()) { gemm_detail::set_gemv_owner_keep(k); }
+    ~KeepScope() { gemm_detail::set_gemv_owner_keep(prev_); }
+    int prev_;
+  };
+  {
+    KeepScope ks(-7);  // below -1 reads -1 (today's claims)
+    EXPECT(gemm_detail::gemv_owner_keep() == -1);
+  }
   uint32_t seed = 7610;
   auto packed_q40 = [&](int64_t N) {
     Weights w = make_weights(DType::Q4_0, N, K, seed++);
@@ -1443,11 +1453,29 @@ TEST(gemv_repacked_even_claims_same_bits) {
     std::vector<float> ref(static_cast<size_t>(N)), y(static_cast<size_t>(N));
     gemv_repacked(x.data(), W.data(), DType::Q4_0, nullptr, ref.data(), N, K, nullptr);
     for (ThreadPool* pool : {&pool2, &pool3})
-      for (int on = 0; on < 2; ++on) {
-        EvenScope es(on != 0);
+      for (int keep : {-1, 0, 1, 3})
+        for (int on = 0; on < 2; ++on) {
+          EvenScope es(on != 0);
+          KeepScope ks(keep);
+          for (int rep = 0; rep < 30; ++rep) {
+            std::fill(y.begin(), y.end(), kSentinel);
+            gemv_repacked(x.data(), W.data(), DType::Q4_0, nullptr, y.data(), N, K, pool);
+            EXPECT(std::memcmp(y.data(), ref.data(), size_t(N) * sizeof(float)) == 0);
+          }
+        }
+  }
+  for (int64_t N : {2560, 1000}) {  // q8_0: 16-row groups, the parts pass
+    Weights w = make_weights(DType::Q8_0, N, K, seed++);
+    std::vector<uint8_t> W(quant_repack_bytes(DType::Q8_0, N, K));
+    quant_repack(w.bytes.data(), DType::Q8_0, N, K, W.data(), nullptr);
+    std::vector<float> ref(static_cast<size_t>(N)), y(static_cast<size_t>(N));
+    gemv_repacked(x.data(), W.data(), DType::Q8_0, nullptr, ref.data(), N, K, nullptr);
+    for (ThreadPool* pool : {&pool2, &pool3})
+      for (int keep : {-1, 0, 1, 3}) {
+        KeepScope ks(keep);
         for (int rep = 0; rep < 30; ++rep) {
           std::fill(y.begin(), y.end(), kSentinel);
-          gemv_repacked(x.data(), W.data(), DType::Q4_0, nullptr, y.data(), N, K, pool);
+          gemv_repacked(x.data(), W.data(), DType::Q8_0, nullptr, y.data(), N, K, pool);
           EXPECT(std::memcmp(y.data(), ref.data(), size_t(N) * sizeof(float)) == 0);
         }
       }
@@ -1466,6 +1494,7 @@ TEST(gemv_repacked_even_claims_same_bits) {
     for (ThreadPool* pool : {&pool2, &pool3})
       for (int on = 0; on < 2; ++on) {
         EvenScope es(on != 0);
+        KeepScope ks(on != 0 ? 1 : -1);
         for (int rep = 0; rep < 30; ++rep) {
           for (auto& v : ys) std::fill(v.begin(), v.end(), kSentinel);
           gemv_repacked_multi(x.data(), DType::Q4_0, outs, int(ns.size()), K, pool);
