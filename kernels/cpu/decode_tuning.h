@@ -211,7 +211,7 @@ struct DecodeTuning {
   int half_long_streams = 4;
   // Those 6-stream rows (K >= 4096) walked in runs of two 128-byte steps of a row (its 4 lines in
   // address order), x's 128 columns in 8 registers for the 6 rows (gemm_avx512.cpp
-  // gemv_streams_runs; only without stream prefetch): 0 = never, 1 = f16 rows, 2 = bf16 and f16.
+  // gemv_streams at R = 2; only without stream prefetch): 0 = never, 1 = f16 rows, 2 = bf16 and f16.
   // Same bits (each row's FMAs in the same order). Zen 4: 1 (session 32; h-half: half_read_patterns
   // rows gemv-runs / gemv-steps, 1 thread, thread CPU time, cold 2 MiB-page copies, interleaved
   // call by call, load 1.5-7.3, at 2048 x 5632, 12288 x 4096, 4096 x 4096, 22016 x 4096, 4096 x

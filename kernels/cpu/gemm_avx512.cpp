@@ -645,10 +645,13 @@ constexpr int kStreamsPrefetchBytes = EMOLLM_GEMV_STREAMS_PF;
 // L1 among the streaming weight lines (the reason, gemv_half_long_streams in gemm_internal.h).
 constexpr int64_t kHalfLongK = 4096;
 
-template <DType DT, int Hint = _MM_HINT_T0, int S = kStreams>
+// R > 1: BF16 / F16 rows without software prefetch walked in runs first (the runs' comment below,
+// after this function), then the columns past the last whole run one step of each stream in turn.
+template <DType DT, int Hint = _MM_HINT_T0, int S = kStreams, int R = 1>
 EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1) {
   static_assert(DT == DType::BF16 || DT == DType::F16 || DT == DType::F32, "gemv_streams: BF16, F16 or F32 weights");
   static_assert(S >= 1 && S <= 8, "gemv_streams: 1-8 streams (each 4 accumulators, 32 zmm registers)");
+  static_assert(R == 1 || (DT != DType::F32 && Hint < 0), "gemv_streams: runs for BF16 / F16 rows without prefetch");
   const int64_t len = (n1 - n0) / S;  // rows per stream
   const uint8_t* W = static_cast<const uint8_t*>(a.W);
   const int64_t K = a.K;
@@ -671,6 +674,26 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
             _mm_prefetch(reinterpret_cast<const char*>(p + kStreamsPrefetchBytes + 64), static_cast<decltype(_MM_HINT_T0)>(Hint));
           }
           f32_stream_step(p, x + k, s[q]);
+        }
+      }
+    }
+    if constexpr (R > 1) {
+      constexpr int64_t C = 64 * R;
+      for (; k + C <= K; k += C) {
+        __m512 xr[4 * R];
+#pragma GCC unroll 16
+        for (int j = 0; j < 4 * R; ++j) xr[j] = _mm512_loadu_ps(x + k + 16 * j);
+#pragma GCC unroll 8
+        for (int q = 0; q < S; ++q) {
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const uint8_t* p = row[q] + 2 * (k + 64 * r);
+            __m512i v[2];
+            if constexpr (DT == DType::BF16) bf16_step_lines(p, v);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j)
+              s[q][j] = _mm512_fmadd_ps(stream_w<DT>(p, v, j), xr[4 * r + j], s[q][j]);
+          }
         }
       }
     }
@@ -702,14 +725,14 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
   gemv_stream<DT>(a, x, n0 + S * len, n1);
 }
 
-// gemv_streams' rows and sums (the same FMAs on each row's 4 accumulators in the same order: the
-// same bits) walked in runs: R 128-byte steps (R * 64 columns) of one row's stream in address
+// The runs (gemv_streams with R > 1): its rows and sums (the same FMAs on each row's 4
+// accumulators in the same order: the same bits) walked in runs: R 128-byte steps (R * 64 columns) of one row's stream in address
 // order before the next stream's, instead of one step of each stream in turn; x's R * 64 columns
 // loaded once a run into 4 R registers for the S rows (S = 6, R = 2: 24 accumulators + 8 x
 // registers, so GCC keeps 2 accumulators on the stack: a 48-FMA iteration (24 lines) has 118
 // instructions for F16 (48 vcvtph2ps from memory, 8 x loads, 8 stack accesses; gemv_streams<6>: 55
 // for 12 lines, no stack access), 139 for BF16 (24 loads, 12 stack accesses; 67 for 12 lines). No
-// software prefetch. Columns past the last whole run: gemv_streams' steps; rows left over:
+// software prefetch. Columns past the last whole run: the one-step loop; rows left over:
 // gemv_stream. Zen 4 (session 32, h-half; half_read_patterns, 1 thread, thread CPU time, cold
 // 2 MiB-page copies, interleaved call by call; median over the processes of each one's median
 // ratio at 2048 x 5632, 12288 x 4096, 4096 x 4096, 22016 x 4096, 4096 x 11008) against
@@ -718,61 +741,6 @@ EMO_T512 void gemv_streams(const Args& a, const float* x, int64_t n0, int64_t n1
 // bf16 0.74-1.01x, f16 0.76-1.06x; R = 4 (more spills) bf16 0.81-0.88x; S = 5 / 4 / 3 with x in
 // registers 0.81-1.04x. At 2 threads (the lead, quiet, wall) f16 0.97-1.02x, bf16 0.95-0.99x: the
 // default on Zen 4 for f16 only (decode_tuning.h half_long_runs 1).
-template <DType DT, int S, int R>
-EMO_T512 void gemv_streams_runs(const Args& a, const float* x, int64_t n0, int64_t n1) {
-  static_assert(DT == DType::BF16 || DT == DType::F16, "gemv_streams_runs: BF16 or F16 weights");
-  constexpr int64_t C = 64 * R;
-  const int64_t len = (n1 - n0) / S;
-  const uint8_t* W = static_cast<const uint8_t*>(a.W);
-  const int64_t K = a.K;
-  for (int64_t i = 0; i < len; ++i) {
-    const uint8_t* row[S];
-    __m512 s[S][4];
-#pragma GCC unroll 8
-    for (int q = 0; q < S; ++q) {
-      row[q] = W + size_t(n0 + q * len + i) * a.row_bytes;
-      for (int j = 0; j < 4; ++j) s[q][j] = _mm512_setzero_ps();
-    }
-    int64_t k = 0;
-    for (; k + C <= K; k += C) {
-      __m512 xr[4 * R];
-#pragma GCC unroll 16
-      for (int j = 0; j < 4 * R; ++j) xr[j] = _mm512_loadu_ps(x + k + 16 * j);
-#pragma GCC unroll 8
-      for (int q = 0; q < S; ++q) {
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const uint8_t* p = row[q] + 2 * (k + 64 * r);
-          __m512i v[2];
-          if constexpr (DT == DType::BF16) bf16_step_lines(p, v);
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j)
-            s[q][j] = _mm512_fmadd_ps(stream_w<DT>(p, v, j), xr[4 * r + j], s[q][j]);
-        }
-      }
-    }
-    for (; k + 64 <= K; k += 64) {
-      const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-      const __m512 x2 = _mm512_loadu_ps(x + k + 32), x3 = _mm512_loadu_ps(x + k + 48);
-#pragma GCC unroll 8
-      for (int q = 0; q < S; ++q) {
-        const uint8_t* p = row[q] + 2 * k;
-        __m512i v[2];
-        if constexpr (DT == DType::BF16) bf16_step_lines(p, v);
-        s[q][0] = _mm512_fmadd_ps(stream_w<DT>(p, v, 0), x0, s[q][0]);
-        s[q][1] = _mm512_fmadd_ps(stream_w<DT>(p, v, 1), x1, s[q][1]);
-        s[q][2] = _mm512_fmadd_ps(stream_w<DT>(p, v, 2), x2, s[q][2]);
-        s[q][3] = _mm512_fmadd_ps(stream_w<DT>(p, v, 3), x3, s[q][3]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int q = 0; q < S; ++q) {
-      const int64_t n = n0 + q * len + i;
-      a.Y[n] = stream_row_end<DT>(a, x, row[q], k, s[q], n);
-    }
-  }
-  gemv_stream<DT>(a, x, n0 + S * len, n1);
-}
 
 // The M = 1 stream kernel for rows [n0, n1): several streams a thread, with the software prefetch
 // hint of set_gemv_streams_prefetch (the same bits).
@@ -788,7 +756,7 @@ EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
         if constexpr (decltype(hint)::value < 0) {
           const int runs = gemv_half_long_runs();
           if (runs == 2 || (runs == 1 && DT == DType::F16)) {
-            gemv_streams_runs<DT, 6, 2>(a, x, n0, n1);
+            gemv_streams<DT, -1, 6, 2>(a, x, n0, n1);
             return;
           }
         }

@@ -182,7 +182,7 @@ GemvPrefetch gemv_streams_prefetch();
 void set_gemv_half_long_streams(int streams);
 int gemv_half_long_streams();
 // Those 6-stream rows (K >= 4096, gemv_half_long_streams() 6) walked in runs of two 128-byte
-// steps of a row, x's 128 columns held in registers (gemm_avx512.cpp gemv_streams_runs), where
+// steps of a row, x's 128 columns held in registers (gemm_avx512.cpp gemv_streams at R = 2), where
 // the stream prefetch is None: 0 = never (one step of each stream in turn), 1 = F16 rows, 2 = BF16
 // and F16 rows. Same bits. Default per CPU (decode_tuning() half_long_runs: 0, 1 on double-pumped
 // AVX-512). For the tests and A/B tools; process-wide.
