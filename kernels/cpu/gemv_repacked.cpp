@@ -1071,9 +1071,8 @@ int64_t gemv_chunk(int64_t groups, int nth) {
 // gemv_owner_keep (decode_tuning.h; Zen 4: 1): each thread's first claim on its own range is all
 // of it but its last pass, so the two-stream pass reads the range as two long streams instead of
 // restarting them every gemv_chunk's groups (~6-10 us a call at 2 threads in the VM's high phase).
-bool even_claims(bool q8, const RepackLayout& L) {
-  return L.sg == kSuperGroup && gemm_detail::gemv_even_claims() &&
-         gemm_detail::gemv_m1_form(q8, gemm_detail::gemv_m1_settings()).pass == gemm_detail::GemvPass::Q40Streams;
+bool even_claims(const gemm_detail::GemvM1Form& form, const RepackLayout& L) {
+  return L.sg == kSuperGroup && gemm_detail::gemv_even_claims() && form.pass == gemm_detail::GemvPass::Q40Streams;
 }
 // The dispatch's claim unit in groups: a pass, or (even_sg) a pair of super-groups.
 int64_t gemv_step(bool even_sg) { return even_sg ? 2 * kSuperGroup : kPassGroups; }
@@ -1100,7 +1099,8 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
   // gemv_dispatch's split: one thread below kParallelMinMacs, else parallel_ranges' own range
   const bool parallel = nth > 1 && N * K >= gemm_detail::kParallelMinMacs;
   int64_t g0, g1;
-  parallel_ranges_own(groups, gemv_step(even_claims(q8, L)), parallel ? nth : 1, ith, &g0, &g1);
+  parallel_ranges_own(groups, gemv_step(even_claims(gemm_detail::gemv_m1_form(q8, gemm_detail::gemv_m1_settings()), L)),
+                      parallel ? nth : 1, ith, &g0, &g1);
   const uint8_t* G = static_cast<const uint8_t*>(Wr);
   const size_t total = quant_repack_bytes(wtype, N, K);
   const size_t b0 = std::min(total, size_t(g0 / L.sg) * L.sgstride);
@@ -1111,10 +1111,11 @@ void gemv_repacked_own_part(const void* Wr, DType wtype, int64_t N, int64_t K, i
 
 namespace {
 // Groups [g0, g1) of one repacked matrix (N rows, nb blocks, layout L) against x quantised in (qs, s).
+// form: the call's M = 1 form (gemm_detail::gemv_m1_form, chosen once a call by the caller).
 // cold_start: the chunk's first pass prefetches its own first records (false when the caller has).
 void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, const RepackLayout& L, bool q8, bool vec,
-                     const float* bias, float* y, int64_t N, int64_t nb, int64_t g0, int64_t g1,
-                     bool cold_start = true) {
+                     const gemm_detail::GemvM1Form& form, const float* bias, float* y, int64_t N, int64_t nb,
+                     int64_t g0, int64_t g1, bool cold_start = true) {
 #if defined(__x86_64__)
   if (vec) {
     int64_t g = g0;
@@ -1138,7 +1139,6 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
       }
     };
     // the pass's form from the settings, once a call (gemm_internal.h gemv_m1_form)
-    const gemm_detail::GemvM1Form form = gemm_detail::gemv_m1_form(q8, gemm_detail::gemv_m1_settings());
     // q4_0 on 4-group records (set_q40_ms, default on): the chunk's whole super-groups in 2
     // contiguous parts read side by side (ms_q40_avx512), one left over as one part, the last
     // groups of a partial super-group by the passes below
@@ -1212,6 +1212,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
 #endif
   (void)vec;
   (void)q8;
+  (void)form;
   gemv_repacked_scalar(qs, s, G, L, bias, y, N, nb, g0, g1);
 }
 }  // namespace
@@ -1233,9 +1234,10 @@ void gemv_repacked(const float* x, const void* Wr, DType wtype, const float* bia
   const RepackLayout L = repack_layout(q8, nb);
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums s = row_sums(q, 0);
+  const GemvM1Form form = gemv_m1_form(q8, gemv_m1_settings());
   gemv_dispatch(pool, N * K >= kParallelMinMacs, groups,
-                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, bias, y, N, nb, g0, g1); },
-                even_claims(q8, L));
+                [&](int64_t g0, int64_t g1) { repacked_groups(q.qs, s, G, L, q8, vec, form, bias, y, N, nb, g0, g1); },
+                even_claims(form, L));
 }
 
 // The outputs' groups numbered one after another (output j's from first[j]); a chunk of that
@@ -1260,15 +1262,16 @@ void gemv_repacked_multi(const float* x, DType wtype, const GemvOutput* outs, in
   const QX q = quantize_rows(x, K, 1, K, q8 ? 128 : 8);
   const BlockSums bs = row_sums(q, 0);
   // (even claims: every output's groups start on a super-group pair when each output has whole pairs)
-  bool even = even_claims(q8, L);
+  const GemvM1Form form = gemv_m1_form(q8, gemv_m1_settings());
+  bool even = even_claims(form, L);
   for (int j = 0; j < n_outs; ++j) even = even && first[j] % (2 * kSuperGroup) == 0;
   gemv_dispatch(pool, rows * K >= kParallelMinMacs, groups, [&](int64_t g0, int64_t g1) {
     for (int j = 0; j < n_outs && g0 < g1; ++j) {
       if (g0 >= first[j + 1]) continue;
       const int64_t e = std::min(g1, first[j + 1]);
       const GemvOutput& o = outs[j];
-      repacked_groups(q.qs, bs, static_cast<const uint8_t*>(o.W), L, q8, vec, o.bias, o.y, o.N, nb, g0 - first[j],
-                      e - first[j]);
+      repacked_groups(q.qs, bs, static_cast<const uint8_t*>(o.W), L, q8, vec, form, o.bias, o.y, o.N, nb,
+                      g0 - first[j], e - first[j]);
       g0 = e;
     }
   }, even);
