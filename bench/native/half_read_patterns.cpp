@@ -268,33 +268,22 @@ int main(int argc, char** argv) {
     if (y_ref.empty()) y_ref = y;
     else if (std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(float)) != 0) ++mismatches;
   };
-  auto gemv = [&](GemvPrefetch pf) {
-    return [&, pf](const uint8_t* W) {
-      gemm_detail::set_gemv_streams_prefetch(pf);
+  // the stream GEMV with one process-wide setting at v for the call (set), then back at def; its
+  // outputs checked
+  auto gemv_with = [&](auto set, auto v, auto def) {
+    return [&, set, v, def](const uint8_t* W) {
+      set(v);
       gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_gemv_streams_prefetch(p_def);
+      set(def);
       check();
     };
   };
+  auto gemv = [&](GemvPrefetch pf) { return gemv_with(gemm_detail::set_gemv_streams_prefetch, pf, p_def); };
   const int s_def = gemm_detail::gemv_half_long_streams();
-  auto gemv_streams = [&](int streams) {
-    return [&, streams](const uint8_t* W) {
-      gemm_detail::set_gemv_half_long_streams(streams);
-      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_gemv_half_long_streams(s_def);
-      check();
-    };
-  };
+  auto gemv_streams = [&](int streams) { return gemv_with(gemm_detail::set_gemv_half_long_streams, streams, s_def); };
   // the two-step runs of the 6-stream rows (set_gemv_half_long_runs: 2 = bf16 and f16, 0 = off)
   const int r_def = gemm_detail::gemv_half_long_runs();
-  auto gemv_runs = [&](int runs) {
-    return [&, runs](const uint8_t* W) {
-      gemm_detail::set_gemv_half_long_runs(runs);
-      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
-      gemm_detail::set_gemv_half_long_runs(r_def);
-      check();
-    };
-  };
+  auto gemv_runs = [&](int runs) { return gemv_with(gemm_detail::set_gemv_half_long_runs, runs, r_def); };
   auto block = [&](GemvPrefetch pf) {
     return [&, pf](const uint8_t* W) {
       gemm_detail::set_gemv_block_prefetch(pf);
