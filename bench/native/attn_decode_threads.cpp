@@ -336,6 +336,11 @@ int main(int argc, char** argv) {
     attention_detail::set_decode_wide8(w8);
     attention_detail::set_decode_wide_lin(lin);
   };
+  // the address-order rows' settings: lin1-lin8 widepf's (16 rows), w8 lin2-lin32 w8 pf's
+  auto set_lin_mode = [&](int m) {
+    if (m <= k1tLin8) set_wide(true, false, 1 << (m - k1tLin1));
+    else set_wide(true, true, m == k1tW8Lin2 ? 2 : 8 << (m - k1tW8Lin8));
+  };
   auto restore_wide = [=] {
     attention_detail::set_decode_wide_pf_mode(wpf_mode);
     attention_detail::set_decode_wide8_mode(w8_mode);
@@ -400,12 +405,12 @@ int main(int argc, char** argv) {
         restore_wide();
       }
       else if (m >= k1tLin1 && m <= k1tLin8) {  // widepf with its prefetch in address order (decode_wide_lin)
-        set_wide(true, false, 1 << (m - k1tLin1));
+        set_lin_mode(m);
         dt = timed(&pool1);
         restore_wide();
       }
       else if (m >= k1tW8Lin2 && m <= k1tW8Lin32) {  // w8 pf with its prefetch in address order
-        set_wide(true, true, m == k1tW8Lin2 ? 2 : 8 << (m - k1tW8Lin8));
+        set_lin_mode(m);
         dt = timed(&pool1);
         restore_wide();
       }
@@ -516,14 +521,15 @@ int main(int argc, char** argv) {
                 std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   for (int li = 0; li < 8; ++li) {  // decode_wide_lin's output against the default's (16 rows, then wide8)
+    const int m = li < 4 ? k1tLin1 + li : k1tW8Lin2 + li - 4;
     call = 0;
     timed(&pool1);
     const std::vector<float> o_def = o;
-    set_wide(true, li >= 4, li < 4 ? 1 << li : li == 4 ? 2 : 8 << (li - 5));
+    set_lin_mode(m);
     call = 0;
     timed(&pool1);
     restore_wide();
-    std::printf("  %s output bit for bit that of 1t: %s\n", names[li < 4 ? k1tLin1 + li : k1tW8Lin2 + li - 4],
+    std::printf("  %s output bit for bit that of 1t: %s\n", names[m],
                 std::memcmp(o.data(), o_def.data(), sizeof(float) * o.size()) == 0 ? "yes" : "NO");
   }
   if (read_sink == 1) std::printf(" ");
