@@ -140,7 +140,9 @@ enum class RangeOwner { Arrival, Thread };
 // is left there but the last owner_keep steps (at least one step; max_chunk does not bound it),
 // and its later claims and every thief's are as above: one long run for a kernel that reads its
 // claim as a few long streams (gemv_repacked's two-stream pass restarts its streams at every
-// claim), the range's last steps left to a thread that finishes early. A thread kept off its core
+// claim, as do the K-quant records' pass and the bf16 / f16 / f32 stream kernels: decode_tuning.h
+// gemv_owner_keep, kquant_owner_keep, stream_owner_keep), the range's last steps left to a thread
+// that finishes early. A thread kept off its core
 // before its first claim is still covered (its range is taken from the back); one kept off after
 // it delays the call by as long. -1 (the default): every claim as above.
 void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chunk,

@@ -40,6 +40,10 @@
 // gemv_ranges: the decode GEMVs' contiguous ranges a thread against guided chunks (set_gemv_ranges);
 // gemv_owner_keep: the q4_0 / q8_0 M = 1 dispatch's first claim on a thread's own range all of it but its last
 // pass (set_gemv_owner_keep 1) against claims of at most gemv_chunk's groups (-1);
+// kq_owner_keep / stream_owner_keep: the same first claim in the K-quant records' M = 1 dispatch (all but
+// the last super-group: set_kquant_owner_keep 1) / the bf16 / f16 / f32 stream kernels' M = 1 rows (all but
+// the last 8 rows: set_gemv_streams_owner_keep 1) against their claims of at most a quarter / an eighth of
+// a thread's range (-1);
 // gemv_even_claims: q4_0's decode GEMV claims in whole pairs of super-groups (set_gemv_even_claims);
 // repacked_x_prefetch: the q4_0 / q8_0 prefill kernel's X prefetch (set_repacked_x_prefetch; with AB_PREFILL);
 // qx_panel4: the prefill's X rounding a whole 4-row panel at once, full stores, against row by row (set_qx_pack_panel4; with AB_PREFILL);
@@ -273,6 +277,12 @@ const AbSwitch kSwitches[] = {
     // the q4_0 / q8_0 M = 1 dispatch's first claim on a thread's own range all of it but its last
     // pass (on: set_gemv_owner_keep 1) against claims of at most gemv_chunk's groups (off: -1)
     {"gemv_owner_keep", [](bool on) { gemm_detail::set_gemv_owner_keep(on ? 1 : -1); }},
+    // the same first claim, all of the range but its last super-group (64 rows), in the K-quant
+    // records' M = 1 dispatch (on: set_kquant_owner_keep 1) against claims of at most sg_chunk's (off: -1)
+    {"kq_owner_keep", [](bool on) { gemm_detail::set_kquant_owner_keep(on ? 1 : -1); }},
+    // and in the bf16 / f16 / f32 stream kernels' M = 1 rows, all but the last 8 rows (on:
+    // set_gemv_streams_owner_keep 1) against claims of at most 1/8 of a thread's range (off: -1)
+    {"stream_owner_keep", [](bool on) { gemm_detail::set_gemv_streams_owner_keep(on ? 1 : -1); }},
     // the K-quant lean pass on two streams a thread (two contiguous parts of its super-groups) against one
     {"kq_ms", [](bool on) { gemm_detail::set_kquant_streams(on ? 2 : 1); }},
     // that pass's prefetch 4 KiB ahead for both types (on: two streams' distance before session 27)

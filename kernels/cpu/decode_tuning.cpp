@@ -32,6 +32,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.half_long_streams = 6;
     t.half_long_runs = 1;  // f16 (bf16 at 2 threads 0.95-0.99x: session 32)
     t.gemv_owner_keep = 1;
+    // kquant_owner_keep, stream_owner_keep: -1 as the full-width row (not measured at 2 threads yet)
   }
   return t;
 }
@@ -50,6 +51,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_kquant_streams(t.kquant_streams);
   set_kquant_prefetch(t.kquant_prefetch);
   set_kquant_stream_prefetch(-1);  // the distance follows kquant_prefetch and the stream count
+  set_kquant_owner_keep(t.kquant_owner_keep);
 #endif
   attention_detail::set_decode_pipeline_l2(t.attn_pipeline_l2);
   attention_detail::set_decode_lean(t.attn_decode_lean);
@@ -64,6 +66,7 @@ void apply_decode_tuning(const DecodeTuning& t) {
   set_gemv_half_long_streams(t.half_long_streams);
   set_gemv_half_long_runs(t.half_long_runs);
   set_gemv_owner_keep(t.gemv_owner_keep);
+  set_gemv_streams_owner_keep(t.stream_owner_keep);
 }
 
 }  // namespace gemm_detail

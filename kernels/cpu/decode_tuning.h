@@ -3,8 +3,8 @@
 // first used (DecodeSetting below). The settings keep their setters (gemm_internal.h
 // set_gemv_streams_prefetch, set_q40_ms_prefetch, set_q80_streams, set_q80_prefetch, set_q80_ahead,
 // set_q40_ms_ahead, set_q40_ms_addr_order, set_gemv_block_prefetch, set_gemv_half_long_streams,
-// set_gemv_half_long_runs, set_gemv_owner_keep; gemv_kquant_vnni.h set_kquant_streams,
-// set_kquant_prefetch;
+// set_gemv_half_long_runs, set_gemv_owner_keep, set_gemv_streams_owner_keep; gemv_kquant_vnni.h
+// set_kquant_streams, set_kquant_prefetch, set_kquant_owner_keep;
 // attention_internal.h set_decode_pipeline_l2, set_decode_lean, set_decode_pv_chunks,
 // set_decode_wide_pf_mode, set_decode_wide8_mode, set_decode_wide_lin) for the tests
 // and A/B tools; apply_decode_tuning sets them all from one row. Every entry changes how memory is
@@ -252,6 +252,25 @@ struct DecodeTuning {
   // (1.014); its A/As 0.953 (0.967), 0.990 (0.990), 0.988 (0.993), 1.031 (1.009); q8_0 0.959 (1.020),
   // 0.982 (0.985), 1.050 (1.002), 1.000 (1.005): neutral. Zen 5 not measured: -1.
   int gemv_owner_keep = -1;
+  // The same first claim (parallel_ranges owner_keep, -1 = off) in the two other M = 1 dispatches
+  // that claim from parallel_ranges, each its own entry (their claim units and streams differ):
+  // kquant_owner_keep: the K-quant records' pass (gemv_kquant_vnni.cpp sg_dispatch at M = 1: the
+  // joint q+k+v / gate+up dispatch and single outputs), k = all but the last k super-groups (64
+  // rows). Its claims today, with two streams (Zen 5), at most a quarter of a thread's range
+  // (sg_chunk), then a quarter of what is left: at 2 threads the 1.1B's gate+up (176 super-groups,
+  // 88 a thread) in claims of 22, 17, 13, 9, 7, 5, 4, 3, 2, 2, 1, 1, 1, 1 (its owner alone; the
+  // other thread takes the last ones from the back), q+k+v (40) 5, 4, 3, 2, 2, 1, 1, 1, 1, each
+  // restarting the pass's two streams and their prefetch 2-4 KiB ahead; with one stream (Zen 4) at
+  // most 1/8 of the range (15 claims at gate+up).
+  // stream_owner_keep: the bf16 / f16 / f32 stream kernels' rows (gemm_avx512.cpp guided_rows at
+  // M = 1: gemv_rows and the fused gemv_stream_multi), k = all but the last k steps of 8 rows. Its
+  // claims today at most 1/8 of a thread's range: the 1.1B's gate+up at 2 threads (5632 rows a
+  // thread) 5 claims of 704 rows, then 528, 400, ... down to 8 (22 claims), q+k+v (1280 rows a
+  // thread) 17, each cutting its rows into 4 (6) streams afresh (with 6, 2 or 4 rows of a claim
+  // left to one stream). Same bits (rows and super-groups do not depend on the chunking). Both -1
+  // on both rows until measured (a 2-thread effect, as gemv_owner_keep's; 1 thread runs fn(0, n)).
+  int kquant_owner_keep = -1;
+  int stream_owner_keep = -1;
 };
 
 DecodeTuning decode_tuning_for(const CpuFeatures& f);

@@ -157,6 +157,8 @@ void set_gemv_half_long_streams(int streams) { DecodeSetting<&DecodeTuning::half
 int gemv_half_long_streams() { return DecodeSetting<&DecodeTuning::half_long_streams>::get(); }
 void set_gemv_half_long_runs(int runs) { DecodeSetting<&DecodeTuning::half_long_runs>::set(runs); }
 int gemv_half_long_runs() { return DecodeSetting<&DecodeTuning::half_long_runs>::get(); }
+void set_gemv_streams_owner_keep(int steps) { DecodeSetting<&DecodeTuning::stream_owner_keep>::set(std::max(steps, -1)); }
+int gemv_streams_owner_keep() { return DecodeSetting<&DecodeTuning::stream_owner_keep>::get(); }
 
 void set_gemv_block_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::block_prefetch>::set(p); }
 GemvPrefetch gemv_block_prefetch() { return DecodeSetting<&DecodeTuning::block_prefetch>::get(); }

@@ -774,12 +774,16 @@ EMO_T512 void gemv_rows(const Args& a, const float* x, int64_t n0, int64_t n1) {
 // chunks left one thread waiting for about half of the other's last chunk: part of the "handoff
 // gemm" rows of the decode profile); by default (gemv_ranges(), gemm_internal.h) one contiguous
 // range of rows per thread with stealing instead (parallel_ranges: one stream per core). Rows are
-// independent: the split changes no output bit.
+// independent: the split changes no output bit. owner_keep: parallel_ranges' (the M = 1 rows:
+// gemv_streams_owner_keep(), decode_tuning.h stream_owner_keep: a thread's first claim all of its
+// range but that many steps of kGuidedMinRows, so its streams run the range's length once; -1,
+// the batched rows' (M >= 2), claims of at most max_rows).
 constexpr int64_t kGuidedMinRows = 8;
 void guided_rows(ThreadPool* pool, bool parallel, int64_t n, int64_t max_rows,
-                 const std::function<void(int64_t, int64_t)>& fn) {
+                 const std::function<void(int64_t, int64_t)>& fn, int64_t owner_keep = -1) {
   if (!parallel) return fn(0, n);
-  if (gemv_ranges()) return parallel_ranges(pool, n, kGuidedMinRows, max_rows, fn, gemv_range_owner());  // one run per thread
+  if (gemv_ranges())  // one run per thread
+    return parallel_ranges(pool, n, kGuidedMinRows, max_rows, fn, gemv_range_owner(), owner_keep);
   parallel_guided(pool, n, kGuidedMinRows, max_rows, fn);
 }
 
@@ -791,7 +795,7 @@ void small_m(const Args& a) {
     bf16_reorder_x(a.X, a.K, xeo);
     if (stream)
       guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                      [&](int64_t n0, int64_t n1) { gemv_rows<DType::BF16>(a, xeo, n0, n1); });
+                  [&](int64_t n0, int64_t n1) { gemv_rows<DType::BF16>(a, xeo, n0, n1); }, gemv_streams_owner_keep());
     else
       parallel_chunks(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
                       [&](int64_t n0, int64_t n1) { bf16_gemv_range(a, xeo, n0, n1); });
@@ -799,14 +803,14 @@ void small_m(const Args& a) {
   }
   if (a.wtype == DType::F16 && a.M == 1 && stream) {
     guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                    [&](int64_t n0, int64_t n1) { gemv_rows<DType::F16>(a, a.X, n0, n1); });
+                [&](int64_t n0, int64_t n1) { gemv_rows<DType::F16>(a, a.X, n0, n1); }, gemv_streams_owner_keep());
     return;
   }
   // F32 at M = 1 on huge pages: the same stream kernels, dot_block's sums (same bits as below);
   // set_gemv_stream_f32(false): dot_block's 4-row kernel as before
   if (a.wtype == DType::F32 && a.M == 1 && stream && gemv_stream_f32()) {
     guided_rows(a.pool, a.N * a.K >= kParallelMinMacs, a.N, chunk,
-                [&](int64_t n0, int64_t n1) { gemv_rows<DType::F32>(a, a.X, n0, n1); });
+                [&](int64_t n0, int64_t n1) { gemv_rows<DType::F32>(a, a.X, n0, n1); }, gemv_streams_owner_keep());
     return;
   }
   // 2 <= M <= 8 on huge pages (batched decode): the multi-stream dot kernels over one run of rows
@@ -1735,7 +1739,7 @@ void gemv_stream_multi(const float* x, DType wtype, const GemvOutput* outs, int 
         gemv_rows<DType::F16>(args[j], xs, b - first[j], end - first[j]);
       b = end;
     }
-  });
+  }, gemv_streams_owner_keep());
 }
 
 void set_bf16_gemm_wbcast(bool on) { bf16_wbcast_on.store(on, std::memory_order_relaxed); }

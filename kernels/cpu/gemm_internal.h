@@ -336,6 +336,12 @@ bool gemv_even_claims();
 // gemv_chunk's groups as before. Same bits. decode_tuning.h gemv_owner_keep; values below -1 read -1.
 void set_gemv_owner_keep(int passes);
 int gemv_owner_keep();
+// The same first claim for the bf16 / f16 / f32 stream kernels' M = 1 rows (gemm_avx512.cpp
+// guided_rows: gemm_huge_pages at M = 1, gemv_huge_pages_multi): all of a thread's range but its
+// last `steps` steps of 8 rows, or -1: claims of at most 1/8 of a thread's range as before. Same
+// bits. decode_tuning.h stream_owner_keep; values below -1 read -1.
+void set_gemv_streams_owner_keep(int steps);
+int gemv_streams_owner_keep();
 // Those ranges owned by pool thread index (RangeOwner::Thread: thread i walks range i; the same
 // chunks, stealing and bits as by order of arrival). The switch to arrival order
 // (EMOLLM_GEMV_OWNED_RANGES=0) went in session 21: quiet on / off 1.006 (q4_0) and 1.002 (q6_K) at

@@ -694,9 +694,11 @@ int64_t sg_chunk(int64_t groups, int nth) {
 // The super-groups of the G > 1 records over the pool: contiguous ranges with stealing, one long
 // stream per thread (base/thread_pool.h parallel_ranges, as gemv_repacked's M = 1 dispatch) when
 // gemv_ranges() (EMOLLM_GEMV_RANGES), else chunks from a shared counter. Same bits either way.
+// owner_keep: parallel_ranges' (kquant_owner_keep at M = 1: a thread's first claim all of its
+// range but that many super-groups, so its streams run the range's length once; -1 elsewhere).
 void sg_dispatch(ThreadPool* pool, bool parallel, int64_t n, int64_t chunk,
-                 const std::function<void(int64_t, int64_t)>& fn) {
-  if (parallel && gemv_ranges()) return parallel_ranges(pool, n, 1, chunk, fn);
+                 const std::function<void(int64_t, int64_t)>& fn, int64_t owner_keep = -1) {
+  if (parallel && gemv_ranges()) return parallel_ranges(pool, n, 1, chunk, fn, RangeOwner::Arrival, owner_keep);
   parallel_chunks(pool, parallel, n, chunk, fn);
 }
 
@@ -707,6 +709,8 @@ int kquant_streams() { return kq_streams(); }
 void set_kquant_prefetch(GemvPrefetch p) { KqPrefetch::set(p); }
 GemvPrefetch kquant_prefetch() { return KqPrefetch::get(); }
 void set_kquant_stream_prefetch(int64_t bytes) { kq_stream_prefetch_var().store(bytes); }
+void set_kquant_owner_keep(int groups) { DecodeSetting<&DecodeTuning::kquant_owner_keep>::set(std::max(groups, -1)); }
+int kquant_owner_keep() { return DecodeSetting<&DecodeTuning::kquant_owner_keep>::get(); }
 
 void gemv_kquant_records_multi(const Args* outs, int n) {
   const Args& a = outs[0];
@@ -744,7 +748,8 @@ void gemv_kquant_records_multi(const Args* outs, int n) {
   const SgFn fn = pick_sg(q6, G, 1);
   sg_dispatch(a.pool, macs >= kParallelMinMacs, first[n], chunk, run([&](const Args& o, int64_t g0, int64_t g1) {
                 fn(static_cast<const uint8_t*>(o.W), ns, xr, o.bias, o.Y, o.ldy, o.N, g0, g1, true);
-              }));
+              }),
+              kquant_owner_keep());
 }
 
 void gemv_kquant_records(const Args& a) {
@@ -767,7 +772,8 @@ void gemv_kquant_records(const Args& a) {
   const bool par = a.M * a.N * a.K >= kParallelMinMacs;
   const SgFn fn = pick_sg(q6, G, a.M);
   sg_dispatch(a.pool, par, groups, chunk,
-              [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1, true); });
+              [&](int64_t g0, int64_t g1) { fn(Wr, ns, xr, a.bias, a.Y, a.ldy, a.N, g0, g1, true); },
+              a.M == 1 ? kquant_owner_keep() : -1);
 }
 
 void gemv_kquant_vnni(const Args& a, const QX& q) {

@@ -37,6 +37,12 @@ int kquant_streams();
 void set_kquant_prefetch(GemvPrefetch p);
 GemvPrefetch kquant_prefetch();
 void set_kquant_stream_prefetch(int64_t bytes);
+// The M = 1 dispatch's first claim on a thread's own range of super-groups (base/thread_pool.h
+// parallel_ranges owner_keep): all of it but the last `groups` super-groups, or -1: claims of at
+// most sg_chunk's as before (M > 1: always those). Same bits. decode_tuning.h kquant_owner_keep;
+// values below -1 read -1. For the tests and A/B tools.
+void set_kquant_owner_keep(int groups);
+int kquant_owner_keep();
 #endif
 
 }  // namespace gemm_detail

@@ -8,14 +8,16 @@
 // address order, every 8th line: attn_wide_lin 8), the q8_0 pass in
 // 2 parts a thread without software prefetch (Zen 5:
 // 4 parts, T0 1 KiB ahead), the bf16 block GEMV without software prefetch, long bf16 / f16 rows
-// on 6 streams a thread (f16 ones in runs of two steps a row), the M = 1 dispatch's first claims all
-// of a thread's range but its last pass), that the process-wide settings start from the table's row for this CPU, and
-// that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch distance, the same on
-// both rows, too). That every setting gives the same bits is
+// on 6 streams a thread (f16 ones in runs of two steps a row), the q4_0 / q8_0 M = 1 dispatch's first
+// claims all of a thread's range but its last pass; the K-quant and stream kernels' first claims as
+// today's on both rows), that the process-wide settings start from the table's row for this CPU, and
+// that apply_decode_tuning sets every one of them (the q4_0 pass's prefetch distance and those two
+// owner_keep entries, the same on both rows, too). That every setting gives the same bits is
 // checked where each kernel is tested (test_gemm.cpp gemv_q40_ms_bit_equal_one_stream,
 // gemv_q80_parts_bit_equal_four_group_pass, gemm_huge_pages_multi_stream_gemv and
-// gemm_huge_pages_half_long_streams_same_bits,
-// test_gemv_f32_stream.cpp, test_kquant_records.cpp kquant_records_lean_same_bits_as_m2,
+// gemm_huge_pages_half_long_streams_same_bits, gemv_repacked_claims_same_bits,
+// gemm_huge_pages_stream_claims_same_bits, test_gemv_f32_stream.cpp, test_kquant_records.cpp
+// kquant_records_lean_same_bits_as_m2, kquant_records_claims_same_bits,
 // test_attention.cpp attention_decode_pipeline_l2_same_bits, attention_decode_lean_same_bits,
 // attention_decode_lean_large_partials_same_bits, attention_decode_pv_chunks_same_bits,
 // attention_decode_wide_pf_same_bits, attention_decode_wide8_same_bits, attention_decode_wide_lin_same_bits).
@@ -77,6 +79,9 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
   EXPECT(a.half_long_runs == 0 && b.half_long_runs == 1);  // the 6-stream rows' two-step runs: f16 on Zen 4
   EXPECT(a.gemv_owner_keep == -1 && b.gemv_owner_keep == 1);  // the M = 1 dispatch's long first claims on Zen 4
+  // the K-quant and stream kernels' M = 1 dispatches: today's claims on both rows (no 2-thread measurement yet)
+  EXPECT(a.kquant_owner_keep == -1 && b.kquant_owner_keep == -1);
+  EXPECT(a.stream_owner_keep == -1 && b.stream_owner_keep == -1);
   // the q4_0 pass's prefetch distance: the same on both rows (4 KiB)
   EXPECT(a.q40_ahead == 4096 && b.q40_ahead == 4096);
 }
@@ -102,9 +107,11 @@ int settings_differing_from(const gemm_detail::DecodeTuning& t) {
   n += gemm_detail::gemv_half_long_streams() != t.half_long_streams;
   n += gemm_detail::gemv_half_long_runs() != t.half_long_runs;
   n += gemm_detail::gemv_owner_keep() != t.gemv_owner_keep;
+  n += gemm_detail::gemv_streams_owner_keep() != t.stream_owner_keep;
 #if defined(__x86_64__)
   n += gemm_detail::kquant_streams() != t.kquant_streams;
   n += gemm_detail::kquant_prefetch() != t.kquant_prefetch;
+  n += gemm_detail::kquant_owner_keep() != t.kquant_owner_keep;
 #endif
   return n;
 }
@@ -118,13 +125,18 @@ TEST(decode_tuning_settings_start_from_the_table) {
   CpuFeatures other = cpu_features();
   other.avx512_double_pumped = !other.avx512_double_pumped;
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
+  // entries both rows share: moved off first, so that apply_decode_tuning must set them too
+  gemm_detail::set_gemv_streams_owner_keep(2);
+#if defined(__x86_64__)
+  gemm_detail::set_kquant_owner_keep(2);
+#endif
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
   // the entries the two rows differ in: 18 (stream, q4_0 prefetch and address order, K-quant streams
   // and prefetch, block prefetch, half_long_streams and half_long_runs, the q8_0 parts / prefetch /
   // distance, the M = 1 dispatch's owner_keep, the attention's L2 pipeline, lean piece, P V chunks,
-  // wide_pf, wide8 and wide_lin; the q4_0 pass's distance is the same on both), 16 off x86-64 (no
-  // K-quant entries there)
+  // wide_pf, wide8 and wide_lin; the q4_0 pass's distance and the K-quant and stream kernels'
+  // owner_keep are the same on both), 16 off x86-64 (no K-quant entries there)
 #if defined(__x86_64__)
   const int differing = 18;
 #else

@@ -721,6 +721,101 @@ TEST(gemm_huge_pages_half_long_streams_same_bits) {
       }
 }
 
+// The stream kernels' M = 1 rows (gemm_huge_pages at M = 1 for bf16 / f16 / f32, and fused over
+// several outputs by gemv_huge_pages_multi) with each thread's first claim all of its range but 0 /
+// 1 / 3 steps of 8 rows (set_gemv_streams_owner_keep; -1: claims of at most 1/8 of a range) give
+// the bits of one thread, on 2 and 3 threads, called 10 times each: odd row counts (1001, 2561,
+// 11263: claims and ranges ending off the 8-row steps and the 4 streams), K with a tail of the
+// 64-element step (100, 2061) and long rows (4133) on 4 and 6 streams; the fused 1.1B q / k / v
+// (2048 + 256 + 256) and odd outputs (1001 + 37 + 300). And the setter's floor: below -1 reads -1.
+TEST(gemm_huge_pages_stream_claims_same_bits) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  skip gemm_huge_pages_stream_claims_same_bits: the stream kernels need AVX-512 (active ISA: %s)\n",
+                isa_name(isa_active()));
+    return;
+  }
+  struct KeepScope {
+    explicit KeepScope(int k) : prev_(gemm_detail::gemv_streams_owner_keep()) { gemm_detail::set_gemv_streams_owner_keep(k); }
+    ~KeepScope() { gemm_detail::set_gemv_streams_owner_keep(prev_); }
+    int prev_;
+  };
+  struct StreamsScope {
+    explicit StreamsScope(int s) : prev_(gemm_detail::gemv_half_long_streams()) { gemm_detail::set_gemv_half_long_streams(s); }
+    ~StreamsScope() { gemm_detail::set_gemv_half_long_streams(prev_); }
+    int prev_;
+  };
+  {
+    KeepScope ks(-7);
+    EXPECT(gemm_detail::gemv_streams_owner_keep() == -1);
+  }
+  ThreadPool pool2(2), pool3(3);
+  struct Shape {
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{1001, 100}, {2561, 100}, {11263, 100}, {1001, 2061}, {1001, 4133}};
+  uint32_t seed = 9950;
+  int compared = 0;
+  for (DType t : {DType::BF16, DType::F16, DType::F32}) {
+    for (const Shape& sh : shapes) {
+      const int64_t N = sh.N, K = sh.K;
+      Weights w = make_weights(t, N, K, seed);
+      Problem p = make_problem(1, N, K, 0, 0, seed + 11);
+      seed += 17;
+      const float* bias = p.bias.data();
+      for (int streams : {4, 6}) {
+        if (streams == 6 && (K < 4096 || t == DType::F32)) continue;  // 6 streams: bf16 / f16 rows of K >= 4096
+        StreamsScope ss(streams);
+        std::vector<float> ref(static_cast<size_t>(N), kSentinel), y(static_cast<size_t>(N));
+        gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, ref.data(), N, 1, N, K, nullptr);
+        for (ThreadPool* pool : {&pool2, &pool3})
+          for (int keep : {-1, 0, 1, 3}) {
+            KeepScope ks(keep);
+            bool same = true;
+            for (int rep = 0; rep < 10; ++rep) {
+              std::fill(y.begin(), y.end(), kSentinel);
+              gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, bias, y.data(), N, 1, N, K, pool);
+              same = same && std::memcmp(y.data(), ref.data(), size_t(N) * sizeof(float)) == 0;
+            }
+            if (!same)
+              emollm_test::report_failure(__FILE__, __LINE__,
+                                          std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" +
+                                              std::to_string(K) + " streams " + std::to_string(streams) + " threads " +
+                                              std::to_string(pool->size()) + " owner_keep " + std::to_string(keep) +
+                                              ": not one thread's bits");
+            ++compared;
+          }
+      }
+    }
+    for (const std::vector<int64_t>& ns : {std::vector<int64_t>{2048, 256, 256}, std::vector<int64_t>{1001, 37, 300}}) {
+      const int64_t K = 100;
+      const std::vector<float> x = rand_vec(size_t(K), seed++);
+      std::vector<Weights> ws;
+      std::vector<std::vector<float>> refs, ys;
+      GemvOutput outs[3];
+      for (size_t j = 0; j < ns.size(); ++j) {
+        ws.push_back(make_weights(t, ns[j], K, seed++));
+        refs.emplace_back(size_t(ns[j]));
+        ys.emplace_back(size_t(ns[j]));
+        gemm_huge_pages(x.data(), K, ws[j].bytes.data(), t, nullptr, refs[j].data(), ns[j], 1, ns[j], K, nullptr);
+      }
+      for (size_t j = 0; j < ns.size(); ++j) outs[j] = GemvOutput{ws[j].bytes.data(), nullptr, ys[j].data(), ns[j]};
+      for (ThreadPool* pool : {&pool2, &pool3})
+        for (int keep : {-1, 0, 1, 3}) {
+          KeepScope ks(keep);
+          for (int rep = 0; rep < 10; ++rep) {
+            for (auto& v : ys) std::fill(v.begin(), v.end(), kSentinel);
+            gemv_huge_pages_multi(x.data(), t, outs, int(ns.size()), K, pool);
+            for (size_t j = 0; j < ns.size(); ++j)
+              EXPECT(std::memcmp(ys[j].data(), refs[j].data(), size_t(ns[j]) * sizeof(float)) == 0);
+          }
+          ++compared;
+        }
+    }
+  }
+  // types x pools x owner_keep x (5 shapes + 1 six-stream run for bf16 / f16 + 2 fused)
+  EXPECT(compared == 2 * 4 * (3 * 7 + 2));
+}
+
 // Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
 // panels of 64 and 16, 6-row microkernels) with tails everywhere.
 TEST(gemm_blocked_large) {

@@ -749,6 +749,95 @@ TEST(kquant_records_q6_packed_against_gguf_reference) {
   EXPECT(compared == 2 * 5 * 2 * 6 * 3);
   EXPECT(moved >= flips - 4);  // a tiny scale or x block can hide a flip
 }
+
+// The K-quant records' M = 1 dispatch with each thread's first claim all of its range but 0 / 1 /
+// 3 super-groups (set_kquant_owner_keep; -1: claims of at most sg_chunk's) gives the bits of one
+// thread, on 2 and 3 threads, called 20 times each (both threads claiming, stealing from the
+// back), with the pass on one and two streams (sg_chunk's size follows the count): the 1.1B's
+// q+k+v and gate+up row counts (40 and 176 super-groups of 64 rows), odd counts (17, 65), a
+// partial last super-group (1000 rows), and gemv_kquant_repacked_multi over the 1.1B's q / k / v
+// (2048 + 256 + 256) and an odd first output (320 rows: 5 super-groups). K = 256 keeps it short
+// (the claims do not depend on K). And the setter's floor: values below -1 read -1.
+TEST(kquant_records_claims_same_bits) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  struct KeepScope {
+    explicit KeepScope(int k) : prev_(gemm_detail::kquant_owner_keep()) { gemm_detail::set_kquant_owner_keep(k); }
+    ~KeepScope() { gemm_detail::set_kquant_owner_keep(prev_); }
+    int prev_;
+  };
+  struct StreamsScope {
+    explicit StreamsScope(int s) : prev_(gemm_detail::kquant_streams()) { gemm_detail::set_kquant_streams(s); }
+    ~StreamsScope() { gemm_detail::set_kquant_streams(prev_); }
+    int prev_;
+  };
+  {
+    KeepScope ks(-7);
+    EXPECT(gemm_detail::kquant_owner_keep() == -1);
+  }
+  ThreadPool pool2(2), pool3(3);
+  const int64_t K = 256;
+  const std::vector<float> x = normal_floats(size_t(K), 91u, 1.0f);
+  int compared = 0;
+  for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    for (int64_t N : {2560, 11264, 1088, 4160, 1000}) {
+      const std::vector<uint8_t> w = emollm_test::kquant_weights(t, N, K, false, 900u + uint32_t(N));
+      const std::vector<uint8_t> r = repacked(t, w, N, K, nullptr);
+      const uint8_t* R = aligned(r, t, N, K);
+      std::vector<float> ref(static_cast<size_t>(N)), y(static_cast<size_t>(N));
+      gemm_kquant_repacked(x.data(), K, R, t, nullptr, ref.data(), N, 1, N, K, nullptr);
+      for (int streams : {1, 2}) {
+        StreamsScope ss(streams);
+        for (ThreadPool* pool : {&pool2, &pool3})
+          for (int keep : {-1, 0, 1, 3}) {
+            KeepScope ks(keep);
+            bool same = true;
+            for (int rep = 0; rep < 20; ++rep) {
+              std::fill(y.begin(), y.end(), NAN);
+              gemm_kquant_repacked(x.data(), K, R, t, nullptr, y.data(), N, 1, N, K, pool);
+              same = same && std::memcmp(y.data(), ref.data(), size_t(N) * 4) == 0;
+            }
+            if (!same)
+              emollm_test::report_failure(__FILE__, __LINE__,
+                                          std::string(dtype_name(t)) + " N=" + std::to_string(N) + " streams " +
+                                              std::to_string(streams) + " threads " + std::to_string(pool->size()) +
+                                              " owner_keep " + std::to_string(keep) + ": not one thread's bits");
+            ++compared;
+          }
+      }
+    }
+    for (const std::vector<int64_t>& ns : {std::vector<int64_t>{2048, 256, 256}, std::vector<int64_t>{320, 2048, 256}}) {
+      std::vector<std::vector<uint8_t>> rs;
+      std::vector<std::vector<float>> refs, ys;
+      GemvOutput outs[3];
+      for (size_t j = 0; j < ns.size(); ++j) {
+        rs.push_back(repacked(t, emollm_test::kquant_weights(t, ns[j], K, j == 1, 950u + uint32_t(j)), ns[j], K, nullptr));
+        refs.emplace_back(size_t(ns[j]));
+        ys.emplace_back(size_t(ns[j]));
+        gemm_kquant_repacked(x.data(), K, aligned(rs[j], t, ns[j], K), t, nullptr, refs[j].data(), ns[j], 1, ns[j], K,
+                             nullptr);
+        outs[j] = GemvOutput{aligned(rs[j], t, ns[j], K), nullptr, ys[j].data(), ns[j]};
+      }
+      for (int streams : {1, 2}) {
+        StreamsScope ss(streams);
+        for (ThreadPool* pool : {&pool2, &pool3})
+          for (int keep : {-1, 0, 1, 3}) {
+            KeepScope ks(keep);
+            for (int rep = 0; rep < 20; ++rep) {
+              for (auto& v : ys) std::fill(v.begin(), v.end(), NAN);
+              gemv_kquant_repacked_multi(x.data(), t, outs, int(ns.size()), K, pool);
+              for (size_t j = 0; j < ns.size(); ++j)
+                EXPECT(std::memcmp(ys[j].data(), refs[j].data(), size_t(ns[j]) * 4) == 0);
+            }
+            ++compared;
+          }
+      }
+    }
+  }
+  EXPECT(compared == 2 * 7 * 2 * 2 * 4);  // types x (5 shapes + 2 multi) x streams x pools x owner_keep
+}
 #endif
 
 // The records are laid out in the order the lean M = 1 pass reads them (kquant_records.h), so that
