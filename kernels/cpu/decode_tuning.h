@@ -269,6 +269,11 @@ struct DecodeTuning {
   // thread) 17, each cutting its rows into 4 (6) streams afresh (with 6, 2 or 4 rows of a claim
   // left to one stream). Same bits (rows and super-groups do not depend on the chunking). Both -1
   // on both rows until measured (a 2-thread effect, as gemv_owner_keep's; 1 thread runs fn(0, n)).
+  // Zen 5, session 33, LOADED (9-15; decode_switch_ab AB_SWITCH=kq_owner_keep / stream_owner_keep,
+  // 8 x 16 tokens, on / off by total): 1 thread by CPU time (no change expected) q4_k_m 1.006 /
+  // 1.015 / 1.002, bf16 0.992 / 1.049 / 0.994; 2 threads wall at a quarter of the 1-thread rate,
+  // unreadable: q4_k_m 1.048 / 1.042 (A/A 0.973), q6_k 1.010, bf16 1.081 / 0.952 (A/A 0.960), f16
+  // 1.023, f32 1.107 (bench/README's h-keep row). The quiet 2-thread A/B decides.
   int kquant_owner_keep = -1;
   int stream_owner_keep = -1;
 };
