@@ -13,6 +13,8 @@
 //   CONFIG:rows (an 8th field, 1..M, default M): the product of X's first `rows` rows only, so that
 //            row counts can be interleaved in one process (per-row times; bits compared on the rows
 //            both configurations computed)
+//   AB_WCOPIES=n: n repacked copies of the weights, each call on the next one (a model's layers: each
+//            GEMM's weights cold, from memory, where one copy of a small matrix stays in L3); default 1
 //   AB_CLOCK=process: every configuration timed by the process's CPU time (all threads; see now_s)
 //   AB_SLOW=pct: the pool's last worker runs pct% slower (pool_set_slow_worker), every configuration
 //   AB_SLOW_ALT=pct: every other call of each configuration with that slowdown, timed apart (the
@@ -22,6 +24,7 @@
 //   AB_SLOW_ALT=25 ./build-bench/q8_panels_ab 628 4096 4096 q4_0 2 16 -1:-1:-1:1:1:0 -1:-1:-1:1:1:1  # equal / guided
 //   ./build-bench/q8_panels_ab 5 22016 4096 q4_0 1 10 -1:-1:-1:1:1:1:4 -1:-1:-1:1:1:1:6   # M = 5: 4-row tiles / one tile
 //   ./build-bench/q8_panels_ab 640 4096 11008 q4_0 1 12 -1:-1:-1:1:1:1:6:608 -1:-1:-1:1:1:1:6:628 -1:-1:-1:1:1:1:6:640
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -83,8 +86,14 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const bench::QuantizedProblem in = bench::random_quantized(t, M, N, K, rng, nd);
   ThreadPool pool(th);
-  AlignedPtr<uint8_t> Wr = make_aligned<uint8_t>(quant_repack_bytes(t, N, K));
-  quant_repack(in.w.data(), t, N, K, Wr.get(), &pool);
+  const char* wc_env = std::getenv("AB_WCOPIES");
+  const int wcopies = std::max(1, wc_env ? std::atoi(wc_env) : 1);
+  std::vector<AlignedPtr<uint8_t>> Wr;
+  for (int i = 0; i < wcopies; ++i) {
+    Wr.push_back(make_aligned<uint8_t>(quant_repack_bytes(t, N, K)));
+    quant_repack(in.w.data(), t, N, K, Wr.back().get(), &pool);
+  }
+  size_t calls = 0;
   std::vector<std::vector<float>> Y(cfg.size(), std::vector<float>(size_t(M * N)));
   std::vector<std::vector<double>> ts(cfg.size()), ts_slow(cfg.size());
   // the caller's end-of-job waits (pool_stats.h hand-off seconds) per call, undisturbed and slowed
@@ -107,7 +116,8 @@ int main(int argc, char** argv) {
     gemm_detail::set_repacked_tile_rows(cfg[c].tile);
     const double h0 = pool_handoff_seconds_this_thread();
     const double t0 = now_s(cpu);
-    gemm_repacked(in.x.data(), K, Wr.get(), t, nullptr, Y[c].data(), N, cfg[c].rows, N, K, &pool);
+    const uint8_t* W = Wr[calls++ % Wr.size()].get();
+    gemm_repacked(in.x.data(), K, W, t, nullptr, Y[c].data(), N, cfg[c].rows, N, K, &pool);
     const double dt = now_s(cpu) - t0;
     last_ho = pool_handoff_seconds_this_thread() - h0;
     return dt;
@@ -125,8 +135,9 @@ int main(int argc, char** argv) {
         pool_set_slow_worker(slow);
       }
     }
-  std::printf("q8_panels_ab %s M=%lld N=%lld K=%lld threads=%d rounds=%d (%s time) slow %d%% alt %d%%\n", ty.c_str(),
-              (long long)M, (long long)N, (long long)K, th, rounds, g_process_clock ? "process CPU" : cpu ? "thread CPU" : "wall", slow, alt);
+  std::printf("q8_panels_ab %s M=%lld N=%lld K=%lld threads=%d rounds=%d (%s time) slow %d%% alt %d%% weight copies %d\n",
+              ty.c_str(), (long long)M, (long long)N, (long long)K, th, rounds,
+              g_process_clock ? "process CPU" : cpu ? "thread CPU" : "wall", slow, alt, wcopies);
   double best0 = 0;
   for (size_t c = 0; c < cfg.size(); ++c) {
     const double b = bench::best(ts[c]), med = bench::median(ts[c]);

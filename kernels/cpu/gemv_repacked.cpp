@@ -856,7 +856,10 @@ EMO_TRP void group_tile_avx512(const int8_t* xq, int64_t ldq, const BlockSums* s
 // 1.5 * 2^23 bias trick (an int add and an FADD instead of vcvtdq2ps) 0.98x; the X dwords as
 // vpdpbusd's embedded {1to16} broadcast 0.95x; the high nibbles by one gf2p8affineqb (GFNI) instead
 // of the shift and mask, quiet: 1.002-1.011x at 1 thread, 1.001-1.046x at 2 by best time, medians
-// 0.99-1.01 (session 21: removed).
+// 0.99-1.01 (session 21: removed). Zen 5, session 33 (1 thread CPU time, loaded, in-process): each
+// weight line loaded once into a register (GCC folds the load into both the and and the shift: 16
+// loads a block for 8 lines) 1.001-1.010x by median; each int32 accumulator started by its own
+// vpbroadcastd from memory instead of 4 register copies a block 0.998-1.006x: neither kept.
 constexpr int kPanelRows = 4;
 using XPanels = gemm_detail::Q8XPanels<kPanelRows>;
 constexpr int kPanelGroups = 2;  // NV: groups (of 16 weight rows) per microkernel
@@ -1403,6 +1406,11 @@ int pick(const std::atomic<int>& set, int dflt) {
 //   0.97-1.07x). (Slices on K = 4096: 0.87-0.91x on Zen 4, 0.95-0.99 on Zen 5: never there.)
 // - the rest (pass sizes, kg, X prefetch, fused rounding, guided claims) the same on both: on Zen 4
 //   every alternative to them was 0.87-1.016x at 1 and 2 threads.
+// - Zen 5 re-measured (session 33, M = 628, 1 thread CPU time, loaded 10-15, in-process, 3 processes):
+//   X passes cut even (3 of 53 panels at K = 4096 instead of 76 / 76 / 5), 2 or 1 passes
+//   0.978-1.047x the default's speed (A/A 0.969-1.019); down: 4 / 8 MiB passes 0.985-1.009 /
+//   0.906-0.980, slices of 16 / 64 / 128 blocks 0.957-0.994 / 0.89-0.97 / 0.876-0.953, 4 / 16
+//   panels a group 0.977-1.002 / 0.956-0.973, unsliced 0.982-1.024: the row 0 defaults stay.
 // - the few-row path (M <= 8, g_few_rows_path above): SpreadPanel on both (Zen 4: 1.8-2.5x at
 //   M = 2-8; Zen 5: 1.05-1.61x at M = 2-8, q4_0 and q8_0), except q8_0 at M <= 3 on Zen 4, where
 //   its one sequential stream read 0.84-0.89x with the spread prefetch (Zen 5: 1.06-1.32x).
