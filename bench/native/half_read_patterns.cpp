@@ -12,6 +12,9 @@
 //   gemv-runs / -steps  the same with set_gemv_half_long_runs 2 / 0: the 6-stream rows (K >= 4096)
 //                    in runs of two steps a row with x's 128 columns in registers, or one step of each
 //                    stream in turn (Zen 4's default: runs for f16, steps for bf16; same bits: checked)
+//   gemv-s6-none / gemv-s6-none-runs  6 streams without stream prefetch, one step of each stream in
+//                    turn / in runs, all three settings for the call (the runs' conditions: on a row
+//                    with 4 streams and T0, Zen 5's, gemv-runs alone is its default kernel; same bits: checked)
 //   block / block-none  bf16: gemm() at M = 1 with Args::huge_pages off, the 8-row block GEMV
 //                    (bf16_gemv_block: the path of weights without a 2 MiB-page copy) with this CPU's
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)

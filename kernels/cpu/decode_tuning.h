@@ -42,7 +42,13 @@ struct DecodeTuning {
   // 0.80-0.95x (bf16), 0.88-1.01x (f16), 0.94-0.98x (f32) at the 1.1B and 7B shapes
   // (half_read_patterns, f32_read_patterns; bench_kernels' huge-nopf rows 0.90-1.07x); 2 KiB or
   // 512 B ahead 0.84-0.96x; the 1.1B bf16 decode with none 0.867x (8 rounds, every round below
-  // 0.93), f16 / f32 within the noise (1.06 / 0.98, rounds 0.82-1.32): T0 stays.
+  // 0.93), f16 / f32 within the noise (1.06 / 0.98, rounds 0.82-1.32): T0 stays. Session 33 (the
+  // same tools, 1 thread, thread CPU time, load 10.5-13.3, 3 processes x 20-30 rounds, median
+  // r(med)): none bf16 0.91-0.94x / f16 0.95-0.99x at the five K >= 4096 shapes, f32 0.96-1.09x at
+  // six 1.1B / 7B shapes (its A/A 0.93-1.02x); a scratch with one T0 prefetch a 128-byte step (the
+  // step's first line only) bf16 0.86-0.92x / f16 0.69-0.94x (A/A 0.97-1.04x). The kernel reads at
+  // 0.83-0.96x read-4 (bf16 / f16) and 0.94-0.98x (f32): at 1 thread the gap to a plain read of its
+  // bytes is not its prefetch (nor, at K = 2048, x leaving L1: 8 KiB there).
   GemvPrefetch stream_prefetch = GemvPrefetch::T0;
   // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
   // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0). Zen 5
