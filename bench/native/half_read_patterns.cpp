@@ -12,6 +12,9 @@
 //   gemv-runs / -steps  the same with set_gemv_half_long_runs 2 / 0: the 6-stream rows (K >= 4096)
 //                    in runs of two steps a row with x's 128 columns in registers, or one step of each
 //                    stream in turn (Zen 4's default: runs for f16, steps for bf16; same bits: checked)
+//   gemv-s6-none / gemv-s6-none-runs  6 streams without stream prefetch, one step of each stream in
+//                    turn / in runs, all three settings for the call (the runs' conditions: on a row
+//                    with 4 streams and T0, Zen 5's, gemv-runs alone is its default kernel; same bits: checked)
 //   block / block-none  bf16: gemm() at M = 1 with Args::huge_pages off, the 8-row block GEMV
 //                    (bf16_gemv_block: the path of weights without a 2 MiB-page copy) with this CPU's
 //                    block_prefetch / none, on the same copies (2 MiB pages: its TLB cost not included)
@@ -284,6 +287,20 @@ int main(int argc, char** argv) {
   // the two-step runs of the 6-stream rows (set_gemv_half_long_runs: 2 = bf16 and f16, 0 = off)
   const int r_def = gemm_detail::gemv_half_long_runs();
   auto gemv_runs = [&](int runs) { return gemv_with(gemm_detail::set_gemv_half_long_runs, runs, r_def); };
+  // 6 / 4 streams, a prefetch and runs set together for the call (the runs form needs 6 streams and
+  // no stream prefetch: on a CPU whose row has neither, gemv-runs alone is its default kernel)
+  auto gemv_set3 = [&](int streams, GemvPrefetch pf, int runs) {
+    return [&, streams, pf, runs](const uint8_t* W) {
+      gemm_detail::set_gemv_half_long_streams(streams);
+      gemm_detail::set_gemv_streams_prefetch(pf);
+      gemm_detail::set_gemv_half_long_runs(runs);
+      gemm_huge_pages(x.data(), K, W, t, nullptr, y.data(), N, 1, N, K, &pool);
+      gemm_detail::set_gemv_half_long_streams(s_def);
+      gemm_detail::set_gemv_streams_prefetch(p_def);
+      gemm_detail::set_gemv_half_long_runs(r_def);
+      check();
+    };
+  };
   auto block = [&](GemvPrefetch pf) {
     return [&, pf](const uint8_t* W) {
       gemm_detail::set_gemv_block_prefetch(pf);
@@ -300,6 +317,8 @@ int main(int argc, char** argv) {
       {"gemv-s6", gemv_streams(6), {}},
       {"gemv-runs", gemv_runs(2), {}},
       {"gemv-steps", gemv_runs(0), {}},
+      {"gemv-s6-none", gemv_set3(6, GemvPrefetch::None, 0), {}},
+      {"gemv-s6-none-runs", gemv_set3(6, GemvPrefetch::None, 2), {}},
       {"read-2-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<2>(p, n, 128, 0); }, W); }, {}},
       {"read-6-nopf", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<6>(p, n, 128, 0); }, W); }, {}},
       {"read-4", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<4>(p, n, 128, 1024); }, W); }, {}},

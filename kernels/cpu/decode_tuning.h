@@ -42,7 +42,13 @@ struct DecodeTuning {
   // 0.80-0.95x (bf16), 0.88-1.01x (f16), 0.94-0.98x (f32) at the 1.1B and 7B shapes
   // (half_read_patterns, f32_read_patterns; bench_kernels' huge-nopf rows 0.90-1.07x); 2 KiB or
   // 512 B ahead 0.84-0.96x; the 1.1B bf16 decode with none 0.867x (8 rounds, every round below
-  // 0.93), f16 / f32 within the noise (1.06 / 0.98, rounds 0.82-1.32): T0 stays.
+  // 0.93), f16 / f32 within the noise (1.06 / 0.98, rounds 0.82-1.32): T0 stays. Session 33 (the
+  // same tools, 1 thread, thread CPU time, load 10.5-13.3, 3 processes x 20-30 rounds, median
+  // r(med)): none bf16 0.91-0.94x / f16 0.95-0.99x at the five K >= 4096 shapes, f32 0.96-1.09x at
+  // six 1.1B / 7B shapes (its A/A 0.93-1.02x); a scratch with one T0 prefetch a 128-byte step (the
+  // step's first line only) bf16 0.86-0.92x / f16 0.69-0.94x (A/A 0.97-1.04x). The kernel reads at
+  // 0.83-0.96x read-4 (bf16 / f16) and 0.94-0.98x (f32): at 1 thread the gap to a plain read of its
+  // bytes is not its prefetch (nor, at K = 2048, x leaving L1: 8 KiB there).
   GemvPrefetch stream_prefetch = GemvPrefetch::T0;
   // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
   // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0). Zen 5
@@ -207,7 +213,14 @@ struct DecodeTuning {
   // best (medians 1.06-1.15x) the 4-stream kernel's speed at 2048 x 5632, 4096 x 11008,
   // 12288 x 4096, 22016 x 4096; at 11264 x 2048 0.98-1.02x (so K >= 4096 only); 8 streams
   // (spills) 0.73-1.09x, 5 streams 0.94-1.12x; x prefetched T0 512 B / 1 KiB / 2 KiB ahead
-  // 0.78-0.97x. Zen 5 not measured (48 KiB L1): keeps 4.
+  // 0.78-0.97x. Zen 5 keeps 4 (session 33, h-z5half: the same tool, 1 thread, thread CPU time,
+  // interleaved call by call, load 10.5-13.3, 3 processes x 30 rounds at 12288 x 4096, 4096 x
+  // 4096, 22016 x 4096, 2048 x 5632, 4096 x 11008, median r(med) against the default (4 streams,
+  // T0 1 KiB ahead), A/A 0.99-1.01x): 6 streams with T0 bf16 0.80-0.89x / f16 0.83-0.87x, without
+  // prefetch bf16 0.86-0.95x / f16 0.95-0.98x (4 streams without it 0.91-0.94x / 0.95-0.99x); a
+  // plain 6-stream read without prefetch 0.58-0.94x the kernel, read-4 1.08-1.20x (the kernel
+  // 0.83-0.92x a plain read of its bytes at K >= 4096, 0.88-0.96x at the 1.1B's K = 2048): on
+  // Zen 5 more streams lose, in the kernel and in the plain read alike.
   int half_long_streams = 4;
   // Those 6-stream rows (K >= 4096) walked in runs of two 128-byte steps of a row (its 4 lines in
   // address order), x's 128 columns in 8 registers for the 6 rows (gemm_avx512.cpp
@@ -231,7 +244,12 @@ struct DecodeTuning {
   // > 1: runs faster): 1 thread CPU f16 1.065-1.085, bf16 0.997-1.051 (median over the shapes 1.018:
   // 12288 x 4096 0.997, 4096 x 4096 1.001, 22016 x 4096 1.018, 2048 x 5632 1.046, 4096 x 11008
   // 1.051); 2 threads wall f16 0.968-1.021 (12288 x 4096 0.968, the rest 1.005-1.021), bf16
-  // 0.951-0.991 (slower at every shape). So Zen 4: 1 (f16 only). Zen 5 not measured: 0.
+  // 0.951-0.991 (slower at every shape). So Zen 4: 1 (f16 only). Zen 5: 0 (session 33, the runs
+  // above (6 streams, no prefetch: half_read_patterns' gemv-s6-none-runs) bf16 0.77-0.87x / f16
+  // 0.83-0.88x its default kernel, the one-step 6-stream walk 0.86-0.98x; a scratch of the runs
+  // on 4 streams with the T0 prefetch (two lines a step, 16 accumulators + 8 x registers: no
+  // spills) bf16 0.87-0.95x / f16 0.89-0.98x at K >= 4096, at every K 0.86-0.97x; load 10.5-13.3,
+  // 3 processes x 30 rounds, the figures of half_long_streams' Zen 5 sentence).
   int half_long_runs = 0;
   // The q4_0 / q8_0 M = 1 dispatch's claims (gemv_repacked.cpp gemv_dispatch, base/thread_pool.h
   // parallel_ranges owner_keep): -1 = every claim at most gemv_chunk's groups (~1/8 of a thread's
