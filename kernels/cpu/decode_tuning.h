@@ -124,7 +124,9 @@ struct DecodeTuning {
   // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 measured
   // (session 33, h-z5attn): off. The same tool and shape, 1 thread, thread CPU time, interleaved, load 10-13
   // (NOT quiet), cold copies (>= 128 MiB) in 2 MiB pages, 3 processes each: lean / the default by median f32
-  // 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it 0.99-1.03).
+  // 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it 0.99-1.03); the 1.1B q4_0
+  // decode at 1024 tokens of context, AB_SWITCH=attn_lean, 1 thread CPU time: 0.948 / 0.989 / 0.993 by total (median
+  // rounds 0.978 / 0.986 / 1.003) against an A/A's 0.989 (0.994).
   bool attn_decode_lean = false;
   // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
   // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
