@@ -122,11 +122,15 @@ struct DecodeTuning {
   // 0.99-1.08x from DRAM (kv 2048, 16 / 32 copies); the 1.1B decode at 1024 tokens of context, 1
   // thread CPU time, AB_SWITCH=attn_lean, on / off by total: q4_0 1.023 / 0.999 / 1.020 (median
   // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 measured
-  // (session 33, h-z5attn): off. The same tool and shape, 1 thread, thread CPU time, interleaved, load 10-15
+  // (session 33, h-z5attn): off. The same tool and shape, 1 thread, thread CPU time, interleaved, load 7-15
   // (NOT quiet), cold copies (>= 128 MiB) in 2 MiB pages, 3 processes each: lean / the default by median f32
-  // 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it 0.99-1.03); the 1.1B q4_0
-  // decode at 1024 tokens of context, AB_SWITCH=attn_lean, 1 thread CPU time: 0.948 / 0.989 / 0.993 by total (median
-  // rounds 0.978 / 0.986 / 1.003) against an A/A's 0.989 (0.994).
+  // 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it 0.99-1.03); but
+  // with lean the process's default (the tool's "lean": the form most of the interleaved calls run) lean / nolean
+  // f32 1.009 / 1.078 (kv 512 / 2048), f16 1.222 (kv 512): on this shape the side most calls run wins (the
+  // wide-row forms below lose from either side), so the kernel does not decide it. The 1.1B decode at 1024 tokens of
+  // context, AB_SWITCH=attn_lean (blocks of 16 tokens a form), 1 thread CPU time, on / off by total (median rounds):
+  // q4_0 0.948 / 0.989 / 0.993 (0.978 / 0.986 / 1.003) against an A/A's 0.989 (0.994); f16 0.967 / 0.987 (0.978 /
+  // 0.984) against an A/A's 1.000 (1.001): no gain.
   bool attn_decode_lean = false;
   // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
   // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
@@ -154,8 +158,9 @@ struct DecodeTuning {
   // and shape, 1 thread, thread CPU time, interleaved, load 10-15 (NOT quiet), 4-8 processes at each of kv 512 /
   // 1024 / 2048, against Zen 5's 16 rows (P V by rows) by median: w8 pf f32 0.835 / 0.850 / 0.828, f16 0.908 /
   // 0.924 / 0.913, bf16 0.949 / 0.941 / 0.936; widepf 0.93-0.94 / 0.91-0.96 / 0.92-0.93; wide8 0.87-0.88 /
-  // 0.89-0.90 / 0.89-0.93 (A/A 0.99-1.02). With P V by chunks too (Zen 4's combination; 3 processes): w8 pf f16
-  // 0.94-0.95, bf16 0.93-1.01 of Zen 5's path. The half caches' call reads at 0.69-0.74x their plain read; from L3 (kv
+  // 0.89-0.90 / 0.89-0.93 (A/A 0.99-1.02); from the other side (w8 pf the process's default, 3 processes, kv 512 /
+  // 2048) w8 pf / the 16 rows f32 0.820 / 0.825, f16 0.934 / 0.892. With P V by chunks too (Zen 4's combination;
+  // 3 processes): w8 pf f16 0.94-0.95, bf16 0.93-1.01 of Zen 5's path. The half caches' call reads at 0.69-0.74x their plain read; from L3 (kv
   // 512, the copy just read) it runs 1.29-1.42x faster but still at 0.95-0.98x the cold plain read: its compute
   // (the widening loads and FMAs), not the order of its reads, holds it there.
   int attn_wide_pf = 0;
@@ -179,7 +184,8 @@ struct DecodeTuning {
   // (session 33, h-z5attn): 0. The same tool, f32, as attn_wide_pf's Zen 5 figures: w8 lin8 against the 16 rows
   // 0.977 / 1.001 / 0.988 at kv 512 / 1024 / 2048 (with P V by chunks too, Zen 4's path: 0.854 / 0.876 / 0.878 of
   // Zen 5's); the 16-row widepf's prefetch in address order every 8th line (attn_wide_pf All with lin 8, wide8 Off)
-  // 1.031 / 1.024 / 1.019 (7 / 5 / 8 processes, 0.96-1.05 each; the A/A 0.99-1.02): at the bar at kv 512 only, about
+  // 1.031 / 1.024 / 1.019 (7 / 5 / 8 processes, 0.96-1.05 each; the A/A 0.99-1.02; with w8 pf the process's default
+  // 1.007 / 1.011 at kv 512 / 2048): at the bar at kv 512 only, about
   // 0.3% of a 7B step, and f32 alone cannot take it (DecodeWide All takes the half caches too, where widepf is
   // 0.91-0.96x): left off.
   int attn_wide_lin = 0;
