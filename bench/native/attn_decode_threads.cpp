@@ -1,7 +1,7 @@
 // Where decode attention's two-thread time goes, in one process on the same data (7B shape: 32 / 32
 // heads x 128, f32 cache in 64-token pages, copies rotated so every call reads from memory):
 //
-//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt] [lean]
+//   build-bench/attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt] [lean] [pvc] [w8pf]
 //
 // Per round, in a shuffled order, each right after an empty job of the 2-thread pool: one call on a 1-thread pool ("1t"); on a 2-thread pool
 // ("2t run": the pieces inside one pool->run job); and "2t halves": two threads (the 2-thread pool's, one run() job)
@@ -29,6 +29,12 @@
 // transposes), interleaved with the others; its output checked bit for bit against "1t"'s.
 // "1t lean" (or, with "lean": every mode on attention_detail::set_decode_lean(true), "1t nolean"): the
 // 1-thread call with the lean narrow piece switched the other way, its output checked bit for bit too.
+// "pvc": every mode on attention_detail::set_decode_pv_chunks(true) (the 7B's P V pairs by chunks, as Zen 4's
+// default; the wide rows' P V takes decode_wide_pf's prefetch only so): on a CPU whose default is the row order,
+// the wide-row modes below measured as they would run with pv chunks on, and "1t pv rows" the default's P V.
+// "w8pf": every mode on set_decode_wide8(true) / set_decode_wide_pf(true) (the 7B's sub-blocks as two of 8 rows with
+// the next 8 prefetched, on every cache type): "1t 16 rows" then the other side, so that a form compared both ways
+// shows whether being the process's default (the path most modes run, its branches and prefetchers trained) favours it.
 // "1t rd drv": the decode driver's own loads on the same K / V pages without its arithmetic
 // (read_decode_pattern: per 64-token block, K in 16-row sub-blocks a kv head's slice at a time,
 // then V two kv heads a token row: the 7B's wide-row walk); "1t rd head": one kv head's slice of
@@ -148,7 +154,7 @@ BENCH_READ_AVX512 static uint64_t read_decode_pattern(const float* const* kp, co
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] == '-') {
-      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt] [lean]\n");
+      std::fprintf(stderr, "attn_decode_threads [kv 512] [rounds 21] [copies 8] [1b] [2m] [1t] [f16|bf16|bf16dp] [kt] [lean] [pvc] [w8pf]\n");
       return 2;
     }
   const int64_t n_kv = argc > 1 ? std::max(64L, std::atol(argv[1])) : 512;
@@ -162,6 +168,11 @@ int main(int argc, char** argv) {
     only_1t = only_1t || std::strcmp(argv[i], "1t") == 0;
     ktiles = ktiles || std::strcmp(argv[i], "kt") == 0;
     if (std::strcmp(argv[i], "lean") == 0) attention_detail::set_decode_lean(true);
+    if (std::strcmp(argv[i], "pvc") == 0) attention_detail::set_decode_pv_chunks(true);
+    if (std::strcmp(argv[i], "w8pf") == 0) {
+      attention_detail::set_decode_wide8(true);
+      attention_detail::set_decode_wide_pf(true);
+    }
     if (std::strcmp(argv[i], "f16") == 0) kv_type = DType::F16;
     if (std::strcmp(argv[i], "bf16") == 0) kv_type = DType::BF16;
     if (std::strcmp(argv[i], "bf16dp") == 0) {

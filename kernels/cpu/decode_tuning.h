@@ -127,8 +127,16 @@ struct DecodeTuning {
   // cache / L3-resident (kv 512 one copy, kv 2048 one copy), 1.08-1.14x over 8 copies (kv 512 / 1024),
   // 0.99-1.08x from DRAM (kv 2048, 16 / 32 copies); the 1.1B decode at 1024 tokens of context, 1
   // thread CPU time, AB_SWITCH=attn_lean, on / off by total: q4_0 1.023 / 0.999 / 1.020 (median
-  // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 not
-  // measured: off.
+  // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 measured
+  // (session 33, h-z5attn): off. The same tool and shape, 1 thread, thread CPU time, interleaved, load 7-15
+  // (NOT quiet), cold copies (>= 128 MiB) in 2 MiB pages, 3 processes each: lean / the default by median f32
+  // 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it 0.99-1.03); but
+  // with lean the process's default (the tool's "lean": the form most of the interleaved calls run) lean / nolean
+  // f32 1.009 / 1.078 (kv 512 / 2048), f16 1.222 (kv 512): on this shape the side most calls run wins (the
+  // wide-row forms below lose from either side), so the kernel does not decide it. The 1.1B decode at 1024 tokens of
+  // context, AB_SWITCH=attn_lean (blocks of 16 tokens a form), 1 thread CPU time, on / off by total (median rounds):
+  // q4_0 0.948 / 0.989 / 0.993 (0.978 / 0.986 / 1.003) against an A/A's 0.989 (0.994); f16 0.967 / 0.987 (0.978 /
+  // 0.984) against an A/A's 1.000 (1.001): no gain.
   bool attn_decode_lean = false;
   // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
   // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
@@ -137,7 +145,10 @@ struct DecodeTuning {
   // call f32 1.29-1.36x, f16 1.01-1.14x, in L3 (kv 128) 0.88x; the driver's loads alone in this order
   // 1.16-1.17x; the 7B q4_0 decode at 1024 tokens of context, AB_SWITCH=attn_pv_chunks, 1 thread
   // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
-  // Zen 5 not measured: off.
+  // Zen 5 measured (session 33, h-z5attn): off. attn_decode_threads' 7B shape cold in 2 MiB pages, 1 thread,
+  // thread CPU time, interleaved, load 10-15 (NOT quiet), 4-8 processes at each of kv 512 / 1024 / 2048: chunks /
+  // rows by median f32 0.954 / 0.969 / 0.957, f16 0.930 / 0.953 / 0.957, bf16 0.962 / 0.955 / 0.962 (an A/A
+  // beside it 0.99-1.02); the row order's call reads at 0.92-0.98x a plain read of its bytes on f32 already.
   bool attn_pv_chunks = false;
   // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
   // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
@@ -149,7 +160,15 @@ struct DecodeTuning {
   // alone 1.24-1.28x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
   // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031. f32 caches
   // kept 16 rows without it (until session 32, below): both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone 0.79-0.90x
-  // (the f32 model: within its A/A's noise). Zen 5 not measured: 0.
+  // (the f32 model: within its A/A's noise). Zen 5 measured (session 33, h-z5attn): 0 (Off) for both. The same tool
+  // and shape, 1 thread, thread CPU time, interleaved, load 10-15 (NOT quiet), 4-8 processes at each of kv 512 /
+  // 1024 / 2048, against Zen 5's 16 rows (P V by rows) by median: w8 pf f32 0.835 / 0.850 / 0.828, f16 0.908 /
+  // 0.924 / 0.913, bf16 0.949 / 0.941 / 0.936; widepf 0.93-0.94 / 0.91-0.96 / 0.92-0.93; wide8 0.87-0.88 /
+  // 0.89-0.90 / 0.89-0.93 (A/A 0.99-1.02); from the other side (w8 pf the process's default, 3 processes, kv 512 /
+  // 2048) w8 pf / the 16 rows f32 0.820 / 0.825, f16 0.934 / 0.892. With P V by chunks too (Zen 4's combination;
+  // 3 processes): w8 pf f16 0.94-0.95, bf16 0.93-1.01 of Zen 5's path. The half caches' call reads at 0.69-0.74x their plain read; from L3 (kv
+  // 512, the copy just read) it runs 1.29-1.42x faster but still at 0.95-0.98x the cold plain read: its compute
+  // (the widening loads and FMAs), not the order of its reads, holds it there.
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
   // Session 32 (h-attnf32): Zen 4 takes both on f32 caches too (attn_wide_pf / attn_wide8 = 2, DecodeWide::All),
@@ -167,7 +186,14 @@ struct DecodeTuning {
   // AB_SWITCH=attn_f32_w8lin, 1 thread CPU time: 0.976 / 1.054 by total (median rounds 1.015 / 1.026; rounds
   // 0.78-1.23) against an A/A's 1.003 (1.011), then in a quieter window 1.018 (1.015; all 10 rounds 1.002-1.040)
   // against an A/A right after of 1.005 (1.014; 0.967-1.036): at most the ~1% that 5% of attention's share of a
-  // step gives, not resolved from the noise. The 1.1B shape (GQA, narrow rows) does not take it. Zen 5 not measured: 0.
+  // step gives, not resolved from the noise. The 1.1B shape (GQA, narrow rows) does not take it. Zen 5 measured
+  // (session 33, h-z5attn): 0. The same tool, f32, as attn_wide_pf's Zen 5 figures: w8 lin8 against the 16 rows
+  // 0.977 / 1.001 / 0.988 at kv 512 / 1024 / 2048 (with P V by chunks too, Zen 4's path: 0.854 / 0.876 / 0.878 of
+  // Zen 5's); the 16-row widepf's prefetch in address order every 8th line (attn_wide_pf All with lin 8, wide8 Off)
+  // 1.031 / 1.024 / 1.019 (7 / 5 / 8 processes, 0.96-1.05 each; the A/A 0.99-1.02; with w8 pf the process's default
+  // 1.007 / 1.011 at kv 512 / 2048): at the bar at kv 512 only, about
+  // 0.3% of a 7B step, and f32 alone cannot take it (DecodeWide All takes the half caches too, where widepf is
+  // 0.91-0.96x): left off.
   int attn_wide_lin = 0;
   // q8_0 M = 1 pass: 0 = four adjacent groups a pass, S = each thread's groups in S contiguous
   // parts side by side (gemv_repacked.cpp parts_q80_avx512). Zen 5: 4 parts with T0 1 KiB ahead
