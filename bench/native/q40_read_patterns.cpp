@@ -235,6 +235,21 @@ int main(int argc, char** argv) {
   auto gemv_addr = [&](bool on) {
     return gemv_with(gemm_detail::q40_ms_addr_order, gemm_detail::set_q40_ms_addr_order, on);
   };
+  // the two-stream pass in one whole form: prefetch, distance, a record's loads in address order or
+  // t-major, and (address order with a prefetch) the prefetch spread beside the loads. Same bits
+  auto gemv_form = [&](gemm_detail::GemvPrefetch pf, int ahead, bool addr, bool spread) {
+    return [&, pf, ahead, addr, spread](const uint8_t* W) {
+      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch();
+      const int prev_a = gemm_detail::q40_ms_ahead();
+      const bool prev_o = gemm_detail::q40_ms_addr_order(), prev_s = gemm_detail::q40_ms_spread();
+      gemm_detail::set_q40_ms_prefetch(pf), gemm_detail::set_q40_ms_ahead(ahead);
+      gemm_detail::set_q40_ms_addr_order(addr), gemm_detail::set_q40_ms_spread(spread);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q40_ms_prefetch(prev), gemm_detail::set_q40_ms_ahead(prev_a);
+      gemm_detail::set_q40_ms_addr_order(prev_o), gemm_detail::set_q40_ms_spread(prev_s);
+    };
+  };
+  using P = gemm_detail::GemvPrefetch;
   struct Row {
     const char* name;
     std::function<void(const uint8_t*)> run;
@@ -243,6 +258,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows = {
       {"gemv", gemv(true), {}},
+      {"gemv-aa", gemv(true), {}},
       {"gemv-one", gemv(false), {}},
       {"gemv-addr", gemv_addr(true), {}},
       {"gemv-tmajor", gemv_addr(false), {}},
@@ -251,6 +267,25 @@ int main(int argc, char** argv) {
       {"gemv-nopf", gemv_pf(gemm_detail::GemvPrefetch::None), {}},
       {"gemv-t1", gemv_pf(gemm_detail::GemvPrefetch::T1), {}},
       {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, 1024), {}},
+      {"gemv-tmajor-t0", gemv_form(P::T0, 4096, false, false), {}},
+      {"gemv-addr-nopf", gemv_form(P::None, 4096, true, false), {}},
+      {"gemv-addr-t0", gemv_form(P::T0, 4096, true, false), {}},
+      {"gemv-addr-t0-2k", gemv_form(P::T0, 2048, true, false), {}},
+      {"gemv-addr-t0-1k", gemv_form(P::T0, 1024, true, false), {}},
+      {"gemv-addr-t0-3k", gemv_form(P::T0, 3072, true, false), {}},
+      {"gemv-addr-t0-1.5k", gemv_form(P::T0, 1536, true, false), {}},
+      {"gemv-addr-nta-2k", gemv_form(P::Nta, 2048, true, false), {}},
+      {"gemv-tmajor-t0-2k", gemv_form(P::T0, 2048, false, false), {}},
+      {"gemv-spread-t0-3k", gemv_form(P::T0, 3072, true, true), {}},
+      {"gemv-spread-t0-1.5k", gemv_form(P::T0, 1536, true, true), {}},
+      {"gemv-spread-nta-2k", gemv_form(P::Nta, 2048, true, true), {}},
+      {"gemv-addr-t1", gemv_form(P::T1, 4096, true, false), {}},
+      {"gemv-addr-nta", gemv_form(P::Nta, 4096, true, false), {}},
+      {"gemv-spread-t0", gemv_form(P::T0, 4096, true, true), {}},
+      {"gemv-spread-t0-2k", gemv_form(P::T0, 2048, true, true), {}},
+      {"gemv-spread-t0-1k", gemv_form(P::T0, 1024, true, true), {}},
+      {"gemv-spread-t1", gemv_form(P::T1, 4096, true, true), {}},
+      {"gemv-spread-nta", gemv_form(P::Nta, 4096, true, true), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},

@@ -258,6 +258,9 @@ GemvPrefetch q40_ms_prefetch();
 // below. Same bits. For the tests and A/B tools; process-wide.
 void set_q40_ms_addr_order(bool on);
 bool q40_ms_addr_order();
+// SCRATCH: the address order's prefetch spread, one beside each line's load.
+void set_q40_ms_spread(bool on);
+bool q40_ms_spread();
 // How far ahead that prefetch reads along each stream (bytes, a multiple of 64 in [64, 16384];
 // also what a cold start prefetches of each stream; decode_tuning.h q40_ahead). Same bits. For the
 // tests and A/B tools; process-wide.
@@ -297,6 +300,7 @@ struct GemvM1Settings {
   bool q40_ms = true;
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
   bool q40_addr_order = false;
+  bool q40_spread = false;
   int q80_streams = 0;
   GemvPrefetch q80_prefetch = GemvPrefetch::T0;
   bool q80_line17 = false;
@@ -307,8 +311,10 @@ struct GemvM1Form {
   GemvPrefetch hint = GemvPrefetch::None;  // along the streams (Groups: its own, not this)
   bool addr_order = false;                 // Q40Streams without a hint: address order
   bool line17 = false;                     // Q80Parts with a hint: the 17th line a block pair
+  bool spread = false;                     // Q40Streams in address order with a hint: a prefetch beside each load
   bool operator==(const GemvM1Form& o) const {
-    return pass == o.pass && streams == o.streams && hint == o.hint && addr_order == o.addr_order && line17 == o.line17;
+    return pass == o.pass && streams == o.streams && hint == o.hint && addr_order == o.addr_order && line17 == o.line17 &&
+           spread == o.spread;
   }
 };
 GemvM1Form gemv_m1_form(bool q8, const GemvM1Settings& s);

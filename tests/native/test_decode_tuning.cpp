@@ -157,18 +157,28 @@ TEST(decode_tuning_gemv_m1_forms) {
   EXPECT(gemv_m1_form(true, s4) == form(GemvPass::Q80Parts, 2, GemvPrefetch::None, false, false));
   EXPECT(gemv_m1_form(false, s5) == form(GemvPass::Q40Streams, 2, GemvPrefetch::T0, false, false));
   EXPECT(gemv_m1_form(true, s5) == form(GemvPass::Q80Parts, 4, GemvPrefetch::T0, false, false));
-  // the address order: off by its setting, off under every prefetch hint
+  // the address order: off by its setting, on under every prefetch hint (a loop of the record's 18
+  // prefetches before it), spread beside the loads only with a hint
   GemvM1Settings s = s4;
   s.q40_addr_order = false;
   EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, GemvPrefetch::None, false, false));
+  s.q40_spread = true;  // t-major: no spread form
+  EXPECT(!gemv_m1_form(false, s).spread);
   for (GemvPrefetch p : {GemvPrefetch::T0, GemvPrefetch::T1, GemvPrefetch::Nta}) {
     s = s4;
     s.q40_prefetch = p;
-    EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, p, false, false));
+    EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, p, true, false));
+    s.q40_spread = true;
+    GemvM1Form sp = form(GemvPass::Q40Streams, 2, p, true, false);
+    sp.spread = true;
+    EXPECT(gemv_m1_form(false, s) == sp);
   }
+  s = s4;
+  s.q40_spread = true;  // no hint: nothing to spread
+  EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, GemvPrefetch::None, true, false));
   s = s5;
-  s.q40_addr_order = true;  // Zen 5's T0 with the entry on: still t-major
-  EXPECT(!gemv_m1_form(false, s).addr_order);
+  s.q40_addr_order = true;  // Zen 5's T0 with the entry on
+  EXPECT(gemv_m1_form(false, s).addr_order);
   s.q40_prefetch = GemvPrefetch::None;
   EXPECT(gemv_m1_form(false, s).addr_order);
   // the passes of adjacent groups: q40_ms off, q80_streams 0
@@ -199,5 +209,5 @@ TEST(decode_tuning_gemv_m1_forms) {
   set_q40_ms_prefetch(p0);
   set_q40_ms_addr_order(a0);
   EXPECT(on && !off);
-  EXPECT(t1 == form(GemvPass::Q40Streams, 2, GemvPrefetch::T1, false, false));
+  EXPECT(t1 == form(GemvPass::Q40Streams, 2, GemvPrefetch::T1, true, false));
 }

@@ -2389,12 +2389,12 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
     EXPECT(!gemm_detail::q40_ms());
   }
   struct Restore {
-    bool ms = gemm_detail::q40_ms(), addr = gemm_detail::q40_ms_addr_order();
+    bool ms = gemm_detail::q40_ms(), addr = gemm_detail::q40_ms_addr_order(), spread = gemm_detail::q40_ms_spread();
     gemm_detail::GemvPrefetch p = gemm_detail::q40_ms_prefetch();
     int a = gemm_detail::q40_ms_ahead();
     ~Restore() {
       gemm_detail::set_q40_ms(ms), gemm_detail::set_q40_ms_prefetch(p), gemm_detail::set_q40_ms_ahead(a);
-      gemm_detail::set_q40_ms_addr_order(addr);
+      gemm_detail::set_q40_ms_addr_order(addr), gemm_detail::set_q40_ms_spread(spread);
     }
   } restore;
   // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
@@ -2409,9 +2409,11 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
   const struct {
     P p;
     int ahead;
-    bool addr;
-  } forms[] = {{P::T0, 4096, false}, {P::Nta, 4096, false}, {P::None, 4096, false}, {P::None, 4096, true},
-               {P::T1, 4096, false}, {P::T0, 1024, true}, {P::Nta, 512, false}, {P::T1, 2048, false}};
+    bool addr, spread;
+  } forms[] = {{P::T0, 4096, false, false}, {P::Nta, 4096, false, false}, {P::None, 4096, false, false},
+               {P::None, 4096, true, false},  {P::T1, 4096, false, false},  {P::T0, 1024, true, false},
+               {P::Nta, 512, false, false},   {P::T1, 2048, false, false},  {P::T0, 4096, true, true},
+               {P::T1, 2048, true, true},     {P::Nta, 1024, true, true},   {P::None, 4096, true, true}};
   const int nforms = int(sizeof forms / sizeof forms[0]);
   int compared = 0;
   uint32_t seed = 8100;
@@ -2425,11 +2427,12 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
             [&](int v) {
               gemm_detail::set_q40_ms(true);
               gemm_detail::set_q40_ms_prefetch(forms[v].p), gemm_detail::set_q40_ms_ahead(forms[v].ahead);
-              gemm_detail::set_q40_ms_addr_order(forms[v].addr);
+              gemm_detail::set_q40_ms_addr_order(forms[v].addr), gemm_detail::set_q40_ms_spread(forms[v].spread);
               EXPECT(gemm_detail::q40_ms_ahead() == forms[v].ahead);
               EXPECT(gemm_detail::q40_ms_addr_order() == forms[v].addr);
               return "two streams prefetch=" + std::to_string(int(forms[v].p)) + " ahead=" +
-                     std::to_string(forms[v].ahead) + " addr_order=" + std::to_string(int(forms[v].addr));
+                     std::to_string(forms[v].ahead) + " addr_order=" + std::to_string(int(forms[v].addr)) +
+                     " spread=" + std::to_string(int(forms[v].spread));
             });
         ++seed;
       }
