@@ -119,7 +119,6 @@ namespace {
 std::atomic<bool> g_q40_ms{true};
 // Off at start on every CPU (gemm_internal.h set_q80_line17).
 std::atomic<bool> g_q80_line17{false};
-std::atomic<bool> g_q40_spread{false};
 }  // namespace
 void set_q40_ms_prefetch(GemvPrefetch p) { DecodeSetting<&DecodeTuning::q40_prefetch>::set(p); }
 GemvPrefetch q40_ms_prefetch() { return DecodeSetting<&DecodeTuning::q40_prefetch>::get(); }
@@ -135,8 +134,6 @@ void set_gemv_owner_keep(int passes) { DecodeSetting<&DecodeTuning::gemv_owner_k
 int gemv_owner_keep() { return DecodeSetting<&DecodeTuning::gemv_owner_keep>::get(); }
 void set_q40_ms_ahead(int bytes) { DecodeSetting<&DecodeTuning::q40_ahead>::set(std::clamp(bytes / 64 * 64, 64, 16384)); }
 int q40_ms_ahead() { return DecodeSetting<&DecodeTuning::q40_ahead>::get(); }
-void set_q40_ms_spread(bool on) { g_q40_spread.store(on, std::memory_order_relaxed); }
-bool q40_ms_spread() { return g_q40_spread.load(std::memory_order_relaxed); }
 void set_q80_line17(bool on) { g_q80_line17.store(on, std::memory_order_relaxed); }
 bool q80_line17() { return g_q80_line17.load(std::memory_order_relaxed); }
 void set_q40_ms(bool on) { g_q40_ms.store(on, std::memory_order_relaxed); }
@@ -146,7 +143,6 @@ GemvM1Form gemv_m1_form(bool q8, const GemvM1Settings& s) {
   if (!q8 && s.q40_ms) {
     f.pass = GemvPass::Q40Streams, f.streams = 2, f.hint = s.q40_prefetch;
     f.addr_order = s.q40_addr_order;
-    f.spread = f.addr_order && f.hint != GemvPrefetch::None && s.q40_spread;
   } else if (q8 && s.q80_streams > 0) {
     f.pass = GemvPass::Q80Parts, f.streams = std::min(s.q80_streams, 4), f.hint = s.q80_prefetch;
     f.line17 = s.q80_line17 && f.hint != GemvPrefetch::None;
@@ -154,10 +150,10 @@ GemvM1Form gemv_m1_form(bool q8, const GemvM1Settings& s) {
   return f;
 }
 GemvM1Settings gemv_m1_settings() {
-  return GemvM1Settings{q40_ms(), q40_ms_prefetch(), q40_ms_addr_order(), q40_ms_spread(), q80_streams(), q80_prefetch(), q80_line17()};
+  return GemvM1Settings{q40_ms(), q40_ms_prefetch(), q40_ms_addr_order(), q80_streams(), q80_prefetch(), q80_line17()};
 }
 GemvM1Settings gemv_m1_settings(const DecodeTuning& t) {
-  return GemvM1Settings{true, t.q40_prefetch, t.q40_addr_order, false, t.q80_streams, t.q80_prefetch, false};
+  return GemvM1Settings{true, t.q40_prefetch, t.q40_addr_order, t.q80_streams, t.q80_prefetch, false};
 }
 namespace {
 EnvSwitch& ranges_flag() {
@@ -272,40 +268,16 @@ inline int32_t ld32(const int8_t* p) {
 // a value computed before the sum (the scale loads move ahead of the sum in groups_avx512<false,
 // 4 / 2> and the t-major ms_q40_avx512).
 //
-// A software prefetch of the line at p with hint Hint (_MM_HINT_T0 / _MM_HINT_T1 / _MM_HINT_NTA), issued where
-// it stands.
-template <int Hint>
-__attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
-  // an asm statement, not _mm_prefetch: GCC schedules the builtin's prefetches of a block pair
-  // together at its front (objdump), and then they read as a burst
-  if constexpr (Hint == _MM_HINT_T0) __asm__ volatile("prefetcht0 %0" : : "m"(*p));
-  else if constexpr (Hint == _MM_HINT_T1) __asm__ volatile("prefetcht1 %0" : : "m"(*p));
-  else {
-    static_assert(Hint == _MM_HINT_NTA, "prefetch_here: T0, T1 or NTA");
-    __asm__ volatile("prefetchnta %0" : : "m"(*p));
-  }
-}
-
 // One q4_0 quant line at p against x's quads xl (low nibbles) / xh (high ones): the line loaded
 // once for both operands (left to itself GCC folds the load into both and reads twice), its low
 // nibbles' dpbusd into chain a, its high nibbles (16 x the nibble, left in place) into chain c.
 struct Q40Chains {
   __m512i a, c;
 };
-template <int PfHint = -1>
 __attribute__((always_inline)) EMO_TRP inline Q40Chains q40_line(Q40Chains ch, const uint8_t* p, __m512i xl, __m512i xh,
-                                                                 __m512i m0f, const uint8_t* pf = nullptr) {
+                                                                 __m512i m0f) {
   __m512i v = _mm512_loadu_si512(p);
-  if constexpr (PfHint < 0) {
-    __asm__("" : "+v"(v));
-  } else if constexpr (PfHint == _MM_HINT_T0) {
-    __asm__("prefetcht0 %1" : "+v"(v) : "m"(*pf));
-  } else if constexpr (PfHint == _MM_HINT_T1) {
-    __asm__("prefetcht1 %1" : "+v"(v) : "m"(*pf));
-  } else {
-    static_assert(PfHint == _MM_HINT_NTA, "q40_line: T0, T1 or NTA");
-    __asm__("prefetchnta %1" : "+v"(v) : "m"(*pf));
-  }
+  __asm__("" : "+v"(v));
   return {_mm512_dpbusd_epi32(ch.a, _mm512_and_si512(v, m0f), xl), _mm512_dpbusd_epi32(ch.c, _mm512_andnot_si512(m0f, v), xh)};
 }
 // A group's close after its block: the exact int32 block sum (q4_0: a + (c >> 4), the high chain
@@ -498,29 +470,22 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40(const int8_t
 // order (the chains, the int32 sum, cvt, dw * d, the FMA; block_step's own pieces q40_line,
 // group_close and group_scale): the same bits. x's 8 broadcasts are
 // shared as before (GCC hoists them; objdump: 119 instructions a record, as the t-major form).
-template <int SpreadHint = -1>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_addr(const int8_t* xb, float dx, int32_t neg,
-                                                                         const uint8_t* r, __m512 (&f)[kSuperGroup],
-                                                                         const uint8_t* p = nullptr) {
+                                                                         const uint8_t* r, __m512 (&f)[kSuperGroup]) {
   constexpr int NG = kSuperGroup;
   const __m512i m0f = _mm512_set1_epi8(0x0F);
   const __m512i n = _mm512_set1_epi32(neg);
   const __m512 d = _mm512_set1_ps(dx);
   __m512 sc[NG];
 #pragma GCC unroll 4
-  for (int j = 0; j < NG; ++j) {
-    if constexpr (SpreadHint >= 0) {
-      if (j % 2 == 0) prefetch_here<SpreadHint>(p + 2 * kGroup * j);  // scale lines 0 / 1
-    }
-    sc[j] = group_scale(r + 2 * kGroup * j, d);
-  }
+  for (int j = 0; j < NG; ++j) sc[j] = group_scale(r + 2 * kGroup * j, d);
 #pragma GCC unroll 4
   for (int j = 0; j < NG; ++j) {
     Q40Chains ch{n, _mm512_setzero_si512()};
 #pragma GCC unroll 4
     for (int t = 0; t < 4; ++t)
-      ch = q40_line<SpreadHint>(ch, r + 2 * kGroup * NG + 256 * j + 64 * t, _mm512_set1_epi32(ld32(xb + 4 * t)),
-                                _mm512_set1_epi32(ld32(xb + 16 + 4 * t)), m0f, p + 2 * kGroup * NG + 256 * j + 64 * t);
+      ch = q40_line(ch, r + 2 * kGroup * NG + 256 * j + 64 * t, _mm512_set1_epi32(ld32(xb + 4 * t)),
+                    _mm512_set1_epi32(ld32(xb + 16 + 4 * t)), m0f);
     f[j] = group_close<false>(ch.a, ch.c, sc[j], f[j]);
   }
 }
@@ -529,16 +494,12 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_addr(const i
 // `ahead` bytes on) from a loop: ms_q40_avx512's prefetch form (measured there).
 // Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA / _MM_HINT_T1 (into L2; session 30), or -1:
 // no prefetch (double-pumped AVX-512's default, decode_tuning.h). Addr: record_block_q40_addr's
-// order of the record's loads (decode_tuning.h q40_addr_order), else block_step's.
-template <int Hint, bool Addr = false, bool Spread = false>
+// order of the record's loads after the loop (decode_tuning.h q40_addr_order: both rows), else
+// block_step's.
+template <int Hint, bool Addr = false>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
                                                                        const uint8_t* r, __m512 (&f)[kSuperGroup],
                                                                        const uint8_t* p) {
-  if constexpr (Spread && Hint >= 0) {
-    static_assert(Addr, "the spread prefetch: address order only");
-    record_block_q40_addr<Hint>(xb, dx, neg, r, f, p);
-    return;
-  }
   if constexpr (Hint >= 0) {
 #pragma GCC unroll 1
     for (int l = 0; l < 18; ++l) _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), static_cast<decltype(_MM_HINT_T0)>(Hint));
@@ -599,7 +560,7 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // arithmetic, spread2x1-1k, 1.19-1.42x the pass); at 2 threads, quietly, no form won in both of
 // the VM's bandwidth phases (spread T1 +2-6% in a low one, -2-20% in a high one; bench/README's
 // Zen 4 rows of session 30). Both removed in session 31.
-// Addr (session 31, h-q4code; decode_tuning.h q40_addr_order, Zen 4's row; only where Hint is -1):
+// Addr (session 31, h-q4code; decode_tuning.h q40_addr_order, Zen 4's row; then only where Hint is -1):
 // each record's lines in address order (record_block_q40_addr: the scales' dw * d first, then group
 // by group), not block_step's t-major order. Zen 4, 1 thread, thread CPU time, cold 2 MiB-page
 // copies, interleaved call by call (q40_read_patterns' gemv-addr / gemv-tmajor and scratch rows),
@@ -617,7 +578,12 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // use (asm volatile) 0.94-1.00x. The address-order pass is 119 instructions a record as t-major:
 // the order is the gain, not the count. With the weights in L2 (512 x 2048, one copy) every form
 // runs ~64-66 GB/s a thread, address order 0.97-0.98x t-major.
-template <int S, int Hint, bool Addr = false, bool Spread = false>
+// Session 33 (h-z5q4) on Zen 5: the address order after the T0 loop, 2 KiB ahead (Zen 5's row since;
+// decode_tuning.h q40_addr_order / q40_ahead), 1.03-1.10x the t-major T0 4 KiB pass by median at
+// the six shapes above (1 thread, thread CPU time, load 10-13), t-major at 2 KiB 1.02-1.04x;
+// without prefetch either order 0.64-0.80x. A spread form (each line's prefetch in an asm statement
+// with the line's load pin, q40_line's, in address order) read 0.99-1.11x: no better, not kept.
+template <int S, int Hint, bool Addr = false>
 EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
                            int64_t part) {
@@ -640,15 +606,15 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
   for (; b + 1 < nb; b += 2) {
     const size_t off = size_t(b) * kRec;
 #pragma GCC unroll 4
-    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint, Addr, Spread>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
+    for (int k = 0; k < S; ++k) record_block_q40_pf<Hint, Addr>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + off, f0[k], st[k] + off + ahead);
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf<Hint, Addr, Spread>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
+      record_block_q40_pf<Hint, Addr>(xq + (b + 1) * kQK, s.dx[b + 1], s.neg[b + 1], st[k] + off + kRec, f1[k], st[k] + off + kRec + ahead);
   }
   if (b < nb)
 #pragma GCC unroll 4
     for (int k = 0; k < S; ++k)
-      record_block_q40_pf<Hint, Addr, Spread>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
+      record_block_q40_pf<Hint, Addr>(xq + b * kQK, s.dx[b], s.neg[b], st[k] + size_t(b) * kRec, f0[k], st[k] + size_t(b) * kRec + ahead);
 #pragma GCC unroll 4
   for (int k = 0; k < S; ++k)
 #pragma GCC unroll 4
@@ -734,6 +700,17 @@ EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* 
 // 0.88-0.90x. This pass reads at 0.98-1.06x a plain 2-stream read of its bytes in 1088-byte steps
 // (read-2-nopf) and 0.96-1.02x one in 128-byte steps (read-2-nopf128). (The groups a thread's
 // parts leave over, at most one, run groups_avx512<true, 1>: the same block_step order.)
+template <int Hint>
+__attribute__((always_inline)) inline void prefetch_here(const uint8_t* p) {
+  // an asm statement, not _mm_prefetch: GCC schedules the builtin's prefetches of a block pair
+  // together at its front (objdump), and then they read as a burst
+  if constexpr (Hint == _MM_HINT_T0) __asm__ volatile("prefetcht0 %0" : : "m"(*p));
+  else if constexpr (Hint == _MM_HINT_T1) __asm__ volatile("prefetcht1 %0" : : "m"(*p));
+  else {
+    static_assert(Hint == _MM_HINT_NTA, "prefetch_here: T0, T1 or NTA");
+    __asm__ volatile("prefetchnta %0" : : "m"(*p));
+  }
+}
 template <int S, int Hint, bool Line17 = false>
 EMO_TRP void parts_q80_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                               int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
@@ -1183,17 +1160,13 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
           const int64_t gi = g + i * kSuperGroup;
           gemm_detail::with_prefetch_hint</*WithT1=*/true>(pf, [&](auto hint) {
             constexpr int H = decltype(hint)::value;
-            auto run = [&](auto addr_order, auto spread) {
-              ms_q40_avx512<SS, H, decltype(addr_order)::value, decltype(spread)::value>(
-                  qs, s, G, L, gi, nb, bias ? bias + gi * kGroup : nullptr, y + gi * kGroup, N - gi * kGroup,
-                  cold_start && gi == g0, ahead, part);
+            auto run = [&](auto addr_order) {
+              ms_q40_avx512<SS, H, decltype(addr_order)::value>(qs, s, G, L, gi, nb,
+                                                                bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
+                                                                N - gi * kGroup, cold_start && gi == g0, ahead, part);
             };
-            // the spread prefetch: address order with a hint only (gemv_m1_form)
-            if constexpr (H >= 0) {
-              if (form.spread) return run(std::true_type(), std::true_type());
-            }
-            if (addr) return run(std::true_type(), std::false_type());
-            run(std::false_type(), std::false_type());
+            if (addr) return run(std::true_type());
+            run(std::false_type());
           });
         }
         g += SS * part;
