@@ -87,15 +87,19 @@ struct DecodeTuning {
   // 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x 11008, median over 4 / 5
   // processes x 150 rounds of each one's r(med), against the t-major T0 4 KiB pass (A/A 0.99-1.02):
   // address order T0 2 KiB 1.037-1.101 / 1.033-1.080 (the two sweeps); 4 KiB 1.01-1.04 / 0.99-1.04;
-  // 1 / 1.5 / 3 KiB 0.96-1.07 / 1.00-1.08 / 1.03-1.04; NTA 2 KiB 0.99-1.07; T1 4 KiB 0.91-1.04;
+  // 1 / 1.5 / 3 KiB 0.96-1.07 / 1.00-1.08 / 1.02-1.04; NTA 2 KiB 0.99-1.07; T1 4 KiB 0.91-1.04;
   // t-major T0 2 KiB 1.02-1.04 (so the order gives 1.00-1.06 of it, the distance the rest);
   // without prefetch, address order 0.65-0.80 (t-major 0.64-0.79): Zen 5 wants its prefetch. The
-  // default pass read at 0.90-1.04x read-2 (a plain 2-stream read) and 0.75-0.85x read-4 (the
-  // address order 2 KiB ~1.00-1.10x read-2). A scratch spread form (each line's prefetch beside its
+  // t-major pass read at 0.96-1.11x read-2's speed (a plain 2-stream read) and 0.75-0.89x read-4's;
+  // the address order 2 KiB by the same medians ~1.01-1.15x read-2, 0.83-0.93x read-4 (the 4-stream
+  // read is what is left, as in session 27). A scratch spread form (each line's prefetch beside its
   // load, in address order) was no better: T0 2 KiB 0.99-1.11, 3 KiB 1.00-1.09, NTA 2 KiB
   // 0.97-1.09, weakest at the 2048-column shapes (0.99-1.00 at 2560 x 2048): not kept.
   // The 1.1B q4_0 decode at 1 thread (decode_switch_ab AB_SWITCH=q40_addr_t0, AB_CPU=1, 10 x 16
-  // tokens): see bench/README's Zen 5 row of session 33.
+  // tokens, load 13-15): on / off by total over 9 processes 0.994-1.102, median 1.038 (median rounds
+  // 0.996-1.078), A/As 0.968-1.031 (median 0.985); the 7B (6 x 4 tokens) 1.015 / 1.018 (median
+  // rounds 1.039 / 1.035), A/A 0.983: positive, not resolved from the noise at this load.
+  // 2 threads not measured (the lead, quietly: AB_SWITCH=q40_addr_t0).
   bool q40_addr_order = true;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
   // start prefetches of each stream). Zen 5: 2 KiB (session 33, with the address order above; the
