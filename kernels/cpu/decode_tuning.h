@@ -99,7 +99,9 @@ struct DecodeTuning {
   // tokens, load 13-15): on / off by total over 9 processes 0.994-1.102, median 1.038 (median rounds
   // 0.996-1.078), A/As 0.968-1.031 (median 0.985); the 7B (6 x 4 tokens) 1.015 / 1.018 (median
   // rounds 1.039 / 1.035), A/A 0.983: positive, not resolved from the noise at this load.
-  // 2 threads not measured (the lead, quietly: AB_SWITCH=q40_addr_t0).
+  // On the committed row (load 6.3, 3 processes x 100 rounds), the old pass 0.960 / 0.966 / 0.984
+  // the new one's speed at 2560 x 2048 / 11264 x 2048 / 4096 x 11008 (A/A 0.994-1.002), the new
+  // one at 0.90-0.91x read-4's. 2 threads not measured (the lead, quietly: AB_SWITCH=q40_addr_t0).
   bool q40_addr_order = true;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
   // start prefetches of each stream). Zen 5: 2 KiB (session 33, with the address order above; the
