@@ -5,7 +5,8 @@
 // kq_pf4k: that pass's two streams 4 KiB ahead for q4_K too (on) against the default 2 KiB (q6_K 4 KiB either way);
 // q80_t0_1k: the q8_0 parts pass's per-line prefetch at 1 KiB (below);
 // q40_addr: the q4_0 two-stream pass without software prefetch, a record's loads in address order (on) against
-// t-major (off; decode_tuning.h q40_addr_order);
+// t-major (off; decode_tuning.h q40_addr_order); q40_addr_t0: that pass with T0, a record's loads in address order
+// 2 KiB ahead (on: Zen 5's row since session 33) against t-major 4 KiB ahead (off: its row before);
 // q40_nopf / stream_nopf / block_nopf: the q4_0 two-stream pass's / the f32-f16-bf16 stream kernels' / the bf16
 // 8-row block GEMV's (4 KiB pages) software prefetch none (on) against T0; half_long6: the bf16 / f16 stream
 // kernels' rows of K >= 4096 on 6 streams a thread (on) against 4; half_runs: those 6-stream rows in runs of
@@ -206,6 +207,15 @@ const AbSwitch kSwitches[] = {
      [](bool on) {
        gemm_detail::set_q40_ms_prefetch(gemm_detail::GemvPrefetch::None);
        gemm_detail::set_q40_ms_addr_order(on);
+     }},
+    // the q4_0 two-stream pass with T0 prefetch, a record's loads in address order 2 KiB ahead (on:
+    // Zen 5's row since session 33) against t-major 4 KiB ahead (off: its row before): decode_tuning.h
+    // q40_addr_order / q40_ahead
+    {"q40_addr_t0",
+     [](bool on) {
+       gemm_detail::set_q40_ms_prefetch(gemm_detail::GemvPrefetch::T0);
+       gemm_detail::set_q40_ms_addr_order(on);
+       gemm_detail::set_q40_ms_ahead(on ? 2048 : 4096);
      }},
     // the f32 / f16 / bf16 stream kernels' software prefetch: none (on) against T0 (off)
     {"stream_nopf", [](bool on) { gemm_detail::set_gemv_streams_prefetch(on ? gemm_detail::GemvPrefetch::None : gemm_detail::GemvPrefetch::T0); }},

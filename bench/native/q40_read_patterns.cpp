@@ -4,8 +4,13 @@
 //   gemv            gemv_repacked, the default pass (two streams a thread: two contiguous parts of its
 //                   super-groups side by side, each record prefetched 4 KiB on along its part)
 //   gemv-addr / gemv-tmajor  the two-stream pass with a record's loads in address order / t-major
-//                   (set_q40_ms_addr_order on / off; where the pass runs without software prefetch:
-//                   decode_tuning.h q40_addr_order); bits checked as gemv-one's
+//                   (set_q40_ms_addr_order on / off) and this CPU's prefetch and distance
+//                   (decode_tuning.h q40_addr_order); bits checked as gemv-one's
+//   gemv-aa         the gemv row again (an A/A: the method's noise)
+//   gemv-addr-<pf>[-<a>] / gemv-tmajor-<pf>[-<a>]  the two-stream pass whole: a record's loads in
+//                   address order / t-major with prefetch pf (t0 / t1 / nta / nopf: a loop of the
+//                   record's 18 prefetches before it) `a` bytes ahead (default 4 KiB); bits checked
+//                   as gemv-one's
 //   gemv-one        set_q40_ms(false): the one-stream pass (8 records prefetched ahead, a loop of
 //                   36 prefetches every two records); bits checked against gemv before timing
 //   gemv-t0 / -nta / -nopf / -t1  the two-stream pass with that software prefetch (set_q40_ms_prefetch:
@@ -231,10 +236,23 @@ int main(int argc, char** argv) {
     return gemv_with(gemm_detail::gemv_even_claims, gemm_detail::set_gemv_even_claims, even);
   };
   // the two-stream pass with a record's loads in address order (on) or t-major (off), this CPU's
-  // prefetch (set_q40_ms_addr_order: where the pass runs without software prefetch). Same bits
+  // prefetch (set_q40_ms_addr_order). Same bits
   auto gemv_addr = [&](bool on) {
     return gemv_with(gemm_detail::q40_ms_addr_order, gemm_detail::set_q40_ms_addr_order, on);
   };
+  // the two-stream pass in one whole form: its prefetch, distance and a record's loads in address
+  // order or t-major (set_q40_ms_prefetch / _ahead / _addr_order). Same bits
+  auto gemv_form = [&](gemm_detail::GemvPrefetch pf, int ahead, bool addr) {
+    return [&, pf, ahead, addr](const uint8_t* W) {
+      const gemm_detail::GemvPrefetch prev = gemm_detail::q40_ms_prefetch();
+      const int prev_a = gemm_detail::q40_ms_ahead();
+      const bool prev_o = gemm_detail::q40_ms_addr_order();
+      gemm_detail::set_q40_ms_prefetch(pf), gemm_detail::set_q40_ms_ahead(ahead), gemm_detail::set_q40_ms_addr_order(addr);
+      gemv_repacked(x.data(), W, DType::Q4_0, nullptr, y.data(), N, K, &pool);
+      gemm_detail::set_q40_ms_prefetch(prev), gemm_detail::set_q40_ms_ahead(prev_a), gemm_detail::set_q40_ms_addr_order(prev_o);
+    };
+  };
+  using P = gemm_detail::GemvPrefetch;
   struct Row {
     const char* name;
     std::function<void(const uint8_t*)> run;
@@ -243,6 +261,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows = {
       {"gemv", gemv(true), {}},
+      {"gemv-aa", gemv(true), {}},
       {"gemv-one", gemv(false), {}},
       {"gemv-addr", gemv_addr(true), {}},
       {"gemv-tmajor", gemv_addr(false), {}},
@@ -251,6 +270,17 @@ int main(int argc, char** argv) {
       {"gemv-nopf", gemv_pf(gemm_detail::GemvPrefetch::None), {}},
       {"gemv-t1", gemv_pf(gemm_detail::GemvPrefetch::T1), {}},
       {"gemv-t0-1k", gemv_pf(gemm_detail::GemvPrefetch::T0, 1024), {}},
+      {"gemv-tmajor-t0", gemv_form(P::T0, 4096, false), {}},
+      {"gemv-addr-nopf", gemv_form(P::None, 4096, true), {}},
+      {"gemv-addr-t0", gemv_form(P::T0, 4096, true), {}},
+      {"gemv-addr-t0-2k", gemv_form(P::T0, 2048, true), {}},
+      {"gemv-addr-t0-1k", gemv_form(P::T0, 1024, true), {}},
+      {"gemv-addr-t0-3k", gemv_form(P::T0, 3072, true), {}},
+      {"gemv-addr-t0-1.5k", gemv_form(P::T0, 1536, true), {}},
+      {"gemv-addr-nta-2k", gemv_form(P::Nta, 2048, true), {}},
+      {"gemv-tmajor-t0-2k", gemv_form(P::T0, 2048, false), {}},
+      {"gemv-addr-t1", gemv_form(P::T1, 4096, true), {}},
+      {"gemv-addr-nta", gemv_form(P::Nta, 4096, true), {}},
       {"loads-kernel", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<false>(p, n / kRec); }, W); }, {}},
       {"loads-burst", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return loads_kernel<true>(p, n / kRec); }, W); }, {}},
       {"read-1", [&](const uint8_t* W) { share([](const uint8_t* p, size_t n) { return bench::read_streams<1>(p, n, 128, 1024); }, W); }, {}},

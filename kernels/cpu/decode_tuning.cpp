@@ -27,7 +27,7 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.q80_streams = 2;
     t.q80_prefetch = GemvPrefetch::None;
     t.q80_ahead = 4096;
-    // q40_ahead: as the full-width row (4 KiB)
+    t.q40_ahead = 4096;  // a cold start's prefetch (its pass runs without prefetch; Zen 5: 2 KiB)
     t.block_prefetch = GemvPrefetch::None;
     t.half_long_streams = 6;
     t.half_long_runs = 1;  // f16 (bf16 at 2 threads 0.95-0.99x: session 32)

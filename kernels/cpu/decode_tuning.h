@@ -68,8 +68,8 @@ struct DecodeTuning {
   // then 0.872): never set on a row, removed in session 31 (bench/README's Zen 4 rows keep them).
   // (q4_0's pass lags a plain 2-stream read at 2 threads, 1.09-1.44x, where no other pass does:
   // its arithmetic between the loads, not its prefetch.)
-  // That pass's order of a record's loads where it runs without software prefetch (q40_prefetch
-  // None; gemv_repacked.cpp record_block_q40_addr): true: the record's 18 lines in address order
+  // That pass's order of a record's loads, after its prefetch loop where it has one (gemv_repacked.cpp
+  // record_block_q40_addr; before session 33 only without software prefetch): true: the record's 18 lines in address order
   // (the 4 groups' scales, then group by group its 4 quant lines), false: block_step's t-major
   // order (line t of the 4 groups, then t + 1: 256-byte strides back and forth across the record,
   // the scales last). Same bits (the same operations on each value in the same order). Zen 4: true
@@ -86,14 +86,35 @@ struct DecodeTuning {
   // 1.09-1.34). Quiet (the lead's session 31 row, load 0.1-0.9): at 2 threads (wall, 578 short
   // interleaved cycles, 11264 x 2048 / 4096 x 11008) 1.23-1.29x t-major, 0.97-1.02x read-2's speed
   // (t-major 0.76-0.83x); the 1.1B q4_0 decode 1.213 at 2 threads (A/A 1.099, the VM changing
-  // phase), 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads. Zen 5 not measured in
-  // this form (session 22 there, with its T0 loop: the quant lines group by group, the scales
-  // last, 0.97-1.04x): false.
-  bool q40_addr_order = false;
+  // phase), 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads.
+  // Zen 5: true, with its T0 loop 2 KiB ahead (q40_ahead; session 33, h-z5q4; session 22 there, the
+  // quant lines group by group with the scales last, 0.97-1.04x). q40_read_patterns, 1 thread, thread
+  // CPU time, cold 2 MiB-page copies, interleaved call by call, load 10-13 (NOT quiet), at 2560 x
+  // 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x 11008, median over 4 / 5
+  // processes x 150 rounds of each one's r(med), against the t-major T0 4 KiB pass (A/A 0.99-1.02):
+  // address order T0 2 KiB 1.037-1.101 / 1.033-1.080 (the two sweeps); 4 KiB 1.01-1.04 / 0.99-1.04;
+  // 1 / 1.5 / 3 KiB 0.96-1.07 / 1.00-1.08 / 1.02-1.04; NTA 2 KiB 0.99-1.07; T1 4 KiB 0.91-1.04;
+  // t-major T0 2 KiB 1.02-1.04 (so the order gives 1.00-1.06 of it, the distance the rest);
+  // without prefetch, address order 0.65-0.80 (t-major 0.64-0.79): Zen 5 wants its prefetch. The
+  // t-major pass read at 0.96-1.11x read-2's speed (a plain 2-stream read) and 0.75-0.89x read-4's;
+  // the address order 2 KiB by the same medians ~1.01-1.15x read-2, 0.83-0.93x read-4 (the 4-stream
+  // read is what is left, as in session 27). A scratch spread form (each line's prefetch beside its
+  // load, in address order) was no better: T0 2 KiB 0.99-1.11, 3 KiB 1.00-1.09, NTA 2 KiB
+  // 0.97-1.09, weakest at the 2048-column shapes (0.99-1.00 at 2560 x 2048): not kept.
+  // The 1.1B q4_0 decode at 1 thread (decode_switch_ab AB_SWITCH=q40_addr_t0, AB_CPU=1, 10 x 16
+  // tokens, load 13-15): on / off by total over 9 processes 0.994-1.102, median 1.038 (median rounds
+  // 0.996-1.078), A/As 0.968-1.031 (median 0.985); the 7B (6 x 4 tokens) 1.015 / 1.018 (median
+  // rounds 1.039 / 1.035), A/A 0.983: positive, not resolved from the noise at this load.
+  // On the committed row (load 6.3, 3 processes x 100 rounds), the old pass 0.960 / 0.966 / 0.984
+  // the new one's speed at 2560 x 2048 / 11264 x 2048 / 4096 x 11008 (A/A 0.994-1.002), the new
+  // one at 0.90-0.91x read-4's. 2 threads not measured (the lead, quietly: AB_SWITCH=q40_addr_t0).
+  bool q40_addr_order = true;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
-  // start prefetches of each stream): 4 KiB (the measured distance, every row; Zen 4 at 1 thread,
-  // session 30: T0 1 KiB 0.70-0.79x none, 4 KiB 0.66-0.76x, T1 4 KiB 0.71-0.93x).
-  int q40_ahead = 4096;
+  // start prefetches of each stream). Zen 5: 2 KiB (session 33, with the address order above; the
+  // t-major pass measured 4 KiB best in session 19). Zen 4: 4 KiB (its pass runs without prefetch:
+  // only a cold start reads it; session 30 at 1 thread: T0 1 KiB 0.70-0.79x none, 4 KiB
+  // 0.66-0.76x, T1 4 KiB 0.71-0.93x).
+  int q40_ahead = 2048;
   // q4_K / q6_K lean pass (gemv_kquant_vnni.cpp kq_records_sg_lean): streams a thread. Zen 4: 1
   // (session 25: 1.5x two for q4_K, 1.12x for q6_K). Zen 5 keeps 2 on the read-order records
   // (session 27, kq_streams_ab, 1 thread, thread CPU, load 15-18: two streams 1.10-1.14x (q4_K) /

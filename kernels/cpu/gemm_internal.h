@@ -252,7 +252,7 @@ bool q40_ms();
 // process-wide.
 void set_q40_ms_prefetch(GemvPrefetch p);
 GemvPrefetch q40_ms_prefetch();
-// That pass's order of a record's loads where it runs without software prefetch (decode_tuning.h
+// That pass's order of a record's loads, with or without its software prefetch (decode_tuning.h
 // q40_addr_order; gemv_repacked.cpp record_block_q40_addr): the record's lines in address order,
 // group by group (true), or line t of the 4 groups at a time (false); read through gemv_m1_form
 // below. Same bits. For the tests and A/B tools; process-wide.
@@ -287,8 +287,8 @@ bool q80_line17();
 // The form gemv_repacked's M = 1 pass takes (gemv_repacked.cpp repacked_groups), chosen once a
 // call from the settings above by gemv_m1_form, a pure function: q4_0 on 4-group records the
 // two-stream pass (ms_q40_avx512; its left-over super-group on one stream) when q40_ms, with
-// q40_prefetch's hint along its streams and, only without one, a record's loads in address order
-// where q40_addr_order says (else t-major); q8_0 the parts pass (parts_q80_avx512) on q80_streams
+// q40_prefetch's hint along its streams and a record's loads in address order where q40_addr_order
+// says (else t-major); q8_0 the parts pass (parts_q80_avx512) on q80_streams
 // parts when > 0, q80_prefetch's hint, the 17th prefetch only with a hint and q80_line17; else
 // groups_avx512's passes of 4 / 2 / 1 adjacent groups (what either leaves over runs on those too).
 // Tests check that each CPU's decode_tuning row leads to the form its figures chose.
@@ -305,7 +305,7 @@ struct GemvM1Form {
   GemvPass pass = GemvPass::Groups;
   int streams = 0;                         // Q40Streams 2; Q80Parts 1-4; Groups 0
   GemvPrefetch hint = GemvPrefetch::None;  // along the streams (Groups: its own, not this)
-  bool addr_order = false;                 // Q40Streams without a hint: address order
+  bool addr_order = false;                 // Q40Streams: a record's loads in address order
   bool line17 = false;                     // Q80Parts with a hint: the 17th line a block pair
   bool operator==(const GemvM1Form& o) const {
     return pass == o.pass && streams == o.streams && hint == o.hint && addr_order == o.addr_order && line17 == o.line17;

@@ -142,8 +142,7 @@ GemvM1Form gemv_m1_form(bool q8, const GemvM1Settings& s) {
   GemvM1Form f;
   if (!q8 && s.q40_ms) {
     f.pass = GemvPass::Q40Streams, f.streams = 2, f.hint = s.q40_prefetch;
-    // the address-order form is built without software prefetch only (decode_tuning.h q40_addr_order)
-    f.addr_order = s.q40_addr_order && f.hint == GemvPrefetch::None;
+    f.addr_order = s.q40_addr_order;
   } else if (q8 && s.q80_streams > 0) {
     f.pass = GemvPass::Q80Parts, f.streams = std::min(s.q80_streams, 4), f.hint = s.q80_prefetch;
     f.line17 = s.q80_line17 && f.hint != GemvPrefetch::None;
@@ -495,7 +494,8 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_addr(const i
 // `ahead` bytes on) from a loop: ms_q40_avx512's prefetch form (measured there).
 // Hint: _MM_HINT_T0 (Zen 5's default) / _MM_HINT_NTA / _MM_HINT_T1 (into L2; session 30), or -1:
 // no prefetch (double-pumped AVX-512's default, decode_tuning.h). Addr: record_block_q40_addr's
-// order of the record's loads (decode_tuning.h q40_addr_order), else block_step's.
+// order of the record's loads after the loop (decode_tuning.h q40_addr_order: both rows), else
+// block_step's.
 template <int Hint, bool Addr = false>
 __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int8_t* xb, float dx, int32_t neg,
                                                                        const uint8_t* r, __m512 (&f)[kSuperGroup],
@@ -560,7 +560,7 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // arithmetic, spread2x1-1k, 1.19-1.42x the pass); at 2 threads, quietly, no form won in both of
 // the VM's bandwidth phases (spread T1 +2-6% in a low one, -2-20% in a high one; bench/README's
 // Zen 4 rows of session 30). Both removed in session 31.
-// Addr (session 31, h-q4code; decode_tuning.h q40_addr_order, Zen 4's row; only where Hint is -1):
+// Addr (session 31, h-q4code; decode_tuning.h q40_addr_order, Zen 4's row; then only where Hint is -1):
 // each record's lines in address order (record_block_q40_addr: the scales' dw * d first, then group
 // by group), not block_step's t-major order. Zen 4, 1 thread, thread CPU time, cold 2 MiB-page
 // copies, interleaved call by call (q40_read_patterns' gemv-addr / gemv-tmajor and scratch rows),
@@ -578,6 +578,11 @@ __attribute__((always_inline)) EMO_TRP inline void record_block_q40_pf(const int
 // use (asm volatile) 0.94-1.00x. The address-order pass is 119 instructions a record as t-major:
 // the order is the gain, not the count. With the weights in L2 (512 x 2048, one copy) every form
 // runs ~64-66 GB/s a thread, address order 0.97-0.98x t-major.
+// Session 33 (h-z5q4) on Zen 5: the address order after the T0 loop, 2 KiB ahead (Zen 5's row since;
+// decode_tuning.h q40_addr_order / q40_ahead), 1.03-1.10x the t-major T0 4 KiB pass by median at
+// the six shapes above (1 thread, thread CPU time, load 10-13), t-major at 2 KiB 1.02-1.04x;
+// without prefetch either order 0.64-0.80x. A spread form (each line's prefetch in an asm statement
+// with the line's load pin, q40_line's, in address order) read 0.99-1.11x: no better, not kept.
 template <int S, int Hint, bool Addr = false>
 EMO_TRP void ms_q40_avx512(const int8_t* xq, const BlockSums& s, const uint8_t* W, const RepackLayout& L, int64_t g0,
                            int64_t nb, const float* bias, float* y, int64_t cols, bool cold, size_t ahead,
@@ -1163,10 +1168,7 @@ void repacked_groups(const int8_t* qs, const BlockSums& s, const uint8_t* G, con
                                                                 bias ? bias + gi * kGroup : nullptr, y + gi * kGroup,
                                                                 N - gi * kGroup, cold_start && gi == g0, ahead, part);
             };
-            // the address-order form: without software prefetch only (gemv_m1_form; built for H < 0)
-            if constexpr (H < 0) {
-              if (addr) return run(std::true_type());
-            }
+            if (addr) return run(std::true_type());
             run(std::false_type());
           });
         }

@@ -58,7 +58,7 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.q80_streams == 4);
   EXPECT(b.stream_prefetch == GemvPrefetch::None);
   EXPECT(b.q40_prefetch == GemvPrefetch::None);
-  EXPECT(!a.q40_addr_order && b.q40_addr_order);
+  EXPECT(a.q40_addr_order && b.q40_addr_order);  // Zen 5 with its T0 loop (session 33), Zen 4 without prefetch
   EXPECT(b.kquant_streams == 1);
   EXPECT(b.attn_pipeline_l2);
   EXPECT(!a.attn_decode_lean && b.attn_decode_lean);
@@ -82,8 +82,8 @@ TEST(decode_tuning_table_rows) {
   // the K-quant and stream kernels' M = 1 dispatches: today's claims on both rows (no 2-thread measurement yet)
   EXPECT(a.kquant_owner_keep == -1 && b.kquant_owner_keep == -1);
   EXPECT(a.stream_owner_keep == -1 && b.stream_owner_keep == -1);
-  // the q4_0 pass's prefetch distance: the same on both rows (4 KiB)
-  EXPECT(a.q40_ahead == 4096 && b.q40_ahead == 4096);
+  // the q4_0 pass's prefetch distance: Zen 5 2 KiB (session 33), Zen 4 4 KiB (a cold start's only)
+  EXPECT(a.q40_ahead == 2048 && b.q40_ahead == 4096);
 }
 
 namespace {
@@ -132,11 +132,11 @@ TEST(decode_tuning_settings_start_from_the_table) {
 #endif
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  // the entries the two rows differ in: 18 (stream, q4_0 prefetch and address order, K-quant streams
+  // the entries the two rows differ in: 18 (stream, q4_0 prefetch and distance, K-quant streams
   // and prefetch, block prefetch, half_long_streams and half_long_runs, the q8_0 parts / prefetch /
   // distance, the M = 1 dispatch's owner_keep, the attention's L2 pipeline, lean piece, P V chunks,
-  // wide_pf, wide8 and wide_lin; the q4_0 pass's distance and the K-quant and stream kernels'
-  // owner_keep are the same on both), 16 off x86-64 (no K-quant entries there)
+  // wide_pf, wide8 and wide_lin; the q4_0 pass's address order (since session 33) and the K-quant
+  // and stream kernels' owner_keep are the same on both), 16 off x86-64 (no K-quant entries there)
 #if defined(__x86_64__)
   const int differing = 18;
 #else
@@ -151,9 +151,10 @@ TEST(decode_tuning_settings_start_from_the_table) {
 
 // gemv_repacked's M = 1 form (gemm_internal.h gemv_m1_form, what repacked_groups dispatches on)
 // from each CPU's row: Zen 4 q4_0 on two streams without software prefetch, a record's loads in
-// address order, q8_0 in 2 parts without prefetch; Zen 5 q4_0 t-major with T0 along the streams,
-// q8_0 in 4 parts with T0. set_q40_ms_addr_order(false) or any prefetch hint gives t-major; the
-// 17th q8_0 prefetch only with a hint; the process-wide settings lead where their setters say.
+// address order, q8_0 in 2 parts without prefetch; Zen 5 q4_0 in address order with T0 along the
+// streams (session 33; t-major before), q8_0 in 4 parts with T0. set_q40_ms_addr_order(false) gives
+// t-major under every hint; the 17th q8_0 prefetch only with a hint; the process-wide settings lead
+// where their setters say. A Zen 5 row back in t-major (its form before session 33) fails here.
 TEST(decode_tuning_gemv_m1_forms) {
   using namespace gemm_detail;
   CpuFeatures zen5, zen4;
@@ -167,22 +168,20 @@ TEST(decode_tuning_gemv_m1_forms) {
   };
   EXPECT(gemv_m1_form(false, s4) == form(GemvPass::Q40Streams, 2, GemvPrefetch::None, true, false));
   EXPECT(gemv_m1_form(true, s4) == form(GemvPass::Q80Parts, 2, GemvPrefetch::None, false, false));
-  EXPECT(gemv_m1_form(false, s5) == form(GemvPass::Q40Streams, 2, GemvPrefetch::T0, false, false));
+  EXPECT(gemv_m1_form(false, s5) == form(GemvPass::Q40Streams, 2, GemvPrefetch::T0, true, false));
   EXPECT(gemv_m1_form(true, s5) == form(GemvPass::Q80Parts, 4, GemvPrefetch::T0, false, false));
-  // the address order: off by its setting, off under every prefetch hint
+  // the address order: off by its setting, on under every prefetch hint (the loop of a record's 18
+  // prefetches before it, then its loads in address order: Zen 5's row since session 33)
   GemvM1Settings s = s4;
   s.q40_addr_order = false;
   EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, GemvPrefetch::None, false, false));
   for (GemvPrefetch p : {GemvPrefetch::T0, GemvPrefetch::T1, GemvPrefetch::Nta}) {
     s = s4;
     s.q40_prefetch = p;
+    EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, p, true, false));
+    s.q40_addr_order = false;
     EXPECT(gemv_m1_form(false, s) == form(GemvPass::Q40Streams, 2, p, false, false));
   }
-  s = s5;
-  s.q40_addr_order = true;  // Zen 5's T0 with the entry on: still t-major
-  EXPECT(!gemv_m1_form(false, s).addr_order);
-  s.q40_prefetch = GemvPrefetch::None;
-  EXPECT(gemv_m1_form(false, s).addr_order);
   // the passes of adjacent groups: q40_ms off, q80_streams 0
   s = s4;
   s.q40_ms = false, s.q80_streams = 0;
@@ -211,5 +210,5 @@ TEST(decode_tuning_gemv_m1_forms) {
   set_q40_ms_prefetch(p0);
   set_q40_ms_addr_order(a0);
   EXPECT(on && !off);
-  EXPECT(t1 == form(GemvPass::Q40Streams, 2, GemvPrefetch::T1, false, false));
+  EXPECT(t1 == form(GemvPass::Q40Streams, 2, GemvPrefetch::T1, true, false));
 }

@@ -2473,8 +2473,8 @@ int m1_paths_same_bits(DType t, int64_t N, int64_t K, uint32_t seed, const std::
 // N = 4096 (parts of several super-groups at 1-3 threads), K of 1, 3 and 64 blocks (an odd block
 // count leaves one block after the pairs), with and without bias, the pass-edge prefetch on and
 // off, the two-stream pass's prefetch T0 / NTA / T1 / none 4 KiB ahead and T0 1 KiB, NTA 512 B,
-// T1 2 KiB ahead (set_q40_ms_ahead), without prefetch a record's loads t-major and in address order
-// (set_q40_ms_addr_order), 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
+// T1 2 KiB ahead (set_q40_ms_ahead), a record's loads t-major and in address order
+// (set_q40_ms_addr_order) without prefetch and with T0 1 / 2 KiB, T1 4 KiB, NTA 2 KiB, 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
 // start mid super-group in the shared numbering). q8_0 ignores the setting (checked too). Fails if
 // a stream's outputs, bias or cols are taken at the wrong part's offsets, or a part's super-group
 // is skipped or read twice.
@@ -2493,11 +2493,11 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
     }
   } restore;
   // every software prefetch of the two-stream pass (decode_tuning.h: T0 on Zen 5, none on
-  // double-pumped AVX-512) and some distances: prefetches only, the same bits; without prefetch a
-  // record's loads in t-major and in address order (set_q40_ms_addr_order: record_block_q40_addr,
-  // the same operations in another order), and with T0 the address-order setting on. Equal bits
+  // double-pumped AVX-512) and some distances: prefetches only, the same bits; a record's loads in
+  // t-major and in address order (set_q40_ms_addr_order: record_block_q40_addr, the same operations
+  // in another order) without prefetch and with each hint (Zen 5: T0 2 KiB, address order). Equal bits
   // cannot show which order ran: the dispatch runs the form gemm_detail::gemv_m1_form names
-  // (record_block_q40_addr only without software prefetch: T0 + addr runs block_step's order),
+  // (record_block_q40_addr with or without a prefetch loop before each record),
   // whose choice per setting and per CPU row test_decode_tuning.cpp decode_tuning_gemv_m1_forms
   // checks; q40_read_patterns' rows gemv-addr / gemv-tmajor time the two orders
   using P = gemm_detail::GemvPrefetch;
@@ -2506,7 +2506,8 @@ TEST(gemv_q40_ms_bit_equal_one_stream) {
     int ahead;
     bool addr;
   } forms[] = {{P::T0, 4096, false}, {P::Nta, 4096, false}, {P::None, 4096, false}, {P::None, 4096, true},
-               {P::T1, 4096, false}, {P::T0, 1024, true}, {P::Nta, 512, false}, {P::T1, 2048, false}};
+               {P::T1, 4096, false}, {P::T0, 1024, true},  {P::Nta, 512, false},  {P::T1, 2048, false},
+               {P::T0, 2048, true},  {P::T1, 4096, true},  {P::Nta, 2048, true}};
   const int nforms = int(sizeof forms / sizeof forms[0]);
   int compared = 0;
   uint32_t seed = 8100;
