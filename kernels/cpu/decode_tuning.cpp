@@ -32,7 +32,8 @@ DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     t.half_long_streams = 6;
     t.half_long_runs = 1;  // f16 (bf16 at 2 threads 0.95-0.99x: session 32)
     t.gemv_owner_keep = 1;
-    // kquant_owner_keep, stream_owner_keep: -1 as the full-width row (not measured at 2 threads yet)
+    t.kquant_owner_keep = -1;  // Zen 5 takes 1 (session 33, quiet 2 threads); not measured here
+    // stream_owner_keep: -1 as the full-width row (within the noise on Zen 5; not measured here)
   }
   return t;
 }

@@ -339,7 +339,16 @@ struct DecodeTuning {
   // 1.015 / 1.002, bf16 0.992 / 1.049 / 0.994; 2 threads wall at a quarter of the 1-thread rate,
   // unreadable: q4_k_m 1.048 / 1.042 (A/A 0.973), q6_k 1.010, bf16 1.081 / 0.952 (A/A 0.960), f16
   // 1.023, f32 1.107 (bench/README's h-keep row). The quiet 2-thread A/B decides.
-  int kquant_owner_keep = -1;
+  // Zen 5 quiet (the lead, session 33, 03:40-03:46, load 0.6-2.1: the A/B's own 2 threads; 2 threads
+  // wall, decode_switch_ab on / off by total (median round); bench/README's lead row of 03:40):
+  // kq_owner_keep q4_k_m 1.174 (1.121), 1.122 (1.057) at 8 x 16 tokens, 0.994 (1.016), 1.039
+  // (1.048), 1.082 (1.065) at 16 x 16, against A/As (AB_SWITCH=none, q4_k_m, 16 x 16) 0.991
+  // (0.992), 1.006 (1.026), 1.019 (1.014); q6_k 1.068 (1.047), 1.035 (1.048), 1.024 (1.029), 1.016
+  // (1.024), 0.781 (0.975; rounds 0.47-1.43: the VM changing phase). So Zen 5 takes 1 for the
+  // K-quants; Zen 4 (one stream, claims of 1/8 of a range) not measured: -1 there.
+  // stream_owner_keep: bf16 0.998 (1.005), 1.036 (1.030), f16 1.011 (1.023), 0.946 (1.007), f32
+  // 1.001 (1.008), 1.014 (1.018) at 6 x 16: within the noise, -1 on both rows.
+  int kquant_owner_keep = 1;
   int stream_owner_keep = -1;
 };
 

@@ -79,8 +79,9 @@ TEST(decode_tuning_table_rows) {
   EXPECT(a.half_long_streams == 4 && b.half_long_streams == 6);
   EXPECT(a.half_long_runs == 0 && b.half_long_runs == 1);  // the 6-stream rows' two-step runs: f16 on Zen 4
   EXPECT(a.gemv_owner_keep == -1 && b.gemv_owner_keep == 1);  // the M = 1 dispatch's long first claims on Zen 4
-  // the K-quant and stream kernels' M = 1 dispatches: today's claims on both rows (no 2-thread measurement yet)
-  EXPECT(a.kquant_owner_keep == -1 && b.kquant_owner_keep == -1);
+  // the K-quant and stream kernels' M = 1 dispatches: the K-quants' long first claim on Zen 5, the stream
+  // kernels' claims as before on both rows
+  EXPECT(a.kquant_owner_keep == 1 && b.kquant_owner_keep == -1);  // Zen 5's quiet 2-thread win (session 33)
   EXPECT(a.stream_owner_keep == -1 && b.stream_owner_keep == -1);
   // the q4_0 pass's prefetch distance: Zen 5 2 KiB (session 33), Zen 4 4 KiB (a cold start's only)
   EXPECT(a.q40_ahead == 2048 && b.q40_ahead == 4096);
@@ -125,20 +126,19 @@ TEST(decode_tuning_settings_start_from_the_table) {
   CpuFeatures other = cpu_features();
   other.avx512_double_pumped = !other.avx512_double_pumped;
   const gemm_detail::DecodeTuning o = gemm_detail::decode_tuning_for(other);
-  // entries both rows share: moved off first, so that apply_decode_tuning must set them too
+  // entries both rows share (the stream kernels' owner_keep, the q4_0 pass's address order): moved off
+  // first, so that apply_decode_tuning must set them too
   gemm_detail::set_gemv_streams_owner_keep(2);
-#if defined(__x86_64__)
-  gemm_detail::set_kquant_owner_keep(2);
-#endif
+  gemm_detail::set_q40_ms_addr_order(!o.q40_addr_order);
   gemm_detail::apply_decode_tuning(o);
   const int after_other = settings_differing_from(o);
-  // the entries the two rows differ in: 18 (stream, q4_0 prefetch and distance, K-quant streams
-  // and prefetch, block prefetch, half_long_streams and half_long_runs, the q8_0 parts / prefetch /
-  // distance, the M = 1 dispatch's owner_keep, the attention's L2 pipeline, lean piece, P V chunks,
-  // wide_pf, wide8 and wide_lin; the q4_0 pass's address order (since session 33) and the K-quant
-  // and stream kernels' owner_keep are the same on both), 16 off x86-64 (no K-quant entries there)
+  // the entries the two rows differ in: 19 (stream, q4_0 prefetch and distance, K-quant streams,
+  // prefetch and owner_keep, block prefetch, half_long_streams and half_long_runs, the q8_0 parts /
+  // prefetch / distance, the q4_0 / q8_0 M = 1 dispatch's owner_keep, the attention's L2 pipeline,
+  // lean piece, P V chunks, wide_pf, wide8 and wide_lin; the q4_0 pass's address order (since session
+  // 33) and the stream kernels' owner_keep are the same on both), 16 off x86-64 (no K-quant entries)
 #if defined(__x86_64__)
-  const int differing = 18;
+  const int differing = 19;
 #else
   const int differing = 16;
 #endif
