@@ -1,5 +1,5 @@
 // In-process A/B of a decode-path switch in a real decode (AB_SWITCH, required: q40_ms: gemv_repacked's q4_0 pass on two streams (two contiguous
-// parts of each thread's super-groups, each record prefetched 4 KiB on: set_q40_ms) against one;
+// parts of each thread's super-groups, each record prefetched q40_ahead on: set_q40_ms) against one;
 // kq_ms: the K-quant lean M = 1 pass on two streams a thread (set_kquant_streams(2)) against one;
 // kq_nopf: that pass without software prefetch (on) against T0 8 KiB ahead (set_kquant_stream_prefetch);
 // kq_pf4k: that pass's two streams 4 KiB ahead for q4_K too (on) against the default 2 KiB (q6_K 4 KiB either way);

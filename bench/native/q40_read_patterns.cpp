@@ -2,7 +2,7 @@
 // walks of the same cold bytes, interleaved call by call (shuffled order each round), so that the
 // rows differ only in how they read. Rows (ratio = the gemv row's time / this row's; > 1: faster):
 //   gemv            gemv_repacked, the default pass (two streams a thread: two contiguous parts of its
-//                   super-groups side by side, each record prefetched 4 KiB on along its part)
+//                   super-groups side by side, with this CPU's q40_ahead and address order)
 //   gemv-addr / gemv-tmajor  the two-stream pass with a record's loads in address order / t-major
 //                   (set_q40_ms_addr_order on / off) and this CPU's prefetch and distance
 //                   (decode_tuning.h q40_addr_order); bits checked as gemv-one's

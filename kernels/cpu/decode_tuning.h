@@ -50,10 +50,10 @@ struct DecodeTuning {
   // 0.83-0.96x read-4 (bf16 / f16) and 0.94-0.98x (f32): at 1 thread the gap to a plain read of its
   // bytes is not its prefetch (nor, at K = 2048, x leaving L1: 8 KiB there).
   GemvPrefetch stream_prefetch = GemvPrefetch::T0;
-  // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record 4 KiB ahead. Zen 4: None
-  // (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with T0). Zen 5
-  // keeps T0 (session 27, 1 thread, thread CPU time, load 8-18, eight 1.1B / 7B shapes: None
-  // 0.44-0.67x T0's speed (256 x 2048: 0.82-0.91x), NTA 0.94-1.07x; the 1.1B / 7B q4_0 decode
+  // The q4_0 two-stream pass (gemv_repacked.cpp ms_q40_avx512), a record q40_ahead ahead (below).
+  // Zen 4: None (session 25: 1.49-1.63x, 0.93-1.00x a plain 4-stream read against 0.60-0.67x with
+  // T0). Zen 5 keeps T0 (session 27, 1 thread, thread CPU time, load 8-18, eight 1.1B / 7B shapes:
+  // None 0.44-0.67x T0's speed (256 x 2048: 0.82-0.91x), NTA 0.94-1.07x; the 1.1B / 7B q4_0 decode
   // without it 0.64-0.69x).
   GemvPrefetch q40_prefetch = GemvPrefetch::T0;
   // Session 30 (h-q4pf) built a spread form of that prefetch (one prefetch beside each quant /

@@ -241,15 +241,15 @@ bool repacked_x_prefetch();
 void set_repacked_guided(bool on);
 bool repacked_guided();
 // gemv_repacked on q4_0 4-group records: each thread's super-groups in two contiguous parts read
-// side by side, each record prefetched 4 KiB on along its part as set_q40_ms_prefetch says
-// (default on; off: one stream, 8 records ahead). Same bits. Process-wide, on at start (no
-// environment variable).
+// side by side, each record prefetched q40_ahead bytes on along its part (Zen 5 2 KiB, Zen 4 4 KiB)
+// as set_q40_ms_prefetch says (default on; off: one stream, 8 records ahead). Same bits.
+// Process-wide, on at start (no environment variable).
 void set_q40_ms(bool on);
 bool q40_ms();
-// That pass's software prefetch along its streams (a record 4 KiB ahead, decode_tuning.h
+// That pass's software prefetch along its streams (a record q40_ahead bytes ahead, decode_tuning.h
 // GemvPrefetch): default per CPU (decode_tuning(): T0, none on double-pumped AVX-512; none still
-// prefetches each stream's first 4 KiB at a cold start). Same bits. For the tests and A/B tools;
-// process-wide.
+// prefetches each stream's first q40_ahead bytes at a cold start). Same bits. For the tests and A/B
+// tools; process-wide.
 void set_q40_ms_prefetch(GemvPrefetch p);
 GemvPrefetch q40_ms_prefetch();
 // That pass's order of a record's loads, with or without its software prefetch (decode_tuning.h
