@@ -68,46 +68,46 @@ struct DecodeTuning {
   // then 0.872): never set on a row, removed in session 31 (bench/README's Zen 4 rows keep them).
   // (q4_0's pass lags a plain 2-stream read at 2 threads, 1.09-1.44x, where no other pass does:
   // its arithmetic between the loads, not its prefetch.)
-  // That pass's order of a record's loads, after its prefetch loop where it has one (gemv_repacked.cpp
-  // record_block_q40_addr; before session 33 only without software prefetch): true: the record's 18 lines in address order
-  // (the 4 groups' scales, then group by group its 4 quant lines), false: block_step's t-major
-  // order (line t of the 4 groups, then t + 1: 256-byte strides back and forth across the record,
-  // the scales last). Same bits (the same operations on each value in the same order). Zen 4: true
-  // (session 31, h-q4code; q40_read_patterns, 1 thread, thread CPU time, cold 2 MiB-page copies,
-  // interleaved call by call, load 4.1-8.6, 4 processes x 60 rounds and 6 x 200 at 2560 x 2048,
-  // 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x 11008, median r(med) by shape):
-  // 1.19-1.24x / 1.19-1.30x the t-major pass, at a plain 2-stream read's rate (the pass 0.98-1.02x /
-  // 0.96-1.01x read-2's speed, t-major 0.79-0.85x / 0.74-0.85x); with the weights in L2 0.97-0.98x
-  // (~64 GB/s a thread either way). The 1.1B q4_0 decode at 1 thread (decode_switch_ab
-  // AB_SWITCH=q40_addr, AB_CPU=1, 12 rounds x 16 tokens, load 4-8): on / off 1.489 / 1.337 /
-  // 1.228 / 1.351 by total (median rounds 1.470 / 1.268 / 1.178 / 1.258, every round but one >=
-  // 1.04; the t-major side 28-36 tok/s, erratic under the load, address order 41-48), A/As 1.036 /
-  // 0.975; the 7B q4_0 decode (6 rounds x 4 tokens) 1.220 / 1.172 (median rounds 1.226 / 1.193,
-  // 1.09-1.34). Quiet (the lead's session 31 row, load 0.1-0.9): at 2 threads (wall, 578 short
+  // That pass's order of a record's loads, after its prefetch loop where it has one
+  // (gemv_repacked.cpp record_block_q40_addr; before session 33 only without software prefetch):
+  // true: the record's 18 lines in address order (the 4 groups' scales, then group by group its 4
+  // quant lines), false: block_step's t-major order (line t of the 4 groups, then t + 1: 256-byte
+  // strides back and forth across the record, the scales last). Same bits (the same operations on
+  // each value in the same order). Zen 4: true (session 31, h-q4code; q40_read_patterns, 1 thread,
+  // thread CPU time, cold 2 MiB-page copies, interleaved call by call, load 4.1-8.6, 4 processes x 60
+  // rounds and 6 x 200 at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x
+  // 11008, median r(med) by shape): 1.19-1.24x / 1.19-1.30x the t-major pass, at a plain 2-stream
+  // read's rate (the pass 0.98-1.02x / 0.96-1.01x read-2's speed, t-major 0.79-0.85x / 0.74-0.85x);
+  // with the weights in L2 0.97-0.98x (~64 GB/s a thread either way). The 1.1B q4_0 decode at 1
+  // thread (decode_switch_ab AB_SWITCH=q40_addr, AB_CPU=1, 12 rounds x 16 tokens, load 4-8): on / off
+  // 1.489 / 1.337 / 1.228 / 1.351 by total (median rounds 1.470 / 1.268 / 1.178 / 1.258, every round
+  // but one >= 1.04; the t-major side 28-36 tok/s, erratic under the load, address order 41-48), A/As
+  // 1.036 / 0.975; the 7B q4_0 decode (6 rounds x 4 tokens) 1.220 / 1.172 (median rounds 1.226 /
+  // 1.193, 1.09-1.34). Quiet (the lead's session 31 row, load 0.1-0.9): at 2 threads (wall, 578 short
   // interleaved cycles, 11264 x 2048 / 4096 x 11008) 1.23-1.29x t-major, 0.97-1.02x read-2's speed
-  // (t-major 0.76-0.83x); the 1.1B q4_0 decode 1.213 at 2 threads (A/A 1.099, the VM changing
-  // phase), 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads.
-  // Zen 5: true, with its T0 loop 2 KiB ahead (q40_ahead; session 33, h-z5q4; session 22 there, the
-  // quant lines group by group with the scales last, 0.97-1.04x). q40_read_patterns, 1 thread, thread
-  // CPU time, cold 2 MiB-page copies, interleaved call by call, load 10-13 (NOT quiet), at 2560 x
-  // 2048, 2048 x 2048, 11264 x 2048, 2048 x 5632, 12288 x 4096, 4096 x 11008, median over 4 / 5
-  // processes x 150 rounds of each one's r(med), against the t-major T0 4 KiB pass (A/A 0.99-1.02):
-  // address order T0 2 KiB 1.037-1.101 / 1.033-1.080 (the two sweeps); 4 KiB 1.01-1.04 / 0.99-1.04;
-  // 1 / 1.5 / 3 KiB 0.96-1.07 / 1.00-1.08 / 1.02-1.04; NTA 2 KiB 0.99-1.07; T1 4 KiB 0.91-1.04;
-  // t-major T0 2 KiB 1.02-1.04 (so the order gives 1.00-1.06 of it, the distance the rest);
-  // without prefetch, address order 0.65-0.80 (t-major 0.64-0.79): Zen 5 wants its prefetch. The
-  // t-major pass read at 0.96-1.11x read-2's speed (a plain 2-stream read) and 0.75-0.89x read-4's;
-  // the address order 2 KiB by the same medians ~1.01-1.15x read-2, 0.83-0.93x read-4 (the 4-stream
-  // read is what is left, as in session 27). A scratch spread form (each line's prefetch beside its
-  // load, in address order) was no better: T0 2 KiB 0.99-1.11, 3 KiB 1.00-1.09, NTA 2 KiB
-  // 0.97-1.09, weakest at the 2048-column shapes (0.99-1.00 at 2560 x 2048): not kept.
-  // The 1.1B q4_0 decode at 1 thread (decode_switch_ab AB_SWITCH=q40_addr_t0, AB_CPU=1, 10 x 16
-  // tokens, load 13-15): on / off by total over 9 processes 0.994-1.102, median 1.038 (median rounds
-  // 0.996-1.078), A/As 0.968-1.031 (median 0.985); the 7B (6 x 4 tokens) 1.015 / 1.018 (median
-  // rounds 1.039 / 1.035), A/A 0.983: positive, not resolved from the noise at this load.
-  // On the committed row (load 6.3, 3 processes x 100 rounds), the old pass 0.960 / 0.966 / 0.984
-  // the new one's speed at 2560 x 2048 / 11264 x 2048 / 4096 x 11008 (A/A 0.994-1.002), the new
+  // (t-major 0.76-0.83x); the 1.1B q4_0 decode 1.213 at 2 threads (A/A 1.099, the VM changing phase),
+  // 1.202 at 1 thread CPU (A/A 0.990), the 7B 1.055 at 2 threads. Zen 5: true, with its T0 loop 2 KiB
+  // ahead (q40_ahead; session 33, h-z5q4; session 22 there, the quant lines group by group with the
+  // scales last, 0.97-1.04x). q40_read_patterns, 1 thread, thread CPU time, cold 2 MiB-page copies,
+  // interleaved call by call, load 10-13 (NOT quiet), at 2560 x 2048, 2048 x 2048, 11264 x 2048, 2048
+  // x 5632, 12288 x 4096, 4096 x 11008, median over 4 / 5 processes x 150 rounds of each one's
+  // r(med), against the t-major T0 4 KiB pass (A/A 0.99-1.02): address order T0 2 KiB 1.037-1.101 /
+  // 1.033-1.080 (the two sweeps); 4 KiB 1.01-1.04 / 0.99-1.04; 1 / 1.5 / 3 KiB 0.96-1.07 / 1.00-1.08
+  // / 1.02-1.04; NTA 2 KiB 0.99-1.07; T1 4 KiB 0.91-1.04; t-major T0 2 KiB 1.02-1.04 (so the order
+  // gives 1.00-1.06 of it, the distance the rest); without prefetch, address order 0.65-0.80 (t-major
+  // 0.64-0.79): Zen 5 wants its prefetch. The t-major pass read at 0.96-1.11x read-2's speed (a plain
+  // 2-stream read) and 0.75-0.89x read-4's; the address order 2 KiB by the same medians ~1.01-1.15x
+  // read-2, 0.83-0.93x read-4 (the 4-stream read is what is left, as in session 27). A scratch spread
+  // form (each line's prefetch beside its load, in address order) was no better: T0 2 KiB 0.99-1.11,
+  // 3 KiB 1.00-1.09, NTA 2 KiB 0.97-1.09, weakest at the 2048-column shapes (0.99-1.00 at 2560 x
+  // 2048): not kept. The 1.1B q4_0 decode at 1 thread (decode_switch_ab AB_SWITCH=q40_addr_t0,
+  // AB_CPU=1, 10 x 16 tokens, load 13-15): on / off by total over 9 processes 0.994-1.102, median
+  // 1.038 (median rounds 0.996-1.078), A/As 0.968-1.031 (median 0.985); the 7B (6 x 4 tokens) 1.015 /
+  // 1.018 (median rounds 1.039 / 1.035), A/A 0.983: positive, not resolved from the noise at this
+  // load. On the committed row (load 6.3, 3 processes x 100 rounds), the old pass 0.960 / 0.966 /
+  // 0.984 the new one's speed at 2560 x 2048 / 11264 x 2048 / 4096 x 11008 (A/A 0.994-1.002), the new
   // one at 0.90-0.91x read-4's. 2 threads not measured (the lead, quietly: AB_SWITCH=q40_addr_t0).
+  // Intel AVX-512 takes the full-width row (true, T0 2 KiB ahead), unmeasured (same bits).
   bool q40_addr_order = true;
   // How far ahead along each stream (bytes, a multiple of 64 in [64, 16384]; also what a cold
   // start prefetches of each stream). Zen 5: 2 KiB (session 33, with the address order above; the
@@ -149,47 +149,47 @@ struct DecodeTuning {
   // 0.99-1.08x from DRAM (kv 2048, 16 / 32 copies); the 1.1B decode at 1024 tokens of context, 1
   // thread CPU time, AB_SWITCH=attn_lean, on / off by total: q4_0 1.023 / 0.999 / 1.020 (median
   // rounds 1.035 / 1.024 / 1.019), f16 1.014 / 0.997 (1.038 / 1.010): within the noise). Zen 5 measured
-  // (session 33, h-z5attn): off. The same tool and shape, 1 thread, thread CPU time, interleaved, load 7-15
-  // (NOT quiet), cold copies (>= 128 MiB) in 2 MiB pages, 3 processes each: lean / the default by median f32
-  // 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it 0.99-1.03); but
-  // with lean the process's default (the tool's "lean": the form most of the interleaved calls run) lean / nolean
-  // f32 1.009 / 1.078 (kv 512 / 2048), f16 1.222 (kv 512): on this shape the side most calls run wins (the
-  // wide-row forms below lose from either side), so the kernel does not decide it. The 1.1B decode at 1024 tokens of
-  // context, AB_SWITCH=attn_lean (blocks of 16 tokens a form), 1 thread CPU time, on / off by total (median rounds):
-  // q4_0 0.948 / 0.989 / 0.993 (0.978 / 0.986 / 1.003) against an A/A's 0.989 (0.994); f16 0.967 / 0.987 (0.978 /
-  // 0.984) against an A/A's 1.000 (1.001): no gain.
+  // (session 33, h-z5attn): off. The same tool and shape, 1 thread, thread CPU time, interleaved, load 7-15 (NOT
+  // quiet), cold copies (>= 128 MiB) in 2 MiB pages, 3 processes each: lean / the default (speed; > 1: lean faster)
+  // by median f32 0.898 / 0.935 / 0.968 at kv 512 / 1024 / 2048, f16 0.955 / 0.966 / 0.988 (an A/A beside it
+  // 0.99-1.03); but with lean the process's default (the tool's "lean": the form most of the interleaved calls run)
+  // lean / nolean f32 1.009 / 1.078 (kv 512 / 2048), f16 1.222 (kv 512): on this shape the side most calls run wins
+  // (the wide-row forms below lose from either side), so the kernel does not decide it. The 1.1B decode at 1024
+  // tokens of context, AB_SWITCH=attn_lean (blocks of 16 tokens a form), 1 thread CPU time, on / off by total
+  // (median rounds): q4_0 0.948 / 0.989 / 0.993 (0.978 / 0.986 / 1.003) against an A/A's 0.989 (0.994); f16 0.967 /
+  // 0.987 (0.978 / 0.984) against an A/A's 1.000 (1.001): no gain.
   bool attn_decode_lean = false;
-  // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk
-  // at a time across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of
-  // a token row at a time. Same bits. Zen 4: on (session 29, h-attn7; 1 thread, thread CPU time,
-  // interleaved, load 2.6-6.9: attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 / 2048, the
-  // call f32 1.29-1.36x, f16 1.01-1.14x, in L3 (kv 128) 0.88x; the driver's loads alone in this order
-  // 1.16-1.17x; the 7B q4_0 decode at 1024 tokens of context, AB_SWITCH=attn_pv_chunks, 1 thread
-  // CPU time, three processes: 1.017 / 1.084 / 1.063 by total, the 26 rounds' median 1.06).
-  // Zen 5 measured (session 33, h-z5attn): off. attn_decode_threads' 7B shape cold in 2 MiB pages, 1 thread,
-  // thread CPU time, interleaved, load 10-15 (NOT quiet), 4-8 processes at each of kv 512 / 1024 / 2048: chunks /
-  // rows by median f32 0.954 / 0.969 / 0.957, f16 0.930 / 0.953 / 0.957, bf16 0.962 / 0.955 / 0.962 (an A/A
-  // beside it 0.99-1.02); the row order's call reads at 0.92-0.98x a plain read of its bytes on f32 already.
+  // The decode attention's P V pairs (MHA, wide rows in place: the 7B's 32 x 128) a 16-float chunk at a time
+  // across the sub-block's token rows (attention_internal.h decode_pv_chunks) instead of a token row at a
+  // time. Same bits. Zen 4: on (session 29, h-attn7; 1 thread, thread CPU time, interleaved, load 2.6-6.9:
+  // attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 / 2048, the call f32 1.29-1.36x, f16
+  // 1.01-1.14x, in L3 (kv 128) 0.88x; the driver's loads alone in this order 1.16-1.17x; the 7B q4_0 decode
+  // at 1024 tokens of context, AB_SWITCH=attn_pv_chunks, 1 thread CPU time, three processes: 1.017 / 1.084 /
+  // 1.063 by total, the 26 rounds' median 1.06). Zen 5 measured (session 33, h-z5attn): off.
+  // attn_decode_threads' 7B shape cold in 2 MiB pages, 1 thread, thread CPU time, interleaved, load 10-15
+  // (NOT quiet), 4-8 processes at each of kv 512 / 1024 / 2048: chunks / rows (speed; > 1: chunks faster) by
+  // median f32 0.954 / 0.969 / 0.957, f16 0.930 / 0.953 / 0.957, bf16 0.962 / 0.955 / 0.962 (an A/A beside
+  // it 0.99-1.02); the row order's call reads at 0.92-0.98x a plain read of its bytes on f32 already.
   bool attn_pv_chunks = false;
   // The 7B's wide-row sub-blocks (MHA, 32 x 128) read with the next sub-block prefetched into L2 (attention_internal.h
   // decode_wide_pf) and cut in two of 8 token rows (decode_wide8); which KV caches take each: attention_detail::
-  // DecodeWide (0 none, 1 f16 / bf16, 2 those and f32 on decode_wide_lin's shape). Same bits. Zen 4: both on f16 / bf16 caches (session 30,
-  // h-attn7b, bench/README's Zen 4 row of 17:07-17:50; attn_decode_threads' 7B shape cold in 2 MiB pages, kv 512 /
-  // 2048, 1 thread, thread CPU time, interleaved call by call, load 0.04-0.4 then 3-6; against the 16-row order
-  // without prefetch, by median): f16 both 1.35-1.50x (the call 0.70-0.75x a plain read of its bytes, 0.48-0.55x
-  // before), bf16 both 1.48x (kv 512: 0.84x the read, 0.56x before); f16 the prefetch alone 1.12-1.35x, the 8 rows
-  // alone 1.24-1.28x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
-  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031. f32 caches
-  // kept 16 rows without it (until session 32, below): both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone 0.79-0.90x
-  // (the f32 model: within its A/A's noise). Zen 5 measured (session 33, h-z5attn): 0 (Off) for both. The same tool
-  // and shape, 1 thread, thread CPU time, interleaved, load 10-15 (NOT quiet), 4-8 processes at each of kv 512 /
-  // 1024 / 2048, against Zen 5's 16 rows (P V by rows) by median: w8 pf f32 0.835 / 0.850 / 0.828, f16 0.908 /
-  // 0.924 / 0.913, bf16 0.949 / 0.941 / 0.936; widepf 0.93-0.94 / 0.91-0.96 / 0.92-0.93; wide8 0.87-0.88 /
-  // 0.89-0.90 / 0.89-0.93 (A/A 0.99-1.02); from the other side (w8 pf the process's default, 3 processes, kv 512 /
-  // 2048) w8 pf / the 16 rows f32 0.820 / 0.825, f16 0.934 / 0.892. With P V by chunks too (Zen 4's combination;
-  // 3 processes): w8 pf f16 0.94-0.95, bf16 0.93-1.01 of Zen 5's path. The half caches' call reads at 0.69-0.74x their plain read; from L3 (kv
-  // 512, the copy just read) it runs 1.29-1.42x faster but still at 0.95-0.98x the cold plain read: its compute
-  // (the widening loads and FMAs), not the order of its reads, holds it there.
+  // DecodeWide (0 none, 1 f16 / bf16, 2 those and f32 on decode_wide_lin's shape). Same bits. Zen 4: both on f16 / bf16
+  // caches (session 30, h-attn7b, bench/README's Zen 4 row of 17:07-17:50; attn_decode_threads' 7B shape cold in 2 MiB
+  // pages, kv 512 / 2048, 1 thread, thread CPU time, interleaved call by call, load 0.04-0.4 then 3-6; against the
+  // 16-row order without prefetch, by median): f16 both 1.35-1.50x (the call 0.70-0.75x a plain read of its bytes,
+  // 0.48-0.55x before), bf16 both 1.48x (kv 512: 0.84x the read, 0.56x before); f16 the prefetch alone 1.12-1.35x, the 8
+  // rows alone 1.24-1.28x; the 7B q4_0 decode at 1024 tokens of context with an f16 cache, AB_KV=f16
+  // AB_SWITCH=attn_wide8_pf, 1 thread CPU time: 1.070 / 1.076 / 1.072 by total against an A/A's 1.031. f32 caches kept
+  // 16 rows without it (until session 32, below): both 0.99-1.03x there, the prefetch alone 1.00-1.07x, the 8 rows alone
+  // 0.79-0.90x (the f32 model: within its A/A's noise). Zen 5 measured (session 33, h-z5attn): 0 (Off) for both. The
+  // same tool and shape, 1 thread, thread CPU time, interleaved, load 10-15 (NOT quiet), 4-8 processes at each of
+  // kv 512 / 1024 / 2048, against Zen 5's 16 rows (P V by rows), speed by median (> 1: the form faster): w8 pf f32 0.835
+  // / 0.850 / 0.828, f16 0.908 / 0.924 / 0.913, bf16 0.949 / 0.941 / 0.936; widepf 0.93-0.94 / 0.91-0.96 / 0.92-0.93;
+  // wide8 0.87-0.88 / 0.89-0.90 / 0.89-0.93 (A/A 0.99-1.02); from the other side (w8 pf the process's default, 3
+  // processes, kv 512 / 2048) w8 pf / the 16 rows f32 0.820 / 0.825, f16 0.934 / 0.892. With P V by chunks too (Zen 4's
+  // combination; 3 processes): w8 pf f16 0.94-0.95, bf16 0.93-1.01 of Zen 5's path. The half caches' call reads at
+  // 0.69-0.74x their plain read; from L3 (kv 512, the copy just read) it runs 1.29-1.42x faster but still at 0.95-0.98x
+  // the cold plain read: its compute (the widening loads and FMAs), not the order of its reads, holds it there.
   int attn_wide_pf = 0;
   int attn_wide8 = 0;
   // Session 32 (h-attnf32): Zen 4 takes both on f32 caches too (attn_wide_pf / attn_wide8 = 2, DecodeWide::All),
