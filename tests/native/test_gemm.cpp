@@ -812,7 +812,7 @@ TEST(gemm_huge_pages_stream_claims_same_bits) {
         }
     }
   }
-  // types x pools x owner_keep x (5 shapes + 1 six-stream run for bf16 / f16 + 2 fused)
+  // pools x owner_keep x (3 types x (5 shapes + 2 fused) + 2 six-stream runs: bf16 / f16 at K = 4133)
   EXPECT(compared == 2 * 4 * (3 * 7 + 2));
 }
 
@@ -2474,7 +2474,8 @@ int m1_paths_same_bits(DType t, int64_t N, int64_t K, uint32_t seed, const std::
 // count leaves one block after the pairs), with and without bias, the pass-edge prefetch on and
 // off, the two-stream pass's prefetch T0 / NTA / T1 / none 4 KiB ahead and T0 1 KiB, NTA 512 B,
 // T1 2 KiB ahead (set_q40_ms_ahead), a record's loads t-major and in address order
-// (set_q40_ms_addr_order) without prefetch and with T0 1 / 2 KiB, T1 4 KiB, NTA 2 KiB, 1-3 threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
+// (set_q40_ms_addr_order) without prefetch and with T0 1 / 2 KiB, T1 4 KiB, NTA 2 KiB, 1-3
+// threads, and gemv_repacked_multi with a first output of 37 rows (the second's groups
 // start mid super-group in the shared numbering). q8_0 ignores the setting (checked too). Fails if
 // a stream's outputs, bias or cols are taken at the wrong part's offsets, or a part's super-group
 // is skipped or read twice.
