@@ -28,6 +28,7 @@ constexpr int kSpinPolls = 20000;
 std::atomic<bool> g_handoff_timing{false};
 thread_local double t_handoff_s = 0;
 thread_local uint64_t t_dispatches = 0;
+thread_local uint64_t t_range_chunks = 0;  // pool_range_chunks_this_thread
 
 // Times a job's hand-off on the thread that runs it when pool_handoff_timing is on: from the
 // start until the caller's own share begins, and from its end until the workers are done.
@@ -147,6 +148,7 @@ void pool_late_point() {
 void pool_handoff_timing(bool on) { g_handoff_timing.store(on, std::memory_order_relaxed); }
 double pool_handoff_seconds_this_thread() { return t_handoff_s; }
 uint64_t pool_dispatches_this_thread() { return t_dispatches; }
+uint64_t pool_range_chunks_this_thread() { return t_range_chunks; }
 int pool_thread_index() { return t_pool_index; }
 
 ThreadPool::ThreadPool(int n_threads) {
@@ -442,6 +444,7 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
   if (n <= 0) return;
   if (step < 1) step = 1;
   if (!pool || pool->size() <= 1 || n <= step) {
+    ++t_range_chunks;
     fn(0, n);
     return;
   }
@@ -476,6 +479,7 @@ void parallel_ranges(ThreadPool* pool, int64_t n, int64_t step, int64_t max_chun
     }
   };
   auto run = [&](int64_t b, int64_t e) {
+    ++t_range_chunks;
     pool_late_point();
     fn(b * step, std::min(n, e * step));
   };

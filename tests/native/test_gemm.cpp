@@ -42,6 +42,7 @@
 #include "../../kernels/cpu/kernels.h"
 #include "../../base/arena.h"
 #include "../../base/error.h"
+#include "pool_claims.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -816,6 +817,46 @@ TEST(gemm_huge_pages_stream_claims_same_bits) {
   EXPECT(compared == 2 * 4 * (3 * 7 + 2));
 }
 
+// The stream kernels' dispatch takes set_gemv_streams_owner_keep (the test above shows only that
+// every setting keeps the bits, which a dispatch that dropped it would too): at 2 threads on the
+// 1.1B's gate+up rows (11264, 1408 steps of 8 rows) each thread's first claim all of its range but
+// 0 / 1 steps makes fewer chunks (about 1-2 a range) than claims of shrinking quarters (-1: ~25 a
+// range), counted by base/pool_stats.h pool_range_chunks_this_thread, the fewest of 5 calls (a
+// call whose worker joined in time). K = 256: the claims do not depend on K.
+TEST(gemm_huge_pages_stream_owner_keep_taken) {
+  if (isa_active() < Isa::Avx512) {
+    std::printf("  skip gemm_huge_pages_stream_owner_keep_taken: the stream kernels need AVX-512 (active ISA: %s)\n",
+                isa_name(isa_active()));
+    return;
+  }
+  struct Restore {
+    int keep = gemm_detail::gemv_streams_owner_keep();
+    bool ranges = gemm_detail::gemv_ranges();
+    ~Restore() { gemm_detail::set_gemv_streams_owner_keep(keep), gemm_detail::set_gemv_ranges(ranges); }
+  } restore;
+  gemm_detail::set_gemv_ranges(true);
+  ThreadPool pool(2);
+  const int64_t N = 11264, K = 256;
+  uint32_t seed = 9990;
+  for (DType t : {DType::BF16, DType::F16, DType::F32}) {
+    Weights w = make_weights(t, N, K, seed++);
+    Problem p = make_problem(1, N, K, 0, 0, seed++);
+    std::vector<float> y(static_cast<size_t>(N));
+    auto chunks = [&](int keep) {
+      gemm_detail::set_gemv_streams_owner_keep(keep);
+      return emollm_test::fewest_range_chunks(pool, 5, [&] {
+        gemm_huge_pages(p.X.data(), p.ldx, w.bytes.data(), t, nullptr, y.data(), N, 1, N, K, &pool);
+      });
+    };
+    const uint64_t quarters = chunks(-1), whole = chunks(0), one = chunks(1);
+    if (!(whole < quarters && one < quarters))
+      emollm_test::report_failure(__FILE__, __LINE__,
+                                  std::string(dtype_name(t)) + ": chunks owner_keep -1 / 0 / 1 " +
+                                      std::to_string(quarters) + " / " + std::to_string(whole) + " / " +
+                                      std::to_string(one) + ": the dispatch does not take owner_keep");
+  }
+}
+
 // Shapes that cross every blocking boundary of the packed GEMM (KC = 256 / 512 k, NC = 512 rows,
 // panels of 64 and 16, 6-row microkernels) with tails everywhere.
 TEST(gemm_blocked_large) {
@@ -1508,6 +1549,38 @@ TEST(gemv_repacked_matches_reference) {
   EXPECT_THROWS(quant_repack(buf.data(), DType::BF16, 4, 32, buf.data(), nullptr), ErrorCode::InvalidArgument);
   float x[32] = {}, y[4];
   EXPECT_THROWS(gemv_repacked(x, buf.data(), DType::Q8_0, nullptr, y, 4, 33, nullptr), ErrorCode::InvalidArgument);
+}
+
+// gemv_repacked's q4_0 M = 1 dispatch takes set_gemv_owner_keep (the test below shows only that
+// every setting keeps the bits): at 2 threads on the 1.1B's gate+up rows (11264: 704 groups) each
+// thread's first claim all of its range but 0 / 1 passes makes fewer chunks than claims of
+// shrinking quarters (-1), counted by base/pool_stats.h pool_range_chunks_this_thread, the fewest
+// of 5 calls (a call whose worker joined in time). K = 256: the claims do not depend on K.
+TEST(gemv_repacked_owner_keep_taken) {
+  struct Restore {
+    int keep = gemm_detail::gemv_owner_keep();
+    bool ranges = gemm_detail::gemv_ranges();
+    ~Restore() { gemm_detail::set_gemv_owner_keep(keep), gemm_detail::set_gemv_ranges(ranges); }
+  } restore;
+  gemm_detail::set_gemv_ranges(true);
+  ThreadPool pool(2);
+  const int64_t N = 11264, K = 256;
+  Weights w = make_weights(DType::Q4_0, N, K, 7690);
+  std::vector<uint8_t> W(quant_repack_bytes(DType::Q4_0, N, K));
+  quant_repack(w.bytes.data(), DType::Q4_0, N, K, W.data(), nullptr);
+  const std::vector<float> x = rand_vec(size_t(K), 7691);
+  std::vector<float> y(static_cast<size_t>(N));
+  auto chunks = [&](int keep) {
+    gemm_detail::set_gemv_owner_keep(keep);
+    return emollm_test::fewest_range_chunks(
+        pool, 5, [&] { gemv_repacked(x.data(), W.data(), DType::Q4_0, nullptr, y.data(), N, K, &pool); });
+  };
+  const uint64_t quarters = chunks(-1), whole = chunks(0), one = chunks(1);
+  if (!(whole < quarters && one < quarters))
+    emollm_test::report_failure(__FILE__, __LINE__,
+                                "q4_0 chunks owner_keep -1 / 0 / 1 " + std::to_string(quarters) + " / " +
+                                    std::to_string(whole) + " / " + std::to_string(one) +
+                                    ": the dispatch does not take owner_keep");
 }
 
 // q4_0's M = 1 dispatch with claims of whole super-group pairs (set_gemv_even_claims) and with each

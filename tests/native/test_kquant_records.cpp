@@ -18,6 +18,7 @@
 #include "../../kernels/cpu/kquant_records.h"
 #include "core/backend.h"
 #include "kquant_test_weights.h"
+#include "pool_claims.h"
 #include "testing.h"
 
 using namespace emollm;
@@ -837,6 +838,51 @@ TEST(kquant_records_claims_same_bits) {
     }
   }
   EXPECT(compared == 2 * 7 * 2 * 2 * 4);  // types x (5 shapes + 2 multi) x streams x pools x owner_keep
+}
+
+// The M = 1 dispatch (sg_dispatch) takes set_kquant_owner_keep (the test above shows only that
+// every setting keeps the bits, which a dispatch that dropped it would too): at 2 threads on the
+// 1.1B's gate+up rows (11264) each thread's first claim all of its range but 0 / 1 super-groups
+// makes fewer chunks (about 1-2 a range) than claims of shrinking quarters (-1), on one and two
+// streams, counted by base/pool_stats.h pool_range_chunks_this_thread, the fewest of 5 calls (a
+// call whose worker joined in time). K = 256: the claims do not depend on K.
+TEST(kquant_records_owner_keep_taken) {
+  if (!have_vnni()) {
+    std::printf("  skip: no AVX-512 VNNI\n");
+    return;
+  }
+  struct Restore {
+    int keep = gemm_detail::kquant_owner_keep(), streams = gemm_detail::kquant_streams();
+    bool ranges = gemm_detail::gemv_ranges();
+    ~Restore() {
+      gemm_detail::set_kquant_owner_keep(keep), gemm_detail::set_kquant_streams(streams);
+      gemm_detail::set_gemv_ranges(ranges);
+    }
+  } restore;
+  gemm_detail::set_gemv_ranges(true);
+  ThreadPool pool(2);
+  const int64_t N = 11264, K = 256;
+  const std::vector<float> x = normal_floats(size_t(K), 97u, 1.0f);
+  std::vector<float> y(static_cast<size_t>(N));
+  for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    const std::vector<uint8_t> r = repacked(t, emollm_test::kquant_weights(t, N, K, false, 990u), N, K, nullptr);
+    const uint8_t* R = aligned(r, t, N, K);
+    for (int streams : {1, 2}) {
+      gemm_detail::set_kquant_streams(streams);
+      auto chunks = [&](int keep) {
+        gemm_detail::set_kquant_owner_keep(keep);
+        return emollm_test::fewest_range_chunks(
+            pool, 5, [&] { gemm_kquant_repacked(x.data(), K, R, t, nullptr, y.data(), N, 1, N, K, &pool); });
+      };
+      const uint64_t quarters = chunks(-1), whole = chunks(0), one = chunks(1);
+      if (!(whole < quarters && one < quarters))
+        emollm_test::report_failure(__FILE__, __LINE__,
+                                    std::string(dtype_name(t)) + " streams " + std::to_string(streams) +
+                                        ": chunks owner_keep -1 / 0 / 1 " + std::to_string(quarters) + " / " +
+                                        std::to_string(whole) + " / " + std::to_string(one) +
+                                        ": the dispatch does not take owner_keep");
+    }
+  }
 }
 #endif
 
